@@ -1,0 +1,171 @@
+"""Hardware profiles: one GPU kind and the node it sits in, read from ``hardware/*.yaml``.
+
+YAML keys carry their unit (``memory_gib``, ``peak_tflops``, ``hbm_bandwidth_gb_per_s``,
+``nic_bandwidth_gbit_per_s``, ``latency_us``); the frozen :class:`HardwareProfile` holds SI base
+units (bytes, FLOP/s, bytes/s, seconds). GB = 1e9 bytes, GiB = 2**30 bytes, Gbit = 1e9 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simtrain.errors import ConfigError
+from simtrain.yamlfile import load_yaml
+
+GIB = 2**30
+MIB = 2**20
+GB = 10**9
+
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+LINK_KINDS = ("nvswitch", "nvlink", "pcie", "xgmi", "infinity_fabric")
+
+# Where shipped profiles live: <repo>/hardware next to the package.
+HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Achievable fractions of peak; calibration constants, documented in each profile."""
+
+    matmul: float  # large GEMM FLOP/s / dense peak
+    memory_bound: float  # achieved HBM bandwidth / peak, for element-wise work
+    collective: float  # NCCL bus bandwidth / link bandwidth
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareProfile:
+    name: str
+    display_name: str
+    memory_bytes: int
+    peak_flops_per_s: tuple[tuple[str, float], ...]  # (dtype, dense FLOP/s); 0 if unsupported
+    hbm_bandwidth_bytes_per_s: float
+    gpus_per_node: int
+    intra_node_kind: str
+    intra_node_bandwidth_bytes_per_s: float  # per GPU, per direction
+    intra_node_latency_s: float
+    pcie_bandwidth_bytes_per_s: float  # host <-> GPU, per direction
+    nic_bandwidth_bytes_per_s: float  # per GPU, per direction
+    inter_node_latency_s: float
+    oversubscription: float  # leaf-to-spine oversubscription ratio of the fat tree (1 = full)
+    cuda_context_bytes: int
+    host_memory_bytes: int  # per node
+    cpu_adam_params_per_s: float  # CPU optimizer throughput for offload (DeepSpeed CPUAdam)
+    efficiency: Efficiency
+    source_file: str = ""
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype`` (fp32 | tf32 | fp16 | bf16 | fp8 | int8)."""
+        for name, value in self.peak_flops_per_s:
+            if name == dtype:
+                return value
+        raise KeyError(dtype)
+
+
+def _num(data: dict[str, Any], key: str, file: str, prefix: str = "", minimum: float = 0.0,
+         default: float | None = None) -> float:  # fmt: skip
+    full = f"{prefix}{key}"
+    if key not in data:
+        if default is not None:
+            return default
+        raise ConfigError(file, full, "missing required key")
+    v = data[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ConfigError(file, full, "must be a number", v)
+    if v < minimum:
+        raise ConfigError(file, full, f"must be >= {minimum}", v)
+    return float(v)
+
+
+HW_KEYS = {
+    "name", "display_name", "memory_gib", "peak_tflops", "hbm_bandwidth_gb_per_s", "gpus_per_node",
+    "intra_node", "pcie_bandwidth_gb_per_s", "nic_bandwidth_gbit_per_s", "inter_node_latency_us",
+    "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
+    "efficiency",
+}  # fmt: skip
+
+
+def parse_hardware(data: Any, file: str) -> HardwareProfile:
+    """Validate a hardware mapping (already parsed from YAML) into a profile."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "<root>", "a hardware profile must be a mapping")
+    unknown = sorted(set(data) - HW_KEYS)
+    if unknown:
+        raise ConfigError(file, unknown[0], "unknown key", None, ", ".join(sorted(HW_KEYS)))
+    peaks = data.get("peak_tflops")
+    if not isinstance(peaks, dict):
+        raise ConfigError(file, "peak_tflops", "must be a mapping dtype -> TFLOP/s", peaks)
+    for k in peaks:
+        if k not in DTYPES:
+            raise ConfigError(file, f"peak_tflops.{k}", "unknown dtype", k, " | ".join(DTYPES))
+    peak = tuple(
+        (d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES
+    )
+    intra = data.get("intra_node")
+    if not isinstance(intra, dict):
+        raise ConfigError(file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us")
+    if intra.get("kind") not in LINK_KINDS:
+        raise ConfigError(file, "intra_node.kind", "unknown link kind", intra.get("kind"), " | ".join(LINK_KINDS))
+    eff = data.get("efficiency", {})
+    if not isinstance(eff, dict):
+        raise ConfigError(file, "efficiency", "must be a mapping", eff)
+    for k in eff:
+        if k not in ("matmul", "memory_bound", "collective"):
+            raise ConfigError(file, f"efficiency.{k}", "unknown key", None, "matmul, memory_bound, collective")
+    efficiency = Efficiency(
+        matmul=_num(eff, "matmul", file, "efficiency.", default=0.7),
+        memory_bound=_num(eff, "memory_bound", file, "efficiency.", default=0.8),
+        collective=_num(eff, "collective", file, "efficiency.", default=0.8),
+    )
+    for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),
+                 ("collective", efficiency.collective)):  # fmt: skip
+        if not 0 < v <= 1:
+            raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
+    gpn = data.get("gpus_per_node")
+    if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
+        raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
+    return HardwareProfile(
+        name=str(data.get("name", Path(file).stem)),
+        display_name=str(data.get("display_name", data.get("name", Path(file).stem))),
+        memory_bytes=int(_num(data, "memory_gib", file, minimum=0.001) * GIB),
+        peak_flops_per_s=peak,
+        hbm_bandwidth_bytes_per_s=_num(data, "hbm_bandwidth_gb_per_s", file, minimum=1e-9) * GB,
+        gpus_per_node=gpn,
+        intra_node_kind=str(intra["kind"]),
+        intra_node_bandwidth_bytes_per_s=_num(intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9) * GB,
+        intra_node_latency_s=_num(intra, "latency_us", file, "intra_node.", default=2.0) * 1e-6,
+        pcie_bandwidth_bytes_per_s=_num(data, "pcie_bandwidth_gb_per_s", file, minimum=1e-9) * GB,
+        nic_bandwidth_bytes_per_s=_num(data, "nic_bandwidth_gbit_per_s", file, minimum=1e-9) * 1e9 / 8,
+        inter_node_latency_s=_num(data, "inter_node_latency_us", file, default=5.0) * 1e-6,
+        oversubscription=_num(data, "oversubscription", file, minimum=1.0, default=1.0),
+        cuda_context_bytes=int(_num(data, "cuda_context_mib", file) * MIB),
+        host_memory_bytes=int(_num(data, "host_memory_gib", file) * GIB),
+        cpu_adam_params_per_s=_num(data, "cpu_adam_params_per_s", file, minimum=1.0, default=1e9),
+        efficiency=efficiency,
+        source_file=file,
+    )
+
+
+def available_profiles() -> list[str]:
+    """Names of the shipped profiles (files in hardware/)."""
+    return sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
+
+
+def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardware",
+                  base_dir: Path | None = None) -> HardwareProfile:  # fmt: skip
+    """Load a profile by shipped name (``a100_sxm4_80gb``) or by path (absolute, or relative to
+    ``base_dir`` -- the scenario's folder -- or to the working directory)."""
+    candidates = []
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if base_dir is not None and not p.is_absolute():
+            candidates.append(base_dir / p)
+        candidates.append(p)
+    else:
+        candidates.append(HARDWARE_DIR / f"{name_or_path}.yaml")
+    for c in candidates:
+        if c.is_file():
+            return parse_hardware(load_yaml(c), str(c))
+    raise ConfigError(file, key, "unknown hardware profile", name_or_path,
+                      ", ".join(available_profiles()) + " (or a path to a .yaml file)")  # fmt: skip
