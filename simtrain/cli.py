@@ -1,0 +1,121 @@
+"""Command-line interface: thin wrappers that load, call the library, and print."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simtrain.errors import SimtrainError
+
+SET_HELP = "Override a scenario key, e.g. --set training.micro_batch=2 (repeatable)."
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Domain errors become one line on stderr and exit code 2 -- never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SimtrainError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simtrain")
+def main() -> None:
+    """simtrain: will this model fit, and how fast will a training step run?"""
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@click.option("--explain", is_flag=True, help="Write out the arithmetic line by line.")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@_errors
+def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ...]) -> None:
+    """Memory per GPU by category, per pipeline stage; does it fit?"""
+    from simtrain.config import load_scenario
+    from simtrain.memory import estimate_memory
+    from simtrain.report import dumps, memory_table
+
+    rep = estimate_memory(load_scenario(scenario, overrides))
+    if as_json:
+        click.echo(dumps(rep.to_json()), nl=False)
+        return
+    if explain:
+        click.echo("\n".join(rep.explain))
+        click.echo("")
+    click.echo(memory_table(rep))
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@_errors
+def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...]) -> None:
+    """Build the scenario's model in PyTorch and measure one real training step (extra: measure)."""
+    from simtrain.config import load_scenario
+
+    sc = load_scenario(scenario, overrides)
+    try:
+        from simtrain.measure import measure_step
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SimtrainError(f"simtrain measure needs PyTorch: pip install 'simtrain[measure]' ({exc})") from None
+    from simtrain.memory import estimate_memory
+    from simtrain.report import dumps
+
+    res = measure_step(sc.model, sc.training, device=device)
+    pred = estimate_memory(sc).stages[0]
+    doc = {
+        "schema_version": 1,
+        "scenario": sc.name,
+        "device": res.device,
+        "torch_version": res.torch_version,
+        "step_time_s": res.step_time_s,
+        "measured_bytes": {
+            "parameters": res.parameter_bytes,
+            "master_weights": res.master_weight_bytes,
+            "gradients": res.gradient_bytes,
+            "optimizer_states": res.optimizer_state_bytes,
+            "activations": res.activation_bytes,
+            "peak": res.peak_bytes,
+        },
+        "predicted_bytes": {k: v for k, v in pred.memory_bytes if k != "cuda_context"},
+    }
+    if as_json:
+        click.echo(dumps(doc), nl=False)
+        return
+    click.echo(f"{sc.name} on {res.device} (torch {res.torch_version}): step {res.step_time_s:.3f} s")
+    click.echo(f"{'category':<18}{'measured B':>16}{'predicted B':>16}{'error %':>10}")
+    for k, v in doc["measured_bytes"].items():
+        p = pred.peak_memory_bytes - pred.category("cuda_context") if k == "peak" else pred.category(k)
+        err = 100.0 * (p - v) / v if v else 0.0
+        click.echo(f"{k:<18}{v:>16,}{p:>16,}{err:>10.1f}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--pp", type=int, default=4, show_default=True, help="Pipeline stages.")
+@click.option("--microbatches", "-m", type=int, default=8, show_default=True)
+@click.option("--virtual-stages", "-v", type=int, default=1, show_default=True)
+@_errors
+def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None:
+    """Print a pipeline schedule as a GPU x step grid (e.g. gpipe, 1f1b, interleaved, zb_h1)."""
+    from simtrain.schedules import build_schedule, format_grid
+
+    click.echo(format_grid(build_schedule(name, pp, microbatches, virtual_stages)))
+
+
+def _out_dir(out: str | None, name: str) -> Path:
+    return Path(out) if out else Path("plots") / name

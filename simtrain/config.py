@@ -1,0 +1,379 @@
+"""Scenario files: YAML -> validated, frozen objects.
+
+This is the one module that knows the scenario YAML. Every error names the file, the key path,
+the value and what is allowed (``ConfigError``); the CLI prints it on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from simtrain.errors import ConfigError
+from simtrain.hardware import HardwareProfile, load_hardware
+from simtrain.model import ModelSpec, from_hf_config, preset, validate_model
+from simtrain.yamlfile import load_yaml, parse_yaml
+
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16_pure", "amp_bf16", "amp_fp16")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
+RECOMPUTE = ("none", "selective", "full")
+PEFT_METHODS = (
+    "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
+)  # fmt: skip
+SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1")
+DP_MODES = ("ddp", "naive")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    nodes: int = 1
+    gpus_per_node: int = 8
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True, slots=True)
+class PeftSpec:
+    """Parameter-efficient fine-tuning. Sizes follow each method's paper:
+    LoRA rank r on target modules (Hu et al. 2021), QLoRA NF4 base with block size 64 and
+    double-quantised constants (Dettmers et al. 2023), bottleneck adapters of width
+    ``adapter_size`` (Houlsby et al. 2019), prefix tuning with ``prefix_length`` key/value vectors
+    per layer (Li & Liang 2021), prompt tuning with ``prompt_length`` soft tokens (Lester et al.
+    2021). ``phase`` of LP-FT (Kumar et al. 2022): ``probe`` (head only) or ``finetune`` (all)."""
+
+    method: str = "none"
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = ("q", "v")
+    adapter_size: int = 64
+    prefix_length: int = 32
+    prompt_length: int = 32
+    phase: str = "finetune"
+    quant_block_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadSpec:
+    """ZeRO-Offload style: optimizer states and fp32 master weights live in host memory."""
+
+    optimizer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSpec:
+    seq_len: int = 1024
+    global_batch: int = 8
+    micro_batch: int = 1
+    precision: str = "bf16"
+    optimizer: str = "adamw"
+    recompute: str = "none"
+    peft: PeftSpec = PeftSpec()
+    offload: OffloadSpec = OffloadSpec()
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelSpec:
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    schedule: str = "1f1b"
+    virtual_stages: int = 1
+    zero_stage: int = 0
+    dp_mode: str = "ddp"
+    sequence_parallel: bool = False
+    bucket_mb: float = 25.0  # DDP gradient bucket size in MB (PyTorch DDP default bucket_cap_mb=25)
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    model: ModelSpec
+    hardware: HardwareProfile
+    cluster: ClusterSpec
+    training: TrainingSpec
+    parallelism: ParallelSpec
+    source: str = ""
+
+    @property
+    def num_microbatches(self) -> int:
+        """m = global_batch / (micro_batch · dp) (Narayanan et al. 2021 §3.1)."""
+        t, p = self.training, self.parallelism
+        return t.global_batch // (t.micro_batch * p.dp)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.training.global_batch * self.training.seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic checks
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        t, t.__name__
+    )
+
+
+def _check(value: Any, typ: type, file: str, key: str) -> Any:
+    """Type-check one scalar. ints are accepted where floats are expected."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ in (int, float) and isinstance(value, bool):
+        raise ConfigError(file, key, f"must be {_type_name(typ)}", value)
+    if not isinstance(value, typ):
+        raise ConfigError(file, key, f"must be {_type_name(typ)}", value)
+    return value
+
+
+def _mapping(data: Any, file: str, key: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, key, "must be a mapping", data)
+    return data
+
+
+def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefix: str) -> None:
+    for k in data:
+        if k not in allowed:
+            raise ConfigError(file, f"{prefix}{k}", "unknown key", None, ", ".join(allowed))
+
+
+def _build(cls: type, data: dict[str, Any], file: str, prefix: str, choices: dict[str, tuple]) -> Any:
+    """Build a flat frozen dataclass from a mapping, type-checking every field."""
+    names = tuple(f.name for f in fields(cls))
+    _no_unknown(data, names, file, prefix)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}{f.name}"
+        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+        value = data[f.name]
+        if typ is None:  # tuple[str, ...]
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(file, key, "must be a list of strings", value)
+            value = tuple(value)
+        else:
+            value = _check(value, typ, file, key)
+        if f.name in choices:
+            allowed = choices[f.name]
+            bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
+            if bad:
+                raise ConfigError(
+                    file, key, "unknown value", bad[0] if len(bad) == 1 else value,
+                    " | ".join(str(a) for a in allowed),
+                )  # fmt: skip
+        if typ in (int, float) and value <= 0 and f.name not in ("zero_stage", "alpha"):
+            raise ConfigError(file, key, "must be positive", value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+MODEL_SHAPE_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name != "name")
+
+
+def parse_model(data: Any, file: str, base_dir: Path | None) -> ModelSpec:
+    """``model:`` is a preset, an ``hf_config`` path, or inline shape keys; shape keys given
+    next to a preset or hf_config override it (e.g. ``flash_attention: true``)."""
+    data = _mapping(data, file, "model")
+    _no_unknown(data, ("preset", "hf_config", "name") + MODEL_SHAPE_KEYS, file, "model.")
+    if "preset" in data and "hf_config" in data:
+        raise ConfigError(file, "model", "give either preset or hf_config, not both")
+    base: dict[str, Any] = {}
+    if "preset" in data:
+        spec = preset(str(data["preset"]), file)
+        base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
+    elif "hf_config" in data:
+        p = Path(str(data["hf_config"]))
+        if base_dir is not None and not p.is_absolute() and not p.exists():
+            p = base_dir / p
+        spec = from_hf_config(p, file)
+        base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
+    else:
+        missing = [k for k in ("layers", "hidden", "heads", "vocab") if k not in data]
+        if missing:
+            raise ConfigError(
+                file, f"model.{missing[0]}", "missing: give model.preset, model.hf_config "
+                "or the shape keys layers, hidden, heads, vocab (plus optional ones)",
+                None, ", ".join(MODEL_SHAPE_KEYS),
+            )  # fmt: skip
+        base = {"name": "custom", "max_positions": 2048}
+    overrides = {k: v for k, v in data.items() if k not in ("preset", "hf_config")}
+    types = {f.name: f.type for f in fields(ModelSpec)}
+    for k, v in overrides.items():
+        typ = {"int": int, "float": float, "bool": bool, "str": str}[str(types[k])]
+        base[k] = _check(v, typ, file, f"model.{k}")
+    base.setdefault("kv_heads", base["heads"])
+    base.setdefault("ffn_hidden", 4 * base["hidden"])
+    return validate_model(ModelSpec(**base), file)
+
+
+def parse_training(data: Any, file: str) -> TrainingSpec:
+    data = dict(_mapping(data, file, "training"))
+    peft_raw = _mapping(data.pop("peft", None), file, "training.peft")
+    offload_raw = _mapping(data.pop("offload", None), file, "training.offload")
+    peft = _build(PeftSpec, peft_raw, file, "training.peft.", {
+        "method": PEFT_METHODS, "target_modules": LORA_TARGETS, "phase": ("probe", "finetune"),
+    })  # fmt: skip
+    offload = _build(OffloadSpec, offload_raw, file, "training.offload.", {})
+    base = _build(
+        TrainingSpec,
+        {k: v for k, v in data.items()},
+        file,
+        "training.",
+        {"precision": PRECISIONS, "optimizer": OPTIMIZERS, "recompute": RECOMPUTE},
+    )
+    return TrainingSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
+                           "peft": peft, "offload": offload})  # fmt: skip
+
+
+def parse_parallelism(data: Any, file: str) -> ParallelSpec:
+    data = _mapping(data, file, "parallelism")
+    spec = _build(ParallelSpec, data, file, "parallelism.", {
+        "schedule": SCHEDULES, "dp_mode": DP_MODES, "zero_stage": (0, 1, 2, 3),
+    })  # fmt: skip
+    return spec
+
+
+def check_layout(s: Scenario, file: str) -> None:
+    """Layouts that do not divide are errors, each naming the key and the numbers."""
+    m, t, p = s.model, s.training, s.parallelism
+    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages):
+        raise ConfigError(
+            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
+            f"model.layers = {m.layers}", p.pp,
+        )  # fmt: skip
+    if m.heads % p.tp or m.kv_heads % p.tp:
+        raise ConfigError(
+            file, "parallelism.tp", f"must divide model.heads = {m.heads} and model.kv_heads = "
+            f"{m.kv_heads}", p.tp,
+        )  # fmt: skip
+    if t.global_batch % (t.micro_batch * p.dp):
+        raise ConfigError(
+            file, "training.global_batch", f"must be a multiple of micro_batch x dp = "
+            f"{t.micro_batch} x {p.dp} = {t.micro_batch * p.dp}", t.global_batch,
+        )  # fmt: skip
+    if p.gpus != s.cluster.gpus:
+        raise ConfigError(
+            file, "cluster", f"nodes x gpus_per_node = {s.cluster.gpus} GPUs but tp x pp x dp = "
+            f"{p.tp} x {p.pp} x {p.dp} = {p.gpus}", None,
+        )  # fmt: skip
+    if s.cluster.gpus_per_node > s.hardware.gpus_per_node:
+        raise ConfigError(
+            file, "cluster.gpus_per_node", f"hardware {s.hardware.name} has at most "
+            f"{s.hardware.gpus_per_node} GPUs per node", s.cluster.gpus_per_node,
+        )  # fmt: skip
+    if p.virtual_stages > 1 and p.schedule != "interleaved":
+        raise ConfigError(
+            file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "
+            "stages > 1", p.virtual_stages,
+        )  # fmt: skip
+    if p.schedule == "interleaved" and s.num_microbatches % p.pp:
+        raise ConfigError(
+            file, "training.global_batch", f"the interleaved schedule needs micro-batches "
+            f"(global_batch / (micro_batch x dp) = {s.num_microbatches}) to be a multiple of "
+            f"pp = {p.pp}", t.global_batch,
+        )  # fmt: skip
+    if p.sequence_parallel and p.tp == 1:
+        raise ConfigError(
+            file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
+        )
+    if p.zero_stage and p.dp_mode == "naive":
+        raise ConfigError(
+            file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage
+        )
+    if t.seq_len > m.max_positions and m.positions == "learned":
+        raise ConfigError(
+            file, "training.seq_len", f"exceeds model.max_positions = {m.max_positions} "
+            "(learned positions)", t.seq_len,
+        )  # fmt: skip
+    if t.peft.method in ("qlora",) and t.precision == "fp32":
+        raise ConfigError(
+            file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
+            t.precision,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides and loading
+
+TOP_KEYS = ("name", "description", "model", "hardware", "cluster", "training", "parallelism")
+
+
+def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -> None:
+    """``training.micro_batch=2`` sets data["training"]["micro_batch"] = 2 (value parsed as YAML)."""
+    if "=" not in assignment:
+        raise ConfigError("--set", assignment, "expected KEY.PATH=VALUE", assignment)
+    path, raw = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError("--set", assignment, "empty key path")
+    value = parse_yaml(raw, "--set") if raw.strip() else ""
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if child is None:
+            child = {}
+            node[k] = child
+        if not isinstance(child, dict):
+            raise ConfigError("--set", ".".join(keys[: i + 1]), "is not a mapping", child)
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenario:
+    """Validate a scenario mapping into a :class:`Scenario`."""
+    data = _mapping(data, file, "<root>")
+    _no_unknown(data, TOP_KEYS, file, "")
+    for k in ("model", "hardware"):
+        if k not in data:
+            raise ConfigError(file, k, "missing required key")
+    model = parse_model(data["model"], file, base_dir)
+    if not isinstance(data["hardware"], str):
+        raise ConfigError(file, "hardware", "must be a profile name or a path", data["hardware"])
+    hardware = load_hardware(data["hardware"], file, "hardware", base_dir)
+    cluster_raw = _mapping(data.get("cluster"), file, "cluster")
+    cluster = _build(ClusterSpec, cluster_raw, file, "cluster.", {})
+    training = parse_training(data.get("training"), file)
+    parallelism = parse_parallelism(data.get("parallelism"), file)
+    if "cluster" not in data:  # default: exactly the GPUs the layout needs, packed into nodes
+        gpn = min(hardware.gpus_per_node, parallelism.gpus)
+        nodes = -(-parallelism.gpus // gpn)
+        cluster = ClusterSpec(nodes=nodes, gpus_per_node=gpn)
+    name = data.get("name") or (Path(file).stem if file else "scenario")
+    scenario = Scenario(
+        name=str(name), model=model, hardware=hardware, cluster=cluster,
+        training=training, parallelism=parallelism, source=file,
+    )  # fmt: skip
+    check_layout(scenario, file)
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Scenario:
+    """Read a scenario YAML file, apply ``--set`` overrides, validate."""
+    p = Path(path)
+    data = load_yaml(p)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), "<root>", "a scenario must be a mapping", type(data).__name__)
+    for o in overrides:
+        apply_override(data, o)
+    return parse_scenario(data, str(p), p.parent)

@@ -1,0 +1,686 @@
+"""Where GPU memory goes during training: bytes per GPU by category, per pipeline stage.
+
+Categories (``simtrain.timeline.MEMORY_CATEGORIES``): ``parameters``, ``master_weights``,
+``gradients``, ``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
+bytes when optimizer states are offloaded.
+
+Model states follow Rajbhandari et al. 2020 (ZeRO, §3 and §5): with mixed precision and Adam a
+parameter costs 2 (16-bit weight) + 2 (16-bit gradient) + K = 12 (fp32 master, momentum, variance)
+bytes, and ZeRO stage 1/2/3 divides the optimizer states / + gradients / + parameters by N_d.
+
+Activations are counted tensor by tensor from what a PyTorch implementation saves for backward
+(:func:`layer_saved_tensors`); for 16-bit training without flash attention this reproduces
+Korthikanti et al. 2022 §4.1 Eq. 1, ``s·b·h·(34 + 5·a·s/h)`` bytes per layer, exactly, and the
+reference implementation in ``simtrain.measure`` checks it on real PyTorch steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from simtrain.config import Scenario, TrainingSpec
+from simtrain.model import ModelSpec
+from simtrain.timeline import MEMORY_CATEGORIES
+
+# ---------------------------------------------------------------------------------------------
+# Precision: bytes per element of each kind of tensor
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    """Bytes per element. ``act_mm`` = tensors saved around matmuls, ``act_norm`` = the residual
+    stream saved by norms, ``act_softmax`` = attention probabilities; ``weight_copy`` = the
+    16-bit copy of each matmul weight that torch.autocast makes and keeps until backward."""
+
+    name: str
+    param: int
+    grad: int
+    master: int
+    state: int  # bytes per optimizer-state element
+    act_mm: int
+    act_norm: int
+    act_softmax: int
+    weight_copy: int = 0
+    compute_dtype: str = "fp32"
+
+
+PRECISIONS: dict[str, Precision] = {
+    # fp32: everything 4 bytes (the lecture's first slide).
+    "fp32": Precision("fp32", 4, 4, 0, 4, 4, 4, 4, compute_dtype="fp32"),
+    # Mixed precision with fp32 master weights (Micikevicius et al. 2018; Megatron, DeepSpeed):
+    # 16-bit weights and gradients, fp32 master copy and optimizer states, 16-bit activations.
+    "fp16": Precision("fp16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="fp16"),
+    "bf16": Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16"),
+    # Pure bf16: weights, gradients and optimizer states all bf16, no master copy.
+    "bf16_pure": Precision("bf16_pure", 2, 2, 0, 2, 2, 2, 2, compute_dtype="bf16"),
+    # torch.autocast (HF Trainer bf16=True): fp32 weights and gradients; matmuls see 16-bit casts;
+    # norms and softmax run in fp32 (PyTorch autocast op lists), so the residual stream and the
+    # attention probabilities are saved in fp32. HF "model training anatomy": 18 bytes/param
+    # with AdamW = 4 + 2 (copy) + 4 (grad) + 8.
+    "amp_bf16": Precision("amp_bf16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="bf16"),
+    "amp_fp16": Precision("amp_fp16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="fp16"),
+}
+
+# Optimizer state elements per trainable parameter (Adafactor handled by shape, below).
+STATES_PER_PARAM = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
+# bitsandbytes 8-bit Adam (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"
+# §2): two 1-byte states plus one fp32 absmax per block of 2048 values per state.
+ADAM8BIT_BLOCK = 2048
+# QLoRA (Dettmers et al. 2023 §3): NF4 weights, 4 bits each; absmax per 64-value block quantised
+# to 8 bits, with one fp32 constant per 256 blocks: 8/64 + 32/(64·256) = 0.127 bits/param.
+NF4_BITS = 4
+
+
+def nf4_bytes(n: int, block: int = 64) -> int:
+    """Bytes of an NF4 tensor of ``n`` values with double-quantised constants (QLoRA §3)."""
+    blocks = ceil(n / block)
+    return ceil(n * NF4_BITS / 8) + blocks + 4 * ceil(blocks / 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter inventory
+
+
+@dataclass(frozen=True, slots=True)
+class ParamTensor:
+    """One parameter tensor per GPU (after TP sharding): ``rows x cols`` (cols = 1 for vectors)."""
+
+    name: str
+    rows: int
+    cols: int
+    trainable: bool
+    nf4: bool = False  # stored 4-bit (QLoRA base weights)
+    matmul: bool = False  # a matmul weight (autocast makes a 16-bit copy)
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+
+def _trainable_base(peft: str, phase: str) -> bool:
+    return peft == "none" or (peft == "lp_ft" and phase == "finetune")
+
+
+def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
+    """Parameter tensors of one transformer block on one TP rank.
+
+    Megatron TP (Shoeybi et al. 2019 §3): Q, K, V, gate, up are column-parallel (weights and
+    biases split by t), O and down are row-parallel (weights split, biases replicated), norms
+    replicated. PEFT adds LoRA A/B (Hu et al. 2021 §4.1), adapters (Houlsby et al. 2019 §2.1),
+    prefixes (Li & Liang 2021 §4.2).
+    """
+    peft = t.peft
+    full = _trainable_base(peft.method, peft.phase)
+    qlora = peft.method == "qlora"
+    bias_trainable = full or peft.method == "bitfit"
+    out: list[ParamTensor] = []
+    shapes = m.linear_weight_shapes()
+    column = ("q", "k", "v", "gate", "up")
+    for name, (fan_in, fan_out) in shapes.items():
+        is_col = name in column
+        rows, cols = (fan_in, fan_out // tp) if is_col else (fan_in // tp, fan_out)
+        out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
+        has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
+        if has_bias:
+            out.append(ParamTensor(f"{name}.bias", fan_out // tp if is_col else fan_out, 1,
+                                   bias_trainable))  # fmt: skip
+        if peft.method in ("lora", "qlora") and name in peft.target_modules:
+            r = peft.rank
+            # LoRA A is split like the base input, B like the base output.
+            a_rows = fan_in if is_col else fan_in // tp
+            b_cols = fan_out // tp if is_col else fan_out
+            out.append(ParamTensor(f"{name}.lora_A", a_rows, r, True, matmul=True))
+            out.append(ParamTensor(f"{name}.lora_B", r, b_cols, True, matmul=True))
+    norm_cols = 2 if m.norm == "layernorm" else 1
+    for norm in ("norm1", "norm2"):
+        out.append(ParamTensor(f"{norm}.weight", m.hidden, 1, full))
+        if norm_cols == 2:
+            out.append(ParamTensor(f"{norm}.bias", m.hidden, 1, bias_trainable))
+    if peft.method == "adapter":
+        a = peft.adapter_size
+        for where in ("attn", "mlp"):
+            out += [
+                ParamTensor(f"adapter_{where}.down", m.hidden, a, True, matmul=True),
+                ParamTensor(f"adapter_{where}.down_bias", a, 1, True),
+                ParamTensor(f"adapter_{where}.up", a, m.hidden, True, matmul=True),
+                ParamTensor(f"adapter_{where}.up_bias", m.hidden, 1, True),
+            ]
+    if peft.method == "prefix":
+        out.append(ParamTensor("prefix_kv", 2 * peft.prefix_length, m.kv_dim // tp, True))
+    return out
+
+
+def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
+    """Token embedding (vocab-parallel, V/t rows per rank), learned positions (replicated),
+    prompt-tuning soft tokens."""
+    full = _trainable_base(t.peft.method, t.peft.phase)
+    out = [ParamTensor("wte", m.vocab // tp, m.hidden, full)]
+    if m.positions == "learned":
+        out.append(ParamTensor("wpe", m.max_positions, m.hidden, full))
+    if t.peft.method == "prompt":
+        out.append(ParamTensor("prompt", t.peft.prompt_length, m.hidden, True))
+    return out
+
+
+def head_param_tensors(
+    m: ModelSpec, t: TrainingSpec, tp: int = 1, pp: int = 1
+) -> list[ParamTensor]:
+    """Final norm plus the LM head. Tied embeddings share the token embedding on one GPU; with
+    pipeline parallelism the last stage keeps its own copy (Megatron: word embeddings on the
+    first and last stage, gradients all-reduced between them). Linear probing trains a fresh
+    untied head (Kumar et al. 2022, "LP-FT", §2)."""
+    full = _trainable_base(t.peft.method, t.peft.phase)
+    probe = t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+    out = [ParamTensor("norm_f.weight", m.hidden, 1, full)]
+    if m.norm == "layernorm":
+        out.append(ParamTensor("norm_f.bias", m.hidden, 1, full or t.peft.method == "bitfit"))
+    if not m.tied_embeddings or probe:
+        out.append(ParamTensor("lm_head", m.hidden, m.vocab // tp, full or probe, matmul=True))
+    elif pp > 1:
+        out.append(ParamTensor("lm_head(tied copy)", m.hidden, m.vocab // tp, full, matmul=True))
+    return out
+
+
+def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:
+    """All parameters of the model on one GPU (no parallelism)."""
+    return (
+        embedding_param_tensors(m, t) + layer_param_tensors(m, t) * m.layers + head_param_tensors(m, t)
+    )
+
+
+def trainable_params(m: ModelSpec, t: TrainingSpec) -> int:
+    return sum(p.numel for p in full_model_param_tensors(m, t) if p.trainable)
+
+
+def total_params(m: ModelSpec, t: TrainingSpec) -> int:
+    """Parameters including PEFT additions (base N + adapters)."""
+    return sum(p.numel for p in full_model_param_tensors(m, t))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-state bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStateBytes:
+    parameters: int
+    master_weights: int
+    gradients: int
+    optimizer_states: int
+    weight_copies: int  # autocast 16-bit copies of matmul weights (held until backward)
+    params: int
+    trainable: int
+
+
+def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelStateBytes:
+    """Bytes of parameters, fp32 master copies, gradients and optimizer states.
+
+    Frozen parameters get no gradient, master copy or optimizer state. QLoRA base weights are
+    NF4 (:func:`nf4_bytes`); its LoRA weights stay 16-bit with no master copy (Dettmers et al.
+    2023 §3: "BFloat16 computation data type", paged fp32 optimizer states).
+    """
+    prec = PRECISIONS[t.precision]
+    qlora = t.peft.method == "qlora"
+    params = grads = master = states = copies = 0
+    n = n_train = 0
+    for p in tensors:
+        n += p.numel
+        if p.nf4:
+            params += nf4_bytes(p.numel, t.peft.quant_block_size)
+        else:
+            params += p.numel * prec.param
+            if p.matmul:
+                copies += p.numel * prec.weight_copy
+        if not p.trainable:
+            continue
+        n_train += p.numel
+        grads += p.numel * prec.grad
+        if not qlora:
+            master += p.numel * prec.master
+        state_bytes = 4 if qlora else prec.state
+        states += optimizer_state_elements(p, t.optimizer) * state_bytes
+        if t.optimizer == "adam8bit":
+            states += 2 * p.numel + 2 * 4 * ceil(p.numel / ADAM8BIT_BLOCK)
+    return ModelStateBytes(params, master, grads, states, copies, n, n_train)
+
+
+def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
+    """State elements of one tensor. SGD 0; momentum 1·n; Adam/AdamW 2·n (Kingma & Ba 2015);
+    Adafactor (Shazeer & Stern 2018 §3, no first moment as in its default beta1=None): factored
+    second moment rows + cols for matrices, n for vectors; 8-bit Adam counted in bytes apart."""
+    if optimizer in STATES_PER_PARAM:
+        return STATES_PER_PARAM[optimizer] * p.numel
+    if optimizer == "adafactor":
+        return p.rows + p.cols if p.cols > 1 and p.rows > 1 else p.numel
+    return 0  # adam8bit: bytes added by the caller
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: the tensors saved for backward
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTensor:
+    """A tensor saved for backward in one layer for one micro-batch."""
+
+    name: str
+    bytes: int
+    formula: str
+
+
+def _grad_flows(t: TrainingSpec) -> bool:
+    """Does the gradient flow back through the transformer blocks? Not for linear probing, where
+    only the head is trained (autograd saves nothing for frozen inputs)."""
+    return not (
+        t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+    )
+
+
+def layer_saved_tensors(
+    m: ModelSpec,
+    t: TrainingSpec,
+    micro_batch: int | None = None,
+    tp: int = 1,
+    sequence_parallel: bool = False,
+) -> list[SavedTensor]:
+    """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
+
+    Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
+    GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
+    dropout saves a 1-byte mask. With a 4h GeLU MLP, MHA, 16-bit activations, dropout on and no
+    flash attention this sums to Korthikanti et al. 2022 Eq. 1, ``sbh(34 + 5as/h)``; with tensor
+    (and sequence) parallelism the split follows their Eq. 2 (and Eq. 4).
+    """
+    if not _grad_flows(t):
+        return []
+    prec = PRECISIONS[t.precision]
+    b = micro_batch if micro_batch is not None else t.micro_batch
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    s_kv = s + (t.peft.prefix_length if t.peft.method == "prefix" else 0)
+    h, f, a = m.hidden, m.ffn_hidden, m.heads
+    kv = m.kv_dim
+    sb = s * b
+    seq_div = tp if sequence_parallel else 1  # tensors outside the TP region
+    full = _trainable_base(t.peft.method, t.peft.phase)
+    lora = t.peft.method in ("lora", "qlora")
+    targets = set(t.peft.target_modules) if lora else set()
+    e, en, esm = prec.act_mm, prec.act_norm, prec.act_softmax
+    amp = prec.weight_copy > 0
+    drop = m.dropout > 0
+    out: list[SavedTensor] = []
+
+    def add(name: str, n_bytes: float, formula: str) -> None:
+        out.append(SavedTensor(name, int(n_bytes), formula))
+
+    def saves_input(module: str) -> bool:
+        return full or module in targets
+
+    norm_stats = 2 if m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
+    for i, (lin_in, mods) in enumerate(
+        (("attention input", ("q", "k", "v")), ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)))
+    ):
+        add(f"norm{i + 1} input", en * sb * h / seq_div, f"{en}·sbh")
+        add(f"norm{i + 1} statistics", 4 * norm_stats * sb / seq_div, f"{4 * norm_stats}·sb")
+        users = [mod for mod in mods if saves_input(mod)]
+        if users:
+            # autocast casts the fp32 norm output once per linear that uses it.
+            copies = len(users) if amp else 1
+            add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / seq_div,
+                f"{copies * e}·sbh")  # fmt: skip
+        if i == 0:
+            # Attention core.
+            if m.flash_attention:
+                add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+                add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
+                    f"{e}·sbh + 4·bas")  # fmt: skip
+            else:
+                # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
+                kv_s = s_kv / s
+                add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
+                add("softmax output", esm * b * a * s * s_kv / tp, f"{esm}·as²b")
+                if drop:
+                    add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
+                    add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b")
+                elif amp:
+                    add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
+                        f"{e}·as²b")  # fmt: skip
+            if saves_input("o"):
+                add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
+            if lora:
+                for mod in sorted(targets & {"q", "k", "v", "o"}):
+                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
+            if drop:
+                add("attention residual dropout mask", sb * h / seq_div, "1·sbh")
+        else:
+            if m.mlp == "swiglu":
+                add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
+                add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
+            else:
+                add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
+            if saves_input("down"):
+                add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
+            if lora:
+                for mod in sorted(targets & {"gate", "up", "down"}):
+                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
+            if drop:
+                add("mlp dropout mask", sb * h / seq_div, "1·sbh")
+    if t.peft.method == "adapter":
+        a_w = t.peft.adapter_size
+        for where in ("attn", "mlp"):
+            add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w), f"{e}·sb(h+2m)")
+    return out
+
+
+def layer_activation_bytes(
+    m: ModelSpec, t: TrainingSpec, tp: int = 1, sequence_parallel: bool = False
+) -> int:
+    """Bytes one block keeps for backward per micro-batch, with recompute applied.
+
+    full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
+    selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3).
+    """
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel)
+    if not saved:
+        return 0
+    if t.recompute == "full":
+        return layer_input_bytes(m, t, tp, sequence_parallel)
+    if t.recompute == "selective":
+        core = ("softmax output", "attention dropout", "attention probabilities",
+                "attention output + logsumexp")  # fmt: skip
+        saved = [x for x in saved if not x.name.startswith(core)]
+    return sum(x.bytes for x in saved)
+
+
+def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """The checkpoint a fully recomputed block keeps: its input, b·s·h in the residual dtype."""
+    prec = PRECISIONS[t.precision]
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    return prec.act_norm * t.micro_batch * s * m.hidden // (tp if sp else 1)
+
+
+def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """Last stage, per micro-batch: final-norm input, head input, and the fp32 log-softmax output
+    that cross-entropy saves (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits 4sbv/t)."""
+    prec = PRECISIONS[t.precision]
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    sb = s * t.micro_batch
+    div = tp if sp else 1
+    total = 4 * sb * m.vocab // tp
+    if _grad_flows(t):
+        total += (prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb) // div
+    probe = t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+    if _trainable_base(t.peft.method, t.peft.phase) or probe:
+        total += prec.act_mm * sb * m.hidden // div
+    return total
+
+
+def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """Working memory of the loss on the last stage beyond what is saved: the 16-bit logits and
+    their fp32 copy in forward (fp32 training: the logits themselves), then the gradient of the
+    log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t tensors at once."""
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    return 2 * 4 * t.micro_batch * s * m.vocab // tp
+
+
+def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int:
+    """First stage: token ids (int64) for the embedding backward, and the embedding dropout mask."""
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    sb = s * t.micro_batch
+    total = 8 * t.micro_batch * t.seq_len
+    if m.dropout > 0 and _grad_flows(t):
+        total += sb * m.hidden // sp_div
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline: layers and micro-batches in flight per stage
+
+
+def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]]:
+    """Layer ranges [start, end) held by each rank; with v virtual stages rank r holds chunks
+    r, r+pp, ... (Megatron interleaved layout, Narayanan et al. 2021 §2.2.2)."""
+    per_chunk = layers // (pp * v)
+    return [
+        [((c * pp + r) * per_chunk, (c * pp + r + 1) * per_chunk) for c in range(v)]
+        for r in range(pp)
+    ]
+
+
+def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
+    """Micro-batches whose activations a stage holds at its peak, in units of a whole stage's
+    activations for one micro-batch.
+
+    GPipe holds all m (Huang et al. 2019 §2.3); 1F1B, ZB-H1 and PipeDream hold min(m, p − s)
+    (Narayanan et al. 2021 §2.2.1; Qi et al. 2023 §3); interleaved 1F1B warms up
+    (p − s − 1)·2 + (v − 1)·p chunks before its first backward (Megatron-LM
+    ``get_forward_backward_func`` warm-up count), i.e. that many + 1 chunks of 1/v of the stage;
+    naive model parallelism holds one.
+    """
+    if pp == 1 or schedule == "naive":
+        return 1.0 if schedule != "gpipe" or pp > 1 else float(1)
+    if schedule == "gpipe":
+        return float(m)
+    if schedule == "interleaved":
+        chunks = min((pp - stage - 1) * 2 + (v - 1) * pp + 1, m * v)
+        return chunks / v
+    return float(min(m, pp - stage))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass(frozen=True, slots=True)
+class StageMemory:
+    stage: int
+    gpus: int
+    layers: tuple[tuple[int, int], ...]
+    memory_bytes: tuple[tuple[str, int], ...]  # category -> bytes, in MEMORY_CATEGORIES order
+    host_memory_bytes: int
+    peak_memory_bytes: int
+    capacity_bytes: int
+    activation_bytes_per_microbatch: int
+    microbatches_in_flight: float
+    params: int  # parameters held by one GPU of this stage (after TP / ZeRO-3 sharding: before)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_memory_bytes <= self.capacity_bytes
+
+    def category(self, name: str) -> int:
+        return dict(self.memory_bytes)[name]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReport:
+    scenario: str
+    params: int
+    trainable_params: int
+    stages: tuple[StageMemory, ...]
+    explain: tuple[str, ...]
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max(s.peak_memory_bytes for s in self.stages)
+
+    @property
+    def fits(self) -> bool:
+        return all(s.fits for s in self.stages)
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": 1,
+            "scenario": self.scenario,
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "stages": [
+                {
+                    "stage": s.stage,
+                    "gpus": s.gpus,
+                    "memory_bytes": dict(s.memory_bytes),
+                    "host_memory_bytes": s.host_memory_bytes,
+                    "peak_memory_bytes": s.peak_memory_bytes,
+                    "capacity_bytes": s.capacity_bytes,
+                    "fits": s.fits,
+                }
+                for s in self.stages
+            ],
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "fits": self.fits,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StageWorkload:
+    """What the engine needs about a stage's memory: static bytes by category and the bytes one
+    micro-batch's forward allocates (freed by its backward)."""
+
+    static_bytes: tuple[tuple[str, int], ...]
+    activation_bytes_per_microbatch: int
+    transient_bytes: int  # buffers: loss working memory, weight copies, communication buffers
+
+
+def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
+    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
+    m, t, p, hw = sc.model, sc.training, sc.parallelism, sc.hardware
+    prec = PRECISIONS[t.precision]
+    tp, pp, dp, v = p.tp, p.pp, p.dp, p.virtual_stages
+    sp = p.sequence_parallel
+    ranges = stage_layers(m.layers, pp, v)[stage]
+    n_layers = sum(e - s for s, e in ranges)
+    first = any(s == 0 for s, _ in ranges)
+    last = any(e == m.layers for _, e in ranges)
+    lines: list[str] = []
+
+    tensors = layer_param_tensors(m, t, tp) * n_layers
+    if first:
+        tensors = embedding_param_tensors(m, t, tp) + tensors
+    if last:
+        tensors = tensors + head_param_tensors(m, t, tp, pp)
+    ms = model_state_bytes(tensors, t)
+    params_b, master_b, grads_b, states_b = (
+        ms.parameters, ms.master_weights, ms.gradients, ms.optimizer_states,
+    )  # fmt: skip
+    lines.append(
+        f"stage {stage}: {ms.params:,} parameters on each GPU ({n_layers} layers"
+        f"{', embeddings' if first else ''}{', head' if last else ''}{f', TP {tp}' if tp > 1 else ''}),"
+        f" {ms.trainable:,} trainable"
+    )
+    lines.append(f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(params_b)}"
+                 + (" (base weights NF4: 4 bits + block constants)" if t.peft.method == "qlora" else ""))  # fmt: skip
+    if master_b:
+        lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 copy) = {_gb(master_b)}")
+    lines.append(f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B = {_gb(grads_b)}")
+    lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = {_gb(states_b)}")
+
+    # ZeRO over the data-parallel group (Rajbhandari et al. 2020 §5.1-5.3).
+    z = p.zero_stage
+    if z >= 1 and dp > 1:
+        states_b, master_b = ceil(states_b / dp), ceil(master_b / dp)
+        lines.append(f"  ZeRO-{z}: optimizer states and master weights / dp {dp}")
+    if z >= 2 and dp > 1:
+        grads_b = ceil(grads_b / dp)
+        lines.append(f"  ZeRO-{z}: gradients / dp {dp}")
+    if z >= 3 and dp > 1:
+        params_b = ceil(params_b / dp)
+        lines.append(f"  ZeRO-3: parameters / dp {dp}")
+
+    host = 0
+    if t.offload.optimizer:
+        host = states_b + master_b
+        lines.append(f"  offload: optimizer states and master weights ({_gb(host)}) live in host memory")
+        states_b = master_b = 0
+
+    # Activations.
+    per_layer = layer_activation_bytes(m, t, tp, sp)
+    act_mb = per_layer * n_layers
+    if first:
+        act_mb += embedding_saved_bytes(m, t, tp if sp else 1)
+    if last:
+        act_mb += head_saved_bytes(m, t, tp, sp)
+    in_flight = microbatches_in_flight(p.schedule, pp, sc.num_microbatches, stage, v)
+    activations = ceil(act_mb * in_flight)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp)
+    if saved:
+        lines.append(
+            f"  activations per layer per micro-batch (b={t.micro_batch}, s={t.seq_len}, "
+            f"h={m.hidden}): {per_layer:,} B"
+            + (f" (recompute {t.recompute}: of {sum(x.bytes for x in saved):,} B saved without it)"
+               if t.recompute != "none" else "")  # fmt: skip
+        )
+        for x in saved:
+            lines.append(f"      {x.name:<42} {x.formula:<14} {x.bytes:>14,} B")
+    else:
+        lines.append("  activations: no gradient flows through the blocks: nothing is saved")
+    # Working set of recompute: one block's full activations re-materialised during backward.
+    recompute_ws = 0
+    if t.recompute == "full" and saved:
+        recompute_ws = sum(x.bytes for x in saved)
+    lines.append(
+        f"  activations      = {act_mb:,} B per micro-batch x {in_flight:g} in flight "
+        f"({p.schedule}, stage {stage}) + recompute working set {recompute_ws:,} B"
+        f" = {_gb(activations + recompute_ws)}"
+    )
+    activations += recompute_ws
+
+    # Buffers: transient working memory.
+    buffers = 0
+    if last:
+        buffers += loss_transient_bytes(m, t, tp)
+    if prec.weight_copy:
+        buffers += ms.weight_copies
+    if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
+        buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
+    if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer
+        buffers += 2 * prec.param * (ms.params // max(n_layers, 1))
+    if pp > 1:  # p2p send/receive buffers: b·s·h activations and gradients
+        buffers += 2 * prec.act_mm * t.micro_batch * t.seq_len * m.hidden // (tp if sp else 1)
+    lines.append(f"  buffers          = {_gb(buffers)} (loss working memory, casts, communication)")
+    context = hw.cuda_context_bytes
+    lines.append(f"  CUDA context     = {_gb(context)} ({hw.display_name} profile)")
+
+    cats = {
+        "parameters": params_b,
+        "master_weights": master_b,
+        "gradients": grads_b,
+        "optimizer_states": states_b,
+        "activations": activations,
+        "cuda_context": context,
+        "buffers": buffers,
+    }
+    peak = sum(cats.values())
+    lines.append(f"  total            = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
+    sm = StageMemory(
+        stage=stage,
+        gpus=tp * dp,
+        layers=tuple(ranges),
+        memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
+        host_memory_bytes=host,
+        peak_memory_bytes=peak,
+        capacity_bytes=hw.memory_bytes,
+        activation_bytes_per_microbatch=act_mb,
+        microbatches_in_flight=in_flight,
+        params=ms.params,
+    )
+    return sm, lines
+
+
+def estimate_memory(sc: Scenario) -> MemoryReport:
+    """Memory per GPU of every pipeline stage of a scenario."""
+    stages, lines = [], []
+    for s in range(sc.parallelism.pp):
+        sm, ln = stage_memory(sc, s)
+        stages.append(sm)
+        lines += ln
+    return MemoryReport(
+        scenario=sc.name,
+        params=total_params(sc.model, sc.training),
+        trainable_params=trainable_params(sc.model, sc.training),
+        stages=tuple(stages),
+        explain=tuple(lines),
+    )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB ({n / 2**30:,.2f} GiB)"

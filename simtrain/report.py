@@ -1,0 +1,68 @@
+"""Terminal tables and JSON documents. The only place (with the CLI) that formats for people."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from simtrain.memory import MemoryReport
+from simtrain.timeline import MEMORY_CATEGORIES
+
+GIB = 2**30
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:,.2f}"
+
+
+def dumps(doc: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed separators, floats as Python repr."""
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+def memory_table(rep: MemoryReport) -> str:
+    """Per-stage memory by category in GiB (2**30 bytes) with GB (1e9 bytes) totals."""
+    stages = rep.stages
+    # Identical stages collapse into one column to keep the table narrow.
+    cols: list[tuple[str, Any]] = []
+    for s in stages:
+        if cols and cols[-1][1].memory_bytes == s.memory_bytes and cols[-1][1].fits == s.fits:
+            label, first = cols[-1]
+            start = label.split("-")[0]
+            cols[-1] = (f"{start}-{s.stage}", first)
+        else:
+            cols.append((str(s.stage), s))
+    width = max(12, *(len(c[0]) + 8 for c in cols))
+    lines = [
+        f"{rep.scenario}: {rep.params:,} parameters, {rep.trainable_params:,} trainable",
+        "memory per GPU, GiB (2^30 bytes)",
+        f"{'category':<18}" + "".join(f"{'stage ' + c[0]:>{width}}" for c in cols),
+    ]
+    for cat in MEMORY_CATEGORIES:
+        lines.append(f"{cat:<18}" + "".join(f"{gib(s.category(cat)):>{width}}" for _, s in cols))
+    lines.append("-" * (18 + width * len(cols)))
+    lines.append(f"{'peak (GiB)':<18}" + "".join(f"{gib(s.peak_memory_bytes):>{width}}" for _, s in cols))
+    lines.append(
+        f"{'peak (GB, 1e9)':<18}"
+        + "".join(f"{s.peak_memory_bytes / 1e9:>{width},.2f}" for _, s in cols)
+    )
+    if any(s.host_memory_bytes for s in stages):
+        lines.append(f"{'host (GiB)':<18}" + "".join(f"{gib(s.host_memory_bytes):>{width}}" for _, s in cols))
+    lines.append(f"{'capacity (GiB)':<18}" + "".join(f"{gib(s.capacity_bytes):>{width}}" for _, s in cols))
+    lines.append(f"{'GPUs per stage':<18}" + "".join(f"{s.gpus:>{width}}" for _, s in cols))
+    lines.append("")
+    lines.append(fit_verdict(rep))
+    return "\n".join(lines)
+
+
+def fit_verdict(rep: MemoryReport) -> str:
+    """"fits" with the headroom, or "does not fit, short by X GiB in category Y"."""
+    worst = max(rep.stages, key=lambda s: s.peak_memory_bytes - s.capacity_bytes)
+    if rep.fits:
+        head = worst.capacity_bytes - worst.peak_memory_bytes
+        return (f"fits: peak {gib(rep.peak_memory_bytes)} GiB of {gib(worst.capacity_bytes)} GiB "
+                f"(headroom {gib(head)} GiB on stage {worst.stage})")  # fmt: skip
+    short = worst.peak_memory_bytes - worst.capacity_bytes
+    cat, val = max(worst.memory_bytes, key=lambda kv: kv[1])
+    return (f"does not fit: stage {worst.stage} is short by {gib(short)} GiB; largest category "
+            f"{cat} ({gib(val)} GiB)")  # fmt: skip
