@@ -119,3 +119,40 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
 
 def _out_dir(out: str | None, name: str) -> Path:
     return Path(out) if out else Path("plots") / name
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
+@click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@_errors
+def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...]) -> None:
+    """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png."""
+    from simtrain.config import load_scenario
+    from simtrain.report import dumps, run_summary, run_table
+    from simtrain.simulation import simulate_scenario
+    from simtrain.trace import write_chrome_trace
+
+    sc = load_scenario(scenario, overrides)
+    res = simulate_scenario(sc)
+    folder = _out_dir(out, sc.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = run_summary(res)
+    (folder / "summary.json").write_text(dumps(summary))
+    cap = sc.hardware.memory_bytes
+    write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
+                       metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
+    if not no_plots:
+        from simtrain.plot import gantt, memory_plot
+
+        title = f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
+        gantt(res.timeline, folder / "gantt.png", title=title, bubble_ratio=res.metrics.bubble_ratio)
+        memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
+                    title=f"{sc.name}: memory per GPU")  # fmt: skip
+    if as_json:
+        click.echo(dumps(summary), nl=False)
+        return
+    click.echo(run_table(res))
+    click.echo(f"\nwrote {folder}/summary.json, trace.json" + ("" if no_plots else ", gantt.png, memory.png"))

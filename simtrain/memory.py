@@ -21,6 +21,7 @@ from math import ceil
 
 from simtrain.config import Scenario, TrainingSpec
 from simtrain.model import ModelSpec
+from simtrain.schedules import Action, Schedule, build_schedule, pipedream_weight_versions
 from simtrain.timeline import MEMORY_CATEGORIES
 
 # ---------------------------------------------------------------------------------------------
@@ -448,23 +449,51 @@ def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
-    """Micro-batches whose activations a stage holds at its peak, in units of a whole stage's
-    activations for one micro-batch.
-
-    GPipe holds all m (Huang et al. 2019 §2.3); 1F1B, ZB-H1 and PipeDream hold min(m, p − s)
-    (Narayanan et al. 2021 §2.2.1; Qi et al. 2023 §3); interleaved 1F1B warms up
-    (p − s − 1)·2 + (v − 1)·p chunks before its first backward (Megatron-LM
-    ``get_forward_backward_func`` warm-up count), i.e. that many + 1 chunks of 1/v of the stage;
-    naive model parallelism holds one.
-    """
+    """Closed forms of the micro-batches a stage holds at its peak (for documentation and tests;
+    :func:`activation_peak` walks the real schedule). GPipe holds all m (Huang et al. 2019
+    §2.3); 1F1B, ZB-H1 and PipeDream hold min(m, p − s) (Narayanan et al. 2021 §2.2.1; Qi et al.
+    2023 §3); naive model parallelism and pp = 1 hold one."""
     if pp == 1 or schedule == "naive":
-        return 1.0 if schedule != "gpipe" or pp > 1 else float(1)
+        return 1.0
     if schedule == "gpipe":
         return float(m)
-    if schedule == "interleaved":
-        chunks = min((pp - stage - 1) * 2 + (v - 1) * pp + 1, m * v)
-        return chunks / v
     return float(min(m, pp - stage))
+
+
+def pipeline_schedule(sc: Scenario) -> Schedule:
+    """The compute schedule of a scenario. With pp = 1 every schedule is plain gradient
+    accumulation: forward and backward of one micro-batch after another."""
+    p = sc.parallelism
+    name = p.schedule if p.pp > 1 else "1f1b"
+    return build_schedule(name, p.pp, sc.num_microbatches, p.virtual_stages)
+
+
+def activation_peak(
+    actions: list[Action], chunk_bytes: dict[int, int], working_set: dict[int, int]
+) -> tuple[int, float]:
+    """Peak activation bytes of one rank, walking its actions in order: F allocates its chunk's
+    bytes, recompute (before B or I) adds the chunk's working set, B (or W after a split
+    backward) frees both. Returns (peak bytes, peak in whole-stage micro-batch units)."""
+    held = 0
+    peak = 0
+    count = 0
+    peak_count = 0.0
+    v = max(len(chunk_bytes), 1)
+    for a in actions:
+        if a.kind == "F":
+            held += chunk_bytes[a.stage]
+            count += 1
+            if held > peak:
+                peak, peak_count = held, count / v
+        elif a.kind in ("B", "I"):
+            peak = max(peak, held + working_set[a.stage])
+            if a.kind == "B":
+                held -= chunk_bytes[a.stage]
+                count -= 1
+        elif a.kind == "W":
+            held -= chunk_bytes[a.stage]
+            count -= 1
+    return peak, peak_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +511,10 @@ class StageMemory:
     capacity_bytes: int
     activation_bytes_per_microbatch: int
     microbatches_in_flight: float
-    params: int  # parameters held by one GPU of this stage (after TP / ZeRO-3 sharding: before)
+    params: int  # parameters held by one GPU of this stage (after TP, before ZeRO-3 sharding)
+    trainable: int = 0
+    chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
+    recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -592,37 +624,47 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         lines.append(f"  offload: optimizer states and master weights ({_gb(host)}) live in host memory")
         states_b = master_b = 0
 
-    # Activations.
+    # Activations: bytes per chunk and micro-batch, walked through the rank's schedule.
     per_layer = layer_activation_bytes(m, t, tp, sp)
-    act_mb = per_layer * n_layers
-    if first:
-        act_mb += embedding_saved_bytes(m, t, tp if sp else 1)
-    if last:
-        act_mb += head_saved_bytes(m, t, tp, sp)
-    in_flight = microbatches_in_flight(p.schedule, pp, sc.num_microbatches, stage, v)
-    activations = ceil(act_mb * in_flight)
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp)
+    full_layer = sum(x.bytes for x in saved)
+    chunk_bytes: dict[int, int] = {}
+    working_set: dict[int, int] = {}
+    for k, (lo, hi) in enumerate(ranges):
+        c = per_layer * (hi - lo)
+        if lo == 0:
+            c += embedding_saved_bytes(m, t, tp if sp else 1)
+        if hi == m.layers:
+            c += head_saved_bytes(m, t, tp, sp)
+        chunk_bytes[stage + k * pp] = c
+        # Full recompute re-materialises one block at a time during backward.
+        working_set[stage + k * pp] = full_layer if t.recompute == "full" else 0
+    act_mb = sum(chunk_bytes.values())
+    schedule = pipeline_schedule(sc)
+    activations, in_flight = activation_peak(schedule[stage], chunk_bytes, working_set)
     if saved:
         lines.append(
             f"  activations per layer per micro-batch (b={t.micro_batch}, s={t.seq_len}, "
             f"h={m.hidden}): {per_layer:,} B"
-            + (f" (recompute {t.recompute}: of {sum(x.bytes for x in saved):,} B saved without it)"
+            + (f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
                if t.recompute != "none" else "")  # fmt: skip
         )
         for x in saved:
             lines.append(f"      {x.name:<42} {x.formula:<14} {x.bytes:>14,} B")
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
-    # Working set of recompute: one block's full activations re-materialised during backward.
-    recompute_ws = 0
-    if t.recompute == "full" and saved:
-        recompute_ws = sum(x.bytes for x in saved)
+    sched_name = p.schedule if pp > 1 else "gradient accumulation"
     lines.append(
-        f"  activations      = {act_mb:,} B per micro-batch x {in_flight:g} in flight "
-        f"({p.schedule}, stage {stage}) + recompute working set {recompute_ws:,} B"
-        f" = {_gb(activations + recompute_ws)}"
+        f"  activations      = {act_mb:,} B per micro-batch x {in_flight:g} in flight at the "
+        f"peak ({sched_name}, stage {stage})"
+        + (f" + recompute working set {full_layer:,} B" if t.recompute == "full" and saved else "")
+        + f" = {_gb(activations)}"
     )
-    activations += recompute_ws
+    if p.schedule == "pipedream" and pp > 1:
+        extra = (pipedream_weight_versions(pp, stage) - 1) * params_b
+        lines.append(f"  PipeDream weight stashing: {pipedream_weight_versions(pp, stage)} weight "
+                     f"versions on stage {stage}: + {_gb(extra)} of parameters")  # fmt: skip
+        params_b += extra
 
     # Buffers: transient working memory.
     buffers = 0
@@ -662,6 +704,9 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         activation_bytes_per_microbatch=act_mb,
         microbatches_in_flight=in_flight,
         params=ms.params,
+        trainable=ms.trainable,
+        chunk_activation_bytes=tuple(sorted(chunk_bytes.items())),
+        recompute_working_set_bytes=tuple(sorted(working_set.items())),
     )
     return sm, lines
 

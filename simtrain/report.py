@@ -66,3 +66,62 @@ def fit_verdict(rep: MemoryReport) -> str:
     cat, val = max(worst.memory_bytes, key=lambda kv: kv[1])
     return (f"does not fit: stage {worst.stage} is short by {gib(short)} GiB; largest category "
             f"{cat} ({gib(val)} GiB)")  # fmt: skip
+
+
+def run_summary(res: Any) -> dict[str, Any]:
+    """summary.json: everything in ``simtrain memory --json`` plus the step metrics."""
+    mt = res.metrics
+    doc = res.memory.to_json()
+    by_stage = {s.stage: s for s in mt.stages}
+    for st in doc["stages"]:
+        s = by_stage[st["stage"]]
+        st["bubble_ratio"] = s.bubble_ratio
+        st["busy_s"] = s.busy_s
+        st["communication_exposed_s"] = s.communication_exposed_s
+        st["trace_peak_memory_bytes"] = s.peak_memory_bytes
+    sc = res.scenario
+    p = sc.parallelism
+    doc.update(
+        {
+            "hardware": sc.hardware.name,
+            "gpus": p.gpus,
+            "layout": {"dp": p.dp, "tp": p.tp, "pp": p.pp, "schedule": p.schedule,
+                       "virtual_stages": p.virtual_stages, "zero_stage": p.zero_stage,
+                       "microbatches": sc.num_microbatches},  # fmt: skip
+            "step_time_s": mt.step_time_s,
+            "tokens_per_s": mt.tokens_per_s,
+            "samples_per_s": mt.samples_per_s,
+            "mfu": mt.mfu,
+            "tflops_per_gpu": mt.tflops_per_gpu,
+            "bubble_ratio": mt.bubble_ratio,
+            "time_breakdown_s": dict(mt.time_breakdown_s),
+            "model_flops_per_step": mt.model_flops_per_step,
+            "hardware_flops_per_step": mt.hardware_flops_per_step,
+        }
+    )
+    return doc
+
+
+def run_table(res: Any) -> str:
+    """The terminal view of ``simtrain run``."""
+    mt, sc = res.metrics, res.scenario
+    p = sc.parallelism
+    lines = [
+        f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
+        f"(dp {p.dp} x tp {p.tp} x pp {p.pp}, {p.schedule}, {sc.num_microbatches} micro-batches"
+        f" of {sc.training.micro_batch})",
+        f"step time        {mt.step_time_s * 1e3:,.1f} ms",
+        f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
+        f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU)",
+        f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
+        "time breakdown per GPU (s): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
+        "",
+        f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",
+    ]
+    for s in mt.stages:
+        lines.append(f"{s.stage:>5} {s.busy_s:>10.4f} {100 * s.bubble_ratio:>9.1f} "
+                     f"{s.communication_exposed_s:>15.4f} {s.peak_memory_bytes / GIB:>9.2f}")  # fmt: skip
+    lines.append("")
+    lines.append(fit_verdict(res.memory))
+    return "\n".join(lines)

@@ -1,0 +1,492 @@
+"""Discrete-event engine: runs a task graph on (GPU, stream) queues with SimPy.
+
+The engine knows nothing about models, hardware or YAML. A task is a duration on one stream of
+one simulated GPU, with dependency ids, memory deltas and an optional shared link.
+
+Semantics (see ``simulate``):
+
+- Each (gpu, stream) pair is a FIFO queue served by ONE long-lived SimPy process: its tasks run
+  one at a time in the order they appear in the input, each once all its dependencies ended.
+  A task starts at ``max(end of its stream predecessor, end of its dependencies)`` and, without a
+  link, ends ``duration_ns`` later. Without links this is a max-plus system, so makespan is
+  monotone in every duration and scales exactly with them.
+- Dependencies are SimPy events, created lazily (one per task at most, only when some stream
+  actually has to wait for that task) and succeeded at the task's end. A dependency that is
+  already finished is never waited on.
+- Time is integer nanoseconds (``env.now`` stays an ``int``).
+- Memory is plain accounting: ``alloc`` is applied at task start, ``free`` at task end; a sample
+  is recorded at every change, coalesced to one sample per (time, gpu, category) carrying the
+  final value at that time. A negative total raises ``ValueError``.
+- Links: a task with ``link`` whose bandwidth is given first spends ``duration_ns`` (fixed
+  latency, the link is not used), then moves ``link_bytes`` over the link. Transfers that are
+  active on one link at the same time share its bandwidth equally (processor sharing / fluid
+  model). Time is exact rational arithmetic; each completion is rounded UP to the next integer
+  ns. A task whose link has no bandwidth entry, or with ``link_bytes == 0``, takes ``duration_ns``.
+- After the run, any unfinished task is a deadlock: ``DeadlockError`` names each blocked stream's
+  head task and its unfinished dependencies. A dependency cycle is such a deadlock.
+
+Reference: the SimPy scheduling core (simpy 4.1, ``simpy/core.py``); the one-process-per-stream
+layout follows ../shared/DESIGN.md ("one long-lived SimPy process per (GPU, stream)").
+"""
+
+from __future__ import annotations
+
+import gc
+import operator
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from heapq import heappop, heappush
+from math import ceil, isfinite
+
+import simpy
+from simpy.core import EmptySchedule
+from simpy.events import Event, Timeout
+
+from simtrain.errors import DeadlockError
+from simtrain.timeline import STREAMS, MemorySample, Span, Timeline
+
+__all__ = ["Task", "simulate"]
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One operation on one stream of one simulated GPU.
+
+    ``deps`` are ids of tasks that must END before this one STARTS. ``alloc`` bytes are added
+    at start and ``free`` bytes removed at end, per memory category. ``link``/``link_bytes``
+    name a shared resource whose bandwidth is split between overlapping transfers.
+    """
+
+    id: int  # unique
+    gpu: int  # simulated rank
+    stream: str  # "compute" | "p2p" | "collective" (any string allowed)
+    kind: str  # "F", "B", "I", "W", "R", "OPT", "SEND_F", "ALLREDUCE", ...
+    name: str  # label, e.g. "F mb3 L0-5"
+    duration_ns: int  # >= 0; with a link: the fixed latency before the bytes move
+    deps: tuple[int, ...] = ()
+    alloc: tuple[tuple[str, int], ...] = ()
+    free: tuple[tuple[str, int], ...] = ()
+    microbatch: int | None = None
+    stage: int | None = None
+    link: str | None = None
+    link_bytes: int = 0
+
+
+class _Link:
+    """Processor-sharing link: active transfers each progress at ``bandwidth / n``.
+
+    Uses the virtual-service trick: ``served`` is the number of bytes every active transfer has
+    received since the link was created (it grows at ``bandwidth / n`` per second while
+    ``n > 0``). A transfer of ``b`` bytes joining when ``served == s`` completes when ``served``
+    reaches ``s + b``, so joins and completions only need a heap of thresholds; the next
+    completion time is recomputed (a new timer, older timers become stale) whenever the set of
+    active transfers changes. ``served`` is kept in units of bytes * 1e9 (bytes x ns / s) as an
+    exact ``Fraction``.
+    """
+
+    __slots__ = ("env", "bw", "served", "last_ns", "heap", "seq", "gen", "timer_at")
+
+    def __init__(self, env: simpy.Environment, bandwidth_bytes_per_s: float) -> None:
+        self.env = env
+        self.bw = Fraction(bandwidth_bytes_per_s)
+        self.served = Fraction(0)  # bytes * 1e9 served to each active transfer
+        self.last_ns = 0
+        self.heap: list[tuple[Fraction, int, Event]] = []
+        self.seq = 0  # tie-break: earlier joins complete first
+        self.gen = 0  # timer generation; a timer whose generation is old is ignored
+        self.timer_at = -1  # time of the live timer, -1 if none
+
+    def _advance(self) -> None:
+        now = self.env.now
+        if now != self.last_ns:
+            n = len(self.heap)
+            if n:
+                self.served += (now - self.last_ns) * self.bw / n
+            self.last_ns = now
+
+    def join(self, nbytes: int) -> Event:
+        """Start a transfer of ``nbytes`` now; the returned event succeeds when it completes."""
+        self._advance()
+        done = Event(self.env)
+        heappush(self.heap, (self.served + nbytes * _NS_PER_S, self.seq, done))
+        self.seq += 1
+        self._reschedule()
+        return done
+
+    def _reschedule(self) -> None:
+        heap = self.heap
+        if not heap:
+            self.gen += 1
+            self.timer_at = -1
+            return
+        # ns until the head transfer's threshold at rate bw / n (in served units: bw * ns / n).
+        need = heap[0][0] - self.served
+        delay = max(0, ceil(need * len(heap) / self.bw))
+        at = self.env.now + delay
+        if at == self.timer_at:
+            return  # the live timer already fires then
+        self.gen += 1
+        self.timer_at = at
+        gen = self.gen
+        timer = Timeout(self.env, delay)
+        timer.callbacks.append(lambda _ev: self._fire(gen))  # type: ignore[union-attr]
+
+    def _fire(self, gen: int) -> None:
+        if gen != self.gen:
+            return  # superseded by a later join or completion
+        self._advance()
+        self.timer_at = -1
+        heap = self.heap
+        served = self.served
+        while heap and heap[0][0] <= served:
+            heappop(heap)[2].succeed()
+        self._reschedule()
+
+
+def _nonneg_int(value: object, unit: str, where: str) -> int:
+    """``value`` as an int >= 0 (numpy integers accepted), else ValueError naming ``where``.
+
+    Callers test ``type(value) is int and value >= 0`` inline first, so that the message is only
+    built off the fast path."""
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{where} must be an integer number of {unit}, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{where} must be >= 0 {unit}, got {n}")
+    return n
+
+
+def _task_ref(task: Task) -> str:
+    return f"{task.name!r} (id {task.id}, gpu {task.gpu} {task.stream})"
+
+
+class _Run:
+    """State of one simulation: flat per-task arrays indexed by input position."""
+
+    __slots__ = (
+        "env",
+        "tasks",
+        "deps",
+        "dur",
+        "alloc",
+        "free",
+        "link",
+        "link_bytes",
+        "done",
+        "events",
+        "start",
+        "end",
+        "slot_gpu",
+        "slot_cat",
+        "mem_bytes",
+        "mem_last_t",
+        "mem_last_i",
+        "s_time",
+        "s_key",
+        "s_bytes",
+    )
+
+    def __init__(self, env: simpy.Environment, tasks: Sequence[Task]) -> None:
+        n = len(tasks)
+        self.env = env
+        self.tasks = tasks
+        self.done = [False] * n
+        self.events: list[Event | None] = [None] * n
+        self.start = [0] * n
+        self.end = [0] * n
+        self.deps: list[tuple[int, ...]] = []
+        self.dur: list[int] = []
+        self.alloc: list[tuple[tuple[int, int], ...]] = []
+        self.free: list[tuple[tuple[int, int], ...]] = []
+        self.link: list[_Link | None] = []
+        self.link_bytes: list[int] = []
+        # Memory: one slot per (gpu, category); samples as parallel lists.
+        self.slot_gpu: list[int] = []
+        self.slot_cat: list[str] = []
+        self.mem_bytes: list[int] = []
+        self.mem_last_t: list[int] = []  # time of the slot's last sample, -1 if none
+        self.mem_last_i: list[int] = []  # index of the slot's last sample
+        self.s_time: list[int] = []
+        self.s_key: list[int] = []
+        self.s_bytes: list[int] = []
+
+    def change(self, deltas: tuple[tuple[int, int], ...], sign: int, task: int) -> None:
+        now = self.env.now
+        mem_bytes = self.mem_bytes
+        for slot, nbytes in deltas:
+            total = mem_bytes[slot] + sign * nbytes
+            if total < 0:
+                raise ValueError(
+                    f"memory of gpu {self.slot_gpu[slot]} category {self.slot_cat[slot]!r} would"
+                    f" become negative ({total} bytes) at t={now} ns when task"
+                    f" {_task_ref(self.tasks[task])} frees {nbytes} bytes"
+                )
+            mem_bytes[slot] = total
+            if self.mem_last_t[slot] == now:
+                self.s_bytes[self.mem_last_i[slot]] = total  # coalesce same-time changes
+            else:
+                self.mem_last_t[slot] = now
+                self.mem_last_i[slot] = len(self.s_time)
+                self.s_time.append(now)
+                self.s_key.append(slot)
+                self.s_bytes.append(total)
+
+    def stream(self, order: list[int]) -> Generator[Event, object, None]:
+        """The long-lived process of one (gpu, stream): runs ``order`` (task indices) FIFO."""
+        env = self.env
+        done = self.done
+        events = self.events
+        deps = self.deps
+        dur = self.dur
+        alloc = self.alloc
+        free = self.free
+        link = self.link
+        start = self.start
+        end = self.end
+        for i in order:
+            for d in deps[i]:
+                if not done[d]:
+                    ev = events[d]
+                    if ev is None:
+                        ev = events[d] = Event(env)
+                    yield ev
+            start[i] = env.now
+            if alloc[i]:
+                self.change(alloc[i], 1, i)
+            if dur[i]:
+                yield Timeout(env, dur[i])
+            lk = link[i]
+            if lk is not None:
+                yield lk.join(self.link_bytes[i])
+            end[i] = env.now
+            if free[i]:
+                self.change(free[i], -1, i)
+            done[i] = True
+            ev = events[i]
+            if ev is not None:
+                ev.succeed()
+
+
+def simulate(
+    tasks: Sequence[Task],
+    initial_memory: Mapping[int, Mapping[str, int]] | None = None,
+    link_bandwidth_bytes_per_s: Mapping[str, float] | None = None,
+    gpu_labels: Mapping[int, str] | None = None,
+) -> Timeline:
+    """Run ``tasks`` and return their timeline.
+
+    ``initial_memory[gpu][category]`` is static memory held from t=0 (sampled at t=0).
+    ``link_bandwidth_bytes_per_s[link]`` enables bandwidth sharing on that link.
+    ``gpu_labels`` is copied into the timeline.
+
+    Output: spans sorted by (start_ns, gpu, stream order, task id), where stream order is the
+    order of ``timeline.STREAMS`` followed by other streams in order of first appearance;
+    memory samples in time order (initial samples first, by gpu); ``gpus`` sorted (every GPU
+    with a task or initial memory). ``events_processed`` counts SimPy ``env.step()`` calls,
+    i.e. every event popped from SimPy's queue: process initialisations, task timeouts,
+    dependency events that somebody waited on, and link timers (stale ones included).
+
+    Raises ``ValueError`` for a duplicate task id, an unknown dependency id, a negative or
+    non-integer duration or byte count, a non-positive or infinite link bandwidth, or memory going
+    negative; ``DeadlockError`` if some task never ran (e.g. a dependency cycle).
+    """
+    env = simpy.Environment()  # initial time int 0: env.now stays int
+    run = _Run(env, tasks)
+    bandwidths = link_bandwidth_bytes_per_s or {}
+    for name, bw in bandwidths.items():
+        if not (bw > 0 and isfinite(bw)):
+            raise ValueError(f"link {name!r}: bandwidth must be finite and > 0 bytes/s, got {bw!r}")
+
+    # --- validate and flatten ----------------------------------------------------------------
+    index: dict[int, int] = {}
+    for i, t in enumerate(tasks):
+        if t.id in index:
+            first = tasks[index[t.id]]
+            raise ValueError(f"duplicate task id {t.id}: {first.name!r} and {t.name!r}")
+        index[t.id] = i
+
+    mem_slot: dict[tuple[int, str], int] = {}
+    slot_gpu = run.slot_gpu
+    slot_cat = run.slot_cat
+
+    def slot_of(gpu: int, category: str) -> int:
+        key = (gpu, category)
+        s = mem_slot.get(key)
+        if s is None:
+            s = mem_slot[key] = len(slot_gpu)
+            slot_gpu.append(gpu)
+            slot_cat.append(category)
+            run.mem_bytes.append(0)
+            run.mem_last_t.append(-1)
+            run.mem_last_i.append(-1)
+        return s
+
+    # Initial memory first, so that its samples come first and at t=0.
+    gpus: set[int] = set()
+    if initial_memory:
+        for gpu in sorted(initial_memory):
+            gpus.add(gpu)
+            for category, nbytes in initial_memory[gpu].items():
+                b = _nonneg_int(nbytes, "bytes", f"initial_memory[{gpu}][{category!r}]")
+                s = slot_of(gpu, category)
+                run.mem_bytes[s] = b
+                run.mem_last_t[s] = 0
+                run.mem_last_i[s] = len(run.s_time)
+                run.s_time.append(0)
+                run.s_key.append(s)
+                run.s_bytes.append(b)
+
+    links: dict[str, _Link] = {}
+    queues: dict[tuple[int, str], list[int]] = {}
+    stream_rank: dict[str, int] = {name: r for r, name in enumerate(STREAMS)}
+    deps_out = run.deps
+    dur_out = run.dur
+    alloc_out = run.alloc
+    free_out = run.free
+    link_out = run.link
+    link_bytes_out = run.link_bytes
+    # (gpu, pairs) -> resolved ((slot, bytes), ...); tasks often share identical alloc tuples.
+    resolved_cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[tuple[int, int], ...]] = {}
+
+    def resolve(t: Task, field_name: str, pairs: tuple[tuple[str, int], ...]):
+        key = (t.gpu, pairs)
+        r = resolved_cache.get(key)
+        if r is None:
+            out = []
+            for category, nbytes in pairs:
+                b = nbytes
+                if type(b) is not int or b < 0:
+                    b = _nonneg_int(b, "bytes", f"task {_task_ref(t)}: {field_name}")
+                if b:
+                    out.append((slot_of(t.gpu, category), b))
+            r = resolved_cache[key] = tuple(out)
+        return r
+
+    for i, t in enumerate(tasks):
+        d = t.duration_ns
+        if type(d) is not int or d < 0:
+            d = _nonneg_int(d, "ns", f"task {_task_ref(t)}: duration_ns")
+        dur_out.append(d)
+        try:
+            deps_out.append(tuple([index[x] for x in t.deps]))
+        except KeyError:
+            missing = [x for x in t.deps if x not in index]
+            raise ValueError(f"task {_task_ref(t)}: unknown dependency id(s) {missing}") from None
+        alloc_out.append(resolve(t, "alloc", t.alloc) if t.alloc else ())
+        free_out.append(resolve(t, "free", t.free) if t.free else ())
+        lb = t.link_bytes
+        if type(lb) is not int or lb < 0:
+            lb = _nonneg_int(lb, "bytes", f"task {_task_ref(t)}: link_bytes")
+        lk = None
+        if t.link is not None and lb and t.link in bandwidths:
+            lk = links.get(t.link)
+            if lk is None:
+                lk = links[t.link] = _Link(env, bandwidths[t.link])
+        link_out.append(lk)
+        link_bytes_out.append(lb)
+        key = (t.gpu, t.stream)
+        q = queues.get(key)
+        if q is None:
+            q = queues[key] = []
+            gpus.add(t.gpu)
+            if t.stream not in stream_rank:
+                stream_rank[t.stream] = len(stream_rank)
+        q.append(i)
+
+    # --- run ---------------------------------------------------------------------------------
+    for order in queues.values():
+        env.process(run.stream(order))
+    step = env.step
+    steps = 0
+    # The run allocates many short-lived objects but frees them by reference counting; pausing
+    # the cyclic collector meanwhile saves about a quarter of the time on large graphs.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            step()
+            steps += 1
+    except EmptySchedule:
+        pass
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    done = run.done
+    if not all(done):
+        _raise_deadlock(tasks, run, queues)
+
+    # --- output ------------------------------------------------------------------------------
+    start = run.start
+    end = run.end
+    order_key = sorted(
+        range(len(tasks)),
+        key=lambda i: (start[i], tasks[i].gpu, stream_rank[tasks[i].stream], tasks[i].id),
+    )
+    spans = [
+        Span(
+            task_id=t.id,
+            gpu=t.gpu,
+            stream=t.stream,
+            kind=t.kind,
+            name=t.name,
+            start_ns=start[i],
+            end_ns=end[i],
+            microbatch=t.microbatch,
+            stage=t.stage,
+        )
+        for i in order_key
+        for t in (tasks[i],)
+    ]
+    memory = [
+        MemorySample(time_ns=tm, gpu=slot_gpu[s], category=slot_cat[s], bytes=b)
+        for tm, s, b in zip(run.s_time, run.s_key, run.s_bytes, strict=True)
+    ]
+    labels = dict(sorted(gpu_labels.items())) if gpu_labels else {}
+    return Timeline(
+        spans=spans,
+        memory=memory,
+        gpus=sorted(gpus),
+        gpu_labels=labels,
+        events_processed=steps,
+    )
+
+
+def _raise_deadlock(
+    tasks: Sequence[Task], run: _Run, queues: Mapping[tuple[int, str], list[int]]
+) -> None:
+    done = run.done
+    heads: dict[int, int] = {}  # task index -> index of the head of its (blocked) stream
+    blocked: list[tuple[int, list[int]]] = []
+    for order in queues.values():
+        head = next((i for i in order if not done[i]), None)
+        if head is None:
+            continue
+        for i in order:
+            if not done[i]:
+                heads[i] = head
+        blocked.append((head, [d for d in run.deps[head] if not done[d]]))
+    blocked.sort(key=lambda hb: (tasks[hb[0]].gpu, hb[0]))
+
+    unfinished = sum(1 for x in done if not x)
+    lines = [f"deadlock: {unfinished} of {len(tasks)} tasks never ran; blocked streams:"]
+    for head, waiting in blocked:
+        t = tasks[head]
+        parts = []
+        for d in dict.fromkeys(waiting):
+            text = _task_ref(tasks[d])
+            if heads.get(d, d) != d:
+                text += f", queued behind {tasks[heads[d]].name!r} (id {tasks[heads[d]].id})"
+            parts.append(text)
+        why = "; ".join(parts) if parts else "no unfinished dependency (engine bug)"
+        lines.append(f"  gpu {t.gpu} {t.stream}: {t.name!r} (id {t.id}) waits for {why}")
+    err = DeadlockError("\n".join(lines))
+    err.blocked = tuple(  # type: ignore[attr-defined]
+        (tasks[h].gpu, tasks[h].stream, tasks[h].id, tuple(tasks[d].id for d in w))
+        for h, w in blocked
+    )
+    raise err

@@ -1,0 +1,130 @@
+"""Step metrics read from the timeline: step time, throughput, MFU, bubble, time breakdown.
+
+- MFU = model FLOPs (no recompute) / (step time · GPUs · dense peak of the compute dtype)
+  (Chowdhery et al. 2022, PaLM App. B; Korthikanti et al. 2022 App. A).
+- Hardware TFLOP/s per GPU counts the FLOPs actually executed, recompute included (HFU-like).
+- Bubble ratio of a stage = idle fraction of its compute stream over the step; the average over
+  stages is reported. For uniform stages without communication it equals (p−1)/(m+p−1) for GPipe
+  and 1F1B (Huang et al. 2019 §2.3; Narayanan et al. 2021 §2.2.1).
+- time_breakdown_s splits the step of an average stage into compute + recompute + optimizer +
+  communication_exposed + bubble, which sum to the step time (conservation of time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simtrain.config import Scenario
+from simtrain.costs import chunk_costs, model_flops_per_step
+from simtrain.memory import PRECISIONS
+from simtrain.timeline import Timeline
+
+COMPUTE_KINDS = ("F", "B", "I", "W")
+
+
+@dataclass(frozen=True, slots=True)
+class StageMetrics:
+    stage: int
+    busy_s: float  # compute stream busy time (F, B, I, W, R, OPT)
+    bubble_ratio: float
+    communication_exposed_s: float
+    peak_memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    step_time_s: float
+    tokens_per_s: float
+    samples_per_s: float
+    mfu: float
+    tflops_per_gpu: float
+    bubble_ratio: float
+    stages: tuple[StageMetrics, ...]
+    time_breakdown_s: tuple[tuple[str, float], ...]
+    model_flops_per_step: float
+    hardware_flops_per_step: float
+
+
+def _union_length(intervals: list[tuple[int, int]]) -> int:
+    total = 0
+    end = -1
+    start = -1
+    for a, b in sorted(intervals):
+        if a > end:
+            if end > start:
+                total += end - start
+            start, end = a, b
+        else:
+            end = max(end, b)
+    if end > start:
+        total += end - start
+    return total
+
+
+def _exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]]) -> int:
+    """Length of time covered by communication but not by compute."""
+    return _union_length(comm + compute) - _union_length(compute)
+
+
+def hardware_flops_per_step(sc: Scenario) -> float:
+    """FLOPs executed in one step over all GPUs, recompute included."""
+    p, m = sc.parallelism, sc.model
+    per = m.layers // (p.pp * p.virtual_stages)
+    total = 0.0
+    for k in range(p.pp * p.virtual_stages):
+        lo, hi = k * per, (k + 1) * per
+        c = chunk_costs(sc, hi - lo, lo == 0, hi == m.layers)
+        total += c.forward_flops + c.backward_flops + c.recompute_flops
+    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
+    return total * p.tp * sc.num_microbatches * p.dp
+
+
+def step_metrics(sc: Scenario, tl: Timeline) -> StepMetrics:
+    makespan_ns = tl.makespan_ns
+    step_s = makespan_ns / 1e9
+    t, p, hw = sc.training, sc.parallelism, sc.hardware
+    gpus = p.gpus
+    dtype = PRECISIONS[t.precision].compute_dtype
+    peak = hw.peak(dtype) or hw.peak("fp32")
+    mf = model_flops_per_step(sc)
+    hf = hardware_flops_per_step(sc)
+    stages = []
+    sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
+            "communication_total": 0, "bubble": 0}  # fmt: skip
+    by_gpu: dict[int, list] = {g: [] for g in tl.gpus}
+    for s in tl.spans:
+        by_gpu.setdefault(s.gpu, []).append(s)
+    for g in tl.gpus:
+        spans = by_gpu[g]
+        comp = [s for s in spans if s.stream == "compute"]
+        busy = sum(s.duration_ns for s in comp)
+        work = sum(s.duration_ns for s in comp if s.kind in COMPUTE_KINDS)
+        rec = sum(s.duration_ns for s in comp if s.kind == "R")
+        opt = sum(s.duration_ns for s in comp if s.kind == "OPT")
+        comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream != "compute"]
+        comp_iv = [(s.start_ns, s.end_ns) for s in comp]
+        exposed = _exposed(comm_iv, comp_iv)
+        idle = makespan_ns - busy
+        sums["compute"] += work
+        sums["recompute"] += rec
+        sums["optimizer"] += opt
+        sums["communication_exposed"] += exposed
+        sums["communication_total"] += sum(e - s for s, e in comm_iv)
+        sums["bubble"] += idle - exposed
+        mem_peak = tl.peak_memory_bytes(g)
+        stages.append(StageMetrics(g, busy / 1e9, idle / makespan_ns if makespan_ns else 0.0,
+                                   exposed / 1e9, mem_peak))  # fmt: skip
+    n = max(len(tl.gpus), 1)
+    breakdown = tuple((k, v / n / 1e9) for k, v in sums.items())
+    return StepMetrics(
+        step_time_s=step_s,
+        tokens_per_s=sc.tokens_per_step / step_s if step_s else 0.0,
+        samples_per_s=t.global_batch / step_s if step_s else 0.0,
+        mfu=mf / (step_s * gpus * peak) if step_s else 0.0,
+        tflops_per_gpu=hf / (step_s * gpus) / 1e12 if step_s else 0.0,
+        bubble_ratio=sum(s.bubble_ratio for s in stages) / n,
+        stages=tuple(stages),
+        time_breakdown_s=breakdown,
+        model_flops_per_step=mf,
+        hardware_flops_per_step=hf,
+    )

@@ -1,0 +1,57 @@
+"""Pipeline schedules as data: per-rank lists of tiny immutable actions (``1F3``), generators,
+a validator, a p2p lowering pass and a list-scheduling simulator. Imports no SimPy and no YAML."""
+
+from simtrain.schedules.actions import (
+    COMM_KINDS,
+    COMPUTE_KINDS,
+    KINDS,
+    Action,
+    Schedule,
+    rank_stages,
+    stage_to_rank,
+)
+from simtrain.schedules.analysis import peak_in_flight
+from simtrain.schedules.comm import add_p2p
+from simtrain.schedules.generators import (
+    SCHEDULES,
+    SPLIT_BACKWARD,
+    build_schedule,
+    gpipe,
+    interleaved,
+    naive,
+    one_f_one_b,
+    pipedream,
+    pipedream_weight_versions,
+    zb_h1,
+)
+from simtrain.schedules.grid import format_grid
+from simtrain.schedules.unit_time import format_timeline, simulate_spans, simulate_unit
+from simtrain.schedules.validate import has_split_backward, validate_schedule
+
+__all__ = [
+    "COMM_KINDS",
+    "COMPUTE_KINDS",
+    "KINDS",
+    "SCHEDULES",
+    "SPLIT_BACKWARD",
+    "Action",
+    "Schedule",
+    "add_p2p",
+    "build_schedule",
+    "format_grid",
+    "format_timeline",
+    "gpipe",
+    "has_split_backward",
+    "interleaved",
+    "naive",
+    "one_f_one_b",
+    "peak_in_flight",
+    "pipedream",
+    "pipedream_weight_versions",
+    "rank_stages",
+    "simulate_spans",
+    "simulate_unit",
+    "stage_to_rank",
+    "validate_schedule",
+    "zb_h1",
+]

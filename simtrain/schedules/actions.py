@@ -1,0 +1,84 @@
+"""Pipeline actions: tiny immutable values, printed like ``1F3`` (stage 1, forward, micro-batch 3).
+
+Modelled on PyTorch ``torch/distributed/pipelining/schedules.py`` (``_Action``): a schedule is data,
+one ordered list of actions per pipeline rank, and lowering passes (``comm.add_p2p``) add
+communication to a compute-only schedule.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from simtrain.errors import ScheduleError
+
+#: Forward pass of one stage on one micro-batch.
+F = "F"
+#: Full backward (input and weight gradients together).
+B = "B"
+#: Input-gradient half of a split backward (zero-bubble schedules).
+I = "I"  # noqa: E741 - the kind's published one-letter code
+#: Weight-gradient half of a split backward (zero-bubble schedules).
+W = "W"
+SEND_F = "SEND_F"
+RECV_F = "RECV_F"
+SEND_B = "SEND_B"
+RECV_B = "RECV_B"
+#: Optimizer step of one rank (all of its stages).
+OPT = "OPT"
+
+COMPUTE_KINDS: tuple[str, ...] = (F, B, I, W)
+COMM_KINDS: tuple[str, ...] = (SEND_F, RECV_F, SEND_B, RECV_B)
+KINDS: tuple[str, ...] = (*COMPUTE_KINDS, *COMM_KINDS, OPT)
+
+_ACTION_RE = re.compile(r"^(\d+)(SEND_F|RECV_F|SEND_B|RECV_B|OPT|F|B|I|W)(\d*)$")
+
+
+class Action(NamedTuple):
+    """One step of one rank.
+
+    ``stage`` is the global virtual stage index ``0 .. pp*v-1``; for ``OPT`` it is the rank
+    itself (stage ``r`` always lives on rank ``r``). ``microbatch`` is ``None`` only for ``OPT``.
+    For ``SEND_*`` the stage is the sender, for ``RECV_*`` the receiver (as in PyTorch).
+    """
+
+    stage: int
+    kind: str
+    microbatch: int | None = None
+
+    def __str__(self) -> str:
+        mb = "" if self.microbatch is None else str(self.microbatch)
+        return f"{self.stage}{self.kind}{mb}"
+
+    @staticmethod
+    def parse(text: str) -> Action:
+        """Inverse of ``str``: ``"1F3"`` -> ``Action(1, "F", 3)``, ``"0OPT"`` -> ``Action(0, "OPT")``."""
+        match = _ACTION_RE.match(text.strip())
+        if match is None:
+            raise ScheduleError(
+                f"invalid action {text!r}: expected STAGE KIND [MICROBATCH], e.g. '1F3' or '0OPT'; "
+                f"kinds: {', '.join(KINDS)}"
+            )
+        stage, kind, mb = match.groups()
+        if (kind == OPT) != (mb == ""):
+            raise ScheduleError(f"invalid action {text!r}: only OPT has no micro-batch")
+        return Action(int(stage), kind, int(mb) if mb else None)
+
+
+#: rank -> ordered actions of that rank.
+Schedule = dict[int, list[Action]]
+
+
+def stage_to_rank(stage: int, pp: int, v: int = 1) -> int:
+    """Rank that holds virtual stage ``stage``: ``stage % pp`` (Megatron interleaved layout,
+    Narayanan et al. 2021 §2.2.2: rank r holds chunks r, r+p, r+2p, ...)."""
+    if not 0 <= stage < pp * v:
+        raise ScheduleError(f"stage {stage} out of range 0..{pp * v - 1} (pp={pp}, v={v})")
+    return stage % pp
+
+
+def rank_stages(rank: int, pp: int, v: int = 1) -> list[int]:
+    """Virtual stages held by ``rank``, in model order: ``[rank, rank+pp, ..., rank+(v-1)*pp]``."""
+    if not 0 <= rank < pp:
+        raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
+    return [rank + k * pp for k in range(v)]

@@ -1,0 +1,201 @@
+"""Pipeline schedule generators: pure functions of (pp, m, v) returning compute-only schedules.
+
+Each returns ``{rank: [Action, ...]}`` with kinds F/B (or F/I/W) and OPT. Communication is added
+by :func:`simtrain.schedules.comm.add_p2p`. Bubble formulas assume uniform per-stage times and free
+communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual stages (model chunks) per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from simtrain.errors import ScheduleError
+from simtrain.schedules.actions import OPT, Action, B, F, I, Schedule, W
+
+ScheduleFn = Callable[[int, int, int], Schedule]
+
+
+def _check(name: str, pp: int, m: int, v: int, *, virtual: bool = False) -> None:
+    for key, value in (("pp", pp), ("microbatches", m), ("v", v)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ScheduleError(f"{name}: {key} must be an integer >= 1 (got {value!r})")
+    if v != 1 and not virtual:
+        raise ScheduleError(
+            f"{name}: virtual stages v={v} not supported; only 'interleaved' takes v > 1"
+        )
+
+
+def _opt(rank: int) -> Action:
+    return Action(rank, OPT)
+
+
+def _one_f_one_b_rank(rank: int, pp: int, m: int) -> list[tuple[str, int]]:
+    """(kind, micro-batch) order of 1F1B on one rank, kinds 'F' and 'B'."""
+    warmup = min(pp - rank - 1, m)
+    ops = [(F, j) for j in range(warmup)]
+    for j in range(m - warmup):
+        ops += [(F, warmup + j), (B, j)]
+    ops += [(B, j) for j in range(m - warmup, m)]
+    return ops
+
+
+def naive(pp: int, m: int, v: int = 1) -> Schedule:
+    """Layer-split model parallelism without pipelining: rank order F0 B0 F1 B1 ...
+
+    Micro-batch j+1 enters only after micro-batch j's backward has left rank 0, so one GPU is busy
+    at a time: busy fraction 1/p, bubble (p-1)/p (Huang et al. 2019, GPipe §2.3, Fig. 2b, the
+    "naive model parallelism" baseline).
+    """
+    _check("naive", pp, m, v)
+    return {
+        r: [a for j in range(m) for a in (Action(r, F, j), Action(r, B, j))] + [_opt(r)]
+        for r in range(pp)
+    }
+
+
+def gpipe(pp: int, m: int, v: int = 1) -> Schedule:
+    """GPipe: every rank runs all m forwards, then all m backwards (in micro-batch order).
+
+    Bubble (p-1)/(m+p-1) of total time, i.e. (p-1)/m of ideal compute time; stage 0 holds all m
+    micro-batches' activations (Huang et al. 2019 §2.3; Narayanan et al. 2021 §2.2.1).
+    """
+    _check("gpipe", pp, m, v)
+    return {
+        r: [Action(r, F, j) for j in range(m)] + [Action(r, B, j) for j in range(m)] + [_opt(r)]
+        for r in range(pp)
+    }
+
+
+def one_f_one_b(pp: int, m: int, v: int = 1) -> Schedule:
+    """1F1B / PipeDream-Flush: min(p-r-1, m) warm-up forwards, then alternate F and B, then
+    cool-down backwards, then a flush (OPT).
+
+    Same bubble as GPipe, (p-1)/(m+p-1) of total time, but rank r holds at most p-r micro-batches
+    in flight (Narayanan et al. 2021 §2.2.1, Fig. 4 top).
+    """
+    _check("1f1b", pp, m, v)
+    return {
+        r: [Action(r, k, j) for k, j in _one_f_one_b_rank(r, pp, m)] + [_opt(r)] for r in range(pp)
+    }
+
+
+def interleaved(pp: int, m: int, v: int) -> Schedule:
+    """Megatron interleaved 1F1B: rank r holds chunks r, r+p, ..., r+(v-1)p.
+
+    Forwards run depth-first in groups of p micro-batches per chunk; warm-up is
+    min(2(p-r-1) + (v-1)p, v·m) forwards, then 1F1B, then cool-down backwards. Requires
+    m % p == 0. With chunk times t_F/v and t_B/v the bubble is (p-1)/(v·m+p-1) of total time,
+    i.e. (1/v)·(p-1)/m of ideal (Narayanan et al. 2021 §2.2.2, Fig. 4 bottom; Megatron-LM
+    ``forward_backward_pipelining_with_interleaving``). v == 1 is plain :func:`one_f_one_b`.
+    """
+    _check("interleaved", pp, m, v, virtual=True)
+    if v == 1:
+        return one_f_one_b(pp, m)
+    if m % pp != 0:
+        raise ScheduleError(
+            f"interleaved: microbatches ({m}) must be a multiple of pp ({pp}) when v > 1 "
+            f"(Narayanan et al. 2021 §2.2.2); try {((m + pp - 1) // pp) * pp}"
+        )
+    total = m * v
+
+    def microbatch(k: int) -> int:
+        return (k // (pp * v)) * pp + k % pp
+
+    schedule: Schedule = {}
+    for r in range(pp):
+
+        def fwd(k: int, r: int = r) -> Action:
+            return Action(((k // pp) % v) * pp + r, F, microbatch(k))
+
+        def bwd(k: int, r: int = r) -> Action:
+            return Action((v - 1 - (k // pp) % v) * pp + r, B, microbatch(k))
+
+        warmup = min(2 * (pp - r - 1) + (v - 1) * pp, total)
+        ops = [fwd(k) for k in range(warmup)]
+        for k in range(total - warmup):
+            ops += [fwd(warmup + k), bwd(k)]
+        ops += [bwd(k) for k in range(total - warmup, total)]
+        schedule[r] = [*ops, _opt(r)]
+    return schedule
+
+
+def pipedream(pp: int, m: int, v: int = 1) -> Schedule:
+    """Asynchronous PipeDream with weight stashing: 1F1B order, no flush, OPT after every B.
+
+    Each micro-batch is a PipeDream minibatch, so every rank updates its weights after each
+    backward; stage r stashes p-r weight versions (:func:`pipedream_weight_versions`). One window
+    of m micro-batches is shown; in steady state there is no flush bubble (Harlap et al. 2018,
+    "PipeDream", §3.2-3.3).
+    """
+    _check("pipedream", pp, m, v)
+    schedule: Schedule = {}
+    for r in range(pp):
+        ops: list[Action] = []
+        for k, j in _one_f_one_b_rank(r, pp, m):
+            ops.append(Action(r, k, j))
+            if k == B:
+                ops.append(_opt(r))
+        schedule[r] = ops
+    return schedule
+
+
+def pipedream_weight_versions(pp: int, rank: int) -> int:
+    """Weight versions stage ``rank`` stashes under PipeDream: p - rank, one per in-flight
+    micro-batch (Harlap et al. 2018 §3.3, weight stashing)."""
+    if not 0 <= rank < pp:
+        raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
+    return pp - rank
+
+
+def zb_h1(pp: int, m: int, v: int = 1) -> Schedule:
+    """Zero Bubble ZB-H1: backward split into I (input grad) and W (weight grad).
+
+    Rank r: min(p-r-1, m) warm-up forwards, then F,I pairs; after its k-th I (k = 0..m-1) it runs
+    the oldest pending W only if k >= r, so r W's are deferred to fill the cool-down bubble; the
+    rest run at the end. At most p-r micro-batches wait for I, at most p for W (the peak of 1F1B's
+    first rank). With T_F = T_I = T_W = T and m >= p the bubble is (p-1)·T per rank, i.e.
+    (p-1)/(3m+p-1) of total time, a third of 1F1B's (Qi et al. 2024, "Zero Bubble Pipeline
+    Parallelism", ICLR, §2.1 and Fig. 3 top; ordering as PyTorch ``ScheduleInterleavedZeroBubble``
+    with one chunk). For m < p the paper's formula does not apply: the makespan is
+    (2m+2p-1)·T (pinned by tests), still never worse than 1F1B's 3(m+p-1)·T.
+    """
+    _check("zb_h1", pp, m, v)
+    schedule: Schedule = {}
+    for r in range(pp):
+        warmup = min(pp - r - 1, m)
+        ops = [Action(r, F, j) for j in range(warmup)]
+        next_f, next_w = warmup, 0
+        for k in range(m):
+            if next_f < m:
+                ops.append(Action(r, F, next_f))
+                next_f += 1
+            ops.append(Action(r, I, k))
+            if k >= r:
+                ops.append(Action(r, W, next_w))
+                next_w += 1
+        ops += [Action(r, W, j) for j in range(next_w, m)]
+        schedule[r] = [*ops, _opt(r)]
+    return schedule
+
+
+SCHEDULES: dict[str, ScheduleFn] = {
+    "naive": naive,
+    "gpipe": gpipe,
+    "1f1b": one_f_one_b,
+    "interleaved": interleaved,
+    "pipedream": pipedream,
+    "zb_h1": zb_h1,
+}
+
+#: Schedules whose backward is split into I and W.
+SPLIT_BACKWARD: frozenset[str] = frozenset({"zb_h1"})
+
+
+def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
+    """Schedule ``name`` (a key of :data:`SCHEDULES`) for pp ranks, m micro-batches, v chunks."""
+    fn = SCHEDULES.get(name)
+    if fn is None:
+        raise ScheduleError(
+            f"unknown pipeline schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}"
+        )
+    return fn(pp, m, v)

@@ -1,0 +1,344 @@
+"""Shipped hardware profiles (hardware/*.yaml): they load, carry datasheet numbers, cite a source for
+every number, and the loader rejects bad profiles with a ConfigError that names the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simtrain.errors import ConfigError
+from simtrain.hardware import (
+    DTYPES,
+    GB,
+    HARDWARE_DIR,
+    LINK_KINDS,
+    MIB,
+    available_profiles,
+    load_hardware,
+)
+
+REQUIRED = {
+    "v100_sxm2_32gb",
+    "a100_sxm4_40gb",
+    "a100_sxm4_80gb",
+    "h100_sxm5_80gb",
+    "h200_141gb",
+    "l40s_48gb",
+    "rtx4090_24gb",
+    "mi300x_192gb",
+}
+
+PROFILES = available_profiles()
+
+T = 1e12  # TFLOP/s -> FLOP/s
+
+
+def approx(x: float) -> object:
+    return pytest.approx(x, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_required_profiles_are_shipped() -> None:
+    missing = REQUIRED - set(PROFILES)
+    assert not missing, f"missing hardware profiles: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_loads_by_name(name: str) -> None:
+    hw = load_hardware(name)
+    assert hw.name == name, "the `name:` key must match the file name"
+    assert hw.display_name
+    assert hw.source_file.endswith(f"{name}.yaml")
+    assert hw.intra_node_kind in LINK_KINDS
+    assert {d for d, _ in hw.peak_flops_per_s} == set(DTYPES)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_loads_by_path(name: str) -> None:
+    by_path = load_hardware(str(HARDWARE_DIR / f"{name}.yaml"))
+    assert by_path == load_hardware(name)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_is_physically_plausible(name: str) -> None:
+    hw = load_hardware(name)
+    assert 8 * 2**30 <= hw.memory_bytes <= 512 * 2**30
+    assert hw.peak("fp32") > 0
+    # Tensor-core half precision is never slower than plain FP32 on these parts.
+    assert max(hw.peak("fp16"), hw.peak("bf16")) >= hw.peak("fp32")
+    for d in DTYPES:
+        assert hw.peak(d) >= 0
+    # bf16, where supported, runs at the fp16 rate on every shipped GPU.
+    if hw.peak("bf16") > 0:
+        assert hw.peak("bf16") == hw.peak("fp16")
+    # Links are slower than the GPU's own memory; the NIC is slower than the intra-node link.
+    assert hw.pcie_bandwidth_bytes_per_s < hw.hbm_bandwidth_bytes_per_s
+    assert hw.intra_node_bandwidth_bytes_per_s < hw.hbm_bandwidth_bytes_per_s
+    assert hw.nic_bandwidth_bytes_per_s <= hw.intra_node_bandwidth_bytes_per_s
+    assert 1 <= hw.gpus_per_node <= 16
+    assert 0 < hw.intra_node_latency_s < 1e-4
+    assert 0 < hw.inter_node_latency_s < 1e-4
+    assert hw.oversubscription >= 1.0
+    assert 256 * MIB <= hw.cuda_context_bytes <= 4096 * MIB
+    assert hw.host_memory_bytes >= hw.memory_bytes
+    assert 0 < hw.efficiency.matmul <= 1
+    assert 0 < hw.efficiency.memory_bound <= 1
+    assert 0 < hw.efficiency.collective <= 1
+
+
+# --------------------------------------------------------------------------- datasheet numbers
+
+
+def test_v100_datasheet_numbers() -> None:
+    hw = load_hardware("v100_sxm2_32gb")
+    assert hw.peak("fp16") == approx(125 * T)
+    assert hw.peak("fp32") == approx(15.7 * T)
+    assert hw.peak("bf16") == 0 and hw.peak("tf32") == 0 and hw.peak("fp8") == 0
+    assert hw.hbm_bandwidth_bytes_per_s == approx(900 * GB)
+    assert hw.memory_bytes == 32510 * MIB
+    assert hw.intra_node_kind == "nvlink"
+    assert hw.intra_node_bandwidth_bytes_per_s == approx(150 * GB)  # 6 NVLink2 x 25 GB/s
+    assert hw.nic_bandwidth_bytes_per_s == approx(50e9 / 8)  # 4x EDR 100 Gb/s for 8 GPUs
+    assert hw.cuda_context_bytes == 1343 * MIB  # HF "Model training anatomy", measured on V100
+    assert hw.host_memory_bytes == 512 * 2**30
+
+
+def test_a100_datasheet_numbers() -> None:
+    a80 = load_hardware("a100_sxm4_80gb")
+    a40 = load_hardware("a100_sxm4_40gb")
+    for hw in (a80, a40):
+        assert hw.peak("bf16") == approx(312 * T)
+        assert hw.peak("fp16") == approx(312 * T)
+        assert hw.peak("tf32") == approx(156 * T)
+        assert hw.peak("fp32") == approx(19.5 * T)
+        assert hw.peak("int8") == approx(624 * T)
+        assert hw.peak("fp8") == 0
+        assert hw.intra_node_kind == "nvswitch"
+        assert hw.intra_node_bandwidth_bytes_per_s == approx(300 * GB)
+        assert hw.pcie_bandwidth_bytes_per_s == approx(32 * GB)
+        assert hw.nic_bandwidth_bytes_per_s == approx(200e9 / 8)
+    assert a80.hbm_bandwidth_bytes_per_s == approx(2039 * GB)
+    assert a40.hbm_bandwidth_bytes_per_s == approx(1555 * GB)
+    assert a80.memory_bytes == 81251 * MIB
+    assert a40.memory_bytes == 40536 * MIB
+    assert a80.host_memory_bytes == 2048 * 2**30
+    assert a40.host_memory_bytes == 1024 * 2**30
+
+
+def test_h100_and_h200_datasheet_numbers() -> None:
+    h100 = load_hardware("h100_sxm5_80gb")
+    h200 = load_hardware("h200_141gb")
+    # Same GH100 die: identical dense peaks (H100 whitepaper figures).
+    assert h100.peak_flops_per_s == h200.peak_flops_per_s
+    for hw in (h100, h200):
+        assert hw.peak("bf16") == approx(989.4 * T)
+        assert hw.peak("fp16") == approx(989.4 * T)
+        assert hw.peak("fp8") == approx(1978.9 * T)
+        assert hw.peak("tf32") == approx(494.7 * T)
+        assert hw.peak("fp32") == approx(66.9 * T)
+        assert hw.intra_node_kind == "nvswitch"
+        assert hw.intra_node_bandwidth_bytes_per_s == approx(450 * GB)  # 900 GB/s bidirectional
+        assert hw.pcie_bandwidth_bytes_per_s == approx(64 * GB)
+        assert hw.nic_bandwidth_bytes_per_s == approx(400e9 / 8)
+        assert hw.host_memory_bytes == 2048 * 2**30
+    assert h100.hbm_bandwidth_bytes_per_s == approx(3350 * GB)
+    assert h200.hbm_bandwidth_bytes_per_s == approx(4800 * GB)
+    assert h100.memory_bytes == 81089 * MIB
+    assert h200.memory_bytes == 143156 * MIB
+
+
+def test_ada_datasheet_numbers() -> None:
+    l40s = load_hardware("l40s_48gb")
+    assert l40s.peak("bf16") == approx(362.05 * T)
+    assert l40s.peak("fp8") == approx(733 * T)
+    assert l40s.peak("fp32") == approx(91.6 * T)
+    assert l40s.hbm_bandwidth_bytes_per_s == approx(864 * GB)
+    assert l40s.memory_bytes == 45589 * MIB
+    assert l40s.intra_node_kind == "pcie"
+
+    g = load_hardware("rtx4090_24gb")
+    # GeForce: FP32-accumulate tensor rate (what mixed-precision training uses) is half of FP16-accumulate.
+    assert g.peak("bf16") == approx(165.2 * T)
+    assert g.peak("fp16") == approx(165.2 * T)
+    assert g.peak("fp32") == approx(82.6 * T)
+    assert g.hbm_bandwidth_bytes_per_s == approx(1008 * GB)
+    assert g.memory_bytes == 24563 * MIB
+    assert g.intra_node_kind == "pcie"
+    for hw in (l40s, g):
+        assert hw.pcie_bandwidth_bytes_per_s == approx(32 * GB)  # PCIe Gen4 x16
+
+
+def test_mi300x_datasheet_numbers() -> None:
+    hw = load_hardware("mi300x_192gb")
+    assert hw.peak("bf16") == approx(1307.4 * T)
+    assert hw.peak("fp16") == approx(1307.4 * T)
+    assert hw.peak("fp8") == approx(2614.9 * T)
+    assert hw.peak("tf32") == approx(653.7 * T)
+    assert hw.peak("fp32") == approx(163.4 * T)
+    assert hw.hbm_bandwidth_bytes_per_s == approx(5300 * GB)
+    assert hw.memory_bytes == 196592 * MIB
+    assert hw.intra_node_kind == "xgmi"
+    # 7 Infinity Fabric links x 64 GB/s per direction
+    assert hw.intra_node_bandwidth_bytes_per_s == approx(448 * GB)
+    assert hw.pcie_bandwidth_bytes_per_s == approx(64 * GB)
+    assert hw.nic_bandwidth_bytes_per_s == approx(400e9 / 8)
+
+
+# --------------------------------------------------------------------------- source comments
+
+_NUMERIC_LINE = re.compile(
+    r"^\s*[A-Za-z_][\w]*\s*:\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(#.*)?$"
+)
+_TAG = re.compile(r"\[([a-z0-9]+)\]")
+_HEADER_TAG = re.compile(r"^#\s+\[([a-z0-9]+)\]")
+# Markers that qualify a citation rather than name a source.
+_MARKERS = {"secondary"}
+
+
+def _profile_files() -> list[Path]:
+    return sorted(HARDWARE_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _profile_files(), ids=lambda p: p.stem)
+def test_every_number_cites_a_source(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    defined = {m.group(1) for line in lines if (m := _HEADER_TAG.match(line))}
+    assert "Sources:" in path.read_text(), "header must list its sources"
+    assert defined, "header must define source tags like `#  [ds]  <document>`"
+    uncited, undefined = [], []
+    numeric = 0
+    for no, line in enumerate(lines, 1):
+        if line.lstrip().startswith("#") or not _NUMERIC_LINE.match(line):
+            continue
+        numeric += 1
+        comment = line.partition("#")[2]
+        tags = set(_TAG.findall(comment)) - _MARKERS
+        if not tags:
+            uncited.append(f"{no}: {line.strip()}")
+        undefined += [f"{no}: [{t}]" for t in sorted(tags - defined)]
+    assert numeric >= 15, "expected the numeric keys of a full profile"
+    assert not uncited, "numbers without a [source] comment:\n" + "\n".join(uncited)
+    assert not undefined, "source tags not listed in the header:\n" + "\n".join(undefined)
+
+
+# --------------------------------------------------------------------------- bad profiles
+
+
+def _good() -> dict:
+    return {
+        "name": "test_gpu",
+        "display_name": "Test GPU",
+        "memory_gib": 80,
+        "peak_tflops": {"fp32": 19.5, "bf16": 312},
+        "hbm_bandwidth_gb_per_s": 2039,
+        "gpus_per_node": 8,
+        "intra_node": {"kind": "nvswitch", "bandwidth_gb_per_s": 300, "latency_us": 3},
+        "pcie_bandwidth_gb_per_s": 32,
+        "nic_bandwidth_gbit_per_s": 200,
+        "cuda_context_mib": 1024,
+        "host_memory_gib": 2048,
+    }
+
+
+def _write(tmp_path: Path, data: dict) -> str:
+    p = tmp_path / "gpu.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_minimal_profile_loads_with_defaults(tmp_path: Path) -> None:
+    hw = load_hardware(_write(tmp_path, _good()))
+    assert hw.memory_bytes == 80 * 2**30
+    assert hw.peak("bf16") == approx(312 * T)
+    assert hw.peak("fp8") == 0  # unspecified dtype -> unsupported
+    assert hw.nic_bandwidth_bytes_per_s == approx(25e9)
+    assert hw.efficiency.matmul == 0.7
+    assert hw.oversubscription == 1.0
+
+
+_DELETE = object()  # sentinel: remove the key instead of setting it
+
+
+def _mutate(path: tuple[str, ...], value: object) -> dict:
+    data = _good()
+    target = data
+    for k in path[:-1]:
+        target = target[k]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+BAD = [
+    pytest.param(("bogus_key",), 1, "bogus_key", "unknown key", id="unknown-key"),
+    pytest.param(("memory_gib",), -80, "memory_gib", "must be >=", id="negative-memory"),
+    pytest.param(("memory_gib",), "80GB", "memory_gib", "must be a number", id="memory-not-number"),
+    pytest.param(("memory_gib",), _DELETE, "memory_gib", "missing", id="missing-memory"),
+    pytest.param(
+        ("peak_tflops", "fp64"), 9.7, "peak_tflops.fp64", "unknown dtype", id="unknown-dtype"
+    ),
+    pytest.param(("peak_tflops", "bf16"), -1, "peak_tflops.bf16", "must be >=", id="negative-peak"),
+    pytest.param(
+        ("intra_node", "kind"),
+        "ethernet",
+        "intra_node.kind",
+        "unknown link kind",
+        id="unknown-link",
+    ),
+    pytest.param(
+        ("intra_node", "bandwidth_gb_per_s"),
+        0,
+        "intra_node.bandwidth_gb_per_s",
+        "must be >=",
+        id="zero-link-bw",
+    ),
+    pytest.param(("gpus_per_node",), 0, "gpus_per_node", "positive integer", id="zero-gpus"),
+    pytest.param(
+        ("gpus_per_node",), 8.5, "gpus_per_node", "positive integer", id="fractional-gpus"
+    ),
+    pytest.param(
+        ("efficiency",), {"matmul": 1.5}, "efficiency.matmul", "(0, 1]", id="efficiency-above-1"
+    ),
+    pytest.param(
+        ("efficiency",), {"mfu": 0.5}, "efficiency.mfu", "unknown key", id="efficiency-unknown-key"
+    ),
+    pytest.param(
+        ("oversubscription",), 0.5, "oversubscription", "must be >=", id="oversubscription-below-1"
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "key", "message"), BAD)
+def test_bad_profile_names_the_key(
+    tmp_path: Path, path: tuple[str, ...], value: object, key: str, message: str
+) -> None:
+    file = _write(tmp_path, _mutate(path, value))
+    with pytest.raises(ConfigError) as info:
+        load_hardware(file)
+    err = info.value
+    assert err.key == key
+    assert err.file == file
+    assert key in str(err)
+    assert message in str(err)
+
+
+def test_unknown_profile_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_hardware("tpu_v5p")
+    assert "tpu_v5p" in str(info.value)
+    for name in REQUIRED:
+        assert name in str(info.value)
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\npeak_tflops: {fp32: 1\n")
+    with pytest.raises(ConfigError):
+        load_hardware(str(p))

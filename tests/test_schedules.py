@@ -1,0 +1,299 @@
+"""Pipeline schedules: exact bubble formulas, in-flight limits, validity and simulator invariants."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtrain.errors import ScheduleError
+from simtrain.schedules import (
+    KINDS,
+    SCHEDULES,
+    SPLIT_BACKWARD,
+    Action,
+    add_p2p,
+    build_schedule,
+    format_grid,
+    format_timeline,
+    gpipe,
+    has_split_backward,
+    interleaved,
+    naive,
+    one_f_one_b,
+    peak_in_flight,
+    pipedream,
+    pipedream_weight_versions,
+    rank_stages,
+    simulate_spans,
+    simulate_unit,
+    stage_to_rank,
+    validate_schedule,
+    zb_h1,
+)
+
+PPS = range(1, 9)
+MS = range(1, 17)
+T_PAIRS = [(1, 1), (1, 2), (2, 3), (3, 1)]
+
+
+def bubble(makespan, busy, pp) -> Fraction:
+    return 1 - Fraction(sum(busy.values())) / (pp * Fraction(makespan))
+
+
+# ---------------------------------------------------------------- actions
+
+
+def test_action_str_and_parse_round_trip():
+    assert str(Action(1, "F", 3)) == "1F3"
+    assert str(Action(0, "OPT")) == "0OPT"
+    assert str(Action(12, "SEND_B", 7)) == "12SEND_B7"
+    for kind in KINDS:
+        a = Action(2, kind, None if kind == "OPT" else 5)
+        assert Action.parse(str(a)) == a
+    for bad in ["F3", "1X3", "1F", "0OPT2", ""]:
+        with pytest.raises(ScheduleError):
+            Action.parse(bad)
+
+
+def test_stage_to_rank_interleaved_layout():
+    assert [stage_to_rank(s, 4, 2) for s in range(8)] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert rank_stages(1, 4, 3) == [1, 5, 9]
+    with pytest.raises(ScheduleError):
+        stage_to_rank(8, 4, 2)
+    with pytest.raises(ScheduleError):
+        rank_stages(4, 4, 1)
+
+
+# ---------------------------------------------------------------- exact bubble formulas
+
+
+@pytest.mark.parametrize("gen", [gpipe, one_f_one_b, pipedream])
+@pytest.mark.parametrize("pp", PPS)
+def test_gpipe_1f1b_makespan_and_bubble_exact(gen, pp):
+    for m in MS:
+        schedule = gen(pp, m)
+        for t_f, t_b in T_PAIRS:
+            makespan, busy = simulate_unit(schedule, pp, 1, {"F": t_f, "B": t_b})
+            assert makespan == (m + pp - 1) * (t_f + t_b), (pp, m, t_f, t_b)
+            assert bubble(makespan, busy, pp) == Fraction(pp - 1, m + pp - 1)
+
+
+@pytest.mark.parametrize("pp", PPS)
+@pytest.mark.parametrize("v", [2, 3, 4])
+def test_interleaved_bubble_exact(pp, v):
+    for m in range(pp, 17, pp):
+        schedule = interleaved(pp, m, v)
+        for t_f, t_b in T_PAIRS:
+            durations = {"F": Fraction(t_f, v), "B": Fraction(t_b, v)}
+            makespan, busy = simulate_unit(schedule, pp, v, durations)
+            assert makespan == Fraction(v * m + pp - 1, v) * (t_f + t_b), (pp, m, v)
+            assert bubble(makespan, busy, pp) == Fraction(pp - 1, v * m + pp - 1)
+
+
+def test_interleaved_v1_is_1f1b_and_bad_m_rejected():
+    assert interleaved(4, 6, 1) == one_f_one_b(4, 6)
+    with pytest.raises(ScheduleError, match="multiple of pp"):
+        interleaved(4, 6, 2)
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_zb_h1_bubble_exact(pp):
+    for m in MS:
+        makespan, busy = simulate_unit(zb_h1(pp, m), pp, 1, {"F": 1, "I": 1, "W": 1})
+        if m >= pp:
+            assert makespan == 3 * m + pp - 1, (pp, m)
+            assert bubble(makespan, busy, pp) == Fraction(pp - 1, 3 * m + pp - 1)
+            assert all(makespan - b == pp - 1 for b in busy.values())
+        else:  # outside the paper's regime: pinned, and never worse than 1F1B with B = I + W
+            assert makespan == 2 * m + 2 * pp - 1, (pp, m)
+        assert makespan <= 3 * (m + pp - 1)
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_naive_one_gpu_busy_at_a_time(pp):
+    for m in (1, 3, 8):
+        makespan, busy = simulate_unit(naive(pp, m), pp, 1, {"F": 1, "B": 2})
+        assert makespan == m * pp * 3
+        assert all(Fraction(b, makespan) == Fraction(1, pp) for b in busy.values())
+
+
+# ---------------------------------------------------------------- in-flight micro-batches
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_in_flight_limits(pp):
+    for m in MS:
+        ofob = peak_in_flight(one_f_one_b(pp, m))
+        assert ofob == {r: min(pp - r, m) for r in range(pp)}
+        assert peak_in_flight(gpipe(pp, m)) == dict.fromkeys(range(pp), m)
+        # ZB-H1: waiting for I, same as 1F1B; waiting for W, never above 1F1B's peak (rank 0).
+        assert peak_in_flight(zb_h1(pp, m), release=("B", "I")) == ofob
+        assert max(peak_in_flight(zb_h1(pp, m)).values()) == max(ofob.values())
+        assert peak_in_flight(pipedream(pp, m)) == ofob
+
+
+@pytest.mark.parametrize("pp", PPS)
+@pytest.mark.parametrize("v", [2, 3, 4])
+def test_interleaved_in_flight_is_megatron_warmup_plus_one(pp, v):
+    for m in range(pp, 17, pp):
+        expected = {r: min(2 * (pp - r - 1) + (v - 1) * pp + 1, v * m) for r in range(pp)}
+        assert peak_in_flight(interleaved(pp, m, v)) == expected
+
+
+def test_pipedream_opt_after_every_backward_and_weight_versions():
+    pp, m = 4, 6
+    for r, actions in pipedream(pp, m).items():
+        assert sum(a.kind == "OPT" for a in actions) == m
+        for k, a in enumerate(actions):
+            if a.kind == "B":
+                assert actions[k + 1] == Action(r, "OPT")
+        assert pipedream_weight_versions(pp, r) == pp - r == peak_in_flight({r: actions})[r]
+    with pytest.raises(ScheduleError):
+        pipedream_weight_versions(4, 4)
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEDULES) - {"pipedream"}))
+def test_synchronous_schedules_end_with_one_opt(name):
+    for r, actions in build_schedule(name, 4, 8, 2 if name == "interleaved" else 1).items():
+        assert actions[-1] == Action(r, "OPT")
+        assert sum(a.kind == "OPT" for a in actions) == 1
+
+
+# ---------------------------------------------------------------- properties
+
+DURATION = st.integers(min_value=1, max_value=6)
+
+
+@st.composite
+def cases(draw):
+    name = draw(st.sampled_from(sorted(SCHEDULES)))
+    pp = draw(st.integers(1, 8))
+    if name == "interleaved":
+        v = draw(st.integers(1, 4))
+        m = pp * draw(st.integers(1, 16 // pp)) if v > 1 else draw(st.integers(1, 16))
+    else:
+        v, m = 1, draw(st.integers(1, 16))
+    durations = {k: draw(DURATION) for k in ("F", "B", "I", "W")}
+    durations["OPT"] = draw(st.integers(0, 3))
+    return name, pp, m, v, durations
+
+
+@settings(max_examples=100, deadline=None)
+@given(cases(), st.sampled_from(["F", "B", "I", "W", "OPT"]), st.integers(1, 5), st.integers(2, 4))
+def test_schedule_properties(case, kind, bump, k):
+    name, pp, m, v, durations = case
+    split = name in SPLIT_BACKWARD
+    schedule = build_schedule(name, pp, m, v)
+    validate_schedule(schedule, pp, m, v, split_backward=split)
+    assert has_split_backward(schedule) == split
+    lowered = add_p2p(schedule, pp, v)
+    validate_schedule(lowered, pp, m, v, split_backward=split)
+
+    makespan, busy = simulate_unit(schedule, pp, v, durations)
+    assert 0 <= bubble(makespan, busy, pp) < 1
+    for r, actions in schedule.items():
+        assert busy[r] == sum(durations[a.kind] for a in actions)
+    assert simulate_unit(lowered, pp, v, durations) == (makespan, busy)
+
+    longer = {**durations, kind: durations[kind] + bump}
+    assert simulate_unit(schedule, pp, v, longer)[0] >= makespan
+    scaled = {key: value * k for key, value in durations.items()}
+    assert simulate_unit(schedule, pp, v, scaled)[0] == k * makespan
+
+
+# ---------------------------------------------------------------- invalid schedules
+
+
+def _assert_rejected(schedule, pp, m, v=1, split=False, match=None):
+    with pytest.raises(ScheduleError, match=match) as info:
+        validate_schedule(schedule, pp, m, v, split_backward=split)
+    assert format_grid(schedule) in str(info.value)
+
+
+def test_removed_action_rejected_with_grid():
+    schedule = one_f_one_b(3, 4)
+    del schedule[1][2]
+    _assert_rejected(schedule, 3, 4, match="appears 0 times")
+
+
+def test_backward_before_forward_rejected_with_grid():
+    schedule = gpipe(2, 2)
+    acts = schedule[1]
+    acts[0], acts[2] = acts[2], acts[0]  # 1B0 before 1F0
+    _assert_rejected(schedule, 2, 2, match="before")
+
+
+def test_deadlock_rejected_with_grid():
+    schedule = {
+        0: [Action(0, "F", 0), Action(0, "B", 0), Action(0, "F", 1), Action(0, "B", 1)],
+        1: [Action(1, "F", 1), Action(1, "B", 1), Action(1, "F", 0), Action(1, "B", 0)],
+    }
+    schedule = {r: [*a, Action(r, "OPT")] for r, a in schedule.items()}
+    _assert_rejected(schedule, 2, 2, match="deadlock")
+    with pytest.raises(ScheduleError, match="waits for 0F1"):
+        simulate_spans(schedule, 2, 1, {"F": 1, "B": 1})
+
+
+def test_other_invalid_schedules():
+    _assert_rejected(zb_h1(2, 2), 2, 2, split=False, match="not expected")
+    wrong_rank = gpipe(2, 2)
+    wrong_rank[0][0] = Action(1, "F", 0)
+    _assert_rejected(wrong_rank, 2, 2, match="lives on rank 1")
+    no_opt = gpipe(2, 2)
+    no_opt[0].pop()
+    _assert_rejected(no_opt, 2, 2, match="does not end with OPT")
+    lowered = add_p2p(gpipe(2, 2), 2, 1)
+    lowered[1] = [a for a in lowered[1] if a != Action(1, "RECV_F", 1)]
+    _assert_rejected(lowered, 2, 2, match="RECV_F1 appears 0 times")
+
+
+def test_registry_errors():
+    with pytest.raises(ScheduleError, match="1f1b, gpipe, interleaved, naive, pipedream, zb_h1"):
+        build_schedule("dualpipe", 4, 8)
+    with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
+        build_schedule("gpipe", 4, 8, 2)
+    with pytest.raises(ScheduleError, match="pp must be"):
+        build_schedule("1f1b", 0, 8)
+    with pytest.raises(ScheduleError, match="no duration for kind 'I'"):
+        simulate_unit(zb_h1(2, 2), 2, 1, {"F": 1, "B": 1})
+
+
+# ---------------------------------------------------------------- comm lowering
+
+
+def test_add_p2p_is_pure_and_places_pairs():
+    schedule = one_f_one_b(2, 2)
+    before = {r: list(a) for r, a in schedule.items()}
+    lowered = add_p2p(schedule, 2, 1)
+    assert schedule == before
+    assert [str(a) for a in lowered[0]] == [
+        "0F0", "0SEND_F0", "0F1", "0SEND_F1", "0RECV_B0", "0B0", "0RECV_B1", "0B1", "0OPT",
+    ]  # fmt: skip
+    assert [str(a) for a in lowered[1]] == [
+        "1RECV_F0", "1F0", "1B0", "1SEND_B0", "1RECV_F1", "1F1", "1B1", "1SEND_B1", "1OPT",
+    ]  # fmt: skip
+    assert add_p2p(interleaved(1, 2, 2), 1, 2) == interleaved(1, 2, 2)
+    with pytest.raises(ScheduleError, match="already has communication"):
+        add_p2p(lowered, 2, 1)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_format_grid_snapshot_gpipe():
+    assert format_grid(gpipe(2, 2)) == (
+        "step   | 0     1     2     3     4\n"
+        "rank 0 | 0F0   0F1   0B0   0B1   0OPT\n"
+        "rank 1 | 1F0   1F1   1B0   1B1   1OPT"
+    )
+
+
+def test_format_timeline_shows_bubbles():
+    assert format_timeline(gpipe(2, 2), 2) == (
+        "step   | 0     1     2     3     4     5     6\n"
+        "rank 0 | 0F0   0F1   .     .     0B0   0B1   0OPT\n"
+        "rank 1 | .     1F0   1F1   1B0   1B1   1OPT  ."
+    )
