@@ -71,7 +71,9 @@ def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...
     try:
         from simtrain.measure import measure_step
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SimtrainError(f"simtrain measure needs PyTorch: pip install 'simtrain[measure]' ({exc})") from None
+        raise SimtrainError(
+            f"simtrain measure needs PyTorch: pip install 'simtrain[measure]' ({exc})"
+        ) from None
     from simtrain.memory import estimate_memory
     from simtrain.report import dumps
 
@@ -96,10 +98,16 @@ def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...
     if as_json:
         click.echo(dumps(doc), nl=False)
         return
-    click.echo(f"{sc.name} on {res.device} (torch {res.torch_version}): step {res.step_time_s:.3f} s")
+    click.echo(
+        f"{sc.name} on {res.device} (torch {res.torch_version}): step {res.step_time_s:.3f} s"
+    )
     click.echo(f"{'category':<18}{'measured B':>16}{'predicted B':>16}{'error %':>10}")
     for k, v in doc["measured_bytes"].items():
-        p = pred.peak_memory_bytes - pred.category("cuda_context") if k == "peak" else pred.category(k)
+        p = (
+            pred.peak_memory_bytes - pred.category("cuda_context")
+            if k == "peak"
+            else pred.category(k)
+        )
         err = 100.0 * (p - v) / v if v else 0.0
         click.echo(f"{k:<18}{v:>16,}{p:>16,}{err:>10.1f}")
 
@@ -128,7 +136,9 @@ def _out_dir(out: str | None, name: str) -> Path:
 @click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @_errors
-def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...]) -> None:
+def run(
+    scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...]
+) -> None:
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png."""
     from simtrain.config import load_scenario
     from simtrain.report import dumps, run_summary, run_table
@@ -147,12 +157,19 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     if not no_plots:
         from simtrain.plot import gantt, memory_plot
 
-        title = f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
-        gantt(res.timeline, folder / "gantt.png", title=title, bubble_ratio=res.metrics.bubble_ratio)
+        title = (
+            f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
+        )
+        gantt(
+            res.timeline, folder / "gantt.png", title=title, bubble_ratio=res.metrics.bubble_ratio
+        )
         memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
                     title=f"{sc.name}: memory per GPU")  # fmt: skip
     if as_json:
         click.echo(dumps(summary), nl=False)
         return
     click.echo(run_table(res))
-    click.echo(f"\nwrote {folder}/summary.json, trace.json" + ("" if no_plots else ", gantt.png, memory.png"))
+    click.echo(
+        f"\nwrote {folder}/summary.json, trace.json"
+        + ("" if no_plots else ", gantt.png, memory.png")
+    )

@@ -150,7 +150,9 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
             raise ConfigError(file, f"{prefix}{k}", "unknown key", None, ", ".join(allowed))
 
 
-def _build(cls: type, data: dict[str, Any], file: str, prefix: str, choices: dict[str, tuple]) -> Any:
+def _build(
+    cls: type, data: dict[str, Any], file: str, prefix: str, choices: dict[str, tuple]
+) -> Any:
     """Build a flat frozen dataclass from a mapping, type-checking every field."""
     names = tuple(f.name for f in fields(cls))
     _no_unknown(data, names, file, prefix)
@@ -296,9 +298,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
         )
     if p.zero_stage and p.dp_mode == "naive":
-        raise ConfigError(
-            file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage
-        )
+        raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
     if t.seq_len > m.max_positions and m.positions == "learned":
         raise ConfigError(
             file, "training.seq_len", f"exceeds model.max_positions = {m.max_positions} "

@@ -123,9 +123,7 @@ def _mem_ns(n_bytes: float, hw: HardwareProfile) -> float:
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
 
 
-def chunk_costs(
-    sc: Scenario, layers: int, first: bool, last: bool
-) -> StageCosts:
+def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCosts:
     """Costs of ``layers`` blocks (plus embeddings / head when the chunk holds them)."""
     m, t, hw = sc.model, sc.training, sc.hardware
     tp = sc.parallelism.tp

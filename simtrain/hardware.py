@@ -99,20 +99,24 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
     for k in peaks:
         if k not in DTYPES:
             raise ConfigError(file, f"peak_tflops.{k}", "unknown dtype", k, " | ".join(DTYPES))
-    peak = tuple(
-        (d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES
-    )
+    peak = tuple((d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES)
     intra = data.get("intra_node")
     if not isinstance(intra, dict):
-        raise ConfigError(file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us")
+        raise ConfigError(
+            file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us"
+        )
     if intra.get("kind") not in LINK_KINDS:
-        raise ConfigError(file, "intra_node.kind", "unknown link kind", intra.get("kind"), " | ".join(LINK_KINDS))
+        raise ConfigError(
+            file, "intra_node.kind", "unknown link kind", intra.get("kind"), " | ".join(LINK_KINDS)
+        )
     eff = data.get("efficiency", {})
     if not isinstance(eff, dict):
         raise ConfigError(file, "efficiency", "must be a mapping", eff)
     for k in eff:
         if k not in ("matmul", "memory_bound", "collective"):
-            raise ConfigError(file, f"efficiency.{k}", "unknown key", None, "matmul, memory_bound, collective")
+            raise ConfigError(
+                file, f"efficiency.{k}", "unknown key", None, "matmul, memory_bound, collective"
+            )
     efficiency = Efficiency(
         matmul=_num(eff, "matmul", file, "efficiency.", default=0.7),
         memory_bound=_num(eff, "memory_bound", file, "efficiency.", default=0.8),
@@ -133,10 +137,15 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         hbm_bandwidth_bytes_per_s=_num(data, "hbm_bandwidth_gb_per_s", file, minimum=1e-9) * GB,
         gpus_per_node=gpn,
         intra_node_kind=str(intra["kind"]),
-        intra_node_bandwidth_bytes_per_s=_num(intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9) * GB,
+        intra_node_bandwidth_bytes_per_s=_num(
+            intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9
+        )
+        * GB,
         intra_node_latency_s=_num(intra, "latency_us", file, "intra_node.", default=2.0) * 1e-6,
         pcie_bandwidth_bytes_per_s=_num(data, "pcie_bandwidth_gb_per_s", file, minimum=1e-9) * GB,
-        nic_bandwidth_bytes_per_s=_num(data, "nic_bandwidth_gbit_per_s", file, minimum=1e-9) * 1e9 / 8,
+        nic_bandwidth_bytes_per_s=_num(data, "nic_bandwidth_gbit_per_s", file, minimum=1e-9)
+        * 1e9
+        / 8,
         inter_node_latency_s=_num(data, "inter_node_latency_us", file, default=5.0) * 1e-6,
         oversubscription=_num(data, "oversubscription", file, minimum=1.0, default=1.0),
         cuda_context_bytes=int(_num(data, "cuda_context_mib", file) * MIB),

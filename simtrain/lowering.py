@@ -164,8 +164,19 @@ def lower(inp: LoweringInput) -> list[Task]:
             elif d[0] == "done":
                 deps.append(done[(d[1], d[2], d[3])])
         tasks.append(
-            Task(t.id, t.gpu, t.stream, t.kind, t.name, t.duration_ns, tuple(deps), t.alloc,
-                 t.free, t.microbatch, t.stage)  # fmt: skip
+            Task(
+                t.id,
+                t.gpu,
+                t.stream,
+                t.kind,
+                t.name,
+                t.duration_ns,
+                tuple(deps),
+                t.alloc,
+                t.free,
+                t.microbatch,
+                t.stage,
+            )  # fmt: skip
         )
     return tasks
 

@@ -172,7 +172,9 @@ def head_param_tensors(
     first and last stage, gradients all-reduced between them). Linear probing trains a fresh
     untied head (Kumar et al. 2022, "LP-FT", §2)."""
     full = _trainable_base(t.peft.method, t.peft.phase)
-    probe = t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+    probe = t.peft.method == "linear_probe" or (
+        t.peft.method == "lp_ft" and t.peft.phase == "probe"
+    )
     out = [ParamTensor("norm_f.weight", m.hidden, 1, full)]
     if m.norm == "layernorm":
         out.append(ParamTensor("norm_f.bias", m.hidden, 1, full or t.peft.method == "bitfit"))
@@ -186,7 +188,9 @@ def head_param_tensors(
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:
     """All parameters of the model on one GPU (no parallelism)."""
     return (
-        embedding_param_tensors(m, t) + layer_param_tensors(m, t) * m.layers + head_param_tensors(m, t)
+        embedding_param_tensors(m, t)
+        + layer_param_tensors(m, t) * m.layers
+        + head_param_tensors(m, t)
     )
 
 
@@ -319,7 +323,10 @@ def layer_saved_tensors(
 
     norm_stats = 2 if m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
     for i, (lin_in, mods) in enumerate(
-        (("attention input", ("q", "k", "v")), ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)))
+        (
+            ("attention input", ("q", "k", "v")),
+            ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)),
+        )
     ):
         add(f"norm{i + 1} input", en * sb * h / seq_div, f"{en}·sbh")
         add(f"norm{i + 1} statistics", 4 * norm_stats * sb / seq_div, f"{4 * norm_stats}·sb")
@@ -409,8 +416,12 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     div = tp if sp else 1
     total = 4 * sb * m.vocab // tp
     if _grad_flows(t):
-        total += (prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb) // div
-    probe = t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+        total += (
+            prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb
+        ) // div
+    probe = t.peft.method == "linear_probe" or (
+        t.peft.method == "lp_ft" and t.peft.phase == "probe"
+    )
     if _trainable_base(t.peft.method, t.peft.phase) or probe:
         total += prec.act_mm * sb * m.hidden // div
     return total
@@ -602,9 +613,15 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     lines.append(f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(params_b)}"
                  + (" (base weights NF4: 4 bits + block constants)" if t.peft.method == "qlora" else ""))  # fmt: skip
     if master_b:
-        lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 copy) = {_gb(master_b)}")
-    lines.append(f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B = {_gb(grads_b)}")
-    lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = {_gb(states_b)}")
+        lines.append(
+            f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 copy) = {_gb(master_b)}"
+        )
+    lines.append(
+        f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B = {_gb(grads_b)}"
+    )
+    lines.append(
+        f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = {_gb(states_b)}"
+    )
 
     # ZeRO over the data-parallel group (Rajbhandari et al. 2020 §5.1-5.3).
     z = p.zero_stage
@@ -621,7 +638,9 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     host = 0
     if t.offload.optimizer:
         host = states_b + master_b
-        lines.append(f"  offload: optimizer states and master weights ({_gb(host)}) live in host memory")
+        lines.append(
+            f"  offload: optimizer states and master weights ({_gb(host)}) live in host memory"
+        )
         states_b = master_b = 0
 
     # Activations: bytes per chunk and micro-batch, walked through the rank's schedule.
@@ -646,8 +665,11 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         lines.append(
             f"  activations per layer per micro-batch (b={t.micro_batch}, s={t.seq_len}, "
             f"h={m.hidden}): {per_layer:,} B"
-            + (f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
-               if t.recompute != "none" else "")  # fmt: skip
+            + (
+                f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
+                if t.recompute != "none"
+                else ""
+            )  # fmt: skip
         )
         for x in saved:
             lines.append(f"      {x.name:<42} {x.formula:<14} {x.bytes:>14,} B")

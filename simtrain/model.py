@@ -162,7 +162,9 @@ def preset(name: str, file: str | None = None, key: str = "model.preset") -> Mod
     return PRESETS[canonical]
 
 
-def from_hf_config(path: str | Path, file: str | None = None, key: str = "model.hf_config") -> ModelSpec:
+def from_hf_config(
+    path: str | Path, file: str | None = None, key: str = "model.hf_config"
+) -> ModelSpec:
     """Import a Hugging Face ``config.json`` (GPT-2, Llama, Mistral, Qwen2 field names)."""
     p = Path(path)
     try:
@@ -212,9 +214,7 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(file, f"{prefix}.{field}", "must be a positive integer", v)
     if spec.hidden % spec.heads:
-        raise ConfigError(
-            file, f"{prefix}.heads", f"must divide hidden={spec.hidden}", spec.heads
-        )
+        raise ConfigError(file, f"{prefix}.heads", f"must divide hidden={spec.hidden}", spec.heads)
     if spec.heads % spec.kv_heads:
         raise ConfigError(
             file, f"{prefix}.kv_heads", f"must divide heads={spec.heads}", spec.kv_heads
@@ -222,7 +222,11 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
     for field, allowed in (("mlp", MLP_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS)):
         if getattr(spec, field) not in allowed:
             raise ConfigError(
-                file, f"{prefix}.{field}", "unknown value", getattr(spec, field), " | ".join(allowed)
+                file,
+                f"{prefix}.{field}",
+                "unknown value",
+                getattr(spec, field),
+                " | ".join(allowed),
             )
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, f"{prefix}.dropout", "must be in [0, 1)", spec.dropout)

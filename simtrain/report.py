@@ -41,14 +41,20 @@ def memory_table(rep: MemoryReport) -> str:
     for cat in MEMORY_CATEGORIES:
         lines.append(f"{cat:<18}" + "".join(f"{gib(s.category(cat)):>{width}}" for _, s in cols))
     lines.append("-" * (18 + width * len(cols)))
-    lines.append(f"{'peak (GiB)':<18}" + "".join(f"{gib(s.peak_memory_bytes):>{width}}" for _, s in cols))
+    lines.append(
+        f"{'peak (GiB)':<18}" + "".join(f"{gib(s.peak_memory_bytes):>{width}}" for _, s in cols)
+    )
     lines.append(
         f"{'peak (GB, 1e9)':<18}"
         + "".join(f"{s.peak_memory_bytes / 1e9:>{width},.2f}" for _, s in cols)
     )
     if any(s.host_memory_bytes for s in stages):
-        lines.append(f"{'host (GiB)':<18}" + "".join(f"{gib(s.host_memory_bytes):>{width}}" for _, s in cols))
-    lines.append(f"{'capacity (GiB)':<18}" + "".join(f"{gib(s.capacity_bytes):>{width}}" for _, s in cols))
+        lines.append(
+            f"{'host (GiB)':<18}" + "".join(f"{gib(s.host_memory_bytes):>{width}}" for _, s in cols)
+        )
+    lines.append(
+        f"{'capacity (GiB)':<18}" + "".join(f"{gib(s.capacity_bytes):>{width}}" for _, s in cols)
+    )
     lines.append(f"{'GPUs per stage':<18}" + "".join(f"{s.gpus:>{width}}" for _, s in cols))
     lines.append("")
     lines.append(fit_verdict(rep))
@@ -56,7 +62,7 @@ def memory_table(rep: MemoryReport) -> str:
 
 
 def fit_verdict(rep: MemoryReport) -> str:
-    """"fits" with the headroom, or "does not fit, short by X GiB in category Y"."""
+    """ "fits" with the headroom, or "does not fit, short by X GiB in category Y"."""
     worst = max(rep.stages, key=lambda s: s.peak_memory_bytes - s.capacity_bytes)
     if rep.fits:
         head = worst.capacity_bytes - worst.peak_memory_bytes
@@ -85,9 +91,15 @@ def run_summary(res: Any) -> dict[str, Any]:
         {
             "hardware": sc.hardware.name,
             "gpus": p.gpus,
-            "layout": {"dp": p.dp, "tp": p.tp, "pp": p.pp, "schedule": p.schedule,
-                       "virtual_stages": p.virtual_stages, "zero_stage": p.zero_stage,
-                       "microbatches": sc.num_microbatches},  # fmt: skip
+            "layout": {
+                "dp": p.dp,
+                "tp": p.tp,
+                "pp": p.pp,
+                "schedule": p.schedule,
+                "virtual_stages": p.virtual_stages,
+                "zero_stage": p.zero_stage,
+                "microbatches": sc.num_microbatches,
+            },  # fmt: skip
             "step_time_s": mt.step_time_s,
             "tokens_per_s": mt.tokens_per_s,
             "samples_per_s": mt.samples_per_s,
@@ -114,8 +126,7 @@ def run_table(res: Any) -> str:
         f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
         f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU)",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
-        "time breakdown per GPU (s): "
-        + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
+        "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",
     ]

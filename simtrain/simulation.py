@@ -117,9 +117,7 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
 
 def initial_memory(mem: MemoryReport) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate."""
-    return {
-        sm.stage: {k: v for k, v in sm.memory_bytes if k != "activations"} for sm in mem.stages
-    }
+    return {sm.stage: {k: v for k, v in sm.memory_bytes if k != "activations"} for sm in mem.stages}
 
 
 def gpu_labels(sc: Scenario) -> dict[int, str]:

@@ -1,0 +1,147 @@
+"""The simulated step against closed forms, the memory model, and itself (determinism)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtrain.config import load_scenario
+from simtrain.engine import simulate
+from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
+from simtrain.schedules import build_schedule
+
+SCENARIOS = sorted(Path(__file__).resolve().parent.parent.glob("scenarios/*.yaml"))
+
+
+def _uniform(name: str, pp: int, m: int, v: int, tf: int, ti: int, tw: int):
+    """Lower a schedule with uniform chunk durations and free communication."""
+    chunks = {
+        s: ChunkDurations(forward_ns=tf, input_grad_ns=ti, weight_grad_ns=tw, layers=(s, s + 1))
+        for s in range(pp * v)
+    }
+    inp = LoweringInput(
+        schedule=build_schedule(name, pp, m, v),
+        pp=pp,
+        v=v,
+        chunks=chunks,
+        ranks={r: RankWork() for r in range(pp)},
+        activation_bytes={s: 1000 for s in range(pp * v)},
+        working_set_bytes={s: 0 for s in range(pp * v)},
+    )
+    return simulate(lower(inp))
+
+
+def _idle_and_makespan(tl, gpu):
+    busy = sum(s.duration_ns for s in tl.spans_of(gpu, "compute"))
+    return tl.makespan_ns - busy, tl.makespan_ns
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 8), (8, 8), (8, 32), (3, 5)])
+def test_gpipe_1f1b_bubble_and_makespan_exact(name, pp, m):
+    tf, tb = 1000, 2000  # backward = 2 x forward
+    tl = _uniform(name, pp, m, 1, tf, tb, 0)
+    # GPipe (Huang et al. 2019 §2.3), 1F1B (Narayanan et al. 2021 §2.2.1)
+    assert tl.makespan_ns == (m + pp - 1) * (tf + tb)
+    for g in range(pp):
+        idle, total = _idle_and_makespan(tl, g)
+        assert idle * (m + pp - 1) == (pp - 1) * total  # bubble == (p-1)/(m+p-1) exactly
+
+
+@pytest.mark.parametrize(("pp", "m", "v"), [(2, 4, 2), (4, 8, 2), (4, 8, 4), (8, 16, 2)])
+def test_interleaved_bubble_exact(pp, m, v):
+    tf, tb = 1200, 2400  # per stage; each of v chunks takes 1/v
+    tl = _uniform("interleaved", pp, m, v, tf // v, tb // v, 0)
+    for g in range(pp):
+        idle, total = _idle_and_makespan(tl, g)
+        assert idle * (v * m + pp - 1) == (pp - 1) * total  # (p-1)/(v·m+p-1)
+
+
+@pytest.mark.parametrize(("pp", "m"), [(2, 4), (4, 4), (4, 8), (8, 16)])
+def test_zb_h1_bubble_exact(pp, m):
+    t = 1000  # T_F = T_I = T_W (Qi et al. 2023 §2.1): bubble (p-1)/(3m+p-1)
+    tl = _uniform("zb_h1", pp, m, 1, t, t, t)
+    assert tl.makespan_ns == (3 * m + pp - 1) * t
+    for g in range(pp):
+        idle, total = _idle_and_makespan(tl, g)
+        assert idle * (3 * m + pp - 1) == (pp - 1) * total
+
+
+@pytest.mark.parametrize("pp", [2, 4, 8])
+def test_naive_model_parallel_one_gpu_busy_at_a_time(pp):
+    tl = _uniform("naive", pp, 1, 1, 1000, 2000, 0)
+    for g in range(pp):
+        busy = sum(s.duration_ns for s in tl.spans_of(g, "compute"))
+        assert busy * pp == tl.makespan_ns
+    # No two compute spans overlap in time.
+    spans = sorted((s.start_ns, s.end_ns) for s in tl.spans if s.stream == "compute")
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(["gpipe", "1f1b", "zb_h1", "naive", "pipedream"]),
+    pp=st.integers(1, 6),
+    m=st.integers(1, 10),
+    tf=st.integers(1, 50),
+    tb=st.integers(1, 50),
+    k=st.integers(2, 5),
+)
+def test_makespan_scales_and_allocations_balance(name, pp, m, tf, tb, k):
+    split = name == "zb_h1"
+    tl = _uniform(name, pp, m, 1, tf, tb, tb if split else 0)
+    tl_k = _uniform(name, pp, m, 1, k * tf, k * tb, k * tb if split else 0)
+    assert tl_k.makespan_ns == k * tl.makespan_ns
+    assert tl.makespan_ns > 0
+    for g in tl.gpus:
+        idle, total = _idle_and_makespan(tl, g)
+        assert 0 <= idle < total or pp == 1
+        final = [s for s in tl.memory if s.gpu == g and s.category == "activations"]
+        assert final[-1].bytes == 0  # every F's allocation is freed by its B or W
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_trace_peak_memory_equals_memory_model(path):
+    from simtrain.simulation import simulate_scenario
+
+    res = simulate_scenario(load_scenario(path))
+    for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
+        assert mt.peak_memory_bytes == sm.peak_memory_bytes
+    # Conservation of time: the breakdown of an average GPU sums to the step time.
+    bd = dict(res.metrics.time_breakdown_s)
+    parts = bd["compute"] + bd["recompute"] + bd["optimizer"] + bd["communication_exposed"]
+    assert parts + bd["bubble"] == pytest.approx(res.metrics.step_time_s, rel=1e-9)
+    assert 0.0 <= res.metrics.bubble_ratio < 1.0
+    assert 0.0 < res.metrics.mfu < 1.0
+
+
+def test_run_outputs_are_byte_identical(tmp_path):
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    outs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        r = CliRunner().invoke(
+            main, ["run", "scenarios/1f1b_8gpu.yaml", "--out", str(out), "--no-plots"]
+        )
+        assert r.exit_code == 0, r.output
+        outs.append(((out / "summary.json").read_bytes(), (out / "trace.json").read_bytes()))
+    assert outs[0] == outs[1]
+
+
+def test_full_recompute_costs_about_one_forward():
+    from simtrain.simulation import simulate_scenario
+
+    sc = load_scenario("scenarios/seed_1p5b_amp_ckpt.yaml")
+    ck = simulate_scenario(sc).metrics
+    no = simulate_scenario(load_scenario("scenarios/seed_1p5b_amp_ckpt.yaml",
+                                         ["training.recompute=none"])).metrics  # fmt: skip
+    fwd = sum(s.duration_ns for s in simulate_scenario(sc).timeline.spans if s.kind == "F") / 1e9
+    # Checkpointing adds the recompute forward of the blocks (not of the LM head).
+    assert no.step_time_s < ck.step_time_s <= no.step_time_s + fwd
+    assert ck.step_time_s - no.step_time_s > 0.7 * fwd
