@@ -17,6 +17,7 @@ reference implementation in ``simtrain.measure`` checks it on real PyTorch steps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import ceil
 
 from simtrain.config import Scenario, TrainingSpec
@@ -476,7 +477,13 @@ def pipeline_schedule(sc: Scenario) -> Schedule:
     accumulation: forward and backward of one micro-batch after another."""
     p = sc.parallelism
     name = p.schedule if p.pp > 1 else "1f1b"
-    return build_schedule(name, p.pp, sc.num_microbatches, p.virtual_stages)
+    return _cached_schedule(name, p.pp, sc.num_microbatches, p.virtual_stages)
+
+
+@lru_cache(maxsize=64)
+def _cached_schedule(name: str, pp: int, m: int, v: int) -> Schedule:
+    """Schedules are pure functions of (name, pp, m, v): build each once (callers never mutate)."""
+    return build_schedule(name, pp, m, v)
 
 
 def activation_peak(
