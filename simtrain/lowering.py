@@ -39,6 +39,9 @@ class RankWork:
 
     grad_sync_ns: int = 0  # data-parallel gradient reduction (collective stream)
     grad_sync_name: str = "ALLREDUCE grads"
+    # DDP: one all-reduce per gradient bucket, each launched as soon as the last backward has
+    # produced it (Li et al. 2020, "PyTorch Distributed", §3.2.3); empty = one sync at the end.
+    bucket_ns: tuple[int, ...] = ()
     optimizer_ns: int = 0
     param_gather_ns: int = 0  # ZeRO-3 parameter gathers exposed per step
 
@@ -64,6 +67,13 @@ def lower(inp: LoweringInput) -> list[Task]:
     send_b: dict[tuple[int, int], int] = {}
     last = inp.pp * inp.v - 1
     pending: list[tuple[Task, tuple]] = []  # tasks whose deps are resolved after all sends exist
+
+    # The last action producing weight gradients on each rank (B, or W after a split backward).
+    last_backward: dict[int, Action | None] = {}
+    for rank, actions in inp.schedule.items():
+        grads = [a for a in actions if a.kind in ("B", "W")]
+        last_backward[rank] = grads[-1] if grads else None
+    grad_bucket_last: dict[int, int] = {}
 
     # Pass 1: create tasks per rank in schedule order, remembering symbolic deps.
     for rank in sorted(inp.schedule):
@@ -107,12 +117,33 @@ def lower(inp: LoweringInput) -> list[Task]:
                 continue
             first_deps = sym
             last_id = None
+            work = inp.ranks[rank]
+            if work.bucket_ns and a == last_backward[rank]:
+                # Split the rank's last backward into one slice per bucket; bucket i's
+                # all-reduce follows slice i on the collective stream.
+                kind, dur, alloc, free = main[-1]
+                k = len(work.bucket_ns)
+                slices = [dur // k + (1 if i < dur % k else 0) for i in range(k)]
+                main = main[:-1] + [
+                    (kind, d, alloc if i == 0 else (), free if i == k - 1 else ())
+                    for i, d in enumerate(slices)
+                ]
+            bucket_after: dict[int, int] = {}
             for kind, dur, alloc, free in main:
                 t = Task(next_id, rank, "compute", kind, f"{kind} {label}", dur, (), alloc, free,
                          a.microbatch, a.stage)  # fmt: skip
                 pending.append((t, tuple(first_deps) if last_id is None else (("id", last_id),)))
                 last_id = next_id
                 next_id += 1
+                if work.bucket_ns and a == last_backward[rank] and kind in ("B", "W", "I"):
+                    i = len(bucket_after)
+                    if i < len(work.bucket_ns):
+                        bt = Task(next_id, rank, "collective", "DP",
+                                  f"DP all-reduce bucket {i}", work.bucket_ns[i])  # fmt: skip
+                        pending.append((bt, (("id", last_id),)))
+                        bucket_after[i] = next_id
+                        grad_bucket_last[rank] = next_id
+                        next_id += 1
             if tp_ns:
                 t = Task(next_id, rank, "collective", "TP", f"TP all-reduce {label}", tp_ns, (),
                          microbatch=a.microbatch, stage=a.stage)  # fmt: skip
@@ -137,7 +168,9 @@ def lower(inp: LoweringInput) -> list[Task]:
         # Data-parallel gradient sync and the optimizer step.
         work = inp.ranks[rank]
         grads_ready = prev_done
-        if work.grad_sync_ns:
+        if rank in grad_bucket_last:
+            grads_ready = grad_bucket_last[rank]
+        elif work.grad_sync_ns:
             t = Task(next_id, rank, "collective", "DP", work.grad_sync_name, work.grad_sync_ns)
             pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
             grads_ready = next_id

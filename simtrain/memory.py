@@ -705,6 +705,13 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
     if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer
         buffers += 2 * prec.param * (ms.params // max(n_layers, 1))
+    if p.dp_mode == "naive" and dp > 1:
+        # The lecture's data parallelism: GPU 0 gathers the other replicas' gradients.
+        gather = (dp - 1) * grads_b
+        lines.append(
+            f"  naive DP: GPU 0 receives {dp - 1} gradient copies: + {_gb(gather)} of buffers"
+        )
+        buffers += gather
     if pp > 1:  # p2p send/receive buffers: b·s·h activations and gradients
         buffers += 2 * prec.act_mm * t.micro_batch * t.seq_len * m.hidden // (tp if sp else 1)
     lines.append(f"  buffers          = {_gb(buffers)} (loss working memory, casts, communication)")

@@ -66,6 +66,34 @@ def grad_sync(sc: Scenario, grad_bytes: int) -> tuple[int, str]:
     return round(1e9 * t), f"ZeRO-{p.zero_stage} reduce-scatter + all-gather"
 
 
+def ddp_bucket_ns(sc: Scenario, grad_bytes: int) -> tuple[int, ...]:
+    """DDP: gradients all-reduced in buckets of ``bucket_mb`` MB (PyTorch default 25 MB,
+    ``bucket_cap_mb``), each a ring all-reduce over the DP group."""
+    p, hw = sc.parallelism, sc.hardware
+    cap = int(p.bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    link = coll.group_link(hw, sc.cluster.gpus_per_node, p.dp * p.tp)
+    sizes = [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
+    return tuple(
+        round(
+            1e9
+            * coll.ring_time_s("all_reduce", b, p.dp, link.bandwidth_bytes_per_s, link.latency_s)
+        )  # fmt: skip
+        for b in sizes
+    )
+
+
+def naive_dp_ns(sc: Scenario, grad_bytes: int, param_bytes: int) -> tuple[int, str]:
+    """The lecture's data parallelism: GPU 0 receives every other GPU's gradients through its
+    own link ((n−1)·S), averages them, steps, and sends the parameters back to each ((n−1)·P)."""
+    p, hw = sc.parallelism, sc.hardware
+    link = coll.group_link(hw, sc.cluster.gpus_per_node, p.dp * p.tp)
+    n = p.dp
+    t = (n - 1) * (grad_bytes + param_bytes) / link.bandwidth_bytes_per_s
+    t += 2 * (n - 1) * link.latency_s
+    return round(1e9 * t), "gather grads on GPU 0 + broadcast params"
+
+
 def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     p, t, m = sc.parallelism, sc.training, sc.model
     pp, v = p.pp, p.virtual_stages
@@ -107,10 +135,17 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
         grad_bytes = sm.trainable * prec.grad
         sync_ns, sync_name = grad_sync(sc, grad_bytes)
         trainable_here = sm.trainable // (p.dp if p.zero_stage >= 1 else 1)
+        buckets: tuple[int, ...] = ()
+        if p.dp > 1 and p.dp_mode == "ddp" and p.zero_stage == 0 and grad_bytes:
+            buckets = ddp_bucket_ns(sc, grad_bytes)
+            sync_ns = 0
+        elif p.dp > 1 and p.dp_mode == "naive":
+            sync_ns, sync_name = naive_dp_ns(sc, grad_bytes, sm.params * prec.param)
         ranks[sm.stage] = RankWork(
             grad_sync_ns=sync_ns,
             grad_sync_name=sync_name or "DP all-reduce grads",
             optimizer_ns=optimizer_step_ns(trainable_here, t, sc.hardware),
+            bucket_ns=buckets,
         )
     return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working)
 

@@ -145,3 +145,27 @@ def test_full_recompute_costs_about_one_forward():
     # Checkpointing adds the recompute forward of the blocks (not of the LM head).
     assert no.step_time_s < ck.step_time_s <= no.step_time_s + fwd
     assert ck.step_time_s - no.step_time_s > 0.7 * fwd
+
+
+def test_naive_data_parallel_slower_and_heavier_than_ddp():
+    from simtrain.memory import estimate_memory
+    from simtrain.simulation import simulate_scenario
+
+    naive = load_scenario("scenarios/dp_naive_4gpu.yaml")
+    ddp = load_scenario("scenarios/dp_naive_4gpu.yaml", ["parallelism.dp_mode=ddp"])
+    assert simulate_scenario(naive).metrics.step_time_s > simulate_scenario(ddp).metrics.step_time_s
+    assert estimate_memory(naive).peak_memory_bytes > estimate_memory(ddp).peak_memory_bytes
+
+
+def test_ddp_overlap_exposes_about_the_last_bucket():
+    from simtrain.simulation import ddp_bucket_ns, simulate_scenario
+
+    sc = load_scenario("scenarios/ddp_8gpu.yaml")
+    res = simulate_scenario(sc)
+    bd = dict(res.metrics.time_breakdown_s)
+    grad_bytes = res.memory.stages[0].trainable * 2
+    buckets = ddp_bucket_ns(sc, grad_bytes)
+    assert bd["communication_total"] == pytest.approx(sum(buckets) / 1e9)
+    # Long backward: everything but (about) the last bucket hides under compute.
+    assert bd["communication_exposed"] <= 1.5 * max(buckets) / 1e9
+    assert bd["communication_exposed"] < 0.1 * bd["communication_total"]
