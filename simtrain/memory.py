@@ -354,7 +354,9 @@ def layer_saved_tensors(
                 elif amp:
                     add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
                         f"{e}·as²b")  # fmt: skip
-            if saves_input("o"):
+            if saves_input("o") and not m.flash_attention:
+                # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
+                # input: one storage, counted above (measured: simtrain.measure).
                 add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
             if lora:
                 for mod in sorted(targets & {"q", "k", "v", "o"}):
@@ -399,6 +401,18 @@ def layer_activation_bytes(
                 "attention output + logsumexp")  # fmt: skip
         saved = [x for x in saved if not x.name.startswith(core)]
     return sum(x.bytes for x in saved)
+
+
+def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
+    no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
+    kept (autograd saves only what a gradient needs; measured with simtrain.measure)."""
+    if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or t.recompute == "full":
+        return 0
+    prec = PRECISIONS[t.precision]
+    sb = t.seq_len * t.micro_batch
+    stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+    return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
 
 
 def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
@@ -660,6 +674,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         c = per_layer * (hi - lo)
         if lo == 0:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
+            c -= frozen_input_savings(m, t, tp, sp)
         if hi == m.layers:
             c += head_saved_bytes(m, t, tp, sp)
         chunk_bytes[stage + k * pp] = c
@@ -728,7 +743,14 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         "buffers": buffers,
     }
     peak = sum(cats.values())
-    lines.append(f"  total            = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
+    if gradients_transient(sc):
+        # One micro-batch, no DP, no PP: gradients are created during backward as the
+        # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
+        # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
+        peak -= min(activations, grads_b)
+        lines.append("  gradients appear as backward frees activations (one micro-batch, no "
+                     "DP/PP): peak counts the larger of the two")  # fmt: skip
+    lines.append(f"  peak             = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
     sm = StageMemory(
         stage=stage,
         gpus=tp * dp,
@@ -745,6 +767,13 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         recompute_working_set_bytes=tuple(sorted(working_set.items())),
     )
     return sm, lines
+
+
+def gradients_transient(sc: Scenario) -> bool:
+    """Gradients live only from backward to the optimizer step when nothing accumulates or
+    reduces them across micro-batches: pp = 1, dp = 1 and a single micro-batch."""
+    p = sc.parallelism
+    return p.pp == 1 and p.dp == 1 and sc.num_microbatches == 1
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:

@@ -171,8 +171,10 @@ def from_hf_config(
         cfg: dict[str, Any] = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(file, key, "config.json not found", str(path)) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(file, key, f"cannot read config.json ({exc})", str(path)) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(str(path), "<root>", "config.json must be a JSON object")
     kind = str(cfg.get("model_type", "")).lower()
     name = str(cfg.get("_name_or_path") or p.parent.name or kind)
     try:
@@ -188,7 +190,7 @@ def from_hf_config(
                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip
-        if kind in ("llama", "mistral", "qwen2", "qwen3", "mixtral") or "hidden_size" in cfg:
+        if kind in ("llama", "mistral", "qwen2", "qwen3") or (not kind and "hidden_size" in cfg):
             heads = int(cfg["num_attention_heads"])
             return ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
@@ -202,6 +204,8 @@ def from_hf_config(
             )  # fmt: skip
     except KeyError as exc:
         raise ConfigError(str(path), exc.args[0], "missing field in config.json") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
     raise ConfigError(
         str(path), "model_type", "unsupported model_type", kind, "gpt2, llama, mistral, qwen2"
     )

@@ -7,14 +7,20 @@ a DP group strides by tp, and pipeline neighbours are dp·tp GPUs apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simtrain import collectives as coll
 from simtrain.config import Scenario
 from simtrain.costs import chunk_costs, optimizer_step_ns
 from simtrain.engine import simulate
 from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, chunk_layers, lower
-from simtrain.memory import PRECISIONS, MemoryReport, estimate_memory, pipeline_schedule
+from simtrain.memory import (
+    PRECISIONS,
+    MemoryReport,
+    estimate_memory,
+    gradients_transient,
+    pipeline_schedule,
+)
 from simtrain.metrics import StepMetrics, step_metrics
 from simtrain.timeline import Timeline
 
@@ -150,9 +156,11 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working)
 
 
-def initial_memory(mem: MemoryReport) -> dict[int, dict[str, int]]:
-    """Static memory per rank: every category but activations, which the tasks allocate."""
-    return {sm.stage: {k: v for k, v in sm.memory_bytes if k != "activations"} for sm in mem.stages}
+def initial_memory(mem: MemoryReport, transient_grads: bool = False) -> dict[int, dict[str, int]]:
+    """Static memory per rank: every category but activations, which the tasks allocate (and
+    gradients, when they only exist from backward to the optimizer step)."""
+    skip = ("activations", "gradients") if transient_grads else ("activations",)
+    return {sm.stage: {k: v for k, v in sm.memory_bytes if k not in skip} for sm in mem.stages}
 
 
 def gpu_labels(sc: Scenario) -> dict[int, str]:
@@ -171,6 +179,13 @@ def simulate_scenario(sc: Scenario) -> SimulationResult:
     mem = estimate_memory(sc)
     inp = build_lowering_input(sc, mem)
     tasks = lower(inp)
-    timeline = simulate(tasks, initial_memory(mem), gpu_labels=gpu_labels(sc))
+    transient = gradients_transient(sc)
+    if transient:  # gradients are allocated once backward has freed the activations
+        tasks = [
+            replace(t, alloc=(("gradients", mem.stages[t.gpu].category("gradients")),))
+            if t.kind == "OPT" else t
+            for t in tasks
+        ]  # fmt: skip
+    timeline = simulate(tasks, initial_memory(mem, transient), gpu_labels=gpu_labels(sc))
     metrics = step_metrics(sc, timeline)
     return SimulationResult(sc, mem, timeline, metrics)

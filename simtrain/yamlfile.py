@@ -21,7 +21,7 @@ class _Loader(yaml.SafeLoader):
 _FLOAT = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,
@@ -49,4 +49,6 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(str(p), "<file>", "file not found") from None
     except OSError as exc:
         raise ConfigError(str(p), "<file>", f"cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), "<file>", "not a UTF-8 text file") from None
     return parse_yaml(text, str(p))

@@ -1,0 +1,386 @@
+"""The cluster as a graph: GPUs, intra-node links, NICs and a two-level fat tree.
+
+:func:`build_topology` turns a :class:`HardwareProfile` and a node count into an undirected
+``networkx.Graph``. Links are full duplex: every edge carries ``bandwidth_bytes_per_s`` in *each*
+direction, a ``latency_s`` and a ``kind``. Nodes are tuples ``(kind, index)``:
+
+* ``("gpu", i)`` — GPU i (global index; node ``i // gpus_per_node``).
+* intra-node fabric, by ``hw.intra_node_kind``:
+
+  - ``nvswitch``: one ``("switch", n)`` per node standing for the node's NVSwitch chips as one
+    crossbar; each GPU links to it with the per-GPU NVLink bandwidth (DGX A100: 300 GB/s,
+    DGX H100: 450 GB/s per direction). Latency ``intra_node_latency_s / 2`` per hop, so a
+    GPU-to-GPU path costs ``intra_node_latency_s``.
+  - ``nvlink`` / ``xgmi`` / ``infinity_fabric`` without a switch: a full mesh. Each GPU's
+    aggregate bandwidth is split over its ``hw.gpus_per_node − 1`` peers (MI300X: 7 xGMI links of
+    64 GB/s = 448 GB/s). The DGX-1 V100 hybrid cube-mesh (4 of 7 peers linked directly) is
+    approximated by the same full mesh with the aggregate spread evenly.
+  - ``pcie``: GPUs hang off one host PCIe switch ``("pcie", n)`` per node, each with the
+    profile's intra-node bandwidth (no NVLink; NCCL goes through PCIe or host memory).
+
+* ``("nic", i)`` — one NIC per GPU, linked to its GPU over PCIe (GPUDirect RDMA: bandwidth
+  ``pcie_bandwidth``, no latency of its own) and to a leaf switch with ``nic_bandwidth``.
+* ``("leaf", k)`` — leaf switches, each serving ``nodes_per_leaf`` consecutive nodes (default:
+  32 NICs per leaf, half the ports of a 64-port switch). ``("spine", k)`` — spine switches,
+  present when there is more than one leaf; each leaf has one uplink to every spine. The leaf's
+  total uplink bandwidth is its total downlink bandwidth divided by ``hw.oversubscription``.
+  ``inter_node_latency_s`` is the end-to-end network latency (NIC and software dominate, not
+  switch hops): half of it on each NIC–leaf link, 0 on leaf–spine links.
+
+Paths are deterministic: fewest hops, ties broken by the lexicographically smallest node list
+(no load balancing over spines — this is a capacity model, not a traffic simulator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import networkx as nx
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from simtrain.hardware import HardwareProfile
+
+Node = tuple[str, int]
+
+GB = 1e9
+DEFAULT_NICS_PER_LEAF = 32
+MAX_DEFAULT_SPINES = 8
+
+
+class Edge(NamedTuple):
+    """One hop of a path, oriented from ``u`` to ``v``."""
+
+    u: Node
+    v: Node
+    bandwidth_bytes_per_s: float  # per direction
+    latency_s: float
+    kind: str  # nvlink | xgmi | pcie | nic | uplink
+
+
+def _mesh_kind(intra_kind: str) -> str:
+    return "xgmi" if intra_kind in ("xgmi", "infinity_fabric") else "nvlink"
+
+
+def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
+                   nodes_per_leaf: int | None = None, spines: int | None = None) -> nx.Graph:  # fmt: skip
+    """Graph of ``nodes`` servers with ``gpus_per_node`` GPUs each (module docstring for the
+    structure and the meaning of every attribute).
+
+    ``nodes_per_leaf`` defaults to ``max(1, 32 // gpus_per_node)``; ``spines`` to
+    ``min(leaves, 8)`` when there are two or more leaves, else 0."""
+    if nodes < 1 or gpus_per_node < 1:
+        raise ValueError(f"nodes and gpus_per_node must be >= 1 (got {nodes}, {gpus_per_node})")
+    if nodes_per_leaf is None:
+        nodes_per_leaf = max(1, DEFAULT_NICS_PER_LEAF // gpus_per_node)
+    if nodes_per_leaf < 1:
+        raise ValueError(f"nodes_per_leaf must be >= 1 (got {nodes_per_leaf})")
+    leaves = -(-nodes // nodes_per_leaf)
+    if spines is None:
+        spines = min(leaves, MAX_DEFAULT_SPINES) if leaves > 1 else 0
+    if leaves > 1 and spines < 1:
+        raise ValueError(f"{leaves} leaf switches need at least one spine")
+
+    g = nx.Graph(
+        hardware=hw.name,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        nodes_per_leaf=nodes_per_leaf,
+        leaves=leaves,
+        spines=spines,
+        oversubscription=hw.oversubscription,
+        intra_node_kind=hw.intra_node_kind,
+    )
+    intra_bw, intra_lat = hw.intra_node_bandwidth_bytes_per_s, hw.intra_node_latency_s
+    nic_bw, net_lat = hw.nic_bandwidth_bytes_per_s, hw.inter_node_latency_s
+
+    for n in range(nodes):
+        gpus = [n * gpus_per_node + j for j in range(gpus_per_node)]
+        for i in gpus:
+            g.add_node(("gpu", i), kind="gpu", server=n)
+        if hw.intra_node_kind in ("nvswitch", "pcie"):
+            hub: Node = ("switch", n) if hw.intra_node_kind == "nvswitch" else ("pcie", n)
+            kind = "nvlink" if hw.intra_node_kind == "nvswitch" else "pcie"
+            g.add_node(hub, kind="nvswitch" if kind == "nvlink" else "pcie_switch", server=n)
+            for i in gpus:
+                g.add_edge(("gpu", i), hub, bandwidth_bytes_per_s=intra_bw,
+                           latency_s=intra_lat / 2, kind=kind)  # fmt: skip
+        else:
+            per_link = intra_bw / max(1, hw.gpus_per_node - 1)
+            kind = _mesh_kind(hw.intra_node_kind)
+            for a in gpus:
+                for b in gpus:
+                    if a < b:
+                        g.add_edge(("gpu", a), ("gpu", b), bandwidth_bytes_per_s=per_link,
+                                   latency_s=intra_lat, kind=kind)  # fmt: skip
+        leaf: Node = ("leaf", n // nodes_per_leaf)
+        g.add_node(leaf, kind="leaf")
+        for i in gpus:
+            g.add_node(("nic", i), kind="nic", server=n)
+            g.add_edge(("gpu", i), ("nic", i), bandwidth_bytes_per_s=hw.pcie_bandwidth_bytes_per_s,
+                       latency_s=0.0, kind="pcie")  # fmt: skip
+            g.add_edge(("nic", i), leaf, bandwidth_bytes_per_s=nic_bw, latency_s=net_lat / 2,
+                       kind="nic")  # fmt: skip
+
+    for k in range(spines):
+        g.add_node(("spine", k), kind="spine")
+    for k in range(leaves if spines else 0):
+        served = min(nodes, (k + 1) * nodes_per_leaf) - k * nodes_per_leaf
+        downlink = served * gpus_per_node * nic_bw
+        up_each = downlink / hw.oversubscription / spines
+        for s in range(spines):
+            g.add_edge(("leaf", k), ("spine", s), bandwidth_bytes_per_s=up_each, latency_s=0.0,
+                       kind="uplink")  # fmt: skip
+    return g
+
+
+def gpu_count(G: nx.Graph) -> int:
+    return sum(1 for _, d in G.nodes(data=True) if d["kind"] == "gpu")
+
+
+def _node(x: int | Node) -> Node:
+    return ("gpu", x) if isinstance(x, int) else x
+
+
+def path(G: nx.Graph, src_gpu: int | Node, dst_gpu: int | Node) -> list[Edge]:
+    """Deterministic shortest path (fewest hops; ties: smallest node list) as oriented edges."""
+    a, b = _node(src_gpu), _node(dst_gpu)
+    if a not in G or b not in G:
+        raise ValueError(f"no such node: {a if a not in G else b}")
+    if a == b:
+        return []
+    nodes = min(nx.all_shortest_paths(G, a, b))
+    out = []
+    for u, v in zip(nodes, nodes[1:], strict=False):
+        d = G.edges[u, v]
+        out.append(Edge(u, v, d["bandwidth_bytes_per_s"], d["latency_s"], d["kind"]))
+    return out
+
+
+def bottleneck_bandwidth(G: nx.Graph, a: int | Node, b: int | Node) -> float:
+    """Smallest per-direction bandwidth on :func:`path` (``inf`` from a GPU to itself)."""
+    edges = path(G, a, b)
+    return min((e.bandwidth_bytes_per_s for e in edges), default=math.inf)
+
+
+def path_latency_s(G: nx.Graph, a: int | Node, b: int | Node) -> float:
+    return sum(e.latency_s for e in path(G, a, b))
+
+
+def path_time_s(G: nx.Graph, a: int | Node, b: int | Node, size_bytes: float) -> float:
+    """Point-to-point time along :func:`path`, cut-through: ``Σ latency + S / bottleneck``."""
+    edges = path(G, a, b)
+    if not edges or size_bytes <= 0:
+        return sum(e.latency_s for e in edges)
+    return sum(e.latency_s for e in edges) + size_bytes / min(
+        e.bandwidth_bytes_per_s for e in edges
+    )
+
+
+def injection_bandwidth_bytes_per_s(G: nx.Graph, gpu: int | Node) -> float:
+    """What a GPU can push out of its node through its own NIC: the bottleneck of
+    GPU → NIC → leaf (``min(pcie, nic)``; the NIC on every shipped profile). Routing through a
+    peer's NIC over NVLink (NCCL PXN) is not counted."""
+    gn = _node(gpu)
+    nic = ("nic", gn[1])
+    leaf = next(v for v in G.neighbors(nic) if G.nodes[v]["kind"] == "leaf")
+    return min(
+        G.edges[gn, nic]["bandwidth_bytes_per_s"], G.edges[nic, leaf]["bandwidth_bytes_per_s"]
+    )
+
+
+def bisection_bandwidth_bytes_per_s(G: nx.Graph) -> float:
+    """Per-direction max flow between the first and second half of the GPUs (by index, so whole
+    nodes and leaves fall on each side when the counts are even): networkx max-flow, every
+    undirected edge an arc each way with its per-direction bandwidth as capacity. For a
+    non-blocking fat tree of multi-node GPUs this is (GPUs/2)·NIC; oversubscription r divides
+    the spine part by r. One node: the NVSwitch (or mesh) and the NIC paths both count."""
+    gpus = sorted(v for v, d in G.nodes(data=True) if d["kind"] == "gpu")
+    half = len(gpus) // 2
+    if half == 0:
+        return 0.0
+    D = nx.DiGraph()
+    for u, v, d in G.edges(data=True):
+        c = d["bandwidth_bytes_per_s"]
+        D.add_edge(u, v, capacity=c)
+        D.add_edge(v, u, capacity=c)
+    src, dst = ("source", -1), ("sink", -1)
+    for v in gpus[:half]:
+        D.add_edge(src, v)  # no capacity attribute: unbounded
+    for v in gpus[half:]:
+        D.add_edge(v, dst)
+    return float(nx.maximum_flow_value(D, src, dst, capacity="capacity"))
+
+
+# ---------------------------------------------------------------------------- drawing
+
+_LAYER_Y = {"spine": 4.0, "leaf": 3.0, "nic": 2.0, "gpu": 1.0, "nvswitch": 0.0, "pcie_switch": 0.0}
+_NODE_STYLE = {  # kind -> (face colour, marker, size)
+    "spine": ("#7F3C8D", "s", 140),
+    "leaf": ("#11A579", "s", 110),
+    "nic": ("#F2B701", "D", 40),
+    "gpu": ("#3969AC", "o", 70),
+    "nvswitch": ("#E73F74", "h", 160),
+    "pcie_switch": ("#80BA5A", "h", 160),
+}
+_EDGE_STYLE = {  # kind -> colour
+    "nvlink": "#E73F74",
+    "xgmi": "#E73F74",
+    "pcie": "#80BA5A",
+    "nic": "#F2B701",
+    "uplink": "#7F3C8D",
+}
+
+
+def _layout(G: nx.Graph) -> dict[Node, tuple[float, float]]:
+    gpn = G.graph["gpus_per_node"]
+    gap = 1.0  # blank GPU slot between nodes
+    pos: dict[Node, tuple[float, float]] = {}
+    for v, d in G.nodes(data=True):
+        if d["kind"] in ("gpu", "nic"):
+            i = v[1]
+            pos[v] = (i + gap * (i // gpn), _LAYER_Y[d["kind"]])
+    for v, d in G.nodes(data=True):
+        if d["kind"] in ("nvswitch", "pcie_switch"):
+            xs = [pos[("gpu", d["server"] * gpn + j)][0] for j in range(gpn)]
+            pos[v] = (sum(xs) / len(xs), _LAYER_Y[d["kind"]])
+        elif d["kind"] == "leaf":
+            xs = [pos[u][0] for u in G.neighbors(v) if G.nodes[u]["kind"] == "nic"]
+            pos[v] = (sum(xs) / len(xs), _LAYER_Y["leaf"])
+    width = max((x for x, _ in pos.values()), default=0.0)
+    spines = sorted(v for v, d in G.nodes(data=True) if d["kind"] == "spine")
+    for k, v in enumerate(spines):
+        pos[v] = ((k + 0.5) * width / len(spines), _LAYER_Y["spine"])
+    return pos
+
+
+def draw_topology(G: nx.Graph, path_png: str | Path) -> Path:
+    """PNG of the graph in layers — spines, leaves, NICs, GPUs, intra-node switch — with edges
+    coloured by kind and widened by bandwidth. Readable up to about 64 GPUs (labels are dropped
+    beyond that). Returns the path written."""
+    pos = _layout(G)
+    ngpu = gpu_count(G)
+    xs = [x for x, _ in pos.values()]
+    fig = Figure(figsize=(min(40.0, max(8.0, 0.32 * (max(xs) + 2))), 6.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bws = [d["bandwidth_bytes_per_s"] for _, _, d in G.edges(data=True)]
+    lo, hi = math.log10(min(bws)), math.log10(max(bws))
+
+    def width(bw: float) -> float:
+        return 0.6 + 2.4 * ((math.log10(bw) - lo) / (hi - lo) if hi > lo else 1.0)
+
+    gpn = G.graph["gpus_per_node"]
+    for u, v, d in sorted(G.edges(data=True)):
+        (x1, y1), (x2, y2) = pos[u], pos[v]
+        colour, lw = _EDGE_STYLE.get(d["kind"], "#888888"), width(d["bandwidth_bytes_per_s"])
+        if y1 == y2:  # mesh link inside a node: an arc below the GPU row
+            steps = 16
+            span = abs(x2 - x1) / max(1, gpn - 1)
+            px = [x1 + (x2 - x1) * t / steps for t in range(steps + 1)]
+            py = [y1 - 0.35 * span * math.sin(math.pi * t / steps) for t in range(steps + 1)]
+            ax.plot(px, py, color=colour, lw=lw * 0.5, alpha=0.6, zorder=1)
+        else:
+            ax.plot([x1, x2], [y1, y2], color=colour, lw=lw, alpha=0.7, zorder=1)
+    kinds = Counter(d["kind"] for _, d in G.nodes(data=True))
+    for kind in _NODE_STYLE:
+        vs = sorted(v for v, d in G.nodes(data=True) if d["kind"] == kind)
+        if not vs:
+            continue
+        face, marker, size = _NODE_STYLE[kind]
+        ax.scatter([pos[v][0] for v in vs], [pos[v][1] for v in vs], s=size, c=face,
+                   marker=marker, edgecolors="black", linewidths=0.5, zorder=3,
+                   label=f"{kind} ({kinds[kind]})")  # fmt: skip
+        if ngpu <= 64 and kind in ("gpu", "leaf", "spine"):
+            for v in vs:
+                ax.annotate(str(v[1]), pos[v], textcoords="offset points", xytext=(0, 7),
+                            ha="center", fontsize=6, zorder=4)  # fmt: skip
+    seen = {}
+    for _, _, d in sorted(G.edges(data=True)):
+        seen.setdefault(d["kind"], d["bandwidth_bytes_per_s"])
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=_EDGE_STYLE.get(k, "#888888"),
+            lw=width(bw),
+            label=f"{k} link ({bw / GB:g} GB/s)",
+        )  # fmt: skip
+        for k, bw in seen.items()
+    ]
+    node_handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=node_handles + handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+              fontsize=7, frameon=False)  # fmt: skip
+    ax.set_yticks([0, 1, 2, 3, 4], ["node switch", "GPU", "NIC", "leaf", "spine"])
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_ylim(-0.8, 4.6)
+    ax.set_title(
+        f"{G.graph['hardware']}: {G.graph['nodes']} nodes x {gpn} GPUs, "
+        f"{G.graph['leaves']} leaf / {G.graph['spines']} spine, "
+        f"oversubscription {G.graph['oversubscription']:g}:1",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(path_png)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+# ---------------------------------------------------------------------------- summary
+
+_LINK_NAMES = {
+    "nvlink": "GPU-NVSwitch/NVLink",
+    "xgmi": "GPU-GPU xGMI",
+    "pcie": "PCIe (GPU-NIC, GPU-host switch)",
+    "nic": "NIC-leaf",
+    "uplink": "leaf-spine",
+}
+
+
+def topology_summary(hw: HardwareProfile, nodes: int, gpus_per_node: int) -> str:
+    """Text for ``simtrain topology``: sizes, per-GPU injection and bisection bandwidth (GB/s),
+    switch and link counts, and two example paths."""
+    G = build_topology(hw, nodes, gpus_per_node)
+    n = nodes * gpus_per_node
+    bis = bisection_bandwidth_bytes_per_s(G)
+    inj = injection_bandwidth_bytes_per_s(G, 0)
+    kinds = Counter(d["kind"] for _, d in G.nodes(data=True))
+    links = Counter(d["kind"] for _, _, d in G.edges(data=True))
+    lines = [
+        f"{hw.display_name}: {nodes} node(s) x {gpus_per_node} GPUs = {n} GPUs",
+        f"  intra-node: {hw.intra_node_kind}, {hw.intra_node_bandwidth_bytes_per_s / GB:g} GB/s "
+        f"per GPU per direction, {hw.intra_node_latency_s * 1e6:g} us",
+        f"  network: {G.graph['leaves']} leaf + {G.graph['spines']} spine switch(es), "
+        f"{G.graph['nodes_per_leaf']} node(s) per leaf, oversubscription "
+        f"{hw.oversubscription:g}:1, {hw.inter_node_latency_s * 1e6:g} us",
+        f"  injection bandwidth per GPU: {inj / GB:.1f} GB/s "
+        f"(NIC {hw.nic_bandwidth_bytes_per_s * 8 / 1e9:g} Gbit/s, PCIe "
+        f"{hw.pcie_bandwidth_bytes_per_s / GB:g} GB/s)",
+        f"  bisection bandwidth: {bis / GB:.1f} GB/s per direction "
+        f"({bis / GB / max(1, n // 2):.1f} GB/s per GPU of a half)",
+        "  switches: "
+        + ", ".join(
+            f"{kinds[k]} {k}" for k in ("nvswitch", "pcie_switch", "leaf", "spine") if kinds[k]
+        ),
+        "  links: " + ", ".join(f"{c} {_LINK_NAMES.get(k, k)}" for k, c in sorted(links.items())),
+    ]
+    examples = []
+    if gpus_per_node > 1:
+        examples.append((0, 1))
+    if nodes > 1:
+        examples.append((0, n - 1))
+    for a, b in examples:
+        edges = path(G, a, b)
+        hops = " -> ".join(f"{e.v[0]} {e.v[1]}" for e in edges)
+        lines.append(
+            f"  path gpu {a} -> {hops}: bottleneck "
+            f"{min(e.bandwidth_bytes_per_s for e in edges) / GB:.1f} GB/s, "
+            f"latency {sum(e.latency_s for e in edges) * 1e6:.1f} us"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The command line: tables, JSON schema, --explain, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simtrain.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FP32 = str(ROOT / "scenarios/seed_1p5b_fp32.yaml")
+AMP = str(ROOT / "scenarios/seed_1p5b_amp_ckpt.yaml")
+GPIPE = str(ROOT / "scenarios/gpipe_8gpu.yaml")
+N_XL = 1_557_611_200
+
+CATEGORIES = {"parameters", "master_weights", "gradients", "optimizer_states", "activations",
+              "cuda_context", "buffers"}  # fmt: skip
+STAGE_KEYS = {"stage", "gpus", "memory_bytes", "host_memory_bytes", "peak_memory_bytes",
+              "capacity_bytes", "fits"}  # fmt: skip
+TOP_KEYS = {"schema_version", "scenario", "params", "trainable_params", "stages",
+            "peak_memory_bytes", "fits"}  # fmt: skip
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_memory_table() -> None:
+    r = invoke("memory", AMP)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "GiB" in out and "GB" in out
+    assert re.search(r"^fits", out, re.M)
+    assert "does not fit" not in out
+    assert "1,557,611,200 parameters" in out
+    assert "does not fit" in invoke("memory", FP32).stdout  # 87.8 GB: the lecture's point
+    for cat in CATEGORIES:
+        assert cat in out
+    # parameters (AMP): 2·N bytes = 3,115,222,400 B = 2.90 GiB
+    assert re.search(r"^parameters\s+2\.90\s*$", out, re.M)
+    assert r.stderr == ""
+
+
+def test_memory_json_schema() -> None:
+    r = invoke("memory", FP32, "--json")
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert set(doc) == TOP_KEYS
+    assert doc["schema_version"] == 1
+    assert doc["scenario"] == "seed_1p5b_fp32"
+    assert doc["params"] == N_XL and doc["trainable_params"] == N_XL
+    assert isinstance(doc["stages"], list) and len(doc["stages"]) == 1
+    st = doc["stages"][0]
+    assert set(st) == STAGE_KEYS
+    assert set(st["memory_bytes"]) == CATEGORIES
+    assert st["memory_bytes"]["parameters"] == 4 * N_XL
+    # One micro-batch, no DP/PP: gradients appear as activations are freed, so the peak holds
+    # the larger of the two (memory.gradients_transient).
+    mb = st["memory_bytes"]
+    assert st["peak_memory_bytes"] == sum(mb.values()) - min(mb["gradients"], mb["activations"])
+    assert doc["peak_memory_bytes"] == st["peak_memory_bytes"]
+    assert st["fits"] is (st["peak_memory_bytes"] <= st["capacity_bytes"]) is doc["fits"]
+    assert all(isinstance(v, int) for v in st["memory_bytes"].values())
+
+
+def test_memory_json_pipeline_stages() -> None:
+    doc = json.loads(invoke("memory", GPIPE, "--json").stdout)
+    assert [s["stage"] for s in doc["stages"]] == list(range(8))
+    for s in doc["stages"]:
+        assert set(s) == STAGE_KEYS and s["gpus"] == 1
+    assert doc["peak_memory_bytes"] == max(s["peak_memory_bytes"] for s in doc["stages"])
+
+
+def test_memory_json_deterministic() -> None:
+    a = invoke("memory", GPIPE, "--json").stdout_bytes
+    b = invoke("memory", GPIPE, "--json").stdout_bytes
+    assert a == b and a
+
+
+def test_explain_prints_arithmetic() -> None:
+    r = invoke("memory", FP32, "--explain")
+    assert r.exit_code == 0
+    out = r.stdout
+    # 1,557,611,200 x 4 B = 6,230,444,800 B = 6.23 GB (5.80 GiB), computed by hand
+    line = next(x for x in out.splitlines() if x.strip().startswith("parameters") and "=" in x)
+    assert "1,557,611,200" in line and "x 4 B" in line and "6.23 GB" in line
+    assert any("optimizer states" in x and "12.46 GB" in x for x in out.splitlines())
+    assert len([x for x in out.splitlines() if "=" in x]) >= 5
+    # the table follows the explanation
+    assert re.search(r"^(fits|does not fit)", out, re.M)
+
+
+def test_does_not_fit_is_a_result() -> None:
+    # b = 64: activations alone are several hundred GB on an 80 GB GPU
+    r = invoke("memory", FP32, "--set", "training.micro_batch=64",
+               "--set", "training.global_batch=64")  # fmt: skip
+    assert r.exit_code == 0
+    assert "does not fit" in r.stdout
+    doc = json.loads(invoke("memory", FP32, "--json", "--set", "training.micro_batch=64",
+                            "--set", "training.global_batch=64").stdout)  # fmt: skip
+    assert doc["fits"] is False and doc["stages"][0]["fits"] is False
+
+
+def test_set_override_changes_result() -> None:
+    doc = json.loads(invoke("memory", AMP, "--json", "--set", "training.optimizer=sgd").stdout)
+    assert doc["stages"][0]["memory_bytes"]["optimizer_states"] == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("memory", str(ROOT / "scenarios/does_not_exist.yaml")),
+        ("memory", FP32, "--set", "training.bogus=1"),
+        ("memory", FP32, "--set", "training.micro_batch"),
+        ("memory", FP32, "--set", "training.micro_batch=[1"),
+        ("memory", FP32, "--set", "training.precision=fp8"),
+        ("memory", FP32, "--set", "training.micro_batch=5"),
+        ("memory", FP32, "--json", "--set", "parallelism.pp=5"),
+        ("memory", FP32, "--set", "model.preset=gpt9"),
+    ],
+)
+def test_bad_input_exit_2_one_line(args: tuple[str, ...]) -> None:
+    r = invoke(*args)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert r.stdout == ""
+    err = r.stderr
+    assert err.startswith("error:")
+    assert err.count("\n") == 1 and err.endswith("\n")
+    assert "Traceback" not in err
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    p = tmp_path / "typo.yaml"
+    p.write_text(Path(FP32).read_text().replace("micro_batch: 12", "micro_bach: 12"))
+    r = invoke("memory", str(p))
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+    assert "typo.yaml" in r.stderr and "training.micro_bach" in r.stderr
+
+
+def test_binary_scenario_file(tmp_path: Path) -> None:
+    p = tmp_path / "binary.yaml"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    r = invoke("memory", str(p))
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="click usage errors (--set without a value, a directory as SCENARIO) bypass the "
+    "one-line format: 'Usage: ...' + 'Error: ...' over several lines",
+)
+@pytest.mark.parametrize("args", [("--set",), ()], ids=["set-without-value", "directory"])
+def test_usage_errors_one_line(args: tuple[str, ...]) -> None:
+    target = FP32 if args else str(ROOT / "scenarios")
+    r = invoke("memory", target, *args)
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_bad_input_subprocess() -> None:
+    """The installed entry point too: exit code 2, one line, no traceback."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", "from simtrain.cli import main; main()", "memory", FP32,
+         "--set", "training.bogus=1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_schedule_grid() -> None:
+    r = invoke("schedule", "gpipe", "--pp", "4", "--microbatches", "8")
+    assert r.exit_code == 0
+    rows = [x for x in r.stdout.splitlines() if x.startswith("rank")]
+    assert len(rows) == 4
+    # GPipe: each rank runs 8 forwards, then 8 backwards (2m = 16 compute actions)
+    for k, row in enumerate(rows):
+        cells = row.split("|")[1].split()
+        fwd = [c for c in cells if re.fullmatch(rf"{k}F\d+", c)]
+        bwd = [c for c in cells if re.fullmatch(rf"{k}B\d+", c)]
+        assert fwd == [f"{k}F{j}" for j in range(8)]
+        assert bwd == [f"{k}B{j}" for j in range(8)]
+        assert cells.index(fwd[-1]) < cells.index(bwd[0])
+
+
+def test_schedule_unknown_name() -> None:
+    r = invoke("schedule", "chimera", "--pp", "4")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error:") and "Traceback" not in r.stderr

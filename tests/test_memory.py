@@ -1,0 +1,641 @@
+"""Memory model against independent numbers: the lecture's arithmetic, Korthikanti et al. 2022
+(activations), Rajbhandari et al. 2020 (ZeRO), optimizer and PEFT sizes by closed form, pipeline
+in-flight counts, offload; plus hypothesis invariants."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simtrain.config import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
+from simtrain.memory import (
+    MemoryReport,
+    estimate_memory,
+    layer_activation_bytes,
+    layer_saved_tensors,
+)
+from simtrain.model import PRESETS, ModelSpec
+from simtrain.timeline import MEMORY_CATEGORIES
+
+ROOT = Path(__file__).resolve().parent.parent
+GB = 10**9
+N_XL = 1_557_611_200  # GPT-2 XL, HF model card
+N_7B = 6_738_415_616  # Llama-2-7B, HF safetensors total
+N_GPT2 = 124_439_808  # GPT-2 small, HF model card
+
+
+def scenario(**sections: Any) -> Scenario:
+    """A scenario from a mapping; sections given replace/extend the defaults below."""
+    data: dict[str, Any] = {
+        "name": "t",
+        "model": {"preset": "gpt2"},
+        "hardware": "a100_sxm4_80gb",
+        "training": {
+            "seq_len": 128,
+            "global_batch": 1,
+            "micro_batch": 1,
+            "precision": "bf16",
+            "optimizer": "adam",
+        },  # fmt: skip
+        "parallelism": {"dp": 1, "tp": 1, "pp": 1},
+    }
+    for k, v in sections.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return parse_scenario(copy.deepcopy(data), "test.yaml")
+
+
+def cats(rep: MemoryReport, stage: int = 0) -> dict[str, int]:
+    return dict(rep.stages[stage].memory_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lecture's arithmetic (1.5B model: fp32 Adam ~ 84 GB; AMP + checkpointing ~ 26.8 GB)
+
+
+def _seed(name: str) -> MemoryReport:
+    return estimate_memory(load_scenario(ROOT / "scenarios" / f"{name}.yaml"))
+
+
+def test_lecture_fp32_model_states() -> None:
+    rep = _seed("seed_1p5b_fp32")
+    c = cats(rep)
+    assert rep.params == N_XL
+    assert c["parameters"] == 4 * N_XL  # fp32 weights
+    assert c["gradients"] == 4 * N_XL  # fp32 gradients
+    assert c["optimizer_states"] == 8 * N_XL  # Adam m and v in fp32
+    assert c["master_weights"] == 0
+    # the lecture's rounding: 6 + 6 + 12 GB for "1.5B"
+    assert round(c["parameters"] / GB) == 6 and round(c["optimizer_states"] / GB) == 12
+
+
+def test_lecture_fp32_total_about_84_gb() -> None:
+    peak = _seed("seed_1p5b_fp32").peak_memory_bytes
+    assert 80 * GB <= peak <= 90 * GB
+
+
+def test_lecture_amp_ckpt_model_states() -> None:
+    c = cats(_seed("seed_1p5b_amp_ckpt"))
+    assert c["parameters"] == 2 * N_XL
+    assert c["master_weights"] == 4 * N_XL
+    assert c["gradients"] == 2 * N_XL
+    assert c["optimizer_states"] == 8 * N_XL
+
+
+def test_lecture_amp_ckpt_total_about_27_gb() -> None:
+    peak = _seed("seed_1p5b_amp_ckpt").peak_memory_bytes
+    assert 24 * GB <= peak <= 30 * GB
+
+
+def test_lecture_amp_ckpt_saves_memory() -> None:
+    fp32 = _seed("seed_1p5b_fp32")
+    amp = _seed("seed_1p5b_amp_ckpt")
+    assert amp.peak_memory_bytes < 0.6 * fp32.peak_memory_bytes
+    # Full checkpointing keeps one b·s·h 16-bit block input per layer: 48 x 2·2·1024·1600 B (b=2),
+    # plus the embedding and head terms, far below the fp32 per-layer activations.
+    ck = 48 * 2 * 2 * 1024 * 1600
+    assert ck <= cats(amp)["activations"] < 0.1 * cats(fp32)["activations"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Korthikanti et al. 2022, §4: activation bytes per layer
+
+
+def gpt_shape(s_max: int = 4096, heads: int = 16, hidden: int = 1024, ffn: int | None = None):
+    return ModelSpec(
+        "k", layers=4, hidden=hidden, heads=heads, kv_heads=heads,
+        ffn_hidden=ffn or 4 * hidden, vocab=1000, max_positions=s_max, mlp="gelu",
+        dropout=0.1, flash_attention=False, norm="layernorm",
+    )  # fmt: skip
+
+
+def training(s: int, b: int, recompute: str = "none", precision: str = "bf16") -> TrainingSpec:
+    return TrainingSpec(seq_len=s, global_batch=b, micro_batch=b, precision=precision,
+                        optimizer="adam", recompute=recompute)  # fmt: skip
+
+
+def no_stats(saved: list) -> int:
+    """Sum of saved bytes without the LayerNorm statistics (which the paper ignores)."""
+    return sum(x.bytes for x in saved if "statistics" not in x.name)
+
+
+def stats(saved: list) -> int:
+    return sum(x.bytes for x in saved if "statistics" in x.name)
+
+
+SB = [(512, 1), (1024, 2), (2048, 4)]
+
+
+@pytest.mark.parametrize(("s", "b"), SB)
+def test_korthikanti_eq1(s: int, b: int) -> None:
+    m = gpt_shape()
+    h, a = m.hidden, m.heads
+    saved = layer_saved_tensors(m, training(s, b))
+    # s·b·h·(34 + 5as/h) = 34·sbh + 5·a·s²·b
+    assert no_stats(saved) == 34 * s * b * h + 5 * a * s * s * b
+    # the LayerNorm statistics the paper ignores are tiny (two fp32 per token per norm)
+    assert 0 < stats(saved) <= 16 * s * b
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+@pytest.mark.parametrize(("s", "b"), SB)
+def test_korthikanti_eq2_tensor_parallel(s: int, b: int, t: int) -> None:
+    m = gpt_shape()
+    h, a = m.hidden, m.heads
+    saved = layer_saved_tensors(m, training(s, b), tp=t)
+    # s·b·h·(10 + 24/t + 5as/(ht)); all terms divide exactly for these sizes
+    assert (24 * s * b * h) % t == 0 and (5 * a * s * s * b) % t == 0
+    assert no_stats(saved) == 10 * s * b * h + 24 * s * b * h // t + 5 * a * s * s * b // t
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+@pytest.mark.parametrize(("s", "b"), SB)
+def test_korthikanti_eq4_sequence_parallel(s: int, b: int, t: int) -> None:
+    m = gpt_shape()
+    h, a = m.hidden, m.heads
+    saved = layer_saved_tensors(m, training(s, b), tp=t, sequence_parallel=True)
+    # s·b·h/t·(34 + 5as/h)
+    assert no_stats(saved) == (34 * s * b * h + 5 * a * s * s * b) // t
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+def test_korthikanti_selective_recompute(t: int) -> None:
+    m = gpt_shape()
+    s, b, h = 1024, 2, m.hidden
+    tr = training(s, b, recompute="selective")
+    # TP + SP + selective: 34·sbh/t (Eq. 6)
+    kept = layer_activation_bytes(m, tr, tp=t, sequence_parallel=True)
+    st_sp = stats(layer_saved_tensors(m, tr, tp=t, sequence_parallel=True))
+    assert kept - st_sp == 34 * s * b * h // t
+    # TP only + selective: sbh·(10 + 24/t)
+    kept = layer_activation_bytes(m, tr, tp=t)
+    assert kept - stats(layer_saved_tensors(m, tr, tp=t)) == 10 * s * b * h + 24 * s * b * h // t
+
+
+def test_korthikanti_selective_no_tp() -> None:
+    m = gpt_shape()
+    s, b, h = 1024, 2, m.hidden
+    tr = training(s, b, recompute="selective")
+    assert layer_activation_bytes(m, tr) - stats(layer_saved_tensors(m, tr)) == 34 * s * b * h
+
+
+@pytest.mark.parametrize(("s", "b"), SB)
+def test_full_recompute_keeps_layer_input(s: int, b: int) -> None:
+    m = gpt_shape()
+    # bf16 layer input: 2·s·b·h
+    assert layer_activation_bytes(m, training(s, b, recompute="full")) == 2 * s * b * m.hidden
+    # and in fp32: 4·s·b·h
+    tr32 = training(s, b, recompute="full", precision="fp32")
+    assert layer_activation_bytes(m, tr32) == 4 * s * b * m.hidden
+
+
+def test_generic_ffn_width() -> None:
+    """formulas.md §2: a 2-matrix MLP of width f keeps sb·(3h + 4f); the rest of the layer
+    keeps 15·sbh + 5as²b (attention 11sbh + 5as²b, LayerNorm inputs 4sbh)."""
+    m = gpt_shape(ffn=3 * 1024)
+    s, b, h, f, a = 512, 2, 1024, 3 * 1024, 16
+    got = no_stats(layer_saved_tensors(m, training(s, b)))
+    assert got == 15 * s * b * h + s * b * (3 * h + 4 * f) + 5 * a * s * s * b
+
+
+def test_flash_attention_drops_quadratic_term() -> None:
+    """FlashAttention keeps nothing of size s²: the saved bytes are linear in s."""
+    m = ModelSpec("f", 4, 1024, 16, 16, 4096, 1000, 8192, dropout=0.1, flash_attention=True)
+    b1 = sum(x.bytes for x in layer_saved_tensors(m, training(1024, 1)))
+    b2 = sum(x.bytes for x in layer_saved_tensors(m, training(2048, 1)))
+    b4 = sum(x.bytes for x in layer_saved_tensors(m, training(4096, 1)))
+    assert b2 == 2 * b1 and b4 == 4 * b1
+    slow = replace_flash(m, False)
+    assert sum(x.bytes for x in layer_saved_tensors(slow, training(2048, 1))) > 2 * b2
+
+
+def replace_flash(m: ModelSpec, flash: bool) -> ModelSpec:
+    from dataclasses import replace
+
+    return replace(m, flash_attention=flash)
+
+
+# ---------------------------------------------------------------------------------------------
+# ZeRO (Rajbhandari et al. 2020; formulas.md §4)
+
+# A 32-layer decoder with exactly Ψ = 7.5e9 parameters: rotary, no biases, RMSNorm, tied embedding:
+# 32·(4h² + 2hf + 2h) + V·h + h with h = 4000, f = 16000, V = 338,935.
+PSI = 7_500_000_000
+ZERO_MODEL = {
+    "name": "psi7.5b", "layers": 32, "hidden": 4000, "heads": 40, "kv_heads": 40,
+    "ffn_hidden": 16000, "vocab": 338_935, "max_positions": 4096, "mlp": "gelu",
+    "positions": "rotary", "bias": False, "norm": "rmsnorm", "tied_embeddings": True,
+}  # fmt: skip
+
+
+def _zero(stage: int, dp: int = 64) -> dict[str, int]:
+    sc = scenario(
+        model=ZERO_MODEL,
+        training={
+            "seq_len": 128,
+            "global_batch": dp,
+            "micro_batch": 1,
+            "precision": "bf16",
+            "optimizer": "adam",
+        },  # fmt: skip
+        parallelism={"dp": dp, "tp": 1, "pp": 1, "zero_stage": stage},
+    )
+    return cats(estimate_memory(sc))
+
+
+def _model_states(c: dict[str, int]) -> int:
+    return c["parameters"] + c["gradients"] + c["master_weights"] + c["optimizer_states"]
+
+
+def test_zero_model_has_7p5b_params() -> None:
+    assert 32 * (4 * 4000**2 + 2 * 4000 * 16000 + 2 * 4000) + 338_935 * 4000 + 4000 == PSI
+    m = ModelSpec(**ZERO_MODEL)
+    assert m.total_params() == PSI
+
+
+@pytest.mark.parametrize(
+    ("stage", "bytes_per_param"),
+    [
+        (0, 2 + 2 + 12),  # baseline DP
+        (1, 2 + 2 + 12 / 64),  # P_os
+        (2, 2 + (2 + 12) / 64),  # P_os+g
+        (3, (2 + 2 + 12) / 64),  # P_os+g+p
+    ],
+)
+def test_zero_bytes_per_param(stage: int, bytes_per_param: float) -> None:
+    c = _zero(stage)
+    # Ψ = 7.5e9 is a multiple of 64, so no ceil rounding is involved; allow 4 bytes anyway
+    assert abs(_model_states(c) - bytes_per_param * PSI) <= 4
+
+
+def test_zero_figure1_numbers() -> None:
+    """ZeRO Figure 1: Ψ = 7.5B, N_d = 64, K = 12: 120 -> 31.4 -> 16.6 -> 1.9 GB."""
+    psi, nd, k = 7.5e9, 64, 12
+    formula = [
+        (2 + 2 + k) * psi,
+        2 * psi + 2 * psi + k * psi / nd,
+        2 * psi + (2 + k) * psi / nd,
+        (2 + 2 + k) * psi / nd,
+    ]
+    paper = [120, 31.4, 16.6, 1.9]
+    assert [round(x / GB, 1) for x in formula] == paper
+    sim = [round(_model_states(_zero(z)) / GB, 1) for z in range(4)]
+    assert sim == paper
+
+
+def test_zero_dp1_has_no_effect() -> None:
+    base = _model_states(_zero(0, dp=1))
+    assert base == 16 * PSI
+    assert _model_states(_zero(3, dp=1)) == base
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer states and precisions (GPT-2 small, N = 124,439,808)
+
+
+def _states(optimizer: str, precision: str = "bf16", model: str = "gpt2") -> dict[str, int]:
+    sc = scenario(model={"preset": model},
+                  training={"optimizer": optimizer, "precision": precision, "seq_len": 64})  # fmt: skip
+    return cats(estimate_memory(sc))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sgd_and_momentum(precision: str) -> None:
+    assert _states("sgd", precision)["optimizer_states"] == 0
+    assert _states("sgd_momentum", precision)["optimizer_states"] == 4 * N_GPT2  # one fp32 buffer
+
+
+@pytest.mark.parametrize("opt", ["adam", "adamw"])
+def test_adam_states(opt: str) -> None:
+    assert _states(opt)["optimizer_states"] == 8 * N_GPT2  # m and v in fp32
+
+
+def test_adam8bit_states() -> None:
+    """bitsandbytes 8-bit Adam: two 1-byte states + fp32 absmax per 2048-value block per state.
+    Bound: 2N + 2·4·Σ ceil(n_i/2048) <= 2N + 8·(N/2048 + tensors); GPT-2 small has
+    12·12 + 4 = 148 parameter tensors (q, k, v split: 12·14 + 4 = 172; take 200)."""
+    got = _states("adam8bit")["optimizer_states"]
+    n = N_GPT2
+    assert 2 * n + 8 * (n // 2048) <= got <= 2 * n + 8 * (n / 2048 + 200)
+
+
+def test_adafactor_factored() -> None:
+    """Adafactor keeps row + column statistics per matrix: far below 0.1 byte per parameter."""
+    got = _states("adafactor", model="llama2-7b")["optimizer_states"]
+    assert 0 < got < 0.1 * N_7B
+
+
+def test_bf16_pure_adam() -> None:
+    c = _states("adam", "bf16_pure")
+    assert c["optimizer_states"] == 4 * N_GPT2  # two bf16 states
+    assert c["parameters"] == 2 * N_GPT2 and c["gradients"] == 2 * N_GPT2
+    assert c["master_weights"] == 0
+
+
+@pytest.mark.parametrize("precision", ["amp_bf16", "amp_fp16"])
+def test_autocast_precision(precision: str) -> None:
+    c = _states("adamw", precision)
+    assert c["parameters"] == 4 * N_GPT2
+    assert c["gradients"] == 4 * N_GPT2
+    assert c["master_weights"] == 0
+    assert c["optimizer_states"] == 8 * N_GPT2
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_master(precision: str) -> None:
+    c = _states("adam", precision)
+    assert (c["parameters"], c["gradients"], c["master_weights"]) == (
+        2 * N_GPT2, 2 * N_GPT2, 4 * N_GPT2,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT
+
+LORA_7B = 4_194_304  # Hu et al.; HF PEFT print_trainable_parameters for r=8 on q_proj, v_proj
+
+
+def _peft(peft: dict[str, Any], model: str = "llama2-7b", **training: Any) -> MemoryReport:
+    tr = {"seq_len": 256, "precision": "bf16", "optimizer": "adamw", "peft": peft, **training}
+    return estimate_memory(scenario(model={"preset": model}, training=tr))
+
+
+def test_lora_trainable_count() -> None:
+    assert 32 * (8 * (4096 + 4096) * 2) == LORA_7B
+    rep = _peft({"method": "lora", "rank": 8, "target_modules": ["q", "v"]})
+    assert rep.trainable_params == LORA_7B
+    assert rep.params == N_7B + LORA_7B
+    c = cats(rep)
+    assert c["gradients"] == 2 * LORA_7B
+    assert c["master_weights"] == 4 * LORA_7B
+    assert c["optimizer_states"] == 8 * LORA_7B
+    assert c["parameters"] == 2 * (N_7B + LORA_7B)  # ≈ the 16-bit base
+
+
+def test_lora_rank_and_targets_scale() -> None:
+    # r = 16 on q, k, v, o: 32 layers x 4 modules x 16·(4096 + 4096)
+    rep = _peft({"method": "lora", "rank": 16, "target_modules": ["q", "k", "v", "o"]})
+    assert rep.trainable_params == 32 * 4 * 16 * (4096 + 4096)
+    # MLP modules: gate/up (4096 -> 11008), down (11008 -> 4096): r·(in + out) each
+    rep = _peft({"method": "lora", "rank": 8, "target_modules": ["gate", "up", "down"]})
+    assert rep.trainable_params == 32 * 3 * 8 * (4096 + 11008)
+
+
+def test_linear_probe_activations_tiny() -> None:
+    s, b, h, v = 256, 1, 4096, 32000
+    probe = _peft({"method": "linear_probe"})
+    full = _peft({"method": "none"})
+    assert layer_saved_tensors(PRESETS["llama2-7b"], _training(probe_method="linear_probe")) == []
+    # only the fresh head is trained: h·V parameters
+    assert probe.trainable_params == h * v
+    act = cats(probe)["activations"]
+    # what a probe needs at most: fp32 logits 4sbV, the head input (<= 4 B/elt), token ids (int64)
+    assert act <= 4 * s * b * v + 4 * s * b * h + 8 * s * b
+    assert act < 0.05 * cats(full)["activations"]
+
+
+def _training(probe_method: str) -> TrainingSpec:
+    return TrainingSpec(seq_len=256, peft=PeftSpec(method=probe_method))
+
+
+def test_qlora_parameter_bytes() -> None:
+    """QLoRA §3: NF4 base weights cost 4 + 0.127 bits per parameter (double-quantised block
+    constants), the rest (embeddings, norms) and the LoRA weights stay 16-bit."""
+    h, f, layers = 4096, 11008, 32
+    n_linear = layers * (4 * h * h + 3 * h * f)
+    assert n_linear == 6_476_005_376
+    rest = N_7B - n_linear
+    rep = _peft({"method": "qlora", "rank": 8, "target_modules": ["q", "v"]})
+    expected = 0.5 * n_linear * (1 + 0.127 / 4) + 2 * rest + 2 * LORA_7B
+    got = cats(rep)["parameters"]
+    assert got == pytest.approx(expected, rel=1e-3)
+    assert rep.trainable_params == LORA_7B
+    assert cats(rep)["gradients"] == 2 * LORA_7B
+    assert got < 0.3 * 2 * N_7B  # far below the 16-bit base
+
+
+def test_prefix_tuning_trainable() -> None:
+    # Li & Liang 2021: P key and P value vectors of width h per layer: L·2·P·h
+    rep = _peft({"method": "prefix", "prefix_length": 32})
+    assert rep.trainable_params == 32 * 2 * 32 * 4096 == 8_388_608
+
+
+def test_prompt_tuning_trainable() -> None:
+    # Lester et al. 2021: P soft tokens of width h
+    rep = _peft({"method": "prompt", "prompt_length": 20})
+    assert rep.trainable_params == 20 * 4096
+
+
+def test_adapter_trainable() -> None:
+    # Houlsby et al. 2019: two adapters per layer, each h->m->h with biases: 2hm + h + m
+    rep = _peft({"method": "adapter", "adapter_size": 64})
+    assert rep.trainable_params == 32 * 2 * (2 * 4096 * 64 + 4096 + 64)
+
+
+def test_bitfit_trainable_is_bias_count() -> None:
+    """GPT-2 small biases per block: c_attn 3h + c_proj h + c_fc 4h + mlp c_proj h + ln_1 h +
+    ln_2 h = 11h; plus ln_f h."""
+    h = 768
+    rep = _peft({"method": "bitfit"}, model="gpt2", seq_len=128)
+    assert rep.trainable_params == 12 * 11 * h + h == 102_144
+    assert cats(rep)["gradients"] == 2 * 102_144
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline and gradient accumulation
+
+
+def _gpipe8(*overrides: str) -> MemoryReport:
+    return estimate_memory(load_scenario(ROOT / "scenarios/gpipe_8gpu.yaml", overrides))
+
+
+def test_gpipe_holds_all_microbatches() -> None:
+    rep = _gpipe8()  # pp = 8, m = 64 / 8 = 8
+    for s in rep.stages:
+        assert s.microbatches_in_flight == 8
+        assert s.category("activations") == 8 * s.activation_bytes_per_microbatch
+
+
+@pytest.mark.parametrize(("global_batch", "m"), [(64, 8), (32, 4), (128, 16)])
+def test_1f1b_holds_min_m_p_minus_s(global_batch: int, m: int) -> None:
+    rep = _gpipe8("parallelism.schedule=1f1b", f"training.global_batch={global_batch}")
+    for s in rep.stages:
+        k = min(m, 8 - s.stage)
+        assert s.microbatches_in_flight == k
+        assert s.category("activations") == k * s.activation_bytes_per_microbatch
+
+
+@pytest.mark.parametrize(("global_batch", "m"), [(64, 8), (32, 4)])
+def test_pipedream_and_zb_h1_bounds(global_batch: int, m: int) -> None:
+    """PipeDream runs 1F1B order: min(m, p - s). ZB-H1 (Qi et al. 2024) defers weight-gradient
+    passes but keeps the peak of 1F1B's first rank: at most min(m, p) on every stage, and
+    exactly 1F1B's min(m, p) on stage 0."""
+    pd = _gpipe8("parallelism.schedule=pipedream", f"training.global_batch={global_batch}")
+    assert [s.microbatches_in_flight for s in pd.stages] == [min(m, 8 - s) for s in range(8)]
+    zb = _gpipe8("parallelism.schedule=zb_h1", f"training.global_batch={global_batch}")
+    assert zb.stages[0].microbatches_in_flight == min(m, 8)
+    assert all(s.microbatches_in_flight <= min(m, 8) for s in zb.stages)
+
+
+def test_gpipe_stage_activations_proportional_to_m() -> None:
+    a4 = _gpipe8("training.global_batch=32")
+    a8 = _gpipe8()
+    # middle stages (no embedding / head terms): 6 layers x m micro-batches
+    for k in range(1, 7):
+        assert 2 * a4.stages[k].category("activations") == a8.stages[k].category("activations")
+
+
+def test_gradient_accumulation_keeps_activations() -> None:
+    p = ROOT / "scenarios/seed_1p5b_amp_ckpt.yaml"  # micro_batch 2
+    two = estimate_memory(load_scenario(p, ["training.global_batch=4"]))
+    four = estimate_memory(load_scenario(p, ["training.global_batch=8"]))
+    assert load_scenario(p, ["training.global_batch=8"]).num_microbatches == 4
+    assert cats(two)["activations"] == cats(four)["activations"]
+    assert two.peak_memory_bytes == four.peak_memory_bytes
+
+
+def test_micro_batch_scales_layer_activations() -> None:
+    m = gpt_shape()
+    one = no_stats(layer_saved_tensors(m, training(1024, 1)))
+    assert no_stats(layer_saved_tensors(m, training(1024, 4))) == 4 * one
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU offload
+
+
+@pytest.mark.parametrize(("dp", "zero"), [(1, 0), (2, 1), (4, 2)])
+def test_offload_moves_states_to_host(dp: int, zero: int) -> None:
+    def rep(offload: bool) -> MemoryReport:
+        return estimate_memory(scenario(
+            model={"preset": "gpt2-medium"},
+            training={"global_batch": dp, "offload": {"optimizer": offload}},
+            parallelism={"dp": dp, "zero_stage": zero},
+        ))  # fmt: skip
+
+    on, off = rep(True), rep(False)
+    c_on, c_off = cats(on), cats(off)
+    host = on.stages[0].host_memory_bytes
+    assert host == c_off["optimizer_states"] + c_off["master_weights"]
+    assert host > 0 and off.stages[0].host_memory_bytes == 0
+    assert c_on["optimizer_states"] == 0 and c_on["master_weights"] == 0
+    for k in ("parameters", "gradients", "activations"):
+        assert c_on[k] == c_off[k]
+    assert off.peak_memory_bytes - on.peak_memory_bytes == host
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants (hypothesis)
+
+PEFTS = ["none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit"]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    pp = draw(st.sampled_from([1, 2]))
+    tp = draw(st.sampled_from([1, 2]))
+    dp = draw(st.sampled_from([1, 2]))
+    schedule = draw(
+        st.sampled_from(["gpipe", "1f1b", "naive", "pipedream", "zb_h1", "interleaved"])
+    )
+    v = 2 if schedule == "interleaved" and pp > 1 else 1
+    if schedule == "interleaved" and pp == 1:
+        schedule = "1f1b"
+    layers = pp * v * draw(st.integers(1, 2))
+    heads = tp * draw(st.integers(1, 3))
+    head_dim = draw(st.sampled_from([8, 16]))
+    kv_heads = draw(st.sampled_from([heads, tp]))
+    hidden = heads * head_dim
+    m = draw(st.integers(1, 3)) * (pp if schedule == "interleaved" else 1)
+    micro = draw(st.integers(1, 3))
+    precision = draw(st.sampled_from(["fp32", "fp16", "bf16", "bf16_pure", "amp_bf16", "amp_fp16"]))
+    peft = draw(st.sampled_from(PEFTS))
+    if peft == "qlora" and precision == "fp32":
+        peft = "lora"
+    zero = draw(st.integers(0, 3))
+    model = {
+        "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
+        "ffn_hidden": hidden * draw(st.integers(1, 4)), "vocab": draw(st.integers(50, 300)),
+        "max_positions": 256, "mlp": draw(st.sampled_from(["gelu", "swiglu"])),
+        "norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        "positions": draw(st.sampled_from(["learned", "rotary"])),
+        "bias": draw(st.booleans()), "tied_embeddings": draw(st.booleans()),
+        "dropout": draw(st.sampled_from([0.0, 0.1])), "flash_attention": draw(st.booleans()),
+    }  # fmt: skip
+    return {
+        "name": "h",
+        "model": model,
+        "hardware": "a100_sxm4_80gb",
+        "training": {
+            "seq_len": draw(st.integers(4, 96)), "global_batch": m * micro * dp,
+            "micro_batch": micro, "precision": precision,
+            "optimizer": draw(st.sampled_from(["sgd", "sgd_momentum", "adam", "adamw", "adam8bit",
+                                               "adafactor"])),
+            "recompute": draw(st.sampled_from(["none", "selective", "full"])),
+            "peft": {"method": peft, "rank": draw(st.integers(1, 8)), "prefix_length": 4,
+                     "prompt_length": 4, "adapter_size": 4,
+                     "phase": draw(st.sampled_from(["probe", "finetune"]))},
+            "offload": {"optimizer": draw(st.booleans())},
+        },
+        "parallelism": {
+            "dp": dp, "tp": tp, "pp": pp, "schedule": schedule, "virtual_stages": v,
+            "zero_stage": zero, "sequence_parallel": tp > 1 and draw(st.booleans()),
+        },
+    }  # fmt: skip
+
+
+HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _est(d: dict[str, Any]) -> MemoryReport:
+    return estimate_memory(parse_scenario(copy.deepcopy(d), "h.yaml"))
+
+
+@HYP
+@given(scenarios())
+def test_categories_nonnegative_and_peak_is_sum(d: dict[str, Any]) -> None:
+    rep = _est(d)
+    p, t = d["parallelism"], d["training"]
+    s_transient = p["pp"] == 1 and p["dp"] == 1 and t["global_batch"] == t["micro_batch"]
+    assert len(rep.stages) == d["parallelism"]["pp"]
+    for s in rep.stages:
+        c = dict(s.memory_bytes)
+        assert tuple(c) == MEMORY_CATEGORIES
+        assert all(isinstance(v, int) and v >= 0 for v in c.values()), c
+        if s_transient:
+            assert s.peak_memory_bytes == sum(c.values()) - min(c["gradients"], c["activations"])
+        else:
+            assert s.peak_memory_bytes == sum(c.values())
+        assert s.host_memory_bytes >= 0
+    assert rep.peak_memory_bytes == max(s.peak_memory_bytes for s in rep.stages)
+    assert 0 <= rep.trainable_params <= rep.params
+
+
+@HYP
+@given(scenarios(), st.integers(1, 3))
+def test_activations_monotone_in_micro_batch(d: dict[str, Any], extra: int) -> None:
+    bigger = copy.deepcopy(d)
+    t = bigger["training"]
+    m = t["global_batch"] // (t["micro_batch"] * bigger["parallelism"]["dp"])
+    t["micro_batch"] += extra
+    t["global_batch"] = m * t["micro_batch"] * bigger["parallelism"]["dp"]  # same m
+    a, b = _est(d), _est(bigger)
+    for s0, s1 in zip(a.stages, b.stages, strict=True):
+        assert s1.category("activations") >= s0.category("activations")
+
+
+@HYP
+@given(scenarios(), st.integers(1, 64))
+def test_activations_monotone_in_seq_len(d: dict[str, Any], extra: int) -> None:
+    bigger = copy.deepcopy(d)
+    bigger["training"]["seq_len"] = min(d["training"]["seq_len"] + extra, 160)
+    a, b = _est(d), _est(bigger)
+    for s0, s1 in zip(a.stages, b.stages, strict=True):
+        assert s1.category("activations") >= s0.category("activations")
