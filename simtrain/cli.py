@@ -173,3 +173,24 @@ def run(
         f"\nwrote {folder}/summary.json, trace.json"
         + ("" if no_plots else ", gantt.png, memory.png")
     )
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@_errors
+def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None:
+    """Draw the cluster's network (topology.png) and print injection and bisection bandwidth."""
+    from simtrain.config import load_scenario
+    from simtrain.topology import build_topology, draw_topology, topology_summary
+
+    sc = load_scenario(scenario, overrides)
+    c = sc.cluster
+    click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node))
+    folder = _out_dir(out, sc.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = draw_topology(
+        build_topology(sc.hardware, c.nodes, c.gpus_per_node), folder / "topology.png"
+    )
+    click.echo(f"\nwrote {png}")

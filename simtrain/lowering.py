@@ -31,6 +31,11 @@ class ChunkDurations:
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage
     layers: tuple[int, int] = (0, 0)
+    # ZeRO-3 (Rajbhandari et al. 2020 §5.3; FSDP): each layer's parameters are all-gathered
+    # before its forward and its backward (prefetched one layer ahead on the "gather" stream)
+    # and its gradients reduce-scattered after its backward.
+    gather_ns_per_layer: int = 0
+    reduce_scatter_ns_per_layer: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,9 @@ class RankWork:
     # DDP: one all-reduce per gradient bucket, each launched as soon as the last backward has
     # produced it (Li et al. 2020, "PyTorch Distributed", §3.2.3); empty = one sync at the end.
     bucket_ns: tuple[int, ...] = ()
+    bucket_name: str = "DP all-reduce"
+    post_opt_ns: int = 0
+    post_opt_name: str = "AG params"
     optimizer_ns: int = 0
     param_gather_ns: int = 0  # ZeRO-3 parameter gathers exposed per step
 
@@ -74,6 +82,7 @@ def lower(inp: LoweringInput) -> list[Task]:
         grads = [a for a in actions if a.kind in ("B", "W")]
         last_backward[rank] = grads[-1] if grads else None
     grad_bucket_last: dict[int, int] = {}
+    recent_compute: dict[int, list[int]] = {r: [] for r in inp.schedule}
 
     # Pass 1: create tasks per rank in schedule order, remembering symbolic deps.
     for rank in sorted(inp.schedule):
@@ -128,18 +137,38 @@ def lower(inp: LoweringInput) -> list[Task]:
                     (kind, d, alloc if i == 0 else (), free if i == k - 1 else ())
                     for i, d in enumerate(slices)
                 ]
+            if c.gather_ns_per_layer:
+                main = _per_layer(main, hi - lo)
             bucket_after: dict[int, int] = {}
-            for kind, dur, alloc, free in main:
+            for slice_no, (kind, dur, alloc, free) in enumerate(main):
+                deps_extra: tuple = ()
+                if c.gather_ns_per_layer and kind in ("F", "R", "B", "I"):
+                    layer = _slice_layer(kind, slice_no, main, lo, hi)
+                    window = recent_compute[rank][-2:-1]  # prefetch: one layer ahead
+                    g = Task(next_id, rank, "gather", "AG", f"AG params L{layer} {label}",
+                             c.gather_ns_per_layer, (), microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+                    pending.append((g, tuple(("id", w) for w in window)))
+                    deps_extra = (("id", next_id),)
+                    next_id += 1
                 t = Task(next_id, rank, "compute", kind, f"{kind} {label}", dur, (), alloc, free,
                          a.microbatch, a.stage)  # fmt: skip
-                pending.append((t, tuple(first_deps) if last_id is None else (("id", last_id),)))
+                base = tuple(first_deps) if last_id is None else (("id", last_id),)
+                pending.append((t, base + deps_extra))
                 last_id = next_id
+                recent_compute[rank].append(next_id)
                 next_id += 1
+                if c.reduce_scatter_ns_per_layer and kind in ("B", "W"):
+                    rs = Task(next_id, rank, "collective", "RS", f"RS grads {label}",
+                              c.reduce_scatter_ns_per_layer, (), microbatch=a.microbatch,
+                              stage=a.stage)  # fmt: skip
+                    pending.append((rs, (("id", last_id),)))
+                    grad_bucket_last[rank] = next_id
+                    next_id += 1
                 if work.bucket_ns and a == last_backward[rank] and kind in ("B", "W", "I"):
                     i = len(bucket_after)
                     if i < len(work.bucket_ns):
                         bt = Task(next_id, rank, "collective", "DP",
-                                  f"DP all-reduce bucket {i}", work.bucket_ns[i])  # fmt: skip
+                                  f"{work.bucket_name} bucket {i}", work.bucket_ns[i])  # fmt: skip
                         pending.append((bt, (("id", last_id),)))
                         bucket_after[i] = next_id
                         grad_bucket_last[rank] = next_id
@@ -183,6 +212,10 @@ def lower(inp: LoweringInput) -> list[Task]:
             t = Task(next_id, rank, "compute", "OPT", "optimizer step", work.optimizer_ns)
             pending.append((t, deps))
             next_id += 1
+            if work.post_opt_ns:  # ZeRO-1/2: all-gather of the updated parameter shards
+                t = Task(next_id, rank, "collective", "AG", work.post_opt_name, work.post_opt_ns)
+                pending.append((t, (("id", next_id - 1),)))
+                next_id += 1
 
     # Pass 2: resolve symbolic dependencies.
     for t, sym in pending:
@@ -212,6 +245,25 @@ def lower(inp: LoweringInput) -> list[Task]:
             )  # fmt: skip
         )
     return tasks
+
+
+def _per_layer(main: list[tuple], layers: int) -> list[tuple]:
+    """Split each compute piece of an action into one slice per layer (allocations on the
+    first slice, frees on the last), so that per-layer communication can interleave."""
+    out: list[tuple] = []
+    for kind, dur, alloc, free in main:
+        n = max(layers, 1)
+        for i in range(n):
+            d = dur // n + (1 if i < dur % n else 0)
+            out.append((kind, d, alloc if i == 0 else (), free if i == n - 1 else ()))
+    return out
+
+
+def _slice_layer(kind: str, slice_no: int, main: list[tuple], lo: int, hi: int) -> int:
+    """Layer index of a per-layer slice: forward and recompute go up, backward goes down."""
+    n = hi - lo
+    i = slice_no % n
+    return lo + i if kind in ("F", "R") else hi - 1 - i
 
 
 def chunk_layers(layers: int, pp: int, v: int) -> dict[int, tuple[int, int]]:

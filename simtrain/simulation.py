@@ -43,50 +43,73 @@ def _same_node(sc: Scenario, a: int, b: int) -> bool:
     return a // gpn == b // gpn
 
 
-def tp_allreduce_ns(sc: Scenario, size_bytes: float) -> int:
-    """One Megatron TP all-reduce of a b·s·h activation over the TP group (ring)."""
-    p, hw = sc.parallelism, sc.hardware
-    if p.tp == 1:
+def _collective_ns(sc: Scenario, op: str, size_bytes: float, n: int, stride: int) -> int:
+    """One NCCL-style ring collective over a group of ``n`` GPUs whose ids are ``stride`` apart
+    (TP: stride 1; DP: stride tp), using ``collectives.collective_time_s``: inside a node the
+    intra-node link, across nodes one ring per NIC (bandwidth min(B_intra, g·B_nic))."""
+    if n <= 1 or size_bytes <= 0:
         return 0
-    link = coll.group_link(hw, sc.cluster.gpus_per_node, p.tp)
-    return round(1e9 * coll.ring_time_s("all_reduce", size_bytes, p.tp, link.bandwidth_bytes_per_s,
-                                        link.latency_s))  # fmt: skip
+    intra, inter = coll.node_links(sc.hardware)
+    g = (
+        max(1, min(n, sc.cluster.gpus_per_node // stride))
+        if stride <= sc.cluster.gpus_per_node
+        else 1
+    )
+    t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
+                               inter=inter, gpus_per_node=g)  # fmt: skip
+    return round(1e9 * t)
+
+
+def tp_allreduce_ns(sc: Scenario, size_bytes: float) -> int:
+    """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2)."""
+    return _collective_ns(sc, "all_reduce", size_bytes, sc.parallelism.tp, 1)
+
+
+def dp_ns(sc: Scenario, op: str, size_bytes: float) -> int:
+    """A collective over the data-parallel group (GPU ids tp apart)."""
+    p = sc.parallelism
+    return _collective_ns(sc, op, size_bytes, p.dp, p.tp)
 
 
 def grad_sync(sc: Scenario, grad_bytes: int) -> tuple[int, str]:
-    """Data-parallel gradient reduction after the last backward (ring all-reduce; ZeRO-1/2:
-    reduce-scatter of gradients + all-gather of updated parameters, the same 2Ψ volume;
-    ZeRO-3 adds a forward and a backward parameter all-gather: 3Ψ — Rajbhandari et al. 2020 §7)."""
-    p, hw = sc.parallelism, sc.hardware
-    if p.dp == 1 or grad_bytes == 0:
+    """Un-bucketed gradient all-reduce after the last backward (PipeDream and split-backward
+    schedules, where DDP's bucket hooks do not apply)."""
+    if sc.parallelism.dp == 1 or grad_bytes == 0:
         return 0, ""
-    link = coll.group_link(hw, sc.cluster.gpus_per_node, p.dp * p.tp)
-    bw, lat = link.bandwidth_bytes_per_s, link.latency_s
-    if p.zero_stage == 0:
-        t = coll.ring_time_s("all_reduce", grad_bytes, p.dp, bw, lat)
-        return round(1e9 * t), "DP all-reduce grads"
-    t = coll.ring_time_s("reduce_scatter", grad_bytes, p.dp, bw, lat)
-    t += coll.ring_time_s("all_gather", grad_bytes, p.dp, bw, lat)
+    return dp_ns(sc, "all_reduce", grad_bytes), "DP all-reduce grads"
+
+
+def dp_bytes_per_step(sc: Scenario, param_bytes: int) -> float:
+    """Bytes each GPU sends per step for data parallelism, nccl-tests bus bytes (formulas.md §5.1):
+    DDP all-reduce 2(n−1)/n·Ψ; ZeRO-1/2 reduce-scatter + all-gather, also 2(n−1)/n·Ψ; ZeRO-3 adds
+    a second parameter all-gather (forward and backward): 3(n−1)/n·Ψ (Rajbhandari et al. 2020 §7).
+    With gradient accumulation ZeRO-3 gathers and reduce-scatters once per micro-batch."""
+    p = sc.parallelism
+    n = p.dp
+    if n == 1:
+        return 0.0
+    f = (n - 1) / n
     if p.zero_stage == 3:
-        t += 2 * coll.ring_time_s("all_gather", grad_bytes, p.dp, bw, lat)
-    return round(1e9 * t), f"ZeRO-{p.zero_stage} reduce-scatter + all-gather"
+        return 3 * f * param_bytes * sc.num_microbatches
+    return 2 * f * param_bytes
+
+
+def _buckets(sc: Scenario, grad_bytes: int) -> list[int]:
+    cap = int(sc.parallelism.bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    return [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
 
 
 def ddp_bucket_ns(sc: Scenario, grad_bytes: int) -> tuple[int, ...]:
     """DDP: gradients all-reduced in buckets of ``bucket_mb`` MB (PyTorch default 25 MB,
-    ``bucket_cap_mb``), each a ring all-reduce over the DP group."""
-    p, hw = sc.parallelism, sc.hardware
-    cap = int(p.bucket_mb * 1e6)
-    n = max(1, -(-grad_bytes // cap))
-    link = coll.group_link(hw, sc.cluster.gpus_per_node, p.dp * p.tp)
-    sizes = [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
-    return tuple(
-        round(
-            1e9
-            * coll.ring_time_s("all_reduce", b, p.dp, link.bandwidth_bytes_per_s, link.latency_s)
-        )  # fmt: skip
-        for b in sizes
-    )
+    ``bucket_cap_mb``; Li et al. 2020 §3.2.3), launched as backward produces them."""
+    return tuple(dp_ns(sc, "all_reduce", b) for b in _buckets(sc, grad_bytes))
+
+
+def zero_bucket_ns(sc: Scenario, grad_bytes: int) -> tuple[int, ...]:
+    """ZeRO-1/2: gradients reduce-scattered in buckets as backward produces them (DeepSpeed
+    ``overlap_comm``); the updated shards are all-gathered after the optimizer step."""
+    return tuple(dp_ns(sc, "reduce_scatter", b) for b in _buckets(sc, grad_bytes))
 
 
 def naive_dp_ns(sc: Scenario, grad_bytes: int, param_bytes: int) -> tuple[int, str]:
@@ -139,20 +162,40 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     ranks: dict[int, RankWork] = {}
     for sm in mem.stages:
         grad_bytes = sm.trainable * prec.grad
-        sync_ns, sync_name = grad_sync(sc, grad_bytes)
         trainable_here = sm.trainable // (p.dp if p.zero_stage >= 1 else 1)
-        buckets: tuple[int, ...] = ()
-        if p.dp > 1 and p.dp_mode == "ddp" and p.zero_stage == 0 and grad_bytes:
-            buckets = ddp_bucket_ns(sc, grad_bytes)
-            sync_ns = 0
-        elif p.dp > 1 and p.dp_mode == "naive":
-            sync_ns, sync_name = naive_dp_ns(sc, grad_bytes, sm.params * prec.param)
-        ranks[sm.stage] = RankWork(
-            grad_sync_ns=sync_ns,
-            grad_sync_name=sync_name or "DP all-reduce grads",
-            optimizer_ns=optimizer_step_ns(trainable_here, t, sc.hardware),
-            bucket_ns=buckets,
-        )
+        work = RankWork(optimizer_ns=optimizer_step_ns(trainable_here, t, sc.hardware))
+        bucketable = pipeline_schedule(sc)[sm.stage][-2].kind in ("B", "W")
+        if p.dp > 1 and grad_bytes:
+            if p.dp_mode == "naive":
+                ns, name = naive_dp_ns(sc, grad_bytes, sm.params * prec.param)
+                work = replace(work, grad_sync_ns=ns, grad_sync_name=name)
+            elif p.zero_stage == 3:
+                pass  # per-layer gathers and reduce-scatters, set on the chunks below
+            elif p.zero_stage in (1, 2):
+                ag = dp_ns(sc, "all_gather", sm.params * prec.param)
+                work = replace(work, bucket_ns=zero_bucket_ns(sc, grad_bytes),
+                               bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter",
+                               post_opt_ns=ag, post_opt_name="AG updated params")  # fmt: skip
+            elif bucketable and p.schedule != "pipedream":
+                work = replace(work, bucket_ns=ddp_bucket_ns(sc, grad_bytes))
+            else:
+                ns, name = grad_sync(sc, grad_bytes)
+                work = replace(work, grad_sync_ns=ns, grad_sync_name=name)
+        ranks[sm.stage] = work
+    if p.zero_stage == 3 and p.dp > 1:
+        for stage, ch in chunks.items():
+            lo, hi = ch.layers
+            sm = mem.stages[stage % pp]
+            per_layer = sm.params * prec.param // max(sum(e - s for s, e in sm.layers), 1)
+            chunks[stage] = replace(
+                ch,
+                gather_ns_per_layer=dp_ns(sc, "all_gather", per_layer),
+                reduce_scatter_ns_per_layer=dp_ns(
+                    sc,
+                    "reduce_scatter",
+                    sm.trainable * prec.grad // max(hi - lo, 1) // (len(sm.layers)),
+                ),
+            )
     return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working)
 
 

@@ -1,0 +1,68 @@
+"""Data, tensor and ZeRO parallelism in the simulated step (issue: networks and collectives)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtrain.config import load_scenario
+from simtrain.simulation import dp_bytes_per_step, simulate_scenario
+
+
+def test_zero3_moves_one_and_a_half_times_ddp_bytes():
+    # Rajbhandari et al. 2020 §7: DDP 2Ψ, ZeRO-3 3Ψ per step (one micro-batch).
+    sc = load_scenario("scenarios/zero1_8gpu.yaml", ["parallelism.zero_stage=3"])
+    ddp = load_scenario("scenarios/ddp_8gpu.yaml")
+    psi = 1_000_000
+    assert dp_bytes_per_step(sc, psi) == pytest.approx(1.5 * dp_bytes_per_step(ddp, psi))
+    assert dp_bytes_per_step(ddp, psi) == pytest.approx(2 * 7 / 8 * psi)
+
+
+def test_zero3_gathers_every_layer_and_overlaps():
+    res = simulate_scenario(load_scenario("scenarios/zero3_64gpu.yaml"))
+    spans = res.timeline.spans
+    sc = res.scenario
+    gathers = [s for s in spans if s.kind == "AG"]
+    # Forward, recompute and backward each gather every layer, for every micro-batch.
+    assert len(gathers) == 3 * sc.model.layers * sc.num_microbatches
+    assert len([s for s in spans if s.kind == "RS"]) == sc.model.layers * sc.num_microbatches
+    bd = dict(res.metrics.time_breakdown_s)
+    assert bd["communication_exposed"] < 0.1 * bd["communication_total"]
+
+
+def test_zero_stages_shrink_memory_in_order():
+    peaks = [
+        simulate_scenario(
+            load_scenario("scenarios/ddp_8gpu.yaml", [f"parallelism.zero_stage={z}"])
+        ).memory.peak_memory_bytes
+        for z in (0, 1, 2, 3)
+    ]
+    assert peaks[0] > peaks[1] > peaks[2] > peaks[3]
+
+
+def test_tensor_parallel_all_reduces_are_on_the_critical_path():
+    base = load_scenario("scenarios/3d_128gpu.yaml")
+    res = simulate_scenario(base)
+    tp = [s for s in res.timeline.spans if s.kind == "TP"]
+    assert tp and all(s.stream == "collective" for s in tp)
+    # Each TP all-reduce blocks the next compute on that GPU (no overlap in Megatron TP).
+    comp = {(s.gpu, s.start_ns) for s in res.timeline.spans if s.stream == "compute"}
+    assert any((s.gpu, s.end_ns) in comp for s in tp)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    which=st.sampled_from(["intra_node_bandwidth_bytes_per_s", "nic_bandwidth_bytes_per_s"]),
+    factor=st.floats(0.05, 0.95),
+)
+def test_lowering_a_link_bandwidth_never_shortens_a_step(which, factor):
+    sc = load_scenario(
+        "scenarios/3d_128gpu.yaml", ["training.global_batch=64", "model.preset=gpt3-1.3b"]
+    )
+    slow_hw = replace(sc.hardware, **{which: getattr(sc.hardware, which) * factor})
+    fast = simulate_scenario(sc).metrics.step_time_s
+    slow = simulate_scenario(replace(sc, hardware=slow_hw)).metrics.step_time_s
+    assert slow >= fast
