@@ -63,6 +63,7 @@ class LoweringInput:
     ranks: dict[int, RankWork]
     activation_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
     working_set_bytes: dict[int, int]  # virtual stage -> recompute working set
+    loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F
 
 
 def lower(inp: LoweringInput) -> list[Task]:
@@ -101,7 +102,12 @@ def lower(inp: LoweringInput) -> list[Task]:
             if a.kind == "F":
                 if a.stage > 0:
                     sym.append(("send_f", a.stage - 1, a.microbatch))
-                main = [("F", c.forward_ns, (("activations", act),), ())]
+                loss = (inp.loss_bytes or {}).get(a.stage, 0)
+                if loss:
+                    main = [("F", c.forward_ns, (("activations", act), ("buffers", loss)),
+                             (("buffers", loss),))]  # fmt: skip
+                else:
+                    main = [("F", c.forward_ns, (("activations", act),), ())]
                 tp_ns = c.tp_forward_ns
             elif a.kind in ("B", "I"):
                 sym.append(("done", a.stage, a.microbatch, "F"))

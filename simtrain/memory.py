@@ -501,13 +501,22 @@ def _cached_schedule(name: str, pp: int, m: int, v: int) -> Schedule:
 
 
 def activation_peak(
-    actions: list[Action], chunk_bytes: dict[int, int], working_set: dict[int, int]
-) -> tuple[int, float]:
-    """Peak activation bytes of one rank, walking its actions in order: F allocates its chunk's
-    bytes, recompute (before B or I) adds the chunk's working set, B (or W after a split
-    backward) frees both. Returns (peak bytes, peak in whole-stage micro-batch units)."""
+    actions: list[Action],
+    chunk_bytes: dict[int, int],
+    working_set: dict[int, int],
+    loss_bytes: dict[int, int] | None = None,
+) -> tuple[int, int, float]:
+    """Walk one rank's actions in order: F allocates its chunk's bytes (and, on the last chunk,
+    the loss working memory until the forward ends), recompute before B or I adds the chunk's
+    working set, B (or W after a split backward) frees both.
+
+    Returns (peak of activations + transients, peak of saved activations alone, micro-batches
+    in flight at that peak in whole-stage units). The loss working memory and a recompute working
+    set never coexist: the first is gone before the first block is re-materialised (measured
+    with simtrain.measure)."""
+    loss = loss_bytes or {}
     held = 0
-    peak = 0
+    peak = peak_saved = 0
     count = 0
     peak_count = 0.0
     v = max(len(chunk_bytes), 1)
@@ -515,8 +524,9 @@ def activation_peak(
         if a.kind == "F":
             held += chunk_bytes[a.stage]
             count += 1
-            if held > peak:
-                peak, peak_count = held, count / v
+            peak = max(peak, held + loss.get(a.stage, 0))
+            if held > peak_saved:
+                peak_saved, peak_count = held, count / v
         elif a.kind in ("B", "I"):
             peak = max(peak, held + working_set[a.stage])
             if a.kind == "B":
@@ -525,7 +535,7 @@ def activation_peak(
         elif a.kind == "W":
             held -= chunk_bytes[a.stage]
             count -= 1
-    return peak, peak_count
+    return peak, peak_saved, peak_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +555,7 @@ class StageMemory:
     microbatches_in_flight: float
     params: int  # parameters held by one GPU of this stage (after TP, before ZeRO-3 sharding)
     trainable: int = 0
+    loss_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> loss working memory
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
 
@@ -670,6 +681,9 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     full_layer = sum(x.bytes for x in saved)
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
+    recompute_ws = 0
+    if t.recompute == "full" and saved:
+        recompute_ws = full_layer + layer_input_bytes(m, t, tp, sp)
     for k, (lo, hi) in enumerate(ranges):
         c = per_layer * (hi - lo)
         if lo == 0:
@@ -678,11 +692,23 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         if hi == m.layers:
             c += head_saved_bytes(m, t, tp, sp)
         chunk_bytes[stage + k * pp] = c
-        # Full recompute re-materialises one block at a time during backward.
-        working_set[stage + k * pp] = full_layer if t.recompute == "full" else 0
+        # Full recompute re-materialises one block at a time during backward, while the
+        # gradient of that block's output (shaped like its input) is alive.
+        working_set[stage + k * pp] = recompute_ws
     act_mb = sum(chunk_bytes.values())
     schedule = pipeline_schedule(sc)
-    activations, in_flight = activation_peak(schedule[stage], chunk_bytes, working_set)
+    loss_bytes = {
+        stage + k * pp: loss_transient_bytes(m, t, tp)
+        for k, (lo, hi) in enumerate(ranges)
+        if hi == m.layers
+    }
+    walk_peak, saved_peak, in_flight = activation_peak(
+        schedule[stage], chunk_bytes, working_set, loss_bytes
+    )
+    loss_b = sum(loss_bytes.values())
+    # The category shows saved activations plus the recompute working set; the loss working
+    # memory is listed under buffers. The peak uses the walk, where the two never coexist.
+    activations = saved_peak + recompute_ws
     if saved:
         lines.append(
             f"  activations per layer per micro-batch (b={t.micro_batch}, s={t.seq_len}, "
@@ -701,7 +727,11 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     lines.append(
         f"  activations      = {act_mb:,} B per micro-batch x {in_flight:g} in flight at the "
         f"peak ({sched_name}, stage {stage})"
-        + (f" + recompute working set {full_layer:,} B" if t.recompute == "full" and saved else "")
+        + (
+            f" + recompute working set {recompute_ws:,} B (one block + its output gradient)"
+            if t.recompute == "full" and saved
+            else ""
+        )
         + f" = {_gb(activations)}"
     )
     if p.schedule == "pipedream" and pp > 1:
@@ -712,8 +742,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
 
     # Buffers: transient working memory.
     buffers = 0
-    if last:
-        buffers += loss_transient_bytes(m, t, tp)
+    buffers += loss_b
     if prec.weight_copy:
         buffers += ms.weight_copies
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
@@ -742,12 +771,16 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         "cuda_context": context,
         "buffers": buffers,
     }
-    peak = sum(cats.values())
+    static = sum(cats.values()) - activations - loss_b
+    peak = static + walk_peak
+    if loss_b and walk_peak < saved_peak + loss_b + (activations - saved_peak):
+        lines.append("  the loss working memory is freed before recompute re-materialises a "
+                     "block: the peak counts the larger of the two")  # fmt: skip
     if gradients_transient(sc):
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
         # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
-        peak -= min(activations, grads_b)
+        peak = static - grads_b + max(walk_peak, grads_b)
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip
     lines.append(f"  peak             = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
@@ -763,6 +796,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         microbatches_in_flight=in_flight,
         params=ms.params,
         trainable=ms.trainable,
+        loss_bytes=tuple(sorted(loss_bytes.items())),
         chunk_activation_bytes=tuple(sorted(chunk_bytes.items())),
         recompute_working_set_bytes=tuple(sorted(working_set.items())),
     )

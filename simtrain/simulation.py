@@ -196,14 +196,18 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
                     sm.trainable * prec.grad // max(hi - lo, 1) // (len(sm.layers)),
                 ),
             )
-    return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working)
+    loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
+    return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working, loss)
 
 
 def initial_memory(mem: MemoryReport, transient_grads: bool = False) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate (and
     gradients, when they only exist from backward to the optimizer step)."""
     skip = ("activations", "gradients") if transient_grads else ("activations",)
-    return {sm.stage: {k: v for k, v in sm.memory_bytes if k not in skip} for sm in mem.stages}
+    out = {sm.stage: {k: v for k, v in sm.memory_bytes if k not in skip} for sm in mem.stages}
+    for sm in mem.stages:  # the loss working memory is allocated by the last chunk's forward
+        out[sm.stage]["buffers"] -= sum(b for _, b in sm.loss_bytes)
+    return out
 
 
 def gpu_labels(sc: Scenario) -> dict[int, str]:
