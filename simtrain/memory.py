@@ -251,6 +251,20 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelState
     return ModelStateBytes(params, master, grads, states, copies, n, n_train)
 
 
+def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int = 1) -> int:
+    """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
+    ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
+    tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
+    (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.measure). SGD updates
+    in place. With ZeRO the optimizer sees 1/``shards`` of each tensor."""
+    if t.optimizer not in ("adam", "adamw") or t.offload.optimizer:
+        return 0
+    prec = PRECISIONS[t.precision]
+    largest = max((p.numel for p in tensors if p.trainable), default=0)
+    state = 4 if t.peft.method == "qlora" else prec.state
+    return 2 * state * ceil(largest / shards)
+
+
 def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
     """State elements of one tensor. SGD 0; momentum 1·n; Adam/AdamW 2·n (Kingma & Ba 2015);
     Adafactor (Shazeer & Stern 2018 §3, no first moment as in its default beta1=None): factored
@@ -556,6 +570,7 @@ class StageMemory:
     params: int  # parameters held by one GPU of this stage (after TP, before ZeRO-3 sharding)
     trainable: int = 0
     loss_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> loss working memory
+    optimizer_working_bytes: int = 0  # temporaries of the optimizer step
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
 
@@ -743,6 +758,11 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     # Buffers: transient working memory.
     buffers = 0
     buffers += loss_b
+    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1)
+    if opt_ws:
+        lines.append(f"  optimizer step working memory = {_gb(opt_ws)} (2 temporaries of the "
+                     "largest tensor; activations are gone by then)")  # fmt: skip
+    buffers += opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
@@ -771,8 +791,8 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         "cuda_context": context,
         "buffers": buffers,
     }
-    static = sum(cats.values()) - activations - loss_b
-    peak = static + walk_peak
+    static = sum(cats.values()) - activations - loss_b - opt_ws
+    peak = static + max(walk_peak, opt_ws)
     if loss_b and walk_peak < saved_peak + loss_b + (activations - saved_peak):
         lines.append("  the loss working memory is freed before recompute re-materialises a "
                      "block: the peak counts the larger of the two")  # fmt: skip
@@ -780,7 +800,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
         # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
-        peak = static - grads_b + max(walk_peak, grads_b)
+        peak = static - grads_b + max(walk_peak, grads_b + opt_ws)
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip
     lines.append(f"  peak             = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
@@ -797,6 +817,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         params=ms.params,
         trainable=ms.trainable,
         loss_bytes=tuple(sorted(loss_bytes.items())),
+        optimizer_working_bytes=opt_ws,
         chunk_activation_bytes=tuple(sorted(chunk_bytes.items())),
         recompute_working_set_bytes=tuple(sorted(working_set.items())),
     )

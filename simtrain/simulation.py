@@ -206,8 +206,21 @@ def initial_memory(mem: MemoryReport, transient_grads: bool = False) -> dict[int
     skip = ("activations", "gradients") if transient_grads else ("activations",)
     out = {sm.stage: {k: v for k, v in sm.memory_bytes if k not in skip} for sm in mem.stages}
     for sm in mem.stages:  # the loss working memory is allocated by the last chunk's forward
-        out[sm.stage]["buffers"] -= sum(b for _, b in sm.loss_bytes)
+        out[sm.stage]["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
     return out
+
+
+def _with_optimizer_memory(task, mem: MemoryReport, transient_grads: bool):
+    """The optimizer step holds its working memory while it runs; with transient gradients the
+    gradients are allocated there too (after backward has freed the activations)."""
+    sm = mem.stages[task.gpu]
+    alloc = []
+    if transient_grads:
+        alloc.append(("gradients", sm.category("gradients")))
+    if sm.optimizer_working_bytes:
+        alloc.append(("buffers", sm.optimizer_working_bytes))
+    free = (("buffers", sm.optimizer_working_bytes),) if sm.optimizer_working_bytes else ()
+    return replace(task, alloc=tuple(alloc), free=free)
 
 
 def gpu_labels(sc: Scenario) -> dict[int, str]:
@@ -227,12 +240,7 @@ def simulate_scenario(sc: Scenario) -> SimulationResult:
     inp = build_lowering_input(sc, mem)
     tasks = lower(inp)
     transient = gradients_transient(sc)
-    if transient:  # gradients are allocated once backward has freed the activations
-        tasks = [
-            replace(t, alloc=(("gradients", mem.stages[t.gpu].category("gradients")),))
-            if t.kind == "OPT" else t
-            for t in tasks
-        ]  # fmt: skip
+    tasks = [_with_optimizer_memory(t, mem, transient) if t.kind == "OPT" else t for t in tasks]
     timeline = simulate(tasks, initial_memory(mem, transient), gpu_labels=gpu_labels(sc))
     metrics = step_metrics(sc, timeline)
     return SimulationResult(sc, mem, timeline, metrics)
