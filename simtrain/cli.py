@@ -119,10 +119,21 @@ def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...
 @click.option("--virtual-stages", "-v", type=int, default=1, show_default=True)
 @_errors
 def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None:
-    """Print a pipeline schedule as a GPU x step grid (e.g. gpipe, 1f1b, interleaved, zb_h1)."""
-    from simtrain.schedules import build_schedule, format_grid
+    """Print a pipeline schedule as a GPU x step grid (e.g. gpipe, 1f1b, interleaved, zb_h1),
+    then the same schedule played with unit times ('.' = idle) and its bubble ratio."""
+    from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
 
-    click.echo(format_grid(build_schedule(name, pp, microbatches, virtual_stages)))
+    sched = build_schedule(name, pp, microbatches, virtual_stages)
+    click.echo("order of actions per GPU (stage, kind, micro-batch):")
+    click.echo(format_grid(sched))
+    click.echo("\nplayed in time, one cell per action ('.' is idle):")
+    click.echo(format_timeline(sched, pp, virtual_stages))
+    durations = {"F": 1, "B": 2, "I": 1, "W": 1}
+    makespan, busy = simulate_unit(sched, pp, virtual_stages, durations)
+    bubble = 1 - sum(busy.values()) / (pp * makespan)
+    click.echo(
+        f"\nbubble ratio {float(bubble):.3f} (idle fraction of GPU time with t_F = t_I = t_W = 1, t_B = 2)"
+    )
 
 
 def _out_dir(out: str | None, name: str) -> Path:

@@ -88,8 +88,17 @@ def lower(inp: LoweringInput) -> list[Task]:
     # Pass 1: create tasks per rank in schedule order, remembering symbolic deps.
     for rank in sorted(inp.schedule):
         prev_done: int | None = None
-        for a in inp.schedule[rank]:
+        actions = inp.schedule[rank]
+        for pos, a in enumerate(actions):
             if a.kind == "OPT":
+                if pos < len(actions) - 1:
+                    # Asynchronous PipeDream: the stage updates its weights after every
+                    # backward (Harlap et al. 2018 §3.3), on the compute stream.
+                    t = Task(next_id, rank, "compute", "OPT", f"optimizer step after mb{pos}",
+                             inp.ranks[rank].optimizer_ns)  # fmt: skip
+                    pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
+                    prev_done = next_id
+                    next_id += 1
                 continue
             c = inp.chunks[a.stage]
             lo, hi = c.layers
@@ -210,10 +219,7 @@ def lower(inp: LoweringInput) -> list[Task]:
             pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
             grads_ready = next_id
             next_id += 1
-        n_opt = sum(1 for a in inp.schedule[rank] if a.kind == "OPT")
-        if n_opt:
-            # Synchronous schedules end with one OPT; PipeDream's per-micro-batch updates are
-            # charged as one step's worth at the end (weights stashed, no flush).
+        if inp.schedule[rank] and inp.schedule[rank][-1].kind == "OPT":
             deps = (("id", grads_ready),) if grads_ready is not None else ()
             t = Task(next_id, rank, "compute", "OPT", "optimizer step", work.optimizer_ns)
             pending.append((t, deps))

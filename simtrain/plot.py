@@ -168,7 +168,7 @@ def gantt(
     fig_h = min(2.2 + 0.42 * len(gpus) + 0.2 * len(gpus) * len(sub_streams), 60.0)
     fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.12, 0.75 / fig_h, 0.76, 1 - 1.35 / fig_h))
+    ax = fig.add_axes((0.16, 0.75 / fig_h, 0.72, 1 - 1.35 / fig_h))
 
     # Group spans by (row, kind); keep compute spans for micro-batch labels.
     bars: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)

@@ -229,7 +229,7 @@ def gpu_labels(sc: Scenario) -> dict[int, str]:
     labels = {}
     for r in range(p.pp):
         g = _stage_gpu(sc, r)
-        who = f"GPU {g}" if peers == 1 else f"GPUs {g}-{g + peers - 1} (tp {p.tp} x dp {p.dp})"
+        who = f"GPU {g}" if peers == 1 else f"GPUs {g}-{g + peers - 1}"
         labels[r] = f"stage {r}: {who}"
     return labels
 
