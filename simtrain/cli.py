@@ -205,3 +205,25 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
         build_topology(sc.hardware, c.nodes, c.gpus_per_node), folder / "topology.png"
     )
     click.echo(f"\nwrote {png}")
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option(
+    "--variants",
+    required=True,
+    help="Comma-separated: amp,checkpointing,lora,... or key=value lists.",
+)
+@click.option("--ladder", is_flag=True, help="Apply the variants cumulatively.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/compare/]."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@_errors
+def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json: bool,
+            overrides: tuple[str, ...]) -> None:  # fmt: skip
+    """What each memory/speed technique buys and costs: table, CSV, JSON, ladder.png, tradeoff.png."""
+    from simtrain.compare import compare_command
+
+    click.echo(compare_command(scenario, variants, ladder, out, as_json, overrides), nl=False)

@@ -18,10 +18,12 @@ technique has a fixed cost: checkpointing costs the recompute forward the engine
 frozen weights skip their weight-gradient matmuls, offload pays PCIe transfers and a CPU Adam
 step, ZeRO pays its collectives.
 
-Variants whose overrides depend on the scenario (``half_batch``, ``grad_accum_4``, ``amp`` and
-``qlora`` (16-bit type of the GPU), ``qlora`` (the model's linear modules), ``zero1/2/3`` (the
-data-parallel group)) are functions of the *current* scenario: the baseline in alone mode, the
-previous rung in ladder mode.
+Variants whose overrides depend on the scenario are functions of the *current* scenario (the
+baseline in alone mode, the previous rung in ladder mode): ``half_batch`` and ``grad_accum_4``
+(its batch sizes), ``amp`` and ``qlora`` (bf16, or fp16 on GPUs without bf16), ``qlora`` (the
+model's linear modules), ``zero1/2/3`` (dp = all GPUs of the scenario; a 1-GPU scenario, or one
+with dp = 1, becomes pure data parallelism over 8 GPUs of one node, resp. over all its GPUs,
+each GPU keeping its micro-batches, so the global batch grows with dp; the row's note says so).
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ BUILTIN_VARIANTS: dict[str, tuple[str, OverrideFn]] = {
     "half_batch": ("halve the micro-batch and the global batch", _half_batch),
     "grad_accum_4": ("micro-batch / 4, same global batch (4x gradient accumulation)",
                      _grad_accum(4)),
-    "lora": ("LoRA r=8 on q, v: frozen base, tiny trainable matrices",
+    "lora": ("LoRA: frozen base, low-rank trainable matrices (default r=8 on q, v)",
              _fixed("training.peft.method=lora")),
     "qlora": ("QLoRA: 4-bit NF4 base + LoRA on all linear modules, 16-bit compute", _qlora),
     "prefix": ("prefix tuning: trainable key/value prefixes per layer",
@@ -534,9 +536,9 @@ def table(comp: Comparison) -> str:
     below = [r.name for r in rows if r.peak_memory_bytes < sum(v for _, v in r.memory_bytes)]
     if below:
         lines.append(f"peak < sum of the categories ({', '.join(below)}): transient memory "
-                     "(gradients with one micro-batch, the loss working memory, the recompute "
-                     "working set) is not all held at once; `simtrain memory --explain` says "
-                     "which")  # fmt: skip
+                     "(gradients with one micro-batch, loss working memory, recompute working "
+                     "set, optimizer-step temporaries) is not all held at once; see `simtrain "
+                     "memory --explain`")  # fmt: skip
     lines.append("")
     lines.append("variants:")
     for r in rows[1:]:
@@ -660,7 +662,7 @@ def ladder_plot(comp: Comparison, path: str | Path) -> Path:
     ax.set_title(f"Peak GPU memory of {comp.model} on {comp.hardware}: {how}", fontsize=12,
                  loc="left")  # fmt: skip
     present = [c for c in MEMORY_CATEGORIES if any(dict(r.at_peak_bytes)[c] for r in rows)]
-    legend = {"buffers": "buffers (loss, casts, comm.)"}
+    legend = {"buffers": "buffers (loss, casts)"}
     handles = [Patch(facecolor=CATEGORY_COLOURS[c], label=legend.get(c, _pretty(c)))
                for c in present[::-1]]  # fmt: skip
     handles.append(
@@ -681,7 +683,7 @@ def ladder_plot(comp: Comparison, path: str | Path) -> Path:
              "number: fits on the GPU; red: does not fit.\nAbove each bar: change of the peak "
              f"against {against} and the category that changes most (GiB).",
              fontsize=8, color="#555555", va="bottom")  # fmt: skip
-    fig.subplots_adjust(left=0.07, right=0.84, top=0.92, bottom=0.17)
+    fig.subplots_adjust(left=0.07, right=0.82, top=0.92, bottom=0.17)
     return _save(fig, Path(path))
 
 

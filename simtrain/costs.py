@@ -75,6 +75,11 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
     if m.dropout > 0:
         per_token += 2 * 2.5 * h
     ew = e * b * s * per_token
+    if t.peft.method == "qlora":
+        # QLoRA dequantises every NF4 weight to 16 bits for each matmul (Dettmers et al. 2023
+        # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
+        linear = sum(fi * fo for fi, fo in m.linear_weight_shapes().values()) / tp
+        ew += 2.5 * linear
     if not m.flash_attention:  # scale, mask, softmax (and dropout) over the s x s scores
         ew += e * b * m.heads * s * s_kv * (4 + (2.5 if m.dropout > 0 else 0)) / tp
     return BlockFlops(fwd, core, input_grad, weight_grad, ew)
