@@ -94,7 +94,7 @@ def lower(inp: LoweringInput) -> list[Task]:
                 if pos < len(actions) - 1:
                     # Asynchronous PipeDream: the stage updates its weights after every
                     # backward (Harlap et al. 2018 §3.3), on the compute stream.
-                    t = Task(next_id, rank, "compute", "OPT", f"optimizer step after mb{pos}",
+                    t = _Draft(next_id, rank, "compute", "OPT", f"optimizer step after mb{pos}",
                              inp.ranks[rank].optimizer_ns)  # fmt: skip
                     pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
                     prev_done = next_id
@@ -160,12 +160,12 @@ def lower(inp: LoweringInput) -> list[Task]:
                 if c.gather_ns_per_layer and kind in ("F", "R", "B", "I"):
                     layer = _slice_layer(kind, slice_no, main, lo, hi)
                     window = recent_compute[rank][-2:-1]  # prefetch: one layer ahead
-                    g = Task(next_id, rank, "gather", "AG", f"AG params L{layer} {label}",
+                    g = _Draft(next_id, rank, "gather", "AG", f"AG params L{layer} {label}",
                              c.gather_ns_per_layer, (), microbatch=a.microbatch, stage=a.stage)  # fmt: skip
                     pending.append((g, tuple(("id", w) for w in window)))
                     deps_extra = (("id", next_id),)
                     next_id += 1
-                t = Task(next_id, rank, "compute", kind, f"{kind} {label}", dur, (), alloc, free,
+                t = _Draft(next_id, rank, "compute", kind, f"{kind} {label}", dur, (), alloc, free,
                          a.microbatch, a.stage)  # fmt: skip
                 base = tuple(first_deps) if last_id is None else (("id", last_id),)
                 pending.append((t, base + deps_extra))
@@ -173,7 +173,7 @@ def lower(inp: LoweringInput) -> list[Task]:
                 recent_compute[rank].append(next_id)
                 next_id += 1
                 if c.reduce_scatter_ns_per_layer and kind in ("B", "W"):
-                    rs = Task(next_id, rank, "collective", "RS", f"RS grads {label}",
+                    rs = _Draft(next_id, rank, "collective", "RS", f"RS grads {label}",
                               c.reduce_scatter_ns_per_layer, (), microbatch=a.microbatch,
                               stage=a.stage)  # fmt: skip
                     pending.append((rs, (("id", last_id),)))
@@ -182,14 +182,14 @@ def lower(inp: LoweringInput) -> list[Task]:
                 if work.bucket_ns and a == last_backward[rank] and kind in ("B", "W", "I"):
                     i = len(bucket_after)
                     if i < len(work.bucket_ns):
-                        bt = Task(next_id, rank, "collective", "DP",
+                        bt = _Draft(next_id, rank, "collective", "DP",
                                   f"{work.bucket_name} bucket {i}", work.bucket_ns[i])  # fmt: skip
                         pending.append((bt, (("id", last_id),)))
                         bucket_after[i] = next_id
                         grad_bucket_last[rank] = next_id
                         next_id += 1
             if tp_ns:
-                t = Task(next_id, rank, "collective", "TP", f"TP all-reduce {label}", tp_ns, (),
+                t = _Draft(next_id, rank, "collective", "TP", f"TP all-reduce {label}", tp_ns, (),
                          microbatch=a.microbatch, stage=a.stage)  # fmt: skip
                 pending.append((t, (("id", last_id),)))
                 last_id = next_id
@@ -198,13 +198,13 @@ def lower(inp: LoweringInput) -> list[Task]:
             prev_done = last_id
             # Sends to the neighbouring stage.
             if a.kind == "F" and a.stage < last and inp.pp > 1:
-                t = Task(next_id, rank, "p2p", "SEND_F", f"SEND_F {label}", c.send_forward_ns,
+                t = _Draft(next_id, rank, "p2p", "SEND_F", f"SEND_F {label}", c.send_forward_ns,
                          (), microbatch=a.microbatch, stage=a.stage)  # fmt: skip
                 pending.append((t, (("id", last_id),)))
                 send_f[(a.stage, a.microbatch)] = next_id
                 next_id += 1
             if a.kind in ("B", "I") and a.stage > 0 and inp.pp > 1:
-                t = Task(next_id, rank, "p2p", "SEND_B", f"SEND_B {label}", c.send_backward_ns,
+                t = _Draft(next_id, rank, "p2p", "SEND_B", f"SEND_B {label}", c.send_backward_ns,
                          (), microbatch=a.microbatch, stage=a.stage)  # fmt: skip
                 pending.append((t, (("id", last_id),)))
                 send_b[(a.stage, a.microbatch)] = next_id
@@ -215,21 +215,21 @@ def lower(inp: LoweringInput) -> list[Task]:
         if rank in grad_bucket_last:
             grads_ready = grad_bucket_last[rank]
         elif work.grad_sync_ns:
-            t = Task(next_id, rank, "collective", "DP", work.grad_sync_name, work.grad_sync_ns)
+            t = _Draft(next_id, rank, "collective", "DP", work.grad_sync_name, work.grad_sync_ns)
             pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
             grads_ready = next_id
             next_id += 1
         if inp.schedule[rank] and inp.schedule[rank][-1].kind == "OPT":
             deps = (("id", grads_ready),) if grads_ready is not None else ()
-            t = Task(next_id, rank, "compute", "OPT", "optimizer step", work.optimizer_ns)
+            t = _Draft(next_id, rank, "compute", "OPT", "optimizer step", work.optimizer_ns)
             pending.append((t, deps))
             next_id += 1
             if work.post_opt_ns:  # ZeRO-1/2: all-gather of the updated parameter shards
-                t = Task(next_id, rank, "collective", "AG", work.post_opt_name, work.post_opt_ns)
+                t = _Draft(next_id, rank, "collective", "AG", work.post_opt_name, work.post_opt_ns)
                 pending.append((t, (("id", next_id - 1),)))
                 next_id += 1
 
-    # Pass 2: resolve symbolic dependencies.
+    # Pass 2: resolve symbolic dependencies; build each Task once.
     for t, sym in pending:
         deps: list[int] = []
         for d in sym:
@@ -241,22 +241,26 @@ def lower(inp: LoweringInput) -> list[Task]:
                 deps.append(send_b[(d[1], d[2])])
             elif d[0] == "done":
                 deps.append(done[(d[1], d[2], d[3])])
-        tasks.append(
-            Task(
-                t.id,
-                t.gpu,
-                t.stream,
-                t.kind,
-                t.name,
-                t.duration_ns,
-                tuple(deps),
-                t.alloc,
-                t.free,
-                t.microbatch,
-                t.stage,
-            )  # fmt: skip
-        )
+        tasks.append(t.build(tuple(deps)))
     return tasks
+
+
+class _Draft:
+    """A task before its dependencies are known (building a frozen Task twice is slow)."""
+
+    __slots__ = ("args", "kw")
+
+    _REST = ("alloc", "free", "microbatch", "stage")
+
+    def __init__(self, *args, **kw) -> None:
+        self.args = args
+        self.kw = kw
+
+    def build(self, deps: tuple[int, ...]) -> Task:
+        a = self.args
+        kw = dict(zip(self._REST, a[7:], strict=False)) if len(a) > 7 else {}
+        kw.update(self.kw)
+        return Task(*a[:6], deps=deps, **kw)
 
 
 def _per_layer(main: list[tuple], layers: int) -> list[tuple]:

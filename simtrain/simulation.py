@@ -234,6 +234,50 @@ def gpu_labels(sc: Scenario) -> dict[int, str]:
     return labels
 
 
+def _crosses_nodes(sc: Scenario, task) -> tuple[bool, float]:
+    """Does this communication task leave the node, and how much of it is latency (s)?"""
+    p, hw = sc.parallelism, sc.hardware
+    gpn = sc.cluster.gpus_per_node
+    if task.kind in ("SEND_F", "SEND_B"):
+        step = 1 if task.kind == "SEND_F" else -1
+        a = _stage_gpu(sc, task.gpu)
+        b = _stage_gpu(sc, (task.gpu + step) % p.pp)
+        return (not _same_node(sc, a, b)), hw.inter_node_latency_s
+    if task.kind in ("DP", "AG", "RS") and p.dp * p.tp > gpn:
+        n = p.dp
+        return True, 2 * (n - 1) * hw.inter_node_latency_s
+    if task.kind == "TP" and p.tp > gpn:
+        return True, 2 * (p.tp - 1) * hw.inter_node_latency_s
+    return False, 0.0
+
+
+def share_nics(sc: Scenario, tasks: list) -> tuple[list, dict[str, float]]:
+    """Put every transfer that leaves the node on its GPU's NIC, a link the engine shares
+    between overlapping transfers (pipeline sends, DP and ZeRO collectives, cross-node TP).
+
+    Each such task keeps its latency as a fixed part and turns the rest into bytes at the NIC's
+    bandwidth, so a transfer alone takes exactly its alpha-beta time and overlapping ones slow
+    each other down (the engine's processor-sharing links)."""
+    hw = sc.hardware
+    bw = hw.nic_bandwidth_bytes_per_s * hw.efficiency.collective / hw.oversubscription
+    links: dict[str, float] = {}
+    out = []
+    for t in tasks:
+        if t.stream == "compute" or t.duration_ns == 0:
+            out.append(t)
+            continue
+        cross, lat_s = _crosses_nodes(sc, t)
+        if not cross:
+            out.append(t)
+            continue
+        lat_ns = min(round(lat_s * 1e9), t.duration_ns)
+        name = f"nic:{t.gpu}"
+        links[name] = bw
+        nbytes = round((t.duration_ns - lat_ns) * bw / 1e9)
+        out.append(replace(t, duration_ns=lat_ns, link=name, link_bytes=nbytes))
+    return out, links
+
+
 def simulate_scenario(sc: Scenario) -> SimulationResult:
     """Simulate one optimizer step of ``sc``."""
     mem = estimate_memory(sc)
@@ -241,6 +285,7 @@ def simulate_scenario(sc: Scenario) -> SimulationResult:
     tasks = lower(inp)
     transient = gradients_transient(sc)
     tasks = [_with_optimizer_memory(t, mem, transient) if t.kind == "OPT" else t for t in tasks]
-    timeline = simulate(tasks, initial_memory(mem, transient), gpu_labels=gpu_labels(sc))
+    tasks, links = share_nics(sc, tasks)
+    timeline = simulate(tasks, initial_memory(mem, transient), links, gpu_labels=gpu_labels(sc))
     metrics = step_metrics(sc, timeline)
     return SimulationResult(sc, mem, timeline, metrics)
