@@ -66,3 +66,26 @@ def test_lowering_a_link_bandwidth_never_shortens_a_step(which, factor):
     fast = simulate_scenario(sc).metrics.step_time_s
     slow = simulate_scenario(replace(sc, hardware=slow_hw)).metrics.step_time_s
     assert slow >= fast
+
+
+def test_cross_node_transfers_share_the_nic():
+    from simtrain.engine import simulate
+    from simtrain.lowering import lower
+    from simtrain.memory import estimate_memory
+    from simtrain.simulation import build_lowering_input, share_nics
+
+    sc = load_scenario("scenarios/3d_128gpu.yaml", ["training.global_batch=64"])
+    tasks = lower(build_lowering_input(sc, estimate_memory(sc)))
+    shared, links = share_nics(sc, tasks)
+    on_nic = [t for t in shared if t.link]
+    # Pipeline neighbours are dp·tp = 32 GPUs apart: every send leaves the node, and so does
+    # the DP all-reduce (dp·tp = 32 > 8 GPUs per node).
+    assert {t.kind for t in on_nic} >= {"SEND_F", "SEND_B", "DP"}
+    alone = simulate(tasks).makespan_ns
+    with_sharing = simulate(shared, link_bandwidth_bytes_per_s=links).makespan_ns
+    assert with_sharing >= alone
+    # A transfer alone on its NIC takes its alpha-beta time (to the ns rounding).
+    t0 = next(t for t in on_nic if t.kind == "SEND_F")
+    orig = next(t for t in tasks if t.id == t0.id)
+    bw = links[t0.link]
+    assert abs(t0.duration_ns + t0.link_bytes / bw * 1e9 - orig.duration_ns) <= 1
