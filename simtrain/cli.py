@@ -227,3 +227,22 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
     from simtrain.compare import compare_command
 
     click.echo(compare_command(scenario, variants, ladder, out, as_json, overrides), nl=False)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<plan name>/].")
+@click.option("--workers", type=int, default=None, help="Processes for the full simulations.")
+@click.option(
+    "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
+)
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
+@click.option("--top", type=int, default=None, help="Layouts simulated in full [32].")
+@_errors
+def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, executor: str,
+         scheduler: str | None, top: int | None) -> None:  # fmt: skip
+    """Find the layout and hardware that train a model soonest or cheapest (PLAN.yaml)."""
+    from simtrain.plan import plan_command
+
+    click.echo(plan_command(plan_file, as_json, out, workers, executor, scheduler, top), nl=False)

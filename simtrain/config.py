@@ -282,6 +282,11 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "cluster.gpus_per_node", f"hardware {s.hardware.name} has at most "
             f"{s.hardware.gpus_per_node} GPUs per node", s.cluster.gpus_per_node,
         )  # fmt: skip
+    if p.virtual_stages > 1 and p.pp == 1:
+        raise ConfigError(
+            file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
+            p.virtual_stages,
+        )  # fmt: skip
     if p.virtual_stages > 1 and p.schedule != "interleaved":
         raise ConfigError(
             file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "

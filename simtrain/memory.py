@@ -251,6 +251,14 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelState
     return ModelStateBytes(params, master, grads, states, copies, n, n_train)
 
 
+def _scale_states(ms: ModelStateBytes, k: int) -> ModelStateBytes:
+    return ModelStateBytes(*(getattr(ms, f) * k for f in ModelStateBytes.__slots__))
+
+
+def _add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
+    return ModelStateBytes(*(getattr(a, f) + getattr(b, f) for f in ModelStateBytes.__slots__))
+
+
 def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int = 1) -> int:
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
@@ -643,12 +651,18 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     last = any(e == m.layers for _, e in ranges)
     lines: list[str] = []
 
-    tensors = layer_param_tensors(m, t, tp) * n_layers
+    # Every block is identical: count one and multiply (the planner calls this thousands of
+    # times); embeddings and head are counted as they are.
+    layer = layer_param_tensors(m, t, tp)
+    tensors = list(layer)
+    ends: list[ParamTensor] = []
     if first:
-        tensors = embedding_param_tensors(m, t, tp) + tensors
+        ends += embedding_param_tensors(m, t, tp)
     if last:
-        tensors = tensors + head_param_tensors(m, t, tp, pp)
-    ms = model_state_bytes(tensors, t)
+        ends += head_param_tensors(m, t, tp, pp)
+    tensors += ends
+    ms = _add_states(_scale_states(model_state_bytes(layer, t), n_layers),
+                     model_state_bytes(ends, t))  # fmt: skip
     params_b, master_b, grads_b, states_b = (
         ms.parameters, ms.master_weights, ms.gradients, ms.optimizer_states,
     )  # fmt: skip

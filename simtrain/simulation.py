@@ -94,22 +94,52 @@ def dp_bytes_per_step(sc: Scenario, param_bytes: int) -> float:
     return 2 * f * param_bytes
 
 
+MAX_BUCKET_GROUPS = 16
+
+
 def _buckets(sc: Scenario, grad_bytes: int) -> list[int]:
+    """Gradient buckets of ``bucket_mb`` MB; when there are more than 16, the earlier ones are
+    merged into 15 equal groups (they all hide under the rest of backward) and the last bucket,
+    the one that sets the exposed communication, keeps its size. Each group still pays one
+    latency per bucket it stands for (see ``_bucket_group_ns``)."""
     cap = int(sc.parallelism.bucket_mb * 1e6)
     n = max(1, -(-grad_bytes // cap))
-    return [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
+    sizes = [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
+    if n <= MAX_BUCKET_GROUPS:
+        return sizes
+    head = sum(sizes[:-1])
+    k = MAX_BUCKET_GROUPS - 1
+    return [head // k + (1 if i < head % k else 0) for i in range(k)] + [sizes[-1]]
+
+
+def _bucket_counts(sc: Scenario, grad_bytes: int) -> list[int]:
+    """How many real buckets each entry of :func:`_buckets` stands for."""
+    cap = int(sc.parallelism.bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    if n <= MAX_BUCKET_GROUPS:
+        return [1] * n
+    k = MAX_BUCKET_GROUPS - 1
+    return [(n - 1) // k + (1 if i < (n - 1) % k else 0) for i in range(k)] + [1]
+
+
+def _bucket_group_ns(sc: Scenario, op: str, grad_bytes: int) -> tuple[int, ...]:
+    """Time of each bucket group: ``count`` collectives of its average bucket size."""
+    return tuple(
+        c * dp_ns(sc, op, size / c) if c else 0
+        for size, c in zip(_buckets(sc, grad_bytes), _bucket_counts(sc, grad_bytes), strict=True)
+    )
 
 
 def ddp_bucket_ns(sc: Scenario, grad_bytes: int) -> tuple[int, ...]:
     """DDP: gradients all-reduced in buckets of ``bucket_mb`` MB (PyTorch default 25 MB,
     ``bucket_cap_mb``; Li et al. 2020 §3.2.3), launched as backward produces them."""
-    return tuple(dp_ns(sc, "all_reduce", b) for b in _buckets(sc, grad_bytes))
+    return _bucket_group_ns(sc, "all_reduce", grad_bytes)
 
 
 def zero_bucket_ns(sc: Scenario, grad_bytes: int) -> tuple[int, ...]:
     """ZeRO-1/2: gradients reduce-scattered in buckets as backward produces them (DeepSpeed
     ``overlap_comm``); the updated shards are all-gathered after the optimizer step."""
-    return tuple(dp_ns(sc, "reduce_scatter", b) for b in _buckets(sc, grad_bytes))
+    return _bucket_group_ns(sc, "reduce_scatter", grad_bytes)
 
 
 def naive_dp_ns(sc: Scenario, grad_bytes: int, param_bytes: int) -> tuple[int, str]:
