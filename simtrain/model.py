@@ -162,6 +162,18 @@ def preset(name: str, file: str | None = None, key: str = "model.preset") -> Mod
     return PRESETS[canonical]
 
 
+_REQUIRED_INT_FIELDS = {
+    "n_layer", "n_embd", "n_head", "vocab_size", "num_hidden_layers", "hidden_size",
+    "num_attention_heads", "intermediate_size",
+}  # fmt: skip
+_INT_FIELDS = _REQUIRED_INT_FIELDS | {
+    "n_inner",
+    "n_positions",
+    "num_key_value_heads",
+    "max_position_embeddings",
+}
+
+
 def from_hf_config(
     path: str | Path, file: str | None = None, key: str = "model.hf_config"
 ) -> ModelSpec:
@@ -174,7 +186,16 @@ def from_hf_config(
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(file, key, f"cannot read config.json ({exc})", str(path)) from None
     if not isinstance(cfg, dict):
-        raise ConfigError(str(path), "<root>", "config.json must be a JSON object")
+        raise ConfigError(file, key, "config.json must be a JSON object", str(path))
+    for field, value in cfg.items():  # shape fields must be integers (or null where optional)
+        if (
+            field in _INT_FIELDS
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int))
+        ):
+            raise ConfigError(str(path), field, "must be an integer", value)
+        if field in _REQUIRED_INT_FIELDS and value is None:
+            raise ConfigError(str(path), field, "must be an integer", value)
     kind = str(cfg.get("model_type", "")).lower()
     name = str(cfg.get("_name_or_path") or p.parent.name or kind)
     try:

@@ -151,11 +151,6 @@ def test_binary_scenario_file(tmp_path: Path) -> None:
     assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="click usage errors (--set without a value, a directory as SCENARIO) bypass the "
-    "one-line format: 'Usage: ...' + 'Error: ...' over several lines",
-)
 @pytest.mark.parametrize("args", [("--set",), ()], ids=["set-without-value", "directory"])
 def test_usage_errors_one_line(args: tuple[str, ...]) -> None:
     target = FP32 if args else str(ROOT / "scenarios")
