@@ -268,3 +268,29 @@ def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, ex
     from simtrain.plan import plan_command
 
     click.echo(plan_command(plan_file, as_json, out, workers, executor, scheduler, top), nl=False)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@click.option("--only", default=None, help="Only records of this source key (e.g. megatron_sc21).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default="plots/validate", show_default=True
+)
+@_errors
+def validate(path: str | None, as_json: bool, only: str | None, out: str) -> None:
+    """Simulate measured runs (default measured/published_runs.yaml) and report the error."""
+    from simtrain.validate import validate_command
+
+    click.echo(validate_command(path, as_json, only, out), nl=False)
+
+
+@main.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
+@_errors
+def calibrate(device: str, out: str) -> None:
+    """Measure matmul FLOP/s and memory bandwidth here and write a hardware profile (extra: measure)."""
+    from simtrain.calibrate import calibrate_command
+
+    click.echo(calibrate_command(device, out), nl=False)

@@ -4,8 +4,9 @@ Schedule (per-rank compute actions) + durations + memory deltas -> ``engine.Task
 compute action becomes a compute-stream task; a forward's output (and a backward's input
 gradient) travels to the neighbouring stage as a p2p task on the sender's p2p stream; tensor-
 parallel all-reduces follow each F/R/B on the collective stream, on the critical path (Megatron,
-Narayanan et al. 2021 §3.2); the data-parallel gradient reduction follows the rank's last
-backward; the optimizer step waits for it. Only one GPU per pipeline stage is simulated: its TP
+Narayanan et al. 2021 §3.2); data-parallel gradient reductions run on their own "dp" stream
+(a separate NCCL communicator), overlapping the backward and never delaying the pipeline's
+TP traffic; the optimizer step waits for them. Only one GPU per pipeline stage is simulated: its TP
 and DP peers do identical work (scale by symmetry).
 """
 
@@ -173,7 +174,7 @@ def lower(inp: LoweringInput) -> list[Task]:
                 recent_compute[rank].append(next_id)
                 next_id += 1
                 if c.reduce_scatter_ns_per_layer and kind in ("B", "W"):
-                    rs = _Draft(next_id, rank, "collective", "RS", f"RS grads {label}",
+                    rs = _Draft(next_id, rank, "dp", "RS", f"RS grads {label}",
                               c.reduce_scatter_ns_per_layer, (), microbatch=a.microbatch,
                               stage=a.stage)  # fmt: skip
                     pending.append((rs, (("id", last_id),)))
@@ -182,7 +183,7 @@ def lower(inp: LoweringInput) -> list[Task]:
                 if work.bucket_ns and a == last_backward[rank] and kind in ("B", "W", "I"):
                     i = len(bucket_after)
                     if i < len(work.bucket_ns):
-                        bt = _Draft(next_id, rank, "collective", "DP",
+                        bt = _Draft(next_id, rank, "dp", "DP",
                                   f"{work.bucket_name} bucket {i}", work.bucket_ns[i])  # fmt: skip
                         pending.append((bt, (("id", last_id),)))
                         bucket_after[i] = next_id
@@ -215,7 +216,7 @@ def lower(inp: LoweringInput) -> list[Task]:
         if rank in grad_bucket_last:
             grads_ready = grad_bucket_last[rank]
         elif work.grad_sync_ns:
-            t = _Draft(next_id, rank, "collective", "DP", work.grad_sync_name, work.grad_sync_ns)
+            t = _Draft(next_id, rank, "dp", "DP", work.grad_sync_name, work.grad_sync_ns)
             pending.append((t, (("id", prev_done),) if prev_done is not None else ()))
             grads_ready = next_id
             next_id += 1
@@ -225,7 +226,7 @@ def lower(inp: LoweringInput) -> list[Task]:
             pending.append((t, deps))
             next_id += 1
             if work.post_opt_ns:  # ZeRO-1/2: all-gather of the updated parameter shards
-                t = _Draft(next_id, rank, "collective", "AG", work.post_opt_name, work.post_opt_ns)
+                t = _Draft(next_id, rank, "dp", "AG", work.post_opt_name, work.post_opt_ns)
                 pending.append((t, (("id", next_id - 1),)))
                 next_id += 1
 

@@ -20,7 +20,7 @@ MEMORY_CATEGORIES = (
 )
 
 # Streams, in the order the Gantt chart draws them under each GPU.
-STREAMS = ("compute", "p2p", "collective")
+STREAMS = ("compute", "p2p", "collective", "dp", "gather")
 
 
 @dataclass(frozen=True, slots=True)

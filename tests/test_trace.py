@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from simtrain.timeline import MemorySample, Span, Timeline
+from simtrain.timeline import STREAMS, MemorySample, Span, Timeline
 from simtrain.trace import GIB, HEADROOM_COUNTER, MEMORY_COUNTER, chrome_trace, write_chrome_trace
 
 
@@ -86,8 +86,9 @@ def test_unknown_stream_gets_tid_after_standard_ones() -> None:
     tl.spans.append(Span(10, 0, "alpha", "X2", "y", 0, 10))
     trace = chrome_trace(tl)
     tids = {e["cat"]: e["tid"] for e in events(trace, "X")}
-    assert tids["X2"] == 3  # alpha
-    assert tids["X1"] == 4  # zeta
+    n = len(STREAMS)  # compute, p2p, collective, dp, gather come first
+    assert tids["X2"] == n  # alpha
+    assert tids["X1"] == n + 1  # zeta
 
 
 def test_metadata_names_processes_and_threads() -> None:

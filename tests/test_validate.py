@@ -1,0 +1,376 @@
+"""simtrain validate: records -> scenarios, like-with-like metrics, accuracy bounds, outputs.
+
+The bounds below are the accuracy the shipped simulator and profiles reach on
+measured/published_runs.yaml (issue 5). Where the issue's target is met the test asserts the
+target; where it is not, it asserts the figure reached as a regression bound (named so).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.config import parse_scenario
+from simtrain.errors import ConfigError
+from simtrain.simulation import simulate_scenario
+from simtrain.validate import (
+    METRICS,
+    Record,
+    SkipReason,
+    Translation,
+    eq3_flops,
+    gpu_profile,
+    load_records,
+    map_precision,
+    map_recompute,
+    nanotron_flops,
+    predicted_step_time,
+    record_to_scenario,
+    source_key,
+    summarize,
+    translate,
+    validate,
+    validate_command,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "measured" / "published_runs.yaml"
+
+
+@pytest.fixture(scope="module")
+def result():
+    return validate(RECORDS)
+
+
+def _summary(res, source: str, metric: str):
+    s = res.summary_for(source, metric)
+    assert s is not None, f"no summary for {source}/{metric}"
+    return s
+
+
+# --------------------------------------------------------------------------- accuracy bounds
+
+
+def test_megatron_sc21_tflops_meets_target(result) -> None:
+    """Issue target: TFLOP/s MAPE <= 10 %, max <= 20 % on the Megatron-LM SC'21 rows (Eq. 3
+    convention). Reached: 6.5 % / 15.9 % on the 16 PTD-P rows of Tables 1 and 2."""
+    s = _summary(result, "megatron_sc21", "tflops_per_gpu")
+    assert s.n == 16
+    assert s.mape_pct <= 10.0
+    assert s.max_error_pct <= 20.0
+
+
+def test_korthikanti_meets_target(result) -> None:
+    """Issue target: MAPE <= 10 %, max <= 20 % on Korthikanti et al. 2022 Table 5.
+    Reached: step time 3.0 % / 5.9 %, MFU 2.2 % / 5.6 %, HFU 2.3 % / 5.6 %."""
+    for metric, n in (("step_time_s", 8), ("mfu", 4), ("hfu", 4)):
+        s = _summary(result, "korthikanti2022", metric)
+        assert s.n == n
+        assert s.mape_pct <= 10.0, metric
+        assert s.max_error_pct <= 20.0, metric
+
+
+def test_nanotron_fit_verdict_regression_bound(result) -> None:
+    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 87.8 %
+    (381 of 434): every miss is a run recorded as 'crashed_or_oom' that simtrain says fits, and
+    18 of the 53 sit below half of the GPU memory (crashes that are not out-of-memory, which
+    the source does not tell apart). Regression bound, not the target."""
+    s = _summary(result, "nanotron", "fits")
+    assert s.n >= 430
+    assert s.share_correct >= 0.87
+
+
+def test_peak_memory(result) -> None:
+    """Issue target: peak-memory MAPE <= 15 % where the source reports memory. Met for the HF
+    Transformers single-GPU rows (9.3 %); not for nanotron (28.5 %, median -27.7 %: the fp32
+    gradient-accumulation buffer is not modelled and the source does not define its memory
+    figure) -- regression bound there."""
+    hf = _summary(result, "hf_transformers", "peak_memory_bytes")
+    assert hf.n == 9 and hf.mape_pct <= 15.0
+    nt = _summary(result, "nanotron", "peak_memory_bytes")
+    assert nt.n >= 240 and nt.mape_pct <= 30.0
+
+
+def test_other_sources_regression_bounds(result) -> None:
+    """Not issue targets: bounds at the figures reached, to catch regressions."""
+    bounds = {
+        ("megatron_readme", "step_time_s"): (8.0, 16.0),
+        ("megatron_readme", "tflops_per_gpu"): (8.0, 16.0),
+        ("mosaicml", "tokens_per_s"): (10.0, 40.0),
+        ("mosaicml", "mfu"): (10.0, 40.0),
+    }
+    for (src, metric), (mape, mx) in bounds.items():
+        s = _summary(result, src, metric)
+        assert s.mape_pct <= mape, (src, metric, s.mape_pct)
+        assert s.max_error_pct <= mx, (src, metric, s.max_error_pct)
+    assert _summary(result, "korthikanti2022", "fits").share_correct == 1.0
+    assert _summary(result, "megatron_sc21", "fits").share_correct == 1.0
+
+
+def test_validation_is_fast(result) -> None:
+    """All 655 records in well under a minute (measured ~20-30 s on the 2-core dev machine,
+    with other work running); the bound leaves room for a loaded machine."""
+    assert result.elapsed_s < 90.0
+
+
+# --------------------------------------------------------------------------- no silent drops
+
+
+def test_every_record_is_compared_or_skipped_with_a_reason(result) -> None:
+    ids = [r.id for r in load_records(RECORDS)]
+    assert len(ids) == 655
+    compared = {c.id for c in result.comparisons}
+    skipped = {s.id for s in result.skipped}
+    assert not compared & skipped
+    assert compared | skipped == set(ids)
+    for s in result.skipped:
+        assert isinstance(s, SkipReason) and len(s.reason) > 10, s
+    reasons = " ".join(s.reason for s in result.skipped)
+    for expected in ("training_run_relative", "memory_capacity", "must divide model.layers",
+                     "global batch not reported", "amp_fp8", "no simtrain hardware profile"):  # fmt: skip
+        assert expected in reasons
+
+
+def test_json_document_schema(result) -> None:
+    doc = json.loads(json.dumps(result.to_json()))
+    assert set(doc) == {"schema_version", "records", "skipped", "summary"}
+    assert doc["schema_version"] == 1
+    assert doc["records"] and doc["skipped"] and doc["summary"]
+    for r in doc["records"]:
+        assert set(r) == {"id", "source", "metric", "measured", "predicted", "error_pct"}
+        assert r["metric"] in METRICS
+        if r["metric"] == "fits":
+            assert isinstance(r["measured"], bool) and isinstance(r["predicted"], bool)
+            assert r["error_pct"] == (0.0 if r["measured"] == r["predicted"] else 100.0)
+        else:
+            expect = 100 * (r["predicted"] - r["measured"]) / r["measured"]
+            assert r["error_pct"] == pytest.approx(expect)
+    for s in doc["skipped"]:
+        assert set(s) == {"id", "reason"}
+    for s in doc["summary"]:
+        assert set(s) == {"source", "metric", "n", "mape_pct", "max_error_pct"}
+    keys = [(s["source"], METRICS.index(s["metric"])) for s in doc["summary"]]
+    assert keys == sorted(keys)
+
+
+def test_deterministic_and_worker_independent() -> None:
+    a = validate(RECORDS, "megatron_readme", workers=1).to_json()
+    b = validate(RECORDS, "megatron_readme", workers=2).to_json()
+    assert a == b
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def _record(**sections) -> Record:
+    base = {
+        "id": "mine_1",
+        "kind": "training_run",
+        "source": "my cluster",
+        "source_key": "mine",
+        "model": {"layers": 8, "hidden": 1024, "heads": 16, "seq_len": 1024, "vocab": 32000},
+        "training": {"global_batch": 64, "micro_batch": 4, "precision": "bf16"},
+        "parallelism": {"tp": 2, "pp": 2},
+        "hardware": {"gpu": "A100-SXM4-80GB", "num_gpus": 16},
+        "measured": {"step_time_s": 1.0},
+        "notes": "",
+    }
+    for k, v in sections.items():
+        base[k] = v
+    return Record(**base)  # type: ignore[arg-type]
+
+
+def test_string_mappings() -> None:
+    assert map_precision("fp16 mixed precision") == "fp16"
+    assert map_precision("mixed precision (16-bit)") == "fp16"
+    assert map_precision("bf16 (fp32 grad accumulation)") == "bf16"
+    assert map_precision("amp_bf16 (FSDP mixed_precision=DEFAULT)") == "amp_bf16"
+    assert map_precision("fp16 AMP") == "amp_fp16"
+    assert map_precision("fp32") == "fp32"
+    assert map_precision("amp_fp8 (FSDP)") is None
+    assert map_recompute("full (activation recomputation; FLOP count ...)") == "full"
+    assert map_recompute("selective (attention core)") == "selective"
+    assert map_recompute("none (assumed: ...)") == "none"
+    assert map_recompute("re-materialization") == "full"
+    assert gpu_profile("A100-SXM4-80GB")[:2] == ("a100_sxm4_80gb", True)
+    assert gpu_profile("A100 40GB")[:2] == ("a100_sxm4_40gb", True)
+    assert gpu_profile("H100 80GB (HF science cluster)")[0] == "h100_sxm5_80gb"
+    assert gpu_profile("A100 (DGX A100; memory size not stated)")[1] is False
+    assert gpu_profile("Cloud TPU v3") is None
+    assert source_key("megatron_sc21_t1_1.7B") == "megatron_sc21"
+    assert source_key("megatron_sc21_t2_zero3_174B_384gpu") == "megatron_sc21_zero3"
+    assert source_key("usp_fail_1B_n1") == "nanotron"
+    assert source_key("mpt_a100_80gb_x") == "mosaicml"
+    assert source_key("anything", "mykey") == "mykey"
+    assert source_key("myrun_7") == "myrun"
+
+
+def test_record_to_scenario_layout_and_defaults() -> None:
+    sc = record_to_scenario(_record())
+    assert not isinstance(sc, SkipReason)
+    p = sc.parallelism
+    assert (p.dp, p.tp, p.pp) == (4, 2, 2)  # dp = num_gpus / (tp x pp)
+    assert (sc.cluster.nodes, sc.cluster.gpus_per_node) == (2, 8)
+    assert sc.training.precision == "bf16" and sc.num_microbatches == 4
+    tr = translate(_record(training={"global_batch": 64, "precision": "bf16"}))
+    assert isinstance(tr, Translation)
+    assert tr.scenario.training.micro_batch == 1  # pp > 1: documented default
+    assert any("micro-batch not reported" in a for a in tr.assumptions)
+    assert any("dp = num_gpus" in a for a in tr.assumptions)
+
+
+def test_unexpressible_records_come_back_with_reasons() -> None:
+    cases = {
+        "global batch not reported": _record(training={"precision": "bf16"}),
+        "no simtrain hardware profile": _record(hardware={"gpu": "TPU v4", "num_gpus": 16}),
+        "model shape not reported": _record(model={"layers": 8, "seq_len": 1024}),
+        "must divide model.layers": _record(parallelism={"tp": 1, "pp": 16}),
+        "not a simtrain precision": _record(training={"global_batch": 64, "precision": "fp8"}),
+        "num_gpus 16 != tp x pp x dp": _record(parallelism={"tp": 2, "pp": 2, "dp": 2}),
+        "kind memory_capacity": _record(kind="memory_capacity"),
+        "flops_convention": _record(measured={"mfu": 0.5, "flops_convention": "mine"}),
+    }
+    for reason, rec in cases.items():
+        out = translate(rec)
+        assert isinstance(out, SkipReason), reason
+        assert reason in out.reason, (reason, out.reason)
+
+
+def test_users_own_runs(tmp_path: Path) -> None:
+    """A file in the record schema with a source simtrain does not know: compared in simtrain's
+    own FLOP convention; an unexpressible record is listed with its reason."""
+    f = tmp_path / "runs.yaml"
+    f.write_text(
+        """
+- id: lab_a100_gpt_1
+  kind: training_run
+  source: our cluster, 2026-01-01
+  model: {layers: 12, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}
+  training: {global_batch: 32, micro_batch: 8, precision: bf16, recompute: none,
+             optimizer: adamw}
+  parallelism: {tp: 1, pp: 1, dp: 4}
+  hardware: {gpu: A100-SXM4-40GB, num_gpus: 4}
+  measured: {step_time_s: 0.30, mfu: 0.40, peak_mem_gib: 20.0,
+             flops_convention: simtrain}
+- id: lab_a100_gpt_2
+  model: {layers: 12, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}
+  training: {precision: bf16}
+  hardware: {gpu: A100-SXM4-40GB, num_gpus: 4}
+  measured: {step_time_s: 0.30}
+"""
+    )
+    res = validate(f, workers=1)
+    metrics = {c.metric for c in res.comparisons}
+    assert metrics == {"step_time_s", "mfu", "peak_memory_bytes", "fits"}
+    assert {c.source for c in res.comparisons} == {"lab"}
+    assert [s.id for s in res.skipped] == ["lab_a100_gpt_2"]
+    sc = record_to_scenario(load_records(f)[0])
+    mfu = next(c for c in res.comparisons if c.metric == "mfu")
+    step = next(c for c in res.comparisons if c.metric == "step_time_s")
+    # simtrain's own convention: the MFU of the run's step time
+    sim = simulate_scenario(sc).metrics
+    assert step.predicted == pytest.approx(sim.step_time_s)
+    assert mfu.predicted == pytest.approx(sim.mfu)
+
+
+def test_load_records_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- id: a\n  model: 3\n")
+    with pytest.raises(ConfigError, match="a.model"):
+        load_records(bad)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("- id: a\n- id: a\n")
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_records(dup)
+    with pytest.raises(ConfigError, match="source"):
+        validate(RECORDS, "no_such_source")
+
+
+# --------------------------------------------------------------------------- FLOP conventions
+
+
+def test_flop_conventions_reproduce_the_sources() -> None:
+    # formulas.md §1.2 worked table: the 1.7B row of Megatron SC'21 Table 1, 1.547e16 FLOPs.
+    assert eq3_flops(512, 2048, 24, 2304, 51200) == pytest.approx(1.547e16, rel=1e-3)
+    # nanotron get_flops: the 1B dp8 run's MFU 0.381 at 39,006 tokens/s/GPU on H100 (989.4).
+    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+    sc = record_to_scenario(rec)
+    per_token = nanotron_flops(sc) / sc.tokens_per_step
+    assert 39006 * per_token / 989.4e12 == pytest.approx(0.381, abs=0.001)
+
+
+# --------------------------------------------------------------------------- speed trick
+
+
+def _scenario(pp: int, m: int, **par) -> object:
+    data = {
+        "name": "x",
+        "model": {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 32000},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": 1024, "global_batch": m * 2 * par.get("dp", 1),
+                     "micro_batch": 2, "precision": "bf16", "recompute": "full"},
+        "parallelism": {"pp": pp, **par},
+    }  # fmt: skip
+    return parse_scenario(data, "test")
+
+
+@pytest.mark.parametrize(
+    "pp,m,par",
+    [
+        (4, 12, {"dp": 2, "tp": 2}),
+        (4, 8, {"schedule": "interleaved", "virtual_stages": 2, "tp": 2}),
+        (2, 6, {"schedule": "gpipe", "dp": 2}),
+        (1, 6, {"dp": 4}),
+        (1, 5, {"dp": 4, "zero_stage": 1}),
+        (1, 4, {"dp": 2, "zero_stage": 3}),
+        (2, 5, {"dp": 2, "tp": 2, "bucket_mb": 1e9}),
+    ],
+)
+def test_step_time_extrapolation_is_exact(pp: int, m: int, par: dict) -> None:
+    """predicted_step_time simulates 1 and 2 micro-batches (pp and 2·pp interleaved) and
+    extrapolates: it must equal the full simulation."""
+    sc = _scenario(pp, m, **par)
+    full = simulate_scenario(sc).metrics.step_time_s
+    assert predicted_step_time(sc) == pytest.approx(full, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_validate_command_outputs(tmp_path: Path) -> None:
+    text = validate_command(str(RECORDS), False, "megatron_readme", str(tmp_path))
+    assert "megatron_readme2021_gpt3_175B_1024gpu" in text
+    assert "MAPE %" in text and "0 records skipped" in text
+    with (tmp_path / "validate.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["metric"] for r in rows} == {"step_time_s", "tflops_per_gpu"}  # GPU memory unstated
+    png = tmp_path / "validate_scatter.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(validate_command(str(RECORDS), True, "korthikanti2022", str(tmp_path)))
+    assert doc["schema_version"] == 1
+    assert {r["source"] for r in doc["records"]} == {"korthikanti2022"}
+    with (tmp_path / "validate.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["metric"] for r in rows} == {"step_time_s", "mfu", "hfu", "fits", "skipped"}
+    assert all(r["note"] for r in rows if r["metric"] == "skipped")
+
+
+def test_summarize_fits_share() -> None:
+    from simtrain.validate import Comparison
+
+    rows = [Comparison(str(i), "s", "fits", True, i < 3, 0.0 if i < 3 else 100.0)
+            for i in range(4)]  # fmt: skip
+    (s,) = summarize(rows)
+    assert s.n == 4 and s.mape_pct == 25.0 and s.share_correct == 0.75
+
+
+def test_translation_is_replaceable() -> None:
+    """Translations are plain frozen data (the CLI and users may adjust a scenario)."""
+    tr = translate(_record())
+    assert isinstance(tr, Translation)
+    tr2 = replace(tr, assumptions=())
+    assert tr2.scenario == tr.scenario
