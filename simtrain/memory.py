@@ -499,12 +499,15 @@ def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
     """Closed forms of the micro-batches a stage holds at its peak (for documentation and tests;
     :func:`activation_peak` walks the real schedule). GPipe holds all m (Huang et al. 2019
-    §2.3); 1F1B, ZB-H1 and PipeDream hold min(m, p − s) (Narayanan et al. 2021 §2.2.1; Qi et al.
-    2023 §3); naive model parallelism and pp = 1 hold one."""
+    §2.3); 1F1B and PipeDream hold min(m, p − s) (Narayanan et al. 2021 §2.2.1); ZB-H1 defers
+    weight gradients, so every stage keeps up to min(m, p) until its W, 1F1B's stage-0 peak
+    (Qi et al. 2023 §2.1); naive model parallelism and pp = 1 hold one."""
     if pp == 1 or schedule == "naive":
         return 1.0
     if schedule == "gpipe":
         return float(m)
+    if schedule == "zb_h1":
+        return float(min(m, pp))
     return float(min(m, pp - stage))
 
 

@@ -44,6 +44,8 @@ from simtrain.config import (
     SCHEDULES,
     ClusterSpec,
     Scenario,
+    _mapping,
+    _no_unknown,
     check_layout,
     parse_model,
     parse_scenario,
@@ -149,20 +151,6 @@ def _num(value: Any, file: str, key: str, *, integer: bool = False, minimum: flo
     if (value <= minimum) if strict else (value < minimum):
         raise ConfigError(file, key, f"must be {'>' if strict else '>='} {minimum:g}", value)
     return int(value) if integer else float(value)
-
-
-def _mapping(data: Any, file: str, key: str) -> dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(file, key, "must be a mapping", data)
-    return data
-
-
-def _no_unknown(data: dict[str, Any], allowed: Sequence[str], file: str, prefix: str) -> None:
-    for k in data:
-        if k not in allowed:
-            raise ConfigError(file, f"{prefix}{k}", "unknown key", None, ", ".join(allowed))
 
 
 def _global_batches(value: Any, file: str) -> tuple[int, ...]:

@@ -169,3 +169,14 @@ def test_ddp_overlap_exposes_about_the_last_bucket():
     # Long backward: everything but (about) the last bucket hides under compute.
     assert bd["communication_exposed"] <= 1.5 * max(buckets) / 1e9
     assert bd["communication_exposed"] < 0.1 * bd["communication_total"]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
+@pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
+def test_in_flight_closed_forms_match_the_schedule_walk(name, pp, m):
+    from simtrain.memory import microbatches_in_flight
+    from simtrain.schedules import peak_in_flight
+
+    walked = peak_in_flight(build_schedule(name, pp, m))
+    for s in range(pp):
+        assert walked[s] == microbatches_in_flight(name, pp, m, s)
