@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.engine import Task
-from simtrain.schedules import Action, Schedule, rank_stages
+from simtrain.schedules import Action, Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +281,3 @@ def _slice_layer(kind: str, slice_no: int, main: list[tuple], lo: int, hi: int) 
     n = hi - lo
     i = slice_no % n
     return lo + i if kind in ("F", "R") else hi - 1 - i
-
-
-def chunk_layers(layers: int, pp: int, v: int) -> dict[int, tuple[int, int]]:
-    """Virtual stage -> [start, end) layers; stage k holds layers k·L/(p·v) ... (Megatron)."""
-    per = layers // (pp * v)
-    return {s: (s * per, (s + 1) * per) for s in range(pp * v)}
-
-
-__all__ = ["Action", "ChunkDurations", "LoweringInput", "RankWork", "chunk_layers", "lower",
-           "rank_stages"]  # fmt: skip

@@ -100,7 +100,7 @@ class ParamTensor:
         return self.rows * self.cols
 
 
-def _trainable_base(peft: str, phase: str) -> bool:
+def base_trainable(peft: str, phase: str) -> bool:
     return peft == "none" or (peft == "lp_ft" and phase == "finetune")
 
 
@@ -113,7 +113,7 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[Para
     prefixes (Li & Liang 2021 §4.2).
     """
     peft = t.peft
-    full = _trainable_base(peft.method, peft.phase)
+    full = base_trainable(peft.method, peft.phase)
     qlora = peft.method == "qlora"
     bias_trainable = full or peft.method == "bitfit"
     out: list[ParamTensor] = []
@@ -156,7 +156,7 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[Para
 def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
     """Token embedding (vocab-parallel, V/t rows per rank), learned positions (replicated),
     prompt-tuning soft tokens."""
-    full = _trainable_base(t.peft.method, t.peft.phase)
+    full = base_trainable(t.peft.method, t.peft.phase)
     out = [ParamTensor("wte", m.vocab // tp, m.hidden, full)]
     if m.positions == "learned":
         out.append(ParamTensor("wpe", m.max_positions, m.hidden, full))
@@ -172,7 +172,7 @@ def head_param_tensors(
     pipeline parallelism the last stage keeps its own copy (Megatron: word embeddings on the
     first and last stage, gradients all-reduced between them). Linear probing trains a fresh
     untied head (Kumar et al. 2022, "LP-FT", §2)."""
-    full = _trainable_base(t.peft.method, t.peft.phase)
+    full = base_trainable(t.peft.method, t.peft.phase)
     probe = t.peft.method == "linear_probe" or (
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
@@ -297,7 +297,7 @@ class SavedTensor:
     formula: str
 
 
-def _grad_flows(t: TrainingSpec) -> bool:
+def grad_flows_through_blocks(t: TrainingSpec) -> bool:
     """Does the gradient flow back through the transformer blocks? Not for linear probing, where
     only the head is trained (autograd saves nothing for frozen inputs)."""
     return not (
@@ -320,7 +320,7 @@ def layer_saved_tensors(
     flash attention this sums to Korthikanti et al. 2022 Eq. 1, ``sbh(34 + 5as/h)``; with tensor
     (and sequence) parallelism the split follows their Eq. 2 (and Eq. 4).
     """
-    if not _grad_flows(t):
+    if not grad_flows_through_blocks(t):
         return []
     prec = PRECISIONS[t.precision]
     b = micro_batch if micro_batch is not None else t.micro_batch
@@ -330,7 +330,7 @@ def layer_saved_tensors(
     kv = m.kv_dim
     sb = s * b
     seq_div = tp if sequence_parallel else 1  # tensors outside the TP region
-    full = _trainable_base(t.peft.method, t.peft.phase)
+    full = base_trainable(t.peft.method, t.peft.phase)
     lora = t.peft.method in ("lora", "qlora")
     targets = set(t.peft.target_modules) if lora else set()
     e, en, esm = prec.act_mm, prec.act_norm, prec.act_softmax
@@ -452,14 +452,14 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     sb = s * t.micro_batch
     div = tp if sp else 1
     total = 4 * sb * m.vocab // tp
-    if _grad_flows(t):
+    if grad_flows_through_blocks(t):
         total += (
             prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb
         ) // div
     probe = t.peft.method == "linear_probe" or (
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
-    if _trainable_base(t.peft.method, t.peft.phase) or probe:
+    if base_trainable(t.peft.method, t.peft.phase) or probe:
         total += prec.act_mm * sb * m.hidden // div
     return total
 
@@ -477,7 +477,7 @@ def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int
     s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
     sb = s * t.micro_batch
     total = 8 * t.micro_batch * t.seq_len
-    if m.dropout > 0 and _grad_flows(t):
+    if m.dropout > 0 and grad_flows_through_blocks(t):
         total += sb * m.hidden // sp_div
     return total
 
@@ -486,14 +486,17 @@ def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int
 # Pipeline: layers and micro-batches in flight per stage
 
 
+def chunk_layers(layers: int, pp: int, v: int = 1) -> dict[int, tuple[int, int]]:
+    """Virtual stage -> layers [start, end): stage k holds layers k·L/(p·v) up to (k+1)·L/(p·v);
+    it lives on rank k % p (Megatron interleaved layout, Narayanan et al. 2021 §2.2.2)."""
+    per = layers // (pp * v)
+    return {k: (k * per, (k + 1) * per) for k in range(pp * v)}
+
+
 def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]]:
-    """Layer ranges [start, end) held by each rank; with v virtual stages rank r holds chunks
-    r, r+pp, ... (Megatron interleaved layout, Narayanan et al. 2021 §2.2.2)."""
-    per_chunk = layers // (pp * v)
-    return [
-        [((c * pp + r) * per_chunk, (c * pp + r + 1) * per_chunk) for c in range(v)]
-        for r in range(pp)
-    ]
+    """Layer ranges held by each rank, its chunks r, r+pp, ... in model order."""
+    chunks = chunk_layers(layers, pp, v)
+    return [[chunks[c * pp + r] for c in range(v)] for r in range(pp)]
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
@@ -810,7 +813,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     }
     static = sum(cats.values()) - activations - loss_b - opt_ws
     peak = static + max(walk_peak, opt_ws)
-    if loss_b and walk_peak < saved_peak + loss_b + (activations - saved_peak):
+    if loss_b and walk_peak < activations + loss_b:
         lines.append("  the loss working memory is freed before recompute re-materialises a "
                      "block: the peak counts the larger of the two")  # fmt: skip
     if gradients_transient(sc):

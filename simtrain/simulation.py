@@ -13,10 +13,11 @@ from simtrain import collectives as coll
 from simtrain.config import Scenario
 from simtrain.costs import chunk_costs, optimizer_step_ns
 from simtrain.engine import simulate
-from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, chunk_layers, lower
+from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.memory import (
     PRECISIONS,
     MemoryReport,
+    chunk_layers,
     estimate_memory,
     gradients_transient,
     pipeline_schedule,

@@ -58,14 +58,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simtrain.config import Scenario, parse_scenario
+from simtrain.costs import eq3_flops, eq7_flops, eq8_flops
 from simtrain.errors import ConfigError, SimtrainError
 from simtrain.hardware import GIB, HARDWARE_DIR, MIB
 from simtrain.memory import PRECISIONS, MemoryReport, estimate_memory
 from simtrain.simulation import simulate_scenario
-from simtrain.yamlfile import _FLOAT, load_yaml
+from simtrain.yamlfile import load_yaml
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("measured") / "published_runs.yaml"
@@ -198,27 +197,6 @@ class ValidationResult:
         return None
 
 
-class _CLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader (10x faster than the pure-Python one on the 25,000-line file) with
-    the same YAML 1.2 float rule as :mod:`simtrain.yamlfile`."""
-
-
-_CLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-
-
-def _read_yaml(path: Path) -> Any:
-    if not hasattr(yaml, "CSafeLoader"):  # pragma: no cover - PyYAML without libyaml
-        return load_yaml(path)
-    try:
-        text = path.read_text()
-    except OSError:
-        return load_yaml(path)  # raises the one-line ConfigError
-    try:
-        return yaml.load(text, Loader=_CLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError:
-        return load_yaml(path)  # re-parse for the one-line error with the line number
-
-
 # Short source keys from record ids (first match wins); a record may set ``source_key``.
 SOURCE_PREFIXES = (
     ("megatron_sc21_t2_zero3", "megatron_sc21_zero3"),  # DeepSpeed ZeRO-3 runs in Table 2
@@ -266,7 +244,7 @@ def load_records(path: str | Path) -> list[Record]:
     """Read a YAML list of records (schema: ``measured/README.md``). Every record needs an
     ``id``; sections may be absent. Errors name the file, the record and the key."""
     p = Path(path)
-    data = _read_yaml(p)
+    data = load_yaml(p)
     file = str(p)
     if data is None:
         return []
@@ -739,21 +717,6 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
 
 # ---------------------------------------------------------------------------------------------
 # FLOP conventions (formulas.md §1)
-
-
-def eq3_flops(B: int, s: int, L: int, h: int, V: int) -> float:
-    """Narayanan et al. 2021 Eq. 3 (recompute included); L layers."""
-    return 96 * B * s * L * h * h * (1 + s / (6 * h) + V / (16 * L * h))
-
-
-def eq7_flops(B: int, s: int, L: int, h: int, V: int) -> float:
-    """Korthikanti et al. 2022 Eq. 7: model FLOPs, no recompute."""
-    return 72 * B * L * s * h * h * (1 + s / (6 * h) + V / (12 * h * L))
-
-
-def eq8_flops(B: int, s: int, L: int, h: int, V: int) -> float:
-    """Korthikanti et al. 2022 Eq. 8: hardware FLOPs with selective recompute."""
-    return 72 * B * L * s * h * h * (1 + s / (3 * h) + V / (12 * h * L))
 
 
 def nanotron_flops(sc: Scenario) -> float:

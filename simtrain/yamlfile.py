@@ -14,8 +14,9 @@ import yaml
 from simtrain.errors import ConfigError
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader when PyYAML has it (about 10x faster on the 25,000-line
+    measured/published_runs.yaml), else the pure-Python one; both with YAML 1.2 floats."""
 
 
 _FLOAT = re.compile(

@@ -617,7 +617,7 @@ def test_categories_nonnegative_and_peak_is_sum(d: dict[str, Any]) -> None:
         floor = sum(c.values()) - c["activations"] - c["buffers"]
         if s_transient:
             floor -= c["gradients"]
-        assert s.peak_memory_bytes >= floor + max(c["activations"], 0) - c["activations"]
+        assert s.peak_memory_bytes >= floor
         assert s.host_memory_bytes >= 0
     assert rep.peak_memory_bytes == max(s.peak_memory_bytes for s in rep.stages)
     assert 0 <= rep.trainable_params <= rep.params

@@ -138,10 +138,11 @@ def test_full_recompute_costs_about_one_forward():
     from simtrain.simulation import simulate_scenario
 
     sc = load_scenario("scenarios/seed_1p5b_amp_ckpt.yaml")
-    ck = simulate_scenario(sc).metrics
+    ck_res = simulate_scenario(sc)
+    ck = ck_res.metrics
     no = simulate_scenario(load_scenario("scenarios/seed_1p5b_amp_ckpt.yaml",
                                          ["training.recompute=none"])).metrics  # fmt: skip
-    fwd = sum(s.duration_ns for s in simulate_scenario(sc).timeline.spans if s.kind == "F") / 1e9
+    fwd = sum(s.duration_ns for s in ck_res.timeline.spans if s.kind == "F") / 1e9
     # Checkpointing adds the recompute forward of the blocks (not of the LM head).
     assert no.step_time_s < ck.step_time_s <= no.step_time_s + fwd
     assert ck.step_time_s - no.step_time_s > 0.7 * fwd

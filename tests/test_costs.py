@@ -1,0 +1,48 @@
+"""FLOP counts against the published closed forms (formulas.md §1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.config import load_scenario
+from simtrain.costs import eq3_flops, eq7_flops, model_flops_per_step
+from simtrain.metrics import hardware_flops_per_step
+
+GPT3 = "scenarios/gpt3_175b_1024gpu.yaml"  # TP 8 x PP 16 x DP 8, full recompute
+
+
+def _args(sc):
+    t, m = sc.training, sc.model
+    return t.global_batch, t.seq_len, m.layers, m.hidden, m.vocab
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["parallelism.tp=1", "parallelism.pp=1", "parallelism.dp=512", "cluster.nodes=64"],
+        ["training.micro_batch=2"],
+    ],
+    ids=["tp8-pp16", "dp-only", "micro-batch-2"],
+)
+def test_model_flops_equal_korthikanti_eq7(overrides):
+    # Korthikanti et al. 2022 App. A Eq. 7: 72·B·L·s·h²·(1 + s/(6h) + V/(12·h·L)), no recompute.
+    sc = load_scenario(GPT3, overrides)
+    assert model_flops_per_step(sc) == pytest.approx(eq7_flops(*_args(sc)), rel=1e-12)
+
+
+def test_hardware_flops_with_full_recompute_equal_narayanan_eq3():
+    # Narayanan et al. 2021 Eq. 3: 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)), the recompute forward
+    # included; summed over TP shards, pipeline chunks, micro-batches and DP replicas.
+    sc = load_scenario(GPT3)
+    assert hardware_flops_per_step(sc) == pytest.approx(eq3_flops(*_args(sc)), rel=1e-12)
+
+
+def test_eq3_matches_the_published_worked_value():
+    # formulas.md §1.2 (computed from Narayanan Table 1, 1.7B row): F = 1.547e16 per iteration.
+    assert eq3_flops(512, 2048, 24, 2304, 51200) == pytest.approx(1.547e16, rel=1e-3)
+
+
+def test_without_recompute_hardware_equals_model_flops():
+    sc = load_scenario(GPT3, ["training.recompute=none"])
+    assert hardware_flops_per_step(sc) == pytest.approx(model_flops_per_step(sc), rel=1e-12)
