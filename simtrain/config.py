@@ -15,7 +15,7 @@ from simtrain.hardware import HardwareProfile, load_hardware
 from simtrain.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.yamlfile import load_yaml, parse_yaml
 
-PRECISIONS = ("fp32", "fp16", "bf16", "bf16_pure", "amp_bf16", "amp_fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16_fp32_grads", "bf16_pure", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 RECOMPUTE = ("none", "selective", "full")
 PEFT_METHODS = (
@@ -23,6 +23,7 @@ PEFT_METHODS = (
 )  # fmt: skip
 SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1")
 DP_MODES = ("ddp", "naive")
+LAYER_SPLITS = ("uniform", "compute_balanced")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -86,6 +87,10 @@ class ParallelSpec:
     dp_mode: str = "ddp"
     sequence_parallel: bool = False
     bucket_mb: float = 25.0  # DDP gradient bucket size in MB (PyTorch DDP default bucket_cap_mb=25)
+    # How layers are split over pipeline stages for memory: "uniform" (Megatron, L/pp each) or
+    # "compute_balanced" (nanotron: by per-block compute cost, the LM head counting V·h;
+    # memory.compute_balanced_stages).
+    layer_split: str = "uniform"
 
     @property
     def gpus(self) -> int:
@@ -250,6 +255,7 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
     spec = _build(ParallelSpec, data, file, "parallelism.", {
         "schedule": SCHEDULES, "dp_mode": DP_MODES, "zero_stage": (0, 1, 2, 3),
+        "layer_split": LAYER_SPLITS,
     })  # fmt: skip
     return spec
 
@@ -286,6 +292,11 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
+        )  # fmt: skip
+    if p.layer_split == "compute_balanced" and p.virtual_stages > 1:
+        raise ConfigError(
+            file, "parallelism.layer_split", "compute_balanced splits one chunk per stage: use "
+            "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
     if p.virtual_stages > 1 and p.schedule != "interleaved":
         raise ConfigError(

@@ -33,7 +33,10 @@ from simtrain.timeline import MEMORY_CATEGORIES
 class Precision:
     """Bytes per element. ``act_mm`` = tensors saved around matmuls, ``act_norm`` = the residual
     stream saved by norms, ``act_softmax`` = attention probabilities; ``weight_copy`` = the
-    16-bit copy of each matmul weight that torch.autocast makes and keeps until backward."""
+    16-bit copy of each matmul weight that torch.autocast makes and keeps until backward;
+    ``grad_accum`` = a separate fp32 gradient-accumulation buffer per trainable parameter, kept
+    next to the 16-bit gradients (counted under gradients; ZeRO-1 does not shard it, ZeRO-2
+    does)."""
 
     name: str
     param: int
@@ -45,6 +48,7 @@ class Precision:
     act_softmax: int
     weight_copy: int = 0
     compute_dtype: str = "fp32"
+    grad_accum: int = 0
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -54,6 +58,16 @@ PRECISIONS: dict[str, Precision] = {
     # 16-bit weights and gradients, fp32 master copy and optimizer states, 16-bit activations.
     "fp16": Precision("fp16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="fp16"),
     "bf16": Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16"),
+    # bf16 with fp32 gradient accumulation (nanotron ``accumulate_grad_in_fp32``): the mixed
+    # precision above plus an fp32 gradient buffer, 2 + 2 + 4 + 4 + 8 = 20 bytes/param with Adam.
+    # Ultra-Scale Playbook, "Memory usage in Transformers": m_params = 2N, m_grad = 2N,
+    # m_params_fp32 = 4N, m_opt = 8N, and "Some libraries store grads in FP32, which would
+    # require an additional 4N memory. This is done, for example, in Nanotron". nanotron
+    # optim/gradient_accumulator.py (FP32GradientAccumulator.build_grad_buffers) keeps the fp32
+    # buffer for every parameter "even when Zero 1 is used"; its fp32 master copy is sharded.
+    "bf16_fp32_grads": Precision(
+        "bf16_fp32_grads", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16", grad_accum=4
+    ),  # fmt: skip
     # Pure bf16: weights, gradients and optimizer states all bf16, no master copy.
     "bf16_pure": Precision("bf16_pure", 2, 2, 0, 2, 2, 2, 2, compute_dtype="bf16"),
     # torch.autocast (HF Trainer bf16=True): fp32 weights and gradients; matmuls see 16-bit casts;
@@ -241,7 +255,7 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelState
         if not p.trainable:
             continue
         n_train += p.numel
-        grads += p.numel * prec.grad
+        grads += p.numel * (prec.grad + prec.grad_accum)
         if not qlora:
             master += p.numel * prec.master
         state_bytes = 4 if qlora else prec.state
@@ -499,6 +513,45 @@ def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]
     return [[chunks[c * pp + r] for c in range(v)] for r in range(pp)]
 
 
+@dataclass(frozen=True, slots=True)
+class StageBlocks:
+    """What one pipeline rank holds under a compute-balanced split: decoder layers [lo, hi)
+    (possibly none), and whether it holds the embedding and the final norm + LM head + loss."""
+
+    lo: int
+    hi: int
+    embedding: bool
+    head: bool
+
+
+def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
+    """nanotron's pipeline split (models/base.py ``build_model``; costs from
+    ``LlamaModel.get_block_compute_costs``): blocks in model order [embedding, L decoder layers,
+    final norm, LM head, fp32 cast, loss] with costs 0, ``4·h² + 3·f·h`` each (attention
+    projections + MLP), 0, ``V·h``, 0, 0. Thresholds ``T_r = C·(r+1)/pp`` over the total cost C;
+    walking the cumulative cost c, a block goes to the current rank r and r advances by one when
+    c > T_r. The embedding stays on rank 0. So the LM head counts as ``V·h / (4h² + 3fh)``
+    layers and the last rank gets that many fewer: the 1B sweep model (h 2048, f 8192,
+    V 131072) on pp = 2 puts 11 of 16 layers on rank 0."""
+    layer_cost = 4 * m.hidden * m.hidden + 3 * m.ffn_hidden * m.hidden
+    costs = [0] + [layer_cost] * m.layers + [0, m.vocab * m.hidden, 0, 0]
+    total = sum(costs)
+    rank_of: list[int] = []
+    r, c = 0, 0
+    for cost in costs:
+        c += cost
+        rank_of.append(r)
+        if c * pp > total * (r + 1) and r < pp - 1:  # c > total·(r+1)/pp, in integers
+            r += 1
+    out = []
+    for k in range(pp):
+        layers = [i for i in range(m.layers) if rank_of[1 + i] == k]
+        lo = layers[0] if layers else 0
+        hi = layers[-1] + 1 if layers else 0
+        out.append(StageBlocks(lo, hi, k == 0, rank_of[m.layers + 2] == k))
+    return out
+
+
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
     """Closed forms of the micro-batches a stage holds at its peak (for documentation and tests;
     :func:`activation_peak` walks the real schedule). GPipe holds all m (Huang et al. 2019
@@ -651,10 +704,17 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     prec = PRECISIONS[t.precision]
     tp, pp, dp, v = p.tp, p.pp, p.dp, p.virtual_stages
     sp = p.sequence_parallel
-    ranges = stage_layers(m.layers, pp, v)[stage]
+    if p.layer_split == "compute_balanced" and v == 1:
+        blocks = compute_balanced_stages(m, pp)[stage]
+        ranges = [(blocks.lo, blocks.hi)]
+        first, last = blocks.embedding, blocks.head
+        chunk_ends = [(first, last)]
+    else:
+        ranges = stage_layers(m.layers, pp, v)[stage]
+        first = any(s == 0 for s, _ in ranges)
+        last = any(e == m.layers for _, e in ranges)
+        chunk_ends = [(lo == 0, hi == m.layers) for lo, hi in ranges]
     n_layers = sum(e - s for s, e in ranges)
-    first = any(s == 0 for s, _ in ranges)
-    last = any(e == m.layers for _, e in ranges)
     lines: list[str] = []
 
     # Every block is identical: count one and multiply (the planner calls this thousands of
@@ -684,7 +744,9 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
             f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 copy) = {_gb(master_b)}"
         )
     lines.append(
-        f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B = {_gb(grads_b)}"
+        f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B"
+        + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
+        + f" = {_gb(grads_b)}"
     )
     lines.append(
         f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = {_gb(states_b)}"
@@ -719,12 +781,12 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     recompute_ws = 0
     if t.recompute == "full" and saved:
         recompute_ws = full_layer + layer_input_bytes(m, t, tp, sp)
-    for k, (lo, hi) in enumerate(ranges):
+    for k, ((lo, hi), (has_emb, has_head)) in enumerate(zip(ranges, chunk_ends, strict=True)):
         c = per_layer * (hi - lo)
-        if lo == 0:
+        if has_emb:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             c -= frozen_input_savings(m, t, tp, sp)
-        if hi == m.layers:
+        if has_head:
             c += head_saved_bytes(m, t, tp, sp)
         chunk_bytes[stage + k * pp] = c
         # Full recompute re-materialises one block at a time during backward, while the
@@ -734,8 +796,8 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     schedule = pipeline_schedule(sc)
     loss_bytes = {
         stage + k * pp: loss_transient_bytes(m, t, tp)
-        for k, (lo, hi) in enumerate(ranges)
-        if hi == m.layers
+        for k, (_, has_head) in enumerate(chunk_ends)
+        if has_head
     }
     walk_peak, saved_peak, in_flight = activation_peak(
         schedule[stage], chunk_bytes, working_set, loss_bytes

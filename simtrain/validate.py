@@ -301,6 +301,9 @@ class SourceConvention:
     memory_note: str = ""
     ddp_default: str = "torch"  # torch: 25 MB buckets overlapped with the backward | local
     precision_map: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # (to, why)
+    memory_gb_unit: float = 1e9  # bytes in the source's "GB" (nanotron divides by 1024**3)
+    memory_stage: int | None = None  # the pipeline stage whose peak the source reports (None: max)
+    layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -362,8 +365,21 @@ SOURCES: dict[str, SourceConvention] = {
     "nanotron": SourceConvention(
         "nanotron",
         NANOTRON_LLAMA,
-        memory_note="nanotron 'GPU memory' (definition not stated) read as an allocator-level "
-        "peak in GB = 1e9 B, compared without the CUDA context",
+        memory_note="nanotron 'GPU memory' = helpers.log_throughput's 'Mem Alloc (GB)', "
+        "torch.cuda.max_memory_allocated() / 1024**3 on world rank 0 (GiB, first pipeline "
+        "stage), compared with stage 0's peak without the CUDA context",
+        memory_gb_unit=GIB,
+        memory_stage=0,
+        layer_split="compute_balanced",
+        precision_map={
+            "bf16": (
+                "bf16_fp32_grads",
+                "nanotron bf16 with accumulate_grad_in_fp32 (scripts/scaling_benchmarks.py "
+                "ACCUMULATE_GRAD_IN_FP32 = True): fp32 gradient buffer for every parameter "
+                "next to bf16 weights and grads, fp32 master and Adam states, 20 B/param "
+                "(Ultra-Scale Playbook, 'Memory usage in Transformers' note on Nanotron)",
+            )
+        },
     ),  # fmt: skip
     "hf_transformers": SourceConvention(
         "simtrain",
@@ -603,7 +619,7 @@ def translate(rec: Record) -> Translation | SkipReason:
     if precision in conv.precision_map:
         precision, why = conv.precision_map[precision]
         notes.append(why)
-    if "fp32 grad accum" in str(t.get("precision", "")).lower():
+    if "fp32 grad accum" in str(t.get("precision", "")).lower() and precision != "bf16_fp32_grads":
         notes.append("fp32 gradient-accumulation buffer (4 B/param) not modelled: simtrain's "
                      "bf16 keeps 2-byte gradients")  # fmt: skip
     recompute = map_recompute(t.get("recompute"))
@@ -650,7 +666,8 @@ def translate(rec: Record) -> Translation | SkipReason:
         "training": {"seq_len": seq, "global_batch": B, "micro_batch": b,
                      "precision": precision, "optimizer": optimizer, "recompute": recompute},
         "parallelism": {"dp": dp, "tp": tp, "pp": pp, "schedule": schedule,
-                        "virtual_stages": v, "zero_stage": zero, "sequence_parallel": sp},
+                        "virtual_stages": v, "zero_stage": zero, "sequence_parallel": sp,
+                        "layer_split": conv.layer_split if v == 1 else "uniform"},
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         data["parallelism"]["bucket_mb"] = ONE_BUCKET_MB
@@ -706,7 +723,8 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
     for k in ("mfu", "hfu"):
         if (v := num(k)) is not None and v > 0:
             out[k] = v
-    for key, unit in (("peak_mem_gb", 1e9), ("peak_mem_gib", GIB), ("peak_mem_mib", MIB)):
+    gb = record_convention(rec).memory_gb_unit
+    for key, unit in (("peak_mem_gb", gb), ("peak_mem_gib", GIB), ("peak_mem_mib", MIB)):
         if (v := num(key)) is not None and v > 0:
             out["peak_memory_bytes"] = v * unit
             break
@@ -884,7 +902,10 @@ def compare_record(tr: Translation, predictor: _Predictor | None = None) -> list
             continue
         if metric == "peak_memory_bytes":
             assert mem is not None
-            pred = float(mem.peak_memory_bytes)
+            if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
+                pred = float(mem.stages[conv.memory_stage].peak_memory_bytes)
+            else:
+                pred = float(mem.peak_memory_bytes)
             if not conv.memory_includes_context:
                 pred -= sc.hardware.cuda_context_bytes
         else:

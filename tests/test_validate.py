@@ -74,25 +74,26 @@ def test_korthikanti_meets_target(result) -> None:
         assert s.max_error_pct <= 20.0, metric
 
 
-def test_nanotron_fit_verdict_regression_bound(result) -> None:
-    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 87.8 %
-    (381 of 434): every miss is a run recorded as 'crashed_or_oom' that simtrain says fits, and
-    18 of the 53 sit below half of the GPU memory (crashes that are not out-of-memory, which
-    the source does not tell apart). Regression bound, not the target."""
+def test_nanotron_fit_verdict_meets_target(result) -> None:
+    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 90.6 %
+    (393 of 434) with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
+    compute-balanced pipeline split; every miss is a run recorded as 'crashed_or_oom' that
+    simtrain says fits (the source does not tell crashes from out-of-memory)."""
     s = _summary(result, "nanotron", "fits")
     assert s.n >= 430
-    assert s.share_correct >= 0.87
+    assert s.share_correct >= 0.90
 
 
 def test_peak_memory(result) -> None:
     """Issue target: peak-memory MAPE <= 15 % where the source reports memory. Met for the HF
-    Transformers single-GPU rows (9.3 %); not for nanotron (28.5 %, median -27.7 %: the fp32
-    gradient-accumulation buffer is not modelled and the source does not define its memory
-    figure) -- regression bound there."""
+    Transformers single-GPU rows (9.3 %); nanotron 17.8 % (was 28.5 %) after the fp32
+    gradient-accumulation buffer, reading its 'GB' as max_memory_allocated / 1024**3 of world
+    rank 0 (pipeline stage 0) and nanotron's compute-balanced layer split; the rest is mostly
+    TP >= 16 rows (median -20 %) -- regression bound there."""
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 240 and nt.mape_pct <= 30.0
+    assert nt.n >= 240 and nt.mape_pct <= 19.0
 
 
 def test_other_sources_regression_bounds(result) -> None:

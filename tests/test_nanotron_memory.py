@@ -1,0 +1,133 @@
+"""nanotron memory conventions: bf16 with an fp32 gradient-accumulation buffer, and nanotron's
+compute-balanced pipeline split; each checked against a closed form from its source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simtrain.config import PRECISIONS as CONFIG_PRECISIONS
+from simtrain.config import parse_scenario
+from simtrain.errors import ConfigError
+from simtrain.hardware import GIB
+from simtrain.memory import (
+    PRECISIONS,
+    compute_balanced_stages,
+    estimate_memory,
+    full_model_param_tensors,
+    model_state_bytes,
+)
+from simtrain.validate import load_records, measured_values, translate
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "measured" / "published_runs.yaml"
+
+# The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
+MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
+            "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
+            "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip
+
+
+def _scenario(precision: str = "bf16_fp32_grads", **par) -> object:
+    p = {"dp": 1, "tp": 1, "pp": 1, **par}
+    return parse_scenario(
+        {
+            "name": "nt",
+            "model": MODEL_1B,
+            "hardware": "h100_sxm5_80gb",
+            "cluster": {"nodes": 1, "gpus_per_node": p["dp"] * p["tp"] * p["pp"]},
+            "training": {
+                "seq_len": 4096,
+                "global_batch": 8 * p["dp"],
+                "micro_batch": 1,
+                "precision": precision,
+                "optimizer": "adamw",
+            },
+            "parallelism": p,
+        },  # fmt: skip
+        "nt",
+    )
+
+
+def test_bf16_fp32_grads_is_20_bytes_per_param() -> None:
+    """Ultra-Scale Playbook, 'Memory usage in Transformers': m_params 2N + m_grad 2N +
+    m_params_fp32 4N + m_opt 8N, plus 4N when grads are kept in fp32 (nanotron): 20 B/param."""
+    sc = _scenario()
+    tensors = full_model_param_tensors(sc.model, sc.training)
+    n = sum(x.numel for x in tensors)
+    ms = model_state_bytes(tensors, sc.training)
+    assert ms.parameters == 2 * n
+    assert ms.gradients == (2 + 4) * n
+    assert ms.master_weights == 4 * n
+    assert ms.optimizer_states == 8 * n
+    total = ms.parameters + ms.gradients + ms.master_weights + ms.optimizer_states
+    assert total == 20 * n
+    # Plain bf16 stays at Rajbhandari et al.'s 16 bytes.
+    assert PRECISIONS["bf16"].grad_accum == 0
+    assert "bf16_fp32_grads" in CONFIG_PRECISIONS
+
+
+def test_zero1_keeps_the_fp32_grad_buffer_whole() -> None:
+    """nanotron FP32GradientAccumulator keeps fp32 grad buffers for all parameters "even when
+    Zero 1 is used"; the fp32 master copy and Adam states are sharded: per GPU
+    2N + 2N + 4N + (4 + 8)N/dp."""
+    sc = _scenario(dp=8, zero_stage=1)
+    st = estimate_memory(sc).stages[0]
+    n = st.params
+    assert st.category("parameters") == 2 * n
+    assert st.category("gradients") == 6 * n
+    assert st.category("master_weights") == -(-4 * n // 8)
+    assert st.category("optimizer_states") == -(-8 * n // 8)
+
+
+def test_unknown_precision_names_the_allowed_values() -> None:
+    with pytest.raises(ConfigError) as e:
+        _scenario(precision="bf16_fp32_grad")
+    assert "bf16_fp32_grads" in str(e.value)
+
+
+def test_compute_balanced_split_1b_pp2() -> None:
+    """nanotron models/base.py: layer cost 4h² + 3fh = 67,108,864, LM head V·h = 268,435,456,
+    total 16 x 67,108,864 + 268,435,456 = 1,342,177,280, threshold T0 = 671,088,640. The
+    cumulative cost first exceeds T0 after 11 layers (738,197,504), so rank 0 holds the embedding
+    and layers 0-10, rank 1 layers 11-15 and the head."""
+    sc = _scenario(pp=2, layer_split="compute_balanced")
+    r0, r1 = compute_balanced_stages(sc.model, 2)
+    assert (r0.lo, r0.hi, r0.embedding, r0.head) == (0, 11, True, False)
+    assert (r1.lo, r1.hi, r1.embedding, r1.head) == (11, 16, False, True)
+    mem = estimate_memory(sc)
+    assert mem.stages[0].layers == ((0, 11),)
+    # Stage 0 holds 11 layers' parameters: 11 x 67,108,864 + the 268,435,456 tied embedding.
+    assert mem.stages[0].params == 11 * 67_108_864 + 268_435_456 + 11 * 2 * 2048
+    uniform = estimate_memory(_scenario(pp=2))
+    assert uniform.stages[0].layers == ((0, 8),)
+
+
+def test_compute_balanced_split_llama3_8b_pp8() -> None:
+    """The nanotron pipeline-parallel walkthrough (Llama3-8B, PP_SIZE = 8, the same loop over
+    get_block_compute_costs) prints "Pipeline Rank 0 contains ['Embedding',
+    'LlamaDecoderLayer' x 5]": the block that crosses a threshold stays on the current rank."""
+    from simtrain.model import preset
+
+    ranks = compute_balanced_stages(preset("llama3-8b"), 8)
+    assert (ranks[0].lo, ranks[0].hi, ranks[0].embedding) == (0, 5, True)
+    assert sum(r.hi - r.lo for r in ranks) == 32
+    assert [r.head for r in ranks] == [False] * 7 + [True]
+
+
+def test_layer_split_rejects_unknown_and_interleaving() -> None:
+    with pytest.raises(ConfigError) as e:
+        _scenario(pp=2, layer_split="balanced")
+    assert "compute_balanced" in str(e.value)
+
+
+def test_nanotron_record_conventions() -> None:
+    """The sweep's 1B dp8 ZeRO-1 row: precision bf16_fp32_grads (scaling_benchmarks.py
+    ACCUMULATE_GRAD_IN_FP32 = True), compute-balanced split, and 'GPU memory 24.2 GB' read as
+    helpers.log_throughput's max_memory_allocated() / 1024**3 = 24.2 GiB."""
+    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+    tr = translate(rec)
+    assert tr.scenario.training.precision == "bf16_fp32_grads"
+    assert tr.scenario.parallelism.layer_split == "compute_balanced"
+    assert measured_values(rec, tr.scenario)["peak_memory_bytes"] == pytest.approx(24.2 * GIB)
