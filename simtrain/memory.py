@@ -333,6 +333,15 @@ def layer_saved_tensors(
     dropout saves a 1-byte mask. With a 4h GeLU MLP, MHA, 16-bit activations, dropout on and no
     flash attention this sums to Korthikanti et al. 2022 Eq. 1, ``sbh(34 + 5as/h)``; with tensor
     (and sequence) parallelism the split follows their Eq. 2 (and Eq. 4).
+
+    ``qkv_layout = "fused_kv_copy"`` is nanotron's ``CausalSelfAttention`` (models/llama.py,
+    training path, MHA): the fused QKV projection output is permuted into one contiguous
+    ``(3, b, s, a/t, d)`` tensor and unpacked into q, k, v views; k and v are then copied by
+    ``torch.cat`` + ``permute().contiguous()`` into a separate ``(b, s, 2, a/t, d)`` tensor for
+    flash-attn's in-place rotary (``RotaryEmbedding(q, kv=...)``), and
+    ``flash_attn_varlen_func`` saves q (a view of the fused tensor, which keeps all of it alive)
+    and k, v (views of the copy): ``2·sb(3h + 2kv)/t`` bytes instead of ``2·sb(h + 2kv)/t``. With
+    GQA nanotron makes q, k, v contiguous copies, so nothing extra is kept.
     """
     if not grad_flows_through_blocks(t):
         return []
@@ -377,6 +386,9 @@ def layer_saved_tensors(
             # Attention core.
             if m.flash_attention:
                 add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+                if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
+                    add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp,
+                        f"{e}·sb·2kv/t")  # fmt: skip
                 add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
                     f"{e}·sbh + 4·bas")  # fmt: skip
             else:

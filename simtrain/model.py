@@ -20,6 +20,7 @@ from simtrain.errors import ConfigError
 MLP_KINDS = ("gelu", "swiglu")
 POSITION_KINDS = ("learned", "rotary")
 NORM_KINDS = ("layernorm", "rmsnorm")
+QKV_LAYOUTS = ("separate", "fused_kv_copy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,11 @@ class ModelSpec:
     norm: str = "layernorm"  # layernorm (weight + bias) | rmsnorm (weight only)
     dropout: float = 0.0
     flash_attention: bool = False
+    # How the attention keeps Q, K, V for backward: "separate" (three tensors, 2·sb(h+2kv) bytes
+    # in 16 bit) | "fused_kv_copy" (nanotron LlamaModel, MHA: one permuted (3, b, s, a, d) QKV
+    # tensor whose Q view flash attention saves, so all of it stays alive, plus the separate
+    # rotated K/V copy it saves too: memory.layer_saved_tensors).
+    qkv_layout: str = "separate"
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -244,7 +250,8 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(
             file, f"{prefix}.kv_heads", f"must divide heads={spec.heads}", spec.kv_heads
         )
-    for field, allowed in (("mlp", MLP_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS)):
+    for field, allowed in (("mlp", MLP_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS),
+                           ("qkv_layout", QKV_LAYOUTS)):  # fmt: skip
         if getattr(spec, field) not in allowed:
             raise ConfigError(
                 file,

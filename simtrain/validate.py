@@ -317,8 +317,11 @@ MEGATRON_GPT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "la
 MPT = {"mlp": "gelu", "positions": "learned", "bias": False, "norm": "layernorm",
        "tied_embeddings": True, "dropout": 0.0, "flash_attention": True}  # fmt: skip
 # nanotron Llama (Ultra-Scale Playbook sweep): SwiGLU, RMSNorm, rotary, no bias, flash-attn.
+# qkv_layout: nanotron models/llama.py CausalSelfAttention keeps the fused QKV tensor and a rotated
+# K/V copy alive for flash attention's backward (memory.layer_saved_tensors).
 NANOTRON_LLAMA = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
-                  "dropout": 0.0, "flash_attention": True}  # fmt: skip
+                  "dropout": 0.0, "flash_attention": True,
+                  "qkv_layout": "fused_kv_copy"}  # fmt: skip
 # HF BERT-large in the Transformers docs (eager attention, dropout 0.1, biases, learned positions).
 HF_BERT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "layernorm",
            "tied_embeddings": True, "dropout": 0.1, "flash_attention": False}  # fmt: skip

@@ -131,3 +131,44 @@ def test_nanotron_record_conventions() -> None:
     assert tr.scenario.training.precision == "bf16_fp32_grads"
     assert tr.scenario.parallelism.layer_split == "compute_balanced"
     assert measured_values(rec, tr.scenario)["peak_memory_bytes"] == pytest.approx(24.2 * GIB)
+
+
+def test_fused_qkv_keeps_the_whole_qkv_tensor_alive() -> None:
+    """nanotron models/llama.py (CausalSelfAttention, training path, MHA): q, k, v are views of
+    one permuted (3, b, s, a/t, d) tensor; k, v are copied (cat + permute().contiguous()) for
+    flash-attn's in-place rotary, and flash_attn_varlen_func saves q (keeping the whole fused
+    tensor) and the k, v copy. By hand for the 1B model, b = 1, s = 4096, h = 2048, bf16:
+    fused 2·3·s·h = 50,331,648 B + copy 2·2·s·h = 33,554,432 B = 83,886,080 B per layer, i.e.
+    33,554,432 B more than three separate tensors; / t under TP; nothing extra with GQA."""
+    from dataclasses import replace
+
+    from simtrain.memory import layer_saved_tensors
+
+    sc = _scenario()
+    fused = replace(sc.model, qkv_layout="fused_kv_copy")
+
+    def qkv(model, tp=1):
+        saved = layer_saved_tensors(model, sc.training, tp=tp, sequence_parallel=tp > 1)
+        return sum(x.bytes for x in saved if x.name.startswith(("q, k, v", "fused qkv")))
+
+    assert qkv(sc.model) == 50_331_648
+    assert qkv(fused) == 83_886_080
+    assert qkv(fused, tp=8) == 83_886_080 // 8
+    gqa = replace(fused, kv_heads=8)
+    assert qkv(gqa) == qkv(replace(gqa, qkv_layout="separate"))
+
+
+def test_nanotron_records_use_the_fused_qkv_layout() -> None:
+    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+    assert translate(rec).scenario.model.qkv_layout == "fused_kv_copy"
+
+
+def test_unknown_qkv_layout_is_rejected() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(
+            {"name": "nt", "model": {**MODEL_1B, "qkv_layout": "fused"}, "hardware": "h100_sxm5_80gb",
+             "cluster": {"nodes": 1, "gpus_per_node": 1},
+             "training": {"seq_len": 4096, "global_batch": 1, "micro_batch": 1}},
+            "nt",
+        )  # fmt: skip
+    assert "fused_kv_copy" in str(e.value)
