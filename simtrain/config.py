@@ -263,7 +263,12 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
 def check_layout(s: Scenario, file: str) -> None:
     """Layouts that do not divide are errors, each naming the key and the numbers."""
     m, t, p = s.model, s.training, s.parallelism
-    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages):
+    if p.pp > m.layers:
+        raise ConfigError(
+            file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
+            "would hold no layer)", p.pp,
+        )  # fmt: skip
+    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and p.layer_split == "uniform":
         raise ConfigError(
             file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
             f"model.layers = {m.layers}", p.pp,

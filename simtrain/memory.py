@@ -519,21 +519,20 @@ def chunk_layers(layers: int, pp: int, v: int = 1) -> dict[int, tuple[int, int]]
     return {k: (k * per, (k + 1) * per) for k in range(pp * v)}
 
 
-def stage_layers(layers: int, pp: int, v: int = 1) -> list[list[tuple[int, int]]]:
-    """Layer ranges held by each rank, its chunks r, r+pp, ... in model order."""
-    chunks = chunk_layers(layers, pp, v)
-    return [[chunks[c * pp + r] for c in range(v)] for r in range(pp)]
-
-
 @dataclass(frozen=True, slots=True)
 class StageBlocks:
-    """What one pipeline rank holds under a compute-balanced split: decoder layers [lo, hi)
-    (possibly none), and whether it holds the embedding and the final norm + LM head + loss."""
+    """What one chunk (virtual stage) holds: decoder layers [lo, hi) (possibly none under a
+    compute-balanced split), and whether it holds the embedding and the final norm + LM head +
+    loss."""
 
     lo: int
     hi: int
     embedding: bool
     head: bool
+
+    @property
+    def layers(self) -> int:
+        return self.hi - self.lo
 
 
 def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
@@ -562,6 +561,20 @@ def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
         hi = layers[-1] + 1 if layers else 0
         out.append(StageBlocks(lo, hi, k == 0, rank_of[m.layers + 2] == k))
     return out
+
+
+def scenario_chunks(sc: Scenario) -> dict[int, StageBlocks]:
+    """Virtual stage -> what it holds, by ``parallelism.layer_split``: the one place that splits
+    the model over pipeline stages for memory, costs and timing. ``uniform``: Megatron's
+    :func:`chunk_layers` (the first chunk holds the embedding, the last the head);
+    ``compute_balanced``: nanotron's :func:`compute_balanced_stages` (one chunk per rank)."""
+    m, p = sc.model, sc.parallelism
+    if p.layer_split == "compute_balanced" and p.virtual_stages == 1:
+        return dict(enumerate(compute_balanced_stages(m, p.pp)))
+    return {
+        k: StageBlocks(lo, hi, lo == 0, hi == m.layers)
+        for k, (lo, hi) in chunk_layers(m.layers, p.pp, p.virtual_stages).items()
+    }
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
@@ -716,16 +729,12 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     prec = PRECISIONS[t.precision]
     tp, pp, dp, v = p.tp, p.pp, p.dp, p.virtual_stages
     sp = p.sequence_parallel
-    if p.layer_split == "compute_balanced" and v == 1:
-        blocks = compute_balanced_stages(m, pp)[stage]
-        ranges = [(blocks.lo, blocks.hi)]
-        first, last = blocks.embedding, blocks.head
-        chunk_ends = [(first, last)]
-    else:
-        ranges = stage_layers(m.layers, pp, v)[stage]
-        first = any(s == 0 for s, _ in ranges)
-        last = any(e == m.layers for _, e in ranges)
-        chunk_ends = [(lo == 0, hi == m.layers) for lo, hi in ranges]
+    all_chunks = scenario_chunks(sc)
+    mine = [all_chunks[c * pp + stage] for c in range(v)]
+    ranges = [(c.lo, c.hi) for c in mine]
+    chunk_ends = [(c.embedding, c.head) for c in mine]
+    first = any(c.embedding for c in mine)
+    last = any(c.head for c in mine)
     n_layers = sum(e - s for s, e in ranges)
     lines: list[str] = []
 

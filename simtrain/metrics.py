@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from simtrain.config import Scenario
 from simtrain.costs import chunk_costs, model_flops_per_step
-from simtrain.memory import PRECISIONS, chunk_layers
+from simtrain.memory import PRECISIONS, scenario_chunks
 from simtrain.timeline import Timeline
 
 COMPUTE_KINDS = ("F", "B", "I", "W")
@@ -68,10 +68,10 @@ def _exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]]) -> int
 
 def hardware_flops_per_step(sc: Scenario) -> float:
     """FLOPs executed in one step over all GPUs, recompute included."""
-    p, m = sc.parallelism, sc.model
+    p = sc.parallelism
     total = 0.0
-    for lo, hi in chunk_layers(m.layers, p.pp, p.virtual_stages).values():
-        c = chunk_costs(sc, hi - lo, lo == 0, hi == m.layers)
+    for ch in scenario_chunks(sc).values():
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
     # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
     return total * p.tp * sc.num_microbatches * p.dp

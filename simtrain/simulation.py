@@ -17,10 +17,10 @@ from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.memory import (
     PRECISIONS,
     MemoryReport,
-    chunk_layers,
     estimate_memory,
     gradients_transient,
     pipeline_schedule,
+    scenario_chunks,
 )
 from simtrain.metrics import StepMetrics, step_metrics
 from simtrain.timeline import Timeline
@@ -158,7 +158,7 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     p, t, m = sc.parallelism, sc.training, sc.model
     pp, v = p.pp, p.virtual_stages
     prec = PRECISIONS[t.precision]
-    layers = chunk_layers(m.layers, pp, v)
+    layers = scenario_chunks(sc)
     act_bytes_tok = prec.act_mm * t.micro_batch * t.seq_len * m.hidden
     tp_msg = act_bytes_tok  # each TP all-reduce moves one b·s·h activation
     chunks: dict[int, ChunkDurations] = {}
@@ -167,10 +167,11 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     for sm in mem.stages:
         activation.update(dict(sm.chunk_activation_bytes))
         working.update(dict(sm.recompute_working_set_bytes))
-    for stage, (lo, hi) in layers.items():
+    for stage, ch in layers.items():
+        lo, hi = ch.lo, ch.hi
         rank = stage % pp
-        c = chunk_costs(sc, hi - lo, lo == 0, hi == m.layers)
-        n = hi - lo
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        n = ch.layers
         ar = tp_allreduce_ns(sc, tp_msg)
         # p2p: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. §4.1).
         nxt = (stage + 1) % pp

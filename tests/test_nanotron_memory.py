@@ -172,3 +172,45 @@ def test_unknown_qkv_layout_is_rejected() -> None:
             "nt",
         )  # fmt: skip
     assert "fused_kv_copy" in str(e.value)
+
+
+def test_compute_balanced_split_is_shared_by_memory_costs_and_timing() -> None:
+    """One split (memory.scenario_chunks) feeds memory, costs and the simulation: every layer is
+    placed once, one chunk holds the embedding and one the head, and the FLOPs of a step do not
+    depend on how the layers are split (the same total as the uniform split)."""
+    from simtrain.memory import scenario_chunks
+    from simtrain.metrics import hardware_flops_per_step
+    from simtrain.simulation import simulate_scenario
+
+    base = {
+        "name": "split",
+        "model": {"preset": "llama3-8b"},
+        "hardware": "h100_sxm5_80gb",
+        "training": {"seq_len": 1024, "global_batch": 8, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"pp": 4, "tp": 1, "dp": 1, "schedule": "1f1b"},
+    }
+    uni = parse_scenario(base, "split")
+    bal = parse_scenario(
+        {**base, "parallelism": {**base["parallelism"], "layer_split": "compute_balanced"}}, "split"
+    )
+    chunks = scenario_chunks(bal)
+    assert sum(c.layers for c in chunks.values()) == bal.model.layers
+    assert [c.embedding for c in chunks.values()] == [True, False, False, False]
+    assert [c.head for c in chunks.values()] == [False, False, False, True]
+    assert chunks[3].layers < chunks[0].layers  # the head counts as layers (nanotron)
+    assert hardware_flops_per_step(bal) == pytest.approx(hardware_flops_per_step(uni), rel=1e-12)
+    res = simulate_scenario(bal)
+    fwd = {s.stage: s for s in res.timeline.spans if s.kind == "F" and s.microbatch == 0}
+    assert fwd[3].name.endswith(f"L{chunks[3].lo}-{chunks[3].hi - 1}")
+
+
+def test_pp_larger_than_layers_is_a_layout_error() -> None:
+    data = {
+        "name": "x",
+        "model": {"preset": "gpt2-small"},
+        "hardware": "h100_sxm5_80gb",
+        "training": {"seq_len": 128, "global_batch": 64, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"pp": 16, "layer_split": "compute_balanced", "schedule": "1f1b"},
+    }
+    with pytest.raises(ConfigError, match=r"parallelism\.pp.*must not exceed model\.layers = 12"):
+        parse_scenario(data, "x")
