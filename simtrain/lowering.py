@@ -247,21 +247,19 @@ def lower(inp: LoweringInput) -> list[Task]:
 
 
 class _Draft:
-    """A task before its dependencies are known (building a frozen Task twice is slow)."""
+    """A task before its dependencies are known (building a frozen Task twice is slow). Takes
+    Task's positional fields with a placeholder where ``deps`` goes."""
 
-    __slots__ = ("args", "kw")
+    __slots__ = ("a",)
 
-    _REST = ("alloc", "free", "microbatch", "stage")
-
-    def __init__(self, *args, **kw) -> None:
-        self.args = args
-        self.kw = kw
+    def __init__(self, id: int, gpu: int, stream: str, kind: str, name: str, duration_ns: int,
+                 _deps: tuple = (), alloc: tuple = (), free: tuple = (),
+                 microbatch: int | None = None, stage: int | None = None) -> None:  # fmt: skip
+        self.a = (id, gpu, stream, kind, name, duration_ns, alloc, free, microbatch, stage)
 
     def build(self, deps: tuple[int, ...]) -> Task:
-        a = self.args
-        kw = dict(zip(self._REST, a[7:], strict=False)) if len(a) > 7 else {}
-        kw.update(self.kw)
-        return Task(*a[:6], deps=deps, **kw)
+        a = self.a
+        return Task(a[0], a[1], a[2], a[3], a[4], a[5], deps, a[6], a[7], a[8], a[9])
 
 
 def _per_layer(main: list[tuple], layers: int) -> list[tuple]:
