@@ -34,10 +34,10 @@ from __future__ import annotations
 import gc
 import operator
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from heapq import heappop, heappush
 from math import isfinite, lcm
+from typing import NamedTuple
 
 import simpy
 from simpy.core import EmptySchedule
@@ -51,9 +51,9 @@ __all__ = ["Task", "simulate"]
 _NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One operation on one stream of one simulated GPU.
+class Task(NamedTuple):
+    """One operation on one stream of one simulated GPU (a named tuple: immutable, and cheap to
+    build by the thousand; change a field with ``task._replace(...)``).
 
     ``deps`` are ids of tasks that must END before this one STARTS. ``alloc`` bytes are added
     at start and ``free`` bytes removed at end, per memory category. ``link``/``link_bytes``

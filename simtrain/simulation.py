@@ -252,7 +252,7 @@ def _with_optimizer_memory(task, mem: MemoryReport, transient_grads: bool):
     if sm.optimizer_working_bytes:
         alloc.append(("buffers", sm.optimizer_working_bytes))
     free = (("buffers", sm.optimizer_working_bytes),) if sm.optimizer_working_bytes else ()
-    return replace(task, alloc=tuple(alloc), free=free)
+    return task._replace(alloc=tuple(alloc), free=free)
 
 
 def gpu_labels(sc: Scenario) -> dict[int, str]:

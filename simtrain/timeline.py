@@ -7,6 +7,7 @@ plots read. Times are integer nanoseconds; memory is in bytes per category.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Memory categories, in the order reports and plots stack them.
 MEMORY_CATEGORIES = (
@@ -23,9 +24,8 @@ MEMORY_CATEGORIES = (
 STREAMS = ("compute", "p2p", "collective", "dp", "gather")
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """One executed task."""
+class Span(NamedTuple):
+    """One executed task (a named tuple: immutable, and cheap to build by the thousand)."""
 
     task_id: int
     gpu: int  # simulated rank (one representative of its TP x DP peers)
@@ -42,8 +42,7 @@ class Span:
         return self.end_ns - self.start_ns
 
 
-@dataclass(frozen=True, slots=True)
-class MemorySample:
+class MemorySample(NamedTuple):
     """Bytes held by one GPU in one category from ``time_ns`` until its next sample."""
 
     time_ns: int

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -207,7 +205,7 @@ def test_three_way_sharing_fluid_answer():
     # 0-0.5 s: A, B at 0.5 GB/s -> 0.25 GB each. C (0.5 GB) joins: all at 1/3 GB/s; C needs
     # 1.5 s -> ends 2.0 s; A, B then have 0.25 GB left at 0.5 GB/s -> end 2.5 s.
     tasks = [task(9, gpu=2, dur=GB // 2), xfer(0, 0, GB), xfer(1, 1, GB), xfer(2, 2, GB // 2)]
-    tasks[3] = dataclasses.replace(tasks[3], deps=(9,))
+    tasks[3] = tasks[3]._replace(deps=(9,))
     tl = simulate(tasks, link_bandwidth_bytes_per_s=BW)
     assert span(tl, 2).end_ns == 2 * GB
     assert span(tl, 0).end_ns == span(tl, 1).end_ns == 5 * GB // 2
@@ -233,7 +231,7 @@ def test_link_without_bandwidth_or_link_none_takes_duration():
 
 def test_different_links_do_not_share():
     a = xfer(0, 0, GB)
-    b = dataclasses.replace(xfer(1, 1, GB), link="nic2")
+    b = xfer(1, 1, GB)._replace(link="nic2")
     tl = simulate([a, b], link_bandwidth_bytes_per_s={"nic": 1e9, "nic2": 1e9})
     assert tl.makespan_ns == GB
 
@@ -344,7 +342,7 @@ def test_makespan_monotone_in_every_duration(tasks, data):
     i = data.draw(st.integers(0, len(tasks) - 1))
     grow = data.draw(st.integers(1, 100))
     longer = list(tasks)
-    longer[i] = dataclasses.replace(tasks[i], duration_ns=tasks[i].duration_ns + grow)
+    longer[i] = tasks[i]._replace(duration_ns=tasks[i].duration_ns + grow)
     assert simulate(longer).makespan_ns >= simulate(tasks).makespan_ns
 
 
@@ -352,7 +350,7 @@ def test_makespan_monotone_in_every_duration(tasks, data):
 @given(dags(), st.integers(2, 1000))
 def test_scaling_durations_by_k_scales_makespan_exactly(tasks, k):
     base = simulate(tasks)
-    scaled = simulate([dataclasses.replace(t, duration_ns=t.duration_ns * k) for t in tasks])
+    scaled = simulate([t._replace(duration_ns=t.duration_ns * k) for t in tasks])
     assert scaled.makespan_ns == k * base.makespan_ns
     assert [(s.start_ns, s.end_ns) for s in scaled.spans] == [
         (k * s.start_ns, k * s.end_ns) for s in base.spans
@@ -363,9 +361,7 @@ def test_scaling_durations_by_k_scales_makespan_exactly(tasks, k):
 def link_dags(draw) -> list[Task]:
     tasks = draw(dags(max_tasks=15))
     return [
-        dataclasses.replace(
-            t, link=draw(st.sampled_from(["a", "b"])), link_bytes=draw(st.integers(0, 10**6))
-        )
+        t._replace(link=draw(st.sampled_from(["a", "b"])), link_bytes=draw(st.integers(0, 10**6)))
         if t.stream == "p2p"
         else t
         for t in tasks
