@@ -83,9 +83,13 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads while measuring (use the value the profile was calibrated "
+              "with) [torch's default]")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @_errors
-def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...]) -> None:
+def measure(scenario: str, as_json: bool, device: str, threads: int | None,
+            overrides: tuple[str, ...]) -> None:  # fmt: skip
     """Build the scenario's model in PyTorch and measure one real training step (extra: measure)."""
     from simtrain.config import load_scenario
 
@@ -99,7 +103,7 @@ def measure(scenario: str, as_json: bool, device: str, overrides: tuple[str, ...
     from simtrain.memory import estimate_memory
     from simtrain.report import dumps
 
-    res = measure_step(sc.model, sc.training, device=device)
+    res = measure_step(sc.model, sc.training, device=device, threads=threads)
     pred = estimate_memory(sc).stages[0]
     doc = {
         "schema_version": 1,
@@ -288,9 +292,11 @@ def validate(path: str | None, as_json: bool, only: str | None, out: str) -> Non
 @main.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads while calibrating [torch's default]")  # fmt: skip
 @_errors
-def calibrate(device: str, out: str) -> None:
+def calibrate(device: str, out: str, threads: int | None) -> None:
     """Measure matmul FLOP/s and memory bandwidth here and write a hardware profile (extra: measure)."""
     from simtrain.calibrate import calibrate_command
 
-    click.echo(calibrate_command(device, out), nl=False)
+    click.echo(calibrate_command(device, out, threads=threads), nl=False)

@@ -9,7 +9,12 @@ matmuls are input gradients). Recompute replays the forward (full) or the attent
 (selective; Korthikanti et al. 2022 §4.3).
 
 Durations: matmul FLOPs / (dtype peak · efficiency.matmul) + element-wise bytes /
-(HBM bandwidth · efficiency.memory_bound). Both efficiencies live in the hardware profile.
+(HBM bandwidth · efficiency.memory_bound); the optimizer step's bytes / (HBM bandwidth ·
+efficiency.optimizer, which defaults to memory_bound). The efficiencies live in the hardware
+profile; ``simtrain calibrate`` measures them on a device with this module's own byte counts
+(:func:`block_elementwise_bytes`, :func:`head_elementwise_bytes`, :func:`optimizer_bytes_per_param`).
+Element-wise backward bytes are :data:`ELEMENTWISE_BACKWARD_FACTOR` x the forward's (see there
+why 2 and not the ~1.3 that op counting gives).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from dataclasses import dataclass
 
 from simtrain.config import Scenario, TrainingSpec
 from simtrain.hardware import HardwareProfile
-from simtrain.memory import PRECISIONS, base_trainable, grad_flows_through_blocks
+from simtrain.memory import (
+    PRECISIONS,
+    STATES_PER_PARAM,
+    base_trainable,
+    grad_flows_through_blocks,
+)
 from simtrain.model import ModelSpec
 
 
@@ -31,6 +41,7 @@ class BlockFlops:
     input_grad: float  # backward matmuls producing activation gradients (I)
     weight_grad: float  # backward matmuls producing weight gradients (W)
     elementwise_bytes_fwd: float  # memory-bound traffic of the forward (norms, GeLU, adds, ...)
+    elementwise_bytes_bwd: float = 0.0  # ... and of the backward (0 when no gradient flows)
 
 
 def _mlp_mats(m: ModelSpec) -> int:
@@ -65,28 +76,61 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
     else:
         input_grad = proj + 2 * core + lora + adapter
         weight_grad = (proj if full else 0.0) + lora_w + adapter
-    e = PRECISIONS[t.precision].act_mm
-    mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
-    # Memory-bound traffic per token, counted from the ops (an estimate, not a published
-    # figure): two norms (read + write h), two residual adds (2 reads + 1 write of h), the
-    # GeLU/SiLU (read + write f), rotary on q and k, dropout (read, write, 1-byte mask).
-    # Backward is charged 2x this (chunk_costs). Checked against Korthikanti et al. 2022
-    # Table 4 (22B, tp 8) by `simtrain validate`: step times within 3.0 % MAPE, but the
-    # backward share looks overstated there (11.9 ms measured vs 14.7 ms simulated).
-    per_token = 2 * 2 * h + 2 * 3 * h + 2 * mlp_width / tp
-    if m.positions == "rotary":
-        per_token += 2 * (h + kv) / tp
-    if m.dropout > 0:
-        per_token += 2 * 2.5 * h
-    ew = e * b * s * per_token
+    ew, ew_bwd = block_elementwise_bytes(m, t, tp)
     if t.peft.method == "qlora":
         # QLoRA dequantises every NF4 weight to 16 bits for each matmul (Dettmers et al. 2023
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
         linear = sum(fi * fo for fi, fo in m.linear_weight_shapes().values()) / tp
         ew += 2.5 * linear
-    if not m.flash_attention:  # scale, mask, softmax (and dropout) over the s x s scores
-        ew += e * b * m.heads * s * s_kv * (4 + (2.5 if m.dropout > 0 else 0)) / tp
-    return BlockFlops(fwd, core, input_grad, weight_grad, ew)
+        ew_bwd += ELEMENTWISE_BACKWARD_FACTOR * 2.5 * linear
+    if not grad_flows_through_blocks(t):
+        ew_bwd = 0.0
+    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd)
+
+
+# Element-wise backward bytes / forward bytes. Counting the kernels op by op gives ~1.3:
+# backward kernels read one tensor more than their forward (norm: read x, dy, write dx = 3h vs
+# 2h; GeLU 3f vs 2f; softmax 3 vs 2 per score) but run once (only matmuls have an input and a
+# weight gradient); Korthikanti et al. 2022 Table 4 (22B, tp 8, a secondary transcription,
+# measured/published_runs.yaml korthikanti22_t4_*) has backward / forward = 11.9 / 7.7 ms =
+# 1.55 for the whole layer. Not adopted: re-fitting hardware/a100_sxm4_80gb.yaml's
+# efficiency.matmul on the records its comment names (grid 0.01, one time metric per record)
+# gives MAPE 6.3 % at 0.67 with 1.3, against 4.9 % at 0.74 with 2.0; the end-to-end records
+# cannot separate the two, so the factor stays at 2 until a kernel-level measurement on a GPU
+# (simtrain calibrate's element-wise mix times forward + backward together) does.
+ELEMENTWISE_BACKWARD_FACTOR = 2.0
+
+
+def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
+    """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
+    ops (an estimate, not a published figure; e = activation bytes per element, per token):
+    two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
+    write f; SwiGLU 1.5f), rotary on q and k, dropout (read, write, 1-byte mask) and without
+    flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
+    attention dropout). Backward: :data:`ELEMENTWISE_BACKWARD_FACTOR` x forward."""
+    b = t.micro_batch
+    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    s_kv = s + (t.peft.prefix_length if t.peft.method == "prefix" else 0)
+    h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
+    e = PRECISIONS[t.precision].act_mm
+    mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
+    per_token = 2 * 2 * h + 2 * 3 * h + 2 * mlp_width / tp
+    if m.positions == "rotary":
+        per_token += 2 * (h + kv) / tp
+    if m.dropout > 0:
+        per_token += 2 * 2.5 * h
+    fwd = e * b * s * per_token
+    if not m.flash_attention:
+        fwd += e * b * m.heads * s * s_kv * (4 + (2.5 if m.dropout > 0 else 0)) / tp
+    return fwd, ELEMENTWISE_BACKWARD_FACTOR * fwd
+
+
+def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
+    """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch:
+    fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
+    :data:`ELEMENTWISE_BACKWARD_FACTOR` x that."""
+    fwd = 4 * 4 * t.micro_batch * t.seq_len * m.vocab / tp
+    return fwd, ELEMENTWISE_BACKWARD_FACTOR * fwd
 
 
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
@@ -162,17 +206,22 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     i_f = layers * bf.input_grad
     w_f = layers * bf.weight_grad
     ew = layers * bf.elementwise_bytes_fwd
+    ew_bwd = layers * bf.elementwise_bytes_bwd
     e = PRECISIONS[t.precision].act_mm
     s = t.seq_len
+    grad = grad_flows_through_blocks(t)
     if first:  # embedding lookup: write b·s·h (+ positions read/add)
-        ew += e * t.micro_batch * s * m.hidden * 3
+        emb = e * t.micro_batch * s * m.hidden * 3
+        ew += emb
+        ew_bwd += ELEMENTWISE_BACKWARD_FACTOR * emb if grad else 0.0
     if last:
         hf, hi, hwf = head_flops(m, t, tp)
         fwd_f, i_f, w_f = fwd_f + hf, i_f + hi, w_f + hwf
-        ew += 4 * 4 * t.micro_batch * s * m.vocab / tp  # fp32 cast, log-softmax, loss
-    grad = grad_flows_through_blocks(t)
+        head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
+        ew += head_fwd
+        ew_bwd += head_bwd if grad else 0.0
     fwd_ns = _matmul_ns(fwd_f, hw, dtype) + _mem_ns(ew, hw)
-    i_ns = _matmul_ns(i_f, hw, dtype) + (_mem_ns(2 * ew, hw) if grad else 0.0)
+    i_ns = _matmul_ns(i_f, hw, dtype) + _mem_ns(ew_bwd, hw)
     w_ns = _matmul_ns(w_f, hw, dtype)
     rec_f = 0.0
     rec_ns = 0.0
@@ -193,19 +242,33 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     )
 
 
+# State tensors the step reads and writes per parameter (memory.STATES_PER_PARAM; 8-bit Adam
+# keeps two (quantised) states, Adafactor about one factored one).
+OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
+
+
+def optimizer_bytes_per_param(t: TrainingSpec) -> float:
+    """Bytes an optimizer step moves per trainable parameter: read the gradient, read and write
+    the (master) weight and each state, and write the 16-bit weight after a master update
+    (Adam in mixed precision: 2 + 2·4 + 2·2·4 + 2 = 28 B; fp32 AdamW: 4 + 8 + 16 = 28 B). With
+    an fp32 gradient-accumulation buffer (bf16_fp32_grads) the step reads that buffer (4 B)
+    instead of the 16-bit gradient: 30 B."""
+    prec = PRECISIONS[t.precision]
+    per_param = (prec.grad_accum or prec.grad) + 2 * (prec.master or prec.param)
+    per_param += 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
+    return per_param + (prec.param if prec.master else 0)
+
+
 def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile) -> int:
-    """Optimizer step: memory-bound over the GPU's trainable parameters. Adam reads the 16-bit
-    gradient, master weight and two states and writes master, states and the 16-bit weight
-    (about 2·(4+4+4) + 2·2 bytes per parameter in mixed precision). Offloaded: DeepSpeed
-    CPU-Adam at ``cpu_adam_params_per_s`` plus gradients down and weights up over PCIe
+    """Optimizer step: memory-bound over the GPU's trainable parameters
+    (:func:`optimizer_bytes_per_param` at HBM bandwidth x ``efficiency.optimizer``). Offloaded:
+    DeepSpeed CPU-Adam at ``cpu_adam_params_per_s`` plus gradients down and weights up over PCIe
     (Ren et al. 2021, ZeRO-Offload §4)."""
     prec = PRECISIONS[t.precision]
     n = trainable_params_per_gpu
-    states = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2, "adam8bit": 2, "adafactor": 1}
-    per_param = prec.grad + 2 * (prec.master or prec.param) + 2 * states[t.optimizer] * prec.state
-    per_param += prec.param if prec.master else 0
     if t.offload.optimizer:
         cpu = n / hw.cpu_adam_params_per_s
         pcie = n * (prec.grad + prec.param) / hw.pcie_bandwidth_bytes_per_s
         return round(1e9 * (cpu + pcie))
-    return round(_mem_ns(n * per_param, hw))
+    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound
+    return round(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))

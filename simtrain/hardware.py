@@ -32,6 +32,10 @@ class Efficiency:
     matmul: float  # large GEMM FLOP/s / dense peak
     memory_bound: float  # achieved HBM bandwidth / peak, for element-wise work
     collective: float  # NCCL bus bandwidth / link bandwidth
+    # achieved bytes/s of the optimizer step / HBM bandwidth; None: memory_bound. Set by
+    # `simtrain calibrate` from its torch.optim.AdamW measurement (calibrate.measure_adam): the
+    # optimizer's streaming kernels and the activations' element-wise kernels differ on a CPU.
+    optimizer: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +117,23 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
     if not isinstance(eff, dict):
         raise ConfigError(file, "efficiency", "must be a mapping", eff)
     for k in eff:
-        if k not in ("matmul", "memory_bound", "collective"):
+        if k not in ("matmul", "memory_bound", "collective", "optimizer"):
             raise ConfigError(
-                file, f"efficiency.{k}", "unknown key", None, "matmul, memory_bound, collective"
+                file,
+                f"efficiency.{k}",
+                "unknown key",
+                None,
+                "matmul, memory_bound, collective, optimizer",
             )
     efficiency = Efficiency(
         matmul=_num(eff, "matmul", file, "efficiency.", default=0.7),
         memory_bound=_num(eff, "memory_bound", file, "efficiency.", default=0.8),
         collective=_num(eff, "collective", file, "efficiency.", default=0.8),
+        optimizer=_num(eff, "optimizer", file, "efficiency.") if "optimizer" in eff else None,
     )
+    opt = 1.0 if efficiency.optimizer is None else efficiency.optimizer
     for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),
-                 ("collective", efficiency.collective)):  # fmt: skip
+                 ("collective", efficiency.collective), ("optimizer", opt)):  # fmt: skip
         if not 0 < v <= 1:
             raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
     gpn = data.get("gpus_per_node")

@@ -819,7 +819,9 @@ class MeasuredStep:
     peak_bytes: peak live tensor bytes during the instrumented step (parameters, gradients,
         optimizer state, master weights, activations, temporaries). CPU: storage tracker
         (``tracked_peak_bytes``); CUDA: ``torch.cuda.max_memory_allocated``.
-    step_time_s: median wall time of the timed (uninstrumented) steps."""
+    step_time_s: median wall time of the timed (uninstrumented) steps; ``step_times_s`` all of
+        them (their spread says how noisy the machine was), ``threads`` torch's intra-op
+        threads while they ran."""
 
     parameter_bytes: int
     trainable_params: int
@@ -843,6 +845,8 @@ class MeasuredStep:
     seq_len: int
     device: str
     torch_version: str
+    step_times_s: tuple[float, ...] = ()
+    threads: int = 0
 
 
 def _tensor_bytes(tensors: Any) -> int:
@@ -948,13 +952,28 @@ def measure_step(
     device: str = "cpu",
     seed: int = 0,
     steps: int = 2,
+    warmup: int = 1,
+    threads: int | None = None,
 ) -> MeasuredStep:
     """Train the reference model on random tokens and measure one step exactly.
 
-    Runs one warm-up step (creates optimizer state), one instrumented step (saved tensors,
-    gradients, storage-level peak; CUDA: ``max_memory_allocated``) and ``steps`` timed,
-    uninstrumented steps (``step_time_s`` is their median). ``batch`` overrides
-    ``training.micro_batch``."""
+    Runs ``warmup`` (at least one) warm-up steps (the first creates the optimizer state), one
+    instrumented step (saved tensors, gradients, storage-level peak; CUDA:
+    ``max_memory_allocated``) and ``steps`` timed, uninstrumented steps (``step_time_s`` is
+    their median). ``batch`` overrides ``training.micro_batch``; ``threads`` fixes
+    ``torch.set_num_threads`` for the call (restored after; use the value the hardware profile
+    was calibrated with, ``simtrain.calibrate.calibrate(threads=...)``)."""
+    prev_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure_step(spec, training, batch, device, seed, steps, warmup)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, device: str,
+                  seed: int, steps: int, warmup: int) -> MeasuredStep:  # fmt: skip
     if training.optimizer == "adam8bit":
         raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
     dev = torch.device(device)
@@ -966,7 +985,8 @@ def measure_step(
     idx = torch.randint(spec.vocab, (b, s), device=dev)
     targets = torch.randint(spec.vocab, (b, s), device=dev)
     trainer = _Trainer(model, training, dev)
-    trainer.step(idx, targets)  # warm-up: optimizer state exists from here on
+    for _ in range(max(1, warmup)):
+        trainer.step(idx, targets)  # warm-up: optimizer state exists from here on
 
     # ---- instrumented step ------------------------------------------------------------------
     trainer.zero_grad()
@@ -1054,6 +1074,8 @@ def measure_step(
         seq_len=s,
         device=str(dev),
         torch_version=torch.__version__,
+        step_times_s=tuple(times),
+        threads=torch.get_num_threads(),
     )
 
 

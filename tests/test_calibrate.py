@@ -1,20 +1,26 @@
 """simtrain calibrate: the profile it writes, and the closed loop measure -> profile -> predict.
 
-The closed loop (issue 5, item 3): calibrate this CPU (fp32 matmul, memory bandwidth), simulate
-tests/data/closed_loop_cpu.yaml with the calibrated profile, and compare with a real PyTorch
-step of the same model on the same CPU (``simtrain.measure.measure_step``, median of 5 timed
-steps).
+The closed loop (issue 5, item 3): calibrate this CPU, simulate tests/data/closed_loop_cpu.yaml
+with the calibrated profile, and compare with a real PyTorch step of the same model on the same
+CPU (``simtrain.measure.measure_step``: two warm-up steps, median of 7 timed steps). Both run
+with one intra-op thread (:data:`THREADS`): on the shared 2-core development machine a 2-thread
+step under load from other processes stalls on its descheduled thread (steps of 4-10 s instead
+of ~1.2 s, an AdamW step of 2 s instead of 0.1 s), one thread does not.
 
-Memory: within 0.1 % (target 5 %: met). Step time, on the 2-core development machine when
-quiet: predicted / measured = 0.71-1.02 over ten runs (typically 0.78-0.91): the 20 % target is
-met in about half the runs, so it is reported as an expected failure when missed and a looser
-regression bound is asserted. The prediction is low because the CPU step spends ~0.25 s of
-~1.2 s outside the matmuls (the reference implementation's unfused element-wise ops, each with
-its own pass and allocation, and the per-tensor AdamW loop) where the cost model counts ~0.09 s
-of fused element-wise traffic, and because the model's GEMMs (1024 x 512 x {512, 2048, 8192})
-run up to ~15 % below the 2048^3 product that sets the calibrated peak. Under load from other
-processes the calibration and the step see different machines (ratios down to ~0.4 were seen);
-the loop is tried twice.
+What the calibration measures (``simtrain.calibrate``): the fp32 square-product peak, the
+memory bandwidth, and -- at this GPT's sizes, with the cost model's own FLOP and byte counts --
+the GEMM mix of its linears, attention and head (``efficiency.matmul``: 0.76-1.0 of the 2048^3
+product), the element-wise mix of its norms, adds, GeLU, masked softmax and loss
+(``efficiency.memory_bound``: 0.22-0.31 on this CPU, where the profile used to say 1.0: the
+unfused CPU kernels are compute-bound and allocate every output) and the AdamW step
+(``efficiency.optimizer``: 0.3-0.5).
+
+Memory: within 0.1 % (target 5 %: met). Step time (target 20 %): predicted / measured before
+these calibrations 0.71-1.02 on a quiet machine (about half within 20 %), 0.44 under load with
+2 threads; with them (load average 2-5 on 2 cores, other test suites running) first attempts
+0.92, 1.00, 1.12, 0.97, 1.05 and one 1.23 (its retry 0.87). The loop is tried twice: machine
+load can change between the calibration and the step, and a step's own samples spread by
++-20 % (the test prints them).
 """
 
 from __future__ import annotations
@@ -26,7 +32,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from simtrain.calibrate import Calibration, calibrate, profile_text, write_profile  # noqa: E402
+from simtrain.calibrate import (  # noqa: E402
+    Calibration,
+    calibrate,
+    efficiencies,
+    elementwise_counted_bytes,
+    gemm_counted_flops,
+    profile_text,
+    write_profile,
+)
 from simtrain.config import load_scenario  # noqa: E402
 from simtrain.hardware import load_hardware  # noqa: E402
 from simtrain.measure import measure_step  # noqa: E402
@@ -56,12 +70,42 @@ def test_written_profile_loads_with_measured_peaks(tmp_path: Path) -> None:
     assert hw.peak("bf16") == pytest.approx(1e9)
     assert hw.peak("fp16") == 0.0
     assert hw.hbm_bandwidth_bytes_per_s == pytest.approx(1.2e10)
-    assert (hw.efficiency.matmul, hw.efficiency.memory_bound) == (1.0, 1.0)
+    assert (hw.efficiency.matmul, hw.efficiency.memory_bound) == (1.0, 1.0)  # mixes not run
+    assert hw.efficiency.optimizer == pytest.approx(7e7 * 28 / 1.2e10, rel=1e-3)  # 28 B/param
     assert hw.cuda_context_bytes == 0 and hw.gpus_per_node == 1
     assert hw.cpu_adam_params_per_s == pytest.approx(7e7)
     text = p.read_text()
     assert "measured by `simtrain calibrate`" in text and "torch 2.13.0" in text
     assert "2026-01-01T00:00:00Z" in text
+
+
+def test_measured_mixes_set_the_efficiencies(tmp_path: Path) -> None:
+    """The GEMM and element-wise mixes become efficiency.matmul and memory_bound: their rate
+    over the fp32 peak and the bandwidth (capped at 1)."""
+    cal = _fake(gemm_flops_per_s=3.5e10, elementwise_bytes_per_s=2.4e9, elementwise_shape=(
+        4, 256, 512, 8, 8192, 4))  # fmt: skip
+    assert efficiencies(cal)[:2] == pytest.approx((0.7, 0.2))
+    hw = load_hardware(str(write_profile(tmp_path / "cpu.yaml", cal)))
+    assert (hw.efficiency.matmul, hw.efficiency.memory_bound) == pytest.approx((0.7, 0.2))
+    fast_mix = _fake(gemm_flops_per_s=9e10)  # noise made the mix beat the square product:
+    assert efficiencies(fast_mix)[0] == 1.0  # the mix becomes the peak, peak x eff = mix
+    hw = load_hardware(str(write_profile(tmp_path / "fast.yaml", fast_mix)))
+    assert hw.peak("fp32") * hw.efficiency.matmul == pytest.approx(9e10)
+
+
+def test_mixes_are_counted_by_the_cost_model() -> None:
+    """The calibration's FLOPs and bytes are the cost model's own counts for its GPT shape:
+    blocks' GEMMs = 3 x forward (72·b·s·h² + 12·b·s²·h per block, Korthikanti Eq. 7 terms),
+    head 3 x 2·b·s·h·V; element-wise bytes per block from costs.block_elementwise_bytes."""
+    b, s, h, heads, v, _ = shape = (4, 256, 512, 8, 8192, 4)
+    block, head = gemm_counted_flops(shape)
+    assert block == pytest.approx(72 * b * s * h * h + 12 * b * s * s * h)
+    assert head == pytest.approx(3 * 2 * b * s * h * v)
+    ew_block, ew_head = elementwise_counted_bytes(shape)
+    # forward per token: norms 2·2h, adds 2·3h, GeLU 2·4h; 4 per score; backward 2x (fp32: 4 B)
+    per_token, per_score = (4 + 6 + 8) * h, 4
+    assert ew_block == pytest.approx(3 * 4 * (b * s * per_token + b * heads * s * s * per_score))
+    assert ew_head == pytest.approx(3 * 16 * b * s * v)
 
 
 def test_every_number_of_the_profile_cites_a_defined_tag() -> None:
@@ -82,13 +126,18 @@ def test_every_number_of_the_profile_cites_a_defined_tag() -> None:
 # --------------------------------------------------------------------------- closed loop
 
 
+THREADS = 1  # torch intra-op threads, the same for the calibration and the step (docstring)
+
+
 def _closed_loop(folder: Path) -> tuple:
     """Calibrate fp32 on this CPU, write the profile, simulate and measure the scenario."""
-    cal = calibrate("cpu", "cpu_test", dtypes=("fp32",), sizes=(512, 1024, 2048), repeats=3)
+    cal = calibrate(
+        "cpu", "cpu_test", dtypes=("fp32",), sizes=(512, 1024, 2048), repeats=3, threads=THREADS
+    )
     prof = write_profile(folder / "cpu_test.yaml", cal)
     sc = load_scenario(SCENARIO, [f"hardware={prof}"])
     pred = simulate_scenario(sc)
-    meas = measure_step(sc.model, sc.training, steps=5)
+    meas = measure_step(sc.model, sc.training, steps=7, warmup=2, threads=THREADS)
     return cal, sc, pred, meas
 
 
@@ -107,8 +156,12 @@ def loops(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
     for i in range(ATTEMPTS):
         out.append(_closed_loop(tmp_path_factory.mktemp(f"calibrated{i}")))
         r = _ratio(out[-1])
-        print(f"closed loop attempt {i + 1}: predicted {out[-1][2].metrics.step_time_s:.3f} s, "
-              f"measured {out[-1][3].step_time_s:.3f} s, ratio {r:.2f}")  # fmt: skip
+        cal, _, pred, meas = out[-1]
+        steps = ", ".join(f"{t:.3f}" for t in meas.step_times_s)
+        print(f"closed loop attempt {i + 1}: predicted {pred.metrics.step_time_s:.3f} s, "
+              f"measured {meas.step_time_s:.3f} s (steps {steps}), ratio {r:.3f}; "
+              f"efficiency matmul/memory_bound/optimizer "
+              f"{', '.join(f'{e:.3f}' for e in efficiencies(cal) if e is not None)}")  # fmt: skip
         if abs(r - 1) <= 0.20:
             break
     return out
@@ -116,10 +169,17 @@ def loops(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
 
 def test_calibration_is_plausible(loops) -> None:
     cal = loops[0][0]
+    assert cal.threads == THREADS
     assert 1e9 < cal.matmul_flops_per_s["fp32"] < 1e13
     assert cal.matmul_flops_per_s["fp32"] == cal.matmul_by_size["fp32"][2048]
     assert 1e9 < cal.memory_bandwidth_bytes_per_s < 1e12
     assert cal.adam_params_per_s > 1e6
+    lo, hi = cal.gemm_spread
+    assert 1e9 < lo <= cal.gemm_flops_per_s <= hi
+    lo, hi = cal.elementwise_spread
+    assert 1e7 < lo <= cal.elementwise_bytes_per_s <= hi
+    assert all(0 < e <= 1 for e in efficiencies(cal) if e is not None)
+    assert loops[0][3].threads == THREADS and len(loops[0][3].step_times_s) == 7
 
 
 def test_closed_loop_memory_within_5pct(loops) -> None:
@@ -130,10 +190,9 @@ def test_closed_loop_memory_within_5pct(loops) -> None:
 
 
 def test_closed_loop_step_time_within_20pct(loops) -> None:
-    """Issue target. Reported as an expected failure when missed (module docstring)."""
+    """Issue target: the last attempt (the first within 20 %, or the second) within 20 %."""
     ratios = [round(_ratio(a), 3) for a in loops]
-    if abs(ratios[-1] - 1) > 0.20:
-        pytest.xfail(f"CPU closed loop outside 20 %: predicted / measured per attempt {ratios}")
+    assert abs(ratios[-1] - 1) <= 0.20, f"predicted / measured per attempt {ratios}"
 
 
 def test_closed_loop_step_time_regression_bound(loops) -> None:

@@ -46,3 +46,20 @@ def test_eq3_matches_the_published_worked_value():
 def test_without_recompute_hardware_equals_model_flops():
     sc = load_scenario(GPT3, ["training.recompute=none"])
     assert hardware_flops_per_step(sc) == pytest.approx(model_flops_per_step(sc), rel=1e-12)
+
+
+def test_optimizer_bytes_per_param_counted_by_hand() -> None:
+    """Bytes the step moves per parameter: read the gradient, read + write the (master) weight
+    and each state, write the 16-bit copy after a master update."""
+    from simtrain.config import TrainingSpec
+    from simtrain.costs import optimizer_bytes_per_param
+
+    def t(precision: str, optimizer: str) -> TrainingSpec:
+        return TrainingSpec(seq_len=8, global_batch=1, micro_batch=1, precision=precision,
+                            optimizer=optimizer)  # fmt: skip
+
+    assert optimizer_bytes_per_param(t("bf16", "adamw")) == 2 + 2 * 4 + 2 * 2 * 4 + 2  # 28
+    assert optimizer_bytes_per_param(t("fp32", "adamw")) == 4 + 2 * 4 + 2 * 2 * 4  # 28
+    assert optimizer_bytes_per_param(t("bf16_fp32_grads", "adamw")) == 4 + 8 + 16 + 2  # 30
+    assert optimizer_bytes_per_param(t("fp32", "sgd")) == 4 + 2 * 4  # 12
+    assert optimizer_bytes_per_param(t("fp32", "sgd_momentum")) == 4 + 8 + 8  # 20

@@ -258,7 +258,16 @@ def test_minimal_profile_loads_with_defaults(tmp_path: Path) -> None:
     assert hw.peak("fp8") == 0  # unspecified dtype -> unsupported
     assert hw.nic_bandwidth_bytes_per_s == approx(25e9)
     assert hw.efficiency.matmul == 0.7
+    assert hw.efficiency.optimizer is None  # the optimizer step uses memory_bound
     assert hw.oversubscription == 1.0
+
+
+def test_optimizer_efficiency_is_read(tmp_path: Path) -> None:
+    """efficiency.optimizer (written by `simtrain calibrate`) is read and validated."""
+    data = _good()
+    data["efficiency"] = {"memory_bound": 0.2, "optimizer": 0.45}
+    hw = load_hardware(_write(tmp_path, data))
+    assert (hw.efficiency.memory_bound, hw.efficiency.optimizer) == (0.2, 0.45)
 
 
 _DELETE = object()  # sentinel: remove the key instead of setting it
@@ -308,6 +317,9 @@ BAD = [
     ),
     pytest.param(
         ("efficiency",), {"mfu": 0.5}, "efficiency.mfu", "unknown key", id="efficiency-unknown-key"
+    ),
+    pytest.param(
+        ("efficiency",), {"optimizer": 0}, "efficiency.optimizer", "(0, 1]", id="optimizer-zero"
     ),
     pytest.param(
         ("oversubscription",), 0.5, "oversubscription", "must be >=", id="oversubscription-below-1"

@@ -230,7 +230,11 @@ def test_unexpressible_records_come_back_with_reasons() -> None:
         "global batch not reported": _record(training={"precision": "bf16"}),
         "no simtrain hardware profile": _record(hardware={"gpu": "TPU v4", "num_gpus": 16}),
         "model shape not reported": _record(model={"layers": 8, "seq_len": 1024}),
-        "must divide model.layers": _record(parallelism={"tp": 1, "pp": 16}),
+        "must divide model.layers": _record(
+            parallelism={"tp": 1, "pp": 3, "dp": 1},
+            hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 3},
+        ),
+        "must not exceed model.layers": _record(parallelism={"tp": 1, "pp": 16}),
         "not a simtrain precision": _record(training={"global_batch": 64, "precision": "fp8"}),
         "num_gpus 16 != tp x pp x dp": _record(parallelism={"tp": 2, "pp": 2, "dp": 2}),
         "kind memory_capacity": _record(kind="memory_capacity"),
