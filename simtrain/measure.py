@@ -83,10 +83,15 @@ PARAM_DTYPE = {
     "amp_fp16": torch.float32,
     "bf16": torch.bfloat16,
     "bf16_pure": torch.bfloat16,
+    "bf16_fp32_grads": torch.bfloat16,
     "fp16": torch.float16,
 }
 AUTOCAST_DTYPE = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
-MASTER_WEIGHTS = ("bf16", "fp16")  # fp32 master copy of the trainable parameters
+MASTER_WEIGHTS = ("bf16", "fp16", "bf16_fp32_grads")  # fp32 master copy of the trainables
+# nanotron's FP32GradientAccumulator (optim/gradient_accumulator.py): a persistent fp32 buffer per
+# trainable parameter that each backward's bf16 gradient is added into; the optimizer steps the
+# fp32 master weights with it.
+FP32_GRAD_ACCUMULATION = ("bf16_fp32_grads",)
 FP16_LOSS_SCALE = 2.0**10  # static loss scale for fp16 and amp_fp16
 
 # NF4 code book (Dettmers et al. 2023; bitsandbytes ``functional.py``), ascending.
@@ -889,6 +894,9 @@ class _Trainer:
         self.masters: list[torch.Tensor] = []
         if training.precision in MASTER_WEIGHTS:
             self.masters = [p.detach().float().clone() for p in self.params]
+        self.accum: list[torch.Tensor] = []
+        if training.precision in FP32_GRAD_ACCUMULATION:
+            self.accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.opt = make_optimizer(training.optimizer, self.masters or self.params)
 
     def zero_grad(self) -> None:
@@ -903,9 +911,23 @@ class _Trainer:
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss * self.scale if self.scale != 1.0 else loss).backward()
+        if self.accum:
+            with torch.no_grad():
+                for a, p in zip(self.accum, self.params, strict=True):
+                    if p.grad is not None:
+                        a.add_(p.grad)
 
     def optimizer_step(self) -> None:
-        if self.masters:  # apex O2 / Megatron: fp32 master grads at step time, copy back
+        if self.accum:  # the fp32 accumulation buffer is the master weights' gradient
+            for m, a in zip(self.masters, self.accum, strict=True):
+                m.grad = a
+            self.opt.step()
+            with torch.no_grad():
+                for m, p, a in zip(self.masters, self.params, self.accum, strict=True):
+                    p.copy_(m)
+                    m.grad = None
+                    a.zero_()
+        elif self.masters:  # apex O2 / Megatron: fp32 master grads at step time, copy back
             for m, p in zip(self.masters, self.params, strict=True):
                 m.grad = None if p.grad is None else p.grad.float()
                 if m.grad is not None and self.scale != 1.0:
@@ -1002,6 +1024,8 @@ def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, de
     states, counters = trainer.state_tensors()
     for t in trainer.masters + states + counters:
         tracker.add(t, "state")
+    for t in trainer.accum:
+        tracker.add(t, "state")
     for t in (idx, targets):
         tracker.add(t, "act")
     names = _FunctionNames()
@@ -1014,7 +1038,7 @@ def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, de
             recorder.remove()
         trainer.backward(loss)
         grads = [p.grad for p in trainer.params if p.grad is not None]
-        gradient_bytes = _tensor_bytes(grads)
+        gradient_bytes = _tensor_bytes(grads) + _tensor_bytes(trainer.accum)
         del grads
         trainer.optimizer_step()
     _sync(dev)

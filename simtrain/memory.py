@@ -903,7 +903,10 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
         # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
-        peak = static - grads_b + max(walk_peak, grads_b + opt_ws)
+        # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
+        # come and go.
+        transient_b = grads_b - ms.trainable * prec.grad_accum
+        peak = static - transient_b + max(walk_peak, transient_b + opt_ws)
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip
     lines.append(f"  peak             = {_gb(peak)}; capacity {_gb(hw.memory_bytes)}")
@@ -925,6 +928,12 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         recompute_working_set_bytes=tuple(sorted(working_set.items())),
     )
     return sm, lines
+
+
+def persistent_gradient_bytes(sc: Scenario, sm: StageMemory) -> int:
+    """The part of a stage's gradients that exists for the whole step even when the 16-bit
+    gradients are transient: an fp32 accumulation buffer (``bf16_fp32_grads``)."""
+    return sm.trainable * PRECISIONS[sc.training.precision].grad_accum
 
 
 def gradients_transient(sc: Scenario) -> bool:

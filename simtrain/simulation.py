@@ -19,6 +19,7 @@ from simtrain.memory import (
     MemoryReport,
     estimate_memory,
     gradients_transient,
+    persistent_gradient_bytes,
     pipeline_schedule,
     scenario_chunks,
 )
@@ -232,23 +233,29 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     return LoweringInput(pipeline_schedule(sc), pp, v, chunks, ranks, activation, working, loss)
 
 
-def initial_memory(mem: MemoryReport, transient_grads: bool = False) -> dict[int, dict[str, int]]:
+def initial_memory(sc: Scenario, mem: MemoryReport,
+                   transient_grads: bool = False) -> dict[int, dict[str, int]]:  # fmt: skip
     """Static memory per rank: every category but activations, which the tasks allocate (and
-    gradients, when they only exist from backward to the optimizer step)."""
-    skip = ("activations", "gradients") if transient_grads else ("activations",)
-    out = {sm.stage: {k: v for k, v in sm.memory_bytes if k not in skip} for sm in mem.stages}
-    for sm in mem.stages:  # the loss working memory is allocated by the last chunk's forward
-        out[sm.stage]["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+    the 16-bit gradients, when they only exist from backward to the optimizer step; an fp32
+    accumulation buffer stays)."""
+    out = {}
+    for sm in mem.stages:
+        cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
+        if transient_grads:
+            cats["gradients"] = persistent_gradient_bytes(sc, sm)
+        # the loss working memory is allocated by the last chunk's forward
+        cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+        out[sm.stage] = cats
     return out
 
 
-def _with_optimizer_memory(task, mem: MemoryReport, transient_grads: bool):
+def _with_optimizer_memory(task, sc: Scenario, mem: MemoryReport, transient_grads: bool):
     """The optimizer step holds its working memory while it runs; with transient gradients the
-    gradients are allocated there too (after backward has freed the activations)."""
+    16-bit gradients are allocated there too (after backward has freed the activations)."""
     sm = mem.stages[task.gpu]
     alloc = []
     if transient_grads:
-        alloc.append(("gradients", sm.category("gradients")))
+        alloc.append(("gradients", sm.category("gradients") - persistent_gradient_bytes(sc, sm)))
     if sm.optimizer_working_bytes:
         alloc.append(("buffers", sm.optimizer_working_bytes))
     free = (("buffers", sm.optimizer_working_bytes),) if sm.optimizer_working_bytes else ()
@@ -317,8 +324,8 @@ def simulate_scenario(sc: Scenario) -> SimulationResult:
     inp = build_lowering_input(sc, mem)
     tasks = lower(inp)
     transient = gradients_transient(sc)
-    tasks = [_with_optimizer_memory(t, mem, transient) if t.kind == "OPT" else t for t in tasks]
+    tasks = [_with_optimizer_memory(t, sc, mem, transient) if t.kind == "OPT" else t for t in tasks]
     tasks, links = share_nics(sc, tasks)
-    timeline = simulate(tasks, initial_memory(mem, transient), links, gpu_labels=gpu_labels(sc))
+    timeline = simulate(tasks, initial_memory(sc, mem, transient), links, gpu_labels=gpu_labels(sc))
     metrics = step_metrics(sc, timeline)
     return SimulationResult(sc, mem, timeline, metrics)

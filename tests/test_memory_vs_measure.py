@@ -31,6 +31,7 @@ CASES = [
     (GPT, "amp_bf16", True, "none", "none", "adamw"),  # bf16 autocast
     (GPT, "amp_bf16", False, "none", "none", "sgd_momentum"),
     (GPT, "bf16", True, "none", "none", "adamw"),  # 16-bit weights + fp32 master
+    (GPT, "bf16_fp32_grads", True, "none", "none", "adamw"),  # + fp32 grad buffer (nanotron)
     (GPT, "fp32", True, "full", "none", "adamw"),  # full checkpointing
     (GPT, "fp32", True, "none", "lora", "adamw"),
     (GPT, "fp32", True, "none", "linear_probe", "adamw"),

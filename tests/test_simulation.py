@@ -118,6 +118,44 @@ def test_trace_peak_memory_equals_memory_model(path):
     assert 0.0 < res.metrics.mfu < 1.0
 
 
+@pytest.mark.parametrize("overrides", [[], ["parallelism.pp=2", "training.global_batch=4"]])
+def test_trace_peak_with_fp32_gradient_buffer(overrides):
+    """bf16_fp32_grads: the fp32 accumulation buffer is held all step, the 16-bit gradients come
+    and go with one micro-batch; trace and memory model agree on the peak either way."""
+    from simtrain.config import parse_scenario
+    from simtrain.simulation import simulate_scenario
+
+    data = {
+        "name": "acc",
+        "model": {"preset": "gpt2"},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": 256, "global_batch": 2, "micro_batch": 2,
+                     "precision": "bf16_fp32_grads"},
+        "parallelism": {"schedule": "1f1b"},
+    }  # fmt: skip
+    sc = load_scenario_data(data, overrides, parse_scenario)
+    res = simulate_scenario(sc)
+    for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
+        assert mt.peak_memory_bytes == sm.peak_memory_bytes
+    plain = simulate_scenario(load_scenario_data(
+        {**data, "training": {**data["training"], "precision": "bf16"}}, overrides, parse_scenario
+    ))  # fmt: skip
+    extra = [a.peak_memory_bytes - b.peak_memory_bytes
+             for a, b in zip(res.memory.stages, plain.memory.stages, strict=True)]  # fmt: skip
+    assert extra == [4 * sm.trainable for sm in res.memory.stages]  # 4 B per parameter
+
+
+def load_scenario_data(data, overrides, parse):
+    import copy
+
+    from simtrain.config import apply_override
+
+    data = copy.deepcopy(data)
+    for ov in overrides:
+        apply_override(data, ov)
+    return parse(data, "acc")
+
+
 def test_run_outputs_are_byte_identical(tmp_path):
     from click.testing import CliRunner
 
