@@ -273,18 +273,29 @@ def _add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
     return ModelStateBytes(*(getattr(a, f) + getattr(b, f) for f in ModelStateBytes.__slots__))
 
 
-def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int = 1) -> int:
+def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int = 1,
+                            trainable: int = 0) -> int:  # fmt: skip
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
     (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.measure). SGD updates
     in place. With ZeRO the optimizer sees 1/``shards`` of each tensor."""
-    if t.optimizer not in ("adam", "adamw") or t.offload.optimizer:
+    if t.offload.optimizer:
         return 0
     prec = PRECISIONS[t.precision]
+    master_grads = 0
+    if prec.master and not prec.grad_accum:
+        # Mixed precision with fp32 master weights: before the update every 16-bit gradient is
+        # cast to an fp32 master gradient, all of them at once (Megatron
+        # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
+        # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
+        # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
+        master_grads = 4 * ceil(trainable / shards)
+    if t.optimizer not in ("adam", "adamw"):
+        return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
     state = 4 if t.peft.method == "qlora" else prec.state
-    return 2 * state * ceil(largest / shards)
+    return master_grads + 2 * state * ceil(largest / shards)
 
 
 def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
@@ -861,10 +872,13 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     # Buffers: transient working memory.
     buffers = 0
     buffers += loss_b
-    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1)
+    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, ms.trainable)
     if opt_ws:
-        lines.append(f"  optimizer step working memory = {_gb(opt_ws)} (2 temporaries of the "
-                     "largest tensor; activations are gone by then)")  # fmt: skip
+        what = "2 temporaries of the largest tensor" if t.optimizer in ("adam", "adamw") else ""
+        if prec.master and not prec.grad_accum:
+            what = "fp32 master gradients, 4 B x trainable" + (" + " + what if what else "")
+        lines.append(f"  optimizer step working memory = {_gb(opt_ws)} ({what}; activations are "
+                     "gone by then)")  # fmt: skip
     buffers += opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies

@@ -82,8 +82,11 @@ def test_baseline_is_the_lecture_first_slide(alone: dict[str, Row]) -> None:
 
 def test_amp_moves_model_states_and_halves_activations(alone: dict[str, Row]) -> None:
     base, amp = alone["baseline"], alone["amp"]
-    assert changed(base, amp) == {"parameters", "master_weights", "gradients", "activations"}
+    # buffers: the step casts the 16-bit gradients to fp32 master gradients (4 B/param)
+    assert changed(base, amp) == {"parameters", "master_weights", "gradients", "activations",
+                                  "buffers"}  # fmt: skip
     n = base.params
+    assert cats(amp)["buffers"] - cats(base)["buffers"] == 4 * n
     assert cats(amp)["parameters"] == cats(base)["parameters"] // 2 == 2 * n
     assert cats(amp)["gradients"] == cats(base)["gradients"] // 2
     assert cats(base)["master_weights"] == 0 and cats(amp)["master_weights"] == 4 * n
@@ -232,11 +235,14 @@ def test_ladder_rungs_equal_the_scenario_with_all_overrides(ladder) -> None:
     assert rows[2].cumulative_overrides == ("training.precision=bf16", "training.recompute=full")
 
 
-def test_ladder_walks_the_lecture_from_88_to_27_gb(ladder) -> None:
+def test_ladder_walks_the_lecture_from_88_to_33_gb(ladder) -> None:
     peaks = [r.peak_memory_bytes for r in ladder.rows]
     assert peaks == sorted(peaks, reverse=True)
     assert 84e9 <= peaks[0] <= 88.5e9 and not ladder.rows[0].fits
-    assert 25e9 <= peaks[3] <= 30e9  # amp + checkpointing + accumulation: the second slide
+    # amp + checkpointing + accumulation, the lecture's second slide: it counts 26.8 GB; the
+    # step's fp32 master gradients (4 B/param) add 6.2 GB and set the peak, so accumulation no
+    # longer lowers it (measured on an H200 at b 6: 30.22 GiB, measured/simtrain_h200.yaml)
+    assert 32e9 <= peaks[3] <= 33e9 and peaks[3] == peaks[2]
     assert all(r.fits for r in ladder.rows[1:])
     assert peaks[-1] < 5e9
 

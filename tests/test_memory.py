@@ -89,9 +89,18 @@ def test_lecture_amp_ckpt_model_states() -> None:
     assert c["optimizer_states"] == 8 * N_XL
 
 
-def test_lecture_amp_ckpt_total_about_27_gb() -> None:
-    peak = _seed("seed_1p5b_amp_ckpt").peak_memory_bytes
-    assert 24 * GB <= peak <= 30 * GB
+def test_lecture_amp_ckpt_peaks_at_the_optimizer_step() -> None:
+    """The lecture counts 2N + 4N + 2N + 8N + checkpoints + context = 26.8 GB. The step itself
+    adds the fp32 master gradients (4N, cast from the 16-bit ones all at once, as Megatron's
+    fp16/bf16 optimizer and simtrain.measure do) and Adam's two temporaries of the largest
+    tensor (the 50257 x 1600 embedding): with checkpointing that is the peak. Measured on an
+    H200 with b 6: 30.22 GiB (measured/simtrain_h200.yaml)."""
+    rep = _seed("seed_1p5b_amp_ckpt")
+    c, st = cats(rep), rep.stages[0]
+    step = 4 * N_XL + 2 * 4 * 50257 * 1600
+    assert st.optimizer_working_bytes == step
+    assert st.peak_memory_bytes == 16 * N_XL + c["cuda_context"] + step
+    assert 32 * GB <= st.peak_memory_bytes <= 33 * GB
 
 
 def test_lecture_amp_ckpt_saves_memory() -> None:
