@@ -30,6 +30,11 @@ convention         FLOPs per step (B sequences of s tokens, l layers, hidden h, 
 The peak in MFU/HFU is the dense peak of the compute dtype in the hardware profile (A100: 312,
 H100: 989.4 TFLOP/s; the sources use the same figures).
 
+**Networks.** ``hardware.gpu`` picks the profile; ``hardware.inter_node`` can swap it for one of
+the same node on another network (:data:`NETWORK_PROFILES`): H100 records on EFA, the
+Ultra-Scale Playbook's cluster, run on ``h100_sxm5_80gb_efa``, whose NIC rate and per-step
+latency are fitted to that cluster's published collective bandwidths (the profile's comments).
+
 **Speed.** Fit verdicts and peak memory need :func:`~simtrain.memory.estimate_memory` only;
 timing metrics run the engine. Step time is affine in the number of micro-batches m once
 m ≥ 1 for 1F1B, GPipe and gradient accumulation, and once m ≥ pp for the interleaved schedule
@@ -442,6 +447,27 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     return None
 
 
+# Clusters whose inter-node network differs from the GPU profile's default (DGX-style InfiniBand)
+# and has its own profile, fitted to that cluster's published collective benchmarks: (GPU profile,
+# word in hardware.inter_node, network profile, why).
+NETWORK_PROFILES = (
+    ("h100_sxm5_80gb", "EFA", "h100_sxm5_80gb_efa",
+     "inter_node EFA: h100_sxm5_80gb_efa, whose NIC rate and per-step latency are fitted to the "
+     "Ultra-Scale Playbook's all-gather/reduce-scatter bus bandwidths on its EFA cluster (2-64 "
+     "nodes, 256 MB) instead of the DGX InfiniBand figures"),
+)  # fmt: skip
+
+
+def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
+    """(profile, note): the cluster-specific profile when ``hardware.inter_node`` names a network
+    that has one (``EFA`` on H100: ``h100_sxm5_80gb_efa``), else ``profile`` and no note."""
+    words = set(re.findall(r"[A-Za-z0-9]+", str(inter_node or "").upper()))
+    for gpu_profile_name, word, net_profile, why in NETWORK_PROFILES:
+        if profile == gpu_profile_name and word in words:
+            return net_profile, why
+    return profile, ""
+
+
 def map_precision(text: str | None) -> str | None:
     """``fp16 mixed precision`` -> fp16, ``amp_bf16 (...)`` -> amp_bf16, ``fp16 AMP`` ->
     amp_fp16, ``bf16 (FSDP mixed_precision=PURE)`` -> bf16 (16-bit weights, fp32 sharded
@@ -554,6 +580,9 @@ def translate(rec: Record) -> Translation | SkipReason:
     profile, capacity_known, hw_note = prof
     if hw_note:
         notes.append(hw_note)
+    profile, net_note = network_profile(profile, hw.get("inter_node"))
+    if net_note:
+        notes.append(net_note)
 
     missing = [k for k in ("layers", "hidden", "heads", "seq_len") if _int(m.get(k)) is None]
     if missing:

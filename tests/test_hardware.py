@@ -4,6 +4,7 @@ every number, and the loader rejects bad profiles with a ConfigError that names 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,22 @@ def test_h100_and_h200_datasheet_numbers() -> None:
     assert h200.hbm_bandwidth_bytes_per_s == approx(4800 * GB)
     assert h100.memory_bytes == 81089 * MIB
     assert h200.memory_bytes == 143156 * MIB
+
+
+def test_efa_profile_differs_from_h100_only_in_the_network() -> None:
+    """h100_sxm5_80gb_efa is the same GPU and NVSwitch node as h100_sxm5_80gb; only the
+    inter-node numbers are its own, fitted to the Ultra-Scale Playbook's EFA collective
+    benchmarks (tests/test_collectives.py refits them)."""
+    h100, efa = load_hardware("h100_sxm5_80gb"), load_hardware("h100_sxm5_80gb_efa")
+    same = replace(efa, name=h100.name, display_name=h100.display_name,
+                   source_file=h100.source_file,
+                   nic_bandwidth_bytes_per_s=h100.nic_bandwidth_bytes_per_s,
+                   inter_node_latency_s=h100.inter_node_latency_s,
+                   oversubscription=h100.oversubscription)  # fmt: skip
+    assert same == h100
+    assert efa.nic_bandwidth_bytes_per_s == approx(306.4e9 / 8)
+    assert efa.inter_node_latency_s == approx(37.2e-6)
+    assert efa.oversubscription == 1.0
 
 
 def test_ada_datasheet_numbers() -> None:

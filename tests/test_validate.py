@@ -28,6 +28,7 @@ from simtrain.validate import (
     map_precision,
     map_recompute,
     nanotron_flops,
+    network_profile,
     predicted_step_time,
     record_to_scenario,
     source_key,
@@ -95,6 +96,49 @@ def test_peak_memory(result) -> None:
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
     assert nt.n >= 240 and nt.mape_pct <= 15.0
+
+
+def test_nanotron_throughput_regression_bound(result) -> None:
+    """Not met (no issue target reached): regression bounds at the figures reached, with a
+    margin. The nanotron records run on the Ultra-Scale Playbook's AWS EFA cluster and are
+    simulated on h100_sxm5_80gb_efa (network fitted to that cluster's collective benchmarks):
+    tokens/s MAPE 765.8 %, MFU 721.9 % (on the InfiniBand profile: 1225.7 % and 1065.1 %).
+    Median predicted/measured tokens/s by node count 1/2/4/8/16/32/64: 1.10, 1.18, 1.46, 2.31,
+    2.48, 2.14, 9.31 (was 1.10, 1.21, 2.22, 2.40, 2.88, 3.06, 14.96). What remains is mostly in
+    the pipeline-parallel rows (median 2.9 with tp <= 8, dp and tp across nodes alone 1.16-1.46),
+    which a network the collective benchmarks pin down does not explain."""
+    tok = _summary(result, "nanotron", "tokens_per_s")
+    assert tok.n == 259 and tok.mape_pct <= 800.0
+    mfu = _summary(result, "nanotron", "mfu")
+    assert mfu.n == 258 and mfu.mape_pct <= 760.0
+
+
+def test_efa_records_use_the_efa_profile() -> None:
+    """hardware.inter_node naming EFA puts an H100 record on h100_sxm5_80gb_efa, with the
+    reason among its assumptions; other networks and GPUs keep their profile."""
+    assert network_profile("h100_sxm5_80gb", "EFA")[0] == "h100_sxm5_80gb_efa"
+    assert network_profile("h100_sxm5_80gb", "AWS EFA (bandwidth not stated)")[0] == (
+        "h100_sxm5_80gb_efa"
+    )
+    assert network_profile("h100_sxm5_80gb", "8x 400 Gb/s InfiniBand") == ("h100_sxm5_80gb", "")
+    assert network_profile("h100_sxm5_80gb", "DEFAULT fabric") == ("h100_sxm5_80gb", "")
+    assert network_profile("h100_sxm5_80gb", None) == ("h100_sxm5_80gb", "")
+    assert network_profile("a100_sxm4_80gb", "EFA") == ("a100_sxm4_80gb", "")
+    rec = _record(hardware={"gpu": "H100 80GB", "num_gpus": 16, "inter_node": "EFA"})
+    tr = translate(rec)
+    assert isinstance(tr, Translation)
+    assert tr.scenario.hardware.name == "h100_sxm5_80gb_efa"
+    assert any(a.startswith("inter_node EFA: h100_sxm5_80gb_efa") for a in tr.assumptions)
+    plain = translate(_record(hardware={"gpu": "H100 80GB", "num_gpus": 16}))
+    assert isinstance(plain, Translation)
+    assert plain.scenario.hardware.name == "h100_sxm5_80gb"
+    usp = [r for r in load_records(RECORDS) if r.source_key == "nanotron"
+           and r.kind == "training_run"]  # fmt: skip
+    assert usp and all("EFA" in str(r.hardware.get("inter_node")) for r in usp)
+    for r in usp[:20]:
+        out = translate(r)
+        if isinstance(out, Translation):
+            assert out.scenario.hardware.name == "h100_sxm5_80gb_efa", r.id
 
 
 def test_other_sources_regression_bounds(result) -> None:
