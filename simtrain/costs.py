@@ -13,8 +13,8 @@ Durations: matmul FLOPs / (dtype peak · efficiency.matmul) + element-wise bytes
 efficiency.optimizer, which defaults to memory_bound). The efficiencies live in the hardware
 profile; ``simtrain calibrate`` measures them on a device with this module's own byte counts
 (:func:`block_elementwise_bytes`, :func:`head_elementwise_bytes`, :func:`optimizer_bytes_per_param`).
-Element-wise backward bytes are :data:`ELEMENTWISE_BACKWARD_FACTOR` x the forward's (see there
-why 2 and not the ~1.3 that op counting gives).
+Element-wise backward bytes are :func:`elementwise_backward_factor` x the forward's (measured on
+an H200: 1.1 in 16-bit, 1.25 in fp32).
 """
 
 from __future__ import annotations
@@ -82,23 +82,25 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
         linear = sum(fi * fo for fi, fo in m.linear_weight_shapes().values()) / tp
         ew += 2.5 * linear
-        ew_bwd += ELEMENTWISE_BACKWARD_FACTOR * 2.5 * linear
+        ew_bwd += elementwise_backward_factor(2) * 2.5 * linear
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
     return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd)
 
 
-# Element-wise backward bytes / forward bytes. Counting the kernels op by op gives ~1.3:
-# backward kernels read one tensor more than their forward (norm: read x, dy, write dx = 3h vs
-# 2h; GeLU 3f vs 2f; softmax 3 vs 2 per score) but run once (only matmuls have an input and a
-# weight gradient); Korthikanti et al. 2022 Table 4 (22B, tp 8, a secondary transcription,
-# measured/published_runs.yaml korthikanti22_t4_*) has backward / forward = 11.9 / 7.7 ms =
-# 1.55 for the whole layer. Not adopted: re-fitting hardware/a100_sxm4_80gb.yaml's
-# efficiency.matmul on the records its comment names (grid 0.01, one time metric per record)
-# gives MAPE 6.3 % at 0.67 with 1.3, against 4.9 % at 0.74 with 2.0; the end-to-end records
-# cannot separate the two, so the factor stays at 2 until a kernel-level measurement on a GPU
-# (simtrain calibrate's element-wise mix times forward + backward together) does.
-ELEMENTWISE_BACKWARD_FACTOR = 2.0
+# Element-wise backward time / forward time, by the activations' bytes per element. Measured
+# with PyTorch's own kernels (layer_norm, tanh GeLU, masked softmax, dropout, residual adds) on
+# an NVIDIA H200, torch 2.11 (benchmarks/elementwise_split.py, 2026-11-28; four layer shapes
+# from GPT-2 small to GPT-3 175B at tp 8, median of 20): 1.00-1.12 in bf16, 1.22-1.32 in fp32.
+# Counting the kernels op by op gives ~1.3 (backward kernels read one tensor more than their
+# forward but run once). The value was 2 until this measurement; the efficiencies in hardware/
+# were re-fitted with the measured factors on the records their comments name.
+ELEMENTWISE_BACKWARD_FACTOR = {2: 1.1, 4: 1.25}
+
+
+def elementwise_backward_factor(bytes_per_element: int) -> float:
+    """:data:`ELEMENTWISE_BACKWARD_FACTOR` for 16-bit (or narrower) or 32-bit activations."""
+    return ELEMENTWISE_BACKWARD_FACTOR[2 if bytes_per_element <= 2 else 4]
 
 
 def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
@@ -107,7 +109,7 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
     write f; SwiGLU 1.5f), rotary on q and k, dropout (read, write, 1-byte mask) and without
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
-    attention dropout). Backward: :data:`ELEMENTWISE_BACKWARD_FACTOR` x forward."""
+    attention dropout). Backward: :func:`elementwise_backward_factor` x forward."""
     b = t.micro_batch
     s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
     s_kv = s + (t.peft.prefix_length if t.peft.method == "prefix" else 0)
@@ -122,15 +124,15 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple
     fwd = e * b * s * per_token
     if not m.flash_attention:
         fwd += e * b * m.heads * s * s_kv * (4 + (2.5 if m.dropout > 0 else 0)) / tp
-    return fwd, ELEMENTWISE_BACKWARD_FACTOR * fwd
+    return fwd, elementwise_backward_factor(e) * fwd
 
 
 def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
     """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch:
     fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
-    :data:`ELEMENTWISE_BACKWARD_FACTOR` x that."""
+    :func:`elementwise_backward_factor` (fp32) x that."""
     fwd = 4 * 4 * t.micro_batch * t.seq_len * m.vocab / tp
-    return fwd, ELEMENTWISE_BACKWARD_FACTOR * fwd
+    return fwd, elementwise_backward_factor(4) * fwd
 
 
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
@@ -213,7 +215,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     if first:  # embedding lookup: write b·s·h (+ positions read/add)
         emb = e * t.micro_batch * s * m.hidden * 3
         ew += emb
-        ew_bwd += ELEMENTWISE_BACKWARD_FACTOR * emb if grad else 0.0
+        ew_bwd += elementwise_backward_factor(e) * emb if grad else 0.0
     if last:
         hf, hi, hwf = head_flops(m, t, tp)
         fwd_f, i_f, w_f = fwd_f + hf, i_f + hi, w_f + hwf

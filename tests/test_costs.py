@@ -63,3 +63,20 @@ def test_optimizer_bytes_per_param_counted_by_hand() -> None:
     assert optimizer_bytes_per_param(t("bf16_fp32_grads", "adamw")) == 4 + 8 + 16 + 2  # 30
     assert optimizer_bytes_per_param(t("fp32", "sgd")) == 4 + 2 * 4  # 12
     assert optimizer_bytes_per_param(t("fp32", "sgd_momentum")) == 4 + 8 + 8  # 20
+
+
+def test_elementwise_backward_factor_within_the_h200_measurements() -> None:
+    """The backward/forward factor of element-wise work lies inside the range measured on an
+    NVIDIA H200 with PyTorch's kernels (benchmarks/elementwise_split.py; four layer shapes,
+    measured/simtrain_h200_elementwise_split.jsonl), per dtype."""
+    import json
+    from pathlib import Path
+
+    from simtrain.costs import elementwise_backward_factor
+
+    path = Path(__file__).resolve().parent.parent / "measured/simtrain_h200_elementwise_split.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for dtype, nbytes in (("bf16", 2), ("fp32", 4)):
+        ratios = [r["backward_over_forward"] for r in rows if r["dtype"] == dtype]
+        assert len(ratios) == 4
+        assert min(ratios) <= elementwise_backward_factor(nbytes) <= max(ratios), (dtype, ratios)
