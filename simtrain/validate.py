@@ -427,6 +427,8 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
     ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it."""
     g = gpu.upper()
+    if "H200" in g:
+        return "h200_141gb", True, ""
     if "H100" in g:
         return "h100_sxm5_80gb", "80" in g, ""
     if "A100" in g:

@@ -424,3 +424,17 @@ def test_translation_is_replaceable() -> None:
     assert isinstance(tr, Translation)
     tr2 = replace(tr, assumptions=())
     assert tr2.scenario == tr.scenario
+
+
+def test_own_h200_measurements_memory_within_3pct() -> None:
+    """simtrain's own runs on an NVIDIA H200 (benchmarks/measure_cuda.py; peak =
+    torch.cuda.max_memory_allocated): peak memory MAPE 2.6 % over 8 single-GPU steps (the
+    largest miss, -13 %, is the 0.48 GiB tiny model, where cuBLAS workspaces weigh most), every
+    fit verdict right. Step time is reported, not bounded here: eager PyTorch's per-op dispatch
+    (not modelled) makes small models 35-60 % slower than predicted."""
+    res = validate(ROOT / "measured" / "simtrain_h200.yaml", workers=1)
+    assert not res.skipped
+    by = {(s.source, s.metric): s for s in res.summary}
+    mem = by[("simtrain_h200", "peak_memory_bytes")]
+    assert mem.n == 8 and mem.mape_pct <= 3.0, mem
+    assert by[("simtrain_h200", "fits")].mape_pct == 0.0
