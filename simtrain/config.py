@@ -23,7 +23,7 @@ PEFT_METHODS = (
 )  # fmt: skip
 SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1")
 DP_MODES = ("ddp", "naive")
-LAYER_SPLITS = ("uniform", "compute_balanced")
+LAYER_SPLITS = ("uniform", "compute_balanced", "embedding_as_layer")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -298,9 +298,9 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split == "compute_balanced" and p.virtual_stages > 1:
+    if p.layer_split != "uniform" and p.virtual_stages > 1:
         raise ConfigError(
-            file, "parallelism.layer_split", "compute_balanced splits one chunk per stage: use "
+            file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
     if p.virtual_stages > 1 and p.schedule != "interleaved":

@@ -574,14 +574,34 @@ def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
     return out
 
 
+def embedding_as_layer_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
+    """DeepSpeed's pipeline partition ``type:transformer|embedding`` (Megatron-DeepSpeed, BLOOM):
+    the items [embedding, L decoder layers, tied embedding / LM head] each weigh 1 and are split
+    into ``pp`` contiguous parts as evenly as possible, the first ``(L + 2) mod pp`` parts one
+    item larger (deepspeed/runtime/utils.py ``partition_uniform``). BLOOM-176B (70 layers, pp 12):
+    embedding + 5 layers, 10 x 6 layers, 5 layers + head (bigscience tr11-176B-ml README)."""
+    items = m.layers + 2
+    size, extra = divmod(items, pp)
+    out, start = [], 0
+    for k in range(pp):
+        end = start + size + (1 if k < extra else 0)
+        lo, hi = max(start - 1, 0), min(end - 1, m.layers)  # item i >= 1 is layer i - 1
+        out.append(StageBlocks(lo, max(hi, lo), start == 0, end == items))
+        start = end
+    return out
+
+
 def scenario_chunks(sc: Scenario) -> dict[int, StageBlocks]:
     """Virtual stage -> what it holds, by ``parallelism.layer_split``: the one place that splits
     the model over pipeline stages for memory, costs and timing. ``uniform``: Megatron's
     :func:`chunk_layers` (the first chunk holds the embedding, the last the head);
-    ``compute_balanced``: nanotron's :func:`compute_balanced_stages` (one chunk per rank)."""
+    ``compute_balanced``: nanotron's :func:`compute_balanced_stages` (one chunk per rank);
+    ``embedding_as_layer``: DeepSpeed's :func:`embedding_as_layer_stages` (one chunk per rank)."""
     m, p = sc.model, sc.parallelism
     if p.layer_split == "compute_balanced" and p.virtual_stages == 1:
         return dict(enumerate(compute_balanced_stages(m, p.pp)))
+    if p.layer_split == "embedding_as_layer" and p.virtual_stages == 1:
+        return dict(enumerate(embedding_as_layer_stages(m, p.pp)))
     return {
         k: StageBlocks(lo, hi, lo == 0, hi == m.layers)
         for k, (lo, hi) in chunk_layers(m.layers, p.pp, p.virtual_stages).items()

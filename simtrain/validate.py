@@ -356,6 +356,9 @@ SOURCES: dict[str, SourceConvention] = {
         "full",
         _EQ3_RECOMPUTE,
         250880,
+        # Megatron-DeepSpeed --partition-method type:transformer|embedding (the records' notes:
+        # embedding + 5 layers on the first and last stage, 6 elsewhere)
+        layer_split="embedding_as_layer",
     ),  # fmt: skip
     "mosaicml": SourceConvention(
         "mosaicml",
@@ -653,9 +656,10 @@ def translate(rec: Record) -> Translation | SkipReason:
     if precision in conv.precision_map:
         precision, why = conv.precision_map[precision]
         notes.append(why)
-    if "fp32 grad accum" in str(t.get("precision", "")).lower() and precision != "bf16_fp32_grads":
-        notes.append("fp32 gradient-accumulation buffer (4 B/param) not modelled: simtrain's "
-                     "bf16 keeps 2-byte gradients")  # fmt: skip
+    if "fp32 grad accum" in str(t.get("precision", "")).lower() and precision == "bf16":
+        precision = "bf16_fp32_grads"
+        notes.append("the record says fp32 gradient accumulation: bf16_fp32_grads (an fp32 "
+                     "gradient buffer next to the bf16 gradients, 4 B/param more)")  # fmt: skip
     recompute = map_recompute(t.get("recompute"))
     if recompute is None:
         if t.get("recompute") is not None:

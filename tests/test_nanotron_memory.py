@@ -214,3 +214,19 @@ def test_pp_larger_than_layers_is_a_layout_error() -> None:
     }
     with pytest.raises(ConfigError, match=r"parallelism\.pp.*must not exceed model\.layers = 12"):
         parse_scenario(data, "x")
+
+
+def test_embedding_as_layer_split_matches_bloom() -> None:
+    """DeepSpeed's type:transformer|embedding partition (BLOOM-176B, 70 layers on pp 12): the
+    embedding and the tied head count as layers, so the end stages hold 5 layers and the ten
+    middle ones 6 (bigscience tr11-176B-ml README, as the record's notes say)."""
+    from simtrain.memory import embedding_as_layer_stages
+    from simtrain.model import ModelSpec
+
+    bloom = ModelSpec("bloom", 70, 14336, 112, 112, 57344, 250880, 2048)
+    stages = embedding_as_layer_stages(bloom, 12)
+    assert [s.hi - s.lo for s in stages] == [5] + [6] * 10 + [5]
+    assert [s.embedding for s in stages] == [True] + [False] * 11
+    assert [s.head for s in stages] == [False] * 11 + [True]
+    assert stages[0].lo == 0 and stages[-1].hi == 70
+    assert all(a.hi == b.lo for a, b in zip(stages, stages[1:], strict=False))
