@@ -784,7 +784,7 @@ def simulate_layout(args: tuple[dict[str, Any], str, str]) -> SimOutcome:
     data, file, base_dir = args
     try:
         sc = parse_scenario(data, file, Path(base_dir))
-        res = simulate_scenario(sc)
+        res = simulate_scenario(sc, detail=False)
     except SimtrainError as exc:
         nan = math.nan
         return SimOutcome(nan, nan, nan, nan, 0, 0, 0, False, str(exc).splitlines()[0])

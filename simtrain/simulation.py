@@ -318,11 +318,13 @@ def share_nics(sc: Scenario, tasks: list) -> tuple[list, dict[str, float]]:
     return out, links
 
 
-def simulate_scenario(sc: Scenario) -> SimulationResult:
-    """Simulate one optimizer step of ``sc``."""
+def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
+    """Simulate one optimizer step of ``sc``. ``detail=False`` folds intra-node TP all-reduces
+    into the compute they follow (``lowering.lower(fuse_tp=True)``): the same step time, FLOP
+    rates and peak memory with fewer tasks, but no TP spans in the timeline (the planner)."""
     mem = estimate_memory(sc)
     inp = build_lowering_input(sc, mem)
-    tasks = lower(inp)
+    tasks = lower(inp, fuse_tp=not detail and sc.parallelism.tp <= sc.cluster.gpus_per_node)
     transient = gradients_transient(sc)
     tasks = [_with_optimizer_memory(t, sc, mem, transient) if t.kind == "OPT" else t for t in tasks]
     tasks, links = share_nics(sc, tasks)

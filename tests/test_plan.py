@@ -502,3 +502,33 @@ def test_select_candidates_adds_frontier(small_result: Any) -> None:
 def test_shipped_plan_yaml_uses_yaml12_floats() -> None:
     data = load_yaml(PLANS / "gpt3_175b.yaml")
     assert data["tokens"] == 300e9 and data["constraints"]["budget"] == 5e6
+
+
+def test_planner_fast_path_gives_the_same_step_and_peak() -> None:
+    """The planner simulates with intra-node TP all-reduces folded into their compute
+    (simulate_scenario(detail=False)): for a random sample of layouts of every schedule, ZeRO
+    stage and recompute, the step time, MFU and every stage's peak memory equal the detailed
+    run's exactly, with fewer tasks whenever tp > 1."""
+    plan = _plan(SMALL, fixed={"tp": [1, 2, 4, 8], "pp": [1, 2, 4]}, gpus={"min": 8, "max": 32})
+    ctx = build_context(plan)
+    layouts = enumerate_layouts(plan, 24, 32)
+    random.Random(11).shuffle(layouts)
+    checked = fewer = 0
+    for lay in layouts:
+        try:
+            sc = layout_scenario(ctx.bases[(lay.hardware, lay.global_batch)], lay, plan.file)
+        except ConfigError:
+            continue
+        if sc.num_microbatches > 16:
+            continue
+        a, b = simulate_scenario(sc), simulate_scenario(sc, detail=False)
+        assert b.timeline.makespan_ns == a.timeline.makespan_ns, lay
+        assert b.metrics.mfu == a.metrics.mfu
+        assert [s.peak_memory_bytes for s in b.metrics.stages] == [
+            s.peak_memory_bytes for s in a.metrics.stages
+        ], lay
+        fewer += len(b.timeline.spans) < len(a.timeline.spans)
+        checked += 1
+        if checked == 40:
+            break
+    assert checked == 40 and fewer >= 10
