@@ -150,7 +150,8 @@ def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
             first_deps = sym
             last_id = None
             work = inp.ranks[rank]
-            if work.bucket_ns and a == last_backward[rank]:
+            bucketed = bool(work.bucket_ns) and a == last_backward[rank]
+            if bucketed:
                 # Split the rank's last backward into one slice per bucket; bucket i's
                 # all-reduce follows slice i on the collective stream.
                 kind, dur, alloc, free = main[-1]
@@ -163,7 +164,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
             if c.gather_ns_per_layer:
                 main = _per_layer(main, hi - lo)
             elif (fuse_tp and tp_ns and not c.reduce_scatter_ns_per_layer
-                  and not (work.bucket_ns and a == last_backward[rank])):  # fmt: skip
+                  and not bucketed):  # fmt: skip
                 kind, dur, alloc, free = main[-1]
                 main = main[:-1] + [(kind, dur + tp_ns, alloc, free)]
                 tp_ns = 0
@@ -192,7 +193,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
                     pending.append((rs, (("id", last_id),)))
                     grad_bucket_last[rank] = next_id
                     next_id += 1
-                if work.bucket_ns and a == last_backward[rank] and kind in ("B", "W", "I"):
+                if bucketed and kind in ("B", "W", "I"):
                     i = len(bucket_after)
                     if i < len(work.bucket_ns):
                         bt = _Draft(next_id, rank, "dp", "DP",

@@ -75,23 +75,27 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from simtrain.config import TrainingSpec
+from simtrain.memory import PRECISIONS
 from simtrain.model import ModelSpec
 
+# The precision recipes follow memory.PRECISIONS, so that every precision the memory model knows
+# can be measured: 4-byte parameters are fp32 (autocast runs over them), 2-byte ones take the
+# compute dtype.
+_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARAM_DTYPE = {
-    "fp32": torch.float32,
-    "amp_bf16": torch.float32,
-    "amp_fp16": torch.float32,
-    "bf16": torch.bfloat16,
-    "bf16_pure": torch.bfloat16,
-    "bf16_fp32_grads": torch.bfloat16,
-    "fp16": torch.float16,
+    name: torch.float32 if p.param == 4 else _TORCH_DTYPE[p.compute_dtype]
+    for name, p in PRECISIONS.items()
 }
-AUTOCAST_DTYPE = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
-MASTER_WEIGHTS = ("bf16", "fp16", "bf16_fp32_grads")  # fp32 master copy of the trainables
-# nanotron's FP32GradientAccumulator (optim/gradient_accumulator.py): a persistent fp32 buffer per
-# trainable parameter that each backward's bf16 gradient is added into; the optimizer steps the
-# fp32 master weights with it.
-FP32_GRAD_ACCUMULATION = ("bf16_fp32_grads",)
+AUTOCAST_DTYPE = {
+    name: _TORCH_DTYPE[p.compute_dtype]
+    for name, p in PRECISIONS.items()
+    if p.weight_copy  # torch.autocast keeps a 16-bit copy of each weight
+}
+MASTER_WEIGHTS = tuple(n for n, p in PRECISIONS.items() if p.master)  # fp32 master copy
+# An fp32 gradient buffer per trainable parameter that each backward's 16-bit gradient is added
+# into and the optimizer steps the master weights with (nanotron's FP32GradientAccumulator,
+# optim/gradient_accumulator.py).
+FP32_GRAD_ACCUMULATION = tuple(n for n, p in PRECISIONS.items() if p.grad_accum)
 FP16_LOSS_SCALE = 2.0**10  # static loss scale for fp16 and amp_fp16
 
 # NF4 code book (Dettmers et al. 2023; bitsandbytes ``functional.py``), ascending.

@@ -273,13 +273,14 @@ def _add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
     return ModelStateBytes(*(getattr(a, f) + getattr(b, f) for f in ModelStateBytes.__slots__))
 
 
-def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int = 1,
-                            trainable: int = 0) -> int:  # fmt: skip
+def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
+                            trainable: int) -> int:  # fmt: skip
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
     (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.measure). SGD updates
-    in place. With ZeRO the optimizer sees 1/``shards`` of each tensor."""
+    in place. With fp32 master weights, plus the fp32 master gradients of all ``trainable``
+    parameters (below). With ZeRO the optimizer sees 1/``shards`` of each tensor."""
     if t.offload.optimizer:
         return 0
     prec = PRECISIONS[t.precision]
@@ -892,7 +893,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     # Buffers: transient working memory.
     buffers = 0
     buffers += loss_b
-    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, ms.trainable)
+    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable)
     if opt_ws:
         what = "2 temporaries of the largest tensor" if t.optimizer in ("adam", "adamw") else ""
         if prec.master and not prec.grad_accum:

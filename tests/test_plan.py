@@ -131,6 +131,18 @@ def test_gpt3_plan_is_the_issue_example() -> None:
     assert plan.constraints.deadline_days == 60 and plan.constraints.budget == 5e6
 
 
+def _plan_error(path: tuple[str, ...], value: Any) -> ConfigError:
+    """The ConfigError of SMALL with the key at ``path`` set to ``value``."""
+    d = copy.deepcopy(SMALL)
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as exc:
+        parse_plan(d, "p.yaml", ROOT)
+    return exc.value
+
+
 @pytest.mark.parametrize(
     ("path", "value", "key"),
     [
@@ -145,15 +157,9 @@ def test_gpt3_plan_is_the_issue_example() -> None:
 )
 def test_unknown_keys_name_file_key_and_allowed(path: tuple[str, ...], value: Any,
                                                 key: str) -> None:  # fmt: skip
-    d = copy.deepcopy(SMALL)
-    node = d
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
-    with pytest.raises(ConfigError) as exc:
-        parse_plan(d, "p.yaml", ROOT)
-    assert exc.value.file == "p.yaml" and exc.value.key == key
-    assert exc.value.allowed  # what is allowed is listed
+    exc = _plan_error(path, value)
+    assert exc.file == "p.yaml" and exc.key == key
+    assert exc.allowed  # what is allowed is listed
 
 
 @pytest.mark.parametrize(
@@ -170,14 +176,8 @@ def test_unknown_keys_name_file_key_and_allowed(path: tuple[str, ...], value: An
     ],
 )
 def test_bad_values_are_config_errors(path: tuple[str, ...], value: Any, key: str) -> None:
-    d = copy.deepcopy(SMALL)
-    node = d
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
-    with pytest.raises(ConfigError) as exc:
-        parse_plan(d, "p.yaml", ROOT)
-    assert exc.value.key == key
+    exc = _plan_error(path, value)
+    assert exc.key == key
 
 
 def test_global_batch_forms_and_gpu_forms() -> None:

@@ -118,11 +118,22 @@ def test_trace_peak_memory_equals_memory_model(path):
     assert 0.0 < res.metrics.mfu < 1.0
 
 
+def _with_overrides(data: dict, overrides: list[str]):
+    """``data`` with ``--set``-style overrides applied, parsed as a scenario."""
+    import copy
+
+    from simtrain.config import apply_override, parse_scenario
+
+    data = copy.deepcopy(data)
+    for ov in overrides:
+        apply_override(data, ov)
+    return parse_scenario(data, data["name"])
+
+
 @pytest.mark.parametrize("overrides", [[], ["parallelism.pp=2", "training.global_batch=4"]])
 def test_trace_peak_with_fp32_gradient_buffer(overrides):
     """bf16_fp32_grads: the fp32 accumulation buffer is held all step, the 16-bit gradients come
     and go with one micro-batch; trace and memory model agree on the peak either way."""
-    from simtrain.config import parse_scenario
     from simtrain.simulation import simulate_scenario
 
     data = {
@@ -133,13 +144,11 @@ def test_trace_peak_with_fp32_gradient_buffer(overrides):
                      "precision": "bf16_fp32_grads"},
         "parallelism": {"schedule": "1f1b"},
     }  # fmt: skip
-    sc = load_scenario_data(data, overrides, parse_scenario)
+    sc = _with_overrides(data, overrides)
     res = simulate_scenario(sc)
     for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
         assert mt.peak_memory_bytes == sm.peak_memory_bytes
-    plain = simulate_scenario(load_scenario_data(
-        {**data, "training": {**data["training"], "precision": "bf16"}}, overrides, parse_scenario
-    ))  # fmt: skip
+    plain = simulate_scenario(_with_overrides(data, [*overrides, "training.precision=bf16"]))
     extra = [a.category("gradients") - b.category("gradients")
              for a, b in zip(res.memory.stages, plain.memory.stages, strict=True)]  # fmt: skip
     assert extra == [4 * sm.trainable for sm in res.memory.stages]  # 4 B per parameter
@@ -147,17 +156,6 @@ def test_trace_peak_with_fp32_gradient_buffer(overrides):
     assert [sm.optimizer_working_bytes for sm in plain.memory.stages] == [
         a.optimizer_working_bytes + 4 * a.trainable for a in res.memory.stages
     ]
-
-
-def load_scenario_data(data, overrides, parse):
-    import copy
-
-    from simtrain.config import apply_override
-
-    data = copy.deepcopy(data)
-    for ov in overrides:
-        apply_override(data, ov)
-    return parse(data, "acc")
 
 
 def test_run_outputs_are_byte_identical(tmp_path):
