@@ -3,7 +3,8 @@ cheapest) within a deadline and a budget.
 
 ``PLAN.yaml`` names a model, the tokens to train, the training settings (global batch: one
 value, a list or a range), candidate hardware with a price per GPU-hour, a GPU-count range,
-constraints and fixed choices. The planner
+constraints, fixed choices (``fixed:``) and settings every layout shares (``parallelism:``
+bucket_mb, dp_mode, layer_split). The planner
 
 1. enumerates tp (divisors of the heads, at most a node) × pp (divisors of the layers) × dp ×
    ZeRO stage (0-3) × micro-batch (1, 2, 4, 8 dividing the per-replica batch) × recompute
@@ -48,6 +49,7 @@ from simtrain.config import (
     _no_unknown,
     check_layout,
     parse_model,
+    parse_parallelism,
     parse_scenario,
     parse_training,
 )
@@ -78,7 +80,7 @@ OBJECTIVES = ("time", "cost")
 
 TOP_KEYS = (
     "name", "description", "model", "tokens", "training", "hardware", "gpus", "constraints",
-    "fixed", "failures", "objective", "top",
+    "fixed", "parallelism", "failures", "objective", "top",
 )  # fmt: skip
 TRAINING_KEYS = ("seq_len", "global_batch", "precision", "optimizer", "peft", "offload")
 HARDWARE_KEYS = ("name", "price_per_gpu_hour")
@@ -88,6 +90,10 @@ FIXED_KEYS = (
     "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
     "sequence_parallel",
 )  # fmt: skip
+# Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
+# "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
+# implementation and the pipeline layer split.
+PARALLEL_SETTING_KEYS = ("bucket_mb", "dp_mode", "layer_split")
 FAILURE_KEYS = (
     "enabled", "mtbf_gpu_hours", "checkpoint_interval", "checkpoint_s", "restart_s",
     "relaunch_s", "checkpoint_write_gb_per_s_per_gpu",
@@ -136,6 +142,7 @@ class Plan:
     constraints: Constraints
     fixed: dict[str, tuple[Any, ...]]  # key -> allowed values
     failures: FailureModel
+    parallelism: dict[str, Any] = field(default_factory=dict)  # PARALLEL_SETTING_KEYS
     objective: str = "time"
     top: int = DEFAULT_TOP
     description: str = ""
@@ -300,6 +307,13 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     fixed_raw = _mapping(data.get("fixed"), file, "fixed")
     _no_unknown(fixed_raw, FIXED_KEYS, file, "fixed.")
     fixed = {k: _choices(k, v, file) for k, v in fixed_raw.items()}
+    par = dict(_mapping(data.get("parallelism"), file, "parallelism"))
+    searched = [k for k in par if k in FIXED_KEYS]
+    if searched:
+        raise ConfigError(file, f"parallelism.{searched[0]}", f"is searched by the planner; fix "
+                          f"it with fixed.{searched[0]}", par[searched[0]])  # fmt: skip
+    _no_unknown(par, PARALLEL_SETTING_KEYS, file, "parallelism.")
+    parse_parallelism(par, file)  # validate the values now: errors name the plan file
 
     fm = _failure_model(_mapping(data.get("failures"), file, "failures"), file)
 
@@ -312,7 +326,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=tuple(options), gpu_counts=counts,
         gpus_min=lo, gpus_max=hi, constraints=constraints, fixed=fixed, failures=fm,
-        objective=str(objective), top=top, description=str(data.get("description", "")),
+        parallelism=par, objective=str(objective), top=top, description=str(data.get("description", "")),
     )  # fmt: skip
 
 
@@ -420,6 +434,7 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
     """The scenario mapping of a layout, exactly what a scenario file would hold."""
     gpn = min(_gpus_per_node(plan, layout.hardware), layout.gpus)
     par: dict[str, Any] = {
+        **plan.parallelism,
         "dp": layout.dp, "tp": layout.tp, "pp": layout.pp, "schedule": layout.schedule,
         "virtual_stages": layout.virtual_stages, "zero_stage": layout.zero_stage,
     }  # fmt: skip

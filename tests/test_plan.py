@@ -35,6 +35,7 @@ from simtrain.memory import estimate_memory
 from simtrain.plan import (
     BEST_KEYS,
     CSV_COLUMNS,
+    Layout,
     LocalExecutor,
     ProgressBar,
     build_context,
@@ -51,6 +52,7 @@ from simtrain.plan import (
     select_candidates,
 )
 from simtrain.simulation import simulate_scenario
+from simtrain.validate import ONE_BUCKET_MB, SkipReason, load_records, translate
 from simtrain.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +115,9 @@ def small_result() -> Any:
 # Plan files
 
 
-@pytest.mark.parametrize("name", ["gpt3_175b.yaml", "llama3_8b.yaml"])
+@pytest.mark.parametrize(
+    "name", ["gpt3_175b.yaml", "gpt3_175b_megatron2021.yaml", "llama3_8b.yaml"]
+)
 def test_shipped_plans_load(name: str) -> None:
     plan = load_plan(PLANS / name)
     assert plan.tokens > 0 and plan.hardware and plan.global_batches
@@ -153,6 +157,7 @@ def _plan_error(path: tuple[str, ...], value: Any) -> ConfigError:
         (("constraints",), {"deadline": 3}, "constraints.deadline"),
         (("fixed",), {"tensor_parallel": 2}, "fixed.tensor_parallel"),
         (("failures",), {"mtbf": 5}, "failures.mtbf"),
+        (("parallelism",), {"bucket": 5}, "parallelism.bucket"),
     ],
 )
 def test_unknown_keys_name_file_key_and_allowed(path: tuple[str, ...], value: Any,
@@ -173,6 +178,9 @@ def test_unknown_keys_name_file_key_and_allowed(path: tuple[str, ...], value: An
         (("model", "preset"), "gpt5", "model.preset"),
         (("tokens",), "lots", "tokens"),
         (("objective",), "fun", "objective"),
+        (("parallelism",), {"layer_split": "random"}, "parallelism.layer_split"),
+        (("parallelism",), {"bucket_mb": -1}, "parallelism.bucket_mb"),
+        (("parallelism",), {"tp": 2}, "parallelism.tp"),  # searched: belongs in fixed
     ],
 )
 def test_bad_values_are_config_errors(path: tuple[str, ...], value: Any, key: str) -> None:
@@ -386,19 +394,33 @@ def test_closed_form_tracks_the_simulation(small_result: Any) -> None:
 
 @pytest.fixture(scope="module")
 def gpt3_2021_features() -> Any:
-    """The search restricted to what Megatron-LM offered in 2021: full activation recompute,
-    1F1B or interleaved 1F1B, no ZeRO (Narayanan et al. 2021 §5; ZB-H1 is from 2023)."""
-    fixed = {"recompute": "full", "schedule": ["1f1b", "interleaved"], "zero_stage": 0}
-    return run_plan(_plan(GPT3_1024, fixed=fixed), LocalExecutor(2), top=6)
+    """The search restricted to what Megatron-LM offered in 2021, on the model it ran
+    (``plans/gpt3_175b_megatron2021.yaml``: dropout 0.1, vocabulary 51,200, fp16, full
+    recompute, 1F1B or interleaved 1F1B, no ZeRO, one-bucket "local" DDP; Narayanan et al.
+    2021 §5; the conventions ``simtrain validate`` uses for the megatron_sc21 records)."""
+    return run_plan(load_plan(PLANS / "gpt3_175b_megatron2021.yaml"), LocalExecutor(2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the best layout with 2021 options (full recompute, 1F1B or interleaved, no ZeRO: "
-    "tp 4 x pp 16 x dp 16, interleaved v 2) simulates at ~164 Eq.-3 TFLOP/s per GPU on 1,024 "
-    "A100s, +17 % over Narayanan et al. 2021's 140; their own layout (tp 8 x pp 16 x dp 8, "
-    "1F1B) simulates at ~151 (+8 %); reported, not tuned",
-)
+def test_megatron2021_plan_pins_what_validate_assumes() -> None:
+    """The 2021 plan is the same setting as the validated Megatron records, not a tuned one."""
+    plan = load_plan(PLANS / "gpt3_175b_megatron2021.yaml")
+    assert plan.parallelism == {"bucket_mb": ONE_BUCKET_MB}
+    assert plan.model == {"preset": "gpt3-175b", "dropout": 0.1, "vocab": 51200}
+    assert plan.fixed == {"recompute": ("full",), "schedule": ("1f1b", "interleaved"),
+                          "zero_stage": (0,)}  # fmt: skip
+    assert plan.gpu_counts == (1024,) and plan.global_batches == (1536,)
+    rec = next(r for r in load_records(ROOT / "measured" / "published_runs.yaml")
+               if r.id == "megatron_readme2021_gpt3_175B_1024gpu")  # fmt: skip
+    tr = translate(rec)
+    assert not isinstance(tr, SkipReason)
+    lay = Layout("a100_sxm4_80gb", 1024, 8, 16, 8, 0, 1, "full", "1f1b", 1, 1536)  # theirs
+    ours = parse_scenario(scenario_data(plan, lay), "plan", ROOT)
+    m, v = ours.model, tr.scenario.model
+    assert (m.dropout, m.vocab, m.layers, m.hidden) == (v.dropout, v.vocab, v.layers, v.hidden)
+    assert ours.training.precision == tr.scenario.training.precision
+    assert ours.parallelism == tr.scenario.parallelism
+
+
 def test_gpt3_1024_a100_2021_features_within_15pct_of_narayanan(gpt3_2021_features: Any) -> None:
     res = gpt3_2021_features
     best = res.best[0]
