@@ -15,9 +15,13 @@ from hypothesis import strategies as st
 from simtrain.config import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
 from simtrain.memory import (
     MemoryReport,
+    _cached_schedule,
+    activation_peak,
+    activation_peak_of_states,
     estimate_memory,
     layer_activation_bytes,
     layer_saved_tensors,
+    rank_activation_states,
 )
 from simtrain.model import PRESETS, ModelSpec
 from simtrain.timeline import MEMORY_CATEGORIES
@@ -653,3 +657,36 @@ def test_activations_monotone_in_seq_len(d: dict[str, Any], extra: int) -> None:
     a, b = _est(d), _est(bigger)
     for s0, s1 in zip(a.stages, b.stages, strict=True):
         assert s1.category("activations") >= s0.category("activations")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(["naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1"]),
+    pp=st.integers(1, 6),
+    k=st.integers(1, 4),
+    data=st.data(),
+)
+def test_activation_states_give_the_walks_peak(name: str, pp: int, k: int, data: Any) -> None:
+    """The compressed walk (distinct states, cached per schedule and rank) gives exactly what
+    walking every action gives, for any chunk bytes, working sets and loss bytes."""
+    v = 2 if name == "interleaved" and pp > 1 else 1
+    m = k * pp if name == "interleaved" else k + data.draw(st.integers(0, 5))
+    n_bytes = st.integers(0, 10**9)
+    for rank in range(pp):
+        chunks = [rank + j * pp for j in range(v)]
+        cb = {c: data.draw(n_bytes) for c in chunks}
+        ws = {c: data.draw(n_bytes) for c in chunks}
+        loss = {chunks[-1]: data.draw(n_bytes)} if rank == pp - 1 else {}
+        actions = _cached_schedule(name, pp, m, v)[rank]
+        chunk_ids, states = rank_activation_states(name, pp, m, v, rank)
+        assert activation_peak_of_states(chunk_ids, states, cb, ws, loss) == activation_peak(
+            actions, cb, ws, loss
+        )
+        assert len(states) <= len(actions)
+
+
+def test_activation_states_do_not_grow_with_microbatches() -> None:
+    """1F1B on stage s: at most 2·(p − s) distinct states however long the step."""
+    for m in (8, 64, 1536):
+        for s in range(4):
+            assert len(rank_activation_states("1f1b", 4, m, 1, s)[1]) <= 2 * (4 - s)
