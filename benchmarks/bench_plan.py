@@ -88,6 +88,47 @@ def screen_rate(plan, layouts, label: str) -> list:
     return rows
 
 
+def simulation_rate(plan, rows, n_sims: int) -> tuple[list, list]:
+    """Simulate the closed-form top ``n_sims`` as the planner does, one core, best of 3."""
+    cands = select_candidates(rows, "time", n_sims)[:n_sims]
+    scs = [parse_scenario(scenario_data(plan, r.layout), "bench", ROOT) for r in cands]
+    walls, cpus = [], []
+    for sc in scs:
+        best_wall = best_cpu = float("inf")
+        for _ in range(3):
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = simulate_scenario(sc, detail=False)  # as the planner runs it
+            best_wall = min(best_wall, time.perf_counter() - t0)
+            best_cpu = min(best_cpu, time.process_time() - c0)
+        walls.append(best_wall)
+        cpus.append(best_cpu)
+        p = sc.parallelism
+        print(f"  tp {p.tp} pp {p.pp} dp {p.dp} {p.schedule:<11} m {sc.num_microbatches:>4} "
+              f"{len(res.timeline.spans):>7,} tasks {res.timeline.events_processed:>8,} events "
+              f"{best_wall:7.3f} s wall {best_cpu:7.3f} s CPU")  # fmt: skip
+    n = len(walls)
+    print(f"  one core: {n / sum(cpus):.2f} simulations/s by CPU time, {n / sum(walls):.2f} by wall "
+          f"time (mean {sum(cpus) / n:.3f} s CPU each)")  # fmt: skip
+    return scs, cpus
+
+
+def pool_rate(plan, rows, n_sims: int) -> None:
+    """The planner's own path: scenario mappings through the process pool (parse + simulate)."""
+    cands = select_candidates(rows, "time", n_sims)[:n_sims]
+    workers = os.cpu_count() or 1
+    items = [(scenario_data(plan, r.layout), plan.file, str(ROOT)) for r in cands] * 2
+    ex = LocalExecutor(workers)
+    list(ex.map_unordered(simulate_layout, items[:workers]))  # start the workers
+    t0 = time.perf_counter()
+    list(ex.map_unordered(simulate_layout, items))
+    dt = time.perf_counter() - t0
+    ex.close()
+    print(
+        f"  planner pool, {workers} workers: {len(items)} simulations in {dt:.2f} s = "
+        f"{len(items) / dt:.2f} simulations/s (wall)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sims", type=int, default=8, help="1,024-GPU layouts to simulate")
@@ -112,39 +153,16 @@ def main() -> None:
 
     print(f"\n3. full simulations of 1,024-GPU layouts (the closed-form top {args.sims}), one core"
           " (best of 3; CPU = this process's CPU time, the figure on an idle core)")  # fmt: skip
-    cands = select_candidates(rows, "time", args.sims)[: args.sims]
-    scs = [parse_scenario(scenario_data(plan_1024, r.layout), "bench", ROOT) for r in cands]
-    walls, cpus = [], []
-    for sc in scs:
-        best_wall = best_cpu = float("inf")
-        for _ in range(3):
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = simulate_scenario(sc, detail=False)  # as the planner runs it
-            best_wall = min(best_wall, time.perf_counter() - t0)
-            best_cpu = min(best_cpu, time.process_time() - c0)
-        walls.append(best_wall)
-        cpus.append(best_cpu)
-        p = sc.parallelism
-        print(f"  tp {p.tp} pp {p.pp} dp {p.dp} {p.schedule:<11} m {sc.num_microbatches:>4} "
-              f"{len(res.timeline.spans):>7,} tasks {res.timeline.events_processed:>8,} events "
-              f"{best_wall:7.3f} s wall {best_cpu:7.3f} s CPU")  # fmt: skip
-    n = len(walls)
-    print(f"  one core: {n / sum(cpus):.2f} simulations/s by CPU time, {n / sum(walls):.2f} by wall "
-          f"time (mean {sum(cpus) / n:.3f} s CPU each)")  # fmt: skip
-
-    # The planner's own path: scenario mappings through the process pool (parse + simulate).
-    workers = os.cpu_count() or 1
-    items = [(scenario_data(plan_1024, r.layout), plan_1024.file, str(ROOT)) for r in cands] * 2
-    ex = LocalExecutor(workers)
-    list(ex.map_unordered(simulate_layout, items[:workers]))  # start the workers
-    t0 = time.perf_counter()
-    list(ex.map_unordered(simulate_layout, items))
-    dt = time.perf_counter() - t0
-    ex.close()
-    print(
-        f"  planner pool, {workers} workers: {len(items)} simulations in {dt:.2f} s = "
-        f"{len(items) / dt:.2f} simulations/s (wall)"
-    )
+    print("a) plans/gpt3_175b.yaml at 1,024 A100s (every option)")
+    scs, cpus = simulation_rate(plan_1024, rows, args.sims)
+    pool_rate(plan_1024, rows, args.sims)
+    old = load_plan(ROOT / "plans" / "gpt3_175b_megatron2021.yaml")
+    print("b) plans/gpt3_175b_megatron2021.yaml (Megatron-LM 2021 options: m = 48-192, "
+          "interleaved)")  # fmt: skip
+    ctx = build_context(old)
+    old_rows = [screen_layout(ctx, lay) for lay in enumerate_layouts(old, 96, 96)]
+    simulation_rate(old, old_rows, args.sims)
+    pool_rate(old, old_rows, args.sims)
 
     # Where the time goes: own time by module for the slowest candidate.
     sc = scs[max(range(len(cpus)), key=cpus.__getitem__)]
