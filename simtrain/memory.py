@@ -629,8 +629,13 @@ def pipeline_schedule(sc: Scenario) -> Schedule:
     """The compute schedule of a scenario. With pp = 1 every schedule is plain gradient
     accumulation: forward and backward of one micro-batch after another."""
     p = sc.parallelism
-    name = p.schedule if p.pp > 1 else "1f1b"
-    return _cached_schedule(name, p.pp, sc.num_microbatches, p.virtual_stages)
+    return _cached_schedule(schedule_name(sc), p.pp, sc.num_microbatches, p.virtual_stages)
+
+
+def schedule_name(sc: Scenario) -> str:
+    """The schedule that runs: ``parallelism.schedule``, or 1F1B (gradient accumulation) when
+    pp = 1."""
+    return sc.parallelism.schedule if sc.parallelism.pp > 1 else "1f1b"
 
 
 @lru_cache(maxsize=64)
@@ -913,9 +918,9 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         for k, (_, has_head) in enumerate(chunk_ends)
         if has_head
     }
-    name = p.schedule if p.pp > 1 else "1f1b"  # as pipeline_schedule
-    chunks, states = rank_activation_states(name, p.pp, sc.num_microbatches, p.virtual_stages,
-                                            stage)  # fmt: skip
+    chunks, states = rank_activation_states(
+        schedule_name(sc), p.pp, sc.num_microbatches, p.virtual_stages, stage
+    )
     walk_peak, saved_peak, in_flight = activation_peak_of_states(
         chunks, states, chunk_bytes, working_set, loss_bytes
     )

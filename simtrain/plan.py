@@ -326,7 +326,8 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=tuple(options), gpu_counts=counts,
         gpus_min=lo, gpus_max=hi, constraints=constraints, fixed=fixed, failures=fm,
-        parallelism=par, objective=str(objective), top=top, description=str(data.get("description", "")),
+        parallelism=par, objective=str(objective), top=top,
+        description=str(data.get("description", "")),
     )  # fmt: skip
 
 
