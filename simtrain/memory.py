@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
-from typing import NamedTuple
+
+import numpy as np
 
 from simtrain.config import Scenario, TrainingSpec
 from simtrain.model import ModelSpec
@@ -682,64 +683,85 @@ def activation_peak(
     return peak, peak_saved, peak_count
 
 
-class ActivationState(NamedTuple):
-    """One distinct point of a rank's walk (:func:`activation_peak`): after an F (``backward``
-    False) or before a B / I (True) of virtual stage ``chunk``, with ``held[i]`` micro-batches of
-    virtual stage ``chunks[i]`` alive."""
+@dataclass(frozen=True, slots=True)
+class ActivationStates:
+    """The distinct points of one rank's activation walk (:func:`activation_peak`), in order of
+    first occurrence, as read-only integer matrices: row i of ``forward_held`` counts the
+    micro-batches alive per virtual stage (columns: ``chunks``) just after a forward of virtual
+    stage ``chunks[forward_chunk[i]]``; ``backward_held`` / ``backward_chunk`` likewise just
+    before a backward (B or I)."""
 
-    backward: bool
-    chunk: int
-    held: tuple[int, ...]
+    chunks: tuple[int, ...]
+    forward_held: np.ndarray  # (states, chunks) int64
+    forward_chunk: np.ndarray  # (states,) column index
+    backward_held: np.ndarray
+    backward_chunk: np.ndarray
+
+
+def _frozen(rows: list, width: int) -> np.ndarray:
+    a = np.array(rows, dtype=np.int64).reshape(len(rows), width)
+    a.flags.writeable = False
+    return a
 
 
 @lru_cache(maxsize=1024)
-def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int
-                           ) -> tuple[tuple[int, ...], tuple[ActivationState, ...]]:  # fmt: skip
-    """The distinct states of one rank's activation walk, in order of first occurrence, with the
-    virtual stages they count. :func:`activation_peak_of_states` on them gives exactly what
-    :func:`activation_peak` gives on the whole action list (a repeated state adds nothing to a
-    maximum, and a strict "greater than" never fires on a repeat); a 1F1B rank of m
-    micro-batches has at most 2·(p − s) states instead of 2·m actions (tested)."""
+def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int) -> ActivationStates:
+    """One rank's walk reduced to its distinct states (cached per schedule and rank).
+    :func:`activation_peak_of_states` on them gives exactly what :func:`activation_peak` gives
+    on the whole action list: a repeated state adds nothing to a maximum, and the first
+    occurrence of the largest forward state is where the walk's strict "greater than" last
+    fires (tested with hypothesis for every schedule and any bytes)."""
     actions = _cached_schedule(name, pp, m, v)[rank]
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)
-    seen: dict[ActivationState, None] = {}
+    fwd: dict[tuple, None] = {}
+    bwd: dict[tuple, None] = {}
     for a in actions:
         i = index[a.stage]
         if a.kind == "F":
             held[i] += 1
-            seen.setdefault(ActivationState(False, a.stage, tuple(held)))
+            fwd.setdefault((i, *held))
         elif a.kind in ("B", "I"):
-            seen.setdefault(ActivationState(True, a.stage, tuple(held)))
+            bwd.setdefault((i, *held))
             if a.kind == "B":
                 held[i] -= 1
         elif a.kind == "W":
             held[i] -= 1
-    return chunks, tuple(seen)
+    n = len(chunks)
+    f, b = list(fwd), list(bwd)
+    return ActivationStates(
+        chunks,
+        _frozen([r[1:] for r in f], n), _frozen([r[0] for r in f], 1).ravel(),
+        _frozen([r[1:] for r in b], n), _frozen([r[0] for r in b], 1).ravel(),
+    )  # fmt: skip
 
 
 def activation_peak_of_states(
-    chunks: tuple[int, ...],
-    states: tuple[ActivationState, ...],
+    states: ActivationStates,
     chunk_bytes: dict[int, int],
     working_set: dict[int, int],
     loss_bytes: dict[int, int] | None = None,
 ) -> tuple[int, int, float]:
-    """:func:`activation_peak` over :func:`rank_activation_states` (the same result)."""
+    """:func:`activation_peak` over :func:`rank_activation_states` (the same result), as two
+    integer matrix-vector products."""
     loss = loss_bytes or {}
-    per = [chunk_bytes[c] for c in chunks]
-    v = max(len(chunk_bytes), 1)
+    ch = states.chunks
+    per = np.array([chunk_bytes[c] for c in ch], dtype=np.int64)
     peak = peak_saved = 0
     peak_count = 0.0
-    for st in states:
-        held = sum(n * b for n, b in zip(st.held, per, strict=True))
-        if st.backward:
-            peak = max(peak, held + working_set[st.chunk])
-        else:
-            peak = max(peak, held + loss.get(st.chunk, 0))
-            if held > peak_saved:
-                peak_saved, peak_count = held, sum(st.held) / v
+    if len(states.forward_chunk):
+        held = states.forward_held @ per
+        extra = np.array([loss.get(c, 0) for c in ch], dtype=np.int64)[states.forward_chunk]
+        peak = int((held + extra).max())
+        i = int(held.argmax())  # the first state with the most saved bytes
+        if held[i] > 0:
+            peak_saved = int(held[i])
+            peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
+    if len(states.backward_chunk):
+        held = states.backward_held @ per
+        ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
+        peak = max(peak, int((held + ws).max()))
     return peak, peak_saved, peak_count
 
 
@@ -918,11 +940,11 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         for k, (_, has_head) in enumerate(chunk_ends)
         if has_head
     }
-    chunks, states = rank_activation_states(
+    states = rank_activation_states(
         schedule_name(sc), p.pp, sc.num_microbatches, p.virtual_stages, stage
     )
     walk_peak, saved_peak, in_flight = activation_peak_of_states(
-        chunks, states, chunk_bytes, working_set, loss_bytes
+        states, chunk_bytes, working_set, loss_bytes
     )
     loss_b = sum(loss_bytes.values())
     # The category shows saved activations plus the recompute working set; the loss working

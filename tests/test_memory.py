@@ -678,15 +678,16 @@ def test_activation_states_give_the_walks_peak(name: str, pp: int, k: int, data:
         ws = {c: data.draw(n_bytes) for c in chunks}
         loss = {chunks[-1]: data.draw(n_bytes)} if rank == pp - 1 else {}
         actions = _cached_schedule(name, pp, m, v)[rank]
-        chunk_ids, states = rank_activation_states(name, pp, m, v, rank)
-        assert activation_peak_of_states(chunk_ids, states, cb, ws, loss) == activation_peak(
+        states = rank_activation_states(name, pp, m, v, rank)
+        assert activation_peak_of_states(states, cb, ws, loss) == activation_peak(
             actions, cb, ws, loss
         )
-        assert len(states) <= len(actions)
+        assert len(states.forward_chunk) + len(states.backward_chunk) <= len(actions)
 
 
 def test_activation_states_do_not_grow_with_microbatches() -> None:
     """1F1B on stage s: at most 2·(p − s) distinct states however long the step."""
     for m in (8, 64, 1536):
         for s in range(4):
-            assert len(rank_activation_states("1f1b", 4, m, 1, s)[1]) <= 2 * (4 - s)
+            st = rank_activation_states("1f1b", 4, m, 1, s)
+            assert len(st.forward_chunk) + len(st.backward_chunk) <= 2 * (4 - s)
