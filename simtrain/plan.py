@@ -1159,13 +1159,19 @@ def write_pareto(result: PlanResult, path: Path) -> None:
         b = result.best[0]
         ax.scatter([b.days], [b.cost], marker="*", s=220, color="gold", edgecolors="black",
                    zorder=5, label="best")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    # Log axes need positive values: none fit, or a free price list, leaves them linear.
+    if pts and all(r.final_days > 0 for r in pts):
+        ax.set_xscale("log")
+    if pts and all(r.final_cost > 0 for r in pts):
+        ax.set_yscale("log")
+    if not pts:
+        ax.text(0.5, 0.5, "no layout fits in memory", transform=ax.transAxes, ha="center")
     ax.set_xlabel("expected days to train (incl. checkpoints and failures)")
     ax.set_ylabel("cost ($)")
     ax.set_title(f"{result.plan.name}: days vs cost")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -1257,6 +1263,15 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             lines.append("no simulated layout meets the constraints; the nearest:")
     if not shown:
         lines.append("no layout fits: see plan.csv for the reasons")
+        misses = [r for r in result.rows if r.status == "no_fit" and r.capacity_bytes]
+        if misses:
+            r = min(misses, key=lambda r: r.peak_memory_bytes / r.capacity_bytes)  # first of ties
+            lay = r.layout
+            lines.append(
+                f"closest: {lay.gpus} x {lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}, "
+                f"ZeRO {lay.zero_stage}, mb {lay.micro_batch}, recompute {lay.recompute}, "
+                f"{lay.schedule}: {r.reason}"
+            )
         return "\n".join(lines)
     lines.append("")
     hdr = (f"{'#':>3}  {'hardware':<16}{'GPUs':>6}  {'tp x pp x dp':<13}{'ZeRO':>5}{'mb':>4}  "

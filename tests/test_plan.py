@@ -326,6 +326,41 @@ def test_plan_command_outputs(tmp_path: Path) -> None:
     assert json.loads(again) == doc
 
 
+@pytest.mark.parametrize(
+    ("changes", "expect"),
+    [
+        # GPT-3 175B on at most 16 A100 40 GB: nothing fits; the closest miss is named.
+        (
+            {
+                "model": {"preset": "gpt3-175b"},
+                "hardware": [{"name": "a100_sxm4_40gb"}],
+                "constraints": {},
+            },
+            "closest: ",
+        ),  # fmt: skip
+        # A free price list: every cost is 0 (no log axis for the Pareto plot).
+        (
+            {"hardware": [{"name": "a100_sxm4_40gb", "price_per_gpu_hour": 0}], "constraints": {}},
+            "best vs runner-up",
+        ),  # fmt: skip
+    ],
+)
+def test_plan_command_edge_cases_are_results(tmp_path: Path, changes: dict, expect: str) -> None:
+    """Nothing fitting, or costing nothing, is a result with a table and a plot, not a crash."""
+    import yaml
+
+    plan_file = tmp_path / "edge.yaml"
+    plan_file.write_text(yaml.safe_dump({**SMALL, **changes}))
+    out = tmp_path / "out"
+    text = plan_command(str(plan_file), as_json=False, out_dir=str(out), workers=1,
+                        executor="local", scheduler=None, top=2)  # fmt: skip
+    assert expect in text
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if expect == "closest: ":
+        assert "no layout fits" in text and "short by" in text
+        assert not (out / "best.yaml").exists()
+
+
 def test_local_and_dask_give_identical_rankings(tmp_path: Path) -> None:
     distributed = pytest.importorskip("dask.distributed")
     import yaml
