@@ -67,7 +67,7 @@ class LoweringInput:
     loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F
 
 
-def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
+def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = False) -> list[Task]:
     """Turn the per-rank action lists into engine tasks (see module docstring).
 
     ``fuse_tp``: add each TP all-reduce to the compute slice it follows instead of making it a
@@ -75,7 +75,14 @@ def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
     gather or reduce-scatter). The next compute and the sends wait for the all-reduce either
     way and no other stream allocates memory meanwhile, so step time and peak memory are the
     same with a third fewer tasks (the planner's fast path; the trace then shows no TP spans).
-    Only for TP inside a node: a cross-node TP all-reduce shares the NIC."""
+    Only for TP inside a node: a cross-node TP all-reduce shares the NIC.
+
+    ``merge_recompute``: run a backward's recompute and the backward as one compute task where
+    the backward hangs off nothing but the recompute (no DDP bucket slices, no ZeRO-3 per-layer
+    slices). The backward always starts when its recompute ends (all its other dependencies
+    are the recompute's), the merged task allocates the working set at its start and frees
+    everything at its end, so step time and memory are the same with a fifth fewer tasks under
+    full recompute; the trace then counts recompute time as backward."""
     tasks: list[Task] = []
     next_id = 0
     # (stage, mb, kind) -> id of the task whose end means "done" (incl. TP comm)
@@ -161,6 +168,11 @@ def lower(inp: LoweringInput, fuse_tp: bool = False) -> list[Task]:
                     (kind, d, alloc if i == 0 else (), free if i == k - 1 else ())
                     for i, d in enumerate(slices)
                 ]
+            if (merge_recompute and len(main) == 2 and main[0][0] == "R" and not bucketed
+                    and not c.gather_ns_per_layer and not c.reduce_scatter_ns_per_layer):  # fmt: skip
+                (_, r_dur, r_alloc, r_free), (kind, dur, alloc, free) = main
+                assert not r_free and not alloc  # R only allocates, B / I only free
+                main = [(kind, r_dur + dur, r_alloc, free)]
             if c.gather_ns_per_layer:
                 main = _per_layer(main, hi - lo)
             elif (fuse_tp and tp_ns and not c.reduce_scatter_ns_per_layer

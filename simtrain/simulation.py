@@ -340,8 +340,9 @@ def gc_paused() -> Iterator[None]:
 
 def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
     """Simulate one optimizer step of ``sc``. ``detail=False`` folds intra-node TP all-reduces
-    into the compute they follow (``lowering.lower(fuse_tp=True)``): the same step time, FLOP
-    rates and peak memory with fewer tasks, but no TP spans in the timeline (the planner)."""
+    into the compute they follow and each recompute into its backward (``lowering.lower``'s
+    ``fuse_tp`` and ``merge_recompute``): the same step time, FLOP rates and peak memory with
+    fewer tasks, but no TP or recompute spans in the timeline (the planner)."""
     with gc_paused():
         return _simulate_scenario(sc, detail)
 
@@ -349,7 +350,11 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
 def _simulate_scenario(sc: Scenario, detail: bool) -> SimulationResult:
     mem = estimate_memory(sc)
     inp = build_lowering_input(sc, mem)
-    tasks = lower(inp, fuse_tp=not detail and sc.parallelism.tp <= sc.cluster.gpus_per_node)
+    tasks = lower(
+        inp,
+        fuse_tp=not detail and sc.parallelism.tp <= sc.cluster.gpus_per_node,
+        merge_recompute=not detail,
+    )
     transient = gradients_transient(sc)
     tasks = [_with_optimizer_memory(t, sc, mem, transient) if t.kind == "OPT" else t for t in tasks]
     tasks, links = share_nics(sc, tasks)
