@@ -18,6 +18,10 @@ from simtrain.yamlfile import load_yaml, parse_yaml
 PRECISIONS = ("fp32", "fp16", "bf16", "bf16_fp32_grads", "bf16_pure", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 RECOMPUTE = ("none", "selective", "full")
+# Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
+# fp32 log-softmax is saved for backward) or "fused" (flash-attn's / Liger's kernel: row-wise
+# fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written).
+CROSS_ENTROPY = ("standard", "fused")
 PEFT_METHODS = (
     "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
 )  # fmt: skip
@@ -72,6 +76,7 @@ class TrainingSpec:
     precision: str = "bf16"
     optimizer: str = "adamw"
     recompute: str = "none"
+    cross_entropy: str = "standard"  # CROSS_ENTROPY
     peft: PeftSpec = PeftSpec()
     offload: OffloadSpec = OffloadSpec()
 
@@ -245,7 +250,12 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
         {k: v for k, v in data.items()},
         file,
         "training.",
-        {"precision": PRECISIONS, "optimizer": OPTIMIZERS, "recompute": RECOMPUTE},
+        {
+            "precision": PRECISIONS,
+            "optimizer": OPTIMIZERS,
+            "recompute": RECOMPUTE,
+            "cross_entropy": CROSS_ENTROPY,
+        },  # fmt: skip
     )
     return TrainingSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
                            "peft": peft, "offload": offload})  # fmt: skip

@@ -128,9 +128,13 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple
 
 
 def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
-    """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch:
-    fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
-    :func:`elementwise_backward_factor` (fp32) x that."""
+    """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch.
+    Standard: fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
+    :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
+    one read and one write of a logit backward, in the matmul dtype."""
+    if t.cross_entropy == "fused":
+        fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len * m.vocab / tp
+        return fwd, 2 * fwd
     fwd = 4 * 4 * t.micro_batch * t.seq_len * m.vocab / tp
     return fwd, elementwise_backward_factor(4) * fwd
 

@@ -485,13 +485,18 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
-    """Last stage, per micro-batch: final-norm input, head input, and the fp32 log-softmax output
-    that cross-entropy saves (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits 4sbv/t)."""
+    """Last stage, per micro-batch: final-norm input, head input, and what cross-entropy saves:
+    standard, the fp32 log-softmax output (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits
+    4sbv/t); fused (flash-attn ``losses/cross_entropy.py``: ``ctx.save_for_backward(logits,
+    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row."""
     prec = PRECISIONS[t.precision]
     s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
     sb = s * t.micro_batch
     div = tp if sp else 1
-    total = 4 * sb * m.vocab // tp
+    if t.cross_entropy == "fused":
+        total = prec.act_mm * sb * m.vocab // tp + 4 * sb
+    else:
+        total = 4 * sb * m.vocab // tp
     if grad_flows_through_blocks(t):
         total += (
             prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb
@@ -505,10 +510,14 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
 
 
 def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
-    """Working memory of the loss on the last stage beyond what is saved: the 16-bit logits and
-    their fp32 copy in forward (fp32 training: the logits themselves), then the gradient of the
-    log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t tensors at once."""
+    """Working memory of the loss on the last stage beyond what is saved. Standard: the 16-bit
+    logits and their fp32 copy in forward (fp32 training: the logits themselves), then the
+    gradient of the log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t
+    tensors at once. Fused: the forward keeps only the saved logits; the backward writes one
+    logit gradient in the matmul dtype (flash-attn ``xentropy`` backward, not in place)."""
     s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    if t.cross_entropy == "fused":
+        return PRECISIONS[t.precision].act_mm * t.micro_batch * s * m.vocab // tp
     return 2 * 4 * t.micro_batch * s * m.vocab // tp
 
 

@@ -82,7 +82,9 @@ TOP_KEYS = (
     "name", "description", "model", "tokens", "training", "hardware", "gpus", "constraints",
     "fixed", "parallelism", "failures", "objective", "top",
 )  # fmt: skip
-TRAINING_KEYS = ("seq_len", "global_batch", "precision", "optimizer", "peft", "offload")
+TRAINING_KEYS = (
+    "seq_len", "global_batch", "precision", "optimizer", "cross_entropy", "peft", "offload",
+)  # fmt: skip
 HARDWARE_KEYS = ("name", "price_per_gpu_hour")
 GPUS_KEYS = ("min", "max")
 CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")

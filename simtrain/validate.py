@@ -309,6 +309,8 @@ class SourceConvention:
     memory_gb_unit: float = 1e9  # bytes in the source's "GB" (nanotron divides by 1024**3)
     memory_stage: int | None = None  # the pipeline stage whose peak the source reports (None: max)
     layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
+    cross_entropy: str = "standard"  # the loss kernel (config.CROSS_ENTROPY)
+    cross_entropy_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -363,6 +365,10 @@ SOURCES: dict[str, SourceConvention] = {
     "mosaicml": SourceConvention(
         "mosaicml",
         MPT,
+        cross_entropy="fused",
+        cross_entropy_note="loss not reported: llm-foundry's default, loss_fn "
+        "'fused_crossentropy' (models/mpt/modeling_mpt.py ComposerMPTCausalLM: "
+        "flash_attn.losses.cross_entropy): 16-bit logits saved, no fp32 copy",
         precision_map={
             "amp_bf16": (
                 "bf16",
@@ -671,6 +677,8 @@ def translate(rec: Record) -> Translation | SkipReason:
     optimizer = map_optimizer(t.get("optimizer"))
     if t.get("optimizer") is None:
         notes.append("optimizer not reported: Adam")
+    if conv.cross_entropy_note:
+        notes.append(conv.cross_entropy_note)
     if t.get("activation_cpu_offload"):
         return _skip(rec, "activation CPU offload is not modelled")
 
@@ -702,7 +710,8 @@ def translate(rec: Record) -> Translation | SkipReason:
         "model": model,
         "hardware": profile,
         "training": {"seq_len": seq, "global_batch": B, "micro_batch": b,
-                     "precision": precision, "optimizer": optimizer, "recompute": recompute},
+                     "precision": precision, "optimizer": optimizer, "recompute": recompute,
+                     "cross_entropy": conv.cross_entropy},
         "parallelism": {"dp": dp, "tp": tp, "pp": pp, "schedule": schedule,
                         "virtual_stages": v, "zero_stage": zero, "sequence_parallel": sp,
                         "layer_split": conv.layer_split if v == 1 else "uniform"},

@@ -162,6 +162,7 @@ def test_wrong_type_section_not_mapping(tmp_path: Path) -> None:
         ("training.precision", "fp8", PRECISIONS),
         ("training.optimizer", "lion", OPTIMIZERS),
         ("training.recompute", "some", ("none", "selective", "full")),
+        ("training.cross_entropy", "liger", ("standard", "fused")),
         ("parallelism.schedule", "chimera", SCHEDULES),
         ("training.peft.method", "ia3", ("lora", "qlora", "prefix", "bitfit")),
         ("parallelism.zero_stage", 4, ("0", "1", "2", "3")),

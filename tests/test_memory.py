@@ -5,6 +5,7 @@ in-flight counts, offload; plus hypothesis invariants."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from simtrain.memory import (
     activation_peak,
     activation_peak_of_states,
     estimate_memory,
+    head_saved_bytes,
     layer_activation_bytes,
     layer_saved_tensors,
+    loss_transient_bytes,
     rank_activation_states,
 )
 from simtrain.model import PRESETS, ModelSpec
@@ -691,3 +694,20 @@ def test_activation_states_do_not_grow_with_microbatches() -> None:
         for s in range(4):
             st = rank_activation_states("1f1b", 4, m, 1, s)
             assert len(st.forward_chunk) + len(st.backward_chunk) <= 2 * (4 - s)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "amp_bf16"])
+def test_cross_entropy_bytes_closed_form(precision: str) -> None:
+    """Per micro-batch on the head stage, with a = the logits' bytes (4 fp32, else 2):
+    standard saves 4·sbV/t (fp32 log-softmax) and holds 8·sbV/t transiently; fused saves
+    a·sbV/t + 4·sb (logits + fp32 log-sum-exp) and holds a·sbV/t (the logit gradient)."""
+    m = PRESETS["gpt2"]
+    s, b, tp = 1024, 3, 2
+    sbv = s * b * m.vocab
+    a = 4 if precision == "fp32" else 2
+    std = TrainingSpec(seq_len=s, micro_batch=b, precision=precision)
+    fused = replace(std, cross_entropy="fused")
+    rest = head_saved_bytes(m, std, tp) - 4 * sbv // tp  # final-norm and head inputs
+    assert head_saved_bytes(m, fused, tp) == rest + a * sbv // tp + 4 * s * b
+    assert loss_transient_bytes(m, std, tp) == 8 * sbv // tp
+    assert loss_transient_bytes(m, fused, tp) == a * sbv // tp

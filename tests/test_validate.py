@@ -146,8 +146,8 @@ def test_other_sources_regression_bounds(result) -> None:
     bounds = {
         ("megatron_readme", "step_time_s"): (8.0, 16.0),
         ("megatron_readme", "tflops_per_gpu"): (8.0, 16.0),
-        ("mosaicml", "tokens_per_s"): (10.0, 40.0),
-        ("mosaicml", "mfu"): (10.0, 40.0),
+        ("mosaicml", "tokens_per_s"): (11.0, 40.0),
+        ("mosaicml", "mfu"): (11.0, 40.0),
     }
     for (src, metric), (mape, mx) in bounds.items():
         s = _summary(result, src, metric)
@@ -155,6 +155,9 @@ def test_other_sources_regression_bounds(result) -> None:
         assert s.max_error_pct <= mx, (src, metric, s.max_error_pct)
     assert _summary(result, "korthikanti2022", "fits").share_correct == 1.0
     assert _summary(result, "megatron_sc21", "fits").share_correct == 1.0
+    # llm-foundry's fused cross-entropy: every MosaicML run that ran is predicted to fit (80 %
+    # with PyTorch's cross-entropy, which holds fp32 copies of the logits).
+    assert _summary(result, "mosaicml", "fits").share_correct == 1.0
 
 
 def test_validation_is_fast(result) -> None:
