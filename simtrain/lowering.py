@@ -300,7 +300,10 @@ def _per_layer(main: list[tuple], layers: int) -> list[tuple]:
 
 
 def _slice_layer(kind: str, slice_no: int, main: list[tuple], lo: int, hi: int) -> int:
-    """Layer index of a per-layer slice: forward and recompute go up, backward goes down."""
+    """Layer index of a per-layer slice: forward and recompute go up, backward goes down. A
+    chunk without decoder layers (an embedding- or head-only stage) labels its one slice ``lo``."""
     n = hi - lo
+    if n <= 0:
+        return lo
     i = slice_no % n
     return lo + i if kind in ("F", "R") else hi - 1 - i

@@ -221,3 +221,29 @@ def test_in_flight_closed_forms_match_the_schedule_walk(name, pp, m):
     walked = peak_in_flight(build_schedule(name, pp, m))
     for s in range(pp):
         assert walked[s] == microbatches_in_flight(name, pp, m, s)
+
+
+def test_zero3_with_a_stage_of_no_decoder_layers():
+    """DeepSpeed's embedding-as-layer split can leave a stage with only the LM head (GPT-2's 12
+    layers + 2 embedding items over pp = 8: the last stage holds no block); ZeRO-3's per-layer
+    gathers on it used to divide by zero in lowering (found by fuzzing)."""
+    from simtrain.memory import scenario_chunks
+    from simtrain.simulation import simulate_scenario
+
+    data = {
+        "name": "emb",
+        "model": {"preset": "gpt2"},
+        "hardware": "a100_sxm4_80gb",
+        "cluster": {"nodes": 2, "gpus_per_node": 8},
+        "training": {"seq_len": 128, "global_batch": 16, "micro_batch": 1},
+        "parallelism": {"dp": 2, "pp": 8, "schedule": "1f1b", "zero_stage": 3,
+                        "layer_split": "embedding_as_layer"},
+    }  # fmt: skip
+    sc = _with_overrides(data, [])
+    last = scenario_chunks(sc)[7]
+    assert last.lo == last.hi and last.head  # no decoder layer on the last stage
+    for detail in (True, False):
+        res = simulate_scenario(sc, detail=detail)
+        assert res.metrics.step_time_s > 0
+        for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
+            assert mt.peak_memory_bytes == sm.peak_memory_bytes
