@@ -92,6 +92,10 @@ class ParallelSpec:
     dp_mode: str = "ddp"
     sequence_parallel: bool = False
     bucket_mb: float = 25.0  # DDP gradient bucket size in MB (PyTorch DDP default bucket_cap_mb=25)
+    # ZeRO-3: at most this many gathered parameters live at once (DeepSpeed's
+    # stage3_max_live_parameters, default 1e9); 0 = no cap, FSDP-style: the current and the
+    # prefetched layer's full parameters.
+    zero3_max_live_params: int = 0
     # How layers are split over pipeline stages for memory: "uniform" (Megatron, L/pp each) or
     # "compute_balanced" (nanotron: by per-block compute cost, the LM head counting V·h;
     # memory.compute_balanced_stages).

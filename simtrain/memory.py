@@ -1006,7 +1006,10 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
     if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer
-        buffers += 2 * prec.param * (ms.params // max(n_layers, 1))
+        live = 2 * (ms.params // max(n_layers, 1))
+        if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
+            live = min(live, p.zero3_max_live_params)
+        buffers += prec.param * live
     if p.dp_mode == "naive" and dp > 1:
         # The lecture's data parallelism: GPU 0 gathers the other replicas' gradients.
         gather = (dp - 1) * grads_b

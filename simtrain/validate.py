@@ -311,6 +311,8 @@ class SourceConvention:
     layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
     cross_entropy: str = "standard"  # the loss kernel (config.CROSS_ENTROPY)
     cross_entropy_note: str = ""
+    zero3_max_live_params: int = 0  # ParallelSpec.zero3_max_live_params
+    zero3_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -341,7 +343,15 @@ SOURCES: dict[str, SourceConvention] = {
         "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
     ),
     "megatron_sc21_zero3": SourceConvention(
-        "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200
+        "megatron_eq3",
+        MEGATRON_GPT,
+        "full",
+        _EQ3_RECOMPUTE,
+        51200,
+        zero3_max_live_params=10**9,
+        zero3_note="DeepSpeed ZeRO-3 config not reported: its default "
+        "stage3_max_live_parameters, a billion gathered parameters live at most "
+        "(deepspeed/runtime/zero/config.py)",
     ),  # fmt: skip
     "megatron_readme": SourceConvention(
         "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
@@ -718,6 +728,9 @@ def translate(rec: Record) -> Translation | SkipReason:
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         data["parallelism"]["bucket_mb"] = ONE_BUCKET_MB
+    if conv.zero3_max_live_params and zero >= 3:
+        data["parallelism"]["zero3_max_live_params"] = conv.zero3_max_live_params
+        notes.append(conv.zero3_note)
     try:
         sc = parse_scenario(data, rec.id)
     except SimtrainError as exc:

@@ -12,8 +12,10 @@ from simtrain.config import load_scenario
 from simtrain.engine import simulate
 from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.schedules import build_schedule
+from simtrain.yamlfile import load_yaml
 
-SCENARIOS = sorted(Path(__file__).resolve().parent.parent.glob("scenarios/*.yaml"))
+SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = sorted(SCENARIOS_DIR.glob("*.yaml"))
 
 
 def _uniform(name: str, pp: int, m: int, v: int, tf: int, ti: int, tw: int):
@@ -247,3 +249,26 @@ def test_zero3_with_a_stage_of_no_decoder_layers():
         assert res.metrics.step_time_s > 0
         for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
             assert mt.peak_memory_bytes == sm.peak_memory_bytes
+
+
+@pytest.mark.parametrize("cap", [0, 10**8, 10**12])
+def test_zero3_live_parameter_cap(cap):
+    """parallelism.zero3_max_live_params (DeepSpeed's stage3_max_live_parameters): the gathered
+    16-bit parameters held at once are min(2 layers' parameters, cap) x 2 B; 0 is FSDP-style
+    (no cap). The trace's peak follows the memory model either way."""
+    from simtrain.simulation import simulate_scenario
+
+    data = load_yaml(SCENARIOS_DIR / "zero3_64gpu.yaml")
+    if cap:
+        data.setdefault("parallelism", {})["zero3_max_live_params"] = cap
+    base = simulate_scenario(_with_overrides(data, []))
+    for sm, mt in zip(base.memory.stages, base.metrics.stages, strict=True):
+        assert mt.peak_memory_bytes == sm.peak_memory_bytes
+    plain = load_yaml(SCENARIOS_DIR / "zero3_64gpu.yaml")
+    ref = simulate_scenario(_with_overrides(plain, []))
+    st = base.memory.stages[0]
+    per_layer = st.params // base.scenario.model.layers  # pp = 1: every layer on this stage
+    shrink = 2 * (2 * per_layer - min(2 * per_layer, cap)) if cap else 0  # bf16: 2 B each
+    got = ref.memory.stages[0].category("buffers") - st.category("buffers")
+    assert got == shrink
+    assert (shrink > 0) == (0 < cap < 2 * per_layer)
