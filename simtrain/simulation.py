@@ -7,15 +7,12 @@ a DP group strides by tp, and pipeline neighbours are dp·tp GPUs apart.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from simtrain import collectives as coll
 from simtrain.config import Scenario
 from simtrain.costs import chunk_costs, optimizer_step_ns
-from simtrain.engine import Task, simulate
+from simtrain.engine import Task, gc_paused, simulate
 from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.memory import (
     PRECISIONS,
@@ -319,23 +316,6 @@ def share_nics(sc: Scenario, tasks: list) -> tuple[list, dict[str, float]]:
         out.append(Task(t.id, t.gpu, t.stream, t.kind, t.name, lat_ns, t.deps, t.alloc, t.free,
                         t.microbatch, t.stage, name, nbytes))  # fmt: skip
     return out, links
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for a burst of allocations, then restore it.
-    Lowering and the engine allocate tens of thousands of tuples that live until the step ends;
-    each allocation-triggered collection re-walks all of them. Paused, the 1,024-GPU GPT-3
-    step (tp 8 pp 16 interleaved, 30,384 tasks) simulates in 0.66 s instead of 1.09 s (best of
-    6, one core). Reference counting still frees everything acyclic; cycles wait for the next
-    collection."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
