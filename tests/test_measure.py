@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from simtrain.config import PeftSpec, TrainingSpec  # noqa: E402
-from simtrain.measure import build_reference_model, measure_step  # noqa: E402
+from simtrain.measure import build_reference_model, count_dispatched_ops, measure_step  # noqa: E402
 from simtrain.model import ModelSpec  # noqa: E402
 
 GPT = ModelSpec("tiny-gpt", layers=2, hidden=64, heads=4, kv_heads=4, ffn_hidden=256, vocab=256,
@@ -259,3 +259,24 @@ def test_tracked_peak_agrees_with_profiler(precision: str) -> None:
         live += d
         peak = max(peak, live)
     assert abs((base + peak) - m.peak_bytes) <= 0.01 * m.peak_bytes
+
+
+@pytest.mark.parametrize(("spec", "precision", "recompute"), [
+    (GPT, "fp32", "none"), (GPT, "amp_bf16", "none"), (LLAMA, "bf16", "full"),
+])  # fmt: skip
+def test_dispatched_ops_grow_by_a_fixed_count_per_layer(spec: ModelSpec, precision: str,
+                                                        recompute: str) -> None:  # fmt: skip
+    """Eager PyTorch dispatches the same ops for every block: the per-phase counts are affine in
+    the number of layers (the second difference is zero), the backward dispatches more than the
+    forward, and full recompute adds a forward's worth of block ops to the backward."""
+    t = TrainingSpec(seq_len=S, global_batch=B, micro_batch=B, precision=precision,
+                     recompute=recompute)  # fmt: skip
+    c = [count_dispatched_ops(replace(spec, layers=n), t) for n in (1, 2, 3)]
+    for phase in ("forward", "backward", "forward_kernels", "backward_kernels"):
+        a, b, d = (getattr(x, phase) for x in c)
+        assert b - a == d - b > 0, phase
+    assert c[1].backward > c[1].forward and c[1].total_kernels <= c[1].total
+    if recompute == "full":
+        plain = count_dispatched_ops(replace(spec, layers=2), replace(t, recompute="none"))
+        per_layer_fwd = c[2].forward - c[1].forward
+        assert c[1].backward - plain.backward >= 2 * per_layer_fwd * 0.9
