@@ -18,10 +18,9 @@ from simtrain.memory import (
     full_model_param_tensors,
     model_state_bytes,
 )
-from simtrain.validate import load_records, measured_values, translate
+from simtrain.validate import measured_values, translate
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORDS = ROOT / "measured" / "published_runs.yaml"
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
 MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
@@ -122,11 +121,11 @@ def test_layer_split_rejects_unknown_and_interleaving() -> None:
     assert "compute_balanced" in str(e.value)
 
 
-def test_nanotron_record_conventions() -> None:
+def test_nanotron_record_conventions(published_records: dict) -> None:
     """The sweep's 1B dp8 ZeRO-1 row: precision bf16_fp32_grads (scaling_benchmarks.py
     ACCUMULATE_GRAD_IN_FP32 = True), compute-balanced split, and 'GPU memory 24.2 GB' read as
     helpers.log_throughput's max_memory_allocated() / 1024**3 = 24.2 GiB."""
-    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+    rec = published_records["usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"]
     tr = translate(rec)
     assert tr.scenario.training.precision == "bf16_fp32_grads"
     assert tr.scenario.parallelism.layer_split == "compute_balanced"
@@ -158,8 +157,8 @@ def test_fused_qkv_keeps_the_whole_qkv_tensor_alive() -> None:
     assert qkv(gqa) == qkv(replace(gqa, qkv_layout="separate"))
 
 
-def test_nanotron_records_use_the_fused_qkv_layout() -> None:
-    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+def test_nanotron_records_use_the_fused_qkv_layout(published_records: dict) -> None:
+    rec = published_records["usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"]
     assert translate(rec).scenario.model.qkv_layout == "fused_kv_copy"
 
 

@@ -52,7 +52,7 @@ from simtrain.plan import (
     select_candidates,
 )
 from simtrain.simulation import simulate_scenario
-from simtrain.validate import ONE_BUCKET_MB, SkipReason, load_records, translate
+from simtrain.validate import ONE_BUCKET_MB, SkipReason, translate
 from simtrain.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -436,7 +436,7 @@ def gpt3_2021_features() -> Any:
     return run_plan(load_plan(PLANS / "gpt3_175b_megatron2021.yaml"), LocalExecutor(2))
 
 
-def test_megatron2021_plan_pins_what_validate_assumes() -> None:
+def test_megatron2021_plan_pins_what_validate_assumes(published_records: dict) -> None:
     """The 2021 plan is the same setting as the validated Megatron records, not a tuned one."""
     plan = load_plan(PLANS / "gpt3_175b_megatron2021.yaml")
     assert plan.parallelism == {"bucket_mb": ONE_BUCKET_MB}
@@ -444,8 +444,7 @@ def test_megatron2021_plan_pins_what_validate_assumes() -> None:
     assert plan.fixed == {"recompute": ("full",), "schedule": ("1f1b", "interleaved"),
                           "zero_stage": (0,)}  # fmt: skip
     assert plan.gpu_counts == (1024,) and plan.global_batches == (1536,)
-    rec = next(r for r in load_records(ROOT / "measured" / "published_runs.yaml")
-               if r.id == "megatron_readme2021_gpt3_175B_1024gpu")  # fmt: skip
+    rec = published_records["megatron_readme2021_gpt3_175B_1024gpu"]
     tr = translate(rec)
     assert not isinstance(tr, SkipReason)
     lay = Layout("a100_sxm4_80gb", 1024, 8, 16, 8, 0, 1, "full", "1f1b", 1, 1536)  # theirs

@@ -19,6 +19,7 @@ from simtrain.errors import ConfigError
 from simtrain.simulation import simulate_scenario
 from simtrain.validate import (
     METRICS,
+    PACKAGED_PATH,
     Record,
     SkipReason,
     Translation,
@@ -39,7 +40,7 @@ from simtrain.validate import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORDS = ROOT / "measured" / "published_runs.yaml"
+RECORDS = PACKAGED_PATH
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     assert mfu.n == 258 and mfu.mape_pct <= 760.0
 
 
-def test_efa_records_use_the_efa_profile() -> None:
+def test_efa_records_use_the_efa_profile(published_records: dict) -> None:
     """hardware.inter_node naming EFA puts an H100 record on h100_sxm5_80gb_efa, with the
     reason among its assumptions; other networks and GPUs keep their profile."""
     assert network_profile("h100_sxm5_80gb", "EFA")[0] == "h100_sxm5_80gb_efa"
@@ -132,7 +133,7 @@ def test_efa_records_use_the_efa_profile() -> None:
     plain = translate(_record(hardware={"gpu": "H100 80GB", "num_gpus": 16}))
     assert isinstance(plain, Translation)
     assert plain.scenario.hardware.name == "h100_sxm5_80gb"
-    usp = [r for r in load_records(RECORDS) if r.source_key == "nanotron"
+    usp = [r for r in published_records.values() if r.source_key == "nanotron"
            and r.kind == "training_run"]  # fmt: skip
     assert usp and all("EFA" in str(r.hardware.get("inter_node")) for r in usp)
     for r in usp[:20]:
@@ -171,8 +172,8 @@ def test_validation_is_fast(result) -> None:
 # --------------------------------------------------------------------------- no silent drops
 
 
-def test_every_record_is_compared_or_skipped_with_a_reason(result) -> None:
-    ids = [r.id for r in load_records(RECORDS)]
+def test_every_record_is_compared_or_skipped_with_a_reason(result, published_records: dict) -> None:
+    ids = list(published_records)
     assert len(ids) == 655
     compared = {c.id for c in result.comparisons}
     skipped = {s.id for s in result.skipped}
@@ -348,11 +349,11 @@ def test_load_records_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- FLOP conventions
 
 
-def test_flop_conventions_reproduce_the_sources() -> None:
+def test_flop_conventions_reproduce_the_sources(published_records: dict) -> None:
     # formulas.md §1.2 worked table: the 1.7B row of Megatron SC'21 Table 1, 1.547e16 FLOPs.
     assert eq3_flops(512, 2048, 24, 2304, 51200) == pytest.approx(1.547e16, rel=1e-3)
     # nanotron get_flops: the 1B dp8 run's MFU 0.381 at 39,006 tokens/s/GPU on H100 (989.4).
-    rec = next(r for r in load_records(RECORDS) if r.id == "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1")
+    rec = published_records["usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"]
     sc = record_to_scenario(rec)
     per_token = nanotron_flops(sc) / sc.tokens_per_step
     assert 39006 * per_token / 989.4e12 == pytest.approx(0.381, abs=0.001)
