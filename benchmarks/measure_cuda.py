@@ -80,7 +80,12 @@ def measure(out: Path, steps: int, device: str, only: str | None) -> None:
     if not only:
         print(calibrate_command(device, str(out / f"{device}_calibrated.yaml")), flush=True)
         print(f"calibration took {time.perf_counter() - t0:.0f} s", flush=True)
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def record(entry: dict[str, Any]) -> None:  # saved after every case: a timeout keeps them
+        results.append(entry)
+        (out / "measured_cuda.json").write_text(json.dumps(results, indent=1))
+
     for name, model, training in CASES:
         if only and name != only:
             continue
@@ -90,12 +95,12 @@ def measure(out: Path, steps: int, device: str, only: str | None) -> None:
             r = measure_step(sc.model, sc.training, device=device, steps=steps, warmup=2)
         except torch.cuda.OutOfMemoryError as exc:
             print(f"{name}: out of memory ({exc})", flush=True)
-            results.append({"case": name, "oom": True})
+            record({"case": name, "oom": True})
             torch.cuda.empty_cache()
             continue
         except Exception as exc:  # keep measuring the other cases; the error is recorded
             print(f"{name}: failed: {exc!r}", flush=True)
-            results.append({"case": name, "error": repr(exc)})
+            record({"case": name, "error": repr(exc)})
             continue
         entry = {
             "case": name, "model": model, "training": training, "gpu": gpu,
@@ -106,13 +111,12 @@ def measure(out: Path, steps: int, device: str, only: str | None) -> None:
             "activation_bytes": r.activation_bytes, "step_time_s": r.step_time_s,
             "step_times_s": list(r.step_times_s), "trainable_params": r.trainable_params,
         }  # fmt: skip
-        results.append(entry)
+        record(entry)
         print(f"{name}: peak {r.peak_bytes / 2**30:.2f} GiB, step {r.step_time_s * 1e3:.1f} ms "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
         del r
         if cuda:
             torch.cuda.empty_cache()
-        (out / "measured_cuda.json").write_text(json.dumps(results, indent=1))
 
 
 def compare(out: Path) -> None:

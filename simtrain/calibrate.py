@@ -8,8 +8,8 @@
   size measured** -- a representative large GEMM, the quantity ``peak_tflops x
   efficiency.matmul`` stands for in the cost model (the best size would pick the luckiest
   sample on a shared CPU) -- and the per-size rates are kept in the result and written as a
-  comment. A dtype whose single call exceeds :data:`SLOW_CALL_S` stops growing (CPUs without
-  native bf16/fp16);
+  comment. A dtype stops growing before a call would exceed :data:`NEXT_CALL_LIMIT_S` (CPUs
+  without native bf16/fp16);
 * **memory bandwidth**: a copy (``y.copy_(x)``: read + write) and an add (``torch.add(x, y,
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /
   time, the better of the two (the element-wise kernels of a training step are of these kinds);
@@ -44,18 +44,16 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from simtrain.errors import SimtrainError
+from simtrain.hardware import GIB, MIB
 
 CPU_SIZES = (256, 512, 1024, 2048)
 CUDA_SIZES = (1024, 2048, 4096, 8192)
-MATMUL_SIZES = CPU_SIZES
 STREAM_BYTES = 256 * 2**20  # per tensor: far beyond any CPU cache
 # (micro_batch, seq_len, hidden, heads, vocab, layers) of the GPT whose kernels calibrate the
 # matmul and element-wise efficiencies (its blocks weighted layers : 1 against its head). CPU:
@@ -63,8 +61,6 @@ STREAM_BYTES = 256 * 2**20  # per tensor: far beyond any CPU cache
 # CUDA: a 7B-class shape (h 4096, 32 heads, 32 layers, s 2048, GPT-NeoX vocab 50304), b = 1.
 CPU_ELEMENTWISE_SHAPE = (4, 256, 512, 8, 8192, 4)
 CUDA_ELEMENTWISE_SHAPE = (1, 2048, 4096, 32, 50304, 32)
-GIB = 2**30
-MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -140,26 +136,14 @@ def _timed_samples(torch: Any, dev: Any, fn: Any, repeats: int, min_time_s: floa
     return samples
 
 
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(threads)`` inside the block (None: leave it), restored after."""
-    torch = _torch()
-    prev = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-# A size whose single call takes longer than this ends the size sweep of a dtype (CPUs without
-# native bf16/fp16 run them at ~1 GFLOP/s: a 2048^3 product would take half a minute).
-SLOW_CALL_S = 0.5
+# The size sweep of a dtype stops before a size whose single call would take longer than this
+# (8x the last size's time: CPUs without native bf16/fp16 run them at ~1 GFLOP/s, where a
+# 2048^3 product would take half a minute).
+NEXT_CALL_LIMIT_S = 2.0
 
 
 def measure_matmul(
-    dtype: str, device: str = "cpu", sizes: tuple[int, ...] = MATMUL_SIZES, repeats: int = 5
+    dtype: str, device: str = "cpu", sizes: tuple[int, ...] = CPU_SIZES, repeats: int = 5
 ) -> dict[int, float]:
     """FLOP/s of ``A @ B`` (n x n, 2·n³ FLOPs) per size; {} if the device cannot run the dtype."""
     torch = _torch()
@@ -180,7 +164,7 @@ def measure_matmul(
             except (RuntimeError, TypeError, NotImplementedError):
                 return out
             out[n] = 2.0 * n**3 / t
-            if t > SLOW_CALL_S or (t * 8 > 4 * SLOW_CALL_S):  # the next size costs 8x
+            if 8 * t > NEXT_CALL_LIMIT_S:  # the next size costs 8x the FLOPs
                 break
     finally:
         if prev is not None:
@@ -203,12 +187,12 @@ def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,
 
 
 def gpt_parameter_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Parameter shapes of a one-block GPT at an element-wise calibration ``shape`` (micro_batch,
-    seq_len, hidden, heads, vocab): token and position embeddings, and the block's q, k, v, o,
-    MLP up and down weights and biases and two LayerNorms (``simtrain.measure.ReferenceGPT``)."""
-    _, s, h, _, vocab, _ = shape
-    block = [(h, h)] * 4 + [(4 * h, h), (4 * h,), (h, 4 * h), (h,), (h,)] + [(h,)] * 4
-    return [(vocab, h), (s, h), *block]
+    """Parameter shapes of the one-block reference GPT (``simtrain.measure.ReferenceGPT``) at an
+    element-wise calibration ``shape`` (micro_batch, seq_len, hidden, heads, vocab, layers):
+    embeddings, the block's linears, biases and norms, the final norm."""
+    from simtrain.measure import ReferenceGPT
+
+    return [tuple(p.shape) for p in ReferenceGPT(*_calibration_model(shape)).parameters()]
 
 
 def measure_adam(device: str = "cpu", shapes: list[tuple[int, ...]] | None = None,
@@ -401,6 +385,8 @@ def calibrate(device: str = "cpu", name: str | None = None, *,
     memory bandwidth, the element-wise rate and the AdamW rate; see the module docstring.
     ``dtypes`` defaults to fp32, bf16, fp16 (and tf32 on CUDA); dtypes not measured get peak 0
     in the profile. ``threads``: torch intra-op threads for the whole calibration."""
+    from simtrain.measure import torch_threads
+
     with torch_threads(threads):
         return _calibrate(device, name, sizes, repeats, dtypes, elementwise_shape)
 
@@ -487,8 +473,7 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
 
 def profile_text(cal: Calibration) -> str:
     """The hardware-profile YAML of a calibration (see :func:`write_profile`)."""
-    tf = {dt: cal.matmul_flops_per_s.get(dt, 0.0) / 1e12 for dt in ("fp32", "tf32", "bf16",
-                                                                    "fp16")}  # fmt: skip
+    tf = {dt: cal.matmul_flops_per_s.get(dt, 0.0) / 1e12 for dt in ("tf32", "bf16", "fp16")}
     tf["fp32"] = fp32_peak(cal) / 1e12
     cpu = cal.device.startswith("cpu")
     bw = cal.memory_bandwidth_bytes_per_s / 1e9
@@ -531,8 +516,6 @@ def profile_text(cal: Calibration) -> str:
     ]
     for note in cal.notes:
         lines.append(f"#          note: {note}")
-    gpn_kind = "pcie"
-    link_bw = (cal.pcie_bandwidth_bytes_per_s / 1e9) if not cpu else bw
     pcie_bw = (cal.pcie_bandwidth_bytes_per_s / 1e9) if not cpu else bw
     pcie_tag = "[meas] host -> device copy, pinned memory" if not cpu else "[na] no host link"
     lines += [
@@ -556,8 +539,8 @@ def profile_text(cal: Calibration) -> str:
         + (" (DRAM; the key keeps its name)" if cpu else ""),
         "gpus_per_node: 1                  # [na] one measured device",
         "intra_node:",
-        f"  kind: {gpn_kind}                      # [na] single device",
-        f"  bandwidth_gb_per_s: {link_bw:.6g}    # [na] single device: placeholder",
+        "  kind: pcie                      # [na] single device",
+        f"  bandwidth_gb_per_s: {pcie_bw:.6g}    # [na] single device: placeholder",
         "  latency_us: 10                  # [na] single device: placeholder",
         f"pcie_bandwidth_gb_per_s: {pcie_bw:.6g}    # {pcie_tag}",
         "nic_bandwidth_gbit_per_s: 1       # [na] no network measured",
@@ -671,5 +654,5 @@ def calibrate_command(device: str, out: str, threads: int | None = None) -> str:
 __all__ = [
     "Calibration", "calibrate", "calibrate_command", "calibration_table", "efficiencies",
     "elementwise_counted_bytes", "measure_adam", "measure_bandwidth", "measure_elementwise",
-    "measure_matmul", "profile_text", "torch_threads", "write_profile",
+    "measure_matmul", "profile_text", "write_profile",
 ]  # fmt: skip

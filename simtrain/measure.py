@@ -1034,13 +1034,20 @@ def measure_step(
     their median). ``batch`` overrides ``training.micro_batch``; ``threads`` fixes
     ``torch.set_num_threads`` for the call (restored after; use the value the hardware profile
     was calibrated with, ``simtrain.calibrate.calibrate(threads=...)``)."""
-    prev_threads = torch.get_num_threads()
+    with torch_threads(threads):
+        return _measure_step(spec, training, batch, device, seed, steps, warmup)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block (None: leave it), restored after."""
+    prev = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _measure_step(spec, training, batch, device, seed, steps, warmup)
+        yield
     finally:
-        torch.set_num_threads(prev_threads)
+        torch.set_num_threads(prev)
 
 
 def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, device: str,
