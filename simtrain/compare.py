@@ -10,7 +10,7 @@ Two modes:
 
 - **alone** (default): every variant is applied to the baseline by itself;
 - **ladder** (``--ladder``): each variant is applied on top of the previous ones, so the rows walk
-  from the baseline to the scenario with every technique (the lecture's 84 GB -> 27 GB walk).
+  from the baseline to the scenario with every technique (the lecture's 84 GB -> 33 GB walk).
   A ladder row is exactly the scenario file loaded with all the overrides so far.
 
 Every number comes from the memory model and the simulated step (:func:`simulate_scenario`); no
@@ -45,14 +45,14 @@ from matplotlib.ticker import FuncFormatter
 
 from simtrain.config import Scenario, load_scenario
 from simtrain.errors import ConfigError
-from simtrain.plot import CATEGORY_COLOURS, DPI
+from simtrain.hardware import GIB
+from simtrain.plot import CATEGORY_COLOURS, DPI, save_png
 from simtrain.report import dumps
 from simtrain.simulation import SimulationResult, simulate_scenario
 from simtrain.timeline import MEMORY_CATEGORIES
 from simtrain.trace import memory_steps
 
 SCHEMA_VERSION = 1
-GIB = 2**30
 ZERO_GPUS_FOR_ONE_GPU = 8  # a 1-GPU scenario gets ZeRO over one node of this many GPUs
 
 # A variant's overrides as a function of the current scenario: (overrides, note for the reader).
@@ -593,12 +593,6 @@ def _pretty(cat: str) -> str:
     return cat.replace("_", " ")
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
-    return path
-
-
 def ladder_plot(comp: Comparison, path: str | Path) -> Path:
     """Waterfall of the peak memory per GPU (GiB): one stacked bar per rung (categories held at
     the moment of the peak), the memory each step removes as a hatched ghost, the step's change
@@ -684,7 +678,7 @@ def ladder_plot(comp: Comparison, path: str | Path) -> Path:
              f"against {against} and the category that changes most (GiB).",
              fontsize=8, color="#555555", va="bottom")  # fmt: skip
     fig.subplots_adjust(left=0.07, right=0.82, top=0.92, bottom=0.17)
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 def _place_labels(
@@ -777,7 +771,7 @@ def tradeoff_plot(comp: Comparison, path: str | Path) -> Path:
     fig.text(0.01, 0.01, "square: baseline; green: fits on the GPU, red: does not fit"
              + ("; arrows: the ladder's order" if comp.ladder else "")
              + ". Step time of one optimizer step (simulated).", fontsize=8, color="#555555")  # fmt: skip
-    return _save(fig, Path(path))
+    return save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

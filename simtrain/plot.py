@@ -112,7 +112,9 @@ def _text_colour(face: str) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI` without the matplotlib version in its metadata
+    (byte-identical files from identical figures); creates the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -244,7 +246,7 @@ def gantt(
         title="kind",
         title_fontsize=9,
     )
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _label_microbatches(
@@ -353,7 +355,7 @@ def memory_plot(
     fig.subplots_adjust(
         left=0.07, right=0.85, top=1 - 0.85 / fig_h, bottom=0.6 / fig_h, hspace=0.45
     )
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _category_colour(category: str) -> str:

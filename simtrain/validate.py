@@ -338,10 +338,13 @@ HF_BERT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "layerno
 _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which counts the "
                   "recompute forward)")  # fmt: skip
 
+# Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
+_MEGATRON_LM = SourceConvention(
+    "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
+)
+
 SOURCES: dict[str, SourceConvention] = {
-    "megatron_sc21": SourceConvention(
-        "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
-    ),
+    "megatron_sc21": _MEGATRON_LM,
     "megatron_sc21_zero3": SourceConvention(
         "megatron_eq3",
         MEGATRON_GPT,
@@ -353,12 +356,8 @@ SOURCES: dict[str, SourceConvention] = {
         "stage3_max_live_parameters, a billion gathered parameters live at most "
         "(deepspeed/runtime/zero/config.py)",
     ),  # fmt: skip
-    "megatron_readme": SourceConvention(
-        "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
-    ),
-    "megatron_v1_blog": SourceConvention(
-        "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
-    ),
+    "megatron_readme": _MEGATRON_LM,
+    "megatron_v1_blog": _MEGATRON_LM,
     "korthikanti2022": SourceConvention(
         "korthikanti", MEGATRON_GPT, "full", "", 51200, ddp_default="local"
     ),
@@ -1153,6 +1152,8 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
+    from simtrain.plot import save_png
+
     metrics = [m for m in METRICS if m != "fits" and any(c.metric == m for c in res.comparisons)]
     sources = sorted({c.source for c in res.comparisons if c.metric in metrics})
     colour = {s: SOURCE_COLOURS[i % len(SOURCE_COLOURS)] for i, s in enumerate(sources)}
@@ -1187,10 +1188,7 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
         fig.legend(handles, sources, loc="lower center", ncol=min(len(sources), 6), fontsize=9)
     fig.suptitle("simtrain: predicted vs measured (y = x dashed)", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    return p
+    return save_png(fig, path)
 
 
 def validate_command(path: str | None, as_json: bool, only: str | None, out_dir: str) -> str:

@@ -3,8 +3,6 @@ compute-balanced pipeline split; each checked against a closed form from its sou
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from simtrain.config import PRECISIONS as CONFIG_PRECISIONS
@@ -19,8 +17,6 @@ from simtrain.memory import (
     model_state_bytes,
 )
 from simtrain.validate import measured_values, translate
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
 MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,

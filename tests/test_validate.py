@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from simtrain.config import parse_scenario
+from simtrain.costs import eq7_flops
 from simtrain.errors import ConfigError
 from simtrain.simulation import simulate_scenario
 from simtrain.validate import (
@@ -23,7 +23,6 @@ from simtrain.validate import (
     Record,
     SkipReason,
     Translation,
-    eq3_flops,
     gpu_profile,
     load_records,
     map_precision,
@@ -59,7 +58,7 @@ def _summary(res, source: str, metric: str):
 
 def test_megatron_sc21_tflops_meets_target(result) -> None:
     """Issue target: TFLOP/s MAPE <= 10 %, max <= 20 % on the Megatron-LM SC'21 rows (Eq. 3
-    convention). Reached: 6.5 % / 15.9 % on the 16 PTD-P rows of Tables 1 and 2."""
+    convention). Reached: 1.8 % / 4.6 % on the 16 PTD-P rows of Tables 1 and 2."""
     s = _summary(result, "megatron_sc21", "tflops_per_gpu")
     assert s.n == 16
     assert s.mape_pct <= 10.0
@@ -68,7 +67,7 @@ def test_megatron_sc21_tflops_meets_target(result) -> None:
 
 def test_korthikanti_meets_target(result) -> None:
     """Issue target: MAPE <= 10 %, max <= 20 % on Korthikanti et al. 2022 Table 5.
-    Reached: step time 3.0 % / 5.9 %, MFU 2.2 % / 5.6 %, HFU 2.3 % / 5.6 %."""
+    Reached: step time 7.0 % / 13.1 %, MFU 5.3 % / 11.6 %, HFU 5.3 % / 11.5 %."""
     for metric, n in (("step_time_s", 8), ("mfu", 4), ("hfu", 4)):
         s = _summary(result, "korthikanti2022", metric)
         assert s.n == n
@@ -77,8 +76,8 @@ def test_korthikanti_meets_target(result) -> None:
 
 
 def test_nanotron_fit_verdict_meets_target(result) -> None:
-    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 90.6 %
-    (393 of 434) with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
+    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 91.0 %
+    of 466 with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
     compute-balanced pipeline split; every miss is a run recorded as 'crashed_or_oom' that
     simtrain says fits (the source does not tell crashes from out-of-memory)."""
     s = _summary(result, "nanotron", "fits")
@@ -88,7 +87,7 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
 
 def test_peak_memory(result) -> None:
     """Issue target: peak-memory MAPE <= 15 % where the source reports memory. Met for the HF
-    Transformers single-GPU rows (9.3 %); nanotron 14.7 % (was 28.5 %, then 17.8 %) after the
+    Transformers single-GPU rows (9.3 %); nanotron 14.9 % (was 28.5 %, then 17.8 %) after the
     fp32 gradient-accumulation buffer, reading its 'GB' as max_memory_allocated / 1024**3 of
     world rank 0 (pipeline stage 0), nanotron's compute-balanced layer split and its fused QKV
     tensor kept alive by flash attention (model qkv_layout fused_kv_copy); the rest is mostly
@@ -100,10 +99,10 @@ def test_peak_memory(result) -> None:
 
 
 def test_nanotron_throughput_regression_bound(result) -> None:
-    """Not met (no issue target reached): regression bounds at the figures reached, with a
-    margin. The nanotron records run on the Ultra-Scale Playbook's AWS EFA cluster and are
+    """Not met (no issue target reached): regression bounds 1 % above the figures reached. The
+    nanotron records run on the Ultra-Scale Playbook's AWS EFA cluster and are
     simulated on h100_sxm5_80gb_efa (network fitted to that cluster's collective benchmarks):
-    tokens/s MAPE 765.8 %, MFU 721.9 % (on the InfiniBand profile: 1225.7 % and 1065.1 %).
+    tokens/s MAPE 794.3 %, MFU 749.9 % (on the InfiniBand profile: 1225.7 % and 1065.1 %).
     Median predicted/measured tokens/s by node count 1/2/4/8/16/32/64: 1.10, 1.18, 1.46, 2.31,
     2.48, 2.14, 9.31 (was 1.10, 1.21, 2.22, 2.40, 2.88, 3.06, 14.96). What remains is mostly in
     the pipeline-parallel rows (median 2.9 with tp <= 8, dp and tp across nodes alone 1.16-1.46),
@@ -138,8 +137,9 @@ def test_efa_records_use_the_efa_profile(published_records: dict) -> None:
     assert usp and all("EFA" in str(r.hardware.get("inter_node")) for r in usp)
     for r in usp[:20]:
         out = translate(r)
-        if isinstance(out, Translation):
+        if not isinstance(out, SkipReason):
             assert out.scenario.hardware.name == "h100_sxm5_80gb_efa", r.id
+    assert any(isinstance(translate(r), Translation) for r in usp[:20])
 
 
 def test_other_sources_regression_bounds(result) -> None:
@@ -327,10 +327,11 @@ def test_users_own_runs(tmp_path: Path) -> None:
     sc = record_to_scenario(load_records(f)[0])
     mfu = next(c for c in res.comparisons if c.metric == "mfu")
     step = next(c for c in res.comparisons if c.metric == "step_time_s")
-    # simtrain's own convention: the MFU of the run's step time
-    sim = simulate_scenario(sc).metrics
-    assert step.predicted == pytest.approx(sim.step_time_s)
-    assert mfu.predicted == pytest.approx(sim.mfu)
+    # simtrain's own convention: Korthikanti Eq. 7 model FLOPs (a GPT shape) over the step time,
+    # 4 GPUs at the A100's 312 TFLOP/s bf16 peak
+    assert step.predicted == pytest.approx(simulate_scenario(sc).metrics.step_time_s)
+    flops = eq7_flops(32, 1024, 12, 768, 50304)
+    assert mfu.predicted == pytest.approx(flops / (step.predicted * 4 * 312e12), rel=1e-6)
 
 
 def test_load_records_errors(tmp_path: Path) -> None:
@@ -350,8 +351,6 @@ def test_load_records_errors(tmp_path: Path) -> None:
 
 
 def test_flop_conventions_reproduce_the_sources(published_records: dict) -> None:
-    # formulas.md §1.2 worked table: the 1.7B row of Megatron SC'21 Table 1, 1.547e16 FLOPs.
-    assert eq3_flops(512, 2048, 24, 2304, 51200) == pytest.approx(1.547e16, rel=1e-3)
     # nanotron get_flops: the 1B dp8 run's MFU 0.381 at 39,006 tokens/s/GPU on H100 (989.4).
     rec = published_records["usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"]
     sc = record_to_scenario(rec)
@@ -424,20 +423,13 @@ def test_summarize_fits_share() -> None:
     assert s.n == 4 and s.mape_pct == 25.0 and s.share_correct == 0.75
 
 
-def test_translation_is_replaceable() -> None:
-    """Translations are plain frozen data (the CLI and users may adjust a scenario)."""
-    tr = translate(_record())
-    assert isinstance(tr, Translation)
-    tr2 = replace(tr, assumptions=())
-    assert tr2.scenario == tr.scenario
-
-
 def test_own_h200_measurements_memory_within_3pct() -> None:
     """simtrain's own runs on an NVIDIA H200 (benchmarks/measure_cuda.py; peak =
     torch.cuda.max_memory_allocated): peak memory MAPE 2.6 % over 8 single-GPU steps (the
     largest miss, -13 %, is the 0.48 GiB tiny model, where cuBLAS workspaces weigh most), every
-    fit verdict right. Step time is reported, not bounded here: eager PyTorch's per-op dispatch
-    (not modelled) makes small models 35-60 % slower than predicted."""
+    fit verdict right. Step time is reported, not bounded here: measured steps are 40-86 %
+    slower than predicted for models up to GPT-2 medium and the 1.5B checkpointed step (eager
+    PyTorch's per-op dispatch, not modelled, is the candidate: benchmarks/count_ops.py)."""
     res = validate(ROOT / "measured" / "simtrain_h200.yaml", workers=1)
     assert not res.skipped
     by = {(s.source, s.metric): s for s in res.summary}
