@@ -82,7 +82,7 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
         linear = sum(fi * fo for fi, fo in m.linear_weight_shapes().values()) / tp
         ew += 2.5 * linear
-        ew_bwd += elementwise_backward_factor(2) * 2.5 * linear
+        ew_bwd += 2.5 * linear  # the same dequantisation again: no backward kernel of its own
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
     return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd)

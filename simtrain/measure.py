@@ -939,7 +939,8 @@ class _Trainer:
         self.model, self.device = model, device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.autocast = AUTOCAST_DTYPE.get(training.precision)
-        self.scale = FP16_LOSS_SCALE if training.precision in ("fp16", "amp_fp16") else 1.0
+        fp16 = PRECISIONS[training.precision].compute_dtype == "fp16"
+        self.scale = FP16_LOSS_SCALE if fp16 else 1.0
         self.masters: list[torch.Tensor] = []
         if training.precision in MASTER_WEIGHTS:
             self.masters = [p.detach().float().clone() for p in self.params]
@@ -1050,21 +1051,29 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, device: str,
-                  seed: int, steps: int, warmup: int) -> MeasuredStep:  # fmt: skip
+def _warm_trainer(spec: ModelSpec, training: TrainingSpec, dev: torch.device, batch: int | None,
+                  seed: int, warmup: int) -> tuple[ReferenceGPT, _Trainer, torch.Tensor,
+                                                   torch.Tensor]:  # fmt: skip
+    """The reference model, its trainer and one batch of random tokens, after ``warmup`` (at
+    least one) steps: the first creates the optimizer state."""
     if training.optimizer == "adam8bit":
         raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
-    dev = torch.device(device)
     torch.manual_seed(seed)
     model = build_reference_model(spec, training).to(dev)
     assert isinstance(model, ReferenceGPT)
     b = batch if batch is not None else training.micro_batch
-    s = training.seq_len
-    idx = torch.randint(spec.vocab, (b, s), device=dev)
-    targets = torch.randint(spec.vocab, (b, s), device=dev)
+    idx = torch.randint(spec.vocab, (b, training.seq_len), device=dev)
+    targets = torch.randint(spec.vocab, (b, training.seq_len), device=dev)
     trainer = _Trainer(model, training, dev)
     for _ in range(max(1, warmup)):
-        trainer.step(idx, targets)  # warm-up: optimizer state exists from here on
+        trainer.step(idx, targets)
+    return model, trainer, idx, targets
+
+
+def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, device: str,
+                  seed: int, steps: int, warmup: int) -> MeasuredStep:  # fmt: skip
+    dev = torch.device(device)
+    model, trainer, idx, targets = _warm_trainer(spec, training, dev, batch, seed, warmup)
 
     # ---- instrumented step ------------------------------------------------------------------
     trainer.zero_grad()
@@ -1150,8 +1159,8 @@ def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, de
         tracked_peak_bytes=tracker.peak,
         step_time_s=statistics.median(times),
         loss=loss_value,
-        micro_batch=b,
-        seq_len=s,
+        micro_batch=idx.shape[0],
+        seq_len=idx.shape[1],
         device=str(dev),
         torch_version=torch.__version__,
         step_times_s=tuple(times),
@@ -1231,15 +1240,7 @@ def count_dispatched_ops(spec: ModelSpec, training: TrainingSpec, *, device: str
     (forward with loss, backward with any recompute, optimizer step with the precision's
     master-weight and loss-scale handling), with a ``TorchDispatchMode``. In eager PyTorch every
     op costs host time, so this is the count a host-overhead model multiplies."""
-    dev = torch.device(device)
-    torch.manual_seed(seed)
-    model = build_reference_model(spec, training).to(dev)
-    assert isinstance(model, ReferenceGPT)
-    b, s = training.micro_batch, training.seq_len
-    idx = torch.randint(spec.vocab, (b, s), device=dev)
-    targets = torch.randint(spec.vocab, (b, s), device=dev)
-    trainer = _Trainer(model, training, dev)
-    trainer.step(idx, targets)  # warm-up: optimizer state exists from here on
+    _, trainer, idx, targets = _warm_trainer(spec, training, torch.device(device), None, seed, 1)
     trainer.zero_grad()
     counts = []
     with _OpCounter() as c:

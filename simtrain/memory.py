@@ -293,7 +293,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
-        master_grads = 4 * ceil(trainable / shards)
+        master_grads = prec.master * ceil(trainable / shards)
     if t.optimizer not in ("adam", "adamw"):
         return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
@@ -622,10 +622,10 @@ def scenario_chunks(sc: Scenario) -> dict[int, StageBlocks]:
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
     """Closed forms of the micro-batches a stage holds at its peak (for documentation and tests;
-    :func:`activation_peak` walks the real schedule). GPipe holds all m (Huang et al. 2019
+    :func:`rank_activation_states` walks the real schedule). GPipe holds all m (Huang et al. 2019
     §2.3); 1F1B and PipeDream hold min(m, p − s) (Narayanan et al. 2021 §2.2.1); ZB-H1 defers
     weight gradients, so every stage keeps up to min(m, p) until its W, 1F1B's stage-0 peak
-    (Qi et al. 2023 §2.1); naive model parallelism and pp = 1 hold one."""
+    (Qi et al. 2024, ICLR, arXiv 2401.10241 §2.1); naive model parallelism and pp = 1 hold one."""
     if pp == 1 or schedule == "naive":
         return 1.0
     if schedule == "gpipe":
@@ -660,7 +660,8 @@ def activation_peak(
     working_set: dict[int, int],
     loss_bytes: dict[int, int] | None = None,
 ) -> tuple[int, int, float]:
-    """Walk one rank's actions in order: F allocates its chunk's bytes (and, on the last chunk,
+    """The reference walk (tests check :func:`activation_peak_of_states` against it, which
+    :func:`stage_memory` uses). Walk one rank's actions in order: F allocates its chunk's bytes (and, on the last chunk,
     the loss working memory until the forward ends), recompute before B or I adds the chunk's
     working set, B (or W after a split backward) frees both.
 
@@ -1043,7 +1044,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
         # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
-        transient_b = grads_b - ms.trainable * prec.grad_accum
+        transient_b = grads_b - persistent_gradient_bytes(sc, ms.trainable)
         peak = static - transient_b + max(walk_peak, transient_b + opt_ws)
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip
@@ -1068,10 +1069,10 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     return sm, lines
 
 
-def persistent_gradient_bytes(sc: Scenario, sm: StageMemory) -> int:
+def persistent_gradient_bytes(sc: Scenario, trainable: int) -> int:
     """The part of a stage's gradients that exists for the whole step even when the 16-bit
     gradients are transient: an fp32 accumulation buffer (``bf16_fp32_grads``)."""
-    return sm.trainable * PRECISIONS[sc.training.precision].grad_accum
+    return trainable * PRECISIONS[sc.training.precision].grad_accum
 
 
 def gradients_transient(sc: Scenario) -> bool:

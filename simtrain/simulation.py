@@ -242,7 +242,7 @@ def initial_memory(sc: Scenario, mem: MemoryReport,
     for sm in mem.stages:
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
         if transient_grads:
-            cats["gradients"] = persistent_gradient_bytes(sc, sm)
+            cats["gradients"] = persistent_gradient_bytes(sc, sm.trainable)
         # the loss working memory is allocated by the last chunk's forward
         cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
         out[sm.stage] = cats
@@ -255,7 +255,9 @@ def _with_optimizer_memory(task, sc: Scenario, mem: MemoryReport, transient_grad
     sm = mem.stages[task.gpu]
     alloc = []
     if transient_grads:
-        alloc.append(("gradients", sm.category("gradients") - persistent_gradient_bytes(sc, sm)))
+        alloc.append(
+            ("gradients", sm.category("gradients") - persistent_gradient_bytes(sc, sm.trainable))
+        )
     if sm.optimizer_working_bytes:
         alloc.append(("buffers", sm.optimizer_working_bytes))
     free = (("buffers", sm.optimizer_working_bytes),) if sm.optimizer_working_bytes else ()

@@ -685,7 +685,6 @@ def test_activation_states_give_the_walks_peak(name: str, pp: int, k: int, data:
         assert activation_peak_of_states(states, cb, ws, loss) == activation_peak(
             actions, cb, ws, loss
         )
-        assert len(states.forward_chunk) + len(states.backward_chunk) <= len(actions)
 
 
 def test_activation_states_do_not_grow_with_microbatches() -> None:

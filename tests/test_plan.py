@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from simtrain.config import load_scenario, parse_scenario
+from simtrain.costs import eq3_flops
 from simtrain.errors import ConfigError
 from simtrain.goodput import (
     LLAMA3_MTBF_ALL_INTERRUPTIONS_GPU_HOURS,
@@ -96,12 +97,12 @@ def _plan(data: dict[str, Any], **changes: Any) -> Any:
 
 
 def eq3_tflops_per_gpu(sc: Any, tokens_per_s: float) -> float:
-    """Narayanan et al. 2021 Eq. 3 FLOPs per iteration, F = 96·B·s·l·h²·(1 + s/(6h) +
-    V/(16·l·h)) (recompute counted whether or not it runs), over the time of one iteration at
-    ``tokens_per_s``, per GPU, in TFLOP/s."""
+    """Narayanan et al. 2021 Eq. 3 FLOPs per iteration (``costs.eq3_flops``: recompute counted
+    whether or not it runs) over the time of one iteration at ``tokens_per_s``, per GPU, in
+    TFLOP/s."""
     m, t = sc.model, sc.training
-    b, s, n_layers, h, v = t.global_batch, t.seq_len, m.layers, m.hidden, m.vocab
-    flops = 96 * b * s * n_layers * h * h * (1 + s / (6 * h) + v / (16 * n_layers * h))
+    b, s = t.global_batch, t.seq_len
+    flops = eq3_flops(b, s, m.layers, m.hidden, m.vocab)
     step_s = b * s / tokens_per_s
     return flops / step_s / sc.parallelism.gpus / 1e12
 
