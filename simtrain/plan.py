@@ -63,6 +63,7 @@ from simtrain.memory import (
     full_model_param_tensors,
     model_state_bytes,
     pipeline_schedule,
+    scenario_chunks,
     stage_memory,
 )
 from simtrain.simulation import dp_ns, simulate_scenario, tp_allreduce_ns
@@ -661,44 +662,49 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     """
     m, t, p = sc.model, sc.training, sc.parallelism
     prec = PRECISIONS[t.precision]
-    pp, v = p.pp, p.virtual_stages
-    n_chunks = pp * v
-    per = m.layers // n_chunks
+    pp = p.pp
+    blocks = scenario_chunks(sc)  # virtual stage -> what it holds (parallelism.layer_split)
+    n_chunks = len(blocks)
     ar = tp_allreduce_ns(sc, prec.act_mm * t.micro_batch * t.seq_len * m.hidden)
-    cache: dict[tuple[bool, bool], _Rank] = {}
+    cache: dict[tuple[int, bool, bool], _Rank] = {}
 
-    def chunk(first: bool, last: bool) -> _Rank:
-        key = (first, last)
+    def chunk(k: int) -> tuple[int, bool, bool]:
+        b = blocks[k]
+        key = (b.layers, b.embedding, b.head)
         if key not in cache:
-            c = chunk_costs(sc, per, first, last)
-            tp_b = 2 * per * ar if c.input_grad_ns else 0
-            tp_r = 2 * per * ar if (c.recompute_ns and t.recompute == "full") else 0
-            cache[key] = _Rank(c.forward_ns + 2 * per * ar,
+            n = b.layers
+            c = chunk_costs(sc, n, b.embedding, b.head)
+            tp_b = 2 * n * ar if c.input_grad_ns else 0
+            tp_r = 2 * n * ar if (c.recompute_ns and t.recompute == "full") else 0
+            cache[key] = _Rank(c.forward_ns + 2 * n * ar,
                                c.recompute_ns + c.input_grad_ns + tp_b + tp_r,
                                c.weight_grad_ns)  # fmt: skip
-        return cache[key]
+        return key
+
+    rank_cache: dict[tuple, _Rank] = {}
 
     def rank(r: int) -> _Rank:
-        parts = [chunk(k == 0, k == n_chunks - 1) for k in range(r, n_chunks, pp)]
-        return _Rank(*(sum(x[i] for x in parts) for i in range(3)))
+        keys = tuple(chunk(k) for k in range(r, n_chunks, pp))
+        if keys not in rank_cache:
+            parts = [cache[k] for k in keys]
+            rank_cache[keys] = _Rank(*(sum(x[i] for x in parts) for i in range(3)))
+        return rank_cache[keys]
 
-    r0 = rank(0)
-    ranks = [r0] if pp == 1 else [r0, rank(pp - 1)] + ([rank(1)] if pp > 2 else [])
+    ranks = [rank(r) for r in range(pp)]
+    r0 = ranks[0]
     t_max = max(r.total for r in ranks)
     if pp == 1:
         t_avg = r0.total
         bubble_ns = 0.0
     else:
-        weights = [1, 1] + ([pp - 2] if pp > 2 else [])
-        t_avg = sum(w * r.total for w, r in zip(weights, ranks, strict=True)) / pp
+        t_avg = sum(r.total for r in ranks) / pp
         if p.schedule == "zb_h1":
-            avg = [sum(w * r[i] for w, r in zip(weights, ranks, strict=True)) / pp
-                   for i in range(3)]  # fmt: skip
+            avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
             bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0)
         elif p.schedule == "naive":
             bubble_ns = (pp - 1) * sc.num_microbatches * t_avg
         else:
-            bubble_ns = (pp - 1) * t_avg / v
+            bubble_ns = (pp - 1) * t_avg / p.virtual_stages
         gpn = sc.cluster.gpus_per_node
         span = 2 * p.dp * p.tp if p.dp * p.tp < gpn else sc.cluster.gpus + 1
         link = group_link(sc.hardware, gpn, span)
@@ -713,7 +719,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     opt_ns = optimizer_step_ns(trainable_here, t, sc.hardware)
     dp_exposed = 0.0
     if p.dp > 1 and grad_bytes:
-        last_b = chunk(True, n_chunks == 1)
+        last_b = cache[chunk(0)]  # stage 0's first chunk: its backward ends the step
         last_backward = last_b.input_ns + last_b.weight_ns
         if p.zero_stage == 3:
             layers_here = sum(e - s for s, e in s0.layers)

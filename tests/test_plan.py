@@ -40,6 +40,7 @@ from simtrain.plan import (
     LocalExecutor,
     ProgressBar,
     build_context,
+    closed_form_step_s,
     enumerate_layouts,
     layout_scenario,
     load_plan,
@@ -415,6 +416,20 @@ def test_progress_bar_prints_eta() -> None:
 def test_pareto_front() -> None:
     pts = [(1.0, 5.0), (2.0, 3.0), (2.5, 4.0), (3.0, 1.0), (1.0, 6.0)]
     assert pareto_front(pts) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("split", ["uniform", "compute_balanced", "embedding_as_layer"])
+def test_closed_form_follows_the_layer_split(split: str) -> None:
+    """The pre-screen splits layers as parallelism.layer_split does (memory.scenario_chunks):
+    GPT-3 1.3B on pp 8, within 3 % of the simulation for every split (the uniform split's
+    estimate was 21 % high for the other two before)."""
+    data = {"name": "s", "model": {"preset": "gpt3-1.3b"}, "hardware": "a100_sxm4_80gb",
+            "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "training": {"seq_len": 2048, "global_batch": 64, "micro_batch": 1},
+            "parallelism": {"pp": 8, "schedule": "1f1b", "layer_split": split}}  # fmt: skip
+    sc = parse_scenario(data, "s.yaml", ROOT)
+    est = closed_form_step_s(sc, memory_check(sc))
+    assert est == pytest.approx(simulate_scenario(sc, detail=False).metrics.step_time_s, rel=0.03)
 
 
 def test_closed_form_tracks_the_simulation(small_result: Any) -> None:
