@@ -1,9 +1,10 @@
 """ATen ops one eager training step dispatches: the unit of a host-overhead model.
 
 In eager PyTorch every op costs host time (Python, dispatcher, kernel launch). When the GPU work
-of an op is shorter than that, the step is host-bound: the H200 runs in
-measured/simtrain_h200.yaml and the HF docs' fp16 BERT-large rows run 2-4 x slower than their
-GPU work. This script counts the ops of simtrain's reference decoder
+of an op is shorter than that, the step is host-bound: measured/simtrain_h200.yaml's
+simtrain_h200_tiny_fp32_b4 and simtrain_h200_gpt2_bf16_b8 take 7 x and 3 x their predicted GPU
+time, measured/published_runs.yaml's hf_single_gpu_bert_large_fp16 and
+hf_single_gpu_bert_large_ga4_gc_fp16 2.5 x and 3.6 x (`simtrain validate`). This script counts the ops of simtrain's reference decoder
 (``simtrain.measure.count_dispatched_ops``) for a scenario's model and training settings, per
 phase and per layer, so that a measured step-time gap can be divided by them.
 

@@ -96,9 +96,9 @@ class ParallelSpec:
     # stage3_max_live_parameters, default 1e9); 0 = no cap, FSDP-style: the current and the
     # prefetched layer's full parameters.
     zero3_max_live_params: int = 0
-    # How layers are split over pipeline stages for memory: "uniform" (Megatron, L/pp each) or
-    # "compute_balanced" (nanotron: by per-block compute cost, the LM head counting V·h;
-    # memory.compute_balanced_stages).
+    # How layers are split over pipeline stages (memory, costs, timing: memory.scenario_chunks):
+    # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
+    # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding).
     layer_split: str = "uniform"
 
     @property

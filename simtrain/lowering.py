@@ -74,15 +74,17 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     task of its own, where nothing else hangs off that slice (no DDP/ZeRO bucket, no ZeRO-3
     gather or reduce-scatter). The next compute and the sends wait for the all-reduce either
     way and no other stream allocates memory meanwhile, so step time and peak memory are the
-    same with a third fewer tasks (the planner's fast path; the trace then shows no TP spans).
+    same with fewer tasks (the planner's fast path; the trace then shows no TP spans; GPT-3 on
+    1,024 GPUs, tp 8 pp 16 1F1B m 192: 21,632 -> 15,504 tasks).
     Only for TP inside a node: a cross-node TP all-reduce shares the NIC.
 
     ``merge_recompute``: run a backward's recompute and the backward as one compute task where
     the backward hangs off nothing but the recompute (no DDP bucket slices, no ZeRO-3 per-layer
     slices). The backward always starts when its recompute ends (all its other dependencies
     are the recompute's), the merged task allocates the working set at its start and frees
-    everything at its end, so step time and memory are the same with a fifth fewer tasks under
-    full recompute; the trace then counts recompute time as backward."""
+    everything at its end, so step time and memory are the same with fewer tasks under full
+    recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
+    then counts recompute time as backward."""
     tasks: list[Task] = []
     next_id = 0
     # (stage, mb, kind) -> id of the task whose end means "done" (incl. TP comm)
@@ -272,8 +274,8 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
 
 
 class _Draft:
-    """A task before its dependencies are known (building a frozen Task twice is slow). Takes
-    Task's positional fields with a placeholder where ``deps`` goes."""
+    """A task before its dependencies are known: Task's positional fields with a placeholder
+    where ``deps`` goes; :meth:`build` makes the immutable Task once they are resolved."""
 
     __slots__ = ("a",)
 
@@ -284,7 +286,7 @@ class _Draft:
 
     def build(self, deps: tuple[int, ...]) -> Task:
         a = self.a
-        return Task(a[0], a[1], a[2], a[3], a[4], a[5], deps, a[6], a[7], a[8], a[9])
+        return Task(*a[:6], deps, *a[6:])
 
 
 def _per_layer(main: list[tuple], layers: int) -> list[tuple]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from simtrain import collectives as coll
 from simtrain.config import Scenario
 from simtrain.costs import chunk_costs, optimizer_step_ns
-from simtrain.engine import Task, gc_paused, simulate
+from simtrain.engine import gc_paused, simulate
 from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.memory import (
     PRECISIONS,
@@ -315,8 +315,7 @@ def share_nics(sc: Scenario, tasks: list) -> tuple[list, dict[str, float]]:
         name = f"nic:{t.gpu}"
         links[name] = bw
         nbytes = round((t.duration_ns - lat_ns) * bw / 1e9)
-        out.append(Task(t.id, t.gpu, t.stream, t.kind, t.name, lat_ns, t.deps, t.alloc, t.free,
-                        t.microbatch, t.stage, name, nbytes))  # fmt: skip
+        out.append(t._replace(duration_ns=lat_ns, link=name, link_bytes=nbytes))
     return out, links
 
 

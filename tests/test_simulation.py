@@ -271,4 +271,5 @@ def test_zero3_live_parameter_cap(cap):
     shrink = 2 * (2 * per_layer - min(2 * per_layer, cap)) if cap else 0  # bf16: 2 B each
     got = ref.memory.stages[0].category("buffers") - st.category("buffers")
     assert got == shrink
-    assert (shrink > 0) == (0 < cap < 2 * per_layer)
+    # Llama-2 13B: two layers hold ~0.65 B parameters; only the 1e8 cap binds
+    assert (shrink > 0) == (cap == 10**8)
