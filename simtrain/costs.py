@@ -168,6 +168,28 @@ def eq8_flops(B: int, s: int, L: int, h: int, V: int) -> float:
     return 72 * B * L * s * h * h * (1 + s / (3 * h) + V / (12 * h * L))
 
 
+def nanotron_flops(sc: Scenario) -> float:
+    """nanotron ``models/llama.py: get_flops``: 3 × forward (Q, K/V, O, SwiGLU MLP, QKᵀ and
+    attention·V over the full s², LM head), per step."""
+    m, t = sc.model, sc.training
+    B, s, L, h, f = t.global_batch, t.seq_len, m.layers, m.hidden, m.ffn_hidden
+    d = h // m.heads
+    fwd = (2 * L * B * s * h * m.heads * d + 2 * L * B * s * h * 2 * m.kv_heads * d
+           + 2 * L * B * m.heads * s * d * s * 2 + 2 * L * B * m.heads * s * d * h
+           + 4 * L * B * s * h * f + 2 * L * B * s * f * h + 2 * B * s * h * m.vocab)  # fmt: skip
+    return 3.0 * fwd
+
+
+def mosaicml_flops(sc: Scenario, hardware: bool) -> float:
+    """llm-foundry benchmarking README: flops_per_seq = 2·N·s, attn = l·2·2·h·s²;
+    MFU uses 3×, HFU 4× when activation checkpointing is on (N = all parameters)."""
+    m, t = sc.model, sc.training
+    s = t.seq_len
+    k = 4 if hardware and t.recompute != "none" else 3
+    per_seq = 2 * m.total_params() * s + m.layers * 2 * 2 * m.hidden * s * s
+    return k * per_seq * t.global_batch
+
+
 def model_flops_per_step(sc: Scenario) -> float:
     """Model FLOPs of one optimizer step, no recompute (MFU numerator; Korthikanti 2022 App. A
     Eq. 7 for GPT; PaLM App. B): forward + backward of every block and the head, all micro-batches
@@ -194,7 +216,7 @@ class StageCosts:
 
 
 def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str) -> float:
-    peak = hw.peak(dtype) or hw.peak("fp32")
+    peak = hw.compute_peak(dtype)
     return 1e9 * flops / (peak * hw.efficiency.matmul)
 
 

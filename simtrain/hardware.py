@@ -66,6 +66,11 @@ class HardwareProfile:
                 return value
         raise KeyError(dtype)
 
+    def compute_peak(self, dtype: str) -> float:
+        """The peak a step computing in ``dtype`` runs against: that dtype's, or fp32's where
+        the GPU has no rate for it (bf16 on a V100 runs through the fp32 units)."""
+        return self.peak(dtype) or self.peak("fp32")
+
 
 def _num(data: dict[str, Any], key: str, file: str, prefix: str = "", minimum: float = 0.0,
          default: float | None = None) -> float:  # fmt: skip

@@ -83,7 +83,7 @@ def step_metrics(sc: Scenario, tl: Timeline) -> StepMetrics:
     t, p, hw = sc.training, sc.parallelism, sc.hardware
     gpus = p.gpus
     dtype = PRECISIONS[t.precision].compute_dtype
-    peak = hw.peak(dtype) or hw.peak("fp32")
+    peak = hw.compute_peak(dtype)
     mf = model_flops_per_step(sc)
     hf = hardware_flops_per_step(sc)
     stages = []

@@ -775,7 +775,7 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     step = closed_form_step_s(sc, stages)
     tps = sc.tokens_per_step / step
     hw = sc.hardware
-    peak_flops = hw.peak(PRECISIONS[sc.training.precision].compute_dtype) or hw.peak("fp32")
+    peak_flops = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
     mfu = model_flops_per_step(sc) / (step * layout.gpus * peak_flops)
     run = run_estimate(ctx.tokens, tps, layout.gpus, ctx.prices[layout.hardware],
                        ctx.checkpoint_bytes, ctx.failures)  # fmt: skip

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.config import Scenario, parse_scenario
-from simtrain.costs import eq3_flops, eq7_flops, eq8_flops
+from simtrain.costs import eq3_flops, eq7_flops, eq8_flops, mosaicml_flops, nanotron_flops
 from simtrain.errors import ConfigError, SimtrainError
 from simtrain.hardware import GIB, HARDWARE_DIR, MIB
 from simtrain.memory import PRECISIONS, MemoryReport, estimate_memory
@@ -796,28 +796,6 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
 # FLOP conventions (formulas.md §1)
 
 
-def nanotron_flops(sc: Scenario) -> float:
-    """nanotron ``models/llama.py: get_flops``: 3 × forward (Q, K/V, O, SwiGLU MLP, QKᵀ and
-    attention·V over the full s², LM head), per step."""
-    m, t = sc.model, sc.training
-    B, s, L, h, f = t.global_batch, t.seq_len, m.layers, m.hidden, m.ffn_hidden
-    d = h // m.heads
-    fwd = (2 * L * B * s * h * m.heads * d + 2 * L * B * s * h * 2 * m.kv_heads * d
-           + 2 * L * B * m.heads * s * d * s * 2 + 2 * L * B * m.heads * s * d * h
-           + 4 * L * B * s * h * f + 2 * L * B * s * f * h + 2 * B * s * h * m.vocab)  # fmt: skip
-    return 3.0 * fwd
-
-
-def mosaicml_flops(sc: Scenario, hardware: bool) -> float:
-    """llm-foundry benchmarking README: flops_per_seq = 2·N·s, attn = l·2·2·h·s²;
-    MFU uses 3×, HFU 4× when activation checkpointing is on (N = all parameters)."""
-    m, t = sc.model, sc.training
-    s = t.seq_len
-    k = 4 if hardware and t.recompute != "none" else 3
-    per_seq = 2 * m.total_params() * s + m.layers * 2 * 2 * m.hidden * s * s
-    return k * per_seq * t.global_batch
-
-
 def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
     """FLOPs per step in a source's convention. ``kind``: ``tflops`` (what its TFLOP/s count),
     ``model`` (MFU numerator) or ``hardware`` (HFU numerator)."""
@@ -947,7 +925,7 @@ def compare_record(tr: Translation, predictor: _Predictor | None = None) -> list
     T = pr.step_time(sc) if any(k in meas for k in TIME_METRICS) else None
     n = sc.parallelism.gpus
     hw = sc.hardware
-    peak = hw.peak(PRECISIONS[sc.training.precision].compute_dtype) or hw.peak("fp32")
+    peak = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
     for metric in METRICS:
         if metric not in meas:
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from simtrain.config import load_scenario
-from simtrain.costs import eq3_flops, eq7_flops, model_flops_per_step
+from simtrain.costs import eq3_flops, eq7_flops, model_flops_per_step, mosaicml_flops
 from simtrain.metrics import hardware_flops_per_step
 
 GPT3 = "scenarios/gpt3_175b_1024gpu.yaml"  # TP 8 x PP 16 x DP 8, full recompute
@@ -80,3 +80,25 @@ def test_elementwise_backward_factor_within_the_h200_measurements() -> None:
         ratios = [r["backward_over_forward"] for r in rows if r["dtype"] == dtype]
         assert len(ratios) == 4
         assert min(ratios) <= elementwise_backward_factor(nbytes) <= max(ratios), (dtype, ratios)
+
+
+@pytest.mark.parametrize(
+    ("record_id", "mfu", "hfu"),
+    [
+        ("mpt_a100_80gb_amp_bf16_7b_s2048_n8_mbs6_ga2_gbs96_acFalse", 0.6423, 0.6423),
+        ("mpt_a100_80gb_amp_bf16_30b_s1024_n8_mbs6_ga21_gbs1008_acTrue", 0.5582, 0.7443),
+    ],
+)
+def test_mosaicml_flops_reproduce_llm_foundrys_table(
+    published_records: dict, record_id: str, mfu: float, hfu: float
+) -> None:
+    """llm-foundry's benchmark table computes MFU and HFU from its tokens/s with these FLOPs
+    (scripts/train/benchmarking/README.md): the published ratios come back to 4 digits."""
+    from simtrain.validate import translate
+
+    rec = published_records[record_id]
+    sc = translate(rec).scenario
+    rate = rec.measured["tokens_per_s"] / (sc.parallelism.gpus * sc.hardware.compute_peak("bf16"))
+    for hardware, want in ((False, mfu), (True, hfu)):
+        per_token = mosaicml_flops(sc, hardware) / sc.tokens_per_step
+        assert per_token * rate == pytest.approx(want, abs=2e-4)

@@ -371,3 +371,12 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
     p.write_text("name: x\npeak_tflops: {fp32: 1\n")
     with pytest.raises(ConfigError):
         load_hardware(str(p))
+
+
+def test_compute_peak_falls_back_to_fp32() -> None:
+    """A V100 has no bf16 rate: a bf16 step runs against its fp32 peak (15.7 TFLOP/s, NVIDIA
+    V100 datasheet); an A100's bf16 peak is its own (312 TFLOP/s dense, A100 datasheet)."""
+    v100 = load_hardware("v100_sxm2_32gb")
+    assert v100.peak("bf16") == 0.0
+    assert v100.compute_peak("bf16") == v100.peak("fp32") == pytest.approx(15.7e12)
+    assert load_hardware("a100_sxm4_80gb").compute_peak("bf16") == pytest.approx(312e12)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from simtrain.config import parse_scenario
-from simtrain.costs import eq7_flops
+from simtrain.costs import eq7_flops, nanotron_flops
 from simtrain.errors import ConfigError
 from simtrain.simulation import simulate_scenario
 from simtrain.validate import (
@@ -27,7 +27,6 @@ from simtrain.validate import (
     load_records,
     map_precision,
     map_recompute,
-    nanotron_flops,
     network_profile,
     predicted_step_time,
     record_to_scenario,
