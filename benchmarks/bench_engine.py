@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from simtrain.engine import Task, simulate
+from simtrain.sim.engine import Task, simulate
 
 F_NS = 1_000_000
 B_NS = 2_000_000

@@ -25,9 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from simtrain.config import parse_scenario
-from simtrain.errors import ConfigError
-from simtrain.plan import (
+from simtrain.apps.plan import (
     LocalExecutor,
     _chunks,
     build_context,
@@ -42,8 +40,10 @@ from simtrain.plan import (
     select_candidates,
     simulate_layout,
 )
-from simtrain.simulation import simulate_scenario
-from simtrain.yamlfile import load_yaml
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import parse_scenario
+from simtrain.spec.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

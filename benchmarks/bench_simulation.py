@@ -11,8 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
-from simtrain.config import load_scenario
-from simtrain.simulation import simulate_scenario
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.spec.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

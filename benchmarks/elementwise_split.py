@@ -1,6 +1,6 @@
 """Element-wise work of a transformer layer: backward time / forward time, measured.
 
-simtrain.costs charges the backward of the element-wise ops (norms, GeLU, softmax, dropout,
+simtrain.costs.compute charges the backward of the element-wise ops (norms, GeLU, softmax, dropout,
 residual adds) ``elementwise_backward_factor`` x the forward's bytes (measured here: 1.1 in bf16,
 1.25 in fp32 on an H200). This script times the
 same ops with PyTorch's own kernels (F.layer_norm, tanh GeLU, masked softmax, dropout) on a
@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simtrain.config import TrainingSpec  # noqa: E402
-from simtrain.costs import block_elementwise_bytes, elementwise_backward_factor  # noqa: E402
-from simtrain.model import ModelSpec  # noqa: E402
+from simtrain.costs.compute import block_elementwise_bytes, elementwise_backward_factor  # noqa: E402
+from simtrain.spec.model import ModelSpec  # noqa: E402
+from simtrain.spec.scenario import TrainingSpec  # noqa: E402
 
 
 def run(device: str, dtype_name: str, b: int, s: int, h: int, heads: int, tp: int,

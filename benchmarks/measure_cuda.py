@@ -2,7 +2,7 @@
 
 1. ``simtrain calibrate --device cuda``: matmul FLOP/s per dtype and size, memory bandwidth,
    element-wise and AdamW rates -> ``OUT/<gpu>_calibrated.yaml``.
-2. ``simtrain measure`` (``simtrain.measure.measure_step``) of each case below: peak memory
+2. ``simtrain measure`` (``simtrain.torchref.measure.measure_step``) of each case below: peak memory
    (``torch.cuda.max_memory_allocated``), the exact model-state bytes, saved activations and the
    median step time -> ``OUT/measured_cuda.json``, one entry per case with the GPU named.
 
@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simtrain.config import parse_scenario  # noqa: E402
+from simtrain.spec.scenario import parse_scenario  # noqa: E402
 
 GPT_TINY = {"layers": 4, "hidden": 512, "heads": 8, "vocab": 8192, "max_positions": 256}
 
@@ -70,8 +70,8 @@ def scenario(name: str, model: dict, training: dict, hardware: str) -> Any:
 def measure(out: Path, steps: int, device: str, only: str | None) -> None:
     import torch
 
-    from simtrain.calibrate import calibrate_command
-    from simtrain.measure import measure_step
+    from simtrain.torchref.calibrate import calibrate_command
+    from simtrain.torchref.measure import measure_step
 
     out.mkdir(parents=True, exist_ok=True)
     cuda = device == "cuda"
@@ -120,8 +120,8 @@ def measure(out: Path, steps: int, device: str, only: str | None) -> None:
 
 
 def compare(out: Path) -> None:
-    from simtrain.memory import estimate_memory
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import estimate_memory
 
     rows = json.loads((out / "measured_cuda.json").read_text())
     cals = [p for p in (out / "cuda_calibrated.yaml", out / "cpu_calibrated.yaml") if p.exists()]
@@ -169,7 +169,7 @@ def records(out: Path) -> str:
         recs.append({
             "id": f"simtrain_h200_{r['case']}",
             "kind": "training_run",
-            "source": "simtrain's own measurement: benchmarks/measure_cuda.py (simtrain.measure "
+            "source": "simtrain's own measurement: benchmarks/measure_cuda.py (simtrain.torchref.measure "
                       f"reference model) on {r['gpu']}, torch {r['torch_version']}, CUDA "
                       f"{r['cuda']}; {' '.join(gpu_txt[:1])}",
             "source_key": "simtrain_h200",
@@ -184,7 +184,7 @@ def records(out: Path) -> str:
             "notes": "peak = torch.cuda.max_memory_allocated over an instrumented step (no CUDA "
                      "context); step time = median of the timed steps "
                      f"{[round(x, 4) for x in r['step_times_s']]} s after 2 warm-up steps; "
-                     "PyTorch eager, unfused reference model (simtrain.measure), single-tensor "
+                     "PyTorch eager, unfused reference model (simtrain.torchref.measure), single-tensor "
                      "AdamW (foreach=False), random tokens",
         })  # fmt: skip
     head = ("# simtrain's own measured runs on an NVIDIA H200 (benchmarks/measure_cuda.py); "

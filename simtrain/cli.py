@@ -65,9 +65,9 @@ def main() -> None:
 @_errors
 def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ...]) -> None:
     """Memory per GPU by category, per pipeline stage; does it fit?"""
-    from simtrain.config import load_scenario
-    from simtrain.memory import estimate_memory
-    from simtrain.report import dumps, memory_table
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.report.tables import dumps, memory_table
+    from simtrain.spec.scenario import load_scenario
 
     rep = estimate_memory(load_scenario(scenario, overrides))
     if as_json:
@@ -91,17 +91,17 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
 def measure(scenario: str, as_json: bool, device: str, threads: int | None,
             overrides: tuple[str, ...]) -> None:  # fmt: skip
     """Build the scenario's model in PyTorch and measure one real training step (extra: measure)."""
-    from simtrain.config import load_scenario
+    from simtrain.spec.scenario import load_scenario
 
     sc = load_scenario(scenario, overrides)
     try:
-        from simtrain.measure import measure_step
+        from simtrain.torchref.measure import measure_step
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SimtrainError(
             f"simtrain measure needs PyTorch: pip install 'simtrain[measure]' ({exc})"
         ) from None
-    from simtrain.memory import estimate_memory
-    from simtrain.report import dumps
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.report.tables import dumps
 
     res = measure_step(sc.model, sc.training, device=device, threads=threads)
     pred = estimate_memory(sc).stages[0]
@@ -177,10 +177,10 @@ def run(
     scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...]
 ) -> None:
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png."""
-    from simtrain.config import load_scenario
-    from simtrain.report import dumps, run_summary, run_table
-    from simtrain.simulation import simulate_scenario
-    from simtrain.trace import write_chrome_trace
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.report.tables import dumps, run_summary, run_table
+    from simtrain.report.trace import write_chrome_trace
+    from simtrain.spec.scenario import load_scenario
 
     sc = load_scenario(scenario, overrides)
     res = simulate_scenario(sc)
@@ -192,7 +192,7 @@ def run(
     write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
                        metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
     if not no_plots:
-        from simtrain.plot import gantt, memory_plot
+        from simtrain.report.plot import gantt, memory_plot
 
         title = (
             f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
@@ -219,8 +219,8 @@ def run(
 @_errors
 def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """Draw the cluster's network (topology.png) and print injection and bisection bandwidth."""
-    from simtrain.config import load_scenario
-    from simtrain.topology import build_topology, draw_topology, topology_summary
+    from simtrain.layout.topology import build_topology, draw_topology, topology_summary
+    from simtrain.spec.scenario import load_scenario
 
     sc = load_scenario(scenario, overrides)
     c = sc.cluster
@@ -250,7 +250,7 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
 def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json: bool,
             overrides: tuple[str, ...]) -> None:  # fmt: skip
     """What each memory/speed technique buys and costs: table, CSV, JSON, ladder.png, tradeoff.png."""
-    from simtrain.compare import compare_command
+    from simtrain.apps.compare import compare_command
 
     click.echo(compare_command(scenario, variants, ladder, out, as_json, overrides), nl=False)
 
@@ -269,7 +269,7 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
 def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, executor: str,
          scheduler: str | None, top: int | None) -> None:  # fmt: skip
     """Find the layout and hardware that train a model soonest or cheapest (PLAN.yaml)."""
-    from simtrain.plan import plan_command
+    from simtrain.apps.plan import plan_command
 
     click.echo(plan_command(plan_file, as_json, out, workers, executor, scheduler, top), nl=False)
 
@@ -284,7 +284,7 @@ def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, ex
 @_errors
 def validate(path: str | None, as_json: bool, only: str | None, out: str) -> None:
     """Simulate measured runs (default measured/published_runs.yaml) and report the error."""
-    from simtrain.validate import validate_command
+    from simtrain.apps.validate import validate_command
 
     click.echo(validate_command(path, as_json, only, out), nl=False)
 
@@ -297,6 +297,6 @@ def validate(path: str | None, as_json: bool, only: str | None, out: str) -> Non
 @_errors
 def calibrate(device: str, out: str, threads: int | None) -> None:
     """Measure matmul FLOP/s and memory bandwidth here and write a hardware profile (extra: measure)."""
-    from simtrain.calibrate import calibrate_command
+    from simtrain.torchref.calibrate import calibrate_command
 
     click.echo(calibrate_command(device, out, threads=threads), nl=False)

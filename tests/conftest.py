@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simtrain.validate import PACKAGED_PATH, Record, load_records
+from simtrain.apps.validate import PACKAGED_PATH, Record, load_records
 
 
 @pytest.fixture(scope="session")

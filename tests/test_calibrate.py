@@ -2,12 +2,12 @@
 
 The closed loop (issue 5, item 3): calibrate this CPU, simulate tests/data/closed_loop_cpu.yaml
 with the calibrated profile, and compare with a real PyTorch step of the same model on the same
-CPU (``simtrain.measure.measure_step``: two warm-up steps, median of 7 timed steps). Both run
+CPU (``simtrain.torchref.measure.measure_step``: two warm-up steps, median of 7 timed steps). Both run
 with one intra-op thread (:data:`THREADS`): on the shared 2-core development machine a 2-thread
 step under load from other processes stalls on its descheduled thread (steps of 4-10 s instead
 of ~1.2 s, an AdamW step of 2 s instead of 0.1 s), one thread does not.
 
-What the calibration measures (``simtrain.calibrate``): the fp32 square-product peak, the
+What the calibration measures (``simtrain.torchref.calibrate``): the fp32 square-product peak, the
 memory bandwidth, and -- at this GPT's sizes, with the cost model's own FLOP and byte counts --
 the GEMM mix of its linears, attention and head (``efficiency.matmul``: 0.76-1.0 of the 2048^3
 product), the element-wise mix of its norms, adds, GeLU, masked softmax and loss
@@ -32,7 +32,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from simtrain.calibrate import (  # noqa: E402
+from simtrain.apps.simulate import simulate_scenario  # noqa: E402
+from simtrain.spec.hardware import load_hardware  # noqa: E402
+from simtrain.spec.scenario import load_scenario  # noqa: E402
+from simtrain.torchref.calibrate import (  # noqa: E402
     Calibration,
     calibrate,
     efficiencies,
@@ -41,10 +44,7 @@ from simtrain.calibrate import (  # noqa: E402
     profile_text,
     write_profile,
 )
-from simtrain.config import load_scenario  # noqa: E402
-from simtrain.hardware import load_hardware  # noqa: E402
-from simtrain.measure import measure_step  # noqa: E402
-from simtrain.simulation import simulate_scenario  # noqa: E402
+from simtrain.torchref.measure import measure_step  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parent / "data" / "closed_loop_cpu.yaml"
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain import collectives as c
-from simtrain.collectives import ALGORITHMS, OPS, GroupLink, collective_time_s
-from simtrain.hardware import load_hardware
+from simtrain.costs import collectives as c
+from simtrain.costs.collectives import ALGORITHMS, OPS, GroupLink, collective_time_s
+from simtrain.spec.hardware import load_hardware
 
 GB = 1e9
 MIB = 2**20

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simtrain.compare import (
+from simtrain.apps.compare import (
     BUILTIN_VARIANTS,
     Row,
     compare,
@@ -18,9 +18,9 @@ from simtrain.compare import (
     parse_variant,
     split_variants,
 )
-from simtrain.config import load_scenario
+from simtrain.apps.simulate import simulate_scenario
 from simtrain.errors import ConfigError
-from simtrain.simulation import simulate_scenario
+from simtrain.spec.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 WALK = str(ROOT / "scenarios/lecture_walk_gpt2xl.yaml")

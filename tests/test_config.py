@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from simtrain.config import (
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import (
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
     apply_override,
     load_scenario,
 )
-from simtrain.errors import ConfigError
-from simtrain.yamlfile import parse_yaml
+from simtrain.spec.yamlfile import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))

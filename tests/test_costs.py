@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from simtrain.config import load_scenario
-from simtrain.costs import eq3_flops, eq7_flops, model_flops_per_step, mosaicml_flops
-from simtrain.metrics import hardware_flops_per_step
+from simtrain.costs.compute import eq3_flops, eq7_flops, model_flops_per_step, mosaicml_flops
+from simtrain.report.metrics import hardware_flops_per_step
+from simtrain.spec.scenario import load_scenario
 
 GPT3 = "scenarios/gpt3_175b_1024gpu.yaml"  # TP 8 x PP 16 x DP 8, full recompute
 
@@ -51,8 +51,8 @@ def test_without_recompute_hardware_equals_model_flops():
 def test_optimizer_bytes_per_param_counted_by_hand() -> None:
     """Bytes the step moves per parameter: read the gradient, read + write the (master) weight
     and each state, write the 16-bit copy after a master update."""
-    from simtrain.config import TrainingSpec
-    from simtrain.costs import optimizer_bytes_per_param
+    from simtrain.costs.compute import optimizer_bytes_per_param
+    from simtrain.spec.scenario import TrainingSpec
 
     def t(precision: str, optimizer: str) -> TrainingSpec:
         return TrainingSpec(seq_len=8, global_batch=1, micro_batch=1, precision=precision,
@@ -72,7 +72,7 @@ def test_elementwise_backward_factor_within_the_h200_measurements() -> None:
     import json
     from pathlib import Path
 
-    from simtrain.costs import elementwise_backward_factor
+    from simtrain.costs.compute import elementwise_backward_factor
 
     path = Path(__file__).resolve().parent.parent / "measured/simtrain_h200_elementwise_split.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -94,7 +94,7 @@ def test_mosaicml_flops_reproduce_llm_foundrys_table(
 ) -> None:
     """llm-foundry's benchmark table computes MFU and HFU from its tokens/s with these FLOPs
     (scripts/train/benchmarking/README.md): the published ratios come back to 4 digits."""
-    from simtrain.validate import translate
+    from simtrain.apps.validate import translate
 
     rec = published_records[record_id]
     sc = translate(rec).scenario

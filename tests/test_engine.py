@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain.engine import Task, simulate
 from simtrain.errors import DeadlockError
-from simtrain.timeline import Timeline
+from simtrain.sim.engine import Task, simulate
+from simtrain.sim.timeline import Timeline
 
 GB = 10**9  # bytes; also ns per second
 BW = {"nic": 1e9}  # 1 GB/s

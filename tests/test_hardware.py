@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from simtrain.errors import ConfigError
-from simtrain.hardware import (
+from simtrain.spec.hardware import (
     DTYPES,
     GB,
     HARDWARE_DIR,

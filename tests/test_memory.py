@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simtrain.config import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
-from simtrain.memory import (
+from simtrain.costs.memory import (
     MemoryReport,
     _cached_schedule,
     activation_peak,
@@ -26,8 +25,9 @@ from simtrain.memory import (
     loss_transient_bytes,
     rank_activation_states,
 )
-from simtrain.model import PRESETS, ModelSpec
-from simtrain.timeline import MEMORY_CATEGORIES
+from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.model import PRESETS, ModelSpec
+from simtrain.spec.scenario import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 GB = 10**9
@@ -99,7 +99,7 @@ def test_lecture_amp_ckpt_model_states() -> None:
 def test_lecture_amp_ckpt_peaks_at_the_optimizer_step() -> None:
     """The lecture counts 2N + 4N + 2N + 8N + checkpoints + context = 26.8 GB. The step itself
     adds the fp32 master gradients (4N, cast from the 16-bit ones all at once, as Megatron's
-    fp16/bf16 optimizer and simtrain.measure do) and Adam's two temporaries of the largest
+    fp16/bf16 optimizer and simtrain.torchref.measure do) and Adam's two temporaries of the largest
     tensor (the 50257 x 1600 embedding): with checkpointing that is the peak. Measured on an
     H200 with b 6: 30.22 GiB (measured/simtrain_h200.yaml)."""
     rep = _seed("seed_1p5b_amp_ckpt")

@@ -1,4 +1,4 @@
-"""`simtrain memory` against real PyTorch training steps on the CPU (simtrain.measure).
+"""`simtrain memory` against real PyTorch training steps on the CPU (simtrain.torchref.measure).
 
 Model states must match exactly; activations saved for backward and the step's peak live bytes
 within 5 % (issue 2, item 8).
@@ -12,11 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from simtrain.config import ClusterSpec, ParallelSpec, PeftSpec, Scenario, TrainingSpec  # noqa: E402
-from simtrain.hardware import load_hardware  # noqa: E402
-from simtrain.measure import FUSED_CE_ROWS, measure_step  # noqa: E402
-from simtrain.memory import estimate_memory  # noqa: E402
-from simtrain.model import ModelSpec  # noqa: E402
+from simtrain.costs.memory import estimate_memory  # noqa: E402
+from simtrain.spec.hardware import load_hardware  # noqa: E402
+from simtrain.spec.model import ModelSpec  # noqa: E402
+from simtrain.spec.scenario import ClusterSpec, ParallelSpec, PeftSpec, Scenario, TrainingSpec  # noqa: E402
+from simtrain.torchref.measure import FUSED_CE_ROWS, measure_step  # noqa: E402
 
 GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, dropout=0.1)
 LLAMA = ModelSpec(
@@ -81,7 +81,7 @@ BIG_VOCAB = ModelSpec("big-vocab", 1, 64, 4, 4, 256, 16384, 256, flash_attention
 def test_fused_cross_entropy_memory_matches_pytorch(precision: str) -> None:
     """training.cross_entropy: fused saves only the logits (+ an fp32 log-sum-exp per row) and
     writes one logit gradient; standard saves the fp32 log-softmax and holds fp32 copies. Both
-    are measured (simtrain.measure's block-wise fused kernel) and predicted within 5 %, and so
+    are measured (simtrain.torchref.measure's block-wise fused kernel) and predicted within 5 %, and so
     is what fusing saves."""
     peaks = {}
     for ce in ("standard", "fused"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from simtrain.errors import ConfigError
-from simtrain.model import PRESETS, ModelSpec, from_hf_config, preset
+from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, preset
 
 DATA = Path(__file__).parent / "data"
 

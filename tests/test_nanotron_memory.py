@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from simtrain.config import PRECISIONS as CONFIG_PRECISIONS
-from simtrain.config import parse_scenario
-from simtrain.errors import ConfigError
-from simtrain.hardware import GIB
-from simtrain.memory import (
+from simtrain.apps.validate import measured_values, translate
+from simtrain.costs.memory import (
     PRECISIONS,
     compute_balanced_stages,
     estimate_memory,
     full_model_param_tensors,
     model_state_bytes,
 )
-from simtrain.validate import measured_values, translate
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import GIB
+from simtrain.spec.scenario import PRECISIONS as CONFIG_PRECISIONS
+from simtrain.spec.scenario import parse_scenario
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
 MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
@@ -103,7 +103,7 @@ def test_compute_balanced_split_llama3_8b_pp8() -> None:
     """The nanotron pipeline-parallel walkthrough (Llama3-8B, PP_SIZE = 8, the same loop over
     get_block_compute_costs) prints "Pipeline Rank 0 contains ['Embedding',
     'LlamaDecoderLayer' x 5]": the block that crosses a threshold stays on the current rank."""
-    from simtrain.model import preset
+    from simtrain.spec.model import preset
 
     ranks = compute_balanced_stages(preset("llama3-8b"), 8)
     assert (ranks[0].lo, ranks[0].hi, ranks[0].embedding) == (0, 5, True)
@@ -137,7 +137,7 @@ def test_fused_qkv_keeps_the_whole_qkv_tensor_alive() -> None:
     33,554,432 B more than three separate tensors; / t under TP; nothing extra with GQA."""
     from dataclasses import replace
 
-    from simtrain.memory import layer_saved_tensors
+    from simtrain.costs.memory import layer_saved_tensors
 
     sc = _scenario()
     fused = replace(sc.model, qkv_layout="fused_kv_copy")
@@ -173,9 +173,9 @@ def test_compute_balanced_split_is_shared_by_memory_costs_and_timing() -> None:
     """One split (memory.scenario_chunks) feeds memory, costs and the simulation: every layer is
     placed once, one chunk holds the embedding and one the head, and the FLOPs of a step do not
     depend on how the layers are split (the same total as the uniform split)."""
-    from simtrain.memory import scenario_chunks
-    from simtrain.metrics import hardware_flops_per_step
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import scenario_chunks
+    from simtrain.report.metrics import hardware_flops_per_step
 
     base = {
         "name": "split",
@@ -215,8 +215,8 @@ def test_embedding_as_layer_split_matches_bloom() -> None:
     """DeepSpeed's type:transformer|embedding partition (BLOOM-176B, 70 layers on pp 12): the
     embedding and the tied head count as layers, so the end stages hold 5 layers and the ten
     middle ones 6 (bigscience tr11-176B-ml README, as the record's notes say)."""
-    from simtrain.memory import embedding_as_layer_stages
-    from simtrain.model import ModelSpec
+    from simtrain.costs.memory import embedding_as_layer_stages
+    from simtrain.spec.model import ModelSpec
 
     bloom = ModelSpec("bloom", 70, 14336, 112, 112, 57344, 250880, 2048)
     stages = embedding_as_layer_stages(bloom, 12)

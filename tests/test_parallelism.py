@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain.config import load_scenario
-from simtrain.simulation import dp_bytes_per_step, simulate_scenario
+from simtrain.apps.simulate import dp_bytes_per_step, simulate_scenario
+from simtrain.spec.scenario import load_scenario
 
 
 def test_zero3_moves_one_and_a_half_times_ddp_bytes():
@@ -69,10 +69,10 @@ def test_lowering_a_link_bandwidth_never_shortens_a_step(which, factor):
 
 
 def test_cross_node_transfers_share_the_nic():
-    from simtrain.engine import simulate
-    from simtrain.lowering import lower
-    from simtrain.memory import estimate_memory
-    from simtrain.simulation import build_lowering_input, share_nics
+    from simtrain.apps.simulate import build_lowering_input, share_nics
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.sim.engine import simulate
+    from simtrain.sim.lowering import lower
 
     sc = load_scenario("scenarios/3d_128gpu.yaml", ["training.global_batch=64"])
     tasks = lower(build_lowering_input(sc, estimate_memory(sc)))

@@ -1,4 +1,4 @@
-"""Capacity planning (``simtrain.plan``) and whole-run time (``simtrain.goodput``).
+"""Capacity planning (``simtrain.apps.plan``) and whole-run time (``simtrain.apps.goodput``).
 
 The planner's proposals must be layouts the simulator accepts and says fit; GPT-3 175B on 1,024
 A100s is checked against Narayanan et al. 2021; local and Dask executors must agree; with
@@ -19,10 +19,7 @@ from typing import Any
 
 import pytest
 
-from simtrain.config import load_scenario, parse_scenario
-from simtrain.costs import eq3_flops
-from simtrain.errors import ConfigError
-from simtrain.goodput import (
+from simtrain.apps.goodput import (
     LLAMA3_MTBF_ALL_INTERRUPTIONS_GPU_HOURS,
     LLAMA3_MTBF_GPU_HOURS,
     NO_FAILURES,
@@ -32,8 +29,7 @@ from simtrain.goodput import (
     run_estimate,
     young_interval_s,
 )
-from simtrain.memory import estimate_memory
-from simtrain.plan import (
+from simtrain.apps.plan import (
     BEST_KEYS,
     CSV_COLUMNS,
     Layout,
@@ -53,9 +49,13 @@ from simtrain.plan import (
     screen_layout,
     select_candidates,
 )
-from simtrain.simulation import simulate_scenario
-from simtrain.validate import ONE_BUCKET_MB, SkipReason, translate
-from simtrain.yamlfile import load_yaml
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.apps.validate import ONE_BUCKET_MB, SkipReason, translate
+from simtrain.costs.compute import eq3_flops
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import load_scenario, parse_scenario
+from simtrain.spec.yamlfile import load_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans"
@@ -203,7 +203,7 @@ def test_global_batch_forms_and_gpu_forms() -> None:
 
 
 def _gpu_counts(plan: Any) -> list[int]:
-    from simtrain.plan import gpu_counts
+    from simtrain.apps.plan import gpu_counts
 
     return gpu_counts(plan, 8)
 

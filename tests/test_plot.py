@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from simtrain.plot import gantt, kind_style, memory_plot, time_scale
-from simtrain.timeline import MemorySample, Span, Timeline
-from simtrain.trace import GIB
+from simtrain.report.plot import gantt, kind_style, memory_plot, time_scale
+from simtrain.report.trace import GIB
+from simtrain.sim.timeline import MemorySample, Span, Timeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain.config import load_scenario
-from simtrain.engine import simulate
-from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.schedules import build_schedule
-from simtrain.yamlfile import load_yaml
+from simtrain.sim.engine import simulate
+from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
+from simtrain.spec.scenario import load_scenario
+from simtrain.spec.yamlfile import load_yaml
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 SCENARIOS = sorted(SCENARIOS_DIR.glob("*.yaml"))
@@ -107,7 +107,7 @@ def test_makespan_scales_and_allocations_balance(name, pp, m, tf, tb, k):
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_trace_peak_memory_equals_memory_model(path):
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
 
     res = simulate_scenario(load_scenario(path))
     for sm, mt in zip(res.memory.stages, res.metrics.stages, strict=True):
@@ -124,7 +124,7 @@ def _with_overrides(data: dict, overrides: list[str]):
     """``data`` with ``--set``-style overrides applied, parsed as a scenario."""
     import copy
 
-    from simtrain.config import apply_override, parse_scenario
+    from simtrain.spec.scenario import apply_override, parse_scenario
 
     data = copy.deepcopy(data)
     for ov in overrides:
@@ -136,7 +136,7 @@ def _with_overrides(data: dict, overrides: list[str]):
 def test_trace_peak_with_fp32_gradient_buffer(overrides):
     """bf16_fp32_grads: the fp32 accumulation buffer is held all step, the 16-bit gradients come
     and go with one micro-batch; trace and memory model agree on the peak either way."""
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
 
     data = {
         "name": "acc",
@@ -177,7 +177,7 @@ def test_run_outputs_are_byte_identical(tmp_path):
 
 
 def test_full_recompute_costs_about_one_forward():
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
 
     sc = load_scenario("scenarios/seed_1p5b_amp_ckpt.yaml")
     ck_res = simulate_scenario(sc)
@@ -191,8 +191,8 @@ def test_full_recompute_costs_about_one_forward():
 
 
 def test_naive_data_parallel_slower_and_heavier_than_ddp():
-    from simtrain.memory import estimate_memory
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import estimate_memory
 
     naive = load_scenario("scenarios/dp_naive_4gpu.yaml")
     ddp = load_scenario("scenarios/dp_naive_4gpu.yaml", ["parallelism.dp_mode=ddp"])
@@ -201,7 +201,7 @@ def test_naive_data_parallel_slower_and_heavier_than_ddp():
 
 
 def test_ddp_overlap_exposes_about_the_last_bucket():
-    from simtrain.simulation import ddp_bucket_ns, simulate_scenario
+    from simtrain.apps.simulate import ddp_bucket_ns, simulate_scenario
 
     sc = load_scenario("scenarios/ddp_8gpu.yaml")
     res = simulate_scenario(sc)
@@ -217,7 +217,7 @@ def test_ddp_overlap_exposes_about_the_last_bucket():
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
 @pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
 def test_in_flight_closed_forms_match_the_schedule_walk(name, pp, m):
-    from simtrain.memory import microbatches_in_flight
+    from simtrain.costs.memory import microbatches_in_flight
     from simtrain.schedules import peak_in_flight
 
     walked = peak_in_flight(build_schedule(name, pp, m))
@@ -229,8 +229,8 @@ def test_zero3_with_a_stage_of_no_decoder_layers():
     """DeepSpeed's embedding-as-layer split can leave a stage with only the LM head (GPT-2's 12
     layers + 2 embedding items over pp = 8: the last stage holds no block); ZeRO-3's per-layer
     gathers on it used to divide by zero in lowering (found by fuzzing)."""
-    from simtrain.memory import scenario_chunks
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import scenario_chunks
 
     data = {
         "name": "emb",
@@ -256,7 +256,7 @@ def test_zero3_live_parameter_cap(cap):
     """parallelism.zero3_max_live_params (DeepSpeed's stage3_max_live_parameters): the gathered
     16-bit parameters held at once are min(2 layers' parameters, cap) x 2 B; 0 is FSDP-style
     (no cap). The trace's peak follows the memory model either way."""
-    from simtrain.simulation import simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
 
     data = load_yaml(SCENARIOS_DIR / "zero3_64gpu.yaml")
     if cap:

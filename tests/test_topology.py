@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain.hardware import available_profiles, load_hardware
-from simtrain.topology import (
+from simtrain.layout.topology import (
     bisection_bandwidth_bytes_per_s,
     bottleneck_bandwidth,
     build_topology,
@@ -24,6 +23,7 @@ from simtrain.topology import (
     path_time_s,
     topology_summary,
 )
+from simtrain.spec.hardware import available_profiles, load_hardware
 
 GB = 1e9
 A100 = load_hardware("a100_sxm4_80gb")

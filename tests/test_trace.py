@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from simtrain.timeline import STREAMS, MemorySample, Span, Timeline
-from simtrain.trace import GIB, HEADROOM_COUNTER, MEMORY_COUNTER, chrome_trace, write_chrome_trace
+from simtrain.report.trace import (
+    GIB,
+    HEADROOM_COUNTER,
+    MEMORY_COUNTER,
+    chrome_trace,
+    write_chrome_trace,
+)
+from simtrain.sim.timeline import STREAMS, MemorySample, Span, Timeline
 
 
 def small_timeline() -> Timeline:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from simtrain.config import parse_scenario
-from simtrain.costs import eq7_flops, nanotron_flops
-from simtrain.errors import ConfigError
-from simtrain.simulation import simulate_scenario
-from simtrain.validate import (
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.apps.validate import (
     METRICS,
     PACKAGED_PATH,
     Record,
@@ -36,6 +33,9 @@ from simtrain.validate import (
     validate,
     validate_command,
 )
+from simtrain.costs.compute import eq7_flops, nanotron_flops
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = PACKAGED_PATH
@@ -414,7 +414,7 @@ def test_validate_command_outputs(tmp_path: Path) -> None:
 
 
 def test_summarize_fits_share() -> None:
-    from simtrain.validate import Comparison
+    from simtrain.apps.validate import Comparison
 
     rows = [Comparison(str(i), "s", "fits", True, i < 3, 0.0 if i < 3 else 100.0)
             for i in range(4)]  # fmt: skip

@@ -1,7 +1,7 @@
 """Validation against measured training runs: ``simtrain validate``.
 
 Reads records in the schema of ``measured/published_runs.yaml`` (see ``measured/README.md``),
-turns each one the simulator can express into a :class:`~simtrain.config.Scenario`, predicts it,
+turns each one the simulator can express into a :class:`~simtrain.spec.scenario.Scenario`, predicts it,
 and compares per metric with the measurement:
 
 ``step_time_s``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu``, ``hfu``, ``peak_memory_bytes``
@@ -24,7 +24,7 @@ convention         FLOPs per step (B sequences of s tokens, l layers, hidden h, 
 ``nanotron``       nanotron ``llama.get_flops``: 3 × (forward matmuls incl. full s² attention
                    and the LM head); MFU over the dense bf16 peak
 ``simtrain``       records of unknown sources: simtrain's own model FLOPs (MFU) and executed
-                   FLOPs (TFLOP/s, HFU) from ``simtrain.metrics``
+                   FLOPs (TFLOP/s, HFU) from ``simtrain.report.metrics``
 =================  ==========================================================================
 
 The peak in MFU/HFU is the dense peak of the compute dtype in the hardware profile (A100: 312,
@@ -35,7 +35,7 @@ the same node on another network (:data:`NETWORK_PROFILES`): H100 records on EFA
 Ultra-Scale Playbook's cluster, run on ``h100_sxm5_80gb_efa``, whose NIC rate and per-step
 latency are fitted to that cluster's published collective bandwidths (the profile's comments).
 
-**Speed.** Fit verdicts and peak memory need :func:`~simtrain.memory.estimate_memory` only;
+**Speed.** Fit verdicts and peak memory need :func:`~simtrain.costs.memory.estimate_memory` only;
 timing metrics run the engine. Step time is affine in the number of micro-batches m once
 m ≥ 1 for 1F1B, GPipe and gradient accumulation, and once m ≥ pp for the interleaved schedule
 (:func:`predicted_step_time`), so each step is simulated with one and two micro-batches (pp and
@@ -63,13 +63,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.config import Scenario, parse_scenario
-from simtrain.costs import eq3_flops, eq7_flops, eq8_flops, mosaicml_flops, nanotron_flops
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.compute import eq3_flops, eq7_flops, eq8_flops, mosaicml_flops, nanotron_flops
+from simtrain.costs.memory import PRECISIONS, MemoryReport, estimate_memory
 from simtrain.errors import ConfigError, SimtrainError
-from simtrain.hardware import GIB, HARDWARE_DIR, MIB
-from simtrain.memory import PRECISIONS, MemoryReport, estimate_memory
-from simtrain.simulation import simulate_scenario
-from simtrain.yamlfile import load_yaml
+from simtrain.spec.hardware import GIB, HARDWARE_DIR, MIB
+from simtrain.spec.scenario import Scenario, parse_scenario
+from simtrain.spec.yamlfile import load_yaml
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("measured") / "published_runs.yaml"
@@ -812,8 +812,8 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
         return mosaicml_flops(sc, hardware=kind == "hardware")
     if f == "nanotron":
         return nanotron_flops(sc)
-    from simtrain.costs import model_flops_per_step
-    from simtrain.metrics import hardware_flops_per_step
+    from simtrain.costs.compute import model_flops_per_step
+    from simtrain.report.metrics import hardware_flops_per_step
 
     return model_flops_per_step(sc) if kind == "model" else hardware_flops_per_step(sc)
 
@@ -1130,7 +1130,7 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    from simtrain.plot import save_png
+    from simtrain.report.plot import save_png
 
     metrics = [m for m in METRICS if m != "fits" and any(c.metric == m for c in res.comparisons)]
     sources = sorted({c.source for c in res.comparisons if c.metric in metrics})
@@ -1172,7 +1172,7 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
 def validate_command(path: str | None, as_json: bool, only: str | None, out_dir: str) -> str:
     """What ``simtrain validate [PATH] [--json] [--only SOURCE] [--out DIR]`` prints; writes
     ``validate.csv`` and ``validate_scatter.png`` into ``out_dir``."""
-    from simtrain.report import dumps
+    from simtrain.report.tables import dumps
 
     res = validate(path, only)
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """Measure one real training step of a reference PyTorch decoder (needs the optional ``torch``).
 
-:func:`build_reference_model` turns a :class:`~simtrain.model.ModelSpec` and a
-:class:`~simtrain.config.TrainingSpec` into a small, readable nanoGPT-style decoder;
+:func:`build_reference_model` turns a :class:`~simtrain.spec.model.ModelSpec` and a
+:class:`~simtrain.spec.scenario.TrainingSpec` into a small, readable nanoGPT-style decoder;
 :func:`measure_step` trains it for a few steps on random tokens and returns a
 :class:`MeasuredStep` with exact byte counts (parameters, gradients, master weights, optimizer
 state, tensors saved for backward, peak) so the analytical memory model can be checked against
@@ -75,9 +75,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
-from simtrain.config import TrainingSpec
-from simtrain.memory import PRECISIONS
-from simtrain.model import ModelSpec
+from simtrain.costs.memory import PRECISIONS
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import TrainingSpec
 
 # The precision recipes follow memory.PRECISIONS, so that every precision the memory model knows
 # can be measured: 4-byte parameters are fp32 (autocast runs over them), 2-byte ones take the
@@ -1034,7 +1034,7 @@ def measure_step(
     ``max_memory_allocated``) and ``steps`` timed, uninstrumented steps (``step_time_s`` is
     their median). ``batch`` overrides ``training.micro_batch``; ``threads`` fixes
     ``torch.set_num_threads`` for the call (restored after; use the value the hardware profile
-    was calibrated with, ``simtrain.calibrate.calibrate(threads=...)``)."""
+    was calibrated with, ``simtrain.torchref.calibrate.calibrate(threads=...)``)."""
     with torch_threads(threads):
         return _measure_step(spec, training, batch, device, seed, steps, warmup)
 

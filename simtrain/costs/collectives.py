@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.hardware import HardwareProfile
+from simtrain.spec.hardware import HardwareProfile
 
 OPS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "gather", "all_to_all")
 ALGORITHMS = ("ring", "tree", "hierarchical")

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.config import Scenario, TrainingSpec
-from simtrain.hardware import HardwareProfile
-from simtrain.memory import (
+from simtrain.costs.memory import (
     PRECISIONS,
     STATES_PER_PARAM,
     base_trainable,
     grad_flows_through_blocks,
 )
-from simtrain.model import ModelSpec
+from simtrain.spec.hardware import HardwareProfile
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import Scenario, TrainingSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.config import Scenario
-from simtrain.costs import chunk_costs, model_flops_per_step
-from simtrain.memory import PRECISIONS, scenario_chunks
-from simtrain.timeline import Timeline
+from simtrain.costs.compute import chunk_costs, model_flops_per_step
+from simtrain.costs.memory import PRECISIONS, scenario_chunks
+from simtrain.sim.timeline import Timeline
+from simtrain.spec.scenario import Scenario
 
 COMPUTE_KINDS = ("F", "B", "I", "W")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from simtrain.memory import MemoryReport
-from simtrain.timeline import MEMORY_CATEGORIES
+from simtrain.costs.memory import MemoryReport
+from simtrain.sim.timeline import MEMORY_CATEGORIES
 
 GIB = 2**30
 

@@ -1,6 +1,6 @@
 """Where GPU memory goes during training: bytes per GPU by category, per pipeline stage.
 
-Categories (``simtrain.timeline.MEMORY_CATEGORIES``): ``parameters``, ``master_weights``,
+Categories (``simtrain.sim.timeline.MEMORY_CATEGORIES``): ``parameters``, ``master_weights``,
 ``gradients``, ``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
 bytes when optimizer states are offloaded.
 
@@ -11,7 +11,7 @@ bytes, and ZeRO stage 1/2/3 divides the optimizer states / + gradients / + param
 Activations are counted tensor by tensor from what a PyTorch implementation saves for backward
 (:func:`layer_saved_tensors`); for 16-bit training without flash attention this reproduces
 Korthikanti et al. 2022 §4.1 Eq. 1, ``s·b·h·(34 + 5·a·s/h)`` bytes per layer, exactly, and the
-reference implementation in ``simtrain.measure`` checks it on real PyTorch steps.
+reference implementation in ``simtrain.torchref.measure`` checks it on real PyTorch steps.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from math import ceil
 
 import numpy as np
 
-from simtrain.config import Scenario, TrainingSpec
-from simtrain.model import ModelSpec
 from simtrain.schedules import Action, Schedule, build_schedule, pipedream_weight_versions
-from simtrain.timeline import MEMORY_CATEGORIES
+from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import Scenario, TrainingSpec
 
 # ---------------------------------------------------------------------------------------------
 # Precision: bytes per element of each kind of tensor
@@ -280,7 +280,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
-    (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.measure). SGD updates
+    (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.torchref.measure). SGD updates
     in place. With fp32 master weights, plus the fp32 master gradients of all ``trainable``
     parameters (below). With ZeRO the optimizer sees 1/``shards`` of each tensor."""
     if t.offload.optimizer:
@@ -418,7 +418,7 @@ def layer_saved_tensors(
                         f"{e}·as²b")  # fmt: skip
             if saves_input("o") and not m.flash_attention:
                 # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
-                # input: one storage, counted above (measured: simtrain.measure).
+                # input: one storage, counted above (measured: simtrain.torchref.measure).
                 add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
             if lora:
                 for mod in sorted(targets & {"q", "k", "v", "o"}):
@@ -468,7 +468,7 @@ def layer_activation_bytes(
 def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
-    kept (autograd saves only what a gradient needs; measured with simtrain.measure)."""
+    kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure)."""
     if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or t.recompute == "full":
         return 0
     prec = PRECISIONS[t.precision]
@@ -668,7 +668,7 @@ def activation_peak(
     Returns (peak of activations + transients, peak of saved activations alone, micro-batches
     in flight at that peak in whole-stage units). The loss working memory and a recompute working
     set never coexist: the first is gone before the first block is re-materialised (measured
-    with simtrain.measure)."""
+    with simtrain.torchref.measure)."""
     loss = loss_bytes or {}
     held = 0
     peak = peak_saved = 0
@@ -1041,7 +1041,7 @@ def stage_memory(sc: Scenario, stage: int) -> tuple[StageMemory, list[str]]:
     if gradients_transient(sc):
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
-        # together: peak = rest + max(activations, gradients) (measured: simtrain.measure).
+        # together: peak = rest + max(activations, gradients) (measured: simtrain.torchref.measure).
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(sc, ms.trainable)

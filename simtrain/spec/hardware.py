@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError
-from simtrain.yamlfile import load_yaml
+from simtrain.spec.yamlfile import load_yaml
 
 GIB = 2**30
 MIB = 2**20
@@ -22,7 +22,7 @@ DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 LINK_KINDS = ("nvswitch", "nvlink", "pcie", "xgmi", "infinity_fabric")
 
 # Where shipped profiles live: <repo>/hardware next to the package.
-HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
+HARDWARE_DIR = Path(__file__).resolve().parents[2] / "hardware"
 
 
 @dataclass(frozen=True, slots=True)

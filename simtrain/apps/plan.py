@@ -15,7 +15,7 @@ bucket_mb, dp_mode, layer_split). The planner
 3. drops what does not fit with the memory model (``memory.stage_memory`` on the first and the
    last pipeline stage, the two extremes: see :func:`memory_check`);
 4. ranks the rest with a closed-form step time built from the library's own costs
-   (:func:`closed_form_step_s`) and the whole-run model of :mod:`simtrain.goodput`;
+   (:func:`closed_form_step_s`) and the whole-run model of :mod:`simtrain.apps.goodput`;
 5. simulates the top K (plus a few layouts of the closed-form days/cost frontier) in full with
    ``simulate_scenario`` -- each from a scenario mapping through ``parse_scenario``, exactly as
    ``simtrain run`` loads a file -- and ranks them by time-to-train, then cost.
@@ -39,8 +39,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from simtrain.collectives import group_link, p2p_time_s
-from simtrain.config import (
+from simtrain.apps.goodput import INTERVAL_RULES, FailureModel, run_estimate
+from simtrain.apps.simulate import dp_ns, simulate_scenario, tp_allreduce_ns
+from simtrain.costs.collectives import group_link, p2p_time_s
+from simtrain.costs.compute import chunk_costs, model_flops_per_step, optimizer_step_ns
+from simtrain.costs.memory import (
+    PRECISIONS,
+    StageMemory,
+    full_model_param_tensors,
+    model_state_bytes,
+    pipeline_schedule,
+    scenario_chunks,
+    stage_memory,
+)
+from simtrain.errors import ConfigError, SimtrainError
+from simtrain.spec.hardware import load_hardware
+from simtrain.spec.scenario import (
     RECOMPUTE,
     SCHEDULES,
     ClusterSpec,
@@ -53,21 +67,7 @@ from simtrain.config import (
     parse_scenario,
     parse_training,
 )
-from simtrain.costs import chunk_costs, model_flops_per_step, optimizer_step_ns
-from simtrain.errors import ConfigError, SimtrainError
-from simtrain.goodput import INTERVAL_RULES, FailureModel, run_estimate
-from simtrain.hardware import load_hardware
-from simtrain.memory import (
-    PRECISIONS,
-    StageMemory,
-    full_model_param_tensors,
-    model_state_bytes,
-    pipeline_schedule,
-    scenario_chunks,
-    stage_memory,
-)
-from simtrain.simulation import dp_ns, simulate_scenario, tp_allreduce_ns
-from simtrain.yamlfile import load_yaml
+from simtrain.spec.yamlfile import load_yaml
 
 GIB = 2**30
 SCHEMA_VERSION = 1
@@ -844,7 +844,7 @@ class LocalExecutor:
             import multiprocessing as mp
 
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload(["simtrain.plan"])
+            ctx.set_forkserver_preload(["simtrain.apps.plan"])
             self._pool = ctx.Pool(self.workers, initializer=_ignore_sigint)
         ok = False
         try:
@@ -1372,7 +1372,7 @@ def plan_command(
     """What ``simtrain plan PLAN.yaml [--json] [--out DIR] [--workers N] [--executor
     local|dask] [--scheduler ADDRESS] [--top N]`` prints; writes plan.csv, pareto.png and
     best.yaml into ``out_dir`` (default ``plots/<plan name>``). Progress goes to stderr."""
-    from simtrain.report import dumps
+    from simtrain.report.tables import dumps
 
     plan = load_plan(plan_path)
     if top is not None and top < 1:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from simtrain.timeline import MEMORY_CATEGORIES, STREAMS, Timeline
+from simtrain.sim.timeline import MEMORY_CATEGORIES, STREAMS, Timeline
 
 GIB = 1 << 30
 MEMORY_COUNTER = "memory (GiB)"

@@ -18,8 +18,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from simtrain.timeline import STREAMS, Span, Timeline
-from simtrain.trace import (
+from simtrain.report.trace import (
     GIB,
     gpu_label,
     memory_categories,
@@ -27,6 +26,7 @@ from simtrain.trace import (
     stream_tids,
     timeline_gpus,
 )
+from simtrain.sim.timeline import STREAMS, Span, Timeline
 
 DPI = 110
 

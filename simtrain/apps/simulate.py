@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from simtrain import collectives as coll
-from simtrain.config import Scenario
-from simtrain.costs import chunk_costs, optimizer_step_ns
-from simtrain.engine import gc_paused, simulate
-from simtrain.lowering import ChunkDurations, LoweringInput, RankWork, lower
-from simtrain.memory import (
+from simtrain.costs import collectives as coll
+from simtrain.costs.compute import chunk_costs, optimizer_step_ns
+from simtrain.costs.memory import (
     PRECISIONS,
     MemoryReport,
     estimate_memory,
@@ -23,8 +20,11 @@ from simtrain.memory import (
     pipeline_schedule,
     scenario_chunks,
 )
-from simtrain.metrics import StepMetrics, step_metrics
-from simtrain.timeline import Timeline
+from simtrain.report.metrics import StepMetrics, step_metrics
+from simtrain.sim.engine import gc_paused, simulate
+from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
+from simtrain.sim.timeline import Timeline
+from simtrain.spec.scenario import Scenario
 
 
 @dataclass(frozen=True, slots=True)

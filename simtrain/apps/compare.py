@@ -43,14 +43,14 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextPath
 from matplotlib.ticker import FuncFormatter
 
-from simtrain.config import Scenario, load_scenario
+from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.errors import ConfigError
-from simtrain.hardware import GIB
-from simtrain.plot import CATEGORY_COLOURS, DPI, save_png
-from simtrain.report import dumps
-from simtrain.simulation import SimulationResult, simulate_scenario
-from simtrain.timeline import MEMORY_CATEGORIES
-from simtrain.trace import memory_steps
+from simtrain.report.plot import CATEGORY_COLOURS, DPI, save_png
+from simtrain.report.tables import dumps
+from simtrain.report.trace import memory_steps
+from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.hardware import GIB
+from simtrain.spec.scenario import Scenario, load_scenario
 
 SCHEMA_VERSION = 1
 ZERO_GPUS_FOR_ONE_GPU = 8  # a 1-GPU scenario gets ZeRO over one node of this many GPUs

@@ -45,7 +45,7 @@ from simpy.core import EmptySchedule
 from simpy.events import Event, Timeout
 
 from simtrain.errors import DeadlockError
-from simtrain.timeline import STREAMS, MemorySample, Span, Timeline
+from simtrain.sim.timeline import STREAMS, MemorySample, Span, Timeline
 
 __all__ = ["Task", "gc_paused", "simulate"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError
-from simtrain.hardware import HardwareProfile, load_hardware
-from simtrain.model import ModelSpec, from_hf_config, preset, validate_model
-from simtrain.yamlfile import load_yaml, parse_yaml
+from simtrain.spec.hardware import HardwareProfile, load_hardware
+from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
+from simtrain.spec.yamlfile import load_yaml, parse_yaml
 
 PRECISIONS = ("fp32", "fp16", "bf16", "bf16_fp32_grads", "bf16_pure", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")

@@ -14,7 +14,7 @@
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /
   time, the better of the two (the element-wise kernels of a training step are of these kinds);
 * **element-wise rate** (:func:`measure_elementwise`): forward + backward of the element-wise
-  ops of one GPT block and its loss, as the reference model (``simtrain.measure``) runs them --
+  ops of one GPT block and its loss, as the reference model (``simtrain.torchref.measure``) runs them --
   two LayerNorms, two residual adds and their gradient sums, the tanh GeLU over the 4h MLP
   activation, scale + causal mask + softmax over the s x s scores, cross-entropy over the logits
   -- at a small GPT's sizes (:data:`CPU_ELEMENTWISE_SHAPE`, :data:`CUDA_ELEMENTWISE_SHAPE`). The
@@ -23,15 +23,15 @@
   memory bandwidth is exactly what ``costs.chunk_costs`` needs to reproduce the time. On a CPU
   this is far below 1 (PyTorch's unfused CPU kernels: tanh, exp and reductions are
   compute-bound, every op allocates its output);
-* **optimizer rate**: a ``torch.optim.AdamW`` step (foreach=False, as ``simtrain.measure``)
+* **optimizer rate**: a ``torch.optim.AdamW`` step (foreach=False, as ``simtrain.torchref.measure``)
   over the fp32 parameters of one GPT block and its embeddings at the same sizes, for ``cpu_adam_params_per_s`` (CPU) and, with
   ``costs.optimizer_bytes_per_param``, ``efficiency.optimizer``.
 
 Threads: ``threads`` fixes ``torch.set_num_threads`` for the calibration (restored after);
-``simtrain.measure.measure_step`` takes the same argument, and a calibration predicts a step
+``simtrain.torchref.measure.measure_step`` takes the same argument, and a calibration predicts a step
 only at the thread count it was measured with (recorded in the profile header).
 
-:func:`write_profile` writes a profile that :func:`simtrain.hardware.load_hardware` reads, with
+:func:`write_profile` writes a profile that :func:`simtrain.spec.hardware.load_hardware` reads, with
 ``efficiency.matmul: 1.0`` (the peaks *are* the measured achievables) and the measured
 ``memory_bound`` and ``optimizer`` efficiencies.
 Every number carries a source tag: ``[meas]`` measured here, ``[sys]`` read from the system,
@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import SimtrainError
-from simtrain.hardware import GIB, MIB
+from simtrain.spec.hardware import GIB, MIB
 
 CPU_SIZES = (256, 512, 1024, 2048)
 CUDA_SIZES = (1024, 2048, 4096, 8192)
@@ -187,10 +187,10 @@ def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,
 
 
 def gpt_parameter_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Parameter shapes of the one-block reference GPT (``simtrain.measure.ReferenceGPT``) at an
+    """Parameter shapes of the one-block reference GPT (``simtrain.torchref.measure.ReferenceGPT``) at an
     element-wise calibration ``shape`` (micro_batch, seq_len, hidden, heads, vocab, layers):
     embeddings, the block's linears, biases and norms, the final norm."""
-    from simtrain.measure import ReferenceGPT
+    from simtrain.torchref.measure import ReferenceGPT
 
     return [tuple(p.shape) for p in ReferenceGPT(*_calibration_model(shape)).parameters()]
 
@@ -198,7 +198,7 @@ def gpt_parameter_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 def measure_adam(device: str = "cpu", shapes: list[tuple[int, ...]] | None = None,
                  repeats: int = 5) -> float:  # fmt: skip
     """Parameters per second of one ``torch.optim.AdamW`` step (foreach=False, as in
-    ``simtrain.measure``) over fp32 parameters of ``shapes`` (default: a GPT block and its
+    ``simtrain.torchref.measure``) over fp32 parameters of ``shapes`` (default: a GPT block and its
     embeddings at :data:`CPU_ELEMENTWISE_SHAPE` / :data:`CUDA_ELEMENTWISE_SHAPE`, the tensor
     sizes a training step updates: per-tensor overhead and allocator behaviour depend on them)."""
     torch = _torch()
@@ -219,7 +219,7 @@ def measure_adam(device: str = "cpu", shapes: list[tuple[int, ...]] | None = Non
 def gemm_counted_flops(shape: tuple[int, ...]) -> tuple[float, float]:
     """(block, head) FLOPs the cost model counts for one forward + backward of
     :func:`measure_gemm_mix`'s matmuls (``costs.block_flops``, ``costs.head_flops``, fp32)."""
-    from simtrain.costs import block_flops, head_flops
+    from simtrain.costs.compute import block_flops, head_flops
 
     m, t = _calibration_model(shape)
     bf = block_flops(m, t)
@@ -245,8 +245,8 @@ def _mix_rate(torch: Any, dev: Any, counted: tuple[float, float], block: Any, he
 
 
 def _calibration_model(shape: tuple[int, ...]) -> tuple[Any, Any]:
-    from simtrain.config import TrainingSpec
-    from simtrain.model import ModelSpec
+    from simtrain.spec.model import ModelSpec
+    from simtrain.spec.scenario import TrainingSpec
 
     b, s, h, heads, vocab, _ = shape
     m = ModelSpec(name="calibration", layers=1, hidden=h, heads=heads, kv_heads=heads,
@@ -306,8 +306,8 @@ def measure_gemm_mix(device: str = "cpu", shape: tuple[int, ...] | None = None,
 def elementwise_counted_bytes(shape: tuple[int, ...]) -> tuple[float, float]:
     """(block, head) bytes the cost model charges for one forward + backward of :func:`measure_elementwise`'s
     ops: one fp32 GPT block (LayerNorm, GeLU 4h MLP, learned positions, no dropout, math
-    attention) and the loss over its logits, counted by ``simtrain.costs`` itself."""
-    from simtrain.costs import block_elementwise_bytes, head_elementwise_bytes
+    attention) and the loss over its logits, counted by ``simtrain.costs.compute`` itself."""
+    from simtrain.costs.compute import block_elementwise_bytes, head_elementwise_bytes
 
     m, t = _calibration_model(shape)
     return sum(block_elementwise_bytes(m, t)), sum(head_elementwise_bytes(m, t))
@@ -317,7 +317,7 @@ def measure_elementwise(device: str = "cpu", shape: tuple[int, ...] | None = Non
                         repeats: int = 7) -> tuple[float, tuple[float, float]]:  # fmt: skip
     """(cost-model bytes per second, its (low, high) over the samples) of the element-wise ops of
     ``layers`` blocks and the loss, forward + backward, run with the reference model's own modules
-    (``simtrain.measure.LayerNorm``, tanh GeLU, masked softmax, ``F.cross_entropy``). The
+    (``simtrain.torchref.measure.LayerNorm``, tanh GeLU, masked softmax, ``F.cross_entropy``). The
     matmuls are left out: leaf tensors stand in for their outputs (attention output, MLP up and
     down projections, QKᵀ scores, logits), so the gradient sums at the two residual forks happen
     as in the model. ``shape`` = (micro_batch, seq_len, hidden, heads, vocab, layers)."""
@@ -325,7 +325,7 @@ def measure_elementwise(device: str = "cpu", shape: tuple[int, ...] | None = Non
 
     import torch.nn.functional as F
 
-    from simtrain.measure import LayerNorm
+    from simtrain.torchref.measure import LayerNorm
 
     torch = _torch()
     dev = torch.device(device)
@@ -385,7 +385,7 @@ def calibrate(device: str = "cpu", name: str | None = None, *,
     memory bandwidth, the element-wise rate and the AdamW rate; see the module docstring.
     ``dtypes`` defaults to fp32, bf16, fp16 (and tf32 on CUDA); dtypes not measured get peak 0
     in the profile. ``threads``: torch intra-op threads for the whole calibration."""
-    from simtrain.measure import torch_threads
+    from simtrain.torchref.measure import torch_threads
 
     with torch_threads(threads):
         return _calibrate(device, name, sizes, repeats, dtypes, elementwise_shape)
@@ -493,7 +493,7 @@ def profile_text(cal: Calibration) -> str:
         f"#          matmul TFLOP/s by size: {sizes}",
         f"#          bandwidth by kernel: {kernels}",
         "#          GEMM mix = forward + backward of a GPT's linears, attention bmm and tied",
-        "#          head (calibrate.measure_gemm_mix), FLOPs as simtrain.costs counts them: "
+        "#          head (calibrate.measure_gemm_mix), FLOPs as simtrain.costs.compute counts them: "
         + (
             f"{cal.gemm_flops_per_s / 1e12:.3g} TFLOP/s, spread {cal.gemm_spread[0] / 1e12:.3g}"
             f"-{cal.gemm_spread[1] / 1e12:.3g}"
@@ -503,7 +503,7 @@ def profile_text(cal: Calibration) -> str:
         "#          element-wise mix = forward + backward of the GPT's norms, residual adds,",
         "#          GeLU, masked softmax and loss (calibrate.measure_elementwise), at",
         f"#          (micro_batch, seq, hidden, heads, vocab, layers) = {cal.elementwise_shape};",
-        "#          bytes as simtrain.costs counts them: "
+        "#          bytes as simtrain.costs.compute counts them: "
         + (
             f"{cal.elementwise_bytes_per_s / 1e9:.3g} GB/s, spread "
             f"{cal.elementwise_spread[0] / 1e9:.3g}-{cal.elementwise_spread[1] / 1e9:.3g} GB/s"
@@ -573,8 +573,8 @@ def profile_text(cal: Calibration) -> str:
 def adam_fp32_bytes_per_param() -> float:
     """Bytes the cost model charges per parameter for the fp32 AdamW step that
     :func:`measure_adam` times (``costs.optimizer_bytes_per_param``: 28 B)."""
-    from simtrain.config import TrainingSpec
-    from simtrain.costs import optimizer_bytes_per_param
+    from simtrain.costs.compute import optimizer_bytes_per_param
+    from simtrain.spec.scenario import TrainingSpec
 
     return optimizer_bytes_per_param(TrainingSpec(precision="fp32", optimizer="adamw"))
 

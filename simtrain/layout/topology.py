@@ -43,7 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from simtrain.hardware import HardwareProfile
+from simtrain.spec.hardware import HardwareProfile
 
 Node = tuple[str, int]
 

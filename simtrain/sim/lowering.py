@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.engine import Task
 from simtrain.schedules import Action, Schedule
+from simtrain.sim.engine import Task
 
 
 @dataclass(frozen=True, slots=True)
