@@ -69,12 +69,15 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
     from simtrain.report.tables import dumps, memory_table
     from simtrain.spec.scenario import load_scenario
 
-    rep = estimate_memory(load_scenario(scenario, overrides))
+    sc = load_scenario(scenario, overrides)
+    rep = estimate_memory(sc)
     if as_json:
         click.echo(dumps(rep.to_json()), nl=False)
         return
     if explain:
-        click.echo("\n".join(rep.explain))
+        from simtrain.report.explain import explain_memory
+
+        click.echo("\n".join(explain_memory(sc, rep)))
         click.echo("")
     click.echo(memory_table(rep))
 

@@ -10,13 +10,9 @@ import pytest
 import yaml
 
 from simtrain.errors import ConfigError
-from simtrain.spec.scenario import (
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
-    apply_override,
-    load_scenario,
-)
+from simtrain.schedules import SCHEDULES
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.scenario import OPTIMIZERS, apply_override, load_scenario
 from simtrain.spec.yamlfile import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent

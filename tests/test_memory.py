@@ -13,18 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simtrain.costs.memory import (
-    MemoryReport,
-    _cached_schedule,
+from simtrain.costs.activations import (
     activation_peak,
     activation_peak_of_states,
-    estimate_memory,
     head_saved_bytes,
     layer_activation_bytes,
     layer_saved_tensors,
     loss_transient_bytes,
     rank_activation_states,
 )
+from simtrain.costs.memory import MemoryReport, estimate_memory
+from simtrain.layout.step import rank_schedule
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.model import PRESETS, ModelSpec
 from simtrain.spec.scenario import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
@@ -680,7 +679,7 @@ def test_activation_states_give_the_walks_peak(name: str, pp: int, k: int, data:
         cb = {c: data.draw(n_bytes) for c in chunks}
         ws = {c: data.draw(n_bytes) for c in chunks}
         loss = {chunks[-1]: data.draw(n_bytes)} if rank == pp - 1 else {}
-        actions = _cached_schedule(name, pp, m, v)[rank]
+        actions = rank_schedule(name, pp, m, v, rank)
         states = rank_activation_states(name, pp, m, v, rank)
         assert activation_peak_of_states(states, cb, ws, loss) == activation_peak(
             actions, cb, ws, loss

@@ -6,16 +6,13 @@ from __future__ import annotations
 import pytest
 
 from simtrain.apps.validate import measured_values, translate
-from simtrain.costs.memory import (
-    PRECISIONS,
-    compute_balanced_stages,
-    estimate_memory,
-    full_model_param_tensors,
-    model_state_bytes,
-)
+from simtrain.costs.memory import estimate_memory
+from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError
+from simtrain.layout.partition import compute_balanced_stages
 from simtrain.spec.hardware import GIB
-from simtrain.spec.scenario import PRECISIONS as CONFIG_PRECISIONS
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.precision import PRECISIONS as CONFIG_PRECISIONS
 from simtrain.spec.scenario import parse_scenario
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
@@ -137,7 +134,7 @@ def test_fused_qkv_keeps_the_whole_qkv_tensor_alive() -> None:
     33,554,432 B more than three separate tensors; / t under TP; nothing extra with GQA."""
     from dataclasses import replace
 
-    from simtrain.costs.memory import layer_saved_tensors
+    from simtrain.costs.activations import layer_saved_tensors
 
     sc = _scenario()
     fused = replace(sc.model, qkv_layout="fused_kv_copy")
@@ -170,12 +167,12 @@ def test_unknown_qkv_layout_is_rejected() -> None:
 
 
 def test_compute_balanced_split_is_shared_by_memory_costs_and_timing() -> None:
-    """One split (memory.scenario_chunks) feeds memory, costs and the simulation: every layer is
+    """One split (the resolved step's chunks, layout.partition) feeds memory, costs and the simulation: every layer is
     placed once, one chunk holds the embedding and one the head, and the FLOPs of a step do not
     depend on how the layers are split (the same total as the uniform split)."""
     from simtrain.apps.simulate import simulate_scenario
-    from simtrain.costs.memory import scenario_chunks
-    from simtrain.report.metrics import hardware_flops_per_step
+    from simtrain.costs.compute import hardware_flops_per_step
+    from simtrain.layout.step import resolve
 
     base = {
         "name": "split",
@@ -188,10 +185,10 @@ def test_compute_balanced_split_is_shared_by_memory_costs_and_timing() -> None:
     bal = parse_scenario(
         {**base, "parallelism": {**base["parallelism"], "layer_split": "compute_balanced"}}, "split"
     )
-    chunks = scenario_chunks(bal)
-    assert sum(c.layers for c in chunks.values()) == bal.model.layers
-    assert [c.embedding for c in chunks.values()] == [True, False, False, False]
-    assert [c.head for c in chunks.values()] == [False, False, False, True]
+    chunks = resolve(bal).chunks
+    assert sum(c.layers for c in chunks) == bal.model.layers
+    assert [c.embedding for c in chunks] == [True, False, False, False]
+    assert [c.head for c in chunks] == [False, False, False, True]
     assert chunks[3].layers < chunks[0].layers  # the head counts as layers (nanotron)
     assert hardware_flops_per_step(bal) == pytest.approx(hardware_flops_per_step(uni), rel=1e-12)
     res = simulate_scenario(bal)
@@ -215,7 +212,7 @@ def test_embedding_as_layer_split_matches_bloom() -> None:
     """DeepSpeed's type:transformer|embedding partition (BLOOM-176B, 70 layers on pp 12): the
     embedding and the tied head count as layers, so the end stages hold 5 layers and the ten
     middle ones 6 (bigscience tr11-176B-ml README, as the record's notes say)."""
-    from simtrain.costs.memory import embedding_as_layer_stages
+    from simtrain.layout.partition import embedding_as_layer_stages
     from simtrain.spec.model import ModelSpec
 
     bloom = ModelSpec("bloom", 70, 14336, 112, 112, 57344, 250880, 2048)

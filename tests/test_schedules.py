@@ -12,7 +12,6 @@ from simtrain.errors import ScheduleError
 from simtrain.schedules import (
     KINDS,
     SCHEDULES,
-    SPLIT_BACKWARD,
     Action,
     add_p2p,
     build_schedule,
@@ -185,7 +184,7 @@ def cases(draw):
 @given(cases(), st.sampled_from(["F", "B", "I", "W", "OPT"]), st.integers(1, 5), st.integers(2, 4))
 def test_schedule_properties(case, kind, bump, k):
     name, pp, m, v, durations = case
-    split = name in SPLIT_BACKWARD
+    split = SCHEDULES[name].split_backward
     schedule = build_schedule(name, pp, m, v)
     validate_schedule(schedule, pp, m, v, split_backward=split)
     assert has_split_backward(schedule) == split

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.costs.memory import (
-    PRECISIONS,
-    STATES_PER_PARAM,
-    base_trainable,
-    grad_flows_through_blocks,
-)
+from simtrain.costs.activations import grad_flows_through_blocks
+from simtrain.costs.params import base_trainable
+from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS
 from simtrain.spec.scenario import Scenario, TrainingSpec
 
 
@@ -52,8 +50,8 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
     weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1)."""
     b = t.micro_batch
-    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
-    s_kv = s + (t.peft.prefix_length if t.peft.method == "prefix" else 0)
+    s = t.seq_len_effective
+    s_kv = t.kv_len
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     proj = 2 * b * s * (h * (h + 2 * kv) + h * h + _mlp_mats(m) * h * f) / tp
     core = 4 * b * s * s_kv * h / tp
@@ -111,8 +109,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
     attention dropout). Backward: :func:`elementwise_backward_factor` x forward."""
     b = t.micro_batch
-    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
-    s_kv = s + (t.peft.prefix_length if t.peft.method == "prefix" else 0)
+    s = t.seq_len_effective
+    s_kv = t.kv_len
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
     mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
@@ -133,15 +131,15 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
     one read and one write of a logit backward, in the matmul dtype."""
     if t.cross_entropy == "fused":
-        fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len * m.vocab / tp
+        fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len_effective * m.vocab / tp
         return fwd, 2 * fwd
-    fwd = 4 * 4 * t.micro_batch * t.seq_len * m.vocab / tp
+    fwd = 4 * 4 * t.micro_batch * t.seq_len_effective * m.vocab / tp
     return fwd, elementwise_backward_factor(4) * fwd
 
 
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
     """(forward, input-grad, weight-grad) FLOPs of the LM head: 2·b·s·h·V/t each."""
-    s = t.seq_len + (t.peft.prompt_length if t.peft.method == "prompt" else 0)
+    s = t.seq_len_effective
     f = 2 * t.micro_batch * s * m.hidden * m.vocab / tp
     full = base_trainable(t.peft.method, t.peft.phase)
     probe = not grad_flows_through_blocks(t)
@@ -149,7 +147,7 @@ def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float
 
 
 # Published FLOP conventions (formulas.md §1), for comparing with each source like with like.
-# ``model_flops_per_step`` equals Eq. 7 and ``metrics.hardware_flops_per_step`` with full
+# ``model_flops_per_step`` equals Eq. 7 and :func:`hardware_flops_per_step` with full
 # recompute equals Eq. 3 for a GPT shape (4h MLP, MHA): tests/test_costs.py checks both exactly.
 
 
@@ -236,7 +234,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     ew = layers * bf.elementwise_bytes_fwd
     ew_bwd = layers * bf.elementwise_bytes_bwd
     e = PRECISIONS[t.precision].act_mm
-    s = t.seq_len
+    s = t.seq_len_effective
     grad = grad_flows_through_blocks(t)
     if first:  # embedding lookup: write b·s·h (+ positions read/add)
         emb = e * t.micro_batch * s * m.hidden * 3
@@ -270,11 +268,6 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     )
 
 
-# State tensors the step reads and writes per parameter (memory.STATES_PER_PARAM; 8-bit Adam
-# keeps two (quantised) states, Adafactor about one factored one).
-OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
-
-
 def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     """Bytes an optimizer step moves per trainable parameter: read the gradient, read and write
     the (master) weight and each state, and write the 16-bit weight after a master update
@@ -300,3 +293,16 @@ def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: Hardwa
         return round(1e9 * (cpu + pcie))
     eff = hw.efficiency.optimizer or hw.efficiency.memory_bound
     return round(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
+
+
+def hardware_flops_per_step(sc: Scenario) -> float:
+    """FLOPs executed in one step over all GPUs, recompute included (HFU-like; with full
+    recompute equal to Narayanan et al. 2021 Eq. 3 for a GPT shape)."""
+    step = resolve(sc)
+    total = 0.0
+    for ch in step.chunks:
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        total += c.forward_flops + c.backward_flops + c.recompute_flops
+    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
+    g = step.groups
+    return total * g.tp * step.microbatches * g.dp

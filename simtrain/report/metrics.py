@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.costs.compute import chunk_costs, model_flops_per_step
-from simtrain.costs.memory import PRECISIONS, scenario_chunks
+from simtrain.layout.step import ResolvedStep
 from simtrain.sim.timeline import Timeline
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.hardware import HardwareProfile
 
 COMPUTE_KINDS = ("F", "B", "I", "W")
 
@@ -66,26 +65,15 @@ def _exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]]) -> int
     return _union_length(comm + compute) - _union_length(compute)
 
 
-def hardware_flops_per_step(sc: Scenario) -> float:
-    """FLOPs executed in one step over all GPUs, recompute included."""
-    p = sc.parallelism
-    total = 0.0
-    for ch in scenario_chunks(sc).values():
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
-        total += c.forward_flops + c.backward_flops + c.recompute_flops
-    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
-    return total * p.tp * sc.num_microbatches * p.dp
-
-
-def step_metrics(sc: Scenario, tl: Timeline) -> StepMetrics:
+def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
+                 hw: HardwareProfile) -> StepMetrics:  # fmt: skip
+    """Metrics of one step from its timeline: ``mf`` model FLOPs (no recompute) and ``hf``
+    hardware FLOPs (recompute included) per step over all GPUs, ``hw`` for the dense peak of
+    the compute dtype."""
     makespan_ns = tl.makespan_ns
     step_s = makespan_ns / 1e9
-    t, p, hw = sc.training, sc.parallelism, sc.hardware
-    gpus = p.gpus
-    dtype = PRECISIONS[t.precision].compute_dtype
-    peak = hw.compute_peak(dtype)
-    mf = model_flops_per_step(sc)
-    hf = hardware_flops_per_step(sc)
+    gpus = step.gpus
+    peak = hw.compute_peak(step.precision.compute_dtype)
     stages = []
     sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
             "communication_total": 0, "bubble": 0}  # fmt: skip
@@ -116,8 +104,8 @@ def step_metrics(sc: Scenario, tl: Timeline) -> StepMetrics:
     breakdown = tuple((k, v / n / 1e9) for k, v in sums.items())
     return StepMetrics(
         step_time_s=step_s,
-        tokens_per_s=sc.tokens_per_step / step_s if step_s else 0.0,
-        samples_per_s=t.global_batch / step_s if step_s else 0.0,
+        tokens_per_s=step.tokens_per_step / step_s if step_s else 0.0,
+        samples_per_s=step.global_batch / step_s if step_s else 0.0,
         mfu=mf / (step_s * gpus * peak) if step_s else 0.0,
         tflops_per_gpu=hf / (step_s * gpus) / 1e12 if step_s else 0.0,
         bubble_ratio=sum(s.bubble_ratio for s in stages) / n,

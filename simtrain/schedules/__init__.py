@@ -13,9 +13,6 @@ from simtrain.schedules.actions import (
 from simtrain.schedules.analysis import peak_in_flight
 from simtrain.schedules.comm import add_p2p
 from simtrain.schedules.generators import (
-    SCHEDULES,
-    SPLIT_BACKWARD,
-    build_schedule,
     gpipe,
     interleaved,
     naive,
@@ -25,6 +22,13 @@ from simtrain.schedules.generators import (
     zb_h1,
 )
 from simtrain.schedules.grid import format_grid
+from simtrain.schedules.registry import (
+    SCHEDULES,
+    ScheduleTraits,
+    build_schedule,
+    microbatches_in_flight,
+    traits,
+)
 from simtrain.schedules.unit_time import format_timeline, simulate_spans, simulate_unit
 from simtrain.schedules.validate import has_split_backward, validate_schedule
 
@@ -33,9 +37,9 @@ __all__ = [
     "COMPUTE_KINDS",
     "KINDS",
     "SCHEDULES",
-    "SPLIT_BACKWARD",
     "Action",
     "Schedule",
+    "ScheduleTraits",
     "add_p2p",
     "build_schedule",
     "format_grid",
@@ -43,6 +47,7 @@ __all__ = [
     "gpipe",
     "has_split_backward",
     "interleaved",
+    "microbatches_in_flight",
     "naive",
     "one_f_one_b",
     "peak_in_flight",
@@ -52,6 +57,7 @@ __all__ = [
     "simulate_spans",
     "simulate_unit",
     "stage_to_rank",
+    "traits",
     "validate_schedule",
     "zb_h1",
 ]

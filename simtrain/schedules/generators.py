@@ -7,12 +7,8 @@ communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual stages (model 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from simtrain.errors import ScheduleError
 from simtrain.schedules.actions import OPT, Action, B, F, I, Schedule, W
-
-ScheduleFn = Callable[[int, int, int], Schedule]
 
 
 def _check(name: str, pp: int, m: int, v: int, *, virtual: bool = False) -> None:
@@ -176,26 +172,3 @@ def zb_h1(pp: int, m: int, v: int = 1) -> Schedule:
         ops += [Action(r, W, j) for j in range(next_w, m)]
         schedule[r] = [*ops, _opt(r)]
     return schedule
-
-
-SCHEDULES: dict[str, ScheduleFn] = {
-    "naive": naive,
-    "gpipe": gpipe,
-    "1f1b": one_f_one_b,
-    "interleaved": interleaved,
-    "pipedream": pipedream,
-    "zb_h1": zb_h1,
-}
-
-#: Schedules whose backward is split into I and W.
-SPLIT_BACKWARD: frozenset[str] = frozenset({"zb_h1"})
-
-
-def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
-    """Schedule ``name`` (a key of :data:`SCHEDULES`) for pp ranks, m micro-batches, v chunks."""
-    fn = SCHEDULES.get(name)
-    if fn is None:
-        raise ScheduleError(
-            f"unknown pipeline schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}"
-        )
-    return fn(pp, m, v)

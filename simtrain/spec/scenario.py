@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError
+from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.hardware import HardwareProfile, load_hardware
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.yamlfile import load_yaml, parse_yaml
 
-PRECISIONS = ("fp32", "fp16", "bf16", "bf16_fp32_grads", "bf16_pure", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 RECOMPUTE = ("none", "selective", "full")
 # Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
@@ -25,7 +26,6 @@ CROSS_ENTROPY = ("standard", "fused")
 PEFT_METHODS = (
     "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
 )  # fmt: skip
-SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1")
 DP_MODES = ("ddp", "naive")
 LAYER_SPLITS = ("uniform", "compute_balanced", "embedding_as_layer")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -79,6 +79,19 @@ class TrainingSpec:
     cross_entropy: str = "standard"  # CROSS_ENTROPY
     peft: PeftSpec = PeftSpec()
     offload: OffloadSpec = OffloadSpec()
+
+    @property
+    def seq_len_effective(self) -> int:
+        """Positions the blocks process: the data tokens plus prompt tuning's soft tokens
+        (Lester et al. 2021), which the logits and the loss also span (HF PEFT prepends them)."""
+        return self.seq_len + (self.peft.prompt_length if self.peft.method == "prompt" else 0)
+
+    @property
+    def kv_len(self) -> int:
+        """Keys each query attends to: plus prefix tuning's per-layer prefix (Li & Liang 2021)."""
+        return self.seq_len_effective + (
+            self.peft.prefix_length if self.peft.method == "prefix" else 0
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +268,7 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
         file,
         "training.",
         {
-            "precision": PRECISIONS,
+            "precision": tuple(PRECISIONS),
             "optimizer": OPTIMIZERS,
             "recompute": RECOMPUTE,
             "cross_entropy": CROSS_ENTROPY,
@@ -268,7 +281,7 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
     spec = _build(ParallelSpec, data, file, "parallelism.", {
-        "schedule": SCHEDULES, "dp_mode": DP_MODES, "zero_stage": (0, 1, 2, 3),
+        "schedule": tuple(SCHEDULES), "dp_mode": DP_MODES, "zero_stage": (0, 1, 2, 3),
         "layer_split": LAYER_SPLITS,
     })  # fmt: skip
     return spec

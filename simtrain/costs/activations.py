@@ -1,0 +1,361 @@
+"""Activations: the tensors one block, the embedding and the head save for backward, and the
+walk of a rank's schedule that finds their peak.
+
+Counted tensor by tensor from what a PyTorch implementation saves (:func:`layer_saved_tensors`);
+for 16-bit training without flash attention this reproduces Korthikanti et al. 2022 §4.1 Eq. 1,
+``s·b·h·(34 + 5·a·s/h)`` bytes per layer, exactly, and the reference implementation in
+``simtrain.torchref`` checks it on real PyTorch steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from simtrain.costs.params import base_trainable
+from simtrain.layout.step import rank_schedule
+from simtrain.schedules import Action
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.scenario import TrainingSpec
+
+# ---------------------------------------------------------------------------------------------
+# Activations: the tensors saved for backward
+
+
+@dataclass(frozen=True, slots=True)
+class SavedTensor:
+    """A tensor saved for backward in one layer for one micro-batch."""
+
+    name: str
+    bytes: int
+    formula: str
+
+
+def grad_flows_through_blocks(t: TrainingSpec) -> bool:
+    """Does the gradient flow back through the transformer blocks? Not for linear probing, where
+    only the head is trained (autograd saves nothing for frozen inputs)."""
+    return not (
+        t.peft.method == "linear_probe" or (t.peft.method == "lp_ft" and t.peft.phase == "probe")
+    )
+
+
+def layer_saved_tensors(
+    m: ModelSpec,
+    t: TrainingSpec,
+    micro_batch: int | None = None,
+    tp: int = 1,
+    sequence_parallel: bool = False,
+) -> list[SavedTensor]:
+    """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
+
+    Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
+    GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
+    dropout saves a 1-byte mask. With a 4h GeLU MLP, MHA, 16-bit activations, dropout on and no
+    flash attention this sums to Korthikanti et al. 2022 Eq. 1, ``sbh(34 + 5as/h)``; with tensor
+    (and sequence) parallelism the split follows their Eq. 2 (and Eq. 4).
+
+    ``qkv_layout = "fused_kv_copy"`` is nanotron's ``CausalSelfAttention`` (models/llama.py,
+    training path, MHA): the fused QKV projection output is permuted into one contiguous
+    ``(3, b, s, a/t, d)`` tensor and unpacked into q, k, v views; k and v are then copied by
+    ``torch.cat`` + ``permute().contiguous()`` into a separate ``(b, s, 2, a/t, d)`` tensor for
+    flash-attn's in-place rotary (``RotaryEmbedding(q, kv=...)``), and
+    ``flash_attn_varlen_func`` saves q (a view of the fused tensor, which keeps all of it alive)
+    and k, v (views of the copy): ``2·sb(3h + 2kv)/t`` bytes instead of ``2·sb(h + 2kv)/t``. With
+    GQA nanotron makes q, k, v contiguous copies, so nothing extra is kept.
+    """
+    if not grad_flows_through_blocks(t):
+        return []
+    prec = PRECISIONS[t.precision]
+    b = micro_batch if micro_batch is not None else t.micro_batch
+    s = t.seq_len_effective
+    s_kv = t.kv_len
+    h, f, a = m.hidden, m.ffn_hidden, m.heads
+    kv = m.kv_dim
+    sb = s * b
+    seq_div = tp if sequence_parallel else 1  # tensors outside the TP region
+    full = base_trainable(t.peft.method, t.peft.phase)
+    lora = t.peft.method in ("lora", "qlora")
+    targets = set(t.peft.target_modules) if lora else set()
+    e, en, esm = prec.act_mm, prec.act_norm, prec.act_softmax
+    amp = prec.weight_copy > 0
+    drop = m.dropout > 0
+    out: list[SavedTensor] = []
+
+    def add(name: str, n_bytes: float, formula: str) -> None:
+        out.append(SavedTensor(name, int(n_bytes), formula))
+
+    def saves_input(module: str) -> bool:
+        return full or module in targets
+
+    norm_stats = 2 if m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
+    for i, (lin_in, mods) in enumerate(
+        (
+            ("attention input", ("q", "k", "v")),
+            ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)),
+        )
+    ):
+        add(f"norm{i + 1} input", en * sb * h / seq_div, f"{en}·sbh")
+        add(f"norm{i + 1} statistics", 4 * norm_stats * sb / seq_div, f"{4 * norm_stats}·sb")
+        users = [mod for mod in mods if saves_input(mod)]
+        if users:
+            # autocast casts the fp32 norm output once per linear that uses it.
+            copies = len(users) if amp else 1
+            add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / seq_div,
+                f"{copies * e}·sbh")  # fmt: skip
+        if i == 0:
+            # Attention core.
+            if m.flash_attention:
+                add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+                if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
+                    add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp,
+                        f"{e}·sb·2kv/t")  # fmt: skip
+                add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
+                    f"{e}·sbh + 4·bas")  # fmt: skip
+            else:
+                # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
+                kv_s = s_kv / s
+                add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
+                add("softmax output", esm * b * a * s * s_kv / tp, f"{esm}·as²b")
+                if drop:
+                    add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
+                    add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b")
+                elif amp:
+                    add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
+                        f"{e}·as²b")  # fmt: skip
+            if saves_input("o") and not m.flash_attention:
+                # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
+                # input: one storage, counted above (measured: simtrain.torchref.measure).
+                add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
+            if lora:
+                for mod in sorted(targets & {"q", "k", "v", "o"}):
+                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
+            if drop:
+                add("attention residual dropout mask", sb * h / seq_div, "1·sbh")
+        else:
+            if m.mlp == "swiglu":
+                add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
+                add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
+            else:
+                add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
+            if saves_input("down"):
+                add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
+            if lora:
+                for mod in sorted(targets & {"gate", "up", "down"}):
+                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
+            if drop:
+                add("mlp dropout mask", sb * h / seq_div, "1·sbh")
+    if t.peft.method == "adapter":
+        a_w = t.peft.adapter_size
+        for where in ("attn", "mlp"):
+            add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w), f"{e}·sb(h+2m)")
+    return out
+
+
+def layer_activation_bytes(
+    m: ModelSpec, t: TrainingSpec, tp: int = 1, sequence_parallel: bool = False
+) -> int:
+    """Bytes one block keeps for backward per micro-batch, with recompute applied.
+
+    full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
+    selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3).
+    """
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel)
+    if not saved:
+        return 0
+    if t.recompute == "full":
+        return layer_input_bytes(m, t, tp, sequence_parallel)
+    if t.recompute == "selective":
+        core = ("softmax output", "attention dropout", "attention probabilities",
+                "attention output + logsumexp")  # fmt: skip
+        saved = [x for x in saved if not x.name.startswith(core)]
+    return sum(x.bytes for x in saved)
+
+
+def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
+    no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
+    kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure)."""
+    if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or t.recompute == "full":
+        return 0
+    prec = PRECISIONS[t.precision]
+    sb = t.seq_len_effective * t.micro_batch
+    stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+    return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
+
+
+def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """The checkpoint a fully recomputed block keeps: its input, b·s·h in the residual dtype."""
+    prec = PRECISIONS[t.precision]
+    s = t.seq_len_effective
+    return prec.act_norm * t.micro_batch * s * m.hidden // (tp if sp else 1)
+
+
+def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+    """Last stage, per micro-batch: final-norm input, head input, and what cross-entropy saves:
+    standard, the fp32 log-softmax output (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits
+    4sbv/t); fused (flash-attn ``losses/cross_entropy.py``: ``ctx.save_for_backward(logits,
+    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row."""
+    prec = PRECISIONS[t.precision]
+    s = t.seq_len_effective
+    sb = s * t.micro_batch
+    div = tp if sp else 1
+    if t.cross_entropy == "fused":
+        total = prec.act_mm * sb * m.vocab // tp + 4 * sb
+    else:
+        total = 4 * sb * m.vocab // tp
+    if grad_flows_through_blocks(t):
+        total += (
+            prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb
+        ) // div
+    probe = t.peft.method == "linear_probe" or (
+        t.peft.method == "lp_ft" and t.peft.phase == "probe"
+    )
+    if base_trainable(t.peft.method, t.peft.phase) or probe:
+        total += prec.act_mm * sb * m.hidden // div
+    return total
+
+
+def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """Working memory of the loss on the last stage beyond what is saved. Standard: the 16-bit
+    logits and their fp32 copy in forward (fp32 training: the logits themselves), then the
+    gradient of the log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t
+    tensors at once. Fused: the forward keeps only the saved logits; the backward writes one
+    logit gradient in the matmul dtype (flash-attn ``xentropy`` backward, not in place)."""
+    s = t.seq_len_effective
+    if t.cross_entropy == "fused":
+        return PRECISIONS[t.precision].act_mm * t.micro_batch * s * m.vocab // tp
+    return 2 * 4 * t.micro_batch * s * m.vocab // tp
+
+
+def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int:
+    """First stage: token ids (int64) for the embedding backward, and the embedding dropout mask."""
+    s = t.seq_len_effective
+    sb = s * t.micro_batch
+    total = 8 * t.micro_batch * t.seq_len
+    if m.dropout > 0 and grad_flows_through_blocks(t):
+        total += sb * m.hidden // sp_div
+    return total
+
+
+def activation_peak(
+    actions: list[Action],
+    chunk_bytes: dict[int, int],
+    working_set: dict[int, int],
+    loss_bytes: dict[int, int] | None = None,
+) -> tuple[int, int, float]:
+    """The reference walk (tests check :func:`activation_peak_of_states` against it, which
+    :func:`stage_memory` uses). Walk one rank's actions in order: F allocates its chunk's bytes (and, on the last chunk,
+    the loss working memory until the forward ends), recompute before B or I adds the chunk's
+    working set, B (or W after a split backward) frees both.
+
+    Returns (peak of activations + transients, peak of saved activations alone, micro-batches
+    in flight at that peak in whole-stage units). The loss working memory and a recompute working
+    set never coexist: the first is gone before the first block is re-materialised (measured
+    with simtrain.torchref.measure)."""
+    loss = loss_bytes or {}
+    held = 0
+    peak = peak_saved = 0
+    count = 0
+    peak_count = 0.0
+    v = max(len(chunk_bytes), 1)
+    for a in actions:
+        if a.kind == "F":
+            held += chunk_bytes[a.stage]
+            count += 1
+            peak = max(peak, held + loss.get(a.stage, 0))
+            if held > peak_saved:
+                peak_saved, peak_count = held, count / v
+        elif a.kind in ("B", "I"):
+            peak = max(peak, held + working_set[a.stage])
+            if a.kind == "B":
+                held -= chunk_bytes[a.stage]
+                count -= 1
+        elif a.kind == "W":
+            held -= chunk_bytes[a.stage]
+            count -= 1
+    return peak, peak_saved, peak_count
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationStates:
+    """The distinct points of one rank's activation walk (:func:`activation_peak`), in order of
+    first occurrence, as read-only integer matrices: row i of ``forward_held`` counts the
+    micro-batches alive per virtual stage (columns: ``chunks``) just after a forward of virtual
+    stage ``chunks[forward_chunk[i]]``; ``backward_held`` / ``backward_chunk`` likewise just
+    before a backward (B or I)."""
+
+    chunks: tuple[int, ...]
+    forward_held: np.ndarray  # (states, chunks) int64
+    forward_chunk: np.ndarray  # (states,) column index
+    backward_held: np.ndarray
+    backward_chunk: np.ndarray
+
+
+def _frozen(rows: list, width: int) -> np.ndarray:
+    a = np.array(rows, dtype=np.int64).reshape(len(rows), width)
+    a.flags.writeable = False
+    return a
+
+
+@lru_cache(maxsize=1024)
+def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int) -> ActivationStates:
+    """One rank's walk reduced to its distinct states (cached per schedule and rank).
+    :func:`activation_peak_of_states` on them gives exactly what :func:`activation_peak` gives
+    on the whole action list: a repeated state adds nothing to a maximum, and the first
+    occurrence of the largest forward state is where the walk's strict "greater than" last
+    fires (tested with hypothesis for every schedule and any bytes)."""
+    actions = rank_schedule(name, pp, m, v, rank)
+    chunks = tuple(sorted({a.stage for a in actions}))
+    index = {c: i for i, c in enumerate(chunks)}
+    held = [0] * len(chunks)
+    fwd: dict[tuple, None] = {}
+    bwd: dict[tuple, None] = {}
+    for a in actions:
+        i = index[a.stage]
+        if a.kind == "F":
+            held[i] += 1
+            fwd.setdefault((i, *held))
+        elif a.kind in ("B", "I"):
+            bwd.setdefault((i, *held))
+            if a.kind == "B":
+                held[i] -= 1
+        elif a.kind == "W":
+            held[i] -= 1
+    n = len(chunks)
+    f, b = list(fwd), list(bwd)
+    return ActivationStates(
+        chunks,
+        _frozen([r[1:] for r in f], n), _frozen([r[0] for r in f], 1).ravel(),
+        _frozen([r[1:] for r in b], n), _frozen([r[0] for r in b], 1).ravel(),
+    )  # fmt: skip
+
+
+def activation_peak_of_states(
+    states: ActivationStates,
+    chunk_bytes: dict[int, int],
+    working_set: dict[int, int],
+    loss_bytes: dict[int, int] | None = None,
+) -> tuple[int, int, float]:
+    """:func:`activation_peak` over :func:`rank_activation_states` (the same result), as two
+    integer matrix-vector products."""
+    loss = loss_bytes or {}
+    ch = states.chunks
+    per = np.array([chunk_bytes[c] for c in ch], dtype=np.int64)
+    peak = peak_saved = 0
+    peak_count = 0.0
+    if len(states.forward_chunk):
+        held = states.forward_held @ per
+        extra = np.array([loss.get(c, 0) for c in ch], dtype=np.int64)[states.forward_chunk]
+        peak = int((held + extra).max())
+        i = int(held.argmax())  # the first state with the most saved bytes
+        if held[i] > 0:
+            peak_saved = int(held[i])
+            peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
+    if len(states.backward_chunk):
+        held = states.backward_held @ per
+        ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
+        peak = max(peak, int((held + ws).max()))
+    return peak, peak_saved, peak_count

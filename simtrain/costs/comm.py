@@ -1,0 +1,119 @@
+"""Communication durations of one step's collectives and sends, placed on the cluster.
+
+Each collective is an NCCL-style ring over a process group whose GPU ids are ``stride`` apart
+(``layout.placement``): inside a node over the intra-node link, across nodes one ring per NIC
+(bandwidth min(B_intra, g·B_nic); ``collectives.collective_time_s``). Durations are integer ns.
+"""
+
+from __future__ import annotations
+
+from simtrain.costs import collectives as coll
+from simtrain.layout.step import ResolvedStep
+from simtrain.spec.scenario import Scenario
+
+#: More DDP buckets than this are merged into groups (see :func:`buckets`).
+MAX_BUCKET_GROUPS = 16
+
+
+def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, n: int,
+                  stride: int) -> int:  # fmt: skip
+    """One ring collective ``op`` of ``size_bytes`` over ``n`` GPUs ``stride`` apart."""
+    if n <= 1 or size_bytes <= 0:
+        return 0
+    intra, inter = coll.node_links(sc.hardware)
+    g = step.placement.group_gpus_per_node(n, stride)
+    t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
+                               inter=inter, gpus_per_node=g)  # fmt: skip
+    return round(1e9 * t)
+
+
+def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2)."""
+    g = step.groups
+    return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
+
+
+def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
+    """A collective over the data-parallel group (GPU ids tp apart)."""
+    g = step.groups
+    return collective_ns(sc, step, op, size_bytes, g.dp, g.dp_stride)
+
+
+def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
+    """Rank ``rank``'s send of a b·s·h activation to the next rank: Megatron's scatter/gather
+    sends b·s·h/t per TP rank (Narayanan et al. 2021 §4.1), over the intra-node link or the
+    NIC when the hop leaves the node."""
+    intra, inter = coll.node_links(sc.hardware)
+    link = inter if step.placement.hop_crosses_nodes(rank) else intra
+    return round(1e9 * coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link))
+
+
+def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int, str]:
+    """Un-bucketed gradient all-reduce after the last backward (PipeDream and split-backward
+    schedules, where DDP's bucket hooks do not apply)."""
+    if step.groups.dp == 1 or grad_bytes == 0:
+        return 0, ""
+    return dp_ns(sc, step, "all_reduce", grad_bytes), "DP all-reduce grads"
+
+
+def dp_bytes_per_step(step: ResolvedStep, zero_stage: int, param_bytes: int) -> float:
+    """Bytes each GPU sends per step for data parallelism, nccl-tests bus bytes (formulas.md §5.1):
+    DDP all-reduce 2(n−1)/n·Ψ; ZeRO-1/2 reduce-scatter + all-gather, also 2(n−1)/n·Ψ; ZeRO-3 adds
+    a second parameter all-gather (forward and backward): 3(n−1)/n·Ψ (Rajbhandari et al. 2020 §7).
+    With gradient accumulation ZeRO-3 gathers and reduce-scatters once per micro-batch."""
+    n = step.groups.dp
+    if n == 1:
+        return 0.0
+    f = (n - 1) / n
+    if zero_stage == 3:
+        return 3 * f * param_bytes * step.microbatches
+    return 2 * f * param_bytes
+
+
+def buckets(bucket_mb: float, grad_bytes: int) -> list[int]:
+    """Gradient buckets of ``bucket_mb`` MB; when there are more than 16, the earlier ones are
+    merged into 15 equal groups (they all hide under the rest of backward) and the last bucket,
+    the one that sets the exposed communication, keeps its size. Each group still pays one
+    latency per bucket it stands for (see :func:`bucket_counts`)."""
+    cap = int(bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    sizes = [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
+    if n <= MAX_BUCKET_GROUPS:
+        return sizes
+    head = sum(sizes[:-1])
+    k = MAX_BUCKET_GROUPS - 1
+    return [head // k + (1 if i < head % k else 0) for i in range(k)] + [sizes[-1]]
+
+
+def bucket_counts(bucket_mb: float, grad_bytes: int) -> list[int]:
+    """How many real buckets each entry of :func:`buckets` stands for."""
+    cap = int(bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    if n <= MAX_BUCKET_GROUPS:
+        return [1] * n
+    k = MAX_BUCKET_GROUPS - 1
+    return [(n - 1) // k + (1 if i < (n - 1) % k else 0) for i in range(k)] + [1]
+
+
+def bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int) -> tuple[int, ...]:
+    """Time of each bucket group: ``count`` collectives of its average bucket size. DDP
+    all-reduces buckets of ``bucket_mb`` MB (PyTorch default 25 MB, ``bucket_cap_mb``; Li et
+    al. 2020 §3.2.3) as backward produces them; ZeRO-1/2 reduce-scatters them (DeepSpeed
+    ``overlap_comm``)."""
+    mb = sc.parallelism.bucket_mb
+    return tuple(
+        c * dp_ns(sc, step, op, size / c) if c else 0
+        for size, c in zip(buckets(mb, grad_bytes), bucket_counts(mb, grad_bytes), strict=True)
+    )
+
+
+def naive_dp_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int,
+                param_bytes: int) -> tuple[int, str]:  # fmt: skip
+    """The lecture's data parallelism: GPU 0 receives every other GPU's gradients through its
+    own link ((n−1)·S), averages them, steps, and sends the parameters back to each ((n−1)·P)."""
+    g = step.groups
+    link = coll.group_link(sc.hardware, step.placement.gpus_per_node, g.dp * g.tp)
+    n = g.dp
+    t = (n - 1) * (grad_bytes + param_bytes) / link.bandwidth_bytes_per_s
+    t += 2 * (n - 1) * link.latency_s
+    return round(1e9 * t), "gather grads on GPU 0 + broadcast params"

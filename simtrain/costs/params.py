@@ -1,0 +1,239 @@
+"""Parameters per GPU, tensor by tensor, and the model-state bytes they cost.
+
+Model states follow Rajbhandari et al. 2020 (ZeRO, §3): with mixed precision and Adam a
+parameter costs 2 (16-bit weight) + 2 (16-bit gradient) + K = 12 (fp32 master, momentum,
+variance) bytes; PEFT methods freeze the base weights and add their own trainable tensors
+(LoRA, Hu et al. 2021; QLoRA's NF4 base weights, Dettmers et al. 2023; adapters, prefixes,
+prompts). Parameter counts are exact integers, tested against the model cards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import ADAM8BIT_BLOCK, NF4_BITS, PRECISIONS, STATES_PER_PARAM
+from simtrain.spec.scenario import TrainingSpec
+
+
+def nf4_bytes(n: int, block: int = 64) -> int:
+    """Bytes of an NF4 tensor of ``n`` values with double-quantised constants (QLoRA §3)."""
+    blocks = ceil(n / block)
+    return ceil(n * NF4_BITS / 8) + blocks + 4 * ceil(blocks / 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter inventory
+
+
+@dataclass(frozen=True, slots=True)
+class ParamTensor:
+    """One parameter tensor per GPU (after TP sharding): ``rows x cols`` (cols = 1 for vectors)."""
+
+    name: str
+    rows: int
+    cols: int
+    trainable: bool
+    nf4: bool = False  # stored 4-bit (QLoRA base weights)
+    matmul: bool = False  # a matmul weight (autocast makes a 16-bit copy)
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+
+def base_trainable(peft: str, phase: str) -> bool:
+    return peft == "none" or (peft == "lp_ft" and phase == "finetune")
+
+
+def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
+    """Parameter tensors of one transformer block on one TP rank.
+
+    Megatron TP (Shoeybi et al. 2019 §3): Q, K, V, gate, up are column-parallel (weights and
+    biases split by t), O and down are row-parallel (weights split, biases replicated), norms
+    replicated. PEFT adds LoRA A/B (Hu et al. 2021 §4.1), adapters (Houlsby et al. 2019 §2.1),
+    prefixes (Li & Liang 2021 §4.2).
+    """
+    peft = t.peft
+    full = base_trainable(peft.method, peft.phase)
+    qlora = peft.method == "qlora"
+    bias_trainable = full or peft.method == "bitfit"
+    out: list[ParamTensor] = []
+    shapes = m.linear_weight_shapes()
+    column = ("q", "k", "v", "gate", "up")
+    for name, (fan_in, fan_out) in shapes.items():
+        is_col = name in column
+        rows, cols = (fan_in, fan_out // tp) if is_col else (fan_in // tp, fan_out)
+        out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
+        has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
+        if has_bias:
+            out.append(ParamTensor(f"{name}.bias", fan_out // tp if is_col else fan_out, 1,
+                                   bias_trainable))  # fmt: skip
+        if peft.method in ("lora", "qlora") and name in peft.target_modules:
+            r = peft.rank
+            # LoRA A is split like the base input, B like the base output.
+            a_rows = fan_in if is_col else fan_in // tp
+            b_cols = fan_out // tp if is_col else fan_out
+            out.append(ParamTensor(f"{name}.lora_A", a_rows, r, True, matmul=True))
+            out.append(ParamTensor(f"{name}.lora_B", r, b_cols, True, matmul=True))
+    norm_cols = 2 if m.norm == "layernorm" else 1
+    for norm in ("norm1", "norm2"):
+        out.append(ParamTensor(f"{norm}.weight", m.hidden, 1, full))
+        if norm_cols == 2:
+            out.append(ParamTensor(f"{norm}.bias", m.hidden, 1, bias_trainable))
+    if peft.method == "adapter":
+        a = peft.adapter_size
+        for where in ("attn", "mlp"):
+            out += [
+                ParamTensor(f"adapter_{where}.down", m.hidden, a, True, matmul=True),
+                ParamTensor(f"adapter_{where}.down_bias", a, 1, True),
+                ParamTensor(f"adapter_{where}.up", a, m.hidden, True, matmul=True),
+                ParamTensor(f"adapter_{where}.up_bias", m.hidden, 1, True),
+            ]
+    if peft.method == "prefix":
+        out.append(ParamTensor("prefix_kv", 2 * peft.prefix_length, m.kv_dim // tp, True))
+    return out
+
+
+def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
+    """Token embedding (vocab-parallel, V/t rows per rank), learned positions (replicated),
+    prompt-tuning soft tokens."""
+    full = base_trainable(t.peft.method, t.peft.phase)
+    out = [ParamTensor("wte", m.vocab // tp, m.hidden, full)]
+    if m.positions == "learned":
+        out.append(ParamTensor("wpe", m.max_positions, m.hidden, full))
+    if t.peft.method == "prompt":
+        out.append(ParamTensor("prompt", t.peft.prompt_length, m.hidden, True))
+    return out
+
+
+def head_param_tensors(
+    m: ModelSpec, t: TrainingSpec, tp: int = 1, pp: int = 1
+) -> list[ParamTensor]:
+    """Final norm plus the LM head. Tied embeddings share the token embedding on one GPU; with
+    pipeline parallelism the last stage keeps its own copy (Megatron: word embeddings on the
+    first and last stage, gradients all-reduced between them). Linear probing trains a fresh
+    untied head (Kumar et al. 2022, "LP-FT", §2)."""
+    full = base_trainable(t.peft.method, t.peft.phase)
+    probe = t.peft.method == "linear_probe" or (
+        t.peft.method == "lp_ft" and t.peft.phase == "probe"
+    )
+    out = [ParamTensor("norm_f.weight", m.hidden, 1, full)]
+    if m.norm == "layernorm":
+        out.append(ParamTensor("norm_f.bias", m.hidden, 1, full or t.peft.method == "bitfit"))
+    if not m.tied_embeddings or probe:
+        out.append(ParamTensor("lm_head", m.hidden, m.vocab // tp, full or probe, matmul=True))
+    elif pp > 1:
+        out.append(ParamTensor("lm_head(tied copy)", m.hidden, m.vocab // tp, full, matmul=True))
+    return out
+
+
+def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:
+    """All parameters of the model on one GPU (no parallelism)."""
+    return (
+        embedding_param_tensors(m, t)
+        + layer_param_tensors(m, t) * m.layers
+        + head_param_tensors(m, t)
+    )
+
+
+def trainable_params(m: ModelSpec, t: TrainingSpec) -> int:
+    return sum(p.numel for p in full_model_param_tensors(m, t) if p.trainable)
+
+
+def total_params(m: ModelSpec, t: TrainingSpec) -> int:
+    """Parameters including PEFT additions (base N + adapters)."""
+    return sum(p.numel for p in full_model_param_tensors(m, t))
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-state bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStateBytes:
+    parameters: int
+    master_weights: int
+    gradients: int
+    optimizer_states: int
+    weight_copies: int  # autocast 16-bit copies of matmul weights (held until backward)
+    params: int
+    trainable: int
+
+
+def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelStateBytes:
+    """Bytes of parameters, fp32 master copies, gradients and optimizer states.
+
+    Frozen parameters get no gradient, master copy or optimizer state. QLoRA base weights are
+    NF4 (:func:`nf4_bytes`); its LoRA weights stay 16-bit with no master copy (Dettmers et al.
+    2023 §3: "BFloat16 computation data type", paged fp32 optimizer states).
+    """
+    prec = PRECISIONS[t.precision]
+    qlora = t.peft.method == "qlora"
+    params = grads = master = states = copies = 0
+    n = n_train = 0
+    for p in tensors:
+        n += p.numel
+        if p.nf4:
+            params += nf4_bytes(p.numel, t.peft.quant_block_size)
+        else:
+            params += p.numel * prec.param
+            if p.matmul:
+                copies += p.numel * prec.weight_copy
+        if not p.trainable:
+            continue
+        n_train += p.numel
+        grads += p.numel * (prec.grad + prec.grad_accum)
+        if not qlora:
+            master += p.numel * prec.master
+        state_bytes = 4 if qlora else prec.state
+        states += optimizer_state_elements(p, t.optimizer) * state_bytes
+        if t.optimizer == "adam8bit":
+            states += 2 * p.numel + 2 * 4 * ceil(p.numel / ADAM8BIT_BLOCK)
+    return ModelStateBytes(params, master, grads, states, copies, n, n_train)
+
+
+def scale_states(ms: ModelStateBytes, k: int) -> ModelStateBytes:
+    return ModelStateBytes(*(getattr(ms, f) * k for f in ModelStateBytes.__slots__))
+
+
+def add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
+    return ModelStateBytes(*(getattr(a, f) + getattr(b, f) for f in ModelStateBytes.__slots__))
+
+
+def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
+                            trainable: int) -> int:  # fmt: skip
+    """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
+    ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
+    tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
+    (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.torchref.measure). SGD updates
+    in place. With fp32 master weights, plus the fp32 master gradients of all ``trainable``
+    parameters (below). With ZeRO the optimizer sees 1/``shards`` of each tensor."""
+    if t.offload.optimizer:
+        return 0
+    prec = PRECISIONS[t.precision]
+    master_grads = 0
+    if prec.master and not prec.grad_accum:
+        # Mixed precision with fp32 master weights: before the update every 16-bit gradient is
+        # cast to an fp32 master gradient, all of them at once (Megatron
+        # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
+        # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
+        # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
+        master_grads = prec.master * ceil(trainable / shards)
+    if t.optimizer not in ("adam", "adamw"):
+        return master_grads
+    largest = max((p.numel for p in tensors if p.trainable), default=0)
+    state = 4 if t.peft.method == "qlora" else prec.state
+    return master_grads + 2 * state * ceil(largest / shards)
+
+
+def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
+    """State elements of one tensor. SGD 0; momentum 1·n; Adam/AdamW 2·n (Kingma & Ba 2015);
+    Adafactor (Shazeer & Stern 2018 §3, no first moment as in its default beta1=None): factored
+    second moment rows + cols for matrices, n for vectors; 8-bit Adam counted in bytes apart."""
+    if optimizer in STATES_PER_PARAM:
+        return STATES_PER_PARAM[optimizer] * p.numel
+    if optimizer == "adafactor":
+        return p.rows + p.cols if p.cols > 1 and p.rows > 1 else p.numel
+    return 0  # adam8bit: bytes added by the caller

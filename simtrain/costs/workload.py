@@ -1,0 +1,151 @@
+"""The workload handed to lowering: per-chunk durations, per-rank work, memory deltas and the
+links transfers share, from the resolved step, the cost model and the memory model.
+
+Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from simtrain.costs import comm
+from simtrain.costs.compute import chunk_costs, optimizer_step_ns
+from simtrain.costs.memory import MemoryReport, persistent_gradient_bytes
+from simtrain.layout.step import ResolvedStep
+from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
+from simtrain.spec.scenario import Scenario
+
+
+def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDurations]:
+    """Virtual stage -> durations of its work for one micro-batch."""
+    t = sc.training
+    ar = comm.tp_allreduce_ns(sc, step)
+    out: dict[int, ChunkDurations] = {}
+    for stage, ch in enumerate(step.chunks):
+        rank = step.chunk_rank(stage)
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        n = ch.layers
+        send = comm.p2p_send_ns(sc, step, rank)
+        out[stage] = ChunkDurations(
+            forward_ns=c.forward_ns,
+            input_grad_ns=c.input_grad_ns,
+            weight_grad_ns=c.weight_grad_ns,
+            recompute_ns=c.recompute_ns,
+            tp_forward_ns=2 * n * ar,
+            tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
+            tp_recompute_ns=2 * n * ar if t.recompute == "full" else 0,
+            send_forward_ns=send,
+            send_backward_ns=send,
+            layers=(ch.lo, ch.hi),
+        )
+    return out
+
+
+def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
+                  chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
+    """ZeRO-3: each layer's parameters all-gathered before its compute, its gradients
+    reduce-scattered after its backward (Rajbhandari et al. 2020 §5.3; FSDP)."""
+    prec = step.precision
+    out = dict(chunks)
+    for stage, ch in chunks.items():
+        lo, hi = ch.layers
+        sm = mem.stages[step.chunk_rank(stage)]
+        per_layer = sm.params * prec.param // max(step.rank_layers(sm.stage), 1)
+        rs_bytes = sm.trainable * prec.grad // max(hi - lo, 1) // step.v
+        out[stage] = replace(
+            ch,
+            gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer),
+            reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes),
+        )
+    return out
+
+
+def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
+              trainable: int) -> RankWork:  # fmt: skip
+    """The rank's optimizer step and data-parallel gradient reduction: naive DP through GPU 0,
+    ZeRO-1/2 bucketed reduce-scatter + all-gather of the updated shards, DDP buckets
+    overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward).
+    ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
+    p, t, prec = sc.parallelism, sc.training, step.precision
+    grad_bytes = trainable * prec.grad
+    here = trainable // (p.dp if p.zero_stage >= 1 else 1)
+    work = RankWork(optimizer_ns=optimizer_step_ns(here, t, sc.hardware))
+    if p.dp == 1 or not grad_bytes:
+        return work
+    if p.dp_mode == "naive":
+        ns, name = comm.naive_dp_ns(sc, step, grad_bytes, params * prec.param)
+        return replace(work, grad_sync_ns=ns, grad_sync_name=name)
+    if p.zero_stage == 3:
+        return work
+    bucketable = step.schedule[rank][-2].kind in ("B", "W") and not step.traits.asynchronous
+    if p.zero_stage in (1, 2):
+        ag = comm.dp_ns(sc, step, "all_gather", params * prec.param)
+        return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "reduce_scatter", grad_bytes),
+                       bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter",
+                       post_opt_ns=ag, post_opt_name="AG updated params")  # fmt: skip
+    if bucketable:
+        return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "all_reduce", grad_bytes))
+    ns, name = comm.grad_sync_ns(sc, step, grad_bytes)
+    return replace(work, grad_sync_ns=ns, grad_sync_name=name)
+
+
+def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
+    """Which transfers leave the node, and each one's latency: they share their GPU's NIC."""
+    hw, pl, g = sc.hardware, step.placement, step.groups
+    lat = hw.inter_node_latency_s
+    return NicPlan(
+        bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s
+        * hw.efficiency.collective
+        / hw.oversubscription,
+        send_forward_crosses=tuple(pl.hop_crosses_nodes(r, 1) for r in range(g.pp)),
+        send_backward_crosses=tuple(pl.hop_crosses_nodes(r, -1) for r in range(g.pp)),
+        p2p_latency_s=lat,
+        dp_crosses=g.dp * g.tp > pl.gpus_per_node,
+        dp_latency_s=2 * (g.dp - 1) * lat,
+        tp_crosses=pl.tp_crosses_nodes,
+        tp_latency_s=2 * (g.tp - 1) * lat,
+    )
+
+
+def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> LoweringInput:
+    """Everything lowering needs: schedule, durations, per-rank work and memory deltas."""
+    chunks = chunk_durations(sc, step)
+    if sc.parallelism.zero_stage == 3 and sc.parallelism.dp > 1:
+        chunks = _zero3_chunks(sc, step, mem, chunks)
+    ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
+    activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
+    working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
+    loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
+    return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss)
+
+
+def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:
+    """Static memory per rank: every category but activations, which the tasks allocate (and
+    the 16-bit gradients, when they only exist from backward to the optimizer step; an fp32
+    accumulation buffer stays). The loss working memory is allocated by the last chunk's
+    forward, the optimizer's working memory by the optimizer step."""
+    out = {}
+    for sm in mem.stages:
+        cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
+        if step.gradients_transient:
+            cats["gradients"] = persistent_gradient_bytes(step, sm.trainable)
+        cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+        out[sm.stage] = cats
+    return out
+
+
+def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[tuple, tuple]]:
+    """Rank -> (alloc, free) of its optimizer step: the step holds its working memory while it
+    runs; with transient gradients the 16-bit gradients are allocated there too (after
+    backward has freed the activations)."""
+    out = {}
+    for sm in mem.stages:
+        alloc = []
+        if step.gradients_transient:
+            grads = sm.category("gradients") - persistent_gradient_bytes(step, sm.trainable)
+            alloc.append(("gradients", grads))
+        ws = sm.optimizer_working_bytes
+        if ws:
+            alloc.append(("buffers", ws))
+        out[sm.stage] = (tuple(alloc), (("buffers", ws),) if ws else ())
+    return out

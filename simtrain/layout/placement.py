@@ -1,0 +1,79 @@
+"""Where each rank runs: process groups, GPU ids, and which transfers leave a node.
+
+Placement (Megatron order, Narayanan et al. 2021 §3): global GPU id = pp_rank·(dp·tp) +
+dp_rank·tp + tp_rank, so a TP group is consecutive GPUs (inside a node when tp <= GPUs per node),
+a DP group strides by tp, and pipeline neighbours are dp·tp GPUs apart. Only one GPU per
+pipeline rank is simulated: its TP and DP peers do identical work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """Process-group sizes. Strides are the GPU-id distance between members of a group."""
+
+    dp: int
+    tp: int
+    pp: int
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    @property
+    def tp_stride(self) -> int:
+        return 1
+
+    @property
+    def dp_stride(self) -> int:
+        return self.tp
+
+    @property
+    def pp_stride(self) -> int:
+        return self.dp * self.tp
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    groups: Groups
+    gpus_per_node: int
+
+    def rank_gpu(self, rank: int) -> int:
+        """First GPU of pipeline rank ``rank`` (its TP and DP peers follow)."""
+        return rank * self.groups.pp_stride
+
+    def same_node(self, gpu_a: int, gpu_b: int) -> bool:
+        return gpu_a // self.gpus_per_node == gpu_b // self.gpus_per_node
+
+    def hop_crosses_nodes(self, rank: int, step: int = 1) -> bool:
+        """Does the p2p hop from ``rank`` to rank ``(rank + step) % pp`` leave the node?"""
+        other = (rank + step) % self.groups.pp
+        return not self.same_node(self.rank_gpu(rank), self.rank_gpu(other))
+
+    def group_crosses_nodes(self, n: int, stride: int) -> bool:
+        """Does a group of ``n`` GPUs ``stride`` apart span more than one node?"""
+        return n * stride > self.gpus_per_node
+
+    def group_gpus_per_node(self, n: int, stride: int) -> int:
+        """Members of such a group that share a node (the ``g`` of ``collectives``: a
+        cross-node ring runs one ring per NIC, g of them per node)."""
+        if stride > self.gpus_per_node:
+            return 1
+        return max(1, min(n, self.gpus_per_node // stride))
+
+    @property
+    def tp_crosses_nodes(self) -> bool:
+        return self.group_crosses_nodes(self.groups.tp, self.groups.tp_stride)
+
+    @property
+    def dp_crosses_nodes(self) -> bool:
+        return self.group_crosses_nodes(self.groups.dp, self.groups.dp_stride)
+
+    def rank_label(self, rank: int) -> str:
+        """``stage r: GPU g`` or ``stage r: GPUs g-h`` (the rank and its TP x DP peers)."""
+        g, peers = self.rank_gpu(rank), self.groups.pp_stride
+        who = f"GPU {g}" if peers == 1 else f"GPUs {g}-{g + peers - 1}"
+        return f"stage {rank}: {who}"

@@ -1,0 +1,116 @@
+"""The resolved step: every fact of a layout, computed once from a validated scenario.
+
+Memory, costs, lowering, metrics, the planner's closed form and validate read these facts here
+and never re-derive them: micro-batches per step (m = global_batch / (micro_batch · dp),
+Narayanan et al. 2021 §3.1), the schedule that runs with its traits (``schedules.registry``),
+the layer split per virtual stage, stage → rank → GPU placement and which hops cross nodes,
+process-group spans, the effective sequence length and the bytes of one boundary activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from simtrain.layout.partition import StageBlocks, split_layers
+from simtrain.layout.placement import Groups, Placement
+from simtrain.schedules import Schedule, ScheduleTraits, rank_stages, stage_to_rank, traits
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import PRECISIONS, Precision
+from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedStep:
+    microbatches: int  # m per step and pipeline
+    micro_batch: int  # b, samples per micro-batch
+    global_batch: int
+    schedule_name: str  # what runs: parallelism.schedule, or 1F1B accumulation when pp = 1
+    traits: ScheduleTraits
+    schedule: Schedule  # rank -> compute actions (shared, read-only)
+    v: int  # virtual stages (model chunks) per rank
+    chunks: tuple[StageBlocks, ...]  # by virtual stage 0 .. pp·v−1
+    placement: Placement
+    precision: Precision
+    seq_len: int  # tokens of data per sample
+    seq_len_effective: int  # positions the blocks process: + soft-prompt tokens (prompt tuning)
+    kv_len: int  # keys each query attends to: + prefix tokens (prefix tuning)
+    boundary_bytes: int  # one b·s·h activation in the matmul dtype (p2p sends, TP all-reduces)
+    gradients_transient: bool
+
+    @property
+    def groups(self) -> Groups:
+        return self.placement.groups
+
+    @property
+    def pp(self) -> int:
+        return self.groups.pp
+
+    @property
+    def gpus(self) -> int:
+        return self.groups.gpus
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    @property
+    def last_stage(self) -> int:
+        return self.pp * self.v - 1
+
+    def chunk_rank(self, stage: int) -> int:
+        """Rank holding virtual stage ``stage`` (stage % pp; Narayanan et al. 2021 §2.2.2)."""
+        return stage_to_rank(stage, self.pp, self.v)
+
+    def rank_chunk_ids(self, rank: int) -> list[int]:
+        """Virtual stages on ``rank``, in model order."""
+        return rank_stages(rank, self.pp, self.v)
+
+    def rank_chunks(self, rank: int) -> list[StageBlocks]:
+        return [self.chunks[s] for s in self.rank_chunk_ids(rank)]
+
+    def rank_layers(self, rank: int) -> int:
+        """Decoder layers held by ``rank``, all its chunks together."""
+        return sum(c.layers for c in self.rank_chunks(rank))
+
+
+def resolve(sc: Scenario) -> ResolvedStep:
+    """The resolved step of ``sc`` (cached: the planner resolves thousands of layouts)."""
+    return _resolve(sc.model, sc.training, sc.parallelism, sc.cluster.gpus_per_node)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int) -> ResolvedStep:
+    mb = t.global_batch // (t.micro_batch * p.dp)
+    name = p.schedule if p.pp > 1 else "1f1b"
+    tr = traits(name)
+    split = split_layers(m, p)
+    prec = PRECISIONS[t.precision]
+    return ResolvedStep(
+        microbatches=mb,
+        micro_batch=t.micro_batch,
+        global_batch=t.global_batch,
+        schedule_name=name,
+        traits=tr,
+        schedule=_schedule(name, p.pp, mb, p.virtual_stages),
+        v=p.virtual_stages,
+        chunks=tuple(split[k] for k in range(len(split))),
+        placement=Placement(Groups(p.dp, p.tp, p.pp), gpus_per_node),
+        precision=prec,
+        seq_len=t.seq_len,
+        seq_len_effective=t.seq_len_effective,
+        kv_len=t.kv_len,
+        boundary_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective * m.hidden,
+        gradients_transient=p.pp == 1 and p.dp == 1 and mb == 1,
+    )
+
+
+@lru_cache(maxsize=64)
+def _schedule(name: str, pp: int, m: int, v: int) -> Schedule:
+    """Schedules are pure functions of (name, pp, m, v): build each once (callers never mutate)."""
+    return traits(name).generator(pp, m, v)
+
+
+def rank_schedule(name: str, pp: int, m: int, v: int, rank: int) -> list:
+    """One rank's compute actions of schedule ``name`` (the memory walk's input)."""
+    return _schedule(name, pp, m, v)[rank]

@@ -1,0 +1,123 @@
+"""``simtrain memory --explain``: the memory model's arithmetic written out, stage by stage.
+
+Reads only the figures ``costs.memory`` recorded in each stage's :class:`StageBreakdown`; it
+computes nothing of its own but the text.
+"""
+
+from __future__ import annotations
+
+from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.scenario import Scenario
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB ({n / 2**30:,.2f} GiB)"
+
+
+def explain_memory(sc: Scenario, rep: MemoryReport) -> list[str]:
+    """Every stage's lines, in stage order."""
+    lines: list[str] = []
+    for sm in rep.stages:
+        assert sm.breakdown is not None
+        lines += _model_states(sc, sm, sm.breakdown)
+        lines += _activations(sc, sm, sm.breakdown)
+        lines += _buffers_and_peak(sc, sm, sm.breakdown)
+    return lines
+
+
+def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
+    t, p = sc.training, sc.parallelism
+    prec = PRECISIONS[t.precision]
+    ms, tp, dp, z = b.states, p.tp, p.dp, p.zero_stage
+    ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
+    lines = [
+        f"stage {sm.stage}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
+        f"{f', TP {tp}' if tp > 1 else ''}), {ms.trainable:,} trainable",
+        f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(ms.parameters)}"
+        + (" (base weights NF4: 4 bits + block constants)" if t.peft.method == "qlora" else ""),
+    ]
+    if ms.master_weights:
+        lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 "
+                     f"copy) = {_gb(ms.master_weights)}")  # fmt: skip
+    lines.append(
+        f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B"
+        + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
+        + f" = {_gb(ms.gradients)}"
+    )
+    lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = "
+                 f"{_gb(ms.optimizer_states)}")  # fmt: skip
+    if z >= 1 and dp > 1:
+        lines.append(f"  ZeRO-{z}: optimizer states and master weights / dp {dp}")
+    if z >= 2 and dp > 1:
+        lines.append(f"  ZeRO-{z}: gradients / dp {dp}")
+    if z >= 3 and dp > 1:
+        lines.append(f"  ZeRO-3: parameters / dp {dp}")
+    if t.offload.optimizer:
+        lines.append(f"  offload: optimizer states and master weights ({_gb(b.host_bytes)}) live "
+                     "in host memory")  # fmt: skip
+    return lines
+
+
+def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
+    m, t, p = sc.model, sc.training, sc.parallelism
+    lines = []
+    full = t.recompute == "full" and b.saved
+    if b.saved:
+        full_layer = sum(x.bytes for x in b.saved)
+        lines.append(
+            f"  activations per layer per micro-batch (b={t.micro_batch}, "
+            f"s={t.seq_len_effective}, h={m.hidden}): {b.per_layer_bytes:,} B"
+            + (
+                f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
+                if t.recompute != "none"
+                else ""
+            )  # fmt: skip
+        )
+        for x in b.saved:
+            lines.append(f"      {x.name:<42} {x.formula:<14} {x.bytes:>14,} B")
+    else:
+        lines.append("  activations: no gradient flows through the blocks: nothing is saved")
+    sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
+    lines.append(
+        f"  activations      = {b.activation_bytes_per_microbatch:,} B per micro-batch x "
+        f"{b.in_flight:g} in flight at the peak ({sched_name}, stage {sm.stage})"
+        + (
+            f" + recompute working set {b.recompute_working_set_bytes:,} B (one block + its "
+            "output gradient)"
+            if full
+            else ""
+        )  # fmt: skip
+        + f" = {_gb(b.activations)}"
+    )
+    if b.pipedream_versions:
+        lines.append(f"  PipeDream weight stashing: {b.pipedream_versions} weight versions on "
+                     f"stage {sm.stage}: + {_gb(b.pipedream_extra_bytes)} of parameters")  # fmt: skip
+    return lines
+
+
+def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
+    t, p, hw = sc.training, sc.parallelism, sc.hardware
+    prec = PRECISIONS[t.precision]
+    lines = []
+    if b.optimizer_working_bytes:
+        what = "2 temporaries of the largest tensor" if t.optimizer in ("adam", "adamw") else ""
+        if prec.master and not prec.grad_accum:
+            what = "fp32 master gradients, 4 B x trainable" + (" + " + what if what else "")
+        lines.append(f"  optimizer step working memory = {_gb(b.optimizer_working_bytes)} "
+                     f"({what}; activations are gone by then)")  # fmt: skip
+    if b.naive_dp_gather_bytes:
+        lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
+                     f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
+    lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
+                 "communication)")  # fmt: skip
+    lines.append(f"  CUDA context     = {_gb(hw.cuda_context_bytes)} ({hw.display_name} profile)")
+    if b.loss_before_recompute:
+        lines.append("  the loss working memory is freed before recompute re-materialises a "
+                     "block: the peak counts the larger of the two")  # fmt: skip
+    if b.gradients_transient:
+        lines.append("  gradients appear as backward frees activations (one micro-batch, no "
+                     "DP/PP): peak counts the larger of the two")  # fmt: skip
+    lines.append(f"  peak             = {_gb(sm.peak_memory_bytes)}; capacity "
+                 f"{_gb(hw.memory_bytes)}")  # fmt: skip
+    return lines

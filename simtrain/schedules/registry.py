@@ -1,0 +1,134 @@
+"""The schedule registry: every pipeline schedule's generator and its traits, in one place.
+
+Everything that asks "what does schedule X do" reads :data:`SCHEDULES`: the scenario validator
+(allowed names), the resolved step, the memory model (micro-batches in flight), lowering (split
+backward) and validate's step-time extrapolation (cost affine in m). Bubble fractions assume
+uniform stages and free communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual
+stages per rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simtrain.schedules.actions import Schedule
+from simtrain.schedules.generators import gpipe, interleaved, naive, one_f_one_b, pipedream, zb_h1
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTraits:
+    """What a schedule is, beyond its action lists.
+
+    ``bubble(p, m, v)``: idle fraction of the step for uniform stages (closed form);
+    ``in_flight(p, m, stage, v)``: micro-batches a stage holds at its activation peak (the
+    memory model walks the real schedule; this is the documented closed form);
+    ``split_backward``: backward runs as I (input grad) and W (weight grad);
+    ``affine_in_m``: step time is affine in m once m reaches ``affine_from(p)`` (validate
+    simulates two short steps and extrapolates); ``asynchronous``: no flush at the step's end.
+    """
+
+    name: str
+    generator: Callable[[int, int, int], Schedule]
+    bubble: Callable[[int, int, int], float]
+    in_flight: Callable[[int, int, int, int], float]
+    split_backward: bool = False
+    affine_in_m: bool = False
+    asynchronous: bool = False
+    virtual: bool = False  # takes v > 1 model chunks per rank
+
+    def affine_from(self, pp: int) -> int:
+        """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
+        return pp if self.virtual and pp > 1 else 1
+
+
+def _flush_bubble(p: int, m: int, v: int) -> float:
+    """GPipe and 1F1B: (p−1)/(m+p−1) (Huang et al. 2019 §2.3; Narayanan et al. 2021 §2.2.1)."""
+    return (p - 1) / (m + p - 1)
+
+
+def _interleaved_bubble(p: int, m: int, v: int) -> float:
+    """Interleaved 1F1B: (p−1)/(v·m+p−1) (Narayanan et al. 2021 §2.2.2)."""
+    return (p - 1) / (v * m + p - 1)
+
+
+def _zb_h1_bubble(p: int, m: int, v: int) -> float:
+    """ZB-H1 with T_F = T_I = T_W: (p−1)/(3m+p−1), m ≥ p (Qi et al. 2024 §2.1)."""
+    return (p - 1) / (3 * m + p - 1)
+
+
+def _naive_bubble(p: int, m: int, v: int) -> float:
+    """Naive model parallelism: one GPU busy at a time, (p−1)/p (Huang et al. 2019 Fig. 2b)."""
+    return (p - 1) / p
+
+
+def _pipedream_bubble(p: int, m: int, v: int) -> float:
+    """Asynchronous PipeDream in steady state: no flush, no bubble (Harlap et al. 2018 §3.2)."""
+    return 0.0
+
+
+def _all_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """GPipe holds every micro-batch until the backward starts (Huang et al. 2019 §2.3)."""
+    return float(m)
+
+
+def _one_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    return 1.0
+
+
+def _one_f_one_b_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """1F1B and PipeDream: min(m, p − s) (Narayanan et al. 2021 §2.2.1)."""
+    return float(min(m, p - stage))
+
+
+def _zb_h1_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """ZB-H1 defers weight gradients, so every stage keeps up to min(m, p) until its W (Qi et
+    al. 2024, arXiv 2401.10241 §2.1)."""
+    return float(min(m, p))
+
+
+SCHEDULES: dict[str, ScheduleTraits] = {
+    s.name: s
+    for s in (
+        ScheduleTraits("naive", naive, _naive_bubble, _one_in_flight),
+        ScheduleTraits("gpipe", gpipe, _flush_bubble, _all_in_flight, affine_in_m=True),
+        ScheduleTraits(
+            "1f1b", one_f_one_b, _flush_bubble, _one_f_one_b_in_flight, affine_in_m=True
+        ),  # fmt: skip
+        ScheduleTraits(
+            "interleaved",
+            interleaved,
+            _interleaved_bubble,
+            _one_f_one_b_in_flight,
+            affine_in_m=True,
+            virtual=True,
+        ),  # fmt: skip
+        ScheduleTraits(
+            "pipedream", pipedream, _pipedream_bubble, _one_f_one_b_in_flight, asynchronous=True
+        ),  # fmt: skip
+        ScheduleTraits("zb_h1", zb_h1, _zb_h1_bubble, _zb_h1_in_flight, split_backward=True),
+    )
+}
+
+
+def traits(name: str) -> ScheduleTraits:
+    """The registry entry of ``name``; raises ScheduleError naming the allowed schedules."""
+    from simtrain.errors import ScheduleError
+
+    if name not in SCHEDULES:
+        raise ScheduleError(
+            f"unknown pipeline schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}"
+        )
+    return SCHEDULES[name]
+
+
+def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
+    """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank."""
+    return traits(name).generator(pp, m, v)
+
+
+def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
+    """Closed form of the micro-batches a stage holds at its peak; pp = 1 holds one."""
+    if pp == 1:
+        return 1.0
+    return traits(schedule).in_flight(pp, m, stage, v)

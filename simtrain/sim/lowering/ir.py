@@ -1,0 +1,85 @@
+"""Lowering's input: per-chunk durations, per-rank work and memory, and the NIC plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simtrain.schedules import Schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDurations:
+    """Durations of one virtual stage's work for one micro-batch (ns)."""
+
+    forward_ns: int
+    input_grad_ns: int
+    weight_grad_ns: int
+    recompute_ns: int = 0
+    tp_forward_ns: int = 0  # exposed TP communication after the forward
+    tp_backward_ns: int = 0  # ... after the backward
+    tp_recompute_ns: int = 0
+    send_forward_ns: int = 0  # p2p of the output activations to the next stage
+    send_backward_ns: int = 0  # p2p of the input gradient to the previous stage
+    layers: tuple[int, int] = (0, 0)
+    # ZeRO-3 (Rajbhandari et al. 2020 §5.3; FSDP): each layer's parameters are all-gathered
+    # before its forward and its backward (prefetched one layer ahead on the "gather" stream)
+    # and its gradients reduce-scattered after its backward.
+    gather_ns_per_layer: int = 0
+    reduce_scatter_ns_per_layer: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RankWork:
+    """Per-rank work outside the micro-batch loop."""
+
+    grad_sync_ns: int = 0  # data-parallel gradient reduction (collective stream)
+    grad_sync_name: str = "ALLREDUCE grads"
+    # DDP: one all-reduce per gradient bucket, each launched as soon as the last backward has
+    # produced it (Li et al. 2020, "PyTorch Distributed", §3.2.3); empty = one sync at the end.
+    bucket_ns: tuple[int, ...] = ()
+    bucket_name: str = "DP all-reduce"
+    post_opt_ns: int = 0
+    post_opt_name: str = "AG params"
+    optimizer_ns: int = 0
+    # memory the optimizer step allocates at its start / frees at its end (category, bytes)
+    optimizer_alloc: tuple[tuple[str, int], ...] = ()
+    optimizer_free: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NicPlan:
+    """Which transfers leave the node (and so share their GPU's NIC), per kind, with the part
+    of each that is latency: p2p sends per rank and direction, DP/ZeRO and TP collectives."""
+
+    bandwidth_bytes_per_s: float
+    send_forward_crosses: tuple[bool, ...]  # by rank
+    send_backward_crosses: tuple[bool, ...]
+    p2p_latency_s: float
+    dp_crosses: bool
+    dp_latency_s: float
+    tp_crosses: bool
+    tp_latency_s: float
+
+    def crossing(self, kind: str, rank: int) -> tuple[bool, float]:
+        """(leaves the node, latency in s) of a communication task of ``kind`` on ``rank``."""
+        if kind == "SEND_F":
+            return self.send_forward_crosses[rank], self.p2p_latency_s
+        if kind == "SEND_B":
+            return self.send_backward_crosses[rank], self.p2p_latency_s
+        if kind in ("DP", "AG", "RS") and self.dp_crosses:
+            return True, self.dp_latency_s
+        if kind == "TP" and self.tp_crosses:
+            return True, self.tp_latency_s
+        return False, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoweringInput:
+    schedule: Schedule
+    pp: int
+    v: int
+    chunks: dict[int, ChunkDurations]  # virtual stage -> durations
+    ranks: dict[int, RankWork]
+    activation_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
+    working_set_bytes: dict[int, int]  # virtual stage -> recompute working set
+    loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F

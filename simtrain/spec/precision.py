@@ -1,0 +1,72 @@
+"""Bytes per element of every kind of tensor, per training precision, and the optimizer-state and
+quantisation constants that set bytes per parameter (ZeRO, Rajbhandari et al. 2020 §3;
+Micikevicius et al. 2018; HF "model training anatomy"). One table: memory, costs, lowering and
+``simtrain measure`` all read it; ``spec.scenario`` takes its keys as the allowed precisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    """Bytes per element. ``act_mm`` = tensors saved around matmuls, ``act_norm`` = the residual
+    stream saved by norms, ``act_softmax`` = attention probabilities; ``weight_copy`` = the
+    16-bit copy of each matmul weight that torch.autocast makes and keeps until backward;
+    ``grad_accum`` = a separate fp32 gradient-accumulation buffer per trainable parameter, kept
+    next to the 16-bit gradients (counted under gradients; ZeRO-1 does not shard it, ZeRO-2
+    does)."""
+
+    name: str
+    param: int
+    grad: int
+    master: int
+    state: int  # bytes per optimizer-state element
+    act_mm: int
+    act_norm: int
+    act_softmax: int
+    weight_copy: int = 0
+    compute_dtype: str = "fp32"
+    grad_accum: int = 0
+
+
+PRECISIONS: dict[str, Precision] = {
+    # fp32: everything 4 bytes (the lecture's first slide).
+    "fp32": Precision("fp32", 4, 4, 0, 4, 4, 4, 4, compute_dtype="fp32"),
+    # Mixed precision with fp32 master weights (Micikevicius et al. 2018; Megatron, DeepSpeed):
+    # 16-bit weights and gradients, fp32 master copy and optimizer states, 16-bit activations.
+    "fp16": Precision("fp16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="fp16"),
+    "bf16": Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16"),
+    # bf16 with fp32 gradient accumulation (nanotron ``accumulate_grad_in_fp32``): the mixed
+    # precision above plus an fp32 gradient buffer, 2 + 2 + 4 + 4 + 8 = 20 bytes/param with Adam.
+    # Ultra-Scale Playbook, "Memory usage in Transformers": m_params = 2N, m_grad = 2N,
+    # m_params_fp32 = 4N, m_opt = 8N, and "Some libraries store grads in FP32, which would
+    # require an additional 4N memory. This is done, for example, in Nanotron". nanotron
+    # optim/gradient_accumulator.py (FP32GradientAccumulator.build_grad_buffers) keeps the fp32
+    # buffer for every parameter "even when Zero 1 is used"; its fp32 master copy is sharded.
+    "bf16_fp32_grads": Precision(
+        "bf16_fp32_grads", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16", grad_accum=4
+    ),  # fmt: skip
+    # Pure bf16: weights, gradients and optimizer states all bf16, no master copy.
+    "bf16_pure": Precision("bf16_pure", 2, 2, 0, 2, 2, 2, 2, compute_dtype="bf16"),
+    # torch.autocast (HF Trainer bf16=True): fp32 weights and gradients; matmuls see 16-bit casts;
+    # norms and softmax run in fp32 (PyTorch autocast op lists), so the residual stream and the
+    # attention probabilities are saved in fp32. HF "model training anatomy": 18 bytes/param
+    # with AdamW = 4 + 2 (copy) + 4 (grad) + 8.
+    "amp_bf16": Precision("amp_bf16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="bf16"),
+    "amp_fp16": Precision("amp_fp16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="fp16"),
+}
+
+# Optimizer state elements per trainable parameter (Adafactor and 8-bit Adam are counted by shape
+# in costs.memory; OPTIMIZER_STATES below gives the tensors the step reads and writes).
+STATES_PER_PARAM = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
+# bitsandbytes 8-bit Adam (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"
+# §2): two 1-byte states plus one fp32 absmax per block of 2048 values per state.
+ADAM8BIT_BLOCK = 2048
+# QLoRA (Dettmers et al. 2023 §3): NF4 weights, 4 bits each; absmax per 64-value block quantised
+# to 8 bits, with one fp32 constant per 256 blocks: 8/64 + 32/(64·256) = 0.127 bits/param.
+NF4_BITS = 4
+
+# State tensors the optimizer step reads and writes per parameter (8-bit Adam keeps two
+# quantised states, Adafactor about one factored one).
+OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
