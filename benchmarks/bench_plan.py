@@ -27,7 +27,6 @@ from pathlib import Path
 
 from simtrain.apps.plan import (
     LocalExecutor,
-    _chunks,
     build_context,
     closed_form_step_s,
     enumerate_layouts,
@@ -40,6 +39,7 @@ from simtrain.apps.plan import (
     select_candidates,
     simulate_layout,
 )
+from simtrain.apps.plan.search import _chunks
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import parse_scenario

@@ -1,0 +1,337 @@
+"""The plan file: ``PLAN.yaml`` read and validated into a :class:`Plan`.
+
+Errors are :class:`~simtrain.errors.ConfigError` naming the plan file, the key, the value and
+what is allowed; the model, training and parallelism keys are checked by the scenario parsers,
+so that a plan and a scenario file reject the same values with the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import load_hardware
+from simtrain.spec.scenario import (
+    RECOMPUTE,
+    SCHEDULES,
+    _mapping,
+    _no_unknown,
+    parse_model,
+    parse_parallelism,
+    parse_training,
+)
+from simtrain.spec.yamlfile import load_yaml
+
+DEFAULT_TOP = 32
+OBJECTIVES = ("time", "cost")
+
+TOP_KEYS = (
+    "name", "description", "model", "tokens", "training", "hardware", "gpus", "constraints",
+    "fixed", "parallelism", "failures", "objective", "top",
+)  # fmt: skip
+TRAINING_KEYS = (
+    "seq_len", "global_batch", "precision", "optimizer", "cross_entropy", "peft", "offload",
+)  # fmt: skip
+HARDWARE_KEYS = ("name", "price_per_gpu_hour")
+GPUS_KEYS = ("min", "max")
+CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")
+FIXED_KEYS = (
+    "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
+    "sequence_parallel",
+)  # fmt: skip
+# Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
+# "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
+# implementation and the pipeline layer split.
+PARALLEL_SETTING_KEYS = ("bucket_mb", "dp_mode", "layer_split", "zero3_max_live_params")
+FAILURE_KEYS = (
+    "enabled", "mtbf_gpu_hours", "checkpoint_interval", "checkpoint_s", "restart_s",
+    "relaunch_s", "checkpoint_write_gb_per_s_per_gpu",
+)  # fmt: skip
+BATCH_RANGE_KEYS = ("min", "max", "step")
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareOption:
+    name: str  # profile name (hardware/*.yaml) or an absolute path to a profile
+    price_per_gpu_hour: float
+    gpus_per_node: int
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    deadline_days: float | None = None
+    budget: float | None = None
+    max_gpus: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    file: str
+    base_dir: str
+    model: dict[str, Any]  # the model mapping, as a scenario file takes it (paths absolute)
+    tokens: float
+    training: dict[str, Any]  # training keys except global_batch (searched ones excluded)
+    global_batches: tuple[int, ...]
+    hardware: tuple[HardwareOption, ...]
+    gpu_counts: tuple[int, ...] | None  # explicit counts, or None for the range below
+    gpus_min: int
+    gpus_max: int
+    constraints: Constraints
+    fixed: dict[str, tuple[Any, ...]]  # key -> allowed values
+    failures: FailureModel
+    parallelism: dict[str, Any] = field(default_factory=dict)  # PARALLEL_SETTING_KEYS
+    objective: str = "time"
+    top: int = DEFAULT_TOP
+    description: str = ""
+
+
+def _num(value: Any, file: str, key: str, *, integer: bool = False, minimum: float = 0.0,
+         strict: bool = True) -> float:  # fmt: skip
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(file, key, "must be an integer" if integer else "must be a number",
+                          value)  # fmt: skip
+    if integer and not float(value).is_integer():
+        raise ConfigError(file, key, "must be an integer", value)
+    if (value <= minimum) if strict else (value < minimum):
+        raise ConfigError(file, key, f"must be {'>' if strict else '>='} {minimum:g}", value)
+    return int(value) if integer else float(value)
+
+
+def _global_batches(value: Any, file: str) -> tuple[int, ...]:
+    """An integer, a list of integers, or ``{min, max[, step]}``: with ``step`` an arithmetic
+    range, without it min, 2·min, 4·min ... up to max."""
+    key = "training.global_batch"
+    if isinstance(value, dict):
+        _no_unknown(value, BATCH_RANGE_KEYS, file, f"{key}.")
+        for k in ("min", "max"):
+            if k not in value:
+                raise ConfigError(file, f"{key}.{k}", "missing required key")
+        lo = int(_num(value["min"], file, f"{key}.min", integer=True))
+        hi = int(_num(value["max"], file, f"{key}.max", integer=True))
+        if hi < lo:
+            raise ConfigError(file, f"{key}.max", f"must be >= min = {lo}", hi)
+        if "step" in value:
+            step = int(_num(value["step"], file, f"{key}.step", integer=True))
+            return tuple(range(lo, hi + 1, step))
+        out, b = [], lo
+        while b <= hi:
+            out.append(b)
+            b *= 2
+        return tuple(out)
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(file, key, "must not be empty", value)
+    batches = [int(_num(v, file, key, integer=True)) for v in items]
+    return tuple(sorted(set(batches)))
+
+
+def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
+    """A fixed choice: one value or a list of them, each checked like a scenario key."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(file, f"fixed.{key}", "must not be empty", value)
+    out: list[Any] = []
+    for v in items:
+        if key in ("recompute", "schedule"):
+            allowed = RECOMPUTE if key == "recompute" else SCHEDULES
+            if v not in allowed:
+                raise ConfigError(file, f"fixed.{key}", "unknown value", v, " | ".join(allowed))
+        elif key == "sequence_parallel":
+            if not isinstance(v, bool):
+                raise ConfigError(file, f"fixed.{key}", "must be true or false", v)
+        elif key == "zero_stage":
+            if v not in (0, 1, 2, 3) or isinstance(v, bool):
+                raise ConfigError(file, f"fixed.{key}", "unknown value", v, "0 | 1 | 2 | 3")
+        else:
+            v = int(_num(v, file, f"fixed.{key}", integer=True))
+        out.append(v)
+    return tuple(dict.fromkeys(out))
+
+
+def _resolve_path(value: Any, base_dir: Path) -> Any:
+    """Relative file paths in a plan are relative to the plan's folder; make them absolute so
+    that best.yaml works from any folder."""
+    if isinstance(value, str):
+        p = Path(value)
+        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+            return str((base_dir / p).resolve())
+        if not p.is_absolute() and p.exists():
+            return str(p.resolve())
+    return value
+
+
+def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
+    """Validate a plan mapping. Errors name the file, the key, the value and what is allowed
+    (checked in this order: the top level, model, tokens, training, hardware, gpus,
+    constraints, fixed, parallelism, failures, objective, top)."""
+    base = base_dir if base_dir is not None else Path(".")
+    data = _mapping(data, file, "<root>")
+    _no_unknown(data, TOP_KEYS, file, "")
+    for k in ("model", "tokens", "training", "hardware"):
+        if k not in data:
+            raise ConfigError(file, k, "missing required key")
+    model = _model(data["model"], file, base)
+    tokens = _num(data["tokens"], file, "tokens")
+    training, batches = _training(data["training"], file)
+    options = _hardware_options(data["hardware"], file, base)
+    counts, lo, hi = _gpus(data.get("gpus", {"min": 1, "max": 1024}), file)
+    constraints = _constraints(data.get("constraints"), file)
+    fixed_raw = _mapping(data.get("fixed"), file, "fixed")
+    _no_unknown(fixed_raw, FIXED_KEYS, file, "fixed.")
+    fixed = {k: _choices(k, v, file) for k, v in fixed_raw.items()}
+    par = _parallelism(data.get("parallelism"), file)
+    fm = _failure_model(_mapping(data.get("failures"), file, "failures"), file)
+    objective = data.get("objective", "time")
+    if objective not in OBJECTIVES:
+        raise ConfigError(file, "objective", "unknown value", objective, " | ".join(OBJECTIVES))
+    top = int(_num(data.get("top", DEFAULT_TOP), file, "top", integer=True))
+    name = data.get("name") or (Path(file).stem if file else "plan")
+    return Plan(
+        name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
+        training=training, global_batches=batches, hardware=options, gpu_counts=counts,
+        gpus_min=lo, gpus_max=hi, constraints=constraints, fixed=fixed, failures=fm,
+        parallelism=par, objective=str(objective), top=top,
+        description=str(data.get("description", "")),
+    )  # fmt: skip
+
+
+def _model(value: Any, file: str, base: Path) -> dict[str, Any]:
+    """The model mapping, ``hf_config`` made absolute, validated now (errors name the plan)."""
+    model = dict(_mapping(value, file, "model"))
+    if "hf_config" in model:
+        model["hf_config"] = _resolve_path(model["hf_config"], base)
+    parse_model(model, file, base)  # validate now: errors name the plan file
+    return model
+
+
+def _training(value: Any, file: str) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """The training keys except ``global_batch``, and the global batches to search."""
+    training = dict(_mapping(value, file, "training"))
+    for k in ("micro_batch", "recompute"):
+        if k in training:
+            raise ConfigError(file, f"training.{k}", f"is searched by the planner; fix it with "
+                              f"fixed.{k}", training[k])  # fmt: skip
+    _no_unknown(training, TRAINING_KEYS, file, "training.")
+    if "global_batch" not in training:
+        raise ConfigError(file, "training.global_batch", "missing required key")
+    batches = _global_batches(training.pop("global_batch"), file)
+    parse_training({**training, "global_batch": batches[0]}, file)  # validate the other keys
+    return training, batches
+
+
+def _hardware_options(value: Any, file: str, base: Path) -> tuple[HardwareOption, ...]:
+    """One profile (a name, a path or a mapping) or a list of them, each loaded now."""
+    hw_raw = [value] if isinstance(value, dict | str) else value
+    if not isinstance(hw_raw, list) or not hw_raw:
+        raise ConfigError(file, "hardware", "must be a list of {name, price_per_gpu_hour}", hw_raw)
+    options = [_hardware_option(h, file, f"hardware[{i}]", base) for i, h in enumerate(hw_raw)]
+    if len({o.name for o in options}) != len(options):
+        raise ConfigError(file, "hardware", "lists a profile twice", [o.name for o in options])
+    return tuple(options)
+
+
+def _hardware_option(h: Any, file: str, key: str, base: Path) -> HardwareOption:
+    if isinstance(h, str):
+        h = {"name": h}
+    h = _mapping(h, file, key)
+    _no_unknown(h, HARDWARE_KEYS, file, f"{key}.")
+    if "name" not in h:
+        raise ConfigError(file, f"{key}.name", "missing required key")
+    if not isinstance(h["name"], str):
+        raise ConfigError(file, f"{key}.name", "must be a profile name or a path", h["name"])
+    name = (
+        str(_resolve_path(h["name"], base)) if h["name"].endswith((".yaml", ".yml")) else h["name"]
+    )
+    prof = load_hardware(name, file, f"{key}.name", base)
+    price = _num(h.get("price_per_gpu_hour", 0.0), file, f"{key}.price_per_gpu_hour",
+                 minimum=0.0, strict=False)  # fmt: skip
+    return HardwareOption(name, price, prof.gpus_per_node, prof.display_name)
+
+
+def _gpus(g: Any, file: str) -> tuple[tuple[int, ...] | None, int, int]:
+    """``gpus``: ``{min, max}`` (counts None: the range), or one count or a list of them."""
+    counts: tuple[int, ...] | None = None
+    if isinstance(g, dict):
+        _no_unknown(g, GPUS_KEYS, file, "gpus.")
+        lo = int(_num(g.get("min", 1), file, "gpus.min", integer=True))
+        if "max" not in g:
+            raise ConfigError(file, "gpus.max", "missing required key")
+        hi = int(_num(g["max"], file, "gpus.max", integer=True))
+        if hi < lo:
+            raise ConfigError(file, "gpus.max", f"must be >= gpus.min = {lo}", hi)
+    else:
+        items = g if isinstance(g, list) else [g]
+        counts = tuple(sorted({int(_num(v, file, "gpus", integer=True)) for v in items}))
+        if not counts:
+            raise ConfigError(file, "gpus", "must not be empty", g)
+        lo, hi = counts[0], counts[-1]
+    return counts, lo, hi
+
+
+def _constraints(value: Any, file: str) -> Constraints:
+    c = _mapping(value, file, "constraints")
+    _no_unknown(c, CONSTRAINT_KEYS, file, "constraints.")
+    return Constraints(
+        deadline_days=_num(c["deadline_days"], file, "constraints.deadline_days")
+        if c.get("deadline_days") is not None else None,
+        budget=_num(c["budget"], file, "constraints.budget")
+        if c.get("budget") is not None else None,
+        max_gpus=int(_num(c["max_gpus"], file, "constraints.max_gpus", integer=True))
+        if c.get("max_gpus") is not None else None,
+    )  # fmt: skip
+
+
+def _parallelism(value: Any, file: str) -> dict[str, Any]:
+    """The settings every layout shares; a searched key here is an error."""
+    par = dict(_mapping(value, file, "parallelism"))
+    searched = [k for k in par if k in FIXED_KEYS]
+    if searched:
+        raise ConfigError(file, f"parallelism.{searched[0]}", f"is searched by the planner; fix "
+                          f"it with fixed.{searched[0]}", par[searched[0]])  # fmt: skip
+    _no_unknown(par, PARALLEL_SETTING_KEYS, file, "parallelism.")
+    parse_parallelism(par, file)  # validate the values now: errors name the plan file
+    return par
+
+
+def _failure_model(f: dict[str, Any], file: str) -> FailureModel:
+    _no_unknown(f, FAILURE_KEYS, file, "failures.")
+    enabled = f.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(file, "failures.enabled", "must be true or false", enabled)
+    kw: dict[str, Any] = {}
+    if "mtbf_gpu_hours" in f:
+        kw["mtbf_gpu_hours"] = _num(f["mtbf_gpu_hours"], file, "failures.mtbf_gpu_hours")
+    if not enabled:
+        kw["mtbf_gpu_hours"] = None
+    ci = f.get("checkpoint_interval", "young")
+    if isinstance(ci, str):
+        if ci not in INTERVAL_RULES:
+            raise ConfigError(file, "failures.checkpoint_interval", "unknown value", ci,
+                              " | ".join(INTERVAL_RULES) + " | seconds")  # fmt: skip
+        kw["interval_rule"] = ci
+    else:
+        kw["checkpoint_interval_s"] = _num(ci, file, "failures.checkpoint_interval")
+    for k in ("checkpoint_s", "restart_s", "relaunch_s"):
+        if k in f:
+            kw[k] = _num(f[k], file, f"failures.{k}", minimum=0.0, strict=False)
+    if "checkpoint_write_gb_per_s_per_gpu" in f:
+        kw["checkpoint_bytes_per_s_per_gpu"] = 1e9 * _num(
+            f["checkpoint_write_gb_per_s_per_gpu"],
+            file,
+            "failures.checkpoint_write_gb_per_s_per_gpu",
+        )
+    return FailureModel(**kw)
+
+
+def load_plan(path: str | Path) -> Plan:
+    p = Path(path)
+    data = load_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), "<root>", "a plan must be a mapping",
+                          type(data).__name__ if data is not None else None)  # fmt: skip
+    return parse_plan(data, str(p), p.parent)

@@ -1,0 +1,128 @@
+"""The candidate layouts: what the planner searches (:func:`enumerate_layouts`) and the
+scenario mapping of each (:func:`scenario_data`)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from simtrain.apps.plan.file import Plan
+
+DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
+DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
+DEFAULT_RECOMPUTE = ("none", "selective", "full")
+DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
+DEFAULT_VIRTUAL_STAGES = 2
+
+
+class Layout(NamedTuple):
+    """One candidate, in sort order (rankings break ties on this tuple)."""
+
+    hardware: str
+    gpus: int
+    tp: int
+    pp: int
+    dp: int
+    zero_stage: int
+    micro_batch: int
+    recompute: str
+    schedule: str
+    virtual_stages: int
+    global_batch: int
+    sequence_parallel: bool = False
+
+
+def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[str, Any]:
+    """The scenario mapping of a layout, exactly what a scenario file would hold."""
+    gpn = min(_gpus_per_node(plan, layout.hardware), layout.gpus)
+    par: dict[str, Any] = {
+        **plan.parallelism,
+        "dp": layout.dp, "tp": layout.tp, "pp": layout.pp, "schedule": layout.schedule,
+        "virtual_stages": layout.virtual_stages, "zero_stage": layout.zero_stage,
+    }  # fmt: skip
+    if layout.sequence_parallel:
+        par["sequence_parallel"] = True
+    return {
+        "name": name or plan.name,
+        "model": dict(plan.model),
+        "hardware": layout.hardware,
+        "cluster": {"nodes": -(-layout.gpus // gpn), "gpus_per_node": gpn},
+        "training": {
+            **plan.training,
+            "global_batch": layout.global_batch,
+            "micro_batch": layout.micro_batch,
+            "recompute": layout.recompute,
+        },
+        "parallelism": par,
+    }
+
+
+def _gpus_per_node(plan: Plan, hardware: str) -> int:
+    for h in plan.hardware:
+        if h.name == hardware:
+            return h.gpus_per_node
+    raise KeyError(hardware)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def gpu_counts(plan: Plan, gpus_per_node: int) -> list[int]:
+    """GPU counts to try: the explicit list, or every count in [min, max] (and at most
+    ``constraints.max_gpus``) that is whole nodes, or fits in one node."""
+    hi = plan.gpus_max
+    if plan.constraints.max_gpus is not None:
+        hi = min(hi, plan.constraints.max_gpus)
+    if plan.gpu_counts is not None:
+        return [g for g in plan.gpu_counts if g <= hi]
+    return [g for g in range(plan.gpus_min, hi + 1) if g <= gpus_per_node or g % gpus_per_node == 0]
+
+
+def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]:
+    """Every candidate layout (module docstring). A (hardware, GPUs, tp, pp) whose dp does not
+    divide the global batch gives one layout, for check_layout to reject with its reason;
+    otherwise micro-batches not dividing the per-replica batch are skipped (unless fixed)."""
+    fx = plan.fixed
+    out: list[Layout] = []
+    sp_opts = fx.get("sequence_parallel", (False,))
+    for hw in plan.hardware:
+        gpn = hw.gpus_per_node
+        tps = fx.get("tp") or tuple(d for d in _divisors(heads) if d <= gpn)
+        pps = fx.get("pp") or tuple(_divisors(model_layers))
+        for gb in plan.global_batches:
+            for g in gpu_counts(plan, gpn):
+                for tp in tps:
+                    for pp in pps:
+                        if g % (tp * pp):
+                            continue
+                        dp = g // (tp * pp)
+                        if "dp" in fx and dp not in fx["dp"]:
+                            continue
+                        out.extend(_group_layouts(plan, hw.name, gb, g, tp, pp, dp, sp_opts))
+    return out
+
+
+def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
+                   sp_opts: tuple[Any, ...]) -> list[Layout]:  # fmt: skip
+    fx = plan.fixed
+    rcs = fx.get("recompute", DEFAULT_RECOMPUTE)
+    mbs_all = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)
+    if gb % dp:  # no micro-batch can work: one layout carries check_layout's reason
+        return [Layout(hw, g, tp, pp, dp, 0, mbs_all[0], rcs[0], "1f1b", 1, gb, sp_opts[0])]
+    per_replica = gb // dp
+    mbs = mbs_all if "micro_batch" in fx else tuple(b for b in mbs_all if per_replica % b == 0)
+    zeros = fx.get("zero_stage", DEFAULT_ZERO_STAGES if dp > 1 else (0,))
+    if dp == 1 and "zero_stage" not in fx:
+        zeros = (0,)
+    # With pp = 1 every schedule is plain gradient accumulation (memory.pipeline_schedule).
+    scheds = fx.get("schedule", DEFAULT_SCHEDULES) if pp > 1 else ("1f1b",)
+    vs = fx.get("virtual_stages", (DEFAULT_VIRTUAL_STAGES,))
+    out = []
+    for sched in scheds:
+        for v in vs if sched == "interleaved" else (1,):
+            for mb in mbs:
+                for z in zeros:
+                    for rc in rcs:
+                        for sp in sp_opts:
+                            out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb, sp))
+    return out

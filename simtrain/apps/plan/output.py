@@ -1,0 +1,205 @@
+"""What a search writes: ``plan.csv``, ``pareto.png``, ``best.yaml`` and the terminal table."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.plan.layouts import Layout, scenario_data
+from simtrain.apps.plan.rank import pareto_front
+from simtrain.apps.plan.result import GIB, PlanResult, Row
+
+CSV_COLUMNS = (
+    *Layout._fields, "status", "reason", "peak_memory_bytes", "capacity_bytes",
+    "est_step_time_s", "est_tokens_per_s", "est_mfu", "est_days", "est_cost", "step_time_s",
+    "tokens_per_s", "mfu", "tflops_per_gpu", "days", "cost", "goodput", "meets_constraints",
+)  # fmt: skip
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return v
+
+
+def write_csv(result: PlanResult, path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for r in result.rows:
+            w.writerow([_cell(x) for x in (*r.layout, *r[1:])])
+
+
+def write_pareto(result: PlanResult, path: Path) -> None:
+    """Days vs cost of every fitting layout (simulated ones large, closed-form estimates small),
+    a colour per hardware, the frontier of all of them highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in result.rows if r.fits]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    colours = plt.get_cmap("tab10")
+    for i, hw in enumerate(h.name for h in result.plan.hardware):
+        est = [r for r in pts if r.layout.hardware == hw and r.status == "estimated"]
+        sim = [r for r in pts if r.layout.hardware == hw and r.status == "simulated"]
+        if est:
+            ax.scatter([r.est_days for r in est], [r.est_cost for r in est], s=4, alpha=0.25,
+                       color=colours(i), linewidths=0)  # fmt: skip
+        ax.scatter([r.days for r in sim], [r.cost for r in sim], s=28, color=colours(i),
+                   edgecolors="black", linewidths=0.4,
+                   label=f"{hw} ({len(sim)} simulated, {len(est):,} estimated)")  # fmt: skip
+    if pts:
+        xy = [(r.final_days, r.final_cost) for r in pts]
+        front = pareto_front(xy)
+        ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "-", color="black",
+                lw=1.2, drawstyle="steps-post", label="Pareto frontier")  # fmt: skip
+        ax.scatter([xy[i][0] for i in front], [xy[i][1] for i in front], s=60,
+                   facecolors="none", edgecolors="black", linewidths=1.2)  # fmt: skip
+    c = result.plan.constraints
+    if c.deadline_days is not None:
+        ax.axvline(c.deadline_days, color="red", ls="--", lw=0.8, label="deadline")
+    if c.budget is not None:
+        ax.axhline(c.budget, color="red", ls=":", lw=0.8, label="budget")
+    if result.best:
+        b = result.best[0]
+        ax.scatter([b.days], [b.cost], marker="*", s=220, color="gold", edgecolors="black",
+                   zorder=5, label="best")  # fmt: skip
+    # Log axes need positive values: none fit, or a free price list, leaves them linear.
+    if pts and all(r.final_days > 0 for r in pts):
+        ax.set_xscale("log")
+    if pts and all(r.final_cost > 0 for r in pts):
+        ax.set_yscale("log")
+    if not pts:
+        ax.text(0.5, 0.5, "no layout fits in memory", transform=ax.transAxes, ha="center")
+    ax.set_xlabel("expected days to train (incl. checkpoints and failures)")
+    ax.set_ylabel("cost ($)")
+    ax.set_title(f"{result.plan.name}: days vs cost")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_best_yaml(result: PlanResult, path: Path) -> bool:
+    """The best layout as a scenario file for ``simtrain run``; False if there is none."""
+    import yaml
+
+    rows = result.best or tuple(r for r in result.ranked if r.status == "simulated")
+    if not rows:
+        return False
+    r = rows[0]
+    data = scenario_data(result.plan, r.layout, name=f"{result.plan.name}_best")
+    lay = r.layout
+    head = (
+        f"# Best layout of plan {result.plan.name} ({result.plan.file}): {lay.gpus} x "
+        f"{lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}\n"
+        f"# simulated step {r.step_time_s:.3f} s, {r.tokens_per_s:,.0f} tokens/s, MFU "
+        f"{100 * r.mfu:.1f} %, {r.days:,.2f} days, ${r.cost:,.0f}\n"
+        f"# run it: simtrain run {path.name}\n"
+    )
+    if not r.meets_constraints:
+        head += f"# no simulated layout meets the constraints; this is the nearest ({r.reason})\n"
+    path.write_text(head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    return True
+
+
+def difference_line(a: Row, b: Row) -> str:
+    """What sets ``a`` (the best) apart from ``b`` (the runner-up): the layout choices that
+    differ, then time, cost and memory headroom."""
+    diffs = []
+    for n in Layout._fields:
+        x, y = getattr(a.layout, n), getattr(b.layout, n)
+        if x != y:
+            diffs.append(f"{n} {x} (vs {y})")
+    what = ", ".join(diffs) if diffs else "the same layout"
+    dd = b.final_days - a.final_days
+    dc = b.final_cost - a.final_cost
+    parts = []
+    if a.status == b.status == "simulated":
+        parts.append(f"step {a.step_time_s:.3f} s vs {b.step_time_s:.3f} s")
+    if abs(dd) > 1e-9 * max(a.final_days, 1e-30) or abs(dc) > 1e-9 * max(a.final_cost, 1e-30):
+        parts.append(f"{abs(dd):,.2f} days {'sooner' if dd >= 0 else 'later'}")
+        parts.append(f"${abs(dc):,.0f} {'cheaper' if dc >= 0 else 'dearer'}")
+    else:
+        parts.append("same time and cost")
+    ha, hb = a.headroom_bytes / GIB, b.headroom_bytes / GIB
+    if abs(ha - hb) >= 0.005:
+        parts.append(f"{'more' if ha > hb else 'less'} memory headroom ({ha:,.2f} vs "
+                     f"{hb:,.2f} GiB)")  # fmt: skip
+    return f"best vs runner-up: {what}: " + ", ".join(parts)
+
+
+def plan_table(result: PlanResult, rows: int = 10) -> str:
+    p, c = result.plan, result.plan.constraints
+    gb = "/".join(str(b) for b in p.global_batches)
+    seq = p.training.get("seq_len", "")
+    cons = []
+    if c.deadline_days is not None:
+        cons.append(f"deadline {c.deadline_days:g} days")
+    if c.budget is not None:
+        cons.append(f"budget ${c.budget:,.0f}")
+    if c.max_gpus is not None:
+        cons.append(f"at most {c.max_gpus} GPUs")
+    model = p.model.get("preset") or p.model.get("hf_config") or "custom model"
+    counts = result.counts
+    lines = [
+        f"plan {p.name}: {model}, {p.tokens:.3g} tokens, global batch {gb} x {seq}; "
+        f"{len(p.hardware)} hardware option(s); {', '.join(cons) or 'no constraints'}",
+        f"{result.evaluated:,} layouts in {result.elapsed_s:.1f} s: "
+        f"{counts.get('rejected', 0):,} rejected by layout checks, "
+        f"{counts.get('no_fit', 0):,} do not fit, "
+        f"{counts.get('estimated', 0) + counts.get('simulated', 0):,} fit "
+        f"({result.simulated} simulated in full); {result.feasible:,} feasible",
+    ]
+    if result.interrupted:
+        lines.append(f"note: {result.note}")
+    shown = list(result.best[:rows])
+    if not shown:
+        shown = list(result.ranked[:rows])
+        if shown and not result.interrupted:
+            lines.append("no simulated layout meets the constraints; the nearest:")
+    if not shown:
+        lines.append("no layout fits: see plan.csv for the reasons")
+        misses = [r for r in result.rows if r.status == "no_fit" and r.capacity_bytes]
+        if misses:
+            r = min(misses, key=lambda r: r.peak_memory_bytes / r.capacity_bytes)  # first of ties
+            lay = r.layout
+            lines.append(
+                f"closest: {lay.gpus} x {lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}, "
+                f"ZeRO {lay.zero_stage}, mb {lay.micro_batch}, recompute {lay.recompute}, "
+                f"{lay.schedule}: {r.reason}"
+            )
+        return "\n".join(lines)
+    lines.append("")
+    hdr = (f"{'#':>3}  {'hardware':<16}{'GPUs':>6}  {'tp x pp x dp':<13}{'ZeRO':>5}{'mb':>4}  "
+           f"{'recompute':<10}{'schedule':<15}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
+           f"{'days':>9}{'cost $':>14}")  # fmt: skip
+    lines.append(hdr)
+    for i, r in enumerate(shown, 1):
+        lay = r.layout
+        sched = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
+        sim = r.status == "simulated"
+        step = r.step_time_s if sim else r.est_step_time_s
+        mfu = r.mfu if sim else r.est_mfu
+        mark = "" if sim else "~"
+        lines.append(
+            f"{i:>3}  {lay.hardware:<16}{lay.gpus:>6}  "
+            f"{f'{lay.tp} x {lay.pp} x {lay.dp}':<13}{lay.zero_stage:>5}{lay.micro_batch:>4}  "
+            f"{lay.recompute:<10}{sched:<15}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
+            f"{r.headroom_bytes / GIB:>14.2f}{r.final_days:>9.2f}{r.final_cost:>14,.0f}"
+        )
+    if len(shown) >= 2:
+        lines.append("")
+        lines.append(difference_line(shown[0], shown[1]))
+    if any(r.status != "simulated" for r in shown):
+        lines.append("~ closed-form estimate (not simulated)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------

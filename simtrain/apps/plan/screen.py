@@ -1,0 +1,150 @@
+"""Screening one layout: validate it as a scenario file would be, check its memory on the
+extreme pipeline stages, estimate its step time in closed form (:mod:`.estimate`) and the whole
+run (:mod:`simtrain.apps.goodput`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from simtrain.apps.goodput import FailureModel, run_estimate
+from simtrain.apps.plan.estimate import closed_form_step_s
+from simtrain.apps.plan.file import Constraints, Plan
+from simtrain.apps.plan.layouts import Layout, scenario_data
+from simtrain.apps.plan.result import GIB, Row
+from simtrain.costs.compute import model_flops_per_step
+from simtrain.costs.memory import (
+    PRECISIONS,
+    StageMemory,
+    full_model_param_tensors,
+    model_state_bytes,
+    stage_memory,
+)
+from simtrain.errors import ConfigError, SimtrainError
+from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenContext:
+    """What a worker needs to screen layouts: one validated base scenario per (hardware,
+    global batch), the run parameters and constraints."""
+
+    file: str
+    bases: dict[tuple[str, int], Scenario]
+    prices: dict[str, float]
+    tokens: float
+    checkpoint_bytes: float
+    failures: FailureModel
+    constraints: Constraints
+
+
+def build_context(plan: Plan) -> ScreenContext:
+    bases: dict[tuple[str, int], Scenario] = {}
+    ckpt = 0.0
+    for hw in plan.hardware:
+        for gb in plan.global_batches:
+            lay = Layout(hw.name, 1, 1, 1, 1, 0, 1, "none", "1f1b", 1, gb)
+            data = scenario_data(plan, lay)
+            data["training"]["micro_batch"] = 1
+            data["training"]["global_batch"] = gb
+            sc = parse_scenario(data, plan.file, Path(plan.base_dir))
+            bases[(hw.name, gb)] = sc
+            if not ckpt:
+                ms = model_state_bytes(full_model_param_tensors(sc.model, sc.training),
+                                       sc.training)  # fmt: skip
+                ckpt = float(ms.parameters + ms.master_weights + ms.optimizer_states)
+    return ScreenContext(plan.file, bases, {h.name: h.price_per_gpu_hour for h in plan.hardware},
+                         plan.tokens, ckpt, plan.failures, plan.constraints)  # fmt: skip
+
+
+def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
+    """The layout's scenario from its (hardware, global batch) base: the same object
+    ``parse_scenario(scenario_data(...))`` builds (tested), without re-reading the hardware
+    file, validated by the same ``check_layout`` (raises ConfigError)."""
+    gpn = min(base.hardware.gpus_per_node, layout.gpus)
+    sc = replace(
+        base,
+        cluster=ClusterSpec(nodes=-(-layout.gpus // gpn), gpus_per_node=gpn),
+        training=replace(base.training, micro_batch=layout.micro_batch,
+                         recompute=layout.recompute),  # fmt: skip
+        parallelism=replace(
+            base.parallelism, dp=layout.dp, tp=layout.tp, pp=layout.pp,
+            schedule=layout.schedule, virtual_stages=layout.virtual_stages,
+            zero_stage=layout.zero_stage, sequence_parallel=layout.sequence_parallel,
+        ),
+    )  # fmt: skip
+    check_layout(sc, file)
+    return sc
+
+
+def memory_check(sc: Scenario) -> tuple[StageMemory, ...]:
+    """The memory model on the first and the last pipeline stage. The peak over all stages is
+    on one of them for every schedule the planner enumerates: stage 0 holds the embedding and
+    the most micro-batches in flight (1F1B, ZB-H1, interleaved: p − s; GPipe: m on every
+    stage), the last stage the LM head and loss; the stages between hold the same blocks with
+    fewer activations. (``tests/test_plan.py`` checks this against ``estimate_memory``.) When
+    stage 0 does not fit, the layout does not fit and the last stage is not computed."""
+    first = stage_memory(sc, 0)[0]
+    if sc.parallelism.pp == 1 or not first.fits:
+        return (first,)
+    return first, stage_memory(sc, sc.parallelism.pp - 1)[0]
+
+
+def fit_message(sc: Scenario, stages: tuple[StageMemory, ...]) -> str:
+    """ "does not fit: short by X GiB in <category> (stage s)" for the worst stage."""
+    worst = max(stages, key=lambda s: s.peak_memory_bytes - s.capacity_bytes)
+    short = worst.peak_memory_bytes - worst.capacity_bytes
+    cat, val = max(worst.memory_bytes, key=lambda kv: kv[1])
+    return (f"does not fit: short by {short / GIB:,.2f} GiB in {cat} ({val / GIB:,.2f} GiB, "
+            f"stage {worst.stage}; peak {worst.peak_memory_bytes / GIB:,.2f} of "
+            f"{worst.capacity_bytes / GIB:,.2f} GiB)")  # fmt: skip
+
+
+def meets(c: Constraints, days: float, cost: float) -> bool:
+    if c.deadline_days is not None and not days <= c.deadline_days:
+        return False
+    return not (c.budget is not None and not cost <= c.budget)
+
+
+def violations(c: Constraints, days: float, cost: float) -> str:
+    out = []
+    if c.deadline_days is not None and not days <= c.deadline_days:
+        out.append(f"over deadline: {days:,.1f} days > {c.deadline_days:g}")
+    if c.budget is not None and not cost <= c.budget:
+        out.append(f"over budget: ${cost:,.0f} > ${c.budget:,.0f}")
+    return "; ".join(out)
+
+
+def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
+    """Validate, check memory and estimate one layout (never raises on a bad layout)."""
+    base = ctx.bases[(layout.hardware, layout.global_batch)]
+    try:
+        sc = layout_scenario(base, layout, ctx.file)
+    except ConfigError as exc:
+        text = str(exc)
+        prefix = f"{ctx.file}: "
+        return Row(layout, "rejected", text[len(prefix) :] if text.startswith(prefix) else text)
+    try:
+        stages = memory_check(sc)
+    except SimtrainError as exc:  # e.g. a schedule that cannot be built
+        return Row(layout, "rejected", str(exc).splitlines()[0])
+    peak = max(s.peak_memory_bytes for s in stages)
+    cap = stages[0].capacity_bytes
+    if not all(s.fits for s in stages):
+        return Row(layout, "no_fit", fit_message(sc, stages), peak, cap)
+    step = closed_form_step_s(sc, stages)
+    tps = sc.tokens_per_step / step
+    hw = sc.hardware
+    peak_flops = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
+    mfu = model_flops_per_step(sc) / (step * layout.gpus * peak_flops)
+    run = run_estimate(ctx.tokens, tps, layout.gpus, ctx.prices[layout.hardware],
+                       ctx.checkpoint_bytes, ctx.failures)  # fmt: skip
+    ok = meets(ctx.constraints, run.days, run.cost)
+    return Row(layout, "estimated", violations(ctx.constraints, run.days, run.cost), peak, cap,
+               step, tps, mfu, run.days, run.cost, meets_constraints=ok)  # fmt: skip
+
+
+def screen_chunk(args: tuple[ScreenContext, list[Layout]]) -> list[Row]:
+    """Worker task: screen a chunk of layouts."""
+    ctx, layouts = args
+    return [screen_layout(ctx, lay) for lay in layouts]
