@@ -210,7 +210,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
     m, t, p, hw = sc.model, sc.training, sc.parallelism, sc.hardware
     step = resolve(sc)
-    prec, tp, dp, z = step.precision, p.tp, p.dp, p.zero_stage
+    tp, dp, z = p.tp, p.dp, p.zero_stage
     mine = step.rank_chunks(stage)
     first, last = any(c.embedding for c in mine), any(c.head for c in mine)
     n_layers = step.rank_layers(stage)

@@ -13,14 +13,10 @@ from simtrain.apps.plan.file import Constraints, Plan
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.result import GIB, Row
 from simtrain.costs.compute import model_flops_per_step
-from simtrain.costs.memory import (
-    PRECISIONS,
-    StageMemory,
-    full_model_param_tensors,
-    model_state_bytes,
-    stage_memory,
-)
+from simtrain.costs.memory import StageMemory, stage_memory
+from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError, SimtrainError
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
 
 
@@ -84,10 +80,10 @@ def memory_check(sc: Scenario) -> tuple[StageMemory, ...]:
     stage), the last stage the LM head and loss; the stages between hold the same blocks with
     fewer activations. (``tests/test_plan.py`` checks this against ``estimate_memory``.) When
     stage 0 does not fit, the layout does not fit and the last stage is not computed."""
-    first = stage_memory(sc, 0)[0]
+    first = stage_memory(sc, 0)
     if sc.parallelism.pp == 1 or not first.fits:
         return (first,)
-    return first, stage_memory(sc, sc.parallelism.pp - 1)[0]
+    return first, stage_memory(sc, sc.parallelism.pp - 1)
 
 
 def fit_message(sc: Scenario, stages: tuple[StageMemory, ...]) -> str:

@@ -1,10 +1,12 @@
 """Lowering: a schedule (per-rank compute actions) and its durations become engine tasks.
 
-Passes, in order (each a small module): ``pieces`` turns each action into compute pieces
-(recompute, bucket slices, ZeRO-3 per-layer slices, TP fusion); ``tasks`` makes engine tasks of
-them with the communication they imply (TP all-reduces, p2p sends, ZeRO-3 gathers and
-reduce-scatters, DDP/ZeRO buckets, gradient sync, optimizer step) and resolves dependencies
-across ranks; ``nics`` puts cross-node transfers on shared NIC links. Only one GPU per pipeline
+Passes over the step IR (``ir.StepIR``), in order (``passes``): ``compute_pass`` turns each
+action into compute ops (``pieces``: recompute, bucket slices, ZeRO-3 per-layer slices, TP
+fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-scatters;
+``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``tp_pass`` the TP all-reduces;
+``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
+ZeRO-1/2 parameter all-gather; ``resolve`` numbers the ops into engine tasks. ``nics`` then
+puts cross-node transfers on shared NIC links. Only one GPU per pipeline
 stage is simulated: its TP and DP peers do identical work (scale by symmetry). Data-parallel
 reductions run on their own "dp" stream (a separate NCCL communicator), overlapping the
 backward and never delaying the pipeline's TP traffic; the optimizer step waits for them.
@@ -15,7 +17,15 @@ from __future__ import annotations
 from simtrain.sim.engine import Task
 from simtrain.sim.lowering.ir import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.sim.lowering.nics import share_nics
-from simtrain.sim.lowering.tasks import build_tasks
+from simtrain.sim.lowering.passes import (
+    bucket_pass,
+    compute_pass,
+    optimizer_pass,
+    p2p_pass,
+    tp_pass,
+    zero3_pass,
+)
+from simtrain.sim.lowering.resolve import resolve
 
 __all__ = ["ChunkDurations", "LoweringInput", "NicPlan", "RankWork", "lower", "share_nics"]
 
@@ -38,4 +48,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     everything at its end, so step time and memory are the same with fewer tasks under full
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
     then counts recompute time as backward."""
-    return build_tasks(inp, fuse_tp, merge_recompute)
+    ir = compute_pass(inp, fuse_tp, merge_recompute)
+    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, p2p_pass, optimizer_pass):
+        lowering_pass(ir)
+    return resolve(ir)

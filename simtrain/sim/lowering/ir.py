@@ -83,3 +83,55 @@ class LoweringInput:
     activation_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
     working_set_bytes: dict[int, int]  # virtual stage -> recompute working set
     loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F
+
+
+# ---------------------------------------------------------------------------------------------
+# The lowered step, between passes: per rank, one group of ops per schedule action, then the
+# rank's tail (gradient sync, optimizer step). Dependencies stay symbolic until ``resolve``
+# numbers the ops: ("op", Op) another op; ("prev", rank, i) whatever ends group i − 1 of the
+# rank; ("send_f" | "send_b", stage, mb) the p2p send of a neighbouring stage; ("done", stage,
+# mb, kind) whatever ends that action.
+
+
+@dataclass(eq=False, slots=True)
+class Op:
+    """One engine task before it has an id."""
+
+    rank: int
+    stream: str
+    kind: str
+    name: str
+    duration_ns: int
+    deps: list[tuple]
+    alloc: tuple = ()
+    free: tuple = ()
+    microbatch: int | None = None
+    stage: int | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Group:
+    """The ops of one schedule action (or of a mid-step optimizer step, ``action`` None), in
+    task order; ``done`` ends the action (its last compute op, or its TP all-reduce)."""
+
+    action: object
+    ops: list[Op]
+    done: Op
+    tp_ns: int = 0  # TP all-reduce still to lower after the compute (``tp`` pass)
+    bucketed: int = 0  # gradient buckets whose reduction follows this action's slices
+    label: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class RankIR:
+    rank: int
+    groups: list[Group]
+    tail: list[Op]
+    grads_ready: Op | None = None  # the last gradient reduction launched during backward
+
+
+@dataclass(eq=False, slots=True)
+class StepIR:
+    inp: LoweringInput
+    ranks: dict[int, RankIR]
+    sends: dict[tuple[str, int, int], Op]

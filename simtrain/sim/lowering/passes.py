@@ -1,0 +1,178 @@
+"""Lowering passes over the step IR (``ir.StepIR``), in the order :func:`lower` runs them.
+
+Like ``torch.distributed.pipelining``'s lowered schedules: the compute pass turns each rank's
+action list into groups of compute ops, and each later pass adds one kind of communication
+where the schedule implies it. Every op keeps its position in its group, so the numbering pass
+gives the same task ids whatever order passes were written in.
+"""
+
+from __future__ import annotations
+
+from simtrain.schedules import Action
+from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, StepIR
+from simtrain.sim.lowering.pieces import action_pieces, slice_layer
+
+COMPUTE = ("F", "B", "I", "W")
+
+
+def _cross_rank_deps(a: Action, last_stage: int) -> list[tuple]:
+    """F(s, j) waits for the previous stage's send; B or I (s, j) for its own forward and the
+    next stage's send; W for its own I."""
+    if a.kind == "F":
+        return [("send_f", a.stage - 1, a.microbatch)] if a.stage > 0 else []
+    if a.kind in ("B", "I"):
+        deps: list[tuple] = [("done", a.stage, a.microbatch, "F")]
+        if a.stage < last_stage:
+            deps.append(("send_b", a.stage + 1, a.microbatch))
+        return deps
+    return [("done", a.stage, a.microbatch, "I")]
+
+
+def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> StepIR:
+    """Pass 1: every compute action becomes a group of compute ops (``pieces``: recompute,
+    bucket slices, ZeRO-3 per-layer slices, fused TP), chained in schedule order; a mid-step
+    OPT (asynchronous PipeDream, Harlap et al. 2018 §3.3) becomes a group of its own."""
+    last_stage = inp.pp * inp.v - 1
+    ranks = {}
+    for rank in sorted(inp.schedule):
+        actions = inp.schedule[rank]
+        work = inp.ranks[rank]
+        grads = [a for a in actions if a.kind in ("B", "W")]
+        last_backward = grads[-1] if grads else None
+        groups: list[Group] = []
+        for pos, a in enumerate(actions):
+            prev = [("prev", rank, len(groups))] if groups else []
+            if a.kind == "OPT" and pos < len(actions) - 1:
+                op = Op(rank, "compute", "OPT", f"optimizer step after mb{pos}", work.optimizer_ns,
+                        prev, work.optimizer_alloc, work.optimizer_free)  # fmt: skip
+                groups.append(Group(None, [op], op))
+            if a.kind not in COMPUTE:
+                continue  # communication is derived by the passes, not taken from the schedule
+            c = inp.chunks[a.stage]
+            bucketed = len(work.bucket_ns) if work.bucket_ns and a == last_backward else 0
+            pieces, tp_ns = action_pieces(a, c, inp, bucketed=bucketed, fuse_tp=fuse_tp,
+                                          merge=merge_recompute)  # fmt: skip
+            label = f"mb{a.microbatch} L{c.layers[0]}-{c.layers[1] - 1}"
+            ops: list[Op] = []
+            for kind, dur, alloc, free in pieces:
+                deps = (prev + _cross_rank_deps(a, last_stage)) if not ops else [("op", ops[-1])]
+                ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
+                              a.microbatch, a.stage))  # fmt: skip
+            groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label))
+        ranks[rank] = RankIR(rank, groups, [])
+    return StepIR(inp, ranks, {})
+
+
+def zero3_pass(ir: StepIR) -> None:
+    """ZeRO-3 / FSDP (Rajbhandari et al. 2020 §5.3): before each per-layer compute slice, its
+    layer's parameter all-gather on the "gather" stream, prefetched one slice ahead (it may
+    start when the slice two before it has ended); after each B/W slice, the layer's gradient
+    reduce-scatter on the "dp" stream."""
+    for r in ir.ranks.values():
+        seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
+        for g in r.groups:
+            if g.action is None:
+                continue
+            c = ir.inp.chunks[g.action.stage]
+            out: list[Op] = []
+            for slice_no, op in enumerate(g.ops):
+                if c.gather_ns_per_layer and op.kind in ("F", "R", "B", "I"):
+                    layer = slice_layer(op.kind, slice_no, *c.layers)
+                    ag = Op(r.rank, "gather", "AG", f"AG params L{layer} {g.label}",
+                            c.gather_ns_per_layer, [("op", w) for w in seen[-2:-1]],
+                            microbatch=op.microbatch, stage=op.stage)  # fmt: skip
+                    out.append(ag)
+                    op.deps.append(("op", ag))
+                out.append(op)
+                seen.append(op)
+                if c.reduce_scatter_ns_per_layer and op.kind in ("B", "W"):
+                    rs = Op(r.rank, "dp", "RS", f"RS grads {g.label}",
+                            c.reduce_scatter_ns_per_layer, [("op", op)],
+                            microbatch=op.microbatch, stage=op.stage)  # fmt: skip
+                    out.append(rs)
+                    r.grads_ready = rs
+            g.ops = out
+
+
+def bucket_pass(ir: StepIR) -> None:
+    """DDP (Li et al. 2020 §3.2.3) and ZeRO-1/2 (DeepSpeed ``overlap_comm``): the rank's last
+    backward runs in one slice per gradient bucket, and bucket i's reduction follows slice i
+    on the "dp" stream."""
+    for r in ir.ranks.values():
+        work = ir.inp.ranks[r.rank]
+        for g in r.groups:
+            if not g.bucketed:
+                continue
+            out: list[Op] = []
+            i = 0
+            for op in g.ops:
+                out.append(op)
+                if op.stream == "compute" and op.kind in ("B", "W", "I") and i < g.bucketed:
+                    dp = Op(r.rank, "dp", "DP", f"{work.bucket_name} bucket {i}",
+                            work.bucket_ns[i], [("op", op)])  # fmt: skip
+                    out.append(dp)
+                    r.grads_ready = dp
+                    i += 1
+            g.ops = out
+
+
+def tp_pass(ir: StepIR) -> None:
+    """Megatron tensor parallelism (Narayanan et al. 2021 §3.2): the TP all-reduces of an
+    action, on the "collective" stream after its last compute slice, on the critical path:
+    the action is done when they are."""
+    for r in ir.ranks.values():
+        for g in r.groups:
+            if g.tp_ns:
+                last = [op for op in g.ops if op.stream == "compute"][-1]
+                tp = Op(r.rank, "collective", "TP", f"TP all-reduce {g.label}", g.tp_ns,
+                        [("op", last)], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                g.ops.append(tp)
+                g.done = tp
+
+
+def p2p_pass(ir: StepIR) -> None:
+    """Pipeline sends (PyTorch ``_add_send_recv``): after a forward, its output to the next
+    stage; after a backward (B or I), its input gradient to the previous stage; on the "p2p"
+    stream, when the action is done. Receives are the dependencies ``compute_pass`` named."""
+    inp = ir.inp
+    if inp.pp == 1:
+        return
+    last_stage = inp.pp * inp.v - 1
+    for r in ir.ranks.values():
+        for g in r.groups:
+            a = g.action
+            if a is None:
+                continue
+            c = inp.chunks[a.stage]
+            if a.kind == "F" and a.stage < last_stage:
+                kind, dur = "SEND_F", c.send_forward_ns
+            elif a.kind in ("B", "I") and a.stage > 0:
+                kind, dur = "SEND_B", c.send_backward_ns
+            else:
+                continue
+            send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, [("op", g.done)],
+                      microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+            g.ops.append(send)
+            ir.sends[(kind.lower(), a.stage, a.microbatch)] = send
+
+
+def optimizer_pass(ir: StepIR) -> None:
+    """The rank's tail: the gradient reduction not launched during backward (one all-reduce,
+    or naive DP through GPU 0) after its last action, the optimizer step once the gradients
+    are reduced, and ZeRO-1/2's all-gather of the updated parameter shards."""
+    for r in ir.ranks.values():
+        work = ir.inp.ranks[r.rank]
+        actions = ir.inp.schedule[r.rank]
+        last = [("op", r.groups[-1].done)] if r.groups else []
+        ready = [("op", r.grads_ready)] if r.grads_ready is not None else last
+        if r.grads_ready is None and work.grad_sync_ns:
+            sync = Op(r.rank, "dp", "DP", work.grad_sync_name, work.grad_sync_ns, list(last))
+            r.tail.append(sync)
+            ready = [("op", sync)]
+        if actions and actions[-1].kind == "OPT":
+            opt = Op(r.rank, "compute", "OPT", "optimizer step", work.optimizer_ns, ready,
+                     work.optimizer_alloc, work.optimizer_free)  # fmt: skip
+            r.tail.append(opt)
+            if work.post_opt_ns:
+                r.tail.append(Op(r.rank, "dp", "AG", work.post_opt_name, work.post_opt_ns,
+                                 [("op", opt)]))  # fmt: skip
