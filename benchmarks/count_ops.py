@@ -5,7 +5,7 @@ of an op is shorter than that, the step is host-bound: measured/simtrain_h200.ya
 simtrain_h200_tiny_fp32_b4 and simtrain_h200_gpt2_bf16_b8 take 7 x and 3 x their predicted GPU
 time, measured/published_runs.yaml's hf_single_gpu_bert_large_fp16 and
 hf_single_gpu_bert_large_ga4_gc_fp16 2.5 x and 3.6 x (`simtrain validate`). This script counts the ops of simtrain's reference decoder
-(``simtrain.torchref.measure.count_dispatched_ops``) for a scenario's model and training settings, per
+(``simtrain.torchref.opcount.count_dispatched_ops``) for a scenario's model and training settings, per
 phase and per layer, so that a measured step-time gap can be divided by them.
 
 Run:  python benchmarks/count_ops.py scenarios/seed_1p5b_fp32.yaml [--set key=value ...]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simtrain.spec.scenario import load_scenario  # noqa: E402
-from simtrain.torchref.measure import count_dispatched_ops  # noqa: E402
+from simtrain.torchref.opcount import count_dispatched_ops  # noqa: E402
 
 
 def main() -> None:

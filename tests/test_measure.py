@@ -10,12 +10,9 @@ torch = pytest.importorskip("torch")
 
 from simtrain.spec.model import ModelSpec  # noqa: E402
 from simtrain.spec.scenario import PeftSpec, TrainingSpec  # noqa: E402
-from simtrain.torchref.measure import (  # noqa: E402
-    _FusedCrossEntropyFn,
-    build_reference_model,
-    count_dispatched_ops,
-    measure_step,
-)
+from simtrain.torchref.losses import _FusedCrossEntropyFn  # noqa: E402
+from simtrain.torchref.measure import build_reference_model, measure_step  # noqa: E402
+from simtrain.torchref.opcount import count_dispatched_ops  # noqa: E402
 
 GPT = ModelSpec("tiny-gpt", layers=2, hidden=64, heads=4, kv_heads=4, ffn_hidden=256, vocab=256,
                 max_positions=128)  # fmt: skip
@@ -234,7 +231,7 @@ def test_lora_training_updates_only_adapters() -> None:
 def test_tracked_peak_agrees_with_profiler(precision: str) -> None:
     """Independent check of the storage tracker: replay the CPU allocator's alloc/free events
     recorded by torch.profiler for the same step (same seed, same data)."""
-    from simtrain.torchref.measure import _Trainer
+    from simtrain.torchref.trainer import _Trainer
 
     spec, tr = replace(GPT, dropout=0.1), training(precision=precision)
     m = measure_step(spec, tr, steps=1)

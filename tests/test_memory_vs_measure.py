@@ -16,7 +16,8 @@ from simtrain.costs.memory import estimate_memory  # noqa: E402
 from simtrain.spec.hardware import load_hardware  # noqa: E402
 from simtrain.spec.model import ModelSpec  # noqa: E402
 from simtrain.spec.scenario import ClusterSpec, ParallelSpec, PeftSpec, Scenario, TrainingSpec  # noqa: E402
-from simtrain.torchref.measure import FUSED_CE_ROWS, measure_step  # noqa: E402
+from simtrain.torchref.losses import FUSED_CE_ROWS  # noqa: E402
+from simtrain.torchref.measure import measure_step  # noqa: E402
 
 GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, dropout=0.1)
 LLAMA = ModelSpec(

@@ -1,0 +1,202 @@
+"""The text of a calibration: the hardware-profile YAML that ``simtrain calibrate`` writes (every
+number with its source tag), the efficiencies it derives, and the table it prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from simtrain.spec.hardware import GIB, MIB
+
+if TYPE_CHECKING:
+    from simtrain.torchref.calibrate import Calibration
+
+
+def profile_text(cal: Calibration) -> str:
+    """The hardware-profile YAML of a calibration (see :func:`write_profile`)."""
+    lines = _source_lines(cal) + _device_lines(cal) + _efficiency_lines(cal)
+    return "\n".join(lines) + "\n"
+
+
+def _source_lines(cal: Calibration) -> list[str]:
+    """The profile's header: where it comes from, how each source tag was measured, the
+    per-size and per-kernel rates, and the calibration's notes."""
+    sizes = "; ".join(
+        f"{dt} " + ", ".join(f"{n}: {r / 1e12:.3g}" for n, r in sorted(rates.items()))
+        for dt, rates in cal.matmul_by_size.items()
+    )
+    kernels = ", ".join(f"{k} {v / 1e9:.3g} GB/s" for k, v in cal.bandwidth_by_kernel.items())
+    lines = [
+        f"# {cal.device_name} ({cal.device}): hardware profile measured by `simtrain calibrate`",
+        f"# on {cal.when} with torch {cal.torch_version}, {cal.threads} intra-op threads.",
+        "# Sources:",
+        "#  [meas]  simtrain calibrate on this device: median of timed runs after a warm-up;",
+        "#          matmul = square n x n product (2n^3 FLOP) at the largest n measured;",
+        "#          bandwidth = best of copy",
+        "#          (2 x bytes) and add (3 x bytes) over 256 MiB fp32 tensors",
+        f"#          matmul TFLOP/s by size: {sizes}",
+        f"#          bandwidth by kernel: {kernels}",
+        "#          GEMM mix = forward + backward of a GPT's linears, attention bmm and tied",
+        "#          head (calibrate.measure_gemm_mix), FLOPs as simtrain.costs.compute counts them: "
+        + (
+            f"{cal.gemm_flops_per_s / 1e12:.3g} TFLOP/s, spread {cal.gemm_spread[0] / 1e12:.3g}"
+            f"-{cal.gemm_spread[1] / 1e12:.3g}"
+            if cal.gemm_flops_per_s
+            else "(not measured)"
+        ),
+        "#          element-wise mix = forward + backward of the GPT's norms, residual adds,",
+        "#          GeLU, masked softmax and loss (calibrate.measure_elementwise), at",
+        f"#          (micro_batch, seq, hidden, heads, vocab, layers) = {cal.elementwise_shape};",
+        "#          bytes as simtrain.costs.compute counts them: "
+        + (
+            f"{cal.elementwise_bytes_per_s / 1e9:.3g} GB/s, spread "
+            f"{cal.elementwise_spread[0] / 1e9:.3g}-{cal.elementwise_spread[1] / 1e9:.3g} GB/s"
+            if cal.elementwise_bytes_per_s
+            else "(not measured)"
+        ),
+        "#  [sys]   operating system / torch device properties",
+        "#  [na]    not applicable to a single device (no links, no NIC): placeholder so the",
+        "#          profile loads; do not simulate multi-device layouts with it",
+    ]
+    for note in cal.notes:
+        lines.append(f"#          note: {note}")
+    return lines
+
+
+def _device_lines(cal: Calibration) -> list[str]:
+    """The profile's device keys: name, memory, peaks, bandwidths, placeholders for the links
+    and network a single device does not have, and the AdamW rate."""
+    tf = {dt: cal.matmul_flops_per_s.get(dt, 0.0) / 1e12 for dt in ("tf32", "bf16", "fp16")}
+    tf["fp32"] = fp32_peak(cal) / 1e12
+    cpu = cal.device.startswith("cpu")
+    bw = cal.memory_bandwidth_bytes_per_s / 1e9
+    pcie_bw = (cal.pcie_bandwidth_bytes_per_s / 1e9) if not cpu else bw
+    pcie_tag = "[meas] host -> device copy, pinned memory" if not cpu else "[na] no host link"
+    lines = [
+        f"name: {cal.name}",
+        f'display_name: "{cal.device_name} (calibrated)"',
+        f"memory_gib: {cal.memory_bytes / GIB:.6g}          # [sys] "
+        + ("physical RAM" if cpu else "torch.cuda.get_device_properties total_memory"),
+        "peak_tflops:                      # [meas] matmul rate at the largest n (0: not run)",
+        f"  fp32: {tf['fp32']:.6g}          # [meas]"
+        + (
+            " GEMM mix (above the square product)"
+            if tf["fp32"] * 1e12 > cal.matmul_flops_per_s.get("fp32", 0.0)
+            else ""
+        ),
+        f"  tf32: {tf['tf32']:.6g}          # [meas]" + (" (CPU: no TF32)" if cpu else ""),
+        f"  fp16: {tf['fp16']:.6g}          # [meas]",
+        f"  bf16: {tf['bf16']:.6g}          # [meas]",
+        "  fp8: 0                          # [na] not measured",
+        "  int8: 0                         # [na] not measured",
+        f"hbm_bandwidth_gb_per_s: {bw:.6g}    # [meas] best of copy and add"
+        + (" (DRAM; the key keeps its name)" if cpu else ""),
+        "gpus_per_node: 1                  # [na] one measured device",
+        "intra_node:",
+        "  kind: pcie                      # [na] single device",
+        f"  bandwidth_gb_per_s: {pcie_bw:.6g}    # [na] single device: placeholder",
+        "  latency_us: 10                  # [na] single device: placeholder",
+        f"pcie_bandwidth_gb_per_s: {pcie_bw:.6g}    # {pcie_tag}",
+        "nic_bandwidth_gbit_per_s: 1       # [na] no network measured",
+        "inter_node_latency_us: 10         # [na] no network measured",
+        "oversubscription: 1.0             # [na] no network measured",
+        f"cuda_context_mib: {cal.cuda_context_bytes / MIB:.6g}          # "
+        + ("[na] CPU: no CUDA context" if cpu else "[meas] mem_get_info used - reserved"),
+        f"host_memory_gib: {cal.host_memory_bytes / GIB:.6g}      # [sys] physical RAM",
+    ]
+    if cal.adam_params_per_s:
+        lines.append(f"cpu_adam_params_per_s: {cal.adam_params_per_s:.6g}   # [meas] "
+                     "torch.optim.AdamW step, GPT-block fp32 parameters, foreach=False")  # fmt: skip
+    return lines
+
+
+def _efficiency_lines(cal: Calibration) -> list[str]:
+    """The profile's ``efficiency`` block (see :func:`efficiencies`)."""
+    mm_eff, mem_eff, opt_eff = efficiencies(cal)
+    lines = [
+        "efficiency:                       # measured: a small GPT's kernels / the peaks above",
+        f"  matmul: {mm_eff:.4g}                # [meas] GEMM mix: "
+        + (f"{cal.gemm_flops_per_s / 1e12:.3g} TFLOP/s / fp32 peak (applied to every dtype)"
+           if cal.gemm_flops_per_s else "not measured: peak_tflops is the achieved rate"),
+        f"  memory_bound: {mem_eff:.4g}          # [meas] element-wise mix: "
+        + (f"{cal.elementwise_bytes_per_s / 1e9:.3g} GB/s of cost-model bytes / bandwidth"
+           if cal.elementwise_bytes_per_s else "not measured: the bandwidth itself"),
+    ]  # fmt: skip
+    if opt_eff is not None:
+        lines.append(f"  optimizer: {opt_eff:.4g}             # [meas] AdamW step x "
+                     f"{adam_fp32_bytes_per_param():g} B/param / bandwidth")  # fmt: skip
+    lines.append("  collective: 1.0                 # [na] no collective measured")
+    return lines
+
+
+def adam_fp32_bytes_per_param() -> float:
+    """Bytes the cost model charges per parameter for the fp32 AdamW step that
+    :func:`measure_adam` times (``costs.optimizer_bytes_per_param``: 28 B)."""
+    from simtrain.costs.compute import optimizer_bytes_per_param
+    from simtrain.spec.scenario import TrainingSpec
+
+    return optimizer_bytes_per_param(TrainingSpec(precision="fp32", optimizer="adamw"))
+
+
+def fp32_peak(cal: Calibration) -> float:
+    """The profile's fp32 peak: the square product at the largest size, or the GEMM mix where a
+    noisy machine measured the mix faster (efficiency.matmul = mix / peak stays <= 1 and
+    peak x efficiency is the measured mix rate either way)."""
+    return max(cal.matmul_flops_per_s.get("fp32", 0.0), cal.gemm_flops_per_s)
+
+
+def efficiencies(cal: Calibration) -> tuple[float, float, float | None]:
+    """(efficiency.matmul, efficiency.memory_bound, efficiency.optimizer) of a calibration: the
+    GEMM mix's FLOP/s over the fp32 square-product peak, the element-wise mix's and the AdamW
+    step's cost-model bytes per second over the measured bandwidth (each at most 1; 1.0, 1.0
+    and None where not measured). matmul is measured in fp32 and applies to every dtype."""
+    bw = cal.memory_bandwidth_bytes_per_s
+    peak = fp32_peak(cal)
+    mm = cal.gemm_flops_per_s / peak if cal.gemm_flops_per_s and peak else 1.0
+    mem = min(1.0, cal.elementwise_bytes_per_s / bw) if cal.elementwise_bytes_per_s else 1.0
+    opt = None
+    if cal.adam_params_per_s:
+        opt = min(1.0, cal.adam_params_per_s * adam_fp32_bytes_per_param() / bw)
+    return mm, mem, opt
+
+
+def write_profile(path: str | Path, cal: Calibration) -> Path:
+    """Write ``cal`` as a hardware profile YAML (loadable by ``load_hardware(path)``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(profile_text(cal))
+    return p
+
+
+def calibration_table(cal: Calibration) -> str:
+    lines = [f"{cal.device_name} ({cal.device}), torch {cal.torch_version}, "
+             f"{cal.threads} threads, {cal.when}"]  # fmt: skip
+    sizes = sorted({n for r in cal.matmul_by_size.values() for n in r})
+    lines.append("matmul TFLOP/s " + "".join(f"{'n=' + str(n):>10}" for n in sizes)
+                 + f"{'peak':>10}")  # fmt: skip
+    for dt, rates in cal.matmul_by_size.items():
+        lines.append(f"  {dt:<12} " + "".join(f"{rates.get(n, 0) / 1e12:>10.3f}" for n in sizes)
+                     + f"{rates[max(rates)] / 1e12:>10.3f}")  # fmt: skip
+    for k, v in cal.bandwidth_by_kernel.items():
+        lines.append(f"memory bandwidth ({k}): {v / 1e9:,.1f} GB/s")
+    if cal.gemm_flops_per_s:
+        lo, hi = cal.gemm_spread
+        lines.append(f"GEMM mix (cost-model FLOPs): {cal.gemm_flops_per_s / 1e12:,.4f} TFLOP/s"
+                     f" (spread {lo / 1e12:,.4f}-{hi / 1e12:,.4f})")  # fmt: skip
+    if cal.elementwise_bytes_per_s:
+        lo, hi = cal.elementwise_spread
+        lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"
+                     f" GB/s (spread {lo / 1e9:,.2f}-{hi / 1e9:,.2f})")  # fmt: skip
+    if cal.adam_params_per_s:
+        lines.append(f"AdamW step: {cal.adam_params_per_s / 1e6:,.1f} M params/s")
+    mm_eff, mem_eff, opt_eff = efficiencies(cal)
+    lines.append(
+        f"efficiency.matmul {mm_eff:.3f}, memory_bound {mem_eff:.3f}"
+        + (f", optimizer {opt_eff:.3f}" if opt_eff is not None else "")
+    )
+    if cal.pcie_bandwidth_bytes_per_s:
+        lines.append(f"host -> device: {cal.pcie_bandwidth_bytes_per_s / 1e9:,.1f} GB/s")
+    if cal.cuda_context_bytes:
+        lines.append(f"CUDA context: {cal.cuda_context_bytes / MIB:,.0f} MiB")
+    lines.extend(f"note: {n}" for n in cal.notes)
+    return "\n".join(lines)

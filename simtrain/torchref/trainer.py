@@ -1,0 +1,133 @@
+"""One training step of the reference model under a precision recipe (needs torch): the
+optimizer, fp32 master weights and gradient accumulation, the fp16 loss scale."""
+
+from __future__ import annotations
+
+import torch
+
+from simtrain.costs.memory import PRECISIONS
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import TrainingSpec
+from simtrain.torchref.precision import (
+    AUTOCAST_DTYPE,
+    FP16_LOSS_SCALE,
+    FP32_GRAD_ACCUMULATION,
+    MASTER_WEIGHTS,
+)
+from simtrain.torchref.reference_model import ReferenceGPT, build_reference_model
+
+
+def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """torch.optim optimizers with ``foreach=False`` (no multi-tensor temporaries)."""
+    lr = 1e-4
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.0, foreach=False)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=False)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=False)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, foreach=False)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=1e-2, foreach=False)
+    if name == "adam8bit":
+        raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class _Trainer:
+    """One training step under the precision recipe of ``training.precision``."""
+
+    def __init__(self, model: ReferenceGPT, training: TrainingSpec, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.autocast = AUTOCAST_DTYPE.get(training.precision)
+        fp16 = PRECISIONS[training.precision].compute_dtype == "fp16"
+        self.scale = FP16_LOSS_SCALE if fp16 else 1.0
+        self.masters: list[torch.Tensor] = []
+        if training.precision in MASTER_WEIGHTS:
+            self.masters = [p.detach().float().clone() for p in self.params]
+        self.accum: list[torch.Tensor] = []
+        if training.precision in FP32_GRAD_ACCUMULATION:
+            self.accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.opt = make_optimizer(training.optimizer, self.masters or self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params + self.masters:
+            p.grad = None
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                return self.model(idx, targets)
+        return self.model(idx, targets)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss * self.scale if self.scale != 1.0 else loss).backward()
+        if self.accum:
+            with torch.no_grad():
+                for a, p in zip(self.accum, self.params, strict=True):
+                    if p.grad is not None:
+                        a.add_(p.grad)
+
+    def optimizer_step(self) -> None:
+        if self.accum:  # the fp32 accumulation buffer is the master weights' gradient
+            for m, a in zip(self.masters, self.accum, strict=True):
+                m.grad = a
+            self.opt.step()
+            with torch.no_grad():
+                for m, p, a in zip(self.masters, self.params, self.accum, strict=True):
+                    p.copy_(m)
+                    m.grad = None
+                    a.zero_()
+        elif self.masters:  # apex O2 / Megatron: fp32 master grads at step time, copy back
+            for m, p in zip(self.masters, self.params, strict=True):
+                m.grad = None if p.grad is None else p.grad.float()
+                if m.grad is not None and self.scale != 1.0:
+                    m.grad.div_(self.scale)
+            self.opt.step()
+            with torch.no_grad():
+                for m, p in zip(self.masters, self.params, strict=True):
+                    p.copy_(m)
+                    m.grad = None
+        else:
+            if self.scale != 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.div_(self.scale)
+            self.opt.step()
+
+    def step(self, idx: torch.Tensor, targets: torch.Tensor) -> float:
+        self.zero_grad()
+        loss = self.forward(idx, targets)
+        self.backward(loss)
+        self.optimizer_step()
+        return float(loss.detach())
+
+    def state_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(optimizer state tensors, step counters)."""
+        states, steps = [], []
+        for st in self.opt.state.values():
+            for key, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    (steps if key == "step" else states).append(v)
+        return states, steps
+
+
+def _warm_trainer(spec: ModelSpec, training: TrainingSpec, dev: torch.device, batch: int | None,
+                  seed: int, warmup: int) -> tuple[ReferenceGPT, _Trainer, torch.Tensor,
+                                                   torch.Tensor]:  # fmt: skip
+    """The reference model, its trainer and one batch of random tokens, after ``warmup`` (at
+    least one) steps: the first creates the optimizer state."""
+    if training.optimizer == "adam8bit":
+        raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
+    torch.manual_seed(seed)
+    model = build_reference_model(spec, training).to(dev)
+    assert isinstance(model, ReferenceGPT)
+    b = batch if batch is not None else training.micro_batch
+    idx = torch.randint(spec.vocab, (b, training.seq_len), device=dev)
+    targets = torch.randint(spec.vocab, (b, training.seq_len), device=dev)
+    trainer = _Trainer(model, training, dev)
+    for _ in range(max(1, warmup)):
+        trainer.step(idx, targets)
+    return model, trainer, idx, targets
