@@ -1,0 +1,48 @@
+"""``simtrain compare``: run the comparison, write its files, print the table or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simtrain.apps.compare.plots import ladder_plot, tradeoff_plot
+from simtrain.apps.compare.run import Comparison, compare
+from simtrain.apps.compare.tables import table, to_csv
+from simtrain.apps.compare.variants import ADHOC_HELP, BUILTIN_VARIANTS, split_variants
+from simtrain.errors import ConfigError
+from simtrain.report.tables import dumps
+
+
+def write_outputs(comp: Comparison, out_dir: str | Path) -> list[Path]:
+    """compare.csv, compare.json, ladder.png and tradeoff.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.csv").write_text(to_csv(comp))
+    (out / "compare.json").write_text(dumps(comp.to_json()))
+    return [
+        out / "compare.csv",
+        out / "compare.json",
+        ladder_plot(comp, out / "ladder.png"),
+        tradeoff_plot(comp, out / "tradeoff.png"),
+    ]
+
+
+def compare_command(
+    scenario: str,
+    variants: str,
+    ladder: bool,
+    out_dir: str | None,
+    as_json: bool,
+    overrides: tuple[str, ...],
+) -> str:
+    """What ``simtrain compare`` prints; writes compare.csv, compare.json, ladder.png and
+    tradeoff.png into ``out_dir`` (default ``plots/<scenario name>/compare``)."""
+    specs = split_variants(variants or "")
+    if not specs:
+        raise ConfigError(None, "--variants", "give at least one variant", variants,
+                          ", ".join(BUILTIN_VARIANTS) + f", or {ADHOC_HELP}")  # fmt: skip
+    comp = compare(scenario, specs, ladder=ladder, overrides=overrides)
+    folder = Path(out_dir) if out_dir else Path("plots") / comp.scenario / "compare"
+    paths = write_outputs(comp, folder)
+    if as_json:
+        return dumps(comp.to_json())
+    return table(comp) + "\n\nwrote " + ", ".join(str(p) for p in paths) + "\n"

@@ -1,0 +1,207 @@
+"""Running a comparison: the baseline and every variant simulated, one :class:`Row` each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.compare.variants import parse_variant
+from simtrain.apps.simulate import SimulationResult, simulate_scenario
+from simtrain.errors import ConfigError
+from simtrain.report.trace import memory_steps
+from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.scenario import Scenario, load_scenario
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One variant's result (memory of the GPU with the highest peak)."""
+
+    name: str
+    description: str
+    note: str
+    overrides: tuple[str, ...]  # this variant's own overrides
+    cumulative_overrides: tuple[str, ...]  # everything applied to the scenario file
+    setup: tuple[tuple[str, Any], ...]  # precision, batches, layout, ... (for the reader)
+    gpus: int
+    peak_stage: int
+    memory_bytes: tuple[tuple[str, int], ...]  # as ``simtrain memory`` reports them
+    at_peak_bytes: tuple[tuple[str, int], ...]  # held at the moment of the peak (sums to it)
+    host_memory_bytes: int
+    peak_memory_bytes: int
+    capacity_bytes: int
+    fits: bool
+    step_time_s: float
+    tokens_per_s: float
+    samples_per_s: float
+    mfu: float
+    params: int
+    trainable_params: int
+    time_breakdown_s: tuple[tuple[str, float], ...]
+
+    def category(self, name: str) -> int:
+        return dict(self.memory_bytes)[name]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "note": self.note,
+            "overrides": list(self.overrides),
+            "cumulative_overrides": list(self.cumulative_overrides),
+            "setup": dict(self.setup),
+            "gpus": self.gpus,
+            "peak_stage": self.peak_stage,
+            "memory_bytes": dict(self.memory_bytes),
+            "at_peak_bytes": dict(self.at_peak_bytes),
+            "host_memory_bytes": self.host_memory_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "capacity_bytes": self.capacity_bytes,
+            "fits": self.fits,
+            "step_time_s": self.step_time_s,
+            "tokens_per_s": self.tokens_per_s,
+            "samples_per_s": self.samples_per_s,
+            "mfu": self.mfu,
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "time_breakdown_s": dict(self.time_breakdown_s),
+        }
+
+
+def _at_peak(res: SimulationResult, gpu: int) -> tuple[tuple[str, int], ...]:
+    """Bytes per category held by ``gpu`` at the first moment of its simulated peak."""
+    times, rows = memory_steps(res.timeline, gpu, MEMORY_CATEGORIES)
+    if not rows:
+        return tuple((c, 0) for c in MEMORY_CATEGORIES)
+    i = max(range(len(rows)), key=lambda k: sum(rows[k]))
+    return tuple(zip(MEMORY_CATEGORIES, rows[i], strict=True))
+
+
+def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
+    t, p = sc.training, sc.parallelism
+    return (
+        ("precision", t.precision),
+        ("optimizer", t.optimizer),
+        ("recompute", t.recompute),
+        ("peft", t.peft.method),
+        ("offload_optimizer", t.offload.optimizer),
+        ("seq_len", t.seq_len),
+        ("micro_batch", t.micro_batch),
+        ("global_batch", t.global_batch),
+        ("microbatches", sc.num_microbatches),
+        ("dp", p.dp),
+        ("tp", p.tp),
+        ("pp", p.pp),
+        ("zero_stage", p.zero_stage),
+    )
+
+
+def make_row(
+    sc: Scenario,
+    name: str = "baseline",
+    description: str = "",
+    note: str = "",
+    overrides: Sequence[str] = (),
+    cumulative: Sequence[str] = (),
+) -> Row:
+    """Simulate ``sc`` and collect one row."""
+    res = simulate_scenario(sc)
+    mem, mt = res.memory, res.metrics
+    worst = max(mem.stages, key=lambda s: (s.peak_memory_bytes, -s.stage))
+    return Row(
+        name=name,
+        description=description,
+        note=note,
+        overrides=tuple(overrides),
+        cumulative_overrides=tuple(cumulative),
+        setup=_setup(sc),
+        gpus=sc.parallelism.gpus,
+        peak_stage=worst.stage,
+        memory_bytes=worst.memory_bytes,
+        at_peak_bytes=_at_peak(res, worst.stage),
+        host_memory_bytes=worst.host_memory_bytes,
+        peak_memory_bytes=worst.peak_memory_bytes,
+        capacity_bytes=worst.capacity_bytes,
+        fits=mem.fits,
+        step_time_s=mt.step_time_s,
+        tokens_per_s=mt.tokens_per_s,
+        samples_per_s=mt.samples_per_s,
+        mfu=mt.mfu,
+        params=mem.params,
+        trainable_params=mem.trainable_params,
+        time_breakdown_s=mt.time_breakdown_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    scenario: str  # scenario name
+    source: str  # the scenario file
+    model: str
+    hardware: str  # display name of the GPU
+    ladder: bool
+    base_overrides: tuple[str, ...]
+    rows: tuple[Row, ...] = field(default_factory=tuple)  # rows[0] is the baseline
+
+    @property
+    def mode(self) -> str:
+        return "ladder" if self.ladder else "alone"
+
+    def reference(self, i: int) -> Row:
+        """The row that row ``i`` is measured against: the previous rung, or the baseline."""
+        return self.rows[i - 1] if self.ladder else self.rows[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "scenario": self.scenario,
+            "source": self.source,
+            "model": self.model,
+            "hardware": self.hardware,
+            "mode": self.mode,
+            "base_overrides": list(self.base_overrides),
+            "rows": [r.to_json() for r in self.rows],
+        }
+
+
+def compare(
+    scenario_path: str | Path,
+    variants: Sequence[str],
+    *,
+    ladder: bool = False,
+    overrides: Sequence[str] = (),
+) -> Comparison:
+    """Simulate the baseline (the file with ``overrides``) and every variant, each alone against
+    the baseline or, with ``ladder``, each on top of the previous ones."""
+    parsed = [parse_variant(v) for v in variants]  # unknown names fail before any simulation
+    base_ov = tuple(overrides)
+    base = load_scenario(scenario_path, base_ov)
+    rows = [make_row(base, "baseline", "the scenario file" + (" with --set" if base_ov else ""),
+                     cumulative=base_ov)]  # fmt: skip
+    current, applied = base, base_ov
+    for v in parsed:
+        ref, ref_ov = (current, applied) if ladder else (base, base_ov)
+        ov, note = v.overrides(ref)
+        cumulative = ref_ov + ov
+        try:
+            sc = load_scenario(scenario_path, cumulative)
+        except ConfigError as exc:
+            raise ConfigError(
+                None, f"variant {v.name!r}", f"gives an invalid scenario ({', '.join(ov)}): {exc}"
+            ) from None
+        rows.append(make_row(sc, v.name, v.description, note, ov, cumulative))
+        if ladder:
+            current, applied = sc, cumulative
+    return Comparison(
+        scenario=base.name,
+        source=str(scenario_path),
+        model=base.model.name,
+        hardware=base.hardware.display_name,
+        ladder=ladder,
+        base_overrides=base_ov,
+        rows=tuple(rows),
+    )

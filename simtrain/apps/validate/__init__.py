@@ -1,0 +1,84 @@
+"""Validation against measured training runs: ``simtrain validate``.
+
+Reads records in the schema of ``measured/published_runs.yaml`` (see ``measured/README.md``),
+turns each one the simulator can express into a :class:`~simtrain.spec.scenario.Scenario`, predicts it,
+and compares per metric with the measurement:
+
+``step_time_s``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu``, ``hfu``, ``peak_memory_bytes``
+and ``fits`` (booleans: a measured run fitted unless its ``outcome`` says it crashed or ran out
+of memory).
+
+**Like with like.** Each source counts FLOPs its own way (``shared/measured/formulas.md`` §1, §6);
+the prediction is converted into the source's convention before comparing, with the FLOP count
+computed from the record's own shape, never from simtrain's:
+
+=================  ==========================================================================
+convention         FLOPs per step (B sequences of s tokens, l layers, hidden h, vocab V)
+=================  ==========================================================================
+``megatron_eq3``   Narayanan et al. 2021 Eq. 3, recompute included:
+                   ``96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h))``; TFLOP/s = F / (T · n GPUs)
+``korthikanti``    MFU: Eq. 7 ``72·B·l·s·h²·(1 + s/(6h) + V/(12·h·l))``; HFU: Eq. 8 (selective,
+                   ``s/(3h)``), Eq. 3 (full recompute) or Eq. 7 (none), over n · 312 TFLOP/s
+``mosaicml``       llm-foundry: MFU ``(6·N·s + 12·l·h·s²)·B``, HFU ``(8·N·s + 16·l·h·s²)·B``
+                   with activation checkpointing; model TFLOP/s = MFU numerator / (T · n)
+``nanotron``       nanotron ``llama.get_flops``: 3 × (forward matmuls incl. full s² attention
+                   and the LM head); MFU over the dense bf16 peak
+``simtrain``       records of unknown sources: simtrain's own model FLOPs (MFU) and executed
+                   FLOPs (TFLOP/s, HFU) from ``simtrain.report.metrics``
+=================  ==========================================================================
+
+The peak in MFU/HFU is the dense peak of the compute dtype in the hardware profile (A100: 312,
+H100: 989.4 TFLOP/s; the sources use the same figures).
+
+**Networks.** ``hardware.gpu`` picks the profile; ``hardware.inter_node`` can swap it for one of
+the same node on another network (:data:`NETWORK_PROFILES`): H100 records on EFA, the
+Ultra-Scale Playbook's cluster, run on ``h100_sxm5_80gb_efa``, whose NIC rate and per-step
+latency are fitted to that cluster's published collective bandwidths (the profile's comments).
+
+**Speed.** Fit verdicts and peak memory need :func:`~simtrain.costs.memory.estimate_memory` only;
+timing metrics run the engine. Step time is affine in the number of micro-batches m once
+m ≥ 1 for 1F1B, GPipe and gradient accumulation, and once m ≥ pp for the interleaved schedule
+(:func:`predicted_step_time`), so each step is simulated with one and two micro-batches (pp and
+2·pp when interleaved) and extrapolated: exact to the nanosecond in the engine, tested in
+``tests/test_validate.py``. Identical scenarios are simulated once.
+
+Records the simulator cannot express come back as :class:`SkipReason` with the reason; nothing
+is dropped silently. Defaults used where a source omits a setting are listed per record
+(:attr:`Translation.assumptions`) and printed with the table.
+
+**Modules.** ``records`` (the YAML schema), ``conventions`` (each source's defaults and its way
+of counting FLOPs and memory), ``translate`` (record -> scenario), ``predict`` (memory reports
+and step times), ``measured`` (measured vs predicted, per metric), ``run`` (:func:`validate`,
+:func:`summarize`) and ``output`` (table, CSV, scatter plot, the command).
+"""
+
+from simtrain.apps.validate.measured import METRICS, Comparison, compare_record, measured_values
+from simtrain.apps.validate.output import format_table, scatter_plot, validate_command, write_csv
+from simtrain.apps.validate.predict import predicted_step_time
+from simtrain.apps.validate.records import (
+    PACKAGED_PATH,
+    Record,
+    SkipReason,
+    load_records,
+    source_key,
+)
+from simtrain.apps.validate.run import Summary, ValidationResult, summarize, validate
+from simtrain.apps.validate.translate import (
+    ONE_BUCKET_MB,
+    Translation,
+    gpu_profile,
+    map_precision,
+    map_recompute,
+    network_profile,
+    record_to_scenario,
+    translate,
+)
+
+# What other modules import from simtrain.apps.validate (the command, tests, the plan's tests).
+__all__ = [
+    "METRICS", "ONE_BUCKET_MB", "PACKAGED_PATH", "Comparison", "Record", "SkipReason", "Summary",
+    "Translation", "ValidationResult", "compare_record", "format_table", "gpu_profile",
+    "load_records", "map_precision", "map_recompute", "measured_values", "network_profile",
+    "predicted_step_time", "record_to_scenario", "scatter_plot", "source_key", "summarize",
+    "translate", "validate", "validate_command", "write_csv",
+]  # fmt: skip

@@ -1,0 +1,133 @@
+"""Measured against predicted: the metrics a record measured, in simtrain's units, and one
+:class:`Comparison` per metric with the prediction converted into the source's convention."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from simtrain.apps.validate.conventions import record_convention, source_flops
+from simtrain.apps.validate.predict import Predictor
+from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.translate import Translation
+from simtrain.costs.memory import PRECISIONS
+from simtrain.spec.hardware import GIB, MIB
+from simtrain.spec.scenario import Scenario
+
+# Metrics in table / JSON order. "fits" compares booleans.
+METRICS = (
+    "step_time_s",
+    "tokens_per_s",
+    "tflops_per_gpu",
+    "mfu",
+    "hfu",
+    "peak_memory_bytes",
+    "fits",
+)
+TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu")
+OOM_OUTCOMES = ("crashed_or_oom", "oom", "out_of_memory", "crashed")
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    id: str
+    source: str
+    metric: str
+    measured: float | bool
+    predicted: float | bool
+    error_pct: float  # 100·(predicted − measured)/measured; fits: 0 (right) or 100 (wrong)
+
+
+def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
+    """The metrics of a record simtrain can predict, in its units (memory in bytes)."""
+    x = rec.measured
+    n = sc.parallelism.gpus
+    seq = sc.training.seq_len
+    out: dict[str, float | bool] = {}
+
+    def num(key: str) -> float | None:
+        v = x.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    if (v := num("step_time_s")) is not None and v > 0:
+        out["step_time_s"] = v
+    if (v := num("tokens_per_s")) is not None and v > 0:
+        out["tokens_per_s"] = v
+    elif (v := num("tokens_per_s_per_gpu")) is not None and v > 0:
+        out["tokens_per_s"] = v * n
+    elif (v := num("samples_per_s")) is not None and v > 0:
+        out["tokens_per_s"] = v * seq
+    if (v := num("tflops_per_gpu")) is not None and v > 0:
+        out["tflops_per_gpu"] = v
+    elif (v := num("model_tflops_per_gpu")) is not None and v > 0:
+        out["tflops_per_gpu"] = v
+    for k in ("mfu", "hfu"):
+        if (v := num(k)) is not None and v > 0:
+            out[k] = v
+    gb = record_convention(rec).memory_gb_unit
+    for key, unit in (("peak_mem_gb", gb), ("peak_mem_gib", GIB), ("peak_mem_mib", MIB)):
+        if (v := num(key)) is not None and v > 0:
+            out["peak_memory_bytes"] = v * unit
+            break
+    outcome = str(x.get("outcome", "")).lower()
+    out["fits"] = outcome not in OOM_OUTCOMES
+    return out
+
+
+def _error_pct(pred: float, meas: float) -> float:
+    return 100.0 * (pred - meas) / meas
+
+
+def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[Comparison]:
+    """Predict every metric the record measured and compare."""
+    pr = predictor or Predictor()
+    rec, sc = tr.record, tr.scenario
+    conv = record_convention(rec)
+    meas = measured_values(rec, sc)
+    if not tr.capacity_known:
+        meas.pop("fits", None)
+    out: list[Comparison] = []
+    mem = pr.memory_report(sc) if ("peak_memory_bytes" in meas or "fits" in meas) else None
+    T = pr.step_time(sc) if any(k in meas for k in TIME_METRICS) else None
+    n = sc.parallelism.gpus
+    hw = sc.hardware
+    peak = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
+    for metric in METRICS:
+        if metric not in meas:
+            continue
+        x = meas[metric]
+        pred: float | bool
+        if metric == "fits":
+            assert mem is not None
+            pred = mem.fits
+            out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,
+                                  0.0 if pred == x else 100.0))  # fmt: skip
+            continue
+        if metric == "peak_memory_bytes":
+            assert mem is not None
+            if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
+                pred = float(mem.stages[conv.memory_stage].peak_memory_bytes)
+            else:
+                pred = float(mem.peak_memory_bytes)
+            if not conv.memory_includes_context:
+                pred -= sc.hardware.cuda_context_bytes
+        else:
+            assert T is not None
+            if metric == "step_time_s":
+                pred = T
+            elif metric == "tokens_per_s":
+                pred = sc.tokens_per_step / T
+            elif metric == "tflops_per_gpu":
+                kind = "model" if "model_tflops_per_gpu" in rec.measured else "tflops"
+                if "tflops_per_gpu" in rec.measured:
+                    kind = "tflops"
+                pred = source_flops(sc, conv, kind) / (T * n) / 1e12
+            elif metric == "mfu":
+                pred = source_flops(sc, conv, "model") / (T * n * peak)
+            else:  # hfu
+                pred = source_flops(sc, conv, "hardware") / (T * n * peak)
+        out.append(Comparison(rec.id, rec.source_key, metric, float(x), float(pred),
+                              _error_pct(float(pred), float(x))))  # fmt: skip
+    return out

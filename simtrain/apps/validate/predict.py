@@ -1,0 +1,103 @@
+"""Predictions: memory reports and simulated step times, each computed once per distinct
+scenario; long steps are simulated at one and two micro-batches and extrapolated."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.apps.validate.translate import Translation
+from simtrain.costs.memory import MemoryReport, estimate_memory
+from simtrain.spec.scenario import Scenario
+
+# Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
+AFFINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
+
+
+def _cache_key(sc: Scenario) -> Scenario:
+    return replace(sc, name="", source="")
+
+
+class Predictor:
+    """Memory reports and step times, each computed once per distinct scenario."""
+
+    def __init__(self) -> None:
+        self.memory: dict[Scenario, MemoryReport] = {}
+        self.times: dict[Scenario, float] = {}
+
+    def memory_report(self, sc: Scenario) -> MemoryReport:
+        key = _cache_key(sc)
+        if key not in self.memory:
+            self.memory[key] = estimate_memory(key)
+        return self.memory[key]
+
+    def step_time(self, sc: Scenario) -> float:
+        key = _cache_key(sc)
+        if key not in self.times:
+            self.times[key] = predicted_step_time(key)
+        return self.times[key]
+
+    def precompute_times(self, translations: list[Translation], workers: int | None) -> None:
+        """Simulate the distinct scenarios whose records measured a timing metric, in parallel
+        worker processes (results are identical to serial runs: the engine is deterministic)."""
+        keys: list[Scenario] = []
+        for tr in translations:
+            if any(k in tr.record.measured for k in TIMING_KEYS):
+                key = _cache_key(tr.scenario)
+                if key not in self.times and key not in keys:
+                    keys.append(key)
+        n = workers if workers is not None else _default_workers()
+        if n <= 1 or len(keys) < 8:
+            return  # computed lazily, serially
+        keys.sort(key=_simulation_cost, reverse=True)  # longest first: better load balance
+        try:
+            ctx = multiprocessing.get_context("fork")
+        except ValueError:  # pragma: no cover - platforms without fork
+            return
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
+            for key, t in zip(keys, ex.map(predicted_step_time, keys), strict=True):
+                self.times[key] = t
+
+
+# measured keys that need a simulated step time
+TIMING_KEYS = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "samples_per_s",
+               "tflops_per_gpu", "model_tflops_per_gpu", "mfu", "hfu")  # fmt: skip
+
+
+def _default_workers() -> int:
+    env = os.environ.get("SIMTRAIN_WORKERS")
+    if env and env.isdigit():
+        return int(env)
+    return min(4, os.cpu_count() or 1)
+
+
+def _simulation_cost(sc: Scenario) -> int:
+    p = sc.parallelism
+    m = p.pp if p.schedule == "interleaved" else 1
+    return p.pp * p.virtual_stages * m * (1 + sc.model.layers // p.pp)
+
+
+def _with_microbatches(sc: Scenario, m: int) -> Scenario:
+    t, p = sc.training, sc.parallelism
+    return replace(sc, training=replace(t, global_batch=m * t.micro_batch * p.dp))
+
+
+def predicted_step_time(sc: Scenario) -> float:
+    """Simulated step time in seconds. The step time of the 1F1B, GPipe and interleaved
+    schedules (and of plain gradient accumulation, pp = 1) is affine in the number of
+    micro-batches m: T(m) = T(m₁) + (m − m₁)·(T(m₂) − T(m₁))/(m₂ − m₁), from m = 1 on (from
+    m = pp for the interleaved schedule, which needs m to be a multiple of pp). Long steps are
+    therefore simulated at m₁ = 1, m₂ = 2 (interleaved: pp, 2·pp) and extrapolated; the result
+    equals the full simulation to the nanosecond (``tests/test_validate.py``)."""
+    p = sc.parallelism
+    m = sc.num_microbatches
+    m1 = p.pp if p.schedule == "interleaved" and p.pp > 1 else 1
+    m2 = 2 * m1
+    if m <= m2 or (p.pp > 1 and p.schedule not in AFFINE_SCHEDULES):
+        return simulate_scenario(sc).metrics.step_time_s
+    t1 = simulate_scenario(_with_microbatches(sc, m1)).metrics.step_time_s
+    t2 = simulate_scenario(_with_microbatches(sc, m2)).metrics.step_time_s
+    return t1 + (m - m1) * (t2 - t1) / (m2 - m1)

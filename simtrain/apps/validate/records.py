@@ -1,0 +1,145 @@
+"""Measured-run records: the YAML schema of ``measured/published_runs.yaml``
+(``measured/README.md``), read into :class:`Record`, and :class:`SkipReason` for a record the
+simulator cannot express."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import HARDWARE_DIR
+from simtrain.spec.yamlfile import load_yaml
+
+DEFAULT_PATH = Path("measured") / "published_runs.yaml"
+PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
+
+RECORD_KEYS = (
+    "id", "kind", "source", "source_key", "model", "training", "parallelism", "hardware",
+    "measured", "notes",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One measured run, as written in the YAML file (sections kept as plain mappings)."""
+
+    id: str
+    kind: str
+    source: str
+    source_key: str
+    model: Mapping[str, Any]
+    training: Mapping[str, Any]
+    parallelism: Mapping[str, Any]
+    hardware: Mapping[str, Any]
+    measured: Mapping[str, Any]
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SkipReason:
+    """A record the simulator cannot express (or has nothing to compare for), with why."""
+
+    id: str
+    source: str
+    reason: str
+
+
+def skip(rec: Record, reason: str) -> SkipReason:
+    return SkipReason(rec.id, rec.source_key, reason)
+
+
+# Short source keys from record ids (first match wins); a record may set ``source_key``.
+SOURCE_PREFIXES = (
+    ("megatron_sc21_t2_zero3", "megatron_sc21_zero3"),  # DeepSpeed ZeRO-3 runs in Table 2
+    ("megatron_sc21", "megatron_sc21"),
+    ("megatron_readme", "megatron_readme"),
+    ("megatron_v1", "megatron_v1_blog"),
+    ("korthikanti22", "korthikanti2022"),
+    ("bloom", "bloom"),
+    ("mpt_", "mosaicml"),
+    ("usp_", "nanotron"),
+    ("hf_single_gpu", "hf_transformers"),
+    ("gpipe_", "gpipe"),
+    ("zero", "zero"),
+    ("ddp_baseline", "zero"),
+    ("qlora", "qlora"),
+    ("lora_", "lora"),
+    ("opt", "opt"),
+    ("llama", "llama"),
+    ("palm", "palm"),
+)
+
+
+def source_key(record_id: str, explicit: str | None = None) -> str:
+    """Short source key of a record: ``source_key`` if given, else from the id's prefix
+    (``megatron_sc21_t1_1.7B`` -> ``megatron_sc21``), else the id's leading letters."""
+    if explicit:
+        return str(explicit)
+    for prefix, key in SOURCE_PREFIXES:
+        if record_id.startswith(prefix):
+            return key
+    m = re.match(r"[A-Za-z]+", record_id)
+    return m.group(0).lower() if m else "other"
+
+
+def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[str, Any]:
+    v = raw.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(file, f"{where}.{key}", "must be a mapping", v)
+    return v
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Read a YAML list of records (schema: ``measured/README.md``). Every record needs an
+    ``id``; sections may be absent. Errors name the file, the record and the key."""
+    p = Path(path)
+    data = load_yaml(p)
+    file = str(p)
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(file, "<root>", "must be a list of records", type(data).__name__)
+    out: list[Record] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(data):
+        where = f"[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(file, where, "a record must be a mapping", raw)
+        rid = raw.get("id")
+        if not isinstance(rid, str) or not rid:
+            raise ConfigError(file, f"{where}.id", "missing or not a string", rid)
+        where = f"{rid}"
+        unknown = [k for k in raw if k not in RECORD_KEYS]
+        if unknown:
+            raise ConfigError(file, f"{where}.{unknown[0]}", "unknown key", None,
+                              ", ".join(RECORD_KEYS))  # fmt: skip
+        if rid in seen:
+            raise ConfigError(file, f"{where}.id", "duplicate id", rid)
+        seen.add(rid)
+        out.append(
+            Record(
+                id=rid,
+                kind=str(raw.get("kind", "training_run")),
+                source=str(raw.get("source", "")),
+                source_key=source_key(rid, raw.get("source_key")),
+                model=_section(raw, "model", file, where),
+                training=_section(raw, "training", file, where),
+                parallelism=_section(raw, "parallelism", file, where),
+                hardware=_section(raw, "hardware", file, where),
+                measured=_section(raw, "measured", file, where),
+                notes=str(raw.get("notes", "") or ""),
+            )
+        )
+    return out
+
+
+def resolve_path(path: str | Path | None) -> Path:
+    if path is not None:
+        return Path(path)
+    return DEFAULT_PATH if DEFAULT_PATH.is_file() else PACKAGED_PATH

@@ -1,0 +1,380 @@
+"""Records -> scenarios: an importer of the settings published with Megatron-LM, DeepSpeed,
+llm-foundry (FSDP), nanotron and Transformers runs. Where a record is silent the source's
+defaults are used and listed as assumptions; what simtrain cannot express is a
+:class:`~simtrain.apps.validate.records.SkipReason`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from simtrain.apps.validate.conventions import FLOP_CONVENTIONS, SourceConvention, convention
+from simtrain.apps.validate.records import Record, SkipReason, skip
+from simtrain.costs.memory import PRECISIONS
+from simtrain.errors import SimtrainError
+from simtrain.spec.scenario import Scenario, parse_scenario
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """A record as a scenario, with the defaults and readings it needed."""
+
+    record: Record
+    scenario: Scenario
+    assumptions: tuple[str, ...]
+    capacity_known: bool = True  # the record names the GPU's memory size (fit verdict usable)
+
+
+def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
+    """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
+    ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it."""
+    g = gpu.upper()
+    if "H200" in g:
+        return "h200_141gb", True, ""
+    if "H100" in g:
+        return "h100_sxm5_80gb", "80" in g, ""
+    if "A100" in g:
+        if "40GB" in g.replace(" ", ""):
+            return "a100_sxm4_40gb", True, ""
+        if "80GB" in g.replace(" ", ""):
+            return "a100_sxm4_80gb", True, ""
+        return "a100_sxm4_80gb", False, "A100 memory size not stated: the 80 GB profile"
+    if "V100" in g:
+        size = re.search(r"(\d+)\s*GB", g)
+        if size and size.group(1) != "32":
+            return "v100_sxm2_32gb", False, (
+                f"V100 {size.group(1)} GB: same chip as the 32 GB profile; fit verdict not "
+                "compared"
+            )  # fmt: skip
+        note = "DGX-2 V100 (NVSwitch) on the DGX-1 profile" if "DGX-2" in g else ""
+        return "v100_sxm2_32gb", size is not None, note
+    return None
+
+
+# Clusters whose inter-node network differs from the GPU profile's default (DGX-style InfiniBand)
+# and has its own profile, fitted to that cluster's published collective benchmarks: (GPU profile,
+# word in hardware.inter_node, network profile, why).
+NETWORK_PROFILES = (
+    ("h100_sxm5_80gb", "EFA", "h100_sxm5_80gb_efa",
+     "inter_node EFA: h100_sxm5_80gb_efa, whose NIC rate and per-step latency are fitted to the "
+     "Ultra-Scale Playbook's all-gather/reduce-scatter bus bandwidths on its EFA cluster (2-64 "
+     "nodes, 256 MB) instead of the DGX InfiniBand figures"),
+)  # fmt: skip
+
+
+def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
+    """(profile, note): the cluster-specific profile when ``hardware.inter_node`` names a network
+    that has one (``EFA`` on H100: ``h100_sxm5_80gb_efa``), else ``profile`` and no note."""
+    words = set(re.findall(r"[A-Za-z0-9]+", str(inter_node or "").upper()))
+    for gpu_profile_name, word, net_profile, why in NETWORK_PROFILES:
+        if profile == gpu_profile_name and word in words:
+            return net_profile, why
+    return profile, ""
+
+
+def map_precision(text: str | None) -> str | None:
+    """``fp16 mixed precision`` -> fp16, ``amp_bf16 (...)`` -> amp_bf16, ``fp16 AMP`` ->
+    amp_fp16, ``bf16 (FSDP mixed_precision=PURE)`` -> bf16 (16-bit weights, fp32 sharded
+    master), ``fp32``; None when simtrain has no such precision (fp8, NF4 storage)."""
+    if text is None:
+        return None
+    t = str(text).lower()
+    if "fp8" in t or "nf4" in t or "4-bit" in t or "not stated" in t:
+        return None
+    if t.startswith("amp_bf16"):
+        return "amp_bf16"
+    if t.startswith("amp_fp16") or ("fp16" in t and "amp" in t):
+        return "amp_fp16"
+    if "bf16" in t:
+        return "bf16"
+    if "fp16" in t or "16-bit" in t:
+        return "fp16"
+    if t.startswith("fp32"):
+        return "fp32"
+    return None
+
+
+def map_recompute(text: str | None) -> str | None:
+    if text is None:
+        return None
+    t = str(text).lower()
+    if t.startswith("selective"):
+        return "selective"
+    if t.startswith(("full", "re-materialization", "rematerialization")):
+        return "full"
+    if t.startswith("none"):
+        return "none"
+    return None
+
+
+def map_optimizer(text: str | None) -> str:
+    t = str(text or "adam").lower()
+    if "8bit" in t or "8-bit" in t:
+        return "adam8bit"
+    if "adafactor" in t:
+        return "adafactor"
+    if "adamw" in t:
+        return "adamw"
+    if "sgd" in t:
+        return "sgd_momentum" if "momentum" in t else "sgd"
+    return "adam"
+
+
+def map_schedule(text: str | None, pp: int, v: int) -> str:
+    t = str(text or "").lower()
+    if pp == 1:
+        return "1f1b"
+    if "interleaved" in t and v > 1:
+        return "interleaved"
+    if "gpipe" in t:
+        return "gpipe"
+    if "zb" in t or "zero bubble" in t:
+        return "zb_h1"
+    return "1f1b"
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+SHAPE_PASSTHROUGH = ("kv_heads", "ffn_hidden", "tied_embeddings", "mlp", "positions", "bias",
+                     "qkv_bias", "norm", "dropout", "flash_attention", "max_positions")  # fmt: skip
+UNEXPRESSIBLE_KINDS = {
+    "training_run_relative": "relative throughput (normalised to another run of its table), "
+    "not an absolute measurement",
+    "memory_capacity": "largest-trainable-model measurement: needs a family of model shapes "
+    "to search over, not one scenario",
+    "layer_microbenchmark": "per-layer kernel timing, not a training step",
+    "collective_benchmark": "collective bandwidth benchmark, not a training step",
+}
+# Megatron-LM's "local" DDP all-reduces one contiguous gradient buffer after the backward
+# (arguments.py --DDP-impl local, the default until 2022): a bucket larger than any gradient.
+ONE_BUCKET_MB = 1e9
+
+
+class _NotExpressible(Exception):
+    """Raised by the parts of :func:`translate`: the message is the record's skip reason."""
+
+
+def translate(rec: Record) -> Translation | SkipReason:
+    """The scenario of a record with the assumptions made, or why it cannot be expressed."""
+    if rec.kind in UNEXPRESSIBLE_KINDS:
+        return skip(rec, f"kind {rec.kind}: {UNEXPRESSIBLE_KINDS[rec.kind]}")
+    if rec.kind != "training_run":
+        return skip(rec, f"unknown kind {rec.kind!r}")
+    notes: list[str] = []
+    try:
+        data, capacity_known = _scenario_data(rec, convention(rec.source_key), notes)
+    except _NotExpressible as exc:
+        return skip(rec, str(exc))
+    try:
+        sc = parse_scenario(data, rec.id)
+    except SimtrainError as exc:
+        return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
+    pb = rec.model.get("params_b")
+    if isinstance(pb, int | float) and pb > 0:
+        ours = sc.model.total_params() / 1e9
+        if abs(ours / pb - 1) > 0.03:
+            notes.append(f"simtrain's parameter count differs from params_b by > 3 % (= {ours:.3g} "
+                         f"vs {pb})")  # fmt: skip
+    return Translation(rec, sc, tuple(notes), capacity_known)
+
+
+def _scenario_data(
+    rec: Record, conv: SourceConvention, notes: list[str]
+) -> tuple[dict[str, Any], bool]:
+    """The scenario document of a record (for :func:`parse_scenario`) and whether the GPU's
+    memory size is known. The parts run in this order, so a record missing several settings is
+    skipped for the first, and ``notes`` (the assumptions) keep the order they are printed in."""
+    fc = rec.measured.get("flops_convention")
+    if fc is not None and fc not in FLOP_CONVENTIONS:
+        raise _NotExpressible(f"measured.flops_convention {fc!r}: not one of "
+                              f"{', '.join(FLOP_CONVENTIONS)}")  # fmt: skip
+    profile, capacity_known = _hardware(rec.hardware, notes)
+    model, seq = _model(rec.model, conv, notes)
+    tp, pp, dp = _layout(rec.parallelism, rec.hardware, notes)
+    B, b = _batch(rec.training, seq, pp, dp, notes)
+    training = _training(rec.training, conv, notes)
+    data = {
+        "name": rec.id,
+        "model": model,
+        "hardware": profile,
+        "training": {"seq_len": seq, "global_batch": B, "micro_batch": b, **training},
+        "parallelism": _parallelism(rec.parallelism, conv, tp, pp, dp, notes),
+    }
+    return data, capacity_known
+
+
+def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
+    """(hardware profile, memory size known) from ``hardware.gpu`` and ``hardware.inter_node``."""
+    gpu = hw.get("gpu")
+    prof = gpu_profile(str(gpu)) if gpu else None
+    if prof is None:
+        raise _NotExpressible(f"hardware {gpu!r}: no simtrain hardware profile")
+    profile, capacity_known, hw_note = prof
+    if hw_note:
+        notes.append(hw_note)
+    profile, net_note = network_profile(profile, hw.get("inter_node"))
+    if net_note:
+        notes.append(net_note)
+    return profile, capacity_known
+
+
+def _model(
+    m: Mapping[str, Any], conv: SourceConvention, notes: list[str]
+) -> tuple[dict[str, Any], int]:
+    """(the scenario's ``model`` section, seq_len): the source's architecture, the record's
+    shape over it."""
+    missing = [k for k in ("layers", "hidden", "heads", "seq_len") if _int(m.get(k)) is None]
+    if missing:
+        raise _NotExpressible(f"model shape not reported: {', '.join(missing)}")
+    vocab = _int(m.get("vocab"))
+    if vocab is None:
+        if conv.vocab_default is None:
+            raise _NotExpressible("model shape not reported: vocab")
+        vocab = conv.vocab_default
+        notes.append(f"vocab not reported: {vocab} (the source's tokenizer, padded)")
+    seq = int(m["seq_len"])
+    model: dict[str, Any] = {**conv.architecture}
+    model.update({"layers": int(m["layers"]), "hidden": int(m["hidden"]),
+                  "heads": int(m["heads"]), "vocab": vocab})  # fmt: skip
+    for k in SHAPE_PASSTHROUGH:
+        if k in m and m[k] is not None:
+            model[k] = m[k]
+    model["max_positions"] = max(seq, _int(model.get("max_positions")) or 0)
+    if "ffn_hidden" not in m:
+        notes.append("ffn_hidden not reported: 4·hidden")
+    return model, seq
+
+
+def _layout(p: Mapping[str, Any], hw: Mapping[str, Any], notes: list[str]) -> tuple[int, int, int]:
+    """(tp, pp, dp); dp from ``hardware.num_gpus`` when the record does not give it."""
+    tp = _int(p.get("tp")) or 1
+    pp = _int(p.get("pp")) or 1
+    n = _int(hw.get("num_gpus"))
+    dp = _int(p.get("dp"))
+    if dp is None:
+        if n is None:
+            raise _NotExpressible("neither parallelism.dp nor hardware.num_gpus reported")
+        if n % (tp * pp):
+            raise _NotExpressible(f"num_gpus {n} is not a multiple of tp x pp = {tp * pp}")
+        dp = n // (tp * pp)
+        notes.append(f"dp = num_gpus / (tp·pp) = {dp}")
+    if n is not None and n != tp * pp * dp:
+        raise _NotExpressible(f"num_gpus {n} != tp x pp x dp = {tp} x {pp} x {dp}")
+    return tp, pp, dp
+
+
+def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str]) -> tuple[int, int]:
+    """(global batch, micro-batch) in sequences."""
+    B = _int(t.get("global_batch"))
+    if B is None and _int(t.get("global_batch_tokens")) is not None:
+        tokens = int(t["global_batch_tokens"])
+        if tokens % seq == 0:
+            B = tokens // seq
+            notes.append(f"global batch = {tokens:,} tokens / seq_len = {B}")
+    if B is None:
+        raise _NotExpressible("global batch not reported")
+    b = _int(t.get("micro_batch"))
+    if b is None:
+        if pp == 1:
+            b = B // dp
+            notes.append(f"micro-batch not reported: global_batch / dp = {b} (one micro-batch "
+                         "per replica, no gradient accumulation)")  # fmt: skip
+        else:
+            b = 1
+            notes.append("micro-batch not reported: 1 (pipeline parallel)")
+    ga = _int(t.get("grad_accum"))
+    if ga is not None and b * dp * ga != B:
+        notes.append(f"grad_accum x micro_batch x dp != global_batch (= {ga} x {b} x {dp} vs {B})")
+    return B, b
+
+
+def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) -> dict[str, Any]:
+    """The scenario's ``training`` settings other than the shape of the batch: precision,
+    optimizer, recompute and the loss kernel."""
+    precision = map_precision(t.get("precision"))
+    if precision is None:
+        if t.get("precision") is None:
+            raise _NotExpressible("precision not reported")
+        raise _NotExpressible(f"precision {t.get('precision')!r}: not a simtrain precision "
+                              f"({', '.join(PRECISIONS)})")  # fmt: skip
+    if precision in conv.precision_map:
+        precision, why = conv.precision_map[precision]
+        notes.append(why)
+    if "fp32 grad accum" in str(t.get("precision", "")).lower() and precision == "bf16":
+        precision = "bf16_fp32_grads"
+        notes.append("the record says fp32 gradient accumulation: bf16_fp32_grads (an fp32 "
+                     "gradient buffer next to the bf16 gradients, 4 B/param more)")  # fmt: skip
+    recompute = map_recompute(t.get("recompute"))
+    if recompute is None:
+        if t.get("recompute") is not None:
+            raise _NotExpressible(f"recompute {t.get('recompute')!r}: not none | selective | full")
+        recompute = conv.recompute_default
+        notes.append(f"recompute not reported: {conv.recompute_note or recompute}")
+    if str(t.get("recompute", "")).lower().startswith("none (assumed"):
+        notes.append("recompute none assumed by the record")
+    optimizer = map_optimizer(t.get("optimizer"))
+    if t.get("optimizer") is None:
+        notes.append("optimizer not reported: Adam")
+    if conv.cross_entropy_note:
+        notes.append(conv.cross_entropy_note)
+    if t.get("activation_cpu_offload"):
+        raise _NotExpressible("activation CPU offload is not modelled")
+    return {"precision": precision, "optimizer": optimizer, "recompute": recompute,
+            "cross_entropy": conv.cross_entropy}  # fmt: skip
+
+
+def _parallelism(
+    p: Mapping[str, Any], conv: SourceConvention, tp: int, pp: int, dp: int, notes: list[str]
+) -> dict[str, Any]:
+    """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
+    schedule and the data-parallel gradient reduction."""
+    zero = _int(p.get("zero_stage")) or 0
+    sharding = str(p.get("fsdp_sharding", "")).upper()
+    if sharding == "SHARD_GRAD_OP":
+        zero = 2
+        notes.append("FSDP SHARD_GRAD_OP = ZeRO-2")
+    elif sharding == "FULL_SHARD":
+        zero = 3
+    if p.get("offload"):
+        raise _NotExpressible(f"offload {p.get('offload')!r} is not modelled for this layout")
+    v = _int(p.get("virtual_stages")) or 1
+    schedule = map_schedule(p.get("schedule"), pp, v)
+    if pp > 1 and p.get("schedule") is None:
+        notes.append("pipeline schedule not reported: 1F1B")
+    if "interleaved" in str(p.get("schedule", "")).lower() and v == 1 and pp > 1:
+        notes.append("interleaving degree not reported or 1: plain 1F1B")
+    if schedule != "interleaved":
+        v = 1
+    sp = bool(p.get("sequence_parallel")) and tp > 1
+    ddp = str(p.get("ddp_impl") or conv.ddp_default)
+    if ddp == "local" and not p.get("ddp_impl"):
+        notes.append("DDP implementation not reported: Megatron's default 'local' (one "
+                     "all-reduce of the contiguous gradient buffer after the backward)")  # fmt: skip
+    out: dict[str, Any] = {
+        "dp": dp, "tp": tp, "pp": pp, "schedule": schedule, "virtual_stages": v,
+        "zero_stage": zero, "sequence_parallel": sp,
+        "layer_split": conv.layer_split if v == 1 else "uniform",
+    }  # fmt: skip
+    if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
+        out["bucket_mb"] = ONE_BUCKET_MB
+    if conv.zero3_max_live_params and zero >= 3:
+        out["zero3_max_live_params"] = conv.zero3_max_live_params
+        notes.append(conv.zero3_note)
+    return out
+
+
+def record_to_scenario(rec: Record) -> Scenario | SkipReason:
+    """The :class:`Scenario` of a record, or a :class:`SkipReason` saying why it cannot be
+    expressed (:func:`translate` also returns the assumptions made)."""
+    tr = translate(rec)
+    return tr if isinstance(tr, SkipReason) else tr.scenario
