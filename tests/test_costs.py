@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from simtrain.costs.compute import eq3_flops, eq7_flops, model_flops_per_step, mosaicml_flops
-from simtrain.report.metrics import hardware_flops_per_step
+from simtrain.costs.compute import (
+    eq3_flops,
+    eq7_flops,
+    hardware_flops_per_step,
+    model_flops_per_step,
+    mosaicml_flops,
+)
 from simtrain.spec.scenario import load_scenario
 
 GPT3 = "scenarios/gpt3_175b_1024gpu.yaml"  # TP 8 x PP 16 x DP 8, full recompute

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simtrain.apps.simulate import dp_bytes_per_step, simulate_scenario
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.comm import dp_bytes_per_step
 from simtrain.spec.scenario import load_scenario
 
 
@@ -69,10 +70,11 @@ def test_lowering_a_link_bandwidth_never_shortens_a_step(which, factor):
 
 
 def test_cross_node_transfers_share_the_nic():
-    from simtrain.apps.simulate import build_lowering_input, share_nics
+    from simtrain.apps.simulate import build_lowering_input
     from simtrain.costs.memory import estimate_memory
     from simtrain.sim.engine import simulate
     from simtrain.sim.lowering import lower
+    from simtrain.sim.lowering.nics import share_nics
 
     sc = load_scenario("scenarios/3d_128gpu.yaml", ["training.global_batch=64"])
     tasks = lower(build_lowering_input(sc, estimate_memory(sc)))

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simtrain.costs.comm import bucket_group_ns
+from simtrain.layout.step import resolve
 from simtrain.schedules import build_schedule
 from simtrain.sim.engine import simulate
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
@@ -201,13 +203,13 @@ def test_naive_data_parallel_slower_and_heavier_than_ddp():
 
 
 def test_ddp_overlap_exposes_about_the_last_bucket():
-    from simtrain.apps.simulate import ddp_bucket_ns, simulate_scenario
+    from simtrain.apps.simulate import simulate_scenario
 
     sc = load_scenario("scenarios/ddp_8gpu.yaml")
     res = simulate_scenario(sc)
     bd = dict(res.metrics.time_breakdown_s)
     grad_bytes = res.memory.stages[0].trainable * 2
-    buckets = ddp_bucket_ns(sc, grad_bytes)
+    buckets = bucket_group_ns(sc, resolve(sc), "all_reduce", grad_bytes)
     assert bd["communication_total"] == pytest.approx(sum(buckets) / 1e9)
     # Long backward: everything but (about) the last bucket hides under compute.
     assert bd["communication_exposed"] <= 1.5 * max(buckets) / 1e9
@@ -217,8 +219,7 @@ def test_ddp_overlap_exposes_about_the_last_bucket():
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
 @pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
 def test_in_flight_closed_forms_match_the_schedule_walk(name, pp, m):
-    from simtrain.costs.memory import microbatches_in_flight
-    from simtrain.schedules import peak_in_flight
+    from simtrain.schedules import microbatches_in_flight, peak_in_flight
 
     walked = peak_in_flight(build_schedule(name, pp, m))
     for s in range(pp):
@@ -230,7 +231,6 @@ def test_zero3_with_a_stage_of_no_decoder_layers():
     layers + 2 embedding items over pp = 8: the last stage holds no block); ZeRO-3's per-layer
     gathers on it used to divide by zero in lowering (found by fuzzing)."""
     from simtrain.apps.simulate import simulate_scenario
-    from simtrain.costs.memory import scenario_chunks
 
     data = {
         "name": "emb",
@@ -242,7 +242,7 @@ def test_zero3_with_a_stage_of_no_decoder_layers():
                         "layer_split": "embedding_as_layer"},
     }  # fmt: skip
     sc = _with_overrides(data, [])
-    last = scenario_chunks(sc)[7]
+    last = resolve(sc).chunks[7]
     assert last.lo == last.hi and last.head  # no decoder layer on the last stage
     for detail in (True, False):
         res = simulate_scenario(sc, detail=detail)

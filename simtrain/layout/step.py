@@ -17,7 +17,7 @@ from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules import Schedule, ScheduleTraits, rank_stages, stage_to_rank, traits
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
-from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec
+from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec, microbatches
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ def resolve(sc: Scenario) -> ResolvedStep:
 
 @lru_cache(maxsize=4096)
 def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int) -> ResolvedStep:
-    mb = t.global_batch // (t.micro_batch * p.dp)
+    mb = microbatches(t, p)
     name = p.schedule if p.pp > 1 else "1f1b"
     tr = traits(name)
     split = split_layers(m, p)

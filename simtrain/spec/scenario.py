@@ -119,6 +119,11 @@ class ParallelSpec:
         return self.dp * self.tp * self.pp
 
 
+def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
+    """m = global_batch / (micro_batch · dp) per pipeline and step (Narayanan et al. 2021 §3.1)."""
+    return t.global_batch // (t.micro_batch * p.dp)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
@@ -131,9 +136,7 @@ class Scenario:
 
     @property
     def num_microbatches(self) -> int:
-        """m = global_batch / (micro_batch · dp) (Narayanan et al. 2021 §3.1)."""
-        t, p = self.training, self.parallelism
-        return t.global_batch // (t.micro_batch * p.dp)
+        return microbatches(self.training, self.parallelism)
 
     @property
     def tokens_per_step(self) -> int:

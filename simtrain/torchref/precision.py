@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from simtrain.costs.memory import PRECISIONS
+from simtrain.spec.precision import PRECISIONS
 
 # The precision recipes follow memory.PRECISIONS, so that every precision the memory model knows
 # can be measured: 4-byte parameters are fp32 (autocast runs over them), 2-byte ones take the

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from simtrain.costs.memory import PRECISIONS
 from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import TrainingSpec
 from simtrain.torchref.precision import (
     AUTOCAST_DTYPE,

@@ -178,7 +178,6 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
         return mosaicml_flops(sc, hardware=kind == "hardware")
     if f == "nanotron":
         return nanotron_flops(sc)
-    from simtrain.costs.compute import model_flops_per_step
-    from simtrain.report.metrics import hardware_flops_per_step
+    from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 
     return model_flops_per_step(sc) if kind == "model" else hardware_flops_per_step(sc)

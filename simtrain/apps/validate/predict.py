@@ -11,10 +11,10 @@ from dataclasses import replace
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
 from simtrain.costs.memory import MemoryReport, estimate_memory
+from simtrain.layout.step import resolve
 from simtrain.spec.scenario import Scenario
 
 # Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
-AFFINE_SCHEDULES = ("1f1b", "gpipe", "interleaved")
 
 
 def _cache_key(sc: Scenario) -> Scenario:
@@ -75,9 +75,12 @@ def _default_workers() -> int:
 
 
 def _simulation_cost(sc: Scenario) -> int:
-    p = sc.parallelism
-    m = p.pp if p.schedule == "interleaved" else 1
-    return p.pp * p.virtual_stages * m * (1 + sc.model.layers // p.pp)
+    """Relative cost of :func:`predicted_step_time` (a sort key for load balance): chunks x the
+    micro-batches simulated x the layers of the fullest rank."""
+    step = resolve(sc)
+    m = step.traits.affine_from(step.pp)
+    layers = max(step.rank_layers(r) for r in range(step.pp))
+    return step.pp * step.v * m * (1 + layers)
 
 
 def _with_microbatches(sc: Scenario, m: int) -> Scenario:
@@ -92,11 +95,11 @@ def predicted_step_time(sc: Scenario) -> float:
     m = pp for the interleaved schedule, which needs m to be a multiple of pp). Long steps are
     therefore simulated at m₁ = 1, m₂ = 2 (interleaved: pp, 2·pp) and extrapolated; the result
     equals the full simulation to the nanosecond (``tests/test_validate.py``)."""
-    p = sc.parallelism
-    m = sc.num_microbatches
-    m1 = p.pp if p.schedule == "interleaved" and p.pp > 1 else 1
+    step = resolve(sc)
+    m = step.microbatches
+    m1 = step.traits.affine_from(step.pp)
     m2 = 2 * m1
-    if m <= m2 or (p.pp > 1 and p.schedule not in AFFINE_SCHEDULES):
+    if m <= m2 or not step.traits.affine_in_m:
         return simulate_scenario(sc).metrics.step_time_s
     t1 = simulate_scenario(_with_microbatches(sc, m1)).metrics.step_time_s
     t2 = simulate_scenario(_with_microbatches(sc, m2)).metrics.step_time_s

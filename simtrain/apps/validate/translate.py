@@ -12,8 +12,8 @@ from typing import Any
 
 from simtrain.apps.validate.conventions import FLOP_CONVENTIONS, SourceConvention, convention
 from simtrain.apps.validate.records import Record, SkipReason, skip
-from simtrain.costs.memory import PRECISIONS
 from simtrain.errors import SimtrainError
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario, parse_scenario
 
 
