@@ -56,20 +56,6 @@ def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int
     return dp_ns(sc, step, "all_reduce", grad_bytes), "DP all-reduce grads"
 
 
-def dp_bytes_per_step(step: ResolvedStep, zero_stage: int, param_bytes: int) -> float:
-    """Bytes each GPU sends per step for data parallelism, nccl-tests bus bytes (formulas.md §5.1):
-    DDP all-reduce 2(n−1)/n·Ψ; ZeRO-1/2 reduce-scatter + all-gather, also 2(n−1)/n·Ψ; ZeRO-3 adds
-    a second parameter all-gather (forward and backward): 3(n−1)/n·Ψ (Rajbhandari et al. 2020 §7).
-    With gradient accumulation ZeRO-3 gathers and reduce-scatters once per micro-batch."""
-    n = step.groups.dp
-    if n == 1:
-        return 0.0
-    f = (n - 1) / n
-    if zero_stage == 3:
-        return 3 * f * param_bytes * step.microbatches
-    return 2 * f * param_bytes
-
-
 def buckets(bucket_mb: float, grad_bytes: int) -> list[int]:
     """Gradient buckets of ``bucket_mb`` MB; when there are more than 16, the earlier ones are
     merged into 15 equal groups (they all hide under the rest of backward) and the last bucket,

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,39 +70,12 @@ from simtrain.torchref.microbench import (
     measure_matmul,
 )
 from simtrain.torchref.profile_writer import (
+    Calibration,
     calibration_table,
     efficiencies,
     profile_text,
     write_profile,
 )
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """What :func:`calibrate` measured (SI units)."""
-
-    name: str
-    device: str
-    device_name: str
-    torch_version: str
-    threads: int
-    when: str  # ISO 8601, UTC
-    matmul_flops_per_s: dict[str, float]  # dtype -> rate at the largest size measured
-    matmul_by_size: dict[str, dict[int, float]]  # dtype -> size -> rate
-    memory_bandwidth_bytes_per_s: float
-    bandwidth_by_kernel: dict[str, float]  # copy / add -> bytes/s
-    memory_bytes: int
-    host_memory_bytes: int
-    cuda_context_bytes: int = 0
-    pcie_bandwidth_bytes_per_s: float = 0.0  # host -> device (CUDA)
-    adam_params_per_s: float = 0.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    elementwise_bytes_per_s: float = 0.0  # cost-model bytes / s of the element-wise mix; 0: none
-    elementwise_spread: tuple[float, float] = (0.0, 0.0)  # (low, high) over the timed samples
-    gemm_flops_per_s: float = 0.0  # cost-model FLOP/s of the GPT's fp32 GEMM mix; 0: none
-    gemm_spread: tuple[float, float] = (0.0, 0.0)  # (low, high) over the timed samples
-    # (micro_batch, seq_len, hidden, heads, vocab, layers) of the element-wise and GEMM mixes
-    elementwise_shape: tuple[int, ...] = ()
 
 
 def _physical_memory_bytes() -> int:

@@ -1,15 +1,40 @@
-"""The text of a calibration: the hardware-profile YAML that ``simtrain calibrate`` writes (every
+"""A calibration's record (:class:`Calibration`) and its text: the hardware-profile YAML that ``simtrain calibrate`` writes (every
 number with its source tag), the efficiencies it derives, and the table it prints."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from simtrain.spec.hardware import GIB, MIB
 
-if TYPE_CHECKING:
-    from simtrain.torchref.calibrate import Calibration
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` measured (SI units)."""
+
+    name: str
+    device: str
+    device_name: str
+    torch_version: str
+    threads: int
+    when: str  # ISO 8601, UTC
+    matmul_flops_per_s: dict[str, float]  # dtype -> rate at the largest size measured
+    matmul_by_size: dict[str, dict[int, float]]  # dtype -> size -> rate
+    memory_bandwidth_bytes_per_s: float
+    bandwidth_by_kernel: dict[str, float]  # copy / add -> bytes/s
+    memory_bytes: int
+    host_memory_bytes: int
+    cuda_context_bytes: int = 0
+    pcie_bandwidth_bytes_per_s: float = 0.0  # host -> device (CUDA)
+    adam_params_per_s: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    elementwise_bytes_per_s: float = 0.0  # cost-model bytes / s of the element-wise mix; 0: none
+    elementwise_spread: tuple[float, float] = (0.0, 0.0)  # (low, high) over the timed samples
+    gemm_flops_per_s: float = 0.0  # cost-model FLOP/s of the GPT's fp32 GEMM mix; 0: none
+    gemm_spread: tuple[float, float] = (0.0, 0.0)  # (low, high) over the timed samples
+    # (micro_batch, seq_len, hidden, heads, vocab, layers) of the element-wise and GEMM mixes
+    elementwise_shape: tuple[int, ...] = ()
 
 
 def profile_text(cal: Calibration) -> str:
