@@ -12,7 +12,7 @@ import pytest
 
 from simtrain.apps.compare import (
     BUILTIN_VARIANTS,
-    Row,
+    VariantRow,
     compare,
     compare_command,
     parse_variant,
@@ -35,7 +35,7 @@ PROVENANCE = ("name", "description", "note", "overrides", "cumulative_overrides"
 
 
 @pytest.fixture(scope="module")
-def alone() -> dict[str, Row]:
+def alone() -> dict[str, VariantRow]:
     """Every built-in variant alone against the lecture's fp32 baseline."""
     comp = compare(WALK, list(BUILTIN_VARIANTS))
     assert not comp.ladder and comp.rows[0].name == "baseline"
@@ -47,11 +47,11 @@ def ladder():
     return compare(WALK, LECTURE_LADDER, ladder=True)
 
 
-def cats(row: Row) -> dict[str, int]:
+def cats(row: VariantRow) -> dict[str, int]:
     return dict(row.memory_bytes)
 
 
-def changed(a: Row, b: Row) -> set[str]:
+def changed(a: VariantRow, b: VariantRow) -> set[str]:
     return {c for c in ALL_CATEGORIES if cats(a)[c] != cats(b)[c]}
 
 
@@ -65,7 +65,7 @@ def forward_s(scenario: str, overrides: tuple[str, ...] = ()) -> float:
 # The baseline: the lecture's first slide
 
 
-def test_baseline_is_the_lecture_first_slide(alone: dict[str, Row]) -> None:
+def test_baseline_is_the_lecture_first_slide(alone: dict[str, VariantRow]) -> None:
     base = alone["baseline"]
     assert 84e9 <= base.peak_memory_bytes <= 88.5e9
     assert not base.fits
@@ -80,7 +80,7 @@ def test_baseline_is_the_lecture_first_slide(alone: dict[str, Row]) -> None:
 # Each technique moves the categories it should and no others
 
 
-def test_amp_moves_model_states_and_halves_activations(alone: dict[str, Row]) -> None:
+def test_amp_moves_model_states_and_halves_activations(alone: dict[str, VariantRow]) -> None:
     base, amp = alone["baseline"], alone["amp"]
     # buffers: the step casts the 16-bit gradients to fp32 master gradients (4 B/param)
     assert changed(base, amp) == {"parameters", "master_weights", "gradients", "activations",
@@ -104,7 +104,7 @@ def test_mixed_precision_is_faster_where_16_bit_peak_exceeds_fp32() -> None:
 
 
 def test_checkpointing_changes_only_activations_and_adds_a_forward(
-    alone: dict[str, Row],
+    alone: dict[str, VariantRow],
 ) -> None:
     base, ck = alone["baseline"], alone["checkpointing"]
     assert changed(base, ck) == {"activations"}
@@ -115,7 +115,7 @@ def test_checkpointing_changes_only_activations_and_adds_a_forward(
     assert dict(ck.time_breakdown_s)["recompute"] > 0 == dict(base.time_breakdown_s)["recompute"]
 
 
-def test_selective_recompute_changes_only_activations(alone: dict[str, Row]) -> None:
+def test_selective_recompute_changes_only_activations(alone: dict[str, VariantRow]) -> None:
     base, sel = alone["baseline"], alone["selective_recompute"]
     assert changed(base, sel) == {"activations"}
     assert cats(alone["checkpointing"])["activations"] < cats(sel)["activations"]
@@ -124,7 +124,7 @@ def test_selective_recompute_changes_only_activations(alone: dict[str, Row]) -> 
 
 
 def test_lora_keeps_the_base_and_removes_most_gradients_and_states(
-    alone: dict[str, Row],
+    alone: dict[str, VariantRow],
 ) -> None:
     base, lora = alone["baseline"], alone["lora"]
     assert cats(base)["parameters"] <= cats(lora)["parameters"] <= 1.01 * cats(base)["parameters"]
@@ -137,7 +137,7 @@ def test_lora_keeps_the_base_and_removes_most_gradients_and_states(
 
 
 def test_qlora_quantises_the_base_and_targets_every_linear_module(
-    alone: dict[str, Row],
+    alone: dict[str, VariantRow],
 ) -> None:
     base, q = alone["baseline"], alone["qlora"]
     sc = load_scenario(WALK, q.cumulative_overrides)
@@ -148,7 +148,7 @@ def test_qlora_quantises_the_base_and_targets_every_linear_module(
     assert cats(q)["optimizer_states"] < 0.05 * cats(base)["optimizer_states"]
 
 
-def test_peft_methods_train_few_parameters(alone: dict[str, Row]) -> None:
+def test_peft_methods_train_few_parameters(alone: dict[str, VariantRow]) -> None:
     base = alone["baseline"]
     for name in ("prefix", "prompt", "adapter", "linear_probe"):
         r = alone[name]
@@ -158,7 +158,7 @@ def test_peft_methods_train_few_parameters(alone: dict[str, Row]) -> None:
     assert cats(alone["linear_probe"])["activations"] < 0.1 * cats(base)["activations"]
 
 
-def test_offload_moves_optimizer_states_to_the_host(alone: dict[str, Row]) -> None:
+def test_offload_moves_optimizer_states_to_the_host(alone: dict[str, VariantRow]) -> None:
     base, off = alone["baseline"], alone["offload"]
     assert base.host_memory_bytes == 0
     assert cats(off)["optimizer_states"] == 0
@@ -169,7 +169,7 @@ def test_offload_moves_optimizer_states_to_the_host(alone: dict[str, Row]) -> No
     assert off.step_time_s > base.step_time_s  # PCIe transfers and a CPU Adam step
 
 
-def test_zero_stages_shrink_per_gpu_model_states(alone: dict[str, Row]) -> None:
+def test_zero_stages_shrink_per_gpu_model_states(alone: dict[str, VariantRow]) -> None:
     base, z1, z2, z3 = (alone[k] for k in ("baseline", "zero1", "zero2", "zero3"))
     dp = 8
     for z in (z1, z2, z3):
@@ -208,7 +208,9 @@ def test_batch_variants_are_functions_of_the_current_scenario() -> None:
         compare(WALK, ["half_batch", "half_batch", "half_batch"], ladder=True)  # 3 is odd
 
 
-def test_grad_accum_keeps_the_global_batch_and_cuts_activations(alone: dict[str, Row]) -> None:
+def test_grad_accum_keeps_the_global_batch_and_cuts_activations(
+    alone: dict[str, VariantRow],
+) -> None:
     base, ga = alone["baseline"], alone["grad_accum_4"]
     assert dict(ga.setup)["global_batch"] == 12 and dict(ga.setup)["microbatches"] == 4
     assert cats(ga)["activations"] < 0.3 * cats(base)["activations"]

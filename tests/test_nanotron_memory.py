@@ -10,10 +10,10 @@ from simtrain.costs.memory import estimate_memory
 from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import compute_balanced_stages
-from simtrain.spec.hardware import GIB
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.precision import PRECISIONS as CONFIG_PRECISIONS
 from simtrain.spec.scenario import parse_scenario
+from simtrain.units import GIB
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
 MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,

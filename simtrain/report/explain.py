@@ -9,10 +9,11 @@ from __future__ import annotations
 from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
+from simtrain.units import GB, GIB
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:,.2f} GB ({n / 2**30:,.2f} GiB)"
+    return f"{n / GB:,.2f} GB ({n / GIB:,.2f} GiB)"
 
 
 def explain_memory(sc: Scenario, rep: MemoryReport) -> list[str]:

@@ -7,8 +7,7 @@ from typing import Any
 
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-
-GIB = 2**30
+from simtrain.units import GIB
 
 
 def gib(n: float) -> str:

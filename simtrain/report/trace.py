@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.sim.timeline import MEMORY_CATEGORIES, STREAMS, Timeline
+from simtrain.units import GIB
 
-GIB = 1 << 30
 MEMORY_COUNTER = "memory (GiB)"
 HEADROOM_COUNTER = "memory headroom (GiB)"
 

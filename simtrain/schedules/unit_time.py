@@ -19,7 +19,7 @@ from simtrain.schedules.grid import format_grid
 UNIT_DURATIONS: dict[str, int] = {"F": 1, "B": 1, "I": 1, "W": 1, OPT: 0}
 
 
-class Span(NamedTuple):
+class UnitSpan(NamedTuple):
     """One executed action: ``[start, end)`` on its rank."""
 
     start: Any
@@ -59,14 +59,14 @@ def _duration_of(durations: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_schedule(
     schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any]
-) -> tuple[dict[int, list[Span]], list[Blocked]]:
+) -> tuple[dict[int, list[UnitSpan]], list[Blocked]]:
     """Simulate; returns the spans executed per rank and, on deadlock, each blocked rank."""
     table = _duration_of(durations)
     num_stages = pp * v
     done: dict[Event, Any] = {}
     pos = dict.fromkeys(schedule, 0)
     free: dict[int, Any] = dict.fromkeys(schedule, 0)
-    spans: dict[int, list[Span]] = {r: [] for r in schedule}
+    spans: dict[int, list[UnitSpan]] = {r: [] for r in schedule}
     progressed = True
     while progressed:
         progressed = False
@@ -85,7 +85,7 @@ def run_schedule(
                 end = start + table[action.kind]
                 for event in produces(action):
                     done.setdefault(event, end)
-                spans[r].append(Span(start, end, action))
+                spans[r].append(UnitSpan(start, end, action))
                 free[r] = end
                 pos[r] += 1
                 progressed = True
@@ -113,7 +113,7 @@ def deadlock_message(blocked: list[Blocked]) -> str:
 
 def simulate_spans(
     schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any]
-) -> dict[int, list[Span]]:
+) -> dict[int, list[UnitSpan]]:
     """Start/end of every action; raises ScheduleError (with the grid) on deadlock."""
     spans, blocked = run_schedule(schedule, pp, v, durations)
     if blocked:

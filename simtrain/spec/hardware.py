@@ -13,10 +13,7 @@ from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.yamlfile import load_yaml
-
-GIB = 2**30
-MIB = 2**20
-GB = 10**9
+from simtrain.units import GB, GIB, MIB
 
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 LINK_KINDS = ("nvswitch", "nvlink", "pcie", "xgmi", "infinity_fabric")

@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import SimtrainError
-from simtrain.spec.hardware import GIB
 from simtrain.torchref.microbench import (
     CPU_ELEMENTWISE_SHAPE,
     CPU_SIZES,
@@ -76,6 +75,7 @@ from simtrain.torchref.profile_writer import (
     profile_text,
     write_profile,
 )
+from simtrain.units import GIB
 
 
 def _physical_memory_bytes() -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.spec.hardware import GIB, MIB
+from simtrain.units import GIB, MIB
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ with dp = 1, becomes pure data parallelism over 8 GPUs of one node, resp. over a
 each GPU keeping its micro-batches, so the global batch grows with dp; the row's note says so).
 
 **Modules.** ``variants`` (the built-ins and ``--variants`` parsing), ``run`` (:func:`compare`,
-one :class:`Row` per variant), ``tables`` (terminal table, CSV), ``plots`` (ladder and trade-off
+one :class:`VariantRow` per variant), ``tables`` (terminal table, CSV), ``plots`` (ladder and trade-off
 pictures) and ``command`` (the files written and what is printed).
 """
 
 from simtrain.apps.compare.command import compare_command
-from simtrain.apps.compare.run import Row, compare
+from simtrain.apps.compare.run import VariantRow, compare
 from simtrain.apps.compare.variants import BUILTIN_VARIANTS, parse_variant, split_variants
 
 # What other modules import from simtrain.apps.compare (the command, tests).
 __all__ = [
-    "BUILTIN_VARIANTS", "Row", "compare", "compare_command", "parse_variant", "split_variants",
+    "BUILTIN_VARIANTS", "VariantRow", "compare", "compare_command", "parse_variant", "split_variants",
 ]  # fmt: skip

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from simtrain.apps.compare.plots import ladder_plot, tradeoff_plot
-from simtrain.apps.compare.run import Comparison, compare
+from simtrain.apps.compare.run import VariantComparison, compare
 from simtrain.apps.compare.tables import table, to_csv
 from simtrain.apps.compare.variants import ADHOC_HELP, BUILTIN_VARIANTS, split_variants
 from simtrain.errors import ConfigError
 from simtrain.report.tables import dumps
 
 
-def write_outputs(comp: Comparison, out_dir: str | Path) -> list[Path]:
+def write_outputs(comp: VariantComparison, out_dir: str | Path) -> list[Path]:
     """compare.csv, compare.json, ladder.png and tradeoff.png in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,14 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextPath
 from matplotlib.ticker import FuncFormatter
 
-from simtrain.apps.compare.run import Comparison, Row
+from simtrain.apps.compare.run import VariantComparison, VariantRow
 from simtrain.apps.compare.tables import biggest_change
 from simtrain.report.plot import CATEGORY_COLOURS, DPI, save_png
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.hardware import GIB
+from simtrain.units import GIB
 
 
-def _label(comp: Comparison, i: int) -> str:
+def _label(comp: VariantComparison, i: int) -> str:
     r = comp.rows[i]
     if i == 0:
         s = dict(r.setup)
@@ -39,7 +39,7 @@ def _pretty(cat: str) -> str:
 _BAR_WIDTH = 0.62
 
 
-def ladder_plot(comp: Comparison, path: str | Path) -> Path:
+def ladder_plot(comp: VariantComparison, path: str | Path) -> Path:
     """Waterfall of the peak memory per GPU (GiB): one stacked bar per rung (categories held at
     the moment of the peak), the memory each step removes as a hatched ghost, the step's change
     and the category it shrinks most written above, and the GPU's capacity as a red line."""
@@ -66,7 +66,7 @@ def ladder_plot(comp: Comparison, path: str | Path) -> Path:
     return save_png(fig, path)
 
 
-def _ladder_bar(ax: Any, i: int, r: Row, top: float) -> None:
+def _ladder_bar(ax: Any, i: int, r: VariantRow, top: float) -> None:
     """Row ``i``'s bar: the categories held at the peak, stacked, and the peak written above
     (green when it fits, red when not)."""
     base = 0.0
@@ -82,7 +82,7 @@ def _ladder_bar(ax: Any, i: int, r: Row, top: float) -> None:
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0}, zorder=4)  # fmt: skip
 
 
-def _ladder_step(ax: Any, comp: Comparison, i: int, top: float, many: bool) -> None:
+def _ladder_step(ax: Any, comp: VariantComparison, i: int, top: float, many: bool) -> None:
     """What row ``i`` changes against its reference: the waterfall connector (ladder), the memory
     removed as a hatched ghost bar, and the change of the peak and of the category that moves
     most, written above."""
@@ -106,7 +106,7 @@ def _ladder_step(ax: Any, comp: Comparison, i: int, top: float, many: bool) -> N
             linespacing=1.15)  # fmt: skip
 
 
-def _ladder_axes(ax: Any, comp: Comparison, cap: float, top: float, many: bool) -> None:
+def _ladder_axes(ax: Any, comp: VariantComparison, cap: float, top: float, many: bool) -> None:
     """The capacity line, the rung labels (slanted when there are many), limits, grid, title."""
     n = len(comp.rows)
     ax.axhline(cap, color="#B00020", linestyle="--", linewidth=1.4)
@@ -129,7 +129,7 @@ def _ladder_axes(ax: Any, comp: Comparison, cap: float, top: float, many: bool) 
                  loc="left")  # fmt: skip
 
 
-def _ladder_legend(ax: Any, comp: Comparison, cap: float) -> None:
+def _ladder_legend(ax: Any, comp: VariantComparison, cap: float) -> None:
     """Legend right of the plot: the categories present (top of the stack first), the ghost
     bar, the capacity line."""
     rows = comp.rows
@@ -191,7 +191,7 @@ def _place_labels(
         )  # fmt: skip
 
 
-def tradeoff_plot(comp: Comparison, path: str | Path) -> Path:
+def tradeoff_plot(comp: VariantComparison, path: str | Path) -> Path:
     """Peak memory per GPU (GiB) against step time (s): one labelled point per variant, the
     ladder's path as arrows, the GPU's capacity as a red line. Lower is smaller, left is faster."""
     rows = comp.rows

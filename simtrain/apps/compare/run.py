@@ -1,4 +1,4 @@
-"""Running a comparison: the baseline and every variant simulated, one :class:`Row` each."""
+"""Running a comparison: the baseline and every variant simulated, one :class:`VariantRow` each."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
+class VariantRow:
     """One variant's result (memory of the GPU with the highest peak)."""
 
     name: str
@@ -107,12 +107,12 @@ def make_row(
     note: str = "",
     overrides: Sequence[str] = (),
     cumulative: Sequence[str] = (),
-) -> Row:
+) -> VariantRow:
     """Simulate ``sc`` and collect one row."""
     res = simulate_scenario(sc)
     mem, mt = res.memory, res.metrics
     worst = max(mem.stages, key=lambda s: (s.peak_memory_bytes, -s.stage))
-    return Row(
+    return VariantRow(
         name=name,
         description=description,
         note=note,
@@ -138,20 +138,20 @@ def make_row(
 
 
 @dataclass(frozen=True, slots=True)
-class Comparison:
+class VariantComparison:
     scenario: str  # scenario name
     source: str  # the scenario file
     model: str
     hardware: str  # display name of the GPU
     ladder: bool
     base_overrides: tuple[str, ...]
-    rows: tuple[Row, ...] = field(default_factory=tuple)  # rows[0] is the baseline
+    rows: tuple[VariantRow, ...] = field(default_factory=tuple)  # rows[0] is the baseline
 
     @property
     def mode(self) -> str:
         return "ladder" if self.ladder else "alone"
 
-    def reference(self, i: int) -> Row:
+    def reference(self, i: int) -> VariantRow:
         """The row that row ``i`` is measured against: the previous rung, or the baseline."""
         return self.rows[i - 1] if self.ladder else self.rows[0]
 
@@ -174,7 +174,7 @@ def compare(
     *,
     ladder: bool = False,
     overrides: Sequence[str] = (),
-) -> Comparison:
+) -> VariantComparison:
     """Simulate the baseline (the file with ``overrides``) and every variant, each alone against
     the baseline or, with ``ladder``, each on top of the previous ones."""
     parsed = [parse_variant(v) for v in variants]  # unknown names fail before any simulation
@@ -196,7 +196,7 @@ def compare(
         rows.append(make_row(sc, v.name, v.description, note, ov, cumulative))
         if ladder:
             current, applied = sc, cumulative
-    return Comparison(
+    return VariantComparison(
         scenario=base.name,
         source=str(scenario_path),
         model=base.model.name,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from simtrain.apps.compare.run import Comparison, Row
+from simtrain.apps.compare.run import VariantComparison, VariantRow
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.hardware import GIB
+from simtrain.units import GIB
 
 _SHORT = {
     "parameters": "params",
@@ -18,7 +18,7 @@ _SHORT = {
 }
 
 
-def biggest_change(before: Row, after: Row, at_peak: bool = True) -> tuple[str, int]:
+def biggest_change(before: VariantRow, after: VariantRow, at_peak: bool = True) -> tuple[str, int]:
     """(category, bytes) of the largest decrease from ``before`` to ``after`` (negative bytes);
     the largest increase when nothing decreases."""
     a = dict(before.at_peak_bytes if at_peak else before.memory_bytes)
@@ -30,7 +30,7 @@ def biggest_change(before: Row, after: Row, at_peak: bool = True) -> tuple[str, 
     return cat, d
 
 
-def table(comp: Comparison) -> str:
+def table(comp: VariantComparison) -> str:
     """The terminal view: one line per variant, GiB per category, peak, time, throughput."""
     rows = comp.rows
     r0 = rows[0]
@@ -96,7 +96,7 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-def to_csv(comp: Comparison) -> str:
+def to_csv(comp: VariantComparison) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_FIELDS)

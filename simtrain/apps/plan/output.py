@@ -9,7 +9,8 @@ from typing import Any
 
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
-from simtrain.apps.plan.result import GIB, PlanResult, Row
+from simtrain.apps.plan.result import PlanResult, Row
+from simtrain.units import GIB
 
 CSV_COLUMNS = (
     *Layout._fields, "status", "reason", "peak_memory_bytes", "capacity_bytes",

@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 from simtrain.apps.plan.file import Plan
 from simtrain.apps.plan.layouts import Layout
 
-GIB = 2**30
 SCHEMA_VERSION = 1
 
 # The public row of a ranked layout (``--json`` "best" entries), in this order.

@@ -11,13 +11,14 @@ from simtrain.apps.goodput import FailureModel, run_estimate
 from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.apps.plan.file import Constraints, Plan
 from simtrain.apps.plan.layouts import Layout, scenario_data
-from simtrain.apps.plan.result import GIB, Row
+from simtrain.apps.plan.result import Row
 from simtrain.costs.compute import model_flops_per_step
 from simtrain.costs.memory import StageMemory, stage_memory
 from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError, SimtrainError
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
+from simtrain.units import GIB
 
 
 @dataclass(frozen=True, slots=True)

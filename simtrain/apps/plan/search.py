@@ -12,9 +12,10 @@ from simtrain.apps.plan.file import Plan
 from simtrain.apps.plan.layouts import Layout, enumerate_layouts, scenario_data
 from simtrain.apps.plan.progress import Progress
 from simtrain.apps.plan.rank import rank_key, select_candidates
-from simtrain.apps.plan.result import GIB, PlanResult, Row
+from simtrain.apps.plan.result import PlanResult, Row
 from simtrain.apps.plan.screen import ScreenContext, build_context, meets, screen_chunk, violations
 from simtrain.apps.plan.simulate import SimOutcome, indexed_simulate
+from simtrain.units import GIB
 
 
 def _chunks(layouts: list[Layout], size: int) -> list[list[Layout]]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from simtrain.apps.validate.records import Record
 from simtrain.costs.compute import eq3_flops, eq7_flops, eq8_flops, mosaicml_flops, nanotron_flops
-from simtrain.spec.hardware import GIB
 from simtrain.spec.scenario import Scenario
+from simtrain.units import GIB
 
 
 @dataclass(frozen=True, slots=True)

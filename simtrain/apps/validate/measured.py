@@ -10,9 +10,9 @@ from simtrain.apps.validate.conventions import record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.translate import Translation
-from simtrain.spec.hardware import GIB, MIB
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
+from simtrain.units import GIB, MIB
 
 # Metrics in table / JSON order. "fits" compares booleans.
 METRICS = (

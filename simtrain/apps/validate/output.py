@@ -11,7 +11,7 @@ from pathlib import Path
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.measured import METRICS
 from simtrain.apps.validate.run import ValidationResult, validate
-from simtrain.spec.hardware import GIB
+from simtrain.units import GIB
 
 
 def _fmt(metric: str, v: float | bool) -> str:
