@@ -34,11 +34,6 @@ class ConfigError(SimtrainError):
         super().__init__(text)
 
 
-class InfeasibleConfig(SimtrainError):
-    """A layout that cannot be built (as opposed to one that does not fit in memory,
-    which is a result: ``fits: false``)."""
-
-
 class ScheduleError(SimtrainError):
     """A pipeline schedule violates its invariants; the message carries the rank x step grid."""
 

@@ -709,3 +709,22 @@ def test_cross_entropy_bytes_closed_form(precision: str) -> None:
     assert head_saved_bytes(m, fused, tp) == rest + a * sbv // tp + 4 * s * b
     assert loss_transient_bytes(m, std, tp) == 8 * sbv // tp
     assert loss_transient_bytes(m, fused, tp) == a * sbv // tp
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
+@pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
+def test_the_schedule_walk_holds_the_registry_closed_form_in_flight(name, pp, m):
+    """The memory model walks each rank's real schedule; the registry's closed forms are the
+    published ones (GPipe all m, Huang et al. 2019 §2.3; 1F1B and PipeDream min(m, p − s),
+    Narayanan et al. 2021 §2.2.1; ZB-H1 min(m, p) on every stage, Qi et al. 2024 §2.1 — its
+    first stage's 1F1B peak; naive one)."""
+    from simtrain.schedules import microbatches_in_flight
+
+    sc = scenario(
+        model={"preset": "gpt2", "layers": 24},
+        training={"seq_len": 128, "global_batch": m, "micro_batch": 1},
+        parallelism={"pp": pp, "schedule": name},
+        cluster={"nodes": 1, "gpus_per_node": pp},
+    )
+    walked = [s.microbatches_in_flight for s in estimate_memory(sc).stages]
+    assert walked == [microbatches_in_flight(name, pp, m, s) for s in range(pp)]

@@ -1,8 +1,6 @@
-"""Gantt and memory plots: PNGs written, edge cases survive, thousands of spans stay fast."""
+"""Gantt and memory plots: PNGs written, edge cases survive, thousands of spans render."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -141,12 +139,11 @@ def test_gantt_thins_gpus(tmp_path) -> None:
     assert_png(gantt(tl, tmp_path / "thin.png", title="thin", max_gpus=5))
 
 
-def test_gantt_many_spans_fast(tmp_path) -> None:
+def test_gantt_many_spans(tmp_path) -> None:
+    # Rendering speed is measured in benchmarks/, never asserted here (busy CI machines).
     tl = one_f_one_b(pp=16, m=96)  # about 16 * (2 * 96 compute + p2p) > 5,000 spans
     assert len(tl.spans) > 5000
-    t0 = time.perf_counter()
     assert_png(gantt(tl, tmp_path / "big.png", title="big", bubble_ratio=0.135))
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_memory_plot_writes_png(tmp_path) -> None:
@@ -169,11 +166,10 @@ def test_memory_plot_variants(tmp_path) -> None:
     )
 
 
-def test_memory_plot_many_samples_fast(tmp_path) -> None:
+def test_memory_plot_many_samples(tmp_path) -> None:
     tl = one_f_one_b(pp=16, m=96)
-    t0 = time.perf_counter()
+    assert len(tl.memory) > 3000
     assert_png(memory_plot(tl, tmp_path / "m.png", capacity_bytes=80 * GIB, title="m"))
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_memory_plot_deterministic(tmp_path) -> None:
@@ -186,7 +182,13 @@ def test_styles_fixed() -> None:
     assert kind_style("F") != kind_style("B")
     assert kind_style("SEND_F")[0] == kind_style("send_f")[0]
     assert kind_style("R")[1] is not None  # recompute hatched
-    assert kind_style("FOO") == kind_style("FOO")
+    # Unknown kinds get a colour that depends on the name only (a CRC, not hash(), which
+    # changes from one process to the next), so the same trace always draws the same PNG:
+    # pinned here, a switch to hash() or a palette change shows up.
+    assert kind_style("FOO") == ("#9467BD", None)
+    assert kind_style("MYSTERY") == ("#EDC948", None)
+    assert kind_style("H2D") == ("#9C755F", None)
+    assert kind_style("H2D", "collective") == ("#C0392B", None)  # communication palette
     assert kind_style("all_reduce") == kind_style("ALLREDUCE")
 
 

@@ -98,6 +98,20 @@ def test_interleaved_v1_is_1f1b_and_bad_m_rejected():
         interleaved(4, 6, 2)
 
 
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("pp", [2, 3, 4, 8])
+def test_registry_bubble_is_the_executed_orders(name, pp):
+    """Each registry entry's closed-form bubble equals the bubble of its executed order with
+    uniform unit costs (F = 1, B = 2; split backward I = W = 1), for m >= p."""
+    traits = SCHEDULES[name]
+    v = 2 if traits.virtual else 1
+    durations = {"F": Fraction(1, v), "B": Fraction(2, v), "I": Fraction(1, v),
+                 "W": Fraction(1, v)}  # fmt: skip
+    for m in range(pp, 4 * pp + 1, pp):
+        makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
+        assert bubble(makespan, busy, pp) == pytest.approx(traits.bubble(pp, m, v), abs=1e-12)
+
+
 @pytest.mark.parametrize("pp", PPS)
 def test_zb_h1_bubble_exact(pp):
     for m in MS:

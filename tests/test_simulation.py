@@ -216,16 +216,6 @@ def test_ddp_overlap_exposes_about_the_last_bucket():
     assert bd["communication_exposed"] < 0.1 * bd["communication_total"]
 
 
-@pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
-@pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
-def test_in_flight_closed_forms_match_the_schedule_walk(name, pp, m):
-    from simtrain.schedules import microbatches_in_flight, peak_in_flight
-
-    walked = peak_in_flight(build_schedule(name, pp, m))
-    for s in range(pp):
-        assert walked[s] == microbatches_in_flight(name, pp, m, s)
-
-
 def test_zero3_with_a_stage_of_no_decoder_layers():
     """DeepSpeed's embedding-as-layer split can leave a stage with only the LM head (GPT-2's 12
     layers + 2 embedding items over pp = 8: the last stage holds no block); ZeRO-3's per-layer

@@ -20,7 +20,8 @@ from simtrain.schedules.generators import gpipe, interleaved, naive, one_f_one_b
 class ScheduleTraits:
     """What a schedule is, beyond its action lists.
 
-    ``bubble(p, m, v)``: idle fraction of the step for uniform stages (closed form);
+    ``bubble(p, m, v)``: idle fraction of the step for uniform stages (closed form; equal to
+    the executed order's with unit costs, ``tests/test_schedules.py``);
     ``in_flight(p, m, stage, v)``: micro-batches a stage holds at its activation peak (the
     memory model walks the real schedule; this is the documented closed form);
     ``split_backward``: backward runs as I (input grad) and W (weight grad);
@@ -63,8 +64,10 @@ def _naive_bubble(p: int, m: int, v: int) -> float:
 
 
 def _pipedream_bubble(p: int, m: int, v: int) -> float:
-    """Asynchronous PipeDream in steady state: no flush, no bubble (Harlap et al. 2018 §3.2)."""
-    return 0.0
+    """The window of m micro-batches simtrain plays, with its fill and drain: 1F1B's
+    (p−1)/(m+p−1). In steady state asynchronous PipeDream has no flush and no bubble (Harlap
+    et al. 2018 §3.2); the step does not report that yet."""
+    return (p - 1) / (m + p - 1)
 
 
 def _all_in_flight(p: int, m: int, stage: int, v: int) -> float:

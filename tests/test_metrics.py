@@ -1,0 +1,249 @@
+"""Step metrics (``report.metrics.step_metrics``) against hand-built timelines, conservation of
+time on simulated steps, the pipeline-bubble closed form and the published FLOP formulas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.compute import chunk_costs, hardware_flops_per_step, model_flops_per_step
+from simtrain.layout.step import resolve
+from simtrain.report.metrics import StepMetrics, step_metrics
+from simtrain.schedules import build_schedule
+from simtrain.sim.engine import simulate
+from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
+from simtrain.sim.timeline import Span, Timeline
+from simtrain.spec.scenario import Scenario, load_scenario, parse_scenario
+
+SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+
+# A small GPT-2-style model (4h GELU MLP, tied embeddings) in bf16 on A100s.
+L, H, HEADS, V, SEQ = 8, 64, 4, 512, 128
+A100_BF16_PEAK = 312e12  # NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOPS dense
+
+
+def metrics_of(sc: Scenario, tl: Timeline) -> StepMetrics:
+    """``step_metrics`` of a timeline, with ``sc``'s resolved step and FLOPs."""
+    return step_metrics(resolve(sc), tl, model_flops_per_step(sc), hardware_flops_per_step(sc),
+                        sc.hardware)  # fmt: skip
+
+
+def scenario(*, pp: int = 1, v: int = 1, tp: int = 1, dp: int = 1, m: int = 2, zero: int = 0,
+             schedule: str = "1f1b", recompute: str = "none", micro_batch: int = 1,
+             gpus_per_node: int | None = None) -> Scenario:  # fmt: skip
+    data: dict = {
+        "name": "metrics",
+        "model": {"layers": L, "hidden": H, "heads": HEADS, "vocab": V},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": SEQ, "global_batch": m * micro_batch * dp,
+                     "micro_batch": micro_batch, "recompute": recompute},
+        "parallelism": {"pp": pp, "virtual_stages": v, "tp": tp, "dp": dp, "zero_stage": zero,
+                        "schedule": schedule},
+    }  # fmt: skip
+    if gpus_per_node:
+        data["cluster"] = {"nodes": pp * tp * dp // gpus_per_node, "gpus_per_node": gpus_per_node}
+    return parse_scenario(data, "test_metrics")
+
+
+@st.composite
+def layouts(draw) -> Scenario:
+    schedule = draw(st.sampled_from(["gpipe", "1f1b", "interleaved", "zb_h1", "pipedream"]))
+    pp = draw(st.sampled_from([1, 2, 4]))
+    v = 2 if schedule == "interleaved" and pp > 1 else 1
+    tp, dp = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4]))
+    assume(pp * tp * dp <= 16)
+    gpn = draw(st.sampled_from([None, 2])) if pp * tp * dp >= 4 else None
+    return scenario(
+        pp=pp, v=v, tp=tp, dp=dp, schedule=schedule, gpus_per_node=gpn,
+        m=draw(st.integers(1, 3)) * (pp if schedule == "interleaved" else 1),
+        zero=draw(st.integers(0, 3)), recompute=draw(st.sampled_from(["none", "full"])),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# A timeline small enough to work out by hand
+
+
+def test_hand_built_timeline():
+    """Two GPUs, times in ns. GPU 0 computes F [0, 100), R [150, 170), B [170, 370),
+    OPT [400, 450) and communicates TP [100, 150), p2p [110, 140) (inside the TP span) and DP
+    [300, 420) (under B until 370 and under OPT from 400). GPU 1 computes F [100, 200) and
+    B [300, 500). Step 500 ns.
+
+    GPU 0: busy 100 + 20 + 200 + 50 = 370, idle 130, communication 50 + 30 + 120 = 200 of
+    which exposed [100, 150) and [370, 400) = 80 (overlapping transfers count once), bubble
+    130 − 80 = 50. GPU 1: busy 300, idle 200, nothing exposed, bubble 200."""
+    spans = [
+        Span(0, 0, "compute", "F", "F", 0, 100),
+        Span(1, 0, "collective", "TP", "TP", 100, 150),
+        Span(2, 0, "p2p", "SEND_F", "send", 110, 140),
+        Span(3, 0, "compute", "R", "R", 150, 170),
+        Span(4, 0, "compute", "B", "B", 170, 370),
+        Span(5, 0, "dp", "DP", "DP", 300, 420),
+        Span(6, 0, "compute", "OPT", "OPT", 400, 450),
+        Span(7, 1, "compute", "F", "F", 100, 200),
+        Span(8, 1, "compute", "B", "B", 300, 500),
+    ]
+    sc = scenario(pp=2)
+    mt = metrics_of(sc, Timeline(spans=spans, gpus=[0, 1]))
+
+    def ns(x: float):  # x nanoseconds, in seconds
+        return pytest.approx(x * 1e-9, rel=1e-12, abs=1e-21)
+
+    assert mt.step_time_s == ns(500)
+    s0, s1 = mt.stages
+    assert (s0.busy_s, s1.busy_s) == (ns(370), ns(300))
+    assert (s0.communication_exposed_s, s1.communication_exposed_s) == (ns(80), ns(0))
+    assert (s0.bubble_ratio, s1.bubble_ratio) == (130 / 500, 200 / 500)
+    assert mt.bubble_ratio == pytest.approx((130 / 500 + 200 / 500) / 2)
+    # Averages over the two GPUs.
+    assert dict(mt.time_breakdown_s) == {
+        "compute": ns((300 + 300) / 2),  # F, B, I, W
+        "recompute": ns(20 / 2),
+        "optimizer": ns(50 / 2),
+        "communication_exposed": ns(80 / 2),
+        "communication_total": ns(200 / 2),
+        "bubble": ns((50 + 200) / 2),
+    }
+    assert mt.tokens_per_s == pytest.approx(sc.training.global_batch * SEQ / 500e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulated steps
+
+
+def check_step(sc: Scenario) -> None:
+    res = simulate_scenario(sc)
+    tl, mt = res.timeline, res.metrics
+    p, m = sc.parallelism, sc.num_microbatches
+    assert mt.step_time_s * 1e9 == pytest.approx(max(s.end_ns for s in tl.spans), abs=1e-6)
+    step_ns = tl.makespan_ns
+    chunks = dict(enumerate(resolve(sc).chunks))
+    comm_total = 0
+    for st_m in mt.stages:
+        g = st_m.stage
+        compute = tl.spans_of(g, "compute")
+        comm = [s for s in tl.spans_of(g) if s.stream != "compute"]
+        busy = sum(s.duration_ns for s in compute)
+        assert st_m.busy_s * 1e9 == pytest.approx(busy, abs=1e-3)
+        # The compute stream does exactly the cost model's work: every micro-batch through
+        # every chunk this rank holds (F + B, or F + I + W; recompute), plus optimizer steps.
+        work = sum(s.duration_ns for s in compute if s.kind != "OPT")
+        want = 0
+        for stage, ch in chunks.items():
+            if stage % p.pp == g:
+                c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+                want += m * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
+        assert work == want
+        assert 0 <= st_m.communication_exposed_s * 1e9 <= sum(s.duration_ns for s in comm) + 1e-3
+        assert 0.0 <= st_m.bubble_ratio <= 1.0
+        assert st_m.bubble_ratio == pytest.approx((step_ns - busy) / step_ns, abs=1e-12)
+        comm_total += sum(s.duration_ns for s in comm)
+    bd = dict(mt.time_breakdown_s)
+    assert bd["communication_total"] * 1e9 == pytest.approx(comm_total / len(mt.stages))
+    assert 0 <= bd["communication_exposed"] <= bd["communication_total"] + 1e-15
+    assert all(x >= -1e-15 for x in bd.values())
+    # Conservation of time: an average stage's step is compute, recompute, optimizer, exposed
+    # communication or bubble, nothing twice.
+    parts = ("compute", "recompute", "optimizer", "communication_exposed", "bubble")
+    assert sum(bd[k] for k in parts) == pytest.approx(mt.step_time_s, rel=1e-12)
+    assert 0.0 <= mt.bubble_ratio <= 1.0
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_shipped_scenarios_conserve_time(path):
+    check_step(load_scenario(path))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sc=layouts())
+def test_every_layout_conserves_time(sc):
+    check_step(sc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline bubble
+
+
+def uniform_step(schedule: str, pp: int, m: int, v: int = 1) -> Timeline:
+    """Every chunk takes the same time (forward 1.2 µs, backward 2.4 µs per stage) and nothing
+    communicates or steps the optimizer: the setting of the bubble closed forms."""
+    tf, tb = 1200 // v, 2400 // v
+    chunks = {s: ChunkDurations(forward_ns=tf, input_grad_ns=tb, weight_grad_ns=0,
+                                layers=(s, s + 1)) for s in range(pp * v)}  # fmt: skip
+    inp = LoweringInput(
+        schedule=build_schedule(schedule, pp, m, v), pp=pp, v=v, chunks=chunks,
+        ranks={r: RankWork() for r in range(pp)},
+        activation_bytes=dict.fromkeys(range(pp * v), 1000),
+        working_set_bytes=dict.fromkeys(range(pp * v), 0),
+    )  # fmt: skip
+    return simulate(lower(inp))
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("pp", "m"), [(2, 1), (2, 4), (4, 4), (4, 16), (8, 8), (3, 5)])
+def test_gpipe_and_1f1b_bubble_is_huang(schedule, pp, m):
+    """(p − 1)/(m + p − 1) of every stage's step is idle (Huang et al. 2019 §2.3; Narayanan et
+    al. 2021 §2.2.1 for 1F1B)."""
+    mt = metrics_of(scenario(), uniform_step(schedule, pp, m))  # sc: FLOPs and tokens only
+    bubble = (pp - 1) / (m + pp - 1)
+    assert mt.bubble_ratio == pytest.approx(bubble, rel=1e-12)
+    assert all(s.bubble_ratio == pytest.approx(bubble, rel=1e-12) for s in mt.stages)
+    bd = dict(mt.time_breakdown_s)
+    assert bd["bubble"] == pytest.approx(bubble * mt.step_time_s, rel=1e-12)
+    assert bd["communication_exposed"] == 0
+    assert mt.step_time_s == pytest.approx((m + pp - 1) * 3600e-9, rel=1e-12)
+
+
+@pytest.mark.parametrize(("pp", "m", "v"), [(2, 4, 2), (4, 8, 2), (4, 4, 3)])
+def test_interleaved_bubble_is_narayanan(pp, m, v):
+    """Interleaving v chunks per GPU divides the bubble time by v: (p − 1)/(v·m + p − 1) of the
+    step (Narayanan et al. 2021 §2.2.2)."""
+    mt = metrics_of(scenario(), uniform_step("interleaved", pp, m, v))
+    assert mt.bubble_ratio == pytest.approx((pp - 1) / (v * m + pp - 1), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP rates
+
+
+def korthikanti_eq7(B: int) -> float:
+    """Model FLOPs of a step, no recompute (Korthikanti et al. 2022 App. A, Eq. 7)."""
+    return 72 * B * L * SEQ * H**2 * (1 + SEQ / (6 * H) + V / (12 * H * L))
+
+
+def narayanan_eq3(B: int) -> float:
+    """FLOPs executed with full recompute (Narayanan et al. 2021 Eq. 3): the forward runs twice,
+    the LM head once."""
+    return 96 * B * SEQ * L * H**2 * (1 + SEQ / (6 * H) + V / (16 * L * H))
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(),
+        dict(tp=2, dp=2, m=3),
+        dict(pp=2, tp=2, m=4, recompute="full"),
+        dict(pp=4, v=2, dp=2, m=4, schedule="interleaved"),
+        dict(pp=2, dp=2, m=2, zero=3, recompute="full", gpus_per_node=2),
+    ],
+    ids=["1gpu", "tp2-dp2", "pp2-tp2-full", "interleaved", "zero3-2nodes"],
+)
+def test_mfu_and_throughput_from_the_published_formulas(layout):
+    """MFU = model FLOPs (Eq. 7, recompute not counted) / (step · GPUs · dense bf16 peak)
+    (PaLM App. B); TFLOP/s per GPU counts what ran (Eq. 3 under full recompute)."""
+    sc = scenario(**layout)
+    assert sc.hardware.compute_peak("bf16") == A100_BF16_PEAK
+    mt = simulate_scenario(sc).metrics
+    B, gpus, step = sc.training.global_batch, sc.parallelism.gpus, mt.step_time_s
+    executed = narayanan_eq3(B) if sc.training.recompute == "full" else korthikanti_eq7(B)
+    assert mt.model_flops_per_step == pytest.approx(korthikanti_eq7(B), rel=1e-12)
+    assert mt.mfu == pytest.approx(korthikanti_eq7(B) / (step * gpus * A100_BF16_PEAK), rel=1e-12)
+    assert mt.tflops_per_gpu == pytest.approx(executed / (step * gpus) / 1e12, rel=1e-12)
+    assert mt.tokens_per_s == pytest.approx(B * SEQ / step, rel=1e-12)
+    assert mt.samples_per_s == pytest.approx(B / step, rel=1e-12)
+    assert 0 < mt.mfu < 1
