@@ -89,7 +89,7 @@ def _p2p(kind: str, s: int, mb: int, tid, deps: tuple[int, ...], links: bool) ->
     send = kind.startswith("SEND")
     return Task(
         id=tid(kind, s, mb),
-        gpu=s,
+        rank=s,
         stream="p2p",
         kind=kind,
         name=f"{kind} mb{mb} s{s}",

@@ -17,7 +17,7 @@ BW = {"nic": 1e9}  # 1 GB/s
 def task(tid: int, gpu: int = 0, stream: str = "compute", dur: int = 10, **kw) -> Task:
     return Task(
         id=tid,
-        gpu=gpu,
+        rank=gpu,
         stream=stream,
         kind=kw.pop("kind", "F"),
         name=f"t{tid}",
@@ -51,7 +51,7 @@ def test_cross_gpu_dependency_waits():
     assert (span(tl, 1).start_ns, span(tl, 1).end_ns) == (10, 15)
     # FIFO: task 2 is behind task 1 on gpu 1 even though it has no deps.
     assert (span(tl, 2).start_ns, span(tl, 2).end_ns) == (15, 16)
-    assert tl.gpus == [0, 1]
+    assert tl.ranks == [0, 1]
 
 
 def test_zero_duration_and_empty_input():
@@ -73,12 +73,12 @@ def test_span_order_and_fields():
         task(3, gpu=0, stream="collective", dur=1),
         task(2, gpu=0, stream="custom", dur=1),
     ]
-    tl = simulate(tasks, gpu_labels={1: "stage 1", 0: "stage 0"})
+    tl = simulate(tasks, rank_labels={1: "stage 1", 0: "stage 0"})
     # All start at 0: by gpu, then stream order (compute, p2p, collective, others).
     assert [s.task_id for s in tl.spans] == [3, 2, 4, 5]
     s5 = span(tl, 5)
     assert (s5.microbatch, s5.stage, s5.kind, s5.name) == (2, 1, "F", "t5")
-    assert tl.gpu_labels == {0: "stage 0", 1: "stage 1"}
+    assert tl.rank_labels == {0: "stage 0", 1: "stage 1"}
     assert tl.events_processed > 0
 
 
@@ -110,7 +110,7 @@ def test_memory_alloc_free_samples_and_peak():
         task(2, dur=10, free=(("activations", 150),)),
     ]
     tl = simulate(tasks, initial_memory={0: {"parameters": 1000}})
-    got = [(m.time_ns, m.gpu, m.category, m.bytes) for m in tl.memory]
+    got = [(m.time_ns, m.rank, m.category, m.bytes) for m in tl.memory]
     assert got == [
         (0, 0, "parameters", 1000),
         (0, 0, "activations", 100),
@@ -141,7 +141,7 @@ def test_memory_negative_is_an_error():
 
 def test_initial_memory_only_gpu_is_listed():
     tl = simulate([task(0, gpu=1)], initial_memory={3: {"parameters": 8}})
-    assert tl.gpus == [1, 3]
+    assert tl.ranks == [1, 3]
     assert tl.peak_memory_bytes(3) == 8
 
 
@@ -254,7 +254,7 @@ def dags(draw, max_tasks: int = 25) -> list[Task]:
         tasks.append(
             Task(
                 id=1000 + i,
-                gpu=gpu,
+                rank=gpu,
                 stream=stream,
                 kind="F",
                 name=f"T{i}",
@@ -272,9 +272,9 @@ def reference_times(tasks: list[Task]) -> dict[int, tuple[int, int]]:
     times: dict[int, tuple[int, int]] = {}
     last_end: dict[tuple[int, str], int] = {}
     for t in tasks:  # deps only on earlier tasks, so input order is a topological order
-        s = max([last_end.get((t.gpu, t.stream), 0)] + [times[d][1] for d in t.deps])
+        s = max([last_end.get((t.rank, t.stream), 0)] + [times[d][1] for d in t.deps])
         times[t.id] = (s, s + t.duration_ns)
-        last_end[(t.gpu, t.stream)] = s + t.duration_ns
+        last_end[(t.rank, t.stream)] = s + t.duration_ns
     return times
 
 
@@ -292,19 +292,19 @@ def test_random_dag_matches_reference_and_invariants(tasks):
     ref = reference_times(tasks)
     assert {s.task_id: (s.start_ns, s.end_ns) for s in tl.spans} == ref
     # Per-(gpu, stream) busy time == sum of durations; spans do not overlap on a stream.
-    for gpu in tl.gpus:
+    for gpu in tl.ranks:
         for stream in STREAM_NAMES:
             spans = sorted(tl.spans_of(gpu, stream), key=lambda s: s.start_ns)
-            want = sum(t.duration_ns for t in tasks if (t.gpu, t.stream) == (gpu, stream))
+            want = sum(t.duration_ns for t in tasks if (t.rank, t.stream) == (gpu, stream))
             assert sum(s.duration_ns for s in spans) == want
             assert all(a.end_ns <= b.start_ns for a, b in zip(spans, spans[1:], strict=False))
     loads: dict[tuple[int, str], int] = {}
     for t in tasks:
-        loads[(t.gpu, t.stream)] = loads.get((t.gpu, t.stream), 0) + t.duration_ns
+        loads[(t.rank, t.stream)] = loads.get((t.rank, t.stream), 0) + t.duration_ns
     assert tl.makespan_ns >= critical_path(tasks)
     assert tl.makespan_ns >= max(loads.values())
     # Spans sorted by (start, gpu, stream order, id).
-    keys = [(s.start_ns, s.gpu, STREAM_NAMES.index(s.stream), s.task_id) for s in tl.spans]
+    keys = [(s.start_ns, s.rank, STREAM_NAMES.index(s.stream), s.task_id) for s in tl.spans]
     assert keys == sorted(keys)
     # Memory: samples in time order, allocations and frees balance, peak matches a sweep.
     times = [m.time_ns for m in tl.memory]
@@ -312,10 +312,10 @@ def test_random_dag_matches_reference_and_invariants(tasks):
     final: dict[tuple[int, str], int] = {}
     for m in tl.memory:
         assert m.bytes >= 0
-        final[(m.gpu, m.category)] = m.bytes
+        final[(m.rank, m.category)] = m.bytes
     assert all(v == 0 for (g, c), v in final.items() if c == "activations")
     assert final[(0, "parameters")] == 10
-    for gpu in tl.gpus:
+    for gpu in tl.ranks:
         assert tl.peak_memory_bytes(gpu) == sweep_peak(tasks, ref, gpu, 10 if gpu == 0 else 0)
     # Identical runs give identical timelines.
     assert simulate(tasks, initial_memory={0: {"parameters": 10}}) == tl
@@ -324,7 +324,7 @@ def test_random_dag_matches_reference_and_invariants(tasks):
 def sweep_peak(tasks, ref, gpu, initial) -> int:
     deltas: dict[int, int] = {0: 0}
     for t in tasks:
-        if t.gpu == gpu:
+        if t.rank == gpu:
             b = t.alloc[0][1]
             s, e = ref[t.id]
             deltas[s] = deltas.get(s, 0) + b

@@ -178,9 +178,9 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
         assert set(t.deps) <= known, f"{t.name}: unknown dependency {set(t.deps) - known}"
         assert t.id not in t.deps, f"{t.name} depends on itself"
         assert type(t.duration_ns) is int and t.duration_ns >= 0, t
-        assert 0 <= t.gpu < p.pp and t.stream in STREAMS, t
+        assert 0 <= t.rank < p.pp and t.stream in STREAMS, t
         if t.stage is not None:
-            assert 0 <= t.stage < p.pp * p.virtual_stages and t.stage % p.pp == t.gpu, t
+            assert 0 <= t.stage < p.pp * p.virtual_stages and t.stage % p.pp == t.rank, t
         if t.microbatch is not None and t.kind != "OPT":
             assert 0 <= t.microbatch < sc.num_microbatches, t
     # Acyclic, counting the engine's FIFO order on each (gpu, stream) as edges too: otherwise
@@ -190,9 +190,9 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
     last_on: dict[tuple[int, str], int] = {}
     for t in tasks:
         before = list(t.deps)
-        if (t.gpu, t.stream) in last_on:
-            before.append(last_on[(t.gpu, t.stream)])
-        last_on[(t.gpu, t.stream)] = t.id
+        if (t.rank, t.stream) in last_on:
+            before.append(last_on[(t.rank, t.stream)])
+        last_on[(t.rank, t.stream)] = t.id
         for d in before:
             after[d].append(t.id)
             indeg[t.id] += 1
@@ -333,7 +333,7 @@ def test_data_parallel_traffic_matches_ring_closed_forms(sc):
     tasks = lowered(sc)
     link = intra_link(sc)  # the DP group of dp consecutive GPUs sits in one node
     for r in range(p.pp):
-        mine = [x for x in tasks if x.gpu == r]
+        mine = [x for x in tasks if x.rank == r]
         dp_tasks = [x for x in mine if x.stream == "dp"]
         gathers = [x for x in mine if x.stream == "gather"]
         g_bytes = BYTES * rank_params(sc, r)
@@ -408,9 +408,9 @@ def test_sends_cost_the_link_between_sender_and_receiver(kind, pp, v):
     size = BYTES * SEQ * H
     step = 1 if kind == "SEND_F" else -1
     for x in (x for x in lowered(sc) if x.kind == kind):
-        to = (x.gpu + step) % pp
-        bw, lat = intra_link(sc) if x.gpu // 2 == to // 2 else nic_link(sc)
-        assert abs(x.duration_ns - 1e9 * (lat + size / bw)) <= 0.5, (x.name, x.gpu, to)
+        to = (x.rank + step) % pp
+        bw, lat = intra_link(sc) if x.rank // 2 == to // 2 else nic_link(sc)
+        assert abs(x.duration_ns - 1e9 * (lat + size / bw)) <= 0.5, (x.name, x.rank, to)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def stream_totals(tasks: list[Task]) -> Counter:
     out: Counter = Counter()
     for t in tasks:
         stream = "compute" if t.stream == "collective" else t.stream
-        out[(t.gpu, stream)] += t.duration_ns
+        out[(t.rank, stream)] += t.duration_ns
     return out
 
 
@@ -437,7 +437,7 @@ def test_fast_path_keeps_step_time_and_peak_memory(sc, fuse_tp, merge):
     assert stream_totals(fast) == stream_totals(detailed)  # no work lost or invented
     a, b = simulated(sc), simulated(sc, fuse_tp, merge)
     assert b.makespan_ns == a.makespan_ns
-    assert [b.peak_memory_bytes(g) for g in b.gpus] == [a.peak_memory_bytes(g) for g in a.gpus]
+    assert [b.peak_memory_bytes(g) for g in b.ranks] == [a.peak_memory_bytes(g) for g in a.ranks]
 
 
 def test_fast_path_drops_tasks_where_it_applies():
@@ -454,6 +454,6 @@ def test_simulated_is_wired_as_the_app():
     fast = simulate_scenario(sc, detail=False)
     tl = simulated(sc, fuse_tp=True, merge_recompute=True)
     assert tl.makespan_ns == round(fast.metrics.step_time_s * 1e9)
-    assert [tl.peak_memory_bytes(g) for g in tl.gpus] == [
+    assert [tl.peak_memory_bytes(g) for g in tl.ranks] == [
         s.peak_memory_bytes for s in fast.metrics.stages
     ]

@@ -89,7 +89,7 @@ def test_hand_built_timeline():
         Span(8, 1, "compute", "B", "B", 300, 500),
     ]
     sc = scenario(pp=2)
-    mt = metrics_of(sc, Timeline(spans=spans, gpus=[0, 1]))
+    mt = metrics_of(sc, Timeline(spans=spans, ranks=[0, 1]))
 
     def ns(x: float):  # x nanoseconds, in seconds
         return pytest.approx(x * 1e-9, rel=1e-12, abs=1e-21)

@@ -39,8 +39,8 @@ def test_tensor_parallel_all_reduces_are_on_the_critical_path():
     tp = [s for s in res.timeline.spans if s.kind == "TP"]
     assert tp and all(s.stream == "collective" for s in tp)
     # Each TP all-reduce blocks the next compute on that GPU (no overlap in Megatron TP).
-    comp = {(s.gpu, s.start_ns) for s in res.timeline.spans if s.stream == "compute"}
-    assert any((s.gpu, s.end_ns) in comp for s in tp)
+    comp = {(s.rank, s.start_ns) for s in res.timeline.spans if s.stream == "compute"}
+    assert any((s.rank, s.end_ns) in comp for s in tp)
 
 
 @settings(max_examples=12, deadline=None)

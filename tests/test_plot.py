@@ -92,8 +92,8 @@ def one_f_one_b(
     return Timeline(
         spans=spans,
         memory=memory,
-        gpus=list(range(pp)),
-        gpu_labels={g: f"stage {g} (tp 8 x dp 4)" for g in range(pp)},
+        ranks=list(range(pp)),
+        rank_labels={g: f"stage {g} (tp 8 x dp 4)" for g in range(pp)},
     )
 
 
@@ -118,9 +118,9 @@ def test_gantt_deterministic(tmp_path) -> None:
 
 def test_gantt_compute_only_and_empty(tmp_path) -> None:
     tl = one_f_one_b(collective=False)
-    compute_only = Timeline(spans=[s for s in tl.spans if s.stream == "compute"], gpus=tl.gpus)
+    compute_only = Timeline(spans=[s for s in tl.spans if s.stream == "compute"], ranks=tl.ranks)
     assert_png(gantt(compute_only, tmp_path / "c.png", title="compute only"))
-    assert_png(gantt(Timeline(gpus=[0, 1]), tmp_path / "e.png", title="empty"), min_bytes=1000)
+    assert_png(gantt(Timeline(ranks=[0, 1]), tmp_path / "e.png", title="empty"), min_bytes=1000)
     assert_png(gantt(Timeline(), tmp_path / "none.png", title="none"), min_bytes=1000)
 
 

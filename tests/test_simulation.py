@@ -100,10 +100,10 @@ def test_makespan_scales_and_allocations_balance(name, pp, m, tf, tb, k):
     tl_k = _uniform(name, pp, m, 1, k * tf, k * tb, k * tb if split else 0)
     assert tl_k.makespan_ns == k * tl.makespan_ns
     assert tl.makespan_ns > 0
-    for g in tl.gpus:
+    for g in tl.ranks:
         idle, total = _idle_and_makespan(tl, g)
         assert 0 <= idle < total or pp == 1
-        final = [s for s in tl.memory if s.gpu == g and s.category == "activations"]
+        final = [s for s in tl.memory if s.rank == g and s.category == "activations"]
         assert final[-1].bytes == 0  # every F's allocation is freed by its B or W
 
 

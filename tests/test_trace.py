@@ -40,8 +40,8 @@ def small_timeline() -> Timeline:
     return Timeline(
         spans=spans,
         memory=memory,
-        gpus=[0, 1],
-        gpu_labels={0: "stage 0 (tp 2 x dp 4)"},
+        ranks=[0, 1],
+        rank_labels={0: "stage 0 (tp 2 x dp 4)"},
     )
 
 
@@ -67,7 +67,7 @@ def test_every_span_is_one_x_event_with_exact_microseconds() -> None:
         e = by_task[s.task_id]
         assert e["name"] == s.name
         assert e["cat"] == s.kind
-        assert e["pid"] == s.gpu
+        assert e["pid"] == s.rank
         assert e["ts"] == s.start_ns / 1000
         assert e["dur"] == s.duration_ns / 1000
         # Exact to the nanosecond: scaling back gives the integer ns.
@@ -117,7 +117,7 @@ def test_metadata_names_processes_and_threads() -> None:
 
 
 def test_gpu_without_spans_still_named() -> None:
-    tl = Timeline(gpus=[0, 3], gpu_labels={3: "last"})
+    tl = Timeline(ranks=[0, 3], rank_labels={3: "last"})
     meta = events(chrome_trace(tl), "M")
     names = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
     assert names == {0: "GPU 0", 3: "last"}
@@ -126,7 +126,7 @@ def test_gpu_without_spans_still_named() -> None:
 def current_bytes(tl: Timeline, gpu: int, t: int) -> dict[str, int]:
     """Reference: the last sample of each category at or before t (list order breaks ties)."""
     out: dict[str, int] = {}
-    for m in sorted((m for m in tl.memory if m.gpu == gpu), key=lambda m: m.time_ns):
+    for m in sorted((m for m in tl.memory if m.rank == gpu), key=lambda m: m.time_ns):
         if m.time_ns <= t:
             out[m.category] = m.bytes
     return out
@@ -136,7 +136,7 @@ def test_memory_counters_merge_samples_and_match_them() -> None:
     tl = small_timeline()
     counters = [e for e in events(chrome_trace(tl), "C") if e["name"] == MEMORY_COUNTER]
     # One counter event per distinct (gpu, time).
-    assert len(counters) == len({(m.gpu, m.time_ns) for m in tl.memory})
+    assert len(counters) == len({(m.rank, m.time_ns) for m in tl.memory})
     categories = {m.category for m in tl.memory}
     for e in counters:
         assert e["cat"] == "memory"

@@ -50,7 +50,7 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
     return share_nics(tasks, nic_plan(sc, step))
 
 
-def gpu_labels(step: ResolvedStep) -> dict[int, str]:
+def rank_labels(step: ResolvedStep) -> dict[int, str]:
     return {r: step.placement.rank_label(r) for r in range(step.pp)}
 
 
@@ -60,7 +60,7 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
         step = resolve(sc)
         mem = estimate_memory(sc)
         tasks, links = lower_scenario(sc, mem, detail)
-        timeline = simulate(tasks, initial_memory(step, mem), links, gpu_labels=gpu_labels(step))
+        timeline = simulate(tasks, initial_memory(step, mem), links, rank_labels=rank_labels(step))
         metrics = step_metrics(
             step, timeline, model_flops_per_step(sc), hardware_flops_per_step(sc), sc.hardware
         )

@@ -77,10 +77,10 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
     stages = []
     sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
             "communication_total": 0, "bubble": 0}  # fmt: skip
-    by_gpu: dict[int, list] = {g: [] for g in tl.gpus}
+    by_gpu: dict[int, list] = {g: [] for g in tl.ranks}
     for s in tl.spans:
-        by_gpu.setdefault(s.gpu, []).append(s)
-    for g in tl.gpus:
+        by_gpu.setdefault(s.rank, []).append(s)
+    for g in tl.ranks:
         spans = by_gpu[g]
         comp = [s for s in spans if s.stream == "compute"]
         busy = sum(s.duration_ns for s in comp)
@@ -100,7 +100,7 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
         mem_peak = tl.peak_memory_bytes(g)
         stages.append(StageMetrics(g, busy / 1e9, idle / makespan_ns if makespan_ns else 0.0,
                                    exposed / 1e9, mem_peak))  # fmt: skip
-    n = max(len(tl.gpus), 1)
+    n = max(len(tl.ranks), 1)
     breakdown = tuple((k, v / n / 1e9) for k, v in sums.items())
     return StepMetrics(
         step_time_s=step_s,

@@ -132,7 +132,7 @@ def gantt(
 ) -> Path:
     """Gantt chart of ``timeline`` written as a PNG to ``path``; returns the path.
 
-    A row per GPU (its compute stream, labelled from ``gpu_labels``) and under it a thinner
+    A row per GPU (its compute stream, labelled from ``rank_labels``) and under it a thinner
     sub-row per other stream that has spans anywhere (p2p, collective, ...), so overlap of
     communication with compute is visible. Idle time stays white: the pipeline bubble is the white
     space. Micro-batch numbers are written in boxes wide enough to hold them. With more than
@@ -176,9 +176,9 @@ def gantt(
     bars: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)
     kinds_stream: dict[str, str] = {}
     for s in timeline.spans:
-        if s.gpu not in shown:
+        if s.rank not in shown:
             continue
-        bars[(s.gpu, s.stream, s.kind)].append((s.start_ns / per_unit, s.duration_ns / per_unit))
+        bars[(s.rank, s.stream, s.kind)].append((s.start_ns / per_unit, s.duration_ns / per_unit))
         kinds_stream.setdefault(s.kind, s.stream)
 
     n_spans = sum(len(v) for v in bars.values())
@@ -265,13 +265,13 @@ def _label_microbatches(
     char_px = fontsize * 0.62 * fig.dpi / 72
     labels: list[tuple[float, float, str, str]] = []
     for s in spans:
-        if s.gpu not in shown or s.stream != STREAMS[0] or s.microbatch is None:
+        if s.rank not in shown or s.stream != STREAMS[0] or s.microbatch is None:
             continue
         text = str(s.microbatch)
         width_px = s.duration_ns / per_unit * px_per_unit
         if width_px < char_px * len(text) + 4:
             continue
-        bottom, height = row_y[(s.gpu, s.stream)]
+        bottom, height = row_y[(s.rank, s.stream)]
         face, _ = kind_style(s.kind, s.stream)
         x = (s.start_ns + s.end_ns) / 2 / per_unit
         labels.append((x, bottom + height / 2, text, _text_colour(face)))
@@ -296,7 +296,7 @@ def memory_plot(
     peak. ``gpus`` picks the panels (default: every GPU with samples); more than 8 are thinned to 8
     evenly spaced ones, first and last included.
     """
-    with_samples = sorted({m.gpu for m in timeline.memory})
+    with_samples = sorted({m.rank for m in timeline.memory})
     chosen = list(gpus) if gpus is not None else (with_samples or timeline_gpus(timeline))
     panels = _pick_evenly(chosen, _MAX_MEMORY_PANELS) if chosen else []
     categories = memory_categories(timeline)

@@ -4,7 +4,7 @@ Format: the Trace Event Format (Google, "Trace Event Format" document, the JSON 
 which ui.perfetto.dev and chrome://tracing both load:
 
 - one process per simulated GPU (``pid`` = rank), named by ``M`` ``process_name`` events with
-  ``timeline.gpu_labels[rank]`` (else ``"GPU {rank}"``) and ordered by ``process_sort_index``;
+  ``timeline.rank_labels[rank]`` (else ``"GPU {rank}"``) and ordered by ``process_sort_index``;
 - one thread per stream (``tid``: compute 0, p2p 1, collective 2, any other stream after them in
   name order), named by ``thread_name`` and ordered by ``thread_sort_index``;
 - one ``X`` (complete) event per span: ``name`` = span name, ``cat`` = span kind, ``ts``/``dur`` in
@@ -50,14 +50,14 @@ def stream_tids(streams: set[str] | list[str] | tuple[str, ...]) -> dict[str, in
 
 def timeline_gpus(timeline: Timeline) -> list[int]:
     """Every rank named by the timeline: its ``gpus`` plus any rank with spans or samples."""
-    gpus = set(timeline.gpus)
-    gpus.update(s.gpu for s in timeline.spans)
-    gpus.update(m.gpu for m in timeline.memory)
+    gpus = set(timeline.ranks)
+    gpus.update(s.rank for s in timeline.spans)
+    gpus.update(m.rank for m in timeline.memory)
     return sorted(gpus)
 
 
 def gpu_label(timeline: Timeline, gpu: int) -> str:
-    return timeline.gpu_labels.get(gpu, f"GPU {gpu}")
+    return timeline.rank_labels.get(gpu, f"GPU {gpu}")
 
 
 def memory_categories(timeline: Timeline) -> tuple[str, ...]:
@@ -78,7 +78,7 @@ def memory_steps(
     ``Timeline.peak_memory_bytes``).
     """
     index = {c: j for j, c in enumerate(categories)}
-    samples = sorted((m for m in timeline.memory if m.gpu == gpu), key=lambda m: m.time_ns)
+    samples = sorted((m for m in timeline.memory if m.rank == gpu), key=lambda m: m.time_ns)
     current = [0] * len(categories)
     times: list[int] = []
     rows: list[list[int]] = []
@@ -109,7 +109,7 @@ def chrome_trace(
     tids = stream_tids({s.stream for s in timeline.spans})
     streams_of: dict[int, set[str]] = defaultdict(set)
     for s in timeline.spans:
-        streams_of[s.gpu].add(s.stream)
+        streams_of[s.rank].add(s.stream)
 
     # Metadata: name and order processes (GPUs) and threads (streams).
     for gpu in gpus:
@@ -155,14 +155,14 @@ def chrome_trace(
         tid = tids[s.stream]
         keyed.append(
             (
-                (1, s.start_ns, s.gpu, tid, 1, -s.duration_ns, s.name, s.task_id),
+                (1, s.start_ns, s.rank, tid, 1, -s.duration_ns, s.name, s.task_id),
                 {
                     "ph": "X",
                     "name": s.name,
                     "cat": s.kind,
                     "ts": ns_to_us(s.start_ns),
                     "dur": ns_to_us(s.duration_ns),
-                    "pid": s.gpu,
+                    "pid": s.rank,
                     "tid": tid,
                     "args": {"microbatch": s.microbatch, "stage": s.stage, "task_id": s.task_id},
                 },

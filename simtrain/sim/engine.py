@@ -62,7 +62,7 @@ class Task(NamedTuple):
     """
 
     id: int  # unique
-    gpu: int  # simulated rank
+    rank: int  # simulated rank
     stream: str  # "compute" | "p2p" | "collective" (any string allowed)
     kind: str  # "F", "B", "I", "W", "R", "OPT", "SEND_F", "ALLREDUCE", ...
     name: str  # label, e.g. "F mb3 L0-5"
@@ -193,7 +193,7 @@ def _nonneg_int(value: object, unit: str, where: str) -> int:
 
 
 def _task_ref(task: Task) -> str:
-    return f"{task.name!r} (id {task.id}, gpu {task.gpu} {task.stream})"
+    return f"{task.name!r} (id {task.id}, gpu {task.rank} {task.stream})"
 
 
 class _Run:
@@ -307,13 +307,13 @@ def simulate(
     tasks: Sequence[Task],
     initial_memory: Mapping[int, Mapping[str, int]] | None = None,
     link_bandwidth_bytes_per_s: Mapping[str, float] | None = None,
-    gpu_labels: Mapping[int, str] | None = None,
+    rank_labels: Mapping[int, str] | None = None,
 ) -> Timeline:
     """Run ``tasks`` and return their timeline.
 
     ``initial_memory[gpu][category]`` is static memory held from t=0 (sampled at t=0).
     ``link_bandwidth_bytes_per_s[link]`` enables bandwidth sharing on that link.
-    ``gpu_labels`` is copied into the timeline.
+    ``rank_labels`` is copied into the timeline.
 
     Output: spans sorted by (start_ns, gpu, stream order, task id), where stream order is the
     order of ``timeline.STREAMS`` followed by other streams in order of first appearance;
@@ -385,7 +385,7 @@ def simulate(
     resolved_cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[tuple[int, int], ...]] = {}
 
     def resolve(t: Task, field_name: str, pairs: tuple[tuple[str, int], ...]):
-        key = (t.gpu, pairs)
+        key = (t.rank, pairs)
         r = resolved_cache.get(key)
         if r is None:
             out = []
@@ -394,7 +394,7 @@ def simulate(
                 if type(b) is not int or b < 0:
                     b = _nonneg_int(b, "bytes", f"task {_task_ref(t)}: {field_name}")
                 if b:
-                    out.append((slot_of(t.gpu, category), b))
+                    out.append((slot_of(t.rank, category), b))
             r = resolved_cache[key] = tuple(out)
         return r
 
@@ -420,11 +420,11 @@ def simulate(
                 lk = links[t.link] = _Link(env, bandwidths[t.link])
         link_out.append(lk)
         link_bytes_out.append(lb)
-        key = (t.gpu, t.stream)
+        key = (t.rank, t.stream)
         q = queues.get(key)
         if q is None:
             q = queues[key] = []
-            gpus.add(t.gpu)
+            gpus.add(t.rank)
             if t.stream not in stream_rank:
                 stream_rank[t.stream] = len(stream_rank)
         q.append(i)
@@ -459,22 +459,22 @@ def simulate(
     start = run.start
     end = run.end
     # Sort by (start, gpu, stream order, id); ids are unique, so the index never decides.
-    keys = sorted((start[i], t.gpu, stream_rank[t.stream], t.id, i) for i, t in enumerate(tasks))
+    keys = sorted((start[i], t.rank, stream_rank[t.stream], t.id, i) for i, t in enumerate(tasks))
     spans = [
-        Span(t.id, t.gpu, t.stream, t.kind, t.name, st, end[i], t.microbatch, t.stage)
+        Span(t.id, t.rank, t.stream, t.kind, t.name, st, end[i], t.microbatch, t.stage)
         for st, _, _, _, i in keys
         for t in (tasks[i],)
     ]
     memory = [
-        MemorySample(time_ns=tm, gpu=slot_gpu[s], category=slot_cat[s], bytes=b)
+        MemorySample(time_ns=tm, rank=slot_gpu[s], category=slot_cat[s], bytes=b)
         for tm, s, b in zip(run.s_time, run.s_key, run.s_bytes, strict=True)
     ]
-    labels = dict(sorted(gpu_labels.items())) if gpu_labels else {}
+    labels = dict(sorted(rank_labels.items())) if rank_labels else {}
     return Timeline(
         spans=spans,
         memory=memory,
-        gpus=sorted(gpus),
-        gpu_labels=labels,
+        ranks=sorted(gpus),
+        rank_labels=labels,
         events_processed=steps,
     )
 
@@ -493,7 +493,7 @@ def _raise_deadlock(
             if not done[i]:
                 heads[i] = head
         blocked.append((head, [d for d in run.deps[head] if not done[d]]))
-    blocked.sort(key=lambda hb: (tasks[hb[0]].gpu, hb[0]))
+    blocked.sort(key=lambda hb: (tasks[hb[0]].rank, hb[0]))
 
     unfinished = sum(1 for x in done if not x)
     lines = [f"deadlock: {unfinished} of {len(tasks)} tasks never ran; blocked streams:"]
@@ -506,10 +506,10 @@ def _raise_deadlock(
                 text += f", queued behind {tasks[heads[d]].name!r} (id {tasks[heads[d]].id})"
             parts.append(text)
         why = "; ".join(parts) if parts else "no unfinished dependency (engine bug)"
-        lines.append(f"  gpu {t.gpu} {t.stream}: {t.name!r} (id {t.id}) waits for {why}")
+        lines.append(f"  gpu {t.rank} {t.stream}: {t.name!r} (id {t.id}) waits for {why}")
     err = DeadlockError("\n".join(lines))
     err.blocked = tuple(  # type: ignore[attr-defined]
-        (tasks[h].gpu, tasks[h].stream, tasks[h].id, tuple(tasks[d].id for d in w))
+        (tasks[h].rank, tasks[h].stream, tasks[h].id, tuple(tasks[d].id for d in w))
         for h, w in blocked
     )
     raise err

@@ -28,7 +28,7 @@ class Span(NamedTuple):
     """One executed task (a named tuple: immutable, and cheap to build by the thousand)."""
 
     task_id: int
-    gpu: int  # simulated rank (one representative of its TP x DP peers)
+    rank: int  # simulated rank (one representative of its TP x DP peers)
     stream: str  # "compute" | "p2p" | "collective"
     kind: str  # F, B, I, W, R (recompute), OPT, SEND_F, RECV_F, SEND_B, RECV_B, ALLREDUCE, ...
     name: str  # label, e.g. "F mb3 L0-5"
@@ -46,7 +46,7 @@ class MemorySample(NamedTuple):
     """Bytes held by one GPU in one category from ``time_ns`` until its next sample."""
 
     time_ns: int
-    gpu: int
+    rank: int
     category: str
     bytes: int
 
@@ -54,12 +54,12 @@ class MemorySample(NamedTuple):
 @dataclass(slots=True)
 class Timeline:
     """Spans and memory samples of one simulated step. ``gpus`` lists the simulated ranks;
-    ``gpu_labels[g]`` says which physical GPUs rank g stands for (e.g. "stage 0 (tp 8 x dp 8)")."""
+    ``rank_labels[g]`` says which physical GPUs rank g stands for (e.g. "stage 0 (tp 8 x dp 8)")."""
 
     spans: list[Span] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
-    gpus: list[int] = field(default_factory=list)
-    gpu_labels: dict[int, str] = field(default_factory=dict)
+    ranks: list[int] = field(default_factory=list)
+    rank_labels: dict[int, str] = field(default_factory=dict)
     events_processed: int = 0  # SimPy events the run took (for benchmarks)
 
     @property
@@ -67,13 +67,13 @@ class Timeline:
         return max((s.end_ns for s in self.spans), default=0)
 
     def spans_of(self, gpu: int, stream: str | None = None) -> list[Span]:
-        return [s for s in self.spans if s.gpu == gpu and (stream is None or s.stream == stream)]
+        return [s for s in self.spans if s.rank == gpu and (stream is None or s.stream == stream)]
 
     def peak_memory_bytes(self, gpu: int) -> int:
         """Largest total over categories at any sample time of ``gpu``."""
         current: dict[str, int] = {}
         peak = 0
-        samples = sorted((m for m in self.memory if m.gpu == gpu), key=lambda m: m.time_ns)
+        samples = sorted((m for m in self.memory if m.rank == gpu), key=lambda m: m.time_ns)
         i = 0
         while i < len(samples):
             t = samples[i].time_ns

@@ -21,12 +21,12 @@ def share_nics(tasks: list[Task], plan: NicPlan) -> tuple[list[Task], dict[str, 
         if t.stream == "compute" or t.duration_ns == 0:
             out.append(t)
             continue
-        cross, lat_s = plan.crossing(t.kind, t.gpu)
+        cross, lat_s = plan.crossing(t.kind, t.rank)
         if not cross:
             out.append(t)
             continue
         lat_ns = min(round(lat_s * 1e9), t.duration_ns)
-        name = f"nic:{t.gpu}"
+        name = f"nic:{t.rank}"
         links[name] = bw
         nbytes = round((t.duration_ns - lat_ns) * bw / 1e9)
         out.append(t._replace(duration_ns=lat_ns, link=name, link_bytes=nbytes))
