@@ -69,89 +69,123 @@ def layer_saved_tensors(
     if not grad_flows_through_blocks(t):
         return []
     prec = PRECISIONS[t.precision]
-    b = micro_batch if micro_batch is not None else t.micro_batch
-    s = t.seq_len_effective
-    s_kv = t.kv_len
-    h, f, a = m.hidden, m.ffn_hidden, m.heads
-    kv = m.kv_dim
-    sb = s * b
-    seq_div = tp if sequence_parallel else 1  # tensors outside the TP region
-    full = base_trainable(t.peft.method, t.peft.phase)
     lora = t.peft.method in ("lora", "qlora")
-    targets = set(t.peft.target_modules) if lora else set()
-    e, en, esm = prec.act_mm, prec.act_norm, prec.act_softmax
-    amp = prec.weight_copy > 0
-    drop = m.dropout > 0
-    out: list[SavedTensor] = []
-
-    def add(name: str, n_bytes: float, formula: str) -> None:
-        out.append(SavedTensor(name, int(n_bytes), formula))
-
-    def saves_input(module: str) -> bool:
-        return full or module in targets
-
-    norm_stats = 2 if m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
+    c = _Block(
+        m=m, t=t, tp=tp, b=micro_batch if micro_batch is not None else t.micro_batch,
+        seq_div=tp if sequence_parallel else 1, full=base_trainable(t.peft.method, t.peft.phase),
+        lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
+        e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
+        out=[],
+    )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
             ("attention input", ("q", "k", "v")),
             ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)),
         )
     ):
-        add(f"norm{i + 1} input", en * sb * h / seq_div, f"{en}·sbh")
-        add(f"norm{i + 1} statistics", 4 * norm_stats * sb / seq_div, f"{4 * norm_stats}·sb")
-        users = [mod for mod in mods if saves_input(mod)]
-        if users:
-            # autocast casts the fp32 norm output once per linear that uses it.
-            copies = len(users) if amp else 1
-            add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / seq_div,
-                f"{copies * e}·sbh")  # fmt: skip
+        _norm_and_input(c, i, lin_in, mods)
         if i == 0:
-            # Attention core.
-            if m.flash_attention:
-                add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
-                if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
-                    add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp,
-                        f"{e}·sb·2kv/t")  # fmt: skip
-                add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
-                    f"{e}·sbh + 4·bas")  # fmt: skip
-            else:
-                # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
-                kv_s = s_kv / s
-                add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
-                add("softmax output", esm * b * a * s * s_kv / tp, f"{esm}·as²b")
-                if drop:
-                    add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
-                    add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b")
-                elif amp:
-                    add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
-                        f"{e}·as²b")  # fmt: skip
-            if saves_input("o") and not m.flash_attention:
-                # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
-                # input: one storage, counted above (measured: simtrain.torchref.measure).
-                add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
-            if lora:
-                for mod in sorted(targets & {"q", "k", "v", "o"}):
-                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
-            if drop:
-                add("attention residual dropout mask", sb * h / seq_div, "1·sbh")
+            _attention(c)
         else:
-            if m.mlp == "swiglu":
-                add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
-                add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
-            else:
-                add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
-            if saves_input("down"):
-                add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
-            if lora:
-                for mod in sorted(targets & {"gate", "up", "down"}):
-                    add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
-            if drop:
-                add("mlp dropout mask", sb * h / seq_div, "1·sbh")
+            _mlp(c)
     if t.peft.method == "adapter":
-        a_w = t.peft.adapter_size
+        a_w, e, sb, h = t.peft.adapter_size, c.e, c.sb, m.hidden
         for where in ("attn", "mlp"):
-            add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w), f"{e}·sb(h+2m)")
-    return out
+            c.add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w),
+                  f"{e}·sb(h+2m)")  # fmt: skip
+    return c.out
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """What :func:`layer_saved_tensors` needs to count one block, and the list it fills."""
+
+    m: ModelSpec
+    t: TrainingSpec
+    tp: int
+    b: int
+    seq_div: int  # tensors outside the TP region (sequence parallelism divides them)
+    full: bool  # base weights trainable
+    lora: bool
+    targets: frozenset
+    e: int  # bytes per element around matmuls, norms, softmax
+    en: int
+    esm: int
+    amp: bool  # autocast keeps 16-bit weight copies and casts
+    out: list
+
+    @property
+    def sb(self) -> int:
+        return self.t.seq_len_effective * self.b
+
+    def add(self, name: str, n_bytes: float, formula: str) -> None:
+        self.out.append(SavedTensor(name, int(n_bytes), formula))
+
+    def saves_input(self, module: str) -> bool:
+        return self.full or module in self.targets
+
+
+def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> None:
+    """A norm's input and statistics, and its output as the input the next linears save."""
+    sb, h, e = c.sb, c.m.hidden, c.e
+    norm_stats = 2 if c.m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
+    c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, f"{c.en}·sbh")
+    c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div, f"{4 * norm_stats}·sb")
+    users = [mod for mod in mods if c.saves_input(mod)]
+    if users:
+        # autocast casts the fp32 norm output once per linear that uses it.
+        copies = len(users) if c.amp else 1
+        c.add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / c.seq_div,
+              f"{copies * e}·sbh")  # fmt: skip
+
+
+def _attention(c: _Block) -> None:
+    """The attention core (flash or not), the out-projection input, LoRA and dropout."""
+    m, t, tp, e, b = c.m, c.t, c.tp, c.e, c.b
+    s, s_kv, sb, h, a, kv = t.seq_len_effective, t.kv_len, c.sb, m.hidden, m.heads, m.kv_dim
+    if m.flash_attention:
+        c.add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+        if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
+            c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
+        c.add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
+              f"{e}·sbh + 4·bas")  # fmt: skip
+    else:
+        # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
+        kv_s = s_kv / s
+        c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
+        c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b")
+        if m.dropout > 0:
+            c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
+            c.add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b")
+        elif c.amp:
+            c.add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
+                  f"{e}·as²b")  # fmt: skip
+    if c.saves_input("o") and not m.flash_attention:
+        # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
+        # input: one storage, counted above (measured: simtrain.torchref.measure).
+        c.add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
+    if c.lora:
+        for mod in sorted(c.targets & {"q", "k", "v", "o"}):
+            c.add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
+    if m.dropout > 0:
+        c.add("attention residual dropout mask", sb * h / c.seq_div, "1·sbh")
+
+
+def _mlp(c: _Block) -> None:
+    """The MLP's activation inputs and outputs, the down-projection input, LoRA, dropout."""
+    m, tp, e, sb, f = c.m, c.tp, c.e, c.sb, c.m.ffn_hidden
+    if m.mlp == "swiglu":
+        c.add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
+        c.add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
+    else:
+        c.add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
+    if c.saves_input("down"):
+        c.add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
+    if c.lora:
+        for mod in sorted(c.targets & {"gate", "up", "down"}):
+            c.add(f"lora {mod}: x·A", e * sb * c.t.peft.rank, f"{e}·sbr")
+    if m.dropout > 0:
+        c.add("mlp dropout mask", sb * m.hidden / c.seq_div, "1·sbh")
 
 
 def layer_activation_bytes(

@@ -206,38 +206,48 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     return buffers, opt_ws, gather
 
 
-def stage_memory(sc: Scenario, stage: int) -> StageMemory:
-    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
-    m, t, p, hw = sc.model, sc.training, sc.parallelism, sc.hardware
-    step = resolve(sc)
+def _model_states(sc: Scenario, step: ResolvedStep, stage: int
+                  ) -> tuple[ModelStateBytes, list[ParamTensor], dict[str, int], int]:  # fmt: skip
+    """(model states before sharding, the stage's parameter tensors, bytes per model-state
+    category after ZeRO (Rajbhandari et al. 2020 §5) and offload, host bytes)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
     tp, dp, z = p.tp, p.dp, p.zero_stage
     mine = step.rank_chunks(stage)
-    first, last = any(c.embedding for c in mine), any(c.head for c in mine)
-    n_layers = step.rank_layers(stage)
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
     layer = layer_param_tensors(m, t, tp)
     ends: list[ParamTensor] = []
-    if first:
+    if any(c.embedding for c in mine):
         ends += embedding_param_tensors(m, t, tp)
-    if last:
+    if any(c.head for c in mine):
         ends += head_param_tensors(m, t, tp, p.pp)
-    tensors = list(layer) + ends
-    ms = add_states(scale_states(model_state_bytes(layer, t), n_layers),
+    ms = add_states(scale_states(model_state_bytes(layer, t), step.rank_layers(stage)),
                     model_state_bytes(ends, t))  # fmt: skip
-    params_b, master_b, grads_b, states_b = (
-        ms.parameters, ms.master_weights, ms.gradients, ms.optimizer_states,
-    )  # fmt: skip
-    if z >= 1 and dp > 1:  # ZeRO over the data-parallel group (Rajbhandari et al. 2020 §5)
-        states_b, master_b = ceil(states_b / dp), ceil(master_b / dp)
+    b = {"parameters": ms.parameters, "master_weights": ms.master_weights,
+         "gradients": ms.gradients, "optimizer_states": ms.optimizer_states}  # fmt: skip
+    if z >= 1 and dp > 1:
+        b["optimizer_states"] = ceil(b["optimizer_states"] / dp)
+        b["master_weights"] = ceil(b["master_weights"] / dp)
     if z >= 2 and dp > 1:
-        grads_b = ceil(grads_b / dp)
+        b["gradients"] = ceil(b["gradients"] / dp)
     if z >= 3 and dp > 1:
-        params_b = ceil(params_b / dp)
+        b["parameters"] = ceil(b["parameters"] / dp)
     host = 0
     if t.offload.optimizer:
-        host = states_b + master_b
-        states_b = master_b = 0
+        host = b["optimizer_states"] + b["master_weights"]
+        b["optimizer_states"] = b["master_weights"] = 0
+    return ms, list(layer) + ends, b, host
+
+
+def stage_memory(sc: Scenario, stage: int) -> StageMemory:
+    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
+    p, hw = sc.parallelism, sc.hardware
+    step = resolve(sc)
+    mine = step.rank_chunks(stage)
+    n_layers = step.rank_layers(stage)
+    ms, tensors, states, host = _model_states(sc, step, stage)
+    params_b, master_b = states["parameters"], states["master_weights"]
+    grads_b, states_b = states["gradients"], states["optimizer_states"]
     act = _stage_activations(sc, step, stage)
     # The category shows saved activations plus the recompute working set; the loss working
     # memory is listed under buffers. The peak uses the walk, where the two never coexist.
@@ -268,7 +278,8 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
         peak = static - transient_b + max(act.walk_peak, transient_b + opt_ws)
     breakdown = StageBreakdown(
-        n_layers=n_layers, first=first, last=last, states=ms, host_bytes=host,
+        n_layers=n_layers, first=any(c.embedding for c in mine),
+        last=any(c.head for c in mine), states=ms, host_bytes=host,
         per_layer_bytes=act.per_layer, saved=act.saved,
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.in_flight,
         recompute_working_set_bytes=act.recompute_ws, activations=activations,
@@ -279,7 +290,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     )  # fmt: skip
     return StageMemory(
         stage=stage,
-        gpus=tp * dp,
+        gpus=p.tp * p.dp,
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,

@@ -212,7 +212,7 @@ class _Run:
         "events",
         "start",
         "end",
-        "slot_gpu",
+        "slot_rank",
         "slot_cat",
         "mem_bytes",
         "mem_last_t",
@@ -220,6 +220,8 @@ class _Run:
         "s_time",
         "s_key",
         "s_bytes",
+        "mem_slot",
+        "resolved",
     )
 
     def __init__(self, env: simpy.Environment, tasks: Sequence[Task]) -> None:
@@ -236,8 +238,8 @@ class _Run:
         self.free: list[tuple[tuple[int, int], ...]] = []
         self.link: list[_Link | None] = []
         self.link_bytes: list[int] = []
-        # Memory: one slot per (gpu, category); samples as parallel lists.
-        self.slot_gpu: list[int] = []
+        # Memory: one slot per (rank, category); samples as parallel lists.
+        self.slot_rank: list[int] = []
         self.slot_cat: list[str] = []
         self.mem_bytes: list[int] = []
         self.mem_last_t: list[int] = []  # time of the slot's last sample, -1 if none
@@ -245,6 +247,56 @@ class _Run:
         self.s_time: list[int] = []
         self.s_key: list[int] = []
         self.s_bytes: list[int] = []
+        self.mem_slot: dict[tuple[int, str], int] = {}
+        # (rank, pairs) -> resolved ((slot, bytes), ...); tasks often share identical alloc tuples.
+        self.resolved: dict[
+            tuple[int, tuple[tuple[str, int], ...]], tuple[tuple[int, int], ...]
+        ] = {}
+
+    def slot_of(self, rank: int, category: str) -> int:
+        """The memory slot of (rank, category), made on first use."""
+        key = (rank, category)
+        s = self.mem_slot.get(key)
+        if s is None:
+            s = self.mem_slot[key] = len(self.slot_rank)
+            self.slot_rank.append(rank)
+            self.slot_cat.append(category)
+            self.mem_bytes.append(0)
+            self.mem_last_t.append(-1)
+            self.mem_last_i.append(-1)
+        return s
+
+    def resolve_pairs(self, t: Task, field_name: str,
+                      pairs: tuple[tuple[str, int], ...]) -> tuple[tuple[int, int], ...]:  # fmt: skip
+        """A task's (category, bytes) pairs as (slot, bytes), zero-byte pairs dropped."""
+        key = (t.rank, pairs)
+        r = self.resolved.get(key)
+        if r is None:
+            out = []
+            for category, nbytes in pairs:
+                b = nbytes
+                if type(b) is not int or b < 0:
+                    b = _nonneg_int(b, "bytes", f"task {_task_ref(t)}: {field_name}")
+                if b:
+                    out.append((self.slot_of(t.rank, category), b))
+            r = self.resolved[key] = tuple(out)
+        return r
+
+    def add_initial_memory(self, initial_memory: Mapping[int, Mapping[str, int]]) -> set[int]:
+        """Static memory held from t = 0, sampled first; the ranks it names."""
+        ranks: set[int] = set()
+        for rank in sorted(initial_memory):
+            ranks.add(rank)
+            for category, nbytes in initial_memory[rank].items():
+                b = _nonneg_int(nbytes, "bytes", f"initial_memory[{rank}][{category!r}]")
+                s = self.slot_of(rank, category)
+                self.mem_bytes[s] = b
+                self.mem_last_t[s] = 0
+                self.mem_last_i[s] = len(self.s_time)
+                self.s_time.append(0)
+                self.s_key.append(s)
+                self.s_bytes.append(b)
+        return ranks
 
     def change(self, deltas: tuple[tuple[int, int], ...], sign: int, task: int) -> None:
         now = self.env.now
@@ -253,7 +305,7 @@ class _Run:
             total = mem_bytes[slot] + sign * nbytes
             if total < 0:
                 raise ValueError(
-                    f"memory of gpu {self.slot_gpu[slot]} category {self.slot_cat[slot]!r} would"
+                    f"memory of gpu {self.slot_rank[slot]} category {self.slot_cat[slot]!r} would"
                     f" become negative ({total} bytes) at t={now} ns when task"
                     f" {_task_ref(self.tasks[task])} frees {nbytes} bytes"
                 )
@@ -341,36 +393,8 @@ def simulate(
             raise ValueError(f"duplicate task id {t.id}: {first.name!r} and {t.name!r}")
         index[t.id] = i
 
-    mem_slot: dict[tuple[int, str], int] = {}
-    slot_gpu = run.slot_gpu
-    slot_cat = run.slot_cat
-
-    def slot_of(gpu: int, category: str) -> int:
-        key = (gpu, category)
-        s = mem_slot.get(key)
-        if s is None:
-            s = mem_slot[key] = len(slot_gpu)
-            slot_gpu.append(gpu)
-            slot_cat.append(category)
-            run.mem_bytes.append(0)
-            run.mem_last_t.append(-1)
-            run.mem_last_i.append(-1)
-        return s
-
     # Initial memory first, so that its samples come first and at t=0.
-    gpus: set[int] = set()
-    if initial_memory:
-        for gpu in sorted(initial_memory):
-            gpus.add(gpu)
-            for category, nbytes in initial_memory[gpu].items():
-                b = _nonneg_int(nbytes, "bytes", f"initial_memory[{gpu}][{category!r}]")
-                s = slot_of(gpu, category)
-                run.mem_bytes[s] = b
-                run.mem_last_t[s] = 0
-                run.mem_last_i[s] = len(run.s_time)
-                run.s_time.append(0)
-                run.s_key.append(s)
-                run.s_bytes.append(b)
+    gpus = run.add_initial_memory(initial_memory) if initial_memory else set()
 
     links: dict[str, _Link] = {}
     queues: dict[tuple[int, str], list[int]] = {}
@@ -381,22 +405,7 @@ def simulate(
     free_out = run.free
     link_out = run.link
     link_bytes_out = run.link_bytes
-    # (gpu, pairs) -> resolved ((slot, bytes), ...); tasks often share identical alloc tuples.
-    resolved_cache: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[tuple[int, int], ...]] = {}
-
-    def resolve(t: Task, field_name: str, pairs: tuple[tuple[str, int], ...]):
-        key = (t.rank, pairs)
-        r = resolved_cache.get(key)
-        if r is None:
-            out = []
-            for category, nbytes in pairs:
-                b = nbytes
-                if type(b) is not int or b < 0:
-                    b = _nonneg_int(b, "bytes", f"task {_task_ref(t)}: {field_name}")
-                if b:
-                    out.append((slot_of(t.rank, category), b))
-            r = resolved_cache[key] = tuple(out)
-        return r
+    resolve = run.resolve_pairs
 
     for i, t in enumerate(tasks):
         d = t.duration_ns
@@ -429,12 +438,20 @@ def simulate(
                 stream_rank[t.stream] = len(stream_rank)
         q.append(i)
 
-    # --- run ---------------------------------------------------------------------------------
+    steps = _play(env, run, queues, links)
+    if not all(run.done):
+        _raise_deadlock(tasks, run, queues)
+    return _timeline(tasks, run, stream_rank, gpus, rank_labels, steps)
+
+
+def _play(env: simpy.Environment, run: _Run, queues: dict[tuple[int, str], list[int]],
+          links: dict[str, _Link]) -> int:  # fmt: skip
+    """Run every stream's process to the end; the number of SimPy events popped."""
     if links:
         streams_on: dict[int, set[tuple[int, str]]] = {}
         for (gpu, stream), order in queues.items():
             for i in order:
-                lk = link_out[i]
+                lk = run.link[i]
                 if lk is not None:
                     streams_on.setdefault(id(lk), set()).add((gpu, stream))
         for lk in links.values():
@@ -450,15 +467,14 @@ def simulate(
                 steps += 1
         except EmptySchedule:
             pass
+    return steps
 
-    done = run.done
-    if not all(done):
-        _raise_deadlock(tasks, run, queues)
 
-    # --- output ------------------------------------------------------------------------------
-    start = run.start
-    end = run.end
-    # Sort by (start, gpu, stream order, id); ids are unique, so the index never decides.
+def _timeline(tasks: Sequence[Task], run: _Run, stream_rank: dict[str, int], ranks: set[int],
+              rank_labels: Mapping[int, str] | None, steps: int) -> Timeline:  # fmt: skip
+    """The run's spans (sorted by start, rank, stream order, id; ids are unique, so the index
+    never decides) and memory samples."""
+    start, end = run.start, run.end
     keys = sorted((start[i], t.rank, stream_rank[t.stream], t.id, i) for i, t in enumerate(tasks))
     spans = [
         Span(t.id, t.rank, t.stream, t.kind, t.name, st, end[i], t.microbatch, t.stage)
@@ -466,17 +482,12 @@ def simulate(
         for t in (tasks[i],)
     ]
     memory = [
-        MemorySample(time_ns=tm, rank=slot_gpu[s], category=slot_cat[s], bytes=b)
+        MemorySample(time_ns=tm, rank=run.slot_rank[s], category=run.slot_cat[s], bytes=b)
         for tm, s, b in zip(run.s_time, run.s_key, run.s_bytes, strict=True)
     ]
     labels = dict(sorted(rank_labels.items())) if rank_labels else {}
-    return Timeline(
-        spans=spans,
-        memory=memory,
-        ranks=sorted(gpus),
-        rank_labels=labels,
-        events_processed=steps,
-    )
+    return Timeline(spans=spans, memory=memory, ranks=sorted(ranks), rank_labels=labels,
+                    events_processed=steps)  # fmt: skip
 
 
 def _raise_deadlock(
