@@ -386,18 +386,12 @@ def test_a_one_stage_pipedream_lowers_as_gradient_accumulation():
     assert shape(pipedream) == shape(scenario(dp=2, m=2, schedule="1f1b", bucket_mb=0.1))
 
 
-SEND_B_ON_THE_WRONG_LINK = pytest.mark.xfail(
-    strict=True,
-    reason="build_lowering_input times SEND_B on the link to the NEXT stage, not the previous",
-)
-
-
 @pytest.mark.parametrize(
     ("kind", "pp", "v"),
     [
         ("SEND_F", 4, 1),
         ("SEND_F", 4, 2),
-        pytest.param("SEND_B", 4, 1, marks=SEND_B_ON_THE_WRONG_LINK),
+        ("SEND_B", 4, 1),
     ],
 )
 def test_sends_cost_the_link_between_sender_and_receiver(kind, pp, v):

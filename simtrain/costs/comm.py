@@ -39,12 +39,12 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
     return collective_ns(sc, step, op, size_bytes, g.dp, g.dp_stride)
 
 
-def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
-    """Rank ``rank``'s send of a b·s·h activation to the next rank: Megatron's scatter/gather
-    sends b·s·h/t per TP rank (Narayanan et al. 2021 §4.1), over the intra-node link or the
-    NIC when the hop leaves the node."""
+def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:
+    """Rank ``rank``'s send of a b·s·h activation (or its gradient) to rank ``rank +
+    direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
+    §4.1), over the intra-node link or the NIC when the hop leaves the node."""
     intra, inter = coll.node_links(sc.hardware)
-    link = inter if step.placement.hop_crosses_nodes(rank) else intra
+    link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     return round(1e9 * coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link))
 
 

@@ -25,7 +25,6 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
         rank = step.chunk_rank(stage)
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         n = ch.layers
-        send = comm.p2p_send_ns(sc, step, rank)
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -34,8 +33,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
             tp_recompute_ns=2 * n * ar if t.recompute == "full" else 0,
-            send_forward_ns=send,
-            send_backward_ns=send,
+            send_forward_ns=comm.p2p_send_ns(sc, step, rank, 1),
+            send_backward_ns=comm.p2p_send_ns(sc, step, rank, -1),
             layers=(ch.lo, ch.hi),
         )
     return out
