@@ -59,7 +59,7 @@ def test_memory_json_schema() -> None:
     assert set(st["memory_bytes"]) == CATEGORIES
     assert st["memory_bytes"]["parameters"] == 4 * N_XL
     # One micro-batch, no DP/PP: gradients appear as activations are freed, so the peak holds
-    # the larger of the two (memory.gradients_transient).
+    # the larger of the two (ResolvedStep.gradients_transient).
     mb = st["memory_bytes"]
     assert st["peak_memory_bytes"] <= sum(mb.values())
     assert st["peak_memory_bytes"] >= sum(mb.values()) - mb["gradients"] - mb["buffers"]

@@ -420,7 +420,7 @@ def test_pareto_front() -> None:
 
 @pytest.mark.parametrize("split", ["uniform", "compute_balanced", "embedding_as_layer"])
 def test_closed_form_follows_the_layer_split(split: str) -> None:
-    """The pre-screen splits layers as parallelism.layer_split does (memory.scenario_chunks):
+    """The pre-screen splits layers as parallelism.layer_split does (layout.partition.split_layers):
     GPT-3 1.3B on pp 8, within 3 % of the simulation for every split (the uniform split's
     estimate was 21 % high for the other two before)."""
     data = {"name": "s", "model": {"preset": "gpt3-1.3b"}, "hardware": "a100_sxm4_80gb",

@@ -109,7 +109,7 @@ class ParallelSpec:
     # stage3_max_live_parameters, default 1e9); 0 = no cap, FSDP-style: the current and the
     # prefetched layer's full parameters.
     zero3_max_live_params: int = 0
-    # How layers are split over pipeline stages (memory, costs, timing: memory.scenario_chunks):
+    # How layers are split over pipeline stages (memory, costs, timing: layout.partition.split_layers):
     # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
     # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding).
     layer_split: str = "uniform"

@@ -7,7 +7,7 @@ import torch
 
 from simtrain.spec.precision import PRECISIONS
 
-# The precision recipes follow memory.PRECISIONS, so that every precision the memory model knows
+# The precision recipes follow spec.precision.PRECISIONS, so that every precision the memory model knows
 # can be measured: 4-byte parameters are fp32 (autocast runs over them), 2-byte ones take the
 # compute dtype.
 _TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -10,9 +10,9 @@ bucket_mb, dp_mode, layer_split). The planner
    ZeRO stage (0-3) × micro-batch (1, 2, 4, 8 dividing the per-replica batch) × recompute
    (none, selective, full) × schedule (1F1B, interleaved with v = 2, ZB-H1, GPipe) over GPU
    counts that fill whole nodes, for every hardware candidate;
-2. validates each layout exactly as a scenario file (``config.check_layout``; rejections keep
+2. validates each layout exactly as a scenario file (``spec.scenario.check_layout``; rejections keep
    its message);
-3. drops what does not fit with the memory model (``memory.stage_memory`` on the first and the
+3. drops what does not fit with the memory model (``costs.memory.stage_memory`` on the first and the
    last pipeline stage, the two extremes: see :func:`memory_check`);
 4. ranks the rest with a closed-form step time built from the library's own costs
    (:func:`closed_form_step_s`) and the whole-run model of :mod:`simtrain.apps.goodput`;

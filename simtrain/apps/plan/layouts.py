@@ -114,7 +114,7 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
     zeros = fx.get("zero_stage", DEFAULT_ZERO_STAGES if dp > 1 else (0,))
     if dp == 1 and "zero_stage" not in fx:
         zeros = (0,)
-    # With pp = 1 every schedule is plain gradient accumulation (memory.pipeline_schedule).
+    # With pp = 1 every schedule is plain gradient accumulation (the resolved step's schedule_name).
     scheds = fx.get("schedule", DEFAULT_SCHEDULES) if pp > 1 else ("1f1b",)
     vs = fx.get("virtual_stages", (DEFAULT_VIRTUAL_STAGES,))
     out = []
