@@ -56,14 +56,22 @@ def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int
     return dp_ns(sc, step, "all_reduce", grad_bytes), "DP all-reduce grads"
 
 
+def ddp_buckets(bucket_mb: float, grad_bytes: int) -> tuple[int, int, int]:
+    """(number of buckets, bucket size, last bucket's size) of ``grad_bytes`` of gradients in
+    buckets of ``bucket_mb`` MB (PyTorch DDP ``bucket_cap_mb``; DeepSpeed's
+    ``reduce_bucket_size``)."""
+    cap = int(bucket_mb * 1e6)
+    n = max(1, -(-grad_bytes // cap))
+    return n, cap, grad_bytes - cap * (n - 1)
+
+
 def buckets(bucket_mb: float, grad_bytes: int) -> list[int]:
     """Gradient buckets of ``bucket_mb`` MB; when there are more than 16, the earlier ones are
     merged into 15 equal groups (they all hide under the rest of backward) and the last bucket,
     the one that sets the exposed communication, keeps its size. Each group still pays one
     latency per bucket it stands for (see :func:`bucket_counts`)."""
-    cap = int(bucket_mb * 1e6)
-    n = max(1, -(-grad_bytes // cap))
-    sizes = [cap] * (n - 1) + [grad_bytes - cap * (n - 1)]
+    n, cap, last = ddp_buckets(bucket_mb, grad_bytes)
+    sizes = [cap] * (n - 1) + [last]
     if n <= MAX_BUCKET_GROUPS:
         return sizes
     head = sum(sizes[:-1])
@@ -73,8 +81,7 @@ def buckets(bucket_mb: float, grad_bytes: int) -> list[int]:
 
 def bucket_counts(bucket_mb: float, grad_bytes: int) -> list[int]:
     """How many real buckets each entry of :func:`buckets` stands for."""
-    cap = int(bucket_mb * 1e6)
-    n = max(1, -(-grad_bytes // cap))
+    n = ddp_buckets(bucket_mb, grad_bytes)[0]
     if n <= MAX_BUCKET_GROUPS:
         return [1] * n
     k = MAX_BUCKET_GROUPS - 1

@@ -27,7 +27,7 @@ from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS
-from simtrain.spec.scenario import Scenario, TrainingSpec
+from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +278,12 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     per_param = (prec.grad_accum or prec.grad) + 2 * (prec.master or prec.param)
     per_param += 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
     return per_param + (prec.param if prec.master else 0)
+
+
+def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
+    """Trainable parameters one GPU updates: ZeRO-1/2/3 shard the optimizer over the DP group
+    (Rajbhandari et al. 2020 §5.1)."""
+    return trainable // (p.dp if p.zero_stage >= 1 else 1)
 
 
 def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile) -> int:

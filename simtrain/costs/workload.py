@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from simtrain.costs import comm
-from simtrain.costs.compute import chunk_costs, optimizer_step_ns
+from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import MemoryReport, persistent_gradient_bytes
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -67,8 +67,7 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
     p, t, prec = sc.parallelism, sc.training, step.precision
     grad_bytes = trainable * prec.grad
-    here = trainable // (p.dp if p.zero_stage >= 1 else 1)
-    work = RankWork(optimizer_ns=optimizer_step_ns(here, t, sc.hardware))
+    work = RankWork(optimizer_ns=optimizer_step_ns(optimizer_shard(trainable, p), t, sc.hardware))
     if p.dp == 1 or not grad_bytes:
         return work
     if p.dp_mode == "naive":

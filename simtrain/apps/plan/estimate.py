@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from simtrain.costs.comm import dp_ns, p2p_send_ns, tp_allreduce_ns
-from simtrain.costs.compute import chunk_costs, optimizer_step_ns
+from simtrain.costs.comm import ddp_buckets, dp_ns, p2p_send_ns, tp_allreduce_ns
+from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
@@ -29,9 +29,7 @@ def _bucketed_exposed_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: 
     them (``costs.comm.bucket_group_ns``: buckets of ``bucket_mb``). Bucket
     i follows slice i of k; the collective stream runs them back to back, so the sync ends at
     max(T_B + d_last, T_B/k + Σd)."""
-    cap = int(sc.parallelism.bucket_mb * 1e6)
-    k = max(1, -(-grad_bytes // cap))
-    last = grad_bytes - cap * (k - 1)
+    k, cap, last = ddp_buckets(sc.parallelism.bucket_mb, grad_bytes)
     full = dp_ns(sc, step, op, cap) if k > 1 else 0
     d_last = dp_ns(sc, step, op, last)
     total = (k - 1) * full + d_last
@@ -62,8 +60,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     step_ns = _pipeline_ns(sc, step, ranks)
     t, p = sc.training, sc.parallelism
     s0 = stages[0]
-    trainable_here = s0.trainable // (p.dp if p.zero_stage >= 1 else 1)
-    opt_ns = optimizer_step_ns(trainable_here, t, sc.hardware)
+    opt_ns = optimizer_step_ns(optimizer_shard(s0.trainable, p), t, sc.hardware)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     return (step_ns + dp_exposed + opt_ns) / 1e9
 
