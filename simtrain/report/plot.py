@@ -12,7 +12,9 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
@@ -145,11 +147,43 @@ def gantt(
     present = {s.stream for s in timeline.spans}
     tids = stream_tids(present)
     sub_streams = [s for s in sorted(present, key=tids.__getitem__) if s != STREAMS[0]]
+    layout = _gantt_layout(timeline, gpus, sub_streams)
 
-    # Layout, top to bottom: per GPU a compute row then a thin sub-row per other stream.
+    makespan = timeline.makespan_ns
+    per_unit, unit = time_scale(makespan)
+    fig, ax = _gantt_figure(len(gpus), len(sub_streams))
+    bars, kinds_stream = _group_bars(timeline.spans, shown, per_unit)
+    _draw_bars(ax, bars, layout.row_y, tids)
+
+    x_max = makespan / per_unit if makespan > 0 else 1.0
+    ax.set_xlim(0, x_max * 1.005)
+    ax.set_ylim(layout.total_h + 0.05, -0.05)  # first GPU on top
+
+    _label_microbatches(ax, fig, timeline.spans, shown, layout.row_y, per_unit, x_max)
+    _style_gantt_axes(ax, layout, unit)
+    ax.set_title(
+        _gantt_title(title, bubble_ratio, len(gpus), len(all_gpus)), fontsize=12, loc="left"
+    )
+    if makespan == 0:
+        ax.text(0.5, 0.5, "no spans", transform=ax.transAxes, ha="center", va="center")
+    _kind_legend(ax, kinds_stream)
+    return save_png(fig, path)
+
+
+class _GanttLayout(NamedTuple):
+    """Vertical layout of a Gantt chart (y grows downwards, in axis units)."""
+
+    row_y: dict[tuple[int, str], tuple[float, float]]  # (gpu, stream) -> (bottom, height)
+    ticks: list[tuple[float, str, bool]]  # (centre, label, is_gpu_row)
+    separators: list[float]  # y of the line under each GPU's block
+    total_h: float
+
+
+def _gantt_layout(timeline: Timeline, gpus: list[int], sub_streams: list[str]) -> _GanttLayout:
+    """Rows top to bottom: per GPU a compute row, then a thin sub-row per other stream."""
     main_h, sub_h, gap = 0.8, 0.38, 0.35
-    row_y: dict[tuple[int, str], tuple[float, float]] = {}  # (gpu, stream) -> (bottom, height)
-    ticks: list[tuple[float, str, bool]] = []  # (centre, label, is_gpu_row)
+    row_y: dict[tuple[int, str], tuple[float, float]] = {}
+    ticks: list[tuple[float, str, bool]] = []
     separators: list[float] = []
     y = 0.0
     for gpu in gpus:
@@ -162,25 +196,42 @@ def gantt(
             y += sub_h + 0.06
         separators.append(y + gap / 2 - 0.03)
         y += gap
-    total_h = max(y - gap, 1.0)
+    return _GanttLayout(row_y, ticks, separators, max(y - gap, 1.0))
 
-    makespan = timeline.makespan_ns
-    per_unit, unit = time_scale(makespan)
+
+def _gantt_figure(n_gpus: int, n_sub_streams: int) -> tuple[Figure, Axes]:
+    """The figure (height grows with the rows, capped) and its single axes."""
     fig_w = 16.0
-    fig_h = min(2.2 + 0.42 * len(gpus) + 0.2 * len(gpus) * len(sub_streams), 60.0)
+    fig_h = min(2.2 + 0.42 * n_gpus + 0.2 * n_gpus * n_sub_streams, 60.0)
     fig = Figure(figsize=(fig_w, fig_h), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.16, 0.75 / fig_h, 0.72, 1 - 1.35 / fig_h))
+    return fig, ax
 
-    # Group spans by (row, kind); keep compute spans for micro-batch labels.
+
+def _group_bars(
+    spans: list[Span], shown: set[int], per_unit: float
+) -> tuple[dict[tuple[int, str, str], list[tuple[float, float]]], dict[str, str]]:
+    """Spans of the shown GPUs as (start, duration) bars per (gpu, stream, kind), and the first
+    stream each kind was seen on (for its legend style)."""
     bars: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)
     kinds_stream: dict[str, str] = {}
-    for s in timeline.spans:
+    for s in spans:
         if s.rank not in shown:
             continue
         bars[(s.rank, s.stream, s.kind)].append((s.start_ns / per_unit, s.duration_ns / per_unit))
         kinds_stream.setdefault(s.kind, s.stream)
+    return bars, kinds_stream
 
+
+def _draw_bars(
+    ax: Axes,
+    bars: dict[tuple[int, str, str], list[tuple[float, float]]],
+    row_y: dict[tuple[int, str], tuple[float, float]],
+    tids: dict[str, int],
+) -> None:
+    """One ``broken_barh`` per (row, kind), in (gpu, stream, kind) order; thin white edges
+    unless there are more than 3000 boxes, hatched kinds with no edge."""
     n_spans = sum(len(v) for v in bars.values())
     edge_w = 0.4 if n_spans <= 3000 else 0.0
     for gpu, stream, kind in sorted(bars, key=lambda k: (k[0], tids[k[1]], k[2])):
@@ -195,17 +246,15 @@ def gantt(
             hatch=hatch,
         )
 
-    x_max = makespan / per_unit if makespan > 0 else 1.0
-    ax.set_xlim(0, x_max * 1.005)
-    ax.set_ylim(total_h + 0.05, -0.05)  # first GPU on top
 
-    _label_microbatches(ax, fig, timeline.spans, shown, row_y, per_unit, x_max)
-
-    for sep in separators[:-1]:
+def _style_gantt_axes(ax: Axes, layout: _GanttLayout, unit: str) -> None:
+    """GPU separators, row labels (GPU rows large, stream sub-rows small and grey), x label,
+    vertical grid and no top/right spines."""
+    for sep in layout.separators[:-1]:
         ax.axhline(sep, color="#D0D0D0", linewidth=0.6, zorder=0)
-    ax.set_yticks([t[0] for t in ticks])
-    ax.set_yticklabels([t[1] for t in ticks])
-    for label, (_, _, is_gpu) in zip(ax.get_yticklabels(), ticks, strict=True):
+    ax.set_yticks([t[0] for t in layout.ticks])
+    ax.set_yticklabels([t[1] for t in layout.ticks])
+    for label, (_, _, is_gpu) in zip(ax.get_yticklabels(), layout.ticks, strict=True):
         label.set_fontsize(9 if is_gpu else 6.5)
         if not is_gpu:
             label.set_color("#555555")
@@ -216,15 +265,20 @@ def gantt(
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
+
+def _gantt_title(title: str, bubble_ratio: float | None, n_shown: int, n_all: int) -> str:
+    """``title`` with the bubble ratio and, when GPUs were thinned, how many are shown."""
     full_title = title
     if bubble_ratio is not None:
         full_title += f"  —  bubble {bubble_ratio:.1%}"
-    if len(gpus) < len(all_gpus):
-        full_title += f"  ({len(gpus)} of {len(all_gpus)} GPUs shown)"
-    ax.set_title(full_title, fontsize=12, loc="left")
-    if makespan == 0:
-        ax.text(0.5, 0.5, "no spans", transform=ax.transAxes, ha="center", va="center")
+    if n_shown < n_all:
+        full_title += f"  ({n_shown} of {n_all} GPUs shown)"
+    return full_title
 
+
+def _kind_legend(ax: Axes, kinds_stream: dict[str, str]) -> None:
+    """Legend right of the axes: the kinds drawn, in ``KIND_STYLES`` order (unknown ones after,
+    by name), then the white "idle (bubble)" box."""
     order = {k: i for i, k in enumerate(KIND_STYLES)}
     legend_kinds = sorted(
         kinds_stream,
@@ -246,7 +300,6 @@ def gantt(
         title="kind",
         title_fontsize=9,
     )
-    return save_png(fig, path)
 
 
 def _label_microbatches(

@@ -33,6 +33,8 @@ HEADROOM_COUNTER = "memory headroom (GiB)"
 
 # Sort key of one event: (group, time_ns, pid, tid, phase order, -duration_ns, name, task id).
 _Key = tuple[int, int, int, int, int, int, str, int]
+# An event with its sort key.
+_Keyed = tuple[_Key, dict[str, Any]]
 
 
 def ns_to_us(ns: int) -> float:
@@ -104,39 +106,41 @@ def chrome_trace(
     ``otherData`` is a copy of ``metadata`` (``{}`` when None); with ``capacity_bytes`` it also gets
     ``memory_capacity_gib``.
     """
-    keyed: list[tuple[_Key, dict[str, Any]]] = []
     gpus = timeline_gpus(timeline)
     tids = stream_tids({s.stream for s in timeline.spans})
+    keyed = [
+        *_metadata_events(timeline, gpus, tids),
+        *_span_events(timeline, tids),
+        *_memory_events(timeline, gpus, capacity_bytes),
+    ]
+    keyed.sort(key=lambda ke: ke[0])
+    other = dict(metadata) if metadata is not None else {}
+    if capacity_bytes is not None:
+        other["memory_capacity_gib"] = capacity_bytes / GIB
+    return {
+        "traceEvents": [e for _, e in keyed],
+        "displayTimeUnit": "ms",
+        "otherData": other,
+    }
+
+
+def _metadata_events(timeline: Timeline, gpus: list[int], tids: dict[str, int]) -> list[_Keyed]:
+    """``M`` events naming and ordering the processes (GPUs) and their threads (streams)."""
     streams_of: dict[int, set[str]] = defaultdict(set)
     for s in timeline.spans:
         streams_of[s.rank].add(s.stream)
-
-    # Metadata: name and order processes (GPUs) and threads (streams).
+    keyed: list[_Keyed] = []
     for gpu in gpus:
-        keyed.append(
-            (
-                (0, 0, gpu, 0, 0, 0, "process_name", 0),
-                {
-                    "ph": "M",
-                    "name": "process_name",
-                    "pid": gpu,
-                    "tid": 0,
-                    "args": {"name": gpu_label(timeline, gpu)},
-                },
+        for meta, args in (
+            ("process_name", {"name": gpu_label(timeline, gpu)}),
+            ("process_sort_index", {"sort_index": gpu}),
+        ):
+            keyed.append(
+                (
+                    (0, 0, gpu, 0, 0, 0, meta, 0),
+                    {"ph": "M", "name": meta, "pid": gpu, "tid": 0, "args": args},
+                )
             )
-        )
-        keyed.append(
-            (
-                (0, 0, gpu, 0, 0, 0, "process_sort_index", 0),
-                {
-                    "ph": "M",
-                    "name": "process_sort_index",
-                    "pid": gpu,
-                    "tid": 0,
-                    "args": {"sort_index": gpu},
-                },
-            )
-        )
         for stream in streams_of.get(gpu, ()):
             tid = tids[stream]
             for meta, args in (
@@ -149,8 +153,12 @@ def chrome_trace(
                         {"ph": "M", "name": meta, "pid": gpu, "tid": tid, "args": args},
                     )
                 )
+    return keyed
 
-    # Spans: complete events.
+
+def _span_events(timeline: Timeline, tids: dict[str, int]) -> list[_Keyed]:
+    """One ``X`` (complete) event per span."""
+    keyed: list[_Keyed] = []
     for s in timeline.spans:
         tid = tids[s.stream]
         keyed.append(
@@ -168,51 +176,39 @@ def chrome_trace(
                 },
             )
         )
+    return keyed
 
-    # Memory: one counter event per GPU and sample time with every category's current value.
+
+def _memory_events(timeline: Timeline, gpus: list[int], capacity_bytes: int | None) -> list[_Keyed]:
+    """Per GPU and sample time a ``C`` counter event with every category's current value (GiB),
+    and with ``capacity_bytes`` a headroom counter (capacity minus total)."""
     categories = memory_categories(timeline)
+    keyed: list[_Keyed] = []
     for gpu in gpus:
         times, rows = memory_steps(timeline, gpu, categories)
         for t, row in zip(times, rows, strict=True):
-            keyed.append(
-                (
-                    (1, t, gpu, 0, 0, 0, MEMORY_COUNTER, 0),
-                    {
-                        "ph": "C",
-                        "name": MEMORY_COUNTER,
-                        "cat": "memory",
-                        "ts": ns_to_us(t),
-                        "pid": gpu,
-                        "tid": 0,
-                        "args": {c: b / GIB for c, b in zip(categories, row, strict=True)},
-                    },
-                )
-            )
+            values = {c: b / GIB for c, b in zip(categories, row, strict=True)}
+            keyed.append(_memory_counter(t, gpu, MEMORY_COUNTER, values))
             if capacity_bytes is not None:
-                keyed.append(
-                    (
-                        (1, t, gpu, 0, 0, 0, HEADROOM_COUNTER, 0),
-                        {
-                            "ph": "C",
-                            "name": HEADROOM_COUNTER,
-                            "cat": "memory",
-                            "ts": ns_to_us(t),
-                            "pid": gpu,
-                            "tid": 0,
-                            "args": {"headroom": (capacity_bytes - sum(row)) / GIB},
-                        },
-                    )
-                )
+                headroom = {"headroom": (capacity_bytes - sum(row)) / GIB}
+                keyed.append(_memory_counter(t, gpu, HEADROOM_COUNTER, headroom))
+    return keyed
 
-    keyed.sort(key=lambda ke: ke[0])
-    other = dict(metadata) if metadata is not None else {}
-    if capacity_bytes is not None:
-        other["memory_capacity_gib"] = capacity_bytes / GIB
-    return {
-        "traceEvents": [e for _, e in keyed],
-        "displayTimeUnit": "ms",
-        "otherData": other,
-    }
+
+def _memory_counter(t: int, gpu: int, name: str, args: dict[str, float]) -> _Keyed:
+    """A keyed ``C`` (counter) event ``name`` of ``gpu`` at ``t`` ns with ``args``."""
+    return (
+        (1, t, gpu, 0, 0, 0, name, 0),
+        {
+            "ph": "C",
+            "name": name,
+            "cat": "memory",
+            "ts": ns_to_us(t),
+            "pid": gpu,
+            "tid": 0,
+            "args": args,
+        },
+    )
 
 
 def dumps_chrome_trace(trace: dict[str, Any]) -> str:

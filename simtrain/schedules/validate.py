@@ -37,6 +37,21 @@ def _fail(schedule: Schedule, pp: int, m: int, v: int, problems: list[str]) -> N
 
 
 def _structure(schedule: Schedule, pp: int, m: int, v: int, split_backward: bool) -> list[str]:
+    """Every structural problem of ``schedule``, in a fixed order: ranks and actions, coverage
+    and per-micro-batch order, OPT placement, then (only if all those pass) p2p pairing."""
+    problems, where = _action_problems(schedule, pp, m, v)
+    problems += _coverage_problems(where, pp * v, m, split_backward)
+    problems += _opt_problems(schedule)
+    if problems:  # p2p checks below assume well-formed actions
+        return problems
+    return _p2p_problems(schedule, pp, v)
+
+
+def _action_problems(
+    schedule: Schedule, pp: int, m: int, v: int
+) -> tuple[list[str], dict[Action, list[tuple[int, int]]]]:
+    """Problems with the ranks and with each action on its own (type, kind, stage and micro-batch
+    range, placement), and where each well-formed compute/comm action sits: ``(rank, step)``s."""
     problems: list[str] = []
     if sorted(schedule) != list(range(pp)):
         problems.append(f"ranks are {sorted(schedule)}, expected 0..{pp - 1}")
@@ -64,7 +79,15 @@ def _structure(schedule: Schedule, pp: int, m: int, v: int, split_backward: bool
             if a.stage % pp != r:
                 problems.append(f"{at} ({a}): stage {a.stage} lives on rank {a.stage % pp}")
             where.setdefault(a, []).append((r, k))
+    return problems, where
 
+
+def _coverage_problems(
+    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool
+) -> list[str]:
+    """Compute kinds of the other backward style; each (stage, micro-batch) not exactly once
+    per expected kind; a B before its F (or a W before its I) on the same rank."""
+    problems: list[str] = []
     wanted = (F, I, W) if split_backward else (F, B)
     for kind in (k for k in COMPUTE_KINDS if k not in wanted):
         for a in where:
@@ -86,7 +109,12 @@ def _structure(schedule: Schedule, pp: int, m: int, v: int, split_backward: bool
                     problems.append(
                         f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
                     )
+    return problems
 
+
+def _opt_problems(schedule: Schedule) -> list[str]:
+    """Ranks whose OPT has no new gradient (B or W) before it, or that do not end with OPT."""
+    problems: list[str] = []
     for r, actions in schedule.items():
         seen_grad = False
         last = None
@@ -102,35 +130,51 @@ def _structure(schedule: Schedule, pp: int, m: int, v: int, split_backward: bool
             last = a
         if last is None or last.kind != OPT:
             problems.append(f"rank {r}: does not end with OPT")
+    return problems
 
-    if problems:  # p2p checks below assume well-formed actions
-        return problems
+
+def _p2p_problems(schedule: Schedule, pp: int, v: int) -> list[str]:
+    """If the schedule has SEND/RECV actions: each must appear exactly as often as
+    :func:`~simtrain.schedules.comm.p2p_for` asks, on the right side of its compute action."""
     comm = Counter((r, a) for r, acts in schedule.items() for a in acts if a.kind in COMM_KINDS)
-    if comm:
-        expected = Counter(
-            (r, c)
-            for r, acts in schedule.items()
-            for a in acts
-            if a.kind in COMPUTE_KINDS
-            for c in p2p_for(a, pp, v)[0] + p2p_for(a, pp, v)[1]
-        )
-        for key in sorted(set(comm) | set(expected)):
-            if comm[key] != expected[key]:
-                r, a = key
-                problems.append(
-                    f"rank {r}: {a} appears {comm[key]} times, expected {expected[key]}"
-                )
-        for r, acts in schedule.items():
-            index = {a: k for k, a in enumerate(acts)}
-            for k, a in enumerate(acts):
-                if a.kind in COMPUTE_KINDS:
-                    before, after = p2p_for(a, pp, v)
-                    for c in before:
-                        if index.get(c, k) > k:
-                            problems.append(f"rank {r}: {c} after {a} (step {k})")
-                    for c in after:
-                        if index.get(c, k) < k:
-                            problems.append(f"rank {r}: {c} before {a} (step {k})")
+    if not comm:
+        return []
+    return _p2p_count_problems(schedule, comm, pp, v) + _p2p_order_problems(schedule, pp, v)
+
+
+def _p2p_count_problems(
+    schedule: Schedule, comm: Counter[tuple[int, Action]], pp: int, v: int
+) -> list[str]:
+    """(rank, SEND/RECV) pairs present a different number of times than the compute implies."""
+    problems: list[str] = []
+    expected = Counter(
+        (r, c)
+        for r, acts in schedule.items()
+        for a in acts
+        if a.kind in COMPUTE_KINDS
+        for c in p2p_for(a, pp, v)[0] + p2p_for(a, pp, v)[1]
+    )
+    for key in sorted(set(comm) | set(expected)):
+        if comm[key] != expected[key]:
+            r, a = key
+            problems.append(f"rank {r}: {a} appears {comm[key]} times, expected {expected[key]}")
+    return problems
+
+
+def _p2p_order_problems(schedule: Schedule, pp: int, v: int) -> list[str]:
+    """SEND/RECV actions on the wrong side of the compute action they serve."""
+    problems: list[str] = []
+    for r, acts in schedule.items():
+        index = {a: k for k, a in enumerate(acts)}
+        for k, a in enumerate(acts):
+            if a.kind in COMPUTE_KINDS:
+                before, after = p2p_for(a, pp, v)
+                for c in before:
+                    if index.get(c, k) > k:
+                        problems.append(f"rank {r}: {c} after {a} (step {k})")
+                for c in after:
+                    if index.get(c, k) < k:
+                        problems.append(f"rank {r}: {c} before {a} (step {k})")
     return problems
 
 
