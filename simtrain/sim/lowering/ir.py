@@ -88,7 +88,7 @@ class LoweringInput:
 # ---------------------------------------------------------------------------------------------
 # The lowered step, between passes: per rank, one group of ops per schedule action, then the
 # rank's tail (gradient sync, optimizer step). Dependencies stay symbolic until ``resolve``
-# numbers the ops: ("op", Op) another op; ("prev", rank, i) whatever ends group i − 1 of the
+# numbers the ops: an Op itself; ("prev", rank, i) whatever ends group i − 1 of the
 # rank; ("send_f" | "send_b", stage, mb) the p2p send of a neighbouring stage; ("done", stage,
 # mb, kind) whatever ends that action.
 
@@ -107,6 +107,7 @@ class Op:
     free: tuple = ()
     microbatch: int | None = None
     stage: int | None = None
+    tid: int = -1  # task id, set by ``resolve``
 
 
 @dataclass(eq=False, slots=True)

@@ -55,7 +55,7 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
             label = f"mb{a.microbatch} L{c.layers[0]}-{c.layers[1] - 1}"
             ops: list[Op] = []
             for kind, dur, alloc, free in pieces:
-                deps = (prev + _cross_rank_deps(a, last_stage)) if not ops else [("op", ops[-1])]
+                deps = (prev + _cross_rank_deps(a, last_stage)) if not ops else [ops[-1]]
                 ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
                               a.microbatch, a.stage))  # fmt: skip
             groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label))
@@ -79,15 +79,15 @@ def zero3_pass(ir: StepIR) -> None:
                 if c.gather_ns_per_layer and op.kind in ("F", "R", "B", "I"):
                     layer = slice_layer(op.kind, slice_no, *c.layers)
                     ag = Op(r.rank, "gather", "AG", f"AG params L{layer} {g.label}",
-                            c.gather_ns_per_layer, [("op", w) for w in seen[-2:-1]],
+                            c.gather_ns_per_layer, seen[-2:-1],
                             microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                     out.append(ag)
-                    op.deps.append(("op", ag))
+                    op.deps.append(ag)
                 out.append(op)
                 seen.append(op)
                 if c.reduce_scatter_ns_per_layer and op.kind in ("B", "W"):
                     rs = Op(r.rank, "dp", "RS", f"RS grads {g.label}",
-                            c.reduce_scatter_ns_per_layer, [("op", op)],
+                            c.reduce_scatter_ns_per_layer, [op],
                             microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                     out.append(rs)
                     r.grads_ready = rs
@@ -109,7 +109,7 @@ def bucket_pass(ir: StepIR) -> None:
                 out.append(op)
                 if op.stream == "compute" and op.kind in ("B", "W", "I") and i < g.bucketed:
                     dp = Op(r.rank, "dp", "DP", f"{work.bucket_name} bucket {i}",
-                            work.bucket_ns[i], [("op", op)])  # fmt: skip
+                            work.bucket_ns[i], [op])  # fmt: skip
                     out.append(dp)
                     r.grads_ready = dp
                     i += 1
@@ -125,7 +125,7 @@ def tp_pass(ir: StepIR) -> None:
             if g.tp_ns:
                 last = [op for op in g.ops if op.stream == "compute"][-1]
                 tp = Op(r.rank, "collective", "TP", f"TP all-reduce {g.label}", g.tp_ns,
-                        [("op", last)], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                        [last], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
                 g.ops.append(tp)
                 g.done = tp
 
@@ -150,7 +150,7 @@ def p2p_pass(ir: StepIR) -> None:
                 kind, dur = "SEND_B", c.send_backward_ns
             else:
                 continue
-            send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, [("op", g.done)],
+            send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, [g.done],
                       microbatch=a.microbatch, stage=a.stage)  # fmt: skip
             g.ops.append(send)
             ir.sends[(kind.lower(), a.stage, a.microbatch)] = send
@@ -163,16 +163,16 @@ def optimizer_pass(ir: StepIR) -> None:
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
         actions = ir.inp.schedule[r.rank]
-        last = [("op", r.groups[-1].done)] if r.groups else []
-        ready = [("op", r.grads_ready)] if r.grads_ready is not None else last
+        last = [r.groups[-1].done] if r.groups else []
+        ready = [r.grads_ready] if r.grads_ready is not None else last
         if r.grads_ready is None and work.grad_sync_ns:
             sync = Op(r.rank, "dp", "DP", work.grad_sync_name, work.grad_sync_ns, list(last))
             r.tail.append(sync)
-            ready = [("op", sync)]
+            ready = [sync]
         if actions and actions[-1].kind == "OPT":
             opt = Op(r.rank, "compute", "OPT", "optimizer step", work.optimizer_ns, ready,
                      work.optimizer_alloc, work.optimizer_free)  # fmt: skip
             r.tail.append(opt)
             if work.post_opt_ns:
                 r.tail.append(Op(r.rank, "dp", "AG", work.post_opt_name, work.post_opt_ns,
-                                 [("op", opt)]))  # fmt: skip
+                                 [opt]))  # fmt: skip

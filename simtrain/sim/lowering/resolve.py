@@ -8,7 +8,6 @@ from simtrain.sim.lowering.ir import Op, StepIR
 
 
 def resolve(ir: StepIR) -> list[Task]:
-    ids: dict[int, int] = {}  # id(Op) -> task id
     order: list[Op] = []
     done: dict[tuple, Op] = {}
     for rank in sorted(ir.ranks):
@@ -17,35 +16,33 @@ def resolve(ir: StepIR) -> list[Task]:
             if g.action is not None:
                 a = g.action
                 done[(a.stage, a.microbatch, a.kind)] = g.done
-            for op in g.ops:
-                ids[id(op)] = len(order)
-                order.append(op)
-        for op in r.tail:
-            ids[id(op)] = len(order)
-            order.append(op)
+            order += g.ops
+        order += r.tail
+    for i, op in enumerate(order):
+        op.tid = i
 
-    def target(d: tuple) -> Op:
-        if d[0] == "op":
-            return d[1]
+    def tid(d: Op | tuple) -> int:
+        if d.__class__ is Op:
+            return d.tid
         if d[0] == "prev":
-            return ir.ranks[d[1]].groups[d[2] - 1].done
+            return ir.ranks[d[1]].groups[d[2] - 1].done.tid
         if d[0] == "done":
-            return done[d[1:]]
-        return ir.sends[d]
+            return done[d[1:]].tid
+        return ir.sends[d].tid
 
     return [
         Task(
-            i,
+            op.tid,
             op.rank,
             op.stream,
             op.kind,
             op.name,
             op.duration_ns,
-            tuple(ids[id(target(d))] for d in op.deps),
+            tuple([tid(d) for d in op.deps]),
             op.alloc,
             op.free,
             op.microbatch,
             op.stage,
         )  # fmt: skip
-        for i, op in enumerate(order)
+        for op in order
     ]
