@@ -34,7 +34,7 @@ def _cli(*args: str) -> str:
     res = CliRunner().invoke(main, list(args), catch_exceptions=False)
     if res.exit_code != 0:
         raise RuntimeError(f"simtrain {' '.join(args)} exited {res.exit_code}: {res.output}")
-    return res.output
+    return res.stdout  # progress bars and notes go to stderr, which a busy machine changes
 
 
 def _sha(data: bytes | str) -> str:
