@@ -1,31 +1,40 @@
-"""simtrain calibrate: the profile it writes, and the closed loop measure -> profile -> predict.
-
-The closed loop (issue 5, item 3): calibrate this CPU, simulate tests/data/closed_loop_cpu.yaml
-with the calibrated profile, and compare with a real PyTorch step of the same model on the same
-CPU (``simtrain.torchref.measure.measure_step``: two warm-up steps, median of 7 timed steps). Both run
-with one intra-op thread (:data:`THREADS`): on the shared 2-core development machine a 2-thread
-step under load from other processes stalls on its descheduled thread (steps of 4-10 s instead
-of ~1.2 s, an AdamW step of 2 s instead of 0.1 s), one thread does not.
+"""simtrain calibrate: the profile it writes, the matmul size sweep, and the closed loop
+measure -> profile -> predict -- with no assertion on wall time (issue 15, item 4).
 
 What the calibration measures (``simtrain.torchref.calibrate``): the fp32 square-product peak, the
 memory bandwidth, and -- at this GPT's sizes, with the cost model's own FLOP and byte counts --
-the GEMM mix of its linears, attention and head (``efficiency.matmul``: 0.76-1.0 of the 2048^3
-product), the element-wise mix of its norms, adds, GeLU, masked softmax and loss
-(``efficiency.memory_bound``: 0.22-0.31 on this CPU, where the profile used to say 1.0: the
-unfused CPU kernels are compute-bound and allocate every output) and the AdamW step
-(``efficiency.optimizer``: 0.3-0.5).
+the GEMM mix of its linears, attention and head (``efficiency.matmul``), the element-wise mix of
+its norms, adds, GeLU, masked softmax and loss (``efficiency.memory_bound``: 0.17-0.31 on the
+2-core development CPU: the unfused CPU kernels are compute-bound and allocate every output) and
+the AdamW step (``efficiency.optimizer``).
 
-Memory: within 0.1 % (target 5 %: met). Step time (target 20 %): predicted / measured before
-these calibrations 0.71-1.02 on a quiet machine (about half within 20 %), 0.44 under load with
-2 threads; with them (load average 2-5 on 2 cores, other test suites running) first attempts
-0.92, 1.00, 1.12, 0.97, 1.05 and one 1.23 (its retry 0.87). The loop is tried twice: machine
-load can change between the calibration and the step, and a step's own samples spread by
-+-20 % (the test prints them).
+A test here never compares a time with a fixed bound, so its verdict does not depend on how busy
+the machine is:
+
+- the size sweep stops before a call that would exceed ``NEXT_CALL_LIMIT_S``, so where it stops
+  depends on the machine's speed and load; the plausibility test asserts on the sizes that were
+  measured, and the stop rule itself is tested with a fake timer;
+- the closed loop's memory is exact bytes (storage tracker), not time;
+- the closed loop's step time is checked as a **ratio measured within one process**: the
+  scenario with 2 and with 4 blocks, their steps run alternately and timed in CPU time
+  (``time.process_time``, one thread: the time spent waiting for a core under load is not
+  counted), predicted ratio / measured ratio within 20 %. On the busy 2-core machine (load
+  3.5-4.7, three extra busy loops started during the run) the measured ratio was 1.66 and 1.70
+  in CPU time, where wall time gave 1.67 and 1.50 (and, in one run of
+  ``benchmarks/closed_loop_cpu.py``, 1.02); predicted / measured 0.96-1.00.
+
+The absolute closed loop (calibrate, simulate, measure, predicted / measured step time) is
+``benchmarks/closed_loop_cpu.py``; it prints its figures and asserts nothing.
+
+Both sides run with one intra-op thread (:data:`THREADS`): on the shared 2-core development
+machine a 2-thread step under load from other processes stalls on its descheduled thread.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +43,8 @@ torch = pytest.importorskip("torch")
 
 from simtrain.apps.simulate import simulate_scenario  # noqa: E402
 from simtrain.spec.hardware import load_hardware  # noqa: E402
-from simtrain.spec.scenario import load_scenario  # noqa: E402
+from simtrain.spec.scenario import Scenario, load_scenario  # noqa: E402
+from simtrain.torchref import microbench  # noqa: E402
 from simtrain.torchref.calibrate import (  # noqa: E402
     Calibration,
     calibrate,
@@ -44,7 +54,8 @@ from simtrain.torchref.calibrate import (  # noqa: E402
     profile_text,
     write_profile,
 )
-from simtrain.torchref.measure import measure_step  # noqa: E402
+from simtrain.torchref.measure import measure_step, torch_threads  # noqa: E402
+from simtrain.torchref.trainer import _warm_trainer  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parent / "data" / "closed_loop_cpu.yaml"
 
@@ -125,79 +136,108 @@ def test_every_number_of_the_profile_cites_a_defined_tag() -> None:
     assert checked >= 15
 
 
+# --------------------------------------------------------------------------- the size sweep
+
+
+def test_matmul_sweep_stops_before_a_call_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop rule, on a fake clock: a device at 1e8 FLOP/s takes 2·n³/1e8 s per product, so
+    after n = 256 (0.34 s) the next size (8x: 2.7 s) would exceed NEXT_CALL_LIMIT_S = 2 s."""
+    rate = 1e8
+
+    def fake_timed(torch_mod, dev, fn, repeats):  # one real call for the size, a fake time
+        return 2 * fn().shape[0] ** 3 / rate
+
+    monkeypatch.setattr(microbench, "_timed", fake_timed)
+    assert microbench.NEXT_CALL_LIMIT_S == 2.0
+    sizes = (64, 128, 256, 512, 1024)
+    got = microbench.measure_matmul("fp32", "cpu", sizes, repeats=1)
+    assert list(got) == [64, 128, 256]
+    assert all(r == pytest.approx(rate) for r in got.values())
+    monkeypatch.setattr(microbench, "NEXT_CALL_LIMIT_S", 1e9)  # no limit: every size
+    assert list(microbench.measure_matmul("fp32", "cpu", sizes, repeats=1)) == list(sizes)
+
+
 # --------------------------------------------------------------------------- closed loop
 
 
-THREADS = 1  # torch intra-op threads, the same for the calibration and the step (docstring)
-
-
-def _closed_loop(folder: Path) -> tuple:
-    """Calibrate fp32 on this CPU, write the profile, simulate and measure the scenario."""
-    cal = calibrate(
-        "cpu", "cpu_test", dtypes=("fp32",), sizes=(512, 1024, 2048), repeats=3, threads=THREADS
-    )
-    prof = write_profile(folder / "cpu_test.yaml", cal)
-    sc = load_scenario(SCENARIO, [f"hardware={prof}"])
-    pred = simulate_scenario(sc)
-    meas = measure_step(sc.model, sc.training, steps=7, warmup=2, threads=THREADS)
-    return cal, sc, pred, meas
-
-
-def _ratio(attempt: tuple) -> float:
-    _, _, pred, meas = attempt
-    return pred.metrics.step_time_s / meas.step_time_s
-
-
-ATTEMPTS = 2
+THREADS = 1  # torch intra-op threads, the same for the calibration and the steps (docstring)
+SIZES = (256, 512, 1024)  # the sweep may stop before the last under load: asserted as a prefix
 
 
 @pytest.fixture(scope="module")
-def loops(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
-    """Up to two closed loops, stopping at the first within 20 % (see module docstring)."""
-    out = []
-    for i in range(ATTEMPTS):
-        out.append(_closed_loop(tmp_path_factory.mktemp(f"calibrated{i}")))
-        r = _ratio(out[-1])
-        cal, _, pred, meas = out[-1]
-        steps = ", ".join(f"{t:.3f}" for t in meas.step_times_s)
-        print(f"closed loop attempt {i + 1}: predicted {pred.metrics.step_time_s:.3f} s, "
-              f"measured {meas.step_time_s:.3f} s (steps {steps}), ratio {r:.3f}; "
-              f"efficiency matmul/memory_bound/optimizer "
-              f"{', '.join(f'{e:.3f}' for e in efficiencies(cal) if e is not None)}")  # fmt: skip
-        if abs(r - 1) <= 0.20:
-            break
-    return out
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Calibration, Path]:
+    """Calibrate fp32 on this CPU and write the profile."""
+    cal = calibrate("cpu", "cpu_test", dtypes=("fp32",), sizes=SIZES, repeats=3, threads=THREADS)
+    return cal, write_profile(tmp_path_factory.mktemp("calibrated") / "cpu_test.yaml", cal)
 
 
-def test_calibration_is_plausible(loops) -> None:
-    cal = loops[0][0]
+def _scenario(profile: Path, layers: int = 4) -> Scenario:
+    return load_scenario(SCENARIO, [f"hardware={profile}", f"model.layers={layers}"])
+
+
+def test_calibration_is_plausible(calibrated) -> None:
+    """Rates are positive and of a plausible order of magnitude (units, not speed: bounds 10-100x
+    beyond any CPU); the peak is the rate at the largest size the sweep measured, wherever it
+    stopped."""
+    cal, _ = calibrated
     assert cal.threads == THREADS
-    assert 1e9 < cal.matmul_flops_per_s["fp32"] < 1e13
-    assert cal.matmul_flops_per_s["fp32"] == cal.matmul_by_size["fp32"][2048]
-    assert 1e9 < cal.memory_bandwidth_bytes_per_s < 1e12
-    assert cal.adam_params_per_s > 1e6
+    measured = list(cal.matmul_by_size["fp32"])
+    assert measured and measured == list(SIZES[: len(measured)])
+    assert cal.matmul_flops_per_s["fp32"] == cal.matmul_by_size["fp32"][measured[-1]]
+    assert all(1e8 < r < 1e14 for r in cal.matmul_by_size["fp32"].values())
+    assert 1e8 < cal.memory_bandwidth_bytes_per_s < 1e13
+    assert cal.adam_params_per_s > 1e5
     lo, hi = cal.gemm_spread
-    assert 1e9 < lo <= cal.gemm_flops_per_s <= hi
+    assert 1e8 < lo <= cal.gemm_flops_per_s <= hi
     lo, hi = cal.elementwise_spread
-    assert 1e7 < lo <= cal.elementwise_bytes_per_s <= hi
+    assert 1e6 < lo <= cal.elementwise_bytes_per_s <= hi
     assert all(0 < e <= 1 for e in efficiencies(cal) if e is not None)
-    assert loops[0][3].threads == THREADS and len(loops[0][3].step_times_s) == 7
 
 
-def test_closed_loop_memory_within_5pct(loops) -> None:
+def test_closed_loop_memory_within_5pct(calibrated) -> None:
     """Predicted peak (no CUDA context on a CPU) vs the storage-tracked peak of the real step."""
-    _, sc, pred, meas = loops[0]
+    sc = _scenario(calibrated[1])
+    pred = simulate_scenario(sc)
+    meas = measure_step(sc.model, sc.training, steps=1, warmup=1, threads=THREADS)
+    assert meas.threads == THREADS
     predicted = pred.memory.peak_memory_bytes - sc.hardware.cuda_context_bytes
     assert predicted == pytest.approx(meas.peak_bytes, rel=0.05)
 
 
-def test_closed_loop_step_time_within_20pct(loops) -> None:
-    """Issue target: the last attempt (the first within 20 %, or the second) within 20 %."""
-    ratios = [round(_ratio(a), 3) for a in loops]
-    assert abs(ratios[-1] - 1) <= 0.20, f"predicted / measured per attempt {ratios}"
+RATIO_LAYERS = (2, 4)  # the closed-loop GPT with 2 and with 4 blocks
+RATIO_PAIRS = 3  # timed steps of each, alternated
 
 
-def test_closed_loop_step_time_regression_bound(loops) -> None:
-    """Regression bound: the best attempt within [0.6, 1.25] x the measured step time."""
-    best = min(loops, key=lambda a: abs(_ratio(a) - 1))
-    assert 0.6 <= _ratio(best) <= 1.25, [round(_ratio(a), 3) for a in loops]
+def interleaved_cpu_times(scenarios: list[Scenario], pairs: int) -> list[list[float]]:
+    """CPU seconds (``time.process_time``: this process's, all threads) of ``pairs`` steps of
+    each scenario's reference model, the models' steps alternated (A, B, A, B, ...) after two
+    warm-up steps each. With one intra-op thread, CPU time does not count the time the process
+    waits for a core, which is what load from other processes adds to wall time."""
+    with torch_threads(THREADS):
+        warm = [_warm_trainer(sc.model, sc.training, torch.device("cpu"), None, 0, 2)
+                for sc in scenarios]  # fmt: skip
+        times: list[list[float]] = [[] for _ in scenarios]
+        for _ in range(pairs):
+            for (_, trainer, idx, targets), ts in zip(warm, times, strict=True):
+                t0 = time.process_time()
+                trainer.step(idx, targets)
+                ts.append(time.process_time() - t0)
+    return times
+
+
+def test_closed_loop_step_time_ratio_within_20pct(calibrated) -> None:
+    """Issue 15, item 4: the step-time closed loop as a ratio measured within one process.
+    Predicted (4 blocks / 2 blocks) over measured (4 blocks / 2 blocks, medians of the CPU
+    time of steps run alternately) within 20 %: the calibrated profile must get the blocks'
+    share of the step (their GEMMs and element-wise work) against the head's and the
+    optimizer's right."""
+    scs = [_scenario(calibrated[1], n) for n in RATIO_LAYERS]
+    pred = [simulate_scenario(sc).metrics.step_time_s for sc in scs]
+    times = interleaved_cpu_times(scs, RATIO_PAIRS)
+    meas = [statistics.median(ts) for ts in times]
+    r_pred, r_meas = pred[1] / pred[0], meas[1] / meas[0]
+    steps = [[round(t, 3) for t in ts] for ts in times]
+    print(f"predicted {pred[0]:.3f} / {pred[1]:.3f} s = {r_pred:.3f}; measured {meas[0]:.3f} / "
+          f"{meas[1]:.3f} s = {r_meas:.3f} (steps {steps}); ratio {r_pred / r_meas:.3f}")  # fmt: skip
+    assert r_meas > 1  # twice the blocks take longer, whatever the load
+    assert r_pred / r_meas == pytest.approx(1, abs=0.20)
