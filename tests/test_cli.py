@@ -111,6 +111,52 @@ def test_set_override_changes_result() -> None:
     assert doc["stages"][0]["memory_bytes"]["optimizer_states"] == 0
 
 
+def test_does_not_fit_prints_what_would_make_it_fit(tmp_path: Path) -> None:
+    """Under the verdict, the cheapest changes that fit (simtrain.apps.fit); none when it fits."""
+    out = invoke("memory", FP32).stdout
+    lines = out.splitlines()
+    verdict = next(i for i, x in enumerate(lines) if x.startswith("does not fit"))
+    assert lines[verdict + 2].startswith("changes that make it fit, cheapest first")
+    assert "1. micro-batch 12 -> 6" in out and "--set training.micro_batch=6" in out
+    assert "changes that make it fit" in invoke("memory", FP32, "--explain").stdout
+    assert "changes that make it fit" not in invoke("memory", AMP).stdout
+    run = invoke("run", FP32, "--no-plots", "--out", str(tmp_path))
+    assert run.exit_code == 0 and "changes that make it fit" in run.stdout
+    assert run.stdout.rstrip().endswith("trace.json")
+
+
+@pytest.mark.parametrize("command", ["memory", "run"])
+def test_strict_exits_3_when_it_does_not_fit(command: str, tmp_path: Path) -> None:
+    extra = ("--no-plots", "--out", str(tmp_path)) if command == "run" else ()
+    r = invoke(command, FP32, "--strict", *extra)
+    assert r.exit_code == 3 and "does not fit" in r.stdout and r.stderr == ""
+    assert invoke(command, FP32, *extra).exit_code == 0  # a result, without --strict
+    assert invoke(command, AMP, "--strict", *extra).exit_code == 0
+    r = invoke(command, FP32, "--strict", "--json", *extra)
+    assert r.exit_code == 3 and json.loads(r.stdout)["fits"] is False  # JSON only on stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--pp", "33"), ("--pp", "0"), ("--microbatches", "129"), ("-m", "1" + "0" * 30),
+     ("--virtual-stages", "9"), ("-v", "-1")],
+)  # fmt: skip
+def test_schedule_sizes_are_bounded(args: tuple[str, ...]) -> None:
+    """simtrain schedule does work and prints a grid that grow with pp x m x v: bounded, one line."""
+    r = invoke("schedule", "interleaved", *args)
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+    assert "is not in the range" in r.stderr and len(r.stderr) < 200
+
+
+def test_schedule_at_its_maxima() -> None:
+    from simtrain.cli import MAX_SCHEDULE_MICROBATCHES, MAX_SCHEDULE_PP
+
+    r = invoke("schedule", "1f1b", "--pp", str(MAX_SCHEDULE_PP), "-m",
+               str(MAX_SCHEDULE_MICROBATCHES))  # fmt: skip
+    assert r.exit_code == 0 and "bubble ratio" in r.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -167,7 +213,7 @@ def test_bad_input_subprocess() -> None:
     r = subprocess.run(
         [sys.executable, "-c", "from simtrain.cli import main; main()", "memory", FP32,
          "--set", "training.bogus=1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=600,  # a hang guard, not a time bound
     )  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1

@@ -294,6 +294,42 @@ def test_split_variants_keeps_adhoc_lists_together() -> None:
     ]  # fmt: skip
 
 
+def test_a_key_set_twice_in_one_variant_is_an_error_naming_both() -> None:
+    """Issue 15: ``training.micro_batch=2,training.micro_batch=4`` is one ad-hoc variant (a comma
+    continues it) whose second value used to win silently."""
+    with pytest.raises(ConfigError) as exc:
+        compare_command(WALK, "training.micro_batch=2,training.micro_batch=4", False,
+                        "/nonexistent-never-written", False, ())  # fmt: skip
+    msg = str(exc.value)
+    assert "training.micro_batch twice" in msg
+    assert "'training.micro_batch=2'" in msg and "'training.micro_batch=4'" in msg
+    assert "a:training.micro_batch=2,b:training.micro_batch=4" in msg  # how to compare both
+    with pytest.raises(ConfigError, match="training.seq_len twice"):
+        parse_variant("x:training.seq_len=512, training.seq_len =256")
+    with pytest.raises(ConfigError, match="training.peft and training.peft.rank, which overlap"):
+        parse_variant("x:training.peft={method: lora},training.peft.rank=4")
+    # named, the two are side by side
+    assert [parse_variant(v).name for v in split_variants(
+        "a:training.micro_batch=2,b:training.micro_batch=4")] == ["a", "b"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variants",
+    ["a:training.seq_len=512,a:training.micro_batch=6",
+     "x:training.seq_len=512,amp,x:training.micro_batch=6", "baseline:training.seq_len=512"],
+)  # fmt: skip
+def test_one_name_for_two_different_variants_is_an_error(variants: str) -> None:
+    """Rows are told apart by name; the same variant twice stays allowed (a ladder of
+    half_batch,half_batch halves twice: test_batch_variants_are_functions_of_the_current_scenario)."""
+    with pytest.raises(ConfigError) as exc:
+        compare_command(WALK, variants, False, "/nonexistent-never-written", False, ())
+    msg = str(exc.value)
+    assert msg.startswith("--variants:") and (
+        "two different variants" in msg or "'baseline'" in msg
+    )
+    assert "\n" not in msg
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 

@@ -168,6 +168,30 @@ class VariantComparison:
         }
 
 
+def _cut(text: str, n: int = 60) -> str:
+    text = text.strip()
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _unique_names(specs: Sequence[str], names: Sequence[str]) -> None:
+    """Rows are told apart by name (table, CSV, JSON): one name for two different variants
+    (``a:training.seq_len=512,a:training.micro_batch=6``), or a variant named ``baseline``, is
+    an error naming both. The same variant twice is allowed (a ladder of ``half_batch,half_batch``
+    halves twice)."""
+    seen: dict[str, str] = {}
+    for spec, name in zip(specs, names, strict=True):
+        if name == "baseline":
+            raise ConfigError(None, "--variants", f"{_cut(spec)!r}: 'baseline' is the name of "
+                              "the scenario's own row; give the variant another name")  # fmt: skip
+        if name in seen and "".join(seen[name].split()) != "".join(spec.split()):
+            raise ConfigError(
+                None, "--variants", f"two different variants are named {_cut(name, 40)!r} "
+                f"({_cut(seen[name])!r} and {_cut(spec)!r}): their rows could not be told apart; "
+                "give each its own name, NAME:KEY=VALUE",
+            )  # fmt: skip
+        seen.setdefault(name, spec)
+
+
 def compare(
     scenario_path: str | Path,
     variants: Sequence[str],
@@ -178,6 +202,7 @@ def compare(
     """Simulate the baseline (the file with ``overrides``) and every variant, each alone against
     the baseline or, with ``ladder``, each on top of the previous ones."""
     parsed = [parse_variant(v) for v in variants]  # unknown names fail before any simulation
+    _unique_names(variants, [v.name for v in parsed])
     base_ov = tuple(overrides)
     base = load_scenario(scenario_path, base_ov)
     rows = [make_row(base, "baseline", "the scenario file" + (" with --set" if base_ov else ""),

@@ -183,7 +183,42 @@ def parse_variant(spec: str) -> Variant:
     overrides = _split_assignments(body)
     if not overrides:
         raise ConfigError(None, "--variants", "empty variant", spec, ADHOC_HELP)
+    _no_key_twice(name, overrides)
     return Variant(name, "ad hoc: " + ", ".join(overrides), _fixed(*overrides))
+
+
+def _cut(text: str, n: int = 60) -> str:
+    text = text.strip()
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _key_path(assignment: str) -> str:
+    return ".".join(k.strip() for k in assignment.split("=", 1)[0].split(".") if k.strip())
+
+
+def _no_key_twice(name: str, overrides: tuple[str, ...]) -> None:
+    """One variant sets each key once: ``training.micro_batch=2,training.micro_batch=4`` is one
+    variant whose second value would silently win (two variants need names, ``a:...,b:...``).
+    A key and a key inside it (``training.peft={...}`` and ``training.peft.rank=4``) also
+    collide: the later one overwrites part or all of the earlier."""
+    seen: list[tuple[str, str]] = []
+    for a in overrides:
+        key = _key_path(a)
+        for k, first in seen:
+            f, b = _cut(first), _cut(a)
+            if key == k:
+                raise ConfigError(
+                    None, "--variants", f"variant {_cut(name, 40)!r} sets {_cut(key, 40)} twice, "
+                    f"{f!r} and {b!r} (the second would silently win); to compare both, name each "
+                    f"variant: a:{f},b:{b}",
+                )  # fmt: skip
+            if key.startswith(k + ".") or k.startswith(key + "."):
+                raise ConfigError(
+                    None, "--variants", f"variant {_cut(name, 40)!r} sets {_cut(k, 40)} and "
+                    f"{_cut(key, 40)}, which overlap: "
+                    f"{b!r} overwrites part of {f!r}; set each key once",
+                )  # fmt: skip
+        seen.append((key, a))
 
 
 def split_variants(text: str) -> list[str]:
