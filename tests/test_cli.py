@@ -20,7 +20,7 @@ N_XL = 1_557_611_200
 CATEGORIES = {"parameters", "master_weights", "gradients", "optimizer_states", "activations",
               "cuda_context", "buffers"}  # fmt: skip
 STAGE_KEYS = {"stage", "gpus", "memory_bytes", "host_memory_bytes", "peak_memory_bytes",
-              "capacity_bytes", "fits"}  # fmt: skip
+              "peak_memory_bytes_by_category", "capacity_bytes", "fits"}  # fmt: skip
 TOP_KEYS = {"schema_version", "scenario", "params", "trainable_params", "stages",
             "peak_memory_bytes", "fits"}  # fmt: skip
 

@@ -12,7 +12,7 @@ from simtrain.errors import ConfigError
 from simtrain.layout.partition import compute_balanced_stages
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.precision import PRECISIONS as CONFIG_PRECISIONS
-from simtrain.spec.scenario import parse_scenario
+from simtrain.spec.scenario import PeftSpec, parse_scenario
 from simtrain.units import GIB
 
 # The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
@@ -222,3 +222,24 @@ def test_embedding_as_layer_split_matches_bloom() -> None:
     assert [s.head for s in stages] == [False] * 11 + [True]
     assert stages[0].lo == 0 and stages[-1].hi == 70
     assert all(a.hi == b.lo for a, b in zip(stages, stages[1:], strict=False))
+
+
+def test_compute_balanced_head_only_stage_recomputes_nothing() -> None:
+    """The 1B sweep model on 4 stages: stage 3 holds the head and no decoder layer
+    (layers 0-5, 6-10, 11-15, head). Under full recompute it re-materialises no block: no
+    working set (it used to get one, raising its activations above recompute: none), and no
+    optimizer temporaries of layer tensors it does not hold."""
+    from dataclasses import replace
+
+    sc = _scenario(pp=4, layer_split="compute_balanced")
+    runs = {rec: estimate_memory(replace(sc, training=replace(sc.training, recompute=rec)))
+            for rec in ("none", "full")}  # fmt: skip
+    last = runs["full"].stages[3]
+    assert last.layers == ((0, 0),)  # the head only
+    assert last.recompute_working_set_bytes == ((3, 0),)
+    assert last.category("activations") == runs["none"].stages[3].category("activations")
+    # LoRA: the stage trains nothing (its head is frozen), so AdamW has no temporaries there;
+    # it used to get 2 x a LoRA matrix of the layers it does not hold.
+    lora = replace(sc.training, peft=PeftSpec(method="lora", target_modules=("q", "v")))
+    head_only = estimate_memory(replace(sc, training=lora)).stages[3]
+    assert head_only.trainable == 0 and head_only.optimizer_working_bytes == 0

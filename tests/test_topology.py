@@ -12,10 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simtrain.layout.topology import (
+    MAX_DRAWN_SERVERS,
+    _drawn_subgraph,
     bisection_bandwidth_bytes_per_s,
     bottleneck_bandwidth,
     build_topology,
     draw_topology,
+    drawn_servers,
     gpu_count,
     injection_bandwidth_bytes_per_s,
     path,
@@ -162,6 +165,27 @@ def test_draw_topology_writes_a_png(tmp_path: Path) -> None:
         out = draw_topology(build_topology(hw, nodes, 8, nodes_per_leaf=npl), tmp_path / "t.png")
         data = out.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_a_large_cluster_draws_a_bounded_representative_subset(tmp_path: Path) -> None:
+    """A 4,032-GPU cluster (504 DGX H100s, 126 leaves, 8 spines) took ~25 s to draw in full;
+    above MAX_DRAWN_SERVERS servers the drawing shows leaf 0's first servers, the first of
+    leaf 1 and the last one (a path over the spines), whatever the cluster's size, and says so.
+    Up to the limit every server is drawn."""
+    hw = load_hardware("h100_sxm5_80gb")
+    G = build_topology(hw, 504, 8)
+    servers = drawn_servers(G)
+    assert servers == [0, 1, 2, 3, 4, 503] and len(servers) <= MAX_DRAWN_SERVERS
+    assert drawn_servers(build_topology(hw, 8, 8)) == list(range(8))
+    assert drawn_servers(build_topology(hw, 9, 8)) == [0, 1, 2, 3, 4, 8]
+    assert drawn_servers(build_topology(hw, 100, 1)) == [0, 1, 2, 3, 4, 5, 32, 99]
+    out = draw_topology(G, tmp_path / "big.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The subgraph drawn: those servers' GPUs, NICs and switches, their leaves, every spine.
+    sub = _drawn_subgraph(G, servers)
+    assert gpu_count(sub) == 6 * 8
+    assert sorted(v for v in sub if v[0] == "leaf") == [("leaf", 0), ("leaf", 1), ("leaf", 125)]
+    assert sum(1 for v in sub if v[0] == "spine") == 8
 
 
 def test_topology_summary_text() -> None:

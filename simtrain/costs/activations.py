@@ -319,13 +319,15 @@ class ActivationStates:
     first occurrence, as read-only integer matrices: row i of ``forward_held`` counts the
     micro-batches alive per virtual stage (columns: ``chunks``) just after a forward of virtual
     stage ``chunks[forward_chunk[i]]``; ``backward_held`` / ``backward_chunk`` likewise just
-    before a backward (B or I)."""
+    before a backward (B or I); ``optimizer_held`` at each optimizer step (all zeros after a
+    flush; PipeDream steps after every backward, with other micro-batches still stashed)."""
 
     chunks: tuple[int, ...]
     forward_held: np.ndarray  # (states, chunks) int64
     forward_chunk: np.ndarray  # (states,) column index
     backward_held: np.ndarray
     backward_chunk: np.ndarray
+    optimizer_held: np.ndarray  # (states, chunks)
 
 
 def _frozen(rows: list, width: int) -> np.ndarray:
@@ -347,7 +349,11 @@ def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int) -> Act
     held = [0] * len(chunks)
     fwd: dict[tuple, None] = {}
     bwd: dict[tuple, None] = {}
+    opt: dict[tuple, None] = {}
     for a in actions:
+        if a.kind == "OPT":
+            opt.setdefault(tuple(held))
+            continue
         i = index[a.stage]
         if a.kind == "F":
             held[i] += 1
@@ -364,7 +370,58 @@ def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int) -> Act
         chunks,
         _frozen([r[1:] for r in f], n), _frozen([r[0] for r in f], 1).ravel(),
         _frozen([r[1:] for r in b], n), _frozen([r[0] for r in b], 1).ravel(),
+        _frozen(list(opt), n),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WalkPeak:
+    """The peak of one rank's activation walk and what makes it up: ``peak = saved + loss +
+    working_set`` at the first point where the walk reaches it (a forward of the head chunk
+    adds the loss working memory, a backward the recompute working set, never both)."""
+
+    peak: int  # activations + transients at the walk's peak
+    saved: int  # saved activations at that point
+    loss: int  # loss working memory at that point
+    working_set: int  # recompute working set at that point
+    saved_peak: int  # the most saved activations at any point (the category)
+    in_flight: float  # micro-batches in flight at ``saved_peak``, in whole-stage units
+    optimizer_saved: int = 0  # the most saved activations at an optimizer step
+
+
+def walk_peak_of_states(
+    states: ActivationStates,
+    chunk_bytes: dict[int, int],
+    working_set: dict[int, int],
+    loss_bytes: dict[int, int] | None = None,
+) -> WalkPeak:
+    """:func:`activation_peak` over :func:`rank_activation_states` (the same peak), as two
+    integer matrix-vector products, with the parts of the peak. Ties go to the first forward
+    state, then to the first backward state."""
+    loss = loss_bytes or {}
+    ch = states.chunks
+    per = np.array([chunk_bytes[c] for c in ch], dtype=np.int64)
+    fwd = (0, 0, 0, 0)  # (total, saved, loss, working set)
+    peak_saved = 0
+    peak_count = 0.0
+    if len(states.forward_chunk):
+        held = states.forward_held @ per
+        extra = np.array([loss.get(c, 0) for c in ch], dtype=np.int64)[states.forward_chunk]
+        j = int((held + extra).argmax())
+        fwd = (int(held[j] + extra[j]), int(held[j]), int(extra[j]), 0)
+        i = int(held.argmax())  # the first state with the most saved bytes
+        if held[i] > 0:
+            peak_saved = int(held[i])
+            peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
+    best = fwd
+    if len(states.backward_chunk):
+        held = states.backward_held @ per
+        ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
+        j = int((held + ws).argmax())
+        if int(held[j] + ws[j]) > best[0]:
+            best = (int(held[j] + ws[j]), int(held[j]), 0, int(ws[j]))
+    at_opt = int((states.optimizer_held @ per).max()) if len(states.optimizer_held) else 0
+    return WalkPeak(*best, saved_peak=peak_saved, in_flight=peak_count, optimizer_saved=at_opt)
 
 
 def activation_peak_of_states(
@@ -373,23 +430,7 @@ def activation_peak_of_states(
     working_set: dict[int, int],
     loss_bytes: dict[int, int] | None = None,
 ) -> tuple[int, int, float]:
-    """:func:`activation_peak` over :func:`rank_activation_states` (the same result), as two
-    integer matrix-vector products."""
-    loss = loss_bytes or {}
-    ch = states.chunks
-    per = np.array([chunk_bytes[c] for c in ch], dtype=np.int64)
-    peak = peak_saved = 0
-    peak_count = 0.0
-    if len(states.forward_chunk):
-        held = states.forward_held @ per
-        extra = np.array([loss.get(c, 0) for c in ch], dtype=np.int64)[states.forward_chunk]
-        peak = int((held + extra).max())
-        i = int(held.argmax())  # the first state with the most saved bytes
-        if held[i] > 0:
-            peak_saved = int(held[i])
-            peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
-    if len(states.backward_chunk):
-        held = states.backward_held @ per
-        ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
-        peak = max(peak, int((held + ws).max()))
-    return peak, peak_saved, peak_count
+    """:func:`activation_peak` over :func:`rank_activation_states` (the same result):
+    (peak, saved peak, micro-batches in flight) of :func:`walk_peak_of_states`."""
+    w = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
+    return w.peak, w.saved_peak, w.in_flight

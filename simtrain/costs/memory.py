@@ -16,7 +16,7 @@ from math import ceil
 
 from simtrain.costs.activations import (
     SavedTensor,
-    activation_peak_of_states,
+    WalkPeak,
     embedding_saved_bytes,
     frozen_input_savings,
     head_saved_bytes,
@@ -25,6 +25,7 @@ from simtrain.costs.activations import (
     layer_saved_tensors,
     loss_transient_bytes,
     rank_activation_states,
+    walk_peak_of_states,
 )
 from simtrain.costs.params import (
     ModelStateBytes,
@@ -87,6 +88,11 @@ class StageMemory:
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
+    # What the peak is made of, in MEMORY_CATEGORIES order: sums to peak_memory_bytes exactly.
+    # ``memory_bytes`` lists every category at its own largest (transients that never coexist,
+    # such as the loss working memory, a recompute working set and the optimizer step's working
+    # memory, each counted), so its sum can exceed the peak; this is the moment of the peak.
+    peak_memory_bytes_by_category: tuple[tuple[str, int], ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -124,6 +130,7 @@ class MemoryReport:
                     "memory_bytes": dict(s.memory_bytes),
                     "host_memory_bytes": s.host_memory_bytes,
                     "peak_memory_bytes": s.peak_memory_bytes,
+                    "peak_memory_bytes_by_category": dict(s.peak_memory_bytes_by_category),
                     "capacity_bytes": s.capacity_bytes,
                     "fits": s.fits,
                 }
@@ -141,10 +148,8 @@ class _Activations:
     loss_bytes: dict[int, int]  # virtual stage -> loss working memory during its forward
     per_layer: int
     saved: tuple[SavedTensor, ...]
-    recompute_ws: int
-    walk_peak: int
-    saved_peak: int
-    in_flight: float
+    recompute_ws: int  # the largest working set of the rank's chunks (0: nothing recomputed)
+    walk: WalkPeak
 
 
 def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activations:
@@ -165,18 +170,20 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
         c = per_layer * ch.layers
         if ch.embedding:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
-            c -= frozen_input_savings(m, t, tp, sp)
+            if ch.layers:  # the first block's norm: none on an embedding-only chunk
+                c -= frozen_input_savings(m, t, tp, sp)
         if ch.head:
             c += head_saved_bytes(m, t, tp, sp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
         chunk_bytes[stage] = c
-    working_set = dict.fromkeys(chunk_bytes, recompute_ws)
+    # Only a chunk with decoder layers re-materialises a block: a head-only chunk (nanotron's
+    # compute-balanced split can make one) has nothing to recompute, so full recompute must not
+    # give it a working set (it did: activations rose from 0 on stages with no layers).
+    working_set = {k: recompute_ws if step.chunks[k].layers else 0 for k in chunk_bytes}
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
-    walk_peak, saved_peak, in_flight = activation_peak_of_states(
-        states, chunk_bytes, working_set, loss_bytes
-    )
-    return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved, recompute_ws,
-                        walk_peak, saved_peak, in_flight)  # fmt: skip
+    walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
+    return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
+                        max(working_set.values(), default=0), walk)  # fmt: skip
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
@@ -236,7 +243,9 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     if t.offload.optimizer:
         host = b["optimizer_states"] + b["master_weights"]
         b["optimizer_states"] = b["master_weights"] = 0
-    return ms, list(layer) + ends, b, host
+    # A stage without decoder layers holds none of their tensors (no optimizer temporaries or
+    # QLoRA dequantisation buffer for them).
+    return ms, (list(layer) if step.rank_layers(stage) else []) + ends, b, host
 
 
 def stage_memory(sc: Scenario, stage: int) -> StageMemory:
@@ -251,7 +260,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     act = _stage_activations(sc, step, stage)
     # The category shows saved activations plus the recompute working set; the loss working
     # memory is listed under buffers. The peak uses the walk, where the two never coexist.
-    activations = act.saved_peak + act.recompute_ws
+    activations = act.walk.saved_peak + act.recompute_ws
     versions = pipedream_weight_versions(p.pp, stage) if step.schedule_name == "pipedream" else 0
     extra = (versions - 1) * params_b if versions else 0
     params_b += extra
@@ -267,8 +276,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         "cuda_context": hw.cuda_context_bytes,
         "buffers": buffers,
     }
-    static = sum(cats.values()) - activations - loss_b - opt_ws
-    peak = static + max(act.walk_peak, opt_ws)
+    transient_b = 0
     if step.gradients_transient:
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
@@ -276,16 +284,17 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
-        peak = static - transient_b + max(act.walk_peak, transient_b + opt_ws)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b)
+    peak = sum(at_peak.values())
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
         per_layer_bytes=act.per_layer, saved=act.saved,
-        activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.in_flight,
+        activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
         recompute_working_set_bytes=act.recompute_ws, activations=activations,
         pipedream_versions=versions, pipedream_extra_bytes=extra, optimizer_working_bytes=opt_ws,
         naive_dp_gather_bytes=gather, buffers=buffers,
-        loss_before_recompute=bool(loss_b) and act.walk_peak < activations + loss_b,
+        loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=step.gradients_transient,
     )  # fmt: skip
     return StageMemory(
@@ -297,7 +306,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         peak_memory_bytes=peak,
         capacity_bytes=hw.memory_bytes,
         activation_bytes_per_microbatch=breakdown.activation_bytes_per_microbatch,
-        microbatches_in_flight=act.in_flight,
+        microbatches_in_flight=act.walk.in_flight,
         params=ms.params,
         trainable=ms.trainable,
         loss_bytes=tuple(sorted(act.loss_bytes.items())),
@@ -305,7 +314,32 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
+        peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),
     )
+
+
+def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
+                      transient_b: int) -> dict[str, int]:  # fmt: skip
+    """The stage's memory at its peak, by category; the values sum to the peak.
+
+    Everything static is there all step: model states, the CUDA context and the buffers but
+    their two transients. The rest peaks at one of two moments, whichever holds more: the
+    activation walk's peak (saved activations, plus the recompute working set before a backward
+    or the loss working memory during the head's forward: ``walk``), or an optimizer step: its
+    working memory (under buffers), when the 16-bit gradients are transient those gradients
+    (``transient_b``), and the activations still saved then (none after a flush; PipeDream
+    steps after every backward with other micro-batches stashed). Ties go to the walk.
+    """
+    out = dict(cats)
+    base_buffers = cats["buffers"] - loss_b - opt_ws
+    if walk.peak >= walk.optimizer_saved + transient_b + opt_ws:
+        out["gradients"] = cats["gradients"] - transient_b
+        out["activations"] = walk.saved + walk.working_set
+        out["buffers"] = base_buffers + walk.loss
+    else:
+        out["activations"] = walk.optimizer_saved
+        out["buffers"] = base_buffers + opt_ws
+    return out
 
 
 def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:

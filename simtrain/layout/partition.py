@@ -93,3 +93,14 @@ def split_layers(m: ModelSpec, p: ParallelSpec) -> dict[int, StageBlocks]:
         k: StageBlocks(lo, hi, lo == 0, hi == m.layers)
         for k, (lo, hi) in chunk_layers(m.layers, p.pp, p.virtual_stages).items()
     }
+
+
+def empty_stages(chunks: dict[int, StageBlocks] | tuple[StageBlocks, ...]) -> list[int]:
+    """Chunks that hold no decoder layer, no embedding and no head: a GPU with no work for the
+    whole step (bubble 1.0). Only ``compute_balanced`` makes them: its thresholds count the LM
+    head as V·h / (4h² + 3fh) layers, so with a vocabulary large against the blocks the head's
+    rank comes before the last, and the ranks after it get only nanotron's zero-cost blocks
+    (fp32 cast, loss) or none. nanotron runs the first kind (the loss is computed there), but
+    simtrain computes the loss with the head, so here such a stage has nothing to do."""
+    items = chunks.items() if isinstance(chunks, dict) else enumerate(chunks)
+    return [k for k, c in sorted(items) if not (c.layers or c.embedding or c.head)]
