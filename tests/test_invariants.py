@@ -315,3 +315,41 @@ def test_compute_balanced_empty_stage_is_an_error_naming_the_key() -> None:
     assert e.value.key == "parallelism.layer_split"
     assert "stage(s) 1, 2, 3 of parallelism.pp = 4" in str(e.value)
     check_outputs(sc)  # the error is the output: invariant 1 accepts it
+
+
+FAST_HARDWARE = """name: fast
+display_name: every rate at its peak
+memory_gib: 1000
+peak_tflops: {fp32: 100, tf32: 100, fp16: 100, bf16: 100, fp8: 100, int8: 100}
+hbm_bandwidth_gb_per_s: 1.0e9
+gpus_per_node: 8
+intra_node: {kind: nvswitch, bandwidth_gb_per_s: 1.0e9, latency_us: 0.000001}
+pcie_bandwidth_gb_per_s: 1.0e9
+nic_bandwidth_gbit_per_s: 1.0e9
+inter_node_latency_us: 0.000001
+oversubscription: 1.0
+cuda_context_mib: 1
+host_memory_gib: 2048
+cpu_adam_params_per_s: 1.0e15
+efficiency: {matmul: 1.0, memory_bound: 1.0, optimizer: 1.0, collective: 1.0}
+"""
+
+
+@pytest.mark.parametrize(
+    "layers,hidden,seq_len,pp", [(2, 16, 8, 1), (1, 8, 1, 1), (2, 64, 16, 1), (4, 16, 1, 4)]
+)
+def test_nanosecond_tasks_keep_every_invariant(tmp_path: Path, layers: int, hidden: int,
+                                               seq_len: int, pp: int) -> None:  # fmt: skip
+    """Tasks of a few nanoseconds on a profile whose every efficiency is 1: durations rounded
+    to the nearest nanosecond gave a hardware FLOP utilisation of 1.32 (2 x 16 x seq 8), a step
+    of 0 s with MFU 0 (1 x 8 x seq 1), and stages whose work took 0 ns (bubble 1.0, memory
+    the trace never held); rounded up, none of it."""
+    (tmp_path / "fast.yaml").write_text(FAST_HARDWARE)
+    data = {
+        "model": {"layers": layers, "hidden": hidden, "heads": 1, "vocab": 100},
+        "hardware": str(tmp_path / "fast.yaml"),
+        "cluster": {"nodes": 1, "gpus_per_node": pp},
+        "training": {"seq_len": seq_len, "global_batch": 4, "micro_batch": 1, "optimizer": "sgd"},
+        "parallelism": {"pp": pp},
+    }  # fmt: skip
+    check_outputs(parse_scenario(data, "fast.yaml"))

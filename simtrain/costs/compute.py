@@ -19,6 +19,7 @@ an H200: 1.1 in 16-bit, 1.25 in fp32).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from simtrain.costs.activations import grad_flows_through_blocks
@@ -257,11 +258,15 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     elif grad and t.recompute == "selective":
         rec_f = layers * bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
+    # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
+    # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
+    # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
+    # allocated and freed at one instant, which the trace never saw.
     return StageCosts(
-        forward_ns=round(fwd_ns),
-        input_grad_ns=round(i_ns),
-        weight_grad_ns=round(w_ns),
-        recompute_ns=round(rec_ns),
+        forward_ns=math.ceil(fwd_ns),
+        input_grad_ns=math.ceil(i_ns),
+        weight_grad_ns=math.ceil(w_ns),
+        recompute_ns=math.ceil(rec_ns),
         forward_flops=fwd_f,
         backward_flops=i_f + w_f,
         recompute_flops=rec_f,
@@ -296,9 +301,9 @@ def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: Hardwa
     if t.offload.optimizer:
         cpu = n / hw.cpu_adam_params_per_s
         pcie = n * (prec.grad + prec.param) / hw.pcie_bandwidth_bytes_per_s
-        return round(1e9 * (cpu + pcie))
-    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound
-    return round(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
+        return math.ceil(1e9 * (cpu + pcie))
+    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound  # rounded up: chunk_costs
+    return math.ceil(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
 
 
 def hardware_flops_per_step(sc: Scenario) -> float:
