@@ -9,11 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from simtrain.errors import ConfigError
+from simtrain.errors import MAX_ECHO, ConfigError, echo
 from simtrain.schedules import SCHEDULES
+from simtrain.spec.limits import (
+    FLOAT_RANGES,
+    INT_RANGES,
+    MAX_GPUS,
+    MAX_MICROBATCH_LAYERS,
+)
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import OPTIMIZERS, apply_override, load_scenario
-from simtrain.spec.yamlfile import parse_yaml
+from simtrain.spec.yamlfile import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_yaml, parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -395,3 +401,362 @@ def test_yaml_float_in_scenario(tmp_path: Path) -> None:
     assert sc.model.dropout == 0.1
     assert sc.training.global_batch == 16 and type(sc.training.global_batch) is int
     assert sc.training.seq_len == 128
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (spec.limits, spec.yamlfile): every number has a range, floats are finite, files and
+# documents are bounded; every failure is a one-line ConfigError naming the file and the key.
+
+
+SCENARIO_INT_KEYS = sorted(k for k in INT_RANGES if k.split(".")[0] != "model")
+MODEL_INT_KEYS = sorted(k for k in INT_RANGES if k.split(".")[0] == "model")
+
+
+def _one_line(err: ConfigError) -> str:
+    msg = str(err)
+    assert "\n" not in msg and len(msg) < 1000, msg
+    return msg
+
+
+@pytest.mark.parametrize("key", SCENARIO_INT_KEYS + MODEL_INT_KEYS)
+def test_every_integer_has_an_upper_bound(tmp_path: Path, key: str) -> None:
+    hi = INT_RANGES[key][1]
+    err = _error(tmp_path, _with(key, hi + 1))
+    assert err.key == key and f"must be <= {hi:,}" in _one_line(err)
+
+
+@pytest.mark.parametrize("key", SCENARIO_INT_KEYS)
+def test_every_integer_has_a_lower_bound(tmp_path: Path, key: str) -> None:
+    lo = INT_RANGES[key][0]
+    err = _error(tmp_path, _with(key, lo - 1))
+    assert err.key == key and f"(got {lo - 1})" in _one_line(err)
+
+
+@pytest.mark.parametrize("key", sorted({"parallelism.zero3_max_live_params"}))
+def test_zero_is_allowed_where_it_means_none(tmp_path: Path, key: str) -> None:
+    assert load_scenario(_write(tmp_path, _with(key, 0)))
+
+
+@pytest.mark.parametrize("value", [10**400, 1e300, -(10**30)], ids=["400-digits", "1e300", "-1e30"])
+def test_huge_integers_are_refused_not_overflowed(tmp_path: Path, value: Any) -> None:
+    for key in ("training.seq_len", "parallelism.pp", "model.vocab", "cluster.nodes"):
+        err = _error(tmp_path, _with(key, value))
+        assert err.key == key
+        assert len(_one_line(err)) < 200  # a 401-digit integer is not echoed whole
+
+
+@pytest.mark.parametrize("key", sorted(FLOAT_RANGES) + ["model.dropout"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), float("-inf"), 10**400],
+    ids=["nan", "inf", "-inf", "400-digits"],
+)  # fmt: skip
+def test_floats_must_be_finite(tmp_path: Path, key: str, value: float) -> None:
+    data = _with(key, value)
+    if key.startswith("training.peft."):
+        data["training"]["peft"]["method"] = "lora"
+    err = _error(tmp_path, data)
+    assert err.key == key
+    assert "finite" in _one_line(err) or "must be in [0, 1)" in str(err)
+
+
+def test_nan_written_in_yaml_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "nan.yaml"
+    p.write_text(
+        "model: {preset: gpt2}\nhardware: a100_sxm4_80gb\nparallelism: {bucket_mb: .nan}\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(p)
+    assert ei.value.key == "parallelism.bucket_mb" and "finite" in str(ei.value)
+
+
+@pytest.mark.parametrize("bucket_mb", [1e-9, 0.0])
+def test_bucket_below_one_byte_is_refused(tmp_path: Path, bucket_mb: float) -> None:
+    """costs.comm.ddp_buckets takes int(bucket_mb * 1e6) bytes a bucket: 0 would divide by 0."""
+    err = _error(tmp_path, _with("parallelism.bucket_mb", bucket_mb))
+    assert err.key == "parallelism.bucket_mb"
+
+
+@pytest.mark.parametrize(
+    "name", [-5, float("nan"), "", "   ", ["a"], "a/b", "..", "x" * 200, "a\nb"]
+)
+def test_name_must_be_a_non_empty_string(tmp_path: Path, name: Any) -> None:
+    err = _error(tmp_path, _with("name", name))
+    assert err.key == "name"
+    _one_line(err)
+
+
+def test_name_left_out_or_null_is_the_file_stem(tmp_path: Path) -> None:
+    d = _with("name", None)
+    assert load_scenario(_write(tmp_path, d, "stem_name.yaml")).name == "stem_name"
+
+
+def test_description_must_be_a_string(tmp_path: Path) -> None:
+    assert _error(tmp_path, _with("description", 5)).key == "description"
+
+
+def test_model_preset_must_be_a_string(tmp_path: Path) -> None:
+    assert _error(tmp_path, _with("model.preset", ["gpt2"])).key == "model.preset"
+
+
+# Cross-field limits: GPUs, pipeline actions, micro-batches x layers, activation bytes, buckets
+
+
+def test_too_many_gpus(tmp_path: Path) -> None:
+    d = _with("parallelism.dp", MAX_GPUS)
+    d["parallelism"]["tp"] = 2
+    d["training"]["global_batch"] = 2 * MAX_GPUS
+    d["training"]["micro_batch"] = 2
+    err = _error(tmp_path, d)
+    assert err.key == "parallelism" and f"{MAX_GPUS:,}" in str(err)
+
+
+def test_too_many_microbatch_layers(tmp_path: Path) -> None:
+    """A huge global batch was minutes of simulation and then a MemoryError in the schedule
+    generators; now it is refused at load, naming the key and the limit."""
+    d = _with("training.global_batch", 16_000_000)
+    d["training"]["micro_batch"] = 1
+    err = _error(tmp_path, d)
+    assert err.key == "training.global_batch" and f"{MAX_MICROBATCH_LAYERS:,}" in str(err)
+    d["training"]["global_batch"] = MAX_MICROBATCH_LAYERS // 12  # gpt2: 12 layers
+    assert load_scenario(_write(tmp_path, d))
+    d["parallelism"]["pp"] = 12  # 12 stages x 21,845 micro-batches: the same bound
+    assert load_scenario(_write(tmp_path, d)).parallelism.pp == 12
+    d["training"]["global_batch"] = MAX_MICROBATCH_LAYERS // 12 + 1
+    assert _error(tmp_path, d).key == "training.global_batch"
+
+
+def test_activation_bytes_bounded(tmp_path: Path) -> None:
+    """The schedule walk sums activation bytes as int64: an exabyte-scale layout is refused,
+    not wrapped (it raised OverflowError in activation_peak_of_states)."""
+    d = _with("model", {"layers": 64, "hidden": 65536, "heads": 64, "vocab": 2**24,
+                        "max_positions": 2**24, "positions": "rotary"})  # fmt: skip
+    d["training"].update(seq_len=2**22, micro_batch=64, global_batch=64)
+    err = _error(tmp_path, d)
+    assert err.key == "training" and "2^62" in str(err)
+
+
+def test_too_many_ddp_buckets(tmp_path: Path) -> None:
+    d = _with("parallelism.dp", 2)
+    d["parallelism"]["bucket_mb"] = 1e-6  # one-byte buckets of 124M parameters' gradients
+    err = _error(tmp_path, d)
+    assert err.key == "parallelism.bucket_mb" and "buckets" in str(err)
+
+
+# The default cluster (no ``cluster:``): exactly the layout's GPUs, the last node partial
+
+
+def test_default_cluster_fits_the_layout(tmp_path: Path) -> None:
+    """pp 12 on 8-GPU servers was refused ("cluster: nodes x gpus_per_node = 16 GPUs but tp x pp
+    x dp = 12", blaming a key the file does not contain): now a node of 8 and one of 4."""
+    d = _with("model.preset", "gpt2-large")  # 36 layers
+    d["parallelism"]["pp"] = 12
+    d["training"]["global_batch"] = 24
+    sc = load_scenario(_write(tmp_path, d))
+    c = sc.cluster
+    assert (c.nodes, c.gpus_per_node, c.gpus) == (2, 8, 12) and c.last_node_gpus == 4
+    # Within one node, and whole nodes, are as before (the shipped scenarios' goldens).
+    d["parallelism"]["pp"] = 4
+    c = load_scenario(_write(tmp_path, d)).cluster
+    assert (c.nodes, c.gpus_per_node, c.last_node_gpus) == (1, 4, 0)
+    d["parallelism"].update(pp=4, dp=4)
+    c = load_scenario(_write(tmp_path, d)).cluster
+    assert (c.nodes, c.gpus_per_node, c.last_node_gpus) == (2, 8, 0)
+
+
+def test_last_node_gpus_is_not_a_yaml_key(tmp_path: Path) -> None:
+    err = _error(tmp_path, _with("cluster", {"nodes": 1, "gpus_per_node": 1, "last_node_gpus": 1}))
+    assert err.key == "cluster.last_node_gpus" and "unknown key" in str(err)
+
+
+def test_explicit_cluster_must_still_match(tmp_path: Path) -> None:
+    err = _error(tmp_path, _with("cluster", {"nodes": 2, "gpus_per_node": 8}))
+    assert err.key == "cluster"
+
+
+# Errors that help: the nearest allowed key and value; --set named for what it set
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("training.micro_bach", "micro_batch"), ("parallelism.schedul", "schedule"),
+     ("modle", "model"), ("training.peft.rnk", "rank"), ("cluster.node", "nodes")],
+)  # fmt: skip
+def test_unknown_key_suggests_the_nearest(tmp_path: Path, key: str, suggestion: str) -> None:
+    err = _error(tmp_path, _with(key, 1))
+    msg = _one_line(err)
+    assert err.key == key
+    assert f"did you mean {suggestion!r}?" in msg and "allowed:" in msg
+
+
+def test_unknown_key_without_a_near_one_lists_only(tmp_path: Path) -> None:
+    msg = str(_error(tmp_path, _with("training.zzzzzz", 1)))
+    assert "did you mean" not in msg and "allowed: seq_len" in msg
+
+
+def test_unknown_value_suggests_the_nearest(tmp_path: Path) -> None:
+    msg = str(_error(tmp_path, _with("parallelism.schedule", "1f1f")))
+    assert "did you mean '1f1b'?" in msg and "allowed: naive | gpipe | 1f1b" in msg
+
+
+def test_set_errors_name_set(tmp_path: Path) -> None:
+    p = _write(tmp_path, BASE, "base.yaml")
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(p, ["training.micro_batch=0"])
+    assert ei.value.file == "--set" and str(ei.value).startswith("--set: training.micro_batch")
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(p, ["training.micro_bach=2"])
+    assert ei.value.file == "--set" and "did you mean 'micro_batch'?" in str(ei.value)
+    with pytest.raises(ConfigError) as ei:  # a whole section set by --set
+        load_scenario(p, ["parallelism={pp: 5}"])
+    assert ei.value.file == "--set" and ei.value.key == "parallelism.pp"
+    with pytest.raises(ConfigError) as ei:  # another key made invalid: file and --set named
+        load_scenario(p, ["training.micro_batch=3"])
+    msg = str(ei.value)
+    assert msg.startswith(f"{p} with --set training.micro_batch=3: training.global_batch")
+    with pytest.raises(ConfigError) as ei:  # an error in the file itself names the file alone
+        bad = _write(tmp_path, _with("training.bogus", 1), "bad.yaml")
+        load_scenario(bad, ["training.micro_batch=4"])
+    assert ei.value.file == str(bad)
+
+
+def test_set_key_path_depth_is_bounded() -> None:
+    with pytest.raises(ConfigError) as ei:
+        apply_override({}, "a." * (MAX_DEPTH + 1) + "b=1")
+    assert "--set" in _one_line(ei.value)
+
+
+def test_set_value_is_parsed_within_the_limits() -> None:
+    with pytest.raises(ConfigError) as ei:
+        apply_override({}, "name=" + "[" * 100 + "]" * 100)
+    assert str(ei.value).startswith("--set:")
+
+
+# Values echoed in errors are cut to ~80 characters
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 7_000_000, list(range(1_000_000)), {str(i): i for i in range(100_000)}, 10**5000,
+     [[[[[[[[[[[[["deep"]]]]]]]]]]]]], "line\nbreak"],
+    ids=["7MB-string", "1M-list", "100k-dict", "5000-digits", "deep-list", "newline"],
+)  # fmt: skip
+def test_echo_is_short_and_one_line(value: Any) -> None:
+    text = echo(value)
+    assert len(text) <= MAX_ECHO and "\n" not in text
+    err = ConfigError("f.yaml", "k\nk" * 1000, "bad", value, "a | b")
+    assert "\n" not in str(err) and len(str(err)) < 300
+
+
+def test_echo_of_a_recursive_list() -> None:
+    a: list[Any] = []
+    a.append(a)
+    assert len(echo(a)) <= MAX_ECHO
+
+
+def test_echo_keeps_short_values_as_repr() -> None:
+    for v in ("q", 3, 2.5, None, True, ["q", "x"], {"a": 1}, (1,), float("nan")):
+        assert echo(v) == repr(v)
+
+
+# YAML documents and files
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused() -> None:
+    """ "Billion laughs": 10 levels of 10 aliases expand to 10^10 values from 500 bytes."""
+    with pytest.raises(ConfigError) as ei:
+        parse_yaml(_bomb(), "bomb.yaml")
+    assert "expands to more than" in _one_line(ei.value) and "bomb.yaml" in str(ei.value)
+
+
+def test_aliases_within_the_limit_are_fine() -> None:
+    data = parse_yaml(_bomb(3), "ok.yaml")  # 10^4 values
+    assert len(data["a3"]) == 10 and data["a3"][0] is data["a2"]
+
+
+def test_merge_keys_count_as_expanded() -> None:
+    text = "b0: &b0 {" + ", ".join(f"k{i}: {i}" for i in range(50)) + "}\n"
+    text += "".join(
+        f"b{i}: &b{i} {{<<: [*b{i - 1}, *b{i - 1}, *b{i - 1}]}}\n" for i in range(1, 12)
+    )
+    with pytest.raises(ConfigError):
+        parse_yaml(text, "merge.yaml")
+
+
+def test_recursive_alias_is_refused() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_yaml("a: &a [1, *a]\n", "rec.yaml")
+    assert "nested deeper" in str(ei.value)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 900, 100_000])
+def test_deep_nesting_is_refused(depth: int) -> None:
+    """RecursionError in parse_scenario (echoing the value) before; now refused at parse."""
+    with pytest.raises(ConfigError) as ei:
+        parse_yaml("x: " + "[" * depth + "]" * depth, "deep.yaml")
+    _one_line(ei.value)
+
+
+def test_nesting_within_the_limit_is_fine() -> None:
+    d = MAX_DEPTH - 2
+    assert parse_yaml("x: " + "[" * d + "]" * d, "ok.yaml")["x"]
+
+
+def test_too_many_values_are_refused_before_composing() -> None:
+    text = "x: [" + "1," * MAX_NODES + "1]\n"  # 0.5 MB, more values than the limit
+    with pytest.raises(ConfigError) as ei:
+        parse_yaml(text, "many.yaml")
+    assert f"more than {MAX_NODES:,} values" in str(ei.value)
+
+
+def test_integer_of_5000_digits_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_yaml("x: " + "9" * 5000, "digits.yaml")
+    assert "digits.yaml" in _one_line(ei.value)
+
+
+def test_file_larger_than_the_limit(tmp_path: Path) -> None:
+    p = tmp_path / "big.yaml"
+    p.write_text("description: " + "x" * MAX_FILE_BYTES + "\n")
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(p)
+    assert "larger than 10 MiB" in _one_line(ei.value) and "big.yaml" in str(ei.value)
+
+
+def test_folder_is_not_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_yaml(tmp_path)
+    assert "folder" in str(ei.value)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_fifo_is_not_read(tmp_path: Path) -> None:
+    """A FIFO given as the scenario blocked forever: it is opened without blocking and refused."""
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(fifo)
+    assert "not a regular file" in str(ei.value) and "fifo.yaml" in str(ei.value)
+
+
+def test_device_is_not_read() -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    with pytest.raises(ConfigError) as ei:
+        load_yaml("/dev/zero")
+    assert "not a regular file" in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", ["x" * 5000 + ".yaml", "a\0b.yaml"])
+def test_impossible_paths_are_config_errors(tmp_path: Path, bad: str) -> None:
+    err = _error(tmp_path, _with("hardware", bad))
+    assert err.key == "hardware" and "unknown hardware profile" in _one_line(err)
+    err = _error(tmp_path, _with("model", {"hf_config": bad}))
+    assert err.key == "model.hf_config"

@@ -380,3 +380,118 @@ def test_compute_peak_falls_back_to_fp32() -> None:
     assert v100.peak("bf16") == 0.0
     assert v100.compute_peak("bf16") == v100.peak("fp32") == pytest.approx(15.7e12)
     assert load_hardware("a100_sxm4_80gb").compute_peak("bf16") == pytest.approx(312e12)
+
+
+# --------------------------------------------------------------------------- limits
+
+NUMERIC_PATHS = [
+    ("memory_gib",), ("peak_tflops", "fp32"), ("peak_tflops", "bf16"), ("hbm_bandwidth_gb_per_s",),
+    ("intra_node", "bandwidth_gb_per_s"), ("intra_node", "latency_us"),
+    ("pcie_bandwidth_gb_per_s",), ("nic_bandwidth_gbit_per_s",), ("inter_node_latency_us",),
+    ("oversubscription",), ("cuda_context_mib",), ("host_memory_gib",),
+    ("cpu_adam_params_per_s",), ("efficiency", "matmul"), ("efficiency", "optimizer"),
+]  # fmt: skip
+
+
+def _set(path: tuple[str, ...], value: object) -> dict:
+    data = _good()
+    target = data
+    for k in path[:-1]:
+        target = target.setdefault(k, {})
+    target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("path", NUMERIC_PATHS, ids=".".join)
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), float("-inf"), 10**400, 1e300],
+    ids=["nan", "inf", "-inf", "400-digits", "1e300"],
+)  # fmt: skip
+def test_every_number_is_finite_and_bounded(tmp_path: Path, path: tuple[str, ...],
+                                            value: object) -> None:  # fmt: skip
+    """NaN and infinity were accepted in bandwidths, peaks and the CPU Adam rate; an integer
+    too large for a float was an OverflowError in hardware._num."""
+    file = _write(tmp_path, _set(path, value))
+    with pytest.raises(ConfigError) as info:
+        load_hardware(file)
+    err = info.value
+    assert err.key == ".".join(path) and err.file == file
+    assert "\n" not in str(err) and len(str(err)) < 300
+
+
+def test_fp32_peak_is_required(tmp_path: Path) -> None:
+    """A profile without an fp32 rate (or with 0) made costs.compute._matmul_ns divide by zero
+    for every dtype it has no rate for: compute_peak falls back to fp32."""
+    for peaks in ({"bf16": 312}, {"fp32": 0, "bf16": 312}, {}):
+        file = _write(tmp_path, _set(("peak_tflops",), peaks))
+        with pytest.raises(ConfigError) as info:
+            load_hardware(file)
+        assert info.value.key == "peak_tflops.fp32" and "must be > 0" in str(info.value)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_dtype_has_a_peak_to_run_at(name: str) -> None:
+    hw = load_hardware(name)
+    assert all(hw.compute_peak(d) > 0 for d in DTYPES)
+
+
+def test_gpus_per_node_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_hardware(_write(tmp_path, _set(("gpus_per_node",), 10**6)))
+    assert info.value.key == "gpus_per_node" and "must be <=" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["name", "display_name"])
+@pytest.mark.parametrize(
+    "value", [-5, float("nan"), "", ["a"]], ids=["neg", "nan", "empty", "list"]
+)
+def test_names_are_non_empty_strings(tmp_path: Path, key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_hardware(_write(tmp_path, _set((key,), value)))
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("path", "suggestion"),
+    [(("memory_gb",), "memory_gib"), (("efficiency", "matmull"), "matmul"),
+     (("intra_node", "latency"), "latency_us"), (("peak_tflops", "bf61"), "bf16")],
+)  # fmt: skip
+def test_unknown_keys_suggest_the_nearest(tmp_path: Path, path: tuple[str, ...],
+                                          suggestion: str) -> None:  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_hardware(_write(tmp_path, _set(path, 1)))
+    assert info.value.key == ".".join(path)
+    assert f"did you mean {suggestion!r}?" in str(info.value) and "allowed:" in str(info.value)
+
+
+def test_alias_bomb_in_a_profile_is_refused(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n" + yaml.safe_dump(_good()))
+    with pytest.raises(ConfigError) as info:
+        load_hardware(str(p))
+    assert "expands to more than" in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_fifo_profile_is_not_read(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "gpu.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load_hardware(str(fifo), "scn.yaml")
+    assert info.value.key == "hardware"  # not a file: an unknown profile, listing the shipped
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("peak_tflops", "bf16"), 1e-300), (("efficiency", "matmul"), 1e-300),
+     (("efficiency", "collective"), 1e-9)],
+)  # fmt: skip
+def test_tiny_rates_are_refused(tmp_path: Path, path: tuple[str, ...], value: float) -> None:
+    """A rate of 1e-300 made a duration overflow a float (inf ns)."""
+    with pytest.raises(ConfigError) as info:
+        load_hardware(_write(tmp_path, _set(path, value)))
+    assert info.value.key == ".".join(path) and "must be" in str(info.value)

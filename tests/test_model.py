@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from simtrain.errors import ConfigError
-from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, preset
+from simtrain.spec.limits import INT_RANGES, MAX_PARAMS
+from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, preset, validate_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -214,3 +215,79 @@ def test_hf_config_not_utf8(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         from_hf_config(p)
     assert ei.value.key == "model.hf_config"
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: config.json is read like a YAML file (a regular file of at most 10 MiB) and every
+# shape has a range (spec.limits.INT_RANGES), whatever it comes from.
+
+
+GPT2_CFG = {"model_type": "gpt2", "n_embd": 768, "n_head": 12, "n_layer": 12, "vocab_size": 50257}
+
+
+def _cfg(tmp_path: Path, text: str) -> ConfigError:
+    p = tmp_path / "config.json"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(p, "scn.yaml")
+    assert "\n" not in str(ei.value) and len(str(ei.value)) < 400
+    return ei.value
+
+
+def test_hf_config_deep_nesting(tmp_path: Path) -> None:
+    """json.loads raised RecursionError on 100,000 nested lists."""
+    err = _cfg(tmp_path, "[" * 100_000 + "]" * 100_000)
+    assert err.key == "model.hf_config" and "nested too deeply" in str(err)
+
+
+def test_hf_config_integer_of_5000_digits(tmp_path: Path) -> None:
+    err = _cfg(tmp_path, json.dumps(GPT2_CFG)[:-1] + ', "n_positions": ' + "9" * 5000 + "}")
+    assert err.key == "model.hf_config"
+
+
+@pytest.mark.parametrize("field", ["n_layer", "n_embd", "vocab_size", "n_positions"])
+def test_hf_config_huge_shape_is_refused(tmp_path: Path, field: str) -> None:
+    err = _cfg(tmp_path, json.dumps({**GPT2_CFG, field: 10**400}))
+    assert err.key.startswith("model.") and "must be <=" in str(err)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400"])
+def test_hf_config_non_finite_dropout(tmp_path: Path, value: str) -> None:
+    err = _cfg(tmp_path, json.dumps(GPT2_CFG)[:-1] + f', "resid_pdrop": {value}}}')
+    assert err.key == "model.dropout"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_hf_config_fifo_is_not_read(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(fifo, "scn.yaml")
+    assert ei.value.key == "model.hf_config" and "not a regular file" in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "field", sorted(k.split(".")[1] for k in INT_RANGES if k.startswith("model."))
+)
+def test_every_shape_has_a_range(field: str) -> None:
+    hi = INT_RANGES[f"model.{field}"][1]
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["gpt2"], **{field: hi + 1}), "f.yaml")
+    assert ei.value.key == f"model.{field}"
+
+
+def test_parameter_count_is_bounded() -> None:
+    big = replace(PRESETS["gpt2"], layers=1024, hidden=2**20, heads=16, kv_heads=16,
+                  ffn_hidden=2**22)  # fmt: skip
+    assert big.total_params() > MAX_PARAMS
+    with pytest.raises(ConfigError) as ei:
+        validate_model(big, "f.yaml")
+    assert ei.value.key == "model" and "parameters" in str(ei.value)
+
+
+def test_largest_presets_are_far_inside_the_limits() -> None:
+    for spec in PRESETS.values():
+        assert validate_model(spec) is spec
+        assert spec.total_params() < MAX_PARAMS / 1000

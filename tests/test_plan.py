@@ -49,11 +49,14 @@ from simtrain.apps.plan import (
     screen_layout,
     select_candidates,
 )
+from simtrain.apps.plan.file import MAX_FIXED_CHOICES, MAX_GLOBAL_BATCHES
+from simtrain.apps.plan.layouts import MAX_LAYOUTS
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate import ONE_BUCKET_MB, SkipReason, translate
 from simtrain.costs.compute import eq3_flops
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
+from simtrain.spec.limits import MAX_GPUS
 from simtrain.spec.scenario import load_scenario, parse_scenario
 from simtrain.spec.yamlfile import load_yaml
 
@@ -626,3 +629,119 @@ def test_planner_fast_path_gives_the_same_step_and_peak() -> None:
         if checked == 40:
             break
     assert checked == 40 and fewer >= 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits of a plan file: every number bounded and finite, the search bounded before it starts,
+# a run that never finishes an error, not an OverflowError.
+
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        (("gpus",), {"min": 1, "max": 1e15}, "gpus.max"),
+        (("gpus",), [8, MAX_GPUS + 1], "gpus"),
+        (("gpus",), {"min": HUGE, "max": HUGE}, "gpus.min"),
+        (("training", "global_batch"), {"min": 1, "max": 1e15, "step": 1},
+         "training.global_batch.max"),
+        (("training", "global_batch"), {"min": 1, "max": 10**6, "step": 1},
+         "training.global_batch.step"),
+        (("training", "global_batch"), list(range(1, MAX_GLOBAL_BATCHES + 2)),
+         "training.global_batch"),
+        (("tokens",), HUGE, "tokens"),
+        (("tokens",), float("inf"), "tokens"),
+        (("tokens",), 1e-300, "tokens"),
+        (("constraints",), {"budget": float("nan")}, "constraints.budget"),
+        (("constraints",), {"deadline_days": float("inf")}, "constraints.deadline_days"),
+        (("constraints",), {"max_gpus": HUGE}, "constraints.max_gpus"),
+        (("hardware",), [{"name": "a100_sxm4_40gb", "price_per_gpu_hour": float("nan")}],
+         "hardware[0].price_per_gpu_hour"),
+        (("hardware",), ["a100_sxm4_40gb"] * (MAX_FIXED_CHOICES + 1), "hardware"),
+        (("failures",), {"checkpoint_interval": float("inf")}, "failures.checkpoint_interval"),
+        (("failures",), {"mtbf_gpu_hours": float("nan")}, "failures.mtbf_gpu_hours"),
+        (("failures",), {"restart_s": HUGE}, "failures.restart_s"),
+        (("fixed",), {"tp": HUGE}, "fixed.tp"),
+        (("fixed",), {"micro_batch": list(range(1, MAX_FIXED_CHOICES + 2))}, "fixed.micro_batch"),
+        (("parallelism",), {"bucket_mb": float("nan")}, "parallelism.bucket_mb"),
+        (("top",), 10**6, "top"),
+        (("name",), -5, "name"),
+        (("name",), float("nan"), "name"),
+        (("description",), ["x"], "description"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)  # fmt: skip
+def test_plan_numbers_are_bounded_and_finite(path: tuple[str, ...], value: Any, key: str) -> None:
+    exc = _plan_error(path, value)
+    assert exc.file == "p.yaml" and exc.key == key
+    assert "\n" not in str(exc) and len(str(exc)) < 400
+
+
+def test_too_many_layouts_is_refused_before_building_them() -> None:
+    """gpus up to 4,096 and 7 global batches: 625,242 layouts, counted (not built) and refused."""
+    plan = _plan(SMALL, gpus={"min": 1, "max": 4096}, fixed={},
+                 training={**SMALL["training"], "global_batch": {"min": 64, "max": 4096}})  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        enumerate_layouts(plan, 24, 16)
+    assert exc.value.key == "gpus" and f"at most {MAX_LAYOUTS:,}" in str(exc.value)
+
+
+def test_too_many_combinations_is_refused() -> None:
+    plan = _plan(SMALL, gpus={"min": 1, "max": MAX_GPUS}, fixed={"tp": list(range(1, 65))},
+                 training={**SMALL["training"], "global_batch": list(range(8, 8 * 65, 8))})  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        enumerate_layouts(plan, 24, 16)
+    assert exc.value.key == "gpus" and "combinations" in str(exc.value)
+
+
+def test_layout_count_is_the_layouts_built() -> None:
+    """The count that refuses a search is exactly the number of layouts it would build."""
+    from simtrain.apps.plan.layouts import _group_layouts, _group_size, _groups
+
+    plan = _plan(SMALL, fixed={"pp": [1, 2, 4], "micro_batch": [1, 3]}, gpus={"min": 8, "max": 64})
+    grids = [(hw, list(range(8, 65)), (1, 2, 4), (1, 2, 4)) for hw in plan.hardware]
+    for hw_name, gb, g, tp, pp, dp in _groups(plan, grids):
+        built = _group_layouts(plan, hw_name, gb, g, tp, pp, dp, (False,))
+        assert len(built) == _group_size(plan, gb, pp, dp, (False,))
+    layouts = enumerate_layouts(plan, 24, 16)
+    assert len(layouts) == len(set(layouts)) > 0
+
+
+def test_expected_wall_overflow_is_infinite_not_an_error() -> None:
+    """e^{R/M} past float range raised OverflowError in goodput.expected_wall_s."""
+    assert expected_wall_s(1e6, 10.0, 1.0, 1e9, 1e-3) == math.inf
+    assert expected_wall_s(1e6, 1e9, 1.0, 1.0, 1e-3) == math.inf
+
+
+def test_a_run_that_never_finishes_is_a_config_error() -> None:
+    fm = FailureModel(mtbf_gpu_hours=1e-6, restart_s=1e9)
+    with pytest.raises(ConfigError) as exc:
+        run_estimate(1e12, 1e5, 1024, 2.0, 1e12, fm)
+    assert exc.value.key == "failures" and "never finishes" in str(exc.value)
+
+
+def test_free_gpus_cost_nothing_not_nan() -> None:
+    run = run_estimate(1e12, 1e5, 64, 0.0, 1e12, FailureModel())
+    assert run.cost == 0.0 and math.isfinite(run.days)
+
+
+def test_config_error_survives_a_worker_process() -> None:
+    """Raised in a screening worker, a ConfigError is pickled back whole."""
+    import pickle
+
+    err = ConfigError("p.yaml", "failures", "never finishes", 1.5, "a | b")
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and back.key == "failures"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_plan_fifo_is_not_read(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "plan.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as exc:
+        load_plan(fifo)
+    assert "not a regular file" in str(exc.value)

@@ -37,6 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from simtrain.errors import ConfigError
+
 LLAMA3_GPUS = 16_384
 LLAMA3_SNAPSHOT_DAYS = 54
 LLAMA3_INTERRUPTIONS = 466
@@ -114,17 +116,27 @@ def optimal_interval_s(checkpoint_s: float, mtbf_s: float, rule: str = "young") 
     raise ValueError(f"unknown interval rule {rule!r}; allowed: {', '.join(INTERVAL_RULES)}")
 
 
+def _exp(x: float) -> float:
+    """e^x, infinite (not an OverflowError) past ~709."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def expected_wall_s(
     compute_s: float, interval_s: float, checkpoint_s: float, restart_s: float, mtbf_s: float
 ) -> float:
-    """Daly 2006 (complete model): T_w = M·e^{R/M}·(e^{(τ+δ)/M} − 1)·T_s/τ (exponential failures)."""
+    """Daly 2006 (complete model): T_w = M·e^{R/M}·(e^{(τ+δ)/M} − 1)·T_s/τ (exponential failures).
+
+    Infinite when restarts or intervals are hundreds of times the system MTBF (e^{R/M} past
+    float range): the run never finishes, an answer rather than an OverflowError."""
     m = mtbf_s
-    return (
-        m
-        * math.exp(restart_s / m)
-        * math.expm1((interval_s + checkpoint_s) / m)
-        * (compute_s / interval_s)
-    )
+    try:
+        grow = math.expm1((interval_s + checkpoint_s) / m)
+    except OverflowError:
+        grow = math.inf
+    return m * _exp(restart_s / m) * grow * (compute_s / interval_s)
 
 
 def checkpoint_time_s(checkpoint_bytes: float, gpus: int, fm: FailureModel) -> float:
@@ -161,12 +173,25 @@ def run_estimate(
     if tau is None and delta <= 0:
         # Free checkpoints: τ → 0 and Daly's T_w tends to T_s·e^{R/M} (only restarts cost).
         tau = 0.0
-        wall = compute_s * math.exp(restart / mtbf_s)
+        wall = compute_s * _exp(restart / mtbf_s)
     else:
         if tau is None:
             tau = optimal_interval_s(delta, mtbf_s, fm.interval_rule)
         wall = expected_wall_s(compute_s, tau, delta, restart, mtbf_s)
+    if not math.isfinite(wall):
+        raise ConfigError(
+            None, "failures", f"the run never finishes on {gpus:,} GPUs: restarts ({restart:.3g} s) "
+            f"and checkpoint intervals ({tau:.3g} s + {delta:.3g} s) are hundreds of times the "
+            f"system MTBF ({mtbf_s:.3g} s = mtbf_gpu_hours x 3600 / GPUs), and the expected time "
+            "e^(R/M) overflows; raise failures.mtbf_gpu_hours or lower restart_s / "
+            "checkpoint_interval",
+        )  # fmt: skip
     return RunEstimate(
         compute_s, wall, compute_s / wall, mtbf_s, delta, tau, restart, wall / mtbf_s,
-        wall / 86400.0, wall / 3600.0 * gpus * price_per_gpu_hour,
+        wall / 86400.0, _cost(wall, gpus, price_per_gpu_hour),
     )  # fmt: skip
+
+
+def _cost(wall_s: float, gpus: int, price_per_gpu_hour: float) -> float:
+    """GPU-hours x price; free GPUs cost 0 even for a run that never finishes (not inf x 0)."""
+    return wall_s / 3600.0 * gpus * price_per_gpu_hour if price_per_gpu_hour else 0.0

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError
-from simtrain.spec.yamlfile import load_yaml
+from simtrain.errors import ConfigError, did_you_mean, unknown_key
+from simtrain.spec.limits import as_float, check_range
+from simtrain.spec.yamlfile import is_file, load_yaml
 from simtrain.units import GB, GIB, MIB
 
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
@@ -69,19 +70,35 @@ class HardwareProfile:
         return self.peak(dtype) or self.peak("fp32")
 
 
+# Largest value of every number of a profile, in its YAML unit: far above any GPU (H200:
+# 141 GB, 4.8 TB/s, 989 TFLOP/s bf16; a calibrated CPU profile: its RAM, ~2 TB), and small
+# enough that no duration or byte count overflows. Each minimum is given where it is read;
+# efficiencies are in (0, 1].
+MAXIMA = {
+    "memory_gib": 1e6, "peak_tflops": 1e6, "hbm_bandwidth_gb_per_s": 1e6,
+    "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
+    "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
+    "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
+}  # fmt: skip
+#: GPUs in one node of a profile (NVL72 racks: 72).
+MAX_GPUS_PER_NODE = 1024
+#: Smallest non-zero peak (TFLOP/s: 1 MFLOP/s) and efficiency: with the largest FLOP and byte
+#: counts the limits allow, a duration stays below 1e40 ns, far inside a float.
+MIN_PEAK_TFLOPS = 1e-6
+MIN_FRACTION = 1e-6
+
+
 def _num(data: dict[str, Any], key: str, file: str, prefix: str = "", minimum: float = 0.0,
          default: float | None = None) -> float:  # fmt: skip
+    """A finite number in [minimum, MAXIMA[key or its section]]."""
     full = f"{prefix}{key}"
     if key not in data:
         if default is not None:
             return default
         raise ConfigError(file, full, "missing required key")
-    v = data[key]
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ConfigError(file, full, "must be a number", v)
-    if v < minimum:
-        raise ConfigError(file, full, f"must be >= {minimum}", v)
-    return float(v)
+    v = as_float(data[key], file, full)
+    check_range(v, file, full, minimum, MAXIMA.get(key, MAXIMA.get(prefix.rstrip("."), 1e15)))
+    return v
 
 
 HW_KEYS = {
@@ -90,43 +107,38 @@ HW_KEYS = {
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
     "efficiency",
 }  # fmt: skip
+INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
+EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer")
 
 
-def parse_hardware(data: Any, file: str) -> HardwareProfile:
-    """Validate a hardware mapping (already parsed from YAML) into a profile."""
-    if not isinstance(data, dict):
-        raise ConfigError(file, "<root>", "a hardware profile must be a mapping")
-    unknown = sorted(set(data) - HW_KEYS)
-    if unknown:
-        raise ConfigError(file, unknown[0], "unknown key", None, ", ".join(sorted(HW_KEYS)))
-    peaks = data.get("peak_tflops")
+def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
+    """``peak_tflops``: (dtype, FLOP/s) for every dtype, 0 where not given; fp32's required."""
     if not isinstance(peaks, dict):
         raise ConfigError(file, "peak_tflops", "must be a mapping dtype -> TFLOP/s", peaks)
     for k in peaks:
         if k not in DTYPES:
-            raise ConfigError(file, f"peak_tflops.{k}", "unknown dtype", k, " | ".join(DTYPES))
+            raise ConfigError(file, f"peak_tflops.{k}", f"unknown dtype{did_you_mean(k, DTYPES)}",
+                              k, " | ".join(DTYPES))  # fmt: skip
     peak = tuple((d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES)
-    intra = data.get("intra_node")
-    if not isinstance(intra, dict):
+    if dict(peak)["fp32"] <= 0:  # compute_peak falls back to it: a step never divides by 0
         raise ConfigError(
-            file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us"
-        )
-    if intra.get("kind") not in LINK_KINDS:
-        raise ConfigError(
-            file, "intra_node.kind", "unknown link kind", intra.get("kind"), " | ".join(LINK_KINDS)
-        )
-    eff = data.get("efficiency", {})
+            file, "peak_tflops.fp32", "must be > 0: every GPU computes in fp32, and a dtype "
+            "without a rate runs at the fp32 one", peaks.get("fp32"),
+        )  # fmt: skip
+    for d, v in peak:
+        if 0 < v < MIN_PEAK_TFLOPS * 1e12:
+            raise ConfigError(file, f"peak_tflops.{d}", f"must be 0 (no rate) or >= "
+                              f"{MIN_PEAK_TFLOPS:g}", v / 1e12)  # fmt: skip
+    return peak
+
+
+def _efficiency(eff: Any, file: str) -> Efficiency:
+    """``efficiency``: each fraction in [MIN_FRACTION, 1], with the defaults."""
     if not isinstance(eff, dict):
         raise ConfigError(file, "efficiency", "must be a mapping", eff)
     for k in eff:
-        if k not in ("matmul", "memory_bound", "collective", "optimizer"):
-            raise ConfigError(
-                file,
-                f"efficiency.{k}",
-                "unknown key",
-                None,
-                "matmul, memory_bound, collective, optimizer",
-            )
+        if k not in EFFICIENCY_KEYS:
+            raise unknown_key(file, k, "efficiency.", EFFICIENCY_KEYS)
     efficiency = Efficiency(
         matmul=_num(eff, "matmul", file, "efficiency.", default=0.7),
         memory_bound=_num(eff, "memory_bound", file, "efficiency.", default=0.8),
@@ -138,9 +150,41 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
                  ("collective", efficiency.collective), ("optimizer", opt)):  # fmt: skip
         if not 0 < v <= 1:
             raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
+        if v < MIN_FRACTION:
+            raise ConfigError(file, f"efficiency.{k}", f"must be >= {MIN_FRACTION:g}", v)
+    return efficiency
+
+
+def parse_hardware(data: Any, file: str) -> HardwareProfile:
+    """Validate a hardware mapping (already parsed from YAML) into a profile."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "<root>", "a hardware profile must be a mapping")
+    unknown = sorted((k for k in data if k not in HW_KEYS), key=str)
+    if unknown:
+        raise unknown_key(file, unknown[0], "", sorted(HW_KEYS))
+    peak = _peaks(data.get("peak_tflops"), file)
+    intra = data.get("intra_node")
+    if not isinstance(intra, dict):
+        raise ConfigError(
+            file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us"
+        )
+    if intra.get("kind") not in LINK_KINDS:
+        raise ConfigError(
+            file, "intra_node.kind", f"unknown link kind{did_you_mean(intra.get('kind'), LINK_KINDS)}",
+            intra.get("kind"), " | ".join(LINK_KINDS),
+        )  # fmt: skip
+    for k in intra:
+        if k not in INTRA_KEYS:
+            raise unknown_key(file, k, "intra_node.", INTRA_KEYS)
+    efficiency = _efficiency(data.get("efficiency", {}), file)
     gpn = data.get("gpus_per_node")
     if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
+    if gpn > MAX_GPUS_PER_NODE:
+        raise ConfigError(file, "gpus_per_node", f"must be <= {MAX_GPUS_PER_NODE:,}", gpn)
+    for k in ("name", "display_name"):
+        if k in data and (not isinstance(data[k], str) or not data[k].strip()):
+            raise ConfigError(file, k, "must be a non-empty string", data[k])
     return HardwareProfile(
         name=str(data.get("name", Path(file).stem)),
         display_name=str(data.get("display_name", data.get("name", Path(file).stem))),
@@ -186,7 +230,7 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
     else:
         candidates.append(HARDWARE_DIR / f"{name_or_path}.yaml")
     for c in candidates:
-        if c.is_file():
+        if is_file(c):
             return parse_hardware(load_yaml(c), str(c))
     raise ConfigError(file, key, "unknown hardware profile", name_or_path,
                       ", ".join(available_profiles()) + " (or a path to a .yaml file)")  # fmt: skip

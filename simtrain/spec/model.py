@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError
+from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
+from simtrain.spec.yamlfile import read_text_file
 
 MLP_KINDS = ("gelu", "swiglu")
 POSITION_KINDS = ("learned", "rotary")
@@ -185,11 +187,15 @@ def from_hf_config(
 ) -> ModelSpec:
     """Import a Hugging Face ``config.json`` (GPT-2, Llama, Mistral, Qwen2 field names)."""
     p = Path(path)
+    text = read_text_file(p, (file, key), "config.json")  # a regular file of <= 10 MiB
     try:
-        cfg: dict[str, Any] = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(file, key, "config.json not found", str(path)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        cfg: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(file, key, f"cannot read config.json ({exc})", str(path)) from None
+    except RecursionError:
+        raise ConfigError(file, key, "cannot read config.json (nested too deeply)",
+                          str(path)) from None  # fmt: skip
+    except ValueError as exc:  # e.g. an integer of 5,000 digits
         raise ConfigError(file, key, f"cannot read config.json ({exc})", str(path)) from None
     if not isinstance(cfg, dict):
         raise ConfigError(file, key, "config.json must be a JSON object", str(path))
@@ -209,7 +215,7 @@ def from_hf_config(
             h = int(cfg["n_embd"])
             heads = int(cfg["n_head"])
             act = str(cfg.get("activation_function", "gelu_new"))
-            return ModelSpec(
+            spec = ModelSpec(
                 name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
                 ffn_hidden=int(cfg.get("n_inner") or 4 * h), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("n_positions", 1024)),
@@ -217,9 +223,10 @@ def from_hf_config(
                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip
+            return validate_model(spec, str(path))  # spec.limits ranges too
         if kind in ("llama", "mistral", "qwen2", "qwen3") or (not kind and "hidden_size" in cfg):
             heads = int(cfg["num_attention_heads"])
-            return ModelSpec(
+            spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
                 ffn_hidden=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
@@ -229,9 +236,10 @@ def from_hf_config(
                 qkv_bias=kind == "qwen2" or bool(cfg.get("attention_bias", False)),
                 norm="rmsnorm", dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
             )  # fmt: skip
+            return validate_model(spec, str(path))  # spec.limits ranges too
     except KeyError as exc:
         raise ConfigError(str(path), exc.args[0], "missing field in config.json") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
     raise ConfigError(
         str(path), "model_type", "unsupported model_type", kind, "gpt2, llama, mistral, qwen2"
@@ -244,6 +252,7 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         v = getattr(spec, field)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(file, f"{prefix}.{field}", "must be a positive integer", v)
+        check_range(v, file, f"{prefix}.{field}", *INT_RANGES[f"model.{field}"])  # spec.limits
     if spec.hidden % spec.heads:
         raise ConfigError(file, f"{prefix}.heads", f"must divide hidden={spec.hidden}", spec.heads)
     if spec.heads % spec.kv_heads:
@@ -260,6 +269,11 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
                 getattr(spec, field),
                 " | ".join(allowed),
             )
+    if spec.total_params() > MAX_PARAMS:
+        raise ConfigError(file, prefix, f"has {spec.total_params():,} parameters: at most "
+                          f"{MAX_PARAMS:,} (2^50)")  # fmt: skip
+    if not isinstance(spec.name, str):
+        raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, f"{prefix}.dropout", "must be in [0, 1)", spec.dropout)
     return spec

@@ -10,12 +10,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError
+from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.hardware import HardwareProfile, load_hardware
+from simtrain.spec.limits import (
+    MAX_ACTIVATION_BYTES,
+    MAX_DDP_BUCKETS,
+    MAX_GPUS,
+    MAX_MICROBATCH_LAYERS,
+    as_float,
+    check_known_range,
+)
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.yamlfile import load_yaml, parse_yaml
+from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 RECOMPUTE = ("none", "selective", "full")
@@ -35,9 +43,15 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 class ClusterSpec:
     nodes: int = 1
     gpus_per_node: int = 8
+    # GPUs of the last node when it is not full (0: full). Only the default cluster of a
+    # scenario without ``cluster:`` has one (parse_scenario): 10 GPUs on 8-GPU servers are a
+    # node of 8 and a node of 2. Not a YAML key.
+    last_node_gpus: int = 0
 
     @property
     def gpus(self) -> int:
+        if self.last_node_gpus:
+            return (self.nodes - 1) * self.gpus_per_node + self.last_node_gpus
         return self.nodes * self.gpus_per_node
 
 
@@ -154,9 +168,10 @@ def _type_name(t: type) -> str:
 
 
 def _check(value: Any, typ: type, file: str, key: str) -> Any:
-    """Type-check one scalar. ints are accepted where floats are expected."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    """Type-check one scalar. ints are accepted where floats are expected; floats must be
+    finite (NaN, infinity and an int too large for a float are refused)."""
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return as_float(value, file, key)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if typ in (int, float) and isinstance(value, bool):
@@ -177,18 +192,23 @@ def _mapping(data: Any, file: str, key: str) -> dict[str, Any]:
 def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefix: str) -> None:
     for k in data:
         if k not in allowed:
-            raise ConfigError(file, f"{prefix}{k}", "unknown key", None, ", ".join(allowed))
+            raise unknown_key(file, k, prefix, allowed)
+
+
+# Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
+INTERNAL_FIELDS = ("last_node_gpus",)
+NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params")
 
 
 def _build(
     cls: type, data: dict[str, Any], file: str, prefix: str, choices: dict[str, tuple]
 ) -> Any:
     """Build a flat frozen dataclass from a mapping, type-checking every field."""
-    names = tuple(f.name for f in fields(cls))
+    names = tuple(f.name for f in fields(cls) if f.name not in INTERNAL_FIELDS)
     _no_unknown(data, names, file, prefix)
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
-        if f.name not in data:
+        if f.name not in data or f.name in INTERNAL_FIELDS:
             continue
         key = f"{prefix}{f.name}"
         typ = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
@@ -206,10 +226,11 @@ def _build(
             bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
             if bad:
                 raise ConfigError(
-                    file, key, "unknown value", bad[0] if len(bad) == 1 else value,
-                    " | ".join(str(a) for a in allowed),
+                    file, key, f"unknown value{did_you_mean(bad[0], [str(a) for a in allowed])}",
+                    bad[0] if len(bad) == 1 else value, " | ".join(str(a) for a in allowed),
                 )  # fmt: skip
-        if typ in (int, float) and value <= 0 and f.name not in ("zero_stage", "alpha"):
+        check_known_range(value, file, key)
+        if typ in (int, float) and value <= 0 and f.name not in NON_POSITIVE_OK:
             raise ConfigError(file, key, "must be positive", value)
         kwargs[f.name] = value
     return cls(**kwargs)
@@ -228,13 +249,16 @@ def parse_model(data: Any, file: str, base_dir: Path | None) -> ModelSpec:
     _no_unknown(data, ("preset", "hf_config", "name") + MODEL_SHAPE_KEYS, file, "model.")
     if "preset" in data and "hf_config" in data:
         raise ConfigError(file, "model", "give either preset or hf_config, not both")
+    for k in ("preset", "hf_config"):
+        if k in data and not isinstance(data[k], str):
+            raise ConfigError(file, f"model.{k}", "must be a string", data[k])
     base: dict[str, Any] = {}
     if "preset" in data:
         spec = preset(str(data["preset"]), file)
         base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
     elif "hf_config" in data:
         p = Path(str(data["hf_config"]))
-        if base_dir is not None and not p.is_absolute() and not p.exists():
+        if base_dir is not None and not p.is_absolute() and not exists(p):
             p = base_dir / p
         spec = from_hf_config(p, file)
         base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
@@ -360,6 +384,43 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
             t.precision,
         )  # fmt: skip
+    check_size(s, file)
+
+
+def check_size(s: Scenario, file: str) -> None:
+    """Limits across fields (spec.limits): GPUs, micro-batches x layers, activation bytes,
+    gradient buckets."""
+    m, t, p = s.model, s.training, s.parallelism
+    if p.gpus > MAX_GPUS:
+        raise ConfigError(
+            file, "parallelism", f"tp x pp x dp = {p.tp} x {p.pp} x {p.dp} = {p.gpus:,} GPUs: at "
+            f"most {MAX_GPUS:,}",
+        )  # fmt: skip
+    work = s.num_microbatches * m.layers
+    if work > MAX_MICROBATCH_LAYERS:
+        raise ConfigError(
+            file, "training.global_batch", f"gives {s.num_microbatches:,} micro-batches per step "
+            f"(global_batch / (micro_batch x dp)) x model.layers = {m.layers} = {work:,}: at most "
+            f"{MAX_MICROBATCH_LAYERS:,} (the simulator runs each micro-batch through each layer "
+            "and pipeline stage); raise micro_batch or dp", t.global_batch,
+        )  # fmt: skip
+    sb = t.seq_len_effective * t.micro_batch
+    pe = t.peft
+    per_layer = sb * (m.hidden + m.ffn_hidden + m.heads * t.kv_len + pe.rank + pe.adapter_size)
+    activations = 64 * s.num_microbatches * (m.layers * per_layer + sb * m.vocab)
+    if activations > MAX_ACTIVATION_BYTES:
+        raise ConfigError(
+            file, "training", f"micro-batches x micro_batch x sequence x model width bound one "
+            f"GPU's activations by {activations:.3g} bytes: at most 2^62 = "
+            f"{MAX_ACTIVATION_BYTES:.3g} (the simulator counts them in 64-bit integers)",
+        )  # fmt: skip
+    if p.dp > 1 and p.dp_mode == "ddp":
+        buckets = -(-m.total_params() * 4 // max(1, int(p.bucket_mb * 1e6)))
+        if buckets > MAX_DDP_BUCKETS:
+            raise ConfigError(
+                file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
+                f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}", p.bucket_mb,
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +437,8 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
         raise ConfigError("--set", assignment, "empty key path")
+    if len(keys) > MAX_DEPTH:
+        raise ConfigError("--set", path, f"key path deeper than {MAX_DEPTH} levels")
     value = parse_yaml(raw, "--set") if raw.strip() else ""
     node = data
     for i, k in enumerate(keys[:-1]):
@@ -389,13 +452,54 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
     node[keys[-1]] = value
 
 
+MAX_NAME = 128
+
+
+def check_name(value: Any, file: str, key: str = "name") -> str:
+    """A name (scenario, plan): a non-empty string of at most :data:`MAX_NAME` printable
+    characters, not a path (it names the output folder ``plots/<name>/``)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(file, key, "must be a non-empty string", value)
+    if len(value) > MAX_NAME:
+        raise ConfigError(file, key, f"must be at most {MAX_NAME} characters", value)
+    if not value.isprintable() or any(c in value for c in "/\\") or value in (".", ".."):
+        raise ConfigError(file, key, "must be printable characters without / or \\ (it names "
+                          "the output folder plots/<name>/)", value)  # fmt: skip
+    return value
+
+
+def check_description(value: Any, file: str) -> str:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(file, "description", "must be a string", value)
+    return value or ""
+
+
+def default_cluster(hardware: HardwareProfile, gpus: int) -> ClusterSpec:
+    """The cluster of a scenario without ``cluster:``: exactly the GPUs the layout needs, on
+    nodes of the profile's ``gpus_per_node``, the last one partial (10 GPUs on 8-GPU servers:
+    8 + 2; 4 GPUs: one node of 4)."""
+    gpn = max(1, min(hardware.gpus_per_node, gpus))
+    nodes = -(-gpus // gpn)
+    return ClusterSpec(nodes=nodes, gpus_per_node=gpn, last_node_gpus=gpus % gpn)
+
+
 def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenario:
     """Validate a scenario mapping into a :class:`Scenario`."""
+    scenario = _parse_fields(data, file, base_dir)
+    check_layout(scenario, file)
+    return scenario
+
+
+def _parse_fields(data: Any, file: str, base_dir: Path | None) -> Scenario:
+    """Every key checked on its own (types, ranges, allowed values); not yet the layout."""
     data = _mapping(data, file, "<root>")
     _no_unknown(data, TOP_KEYS, file, "")
     for k in ("model", "hardware"):
         if k not in data:
             raise ConfigError(file, k, "missing required key")
+    name = data.get("name")
+    name = check_name(name, file) if name is not None else (Path(file).stem or "scenario")
+    check_description(data.get("description"), file)
     model = parse_model(data["model"], file, base_dir)
     if not isinstance(data["hardware"], str):
         raise ConfigError(file, "hardware", "must be a profile name or a path", data["hardware"])
@@ -404,21 +508,41 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     cluster = _build(ClusterSpec, cluster_raw, file, "cluster.", {})
     training = parse_training(data.get("training"), file)
     parallelism = parse_parallelism(data.get("parallelism"), file)
-    if "cluster" not in data:  # default: exactly the GPUs the layout needs, packed into nodes
-        gpn = min(hardware.gpus_per_node, parallelism.gpus)
-        nodes = -(-parallelism.gpus // gpn)
-        cluster = ClusterSpec(nodes=nodes, gpus_per_node=gpn)
-    name = data.get("name") or (Path(file).stem if file else "scenario")
-    scenario = Scenario(
-        name=str(name), model=model, hardware=hardware, cluster=cluster,
+    if "cluster" not in data:
+        if parallelism.gpus > MAX_GPUS:
+            raise ConfigError(file, "parallelism", f"tp x pp x dp = {parallelism.gpus:,} GPUs: at "
+                              f"most {MAX_GPUS:,}")  # fmt: skip
+        cluster = default_cluster(hardware, parallelism.gpus)
+    return Scenario(
+        name=name, model=model, hardware=hardware, cluster=cluster,
         training=training, parallelism=parallelism, source=file,
     )  # fmt: skip
-    check_layout(scenario, file)
-    return scenario
+
+
+def _override_path(assignment: str) -> str:
+    return ".".join(k for k in assignment.split("=", 1)[0].strip().split(".") if k)
+
+
+def _blame_overrides(
+    exc: ConfigError, file: str, overrides: tuple[str, ...] | list[str], across: bool
+) -> ConfigError:
+    """An error about a key an override set names ``--set`` (the value came from it, not from
+    the file); one ``across`` keys (the layout checks) names the file and the overrides applied
+    to it; any other is the file's own."""
+    paths = [_override_path(o) for o in overrides]
+    key = str(exc.key)
+    if any(key == q or key.startswith(q + ".") or q.startswith(key + ".") for q in paths):
+        return exc.blaming("--set")
+    if across and exc.file == file:
+        shown = ", ".join(one_line(o, MAX_ECHO) for o in overrides[:4])
+        more = f" and {len(overrides) - 4} more" if len(overrides) > 4 else ""
+        return exc.blaming(f"{file} with --set {shown}{more}")
+    return exc
 
 
 def load_scenario(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Scenario:
-    """Read a scenario YAML file, apply ``--set`` overrides, validate."""
+    """Read a scenario YAML file, apply ``--set`` overrides, validate. An error in a value an
+    override set names ``--set``."""
     p = Path(path)
     data = load_yaml(p)
     if data is None:
@@ -427,4 +551,14 @@ def load_scenario(path: str | Path, overrides: tuple[str, ...] | list[str] = ())
         raise ConfigError(str(p), "<root>", "a scenario must be a mapping", type(data).__name__)
     for o in overrides:
         apply_override(data, o)
-    return parse_scenario(data, str(p), p.parent)
+    if not overrides:
+        return parse_scenario(data, str(p), p.parent)
+    try:
+        scenario = _parse_fields(data, str(p), p.parent)
+    except ConfigError as exc:
+        raise _blame_overrides(exc, str(p), overrides, across=False) from None
+    try:
+        check_layout(scenario, str(p))
+    except ConfigError as exc:
+        raise _blame_overrides(exc, str(p), overrides, across=True) from None
+    return scenario

@@ -12,18 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
-from simtrain.errors import ConfigError
+from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.hardware import load_hardware
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
 from simtrain.spec.scenario import (
+    MAX_NAME,
     RECOMPUTE,
     SCHEDULES,
     _mapping,
     _no_unknown,
+    check_description,
+    check_name,
     parse_model,
     parse_parallelism,
     parse_training,
 )
-from simtrain.spec.yamlfile import load_yaml
+from simtrain.spec.yamlfile import exists, load_yaml
 
 DEFAULT_TOP = 32
 OBJECTIVES = ("time", "cost")
@@ -51,6 +55,28 @@ FAILURE_KEYS = (
     "relaunch_s", "checkpoint_write_gb_per_s_per_gpu",
 )  # fmt: skip
 BATCH_RANGE_KEYS = ("min", "max", "step")
+
+# Limits of a plan (spec.limits has those it shares with a scenario file). Each is far above
+# the shipped plans and keeps every figure a plan prints finite.
+#: Training tokens: 10^18 (Llama 3 trained on 1.56e13).
+MAX_TOKENS = 1e18
+#: Global batch sizes one plan searches: 1,024 (``{min, max, step}`` could ask for millions).
+MAX_GLOBAL_BATCHES = 1024
+#: Values of one fixed choice (fixed.tp: [1, 2, 4, 8]), and hardware profiles: 64.
+MAX_FIXED_CHOICES = 64
+#: Proposals simulated and printed (``top``): 1,000 (shipped plans: 16 and the default 32).
+MAX_TOP = 1000
+#: Largest price, deadline, budget, durations (their unit each): a bound, not a guess.
+MAXIMA = {
+    "price_per_gpu_hour": 1e6, "deadline_days": 1e6, "budget": 1e15, "mtbf_gpu_hours": 1e12,
+    "checkpoint_interval": 1e12, "checkpoint_s": 1e12, "restart_s": 1e12, "relaunch_s": 1e12,
+    "checkpoint_write_gb_per_s_per_gpu": 1e6,
+}  # fmt: skip
+# The plan's fixed choices share the scenario keys' ranges.
+FIXED_RANGES = {
+    "tp": "parallelism.tp", "pp": "parallelism.pp", "dp": "parallelism.dp",
+    "virtual_stages": "parallelism.virtual_stages", "micro_batch": "training.micro_batch",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +117,21 @@ class Plan:
 
 
 def _num(value: Any, file: str, key: str, *, integer: bool = False, minimum: float = 0.0,
-         strict: bool = True) -> float:  # fmt: skip
+         strict: bool = True, maximum: float | None = None) -> float:  # fmt: skip
+    """A finite number > ``minimum`` (>= when not ``strict``) and <= ``maximum`` (by default
+    :data:`MAXIMA` of the key's last part, or the GPU limit for an integer)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(file, key, "must be an integer" if integer else "must be a number",
                           value)  # fmt: skip
-    if integer and not float(value).is_integer():
+    if integer and not (isinstance(value, int) or value.is_integer()):
         raise ConfigError(file, key, "must be an integer", value)
-    if (value <= minimum) if strict else (value < minimum):
+    if maximum is None:
+        maximum = MAX_GPUS if integer else MAXIMA.get(key.rsplit(".", 1)[-1], 1e15)
+    v = int(value) if integer else as_float(value, file, key)
+    if (v <= minimum) if strict else (v < minimum):
         raise ConfigError(file, key, f"must be {'>' if strict else '>='} {minimum:g}", value)
-    return int(value) if integer else float(value)
+    check_range(v, file, key, minimum, maximum)
+    return v
 
 
 def _global_batches(value: Any, file: str) -> tuple[int, ...]:
@@ -111,12 +143,16 @@ def _global_batches(value: Any, file: str) -> tuple[int, ...]:
         for k in ("min", "max"):
             if k not in value:
                 raise ConfigError(file, f"{key}.{k}", "missing required key")
-        lo = int(_num(value["min"], file, f"{key}.min", integer=True))
-        hi = int(_num(value["max"], file, f"{key}.max", integer=True))
+        top = INT_RANGES[key][1]
+        lo = int(_num(value["min"], file, f"{key}.min", integer=True, maximum=top))
+        hi = int(_num(value["max"], file, f"{key}.max", integer=True, maximum=top))
         if hi < lo:
             raise ConfigError(file, f"{key}.max", f"must be >= min = {lo}", hi)
         if "step" in value:
-            step = int(_num(value["step"], file, f"{key}.step", integer=True))
+            step = int(_num(value["step"], file, f"{key}.step", integer=True, maximum=top))
+            if (hi - lo) // step + 1 > MAX_GLOBAL_BATCHES:
+                raise ConfigError(file, f"{key}.step", f"gives {(hi - lo) // step + 1:,} batch "
+                                  f"sizes: at most {MAX_GLOBAL_BATCHES:,}", step)  # fmt: skip
             return tuple(range(lo, hi + 1, step))
         out, b = [], lo
         while b <= hi:
@@ -126,7 +162,10 @@ def _global_batches(value: Any, file: str) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ConfigError(file, key, "must not be empty", value)
-    batches = [int(_num(v, file, key, integer=True)) for v in items]
+    batches = [int(_num(v, file, key, integer=True, maximum=INT_RANGES[key][1])) for v in items]
+    if len(set(batches)) > MAX_GLOBAL_BATCHES:
+        raise ConfigError(file, key, f"lists {len(set(batches)):,} batch sizes: at most "
+                          f"{MAX_GLOBAL_BATCHES:,}")  # fmt: skip
     return tuple(sorted(set(batches)))
 
 
@@ -135,12 +174,16 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ConfigError(file, f"fixed.{key}", "must not be empty", value)
+    if len(items) > MAX_FIXED_CHOICES:
+        raise ConfigError(file, f"fixed.{key}", f"lists {len(items):,} values: at most "
+                          f"{MAX_FIXED_CHOICES}")  # fmt: skip
     out: list[Any] = []
     for v in items:
         if key in ("recompute", "schedule"):
-            allowed = RECOMPUTE if key == "recompute" else SCHEDULES
+            allowed = tuple(RECOMPUTE if key == "recompute" else SCHEDULES)
             if v not in allowed:
-                raise ConfigError(file, f"fixed.{key}", "unknown value", v, " | ".join(allowed))
+                raise ConfigError(file, f"fixed.{key}", f"unknown value{did_you_mean(v, allowed)}",
+                                  v, " | ".join(allowed))  # fmt: skip
         elif key == "sequence_parallel":
             if not isinstance(v, bool):
                 raise ConfigError(file, f"fixed.{key}", "must be true or false", v)
@@ -148,7 +191,8 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
             if v not in (0, 1, 2, 3) or isinstance(v, bool):
                 raise ConfigError(file, f"fixed.{key}", "unknown value", v, "0 | 1 | 2 | 3")
         else:
-            v = int(_num(v, file, f"fixed.{key}", integer=True))
+            top = INT_RANGES[FIXED_RANGES[key]][1]
+            v = int(_num(v, file, f"fixed.{key}", integer=True, maximum=top))
         out.append(v)
     return tuple(dict.fromkeys(out))
 
@@ -158,9 +202,9 @@ def _resolve_path(value: Any, base_dir: Path) -> Any:
     that best.yaml works from any folder."""
     if isinstance(value, str):
         p = Path(value)
-        if not p.is_absolute() and not p.exists() and (base_dir / p).exists():
+        if not p.is_absolute() and not exists(p) and exists(base_dir / p):
             return str((base_dir / p).resolve())
-        if not p.is_absolute() and p.exists():
+        if not p.is_absolute() and exists(p):
             return str(p.resolve())
     return value
 
@@ -175,8 +219,14 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     for k in ("model", "tokens", "training", "hardware"):
         if k not in data:
             raise ConfigError(file, k, "missing required key")
+    name = data.get("name")
+    name = check_name(name, file) if name is not None else (Path(file).stem or "plan")
+    if len(name) > MAX_NAME - len("_best"):  # best.yaml is named <plan>_best
+        raise ConfigError(file, "name", f"must be at most {MAX_NAME - len('_best')} characters",
+                          name)  # fmt: skip
+    description = check_description(data.get("description"), file)
     model = _model(data["model"], file, base)
-    tokens = _num(data["tokens"], file, "tokens")
+    tokens = _num(data["tokens"], file, "tokens", minimum=1.0, strict=False, maximum=MAX_TOKENS)
     training, batches = _training(data["training"], file)
     options = _hardware_options(data["hardware"], file, base)
     counts, lo, hi = _gpus(data.get("gpus", {"min": 1, "max": 1024}), file)
@@ -188,15 +238,14 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     fm = _failure_model(_mapping(data.get("failures"), file, "failures"), file)
     objective = data.get("objective", "time")
     if objective not in OBJECTIVES:
-        raise ConfigError(file, "objective", "unknown value", objective, " | ".join(OBJECTIVES))
-    top = int(_num(data.get("top", DEFAULT_TOP), file, "top", integer=True))
-    name = data.get("name") or (Path(file).stem if file else "plan")
+        raise ConfigError(file, "objective", f"unknown value{did_you_mean(objective, OBJECTIVES)}",
+                          objective, " | ".join(OBJECTIVES))  # fmt: skip
+    top = int(_num(data.get("top", DEFAULT_TOP), file, "top", integer=True, maximum=MAX_TOP))
     return Plan(
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=options, gpu_counts=counts,
         gpus_min=lo, gpus_max=hi, constraints=constraints, fixed=fixed, failures=fm,
-        parallelism=par, objective=str(objective), top=top,
-        description=str(data.get("description", "")),
+        parallelism=par, objective=str(objective), top=top, description=description,
     )  # fmt: skip
 
 
@@ -229,6 +278,9 @@ def _hardware_options(value: Any, file: str, base: Path) -> tuple[HardwareOption
     hw_raw = [value] if isinstance(value, dict | str) else value
     if not isinstance(hw_raw, list) or not hw_raw:
         raise ConfigError(file, "hardware", "must be a list of {name, price_per_gpu_hour}", hw_raw)
+    if len(hw_raw) > MAX_FIXED_CHOICES:
+        raise ConfigError(file, "hardware", f"lists {len(hw_raw):,} profiles: at most "
+                          f"{MAX_FIXED_CHOICES}")  # fmt: skip
     options = [_hardware_option(h, file, f"hardware[{i}]", base) for i, h in enumerate(hw_raw)]
     if len({o.name for o in options}) != len(options):
         raise ConfigError(file, "hardware", "lists a profile twice", [o.name for o in options])

@@ -3,15 +3,24 @@ scenario mapping of each (:func:`scenario_data`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from simtrain.apps.plan.file import Plan
+from simtrain.errors import ConfigError
 
 DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 DEFAULT_VIRTUAL_STAGES = 2
+#: Candidate layouts of one plan: 500,000, 2.9x plans/gpt3_175b.yaml (172,200), the largest
+#: shipped plan; screening takes ~0.1 ms a layout rejected by a layout check, ~1 ms one that
+#: is estimated (a minute or so for the largest, on the 2-core dev machine).
+MAX_LAYOUTS = 500_000
+#: (global batch, GPU count, tp, pp) combinations examined: 4,194,304 (2^22, a few seconds);
+#: plans/gpt3_175b.yaml examines ~9,300.
+MAX_COMBINATIONS = 2**22
 
 
 class Layout(NamedTuple):
@@ -85,12 +94,31 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]
     fx = plan.fixed
     out: list[Layout] = []
     sp_opts = fx.get("sequence_parallel", (False,))
+    grids: list[Any] = []
     for hw in plan.hardware:
         gpn = hw.gpus_per_node
         tps = fx.get("tp") or tuple(d for d in _divisors(heads) if d <= gpn)
         pps = fx.get("pp") or tuple(_divisors(model_layers))
+        grids.append((hw, gpu_counts(plan, gpn), tps, pps))
+    combinations = sum(len(plan.global_batches) * len(c) * len(t) * len(p) for _, c, t, p in grids)
+    if combinations > MAX_COMBINATIONS:
+        raise _too_large(plan, f"{combinations:,} (global batch, GPUs, tp, pp) combinations: at "
+                         f"most {MAX_COMBINATIONS:,}")  # fmt: skip
+    groups = list(_groups(plan, grids))
+    total = sum(_group_size(plan, gb, pp, dp, sp_opts) for _, gb, _, _, pp, dp in groups)
+    if total > MAX_LAYOUTS:  # counted first: building a million tuples alone takes seconds
+        raise _too_large(plan, f"{total:,} candidate layouts: at most {MAX_LAYOUTS:,}")
+    for hw_name, gb, g, tp, pp, dp in groups:
+        out.extend(_group_layouts(plan, hw_name, gb, g, tp, pp, dp, sp_opts))
+    return out
+
+
+def _groups(plan: Plan, grids: list[Any]) -> Iterator[tuple[str, int, int, int, int, int]]:
+    """(hardware, global batch, GPUs, tp, pp, dp) of each group of layouts, in sort order."""
+    fx = plan.fixed
+    for hw, counts, tps, pps in grids:
         for gb in plan.global_batches:
-            for g in gpu_counts(plan, gpn):
+            for g in counts:
                 for tp in tps:
                     for pp in pps:
                         if g % (tp * pp):
@@ -98,17 +126,22 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]
                         dp = g // (tp * pp)
                         if "dp" in fx and dp not in fx["dp"]:
                             continue
-                        out.extend(_group_layouts(plan, hw.name, gb, g, tp, pp, dp, sp_opts))
-    return out
+                        yield hw.name, gb, g, tp, pp, dp
 
 
-def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
-                   sp_opts: tuple[Any, ...]) -> list[Layout]:  # fmt: skip
+def _too_large(plan: Plan, what: str) -> ConfigError:
+    return ConfigError(plan.file, "gpus", f"the search has {what}: narrow gpus or "
+                       "training.global_batch, or fix choices under fixed:")  # fmt: skip
+
+
+def _group_options(plan: Plan, gb: int, pp: int, dp: int) -> tuple[tuple[Any, ...], ...] | None:
+    """(schedules, virtual stages, micro-batches, ZeRO stages, recompute) of a group, or None
+    when dp does not divide the global batch (then one layout carries check_layout's reason)."""
     fx = plan.fixed
     rcs = fx.get("recompute", DEFAULT_RECOMPUTE)
     mbs_all = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)
-    if gb % dp:  # no micro-batch can work: one layout carries check_layout's reason
-        return [Layout(hw, g, tp, pp, dp, 0, mbs_all[0], rcs[0], "1f1b", 1, gb, sp_opts[0])]
+    if gb % dp:
+        return None
     per_replica = gb // dp
     mbs = mbs_all if "micro_batch" in fx else tuple(b for b in mbs_all if per_replica % b == 0)
     zeros = fx.get("zero_stage", DEFAULT_ZERO_STAGES if dp > 1 else (0,))
@@ -117,6 +150,27 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
     # With pp = 1 every schedule is plain gradient accumulation (the resolved step's schedule_name).
     scheds = fx.get("schedule", DEFAULT_SCHEDULES) if pp > 1 else ("1f1b",)
     vs = fx.get("virtual_stages", (DEFAULT_VIRTUAL_STAGES,))
+    return scheds, vs, mbs, zeros, rcs
+
+
+def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...]) -> int:
+    opts = _group_options(plan, gb, pp, dp)
+    if opts is None:
+        return 1
+    scheds, vs, mbs, zeros, rcs = opts
+    per_sched = len(mbs) * len(zeros) * len(rcs) * len(sp_opts)
+    return sum(per_sched * (len(vs) if sched == "interleaved" else 1) for sched in scheds)
+
+
+def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
+                   sp_opts: tuple[Any, ...]) -> list[Layout]:  # fmt: skip
+    opts = _group_options(plan, gb, pp, dp)
+    if opts is None:  # no micro-batch can work: one layout carries check_layout's reason
+        fx = plan.fixed
+        mb0 = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)[0]
+        rc0 = fx.get("recompute", DEFAULT_RECOMPUTE)[0]
+        return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0])]
+    scheds, vs, mbs, zeros, rcs = opts
     out = []
     for sched in scheds:
         for v in vs if sched == "interleaved" else (1,):
