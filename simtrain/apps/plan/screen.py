@@ -129,7 +129,7 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     cap = stages[0].capacity_bytes
     if not all(s.fits for s in stages):
         return Row(layout, "no_fit", fit_message(sc, stages), peak, cap)
-    step = closed_form_step_s(sc, stages)
+    step = max(closed_form_step_s(sc, stages), 1e-9)  # durations are whole ns: never 0
     tps = sc.tokens_per_step / step
     hw = sc.hardware
     peak_flops = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
