@@ -37,7 +37,10 @@ DOES_NOT_FIT = {
     "gpt3_tp4": (GPT3, ("parallelism.tp=4", "parallelism.dp=16", "training.recompute=none")),
 }
 PAIRS = (FP32, ("model.layers=480",))  # 15B parameters in fp32 on one GPU: two changes needed
-NOTHING = (FP32, ("model.layers=960", "model.hidden=8000"))  # ~740B parameters: nothing within 4 GPUs
+NOTHING = (
+    FP32,
+    ("model.layers=960", "model.hidden=8000"),
+)  # ~740B parameters: nothing within 4 GPUs
 
 
 def _what_is_trained(sc: Scenario) -> tuple:
