@@ -1,0 +1,47 @@
+"""Quick hostile-input profile (issue 15): 1,000 generated CLI cases, in this process.
+
+Each command family draws a fixed, seeded set of cases from ``tests/fuzz_cases.py`` (valid but
+unusual and broken scenario, hardware, HF config, plan and records files, ``--set`` and
+``--variants``; small layouts) and runs them through ``simtrain.cli.main``. A family fails with
+the list of its failure signatures (a traceback, a case over the time limit, an exit-2 message
+that is not one ``error:`` line of at most 300 characters, a broken output invariant) and the
+first case of each. The families that write plots (topology, compare, plan, validate: 0.2-0.6 s
+a case) get fewer cases. The long campaign is ``benchmarks/fuzz_campaign.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import fuzz_cases as fc
+import pytest
+
+SEED = 15  # fixed: the same cases on every run (for a given Hypothesis version)
+# family: (cases, share drawn valid)
+QUICK = {
+    "memory": (245, 0.4), "memory_json": (220, 0.4), "run": (270, 0.4), "schedule": (150, 0.4),
+    "topology": (45, 0.3), "compare": (25, 0.25), "plan": (25, 0.25), "validate": (20, 0.4),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(QUICK))
+def test_hostile_input_quick(family: str, tmp_path: Path) -> None:
+    n, valid_pct = QUICK[family]
+    cases = fc.generate_cases(family, n, seed=SEED, valid_pct=valid_pct, size="small")
+    assert len(cases) == n
+    found: collections.Counter[tuple[str, str]] = collections.Counter()
+    first: dict[tuple[str, str], tuple[fc.Case, fc.Outcome]] = {}
+    for i, case in enumerate(cases):
+        out = fc.run_case(case, tmp_path / f"case{i}")
+        for failure in out.failures:
+            found[failure] += 1
+            first.setdefault(failure, (case, out))
+    if found:
+        lines = [f"{sum(found.values())} failures in {n} {family} cases:"]
+        for (cls, sig), k in found.most_common():
+            case, out = first[(cls, sig)]
+            lines.append(f"\n{k} x {cls}: {sig}\n  mutation: {case.mutation or '(drawn valid)'}")
+            lines.append(f"  $ {case.command_line()[:300]}")
+            lines.append(f"  {out.exception or out.stderr.strip()}"[:300])
+        pytest.fail("\n".join(lines), pytrace=False)
