@@ -9,6 +9,9 @@ from typing import Any
 #: with "...". A value is shown to say which one is meant, not to be read back: a 7 MB string
 #: or a billion-element list given as a value must not become a 7 MB message.
 MAX_ECHO = 80
+#: Longest list of allowed values in a message; a longer one (every hardware profile, every key
+#: of a section) ends with "... (N more)": the "did you mean" suggestion names the nearest.
+MAX_ALLOWED = 300
 
 
 class SimtrainError(Exception):
@@ -107,7 +110,7 @@ class ConfigError(SimtrainError):
         if self.value is not None:
             text += f" (got {echo(self.value)})"
         if self.allowed:
-            text += f"; allowed: {one_line(self.allowed)}"
+            text += f"; allowed: {allowed_list(one_line(self.allowed))}"
         return text
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # picklable: raised in workers
@@ -116,6 +119,23 @@ class ConfigError(SimtrainError):
     def blaming(self, file: str | None) -> ConfigError:
         """The same error, naming ``file`` instead (e.g. ``--set`` for an override's value)."""
         return ConfigError(file, self.key, self.message, self.value, self.allowed)
+
+
+def allowed_list(text: str, limit: int = MAX_ALLOWED) -> str:
+    """``text`` (items separated by ", " or " | ") cut after the items that fit in ``limit``
+    characters, with how many were left out."""
+    if len(text) <= limit:
+        return text
+    sep = " | " if " | " in text else ", "
+    items = text.split(sep)
+    kept: list[str] = []
+    for item in items:
+        if len(sep.join([*kept, item])) > limit:
+            break
+        kept.append(item)
+    if not kept:
+        return _cut(text, limit)
+    return f"{sep.join(kept)}{sep}... ({len(items) - len(kept)} more)"
 
 
 def did_you_mean(given: Any, allowed: tuple[str, ...] | list[str]) -> str:

@@ -66,7 +66,8 @@ from simtrain.spec.scenario import (
 )
 
 TIME_LIMIT_S = 10.0  # no case may run longer (issue 15)
-MAX_MESSAGE_CHARS = 300  # an exit-2 message, with the case folder's path taken out
+MAX_MESSAGE_CHARS = 600  # an exit-2 message, with the case folder's path taken out: key and value
+# echoes are cut to 80 characters each and lists of allowed values to 300 (simtrain.errors)
 ALLOWED_EXIT_CODES = (0, 2, 3)  # 3: a scenario that does not fit, under --strict
 MEMORY_HEADROOM_BYTES = 2 << 30  # address space a case may add to the process
 
@@ -1445,7 +1446,12 @@ def _size_class(n: int) -> str:
 # Output invariants of successful runs. One function, to swap for tests/test_invariants.py's
 # check_outputs when it lands.
 
-_NONFINITE_TEXT = re.compile(r"(?<![\w.])[-+]?(nan|inf|infinity)(?![\w])", re.I)
+# "nan" or "inf" as a number: next to a digit, a unit, '=', 'x' or '%' (a scenario may well be
+# *named* "nan": the name is echoed as a word and is no number).
+_NONFINITE_TEXT = re.compile(
+    r"(?:[=x(]\s*|\d\s)[-+]?(?:nan|inf|infinity)\b|\b[-+]?(?:nan|inf|infinity)\s*(?:%|GiB|GB|ms|s\b|x\b)",
+    re.I,
+)
 
 
 def check_output(argv: tuple[str, ...], stdout: str) -> list[str]:

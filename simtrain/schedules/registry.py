@@ -116,11 +116,11 @@ SCHEDULES: dict[str, ScheduleTraits] = {
 
 def traits(name: str) -> ScheduleTraits:
     """The registry entry of ``name``; raises ScheduleError naming the allowed schedules."""
-    from simtrain.errors import ScheduleError
+    from simtrain.errors import ScheduleError, echo
 
     if name not in SCHEDULES:
         raise ScheduleError(
-            f"unknown pipeline schedule {name!r}; allowed: {', '.join(sorted(SCHEDULES))}"
+            f"unknown pipeline schedule {echo(name)}; allowed: {', '.join(sorted(SCHEDULES))}"
         )
     return SCHEDULES[name]
 
