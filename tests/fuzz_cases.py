@@ -65,7 +65,11 @@ from simtrain.spec.scenario import (
     RECOMPUTE,
 )
 
-TIME_LIMIT_S = 10.0  # no case may run longer (issue 15)
+TIME_LIMIT_S = 10.0  # no case may run longer (issue 15): the long campaign's limit
+#: The quick profile in the test suite only guards against hangs: a busy CI machine must not
+#: turn a 2 s case into a failure (no test asserts on wall time; the 10 s class is measured by
+#: ``benchmarks/fuzz_campaign.py``).
+HANG_GUARD_S = 300.0
 MAX_MESSAGE_CHARS = 600  # an exit-2 message, with the case folder's path taken out: key and value
 # echoes are cut to 80 characters each and lists of allowed values to 300 (simtrain.errors)
 ALLOWED_EXIT_CODES = (0, 2, 3)  # 3: a scenario that does not fit, under --strict
@@ -1369,7 +1373,7 @@ def run_case(case: Case, folder: Path, limit_s: float = TIME_LIMIT_S,
         stdout = stderr = ""
         code = None
     out = Outcome(case.family, code, seconds, stdout, stderr, exc_text, where, trace)
-    out.failures = judge(case, out, str(folder))
+    out.failures = judge(case, out, str(folder), limit_s)
     return out
 
 
@@ -1411,7 +1415,8 @@ def long_message_cause(msg: str) -> str:
     return cause
 
 
-def judge(case: Case, out: Outcome, folder: str = "") -> list[tuple[str, str]]:
+def judge(case: Case, out: Outcome, folder: str = "",
+          limit_s: float = TIME_LIMIT_S) -> list[tuple[str, str]]:  # fmt: skip
     """The oracles. Classes: traceback, timeout, bad_exit, bad_message, long_message,
     invariant."""
     fam = case.family
@@ -1421,7 +1426,7 @@ def judge(case: Case, out: Outcome, folder: str = "") -> list[tuple[str, str]]:
         return [("traceback", f"{out.exception.split(':')[0]} @ {out.where}")]
     if out.exit_code not in ALLOWED_EXIT_CODES:
         return [("bad_exit", f"{fam} exit {out.exit_code}")]
-    if out.seconds > TIME_LIMIT_S:  # finished, but late (the alarm fired in C code)
+    if out.seconds > limit_s:  # finished, but late (the alarm fired in C code)
         return [("timeout", f"{fam} finished late ({out.seconds:.0f} s)")]
     if out.exit_code == 2:
         msg = out.stderr.strip().replace(folder + os.sep, "").replace(folder, "")

@@ -42,7 +42,7 @@ def test_hostile_input_quick(family: str, tmp_path: Path) -> None:
     found: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[tuple[str, str], tuple[fc.Case, fc.Outcome]] = {}
     for i, case in enumerate(cases):
-        out = fc.run_case(case, tmp_path / f"case{i}")
+        out = fc.run_case(case, tmp_path / f"case{i}", limit_s=fc.HANG_GUARD_S)
         for failure in out.failures:
             if failure in KNOWN_OPEN and _empty_stage_layout(case, tmp_path / f"case{i}"):
                 continue
