@@ -44,7 +44,9 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
     step = resolve(sc)
     tasks = lower(
         build_lowering_input(sc, mem),
-        fuse_tp=not detail and not step.placement.tp_crosses_nodes,
+        fuse_tp=not detail
+        and not step.placement.tp_crosses_nodes
+        and not sc.runtime.tp_comm_overlap,
         merge_recompute=not detail,
     )
     return share_nics(tasks, nic_plan(sc, step))

@@ -42,10 +42,12 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:
     """Rank ``rank``'s send of a b·s·h activation (or its gradient) to rank ``rank +
     direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
-    §4.1), over the intra-node link or the NIC when the hop leaves the node."""
+    §4.1), over the intra-node link or the NIC when the hop leaves the node; a runtime that
+    sends metadata first (``runtime.p2p_messages`` > 1) pays the link's latency per message."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
-    return round(1e9 * coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link))
+    extra = (sc.runtime.p2p_messages - 1) * link.latency_s  # metadata messages before the tensor
+    return round(1e9 * (coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link) + extra))
 
 
 def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int, str]:

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
+from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import MemoryReport, persistent_gradient_bytes
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -25,6 +26,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
         rank = step.chunk_rank(stage)
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         n = ch.layers
+        host_f, host_b = action_host_ns(sc, n, t.recompute == "full")
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -36,6 +38,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             send_forward_ns=comm.p2p_send_ns(sc, step, rank, 1),
             send_backward_ns=comm.p2p_send_ns(sc, step, rank, -1),
             layers=(ch.lo, ch.hi),
+            host_forward_ns=host_f,
+            host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
         )
     return out
 
@@ -78,9 +82,14 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     bucketable = step.schedule[rank][-2].kind in ("B", "W") and not step.traits.asynchronous
     if p.zero_stage in (1, 2):
         ag = comm.dp_ns(sc, step, "all_gather", params * prec.param)
-        return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "reduce_scatter", grad_bytes),
+        work = replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "reduce_scatter", grad_bytes),
                        bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter",
-                       post_opt_ns=ag, post_opt_name="AG updated params")  # fmt: skip
+                       post_opt_name="AG updated params")  # fmt: skip
+        if sc.runtime.overlap_param_gather:
+            n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
+            first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
+            return replace(work, pre_gather_ns=(first, max(ag - first, 0)))
+        return replace(work, post_opt_ns=ag)
     if bucketable:
         return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "all_reduce", grad_bytes))
     ns, name = comm.grad_sync_ns(sc, step, grad_bytes)
@@ -114,7 +123,9 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
-    return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss)
+    blocking = sc.runtime.p2p == "blocking" and step.pp > 1
+    return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
+                         blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1)  # fmt: skip
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

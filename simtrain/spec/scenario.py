@@ -23,6 +23,7 @@ from simtrain.spec.limits import (
 )
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
@@ -147,6 +148,14 @@ class Scenario:
     training: TrainingSpec
     parallelism: ParallelSpec
     source: str = ""
+    # The framework that runs the step (``runtime:``; spec.runtime); None: the default profile.
+    runtime_profile: RuntimeProfile | None = None
+
+    @property
+    def runtime(self) -> RuntimeProfile:
+        """The runtime profile that runs the step (:data:`spec.runtime.DEFAULT_RUNTIME` when the
+        scenario names none)."""
+        return self.runtime_profile if self.runtime_profile is not None else default_runtime()
 
     @property
     def num_microbatches(self) -> int:
@@ -317,6 +326,14 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
 def check_layout(s: Scenario, file: str) -> None:
     """Layouts that do not divide are errors, each naming the key and the numbers."""
     m, t, p = s.model, s.training, s.parallelism
+    rt = s.runtime
+    if rt.tp_comm_overlap and p.tp == 1:
+        raise ConfigError(file, "runtime.tp_comm_overlap", "overlaps tensor-parallel "
+                          "collectives, but parallelism.tp = 1 has none", True)  # fmt: skip
+    if rt.overlap_param_gather and p.zero_stage not in (1, 2):
+        raise ConfigError(file, "runtime.overlap_param_gather", "overlaps the all-gather of "
+                          "ZeRO-1/2's updated parameters, but parallelism.zero_stage = "
+                          f"{p.zero_stage} has none (use 1 or 2)", True)  # fmt: skip
     if p.pp > m.layers:
         raise ConfigError(
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
@@ -426,7 +443,8 @@ def check_size(s: Scenario, file: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Overrides and loading
 
-TOP_KEYS = ("name", "description", "model", "hardware", "cluster", "training", "parallelism")
+TOP_KEYS = ("name", "description", "model", "hardware", "runtime", "cluster", "training",
+            "parallelism")  # fmt: skip
 
 
 def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -> None:
@@ -516,6 +534,7 @@ def _parse_fields(data: Any, file: str, base_dir: Path | None) -> Scenario:
     return Scenario(
         name=name, model=model, hardware=hardware, cluster=cluster,
         training=training, parallelism=parallelism, source=file,
+        runtime_profile=parse_scenario_runtime(data.get("runtime"), file),
     )  # fmt: skip
 
 

@@ -26,6 +26,21 @@ class ChunkDurations:
     # and its gradients reduce-scattered after its backward.
     gather_ns_per_layer: int = 0
     reduce_scatter_ns_per_layer: int = 0
+    # Host time of issuing the forward's / the backward's kernels (eager dispatch; costs.host),
+    # the backward's including its recompute; 0 = the host always runs ahead of the GPU.
+    host_forward_ns: int = 0
+    host_backward_ns: int = 0
+
+    def host_ns(self, kind: str) -> int:
+        """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
+        between I and W in proportion to their GPU time."""
+        if kind == "F":
+            return self.host_forward_ns
+        if kind == "B" or not self.host_backward_ns:
+            return self.host_backward_ns if kind == "B" else 0
+        total = self.input_grad_ns + self.weight_grad_ns
+        i = self.host_backward_ns * self.input_grad_ns // total if total else self.host_backward_ns
+        return i if kind == "I" else self.host_backward_ns - i
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +55,10 @@ class RankWork:
     bucket_name: str = "DP all-reduce"
     post_opt_ns: int = 0
     post_opt_name: str = "AG params"
+    # The same all-gather overlapped with the step's forward (Megatron-Core
+    # --overlap-param-gather): (first bucket, the rest) at the start of the step on the "dp"
+    # stream; the first forward waits for the first bucket only.
+    pre_gather_ns: tuple[int, int] = (0, 0)
     optimizer_ns: int = 0
     # memory the optimizer step allocates at its start / frees at its end (category, bytes)
     optimizer_alloc: tuple[tuple[str, int], ...] = ()
@@ -83,6 +102,18 @@ class LoweringInput:
     activation_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
     working_set_bytes: dict[int, int]  # virtual stage -> recompute working set
     loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F
+    # Pipeline receives synchronise the host (the receiver reads the message's metadata on the
+    # host before receiving the tensor: spec.runtime "blocking" p2p).
+    blocking_p2p: bool = False
+    # TP collectives overlapped with the action's GEMMs (spec.runtime tp_comm_overlap).
+    tp_comm_overlap: bool = False
+
+    @property
+    def host_modelled(self) -> bool:
+        """Whether lowering adds the per-rank host stream (``passes.host_pass``)."""
+        return self.blocking_p2p or any(
+            c.host_forward_ns or c.host_backward_ns for c in self.chunks.values()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +152,7 @@ class Group:
     tp_ns: int = 0  # TP all-reduce still to lower after the compute (``tp`` pass)
     bucketed: int = 0  # gradient buckets whose reduction follows this action's slices
     label: str = ""
+    host: Op | None = None  # the host op issuing this action's kernels (``host`` pass)
 
 
 @dataclass(eq=False, slots=True)
@@ -129,6 +161,7 @@ class RankIR:
     groups: list[Group]
     tail: list[Op]
     grads_ready: Op | None = None  # the last gradient reduction launched during backward
+    last_host: Op | None = None  # the rank's last host op (the optimizer step is issued after)
 
 
 @dataclass(eq=False, slots=True)

@@ -119,15 +119,60 @@ def bucket_pass(ir: StepIR) -> None:
 def tp_pass(ir: StepIR) -> None:
     """Megatron tensor parallelism (Narayanan et al. 2021 §3.2): the TP all-reduces of an
     action, on the "collective" stream after its last compute slice, on the critical path:
-    the action is done when they are."""
+    the action is done when they are. With TP communication overlap (Megatron-Core
+    ``--tp-comm-overlap``: Transformer Engine splits each GEMM into chunks and pipelines the
+    all-gather / reduce-scatter of one chunk with the GEMM of the next) they start with the
+    action's compute and the action ends when both have: max(compute, TP) instead of the sum."""
+    overlap = ir.inp.tp_comm_overlap
     for r in ir.ranks.values():
         for g in r.groups:
             if g.tp_ns:
-                last = [op for op in g.ops if op.stream == "compute"][-1]
+                compute = [op for op in g.ops if op.stream == "compute"]
+                last = compute[-1]
+                deps = list(compute[0].deps) if overlap else [last]
                 tp = Op(r.rank, "collective", "TP", f"TP all-reduce {g.label}", g.tp_ns,
-                        [last], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                        deps, microbatch=last.microbatch, stage=last.stage)  # fmt: skip
                 g.ops.append(tp)
                 g.done = tp
+                if overlap:  # the action ends when both its GEMMs and their collectives have
+                    g.done = Op(r.rank, "compute", "JOIN", f"TP overlap join {g.label}", 0,
+                                [tp], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                    g.ops.append(g.done)
+
+
+def host_pass(ir: StepIR) -> None:
+    """Eager dispatch (``costs.host``): each action's kernels are issued by the rank's host on
+    the "host" stream, one host op per action, before the GPU can run past them: an action's
+    first kernel waits for the previous action's host op (the host has reached it), its sends
+    for its own. When the host is slower than the GPU the GPU waits; when it is faster it runs
+    ahead, through the pipeline bubbles. Blocking p2p (``LoweringInput.blocking_p2p``): a host
+    op that receives also waits for the message and for the GPU's work queued before it (the
+    receiver reads the metadata on the host), so the host cannot run ahead past a receive."""
+    inp = ir.inp
+    if not inp.host_modelled:
+        return
+    last_stage = inp.pp * inp.v - 1
+    for r in ir.ranks.values():
+        prev: Op | None = None
+        for i, g in enumerate(r.groups):
+            a = g.action
+            if a is None:
+                continue
+            deps: list = []
+            if inp.blocking_p2p:
+                recv = [d for d in _cross_rank_deps(a, last_stage) if d[0] != "done"]
+                if recv and i:
+                    deps = [*recv, ("prev", r.rank, i)]
+                elif recv:
+                    deps = recv
+            host = Op(r.rank, "host", "HOST", f"issue {a.kind} {g.label}",
+                      inp.chunks[a.stage].host_ns(a.kind), deps,
+                      microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+            if prev is not None:
+                g.ops[0].deps.append(prev)
+            g.ops.insert(0, host)
+            g.host = prev = host
+        r.last_host = prev
 
 
 def p2p_pass(ir: StepIR) -> None:
@@ -150,7 +195,8 @@ def p2p_pass(ir: StepIR) -> None:
                 kind, dur = "SEND_B", c.send_backward_ns
             else:
                 continue
-            send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, [g.done],
+            deps = [g.done] if g.host is None else [g.done, g.host]
+            send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, deps,
                       microbatch=a.microbatch, stage=a.stage)  # fmt: skip
             g.ops.append(send)
             ir.sends[(kind.lower(), a.stage, a.microbatch)] = send
@@ -159,7 +205,9 @@ def p2p_pass(ir: StepIR) -> None:
 def optimizer_pass(ir: StepIR) -> None:
     """The rank's tail: the gradient reduction not launched during backward (one all-reduce,
     or naive DP through GPU 0) after its last action, the optimizer step once the gradients
-    are reduced, and ZeRO-1/2's all-gather of the updated parameter shards."""
+    are reduced, and ZeRO-1/2's all-gather of the updated parameter shards (or, overlapped with
+    the forward, that all-gather at the start of the step: the previous step's, in steady
+    state)."""
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
         actions = ir.inp.schedule[r.rank]
@@ -170,9 +218,18 @@ def optimizer_pass(ir: StepIR) -> None:
             r.tail.append(sync)
             ready = [sync]
         if actions and actions[-1].kind == "OPT":
+            if r.last_host is not None:
+                ready = [*ready, r.last_host]
             opt = Op(r.rank, "compute", "OPT", "optimizer step", work.optimizer_ns, ready,
                      work.optimizer_alloc, work.optimizer_free)  # fmt: skip
             r.tail.append(opt)
             if work.post_opt_ns:
                 r.tail.append(Op(r.rank, "dp", "AG", work.post_opt_name, work.post_opt_ns,
                                  [opt]))  # fmt: skip
+        first, rest = work.pre_gather_ns
+        if (first or rest) and r.groups:
+            ag0 = Op(r.rank, "dp", "AG", f"{work.post_opt_name} (first bucket)", first, [])
+            ag1 = Op(r.rank, "dp", "AG", f"{work.post_opt_name} (other buckets)", rest, [ag0])
+            g0 = r.groups[0]
+            g0.ops[0].deps.append(ag0)
+            g0.ops[:0] = [ag0, ag1]

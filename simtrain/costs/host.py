@@ -1,0 +1,60 @@
+"""Host (CPU) time of issuing a micro-batch's kernels in eager PyTorch.
+
+In eager mode every ATen op costs host time (Python, the dispatcher, the kernel launch) before
+its kernel can run. The GPU runs behind the host; when an action's kernels are shorter than the
+host time of issuing them, the GPU waits for the host and the action takes the host's time
+(``sim.lowering.passes.host_pass`` runs this on a per-rank "host" stream). A runtime that
+replays CUDA graphs pays none of it (``spec.runtime.RuntimeProfile.host_s_per_op``).
+
+Host time of an action = dispatched ops × the runtime's host seconds per op. The op counts are
+those of simtrain's reference decoder block (``simtrain.torchref``), counted with
+``torch.utils._python_dispatch.TorchDispatchMode`` by ``benchmarks/count_ops.py`` (every op,
+views included: a view costs host time but launches no kernel), per layer and micro-batch;
+``tests/test_host.py`` recounts them with torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import Scenario
+
+
+@dataclass(frozen=True, slots=True)
+class LayerOps:
+    """Dispatched ATen ops of one decoder block for one micro-batch."""
+
+    forward: int
+    backward: int  # without recompute
+    recompute_full: int  # extra backward ops under full recompute (the replayed forward)
+
+
+#: (mlp, flash attention) -> ops per block, counted by benchmarks/count_ops.py on
+#: scenarios/3d_128gpu.yaml (torch 2.13, CPU; counts do not depend on sizes or device):
+#: gpt3-13b (GeLU, LayerNorm) and llama3-8b (SwiGLU, RMSNorm, rotary) presets, recompute none
+#: and full. Selective recompute replays only the attention core (a handful of ops): counted
+#: as none.
+LAYER_OPS: dict[tuple[str, bool], LayerOps] = {
+    ("gelu", True): LayerOps(forward=61, backward=129, recompute_full=98),
+    ("gelu", False): LayerOps(forward=77, backward=148, recompute_full=116),
+    ("swiglu", True): LayerOps(forward=72, backward=127, recompute_full=117),
+    ("swiglu", False): LayerOps(forward=96, backward=151, recompute_full=143),
+}
+
+
+def layer_ops(m: ModelSpec) -> LayerOps:
+    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention)."""
+    return LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
+
+
+def action_host_ns(sc: Scenario, layers: int, recompute: bool) -> tuple[int, int]:
+    """(forward, backward) host ns of one micro-batch through ``layers`` blocks; the backward
+    includes the replayed forward under full recompute. 0 when the runtime does not model
+    host time."""
+    per_op = sc.runtime.host_s_per_op
+    if per_op <= 0 or layers <= 0:
+        return 0, 0
+    ops = layer_ops(sc.model)
+    bwd = ops.backward + (ops.recompute_full if recompute else 0)
+    return round(1e9 * per_op * layers * ops.forward), round(1e9 * per_op * layers * bwd)

@@ -1,0 +1,174 @@
+"""Runtime profiles: the training framework that runs the step, read from ``runtimes/*.yaml``.
+
+The same model, hardware and layout run at different speeds under Megatron-LM, DeepSpeed,
+nanotron or torchtitan because the frameworks issue the same work differently: blocking or
+asynchronous pipeline sends, which collectives hide under compute, which NCCL algorithm a
+collective gets, and how much host time each kernel costs. A :class:`RuntimeProfile` says how
+one framework does each, every number with its source in the profile's comments.
+
+A scenario picks one with ``runtime: NAME`` or ``runtime: {name: NAME, KEY: VALUE, ...}``
+(per-scenario overrides of the profile's keys); without the key, :data:`DEFAULT_RUNTIME`,
+the model simtrain had before profiles existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from simtrain.errors import ConfigError, did_you_mean, unknown_key
+from simtrain.spec.limits import as_float, check_range
+from simtrain.spec.yamlfile import is_file, load_yaml
+
+RUNTIMES_DIR = Path(__file__).resolve().parents[2] / "runtimes"
+#: The profile of a scenario without ``runtime:``: Megatron-LM as of Narayanan et al. 2021, the
+#: runtime simtrain's step model was built and validated on (SC'21 within 2 %).
+DEFAULT_RUNTIME = "megatron_lm_2021"
+
+P2P_MODES = ("async", "blocking")
+ALGORITHMS = ("ring", "nccl")
+DISPATCH_MODES = ("eager", "cuda_graphs")
+MEMORY_REPORTED = ("allocated", "reserved", "nvidia_smi")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeProfile:
+    """How one framework runs a training step (the profile's YAML keys, same names)."""
+
+    name: str
+    display_name: str
+    # Pipeline point-to-point: "async" (batched isend/irecv on their own stream; Megatron's
+    # p2p_communication) or "blocking" (the host waits: each received activation's metadata is
+    # read on the host before the tensor is received, so the receiving GPU's queue drains and
+    # its host cannot issue the next kernels until the data has arrived).
+    p2p: str = "async"
+    # Messages each pipeline transfer sends (blocking mode: metadata messages + the tensor),
+    # each paying the link's latency.
+    p2p_messages: int = 1
+    # Collective algorithm: "ring" (every collective a ring) or "nccl" (NCCL's choice of ring
+    # or tree by message size and GPU count, costs.collectives).
+    collective_algorithm: str = "ring"
+    # Tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-Core
+    # --tp-comm-overlap, Transformer Engine userbuffers): off the critical path.
+    tp_comm_overlap: bool = False
+    # ZeRO-1/2 (distributed optimizer) parameter all-gather after the optimizer step overlapped
+    # with the next step's forward (Megatron-Core --overlap-param-gather): off the step's tail.
+    overlap_param_gather: bool = False
+    # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
+    # modelled (the host always runs ahead of the GPU).
+    host_us_per_op: float = 0.0
+    # "eager": every op dispatched from Python each step; "cuda_graphs": the step is replayed
+    # from a captured graph, one launch per graph (host cost per op not paid).
+    dispatch: str = "eager"
+    # The memory figure the framework's logs report: torch.cuda.max_memory_allocated
+    # ("allocated"), max_memory_reserved ("reserved") or the device total ("nvidia_smi").
+    memory_reported: str = "allocated"
+    source_file: str = ""
+
+    @property
+    def host_s_per_op(self) -> float:
+        """Host seconds per dispatched op on the step's critical path (0 with CUDA graphs)."""
+        return 0.0 if self.dispatch == "cuda_graphs" else self.host_us_per_op * 1e-6
+
+
+#: Profile keys a YAML file or a scenario's ``runtime:`` may set, with their allowed values
+#: (a tuple of strings), their type (bool, int) or a float range.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
+    "memory_reported": MEMORY_REPORTED,
+}  # fmt: skip
+BOOLS = ("tp_comm_overlap", "overlap_param_gather")
+#: p2p_messages: a transfer of a few metadata messages and the tensor; host_us_per_op up to
+#: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~10 us).
+INTS = {"p2p_messages": (1, 64)}
+FLOATS = {"host_us_per_op": (0.0, 1e4)}
+KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
+
+
+def _value(key: str, v: Any, file: str, prefix: str) -> Any:
+    full = f"{prefix}{key}"
+    if key in CHOICES:
+        if v not in CHOICES[key]:
+            allowed = CHOICES[key]
+            raise ConfigError(file, full, f"unknown value{did_you_mean(v, allowed)}", v,
+                              " | ".join(allowed))  # fmt: skip
+        return v
+    if key in BOOLS:
+        if not isinstance(v, bool):
+            raise ConfigError(file, full, "must be true or false", v)
+        return v
+    if key in INTS:
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(file, full, "must be an integer", v)
+        lo, hi = INTS[key]
+        check_range(v, file, full, lo, hi)
+        return v
+    if key in FLOATS:
+        x = as_float(v, file, full)
+        lo, hi = FLOATS[key]
+        check_range(x, file, full, lo, hi)
+        return x
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(file, full, "must be a non-empty string", v)
+    return v
+
+
+def _settings(data: dict[str, Any], file: str, prefix: str) -> dict[str, Any]:
+    for k in data:
+        if k not in KEYS:
+            raise unknown_key(file, k, prefix, KEYS)
+    return {k: _value(k, v, file, prefix) for k, v in data.items()}
+
+
+def parse_runtime(data: Any, file: str) -> RuntimeProfile:
+    """Validate a runtime profile mapping (``runtimes/*.yaml``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "<root>", "a runtime profile must be a mapping")
+    kw = _settings(data, file, "")
+    kw.setdefault("name", Path(file).stem)
+    kw.setdefault("display_name", kw["name"])
+    return RuntimeProfile(**kw, source_file=file)
+
+
+def available_runtimes() -> list[str]:
+    """Names of the shipped runtime profiles (files in runtimes/)."""
+    return sorted(p.stem for p in RUNTIMES_DIR.glob("*.yaml"))
+
+
+def load_runtime(name: str, file: str | None = None, key: str = "runtime") -> RuntimeProfile:
+    """A shipped runtime profile by name."""
+    path = RUNTIMES_DIR / f"{name}.yaml"
+    if not isinstance(name, str) or "/" in name or not is_file(path):
+        names = available_runtimes()
+        raise ConfigError(file, key, f"unknown runtime{did_you_mean(name, names)}", name,
+                          ", ".join(names))  # fmt: skip
+    return parse_runtime(load_yaml(path), str(path))
+
+
+@cache
+def default_runtime() -> RuntimeProfile:
+    """The profile of a scenario without ``runtime:`` (read once)."""
+    return load_runtime(DEFAULT_RUNTIME)
+
+
+def parse_scenario_runtime(data: Any, file: str) -> RuntimeProfile:
+    """A scenario's ``runtime:``: a profile name, or ``{name: NAME, KEY: VALUE, ...}`` whose
+    keys override the profile's (absent: :data:`DEFAULT_RUNTIME`)."""
+    if data is None:
+        return default_runtime()
+    if isinstance(data, str):
+        return load_runtime(data, file)
+    if not isinstance(data, dict):
+        raise ConfigError(file, "runtime", "must be a runtime name or a mapping with 'name'", data,
+                          ", ".join(available_runtimes()))  # fmt: skip
+    overrides = _settings(data, file, "runtime.")
+    base = load_runtime(overrides.pop("name", DEFAULT_RUNTIME), file, "runtime.name")
+    overrides.pop("display_name", None)
+    return replace(base, **overrides)
+
+
+def runtime_settings(rt: RuntimeProfile) -> dict[str, Any]:
+    """The profile's settings by key (for reports and the JSON summary)."""
+    return {f.name: getattr(rt, f.name) for f in fields(rt) if f.name != "source_file"}
