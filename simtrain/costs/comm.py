@@ -43,10 +43,13 @@ def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1)
     """Rank ``rank``'s send of a b·s·h activation (or its gradient) to rank ``rank +
     direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
     §4.1), over the intra-node link or the NIC when the hop leaves the node; a runtime that
-    sends metadata first (``runtime.p2p_messages`` > 1) pays the link's latency per message."""
+    sends metadata or more tensors (``runtime.p2p_messages_forward`` / ``_backward`` > 1) pays
+    the link's latency per message."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
-    extra = (sc.runtime.p2p_messages - 1) * link.latency_s  # metadata messages before the tensor
+    rt = sc.runtime
+    messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
+    extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
     return round(1e9 * (coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link) + extra))
 
 

@@ -54,7 +54,8 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         lo, hi = ch.layers
         sm = mem.stages[step.chunk_rank(stage)]
         per_layer = sm.params * prec.param // max(step.rank_layers(sm.stage), 1)
-        rs_bytes = sm.trainable * prec.grad // max(hi - lo, 1) // step.v
+        grad = 4 if sc.runtime.grad_reduce_dtype == "fp32" else prec.grad
+        rs_bytes = sm.trainable * grad // max(hi - lo, 1) // step.v
         out[stage] = replace(
             ch,
             gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer),
@@ -67,10 +68,11 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
               trainable: int) -> RankWork:  # fmt: skip
     """The rank's optimizer step and data-parallel gradient reduction: naive DP through GPU 0,
     ZeRO-1/2 bucketed reduce-scatter + all-gather of the updated shards, DDP buckets
-    overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward).
+    overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward,
+    or a runtime that does not overlap the reduction: ``runtime.overlap_grad_reduce`` false).
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
-    p, t, prec = sc.parallelism, sc.training, step.precision
-    grad_bytes = trainable * prec.grad
+    p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
+    grad_bytes = trainable * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
     work = RankWork(optimizer_ns=optimizer_step_ns(optimizer_shard(trainable, p), t, sc.hardware))
     if p.dp == 1 or not grad_bytes:
         return work
@@ -80,18 +82,26 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     if p.zero_stage == 3:
         return work
     bucketable = step.schedule[rank][-2].kind in ("B", "W") and not step.traits.asynchronous
-    if p.zero_stage in (1, 2):
+    bucketable = bucketable and rt.overlap_grad_reduce
+    zero12 = p.zero_stage in (1, 2)
+    op = "reduce_scatter" if zero12 and rt.zero_grad_reduction == "reduce_scatter" else "all_reduce"
+    if zero12:
+        # ZeRO-1/2: the updated shards are all-gathered after the step, or (overlapped) during
+        # the next forward; nanotron reduces with an all-reduce (optim/zero.py).
         ag = comm.dp_ns(sc, step, "all_gather", params * prec.param)
-        work = replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "reduce_scatter", grad_bytes),
-                       bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter",
-                       post_opt_name="AG updated params")  # fmt: skip
-        if sc.runtime.overlap_param_gather:
+        work = replace(work, post_opt_ns=ag, post_opt_name="AG updated params")
+        if rt.overlap_param_gather:
             n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
             first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
-            return replace(work, pre_gather_ns=(first, max(ag - first, 0)))
-        return replace(work, post_opt_ns=ag)
+            work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
+        if op == "reduce_scatter" and rt.overlap_grad_reduce:  # DeepSpeed overlap_comm
+            return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes),
+                           bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter")  # fmt: skip
     if bucketable:
-        return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, "all_reduce", grad_bytes))
+        return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes))
+    if op == "reduce_scatter":
+        ns = comm.dp_ns(sc, step, op, grad_bytes)
+        return replace(work, grad_sync_ns=ns, grad_sync_name=f"ZeRO-{p.zero_stage} reduce-scatter")
     ns, name = comm.grad_sync_ns(sc, step, grad_bytes)
     return replace(work, grad_sync_ns=ns, grad_sync_name=name)
 

@@ -31,6 +31,8 @@ P2P_MODES = ("async", "blocking")
 ALGORITHMS = ("ring", "nccl")
 DISPATCH_MODES = ("eager", "cuda_graphs")
 MEMORY_REPORTED = ("allocated", "reserved", "nvidia_smi")
+GRAD_REDUCE_DTYPES = ("grad", "fp32")
+ZERO_GRAD_REDUCTIONS = ("reduce_scatter", "all_reduce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +46,28 @@ class RuntimeProfile:
     # read on the host before the tensor is received, so the receiving GPU's queue drains and
     # its host cannot issue the next kernels until the data has arrived).
     p2p: str = "async"
-    # Messages each pipeline transfer sends (blocking mode: metadata messages + the tensor),
-    # each paying the link's latency.
-    p2p_messages: int = 1
+    # Messages of one micro-batch's pipeline transfer, forward (activations) and backward
+    # (their gradient): metadata messages and tensors, each paying the link's latency.
+    p2p_messages_forward: int = 1
+    p2p_messages_backward: int = 1
     # Collective algorithm: "ring" (every collective a ring) or "nccl" (NCCL's choice of ring
     # or tree by message size and GPU count, costs.collectives).
     collective_algorithm: str = "ring"
     # Tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-Core
     # --tp-comm-overlap, Transformer Engine userbuffers): off the critical path.
     tp_comm_overlap: bool = False
+    # Data-parallel gradient reduction in buckets during the last backward (PyTorch DDP,
+    # Megatron-Core --overlap-grad-reduce, DeepSpeed overlap_comm), or one reduction after it.
+    overlap_grad_reduce: bool = True
     # ZeRO-1/2 (distributed optimizer) parameter all-gather after the optimizer step overlapped
     # with the next step's forward (Megatron-Core --overlap-param-gather): off the step's tail.
     overlap_param_gather: bool = False
+    # Bytes on the wire of each gradient element in the data-parallel reduction: "grad" (the
+    # gradients' own dtype) or "fp32" (reduced from an fp32 accumulation buffer or upcast).
+    grad_reduce_dtype: str = "grad"
+    # ZeRO-1/2's gradient reduction: "reduce_scatter" (each rank receives its shard; DeepSpeed,
+    # Megatron's distributed optimizer) or "all_reduce" (every rank receives every gradient).
+    zero_grad_reduction: str = "reduce_scatter"
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0
@@ -77,12 +89,13 @@ class RuntimeProfile:
 #: (a tuple of strings), their type (bool, int) or a float range.
 CHOICES: dict[str, tuple[str, ...]] = {
     "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
-    "memory_reported": MEMORY_REPORTED,
+    "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
+    "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "overlap_param_gather")
-#: p2p_messages: a transfer of a few metadata messages and the tensor; host_us_per_op up to
-#: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~10 us).
-INTS = {"p2p_messages": (1, 64)}
+BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather")
+#: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
+#: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
+INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
 FLOATS = {"host_us_per_op": (0.0, 1e4)}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
 

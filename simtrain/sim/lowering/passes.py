@@ -178,16 +178,22 @@ def host_pass(ir: StepIR) -> None:
 def p2p_pass(ir: StepIR) -> None:
     """Pipeline sends (PyTorch ``_add_send_recv``): after a forward, its output to the next
     stage; after a backward (B or I), its input gradient to the previous stage; on the "p2p"
-    stream, when the action is done. Receives are the dependencies ``compute_pass`` named."""
+    stream, when the action is done (and, with a host stream, issued). Receives are the
+    dependencies ``compute_pass`` named. Blocking p2p: the host issues nothing more until the
+    send has completed (nanotron waits on each send at once)."""
     inp = ir.inp
     if inp.pp == 1:
         return
     last_stage = inp.pp * inp.v - 1
     for r in ir.ranks.values():
+        sent: Op | None = None  # blocking p2p: the host waits for its last send to complete
         for g in r.groups:
             a = g.action
             if a is None:
                 continue
+            if sent is not None and g.host is not None:
+                g.host.deps.append(sent)
+                sent = None
             c = inp.chunks[a.stage]
             if a.kind == "F" and a.stage < last_stage:
                 kind, dur = "SEND_F", c.send_forward_ns
@@ -200,6 +206,8 @@ def p2p_pass(ir: StepIR) -> None:
                       microbatch=a.microbatch, stage=a.stage)  # fmt: skip
             g.ops.append(send)
             ir.sends[(kind.lower(), a.stage, a.microbatch)] = send
+            if inp.blocking_p2p:
+                sent = send
 
 
 def optimizer_pass(ir: StepIR) -> None:
