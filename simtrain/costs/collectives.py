@@ -271,12 +271,9 @@ NCCL_INTRA_HW = ("nvlink", "pci")  # NCCL_HW_NVLINK, NCCL_HW_PCI
 
 #: ncclTunerConstantsDefaults.baseLatencies (us) per algorithm, (LL, LL128, Simple).
 BASE_LATENCY_US: dict[str, tuple[float, float, float]] = {
-    "tree": (6.8, 14.0, 8.4),
-    "ring": (6.6, 14.0, 8.4),
-    "nvls": (0.0, 0.0, 0.0),
-    "nvls_tree": (0.0, 0.0, 0.0),
-    "pat": (8.0, 8.0, 8.0),
-}
+    "tree": (6.8, 14.0, 8.4), "ring": (6.6, 14.0, 8.4), "nvls": (0.0, 0.0, 0.0),
+    "nvls_tree": (0.0, 0.0, 0.0), "pat": (8.0, 8.0, 8.0),
+}  # fmt: skip
 #: ncclTunerConstantsDefaults.hwLatencies (us): per-hop latency by link kind (NVLINK, PCI, NET),
 #: algorithm and protocol (LL, LL128, Simple).
 HW_LATENCY_US: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -306,11 +303,9 @@ HW_LATENCY_US: dict[str, dict[str, tuple[float, float, float]]] = {
 #: row by GPU architecture, column 0. Several nodes: row 0 (Intel CPU) or 1 (AMD CPU), column 1
 #: for 2 nodes and 2 for more ("Volta-N1/Intel-N2/Intel-N4", "Ampere-N1/AMD-N2/AMD-N4", ...).
 LL_MAX_BW_GB_PER_S: dict[str, tuple[float, float, float]] = {
-    "volta": (39.0, 39.0, 20.4),
-    "ampere": (87.7, 22.5, 19.0),
-    "hopper": (141.0, 45.0, 35.0),
+    "volta": (39.0, 39.0, 20.4), "ampere": (87.7, 22.5, 19.0), "hopper": (141.0, 45.0, 35.0),
     "blackwell": (2 * 141.0, 2 * 45.0, 2 * 35.0),
-}
+}  # fmt: skip
 #: nvlsEfficiency: NVLink SHARP bandwidth / NVLink bandwidth (0: no NVLS on that architecture).
 NVLS_EFFICIENCY = {"volta": 0.0, "ampere": 0.0, "hopper": 0.85, "blackwell": 0.74}
 #: ncclTopoTuneModel refinements: bus-bandwidth fraction of each protocol relative to Simple.
@@ -467,6 +462,45 @@ def _nvls_s(op: str, size: float, g: int, intra: GroupLink, arch: str) -> float:
     return moved / bw
 
 
+def _check_nccl_args(arch: str, cpu: str, intra_hw: str, algorithms: Sequence[str] | None,
+                     protocols: Sequence[str] | None) -> None:  # fmt: skip
+    for value, allowed, what in ((arch, NCCL_ARCHS, "arch"), (cpu, NCCL_CPUS, "cpu"),
+                                 (intra_hw, NCCL_INTRA_HW, "intra_hw")):  # fmt: skip
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    for names, allowed, what in ((algorithms, NCCL_ALGORITHMS, "algorithm"),
+                                 (protocols, PROTOCOLS, "protocol")):  # fmt: skip
+        for name in names or ():
+            if name not in allowed:
+                raise ValueError(f"unknown NCCL {what} {name!r}; allowed: {', '.join(allowed)}")
+
+
+def _nvls_pat_candidates(op: str, size: float, n: int, g: int, nodes: int, intra: GroupLink,
+                         inter: GroupLink | None, nvls: bool, arch: str,
+                         intra_hw: str) -> list[NcclChoice]:  # fmt: skip
+    """NVLS (one node), NVLS tree (all-reduce, several nodes) and PAT (one GPU per node)."""
+    out = []
+    has_nvls = nvls and NVLS_EFFICIENCY[arch] > 0 and g >= 2
+    nvls_hop = _hop_s(intra.latency_s, intra_hw, "nvls", "simple") if has_nvls else 0.0
+    if has_nvls and nodes == 1 and op in ("all_reduce", "all_gather", "reduce_scatter"):
+        out.append(NcclChoice(nvls_hop + _nvls_s(op, size, g, intra, arch), "nvls", "simple"))
+    if has_nvls and nodes > 1 and op == "all_reduce":
+        assert inter is not None
+        hop = _hop_s(inter.latency_s, "net", "nvls_tree", "simple")
+        lat = nvls_hop + 2 * log2_floor(nodes) * hop
+        t_bw = max(_nvls_s(op, size, g, intra, arch), _tree_network_s(size, g, nodes, inter))
+        out.append(NcclChoice(lat + t_bw, "nvls_tree", "simple"))
+    if op in ("all_gather", "reduce_scatter") and g == 1 and nodes > 1:
+        assert inter is not None
+        # one GPU per node: NCCL's interLat is the Tree's network hop
+        hop = _hop_s(inter.latency_s, "net", "tree", "simple")
+        lat = (BASE_LATENCY_US["pat"][_P["simple"]] + PAT_PER_RANK_LATENCY_US * n) * 1e-6
+        lat += log2_floor(nodes) * hop / PAT_LOG_LATENCY_DIVISOR
+        t_bw = size / (PAT_FRACTION * inter.bandwidth_bytes_per_s)
+        out.append(NcclChoice(lat + t_bw, "pat", "simple"))
+    return out
+
+
 def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
                     inter: GroupLink | None = None, gpus_per_node: int, nvls: bool = False,
                     algorithms: Sequence[str] | None = None,
@@ -509,15 +543,7 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
     src/platform-aws.cpp) to every network hop; here it is part of the profile's ``inter``
     latency."""
     _check_op(op)
-    for value, allowed, what in ((arch, NCCL_ARCHS, "arch"), (cpu, NCCL_CPUS, "cpu"),
-                                 (intra_hw, NCCL_INTRA_HW, "intra_hw")):  # fmt: skip
-        if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
-    for names, allowed, what in ((algorithms, NCCL_ALGORITHMS, "algorithm"),
-                                 (protocols, PROTOCOLS, "protocol")):  # fmt: skip
-        for name in names or ():
-            if name not in allowed:
-                raise ValueError(f"unknown NCCL {what} {name!r}; allowed: {', '.join(allowed)}")
+    _check_nccl_args(arch, cpu, intra_hw, algorithms, protocols)
     if n < 1 or gpus_per_node < 1:
         raise ValueError(
             f"n and gpus_per_node must be >= 1 (got n={n}, gpus_per_node={gpus_per_node})"
@@ -536,29 +562,10 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
         out.append(NcclChoice(t, "pairwise", "simple"))
     else:
         out += _ring_candidates(op, size_bytes, n, g, nodes, intra, inter, arch, cpu, intra_hw)
-        has_nvls = nvls and NVLS_EFFICIENCY[arch] > 0 and g >= 2
-        nvls_hop = _hop_s(intra.latency_s, intra_hw, "nvls", "simple") if has_nvls else 0.0
         if op == "all_reduce":
             out += _tree_candidates(size_bytes, g, nodes, intra, inter, arch, cpu, intra_hw)
-        if has_nvls and nodes == 1 and op in ("all_reduce", "all_gather", "reduce_scatter"):
-            t = nvls_hop + _nvls_s(op, size_bytes, g, intra, arch)
-            out.append(NcclChoice(t, "nvls", "simple"))
-        if has_nvls and nodes > 1 and op == "all_reduce":
-            assert inter is not None
-            lat = nvls_hop + 2 * log2_floor(nodes) * _hop_s(
-                inter.latency_s, "net", "nvls_tree", "simple"
-            )
-            t_bw = max(_nvls_s(op, size_bytes, g, intra, arch),
-                       _tree_network_s(size_bytes, g, nodes, inter))  # fmt: skip
-            out.append(NcclChoice(lat + t_bw, "nvls_tree", "simple"))
-        if op in ("all_gather", "reduce_scatter") and g == 1 and nodes > 1:
-            assert inter is not None
-            # one GPU per node: NCCL's interLat is the Tree's network hop
-            hop = _hop_s(inter.latency_s, "net", "tree", "simple")
-            lat = (BASE_LATENCY_US["pat"][_P["simple"]] + PAT_PER_RANK_LATENCY_US * n) * 1e-6
-            lat += log2_floor(nodes) * hop / PAT_LOG_LATENCY_DIVISOR
-            t_bw = size_bytes / (PAT_FRACTION * inter.bandwidth_bytes_per_s)
-            out.append(NcclChoice(lat + t_bw, "pat", "simple"))
+        out += _nvls_pat_candidates(op, size_bytes, n, g, nodes, intra, inter, nvls, arch,
+                                    intra_hw)  # fmt: skip
     keep = [
         c
         for c in out
