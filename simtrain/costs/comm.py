@@ -1,8 +1,11 @@
 """Communication durations of one step's collectives and sends, placed on the cluster.
 
-Each collective is an NCCL-style ring over a process group whose GPU ids are ``stride`` apart
-(``layout.placement``): inside a node over the intra-node link, across nodes one ring per NIC
-(bandwidth min(B_intra, g·B_nic); ``collectives.collective_time_s``). Durations are integer ns.
+Each collective runs over a process group whose GPU ids are ``stride`` apart
+(``layout.placement``): as a ring (runtime ``collective_algorithm: ring``; inside a node over the
+intra-node link, across nodes one ring per NIC, bandwidth min(B_intra, g·B_nic);
+``collectives.collective_time_s``) or as NCCL would pick it (``nccl``: ring, tree, NVLS with the
+protocol of least predicted time, from the hardware profile's ``collectives:`` section;
+``collectives.nccl_time_s``). Durations are integer ns.
 """
 
 from __future__ import annotations
@@ -20,10 +23,26 @@ def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, 
     """One ring collective ``op`` of ``size_bytes`` over ``n`` GPUs ``stride`` apart."""
     if n <= 1 or size_bytes <= 0:
         return 0
-    intra, inter = coll.node_links(sc.hardware)
+    hw = sc.hardware
+    intra, inter = coll.node_links(hw)
     g = step.placement.group_gpus_per_node(n, stride)
-    t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
-                               inter=inter, gpus_per_node=g)  # fmt: skip
+    if sc.runtime.collective_algorithm == "nccl":
+        t = coll.nccl_time_s(
+            op,
+            size_bytes,
+            n,
+            intra=intra,
+            inter=inter,
+            gpus_per_node=g,
+            nvls=hw.nvls,
+            protocols=hw.nccl_protocols or None,
+            algorithms=hw.nccl_algorithms or None,
+            arch=hw.gpu_arch,
+            intra_hw="pci" if hw.intra_node_kind == "pcie" else "nvlink",
+        ).time_s
+    else:
+        t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
+                                   inter=inter, gpus_per_node=g)  # fmt: skip
     return round(1e9 * t)
 
 

@@ -56,6 +56,13 @@ class HardwareProfile:
     cpu_adam_params_per_s: float  # CPU optimizer throughput for offload (DeepSpeed CPUAdam)
     efficiency: Efficiency
     source_file: str = ""
+    # How NCCL runs on this machine (the ``collectives:`` section; costs.collectives.nccl_time_s):
+    # the GPU generation NCCL tunes for, whether the NVSwitch does NVLink SHARP (NVLS), and the
+    # protocols the network allows (empty: all of LL, LL128, Simple).
+    gpu_arch: str = "ampere"
+    nvls: bool = False
+    nccl_protocols: tuple[str, ...] = ()
+    nccl_algorithms: tuple[str, ...] = ()  # empty: every algorithm NCCL has for the op
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (fp32 | tf32 | fp16 | bf16 | fp8 | int8)."""
@@ -105,8 +112,12 @@ HW_KEYS = {
     "name", "display_name", "memory_gib", "peak_tflops", "hbm_bandwidth_gb_per_s", "gpus_per_node",
     "intra_node", "pcie_bandwidth_gb_per_s", "nic_bandwidth_gbit_per_s", "inter_node_latency_us",
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
-    "efficiency",
+    "efficiency", "collectives",
 }  # fmt: skip
+COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms")
+NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
+GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
+NCCL_PROTOCOLS = ("ll", "ll128", "simple")
 INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
 EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer")
 
@@ -153,6 +164,46 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
         if v < MIN_FRACTION:
             raise ConfigError(file, f"efficiency.{k}", f"must be >= {MIN_FRACTION:g}", v)
     return efficiency
+
+
+def _collectives(data: Any, file: str) -> dict[str, Any]:
+    """``collectives``: gpu_arch (NCCL's tuning row), nvls, protocols and algorithms (default:
+    all)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, "collectives", "must be a mapping", data)
+    for k in data:
+        if k not in COLLECTIVES_KEYS:
+            raise unknown_key(file, k, "collectives.", COLLECTIVES_KEYS)
+    out: dict[str, Any] = {}
+    if "gpu_arch" in data:
+        if data["gpu_arch"] not in GPU_ARCHS:
+            raise ConfigError(file, "collectives.gpu_arch",
+                              f"unknown{did_you_mean(data['gpu_arch'], GPU_ARCHS)}",
+                              data["gpu_arch"], " | ".join(GPU_ARCHS))  # fmt: skip
+        out["gpu_arch"] = data["gpu_arch"]
+    if "nvls" in data:
+        if not isinstance(data["nvls"], bool):
+            raise ConfigError(file, "collectives.nvls", "must be true or false", data["nvls"])
+        out["nvls"] = data["nvls"]
+    if "protocols" in data:
+        protos = data["protocols"]
+        if (
+            not isinstance(protos, list)
+            or not protos
+            or any(x not in NCCL_PROTOCOLS for x in protos)
+        ):
+            raise ConfigError(file, "collectives.protocols", "must be a non-empty list of "
+                              "protocols", protos, " | ".join(NCCL_PROTOCOLS))  # fmt: skip
+        out["nccl_protocols"] = tuple(dict.fromkeys(protos))
+    if "algorithms" in data:
+        algos = data["algorithms"]
+        if not isinstance(algos, list) or not algos or any(x not in NCCL_ALGORITHMS for x in algos):
+            raise ConfigError(file, "collectives.algorithms", "must be a non-empty list of "
+                              "algorithms", algos, " | ".join(NCCL_ALGORITHMS))  # fmt: skip
+        out["nccl_algorithms"] = tuple(dict.fromkeys(algos))
+    return out
 
 
 def parse_hardware(data: Any, file: str) -> HardwareProfile:
@@ -209,6 +260,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         cpu_adam_params_per_s=_num(data, "cpu_adam_params_per_s", file, minimum=1.0, default=1e9),
         efficiency=efficiency,
         source_file=file,
+        **_collectives(data.get("collectives"), file),
     )
 
 
