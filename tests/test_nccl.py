@@ -120,7 +120,7 @@ def test_data_file_records_are_complete() -> None:
 
 def test_playbook_points_are_the_ones_test_collectives_uses() -> None:
     """measured/nccl_tests.yaml and test_collectives' USP tables carry the same figures."""
-    from tests.test_collectives import USP_ALL_GATHER, USP_ALL_REDUCE, USP_REDUCE_SCATTER
+    from test_collectives import USP_ALL_GATHER, USP_ALL_REDUCE, USP_REDUCE_SCATTER
 
     tables = {"all_reduce": USP_ALL_REDUCE, "all_gather": USP_ALL_GATHER,
               "reduce_scatter": USP_REDUCE_SCATTER}  # fmt: skip
