@@ -269,3 +269,20 @@ def test_layer_op_counts_match_the_reference_model(key):
             assert (fwd, bwd) == (expected.forward, expected.backward)
         else:
             assert bwd == expected.backward + expected.recompute_full
+
+
+def test_zero3_per_gpu_nic_gathers_at_one_nic_per_gpu():
+    """DeepSpeed's ZeRO-3 (runtimes/deepspeed.yaml [sc21z]): a gather across nodes moves each
+    GPU's bytes through its own NIC: (n−1)/n·S/B_nic + (n−1)·α, the ring of one GPU per node."""
+    par = {"dp": 32, "zero_stage": 3}
+    node = scenario({"zero3_per_gpu_nic": False}, **par)
+    nic = scenario({"zero3_per_gpu_nic": True}, **par)
+    c_node = build_lowering_input(node, estimate_memory(node)).chunks[0]
+    c_nic = build_lowering_input(nic, estimate_memory(nic)).chunks[0]
+    sm = estimate_memory(nic).stages[0]
+    size = sm.params * 2 // nic.model.layers  # bf16 parameters of one layer
+    _, inter = coll.node_links(nic.hardware)
+    n = 32
+    expected = (n - 1) / n * size / inter.bandwidth_bytes_per_s + (n - 1) * inter.latency_s
+    assert c_nic.gather_ns_per_layer == round(1e9 * expected)
+    assert c_nic.gather_ns_per_layer > c_node.gather_ns_per_layer

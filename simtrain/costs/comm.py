@@ -19,13 +19,17 @@ MAX_BUCKET_GROUPS = 16
 
 
 def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, n: int,
-                  stride: int) -> int:  # fmt: skip
-    """One ring collective ``op`` of ``size_bytes`` over ``n`` GPUs ``stride`` apart."""
+                  stride: int, per_gpu_nic: bool = False) -> int:  # fmt: skip
+    """One collective ``op`` of ``size_bytes`` over ``n`` GPUs ``stride`` apart.
+    ``per_gpu_nic``: a group that spans nodes moves each GPU's traffic through its own NIC
+    (as if one member per node) instead of sharing the node's NICs across channels."""
     if n <= 1 or size_bytes <= 0:
         return 0
     hw = sc.hardware
     intra, inter = coll.node_links(hw)
     g = step.placement.group_gpus_per_node(n, stride)
+    if per_gpu_nic and g < n:
+        g = 1
     if sc.runtime.collective_algorithm == "nccl":
         t = coll.nccl_time_s(
             op,
@@ -52,10 +56,11 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
-def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
+def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
+          per_gpu_nic: bool = False) -> int:  # fmt: skip
     """A collective over the data-parallel group (GPU ids tp apart)."""
     g = step.groups
-    return collective_ns(sc, step, op, size_bytes, g.dp, g.dp_stride)
+    return collective_ns(sc, step, op, size_bytes, g.dp, g.dp_stride, per_gpu_nic)
 
 
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:

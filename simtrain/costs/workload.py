@@ -56,10 +56,11 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         per_layer = sm.params * prec.param // max(step.rank_layers(sm.stage), 1)
         grad = 4 if sc.runtime.grad_reduce_dtype == "fp32" else prec.grad
         rs_bytes = sm.trainable * grad // max(hi - lo, 1) // step.v
+        flat = sc.runtime.zero3_per_gpu_nic
         out[stage] = replace(
             ch,
-            gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer),
-            reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes),
+            gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer, flat),
+            reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat),
         )
     return out
 

@@ -68,6 +68,9 @@ class RuntimeProfile:
     # ZeRO-1/2's gradient reduction: "reduce_scatter" (each rank receives its shard; DeepSpeed,
     # Megatron's distributed optimizer) or "all_reduce" (every rank receives every gradient).
     zero_grad_reduction: str = "reduce_scatter"
+    # ZeRO-3's parameter all-gathers and gradient reduce-scatters across nodes move each GPU's
+    # traffic through its own NIC (as a flat ring would), not through all of the node's NICs.
+    zero3_per_gpu_nic: bool = False
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0
@@ -92,7 +95,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather")
+BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic")
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
