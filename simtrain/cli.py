@@ -322,15 +322,17 @@ def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, ex
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @click.option("--only", default=None, help="Only records of this source key (e.g. megatron_sc21).")
+@click.option("--by", type=click.Choice(["record", "family"]), default="record", show_default=True,
+              help="record: a row per record and metric; family: figures per source family.")  # fmt: skip
 @click.option(
     "--out", type=click.Path(file_okay=False), default="plots/validate", show_default=True
 )
 @_errors
-def validate(path: str | None, as_json: bool, only: str | None, out: str) -> None:
-    """Simulate measured runs (default measured/published_runs.yaml) and report the error."""
+def validate(path: str | None, as_json: bool, only: str | None, by: str, out: str) -> None:
+    """Simulate measured runs (default: the published runs in measured/) and report the error."""
     from simtrain.apps.validate import validate_command
 
-    click.echo(validate_command(path, as_json, only, out), nl=False)
+    click.echo(validate_command(path, as_json, only, out, by), nl=False)
 
 
 @main.command()

@@ -182,7 +182,8 @@ def test_every_record_is_compared_or_skipped_with_a_reason(result, published_rec
 
 def test_json_document_schema(result) -> None:
     doc = json.loads(json.dumps(result.to_json()))
-    assert set(doc) == {"schema_version", "records", "skipped", "summary"}
+    assert set(doc) == {"schema_version", "records", "skipped", "summary", "by_family",
+                        "noisy_pairs"}  # fmt: skip
     assert doc["schema_version"] == 1
     assert doc["records"] and doc["skipped"] and doc["summary"]
     for r in doc["records"]:
@@ -237,6 +238,12 @@ def test_string_mappings() -> None:
     assert map_precision("fp16 AMP") == "amp_fp16"
     assert map_precision("fp32") == "fp32"
     assert map_precision("amp_fp8 (FSDP)") is None
+    assert map_precision("bf16 + Float8 linears") is None  # was read as bf16 (issue 13)
+    assert map_precision("bf16 AMP") == "amp_bf16"
+    assert map_precision("full bf16 (no AMP)") == "bf16_pure"
+    assert map_precision("bf16_fp32_grads") == "bf16_fp32_grads"
+    assert map_precision("mixed precision") is None  # no format named
+    assert map_precision("tf32") is None
     assert map_recompute("full (activation recomputation; FLOP count ...)") == "full"
     assert map_recompute("selective (attention core)") == "selective"
     assert map_recompute("none (assumed: ...)") == "none"
@@ -278,7 +285,8 @@ def test_unexpressible_records_come_back_with_reasons() -> None:
             hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 3},
         ),
         "must not exceed model.layers": _record(parallelism={"tp": 1, "pp": 16}),
-        "not a simtrain precision": _record(training={"global_batch": 64, "precision": "fp8"}),
+        "not a simtrain precision": _record(training={"global_batch": 64, "precision": "tf32"}),
+        "FP8 precision 'fp8'": _record(training={"global_batch": 64, "precision": "fp8"}),
         "num_gpus 16 != tp x pp x dp": _record(parallelism={"tp": 2, "pp": 2, "dp": 2}),
         "kind memory_capacity": _record(kind="memory_capacity"),
         "flops_convention": _record(measured={"mfu": 0.5, "flops_convention": "mine"}),

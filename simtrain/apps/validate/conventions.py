@@ -4,6 +4,7 @@ with like (``shared/measured/formulas.md`` §1, §6)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,7 +19,7 @@ from simtrain.units import GIB
 class SourceConvention:
     """How a source's runs are built and how it counts what it reports."""
 
-    flops: str  # megatron_eq3 | korthikanti | mosaicml | nanotron | simtrain
+    flops: str  # one of FLOP_CONVENTIONS
     architecture: Mapping[str, Any]  # ModelSpec keys the source's code implies
     recompute_default: str = "none"  # when the record does not say
     recompute_note: str = ""
@@ -34,6 +35,14 @@ class SourceConvention:
     cross_entropy_note: str = ""
     zero3_max_live_params: int = 0  # ParallelSpec.zero3_max_live_params
     zero3_note: str = ""
+    # (precision, why) when the record names no number format (absent or "mixed precision")
+    precision_unstated: tuple[str, str] | None = None
+    # parallelism keys the source's runs imply where the record is silent, and why
+    parallel_defaults: Mapping[str, Any] = field(default_factory=dict)
+    parallel_note: str = ""
+    ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
+    # simtrain recompute modes the source's own mode of that name does not match: mode -> why
+    recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -52,6 +61,16 @@ MPT = {"mlp": "gelu", "positions": "learned", "bias": False, "norm": "layernorm"
 NANOTRON_LLAMA = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
                   "dropout": 0.0, "flash_attention": True,
                   "qkv_layout": "fused_kv_copy"}  # fmt: skip
+# Megatron-Core GPT (Megatron-LM 937571cfd4, megatron/training/arguments.py): Megatron's GPT
+# defaults (learned_absolute positions, GeLU, biases, LayerNorm, hidden and attention dropout 0.1)
+# with --transformer-impl transformer_engine (the default), whose DotProductAttention runs fused
+# (flash) attention, and an untied output layer: the README's model sizes (177, 314 and 462 B at
+# vocab 131,072) are 12·l·h² plus two V·h tables, not one (tied: 175.5, 311.4, 459.0 B).
+MCORE_GPT = {**MEGATRON_GPT, "flash_attention": True, "tied_embeddings": False}
+# Llama 3 as torchtitan (torchtitan/models/llama/model.py), Megatron-Core and Meta build it:
+# SwiGLU, RMSNorm, rotary, no biases, untied output layer, no dropout, flash attention (SDPA).
+LLAMA3 = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
+          "tied_embeddings": False, "dropout": 0.0, "flash_attention": True}  # fmt: skip
 # HF BERT-large in the Transformers docs (eager attention, dropout 0.1, biases, learned positions).
 HF_BERT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "layernorm",
            "tied_embeddings": True, "dropout": 0.1, "flash_attention": False}  # fmt: skip
@@ -62,6 +81,45 @@ _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which coun
 # Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
 _MEGATRON_LM = SourceConvention(
     "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
+)
+
+# DeepSpeed's pipeline engine reduces the gradients once, after the last micro-batch's backward
+# (deepspeed/runtime/pipe/schedule.py TrainSchedule.steps: ReduceTiedGrads, ReduceGrads,
+# OptimizerStep at step total_steps - 1): not overlapped with the backward, as Megatron's "local".
+_DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gradients after the "
+                "last backward (pipe/schedule.py TrainSchedule: ReduceGrads at the last step), as "
+                "one buffer")  # fmt: skip
+
+# BLOOM training chronicles (bigscience-workshop/bigscience 9e64edec,
+# train/tr11-176B-ml/chronicles-prequel.md), Megatron-DeepSpeed on Jean Zay, Feb 2022. The
+# convention changed twice within the chronicle; :func:`convention_for` picks it by the section
+# date in the record id (bloom_prequel_MM-DD_...):
+# - before 02-21 the TFLOP/s came from the approximate estimator (FLOPS "megatron_ds_2021");
+#   Megatron-DeepSpeed ae6277f5 (2022-02-21, "Replace approximate formula with exact one") moved
+#   it to Eq. 3 ("from here on all the TFLOPs reports will be about 3% higher");
+# - from 02-28 the runs use the BF16 optimizer ("accumulate gradients in fp32 ... 4bytes x params
+#   and it's not sharded": bf16_fp32_grads) and --pp-partition-method 'type:transformer|embedding'
+#   (Megatron-DeepSpeed 00f5f889, 2022-02-28; before it gpt_model.py hard-coded 'type:transformer',
+#   which splits the decoder layers only: simtrain's uniform split).
+_BLOOM_CHRONICLES = SourceConvention(
+    "megatron_eq3",
+    {**MEGATRON_GPT, "positions": "rotary", "dropout": 0.0},  # as "bloom" below
+    "full",
+    _EQ3_RECOMPUTE,
+    250880,
+    memory_includes_context=True,
+    memory_note="BLOOM chronicles 'Mem' = nvidia-smi memory of the first/last stage's GPUs "
+    "(chronicles-prequel.md: 'max memory used by the first (last) nodes with the word embedding "
+    "matrix'): device level, so compared with the CUDA context included and against the largest "
+    "stage; the author's 'GB' rounds nvidia-smi's MiB and is read as 1e9 B (7 % lower than if it "
+    "were GiB); the caching allocator's unused reserve is not modelled",
+    ddp_default="local",
+    ddp_note=_DS_PIPE_DDP,
+)
+_BF16_OPTIMIZER = (
+    "bf16_fp32_grads",
+    "BLOOM chronicles from 02-28: the BF16 optimizer accumulates gradients in fp32, '4bytes x "
+    "params and it's not sharded' (chronicles-prequel.md): bf16_fp32_grads",
 )
 
 SOURCES: dict[str, SourceConvention] = {
@@ -134,21 +192,156 @@ SOURCES: dict[str, SourceConvention] = {
         memory_includes_context=True,
         memory_note="NVML device memory: compared with the CUDA context included",
     ),  # fmt: skip
+    "bloom_chronicles": _BLOOM_CHRONICLES,
+    # MT-NLG 530B (Smith et al. 2022 §2.4): Megatron-DeepSpeed, 126 TFLOP/s per GPU at 60.1 s per
+    # step on 2240 A100s, which is Eq. 3 with full recompute and the GPT-2 vocabulary padded to
+    # 51,200 (tests/test_validate.py).
+    "mtnlg": SourceConvention(
+        "megatron_eq3",
+        MEGATRON_GPT,
+        "full",
+        _EQ3_RECOMPUTE,
+        51200,
+        ddp_default="local",
+        ddp_note=_DS_PIPE_DDP,
+        precision_unstated=(
+            "fp16",
+            "16-bit format not stated ('mixed precision'): fp16; fp16 and bf16 have the same "
+            "A100 peak (312 TFLOP/s) and the same bytes, so the prediction is the same with either",
+        ),
+    ),  # fmt: skip
+    # Megatron-Core r0.8.0 scaling runs (Megatron-LM README at 937571cfd4, 'Training Speed and
+    # Scalability'): TFLOP/s and MFU from training.py num_floating_point_operations (model FLOPs).
+    "megatron_core": SourceConvention(
+        "megatron_core",
+        MCORE_GPT,
+        "none",
+        "none (Megatron-LM's default: no --recompute-granularity)",
+        131072,  # the README: "All models use a vocabulary size of 131,072"
+        precision_unstated=(
+            "bf16",
+            "precision not stated: bf16 (the README's TFLOP/s / MFU = 989 TFLOP/s, the H100's "
+            "dense BF16 peak; FP8's is 1979)",
+        ),
+        parallel_defaults={"sequence_parallel": True, "zero_stage": 1},
+        parallel_note="the README's runs use --tp-comm-overlap, which requires "
+        "--sequence-parallel, and --overlap-param-gather, which requires "
+        "--use-distributed-optimizer (megatron/training/arguments.py at 937571cfd4, lines 199 "
+        "and 279): sequence parallel, optimizer states sharded (ZeRO-1)",
+    ),  # fmt: skip
+    # NeMo 24.07 performance summary: "Model TFLOP/sec/GPU" is Megatron-Core's
+    # num_floating_point_operations (the pretraining rows' TFLOP/s ÷ tokens/s equal the formula's
+    # FLOPs per token within 0.1 %: tests/test_validate_families.py). Megatron-Bridge (NeMo 25.11)
+    # counts half the s² attention (causal): src/megatron/bridge/training/utils/flop_utils.py at
+    # 00b7660b, "Only half of the attention matrix is non-zero". Models differ per row (GPT-3,
+    # Llama 2/3, Nemotron) and every row is FP8 today (skipped): architecture comes from the
+    # record once FP8 is expressible.
+    "nemo": SourceConvention("megatron_core", {"flash_attention": True, "dropout": 0.0}),
+    "megatron_bridge": SourceConvention(
+        "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
+    ),
+    # Llama 3 (Llama Team 2024, Table 4): the paper states TFLOPs/GPU and BF16 MFU but not its
+    # FLOP formula; simtrain's model FLOPs stand in (the one row is skipped: context parallel).
+    "llama3": SourceConvention("simtrain", LLAMA3),
+    # torchtitan benchmarks (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, run
+    # at torchtitan 9dec370a): "Memory(GiB)" is the logged "memory:" =
+    # DeviceMemoryMonitor.max_reserved_gib, the caching allocator's reserved_bytes.all.peak / 1024**3
+    # (train.py, torchtitan/metrics.py), "the maximum across all GPUs"; FLOPs per token
+    # utils.get_num_flop_per_token: 6 x non-embedding parameters + 12·l·heads·head_dim·s.
+    "torchtitan": SourceConvention(
+        "torchtitan",
+        LLAMA3,
+        memory_note="torchtitan 'Memory(GiB)' = torch.cuda reserved_bytes.all.peak / 1024**3 (the "
+        "caching allocator's reserve, metrics.py DeviceMemoryMonitor), max over GPUs: compared "
+        "with the largest stage's allocated peak without the CUDA context; the allocator's "
+        "unused reserve is not modelled",
+        memory_gb_unit=GIB,
+        recompute_unexpressible={
+            "selective": "torchtitan's per-op selective checkpointing (saves every op of "
+            "_save_list except every second matmul, recomputes the rest: "
+            "parallelisms/parallelize_llama.py _apply_ac_to_transformer_block at 9dec370a) is not "
+            "simtrain's selective recompute (attention core only)"
+        },
+    ),  # fmt: skip
+    # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).
+    "torchao": SourceConvention("simtrain", {}),
 }
 GENERIC = SourceConvention("simtrain", {})
 
 
-FLOP_CONVENTIONS = ("megatron_eq3", "korthikanti", "mosaicml", "nanotron", "simtrain")
+FLOP_CONVENTIONS = ("megatron_eq3", "korthikanti", "mosaicml", "nanotron", "simtrain",
+                    "megatron_core", "megatron_core_causal", "torchtitan",
+                    "megatron_ds_2021")  # fmt: skip
+
+# The training runtime (framework) each source's runs ran on, as the runtime profiles name them
+# (measured/README.md names the framework of each source): megatron_lm_2021 is Megatron-LM before
+# Megatron-Core (2019-2022), megatron_core Megatron-Core and the frameworks built on it (NeMo,
+# Megatron-Bridge), deepspeed DeepSpeed and Megatron-DeepSpeed, pytorch_eager plain PyTorch
+# training loops (HF Trainer, PEFT, simtrain's own benchmarks) and the stand-in for sources whose
+# framework has no profile (JAX/Pathways, Lingvo, metaseq) and for users' runs.
+RUNTIME_PROFILES = ("megatron_lm_2021", "megatron_core", "deepspeed", "nanotron", "torchtitan",
+                    "llm_foundry", "pytorch_eager")  # fmt: skip
+RUNTIMES: dict[str, str] = {
+    "megatron_sc21": "megatron_lm_2021",  # Megatron-LM, Narayanan et al. 2021 (PTD-P)
+    "megatron_readme": "megatron_lm_2021",  # Megatron-LM README, Jan 2021
+    "megatron_v1_blog": "megatron_lm_2021",  # Megatron-LM v1.0 (May 2020)
+    "korthikanti2022": "megatron_lm_2021",  # Megatron-LM 2022 (selective recompute, SP)
+    "megatron_sc21_zero3": "deepspeed",  # DeepSpeed ZeRO-3 rows of SC'21 Table 2
+    "zero": "deepspeed",  # ZeRO paper (DeepSpeed with Megatron model parallelism)
+    "bloom": "deepspeed",  # Megatron-DeepSpeed
+    "bloom_chronicles": "deepspeed",  # Megatron-DeepSpeed
+    "mtnlg": "deepspeed",  # Megatron-DeepSpeed
+    "megatron_core": "megatron_core",  # Megatron-Core r0.8.0
+    "nemo": "megatron_core",  # NeMo 24.07 (Megatron-Core underneath)
+    "megatron_bridge": "megatron_core",  # Megatron-Bridge (NeMo 25.11, Megatron-Core underneath)
+    "nanotron": "nanotron",  # Ultra-Scale Playbook sweep
+    "mosaicml": "llm_foundry",  # llm-foundry on Composer (PyTorch FSDP)
+    "torchtitan": "torchtitan",
+    "llama3": "torchtitan",  # Meta's own 4D-parallel PyTorch framework; torchtitan is its open kin
+    "hf_transformers": "pytorch_eager",  # HF Trainer
+    "lora": "pytorch_eager",  # HF PEFT
+    "qlora": "pytorch_eager",  # HF PEFT + bitsandbytes
+    "torchao": "pytorch_eager",  # eager PyTorch loop with torchao / DeepSpeed offload
+    "simtrain_h200": "pytorch_eager",  # benchmarks/measure_cuda.py (eager PyTorch)
+    "opt": "pytorch_eager",  # metaseq (FairScale FSDP + Megatron TP): no profile of its own
+    "llama": "pytorch_eager",  # LLaMA 1: Meta's xformers-based code, not public: no profile
+    "palm": "pytorch_eager",  # JAX / Pathways on TPU: no GPU runtime profile
+    "gpipe": "pytorch_eager",  # Lingvo (TensorFlow): no profile
+}
+
+
+def runtime_of(source_key: str) -> str:
+    """The training runtime profile of a source (one of :data:`RUNTIME_PROFILES`): the framework
+    its runs ran on (:data:`RUNTIMES`); ``pytorch_eager`` for a source not listed (users' runs)."""
+    return RUNTIMES.get(source_key, "pytorch_eager")
 
 
 def convention(key: str) -> SourceConvention:
     return SOURCES.get(key, GENERIC)
 
 
+_CHRONICLE_DATE = re.compile(r"^bloom_prequel_(\d\d-\d\d)_")
+
+
+def convention_for(rec: Record) -> SourceConvention:
+    """The source's convention for this record: the BLOOM chronicles' changed within the
+    chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``)."""
+    conv = convention(rec.source_key)
+    if rec.source_key == "bloom_chronicles":
+        m = _CHRONICLE_DATE.match(rec.id)
+        date = m.group(1) if m else "99-99"  # MM-DD of 2022
+        if date < "02-21":  # before Megatron-DeepSpeed ae6277f5
+            conv = replace(conv, flops="megatron_ds_2021")
+        if date >= "02-28":  # Megatron-DeepSpeed 00f5f889 and the BF16 optimizer
+            conv = replace(conv, layer_split="embedding_as_layer",
+                           precision_map={"bf16": _BF16_OPTIMIZER})  # fmt: skip
+    return conv
+
+
 def record_convention(rec: Record) -> SourceConvention:
     """The source's convention, with the record's own ``measured.flops_convention`` and
     ``measured.memory_includes_context`` taking precedence (for users' runs)."""
-    conv = convention(rec.source_key)
+    conv = convention_for(rec)
     fc = rec.measured.get("flops_convention")
     if isinstance(fc, str) and fc in FLOP_CONVENTIONS:
         conv = replace(conv, flops=fc)
@@ -178,6 +371,53 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
         return mosaicml_flops(sc, hardware=kind == "hardware")
     if f == "nanotron":
         return nanotron_flops(sc)
+    if f == "megatron_core":
+        return megatron_core_flops(sc)
+    if f == "megatron_core_causal":
+        return megatron_core_flops(sc, causal=True)
+    if f == "torchtitan":
+        return torchtitan_flops(sc)
+    if f == "megatron_ds_2021":
+        return megatron_ds_2021_flops(sc)
     from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 
     return model_flops_per_step(sc) if kind == "model" else hardware_flops_per_step(sc)
+
+
+def megatron_core_flops(sc: Scenario, causal: bool = False) -> float:
+    """Megatron-Core's FLOPs per step (Megatron-LM 937571cfd4, megatron/training/training.py
+    ``num_floating_point_operations``; NeMo 24.07 reports the same): model FLOPs, no recompute,
+    ``12·B·s·l·h²·((1 + g/a + s/h)·(a·d/h) + (f/h)·k·(3/2 with SwiGLU) + V/(2·l·h))`` with g KV
+    groups, d the head size and k = 1 (dense): for a GPT with a 4h MLP, Korthikanti Eq. 7.
+    ``causal``: s/(2h) for the attention scores, Megatron-Bridge's count (flop_utils.py at
+    00b7660b)."""
+    m, t = sc.model, sc.training
+    B, s, L, h, a = t.global_batch, t.seq_len, m.layers, m.hidden, m.heads
+    q_ratio = a * m.head_dim / h
+    glu = 1.5 if m.mlp == "swiglu" else 1.0
+    scores = s / (2 * h) if causal else s / h
+    return (12 * B * s * L * h * h
+            * ((1 + m.kv_heads / a + scores) * q_ratio + (m.ffn_hidden / h) * glu
+               + m.vocab / (2 * L * h)))  # fmt: skip
+
+
+def torchtitan_flops(sc: Scenario) -> float:
+    """torchtitan's FLOPs per step (torchtitan 9dec370a, torchtitan/utils.py
+    ``get_num_flop_per_token`` over ``get_num_params(model, exclude_embedding=True)``):
+    ``(6·N + 12·l·a·d·s)`` per token, N = all parameters but the token embedding (the untied
+    output layer counts), full s² attention, no recompute."""
+    m, t = sc.model, sc.training
+    n = m.total_params() - m.vocab * m.hidden
+    per_token = 6 * n + 12 * m.layers * m.heads * m.head_dim * t.seq_len
+    return float(per_token * t.global_batch * t.seq_len)
+
+
+def megatron_ds_2021_flops(sc: Scenario) -> float:
+    """Megatron-DeepSpeed's TFLOP/s estimator before ae6277f5 (2022-02-21; megatron/training.py
+    ``training_log``): ``parameters_in_billions_no_embedding · (4 with activation checkpointing,
+    else 3) · 2 · s · B`` per step, the parameters without the embedding tables
+    (utils.non_embedding_params)."""
+    m, t = sc.model, sc.training
+    n = m.total_params() - m.embedding_params()
+    k = 4 if t.recompute != "none" else 3
+    return float(n * k * 2 * t.seq_len * t.global_batch)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.measured import METRICS
-from simtrain.apps.validate.run import ValidationResult, validate
+from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
+from simtrain.errors import ConfigError
 from simtrain.units import GIB
 
 
@@ -61,8 +62,67 @@ def format_table(res: ValidationResult) -> str:
         if conv.memory_note and any(c.source == key and c.metric == "peak_memory_bytes"
                                     for c in res.comparisons):  # fmt: skip
             lines.append(f"  {key}: {conv.memory_note}")
+    if res.noisy:
+        lines.append("")
+        lines.append(noisy_table(res))
     lines.append("")
     lines.append(summary_table(res))
+    return "\n".join(lines)
+
+
+BY = ("record", "family")
+
+
+def noisy_table(res: ValidationResult) -> str:
+    """The noisy pairs: records of the same layout whose measurements of one metric are more
+    than NOISY_RATIO apart."""
+    lines = [f"noisy pairs (same layout, measurements more than {NOISY_RATIO:g}x apart): "
+             f"{len(res.noisy)}"]  # fmt: skip
+    for p in res.noisy:
+        lines.append(f"  {p.metric:<18}{p.id_a} {_fmt(p.metric, p.measured_a)}  vs  {p.id_b} "
+                     f"{_fmt(p.metric, p.measured_b)}  ({p.ratio:.2f}x)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _stats_cells(metric: str, st: ErrorStats | None) -> str:
+    if st is None:
+        return f"{0:>5}{'':>41}"
+    if metric == "fits":
+        return f"{st.n:>5}  {100 * st.within_10pct:5.1f} % correct{'':>22}"
+    return (f"{st.n:>5}{st.mape_pct:>8.1f}{st.median_abs_error_pct:>9.1f}"
+            f"{st.median_error_pct:>+9.1f}{100 * st.within_10pct:>7.0f}"
+            f"{100 * st.within_25pct:>8.0f}")  # fmt: skip
+
+
+def family_table(res: ValidationResult) -> str:
+    """Per family (source key): records compared and skipped; per family and metric n, MAPE,
+    median |error|, median signed error and the % within +-10 % and +-25 %, with all records
+    and with the records of noisy pairs left out (how many)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rid in dict.fromkeys(c.id for c in res.comparisons):
+        counts[next(c.source for c in res.comparisons if c.id == rid)][0] += 1
+    for sk in res.skipped:
+        counts[sk.source][1] += 1
+    lines = ["records per family: compared / skipped (reasons: simtrain validate --by record)"]
+    for fam in sorted(counts):
+        lines.append(f"  {fam:<22}{counts[fam][0]:>5} / {counts[fam][1]}")
+    lines.append("")
+    head = f"{'n':>5}{'MAPE %':>8}{'med|e| %':>9}{'med e %':>9}{'<=10%':>7}{'<=25%':>8}"
+    lines.append(f"{'':<41}{'all records':^46}  {'noisy pairs left out':^56}")
+    lines.append(f"{'family':<22}{'metric':<19}{head}  {'left out':>10}{head}")
+    for f in res.by_family:
+        lines.append(f"{f.family:<22}{f.metric:<19}{_stats_cells(f.metric, f.all)}  "
+                     f"{f.noisy_left_out:>10}{_stats_cells(f.metric, f.without_noisy)}")  # fmt: skip
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_by_family(res: ValidationResult) -> str:
+    """``--by family``: the records per family, the noisy pairs and the family table."""
+    lines = [f"validation of {res.path}: {len(res.comparisons)} comparisons, "
+             f"{len(res.skipped)} records skipped", ""]  # fmt: skip
+    lines.append(noisy_table(res))
+    lines.append("")
+    lines.append(family_table(res))
     return "\n".join(lines)
 
 
@@ -160,15 +220,21 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
     return save_png(fig, path)
 
 
-def validate_command(path: str | None, as_json: bool, only: str | None, out_dir: str) -> str:
-    """What ``simtrain validate [PATH] [--json] [--only SOURCE] [--out DIR]`` prints; writes
-    ``validate.csv`` and ``validate_scatter.png`` into ``out_dir``."""
+def validate_command(
+    path: str | None, as_json: bool, only: str | None, out_dir: str, by: str = "record"
+) -> str:
+    """What ``simtrain validate [PATH] [--json] [--only SOURCE] [--by record|family] [--out
+    DIR]`` prints; writes ``validate.csv`` and ``validate_scatter.png`` into ``out_dir``. The
+    JSON document holds both views."""
     from simtrain.report.tables import dumps
 
+    if by not in BY:
+        raise ConfigError("--by", "by", "unknown view", by, ", ".join(BY))
     res = validate(path, only)
     out = Path(out_dir)
     csv_path = write_csv(res, out / "validate.csv")
     png = scatter_plot(res, out / "validate_scatter.png")
     if as_json:
         return dumps(res.to_json())
-    return format_table(res) + f"\n\nwrote {csv_path}, {png} ({res.elapsed_s:.1f} s)\n"
+    text = format_by_family(res) if by == "family" else format_table(res)
+    return text + f"\n\nwrote {csv_path}, {png} ({res.elapsed_s:.1f} s)\n"

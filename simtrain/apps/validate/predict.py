@@ -17,7 +17,9 @@ from simtrain.spec.scenario import Scenario
 # Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
 
 
-def _cache_key(sc: Scenario) -> Scenario:
+def scenario_key(sc: Scenario) -> Scenario:
+    """The scenario without its name and source: records with equal keys have the same layout
+    (and the same prediction)."""
     return replace(sc, name="", source="")
 
 
@@ -29,13 +31,13 @@ class Predictor:
         self.times: dict[Scenario, float] = {}
 
     def memory_report(self, sc: Scenario) -> MemoryReport:
-        key = _cache_key(sc)
+        key = scenario_key(sc)
         if key not in self.memory:
             self.memory[key] = estimate_memory(key)
         return self.memory[key]
 
     def step_time(self, sc: Scenario) -> float:
-        key = _cache_key(sc)
+        key = scenario_key(sc)
         if key not in self.times:
             self.times[key] = predicted_step_time(key)
         return self.times[key]
@@ -46,7 +48,7 @@ class Predictor:
         keys: list[Scenario] = []
         for tr in translations:
             if any(k in tr.record.measured for k in TIMING_KEYS):
-                key = _cache_key(tr.scenario)
+                key = scenario_key(tr.scenario)
                 if key not in self.times and key not in keys:
                     keys.append(key)
         n = workers if workers is not None else _default_workers()

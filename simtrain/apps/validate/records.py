@@ -16,6 +16,11 @@ from simtrain.spec.yamlfile import load_yaml
 
 DEFAULT_PATH = Path("measured") / "published_runs.yaml"
 PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
+# The record files ``simtrain validate`` reads when given no PATH: every file of measured/ in this
+# schema that holds published runs. simtrain's own measurements (simtrain_h200.yaml) are kept
+# apart: they validate the cost model on one GPU (``simtrain validate measured/simtrain_h200.yaml``)
+# and are not published runs.
+DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml")
 
 RECORD_KEYS = (
     "id", "kind", "source", "source_key", "model", "training", "parallelism", "hardware",
@@ -55,6 +60,14 @@ def skip(rec: Record, reason: str) -> SkipReason:
 # Short source keys from record ids (first match wins); a record may set ``source_key``.
 SOURCE_PREFIXES = (
     ("megatron_sc21_t2_zero3", "megatron_sc21_zero3"),  # DeepSpeed ZeRO-3 runs in Table 2
+    ("bloom_prequel", "bloom_chronicles"),  # tr11-176B-ml/chronicles-prequel.md (Feb 2022)
+    ("llama3_", "llama3"),  # Llama 3 Herd of Models, Table 4
+    ("mbridge", "megatron_bridge"),  # Megatron-Bridge docs/performance-summary.md
+    ("mcore_", "megatron_core"),  # Megatron-LM README (Megatron-Core r0.8.0)
+    ("mtnlg", "mtnlg"),  # Smith et al. 2022, MT-NLG 530B
+    ("nemo", "nemo"),  # NeMo docs/source/performance/performance_summary.md
+    ("torchao_", "torchao"),
+    ("torchtitan_", "torchtitan"),
     ("megatron_sc21", "megatron_sc21"),
     ("megatron_readme", "megatron_readme"),
     ("megatron_v1", "megatron_v1_blog"),
@@ -143,3 +156,26 @@ def resolve_path(path: str | Path | None) -> Path:
     if path is not None:
         return Path(path)
     return DEFAULT_PATH if DEFAULT_PATH.is_file() else PACKAGED_PATH
+
+
+def resolve_paths(path: str | Path | None) -> list[Path]:
+    """``[path]``, or with no path the :data:`DEFAULT_FILES` of ``measured/`` (the working
+    directory's when it has one, else the installed package's)."""
+    if path is not None:
+        return [Path(path)]
+    folder = DEFAULT_PATH.parent if DEFAULT_PATH.is_file() else PACKAGED_PATH.parent
+    return [folder / name for name in DEFAULT_FILES if (folder / name).is_file()]
+
+
+def load_record_files(paths: list[Path]) -> list[Record]:
+    """The records of every file, in order; an id in two files is an error (ids are unique)."""
+    out: list[Record] = []
+    where: dict[str, Path] = {}
+    for p in paths:
+        for rec in load_records(p):
+            if rec.id in where:
+                raise ConfigError(str(p), f"{rec.id}.id", f"duplicate id (also in {where[rec.id]})",
+                                  rec.id)  # fmt: skip
+            where[rec.id] = p
+            out.append(rec)
+    return out

@@ -1,21 +1,31 @@
 """A validation run: every record translated, predicted and compared, and the errors
-summarised per source and metric."""
+summarised per source and metric, and per family (the source key) with the records of noisy
+pairs left out."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.validate.measured import METRICS, Comparison, compare_record
-from simtrain.apps.validate.predict import Predictor
-from simtrain.apps.validate.records import SkipReason, load_records, resolve_path, skip
+from simtrain.apps.validate.measured import METRICS, TIME_METRICS, Comparison, compare_record
+from simtrain.apps.validate.predict import Predictor, scenario_key
+from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
+from simtrain.spec.scenario import Scenario
 
 SCHEMA_VERSION = 1
+# Two measurements of one metric on the same layout that differ by more than this factor are a
+# noisy pair (issue 13): the simulator predicts one value for both, so at least one of them is
+# off by 2x whatever it predicts.
+NOISY_RATIO = 2.0
+# Error bands of the per-family summary: the share of comparisons within +-10 % and +-25 %.
+BANDS_PCT = (10.0, 25.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,64 @@ class Summary:
         return 1.0 - self.mape_pct / 100.0
 
 
+@dataclass(frozen=True, slots=True)
+class NoisyPair:
+    """Two records of the same layout (the same scenario: model shape, hardware, GPU count,
+    parallel layout, batch, precision, recompute) whose measurements of one metric are more than
+    :data:`NOISY_RATIO` apart."""
+
+    metric: str
+    id_a: str
+    id_b: str
+    measured_a: float
+    measured_b: float
+
+    @property
+    def ratio(self) -> float:
+        return max(self.measured_a, self.measured_b) / min(self.measured_a, self.measured_b)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStats:
+    """Errors of n comparisons: MAPE, median |error|, median signed error (%), and the share of
+    comparisons within +-10 % and +-25 % (fractions). For ``fits`` the error is 0 (right) or 100
+    (wrong), so MAPE is the share wrong and the bands the share right."""
+
+    n: int
+    mape_pct: float
+    median_abs_error_pct: float
+    median_error_pct: float
+    within_10pct: float
+    within_25pct: float
+
+    @staticmethod
+    def of(errors: Sequence[float]) -> ErrorStats:
+        n = len(errors)
+        a = [abs(e) for e in errors]
+        return ErrorStats(n, sum(a) / n, statistics.median(a), statistics.median(errors),
+                          sum(x <= BANDS_PCT[0] for x in a) / n,
+                          sum(x <= BANDS_PCT[1] for x in a) / n)  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "mape_pct": self.mape_pct,
+                "median_abs_error_pct": self.median_abs_error_pct,
+                "median_error_pct": self.median_error_pct, "within_10pct": self.within_10pct,
+                "within_25pct": self.within_25pct}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FamilySummary:
+    """One family (source key) and metric: the errors of all its comparisons, and without the
+    comparisons of records in a noisy pair of that metric (``noisy_left_out`` of them; None
+    when none is left)."""
+
+    family: str
+    metric: str
+    all: ErrorStats
+    noisy_left_out: int
+    without_noisy: ErrorStats | None
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     path: str
@@ -40,6 +108,8 @@ class ValidationResult:
     summary: tuple[Summary, ...]
     assumptions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    noisy: tuple[NoisyPair, ...] = ()
+    by_family: tuple[FamilySummary, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document (schema_version 1; keys exactly as documented)."""
@@ -67,6 +137,27 @@ class ValidationResult:
                 }
                 for s in self.summary
             ],  # fmt: skip
+            "by_family": [
+                {
+                    "family": f.family,
+                    "metric": f.metric,
+                    **f.all.to_json(),
+                    "noisy_left_out": f.noisy_left_out,
+                    "without_noisy": f.without_noisy.to_json() if f.without_noisy else None,
+                }
+                for f in self.by_family
+            ],  # fmt: skip
+            "noisy_pairs": [
+                {
+                    "metric": p.metric,
+                    "id_a": p.id_a,
+                    "id_b": p.id_b,
+                    "measured_a": p.measured_a,
+                    "measured_b": p.measured_b,
+                    "ratio": p.ratio,
+                }
+                for p in self.noisy
+            ],  # fmt: skip
         }
 
     def summary_for(self, source: str, metric: str) -> Summary | None:
@@ -89,15 +180,75 @@ def summarize(comparisons: list[Comparison] | tuple[Comparison, ...]) -> tuple[S
     return tuple(out)
 
 
+def layout_key(sc: Scenario, metric: str) -> Hashable:
+    """What makes two records "the same layout" for a metric. For timing metrics (issue 13):
+    model shape and architecture, hardware, GPU count, parallel layout (tp, pp, dp, schedule,
+    virtual stages), batch (sequence length, global and micro-batch), precision and recompute.
+    ZeRO stage, sequence parallelism, bucket size and optimizer are left out: none can change a
+    step by 2x (ZeRO-1/2 and sequence parallelism move the bytes of the all-reduces they replace,
+    Rajbhandari et al. 2020 §7, Korthikanti et al. 2022 §4.2.2; ZeRO-3 moves 1.5x DP's,
+    Rajbhandari et al. §7.2.2). For peak memory the whole scenario: ZeRO and sequence
+    parallelism divide memory by design."""
+    if metric not in TIME_METRICS:
+        return scenario_key(sc)
+    p, t = sc.parallelism, sc.training
+    return (replace(sc.model, name=""), sc.hardware.name, p.gpus, p.tp, p.pp, p.dp, p.schedule,
+            p.virtual_stages, t.seq_len, t.global_batch, t.micro_batch, t.precision,
+            t.recompute)  # fmt: skip
+
+
+def noisy_pairs(
+    comparisons: Sequence[Comparison], scenarios: Mapping[str, Scenario]
+) -> tuple[NoisyPair, ...]:
+    """Pairs of records of the same layout (:func:`layout_key`; ``scenarios``: record id -> its
+    scenario) whose measurements of one metric are more than :data:`NOISY_RATIO` apart; fit
+    verdicts are not measurements and are left out. Metric by metric, in record order."""
+    groups: dict[tuple[Hashable, str], list[Comparison]] = defaultdict(list)
+    for c in comparisons:
+        if c.metric != "fits" and c.id in scenarios:
+            groups[(layout_key(scenarios[c.id], c.metric), c.metric)].append(c)
+    out = []
+    for rows in groups.values():
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                lo, hi = sorted((float(a.measured), float(b.measured)))
+                if hi > NOISY_RATIO * lo:
+                    out.append(NoisyPair(a.metric, a.id, b.id, float(a.measured),
+                                         float(b.measured)))  # fmt: skip
+    order = {m: i for i, m in enumerate(METRICS)}
+    return tuple(sorted(out, key=lambda p: order[p.metric]))
+
+
+def family_summaries(
+    comparisons: Sequence[Comparison], noisy: Sequence[NoisyPair]
+) -> tuple[FamilySummary, ...]:
+    """Per family (source key) and metric: :class:`ErrorStats` of all comparisons and of those
+    whose record is in no noisy pair of that metric (the left-out count kept)."""
+    in_pair = {(p.metric, i) for p in noisy for i in (p.id_a, p.id_b)}
+    groups: dict[tuple[str, str], list[Comparison]] = defaultdict(list)
+    for c in comparisons:
+        groups[(c.source, c.metric)].append(c)
+    order = {m: i for i, m in enumerate(METRICS)}
+    out = []
+    for (fam, metric), rows in sorted(groups.items(), key=lambda kv: (kv[0][0],
+                                                                     order[kv[0][1]])):  # fmt: skip
+        clean = [c.error_pct for c in rows if (metric, c.id) not in in_pair]
+        out.append(FamilySummary(fam, metric, ErrorStats.of([c.error_pct for c in rows]),
+                                 len(rows) - len(clean),
+                                 ErrorStats.of(clean) if clean else None))  # fmt: skip
+    return tuple(out)
+
+
 def validate(
     path: str | Path | None = None, only_source: str | None = None, workers: int | None = None
 ) -> ValidationResult:
-    """Validate every record of ``path`` (default ``measured/published_runs.yaml``);
-    ``only_source`` keeps the records of one source key. Step times are simulated in
-    ``workers`` processes (default: ``SIMTRAIN_WORKERS`` or the CPU count, at most 4)."""
+    """Validate every record of ``path`` (default: the published-run files of ``measured/``,
+    :data:`~simtrain.apps.validate.records.DEFAULT_FILES`); ``only_source`` keeps the records of
+    one source key. Step times are simulated in ``workers`` processes (default:
+    ``SIMTRAIN_WORKERS`` or the CPU count, at most 4)."""
     t0 = time.perf_counter()
-    p = resolve_path(path)
-    records = load_records(p)
+    paths = resolve_paths(path)
+    records = load_record_files(paths)
     if only_source is not None:
         keys = sorted({r.source_key for r in records})
         records = [r for r in records if r.source_key == only_source]
@@ -110,6 +261,7 @@ def validate(
     comparisons: list[Comparison] = []
     skipped: list[SkipReason] = []
     assumptions: dict[str, tuple[str, ...]] = {}
+    scenarios: dict[str, Scenario] = {}
     for rec, tr in zip(records, translated, strict=True):
         if isinstance(tr, SkipReason):
             skipped.append(tr)
@@ -120,5 +272,9 @@ def validate(
             continue
         comparisons.extend(rows)
         assumptions[rec.id] = tr.assumptions
-    return ValidationResult(str(p), tuple(comparisons), tuple(skipped), summarize(comparisons),
-                            assumptions, time.perf_counter() - t0)  # fmt: skip
+        scenarios[rec.id] = tr.scenario
+    noisy = noisy_pairs(comparisons, scenarios)
+    return ValidationResult(" + ".join(str(p) for p in paths), tuple(comparisons),
+                            tuple(skipped), summarize(comparisons), assumptions,
+                            time.perf_counter() - t0, noisy,
+                            family_summaries(comparisons, noisy))  # fmt: skip

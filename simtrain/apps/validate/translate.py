@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from simtrain.apps.validate.conventions import FLOP_CONVENTIONS, SourceConvention, convention
+from simtrain.apps.validate.conventions import (
+    FLOP_CONVENTIONS,
+    SourceConvention,
+    convention_for,
+)
 from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.errors import SimtrainError
 from simtrain.spec.precision import PRECISIONS
@@ -34,6 +38,12 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     if "H200" in g:
         return "h200_141gb", True, ""
     if "H100" in g:
+        size = re.search(r"(\d+)\s*GB", g)
+        if size and size.group(1) != "80":
+            return "h100_sxm5_80gb", False, (
+                f"H100 {size.group(1)} GB: the 80 GB SXM5 profile (same chip; its HBM size, "
+                "bandwidth and power limit are not modelled); fit verdict not compared"
+            )  # fmt: skip
         return "h100_sxm5_80gb", "80" in g, ""
     if "A100" in g:
         if "40GB" in g.replace(" ", ""):
@@ -74,26 +84,56 @@ def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
     return profile, ""
 
 
-def map_precision(text: str | None) -> str | None:
-    """``fp16 mixed precision`` -> fp16, ``amp_bf16 (...)`` -> amp_bf16, ``fp16 AMP`` ->
-    amp_fp16, ``bf16 (FSDP mixed_precision=PURE)`` -> bf16 (16-bit weights, fp32 sharded
-    master), ``fp32``; None when simtrain has no such precision (fp8, NF4 storage)."""
+# Number formats simtrain has no precision for: (pattern in the record's precision text, what it
+# is). FP8 (torchtitan's "Float8 linears", Transformer Engine's "FP8-CS", Composer's "amp_fp8")
+# comes in a later issue; 4-bit storage is QLoRA's NF4.
+UNEXPRESSIBLE_FORMATS = (
+    (re.compile(r"fp8|float8|e4m3|e5m2"), "FP8"),
+    (re.compile(r"nf4|4-bit|\bint4\b|\bfp4\b|mxfp4|nvfp4"), "4-bit weights"),
+)
+# "fp16", "bf16", "fp32", "16-bit": the number format words the mapping knows.
+_FORMAT_WORD = re.compile(r"\b(?:fp16|bf16|fp32|16-bit)\b|^amp_(?:bf16|fp16)")
+UNSTATED = "16-bit format not stated"
+
+
+def read_precision(text: str | None) -> tuple[str | None, str]:
+    """(simtrain precision, "") for a record's precision text, or (None, why not). Every text
+    maps to a precision or to a reason: an unknown format is never read as bf16.
+
+    ``fp16 mixed precision`` -> fp16, ``amp_bf16 (...)`` -> amp_bf16, ``fp16 AMP`` / ``bf16 AMP``
+    -> amp_fp16 / amp_bf16 (torch.autocast over fp32 weights), ``full bf16 (no AMP)`` ->
+    bf16_pure (weights and optimizer states in bf16, no fp32 master), ``bf16 (...)`` -> bf16
+    (16-bit weights, fp32 master), ``fp32``. The reason starts with :data:`UNSTATED` when the
+    text names no format (``mixed precision``, ``not stated (bf16/fp16 mixed)``), and names the
+    format when simtrain has none for it (FP8, 4-bit)."""
     if text is None:
-        return None
+        return None, "precision not reported"
     t = str(text).lower()
-    if "fp8" in t or "nf4" in t or "4-bit" in t or "not stated" in t:
-        return None
-    if t.startswith("amp_bf16"):
-        return "amp_bf16"
-    if t.startswith("amp_fp16") or ("fp16" in t and "amp" in t):
-        return "amp_fp16"
+    for pattern, what in UNEXPRESSIBLE_FORMATS:
+        if pattern.search(t):
+            return None, f"{what}: not a simtrain precision"
+    if t.strip() in PRECISIONS:  # simtrain's own names (bf16_fp32_grads, bf16_pure, ...)
+        return t.strip(), ""
+    if "not stated" in t or not _FORMAT_WORD.search(t):
+        return None, f"{UNSTATED}: no fp32, fp16, bf16 or 16-bit in the text"
+    amp = re.search(r"\bamp\b", t) is not None and "no amp" not in t
+    if t.startswith("amp_bf16") or ("bf16" in t and amp):
+        return "amp_bf16", ""
+    if t.startswith("amp_fp16") or ("fp16" in t and amp):
+        return "amp_fp16", ""
     if "bf16" in t:
-        return "bf16"
+        return ("bf16_pure" if re.match(r"(?:full|pure) bf16", t) else "bf16"), ""
     if "fp16" in t or "16-bit" in t:
-        return "fp16"
+        return "fp16", ""
     if t.startswith("fp32"):
-        return "fp32"
-    return None
+        return "fp32", ""
+    return None, "not a simtrain precision"
+
+
+def map_precision(text: str | None) -> str | None:
+    """The simtrain precision of a record's precision text, None when there is none
+    (:func:`read_precision` says why)."""
+    return read_precision(text)[0]
 
 
 def map_recompute(text: str | None) -> str | None:
@@ -160,6 +200,31 @@ UNEXPRESSIBLE_KINDS = {
 ONE_BUCKET_MB = 1e9
 
 
+# Blackwell GPUs (B100, B200, B300, GB200, GB300): no hardware profile yet (a later issue).
+_BLACKWELL = re.compile(r"\bG?B[123]00\b")
+
+
+def not_yet_expressible(rec: Record) -> list[str]:
+    """What of a record simtrain cannot express yet and a later issue adds, each named: FP8
+    precision, context parallelism, mixture of experts, Blackwell GPUs. Listed together so a
+    record's skip reason names all of them."""
+    out = []
+    prec = rec.training.get("precision")
+    if prec is not None and UNEXPRESSIBLE_FORMATS[0][0].search(str(prec).lower()):
+        out.append(f"FP8 precision {prec!r}")
+    cp = _int(rec.parallelism.get("cp"))
+    if cp is not None and cp > 1:
+        out.append(f"context parallelism (cp {cp})")
+    ep = _int(rec.parallelism.get("ep"))
+    moe = [k for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
+    if moe or (ep is not None and ep > 1):
+        out.append(f"mixture of experts ({', '.join(moe) or f'ep {ep}'})")
+    gpu = str(rec.hardware.get("gpu") or "")
+    if _BLACKWELL.search(gpu.upper()):
+        out.append(f"Blackwell GPU {gpu!r}")
+    return out
+
+
 class _NotExpressible(Exception):
     """Raised by the parts of :func:`translate`: the message is the record's skip reason."""
 
@@ -170,9 +235,12 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"kind {rec.kind}: {UNEXPRESSIBLE_KINDS[rec.kind]}")
     if rec.kind != "training_run":
         return skip(rec, f"unknown kind {rec.kind!r}")
+    later = not_yet_expressible(rec)
+    if later:
+        return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")
     notes: list[str] = []
     try:
-        data, capacity_known = _scenario_data(rec, convention(rec.source_key), notes)
+        data, capacity_known = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:
         return skip(rec, str(exc))
     try:
@@ -301,8 +369,12 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str]) -
 def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) -> dict[str, Any]:
     """The scenario's ``training`` settings other than the shape of the batch: precision,
     optimizer, recompute and the loss kernel."""
-    precision = map_precision(t.get("precision"))
-    if precision is None:
+    precision, why_not = read_precision(t.get("precision"))
+    unstated = t.get("precision") is None or why_not.startswith(UNSTATED)
+    if precision is None and unstated and conv.precision_unstated is not None:
+        precision, why = conv.precision_unstated
+        notes.append(why)
+    elif precision is None:
         if t.get("precision") is None:
             raise _NotExpressible("precision not reported")
         raise _NotExpressible(f"precision {t.get('precision')!r}: not a simtrain precision "
@@ -320,6 +392,9 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
             raise _NotExpressible(f"recompute {t.get('recompute')!r}: not none | selective | full")
         recompute = conv.recompute_default
         notes.append(f"recompute not reported: {conv.recompute_note or recompute}")
+    if recompute in conv.recompute_unexpressible:
+        raise _NotExpressible(f"recompute {t.get('recompute')!r}: "
+                              f"{conv.recompute_unexpressible[recompute]}")  # fmt: skip
     if str(t.get("recompute", "")).lower().startswith("none (assumed"):
         notes.append("recompute none assumed by the record")
     optimizer = map_optimizer(t.get("optimizer"))
@@ -338,6 +413,11 @@ def _parallelism(
 ) -> dict[str, Any]:
     """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
     schedule and the data-parallel gradient reduction."""
+    implied = {k: v for k, v in conv.parallel_defaults.items() if p.get(k) is None}
+    if implied:
+        p = {**p, **implied}
+        notes.append(f"{', '.join(f'{k} {v}' for k, v in implied.items())} not reported: "
+                     f"{conv.parallel_note}")  # fmt: skip
     zero = _int(p.get("zero_stage")) or 0
     sharding = str(p.get("fsdp_sharding", "")).upper()
     if sharding == "SHARD_GRAD_OP":
@@ -358,8 +438,9 @@ def _parallelism(
     sp = bool(p.get("sequence_parallel")) and tp > 1
     ddp = str(p.get("ddp_impl") or conv.ddp_default)
     if ddp == "local" and not p.get("ddp_impl"):
-        notes.append("DDP implementation not reported: Megatron's default 'local' (one "
-                     "all-reduce of the contiguous gradient buffer after the backward)")  # fmt: skip
+        notes.append(conv.ddp_note or "DDP implementation not reported: Megatron's default "
+                     "'local' (one all-reduce of the contiguous gradient buffer after the "
+                     "backward)")  # fmt: skip
     out: dict[str, Any] = {
         "dp": dp, "tp": tp, "pp": pp, "schedule": schedule, "virtual_stages": v,
         "zero_stage": zero, "sequence_parallel": sp,

@@ -1,0 +1,481 @@
+"""simtrain validate over every published-run file of measured/ (issue 13, Deliver 5 and 6):
+families (source keys) and their figures with and without noisy pairs, the precision mapping
+(every precision text of the files maps to a simtrain precision or to a named skip), the
+conventions of the sources added with measured/more_runs_2026-12.yaml (each FLOP formula checked
+against the source's own published numbers) and the runtime each source ran on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.apps.validate import (
+    RUNTIME_PROFILES,
+    Comparison,
+    ErrorStats,
+    Record,
+    SkipReason,
+    Translation,
+    layout_key,
+    load_records,
+    not_yet_expressible,
+    read_precision,
+    runtime_of,
+    translate,
+    validate,
+    validate_command,
+)
+from simtrain.apps.validate.conventions import (
+    LLAMA3,
+    MCORE_GPT,
+    RUNTIMES,
+    SOURCES,
+    convention_for,
+    megatron_core_flops,
+    record_convention,
+    source_flops,
+    torchtitan_flops,
+)
+from simtrain.apps.validate.records import DEFAULT_FILES, load_record_files, resolve_paths
+from simtrain.apps.validate.run import NOISY_RATIO, family_summaries, noisy_pairs
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASURED = ROOT / "measured"
+NEW_FILE = MEASURED / "more_runs_2026-12.yaml"
+NEW_FAMILIES = ("bloom_chronicles", "llama3", "megatron_bridge", "megatron_core", "mtnlg", "nemo",
+                "torchao", "torchtitan")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def new_records() -> dict[str, Record]:
+    return {r.id: r for r in load_records(NEW_FILE)}
+
+
+@pytest.fixture(scope="module")
+def all_records() -> list[Record]:
+    return load_record_files([MEASURED / f for f in DEFAULT_FILES])
+
+
+# --------------------------------------------------------------------------- the record files
+
+
+def test_new_file_is_the_shared_delivery() -> None:
+    """measured/more_runs_2026-12.yaml is a byte copy of the delivered file (68 records)."""
+    shared = ROOT.parent / "shared" / "measured" / "more_runs_2026-12.yaml"
+    if shared.is_file():
+        assert NEW_FILE.read_bytes() == shared.read_bytes()
+    assert len(load_records(NEW_FILE)) == 68
+
+
+def test_default_reads_every_published_run_file() -> None:
+    """No PATH: published_runs.yaml and more_runs_2026-12.yaml, not simtrain's own H200 runs."""
+    names = [p.name for p in resolve_paths(None)]
+    assert names == ["published_runs.yaml", "more_runs_2026-12.yaml"]
+    assert "simtrain_h200.yaml" not in names
+
+
+def test_an_id_in_two_files_is_an_error(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("- id: run_1\n")
+    b.write_text("- id: run_2\n- id: run_1\n")
+    with pytest.raises(ConfigError, match="duplicate id"):
+        load_record_files([a, b])
+
+
+def test_new_source_keys(new_records: dict) -> None:
+    assert {r.source_key for r in new_records.values()} == set(NEW_FAMILIES)
+    # the chronicles are their own family, not the BLOOM-176B run's
+    assert all(
+        r.source_key == "bloom_chronicles" for i, r in new_records.items() if i.startswith("bloom")
+    )
+
+
+# --------------------------------------------------------------------------- precision
+
+
+# Every precision text of the two files: the simtrain precision it maps to, or the word its skip
+# reason names. A new text in a file fails the first assertion until it is added here.
+PRECISION_TEXTS = {
+    "4-bit NF4 storage, bf16 compute": "4-bit",
+    "amp_bf16 (FSDP mixed_precision=DEFAULT)": "amp_bf16",
+    "amp_fp8 (FSDP mixed_precision=DEFAULT)": "FP8",
+    "bf16": "bf16",
+    "bf16 (BF16_Optimizer, fp32 grad accumulation)": "bf16",
+    "bf16 (FSDP mixed_precision=PURE)": "bf16",
+    "bf16 (fp32 grad accumulation)": "bf16",
+    "bf16 (FP32 grad accumulation and FP32 reduce-scatter)": "bf16",
+    "bf16 + Float8 linears": "FP8",
+    "bf16 + Float8 linears (FSDP float8 all-gather)": "FP8",
+    "bf16 + float8 rowwise linears": "FP8",
+    "bf16 + float8 tensorwise linears": "FP8",
+    "bf16 AMP": "amp_bf16",
+    "bf16 mixed (FSDP)": "bf16",
+    "FP8": "FP8",
+    "FP8 (Transformer Engine) mixed with BF16": "FP8",
+    "FP8-CS (FP8 current scaling)": "FP8",
+    "fp16": "fp16",
+    "fp16 (--fp16)": "fp16",
+    "fp16 AMP": "amp_fp16",
+    "fp16 mixed precision": "fp16",
+    "fp16 weights, fp32 Adam state, dynamic loss scaling": "fp16",
+    "fp32": "fp32",
+    "full bf16 (no AMP)": "bf16_pure",
+    "mixed precision": "not stated",
+    "mixed precision (16-bit)": "fp16",
+    "not stated (bf16/fp16 mixed)": "not stated",
+    None: "not reported",
+}
+
+
+def test_every_precision_text_maps_or_is_a_named_skip(all_records: list) -> None:
+    texts = {r.training.get("precision") for r in all_records}
+    assert texts == set(PRECISION_TEXTS)
+    for text, expected in PRECISION_TEXTS.items():
+        precision, why = read_precision(text)
+        if precision is not None:
+            assert precision == expected, text
+        else:
+            assert expected in why, (text, why)
+
+
+def test_no_record_is_simulated_in_a_precision_it_does_not_name(all_records: list) -> None:
+    """A translated record's precision is its text's mapping, or the source convention's reading
+    of it, stated among the assumptions (nanotron's and the BLOOM chronicles' fp32 gradient
+    buffer, Composer's amp_bf16 under FSDP, an unstated 16-bit format), never a silent bf16; an
+    FP8 record is skipped with a reason naming FP8."""
+    for rec in all_records:
+        text = rec.training.get("precision")
+        tr = translate(rec)
+        mapped, why = read_precision(text)
+        if isinstance(tr, SkipReason):
+            if mapped is None and "FP8" in why:
+                assert "FP8" in tr.reason, (rec.id, tr.reason)
+            continue
+        got = tr.scenario.training.precision
+        conv = convention_for(rec)
+        if mapped is None:
+            assert conv.precision_unstated is not None and got == conv.precision_unstated[0]
+            assert conv.precision_unstated[1] in tr.assumptions, rec.id
+        elif mapped != got:  # the source's reading, stated among the assumptions
+            if mapped in conv.precision_map:
+                assert conv.precision_map[mapped] == (got, conv.precision_map[mapped][1])
+                assert conv.precision_map[mapped][1] in tr.assumptions, rec.id
+            else:
+                assert (mapped, got) == ("bf16", "bf16_fp32_grads"), (rec.id, text, got)
+                assert "fp32 grad accum" in str(text).lower(), rec.id
+
+
+def test_float8_rows_are_skipped_not_bf16(new_records: dict) -> None:
+    """torchtitan's 'bf16 + Float8 linears' used to read as bf16 (the word bf16 matched first)."""
+    rows = [r for r in new_records.values() if "float8" in str(r.training.get("precision")).lower()]
+    assert len(rows) == 9
+    for r in rows:
+        out = translate(r)
+        assert isinstance(out, SkipReason) and "FP8 precision" in out.reason, r.id
+
+
+def test_later_issue_features_are_named_together(new_records: dict) -> None:
+    assert not_yet_expressible(new_records["mbridge2511_B200_LLAMA3_8B_8gpu"]) == [
+        "FP8 precision 'FP8-CS (FP8 current scaling)'", "Blackwell GPU 'B200'"
+    ]  # fmt: skip
+    assert not_yet_expressible(new_records["llama3_405b_t4_16384gpu_seq131072"]) == [
+        "context parallelism (cp 16)"
+    ]
+    moe = replace(new_records["mtnlg530b_2240gpu"], model={"num_experts": 8}, parallelism={"ep": 8})
+    assert not_yet_expressible(moe) == ["mixture of experts (num_experts)"]
+    assert not_yet_expressible(new_records["mtnlg530b_2240gpu"]) == []
+
+
+def test_fp16_and_bf16_predict_alike_on_a100() -> None:
+    """MT-NLG's 'mixed precision' is read as fp16 on the ground that fp16 and bf16 predict the
+    same on an A100 (same 312 TFLOP/s peak, same bytes): checked on a small scenario."""
+
+    def sc(precision: str):
+        return parse_scenario({
+            "name": "x", "model": {"layers": 4, "hidden": 1024, "heads": 16, "vocab": 32000},
+            "hardware": "a100_sxm4_80gb",
+            "training": {"seq_len": 1024, "global_batch": 8, "micro_batch": 2,
+                         "precision": precision, "recompute": "full"},
+            "parallelism": {"dp": 2, "tp": 2, "pp": 2},
+        }, "t")  # fmt: skip
+
+    a, b = sc("fp16"), sc("bf16")
+    assert simulate_scenario(a).metrics.step_time_s == simulate_scenario(b).metrics.step_time_s
+    assert estimate_memory(a).peak_memory_bytes == estimate_memory(b).peak_memory_bytes
+
+
+# --------------------------------------------------------------------------- FLOP conventions
+
+
+def _shape(rec: Record, arch: dict, vocab: int | None = None):
+    m = rec.model
+    model = {**arch, "layers": m["layers"], "hidden": m["hidden"], "heads": m["heads"],
+             "kv_heads": m.get("kv_heads", m["heads"]), "ffn_hidden": m["ffn_hidden"],
+             "vocab": vocab or m["vocab"], "max_positions": m["seq_len"]}  # fmt: skip
+    training = {"seq_len": m["seq_len"], "global_batch": 1, "micro_batch": 1, "precision": "bf16"}
+    return parse_scenario({"name": "x", "model": model, "hardware": "h100_sxm5_80gb",
+                           "training": training, "parallelism": {}}, "t")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rid,arch,causal",
+    [
+        ("nemo2407_h100_fp8_GPT3-175B_128gpu", MCORE_GPT, False),
+        ("nemo2407_h100_fp8_LLAMA2-13B_16gpu", LLAMA3, False),
+        ("nemo2407_h100_fp8_LLAMA2-70B_64gpu", LLAMA3, False),
+        ("mbridge2511_B200_LLAMA3_8B_8gpu", LLAMA3, True),
+        ("mbridge2511_H100_LLAMA3.1_405B_1024gpu", LLAMA3, True),
+        ("mbridge2511_GB200_LLAMA3.1_405B_256gpu", LLAMA3, True),
+    ],
+)
+def test_megatron_core_flops_reproduce_nemo_and_bridge(new_records, rid, arch, causal) -> None:
+    """NeMo 24.07 / Megatron-Bridge pretraining rows: model TFLOP/s per GPU ÷ tokens/s per GPU
+    = FLOPs per token, which Megatron-Core's formula (Bridge: causal attention) gives within
+    0.1 %. GPT3-175B's vocabulary is not on the page: GPT-2's 50,257 padded to 51,200 (the
+    V/(2lh) term moves the result by 0.007 %)."""
+    rec = new_records[rid]
+    published = rec.measured["model_tflops_per_gpu"] * 1e12 / rec.measured["tokens_per_s_per_gpu"]
+    sc = _shape(rec, arch, None if "vocab" in rec.model else 51200)
+    per_token = megatron_core_flops(sc, causal=causal) / sc.training.seq_len
+    assert per_token == pytest.approx(published, rel=1e-3)
+    assert convention_for(rec).flops == ("megatron_core_causal" if causal else "megatron_core")
+
+
+def test_megatron_core_flops_is_eq7_for_gpt() -> None:
+    """With a 4h GeLU MLP and no GQA the formula is Korthikanti Eq. 7 (closed form)."""
+    from simtrain.costs.compute import eq7_flops
+
+    sc = parse_scenario({
+        "name": "x", "model": {**MCORE_GPT, "layers": 48, "hidden": 7168, "heads": 56,
+                               "vocab": 131072, "max_positions": 4096},
+        "hardware": "h100_sxm5_80gb",
+        "training": {"seq_len": 4096, "global_batch": 192, "micro_batch": 4, "precision": "bf16"},
+        "parallelism": {"dp": 48, "tp": 8},
+    }, "t")  # fmt: skip
+    assert megatron_core_flops(sc) == pytest.approx(eq7_flops(192, 4096, 48, 7168, 131072))
+
+
+def test_torchtitan_flops_reproduce_the_published_mfu(new_records) -> None:
+    """torchtitan benchmarks/llama3_h100_202412_torchtitan.md: Llama 3.1 8B at 8192 tokens
+    "achieves 33% to 39% MFU" without Float8: Table 1 FSDP 5,762 and FSDP + torch.compile 6,667
+    TPS/GPU on 8 GPUs, Table 3 FSDP 5,605 on 128, over get_peak_flops' 989e12 for an H100 SXM."""
+    sc = _shape(new_records["torchtitan_2412_t3_8b_128gpu_FSDP_torchcompile"], LLAMA3)
+    per_token = torchtitan_flops(sc) / sc.training.seq_len
+    assert round(100 * 5605 * per_token / 989e12) == 33
+    assert round(100 * 6667 * per_token / 989e12) == 39
+    assert 100 * 5762 * per_token / 989e12 == pytest.approx(33.7, abs=0.1)
+
+
+def test_chronicles_and_mtnlg_tflops_follow_their_estimators(new_records) -> None:
+    """The TFLOP/s the sources printed, recomputed from each record's step time and shape in its
+    convention: the BLOOM chronicles' two 02-17 rows follow Megatron-DeepSpeed's approximate
+    estimator (8·N_non-embedding·s·B), every later row Eq. 3 (fixed on 02-21), within 0.05 %;
+    MT-NLG's 126 TFLOP/s at 60.1 s on 2240 GPUs is Eq. 3 with vocab 51,200 within 0.3 %."""
+    n = 0
+    for rec in new_records.values():
+        if rec.source_key not in ("bloom_chronicles", "mtnlg"):
+            continue
+        tr = translate(rec)
+        if isinstance(tr, SkipReason) or "tflops_per_gpu" not in rec.measured:
+            continue
+        sc, conv = tr.scenario, record_convention(rec)
+        assert conv.flops == ("megatron_ds_2021" if "_02-17_" in rec.id else "megatron_eq3")
+        tflops = source_flops(sc, conv, "tflops") / (rec.measured["step_time_s"] *
+                                                     sc.parallelism.gpus) / 1e12  # fmt: skip
+        tol = 3e-3 if rec.source_key == "mtnlg" else 5e-4
+        assert tflops == pytest.approx(rec.measured["tflops_per_gpu"], rel=tol), rec.id
+        n += 1
+    assert n == 31
+
+
+def test_chronicles_conventions_by_date(new_records) -> None:
+    """Megatron-DeepSpeed ae6277f5 (02-21) changed the TFLOP/s estimator; from 02-28 the BF16
+    optimizer (fp32 gradient buffer) and the type:transformer|embedding partition (00f5f889)."""
+
+    def conv(prefix: str):
+        return convention_for(next(r for i, r in new_records.items() if i.startswith(prefix)))
+
+    early, mid, late = (conv("bloom_prequel_02-17"), conv("bloom_prequel_02-25"),
+                        conv("bloom_prequel_02-28"))  # fmt: skip
+    assert (early.flops, early.layer_split) == ("megatron_ds_2021", "uniform")
+    assert (mid.flops, mid.layer_split, dict(mid.precision_map)) == ("megatron_eq3", "uniform", {})
+    assert (late.flops, late.layer_split) == ("megatron_eq3", "embedding_as_layer")
+    assert late.precision_map["bf16"][0] == "bf16_fp32_grads"
+    assert early.memory_includes_context and early.ddp_default == "local"
+
+
+def test_megatron_core_defaults_from_the_readme_flags(new_records) -> None:
+    """--tp-comm-overlap asserts --sequence-parallel and --overlap-param-gather asserts the
+    distributed optimizer (arguments.py at 937571cfd4): sequence parallel and ZeRO-1; bf16 from
+    the README's TFLOP/s ÷ MFU = 989; untied embeddings from its model sizes (within 1 %)."""
+    for rid in ("mcore_r080_h100_weak_32B", "mcore_r080_h100_weak_314B",
+                "mcore_r080_h100_weak_462B"):  # fmt: skip
+        rec = new_records[rid]
+        assert rec.measured["tflops_per_gpu"] / rec.measured["mfu"] == pytest.approx(989, rel=0.02)
+        tr = translate(rec)
+        assert isinstance(tr, Translation)
+        p, t = tr.scenario.parallelism, tr.scenario.training
+        assert (p.sequence_parallel, p.zero_stage, t.precision) == (True, 1, "bf16")
+        assert tr.scenario.model.total_params() / 1e9 == pytest.approx(rec.model["params_b"],
+                                                                        rel=0.016)  # fmt: skip
+
+
+def test_torchtitan_per_op_selective_checkpointing_is_skipped(new_records) -> None:
+    out = translate(new_records["torchtitan_2412_t3_8b_128gpu_FSDP_torchcompile"])
+    assert isinstance(out, SkipReason) and "per-op selective" in out.reason
+    ok = translate(new_records["torchtitan_2506_asynctp_70B_256gpu_bf16_asyncTP"])
+    assert isinstance(ok, Translation) and not ok.capacity_known  # H100 96 GB: no fit verdict
+    assert any("H100 96 GB" in a for a in ok.assumptions)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+def test_runtime_of_every_source(all_records: list) -> None:
+    keys = {r.source_key for r in all_records} | {"simtrain_h200"}
+    assert keys <= set(RUNTIMES)  # a new source must be given its runtime
+    assert set(RUNTIMES.values()) == set(RUNTIME_PROFILES)
+    assert set(SOURCES) <= set(RUNTIMES)
+    expected = {
+        "megatron_sc21": "megatron_lm_2021", "korthikanti2022": "megatron_lm_2021",
+        "megatron_core": "megatron_core", "nemo": "megatron_core", "bloom": "deepspeed",
+        "bloom_chronicles": "deepspeed", "mtnlg": "deepspeed", "nanotron": "nanotron",
+        "torchtitan": "torchtitan", "mosaicml": "llm_foundry",
+        "hf_transformers": "pytorch_eager", "simtrain_h200": "pytorch_eager",
+    }  # fmt: skip
+    assert {k: runtime_of(k) for k in expected} == expected
+    assert runtime_of("my_cluster") == "pytorch_eager"
+
+
+# --------------------------------------------------------------------------- families, noise
+
+
+def test_error_stats_closed_form() -> None:
+    st = ErrorStats.of([-30.0, -5.0, 2.0, 12.0, 40.0])
+    assert st.n == 5
+    assert st.mape_pct == pytest.approx(89 / 5)
+    assert st.median_abs_error_pct == 12.0 and st.median_error_pct == 2.0
+    assert st.within_10pct == pytest.approx(2 / 5) and st.within_25pct == pytest.approx(3 / 5)
+
+
+def _sc(global_batch: int = 8, zero: int = 0):
+    return parse_scenario({
+        "name": "x", "model": {"layers": 4, "hidden": 512, "heads": 8, "vocab": 1000},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": 256, "global_batch": global_batch, "micro_batch": 2,
+                     "precision": "bf16"},
+        "parallelism": {"dp": 2, "zero_stage": zero},
+    }, "t")  # fmt: skip
+
+
+def test_noisy_pairs_and_family_figures_without_them() -> None:
+    """a/b: same layout, tokens/s 2.5x apart -> noisy; a/c 1.5x and b/c 1.67x -> not; d: another
+    batch, never paired; ZeRO stage is not part of a timing layout but is of a memory layout; fit verdicts
+    are not measurements."""
+    scs = {"a": _sc(), "b": _sc(zero=1), "c": _sc(), "d": _sc(global_batch=16)}
+    rows = [
+        Comparison("a", "fam", "tokens_per_s", 100.0, 110.0, 10.0),
+        Comparison("b", "fam", "tokens_per_s", 250.0, 110.0, -56.0),
+        Comparison("c", "fam", "tokens_per_s", 150.0, 110.0, -26.7),
+        Comparison("d", "fam", "tokens_per_s", 1000.0, 220.0, -78.0),
+        Comparison("a", "fam", "peak_memory_bytes", 1e9, 1e9, 0.0),
+        Comparison("b", "fam", "peak_memory_bytes", 3e9, 1e9, -66.7),
+        Comparison("a", "fam", "fits", True, False, 100.0),
+        Comparison("c", "fam", "fits", False, False, 0.0),
+    ]
+    pairs = noisy_pairs(rows, scs)
+    assert [(p.metric, p.id_a, p.id_b) for p in pairs] == [("tokens_per_s", "a", "b")]
+    assert pairs[0].ratio == 2.5 > NOISY_RATIO
+    assert layout_key(scs["a"], "tokens_per_s") == layout_key(scs["b"], "tokens_per_s")
+    assert layout_key(scs["a"], "peak_memory_bytes") != layout_key(scs["b"], "peak_memory_bytes")
+    fams = {f.metric: f for f in family_summaries(rows, pairs)}
+    tps = fams["tokens_per_s"]
+    assert tps.all.n == 4 and tps.noisy_left_out == 2
+    assert tps.without_noisy is not None and tps.without_noisy.n == 2
+    assert tps.without_noisy.mape_pct == pytest.approx((26.7 + 78.0) / 2)
+    assert fams["peak_memory_bytes"].noisy_left_out == 0
+    assert fams["fits"].all.mape_pct == 50.0 and fams["fits"].all.within_10pct == 0.5
+
+
+def test_by_family_outputs(tmp_path: Path) -> None:
+    """--by family and the JSON's by_family / noisy_pairs blocks, on two records of one layout
+    whose step times are 3x apart (a noisy pair) and one other."""
+    recs = tmp_path / "runs.yaml"
+    body = ("  source_key: lab\n  model: {layers: 4, hidden: 512, heads: 8, seq_len: 256, "
+            "vocab: 1000}\n  training: {global_batch: 8, micro_batch: 2, precision: bf16}\n"
+            "  parallelism: {dp: 2}\n  hardware: {gpu: A100-SXM4-80GB, num_gpus: 2}\n")  # fmt: skip
+    recs.write_text(
+        f"- id: lab_1\n{body}  measured: {{step_time_s: 0.01}}\n"
+        f"- id: lab_2\n{body}  measured: {{step_time_s: 0.03}}\n"
+        f"- id: lab_3\n{body.replace('global_batch: 8', 'global_batch: 16')}"
+        "  measured: {step_time_s: 0.02}\n- id: lab_4\n  kind: memory_capacity\n"
+    )
+    text = validate_command(str(recs), False, None, str(tmp_path), by="family")
+    assert "noisy pairs (same layout, measurements more than 2x apart): 1" in text
+    assert "lab_1 0.010 s  vs  lab_2 0.030 s  (3.00x)" in text
+    assert "lab                       3 / 1" in text  # records compared / skipped
+    assert "noisy pairs left out" in text
+    doc = json.loads(validate_command(str(recs), True, None, str(tmp_path)))
+    assert set(doc) == {"schema_version", "records", "skipped", "summary", "by_family",
+                        "noisy_pairs"}  # fmt: skip
+    assert doc["noisy_pairs"] == [{"metric": "step_time_s", "id_a": "lab_1", "id_b": "lab_2",
+                                   "measured_a": 0.01, "measured_b": 0.03,
+                                   "ratio": pytest.approx(3.0)}]  # fmt: skip
+    fam = [f for f in doc["by_family"] if f["metric"] == "step_time_s"][0]
+    assert set(fam) == {"family", "metric", "n", "mape_pct", "median_abs_error_pct",
+                        "median_error_pct", "within_10pct", "within_25pct", "noisy_left_out",
+                        "without_noisy"}  # fmt: skip
+    assert (fam["family"], fam["n"], fam["noisy_left_out"]) == ("lab", 3, 2)
+    assert fam["without_noisy"]["n"] == 1
+    with pytest.raises(ConfigError, match="--by"):
+        validate_command(str(recs), False, None, str(tmp_path), by="source")
+
+
+@pytest.fixture(scope="module")
+def default_result():
+    return validate()
+
+
+def test_every_record_of_both_files_is_compared_or_skipped(default_result, all_records) -> None:
+    ids = {r.id for r in all_records}
+    assert len(ids) == 655 + 68
+    compared = {c.id for c in default_result.comparisons}
+    skipped = {s.id for s in default_result.skipped}
+    assert not compared & skipped and compared | skipped == ids
+    fams = {f.family for f in default_result.by_family}
+    assert {"bloom_chronicles", "megatron_core", "mtnlg", "torchtitan"} <= fams
+
+
+def test_new_family_regression_bounds(default_result) -> None:
+    """Not targets: the figures reached when the records were added (issue 13), as bounds."""
+    by = {(f.family, f.metric): f.all for f in default_result.by_family}
+    bounds = {  # (n, MAPE bound %)
+        ("bloom_chronicles", "step_time_s"): (30, 16.0),
+        ("bloom_chronicles", "tflops_per_gpu"): (30, 20.0),
+        ("bloom_chronicles", "peak_memory_bytes"): (23, 21.0),
+        ("megatron_core", "tflops_per_gpu"): (3, 32.0),
+        ("mtnlg", "step_time_s"): (1, 17.0),
+        ("torchtitan", "tokens_per_s"): (1, 11.0),
+    }
+    for key, (n, mape) in bounds.items():
+        assert by[key].n == n and by[key].mape_pct <= mape, (key, by[key])
+    assert by[("bloom_chronicles", "fits")].n == 33
+
+
+def test_noisy_pairs_of_the_published_runs(default_result) -> None:
+    """The nanotron sweep's ZeRO-0/ZeRO-1 twins: four layouts whose tokens/s (and MFU) are 6x to
+    25x apart; nothing else is noisy."""
+    tps = [p for p in default_result.noisy if p.metric == "tokens_per_s"]
+    assert len(tps) == 4 and len(default_result.noisy) == 8
+    assert all(p.id_a.startswith("usp_") and p.id_a.endswith("_z0") for p in tps)
+    assert all(p.id_b == p.id_a[:-1] + "1" and p.ratio > 5 for p in tps)
+    nano = {f.metric: f for f in default_result.by_family if f.family == "nanotron"}
+    assert nano["tokens_per_s"].noisy_left_out == 8
+    assert nano["peak_memory_bytes"].noisy_left_out == 0
