@@ -10,7 +10,7 @@ from simtrain.apps.validate import PACKAGED_PATH, Record, load_records
 
 @pytest.fixture(scope="session")
 def published_records() -> dict[str, Record]:
-    """measured/published_runs.yaml by record id (the file ``simtrain validate`` reads)."""
+    """measured/published_runs.yaml by record id (one of the files ``simtrain validate`` reads)."""
     return {r.id: r for r in load_records(PACKAGED_PATH)}
 
 

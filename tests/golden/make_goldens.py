@@ -9,7 +9,8 @@ What is kept, per shipped scenario (``scenarios/*.yaml``):
 - ``scenarios/<name>.summary.json``: ``simtrain run``'s summary.json, whole;
 - ``digests.json``: SHA-256 of ``trace.json``, ``simtrain memory --json`` and
   ``simtrain memory --explain`` (too large to keep whole, but any changed byte shows);
-and ``validate.json``: ``simtrain validate --json`` over ``measured/published_runs.yaml``;
+and ``validate.json``: ``simtrain validate --json`` over the published records in ``measured/`` (``published_runs.yaml``
+and ``more_runs_2026-12.yaml``);
 ``plan_llama3_8b.json``: ``simtrain plan plans/llama3_8b.yaml --json --workers 1``.
 """
 

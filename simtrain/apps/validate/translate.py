@@ -14,6 +14,7 @@ from simtrain.apps.validate.conventions import (
     FLOP_CONVENTIONS,
     SourceConvention,
     convention_for,
+    runtime_of,
 )
 from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.errors import SimtrainError
@@ -278,7 +279,35 @@ def _scenario_data(
         "training": {"seq_len": seq, "global_batch": B, "micro_batch": b, **training},
         "parallelism": _parallelism(rec.parallelism, conv, tp, pp, dp, notes),
     }
+    data["runtime"] = _runtime(rec, data["parallelism"], notes)
     return data, capacity_known
+
+
+#: Megatron command-line flags a record's notes may name, and the runtime setting each turns on
+#: (runtimes/megatron_core.yaml: all three are opt-in there).
+RUNTIME_FLAGS = {
+    "--tp-comm-overlap": "tp_comm_overlap",
+    "--overlap-grad-reduce": "overlap_grad_reduce",
+    "--overlap-param-gather": "overlap_param_gather",
+}
+
+
+def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The runtime the source ran (``conventions.runtime_of``), with the overlap flags the
+    record says were used, where the layout has something for them to overlap."""
+    name = runtime_of(rec.source_key)
+    out: dict[str, Any] = {"name": name}
+    text = f"{rec.notes} {rec.training} {rec.parallelism}"
+    applies = {
+        "tp_comm_overlap": par.get("tp", 1) > 1,
+        "overlap_grad_reduce": True,
+        "overlap_param_gather": par.get("zero_stage", 0) in (1, 2),
+    }
+    for flag, key in RUNTIME_FLAGS.items():
+        if flag in text and applies[key]:
+            out[key] = True
+            notes.append(f"runtime {name}: {flag} (the record's notes)")
+    return out
 
 
 def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
