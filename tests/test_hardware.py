@@ -156,14 +156,18 @@ def test_h100_and_h200_datasheet_numbers() -> None:
 def test_efa_profile_differs_from_h100_only_in_the_network() -> None:
     """h100_sxm5_80gb_efa is the same GPU and NVSwitch node as h100_sxm5_80gb; only the
     inter-node numbers are its own, fitted to the Ultra-Scale Playbook's EFA collective
-    benchmarks (tests/test_collectives.py refits them)."""
+    benchmarks (tests/test_collectives.py refits them), and NCCL's protocols and algorithms on
+    that network (aws-ofi-nccl forces Simple; the cluster's measured all-reduce is a ring's)."""
     h100, efa = load_hardware("h100_sxm5_80gb"), load_hardware("h100_sxm5_80gb_efa")
     same = replace(efa, name=h100.name, display_name=h100.display_name,
                    source_file=h100.source_file,
                    nic_bandwidth_bytes_per_s=h100.nic_bandwidth_bytes_per_s,
                    inter_node_latency_s=h100.inter_node_latency_s,
-                   oversubscription=h100.oversubscription)  # fmt: skip
+                   oversubscription=h100.oversubscription, nccl_protocols=h100.nccl_protocols,
+                   nccl_algorithms=h100.nccl_algorithms)  # fmt: skip
     assert same == h100
+    assert efa.nccl_protocols == ("simple",)
+    assert efa.nccl_algorithms == ("ring", "pairwise")
     assert efa.nic_bandwidth_bytes_per_s == approx(306.4e9 / 8)
     assert efa.inter_node_latency_s == approx(37.2e-6)
     assert efa.oversubscription == 1.0
@@ -341,6 +345,37 @@ BAD = [
     pytest.param(
         ("oversubscription",), 0.5, "oversubscription", "must be >=", id="oversubscription-below-1"
     ),
+    pytest.param(
+        ("collectives",),
+        {"gpu_arch": "hoper"},
+        "collectives.gpu_arch",
+        "did you mean 'hopper'",
+        id="nccl-arch-typo",
+    ),  # fmt: skip
+    pytest.param(
+        ("collectives",), {"nvls": "yes"}, "collectives.nvls", "true or false", id="nvls-not-bool"
+    ),  # fmt: skip
+    pytest.param(
+        ("collectives",),
+        {"protocols": ["ll256"]},
+        "collectives.protocols",
+        "ll | ll128 | simple",
+        id="unknown-protocol",
+    ),  # fmt: skip
+    pytest.param(
+        ("collectives",),
+        {"algorithms": []},
+        "collectives.algorithms",
+        "non-empty",
+        id="no-algorithm",
+    ),  # fmt: skip
+    pytest.param(
+        ("collectives",),
+        {"sharp": True},
+        "collectives.sharp",
+        "unknown key",
+        id="collectives-unknown-key",
+    ),  # fmt: skip
 ]
 
 
