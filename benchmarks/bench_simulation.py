@@ -25,6 +25,11 @@ CASES = [
         [],
     ),
     (
+        "1,024 GPUs, as above, runtime megatron_core (host stream, blocking p2p, NCCL choice)",
+        "scenarios/gpt3_175b_1024gpu.yaml",
+        ["runtime=megatron_core"],
+    ),
+    (
         "16,384 GPUs: GPT-3 175B, TP 8 PP 16 DP 128, 1F1B, m=64",
         "scenarios/gpt3_175b_1024gpu.yaml",
         [
