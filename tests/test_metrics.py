@@ -107,6 +107,7 @@ def test_hand_built_timeline():
         "optimizer": ns(50 / 2),
         "communication_exposed": ns(80 / 2),
         "communication_total": ns(200 / 2),
+        "host_exposed": 0.0,
         "bubble": ns((50 + 200) / 2),
     }
     assert mt.tokens_per_s == pytest.approx(sc.training.global_batch * SEQ / 500e-9)
@@ -247,3 +248,22 @@ def test_mfu_and_throughput_from_the_published_formulas(layout):
     assert mt.tokens_per_s == pytest.approx(B * SEQ / step, rel=1e-12)
     assert mt.samples_per_s == pytest.approx(B / step, rel=1e-12)
     assert 0 < mt.mfu < 1
+
+
+def test_host_stream_is_not_communication_and_time_is_conserved():
+    """A host-bound step (runtime host stream): the GPU waiting for its host is host_exposed,
+    not communication or bubble, and the breakdown still sums to the step time."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(
+        Path(__file__).resolve().parent.parent / "scenarios" / "ddp_8gpu.yaml",
+        ["runtime={name: pytorch_eager, host_us_per_op: 2000}"],
+    )
+    mt = simulate_scenario(sc).metrics
+    br = dict(mt.time_breakdown_s)
+    assert br["host_exposed"] > 0
+    parts = ("compute", "recompute", "optimizer", "communication_exposed", "host_exposed", "bubble")
+    assert sum(br[k] for k in parts) == pytest.approx(mt.step_time_s, rel=1e-9)
+    plain = simulate_scenario(load_scenario(sc.source)).metrics
+    assert dict(plain.time_breakdown_s)["host_exposed"] == 0

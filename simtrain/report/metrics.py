@@ -7,7 +7,10 @@
   stages is reported. For uniform stages without communication it equals (p−1)/(m+p−1) for GPipe
   and 1F1B (Huang et al. 2019 §2.3; Narayanan et al. 2021 §2.2.1).
 - time_breakdown_s splits the step of an average stage into compute + recompute + optimizer +
-  communication_exposed + bubble, which sum to the step time (conservation of time).
+  communication_exposed + host_exposed + bubble, which sum to the step time (conservation of
+  time). host_exposed: the GPU idle while only its host works (issuing kernels, or waiting in a
+  blocking receive: the runtime's host stream); communication_total counts every
+  communication span, exposed or not.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
     peak = hw.compute_peak(step.precision.compute_dtype)
     stages = []
     sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
-            "communication_total": 0, "bubble": 0}  # fmt: skip
+            "communication_total": 0, "host_exposed": 0, "bubble": 0}  # fmt: skip
     by_gpu: dict[int, list] = {g: [] for g in tl.ranks}
     for s in tl.spans:
         by_gpu.setdefault(s.rank, []).append(s)
@@ -87,16 +90,19 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
         work = sum(s.duration_ns for s in comp if s.kind in COMPUTE_KINDS)
         rec = sum(s.duration_ns for s in comp if s.kind == "R")
         opt = sum(s.duration_ns for s in comp if s.kind == "OPT")
-        comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream != "compute"]
+        comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream not in ("compute", "host")]
+        host_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream == "host"]
         comp_iv = [(s.start_ns, s.end_ns) for s in comp]
         exposed = _exposed(comm_iv, comp_iv)
+        host_exposed = _exposed(host_iv, comp_iv + comm_iv) if host_iv else 0
         idle = makespan_ns - busy
         sums["compute"] += work
         sums["recompute"] += rec
         sums["optimizer"] += opt
         sums["communication_exposed"] += exposed
         sums["communication_total"] += sum(e - s for s, e in comm_iv)
-        sums["bubble"] += idle - exposed
+        sums["host_exposed"] += host_exposed
+        sums["bubble"] += idle - exposed - host_exposed
         mem_peak = tl.peak_memory_bytes(g)
         stages.append(StageMetrics(g, busy / 1e9, idle / makespan_ns if makespan_ns else 0.0,
                                    exposed / 1e9, mem_peak))  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
 
 
@@ -89,6 +90,7 @@ def run_summary(res: Any) -> dict[str, Any]:
     doc.update(
         {
             "hardware": sc.hardware.name,
+            "runtime": runtime_settings(sc.runtime),
             "gpus": p.gpus,
             "layout": {
                 "dp": p.dp,
@@ -125,6 +127,7 @@ def run_table(res: Any) -> str:
         f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
         f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU)",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
+        f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",
