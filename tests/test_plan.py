@@ -745,3 +745,21 @@ def test_plan_fifo_is_not_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_plan(fifo)
     assert "not a regular file" in str(exc.value)
+
+
+def test_a_plan_runs_every_layout_under_its_runtime() -> None:
+    """``runtime:`` in a plan reaches every layout's scenario (the fast per-layout path too);
+    its overlap options apply where a layout has the communication, and a bad value is the
+    same one-line error a scenario file gives."""
+    rt = {"name": "megatron_core", "tp_comm_overlap": True, "overlap_grad_reduce": True}
+    plan = _plan(GPT3_1024, runtime=rt)
+    ctx = build_context(plan)
+    layouts = enumerate_layouts(plan, 96, 96)
+    lay = next(x for x in layouts if x.tp > 1)
+    base = ctx.bases[(lay.hardware, lay.global_batch)]
+    fast = layout_scenario(base, lay, plan.file)
+    assert fast == parse_scenario(scenario_data(plan, lay), plan.file, ROOT)
+    assert fast.runtime.name == "megatron_core" and fast.runtime.tp_comm_overlap
+    with pytest.raises(ConfigError) as info:
+        _plan(GPT3_1024, runtime={"name": "megatron"})
+    assert "runtime" in str(info.value) and "megatron_core" in str(info.value)

@@ -29,7 +29,7 @@ from simtrain.spec.runtime import (
     load_runtime,
     runtime_settings,
 )
-from simtrain.spec.scenario import parse_scenario
+from simtrain.spec.scenario import load_scenario, parse_scenario
 
 REQUIRED = {"megatron_lm_2021", "megatron_core", "deepspeed", "nanotron", "torchtitan",
             "llm_foundry", "pytorch_eager"}  # fmt: skip
@@ -50,6 +50,21 @@ def scenario(runtime=None, **par):
     if runtime is not None:
         data["runtime"] = runtime
     return parse_scenario(data, "test.yaml")
+
+
+def scenario_file(tmp_path, runtime, **par):
+    """The same scenario read from a file, as ``simtrain run`` reads it."""
+    import yaml
+
+    gb = 8 * par.get("dp", 1)
+    data = {
+        "name": "rt", "model": TINY, "hardware": "a100_sxm4_80gb", "runtime": runtime,
+        "training": {"seq_len": 128, "global_batch": gb, "micro_batch": 2, "precision": "bf16"},
+        "parallelism": {"dp": 1, "tp": 1, "pp": 1, **par},
+    }  # fmt: skip
+    path = tmp_path / "test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_scenario(path)
 
 
 def step_ns(sc) -> int:
@@ -98,7 +113,7 @@ def test_runtime_overrides_apply_on_top_of_the_named_profile():
         ({"name": "nanotron", "tp_comm_overlp": True}, {}, "runtime.tp_comm_overlp", "did you mean"),
         ({"p2p": "sync"}, {}, "runtime.p2p", "async | blocking"),
         ({"host_us_per_op": -1}, {}, "runtime.host_us_per_op", ">="),
-        ({"host_us_per_op": float("nan")}, {}, "runtime.host_us_per_op", ""),
+        ({"host_us_per_op": ".nan"}, {}, "runtime.host_us_per_op", ""),
         ({"tp_comm_overlap": "yes"}, {}, "runtime.tp_comm_overlap", "true or false"),
         ({"tp_comm_overlap": True}, {}, "runtime.tp_comm_overlap", "parallelism.tp = 1"),
         ({"overlap_param_gather": True}, {}, "runtime.overlap_param_gather",
@@ -107,9 +122,9 @@ def test_runtime_overrides_apply_on_top_of_the_named_profile():
         (7, {}, "runtime", "mapping"),
     ],
 )  # fmt: skip
-def test_bad_runtime_is_one_line_naming_the_key(runtime, par, key, words):
+def test_bad_runtime_is_one_line_naming_the_key(tmp_path, runtime, par, key, words):
     with pytest.raises(ConfigError) as e:
-        scenario(runtime, **par)
+        scenario_file(tmp_path, runtime, **par)
     msg = str(e.value)
     assert "\n" not in msg
     assert key in msg
@@ -286,3 +301,11 @@ def test_zero3_per_gpu_nic_gathers_at_one_nic_per_gpu():
     expected = (n - 1) / n * size / inter.bandwidth_bytes_per_s + (n - 1) * inter.latency_s
     assert c_nic.gather_ns_per_layer == round(1e9 * expected)
     assert c_nic.gather_ns_per_layer > c_node.gather_ns_per_layer
+
+
+def test_an_overlap_with_nothing_to_overlap_does_not_apply_outside_a_scenario_file():
+    """A plan's layouts (parse_scenario) keep the runtime's overlap options; where a layout
+    has no TP or ZeRO-1/2 all-gather they do nothing."""
+    on = scenario({"tp_comm_overlap": True, "overlap_param_gather": True})
+    off = scenario({"tp_comm_overlap": False, "overlap_param_gather": False})
+    assert step_ns(on) == step_ns(off)

@@ -326,14 +326,6 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
 def check_layout(s: Scenario, file: str) -> None:
     """Layouts that do not divide are errors, each naming the key and the numbers."""
     m, t, p = s.model, s.training, s.parallelism
-    rt = s.runtime
-    if rt.tp_comm_overlap and p.tp == 1:
-        raise ConfigError(file, "runtime.tp_comm_overlap", "overlaps tensor-parallel "
-                          "collectives, but parallelism.tp = 1 has none", True)  # fmt: skip
-    if rt.overlap_param_gather and p.zero_stage not in (1, 2):
-        raise ConfigError(file, "runtime.overlap_param_gather", "overlaps the all-gather of "
-                          "ZeRO-1/2's updated parameters, but parallelism.zero_stage = "
-                          f"{p.zero_stage} has none (use 1 or 2)", True)  # fmt: skip
     if p.pp > m.layers:
         raise ConfigError(
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
@@ -402,6 +394,22 @@ def check_layout(s: Scenario, file: str) -> None:
             t.precision,
         )  # fmt: skip
     check_size(s, file)
+
+
+def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
+    """A scenario file's ``runtime:`` that turns on an overlap its layout has nothing for is
+    an error naming both keys. (Elsewhere, e.g. a plan's layouts, such an option simply does
+    not apply: the lowering switches it on only where the layout has that communication.)"""
+    if not isinstance(runtime, dict):
+        return
+    p = s.parallelism
+    if runtime.get("tp_comm_overlap") is True and p.tp == 1:
+        raise ConfigError(file, "runtime.tp_comm_overlap", "overlaps tensor-parallel "
+                          "collectives, but parallelism.tp = 1 has none", True)  # fmt: skip
+    if runtime.get("overlap_param_gather") is True and p.zero_stage not in (1, 2):
+        raise ConfigError(file, "runtime.overlap_param_gather", "overlaps the all-gather of "
+                          "ZeRO-1/2's updated parameters, but parallelism.zero_stage = "
+                          f"{p.zero_stage} has none (use 1 or 2)", True)  # fmt: skip
 
 
 def check_size(s: Scenario, file: str) -> None:
@@ -571,13 +579,16 @@ def load_scenario(path: str | Path, overrides: tuple[str, ...] | list[str] = ())
     for o in overrides:
         apply_override(data, o)
     if not overrides:
-        return parse_scenario(data, str(p), p.parent)
+        scenario = parse_scenario(data, str(p), p.parent)
+        check_runtime_options(scenario, data.get("runtime"), str(p))
+        return scenario
     try:
         scenario = _parse_fields(data, str(p), p.parent)
     except ConfigError as exc:
         raise _blame_overrides(exc, str(p), overrides, across=False) from None
     try:
         check_layout(scenario, str(p))
+        check_runtime_options(scenario, data.get("runtime"), str(p))
     except ConfigError as exc:
         raise _blame_overrides(exc, str(p), overrides, across=True) from None
     return scenario

@@ -27,14 +27,15 @@ from simtrain.spec.scenario import (
     parse_parallelism,
     parse_training,
 )
+from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.yamlfile import exists, load_yaml
 
 DEFAULT_TOP = 32
 OBJECTIVES = ("time", "cost")
 
 TOP_KEYS = (
-    "name", "description", "model", "tokens", "training", "hardware", "gpus", "constraints",
-    "fixed", "parallelism", "failures", "objective", "top",
+    "name", "description", "model", "tokens", "training", "hardware", "runtime", "gpus",
+    "constraints", "fixed", "parallelism", "failures", "objective", "top",
 )  # fmt: skip
 TRAINING_KEYS = (
     "seq_len", "global_batch", "precision", "optimizer", "cross_entropy", "peft", "offload",
@@ -114,6 +115,9 @@ class Plan:
     objective: str = "time"
     top: int = DEFAULT_TOP
     description: str = ""
+    # The framework every layout runs under (a scenario's ``runtime:``, as written; None: the
+    # default profile).
+    runtime: Any = None
 
 
 def _num(value: Any, file: str, key: str, *, integer: bool = False, minimum: float = 0.0,
@@ -241,11 +245,15 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
         raise ConfigError(file, "objective", f"unknown value{did_you_mean(objective, OBJECTIVES)}",
                           objective, " | ".join(OBJECTIVES))  # fmt: skip
     top = int(_num(data.get("top", DEFAULT_TOP), file, "top", integer=True, maximum=MAX_TOP))
+    runtime = data.get("runtime")
+    if runtime is not None:
+        parse_scenario_runtime(runtime, file)  # the same checks and messages as a scenario's
     return Plan(
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=options, gpu_counts=counts,
         gpus_min=lo, gpus_max=hi, constraints=constraints, fixed=fixed, failures=fm,
         parallelism=par, objective=str(objective), top=top, description=description,
+        runtime=runtime,
     )  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
     }  # fmt: skip
     if layout.sequence_parallel:
         par["sequence_parallel"] = True
-    return {
+    data: dict[str, Any] = {
         "name": name or plan.name,
         "model": dict(plan.model),
         "hardware": layout.hardware,
@@ -63,6 +63,9 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         },
         "parallelism": par,
     }
+    if plan.runtime is not None:
+        data["runtime"] = plan.runtime
+    return data
 
 
 def _gpus_per_node(plan: Plan, hardware: str) -> int:
