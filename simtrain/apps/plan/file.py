@@ -15,6 +15,7 @@ from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
 from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
+from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.scenario import (
     MAX_NAME,
     RECOMPUTE,
@@ -27,7 +28,6 @@ from simtrain.spec.scenario import (
     parse_parallelism,
     parse_training,
 )
-from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.yamlfile import exists, load_yaml
 
 DEFAULT_TOP = 32
