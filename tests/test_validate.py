@@ -183,7 +183,7 @@ def test_every_record_is_compared_or_skipped_with_a_reason(result, published_rec
 def test_json_document_schema(result) -> None:
     doc = json.loads(json.dumps(result.to_json()))
     assert set(doc) == {"schema_version", "records", "skipped", "summary", "by_family",
-                        "noisy_pairs"}  # fmt: skip
+                        "noisy_pairs", "fitted_constants"}  # fmt: skip
     assert doc["schema_version"] == 1
     assert doc["records"] and doc["skipped"] and doc["summary"]
     for r in doc["records"]:

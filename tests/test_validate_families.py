@@ -424,7 +424,7 @@ def test_by_family_outputs(tmp_path: Path) -> None:
     assert "noisy pairs left out" in text
     doc = json.loads(validate_command(str(recs), True, None, str(tmp_path)))
     assert set(doc) == {"schema_version", "records", "skipped", "summary", "by_family",
-                        "noisy_pairs"}  # fmt: skip
+                        "noisy_pairs", "fitted_constants"}  # fmt: skip
     assert doc["noisy_pairs"] == [{"metric": "step_time_s", "id_a": "lab_1", "id_b": "lab_2",
                                    "measured_a": 0.01, "measured_b": 0.03,
                                    "ratio": pytest.approx(3.0)}]  # fmt: skip

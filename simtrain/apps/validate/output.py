@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from simtrain.apps.validate.conventions import SOURCES
+from simtrain.apps.validate.fitted import format_constant_reports
 from simtrain.apps.validate.measured import METRICS
 from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
 from simtrain.errors import ConfigError
@@ -123,6 +124,9 @@ def format_by_family(res: ValidationResult) -> str:
     lines.append(noisy_table(res))
     lines.append("")
     lines.append(family_table(res))
+    if res.constants:
+        lines.append("")
+        lines.append(format_constant_reports(res.constants))
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from simtrain.apps.validate.fitted import ConstantReport, constant_reports, load_fitted_constants
 from simtrain.apps.validate.measured import METRICS, TIME_METRICS, Comparison, compare_record
 from simtrain.apps.validate.predict import Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
@@ -110,6 +111,7 @@ class ValidationResult:
     elapsed_s: float = 0.0
     noisy: tuple[NoisyPair, ...] = ()
     by_family: tuple[FamilySummary, ...] = ()
+    constants: tuple[ConstantReport, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document (schema_version 1; keys exactly as documented)."""
@@ -157,6 +159,25 @@ class ValidationResult:
                     "ratio": p.ratio,
                 }
                 for p in self.noisy
+            ],  # fmt: skip
+            "fitted_constants": [
+                {
+                    "constant": r.constant.constant,
+                    "file": r.constant.file,
+                    "fitted_on": list(r.constant.fitted_on),
+                    "families": [
+                        {
+                            "family": f.family,
+                            "metric": f.metric,
+                            "fitted": f.fitted,
+                            "n": f.n,
+                            "mape_pct": f.mape_pct,
+                            "median_error_pct": f.median_error_pct,
+                        }
+                        for f in r.rows
+                    ],  # fmt: skip
+                }
+                for r in self.constants
             ],  # fmt: skip
         }
 
@@ -277,4 +298,5 @@ def validate(
     return ValidationResult(" + ".join(str(p) for p in paths), tuple(comparisons),
                             tuple(skipped), summarize(comparisons), assumptions,
                             time.perf_counter() - t0, noisy,
-                            family_summaries(comparisons, noisy))  # fmt: skip
+                            family_summaries(comparisons, noisy),
+                            constant_reports(comparisons, scenarios, load_fitted_constants()))  # fmt: skip

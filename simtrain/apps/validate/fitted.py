@@ -1,0 +1,123 @@
+"""Fitted constants on the families they were not fitted on (``measured/fitted_constants.yaml``).
+
+Issue 13: "a leave-one-family-out mode reports every fitted constant on families it was not
+fitted on". Each constant names its scope (the comparisons whose scenario uses it: a hardware
+profile, a runtime, any runtime with host time, a ZeRO stage) and the families it was fitted
+on; the report gives, per constant, the timing errors of the families in its fit and of every
+other family in its scope (held out). The constants are not refitted here: the held-out rows
+are the out-of-sample check of the values the profiles ship.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.validate.measured import TIME_METRICS, Comparison
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import Scenario
+from simtrain.spec.yamlfile import load_yaml
+
+FITTED_PATH = Path(__file__).resolve().parents[3] / "measured" / "fitted_constants.yaml"
+SCOPE_KEYS = ("hardware", "runtime", "host", "zero_stage")
+
+
+@dataclass(frozen=True, slots=True)
+class FittedConstant:
+    constant: str
+    file: str
+    scope: tuple[tuple[str, Any], ...]
+    fitted_on: tuple[str, ...]
+
+    def applies(self, sc: Scenario) -> bool:
+        for key, value in self.scope:
+            if key == "hardware" and sc.hardware.name != value:
+                return False
+            if key == "runtime" and sc.runtime.name != value:
+                return False
+            if key == "host" and (sc.runtime.host_s_per_op > 0) != bool(value):
+                return False
+            if key == "zero_stage" and sc.parallelism.zero_stage != value:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyErrors:
+    """One family's timing comparisons under a constant: n, MAPE %, signed median %."""
+
+    family: str
+    metric: str
+    fitted: bool  # the constant was fitted on this family (in-sample)
+    n: int
+    mape_pct: float
+    median_error_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConstantReport:
+    constant: FittedConstant
+    rows: tuple[FamilyErrors, ...]
+
+
+def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...]:
+    data = load_yaml(path)
+    file = str(path)
+    if not isinstance(data, list):
+        raise ConfigError(file, "<root>", "must be a list of constants")
+    out = []
+    for i, d in enumerate(data):
+        if not isinstance(d, dict) or not {"constant", "file", "scope", "fitted_on"} <= set(d):
+            raise ConfigError(file, f"[{i}]", "needs constant, file, scope and fitted_on")
+        scope = d["scope"]
+        if not isinstance(scope, dict) or any(k not in SCOPE_KEYS for k in scope):
+            raise ConfigError(file, f"[{i}].scope", "unknown scope key", scope,
+                              " | ".join(SCOPE_KEYS))  # fmt: skip
+        out.append(FittedConstant(str(d["constant"]), str(d["file"]),
+                                  tuple(sorted(scope.items())), tuple(d["fitted_on"])))  # fmt: skip
+    return tuple(out)
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def constant_reports(comparisons: Sequence[Comparison], scenarios: Mapping[str, Scenario],
+                     constants: Sequence[FittedConstant]) -> tuple[ConstantReport, ...]:  # fmt: skip
+    """Per constant, per family in its scope and timing metric: the errors, marked fitted
+    (in-sample) or held out."""
+    out = []
+    for k in constants:
+        groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for c in comparisons:
+            sc = scenarios.get(c.id)
+            if c.metric in TIME_METRICS and sc is not None and k.applies(sc):
+                groups[(c.source, c.metric)].append(c.error_pct)
+        rows = tuple(
+            FamilyErrors(fam, metric, fam in k.fitted_on, len(e), sum(map(abs, e)) / len(e),
+                         _median(e))  # fmt: skip
+            for (fam, metric), e in sorted(groups.items(), key=lambda kv: (
+                kv[0][0] not in k.fitted_on, kv[0][0], TIME_METRICS.index(kv[0][1])))
+        )  # fmt: skip
+        out.append(ConstantReport(k, rows))
+    return tuple(out)
+
+
+def format_constant_reports(reports: Sequence[ConstantReport]) -> str:
+    lines = ["fitted constants on the families they were fitted on and held out "
+             "(measured/fitted_constants.yaml)"]  # fmt: skip
+    for r in reports:
+        k = r.constant
+        lines.append(f"  {k.constant}  [{k.file}; fitted on {', '.join(k.fitted_on)}]")
+        if not r.rows:
+            lines.append("    (no comparison in its scope)")
+        for row in r.rows:
+            tag = "fitted  " if row.fitted else "held out"
+            lines.append(f"    {tag}  {row.family:<22}{row.metric:<16}n {row.n:>4}  "
+                         f"MAPE {row.mape_pct:7.1f} %  median {row.median_error_pct:+7.1f} %")  # fmt: skip
+    return "\n".join(lines)
