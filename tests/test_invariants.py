@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
+from simtrain.costs.activations import layer_input_bytes
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import empty_stages
@@ -60,12 +61,12 @@ def check_outputs(sc: Scenario, *, rerun: bool = True) -> None:
        (``memory_bytes``); the report's peak is the largest stage's; the simulated trace's peak
        per stage equals the memory model's.
     5. **Recompute never raises activations.** Against the same scenario without recompute,
-       per stage: the saved activations (the ``activations`` category less the recompute
-       working set) are never larger; a stage with no activations has none with recompute; a
-       chunk without decoder layers has no recompute working set; selective recompute never
-       raises the ``activations`` category or the peak. (Full recompute's working set, one
-       block re-materialised plus its output gradient, can exceed what it saves on a stage that
-       holds a single block for a single micro-batch: that is the model, not asserted away.)
+       per stage: the ``activations`` category (saved, plus a re-materialised block during a
+       backward) and the peak are never larger; a chunk without decoder layers has no
+       recompute working set. One measured exception (tests/test_recompute_memory.py): under
+       full recompute and a frozen-embedding PEFT method, a stage whose first chunk holds the
+       embedding and a single block keeps that block's checkpointed input, which none frees:
+       at most b·s·h more.
     6. **Finite JSON.** summary.json, ``memory --json`` and trace.json hold no NaN or infinity
        (they serialise with ``allow_nan=False``).
     7. **Byte-identical reruns** (``rerun``): with every cache cleared, summary.json,
@@ -150,9 +151,14 @@ def _check_memory(res: SimulationResult, mem: MemoryReport) -> None:
     assert mem.peak_memory_bytes == max(s.peak_memory_bytes for s in mem.stages), "4."
 
 
-def _saved(s: Any) -> int:
-    return s.category("activations") - max((b for _, b in s.recompute_working_set_bytes),
-                                           default=0)  # fmt: skip
+def _frozen_input_allowance(sc: Scenario, step: Any, stage: int) -> int:
+    """b·s·h (the first block's input) where full recompute keeps a frozen first block's input
+    that recompute none frees, else 0 (see :func:`check_outputs`, 5)."""
+    t, p = sc.training, sc.parallelism
+    frozen = t.peft.method in ("lora", "qlora", "adapter", "prefix") and t.recompute == "full"
+    if frozen and any(c.embedding and c.layers == 1 for c in step.rank_chunks(stage)):
+        return layer_input_bytes(sc.model, t, p.tp, p.sequence_parallel)
+    return 0
 
 
 def _check_recompute(sc: Scenario, mem: MemoryReport) -> None:
@@ -165,12 +171,10 @@ def _check_recompute(sc: Scenario, mem: MemoryReport) -> None:
     base = estimate_memory(replace(sc, training=replace(sc.training, recompute="none")))
     for s, b in zip(mem.stages, base.stages, strict=True):
         where = f"5. stage {s.stage}, recompute {sc.training.recompute}"
-        assert _saved(s) <= _saved(b), f"{where}: saves {_saved(s)} > {_saved(b)}"
-        if b.category("activations") == 0:
-            assert s.category("activations") == 0, f"{where}: activations raised from 0"
-        if sc.training.recompute == "selective":
-            assert s.category("activations") <= b.category("activations"), where
-            assert s.peak_memory_bytes <= b.peak_memory_bytes, f"{where}: peak"
+        extra = _frozen_input_allowance(sc, step, s.stage)
+        act, act0 = s.category("activations"), b.category("activations")
+        assert act <= act0 + extra, f"{where}: activations {act} > {act0}"
+        assert s.peak_memory_bytes <= b.peak_memory_bytes + extra, f"{where}: peak"
 
 
 def _check_finite(doc: Any, name: str, path: str = "") -> None:
