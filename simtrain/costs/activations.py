@@ -211,8 +211,17 @@ def layer_activation_bytes(
 def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
-    kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure)."""
-    if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or t.recompute == "full":
+    kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure).
+    Under full recompute the block keeps only its checkpointed input, so nothing is saved."""
+    if t.recompute == "full":
+        return 0
+    return _frozen_first_norm_bytes(m, t, tp, sp)
+
+
+def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -> int:
+    """The first norm's input and statistics, which the first block does not save when its
+    input needs no gradient (:func:`frozen_input_savings`), 0 when it does."""
+    if t.peft.method not in ("lora", "qlora", "adapter", "prefix"):
         return 0
     prec = PRECISIONS[t.precision]
     sb = t.seq_len_effective * t.micro_batch
@@ -225,6 +234,36 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
     prec = PRECISIONS[t.precision]
     s = t.seq_len_effective
     return prec.act_norm * t.micro_batch * s * m.hidden // (tp if sp else 1)
+
+
+def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
+                                head: bool, tp: int = 1, sp: bool = False) -> int:  # fmt: skip
+    """What full recompute adds, during a chunk's backward, to the activations its chunk holds
+    (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
+    (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
+    re-materialised, so the most is one block's saved tensors (:func:`layer_saved_tensors`)
+    but for its first norm's input, which *is* the checkpointed block input the chunk already
+    holds (the same storage: counting it again made full recompute raise a one-block stage's
+    activations above recompute none). On the first chunk of a frozen-embedding PEFT run the
+    first block's norm saves neither input nor statistics, so a one-block chunk
+    re-materialises less. On the chunk holding the head, the gradient of the last block's
+    output (shaped like a block input) is alive too, and the head's saved tensors
+    (:func:`head_saved_bytes`) were freed by the head's backward before the first block is
+    re-materialised; on any other chunk that gradient is the p2p receive buffer, counted under
+    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward)."""
+    if t.recompute != "full" or not layers:
+        return 0
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp)
+    if not saved:
+        return 0
+    block_input = layer_input_bytes(m, t, tp, sp)
+    not_held = block_input
+    if embedding and layers == 1:
+        not_held = max(block_input, _frozen_first_norm_bytes(m, t, tp, sp))
+    ws = sum(x.bytes for x in saved) - not_held
+    if head:
+        ws += block_input - head_saved_bytes(m, t, tp, sp)
+    return max(ws, 0)
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
@@ -384,9 +423,12 @@ class WalkPeak:
     saved: int  # saved activations at that point
     loss: int  # loss working memory at that point
     working_set: int  # recompute working set at that point
-    saved_peak: int  # the most saved activations at any point (the category)
+    saved_peak: int  # the most saved activations at any point
     in_flight: float  # micro-batches in flight at ``saved_peak``, in whole-stage units
     optimizer_saved: int = 0  # the most saved activations at an optimizer step
+    # The most activations at any point, saved plus a recompute working set (the category):
+    # ``saved_peak`` or more, never ``saved_peak`` plus a working set that comes later.
+    activations: int = 0
 
 
 def walk_peak_of_states(
@@ -414,14 +456,17 @@ def walk_peak_of_states(
             peak_saved = int(held[i])
             peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
     best = fwd
+    most = peak_saved
     if len(states.backward_chunk):
         held = states.backward_held @ per
         ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
         j = int((held + ws).argmax())
+        most = max(most, int(held[j] + ws[j]))
         if int(held[j] + ws[j]) > best[0]:
             best = (int(held[j] + ws[j]), int(held[j]), 0, int(ws[j]))
     at_opt = int((states.optimizer_held @ per).max()) if len(states.optimizer_held) else 0
-    return WalkPeak(*best, saved_peak=peak_saved, in_flight=peak_count, optimizer_saved=at_opt)
+    return WalkPeak(*best, saved_peak=peak_saved, in_flight=peak_count, optimizer_saved=at_opt,
+                    activations=most)  # fmt: skip
 
 
 def activation_peak_of_states(

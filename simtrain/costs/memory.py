@@ -21,10 +21,10 @@ from simtrain.costs.activations import (
     frozen_input_savings,
     head_saved_bytes,
     layer_activation_bytes,
-    layer_input_bytes,
     layer_saved_tensors,
     loss_transient_bytes,
     rank_activation_states,
+    recompute_working_set_bytes,
     walk_peak_of_states,
 )
 from simtrain.costs.params import (
@@ -59,7 +59,7 @@ class StageBreakdown:
     saved: tuple[SavedTensor, ...]  # what one layer saves without recompute
     activation_bytes_per_microbatch: int
     in_flight: float
-    recompute_working_set_bytes: int
+    recompute_working_set_bytes: int  # what recompute adds to the saved peak (the category)
     activations: int
     pipedream_versions: int  # weight versions stashed (0: not PipeDream)
     pipedream_extra_bytes: int
@@ -158,12 +158,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
     tp, sp = p.tp, p.sequence_parallel
     per_layer = layer_activation_bytes(m, t, tp, sp)
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp))
-    recompute_ws = 0
-    if t.recompute == "full" and saved:
-        # Full recompute re-materialises one block at a time during backward, while the
-        # gradient of that block's output (shaped like its input) is alive.
-        recompute_ws = sum(x.bytes for x in saved) + layer_input_bytes(m, t, tp, sp)
     chunk_bytes: dict[int, int] = {}
+    working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
     for stage in step.rank_chunk_ids(rank):
         ch = step.chunks[stage]
@@ -176,10 +172,10 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
             c += head_saved_bytes(m, t, tp, sp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
         chunk_bytes[stage] = c
-    # Only a chunk with decoder layers re-materialises a block: a head-only chunk (nanotron's
-    # compute-balanced split can make one) has nothing to recompute, so full recompute must not
-    # give it a working set (it did: activations rose from 0 on stages with no layers).
-    working_set = {k: recompute_ws if step.chunks[k].layers else 0 for k in chunk_bytes}
+        # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
+        # nothing to recompute).
+        working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
+                                                         tp, sp)  # fmt: skip
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
@@ -258,9 +254,10 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
     act = _stage_activations(sc, step, stage)
-    # The category shows saved activations plus the recompute working set; the loss working
-    # memory is listed under buffers. The peak uses the walk, where the two never coexist.
-    activations = act.walk.saved_peak + act.recompute_ws
+    # The category is the most activations at any point of the walk: saved, plus a recompute
+    # working set during a backward (it used to add the largest working set to the saved peak,
+    # two moments that need not coexist); the loss working memory is listed under buffers.
+    activations = act.walk.activations
     versions = pipedream_weight_versions(p.pp, stage) if step.schedule_name == "pipedream" else 0
     extra = (versions - 1) * params_b if versions else 0
     params_b += extra
@@ -291,7 +288,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         last=any(c.head for c in mine), states=ms, host_bytes=host,
         per_layer_bytes=act.per_layer, saved=act.saved,
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
-        recompute_working_set_bytes=act.recompute_ws, activations=activations,
+        recompute_working_set_bytes=activations - act.walk.saved_peak, activations=activations,
         pipedream_versions=versions, pipedream_extra_bytes=extra, optimizer_working_bytes=opt_ws,
         naive_dp_gather_bytes=gather, buffers=buffers,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,

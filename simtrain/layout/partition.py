@@ -5,8 +5,10 @@ through the resolved step (``layout.step``)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
+from simtrain.errors import ConfigError
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import ParallelSpec
 
@@ -34,25 +36,51 @@ class StageBlocks:
         return self.hi - self.lo
 
 
-def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
-    """nanotron's pipeline split (models/base.py ``build_model``; costs from
-    ``LlamaModel.get_block_compute_costs``): blocks in model order [embedding, L decoder layers,
-    final norm, LM head, fp32 cast, loss] with costs 0, ``4·h² + 3·f·h`` each (attention
-    projections + MLP), 0, ``V·h``, 0, 0. Thresholds ``T_r = C·(r+1)/pp`` over the total cost C;
-    walking the cumulative cost c, a block goes to the current rank r and r advances by one when
-    c > T_r. The embedding stays on rank 0. So the LM head counts as ``V·h / (4h² + 3fh)``
-    layers and the last rank gets that many fewer: the 1B sweep model (h 2048, f 8192,
-    V 131072) on pp = 2 puts 11 of 16 layers on rank 0."""
-    layer_cost = 4 * m.hidden * m.hidden + 3 * m.ffn_hidden * m.hidden
+#: nanotron's pipeline blocks after the decoder layers, in model order (models/llama.py:
+#: LlamaModel ``final_layer_norm``, ``lm_head``, ``cast_to_fp32``; LlamaForTraining ``loss``).
+NANOTRON_TAIL = ("final norm", "LM head", "fp32 cast", "loss")
+
+
+def nanotron_block_ranks(m: ModelSpec, pp: int) -> list[int]:
+    """The pipeline rank of each of nanotron's PipelineBlocks, in model order: [embedding,
+    L decoder layers, final norm, LM head, fp32 cast, loss]. nanotron models/base.py
+    ``build_model`` (huggingface/nanotron@2411b022): costs from ``LlamaModel.
+    get_block_compute_costs`` (decoder layer ``4·heads·d_qkv·h + 3·f·h``, LM head ``V·h``, every
+    other block 0), cumulative costs ``np.cumsum``, thresholds ``C·((r + 1) / pp)`` in float64;
+    each block goes to the current rank, which then advances by one if the block's cumulative
+    cost exceeds its threshold. Emulated operation for operation (numpy compares the int64
+    cumulative cost with the float64 threshold as float64), so a block that crosses a
+    threshold stays on the current rank, and the zero-cost blocks after the LM head land on the
+    ranks after it when the LM head's rank is not the last."""
+    layer_cost = 4 * m.heads * m.head_dim * m.hidden + 3 * m.ffn_hidden * m.hidden
     costs = [0] + [layer_cost] * m.layers + [0, m.vocab * m.hidden, 0, 0]
-    total = sum(costs)
-    rank_of: list[int] = []
-    r, c = 0, 0
-    for cost in costs:
-        c += cost
-        rank_of.append(r)
-        if c * pp > total * (r + 1) and r < pp - 1:  # c > total·(r+1)/pp, in integers
+    cumulative = list(itertools.accumulate(costs))
+    thresholds = [float(cumulative[-1]) * ((r + 1) / pp) for r in range(pp)]
+    out: list[int] = []
+    r = 0
+    for c in cumulative:
+        out.append(r)
+        if float(c) > thresholds[r]:  # never past pp - 1: c <= C = thresholds[pp - 1]
             r += 1
+    return out
+
+
+def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
+    """nanotron's pipeline split (:func:`nanotron_block_ranks`), one chunk per rank: the LM
+    head counts as ``V·h / (4h² + 3fh)`` layers, so the last rank gets that many fewer; the 1B
+    sweep model (h 2048, f 8192, V 131072) on pp = 2 puts 11 of 16 layers on rank 0.
+
+    simtrain computes the final norm, the fp32 cast and the loss with the LM head. nanotron
+    puts them elsewhere only when some rank would then hold no decoder layer, no embedding and
+    no LM head (only the fp32 cast, the loss, the final norm, or no block at all: a vocabulary
+    large against the blocks puts the LM head before the last rank). simtrain does not model
+    such a rank (a rank that only casts or only computes the loss receives the b·s·V/t logits
+    over p2p; a rank with no block idles): that is a ConfigError naming
+    ``parallelism.layer_split`` (:func:`compute_balanced_problem`)."""
+    why = compute_balanced_problem(m, pp)
+    if why:
+        raise ConfigError(None, "parallelism.layer_split", why, "compute_balanced")
+    rank_of = nanotron_block_ranks(m, pp)
     out = []
     for k in range(pp):
         layers = [i for i in range(m.layers) if rank_of[1 + i] == k]
@@ -60,6 +88,38 @@ def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
         hi = layers[-1] + 1 if layers else 0
         out.append(StageBlocks(lo, hi, k == 0, rank_of[m.layers + 2] == k))
     return out
+
+
+def compute_balanced_problem(m: ModelSpec, pp: int) -> str:
+    """Why simtrain cannot model nanotron's split of ``m`` over ``pp`` ranks (empty: it can):
+    the ranks that would hold no decoder layer, no embedding and no LM head, and what they
+    would hold. One line of bounded length whatever ``pp``."""
+    rank_of = nanotron_block_ranks(m, pp)
+    held: dict[int, list[str]] = {r: [] for r in range(pp)}
+    for name, r in zip(NANOTRON_TAIL, rank_of[m.layers + 1 :], strict=True):
+        held[r].append(name)
+    working = {0, rank_of[m.layers + 2]} | set(rank_of[1 : m.layers + 1])
+    bad = [r for r in range(pp) if r not in working]
+    if not bad:
+        return ""
+    kinds = list(dict.fromkeys(" + ".join(held[r]) or "no block" for r in bad))
+    return (f"nanotron's split (models/base.py build_model) leaves stage(s) {_ranges(bad)} of "
+            f"parallelism.pp = {pp} with no decoder layer or LM head (only: "
+            f"{'; '.join(kinds)}), which simtrain does not model: use fewer stages or "
+            "layer_split: uniform")  # fmt: skip
+
+
+def _ranges(xs: list[int]) -> str:
+    """Sorted integers as ranges: [1, 2, 3, 5] -> '1-3, 5' (at most 4 ranges shown)."""
+    runs: list[tuple[int, int]] = []
+    for x in xs:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], x)
+        else:
+            runs.append((x, x))
+    parts = [f"{a}" if a == b else (f"{a}, {b}" if b == a + 1 else f"{a}-{b}") for a, b in runs]
+    more = f", ... ({len(parts) - 4} more)" if len(parts) > 4 else ""
+    return ", ".join(parts[:4]) + more
 
 
 def embedding_as_layer_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
@@ -97,10 +157,8 @@ def split_layers(m: ModelSpec, p: ParallelSpec) -> dict[int, StageBlocks]:
 
 def empty_stages(chunks: dict[int, StageBlocks] | tuple[StageBlocks, ...]) -> list[int]:
     """Chunks that hold no decoder layer, no embedding and no head: a GPU with no work for the
-    whole step (bubble 1.0). Only ``compute_balanced`` makes them: its thresholds count the LM
-    head as V·h / (4h² + 3fh) layers, so with a vocabulary large against the blocks the head's
-    rank comes before the last, and the ranks after it get only nanotron's zero-cost blocks
-    (fp32 cast, loss) or none. nanotron runs the first kind (the loss is computed there), but
-    simtrain computes the loss with the head, so here such a stage has nothing to do."""
+    whole step (bubble 1.0). No split makes one: ``uniform`` and ``embedding_as_layer`` give
+    every chunk a layer or an end, and ``compute_balanced`` raises instead
+    (:func:`compute_balanced_problem`). Kept for the invariant checks."""
     items = chunks.items() if isinstance(chunks, dict) else enumerate(chunks)
     return [k for k, c in sorted(items) if not (c.layers or c.embedding or c.head)]

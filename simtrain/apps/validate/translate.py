@@ -18,6 +18,7 @@ from simtrain.apps.validate.conventions import (
 )
 from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.errors import SimtrainError
+from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario, parse_scenario
 
@@ -246,6 +247,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, str(exc))
     try:
         sc = parse_scenario(data, rec.id)
+        resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
     except SimtrainError as exc:
         return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
     pb = rec.model.get("params_b")
