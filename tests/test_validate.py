@@ -78,9 +78,11 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
     """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 91.0 %
     of 466 with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
     compute-balanced pipeline split; every miss is a run recorded as 'crashed_or_oom' that
-    simtrain says fits (the source does not tell crashes from out-of-memory)."""
+    simtrain says fits (the source does not tell crashes from out-of-memory). 93.0 % of 417
+    since the 49 layouts whose nanotron split leaves a stage with only the fp32 cast and the
+    loss are skipped (issue 15: an empty stage is an error naming parallelism.layer_split)."""
     s = _summary(result, "nanotron", "fits")
-    assert s.n >= 430
+    assert s.n >= 410
     assert s.share_correct >= 0.90
 
 
@@ -94,7 +96,7 @@ def test_peak_memory(result) -> None:
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 240 and nt.mape_pct <= 15.0
+    assert nt.n >= 230 and nt.mape_pct <= 15.0
 
 
 def test_nanotron_throughput_regression_bound(result) -> None:
@@ -105,11 +107,14 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     Median predicted/measured tokens/s by node count 1/2/4/8/16/32/64: 1.10, 1.18, 1.46, 2.31,
     2.48, 2.14, 9.31 (was 1.10, 1.21, 2.22, 2.40, 2.88, 3.06, 14.96). What remains is mostly in
     the pipeline-parallel rows (median 2.9 with tp <= 8, dp and tp across nodes alone 1.16-1.46),
-    which a network the collective benchmarks pin down does not explain."""
+    which a network the collective benchmarks pin down does not explain. Under the nanotron
+    runtime (runtimes/nanotron.yaml: blocking p2p, fp32 gradient all-reduce, ZeRO-1 as
+    all-reduce + all-gather, host time per op) and without the 49 layouts nanotron's split
+    leaves a stage empty of layers: tokens/s MAPE 446.1 % (median +69.9 %), MFU 390.3 %."""
     tok = _summary(result, "nanotron", "tokens_per_s")
-    assert tok.n == 259 and tok.mape_pct <= 800.0
+    assert tok.n == 234 and tok.mape_pct <= 451.0
     mfu = _summary(result, "nanotron", "mfu")
-    assert mfu.n == 258 and mfu.mape_pct <= 760.0
+    assert mfu.n == 233 and mfu.mape_pct <= 395.0
 
 
 def test_efa_records_use_the_efa_profile(published_records: dict) -> None:
