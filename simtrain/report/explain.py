@@ -84,8 +84,8 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         f"  activations      = {b.activation_bytes_per_microbatch:,} B per micro-batch x "
         f"{b.in_flight:g} in flight at the peak ({sched_name}, stage {sm.stage})"
         + (
-            f" + recompute working set {b.recompute_working_set_bytes:,} B (one block + its "
-            "output gradient)"
+            f" + recompute working set {b.recompute_working_set_bytes:,} B (what re-materialising "
+            "one block adds to the saved peak: its saved tensors less its checkpointed input)"
             if full
             else ""
         )  # fmt: skip
