@@ -739,7 +739,36 @@ def valid_scenario(draw: Drawer, size: str = "normal") -> ScenarioDraw:
         doc["cluster"] = {"nodes": gpus // gpn, "gpus_per_node": gpn}
     doc["training"] = training_section(draw, lay, max_pos)
     doc["parallelism"] = parallelism_section(draw, lay)
+    if coin(draw, 0.4):
+        doc["runtime"] = runtime_section(draw, lay, doc["parallelism"].get("zero_stage", 0))
     return ScenarioDraw(doc, hw_doc, cfg, lay)
+
+
+RUNTIME_NAMES = ("megatron_lm_2021", "megatron_core", "deepspeed", "nanotron", "torchtitan",
+                 "llm_foundry", "pytorch_eager")  # fmt: skip
+
+
+def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
+    """A legal ``runtime:``: a shipped profile's name, or a mapping overriding its settings
+    (the overlap switches only where the layout has that communication)."""
+    name = choose(draw, *RUNTIME_NAMES)
+    if coin(draw, 0.5):
+        return name
+    out: dict[str, Any] = {"name": name}
+    for key, values in (
+        ("p2p", ("async", "blocking")), ("collective_algorithm", ("ring", "nccl")),
+        ("host_us_per_op", (0, 0.5, 26, 1000.0)), ("dispatch", ("eager", "cuda_graphs")),
+        ("p2p_messages_forward", (1, 6, 64)), ("grad_reduce_dtype", ("grad", "fp32")),
+        ("overlap_grad_reduce", (True, False)), ("zero_grad_reduction", ("all_reduce",)),
+        ("zero3_per_gpu_nic", (True, False)),
+    ):  # fmt: skip
+        if coin(draw, 0.3):
+            out[key] = choose(draw, *values)
+    if lay.tp > 1 and coin(draw, 0.3):
+        out["tp_comm_overlap"] = True
+    if zero in (1, 2) and coin(draw, 0.3):
+        out["overlap_param_gather"] = True
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -756,7 +785,9 @@ SCENARIO_KEYS = (
     "training.offload.optimizer", "parallelism.dp", "parallelism.tp", "parallelism.pp",
     "parallelism.schedule", "parallelism.virtual_stages", "parallelism.zero_stage",
     "parallelism.dp_mode", "parallelism.bucket_mb", "parallelism.zero3_max_live_params",
-    "parallelism.layer_split", "parallelism.sequence_parallel",
+    "parallelism.layer_split", "parallelism.sequence_parallel", "runtime", "runtime.name",
+    "runtime.p2p", "runtime.host_us_per_op", "runtime.tp_comm_overlap",
+    "runtime.p2p_messages_backward",
 )  # fmt: skip
 SAFE_OVERRIDES = (
     ("training.recompute", RECOMPUTE), ("training.cross_entropy", CROSS_ENTROPY),
@@ -765,6 +796,7 @@ SAFE_OVERRIDES = (
     ("training.offload.optimizer", ("true", "false")), ("model.flash_attention", ("true", "no")),
     ("training.peft.method", ("none", "lora", "bitfit", "prefix", "prompt", "adapter")),
     ("parallelism.bucket_mb", ("0.001", "1e9", "25")),
+    ("runtime", ("nanotron", "deepspeed", "pytorch_eager", "{host_us_per_op: 100}")),
 )  # fmt: skip
 
 
