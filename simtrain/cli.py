@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from simtrain.errors import SimtrainError
+from simtrain.errors import MAX_ECHO, SimtrainError, one_line
 
 SET_HELP = "Override a scenario key, e.g. --set training.micro_batch=2 (repeatable)."
 STRICT_HELP = "Exit with code 3 when the scenario does not fit in GPU memory (0 without --strict)."
@@ -33,6 +33,11 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except SimtrainError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # an output folder or file the system refuses (--out /dev/null/x)
+            where = exc.filename if exc.filename is not None else "output"
+            click.echo(f"error: {one_line(str(where), MAX_ECHO)}: cannot write: "
+                       f"{exc.strerror or exc}", err=True)  # fmt: skip
             sys.exit(2)
 
     return wrapper

@@ -240,3 +240,11 @@ def test_set_typo_suggests(tmp_path: Path) -> None:
         "memory", _file(tmp_path, "ok.yaml", BASE), "--set", "training.micro_bach=2"
     )
     assert "did you mean 'micro_batch'?" in err and "allowed:" in err
+
+
+@pytest.mark.parametrize("out", ["/dev/null/x", "/proc/simtrain-cannot-write"])
+def test_unwritable_output_folder_is_one_line(out: str) -> None:
+    """The fuzz campaign of 2026-12-03 (case run-068): ``--out /dev/null/x`` was a traceback."""
+    msg = one_line_exit_2("run", "--no-plots", "--json", "--out", out,
+                          str(ROOT / "scenarios" / "gpipe_8gpu.yaml"))  # fmt: skip
+    assert out in msg and "cannot write" in msg
