@@ -248,3 +248,11 @@ def test_unwritable_output_folder_is_one_line(out: str) -> None:
     msg = one_line_exit_2("run", "--no-plots", "--json", "--out", out,
                           str(ROOT / "scenarios" / "gpipe_8gpu.yaml"))  # fmt: skip
     assert out in msg and "cannot write" in msg
+
+
+def test_compare_variant_error_echo_is_cut(tmp_path: Path) -> None:
+    """Fuzz campaign of 2026-12-03 (compare-035): a variant's overrides were echoed whole."""
+    msg = one_line_exit_2("compare", "--out", str(tmp_path / "out"),
+                          str(ROOT / "scenarios" / "gpipe_8gpu.yaml"), "--variants",
+                          "model.layers=" + "[" * 5000)  # fmt: skip
+    assert "variant" in msg and len(msg) < 600

@@ -9,7 +9,7 @@ from typing import Any
 
 from simtrain.apps.compare.variants import parse_variant
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
-from simtrain.errors import ConfigError
+from simtrain.errors import MAX_ECHO, ConfigError, one_line
 from simtrain.report.trace import memory_steps
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.scenario import Scenario, load_scenario
@@ -216,7 +216,9 @@ def compare(
             sc = load_scenario(scenario_path, cumulative)
         except ConfigError as exc:
             raise ConfigError(
-                None, f"variant {v.name!r}", f"gives an invalid scenario ({', '.join(ov)}): {exc}"
+                None,
+                f"variant {v.name!r}",
+                f"gives an invalid scenario ({one_line(', '.join(ov), MAX_ECHO)}): {exc}",
             ) from None
         rows.append(make_row(sc, v.name, v.description, note, ov, cumulative))
         if ladder:
