@@ -346,3 +346,21 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
     from simtrain.torchref.calibrate import calibrate_command
 
     click.echo(calibrate_command(device, out, threads=threads), nl=False)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["scenario", "plan"]), default="scenario",
+                required=False)  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the schema here [stdout].")
+@_errors
+def schema(kind: str, out: str | None) -> None:
+    """Print the JSON Schema (draft 2020-12) of scenario or plan files, generated from the
+    validation code; editors use it through the yaml-language-server modeline (README)."""
+    from simtrain.apps.schema import schema_json
+
+    text = schema_json(kind)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
