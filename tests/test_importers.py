@@ -421,3 +421,10 @@ def test_run_from_does_not_fit_gives_advice(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "does not fit" in r.stdout and "make it fit" in r.stdout
     assert "--set training.recompute=" in r.stdout
+
+
+def test_read_command_exports_and_env_prefix() -> None:
+    text = "export N=4\ndeclare -a A=(--x 1)\nNCCL_DEBUG=INFO torchrun --nproc_per_node $N train.py ${A[@]}\n"
+    cmd = read_command(text, "s.sh")
+    assert cmd is not None and cmd.launcher == ("torchrun", "--nproc_per_node", "4")
+    assert cmd.program == "train.py" and cmd.args == ("--x", "1")

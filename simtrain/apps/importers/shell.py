@@ -22,6 +22,8 @@ _ARRAY_REF = re.compile(r"^\$\{([A-Za-z_]\w*)\[[@*]\]\}$")
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
 _ARITH = re.compile(r"\$\(\((.*?)\)\)")
 _ARITH_OK = re.compile(r"^[\d\s+\-*/%()]+$")
+#: Words that may precede an assignment.
+DECLARE_WORDS = ("export", "local", "readonly", "declare")
 #: Longest arithmetic expression evaluated (characters): launch scripts multiply two or three
 #: numbers.
 MAX_ARITH = 200
@@ -134,10 +136,13 @@ def read_command(text: str, file: str) -> Command | None:
     arrays: dict[str, list[str]] = {}
     for _n, line, words in _logical_lines(text, file):
         m = _ASSIGN.match(line)
-        if m and words and words[0].split("=", 1)[0].endswith(m.group(1)):
+        ws = words
+        if ws and ws[0] in DECLARE_WORDS:
+            ws = [w for w in ws[1:] if not w.startswith("-")]
+        if m and ws and ws[0].startswith(m.group(1) + "="):
             name, rhs = m.group(1), m.group(2).strip()
             if rhs.startswith("("):
-                inner = words[:]
+                inner = ws[:]
                 inner[0] = inner[0].split("=", 1)[1]
                 items = [w for w in (x.strip("()") if x in ("(", ")") else x for x in inner) if w]
                 if items and items[0].startswith("("):
@@ -145,15 +150,15 @@ def read_command(text: str, file: str) -> Command | None:
                 if items and items[-1].endswith(")"):
                     items[-1] = items[-1][:-1]
                 arrays[name] = [e for w in items if w for e in expand(w, env, arrays)]
-            else:
-                value = words[0].split("=", 1)[1] if "=" in words[0] else ""
-                if (
-                    words[0].startswith(("export", "local", "readonly", "declare"))
-                    and len(words) > 1
-                ):
-                    value = next((w.split("=", 1)[1] for w in words if f"{name}=" in w), value)
+                continue
+            if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
+                value = ws[0].split("=", 1)[1]
                 env[name] = " ".join(expand(value, env, arrays)) if value else ""
-            continue
+                continue
+            # NAME=value command ...: an environment prefix of a command
+            while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
+                ws = ws[1:]
+            words = ws
         expanded = [e for w in words for e in expand(w, env, arrays)]
         for i, w in enumerate(expanded):
             if w.endswith(".py") and not w.startswith("-"):
