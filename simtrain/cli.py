@@ -11,10 +11,16 @@ from typing import Any
 import click
 
 from simtrain.errors import MAX_ECHO, SimtrainError, one_line
+from simtrain.spec.limits import MAX_GPUS
 
 SET_HELP = "Override a scenario key, e.g. --set training.micro_batch=2 (repeatable)."
 STRICT_HELP = "Exit with code 3 when the scenario does not fit in GPU memory (0 without --strict)."
 EXIT_DOES_NOT_FIT = 3  # --strict: the scenario does not fit (2 is bad input)
+#: The formats `simtrain import` and `run --from` read (= apps.importers.KINDS; tests check).
+IMPORT_KINDS = ("megatron", "deepspeed", "torchtitan", "nanotron")
+MODEL_HELP = ("deepspeed: the model, a Hugging Face config.json or a simtrain preset (a "
+              "ds_config names none).")  # fmt: skip
+GPUS_HELP = "The job's GPU count, where the file gives none (or another)."
 
 # `simtrain schedule` prints a GPU x step grid for people to read; its work and output grow with
 # pp x microbatches x virtual stages (the naive schedule: with pp² x microbatches). At these
@@ -112,6 +118,10 @@ def _fit_advice(scenario: str, overrides: tuple[str, ...], fits: bool) -> None:
     except SimtrainError as exc:  # the verdict stands; only the advice is missing
         text = f"(no suggestions: {exc})"
     click.echo("\n" + text)
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _strict_exit(strict: bool, fits: bool) -> None:
@@ -219,9 +229,15 @@ def _out_dir(out: str | None, name: str) -> Path:
 @click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP)
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
+@click.option("--from", "from_kind", type=click.Choice(IMPORT_KINDS), default=None,
+              help="SCENARIO is a configuration of this framework, imported as `simtrain import` "
+              "does (settings not simulated are listed on stderr).")  # fmt: skip
+@click.option("--model", "from_model", default=None, help=MODEL_HELP)
+@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
 @_errors
 def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...],
-        strict: bool) -> None:  # fmt: skip
+        strict: bool, from_kind: str | None, from_model: str | None,
+        gpus: int | None) -> None:  # fmt: skip
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png. If it
     does not fit, the cheapest changes that would make it fit."""
     from simtrain.apps.simulate import simulate_scenario
@@ -229,7 +245,14 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     from simtrain.report.trace import write_chrome_trace
     from simtrain.spec.scenario import load_scenario
 
-    sc = load_scenario(scenario, overrides)
+    if from_kind:
+        from simtrain.apps.importers import load_foreign
+
+        sc = load_foreign(from_kind, scenario, from_model, gpus, overrides, _warn)
+    elif from_model is not None or gpus is not None:
+        raise click.UsageError("--model and --gpus go with --from")
+    else:
+        sc = load_scenario(scenario, overrides)
     res = simulate_scenario(sc)
     folder = _out_dir(out, sc.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,7 +276,16 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
         click.echo(dumps(summary), nl=False)
     else:
         click.echo(run_table(res))
-        _fit_advice(scenario, overrides, res.memory.fits)
+        if from_kind and not res.memory.fits:  # the advice reads a scenario file
+            import tempfile
+
+            from simtrain.apps.importers import foreign_as_file
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = foreign_as_file(from_kind, scenario, from_model, gpus, tmp)
+                _fit_advice(str(path), overrides, res.memory.fits)
+        else:
+            _fit_advice(scenario, overrides, res.memory.fits)
         click.echo(
             f"\nwrote {folder}/summary.json, trace.json"
             + ("" if no_plots else ", gantt.png, memory.png")
@@ -351,3 +383,48 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
     from simtrain.torchref.calibrate import calibrate_command
 
     click.echo(calibrate_command(device, out, threads=threads), nl=False)
+
+
+@main.command("import")
+@click.argument("kind", type=click.Choice(IMPORT_KINDS))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help=MODEL_HELP)
+@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here [stdout].")
+@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--strict", is_flag=True, help="Exit 2 when the file has a setting simtrain "
+              "does not simulate (without it they are listed on stderr and in the YAML).")  # fmt: skip
+@_errors
+def import_(kind: str, file: str, model: str | None, gpus: int | None, out: str | None,
+            overrides: tuple[str, ...], strict: bool) -> None:  # fmt: skip
+    """Translate a Megatron-LM script or flags file, a DeepSpeed ds_config.json (with --model),
+    a torchtitan TOML or a nanotron YAML into a scenario YAML; every setting it does not
+    simulate is listed."""
+    import shlex
+
+    from simtrain.apps.importers import import_command
+
+    words = ["simtrain", "import", kind, file]
+    words += (["--model", model] if model else []) + (["--gpus", str(gpus)] if gpus else [])
+    words += [w for o in overrides for w in ("--set", o)]
+    command = " ".join(shlex.quote(w) for w in words)
+    click.echo(import_command(kind, file, model, gpus, out, overrides, strict, command, _warn),
+               nl=False)  # fmt: skip
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["scenario", "plan"]), default="scenario",
+                required=False)  # fmt: skip
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the schema here [stdout].")
+@_errors
+def schema(kind: str, out: str | None) -> None:
+    """Print the JSON Schema (draft 2020-12) of scenario or plan files, generated from the
+    validation code; editors use it through the yaml-language-server modeline (README)."""
+    from simtrain.apps.schema import schema_json
+
+    text = schema_json(kind)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)

@@ -23,6 +23,10 @@ MLP_KINDS = ("gelu", "swiglu")
 POSITION_KINDS = ("learned", "rotary")
 NORM_KINDS = ("layernorm", "rmsnorm")
 QKV_LAYOUTS = ("separate", "fused_kv_copy")
+#: The allowed values of each string field (validate_model checks them, apps.schema publishes them).
+MODEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "mlp": MLP_KINDS, "positions": POSITION_KINDS, "norm": NORM_KINDS, "qkv_layout": QKV_LAYOUTS,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +263,7 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(
             file, f"{prefix}.kv_heads", f"must divide heads={spec.heads}", spec.kv_heads
         )
-    for field, allowed in (("mlp", MLP_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS),
-                           ("qkv_layout", QKV_LAYOUTS)):  # fmt: skip
+    for field, allowed in MODEL_CHOICES.items():
         if getattr(spec, field) not in allowed:
             raise ConfigError(
                 file,

@@ -38,6 +38,22 @@ PEFT_METHODS = (
 DP_MODES = ("ddp", "naive")
 LAYER_SPLITS = ("uniform", "compute_balanced", "embedding_as_layer")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+ZERO_STAGES = (0, 1, 2, 3)
+PEFT_PHASES = ("probe", "finetune")
+
+#: The allowed values of each key of a section, by field name: the parsers below check them and
+#: ``apps.schema`` publishes them (one table, so the JSON Schema cannot drift from the parser).
+TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {
+    "precision": tuple(PRECISIONS), "optimizer": OPTIMIZERS, "recompute": RECOMPUTE,
+    "cross_entropy": CROSS_ENTROPY,
+}  # fmt: skip
+PEFT_CHOICES: dict[str, tuple[Any, ...]] = {
+    "method": PEFT_METHODS, "target_modules": LORA_TARGETS, "phase": PEFT_PHASES,
+}  # fmt: skip
+PARALLEL_CHOICES: dict[str, tuple[Any, ...]] = {
+    "schedule": tuple(SCHEDULES), "dp_mode": DP_MODES, "zero_stage": ZERO_STAGES,
+    "layer_split": LAYER_SPLITS,
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,33 +310,17 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
     data = dict(_mapping(data, file, "training"))
     peft_raw = _mapping(data.pop("peft", None), file, "training.peft")
     offload_raw = _mapping(data.pop("offload", None), file, "training.offload")
-    peft = _build(PeftSpec, peft_raw, file, "training.peft.", {
-        "method": PEFT_METHODS, "target_modules": LORA_TARGETS, "phase": ("probe", "finetune"),
-    })  # fmt: skip
+    peft = _build(PeftSpec, peft_raw, file, "training.peft.", PEFT_CHOICES)
     offload = _build(OffloadSpec, offload_raw, file, "training.offload.", {})
-    base = _build(
-        TrainingSpec,
-        {k: v for k, v in data.items()},
-        file,
-        "training.",
-        {
-            "precision": tuple(PRECISIONS),
-            "optimizer": OPTIMIZERS,
-            "recompute": RECOMPUTE,
-            "cross_entropy": CROSS_ENTROPY,
-        },  # fmt: skip
-    )
+    base = _build(TrainingSpec, {k: v for k, v in data.items()}, file, "training.",
+                  TRAINING_CHOICES)  # fmt: skip
     return TrainingSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
                            "peft": peft, "offload": offload})  # fmt: skip
 
 
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
-    spec = _build(ParallelSpec, data, file, "parallelism.", {
-        "schedule": tuple(SCHEDULES), "dp_mode": DP_MODES, "zero_stage": (0, 1, 2, 3),
-        "layer_split": LAYER_SPLITS,
-    })  # fmt: skip
-    return spec
+    return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
 
 
 def check_layout(s: Scenario, file: str) -> None:

@@ -1,0 +1,316 @@
+"""DeepSpeed: a ``ds_config.json`` plus the model (``--model``: a Hugging Face config.json or a
+simtrain preset; the DeepSpeed config names none) -> a scenario.
+
+Keys and defaults as DeepSpeed defines them (deepspeedai/DeepSpeed
+edaa7221267243c7be7fb49c5d5f5c4fb97b4641, ``deepspeed/runtime/zero/config.py`` unless said):
+
+- ``train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x GPUs``
+  (runtime/config.py ``_batch_assertion``): any two and the GPU count give the third;
+- ``zero_optimization.reduce_bucket_size``: 5e8 elements (l.113), a bucket of that many
+  gradient elements; ``overlap_comm`` defaults to true for stage 3 only (l.138, l.382-386);
+  ``stage3_max_live_parameters``: 1e9 (l.238); ``reduce_scatter``: true (ZeRO-1/2 reduce by
+  reduce-scatter; false: all-reduce);
+- ``offload_optimizer.device: cpu``: optimizer states and fp32 master weights in host memory
+  (ZeRO-Offload), simtrain's ``training.offload.optimizer``;
+- ``bf16.bf16_master_weights_and_grads`` with ``bf16.bf16_optimizer_states``: no fp32 copy at
+  all, simtrain's ``bf16_pure``; ``data_types.grad_accum_dtype: fp32`` with bf16 below ZeRO-2:
+  the BF16 optimizer's fp32 gradient accumulation buffer (``bf16_fp32_grads``).
+
+The sequence length is not in a DeepSpeed config: give it with ``--set training.seq_len=N``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.importers.common import (
+    DEFAULT_HARDWARE,
+    Imported,
+    Reading,
+    clean_number,
+    grad_bucket_mb,
+    scenario_name,
+    world_and_dp,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.model import ALIASES, PRESETS
+from simtrain.spec.yamlfile import is_file, read_text_file
+
+#: Keys that make a JSON object a DeepSpeed config (at least one).
+DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+           "zero_optimization", "fp16", "bf16", "optimizer")  # fmt: skip
+#: reduce_bucket_size's default (zero/config.py l.113), in gradient elements.
+REDUCE_BUCKET_ELEMENTS = 5e8
+#: stage3_max_live_parameters's default (zero/config.py l.238).
+MAX_LIVE_PARAMETERS = 10**9
+#: Top-level keys without effect on one simulated step.
+NO_EFFECT = frozenset({
+    "steps_per_print", "wall_clock_breakdown", "dump_state", "scheduler", "gradient_clipping",
+    "tensorboard", "wandb", "csv_monitor", "comet", "comms_logger", "flops_profiler",
+    "zero_allow_untested_optimizer", "checkpoint", "memory_breakdown", "prescale_gradients",
+    "gradient_predivide_factor", "zero_force_ds_cpu_optimizer", "aio", "monitor_config",
+    "elasticity", "autotuning", "seed",
+})  # fmt: skip
+#: ZeRO keys that tune buffers and prefetching simtrain does not model (read, listed).
+ZERO_TUNING = frozenset({
+    "contiguous_gradients", "allgather_partitions", "allgather_bucket_size", "round_robin_gradients",
+    "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+    "stage3_model_persistence_threshold", "stage3_max_reuse_distance", "sub_group_size",
+    "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
+    "elastic_checkpoint", "load_from_fp32_weights", "ignore_unused_parameters", "legacy_stage1",
+    "memory_efficient_linear", "use_multi_rank_bucket_allreduce",
+    "stage3_module_granularity_threshold", "stage3_use_all_reduce_for_fetch_params",
+    "stage3_allgather_sequential", "cpu_offload_use_pin_memory",
+})  # fmt: skip
+OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "fusedadam": "adamw", "cpuadam": "adamw",
+              "deepspeedcpuadam": "adamw", "sgd": "sgd"}  # fmt: skip
+
+
+def _section(cfg: dict[str, Any], key: str, file: str) -> dict[str, Any]:
+    v = cfg.get(key) or {}
+    if not isinstance(v, dict):
+        raise ConfigError(file, key, "must be a JSON object", v)
+    return v
+
+
+def _model(model: str, r: Reading) -> dict[str, Any]:
+    if is_file(model):
+        r.assume(f"model: {model} (Hugging Face config.json)")
+        return {"hf_config": str(Path(model).resolve())}
+    if model.lower() in PRESETS or model.lower() in ALIASES:
+        r.assume(f"model: simtrain preset {model}")
+        return {"preset": model.lower()}
+    raise ConfigError(None, "--model", "neither a config.json file nor a simtrain preset", model,
+                      ", ".join(PRESETS))  # fmt: skip
+
+
+def _count(v: Any, file: str, key: str) -> int | None:
+    """A batch count: an integer >= 1, None when absent or "auto" (set by the HF Trainer)."""
+    if v is None or v == "auto":
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
+        raise ConfigError(file, key, "must be a positive integer", v)
+    return int(v)
+
+
+def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = None) -> Imported:
+    """A DeepSpeed config (JSON) and a model as a scenario document."""
+    file = str(path)
+    text = read_text_file(path)
+    try:
+        cfg = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise ConfigError(file, "<file>", f"not a DeepSpeed config: not JSON "
+                          f"({str(exc).splitlines()[0][:80]})") from None  # fmt: skip
+    if not isinstance(cfg, dict) or not any(k in cfg for k in DS_KEYS):
+        raise ConfigError(file, "<file>", "not a DeepSpeed config: none of "
+                          + ", ".join(DS_KEYS))  # fmt: skip
+    r = Reading("deepspeed", file)
+    if model is None:
+        raise ConfigError(file, "--model", "a DeepSpeed config names no model: give --model "
+                          "CONFIG.json (Hugging Face) or a simtrain preset")  # fmt: skip
+    mdoc = _model(model, r)
+    seen = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+
+    # ---- precision
+    fp16 = _section(cfg, "fp16", file)
+    bf16 = _section(cfg, "bf16", file)
+    amp = _section(cfg, "amp", file)
+    autocast = _section(cfg, "torch_autocast", file)
+    dtypes = _section(cfg, "data_types", file)
+    seen |= {"fp16", "bf16", "amp", "torch_autocast", "data_types", "communication_data_type"}
+    on16, onbf = bool(fp16.get("enabled")), bool(bf16.get("enabled"))
+    if on16 and onbf:
+        raise ConfigError(file, "fp16.enabled", "contradicts bf16.enabled: enable one of them")
+    zero = _section(cfg, "zero_optimization", file)
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
+        raise ConfigError(file, "zero_optimization.stage", "unknown value", stage, "0 | 1 | 2 | 3")
+    if onbf:
+        precision = "bf16"
+        pure = (bf16.get("bf16_master_weights_and_grads"), bf16.get("bf16_optimizer_states"))
+        if all(pure):
+            precision = "bf16_pure"
+            r.assume("bf16 master weights, gradients and optimizer states: bf16_pure")
+        elif any(pure):
+            r.unsupported_("bf16.bf16_master_weights_and_grads / bf16_optimizer_states",
+                           "only one of the two in bf16: simulated as bf16 with fp32 master "
+                           "and states")  # fmt: skip
+        elif dtypes.get("grad_accum_dtype") == "fp32" and stage < 2:
+            precision = "bf16_fp32_grads"
+            r.assume("bf16 with data_types.grad_accum_dtype fp32 below ZeRO-2: the BF16 "
+                     "optimizer's fp32 gradient buffer (bf16_fp32_grads)")  # fmt: skip
+    elif on16:
+        precision = "fp16"
+    elif amp.get("enabled"):
+        precision = "amp_fp16"
+        r.assume("amp (apex): fp32 weights, fp16 compute (amp_fp16)")
+    elif autocast.get("enabled"):
+        dt = str(autocast.get("dtype", "torch.bfloat16"))
+        precision = "amp_fp16" if "float16" in dt and "bfloat16" not in dt else "amp_bf16"
+        r.assume(f"torch_autocast {dt}: {precision}")
+    else:
+        precision = "fp32"
+        r.assume("neither fp16 nor bf16 enabled: fp32")
+    for sec, name in ((fp16, "fp16"), (bf16, "bf16"), (amp, "amp"), (autocast, "torch_autocast")):
+        for k in sec:
+            if k not in ("enabled", "bf16_master_weights_and_grads", "bf16_optimizer_states"):
+                r.ignore(f"{name}.{k}")
+    grad_bytes = 4 if precision in ("fp32", "amp_bf16", "amp_fp16") else 2
+    runtime: dict[str, Any] = {"name": "deepspeed"}
+    comm = cfg.get("communication_data_type")
+    if comm is not None:
+        if str(comm).lower() in ("fp32", "float32"):
+            runtime["grad_reduce_dtype"] = "fp32"
+        elif str(comm).lower() not in ("fp16", "bf16", "float16", "bfloat16"):
+            raise ConfigError(file, "communication_data_type", "unknown value", comm,
+                              "fp32 | fp16 | bf16")  # fmt: skip
+
+    # ---- ZeRO
+    par: dict[str, Any] = {"tp": 1, "pp": 1, "zero_stage": stage}
+    r.origin("parallelism.zero_stage", "zero_optimization.stage")
+    training: dict[str, Any] = {}
+    for k, v in zero.items():
+        key = f"zero_optimization.{k}"
+        if k == "stage":
+            continue
+        if k == "offload_optimizer":
+            dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
+            if dev in ("cpu", "nvme"):
+                training["offload"] = {"optimizer": True}
+                r.assume(f"{key}.device {dev}: optimizer states and fp32 master weights in host "
+                         "memory (ZeRO-Offload)")  # fmt: skip
+                if dev == "nvme":
+                    r.unsupported_(f"{key}.device nvme", "NVMe offload simulated as CPU memory")
+                for sub in (v or {}) if isinstance(v, dict) else {}:
+                    if sub not in ("device", "pin_memory"):
+                        r.unsupported_(f"{key}.{sub}", "not simulated")
+        elif k == "offload_param":
+            dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
+            if dev != "none":
+                r.unsupported_(f"{key}.device {dev}", "parameter offload is not simulated")
+        elif k == "reduce_bucket_size":
+            par["bucket_mb"] = clean_number(grad_bucket_mb(float(v), grad_bytes))
+            r.origin("parallelism.bucket_mb", key)
+        elif k == "overlap_comm":
+            runtime["overlap_grad_reduce"] = bool(v)
+        elif k == "stage3_max_live_parameters":
+            if stage == 3:
+                par["zero3_max_live_params"] = int(v)
+        elif k == "reduce_scatter":
+            if v is False and stage in (1, 2):
+                runtime["zero_grad_reduction"] = "all_reduce"
+        elif k in ZERO_TUNING:
+            r.ignore(f"{key} (a tuning simtrain does not model)")
+        else:
+            r.unsupported_(key, "not a key this importer knows")
+    if "reduce_bucket_size" not in zero and stage in (1, 2, 3):
+        par["bucket_mb"] = clean_number(grad_bucket_mb(REDUCE_BUCKET_ELEMENTS, grad_bytes))
+        r.assume(f"reduce_bucket_size absent: 5e8 elements x {grad_bytes} B = {par['bucket_mb']} "
+                 "MB (DeepSpeed's default)")  # fmt: skip
+    if "overlap_comm" not in zero:
+        runtime["overlap_grad_reduce"] = stage == 3
+        r.assume(f"overlap_comm absent: {str(stage == 3).lower()} (DeepSpeed's default: true for "
+                 "stage 3 only)")  # fmt: skip
+    if stage == 3 and "zero3_max_live_params" not in par:
+        par["zero3_max_live_params"] = MAX_LIVE_PARAMETERS
+        r.assume("stage3_max_live_parameters absent: 1e9 (DeepSpeed's default)")
+
+    # ---- tensor parallel (AutoTP) and the batch
+    tpc = _section(cfg, "tensor_parallel", file)
+    seen |= {"tensor_parallel", "zero_optimization"}
+    tp = int(tpc.get("autotp_size", 1) or 1)
+    par["tp"] = tp
+    if tp > 1:
+        r.origin("parallelism.tp", "tensor_parallel.autotp_size")
+    tbs = _count(cfg.get("train_batch_size"), file, "train_batch_size")
+    mbs = _count(cfg.get("train_micro_batch_size_per_gpu"), file, "train_micro_batch_size_per_gpu")
+    gas = _count(cfg.get("gradient_accumulation_steps"), file, "gradient_accumulation_steps")
+    for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if cfg.get(k) == "auto":
+            r.assume(f"{k} 'auto' (the Hugging Face Trainer sets it): derived here")
+    world = None
+    if tbs and mbs and gas:
+        if tbs % (mbs * gas):
+            raise ConfigError(file, "train_batch_size", f"must be train_micro_batch_size_per_gpu "
+                              f"x gradient_accumulation_steps x GPUs ({mbs} x {gas} x N)", tbs)  # fmt: skip
+        world = tbs // (mbs * gas) * tp
+    if gpus is not None and world is not None and gpus != world:
+        raise ConfigError(file, "train_batch_size", f"{tbs} = {mbs} x {gas} x {tbs // (mbs * gas)} "
+                          f"data-parallel GPUs, but --gpus {gpus}")  # fmt: skip
+    dp = world_and_dp(r, world, "train_batch_size / (micro-batch x accumulation)", gpus, tp,
+                      "tensor_parallel.autotp_size")  # fmt: skip
+    if mbs is None and tbs is not None:
+        gas = gas or 1
+        if tbs % (gas * dp):
+            raise ConfigError(file, "train_batch_size", f"must be a multiple of "
+                              f"gradient_accumulation_steps x dp = {gas} x {dp}", tbs)  # fmt: skip
+        mbs = tbs // (gas * dp)
+    if mbs is None:
+        raise ConfigError(file, "train_micro_batch_size_per_gpu", "missing: give it or "
+                          "train_batch_size")  # fmt: skip
+    if tbs is None:
+        gas = gas or 1
+        tbs = mbs * gas * dp
+    elif gas is None:
+        if tbs % (mbs * dp):
+            raise ConfigError(file, "train_batch_size", f"must be a multiple of "
+                              f"train_micro_batch_size_per_gpu x dp = {mbs} x {dp}", tbs)  # fmt: skip
+    r.origin("training.global_batch", "train_batch_size")
+    r.origin("training.micro_batch", "train_micro_batch_size_per_gpu")
+    par["dp"] = dp
+    training = {"micro_batch": mbs, "global_batch": tbs, "precision": precision, **training}
+    r.need("training.seq_len", "<sequence length>", "a DeepSpeed config has no sequence length: "
+           "give --set training.seq_len=N")  # fmt: skip
+    training["optimizer"] = _optimizer(cfg, r)
+    seen.add("optimizer")
+    _recompute(cfg, r, training)
+    seen.add("activation_checkpointing")
+    for k in cfg:
+        if k in seen:
+            continue
+        if k in NO_EFFECT:
+            r.ignore(k)
+        else:
+            r.unsupported_(k, "not a key this importer knows")
+    r.assume(f"hardware {DEFAULT_HARDWARE}: a DeepSpeed config names no GPU")
+    par = {k: par[k] for k in ("dp", "tp", "pp", "zero_stage", "bucket_mb",
+                               "zero3_max_live_params") if k in par}  # fmt: skip
+    return r.done({
+        "name": scenario_name(file),
+        "description": f"Imported from a DeepSpeed config ({Path(file).name}) and {model}",
+        "model": mdoc,
+        "hardware": DEFAULT_HARDWARE,
+        "runtime": runtime,
+        "training": training,
+        "parallelism": par,
+    })  # fmt: skip
+
+
+def _optimizer(cfg: dict[str, Any], r: Reading) -> str:
+    opt = _section(cfg, "optimizer", r.file)
+    if not opt:
+        r.assume("no optimizer section (the training script builds one): AdamW")
+        return "adamw"
+    typ = str(opt.get("type", "")).lower()
+    params = opt.get("params") or {}
+    if typ == "sgd":
+        return "sgd_momentum" if isinstance(params, dict) and params.get("momentum") else "sgd"
+    if typ in OPTIMIZERS:
+        return OPTIMIZERS[typ]
+    r.unsupported_(f"optimizer.type {opt.get('type')}", "simulated as AdamW")
+    return "adamw"
+
+
+def _recompute(cfg: dict[str, Any], r: Reading, training: dict[str, Any]) -> None:
+    ac = _section(cfg, "activation_checkpointing", r.file)
+    training["recompute"] = "none"
+    r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on (the "
+             "model code calls deepspeed.checkpointing); --set training.recompute=full if it does")  # fmt: skip
+    for k, v in ac.items():
+        if k in ("partition_activations", "cpu_checkpointing") and v:
+            r.unsupported_(f"activation_checkpointing.{k}", "not simulated")
+        else:
+            r.ignore(f"activation_checkpointing.{k}")

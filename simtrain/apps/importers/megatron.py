@@ -1,0 +1,520 @@
+"""Megatron-LM: a launch script (``torchrun ... pretrain_gpt.py --num-layers ...``) or a file of
+``pretrain_gpt.py`` flags -> a scenario.
+
+Flags and defaults as Megatron-LM defines them (NVIDIA/Megatron-LM
+d98e8a64ddf34856e74b24714e3bedb2f5a39553, ``megatron/training/arguments.py`` unless said):
+
+- ``--ffn-hidden-size`` absent: 4·h, with ``--swiglu`` int(4·h·2/3 / 64)·64 (l.1320-1329);
+  ``--num-query-groups`` absent: the heads (core/transformer/transformer_config.py l.1458);
+- the vocabulary is padded to a multiple of ``--make-vocab-size-divisible-by`` (128) x tp
+  (training/vocab_utils.py ``_calculate_padded_vocab_size_cached``);
+- ``--bf16`` accumulates and all-reduces gradients in fp32 unless ``--grad-reduce-in-bf16``
+  (l.1204-1216): the runtime's ``grad_reduce_dtype: fp32``;
+- ``--optimizer adam`` is AdamW (core/optimizer/optimizer_config.py l.250
+  ``decoupled_weight_decay: bool = True``);
+- ``--transformer-impl`` defaults to transformer_engine (core/transformer/transformer_config.py
+  l.1314) with ``--attention-backend auto`` (enums.py AttnBackend): fused / flash attention;
+- the DDP bucket of ``--overlap-grad-reduce`` holds max(4e7, 1e6·dp) parameters when
+  ``--ddp-bucket-size`` is absent (core/distributed/distributed_data_parallel_config.py l.48-51).
+
+Scripts with flags Megatron-LM removed when Megatron-Core arrived (``--checkpoint-activations``,
+``--DDP-impl``, ``--batch-size``, ``--model-parallel-size`` ...: :data:`LEGACY_FLAGS`) run
+under the ``megatron_lm_2021`` runtime, with 2021's "local" DDP (one gradient all-reduce after
+the backward) unless ``--DDP-impl torch``; the others under ``megatron_core``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.importers.common import (
+    DEFAULT_HARDWARE,
+    ONE_BUCKET_MB,
+    Imported,
+    Reading,
+    clean_number,
+    grad_bucket_mb,
+    scenario_name,
+    world_and_dp,
+)
+from simtrain.apps.importers.flags import Flags
+from simtrain.apps.importers.shell import flag_words, parse_flags, read_command
+from simtrain.errors import ConfigError
+from simtrain.spec.yamlfile import read_text_file
+
+#: Flags of Megatron-LM before Megatron-Core (2019-2022): a script with one runs under the
+#: megatron_lm_2021 runtime (runtimes/megatron_lm_2021.yaml).
+LEGACY_FLAGS = (
+    "--checkpoint-activations", "--checkpoint-num-layers", "--DDP-impl", "--batch-size",
+    "--model-parallel-size", "--activations-checkpoint-method",
+    "--activations-checkpoint-num-layers", "--scatter-gather-tensors-in-pipeline",
+    "--fp32-allreduce", "--use-legacy-models", "--distribute-checkpointed-activations",
+)  # fmt: skip
+#: The GPT-2 BPE vocabulary (--vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt): 50,257
+#: tokens (Hugging Face gpt2 config.json vocab_size).
+GPT2_VOCAB = 50257
+#: Megatron-Core's DDP bucket when --ddp-bucket-size is absent: max(4e7, 1e6 x dp) parameters.
+MCORE_BUCKET_PARAMS = 40_000_000
+MCORE_BUCKET_PARAMS_PER_DP = 1_000_000
+
+#: Flags without effect on one simulated step: learning-rate schedule, data, tokenizer files,
+#: logging, checkpoints, initialisation, loss scaling, rotary constants.
+NO_EFFECT = frozenset({
+    "--train-iters", "--train-samples", "--lr", "--min-lr", "--weight-decay",
+    "--weight-decay-incr-style", "--start-weight-decay", "--end-weight-decay", "--clip-grad",
+    "--init-method-std", "--seed", "--data-path", "--train-data-path", "--valid-data-path",
+    "--test-data-path", "--split", "--data-cache-path", "--mock-data", "--num-workers",
+    "--dataloader-type", "--save", "--load", "--log-interval", "--distributed-backend",
+    "--distributed-timeout-minutes", "--use-cpu-initialization", "--initial-loss-scale",
+    "--min-loss-scale", "--loss-scale", "--loss-scale-window", "--hysteresis",
+    "--attention-softmax-in-fp32", "--finetune", "--no-load-optim", "--no-load-rng",
+    "--no-save-optim", "--no-save-rng", "--auto-detect-ckpt-format", "--use-dist-ckpt",
+    "--async-save", "--manual-gc", "--manual-gc-interval", "--reset-position-ids",
+    "--reset-attention-mask", "--eod-mask-loss", "--no-create-attention-mask-in-dataloader",
+    "--rotary-base", "--rotary-percent", "--rotary-seq-len-interpolation-factor",
+    "--use-rope-scaling", "--rope-scaling-factor", "--norm-epsilon", "--layernorm-epsilon",
+    "--vocab-extra-ids", "--append-eod", "--check-for-nan-in-loss-and-grad",
+    "--no-check-for-nan-in-loss-and-grad", "--use-mcore-models",
+    "--vocab-file", "--merge-file", "--tokenizer-model", "--attention-dropout",
+    "--use-checkpoint-args", "--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler",
+    "--adlr-autoresume", "--adlr-autoresume-interval",
+})  # fmt: skip
+NO_EFFECT_PREFIXES = (
+    "--log-", "--tensorboard-", "--wandb-", "--eval-", "--save-", "--load-", "--ckpt-",
+    "--dist-ckpt-", "--lr-", "--profile", "--exit-", "--timing-", "--adam-", "--one-logger",
+    "--straggler", "--rerun-", "--inprocess-", "--ft-", "--record-memory", "--memory-snapshot",
+    "--use-pytorch-profiler", "--mmap-", "--object-storage",
+)  # fmt: skip
+FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
+             "--fp4", "--fp8-margin", "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
+UNEVEN_PIPELINE = ("--pipeline-model-parallel-layout", "--decoder-first-pipeline-num-layers",
+                   "--decoder-last-pipeline-num-layers", "--account-for-embedding-in-pipeline-split",
+                   "--account-for-loss-in-pipeline-split")  # fmt: skip
+LAUNCH_PROCS = ("--nproc_per_node", "--nproc-per-node", "--num_gpus", "--num-gpus")
+LAUNCH_NODES = ("--nnodes", "--num_nodes", "--num-nodes")
+
+
+def _launcher_world(launcher: tuple[str, ...]) -> tuple[int | None, str]:
+    """The GPU count of a torchrun / torch.distributed.launch / deepspeed launcher line."""
+    if not launcher:
+        return None, ""
+    lf = parse_flags(launcher)
+    procs = next((p for p in LAUNCH_PROCS if p in lf), None)
+    if procs is None:
+        return None, ""
+    nodes = next((n for n in LAUNCH_NODES if n in lf), None)
+    try:
+        per_node = int(str(lf[procs]))
+        n = int(str(lf[nodes])) if nodes else 1
+    except ValueError:
+        return None, ""
+    label = f"launcher {procs} {per_node}" + (f" x {nodes} {n}" if nodes else "")
+    return per_node * n, label
+
+
+def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
+    """A Megatron-LM launch script or flags file as a scenario document."""
+    file = str(path)
+    text = read_text_file(path)
+    r = Reading("megatron", file)
+    cmd = read_command(text, file)
+    words = list(cmd.args) if cmd else flag_words(text, file)
+    raw = parse_flags(words)
+    raw.pop("", None)
+    if not any(f in raw for f in ("--num-layers", "--hidden-size", "--num-attention-heads")):
+        raise ConfigError(file, "<file>", "not a Megatron-LM launch script or file of "
+                          "pretrain_gpt.py flags: no --num-layers, --hidden-size or "
+                          "--num-attention-heads")  # fmt: skip
+    f = Flags(raw, r)
+    legacy = f.has(*LEGACY_FLAGS)
+    runtime: dict[str, Any] = {"name": "megatron_lm_2021" if legacy else "megatron_core"}
+    r.assume(f"runtime {runtime['name']}: " + ("the script has flags of Megatron-LM before "
+             "Megatron-Core (" + ", ".join(x for x in LEGACY_FLAGS if x in raw) + ")"
+             if legacy else "Megatron-Core (no flag of Megatron-LM 2021)"))  # fmt: skip
+
+    # ---- layout (the vocabulary padding needs tp)
+    tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1
+    pp = f.int_("--pipeline-model-parallel-size", 1) or 1
+    cp = f.int_("--context-parallel-size", 1) or 1
+    ep = f.int_("--expert-model-parallel-size", 1) or 1
+    for flag, v in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
+                    ("--context-parallel-size", cp)):  # fmt: skip
+        if v < 1:
+            raise ConfigError(file, flag, "must be positive", v)
+    r.origin("parallelism.tp", "--tensor-model-parallel-size")
+    r.origin("parallelism.pp", "--pipeline-model-parallel-size")
+    if cp > 1:
+        r.unsupported_(f"--context-parallel-size {cp}", "context parallelism is not simulated: "
+                       "each GPU holds the whole sequence (dp = GPUs / (tp·pp·cp))")  # fmt: skip
+    if ep > 1:
+        r.unsupported_(f"--expert-model-parallel-size {ep}", "expert parallelism (mixture of "
+                       "experts) is not simulated")  # fmt: skip
+
+    model = _model(f, r, tp)
+    layers = model["layers"]
+    training, prec_grad_bytes = _training(f, r, model)
+    par = _parallel(f, r, tp, pp, layers, runtime)
+    world, world_from = _launcher_world(cmd.launcher if cmd else ())
+    dp = world_and_dp(r, world, world_from, gpus, tp * pp * cp,
+                      "--tensor-model-parallel-size x --pipeline-model-parallel-size"
+                      + (" x --context-parallel-size" if cp > 1 else ""))  # fmt: skip
+    par["dp"] = dp
+    if not f.has("--global-batch-size"):
+        training["global_batch"] = training["micro_batch"] * dp
+        r.assume(f"--global-batch-size absent: --micro-batch-size x dp = "
+                 f"{training['global_batch']} (Megatron's default)")  # fmt: skip
+    _buckets(f, r, par, runtime, legacy, prec_grad_bytes, dp)
+    _recompute(f, r, training, layers, pp, par.get("virtual_stages", 1))
+    _finish(f, r, raw)
+    par = {k: par[k] for k in ("dp", "tp", "pp", "schedule", "virtual_stages", "zero_stage",
+                               "sequence_parallel", "bucket_mb") if k in par}  # fmt: skip
+    data = {
+        "name": scenario_name(file),
+        "description": f"Imported from Megatron-LM flags ({Path(file).name})",
+        "model": model,
+        "hardware": DEFAULT_HARDWARE,
+        "runtime": runtime,
+        "training": training,
+        "parallelism": par,
+    }
+    r.assume(f"hardware {DEFAULT_HARDWARE}: Megatron-LM flags name no GPU")
+    return r.done(data)
+
+
+def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:
+    file = r.file
+    need = {k: f.int_(k) for k in ("--num-layers", "--hidden-size", "--num-attention-heads")}
+    for k, v in need.items():
+        if v is None:
+            raise ConfigError(file, k, "missing: the model's shape needs --num-layers, "
+                              "--hidden-size and --num-attention-heads")  # fmt: skip
+    layers, h, heads = need["--num-layers"], need["--hidden-size"], need["--num-attention-heads"]
+    assert layers is not None and h is not None and heads is not None
+    r.origin("model.layers", "--num-layers")
+    r.origin("model.hidden", "--hidden-size")
+    r.origin("model.heads", "--num-attention-heads")
+    f.has("--group-query-attention")  # --num-query-groups gives the KV heads
+    kv = f.int_("--num-query-groups", heads)
+    r.origin("model.kv_heads", "--num-query-groups")
+    swiglu = f.bool_("--swiglu")
+    mlp = "swiglu" if swiglu else "gelu"
+    if f.bool_("--quick-geglu"):
+        mlp = "swiglu"
+        r.assume("--quick-geglu: a gated MLP, simulated as SwiGLU (same matrices and FLOPs)")
+    if f.bool_("--squared-relu"):
+        r.assume("--squared-relu: simulated as GeLU (same two matrices and FLOPs)")
+    f.has("--openai-gelu")
+    ffn = f.int_("--ffn-hidden-size")
+    if ffn is None:
+        ffn = int((4 * h * 2 / 3) / 64) * 64 if mlp == "swiglu" else 4 * h
+        r.assume(f"--ffn-hidden-size absent: {ffn} (Megatron's default: "
+                 + ("int(4h·2/3 / 64)·64 with --swiglu)" if mlp == "swiglu" else "4h)"))  # fmt: skip
+    r.origin("model.ffn_hidden", "--ffn-hidden-size")
+    kvc = f.int_("--kv-channels")
+    if kvc is not None and heads and kvc * heads != h:
+        r.unsupported_(f"--kv-channels {kvc}", f"a head size other than hidden / heads = "
+                       f"{h // heads} is not expressible: simulated with {h // heads}")  # fmt: skip
+    seq = f.int_("--seq-length") or f.int_("--encoder-seq-length")
+    if seq is None:
+        raise ConfigError(file, "--seq-length", "missing: the sequence length is needed")
+    maxpos = f.int_("--max-position-embeddings")
+    if maxpos is None:
+        maxpos = seq
+        r.assume(f"--max-position-embeddings absent: --seq-length = {seq}")
+    r.origin("model.max_positions", "--max-position-embeddings")
+    positions = _positions(f, r)
+    norm_flag = f.value("--normalization") or "LayerNorm"
+    norms = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}
+    if norm_flag not in norms:
+        r.unsupported_(f"--normalization {norm_flag}", "simulated as LayerNorm")
+    vocab = _vocab(f, r, tp)
+    dropout = f.float_("--hidden-dropout", 0.1)
+    attn_dropout = f.float_("--attention-dropout", 0.1)
+    if "--hidden-dropout" not in f:
+        r.assume("--hidden-dropout absent: 0.1 (Megatron's default)")
+    if attn_dropout != dropout:
+        r.assume(f"--attention-dropout {attn_dropout}: simtrain has one dropout rate, "
+                 f"--hidden-dropout's {dropout}")  # fmt: skip
+    impl = f.value("--transformer-impl") or "transformer_engine"
+    backend = f.value("--attention-backend") or "auto"
+    flash = f.bool_("--use-flash-attn") or (
+        impl == "transformer_engine" and backend in ("auto", "flash", "fused")
+    )
+    model: dict[str, Any] = {
+        "name": f"Megatron GPT {layers}x{h}",
+        "layers": layers, "hidden": h, "heads": heads, "kv_heads": kv, "ffn_hidden": ffn,
+        "vocab": vocab, "max_positions": maxpos, "mlp": mlp, "positions": positions,
+        "bias": not f.bool_("--disable-bias-linear"), "qkv_bias": f.bool_("--add-qkv-bias"),
+        "norm": norms.get(norm_flag, "layernorm"),
+        "tied_embeddings": not f.bool_("--untie-embeddings-and-output-weights"),
+        "dropout": clean_number(dropout), "flash_attention": flash,
+    }  # fmt: skip
+    if vocab is None:
+        del model["vocab"]
+    model["_seq"] = seq
+    return model
+
+
+def _positions(f: Flags, r: Reading) -> str:
+    kind = f.value("--position-embedding-type") or "learned_absolute"
+    if f.bool_("--use-rotary-position-embeddings"):
+        kind = "rope"
+    if f.has("--no-position-embedding"):
+        kind = "none"
+    if kind == "learned_absolute":
+        return "learned"
+    if kind in ("rope", "yarn", "mrope"):
+        if kind != "rope":
+            r.assume(f"--position-embedding-type {kind}: as rope (no parameters)")
+        return "rotary"
+    if kind == "none":
+        r.assume("no position embedding: no position parameters (as rotary)")
+        return "rotary"
+    r.unsupported_(f"--position-embedding-type {kind}", "simulated without position parameters")
+    return "rotary"
+
+
+def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
+    raw = f.int_("--vocab-size")
+    tok = f.value("--tokenizer-type")
+    if raw is None:
+        if tok == "GPT2BPETokenizer" or (
+            tok is None and "--vocab-file" in f and "--merge-file" in f
+        ):
+            raw = GPT2_VOCAB
+            r.assume(f"vocabulary: GPT-2 BPE (--vocab-file / --merge-file), {GPT2_VOCAB:,} tokens "
+                     "(Hugging Face gpt2 config.json)")  # fmt: skip
+        else:
+            r.need("model.vocab", "--tokenizer-type" if tok else "--vocab-size",
+                   f"the vocabulary size of tokenizer {tok or '(none named)'} is not in the file: "
+                   "give --vocab-size, or --set model.vocab=N (Megatron pads it to a multiple "
+                   "of --make-vocab-size-divisible-by x tp)")  # fmt: skip
+            return None
+    div = f.int_("--make-vocab-size-divisible-by", 128) or 128
+    multiple = div * tp
+    padded = int(math.ceil(raw / multiple) * multiple)
+    if padded != raw:
+        r.assume(f"vocabulary {raw:,} padded to {padded:,} (a multiple of "
+                 f"--make-vocab-size-divisible-by {div} x tp {tp}; Megatron vocab_utils.py)")  # fmt: skip
+    r.origin("model.vocab", "--vocab-size")
+    return padded
+
+
+def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The training section and the bytes of one gradient element on the wire."""
+    file = r.file
+    seq = model.pop("_seq")
+    micro = f.int_("--micro-batch-size") or f.int_("--batch-size")
+    if micro is None:
+        micro = 1
+        r.assume("--micro-batch-size absent: 1")
+    r.origin("training.micro_batch", "--micro-batch-size")
+    r.origin("training.seq_len", "--seq-length")
+    r.origin("training.global_batch", "--global-batch-size")
+    training: dict[str, Any] = {"seq_len": seq, "micro_batch": micro}
+    gb = f.int_("--global-batch-size")
+    if gb is not None:
+        training["global_batch"] = gb
+    for flag in ("--rampup-batch-size", "--step-batch-size-schedule"):
+        if flag in f:
+            r.unsupported_(f.shown(flag), "batch-size ramp-up: the final --global-batch-size "
+                           "is simulated")  # fmt: skip
+            f.has(flag)
+    fp16, bf16 = f.bool_("--fp16"), f.bool_("--bf16")
+    if fp16 and bf16:
+        raise ConfigError(file, "--fp16", "contradicts --bf16: give one of them")
+    fp8 = [x for x in FP8_FLAGS if x in f]
+    if fp8:
+        f.has(*fp8)
+        r.unsupported_(" ".join(f.shown(x) for x in fp8), "FP8 / FP4 is not a simtrain precision "
+                       f"yet: simulated in {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'}")  # fmt: skip
+    precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+    if precision == "fp32":
+        r.assume("neither --fp16 nor --bf16: fp32")
+    training["precision"] = precision
+    grad_fp32 = f.bool_("--accumulate-allreduce-grads-in-fp32")
+    if bf16 and not f.bool_("--grad-reduce-in-bf16"):
+        grad_fp32 = True
+    grad_bytes = 4 if grad_fp32 or precision == "fp32" else 2
+    if grad_fp32 and precision != "fp32":
+        if bf16:
+            r.assume("--bf16: gradients accumulated and reduced in fp32 (Megatron forces it for "
+                     "bf16); the fp32 main-gradient buffer is 2 B/param more than simtrain's "
+                     "bf16 counts")  # fmt: skip
+    opt = f.value("--optimizer") or "adam"
+    if opt == "adam":
+        training["optimizer"] = "adamw"
+    elif opt == "sgd":
+        momentum = f.float_("--sgd-momentum", 0.9)
+        training["optimizer"] = "sgd_momentum" if momentum else "sgd"
+    else:
+        training["optimizer"] = "adamw"
+        r.unsupported_(f"--optimizer {opt}", "simulated as AdamW")
+    if f.bool_("--optimizer-cpu-offload"):
+        training["offload"] = {"optimizer": True}
+        frac = f.float_("--optimizer-offload-fraction", 1.0)
+        if frac != 1.0:
+            r.unsupported_(f"--optimizer-offload-fraction {frac}", "a partial optimizer offload "
+                           "is simulated as a whole one")  # fmt: skip
+    if f.bool_("--cross-entropy-loss-fusion"):
+        training["cross_entropy"] = "fused"
+        f.has("--cross-entropy-fusion-impl")
+    return training, grad_bytes
+
+
+def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
+              runtime: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    file = r.file
+    par: dict[str, Any] = {"tp": tp, "pp": pp}
+    v = 1
+    if "--num-layers-per-virtual-pipeline-stage" in f:
+        n = f.int_("--num-layers-per-virtual-pipeline-stage")
+        assert n is not None
+        if n < 1 or layers % (pp * n):
+            raise ConfigError(file, "--num-layers-per-virtual-pipeline-stage", f"must divide "
+                              f"--num-layers / --pipeline-model-parallel-size = {layers} / {pp}",
+                              n)  # fmt: skip
+        v = layers // (pp * n)
+        r.origin("parallelism.virtual_stages", "--num-layers-per-virtual-pipeline-stage")
+    elif "--virtual-pipeline-model-parallel-size" in f:
+        v = f.int_("--virtual-pipeline-model-parallel-size", 1) or 1
+        r.origin("parallelism.virtual_stages", "--virtual-pipeline-model-parallel-size")
+    par["schedule"] = "interleaved" if v > 1 else "1f1b"
+    par["virtual_stages"] = v
+    if f.bool_("--overlap-p2p-comm") and v > 1:
+        runtime["p2p"] = "async"
+        r.assume("--overlap-p2p-comm: asynchronous pipeline sends (runtimes/megatron_core.yaml "
+                 "[p2p]: interleaved schedules with it use isend/irecv without a sync)")  # fmt: skip
+    if f.has(*UNEVEN_PIPELINE):
+        r.unsupported_(", ".join(x for x in UNEVEN_PIPELINE if x in f), "an uneven split of layers "
+                       "over pipeline stages: simulated as an even one")  # fmt: skip
+    if "--microbatch-group-size-per-vp-stage" in f:
+        g = f.int_("--microbatch-group-size-per-vp-stage")
+        if g != pp:
+            r.unsupported_(f"--microbatch-group-size-per-vp-stage {g}", "simtrain's interleaved "
+                           "schedule groups pp micro-batches")  # fmt: skip
+    sp = f.bool_("--sequence-parallel")
+    if sp and tp == 1:
+        r.assume("--sequence-parallel with tp 1: off (nothing to split)")
+        sp = False
+    par["sequence_parallel"] = sp
+    r.origin("parallelism.sequence_parallel", "--sequence-parallel")
+    zero = 0
+    if f.bool_("--use-distributed-optimizer"):
+        zero = 1
+        r.assume("--use-distributed-optimizer: ZeRO-1 (optimizer states and fp32 master "
+                 "weights sharded over data parallel)")  # fmt: skip
+    if f.bool_("--use-torch-fsdp2"):
+        zero = 3
+    if f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
+        strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
+        stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
+        if strategy not in stages:
+            raise ConfigError(file, "--data-parallel-sharding-strategy", "unknown value",
+                              strategy, " | ".join(stages))  # fmt: skip
+        zero = stages[strategy]
+    elif "--data-parallel-sharding-strategy" in f:
+        f.has("--data-parallel-sharding-strategy")
+        r.assume("--data-parallel-sharding-strategy without --use-megatron-fsdp: no effect")
+    par["zero_stage"] = zero
+    # runtime overlap flags, where the layout has something for them to overlap
+    if f.bool_("--tp-comm-overlap"):
+        if tp > 1:
+            runtime["tp_comm_overlap"] = True
+        else:
+            r.assume("--tp-comm-overlap with tp 1: nothing to overlap")
+    if f.bool_("--overlap-grad-reduce"):
+        runtime["overlap_grad_reduce"] = True
+    if f.bool_("--overlap-param-gather"):
+        if zero in (1, 2):
+            runtime["overlap_param_gather"] = True
+        elif zero == 0:
+            raise ConfigError(file, "--overlap-param-gather", "requires "
+                              "--use-distributed-optimizer (Megatron-LM arguments.py)")  # fmt: skip
+        else:
+            r.assume("--overlap-param-gather with full sharding: FSDP gathers per layer anyway")
+    return par
+
+
+def _buckets(f: Flags, r: Reading, par: dict[str, Any], runtime: dict[str, Any], legacy: bool,
+             grad_bytes: int, dp: int) -> None:  # fmt: skip
+    """The DDP gradient buckets and the wire dtype of the gradient reduction."""
+    impl = f.value("--DDP-impl")
+    if impl is not None and impl not in ("local", "torch"):
+        raise ConfigError(r.file, "--DDP-impl", "unknown value", impl, "local | torch")
+    if legacy and (impl or "local") == "local":
+        par["bucket_mb"] = ONE_BUCKET_MB
+        r.assume("DDP: Megatron-LM 2021's 'local' DDP (--DDP-impl local, its default): one "
+                 "all-reduce of the whole gradient buffer after the backward")  # fmt: skip
+    size = f.int_("--ddp-bucket-size")
+    if size is not None:
+        par["bucket_mb"] = clean_number(grad_bucket_mb(size, grad_bytes))
+    elif not legacy and runtime.get("overlap_grad_reduce"):
+        params = max(MCORE_BUCKET_PARAMS, MCORE_BUCKET_PARAMS_PER_DP * dp)
+        par["bucket_mb"] = clean_number(grad_bucket_mb(params, grad_bytes))
+        r.assume(f"DDP buckets of max(4e7, 1e6·dp) = {params:,} parameters x {grad_bytes} B = "
+                 f"{par['bucket_mb']} MB (Megatron-Core's default bucket_size)")  # fmt: skip
+    if grad_bytes == 4 and f.has("--fp16", "--bf16"):  # 16-bit gradients reduced in fp32
+        runtime["grad_reduce_dtype"] = "fp32"
+
+
+def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: int,
+               v: int) -> None:  # fmt: skip
+    gran = f.value("--recompute-granularity")
+    method = f.value("--recompute-method") or f.value("--activations-checkpoint-method")
+    n = f.int_("--recompute-num-layers") or f.int_("--activations-checkpoint-num-layers")
+    n = n or f.int_("--checkpoint-num-layers") or 1
+    if f.bool_("--checkpoint-activations"):
+        gran = gran or "full"
+        method = method or "uniform"
+    if f.bool_("--recompute-activations"):
+        gran = gran or "selective"
+    if gran is None:
+        training["recompute"] = "none"
+        return
+    if gran == "selective":
+        training["recompute"] = "selective"
+        mods = f.value("--recompute-modules")
+        if mods is not None and mods.split() != ["core_attn"]:
+            r.unsupported_(f"--recompute-modules {mods}", "simtrain's selective recompute is "
+                           "the attention core only")  # fmt: skip
+        return
+    if gran != "full":
+        raise ConfigError(r.file, "--recompute-granularity", "unknown value", gran,
+                          "full | selective")  # fmt: skip
+    training["recompute"] = "full"
+    per_stage = max(1, layers // (pp * v))
+    if method is None:
+        r.assume("--recompute-granularity full without --recompute-method: every layer")
+    elif method == "uniform" and n > 1:
+        r.assume(f"--recompute-method uniform --recompute-num-layers {n}: simtrain checkpoints "
+                 "every layer's input (the same recompute, a few more saved inputs)")  # fmt: skip
+    elif method == "block" and n < per_stage:
+        r.unsupported_(f"--recompute-method block --recompute-num-layers {n}", f"recomputes {n} "
+                       f"of the {per_stage} layers per stage: simulated as all of them")  # fmt: skip
+    elif method not in ("uniform", "block"):
+        raise ConfigError(r.file, "--recompute-method", "unknown value", method,
+                          "uniform | block")  # fmt: skip
+    if f.bool_("--distribute-saved-activations") or f.bool_(
+        "--distribute-checkpointed-activations"
+    ):
+        r.unsupported_("--distribute-saved-activations", "saved layer inputs are not split over "
+                       "tensor-parallel ranks in simtrain")  # fmt: skip
+
+
+def _finish(f: Flags, r: Reading, raw: dict[str, str | bool]) -> None:
+    """Every flag not read: no effect, or not simulated (MoE flags as one entry)."""
+    moe = [x for x in f.leftover() if x.startswith("--moe-") or x == "--num-experts"]
+    if moe:
+        f.has(*moe)
+        r.unsupported_(", ".join(moe), "mixture of experts is not simulated: a dense model")
+    for x in f.leftover():
+        if x in NO_EFFECT or x.startswith(NO_EFFECT_PREFIXES):
+            r.ignore(x)
+        elif x.startswith("--deepspeed"):
+            r.unsupported_(f.shown(x), "Megatron-DeepSpeed: import the ds_config with "
+                           "`simtrain import deepspeed`")  # fmt: skip
+        else:
+            r.unsupported_(f.shown(x), "not a flag this importer knows")

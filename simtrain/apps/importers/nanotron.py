@@ -1,0 +1,250 @@
+"""nanotron: a training config YAML (``examples/config_tiny_llama.yaml``) -> a scenario.
+
+Keys and defaults as nanotron defines them (huggingface/nanotron
+2411b022a75fb7f7561a1bb4166706da5e1b76de, ``src/nanotron/config/``): ``parallelism`` (dp, tp,
+pp, ``pp_engine`` 1f1b | afab, ``tp_mode`` ALL_REDUCE | REDUCE_SCATTER,
+``tp_linear_async_communication`` default False, parallelism_config.py l.34-48), ``tokens``
+(global batch = micro_batch_size x batch_accumulation_per_replica x dp), ``optimizer``
+(``zero_stage`` 0 | 1, ``accumulate_grad_in_fp32``), ``model`` (``dtype``,
+``ddp_bucket_cap_mb``, ``make_vocab_size_divisible_by``: the vocabulary is padded to a multiple
+of it x tp, helpers.py ``_vocab_size_with_padding`` called from trainer.py l.991) and the Llama
+``model_config`` (Hugging Face field names).
+
+The architecture is nanotron's Llama as validate reads it (apps/validate/conventions.py
+NANOTRON_LLAMA: SwiGLU, RMSNorm, rotary, no biases, flash attention, the fused QKV layout) and
+layers are split over pipeline stages by compute cost (``layer_split: compute_balanced``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.importers.common import (
+    DEFAULT_HARDWARE,
+    Imported,
+    Reading,
+    clean_number,
+    scenario_name,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.limits import as_float
+from simtrain.spec.yamlfile import parse_yaml, read_text_file
+
+NO_EFFECT_SECTIONS = ("checkpoints", "data_stages", "general", "lighteval", "logging", "profiler",
+                      "tokenizer", "s3_upload", "metrics_logging", "kill_switch_path")  # fmt: skip
+MODEL_CONFIG_NO_EFFECT = (
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "rms_norm_eps",
+    "rope_scaling", "rope_theta", "rope_interleaved", "use_cache", "is_llama_config",
+    "pretraining_tp", "hidden_act", "attention_bias", "_attn_implementation", "_fused_rms_norm",
+    "_fused_rotary_emb", "_use_qkv_packed", "_use_doc_masking",
+)  # fmt: skip
+PARALLELISM_KEYS = ("dp", "tp", "pp", "pp_engine", "tp_mode", "tp_linear_async_communication",
+                    "expert_parallel_size", "recompute_layer", "tp_recompute_allgather",
+                    "context_parallel_size")  # fmt: skip
+TOKENS_NO_EFFECT = ("train_steps", "val_check_interval", "limit_val_batches",
+                    "limit_test_batches")  # fmt: skip
+OPTIMIZER_NO_EFFECT = ("clip_grad", "learning_rate_scheduler", "weight_decay",
+                       "weight_decay_exclude_named_params")  # fmt: skip
+
+
+def _sec(cfg: dict[str, Any], key: str, file: str) -> dict[str, Any]:
+    v = cfg.get(key) or {}
+    if not isinstance(v, dict):
+        raise ConfigError(file, key, "must be a mapping", v)
+    return v
+
+
+def _pos(sec: dict[str, Any], key: str, file: str, where: str, default: int | None = None) -> int:
+    v = sec.get(key, default)
+    if v is None:
+        raise ConfigError(file, f"{where}.{key}", "missing")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(file, f"{where}.{key}", "must be a positive integer", v)
+    return v
+
+
+def import_nanotron(path: str | Path, gpus: int | None = None) -> Imported:
+    """A nanotron config as a scenario document."""
+    file = str(path)
+    try:
+        cfg = parse_yaml(read_text_file(path), file)
+    except ConfigError as exc:
+        if "invalid YAML" not in exc.message:
+            raise
+        raise ConfigError(file, exc.key, f"not a nanotron config: {exc.message}") from None
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("model", "parallelism", "tokens")):
+        raise ConfigError(file, "<file>", "not a nanotron config: needs model, parallelism and "
+                          "tokens sections")  # fmt: skip
+    r = Reading("nanotron", file)
+    par_raw, tok, opt = (
+        _sec(cfg, "parallelism", file),
+        _sec(cfg, "tokens", file),
+        _sec(cfg, "optimizer", file),
+    )
+    mod = _sec(cfg, "model", file)
+    mc = _sec(mod, "model_config", file)
+    for k in cfg:
+        if k in NO_EFFECT_SECTIONS:
+            r.ignore(k)
+        elif k not in ("model", "parallelism", "tokens", "optimizer"):
+            r.unsupported_(k, "not a section this importer knows")
+
+    # ---- layout
+    dp = _pos(par_raw, "dp", file, "parallelism")
+    tp = _pos(par_raw, "tp", file, "parallelism")
+    pp = _pos(par_raw, "pp", file, "parallelism")
+    for k in ("dp", "tp", "pp"):
+        r.origin(f"parallelism.{k}", f"parallelism.{k}")
+    if gpus is not None and gpus != dp * tp * pp:
+        raise ConfigError(file, "parallelism", f"dp x tp x pp = {dp} x {tp} x {pp} = "
+                          f"{dp * tp * pp} GPUs, but --gpus {gpus} (change dp with "
+                          "--set parallelism.dp=N)")  # fmt: skip
+    for k in par_raw:
+        if k not in PARALLELISM_KEYS:
+            r.unsupported_(f"parallelism.{k}", "not a key this importer knows")
+    engine = str(par_raw.get("pp_engine", "1f1b")).lower()
+    schedules = {"1f1b": "1f1b", "afab": "gpipe"}
+    if engine not in schedules:
+        raise ConfigError(file, "parallelism.pp_engine", "unknown value", engine, "1f1b | afab")
+    if engine == "afab" and pp > 1:
+        r.assume("pp_engine afab (all forward, all backward): the gpipe schedule")
+    tp_mode = str(par_raw.get("tp_mode", "ALL_REDUCE")).upper()
+    if tp_mode not in ("ALL_REDUCE", "REDUCE_SCATTER"):
+        raise ConfigError(file, "parallelism.tp_mode", "unknown value", tp_mode,
+                          "ALL_REDUCE | REDUCE_SCATTER")  # fmt: skip
+    runtime: dict[str, Any] = {"name": "nanotron"}
+    if par_raw.get("tp_linear_async_communication") and tp > 1:
+        runtime["tp_comm_overlap"] = True
+        r.assume("tp_linear_async_communication: tensor-parallel collectives overlapped with "
+                 "the linear layers' matmuls (runtime tp_comm_overlap)")  # fmt: skip
+    for k in ("expert_parallel_size", "context_parallel_size"):
+        if par_raw.get(k, 1) not in (1, None):
+            r.unsupported_(f"parallelism.{k} {par_raw[k]}", "not simulated")
+    if "tp_recompute_allgather" in par_raw:
+        r.ignore("parallelism.tp_recompute_allgather")
+    zero = opt.get("zero_stage", 0)
+    if zero not in (0, 1) or isinstance(zero, bool):
+        raise ConfigError(file, "optimizer.zero_stage", "unknown value", zero, "0 | 1")
+    par: dict[str, Any] = {
+        "dp": dp, "tp": tp, "pp": pp, "schedule": schedules[engine] if pp > 1 else "1f1b",
+        "zero_stage": zero, "sequence_parallel": tp_mode == "REDUCE_SCATTER" and tp > 1,
+    }  # fmt: skip
+    if pp > 1:
+        par["layer_split"] = "compute_balanced"
+        r.assume("pipeline stages split by compute cost (nanotron's layer_split)")
+    if "ddp_bucket_cap_mb" in mod:
+        par["bucket_mb"] = clean_number(as_float(mod["ddp_bucket_cap_mb"], file,
+                                                 "model.ddp_bucket_cap_mb"))  # fmt: skip
+        r.origin("parallelism.bucket_mb", "model.ddp_bucket_cap_mb")
+
+    # ---- model
+    model = _model(mc, mod, r, tp, file)
+    seq = _pos(tok, "sequence_length", file, "tokens")
+    micro = _pos(tok, "micro_batch_size", file, "tokens")
+    acc = _pos(tok, "batch_accumulation_per_replica", file, "tokens", 1)
+    for k in tok:
+        if k in TOKENS_NO_EFFECT:
+            r.ignore(f"tokens.{k}")
+        elif k not in ("sequence_length", "micro_batch_size", "batch_accumulation_per_replica"):
+            r.unsupported_(f"tokens.{k}", "not a key this importer knows")
+    r.origin("training.seq_len", "tokens.sequence_length")
+    r.origin("training.micro_batch", "tokens.micro_batch_size")
+    r.origin("model.max_positions", "model.model_config.max_position_embeddings")
+
+    # ---- precision, optimizer, recompute
+    dtype = str(mod.get("dtype", "bfloat16"))
+    precisions = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+    if dtype not in precisions:
+        raise ConfigError(file, "model.dtype", "unknown value", dtype, " | ".join(precisions))
+    precision = precisions[dtype]
+    if opt.get("accumulate_grad_in_fp32") and precision != "fp32":
+        precision = "bf16_fp32_grads" if precision == "bf16" else precision
+        r.assume("accumulate_grad_in_fp32: an fp32 gradient buffer for every parameter next to "
+                 "the 16-bit gradients (bf16_fp32_grads)")  # fmt: skip
+        if precision == "fp16":
+            r.unsupported_("optimizer.accumulate_grad_in_fp32 with float16", "simulated as fp16")
+    factory = _sec(opt, "optimizer_factory", file)
+    name = str(factory.get("name", "adamW")).lower()
+    optimizer = {"adamw": "adamw", "adam": "adam", "sgd": "sgd"}.get(name)
+    if optimizer is None:
+        optimizer = "adamw"
+        r.unsupported_(
+            f"optimizer.optimizer_factory.name {factory.get('name')}", "simulated as AdamW"
+        )
+    for k in opt:
+        if k in OPTIMIZER_NO_EFFECT or k == "optimizer_factory":
+            if k != "optimizer_factory":
+                r.ignore(f"optimizer.{k}")
+        elif k not in ("zero_stage", "accumulate_grad_in_fp32"):
+            r.unsupported_(f"optimizer.{k}", "not a key this importer knows")
+    for k in factory:
+        if k != "name":
+            r.ignore(f"optimizer.optimizer_factory.{k}")
+    training = {"seq_len": seq, "global_batch": micro * acc * dp, "micro_batch": micro,
+                "precision": precision, "optimizer": optimizer,
+                "recompute": "full" if par_raw.get("recompute_layer") else "none"}  # fmt: skip
+    r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
+             f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
+    r.assume(f"hardware {DEFAULT_HARDWARE}: a nanotron config names no GPU")
+    return r.done({
+        "name": scenario_name(file),
+        "description": f"Imported from a nanotron config ({Path(file).name})",
+        "model": model,
+        "hardware": DEFAULT_HARDWARE,
+        "runtime": runtime,
+        "training": training,
+        "parallelism": par,
+    })  # fmt: skip
+
+
+def _model(mc: dict[str, Any], mod: dict[str, Any], r: Reading, tp: int,
+           file: str) -> dict[str, Any]:  # fmt: skip
+    where = "model.model_config"
+    layers = _pos(mc, "num_hidden_layers", file, where)
+    hidden = _pos(mc, "hidden_size", file, where)
+    heads = _pos(mc, "num_attention_heads", file, where)
+    kv = _pos(mc, "num_key_value_heads", file, where, heads)
+    ffn = _pos(mc, "intermediate_size", file, where)
+    vocab = _pos(mc, "vocab_size", file, where)
+    maxpos = _pos(mc, "max_position_embeddings", file, where, 2048)
+    div = _pos(mod, "make_vocab_size_divisible_by", file, "model", 1)
+    padded = int(math.ceil(vocab / (div * tp)) * div * tp)
+    if padded != vocab:
+        r.assume(f"vocabulary {vocab:,} padded to {padded:,} (make_vocab_size_divisible_by "
+                 f"{div} x tp {tp})")  # fmt: skip
+    act = str(mc.get("hidden_act", "silu"))
+    if act != "silu":
+        r.unsupported_(f"{where}.hidden_act {act}", "simulated as SwiGLU (silu)")
+    for k in mc:
+        if k in MODEL_CONFIG_NO_EFFECT:
+            r.ignore(f"{where}.{k}")
+        elif k not in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                       "num_key_value_heads", "intermediate_size", "vocab_size",
+                       "max_position_embeddings", "tie_word_embeddings"):  # fmt: skip
+            r.unsupported_(f"{where}.{k}", "not a key this importer knows")
+    for k in mod:
+        if k in ("init_method",):
+            r.ignore(f"model.{k}")
+        elif k not in (
+            "model_config",
+            "dtype",
+            "ddp_bucket_cap_mb",
+            "make_vocab_size_divisible_by",
+        ):
+            r.unsupported_(f"model.{k}", "not a key this importer knows")
+    for k, flag in (("layers", "num_hidden_layers"), ("hidden", "hidden_size"),
+                    ("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads"),
+                    ("ffn_hidden", "intermediate_size"), ("vocab", "vocab_size")):  # fmt: skip
+        r.origin(f"model.{k}", f"{where}.{flag}")
+    r.assume("architecture: nanotron's Llama (SwiGLU, RMSNorm, rotary, no biases, flash "
+             "attention, fused QKV kept for backward: qkv_layout fused_kv_copy)")  # fmt: skip
+    return {
+        "name": f"nanotron Llama {layers}x{hidden}",
+        "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv, "ffn_hidden": ffn,
+        "vocab": padded, "max_positions": maxpos, "mlp": "swiglu", "positions": "rotary",
+        "bias": False, "norm": "rmsnorm", "tied_embeddings": bool(mc.get("tie_word_embeddings",
+                                                                         False)),
+        "dropout": 0.0, "flash_attention": True, "qkv_layout": "fused_kv_copy",
+    }  # fmt: skip

@@ -1,0 +1,197 @@
+"""Reading a launch script as far as its training command: the variables and arrays it assigns,
+and the command line of the Python program it starts, expanded.
+
+Not a shell: enough of bash for the launch scripts that Megatron-LM and its users write
+(``NAME=value``, ``NAME=(...)`` arrays, ``export``, ``${NAME}``, ``${NAME:-default}``,
+``${NAME[@]}``, ``$((a * b))``, line continuations, quoted strings over several lines,
+comments). Anything else (conditionals, loops, command substitution) is not evaluated: a
+variable it would set stays unexpanded (``$NAME``), and a flag whose value is one is reported.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from simtrain.errors import ConfigError
+
+_ASSIGN = re.compile(r"^\s*(?:export\s+|local\s+|readonly\s+|declare\s+(?:-\w+\s+)*)?"
+                     r"([A-Za-z_]\w*)=(.*)$", re.S)  # fmt: skip
+_ARRAY_REF = re.compile(r"^\$\{([A-Za-z_]\w*)\[[@*]\]\}$")
+_VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
+_ARITH = re.compile(r"\$\(\((.*?)\)\)")
+_ARITH_OK = re.compile(r"^[\d\s+\-*/%()]+$")
+#: Words that may precede an assignment.
+DECLARE_WORDS = ("export", "local", "readonly", "declare")
+#: Longest arithmetic expression evaluated (characters): launch scripts multiply two or three
+#: numbers.
+MAX_ARITH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """The program a launch script starts: the launcher's words before it (``torchrun
+    --nproc_per_node 8``), the program (``pretrain_gpt.py``) and its arguments."""
+
+    launcher: tuple[str, ...]
+    program: str
+    args: tuple[str, ...]
+    variables: dict[str, str]
+
+
+def _split(text: str, file: str, line: int) -> list[str]:
+    lex = shlex.shlex(text, posix=True)
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    try:
+        return list(lex)
+    except ValueError as exc:
+        raise ConfigError(file, f"line {line}", f"cannot read the shell line ({exc})") from None
+
+
+def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
+    """(first line number, text, words) of each logical line: continuations joined, and a
+    quoted string or an array that spans lines read whole."""
+    out: list[tuple[int, str, list[str]]] = []
+    buf, start = "", 0
+    for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+        if not buf:
+            start = n
+        if raw.endswith("\\"):
+            buf += raw[:-1] + " "
+            continue
+        buf += raw
+        try:
+            lex = shlex.shlex(buf, posix=True)
+            lex.whitespace_split = True
+            lex.commenters = "#"
+            words = list(lex)
+        except ValueError:  # an open quote: the string goes on
+            buf += "\n"
+            continue
+        m = _ASSIGN.match(buf)
+        if m and m.group(2).lstrip().startswith("(") and not _array_closed(words):
+            buf += "\n"
+            continue
+        out.append((start, buf, words))
+        buf = ""
+    if buf:
+        out.append((start, buf, _split(buf, file, start)))
+    return out
+
+
+def _array_closed(words: list[str]) -> bool:
+    return any(w.endswith(")") for w in words)
+
+
+def _arith(expr: str, env: dict[str, str]) -> str | None:
+    expr = _VAR.sub(lambda m: env.get(m.group(1) or m.group(3), "x"), expr)
+    expr = re.sub(r"\b([A-Za-z_]\w*)\b", lambda m: env.get(m.group(1), "x"), expr)
+    if len(expr) > MAX_ARITH or not _ARITH_OK.match(expr) or "**" in expr:
+        return None
+    try:
+        return str(int(eval(expr.replace("/", "//"), {"__builtins__": {}}, {})))  # noqa: S307
+    except (ArithmeticError, SyntaxError, ValueError):
+        return None
+
+
+def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list[str]:
+    """A word with its variables expanded; a word that was only a variable is split on white
+    space (as an unquoted ``$ARGS`` is); an array reference is the array's words."""
+    m = _ARRAY_REF.match(word)
+    if m:
+        if m.group(1) in arrays:
+            return list(arrays[m.group(1)])
+        return [word]
+    whole_var = _VAR.fullmatch(word) is not None
+
+    def arith(m: re.Match[str]) -> str:
+        got = _arith(m.group(1), env)
+        return got if got is not None else m.group(0)
+
+    def var(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        if name in env:
+            return env[name]
+        if name in arrays:
+            return " ".join(arrays[name]) if whole_var else (arrays[name] or [""])[0]
+        if m.group(2) is not None:
+            return m.group(2)
+        return m.group(0)
+
+    out = _VAR.sub(var, _ARITH.sub(arith, word))
+    if whole_var:
+        try:
+            return shlex.split(out)
+        except ValueError:
+            return out.split()
+    return [out]
+
+
+def read_command(text: str, file: str) -> Command | None:
+    """The first command of the script that runs a ``*.py`` program, expanded; None when the
+    text starts no Python program (a file of flags)."""
+    env: dict[str, str] = {}
+    arrays: dict[str, list[str]] = {}
+    for _n, line, words in _logical_lines(text, file):
+        m = _ASSIGN.match(line)
+        ws = words
+        if ws and ws[0] in DECLARE_WORDS:
+            ws = [w for w in ws[1:] if not w.startswith("-")]
+        if m and ws and ws[0].startswith(m.group(1) + "="):
+            name, rhs = m.group(1), m.group(2).strip()
+            if rhs.startswith("("):
+                inner = ws[:]
+                inner[0] = inner[0].split("=", 1)[1]
+                items = [w for w in (x.strip("()") if x in ("(", ")") else x for x in inner) if w]
+                if items and items[0].startswith("("):
+                    items[0] = items[0][1:]
+                if items and items[-1].endswith(")"):
+                    items[-1] = items[-1][:-1]
+                arrays[name] = [e for w in items if w for e in expand(w, env, arrays)]
+                continue
+            if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
+                value = ws[0].split("=", 1)[1]
+                env[name] = " ".join(expand(value, env, arrays)) if value else ""
+                continue
+            # NAME=value command ...: an environment prefix of a command
+            while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
+                ws = ws[1:]
+            words = ws
+        expanded = [e for w in words for e in expand(w, env, arrays)]
+        for i, w in enumerate(expanded):
+            if w.endswith(".py") and not w.startswith("-"):
+                return Command(tuple(expanded[:i]), w, tuple(expanded[i + 1 :]), dict(env))
+    return None
+
+
+def flag_words(text: str, file: str) -> list[str]:
+    """Every word of a file of flags (comments and line breaks ignored)."""
+    return [w for _n, _line, words in _logical_lines(text, file) for w in words]
+
+
+def parse_flags(args: tuple[str, ...] | list[str]) -> dict[str, str | bool]:
+    """``--flag value ...`` and ``--flag=value`` as {flag: value}; a flag followed by another
+    flag (or nothing) is ``True`` (argparse's store_true); several values (nargs='+') are joined
+    by spaces; a repeated flag keeps its last value (argparse). Words before the first flag are
+    ignored (returned under the key ``""``)."""
+    out: dict[str, str | bool] = {}
+    current = ""
+    values: list[str] = []
+
+    def close() -> None:
+        if current:
+            out[current] = " ".join(values) if values else True
+        elif values:
+            out[""] = " ".join(values)
+
+    for w in args:
+        if w.startswith("--") and len(w) > 2:
+            close()
+            name, eq, val = w.partition("=")
+            current, values = name, ([val] if eq else [])
+        else:
+            values.append(w)
+    close()
+    return out

@@ -1,0 +1,363 @@
+"""torchtitan: a job config TOML (``torchtitan/models/llama3/train_configs/*.toml``) -> a scenario.
+
+Keys, defaults and model flavors as torchtitan defines them at
+pytorch/torchtitan 4a950eaabff274567873322c206ddb481dae3567 (the last commit with TOML configs;
+later ones moved to Python config registries): ``torchtitan/config/job_config.py`` (defaults),
+``torchtitan/models/llama3/__init__.py`` (flavors), ``models/llama3/model/model.py`` FeedForward
+(hidden = 4·dim, then int(2/3·hidden), int(ffn_dim_multiplier·hidden), rounded up to
+multiple_of), ``models/llama3/infra/parallelize.py`` l.319-327 (``fsdp_reshard_after_forward``
+"default": reshard unless pipeline parallel), ``distributed/pipeline_parallel.py`` l.59-115
+(looped schedules: 2 stages per rank unless ``pipeline_parallel_layers_per_stage``), and
+``run_train.sh`` (``NGPU`` defaults to 8).
+
+Mixed precision under FSDP2 (``mixed_precision_param = "bfloat16"``, the default): fp32 sharded
+parameters, bf16 compute, fp32 gradient reduction: simtrain's ``bf16`` (16 bytes of model state
+per parameter with AdamW, as 4 + 4 + 8) under the torchtitan runtime (``grad_reduce_dtype: fp32``).
+``training.dtype = "bfloat16"`` keeps everything in bf16: ``bf16_pure``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simtrain.apps.importers.common import (
+    DEFAULT_HARDWARE,
+    Imported,
+    Reading,
+    scenario_name,
+    world_and_dp,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.yamlfile import read_text_file
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """torchtitan TransformerModelArgs (models/llama3/model/args.py defaults: n_kv_heads None =
+    n_heads, vocab_size 128256, multiple_of 256, ffn_dim_multiplier None)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    vocab_size: int = 128256
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+
+    def ffn_hidden(self) -> int:
+        """models/llama3/model/model.py FeedForward.__init__ (hidden_dim = 4·dim)."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+#: models/llama3/__init__.py llama3_args at 4a950ea (the _flex / _varlen flavors have the same
+#: shape with another attention kernel).
+LLAMA3_FLAVORS = {
+    "debugmodel": Flavor(256, 6, 16, vocab_size=2048),
+    "8B": Flavor(4096, 32, 32, 8, ffn_dim_multiplier=1.3, multiple_of=1024),
+    "70B": Flavor(8192, 80, 64, 8, ffn_dim_multiplier=1.3, multiple_of=4096),
+    "405B": Flavor(16384, 126, 128, 8, ffn_dim_multiplier=1.2, multiple_of=4096),
+}
+#: run_train.sh: NGPU=${NGPU:-"8"}.
+DEFAULT_NGPU = 8
+#: Sections without effect on one simulated step.
+NO_EFFECT_SECTIONS = ("job", "profiling", "metrics", "lr_scheduler", "checkpoint", "comm",
+                      "validation", "memory_estimation", "fault_tolerance", "experimental",
+                      "debug")  # fmt: skip
+SCHEDULES = {"1F1B": "1f1b", "GPipe": "gpipe", "Interleaved1F1B": "interleaved"}
+LOOPED = ("Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
+KNOWN = {
+    "model": ("name", "flavor", "hf_assets_path", "tokenizer_path", "converters",
+              "print_after_conversion"),
+    "optimizer": ("name", "lr", "eps", "weight_decay", "implementation", "early_step_in_backward",
+                  "beta1", "beta2"),
+    "training": ("local_batch_size", "batch_size", "global_batch_size", "seq_len", "dtype",
+                 "mixed_precision_param", "mixed_precision_reduce", "enable_cpu_offload", "steps",
+                 "max_norm", "dataset", "dataset_path", "gc_freq", "gc_debug", "dataloader",
+                 "warmup_steps", "deterministic", "seed"),
+    "parallelism": ("data_parallel_replicate_degree", "data_parallel_shard_degree",
+                    "fsdp_reshard_after_forward", "tensor_parallel_degree",
+                    "disable_loss_parallel", "enable_async_tensor_parallel",
+                    "pipeline_parallel_degree", "pipeline_parallel_schedule",
+                    "pipeline_parallel_microbatch_size", "pipeline_parallel_layers_per_stage",
+                    "pipeline_parallel_first_stage_less_layers",
+                    "pipeline_parallel_last_stage_less_layers", "context_parallel_degree",
+                    "expert_parallel_degree", "expert_tensor_parallel_degree"),
+    "activation_checkpoint": ("mode", "selective_ac_option", "preserve_rng_state",
+                              "determinism_check", "debug", "early_stop", "memory_budget",
+                              "per_op_sac_force_recompute_mm_shapes_by_fqns"),
+    "compile": ("enable", "components", "backend"),
+}  # fmt: skip
+NO_EFFECT_KEYS = {
+    "model": ("hf_assets_path", "tokenizer_path", "print_after_conversion"),
+    "optimizer": ("lr", "eps", "weight_decay", "implementation", "beta1", "beta2"),
+    "training": ("steps", "max_norm", "dataset", "dataset_path", "gc_freq", "gc_debug",
+                 "dataloader", "warmup_steps", "deterministic", "seed", "mixed_precision_reduce"),
+    "parallelism": ("disable_loss_parallel",),
+    "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug", "early_stop"),
+    "compile": ("components", "backend"),
+}  # fmt: skip
+
+
+def _int(sec: dict[str, Any], key: str, default: int, file: str, where: str) -> int:
+    v = sec.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(file, f"{where}.{key}", "must be an integer", v)
+    return v
+
+
+def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
+    """A torchtitan job config (TOML) as a scenario document."""
+    file = str(path)
+    text = read_text_file(path)
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            file, "<file>", f"not a torchtitan job config: not TOML ({exc})"
+        ) from None
+    if not any(k in cfg for k in ("model", "training", "parallelism")):
+        raise ConfigError(file, "<file>", "not a torchtitan job config: no [model], [training] "
+                          "or [parallelism] table")  # fmt: skip
+    r = Reading("torchtitan", file)
+    sec: dict[str, dict[str, Any]] = {}
+    for k, v in cfg.items():
+        if k in KNOWN:
+            if not isinstance(v, dict):
+                raise ConfigError(file, k, "must be a table", v)
+            sec[k] = v
+            for key in v:
+                if key not in KNOWN[k]:
+                    r.unsupported_(f"{k}.{key}", "not a key this importer knows")
+                elif key in NO_EFFECT_KEYS.get(k, ()):
+                    r.ignore(f"{k}.{key}")
+        elif k in NO_EFFECT_SECTIONS:
+            r.ignore(f"[{k}]")
+        elif k in ("float8", "quantize", "mx"):
+            pass  # read with model.converters below
+        else:
+            r.unsupported_(f"[{k}]", "not a table this importer knows")
+    m, t, p = sec.get("model", {}), sec.get("training", {}), sec.get("parallelism", {})
+    ac, cmp, opt = (
+        sec.get("activation_checkpoint", {}),
+        sec.get("compile", {}),
+        sec.get("optimizer", {}),
+    )
+
+    # ---- model
+    name, flavor = m.get("name", "llama3"), str(m.get("flavor", "debugmodel"))
+    if name != "llama3":
+        raise ConfigError(file, "model.name", "not a model this importer knows (torchtitan's "
+                          "dense Llama 3)", name, "llama3")  # fmt: skip
+    base = flavor.removesuffix("_flex").removesuffix("_varlen")
+    if base not in LLAMA3_FLAVORS:
+        raise ConfigError(file, "model.flavor", "unknown llama3 flavor", flavor,
+                          ", ".join(LLAMA3_FLAVORS))  # fmt: skip
+    fl = LLAMA3_FLAVORS[base]
+    seq = _int(t, "seq_len", 2048, file, "training")
+    r.origin("training.seq_len", "training.seq_len")
+    model = {
+        "name": f"torchtitan llama3 {flavor}", "layers": fl.n_layers, "hidden": fl.dim,
+        "heads": fl.n_heads, "kv_heads": fl.n_kv_heads or fl.n_heads, "ffn_hidden": fl.ffn_hidden(),
+        "vocab": fl.vocab_size, "max_positions": seq, "mlp": "swiglu", "positions": "rotary",
+        "bias": False, "norm": "rmsnorm", "tied_embeddings": False, "dropout": 0.0,
+        "flash_attention": True,
+    }  # fmt: skip
+    r.assume(f"model: torchtitan llama3 {flavor} (models/llama3/__init__.py): {fl.n_layers} "
+             f"layers, dim {fl.dim}, FFN {fl.ffn_hidden()}, vocab {fl.vocab_size:,}; SDPA "
+             "(flash) attention")  # fmt: skip
+    converters = [str(c) for c in m.get("converters", [])]
+    low = [c for c in converters if "float8" in c or "mx" in c]
+    if low:
+        r.unsupported_(f"model.converters {low}", "FP8 / MX linears are not a simtrain "
+                       "precision yet: simulated in 16 bits")  # fmt: skip
+    for k in ("float8", "quantize", "mx"):
+        if k in cfg:
+            r.ignore(f"[{k}]" + ("" if low else " (no converter enables it)"))
+    other = [c for c in converters if c not in low]
+    if other:
+        r.unsupported_(f"model.converters {other}", "not simulated")
+
+    # ---- layout
+    rep = _int(p, "data_parallel_replicate_degree", 1, file, "parallelism")
+    shard = _int(p, "data_parallel_shard_degree", -1, file, "parallelism")
+    tp = _int(p, "tensor_parallel_degree", 1, file, "parallelism")
+    pp = _int(p, "pipeline_parallel_degree", 1, file, "parallelism")
+    cp = _int(p, "context_parallel_degree", 1, file, "parallelism")
+    for k, v in (("data_parallel_replicate_degree", rep), ("tensor_parallel_degree", tp),
+                 ("pipeline_parallel_degree", pp), ("context_parallel_degree", cp)):  # fmt: skip
+        if v < 1:
+            raise ConfigError(file, f"parallelism.{k}", "must be positive", v)
+    if shard == 0 or shard < -1:
+        raise ConfigError(file, "parallelism.data_parallel_shard_degree", "must be -1 or positive",
+                          shard)  # fmt: skip
+    r.origin("parallelism.tp", "parallelism.tensor_parallel_degree")
+    r.origin("parallelism.pp", "parallelism.pipeline_parallel_degree")
+    if cp > 1:
+        r.unsupported_(f"parallelism.context_parallel_degree {cp}", "context parallelism is not "
+                       "simulated: each GPU holds the whole sequence")  # fmt: skip
+    for k in ("expert_parallel_degree", "expert_tensor_parallel_degree"):
+        if p.get(k, 1) != 1:
+            r.ignore(f"parallelism.{k} (no effect on a dense model)")
+        elif k in p:
+            r.ignore(f"parallelism.{k}")
+    if gpus is None:
+        if shard == -1:
+            gpus = DEFAULT_NGPU
+            r.assume(f"GPUs: {DEFAULT_NGPU} (run_train.sh's NGPU default); change with --gpus")
+        else:
+            gpus = rep * shard * tp * pp * cp
+            r.assume(f"GPUs: {gpus} = the product of the parallel degrees")
+    dp = world_and_dp(r, gpus, "--gpus", gpus, tp * pp * cp,
+                      "tensor x pipeline x context parallel degrees")  # fmt: skip
+    if shard == -1:
+        if dp % rep:
+            raise ConfigError(file, "parallelism.data_parallel_replicate_degree", f"must divide "
+                              f"the data-parallel GPUs ({dp})", rep)  # fmt: skip
+        shard = dp // rep
+    elif rep * shard != dp:
+        raise ConfigError(file, "parallelism.data_parallel_shard_degree", f"replicate x shard = "
+                          f"{rep} x {shard} but the GPUs leave {dp} for data parallel", shard)  # fmt: skip
+    zero = 0
+    if shard > 1:
+        policy = p.get("fsdp_reshard_after_forward", "default")
+        reshard = {"always": True, "never": False, "default": pp == 1}.get(policy)
+        if reshard is None:
+            raise ConfigError(file, "parallelism.fsdp_reshard_after_forward", "unknown value",
+                              policy, "default | always | never")  # fmt: skip
+        zero = 3 if reshard else 2
+        r.assume(f"FSDP2 over {shard} GPUs, reshard after forward {str(reshard).lower()} "
+                 f"(fsdp_reshard_after_forward {policy}): ZeRO-{zero}")  # fmt: skip
+        if rep > 1:
+            r.unsupported_(f"parallelism.data_parallel_replicate_degree {rep}", f"HSDP (shards "
+                           f"within groups of {shard}, replicas across): simulated as sharding "
+                           f"over all {dp}")  # fmt: skip
+    par: dict[str, Any] = {"dp": dp, "tp": tp, "pp": pp, "schedule": "1f1b", "virtual_stages": 1,
+                           "zero_stage": zero, "sequence_parallel": tp > 1}  # fmt: skip
+    if tp > 1:
+        r.assume("tensor parallel: sequence parallel on (torchtitan's parallelize_llama applies "
+                 "SequenceParallel to the norms)")  # fmt: skip
+    runtime: dict[str, Any] = {"name": "torchtitan"}
+    compile_on = bool(cmp.get("enable", False))
+    if p.get("enable_async_tensor_parallel"):
+        if tp > 1 and compile_on:
+            runtime["tp_comm_overlap"] = True
+        else:
+            r.ignore("parallelism.enable_async_tensor_parallel (needs compile and tp > 1)")
+    if compile_on:
+        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)")
+    elif "enable" in cmp:
+        r.ignore("compile.enable false")
+
+    # ---- batch and pipeline
+    local = _int(
+        t, "local_batch_size", _int(t, "batch_size", 8, file, "training"), file, "training"
+    )
+    gb = _int(t, "global_batch_size", -1, file, "training")
+    gb = local * dp if gb == -1 else gb
+    r.origin("training.global_batch", "training.global_batch_size")
+    micro = local
+    if pp > 1:
+        micro = _int(p, "pipeline_parallel_microbatch_size", 1, file, "parallelism")
+        sched = str(p.get("pipeline_parallel_schedule", "1F1B"))
+        if sched in SCHEDULES:
+            par["schedule"] = SCHEDULES[sched]
+        else:
+            r.unsupported_(f"parallelism.pipeline_parallel_schedule {sched}", "simulated as 1F1B")
+        if sched in LOOPED and sched in SCHEDULES:
+            lps = p.get("pipeline_parallel_layers_per_stage")
+            first = _int(p, "pipeline_parallel_first_stage_less_layers", 1, file, "parallelism")
+            last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
+            stages = -(-(fl.n_layers + first + last) // lps) if lps else 2 * pp
+            par["virtual_stages"] = max(1, stages // pp)
+        else:
+            first = _int(p, "pipeline_parallel_first_stage_less_layers", 1, file, "parallelism")
+            last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
+            if (first, last) == (1, 1):
+                par["layer_split"] = "embedding_as_layer"
+                r.assume("pipeline stages: the first and last hold one layer less "
+                         "(pipeline_parallel_first/last_stage_less_layers 1): embedding_as_layer")  # fmt: skip
+            else:
+                r.unsupported_("pipeline_parallel_first/last_stage_less_layers", f"({first}, "
+                               f"{last}): simulated as an even split")  # fmt: skip
+    else:
+        for k in ("pipeline_parallel_schedule", "pipeline_parallel_microbatch_size",
+                  "pipeline_parallel_layers_per_stage", "pipeline_parallel_first_stage_less_layers",
+                  "pipeline_parallel_last_stage_less_layers"):  # fmt: skip
+            if k in p:
+                r.ignore(f"parallelism.{k} (pp 1)")
+    r.origin("training.micro_batch", "training.local_batch_size")
+
+    # ---- precision, optimizer, recompute
+    dtype = t.get("dtype", "float32")
+    mp = t.get("mixed_precision_param", "bfloat16")
+    if dtype == "bfloat16":
+        precision = "bf16_pure"
+        r.assume("training.dtype bfloat16: parameters, gradients and optimizer states in bf16")
+    elif dtype != "float32":
+        raise ConfigError(file, "training.dtype", "unknown value", dtype, "float32 | bfloat16")
+    elif mp == "float32":
+        precision = "fp32"
+    elif mp == "bfloat16":
+        precision = "bf16" if zero else "amp_bf16"
+        r.assume("mixed_precision_param bfloat16: " + ("FSDP2 mixed precision over fp32 sharded "
+                 "parameters (bf16)" if zero else "torch.autocast under DDP (amp_bf16)"))  # fmt: skip
+    else:
+        raise ConfigError(file, "training.mixed_precision_param", "unknown value", mp,
+                          "bfloat16 | float32")  # fmt: skip
+    if t.get("enable_cpu_offload"):
+        r.unsupported_("training.enable_cpu_offload", "FSDP2 CPU offload of parameters, "
+                       "gradients and optimizer states: simulated as optimizer offload")  # fmt: skip
+    optname = str(opt.get("name", "AdamW"))
+    optimizer = {"AdamW": "adamw", "Adam": "adam"}.get(optname)
+    if optimizer is None:
+        optimizer = "adamw"
+        r.unsupported_(f"optimizer.name {optname}", "simulated as AdamW")
+    if opt.get("early_step_in_backward"):
+        r.unsupported_("optimizer.early_step_in_backward", "not simulated")
+    training: dict[str, Any] = {"seq_len": seq, "global_batch": gb, "micro_batch": micro,
+                                "precision": precision, "optimizer": optimizer,
+                                "recompute": _recompute(ac, r)}  # fmt: skip
+    if t.get("enable_cpu_offload"):
+        training["offload"] = {"optimizer": True}
+    r.assume(f"hardware {DEFAULT_HARDWARE}: a torchtitan config names no GPU")
+    return r.done({
+        "name": scenario_name(file),
+        "description": f"Imported from a torchtitan job config ({Path(file).name})",
+        "model": model,
+        "hardware": DEFAULT_HARDWARE,
+        "runtime": runtime,
+        "training": training,
+        "parallelism": par,
+    })  # fmt: skip
+
+
+def _recompute(ac: dict[str, Any], r: Reading) -> str:
+    mode = ac.get("mode", "selective")
+    if mode == "none":
+        return "none"
+    if mode == "full":
+        return "full"
+    if mode == "selective":
+        opt = str(ac.get("selective_ac_option", "2"))
+        if opt == "op":
+            r.unsupported_("activation_checkpoint.selective_ac_option op", "torchtitan's per-op "
+                           "selective checkpointing (saves matmul outputs but every second, "
+                           "recomputes the rest) is not simtrain's selective recompute (the "
+                           "attention core): simulated as selective")  # fmt: skip
+            return "selective"
+        if opt.isdigit() and int(opt) >= 1:
+            if int(opt) == 1:
+                return "full"
+            r.unsupported_(f"activation_checkpoint.selective_ac_option {opt}", f"checkpoints "
+                           f"every {opt}th layer whole: simulated as every layer (full)")  # fmt: skip
+            return "full"
+        raise r.error("activation_checkpoint.selective_ac_option", "unknown value", opt,
+                      "op | a positive integer")  # fmt: skip
+    r.unsupported_(f"activation_checkpoint.mode {mode}", "simulated as full")
+    return "full"

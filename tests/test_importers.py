@@ -1,0 +1,430 @@
+"""Importers (issue 17): Megatron-LM, DeepSpeed, torchtitan and nanotron configurations become
+scenarios; every setting not simulated is listed; bad input is one line naming the flag.
+
+The fixtures (tests/fixtures/importers/README.md) carry the settings of real upstream files;
+each imports and runs. Figures are checked against independent values: GPT-3 175B's published
+parameter count (Narayanan et al. 2021, Table 1: 174.6 B at 96 layers, hidden 12,288, the
+51,200-token padded vocabulary), Llama 3 8B's (Hugging Face meta-llama/Meta-Llama-3-8B
+config.json: intermediate_size 14,336, 8,030,261,248 parameters), and the frameworks' own
+arithmetic (DeepSpeed buckets in elements x bytes, Megatron's vocabulary padding).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from simtrain import cli
+from simtrain.apps.importers import KINDS, import_config
+from simtrain.apps.importers.common import load_imported, to_yaml
+from simtrain.apps.importers.shell import expand, parse_flags, read_command
+from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS
+from simtrain.apps.schema import scenario_schema
+from simtrain.cli import main
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import load_scenario
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "importers"
+MEGATRON = str(FIX / "megatron_gpt3_175b.sh")
+TORCHTITAN = str(FIX / "torchtitan_llama3_8b.toml")
+DEEPSPEED = str(FIX / "deepspeed_zero3_bf16.json")
+NANOTRON = str(FIX / "nanotron_tiny_llama.yaml")
+
+#: Each fixture, the options it needs, and --set overrides that keep the simulation small.
+RUNS = {
+    "megatron": (MEGATRON, ["--gpus", "128"], ["training.global_batch=16"]),
+    "torchtitan": (TORCHTITAN, [], []),
+    "deepspeed": (DEEPSPEED, ["--model", "llama3-8b", "--gpus", "8"], ["training.seq_len=2048"]),
+    "nanotron": (NANOTRON, [], []),
+}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [w for o in overrides for w in ("--set", o)]
+
+
+def one_line_error(r, *words: str) -> None:
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output, err
+    for w in words:
+        assert w in err, err
+
+
+# ------------------------------------------------------------------ every fixture imports and runs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fixture_imports_and_runs(kind: str, tmp_path: Path) -> None:
+    path, opts, overrides = RUNS[kind]
+    r = invoke("import", kind, path, *opts, "--out", str(tmp_path / "s.yaml"), *sets(overrides))
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "s.yaml").read_text()
+    assert text.startswith("# Imported by: simtrain import " + kind)
+    sc = load_scenario(tmp_path / "s.yaml")  # the emitted YAML is a scenario file
+    jsonschema.validate(yaml.safe_load(text), scenario_schema())
+    r = invoke("run", "--from", kind, path, *opts, *sets(overrides), "--no-plots", "--json",
+               "--out", str(tmp_path / "run"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["step_time_s"] > 0
+    assert summary["runtime"]["name"] == sc.runtime.name
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+
+
+def test_megatron_gpt3_175b() -> None:
+    imp = import_config("megatron", MEGATRON, gpus=128)
+    sc = load_imported(imp)
+    m, t, p = sc.model, sc.training, sc.parallelism
+    # Narayanan et al. 2021 Table 1: 174.6 B parameters; vocabulary 50,257 padded to a multiple
+    # of 128 x tp 8 = 1,024: 51,200.
+    assert m.vocab == 51200 and round(m.total_params() / 1e9, 1) == 174.6
+    assert (m.layers, m.hidden, m.heads, m.ffn_hidden, m.max_positions) == (
+        96,
+        12288,
+        96,
+        49152,
+        2048,
+    )
+    assert (m.mlp, m.positions, m.norm, m.bias, m.tied_embeddings) == (
+        "gelu",
+        "learned",
+        "layernorm",
+        True,
+        True,
+    )
+    assert m.flash_attention  # Transformer Engine, --attention-backend auto
+    assert (t.seq_len, t.micro_batch, t.global_batch, t.precision) == (2048, 1, 1536, "fp16")
+    assert (p.tp, p.pp, p.dp, p.zero_stage, p.schedule) == (8, 16, 1, 0, "1f1b")
+    assert sc.runtime.name == "megatron_core" and sc.runtime.grad_reduce_dtype == "grad"
+    assert [u.split(": ")[0] for u in imp.unsupported] == [
+        "--step-batch-size-schedule 0:16 2.4B:320 4.8B:624 7.2B:928 9.6B:1232 12B:1536"
+    ]
+    for flag in ("--lr", "--data-path", "--save", "--tensorboard-dir", "--adam-beta2"):
+        assert flag in imp.no_effect
+    # the launcher asks for 8 GPUs, the layout for 128: one line naming the launcher's flags
+    with pytest.raises(ConfigError, match=r"--nproc_per_node 8 x --nnodes 1: 8 GPUs are not a "
+                       r"multiple of .* = 128: give the job's GPU count with --gpus"):  # fmt: skip
+        import_config("megatron", MEGATRON)
+
+
+def test_torchtitan_llama3_8b() -> None:
+    imp = import_config("torchtitan", TORCHTITAN)
+    sc = load_imported(imp)
+    m, t, p = sc.model, sc.training, sc.parallelism
+    # HF meta-llama/Meta-Llama-3-8B: intermediate_size 14336, 8,030,261,248 parameters
+    assert LLAMA3_FLAVORS["8B"].ffn_hidden() == 14336 and m.total_params() == 8_030_261_248
+    assert (m.kv_heads, m.vocab, m.tied_embeddings, m.norm) == (8, 128256, False, "rmsnorm")
+    assert (p.dp, p.zero_stage) == (8, 3)  # run_train.sh NGPU=8, FSDP2 reshard after forward
+    assert (t.seq_len, t.micro_batch, t.global_batch) == (8192, 1, 8)
+    assert (t.precision, t.recompute) == ("bf16", "selective")
+    assert sc.runtime.name == "torchtitan" and sc.runtime.grad_reduce_dtype == "fp32"
+    assert len(imp.unsupported) == 1 and "selective_ac_option op" in imp.unsupported[0]
+    assert "[quantize] (no converter enables it)" in imp.no_effect
+    sc64 = load_imported(import_config("torchtitan", TORCHTITAN, gpus=64))
+    assert (sc64.parallelism.dp, sc64.training.global_batch) == (64, 64)
+
+
+def test_torchtitan_flavor_ffn_sizes() -> None:
+    """FeedForward's rounding against the published FFN widths (HF config.json intermediate_size
+    of Llama 3 70B and Llama 3.1 405B: 28,672 and 53,248) and the debug model's 768."""
+    assert LLAMA3_FLAVORS["70B"].ffn_hidden() == 28672
+    assert LLAMA3_FLAVORS["405B"].ffn_hidden() == 53248
+    assert LLAMA3_FLAVORS["debugmodel"].ffn_hidden() == 768  # int(2/3·1024) = 682 -> 768
+
+
+def test_deepspeed_zero3() -> None:
+    imp = import_config("deepspeed", DEEPSPEED, "llama3-8b", 8)
+    with pytest.raises(ConfigError, match="<sequence length>: a DeepSpeed config has no "):
+        load_imported(imp)
+    sc = load_imported(imp, ["training.seq_len=2048"])
+    t, p = sc.training, sc.parallelism
+    assert (t.micro_batch, t.global_batch, t.precision, t.optimizer) == (4, 32, "bf16", "adamw")
+    # reduce_bucket_size 5e7 bf16 elements = 1e8 bytes = 100 MB; DeepSpeed's max live default 1e9
+    assert (p.dp, p.zero_stage, p.bucket_mb, p.zero3_max_live_params) == (8, 3, 100.0, 10**9)
+    assert sc.runtime.name == "deepspeed" and sc.runtime.overlap_grad_reduce
+    assert imp.unsupported == ()
+    with pytest.raises(ConfigError, match="--model: a DeepSpeed config names no model"):
+        import_config("deepspeed", DEEPSPEED, None, 8)
+    with pytest.raises(ConfigError, match="--gpus: the file gives no GPU count"):
+        import_config("deepspeed", DEEPSPEED, "llama3-8b")
+
+
+def test_deepspeed_batch_arithmetic(tmp_path: Path) -> None:
+    """train_batch_size = micro x accumulation x data-parallel GPUs (DeepSpeed's
+    _batch_assertion): the GPU count follows from all three, or --gpus gives it."""
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({"train_batch_size": 256, "train_micro_batch_size_per_gpu": 2,
+                             "gradient_accumulation_steps": 4, "fp16": {"enabled": True},
+                             "zero_optimization": {"stage": 1}}))  # fmt: skip
+    sc = load_imported(import_config("deepspeed", f, "gpt2", None), ["training.seq_len=1024"])
+    assert (sc.parallelism.dp, sc.num_microbatches, sc.parallelism.zero_stage) == (32, 4, 1)
+    assert sc.parallelism.bucket_mb == 1000.0  # 5e8 fp16 elements (the default) = 1 GB
+    assert not sc.runtime.overlap_grad_reduce  # overlap_comm's default below stage 3
+    with pytest.raises(ConfigError, match="train_batch_size: 256 = 2 x 4 x 32 .* --gpus 16"):
+        import_config("deepspeed", f, "gpt2", 16)
+    f.write_text(json.dumps({"train_batch_size": 100, "train_micro_batch_size_per_gpu": 3,
+                             "gradient_accumulation_steps": 4}))  # fmt: skip
+    with pytest.raises(ConfigError, match="train_batch_size: must be"):
+        import_config("deepspeed", f, "gpt2", None)
+
+
+def test_nanotron_tiny_llama() -> None:
+    imp = import_config("nanotron", NANOTRON)
+    sc = load_imported(imp)
+    m, t, p = sc.model, sc.training, sc.parallelism
+    assert (m.layers, m.hidden, m.heads, m.kv_heads, m.ffn_hidden, m.vocab) == (
+        28,
+        2048,
+        16,
+        2,
+        11008,
+        128256,
+    )
+    assert m.tied_embeddings and m.qkv_layout == "fused_kv_copy"
+    assert (p.dp, p.tp, p.pp, p.sequence_parallel, p.zero_stage, p.bucket_mb) == (
+        4,
+        2,
+        1,
+        True,
+        0,
+        25.0,
+    )
+    # tokens: micro 3 x accumulation 1 x dp 4
+    assert (t.seq_len, t.micro_batch, t.global_batch, t.precision) == (
+        4096,
+        3,
+        12,
+        "bf16_fp32_grads",
+    )
+    assert sc.runtime.name == "nanotron" and sc.runtime.tp_comm_overlap
+    assert imp.unsupported == ()
+    with pytest.raises(ConfigError, match=r"dp x tp x pp = 4 x 2 x 1 = 8 GPUs, but --gpus 16"):
+        import_config("nanotron", NANOTRON, gpus=16)
+    # the nanotron vocabulary padding: 128,256 to a multiple of 5 x tp 2 = 10 -> 128,260
+    cfg = yaml.safe_load(Path(NANOTRON).read_text())
+    cfg["model"]["make_vocab_size_divisible_by"] = 5
+    cfg["parallelism"]["pp"] = 2
+    cfg["parallelism"]["pp_engine"] = "afab"
+    imp2 = _import_yaml("nanotron", cfg)
+    sc2 = load_imported(imp2)
+    assert sc2.model.vocab == 128260
+    assert (sc2.parallelism.schedule, sc2.parallelism.layer_split) == ("gpipe", "compute_balanced")
+
+
+def _import_yaml(kind: str, cfg: dict):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "c.yaml"
+        f.write_text(yaml.safe_dump(cfg))
+        return import_config(kind, f)
+
+
+# ------------------------------------------------------------------------------ Megatron flags
+
+
+def megatron_flags(tmp_path: Path, text: str, gpus: int | None = 8, **kw):
+    f = tmp_path / "flags.txt"
+    f.write_text(text)
+    return import_config("megatron", f, gpus=gpus, **kw)
+
+
+BASE = ("--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 "
+        "--max-position-embeddings 2048 --micro-batch-size 2 --global-batch-size 64 "
+        "--vocab-size 50000 ")  # fmt: skip
+
+
+def test_megatron_core_overlap_flags(tmp_path: Path) -> None:
+    imp = megatron_flags(tmp_path, BASE + "--bf16 --tensor-model-parallel-size 2 "
+                         "--sequence-parallel --use-distributed-optimizer --tp-comm-overlap "
+                         "--overlap-grad-reduce --overlap-param-gather --swiglu "
+                         "--normalization RMSNorm --position-embedding-type rope "
+                         "--disable-bias-linear --untie-embeddings-and-output-weights "
+                         "--group-query-attention --num-query-groups 4 "
+                         "--recompute-granularity selective", gpus=16)  # fmt: skip
+    sc = load_imported(imp)
+    rt, p, m = sc.runtime, sc.parallelism, sc.model
+    assert rt.name == "megatron_core"
+    assert (rt.tp_comm_overlap, rt.overlap_grad_reduce, rt.overlap_param_gather) == (True,) * 3
+    assert rt.grad_reduce_dtype == "fp32"  # --bf16 reduces gradients in fp32
+    assert (p.dp, p.tp, p.zero_stage, p.sequence_parallel) == (8, 2, 1, True)
+    # Megatron-Core's default bucket: max(4e7, 1e6 x dp 8) = 4e7 fp32 gradients = 160 MB
+    assert p.bucket_mb == 160.0
+    # --swiglu: int(4·2048·2/3 / 64)·64 = 5440; vocabulary 50,000 -> a multiple of 128 x 2: 50,176
+    assert (m.ffn_hidden, m.vocab, m.kv_heads) == (5440, 50176, 4)
+    assert (m.mlp, m.norm, m.positions, m.bias, m.tied_embeddings) == (
+        "swiglu",
+        "rmsnorm",
+        "rotary",
+        False,
+        False,
+    )
+    assert sc.training.recompute == "selective" and imp.unsupported == ()
+
+
+def test_megatron_2021_flags(tmp_path: Path) -> None:
+    """A 2021 script: the megatron_lm_2021 runtime, 'local' DDP (one bucket), full recompute,
+    the interleaved schedule from --num-layers-per-virtual-pipeline-stage."""
+    imp = megatron_flags(tmp_path, BASE + "--fp16 --checkpoint-activations --DDP-impl local "
+                         "--pipeline-model-parallel-size 4 "
+                         "--num-layers-per-virtual-pipeline-stage 3", gpus=8)  # fmt: skip
+    sc = load_imported(imp)
+    p = sc.parallelism
+    assert sc.runtime.name == "megatron_lm_2021"
+    assert (p.pp, p.dp, p.schedule, p.virtual_stages, p.bucket_mb) == (4, 2, "interleaved", 2, 1e9)
+    assert sc.training.recompute == "full" and sc.training.precision == "fp16"
+
+
+def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
+    f = tmp_path / "flags.txt"
+    f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --num-experts 8 "
+                 "--moe-router-topk 2 --frobnicate 3 --lr 1e-4")  # fmt: skip
+    imp = import_config("megatron", f, gpus=8)
+    listed = " | ".join(imp.unsupported)
+    for w in ("--fp8-format hybrid", "--context-parallel-size 2", "--num-experts, --moe-router-topk",
+              "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
+        assert w in listed, listed
+    assert "--lr" in imp.no_effect and "--lr" not in listed
+    assert load_imported(imp).training.precision == "bf16"  # FP8 listed, simulated in bf16
+    text = to_yaml(imp, "simtrain import megatron flags.txt")
+    assert "# NOT SIMULATED" in text and "--frobnicate 3" in text
+    r = invoke("import", "megatron", str(f), "--gpus", "8")
+    assert r.exit_code == 0 and "warning: not simulated: --frobnicate 3" in r.stderr
+    r = invoke("import", "megatron", str(f), "--gpus", "8", "--strict")
+    one_line_error(r, "--context-parallel-size 2", "not simulated (--strict)", "(and 3 more)")
+    r = invoke("import", "torchtitan", TORCHTITAN, "--strict")
+    one_line_error(r, "activation_checkpoint.selective_ac_option op")
+    assert invoke("import", "nanotron", NANOTRON, "--strict").exit_code == 0
+
+
+def test_megatron_vocab_need(tmp_path: Path) -> None:
+    text = BASE.replace("--vocab-size 50000 ", "") + "--tokenizer-type HuggingFaceTokenizer"
+    imp = megatron_flags(tmp_path, text)
+    with pytest.raises(ConfigError, match="--tokenizer-type: the vocabulary size of tokenizer "
+                       "HuggingFaceTokenizer is not in the file"):  # fmt: skip
+        load_imported(imp)
+    assert load_imported(imp, ["model.vocab=32000"]).model.vocab == 32000
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["megatron", "{flags}", "--gpus", "8"], ["--fp16", "contradicts --bf16"]),
+        (["megatron", TORCHTITAN], ["not a Megatron-LM launch script"]),
+        (["deepspeed", NANOTRON, "--model", "gpt2"], ["not a DeepSpeed config: not JSON"]),
+        (["torchtitan", DEEPSPEED], ["not a torchtitan job config: not TOML"]),
+        (["nanotron", TORCHTITAN], ["not a nanotron config: invalid YAML"]),
+        (["nanotron", MEGATRON], ["not a nanotron config"]),
+        (["megatron", MEGATRON], ["--nproc_per_node 8", "--gpus"]),
+        (["megatron", MEGATRON, "--gpus", "100"], ["--gpus", "not a multiple of", "128"]),
+        (["megatron", "{tp3}", "--gpus", "3"],
+         ["--tensor-model-parallel-size (parallelism.tp)", "must divide model.heads = 16"]),
+        (["megatron", "{vp}", "--gpus", "4"], ["--num-layers-per-virtual-pipeline-stage",
+                                               "must divide --num-layers"]),
+        (["megatron", MEGATRON, "--gpus", "128", "--set", "training.micro_batch=2", "--set",
+          "training.global_batch=15"], ["--set", "training.global_batch"]),
+        (["deepspeed", DEEPSPEED, "--model", "nope", "--gpus", "8"], ["--model", "neither"]),
+        (["torchtitan", TORCHTITAN, "--model", "gpt2"], ["--model", "only for deepspeed"]),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line(args: list[str], words: list[str], tmp_path: Path) -> None:
+    files = {
+        "{flags}": BASE + "--fp16 --bf16",
+        "{tp3}": BASE + "--tensor-model-parallel-size 3",
+        "{vp}": BASE + "--pipeline-model-parallel-size 4 --num-layers-per-virtual-pipeline-stage 5",
+    }
+    for i, a in enumerate(args):
+        if a in files:
+            f = tmp_path / "flags.txt"
+            f.write_text(files[a])
+            args[i] = str(f)
+    one_line_error(invoke("import", *args), *words)
+
+
+def test_deepspeed_contradiction(tmp_path: Path) -> None:
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "fp16": {"enabled": True},
+                             "bf16": {"enabled": True}}))  # fmt: skip
+    one_line_error(invoke("import", "deepspeed", str(f), "--model", "gpt2", "--gpus", "1"),
+                   "fp16.enabled", "contradicts bf16.enabled")  # fmt: skip
+
+
+def test_run_from_needs_from(tmp_path: Path) -> None:
+    r = invoke("run", NANOTRON, "--gpus", "8")
+    assert r.exit_code == 2 and "--model and --gpus go with --from" in r.stderr
+
+
+# ------------------------------------------------------------------------------ launch scripts
+
+
+def test_shell_expansion() -> None:
+    env = {"A": "8", "B": "2", "ARGS": "--x 1 --y 'a b'"}
+    assert expand("$((A*B))", env, {}) == ["16"]
+    assert expand("$(($A * $B))", env, {}) == ["16"]
+    assert expand("${C:-7}", env, {}) == ["7"]
+    assert expand("$ARGS", env, {}) == ["--x", "1", "--y", "a b"]  # unquoted: split
+    assert expand("${L[@]}", env, {"L": ["--a", "1"]}) == ["--a", "1"]
+    assert expand("$((9**9**9))", env, {}) == ["$((9**9**9))"]  # not evaluated
+    assert expand("pre$A", env, {}) == ["pre8"]
+    assert parse_flags(["--a", "1", "--b", "--c=3", "--d", "x", "y"]) == {
+        "--a": "1",
+        "--b": True,
+        "--c": "3",
+        "--d": "x y",
+    }
+
+
+def test_read_command_old_style_script() -> None:
+    """A 2021-style script: a quoted string of flags over several lines, expanded unquoted."""
+    text = """#!/bin/bash
+GPUS_PER_NODE=8
+NNODES=2
+DISTRIBUTED_ARGS="--nproc_per_node $GPUS_PER_NODE --nnodes $NNODES"
+GPT_ARGS="
+    --num-layers 24
+    --hidden-size 1024  # a comment
+    --fp16
+"
+python -m torch.distributed.launch $DISTRIBUTED_ARGS \\
+       pretrain_gpt.py $GPT_ARGS --seq-length 1024
+"""
+    cmd = read_command(text, "s.sh")
+    assert cmd is not None and cmd.program == "pretrain_gpt.py"
+    assert "--nproc_per_node" in cmd.launcher and "16" not in cmd.launcher
+    flags = parse_flags(cmd.args)
+    assert flags["--num-layers"] == "24" and flags["--fp16"] is True
+    assert flags["--seq-length"] == "1024"
+
+
+def test_cli_kinds_match() -> None:
+    assert cli.IMPORT_KINDS == KINDS
+
+
+def test_run_from_does_not_fit_gives_advice(tmp_path: Path) -> None:
+    """The fit advice of `run` works on an imported scenario (it reads the scenario as a file)."""
+    r = invoke("run", "--from", "deepspeed", DEEPSPEED, "--model", "llama3-8b", "--gpus", "8",
+               "--set", "training.seq_len=8192", "--set", "training.micro_batch=8", "--set",
+               "training.global_batch=64", "--no-plots", "--out", str(tmp_path))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "does not fit" in r.stdout and "make it fit" in r.stdout
+    assert "--set training.recompute=" in r.stdout
+
+
+def test_read_command_exports_and_env_prefix() -> None:
+    text = "export N=4\ndeclare -a A=(--x 1)\nNCCL_DEBUG=INFO torchrun --nproc_per_node $N train.py ${A[@]}\n"
+    cmd = read_command(text, "s.sh")
+    assert cmd is not None and cmd.launcher == ("torchrun", "--nproc_per_node", "4")
+    assert cmd.program == "train.py" and cmd.args == ("--x", "1")
