@@ -763,3 +763,25 @@ def test_a_plan_runs_every_layout_under_its_runtime() -> None:
     with pytest.raises(ConfigError) as info:
         _plan(GPT3_1024, runtime={"name": "megatron"})
     assert "runtime" in str(info.value) and "megatron_core" in str(info.value)
+
+
+def _plan_in_a_daemon(path: str) -> int:
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    return CliRunner().invoke(main, ["plan", "--json", "--workers", "4", path, "--out",
+                                     str(Path(path).parent / "out")]).exit_code  # fmt: skip
+
+
+def test_plan_with_workers_inside_a_daemonic_process(tmp_path: Path) -> None:
+    """Fuzz campaign of 2026-12-03 (plan-002): ``--workers`` in a daemonic process (a worker of
+    another pool) was a traceback; the screen then runs in that process."""
+    import multiprocessing as mp
+
+    import yaml
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(copy.deepcopy(SMALL)))
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_plan_in_a_daemon, (str(plan),)) == 0

@@ -23,13 +23,15 @@ class LocalExecutor:
         self._pool: Any = None
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
-        if self.workers == 1 or len(items) <= 1:
+        import multiprocessing as mp
+
+        # A daemonic process (a worker of another pool: the fuzz campaign, a user's own pool)
+        # may not start children: screen in this process instead of failing.
+        if self.workers == 1 or len(items) <= 1 or mp.current_process().daemon:
             for it in items:
                 yield fn(it)
             return
         if self._pool is None:
-            import multiprocessing as mp
-
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload(["simtrain.apps.plan"])
             self._pool = ctx.Pool(self.workers, initializer=_ignore_sigint)
