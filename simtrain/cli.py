@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from simtrain.errors import MAX_ECHO, SimtrainError, one_line
+from simtrain.errors import MAX_ECHO, ConfigError, SimtrainError, one_line
 from simtrain.spec.limits import MAX_GPUS
 
 SET_HELP = "Override a scenario key, e.g. --set training.micro_batch=2 (repeatable)."
@@ -219,7 +219,15 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
 
 
 def _out_dir(out: str | None, name: str) -> Path:
-    return Path(out) if out else Path("plots") / name
+    """The output folder, created; one that cannot be (a name too long, under /proc, ...) is a
+    one-line error naming --out."""
+    folder = Path(out) if out else Path("plots") / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(None, "--out", f"cannot create the folder ({exc.strerror})",
+                          str(folder)) from None  # fmt: skip
+    return folder
 
 
 @main.command()
@@ -255,7 +263,6 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
         sc = load_scenario(scenario, overrides)
     res = simulate_scenario(sc)
     folder = _out_dir(out, sc.name)
-    folder.mkdir(parents=True, exist_ok=True)
     summary = run_summary(res)
     (folder / "summary.json").write_text(dumps(summary))
     cap = sc.hardware.memory_bytes
@@ -307,7 +314,6 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
     c = sc.cluster
     click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node))
     folder = _out_dir(out, sc.name)
-    folder.mkdir(parents=True, exist_ok=True)
     png = draw_topology(
         build_topology(sc.hardware, c.nodes, c.gpus_per_node), folder / "topology.png"
     )

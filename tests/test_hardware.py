@@ -81,7 +81,8 @@ def test_profile_is_physically_plausible(name: str) -> None:
     assert hw.pcie_bandwidth_bytes_per_s < hw.hbm_bandwidth_bytes_per_s
     assert hw.intra_node_bandwidth_bytes_per_s < hw.hbm_bandwidth_bytes_per_s
     assert hw.nic_bandwidth_bytes_per_s <= hw.intra_node_bandwidth_bytes_per_s
-    assert 1 <= hw.gpus_per_node <= 16
+    # 8 per HGX/DGX/OAM node; 72 in an NVL72 rack (one NVLink domain).
+    assert 1 <= hw.gpus_per_node <= 16 or hw.gpus_per_node == 72
     assert 0 < hw.intra_node_latency_s < 1e-4
     assert 0 < hw.inter_node_latency_s < 1e-4
     assert hw.oversubscription >= 1.0

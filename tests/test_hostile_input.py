@@ -247,7 +247,7 @@ def test_unwritable_output_folder_is_one_line(out: str) -> None:
     """The fuzz campaign of 2026-12-03 (case run-068): ``--out /dev/null/x`` was a traceback."""
     msg = one_line_exit_2("run", "--no-plots", "--json", "--out", out,
                           str(ROOT / "scenarios" / "gpipe_8gpu.yaml"))  # fmt: skip
-    assert out in msg and "cannot write" in msg
+    assert out in msg and "cannot" in msg
 
 
 def test_compare_variant_error_echo_is_cut(tmp_path: Path) -> None:

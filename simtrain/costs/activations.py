@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from simtrain.costs.fp8 import is_te
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
@@ -75,7 +76,7 @@ def layer_saved_tensors(
         seq_div=tp if sequence_parallel else 1, full=base_trainable(t.peft.method, t.peft.phase),
         lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
-        out=[],
+        out=[], te_fp8=is_te(prec), mx_block=prec.mx_block,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -113,6 +114,19 @@ class _Block:
     esm: int
     amp: bool  # autocast keeps 16-bit weight copies and casts
     out: list
+    # Transformer Engine FP8 (costs.fp8): linears save their input as one column-wise FP8 copy
+    # (1 B per value, plus an fp32 scale_inv per tensor or one E8M0 byte per MX block), and
+    # LayerNormMLP saves fc1's 16-bit output and the FP8 activation output.
+    te_fp8: bool = False
+    mx_block: int = 0
+
+    def fp8(self, n: float) -> int:
+        """Bytes of the FP8 copy TE saves of a linear input of ``n`` values."""
+        n = int(n)
+        return n + (-(-n // self.mx_block) if self.mx_block else 4)
+
+    def lin_formula(self, what: str) -> str:
+        return f"1·{what} + " + (f"{what}/{self.mx_block}" if self.mx_block else "4")
 
     @property
     def sb(self) -> int:
@@ -132,7 +146,10 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
     c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, f"{c.en}·sbh")
     c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div, f"{4 * norm_stats}·sb")
     users = [mod for mod in mods if c.saves_input(mod)]
-    if users:
+    if users and c.te_fp8:
+        c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
+              c.lin_formula("sbh"))  # fmt: skip
+    elif users:
         # autocast casts the fp32 norm output once per linear that uses it.
         copies = len(users) if c.amp else 1
         c.add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / c.seq_div,
@@ -160,7 +177,11 @@ def _attention(c: _Block) -> None:
         elif c.amp:
             c.add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
                   f"{e}·as²b")  # fmt: skip
-    if c.saves_input("o") and not m.flash_attention:
+    if c.saves_input("o") and c.te_fp8:
+        # TE's proj Linear keeps its own FP8 copy of the attention output (which the fused
+        # attention saves too, in 16 bits, above).
+        c.add("out-projection input, FP8", c.fp8(sb * h / tp), c.lin_formula("sbh/t"))
+    elif c.saves_input("o") and not m.flash_attention:
         # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
         # input: one storage, counted above (measured: simtrain.torchref.measure).
         c.add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
@@ -174,12 +195,18 @@ def _attention(c: _Block) -> None:
 def _mlp(c: _Block) -> None:
     """The MLP's activation inputs and outputs, the down-projection input, LoRA, dropout."""
     m, tp, e, sb, f = c.m, c.tp, c.e, c.sb, c.m.ffn_hidden
-    if m.mlp == "swiglu":
+    if c.te_fp8:
+        # TE LayerNormMLP: fc1_out in 16 bits (gate and up for SwiGLU), act_out in FP8.
+        n_fc1 = 2 if m.mlp == "swiglu" else 1
+        c.add("fc1 output (activation input)", n_fc1 * e * sb * f / tp, f"{n_fc1 * e}·sbf/t")
+        if c.saves_input("down"):
+            c.add("down-projection input, FP8", c.fp8(sb * f / tp), c.lin_formula("sbf/t"))
+    elif m.mlp == "swiglu":
         c.add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
         c.add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
     else:
         c.add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
-    if c.saves_input("down"):
+    if c.saves_input("down") and not c.te_fp8:
         c.add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
     if c.lora:
         for mod in sorted(c.targets & {"gate", "up", "down"}):

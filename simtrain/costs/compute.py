@@ -23,12 +23,13 @@ import math
 from dataclasses import dataclass
 
 from simtrain.costs.activations import grad_flows_through_blocks
+from simtrain.costs.fp8 import cast_bytes
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS
-from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec
+from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec, microbatches
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class BlockFlops:
     weight_grad: float  # backward matmuls producing weight gradients (W)
     elementwise_bytes_fwd: float  # memory-bound traffic of the forward (norms, GeLU, adds, ...)
     elementwise_bytes_bwd: float = 0.0  # ... and of the backward (0 when no gradient flows)
+    projections: float = 0.0  # the base linear layers' part of ``forward`` (FP8 GEMMs under FP8)
 
 
 def _mlp_mats(m: ModelSpec) -> int:
@@ -84,7 +86,7 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
         ew_bwd += 2.5 * linear  # the same dequantisation again: no backward kernel of its own
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
-    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd)
+    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj)
 
 
 # Element-wise backward time / forward time, by the activations' bytes per element. Measured
@@ -247,6 +249,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
         ew += head_fwd
         ew_bwd += head_bwd if grad else 0.0
+    prec = PRECISIONS[t.precision]
+    if prec.gemm_dtype:
+        return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd))
     fwd_ns = _matmul_ns(fwd_f, hw, dtype) + _mem_ns(ew, hw)
     i_ns = _matmul_ns(i_f, hw, dtype) + _mem_ns(ew_bwd, hw)
     w_ns = _matmul_ns(w_f, hw, dtype)
@@ -271,6 +276,44 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
         backward_flops=i_f + w_f,
         recompute_flops=rec_f,
     )
+
+
+def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
+                     ew: tuple[float, float]) -> StageCosts:  # fmt: skip
+    """:func:`chunk_costs` under an FP8 precision (costs.fp8): the blocks' linear-layer GEMMs
+    (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
+    (attention core, LoRA, the LM head) at ``compute_dtype``'s; the FP8 casts
+    (:func:`costs.fp8.cast_bytes`) as element-wise work; recompute replays the same split."""
+    m, t, hw = sc.model, sc.training, sc.hardware
+    prec = PRECISIONS[t.precision]
+    dtype, gemm = prec.compute_dtype, prec.gemm_dtype
+    fwd_f, i_f, w_f = flops
+    grad = grad_flows_through_blocks(t)
+    full = base_trainable(t.peft.method, t.peft.phase)
+    lin_f = layers * bf.projections
+    lin_i = lin_f if grad else 0.0
+    lin_w = lin_f if grad and full else 0.0
+    cast_f, cast_b = cast_bytes(m, prec, hw.gpu_arch, t.micro_batch * t.seq_len_effective,
+                                sc.parallelism.tp, microbatches(t, sc.parallelism))  # fmt: skip
+    cast_f, cast_b = layers * cast_f, (layers * cast_b if grad else 0.0)
+    fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
+              + _mem_ns(ew[0] + cast_f, hw))  # fmt: skip
+    i_ns = (_matmul_ns(i_f - lin_i, hw, dtype) + _matmul_ns(lin_i, hw, gemm)
+            + _mem_ns(ew[1] + cast_b, hw))  # fmt: skip
+    w_ns = _matmul_ns(w_f - lin_w, hw, dtype) + _matmul_ns(lin_w, hw, gemm)
+    rec_f = rec_ns = 0.0
+    if grad and t.recompute == "full":
+        rec_f = layers * bf.forward
+        rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
+                  + _mem_ns(layers * bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
+    elif grad and t.recompute == "selective":
+        rec_f = layers * bf.attention_core
+        rec_ns = _matmul_ns(rec_f, hw, dtype)
+    return StageCosts(
+        forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
+        weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns), forward_flops=fwd_f,
+        backward_flops=i_f + w_f, recompute_flops=rec_f,
+    )  # fmt: skip
 
 
 def optimizer_bytes_per_param(t: TrainingSpec) -> float:

@@ -27,6 +27,7 @@ from simtrain.costs.activations import (
     recompute_working_set_bytes,
     walk_peak_of_states,
 )
+from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.params import (
     ModelStateBytes,
     ParamTensor,
@@ -192,6 +193,12 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
+    if prec.gemm_dtype and n_layers:
+        # FP8 weight workspaces and scaling state, per block for the whole step (costs.fp8);
+        # under ZeRO-3 TE caches none (FSDP: quantized per use), one block's at a time.
+        cache = weight_cache_bytes(sc.model, prec, sc.hardware.gpu_arch, p.tp)
+        buffers += cache * (1 if z >= 3 and dp > 1 else n_layers)
+        buffers += scaling_state_bytes(sc.model, prec) * n_layers
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
     if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer

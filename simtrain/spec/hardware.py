@@ -16,7 +16,10 @@ from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
 from simtrain.units import GB, GIB, MIB
 
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+# mxfp8 / nvfp4 / mxfp4: the block-scaled formats of Blackwell (NVIDIA Blackwell Architecture Technical
+# Brief: MXFP8 at the FP8 rate, NVFP4 and MXFP4 at the FP4 rate) and CDNA 4 (AMD CDNA 4 whitepaper: MXFP8,
+# MXFP6, MXFP4); 0 on every GPU whose profile gives no rate for them.
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "mxfp8", "nvfp4", "mxfp4")
 LINK_KINDS = ("nvswitch", "nvlink", "pcie", "xgmi", "infinity_fabric")
 
 # Where shipped profiles live: <repo>/hardware next to the package.
@@ -65,7 +68,7 @@ class HardwareProfile:
     nccl_algorithms: tuple[str, ...] = ()  # empty: every algorithm NCCL has for the op
 
     def peak(self, dtype: str) -> float:
-        """Dense peak FLOP/s for ``dtype`` (fp32 | tf32 | fp16 | bf16 | fp8 | int8)."""
+        """Dense peak FLOP/s for ``dtype`` (one of :data:`DTYPES`)."""
         for name, value in self.peak_flops_per_s:
             if name == dtype:
                 return value

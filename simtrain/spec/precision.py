@@ -28,6 +28,19 @@ class Precision:
     weight_copy: int = 0
     compute_dtype: str = "fp32"
     grad_accum: int = 0
+    # FP8 training (costs.fp8): the dtype the linear layers' GEMMs (fprop, dgrad, wgrad) run at,
+    # "" when they run at ``compute_dtype``; attention core, norms, embeddings and the LM head stay
+    # in ``compute_dtype`` (Transformer Engine's default; torchtitan's float8 leaves ``output``).
+    gemm_dtype: str = ""
+    # te_delayed | te_current | te_mxfp8 (Transformer Engine recipes) | torchao (torchao.float8)
+    fp8_recipe: str = ""
+    # bytes per element of the linear inputs saved for the weight gradient (0: act_mm): 1 where
+    # the recipe saves them in FP8 (TE: the column-wise FP8 copy only)
+    act_linear: int = 0
+    # MX block size: one E8M0 scale byte per block of this many values per copy (0: per-tensor)
+    mx_block: int = 0
+    # TE DelayedScaling amax_history_len: fp32 amax history rows per quantizer (0: no history)
+    amax_history: int = 0
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -55,6 +68,88 @@ PRECISIONS: dict[str, Precision] = {
     # with AdamW = 4 + 2 (copy) + 4 (grad) + 8.
     "amp_bf16": Precision("amp_bf16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="bf16"),
     "amp_fp16": Precision("amp_fp16", 4, 4, 0, 4, 2, 4, 4, weight_copy=2, compute_dtype="fp16"),
+    # FP8 training on bf16 mixed precision (bf16 weights and gradients, fp32 master and Adam states,
+    # as "bf16"); only the linear layers' GEMMs run in FP8 (costs.fp8 has the rules and sources).
+    # Transformer Engine DelayedScaling, its default recipe (transformer_engine/common/recipe:
+    # HYBRID E4M3 forward / E5M2 backward, amax_history_len 1024): FP8 weight caches, FP8 saved
+    # linear inputs, per-tensor scale and amax history.
+    "fp8_delayed": Precision(
+        "fp8_delayed",
+        2,
+        2,
+        4,
+        4,
+        2,
+        2,
+        2,
+        compute_dtype="bf16",
+        gemm_dtype="fp8",
+        fp8_recipe="te_delayed",
+        act_linear=1,
+        amax_history=1024,
+    ),  # fmt: skip
+    # Transformer Engine Float8CurrentScaling (Megatron-Bridge "FP8-CS"): per-tensor scales from
+    # each tensor's own amax (quantization.py: "Per-tensor current quantization does not require
+    # state"), the same FP8 weight caches and saved inputs as delayed scaling.
+    "fp8_current": Precision(
+        "fp8_current",
+        2,
+        2,
+        4,
+        4,
+        2,
+        2,
+        2,
+        compute_dtype="bf16",
+        gemm_dtype="fp8",
+        fp8_recipe="te_current",
+        act_linear=1,
+    ),
+    # Transformer Engine MXFP8BlockScaling (Blackwell; E4M3, one E8M0 scale per 32 values).
+    "mxfp8": Precision(
+        "mxfp8",
+        2,
+        2,
+        4,
+        4,
+        2,
+        2,
+        2,
+        compute_dtype="bf16",
+        gemm_dtype="mxfp8",
+        fp8_recipe="te_mxfp8",
+        act_linear=1,
+        mx_block=32,
+    ),  # fmt: skip
+    # torchao.float8 (torchtitan ``--model.converters float8``), dynamic scaling per tensor or
+    # per row: bf16 inputs and weights are saved and cast again in the backward, no FP8 copy kept
+    # (torchao/float8/float8_linear.py ``ctx.save_for_backward(input_hp, weight_hp_t)``).
+    "fp8_tensorwise": Precision(
+        "fp8_tensorwise",
+        2,
+        2,
+        4,
+        4,
+        2,
+        2,
+        2,
+        compute_dtype="bf16",
+        gemm_dtype="fp8",
+        fp8_recipe="torchao",
+    ),  # fmt: skip
+    "fp8_rowwise": Precision(
+        "fp8_rowwise",
+        2,
+        2,
+        4,
+        4,
+        2,
+        2,
+        2,
+        compute_dtype="bf16",
+        gemm_dtype="fp8",
+        fp8_recipe="torchao",
+    ),  # fmt: skip
 }
 
 # Optimizer state elements per trainable parameter (Adafactor and 8-bit Adam are counted by shape

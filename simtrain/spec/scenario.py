@@ -388,7 +388,15 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "training.seq_len", f"exceeds model.max_positions = {m.max_positions} "
             "(learned positions)", t.seq_len,
         )  # fmt: skip
-    if t.peft.method in ("qlora",) and t.precision == "fp32":
+    gemm = PRECISIONS[t.precision].gemm_dtype
+    if gemm and not s.hardware.peak(gemm):
+        ok = [n for n, x in PRECISIONS.items() if not x.gemm_dtype or s.hardware.peak(x.gemm_dtype)]
+        raise ConfigError(
+            file, "training.precision", f"runs its GEMMs in {gemm}, and hardware "
+            f"{s.hardware.name} has no {gemm} rate (peak_tflops.{gemm})", t.precision,
+            " | ".join(ok),
+        )  # fmt: skip
+    if t.peft.method in ("qlora",) and (t.precision == "fp32" or gemm):
         raise ConfigError(
             file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
             t.precision,

@@ -1,0 +1,156 @@
+"""FP8 training: which GEMMs run in FP8, the copies and scaling state a recipe keeps, and the casts
+it adds.
+
+Sources (code read at the commits named):
+
+- Transformer Engine (NVIDIA/TransformerEngine d0067d0da6cb01811b8072a7d304f0e00344ce2b):
+  ``transformer_engine/pytorch/module/linear.py`` ``_Linear.forward`` quantizes the input and the
+  weight, runs the GEMM in FP8 and keeps for backward only the column-wise FP8 copy of its input
+  (``inputmat.update_usage(rowwise_usage=False, columnwise_usage=True)``); the weight's FP8
+  workspace (row-wise for fprop, column-wise for dgrad) is cached across micro-batches
+  (``cache_name = "weight"`` when ``is_first_microbatch`` is given, as Megatron-LM does) and
+  updated on the first one. ``layernorm_mlp.py`` saves ``ln_out`` (FP8), ``fc1_out`` (16-bit)
+  and ``act_out`` (FP8). ``tensor/float8_tensor.py`` (``Float8Quantizer``): a row-wise copy is
+  ``_data`` (1 B per value) and, where ``is_non_tn_fp8_gemm_supported()`` is False (every GPU
+  but compute capability 10.x / >= 13: Hopper, Ada, ...), a column-wise copy is a second,
+  transposed ``_transpose`` (1 B per value); on Blackwell (10.x) the one ``_data`` serves both.
+  ``module/base.py``: a module with ``num_gemms`` GEMMs has ``num_gemms * 3`` forward quantizers
+  (input, weight, output) and ``num_gemms * 2`` backward ones (grad output, grad input);
+  ``quantization.py`` ``DelayedScalingRecipeState`` allocates per quantizer one fp32 ``scale`` and
+  ``amax_history_len`` fp32 history rows (``DelayedScaling.amax_history_len`` = 1024 by default,
+  ``common/recipe/__init__.py``); ``Float8CurrentScalingRecipeState`` keeps none (each cast first
+  computes the tensor's amax). ``MXFP8BlockScaling``: E4M3 values with one E8M0 (1 B) scale per
+  32 consecutive values, row-wise and column-wise copies each with their own scales.
+- Megatron-LM with TE: the attention core (``DotProductAttention``), norms, embeddings and the
+  output layer (a plain ``ColumnParallelLinear``) stay in bf16.
+- torchao (pytorch/ao 36027d82d1ad9949597ea16002ff4940374b1b94) ``torchao/float8/float8_linear.py``:
+  ``matmul_with_hp_or_float8_args`` saves the high-precision input and weight
+  (``ctx.save_for_backward(input_hp, weight_hp_t)``) and casts them again in backward; every
+  ``Float8Linear`` casts input and weight in forward, grad output twice (for dgrad and wgrad),
+  input and weight again in backward; dynamic scaling (tensorwise, rowwise) reads a tensor for
+  its amax before the cast. torchtitan's float8 converter skips the ``output`` layer.
+
+Cast traffic is an estimate counted from these rules (read the 16-bit tensor, write each FP8
+copy), not a published figure; the simulator charges it as element-wise work.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import Precision
+
+#: Bytes of a 16-bit operand read by a cast.
+_SRC = 2
+#: Bytes of an fp32 scale, scale_inv or amax entry.
+_FP32 = 4
+#: TE forward / backward quantizers per GEMM (module/base.py: num_gemms * 3, num_gemms * 2).
+FWD_QUANTIZERS_PER_GEMM = 3
+BWD_QUANTIZERS_PER_GEMM = 2
+
+
+def te_gemm_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:
+    """The GEMMs of one TE ``TransformerLayer`` (Megatron-Core's TE spec), as groups of
+    simtrain's linear names: ``LayerNormLinear`` QKV, ``Linear`` proj, ``LayerNormMLP`` fc1
+    (gate and up fused for SwiGLU) and fc2."""
+    fc1 = ("gate", "up") if m.mlp == "swiglu" else ("up",)
+    return (("q", "k", "v"), ("o",), fc1, ("down",))
+
+
+def is_te(prec: Precision) -> bool:
+    return prec.fp8_recipe.startswith("te_")
+
+
+def fp8_copy_bytes(n: int, prec: Precision) -> int:
+    """One FP8 copy (row- or column-wise) of ``n`` values: 1 B each, plus one E8M0 byte per
+    block for MX recipes (scale padding to TE's 128 x 4 tiles ignored: exact when both dims are
+    multiples of 128)."""
+    return n + (ceil(n / prec.mx_block) if prec.mx_block else 0)
+
+
+def weight_copies(prec: Precision, gpu_arch: str) -> int:
+    """FP8 copies TE keeps of each weight (and writes per activation cast): row-wise and
+    column-wise, which on a GPU without non-TN FP8 GEMMs is a second, transposed copy; on
+    Blackwell one per-tensor copy serves both (float8_tensor.py, see module docstring). MXFP8 keeps
+    both directions on every GPU (different scale blocks). torchao keeps none."""
+    if prec.fp8_recipe == "te_mxfp8":
+        return 2
+    if prec.fp8_recipe in ("te_delayed", "te_current"):
+        return 1 if gpu_arch == "blackwell" else 2
+    return 0
+
+
+def _group_weight_elements(m: ModelSpec, tp: int) -> list[int]:
+    shapes = m.linear_weight_shapes()
+    return [sum(shapes[n][0] * shapes[n][1] for n in g) // tp for g in te_gemm_groups(m)]
+
+
+def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1) -> int:
+    """FP8 weight workspaces of one block on one TP rank: each GEMM's weight in
+    :func:`weight_copies` copies plus its fp32 ``scale_inv`` (per-tensor recipes)."""
+    if not is_te(prec):
+        return 0
+    copies = weight_copies(prec, gpu_arch)
+    inv = 0 if prec.mx_block else _FP32
+    return sum(copies * fp8_copy_bytes(n, prec) + inv for n in _group_weight_elements(m, tp))
+
+
+def scaling_state_bytes(m: ModelSpec, prec: Precision) -> int:
+    """DelayedScaling state of one block: per GEMM 3 forward + 2 backward quantizers, each an fp32
+    scale and ``amax_history`` fp32 rows (quantization.py ``DelayedScalingRecipeState``)."""
+    if not prec.amax_history:
+        return 0
+    per_gemm = (FWD_QUANTIZERS_PER_GEMM + BWD_QUANTIZERS_PER_GEMM) * (prec.amax_history + 1)
+    return len(te_gemm_groups(m)) * per_gemm * _FP32
+
+
+def block_fp8_state_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1) -> int:
+    """What one block adds to a GPU's memory for the whole step under ``prec``."""
+    return weight_cache_bytes(m, prec, gpu_arch, tp) + scaling_state_bytes(m, prec)
+
+
+def linear_io_per_token(m: ModelSpec, tp: int = 1) -> list[tuple[int, int, int]]:
+    """(input width, output width, weight elements) per token of each linear module of a block on
+    one TP rank: column-parallel inputs are the full hidden size, outputs split by ``tp``;
+    row-parallel the reverse (Megatron TP)."""
+    out = []
+    for name, (fi, fo) in m.linear_weight_shapes().items():
+        col = name in ("q", "k", "v", "gate", "up")
+        out.append((fi if col else fi // tp, fo // tp if col else fo, fi * fo // tp))
+    return out
+
+
+def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: int = 1,
+               microbatches: int = 1) -> tuple[float, float]:  # fmt: skip
+    """(forward, backward) bytes of the FP8 casts of one block for one micro-batch of ``tokens``.
+
+    TE: each GEMM group's input in forward and its output gradient in backward are read once
+    (2 B; twice with current scaling, whose amax pass reads it first) and written in :func:`weight_copies` FP8 copies; each weight is cast once per step (on
+    the first micro-batch), charged here as 1/``microbatches`` of it to every forward.
+    torchao: per linear module, input and weight cast in forward, grad output twice and input and
+    weight again in backward, each cast 5 B per value (amax read 2, cast read 2, write 1)."""
+    if not prec.gemm_dtype:
+        return 0.0, 0.0
+    if is_te(prec):
+        c = weight_copies(prec, gpu_arch)
+        # current scaling reads each tensor once more for its amax before the cast
+        src = _SRC * (2 if prec.fp8_recipe == "te_current" else 1)
+        shapes = m.linear_weight_shapes()
+        fwd = bwd = 0.0
+        for g in te_gemm_groups(m):
+            fi, _ = shapes[g[0]]
+            col = g[0] != "o" and g[0] != "down"
+            width_in = fi if col else fi // tp
+            width_out = sum(shapes[n][1] for n in g) // tp if col else shapes[g[0]][1]
+            fwd += tokens * width_in * src + c * fp8_copy_bytes(tokens * width_in, prec)
+            bwd += tokens * width_out * src + c * fp8_copy_bytes(tokens * width_out, prec)
+        for n in _group_weight_elements(m, tp):
+            fwd += (n * src + c * fp8_copy_bytes(n, prec)) / microbatches
+        return fwd, bwd
+    per = 2 * _SRC + 1  # amax read, cast read, FP8 write
+    fwd = bwd = 0.0
+    for width_in, width_out, w in linear_io_per_token(m, tp):
+        fwd += per * (tokens * width_in + w)
+        bwd += per * (2 * tokens * width_out + tokens * width_in + w)
+    return fwd, bwd

@@ -1,0 +1,303 @@
+"""FP8 training precisions (costs.fp8): exact memory against closed forms written here from the
+Transformer Engine and torchao code that ``simtrain/costs/fp8.py`` cites, GEMM times at the FP8
+rate, and FP8 on a GPU without an FP8 rate as a one-line error."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.activations import layer_activation_bytes
+from simtrain.costs.compute import block_flops, chunk_costs
+from simtrain.costs.fp8 import cast_bytes, scaling_state_bytes, weight_cache_bytes
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.scenario import Scenario, parse_scenario
+
+# A Llama-shaped block (SwiGLU, RMSNorm, rotary, GQA, flash attention, no bias or dropout) with
+# every dimension a multiple of 128 (MXFP8 scale tiles need no padding).
+L, H, A, KVH, F, V = 4, 1024, 16, 4, 4096, 32000
+D = H // A
+KV = KVH * D
+S, B = 2048, 2
+SB = S * B
+HISTORY = 1024  # transformer_engine/common/recipe: DelayedScaling.amax_history_len default
+# Weight elements of one block: fused QKV h(h+2kv), proj h², fc1 (gate, up) 2hf, fc2 fh.
+W_GROUPS = (H * (H + 2 * KV), H * H, 2 * H * F, F * H)
+
+
+def scenario(precision: str, hardware: str = "h100_sxm5_80gb", **over: Any) -> Scenario:
+    data: dict[str, Any] = {
+        "name": "fp8",
+        "model": {
+            "layers": L,
+            "hidden": H,
+            "heads": A,
+            "kv_heads": KVH,
+            "ffn_hidden": F,
+            "vocab": V,
+            "max_positions": S,
+            "mlp": "swiglu",
+            "norm": "rmsnorm",
+            "positions": "rotary",
+            "bias": False,
+            "tied_embeddings": False,
+            "dropout": 0.0,
+            "flash_attention": True,
+        },  # fmt: skip
+        "hardware": hardware,
+        "training": {
+            "seq_len": S,
+            "global_batch": B,
+            "micro_batch": B,
+            "precision": precision,
+            "optimizer": "adamw",
+        },  # fmt: skip
+        "parallelism": {"dp": 1, "tp": 1, "pp": 1},
+    }
+    for k, v in over.items():
+        data[k] = {**data[k], **v} if isinstance(v, dict) else v
+    return parse_scenario(copy.deepcopy(data), "fp8.yaml")
+
+
+def _bf16_layer_bytes() -> int:
+    """simtrain's bf16 count of this block (PyTorch modules, costs.activations)."""
+    norms = 2 * (2 * SB * H + 4 * SB)
+    return (norms + 2 * SB * H + 2 * SB * (H + 2 * KV) + 2 * SB * H + 4 * B * A * S
+            + 2 * SB * H + 2 * SB * F + 4 * SB * F + 2 * SB * F)  # fmt: skip
+
+
+def _te_layer_bytes(fp8_copy: Any) -> int:
+    """What TE saves per block (linear.py: the input's column-wise FP8 copy only;
+    layernorm_mlp.py: inputmat, ln_out (FP8), fc1_out (16-bit), act_out (FP8), mu/rsigma; the
+    fused attention: q, k, v, its output, the softmax statistics)."""
+    norm1 = 2 * SB * H + 4 * SB  # LayerNormLinear inputmat (bf16) + rsigma (fp32)
+    qkv_in = fp8_copy(SB * H)  # ln_out, FP8 column-wise
+    attn = 2 * SB * (H + 2 * KV) + 2 * SB * H + 4 * B * A * S  # q, k, v, out, logsumexp
+    proj_in = fp8_copy(SB * H)  # proj Linear's own FP8 copy of the attention output
+    norm2 = 2 * SB * H + 4 * SB
+    fc1_in = fp8_copy(SB * H)
+    fc1_out = 2 * 2 * SB * F  # gate and up, bf16
+    fc2_in = fp8_copy(SB * F)  # act_out, FP8
+    return norm1 + qkv_in + attn + proj_in + norm2 + fc1_in + fc1_out + fc2_in
+
+
+def delayed_copy(n: int) -> int:
+    return n + 4  # 1 B per value + the tensor's fp32 scale_inv
+
+
+def mx_copy(n: int) -> int:
+    return n + n // 32  # 1 B per value + one E8M0 scale per 32 values
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_te_delayed_saved_activations_closed_form() -> None:
+    sc = scenario("fp8_delayed")
+    got = layer_activation_bytes(sc.model, sc.training)
+    assert got == _te_layer_bytes(delayed_copy)
+    # bf16 under the same count, and what FP8 saves against it.
+    assert layer_activation_bytes(sc.model, scenario("bf16").training) == _bf16_layer_bytes()
+    assert got < _bf16_layer_bytes()
+
+
+def test_mxfp8_saved_activations_closed_form() -> None:
+    sc = scenario("mxfp8", "b200_180gb")
+    assert layer_activation_bytes(sc.model, sc.training) == _te_layer_bytes(mx_copy)
+
+
+def test_weight_cache_hopper_two_copies_blackwell_one() -> None:
+    """float8_tensor.py: ``_transpose`` only where non-TN FP8 GEMMs are unsupported (Hopper);
+    one fp32 scale_inv per cached weight."""
+    m, prec = scenario("fp8_delayed").model, PRECISIONS["fp8_delayed"]
+    assert weight_cache_bytes(m, prec, "hopper") == sum(2 * w + 4 for w in W_GROUPS)
+    assert weight_cache_bytes(m, prec, "blackwell") == sum(w + 4 for w in W_GROUPS)
+    mx = PRECISIONS["mxfp8"]
+    assert weight_cache_bytes(m, mx, "blackwell") == sum(2 * mx_copy(w) for w in W_GROUPS)
+    assert weight_cache_bytes(m, PRECISIONS["fp8_tensorwise"], "hopper") == 0
+    # TP splits every weight.
+    assert weight_cache_bytes(m, prec, "hopper", tp=4) == sum(2 * (w // 4) + 4 for w in W_GROUPS)
+
+
+def test_delayed_scaling_state_closed_form() -> None:
+    """module/base.py: num_gemms*3 forward and num_gemms*2 backward quantizers; quantization.py:
+    each an fp32 scale and amax_history_len fp32 history rows; 4 GEMMs per block."""
+    m = scenario("fp8_delayed").model
+    assert scaling_state_bytes(m, PRECISIONS["fp8_delayed"]) == 4 * (3 + 2) * (HISTORY + 1) * 4
+    assert scaling_state_bytes(m, PRECISIONS["mxfp8"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("precision", "hardware", "per_block"),
+    [
+        ("fp8_delayed", "h100_sxm5_80gb",
+         sum(2 * w + 4 for w in W_GROUPS) + 4 * 5 * (HISTORY + 1) * 4),
+        ("fp8_delayed", "b200_180gb", sum(w + 4 for w in W_GROUPS) + 4 * 5 * (HISTORY + 1) * 4),
+        ("fp8_current", "h100_sxm5_80gb", sum(2 * w + 4 for w in W_GROUPS)),
+        ("fp8_current", "gb200_nvl72", sum(w + 4 for w in W_GROUPS)),
+        ("mxfp8", "b200_180gb", sum(2 * mx_copy(w) for w in W_GROUPS)),
+        ("fp8_tensorwise", "h100_sxm5_80gb", 0),
+        ("fp8_rowwise", "h100_sxm5_80gb", 0),
+    ],
+)  # fmt: skip
+def test_stage_memory_against_bf16(precision: str, hardware: str, per_block: int) -> None:
+    """Model states as bf16 mixed precision (bf16 weights and gradients, fp32 master and AdamW);
+    buffers + L x (FP8 weight caches + scaling state); torchao saves the bf16 inputs
+    (float8_linear.py ``save_for_backward(input_hp, weight_hp_t)``): activations as bf16."""
+    fp8 = dict(estimate_memory(scenario(precision, hardware)).stages[0].memory_bytes)
+    bf16 = dict(estimate_memory(scenario("bf16", hardware)).stages[0].memory_bytes)
+    for cat in ("parameters", "master_weights", "gradients", "optimizer_states", "cuda_context"):
+        assert fp8[cat] == bf16[cat], cat
+    assert fp8["buffers"] - bf16["buffers"] == L * per_block
+    if precision.startswith("fp8_") and per_block == 0:
+        assert fp8["activations"] == bf16["activations"]
+    else:
+        assert fp8["activations"] < bf16["activations"]
+
+
+def test_zero3_keeps_one_block_of_weight_cache() -> None:
+    """Under ZeRO-3 TE quantizes each gathered weight per use (no workspace cache)."""
+    state = 4 * 5 * (HISTORY + 1) * 4
+    kw = {"parallelism": {"dp": 2, "tp": 1, "pp": 1, "zero_stage": 3},
+          "training": {"global_batch": 2 * B}}  # fmt: skip
+    fp8 = dict(estimate_memory(scenario("fp8_delayed", **kw)).stages[0].memory_bytes)
+    bf16 = dict(estimate_memory(scenario("bf16", **kw)).stages[0].memory_bytes)
+    one_block = sum(2 * w + 4 for w in W_GROUPS)
+    assert fp8["buffers"] - bf16["buffers"] == one_block + L * state
+
+
+# --------------------------------------------------------------------------- time
+
+
+def test_linear_gemms_at_fp8_rate_closed_form() -> None:
+    """Forward of the 4 blocks on H100: projections 2·sb·(h(h+2kv) + h² + 3hf) per block at the
+    FP8 peak, the attention core 4·sb·s·h at the bf16 peak (both x efficiency.matmul); element-wise
+    bytes plus TE's casts (each GEMM input read in 2 B and written in 2 FP8 copies on Hopper; the
+    weights once per step, here 1 micro-batch) at HBM x efficiency.memory_bound."""
+    sc = scenario("fp8_delayed")
+    hw = sc.hardware
+    eff = hw.efficiency.matmul
+    proj = 2 * SB * (H * (H + 2 * KV) + H * H + 3 * H * F)
+    core = 4 * SB * S * H
+    ew = block_flops(sc.model, sc.training).elementwise_bytes_fwd
+    cast = SB * (H + H + H + F) * (2 + 2) + sum(W_GROUPS) * (2 + 2)
+    want = (
+        1e9
+        * L
+        * (
+            proj / (hw.peak("fp8") * eff)
+            + core / (hw.peak("bf16") * eff)
+            + (ew + cast) / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
+        )
+    )
+    got = chunk_costs(sc, L, False, False)
+    assert got.forward_ns == pytest.approx(want, abs=1)
+    # Backward: dgrad at the FP8 rate, the attention core's two input gradients in bf16; the
+    # casts of each GEMM's output gradient ((h+2kv) + h + 2f + h values per token).
+    cast_b = SB * ((H + 2 * KV) + H + 2 * F + H) * (2 + 2)
+    ew_b = block_flops(sc.model, sc.training).elementwise_bytes_bwd
+    want_i = 1e9 * L * (proj / (hw.peak("fp8") * eff) + 2 * core / (hw.peak("bf16") * eff)
+                        + (ew_b + cast_b) / (hw.hbm_bandwidth_bytes_per_s
+                                             * hw.efficiency.memory_bound))  # fmt: skip
+    assert got.input_grad_ns == pytest.approx(want_i, abs=1)
+    assert got.weight_grad_ns == math.ceil(1e9 * L * proj / (hw.peak("fp8") * eff))
+    # FLOP counts are those of bf16: FP8 changes the rate, not the work.
+    bf = chunk_costs(scenario("bf16"), L, False, False)
+    assert (got.forward_flops, got.backward_flops) == (bf.forward_flops, bf.backward_flops)
+
+
+def _llama70b(precision: str, hardware: str) -> Scenario:
+    return parse_scenario({
+        "name": "llama3_70b_64gpu", "model": {"preset": "llama3-70b", "flash_attention": True},
+        "hardware": hardware, "cluster": {"nodes": 8, "gpus_per_node": 8},
+        "training": {"seq_len": 8192, "global_batch": 128, "micro_batch": 1,
+                     "precision": precision, "optimizer": "adamw"},
+        "parallelism": {"dp": 2, "tp": 8, "pp": 4, "schedule": "interleaved",
+                        "virtual_stages": 5, "sequence_parallel": True, "zero_stage": 1},
+    }, "llama70b.yaml")  # fmt: skip
+
+
+@pytest.mark.parametrize("hardware", ["h100_sxm5_80gb", "b200_180gb"])
+def test_fp8_step_faster_than_bf16_but_not_twice(hardware: str) -> None:
+    """Llama 3 70B, TP 8 x PP 4 (interleaved, 5 virtual stages) x DP 2, 8k tokens: the FP8 GEMM
+    rate is twice bf16's, but attention, element-wise work, casts and communication are not."""
+    t_bf16 = simulate_scenario(_llama70b("bf16", hardware), detail=False).metrics.step_time_s
+    for prec in ("fp8_delayed", "fp8_tensorwise"):
+        t = simulate_scenario(_llama70b(prec, hardware), detail=False).metrics.step_time_s
+        assert 1.0 < t_bf16 / t < 2.0, (prec, t_bf16, t)
+    t_te = simulate_scenario(_llama70b("fp8_delayed", hardware), detail=False).metrics.step_time_s
+    t_ao = simulate_scenario(
+        _llama70b("fp8_tensorwise", hardware), detail=False
+    ).metrics.step_time_s
+    assert t_te < t_ao  # torchao casts more (dynamic amax, backward re-casts, no weight cache)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("hardware", ["a100_sxm4_80gb", "v100_sxm2_32gb"])
+@pytest.mark.parametrize(
+    "precision", ["fp8_delayed", "fp8_current", "fp8_tensorwise", "fp8_rowwise", "mxfp8"]
+)
+def test_fp8_on_gpu_without_fp8_is_one_line_error(precision: str, hardware: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        scenario(precision, hardware)
+    err = exc.value
+    assert err.key == "training.precision"
+    assert hardware in str(err) and precision in str(err)
+    assert "\n" not in str(err)
+    assert "fp8_delayed" not in (err.allowed or "") and "bf16" in (err.allowed or "")
+
+
+def test_mxfp8_needs_a_block_scaled_rate() -> None:
+    with pytest.raises(ConfigError, match="mxfp8"):
+        scenario("mxfp8", "h100_sxm5_80gb")
+    scenario("mxfp8", "b200_180gb")
+    scenario("mxfp8", "mi355x_288gb")
+
+
+def test_qlora_with_fp8_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="QLoRA"):
+        scenario("fp8_delayed", training={"peft": {"method": "qlora"}})
+
+
+def test_cast_bytes_closed_forms() -> None:
+    """Per block and micro-batch of T tokens (tp 1, 1 micro-batch): TE delayed on Hopper reads
+    each GEMM input / output gradient once and writes 2 FP8 copies; current scaling reads it
+    twice (amax, then cast); Blackwell writes one copy; torchao casts per linear module (q, k, v,
+    o, gate, up, down), 5 B per value (amax read, cast read, write): input and weight forward,
+    grad output twice and input and weight again backward."""
+    m = scenario("bf16").model
+    t_ = SB
+    w = sum(W_GROUPS)
+    ins, outs = t_ * (3 * H + F), t_ * ((H + 2 * KV) + H + 2 * F + H)
+    assert cast_bytes(m, PRECISIONS["fp8_delayed"], "hopper", t_) == (
+        4 * ins + 4 * w,
+        4 * outs,
+    )
+    assert cast_bytes(m, PRECISIONS["fp8_current"], "hopper", t_) == (
+        6 * ins + 6 * w,
+        6 * outs,
+    )
+    assert cast_bytes(m, PRECISIONS["fp8_delayed"], "blackwell", t_, microbatches=4) == (
+        3 * ins + 3 * w / 4,
+        3 * outs,
+    )
+    mods = [(H, H), (H, KV), (H, KV), (H, H), (H, F), (H, F), (F, H)]  # (in, out)
+    fwd = sum(5 * (t_ * i + i * o) for i, o in mods)
+    bwd = sum(5 * (2 * t_ * o + t_ * i + i * o) for i, o in mods)
+    for prec in ("fp8_tensorwise", "fp8_rowwise"):
+        assert cast_bytes(m, PRECISIONS[prec], "hopper", t_) == (fwd, bwd)
+    assert cast_bytes(m, PRECISIONS["bf16"], "hopper", t_) == (0.0, 0.0)
+
+
+def test_current_scaling_saves_as_delayed_without_history() -> None:
+    sc = scenario("fp8_current")
+    assert layer_activation_bytes(sc.model, sc.training) == _te_layer_bytes(delayed_copy)
+    assert scaling_state_bytes(sc.model, PRECISIONS["fp8_current"]) == 0
