@@ -151,8 +151,10 @@ def test_other_sources_regression_bounds(result) -> None:
     bounds = {
         ("megatron_readme", "step_time_s"): (8.0, 16.0),
         ("megatron_readme", "tflops_per_gpu"): (8.0, 16.0),
-        ("mosaicml", "tokens_per_s"): (11.0, 40.0),
-        ("mosaicml", "mfu"): (11.0, 40.0),
+        # 37 rows since the two amp_fp8 H100 rows are expressible (fp8_delayed): +39 % and +48 %
+        # too fast at 8,192 tokens (flash attention has no kernel class of its own yet)
+        ("mosaicml", "tokens_per_s"): (12.5, 49.0),
+        ("mosaicml", "mfu"): (12.5, 49.0),
     }
     for (src, metric), (mape, mx) in bounds.items():
         s = _summary(result, src, metric)
@@ -181,7 +183,7 @@ def test_every_record_is_compared_or_skipped_with_a_reason(result, published_rec
         assert isinstance(s, SkipReason) and len(s.reason) > 10, s
     reasons = " ".join(s.reason for s in result.skipped)
     for expected in ("training_run_relative", "memory_capacity", "global batch not reported",
-                     "amp_fp8", "no simtrain hardware profile"):  # fmt: skip
+                     "no simtrain hardware profile"):  # fmt: skip
         assert expected in reasons
 
 
@@ -242,8 +244,12 @@ def test_string_mappings() -> None:
     assert map_precision("amp_bf16 (FSDP mixed_precision=DEFAULT)") == "amp_bf16"
     assert map_precision("fp16 AMP") == "amp_fp16"
     assert map_precision("fp32") == "fp32"
-    assert map_precision("amp_fp8 (FSDP)") is None
-    assert map_precision("bf16 + Float8 linears") is None  # was read as bf16 (issue 13)
+    assert map_precision("amp_fp8 (FSDP)") == "fp8_delayed"
+    # was read as bf16 (issue 13); torchtitan's Float8 default is dynamic tensorwise
+    assert map_precision("bf16 + Float8 linears") == "fp8_tensorwise"
+    assert map_precision("bf16 + float8 rowwise linears") == "fp8_rowwise"
+    assert map_precision("FP8-CS (FP8 current scaling)") == "fp8_current"
+    assert map_precision("nvfp4") is None
     assert map_precision("bf16 AMP") == "amp_bf16"
     assert map_precision("full bf16 (no AMP)") == "bf16_pure"
     assert map_precision("bf16_fp32_grads") == "bf16_fp32_grads"
@@ -291,7 +297,7 @@ def test_unexpressible_records_come_back_with_reasons() -> None:
         ),
         "must not exceed model.layers": _record(parallelism={"tp": 1, "pp": 16}),
         "not a simtrain precision": _record(training={"global_batch": 64, "precision": "tf32"}),
-        "FP8 precision 'fp8'": _record(training={"global_batch": 64, "precision": "fp8"}),
+        "has no fp8 rate": _record(training={"global_batch": 64, "precision": "fp8"}),
         "num_gpus 16 != tp x pp x dp": _record(parallelism={"tp": 2, "pp": 2, "dp": 2}),
         "kind memory_capacity": _record(kind="memory_capacity"),
         "flops_convention": _record(measured={"mfu": 0.5, "flops_convention": "mine"}),

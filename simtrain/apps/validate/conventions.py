@@ -43,6 +43,9 @@ class SourceConvention:
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
+    # The peak an FP8 run's MFU is divided by: "bf16" (torchtitan, NeMo: model FLOPs over the
+    # dense bf16 peak) or "fp8" (llm-foundry: its FP8 rows divide by the FP8 peak).
+    fp8_mfu_peak: str = "bf16"
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -153,6 +156,9 @@ SOURCES: dict[str, SourceConvention] = {
     "mosaicml": SourceConvention(
         "mosaicml",
         MPT,
+        # scripts/train/benchmarking/README.md: the amp_fp8 rows' MFU is over the FP8 peak
+        # (measured/published_runs.yaml notes of mpt_h100_80gb_amp_fp8_*).
+        fp8_mfu_peak="fp8",
         cross_entropy="fused",
         cross_entropy_note="loss not reported: llm-foundry's default, loss_fn "
         "'fused_crossentropy' (models/mpt/modeling_mpt.py ComposerMPTCausalLM: "
@@ -236,7 +242,16 @@ SOURCES: dict[str, SourceConvention] = {
     # 00b7660b, "Only half of the attention matrix is non-zero". Models differ per row (GPT-3,
     # Llama 2/3, Nemotron) and every row is FP8 today (skipped): architecture comes from the
     # record once FP8 is expressible.
-    "nemo": SourceConvention("megatron_core", {"flash_attention": True, "dropout": 0.0}),
+    "nemo": SourceConvention(
+        "megatron_core",
+        {"flash_attention": True, "dropout": 0.0},
+        # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
+        # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
+        # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
+        parallel_defaults={"zero_stage": 1},
+        parallel_note="NeMo's recipes use Megatron-Core's distributed optimizer "
+        "(recipes/optim/adam.py use_distributed_optimizer=True)",
+    ),
     "megatron_bridge": SourceConvention(
         "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
     ),

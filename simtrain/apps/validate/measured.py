@@ -94,6 +94,8 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
     n = sc.parallelism.gpus
     hw = sc.hardware
     peak = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
+    if sc.training.precision.startswith(("fp8", "mxfp8")) and conv.fp8_mfu_peak == "fp8":
+        peak = hw.peak("fp8") or peak
     for metric in METRICS:
         if metric not in meas:
             continue

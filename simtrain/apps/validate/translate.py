@@ -37,6 +37,11 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
     ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it."""
     g = gpu.upper()
+    for word, profile in (("GB300", "gb300_nvl72"), ("GB200", "gb200_nvl72"),
+                          ("B300", "b300_288gb"), ("B200", "b200_180gb"),
+                          ("MI325X", "mi325x_256gb"), ("MI355X", "mi355x_288gb")):  # fmt: skip
+        if word in g:  # GB200 before B200: the name contains it
+            return profile, True, ""
     if "H200" in g:
         return "h200_141gb", True, ""
     if "H100" in g:
@@ -86,12 +91,20 @@ def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
     return profile, ""
 
 
-# Number formats simtrain has no precision for: (pattern in the record's precision text, what it
-# is). FP8 (torchtitan's "Float8 linears", Transformer Engine's "FP8-CS", Composer's "amp_fp8")
-# comes in a later issue; 4-bit storage is QLoRA's NF4.
-UNEXPRESSIBLE_FORMATS = (
-    (re.compile(r"fp8|float8|e4m3|e5m2"), "FP8"),
-    (re.compile(r"nf4|4-bit|\bint4\b|\bfp4\b|mxfp4|nvfp4"), "4-bit weights"),
+# Number formats simtrain has no training precision for: (pattern in the record's precision
+# text, what it is): 4-bit storage (QLoRA's NF4, NVFP4 / MXFP4 training).
+UNEXPRESSIBLE_FORMATS = ((re.compile(r"nf4|4-bit|\bint4\b|\bfp4\b|mxfp4|nvfp4"), "4-bit weights"),)
+FP8_TEXT = re.compile(r"fp8|float8|e4m3|e5m2")
+# FP8 texts and the recipe each names (spec/precision.py; costs/fp8.py cites the code):
+# Transformer Engine's current scaling ("FP8-CS", Megatron-Bridge), MXFP8, torchao's rowwise and
+# tensorwise float8 (torchtitan's "Float8 linears" default is dynamic tensorwise), and
+# Transformer Engine's delayed scaling for the rest (Composer's amp_fp8, NeMo's "FP8").
+FP8_RECIPES = (
+    (re.compile(r"fp8-cs|current.scaling"), "fp8_current"),
+    (re.compile(r"mxfp8"), "mxfp8"),
+    (re.compile(r"float8.*rowwise|rowwise.*float8"), "fp8_rowwise"),
+    (re.compile(r"float8"), "fp8_tensorwise"),
+    (FP8_TEXT, "fp8_delayed"),
 )
 # "fp16", "bf16", "fp32", "16-bit": the number format words the mapping knows.
 _FORMAT_WORD = re.compile(r"\b(?:fp16|bf16|fp32|16-bit)\b|^amp_(?:bf16|fp16)")
@@ -114,6 +127,10 @@ def read_precision(text: str | None) -> tuple[str | None, str]:
     for pattern, what in UNEXPRESSIBLE_FORMATS:
         if pattern.search(t):
             return None, f"{what}: not a simtrain precision"
+    if t.strip() in PRECISIONS:
+        return t.strip(), ""
+    if FP8_TEXT.search(t):
+        return next(name for pattern, name in FP8_RECIPES if pattern.search(t)), ""
     if t.strip() in PRECISIONS:  # simtrain's own names (bf16_fp32_grads, bf16_pure, ...)
         return t.strip(), ""
     if "not stated" in t or not _FORMAT_WORD.search(t):
@@ -202,18 +219,15 @@ UNEXPRESSIBLE_KINDS = {
 ONE_BUCKET_MB = 1e9
 
 
-# Blackwell GPUs (B100, B200, B300, GB200, GB300): no hardware profile yet (a later issue).
-_BLACKWELL = re.compile(r"\bG?B[123]00\b")
+# Blackwell GPUs without a hardware profile (B200, B300, GB200 and GB300 have one).
+_BLACKWELL = re.compile(r"\bB100\b")
 
 
 def not_yet_expressible(rec: Record) -> list[str]:
-    """What of a record simtrain cannot express yet and a later issue adds, each named: FP8
-    precision, context parallelism, mixture of experts, Blackwell GPUs. Listed together so a
-    record's skip reason names all of them."""
+    """What of a record simtrain cannot express yet and a later issue adds, each named: context
+    parallelism, mixture of experts, a Blackwell GPU without a profile (B100). Listed together
+    so a record's skip reason names all of them."""
     out = []
-    prec = rec.training.get("precision")
-    if prec is not None and UNEXPRESSIBLE_FORMATS[0][0].search(str(prec).lower()):
-        out.append(f"FP8 precision {prec!r}")
     cp = _int(rec.parallelism.get("cp"))
     if cp is not None and cp > 1:
         out.append(f"context parallelism (cp {cp})")
