@@ -231,19 +231,26 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     summary = run_summary(res)
     (folder / "summary.json").write_text(dumps(summary))
     cap = sc.hardware.memory_bytes
-    write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
-                       metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
-    if not no_plots:
-        from simtrain.report.plot import gantt, memory_plot
+
+    def trace() -> object:
+        return write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
+                                  metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
+
+    if no_plots:
+        trace()
+    else:
+        from simtrain.report.plot import gantt, memory_plot, run_concurrently
 
         title = (
             f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
         )
-        gantt(
-            res.timeline, folder / "gantt.png", title=title, bubble_ratio=res.metrics.bubble_ratio
-        )
-        memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
-                    title=f"{sc.name}: memory per GPU")  # fmt: skip
+        run_concurrently([  # the three files at once where the machine allows
+            lambda: gantt(res.timeline, folder / "gantt.png", title=title,
+                          bubble_ratio=res.metrics.bubble_ratio),
+            lambda: memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
+                                title=f"{sc.name}: memory per GPU"),
+            trace,
+        ])  # fmt: skip
     if as_json:
         click.echo(dumps(summary), nl=False)
     else:
