@@ -220,12 +220,16 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png. If it
     does not fit, the cheapest changes that would make it fit."""
     from simtrain.apps.simulate import simulate_scenario
+    from simtrain.report.progress import ProgressBar, run_later
     from simtrain.report.tables import dumps, run_summary, run_table
     from simtrain.report.trace import write_chrome_trace
     from simtrain.spec.scenario import load_scenario
 
+    bar = ProgressBar(later=run_later(not no_plots))  # on stderr, only past 2 s
     sc = load_scenario(scenario, overrides)
+    bar("simulating", 0, 1)
     res = simulate_scenario(sc)
+    bar("simulating", 1, 1)
     folder = _out_dir(out, sc.name)
     folder.mkdir(parents=True, exist_ok=True)
     summary = run_summary(res)
@@ -234,7 +238,8 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
 
     def trace() -> object:
         return write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
-                                  metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
+                                  metadata={"scenario": sc.name, "simtrain": "trace"},
+                                  progress=bar)  # fmt: skip
 
     if no_plots:
         trace()
@@ -251,6 +256,7 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
                                 title=f"{sc.name}: memory per GPU"),
             trace,
         ])  # fmt: skip
+    bar.close()
     if as_json:
         click.echo(dumps(summary), nl=False)
     else:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii  # json.dumps' own string encoder (ASCII)
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
@@ -399,17 +399,23 @@ def _stream_chrome_trace(
     timeline: Timeline,
     capacity_bytes: int | None = None,
     metadata: dict[str, Any] | None = None,
+    progress: Callable[[str, float, float], None] | None = None,
 ) -> None:
-    """Write the trace's canonical JSON text to ``out``, a chunk of events at a time."""
+    """Write the trace's canonical JSON text to ``out``, a chunk of events at a time (after
+    each, ``progress("writing", chunks written, chunks)``)."""
     other = _other_data(metadata, capacity_bytes)
     out.write('{"displayTimeUnit":"ms","otherData":')
     out.write(json.dumps(other, sort_keys=True, separators=(",", ":"), allow_nan=False))
     out.write(',"traceEvents":[')
     counter_keys: dict[tuple[str, ...], list[tuple[int, str]]] = {}
-    for i, chunk in enumerate(_chunks(_sorted_events(timeline, capacity_bytes))):
+    events = _sorted_events(timeline, capacity_bytes)
+    n_chunks = -(-len(events) // _CHUNK)
+    for i, chunk in enumerate(_chunks(events)):
         if i:
             out.write(",")
         out.write(",".join([_event_text(ev, counter_keys) for _, ev in chunk]))
+        if progress is not None:
+            progress("writing", i + 1, n_chunks)
     out.write("]}\n")
 
 
@@ -420,7 +426,8 @@ def _chunks(keyed: list[_Keyed]) -> Iterator[list[_Keyed]]:
 
 def write_chrome_trace(timeline: Timeline, path: str | Path, **kw: Any) -> Path:
     """Write ``chrome_trace(timeline, **kw)`` to ``path`` (parent folders made), streamed: the
-    same bytes as ``dumps_chrome_trace(chrome_trace(timeline, **kw))``; returns the path."""
+    same bytes as ``dumps_chrome_trace(chrome_trace(timeline, **kw))``; returns the path. A
+    ``progress`` keyword hears of each chunk written (:func:`_stream_chrome_trace`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as out:
