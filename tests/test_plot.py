@@ -267,10 +267,16 @@ def test_run_concurrently_runs_every_job(tmp_path) -> None:
     assert [(tmp_path / f"{i}.txt").read_text() for i in range(3)] == ["0", "1", "2"]
 
 
-def test_run_concurrently_raises_a_childs_error_here(tmp_path) -> None:
+@pytest.mark.parametrize("at_once", [True, False])
+def test_run_concurrently_raises_a_childs_error_here(tmp_path, monkeypatch, at_once) -> None:
+    """Every job runs even when one fails, whether at once or one after the other (another
+    thread in the process forces the latter), and the error is raised here."""
+
     def bad() -> None:
         raise ValueError("no such file")
 
+    if not at_once:
+        monkeypatch.setattr(plot.threading, "active_count", lambda: 2)
     with pytest.raises(ValueError, match="no such file"):
         plot.run_concurrently([bad, lambda: _write(tmp_path / "ok.txt", "ok")])
     assert (tmp_path / "ok.txt").read_text() == "ok"

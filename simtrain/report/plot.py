@@ -653,7 +653,8 @@ def run_concurrently(jobs: Sequence[Callable[[], object]]) -> None:
     where that is safe: on a platform with ``os.fork``, with more than one usable CPU and no
     other thread in this process (a fork copies only the calling thread, so a lock another
     thread holds would stay held in the child), every job but the last runs in a forked child
-    process and the last here; otherwise one after the other, here.
+    process and the last here; otherwise one after the other, here, every job even after one
+    fails (the first error is raised once all have run).
 
     A child whose job fails exits non-zero and its job is run again here, so its error surfaces
     exactly as if it had run here (the files are deterministic, so a rerun writes the same
@@ -666,8 +667,14 @@ def run_concurrently(jobs: Sequence[Callable[[], object]]) -> None:
         or (usable or 1) < 2
         or threading.active_count() > 1
     ):
-        for job in jobs:
-            job()
+        errors: list[Exception] = []
+        for job in jobs:  # every job, as when they run at once; then the first error
+            try:
+                job()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         return
     children: list[tuple[int, Callable[[], object]]] = []
     try:
