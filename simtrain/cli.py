@@ -249,10 +249,12 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png. If it
     does not fit, the cheapest changes that would make it fit."""
     from simtrain.apps.simulate import simulate_scenario
+    from simtrain.report.progress import ProgressBar, run_later
     from simtrain.report.tables import dumps, run_summary, run_table
     from simtrain.report.trace import write_chrome_trace
     from simtrain.spec.scenario import load_scenario
 
+    bar = ProgressBar(later=run_later(not no_plots))  # on stderr, only past 2 s
     if from_kind:
         from simtrain.apps.importers import load_foreign
 
@@ -261,24 +263,35 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
         raise click.UsageError("--model and --gpus go with --from")
     else:
         sc = load_scenario(scenario, overrides)
+    bar("simulating", 0, 1)
     res = simulate_scenario(sc)
+    bar("simulating", 1, 1)
     folder = _out_dir(out, sc.name)
     summary = run_summary(res)
     (folder / "summary.json").write_text(dumps(summary))
     cap = sc.hardware.memory_bytes
-    write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
-                       metadata={"scenario": sc.name, "simtrain": "trace"})  # fmt: skip
-    if not no_plots:
-        from simtrain.report.plot import gantt, memory_plot
+
+    def trace() -> object:
+        return write_chrome_trace(res.timeline, folder / "trace.json", capacity_bytes=cap,
+                                  metadata={"scenario": sc.name, "simtrain": "trace"},
+                                  progress=bar)  # fmt: skip
+
+    if no_plots:
+        trace()
+    else:
+        from simtrain.report.plot import gantt, memory_plot, run_concurrently
 
         title = (
             f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
         )
-        gantt(
-            res.timeline, folder / "gantt.png", title=title, bubble_ratio=res.metrics.bubble_ratio
-        )
-        memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
-                    title=f"{sc.name}: memory per GPU")  # fmt: skip
+        run_concurrently([  # the three files at once where the machine allows
+            lambda: gantt(res.timeline, folder / "gantt.png", title=title,
+                          bubble_ratio=res.metrics.bubble_ratio),
+            lambda: memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
+                                title=f"{sc.name}: memory per GPU"),
+            trace,
+        ])  # fmt: skip
+    bar.close()
     if as_json:
         click.echo(dumps(summary), nl=False)
     else:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
 import pytest
 
+from simtrain.report import plot
 from simtrain.report.plot import gantt, kind_style, memory_plot, time_scale
 from simtrain.report.trace import GIB
 from simtrain.sim.timeline import MemorySample, Span, Timeline
@@ -195,3 +200,92 @@ def test_styles_fixed() -> None:
 @pytest.mark.parametrize(("ns", "unit"), [(0, "ms"), (9_999_999_999, "ms"), (10**10, "s")])
 def test_time_scale(ns: int, unit: str) -> None:
     assert time_scale(ns)[1] == unit
+
+
+# ------------------------------------------------------- raster Gantt = vector Gantt, faster
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(PIL.Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_raster_gantt_has_the_vector_gantts_pixels(tmp_path, monkeypatch) -> None:
+    """Above 3,000 boxes the Gantt paints its boxes into one image; every pixel equals the one
+    matplotlib draws with a rectangle per box (snapped to the pixel grid), boxes thinner than a
+    pixel included (p2p sends here are ~0.5 px wide)."""
+    tl = one_f_one_b(pp=16, m=96)
+    assert len(tl.spans) > plot._RASTER_ABOVE
+    raster = gantt(tl, tmp_path / "raster.png", title="big", bubble_ratio=0.1)
+    monkeypatch.setattr(plot, "_RASTER_ABOVE", 10**9)  # the vector path, same (no) edges
+    vector = gantt(tl, tmp_path / "vector.png", title="big", bubble_ratio=0.1)
+    assert np.array_equal(pixels(raster), pixels(vector))
+
+
+def test_raster_hatch_looks_like_matplotlibs(tmp_path, monkeypatch) -> None:
+    """Hatched (recompute) boxes: the painted hatch lines within a few levels of Agg's."""
+    spans = [Span(i, 0, "collective", "TP", "tp", i * 1000, i * 1000 + 300) for i in range(3100)]
+    spans += [Span(9000 + 4 * g + k, g, "compute", "R", "R", k * 800_000 + 10_000,
+                   k * 800_000 + 700_000, k, g) for g in range(3) for k in range(4)]  # fmt: skip
+    tl = Timeline(spans=spans, ranks=[0, 1, 2])
+    a = pixels(gantt(tl, tmp_path / "raster.png", title="hatch"))
+    monkeypatch.setattr(plot, "_RASTER_ABOVE", 10**9)
+    b = pixels(gantt(tl, tmp_path / "vector.png", title="hatch"))
+    diff = np.abs(a - b).max(axis=2)
+    hatched = (np.abs(b - np.array([0x3B, 0x5F, 0xA0])).max(axis=2) < 4).sum()
+    assert hatched > 1000  # the vector picture does have hatch lines
+    assert diff.max() <= 32  # a line's antialiased edge a little lighter or darker
+    assert diff.mean() < 1.0
+
+
+def test_stacked_areas_are_fill_betweens(tmp_path, monkeypatch) -> None:
+    """The memory plot's one PolyCollection per panel draws what a fill_between per category
+    drew (the reference below, the code before issue 16)."""
+
+    def fill_betweens(ax, xs, rows, categories) -> None:
+        base = [0.0] * len(xs)
+        for j, cat in enumerate(categories):
+            upper = [b + r[j] / GIB for b, r in zip(base, rows, strict=True)]
+            if any(r[j] for r in rows):
+                ax.fill_between(xs, base, upper, step="post", facecolor=plot._category_colour(cat),
+                                edgecolor="none", linewidth=0)  # fmt: skip
+            base = upper
+
+    tl = one_f_one_b(pp=6, m=24)
+    a = pixels(memory_plot(tl, tmp_path / "new.png", capacity_bytes=40 * GIB, title="m"))
+    monkeypatch.setattr(plot, "_stack_areas", fill_betweens)
+    b = pixels(memory_plot(tl, tmp_path / "old.png", capacity_bytes=40 * GIB, title="m"))
+    assert np.abs(a - b).max() <= 2  # float rounding of an antialiased edge at most
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+@pytest.fixture(autouse=True)
+def _spare_cpu(monkeypatch) -> None:
+    """run_concurrently forks only with a CPU to spare; tests run on busy machines."""
+    monkeypatch.setattr(plot, "_cpus_busy", lambda: False)
+
+
+def test_run_concurrently_runs_every_job(tmp_path) -> None:
+    jobs = [lambda i=i: _write(tmp_path / f"{i}.txt", str(i)) for i in range(3)]
+    plot.run_concurrently(jobs)
+    assert [(tmp_path / f"{i}.txt").read_text() for i in range(3)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_run_concurrently_raises_a_childs_error_here(tmp_path, monkeypatch, at_once) -> None:
+    """Every job runs even when one fails, whether at once or one after the other (another
+    thread in the process forces the latter), and the error is raised here."""
+
+    def bad() -> None:
+        raise ValueError("no such file")
+
+    if not at_once:
+        monkeypatch.setattr(plot.threading, "active_count", lambda: 2)
+    with pytest.raises(ValueError, match="no such file"):
+        plot.run_concurrently([bad, lambda: _write(tmp_path / "ok.txt", "ok")])
+    assert (tmp_path / "ok.txt").read_text() == "ok"
+    with pytest.raises(ValueError, match="no such file"):
+        plot.run_concurrently([lambda: _write(tmp_path / "ok2.txt", "ok"), bad])
+    assert (tmp_path / "ok2.txt").read_text() == "ok"

@@ -11,6 +11,8 @@ from simtrain.report.trace import (
     HEADROOM_COUNTER,
     MEMORY_COUNTER,
     chrome_trace,
+    dumps_chrome_trace,
+    flows,
     write_chrome_trace,
 )
 from simtrain.sim.timeline import STREAMS, MemorySample, Span, Timeline
@@ -202,7 +204,11 @@ def test_events_sorted_metadata_first_then_time() -> None:
 
 def test_required_fields_per_phase() -> None:
     for e in chrome_trace(small_timeline(), capacity_bytes=GIB)["traceEvents"]:
-        assert {"ph", "name", "pid", "tid", "args"} <= set(e)
+        assert {"ph", "name", "pid", "tid"} <= set(e)
+        if e["ph"] in "MXC":
+            assert "args" in e
+        if e["ph"] in "sf":  # flow events: cat, id and ts, no args (Trace Event Format)
+            assert {"cat", "id", "ts"} <= set(e)
         if e["ph"] == "X":
             assert {"ts", "dur", "cat"} <= set(e)
             assert e["dur"] >= 0
@@ -229,3 +235,185 @@ def test_empty_timeline() -> None:
     trace = chrome_trace(Timeline())
     assert trace["traceEvents"] == []
     json.dumps(trace)
+
+
+# ----------------------------------------------------------------------- streaming writer
+
+
+def odd_timeline() -> Timeline:
+    """Names and values json.dumps escapes or writes in its own way."""
+    spans = [
+        Span(0, 0, "compute", "F", 'F "quoted" \\ back\tslash', 0, 7, microbatch=0, stage=0),
+        Span(1, 0, "compute", "B", "B é ünïcode → 🚀", 7, 10**13 + 1, microbatch=None, stage=None),
+        Span(2, 3, "ẑ stream", "Ω", "\x00\x1f ctl", 5, 5),
+    ]
+    memory = [
+        MemorySample(0, 0, "parameters", 3),
+        MemorySample(0, 0, "zzz_custom", 10**15),
+        MemorySample(9, 3, "activations", 1),
+        MemorySample(9, 3, "Äbuffers", GIB),
+    ]
+    return Timeline(spans=spans, memory=memory, ranks=[0, 3], rank_labels={3: 'GPU "3" ☃'})
+
+
+@pytest.mark.parametrize("make", [small_timeline, odd_timeline, Timeline])
+@pytest.mark.parametrize("capacity", [None, 80 * GIB])
+def test_stream_writes_the_bytes_of_one_json_dump(tmp_path, make, capacity) -> None:
+    """The streamed file is byte for byte json.dumps of the whole trace dict (sorted keys,
+    compact separators, ASCII escapes), which the golden digests were taken from."""
+    meta = {"scenario": 'ẞ "x"\\', "n": 1, "f": 0.1}
+    path = write_chrome_trace(make(), tmp_path / "t.json", capacity_bytes=capacity, metadata=meta)
+    whole = dumps_chrome_trace(chrome_trace(make(), capacity_bytes=capacity, metadata=meta))
+    assert path.read_bytes() == whole.encode("utf-8")
+    json.loads(path.read_text())
+
+
+def test_stream_on_a_simulated_pipeline(tmp_path) -> None:
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.spec.scenario import load_scenario
+
+    tl = simulate_scenario(load_scenario("scenarios/interleaved_8gpu.yaml")).timeline
+    path = write_chrome_trace(tl, tmp_path / "t.json", capacity_bytes=80 * GIB)
+    assert path.read_text() == dumps_chrome_trace(chrome_trace(tl, capacity_bytes=80 * GIB))
+
+
+# --------------------------------------------------------------------------- flow events
+
+
+def flow_pairs(trace: dict) -> dict[int, dict[str, dict]]:
+    """id -> {"s": event, "f": event}; fails on a repeated (id, phase)."""
+    out: dict[int, dict[str, dict]] = {}
+    for e in trace["traceEvents"]:
+        if e["ph"] in ("s", "f"):
+            assert e["ph"] not in out.setdefault(e["id"], {}), e
+            out[e["id"]][e["ph"]] = e
+    return out
+
+
+def enclosing(trace: dict, e: dict) -> list[dict]:
+    """The X events on the flow event's (pid, tid) whose [ts, ts + dur) holds its ts."""
+    return [
+        x
+        for x in trace["traceEvents"]
+        if x["ph"] == "X"
+        and (x["pid"], x["tid"]) == (e["pid"], e["tid"])
+        and x["ts"] <= e["ts"] < x["ts"] + x["dur"]
+    ]
+
+
+def check_send_flows(tl: Timeline) -> int:
+    """Every send has exactly one flow, from inside the send's slice to inside the slice of the
+    compute task that receives it, on the receiving stage's rank; ids unique; JSON loads."""
+    trace = json.loads(dumps_chrome_trace(chrome_trace(tl, capacity_bytes=GIB)))
+    pairs = flow_pairs(trace)
+    assert all(set(p) == {"s", "f"} for p in pairs.values())  # each id: one start, one end
+    stage_rank = {
+        (s.stage, s.microbatch, s.kind): s.rank for s in tl.spans if s.stream == "compute"
+    }
+    sends = [s for s in tl.spans if s.kind in ("SEND_F", "SEND_B")]
+    p2p = {i: p for i, p in pairs.items() if p["s"]["cat"] == "p2p"}
+    assert len(p2p) == len(sends)
+    seen: set[int] = set()
+    for p in p2p.values():
+        start, end = p["s"], p["f"]
+        assert end["bp"] == "e"  # binds to the enclosing slice
+        assert (start["name"], start["cat"]) == (end["name"], end["cat"])
+        [src] = enclosing(trace, start)  # strictly one slice holds each end
+        [dst] = enclosing(trace, end)
+        send = next(s for s in sends if s.task_id == src["args"]["task_id"])
+        assert send.task_id not in seen
+        seen.add(send.task_id)
+        assert src["name"] == start["name"] == send.name
+        mb = send.microbatch
+        if send.kind == "SEND_F":
+            want_stage, want_kinds = send.stage + 1, ("F",)
+        else:
+            want_stage, want_kinds = send.stage - 1, ("B", "I")
+        assert dst["cat"] in want_kinds
+        assert (dst["args"]["stage"], dst["args"]["microbatch"]) == (want_stage, mb)
+        assert end["pid"] == stage_rank[(want_stage, mb, dst["cat"])]  # the receiving rank
+        assert end["tid"] == 0  # the compute stream
+        # The receiver starts after the send ends (the engine's dependency).
+        assert dst["ts"] >= src["ts"] + src["dur"] - 1e-9
+    assert seen == {s.task_id for s in sends}
+    return len(p2p)
+
+
+def test_flow_from_each_send_to_its_receiver_small() -> None:
+    assert check_send_flows(small_timeline()) == 1  # SEND_F mb0 of stage 0 -> F mb0 on rank 1
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "1f1b_8gpu",
+        "gpipe_8gpu",
+        "interleaved_8gpu",
+        "zero_bubble_8gpu",
+        "naive_mp_4gpu",
+        "pipedream_4gpu",
+        "3d_128gpu",
+    ],
+)
+def test_flow_from_each_send_to_its_receiver_scenarios(scenario: str) -> None:
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.spec.scenario import load_scenario
+
+    tl = simulate_scenario(load_scenario(f"scenarios/{scenario}.yaml")).timeline
+    n_sends = sum(1 for s in tl.spans if s.kind in ("SEND_F", "SEND_B"))
+    assert n_sends > 0
+    assert check_send_flows(tl) == n_sends
+
+
+def test_flow_ids_unique_and_deterministic() -> None:
+    a = flows(small_timeline())
+    tl = small_timeline()
+    tl.spans.reverse()
+    b = flows(tl)
+    assert [f.id for f in a] == list(range(1, len(a) + 1))
+    assert [(f.id, f.source, f.dest) for f in a] == [(f.id, f.source, f.dest) for f in b]
+
+
+def test_send_whose_receiver_is_missing_has_no_flow() -> None:
+    tl = small_timeline()
+    tl.spans = [s for s in tl.spans if not (s.kind == "F" and s.stage == 1)]
+    assert [f for f in flows(tl) if f.cat == "p2p"] == []
+
+
+def test_split_backward_receives_at_its_first_piece() -> None:
+    spans = [
+        Span(0, 1, "compute", "B", "B mb0 part 2", 500, 900, microbatch=0, stage=1),
+        Span(1, 1, "compute", "B", "B mb0 part 1", 100, 500, microbatch=0, stage=1),
+        Span(2, 2, "p2p", "SEND_B", "SEND_B mb0", 0, 90, microbatch=0, stage=2),
+    ]
+    [fl] = flows(Timeline(spans=spans))
+    assert fl.source.task_id == 2 and fl.dest.task_id == 1
+
+
+def test_collective_on_several_ranks_gets_flows_from_its_lowest_rank() -> None:
+    spans = [
+        Span(0, 2, "dp", "BROADCAST", "broadcast params", 100, 300),
+        Span(1, 0, "dp", "BROADCAST", "broadcast params", 100, 300),
+        Span(2, 1, "dp", "BROADCAST", "broadcast params", 100, 300),
+        Span(3, 1, "dp", "BROADCAST", "broadcast params", 400, 600),  # another one: alone
+        Span(4, 3, "dp", "ALLREDUCE", "broadcast params", 100, 300),  # another kind
+    ]
+    trace = json.loads(dumps_chrome_trace(chrome_trace(Timeline(spans=spans))))
+    pairs = flow_pairs(trace)
+    assert len(pairs) == 2
+    for p in pairs.values():
+        assert p["s"]["cat"] == p["f"]["cat"] == "collective"
+        assert p["s"]["pid"] == 0
+        assert enclosing(trace, p["s"])[0]["args"]["task_id"] == 1
+        assert enclosing(trace, p["f"])
+    assert sorted(p["f"]["pid"] for p in pairs.values()) == [1, 2]
+
+
+def test_flow_event_binds_inside_its_slice() -> None:
+    """Both ends sit strictly inside their slice (the middle), never on an edge a viewer might
+    give to the neighbouring slice."""
+    trace = chrome_trace(small_timeline())
+    for p in flow_pairs(trace).values():
+        for e in p.values():
+            [x] = enclosing(trace, e)
+            assert x["ts"] < e["ts"] < x["ts"] + x["dur"]

@@ -8,17 +8,29 @@ identical images.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import threading
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
+import PIL.Image
+from matplotlib import cbook, rcParams
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import TICKDOWN, Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
+from matplotlib.transforms import ScaledTranslation
 
 from simtrain.report.trace import (
     GIB,
@@ -73,6 +85,19 @@ CATEGORY_COLOURS: dict[str, str] = {
     "buffers": "#A0A0A0",
 }
 
+# Above this many boxes the Gantt's boxes have no edges and are painted into one image of the
+# axes' pixels (:func:`_paint_bars`) instead of one vector rectangle each (:func:`_draw_bars`):
+# the same pixels, at a cost that no longer grows with the number of spans.
+_RASTER_ABOVE = 3000
+# Boxes get thin white edges up to this many boxes (more would be a white blur).
+_EDGES_UP_TO = 3000
+# matplotlib's hatch density (``GraphicsContextBase.get_hatch_path(density=6.0)``): lines per
+# hatch character per inch-wide hatch tile.
+_HATCH_DENSITY = 6.0
+# zlib level of the PNGs written at DPI: 1 encodes a 1760 x 2037 Gantt chart in 0.07 s instead of
+# 0.11 s at PIL's default 6, for a file ~45 % larger (~220 kB; benchmarks/bench_outputs.py).
+_PNG_COMPRESS_LEVEL = 1
+_YTICK_PAD_PT = 3.5  # matplotlib's rcParams["ytick.major.pad"] default
 _MAX_LABELS = 2000  # micro-batch numbers drawn at most; above this none are (they'd be unreadable)
 _MAX_MEMORY_PANELS = 8
 
@@ -116,11 +141,22 @@ def _text_colour(face: str) -> str:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at :data:`DPI` without the matplotlib version in its metadata
-    (byte-identical files from identical figures); creates the folder."""
+    (byte-identical files from identical figures); creates the folder.
+
+    A figure made at :data:`DPI` whose pixels are all opaque (a white figure background) is
+    written as RGB rather than RGBA (the same pixels, a quarter less to compress) at zlib level
+    :data:`_PNG_COMPRESS_LEVEL`: the encoder was the largest single cost of a large Gantt chart."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    canvas = FigureCanvasAgg(fig)
+    if fig.get_dpi() != DPI:
+        fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+        return path
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    opaque = bool((rgba[..., 3] == 255).all())
+    image = PIL.Image.fromarray(np.ascontiguousarray(rgba[..., :3]) if opaque else rgba)
+    image.save(path, format="png", dpi=(DPI, DPI), compress_level=_PNG_COMPRESS_LEVEL)
     return path
 
 
@@ -139,7 +175,10 @@ def gantt(
     communication with compute is visible. Idle time stays white: the pipeline bubble is the white
     space. Micro-batch numbers are written in boxes wide enough to hold them. With more than
     ``max_gpus`` GPUs, ``max_gpus`` evenly spaced ones are drawn (first and last included).
-    Boxes are drawn with one ``broken_barh`` per (row, kind), so thousands of spans are cheap.
+    Up to 3,000 boxes are drawn as vectors, one ``broken_barh`` per (row, kind), with thin white
+    edges; above that (no edges) they are painted into one image of the axes' pixels that holds
+    exactly the pixels those rectangles would fill (:func:`_paint_bars`), so a 20,000-span
+    timeline draws as fast as a small one.
     """
     all_gpus = timeline_gpus(timeline)
     gpus = _pick_evenly(all_gpus, max(1, max_gpus))
@@ -153,16 +192,21 @@ def gantt(
     per_unit, unit = time_scale(makespan)
     fig, ax = _gantt_figure(len(gpus), len(sub_streams))
     bars, kinds_stream = _group_bars(timeline.spans, shown, per_unit)
-    _draw_bars(ax, bars, layout.row_y, tids)
-
     x_max = makespan / per_unit if makespan > 0 else 1.0
+    n_boxes = sum(len(v) for v in bars.values())
+    if n_boxes > _RASTER_ABOVE and n_boxes > _EDGES_UP_TO:  # the raster has no edges
+        ax.set_xlim(0, x_max * 1.005)
+        ax.set_ylim(layout.total_h + 0.05, -0.05)  # first GPU on top
+        _paint_bars(ax, fig, bars, layout.row_y, tids)
+    else:
+        _draw_bars(ax, bars, layout.row_y, tids)
     ax.set_xlim(0, x_max * 1.005)
     ax.set_ylim(layout.total_h + 0.05, -0.05)  # first GPU on top
 
     _label_microbatches(ax, fig, timeline.spans, shown, layout.row_y, per_unit, x_max)
     _style_gantt_axes(ax, layout, unit)
-    ax.set_title(
-        _gantt_title(title, bubble_ratio, len(gpus), len(all_gpus)), fontsize=12, loc="left"
+    ax.set_title(  # y given: matplotlib's automatic placement (it lands at 1.0 here) is slow
+        _gantt_title(title, bubble_ratio, len(gpus), len(all_gpus)), fontsize=12, loc="left", y=1.0
     )
     if makespan == 0:
         ax.text(0.5, 0.5, "no spans", transform=ax.transAxes, ha="center", va="center")
@@ -216,11 +260,11 @@ def _group_bars(
     stream each kind was seen on (for its legend style)."""
     bars: dict[tuple[int, str, str], list[tuple[float, float]]] = defaultdict(list)
     kinds_stream: dict[str, str] = {}
-    for s in spans:
-        if s.rank not in shown:
-            continue
-        bars[(s.rank, s.stream, s.kind)].append((s.start_ns / per_unit, s.duration_ns / per_unit))
-        kinds_stream.setdefault(s.kind, s.stream)
+    for _, rank, stream, kind, _, start, end, *_ in spans:  # Span fields, unpacked: 21k spans
+        if rank in shown:
+            bars[(rank, stream, kind)].append((start / per_unit, (end - start) / per_unit))
+            if kind not in kinds_stream:
+                kinds_stream[kind] = stream
     return bars, kinds_stream
 
 
@@ -231,9 +275,9 @@ def _draw_bars(
     tids: dict[str, int],
 ) -> None:
     """One ``broken_barh`` per (row, kind), in (gpu, stream, kind) order; thin white edges
-    unless there are more than 3000 boxes, hatched kinds with no edge."""
+    unless there are more than :data:`_EDGES_UP_TO` boxes, hatched kinds with no edge."""
     n_spans = sum(len(v) for v in bars.values())
-    edge_w = 0.4 if n_spans <= 3000 else 0.0
+    edge_w = 0.4 if n_spans <= _EDGES_UP_TO else 0.0
     for gpu, stream, kind in sorted(bars, key=lambda k: (k[0], tids[k[1]], k[2])):
         bottom, height = row_y[(gpu, stream)]
         face, hatch = kind_style(kind, stream)
@@ -247,18 +291,132 @@ def _draw_bars(
         )
 
 
+def _paint_bars(
+    ax: Axes,
+    fig: Figure,
+    bars: dict[tuple[int, str, str], list[tuple[float, float]]],
+    row_y: dict[tuple[int, str], tuple[float, float]],
+    tids: dict[str, int],
+) -> None:
+    """The boxes of :func:`_draw_bars` without edges, painted into an RGBA image of the axes'
+    pixels.
+
+    Agg fills an axis-aligned rectangle snapped to the pixel grid (``PathSnapper`` in
+    matplotlib's ``src/path_converters.h``: each corner rounded to ``floor(v + 0.5)`` for an
+    unstroked path): it covers pixel columns ``[round(x0), round(x1))`` and rows ``[round(y0),
+    round(y1))``, and a box thinner than a pixel covers one column or none. This paints the same
+    columns and rows, kind after kind in the order the boxes would be drawn (a later kind over an
+    earlier one), so the picture is the vector one, pixel for pixel (tested); hatched kinds get
+    matplotlib's hatch lines (:func:`_hatch_pixels`, within a few levels of Agg's). The image is
+    drawn unresampled at its pixel position (:class:`_Pixels`)."""
+    fig_w_px, fig_h_px = int(fig.bbox.width), int(fig.bbox.height)  # Agg's canvas (truncated)
+    bb = ax.bbox
+    c0, c1 = max(math.floor(bb.x0), 0), min(math.ceil(bb.x1), fig_w_px)
+    r0, r1 = max(math.floor(fig_h_px - bb.y1), 0), min(math.ceil(fig_h_px - bb.y0), fig_h_px)
+    width, height = c1 - c0, r1 - r0
+    if width <= 0 or height <= 0:
+        return
+    image = np.zeros((height, width, 4), np.uint8)
+    to_px = ax.transData.transform
+    for key in sorted(bars, key=lambda k: (k[0], tids[k[1]], k[2])):
+        gpu, stream, kind = key
+        bottom, h = row_y[(gpu, stream)]
+        y_px = to_px(np.array([[0.0, bottom], [0.0, bottom + h]]))[:, 1]
+        rows = np.floor(fig_h_px - y_px + 0.5).astype(np.int64)
+        ra, rb = int(max(rows.min(), r0)), int(min(rows.max(), r1))
+        if rb <= ra:
+            continue
+        xw = np.array(bars[key], dtype=np.float64)
+        x0 = to_px(np.column_stack([xw[:, 0], np.zeros(len(xw))]))[:, 0]
+        x1 = to_px(np.column_stack([xw[:, 0] + xw[:, 1], np.zeros(len(xw))]))[:, 0]
+        ca = np.clip(np.floor(x0 + 0.5).astype(np.int64) - c0, 0, width)
+        cb = np.clip(np.floor(x1 + 0.5).astype(np.int64) - c0, 0, width)
+        keep = cb > ca
+        if not keep.any():
+            continue
+        edges = np.bincount(ca[keep], minlength=width + 1)[: width + 1]
+        edges -= np.bincount(cb[keep], minlength=width + 1)[: width + 1]
+        cols = np.cumsum(edges[:width]) > 0
+        face, hatch = kind_style(kind, stream)
+        block = image[ra - r0 : rb - r0]
+        if hatch is None:
+            block[:, cols] = _rgba(face)
+        else:
+            pattern = _hatch_pixels(face, "#3B5FA0", hatch, ra, rb, c0, c1)
+            block[:, cols] = pattern[:, cols]
+    ax.add_artist(_Pixels(image, c0, fig_h_px - r1))
+
+
+class _Pixels(Artist):
+    """An RGBA image drawn as it is, its bottom left at display pixel (x, y): no resampling
+    (``FigureImage`` would resample it at scale 1, a third of the Gantt's time). Zorder 1, the
+    boxes' (collections') zorder, so it sits over the grid and under the labels and spines."""
+
+    zorder = 1
+
+    def __init__(self, image: np.ndarray, x: int, y: int) -> None:
+        super().__init__()
+        self._rows_up = np.ascontiguousarray(image[::-1])  # draw_image puts row 0 at the bottom
+        self._x, self._y = x, y
+
+    def draw(self, renderer: Any) -> None:
+        if not self.get_visible():
+            return
+        gc = renderer.new_gc()
+        renderer.draw_image(gc, self._x, self._y, self._rows_up)
+        gc.restore()
+        self.stale = False
+
+
+def _rgba(colour: str) -> np.ndarray:
+    return np.array([round(255 * c) for c in to_rgb(colour)] + [255], np.uint8)
+
+
+def _hatch_pixels(
+    face: str, line: str, hatch: str, ra: int, rb: int, c0: int, c1: int
+) -> np.ndarray:
+    """RGBA pixels of rows [ra, rb) and columns [c0, c1) (from the figure's top left) of a box
+    of colour ``face`` hatched with ``/`` lines of colour ``line``, as Agg draws matplotlib's
+    hatch (``matplotlib.hatch.NorthEastHatch``: per inch-wide tile, tiled from the canvas' top
+    left, ``count('/') * 6`` lines spaced 2/n inch along a row, each
+    ``rcParams["hatch.linewidth"]`` points wide): a pixel takes the line colour in proportion
+    to how much of it the line covers (box filter). Other hatch characters are not drawn."""
+    n = hatch.count("/") * _HATCH_DENSITY
+    face_rgb = np.array(to_rgb(face))
+    if n <= 0:
+        out = np.empty((rb - ra, c1 - c0, 4), np.uint8)
+        out[:] = _rgba(face)
+        return out
+    period = 2 * DPI / n  # px between lines along a row
+    half_w = float(rcParams["hatch.linewidth"]) * DPI / 72 / 2
+    xs = np.arange(c0, c1) + 0.5
+    ys = np.arange(ra, rb) + 0.5
+    u = np.mod(xs[None, :] + ys[:, None], period)
+    dist = np.minimum(u, period - u) / math.sqrt(2)  # perpendicular distance to a line
+    cover = np.clip(half_w + 0.5 - dist, 0.0, 1.0)[..., None]
+    rgb = face_rgb * (1 - cover) + np.array(to_rgb(line)) * cover
+    out = np.empty((rb - ra, c1 - c0, 4), np.uint8)
+    out[..., :3] = np.round(rgb * 255).astype(np.uint8)
+    out[..., 3] = 255
+    return out
+
+
 def _style_gantt_axes(ax: Axes, layout: _GanttLayout, unit: str) -> None:
     """GPU separators, row labels (GPU rows large, stream sub-rows small and grey), x label,
     vertical grid and no top/right spines."""
     for sep in layout.separators[:-1]:
         ax.axhline(sep, color="#D0D0D0", linewidth=0.6, zorder=0)
-    ax.set_yticks([t[0] for t in layout.ticks])
-    ax.set_yticklabels([t[1] for t in layout.ticks])
-    for label, (_, _, is_gpu) in zip(ax.get_yticklabels(), layout.ticks, strict=True):
-        label.set_fontsize(9 if is_gpu else 6.5)
-        if not is_gpu:
-            label.set_color("#555555")
-    ax.tick_params(axis="y", length=0)
+    # Row labels where y tick labels of length-0 ticks would be (right-aligned, "center_baseline",
+    # ytick.major.pad = 3.5 pt left of the axes: matplotlib's Axes.get_yaxis_text1_transform),
+    # as plain texts: a tick per row costs ~4 ms to build and draw, 0.3 s for 64 GPUs.
+    ax.set_yticks([])
+    to_label = ax.get_yaxis_transform() + ScaledTranslation(
+        -_YTICK_PAD_PT / 72, 0, ax.get_figure().dpi_scale_trans
+    )
+    for y, text, is_gpu in layout.ticks:
+        ax.text(0, y, text, transform=to_label, ha="right", va="center_baseline",
+                fontsize=9 if is_gpu else 6.5, color="black" if is_gpu else "#555555",
+                clip_on=False)  # fmt: skip
     ax.set_xlabel(f"time ({unit})")
     ax.grid(axis="x", color="#E8E8E8", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
@@ -362,7 +520,9 @@ def memory_plot(
     n = max(len(panels), 1)
     fig = Figure(figsize=(12.0, 1.2 + 2.3 * n), dpi=DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]  # one time axis: see _shared_time_ticks
+    for ax in axes:
+        ax.set_autoscale_on(False)  # the limits are set below; autoscaling each area is slow
 
     series = {gpu: memory_steps(timeline, gpu, categories) for gpu in panels}
     top = max(
@@ -375,7 +535,7 @@ def memory_plot(
         times, rows = series[gpu]
         _memory_panel(ax, times, rows, categories, end_ns, per_unit, cap_gib)
         ax.set_ylim(0, y_max)
-        ax.set_title(gpu_label(timeline, gpu), fontsize=9, loc="left")
+        ax.set_title(gpu_label(timeline, gpu), fontsize=9, loc="left", y=1.0)  # as _gantt
         ax.set_ylabel("GiB")
         ax.grid(axis="y", color="#E8E8E8", linewidth=0.6)
         ax.set_axisbelow(True)
@@ -383,7 +543,9 @@ def memory_plot(
             ax.spines[side].set_visible(False)
     if not panels:
         axes[0].text(0.5, 0.5, "no memory samples", transform=axes[0].transAxes, ha="center")
-    axes[-1].set_xlim(0, max(end_ns / per_unit, 1e-9))
+    for ax in axes:
+        ax.set_xlim(0, max(end_ns / per_unit, 1e-9))
+    _shared_time_ticks(axes)
     axes[-1].set_xlabel(f"time ({unit})")
 
     handles = [
@@ -411,8 +573,58 @@ def memory_plot(
     return save_png(fig, path)
 
 
+def _shared_time_ticks(axes: Sequence[Axes]) -> None:
+    """The panels above the last as ``subplots(sharex=True)`` draws them, their time ticks as
+    marks without labels, at the last panel's tick positions: one ``Line2D`` of tick markers per
+    panel (``TICKDOWN``, rcParams' xtick size, width and colour, where an ``XTick``'s tick1line
+    puts them) instead of a tick object per mark, which costs ~1.3 ms each to build and draw."""
+    lo, hi = axes[-1].get_xlim()
+    tol = (hi - lo) * 1e-9
+    marks = [x for x in axes[-1].xaxis.get_majorticklocs() if lo - tol <= x <= hi + tol]
+    for ax in axes[:-1]:
+        ax.xaxis.set_major_locator(NullLocator())
+        ax.add_line(
+            Line2D(marks, [0.0] * len(marks), transform=ax.get_xaxis_transform(which="tick1"),
+                   linestyle="none", marker=TICKDOWN, markersize=rcParams["xtick.major.size"],
+                   markeredgewidth=rcParams["xtick.major.width"], color=rcParams["xtick.color"],
+                   markeredgecolor=rcParams["xtick.color"], zorder=1.5, clip_on=False)
+        )  # fmt: skip
+
+
 def _category_colour(category: str) -> str:
     return CATEGORY_COLOURS.get(category) or _crc_pick(category, _FALLBACK)
+
+
+def _stack_areas(
+    ax: Axes, xs: list[float], rows: list[list[int]], categories: tuple[str, ...]
+) -> None:
+    """The stacked step areas (categories bottom to top, in GiB) as one ``PolyCollection``: the
+    polygons ``fill_between(xs, base, upper, step="post")`` makes for each category that is
+    ever non-zero (``FillBetweenPolyCollection._make_verts_for_region``: start, along the top,
+    end, back along the bottom), with its face colour and no edge, drawn in the same order."""
+    x = np.asarray(xs, dtype=np.float64)
+    gib = np.asarray(rows, dtype=np.float64) / GIB  # (times, categories)
+    tops = np.cumsum(gib, axis=1)
+    verts, colours = [], []
+    base = np.zeros(len(x))
+    for j, cat in enumerate(categories):
+        upper = tops[:, j]
+        if gib[:, j].any():
+            t, f1, f2 = cbook.pts_to_poststep(x, upper, base)
+            n = len(t)
+            pts = np.empty((2 * n + 2, 2))
+            pts[0] = t[0], f2[0]
+            pts[1 : n + 1, 0], pts[1 : n + 1, 1] = t, f1
+            pts[n + 1] = t[-1], f2[-1]
+            pts[n + 2 :, 0], pts[n + 2 :, 1] = t[::-1], f2[::-1]
+            verts.append(pts)
+            colours.append(_category_colour(cat))
+        base = upper
+    if verts:
+        ax.add_collection(
+            PolyCollection(verts, facecolors=colours, edgecolors="none", linewidths=0),
+            autolim=False,
+        )
 
 
 def _memory_panel(
@@ -430,20 +642,7 @@ def _memory_panel(
         if end_ns > times[-1]:
             xs.append(end_ns / per_unit)
             rows = [*rows, rows[-1]]
-        base = [0.0] * len(xs)
-        for j, cat in enumerate(categories):
-            upper = [b + r[j] / GIB for b, r in zip(base, rows, strict=True)]
-            if any(r[j] for r in rows):
-                ax.fill_between(
-                    xs,
-                    base,
-                    upper,
-                    step="post",
-                    facecolor=_category_colour(cat),
-                    edgecolor="none",
-                    linewidth=0,
-                )
-            base = upper
+        _stack_areas(ax, xs, rows, categories)
         totals = [sum(r) for r in rows]
         i_peak = max(range(len(totals)), key=totals.__getitem__)  # first time at the peak
         peak_gib = totals[i_peak] / GIB
@@ -469,3 +668,56 @@ def _memory_panel(
             fontsize=8,
             color="#B00020",
         )
+
+
+def _cpus_busy() -> bool:
+    """No CPU to spare: one usable CPU, or a 1-minute load average that leaves less than one of
+    them idle (then forked children would only take turns with this process, and pay for the
+    fork)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return usable < 2 or load > usable - 1
+
+
+def run_concurrently(jobs: Sequence[Callable[[], object]]) -> None:
+    """Run ``jobs`` (each writes its own file; return values are dropped), at the same time
+    where that is safe and pays: on a platform with ``os.fork``, with a CPU to spare
+    (:func:`_cpus_busy`) and no other thread in this process (a fork copies only the calling thread, so a lock another
+    thread holds would stay held in the child), every job but the last runs in a forked child
+    process and the last here; otherwise one after the other, here, every job even after one
+    fails (the first error is raised once all have run).
+
+    A child whose job fails exits non-zero and its job is run again here, so its error surfaces
+    exactly as if it had run here (the files are deterministic, so a rerun writes the same
+    bytes). Children are always waited for, even when the job here raises."""
+    jobs = list(jobs)
+    if len(jobs) < 2 or not hasattr(os, "fork") or threading.active_count() > 1 or _cpus_busy():
+        errors: list[Exception] = []
+        for job in jobs:  # every job, as when they run at once; then the first error
+            try:
+                job()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return
+    children: list[tuple[int, Callable[[], object]]] = []
+    try:
+        for job in jobs[:-1]:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                code = 1
+                try:
+                    job()
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append((pid, job))
+        jobs[-1]()
+    finally:
+        failed = [job for pid, job in children if os.waitpid(pid, 0)[1] != 0]
+    for job in failed:
+        job()

@@ -7,7 +7,7 @@ from pathlib import Path
 from simtrain.apps.plan.execute import DaskExecutor, make_executor
 from simtrain.apps.plan.file import load_plan
 from simtrain.apps.plan.output import plan_table, write_best_yaml, write_csv, write_pareto
-from simtrain.apps.plan.progress import Progress, ProgressBar
+from simtrain.apps.plan.progress import Progress, ProgressBar, work_after
 from simtrain.apps.plan.search import run_plan
 from simtrain.errors import ConfigError
 
@@ -34,7 +34,8 @@ def plan_command(
         ex = DaskExecutor(scheduler, workers)
     else:
         ex = make_executor(executor, workers, None)
-    bar = ProgressBar() if progress is None else None
+    n = plan.top if top is None else top  # select_candidates simulates at most n + n // 4
+    bar = ProgressBar(later=work_after(n + n // 4)) if progress is None else None
     result = run_plan(plan, ex, top, progress or bar)
     if bar is not None:
         bar.close()

@@ -1,59 +1,40 @@
-"""Progress of a search: the callback type and a plain-text bar with ETA."""
+"""Progress of a search: the bar with ETA of :mod:`simtrain.report.progress`, and the work the
+planner expects after each phase (:func:`work_after`), in the phase's own units."""
 
 from __future__ import annotations
 
-import math
-import sys
-import time
-from collections.abc import Callable
-from typing import Any
+from simtrain.report.progress import Later, Progress, ProgressBar
 
-Progress = Callable[[str, int, int], None]
+# Costs in units of screening work (``search.screening_work``: 1 + m/123 per layout, ~0.24 ms
+# of one dev-machine core, benchmarks/bench_plan.py and the chunk times of plans/gpt3_175b.yaml;
+# only their ratios matter, so they hold on a faster or slower machine):
+# - a full simulation of a candidate: ~50 (GPT-3 175B candidates of plans/gpt3_175b.yaml 0.037 s
+#   CPU each, ~150 units; plans/llama3_8b.yaml's 7 ms, ~18 units);
+# - writing the outputs: pareto.png (pyplot imported and drawn, 1.2 s) ~3,000 units, plus
+#   plan.csv, 14 us a row: ~0.03 of the screening work (a layout is ~1.5 units on average).
+SIMULATION_WORK = 50.0
+OUTPUT_WORK = 3000.0
+CSV_SHARE = 0.03
 
 
-class ProgressBar:
-    """Plain-text progress with ETA on a stream, at most every ``interval_s`` (``\\r`` on a
-    terminal, one line per update otherwise, then at most every 10 s)."""
+def work_after(candidates: int) -> Later:
+    """``later`` for the planner's bar: after the screening, ``candidates`` simulations and the
+    outputs (plan.csv grows with the screening's work); after the simulations, the outputs, at
+    the screening's rate."""
+    screening_total = [0.0]
 
-    def __init__(self, stream: Any = None, interval_s: float = 0.5, width: int = 30) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.interval_s = interval_s
-        self.width = width
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._phase = ""
-        self._start = 0.0
-        self._last = 0.0
-        self._shown = False
+    def outputs() -> float:
+        return OUTPUT_WORK + CSV_SHARE * screening_total[0]
 
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if phase != self._phase:
-            self._finish_line()
-            self._phase, self._start, self._last = phase, now, now
-            return
-        every = self.interval_s if self.tty else max(self.interval_s, 10.0)
-        if done < total and now - self._last < every:
-            return
-        if done >= total and not self._shown:
-            return  # quick phases print nothing
-        self._last = now
-        self._shown = True
-        elapsed = now - self._start
-        frac = done / total if total else 1.0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else math.inf
-        n = int(self.width * frac)
-        bar = "=" * n + (">" if n < self.width else "") + " " * max(self.width - n - 1, 0)
-        eta_s = f"ETA {eta:,.0f} s" if math.isfinite(eta) else "ETA ?"
-        text = (f"{phase:<10} [{bar}] {100 * frac:5.1f} % {done:,}/{total:,}  "
-                f"{elapsed:,.0f} s  {eta_s}")  # fmt: skip
-        self.stream.write(("\r" + text) if self.tty else text + "\n")
-        self.stream.flush()
+    def later(phase: str, done: float, total: float) -> dict[str, float]:
+        if phase == "screening":
+            screening_total[0] = total
+            return {"screening": candidates * SIMULATION_WORK + outputs()}
+        if phase == "simulating":
+            return {"screening": outputs()}
+        return {}
 
-    def _finish_line(self) -> None:
-        if self._shown and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-        self._shown = False
+    return later
 
-    def close(self) -> None:
-        self._finish_line()
+
+__all__ = ["Progress", "ProgressBar", "work_after"]

@@ -234,7 +234,12 @@ def validate_command(
 
     if by not in BY:
         raise ConfigError("--by", "by", "unknown view", by, ", ".join(BY))
-    res = validate(path, only)
+    from simtrain.apps.validate.run import validate_later
+    from simtrain.report.progress import ProgressBar
+
+    bar = ProgressBar(later=validate_later())  # on stderr, after 2 s
+    res = validate(path, only, progress=bar)
+    bar.close()
     out = Path(out_dir)
     csv_path = write_csv(res, out / "validate.csv")
     png = scatter_plot(res, out / "validate_scatter.png")

@@ -12,6 +12,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.layout.step import resolve
+from simtrain.report.progress import Progress
 from simtrain.spec.scenario import Scenario
 
 # Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
@@ -42,9 +43,11 @@ class Predictor:
             self.times[key] = predicted_step_time(key)
         return self.times[key]
 
-    def precompute_times(self, translations: list[Translation], workers: int | None) -> None:
+    def precompute_times(self, translations: list[Translation], workers: int | None,
+                         progress: Progress | None = None) -> None:  # fmt: skip
         """Simulate the distinct scenarios whose records measured a timing metric, in parallel
-        worker processes (results are identical to serial runs: the engine is deterministic)."""
+        worker processes (results are identical to serial runs: the engine is deterministic).
+        ``progress("simulating", done, total)`` in units of :func:`_simulation_cost`."""
         keys: list[Scenario] = []
         for tr in translations:
             if any(k in tr.record.measured for k in TIMING_KEYS):
@@ -55,13 +58,20 @@ class Predictor:
         if n <= 1 or len(keys) < 8:
             return  # computed lazily, serially
         keys.sort(key=_simulation_cost, reverse=True)  # longest first: better load balance
+        if progress is not None:
+            progress("simulating", 0.0, 1.0)
         try:
             ctx = multiprocessing.get_context("fork")
         except ValueError:  # pragma: no cover - platforms without fork
             return
+        costs = [_simulation_cost(k) for k in keys]
+        total, done = float(sum(costs)), 0.0
         with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
-            for key, t in zip(keys, ex.map(predicted_step_time, keys), strict=True):
+            for key, cost, t in zip(keys, costs, ex.map(predicted_step_time, keys), strict=True):
                 self.times[key] = t
+                done += cost
+                if progress is not None:
+                    progress("simulating", done, total)
 
 
 # measured keys that need a simulated step time

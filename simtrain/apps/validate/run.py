@@ -18,6 +18,7 @@ from simtrain.apps.validate.predict import Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
+from simtrain.report.progress import Later, Progress
 from simtrain.spec.scenario import Scenario
 
 SCHEMA_VERSION = 1
@@ -260,13 +261,31 @@ def family_summaries(
     return tuple(out)
 
 
+def validate_later() -> Later:
+    """``later`` for the bar of :func:`validate`: comparing the records takes about as long as
+    translating them did (1.9 s and 1.7 s for the 1,796 published records on the dev machine),
+    so until the comparisons start, as many records again at the translating rate."""
+    records = [0.0]
+
+    def later(phase: str, done: float, total: float) -> dict[str, float]:
+        if phase == "translating":
+            records[0] = total
+        return {"translating": records[0]} if phase != "comparing" else {}
+
+    return later
+
+
 def validate(
-    path: str | Path | None = None, only_source: str | None = None, workers: int | None = None
+    path: str | Path | None = None,
+    only_source: str | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> ValidationResult:
     """Validate every record of ``path`` (default: the published-run files of ``measured/``,
     :data:`~simtrain.apps.validate.records.DEFAULT_FILES`); ``only_source`` keeps the records of
     one source key. Step times are simulated in ``workers`` processes (default:
-    ``SIMTRAIN_WORKERS`` or the CPU count, at most 4)."""
+    ``SIMTRAIN_WORKERS`` or the CPU count, at most 4). ``progress(phase, done, total)`` hears of
+    the phases: translating and comparing (records), simulating (:func:`validate_later`)."""
     t0 = time.perf_counter()
     paths = resolve_paths(path)
     records = load_record_files(paths)
@@ -277,13 +296,19 @@ def validate(
             raise ConfigError("--only", "source", "no record of this source", only_source,
                               ", ".join(keys))  # fmt: skip
     pr = Predictor()
-    translated = [translate(rec) for rec in records]
-    pr.precompute_times([tr for tr in translated if isinstance(tr, Translation)], workers)
+    report = progress or (lambda phase, done, total: None)
+    translated = []
+    for i, rec in enumerate(records):
+        translated.append(translate(rec))
+        report("translating", i + 1, len(records))
+    pr.precompute_times([tr for tr in translated if isinstance(tr, Translation)], workers,
+                        progress)  # fmt: skip
     comparisons: list[Comparison] = []
     skipped: list[SkipReason] = []
     assumptions: dict[str, tuple[str, ...]] = {}
     scenarios: dict[str, Scenario] = {}
-    for rec, tr in zip(records, translated, strict=True):
+    for i, (rec, tr) in enumerate(zip(records, translated, strict=True)):
+        report("comparing", i, len(records))
         if isinstance(tr, SkipReason):
             skipped.append(tr)
             continue
