@@ -448,3 +448,11 @@ def test_own_h200_measurements_memory_within_3pct() -> None:
     mem = by[("simtrain_h200", "peak_memory_bytes")]
     assert mem.n == 8 and mem.mape_pct <= 3.0, mem
     assert by[("simtrain_h200", "fits")].mape_pct == 0.0
+
+
+def test_a_measurement_that_is_not_a_finite_positive_number_is_a_skip() -> None:
+    """Fuzz campaign of 2026-12-03 (validate): a step time of 1e311 (infinity as a float) was a
+    traceback in the scatter plot; such a record is skipped with the key named."""
+    for bad in (10**400, float("inf"), float("nan"), -1.0):
+        out = translate(_record(measured={"step_time_s": bad}))
+        assert isinstance(out, SkipReason) and "measured.step_time_s" in out.reason, bad

@@ -5,6 +5,7 @@ defaults are used and listed as assumptions; what simtrain cannot express is a
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -245,6 +246,26 @@ class _NotExpressible(Exception):
     """Raised by the parts of :func:`translate`: the message is the record's skip reason."""
 
 
+#: Largest measured figure compared (step times, rates, bytes): far above any real run, small
+#: enough that errors and plots stay finite.
+MAX_MEASURED = 1e30
+
+
+def _unusable_measurements(rec: Record) -> str:
+    """The first numeric measured value that is not finite and in [0, MAX_MEASURED], or "" (a
+    source rounds a tiny MFU or rate to 0; such a value is left to the comparison)."""
+    for key, v in rec.measured.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        try:
+            x = float(v)
+        except OverflowError:
+            return str(key)
+        if not (math.isfinite(x) and 0 <= x <= MAX_MEASURED):
+            return str(key)
+    return ""
+
+
 def translate(rec: Record) -> Translation | SkipReason:
     """The scenario of a record with the assumptions made, or why it cannot be expressed."""
     if rec.kind in UNEXPRESSIBLE_KINDS:
@@ -254,6 +275,9 @@ def translate(rec: Record) -> Translation | SkipReason:
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")
+    bad = _unusable_measurements(rec)
+    if bad:
+        return skip(rec, f"measured.{bad}: not a finite number >= 0")
     notes: list[str] = []
     try:
         data, capacity_known = _scenario_data(rec, convention_for(rec), notes)
