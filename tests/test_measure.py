@@ -302,3 +302,15 @@ def test_fused_cross_entropy_equals_pytorchs(dtype) -> None:
     ref.backward()
     assert fused.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(g.float(), x.grad.float(), atol=1e-6)
+
+
+def test_measure_refuses_fp8_instead_of_running_bf16() -> None:
+    """The reference model has no FP8 kernels: an FP8 precision is a one-line error naming
+    training.precision, not a 16-bit step reported under an FP8 name."""
+    from simtrain.errors import ConfigError
+    from simtrain.spec.scenario import TrainingSpec
+
+    with pytest.raises(ConfigError) as info:
+        measure_step(GPT, TrainingSpec(seq_len=16, global_batch=1, micro_batch=1,
+                                       precision="fp8_delayed"))  # fmt: skip
+    assert "training.precision" in str(info.value) and "FP8" in str(info.value)

@@ -31,7 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from simtrain.errors import ConfigError
 from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import TrainingSpec
 from simtrain.torchref.instrument import (
     _FunctionNames,
@@ -124,6 +126,11 @@ def measure_step(
     their median). ``batch`` overrides ``training.micro_batch``; ``threads`` fixes
     ``torch.set_num_threads`` for the call (restored after; use the value the hardware profile
     was calibrated with, ``simtrain.torchref.calibrate.calibrate(threads=...)``)."""
+    if PRECISIONS[training.precision].fp8_recipe:
+        # The reference model has no FP8 kernels (Transformer Engine / torchao): measuring it
+        # would run a 16-bit step and report it under an FP8 name.
+        raise ConfigError(None, "training.precision", "simtrain measure has no FP8 kernels: "
+                          "measure a 16-bit or fp32 precision", training.precision)  # fmt: skip
     with torch_threads(threads):
         return _measure_step(spec, training, batch, device, seed, steps, warmup)
 
