@@ -33,6 +33,7 @@ import faulthandler
 import json
 import multiprocessing as mp
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -52,8 +53,41 @@ MIX = {
     "memory": 0.16, "memory_json": 0.14, "run": 0.18, "schedule": 0.10, "topology": 0.10,
     "compare": 0.10, "plan": 0.11, "validate": 0.11,
 }  # fmt: skip
+TIME_LIMIT_S = 10.0  # no case may run longer (issue 15)
 CHUNK = 400  # cases generated at a time (all families)
 RECYCLE_AFTER = 400  # a worker is replaced after this many cases (caches, leaks)
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-case time limit (the test suite reads no clock: tests/fuzz_cases.Timing)
+
+_FIRED: list[float] = []  # when the alarm of the running case fired
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    """Raise CaseTimeout; again a second later (the timer repeats) if the first was swallowed
+    (raised inside a finalizer or a garbage-collector callback, which print and drop it)."""
+    now = time.monotonic()
+    if not _FIRED or now - _FIRED[-1] > 0.9:
+        _FIRED.append(now)
+        raise fc.CaseTimeout("over the per-case limit")
+
+
+def timing(limit_s: float) -> fc.Timing:
+    """SIGALRM after ``limit_s`` (repeating every second until the case ends), and the clock."""
+
+    @contextlib.contextmanager
+    def guard() -> Any:
+        old_handler = signal.signal(signal.SIGALRM, _alarm)
+        _FIRED.clear()
+        signal.setitimer(signal.ITIMER_REAL, limit_s, 1.0)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler)
+
+    return fc.Timing(limit_s, guard, time.perf_counter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +111,7 @@ def _worker(conn: Connection, index: int, scratch: str, limit_s: float, grace_s:
         log.truncate()
         faulthandler.dump_traceback_later(limit_s + grace_s, exit=True, file=log)
         try:
-            out = fc.run_case(case, Path(scratch) / f"w{index}" / case_id, limit_s=limit_s)
+            out = fc.run_case(case, Path(scratch) / f"w{index}" / case_id, timing(limit_s))
         finally:
             faulthandler.cancel_dump_traceback_later()
         out.stdout_len, out.stderr_len = len(out.stdout), len(out.stderr)  # type: ignore[attr-defined]
@@ -183,7 +217,7 @@ def minimize(case: fc.Case, scratch: Path, limit_s: float, budget_s: float = 30.
     """Drop ``--set`` pairs, flags and lines of the case's text files while its failure
     signature stays the same (greedy, passes until nothing more goes or ``budget_s`` is
     spent)."""
-    want = fc.run_case(case, scratch / "m", limit_s=limit_s).failures
+    want = fc.run_case(case, scratch / "m", timing(limit_s)).failures
     if not want:
         return case
     runs = 0
@@ -192,7 +226,7 @@ def minimize(case: fc.Case, scratch: Path, limit_s: float, budget_s: float = 30.
     def same(c: fc.Case) -> bool:
         nonlocal runs
         runs += 1
-        return fc.run_case(c, scratch / f"m{runs}", limit_s=limit_s).failures == want
+        return fc.run_case(c, scratch / f"m{runs}", timing(limit_s)).failures == want
 
     changed = True
     while changed and time.monotonic() < deadline:
@@ -399,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="fuzz-out", help="folder for the summary and reproducers")
     ap.add_argument("--families", default="", help="comma-separated subset of: " + ", ".join(MIX))
     ap.add_argument("--valid-pct", type=float, default=0.4, help="share drawn valid [0.4]")
-    ap.add_argument("--limit-s", type=float, default=fc.TIME_LIMIT_S, help="per-case limit")
+    ap.add_argument("--limit-s", type=float, default=TIME_LIMIT_S, help="per-case limit")
     ap.add_argument("--grace-s", type=float, default=20.0,
                     help="after the limit, faulthandler ends a worker stuck in C code")  # fmt: skip
     ap.add_argument("--progress", type=int, default=500, help="a progress line every N cases")
@@ -413,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="simtrain-fuzz-"))
         if args.minimize:
             case = minimize(case, scratch, args.limit_s)
-        out = fc.run_case(case, scratch / "replay", limit_s=args.limit_s)
+        out = fc.run_case(case, scratch / "replay", timing(args.limit_s))
         print(describe_case(case))
         print(out.describe())
         return 1 if out.failures else 0

@@ -3,10 +3,11 @@
 Each command family draws a fixed, seeded set of cases from ``tests/fuzz_cases.py`` (valid but
 unusual and broken scenario, hardware, HF config, plan and records files, ``--set`` and
 ``--variants``; small layouts) and runs them through ``simtrain.cli.main``. A family fails with
-the list of its failure signatures (a traceback, a case over the time limit, an exit-2 message
-that is not one ``error:`` line of at most 300 characters, a broken output invariant) and the
-first case of each. The families that write plots (topology, compare, plan, validate: 0.2-0.6 s
-a case) get fewer cases. The long campaign is ``benchmarks/fuzz_campaign.py``.
+the list of its failure signatures (a traceback, an exit-2 message that is not one ``error:``
+line of at most 300 characters, a broken output invariant) and the first case of each. No clock
+is read here (a busy machine must not fail a test): the per-case time limit is the long
+campaign's, ``benchmarks/fuzz_campaign.py``. The families that write plots (topology, compare,
+plan, validate) get fewer cases.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_hostile_input_quick(family: str, tmp_path: Path) -> None:
     found: collections.Counter[tuple[str, str]] = collections.Counter()
     first: dict[tuple[str, str], tuple[fc.Case, fc.Outcome]] = {}
     for i, case in enumerate(cases):
-        out = fc.run_case(case, tmp_path / f"case{i}", limit_s=fc.HANG_GUARD_S)
+        out = fc.run_case(case, tmp_path / f"case{i}")
         for failure in out.failures:
             found[failure] += 1
             first.setdefault(failure, (case, out))
