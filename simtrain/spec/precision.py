@@ -5,7 +5,7 @@ Micikevicius et al. 2018; HF "model training anatomy"). One table: memory, costs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +43,21 @@ class Precision:
     amax_history: int = 0
 
 
+_BF16 = Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16")
+
+
+def _fp8(name: str, gemm_dtype: str, recipe: str, **fields: int) -> Precision:
+    """An FP8 recipe on bf16 mixed precision: bf16's bytes, its linear GEMMs in ``gemm_dtype``."""
+    return replace(_BF16, name=name, gemm_dtype=gemm_dtype, fp8_recipe=recipe, **fields)
+
+
 PRECISIONS: dict[str, Precision] = {
     # fp32: everything 4 bytes (the lecture's first slide).
     "fp32": Precision("fp32", 4, 4, 0, 4, 4, 4, 4, compute_dtype="fp32"),
     # Mixed precision with fp32 master weights (Micikevicius et al. 2018; Megatron, DeepSpeed):
     # 16-bit weights and gradients, fp32 master copy and optimizer states, 16-bit activations.
     "fp16": Precision("fp16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="fp16"),
-    "bf16": Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16"),
+    "bf16": _BF16,
     # bf16 with fp32 gradient accumulation (nanotron ``accumulate_grad_in_fp32``): the mixed
     # precision above plus an fp32 gradient buffer, 2 + 2 + 4 + 4 + 8 = 20 bytes/param with Adam.
     # Ultra-Scale Playbook, "Memory usage in Transformers": m_params = 2N, m_grad = 2N,
@@ -73,83 +81,18 @@ PRECISIONS: dict[str, Precision] = {
     # Transformer Engine DelayedScaling, its default recipe (transformer_engine/common/recipe:
     # HYBRID E4M3 forward / E5M2 backward, amax_history_len 1024): FP8 weight caches, FP8 saved
     # linear inputs, per-tensor scale and amax history.
-    "fp8_delayed": Precision(
-        "fp8_delayed",
-        2,
-        2,
-        4,
-        4,
-        2,
-        2,
-        2,
-        compute_dtype="bf16",
-        gemm_dtype="fp8",
-        fp8_recipe="te_delayed",
-        act_linear=1,
-        amax_history=1024,
-    ),  # fmt: skip
+    "fp8_delayed": _fp8("fp8_delayed", "fp8", "te_delayed", act_linear=1, amax_history=1024),
     # Transformer Engine Float8CurrentScaling (Megatron-Bridge "FP8-CS"): per-tensor scales from
     # each tensor's own amax (quantization.py: "Per-tensor current quantization does not require
     # state"), the same FP8 weight caches and saved inputs as delayed scaling.
-    "fp8_current": Precision(
-        "fp8_current",
-        2,
-        2,
-        4,
-        4,
-        2,
-        2,
-        2,
-        compute_dtype="bf16",
-        gemm_dtype="fp8",
-        fp8_recipe="te_current",
-        act_linear=1,
-    ),
+    "fp8_current": _fp8("fp8_current", "fp8", "te_current", act_linear=1),
     # Transformer Engine MXFP8BlockScaling (Blackwell; E4M3, one E8M0 scale per 32 values).
-    "mxfp8": Precision(
-        "mxfp8",
-        2,
-        2,
-        4,
-        4,
-        2,
-        2,
-        2,
-        compute_dtype="bf16",
-        gemm_dtype="mxfp8",
-        fp8_recipe="te_mxfp8",
-        act_linear=1,
-        mx_block=32,
-    ),  # fmt: skip
+    "mxfp8": _fp8("mxfp8", "mxfp8", "te_mxfp8", act_linear=1, mx_block=32),
     # torchao.float8 (torchtitan ``--model.converters float8``), dynamic scaling per tensor or
     # per row: bf16 inputs and weights are saved and cast again in the backward, no FP8 copy kept
     # (torchao/float8/float8_linear.py ``ctx.save_for_backward(input_hp, weight_hp_t)``).
-    "fp8_tensorwise": Precision(
-        "fp8_tensorwise",
-        2,
-        2,
-        4,
-        4,
-        2,
-        2,
-        2,
-        compute_dtype="bf16",
-        gemm_dtype="fp8",
-        fp8_recipe="torchao",
-    ),  # fmt: skip
-    "fp8_rowwise": Precision(
-        "fp8_rowwise",
-        2,
-        2,
-        4,
-        4,
-        2,
-        2,
-        2,
-        compute_dtype="bf16",
-        gemm_dtype="fp8",
-        fp8_recipe="torchao",
-    ),  # fmt: skip
+    "fp8_tensorwise": _fp8("fp8_tensorwise", "fp8", "torchao"),
+    "fp8_rowwise": _fp8("fp8_rowwise", "fp8", "torchao"),
 }
 
 # Optimizer state elements per trainable parameter (Adafactor and 8-bit Adam are counted by shape
