@@ -107,6 +107,18 @@ class Reading:
     ) -> ConfigError:
         return ConfigError(self.file, key, message, value, allowed)
 
+    def scenario(self, description: str, no_gpu: str, model: dict[str, Any],
+                 runtime: dict[str, Any], training: dict[str, Any],
+                 par: dict[str, Any]) -> Imported:  # fmt: skip
+        """The imported scenario on :data:`DEFAULT_HARDWARE` (``no_gpu``: why, e.g. "a nanotron
+        config names no GPU"), with what was read."""
+        self.assume(f"hardware {DEFAULT_HARDWARE}: {no_gpu}")
+        return self.done({
+            "name": scenario_name(self.file), "description": description, "model": model,
+            "hardware": DEFAULT_HARDWARE, "runtime": runtime, "training": training,
+            "parallelism": par,
+        })  # fmt: skip
+
     def done(self, data: dict[str, Any]) -> Imported:
         return Imported(self.kind, self.file, data, tuple(self.assumptions),
                         tuple(self.unsupported), tuple(self.no_effect), tuple(self.needs),

@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.importers.common import (
-    DEFAULT_HARDWARE,
     Imported,
     Reading,
     clean_number,
     grad_bucket_mb,
-    scenario_name,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
@@ -275,18 +273,16 @@ def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = Non
             r.ignore(k)
         else:
             r.unsupported_(k, "not a key this importer knows")
-    r.assume(f"hardware {DEFAULT_HARDWARE}: a DeepSpeed config names no GPU")
     par = {k: par[k] for k in ("dp", "tp", "pp", "zero_stage", "bucket_mb",
                                "zero3_max_live_params") if k in par}  # fmt: skip
-    return r.done({
-        "name": scenario_name(file),
-        "description": f"Imported from a DeepSpeed config ({Path(file).name}) and {model}",
-        "model": mdoc,
-        "hardware": DEFAULT_HARDWARE,
-        "runtime": runtime,
-        "training": training,
-        "parallelism": par,
-    })  # fmt: skip
+    return r.scenario(
+        f"Imported from a DeepSpeed config ({Path(file).name}) and {model}",
+        "a DeepSpeed config names no GPU",
+        mdoc,
+        runtime,
+        training,
+        par,
+    )
 
 
 def _optimizer(cfg: dict[str, Any], r: Reading) -> str:

@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.importers.common import (
-    DEFAULT_HARDWARE,
     ONE_BUCKET_MB,
     Imported,
     Reading,
     clean_number,
     grad_bucket_mb,
-    scenario_name,
     world_and_dp,
 )
 from simtrain.apps.importers.flags import Flags
@@ -170,17 +168,14 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     _finish(f, r, raw)
     par = {k: par[k] for k in ("dp", "tp", "pp", "schedule", "virtual_stages", "zero_stage",
                                "sequence_parallel", "bucket_mb") if k in par}  # fmt: skip
-    data = {
-        "name": scenario_name(file),
-        "description": f"Imported from Megatron-LM flags ({Path(file).name})",
-        "model": model,
-        "hardware": DEFAULT_HARDWARE,
-        "runtime": runtime,
-        "training": training,
-        "parallelism": par,
-    }
-    r.assume(f"hardware {DEFAULT_HARDWARE}: Megatron-LM flags name no GPU")
-    return r.done(data)
+    return r.scenario(
+        f"Imported from Megatron-LM flags ({Path(file).name})",
+        "Megatron-LM flags name no GPU",
+        model,
+        runtime,
+        training,
+        par,
+    )
 
 
 def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:

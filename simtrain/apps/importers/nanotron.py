@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.importers.common import (
-    DEFAULT_HARDWARE,
     Imported,
     Reading,
     clean_number,
-    scenario_name,
 )
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import as_float
@@ -187,16 +185,14 @@ def import_nanotron(path: str | Path, gpus: int | None = None) -> Imported:
                 "recompute": "full" if par_raw.get("recompute_layer") else "none"}  # fmt: skip
     r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
              f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
-    r.assume(f"hardware {DEFAULT_HARDWARE}: a nanotron config names no GPU")
-    return r.done({
-        "name": scenario_name(file),
-        "description": f"Imported from a nanotron config ({Path(file).name})",
-        "model": model,
-        "hardware": DEFAULT_HARDWARE,
-        "runtime": runtime,
-        "training": training,
-        "parallelism": par,
-    })  # fmt: skip
+    return r.scenario(
+        f"Imported from a nanotron config ({Path(file).name})",
+        "a nanotron config names no GPU",
+        model,
+        runtime,
+        training,
+        par,
+    )
 
 
 def _model(mc: dict[str, Any], mod: dict[str, Any], r: Reading, tp: int,

@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.importers.common import (
-    DEFAULT_HARDWARE,
     Imported,
     Reading,
-    scenario_name,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
@@ -325,16 +323,14 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
                                 "recompute": _recompute(ac, r)}  # fmt: skip
     if t.get("enable_cpu_offload"):
         training["offload"] = {"optimizer": True}
-    r.assume(f"hardware {DEFAULT_HARDWARE}: a torchtitan config names no GPU")
-    return r.done({
-        "name": scenario_name(file),
-        "description": f"Imported from a torchtitan job config ({Path(file).name})",
-        "model": model,
-        "hardware": DEFAULT_HARDWARE,
-        "runtime": runtime,
-        "training": training,
-        "parallelism": par,
-    })  # fmt: skip
+    return r.scenario(
+        f"Imported from a torchtitan job config ({Path(file).name})",
+        "a torchtitan config names no GPU",
+        model,
+        runtime,
+        training,
+        par,
+    )
 
 
 def _recompute(ac: dict[str, Any], r: Reading) -> str:
