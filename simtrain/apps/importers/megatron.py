@@ -87,6 +87,13 @@ NO_EFFECT_PREFIXES = (
 )  # fmt: skip
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
              "--fp4", "--fp8-margin", "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
+#: Megatron's overlap flags and the runtime setting each turns on (runtimes/megatron_core.yaml:
+#: all three are opt-in there); validate reads records' notes with the same table.
+OVERLAP_FLAGS = {
+    "--tp-comm-overlap": "tp_comm_overlap",
+    "--overlap-grad-reduce": "overlap_grad_reduce",
+    "--overlap-param-gather": "overlap_param_gather",
+}
 UNEVEN_PIPELINE = ("--pipeline-model-parallel-layout", "--decoder-first-pipeline-num-layers",
                    "--decoder-last-pipeline-num-layers", "--account-for-embedding-in-pipeline-split",
                    "--account-for-loss-in-pipeline-split")  # fmt: skip

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from simtrain.apps.importers.megatron import OVERLAP_FLAGS
 from simtrain.apps.validate.conventions import (
     FLOP_CONVENTIONS,
     SourceConvention,
@@ -323,15 +324,6 @@ def _scenario_data(
     return data, capacity_known
 
 
-#: Megatron command-line flags a record's notes may name, and the runtime setting each turns on
-#: (runtimes/megatron_core.yaml: all three are opt-in there).
-RUNTIME_FLAGS = {
-    "--tp-comm-overlap": "tp_comm_overlap",
-    "--overlap-grad-reduce": "overlap_grad_reduce",
-    "--overlap-param-gather": "overlap_param_gather",
-}
-
-
 def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     """The runtime the source ran (``conventions.runtime_of``), with the overlap flags the
     record says were used, where the layout has something for them to overlap."""
@@ -343,7 +335,7 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         "overlap_grad_reduce": True,
         "overlap_param_gather": par.get("zero_stage", 0) in (1, 2),
     }
-    for flag, key in RUNTIME_FLAGS.items():
+    for flag, key in OVERLAP_FLAGS.items():
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
