@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "simtrain.apps": 6,
     "simtrain.torchref": 6,
     "simtrain.cli": 7,
+    "simtrain.__main__": 8,  # python -m simtrain: runs cli.main, the one module above it
     "simtrain": 7,
 }
 
