@@ -109,7 +109,26 @@ def test_registry_bubble_is_the_executed_orders(name, pp):
                  "W": Fraction(1, v)}  # fmt: skip
     for m in range(pp, 4 * pp + 1, pp):
         makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
+        if traits.asynchronous:
+            # no flush: the step is the steady state, the busiest rank's time (report.metrics)
+            makespan = max(busy.values())
         assert bubble(makespan, busy, pp) == pytest.approx(traits.bubble(pp, m, v), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pipedream", "pipedream_2bw"])
+@pytest.mark.parametrize("pp", [2, 3, 4, 8])
+def test_asynchronous_steady_state_is_the_marginal_mini_batch(name, pp):
+    """The steady state an asynchronous schedule reports (the busiest rank's time per
+    micro-batch) is what one more micro-batch adds to a long window, an independent reading of
+    the executed order: with F = 1, B = 2 each extra micro-batch adds exactly 3, and the window
+    is the steady state plus 1F1B's fill and drain, (p-1)(F+B)."""
+    gen = SCHEDULES[name].generator
+    durations = {"F": 1, "B": 2}
+    spans = {m: simulate_unit(gen(pp, m, 1), pp, 1, durations) for m in (4 * pp, 4 * pp + 1)}
+    (w0, busy0), (w1, _) = spans[4 * pp], spans[4 * pp + 1]
+    assert w1 - w0 == 3
+    assert max(busy0.values()) == 3 * 4 * pp
+    assert w0 - max(busy0.values()) == (pp - 1) * 3
 
 
 @pytest.mark.parametrize("pp", PPS)
@@ -264,7 +283,9 @@ def test_other_invalid_schedules():
 
 
 def test_registry_errors():
-    with pytest.raises(ScheduleError, match="1f1b, gpipe, interleaved, naive, pipedream, zb_h1"):
+    with pytest.raises(
+        ScheduleError, match="1f1b, gpipe, interleaved, naive, pipedream, pipedream_2bw, zb_h1"
+    ):
         build_schedule("dualpipe", 4, 8)
     with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
         build_schedule("gpipe", 4, 8, 2)

@@ -82,7 +82,10 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
     if p.zero_stage == 3:
         return work
-    bucketable = step.schedule[rank][-2].kind in ("B", "W") and not step.traits.asynchronous
+    # Buckets overlap the last backward when the rank steps its optimizer once, at the end
+    # (not PipeDream's optimizer step after every backward).
+    single_opt = step.schedule_name != "pipedream"
+    bucketable = step.schedule[rank][-2].kind in ("B", "W") and single_opt
     bucketable = bucketable and rt.overlap_grad_reduce
     zero12 = p.zero_stage in (1, 2)
     op = "reduce_scatter" if zero12 and rt.zero_grad_reduction == "reduce_scatter" else "all_reduce"

@@ -91,9 +91,10 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         )  # fmt: skip
         + f" = {_gb(b.activations)}"
     )
-    if b.pipedream_versions:
-        lines.append(f"  PipeDream weight stashing: {b.pipedream_versions} weight versions on "
-                     f"stage {sm.stage}: + {_gb(b.pipedream_extra_bytes)} of parameters")  # fmt: skip
+    if b.weight_versions > 1:
+        lines.append(f"  weight stashing ({sc.parallelism.schedule}): {b.weight_versions} weight "
+                     f"versions on stage {sm.stage}: stashed_weights = {b.weight_versions - 1} x "
+                     f"parameters = {_gb(b.stashed_weight_bytes)}")  # fmt: skip
     return lines
 
 

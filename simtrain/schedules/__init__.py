@@ -18,7 +18,9 @@ from simtrain.schedules.generators import (
     naive,
     one_f_one_b,
     pipedream,
+    pipedream_2bw,
     pipedream_weight_versions,
+    stashed_weight_versions,
     zb_h1,
 )
 from simtrain.schedules.grid import format_grid
@@ -52,11 +54,13 @@ __all__ = [
     "one_f_one_b",
     "peak_in_flight",
     "pipedream",
+    "pipedream_2bw",
     "pipedream_weight_versions",
     "rank_stages",
     "simulate_spans",
     "simulate_unit",
     "stage_to_rank",
+    "stashed_weight_versions",
     "traits",
     "validate_schedule",
     "zb_h1",

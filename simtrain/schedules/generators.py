@@ -135,12 +135,40 @@ def pipedream(pp: int, m: int, v: int = 1) -> Schedule:
     return schedule
 
 
+def pipedream_2bw(pp: int, m: int, v: int = 1) -> Schedule:
+    """PipeDream-2BW: 1F1B order, gradients accumulated over the m micro-batches of a
+    mini-batch, one optimizer step per mini-batch, and no flush: the next mini-batch's forwards
+    fill this one's drain, so in steady state a stage is busy m(F+B) + OPT per mini-batch.
+    Two weight versions per stage (double buffering, update delay 1) instead of PipeDream's
+    p - r (Narayanan et al. 2021, "Memory-Efficient Pipeline-Parallel DNN Training", ICML,
+    §3.1 and Fig. 4). The window simulated is 1F1B's action list; the step reports its steady
+    state (:mod:`simtrain.report.metrics`)."""
+    _check("pipedream_2bw", pp, m, v)
+    return {
+        r: [Action(r, k, j) for k, j in _one_f_one_b_rank(r, pp, m)] + [_opt(r)] for r in range(pp)
+    }
+
+
 def pipedream_weight_versions(pp: int, rank: int) -> int:
     """Weight versions stage ``rank`` stashes under PipeDream: p - rank, one per in-flight
     micro-batch (Harlap et al. 2018 §3.3, weight stashing)."""
     if not 0 <= rank < pp:
         raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
     return pp - rank
+
+
+def stashed_weight_versions(schedule: str, pp: int, rank: int) -> int:
+    """Weight versions stage ``rank`` keeps under ``schedule``, the live one included:
+    PipeDream p - rank (:func:`pipedream_weight_versions`), PipeDream-2BW 2 (Narayanan et al.
+    2021 ICML §3.1), every flushing schedule 1. One stage (pp = 1) never stashes: its
+    backward follows its forward before any update."""
+    if pp == 1:
+        return 1
+    if schedule == "pipedream":
+        return pipedream_weight_versions(pp, rank)
+    if schedule == "pipedream_2bw":
+        return 2
+    return 1
 
 
 def zb_h1(pp: int, m: int, v: int = 1) -> Schedule:

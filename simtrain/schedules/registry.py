@@ -13,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrain.schedules.actions import Schedule
-from simtrain.schedules.generators import gpipe, interleaved, naive, one_f_one_b, pipedream, zb_h1
+from simtrain.schedules.generators import (
+    gpipe,
+    interleaved,
+    naive,
+    one_f_one_b,
+    pipedream,
+    pipedream_2bw,
+    zb_h1,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +34,8 @@ class ScheduleTraits:
     memory model walks the real schedule; this is the documented closed form);
     ``split_backward``: backward runs as I (input grad) and W (weight grad);
     ``affine_in_m``: step time is affine in m once m reaches ``affine_from(p)`` (validate
-    simulates two short steps and extrapolates); ``asynchronous``: no flush at the step's end.
+    simulates two short steps and extrapolates); ``asynchronous``: no flush at the step's end
+    (the step reports the steady state: the busiest stage's time, :mod:`simtrain.report.metrics`).
     """
 
     name: str
@@ -63,11 +72,12 @@ def _naive_bubble(p: int, m: int, v: int) -> float:
     return (p - 1) / p
 
 
-def _pipedream_bubble(p: int, m: int, v: int) -> float:
-    """The window of m micro-batches simtrain plays, with its fill and drain: 1F1B's
-    (p−1)/(m+p−1). In steady state asynchronous PipeDream has no flush and no bubble (Harlap
-    et al. 2018 §3.2); the step does not report that yet."""
-    return (p - 1) / (m + p - 1)
+def _steady_state_bubble(p: int, m: int, v: int) -> float:
+    """Asynchronous PipeDream and PipeDream-2BW in steady state: no flush, so with uniform
+    stages every stage is busy all the time and the bubble is 0 (Harlap et al. 2018 §3.2;
+    Narayanan et al. 2021 ICML §3.1). The window simtrain plays still has 1F1B's fill and
+    drain, (p−1)/(m+p−1) of it; the step reports them apart (``fill_drain_s``)."""
+    return 0.0
 
 
 def _all_in_flight(p: int, m: int, stage: int, v: int) -> float:
@@ -107,7 +117,14 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             virtual=True,
         ),  # fmt: skip
         ScheduleTraits(
-            "pipedream", pipedream, _pipedream_bubble, _one_f_one_b_in_flight, asynchronous=True
+            "pipedream", pipedream, _steady_state_bubble, _one_f_one_b_in_flight, asynchronous=True
+        ),  # fmt: skip
+        ScheduleTraits(
+            "pipedream_2bw",
+            pipedream_2bw,
+            _steady_state_bubble,
+            _one_f_one_b_in_flight,
+            asynchronous=True,
         ),  # fmt: skip
         ScheduleTraits("zb_h1", zb_h1, _zb_h1_bubble, _zb_h1_in_flight, split_backward=True),
     )

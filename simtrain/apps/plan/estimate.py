@@ -104,7 +104,8 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
     filling and draining the pipeline (:func:`closed_form_step_s`)."""
     pp = step.pp
     t_max = max(r.total for r in ranks)
-    if pp == 1:
+    if pp == 1 or step.traits.asynchronous:
+        # PipeDream / PipeDream-2BW report their steady state: the busiest stage, no flush
         bubble_ns = 0.0
     else:
         t_avg = sum(r.total for r in ranks) / pp
@@ -143,7 +144,8 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
     op = "all_reduce" if p.zero_stage == 0 else "reduce_scatter"
-    bucketable = step.schedule[0][-2].kind in ("B", "W") and not step.traits.asynchronous
+    single_opt = step.schedule_name != "pipedream"  # PipeDream steps after every backward
+    bucketable = step.schedule[0][-2].kind in ("B", "W") and single_opt
     if bucketable:
         dp_exposed = _bucketed_exposed_ns(sc, step, op, grad_bytes, last_backward)
     else:
