@@ -145,7 +145,7 @@ def check_step(sc: Scenario) -> None:
         work = sum(s.duration_ns for s in compute if s.kind != "OPT")
         want = 0
         for stage, ch in chunks.items():
-            if stage % p.pp == g:
+            if resolve(sc).chunk_rank(stage) == g:
                 c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
                 want += m * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
         assert work == want
@@ -322,3 +322,41 @@ def test_host_stream_is_not_communication_and_time_is_conserved():
     assert sum(br[k] for k in parts) == pytest.approx(mt.step_time_s, rel=1e-9)
     plain = simulate_scenario(load_scenario(sc.source)).metrics
     assert dict(plain.time_breakdown_s)["host_exposed"] == 0
+
+
+def _zb_v_scenario(**parallel) -> Scenario:
+    return load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=zb_v", *(f"parallelism.{k}={v}" for k, v in parallel.items())],
+    )
+
+
+def test_zb_v_runs_in_a_v_and_conserves_time():
+    """ZB-V in the engine: each rank runs its two chunks (stage r and 2p-1-r), time is
+    conserved (check_step), the turn of the V (stage p-1 to p, one rank) sends nothing, every
+    other hop sends; rank 0 holds both the embedding and the head."""
+    sc = _zb_v_scenario()
+    check_step(sc)
+    step = resolve(sc)
+    pp = sc.parallelism.pp
+    assert step.v == 2 and [step.chunk_rank(s) for s in (0, pp - 1, pp, 2 * pp - 1)] == [
+        0, pp - 1, pp - 1, 0,
+    ]  # fmt: skip
+    tl = simulate_scenario(sc).timeline
+    sends = [s for s in tl.spans if s.kind == "SEND_F"]
+    m = sc.num_microbatches
+    # 2p - 1 hops forward, one of them (p-1 -> p) local: 2p - 2 real sends per micro-batch
+    assert sum(1 for s in sends if s.duration_ns > 0) == (2 * pp - 2) * m
+    chunks = resolve(sc).rank_chunks(0)
+    assert chunks[0].embedding and chunks[1].head
+
+
+def test_zb_v_bad_input_names_the_keys():
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="virtual_stages.*two chunks per rank"):
+        _zb_v_scenario(virtual_stages=4)
+    with pytest.raises(ConfigError, match=r"zb_v: two chunks per rank"):
+        _zb_v_scenario(pp=5, dp=1)  # 48 layers, 10 chunks
+    with pytest.raises(ConfigError, match="layer_split"):
+        _zb_v_scenario(layer_split="compute_balanced")

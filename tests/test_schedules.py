@@ -31,6 +31,7 @@ from simtrain.schedules import (
     stage_to_rank,
     validate_schedule,
     zb_h1,
+    zb_v,
 )
 
 PPS = range(1, 9)
@@ -108,6 +109,8 @@ def test_registry_bubble_is_the_executed_orders(name, pp):
     durations = {"F": Fraction(1, v), "B": Fraction(2, v), "I": Fraction(1, v),
                  "W": Fraction(1, v)}  # fmt: skip
     for m in range(pp, 4 * pp + 1, pp):
+        if name == "zb_v" and m < 2 * pp - 1:
+            continue  # the closed form is stated for m >= 2p - 1 (registry._zb_v_bubble)
         makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
         if traits.asynchronous:
             # no flush: the step is the steady state, the busiest rank's time (report.metrics)
@@ -218,11 +221,13 @@ def cases(draw):
 def test_schedule_properties(case, kind, bump, k):
     name, pp, m, v, durations = case
     split = SCHEDULES[name].split_backward
+    place = SCHEDULES[name].placement
+    v = SCHEDULES[name].chunks_per_rank or v
     schedule = build_schedule(name, pp, m, v)
-    validate_schedule(schedule, pp, m, v, split_backward=split)
+    validate_schedule(schedule, pp, m, v, split_backward=split, placement=place)
     assert has_split_backward(schedule) == split
-    lowered = add_p2p(schedule, pp, v)
-    validate_schedule(lowered, pp, m, v, split_backward=split)
+    lowered = add_p2p(schedule, pp, v, place)
+    validate_schedule(lowered, pp, m, v, split_backward=split, placement=place)
 
     makespan, busy = simulate_unit(schedule, pp, v, durations)
     assert 0 <= bubble(makespan, busy, pp) < 1
@@ -331,3 +336,60 @@ def test_format_timeline_shows_bubbles():
         "rank 0 | 0F0   0F1   .     .     0B0   0B1   0OPT\n"
         "rank 1 | .     1F0   1F1   1B0   1B1   1OPT  ."
     )
+
+
+# ---------------------------------------------------------------- ZB-V against PyTorch's own
+
+
+def _torch_zbv_order(pp: int, m: int) -> dict[int, list[Action]]:
+    """torch 2.13's ``ScheduleZBVZeroBubble`` per-rank order (its planner, run without
+    building stages), None (idle) entries dropped as its runtime skips them."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import types
+
+    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
+    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
+    plan = schedules.ScheduleZBVZeroBubble._calculate_single_rank_operations
+    return {
+        r: [
+            Action(a.stage_index, kinds[a.computation_type.name], a.microbatch_index)
+            for a in plan(fake, r)
+            if a is not None
+        ]  # fmt: skip
+        for r in range(pp)
+    }
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_zb_v_is_torch_executed_order(pp):
+    """ZB-V's action lists are torch 2.13's, action for action, for every m up to 24; so in unit
+    time (F = 1, B = 2, I = W = 1 per stage, halved per chunk) the makespan and the bubble are
+    torch's executed order's; the V placement holds (stage s on rank s, then 2p - 1 - s) and the
+    order is a valid, deadlock-free step."""
+    half = Fraction(1, 2)
+    durations = {"F": half, "I": half, "W": half}
+    for m in range(1, 25):
+        ours = zb_v(pp, m, 2)
+        theirs = _torch_zbv_order(pp, m)
+        assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, m)
+        assert all(acts[-1] == Action(r, "OPT") for r, acts in ours.items())
+        validate_schedule(ours, pp, m, 2, split_backward=True, placement="v")
+        theirs_opt = {r: [*acts, Action(r, "OPT")] for r, acts in theirs.items()}
+        assert simulate_unit(ours, pp, 2, durations) == simulate_unit(theirs_opt, pp, 2, durations)
+        if m >= 2 * pp - 1:
+            makespan, busy = simulate_unit(ours, pp, 2, durations)
+            assert makespan == 3 * m + Fraction(pp - 1, 2)
+            assert bubble(makespan, busy, pp) == Fraction(pp - 1, 6 * m + pp - 1)
+
+
+def test_zb_v_placement_and_peak():
+    """The V: rank r holds stages r and 2p - 1 - r (torch ``generate_stage_to_rank_mapping``,
+    style "v"); once m >= 2p - 1 every rank holds 2p chunk activations, p micro-batches of its
+    layers: 1F1B's first-stage peak on every rank (Qi et al. 2024 §6)."""
+    assert [stage_to_rank(s, 4, 2, "v") for s in range(8)] == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert rank_stages(1, 4, 2, "v") == [1, 6]
+    for pp in (2, 4, 8):
+        for m in (2 * pp - 1, 4 * pp):
+            assert set(peak_in_flight(zb_v(pp, m, 2)).values()) == {2 * pp}
+    with pytest.raises(ScheduleError, match="2 chunks"):
+        zb_v(4, 8, 1)

@@ -23,7 +23,6 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     ar = comm.tp_allreduce_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
-        rank = step.chunk_rank(stage)
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         n = ch.layers
         host_f, host_b = action_host_ns(sc, n, t.recompute == "full")
@@ -35,13 +34,26 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
             tp_recompute_ns=2 * n * ar if t.recompute == "full" else 0,
-            send_forward_ns=comm.p2p_send_ns(sc, step, rank, 1),
-            send_backward_ns=comm.p2p_send_ns(sc, step, rank, -1),
+            send_forward_ns=_send_ns(sc, step, stage, stage + 1),
+            send_backward_ns=_send_ns(sc, step, stage, stage - 1),
             layers=(ch.lo, ch.hi),
             host_forward_ns=host_f,
             host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
         )
     return out
+
+
+def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
+    """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end or
+    when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
+    otherwise a hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage
+    sits on the rank before)."""
+    if not 0 <= to_stage <= step.last_stage:
+        return comm.p2p_send_ns(sc, step, step.chunk_rank(stage), 1 if to_stage > stage else -1)
+    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
+    if rank == other:
+        return 0
+    return comm.p2p_send_ns(sc, step, rank, other - rank)
 
 
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,

@@ -22,6 +22,7 @@ from simtrain.schedules.generators import (
     pipedream_weight_versions,
     stashed_weight_versions,
     zb_h1,
+    zb_v,
 )
 from simtrain.schedules.grid import format_grid
 from simtrain.schedules.registry import (
@@ -64,4 +65,5 @@ __all__ = [
     "traits",
     "validate_schedule",
     "zb_h1",
+    "zb_v",
 ]

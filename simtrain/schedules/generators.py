@@ -149,6 +149,71 @@ def pipedream_2bw(pp: int, m: int, v: int = 1) -> Schedule:
     }
 
 
+def zb_v(pp: int, m: int, v: int = 2) -> Schedule:
+    """ZB-V (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", arXiv 2401.10241 §6): two
+    chunks per rank in a V (rank r holds stages r and 2p-1-r), backward split into I and W, the
+    W's filling the bubbles; zero bubble when T_F = T_I = T_W and m >= 2p-1.
+
+    The per-rank order is PyTorch's, rule for rule (torch 2.13
+    ``torch/distributed/pipelining/schedules.py``, ``ScheduleZBVZeroBubble.
+    _calculate_single_rank_operations``): warm-up 2(p-r)-1 forwards of chunk 0, r pairs
+    (chunk-1 F, chunk-0 F), p-r triples (chunk-1 F, I, W); then (chunk-0 F, I, W, chunk-1 F,
+    I, W) while forwards remain; cool-down r (chunk-0 I, chunk-1 I) and p-r (chunk-0 I, W),
+    the remaining W's of chunk 1 then chunk 0. Like PyTorch it plans max(2p-1, m) micro-batches
+    and drops the actions of those beyond m. ``tests/test_schedules.py`` compares the lists
+    with torch's own."""
+    if v != 2:
+        raise ScheduleError(f"zb_v has exactly 2 chunks per rank (got v={v})")
+    if pp < 1 or m < 1:
+        raise ScheduleError(f"zb_v needs pp >= 1 and m >= 1 (got pp={pp}, m={m})")
+    schedule: Schedule = {}
+    for r in range(pp):
+        s0, s1 = r, 2 * pp - 1 - r
+        n = max(2 * pp - 1, m)
+        ops: list[tuple[int, str, int]] = []
+        cnt = {("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0}
+
+        def step(stage: int, kind: str, s0: int = s0, ops: list = ops, cnt: dict = cnt) -> None:
+            chunk = 0 if stage == s0 else 1
+            key = ("F" if kind == F else "B", chunk)
+            ops.append((stage, kind, cnt[key]))
+            cnt[key] += 1
+
+        for _ in range(2 * (pp - r) - 1):
+            step(s0, F)
+        for _ in range(r):
+            step(s1, F)
+            step(s0, F)
+        for _ in range(pp - r):
+            step(s1, F)
+            ops.append((s1, I, cnt[("B", 1)]))
+            step(s1, W)
+        while cnt[("F", 1)] < cnt[("F", 0)] or cnt[("F", 0)] < n:
+            if cnt[("F", 0)] < n:
+                step(s0, F)
+            ops.append((s0, I, cnt[("B", 0)]))
+            step(s0, W)
+            step(s1, F)
+            ops.append((s1, I, cnt[("B", 1)]))
+            step(s1, W)
+        w0, w1 = cnt[("B", 0)], cnt[("B", 1)]
+        for _ in range(r):
+            step(s0, I)
+            step(s1, I)
+        for _ in range(pp - r):
+            step(s0, I)
+            ops.append((s0, W, w0))
+            w0 += 1
+        while w1 < cnt[("B", 1)]:
+            ops.append((s1, W, w1))
+            w1 += 1
+        while w0 < cnt[("B", 0)]:
+            ops.append((s0, W, w0))
+            w0 += 1
+        schedule[r] = [Action(st, k, j) for st, k, j in ops if j < m] + [_opt(r)]
+    return schedule
+
+
 def pipedream_weight_versions(pp: int, rank: int) -> int:
     """Weight versions stage ``rank`` stashes under PipeDream: p - rank, one per in-flight
     micro-batch (Harlap et al. 2018 §3.3, weight stashing)."""

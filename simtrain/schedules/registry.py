@@ -21,6 +21,7 @@ from simtrain.schedules.generators import (
     pipedream,
     pipedream_2bw,
     zb_h1,
+    zb_v,
 )
 
 
@@ -46,6 +47,8 @@ class ScheduleTraits:
     affine_in_m: bool = False
     asynchronous: bool = False
     virtual: bool = False  # takes v > 1 model chunks per rank
+    placement: str = "loop"  # chunks on ranks: "loop" (stage % pp) or "v" (actions.PLACEMENTS)
+    chunks_per_rank: int = 0  # a fixed number of chunks per rank (ZB-V: 2); 0 = virtual_stages
 
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
@@ -65,6 +68,21 @@ def _interleaved_bubble(p: int, m: int, v: int) -> float:
 def _zb_h1_bubble(p: int, m: int, v: int) -> float:
     """ZB-H1 with T_F = T_I = T_W: (p−1)/(3m+p−1), m ≥ p (Qi et al. 2024 §2.1)."""
     return (p - 1) / (3 * m + p - 1)
+
+
+def _zb_v_bubble(p: int, m: int, v: int) -> float:
+    """ZB-V, chunks of T_F = T_I = T_W = T/2 (a full stage's F = T, B = 2T): each rank works
+    3mT and the executed order (PyTorch's) ends (p−1)T/2 later, so the bubble is
+    (p−1)/(6m+p−1) for m ≥ 2p−1 — half of ZB-H1's (p−1)/(3m+p−1) (Qi et al. 2024 §6: "zero
+    bubble" in steady state; the residue is the fill of the first chunk). Below 2p−1 the
+    executed order is longer (m = p: 4m−1 half-units); the form is stated for m ≥ 2p−1."""
+    return (p - 1) / (6 * m + p - 1)
+
+
+def _zb_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """ZB-V holds 2p chunk activations on every rank, p micro-batches of its layers, once
+    m ≥ 2p−1: the peak of 1F1B's first stage, on every stage (Qi et al. 2024 §6)."""
+    return float(min(m, p))
 
 
 def _naive_bubble(p: int, m: int, v: int) -> float:
@@ -127,6 +145,16 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             asynchronous=True,
         ),  # fmt: skip
         ScheduleTraits("zb_h1", zb_h1, _zb_h1_bubble, _zb_h1_in_flight, split_backward=True),
+        ScheduleTraits(
+            "zb_v",
+            zb_v,
+            _zb_v_bubble,
+            _zb_v_in_flight,
+            split_backward=True,
+            virtual=True,
+            placement="v",
+            chunks_per_rank=2,
+        ),  # fmt: skip
     )
 }
 
@@ -143,8 +171,10 @@ def traits(name: str) -> ScheduleTraits:
 
 
 def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
-    """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank."""
-    return traits(name).generator(pp, m, v)
+    """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank (a schedule with a
+    fixed number of chunks per rank, ZB-V's 2, takes its own)."""
+    tr = traits(name)
+    return tr.generator(pp, m, tr.chunks_per_rank or v)
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:

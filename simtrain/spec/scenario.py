@@ -331,10 +331,17 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and p.layer_split == "uniform":
+    if p.schedule == "zb_v" and p.virtual_stages not in (1, 2):
         raise ConfigError(
-            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
-            f"model.layers = {m.layers}", p.pp,
+            file, "parallelism.virtual_stages", "zb_v always runs two chunks per rank (a V): "
+            "leave virtual_stages out or set it to 2", p.virtual_stages,
+        )  # fmt: skip
+    v = 2 if p.schedule == "zb_v" and p.pp > 1 else p.virtual_stages
+    if p.pp > 1 and m.layers % (p.pp * v) and p.layer_split == "uniform":
+        raise ConfigError(
+            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * v} must divide "
+            f"model.layers = {m.layers}" + (" (zb_v: two chunks per rank)" if v != p.virtual_stages
+                                            else ""), p.pp,
         )  # fmt: skip
     if m.heads % p.tp or m.kv_heads % p.tp:
         raise ConfigError(
@@ -361,12 +368,12 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split != "uniform" and p.virtual_stages > 1:
+    if p.layer_split != "uniform" and (p.virtual_stages > 1 or p.schedule == "zb_v"):
         raise ConfigError(
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
-    if p.virtual_stages > 1 and p.schedule != "interleaved":
+    if p.virtual_stages > 1 and p.schedule not in ("interleaved", "zb_v"):
         raise ConfigError(
             file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "
             "stages > 1", p.virtual_stages,
