@@ -354,9 +354,36 @@ def test_zb_v_runs_in_a_v_and_conserves_time():
 def test_zb_v_bad_input_names_the_keys():
     from simtrain.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="virtual_stages.*two chunks per rank"):
+    with pytest.raises(ConfigError, match="virtual_stages.*2 chunks per rank"):
         _zb_v_scenario(virtual_stages=4)
-    with pytest.raises(ConfigError, match=r"zb_v: two chunks per rank"):
+    with pytest.raises(ConfigError, match=r"zb_v: 2 chunks per rank"):
         _zb_v_scenario(pp=5, dp=1)  # 48 layers, 10 chunks
     with pytest.raises(ConfigError, match="layer_split"):
         _zb_v_scenario(layer_split="compute_balanced")
+
+
+def test_dualpipe_v_runs_in_the_engine_and_refuses_too_few_micro_batches():
+    """DualPipeV lowers (full and split backwards on one rank), conserves time, and beats 1F1B
+    on the same layout; fewer micro-batches than stages is one line naming the key."""
+    from simtrain.errors import ConfigError
+
+    sc = load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=dualpipe_v", "parallelism.pp=4", "parallelism.dp=2",
+         "training.global_batch=128"],
+    )  # fmt: skip
+    check_step(sc)
+    kinds = {s.kind for s in simulate_scenario(sc).timeline.spans if s.stream == "compute"}
+    assert {"F", "B", "I", "W"} <= kinds
+    flush = load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=1f1b", "parallelism.pp=4", "parallelism.dp=2",
+         "training.global_batch=128"],
+    )  # fmt: skip
+    assert simulate_scenario(sc).metrics.step_time_s < simulate_scenario(flush).metrics.step_time_s
+    with pytest.raises(ConfigError, match="global_batch.*dualpipe_v needs at least 8"):
+        load_scenario(
+            ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+            ["parallelism.schedule=dualpipe_v", "parallelism.pp=4", "parallelism.dp=2",
+             "training.global_batch=48"],
+        )  # fmt: skip

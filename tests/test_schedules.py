@@ -33,6 +33,7 @@ from simtrain.schedules import (
     zb_h1,
     zb_v,
 )
+from simtrain.schedules.generators import dualpipe_v
 
 PPS = range(1, 9)
 MS = range(1, 17)
@@ -109,8 +110,8 @@ def test_registry_bubble_is_the_executed_orders(name, pp):
     durations = {"F": Fraction(1, v), "B": Fraction(2, v), "I": Fraction(1, v),
                  "W": Fraction(1, v)}  # fmt: skip
     for m in range(pp, 4 * pp + 1, pp):
-        if name == "zb_v" and m < 2 * pp - 1:
-            continue  # the closed form is stated for m >= 2p - 1 (registry._zb_v_bubble)
+        if name in ("zb_v", "dualpipe_v") and m < 2 * pp:
+            continue  # the closed forms are stated for m >= 2p - 1 (ZB-V), 2p (DualPipeV)
         makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
         if traits.asynchronous:
             # no flush: the step is the steady state, the busiest rank's time (report.metrics)
@@ -211,6 +212,8 @@ def cases(draw):
         m = pp * draw(st.integers(1, 16 // pp)) if v > 1 else draw(st.integers(1, 16))
     else:
         v, m = 1, draw(st.integers(1, 16))
+    if SCHEDULES[name].min_microbatches_per_stage:  # DualPipeV: m >= 2p
+        m = max(m, 2 * pp)
     durations = {k: draw(DURATION) for k in ("F", "B", "I", "W")}
     durations["OPT"] = draw(st.integers(0, 3))
     return name, pp, m, v, durations
@@ -220,12 +223,13 @@ def cases(draw):
 @given(cases(), st.sampled_from(["F", "B", "I", "W", "OPT"]), st.integers(1, 5), st.integers(2, 4))
 def test_schedule_properties(case, kind, bump, k):
     name, pp, m, v, durations = case
-    split = SCHEDULES[name].split_backward
-    place = SCHEDULES[name].placement
-    v = SCHEDULES[name].chunks_per_rank or v
+    tr = SCHEDULES[name]
+    split = None if tr.mixed_backward else tr.split_backward
+    place = tr.placement
+    v = tr.chunks_per_rank or v
     schedule = build_schedule(name, pp, m, v)
     validate_schedule(schedule, pp, m, v, split_backward=split, placement=place)
-    assert has_split_backward(schedule) == split
+    assert has_split_backward(schedule) == (split is not False)
     lowered = add_p2p(schedule, pp, v, place)
     validate_schedule(lowered, pp, m, v, split_backward=split, placement=place)
 
@@ -289,7 +293,8 @@ def test_other_invalid_schedules():
 
 def test_registry_errors():
     with pytest.raises(
-        ScheduleError, match="1f1b, gpipe, interleaved, naive, pipedream, pipedream_2bw, zb_h1"
+        ScheduleError,
+        match="1f1b, dualpipe_v, gpipe, interleaved, naive, pipedream, pipedream_2bw, zb_h1, zb_v",
     ):
         build_schedule("dualpipe", 4, 8)
     with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
@@ -393,3 +398,46 @@ def test_zb_v_placement_and_peak():
             assert set(peak_in_flight(zb_v(pp, m, 2)).values()) == {2 * pp}
     with pytest.raises(ScheduleError, match="2 chunks"):
         zb_v(4, 8, 1)
+
+
+def _torch_dualpipe_v_order(pp: int, m: int) -> dict[int, list[Action]]:
+    """torch 2.13's ``ScheduleDualPipeV`` per-rank order, each ``OVERLAP_F_B`` flattened into
+    its sub-actions (F then B) as its runtime executes them."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import types
+
+    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
+    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
+    out: dict[int, list[Action]] = {}
+    for r in range(pp):
+        acts: list[Action] = []
+        for a in schedules.ScheduleDualPipeV._calculate_single_rank_operations(fake, r):
+            if a is None:
+                continue
+            subs = a.sub_actions if a.computation_type.name == "OVERLAP_F_B" else (a,)
+            acts += [Action(x.stage_index, kinds[x.computation_type.name], x.microbatch_index)
+                     for x in subs]  # fmt: skip
+        out[r] = acts
+    return out
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_dualpipe_v_is_torch_executed_order(pp):
+    """DualPipeV's action lists are torch 2.13's executed order (overlapped F&B run as F then
+    B), for m = 2p .. 2p + 15, so the unit-time makespan and bubble are torch's; a valid step
+    mixing full and split backwards. Each rank ends (p-1)/2 after its 3m of work with chunk
+    F = I = W = 1/2, B = 1, and holds 2p + 1 chunk activations: the DualPipe README's
+    "Activation Per Device PP+1" for PP = 2p stages (github.com/deepseek-ai/DualPipe, 3da1bbe)."""
+    half = Fraction(1, 2)
+    durations = {"F": half, "B": 1, "I": half, "W": half}
+    for m in range(2 * pp, 2 * pp + 16):
+        ours = dualpipe_v(pp, m, 2)
+        theirs = _torch_dualpipe_v_order(pp, m)
+        assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, m)
+        validate_schedule(ours, pp, m, 2, split_backward=None, placement="v")
+        makespan, busy = simulate_unit(ours, pp, 2, durations)
+        assert set(busy.values()) == {3 * m}
+        assert makespan == 3 * m + Fraction(pp - 1, 2)
+        assert set(peak_in_flight(ours).values()) == {2 * pp + 1}
+    with pytest.raises(ScheduleError, match="at least as many micro-batches"):
+        dualpipe_v(pp, 2 * pp - 1, 2)

@@ -13,6 +13,7 @@ from simtrain.schedules.actions import (
 from simtrain.schedules.analysis import peak_in_flight
 from simtrain.schedules.comm import add_p2p
 from simtrain.schedules.generators import (
+    dualpipe_v,
     gpipe,
     interleaved,
     naive,
@@ -36,6 +37,7 @@ from simtrain.schedules.unit_time import format_timeline, simulate_spans, simula
 from simtrain.schedules.validate import has_split_backward, validate_schedule
 
 __all__ = [
+    "dualpipe_v",
     "COMM_KINDS",
     "COMPUTE_KINDS",
     "KINDS",

@@ -214,6 +214,85 @@ def zb_v(pp: int, m: int, v: int = 2) -> Schedule:
     return schedule
 
 
+def dualpipe_v(pp: int, m: int, v: int = 2) -> Schedule:
+    """DualPipeV (DeepSeek-AI, github.com/deepseek-ai/DualPipe ``dualpipev.py``; the
+    "cut-in-half" of DualPipe, DeepSeek-V3 report §3.2.1): ZB-V's placement (rank r holds
+    stages r and 2p-1-r), mostly full backwards (B) paired with a forward of the other chunk
+    (DualPipe's overlapped F&B: here run one after the other, as PyTorch's runtime runs an
+    ``OVERLAP_F_B`` action's sub-actions), split I/W only where they fill the bubbles.
+
+    The per-rank order is PyTorch's, rule for rule (torch 2.13
+    ``torch/distributed/pipelining/schedules.py``, ``ScheduleDualPipeV.
+    _calculate_single_rank_operations``, steps 1-8), each ``OVERLAP_F_B`` flattened into its
+    F then B. Needs m >= 2p (as PyTorch). README bubble (its Table, PP = 2p stages):
+    (p-1)(F&B + B - 3W) per rank, checked in tests/test_schedules.py."""
+    if v != 2:
+        raise ScheduleError(f"dualpipe_v has exactly 2 chunks per rank (got v={v})")
+    if m < 2 * pp:
+        raise ScheduleError(
+            f"dualpipe_v needs at least as many micro-batches as stages, 2 x pp = {2 * pp} "
+            f"(got m={m})"
+        )
+    return {r: [*_dualpipe_v_rank(r, pp, m), _opt(r)] for r in range(pp)}
+
+
+def _dualpipe_v_rank(rank: int, pp: int, m: int) -> list[Action]:
+    """One rank's DualPipeV order (see :func:`dualpipe_v`)."""
+    s0, s1 = rank, 2 * pp - 1 - rank
+    ops: list[Action] = []
+    fwd = {s0: 0, s1: 0}  # next forward micro-batch per stage
+    bwd = {s0: 0, s1: 0}  # next backward (B or I) micro-batch per stage
+    weights: list[tuple[int, int]] = []  # (stage, mb) whose W is pending after an I
+
+    def f(stage: int) -> None:
+        ops.append(Action(stage, F, fwd[stage]))
+        fwd[stage] += 1
+
+    def b(stage: int, kind: str = B) -> None:
+        ops.append(Action(stage, kind, bwd[stage]))
+        if kind == I:
+            weights.append((stage, bwd[stage]))
+        bwd[stage] += 1
+
+    def w() -> None:
+        if weights:
+            stage, j = weights.pop(0)
+            ops.append(Action(stage, W, j))
+
+    for _ in range(2 * (pp - rank - 1)):  # step 1: F0
+        f(s0)
+    for _ in range(rank + 1):  # step 2: F0 F1
+        f(s0)
+        f(s1)
+    for _ in range(pp - rank - 1):  # step 3: I1 W1 F1 (zero bubble)
+        b(s1, I)
+        w()
+        f(s1)
+    for _ in range(m - 2 * pp + rank + 1):  # step 4: F0&B1, F1&B0
+        f(s0)
+        b(s1)  # rank p-1's first pair is not overlapped in DualPipe; the same order here
+        f(s1)
+        b(s0)
+    for _ in range(pp - rank - 1):  # step 5: B1, F1&B0
+        b(s1)
+        f(s1)
+        b(s0)
+    zb = False
+    for i in range(rank + 1):  # step 6: B1 B0, the second half zero-bubble (I)
+        if i == (rank + 1) // 2 and rank % 2 == 1:
+            zb = True
+        b(s1, I if zb else B)
+        if i == (rank + 1) // 2 and rank % 2 == 0:
+            zb = True
+        b(s0, I if zb else B)
+    for _ in range(pp - rank - 1):  # step 7: W0 B0
+        w()
+        b(s0, I if zb else B)
+    for _ in range(rank + 1):  # step 8: W0
+        w()
+    return ops
+
+
 def pipedream_weight_versions(pp: int, rank: int) -> int:
     """Weight versions stage ``rank`` stashes under PipeDream: p - rank, one per in-flight
     micro-batch (Harlap et al. 2018 §3.3, weight stashing)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from simtrain.schedules.actions import Schedule
 from simtrain.schedules.generators import (
+    dualpipe_v,
     gpipe,
     interleaved,
     naive,
@@ -49,6 +50,8 @@ class ScheduleTraits:
     virtual: bool = False  # takes v > 1 model chunks per rank
     placement: str = "loop"  # chunks on ranks: "loop" (stage % pp) or "v" (actions.PLACEMENTS)
     chunks_per_rank: int = 0  # a fixed number of chunks per rank (ZB-V: 2); 0 = virtual_stages
+    mixed_backward: bool = False  # both full backwards (B) and split ones (I, W): DualPipeV
+    min_microbatches_per_stage: int = 0  # m >= this x stages (DualPipeV: 1, m >= 2p)
 
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
@@ -83,6 +86,19 @@ def _zb_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
     """ZB-V holds 2p chunk activations on every rank, p micro-batches of its layers, once
     m ≥ 2p−1: the peak of 1F1B's first stage, on every stage (Qi et al. 2024 §6)."""
     return float(min(m, p))
+
+
+def _dualpipe_v_bubble(p: int, m: int, v: int) -> float:
+    """DualPipeV's executed order (PyTorch's, each overlapped F&B run as F then B) with chunk
+    costs F = I = W = T/2, B = T ends (p−1)T/2 after each rank's 3mT of work, like ZB-V:
+    (p−1)/(6m+p−1) for m ≥ 2p."""
+    return (p - 1) / (6 * m + p - 1)
+
+
+def _dualpipe_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """DualPipeV holds 2p+1 chunk activations on every rank: the DualPipe README's "PP+1"
+    (PP = 2p stages), p + 1/2 micro-batches of the rank's layers."""
+    return p + 0.5
 
 
 def _naive_bubble(p: int, m: int, v: int) -> float:
@@ -154,6 +170,17 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             virtual=True,
             placement="v",
             chunks_per_rank=2,
+        ),  # fmt: skip
+        ScheduleTraits(
+            "dualpipe_v",
+            dualpipe_v,
+            _dualpipe_v_bubble,
+            _dualpipe_v_in_flight,
+            virtual=True,
+            placement="v",
+            chunks_per_rank=2,
+            mixed_backward=True,
+            min_microbatches_per_stage=1,
         ),  # fmt: skip
     )
 }

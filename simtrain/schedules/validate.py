@@ -38,7 +38,12 @@ def _fail(schedule: Schedule, pp: int, m: int, v: int, problems: list[str]) -> N
 
 
 def _structure(
-    schedule: Schedule, pp: int, m: int, v: int, split_backward: bool, placement: str = "loop"
+    schedule: Schedule,
+    pp: int,
+    m: int,
+    v: int,
+    split_backward: bool | None,
+    placement: str = "loop",
 ) -> list[str]:
     """Every structural problem of ``schedule``, in a fixed order: ranks and actions, coverage
     and per-micro-batch order, OPT placement, then (only if all those pass) p2p pairing."""
@@ -87,11 +92,13 @@ def _action_problems(
 
 
 def _coverage_problems(
-    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool
+    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool | None
 ) -> list[str]:
     """Compute kinds of the other backward style; each (stage, micro-batch) not exactly once
     per expected kind; a B before its F (or a W before its I) on the same rank."""
     problems: list[str] = []
+    if split_backward is None:  # mixed (DualPipeV): each (stage, mb) has B, or I and W
+        return _mixed_coverage_problems(where, stages, m)
     wanted = (F, I, W) if split_backward else (F, B)
     for kind in (k for k in COMPUTE_KINDS if k not in wanted):
         for a in where:
@@ -110,6 +117,29 @@ def _coverage_problems(
             for x, y in zip(chain, chain[1:], strict=False):
                 px, py = where.get(x), where.get(y)
                 if px and py and px[0][0] == py[0][0] and px[0][1] > py[0][1]:
+                    problems.append(
+                        f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
+                    )
+    return problems
+
+
+def _mixed_coverage_problems(
+    where: dict[Action, list[tuple[int, int]]], stages: int, m: int
+) -> list[str]:
+    """A schedule mixing full and split backwards: every (stage, micro-batch) has one F and
+    either one B or one I and one W (not both), F first, I before W on the rank."""
+    problems: list[str] = []
+    for s in range(stages):
+        for j in range(m):
+            n = {k: len(where.get(Action(s, k, j), [])) for k in (F, B, I, W)}
+            if n[F] != 1 or (n[B], n[I], n[W]) not in ((1, 0, 0), (0, 1, 1)):
+                problems.append(f"stage {s} micro-batch {j}: F x{n[F]}, B x{n[B]}, I x{n[I]}, "
+                                f"W x{n[W]}; expected F once and B, or I and W, once")  # fmt: skip
+                continue
+            chain = [Action(s, k, j) for k in ((F, B) if n[B] else (F, I, W))]
+            for x, y in zip(chain, chain[1:], strict=False):
+                px, py = where[x], where[y]
+                if px[0][0] == py[0][0] and px[0][1] > py[0][1]:
                     problems.append(
                         f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
                     )
@@ -190,14 +220,15 @@ def validate_schedule(
     m: int,
     v: int = 1,
     *,
-    split_backward: bool = False,
+    split_backward: bool | None = False,
     placement: str = "loop",
 ) -> None:
     """Raise ScheduleError (with the grid) unless ``schedule`` is a valid step of training.
 
     Checks: ranks 0..pp-1; known kinds; each action on its stage's rank (``placement``: stage %
     pp, or the V of ZB-V); every (stage,
-    micro-batch) exactly once per kind (F and B, or F, I and W when ``split_backward``); F before
+    micro-batch) exactly once per kind (F and B, or F, I and W when ``split_backward``; either,
+    per micro-batch, when ``split_backward`` is None: DualPipeV's mixed backwards); F before
     B / I before W on the rank; each rank ends with OPT and every OPT follows new gradients;
     SEND/RECV (if present) exactly as :func:`~simtrain.schedules.comm.add_p2p` places them; and
     no deadlock when run with unit times.

@@ -12,6 +12,7 @@ from typing import Any
 
 from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
 from simtrain.schedules.registry import SCHEDULES
+from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
 from simtrain.spec.limits import (
     MAX_ACTIVATION_BYTES,
@@ -331,17 +332,25 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    if p.schedule == "zb_v" and p.virtual_stages not in (1, 2):
+    fixed = schedule_traits(p.schedule).chunks_per_rank if p.schedule in SCHEDULES else 0
+    if fixed and p.virtual_stages not in (1, fixed):
         raise ConfigError(
-            file, "parallelism.virtual_stages", "zb_v always runs two chunks per rank (a V): "
-            "leave virtual_stages out or set it to 2", p.virtual_stages,
+            file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
+            f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
-    v = 2 if p.schedule == "zb_v" and p.pp > 1 else p.virtual_stages
+    v = fixed if fixed and p.pp > 1 else p.virtual_stages
     if p.pp > 1 and m.layers % (p.pp * v) and p.layer_split == "uniform":
         raise ConfigError(
             file, "parallelism.pp", f"pp x virtual_stages = {p.pp * v} must divide "
-            f"model.layers = {m.layers}" + (" (zb_v: two chunks per rank)" if v != p.virtual_stages
-                                            else ""), p.pp,
+            f"model.layers = {m.layers}"
+            + (f" ({p.schedule}: {fixed} chunks per rank)" if v != p.virtual_stages else ""), p.pp,
+        )  # fmt: skip
+    per_stage = schedule_traits(p.schedule).min_microbatches_per_stage if fixed else 0
+    if p.pp > 1 and per_stage and s.num_microbatches < per_stage * p.pp * v:
+        raise ConfigError(
+            file, "training.global_batch", f"{p.schedule} needs at least {per_stage * p.pp * v} "
+            f"micro-batches (one per stage, 2 x pp; PyTorch ScheduleDualPipeV): global_batch / "
+            f"(micro_batch x dp) = {s.num_microbatches}", t.global_batch,
         )  # fmt: skip
     if m.heads % p.tp or m.kv_heads % p.tp:
         raise ConfigError(
@@ -368,12 +377,12 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split != "uniform" and (p.virtual_stages > 1 or p.schedule == "zb_v"):
+    if p.layer_split != "uniform" and (p.virtual_stages > 1 or fixed):
         raise ConfigError(
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
-    if p.virtual_stages > 1 and p.schedule not in ("interleaved", "zb_v"):
+    if p.virtual_stages > 1 and p.schedule != "interleaved" and not fixed:
         raise ConfigError(
             file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "
             "stages > 1", p.virtual_stages,
