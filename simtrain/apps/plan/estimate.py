@@ -46,7 +46,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     - Pipeline (uniform-stage closed forms; Narayanan et al. 2021 Eq. 1 and §2.2.2; formulas.md
       §3): ``m·T_max + (p−1)·T_avg/v`` for GPipe, 1F1B and interleaved (bubble (p−1)/(v·m+p−1)
       of the total); ZB-H1 ``m·T_max + (p−1)·(T_F + T_I − T_W)`` (Qi et al. 2024, "Zero Bubble
-      Pipeline Parallelism", §3: the 1F1B bubble less the deferred weight gradients); plus the
+      Pipeline Parallelism", §3: the 1F1B bubble less the deferred weight gradients); ZB-V and
+      DualPipeV half that (their executed orders with two chunks per rank); asynchronous
+      PipeDream none (its steady state); plus the
       p2p hops of filling and draining the pipeline (``costs.comm.p2p_send_ns``, each hop
       over the link its placement gives).
     - Data parallelism on stage 0 (whose last backward ends the step): DDP / ZeRO-1/2 buckets
@@ -112,12 +114,22 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         if step.schedule_name == "zb_h1":
             avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
             bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0)
+        elif step.traits.placement == "v":
+            # ZB-V and DualPipeV (executed orders, tests/test_schedules.py): a rank's F + I - W
+            # over two chunks, (p-1)(F+I-W)/2; exact at F = I = W (and for DualPipeV at
+            # I = 2W), an estimate otherwise
+            avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
+            bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0) / 2
         elif step.schedule_name == "naive":
             bubble_ns = (pp - 1) * step.microbatches * t_avg
         else:
             bubble_ns = (pp - 1) * t_avg / step.v
         # fill and drain: each hop between consecutive chunks once each way
-        hops = sum(p2p_send_ns(sc, step, step.chunk_rank(k)) for k in range(step.last_stage))
+        hops = sum(
+            p2p_send_ns(sc, step, step.chunk_rank(k))
+            for k in range(step.last_stage)
+            if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
+        )
         bubble_ns += 2 * hops
     return step.microbatches * t_max + bubble_ns
 
