@@ -47,6 +47,15 @@ attention core when it is not flash, and every element-wise pass of the forward 
 SiLU, residual adds: the block's forward element-wise bytes), all replayed before the block's
 backward. Under sequence parallelism the recompute re-runs the two all-gathers (not in the list),
 not the reduce-scatters (saved).
+
+Approximations: torchao's float8 linears call ``torch.mm`` on float8 tensor subclasses inside
+their autograd.Function, so the policy's mode sees (and counts, and keeps the 16-bit output of)
+an ``aten.mm`` before the subclass runs ``_scaled_mm``; the float8 casts of a recomputed
+projection's input are counted as that projection's share of the block's casts. Under
+``torch.compile`` the partitioner drops a recomputed op no backward needs: with sequence
+parallelism the o projection feeds only its (kept) reduce-scatter, so a compiled run skips its
+2·sbh²/t, which the eager count here keeps. torchtitan's ``repeat_kv`` copies of GQA keys and
+values change what the recomputed forward holds for SDPA's backward, not what the block keeps.
 """
 
 from __future__ import annotations

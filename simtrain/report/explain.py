@@ -90,7 +90,8 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         f"{b.in_flight:g} in flight at the peak ({sched_name}, stage {sm.stage})"
         + (
             f" + recompute working set {b.recompute_working_set_bytes:,} B (what re-materialising "
-            "one block adds to the saved peak: its saved tensors less its checkpointed input)"
+            "one block adds to the saved peak: its saved tensors less its checkpointed input"
+            + (" and the outputs the policy keeps)" if t.recompute == "selective_op" else ")")
             if full
             else ""
         )  # fmt: skip
