@@ -25,7 +25,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     for stage, ch in enumerate(step.chunks):
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         n = ch.layers
-        host_f, host_b = action_host_ns(sc, n, t.recompute == "full")
+        # selective_op replays the whole forward op by op too (cached outputs included).
+        host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -33,7 +34,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             recompute_ns=c.recompute_ns,
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
-            tp_recompute_ns=2 * n * ar if t.recompute == "full" else 0,
+            tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),
             layers=(ch.lo, ch.hi),
@@ -54,6 +55,17 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     if rank == other:
         return 0
     return comm.p2p_send_ns(sc, step, rank, other - rank)
+
+
+def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
+    """TP collectives the recompute replays: full, the block's two all-reduces; selective_op
+    (costs.op_sac), the same without sequence parallelism (all-reduce is not in torchtitan's
+    ``_save_list``), and with it only the two all-gathers (its reduce-scatter outputs are
+    saved): half an all-reduce each, ``layers · ar``."""
+    t, p = sc.training, sc.parallelism
+    if t.recompute == "full" or (t.recompute == "selective_op" and not p.sequence_parallel):
+        return 2 * layers * ar
+    return layers * ar if t.recompute == "selective_op" else 0
 
 
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,

@@ -28,7 +28,11 @@ from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenari
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
-RECOMPUTE = ("none", "selective", "full")
+# selective: Megatron's attention-core recompute (Korthikanti et al. 2022 §4.3); selective_op:
+# torchtitan's per-op selective checkpointing (activation_checkpoint.mode = "selective",
+# selective_ac_option = "op": every other matmul, SDPA and reduce-scatter outputs kept, the rest
+# recomputed; costs.op_sac); full: every block checkpointed whole.
+RECOMPUTE = ("none", "selective", "full", "selective_op")
 # Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
 # fp32 log-softmax is saved for backward) or "fused" (flash-attn's / Liger's kernel: row-wise
 # fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written).
@@ -416,6 +420,18 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
             t.precision,
+        )  # fmt: skip
+    if t.recompute == "selective_op" and t.peft.method != "none":
+        raise ConfigError(
+            file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "
+            f"modelled for full training: training.peft.method {t.peft.method} adds matmuls the "
+            "policy's counter would see; use none, selective or full", t.recompute,
+        )  # fmt: skip
+    if t.recompute == "selective_op" and PRECISIONS[t.precision].fp8_recipe.startswith("te_"):
+        raise ConfigError(
+            file, "training.recompute", f"selective_op counts aten.mm calls (torchao float8 "
+            f"included); training.precision {t.precision} runs Transformer Engine modules: use "
+            "fp8_tensorwise or fp8_rowwise", t.recompute,
         )  # fmt: skip
     check_size(s, file)
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from simtrain.costs.comm import ddp_buckets, dp_ns, p2p_send_ns, tp_allreduce_ns
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
+from simtrain.costs.workload import tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -70,7 +71,6 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
 def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     """Per micro-batch: the costs of each pipeline rank (the sum over the chunks it holds) and
     those of stage 0's first chunk."""
-    t = sc.training
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
     cache: dict[tuple[int, bool, bool], _Rank] = {}
@@ -82,7 +82,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             n = b.layers
             c = chunk_costs(sc, n, b.embedding, b.head)
             tp_b = 2 * n * ar if c.input_grad_ns else 0
-            tp_r = 2 * n * ar if (c.recompute_ns and t.recompute == "full") else 0
+            tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
             cache[key] = _Rank(c.forward_ns + 2 * n * ar,
                                c.recompute_ns + c.input_grad_ns + tp_b + tp_r,
                                c.weight_grad_ns)  # fmt: skip
