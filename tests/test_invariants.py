@@ -242,12 +242,18 @@ def scenario_data(draw: st.DrawFn) -> dict[str, Any]:
     schedule = draw(st.sampled_from(sorted(SCHEDULES)))
     pp = draw(st.sampled_from([1, 2, 3, 4]))
     v = draw(st.sampled_from([1, 2])) if schedule == "interleaved" and pp > 1 else 1
-    split = "uniform" if v > 1 else draw(st.sampled_from(["uniform", "compute_balanced",
-                                                          "embedding_as_layer"]))  # fmt: skip
-    layers = pp * v * draw(st.integers(1, 3)) if split == "uniform" else draw(st.integers(pp, 8))
+    fixed = SCHEDULES[schedule].chunks_per_rank if pp > 1 else 0  # ZB-V, DualPipeV: a V of 2
+    split = "uniform" if v > 1 or fixed else draw(st.sampled_from(["uniform", "compute_balanced",
+                                                                   "embedding_as_layer"]))  # fmt: skip
+    chunks = fixed or v
+    layers = (
+        pp * chunks * draw(st.integers(1, 3)) if split == "uniform" else draw(st.integers(pp, 8))
+    )
     dp = draw(st.sampled_from([1, 2, 4]))
     micro = draw(st.integers(1, 3))
     m = pp * draw(st.integers(1, 2)) if schedule == "interleaved" else draw(st.integers(1, 6))
+    if fixed and SCHEDULES[schedule].min_microbatches_per_stage:
+        m = max(m, 2 * pp)  # DualPipeV: at least one micro-batch per stage
     precision = draw(st.sampled_from(sorted(PRECISIONS)))
     peft = draw(st.sampled_from(PEFT))
     if peft == "qlora" and precision == "fp32":

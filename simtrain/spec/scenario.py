@@ -336,13 +336,16 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    fixed = schedule_traits(p.schedule).chunks_per_rank if p.schedule in SCHEDULES else 0
+    # ZB-V, DualPipeV: a fixed V of chunks per rank (one stage: plain gradient accumulation)
+    fixed = (
+        schedule_traits(p.schedule).chunks_per_rank if p.schedule in SCHEDULES and p.pp > 1 else 0
+    )
     if fixed and p.virtual_stages not in (1, fixed):
         raise ConfigError(
             file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
             f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
-    v = fixed if fixed and p.pp > 1 else p.virtual_stages
+    v = fixed or p.virtual_stages
     if p.pp > 1 and m.layers % (p.pp * v) and p.layer_split == "uniform":
         raise ConfigError(
             file, "parallelism.pp", f"pp x virtual_stages = {p.pp * v} must divide "
