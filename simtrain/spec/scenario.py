@@ -6,7 +6,7 @@ the value and what is allowed (``ConfigError``); the CLI prints it on one line a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from simtrain.spec.limits import (
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
+from simtrain.spec.stage_split import split_problem, uneven_keys
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
@@ -142,8 +143,17 @@ class ParallelSpec:
     zero3_max_live_params: int = 0
     # How layers are split over pipeline stages (memory, costs, timing: layout.partition.split_layers):
     # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
-    # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding).
-    layer_split: str = "uniform"
+    # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding),
+    # or a list of decoder layers per chunk (spec.stage_split: one per stage, or per model chunk
+    # in the order j·pp + r with virtual stages).
+    layer_split: str | tuple[int, ...] = "uniform"
+    # Megatron-Core's uneven pipeline (spec.stage_split, with layer_split: uniform): layers of
+    # the first / last stage (--decoder-first/last-pipeline-num-layers; 0 = unset), and
+    # --account-for-embedding/loss-in-pipeline-split (the embedding / the loss counts as a layer).
+    first_stage_layers: int = 0
+    last_stage_layers: int = 0
+    account_for_embedding: bool = False
+    account_for_loss: bool = False
 
     @property
     def gpus(self) -> int:
@@ -222,7 +232,8 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
 INTERNAL_FIELDS = ("last_node_gpus",)
-NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params")
+NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
+                   "last_stage_layers")  # fmt: skip
 
 
 def _build(
@@ -236,7 +247,8 @@ def _build(
         if f.name not in data or f.name in INTERNAL_FIELDS:
             continue
         key = f"{prefix}{f.name}"
-        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+        typ = {"int": int, "float": float, "bool": bool, "str": str,
+               "str | tuple[int, ...]": str}.get(str(f.type))  # a list: parse_parallelism  # fmt: skip
         value = data[f.name]
         if typ is None:  # tuple[str, ...]
             if isinstance(value, str):
@@ -320,7 +332,17 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
 
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
-    return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
+    split = data.get("layer_split")
+    if not isinstance(split, list | tuple):
+        return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
+    # An explicit split: decoder layers per chunk (spec.stage_split.explicit_split_problem).
+    if not split or not all(isinstance(n, int) and not isinstance(n, bool) for n in split):
+        raise ConfigError(file, "parallelism.layer_split", "must be one of the names or a "
+                          "non-empty list of integers (layers per stage)", split,
+                          " | ".join(LAYER_SPLITS) + " | [n0, n1, ...]")  # fmt: skip
+    rest = {k: v for k, v in data.items() if k != "layer_split"}
+    base = _build(ParallelSpec, rest, file, "parallelism.", PARALLEL_CHOICES)
+    return replace(base, layer_split=tuple(split))
 
 
 def check_layout(s: Scenario, file: str) -> None:
@@ -331,7 +353,11 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and p.layer_split == "uniform":
+    why = split_problem(m.layers, p)
+    if why:
+        raise ConfigError(file, *why)
+    uneven = uneven_keys(p) or p.layer_split != "uniform"
+    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and not uneven:
         raise ConfigError(
             file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
             f"model.layers = {m.layers}", p.pp,
@@ -361,7 +387,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split != "uniform" and p.virtual_stages > 1:
+    if isinstance(p.layer_split, str) and p.layer_split != "uniform" and p.virtual_stages > 1:
         raise ConfigError(
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
