@@ -20,6 +20,7 @@ from simtrain.layout.partition import (
     deepspeed_balanced_2022,
     from_counts,
     split_layers,
+    torchtitan_split,
     torchtitan_split_2412,
 )
 from simtrain.layout.step import resolve
@@ -348,3 +349,30 @@ def test_extrapolated_step_time_is_the_simulated_one_for_uneven_stages() -> None
     sc = _scenario(16, 4, [4, 2, 6, 4], gb=64)
     full = simulate_scenario(sc).metrics.step_time_s
     assert predicted_step_time(sc) == pytest.approx(full, rel=1e-9)
+
+
+def test_torchtitan_split() -> None:
+    """torchtitan's generate_llm_fqn_per_model_part (4a950eaa): L + 1 + 1 effective layers over
+    S stages, the first (L + 2) mod S one more, minus the embedding's and the output's weight
+    at the ends; the counts add up to L. Llama 3 8B (32 layers) on 16 stages: 2, 3, 2 x 13, 1."""
+    assert torchtitan_split(32, 16) == [2, 3] + [2] * 13 + [1]
+    assert torchtitan_split(30, 8) == [3] + [4] * 6 + [3]  # = embedding_as_layer on pp 8
+    assert torchtitan_split(126, 16, 0, 0) == [8] * 14 + [7] * 2
+    for layers, s, i, o in ((32, 16, 1, 1), (126, 8, 2, 3), (61, 4, 0, 1)):
+        assert sum(torchtitan_split(layers, s, i, o)) == layers
+
+
+def test_import_torchtitan_looped_schedule_split(tmp_path: Path) -> None:
+    """A looped schedule (2 stages per rank by default) takes torchtitan's own split of the
+    32 layers over its 16 stages, not an even one."""
+    src = Path(__file__).parent / "fixtures" / "importers" / "torchtitan_llama3_8b.toml"
+    text = src.read_text().replace("pipeline_parallel_degree = 1", "pipeline_parallel_degree = 8\n"
+                                   'pipeline_parallel_schedule = "Interleaved1F1B"')  # fmt: skip
+    text = text.replace("local_batch_size = 1", "local_batch_size = 8")
+    f = tmp_path / "tt.toml"
+    f.write_text(text)
+    sc = load_imported(import_config("torchtitan", f, gpus=8))
+    p = sc.parallelism
+    assert (p.pp, p.virtual_stages, p.schedule) == (8, 2, "interleaved")
+    assert p.layer_split == tuple(torchtitan_split(32, 16))
+    assert [c.layers for c in resolve(sc).chunks] == torchtitan_split(32, 16)

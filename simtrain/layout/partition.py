@@ -214,6 +214,25 @@ def deepspeed_balanced_2022(layers: int, pp: int) -> list[int]:
     return [parts[k + 1] - parts[k] for k in range(pp)]
 
 
+def torchtitan_split(layers: int, stages: int, input_weight: int = 1,
+                     output_weight: int = 1) -> list[int]:  # fmt: skip
+    """Decoder layers per pipeline stage (model chunk) of torchtitan's
+    ``generate_llm_fqn_per_model_part`` (torchtitan/distributed/pipeline_parallel.py at
+    4a950eaa, unchanged at b5bcd76c): the embedding weighs ``input_weight`` layers and the norm +
+    output ``output_weight`` (``pipeline_parallel_first/last_stage_less_layers``, default 1
+    each); the ``L + in + out`` effective layers go ``// S`` to each stage, the first
+    ``mod S`` stages one more; the first stage then holds ``in`` fewer decoder layers, the last
+    ``out`` fewer. 32 layers on 16 stages: 2, 3, 2 x 13, 1. Stage ``k`` runs on rank
+    ``k mod pp`` (loop style)."""
+    if stages == 1:
+        return [layers]
+    base, extra = divmod(layers + input_weight + output_weight, stages)
+    out = [base + (1 if k < extra else 0) for k in range(stages)]
+    out[0] -= input_weight
+    out[-1] -= output_weight
+    return out
+
+
 def torchtitan_split_2412(layers: int, stages: int) -> list[int]:
     """Decoder layers per pipeline stage (model chunk) of torchtitan's default split points at
     9dec370a (2024-12-26, the Llama 3.1 405B benchmark's commit), ``generate_split_points`` in
