@@ -333,10 +333,11 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
     split = data.get("layer_split")
-    if not isinstance(split, list | tuple):
+    if split is None or isinstance(split, str):
         return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
     # An explicit split: decoder layers per chunk (spec.stage_split.explicit_split_problem).
-    if not split or not all(isinstance(n, int) and not isinstance(n, bool) for n in split):
+    ints = isinstance(split, list | tuple) and all(type(n) is int for n in split)
+    if not split or not ints:
         raise ConfigError(file, "parallelism.layer_split", "must be one of the names or a "
                           "non-empty list of integers (layers per stage)", split,
                           " | ".join(LAYER_SPLITS) + " | [n0, n1, ...]")  # fmt: skip
