@@ -24,7 +24,7 @@ from simtrain.spec.limits import (
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
-from simtrain.spec.stage_split import split_problem, uneven_keys
+from simtrain.spec.stage_split import parse_split_list, split_problem
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
@@ -143,13 +143,10 @@ class ParallelSpec:
     zero3_max_live_params: int = 0
     # How layers are split over pipeline stages (memory, costs, timing: layout.partition.split_layers):
     # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
-    # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding),
-    # or a list of decoder layers per chunk (spec.stage_split: one per stage, or per model chunk
-    # in the order j·pp + r with virtual stages).
+    # the LM head counting V·h), "embedding_as_layer" (DeepSpeed's type:transformer|embedding),
+    # or decoder layers per chunk (chunk order j·pp + r). Megatron-Core's uneven split
+    # (spec.stage_split): first / last stage layers (0 = unset), embedding / loss as a layer.
     layer_split: str | tuple[int, ...] = "uniform"
-    # Megatron-Core's uneven pipeline (spec.stage_split, with layer_split: uniform): layers of
-    # the first / last stage (--decoder-first/last-pipeline-num-layers; 0 = unset), and
-    # --account-for-embedding/loss-in-pipeline-split (the embedding / the loss counts as a layer).
     first_stage_layers: int = 0
     last_stage_layers: int = 0
     account_for_embedding: bool = False
@@ -335,15 +332,9 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     split = data.get("layer_split")
     if split is None or isinstance(split, str):
         return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
-    # An explicit split: decoder layers per chunk (spec.stage_split.explicit_split_problem).
-    ints = isinstance(split, list | tuple) and all(type(n) is int for n in split)
-    if not split or not ints:
-        raise ConfigError(file, "parallelism.layer_split", "must be one of the names or a "
-                          "non-empty list of integers (layers per stage)", split,
-                          " | ".join(LAYER_SPLITS) + " | [n0, n1, ...]")  # fmt: skip
     rest = {k: v for k, v in data.items() if k != "layer_split"}
     base = _build(ParallelSpec, rest, file, "parallelism.", PARALLEL_CHOICES)
-    return replace(base, layer_split=tuple(split))
+    return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
 def check_layout(s: Scenario, file: str) -> None:
@@ -354,15 +345,9 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    why = split_problem(m.layers, p)
+    why = split_problem(m.layers, p)  # spec.stage_split: pp x v divides, or the uneven rules
     if why:
         raise ConfigError(file, *why)
-    uneven = uneven_keys(p) or p.layer_split != "uniform"
-    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and not uneven:
-        raise ConfigError(
-            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
-            f"model.layers = {m.layers}", p.pp,
-        )  # fmt: skip
     if m.heads % p.tp or m.kv_heads % p.tp:
         raise ConfigError(
             file, "parallelism.tp", f"must divide model.heads = {m.heads} and model.kv_heads = "

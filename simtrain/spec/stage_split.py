@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simtrain.errors import ConfigError
+
 # Megatron-LM NVIDIA/Megatron-LM@d98e8a64: megatron/core/transformer/transformer_block.py
 # get_num_layers_to_build, transformer_layer.py get_transformer_layer_offset, the checks of
 # transformer_config.py TransformerConfig.__post_init__ ("Uneven PP") and
@@ -156,8 +158,8 @@ def uneven_keys(p: Any) -> list[str]:
 
 
 def split_problem(layers: int, p: Any) -> tuple[str, str, Any] | None:
-    """Why ``p``'s count-given split (see :func:`chunk_layer_counts`) does not work, or None.
-    The plain uniform split (no uneven key) is left to the caller's divisibility check."""
+    """Why ``p``'s count-given split (see :func:`chunk_layer_counts`) does not work, or None:
+    the plain uniform split needs ``pp x virtual_stages`` to divide the layers."""
     keys = uneven_keys(p)
     if isinstance(p.layer_split, tuple):
         if keys:
@@ -168,8 +170,19 @@ def split_problem(layers: int, p: Any) -> tuple[str, str, Any] | None:
     if keys and p.layer_split != "uniform":
         return f"parallelism.{keys[0]}", (f"applies to layer_split: uniform (Megatron's split), "
                                           f"not {p.layer_split}"), getattr(p, keys[0])  # fmt: skip
-    if keys:
+    if keys or (p.layer_split == "uniform" and p.pp > 1):
         return megatron_split_problem(layers, p.pp, p.virtual_stages, p.first_stage_layers,
                                       p.last_stage_layers, p.account_for_embedding,
                                       p.account_for_loss)  # fmt: skip
     return None
+
+
+def parse_split_list(split: Any, file: str, names: tuple[str, ...]) -> tuple[int, ...]:
+    """``parallelism.layer_split`` given as a list: a non-empty list of integers (its length,
+    entries and sum are checked with the layout, :func:`explicit_split_problem`)."""
+    ints = isinstance(split, list | tuple) and all(type(n) is int for n in split)
+    if not split or not ints:
+        raise ConfigError(file, "parallelism.layer_split", "must be one of the names or a "
+                          "non-empty list of integers (layers per stage)", split,
+                          " | ".join(names) + " | [n0, n1, ...]")  # fmt: skip
+    return tuple(split)
