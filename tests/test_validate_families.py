@@ -296,7 +296,7 @@ def test_chronicles_and_mtnlg_tflops_follow_their_estimators(new_records) -> Non
         tol = 3e-3 if rec.source_key == "mtnlg" else 5e-4
         assert tflops == pytest.approx(rec.measured["tflops_per_gpu"], rel=tol), rec.id
         n += 1
-    assert n == 31
+    assert n == 35  # 31 + the four 78- and 106-layer pp 12 rows (uneven splits, issue 14)
 
 
 def test_chronicles_conventions_by_date(new_records) -> None:
@@ -472,21 +472,23 @@ def test_new_family_regression_bounds(default_result) -> None:
     """Not targets: the figures reached when the records were added (issue 13), as bounds."""
     by = {(f.family, f.metric): f.all for f in default_result.by_family}
     bounds = {  # (n, MAPE bound %)
-        ("bloom_chronicles", "step_time_s"): (30, 16.0),
-        ("bloom_chronicles", "tflops_per_gpu"): (30, 20.0),
-        ("bloom_chronicles", "peak_memory_bytes"): (23, 21.0),
+        # + the 78- and 106-layer pp 12 rows (their DeepSpeed splits, issue 14 item 6)
+        ("bloom_chronicles", "step_time_s"): (34, 16.0),
+        ("bloom_chronicles", "tflops_per_gpu"): (34, 20.0),
+        ("bloom_chronicles", "peak_memory_bytes"): (24, 21.0),
         ("megatron_core", "tflops_per_gpu"): (3, 32.0),
         ("mtnlg", "step_time_s"): (1, 17.0),
         # 2 FP8 rows since issue 14's FP8; + 5 selective_op rows (torchtitan's per-op
         # checkpointing): the two float8 rowwise 8B tp-8 rows run at the tensorwise FP8 rate
-        # (+48 %, +72 %; measured, rowwise is 30 % slower than tensorwise under async TP)
-        ("torchtitan", "tokens_per_s"): (8, 24.0),
-        ("megatron_bridge", "tokens_per_s"): (2, 7.0),
+        # (+48 %, +72 %; measured, rowwise is 30 % slower than tensorwise under async TP);
+        # + the two 405B pp 8 rows (torchtitan's split)
+        ("torchtitan", "tokens_per_s"): (10, 22.0),
+        ("megatron_bridge", "tokens_per_s"): (3, 7.0),  # + Llama 3.1 405B pp 16 vp 4
         ("nemo", "tokens_per_s"): (4, 11.0),
     }
     for key, (n, mape) in bounds.items():
         assert by[key].n == n and by[key].mape_pct <= mape, (key, by[key])
-    assert by[("bloom_chronicles", "fits")].n == 33
+    assert by[("bloom_chronicles", "fits")].n == 37
 
 
 def test_noisy_pairs_of_the_published_runs(default_result) -> None:

@@ -32,6 +32,7 @@ from simtrain.spec.limits import FLOAT_RANGES, INT_RANGES, MAX_GPUS
 from simtrain.spec.model import ALIASES, MODEL_CHOICES, PRESETS, ModelSpec
 from simtrain.spec.scenario import (
     INTERNAL_FIELDS,
+    LAYER_SPLITS,
     MAX_NAME,
     NON_POSITIVE_OK,
     PARALLEL_CHOICES,
@@ -96,6 +97,10 @@ def _field(prefix: str, f: Any, choices: dict[str, tuple[Any, ...]],
             items["enum"] = list(allowed)
             string["pattern"] = _list_pattern(tuple(str(a) for a in allowed))
         out: dict[str, Any] = {"anyOf": [{"type": "array", "items": items}, string]}
+    elif typ == "str | tuple[int, ...]":  # parallelism.layer_split: a name or layers per chunk
+        out = {"anyOf": [{"enum": list(allowed or ())},
+                         {"type": "array", "items": {"type": "integer", "minimum": 1},
+                          "minItems": 1}]}  # fmt: skip
     elif typ == "bool":
         out = {"type": "boolean"}
     elif typ == "str":
@@ -341,7 +346,8 @@ def plan_schema() -> dict[str, Any]:
         "fixed": _plan_fixed(training, parallel),
         "parallelism": {
             "type": "object",
-            "properties": {k: parallel["properties"][k] for k in planfile.PARALLEL_SETTING_KEYS},
+            "properties": {k: parallel["properties"][k] for k in planfile.PARALLEL_SETTING_KEYS}
+            | {"layer_split": {"enum": list(LAYER_SPLITS), "default": "uniform"}},  # names only
             "additionalProperties": False,
         },
         "failures": _plan_failures(),

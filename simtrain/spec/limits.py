@@ -76,6 +76,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.tp": (1, MAX_GPUS),
     "parallelism.pp": (1, MAX_GPUS),
     "parallelism.virtual_stages": (1, 1024),
+    "parallelism.first_stage_layers": (0, 1024),  # at most model.layers; 0 = unset
+    "parallelism.last_stage_layers": (0, 1024),
     "parallelism.zero3_max_live_params": (0, 2**50),
     "cluster.nodes": (1, MAX_GPUS),
     "cluster.gpus_per_node": (1, 1024),

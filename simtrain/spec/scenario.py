@@ -6,7 +6,7 @@ the value and what is allowed (``ConfigError``); the CLI prints it on one line a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from simtrain.spec.limits import (
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
+from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_keys
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
@@ -147,8 +148,14 @@ class ParallelSpec:
     zero3_max_live_params: int = 0
     # How layers are split over pipeline stages (memory, costs, timing: layout.partition.split_layers):
     # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
-    # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding).
-    layer_split: str = "uniform"
+    # the LM head counting V·h), "embedding_as_layer" (DeepSpeed's type:transformer|embedding),
+    # or decoder layers per chunk (chunk order j·pp + r). Megatron-Core's uneven split
+    # (spec.stage_split): first / last stage layers (0 = unset), embedding / loss as a layer.
+    layer_split: str | tuple[int, ...] = "uniform"
+    first_stage_layers: int = 0
+    last_stage_layers: int = 0
+    account_for_embedding: bool = False
+    account_for_loss: bool = False
 
     @property
     def gpus(self) -> int:
@@ -227,7 +234,8 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
 INTERNAL_FIELDS = ("last_node_gpus",)
-NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params")
+NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
+                   "last_stage_layers")  # fmt: skip
 
 
 def _build(
@@ -241,7 +249,8 @@ def _build(
         if f.name not in data or f.name in INTERNAL_FIELDS:
             continue
         key = f"{prefix}{f.name}"
-        typ = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+        typ = {"int": int, "float": float, "bool": bool, "str": str,
+               "str | tuple[int, ...]": str}.get(str(f.type))  # a list: parse_parallelism  # fmt: skip
         value = data[f.name]
         if typ is None:  # tuple[str, ...]
             if isinstance(value, str):
@@ -325,7 +334,12 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
 
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     data = _mapping(data, file, "parallelism")
-    return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
+    split = data.get("layer_split")
+    if split is None or isinstance(split, str):
+        return _build(ParallelSpec, data, file, "parallelism.", PARALLEL_CHOICES)
+    rest = {k: v for k, v in data.items() if k != "layer_split"}
+    base = _build(ParallelSpec, rest, file, "parallelism.", PARALLEL_CHOICES)
+    return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
 def check_layout(s: Scenario, file: str) -> None:
@@ -345,13 +359,20 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
             f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
-    v = fixed or p.virtual_stages
-    if p.pp > 1 and m.layers % (p.pp * v) and p.layer_split == "uniform":
+    uneven = uneven_keys(p)
+    if fixed and (p.layer_split != "uniform" or uneven):
+        key = f"parallelism.{uneven[0]}" if uneven else "parallelism.layer_split"
         raise ConfigError(
-            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * v} must divide "
-            f"model.layers = {m.layers}"
-            + (f" ({p.schedule}: {fixed} chunks per rank)" if v != p.virtual_stages else ""), p.pp,
+            file, key, f"{p.schedule} splits the layers evenly over its V of {fixed} x pp "
+            "chunks: use layer_split: uniform without first/last-stage or account-for keys",
+            getattr(p, uneven[0]) if uneven else p.layer_split,
         )  # fmt: skip
+    v = fixed or p.virtual_stages
+    why = split_problem(m.layers, replace(p, virtual_stages=v))  # spec.stage_split
+    if why:
+        key, text, value = why
+        raise ConfigError(file, key, text + (f" ({p.schedule}: {fixed} chunks per rank)"
+                                             if fixed else ""), value)  # fmt: skip
     per_stage = schedule_traits(p.schedule).min_microbatches_per_stage if fixed else 0
     if p.pp > 1 and per_stage and s.num_microbatches < per_stage * p.pp * v:
         raise ConfigError(
@@ -384,7 +405,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split != "uniform" and (p.virtual_stages > 1 or fixed):
+    if isinstance(p.layer_split, str) and p.layer_split != "uniform" and p.virtual_stages > 1:
         raise ConfigError(
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,

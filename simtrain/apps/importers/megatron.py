@@ -94,9 +94,9 @@ OVERLAP_FLAGS = {
     "--overlap-grad-reduce": "overlap_grad_reduce",
     "--overlap-param-gather": "overlap_param_gather",
 }
-UNEVEN_PIPELINE = ("--pipeline-model-parallel-layout", "--decoder-first-pipeline-num-layers",
-                   "--decoder-last-pipeline-num-layers", "--account-for-embedding-in-pipeline-split",
-                   "--account-for-loss-in-pipeline-split")  # fmt: skip
+# Read into parallelism.first/last_stage_layers and account_for_embedding/loss (_parallel); the
+# layout string is not.
+UNEVEN_PIPELINE = ("--pipeline-model-parallel-layout",)
 LAUNCH_PROCS = ("--nproc_per_node", "--nproc-per-node", "--num_gpus", "--num-gpus")
 LAUNCH_NODES = ("--nnodes", "--num_nodes", "--num-nodes")
 
@@ -174,7 +174,9 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     _recompute(f, r, training, layers, pp, par.get("virtual_stages", 1))
     _finish(f, r, raw)
     par = {k: par[k] for k in ("dp", "tp", "pp", "schedule", "virtual_stages", "zero_stage",
-                               "sequence_parallel", "bucket_mb") if k in par}  # fmt: skip
+                               "sequence_parallel", "bucket_mb", "first_stage_layers",
+                               "last_stage_layers", "account_for_embedding",
+                               "account_for_loss") if k in par}  # fmt: skip
     return r.scenario(
         f"Imported from Megatron-LM flags ({Path(file).name})",
         "Megatron-LM flags name no GPU",
@@ -371,15 +373,39 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     file = r.file
     par: dict[str, Any] = {"tp": tp, "pp": pp}
     v = 1
+    # Megatron-Core's uneven split (spec.stage_split; arguments.py validate_args): first/last
+    # stage layers, or the embedding / loss counted as a layer each.
+    first = f.int_("--decoder-first-pipeline-num-layers") or 0
+    last = f.int_("--decoder-last-pipeline-num-layers") or 0
+    emb = f.bool_("--account-for-embedding-in-pipeline-split")
+    loss = f.bool_("--account-for-loss-in-pipeline-split")
+    for flag, key, val in (
+        ("--decoder-first-pipeline-num-layers", "first_stage_layers", first),
+        ("--decoder-last-pipeline-num-layers", "last_stage_layers", last),
+        ("--account-for-embedding-in-pipeline-split", "account_for_embedding", emb),
+        ("--account-for-loss-in-pipeline-split", "account_for_loss", loss),
+    ):
+        if val:
+            par[key] = val
+            r.origin(f"parallelism.{key}", flag)
     if "--num-layers-per-virtual-pipeline-stage" in f:
         n = f.int_("--num-layers-per-virtual-pipeline-stage")
         assert n is not None
-        if n < 1 or layers % (pp * n):
+        if first or last:
+            raise ConfigError(file, "--num-layers-per-virtual-pipeline-stage", "cannot be used "
+                              "with --decoder-first/last-pipeline-num-layers: give "
+                              "--num-virtual-stages-per-pipeline-rank (Megatron's "
+                              "arguments.py)", n)  # fmt: skip
+        total = layers + emb + loss
+        if n < 1 or total % (pp * n):
             raise ConfigError(file, "--num-layers-per-virtual-pipeline-stage", f"must divide "
-                              f"--num-layers / --pipeline-model-parallel-size = {layers} / {pp}",
+                              f"--num-layers / --pipeline-model-parallel-size = {total} / {pp}",
                               n)  # fmt: skip
-        v = layers // (pp * n)
+        v = total // (pp * n)
         r.origin("parallelism.virtual_stages", "--num-layers-per-virtual-pipeline-stage")
+    elif "--num-virtual-stages-per-pipeline-rank" in f:
+        v = f.int_("--num-virtual-stages-per-pipeline-rank", 1) or 1
+        r.origin("parallelism.virtual_stages", "--num-virtual-stages-per-pipeline-rank")
     elif "--virtual-pipeline-model-parallel-size" in f:
         v = f.int_("--virtual-pipeline-model-parallel-size", 1) or 1
         r.origin("parallelism.virtual_stages", "--virtual-pipeline-model-parallel-size")
@@ -390,8 +416,8 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         r.assume("--overlap-p2p-comm: asynchronous pipeline sends (runtimes/megatron_core.yaml "
                  "[p2p]: interleaved schedules with it use isend/irecv without a sync)")  # fmt: skip
     if f.has(*UNEVEN_PIPELINE):
-        r.unsupported_(", ".join(x for x in UNEVEN_PIPELINE if x in f), "an uneven split of layers "
-                       "over pipeline stages: simulated as an even one")  # fmt: skip
+        r.unsupported_(", ".join(x for x in UNEVEN_PIPELINE if x in f), "a custom layer layout "
+                       "string: simulated as an even split")  # fmt: skip
     if "--microbatch-group-size-per-vp-stage" in f:
         g = f.int_("--microbatch-group-size-per-vp-stage")
         if g != pp:

@@ -29,7 +29,25 @@ from simtrain.apps.importers.common import (
     world_and_dp,
 )
 from simtrain.errors import ConfigError
+from simtrain.layout.partition import torchtitan_split
 from simtrain.spec.yamlfile import read_text_file
+
+
+def _stage_split(r: Reading, par: dict[str, Any], layers: int, stages: int, first: int,
+                 last: int) -> None:  # fmt: skip
+    """torchtitan's layers per stage (``layout.partition.torchtitan_split``) as an explicit
+    ``layer_split`` where it is not the even split; a stage left without a decoder layer (the
+    embedding or the output alone) is not expressible."""
+    counts = torchtitan_split(layers, stages, first, last)
+    if counts == [layers // stages] * stages:
+        return
+    if min(counts) < 1:
+        r.unsupported_("pipeline_parallel_first/last_stage_less_layers", f"({first}, {last}) "
+                       f"leave a stage without a decoder layer: simulated as an even split")  # fmt: skip
+        return
+    par["layer_split"] = counts
+    r.assume(f"pipeline stages: torchtitan's split, the embedding weighing {first} and the output "
+             f"{last} layer(s) (generate_llm_fqn_per_model_part): {counts}")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +291,7 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
             last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
             stages = -(-(fl.n_layers + first + last) // lps) if lps else 2 * pp
             par["virtual_stages"] = max(1, stages // pp)
+            _stage_split(r, par, fl.n_layers, pp * par["virtual_stages"], first, last)
         else:
             first = _int(p, "pipeline_parallel_first_stage_less_layers", 1, file, "parallelism")
             last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
@@ -281,8 +300,7 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
                 r.assume("pipeline stages: the first and last hold one layer less "
                          "(pipeline_parallel_first/last_stage_less_layers 1): embedding_as_layer")  # fmt: skip
             else:
-                r.unsupported_("pipeline_parallel_first/last_stage_less_layers", f"({first}, "
-                               f"{last}): simulated as an even split")  # fmt: skip
+                _stage_split(r, par, fl.n_layers, pp, first, last)
     else:
         for k in ("pipeline_parallel_schedule", "pipeline_parallel_microbatch_size",
                   "pipeline_parallel_layers_per_stage", "pipeline_parallel_first_stage_less_layers",

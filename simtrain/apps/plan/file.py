@@ -354,6 +354,10 @@ def _parallelism(value: Any, file: str) -> dict[str, Any]:
         raise ConfigError(file, f"parallelism.{searched[0]}", f"is searched by the planner; fix "
                           f"it with fixed.{searched[0]}", par[searched[0]])  # fmt: skip
     _no_unknown(par, PARALLEL_SETTING_KEYS, file, "parallelism.")
+    if isinstance(par.get("layer_split"), list):  # layers per stage fit one pp, not a search
+        raise ConfigError(file, "parallelism.layer_split", "a list of layers per stage fits one "
+                          "layout, and the planner searches pp: give a name",
+                          par["layer_split"], "uniform | compute_balanced | embedding_as_layer")  # fmt: skip
     parse_parallelism(par, file)  # validate the values now: errors name the plan file
     return par
 

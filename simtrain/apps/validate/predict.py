@@ -106,10 +106,15 @@ def predicted_step_time(sc: Scenario) -> float:
     micro-batches m: T(m) = T(m₁) + (m − m₁)·(T(m₂) − T(m₁))/(m₂ − m₁), from m = 1 on (from
     m = pp for the interleaved schedule, which needs m to be a multiple of pp). Long steps are
     therefore simulated at m₁ = 1, m₂ = 2 (interleaved: pp, 2·pp) and extrapolated; the result
-    equals the full simulation to the nanosecond (``tests/test_validate.py``)."""
+    equals the full simulation to the nanosecond (``tests/test_validate.py``). With stages of
+    unequal layer counts (an uneven split) the first micro-batches fill the pipeline at the
+    speed of every stage and only later at the slowest one's: T(m) is affine from m = pp on, so
+    m₁ = pp there (``tests/test_uneven_stages.py``)."""
     step = resolve(sc)
     m = step.microbatches
     m1 = step.traits.affine_from(step.pp)
+    if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
+        m1 = max(m1, step.pp)
     m2 = 2 * m1
     if m <= m2 or not step.traits.affine_in_m:
         return simulate_scenario(sc).metrics.step_time_s

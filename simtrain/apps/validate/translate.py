@@ -19,6 +19,7 @@ from simtrain.apps.validate.conventions import (
     runtime_of,
 )
 from simtrain.apps.validate.records import Record, SkipReason, skip
+from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
@@ -189,7 +190,7 @@ def map_schedule(text: str | None, pp: int, v: int) -> str:
     t = str(text or "").lower()
     if pp == 1:
         return "1f1b"
-    if "interleaved" in t and v > 1:
+    if v > 1 and ("interleaved" in t or not t):  # Megatron interleaves whenever vp > 1
         return "interleaved"
     if "gpipe" in t:
         return "gpipe"
@@ -322,6 +323,8 @@ def _scenario_data(
         "training": {"seq_len": seq, "global_batch": B, "micro_batch": b, **training},
         "parallelism": _parallelism(rec.parallelism, conv, tp, pp, dp, notes),
     }
+    layers = _int(model.get("layers")) or _int(rec.model.get("layers"))
+    data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
     return data, capacity_known
 

@@ -1,0 +1,77 @@
+"""How each source's framework split the layers over pipeline stages, where it is not an even
+split of ``model.layers`` by ``pp x virtual_stages`` (``spec.stage_split``,
+``layout.partition``): the keys added to a record's ``parallelism`` section, each with the
+code that did it. Nothing here is fitted to a record: each rule is the framework's own code at
+the version the record names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simtrain.apps.validate.records import Record
+from simtrain.layout.partition import deepspeed_balanced_2022, torchtitan_split_2412
+
+#: Megatron-Bridge's Llama 3.1 405B recipe counts the embedding and the loss as a layer each
+#: (NVIDIA-NeMo/Megatron-Bridge 00b7660b, the NeMo 25.11 records' commit:
+#: src/megatron/bridge/recipes/llama/llama3.py llama31_405b_pretrain_config,
+#: account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split True; the
+#: performance configs build on it, scripts/performance/configs/llama/llama31_llm_pretrain.py).
+MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
+PLAIN_1F1B = "interleaving degree not reported or 1: plain 1F1B"  # translate._parallelism's note
+
+
+def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
+                   notes: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The parallelism keys that give ``rec`` the split its framework made (empty: the
+    translation's own, an even split or the source convention's ``layer_split``)."""
+    pp, v = int(par.get("pp", 1)), int(par.get("virtual_stages", 1))
+    if pp == 1 or not layers:
+        return {}
+    key = rec.source_key
+    if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
+        notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B recipe counts the "
+                     "embedding and the loss as a layer each (account_for_embedding/"
+                     "loss_in_pipeline_split, recipes/llama/llama3.py at 00b7660b)")  # fmt: skip
+        return {"account_for_embedding": True, "account_for_loss": True}
+    if key == "bloom_chronicles" and pp > 1:
+        text = f"{rec.source} {rec.notes}"
+        if "type:transformer|embed" in text:
+            notes.append("pipeline split: the source's partition_method 'type:transformer|embed' "
+                         "(the embeddings weigh one layer each): embedding_as_layer")  # fmt: skip
+            return {"layer_split": "embedding_as_layer"}
+        if par.get("layer_split", "uniform") == "uniform" and layers % pp:
+            split = deepspeed_balanced_2022(layers, pp)
+            notes.append(f"pipeline split: DeepSpeed's partition_balanced over type:transformer "
+                         f"(Megatron-DeepSpeed's gpt_model.py before 00f5f889; DeepSpeed "
+                         f"runtime/utils.py before 2bdf061f): {_short(split)}")  # fmt: skip
+            return {"layer_split": split}
+    if key == "torchtitan" and "202412" in rec.source:
+        extra: dict[str, Any] = {}
+        sched = str(rec.parallelism.get("schedule", "")).lower()
+        if "interleaved" in sched and v == 1 and not rec.parallelism.get("virtual_stages"):
+            # generate_split_points: PipelineScheduleMulti without split points -> 2 per rank
+            v = 2
+            extra = {"schedule": "interleaved", "virtual_stages": 2}
+            if PLAIN_1F1B in notes:
+                notes.remove(PLAIN_1F1B)
+            notes.append("virtual stages not reported: torchtitan 9dec370's default for a "
+                         "multi-stage schedule without split points, 2 per rank "
+                         "(parallelisms/pipelining_utils.py generate_split_points)")  # fmt: skip
+        if layers % (pp * v):
+            split = torchtitan_split_2412(layers, pp * v)
+            notes.append(f"pipeline split: torchtitan 9dec370's generated split points "
+                         f"(pipelining_utils.py generate_split_points): {_short(split)}")  # fmt: skip
+            extra["layer_split"] = split
+        return extra
+    return {}
+
+
+def _short(split: list[int]) -> str:
+    """[7, 8, 8, 8, 7] -> '7, 8 x 3, 7' (runs of equal counts)."""
+    runs: list[list[int]] = []
+    for n in split:
+        if runs and runs[-1][0] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
+    return ", ".join(f"{n}" if c == 1 else f"{n} x {c}" for n, c in runs) + " layers per stage"
