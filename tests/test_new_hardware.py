@@ -165,3 +165,16 @@ def test_72_gpus_per_node_needs_an_nvl72_profile() -> None:
 
     with pytest.raises(ConfigError, match="cluster.gpus_per_node"):
         _rack_scenario("b200_180gb", 1, 72, tp=72)
+
+
+def test_h800_is_an_h100_with_a_narrower_nvlink() -> None:
+    """H800 SXM5 (DeepSeek-V3's cluster): the H100 SXM5's compute and memory, NVLink 400 GB/s
+    bidirectional (200 per direction; DeepSeek-AI arXiv 2505.09343) instead of 900, one 400 Gb/s
+    InfiniBand NIC per GPU ("IB (50 GB/s)", DeepSeek-V3 report §3.2.2)."""
+    h800, h100 = load_hardware("h800_sxm5_80gb"), load_hardware("h100_sxm5_80gb")
+    for dtype in ("bf16", "fp16", "fp8", "tf32", "fp32"):
+        assert h800.peak(dtype) == h100.peak(dtype)
+    assert h800.memory_bytes == h100.memory_bytes
+    assert h800.intra_node_bandwidth_bytes_per_s == approx(200 * GB)
+    assert h100.intra_node_bandwidth_bytes_per_s == approx(450 * GB)
+    assert h800.nic_bandwidth_bytes_per_s == approx(50 * GB)
