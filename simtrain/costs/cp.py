@@ -35,8 +35,11 @@ working set of max(cp, 4)·K bytes per GPU, one layer at a time.
 cp_comm_type "all_gather" (``AttnFuncWithCPAndKVAllGather``: all-gather the K/V, 2 steps) and
 "a2a" (DeepSpeed-Ulysses all-to-all of Q, K, V and O) are not modelled: the ring is
 Megatron-Core's default (``--cp-comm-type p2p``). torchtitan runs PyTorch's
-``context_parallel`` (``torch/distributed/tensor/experimental/_attention.py``), a ring of K/V
-as well (rotate by all-gather or all-to-all): the same message sizes.
+``context_parallel`` (``torch/distributed/tensor/experimental/_attention.py``): the same 2·cp
+load-balanced chunks (``enable_load_balance``) and cp attention steps over the other ranks'
+K/V, which arrive by ``_RotateMethod.ALL_GATHER`` (the default ``rotate_method``: one
+all-gather of K/V, the same (cp−1)·K bytes into each rank) or ``ALL_TO_ALL`` (a ring); it is
+simulated with this ring's messages and overlap.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ from simtrain.costs import collectives as coll
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
+
+
+#: Fewest tokens of a sequence per GPU for which the planner and ``simtrain memory``'s fit
+#: advice propose context parallelism: Megatron-Core's long-context recipes run CP from
+#: 16k-token sequences at 8k tokens per GPU; below that a ring step's attention is too short
+#: to hide its transfer.
+MIN_CP_TOKENS = 8192
 
 
 @dataclass(frozen=True, slots=True)
