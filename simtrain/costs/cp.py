@@ -51,7 +51,6 @@ from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
 
-
 #: Fewest tokens of a sequence per GPU for which the planner and ``simtrain memory``'s fit
 #: advice propose context parallelism: Megatron-Core's long-context recipes run CP from
 #: 16k-token sequences at 8k tokens per GPU; below that a ring step's attention is too short
