@@ -288,11 +288,11 @@ def test_megatron_2021_flags(tmp_path: Path) -> None:
 
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
-    f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --num-experts 8 "
-                 "--moe-router-topk 2 --frobnicate 3 --lr 1e-4")  # fmt: skip
+    f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --cp-comm-type a2a "
+                 "--num-experts 8 --moe-router-topk 2 --frobnicate 3 --lr 1e-4")  # fmt: skip
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
-    for w in ("--fp8-format hybrid", "--context-parallel-size 2", "--num-experts, --moe-router-topk",
+    for w in ("--fp8-format hybrid", "--cp-comm-type a2a", "--num-experts, --moe-router-topk",
               "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
         assert w in listed, listed
     assert "--lr" in imp.no_effect and "--lr" not in listed
@@ -302,7 +302,7 @@ def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     r = invoke("import", "megatron", str(f), "--gpus", "8")
     assert r.exit_code == 0 and "warning: not simulated: --frobnicate 3" in r.stderr
     r = invoke("import", "megatron", str(f), "--gpus", "8", "--strict")
-    one_line_error(r, "--context-parallel-size 2", "not simulated (--strict)", "(and 3 more)")
+    one_line_error(r, "--cp-comm-type a2a", "not simulated (--strict)", "(and 3 more)")
     # selective_ac_option "op" is simulated (selective_op); an every-2nd-layer option is not
     every2 = tmp_path / "every2.toml"
     every2.write_text(

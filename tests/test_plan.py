@@ -701,8 +701,8 @@ def test_layout_count_is_the_layouts_built() -> None:
 
     plan = _plan(SMALL, fixed={"pp": [1, 2, 4], "micro_batch": [1, 3]}, gpus={"min": 8, "max": 64})
     grids = [(hw, list(range(8, 65)), (1, 2, 4), (1, 2, 4)) for hw in plan.hardware]
-    for hw_name, gb, g, tp, pp, dp in _groups(plan, grids):
-        built = _group_layouts(plan, hw_name, gb, g, tp, pp, dp, (False,))
+    for hw_name, gb, g, tp, pp, dp, cp in _groups(plan, grids):
+        built = _group_layouts(plan, hw_name, gb, g, tp, pp, dp, (False,), cp)
         assert len(built) == _group_size(plan, gb, pp, dp, (False,))
     layouts = enumerate_layouts(plan, 24, 16)
     assert len(layouts) == len(set(layouts)) > 0

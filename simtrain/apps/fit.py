@@ -16,6 +16,8 @@ every layout check runs, and a change the scenario rejects is skipped), then che
   host memory holds them (``host_memory_gib`` of the profile over the node's GPUs);
 - ``pp`` / ``tp``: 2x or 4x the pipeline stages / tensor-parallel degree on the same GPUs,
   taken from data parallelism (dp divisible; tp within a node; layers and heads must divide);
+- ``cp``: 2x, 4x or 8x the context-parallel degree on the same GPUs, taken from data
+  parallelism, where the sequence leaves each GPU ``costs.cp.MIN_CP_TOKENS`` tokens or more;
 - ``pp_gpus`` / ``tp_gpus``: 2x or 4x the pipeline stages / tensor-parallel degree on 2x or 4x
   the GPUs (whole nodes of the profile's ``gpus_per_node``; tp within a node).
 
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simtrain.apps.plan.estimate import closed_form_step_s
+from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
 from simtrain.spec.scenario import Scenario, load_scenario
@@ -179,6 +182,25 @@ def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
     return fn
 
 
+def _cp_from_dp(sc: Scenario) -> list[Change]:
+    """Context parallelism x2, x4 on the same GPUs, dp divided by as much, where the sequence
+    splits into 2·cp chunks of at least ``costs.cp.MIN_CP_TOKENS`` tokens per GPU and the
+    attention can run it (flash, no prefix or prompt tokens)."""
+    p, t = sc.parallelism, sc.training
+    if not sc.model.flash_attention or t.peft.method in ("prefix", "prompt"):
+        return []
+    if p.dp_mode != "ddp":
+        return []
+    out = []
+    for k in (2, 4, 8):
+        cp = p.cp * k
+        if p.dp % k or t.seq_len % (2 * cp) or t.seq_len // cp < MIN_CP_TOKENS:
+            continue
+        out.append(Change("cp", f"cp {p.cp} -> {cp}, dp {p.dp} -> {p.dp // k} (same {p.gpus} "
+                          f"GPUs)", (f"parallelism.cp={cp}", f"parallelism.dp={p.dp // k}")))  # fmt: skip
+    return out
+
+
 def _cluster(sc: Scenario, gpus: int) -> tuple[str, ...] | None:
     """``cluster`` overrides for ``gpus`` GPUs in whole nodes (None: they do not pack)."""
     per_node = sc.hardware.gpus_per_node
@@ -218,6 +240,7 @@ FAMILIES: dict[str, Callable[[Scenario], list[Change]]] = {
     "offload": _offload,
     "pp": _from_dp("pp"),
     "tp": _from_dp("tp"),
+    "cp": _cp_from_dp,
     "pp_gpus": _more_gpus("pp"),
     "tp_gpus": _more_gpus("tp"),
 }

@@ -58,9 +58,11 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
 
 def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
           per_gpu_nic: bool = False) -> int:  # fmt: skip
-    """A collective over the data-parallel group (GPU ids tp apart)."""
+    """A collective over the data-parallel group (GPU ids tp apart): dp x cp GPUs with context
+    parallelism, which reduces gradients and shards ZeRO over the CP ranks too (Megatron-Core
+    ``param_and_grad_buffer.py``: ``dp_cp_group``)."""
     g = step.groups
-    return collective_ns(sc, step, op, size_bytes, g.dp, g.dp_stride, per_gpu_nic)
+    return collective_ns(sc, step, op, size_bytes, g.dp_cp, g.tp, per_gpu_nic)
 
 
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:
@@ -80,7 +82,7 @@ def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1)
 def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int, str]:
     """Un-bucketed gradient all-reduce after the last backward (PipeDream and split-backward
     schedules, where DDP's bucket hooks do not apply)."""
-    if step.groups.dp == 1 or grad_bytes == 0:
+    if step.groups.dp_cp == 1 or grad_bytes == 0:
         return 0, ""
     return dp_ns(sc, step, "all_reduce", grad_bytes), "DP all-reduce grads"
 

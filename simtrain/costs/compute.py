@@ -26,13 +26,20 @@ from dataclasses import dataclass
 
 from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
+from simtrain.costs.cp import ring_layer
 from simtrain.costs.fp8 import cast_bytes
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS
-from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec, microbatches
+from simtrain.spec.scenario import (
+    ParallelSpec,
+    Scenario,
+    TrainingSpec,
+    cp_rank_training,
+    microbatches,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +224,21 @@ class StageCosts:
     forward_flops: float
     backward_flops: float
     recompute_flops: float
+    # Context parallelism (costs.cp): the chunk's ring K/V (and dK/dV) transfers per forward
+    # and per backward, on their own stream; their exposed part is in the durations above.
+    ring_forward_ns: int = 0
+    ring_backward_ns: int = 0
+
+
+def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float, float, int, int]:
+    """(forward exposed, backward exposed, forward transfer, backward transfer) ns of the
+    chunk's ``layers`` ring exchanges (``costs.cp.ring_layer``; all 0 without CP)."""
+    if sc.parallelism.cp == 1 or not layers:
+        return 0.0, 0.0, 0, 0
+    r = ring_layer(sc, _matmul_ns(bf.attention_core, sc.hardware, dtype))
+    return (layers * r.forward_exposed_ns, layers * r.backward_exposed_ns,
+            math.ceil(layers * r.forward_transfer_ns),
+            math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 
 
 def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str) -> float:
@@ -229,8 +251,12 @@ def _mem_ns(n_bytes: float, hw: HardwareProfile) -> float:
 
 
 def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCosts:
-    """Costs of ``layers`` blocks (plus embeddings / head when the chunk holds them)."""
-    m, t, hw = sc.model, sc.training, sc.hardware
+    """Costs of ``layers`` blocks (plus embeddings / head when the chunk holds them), on one
+    GPU: with context parallelism its s/cp tokens of each sequence (every GEMM, norm and
+    element-wise op, the head and the loss), their queries attending to all s keys, so the
+    attention core is the whole sequence's / cp (``spec.scenario.cp_rank_training``)."""
+    m, hw = sc.model, sc.hardware
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
     tp = sc.parallelism.tp
     dtype = PRECISIONS[t.precision].compute_dtype
     bf = block_flops(m, t, tp)
@@ -269,6 +295,12 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
         rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(layers * bf.elementwise_bytes_fwd, hw)
+    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
+    fwd_ns += ring_f
+    i_ns += ring_b if grad else 0.0
+    rec_ns += (
+        ring_f if rec_f and t.recompute != "selective_op" else 0.0
+    )  # recomputed attention replays the forward ring
     # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
@@ -281,6 +313,8 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
         forward_flops=fwd_f,
         backward_flops=i_f + w_f,
         recompute_flops=rec_f,
+        ring_forward_ns=ring_ft,
+        ring_backward_ns=ring_bt if grad else 0,
     )
 
 
@@ -290,7 +324,8 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
     (attention core, LoRA, the LM head) at ``compute_dtype``'s; the FP8 casts
     (:func:`costs.fp8.cast_bytes`) as element-wise work; recompute replays the same split."""
-    m, t, hw = sc.model, sc.training, sc.hardware
+    m, hw = sc.model, sc.hardware
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
     prec = PRECISIONS[t.precision]
     dtype, gemm = prec.compute_dtype, prec.gemm_dtype
     fwd_f, i_f, w_f = flops
@@ -323,10 +358,15 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         share = rec_lin / lin_f if lin_f else 0.0
         rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype) + _matmul_ns(rec_lin, hw, gemm)
                   + _mem_ns(layers * bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
+    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
+    fwd_ns += ring_f
+    i_ns += ring_b if grad else 0.0
+    rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns), forward_flops=fwd_f,
-        backward_flops=i_f + w_f, recompute_flops=rec_f,
+        backward_flops=i_f + w_f, recompute_flops=rec_f, ring_forward_ns=ring_ft,
+        ring_backward_ns=ring_bt if grad else 0,
     )  # fmt: skip
 
 
@@ -358,8 +398,9 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
 
 def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
     """Trainable parameters one GPU updates: ZeRO-1/2/3 shard the optimizer over the DP group
-    (Rajbhandari et al. 2020 §5.1)."""
-    return trainable // (p.dp if p.zero_stage >= 1 else 1)
+    (Rajbhandari et al. 2020 §5.1), dp x cp GPUs with context parallelism (Megatron-Core's
+    distributed optimizer shards over ``intra_dp_cp_group``)."""
+    return trainable // (p.dp_cp if p.zero_stage >= 1 else 1)
 
 
 def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile) -> int:
@@ -385,6 +426,6 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     for ch in step.chunks:
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
-    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
+    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks
     g = step.groups
-    return total * g.tp * step.microbatches * g.dp
+    return total * g.tp * step.microbatches * g.dp * g.cp

@@ -28,6 +28,7 @@ from simtrain.costs.activations import (
     recompute_working_set_bytes,
     walk_peak_of_states,
 )
+from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.params import (
     ModelStateBytes,
@@ -45,7 +46,7 @@ from simtrain.costs.params import (
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.scenario import Scenario, cp_rank_training
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +156,11 @@ class _Activations:
 
 
 def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activations:
-    """Bytes per chunk and micro-batch, walked through the rank's schedule."""
-    m, t, p = sc.model, sc.training, sc.parallelism
+    """Bytes per chunk and micro-batch, walked through the rank's schedule; with context
+    parallelism those of the GPU's s/cp tokens (TE saves the local q, one K/V chunk, the local
+    output and log-sum-exp: ``AttnFuncWithCPAndKVP2P.forward``'s ``save_for_backward``)."""
+    m, p = sc.model, sc.parallelism
+    t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
     per_layer = layer_activation_bytes(m, t, tp, sp)
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp))
@@ -189,7 +193,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
     transient working memory of casts, dequantisation, ZeRO-3 gathers and communication."""
     t, p = sc.training, sc.parallelism
-    prec, dp, z = step.precision, p.dp, p.zero_stage
+    prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable)
     buffers = opt_ws
     if prec.weight_copy:
@@ -208,12 +212,14 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
             live = min(live, p.zero3_max_live_params)
         buffers += prec.param * live
     gather = 0
-    if p.dp_mode == "naive" and dp > 1:
+    if p.dp_mode == "naive" and p.dp > 1:
         # The lecture's data parallelism: GPU 0 gathers the other replicas' gradients.
-        gather = (dp - 1) * grads_b
+        gather = (p.dp - 1) * grads_b
         buffers += gather
     if step.pp > 1:  # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    if p.cp > 1 and n_layers:
+        buffers += cp_ring_buffer_bytes(sc)
     return buffers, opt_ws, gather
 
 
@@ -222,7 +228,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     """(model states before sharding, the stage's parameter tensors, bytes per model-state
     category after ZeRO (Rajbhandari et al. 2020 §5) and offload, host bytes)."""
     m, t, p = sc.model, sc.training, sc.parallelism
-    tp, dp, z = p.tp, p.dp, p.zero_stage
+    tp, dp, z = p.tp, p.dp_cp, p.zero_stage  # ZeRO shards over dp x cp (ParallelSpec.dp_cp)
     mine = step.rank_chunks(stage)
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
@@ -307,7 +313,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     )  # fmt: skip
     return StageMemory(
         stage=stage,
-        gpus=p.tp * p.dp,
+        gpus=p.tp * p.dp * p.cp,
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,

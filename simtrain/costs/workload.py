@@ -40,6 +40,9 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             layers=(ch.lo, ch.hi),
             host_forward_ns=host_f,
             host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
+            cp_forward_ns=c.ring_forward_ns,
+            cp_backward_ns=c.ring_backward_ns,
+            cp_recompute_ns=c.ring_forward_ns if c.recompute_flops else 0,
         )
     return out
 
@@ -99,7 +102,7 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
     work = RankWork(optimizer_ns=optimizer_step_ns(optimizer_shard(trainable, p), t, sc.hardware))
-    if p.dp == 1 or not grad_bytes:
+    if p.dp_cp == 1 or not grad_bytes:  # gradients are reduced over dp x cp
         return work
     if p.dp_mode == "naive":
         ns, name = comm.naive_dp_ns(sc, step, grad_bytes, params * prec.param)
@@ -145,17 +148,19 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         send_forward_crosses=tuple(pl.hop_crosses_nodes(r, 1) for r in range(g.pp)),
         send_backward_crosses=tuple(pl.hop_crosses_nodes(r, -1) for r in range(g.pp)),
         p2p_latency_s=lat,
-        dp_crosses=g.dp * g.tp > pl.gpus_per_node,
-        dp_latency_s=2 * (g.dp - 1) * lat,
+        dp_crosses=g.dp_cp * g.tp > pl.gpus_per_node,
+        dp_latency_s=2 * (g.dp_cp - 1) * lat,
         tp_crosses=pl.tp_crosses_nodes,
         tp_latency_s=2 * (g.tp - 1) * lat,
+        cp_crosses=pl.cp_crosses_nodes,
+        cp_latency_s=(g.cp - 1) * lat,
     )
 
 
 def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> LoweringInput:
     """Everything lowering needs: schedule, durations, per-rank work and memory deltas."""
     chunks = chunk_durations(sc, step)
-    if sc.parallelism.zero_stage == 3 and sc.parallelism.dp > 1:
+    if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
         chunks = _zero3_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}

@@ -1,9 +1,11 @@
 """Where each rank runs: process groups, GPU ids, and which transfers leave a node.
 
-Placement (Megatron order, Narayanan et al. 2021 §3): global GPU id = pp_rank·(dp·tp) +
-dp_rank·tp + tp_rank, so a TP group is consecutive GPUs (inside a node when tp <= GPUs per node),
-a DP group strides by tp, and pipeline neighbours are dp·tp GPUs apart. Only one GPU per
-pipeline rank is simulated: its TP and DP peers do identical work.
+Placement (Megatron order, Narayanan et al. 2021 §3; Megatron-Core ``parallel_state.py``
+``order="tp-cp-ep-dp-pp"``): global GPU id = pp_rank·(dp·cp·tp) + dp_rank·(cp·tp) +
+cp_rank·tp + tp_rank, so a TP group is consecutive GPUs (inside a node when tp <= GPUs per node),
+a CP group strides by tp (inside a node when tp·cp <= GPUs per node), a DP group by cp·tp, the
+gradient-reduction group (dp x cp) by tp, and pipeline neighbours are dp·cp·tp GPUs apart. Only
+one GPU per pipeline rank is simulated: its TP, CP and DP peers do identical work.
 """
 
 from __future__ import annotations
@@ -18,22 +20,33 @@ class Groups:
     dp: int
     tp: int
     pp: int
+    cp: int = 1
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
 
     @property
     def tp_stride(self) -> int:
         return 1
 
     @property
-    def dp_stride(self) -> int:
+    def cp_stride(self) -> int:
         return self.tp
 
     @property
+    def dp_stride(self) -> int:
+        return self.tp * self.cp
+
+    @property
     def pp_stride(self) -> int:
-        return self.dp * self.tp
+        return self.dp * self.cp * self.tp
+
+    @property
+    def dp_cp(self) -> int:
+        """GPUs of the gradient-reduction group: dp x cp, ``tp`` apart (the CP ranks sit
+        between the DP ranks, so together they are every tp-th GPU of a pipeline stage)."""
+        return self.dp * self.cp
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +85,13 @@ class Placement:
     def dp_crosses_nodes(self) -> bool:
         return self.group_crosses_nodes(self.groups.dp, self.groups.dp_stride)
 
+    @property
+    def cp_crosses_nodes(self) -> bool:
+        """Does the CP ring leave the node (tp·cp > GPUs per node)?"""
+        return self.group_crosses_nodes(self.groups.cp, self.groups.cp_stride)
+
     def rank_label(self, rank: int) -> str:
-        """``stage r: GPU g`` or ``stage r: GPUs g-h`` (the rank and its TP x DP peers)."""
+        """``stage r: GPU g`` or ``stage r: GPUs g-h`` (the rank and its TP x CP x DP peers)."""
         g, peers = self.rank_gpu(rank), self.groups.pp_stride
         who = f"GPU {g}" if peers == 1 else f"GPUs {g}-{g + peers - 1}"
         return f"stage {rank}: {who}"

@@ -35,7 +35,9 @@ class ResolvedStep:
     seq_len: int  # tokens of data per sample
     seq_len_effective: int  # positions the blocks process: + soft-prompt tokens (prompt tuning)
     kv_len: int  # keys each query attends to: + prefix tokens (prefix tuning)
-    boundary_bytes: int  # one b·s·h activation in the matmul dtype (p2p sends, TP all-reduces)
+    # One b·s·h activation in the matmul dtype (p2p sends, TP all-reduces), s/cp tokens of it
+    # per context-parallel rank.
+    boundary_bytes: int
     gradients_transient: bool
 
     @property
@@ -98,13 +100,13 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
         schedule=_schedule(name, p.pp, mb, p.virtual_stages),
         v=p.virtual_stages,
         chunks=tuple(split[k] for k in range(len(split))),
-        placement=Placement(Groups(p.dp, p.tp, p.pp), gpus_per_node),
+        placement=Placement(Groups(p.dp, p.tp, p.pp, p.cp), gpus_per_node),
         precision=prec,
         seq_len=t.seq_len,
         seq_len_effective=t.seq_len_effective,
         kv_len=t.kv_len,
-        boundary_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective * m.hidden,
-        gradients_transient=p.pp == 1 and p.dp == 1 and mb == 1,
+        boundary_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective // p.cp * m.hidden,
+        gradients_transient=p.pp == 1 and p.dp_cp == 1 and mb == 1,
     )
 
 

@@ -7,6 +7,7 @@ computes nothing of its own but the text.
 from __future__ import annotations
 
 from simtrain.costs import op_sac
+from simtrain.costs.cp import cp_ring_buffer_bytes, ring_message_bytes
 from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -31,7 +32,8 @@ def explain_memory(sc: Scenario, rep: MemoryReport) -> list[str]:
 def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     t, p = sc.training, sc.parallelism
     prec = PRECISIONS[t.precision]
-    ms, tp, dp, z = b.states, p.tp, p.dp, p.zero_stage
+    ms, tp, dp, z = b.states, p.tp, p.dp_cp, p.zero_stage
+    dp_name = f"dp x cp {p.dp} x {p.cp} = {dp}" if p.cp > 1 else f"dp {dp}"
     ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
     lines = [
         f"stage {sm.stage}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
@@ -50,11 +52,11 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = "
                  f"{_gb(ms.optimizer_states)}")  # fmt: skip
     if z >= 1 and dp > 1:
-        lines.append(f"  ZeRO-{z}: optimizer states and master weights / dp {dp}")
+        lines.append(f"  ZeRO-{z}: optimizer states and master weights / {dp_name}")
     if z >= 2 and dp > 1:
-        lines.append(f"  ZeRO-{z}: gradients / dp {dp}")
+        lines.append(f"  ZeRO-{z}: gradients / {dp_name}")
     if z >= 3 and dp > 1:
-        lines.append(f"  ZeRO-3: parameters / dp {dp}")
+        lines.append(f"  ZeRO-3: parameters / {dp_name}")
     if t.offload.optimizer:
         lines.append(f"  offload: optimizer states and master weights ({_gb(b.host_bytes)}) live "
                      "in host memory")  # fmt: skip
@@ -69,7 +71,7 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         full_layer = sum(x.bytes for x in b.saved)
         lines.append(
             f"  activations per layer per micro-batch (b={t.micro_batch}, "
-            f"s={t.seq_len_effective}, h={m.hidden}): {b.per_layer_bytes:,} B"
+            f"s={t.seq_len_effective // p.cp}, h={m.hidden}): {b.per_layer_bytes:,} B"
             + (
                 f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
                 if t.recompute != "none"
@@ -82,6 +84,8 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
             lines.append(f"    kept under selective_op ({op_sac.SOURCE}):")
             for name, n, formula in op_sac.saved_tensors(m, t, p.tp, p.sequence_parallel):
                 lines.append(f"      {name:<42} {formula:<14} {n:>14,} B")
+        if p.cp > 1:
+            lines.append(f"      context parallelism: s = {t.seq_len} / cp {p.cp} tokens per GPU")
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
@@ -117,8 +121,10 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
+    ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
-                 "communication)")  # fmt: skip
+                 "communication" + (f"; CP ring K/V buffers max(cp, 4) x "
+                 f"{ring_message_bytes(sc):,} B = {_gb(ring)}" if ring else "") + ")")  # fmt: skip
     lines.append(f"  CUDA context     = {_gb(hw.cuda_context_bytes)} ({hw.display_name} profile)")
     if b.loss_before_recompute:
         lines.append("  the loss working memory is freed before recompute re-materialises a "

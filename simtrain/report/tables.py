@@ -102,6 +102,7 @@ def run_summary(res: Any) -> dict[str, Any]:
                 "virtual_stages": p.virtual_stages,
                 "zero_stage": p.zero_stage,
                 "microbatches": sc.num_microbatches,
+                **({"cp": p.cp} if p.cp > 1 else {}),  # context parallelism, when there is any
             },  # fmt: skip
             "step_time_s": mt.step_time_s,
             "tokens_per_s": mt.tokens_per_s,
@@ -125,7 +126,8 @@ def run_table(res: Any) -> str:
     p = sc.parallelism
     lines = [
         f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
-        f"(dp {p.dp} x tp {p.tp} x pp {p.pp}, {p.schedule}, {sc.num_microbatches} micro-batches"
+        f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f' x cp {p.cp}' if p.cp > 1 else ''}, "
+        f"{p.schedule}, {sc.num_microbatches} micro-batches"
         f" of {sc.training.micro_batch})",
         f"step time        {mt.step_time_s * 1e3:,.1f} ms"
         + (

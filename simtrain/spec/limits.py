@@ -75,6 +75,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.dp": (1, MAX_GPUS),
     "parallelism.tp": (1, MAX_GPUS),
     "parallelism.pp": (1, MAX_GPUS),
+    "parallelism.cp": (1, MAX_GPUS),
     "parallelism.virtual_stages": (1, 1024),
     "parallelism.first_stage_layers": (0, 1024),  # at most model.layers; 0 = unset
     "parallelism.last_stage_layers": (0, 1024),

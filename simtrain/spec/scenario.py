@@ -116,6 +116,10 @@ class TrainingSpec:
     cross_entropy: str = "standard"  # CROSS_ENTROPY
     peft: PeftSpec = PeftSpec()
     offload: OffloadSpec = OffloadSpec()
+    # Not a YAML key. On one context-parallel rank's view of the step (:func:`cp_rank_training`)
+    # ``seq_len`` is the rank's 1/cp of each sequence and its queries attend to the keys of all
+    # ``cp_shards`` shards (``kv_len``): ring attention moves the other ranks' K/V to them.
+    cp_shards: int = 1
 
     @property
     def seq_len_effective(self) -> int:
@@ -126,7 +130,7 @@ class TrainingSpec:
     @property
     def kv_len(self) -> int:
         """Keys each query attends to: plus prefix tuning's per-layer prefix (Li & Liang 2021)."""
-        return self.seq_len_effective + (
+        return self.seq_len_effective * self.cp_shards + (
             self.peft.prefix_length if self.peft.method == "prefix" else 0
         )
 
@@ -156,15 +160,35 @@ class ParallelSpec:
     last_stage_layers: int = 0
     account_for_embedding: bool = False
     account_for_loss: bool = False
+    # Context parallelism (Megatron-Core --context-parallel-size, torchtitan
+    # context_parallel_degree): each micro-batch's sequence split over cp GPUs, attention by
+    # ring exchange of K/V (costs.cp). Gradients are reduced, and ZeRO shards, over dp x cp.
+    cp: int = 1
 
     @property
     def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def dp_cp(self) -> int:
+        """The gradient-reduction and optimizer-sharding group: dp x cp GPUs (Megatron-Core
+        ``get_data_parallel_group(with_context_parallel=True)``: DDP's buckets and the
+        distributed optimizer reduce and shard over it)."""
+        return self.dp * self.cp
 
 
 def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
     """m = global_batch / (micro_batch · dp) per pipeline and step (Narayanan et al. 2021 §3.1)."""
     return t.global_batch // (t.micro_batch * p.dp)
+
+
+def cp_rank_training(t: TrainingSpec, cp: int) -> TrainingSpec:
+    """What one context-parallel rank computes per micro-batch: s/cp of each sequence's tokens
+    (Megatron-Core ``get_batch_on_this_cp_rank``: tokens, labels, positions, 2 of 2·cp chunks),
+    each attending to the keys of the whole sequence (``kv_len``). cp = 1: ``t`` itself."""
+    if cp == 1:
+        return t
+    return replace(t, seq_len=t.seq_len // cp, cp_shards=cp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +257,7 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 
 
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
-INTERNAL_FIELDS = ("last_node_gpus",)
+INTERNAL_FIELDS = ("last_node_gpus", "cp_shards")
 NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
                    "last_stage_layers")  # fmt: skip
 
@@ -385,6 +409,8 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.tp", f"must divide model.heads = {m.heads} and model.kv_heads = "
             f"{m.kv_heads}", p.tp,
         )  # fmt: skip
+    if p.cp > 1:
+        check_context_parallel(s, file)
     if t.global_batch % (t.micro_batch * p.dp):
         raise ConfigError(
             file, "training.global_batch", f"must be a multiple of micro_batch x dp = "
@@ -392,8 +418,8 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if p.gpus != s.cluster.gpus:
         raise ConfigError(
-            file, "cluster", f"nodes x gpus_per_node = {s.cluster.gpus} GPUs but tp x pp x dp = "
-            f"{p.tp} x {p.pp} x {p.dp} = {p.gpus}", None,
+            file, "cluster", f"nodes x gpus_per_node = {s.cluster.gpus} GPUs but "
+            f"{_degrees(p)} = {p.gpus}", None,
         )  # fmt: skip
     if s.cluster.gpus_per_node > s.hardware.gpus_per_node:
         raise ConfigError(
@@ -460,6 +486,44 @@ def check_layout(s: Scenario, file: str) -> None:
     check_size(s, file)
 
 
+def _degrees(p: ParallelSpec) -> str:
+    """``tp x pp x dp = 8 x 2 x 4`` (and ``x cp`` when there is context parallelism)."""
+    if p.cp == 1:
+        return f"tp x pp x dp = {p.tp} x {p.pp} x {p.dp}"
+    return f"tp x pp x dp x cp = {p.tp} x {p.pp} x {p.dp} x {p.cp}"
+
+
+def check_context_parallel(s: Scenario, file: str) -> None:
+    """cp > 1 (Transformer Engine's context-parallel attention, ``context_parallel.py``):
+    the sequence splits into 2·cp chunks, two per rank, for causal load balancing
+    (``seq_len % (cp_size * 2) == 0``, ``dot_product_attention/utils.py``); only the flash /
+    fused attention backends support it (UnfusedDotProductAttention is disabled), and a
+    prompt or prefix of PEFT tokens outside the split sequence is not modelled."""
+    m, t, p = s.model, s.training, s.parallelism
+    if t.seq_len % (2 * p.cp):
+        raise ConfigError(
+            file, "parallelism.cp", f"splits each sequence into 2 x cp chunks (causal load "
+            f"balancing): 2 x cp = {2 * p.cp} must divide training.seq_len = {t.seq_len}", p.cp,
+        )  # fmt: skip
+    if not m.flash_attention:
+        raise ConfigError(
+            file, "parallelism.cp", "context parallelism needs flash or fused attention "
+            "(Transformer Engine has no unfused context-parallel attention): set "
+            "model.flash_attention: true, or cp: 1", p.cp,
+        )  # fmt: skip
+    if t.peft.method in ("prefix", "prompt"):
+        raise ConfigError(
+            file, "parallelism.cp", f"context parallelism does not split "
+            f"training.peft.method = {t.peft.method}'s virtual tokens: use cp: 1 or another "
+            "method", p.cp, "1 with prefix or prompt",
+        )  # fmt: skip
+    if p.dp_mode == "naive":
+        raise ConfigError(
+            file, "parallelism.dp_mode", "context parallelism reduces gradients over dp x cp "
+            "with DDP: use dp_mode: ddp, or cp: 1", p.dp_mode, "ddp",
+        )  # fmt: skip
+
+
 def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     """A scenario file's ``runtime:`` that turns on an overlap its layout has nothing for is
     an error naming both keys. (Elsewhere, e.g. a plan's layouts, such an option simply does
@@ -482,8 +546,7 @@ def check_size(s: Scenario, file: str) -> None:
     m, t, p = s.model, s.training, s.parallelism
     if p.gpus > MAX_GPUS:
         raise ConfigError(
-            file, "parallelism", f"tp x pp x dp = {p.tp} x {p.pp} x {p.dp} = {p.gpus:,} GPUs: at "
-            f"most {MAX_GPUS:,}",
+            file, "parallelism", f"{_degrees(p)} = {p.gpus:,} GPUs: at most {MAX_GPUS:,}",
         )  # fmt: skip
     work = s.num_microbatches * m.layers
     if work > MAX_MICROBATCH_LAYERS:
@@ -600,8 +663,8 @@ def _parse_fields(data: Any, file: str, base_dir: Path | None) -> Scenario:
     parallelism = parse_parallelism(data.get("parallelism"), file)
     if "cluster" not in data:
         if parallelism.gpus > MAX_GPUS:
-            raise ConfigError(file, "parallelism", f"tp x pp x dp = {parallelism.gpus:,} GPUs: at "
-                              f"most {MAX_GPUS:,}")  # fmt: skip
+            raise ConfigError(file, "parallelism", f"{_degrees(parallelism)} = "
+                              f"{parallelism.gpus:,} GPUs: at most {MAX_GPUS:,}")  # fmt: skip
         cluster = default_cluster(hardware, parallelism.gpus)
     return Scenario(
         name=name, model=model, hardware=hardware, cluster=cluster,

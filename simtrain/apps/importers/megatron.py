@@ -151,8 +151,11 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     r.origin("parallelism.tp", "--tensor-model-parallel-size")
     r.origin("parallelism.pp", "--pipeline-model-parallel-size")
     if cp > 1:
-        r.unsupported_(f"--context-parallel-size {cp}", "context parallelism is not simulated: "
-                       "each GPU holds the whole sequence (dp = GPUs / (tp·pp·cp))")  # fmt: skip
+        r.origin("parallelism.cp", "--context-parallel-size")
+        comm = f.value("--cp-comm-type") if "--cp-comm-type" in f else None
+        if comm not in (None, "p2p"):
+            r.unsupported_(f"--cp-comm-type {comm}", "simulated as p2p (Transformer Engine's "
+                           "ring exchange of K/V, Megatron's default)")  # fmt: skip
     if ep > 1:
         r.unsupported_(f"--expert-model-parallel-size {ep}", "expert parallelism (mixture of "
                        "experts) is not simulated")  # fmt: skip
@@ -173,7 +176,9 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     _buckets(f, r, par, runtime, legacy, prec_grad_bytes, dp)
     _recompute(f, r, training, layers, pp, par.get("virtual_stages", 1))
     _finish(f, r, raw)
-    par = {k: par[k] for k in ("dp", "tp", "pp", "schedule", "virtual_stages", "zero_stage",
+    if cp > 1:
+        par["cp"] = cp
+    par = {k: par[k] for k in ("dp", "tp", "pp", "cp", "schedule", "virtual_stages", "zero_stage",
                                "sequence_parallel", "bucket_mb", "first_stage_layers",
                                "last_stage_layers", "account_for_embedding",
                                "account_for_loss") if k in par}  # fmt: skip

@@ -215,8 +215,7 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
     r.origin("parallelism.tp", "parallelism.tensor_parallel_degree")
     r.origin("parallelism.pp", "parallelism.pipeline_parallel_degree")
     if cp > 1:
-        r.unsupported_(f"parallelism.context_parallel_degree {cp}", "context parallelism is not "
-                       "simulated: each GPU holds the whole sequence")  # fmt: skip
+        r.origin("parallelism.cp", "parallelism.context_parallel_degree")
     for k in ("expert_parallel_degree", "expert_tensor_parallel_degree"):
         if p.get(k, 1) != 1:
             r.ignore(f"parallelism.{k} (no effect on a dense model)")
@@ -255,6 +254,8 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
                            f"over all {dp}")  # fmt: skip
     par: dict[str, Any] = {"dp": dp, "tp": tp, "pp": pp, "schedule": "1f1b", "virtual_stages": 1,
                            "zero_stage": zero, "sequence_parallel": tp > 1}  # fmt: skip
+    if cp > 1:  # PyTorch context_parallel: ring attention; FSDP shards over dp_shard x cp
+        par["cp"] = cp
     if tp > 1:
         r.assume("tensor parallel: sequence parallel on (torchtitan's parallelize_llama applies "
                  "SequenceParallel to the norms)")  # fmt: skip

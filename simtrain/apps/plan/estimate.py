@@ -143,7 +143,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     t, p = sc.training, sc.parallelism
     prec = step.precision
     grad_bytes = s0.trainable * prec.grad
-    if not (p.dp > 1 and grad_bytes):
+    if not (p.dp_cp > 1 and grad_bytes):  # gradients are reduced over dp x cp
         return 0.0
     if p.zero_stage == 3:
         layers_here = step.rank_layers(0)

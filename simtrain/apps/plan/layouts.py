@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from simtrain.apps.plan.file import Plan
+from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 
 DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
@@ -14,6 +15,10 @@ DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 DEFAULT_VIRTUAL_STAGES = 2
+#: Context-parallel degrees searched when ``fixed.cp`` is not given: those that split the
+#: sequence into 2·cp chunks (causal load balancing) and leave each GPU at least
+#: ``costs.cp.MIN_CP_TOKENS`` tokens of it.
+DEFAULT_CP = (1, 2, 4, 8, 16)
 #: Candidate layouts of one plan: 500,000, 2.9x plans/gpt3_175b.yaml (172,200), the largest
 #: shipped plan; screening takes ~0.1 ms a layout rejected by a layout check, ~1 ms one that
 #: is estimated (a minute or so for the largest, on the 2-core dev machine).
@@ -38,6 +43,7 @@ class Layout(NamedTuple):
     virtual_stages: int
     global_batch: int
     sequence_parallel: bool = False
+    cp: int = 1
 
 
 def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[str, Any]:
@@ -50,6 +56,8 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
     }  # fmt: skip
     if layout.sequence_parallel:
         par["sequence_parallel"] = True
+    if layout.cp > 1:
+        par["cp"] = layout.cp
     data: dict[str, Any] = {
         "name": name or plan.name,
         "model": dict(plan.model),
@@ -90,6 +98,15 @@ def gpu_counts(plan: Plan, gpus_per_node: int) -> list[int]:
     return [g for g in range(plan.gpus_min, hi + 1) if g <= gpus_per_node or g % gpus_per_node == 0]
 
 
+def cp_degrees(plan: Plan) -> tuple[int, ...]:
+    """``fixed.cp``, or the :data:`DEFAULT_CP` degrees the plan's sequence length allows."""
+    if "cp" in plan.fixed:
+        return tuple(plan.fixed["cp"])
+    seq = int(plan.training.get("seq_len", 1024))
+    return tuple(c for c in DEFAULT_CP
+                 if c == 1 or (seq % (2 * c) == 0 and seq // c >= MIN_CP_TOKENS))  # fmt: skip
+
+
 def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]:
     """Every candidate layout (module docstring). A (hardware, GPUs, tp, pp) whose dp does not
     divide the global batch gives one layout, for check_layout to reject with its reason;
@@ -108,28 +125,30 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]
         raise _too_large(plan, f"{combinations:,} (global batch, GPUs, tp, pp) combinations: at "
                          f"most {MAX_COMBINATIONS:,}")  # fmt: skip
     groups = list(_groups(plan, grids))
-    total = sum(_group_size(plan, gb, pp, dp, sp_opts) for _, gb, _, _, pp, dp in groups)
+    total = sum(_group_size(plan, gb, pp, dp, sp_opts) for _, gb, _, _, pp, dp, _ in groups)
     if total > MAX_LAYOUTS:  # counted first: building a million tuples alone takes seconds
         raise _too_large(plan, f"{total:,} candidate layouts: at most {MAX_LAYOUTS:,}")
-    for hw_name, gb, g, tp, pp, dp in groups:
-        out.extend(_group_layouts(plan, hw_name, gb, g, tp, pp, dp, sp_opts))
+    for hw_name, gb, g, tp, pp, dp, cp in groups:
+        out.extend(_group_layouts(plan, hw_name, gb, g, tp, pp, dp, sp_opts, cp))
     return out
 
 
-def _groups(plan: Plan, grids: list[Any]) -> Iterator[tuple[str, int, int, int, int, int]]:
-    """(hardware, global batch, GPUs, tp, pp, dp) of each group of layouts, in sort order."""
+def _groups(plan: Plan, grids: list[Any]) -> Iterator[tuple[str, int, int, int, int, int, int]]:
+    """(hardware, global batch, GPUs, tp, pp, dp, cp) of each group of layouts, in sort order."""
     fx = plan.fixed
+    cps = cp_degrees(plan)
     for hw, counts, tps, pps in grids:
         for gb in plan.global_batches:
             for g in counts:
                 for tp in tps:
                     for pp in pps:
-                        if g % (tp * pp):
-                            continue
-                        dp = g // (tp * pp)
-                        if "dp" in fx and dp not in fx["dp"]:
-                            continue
-                        yield hw.name, gb, g, tp, pp, dp
+                        for cp in cps:
+                            if g % (tp * pp * cp):
+                                continue
+                            dp = g // (tp * pp * cp)
+                            if "dp" in fx and dp not in fx["dp"]:
+                                continue
+                            yield hw.name, gb, g, tp, pp, dp, cp
 
 
 def _too_large(plan: Plan, what: str) -> ConfigError:
@@ -166,13 +185,13 @@ def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...])
 
 
 def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
-                   sp_opts: tuple[Any, ...]) -> list[Layout]:  # fmt: skip
+                   sp_opts: tuple[Any, ...], cp: int = 1) -> list[Layout]:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp)
     if opts is None:  # no micro-batch can work: one layout carries check_layout's reason
         fx = plan.fixed
         mb0 = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)[0]
         rc0 = fx.get("recompute", DEFAULT_RECOMPUTE)[0]
-        return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0])]
+        return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0], cp)]
     scheds, vs, mbs, zeros, rcs = opts
     out = []
     for sched in scheds:
@@ -181,5 +200,6 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
                 for z in zeros:
                     for rc in rcs:
                         for sp in sp_opts:
-                            out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb, sp))
+                            out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb, sp,
+                                              cp))  # fmt: skip
     return out

@@ -99,7 +99,7 @@ def write_best_yaml(result: PlanResult, path: Path) -> bool:
     lay = r.layout
     head = (
         f"# Best layout of plan {result.plan.name} ({result.plan.file}): {lay.gpus} x "
-        f"{lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}\n"
+        f"{lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}{_cp(lay)}\n"
         f"# simulated step {r.step_time_s:.3f} s, {r.tokens_per_s:,.0f} tokens/s, MFU "
         f"{100 * r.mfu:.1f} %, {r.days:,.2f} days, ${r.cost:,.0f}\n"
         f"# run it: simtrain run {path.name}\n"
@@ -172,7 +172,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             r = min(misses, key=lambda r: r.peak_memory_bytes / r.capacity_bytes)  # first of ties
             lay = r.layout
             lines.append(
-                f"closest: {lay.gpus} x {lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}, "
+                f"closest: {lay.gpus} x {lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}"
+                f"{_cp(lay)}, "
                 f"ZeRO {lay.zero_stage}, mb {lay.micro_batch}, recompute {lay.recompute}, "
                 f"{lay.schedule}: {r.reason}"
             )
@@ -185,6 +186,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     for i, r in enumerate(shown, 1):
         lay = r.layout
         sched = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
+        sched += f" cp{lay.cp}" if lay.cp > 1 else ""
         sim = r.status == "simulated"
         step = r.step_time_s if sim else r.est_step_time_s
         mfu = r.mfu if sim else r.est_mfu
@@ -204,3 +206,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _cp(lay: Any) -> str:
+    """`` x cp N`` for a context-parallel layout, else nothing."""
+    return f" x cp {lay.cp}" if lay.cp > 1 else ""

@@ -92,5 +92,5 @@ def best_row(r: Row) -> dict[str, Any]:
         "zero_stage": lay.zero_stage, "micro_batch": lay.micro_batch,
         "recompute": lay.recompute, "schedule": lay.schedule, "step_time_s": r.step_time_s,
         "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "peak_memory_bytes": r.peak_memory_bytes,
-        "days": r.days, "cost": r.cost,
+        "days": r.days, "cost": r.cost, **({"cp": lay.cp} if lay.cp > 1 else {}),
     }  # fmt: skip

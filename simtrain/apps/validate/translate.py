@@ -229,13 +229,10 @@ _BLACKWELL = re.compile(r"\bB100\b")
 
 
 def not_yet_expressible(rec: Record) -> list[str]:
-    """What of a record simtrain cannot express yet and a later issue adds, each named: context
-    parallelism, mixture of experts, a Blackwell GPU without a profile (B100). Listed together
-    so a record's skip reason names all of them."""
+    """What of a record simtrain cannot express yet and a later issue adds, each named: mixture
+    of experts, a Blackwell GPU without a profile (B100). Listed together so a record's skip
+    reason names all of them."""
     out = []
-    cp = _int(rec.parallelism.get("cp"))
-    if cp is not None and cp > 1:
-        out.append(f"context parallelism (cp {cp})")
     ep = _int(rec.parallelism.get("ep"))
     moe = [k for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
     if moe or (ep is not None and ep > 1):
@@ -313,9 +310,13 @@ def _scenario_data(
                               f"{', '.join(FLOP_CONVENTIONS)}")  # fmt: skip
     profile, capacity_known = _hardware(rec.hardware, notes)
     model, seq = _model(rec.model, conv, notes)
-    tp, pp, dp = _layout(rec.parallelism, rec.hardware, notes)
+    tp, pp, dp, cp = _layout(rec.parallelism, rec.hardware, notes)
     B, b = _batch(rec.training, seq, pp, dp, notes)
     training = _training(rec.training, conv, notes)
+    if cp > 1 and not model.get("flash_attention"):
+        model["flash_attention"] = True
+        notes.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
+                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
     data = {
         "name": rec.id,
         "model": model,
@@ -323,6 +324,8 @@ def _scenario_data(
         "training": {"seq_len": seq, "global_batch": B, "micro_batch": b, **training},
         "parallelism": _parallelism(rec.parallelism, conv, tp, pp, dp, notes),
     }
+    if cp > 1:
+        data["parallelism"]["cp"] = cp
     layers = _int(model.get("layers")) or _int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
@@ -395,22 +398,26 @@ def _model(
     return model, seq
 
 
-def _layout(p: Mapping[str, Any], hw: Mapping[str, Any], notes: list[str]) -> tuple[int, int, int]:
-    """(tp, pp, dp); dp from ``hardware.num_gpus`` when the record does not give it."""
+def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
+            notes: list[str]) -> tuple[int, int, int, int]:  # fmt: skip
+    """(tp, pp, dp, cp); dp from ``hardware.num_gpus`` when the record does not give it."""
     tp = _int(p.get("tp")) or 1
     pp = _int(p.get("pp")) or 1
+    cp = _int(p.get("cp")) or 1
     n = _int(hw.get("num_gpus"))
     dp = _int(p.get("dp"))
+    names, degrees = ("tp x pp", tp * pp) if cp == 1 else ("tp x pp x cp", tp * pp * cp)
     if dp is None:
         if n is None:
             raise _NotExpressible("neither parallelism.dp nor hardware.num_gpus reported")
-        if n % (tp * pp):
-            raise _NotExpressible(f"num_gpus {n} is not a multiple of tp x pp = {tp * pp}")
-        dp = n // (tp * pp)
-        notes.append(f"dp = num_gpus / (tp·pp) = {dp}")
-    if n is not None and n != tp * pp * dp:
-        raise _NotExpressible(f"num_gpus {n} != tp x pp x dp = {tp} x {pp} x {dp}")
-    return tp, pp, dp
+        if n % degrees:
+            raise _NotExpressible(f"num_gpus {n} is not a multiple of {names} = {degrees}")
+        dp = n // degrees
+        notes.append(f"dp = num_gpus / ({names.replace(' x ', '·')}) = {dp}")
+    if n is not None and n != degrees * dp:
+        shown = f"{tp} x {pp}" + (f" x {cp}" if cp > 1 else "") + f" x {dp}"
+        raise _NotExpressible(f"num_gpus {n} != {names} x dp = {shown}")
+    return tp, pp, dp, cp
 
 
 def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str]) -> tuple[int, int]:

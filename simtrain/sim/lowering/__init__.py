@@ -5,6 +5,7 @@ action into compute ops (``pieces``: recompute, bucket slices, ZeRO-3 per-layer 
 fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-scatters;
 ``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``tp_pass`` the TP all-reduces;
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
+``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
 ZeRO-1/2 parameter all-gather; ``resolve`` numbers the ops into engine tasks. ``nics`` then
 puts cross-node transfers on shared NIC links. Only one GPU per pipeline
@@ -21,6 +22,7 @@ from simtrain.sim.lowering.nics import share_nics
 from simtrain.sim.lowering.passes import (
     bucket_pass,
     compute_pass,
+    cp_pass,
     host_pass,
     optimizer_pass,
     p2p_pass,
@@ -51,6 +53,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
-    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, host_pass, p2p_pass, optimizer_pass):
+    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, host_pass, cp_pass, p2p_pass,
+                         optimizer_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -30,6 +30,12 @@ class ChunkDurations:
     # the backward's including its recompute; 0 = the host always runs ahead of the GPU.
     host_forward_ns: int = 0
     host_backward_ns: int = 0
+    # Context parallelism: the ring exchange of K/V (forward, recompute) and of K/V and dK/dV
+    # (backward) on the "cp" stream, overlapped with the action's attention; its exposed part
+    # is already in the compute durations above.
+    cp_forward_ns: int = 0
+    cp_backward_ns: int = 0
+    cp_recompute_ns: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
@@ -78,6 +84,8 @@ class NicPlan:
     dp_latency_s: float
     tp_crosses: bool
     tp_latency_s: float
+    cp_crosses: bool = False  # the CP ring leaves the node
+    cp_latency_s: float = 0.0
 
     def crossing(self, kind: str, rank: int) -> tuple[bool, float]:
         """(leaves the node, latency in s) of a communication task of ``kind`` on ``rank``."""
@@ -89,6 +97,8 @@ class NicPlan:
             return True, self.dp_latency_s
         if kind == "TP" and self.tp_crosses:
             return True, self.tp_latency_s
+        if kind == "CP" and self.cp_crosses:
+            return True, self.cp_latency_s
         return False, 0.0
 
 

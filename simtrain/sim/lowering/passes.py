@@ -140,6 +140,31 @@ def tp_pass(ir: StepIR) -> None:
                     g.ops.append(g.done)
 
 
+def cp_pass(ir: StepIR) -> None:
+    """Context parallelism (Transformer Engine ``AttnFuncWithCPAndKVP2P``; ``costs.cp``): the
+    ring exchange of an action's layers (K/V forward and in a recompute, K/V and dK/dV
+    backward) on the "cp" stream, starting with the action's compute. It overlaps the
+    attention steps; what a step's transfer takes beyond that step's attention is already in
+    the compute durations, so the ring ends within its action and nothing waits for it."""
+    for r in ir.ranks.values():
+        for g in r.groups:
+            a = g.action
+            if a is None or a.kind == "W":
+                continue
+            c = ir.inp.chunks[a.stage]
+            if a.kind == "F":
+                ns, what = c.cp_forward_ns, "K/V"
+            else:
+                ns = c.cp_backward_ns + c.cp_recompute_ns  # a recompute replays the forward's
+                what = "K/V + dK/dV"
+            if not ns:
+                continue
+            compute = [op for op in g.ops if op.stream == "compute"]
+            ring = Op(r.rank, "cp", "CP", f"CP ring {what} {g.label}", ns, list(compute[0].deps),
+                      microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+            g.ops.append(ring)
+
+
 def host_pass(ir: StepIR) -> None:
     """Eager dispatch (``costs.host``): each action's kernels are issued by the rank's host on
     the "host" stream, one host op per action, before the GPU can run past them: an action's

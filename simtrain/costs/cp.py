@@ -1,0 +1,111 @@
+"""Context parallelism: Transformer Engine's ring attention (``cp_comm_type="p2p"``).
+
+Megatron-Core runs each micro-batch's sequence over ``cp`` GPUs (``--context-parallel-size``).
+The data loader gives each CP rank 2 of 2·cp sequence chunks, chunks r and 2·cp−1−r, so that
+every rank gets the same share of the causal attention (Megatron-Core ``core/utils.py``
+``get_batch_on_this_cp_rank``). Every op but attention sees only the rank's s/cp tokens
+(``spec.scenario.cp_rank_training``). Attention is
+``AttnFuncWithCPAndKVP2P`` (NVIDIA/TransformerEngine
+``transformer_engine/pytorch/attention/dot_product_attention/context_parallel.py``, commit
+d0067d0d): the rank's K and V are concatenated into one buffer and passed around the CP ring
+(send to rank+1, receive from rank−1) while the attention of the chunk already held runs:
+
+- forward: cp attention steps; steps 0 .. cp−2 each send the K/V buffer just used and receive
+  the next (``flash_attn_p2p_communicate`` of ``p2p_comm_buffers[i]``): cp−1 messages of
+  K = 2·b·(s/cp)·kv_dim·e/tp bytes per TP rank (K and V of the rank's s/cp tokens, the
+  rank's kv heads), each overlapped with one step's attention;
+- backward: cp steps; step 0 sends the K/V (``send_tensor[0]``), steps 1 .. cp−2 the K/V and
+  the partial dK/dV together (a ``(2, *kv.shape)`` buffer: 2K bytes), step cp−1 the dK/dV
+  alone (``send_tensor[1]``), each waited for before the step's dK/dV correction: 2(cp−1)·K
+  bytes in all.
+
+With causal load balancing every step does the same attention work: 1/cp of the rank's core
+(diagonal step: chunks (r, r) and (2cp−1−r, 2cp−1−r) half, (2cp−1−r, r) full; the others
+either both query chunks against the first K/V chunk or the second query chunk against both).
+A step's message is exposed only by what it takes beyond that step's attention:
+forward (cp−1)·max(0, t(K) − a_f), backward 2·max(0, t(K) − a_b) + (cp−2)·max(0, t(2K) − a_b),
+with a_f and a_b the per-step forward and backward attention times, t the p2p time of the
+ring's slowest hop (the NIC when the CP group spans nodes, ``layout.placement``). Recompute of
+the attention (full or selective) replays the forward ring.
+
+Memory: the forward keeps every received K/V buffer until the step ends (``p2p_comm_buffers``,
+cp of them with the concatenated own one), the backward two ``(2, *kv.shape)`` buffers: a
+working set of max(cp, 4)·K bytes per GPU, one layer at a time.
+
+cp_comm_type "all_gather" (``AttnFuncWithCPAndKVAllGather``: all-gather the K/V, 2 steps) and
+"a2a" (DeepSpeed-Ulysses all-to-all of Q, K, V and O) are not modelled: the ring is
+Megatron-Core's default (``--cp-comm-type p2p``). torchtitan runs PyTorch's
+``context_parallel`` (``torch/distributed/tensor/experimental/_attention.py``): the same 2·cp
+load-balanced chunks (``enable_load_balance``) and cp attention steps over the other ranks'
+K/V, which arrive by ``_RotateMethod.ALL_GATHER`` (the default ``rotate_method``: one
+all-gather of K/V, the same (cp−1)·K bytes into each rank) or ``ALL_TO_ALL`` (a ring); it is
+simulated with this ring's messages and overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simtrain.costs import collectives as coll
+from simtrain.layout.step import resolve
+from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.scenario import Scenario
+
+#: Fewest tokens of a sequence per GPU for which the planner and ``simtrain memory``'s fit
+#: advice propose context parallelism: Megatron-Core's long-context recipes run CP from
+#: 16k-token sequences at 8k tokens per GPU; below that a ring step's attention is too short
+#: to hide its transfer.
+MIN_CP_TOKENS = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class RingLayer:
+    """One layer's ring exchange on one GPU for one micro-batch (ns, fractional)."""
+
+    message_bytes: int  # K: one K/V chunk per TP rank
+    forward_transfer_ns: float  # cp−1 messages of K
+    backward_transfer_ns: float  # K, (cp−2) x 2K, K
+    forward_exposed_ns: float
+    backward_exposed_ns: float
+
+
+def ring_message_bytes(sc: Scenario) -> int:
+    """K = 2·b·(s/cp)·kv_dim·e/tp: the K and V of the rank's s/cp tokens on one TP rank
+    (kv_dim = kv_heads·head_dim; e = activation bytes around the matmuls)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    e = PRECISIONS[t.precision].act_mm
+    return 2 * e * t.micro_batch * (t.seq_len // p.cp) * m.kv_dim // p.tp
+
+
+def ring_link(sc: Scenario) -> coll.GroupLink:
+    """The ring's slowest hop: the intra-node link, or the NIC when the CP group (``tp``
+    apart) spans nodes (tp·cp > GPUs per node)."""
+    intra, inter = coll.node_links(sc.hardware)
+    return inter if resolve(sc).placement.cp_crosses_nodes else intra
+
+
+def ring_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
+    """The ring of one layer, given the GPU's attention-core forward time for the layer (its
+    backward does twice the FLOPs: dQ, dK, dV)."""
+    cp = sc.parallelism.cp
+    if cp == 1:
+        return RingLayer(0, 0.0, 0.0, 0.0, 0.0)
+    k = ring_message_bytes(sc)
+    link = ring_link(sc)
+    t1 = 1e9 * coll.p2p_time_s(k, link)
+    t2 = 1e9 * coll.p2p_time_s(2 * k, link)
+    a_f = attention_forward_ns / cp
+    a_b = 2 * attention_forward_ns / cp
+    return RingLayer(
+        message_bytes=k,
+        forward_transfer_ns=(cp - 1) * t1,
+        backward_transfer_ns=2 * t1 + (cp - 2) * t2,
+        forward_exposed_ns=(cp - 1) * max(0.0, t1 - a_f),
+        backward_exposed_ns=2 * max(0.0, t1 - a_b) + (cp - 2) * max(0.0, t2 - a_b),
+    )
+
+
+def cp_ring_buffer_bytes(sc: Scenario) -> int:
+    """Working memory of the ring: max(cp, 4)·K (see the module docstring); 0 without CP."""
+    cp = sc.parallelism.cp
+    return max(cp, 4) * ring_message_bytes(sc) if cp > 1 else 0
