@@ -1,0 +1,143 @@
+"""Mixture-of-experts layers (issue 14 items 1-2): exact parameter counts, the Hugging Face
+importer, FLOPs, memory and expert parallelism.
+
+Every expected count is an independent published integer:
+- Mixtral-8x7B 46,702,792,704 (issue 14; HF mistralai/Mixtral-8x7B-v0.1), 12.9B active
+  (Mistral AI, "Mixtral of experts", 2023 blog and arXiv:2401.04088 §2: "12.9B active");
+- Qwen1.5-MoE-A2.7B 14,315,784,192 (KerasHub qwen_moe preset ``params``; HF card "14.3B in
+  total and 2.7B activated");
+- Qwen3-30B-A3B 30,532,122,624 (HF Qwen/Qwen3-30B-A3B model.safetensors.index.json total_size
+  61,064,245,248 bytes in bf16 / 2; GGUF general.parameter_count); card: 3.3B activated;
+- gpt-oss-20b 20,914,757,184 and gpt-oss-120b 116,829,156,672 (GGUF general.parameter_count of
+  the MXFP4 checkpoints; OpenAI gpt-oss model card Table 1: 20.91B / 116.83B total, 3.61B /
+  5.13B active, which counts the unembedding but not the embedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS, from_hf_config
+
+MOE_DATA = Path(__file__).parent / "data" / "moe"
+
+TOTALS = {
+    "mixtral-8x7b": 46_702_792_704,
+    "qwen1.5-moe-a2.7b": 14_315_784_192,
+    "qwen3-30b-a3b": 30_532_122_624,
+    "gpt-oss-20b": 20_914_757_184,
+    "gpt-oss-120b": 116_829_156_672,
+}
+
+
+@pytest.mark.parametrize(("name", "count"), sorted(TOTALS.items()))
+def test_moe_total_parameters_are_the_published_integers(name: str, count: int) -> None:
+    assert PRESETS[name].total_params() == count
+
+
+def test_mixtral_active_parameters_by_hand() -> None:
+    """Per layer: attention 2·4096² + 2·4096·1024, 2 of the 8 SwiGLU experts 3·4096·14336
+    each, router 4096·8, two RMSNorms; plus embedding and untied head 2·32000·4096 and the final
+    norm: 12,879,925,248 = Mistral's "12.9B active"."""
+    layer = 2 * 4096**2 + 2 * 4096 * 1024 + 2 * 3 * 4096 * 14336 + 4096 * 8 + 2 * 4096
+    expected = 32 * layer + 2 * 32000 * 4096 + 4096
+    m = PRESETS["mixtral-8x7b"]
+    assert m.active_params() == expected == 12_879_925_248
+    assert round(m.active_params() / 1e9, 1) == 12.9
+
+
+@pytest.mark.parametrize(
+    ("name", "published_b", "less_embedding"),
+    [
+        ("qwen1.5-moe-a2.7b", 2.7, False),  # HF card: 2.7B activated
+        ("qwen3-30b-a3b", 3.3, False),  # HF card: 3.3B activated
+        ("gpt-oss-20b", 3.61, True),  # OpenAI card: active, unembedding but no embedding
+        ("gpt-oss-120b", 5.13, True),
+    ],
+)
+def test_moe_active_parameters_match_the_model_cards(name: str, published_b: float,
+                                                     less_embedding: bool) -> None:  # fmt: skip
+    m = PRESETS[name]
+    n = m.active_params() - (m.vocab * m.hidden if less_embedding else 0)
+    # Cards round (2.69 -> 2.7) or truncate (3.35 -> 3.3): within one unit of the last digit.
+    unit = 10.0 ** -len(str(published_b).split(".")[1])
+    assert abs(n / 1e9 - published_b) < unit
+
+
+def test_dense_counts_unchanged_by_the_moe_fields() -> None:
+    m = PRESETS["llama3-8b"]
+    assert m.active_params() == m.total_params() == 8_030_261_248
+    assert not m.is_moe and m.moe_layers == 0
+
+
+@pytest.mark.parametrize(
+    ("fixture", "preset"),
+    [
+        ("mixtral_8x7b_config.json", "mixtral-8x7b"),
+        ("qwen1.5_moe_a2.7b_config.json", "qwen1.5-moe-a2.7b"),
+        ("qwen3_30b_a3b_config.json", "qwen3-30b-a3b"),
+        ("gpt_oss_20b_config.json", "gpt-oss-20b"),
+    ],
+)
+def test_hf_config_import_of_moe_models(fixture: str, preset: str) -> None:
+    """The real config.json (tests/data/moe/SOURCES.md) gives the preset's shape and count."""
+    m = from_hf_config(MOE_DATA / fixture)
+    assert m.total_params() == TOTALS[preset]
+    p = PRESETS[preset]
+    for f in ("num_experts", "experts_per_token", "expert_ffn", "shared_experts", "shared_ffn",
+              "head_dim", "q_dim", "kv_dim"):  # fmt: skip
+        assert getattr(m, f) == getattr(p, f), f
+    assert m.active_params() == p.active_params()
+
+
+def test_hf_config_sparse_step_other_than_one_is_refused(tmp_path: Path) -> None:
+    cfg = (MOE_DATA / "qwen3_30b_a3b_config.json").read_text()
+    f = tmp_path / "config.json"
+    f.write_text(cfg.replace('"decoder_sparse_step": 1', '"decoder_sparse_step": 2'))
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(f)
+    assert ei.value.key == "decoder_sparse_step"
+
+
+def test_shared_expert_and_first_dense_layers_by_hand() -> None:
+    """A small model: 4 layers, the first dense; 4 experts of 32, top-2, one shared expert of
+    64 with its gate; SwiGLU, no biases, RMSNorm, h 16, untied vocab 10."""
+    base = PRESETS["mixtral-8x7b"]
+    m = replace(base, name="tiny", layers=4, hidden=16, heads=2, kv_heads=2, ffn_hidden=48,
+                vocab=10, num_experts=4, experts_per_token=2, moe_ffn_hidden=32,
+                shared_experts=1, shared_expert_ffn_hidden=64, shared_expert_gate=True,
+                first_dense_layers=1)  # fmt: skip
+    attn = 4 * 16 * 16
+    dense = attn + 3 * 16 * 48 + 2 * 16
+    moe_all = attn + 4 * 3 * 16 * 32 + 3 * 16 * 64 + 16 * 4 + 16 + 2 * 16
+    moe_act = attn + 2 * 3 * 16 * 32 + 3 * 16 * 64 + 16 * 4 + 16 + 2 * 16
+    ends = 2 * 10 * 16 + 16
+    assert m.total_params() == dense + 3 * moe_all + ends
+    assert m.active_params() == dense + 3 * moe_act + ends
+    assert [m.is_moe_layer(i) for i in range(4)] == [False, True, True, True]
+    assert m.dense_layers_in(0, 2) == 1 and m.dense_layers_in(2, 4) == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"experts_per_token": 9}, "model.experts_per_token"),
+        ({"experts_per_token": 0}, "model.experts_per_token"),
+        ({"first_dense_layers": 32}, "model.first_dense_layers"),
+        ({"moe_load_imbalance": 0.5}, "model.moe_load_imbalance"),
+        ({"moe_load_imbalance": 4.5}, "model.moe_load_imbalance"),  # > E/k = 4
+        ({"capacity_factor": -1.0}, "model.capacity_factor"),
+        ({"num_experts": 0, "experts_per_token": 2}, "model.experts_per_token"),
+        ({"num_experts": -1}, "model.num_experts"),
+    ],
+)
+def test_bad_moe_fields_name_the_key(changes: dict, key: str) -> None:
+    from simtrain.spec.model import validate_model
+
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["mixtral-8x7b"], **changes))
+    assert ei.value.key == key
