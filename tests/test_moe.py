@@ -141,3 +141,157 @@ def test_bad_moe_fields_name_the_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["mixtral-8x7b"], **changes))
     assert ei.value.key == key
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs: FLOPs, parameters and activations per rank
+
+ROOT = Path(__file__).parent.parent
+MIXTRAL = ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml"
+
+
+def _mixtral(*overrides: str):
+    from simtrain.spec.scenario import load_scenario
+
+    return load_scenario(MIXTRAL, list(overrides))
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"])
+def test_moe_block_flops_equal_a_dense_block_of_k_experts_plus_router(name: str) -> None:
+    """Closed form: an MoE block costs what a dense block with an FFN of k·f_e + S·f_s costs,
+    plus the router, 2·T·h·E, and Qwen2-MoE's shared-expert gate, 2·T·h, per forward."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS[name]
+    t = TrainingSpec(seq_len=1024, micro_batch=2)
+    width = m.experts_per_token * m.expert_ffn + m.shared_experts * m.shared_ffn
+    dense = replace(m, num_experts=0, experts_per_token=0, moe_ffn_hidden=0, shared_experts=0,
+                    shared_expert_ffn_hidden=0, shared_expert_gate=False, ffn_hidden=width)  # fmt: skip
+    T = 2 * 1024
+    router = 2 * T * m.hidden * (m.num_experts + (1 if m.shared_expert_gate else 0))
+    moe_bf, dense_bf = block_flops(m, t), block_flops(dense, t)
+    assert moe_bf.forward == pytest.approx(dense_bf.forward + router, rel=1e-15)
+    assert moe_bf.input_grad == pytest.approx(dense_bf.input_grad + router, rel=1e-15)
+    assert moe_bf.attention_core == dense_bf.attention_core
+
+
+def test_mixtral_block_flops_by_hand() -> None:
+    """Mixtral per token forward: 2·(2·4096² + 2·4096·1024) attention projections,
+    2·2·3·4096·14336 for the two routed SwiGLU experts, 2·4096·8 router; 4·s·q for QKᵀ and
+    attention·V (q = 4096)."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    s = 4096
+    t = TrainingSpec(seq_len=s, micro_batch=1)
+    per_token = 2 * (2 * 4096**2 + 2 * 4096 * 1024) + 2 * 2 * 3 * 4096 * 14336 + 2 * 4096 * 8
+    expected = s * per_token + 4 * s * s * 4096
+    assert block_flops(PRESETS["mixtral-8x7b"], t).forward == expected
+
+
+def test_model_flops_count_the_active_experts_only() -> None:
+    """MFU's numerator: 6 x (k active experts) per token and layer, not 6 x all E."""
+    from simtrain.costs.compute import model_flops_per_step
+
+    sc = _mixtral()
+    m = sc.model
+    few = model_flops_per_step(sc)
+    all_experts = model_flops_per_step(replace(sc, model=replace(m, experts_per_token=8)))
+    tokens = sc.training.global_batch * sc.training.seq_len
+    expert = 2 * 3 * m.hidden * m.expert_ffn  # forward FLOPs per token of one expert
+    assert all_experts - few == pytest.approx(3 * m.layers * tokens * expert * 6, rel=1e-12)
+
+
+def test_expert_parameters_per_rank_divide_by_ep() -> None:
+    """Stage 1 of the Mixtral scenario holds 8 MoE blocks; with ep 8 each GPU keeps 1 of the 8
+    experts: 16-bit parameters 2·8·(attention + 1 expert + router + norms)."""
+    from simtrain.costs.memory import stage_memory
+
+    m = PRESETS["mixtral-8x7b"]
+    attn, expert = m.attention_params(), m.mlp_params(m.expert_ffn)
+    router_norms = m.hidden * 8 + 2 * m.hidden
+    for ep in (1, 2, 8):
+        sm = stage_memory(_mixtral(f"parallelism.ep={ep}"), 1)
+        assert sm.category("parameters") == 2 * 8 * (attn + (8 // ep) * expert + router_norms)
+
+
+def test_zero1_shards_experts_over_the_expert_data_parallel_group() -> None:
+    """Distributed optimizer: fp32 master weights of the dense part / dp (16), of the experts
+    / (dp / ep) = 2 (Megatron-Core expert_data_parallel_group)."""
+    from math import ceil
+
+    from simtrain.costs.memory import stage_memory
+
+    m = PRESETS["mixtral-8x7b"]
+    dense_part = 8 * (m.attention_params() + m.hidden * 8 + 2 * m.hidden)
+    experts = 8 * m.mlp_params(m.expert_ffn)  # one local expert per layer with ep 8
+    sm = stage_memory(_mixtral(), 1)
+    assert sm.category("master_weights") == ceil(4 * dense_part / 16) + ceil(4 * experts / 2)
+
+
+def test_moe_saved_tensors_closed_form() -> None:
+    """One Mixtral MoE block, b = 1, s = 4096, bf16, tp 1, load 1: fc1 input 2·k·sb·h, fc1
+    output 2·2·k·sb·f, fc2 input 2·k·sb·f, probabilities 4·k·sb, router softmax 4·sb·E,
+    indices 8·k·sb."""
+    from simtrain.costs.moe import moe_saved_tensors
+
+    m = PRESETS["mixtral-8x7b"]
+    sb, k, h, f, E = 4096, 2, 4096, 14336, 8
+    total = sum(n for _, n, _ in moe_saved_tensors(m, sb, 2))
+    assert (
+        total
+        == 2 * k * sb * h + 4 * k * sb * f + 2 * k * sb * f + 4 * k * sb + 4 * sb * E + 8 * k * sb
+    )
+    # The busiest rank under an imbalance of 1.5 keeps 1.5 x the expert-token tensors.
+    busy = sum(n for _, n, _ in moe_saved_tensors(m, sb, 2, load=1.5))
+    assert busy - total == pytest.approx(
+        0.5 * (2 * k * sb * h + 6 * k * sb * f + 4 * k * sb), abs=4
+    )
+
+
+def test_imbalance_slows_only_expert_parallel_ranks() -> None:
+    """ep = 1 runs every expert on every routed token: the imbalance changes nothing; with ep 8
+    the busiest rank does 1.5 x the routed-expert work; a capacity factor of 1.25 caps it."""
+    from simtrain.costs.compute import chunk_block_flops
+
+    base = chunk_block_flops(_mixtral("parallelism.ep=1"), 8, 8).forward
+    assert chunk_block_flops(_mixtral("parallelism.ep=1", "model.moe_load_imbalance=1.5"), 8,
+                             8).forward == base  # fmt: skip
+    busy = chunk_block_flops(_mixtral("model.moe_load_imbalance=1.5"), 8, 8).forward
+    capped = chunk_block_flops(_mixtral("model.moe_load_imbalance=1.5",
+                                        "model.capacity_factor=1.25"), 8, 8).forward  # fmt: skip
+    routed = 8 * 4096 * 2 * 2 * 3 * 4096 * 14336  # 8 layers, k = 2 experts, per micro-batch
+    assert busy - base == pytest.approx(0.5 * routed, rel=1e-12)
+    assert capped - base == pytest.approx(0.25 * routed, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["parallelism.ep=3"], "parallelism.ep"),  # does not divide 8 experts
+        (
+            [
+                "parallelism.ep=8",
+                "parallelism.dp=4",
+                "parallelism.pp=16",
+                "training.global_batch=64",
+            ],
+            "parallelism.ep",
+        ),  # does not divide dp 4
+        (["model.preset=llama3-8b", "model.num_experts=0"], "parallelism.ep"),  # dense
+        (
+            ["parallelism.tp=2", "parallelism.dp=8", "parallelism.ep=8"],
+            "parallelism.sequence_parallel",
+        ),
+        (["model.experts_per_token=9"], "model.experts_per_token"),
+        (["training.peft.method=lora"], "training.peft.method"),
+    ],
+)
+def test_bad_expert_parallel_layouts_name_the_key(overrides: list[str], key: str) -> None:
+    from simtrain.spec.scenario import load_scenario
+
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(MIXTRAL, overrides)
+    assert ei.value.key == key
+    assert "\n" not in str(ei.value)

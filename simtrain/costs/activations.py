@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from simtrain.costs.fp8 import is_te
+from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
@@ -49,6 +50,8 @@ def layer_saved_tensors(
     micro_batch: int | None = None,
     tp: int = 1,
     sequence_parallel: bool = False,
+    moe: bool | None = None,
+    load: float = 1.0,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -66,6 +69,10 @@ def layer_saved_tensors(
     ``flash_attn_varlen_func`` saves q (a view of the fused tensor, which keeps all of it alive)
     and k, v (views of the copy): ``2·sb(3h + 2kv)/t`` bytes instead of ``2·sb(h + 2kv)/t``. With
     GQA nanotron makes q, k, v contiguous copies, so nothing extra is kept.
+
+    An MoE block (``moe``: default, every block of a model with experts) saves the router's,
+    the experts' and the shared experts' tensors in place of the MLP's
+    (:func:`costs.moe.moe_saved_tensors`, the busiest EP rank's ``load``).
     """
     if not grad_flows_through_blocks(t):
         return []
@@ -87,6 +94,11 @@ def layer_saved_tensors(
         _norm_and_input(c, i, lin_in, mods)
         if i == 0:
             _attention(c)
+        elif m.is_moe and moe is not False:
+            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load):
+                c.add(name, n_bytes, formula)
+            if m.dropout > 0:
+                c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, "1·sbh")
         else:
             _mlp(c)
     if t.peft.method == "adapter":
@@ -216,14 +228,20 @@ def _mlp(c: _Block) -> None:
 
 
 def layer_activation_bytes(
-    m: ModelSpec, t: TrainingSpec, tp: int = 1, sequence_parallel: bool = False
+    m: ModelSpec,
+    t: TrainingSpec,
+    tp: int = 1,
+    sequence_parallel: bool = False,
+    moe: bool | None = None,
+    load: float = 1.0,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied.
 
     full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
     selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3).
     """
-    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
+                                load=load)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -264,7 +282,8 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 
 
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
-                                head: bool, tp: int = 1, sp: bool = False) -> int:  # fmt: skip
+                                head: bool, tp: int = 1, sp: bool = False,
+                                load: float = 1.0) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -280,7 +299,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward)."""
     if t.recompute != "full" or not layers:
         return 0
-    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load)
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

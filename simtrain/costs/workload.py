@@ -24,7 +24,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
         rank = step.chunk_rank(stage)
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
         n = ch.layers
         host_f, host_b = action_host_ns(sc, n, t.recompute == "full")
         out[stage] = ChunkDurations(

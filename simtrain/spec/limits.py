@@ -84,6 +84,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.dp": (1, MAX_GPUS),
     "parallelism.tp": (1, MAX_GPUS),
     "parallelism.pp": (1, MAX_GPUS),
+    "parallelism.ep": (1, MAX_GPUS),
     "parallelism.virtual_stages": (1, 1024),
     "parallelism.zero3_max_live_params": (0, 2**50),
     "cluster.nodes": (1, MAX_GPUS),

@@ -22,6 +22,7 @@ from simtrain.spec.limits import (
     check_known_range,
 )
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
+from simtrain.spec.moe_layout import check_moe_layout
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
@@ -144,6 +145,9 @@ class ParallelSpec:
     # "uniform" (Megatron, L/pp each), "compute_balanced" (nanotron: by per-block compute cost,
     # the LM head counting V·h) or "embedding_as_layer" (DeepSpeed's type:transformer|embedding).
     layer_split: str = "uniform"
+    # Expert parallelism (MoE models): the experts split over ep data-parallel ranks
+    # (costs.moe, spec.scenario.check_moe_layout).
+    ep: int = 1
 
     @property
     def gpus(self) -> int:
@@ -381,6 +385,7 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
         )
+    check_moe_layout(s, file)
     if p.zero_stage and p.dp_mode == "naive":
         raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
     if t.seq_len > m.max_positions and m.positions == "learned":

@@ -71,14 +71,14 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     t = sc.training
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
-    cache: dict[tuple[int, bool, bool], _Rank] = {}
+    cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
-    def chunk(k: int) -> tuple[int, bool, bool]:
+    def chunk(k: int) -> tuple[int, bool, bool, int]:
         b = blocks[k]
-        key = (b.layers, b.embedding, b.head)
+        key = (b.layers, b.embedding, b.head, sc.model.dense_layers_in(b.lo, b.lo + b.layers))
         if key not in cache:
             n = b.layers
-            c = chunk_costs(sc, n, b.embedding, b.head)
+            c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
             tp_b = 2 * n * ar if c.input_grad_ns else 0
             tp_r = 2 * n * ar if (c.recompute_ns and t.recompute == "full") else 0
             cache[key] = _Rank(c.forward_ns + 2 * n * ar,
