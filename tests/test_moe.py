@@ -295,3 +295,97 @@ def test_bad_expert_parallel_layouts_name_the_key(overrides: list[str], key: str
         load_scenario(MIXTRAL, overrides)
     assert ei.value.key == key
     assert "\n" not in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expert parallelism: the all-to-alls in the timeline, expert-data-parallel gradients
+
+
+def test_a2a_bytes_closed_form() -> None:
+    """Send buffer of one dispatch on an EP rank: T/tp tokens x k x h x 2 bytes x load."""
+    from simtrain.costs.moe import a2a_bytes
+
+    m = PRESETS["mixtral-8x7b"]
+    assert a2a_bytes(m, 4096, 2) == 4096 * 2 * 4096 * 2
+    assert a2a_bytes(m, 4096, 2, tp=2, load=1.5) == 4096 / 2 * 2 * 4096 * 2 * 1.5
+
+
+def test_ep_alltoall_inside_a_node_is_the_pairwise_exchange_over_nvlink() -> None:
+    """ep 8 GPUs of one DGX: (ep−1)/ep of the send buffer over the GPU's NVLink bandwidth,
+    plus ep − 1 latencies (nccl-tests alltoall: busBw = algBw·(n−1)/n)."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    intra, _ = coll.node_links(sc.hardware)
+    size = 4096 * 2 * 4096 * 2
+    expected = 7 / 8 * size / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    assert ep_alltoall_ns(sc, resolve(sc)) == round(1e9 * expected)
+    busy = _mixtral("model.moe_load_imbalance=2.0")
+    expected2 = 7 / 8 * 2 * size / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    assert ep_alltoall_ns(busy, resolve(busy)) == round(1e9 * expected2)
+
+
+def test_ep_alltoall_across_nodes_goes_through_each_gpus_nic() -> None:
+    """4 GPUs per node: the EP group of 8 spans 2 nodes; each GPU sends 3/8 of its buffer over
+    NVLink and 4/8 through its own NIC, concurrently, plus 7 network latencies."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.costs.workload import nic_plan
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral("cluster.nodes=16", "cluster.gpus_per_node=4")
+    intra, inter = coll.node_links(sc.hardware)
+    size = 4096 * 2 * 4096 * 2
+    t = max(3 / 8 * size / intra.bandwidth_bytes_per_s, 4 / 8 * size / inter.bandwidth_bytes_per_s)
+    step = resolve(sc)
+    assert ep_alltoall_ns(sc, step) == round(1e9 * (t + 7 * inter.latency_s))
+    assert nic_plan(sc, step).crossing("A2A", 0)[0]
+    assert not nic_plan(_mixtral(), resolve(_mixtral())).crossing("A2A", 0)[0]
+
+
+def test_the_alltoalls_are_in_the_timeline() -> None:
+    """Every forward and backward of a chunk with MoE layers is followed by one "A2A" op on the
+    collective stream of 2 x its MoE layers x one all-to-all (dispatch + combine); 16
+    micro-batches x (F + B) x 4 pipeline ranks; none without EP."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    res = simulate_scenario(sc)
+    a2a = [s for s in res.timeline.spans if s.kind == "A2A"]
+    assert len(a2a) == 16 * 2 * 4
+    assert {s.stream for s in a2a} == {"collective"}
+    one = ep_alltoall_ns(sc, resolve(sc))
+    assert {s.end_ns - s.start_ns for s in a2a if s.name.startswith("EP all-to-all")} == {
+        2 * 8 * one
+    }
+    none = simulate_scenario(_mixtral("parallelism.ep=1"))
+    assert not [s for s in none.timeline.spans if s.kind == "A2A"]
+    # The all-to-alls lengthen the step by at least their exposed time on the critical path.
+    assert res.metrics.step_time_s > none.metrics.step_time_s
+
+
+def test_expert_gradients_reduce_over_the_expert_data_parallel_group() -> None:
+    """With ep 8 of dp 16 the experts' gradients are reduce-scattered over 2 ranks in buckets
+    of their own, after the dense buckets over 16."""
+    from simtrain.costs import comm
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.workload import expert_params, rank_work
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    step = resolve(sc)
+    sm = estimate_memory(sc).stages[1]
+    exp = expert_params(sc, step, 1)
+    m = sc.model
+    assert exp == 8 * m.mlp_params(m.expert_ffn)  # one expert in each of 8 MoE blocks
+    work = rank_work(sc, step, 1, sm.params, sm.trainable)
+    dense = comm.bucket_group_ns(sc, step, "reduce_scatter", 2 * (sm.trainable - exp))
+    experts = comm.expert_bucket_group_ns(sc, step, "reduce_scatter", 2 * exp)
+    assert work.bucket_ns == dense + experts
+    assert comm.edp_ns(sc, step, "reduce_scatter", 1e6) != comm.dp_ns(
+        sc, step, "reduce_scatter", 1e6
+    )

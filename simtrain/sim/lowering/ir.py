@@ -30,6 +30,12 @@ class ChunkDurations:
     # the backward's including its recompute; 0 = the host always runs ahead of the GPU.
     host_forward_ns: int = 0
     host_backward_ns: int = 0
+    # Expert parallelism (costs.moe): the dispatch and combine all-to-alls of the chunk's MoE
+    # layers in the forward, again in the backward (and in a full recompute's forward), on the
+    # "collective" stream after the action's compute (``passes.ep_pass``).
+    ep_forward_ns: int = 0
+    ep_backward_ns: int = 0
+    ep_recompute_ns: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
@@ -78,6 +84,8 @@ class NicPlan:
     dp_latency_s: float
     tp_crosses: bool
     tp_latency_s: float
+    ep_crosses: bool = False  # the expert-parallel all-to-alls leave the node
+    ep_latency_s: float = 0.0
 
     def crossing(self, kind: str, rank: int) -> tuple[bool, float]:
         """(leaves the node, latency in s) of a communication task of ``kind`` on ``rank``."""
@@ -89,6 +97,8 @@ class NicPlan:
             return True, self.dp_latency_s
         if kind == "TP" and self.tp_crosses:
             return True, self.tp_latency_s
+        if kind == "A2A" and self.ep_crosses:
+            return True, self.ep_latency_s
         return False, 0.0
 
 
