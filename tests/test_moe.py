@@ -389,3 +389,128 @@ def test_expert_gradients_reduce_over_the_expert_data_parallel_group() -> None:
     assert comm.edp_ns(sc, step, "reduce_scatter", 1e6) != comm.dp_ns(
         sc, step, "reduce_scatter", 1e6
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head latent attention and DeepSeek-V3
+
+
+def test_deepseek_v3_main_model_is_671_026_419_200_parameters() -> None:
+    """DeepSeek-V3 main model, every tensor of the checkpoint's layers 0-60 plus embedding, head
+    and final norm: 671,026,419,200 (a tensor-by-tensor recount of the HF checkpoint headers;
+    README_WEIGHTS.md: "671B"). By hand: MLA 187,107,328 per layer; 3 dense SwiGLU blocks of
+    18432; 58 MoE blocks of 256 + 1 experts of 2048 with router and score-correction bias."""
+    m = PRESETS["deepseek-v3"]
+    h = 7168
+    mla = h * 1536 + 1536 + 1536 * 128 * 192 + h * 576 + 512 + 512 * 128 * 256 + 128 * 128 * h
+    assert m.attention_params() == mla == 187_107_328
+    expert = 3 * h * 2048
+    dense_block = mla + 3 * h * 18432 + 2 * h
+    moe_block = mla + 257 * expert + 256 * h + 256 + 2 * h
+    assert m.total_params() == 3 * dense_block + 58 * moe_block + 2 * 129280 * h + h
+    assert m.total_params() == 671_026_419_200
+
+
+def test_deepseek_v3_activated_parameters_match_readme_weights() -> None:
+    """README_WEIGHTS.md: 36.6B activated (output head counted, input embedding not)."""
+    m = PRESETS["deepseek-v3"]
+    assert round((m.active_params() - m.vocab * m.hidden) / 1e9, 1) == 36.6
+
+
+def test_deepseek_v3_checkpoint_total_with_its_mtp_module() -> None:
+    """HF deepseek-ai/DeepSeek-V3 safetensors metadata: total 684,531,386,000 elements, of which
+    F32 41,555,600. The checkpoint is the main model, the MTP module (mtp_params) with its own
+    copies of the embedding and the head (README_WEIGHTS.md: shared in use, stored in layer 61),
+    and the FP8 block scales, which are all the F32 tensors but the 59 routers' 256-entry
+    e_score_correction_bias: an exact balance. The MTP module's transformer block alone is
+    README_WEIGHTS.md's "11.5B unique parameters" (eh_proj and its three norms add 0.1B)."""
+    m = PRESETS["deepseek-v3"]
+    copies = 2 * m.vocab * m.hidden
+    scales = 41_555_600 - 59 * 256
+    assert m.total_params() + m.mtp_params() + copies + scales == 684_531_386_000
+    assert round(m.moe_layer_params() / 1e9, 1) == 11.5
+    assert m.mtp_params() - m.moe_layer_params() == 2 * m.hidden**2 + 3 * m.hidden
+
+
+def test_deepseek_v3_hf_config_import() -> None:
+    m = from_hf_config(MOE_DATA / "deepseek_v3_config.json")
+    assert m.total_params() == 671_026_419_200
+    assert m.mtp_params() == PRESETS["deepseek-v3"].mtp_params()
+    assert m.active_params() == PRESETS["deepseek-v3"].active_params()
+    assert (m.first_dense_layers, m.kv_lora_rank, m.q_dim, m.v_dim) == (
+        3,
+        512,
+        128 * 192,
+        128 * 128,
+    )
+
+
+def test_mla_flops_by_hand() -> None:
+    """One DeepSeek-V3 MoE block forward, b = 1, s = 4096: 2·s·(latent and head projections)
+    + 2·s²·heads·(192 + 128) for Q·Kᵀ and A·V + the MoE FFN (8 routed + 1 shared expert of
+    2048, router 256)."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["deepseek-v3"]
+    s, h = 4096, 7168
+    t = TrainingSpec(seq_len=s, micro_batch=1)
+    proj = m.attention_params() - 1536 - 512  # the matmul weights (no norms)
+    core = 2 * s * s * 128 * (192 + 128)
+    ffn = 2 * s * (3 * h * 2048 * 9 + h * 256)
+    bf = block_flops(m, t)
+    assert bf.attention_core == core
+    assert bf.forward == pytest.approx(2 * s * proj + core + ffn, rel=1e-15)
+
+
+def test_mla_parameters_split_over_tp_as_megatron() -> None:
+    """TP 8: q_b, kv_b column-parallel, o row-parallel (1/8 each), the q_a / kv_a
+    down-projections and their norms replicated (Megatron-Core MLA)."""
+    from simtrain.costs.params import layer_param_tensors
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["deepseek-v3"]
+    h = 7168
+    tensors = {x.name: x.numel for x in layer_param_tensors(m, TrainingSpec(), tp=8, moe=False)}
+    assert tensors["q_a.weight"] == h * 1536 and tensors["kv_a.weight"] == h * 576
+    assert tensors["q_b.weight"] == 1536 * 128 * 192 // 8
+    assert tensors["kv_b.weight"] == 512 * 128 * 256 // 8
+    assert tensors["o.weight"] == 128 * 128 * h // 8
+    assert tensors["q_a_layernorm.weight"] == 1536 and tensors["kv_a_layernorm.weight"] == 512
+
+
+def test_deepseek_v3_first_dense_layers_on_the_first_stage() -> None:
+    """With pp 1 the one chunk holds all 61 blocks: 3 dense + 58 MoE blocks' FLOPs."""
+    from simtrain.costs.compute import block_flops, chunk_block_flops
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(
+        MIXTRAL,
+        [
+            "model.preset=deepseek-v3",
+            "parallelism.pp=1",
+            "parallelism.ep=8",
+            "training.seq_len=1024",
+            "cluster.nodes=2",
+        ],
+    )
+    t, m = sc.training, sc.model
+    cb = chunk_block_flops(sc, 61, 0)
+    expected = 3 * block_flops(m, t, moe=False).forward + 58 * block_flops(m, t).forward
+    assert cb.forward == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"kv_lora_rank": 0}, "model.q_lora_rank"),
+        ({"v_head_dim": 0}, "model.kv_lora_rank"),
+        ({"bias": True}, "model.kv_lora_rank"),
+    ],
+)
+def test_bad_mla_fields_name_the_key(changes: dict, key: str) -> None:
+    from simtrain.spec.model import validate_model
+
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["deepseek-v3"], **changes))
+    assert ei.value.key == key

@@ -172,16 +172,30 @@ def _attention(c: _Block) -> None:
     """The attention core (flash or not), the out-projection input, LoRA and dropout."""
     m, t, tp, e, b = c.m, c.t, c.tp, c.e, c.b
     s, s_kv, sb, h, a, kv = t.seq_len_effective, t.kv_len, c.sb, m.hidden, m.heads, m.kv_dim
+    # Q, K and V widths: h, kv, kv unless head_size or MLA (DeepSeek-V2 §2.1) set them.
+    variant = m.is_mla or bool(m.head_size)
+    q, vw = (m.q_dim, m.v_dim) if variant else (h, h)
+    kv_v = m.kv_heads * m.v_head_dim if m.is_mla else kv
+    if m.is_mla:
+        # The latents (HF DeepseekV3Attention): q_a / kv_a outputs as their RMSNorms' inputs
+        # (+ fp32 rstd) and the normed latents as q_b / kv_b inputs; replicated over TP.
+        lat = 2 * (m.q_lora_rank + m.kv_lora_rank)
+        stats = 4 * sb * (2 if m.q_lora_rank else 1)
+        c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
+              f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
     if m.flash_attention:
-        c.add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp, f"{e}·sb(h+2kv)/t")
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
-        c.add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
+        c.add("attention output + logsumexp", (e * sb * vw + 4 * b * a * s) / tp,
               f"{e}·sbh + 4·bas")  # fmt: skip
     else:
         # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
         kv_s = s_kv / s
-        c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
+        if variant:
+            c.add("q, k, v", e * sb * (q + (q + vw) * kv_s) / tp, f"{e}·sb(q+k+v)")
+        else:
+            c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
         c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b")
         if m.dropout > 0:
             c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
@@ -192,11 +206,11 @@ def _attention(c: _Block) -> None:
     if c.saves_input("o") and c.te_fp8:
         # TE's proj Linear keeps its own FP8 copy of the attention output (which the fused
         # attention saves too, in 16 bits, above).
-        c.add("out-projection input, FP8", c.fp8(sb * h / tp), c.lin_formula("sbh/t"))
+        c.add("out-projection input, FP8", c.fp8(sb * vw / tp), c.lin_formula("sbh/t"))
     elif c.saves_input("o") and not m.flash_attention:
         # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
         # input: one storage, counted above (measured: simtrain.torchref.measure).
-        c.add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
+        c.add("out-projection input", e * sb * vw / tp, f"{e}·sbh/t")
     if c.lora:
         for mod in sorted(c.targets & {"q", "k", "v", "o"}):
             c.add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")

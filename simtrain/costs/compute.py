@@ -63,11 +63,15 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     s_kv = t.kv_len
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     q = m.q_dim
-    if m.is_moe and moe is not False:
-        proj = 2 * b * s * (h * (q + 2 * kv) + q * h) / tp + moe_mlp_flops(m, b * s, tp, load)
-    else:
-        proj = 2 * b * s * (h * (q + 2 * kv) + q * h + _mlp_mats(m) * h * f) / tp
+    attn = h * (q + 2 * kv) + q * h
     core = 4 * b * s * s_kv * q / tp
+    if m.is_mla:  # DeepSeek-V2 §2.1: latent projections; Q·K over nope + rope, A·V over v
+        attn = sum(fi * fo for fi, fo in m.attention_shapes().values())
+        core = 2 * b * s * s_kv * (q + m.v_dim) / tp
+    if m.is_moe and moe is not False:
+        proj = 2 * b * s * attn / tp + moe_mlp_flops(m, b * s, tp, load)
+    else:
+        proj = 2 * b * s * (attn + _mlp_mats(m) * h * f) / tp
     full = base_trainable(t.peft.method, t.peft.phase)
     lora = 0.0
     lora_w = 0.0

@@ -63,11 +63,15 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     bias_trainable = full or peft.method == "bitfit"
     out: list[ParamTensor] = []
     shapes = m.linear_weight_shapes()
-    column = ("q", "k", "v", "gate", "up")
+    column = ("q", "k", "v", "gate", "up", "q_b", "kv_b")
+    replicated = ("q_a", "kv_a")  # MLA down-projections (Megatron-Core: duplicated over TP)
     is_moe = m.is_moe and moe is not False
     if is_moe:
-        shapes = {k: v for k, v in shapes.items() if k in ("q", "k", "v", "o")}
+        shapes = {k: v for k, v in shapes.items() if k in m.attention_shapes()}
         out += moe_param_tensors(m, tp, ep, full)
+    if m.is_mla:  # q_a_layernorm, kv_a_layernorm
+        out += [ParamTensor(f"{n}_layernorm.weight", w, 1, full) for n, w in
+                (("q_a", m.q_lora_rank), ("kv_a", m.kv_lora_rank)) if w]  # fmt: skip
     if m.qk_norm:
         out += [ParamTensor("q_norm.weight", m.head_dim, 1, full),
                 ParamTensor("k_norm.weight", m.head_dim, 1, full)]  # fmt: skip
@@ -76,6 +80,8 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     for name, (fan_in, fan_out) in shapes.items():
         is_col = name in column
         rows, cols = (fan_in, fan_out // tp) if is_col else (fan_in // tp, fan_out)
+        if name in replicated:
+            rows, cols = fan_in, fan_out
         out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
         has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
         if has_bias:

@@ -68,6 +68,13 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "model.shared_experts": (0, 2**10),
     "model.shared_expert_ffn_hidden": (0, 2**22),
     "model.first_dense_layers": (0, 1024),
+    # MLA (DeepSeek-V3: q_lora_rank 1536, kv_lora_rank 512, head dims 128 / 64 / 128; 1 MTP).
+    "model.q_lora_rank": (0, 2**20),
+    "model.kv_lora_rank": (0, 2**20),
+    "model.qk_nope_head_dim": (0, 2**16),
+    "model.qk_rope_head_dim": (0, 2**16),
+    "model.v_head_dim": (0, 2**16),
+    "model.mtp_layers": (0, 64),
     # Training: sequences of up to 16M tokens, batches of up to 16M sequences (Llama 3: 2,048
     # x 8,192 tokens), micro-batches up to 65,536 sequences.
     "training.seq_len": (1, 2**24),

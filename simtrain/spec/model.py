@@ -81,17 +81,40 @@ class ModelSpec:
     router_score_bias: bool = False
     capacity_factor: float = 0.0
     moe_load_imbalance: float = 1.0
+    # Multi-head latent attention (DeepSeek-V2 §2.1, V3 §2.1.1; kv_lora_rank 0 = MHA/GQA): Q
+    # from a q_lora_rank latent (0: directly from h), K and V from a kv_lora_rank latent plus a
+    # shared qk_rope_head_dim rotary key; per head qk_nope_head_dim + qk_rope_head_dim for Q·K
+    # and v_head_dim for V. mtp_layers: DeepSeek-V3's multi-token-prediction modules (each an
+    # eh_proj 2h x h, two norms, one MoE block and a norm; embedding and head shared), counted
+    # by mtp_params(), not by total_params().
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    mtp_layers: int = 0
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
     def head_dim(self) -> int:
+        """Per-head width of Q and K (MLA: qk_nope_head_dim + qk_rope_head_dim)."""
+        if self.is_mla:
+            return self.qk_nope_head_dim + self.qk_rope_head_dim
         return self.head_size or self.hidden // self.heads
 
     @property
     def q_dim(self) -> int:
-        """Width of Q and of the attention output: heads * head_dim (= hidden unless
-        ``head_size`` says otherwise)."""
-        return self.heads * self.head_dim if self.head_size else self.hidden
+        """Width of Q: heads * head_dim (= hidden unless ``head_size`` or MLA says otherwise)."""
+        return self.heads * self.head_dim if self.head_size or self.is_mla else self.hidden
+
+    @property
+    def v_dim(self) -> int:
+        """Width of V and of the attention output (MLA: heads * v_head_dim; else q_dim)."""
+        return self.heads * self.v_head_dim if self.is_mla else self.q_dim
 
     @property
     def is_moe(self) -> bool:
@@ -137,6 +160,8 @@ class ModelSpec:
         """W_q (h x q), W_k and W_v (h x kv_dim), W_o (q x h), plus biases when present
         (q = heads·head_dim = h unless ``head_size`` is set); Qwen3's q/k norms (2·head_dim)
         and GPT-OSS's sinks (one per head)."""
+        if self.is_mla:
+            return self._mla_params()
         h, q, kv = self.hidden, self.q_dim, self.kv_dim
         weights = 2 * h * q + 2 * h * kv
         biases = 0
@@ -147,6 +172,35 @@ class ModelSpec:
         extra = (2 * self.head_dim if self.qk_norm else 0) + (self.heads if self.attention_sinks
                                                              else 0)  # fmt: skip
         return weights + biases + extra
+
+    def _mla_params(self) -> int:
+        """MLA (HF ``DeepseekV3Attention``): q_a_proj h x q_lora + q_a_layernorm + q_b_proj
+        q_lora x heads·(nope+rope) (or q_proj h x heads·(nope+rope)), kv_a_proj_with_mqa
+        h x (kv_lora + rope), kv_a_layernorm, kv_b_proj kv_lora x heads·(nope + v), o_proj
+        heads·v x h; no biases."""
+        return sum(fi * fo for fi, fo in self.attention_shapes().values()) + (
+            self.q_lora_rank + self.kv_lora_rank
+        )
+
+    def attention_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of the attention's linear layers: q, k, v, o; MLA: q_a, q_b (or q), kv_a,
+        kv_b, o (q_a and kv_a replicated over TP, as Megatron-Core's MLA down-projections)."""
+        h, kv, q = self.hidden, self.kv_dim, self.q_dim
+        if not self.is_mla:
+            return {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h)}
+        ql, kvl = self.q_lora_rank, self.kv_lora_rank
+        out = {"q_a": (h, ql), "q_b": (ql, q)} if ql else {"q": (h, q)}
+        out["kv_a"] = (h, kvl + self.qk_rope_head_dim)
+        out["kv_b"] = (kvl, self.heads * (self.qk_nope_head_dim + self.v_head_dim))
+        out["o"] = (self.v_dim, h)
+        return out
+
+    def mtp_params(self) -> int:
+        """DeepSeek-V3's multi-token-prediction modules (HF checkpoint ``model.layers.61``):
+        per module enorm, hnorm, eh_proj (2h x h), one MoE block and shared_head.norm; the
+        embedding and the output head are shared with the main model (README_WEIGHTS.md)."""
+        h = self.hidden
+        return self.mtp_layers * (3 * self.norm_params + 2 * h * h + self.moe_layer_params())
 
     def mlp_params(self, f: int | None = None) -> int:
         """GeLU MLP: 2·h·f (+ f + h biases); SwiGLU: 3·h·f (+ 2f + h biases); f defaults to
@@ -210,9 +264,8 @@ class ModelSpec:
 
     def linear_weight_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of a block, named as PEFT target modules."""
-        h, kv, f = self.hidden, self.kv_dim, self.ffn_hidden
-        q = self.q_dim
-        shapes = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h)}
+        h, f = self.hidden, self.ffn_hidden
+        shapes = self.attention_shapes()
         if self.mlp == "swiglu":
             shapes.update({"gate": (h, f), "up": (h, f), "down": (f, h)})
         else:
@@ -290,6 +343,16 @@ PRESETS.update({
     "gpt-oss-120b": replace(
         _llama("gpt-oss-120b", 36, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
         attention_sinks=True, num_experts=128, experts_per_token=4, router_bias=True),
+    # DeepSeek-V3: HF deepseek-ai/DeepSeek-V3 config.json (61 layers, first_k_dense_replace 3
+    # with intermediate_size 18432, 256 routed experts of 2048, top-8, 1 shared expert, MLA:
+    # q_lora_rank 1536, kv_lora_rank 512, qk 128 + 64, v 128; vocab 129280, untied;
+    # num_nextn_predict_layers 1). README_WEIGHTS.md: 671B main model, 36.6B activated (input
+    # embedding not counted), MTP module 11.5B unique.
+    "deepseek-v3": replace(
+        _llama("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840), num_experts=256,
+        experts_per_token=8, moe_ffn_hidden=2048, shared_experts=1, first_dense_layers=3,
+        router_score_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1),
 })  # fmt: skip
 ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b"}
 
@@ -321,10 +384,15 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "n_routed_experts",
     "n_shared_experts",
     "first_k_dense_replace",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "num_nextn_predict_layers",
 }
 #: model_type values the importer reads (HF transformers' configuration_*.py field names).
 HF_KINDS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-            "gpt_oss")  # fmt: skip
+            "gpt_oss", "deepseek_v2", "deepseek_v3")  # fmt: skip
 
 
 def _moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
@@ -356,6 +424,33 @@ def _moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
         if shared:
             out.update(shared_experts=1, shared_expert_ffn_hidden=shared,
                        shared_expert_gate=True)  # fmt: skip
+    elif kind in ("deepseek_v2", "deepseek_v3"):
+        # configuration_deepseek_v3.py: n_routed_experts, n_shared_experts (one MLP of
+        # moe_intermediate_size x n_shared_experts: DeepseekV3MoE.shared_experts),
+        # first_k_dense_replace, q_lora_rank (null: q_proj), kv_lora_rank, qk_nope_head_dim,
+        # qk_rope_head_dim, v_head_dim; V3's router has e_score_correction_bias (noaux_tc).
+        step = int(cfg.get("moe_layer_freq", 1))
+        if step != 1:
+            raise ConfigError(
+                path,
+                "moe_layer_freq",
+                "only every layer MoE after the first "
+                "first_k_dense_replace is supported (moe_layer_freq 1)",
+                step,
+            )
+        f_e = int(cfg["moe_intermediate_size"])
+        shared = int(cfg.get("n_shared_experts") or 0)
+        out.update(
+            num_experts=int(cfg["n_routed_experts"]), experts_per_token=int(
+                cfg["num_experts_per_tok"]), moe_ffn_hidden=f_e, shared_experts=1 if shared else 0,
+            shared_expert_ffn_hidden=f_e * shared,
+            first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
+            router_score_bias=kind == "deepseek_v3" or cfg.get("topk_method") == "noaux_tc",
+            q_lora_rank=int(cfg.get("q_lora_rank") or 0), kv_lora_rank=int(cfg["kv_lora_rank"]),
+            qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
+            qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
+            mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
+        )  # fmt: skip
     elif kind == "gpt_oss":
         k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token", 4))
         out.update(num_experts=int(cfg.get("num_local_experts", 32)), experts_per_token=int(k),
@@ -463,7 +558,8 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
 #: Model keys that may be 0 (off), for the schema: the attention variants and the MoE fields.
 ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidden",
                   "shared_experts", "shared_expert_ffn_hidden", "first_dense_layers",
-                  "capacity_factor")  # fmt: skip
+                  "capacity_factor", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                  "qk_rope_head_dim", "v_head_dim", "mtp_layers")  # fmt: skip
 
 
 def _validate_moe(spec: ModelSpec, file: str | None, prefix: str) -> None:
@@ -478,7 +574,27 @@ def _validate_moe(spec: ModelSpec, file: str | None, prefix: str) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(file, f"{prefix}.{field}", "must be an integer >= 0", v)
         check_range(v, file, f"{prefix}.{field}", *INT_RANGES[f"model.{field}"])
+    mla = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    if not spec.is_mla and any(getattr(spec, f) for f in mla):
+        f = next(f for f in mla if getattr(spec, f))
+        raise ConfigError(file, f"{prefix}.{f}", "multi-head latent attention needs "
+                          "model.kv_lora_rank > 0", getattr(spec, f))  # fmt: skip
+    if spec.is_mla and not (spec.qk_rope_head_dim and spec.v_head_dim and spec.qk_nope_head_dim):
+        raise ConfigError(file, f"{prefix}.kv_lora_rank", "multi-head latent attention needs "
+                          "qk_nope_head_dim, qk_rope_head_dim and v_head_dim > 0",
+                          spec.kv_lora_rank)  # fmt: skip
+    if spec.is_mla and (spec.bias or spec.qkv_bias or spec.head_size):
+        raise ConfigError(file, f"{prefix}.kv_lora_rank", "multi-head latent attention has no "
+                          "biases and no head_size (its widths are the *_head_dim keys)",
+                          spec.kv_lora_rank)  # fmt: skip
     e, k = spec.num_experts, spec.experts_per_token
+    if spec.mtp_layers and not e:
+        raise ConfigError(
+            file,
+            f"{prefix}.mtp_layers",
+            "multi-token prediction modules are MoE blocks: needs model.num_experts > 0",
+            spec.mtp_layers,
+        )
     if not e:
         moe_only = [
             f
