@@ -514,3 +514,32 @@ def test_bad_mla_fields_name_the_key(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["deepseek-v3"], **changes))
     assert ei.value.key == key
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner searches ep
+
+
+def test_planner_searches_ep_over_the_divisors_of_dp_and_the_experts() -> None:
+    """plans/mixtral_8x7b.yaml: 64 GPUs at tp 1, pp 4 give dp 16, so ep in {1, 2, 4, 8} (the
+    divisors of 16 that divide 8 experts); at tp 2 every ep > 1 comes with sequence
+    parallelism (Megatron-Core), ep 1 keeps the plan's sequence_parallel options."""
+    from simtrain.apps.plan import load_plan
+    from simtrain.apps.plan.layouts import enumerate_layouts
+
+    plan = load_plan(ROOT / "plans" / "mixtral_8x7b.yaml")
+    lays = enumerate_layouts(plan, 32, 32, 8)
+    at = {(x.ep, x.sequence_parallel) for x in lays if x.gpus == 64 and x.tp == 1}
+    assert {ep for ep, _ in at} == {1, 2, 4, 8}
+    assert all(sp for ep, sp in {(x.ep, x.sequence_parallel) for x in lays if x.tp == 2} if ep > 1)
+    dense = enumerate_layouts(plan, 32, 32, 0)
+    assert {x.ep for x in dense} == {1}
+    assert len(dense) == len([x for x in lays if x.ep == 1])
+
+
+def test_plan_of_an_moe_model_runs_and_reports_ep() -> None:
+    from simtrain.apps.plan import load_plan, run_plan
+
+    res = run_plan(load_plan(ROOT / "plans" / "mixtral_8x7b.yaml"))
+    best = res.to_json()["best"]
+    assert best and any(row.get("ep", 1) > 1 for row in best)

@@ -68,6 +68,7 @@ def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
             base.parallelism, dp=layout.dp, tp=layout.tp, pp=layout.pp,
             schedule=layout.schedule, virtual_stages=layout.virtual_stages,
             zero_stage=layout.zero_stage, sequence_parallel=layout.sequence_parallel,
+            ep=layout.ep,
         ),
     )  # fmt: skip
     check_layout(sc, file)
