@@ -543,3 +543,14 @@ def test_plan_of_an_moe_model_runs_and_reports_ep() -> None:
     res = run_plan(load_plan(ROOT / "plans" / "mixtral_8x7b.yaml"))
     best = res.to_json()["best"]
     assert best and any(row.get("ep", 1) > 1 for row in best)
+
+
+def test_hardware_flops_do_not_grow_with_the_imbalance() -> None:
+    """The imbalance moves expert work to the busiest rank (its time grows), not the FLOPs all
+    GPUs execute together."""
+    from simtrain.costs.compute import chunk_costs, hardware_flops_per_step
+
+    even, busy = _mixtral(), _mixtral("model.moe_load_imbalance=1.5")
+    assert hardware_flops_per_step(busy) == hardware_flops_per_step(even)
+    assert chunk_costs(busy, 8, False, False, 8).forward_ns > chunk_costs(even, 8, False, False,
+                                                                         8).forward_ns  # fmt: skip

@@ -20,7 +20,7 @@ an H200: 1.1 in 16-bit, 1.25 in fp32).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simtrain.costs.activations import grad_flows_through_blocks
 from simtrain.costs.fp8 import cast_bytes
@@ -399,8 +399,11 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     recompute equal to Narayanan et al. 2021 Eq. 3 for a GPT shape)."""
     step = resolve(sc)
     total = 0.0
+    mean = sc
+    if sc.model.is_moe:  # every rank at the mean expert load: the FLOPs all GPUs execute
+        mean = replace(sc, model=replace(sc.model, moe_load_imbalance=1.0, capacity_factor=0.0))
     for ch in step.chunks:
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
+        c = chunk_costs(mean, ch.layers, ch.embedding, ch.head, ch.lo)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
     # per TP rank -> whole TP group; per micro-batch -> step; DP replicas
     g = step.groups
