@@ -204,7 +204,9 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
     """Print a pipeline schedule as a GPU x step grid (e.g. gpipe, 1f1b, interleaved, zb_h1),
     then the same schedule played with unit times ('.' = idle) and its bubble ratio."""
     from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
+    from simtrain.schedules import traits as schedule_traits
 
+    virtual_stages = schedule_traits(name).chunks_per_rank or virtual_stages  # ZB-V: 2
     sched = build_schedule(name, pp, microbatches, virtual_stages)
     click.echo("order of actions per GPU (stage, kind, micro-batch):")
     click.echo(format_grid(sched))

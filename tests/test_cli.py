@@ -56,7 +56,9 @@ def test_memory_json_schema() -> None:
     assert isinstance(doc["stages"], list) and len(doc["stages"]) == 1
     st = doc["stages"][0]
     assert set(st) == STAGE_KEYS
-    assert set(st["memory_bytes"]) == CATEGORIES
+    assert set(st["memory_bytes"]) == CATEGORIES | {"stashed_weights"}  # JSON: every category
+    assert st["memory_bytes"]["stashed_weights"] == 0  # the table leaves the zero row out
+    assert "stashed_weights" not in invoke("memory", FP32).stdout
     assert st["memory_bytes"]["parameters"] == 4 * N_XL
     # One micro-batch, no DP/PP: gradients appear as activations are freed, so the peak holds
     # the larger of the two (ResolvedStep.gradients_transient).

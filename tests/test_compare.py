@@ -28,8 +28,8 @@ DDP = str(ROOT / "scenarios/ddp_8gpu.yaml")
 GIB = 2**30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LECTURE_LADDER = ["amp", "checkpointing", "grad_accum_4", "lora", "qlora", "zero3"]
-ALL_CATEGORIES = ("parameters", "master_weights", "gradients", "optimizer_states",
-                  "activations", "cuda_context", "buffers")  # fmt: skip
+ALL_CATEGORIES = ("parameters", "stashed_weights", "master_weights", "gradients",
+                  "optimizer_states", "activations", "cuda_context", "buffers")  # fmt: skip
 # Keys of a row that describe how it was reached rather than what it is.
 PROVENANCE = ("name", "description", "note", "overrides", "cumulative_overrides")
 

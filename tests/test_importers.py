@@ -126,9 +126,10 @@ def test_torchtitan_llama3_8b() -> None:
     assert (m.kv_heads, m.vocab, m.tied_embeddings, m.norm) == (8, 128256, False, "rmsnorm")
     assert (p.dp, p.zero_stage) == (8, 3)  # run_train.sh NGPU=8, FSDP2 reshard after forward
     assert (t.seq_len, t.micro_batch, t.global_batch) == (8192, 1, 8)
-    assert (t.precision, t.recompute) == ("bf16", "selective")
+    # mode = "selective", selective_ac_option = "op": torchtitan's per-op policy
+    assert (t.precision, t.recompute) == ("bf16", "selective_op")
     assert sc.runtime.name == "torchtitan" and sc.runtime.grad_reduce_dtype == "fp32"
-    assert len(imp.unsupported) == 1 and "selective_ac_option op" in imp.unsupported[0]
+    assert not imp.unsupported
     assert "[quantize] (no converter enables it)" in imp.no_effect
     sc64 = load_imported(import_config("torchtitan", TORCHTITAN, gpus=64))
     assert (sc64.parallelism.dp, sc64.training.global_batch) == (64, 64)
@@ -302,8 +303,16 @@ def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "warning: not simulated: --frobnicate 3" in r.stderr
     r = invoke("import", "megatron", str(f), "--gpus", "8", "--strict")
     one_line_error(r, "--context-parallel-size 2", "not simulated (--strict)", "(and 3 more)")
-    r = invoke("import", "torchtitan", TORCHTITAN, "--strict")
-    one_line_error(r, "activation_checkpoint.selective_ac_option op")
+    # selective_ac_option "op" is simulated (selective_op); an every-2nd-layer option is not
+    every2 = tmp_path / "every2.toml"
+    every2.write_text(
+        Path(TORCHTITAN)
+        .read_text()
+        .replace('selective_ac_option = "op"', 'selective_ac_option = "2"')
+    )
+    r = invoke("import", "torchtitan", str(every2), "--strict")
+    one_line_error(r, "activation_checkpoint.selective_ac_option 2")
+    assert invoke("import", "torchtitan", TORCHTITAN, "--strict").exit_code == 0
     assert invoke("import", "nanotron", NANOTRON, "--strict").exit_code == 0
 
 

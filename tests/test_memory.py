@@ -561,7 +561,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     tp = draw(st.sampled_from([1, 2]))
     dp = draw(st.sampled_from([1, 2]))
     schedule = draw(
-        st.sampled_from(["gpipe", "1f1b", "naive", "pipedream", "zb_h1", "interleaved"])
+        st.sampled_from(
+            ["gpipe", "1f1b", "naive", "pipedream", "pipedream_2bw", "zb_h1", "interleaved"]
+        )
     )
     v = 2 if schedule == "interleaved" and pp > 1 else 1
     if schedule == "interleaved" and pp == 1:
@@ -669,7 +671,9 @@ def test_activations_monotone_in_seq_len(d: dict[str, Any], extra: int) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    name=st.sampled_from(["naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1"]),
+    name=st.sampled_from(
+        ["naive", "gpipe", "1f1b", "interleaved", "pipedream", "pipedream_2bw", "zb_h1"]
+    ),
     pp=st.integers(1, 6),
     k=st.integers(1, 4),
     data=st.data(),
@@ -721,7 +725,7 @@ def test_cross_entropy_bytes_closed_form(precision: str) -> None:
     assert loss_transient_bytes(m, fused, tp) == a * sbv // tp
 
 
-@pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "zb_h1", "naive"])
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "pipedream", "pipedream_2bw", "zb_h1", "naive"])
 @pytest.mark.parametrize(("pp", "m"), [(2, 1), (4, 2), (4, 8), (8, 16), (3, 7)])
 def test_the_schedule_walk_holds_the_registry_closed_form_in_flight(name, pp, m):
     """The memory model walks each rank's real schedule; the registry's closed forms are the

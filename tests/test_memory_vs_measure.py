@@ -59,6 +59,13 @@ CASES = [
         marks=pytest.mark.xfail(strict=True, reason=FULL_RECOMPUTE_GAP),
     ),
     (LLAMA, "amp_bf16", True, "none", "none", "adamw"),
+    # torchtitan's per-op selective checkpointing (costs.op_sac): saved bytes exact in both;
+    # in fp32 the peak is inside a block's backward (-9 %: FULL_RECOMPUTE_GAP), in bf16 not.
+    pytest.param(
+        (LLAMA, "fp32", True, "selective_op", "none", "adamw"),
+        marks=pytest.mark.xfail(strict=True, reason=FULL_RECOMPUTE_GAP),
+    ),
+    (LLAMA, "bf16", True, "selective_op", "none", "adamw"),
 ]
 
 

@@ -19,7 +19,8 @@ from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.sim.timeline import Span, Timeline
 from simtrain.spec.scenario import Scenario, load_scenario, parse_scenario
 
-SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
 
 # A small GPT-2-style model (4h GELU MLP, tied embeddings) in bf16 on A100s.
 L, H, HEADS, V, SEQ = 8, 64, 4, 512, 128
@@ -51,7 +52,9 @@ def scenario(*, pp: int = 1, v: int = 1, tp: int = 1, dp: int = 1, m: int = 2, z
 
 @st.composite
 def layouts(draw) -> Scenario:
-    schedule = draw(st.sampled_from(["gpipe", "1f1b", "interleaved", "zb_h1", "pipedream"]))
+    schedule = draw(
+        st.sampled_from(["gpipe", "1f1b", "interleaved", "zb_h1", "pipedream", "pipedream_2bw"])
+    )
     pp = draw(st.sampled_from([1, 2, 4]))
     v = 2 if schedule == "interleaved" and pp > 1 else 1
     tp, dp = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 4]))
@@ -121,8 +124,14 @@ def check_step(sc: Scenario) -> None:
     res = simulate_scenario(sc)
     tl, mt = res.timeline, res.metrics
     p, m = sc.parallelism, sc.num_microbatches
-    assert mt.step_time_s * 1e9 == pytest.approx(max(s.end_ns for s in tl.spans), abs=1e-6)
-    step_ns = tl.makespan_ns
+    window_ns = max(s.end_ns for s in tl.spans)
+    assert mt.window_s * 1e9 == pytest.approx(window_ns, abs=1e-6)
+    step_ns = mt.step_time_s * 1e9
+    assert mt.fill_drain_s * 1e9 == pytest.approx(window_ns - step_ns, abs=1e-3)
+    if resolve(sc).traits.asynchronous and p.pp > 1:
+        assert 0 < step_ns <= window_ns  # steady state: no flush, no fill, no drain
+    else:
+        assert step_ns == pytest.approx(window_ns, abs=1e-6)
     chunks = dict(enumerate(resolve(sc).chunks))
     comm_total = 0
     for st_m in mt.stages:
@@ -136,13 +145,13 @@ def check_step(sc: Scenario) -> None:
         work = sum(s.duration_ns for s in compute if s.kind != "OPT")
         want = 0
         for stage, ch in chunks.items():
-            if stage % p.pp == g:
+            if resolve(sc).chunk_rank(stage) == g:
                 c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
                 want += m * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
         assert work == want
         assert 0 <= st_m.communication_exposed_s * 1e9 <= sum(s.duration_ns for s in comm) + 1e-3
         assert 0.0 <= st_m.bubble_ratio <= 1.0
-        assert st_m.bubble_ratio == pytest.approx((step_ns - busy) / step_ns, abs=1e-12)
+        assert st_m.bubble_ratio == pytest.approx((step_ns - busy) / step_ns, abs=1e-9)
         comm_total += sum(s.duration_ns for s in comm)
     bd = dict(mt.time_breakdown_s)
     assert bd["communication_total"] * 1e9 == pytest.approx(comm_total / len(mt.stages))
@@ -164,6 +173,52 @@ def test_shipped_scenarios_conserve_time(path):
 @given(sc=layouts())
 def test_every_layout_conserves_time(sc):
     check_step(sc)
+
+
+def _pipedream_scenario(schedule: str, m: int) -> Scenario:
+    """gpt2-xl-like pipeline on 4 A100s whose last stage also holds the LM head, so the stages
+    are not uniform and the busiest one sets the pace."""
+    return load_scenario(
+        ROOT / "scenarios" / "pipedream_4gpu.yaml",
+        [f"parallelism.schedule={schedule}", f"training.global_batch={4 * m}"],
+    )
+
+
+@pytest.mark.parametrize("schedule", ["pipedream", "pipedream_2bw"])
+def test_asynchronous_step_is_the_marginal_cost_of_a_mini_batch(schedule):
+    """An asynchronous schedule's step time (the busiest stage's time, report.metrics) checked
+    against an independent reading of the engine: what four more micro-batches add to the
+    simulated window (fill and drain cancel out). PipeDream: each micro-batch is a mini-batch
+    with its optimizer step, so step = m x marginal. PipeDream-2BW: one optimizer step per
+    mini-batch of m, so step = m x marginal + the busiest stage's optimizer step."""
+    m = 8
+    runs = {k: simulate_scenario(_pipedream_scenario(schedule, k)) for k in (m, m + 4)}
+    marginal_s = (runs[m + 4].metrics.window_s - runs[m].metrics.window_s) / 4
+    mt = runs[m].metrics
+    opt_s = 0.0
+    if schedule == "pipedream_2bw":
+        tl = runs[m].timeline
+        busiest = max(mt.stages, key=lambda s: s.busy_s).stage
+        opt_s = sum(s.duration_ns for s in tl.spans_of(busiest, "compute") if s.kind == "OPT") / 1e9
+    assert mt.step_time_s == pytest.approx(m * marginal_s + opt_s, rel=2e-3)
+    assert mt.fill_drain_s > 0
+
+
+def test_pipedream_beats_1f1b_flush_and_2bw_stashes_one_version():
+    """PipeDream's steady state pays no flush: faster than 1F1B with its flush on the same
+    layout (the lecture's point, issue 16); PipeDream-2BW keeps two weight versions on every
+    stage, PipeDream p - s (Narayanan et al. 2021 ICML §3.1; Harlap et al. 2018 §3.3)."""
+    step = {s: simulate_scenario(_pipedream_scenario(s, 8)) for s in
+            ("1f1b", "pipedream", "pipedream_2bw")}  # fmt: skip
+    flush = step["1f1b"].metrics.step_time_s
+    assert step["pipedream"].metrics.step_time_s < flush
+    assert step["pipedream_2bw"].metrics.step_time_s < step["pipedream"].metrics.step_time_s
+    assert step["1f1b"].metrics.fill_drain_s == 0.0
+    for name, versions in (("pipedream", lambda s: 4 - s), ("pipedream_2bw", lambda s: 2),
+                           ("1f1b", lambda s: 1)):  # fmt: skip
+        for sm in step[name].memory.stages:
+            cats = dict(sm.memory_bytes)
+            assert cats["stashed_weights"] == (versions(sm.stage) - 1) * cats["parameters"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,3 +322,68 @@ def test_host_stream_is_not_communication_and_time_is_conserved():
     assert sum(br[k] for k in parts) == pytest.approx(mt.step_time_s, rel=1e-9)
     plain = simulate_scenario(load_scenario(sc.source)).metrics
     assert dict(plain.time_breakdown_s)["host_exposed"] == 0
+
+
+def _zb_v_scenario(**parallel) -> Scenario:
+    return load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=zb_v", *(f"parallelism.{k}={v}" for k, v in parallel.items())],
+    )
+
+
+def test_zb_v_runs_in_a_v_and_conserves_time():
+    """ZB-V in the engine: each rank runs its two chunks (stage r and 2p-1-r), time is
+    conserved (check_step), the turn of the V (stage p-1 to p, one rank) sends nothing, every
+    other hop sends; rank 0 holds both the embedding and the head."""
+    sc = _zb_v_scenario()
+    check_step(sc)
+    step = resolve(sc)
+    pp = sc.parallelism.pp
+    assert step.v == 2 and [step.chunk_rank(s) for s in (0, pp - 1, pp, 2 * pp - 1)] == [
+        0, pp - 1, pp - 1, 0,
+    ]  # fmt: skip
+    tl = simulate_scenario(sc).timeline
+    sends = [s for s in tl.spans if s.kind == "SEND_F"]
+    m = sc.num_microbatches
+    # 2p - 1 hops forward, one of them (p-1 -> p) local: 2p - 2 real sends per micro-batch
+    assert sum(1 for s in sends if s.duration_ns > 0) == (2 * pp - 2) * m
+    chunks = resolve(sc).rank_chunks(0)
+    assert chunks[0].embedding and chunks[1].head
+
+
+def test_zb_v_bad_input_names_the_keys():
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="virtual_stages.*2 chunks per rank"):
+        _zb_v_scenario(virtual_stages=4)
+    with pytest.raises(ConfigError, match=r"zb_v: 2 chunks per rank"):
+        _zb_v_scenario(pp=5, dp=1)  # 48 layers, 10 chunks
+    with pytest.raises(ConfigError, match="layer_split"):
+        _zb_v_scenario(layer_split="compute_balanced")
+
+
+def test_dualpipe_v_runs_in_the_engine_and_refuses_too_few_micro_batches():
+    """DualPipeV lowers (full and split backwards on one rank), conserves time, and beats 1F1B
+    on the same layout; fewer micro-batches than stages is one line naming the key."""
+    from simtrain.errors import ConfigError
+
+    sc = load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=dualpipe_v", "parallelism.pp=4", "parallelism.dp=2",
+         "training.global_batch=128"],
+    )  # fmt: skip
+    check_step(sc)
+    kinds = {s.kind for s in simulate_scenario(sc).timeline.spans if s.stream == "compute"}
+    assert {"F", "B", "I", "W"} <= kinds
+    flush = load_scenario(
+        ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+        ["parallelism.schedule=1f1b", "parallelism.pp=4", "parallelism.dp=2",
+         "training.global_batch=128"],
+    )  # fmt: skip
+    assert simulate_scenario(sc).metrics.step_time_s < simulate_scenario(flush).metrics.step_time_s
+    with pytest.raises(ConfigError, match="global_batch.*dualpipe_v needs at least 8"):
+        load_scenario(
+            ROOT / "scenarios" / "zero_bubble_8gpu.yaml",
+            ["parallelism.schedule=dualpipe_v", "parallelism.pp=4", "parallelism.dp=2",
+             "training.global_batch=48"],
+        )  # fmt: skip

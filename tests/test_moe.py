@@ -286,6 +286,7 @@ def test_imbalance_slows_only_expert_parallel_ranks() -> None:
         ),
         (["model.experts_per_token=9"], "model.experts_per_token"),
         (["training.peft.method=lora"], "training.peft.method"),
+        (["training.recompute=selective_op"], "training.recompute"),
     ],
 )
 def test_bad_expert_parallel_layouts_name_the_key(overrides: list[str], key: str) -> None:

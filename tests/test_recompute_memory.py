@@ -135,7 +135,9 @@ def test_full_recompute_never_raises_a_stages_activations(data: dict[str, Any]) 
 
 @settings(max_examples=100, deadline=None)
 @given(
-    name=st.sampled_from(["naive", "gpipe", "1f1b", "interleaved", "pipedream", "zb_h1"]),
+    name=st.sampled_from(
+        ["naive", "gpipe", "1f1b", "interleaved", "pipedream", "pipedream_2bw", "zb_h1"]
+    ),
     pp=st.integers(1, 5),
     k=st.integers(1, 3),
     data=st.data(),

@@ -31,7 +31,9 @@ from simtrain.schedules import (
     stage_to_rank,
     validate_schedule,
     zb_h1,
+    zb_v,
 )
+from simtrain.schedules.generators import dualpipe_v
 
 PPS = range(1, 9)
 MS = range(1, 17)
@@ -108,8 +110,29 @@ def test_registry_bubble_is_the_executed_orders(name, pp):
     durations = {"F": Fraction(1, v), "B": Fraction(2, v), "I": Fraction(1, v),
                  "W": Fraction(1, v)}  # fmt: skip
     for m in range(pp, 4 * pp + 1, pp):
+        if name in ("zb_v", "dualpipe_v") and m < 2 * pp:
+            continue  # the closed forms are stated for m >= 2p - 1 (ZB-V), 2p (DualPipeV)
         makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
+        if traits.asynchronous:
+            # no flush: the step is the steady state, the busiest rank's time (report.metrics)
+            makespan = max(busy.values())
         assert bubble(makespan, busy, pp) == pytest.approx(traits.bubble(pp, m, v), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pipedream", "pipedream_2bw"])
+@pytest.mark.parametrize("pp", [2, 3, 4, 8])
+def test_asynchronous_steady_state_is_the_marginal_mini_batch(name, pp):
+    """The steady state an asynchronous schedule reports (the busiest rank's time per
+    micro-batch) is what one more micro-batch adds to a long window, an independent reading of
+    the executed order: with F = 1, B = 2 each extra micro-batch adds exactly 3, and the window
+    is the steady state plus 1F1B's fill and drain, (p-1)(F+B)."""
+    gen = SCHEDULES[name].generator
+    durations = {"F": 1, "B": 2}
+    spans = {m: simulate_unit(gen(pp, m, 1), pp, 1, durations) for m in (4 * pp, 4 * pp + 1)}
+    (w0, busy0), (w1, _) = spans[4 * pp], spans[4 * pp + 1]
+    assert w1 - w0 == 3
+    assert max(busy0.values()) == 3 * 4 * pp
+    assert w0 - max(busy0.values()) == (pp - 1) * 3
 
 
 @pytest.mark.parametrize("pp", PPS)
@@ -189,6 +212,8 @@ def cases(draw):
         m = pp * draw(st.integers(1, 16 // pp)) if v > 1 else draw(st.integers(1, 16))
     else:
         v, m = 1, draw(st.integers(1, 16))
+    if SCHEDULES[name].min_microbatches_per_stage:  # DualPipeV: m >= 2p
+        m = max(m, 2 * pp)
     durations = {k: draw(DURATION) for k in ("F", "B", "I", "W")}
     durations["OPT"] = draw(st.integers(0, 3))
     return name, pp, m, v, durations
@@ -198,12 +223,15 @@ def cases(draw):
 @given(cases(), st.sampled_from(["F", "B", "I", "W", "OPT"]), st.integers(1, 5), st.integers(2, 4))
 def test_schedule_properties(case, kind, bump, k):
     name, pp, m, v, durations = case
-    split = SCHEDULES[name].split_backward
+    tr = SCHEDULES[name]
+    split = None if tr.mixed_backward else tr.split_backward
+    place = tr.placement
+    v = tr.chunks_per_rank or v
     schedule = build_schedule(name, pp, m, v)
-    validate_schedule(schedule, pp, m, v, split_backward=split)
-    assert has_split_backward(schedule) == split
-    lowered = add_p2p(schedule, pp, v)
-    validate_schedule(lowered, pp, m, v, split_backward=split)
+    validate_schedule(schedule, pp, m, v, split_backward=split, placement=place)
+    assert has_split_backward(schedule) == (split is not False)
+    lowered = add_p2p(schedule, pp, v, place)
+    validate_schedule(lowered, pp, m, v, split_backward=split, placement=place)
 
     makespan, busy = simulate_unit(schedule, pp, v, durations)
     assert 0 <= bubble(makespan, busy, pp) < 1
@@ -264,7 +292,10 @@ def test_other_invalid_schedules():
 
 
 def test_registry_errors():
-    with pytest.raises(ScheduleError, match="1f1b, gpipe, interleaved, naive, pipedream, zb_h1"):
+    with pytest.raises(
+        ScheduleError,
+        match="1f1b, dualpipe_v, gpipe, interleaved, naive, pipedream, pipedream_2bw, zb_h1, zb_v",
+    ):
         build_schedule("dualpipe", 4, 8)
     with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
         build_schedule("gpipe", 4, 8, 2)
@@ -310,3 +341,103 @@ def test_format_timeline_shows_bubbles():
         "rank 0 | 0F0   0F1   .     .     0B0   0B1   0OPT\n"
         "rank 1 | .     1F0   1F1   1B0   1B1   1OPT  ."
     )
+
+
+# ---------------------------------------------------------------- ZB-V against PyTorch's own
+
+
+def _torch_zbv_order(pp: int, m: int) -> dict[int, list[Action]]:
+    """torch 2.13's ``ScheduleZBVZeroBubble`` per-rank order (its planner, run without
+    building stages), None (idle) entries dropped as its runtime skips them."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import types
+
+    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
+    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
+    plan = schedules.ScheduleZBVZeroBubble._calculate_single_rank_operations
+    return {
+        r: [
+            Action(a.stage_index, kinds[a.computation_type.name], a.microbatch_index)
+            for a in plan(fake, r)
+            if a is not None
+        ]  # fmt: skip
+        for r in range(pp)
+    }
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_zb_v_is_torch_executed_order(pp):
+    """ZB-V's action lists are torch 2.13's, action for action, for every m up to 24; so in unit
+    time (F = 1, B = 2, I = W = 1 per stage, halved per chunk) the makespan and the bubble are
+    torch's executed order's; the V placement holds (stage s on rank s, then 2p - 1 - s) and the
+    order is a valid, deadlock-free step."""
+    half = Fraction(1, 2)
+    durations = {"F": half, "I": half, "W": half}
+    for m in range(1, 25):
+        ours = zb_v(pp, m, 2)
+        theirs = _torch_zbv_order(pp, m)
+        assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, m)
+        assert all(acts[-1] == Action(r, "OPT") for r, acts in ours.items())
+        validate_schedule(ours, pp, m, 2, split_backward=True, placement="v")
+        theirs_opt = {r: [*acts, Action(r, "OPT")] for r, acts in theirs.items()}
+        assert simulate_unit(ours, pp, 2, durations) == simulate_unit(theirs_opt, pp, 2, durations)
+        if m >= 2 * pp - 1:
+            makespan, busy = simulate_unit(ours, pp, 2, durations)
+            assert makespan == 3 * m + Fraction(pp - 1, 2)
+            assert bubble(makespan, busy, pp) == Fraction(pp - 1, 6 * m + pp - 1)
+
+
+def test_zb_v_placement_and_peak():
+    """The V: rank r holds stages r and 2p - 1 - r (torch ``generate_stage_to_rank_mapping``,
+    style "v"); once m >= 2p - 1 every rank holds 2p chunk activations, p micro-batches of its
+    layers: 1F1B's first-stage peak on every rank (Qi et al. 2024 §6)."""
+    assert [stage_to_rank(s, 4, 2, "v") for s in range(8)] == [0, 1, 2, 3, 3, 2, 1, 0]
+    assert rank_stages(1, 4, 2, "v") == [1, 6]
+    for pp in (2, 4, 8):
+        for m in (2 * pp - 1, 4 * pp):
+            assert set(peak_in_flight(zb_v(pp, m, 2)).values()) == {2 * pp}
+    with pytest.raises(ScheduleError, match="2 chunks"):
+        zb_v(4, 8, 1)
+
+
+def _torch_dualpipe_v_order(pp: int, m: int) -> dict[int, list[Action]]:
+    """torch 2.13's ``ScheduleDualPipeV`` per-rank order, each ``OVERLAP_F_B`` flattened into
+    its sub-actions (F then B) as its runtime executes them."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import types
+
+    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
+    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
+    out: dict[int, list[Action]] = {}
+    for r in range(pp):
+        acts: list[Action] = []
+        for a in schedules.ScheduleDualPipeV._calculate_single_rank_operations(fake, r):
+            if a is None:
+                continue
+            subs = a.sub_actions if a.computation_type.name == "OVERLAP_F_B" else (a,)
+            acts += [Action(x.stage_index, kinds[x.computation_type.name], x.microbatch_index)
+                     for x in subs]  # fmt: skip
+        out[r] = acts
+    return out
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_dualpipe_v_is_torch_executed_order(pp):
+    """DualPipeV's action lists are torch 2.13's executed order (overlapped F&B run as F then
+    B), for m = 2p .. 2p + 15, so the unit-time makespan and bubble are torch's; a valid step
+    mixing full and split backwards. Each rank ends (p-1)/2 after its 3m of work with chunk
+    F = I = W = 1/2, B = 1, and holds 2p + 1 chunk activations: the DualPipe README's
+    "Activation Per Device PP+1" for PP = 2p stages (github.com/deepseek-ai/DualPipe, 3da1bbe)."""
+    half = Fraction(1, 2)
+    durations = {"F": half, "B": 1, "I": half, "W": half}
+    for m in range(2 * pp, 2 * pp + 16):
+        ours = dualpipe_v(pp, m, 2)
+        theirs = _torch_dualpipe_v_order(pp, m)
+        assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, m)
+        validate_schedule(ours, pp, m, 2, split_backward=None, placement="v")
+        makespan, busy = simulate_unit(ours, pp, 2, durations)
+        assert set(busy.values()) == {3 * m}
+        assert makespan == 3 * m + Fraction(pp - 1, 2)
+        assert set(peak_in_flight(ours).values()) == {2 * pp + 1}
+    with pytest.raises(ScheduleError, match="at least as many micro-batches"):
+        dualpipe_v(pp, 2 * pp - 1, 2)

@@ -257,6 +257,7 @@ def test_string_mappings() -> None:
     assert map_precision("tf32") is None
     assert map_recompute("full (activation recomputation; FLOP count ...)") == "full"
     assert map_recompute("selective (attention core)") == "selective"
+    assert map_recompute("selective (per-op)") == "selective_op"  # torchtitan's op-level SAC
     assert map_recompute("none (assumed: ...)") == "none"
     assert map_recompute("re-materialization") == "full"
     assert gpu_profile("A100-SXM4-80GB")[:2] == ("a100_sxm4_80gb", True)

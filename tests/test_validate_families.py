@@ -331,9 +331,20 @@ def test_megatron_core_defaults_from_the_readme_flags(new_records) -> None:
                                                                         rel=0.016)  # fmt: skip
 
 
-def test_torchtitan_per_op_selective_checkpointing_is_skipped(new_records) -> None:
-    out = translate(new_records["torchtitan_2412_t3_8b_128gpu_FSDP_torchcompile"])
-    assert isinstance(out, SkipReason) and "per-op selective" in out.reason
+def test_torchtitan_per_op_selective_checkpointing_is_selective_op(new_records) -> None:
+    """torchtitan's "selective (per-op)" and "selective (llama3_8b.toml default)" rows run its
+    per-op policy: simtrain's selective_op (costs.op_sac); async TP rows overlap their TP
+    collectives (runtime tp_comm_overlap), vanilla TP rows do not."""
+    for rid in ("torchtitan_2412_t3_8b_128gpu_FSDP_torchcompile",
+                "torchtitan_2506_trainy_h200_llama31_8b_32gpu",
+                "torchtitan_2506_asynctp_8B_64gpu_float8_rowwise_vanillaTP"):  # fmt: skip
+        out = translate(new_records[rid])
+        assert isinstance(out, Translation), rid
+        assert out.scenario.training.recompute == "selective_op", rid
+    asy = translate(new_records["torchtitan_2506_asynctp_8B_64gpu_float8_rowwise_asyncTP"])
+    van = translate(new_records["torchtitan_2506_asynctp_8B_64gpu_float8_rowwise_vanillaTP"])
+    assert isinstance(asy, Translation) and isinstance(van, Translation)
+    assert asy.scenario.runtime.tp_comm_overlap and not van.scenario.runtime.tp_comm_overlap
     ok = translate(new_records["torchtitan_2506_asynctp_70B_256gpu_bf16_asyncTP"])
     assert isinstance(ok, Translation) and not ok.capacity_known  # H100 96 GB: no fit verdict
     assert any("H100 96 GB" in a for a in ok.assumptions)
@@ -466,7 +477,10 @@ def test_new_family_regression_bounds(default_result) -> None:
         ("bloom_chronicles", "peak_memory_bytes"): (23, 21.0),
         ("megatron_core", "tflops_per_gpu"): (3, 32.0),
         ("mtnlg", "step_time_s"): (1, 17.0),
-        ("torchtitan", "tokens_per_s"): (3, 13.0),  # 2 FP8 rows since issue 14's FP8
+        # 2 FP8 rows since issue 14's FP8; + 5 selective_op rows (torchtitan's per-op
+        # checkpointing): the two float8 rowwise 8B tp-8 rows run at the tensorwise FP8 rate
+        # (+48 %, +72 %; measured, rowwise is 30 % slower than tensorwise under async TP)
+        ("torchtitan", "tokens_per_s"): (8, 24.0),
         ("megatron_bridge", "tokens_per_s"): (2, 7.0),
         ("nemo", "tokens_per_s"): (4, 11.0),
     }

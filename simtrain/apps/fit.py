@@ -140,7 +140,9 @@ def _recompute(sc: Scenario) -> list[Change]:
     labels = {"selective": "recompute selective (the attention core)",
               "full": "recompute full (activation checkpointing)"}  # fmt: skip
     order = ("none", "selective", "full")
-    now = order.index(sc.training.recompute) if sc.training.recompute in order else len(order)
+    # selective_op keeps more than selective and less than full: full is the next step.
+    rc = "selective" if sc.training.recompute == "selective_op" else sc.training.recompute
+    now = order.index(rc) if rc in order else len(order)
     return [Change("recompute", labels[r], (f"training.recompute={r}",)) for r in order[now + 1 :]]
 
 

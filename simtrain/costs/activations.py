@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from simtrain.costs import op_sac
 from simtrain.costs.fp8 import is_te
 from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
@@ -252,7 +253,9 @@ def layer_activation_bytes(
     """Bytes one block keeps for backward per micro-batch, with recompute applied.
 
     full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
-    selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3).
+    selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3);
+    selective_op: torchtitan's per-op policy keeps its input and the outputs of every other
+    matmul, SDPA and reduce-scatter (:mod:`costs.op_sac`).
     """
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
                                 load=load)  # fmt: skip
@@ -260,6 +263,8 @@ def layer_activation_bytes(
         return 0
     if t.recompute == "full":
         return layer_input_bytes(m, t, tp, sequence_parallel)
+    if t.recompute == "selective_op":
+        return sum(n for _, n, _ in op_sac.saved_tensors(m, t, tp, sequence_parallel))
     if t.recompute == "selective":
         core = ("softmax output", "attention dropout", "attention probabilities",
                 "attention output + logsumexp")  # fmt: skip
@@ -271,8 +276,9 @@ def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = 
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
     kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure).
-    Under full recompute the block keeps only its checkpointed input, so nothing is saved."""
-    if t.recompute == "full":
+    Under full (or per-op selective) recompute the block keeps its checkpointed input, so
+    nothing is saved."""
+    if t.recompute in ("full", "selective_op"):
         return 0
     return _frozen_first_norm_bytes(m, t, tp, sp)
 
@@ -310,14 +316,18 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     output (shaped like a block input) is alive too, and the head's saved tensors
     (:func:`head_saved_bytes`) were freed by the head's backward before the first block is
     re-materialised; on any other chunk that gradient is the p2p receive buffer, counted under
-    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward)."""
-    if t.recompute != "full" or not layers:
+    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward).
+    Per-op selective (:mod:`costs.op_sac`): the same, less what autograd saves in the recomputed
+    forward that is a kept storage (:func:`costs.op_sac.held_by_recompute`)."""
+    if t.recompute not in ("full", "selective_op") or not layers:
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load)
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)
     not_held = block_input
+    if t.recompute == "selective_op":
+        not_held += op_sac.held_by_recompute(m, t, tp)
     if embedding and layers == 1:
         not_held = max(block_input, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held

@@ -5,8 +5,10 @@ matmuls are 2·b·s·h·(h + 2·kv + h + n_mlp·f) for the projections plus 4·b
 attention·V; for a 4h GeLU MLP with MHA this is 24·b·s·h² + 4·b·s²·h (formulas.md §1.2). The LM
 head is 2·b·s·h·V. Backward is twice the forward (input gradient + weight gradient, each one
 forward's worth for the projections; the attention core has no weights, so both its backward
-matmuls are input gradients). Recompute replays the forward (full) or the attention core
-(selective; Korthikanti et al. 2022 §4.3).
+matmuls are input gradients). Recompute replays the forward (full), the attention core
+(selective; Korthikanti et al. 2022 §4.3), or every second projection matmul, the attention
+core when it is not flash, and all the forward's element-wise passes (selective_op, torchtitan's
+per-op policy: :mod:`costs.op_sac`).
 
 Durations: matmul FLOPs / (dtype peak · efficiency.matmul) + element-wise bytes /
 (HBM bandwidth · efficiency.memory_bound); the optimizer step's bytes / (HBM bandwidth ·
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
 from simtrain.costs.fp8 import cast_bytes
 from simtrain.costs.moe import moe_elementwise_bytes_per_token, moe_load, moe_mlp_flops
@@ -307,6 +310,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
+    elif grad and t.recompute == "selective_op":
+        rec_f = layers * op_sac_recompute_flops(m, t, tp)
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(bf.elementwise_bytes_fwd, hw)
     # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
@@ -354,11 +360,33 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
+    elif grad and t.recompute == "selective_op":
+        # The recomputed projections (and the casts of their inputs, their share of the
+        # block's) at the FP8 rate; a non-flash attention core at compute_dtype's.
+        rec_lin = layers * op_sac.recompute_matmul_flops(m, t, sc.parallelism.tp)
+        rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
+        share = rec_lin / lin_f if lin_f else 0.0
+        rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype) + _matmul_ns(rec_lin, hw, gemm)
+                  + _mem_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns), forward_flops=fwd_f,
         backward_flops=i_f + w_f, recompute_flops=rec_f,
     )  # fmt: skip
+
+
+def op_sac_recompute_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
+    """Matmul FLOPs one block recomputes per micro-batch under ``selective_op``
+    (:mod:`costs.op_sac`): every second projection mm (Llama: k, o, up =
+    2·b·s·h·(kv + h + f)/t) plus, without flash attention, the attention core 4·b·s·s_kv·h/t
+    (the math path's bmm is not in torchtitan's ``_save_list``); LoRA adds no term (rejected
+    with selective_op by spec.scenario)."""
+    core = (
+        0.0
+        if m.flash_attention
+        else 4 * t.micro_batch * t.seq_len_effective * t.kv_len * (m.hidden / tp)
+    )
+    return op_sac.recompute_matmul_flops(m, t, tp) + core
 
 
 def optimizer_bytes_per_param(t: TrainingSpec) -> float:

@@ -1,7 +1,8 @@
 """Where GPU memory goes during training: bytes per GPU by category, per pipeline stage.
 
-Categories (``simtrain.sim.timeline.MEMORY_CATEGORIES``): ``parameters``, ``master_weights``,
-``gradients``, ``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
+Categories (``simtrain.sim.timeline.MEMORY_CATEGORIES``): ``parameters``, ``stashed_weights``
+(PipeDream's and PipeDream-2BW's extra weight versions), ``master_weights``, ``gradients``,
+``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
 bytes when optimizer states are offloaded. Model states per parameter come from
 ``costs.params``, ZeRO stage 1/2/3 divides the optimizer states / + gradients / + parameters by
 N_d (Rajbhandari et al. 2020 §5.1-5.3); activations come from ``costs.activations``, walked
@@ -44,7 +45,7 @@ from simtrain.costs.params import (
     trainable_params,
 )
 from simtrain.layout.step import ResolvedStep, resolve
-from simtrain.schedules import pipedream_weight_versions
+from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.scenario import Scenario
 
@@ -64,8 +65,8 @@ class StageBreakdown:
     in_flight: float
     recompute_working_set_bytes: int  # what recompute adds to the saved peak (the category)
     activations: int
-    pipedream_versions: int  # weight versions stashed (0: not PipeDream)
-    pipedream_extra_bytes: int
+    weight_versions: int  # weight versions kept, the live one included (1: no stashing)
+    stashed_weight_bytes: int  # the versions beyond the live one (category stashed_weights)
     optimizer_working_bytes: int
     naive_dp_gather_bytes: int
     buffers: int
@@ -301,14 +302,17 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
     activations = act.walk.activations
-    versions = pipedream_weight_versions(p.pp, stage) if step.schedule_name == "pipedream" else 0
-    extra = (versions - 1) * params_b if versions else 0
-    params_b += extra
+    # Weight versions kept beside the live ones (PipeDream p - s, PipeDream-2BW 2): their own
+    # category, each a copy of the stage's parameters in their dtype (Harlap et al. 2018 §3.3;
+    # Narayanan et al. 2021 ICML §3.1).
+    versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
+    extra = (versions - 1) * params_b
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
         "parameters": params_b,
+        "stashed_weights": extra,
         "master_weights": master_b,
         "gradients": grads_b,
         "optimizer_states": states_b,
@@ -332,7 +336,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         per_layer_bytes=act.per_layer, saved=act.saved,
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
         recompute_working_set_bytes=activations - act.walk.saved_peak, activations=activations,
-        pipedream_versions=versions, pipedream_extra_bytes=extra, optimizer_working_bytes=opt_ws,
+        weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
         naive_dp_gather_bytes=gather, buffers=buffers,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=step.gradients_transient,

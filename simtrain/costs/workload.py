@@ -25,11 +25,11 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     a2a = comm.ep_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
-        rank = step.chunk_rank(stage)
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
         n = ch.layers
         ep = 2 * (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
-        host_f, host_b = action_host_ns(sc, n, t.recompute == "full")
+        # selective_op replays the whole forward op by op too (cached outputs included).
+        host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -37,9 +37,9 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             recompute_ns=c.recompute_ns,
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
-            tp_recompute_ns=2 * n * ar if t.recompute == "full" else 0,
-            send_forward_ns=comm.p2p_send_ns(sc, step, rank, 1),
-            send_backward_ns=comm.p2p_send_ns(sc, step, rank, -1),
+            tp_recompute_ns=tp_recompute_ns(sc, n, ar),
+            send_forward_ns=_send_ns(sc, step, stage, stage + 1),
+            send_backward_ns=_send_ns(sc, step, stage, stage - 1),
             layers=(ch.lo, ch.hi),
             host_forward_ns=host_f,
             host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
@@ -48,6 +48,30 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             ep_recompute_ns=ep if t.recompute == "full" else 0,
         )
     return out
+
+
+def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
+    """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end or
+    when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
+    otherwise a hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage
+    sits on the rank before)."""
+    if not 0 <= to_stage <= step.last_stage:
+        return comm.p2p_send_ns(sc, step, step.chunk_rank(stage), 1 if to_stage > stage else -1)
+    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
+    if rank == other:
+        return 0
+    return comm.p2p_send_ns(sc, step, rank, other - rank)
+
+
+def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
+    """TP collectives the recompute replays: full, the block's two all-reduces; selective_op
+    (costs.op_sac), the same without sequence parallelism (all-reduce is not in torchtitan's
+    ``_save_list``), and with it only the two all-gathers (its reduce-scatter outputs are
+    saved): half an all-reduce each, ``layers · ar``."""
+    t, p = sc.training, sc.parallelism
+    if t.recompute == "full" or (t.recompute == "selective_op" and not p.sequence_parallel):
+        return 2 * layers * ar
+    return layers * ar if t.recompute == "selective_op" else 0
 
 
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
@@ -135,7 +159,10 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
     if p.zero_stage == 3:
         return work
-    bucketable = step.schedule[rank][-2].kind in ("B", "W") and not step.traits.asynchronous
+    # Buckets overlap the last backward when the rank steps its optimizer once, at the end
+    # (not PipeDream's optimizer step after every backward).
+    single_opt = step.schedule_name != "pipedream"
+    bucketable = step.schedule[rank][-2].kind in ("B", "W") and single_opt
     bucketable = bucketable and rt.overlap_grad_reduce
     zero12 = p.zero_stage in (1, 2)
     op = "reduce_scatter" if zero12 and rt.zero_grad_reduction == "reduce_scatter" else "all_reduce"

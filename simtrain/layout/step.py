@@ -9,7 +9,7 @@ process-group spans, the effective sequence length and the bytes of one boundary
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from simtrain.layout.partition import StageBlocks, split_layers
@@ -59,12 +59,13 @@ class ResolvedStep:
         return self.pp * self.v - 1
 
     def chunk_rank(self, stage: int) -> int:
-        """Rank holding virtual stage ``stage`` (stage % pp; Narayanan et al. 2021 §2.2.2)."""
-        return stage_to_rank(stage, self.pp, self.v)
+        """Rank holding virtual stage ``stage`` (stage % pp, Narayanan et al. 2021 §2.2.2; or
+        the V of ZB-V: the schedule's ``placement``)."""
+        return stage_to_rank(stage, self.pp, self.v, self.traits.placement)
 
     def rank_chunk_ids(self, rank: int) -> list[int]:
         """Virtual stages on ``rank``, in model order."""
-        return rank_stages(rank, self.pp, self.v)
+        return rank_stages(rank, self.pp, self.v, self.traits.placement)
 
     def rank_chunks(self, rank: int) -> list[StageBlocks]:
         return [self.chunks[s] for s in self.rank_chunk_ids(rank)]
@@ -84,6 +85,8 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
     mb = microbatches(t, p)
     name = p.schedule if p.pp > 1 else "1f1b"
     tr = traits(name)
+    if tr.chunks_per_rank and p.virtual_stages != tr.chunks_per_rank:
+        p = replace(p, virtual_stages=tr.chunks_per_rank)  # ZB-V: always two chunks per rank
     split = split_layers(m, p)
     prec = PRECISIONS[t.precision]
     return ResolvedStep(

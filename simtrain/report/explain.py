@@ -6,6 +6,7 @@ computes nothing of its own but the text.
 
 from __future__ import annotations
 
+from simtrain.costs import op_sac
 from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -68,7 +69,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
 def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     m, t, p = sc.model, sc.training, sc.parallelism
     lines = []
-    full = t.recompute == "full" and b.saved
+    full = t.recompute in ("full", "selective_op") and b.saved
     if b.saved:
         full_layer = sum(x.bytes for x in b.saved)
         lines.append(
@@ -82,6 +83,10 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         )
         for x in b.saved:
             lines.append(f"      {x.name:<42} {x.formula:<14} {x.bytes:>14,} B")
+        if t.recompute == "selective_op":
+            lines.append(f"    kept under selective_op ({op_sac.SOURCE}):")
+            for name, n, formula in op_sac.saved_tensors(m, t, p.tp, p.sequence_parallel):
+                lines.append(f"      {name:<42} {formula:<14} {n:>14,} B")
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
@@ -90,15 +95,17 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         f"{b.in_flight:g} in flight at the peak ({sched_name}, stage {sm.stage})"
         + (
             f" + recompute working set {b.recompute_working_set_bytes:,} B (what re-materialising "
-            "one block adds to the saved peak: its saved tensors less its checkpointed input)"
+            "one block adds to the saved peak: its saved tensors less its checkpointed input"
+            + (" and the outputs the policy keeps)" if t.recompute == "selective_op" else ")")
             if full
             else ""
         )  # fmt: skip
         + f" = {_gb(b.activations)}"
     )
-    if b.pipedream_versions:
-        lines.append(f"  PipeDream weight stashing: {b.pipedream_versions} weight versions on "
-                     f"stage {sm.stage}: + {_gb(b.pipedream_extra_bytes)} of parameters")  # fmt: skip
+    if b.weight_versions > 1:
+        lines.append(f"  weight stashing ({sc.parallelism.schedule}): {b.weight_versions} weight "
+                     f"versions on stage {sm.stage}: stashed_weights = {b.weight_versions - 1} x "
+                     f"parameters = {_gb(b.stashed_weight_bytes)}")  # fmt: skip
     return lines
 
 

@@ -11,6 +11,14 @@
   time). host_exposed: the GPU idle while only its host works (issuing kernels, or waiting in a
   blocking receive: the runtime's host stream); communication_total counts every
   communication span, exposed or not.
+- Asynchronous schedules (PipeDream, PipeDream-2BW) never flush: in steady state the next
+  mini-batch's forwards fill this one's drain, so a mini-batch takes as long as its busiest
+  stage is occupied (compute, exposed communication, exposed host time): step time = max over
+  GPUs of that time (Harlap et al. 2018 §3.1: throughput is set by the slowest stage; the
+  marginal cost of one more mini-batch in a long window, checked in tests/test_metrics.py).
+  The window the engine plays has a fill and a drain: ``window_s`` = step + ``fill_drain_s``.
+  Flushing schedules: ``window_s`` = step time, ``fill_drain_s`` = 0 (their fill and drain
+  are their bubble).
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class StepMetrics:
     time_breakdown_s: tuple[tuple[str, float], ...]
     model_flops_per_step: float
     hardware_flops_per_step: float
+    window_s: float  # the simulated window: the step, plus an asynchronous schedule's fill/drain
+    fill_drain_s: float  # window_s - step_time_s (0 for flushing schedules)
 
 
 def _union_length(intervals: list[tuple[int, int]]) -> int:
@@ -73,28 +83,24 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
     """Metrics of one step from its timeline: ``mf`` model FLOPs (no recompute) and ``hf``
     hardware FLOPs (recompute included) per step over all GPUs, ``hw`` for the dense peak of
     the compute dtype."""
-    makespan_ns = tl.makespan_ns
-    step_s = makespan_ns / 1e9
+    window_ns = tl.makespan_ns
     gpus = step.gpus
     peak = hw.compute_peak(step.precision.compute_dtype)
-    stages = []
-    sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
-            "communication_total": 0, "host_exposed": 0, "bubble": 0}  # fmt: skip
     by_gpu: dict[int, list] = {g: [] for g in tl.ranks}
     for s in tl.spans:
         by_gpu.setdefault(s.rank, []).append(s)
+    per_gpu = {g: _gpu_times(by_gpu[g]) for g in tl.ranks}
+    makespan_ns = window_ns
+    if step.traits.asynchronous and step.pp > 1 and per_gpu:
+        makespan_ns = max(t.busy + t.exposed + t.host_exposed for t in per_gpu.values())
+    step_s = makespan_ns / 1e9
+    stages = []
+    sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
+            "communication_total": 0, "host_exposed": 0, "bubble": 0}  # fmt: skip
     for g in tl.ranks:
-        spans = by_gpu[g]
-        comp = [s for s in spans if s.stream == "compute"]
-        busy = sum(s.duration_ns for s in comp)
-        work = sum(s.duration_ns for s in comp if s.kind in COMPUTE_KINDS)
-        rec = sum(s.duration_ns for s in comp if s.kind == "R")
-        opt = sum(s.duration_ns for s in comp if s.kind == "OPT")
-        comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream not in ("compute", "host")]
-        host_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream == "host"]
-        comp_iv = [(s.start_ns, s.end_ns) for s in comp]
-        exposed = _exposed(comm_iv, comp_iv)
-        host_exposed = _exposed(host_iv, comp_iv + comm_iv) if host_iv else 0
+        t = per_gpu[g]
+        busy, work, rec, opt = t.busy, t.work, t.recompute, t.optimizer
+        exposed, host_exposed, comm_iv = t.exposed, t.host_exposed, t.comm_iv
         idle = makespan_ns - busy
         sums["compute"] += work
         sums["recompute"] += rec
@@ -119,4 +125,34 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
         time_breakdown_s=breakdown,
         model_flops_per_step=mf,
         hardware_flops_per_step=hf,
+        window_s=window_ns / 1e9,
+        fill_drain_s=(window_ns - makespan_ns) / 1e9,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _GpuTimes:
+    busy: int  # compute stream busy (F, B, I, W, R, OPT), ns
+    work: int  # F, B, I, W
+    recompute: int
+    optimizer: int
+    exposed: int  # communication not under compute
+    host_exposed: int  # host time not under compute or communication
+    comm_iv: list[tuple[int, int]]
+
+
+def _gpu_times(spans: list) -> _GpuTimes:
+    """One GPU's times over the window, from its spans."""
+    comp = [s for s in spans if s.stream == "compute"]
+    comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream not in ("compute", "host")]
+    host_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream == "host"]
+    comp_iv = [(s.start_ns, s.end_ns) for s in comp]
+    return _GpuTimes(
+        busy=sum(s.duration_ns for s in comp),
+        work=sum(s.duration_ns for s in comp if s.kind in COMPUTE_KINDS),
+        recompute=sum(s.duration_ns for s in comp if s.kind == "R"),
+        optimizer=sum(s.duration_ns for s in comp if s.kind == "OPT"),
+        exposed=_exposed(comm_iv, comp_iv),
+        host_exposed=_exposed(host_iv, comp_iv + comm_iv) if host_iv else 0,
+        comm_iv=comm_iv,
     )

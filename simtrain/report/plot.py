@@ -77,6 +77,7 @@ _FALLBACK_COMM = ("#A05195", "#D45087", "#C0392B", "#7B3F9E")
 
 CATEGORY_COLOURS: dict[str, str] = {
     "parameters": "#4C78C8",
+    "stashed_weights": "#9ECAE9",
     "master_weights": "#7F6BB3",
     "gradients": "#3FA45B",
     "optimizer_states": "#C44E52",

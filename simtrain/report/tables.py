@@ -39,6 +39,8 @@ def memory_table(rep: MemoryReport) -> str:
         f"{'category':<18}" + "".join(f"{'stage ' + c[0]:>{width}}" for c in cols),
     ]
     for cat in MEMORY_CATEGORIES:
+        if cat == "stashed_weights" and not any(s.category(cat) for _, s in cols):
+            continue  # only asynchronous pipelines stash weight versions
         lines.append(f"{cat:<18}" + "".join(f"{gib(s.category(cat)):>{width}}" for _, s in cols))
     lines.append("-" * (18 + width * len(cols)))
     lines.append(
@@ -107,6 +109,8 @@ def run_summary(res: Any) -> dict[str, Any]:
             "mfu": mt.mfu,
             "tflops_per_gpu": mt.tflops_per_gpu,
             "bubble_ratio": mt.bubble_ratio,
+            "window_s": mt.window_s,
+            "fill_drain_s": mt.fill_drain_s,
             "time_breakdown_s": dict(mt.time_breakdown_s),
             "model_flops_per_step": mt.model_flops_per_step,
             "hardware_flops_per_step": mt.hardware_flops_per_step,
@@ -123,7 +127,13 @@ def run_table(res: Any) -> str:
         f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
         f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f', ep {p.ep}' if p.ep > 1 else ''}, {p.schedule}, "
         f"{sc.num_microbatches} micro-batches of {sc.training.micro_batch})",
-        f"step time        {mt.step_time_s * 1e3:,.1f} ms",
+        f"step time        {mt.step_time_s * 1e3:,.1f} ms"
+        + (
+            f" (steady state, no flush; the window played is {mt.window_s * 1e3:,.1f} ms with "
+            f"its fill and drain, {mt.fill_drain_s * 1e3:,.1f} ms)"
+            if mt.fill_drain_s
+            else ""
+        ),
         f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
         f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
         f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",

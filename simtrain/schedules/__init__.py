@@ -13,13 +13,17 @@ from simtrain.schedules.actions import (
 from simtrain.schedules.analysis import peak_in_flight
 from simtrain.schedules.comm import add_p2p
 from simtrain.schedules.generators import (
+    dualpipe_v,
     gpipe,
     interleaved,
     naive,
     one_f_one_b,
     pipedream,
+    pipedream_2bw,
     pipedream_weight_versions,
+    stashed_weight_versions,
     zb_h1,
+    zb_v,
 )
 from simtrain.schedules.grid import format_grid
 from simtrain.schedules.registry import (
@@ -33,6 +37,7 @@ from simtrain.schedules.unit_time import format_timeline, simulate_spans, simula
 from simtrain.schedules.validate import has_split_backward, validate_schedule
 
 __all__ = [
+    "dualpipe_v",
     "COMM_KINDS",
     "COMPUTE_KINDS",
     "KINDS",
@@ -52,12 +57,15 @@ __all__ = [
     "one_f_one_b",
     "peak_in_flight",
     "pipedream",
+    "pipedream_2bw",
     "pipedream_weight_versions",
     "rank_stages",
     "simulate_spans",
     "simulate_unit",
     "stage_to_rank",
+    "stashed_weight_versions",
     "traits",
     "validate_schedule",
     "zb_h1",
+    "zb_v",
 ]

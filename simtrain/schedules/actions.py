@@ -69,16 +69,29 @@ class Action(NamedTuple):
 Schedule = dict[int, list[Action]]
 
 
-def stage_to_rank(stage: int, pp: int, v: int = 1) -> int:
+#: How virtual stages sit on ranks: "loop" (Megatron interleaved: stage s on rank s % pp) or
+#: "v" (ZB-V, DualPipeV: two chunks per rank in a V, stage s on rank s for s < pp and on rank
+#: 2pp - 1 - s after; torch.distributed.pipelining ``generate_stage_to_rank_mapping(style="v")``).
+PLACEMENTS = ("loop", "v")
+
+
+def stage_to_rank(stage: int, pp: int, v: int = 1, placement: str = "loop") -> int:
     """Rank that holds virtual stage ``stage``: ``stage % pp`` (Megatron interleaved layout,
-    Narayanan et al. 2021 §2.2.2: rank r holds chunks r, r+p, r+2p, ...)."""
+    Narayanan et al. 2021 §2.2.2: rank r holds chunks r, r+p, r+2p, ...), or in a V (v = 2:
+    rank r holds stages r and 2p - 1 - r, so the first and the last stage share rank 0; Qi et
+    al. 2024, arXiv 2401.10241 §6)."""
     if not 0 <= stage < pp * v:
         raise ScheduleError(f"stage {stage} out of range 0..{pp * v - 1} (pp={pp}, v={v})")
+    if placement == "v":
+        return stage if stage < pp else 2 * pp - 1 - stage
     return stage % pp
 
 
-def rank_stages(rank: int, pp: int, v: int = 1) -> list[int]:
-    """Virtual stages held by ``rank``, in model order: ``[rank, rank+pp, ..., rank+(v-1)*pp]``."""
+def rank_stages(rank: int, pp: int, v: int = 1, placement: str = "loop") -> list[int]:
+    """Virtual stages held by ``rank``, in model order: ``[rank, rank+pp, ..., rank+(v-1)*pp]``
+    (loop) or ``[rank, 2pp-1-rank]`` (V)."""
     if not 0 <= rank < pp:
         raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
+    if placement == "v":
+        return [rank, 2 * pp - 1 - rank]
     return [rank + k * pp for k in range(v)]

@@ -14,32 +14,42 @@ from simtrain.schedules.actions import (
     F,
     I,
     Schedule,
+    stage_to_rank,
 )
 
 
-def p2p_for(action: Action, pp: int, v: int) -> tuple[list[Action], list[Action]]:
+def p2p_for(
+    action: Action, pp: int, v: int, placement: str = "loop"
+) -> tuple[list[Action], list[Action]]:
     """(receives before, sends after) a compute action.
 
     F(s, j): RECV_F(s, j) before if s > 0, SEND_F(s, j) after if s is not last. B or I (s, j):
     RECV_B(s, j) before if s is not last, SEND_B(s, j) after if s > 0. Neighbouring stages on the
-    same rank (pp = 1) exchange nothing. SEND carries the sender's stage, RECV the receiver's.
+    same rank (pp = 1, or the turn of ZB-V's V: ``placement``) exchange nothing. SEND carries
+    the sender's stage, RECV the receiver's.
     """
     s, kind, j = action
     last = pp * v - 1
     if pp == 1 or kind not in (F, B, I):
         return [], []
+
+    def remote(other: int) -> bool:
+        return 0 <= other <= last and (
+            stage_to_rank(other, pp, v, placement) != stage_to_rank(s, pp, v, placement)
+        )
+
     if kind == F:
         return (
-            [Action(s, RECV_F, j)] if s > 0 else [],
-            [Action(s, SEND_F, j)] if s < last else [],
+            [Action(s, RECV_F, j)] if remote(s - 1) else [],
+            [Action(s, SEND_F, j)] if remote(s + 1) else [],
         )
     return (
-        [Action(s, RECV_B, j)] if s < last else [],
-        [Action(s, SEND_B, j)] if s > 0 else [],
+        [Action(s, RECV_B, j)] if remote(s + 1) else [],
+        [Action(s, SEND_B, j)] if remote(s - 1) else [],
     )
 
 
-def add_p2p(schedule: Schedule, pp: int, v: int = 1) -> Schedule:
+def add_p2p(schedule: Schedule, pp: int, v: int = 1, placement: str = "loop") -> Schedule:
     """Return a new schedule with RECV_* just before and SEND_* just after each F, B or I whose
     neighbour stage lives on another rank (PyTorch ``_add_send_recv``). Pure: the input is
     not modified."""
@@ -49,7 +59,7 @@ def add_p2p(schedule: Schedule, pp: int, v: int = 1) -> Schedule:
         for a in actions:
             if a.kind in COMM_KINDS:
                 raise ScheduleError(f"rank {r}: schedule already has communication ({a})")
-            before, after = p2p_for(a, pp, v)
+            before, after = p2p_for(a, pp, v, placement)
             lowered += [*before, a, *after]
         out[r] = lowered
     return out

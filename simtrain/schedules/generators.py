@@ -135,12 +135,184 @@ def pipedream(pp: int, m: int, v: int = 1) -> Schedule:
     return schedule
 
 
+def pipedream_2bw(pp: int, m: int, v: int = 1) -> Schedule:
+    """PipeDream-2BW: 1F1B order, gradients accumulated over the m micro-batches of a
+    mini-batch, one optimizer step per mini-batch, and no flush: the next mini-batch's forwards
+    fill this one's drain, so in steady state a stage is busy m(F+B) + OPT per mini-batch.
+    Two weight versions per stage (double buffering, update delay 1) instead of PipeDream's
+    p - r (Narayanan et al. 2021, "Memory-Efficient Pipeline-Parallel DNN Training", ICML,
+    §3.1 and Fig. 4). The window simulated is 1F1B's action list; the step reports its steady
+    state (:mod:`simtrain.report.metrics`)."""
+    _check("pipedream_2bw", pp, m, v)
+    return {
+        r: [Action(r, k, j) for k, j in _one_f_one_b_rank(r, pp, m)] + [_opt(r)] for r in range(pp)
+    }
+
+
+def zb_v(pp: int, m: int, v: int = 2) -> Schedule:
+    """ZB-V (Qi et al. 2024, "Zero Bubble Pipeline Parallelism", arXiv 2401.10241 §6): two
+    chunks per rank in a V (rank r holds stages r and 2p-1-r), backward split into I and W, the
+    W's filling the bubbles; zero bubble when T_F = T_I = T_W and m >= 2p-1.
+
+    The per-rank order is PyTorch's, rule for rule (torch 2.13
+    ``torch/distributed/pipelining/schedules.py``, ``ScheduleZBVZeroBubble.
+    _calculate_single_rank_operations``): warm-up 2(p-r)-1 forwards of chunk 0, r pairs
+    (chunk-1 F, chunk-0 F), p-r triples (chunk-1 F, I, W); then (chunk-0 F, I, W, chunk-1 F,
+    I, W) while forwards remain; cool-down r (chunk-0 I, chunk-1 I) and p-r (chunk-0 I, W),
+    the remaining W's of chunk 1 then chunk 0. Like PyTorch it plans max(2p-1, m) micro-batches
+    and drops the actions of those beyond m. ``tests/test_schedules.py`` compares the lists
+    with torch's own."""
+    if v != 2:
+        raise ScheduleError(f"zb_v has exactly 2 chunks per rank (got v={v})")
+    if pp < 1 or m < 1:
+        raise ScheduleError(f"zb_v needs pp >= 1 and m >= 1 (got pp={pp}, m={m})")
+    schedule: Schedule = {}
+    for r in range(pp):
+        s0, s1 = r, 2 * pp - 1 - r
+        n = max(2 * pp - 1, m)
+        ops: list[tuple[int, str, int]] = []
+        cnt = {("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0}
+
+        def step(stage: int, kind: str, s0: int = s0, ops: list = ops, cnt: dict = cnt) -> None:
+            chunk = 0 if stage == s0 else 1
+            key = ("F" if kind == F else "B", chunk)
+            ops.append((stage, kind, cnt[key]))
+            cnt[key] += 1
+
+        for _ in range(2 * (pp - r) - 1):
+            step(s0, F)
+        for _ in range(r):
+            step(s1, F)
+            step(s0, F)
+        for _ in range(pp - r):
+            step(s1, F)
+            ops.append((s1, I, cnt[("B", 1)]))
+            step(s1, W)
+        while cnt[("F", 1)] < cnt[("F", 0)] or cnt[("F", 0)] < n:
+            if cnt[("F", 0)] < n:
+                step(s0, F)
+            ops.append((s0, I, cnt[("B", 0)]))
+            step(s0, W)
+            step(s1, F)
+            ops.append((s1, I, cnt[("B", 1)]))
+            step(s1, W)
+        w0, w1 = cnt[("B", 0)], cnt[("B", 1)]
+        for _ in range(r):
+            step(s0, I)
+            step(s1, I)
+        for _ in range(pp - r):
+            step(s0, I)
+            ops.append((s0, W, w0))
+            w0 += 1
+        while w1 < cnt[("B", 1)]:
+            ops.append((s1, W, w1))
+            w1 += 1
+        while w0 < cnt[("B", 0)]:
+            ops.append((s0, W, w0))
+            w0 += 1
+        schedule[r] = [Action(st, k, j) for st, k, j in ops if j < m] + [_opt(r)]
+    return schedule
+
+
+def dualpipe_v(pp: int, m: int, v: int = 2) -> Schedule:
+    """DualPipeV (DeepSeek-AI, github.com/deepseek-ai/DualPipe ``dualpipev.py``; the
+    "cut-in-half" of DualPipe, DeepSeek-V3 report §3.2.1): ZB-V's placement (rank r holds
+    stages r and 2p-1-r), mostly full backwards (B) paired with a forward of the other chunk
+    (DualPipe's overlapped F&B: here run one after the other, as PyTorch's runtime runs an
+    ``OVERLAP_F_B`` action's sub-actions), split I/W only where they fill the bubbles.
+
+    The per-rank order is PyTorch's, rule for rule (torch 2.13
+    ``torch/distributed/pipelining/schedules.py``, ``ScheduleDualPipeV.
+    _calculate_single_rank_operations``, steps 1-8), each ``OVERLAP_F_B`` flattened into its
+    F then B. Needs m >= 2p (as PyTorch). README bubble (its Table, PP = 2p stages):
+    (p-1)(F&B + B - 3W) per rank, checked in tests/test_schedules.py."""
+    if v != 2:
+        raise ScheduleError(f"dualpipe_v has exactly 2 chunks per rank (got v={v})")
+    if m < 2 * pp:
+        raise ScheduleError(
+            f"dualpipe_v needs at least as many micro-batches as stages, 2 x pp = {2 * pp} "
+            f"(got m={m})"
+        )
+    return {r: [*_dualpipe_v_rank(r, pp, m), _opt(r)] for r in range(pp)}
+
+
+def _dualpipe_v_rank(rank: int, pp: int, m: int) -> list[Action]:
+    """One rank's DualPipeV order (see :func:`dualpipe_v`)."""
+    s0, s1 = rank, 2 * pp - 1 - rank
+    ops: list[Action] = []
+    fwd = {s0: 0, s1: 0}  # next forward micro-batch per stage
+    bwd = {s0: 0, s1: 0}  # next backward (B or I) micro-batch per stage
+    weights: list[tuple[int, int]] = []  # (stage, mb) whose W is pending after an I
+
+    def f(stage: int) -> None:
+        ops.append(Action(stage, F, fwd[stage]))
+        fwd[stage] += 1
+
+    def b(stage: int, kind: str = B) -> None:
+        ops.append(Action(stage, kind, bwd[stage]))
+        if kind == I:
+            weights.append((stage, bwd[stage]))
+        bwd[stage] += 1
+
+    def w() -> None:
+        if weights:
+            stage, j = weights.pop(0)
+            ops.append(Action(stage, W, j))
+
+    for _ in range(2 * (pp - rank - 1)):  # step 1: F0
+        f(s0)
+    for _ in range(rank + 1):  # step 2: F0 F1
+        f(s0)
+        f(s1)
+    for _ in range(pp - rank - 1):  # step 3: I1 W1 F1 (zero bubble)
+        b(s1, I)
+        w()
+        f(s1)
+    for _ in range(m - 2 * pp + rank + 1):  # step 4: F0&B1, F1&B0
+        f(s0)
+        b(s1)  # rank p-1's first pair is not overlapped in DualPipe; the same order here
+        f(s1)
+        b(s0)
+    for _ in range(pp - rank - 1):  # step 5: B1, F1&B0
+        b(s1)
+        f(s1)
+        b(s0)
+    zb = False
+    for i in range(rank + 1):  # step 6: B1 B0, the second half zero-bubble (I)
+        if i == (rank + 1) // 2 and rank % 2 == 1:
+            zb = True
+        b(s1, I if zb else B)
+        if i == (rank + 1) // 2 and rank % 2 == 0:
+            zb = True
+        b(s0, I if zb else B)
+    for _ in range(pp - rank - 1):  # step 7: W0 B0
+        w()
+        b(s0, I if zb else B)
+    for _ in range(rank + 1):  # step 8: W0
+        w()
+    return ops
+
+
 def pipedream_weight_versions(pp: int, rank: int) -> int:
     """Weight versions stage ``rank`` stashes under PipeDream: p - rank, one per in-flight
     micro-batch (Harlap et al. 2018 §3.3, weight stashing)."""
     if not 0 <= rank < pp:
         raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
     return pp - rank
+
+
+def stashed_weight_versions(schedule: str, pp: int, rank: int) -> int:
+    """Weight versions stage ``rank`` keeps under ``schedule``, the live one included:
+    PipeDream p - rank (:func:`pipedream_weight_versions`), PipeDream-2BW 2 (Narayanan et al.
+    2021 ICML §3.1), every flushing schedule 1. One stage (pp = 1) never stashes: its
+    backward follows its forward before any update."""
+    if pp == 1:
+        return 1
+    if schedule == "pipedream":
+        return pipedream_weight_versions(pp, rank)
+    if schedule == "pipedream_2bw":
+        return 2
+    return 1
 
 
 def zb_h1(pp: int, m: int, v: int = 1) -> Schedule:

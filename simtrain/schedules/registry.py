@@ -13,7 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrain.schedules.actions import Schedule
-from simtrain.schedules.generators import gpipe, interleaved, naive, one_f_one_b, pipedream, zb_h1
+from simtrain.schedules.generators import (
+    dualpipe_v,
+    gpipe,
+    interleaved,
+    naive,
+    one_f_one_b,
+    pipedream,
+    pipedream_2bw,
+    zb_h1,
+    zb_v,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +36,8 @@ class ScheduleTraits:
     memory model walks the real schedule; this is the documented closed form);
     ``split_backward``: backward runs as I (input grad) and W (weight grad);
     ``affine_in_m``: step time is affine in m once m reaches ``affine_from(p)`` (validate
-    simulates two short steps and extrapolates); ``asynchronous``: no flush at the step's end.
+    simulates two short steps and extrapolates); ``asynchronous``: no flush at the step's end
+    (the step reports the steady state: the busiest stage's time, :mod:`simtrain.report.metrics`).
     """
 
     name: str
@@ -37,6 +48,10 @@ class ScheduleTraits:
     affine_in_m: bool = False
     asynchronous: bool = False
     virtual: bool = False  # takes v > 1 model chunks per rank
+    placement: str = "loop"  # chunks on ranks: "loop" (stage % pp) or "v" (actions.PLACEMENTS)
+    chunks_per_rank: int = 0  # a fixed number of chunks per rank (ZB-V: 2); 0 = virtual_stages
+    mixed_backward: bool = False  # both full backwards (B) and split ones (I, W): DualPipeV
+    min_microbatches_per_stage: int = 0  # m >= this x stages (DualPipeV: 1, m >= 2p)
 
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
@@ -58,16 +73,45 @@ def _zb_h1_bubble(p: int, m: int, v: int) -> float:
     return (p - 1) / (3 * m + p - 1)
 
 
+def _zb_v_bubble(p: int, m: int, v: int) -> float:
+    """ZB-V, chunks of T_F = T_I = T_W = T/2 (a full stage's F = T, B = 2T): each rank works
+    3mT and the executed order (PyTorch's) ends (p−1)T/2 later, so the bubble is
+    (p−1)/(6m+p−1) for m ≥ 2p−1 — half of ZB-H1's (p−1)/(3m+p−1) (Qi et al. 2024 §6: "zero
+    bubble" in steady state; the residue is the fill of the first chunk). Below 2p−1 the
+    executed order is longer (m = p: 4m−1 half-units); the form is stated for m ≥ 2p−1."""
+    return (p - 1) / (6 * m + p - 1)
+
+
+def _zb_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """ZB-V holds 2p chunk activations on every rank, p micro-batches of its layers, once
+    m ≥ 2p−1: the peak of 1F1B's first stage, on every stage (Qi et al. 2024 §6)."""
+    return float(min(m, p))
+
+
+def _dualpipe_v_bubble(p: int, m: int, v: int) -> float:
+    """DualPipeV's executed order (PyTorch's, each overlapped F&B run as F then B) with chunk
+    costs F = I = W = T/2, B = T ends (p−1)T/2 after each rank's 3mT of work, like ZB-V:
+    (p−1)/(6m+p−1) for m ≥ 2p."""
+    return (p - 1) / (6 * m + p - 1)
+
+
+def _dualpipe_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """DualPipeV holds 2p+1 chunk activations on every rank: the DualPipe README's "PP+1"
+    (PP = 2p stages), p + 1/2 micro-batches of the rank's layers."""
+    return p + 0.5
+
+
 def _naive_bubble(p: int, m: int, v: int) -> float:
     """Naive model parallelism: one GPU busy at a time, (p−1)/p (Huang et al. 2019 Fig. 2b)."""
     return (p - 1) / p
 
 
-def _pipedream_bubble(p: int, m: int, v: int) -> float:
-    """The window of m micro-batches simtrain plays, with its fill and drain: 1F1B's
-    (p−1)/(m+p−1). In steady state asynchronous PipeDream has no flush and no bubble (Harlap
-    et al. 2018 §3.2); the step does not report that yet."""
-    return (p - 1) / (m + p - 1)
+def _steady_state_bubble(p: int, m: int, v: int) -> float:
+    """Asynchronous PipeDream and PipeDream-2BW in steady state: no flush, so with uniform
+    stages every stage is busy all the time and the bubble is 0 (Harlap et al. 2018 §3.2;
+    Narayanan et al. 2021 ICML §3.1). The window simtrain plays still has 1F1B's fill and
+    drain, (p−1)/(m+p−1) of it; the step reports them apart (``fill_drain_s``)."""
+    return 0.0
 
 
 def _all_in_flight(p: int, m: int, stage: int, v: int) -> float:
@@ -107,9 +151,37 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             virtual=True,
         ),  # fmt: skip
         ScheduleTraits(
-            "pipedream", pipedream, _pipedream_bubble, _one_f_one_b_in_flight, asynchronous=True
+            "pipedream", pipedream, _steady_state_bubble, _one_f_one_b_in_flight, asynchronous=True
+        ),  # fmt: skip
+        ScheduleTraits(
+            "pipedream_2bw",
+            pipedream_2bw,
+            _steady_state_bubble,
+            _one_f_one_b_in_flight,
+            asynchronous=True,
         ),  # fmt: skip
         ScheduleTraits("zb_h1", zb_h1, _zb_h1_bubble, _zb_h1_in_flight, split_backward=True),
+        ScheduleTraits(
+            "zb_v",
+            zb_v,
+            _zb_v_bubble,
+            _zb_v_in_flight,
+            split_backward=True,
+            virtual=True,
+            placement="v",
+            chunks_per_rank=2,
+        ),  # fmt: skip
+        ScheduleTraits(
+            "dualpipe_v",
+            dualpipe_v,
+            _dualpipe_v_bubble,
+            _dualpipe_v_in_flight,
+            virtual=True,
+            placement="v",
+            chunks_per_rank=2,
+            mixed_backward=True,
+            min_microbatches_per_stage=1,
+        ),  # fmt: skip
     )
 }
 
@@ -126,8 +198,10 @@ def traits(name: str) -> ScheduleTraits:
 
 
 def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
-    """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank."""
-    return traits(name).generator(pp, m, v)
+    """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank (a schedule with a
+    fixed number of chunks per rank, ZB-V's 2, takes its own)."""
+    tr = traits(name)
+    return tr.generator(pp, m, tr.chunks_per_rank or v)
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:

@@ -17,6 +17,7 @@ from simtrain.schedules.actions import (
     I,
     Schedule,
     W,
+    stage_to_rank,
 )
 from simtrain.schedules.comm import p2p_for
 from simtrain.schedules.grid import format_grid
@@ -36,19 +37,26 @@ def _fail(schedule: Schedule, pp: int, m: int, v: int, problems: list[str]) -> N
     )
 
 
-def _structure(schedule: Schedule, pp: int, m: int, v: int, split_backward: bool) -> list[str]:
+def _structure(
+    schedule: Schedule,
+    pp: int,
+    m: int,
+    v: int,
+    split_backward: bool | None,
+    placement: str = "loop",
+) -> list[str]:
     """Every structural problem of ``schedule``, in a fixed order: ranks and actions, coverage
     and per-micro-batch order, OPT placement, then (only if all those pass) p2p pairing."""
-    problems, where = _action_problems(schedule, pp, m, v)
+    problems, where = _action_problems(schedule, pp, m, v, placement)
     problems += _coverage_problems(where, pp * v, m, split_backward)
     problems += _opt_problems(schedule)
     if problems:  # p2p checks below assume well-formed actions
         return problems
-    return _p2p_problems(schedule, pp, v)
+    return _p2p_problems(schedule, pp, v, placement)
 
 
 def _action_problems(
-    schedule: Schedule, pp: int, m: int, v: int
+    schedule: Schedule, pp: int, m: int, v: int, placement: str = "loop"
 ) -> tuple[list[str], dict[Action, list[tuple[int, int]]]]:
     """Problems with the ranks and with each action on its own (type, kind, stage and micro-batch
     range, placement), and where each well-formed compute/comm action sits: ``(rank, step)``s."""
@@ -76,18 +84,21 @@ def _action_problems(
             if a.microbatch is None or not 0 <= a.microbatch < m:
                 problems.append(f"{at} ({a}): micro-batch out of range 0..{m - 1}")
                 continue
-            if a.stage % pp != r:
-                problems.append(f"{at} ({a}): stage {a.stage} lives on rank {a.stage % pp}")
+            home = stage_to_rank(a.stage, pp, v, placement)
+            if home != r:
+                problems.append(f"{at} ({a}): stage {a.stage} lives on rank {home}")
             where.setdefault(a, []).append((r, k))
     return problems, where
 
 
 def _coverage_problems(
-    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool
+    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool | None
 ) -> list[str]:
     """Compute kinds of the other backward style; each (stage, micro-batch) not exactly once
     per expected kind; a B before its F (or a W before its I) on the same rank."""
     problems: list[str] = []
+    if split_backward is None:  # mixed (DualPipeV): each (stage, mb) has B, or I and W
+        return _mixed_coverage_problems(where, stages, m)
     wanted = (F, I, W) if split_backward else (F, B)
     for kind in (k for k in COMPUTE_KINDS if k not in wanted):
         for a in where:
@@ -106,6 +117,29 @@ def _coverage_problems(
             for x, y in zip(chain, chain[1:], strict=False):
                 px, py = where.get(x), where.get(y)
                 if px and py and px[0][0] == py[0][0] and px[0][1] > py[0][1]:
+                    problems.append(
+                        f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
+                    )
+    return problems
+
+
+def _mixed_coverage_problems(
+    where: dict[Action, list[tuple[int, int]]], stages: int, m: int
+) -> list[str]:
+    """A schedule mixing full and split backwards: every (stage, micro-batch) has one F and
+    either one B or one I and one W (not both), F first, I before W on the rank."""
+    problems: list[str] = []
+    for s in range(stages):
+        for j in range(m):
+            n = {k: len(where.get(Action(s, k, j), [])) for k in (F, B, I, W)}
+            if n[F] != 1 or (n[B], n[I], n[W]) not in ((1, 0, 0), (0, 1, 1)):
+                problems.append(f"stage {s} micro-batch {j}: F x{n[F]}, B x{n[B]}, I x{n[I]}, "
+                                f"W x{n[W]}; expected F once and B, or I and W, once")  # fmt: skip
+                continue
+            chain = [Action(s, k, j) for k in ((F, B) if n[B] else (F, I, W))]
+            for x, y in zip(chain, chain[1:], strict=False):
+                px, py = where[x], where[y]
+                if px[0][0] == py[0][0] and px[0][1] > py[0][1]:
                     problems.append(
                         f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
                     )
@@ -133,17 +167,19 @@ def _opt_problems(schedule: Schedule) -> list[str]:
     return problems
 
 
-def _p2p_problems(schedule: Schedule, pp: int, v: int) -> list[str]:
+def _p2p_problems(schedule: Schedule, pp: int, v: int, placement: str = "loop") -> list[str]:
     """If the schedule has SEND/RECV actions: each must appear exactly as often as
     :func:`~simtrain.schedules.comm.p2p_for` asks, on the right side of its compute action."""
     comm = Counter((r, a) for r, acts in schedule.items() for a in acts if a.kind in COMM_KINDS)
     if not comm:
         return []
-    return _p2p_count_problems(schedule, comm, pp, v) + _p2p_order_problems(schedule, pp, v)
+    return _p2p_count_problems(schedule, comm, pp, v, placement) + _p2p_order_problems(
+        schedule, pp, v, placement
+    )
 
 
 def _p2p_count_problems(
-    schedule: Schedule, comm: Counter[tuple[int, Action]], pp: int, v: int
+    schedule: Schedule, comm: Counter[tuple[int, Action]], pp: int, v: int, placement: str
 ) -> list[str]:
     """(rank, SEND/RECV) pairs present a different number of times than the compute implies."""
     problems: list[str] = []
@@ -152,7 +188,7 @@ def _p2p_count_problems(
         for r, acts in schedule.items()
         for a in acts
         if a.kind in COMPUTE_KINDS
-        for c in p2p_for(a, pp, v)[0] + p2p_for(a, pp, v)[1]
+        for c in p2p_for(a, pp, v, placement)[0] + p2p_for(a, pp, v, placement)[1]
     )
     for key in sorted(set(comm) | set(expected)):
         if comm[key] != expected[key]:
@@ -161,14 +197,14 @@ def _p2p_count_problems(
     return problems
 
 
-def _p2p_order_problems(schedule: Schedule, pp: int, v: int) -> list[str]:
+def _p2p_order_problems(schedule: Schedule, pp: int, v: int, placement: str) -> list[str]:
     """SEND/RECV actions on the wrong side of the compute action they serve."""
     problems: list[str] = []
     for r, acts in schedule.items():
         index = {a: k for k, a in enumerate(acts)}
         for k, a in enumerate(acts):
             if a.kind in COMPUTE_KINDS:
-                before, after = p2p_for(a, pp, v)
+                before, after = p2p_for(a, pp, v, placement)
                 for c in before:
                     if index.get(c, k) > k:
                         problems.append(f"rank {r}: {c} after {a} (step {k})")
@@ -179,17 +215,25 @@ def _p2p_order_problems(schedule: Schedule, pp: int, v: int) -> list[str]:
 
 
 def validate_schedule(
-    schedule: Schedule, pp: int, m: int, v: int = 1, *, split_backward: bool = False
+    schedule: Schedule,
+    pp: int,
+    m: int,
+    v: int = 1,
+    *,
+    split_backward: bool | None = False,
+    placement: str = "loop",
 ) -> None:
     """Raise ScheduleError (with the grid) unless ``schedule`` is a valid step of training.
 
-    Checks: ranks 0..pp-1; known kinds; each action on rank stage % pp; every (stage,
-    micro-batch) exactly once per kind (F and B, or F, I and W when ``split_backward``); F before
+    Checks: ranks 0..pp-1; known kinds; each action on its stage's rank (``placement``: stage %
+    pp, or the V of ZB-V); every (stage,
+    micro-batch) exactly once per kind (F and B, or F, I and W when ``split_backward``; either,
+    per micro-batch, when ``split_backward`` is None: DualPipeV's mixed backwards); F before
     B / I before W on the rank; each rank ends with OPT and every OPT follows new gradients;
     SEND/RECV (if present) exactly as :func:`~simtrain.schedules.comm.add_p2p` places them; and
     no deadlock when run with unit times.
     """
-    problems = _structure(schedule, pp, m, v, split_backward)
+    problems = _structure(schedule, pp, m, v, split_backward, placement)
     if problems:
         _fail(schedule, pp, m, v, problems)
     _, blocked = run_schedule(schedule, pp, v, UNIT_DURATIONS)

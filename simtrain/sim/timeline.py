@@ -12,6 +12,7 @@ from typing import NamedTuple
 # Memory categories, in the order reports and plots stack them.
 MEMORY_CATEGORIES = (
     "parameters",
+    "stashed_weights",
     "master_weights",
     "gradients",
     "optimizer_states",

@@ -24,6 +24,10 @@ def check_moe_layout(s: Any, file: str) -> None:
         raise ConfigError(file, "training.precision", "FP8 GEMMs of multi-head latent attention "
                           "are not modelled (costs.fp8 knows the q, k, v, o GEMMs)", t.precision,
                           ok)  # fmt: skip
+    if (m.is_moe or m.is_mla) and t.recompute == "selective_op":
+        raise ConfigError(file, "training.recompute", "torchtitan's per-op policy is modelled "
+                          "for dense MHA/GQA blocks (costs.op_sac), not MoE or MLA",
+                          t.recompute, "none | selective | full")  # fmt: skip
     if p.ep > 1 and not m.is_moe:
         raise ConfigError(file, "parallelism.ep", "expert parallelism needs a model with "
                           "experts (model.num_experts > 0); use 1", p.ep)  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
 from simtrain.schedules.registry import SCHEDULES
+from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
 from simtrain.spec.limits import (
     MAX_ACTIVATION_BYTES,
@@ -28,7 +29,11 @@ from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenari
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
-RECOMPUTE = ("none", "selective", "full")
+# selective: Megatron's attention-core recompute (Korthikanti et al. 2022 §4.3); selective_op:
+# torchtitan's per-op selective checkpointing (activation_checkpoint.mode = "selective",
+# selective_ac_option = "op": every other matmul, SDPA and reduce-scatter outputs kept, the rest
+# recomputed; costs.op_sac); full: every block checkpointed whole.
+RECOMPUTE = ("none", "selective", "full", "selective_op")
 # Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
 # fp32 log-softmax is saved for backward) or "fused" (flash-attn's / Liger's kernel: row-wise
 # fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written).
@@ -335,10 +340,25 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
             "would hold no layer)", p.pp,
         )  # fmt: skip
-    if p.pp > 1 and m.layers % (p.pp * p.virtual_stages) and p.layer_split == "uniform":
+    fixed = schedule_traits(p.schedule).chunks_per_rank if p.schedule in SCHEDULES else 0
+    if fixed and p.virtual_stages not in (1, fixed):
         raise ConfigError(
-            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * p.virtual_stages} must divide "
-            f"model.layers = {m.layers}", p.pp,
+            file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
+            f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
+        )  # fmt: skip
+    v = fixed if fixed and p.pp > 1 else p.virtual_stages
+    if p.pp > 1 and m.layers % (p.pp * v) and p.layer_split == "uniform":
+        raise ConfigError(
+            file, "parallelism.pp", f"pp x virtual_stages = {p.pp * v} must divide "
+            f"model.layers = {m.layers}"
+            + (f" ({p.schedule}: {fixed} chunks per rank)" if v != p.virtual_stages else ""), p.pp,
+        )  # fmt: skip
+    per_stage = schedule_traits(p.schedule).min_microbatches_per_stage if fixed else 0
+    if p.pp > 1 and per_stage and s.num_microbatches < per_stage * p.pp * v:
+        raise ConfigError(
+            file, "training.global_batch", f"{p.schedule} needs at least {per_stage * p.pp * v} "
+            f"micro-batches (one per stage, 2 x pp; PyTorch ScheduleDualPipeV): global_batch / "
+            f"(micro_batch x dp) = {s.num_microbatches}", t.global_batch,
         )  # fmt: skip
     if m.heads % p.tp or m.kv_heads % p.tp:
         raise ConfigError(
@@ -365,12 +385,12 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "virtual stages need pipeline parallelism (pp > 1)",
             p.virtual_stages,
         )  # fmt: skip
-    if p.layer_split != "uniform" and p.virtual_stages > 1:
+    if p.layer_split != "uniform" and (p.virtual_stages > 1 or fixed):
         raise ConfigError(
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
-    if p.virtual_stages > 1 and p.schedule != "interleaved":
+    if p.virtual_stages > 1 and p.schedule != "interleaved" and not fixed:
         raise ConfigError(
             file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "
             "stages > 1", p.virtual_stages,
@@ -405,6 +425,18 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
             t.precision,
+        )  # fmt: skip
+    if t.recompute == "selective_op" and t.peft.method != "none":
+        raise ConfigError(
+            file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "
+            f"modelled for full training: training.peft.method {t.peft.method} adds matmuls the "
+            "policy's counter would see; use none, selective or full", t.recompute,
+        )  # fmt: skip
+    if t.recompute == "selective_op" and PRECISIONS[t.precision].fp8_recipe.startswith("te_"):
+        raise ConfigError(
+            file, "training.recompute", f"selective_op counts aten.mm calls (torchao float8 "
+            f"included); training.precision {t.precision} runs Transformer Engine modules: use "
+            "fp8_tensorwise or fp8_rowwise", t.recompute,
         )  # fmt: skip
     check_size(s, file)
 

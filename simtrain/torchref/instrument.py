@@ -16,6 +16,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from simtrain.torchref.op_sac import CACHE_LISTENERS
+
 _PENDING_LABELS: list[str] = []  # names of the tensors an autograd.Function is about to save
 
 
@@ -136,6 +138,7 @@ class _SavedRecorder:
         for name, mod in model.named_modules():
             self.handles.append(mod.register_forward_pre_hook(functools.partial(self._push, name)))
             self.handles.append(mod.register_forward_hook(self._pop, always_call=True))
+        CACHE_LISTENERS.append(self.cached)
 
     def _push(self, name: str, *_: Any) -> None:
         self.path.append(name or "model")
@@ -146,6 +149,18 @@ class _SavedRecorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        if self.cached in CACHE_LISTENERS:
+            CACHE_LISTENERS.remove(self.cached)
+
+    def cached(self, t: torch.Tensor) -> None:
+        """An op output a selective checkpointing policy keeps (torchref.op_sac): held for the
+        backward like a saved tensor, but not packed through saved_tensors_hooks."""
+        ptr, n = _storage(t)
+        self.records.append(
+            _Saved(self.path[-1] if self.path else "model", "selective checkpoint cache",
+                   tuple(t.shape), str(t.dtype).replace("torch.", ""), ptr, n,
+                   self.tracker.tag(t))
+        )  # fmt: skip
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         ptr, n = _storage(t)

@@ -43,7 +43,9 @@ Conventions (the analytical model counts what *this* implementation saves for ba
   block's input: torch's checkpoint records its inputs whenever any grad is needed downstream
   (its internal dummy requires grad).
 * ``recompute``: ``full`` checkpoints every block (non-reentrant); ``selective`` checkpoints the
-  attention core only (QK^T, mask, softmax, dropout, @V -- or SDPA), Korthikanti et al. 2022.
+  attention core only (QK^T, mask, softmax, dropout, @V -- or SDPA), Korthikanti et al. 2022;
+  ``selective_op`` checkpoints every block with torchtitan's per-op policy
+  (:mod:`simtrain.torchref.op_sac`).
 * ``training.offload`` is ignored (everything lives on ``device``).
 """
 
@@ -68,6 +70,7 @@ from simtrain.torchref.layers import (
     make_norm,
 )
 from simtrain.torchref.losses import _FusedCrossEntropyFn
+from simtrain.torchref.op_sac import op_sac_context
 from simtrain.torchref.peft import Adapter, LoRALinear, NF4Linear
 from simtrain.torchref.precision import PARAM_DTYPE
 
@@ -173,6 +176,7 @@ class Block(nn.Module):
         self.adapter_attn = Adapter(spec.hidden, size) if method == "adapter" else None
         self.adapter_mlp = Adapter(spec.hidden, size) if method == "adapter" else None
         self.full_recompute = training.recompute == "full"
+        self.op_sac = training.recompute == "selective_op"
 
     def block(self, x: torch.Tensor, cos: Any, sin: Any, mask: Any) -> torch.Tensor:
         a = self.drop1(self.attn(apply_norm(self.norm1, x), cos, sin, mask))
@@ -187,6 +191,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: Any, sin: Any, mask: Any) -> torch.Tensor:
         if self.full_recompute and torch.is_grad_enabled():
             return checkpoint(self.block, x, cos, sin, mask, use_reentrant=False)
+        if self.op_sac and torch.is_grad_enabled():
+            return checkpoint(self.block, x, cos, sin, mask, use_reentrant=False,
+                              context_fn=op_sac_context)  # fmt: skip
         return self.block(x, cos, sin, mask)
 
 

@@ -11,6 +11,7 @@ from simtrain.units import GIB
 
 _SHORT = {
     "parameters": "params",
+    "stashed_weights": "stashed",
     "master_weights": "master",
     "gradients": "grads",
     "optimizer_states": "optim",

@@ -342,11 +342,9 @@ def _recompute(ac: dict[str, Any], r: Reading) -> str:
     if mode == "selective":
         opt = str(ac.get("selective_ac_option", "2"))
         if opt == "op":
-            r.unsupported_("activation_checkpoint.selective_ac_option op", "torchtitan's per-op "
-                           "selective checkpointing (saves matmul outputs but every second, "
-                           "recomputes the rest) is not simtrain's selective recompute (the "
-                           "attention core): simulated as selective")  # fmt: skip
-            return "selective"
+            # torchtitan's per-op policy (_apply_ac_to_transformer_block, _save_list at
+            # 9dec370a): simtrain's selective_op (costs.op_sac).
+            return "selective_op"
         if opt.isdigit() and int(opt) >= 1:
             if int(opt) == 1:
                 return "full"

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from simtrain.costs.comm import ddp_buckets, dp_ns, ep_alltoall_ns, p2p_send_ns, tp_allreduce_ns
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
+from simtrain.costs.workload import tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -46,7 +47,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     - Pipeline (uniform-stage closed forms; Narayanan et al. 2021 Eq. 1 and §2.2.2; formulas.md
       §3): ``m·T_max + (p−1)·T_avg/v`` for GPipe, 1F1B and interleaved (bubble (p−1)/(v·m+p−1)
       of the total); ZB-H1 ``m·T_max + (p−1)·(T_F + T_I − T_W)`` (Qi et al. 2024, "Zero Bubble
-      Pipeline Parallelism", §3: the 1F1B bubble less the deferred weight gradients); plus the
+      Pipeline Parallelism", §3: the 1F1B bubble less the deferred weight gradients); ZB-V and
+      DualPipeV half that (their executed orders with two chunks per rank); asynchronous
+      PipeDream none (its steady state); plus the
       p2p hops of filling and draining the pipeline (``costs.comm.p2p_send_ns``, each hop
       over the link its placement gives).
     - Data parallelism on stage 0 (whose last backward ends the step): DDP / ZeRO-1/2 buckets
@@ -68,7 +71,6 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
 def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     """Per micro-batch: the costs of each pipeline rank (the sum over the chunks it holds) and
     those of stage 0's first chunk."""
-    t = sc.training
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
     a2a = ep_alltoall_ns(sc, step)
@@ -81,10 +83,12 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             n = b.layers
             c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
             tp_b = 2 * n * ar if c.input_grad_ns else 0
-            tp_r = 2 * n * ar if (c.recompute_ns and t.recompute == "full") else 0
+            tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
             # expert parallelism: dispatch + combine per MoE layer (costs.workload)
             ep_f = 2 * (n - key[3]) * a2a if sc.model.is_moe else 0
-            ep_b = (ep_f if c.input_grad_ns else 0) + (ep_f if t.recompute == "full" else 0)
+            ep_b = (ep_f if c.input_grad_ns else 0) + (
+                ep_f if sc.training.recompute == "full" else 0
+            )
             cache[key] = _Rank(c.forward_ns + 2 * n * ar + ep_f,
                                c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
                                c.weight_grad_ns)  # fmt: skip
@@ -108,19 +112,30 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
     filling and draining the pipeline (:func:`closed_form_step_s`)."""
     pp = step.pp
     t_max = max(r.total for r in ranks)
-    if pp == 1:
+    if pp == 1 or step.traits.asynchronous:
+        # PipeDream / PipeDream-2BW report their steady state: the busiest stage, no flush
         bubble_ns = 0.0
     else:
         t_avg = sum(r.total for r in ranks) / pp
         if step.schedule_name == "zb_h1":
             avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
             bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0)
+        elif step.traits.placement == "v":
+            # ZB-V and DualPipeV (executed orders, tests/test_schedules.py): a rank's F + I - W
+            # over two chunks, (p-1)(F+I-W)/2; exact at F = I = W (and for DualPipeV at
+            # I = 2W), an estimate otherwise
+            avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
+            bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0) / 2
         elif step.schedule_name == "naive":
             bubble_ns = (pp - 1) * step.microbatches * t_avg
         else:
             bubble_ns = (pp - 1) * t_avg / step.v
         # fill and drain: each hop between consecutive chunks once each way
-        hops = sum(p2p_send_ns(sc, step, step.chunk_rank(k)) for k in range(step.last_stage))
+        hops = sum(
+            p2p_send_ns(sc, step, step.chunk_rank(k))
+            for k in range(step.last_stage)
+            if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
+        )
         bubble_ns += 2 * hops
     return step.microbatches * t_max + bubble_ns
 
@@ -147,7 +162,8 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
     op = "all_reduce" if p.zero_stage == 0 else "reduce_scatter"
-    bucketable = step.schedule[0][-2].kind in ("B", "W") and not step.traits.asynchronous
+    single_opt = step.schedule_name != "pipedream"  # PipeDream steps after every backward
+    bucketable = step.schedule[0][-2].kind in ("B", "W") and single_opt
     if bucketable:
         dp_exposed = _bucketed_exposed_ns(sc, step, op, grad_bytes, last_backward)
     else:

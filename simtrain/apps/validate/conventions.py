@@ -43,6 +43,8 @@ class SourceConvention:
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
+    # the simtrain recompute mode the source's mode of that name is: mode -> (to, why)
+    recompute_map: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # The peak an FP8 run's MFU is divided by: "bf16" (torchtitan, NeMo: model FLOPs over the
     # dense bf16 peak) or "fp8" (llm-foundry: its FP8 rows divide by the FP8 peak).
     fp8_mfu_peak: str = "bf16"
@@ -271,11 +273,14 @@ SOURCES: dict[str, SourceConvention] = {
         "with the largest stage's allocated peak without the CUDA context; the allocator's "
         "unused reserve is not modelled",
         memory_gb_unit=GIB,
-        recompute_unexpressible={
-            "selective": "torchtitan's per-op selective checkpointing (saves every op of "
-            "_save_list except every second matmul, recomputes the rest: "
-            "parallelisms/parallelize_llama.py _apply_ac_to_transformer_block at 9dec370a) is not "
-            "simtrain's selective recompute (attention core only)"
+        recompute_map={
+            "selective": (
+                "selective_op",
+                "torchtitan's selective recompute is per-op "
+                "(activation_checkpoint.selective_ac_option = 'op', the default of "
+                "train_configs/llama3_8b.toml at 9dec370a): selective_op "
+                "(parallelisms/parallelize_llama.py _apply_ac_to_transformer_block)",
+            ),
         },
     ),  # fmt: skip
     # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).

@@ -22,7 +22,7 @@ from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.scenario import Scenario, parse_scenario
+from simtrain.spec.scenario import RECOMPUTE, Scenario, parse_scenario
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +161,8 @@ def map_recompute(text: str | None) -> str | None:
     if text is None:
         return None
     t = str(text).lower()
+    if t.startswith("selective") and ("per-op" in t or "op-level" in t):
+        return "selective_op"
     if t.startswith("selective"):
         return "selective"
     if t.startswith(("full", "re-materialization", "rematerialization")):
@@ -339,6 +341,12 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
+    if rec.parallelism.get("async_tp") is True and applies["tp_comm_overlap"]:
+        # torchtitan's async TP (torch._inductor micro-pipelined TP: all-gather + matmul and
+        # matmul + reduce-scatter fused over symmetric memory, parallelize_llama.py
+        # enable_async_tp at 9dec370a) overlaps the TP collectives with the GEMMs they feed.
+        out["tp_comm_overlap"] = True
+        notes.append(f"runtime {name}: async TP (parallelism.async_tp): tp_comm_overlap")
     return out
 
 
@@ -450,9 +458,13 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
     recompute = map_recompute(t.get("recompute"))
     if recompute is None:
         if t.get("recompute") is not None:
-            raise _NotExpressible(f"recompute {t.get('recompute')!r}: not none | selective | full")
+            raise _NotExpressible(f"recompute {t.get('recompute')!r}: not "
+                                  f"{' | '.join(RECOMPUTE)}")  # fmt: skip
         recompute = conv.recompute_default
         notes.append(f"recompute not reported: {conv.recompute_note or recompute}")
+    if recompute in conv.recompute_map:
+        recompute, why = conv.recompute_map[recompute]
+        notes.append(why)
     if recompute in conv.recompute_unexpressible:
         raise _NotExpressible(f"recompute {t.get('recompute')!r}: "
                               f"{conv.recompute_unexpressible[recompute]}")  # fmt: skip
