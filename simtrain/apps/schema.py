@@ -29,7 +29,7 @@ from simtrain.apps.plan import file as planfile
 from simtrain.spec import runtime as rt
 from simtrain.spec.hardware import available_profiles
 from simtrain.spec.limits import FLOAT_RANGES, INT_RANGES, MAX_GPUS
-from simtrain.spec.model import ALIASES, MODEL_CHOICES, PRESETS, ModelSpec
+from simtrain.spec.model import ALIASES, MODEL_CHOICES, PRESETS, ZERO_OK_FIELDS, ModelSpec
 from simtrain.spec.scenario import (
     INTERNAL_FIELDS,
     LAYER_SPLITS,
@@ -134,7 +134,7 @@ def model_schema() -> dict[str, Any]:
     """``model:``: a preset, an hf_config path or inline shape keys (spec.scenario.parse_model);
     shape keys next to a preset or hf_config override it."""
     shape = {
-        f.name: _field("model.", f, MODEL_CHOICES, non_positive_ok=("dropout",))
+        f.name: _field("model.", f, MODEL_CHOICES, non_positive_ok=("dropout", *ZERO_OK_FIELDS))
         for f in fields(ModelSpec)
         if f.name != "name"
     }

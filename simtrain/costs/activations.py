@@ -16,6 +16,7 @@ import numpy as np
 
 from simtrain.costs import op_sac
 from simtrain.costs.fp8 import is_te
+from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
@@ -50,6 +51,8 @@ def layer_saved_tensors(
     micro_batch: int | None = None,
     tp: int = 1,
     sequence_parallel: bool = False,
+    moe: bool | None = None,
+    load: float = 1.0,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -67,6 +70,10 @@ def layer_saved_tensors(
     ``flash_attn_varlen_func`` saves q (a view of the fused tensor, which keeps all of it alive)
     and k, v (views of the copy): ``2·sb(3h + 2kv)/t`` bytes instead of ``2·sb(h + 2kv)/t``. With
     GQA nanotron makes q, k, v contiguous copies, so nothing extra is kept.
+
+    An MoE block (``moe``: default, every block of a model with experts) saves the router's,
+    the experts' and the shared experts' tensors in place of the MLP's
+    (:func:`costs.moe.moe_saved_tensors`, the busiest EP rank's ``load``).
     """
     if not grad_flows_through_blocks(t):
         return []
@@ -88,6 +95,11 @@ def layer_saved_tensors(
         _norm_and_input(c, i, lin_in, mods)
         if i == 0:
             _attention(c)
+        elif m.is_moe and moe is not False:
+            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load):
+                c.add(name, n_bytes, formula)
+            if m.dropout > 0:
+                c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, "1·sbh")
         else:
             _mlp(c)
     if t.peft.method == "adapter":
@@ -161,16 +173,30 @@ def _attention(c: _Block) -> None:
     """The attention core (flash or not), the out-projection input, LoRA and dropout."""
     m, t, tp, e, b = c.m, c.t, c.tp, c.e, c.b
     s, s_kv, sb, h, a, kv = t.seq_len_effective, t.kv_len, c.sb, m.hidden, m.heads, m.kv_dim
+    # Q, K and V widths: h, kv, kv unless head_size or MLA (DeepSeek-V2 §2.1) set them.
+    variant = m.is_mla or bool(m.head_size)
+    q, vw = (m.q_dim, m.v_dim) if variant else (h, h)
+    kv_v = m.kv_heads * m.v_head_dim if m.is_mla else kv
+    if m.is_mla:
+        # The latents (HF DeepseekV3Attention): q_a / kv_a outputs as their RMSNorms' inputs
+        # (+ fp32 rstd) and the normed latents as q_b / kv_b inputs; replicated over TP.
+        lat = 2 * (m.q_lora_rank + m.kv_lora_rank)
+        stats = 4 * sb * (2 if m.q_lora_rank else 1)
+        c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
+              f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
     if m.flash_attention:
-        c.add("q, k, v (flash attention)", e * sb * (h + 2 * kv) / tp, f"{e}·sb(h+2kv)/t")
+        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp, f"{e}·sb(h+2kv)/t")
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
-        c.add("attention output + logsumexp", (e * sb * h + 4 * b * a * s) / tp,
+        c.add("attention output + logsumexp", (e * sb * vw + 4 * b * a * s) / tp,
               f"{e}·sbh + 4·bas")  # fmt: skip
     else:
         # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
         kv_s = s_kv / s
-        c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
+        if variant:
+            c.add("q, k, v", e * sb * (q + (q + vw) * kv_s) / tp, f"{e}·sb(q+k+v)")
+        else:
+            c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
         c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b")
         if m.dropout > 0:
             c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
@@ -181,11 +207,11 @@ def _attention(c: _Block) -> None:
     if c.saves_input("o") and c.te_fp8:
         # TE's proj Linear keeps its own FP8 copy of the attention output (which the fused
         # attention saves too, in 16 bits, above).
-        c.add("out-projection input, FP8", c.fp8(sb * h / tp), c.lin_formula("sbh/t"))
+        c.add("out-projection input, FP8", c.fp8(sb * vw / tp), c.lin_formula("sbh/t"))
     elif c.saves_input("o") and not m.flash_attention:
         # With SDPA the (b, s, a, d) output is already laid out as the out-projection's
         # input: one storage, counted above (measured: simtrain.torchref.measure).
-        c.add("out-projection input", e * sb * h / tp, f"{e}·sbh/t")
+        c.add("out-projection input", e * sb * vw / tp, f"{e}·sbh/t")
     if c.lora:
         for mod in sorted(c.targets & {"q", "k", "v", "o"}):
             c.add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
@@ -217,7 +243,12 @@ def _mlp(c: _Block) -> None:
 
 
 def layer_activation_bytes(
-    m: ModelSpec, t: TrainingSpec, tp: int = 1, sequence_parallel: bool = False
+    m: ModelSpec,
+    t: TrainingSpec,
+    tp: int = 1,
+    sequence_parallel: bool = False,
+    moe: bool | None = None,
+    load: float = 1.0,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied.
 
@@ -226,7 +257,8 @@ def layer_activation_bytes(
     selective_op: torchtitan's per-op policy keeps its input and the outputs of every other
     matmul, SDPA and reduce-scatter (:mod:`costs.op_sac`).
     """
-    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
+                                load=load)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -270,7 +302,8 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 
 
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
-                                head: bool, tp: int = 1, sp: bool = False) -> int:  # fmt: skip
+                                head: bool, tp: int = 1, sp: bool = False,
+                                load: float = 1.0) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -288,7 +321,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     forward that is a kept storage (:func:`costs.op_sac.held_by_recompute`)."""
     if t.recompute not in ("full", "selective_op") or not layers:
         return 0
-    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load)
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

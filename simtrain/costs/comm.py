@@ -11,6 +11,7 @@ protocol of least predicted time, from the hardware profile's ``collectives:`` s
 from __future__ import annotations
 
 from simtrain.costs import collectives as coll
+from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
 
@@ -54,6 +55,21 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2)."""
     g = step.groups
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
+
+
+def ep_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """One dispatch (or combine) all-to-all of an MoE layer over the expert-parallel group:
+    ep consecutive data-parallel ranks (GPU ids tp apart; Megatron-Core's expert grid orders
+    tp-ep-dp-pp), each sending its :func:`costs.moe.a2a_bytes` (the busiest rank's, scaled by
+    the imbalance), of which (ep−1)/ep leaves the GPU (nccl-tests all-to-all bus bandwidth
+    factor (n−1)/n: ``collectives.bus_factor``). Over NVLink inside a node, each GPU's own NIC
+    across nodes (``collectives._all_to_all_multinode_s``). 0 without expert parallelism."""
+    m, p = sc.model, sc.parallelism
+    if not m.is_moe or p.ep <= 1:
+        return 0
+    size = a2a_bytes(m, step.micro_batch * step.seq_len_effective, step.precision.act_mm, p.tp,
+                     moe_load(m, p.ep))  # fmt: skip
+    return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.dp_stride)
 
 
 def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
@@ -127,6 +143,25 @@ def bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int) 
     mb = sc.parallelism.bucket_mb
     return tuple(
         c * dp_ns(sc, step, op, size / c) if c else 0
+        for size, c in zip(buckets(mb, grad_bytes), bucket_counts(mb, grad_bytes), strict=True)
+    )
+
+
+def edp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
+    """A collective over the expert-data-parallel group: the dp / ep ranks that hold the same
+    experts, GPU ids tp·ep apart (Megatron-Core ``parallel_state``: expert-dp =
+    world / (etp·ep·pp), the grid ordered tp-ep-dp-pp; expert gradients are reduced there)."""
+    g, ep = step.groups, sc.parallelism.ep
+    return collective_ns(sc, step, op, size_bytes, g.dp // ep, g.dp_stride * ep)
+
+
+def expert_bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str,
+                           grad_bytes: int) -> tuple[int, ...]:  # fmt: skip
+    """:func:`bucket_group_ns` of the experts' gradients, over the expert-data-parallel group
+    (Megatron-Core DDP keeps expert parameters in buckets of their own)."""
+    mb = sc.parallelism.bucket_mb
+    return tuple(
+        c * edp_ns(sc, step, op, size / c) if c else 0
         for size, c in zip(buckets(mb, grad_bytes), bucket_counts(mb, grad_bytes), strict=True)
     )
 

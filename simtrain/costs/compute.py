@@ -22,12 +22,13 @@ an H200: 1.1 in 16-bit, 1.25 in fp32).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
 from simtrain.costs.cp import ring_layer
 from simtrain.costs.fp8 import cast_bytes
+from simtrain.costs.moe import moe_elementwise_bytes_per_token, moe_load, moe_mlp_flops
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
@@ -59,15 +60,28 @@ def _mlp_mats(m: ModelSpec) -> int:
     return 3 if m.mlp == "swiglu" else 2
 
 
-def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
+def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
+                load: float = 1.0) -> BlockFlops:  # fmt: skip
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
-    weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1)."""
+    weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1).
+    An MoE block (``moe``: default, every block of a model with experts) has the router and
+    k routed experts (times the busiest EP rank's ``load``) plus the shared experts in place
+    of the MLP (:func:`costs.moe.moe_mlp_flops`). Q and the attention output are
+    heads·head_dim wide (``ModelSpec.q_dim``, h unless ``head_size`` is set)."""
     b = t.micro_batch
     s = t.seq_len_effective
     s_kv = t.kv_len
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
-    proj = 2 * b * s * (h * (h + 2 * kv) + h * h + _mlp_mats(m) * h * f) / tp
-    core = 4 * b * s * s_kv * h / tp
+    q = m.q_dim
+    attn = h * (q + 2 * kv) + q * h
+    core = 4 * b * s * s_kv * q / tp
+    if m.is_mla:  # DeepSeek-V2 §2.1: latent projections; Q·K over nope + rope, A·V over v
+        attn = sum(fi * fo for fi, fo in m.attention_shapes().values())
+        core = 2 * b * s * s_kv * (q + m.v_dim) / tp
+    if m.is_moe and moe is not False:
+        proj = 2 * b * s * attn / tp + moe_mlp_flops(m, b * s, tp, load)
+    else:
+        proj = 2 * b * s * (attn + _mlp_mats(m) * h * f) / tp
     full = base_trainable(t.peft.method, t.peft.phase)
     lora = 0.0
     lora_w = 0.0
@@ -87,7 +101,7 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> BlockFlops:
     else:
         input_grad = proj + 2 * core + lora + adapter
         weight_grad = (proj if full else 0.0) + lora_w + adapter
-    ew, ew_bwd = block_elementwise_bytes(m, t, tp)
+    ew, ew_bwd = block_elementwise_bytes(m, t, tp, m.is_moe and moe is not False, load)
     if t.peft.method == "qlora":
         # QLoRA dequantises every NF4 weight to 16 bits for each matmul (Dettmers et al. 2023
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
@@ -114,13 +128,16 @@ def elementwise_backward_factor(bytes_per_element: int) -> float:
     return ELEMENTWISE_BACKWARD_FACTOR[2 if bytes_per_element <= 2 else 4]
 
 
-def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
+def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool = False,
+                            load: float = 1.0) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
     write f; SwiGLU 1.5f), rotary on q and k, dropout (read, write, 1-byte mask) and without
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
-    attention dropout). Backward: :func:`elementwise_backward_factor` x forward."""
+    attention dropout). Backward: :func:`elementwise_backward_factor` x forward. An MoE block
+    (``moe``) has :func:`costs.moe.moe_elementwise_bytes_per_token` in place of the MLP's
+    activation."""
     b = t.micro_batch
     s = t.seq_len_effective
     s_kv = t.kv_len
@@ -128,6 +145,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple
     e = PRECISIONS[t.precision].act_mm
     mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
     per_token = 2 * 2 * h + 2 * 3 * h + 2 * mlp_width / tp
+    if moe:
+        per_token = 2 * 2 * h + 2 * 3 * h + moe_elementwise_bytes_per_token(m, e, tp, load) / e
     if m.positions == "rotary":
         per_token += 2 * (h + kv) / tp
     if m.dropout > 0:
@@ -204,12 +223,18 @@ def mosaicml_flops(sc: Scenario, hardware: bool) -> float:
 def model_flops_per_step(sc: Scenario) -> float:
     """Model FLOPs of one optimizer step, no recompute (MFU numerator; Korthikanti 2022 App. A
     Eq. 7 for GPT; PaLM App. B): forward + backward of every block and the head, all micro-batches
-    and data-parallel replicas. For full training with a 4h MLP this is
+    and data-parallel replicas. Of an MoE model, the active FLOPs: router, k routed experts at
+    the mean load and the shared experts (so MFU counts active parameters' work). For full training with a 4h MLP this is
     72·B·L·s·h²·(1 + s/(6h) + V/(12·h·L))."""
-    t = sc.training
-    bf = block_flops(sc.model, t)
-    hf, hi, hw = head_flops(sc.model, t)
-    per_mb = sc.model.layers * (bf.forward + bf.input_grad + bf.weight_grad) + hf + hi + hw
+    t, m = sc.training, sc.model
+    bf = block_flops(m, t)
+    hf, hi, hw = head_flops(m, t)
+    per_mb = m.layers * (bf.forward + bf.input_grad + bf.weight_grad) + hf + hi + hw
+    if m.is_moe:  # active FLOPs: k routed experts at the mean load, dense blocks as they are
+        dense = block_flops(m, t, moe=False)
+        nd = m.layers - m.moe_layers
+        per_mb = (m.moe_layers * (bf.forward + bf.input_grad + bf.weight_grad)
+                  + nd * (dense.forward + dense.input_grad + dense.weight_grad) + hf + hi + hw)  # fmt: skip
     return per_mb * t.global_batch / t.micro_batch
 
 
@@ -232,10 +257,11 @@ class StageCosts:
 
 def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float, float, int, int]:
     """(forward exposed, backward exposed, forward transfer, backward transfer) ns of the
-    chunk's ``layers`` ring exchanges (``costs.cp.ring_layer``; all 0 without CP)."""
+    chunk's ``layers`` ring exchanges (``costs.cp.ring_layer``; all 0 without CP); ``bf`` the
+    chunk's blocks together (:func:`chunk_block_flops`), so one layer's attention is 1/layers."""
     if sc.parallelism.cp == 1 or not layers:
         return 0.0, 0.0, 0, 0
-    r = ring_layer(sc, _matmul_ns(bf.attention_core, sc.hardware, dtype))
+    r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
     return (layers * r.forward_exposed_ns, layers * r.backward_exposed_ns,
             math.ceil(layers * r.forward_transfer_ns),
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
@@ -250,21 +276,42 @@ def _mem_ns(n_bytes: float, hw: HardwareProfile) -> float:
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
 
 
-def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCosts:
+def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> BlockFlops:
+    """:class:`BlockFlops` of ``layers`` blocks together (each field x layers). Of a model with
+    experts, blocks ``lo`` .. ``lo + layers − 1`` (``lo`` None: all MoE blocks) are dense or
+    MoE (``ModelSpec.first_dense_layers``), the MoE ones at the busiest EP rank's load
+    (:func:`costs.moe.moe_load`)."""
+    m, tp = sc.model, sc.parallelism.tp
+    t = cp_rank_training(sc.training, sc.parallelism.cp)  # one GPU's s/cp tokens
+    bf = block_flops(m, t, tp)
+    if not m.is_moe:
+        return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
+    ep = sc.parallelism.ep
+    dense = m.dense_layers_in(lo, lo + layers) if lo is not None else 0
+    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep))
+    dense_bf = block_flops(m, t, tp, False)
+    return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
+                        for f in BlockFlops.__slots__))  # fmt: skip
+
+
+def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
+                lo: int | None = None) -> StageCosts:  # fmt: skip
     """Costs of ``layers`` blocks (plus embeddings / head when the chunk holds them), on one
-    GPU: with context parallelism its s/cp tokens of each sequence (every GEMM, norm and
-    element-wise op, the head and the loss), their queries attending to all s keys, so the
-    attention core is the whole sequence's / cp (``spec.scenario.cp_rank_training``)."""
+    GPU; ``lo``: the first block's index (which blocks of an MoE model are dense:
+    :func:`chunk_block_flops`). With context parallelism its s/cp tokens of each sequence
+    (every GEMM, norm and element-wise op, the head and the loss), their queries attending to
+    all s keys, so the attention core is the whole sequence's / cp
+    (``spec.scenario.cp_rank_training``)."""
     m, hw = sc.model, sc.hardware
     t = cp_rank_training(sc.training, sc.parallelism.cp)
     tp = sc.parallelism.tp
     dtype = PRECISIONS[t.precision].compute_dtype
-    bf = block_flops(m, t, tp)
-    fwd_f = layers * bf.forward
-    i_f = layers * bf.input_grad
-    w_f = layers * bf.weight_grad
-    ew = layers * bf.elementwise_bytes_fwd
-    ew_bwd = layers * bf.elementwise_bytes_bwd
+    bf = chunk_block_flops(sc, layers, lo)
+    fwd_f = bf.forward
+    i_f = bf.input_grad
+    w_f = bf.weight_grad
+    ew = bf.elementwise_bytes_fwd
+    ew_bwd = bf.elementwise_bytes_bwd
     e = PRECISIONS[t.precision].act_mm
     s = t.seq_len_effective
     grad = grad_flows_through_blocks(t)
@@ -287,20 +334,19 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
-        rec_f = layers * bf.forward
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(layers * bf.elementwise_bytes_fwd, hw)
+        rec_f = bf.forward
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(bf.elementwise_bytes_fwd, hw)
     elif grad and t.recompute == "selective":
-        rec_f = layers * bf.attention_core
+        rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(layers * bf.elementwise_bytes_fwd, hw)
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(bf.elementwise_bytes_fwd, hw)
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
-    rec_ns += (
-        ring_f if rec_f and t.recompute != "selective_op" else 0.0
-    )  # recomputed attention replays the forward ring
+    # recomputed attention replays the forward ring (selective_op keeps SDPA's output)
+    rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
     # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
@@ -320,7 +366,8 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool) -> StageCost
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
                      ew: tuple[float, float]) -> StageCosts:  # fmt: skip
-    """:func:`chunk_costs` under an FP8 precision (costs.fp8): the blocks' linear-layer GEMMs
+    """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
+    together (:func:`chunk_block_flops`): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
     (attention core, LoRA, the LM head) at ``compute_dtype``'s; the FP8 casts
     (:func:`costs.fp8.cast_bytes`) as element-wise work; recompute replays the same split."""
@@ -331,7 +378,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     fwd_f, i_f, w_f = flops
     grad = grad_flows_through_blocks(t)
     full = base_trainable(t.peft.method, t.peft.phase)
-    lin_f = layers * bf.projections
+    lin_f = bf.projections
     lin_i = lin_f if grad else 0.0
     lin_w = lin_f if grad and full else 0.0
     cast_f, cast_b = cast_bytes(m, prec, hw.gpu_arch, t.micro_batch * t.seq_len_effective,
@@ -344,11 +391,11 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     w_ns = _matmul_ns(w_f - lin_w, hw, dtype) + _matmul_ns(lin_w, hw, gemm)
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
-        rec_f = layers * bf.forward
+        rec_f = bf.forward
         rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
-                  + _mem_ns(layers * bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
+                  + _mem_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
-        rec_f = layers * bf.attention_core
+        rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
     elif grad and t.recompute == "selective_op":
         # The recomputed projections (and the casts of their inputs, their share of the
@@ -357,7 +404,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
         share = rec_lin / lin_f if lin_f else 0.0
         rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype) + _matmul_ns(rec_lin, hw, gemm)
-                  + _mem_ns(layers * bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
+                  + _mem_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
@@ -423,8 +470,11 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     recompute equal to Narayanan et al. 2021 Eq. 3 for a GPT shape)."""
     step = resolve(sc)
     total = 0.0
+    mean = sc
+    if sc.model.is_moe:  # every rank at the mean expert load: the FLOPs all GPUs execute
+        mean = replace(sc, model=replace(sc.model, moe_load_imbalance=1.0, capacity_factor=0.0))
     for ch in step.chunks:
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        c = chunk_costs(mean, ch.layers, ch.embedding, ch.head, ch.lo)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
     # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks
     g = step.groups

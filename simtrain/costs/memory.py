@@ -30,7 +30,9 @@ from simtrain.costs.activations import (
 )
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
+from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.params import (
+    EXPERT_PREFIX,
     ModelStateBytes,
     ParamTensor,
     add_states,
@@ -162,14 +164,19 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
     m, p = sc.model, sc.parallelism
     t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
-    per_layer = layer_activation_bytes(m, t, tp, sp)
-    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp))
+    load = moe_load(m, p.ep)
+    per_layer = layer_activation_bytes(m, t, tp, sp, load=load)
+    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load))
+    per_dense = layer_activation_bytes(m, t, tp, sp, moe=False) if m.is_moe else per_layer
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
     for stage in step.rank_chunk_ids(rank):
         ch = step.chunks[stage]
         c = per_layer * ch.layers
+        if m.is_moe:  # MoE blocks and the first dense ones (ModelSpec.first_dense_layers)
+            dense = m.dense_layers_in(ch.lo, ch.hi)
+            c = per_layer * (ch.layers - dense) + per_dense * dense
         if ch.embedding:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
@@ -181,7 +188,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp)  # fmt: skip
+                                                         tp, sp, load)  # fmt: skip
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
@@ -220,6 +227,12 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
+    if sc.model.is_moe and n_layers:
+        # One MoE layer's dispatch at a time: the permuted tokens (all-to-all send buffer)
+        # and the received ones (Megatron-Core MoEAlltoAllTokenDispatcher; costs.moe).
+        load = moe_load(sc.model, p.ep)
+        tokens = t.micro_batch * step.seq_len_effective
+        buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
     return buffers, opt_ws, gather
 
 
@@ -232,30 +245,53 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     mine = step.rank_chunks(stage)
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
-    layer = layer_param_tensors(m, t, tp)
+    layer = layer_param_tensors(m, t, tp, ep=p.ep)
     ends: list[ParamTensor] = []
     if any(c.embedding for c in mine):
         ends += embedding_param_tensors(m, t, tp)
     if any(c.head for c in mine):
         ends += head_param_tensors(m, t, tp, p.pp)
-    ms = add_states(scale_states(model_state_bytes(layer, t), step.rank_layers(stage)),
-                    model_state_bytes(ends, t))  # fmt: skip
-    b = {"parameters": ms.parameters, "master_weights": ms.master_weights,
-         "gradients": ms.gradients, "optimizer_states": ms.optimizer_states}  # fmt: skip
-    if z >= 1 and dp > 1:
-        b["optimizer_states"] = ceil(b["optimizer_states"] / dp)
-        b["master_weights"] = ceil(b["master_weights"] / dp)
-    if z >= 2 and dp > 1:
-        b["gradients"] = ceil(b["gradients"] / dp)
-    if z >= 3 and dp > 1:
-        b["parameters"] = ceil(b["parameters"] / dp)
+    n_layers = step.rank_layers(stage)
+    experts = model_state_bytes([x for x in layer if x.name.startswith(EXPERT_PREFIX)], t)
+    if m.is_moe:  # the first dense blocks, the MoE ones with their E/ep local experts
+        dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine)
+        dense_layer = layer_param_tensors(m, t, tp, moe=False)
+        ms = add_states(add_states(scale_states(model_state_bytes(layer, t), n_layers - dense),
+                                   scale_states(model_state_bytes(dense_layer, t), dense)),
+                        model_state_bytes(ends, t))  # fmt: skip
+        experts = scale_states(experts, n_layers - dense)
+        layer = layer + (dense_layer if dense else [])
+    else:
+        ms = add_states(scale_states(model_state_bytes(layer, t), n_layers),
+                        model_state_bytes(ends, t))  # fmt: skip
+    b = _zero_shard(ms, experts, z, dp, dp // p.ep)
     host = 0
     if t.offload.optimizer:
         host = b["optimizer_states"] + b["master_weights"]
         b["optimizer_states"] = b["master_weights"] = 0
     # A stage without decoder layers holds none of their tensors (no optimizer temporaries or
     # QLoRA dequantisation buffer for them).
-    return ms, (list(layer) if step.rank_layers(stage) else []) + ends, b, host
+    return ms, (list(layer) if n_layers else []) + ends, b, host
+
+
+def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
+                edp: int) -> dict[str, int]:  # fmt: skip
+    """Bytes per model-state category after ZeRO stage ``z`` (Rajbhandari et al. 2020 §5):
+    optimizer states and master weights (1), + gradients (2), + parameters (3) divided over the
+    data-parallel group; the routed experts' part (``experts``, within ``ms``) over the
+    expert-data-parallel group of dp / ep ranks (Megatron-Core's distributed optimizer shards
+    expert parameters over ``expert_data_parallel_group``)."""
+    out = {}
+    for cat, stage in (("parameters", 3), ("master_weights", 1), ("gradients", 2),
+                       ("optimizer_states", 1)):  # fmt: skip
+        total, exp = getattr(ms, cat), getattr(experts, cat)
+        if z < stage or dp <= 1:
+            out[cat] = total
+        elif not exp:
+            out[cat] = ceil(total / dp)
+        else:
+            out[cat] = ceil((total - exp) / dp) + ceil(exp / max(edp, 1))
+    return out
 
 
 def stage_memory(sc: Scenario, stage: int) -> StageMemory:

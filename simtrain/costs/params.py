@@ -47,13 +47,15 @@ def base_trainable(peft: str, phase: str) -> bool:
     return peft == "none" or (peft == "lp_ft" and phase == "finetune")
 
 
-def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
+def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
+                        ep: int = 1) -> list[ParamTensor]:  # fmt: skip
     """Parameter tensors of one transformer block on one TP rank.
 
     Megatron TP (Shoeybi et al. 2019 §3): Q, K, V, gate, up are column-parallel (weights and
     biases split by t), O and down are row-parallel (weights split, biases replicated), norms
     replicated. PEFT adds LoRA A/B (Hu et al. 2021 §4.1), adapters (Houlsby et al. 2019 §2.1),
-    prefixes (Li & Liang 2021 §4.2).
+    prefixes (Li & Liang 2021 §4.2). An MoE block (``moe``: default, every block of a model
+    with experts) has :func:`moe_param_tensors` in place of the MLP.
     """
     peft = t.peft
     full = base_trainable(peft.method, peft.phase)
@@ -61,10 +63,25 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[Para
     bias_trainable = full or peft.method == "bitfit"
     out: list[ParamTensor] = []
     shapes = m.linear_weight_shapes()
-    column = ("q", "k", "v", "gate", "up")
+    column = ("q", "k", "v", "gate", "up", "q_b", "kv_b")
+    replicated = ("q_a", "kv_a")  # MLA down-projections (Megatron-Core: duplicated over TP)
+    is_moe = m.is_moe and moe is not False
+    if is_moe:
+        shapes = {k: v for k, v in shapes.items() if k in m.attention_shapes()}
+        out += moe_param_tensors(m, tp, ep, full)
+    if m.is_mla:  # q_a_layernorm, kv_a_layernorm
+        out += [ParamTensor(f"{n}_layernorm.weight", w, 1, full) for n, w in
+                (("q_a", m.q_lora_rank), ("kv_a", m.kv_lora_rank)) if w]  # fmt: skip
+    if m.qk_norm:
+        out += [ParamTensor("q_norm.weight", m.head_dim, 1, full),
+                ParamTensor("k_norm.weight", m.head_dim, 1, full)]  # fmt: skip
+    if m.attention_sinks:
+        out.append(ParamTensor("sinks", m.heads // tp, 1, full))
     for name, (fan_in, fan_out) in shapes.items():
         is_col = name in column
         rows, cols = (fan_in, fan_out // tp) if is_col else (fan_in // tp, fan_out)
+        if name in replicated:
+            rows, cols = fan_in, fan_out
         out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
         has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
         if has_bias:
@@ -93,6 +110,43 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[Para
             ]
     if peft.method == "prefix":
         out.append(ParamTensor("prefix_kv", 2 * peft.prefix_length, m.kv_dim // tp, True))
+    return out
+
+
+#: Name prefix of the routed experts' tensors: their gradients are reduced over the
+#: expert-data-parallel group, not the data-parallel one (costs.memory, costs.workload).
+EXPERT_PREFIX = "expert"
+
+
+def moe_param_tensors(m: ModelSpec, tp: int, ep: int, trainable: bool) -> list[ParamTensor]:
+    """An MoE block's FFN on one rank: the router (h x E, replicated over TP: Megatron-Core
+    ``TopKRouter``; + E bias on GPT-OSS, + E ``e_score_correction_bias`` on DeepSeek-V3), the
+    E/ep local experts, each split over TP like the dense MLP (expert TP = TP, Megatron's
+    default ``expert_tensor_parallel_size``), one tensor per expert and matrix as
+    ``TEGroupedMLP``'s ``weight{i}``, and the shared experts (TP-split) with Qwen2-MoE's gate."""
+    h = m.hidden
+    out = [ParamTensor("router.weight", h, m.num_experts, trainable, matmul=True)]
+    if m.router_bias:
+        out.append(ParamTensor("router.bias", m.num_experts, 1, trainable))
+    if m.router_score_bias:
+        out.append(ParamTensor("router.e_score_correction_bias", m.num_experts, 1, trainable))
+
+    def mlp(prefix: str, f: int) -> list[ParamTensor]:
+        mats = [("gate", h, f // tp), ("up", h, f // tp)] if m.mlp == "swiglu" else []
+        mats = mats or [("up", h, f // tp)]
+        ts = [ParamTensor(f"{prefix}.{n}.weight", r, c, trainable, matmul=True) for n, r, c in mats]
+        ts.append(ParamTensor(f"{prefix}.down.weight", f // tp, h, trainable, matmul=True))
+        if m.bias:  # GPT-OSS: gate_up_proj_bias (2f, split) and down_proj_bias (h, replicated)
+            ts += [ParamTensor(f"{prefix}.{n}.bias", c, 1, trainable) for n, _, c in mats]
+            ts.append(ParamTensor(f"{prefix}.down.bias", h, 1, trainable))
+        return ts
+
+    for i in range(m.num_experts // ep):
+        out += mlp(f"{EXPERT_PREFIX}{i}", m.expert_ffn)
+    for i in range(m.shared_experts):
+        out += mlp(f"shared_expert{i}", m.shared_ffn)
+    if m.shared_expert_gate:
+        out.append(ParamTensor("shared_expert_gate.weight", h, 1, trainable, matmul=True))
     return out
 
 
@@ -131,11 +185,11 @@ def head_param_tensors(
 
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:
     """All parameters of the model on one GPU (no parallelism)."""
-    return (
-        embedding_param_tensors(m, t)
-        + layer_param_tensors(m, t) * m.layers
-        + head_param_tensors(m, t)
-    )
+    dense = m.layers - m.moe_layers
+    blocks = layer_param_tensors(m, t, moe=False) * dense
+    if m.is_moe:
+        blocks += layer_param_tensors(m, t) * m.moe_layers
+    return embedding_param_tensors(m, t) + blocks + head_param_tensors(m, t)
 
 
 def trainable_params(m: ModelSpec, t: TrainingSpec) -> int:

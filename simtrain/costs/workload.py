@@ -12,6 +12,7 @@ from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import MemoryReport, persistent_gradient_bytes
+from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.spec.scenario import Scenario
@@ -21,10 +22,12 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
+    a2a = comm.ep_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head)
+        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
         n = ch.layers
+        ep = 2 * (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
         # selective_op replays the whole forward op by op too (cached outputs included).
         host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
         out[stage] = ChunkDurations(
@@ -43,6 +46,9 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             cp_forward_ns=c.ring_forward_ns,
             cp_backward_ns=c.ring_backward_ns,
             cp_recompute_ns=c.ring_forward_ns if c.recompute_flops else 0,
+            ep_forward_ns=ep,
+            ep_backward_ns=ep if c.input_grad_ns else 0,
+            ep_recompute_ns=ep if t.recompute == "full" else 0,
         )
     return out
 
@@ -92,8 +98,55 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     return out
 
 
+def expert_params(sc: Scenario, step: ResolvedStep, rank: int) -> int:
+    """Routed-expert parameters one GPU of pipeline rank ``rank`` holds: E/ep experts, split
+    over TP, in each of its MoE blocks (costs.params.moe_param_tensors)."""
+    m, p = sc.model, sc.parallelism
+    if not m.is_moe:
+        return 0
+    per_layer = sum(x.numel for x in moe_param_tensors(m, p.tp, p.ep, True)
+                    if x.name.startswith(EXPERT_PREFIX))  # fmt: skip
+    mine = step.rank_chunks(rank)
+    return per_layer * sum(c.layers - m.dense_layers_in(c.lo, c.hi) for c in mine)
+
+
 def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
               trainable: int) -> RankWork:  # fmt: skip
+    """:func:`dense_rank_work`; with expert parallelism, the routed experts' gradients are
+    reduced (and, under ZeRO-1/2, their updated shards gathered) over the expert-data-parallel
+    group of dp / ep ranks instead (Megatron-Core DDP and distributed optimizer: expert
+    parameters in buckets of their own, reduced over ``expert_data_parallel_group``), and the
+    optimizer updates their 1/(dp/ep) shard."""
+    p, prec, rt = sc.parallelism, step.precision, sc.runtime
+    exp = expert_params(sc, step, rank) if p.ep > 1 else 0
+    if not exp:
+        return dense_rank_work(sc, step, rank, params, trainable)
+    work = dense_rank_work(sc, step, rank, params - exp, trainable - exp)
+    edp = p.dp // p.ep
+    z = p.zero_stage
+    shard = (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (edp if z >= 1 else 1)
+    work = replace(work, optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware))
+    grad = exp * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
+    if edp == 1 or p.dp_mode == "naive" or z == 3:
+        return work
+    op = ("reduce_scatter" if z in (1, 2) and rt.zero_grad_reduction == "reduce_scatter"
+          else "all_reduce")  # fmt: skip
+    if z in (1, 2):
+        ag = comm.edp_ns(sc, step, "all_gather", exp * prec.param)
+        if work.pre_gather_ns != (0, 0):
+            first, rest = work.pre_gather_ns
+            work = replace(work, pre_gather_ns=(first, rest + ag))
+        else:
+            work = replace(work, post_opt_ns=work.post_opt_ns + ag)
+    if work.bucket_ns:
+        return replace(work, bucket_ns=work.bucket_ns
+                       + comm.expert_bucket_group_ns(sc, step, op, grad))  # fmt: skip
+    return replace(work, grad_sync_ns=work.grad_sync_ns + comm.edp_ns(sc, step, op, grad),
+                   grad_sync_name=work.grad_sync_name or "EDP grads")  # fmt: skip
+
+
+def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
+                    trainable: int) -> RankWork:  # fmt: skip
     """The rank's optimizer step and data-parallel gradient reduction: naive DP through GPU 0,
     ZeRO-1/2 bucketed reduce-scatter + all-gather of the updated shards, DDP buckets
     overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward,
@@ -154,6 +207,8 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         tp_latency_s=2 * (g.tp - 1) * lat,
         cp_crosses=pl.cp_crosses_nodes,
         cp_latency_s=(g.cp - 1) * lat,
+        ep_crosses=sc.parallelism.ep > 1 and pl.group_crosses_nodes(sc.parallelism.ep, g.dp_stride),
+        ep_latency_s=(sc.parallelism.ep - 1) * lat,
     )
 
 

@@ -51,6 +51,11 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     )
     lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = "
                  f"{_gb(ms.optimizer_states)}")  # fmt: skip
+    if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
+        lines.append(
+            f"  routed experts ({sc.parallelism.ep}-way expert parallel): their ZeRO "
+            f"shards / expert-dp {dp // sc.parallelism.ep}, the rest / dp {dp}"
+        )
     if z >= 1 and dp > 1:
         lines.append(f"  ZeRO-{z}: optimizer states and master weights / {dp_name}")
     if z >= 2 and dp > 1:

@@ -126,8 +126,8 @@ def run_table(res: Any) -> str:
     p = sc.parallelism
     lines = [
         f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
-        f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f' x cp {p.cp}' if p.cp > 1 else ''}, "
-        f"{p.schedule}, {sc.num_microbatches} micro-batches"
+        f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f' x cp {p.cp}' if p.cp > 1 else ''}"
+        f"{f', ep {p.ep}' if p.ep > 1 else ''}, {p.schedule}, {sc.num_microbatches} micro-batches"
         f" of {sc.training.micro_batch})",
         f"step time        {mt.step_time_s * 1e3:,.1f} ms"
         + (
@@ -137,7 +137,8 @@ def run_table(res: Any) -> str:
             else ""
         ),
         f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
-        f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU)",
+        f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
+        f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),

@@ -59,6 +59,22 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "model.ffn_hidden": (1, 2**22),
     "model.vocab": (1, 2**24),
     "model.max_positions": (1, 2**24),
+    # Attention variants and MoE (0 = off). Largest real ones: 384 experts (Kimi K2), top-8
+    # (DeepSeek-V3, Qwen3-MoE), expert FFN 2,048 (DeepSeek-V3), head_dim 256 (Gemma).
+    "model.head_size": (0, 2**16),
+    "model.num_experts": (0, 2**16),
+    "model.experts_per_token": (0, 2**16),
+    "model.moe_ffn_hidden": (0, 2**22),
+    "model.shared_experts": (0, 2**10),
+    "model.shared_expert_ffn_hidden": (0, 2**22),
+    "model.first_dense_layers": (0, 1024),
+    # MLA (DeepSeek-V3: q_lora_rank 1536, kv_lora_rank 512, head dims 128 / 64 / 128; 1 MTP).
+    "model.q_lora_rank": (0, 2**20),
+    "model.kv_lora_rank": (0, 2**20),
+    "model.qk_nope_head_dim": (0, 2**16),
+    "model.qk_rope_head_dim": (0, 2**16),
+    "model.v_head_dim": (0, 2**16),
+    "model.mtp_layers": (0, 64),
     # Training: sequences of up to 16M tokens, batches of up to 16M sequences (Llama 3: 2,048
     # x 8,192 tokens), micro-batches up to 65,536 sequences.
     "training.seq_len": (1, 2**24),
@@ -76,6 +92,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.tp": (1, MAX_GPUS),
     "parallelism.pp": (1, MAX_GPUS),
     "parallelism.cp": (1, MAX_GPUS),
+    "parallelism.ep": (1, MAX_GPUS),
     "parallelism.virtual_stages": (1, 1024),
     "parallelism.first_stage_layers": (0, 1024),  # at most model.layers; 0 = unset
     "parallelism.last_stage_layers": (0, 1024),
@@ -87,6 +104,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 #: Float ranges, inclusive, by key path; NaN and infinity are always refused.
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "model.dropout": (0.0, 1.0),  # and < 1 (validate_model)
+    "model.capacity_factor": (0.0, 2**16),  # and <= experts / top-k (spec.model._validate_moe)
+    "model.moe_load_imbalance": (1.0, 2**16),  # and <= experts / top-k
     # DDP bucket: 1e-6 MB is one byte (costs.comm.ddp_buckets: int(bucket_mb * 1e6) >= 1);
     # 1e12 MB covers validate's one-bucket 1e9 (apps.validate.translate.ONE_BUCKET_MB).
     "parallelism.bucket_mb": (1e-6, 1e12),

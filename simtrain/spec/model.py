@@ -17,6 +17,7 @@ from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
+from simtrain.spec.moe_layout import ZERO_OK_FIELDS, hf_moe_fields, validate_moe
 from simtrain.spec.yamlfile import read_text_file
 
 MLP_KINDS = ("gelu", "swiglu")
@@ -54,11 +55,96 @@ class ModelSpec:
     # tensor whose Q view flash attention saves, so all of it stays alive, plus the separate
     # rotated K/V copy it saves too: memory.layer_saved_tensors).
     qkv_layout: str = "separate"
+    # Attention variants (0 / false: as above). ``head_size``: the per-head width when it is not
+    # hidden / heads (HF ``head_dim``: Qwen3, GPT-OSS); ``qk_norm``: an RMSNorm of head_size on
+    # q and on k (Qwen3 ``q_norm`` / ``k_norm``); ``attention_sinks``: one learned logit per
+    # head (GPT-OSS ``GptOssAttention.sinks``).
+    head_size: int = 0
+    qk_norm: bool = False
+    attention_sinks: bool = False
+    # Mixture of experts (spec.moe; 0 experts = dense). Each MoE layer replaces the MLP by a
+    # router (an h x E linear) and E experts of width moe_ffn_hidden (0: ffn_hidden), of which
+    # each token uses experts_per_token, plus shared_experts always-on experts of width
+    # shared_expert_ffn_hidden (0: moe_ffn_hidden) with an optional sigmoid gate (Qwen2-MoE).
+    # The first first_dense_layers layers keep the dense MLP of ffn_hidden (DeepSeek
+    # first_k_dense_replace). router_bias: a bias of E on the router (GPT-OSS);
+    # router_score_bias: DeepSeek-V3's e_score_correction_bias of E. capacity_factor: tokens an
+    # expert takes, over the even share (0 = dropless); moe_load_imbalance: the busiest
+    # expert's tokens over the mean (>= 1).
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_ffn_hidden: int = 0
+    shared_experts: int = 0
+    shared_expert_ffn_hidden: int = 0
+    shared_expert_gate: bool = False
+    first_dense_layers: int = 0
+    router_bias: bool = False
+    router_score_bias: bool = False
+    capacity_factor: float = 0.0
+    moe_load_imbalance: float = 1.0
+    # Multi-head latent attention (DeepSeek-V2 §2.1, V3 §2.1.1; kv_lora_rank 0 = MHA/GQA): Q
+    # from a q_lora_rank latent (0: directly from h), K and V from a kv_lora_rank latent plus a
+    # shared qk_rope_head_dim rotary key; per head qk_nope_head_dim + qk_rope_head_dim for Q·K
+    # and v_head_dim for V. mtp_layers: DeepSeek-V3's multi-token-prediction modules (each an
+    # eh_proj 2h x h, two norms, one MoE block and a norm; embedding and head shared), counted
+    # by mtp_params(), not by total_params().
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    mtp_layers: int = 0
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        """Per-head width of Q and K (MLA: qk_nope_head_dim + qk_rope_head_dim)."""
+        if self.is_mla:
+            return self.qk_nope_head_dim + self.qk_rope_head_dim
+        return self.head_size or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of Q: heads * head_dim (= hidden unless ``head_size`` or MLA says otherwise)."""
+        return self.heads * self.head_dim if self.head_size or self.is_mla else self.hidden
+
+    @property
+    def v_dim(self) -> int:
+        """Width of V and of the attention output (MLA: heads * v_head_dim; else q_dim)."""
+        return self.heads * self.v_head_dim if self.is_mla else self.q_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def expert_ffn(self) -> int:
+        """Width of one routed expert's FFN."""
+        return self.moe_ffn_hidden or self.ffn_hidden
+
+    @property
+    def shared_ffn(self) -> int:
+        """Width of one shared expert's FFN."""
+        return self.shared_expert_ffn_hidden or self.expert_ffn
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is a mixture of experts (all but the first dense ones)."""
+        return self.layers - self.first_dense_layers if self.is_moe else 0
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether block ``i`` (0-based) is an MoE layer."""
+        return self.is_moe and i >= self.first_dense_layers
+
+    def dense_layers_in(self, lo: int, hi: int) -> int:
+        """Dense blocks among blocks lo .. hi-1 (all of them for a dense model)."""
+        if not self.is_moe:
+            return hi - lo
+        return max(0, min(hi, self.first_dense_layers) - lo)
 
     @property
     def kv_dim(self) -> int:
@@ -72,26 +158,87 @@ class ModelSpec:
 
     # ---- parameter counts (exact) --------------------------------------------------------
     def attention_params(self) -> int:
-        """W_q (h x h), W_k and W_v (h x kv_dim), W_o (h x h), plus biases when present."""
-        h, kv = self.hidden, self.kv_dim
-        weights = 2 * h * h + 2 * h * kv
+        """W_q (h x q), W_k and W_v (h x kv_dim), W_o (q x h), plus biases when present
+        (q = heads·head_dim = h unless ``head_size`` is set); Qwen3's q/k norms (2·head_dim)
+        and GPT-OSS's sinks (one per head)."""
+        if self.is_mla:
+            return self._mla_params()
+        h, q, kv = self.hidden, self.q_dim, self.kv_dim
+        weights = 2 * h * q + 2 * h * kv
         biases = 0
         if self.bias:
-            biases = h + 2 * kv + h
+            biases = q + 2 * kv + h
         elif self.qkv_bias:
-            biases = h + 2 * kv
-        return weights + biases
+            biases = q + 2 * kv
+        extra = (2 * self.head_dim if self.qk_norm else 0) + (self.heads if self.attention_sinks
+                                                             else 0)  # fmt: skip
+        return weights + biases + extra
 
-    def mlp_params(self) -> int:
-        """GeLU MLP: 2·h·f (+ f + h biases); SwiGLU: 3·h·f (+ 2f + h biases)."""
-        h, f = self.hidden, self.ffn_hidden
+    def _mla_params(self) -> int:
+        """MLA (HF ``DeepseekV3Attention``): q_a_proj h x q_lora + q_a_layernorm + q_b_proj
+        q_lora x heads·(nope+rope) (or q_proj h x heads·(nope+rope)), kv_a_proj_with_mqa
+        h x (kv_lora + rope), kv_a_layernorm, kv_b_proj kv_lora x heads·(nope + v), o_proj
+        heads·v x h; no biases."""
+        return sum(fi * fo for fi, fo in self.attention_shapes().values()) + (
+            self.q_lora_rank + self.kv_lora_rank
+        )
+
+    def attention_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of the attention's linear layers: q, k, v, o; MLA: q_a, q_b (or q), kv_a,
+        kv_b, o (q_a and kv_a replicated over TP, as Megatron-Core's MLA down-projections)."""
+        h, kv, q = self.hidden, self.kv_dim, self.q_dim
+        if not self.is_mla:
+            return {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h)}
+        ql, kvl = self.q_lora_rank, self.kv_lora_rank
+        out = {"q_a": (h, ql), "q_b": (ql, q)} if ql else {"q": (h, q)}
+        out["kv_a"] = (h, kvl + self.qk_rope_head_dim)
+        out["kv_b"] = (kvl, self.heads * (self.qk_nope_head_dim + self.v_head_dim))
+        out["o"] = (self.v_dim, h)
+        return out
+
+    def mtp_params(self) -> int:
+        """DeepSeek-V3's multi-token-prediction modules (HF checkpoint ``model.layers.61``):
+        per module enorm, hnorm, eh_proj (2h x h), one MoE block and shared_head.norm; the
+        embedding and the output head are shared with the main model (README_WEIGHTS.md)."""
+        h = self.hidden
+        return self.mtp_layers * (3 * self.norm_params + 2 * h * h + self.moe_layer_params())
+
+    def mlp_params(self, f: int | None = None) -> int:
+        """GeLU MLP: 2·h·f (+ f + h biases); SwiGLU: 3·h·f (+ 2f + h biases); f defaults to
+        ``ffn_hidden`` (one expert: ``expert_ffn``)."""
+        h = self.hidden
+        f = self.ffn_hidden if f is None else f
         if self.mlp == "swiglu":
             return 3 * h * f + ((2 * f + h) if self.bias else 0)
         return 2 * h * f + ((f + h) if self.bias else 0)
 
+    def router_params(self) -> int:
+        """The router: an h x E linear (+ E bias on GPT-OSS, + E score-correction bias on
+        DeepSeek-V3); Qwen2-MoE's shared-expert gate, an h x 1 linear."""
+        e = self.num_experts
+        n = self.hidden * e + (e if self.router_bias else 0) + (e if self.router_score_bias else 0)
+        return n + (self.hidden if self.shared_expert_gate else 0)
+
+    def moe_mlp_params(self, routed: int | None = None) -> int:
+        """One MoE layer's FFN: ``routed`` experts (default all E) + the shared experts +
+        the router."""
+        routed = self.num_experts if routed is None else routed
+        return (routed * self.mlp_params(self.expert_ffn)
+                + self.shared_experts * self.mlp_params(self.shared_ffn)
+                + self.router_params())  # fmt: skip
+
     def layer_params(self) -> int:
-        """One transformer block: attention + MLP + two norms."""
+        """One dense transformer block: attention + MLP + two norms."""
         return self.attention_params() + self.mlp_params() + 2 * self.norm_params
+
+    def moe_layer_params(self, routed: int | None = None) -> int:
+        """One MoE block: attention + MoE FFN (``routed`` experts, default all) + two norms."""
+        return self.attention_params() + self.moe_mlp_params(routed) + 2 * self.norm_params
+
+    def blocks_params(self, routed: int | None = None) -> int:
+        """All blocks: dense ones with their MLP, MoE ones with ``routed`` experts each."""
+        dense = self.layers - self.moe_layers
+        return dense * self.layer_params() + self.moe_layers * self.moe_layer_params(routed)
 
     def embedding_params(self) -> int:
         """Token embedding V·h plus learned positions max_positions·h (rotary has none)."""
@@ -104,13 +251,22 @@ class ModelSpec:
         return self.norm_params + head
 
     def total_params(self) -> int:
-        """N = embeddings + layers · block + final norm + untied head."""
-        return self.embedding_params() + self.layers * self.layer_params() + self.head_params()
+        """N = embeddings + blocks (every expert) + final norm + untied head."""
+        return self.embedding_params() + self.blocks_params() + self.head_params()
+
+    def active_params(self) -> int:
+        """Parameters one token uses: the total with only ``experts_per_token`` routed experts
+        per MoE layer (embeddings counted, as Mistral's 12.9B of Mixtral-8x7B; OpenAI's
+        gpt-oss card leaves the input embedding out). Dense models: the total."""
+        if not self.is_moe:
+            return self.total_params()
+        return (self.embedding_params() + self.blocks_params(self.experts_per_token)
+                + self.head_params())  # fmt: skip
 
     def linear_weight_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of a block, named as PEFT target modules."""
-        h, kv, f = self.hidden, self.kv_dim, self.ffn_hidden
-        shapes = {"q": (h, h), "k": (h, kv), "v": (h, kv), "o": (h, h)}
+        h, f = self.hidden, self.ffn_hidden
+        shapes = self.attention_shapes()
         if self.mlp == "swiglu":
             shapes.update({"gate": (h, f), "up": (h, f), "down": (f, h)})
         else:
@@ -163,6 +319,42 @@ PRESETS: dict[str, ModelSpec] = {
     "llama3-70b": _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192),
     "llama3-405b": _llama("llama3-405b", 126, 16384, 128, 8, 53248, 128256, 131072),
 }
+PRESETS.update({
+    # Mixtral-8x7B: HF mistralai/Mixtral-8x7B-v0.1 config.json (num_local_experts 8,
+    # num_experts_per_tok 2, intermediate_size 14336, rope, untied); 46,702,792,704 parameters.
+    "mixtral-8x7b": replace(_llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768),
+                            num_experts=8, experts_per_token=2),
+    # Qwen1.5-MoE-A2.7B: HF Qwen/Qwen1.5-MoE-A2.7B config.json (qwen2_moe: 60 experts of 1408,
+    # top-4, one shared expert of 5632 with its sigmoid gate, QKV biases); 14.3B / 2.7B active.
+    "qwen1.5-moe-a2.7b": replace(
+        _llama("qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192), qkv_bias=True,
+        num_experts=60, experts_per_token=4, moe_ffn_hidden=1408, shared_experts=1,
+        shared_expert_ffn_hidden=5632, shared_expert_gate=True),
+    # Qwen3-30B-A3B: HF Qwen/Qwen3-30B-A3B config.json (qwen3_moe: 128 experts of 768, top-8,
+    # head_dim 128 with q/k norms); model card 30.5B total, 3.3B activated.
+    "qwen3-30b-a3b": replace(
+        _llama("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960), head_size=128,
+        qk_norm=True, num_experts=128, experts_per_token=8, moe_ffn_hidden=768),
+    # gpt-oss: HF openai/gpt-oss-20b and -120b config.json (gpt_oss: hidden 2880, 64 heads of
+    # 64, 8 KV heads, experts of 2880 with biases, router bias, attention biases and sinks);
+    # OpenAI gpt-oss model card Table 1: 20.91B / 116.83B total.
+    "gpt-oss-20b": replace(
+        _llama("gpt-oss-20b", 24, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
+        attention_sinks=True, num_experts=32, experts_per_token=4, router_bias=True),
+    "gpt-oss-120b": replace(
+        _llama("gpt-oss-120b", 36, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
+        attention_sinks=True, num_experts=128, experts_per_token=4, router_bias=True),
+    # DeepSeek-V3: HF deepseek-ai/DeepSeek-V3 config.json (61 layers, first_k_dense_replace 3
+    # with intermediate_size 18432, 256 routed experts of 2048, top-8, 1 shared expert, MLA:
+    # q_lora_rank 1536, kv_lora_rank 512, qk 128 + 64, v 128; vocab 129280, untied;
+    # num_nextn_predict_layers 1). README_WEIGHTS.md: 671B main model, 36.6B activated (input
+    # embedding not counted), MTP module 11.5B unique.
+    "deepseek-v3": replace(
+        _llama("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840), num_experts=256,
+        experts_per_token=8, moe_ffn_hidden=2048, shared_experts=1, first_dense_layers=3,
+        router_score_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1),
+})  # fmt: skip
 ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b"}
 
 
@@ -183,7 +375,25 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "n_positions",
     "num_key_value_heads",
     "max_position_embeddings",
+    "head_dim",
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "decoder_sparse_step",
+    "n_routed_experts",
+    "n_shared_experts",
+    "first_k_dense_replace",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "num_nextn_predict_layers",
 }
+#: model_type values the importer reads (HF transformers' configuration_*.py field names).
+HF_KINDS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
+            "gpt_oss", "deepseek_v2", "deepseek_v3")  # fmt: skip
 
 
 def from_hf_config(
@@ -228,26 +438,26 @@ def from_hf_config(
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip
             return validate_model(spec, str(path))  # spec.limits ranges too
-        if kind in ("llama", "mistral", "qwen2", "qwen3") or (not kind and "hidden_size" in cfg):
+        if kind in HF_KINDS or (not kind and "hidden_size" in cfg):
             heads = int(cfg["num_attention_heads"])
+            gpt_oss = kind == "gpt_oss"
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
                 ffn_hidden=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("max_position_embeddings", 4096)),
                 mlp="swiglu", tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                positions="rotary", bias=False,
-                qkv_bias=kind == "qwen2" or bool(cfg.get("attention_bias", False)),
+                positions="rotary", bias=gpt_oss and bool(cfg.get("attention_bias", True)),
+                qkv_bias=kind in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False)),
                 norm="rmsnorm", dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
+                **hf_moe_fields(kind, cfg, str(path)),
             )  # fmt: skip
             return validate_model(spec, str(path))  # spec.limits ranges too
     except KeyError as exc:
         raise ConfigError(str(path), exc.args[0], "missing field in config.json") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
-    raise ConfigError(
-        str(path), "model_type", "unsupported model_type", kind, "gpt2, llama, mistral, qwen2"
-    )
+    raise ConfigError(str(path), "model_type", "unsupported model_type", kind, ", ".join(HF_KINDS))
 
 
 def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "model") -> ModelSpec:
@@ -257,7 +467,8 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(file, f"{prefix}.{field}", "must be a positive integer", v)
         check_range(v, file, f"{prefix}.{field}", *INT_RANGES[f"model.{field}"])  # spec.limits
-    if spec.hidden % spec.heads:
+    validate_moe(spec, file, prefix)
+    if spec.hidden % spec.heads and not spec.head_size:
         raise ConfigError(file, f"{prefix}.heads", f"must divide hidden={spec.hidden}", spec.heads)
     if spec.heads % spec.kv_heads:
         raise ConfigError(
@@ -282,4 +493,12 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
     return spec
 
 
-__all__ = ["ModelSpec", "PRESETS", "preset", "from_hf_config", "validate_model", "replace"]
+__all__ = [
+    "ModelSpec",
+    "PRESETS",
+    "ZERO_OK_FIELDS",
+    "preset",
+    "from_hf_config",
+    "validate_model",
+    "replace",
+]

@@ -23,6 +23,7 @@ from simtrain.spec.limits import (
     check_known_range,
 )
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
+from simtrain.spec.moe_layout import check_moe_layout
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
 from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_keys
@@ -164,6 +165,9 @@ class ParallelSpec:
     # context_parallel_degree): each micro-batch's sequence split over cp GPUs, attention by
     # ring exchange of K/V (costs.cp). Gradients are reduced, and ZeRO shards, over dp x cp.
     cp: int = 1
+    # Expert parallelism (MoE models): the experts split over ep data-parallel ranks
+    # (costs.moe, spec.scenario.check_moe_layout).
+    ep: int = 1
 
     @property
     def gpus(self) -> int:
@@ -451,6 +455,7 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
         )
+    check_moe_layout(s, file)
     if p.zero_stage and p.dp_mode == "naive":
         raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
     if t.seq_len > m.max_positions and m.positions == "learned":

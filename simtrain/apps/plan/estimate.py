@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from simtrain.costs.comm import ddp_buckets, dp_ns, p2p_send_ns, tp_allreduce_ns
+from simtrain.costs.comm import ddp_buckets, dp_ns, ep_alltoall_ns, p2p_send_ns, tp_allreduce_ns
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
 from simtrain.costs.workload import tp_recompute_ns
@@ -73,18 +73,24 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     those of stage 0's first chunk."""
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
-    cache: dict[tuple[int, bool, bool], _Rank] = {}
+    a2a = ep_alltoall_ns(sc, step)
+    cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
-    def chunk(k: int) -> tuple[int, bool, bool]:
+    def chunk(k: int) -> tuple[int, bool, bool, int]:
         b = blocks[k]
-        key = (b.layers, b.embedding, b.head)
+        key = (b.layers, b.embedding, b.head, sc.model.dense_layers_in(b.lo, b.lo + b.layers))
         if key not in cache:
             n = b.layers
-            c = chunk_costs(sc, n, b.embedding, b.head)
+            c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
             tp_b = 2 * n * ar if c.input_grad_ns else 0
             tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
-            cache[key] = _Rank(c.forward_ns + 2 * n * ar,
-                               c.recompute_ns + c.input_grad_ns + tp_b + tp_r,
+            # expert parallelism: dispatch + combine per MoE layer (costs.workload)
+            ep_f = 2 * (n - key[3]) * a2a if sc.model.is_moe else 0
+            ep_b = (ep_f if c.input_grad_ns else 0) + (
+                ep_f if sc.training.recompute == "full" else 0
+            )
+            cache[key] = _Rank(c.forward_ns + 2 * n * ar + ep_f,
+                               c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
                                c.weight_grad_ns)  # fmt: skip
         return key
 

@@ -45,7 +45,7 @@ GPUS_KEYS = ("min", "max")
 CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")
 FIXED_KEYS = (
     "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
-    "sequence_parallel", "cp",
+    "sequence_parallel", "cp", "ep",
 )  # fmt: skip
 # Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
 # "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
@@ -77,6 +77,7 @@ MAXIMA = {
 FIXED_RANGES = {
     "tp": "parallelism.tp", "pp": "parallelism.pp", "dp": "parallelism.dp", "cp": "parallelism.cp",
     "virtual_stages": "parallelism.virtual_stages", "micro_batch": "training.micro_batch",
+    "ep": "parallelism.ep",
 }  # fmt: skip
 
 

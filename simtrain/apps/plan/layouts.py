@@ -44,6 +44,7 @@ class Layout(NamedTuple):
     global_batch: int
     sequence_parallel: bool = False
     cp: int = 1
+    ep: int = 1  # expert parallelism (models with experts): a divisor of dp and the experts
 
 
 def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[str, Any]:
@@ -58,6 +59,8 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         par["sequence_parallel"] = True
     if layout.cp > 1:
         par["cp"] = layout.cp
+    if layout.ep > 1:
+        par["ep"] = layout.ep
     data: dict[str, Any] = {
         "name": name or plan.name,
         "model": dict(plan.model),
@@ -107,10 +110,13 @@ def cp_degrees(plan: Plan) -> tuple[int, ...]:
                  if c == 1 or (seq % (2 * c) == 0 and seq // c >= MIN_CP_TOKENS))  # fmt: skip
 
 
-def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]:
+def enumerate_layouts(plan: Plan, model_layers: int, heads: int,
+                      experts: int = 0) -> list[Layout]:  # fmt: skip
     """Every candidate layout (module docstring). A (hardware, GPUs, tp, pp) whose dp does not
     divide the global batch gives one layout, for check_layout to reject with its reason;
-    otherwise micro-batches not dividing the per-replica batch are skipped (unless fixed)."""
+    otherwise micro-batches not dividing the per-replica batch are skipped (unless fixed). A
+    model with ``experts`` also searches ep over the divisors of both dp and the experts
+    (Megatron-Core's rule, spec.moe_layout), with sequence parallelism where tp > 1."""
     fx = plan.fixed
     out: list[Layout] = []
     sp_opts = fx.get("sequence_parallel", (False,))
@@ -125,11 +131,12 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int) -> list[Layout]
         raise _too_large(plan, f"{combinations:,} (global batch, GPUs, tp, pp) combinations: at "
                          f"most {MAX_COMBINATIONS:,}")  # fmt: skip
     groups = list(_groups(plan, grids))
-    total = sum(_group_size(plan, gb, pp, dp, sp_opts) for _, gb, _, _, pp, dp, _ in groups)
+    total = sum(_group_size(plan, gb, pp, dp, sp_opts, experts, tp)
+                for _, gb, _, tp, pp, dp, _ in groups)  # fmt: skip
     if total > MAX_LAYOUTS:  # counted first: building a million tuples alone takes seconds
         raise _too_large(plan, f"{total:,} candidate layouts: at most {MAX_LAYOUTS:,}")
     for hw_name, gb, g, tp, pp, dp, cp in groups:
-        out.extend(_group_layouts(plan, hw_name, gb, g, tp, pp, dp, sp_opts, cp))
+        out.extend(_group_layouts(plan, hw_name, gb, g, tp, pp, dp, sp_opts, cp, experts))
     return out
 
 
@@ -175,17 +182,37 @@ def _group_options(plan: Plan, gb: int, pp: int, dp: int) -> tuple[tuple[Any, ..
     return scheds, vs, mbs, zeros, rcs
 
 
-def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...]) -> int:
+def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
+                   experts: int) -> list[tuple[int, bool]]:  # fmt: skip
+    """(ep, sequence_parallel) pairs of a group: ep 1 with every sp option; with experts, each
+    ep > 1 dividing dp and the experts (or the fixed ones), with sequence parallelism when
+    tp > 1 (Megatron-Core needs it: spec.moe_layout)."""
+    eps = plan.fixed.get("ep") or tuple(d for d in _divisors(dp) if experts and not experts % d)
+    out = []
+    for ep in eps or (1,):
+        for sp in sp_opts:
+            if ep > 1 and tp > 1 and not sp and "ep" not in plan.fixed:
+                continue
+            out.append((ep, sp))
+        if ep > 1 and tp > 1 and True not in sp_opts and "ep" not in plan.fixed:
+            out.append((ep, True))
+    return out
+
+
+def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...],
+                experts: int = 0, tp: int = 1) -> int:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp)
     if opts is None:
         return 1
     scheds, vs, mbs, zeros, rcs = opts
-    per_sched = len(mbs) * len(zeros) * len(rcs) * len(sp_opts)
+    per_sched = len(mbs) * len(zeros) * len(rcs) * len(_ep_sp_options(plan, tp, dp, sp_opts,
+                                                                       experts))  # fmt: skip
     return sum(per_sched * (len(vs) if sched == "interleaved" else 1) for sched in scheds)
 
 
 def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
-                   sp_opts: tuple[Any, ...], cp: int = 1) -> list[Layout]:  # fmt: skip
+                   sp_opts: tuple[Any, ...], cp: int = 1,
+                   experts: int = 0) -> list[Layout]:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp)
     if opts is None:  # no micro-batch can work: one layout carries check_layout's reason
         fx = plan.fixed
@@ -193,13 +220,14 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
         rc0 = fx.get("recompute", DEFAULT_RECOMPUTE)[0]
         return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0], cp)]
     scheds, vs, mbs, zeros, rcs = opts
+    ep_sp = _ep_sp_options(plan, tp, dp, sp_opts, experts)
     out = []
     for sched in scheds:
         for v in vs if sched == "interleaved" else (1,):
             for mb in mbs:
                 for z in zeros:
                     for rc in rcs:
-                        for sp in sp_opts:
+                        for ep, sp in ep_sp:
                             out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb, sp,
-                                              cp))  # fmt: skip
+                                              cp, ep))  # fmt: skip
     return out

@@ -193,7 +193,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         mark = "" if sim else "~"
         lines.append(
             f"{i:>3}  {lay.hardware:<16}{lay.gpus:>6}  "
-            f"{f'{lay.tp} x {lay.pp} x {lay.dp}':<13}{lay.zero_stage:>5}{lay.micro_batch:>4}  "
+            f"{f'{lay.tp} x {lay.pp} x {lay.dp}' + (f' ep{lay.ep}' if lay.ep > 1 else ''):<13}"
+            f"{lay.zero_stage:>5}{lay.micro_batch:>4}  "
             f"{lay.recompute:<10}{sched:<15}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
             f"{r.headroom_bytes / GIB:>14.2f}{r.final_days:>9.2f}{r.final_cost:>14,.0f}"
         )

@@ -69,6 +69,7 @@ def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
             schedule=layout.schedule, virtual_stages=layout.virtual_stages,
             zero_stage=layout.zero_stage, sequence_parallel=layout.sequence_parallel,
             cp=layout.cp,
+            ep=layout.ep,
         ),
     )  # fmt: skip
     check_layout(sc, file)

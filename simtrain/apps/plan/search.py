@@ -50,7 +50,8 @@ def run_plan(
     top = plan.top if top is None else top
     ctx = build_context(plan)
     any_base = next(iter(ctx.bases.values()))
-    layouts = enumerate_layouts(plan, any_base.model.layers, any_base.model.heads)
+    layouts = enumerate_layouts(plan, any_base.model.layers, any_base.model.heads,
+                                any_base.model.num_experts)  # fmt: skip
     total = len(layouts)
     rows: list[Row] = []
     interrupted = False

@@ -23,6 +23,7 @@ from simtrain.sim.lowering.passes import (
     bucket_pass,
     compute_pass,
     cp_pass,
+    ep_pass,
     host_pass,
     optimizer_pass,
     p2p_pass,
@@ -53,7 +54,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
-    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, host_pass, cp_pass, p2p_pass,
-                         optimizer_pass):  # fmt: skip
+    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, ep_pass, host_pass, cp_pass,
+                          p2p_pass, optimizer_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -36,6 +36,12 @@ class ChunkDurations:
     cp_forward_ns: int = 0
     cp_backward_ns: int = 0
     cp_recompute_ns: int = 0
+    # Expert parallelism (costs.moe): the dispatch and combine all-to-alls of the chunk's MoE
+    # layers in the forward, again in the backward (and in a full recompute's forward), on the
+    # "collective" stream after the action's compute (``passes.ep_pass``).
+    ep_forward_ns: int = 0
+    ep_backward_ns: int = 0
+    ep_recompute_ns: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
@@ -86,6 +92,8 @@ class NicPlan:
     tp_latency_s: float
     cp_crosses: bool = False  # the CP ring leaves the node
     cp_latency_s: float = 0.0
+    ep_crosses: bool = False  # the expert-parallel all-to-alls leave the node
+    ep_latency_s: float = 0.0
 
     def crossing(self, kind: str, rank: int) -> tuple[bool, float]:
         """(leaves the node, latency in s) of a communication task of ``kind`` on ``rank``."""
@@ -99,6 +107,8 @@ class NicPlan:
             return True, self.tp_latency_s
         if kind == "CP" and self.cp_crosses:
             return True, self.cp_latency_s
+        if kind == "A2A" and self.ep_crosses:
+            return True, self.ep_latency_s
         return False, 0.0
 
 

@@ -165,6 +165,31 @@ def cp_pass(ir: StepIR) -> None:
             g.ops.append(ring)
 
 
+def ep_pass(ir: StepIR) -> None:
+    """Expert parallelism (Megatron-Core ``MoEAlltoAllTokenDispatcher``): each MoE layer's
+    dispatch and combine all-to-alls, forward and backward (and again in a full recompute), as
+    one "A2A" op per action on the "collective" stream after the action's compute and TP
+    collectives, on the critical path (Megatron runs them on the compute stream between the
+    router and the experts, and between the experts and the next layer: no overlap)."""
+    for r in ir.ranks.values():
+        for g in r.groups:
+            if g.action is None or g.action.kind not in ("F", "B", "I"):
+                continue
+            c = ir.inp.chunks[g.action.stage]
+            if g.action.kind == "F":
+                ns = c.ep_forward_ns
+            else:
+                recompute = c.recompute_ns or ir.inp.working_set_bytes[g.action.stage]
+                ns = c.ep_backward_ns + (c.ep_recompute_ns if recompute else 0)
+            if not ns:
+                continue
+            last = g.done
+            op = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label}", ns, [last],
+                    microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+            g.ops.append(op)
+            g.done = op
+
+
 def host_pass(ir: StepIR) -> None:
     """Eager dispatch (``costs.host``): each action's kernels are issued by the rank's host on
     the "host" stream, one host op per action, before the GPU can run past them: an action's

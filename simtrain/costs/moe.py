@@ -1,0 +1,118 @@
+"""Mixture-of-experts layers: FLOPs, saved activations, element-wise bytes and the expert-parallel
+all-to-all messages of one MoE block, following Megatron-Core's MoE layer.
+
+Sources (NVIDIA/Megatron-LM at d98e8a64ddf34856e74b24714e3bedb2f5a39553):
+
+* ``megatron/core/transformer/moe/router.py`` / ``moe_utils.py``: the router is a replicated
+  h x E linear; ``topk_softmax_with_capacity`` takes the softmax of the logits in fp32 and
+  keeps the top k; ``get_capacity`` gives each expert ``ceil(tokens / E · capacity_factor)``
+  token slots (per top-k choice), the rest are dropped (``moe_expert_capacity_factor``; None =
+  dropless).
+* ``token_dispatcher.py`` ``MoEAlltoAllTokenDispatcher``: permute the local tokens (each
+  repeated for its k experts), all-to-all over the EP group (dispatch), the experts, all-to-all
+  back (combine), un-permute; with tensor parallelism the expert inputs are all-gathered over
+  the expert-TP group after the dispatch and reduce-scattered before the combine (the same
+  traffic as the dense MLP's sequence-parallel all-gather / reduce-scatter). Its backward runs
+  the two all-to-alls again in reverse: 4 per MoE layer per micro-batch.
+* ``experts.py`` ``TEGroupedMLP``: fc1 (h -> 2f for SwiGLU) as a grouped GEMM over the local
+  experts, the activation multiplied by the routing probabilities (``weighted_bias_swiglu``),
+  fc2 (f -> h). Saved for backward: fc1's input (the permuted tokens), fc1's output, the
+  probabilities, fc2's input.
+
+Every expert sees, on average, k·T/E of a micro-batch's T tokens; an expert-parallel rank
+(E/ep experts) as many expert-token pairs as its own k·T. ``moe_load_imbalance`` (the busiest
+expert's tokens over the mean) scales the busiest rank's expert work and the tokens it
+receives: exact with one expert per rank, an upper bound with more (the rank's load is the sum
+of its experts'). With ``capacity_factor`` c the busiest expert is capped at c x the mean.
+Without expert parallelism (ep = 1) one rank runs every expert on every routed token, so its
+load is the mean whatever the imbalance.
+"""
+
+from __future__ import annotations
+
+from simtrain.spec.model import ModelSpec
+
+
+def moe_load(m: ModelSpec, ep: int) -> float:
+    """Expert-token pairs the busiest EP rank processes, over the mean: 1 without expert
+    parallelism; else ``moe_load_imbalance``, capped at ``capacity_factor`` when one is set
+    (Megatron drops the tokens beyond an expert's capacity)."""
+    if not m.is_moe or ep <= 1:
+        return 1.0
+    imb = m.moe_load_imbalance
+    return min(imb, m.capacity_factor) if m.capacity_factor else imb
+
+
+def mlp_mats(m: ModelSpec) -> int:
+    """Weight matrices of one MLP / expert: SwiGLU 3 (gate, up, down), GeLU 2."""
+    return 3 if m.mlp == "swiglu" else 2
+
+
+def moe_ffn_width(m: ModelSpec, load: float = 1.0) -> float:
+    """The FFN width one token's MoE layer computes: k routed experts of ``expert_ffn`` (times
+    the busiest rank's ``load``) plus the shared experts, so that an MoE block costs what a
+    dense block of that width costs, plus the router."""
+    return m.experts_per_token * m.expert_ffn * load + m.shared_experts * m.shared_ffn
+
+
+def moe_mlp_flops(m: ModelSpec, tokens: int, tp: int = 1, load: float = 1.0) -> float:
+    """Forward FLOPs of one MoE layer's FFN for ``tokens`` tokens on one TP rank:
+    ``2·T·h·(n_mats·(k·f_e·load + S·f_s) + E)/tp``; the routed experts and shared experts are
+    split over TP like the dense MLP (expert TP = TP, Megatron's default), the router is
+    replicated and runs on the rank's T/tp sequence-parallel tokens (Megatron requires sequence
+    parallelism with TP and EP). Megatron's gate of Qwen2-MoE's shared expert (h x 1) adds
+    2·T·h."""
+    h = m.hidden
+    mlp = mlp_mats(m) * h * moe_ffn_width(m, load)
+    router = h * m.num_experts + (h if m.shared_expert_gate else 0)
+    return 2 * tokens * (mlp + router) / tp
+
+
+def moe_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, load: float = 1.0) -> float:
+    """Memory-bound bytes per token of one MoE layer beyond the dense MLP's (estimate, from the
+    ops): the activation over k·f_e·load + S·f_s (SwiGLU 1.5x, read + write), the permutation
+    and un-permutation of k·h values per token (read + write each), and the fp32 softmax and
+    top-k over E logits (read + write, 4 B)."""
+    act = 2 * moe_ffn_width(m, load) * (1.5 if m.mlp == "swiglu" else 1.0) / tp
+    permute = 2 * 2 * m.experts_per_token * m.hidden * load / tp
+    router = 2 * 4 * m.num_experts / tp
+    return e * (act + permute) + router
+
+
+def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 1.0,
+                      saves_weights_input: bool = True) -> list[tuple[str, int, str]]:  # fmt: skip
+    """(name, bytes, formula) of what one MoE layer's FFN saves for backward per micro-batch of
+    ``sb`` tokens on one TP rank, beyond the MLP input the dense MLP saves too (Megatron-Core
+    ``TEGroupedMLP`` and ``topk_softmax_with_capacity``; module docstring). The router works on
+    the rank's sequence-parallel share sb/t; the dispatcher all-gathers the expert inputs over
+    the (expert-)TP group, so fc1's input and the probabilities are the whole k·sb·load
+    expert-token pairs, fc1's output and fc2's input their f_e/t columns."""
+    k, h, f = m.experts_per_token, m.hidden, m.expert_ffn
+    kt = k * sb * load
+    n_fc1 = 2 if m.mlp == "swiglu" else 1
+    out = [
+        ("router softmax output (fp32)", 4 * sb * m.num_experts // tp, "4·sbE/t"),
+        ("routing indices (int64)", 8 * k * sb // tp, "8·k·sb/t"),
+        ("routing probabilities (fp32)", int(4 * kt), "4·k·sb·load"),
+    ]
+    if saves_weights_input:
+        out.append(("expert fc1 input (permuted tokens)", int(e * kt * h), f"{e}·k·sb·h·load"))
+    out.append(("expert fc1 output (activation input)", int(n_fc1 * e * kt * f / tp),
+                f"{n_fc1 * e}·k·sb·f_e·load/t"))  # fmt: skip
+    if saves_weights_input:
+        out.append(("expert fc2 input", int(e * kt * f / tp), f"{e}·k·sb·f_e·load/t"))
+    if m.shared_experts:
+        fs = m.shared_experts * m.shared_ffn
+        out.append(("shared experts fc1 output", n_fc1 * e * sb * fs // tp,
+                    f"{n_fc1 * e}·sb·S·f_s/t"))  # fmt: skip
+        if saves_weights_input:
+            out.append(("shared experts fc2 input", e * sb * fs // tp, f"{e}·sb·S·f_s/t"))
+    return out
+
+
+def a2a_bytes(m: ModelSpec, tokens: int, e: int, tp: int = 1, load: float = 1.0) -> float:
+    """Send buffer of one dispatch (or combine) all-to-all on the busiest EP rank: its
+    sequence-parallel share of the micro-batch's tokens, each once per routed expert, h values
+    of ``e`` bytes: ``T/tp · k · h · e · load`` (nccl-tests all-to-all convention: the whole
+    per-rank buffer, of which (ep−1)/ep leaves the rank: ``collectives.bus_factor``)."""
+    return tokens / tp * m.experts_per_token * m.hidden * e * load

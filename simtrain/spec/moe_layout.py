@@ -1,0 +1,191 @@
+"""Mixture-of-experts and multi-head-latent-attention rules: the Hugging Face config fields
+(:func:`hf_moe_fields`, for ``spec.model.from_hf_config``), the model checks
+(:func:`validate_moe`, for ``spec.model.validate_model``) and the layout checks of expert
+parallelism (:func:`check_moe_layout`, for ``spec.scenario.check_layout``). Models are taken
+as ``Any`` (``spec.model`` imports this module)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simtrain.errors import ConfigError
+from simtrain.spec.limits import INT_RANGES, check_range
+from simtrain.spec.precision import PRECISIONS
+
+
+def check_moe_layout(s: Any, file: str) -> None:
+    """Expert parallelism (Megatron-Core ``parallel_state.initialize_model_parallel``: the
+    expert grid is tp x ep x expert-dp x pp with expert-dp = dp·cp·tp / (ep·tp), so ep must
+    divide dp; ``arguments.py``: num_experts % expert_model_parallel_size == 0; with tp > 1,
+    ``model_parallel_config.py``: "sequence parallelism must be used")."""
+    m, t, p = s.model, s.training, s.parallelism
+    if m.is_mla and PRECISIONS[t.precision].gemm_dtype:
+        ok = " | ".join(n for n, x in PRECISIONS.items() if not x.gemm_dtype)
+        raise ConfigError(file, "training.precision", "FP8 GEMMs of multi-head latent attention "
+                          "are not modelled (costs.fp8 knows the q, k, v, o GEMMs)", t.precision,
+                          ok)  # fmt: skip
+    if (m.is_moe or m.is_mla) and t.recompute == "selective_op":
+        raise ConfigError(file, "training.recompute", "torchtitan's per-op policy is modelled "
+                          "for dense MHA/GQA blocks (costs.op_sac), not MoE or MLA",
+                          t.recompute, "none | selective | full")  # fmt: skip
+    if p.ep > 1 and not m.is_moe:
+        raise ConfigError(file, "parallelism.ep", "expert parallelism needs a model with "
+                          "experts (model.num_experts > 0); use 1", p.ep)  # fmt: skip
+    if not m.is_moe:
+        return
+    if m.num_experts % p.ep or p.dp % p.ep:
+        ok = [d for d in range(1, p.dp + 1) if p.dp % d == 0 and m.num_experts % d == 0]
+        raise ConfigError(file, "parallelism.ep", f"must divide model.num_experts = "
+                          f"{m.num_experts} and parallelism.dp = {p.dp}", p.ep,
+                          " | ".join(map(str, ok)))  # fmt: skip
+    if p.ep > 1 and p.tp > 1 and not p.sequence_parallel:
+        raise ConfigError(
+            file,
+            "parallelism.sequence_parallel",
+            "expert parallelism with tp > 1 needs sequence parallelism (Megatron-Core)",
+            False,
+            "true",
+        )
+    if t.peft.method != "none":
+        raise ConfigError(file, "training.peft.method", "PEFT on a mixture-of-experts model is "
+                          "not modelled", t.peft.method, "none")  # fmt: skip
+
+
+def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
+    """MoE and attention-variant fields of a Hugging Face config (0 experts: dense). Field names
+    from transformers ``configuration_mixtral.py`` (num_local_experts, num_experts_per_tok),
+    ``configuration_qwen2_moe.py`` / ``configuration_qwen3_moe.py`` (num_experts,
+    moe_intermediate_size, shared_expert_intermediate_size, decoder_sparse_step,
+    mlp_only_layers; Qwen2MoeSparseMoeBlock's ``shared_expert_gate`` = Linear(h, 1)) and
+    ``configuration_gpt_oss.py`` (num_local_experts, experts_per_token / num_experts_per_tok,
+    head_dim; GptOssTopKRouter has a bias, GptOssAttention one sink per head)."""
+    out: dict[str, Any] = {}
+    if kind in ("qwen3", "qwen3_moe", "gpt_oss") and cfg.get("head_dim"):
+        out["head_size"] = int(cfg["head_dim"])
+    if kind in ("qwen3", "qwen3_moe"):
+        out["qk_norm"] = True  # Qwen3Attention.q_norm / k_norm: RMSNorm(head_dim)
+    if kind == "mixtral":
+        out.update(num_experts=int(cfg.get("num_local_experts", 8)),
+                   experts_per_token=int(cfg.get("num_experts_per_tok", 2)))  # fmt: skip
+    elif kind in ("qwen2_moe", "qwen3_moe"):
+        step = int(cfg.get("decoder_sparse_step", 1))
+        if step != 1 or cfg.get("mlp_only_layers"):
+            raise ConfigError(path, "decoder_sparse_step", "only every layer MoE is supported "
+                              "(decoder_sparse_step 1, mlp_only_layers [])", step)  # fmt: skip
+        out.update(num_experts=int(cfg["num_experts"]),
+                   experts_per_token=int(cfg.get("num_experts_per_tok", 4 if kind ==
+                                                 "qwen2_moe" else 8)),
+                   moe_ffn_hidden=int(cfg["moe_intermediate_size"]))  # fmt: skip
+        shared = int(cfg.get("shared_expert_intermediate_size") or 0) if kind == "qwen2_moe" else 0
+        if shared:
+            out.update(shared_experts=1, shared_expert_ffn_hidden=shared,
+                       shared_expert_gate=True)  # fmt: skip
+    elif kind in ("deepseek_v2", "deepseek_v3"):
+        # configuration_deepseek_v3.py: n_routed_experts, n_shared_experts (one MLP of
+        # moe_intermediate_size x n_shared_experts: DeepseekV3MoE.shared_experts),
+        # first_k_dense_replace, q_lora_rank (null: q_proj), kv_lora_rank, qk_nope_head_dim,
+        # qk_rope_head_dim, v_head_dim; V3's router has e_score_correction_bias (noaux_tc).
+        step = int(cfg.get("moe_layer_freq", 1))
+        if step != 1:
+            raise ConfigError(
+                path,
+                "moe_layer_freq",
+                "only every layer MoE after the first "
+                "first_k_dense_replace is supported (moe_layer_freq 1)",
+                step,
+            )
+        f_e = int(cfg["moe_intermediate_size"])
+        shared = int(cfg.get("n_shared_experts") or 0)
+        out.update(
+            num_experts=int(cfg["n_routed_experts"]), experts_per_token=int(
+                cfg["num_experts_per_tok"]), moe_ffn_hidden=f_e, shared_experts=1 if shared else 0,
+            shared_expert_ffn_hidden=f_e * shared,
+            first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
+            router_score_bias=kind == "deepseek_v3" or cfg.get("topk_method") == "noaux_tc",
+            q_lora_rank=int(cfg.get("q_lora_rank") or 0), kv_lora_rank=int(cfg["kv_lora_rank"]),
+            qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
+            qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
+            mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
+        )  # fmt: skip
+    elif kind == "gpt_oss":
+        k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token", 4))
+        out.update(num_experts=int(cfg.get("num_local_experts", 32)), experts_per_token=int(k),
+                   router_bias=True, attention_sinks=True)  # fmt: skip
+    return out
+
+
+#: Model keys that may be 0 (off), for the schema: the attention variants and the MoE fields.
+ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidden",
+                  "shared_experts", "shared_expert_ffn_hidden", "first_dense_layers",
+                  "capacity_factor", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                  "qk_rope_head_dim", "v_head_dim", "mtp_layers")  # fmt: skip
+
+
+def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
+    """The MoE fields: counts >= 0 within spec.limits, 1 <= experts_per_token <= num_experts,
+    first_dense_layers < layers, capacity_factor 0 (dropless) or in (0, E/k], 1 <= imbalance
+    <= E / k (an expert takes each token at most once, so at most all of them: k·T/E each on
+    average)."""
+    for field in ZERO_OK_FIELDS:
+        v = getattr(spec, field)
+        if field == "capacity_factor":
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(file, f"{prefix}.{field}", "must be an integer >= 0", v)
+        check_range(v, file, f"{prefix}.{field}", *INT_RANGES[f"model.{field}"])
+    mla = ("q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    if not spec.is_mla and any(getattr(spec, f) for f in mla):
+        f = next(f for f in mla if getattr(spec, f))
+        raise ConfigError(file, f"{prefix}.{f}", "multi-head latent attention needs "
+                          "model.kv_lora_rank > 0", getattr(spec, f))  # fmt: skip
+    if spec.is_mla and not (spec.qk_rope_head_dim and spec.v_head_dim and spec.qk_nope_head_dim):
+        raise ConfigError(file, f"{prefix}.kv_lora_rank", "multi-head latent attention needs "
+                          "qk_nope_head_dim, qk_rope_head_dim and v_head_dim > 0",
+                          spec.kv_lora_rank)  # fmt: skip
+    if spec.is_mla and (spec.bias or spec.qkv_bias or spec.head_size):
+        raise ConfigError(file, f"{prefix}.kv_lora_rank", "multi-head latent attention has no "
+                          "biases and no head_size (its widths are the *_head_dim keys)",
+                          spec.kv_lora_rank)  # fmt: skip
+    e, k = spec.num_experts, spec.experts_per_token
+    if spec.mtp_layers and not e:
+        raise ConfigError(
+            file,
+            f"{prefix}.mtp_layers",
+            "multi-token prediction modules are MoE blocks: needs model.num_experts > 0",
+            spec.mtp_layers,
+        )
+    if not e:
+        moe_only = [
+            f
+            for f in (
+                "experts_per_token",
+                "moe_ffn_hidden",
+                "shared_experts",
+                "shared_expert_ffn_hidden",
+                "first_dense_layers",
+            )
+            if getattr(spec, f)
+        ]
+        if moe_only:
+            raise ConfigError(file, f"{prefix}.{moe_only[0]}", "needs model.num_experts > 0 "
+                              "(0 = a dense model)", getattr(spec, moe_only[0]))  # fmt: skip
+        return
+    if not 1 <= k <= e:
+        raise ConfigError(file, f"{prefix}.experts_per_token", f"must be in 1 .. num_experts = {e}"
+                          " (top-k routing)", k)  # fmt: skip
+    if spec.first_dense_layers >= spec.layers:
+        raise ConfigError(
+            file,
+            f"{prefix}.first_dense_layers",
+            f"must be below layers = {spec.layers} (at least one MoE layer)",
+            spec.first_dense_layers,
+        )
+    cf = spec.capacity_factor
+    if not (cf == 0 or 0 < cf <= e / k) or cf != cf:
+        raise ConfigError(file, f"{prefix}.capacity_factor", f"must be 0 (dropless) or in "
+                          f"(0, num_experts / experts_per_token = {e / k:g}]", cf)  # fmt: skip
+    imb = spec.moe_load_imbalance
+    if not 1.0 <= imb <= e / k:
+        raise ConfigError(file, f"{prefix}.moe_load_imbalance", "busiest expert's tokens over "
+                          f"the mean: must be in [1, num_experts / experts_per_token = {e / k:g}]",
+                          imb)  # fmt: skip

@@ -1,0 +1,557 @@
+"""Mixture-of-experts layers (issue 14 items 1-2): exact parameter counts, the Hugging Face
+importer, FLOPs, memory and expert parallelism.
+
+Every expected count is an independent published integer:
+- Mixtral-8x7B 46,702,792,704 (issue 14; HF mistralai/Mixtral-8x7B-v0.1), 12.9B active
+  (Mistral AI, "Mixtral of experts", 2023 blog and arXiv:2401.04088 §2: "12.9B active");
+- Qwen1.5-MoE-A2.7B 14,315,784,192 (KerasHub qwen_moe preset ``params``; HF card "14.3B in
+  total and 2.7B activated");
+- Qwen3-30B-A3B 30,532,122,624 (HF Qwen/Qwen3-30B-A3B model.safetensors.index.json total_size
+  61,064,245,248 bytes in bf16 / 2; GGUF general.parameter_count); card: 3.3B activated;
+- gpt-oss-20b 20,914,757,184 and gpt-oss-120b 116,829,156,672 (GGUF general.parameter_count of
+  the MXFP4 checkpoints; OpenAI gpt-oss model card Table 1: 20.91B / 116.83B total, 3.61B /
+  5.13B active, which counts the unembedding but not the embedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS, from_hf_config
+
+MOE_DATA = Path(__file__).parent / "data" / "moe"
+
+TOTALS = {
+    "mixtral-8x7b": 46_702_792_704,
+    "qwen1.5-moe-a2.7b": 14_315_784_192,
+    "qwen3-30b-a3b": 30_532_122_624,
+    "gpt-oss-20b": 20_914_757_184,
+    "gpt-oss-120b": 116_829_156_672,
+}
+
+
+@pytest.mark.parametrize(("name", "count"), sorted(TOTALS.items()))
+def test_moe_total_parameters_are_the_published_integers(name: str, count: int) -> None:
+    assert PRESETS[name].total_params() == count
+
+
+def test_mixtral_active_parameters_by_hand() -> None:
+    """Per layer: attention 2·4096² + 2·4096·1024, 2 of the 8 SwiGLU experts 3·4096·14336
+    each, router 4096·8, two RMSNorms; plus embedding and untied head 2·32000·4096 and the final
+    norm: 12,879,925,248 = Mistral's "12.9B active"."""
+    layer = 2 * 4096**2 + 2 * 4096 * 1024 + 2 * 3 * 4096 * 14336 + 4096 * 8 + 2 * 4096
+    expected = 32 * layer + 2 * 32000 * 4096 + 4096
+    m = PRESETS["mixtral-8x7b"]
+    assert m.active_params() == expected == 12_879_925_248
+    assert round(m.active_params() / 1e9, 1) == 12.9
+
+
+@pytest.mark.parametrize(
+    ("name", "published_b", "less_embedding"),
+    [
+        ("qwen1.5-moe-a2.7b", 2.7, False),  # HF card: 2.7B activated
+        ("qwen3-30b-a3b", 3.3, False),  # HF card: 3.3B activated
+        ("gpt-oss-20b", 3.61, True),  # OpenAI card: active, unembedding but no embedding
+        ("gpt-oss-120b", 5.13, True),
+    ],
+)
+def test_moe_active_parameters_match_the_model_cards(name: str, published_b: float,
+                                                     less_embedding: bool) -> None:  # fmt: skip
+    m = PRESETS[name]
+    n = m.active_params() - (m.vocab * m.hidden if less_embedding else 0)
+    # Cards round (2.69 -> 2.7) or truncate (3.35 -> 3.3): within one unit of the last digit.
+    unit = 10.0 ** -len(str(published_b).split(".")[1])
+    assert abs(n / 1e9 - published_b) < unit
+
+
+def test_dense_counts_unchanged_by_the_moe_fields() -> None:
+    m = PRESETS["llama3-8b"]
+    assert m.active_params() == m.total_params() == 8_030_261_248
+    assert not m.is_moe and m.moe_layers == 0
+
+
+@pytest.mark.parametrize(
+    ("fixture", "preset"),
+    [
+        ("mixtral_8x7b_config.json", "mixtral-8x7b"),
+        ("qwen1.5_moe_a2.7b_config.json", "qwen1.5-moe-a2.7b"),
+        ("qwen3_30b_a3b_config.json", "qwen3-30b-a3b"),
+        ("gpt_oss_20b_config.json", "gpt-oss-20b"),
+    ],
+)
+def test_hf_config_import_of_moe_models(fixture: str, preset: str) -> None:
+    """The real config.json (tests/data/moe/SOURCES.md) gives the preset's shape and count."""
+    m = from_hf_config(MOE_DATA / fixture)
+    assert m.total_params() == TOTALS[preset]
+    p = PRESETS[preset]
+    for f in ("num_experts", "experts_per_token", "expert_ffn", "shared_experts", "shared_ffn",
+              "head_dim", "q_dim", "kv_dim"):  # fmt: skip
+        assert getattr(m, f) == getattr(p, f), f
+    assert m.active_params() == p.active_params()
+
+
+def test_hf_config_sparse_step_other_than_one_is_refused(tmp_path: Path) -> None:
+    cfg = (MOE_DATA / "qwen3_30b_a3b_config.json").read_text()
+    f = tmp_path / "config.json"
+    f.write_text(cfg.replace('"decoder_sparse_step": 1', '"decoder_sparse_step": 2'))
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(f)
+    assert ei.value.key == "decoder_sparse_step"
+
+
+def test_shared_expert_and_first_dense_layers_by_hand() -> None:
+    """A small model: 4 layers, the first dense; 4 experts of 32, top-2, one shared expert of
+    64 with its gate; SwiGLU, no biases, RMSNorm, h 16, untied vocab 10."""
+    base = PRESETS["mixtral-8x7b"]
+    m = replace(base, name="tiny", layers=4, hidden=16, heads=2, kv_heads=2, ffn_hidden=48,
+                vocab=10, num_experts=4, experts_per_token=2, moe_ffn_hidden=32,
+                shared_experts=1, shared_expert_ffn_hidden=64, shared_expert_gate=True,
+                first_dense_layers=1)  # fmt: skip
+    attn = 4 * 16 * 16
+    dense = attn + 3 * 16 * 48 + 2 * 16
+    moe_all = attn + 4 * 3 * 16 * 32 + 3 * 16 * 64 + 16 * 4 + 16 + 2 * 16
+    moe_act = attn + 2 * 3 * 16 * 32 + 3 * 16 * 64 + 16 * 4 + 16 + 2 * 16
+    ends = 2 * 10 * 16 + 16
+    assert m.total_params() == dense + 3 * moe_all + ends
+    assert m.active_params() == dense + 3 * moe_act + ends
+    assert [m.is_moe_layer(i) for i in range(4)] == [False, True, True, True]
+    assert m.dense_layers_in(0, 2) == 1 and m.dense_layers_in(2, 4) == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"experts_per_token": 9}, "model.experts_per_token"),
+        ({"experts_per_token": 0}, "model.experts_per_token"),
+        ({"first_dense_layers": 32}, "model.first_dense_layers"),
+        ({"moe_load_imbalance": 0.5}, "model.moe_load_imbalance"),
+        ({"moe_load_imbalance": 4.5}, "model.moe_load_imbalance"),  # > E/k = 4
+        ({"capacity_factor": -1.0}, "model.capacity_factor"),
+        ({"num_experts": 0, "experts_per_token": 2}, "model.experts_per_token"),
+        ({"num_experts": -1}, "model.num_experts"),
+    ],
+)
+def test_bad_moe_fields_name_the_key(changes: dict, key: str) -> None:
+    from simtrain.spec.model import validate_model
+
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["mixtral-8x7b"], **changes))
+    assert ei.value.key == key
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs: FLOPs, parameters and activations per rank
+
+ROOT = Path(__file__).parent.parent
+MIXTRAL = ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml"
+
+
+def _mixtral(*overrides: str):
+    from simtrain.spec.scenario import load_scenario
+
+    return load_scenario(MIXTRAL, list(overrides))
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"])
+def test_moe_block_flops_equal_a_dense_block_of_k_experts_plus_router(name: str) -> None:
+    """Closed form: an MoE block costs what a dense block with an FFN of k·f_e + S·f_s costs,
+    plus the router, 2·T·h·E, and Qwen2-MoE's shared-expert gate, 2·T·h, per forward."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS[name]
+    t = TrainingSpec(seq_len=1024, micro_batch=2)
+    width = m.experts_per_token * m.expert_ffn + m.shared_experts * m.shared_ffn
+    dense = replace(m, num_experts=0, experts_per_token=0, moe_ffn_hidden=0, shared_experts=0,
+                    shared_expert_ffn_hidden=0, shared_expert_gate=False, ffn_hidden=width)  # fmt: skip
+    T = 2 * 1024
+    router = 2 * T * m.hidden * (m.num_experts + (1 if m.shared_expert_gate else 0))
+    moe_bf, dense_bf = block_flops(m, t), block_flops(dense, t)
+    assert moe_bf.forward == pytest.approx(dense_bf.forward + router, rel=1e-15)
+    assert moe_bf.input_grad == pytest.approx(dense_bf.input_grad + router, rel=1e-15)
+    assert moe_bf.attention_core == dense_bf.attention_core
+
+
+def test_mixtral_block_flops_by_hand() -> None:
+    """Mixtral per token forward: 2·(2·4096² + 2·4096·1024) attention projections,
+    2·2·3·4096·14336 for the two routed SwiGLU experts, 2·4096·8 router; 4·s·q for QKᵀ and
+    attention·V (q = 4096)."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    s = 4096
+    t = TrainingSpec(seq_len=s, micro_batch=1)
+    per_token = 2 * (2 * 4096**2 + 2 * 4096 * 1024) + 2 * 2 * 3 * 4096 * 14336 + 2 * 4096 * 8
+    expected = s * per_token + 4 * s * s * 4096
+    assert block_flops(PRESETS["mixtral-8x7b"], t).forward == expected
+
+
+def test_model_flops_count_the_active_experts_only() -> None:
+    """MFU's numerator: 6 x (k active experts) per token and layer, not 6 x all E."""
+    from simtrain.costs.compute import model_flops_per_step
+
+    sc = _mixtral()
+    m = sc.model
+    few = model_flops_per_step(sc)
+    all_experts = model_flops_per_step(replace(sc, model=replace(m, experts_per_token=8)))
+    tokens = sc.training.global_batch * sc.training.seq_len
+    expert = 2 * 3 * m.hidden * m.expert_ffn  # forward FLOPs per token of one expert
+    assert all_experts - few == pytest.approx(3 * m.layers * tokens * expert * 6, rel=1e-12)
+
+
+def test_expert_parameters_per_rank_divide_by_ep() -> None:
+    """Stage 1 of the Mixtral scenario holds 8 MoE blocks; with ep 8 each GPU keeps 1 of the 8
+    experts: 16-bit parameters 2·8·(attention + 1 expert + router + norms)."""
+    from simtrain.costs.memory import stage_memory
+
+    m = PRESETS["mixtral-8x7b"]
+    attn, expert = m.attention_params(), m.mlp_params(m.expert_ffn)
+    router_norms = m.hidden * 8 + 2 * m.hidden
+    for ep in (1, 2, 8):
+        sm = stage_memory(_mixtral(f"parallelism.ep={ep}"), 1)
+        assert sm.category("parameters") == 2 * 8 * (attn + (8 // ep) * expert + router_norms)
+
+
+def test_zero1_shards_experts_over_the_expert_data_parallel_group() -> None:
+    """Distributed optimizer: fp32 master weights of the dense part / dp (16), of the experts
+    / (dp / ep) = 2 (Megatron-Core expert_data_parallel_group)."""
+    from math import ceil
+
+    from simtrain.costs.memory import stage_memory
+
+    m = PRESETS["mixtral-8x7b"]
+    dense_part = 8 * (m.attention_params() + m.hidden * 8 + 2 * m.hidden)
+    experts = 8 * m.mlp_params(m.expert_ffn)  # one local expert per layer with ep 8
+    sm = stage_memory(_mixtral(), 1)
+    assert sm.category("master_weights") == ceil(4 * dense_part / 16) + ceil(4 * experts / 2)
+
+
+def test_moe_saved_tensors_closed_form() -> None:
+    """One Mixtral MoE block, b = 1, s = 4096, bf16, tp 1, load 1: fc1 input 2·k·sb·h, fc1
+    output 2·2·k·sb·f, fc2 input 2·k·sb·f, probabilities 4·k·sb, router softmax 4·sb·E,
+    indices 8·k·sb."""
+    from simtrain.costs.moe import moe_saved_tensors
+
+    m = PRESETS["mixtral-8x7b"]
+    sb, k, h, f, E = 4096, 2, 4096, 14336, 8
+    total = sum(n for _, n, _ in moe_saved_tensors(m, sb, 2))
+    assert (
+        total
+        == 2 * k * sb * h + 4 * k * sb * f + 2 * k * sb * f + 4 * k * sb + 4 * sb * E + 8 * k * sb
+    )
+    # The busiest rank under an imbalance of 1.5 keeps 1.5 x the expert-token tensors.
+    busy = sum(n for _, n, _ in moe_saved_tensors(m, sb, 2, load=1.5))
+    assert busy - total == pytest.approx(
+        0.5 * (2 * k * sb * h + 6 * k * sb * f + 4 * k * sb), abs=4
+    )
+
+
+def test_imbalance_slows_only_expert_parallel_ranks() -> None:
+    """ep = 1 runs every expert on every routed token: the imbalance changes nothing; with ep 8
+    the busiest rank does 1.5 x the routed-expert work; a capacity factor of 1.25 caps it."""
+    from simtrain.costs.compute import chunk_block_flops
+
+    base = chunk_block_flops(_mixtral("parallelism.ep=1"), 8, 8).forward
+    assert chunk_block_flops(_mixtral("parallelism.ep=1", "model.moe_load_imbalance=1.5"), 8,
+                             8).forward == base  # fmt: skip
+    busy = chunk_block_flops(_mixtral("model.moe_load_imbalance=1.5"), 8, 8).forward
+    capped = chunk_block_flops(_mixtral("model.moe_load_imbalance=1.5",
+                                        "model.capacity_factor=1.25"), 8, 8).forward  # fmt: skip
+    routed = 8 * 4096 * 2 * 2 * 3 * 4096 * 14336  # 8 layers, k = 2 experts, per micro-batch
+    assert busy - base == pytest.approx(0.5 * routed, rel=1e-12)
+    assert capped - base == pytest.approx(0.25 * routed, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["parallelism.ep=3"], "parallelism.ep"),  # does not divide 8 experts
+        (
+            [
+                "parallelism.ep=8",
+                "parallelism.dp=4",
+                "parallelism.pp=16",
+                "training.global_batch=64",
+            ],
+            "parallelism.ep",
+        ),  # does not divide dp 4
+        (["model.preset=llama3-8b", "model.num_experts=0"], "parallelism.ep"),  # dense
+        (
+            ["parallelism.tp=2", "parallelism.dp=8", "parallelism.ep=8"],
+            "parallelism.sequence_parallel",
+        ),
+        (["model.experts_per_token=9"], "model.experts_per_token"),
+        (["training.peft.method=lora"], "training.peft.method"),
+        (["training.recompute=selective_op"], "training.recompute"),
+    ],
+)
+def test_bad_expert_parallel_layouts_name_the_key(overrides: list[str], key: str) -> None:
+    from simtrain.spec.scenario import load_scenario
+
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(MIXTRAL, overrides)
+    assert ei.value.key == key
+    assert "\n" not in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expert parallelism: the all-to-alls in the timeline, expert-data-parallel gradients
+
+
+def test_a2a_bytes_closed_form() -> None:
+    """Send buffer of one dispatch on an EP rank: T/tp tokens x k x h x 2 bytes x load."""
+    from simtrain.costs.moe import a2a_bytes
+
+    m = PRESETS["mixtral-8x7b"]
+    assert a2a_bytes(m, 4096, 2) == 4096 * 2 * 4096 * 2
+    assert a2a_bytes(m, 4096, 2, tp=2, load=1.5) == 4096 / 2 * 2 * 4096 * 2 * 1.5
+
+
+def test_ep_alltoall_inside_a_node_is_the_pairwise_exchange_over_nvlink() -> None:
+    """ep 8 GPUs of one DGX: (ep−1)/ep of the send buffer over the GPU's NVLink bandwidth,
+    plus ep − 1 latencies (nccl-tests alltoall: busBw = algBw·(n−1)/n)."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    intra, _ = coll.node_links(sc.hardware)
+    size = 4096 * 2 * 4096 * 2
+    expected = 7 / 8 * size / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    assert ep_alltoall_ns(sc, resolve(sc)) == round(1e9 * expected)
+    busy = _mixtral("model.moe_load_imbalance=2.0")
+    expected2 = 7 / 8 * 2 * size / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    assert ep_alltoall_ns(busy, resolve(busy)) == round(1e9 * expected2)
+
+
+def test_ep_alltoall_across_nodes_goes_through_each_gpus_nic() -> None:
+    """4 GPUs per node: the EP group of 8 spans 2 nodes; each GPU sends 3/8 of its buffer over
+    NVLink and 4/8 through its own NIC, concurrently, plus 7 network latencies."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.costs.workload import nic_plan
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral("cluster.nodes=16", "cluster.gpus_per_node=4")
+    intra, inter = coll.node_links(sc.hardware)
+    size = 4096 * 2 * 4096 * 2
+    t = max(3 / 8 * size / intra.bandwidth_bytes_per_s, 4 / 8 * size / inter.bandwidth_bytes_per_s)
+    step = resolve(sc)
+    assert ep_alltoall_ns(sc, step) == round(1e9 * (t + 7 * inter.latency_s))
+    assert nic_plan(sc, step).crossing("A2A", 0)[0]
+    assert not nic_plan(_mixtral(), resolve(_mixtral())).crossing("A2A", 0)[0]
+
+
+def test_the_alltoalls_are_in_the_timeline() -> None:
+    """Every forward and backward of a chunk with MoE layers is followed by one "A2A" op on the
+    collective stream of 2 x its MoE layers x one all-to-all (dispatch + combine); 16
+    micro-batches x (F + B) x 4 pipeline ranks; none without EP."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    res = simulate_scenario(sc)
+    a2a = [s for s in res.timeline.spans if s.kind == "A2A"]
+    assert len(a2a) == 16 * 2 * 4
+    assert {s.stream for s in a2a} == {"collective"}
+    one = ep_alltoall_ns(sc, resolve(sc))
+    assert {s.end_ns - s.start_ns for s in a2a if s.name.startswith("EP all-to-all")} == {
+        2 * 8 * one
+    }
+    none = simulate_scenario(_mixtral("parallelism.ep=1"))
+    assert not [s for s in none.timeline.spans if s.kind == "A2A"]
+    # The all-to-alls lengthen the step by at least their exposed time on the critical path.
+    assert res.metrics.step_time_s > none.metrics.step_time_s
+
+
+def test_expert_gradients_reduce_over_the_expert_data_parallel_group() -> None:
+    """With ep 8 of dp 16 the experts' gradients are reduce-scattered over 2 ranks in buckets
+    of their own, after the dense buckets over 16."""
+    from simtrain.costs import comm
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.workload import expert_params, rank_work
+    from simtrain.layout.step import resolve
+
+    sc = _mixtral()
+    step = resolve(sc)
+    sm = estimate_memory(sc).stages[1]
+    exp = expert_params(sc, step, 1)
+    m = sc.model
+    assert exp == 8 * m.mlp_params(m.expert_ffn)  # one expert in each of 8 MoE blocks
+    work = rank_work(sc, step, 1, sm.params, sm.trainable)
+    dense = comm.bucket_group_ns(sc, step, "reduce_scatter", 2 * (sm.trainable - exp))
+    experts = comm.expert_bucket_group_ns(sc, step, "reduce_scatter", 2 * exp)
+    assert work.bucket_ns == dense + experts
+    assert comm.edp_ns(sc, step, "reduce_scatter", 1e6) != comm.dp_ns(
+        sc, step, "reduce_scatter", 1e6
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head latent attention and DeepSeek-V3
+
+
+def test_deepseek_v3_main_model_is_671_026_419_200_parameters() -> None:
+    """DeepSeek-V3 main model, every tensor of the checkpoint's layers 0-60 plus embedding, head
+    and final norm: 671,026,419,200 (a tensor-by-tensor recount of the HF checkpoint headers;
+    README_WEIGHTS.md: "671B"). By hand: MLA 187,107,328 per layer; 3 dense SwiGLU blocks of
+    18432; 58 MoE blocks of 256 + 1 experts of 2048 with router and score-correction bias."""
+    m = PRESETS["deepseek-v3"]
+    h = 7168
+    mla = h * 1536 + 1536 + 1536 * 128 * 192 + h * 576 + 512 + 512 * 128 * 256 + 128 * 128 * h
+    assert m.attention_params() == mla == 187_107_328
+    expert = 3 * h * 2048
+    dense_block = mla + 3 * h * 18432 + 2 * h
+    moe_block = mla + 257 * expert + 256 * h + 256 + 2 * h
+    assert m.total_params() == 3 * dense_block + 58 * moe_block + 2 * 129280 * h + h
+    assert m.total_params() == 671_026_419_200
+
+
+def test_deepseek_v3_activated_parameters_match_readme_weights() -> None:
+    """README_WEIGHTS.md: 36.6B activated (output head counted, input embedding not)."""
+    m = PRESETS["deepseek-v3"]
+    assert round((m.active_params() - m.vocab * m.hidden) / 1e9, 1) == 36.6
+
+
+def test_deepseek_v3_checkpoint_total_with_its_mtp_module() -> None:
+    """HF deepseek-ai/DeepSeek-V3 safetensors metadata: total 684,531,386,000 elements, of which
+    F32 41,555,600. The checkpoint is the main model, the MTP module (mtp_params) with its own
+    copies of the embedding and the head (README_WEIGHTS.md: shared in use, stored in layer 61),
+    and the FP8 block scales, which are all the F32 tensors but the 59 routers' 256-entry
+    e_score_correction_bias: an exact balance. The MTP module's transformer block alone is
+    README_WEIGHTS.md's "11.5B unique parameters" (eh_proj and its three norms add 0.1B)."""
+    m = PRESETS["deepseek-v3"]
+    copies = 2 * m.vocab * m.hidden
+    scales = 41_555_600 - 59 * 256
+    assert m.total_params() + m.mtp_params() + copies + scales == 684_531_386_000
+    assert round(m.moe_layer_params() / 1e9, 1) == 11.5
+    assert m.mtp_params() - m.moe_layer_params() == 2 * m.hidden**2 + 3 * m.hidden
+
+
+def test_deepseek_v3_hf_config_import() -> None:
+    m = from_hf_config(MOE_DATA / "deepseek_v3_config.json")
+    assert m.total_params() == 671_026_419_200
+    assert m.mtp_params() == PRESETS["deepseek-v3"].mtp_params()
+    assert m.active_params() == PRESETS["deepseek-v3"].active_params()
+    assert (m.first_dense_layers, m.kv_lora_rank, m.q_dim, m.v_dim) == (
+        3,
+        512,
+        128 * 192,
+        128 * 128,
+    )
+
+
+def test_mla_flops_by_hand() -> None:
+    """One DeepSeek-V3 MoE block forward, b = 1, s = 4096: 2·s·(latent and head projections)
+    + 2·s²·heads·(192 + 128) for Q·Kᵀ and A·V + the MoE FFN (8 routed + 1 shared expert of
+    2048, router 256)."""
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["deepseek-v3"]
+    s, h = 4096, 7168
+    t = TrainingSpec(seq_len=s, micro_batch=1)
+    proj = m.attention_params() - 1536 - 512  # the matmul weights (no norms)
+    core = 2 * s * s * 128 * (192 + 128)
+    ffn = 2 * s * (3 * h * 2048 * 9 + h * 256)
+    bf = block_flops(m, t)
+    assert bf.attention_core == core
+    assert bf.forward == pytest.approx(2 * s * proj + core + ffn, rel=1e-15)
+
+
+def test_mla_parameters_split_over_tp_as_megatron() -> None:
+    """TP 8: q_b, kv_b column-parallel, o row-parallel (1/8 each), the q_a / kv_a
+    down-projections and their norms replicated (Megatron-Core MLA)."""
+    from simtrain.costs.params import layer_param_tensors
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["deepseek-v3"]
+    h = 7168
+    tensors = {x.name: x.numel for x in layer_param_tensors(m, TrainingSpec(), tp=8, moe=False)}
+    assert tensors["q_a.weight"] == h * 1536 and tensors["kv_a.weight"] == h * 576
+    assert tensors["q_b.weight"] == 1536 * 128 * 192 // 8
+    assert tensors["kv_b.weight"] == 512 * 128 * 256 // 8
+    assert tensors["o.weight"] == 128 * 128 * h // 8
+    assert tensors["q_a_layernorm.weight"] == 1536 and tensors["kv_a_layernorm.weight"] == 512
+
+
+def test_deepseek_v3_first_dense_layers_on_the_first_stage() -> None:
+    """With pp 1 the one chunk holds all 61 blocks: 3 dense + 58 MoE blocks' FLOPs."""
+    from simtrain.costs.compute import block_flops, chunk_block_flops
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(
+        MIXTRAL,
+        [
+            "model.preset=deepseek-v3",
+            "parallelism.pp=1",
+            "parallelism.ep=8",
+            "training.seq_len=1024",
+            "cluster.nodes=2",
+        ],
+    )
+    t, m = sc.training, sc.model
+    cb = chunk_block_flops(sc, 61, 0)
+    expected = 3 * block_flops(m, t, moe=False).forward + 58 * block_flops(m, t).forward
+    assert cb.forward == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"kv_lora_rank": 0}, "model.q_lora_rank"),
+        ({"v_head_dim": 0}, "model.kv_lora_rank"),
+        ({"bias": True}, "model.kv_lora_rank"),
+    ],
+)
+def test_bad_mla_fields_name_the_key(changes: dict, key: str) -> None:
+    from simtrain.spec.model import validate_model
+
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["deepseek-v3"], **changes))
+    assert ei.value.key == key
+
+
+# ---------------------------------------------------------------------------------------------
+# The planner searches ep
+
+
+def test_planner_searches_ep_over_the_divisors_of_dp_and_the_experts() -> None:
+    """plans/mixtral_8x7b.yaml: 64 GPUs at tp 1, pp 4 give dp 16, so ep in {1, 2, 4, 8} (the
+    divisors of 16 that divide 8 experts); at tp 2 every ep > 1 comes with sequence
+    parallelism (Megatron-Core), ep 1 keeps the plan's sequence_parallel options."""
+    from simtrain.apps.plan import load_plan
+    from simtrain.apps.plan.layouts import enumerate_layouts
+
+    plan = load_plan(ROOT / "plans" / "mixtral_8x7b.yaml")
+    lays = enumerate_layouts(plan, 32, 32, 8)
+    at = {(x.ep, x.sequence_parallel) for x in lays if x.gpus == 64 and x.tp == 1}
+    assert {ep for ep, _ in at} == {1, 2, 4, 8}
+    assert all(sp for ep, sp in {(x.ep, x.sequence_parallel) for x in lays if x.tp == 2} if ep > 1)
+    dense = enumerate_layouts(plan, 32, 32, 0)
+    assert {x.ep for x in dense} == {1}
+    assert len(dense) == len([x for x in lays if x.ep == 1])
+
+
+def test_plan_of_an_moe_model_runs_and_reports_ep() -> None:
+    from simtrain.apps.plan import load_plan, run_plan
+
+    res = run_plan(load_plan(ROOT / "plans" / "mixtral_8x7b.yaml"))
+    best = res.to_json()["best"]
+    assert best and any(row.get("ep", 1) > 1 for row in best)
+
+
+def test_hardware_flops_do_not_grow_with_the_imbalance() -> None:
+    """The imbalance moves expert work to the busiest rank (its time grows), not the FLOPs all
+    GPUs execute together."""
+    from simtrain.costs.compute import chunk_costs, hardware_flops_per_step
+
+    even, busy = _mixtral(), _mixtral("model.moe_load_imbalance=1.5")
+    assert hardware_flops_per_step(busy) == hardware_flops_per_step(even)
+    assert chunk_costs(busy, 8, False, False, 8).forward_ns > chunk_costs(even, 8, False, False,
+                                                                         8).forward_ns  # fmt: skip
