@@ -289,12 +289,16 @@ def test_megatron_2021_flags(tmp_path: Path) -> None:
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
     f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --cp-comm-type a2a "
-                 "--num-experts 8 --moe-router-topk 2 --frobnicate 3 --lr 1e-4")  # fmt: skip
+                 "--num-experts 8 --moe-router-topk 2 --moe-layer-freq 2 --moe-aux-loss-coeff 1e-2 "
+                 "--frobnicate 3 --lr 1e-4")  # fmt: skip
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
-    for w in ("--fp8-format hybrid", "--cp-comm-type a2a", "--num-experts, --moe-router-topk",
+    for w in ("--fp8-format hybrid", "--cp-comm-type a2a", "--moe-layer-freq 2",
               "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
         assert w in listed, listed
+    assert "--moe-aux-loss-coeff" in imp.no_effect  # routing losses: no FLOPs or bytes
+    model = load_imported(imp).model
+    assert (model.num_experts, model.experts_per_token) == (8, 2)
     assert "--lr" in imp.no_effect and "--lr" not in listed
     assert load_imported(imp).training.precision == "bf16"  # FP8 listed, simulated in bf16
     text = to_yaml(imp, "simtrain import megatron flags.txt")
@@ -437,3 +441,25 @@ def test_read_command_exports_and_env_prefix() -> None:
     cmd = read_command(text, "s.sh")
     assert cmd is not None and cmd.launcher == ("torchrun", "--nproc_per_node", "4")
     assert cmd.program == "train.py" and cmd.args == ("--x", "1")
+
+
+def test_megatron_moe_flags_import_as_experts_and_ep(tmp_path: Path) -> None:
+    """Megatron-Core's MoE flags (arguments.py): --num-experts, --moe-router-topk,
+    --moe-ffn-hidden-size, --moe-shared-expert-intermediate-size and
+    --expert-model-parallel-size become the model's experts and parallelism.ep (Mixtral-like
+    shape); a non-positive ep is one line naming the flag."""
+    f = tmp_path / "moe.txt"
+    f.write_text(BASE + "--bf16 --num-experts 8 --moe-router-topk 2 --moe-ffn-hidden-size 512 "
+                 "--moe-shared-expert-intermediate-size 256 --expert-model-parallel-size 2 "
+                 "--sequence-parallel --moe-grouped-gemm")  # fmt: skip
+    imp = import_config("megatron", f, gpus=8)
+    sc = load_imported(imp)
+    m = sc.model
+    assert (m.num_experts, m.experts_per_token, m.moe_ffn_hidden) == (8, 2, 512)
+    assert (m.shared_experts, m.shared_expert_ffn_hidden) == (1, 256)
+    assert sc.parallelism.ep == 2
+    assert "--moe-grouped-gemm" in imp.no_effect
+    bad = tmp_path / "bad.txt"
+    bad.write_text(BASE + "--num-experts 8 --expert-model-parallel-size 0")
+    r = invoke("import", "megatron", str(bad), "--gpus", "8")
+    one_line_error(r, "--expert-model-parallel-size")

@@ -143,7 +143,7 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1
     pp = f.int_("--pipeline-model-parallel-size", 1) or 1
     cp = f.int_("--context-parallel-size", 1) or 1
-    ep = f.int_("--expert-model-parallel-size", 1) or 1
+    ep = f.int_("--expert-model-parallel-size", 1)
     for flag, v in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
                     ("--context-parallel-size", cp)):  # fmt: skip
         if v < 1:
@@ -156,9 +156,10 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
         if comm not in (None, "p2p"):
             r.unsupported_(f"--cp-comm-type {comm}", "simulated as p2p (Transformer Engine's "
                            "ring exchange of K/V, Megatron's default)")  # fmt: skip
+    if ep is None or ep < 1:
+        raise ConfigError(file, "--expert-model-parallel-size", "must be positive", ep)
     if ep > 1:
-        r.unsupported_(f"--expert-model-parallel-size {ep}", "expert parallelism (mixture of "
-                       "experts) is not simulated")  # fmt: skip
+        r.origin("parallelism.ep", "--expert-model-parallel-size")
 
     model = _model(f, r, tp)
     layers = model["layers"]
@@ -178,7 +179,9 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     _finish(f, r, raw)
     if cp > 1:
         par["cp"] = cp
-    par = {k: par[k] for k in ("dp", "tp", "pp", "cp", "schedule", "virtual_stages", "zero_stage",
+    if ep > 1:
+        par["ep"] = ep
+    par = {k: par[k] for k in ("dp", "tp", "pp", "cp", "ep", "schedule", "virtual_stages", "zero_stage",
                                "sequence_parallel", "bucket_mb", "first_stage_layers",
                                "last_stage_layers", "account_for_embedding",
                                "account_for_loss") if k in par}  # fmt: skip
@@ -262,8 +265,43 @@ def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:
     }  # fmt: skip
     if vocab is None:
         del model["vocab"]
+    model.update(_moe(f, r, ffn))
     model["_seq"] = seq
     return model
+
+
+def _moe(f: Flags, r: Reading, ffn: int) -> dict[str, Any]:
+    """Megatron-Core's MoE flags (megatron/training/arguments.py, d98e8a64): --num-experts E,
+    --moe-router-topk k, --moe-ffn-hidden-size (default --ffn-hidden-size),
+    --moe-shared-expert-intermediate-size (all shared experts together: one shared expert of
+    that width), --moe-layer-freq as an integer 1 (every layer MoE; a pattern list is listed
+    as not simulated). Routing details (load balancing, aux loss, token dropping policy other
+    than dropless) do not change the FLOPs simtrain counts: listed as no effect."""
+    experts = f.int_("--num-experts")
+    if not experts:
+        return {}
+    r.origin("model.num_experts", "--num-experts")
+    out: dict[str, Any] = {"num_experts": experts}
+    out["experts_per_token"] = f.int_("--moe-router-topk", 2)
+    if "--moe-router-topk" not in f:
+        r.assume("--moe-router-topk absent: 2 (Megatron's default)")
+    r.origin("model.experts_per_token", "--moe-router-topk")
+    moe_ffn = f.int_("--moe-ffn-hidden-size")
+    out["moe_ffn_hidden"] = moe_ffn or ffn
+    r.origin("model.moe_ffn_hidden", "--moe-ffn-hidden-size")
+    shared = f.int_("--moe-shared-expert-intermediate-size")
+    if shared:
+        out["shared_experts"] = 1
+        out["shared_expert_ffn_hidden"] = shared
+        r.assume(f"--moe-shared-expert-intermediate-size {shared}: one shared expert of that width")
+    freq = f.value("--moe-layer-freq")
+    if freq not in (None, "1"):
+        r.unsupported_(f"--moe-layer-freq {freq}", "a layer pattern is not simulated: every "
+                       "layer is MoE")  # fmt: skip
+    cap = f.float_("--moe-expert-capacity-factor")
+    if cap:
+        out["capacity_factor"] = cap
+    return out
 
 
 def _positions(f: Flags, r: Reading) -> str:
@@ -539,10 +577,11 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
 
 def _finish(f: Flags, r: Reading, raw: dict[str, str | bool]) -> None:
     """Every flag not read: no effect, or not simulated (MoE flags as one entry)."""
-    moe = [x for x in f.leftover() if x.startswith("--moe-") or x == "--num-experts"]
-    if moe:
+    moe = [x for x in f.leftover() if x.startswith("--moe-")]
+    if moe:  # routing policy, aux losses, dispatcher choice: the FLOPs and bytes do not change
         f.has(*moe)
-        r.unsupported_(", ".join(moe), "mixture of experts is not simulated: a dense model")
+        for x in moe:
+            r.ignore(x)
     for x in f.leftover():
         if x in NO_EFFECT or x.startswith(NO_EFFECT_PREFIXES):
             r.ignore(x)
