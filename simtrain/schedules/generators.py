@@ -166,52 +166,52 @@ def zb_v(pp: int, m: int, v: int = 2) -> Schedule:
         raise ScheduleError(f"zb_v has exactly 2 chunks per rank (got v={v})")
     if pp < 1 or m < 1:
         raise ScheduleError(f"zb_v needs pp >= 1 and m >= 1 (got pp={pp}, m={m})")
-    schedule: Schedule = {}
-    for r in range(pp):
-        s0, s1 = r, 2 * pp - 1 - r
-        n = max(2 * pp - 1, m)
-        ops: list[tuple[int, str, int]] = []
-        cnt = {("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0}
+    return {r: [*_zb_v_rank(r, pp, m), _opt(r)] for r in range(pp)}
 
-        def step(stage: int, kind: str, s0: int = s0, ops: list = ops, cnt: dict = cnt) -> None:
-            chunk = 0 if stage == s0 else 1
-            key = ("F" if kind == F else "B", chunk)
-            ops.append((stage, kind, cnt[key]))
-            cnt[key] += 1
 
-        for _ in range(2 * (pp - r) - 1):
-            step(s0, F)
-        for _ in range(r):
-            step(s1, F)
-            step(s0, F)
-        for _ in range(pp - r):
-            step(s1, F)
-            ops.append((s1, I, cnt[("B", 1)]))
-            step(s1, W)
-        while cnt[("F", 1)] < cnt[("F", 0)] or cnt[("F", 0)] < n:
-            if cnt[("F", 0)] < n:
-                step(s0, F)
-            ops.append((s0, I, cnt[("B", 0)]))
-            step(s0, W)
-            step(s1, F)
-            ops.append((s1, I, cnt[("B", 1)]))
-            step(s1, W)
-        w0, w1 = cnt[("B", 0)], cnt[("B", 1)]
-        for _ in range(r):
-            step(s0, I)
-            step(s1, I)
-        for _ in range(pp - r):
-            step(s0, I)
-            ops.append((s0, W, w0))
-            w0 += 1
-        while w1 < cnt[("B", 1)]:
-            ops.append((s1, W, w1))
-            w1 += 1
-        while w0 < cnt[("B", 0)]:
-            ops.append((s0, W, w0))
-            w0 += 1
-        schedule[r] = [Action(st, k, j) for st, k, j in ops if j < m] + [_opt(r)]
-    return schedule
+def _zb_v_rank(rank: int, pp: int, m: int) -> list[Action]:
+    """One rank's ZB-V order (see :func:`zb_v`): planned for max(2p-1, m) micro-batches,
+    those beyond m dropped."""
+    s0, s1 = rank, 2 * pp - 1 - rank
+    n = max(2 * pp - 1, m)
+    ops: list[Action] = []
+    fwd = {s0: 0, s1: 0}  # next forward micro-batch per stage
+    bwd = {s0: 0, s1: 0}  # next I micro-batch per stage (its W follows at once or later)
+
+    def f(stage: int) -> None:
+        ops.append(Action(stage, F, fwd[stage]))
+        fwd[stage] += 1
+
+    def iw(stage: int) -> None:  # I then W of the same micro-batch
+        ops.extend((Action(stage, I, bwd[stage]), Action(stage, W, bwd[stage])))
+        bwd[stage] += 1
+
+    for _ in range(2 * (pp - rank) - 1):
+        f(s0)
+    for _ in range(rank):
+        f(s1)
+        f(s0)
+    for _ in range(pp - rank):
+        f(s1)
+        iw(s1)
+    while fwd[s1] < fwd[s0] or fwd[s0] < n:
+        if fwd[s0] < n:
+            f(s0)
+        iw(s0)
+        f(s1)
+        iw(s1)
+    w = dict(bwd)  # W's still owed start here
+    for _ in range(rank):
+        for stage in (s0, s1):
+            ops.append(Action(stage, I, bwd[stage]))
+            bwd[stage] += 1
+    for _ in range(pp - rank):
+        ops += [Action(s0, I, bwd[s0]), Action(s0, W, w[s0])]
+        bwd[s0] += 1
+        w[s0] += 1
+    for stage in (s1, s0):
+        ops += [Action(stage, W, j) for j in range(w[stage], bwd[stage])]
+    return [a for a in ops if a.microbatch < m]
 
 
 def dualpipe_v(pp: int, m: int, v: int = 2) -> Schedule:
