@@ -59,7 +59,7 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     otherwise a hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage
     sits on the rank before)."""
     if not 0 <= to_stage <= step.last_stage:
-        return comm.p2p_send_ns(sc, step, step.chunk_rank(stage), 1 if to_stage > stage else -1)
+        return 0  # p2p_pass sends nothing from the first stage back or the last stage on
     rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
     if rank == other:
         return 0
@@ -163,9 +163,9 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     if p.zero_stage == 3:
         return work
     # Buckets overlap the last backward when the rank steps its optimizer once, at the end
-    # (not PipeDream's optimizer step after every backward).
-    single_opt = step.schedule_name != "pipedream"
-    bucketable = step.schedule[rank][-2].kind in ("B", "W") and single_opt
+    bucketable = (
+        step.schedule[rank][-2].kind in ("B", "W") and not step.traits.steps_every_microbatch
+    )
     bucketable = bucketable and rt.overlap_grad_reduce
     zero12 = p.zero_stage in (1, 2)
     op = "reduce_scatter" if zero12 and rt.zero_grad_reduction == "reduce_scatter" else "all_reduce"

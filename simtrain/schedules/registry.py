@@ -52,6 +52,9 @@ class ScheduleTraits:
     chunks_per_rank: int = 0  # a fixed number of chunks per rank (ZB-V: 2); 0 = virtual_stages
     mixed_backward: bool = False  # both full backwards (B) and split ones (I, W): DualPipeV
     min_microbatches_per_stage: int = 0  # m >= this x stages (DualPipeV: 1, m >= 2p)
+    # PipeDream: every micro-batch is a mini-batch with its own optimizer step, so DDP's
+    # bucket hooks cannot overlap one reduction with the last backward (one all-reduce)
+    steps_every_microbatch: bool = False
 
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
@@ -151,7 +154,12 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             virtual=True,
         ),  # fmt: skip
         ScheduleTraits(
-            "pipedream", pipedream, _steady_state_bubble, _one_f_one_b_in_flight, asynchronous=True
+            "pipedream",
+            pipedream,
+            _steady_state_bubble,
+            _one_f_one_b_in_flight,
+            asynchronous=True,
+            steps_every_microbatch=True,
         ),  # fmt: skip
         ScheduleTraits(
             "pipedream_2bw",

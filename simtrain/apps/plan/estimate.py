@@ -117,15 +117,14 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         bubble_ns = 0.0
     else:
         t_avg = sum(r.total for r in ranks) / pp
+        f_avg, i_avg, w_avg = (sum(r[i] for r in ranks) / pp for i in range(3))
         if step.schedule_name == "zb_h1":
-            avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
-            bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0)
+            bubble_ns = (pp - 1) * max(f_avg + i_avg - w_avg, 0.0)
         elif step.traits.placement == "v":
-            # ZB-V and DualPipeV (executed orders, tests/test_schedules.py): a rank's F + I - W
-            # over two chunks, (p-1)(F+I-W)/2; exact at F = I = W (and for DualPipeV at
-            # I = 2W), an estimate otherwise
-            avg = [sum(r[i] for r in ranks) / pp for i in range(3)]
-            bubble_ns = (pp - 1) * max(avg[0] + avg[1] - avg[2], 0.0) / 2
+            # ZB-V and DualPipeV (executed orders, tests/test_schedules.py): ZB-H1's F + I - W
+            # over a rank's two chunks, (p-1)(F+I-W)/2; exact at F = I = W (and for DualPipeV
+            # at I = 2W), an estimate otherwise
+            bubble_ns = (pp - 1) * max(f_avg + i_avg - w_avg, 0.0) / 2
         elif step.schedule_name == "naive":
             bubble_ns = (pp - 1) * step.microbatches * t_avg
         else:
@@ -162,8 +161,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
     op = "all_reduce" if p.zero_stage == 0 else "reduce_scatter"
-    single_opt = step.schedule_name != "pipedream"  # PipeDream steps after every backward
-    bucketable = step.schedule[0][-2].kind in ("B", "W") and single_opt
+    bucketable = step.schedule[0][-2].kind in ("B", "W") and not step.traits.steps_every_microbatch
     if bucketable:
         dp_exposed = _bucketed_exposed_ns(sc, step, op, grad_bytes, last_backward)
     else:
