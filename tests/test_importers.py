@@ -463,3 +463,15 @@ def test_megatron_moe_flags_import_as_experts_and_ep(tmp_path: Path) -> None:
     bad.write_text(BASE + "--num-experts 8 --expert-model-parallel-size 0")
     r = invoke("import", "megatron", str(bad), "--gpus", "8")
     one_line_error(r, "--expert-model-parallel-size")
+
+
+def test_the_importers_parallel_keys_are_scenario_keys() -> None:
+    """Every key an importer may write under ``parallelism`` is a field of the scenario's
+    ParallelSpec (the one list both importers filter with: importers.common.PARALLEL_KEYS)."""
+    from dataclasses import fields
+
+    from simtrain.apps.importers.common import PARALLEL_KEYS, parallel_section
+    from simtrain.spec.scenario import ParallelSpec
+
+    assert set(PARALLEL_KEYS) <= {f.name for f in fields(ParallelSpec)}
+    assert list(parallel_section({"ep": 2, "_tmp": 1, "dp": 4})) == ["dp", "ep"]

@@ -145,6 +145,18 @@ def world_and_dp(r: Reading, world: int | None, world_from: str, gpus: int | Non
     return world // model_parallel
 
 
+#: The ``parallelism`` keys an importer writes, in the order the scenario file shows them.
+PARALLEL_KEYS = ("dp", "tp", "pp", "cp", "ep", "schedule", "virtual_stages", "zero_stage",
+                 "sequence_parallel", "bucket_mb", "zero3_max_live_params", "first_stage_layers",
+                 "last_stage_layers", "account_for_embedding", "account_for_loss")  # fmt: skip
+
+
+def parallel_section(par: dict[str, Any]) -> dict[str, Any]:
+    """The ``parallelism`` section of an imported scenario: the keys of :data:`PARALLEL_KEYS`
+    that the reading set (its working values under other names are left out), in that order."""
+    return {k: par[k] for k in PARALLEL_KEYS if k in par}
+
+
 def grad_bucket_mb(elements: float, grad_bytes: int) -> float:
     """A bucket of ``elements`` gradient elements in MB (simtrain's bucket_mb counts bytes:
     costs.comm.ddp_buckets)."""

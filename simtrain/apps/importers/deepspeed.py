@@ -30,6 +30,7 @@ from simtrain.apps.importers.common import (
     Reading,
     clean_number,
     grad_bucket_mb,
+    parallel_section,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
@@ -273,8 +274,7 @@ def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = Non
             r.ignore(k)
         else:
             r.unsupported_(k, "not a key this importer knows")
-    par = {k: par[k] for k in ("dp", "tp", "pp", "zero_stage", "bucket_mb",
-                               "zero3_max_live_params") if k in par}  # fmt: skip
+    par = parallel_section(par)
     return r.scenario(
         f"Imported from a DeepSpeed config ({Path(file).name}) and {model}",
         "a DeepSpeed config names no GPU",

@@ -35,6 +35,7 @@ from simtrain.apps.importers.common import (
     Reading,
     clean_number,
     grad_bucket_mb,
+    parallel_section,
     world_and_dp,
 )
 from simtrain.apps.importers.flags import Flags
@@ -181,10 +182,7 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
         par["cp"] = cp
     if ep > 1:
         par["ep"] = ep
-    par = {k: par[k] for k in ("dp", "tp", "pp", "cp", "ep", "schedule", "virtual_stages", "zero_stage",
-                               "sequence_parallel", "bucket_mb", "first_stage_layers",
-                               "last_stage_layers", "account_for_embedding",
-                               "account_for_loss") if k in par}  # fmt: skip
+    par = parallel_section(par)
     return r.scenario(
         f"Imported from Megatron-LM flags ({Path(file).name})",
         "Megatron-LM flags name no GPU",
