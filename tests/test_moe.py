@@ -555,3 +555,30 @@ def test_hardware_flops_do_not_grow_with_the_imbalance() -> None:
     assert hardware_flops_per_step(busy) == hardware_flops_per_step(even)
     assert chunk_costs(busy, 8, False, False, 8).forward_ns > chunk_costs(even, 8, False, False,
                                                                          8).forward_ns  # fmt: skip
+
+
+def test_expert_all_to_all_and_its_buffers_carry_one_gpus_tokens_under_context_parallelism():
+    """With cp the GPU routes only its s/cp tokens of each sequence (Megatron-Core
+    get_batch_on_this_cp_rank): the all-to-all message and the dispatch buffers are half at
+    cp 2 (same ep, same micro-batch), as a2a_bytes of half the tokens."""
+    from pathlib import Path
+
+    from simtrain.costs import comm
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.moe import a2a_bytes, moe_load
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import load_scenario
+
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "mixtral_8x7b_ep8.yaml"
+    one = load_scenario(path, ["parallelism.pp=1", "parallelism.dp=64", "training.global_batch=64"])
+    two = load_scenario(path, ["parallelism.pp=1", "parallelism.dp=32", "parallelism.cp=2",
+                               "training.global_batch=64"])  # fmt: skip
+    m = one.model
+    for sc, tokens in ((one, 4096), (two, 2048)):
+        step = resolve(sc)
+        size = a2a_bytes(m, tokens, step.precision.act_mm, 1, moe_load(m, 8))
+        want = comm.collective_ns(sc, step, "all_to_all", size, 8, step.groups.dp_stride)
+        assert comm.ep_alltoall_ns(sc, step) == want
+    b1 = estimate_memory(one).stages[0].breakdown.buffers
+    b2 = estimate_memory(two).stages[0].breakdown.buffers
+    assert b1 > b2

@@ -67,8 +67,9 @@ def ep_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
     m, p = sc.model, sc.parallelism
     if not m.is_moe or p.ep <= 1:
         return 0
-    size = a2a_bytes(m, step.micro_batch * step.seq_len_effective, step.precision.act_mm, p.tp,
-                     moe_load(m, p.ep))  # fmt: skip
+    # one GPU's tokens: with context parallelism its s/cp of each sequence (cp_rank_training)
+    tokens = step.micro_batch * step.seq_len_effective // p.cp
+    size = a2a_bytes(m, tokens, step.precision.act_mm, p.tp, moe_load(m, p.ep))
     return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.dp_stride)
 
 

@@ -231,7 +231,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         # One MoE layer's dispatch at a time: the permuted tokens (all-to-all send buffer)
         # and the received ones (Megatron-Core MoEAlltoAllTokenDispatcher; costs.moe).
         load = moe_load(sc.model, p.ep)
-        tokens = t.micro_batch * step.seq_len_effective
+        tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
     return buffers, opt_ws, gather
 
