@@ -206,7 +206,7 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
     from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
     from simtrain.schedules import traits as schedule_traits
 
-    virtual_stages = schedule_traits(name).chunks_per_rank or virtual_stages  # ZB-V: 2
+    virtual_stages = schedule_traits(name).chunks(virtual_stages)  # ZB-V, DualPipeV: 2
     sched = build_schedule(name, pp, microbatches, virtual_stages)
     click.echo("order of actions per GPU (stage, kind, micro-batch):")
     click.echo(format_grid(sched))

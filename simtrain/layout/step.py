@@ -87,8 +87,8 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
     mb = microbatches(t, p)
     name = p.schedule if p.pp > 1 else "1f1b"
     tr = traits(name)
-    if tr.chunks_per_rank and p.virtual_stages != tr.chunks_per_rank:
-        p = replace(p, virtual_stages=tr.chunks_per_rank)  # ZB-V: always two chunks per rank
+    if tr.chunks(p.virtual_stages) != p.virtual_stages:
+        p = replace(p, virtual_stages=tr.chunks(p.virtual_stages))  # ZB-V, DualPipeV: 2
     split = split_layers(m, p)
     prec = PRECISIONS[t.precision]
     return ResolvedStep(

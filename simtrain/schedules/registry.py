@@ -56,6 +56,11 @@ class ScheduleTraits:
     # bucket hooks cannot overlap one reduction with the last backward (one all-reduce)
     steps_every_microbatch: bool = False
 
+    def chunks(self, v: int) -> int:
+        """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
+        the ``v`` asked for."""
+        return self.chunks_per_rank or v
+
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
         return pp if self.virtual and pp > 1 else 1
@@ -209,7 +214,7 @@ def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
     """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank (a schedule with a
     fixed number of chunks per rank, ZB-V's 2, takes its own)."""
     tr = traits(name)
-    return tr.generator(pp, m, tr.chunks_per_rank or v)
+    return tr.generator(pp, m, tr.chunks(v))
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
