@@ -22,6 +22,7 @@ from simtrain.costs.host import LAYER_OPS, layer_ops
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
+from simtrain.spec.scenario import parse_scenario
 from simtrain.spec.runtime import (
     DEFAULT_RUNTIME,
     KEYS,
@@ -309,3 +310,37 @@ def test_an_overlap_with_nothing_to_overlap_does_not_apply_outside_a_scenario_fi
     on = scenario({"tp_comm_overlap": True, "overlap_param_gather": True})
     off = scenario({"tp_comm_overlap": False, "overlap_param_gather": False})
     assert step_ns(on) == step_ns(off)
+
+
+def test_megatron_core_gradient_buffer_is_fp32_and_adam_is_fused():
+    """Megatron-Core keeps the gradients in its DDP buffer, fp32 when reduced in fp32
+    (param_and_grad_buffer.py: grad_dtype = torch.float if grad_reduce_in_fp32), and steps a
+    fused multi-tensor Adam (core/optimizer/__init__.py): gradients = 4 B x trainable, no
+    master-gradient copy, no Adam temporaries. Against the same layout under the default
+    runtime (16-bit gradients, fp32 master gradients and single-tensor Adam temporaries)."""
+    base = {
+        "name": "mc",
+        "model": {"preset": "gpt2"},
+        "hardware": "a100_sxm4_80gb",
+        "cluster": {"nodes": 1, "gpus_per_node": 2},
+        "training": {"seq_len": 256, "global_batch": 4, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"dp": 2, "tp": 1, "pp": 1, "zero_stage": 1},
+    }
+    mc = parse_scenario(
+        {**base, "runtime": {"name": "megatron_core", "grad_reduce_dtype": "fp32"}}, "mc.yaml"
+    )
+    plain = parse_scenario(base, "plain.yaml")
+    a, b = estimate_memory(mc).stages[0], estimate_memory(plain).stages[0]
+    assert a.trainable == b.trainable > 0
+    assert a.category("gradients") == 4 * a.trainable
+    assert b.category("gradients") == 2 * b.trainable
+    assert a.optimizer_working_bytes == 0
+    # default: fp32 master gradients of the ZeRO-1 shard + 2 x the largest tensor's shard
+    assert b.optimizer_working_bytes >= 4 * (b.trainable // 2)
+    # the buffer is persistent: never transient, even on one GPU with one micro-batch
+    one = {**base, "cluster": {"nodes": 1, "gpus_per_node": 1}}
+    one["training"] = {**base["training"], "global_batch": 1}
+    one["parallelism"] = {"dp": 1, "tp": 1, "pp": 1}
+    solo = parse_scenario({**one, "runtime": "megatron_core"}, "solo.yaml")
+    assert estimate_memory(solo).stages[0].transient_gradient_bytes == 0
+    assert estimate_memory(parse_scenario(one, "solo.yaml")).stages[0].transient_gradient_bytes

@@ -90,6 +90,8 @@ class StageMemory:
     trainable: int = 0
     loss_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> loss working memory
     optimizer_working_bytes: int = 0  # temporaries of the optimizer step
+    # gradients that exist only from the backward to the optimizer step (gradients_transient)
+    transient_gradient_bytes: int = 0
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
@@ -201,7 +203,9 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     transient working memory of casts, dequantisation, ZeRO-3 gathers and communication."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
-    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable)
+    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
+                                     fused=sc.runtime.fused_optimizer,
+                                     fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4)  # fmt: skip
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
@@ -252,18 +256,23 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     if any(c.head for c in mine):
         ends += head_param_tensors(m, t, tp, p.pp)
     n_layers = step.rank_layers(stage)
-    experts = model_state_bytes([x for x in layer if x.name.startswith(EXPERT_PREFIX)], t)
+    gb = buffer_grad_bytes(sc, step)
+
+    def states(ts: list[ParamTensor]) -> ModelStateBytes:
+        return model_state_bytes(ts, t, gb)
+
+    experts = states([x for x in layer if x.name.startswith(EXPERT_PREFIX)])
     if m.is_moe:  # the first dense blocks, the MoE ones with their E/ep local experts
         dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine)
         dense_layer = layer_param_tensors(m, t, tp, moe=False)
-        ms = add_states(add_states(scale_states(model_state_bytes(layer, t), n_layers - dense),
-                                   scale_states(model_state_bytes(dense_layer, t), dense)),
-                        model_state_bytes(ends, t))  # fmt: skip
+        ms = add_states(add_states(scale_states(states(layer), n_layers - dense),
+                                   scale_states(states(dense_layer), dense)),
+                        states(ends))  # fmt: skip
         experts = scale_states(experts, n_layers - dense)
         layer = layer + (dense_layer if dense else [])
     else:
-        ms = add_states(scale_states(model_state_bytes(layer, t), n_layers),
-                        model_state_bytes(ends, t))  # fmt: skip
+        ms = add_states(scale_states(states(layer), n_layers),
+                        states(ends))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, dp // p.ep)
     host = 0
     if t.offload.optimizer:
@@ -327,7 +336,9 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         "buffers": buffers,
     }
     transient_b = 0
-    if step.gradients_transient:
+    # (a runtime's persistent gradient buffer is never transient: grads_in_reduce_buffer)
+    transient = step.gradients_transient and not sc.runtime.grads_in_reduce_buffer
+    if transient:
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
         # together: peak = rest + max(activations, gradients) (measured: simtrain.torchref).
@@ -345,7 +356,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
         naive_dp_gather_bytes=gather, buffers=buffers,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
-        gradients_transient=step.gradients_transient,
+        gradients_transient=transient,
     )  # fmt: skip
     return StageMemory(
         stage=stage,
@@ -361,6 +372,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         trainable=ms.trainable,
         loss_bytes=tuple(sorted(act.loss_bytes.items())),
         optimizer_working_bytes=opt_ws,
+        transient_gradient_bytes=transient_b,
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
@@ -390,6 +402,16 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
         out["activations"] = walk.optimizer_saved
         out["buffers"] = base_buffers + opt_ws
     return out
+
+
+def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
+    """Gradient bytes per trainable element under a runtime that keeps the gradients in its
+    reduction buffer (Megatron-Core DDP, ``param_and_grad_buffer.py``: fp32 when
+    ``grad_reduce_in_fp32``, else the parameters' dtype); None: the precision's own."""
+    rt = sc.runtime
+    if not rt.grads_in_reduce_buffer:
+        return None
+    return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
 
 
 def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:

@@ -216,8 +216,11 @@ class ModelStateBytes:
     trainable: int
 
 
-def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelStateBytes:
-    """Bytes of parameters, fp32 master copies, gradients and optimizer states.
+def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec,
+                      grad_bytes: int | None = None) -> ModelStateBytes:  # fmt: skip
+    """Bytes of parameters, fp32 master copies, gradients and optimizer states. ``grad_bytes``:
+    the gradients' bytes per trainable element when a runtime keeps them in a buffer of its own
+    dtype (:attr:`RuntimeProfile.grads_in_reduce_buffer`); by default the precision's.
 
     Frozen parameters get no gradient, master copy or optimizer state. QLoRA base weights are
     NF4 (:func:`nf4_bytes`); its LoRA weights stay 16-bit with no master copy (Dettmers et al.
@@ -238,7 +241,7 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> ModelState
         if not p.trainable:
             continue
         n_train += p.numel
-        grads += p.numel * (prec.grad + prec.grad_accum)
+        grads += p.numel * (prec.grad + prec.grad_accum if grad_bytes is None else grad_bytes)
         if not qlora:
             master += p.numel * prec.master
         state_bytes = 4 if qlora else prec.state
@@ -257,25 +260,33 @@ def add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
 
 
 def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
-                            trainable: int) -> int:  # fmt: skip
+                            trainable: int, fused: bool = False,
+                            fp32_grad_buffer: bool = False) -> int:  # fmt: skip
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
     (torch/optim/adam.py ``_single_tensor_adam``; measured with simtrain.torchref.measure). SGD updates
     in place. With fp32 master weights, plus the fp32 master gradients of all ``trainable``
-    parameters (below). With ZeRO the optimizer sees 1/``shards`` of each tensor."""
+    parameters (below). With ZeRO the optimizer sees 1/``shards`` of each tensor.
+
+    ``fused``: a multi-tensor fused Adam that updates in place (Transformer Engine's or apex's
+    ``FusedAdam``, Megatron-Core's optimizer: NVIDIA/Megatron-LM d98e8a64
+    megatron/core/optimizer/__init__.py l.14-20) has no such temporaries.
+    ``fp32_grad_buffer``: the gradients already are fp32 (Megatron-Core's ``main_grad`` buffer
+    with grad_reduce_in_fp32): the master gradient is a view of it, ``shard_model_grad.float()``
+    of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy."""
     if t.offload.optimizer:
         return 0
     prec = PRECISIONS[t.precision]
     master_grads = 0
-    if prec.master and not prec.grad_accum:
+    if prec.master and not prec.grad_accum and not fp32_grad_buffer:
         # Mixed precision with fp32 master weights: before the update every 16-bit gradient is
         # cast to an fp32 master gradient, all of them at once (Megatron
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
         master_grads = prec.master * ceil(trainable / shards)
-    if t.optimizer not in ("adam", "adamw"):
+    if t.optimizer not in ("adam", "adamw") or fused:
         return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
     state = 4 if t.peft.method == "qlora" else prec.state

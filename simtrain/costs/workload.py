@@ -11,7 +11,7 @@ from dataclasses import replace
 from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.host import action_host_ns
-from simtrain.costs.memory import MemoryReport, persistent_gradient_bytes
+from simtrain.costs.memory import MemoryReport
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -234,8 +234,7 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
     out = {}
     for sm in mem.stages:
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
-        if step.gradients_transient:
-            cats["gradients"] = persistent_gradient_bytes(step, sm.trainable)
+        cats["gradients"] -= sm.transient_gradient_bytes
         cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
         out[sm.stage] = cats
     return out
@@ -248,9 +247,8 @@ def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[t
     out = {}
     for sm in mem.stages:
         alloc = []
-        if step.gradients_transient:
-            grads = sm.category("gradients") - persistent_gradient_bytes(step, sm.trainable)
-            alloc.append(("gradients", grads))
+        if sm.transient_gradient_bytes:
+            alloc.append(("gradients", sm.transient_gradient_bytes))
         ws = sm.optimizer_working_bytes
         if ws:
             alloc.append(("buffers", ws))

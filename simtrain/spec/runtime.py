@@ -65,6 +65,15 @@ class RuntimeProfile:
     # Bytes on the wire of each gradient element in the data-parallel reduction: "grad" (the
     # gradients' own dtype) or "fp32" (reduced from an fp32 accumulation buffer or upcast).
     grad_reduce_dtype: str = "grad"
+    # The gradients live in one persistent buffer of the reduction's dtype, allocated when the
+    # model is wrapped (Megatron-Core DDP: core/distributed/param_and_grad_buffer.py, grad_dtype =
+    # torch.float if grad_reduce_in_fp32 else the parameters' dtype; gradient-accumulation fusion
+    # writes each weight gradient straight into it, no 16-bit ``.grad`` is kept): with
+    # ``grad_reduce_dtype: fp32`` 4 bytes per trainable parameter, never freed between steps.
+    grads_in_reduce_buffer: bool = False
+    # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
+    # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
+    fused_optimizer: bool = False
     # ZeRO-1/2's gradient reduction: "reduce_scatter" (each rank receives its shard; DeepSpeed,
     # Megatron's distributed optimizer) or "all_reduce" (every rank receives every gradient).
     zero_grad_reduction: str = "reduce_scatter"
@@ -95,7 +104,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic")
+BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
+         "grads_in_reduce_buffer", "fused_optimizer")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
