@@ -22,7 +22,6 @@ from simtrain.costs.host import LAYER_OPS, layer_ops
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
-from simtrain.spec.scenario import parse_scenario
 from simtrain.spec.runtime import (
     DEFAULT_RUNTIME,
     KEYS,
