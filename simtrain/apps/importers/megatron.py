@@ -25,6 +25,7 @@ the backward) unless ``--DDP-impl torch``; the others under ``megatron_core``.
 
 from __future__ import annotations
 
+import ast
 import math
 from pathlib import Path
 from typing import Any
@@ -263,17 +264,51 @@ def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:
     }  # fmt: skip
     if vocab is None:
         del model["vocab"]
-    model.update(_moe(f, r, ffn))
+    model.update(_mla(f, r))
+    model.update(_moe(f, r, ffn, layers))
     model["_seq"] = seq
     return model
 
 
-def _moe(f: Flags, r: Reading, ffn: int) -> dict[str, Any]:
+#: Multi-latent attention flags -> simtrain's MLA keys, with Megatron's defaults
+#: (training/arguments.py _add_mla_args, d98e8a64; q_lora_rank None = Q straight from h).
+MLA_FLAGS = (("--q-lora-rank", "q_lora_rank", 0), ("--kv-lora-rank", "kv_lora_rank", 32),
+             ("--qk-head-dim", "qk_nope_head_dim", 128),
+             ("--qk-pos-emb-head-dim", "qk_rope_head_dim", 64),
+             ("--v-head-dim", "v_head_dim", 128))  # fmt: skip
+
+
+def _mla(f: Flags, r: Reading) -> dict[str, Any]:
+    """``--multi-latent-attention`` (DeepSeek-V2 §2.1): its latent ranks and head sizes. With
+    MLA, ``--qk-layernorm`` is the RMSNorm of the Q and KV latents (core/models/gpt/
+    gpt_layer_specs.py: ``q_layernorm`` / ``kv_layernorm``), which simtrain's MLA always has;
+    without it, the per-head Q/K norm (``model.qk_norm``)."""
+    if not f.bool_("--multi-latent-attention"):
+        if f.bool_("--qk-layernorm"):
+            r.origin("model.qk_norm", "--qk-layernorm")
+            return {"qk_norm": True}
+        return {}
+    out: dict[str, Any] = {}
+    for flag, key, default in MLA_FLAGS:
+        v = f.int_(flag)
+        if v is None:
+            v = default
+            r.assume(f"{flag} absent: {default} (Megatron's default)")
+        out[key] = v
+        r.origin(f"model.{key}", flag)
+    if not f.bool_("--qk-layernorm"):
+        r.assume("--multi-latent-attention without --qk-layernorm: the latents' two RMSNorms "
+                 "are counted anyway (2 x their rank parameters)")  # fmt: skip
+    return out
+
+
+def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     """Megatron-Core's MoE flags (megatron/training/arguments.py, d98e8a64): --num-experts E,
     --moe-router-topk k, --moe-ffn-hidden-size (default --ffn-hidden-size),
     --moe-shared-expert-intermediate-size (all shared experts together: one shared expert of
-    that width), --moe-layer-freq as an integer 1 (every layer MoE; a pattern list is listed
-    as not simulated). Routing details (load balancing, aux loss, token dropping policy other
+    that width), --moe-layer-freq as an integer 1 (every layer MoE) or a pattern whose dense
+    layers all come first (DeepSeek's ``([0]*k+[1]*n)*1``: ``first_dense_layers`` k; any other
+    pattern is listed as not simulated). Routing details (load balancing, aux loss, token dropping policy other
     than dropless) do not change the FLOPs simtrain counts: listed as no effect."""
     experts = f.int_("--num-experts")
     if not experts:
@@ -294,12 +329,47 @@ def _moe(f: Flags, r: Reading, ffn: int) -> dict[str, Any]:
         r.assume(f"--moe-shared-expert-intermediate-size {shared}: one shared expert of that width")
     freq = f.value("--moe-layer-freq")
     if freq not in (None, "1"):
-        r.unsupported_(f"--moe-layer-freq {freq}", "a layer pattern is not simulated: every "
-                       "layer is MoE")  # fmt: skip
+        pattern = layer_pattern(freq)
+        dense = pattern.index(1) if pattern and 1 in pattern else -1
+        if pattern and len(pattern) == layers and dense >= 0 and all(pattern[dense:]):
+            if dense:
+                out["first_dense_layers"] = dense
+            r.origin("model.first_dense_layers", "--moe-layer-freq")
+        else:
+            r.unsupported_(f"--moe-layer-freq {freq}", "only a pattern of dense layers first, "
+                           "then MoE, is simulated: every layer is MoE")  # fmt: skip
     cap = f.float_("--moe-expert-capacity-factor")
     if cap:
         out["capacity_factor"] = cap
     return out
+
+
+def layer_pattern(text: str) -> list[int] | None:
+    """Megatron's ``--moe-layer-freq`` list expression (``([0]*3+[1]*58)*1``, or ``[0,1,1]``)
+    evaluated without ``eval``: lists of 0/1, ``+`` of lists and ``*`` by an integer; None if
+    the text is anything else (training/arguments.py moe_freq_type evaluates it in Python)."""
+
+    def ev(node: ast.AST) -> list[int] | int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.List):
+            items = [ev(e) for e in node.elts]
+            if all(type(i) is int and i in (0, 1) for i in items):
+                return [int(i) for i in items]  # type: ignore[arg-type]
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Add) and isinstance(a, list) and isinstance(b, list):
+                return a + b
+            if isinstance(node.op, ast.Mult) and isinstance(a, list) and type(b) is int:
+                if 0 <= b <= 4096 and len(a) * b <= 4096:
+                    return a * b
+        raise ValueError(text)
+
+    try:
+        out = ev(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    return out if isinstance(out, list) else None
 
 
 def _positions(f: Flags, r: Reading) -> str:
@@ -386,8 +456,7 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     if grad_fp32 and precision != "fp32":
         if bf16:
             r.assume("--bf16: gradients accumulated and reduced in fp32 (Megatron forces it for "
-                     "bf16); the fp32 main-gradient buffer is 2 B/param more than simtrain's "
-                     "bf16 counts")  # fmt: skip
+                     "bf16): an fp32 main-gradient buffer, 4 B/param (runtime megatron_core)")  # fmt: skip
     opt = f.value("--optimizer") or "adam"
     if opt == "adam":
         training["optimizer"] = "adamw"
@@ -533,8 +602,9 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
                v: int) -> None:  # fmt: skip
     gran = f.value("--recompute-granularity")
     method = f.value("--recompute-method") or f.value("--activations-checkpoint-method")
-    n = f.int_("--recompute-num-layers") or f.int_("--activations-checkpoint-num-layers")
-    n = n or f.int_("--checkpoint-num-layers") or 1
+    given = [f.int_(k) for k in ("--recompute-num-layers", "--activations-checkpoint-num-layers",
+                                 "--checkpoint-num-layers")]  # fmt: skip
+    n = next((x for x in given if x is not None), 1)
     if f.bool_("--checkpoint-activations"):
         gran = gran or "full"
         method = method or "uniform"
@@ -553,6 +623,12 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
     if gran != "full":
         raise ConfigError(r.file, "--recompute-granularity", "unknown value", gran,
                           "full | selective")  # fmt: skip
+    if method == "block" and n == 0:
+        # core/transformer/transformer_block.py _checkpointed_forward: with the block method
+        # the first recompute_num_layers layers of each stage are checkpointed; 0 = none.
+        training["recompute"] = "none"
+        r.assume("--recompute-method block --recompute-num-layers 0: no layer is recomputed")
+        return
     training["recompute"] = "full"
     per_stage = max(1, layers // (pp * v))
     if method is None:
