@@ -582,3 +582,43 @@ def test_expert_all_to_all_and_its_buffers_carry_one_gpus_tokens_under_context_p
     b1 = estimate_memory(one).stages[0].breakdown.buffers
     b2 = estimate_memory(two).stages[0].breakdown.buffers
     assert b1 > b2
+
+
+def test_routed_experts_run_at_the_grouped_gemm_efficiency():
+    """Kernel class: the routed experts' GEMMs (one grouped GEMM over the local experts) at
+    ``efficiency.grouped_matmul``, every other GEMM at ``matmul``. On the B200 profile (SimuMax's
+    measured 0.302 and 0.488): forward = (F - G) / (peak x 0.488) + G / (peak x 0.302) + bytes /
+    (HBM x memory_bound), G = 2·T·h·3·k·f_e / tp (SwiGLU). A profile without the key prices
+    them as dense GEMMs (the H100's: G / (peak x matmul))."""
+    import math
+
+    from simtrain.costs.compute import block_flops, chunk_costs
+    from simtrain.spec.scenario import parse_scenario
+
+    def sc(hw: str):
+        return parse_scenario({
+            "name": "moe", "hardware": hw,
+            "model": {"preset": "mixtral-8x7b", "layers": 2, "flash_attention": True},
+            "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "training": {"seq_len": 1024, "global_batch": 8, "micro_batch": 1,
+                         "precision": "bf16"},
+            "parallelism": {"dp": 8, "tp": 1, "pp": 1, "ep": 8, "zero_stage": 1},
+        }, "moe.yaml")  # fmt: skip
+
+    b200 = sc("b200_180gb")
+    m, t, hw = b200.model, b200.training, b200.hardware
+    bf = block_flops(m, t, 1)
+    assert bf.grouped == 2 * 1024 * 3 * m.hidden * m.experts_per_token * m.expert_ffn
+    assert 0 < bf.grouped < bf.forward
+    eff = hw.efficiency
+    assert (eff.matmul, eff.grouped) == (0.488, 0.302)
+    peak = hw.compute_peak("bf16")
+    mem = bf.elementwise_bytes_fwd / (hw.hbm_bandwidth_bytes_per_s * eff.memory_bound)
+    gemm = (bf.forward - bf.grouped) / (peak * eff.matmul) + bf.grouped / (peak * eff.grouped)
+    assert chunk_costs(b200, 1, False, False, lo=0).forward_ns == math.ceil(1e9 * (gemm + mem))
+    h100 = sc("h100_sxm5_80gb")
+    hh = h100.hardware
+    assert hh.efficiency.grouped_matmul is None and hh.efficiency.grouped == hh.efficiency.matmul
+    mem_h = bf.elementwise_bytes_fwd / (hh.hbm_bandwidth_bytes_per_s * hh.efficiency.memory_bound)
+    dense = bf.forward / (hh.compute_peak("bf16") * hh.efficiency.matmul)
+    assert chunk_costs(h100, 1, False, False, lo=0).forward_ns == math.ceil(1e9 * (dense + mem_h))

@@ -28,7 +28,12 @@ from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
 from simtrain.costs.cp import ring_layer
 from simtrain.costs.fp8 import cast_bytes
-from simtrain.costs.moe import moe_elementwise_bytes_per_token, moe_load, moe_mlp_flops
+from simtrain.costs.moe import (
+    moe_elementwise_bytes_per_token,
+    moe_load,
+    moe_mlp_flops,
+    routed_expert_flops,
+)
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
@@ -54,6 +59,9 @@ class BlockFlops:
     elementwise_bytes_fwd: float  # memory-bound traffic of the forward (norms, GeLU, adds, ...)
     elementwise_bytes_bwd: float = 0.0  # ... and of the backward (0 when no gradient flows)
     projections: float = 0.0  # the base linear layers' part of ``forward`` (FP8 GEMMs under FP8)
+    # the routed experts' grouped GEMMs in ``forward`` (and in each of input_grad and
+    # weight_grad when they are computed): their own kernel class, efficiency.grouped_matmul
+    grouped: float = 0.0
 
 
 def _mlp_mats(m: ModelSpec) -> int:
@@ -78,8 +86,10 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     if m.is_mla:  # DeepSeek-V2 §2.1: latent projections; Q·K over nope + rope, A·V over v
         attn = sum(fi * fo for fi, fo in m.attention_shapes().values())
         core = 2 * b * s * s_kv * (q + m.v_dim) / tp
+    grouped = 0.0
     if m.is_moe and moe is not False:
         proj = 2 * b * s * attn / tp + moe_mlp_flops(m, b * s, tp, load)
+        grouped = routed_expert_flops(m, b * s, tp, load)
     else:
         proj = 2 * b * s * (attn + _mlp_mats(m) * h * f) / tp
     full = base_trainable(t.peft.method, t.peft.phase)
@@ -110,7 +120,7 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
         ew_bwd += 2.5 * linear  # the same dequantisation again: no backward kernel of its own
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
-    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj)
+    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj, grouped)
 
 
 # Element-wise backward time / forward time, by the activations' bytes per element. Measured
@@ -267,9 +277,15 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float,
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 
 
-def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str) -> float:
+def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0) -> float:
+    """GEMM time: ``flops`` at the dense GEMM efficiency, of which ``grouped`` (the routed
+    experts' grouped GEMMs) at ``efficiency.grouped_matmul`` (= matmul unless the profile
+    measured it)."""
     peak = hw.compute_peak(dtype)
-    return 1e9 * flops / (peak * hw.efficiency.matmul)
+    eff = hw.efficiency
+    if not grouped or eff.grouped == eff.matmul:
+        return 1e9 * flops / (peak * eff.matmul)
+    return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
 
 
 def _mem_ns(n_bytes: float, hw: HardwareProfile) -> float:
@@ -328,14 +344,16 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     prec = PRECISIONS[t.precision]
     if prec.gemm_dtype:
         return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd))
-    fwd_ns = _matmul_ns(fwd_f, hw, dtype) + _mem_ns(ew, hw)
-    i_ns = _matmul_ns(i_f, hw, dtype) + _mem_ns(ew_bwd, hw)
-    w_ns = _matmul_ns(w_f, hw, dtype)
+    g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
+    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g) + _mem_ns(ew, hw)
+    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0) + _mem_ns(ew_bwd, hw)
+    g_w = g if w_f and base_trainable(t.peft.method, t.peft.phase) else 0.0
+    w_ns = _matmul_ns(w_f, hw, dtype, g_w)
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(bf.elementwise_bytes_fwd, hw)
+        rec_ns = _matmul_ns(rec_f, hw, dtype, g) + _mem_ns(bf.elementwise_bytes_fwd, hw)
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)

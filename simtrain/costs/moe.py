@@ -68,6 +68,13 @@ def moe_mlp_flops(m: ModelSpec, tokens: int, tp: int = 1, load: float = 1.0) -> 
     return 2 * tokens * (mlp + router) / tp
 
 
+def routed_expert_flops(m: ModelSpec, tokens: int, tp: int = 1, load: float = 1.0) -> float:
+    """The routed experts' part of :func:`moe_mlp_flops`: ``2·T·h·n_mats·k·f_e·load/tp``, the
+    GEMMs one grouped-GEMM kernel runs over the rank's local experts (Megatron-Core
+    ``TEGroupedMLP``); the shared experts and the router are ordinary GEMMs."""
+    return 2 * tokens * mlp_mats(m) * m.hidden * m.experts_per_token * m.expert_ffn * load / tp
+
+
 def moe_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, load: float = 1.0) -> float:
     """Memory-bound bytes per token of one MoE layer beyond the dense MLP's (estimate, from the
     ops): the activation over k·f_e·load + S·f_s (SwiGLU 1.5x, read + write), the permutation

@@ -37,6 +37,15 @@ class Efficiency:
     # `simtrain calibrate` from its torch.optim.AdamW measurement (calibrate.measure_adam): the
     # optimizer's streaming kernels and the activations' element-wise kernels differ on a CPU.
     optimizer: float | None = None
+    # Grouped GEMM FLOP/s (the routed experts of an MoE layer, one kernel over many small
+    # per-expert GEMMs: TE / cuBLASLt grouped GEMM, Megatron-Core --moe-grouped-gemm) / dense
+    # peak; None: matmul (no measurement on this GPU).
+    grouped_matmul: float | None = None
+
+    @property
+    def grouped(self) -> float:
+        """The grouped-GEMM efficiency, ``matmul`` where the profile has no measurement."""
+        return self.matmul if self.grouped_matmul is None else self.grouped_matmul
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +131,7 @@ NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
 INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
-EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer")
+EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul")
 
 
 def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
@@ -158,10 +167,14 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
         memory_bound=_num(eff, "memory_bound", file, "efficiency.", default=0.8),
         collective=_num(eff, "collective", file, "efficiency.", default=0.8),
         optimizer=_num(eff, "optimizer", file, "efficiency.") if "optimizer" in eff else None,
+        grouped_matmul=(
+            _num(eff, "grouped_matmul", file, "efficiency.") if "grouped_matmul" in eff else None
+        ),
     )
     opt = 1.0 if efficiency.optimizer is None else efficiency.optimizer
     for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),
-                 ("collective", efficiency.collective), ("optimizer", opt)):  # fmt: skip
+                 ("collective", efficiency.collective), ("optimizer", opt),
+                 ("grouped_matmul", efficiency.grouped)):  # fmt: skip
         if not 0 < v <= 1:
             raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
         if v < MIN_FRACTION:
