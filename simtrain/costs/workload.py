@@ -223,7 +223,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
-                         blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1)  # fmt: skip
+                         blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
+                         step.traits.overlapped_fb)  # fmt: skip
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

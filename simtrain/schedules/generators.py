@@ -92,27 +92,49 @@ def interleaved(pp: int, m: int, v: int) -> Schedule:
             f"interleaved: microbatches ({m}) must be a multiple of pp ({pp}) when v > 1 "
             f"(Narayanan et al. 2021 §2.2.2); try {((m + pp - 1) // pp) * pp}"
         )
+    return {r: [*_interleaved_rank(r, pp, m, v, 0), _opt(r)] for r in range(pp)}
+
+
+def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Action]:
+    """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's)."""
     total = m * v
 
     def microbatch(k: int) -> int:
         return (k // (pp * v)) * pp + k % pp
 
-    schedule: Schedule = {}
-    for r in range(pp):
+    def fwd(k: int) -> Action:
+        return Action(((k // pp) % v) * pp + r, F, microbatch(k))
 
-        def fwd(k: int, r: int = r) -> Action:
-            return Action(((k // pp) % v) * pp + r, F, microbatch(k))
+    def bwd(k: int) -> Action:
+        return Action((v - 1 - (k // pp) % v) * pp + r, B, microbatch(k))
 
-        def bwd(k: int, r: int = r) -> Action:
-            return Action((v - 1 - (k // pp) % v) * pp + r, B, microbatch(k))
+    base = 2 * (pp - r - 1) + (v - 1) * pp if v > 1 else pp - r - 1
+    warmup = min(base + extra, total)
+    ops = [fwd(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        ops += [fwd(warmup + k), bwd(k)]
+    ops += [bwd(k) for k in range(total - warmup, total)]
+    return ops
 
-        warmup = min(2 * (pp - r - 1) + (v - 1) * pp, total)
-        ops = [fwd(k) for k in range(warmup)]
-        for k in range(total - warmup):
-            ops += [fwd(warmup + k), bwd(k)]
-        ops += [bwd(k) for k in range(total - warmup, total)]
-        schedule[r] = [*ops, _opt(r)]
-    return schedule
+
+def combined_1f1b(pp: int, m: int, v: int = 1) -> Schedule:
+    """Megatron-Core's combined 1F1B (``--overlap-moe-expert-parallel-comm``): the interleaved
+    order with one more warm-up forward on every rank, "to ensure the forward and backward
+    computations are independent in all 1f1b steps" (NVIDIA/Megatron-LM d98e8a64
+    megatron/core/pipeline_parallel/schedules.py l.966-970), so each steady-state forward runs
+    merged with another micro-batch's backward (combined_1f1b.py: "EP A2A in forward step is
+    hidden by the attention/mlp computation in the backward step, and vice versa"). Without
+    pipelining (pp = 1, ``combined_1f1b_schedule_for_no_pipelining``): F0, F1 B0, F2 B1, ...,
+    B(m−1). With pp > 1 Megatron requires virtual stages (transformer_config.py l.3007-3011;
+    the scenario check enforces it, the order exists for any v), and m % pp == 0 when v > 1. Unit-time bubble: interleaved's, (p−1)/(v·m+p−1): the
+    extra forward moves work earlier, never later (tests/test_schedules.py)."""
+    _check("combined_1f1b", pp, m, v, virtual=True)
+    if v > 1 and m % pp != 0:
+        raise ScheduleError(
+            f"combined_1f1b: microbatches ({m}) must be a multiple of pp ({pp}) when v > 1; "
+            f"try {((m + pp - 1) // pp) * pp}"
+        )
+    return {r: [*_interleaved_rank(r, pp, m, v, 1), _opt(r)] for r in range(pp)}
 
 
 def pipedream(pp: int, m: int, v: int = 1) -> Schedule:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from simtrain.schedules.actions import Schedule
 from simtrain.schedules.generators import (
+    combined_1f1b,
     dualpipe_v,
     gpipe,
     interleaved,
@@ -55,6 +56,10 @@ class ScheduleTraits:
     # PipeDream: every micro-batch is a mini-batch with its own optimizer step, so DDP's
     # bucket hooks cannot overlap one reduction with the last backward (one all-reduce)
     steps_every_microbatch: bool = False
+    # A forward and the next action, a backward of another micro-batch (or the reverse), run
+    # as one unit whose layers interleave, so each one's expert all-to-alls hide behind the
+    # other's compute (Megatron-Core combined 1F1B; DeepSeek-V3 §3.2.1 DualPipe's F&B chunks)
+    overlapped_fb: bool = False
 
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
@@ -109,6 +114,11 @@ def _dualpipe_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
     return p + 0.5
 
 
+def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """Combined 1F1B: one warm-up forward more than 1F1B's, min(m, p − s + 1) (pp = 1: 2)."""
+    return float(min(m, p - stage + 1))
+
+
 def _naive_bubble(p: int, m: int, v: int) -> float:
     """Naive model parallelism: one GPU busy at a time, (p−1)/p (Huang et al. 2019 Fig. 2b)."""
     return (p - 1) / p
@@ -159,6 +169,15 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             virtual=True,
         ),  # fmt: skip
         ScheduleTraits(
+            "combined_1f1b",
+            combined_1f1b,
+            _interleaved_bubble,
+            _combined_in_flight,
+            affine_in_m=True,
+            virtual=True,
+            overlapped_fb=True,
+        ),  # fmt: skip
+        ScheduleTraits(
             "pipedream",
             pipedream,
             _steady_state_bubble,
@@ -194,6 +213,7 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             chunks_per_rank=2,
             mixed_backward=True,
             min_microbatches_per_stage=1,
+            overlapped_fb=True,
         ),  # fmt: skip
     )
 }

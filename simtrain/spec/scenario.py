@@ -370,6 +370,29 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
+def check_combined_1f1b(s: Scenario, file: str) -> None:
+    """Megatron-Core's EP all-to-all overlap (``--overlap-moe-expert-parallel-comm``) and what
+    it asserts (NVIDIA/Megatron-LM d98e8a64 core/transformer/transformer_config.py l.3002-3032):
+    expert parallelism, virtual stages when pp > 1, no full recompute."""
+    m, t, p = s.model, s.training, s.parallelism
+    if p.ep == 1 or not m.is_moe:
+        raise ConfigError(
+            file, "parallelism.schedule", "combined_1f1b overlaps the expert all-to-alls: it "
+            "needs an MoE model and parallelism.ep > 1", p.schedule,
+        )  # fmt: skip
+    if p.pp > 1 and p.virtual_stages == 1:
+        raise ConfigError(
+            file, "parallelism.virtual_stages", "combined_1f1b with pp > 1 needs virtual "
+            "stages > 1 (Megatron-Core interleaves the combined schedule)", p.virtual_stages,
+        )  # fmt: skip
+    if t.recompute == "full":
+        raise ConfigError(
+            file, "training.recompute", "full recompute cannot run with combined_1f1b "
+            "(Megatron-Core: 'disable full recomputation when enabling "
+            "overlap_moe_expert_parallel_comm'); allowed: none | selective", t.recompute,
+        )  # fmt: skip
+
+
 def check_layout(s: Scenario, file: str) -> None:
     """Layouts that do not divide are errors, each naming the key and the numbers."""
     m, t, p = s.model, s.training, s.parallelism
@@ -415,6 +438,8 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if p.cp > 1:
         check_context_parallel(s, file)
+    if p.schedule == "combined_1f1b":
+        check_combined_1f1b(s, file)
     if t.global_batch % (t.micro_batch * p.dp):
         raise ConfigError(
             file, "training.global_batch", f"must be a multiple of micro_batch x dp = "

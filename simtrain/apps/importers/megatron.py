@@ -520,6 +520,9 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         v = f.int_("--virtual-pipeline-model-parallel-size", 1) or 1
         r.origin("parallelism.virtual_stages", "--virtual-pipeline-model-parallel-size")
     par["schedule"] = "interleaved" if v > 1 else "1f1b"
+    if f.bool_("--overlap-moe-expert-parallel-comm"):
+        par["schedule"] = "combined_1f1b"  # pipeline_parallel/combined_1f1b.py
+        r.origin("parallelism.schedule", "--overlap-moe-expert-parallel-comm")
     par["virtual_stages"] = v
     if f.bool_("--overlap-p2p-comm") and v > 1:
         runtime["p2p"] = "async"

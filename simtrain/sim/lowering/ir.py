@@ -127,6 +127,9 @@ class LoweringInput:
     blocking_p2p: bool = False
     # TP collectives overlapped with the action's GEMMs (spec.runtime tp_comm_overlap).
     tp_comm_overlap: bool = False
+    # Adjacent F/B actions of different micro-batches run as one unit whose expert
+    # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
+    overlapped_fb: bool = False
 
     @property
     def host_modelled(self) -> bool:
@@ -173,6 +176,9 @@ class Group:
     bucketed: int = 0  # gradient buckets whose reduction follows this action's slices
     label: str = ""
     host: Op | None = None  # the host op issuing this action's kernels (``host`` pass)
+    # the first action of an overlapped F&B pair: where its compute (and TP) ends, which the
+    # partner's compute waits for instead of ``done`` (``passes.ep_pass``)
+    compute_end: Op | None = None
 
 
 @dataclass(eq=False, slots=True)

@@ -170,24 +170,82 @@ def ep_pass(ir: StepIR) -> None:
     dispatch and combine all-to-alls, forward and backward (and again in a full recompute), as
     one "A2A" op per action on the "collective" stream after the action's compute and TP
     collectives, on the critical path (Megatron runs them on the compute stream between the
-    router and the experts, and between the experts and the next layer: no overlap)."""
+    router and the experts, and between the experts and the next layer: no overlap).
+
+    A schedule with overlapped F&B pairs (``LoweringInput.overlapped_fb``: Megatron-Core's
+    combined 1F1B, DualPipeV) runs a forward and the adjacent backward of another micro-batch
+    as one unit whose layers interleave (combined_1f1b.py: "EP A2A in forward step is hidden
+    by the attention/mlp computation in the backward step, and vice versa"; DeepSeek-V3
+    §3.2.1): both actions' all-to-alls start with the pair, the second action's compute starts
+    when the first one's ends, and the pair ends when compute and communication both have:
+    with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2."""
+    overlap = ir.inp.overlapped_fb
     for r in ir.ranks.values():
-        for g in r.groups:
-            if g.action is None or g.action.kind not in ("F", "B", "I"):
-                continue
-            c = ir.inp.chunks[g.action.stage]
-            if g.action.kind == "F":
-                ns = c.ep_forward_ns
-            else:
-                recompute = c.recompute_ns or ir.inp.working_set_bytes[g.action.stage]
-                ns = c.ep_backward_ns + (c.ep_recompute_ns if recompute else 0)
+        paired = False
+        for i, g in enumerate(r.groups):
+            ns = _a2a_ns(ir, g)
             if not ns:
+                paired = False
                 continue
             last = g.done
+            h = r.groups[i - 1] if i else None
+            if overlap and not paired and h is not None and _pairs(h, g, ir):
+                # g is the second of a pair: its compute follows h's compute, not h's A2A;
+                # its A2A starts with the pair (after h's on the collective stream)
+                start = list(next(op for op in h.ops if op.stream == "compute").deps)
+                g.ops[0].deps = [h.compute_end if d == ("prev", r.rank, i) else d
+                                 for d in g.ops[0].deps]  # fmt: skip
+                a2a = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label} (overlapped)",
+                         ns, start, microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                join = Op(r.rank, "collective", "JOIN", f"F&B pair join {g.label}", 0,
+                          [last, a2a], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                g.ops += [a2a, join]
+                g.done = join
+                paired = True
+                continue
+            paired = False
+            if (
+                overlap
+                and i + 1 < len(r.groups)
+                and _pairs(g, r.groups[i + 1], ir)
+                and (_a2a_ns(ir, r.groups[i + 1]))
+            ):
+                # g is the first of a pair: its A2A starts with it; it is done (for its
+                # sends) when both have ended; the partner's compute does not wait for it
+                first = next(op for op in g.ops if op.stream == "compute")
+                a2a = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label} (overlapped)",
+                         ns, list(first.deps), microbatch=last.microbatch,
+                         stage=last.stage)  # fmt: skip
+                join = Op(r.rank, "collective", "JOIN", f"F&B pair join {g.label}", 0,
+                          [last, a2a], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                g.ops += [a2a, join]
+                g.compute_end = last
+                g.done = join
+                continue
             op = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label}", ns, [last],
                     microbatch=last.microbatch, stage=last.stage)  # fmt: skip
             g.ops.append(op)
             g.done = op
+
+
+def _a2a_ns(ir: StepIR, g: Group) -> int:
+    """The expert all-to-alls of group ``g``'s action (0: none, or not an F/B/I action)."""
+    if g.action is None or g.action.kind not in ("F", "B", "I"):
+        return 0
+    c = ir.inp.chunks[g.action.stage]
+    if g.action.kind == "F":
+        return c.ep_forward_ns
+    recompute = c.recompute_ns or ir.inp.working_set_bytes[g.action.stage]
+    return c.ep_backward_ns + (c.ep_recompute_ns if recompute else 0)
+
+
+def _pairs(a: Group, b: Group, ir: StepIR) -> bool:
+    """Whether adjacent actions ``a`` then ``b`` form an overlapped F&B pair: a forward and a
+    backward (B, or I) of different micro-batches (so neither needs the other's output)."""
+    x, y = a.action, b.action
+    if x is None or y is None or x.microbatch == y.microbatch:
+        return False
+    return {x.kind, y.kind} in ({"F", "B"}, {"F", "I"})
 
 
 def host_pass(ir: StepIR) -> None:

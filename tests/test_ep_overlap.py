@@ -1,0 +1,97 @@
+"""Megatron-Core's combined 1F1B (``--overlap-moe-expert-parallel-comm``): a forward and the
+backward of another micro-batch run as one unit whose expert all-to-alls hide behind each
+other's compute (NVIDIA/Megatron-LM d98e8a64 core/pipeline_parallel/combined_1f1b.py,
+schedules.py l.966-970). Closed forms from the chunk durations, and Megatron's own checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.memory import estimate_memory
+from simtrain.costs.workload import lowering_input
+from simtrain.errors import ConfigError
+from simtrain.layout.step import resolve
+from simtrain.schedules.registry import build_schedule
+from simtrain.spec.scenario import parse_scenario
+
+M = 6  # micro-batches
+
+
+def _sc(schedule: str, **par):
+    return parse_scenario({
+        "name": "ep", "hardware": "h100_sxm5_80gb",
+        "model": {"preset": "mixtral-8x7b", "layers": 2, "flash_attention": True},
+        "cluster": {"nodes": 2, "gpus_per_node": 4},  # EP 8 over two nodes: a slow all-to-all
+        "training": {"seq_len": 2048, "global_batch": 8 * M, "micro_batch": 1,
+                     "precision": "bf16"},
+        "parallelism": {"dp": 8, "tp": 1, "pp": 1, "ep": 8, "schedule": schedule, **par},
+    }, "ep.yaml")  # fmt: skip
+
+
+def _compute_window(sc) -> int:
+    """From the first forward's start to the last backward's end on the compute stream."""
+    spans = [s for s in simulate_scenario(sc).timeline.spans
+             if s.rank == 0 and s.stream == "compute" and s.kind in ("F", "B")]  # fmt: skip
+    return max(s.end_ns for s in spans) - min(s.start_ns for s in spans)
+
+
+def test_one_stage_order_has_one_more_warmup_forward():
+    """pp = 1: F0, F1 B0, F2 B1, ..., B(m-1) (combined_1f1b_schedule_for_no_pipelining)."""
+    order = [(a.kind, a.microbatch) for a in build_schedule("combined_1f1b", 1, 4)[0]]
+    assert order == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("F", 3), ("B", 2),
+                     ("B", 3), ("OPT", None)]  # fmt: skip
+    assert resolve(_sc("combined_1f1b")).schedule_name == "combined_1f1b"
+
+
+def test_pairs_overlap_the_all_to_alls():
+    """Step window, with C/A a micro-batch's compute/all-to-all time, forward F and backward B:
+    1F1B pays m(C_F + A_F + C_B + A_B); combined 1F1B pays F0 and the last B alone and each
+    of the m - 1 pairs max(C_F + C_B, A_F + A_B): (C_F + A_F) + (m-1) max(...) + C_B, the
+    window ending at the last backward's compute."""
+    sc = _sc("combined_1f1b")
+    c = lowering_input(sc, resolve(sc), estimate_memory(sc)).chunks[0]
+    cf, cb = c.forward_ns, c.input_grad_ns + c.weight_grad_ns
+    af, ab = c.ep_forward_ns, c.ep_backward_ns
+    assert af > 0 and ab > 0
+    pair = max(cf + cb, af + ab)
+    assert _compute_window(sc) == (cf + af) + (M - 1) * pair + cb
+    base = _sc("1f1b")
+    assert _compute_window(base) == M * (cf + af + cb + ab) - ab
+    assert simulate_scenario(sc).metrics.step_time_s < simulate_scenario(base).metrics.step_time_s
+
+
+def test_two_microbatches_in_flight():
+    """The extra warm-up forward holds a second micro-batch's activations (pp = 1)."""
+    a = estimate_memory(_sc("combined_1f1b")).stages[0]
+    b = estimate_memory(_sc("1f1b")).stages[0]
+    per_mb = a.activation_bytes_per_microbatch
+    assert a.category("activations") - b.category("activations") == pytest.approx(per_mb, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"parallelism": {"ep": 1}}, "parallelism.schedule"),
+        ({"parallelism": {"pp": 2}, "model": {"layers": 4}}, "parallelism.virtual_stages"),
+        ({"training": {"recompute": "full"}}, "training.recompute"),
+    ],
+)
+def test_megatron_refusals(change: dict, key: str):
+    """Megatron-Core's asserts (transformer_config.py l.3002-3032): EP > 1, virtual stages with
+    pp > 1, no full recompute; each one line naming the key."""
+    data = {
+        "name": "ep", "hardware": "h100_sxm5_80gb",
+        "model": {"preset": "mixtral-8x7b", "layers": 2},
+        "cluster": {"nodes": 2, "gpus_per_node": 4},
+        "training": {"seq_len": 2048, "global_batch": 48, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"dp": 8, "tp": 1, "pp": 1, "ep": 8, "schedule": "combined_1f1b"},
+    }  # fmt: skip
+    for sec, kv in change.items():
+        data[sec] = {**data[sec], **kv}
+    if data["parallelism"]["pp"] == 2:
+        data["parallelism"]["dp"] = 4
+        data["parallelism"]["ep"] = 4
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(data, "ep.yaml")
+    assert key in str(e.value)
