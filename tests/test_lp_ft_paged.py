@@ -270,3 +270,25 @@ def test_paged_optimizer_bad_input(overrides: tuple[str, ...], words: list[str])
     text = _error(QLORA, *overrides)
     for w in words:
         assert w in text
+
+
+def test_cli_shows_both_phases_and_the_paging(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    out = CliRunner().invoke(main, ["run", str(LP_FT), "--out", str(tmp_path), "--no-plots"])
+    assert out.exit_code == 0, out.output
+    assert "LP-FT finetune phase" in out.output
+    total = next(line for line in out.output.splitlines() if line.startswith("total "))
+    assert "12,000" in total and "393,216,000" in total
+    mem = CliRunner().invoke(main, ["memory", str(LP_FT)])
+    assert mem.exit_code == 0 and "the probe phase peaks at 6.42 GiB (fits)" in mem.output
+    paged = CliRunner().invoke(main, ["memory", str(QLORA)])
+    assert paged.exit_code == 0
+    assert "paged out (GiB)           1.52" in paged.output
+    assert "(without paging: peak 25.50 GiB)" in paged.output
+    plain = CliRunner().invoke(
+        main, ["memory", str(QLORA), "--strict", "--set", "training.peft.paged_optimizer=false"]
+    )
+    assert plain.exit_code == 3 and "does not fit" in plain.output

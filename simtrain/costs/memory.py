@@ -459,8 +459,12 @@ def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
     """The stage's memory by category at the activation walk's peak and at the optimizer step
     (:func:`_peak_by_category`)."""
     base_buffers = cats["buffers"] - loss_b - opt_ws
-    at_walk = dict(cats, gradients=cats["gradients"] - transient_b,
-                   activations=walk.saved + walk.working_set, buffers=base_buffers + walk.loss)  # fmt: skip
+    at_walk = dict(
+        cats,
+        gradients=cats["gradients"] - transient_b,
+        activations=walk.saved + walk.working_set,
+        buffers=base_buffers + walk.loss,
+    )
     at_opt = dict(cats, activations=walk.optimizer_saved, buffers=base_buffers + opt_ws)
     return at_walk, at_opt
 

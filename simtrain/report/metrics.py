@@ -195,6 +195,8 @@ def total_cost(phases: tuple[PhaseCost, ...]) -> PhaseCost:
     phase peak; it fits only if every phase fits."""
     steps = sum(c.steps for c in phases)
     time_s = sum(c.time_s for c in phases)
-    return PhaseCost("total", steps, time_s / steps if steps else 0.0, time_s,
-                     sum(c.tokens for c in phases), sum(c.gpu_hours for c in phases),
-                     max(c.peak_memory_bytes for c in phases), all(c.fits for c in phases))  # fmt: skip
+    return PhaseCost(
+        "total", steps, time_s / steps if steps else 0.0, time_s, sum(c.tokens for c in phases),
+        sum(c.gpu_hours for c in phases), max(c.peak_memory_bytes for c in phases),
+        all(c.fits for c in phases),
+    )  # fmt: skip

@@ -96,8 +96,9 @@ class PeftSpec:
     their total cost reported (``two_phase``; the other commands see the finetune phase).
     ``paged_optimizer``: bitsandbytes' paged optimizer (``paged_adamw_32bit``/``_8bit``,
     Dettmers et al. 2023 §3 "Paged Optimizers"): the optimizer states of tensors of at least
-    ``spec.precision.PAGED_MIN_NUMEL`` elements live in CUDA unified memory, evicted to host RAM under
-    memory pressure and prefetched back before the update (costs.memory, costs.workload)."""
+    ``spec.precision.PAGED_MIN_NUMEL`` elements live in CUDA unified memory, evicted to host
+    RAM under memory pressure and prefetched back before the update (costs.memory,
+    costs.workload)."""
 
     method: str = "none"
     rank: int = 8
@@ -393,8 +394,10 @@ def check_lp_ft_keys(peft: PeftSpec, raw: dict[str, Any], file: str) -> None:
     if not given:
         return
     if peft.method != "lp_ft":
-        raise ConfigError(file, f"training.peft.{given[0]}", "counts the steps of an LP-FT phase: "
-                          f"needs training.peft.method lp_ft, not {peft.method}", raw[given[0]])  # fmt: skip
+        raise ConfigError(
+            file, f"training.peft.{given[0]}", "counts the steps of an LP-FT phase: needs "
+            f"training.peft.method lp_ft, not {peft.method}", raw[given[0]],
+        )  # fmt: skip
     if "phase" in raw:
         raise ConfigError(
             file, "training.peft.phase", f"conflicts with training.peft.{given[0]}: give phase "
