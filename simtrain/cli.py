@@ -94,6 +94,7 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
 
     sc = load_scenario(scenario, overrides)
     rep = estimate_memory(sc)
+    fits = rep.fits
     if as_json:
         click.echo(dumps(rep.to_json()), nl=False)
     else:
@@ -103,8 +104,16 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
             click.echo("\n".join(explain_memory(sc, rep)))
             click.echo("")
         click.echo(memory_table(rep))
-        _fit_advice(scenario, overrides, rep.fits)
-    _strict_exit(strict, rep.fits)
+        if sc.training.peft.two_phase:
+            from simtrain.apps.simulate import lp_ft_phases
+
+            probe = estimate_memory(lp_ft_phases(sc)[0][2])
+            click.echo(f"LP-FT: the finetune phase's memory above; the probe phase peaks at "
+                       f"{probe.peak_memory_bytes / 2**30:,.2f} GiB"
+                       f" ({'fits' if probe.fits else 'does not fit'})")  # fmt: skip
+            fits = fits and probe.fits
+        _fit_advice(scenario, overrides, fits)
+    _strict_exit(strict, fits)
 
 
 def _fit_advice(scenario: str, overrides: tuple[str, ...], fits: bool) -> None:
@@ -250,7 +259,7 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
         gpus: int | None) -> None:  # fmt: skip
     """Simulate one training step: table, summary.json, trace.json, gantt.png, memory.png. If it
     does not fit, the cheapest changes that would make it fit."""
-    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.apps.simulate import simulate_lp_ft, simulate_scenario
     from simtrain.report.progress import ProgressBar, run_later
     from simtrain.report.tables import dumps, run_summary, run_table
     from simtrain.report.trace import write_chrome_trace
@@ -266,10 +275,13 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     else:
         sc = load_scenario(scenario, overrides)
     bar("simulating", 0, 1)
-    res = simulate_scenario(sc)
+    # LP-FT with both phases' steps: both simulated, the finetune phase shown (plots, trace)
+    phased = simulate_lp_ft(sc) if sc.training.peft.two_phase else None
+    res = phased.main if phased else simulate_scenario(sc)
+    fits = phased.fits if phased else res.memory.fits
     bar("simulating", 1, 1)
     folder = _out_dir(out, sc.name)
-    summary = run_summary(res)
+    summary = run_summary(res, phased)
     (folder / "summary.json").write_text(dumps(summary))
     cap = sc.hardware.memory_bytes
 
@@ -283,36 +295,39 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     else:
         from simtrain.report.plot import gantt, memory_plot, run_concurrently
 
+        shown = " (LP-FT finetune phase)" if phased else ""
+
         title = (
             f"{sc.name}: {sc.parallelism.schedule}, pp {sc.parallelism.pp}, m {sc.num_microbatches}"
+            + shown
         )
         run_concurrently([  # the three files at once where the machine allows
             lambda: gantt(res.timeline, folder / "gantt.png", title=title,
                           bubble_ratio=res.metrics.bubble_ratio),
             lambda: memory_plot(res.timeline, folder / "memory.png", capacity_bytes=cap,
-                                title=f"{sc.name}: memory per GPU"),
+                                title=f"{sc.name}: memory per GPU" + shown),
             trace,
         ])  # fmt: skip
     bar.close()
     if as_json:
         click.echo(dumps(summary), nl=False)
     else:
-        click.echo(run_table(res))
-        if from_kind and not res.memory.fits:  # the advice reads a scenario file
+        click.echo(run_table(res, phased))
+        if from_kind and not fits:  # the advice reads a scenario file
             import tempfile
 
             from simtrain.apps.importers import foreign_as_file
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = foreign_as_file(from_kind, scenario, from_model, gpus, tmp)
-                _fit_advice(str(path), overrides, res.memory.fits)
+                _fit_advice(str(path), overrides, fits)
         else:
-            _fit_advice(scenario, overrides, res.memory.fits)
+            _fit_advice(scenario, overrides, fits)
         click.echo(
             f"\nwrote {folder}/summary.json, trace.json"
             + ("" if no_plots else ", gantt.png, memory.png")
         )
-    _strict_exit(strict, res.memory.fits)
+    _strict_exit(strict, fits)
 
 
 @main.command()

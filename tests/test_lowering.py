@@ -179,8 +179,8 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
         assert t.id not in t.deps, f"{t.name} depends on itself"
         assert type(t.duration_ns) is int and t.duration_ns >= 0, t
         # "host": a runtime that models eager dispatch (passes.host_pass; llama3_8b_cp runs
-        # megatron_core's)
-        assert 0 <= t.rank < p.pp and t.stream in (*STREAMS, "host"), t
+        # megatron_core's); "paging": a paged optimizer's transfers (passes.paging_pass)
+        assert 0 <= t.rank < p.pp and t.stream in (*STREAMS, "host", "paging"), t
         if t.stage is not None:
             assert 0 <= t.stage < p.pp * p.virtual_stages and t.stage % p.pp == t.rank, t
         if t.microbatch is not None and t.kind != "OPT":

@@ -10,7 +10,7 @@ from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.costs.workload import initial_memory, lowering_input, nic_plan, optimizer_memory
 from simtrain.layout.step import ResolvedStep, resolve
-from simtrain.report.metrics import StepMetrics, step_metrics
+from simtrain.report.metrics import PhaseCost, StepMetrics, phase_cost, step_metrics, total_cost
 from simtrain.sim.engine import Task, gc_paused, simulate
 from simtrain.sim.lowering import LoweringInput, lower, share_nics
 from simtrain.sim.timeline import Timeline
@@ -67,3 +67,48 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
             step, timeline, model_flops_per_step(sc), hardware_flops_per_step(sc), sc.hardware
         )
         return SimulationResult(sc, mem, timeline, metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class PhasedResult:
+    """Both phases of LP-FT (Kumar et al. 2022 §4: train the linear head on frozen features,
+    then fine-tune everything from it): each phase's simulated step and cost, and the total."""
+
+    results: tuple[tuple[str, SimulationResult], ...]  # (phase, its step), in training order
+    costs: tuple[PhaseCost, ...]
+    total: PhaseCost
+
+    @property
+    def main(self) -> SimulationResult:
+        """The finetune phase's step (the one the plots and trace show)."""
+        return self.results[-1][1]
+
+    @property
+    def fits(self) -> bool:
+        return self.total.fits
+
+
+def lp_ft_phases(sc: Scenario) -> tuple[tuple[str, int, Scenario], ...]:
+    """(phase, steps, the scenario of that phase alone) of a two-phase LP-FT scenario: the
+    same scenario with ``peft.phase`` set and the step counts cleared, as if the file said
+    ``phase: probe`` or ``phase: finetune``."""
+    pe = sc.training.peft
+    return tuple(
+        (ph, n, replace(sc, training=replace(sc.training, peft=pe.phase_only(ph))))
+        for ph, n in (("probe", pe.probe_steps), ("finetune", pe.finetune_steps))
+    )
+
+
+def simulate_lp_ft(sc: Scenario, detail: bool = True) -> PhasedResult:
+    """Simulate one step of each LP-FT phase of ``sc`` (``peft.two_phase``) and cost the run:
+    each phase's steps x its step time, tokens and GPU-hours, their sums, and the peak memory
+    of the phase that needs more (``report.metrics.total_cost``)."""
+    results, costs = [], []
+    for ph, steps, one in lp_ft_phases(sc):
+        res = simulate_scenario(one, detail)
+        mem = res.memory
+        costs.append(phase_cost(ph, steps, res.metrics, one.tokens_per_step,
+                                one.parallelism.gpus, mem.peak_memory_bytes, mem.fits,
+                                mem.trainable_params))  # fmt: skip
+        results.append((ph, res))
+    return PhasedResult(tuple(results), tuple(costs), total_cost(tuple(costs)))

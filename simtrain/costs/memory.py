@@ -41,6 +41,7 @@ from simtrain.costs.params import (
     layer_param_tensors,
     model_state_bytes,
     optimizer_working_bytes,
+    paged_state_bytes,
     scale_states,
     total_params,
     trainable_params,
@@ -100,6 +101,12 @@ class StageMemory:
     # such as the loss working memory, a recompute working set and the optimizer step's working
     # memory, each counted), so its sum can exceed the peak; this is the moment of the peak.
     peak_memory_bytes_by_category: tuple[tuple[str, int], ...] = ()
+    # A paged optimizer (``peft.paged_optimizer``; :func:`paged_peak`): the state bytes in
+    # unified memory, those evicted to host RAM at the activation peak, and the peak had they
+    # all stayed on the GPU (``peak_memory_bytes`` is the peak with paging).
+    pageable_bytes: int = 0
+    paged_bytes: int = 0
+    peak_memory_bytes_unpaged: int = 0
 
     @property
     def fits(self) -> bool:
@@ -124,7 +131,25 @@ class MemoryReport:
     def fits(self) -> bool:
         return all(s.fits for s in self.stages)
 
+    @property
+    def paged(self) -> bool:
+        """A paged optimizer holds states in unified memory on some stage."""
+        return any(s.pageable_bytes for s in self.stages)
+
     def to_json(self) -> dict:
+        doc = self._json()
+        if self.paged:  # keys only for a paged optimizer: other documents stay as they were
+            for st, s in zip(doc["stages"], self.stages, strict=True):
+                st["pageable_bytes"] = s.pageable_bytes
+                st["paged_bytes"] = s.paged_bytes
+                st["peak_memory_bytes_unpaged"] = s.peak_memory_bytes_unpaged
+                st["fits_unpaged"] = s.peak_memory_bytes_unpaged <= s.capacity_bytes
+            doc["paged_bytes"] = max(s.paged_bytes for s in self.stages)
+            doc["peak_memory_bytes_unpaged"] = max(s.peak_memory_bytes_unpaged for s in self.stages)
+            doc["fits_unpaged"] = all(st["fits_unpaged"] for st in doc["stages"])
+        return doc
+
+    def _json(self) -> dict:
         return {
             "schema_version": 1,
             "scenario": self.scenario,
@@ -346,7 +371,13 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b)
-    peak = sum(at_peak.values())
+    peak = unpaged = sum(at_peak.values())
+    pageable = _pageable_bytes(sc, step, stage)
+    paged = 0
+    if pageable:
+        at_walk, at_opt = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
+        at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
+        peak = sum(at_peak.values())
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -377,7 +408,46 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
         peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),
+        pageable_bytes=pageable,
+        paged_bytes=paged,
+        peak_memory_bytes_unpaged=unpaged if pageable else 0,
     )
+
+
+def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
+    """The stage's optimizer-state bytes in unified memory (``costs.params.paged_state_bytes``
+    of its blocks and ends; 0 without a paged optimizer)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    if not t.peft.paged_optimizer:
+        return 0
+    mine = step.rank_chunks(stage)
+    n_layers = step.rank_layers(stage)
+    dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine) if m.is_moe else 0
+    out = paged_state_bytes(layer_param_tensors(m, t, p.tp, ep=p.ep), t) * (n_layers - dense)
+    if dense:
+        out += paged_state_bytes(layer_param_tensors(m, t, p.tp, moe=False), t) * dense
+    if any(c.embedding for c in mine):
+        out += paged_state_bytes(embedding_param_tensors(m, t, p.tp), t)
+    if any(c.head for c in mine):
+        out += paged_state_bytes(head_param_tensors(m, t, p.tp, p.pp), t)
+    return out
+
+
+def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
+               capacity: int) -> tuple[dict[str, int], int]:  # fmt: skip
+    """(the peak by category, the bytes evicted) with a paged optimizer (Dettmers et al. 2023
+    §3: the states are "automatically evicted to CPU RAM when the GPU runs out of memory and
+    paged back into GPU memory when the memory is needed in the optimizer update step").
+
+    At the activation walk's peak the driver evicts what does not fit, at most the states in
+    unified memory: ``paged = min(pageable, max(0, need - capacity))`` with ``need`` the
+    walk's moment with every state resident (``at_walk``). The optimizer step needs them all
+    back (bitsandbytes prefetches each state before its update, ``prefetch_state``), so its
+    moment (``at_opt``) is unchanged. The peak is the larger of the two, ties to the walk."""
+    need = sum(at_walk.values())
+    paged = min(pageable, max(0, need - capacity))
+    walk = dict(at_walk, optimizer_states=at_walk["optimizer_states"] - paged)
+    return (walk if sum(walk.values()) >= sum(at_opt.values()) else dict(at_opt)), paged
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
@@ -392,16 +462,23 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     (``transient_b``), and the activations still saved then (none after a flush; PipeDream
     steps after every backward with other micro-batches stashed). Ties go to the walk.
     """
-    out = dict(cats)
+    at_walk, at_opt = _moments(cats, walk, loss_b, opt_ws, transient_b)
+    return at_walk if walk.peak >= walk.optimizer_saved + transient_b + opt_ws else at_opt
+
+
+def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
+             transient_b: int) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
+    """The stage's memory by category at the activation walk's peak and at the optimizer step
+    (:func:`_peak_by_category`)."""
     base_buffers = cats["buffers"] - loss_b - opt_ws
-    if walk.peak >= walk.optimizer_saved + transient_b + opt_ws:
-        out["gradients"] = cats["gradients"] - transient_b
-        out["activations"] = walk.saved + walk.working_set
-        out["buffers"] = base_buffers + walk.loss
-    else:
-        out["activations"] = walk.optimizer_saved
-        out["buffers"] = base_buffers + opt_ws
-    return out
+    at_walk = dict(
+        cats,
+        gradients=cats["gradients"] - transient_b,
+        activations=walk.saved + walk.working_set,
+        buffers=base_buffers + walk.loss,
+    )
+    at_opt = dict(cats, activations=walk.optimizer_saved, buffers=base_buffers + opt_ws)
+    return at_walk, at_opt
 
 
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:

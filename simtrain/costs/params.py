@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from math import ceil
 
 from simtrain.spec.model import ModelSpec
-from simtrain.spec.precision import ADAM8BIT_BLOCK, NF4_BITS, PRECISIONS, STATES_PER_PARAM
+from simtrain.spec.precision import (
+    ADAM8BIT_BLOCK,
+    NF4_BITS,
+    PAGED_MIN_NUMEL,
+    PRECISIONS,
+    STATES_PER_PARAM,
+)
 from simtrain.spec.scenario import TrainingSpec
 
 
@@ -249,6 +255,29 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec,
         if t.optimizer == "adam8bit":
             states += 2 * p.numel + 2 * 4 * ceil(p.numel / ADAM8BIT_BLOCK)
     return ModelStateBytes(params, master, grads, states, copies, n, n_train)
+
+
+def paged_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> int:
+    """Optimizer-state bytes a paged optimizer keeps in unified memory: the states of every
+    trainable tensor of at least ``PAGED_MIN_NUMEL`` elements (smaller tensors' states are
+    plain device tensors), as :func:`model_state_bytes` counts them, but without 8-bit Adam's
+    per-block absmax (not paged): Adam/AdamW 2 states x 4 B (QLoRA: fp32 states) or x the
+    precision's state bytes, 8-bit Adam 2 x 1 B (bitsandbytes@95f9af3
+    bitsandbytes/optim/optimizer.py ``Optimizer2State.init_state``: ``state1``/``state2`` from
+    ``get_state_buffer``, ``absmax1``/``absmax2`` from ``torch.zeros``). 0 when
+    ``peft.paged_optimizer`` is off."""
+    if not t.peft.paged_optimizer:
+        return 0
+    state_bytes = 4 if t.peft.method == "qlora" else PRECISIONS[t.precision].state
+    out = 0
+    for p in tensors:
+        if not p.trainable or p.numel < PAGED_MIN_NUMEL:
+            continue
+        if t.optimizer == "adam8bit":
+            out += 2 * p.numel
+        else:
+            out += optimizer_state_elements(p, t.optimizer) * state_bytes
+    return out
 
 
 def scale_states(ms: ModelStateBytes, k: int) -> ModelStateBytes:

@@ -7,6 +7,7 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 from __future__ import annotations
 
 from dataclasses import replace
+from math import ceil
 
 from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
@@ -218,6 +219,11 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
         chunks = _zero3_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
+    for sm in mem.stages:
+        if sm.paged_bytes:
+            ns = paging_ns(sm.paged_bytes, sc.hardware.pcie_bandwidth_bytes_per_s)
+            ranks[sm.stage] = replace(ranks[sm.stage], paged_bytes=sm.paged_bytes,
+                                      page_out_ns=ns, page_in_ns=ns)  # fmt: skip
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
@@ -227,16 +233,28 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          step.traits.overlapped_fb)  # fmt: skip
 
 
+def paging_ns(paged_bytes: int, pcie_bytes_per_s: float) -> int:
+    """One way of a paged optimizer's traffic: the evicted state bytes over the GPU's host link
+    (the hardware profile's PCIe rate per direction), ``ceil(1e9 * bytes / rate)`` ns. Unified
+    memory migrates them with the copy engines (``cudaMemPrefetchAsync``, bitsandbytes
+    csrc/pythonInterface.cpp ``cprefetch``), at up to the link's rate."""
+    return ceil(1e9 * paged_bytes / pcie_bytes_per_s)
+
+
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate (and
     the 16-bit gradients, when they only exist from backward to the optimizer step; an fp32
     accumulation buffer stays). The loss working memory is allocated by the last chunk's
-    forward, the optimizer's working memory by the optimizer step."""
+    forward, the optimizer's working memory by the optimizer step, a paged optimizer's evicted
+    states by their prefetch."""
     out = {}
     for sm in mem.stages:
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
         cats["gradients"] -= sm.transient_gradient_bytes
         cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+        # A paged optimizer's evicted states are in host memory until their prefetch before
+        # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
+        cats["optimizer_states"] -= sm.paged_bytes
         out[sm.stage] = cats
     return out
 

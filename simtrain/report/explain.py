@@ -137,6 +137,13 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.gradients_transient:
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip
+    if sm.pageable_bytes:
+        lines.append(
+            f"  paged optimizer: {_gb(sm.pageable_bytes)} of states in unified memory (tensors of "
+            f">= 1e5 elements); at the activation peak min(that, max(0, "
+            f"{sm.peak_memory_bytes_unpaged:,} - {hw.memory_bytes:,})) = {_gb(sm.paged_bytes)} "
+            "paged out to host memory, prefetched back for the optimizer step"
+        )
     lines.append(f"  peak             = {_gb(sm.peak_memory_bytes)}; capacity "
                  f"{_gb(hw.memory_bytes)}")  # fmt: skip
     return lines

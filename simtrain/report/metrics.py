@@ -156,3 +156,47 @@ def _gpu_times(spans: list) -> _GpuTimes:
         host_exposed=_exposed(host_iv, comp_iv + comm_iv) if host_iv else 0,
         comm_iv=comm_iv,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseCost:
+    """The cost of one phase of a multi-phase run (LP-FT's probe and finetune, Kumar et al.
+    2022 §4), or of all of them (``phase`` "total"): ``time_s = steps x step_time_s``,
+    ``tokens = steps x tokens per step``, ``gpu_hours = time_s x GPUs / 3600``; the peak is the
+    largest GPU peak of the phase(s), which fit only if every phase fits. For the total,
+    ``step_time_s`` is the mean, ``time_s / steps``."""
+
+    phase: str
+    steps: int
+    step_time_s: float
+    time_s: float
+    tokens: int
+    gpu_hours: float
+    peak_memory_bytes: int
+    fits: bool
+    trainable_params: int = 0
+
+    def to_json(self) -> dict:
+        doc = {k: getattr(self, k) for k in self.__slots__ if k != "phase"}
+        return doc if self.phase != "total" else {k: v for k, v in doc.items()
+                                                   if k != "trainable_params"}  # fmt: skip
+
+
+def phase_cost(phase: str, steps: int, metrics: StepMetrics, tokens_per_step: int, gpus: int,
+               peak_memory_bytes: int, fits: bool, trainable_params: int) -> PhaseCost:  # fmt: skip
+    """:class:`PhaseCost` of ``steps`` steps of one simulated step (``metrics``)."""
+    time_s = steps * metrics.step_time_s
+    return PhaseCost(phase, steps, metrics.step_time_s, time_s, steps * tokens_per_step,
+                     time_s * gpus / 3600, peak_memory_bytes, fits, trainable_params)  # fmt: skip
+
+
+def total_cost(phases: tuple[PhaseCost, ...]) -> PhaseCost:
+    """The phases together: steps, time, tokens and GPU-hours add up; the peak is the largest
+    phase peak; it fits only if every phase fits."""
+    steps = sum(c.steps for c in phases)
+    time_s = sum(c.time_s for c in phases)
+    return PhaseCost(
+        "total", steps, time_s / steps if steps else 0.0, time_s, sum(c.tokens for c in phases),
+        sum(c.gpu_hours for c in phases), max(c.peak_memory_bytes for c in phases),
+        all(c.fits for c in phases),
+    )  # fmt: skip

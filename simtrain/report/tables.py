@@ -50,6 +50,14 @@ def memory_table(rep: MemoryReport) -> str:
         f"{'peak (GB, 1e9)':<18}"
         + "".join(f"{s.peak_memory_bytes / 1e9:>{width},.2f}" for _, s in cols)
     )
+    if rep.paged:  # a paged optimizer: what went to host memory, and the peak had it not
+        lines.append(
+            f"{'paged out (GiB)':<18}" + "".join(f"{gib(s.paged_bytes):>{width}}" for _, s in cols)
+        )
+        lines.append(
+            f"{'peak unpaged (GiB)':<18}"
+            + "".join(f"{gib(s.peak_memory_bytes_unpaged):>{width}}" for _, s in cols)
+        )
     if any(s.host_memory_bytes for s in stages):
         lines.append(
             f"{'host (GiB)':<18}" + "".join(f"{gib(s.host_memory_bytes):>{width}}" for _, s in cols)
@@ -69,15 +77,47 @@ def fit_verdict(rep: MemoryReport) -> str:
     if rep.fits:
         head = worst.capacity_bytes - worst.peak_memory_bytes
         return (f"fits: peak {gib(rep.peak_memory_bytes)} GiB of {gib(worst.capacity_bytes)} GiB "
-                f"(headroom {gib(head)} GiB on stage {worst.stage})")  # fmt: skip
+                f"(headroom {gib(head)} GiB on stage {worst.stage})"
+                + paging_note(rep))  # fmt: skip
     short = worst.peak_memory_bytes - worst.capacity_bytes
     cat, val = max(worst.memory_bytes, key=lambda kv: kv[1])
     return (f"does not fit: stage {worst.stage} is short by {gib(short)} GiB; largest category "
             f"{cat} ({gib(val)} GiB)")  # fmt: skip
 
 
-def run_summary(res: Any) -> dict[str, Any]:
-    """summary.json: everything in ``simtrain memory --json`` plus the step metrics."""
+def paging_note(rep: MemoryReport) -> str:
+    """A paged optimizer that evicts states: how many, and the peak without paging."""
+    paged = max((s.paged_bytes for s in rep.stages), default=0)
+    if not paged:
+        return ""
+    unpaged = max(s.peak_memory_bytes_unpaged for s in rep.stages)
+    return (f"; paged optimizer: {gib(paged)} GiB of optimizer states paged out to host memory at "
+            f"the activation peak (without paging: peak {gib(unpaged)} GiB)")  # fmt: skip
+
+
+def paging_seconds(timeline: Any) -> tuple[float, float]:
+    """(page-out, prefetch) seconds of a paged optimizer on the busiest rank (PAGE_OUT and
+    PAGE_IN spans on the "paging" stream; 0, 0 without)."""
+    out = {"PAGE_OUT": 0, "PAGE_IN": 0}
+    for s in timeline.spans:
+        if s.kind in out:
+            out[s.kind] = max(out[s.kind], s.duration_ns)
+    return out["PAGE_OUT"] / 1e9, out["PAGE_IN"] / 1e9
+
+
+def phases_json(phased: Any) -> dict[str, Any]:
+    """summary.json's ``phases``: each LP-FT phase's cost and the total."""
+    doc: dict[str, Any] = {c.phase: c.to_json() for c in phased.costs}
+    doc["total"] = phased.total.to_json()
+    doc["shown"] = phased.results[-1][0]  # the phase of the stages, metrics and plots
+    return doc
+
+
+def run_summary(res: Any, phased: Any = None) -> dict[str, Any]:
+    """summary.json: everything in ``simtrain memory --json`` plus the step metrics. With both
+    LP-FT phases (``phased``, ``apps.simulate.PhasedResult``): the stages and metrics are the
+    finetune phase's, ``phases`` holds each phase's cost and the total, and
+    ``peak_memory_bytes`` / ``fits`` are over both phases."""
     mt = res.metrics
     doc = res.memory.to_json()
     by_stage = {s.stage: s for s in mt.stages}
@@ -117,18 +157,43 @@ def run_summary(res: Any) -> dict[str, Any]:
             "hardware_flops_per_step": mt.hardware_flops_per_step,
         }
     )
+    if res.memory.paged:
+        out_s, in_s = paging_seconds(res.timeline)
+        doc["paging_s"] = {"page_out": out_s, "prefetch": in_s}
+    if phased is not None:
+        doc["phases"] = phases_json(phased)
+        doc["peak_memory_bytes"] = phased.total.peak_memory_bytes
+        doc["fits"] = phased.total.fits
     return doc
 
 
-def run_table(res: Any) -> str:
-    """The terminal view of ``simtrain run``."""
+def phases_table(phased: Any) -> str:
+    """The LP-FT phases of ``simtrain run``: steps, step time, time, tokens, GPU-hours, peak."""
+    lines = [
+        "LP-FT (Kumar et al. 2022 §4): linear probe, then full fine-tuning from the probed head; "
+        f"the table above, the plots and the trace are the {phased.results[-1][0]} phase's",
+        f"{'phase':<9} {'steps':>9} {'step s':>9} {'time h':>10} {'tokens':>16} {'GPU-hours':>11}"
+        f" {'trainable':>15} {'peak GiB':>9}  fits",
+    ]
+    for c in (*phased.costs, phased.total):
+        trainable = f"{c.trainable_params:,}" if c.phase != "total" else ""
+        lines.append(
+            f"{c.phase:<9} {c.steps:>9,} {c.step_time_s:>9.4f} {c.time_s / 3600:>10.3f} "
+            f"{c.tokens:>16,} {c.gpu_hours:>11.3f} {trainable:>15} "
+            f"{c.peak_memory_bytes / GIB:>9.2f}  {'yes' if c.fits else 'no'}"
+        )
+    return "\n".join(lines)
+
+
+def run_table(res: Any, phased: Any = None) -> str:
+    """The terminal view of ``simtrain run`` (with both LP-FT phases: their table last)."""
     mt, sc = res.metrics, res.scenario
     p = sc.parallelism
     lines = [
         f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
         f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f' x cp {p.cp}' if p.cp > 1 else ''}"
         f"{f', ep {p.ep}' if p.ep > 1 else ''}, {p.schedule}, {sc.num_microbatches} micro-batches"
-        f" of {sc.training.micro_batch})",
+        f" of {sc.training.micro_batch}){'; LP-FT finetune phase' if phased is not None else ''}",
         f"step time        {mt.step_time_s * 1e3:,.1f} ms"
         + (
             f" (steady state, no flush; the window played is {mt.window_s * 1e3:,.1f} ms with "
@@ -150,4 +215,10 @@ def run_table(res: Any) -> str:
                      f"{s.communication_exposed_s:>15.4f} {s.peak_memory_bytes / GIB:>9.2f}")  # fmt: skip
     lines.append("")
     lines.append(fit_verdict(res.memory))
+    if res.memory.paged:
+        out_s, in_s = paging_seconds(res.timeline)
+        lines.append(f"paging (PCIe, own stream): page-out {out_s * 1e3:,.1f} ms during the "
+                     f"step, prefetch {in_s * 1e3:,.1f} ms before the optimizer step")  # fmt: skip
+    if phased is not None:
+        lines += ["", phases_table(phased)]
     return "\n".join(lines)

@@ -86,6 +86,9 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "training.peft.prefix_length": (1, 2**20),
     "training.peft.prompt_length": (1, 2**20),
     "training.peft.quant_block_size": (1, 2**20),
+    # LP-FT phase lengths (steps; they only multiply a simulated step's cost).
+    "training.peft.probe_steps": (1, 2**40),
+    "training.peft.finetune_steps": (1, 2**40),
     # Layout: each degree at most the GPU limit (their product is checked too); virtual
     # stages at most the layer limit; ZeRO-3's live-parameter cap up to 2^50 (~10^15).
     "parallelism.dp": (1, MAX_GPUS),

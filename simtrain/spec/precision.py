@@ -101,6 +101,12 @@ STATES_PER_PARAM = {"sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
 # bitsandbytes 8-bit Adam (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"
 # §2): two 1-byte states plus one fp32 absmax per block of 2048 values per state.
 ADAM8BIT_BLOCK = 2048
+# bitsandbytes' paged optimizers allocate a state tensor in CUDA unified memory
+# (cudaMallocManaged) only for parameters of at least 1e5 elements; smaller ones get ordinary
+# device tensors (bitsandbytes-foundation/bitsandbytes@95f9af3
+# bitsandbytes/optim/optimizer.py, Optimizer8bit.get_state_buffer: ``if not self.is_paged or
+# p.numel() < 1e5``). Only ``state1``/``state2`` are paged; 8-bit absmax stay on the GPU.
+PAGED_MIN_NUMEL = 100_000
 # QLoRA (Dettmers et al. 2023 §3): NF4 weights, 4 bits each; absmax per 64-value block quantised
 # to 8 bits, with one fp32 constant per 256 blocks: 8/64 + 32/(64·256) = 0.127 bits/param.
 NF4_BITS = 4

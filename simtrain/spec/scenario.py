@@ -47,6 +47,10 @@ LAYER_SPLITS = ("uniform", "compute_balanced", "embedding_as_layer")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 ZERO_STAGES = (0, 1, 2, 3)
 PEFT_PHASES = ("probe", "finetune")
+LP_FT_STEP_KEYS = ("probe_steps", "finetune_steps")
+# Optimizers bitsandbytes has a paged version of (bitsandbytes/optim/adam.py, adamw.py:
+# PagedAdam, PagedAdamW, PagedAdam8bit, PagedAdamW8bit; is_paged=True).
+PAGED_OPTIMIZERS = ("adam", "adamw", "adam8bit")
 
 #: The allowed values of each key of a section, by field name: the parsers below check them and
 #: ``apps.schema`` publishes them (one table, so the JSON Schema cannot drift from the parser).
@@ -86,7 +90,15 @@ class PeftSpec:
     double-quantised constants (Dettmers et al. 2023), bottleneck adapters of width
     ``adapter_size`` (Houlsby et al. 2019), prefix tuning with ``prefix_length`` key/value vectors
     per layer (Li & Liang 2021), prompt tuning with ``prompt_length`` soft tokens (Lester et al.
-    2021). ``phase`` of LP-FT (Kumar et al. 2022): ``probe`` (head only) or ``finetune`` (all)."""
+    2021). ``phase`` of LP-FT (Kumar et al. 2022, §4 "LP-FT": linear probing, then full
+    fine-tuning from the probed head): ``probe`` (head only) or ``finetune`` (all), one phase
+    simulated; or ``probe_steps`` and ``finetune_steps`` (both > 0): both phases simulated and
+    their total cost reported (``two_phase``; the other commands see the finetune phase).
+    ``paged_optimizer``: bitsandbytes' paged optimizer (``paged_adamw_32bit``/``_8bit``,
+    Dettmers et al. 2023 §3 "Paged Optimizers"): the optimizer states of tensors of at least
+    ``spec.precision.PAGED_MIN_NUMEL`` elements live in CUDA unified memory, evicted to host
+    RAM under memory pressure and prefetched back before the update (costs.memory,
+    costs.workload)."""
 
     method: str = "none"
     rank: int = 8
@@ -97,6 +109,19 @@ class PeftSpec:
     prompt_length: int = 32
     phase: str = "finetune"
     quant_block_size: int = 64
+    probe_steps: int = 0  # 0: not given (one phase, ``phase``)
+    finetune_steps: int = 0
+    paged_optimizer: bool = False
+
+    @property
+    def two_phase(self) -> bool:
+        """LP-FT with both phases' step counts: simulate both (apps.simulate.simulate_lp_ft)."""
+        return self.method == "lp_ft" and self.probe_steps > 0
+
+    def phase_only(self, phase: str) -> PeftSpec:
+        """One phase of a two-phase LP-FT: ``phase`` set, the step counts cleared (the same
+        spec as a scenario that gives ``phase: <phase>``)."""
+        return replace(self, phase=phase, probe_steps=0, finetune_steps=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,11 +378,59 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
     peft_raw = _mapping(data.pop("peft", None), file, "training.peft")
     offload_raw = _mapping(data.pop("offload", None), file, "training.offload")
     peft = _build(PeftSpec, peft_raw, file, "training.peft.", PEFT_CHOICES)
+    check_lp_ft_keys(peft, peft_raw, file)
     offload = _build(OffloadSpec, offload_raw, file, "training.offload.", {})
     base = _build(TrainingSpec, {k: v for k, v in data.items()}, file, "training.",
                   TRAINING_CHOICES)  # fmt: skip
     return TrainingSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
                            "peft": peft, "offload": offload})  # fmt: skip
+
+
+def check_lp_ft_keys(peft: PeftSpec, raw: dict[str, Any], file: str) -> None:
+    """LP-FT's two ways: ``phase`` (one phase) or ``probe_steps`` + ``finetune_steps`` (both
+    phases, each > 0: ``_build`` refuses <= 0); never both, never one count alone, and the
+    counts only with ``method: lp_ft``."""
+    given = [k for k in LP_FT_STEP_KEYS if k in raw]
+    if not given:
+        return
+    if peft.method != "lp_ft":
+        raise ConfigError(
+            file, f"training.peft.{given[0]}", "counts the steps of an LP-FT phase: needs "
+            f"training.peft.method lp_ft, not {peft.method}", raw[given[0]],
+        )  # fmt: skip
+    if "phase" in raw:
+        raise ConfigError(
+            file, "training.peft.phase", f"conflicts with training.peft.{given[0]}: give phase "
+            "to simulate one LP-FT phase, or probe_steps and finetune_steps to simulate both",
+            raw["phase"],
+        )  # fmt: skip
+    if len(given) == 1:
+        other = LP_FT_STEP_KEYS[1 - LP_FT_STEP_KEYS.index(given[0])]
+        raise ConfigError(file, f"training.peft.{other}", f"missing: training.peft.{given[0]} "
+                          "needs it (the steps of both LP-FT phases, each > 0)")  # fmt: skip
+
+
+def check_paged_optimizer(s: Scenario, file: str) -> None:
+    """``peft.paged_optimizer`` needs a PEFT method, an optimizer with states that
+    bitsandbytes pages (:data:`PAGED_OPTIMIZERS`), the states on the GPU (no offload) and whole
+    state tensors on one GPU (no ZeRO sharding: bitsandbytes' optimizer is a plain
+    ``torch.optim.Optimizer`` over the local parameters)."""
+    t, p = s.training, s.parallelism
+    key = "training.peft.paged_optimizer"
+    if t.peft.method == "none":
+        raise ConfigError(file, key, "pages a PEFT run's optimizer states (QLoRA §3): needs "
+                          "training.peft.method other than none", True)  # fmt: skip
+    if t.optimizer not in PAGED_OPTIMIZERS:
+        raise ConfigError(
+            file, "training.optimizer", f"{t.optimizer} has no paged version (bitsandbytes pages "
+            f"Adam's states; {key} is true)", t.optimizer, " | ".join(PAGED_OPTIMIZERS),
+        )  # fmt: skip
+    if t.offload.optimizer:
+        raise ConfigError(file, key, "conflicts with training.offload.optimizer: the states "
+                          "live in host memory already", True)  # fmt: skip
+    if p.zero_stage and p.dp_cp > 1:
+        raise ConfigError(file, key, "pages whole state tensors of one GPU's optimizer: use "
+                          f"parallelism.zero_stage 0, not {p.zero_stage}", True)  # fmt: skip
 
 
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:
@@ -501,6 +574,8 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "training.precision", "QLoRA computes in 16 bits: use fp16, bf16 or bf16_pure",
             t.precision,
         )  # fmt: skip
+    if t.peft.paged_optimizer:
+        check_paged_optimizer(s, file)
     if t.recompute == "selective_op" and t.peft.method != "none":
         raise ConfigError(
             file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "

@@ -7,7 +7,8 @@ fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-sca
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
 ``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
-ZeRO-1/2 parameter all-gather; ``resolve`` numbers the ops into engine tasks. ``nics`` then
+ZeRO-1/2 parameter all-gather; ``paging_pass`` a paged optimizer's eviction and prefetch of
+its states on a "paging" stream; ``resolve`` numbers the ops into engine tasks. ``nics`` then
 puts cross-node transfers on shared NIC links. Only one GPU per pipeline
 stage is simulated: its TP and DP peers do identical work (scale by symmetry). Data-parallel
 reductions run on their own "dp" stream (a separate NCCL communicator), overlapping the
@@ -27,6 +28,7 @@ from simtrain.sim.lowering.passes import (
     host_pass,
     optimizer_pass,
     p2p_pass,
+    paging_pass,
     tp_pass,
     zero3_pass,
 )
@@ -55,6 +57,6 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
     for lowering_pass in (zero3_pass, bucket_pass, tp_pass, ep_pass, host_pass, cp_pass,
-                          p2p_pass, optimizer_pass):  # fmt: skip
+                          p2p_pass, optimizer_pass, paging_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -75,6 +75,12 @@ class RankWork:
     # memory the optimizer step allocates at its start / frees at its end (category, bytes)
     optimizer_alloc: tuple[tuple[str, int], ...] = ()
     optimizer_free: tuple[tuple[str, int], ...] = ()
+    # A paged optimizer: ``paged_bytes`` of optimizer states evicted to host memory during the
+    # step (``page_out_ns``, from its start) and prefetched back before the optimizer step
+    # (``page_in_ns``), on a "paging" stream (``paging_pass``).
+    paged_bytes: int = 0
+    page_out_ns: int = 0
+    page_in_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,3 +349,26 @@ def optimizer_pass(ir: StepIR) -> None:
             g0 = r.groups[0]
             g0.ops[0].deps.append(ag0)
             g0.ops[:0] = [ag0, ag1]
+
+
+def paging_pass(ir: StepIR) -> None:
+    """A paged optimizer (bitsandbytes ``is_paged``; Dettmers et al. 2023 §3): on the rank's
+    "paging" stream, the eviction of its paged optimizer states to host memory from the start
+    of the step (the activations' growth pushes them out; the rank's initial memory already
+    leaves them out, ``costs.workload.initial_memory``, since a forward allocates its
+    activations at its start), and their prefetch back once the gradients are ready, which the
+    optimizer step waits for (bitsandbytes' ``step`` calls ``prefetch_state(p)`` right before
+    each ``update_step`` and synchronises: the transfer is not hidden); the prefetch allocates
+    the bytes at its start. Runs after :func:`optimizer_pass`; nothing on a rank without an
+    optimizer step at the end."""
+    for r in ir.ranks.values():
+        work = ir.inp.ranks[r.rank]
+        opt = next((op for op in r.tail if op.kind == "OPT"), None)
+        if not work.paged_bytes or opt is None:
+            continue
+        out = Op(r.rank, "paging", "PAGE_OUT", "page out optimizer states", work.page_out_ns, [])
+        back = Op(r.rank, "paging", "PAGE_IN", "prefetch optimizer states", work.page_in_ns,
+                  [*opt.deps, out], (("optimizer_states", work.paged_bytes),))  # fmt: skip
+        opt.deps.append(back)
+        at = r.tail.index(opt)
+        r.tail[at:at] = [out, back]
