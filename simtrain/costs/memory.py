@@ -23,12 +23,14 @@ from simtrain.costs.activations import (
     head_saved_bytes,
     layer_activation_bytes,
     layer_saved_tensors,
+    loss_saved_bytes,
     loss_transient_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
     walk_peak_of_states,
 )
 from simtrain.costs.cp import cp_ring_buffer_bytes
+from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.params import (
@@ -98,6 +100,11 @@ class StageMemory:
     # such as the loss working memory, a recompute working set and the optimizer step's working
     # memory, each counted), so its sum can exceed the peak; this is the moment of the peak.
     peak_memory_bytes_by_category: tuple[tuple[str, int], ...] = ()
+    # Gradients held only while they are reduced onto GPU 0 (torch.nn.DataParallel: GPU 0's own
+    # replica's and each replica's, from backward to ``ReduceAddCoalesced``), within
+    # ``memory_bytes``' gradients; "gpu0" / "replica" under DataParallel, "" otherwise.
+    reduce_gradient_bytes: int = 0
+    role: str = ""
 
     @property
     def fits(self) -> bool:
@@ -113,16 +120,37 @@ class MemoryReport:
     params: int
     trainable_params: int
     stages: tuple[StageMemory, ...]
+    # torch.nn.DataParallel: one replica GPU (GPUs 1..n−1); ``stages`` holds GPU 0.
+    replica: StageMemory | None = None
+
+    @property
+    def gpus(self) -> tuple[StageMemory, ...]:
+        """Every distinct GPU: the stages, and a DataParallel replica."""
+        return self.stages + ((self.replica,) if self.replica is not None else ())
 
     @property
     def peak_memory_bytes(self) -> int:
-        return max(s.peak_memory_bytes for s in self.stages)
+        return max(s.peak_memory_bytes for s in self.gpus)
 
     @property
     def fits(self) -> bool:
-        return all(s.fits for s in self.stages)
+        return all(s.fits for s in self.gpus)
 
     def to_json(self) -> dict:
+        out = self._json()
+        if self.replica is not None:
+            r = self.replica
+            out["data_parallel_replica"] = {
+                "gpus": r.gpus,
+                "memory_bytes": dict(r.memory_bytes),
+                "peak_memory_bytes": r.peak_memory_bytes,
+                "peak_memory_bytes_by_category": dict(r.peak_memory_bytes_by_category),
+                "capacity_bytes": r.capacity_bytes,
+                "fits": r.fits,
+            }
+        return out
+
+    def _json(self) -> dict:
         return {
             "schema_version": 1,
             "scenario": self.scenario,
@@ -157,7 +185,8 @@ class _Activations:
     walk: WalkPeak
 
 
-def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activations:
+def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
+                       loss_override: int | None = None) -> _Activations:  # fmt: skip
     """Bytes per chunk and micro-batch, walked through the rank's schedule; with context
     parallelism those of the GPU's s/cp tokens (TE saves the local q, one K/V chunk, the local
     output and log-sum-exp: ``AttnFuncWithCPAndKVP2P.forward``'s ``save_for_backward``)."""
@@ -183,7 +212,11 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
                 c -= frozen_input_savings(m, t, tp, sp)
         if ch.head:
             c += head_saved_bytes(m, t, tp, sp)
+            if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
+                c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
+            if loss_override is not None:  # DataParallel: GPU 0 the whole batch, replicas none
+                loss_bytes[stage] = loss_override
         chunk_bytes[stage] = c
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
@@ -294,8 +327,15 @@ def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
     return out
 
 
-def stage_memory(sc: Scenario, stage: int) -> StageMemory:
-    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
+def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
+    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical).
+
+    ``role`` under torch.nn.DataParallel (``costs.data_parallel``): "gpu0", the module's GPU,
+    holds the model states as DDP does, its own replica's gradients again while they are
+    reduced, and, instead of one micro-batch's loss memory, the gathered logits, their
+    gradient and the whole batch's loss; "replica", another GPU, the broadcast parameters, its
+    activations and its gradients until they are reduced: no master weights, optimizer state
+    or loss."""
     p, hw = sc.parallelism, sc.hardware
     step = resolve(sc)
     mine = step.rank_chunks(stage)
@@ -303,7 +343,14 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     ms, tensors, states, host = _model_states(sc, step, stage)
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
-    act = _stage_activations(sc, step, stage)
+    reduce_b = grads_b if role else 0
+    loss_override = None
+    if role == "gpu0":
+        loss_override = gpu0_extra_loss_bytes(sc, step)
+        grads_b += reduce_b
+    elif role == "replica":
+        loss_override, master_b, states_b = 0, 0, 0
+    act = _stage_activations(sc, step, stage, loss_override)
     # The category is the most activations at any point of the walk: saved, plus a recompute
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
@@ -314,6 +361,8 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
+    if role == "replica":  # no optimizer step on a replica
+        buffers, opt_ws = buffers - opt_ws, 0
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -334,7 +383,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
-    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
     peak = sum(at_peak.values())
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
@@ -349,7 +398,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     )  # fmt: skip
     return StageMemory(
         stage=stage,
-        gpus=p.tp * p.dp * p.cp,
+        gpus={"gpu0": 1, "replica": p.dp - 1}.get(role, p.tp * p.dp * p.cp),
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,
@@ -365,11 +414,13 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
         peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),
+        reduce_gradient_bytes=reduce_b,
+        role=role,
     )
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-                      transient_b: int) -> dict[str, int]:  # fmt: skip
+                      transient_b: int, reduce_b: int = 0) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
     Everything static is there all step: model states, the CUDA context and the buffers but
@@ -379,16 +430,25 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     working memory (under buffers), when the 16-bit gradients are transient those gradients
     (``transient_b``), and the activations still saved then (none after a flush; PipeDream
     steps after every backward with other micro-batches stashed). Ties go to the walk.
+    Under torch.nn.DataParallel a third moment: a reduction of the gradients onto GPU 0, when
+    ``reduce_b`` of them exist only until it ends (after backward, before the optimizer step,
+    activations as at the step); ties between the two go to the optimizer step.
     """
     out = dict(cats)
     base_buffers = cats["buffers"] - loss_b - opt_ws
-    if walk.peak >= walk.optimizer_saved + transient_b + opt_ws:
-        out["gradients"] = cats["gradients"] - transient_b
+    at_step = max(opt_ws + transient_b, reduce_b)
+    if walk.peak >= walk.optimizer_saved + at_step:
+        out["gradients"] = cats["gradients"] - transient_b - reduce_b
         out["activations"] = walk.saved + walk.working_set
         out["buffers"] = base_buffers + walk.loss
-    else:
+    elif opt_ws + transient_b >= reduce_b:
+        out["gradients"] = cats["gradients"] - reduce_b
         out["activations"] = walk.optimizer_saved
         out["buffers"] = base_buffers + opt_ws
+    else:
+        out["gradients"] = cats["gradients"] - transient_b
+        out["activations"] = walk.optimizer_saved
+        out["buffers"] = base_buffers
     return out
 
 
@@ -399,10 +459,13 @@ def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:
-    """Memory per GPU of every pipeline stage of a scenario."""
+    """Memory per GPU of every pipeline stage of a scenario; under torch.nn.DataParallel
+    GPU 0 (the one stage) and a replica apart."""
+    dp = is_data_parallel(sc)
     return MemoryReport(
         scenario=sc.name,
         params=total_params(sc.model, sc.training),
         trainable_params=trainable_params(sc.model, sc.training),
-        stages=tuple(stage_memory(sc, s) for s in range(sc.parallelism.pp)),
+        stages=tuple(stage_memory(sc, s, "gpu0" if dp else "") for s in range(sc.parallelism.pp)),
+        replica=stage_memory(sc, 0, "replica") if dp else None,
     )
