@@ -11,7 +11,13 @@ torch/nn/parallel/data_parallel.py, ``DataParallel.forward``, lines 172-197). Ea
   ``torch._C._broadcast_coalesced``): every step, every micro-batch;
 * ``parallel_apply`` runs each replica's forward in a Python thread of its own
   (parallel_apply.py, lines 80-135): the threads share one interpreter, so under the GIL the
-  host issues the n forwards one after another (``host_forward_ns``, scaled here by n);
+  host issues the n forwards one after another (``host_forward_ns``, scaled here by n). An
+  upper bound: the generated bindings release the GIL around each ATen call
+  (pytorch/pytorch tools/autograd/templates/python_variable_methods_dispatch.h, "wrappers
+  around ATen functions that release the GIL"), so only the Python part of an op's host time
+  is serial; with none of it serial the forwards cost one replica's host time (what
+  ``runtime.host_us_per_op: 0`` shows when the host is not the bottleneck). The backward is
+  issued by the autograd engine's C++ thread per device: one replica's host time;
 * ``gather`` concatenates the outputs on GPU 0 (``Gather.forward`` → ``comm.gather``), where the
   loss is computed: for a language model the logits, n·b·s·V elements;
 * backward: ``Gather.backward`` scatters the output gradient back (_functions.py line 117),
