@@ -193,3 +193,33 @@ def test_transfers_and_loss_against_closed_forms() -> None:
     ce = 16 * B * S * V * (1 + 1.25)
     hbm = hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound
     assert _one(g0, "LOSS").duration_ns == round((N - 1) * 1e9 * ce / hbm)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["training.global_batch=96"],  # 3 micro-batches: a broadcast and reduction each
+        ["training.recompute=full"],
+        ["training.cross_entropy=fused"],
+        ["parallelism.dp=2", "cluster.gpus_per_node=2", "training.global_batch=16"],
+        ["runtime=megatron_lm_2021"],  # no host time modelled
+        # short sequences: a replica peaks while its gradients are reduced, not in backward
+        ["training.seq_len=128", "training.micro_batch=1", "training.global_batch=4"],
+    ],
+)
+def test_engine_peaks_match_the_memory_model_on_both_rows(sets: list[str]) -> None:
+    res = simulate_scenario(load_scenario(SCN, sets))
+    mem, tl = res.memory, res.timeline
+    assert tl.peak_memory_bytes(0) == mem.stages[0].peak_memory_bytes
+    assert tl.peak_memory_bytes(1) == mem.replica.peak_memory_bytes
+    assert [s for s in tl.spans_of(0) if s.kind == "OPT"]
+    assert not [s for s in tl.spans_of(1) if s.kind == "OPT"]
+
+
+def test_a_replica_with_little_activation_peaks_during_the_reduction() -> None:
+    sc = load_scenario(SCN, ["training.seq_len=128", "training.micro_batch=1",
+                             "training.global_batch=4"])  # fmt: skip
+    rep = estimate_memory(sc).replica
+    at = dict(rep.peak_memory_bytes_by_category)
+    assert at["gradients"] == PARAMS * 2 and at["activations"] == 0
+    assert rep.peak_memory_bytes == 2 * PARAMS * 2 + rep.category("cuda_context")
