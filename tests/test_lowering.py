@@ -180,9 +180,12 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
         assert type(t.duration_ns) is int and t.duration_ns >= 0, t
         # "host": a runtime that models eager dispatch (passes.host_pass; llama3_8b_cp runs
         # megatron_core's); "paging": a paged optimizer's transfers (passes.paging_pass)
-        assert 0 <= t.rank < p.pp and t.stream in (*STREAMS, "host", "paging"), t
+        # torch.nn.DataParallel: GPU 0 and a replica (rank 1) run the one stage
+        dp_rows = 2 if p.dp_mode == "data_parallel" and p.dp > 1 else 0
+        assert 0 <= t.rank < (dp_rows or p.pp) and t.stream in (*STREAMS, "host", "paging"), t
         if t.stage is not None:
-            assert 0 <= t.stage < p.pp * p.virtual_stages and t.stage % p.pp == t.rank, t
+            assert 0 <= t.stage < p.pp * p.virtual_stages, t
+            assert t.stage % p.pp == (0 if dp_rows else t.rank), t
         if t.microbatch is not None and t.kind != "OPT":
             assert 0 <= t.microbatch < sc.num_microbatches, t
     # Acyclic, counting the engine's FIFO order on each (gpu, stream) as edges too: otherwise

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
+from simtrain.costs.data_parallel import is_data_parallel
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.costs.workload import initial_memory, lowering_input, nic_plan, optimizer_memory
 from simtrain.layout.step import ResolvedStep, resolve
@@ -52,7 +53,12 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
     return share_nics(tasks, nic_plan(sc, step))
 
 
-def rank_labels(step: ResolvedStep) -> dict[int, str]:
+def rank_labels(step: ResolvedStep, sc: Scenario | None = None) -> dict[int, str]:
+    """Each simulated rank's row label; under torch.nn.DataParallel GPU 0 and a replica."""
+    if sc is not None and is_data_parallel(sc):
+        n = sc.parallelism.dp
+        who = "GPU 1" if n == 2 else f"GPUs 1-{n - 1}"
+        return {0: "GPU 0: module, loss, optimizer", 1: f"{who}: replicas"}
     return {r: step.placement.rank_label(r) for r in range(step.pp)}
 
 
@@ -62,7 +68,9 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
         step = resolve(sc)
         mem = estimate_memory(sc)
         tasks, links = lower_scenario(sc, mem, detail)
-        timeline = simulate(tasks, initial_memory(step, mem), links, rank_labels=rank_labels(step))
+        timeline = simulate(
+            tasks, initial_memory(step, mem), links, rank_labels=rank_labels(step, sc)
+        )
         metrics = step_metrics(
             step, timeline, model_flops_per_step(sc), hardware_flops_per_step(sc), sc.hardware
         )

@@ -336,6 +336,15 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     return max(ws, 0)
 
 
+def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """What cross-entropy saves for backward, per micro-batch (:func:`head_saved_bytes`):
+    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb."""
+    sb = t.seq_len_effective * t.micro_batch
+    if t.cross_entropy == "fused":
+        return PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
+    return 4 * sb * m.vocab // tp
+
+
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """Last stage, per micro-batch: final-norm input, head input, and what cross-entropy saves:
     standard, the fp32 log-softmax output (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits
@@ -345,10 +354,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     s = t.seq_len_effective
     sb = s * t.micro_batch
     div = tp if sp else 1
-    if t.cross_entropy == "fused":
-        total = prec.act_mm * sb * m.vocab // tp + 4 * sb
-    else:
-        total = 4 * sb * m.vocab // tp
+    total = loss_saved_bytes(m, t, tp)
     if grad_flows_through_blocks(t):
         total += (
             prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb

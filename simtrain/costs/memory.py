@@ -23,12 +23,14 @@ from simtrain.costs.activations import (
     head_saved_bytes,
     layer_activation_bytes,
     layer_saved_tensors,
+    loss_saved_bytes,
     loss_transient_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
     walk_peak_of_states,
 )
 from simtrain.costs.cp import cp_ring_buffer_bytes
+from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.params import (
@@ -107,6 +109,11 @@ class StageMemory:
     pageable_bytes: int = 0
     paged_bytes: int = 0
     peak_memory_bytes_unpaged: int = 0
+    # Gradients held only while they are reduced onto GPU 0 (torch.nn.DataParallel: GPU 0's own
+    # replica's and each replica's, from backward to ``ReduceAddCoalesced``), within
+    # ``memory_bytes``' gradients; "gpu0" / "replica" under DataParallel, "" otherwise.
+    reduce_gradient_bytes: int = 0
+    role: str = ""
 
     @property
     def fits(self) -> bool:
@@ -122,14 +129,21 @@ class MemoryReport:
     params: int
     trainable_params: int
     stages: tuple[StageMemory, ...]
+    # torch.nn.DataParallel: one replica GPU (GPUs 1..n−1); ``stages`` holds GPU 0.
+    replica: StageMemory | None = None
+
+    @property
+    def gpus(self) -> tuple[StageMemory, ...]:
+        """Every distinct GPU: the stages, and a DataParallel replica."""
+        return self.stages + ((self.replica,) if self.replica is not None else ())
 
     @property
     def peak_memory_bytes(self) -> int:
-        return max(s.peak_memory_bytes for s in self.stages)
+        return max(s.peak_memory_bytes for s in self.gpus)
 
     @property
     def fits(self) -> bool:
-        return all(s.fits for s in self.stages)
+        return all(s.fits for s in self.gpus)
 
     @property
     def paged(self) -> bool:
@@ -147,6 +161,16 @@ class MemoryReport:
             doc["paged_bytes"] = max(s.paged_bytes for s in self.stages)
             doc["peak_memory_bytes_unpaged"] = max(s.peak_memory_bytes_unpaged for s in self.stages)
             doc["fits_unpaged"] = all(st["fits_unpaged"] for st in doc["stages"])
+        if self.replica is not None:
+            r = self.replica
+            doc["data_parallel_replica"] = {
+                "gpus": r.gpus,
+                "memory_bytes": dict(r.memory_bytes),
+                "peak_memory_bytes": r.peak_memory_bytes,
+                "peak_memory_bytes_by_category": dict(r.peak_memory_bytes_by_category),
+                "capacity_bytes": r.capacity_bytes,
+                "fits": r.fits,
+            }
         return doc
 
     def _json(self) -> dict:
@@ -184,7 +208,8 @@ class _Activations:
     walk: WalkPeak
 
 
-def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activations:
+def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
+                       loss_override: int | None = None) -> _Activations:  # fmt: skip
     """Bytes per chunk and micro-batch, walked through the rank's schedule; with context
     parallelism those of the GPU's s/cp tokens (TE saves the local q, one K/V chunk, the local
     output and log-sum-exp: ``AttnFuncWithCPAndKVP2P.forward``'s ``save_for_backward``)."""
@@ -210,7 +235,11 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
                 c -= frozen_input_savings(m, t, tp, sp)
         if ch.head:
             c += head_saved_bytes(m, t, tp, sp)
+            if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
+                c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
+            if loss_override is not None:  # DataParallel: GPU 0 the whole batch, replicas none
+                loss_bytes[stage] = loss_override
         chunk_bytes[stage] = c
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
@@ -328,8 +357,15 @@ def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
     return out
 
 
-def stage_memory(sc: Scenario, stage: int) -> StageMemory:
-    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical)."""
+def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
+    """Memory of one GPU of pipeline stage ``stage`` (all its TP and DP peers are identical).
+
+    ``role`` under torch.nn.DataParallel (``costs.data_parallel``): "gpu0", the module's GPU,
+    holds the model states as DDP does, its own replica's gradients again while they are
+    reduced, and, instead of one micro-batch's loss memory, the gathered logits, their
+    gradient and the whole batch's loss; "replica", another GPU, the broadcast parameters, its
+    activations and its gradients until they are reduced: no master weights, optimizer state
+    or loss."""
     p, hw = sc.parallelism, sc.hardware
     step = resolve(sc)
     mine = step.rank_chunks(stage)
@@ -337,7 +373,14 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     ms, tensors, states, host = _model_states(sc, step, stage)
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
-    act = _stage_activations(sc, step, stage)
+    reduce_b = grads_b if role else 0
+    loss_override = None
+    if role == "gpu0":
+        loss_override = gpu0_extra_loss_bytes(sc, step)
+        grads_b += reduce_b
+    elif role == "replica":
+        loss_override, master_b, states_b = 0, 0, 0
+    act = _stage_activations(sc, step, stage, loss_override)
     # The category is the most activations at any point of the walk: saved, plus a recompute
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
@@ -348,6 +391,8 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
+    if role == "replica":  # no optimizer step on a replica
+        buffers, opt_ws = buffers - opt_ws, 0
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -370,12 +415,12 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
-    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
     paged = 0
-    if pageable:
-        at_walk, at_opt = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
+    if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
+        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
     breakdown = StageBreakdown(
@@ -391,7 +436,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     )  # fmt: skip
     return StageMemory(
         stage=stage,
-        gpus=p.tp * p.dp * p.cp,
+        gpus={"gpu0": 1, "replica": p.dp - 1}.get(role, p.tp * p.dp * p.cp),
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,
@@ -411,6 +456,8 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         pageable_bytes=pageable,
         paged_bytes=paged,
         peak_memory_bytes_unpaged=unpaged if pageable else 0,
+        reduce_gradient_bytes=reduce_b,
+        role=role,
     )
 
 
@@ -451,7 +498,7 @@ def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-                      transient_b: int) -> dict[str, int]:  # fmt: skip
+                      transient_b: int, reduce_b: int = 0) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
     Everything static is there all step: model states, the CUDA context and the buffers but
@@ -461,24 +508,40 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     working memory (under buffers), when the 16-bit gradients are transient those gradients
     (``transient_b``), and the activations still saved then (none after a flush; PipeDream
     steps after every backward with other micro-batches stashed). Ties go to the walk.
+    Under torch.nn.DataParallel a third moment: a reduction of the gradients onto GPU 0, when
+    ``reduce_b`` of them exist only until it ends (after backward, before the optimizer step,
+    activations as at the step); ties between the two go to the optimizer step.
     """
-    at_walk, at_opt = _moments(cats, walk, loss_b, opt_ws, transient_b)
-    return at_walk if walk.peak >= walk.optimizer_saved + transient_b + opt_ws else at_opt
+    at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b)
+    if walk.peak >= walk.optimizer_saved + max(opt_ws + transient_b, reduce_b):
+        return at_walk
+    return at_opt if opt_ws + transient_b >= reduce_b else at_reduce
 
 
-def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-             transient_b: int) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
-    """The stage's memory by category at the activation walk's peak and at the optimizer step
-    (:func:`_peak_by_category`)."""
+def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, transient_b: int,
+             reduce_b: int = 0) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
+    """The stage's memory by category at the activation walk's peak, at the optimizer step
+    and at a DataParallel reduction onto GPU 0 (:func:`_peak_by_category`)."""
     base_buffers = cats["buffers"] - loss_b - opt_ws
     at_walk = dict(
         cats,
-        gradients=cats["gradients"] - transient_b,
+        gradients=cats["gradients"] - transient_b - reduce_b,
         activations=walk.saved + walk.working_set,
         buffers=base_buffers + walk.loss,
     )
-    at_opt = dict(cats, activations=walk.optimizer_saved, buffers=base_buffers + opt_ws)
-    return at_walk, at_opt
+    at_opt = dict(
+        cats,
+        gradients=cats["gradients"] - reduce_b,
+        activations=walk.optimizer_saved,
+        buffers=base_buffers + opt_ws,
+    )
+    at_reduce = dict(
+        cats,
+        gradients=cats["gradients"] - transient_b,
+        activations=walk.optimizer_saved,
+        buffers=base_buffers,
+    )
+    return at_walk, at_opt, at_reduce
 
 
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
@@ -498,10 +561,13 @@ def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:
-    """Memory per GPU of every pipeline stage of a scenario."""
+    """Memory per GPU of every pipeline stage of a scenario; under torch.nn.DataParallel
+    GPU 0 (the one stage) and a replica apart."""
+    dp = is_data_parallel(sc)
     return MemoryReport(
         scenario=sc.name,
         params=total_params(sc.model, sc.training),
         trainable_params=trainable_params(sc.model, sc.training),
-        stages=tuple(stage_memory(sc, s) for s in range(sc.parallelism.pp)),
+        stages=tuple(stage_memory(sc, s, "gpu0" if dp else "") for s in range(sc.parallelism.pp)),
+        replica=stage_memory(sc, 0, "replica") if dp else None,
     )

@@ -11,6 +11,7 @@ from math import ceil
 
 from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
+from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import MemoryReport
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
@@ -31,6 +32,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
         ep = 2 * (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
         # selective_op replays the whole forward op by op too (cached outputs included).
         host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
+        if is_data_parallel(sc):  # one interpreter issues every replica's forward (GIL)
+            host_f *= sc.parallelism.dp
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -156,8 +159,8 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
     work = RankWork(optimizer_ns=optimizer_step_ns(optimizer_shard(trainable, p), t, sc.hardware))
-    if p.dp_cp == 1 or not grad_bytes:  # gradients are reduced over dp x cp
-        return work
+    if p.dp_cp == 1 or not grad_bytes or p.dp_mode == "data_parallel":
+        return work  # gradients are reduced over dp x cp; DataParallel's: data_parallel_pass
     if p.dp_mode == "naive":
         ns, name = comm.naive_dp_ns(sc, step, grad_bytes, params * prec.param)
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
@@ -228,9 +231,16 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1
+    plan = None
+    if is_data_parallel(sc):  # GPU 0's loss memory is allocated by the pass's gather and loss
+        loss = {}
+        sm = mem.stages[0]
+        grad = sm.trainable * (4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad)
+        plan = data_parallel_plan(sc, step, sm.params, grad)
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
-                         step.traits.overlapped_fb)  # fmt: skip
+                         overlapped_fb=step.traits.overlapped_fb,
+                         data_parallel=plan)  # fmt: skip
 
 
 def paging_ns(paged_bytes: int, pcie_bytes_per_s: float) -> int:
@@ -246,16 +256,18 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
     the 16-bit gradients, when they only exist from backward to the optimizer step; an fp32
     accumulation buffer stays). The loss working memory is allocated by the last chunk's
     forward, the optimizer's working memory by the optimizer step, a paged optimizer's evicted
-    states by their prefetch."""
+    states by their prefetch. Under torch.nn.DataParallel a replica is rank 1, and the
+    gradients held only while reduced onto GPU 0 are allocated by the reduction
+    (``passes.data_parallel_pass``)."""
     out = {}
-    for sm in mem.stages:
+    for rank, sm in enumerate(mem.gpus):
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
-        cats["gradients"] -= sm.transient_gradient_bytes
+        cats["gradients"] -= sm.transient_gradient_bytes + sm.reduce_gradient_bytes
         cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
         cats["optimizer_states"] -= sm.paged_bytes
-        out[sm.stage] = cats
+        out[sm.stage if mem.replica is None else rank] = cats
     return out
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from simtrain.costs import op_sac
 from simtrain.costs.cp import cp_ring_buffer_bytes, ring_message_bytes
+from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
 from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
+from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
@@ -21,12 +23,47 @@ def _gb(n: float) -> str:
 def explain_memory(sc: Scenario, rep: MemoryReport) -> list[str]:
     """Every stage's lines, in stage order."""
     lines: list[str] = []
-    for sm in rep.stages:
+    for sm in rep.gpus:
         assert sm.breakdown is not None
         lines += _model_states(sc, sm, sm.breakdown)
         lines += _activations(sc, sm, sm.breakdown)
+        lines += _data_parallel(sc, sm)
         lines += _buffers_and_peak(sc, sm, sm.breakdown)
     return lines
+
+
+def _data_parallel(sc: Scenario, sm: StageMemory) -> list[str]:
+    """torch.nn.DataParallel (``costs.data_parallel``): what GPU 0 holds beyond a replica, and
+    what a replica does not hold."""
+    n = sc.parallelism.dp
+    if sm.role == "replica":
+        return [
+            f"  DataParallel replica (GPUs 1-{n - 1}): the parameters arrive by broadcast every "
+            "forward and have no .grad: no master weights, no optimizer states (their lines "
+            "above are GPU 0's); its gradients = "
+            f"{_gb(sm.reduce_gradient_bytes)} exist from its backward until they are reduced "
+            "onto GPU 0; no loss (computed on GPU 0)",
+        ]
+    if sm.role != "gpu0":
+        return []
+    step = resolve(sc)
+    logits = gathered_logits_bytes(sc, step)
+    loss = gpu0_loss_bytes(sc, step) - logits
+    t = sc.training
+    return [
+        f"  DataParallel GPU 0: + its own replica's gradients while they are reduced onto it = "
+        f"{_gb(sm.reduce_gradient_bytes)} (gradients above: the module's .grad + these)",
+        f"  DataParallel GPU 0 loss memory: gathered logits {n} x {t.micro_batch} x "
+        f"{step.seq_len_effective} x {sc.model.vocab} x {step.precision.act_mm} B = {_gb(logits)}"
+        f", their gradient {_gb(logits)}, the loss over {n * t.micro_batch} sequences "
+        f"{_gb(loss)} (in buffers)",
+    ]
+
+
+def _label(sm: StageMemory) -> str:
+    return {"gpu0": "GPU 0 (DataParallel)", "replica": "replica (DataParallel)"}.get(
+        sm.role, f"stage {sm.stage}"
+    )
 
 
 def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
@@ -36,7 +73,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     dp_name = f"dp x cp {p.dp} x {p.cp} = {dp}" if p.cp > 1 else f"dp {dp}"
     ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
     lines = [
-        f"stage {sm.stage}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
+        f"{_label(sm)}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
         f"{f', TP {tp}' if tp > 1 else ''}), {ms.trainable:,} trainable",
         f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(ms.parameters)}"
         + (" (base weights NF4: 4 bits + block constants)" if t.peft.method == "qlora" else ""),

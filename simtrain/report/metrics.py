@@ -29,7 +29,7 @@ from simtrain.layout.step import ResolvedStep
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.hardware import HardwareProfile
 
-COMPUTE_KINDS = ("F", "B", "I", "W")
+COMPUTE_KINDS = ("F", "B", "I", "W", "LOSS")  # LOSS: DataParallel's loss on GPU 0
 
 
 @dataclass(frozen=True, slots=True)

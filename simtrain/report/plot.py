@@ -65,6 +65,12 @@ KIND_STYLES: dict[str, tuple[str, str | None]] = {
     "RESHARD": ("#E377C2", None),
     "ALLTOALL": ("#D35480", None),
     "BROADCAST": ("#7B3F9E", None),
+    # torch.nn.DataParallel (sim.lowering.passes.data_parallel_pass)
+    "BCAST": ("#7B3F9E", None),
+    "GATHER": ("#B07AA1", None),
+    "SCATTER": ("#E377C2", None),
+    "REDUCE": ("#C0392B", None),
+    "LOSS": ("#EDC948", None),  # the loss on GPU 0: yellow
 }
 _ALIASES = {
     "ALL_REDUCE": "ALLREDUCE",

@@ -31,12 +31,14 @@ def memory_table(rep: MemoryReport) -> str:
             start = label.split("-")[0]
             cols[-1] = (f"{start}-{s.stage}", first)
         else:
-            cols.append((str(s.stage), s))
-    width = max(12, *(len(c[0]) + 8 for c in cols))
+            cols.append((f"stage {s.stage}", s))
+    if rep.replica is not None:  # torch.nn.DataParallel: GPU 0 and a replica differ
+        cols = [("GPU 0", stages[0]), ("replica", rep.replica)]
+    width = max(12, *(len(c[0]) + 2 for c in cols))
     lines = [
         f"{rep.scenario}: {rep.params:,} parameters, {rep.trainable_params:,} trainable",
         "memory per GPU, GiB (2^30 bytes)",
-        f"{'category':<18}" + "".join(f"{'stage ' + c[0]:>{width}}" for c in cols),
+        f"{'category':<18}" + "".join(f"{c[0]:>{width}}" for c in cols),
     ]
     for cat in MEMORY_CATEGORIES:
         if cat == "stashed_weights" and not any(s.category(cat) for _, s in cols):
@@ -73,16 +75,21 @@ def memory_table(rep: MemoryReport) -> str:
 
 def fit_verdict(rep: MemoryReport) -> str:
     """ "fits" with the headroom, or "does not fit, short by X GiB in category Y"."""
-    worst = max(rep.stages, key=lambda s: s.peak_memory_bytes - s.capacity_bytes)
+    worst = max(rep.gpus, key=lambda s: s.peak_memory_bytes - s.capacity_bytes)
     if rep.fits:
         head = worst.capacity_bytes - worst.peak_memory_bytes
         return (f"fits: peak {gib(rep.peak_memory_bytes)} GiB of {gib(worst.capacity_bytes)} GiB "
-                f"(headroom {gib(head)} GiB on stage {worst.stage})"
+                f"(headroom {gib(head)} GiB on {_where(worst)})"
                 + paging_note(rep))  # fmt: skip
     short = worst.peak_memory_bytes - worst.capacity_bytes
     cat, val = max(worst.memory_bytes, key=lambda kv: kv[1])
-    return (f"does not fit: stage {worst.stage} is short by {gib(short)} GiB; largest category "
+    return (f"does not fit: {_where(worst)} is short by {gib(short)} GiB; largest category "
             f"{cat} ({gib(val)} GiB)")  # fmt: skip
+
+
+def _where(s: Any) -> str:
+    """``stage 3``, or under torch.nn.DataParallel ``GPU 0`` / ``a replica``."""
+    return {"gpu0": "GPU 0", "replica": "a replica"}.get(s.role, f"stage {s.stage}")
 
 
 def paging_note(rep: MemoryReport) -> str:
@@ -121,8 +128,10 @@ def run_summary(res: Any, phased: Any = None) -> dict[str, Any]:
     mt = res.metrics
     doc = res.memory.to_json()
     by_stage = {s.stage: s for s in mt.stages}
-    for st in doc["stages"]:
-        s = by_stage[st["stage"]]
+    rows = [(st, by_stage[st["stage"]]) for st in doc["stages"]]
+    if "data_parallel_replica" in doc:  # torch.nn.DataParallel: the replica is rank 1
+        rows.append((doc["data_parallel_replica"], by_stage[1]))
+    for st, s in rows:
         st["bubble_ratio"] = s.bubble_ratio
         st["busy_s"] = s.busy_s
         st["communication_exposed_s"] = s.communication_exposed_s
@@ -210,8 +219,10 @@ def run_table(res: Any, phased: Any = None) -> str:
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",
     ]
+    dp = res.memory.replica is not None  # torch.nn.DataParallel: GPU 0 and a replica
     for s in mt.stages:
-        lines.append(f"{s.stage:>5} {s.busy_s:>10.4f} {100 * s.bubble_ratio:>9.1f} "
+        row = ("GPU 0", "rep.")[s.stage] if dp else s.stage
+        lines.append(f"{row:>5} {s.busy_s:>10.4f} {100 * s.bubble_ratio:>9.1f} "
                      f"{s.communication_exposed_s:>15.4f} {s.peak_memory_bytes / GIB:>9.2f}")  # fmt: skip
     lines.append("")
     lines.append(fit_verdict(res.memory))

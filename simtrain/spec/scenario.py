@@ -42,7 +42,7 @@ CROSS_ENTROPY = ("standard", "fused")
 PEFT_METHODS = (
     "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
 )  # fmt: skip
-DP_MODES = ("ddp", "naive")
+DP_MODES = ("ddp", "naive", "data_parallel")
 LAYER_SPLITS = ("uniform", "compute_balanced", "embedding_as_layer")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -554,6 +554,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
         )
     check_moe_layout(s, file)
+    check_data_parallel(s, file)
     if p.zero_stage and p.dp_mode == "naive":
         raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
     if t.seq_len > m.max_positions and m.positions == "learned":
@@ -589,6 +590,28 @@ def check_layout(s: Scenario, file: str) -> None:
             "fp8_tensorwise or fp8_rowwise", t.recompute,
         )  # fmt: skip
     check_size(s, file)
+
+
+def check_data_parallel(s: Scenario, file: str) -> None:
+    """``dp_mode: data_parallel`` is ``torch.nn.DataParallel``: one Python process drives the
+    GPUs of one node from GPU 0 (torch/nn/parallel/data_parallel.py, ``DataParallel.forward``:
+    scatter, replicate, parallel_apply, gather). Every key that does not apply to it is named
+    in one line: pipeline, tensor, context and expert parallelism, ZeRO, more than one node."""
+    p, c = s.parallelism, s.cluster
+    if p.dp_mode != "data_parallel":
+        return
+    bad = [(f"parallelism.{k}", getattr(p, k), ok) for k, ok in
+           (("pp", 1), ("tp", 1), ("cp", 1), ("ep", 1), ("zero_stage", 0))
+           if getattr(p, k) != ok]  # fmt: skip
+    if c.nodes != 1:
+        bad.append(("cluster.nodes", c.nodes, 1))
+    if bad:
+        keys = ", ".join(f"{k} = {v}" for k, v, _ in bad)
+        raise ConfigError(
+            file, "parallelism.dp_mode", f"data_parallel (torch.nn.DataParallel: one process "
+            f"replicating the model over one node's GPUs) does not apply with {keys}",
+            p.dp_mode, ", ".join(f"{k}: {ok}" for k, _, ok in bad) + " (or dp_mode: ddp)",
+        )  # fmt: skip
 
 
 def _degrees(p: ParallelSpec) -> str:

@@ -8,9 +8,11 @@ fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-sca
 ``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
 ZeRO-1/2 parameter all-gather; ``paging_pass`` a paged optimizer's eviction and prefetch of
-its states on a "paging" stream; ``resolve`` numbers the ops into engine tasks. ``nics`` then
+its states on a "paging" stream; ``data_parallel_pass`` torch.nn.DataParallel's GPU 0
+transfers and its replica row; ``resolve`` numbers the ops into engine tasks. ``nics`` then
 puts cross-node transfers on shared NIC links. Only one GPU per pipeline
-stage is simulated: its TP and DP peers do identical work (scale by symmetry). Data-parallel
+stage is simulated: its TP and DP peers do identical work (scale by symmetry); under
+torch.nn.DataParallel GPU 0 does not, and a replica is simulated beside it (rank 1). Data-parallel
 reductions run on their own "dp" stream (a separate NCCL communicator), overlapping the
 backward and never delaying the pipeline's TP traffic; the optimizer step waits for them.
 """
@@ -18,12 +20,19 @@ backward and never delaying the pipeline's TP traffic; the optimizer step waits 
 from __future__ import annotations
 
 from simtrain.sim.engine import Task
-from simtrain.sim.lowering.ir import ChunkDurations, LoweringInput, NicPlan, RankWork
+from simtrain.sim.lowering.ir import (
+    ChunkDurations,
+    DataParallelPlan,
+    LoweringInput,
+    NicPlan,
+    RankWork,
+)
 from simtrain.sim.lowering.nics import share_nics
 from simtrain.sim.lowering.passes import (
     bucket_pass,
     compute_pass,
     cp_pass,
+    data_parallel_pass,
     ep_pass,
     host_pass,
     optimizer_pass,
@@ -34,7 +43,15 @@ from simtrain.sim.lowering.passes import (
 )
 from simtrain.sim.lowering.resolve import resolve
 
-__all__ = ["ChunkDurations", "LoweringInput", "NicPlan", "RankWork", "lower", "share_nics"]
+__all__ = [
+    "ChunkDurations",
+    "DataParallelPlan",
+    "LoweringInput",
+    "NicPlan",
+    "RankWork",
+    "lower",
+    "share_nics",
+]
 
 
 def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = False) -> list[Task]:
@@ -57,6 +74,6 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
     for lowering_pass in (zero3_pass, bucket_pass, tp_pass, ep_pass, host_pass, cp_pass,
-                          p2p_pass, optimizer_pass, paging_pass):  # fmt: skip
+                          p2p_pass, optimizer_pass, paging_pass, data_parallel_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -84,6 +84,29 @@ class RankWork:
 
 
 @dataclass(frozen=True, slots=True)
+class DataParallelPlan:
+    """``torch.nn.DataParallel`` (``costs.data_parallel``): GPU 0 (rank 0) runs the module and
+    drives the replicas; rank 1 stands for each of the ``replicas`` other GPUs. Per micro-batch
+    (one ``DataParallel.forward`` call and its backward), in GPU 0's stream order: scatter the
+    inputs, broadcast the parameters, forward on every GPU, gather the outputs, the loss on
+    GPU 0, scatter the output gradient, backward on every GPU, reduce the gradients onto GPU 0;
+    after the last micro-batch the optimizer step on GPU 0 alone. Durations in ns, bytes the
+    transients GPU 0 (``gpu0_*``) and a replica (``replica_grad_bytes``) allocate."""
+
+    replicas: int  # GPUs beside GPU 0 (n − 1)
+    scatter_inputs_ns: int
+    broadcast_ns: int
+    gather_ns: int
+    loss_ns: int  # GPU 0's loss over the other replicas' gathered rows
+    scatter_grad_ns: int
+    reduce_ns: int
+    gathered_bytes: int  # the gathered outputs on GPU 0, from the gather to the scatter
+    loss_bytes: int  # the loss's working memory and the outputs' gradient, from the loss on
+    gpu0_grad_bytes: int  # GPU 0's own replica's gradients during the reduce (transient)
+    replica_grad_bytes: int  # a replica's gradients, from its backward to the reduce
+
+
+@dataclass(frozen=True, slots=True)
 class NicPlan:
     """Which transfers leave the node (and so share their GPU's NIC), per kind, with the part
     of each that is latency: p2p sends per rank and direction, DP/ZeRO and TP collectives."""
@@ -136,6 +159,8 @@ class LoweringInput:
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
     overlapped_fb: bool = False
+    # torch.nn.DataParallel: GPU 0 and a replica row (``passes.data_parallel_pass``)
+    data_parallel: DataParallelPlan | None = None
 
     @property
     def host_modelled(self) -> bool:

@@ -372,3 +372,90 @@ def paging_pass(ir: StepIR) -> None:
         opt.deps.append(back)
         at = r.tail.index(opt)
         r.tail[at:at] = [out, back]
+
+
+def data_parallel_pass(ir: StepIR) -> None:
+    """``torch.nn.DataParallel`` (``ir.DataParallelPlan``; torch 2.13
+    torch/nn/parallel/data_parallel.py ``DataParallel.forward``): GPU 0 is rank 0, rank 1 one
+    replica. Per forward, on GPU 0's "dp" stream: the inputs scattered (``scatter_kwargs``),
+    the parameters broadcast (``replicate`` → ``Broadcast.apply`` → ``comm.broadcast_coalesced``),
+    then every GPU's forward (``parallel_apply``); the outputs gathered onto GPU 0 once every
+    forward is done and the host has issued them all (the threads joined), the loss there, and
+    the output gradient scattered back (``Gather.backward``). Each backward is followed by the
+    reduction of the gradients onto GPU 0 (``Broadcast.backward`` → ``ReduceAddCoalesced``),
+    and GPU 0's optimizer step waits for the last one. torch's NCCL calls run on each device's
+    current stream, so none of this overlaps compute: each is a step of the action's chain
+    (GPU 0's action ends with its scatter or reduction). The replica row shows its side of each
+    transfer and no optimizer step. Runs after ``optimizer_pass``."""
+    plan = ir.inp.data_parallel
+    if plan is None:
+        return
+    gpu0 = ir.ranks[0]
+    rep_groups: list[Group] = []
+    last_rep: Op | None = None
+    join: Op | None = None  # what a replica's next compute waits for (broadcast or scatter)
+    for g in gpu0.groups:
+        a = g.action
+        if a is None or a.kind not in COMPUTE:
+            continue
+        compute = [op for op in g.ops if op.stream == "compute"]
+        first, mb, st = compute[0], a.microbatch, a.stage
+        rep: list[Op] = []
+        if a.kind == "F":
+            scatter = Op(0, "dp", "SCATTER", f"scatter inputs {g.label}", plan.scatter_inputs_ns,
+                         list(first.deps), microbatch=mb, stage=st)  # fmt: skip
+            bcast = Op(0, "dp", "BCAST", f"broadcast params {g.label}", plan.broadcast_ns,
+                       [scatter], microbatch=mb, stage=st)  # fmt: skip
+            first.deps.append(bcast)
+            at = g.ops.index(first)
+            g.ops[at:at] = [scatter, bcast]
+            rep.append(Op(1, "dp", "BCAST", f"receive params {g.label}", plan.broadcast_ns,
+                          [scatter], microbatch=mb, stage=st))  # fmt: skip
+            join = bcast
+        for op in compute:
+            deps = [rep[-1] if rep and rep[-1].stream == "compute" else join]
+            if last_rep is not None and not (rep and rep[-1].stream == "compute"):
+                deps.append(last_rep)
+            rep.append(Op(1, "compute", op.kind, op.name, op.duration_ns, deps, op.alloc,
+                          op.free, mb, st))  # fmt: skip
+        last_rep = rep[-1]
+        both = [g.done, last_rep]
+        if a.kind == "F":
+            issued = [g.host] if g.host is not None else []
+            gather = Op(0, "dp", "GATHER", f"gather outputs {g.label}", plan.gather_ns,
+                        both + issued, (("buffers", plan.gathered_bytes),),
+                        microbatch=mb, stage=st)  # fmt: skip
+            loss = Op(
+                0,
+                "compute",
+                "LOSS",
+                f"loss on gathered outputs {g.label}",
+                plan.loss_ns,
+                [gather],
+                (("buffers", plan.loss_bytes),),
+                microbatch=mb,
+                stage=st,
+            )
+            grad = Op(0, "dp", "SCATTER", f"scatter output grads {g.label}",
+                      plan.scatter_grad_ns, [loss], (),
+                      (("buffers", plan.gathered_bytes + plan.loss_bytes),), mb, st)  # fmt: skip
+            rep.append(Op(1, "dp", "GATHER", f"send outputs {g.label}", plan.gather_ns,
+                          both + issued, microbatch=mb, stage=st))  # fmt: skip
+            rep.append(Op(1, "dp", "SCATTER", f"receive output grads {g.label}",
+                          plan.scatter_grad_ns, [loss], microbatch=mb, stage=st))  # fmt: skip
+            g.ops += [gather, loss, grad]
+            g.done = join = grad
+        elif a.kind in ("B", "W"):
+            red = (("gradients", plan.gpu0_grad_bytes),)
+            reduce = Op(0, "dp", "REDUCE", f"reduce grads onto GPU 0 {g.label}", plan.reduce_ns,
+                        both, red, red, mb, st)  # fmt: skip
+            mine = (("gradients", plan.replica_grad_bytes),)
+            rep.append(Op(1, "dp", "REDUCE", f"send grads {g.label}", plan.reduce_ns, both,
+                          mine, mine, mb, st))  # fmt: skip
+            g.ops.append(reduce)
+            g.done = reduce
+            for op in gpu0.tail:
+                if op.kind == "OPT":
+                    op.deps.append(reduce)
+        rep_groups.append(Group(None, rep, rep[-1], label=g.label))
+    ir.ranks[1] = RankIR(1, rep_groups, [])
