@@ -3,7 +3,8 @@
 Categories (``simtrain.sim.timeline.MEMORY_CATEGORIES``): ``parameters``, ``stashed_weights``
 (PipeDream's and PipeDream-2BW's extra weight versions), ``master_weights``, ``gradients``,
 ``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
-bytes when optimizer states are offloaded. Model states per parameter come from
+bytes (and the pinned part of them) when optimizer states or parameters are offloaded
+(``costs.offload``). Model states per parameter come from
 ``costs.params``, ZeRO stage 1/2/3 divides the optimizer states / + gradients / + parameters by
 N_d (Rajbhandari et al. 2020 §5.1-5.3); activations come from ``costs.activations``, walked
 through the rank's schedule. ``report.explain`` writes the arithmetic out from
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
+from simtrain.costs import offload
 from simtrain.costs.activations import (
     SavedTensor,
     WalkPeak,
@@ -93,6 +95,7 @@ class StageMemory:
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
+    pinned_host_memory_bytes: int = 0  # of host_memory_bytes, page-locked (costs.offload)
     # What the peak is made of, in MEMORY_CATEGORIES order: sums to peak_memory_bytes exactly.
     # ``memory_bytes`` lists every category at its own largest (transients that never coexist,
     # such as the loss working memory, a recompute working set and the optimizer step's working
@@ -134,6 +137,12 @@ class MemoryReport:
                     "gpus": s.gpus,
                     "memory_bytes": dict(s.memory_bytes),
                     "host_memory_bytes": s.host_memory_bytes,
+                    # only with offload: the files of every other scenario keep their bytes
+                    **(
+                        {"pinned_host_memory_bytes": s.pinned_host_memory_bytes}
+                        if s.pinned_host_memory_bytes
+                        else {}
+                    ),  # fmt: skip
                     "peak_memory_bytes": s.peak_memory_bytes,
                     "peak_memory_bytes_by_category": dict(s.peak_memory_bytes_by_category),
                     "capacity_bytes": s.capacity_bytes,
@@ -213,7 +222,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += scaling_state_bytes(sc.model, prec) * n_layers
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
-    if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer
+    if z >= 3 and (dp > 1 or t.offload.parameters):
+        # gathered (or, offloaded, fetched) 16-bit parameters of the current and prefetched layer
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)
@@ -237,9 +247,11 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
 
 
 def _model_states(sc: Scenario, step: ResolvedStep, stage: int
-                  ) -> tuple[ModelStateBytes, list[ParamTensor], dict[str, int], int]:  # fmt: skip
+                  ) -> tuple[ModelStateBytes, list[ParamTensor], dict[str, int],
+                             tuple[int, int]]:  # fmt: skip
     """(model states before sharding, the stage's parameter tensors, bytes per model-state
-    category after ZeRO (Rajbhandari et al. 2020 §5) and offload, host bytes)."""
+    category after ZeRO (Rajbhandari et al. 2020 §5) and offload, (host bytes, of which
+    pinned))."""
     m, t, p = sc.model, sc.training, sc.parallelism
     tp, dp, z = p.tp, p.dp_cp, p.zero_stage  # ZeRO shards over dp x cp (ParallelSpec.dp_cp)
     mine = step.rank_chunks(stage)
@@ -265,13 +277,24 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ms = add_states(scale_states(model_state_bytes(layer, t), n_layers),
                         model_state_bytes(ends, t))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, dp // p.ep)
-    host = 0
+    host = pinned = 0
     if t.offload.optimizer:
-        host = b["optimizer_states"] + b["master_weights"]
+        # ZeRO-Offload (costs.offload): Adam's states (plain host tensors), and pinned: the
+        # fp32 master partition (a host copy even when training in fp32), DeepSpeed's fp32
+        # gradient buffer, its 16-bit parameter buffer and, with gradient accumulation, its
+        # 16-bit gradient accumulator.
+        shard = ceil(ms.trainable / (dp if z >= 1 else 1))
+        prec = step.precision
+        pinned = offload.pinned_host_bytes(shard, prec.param, prec.grad, step.microbatches)
+        host = b["optimizer_states"] + pinned
         b["optimizer_states"] = b["master_weights"] = 0
+    if t.offload.parameters:  # ZeRO-Infinity: the partition lives on the host (ZeRO-3 only)
+        host += b["parameters"]
+        pinned += b["parameters"]
+        b["parameters"] = 0
     # A stage without decoder layers holds none of their tensors (no optimizer temporaries or
     # QLoRA dequantisation buffer for them).
-    return ms, (list(layer) if n_layers else []) + ends, b, host
+    return ms, (list(layer) if n_layers else []) + ends, b, (host, pinned)
 
 
 def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
@@ -300,7 +323,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     step = resolve(sc)
     mine = step.rank_chunks(stage)
     n_layers = step.rank_layers(stage)
-    ms, tensors, states, host = _model_states(sc, step, stage)
+    ms, tensors, states, (host, pinned) = _model_states(sc, step, stage)
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
     act = _stage_activations(sc, step, stage)
@@ -353,6 +376,7 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,
+        pinned_host_memory_bytes=pinned,
         peak_memory_bytes=peak,
         capacity_bytes=hw.memory_bytes,
         activation_bytes_per_microbatch=breakdown.activation_bytes_per_microbatch,

@@ -101,9 +101,17 @@ class PeftSpec:
 
 @dataclass(frozen=True, slots=True)
 class OffloadSpec:
-    """ZeRO-Offload style: optimizer states and fp32 master weights live in host memory."""
+    """CPU offload as DeepSpeed runs it (``costs.offload``; lowered by ``passes.offload_pass``).
+
+    ``optimizer``: ZeRO-Offload (Ren et al. 2021 §4; DeepSpeed ``offload_optimizer``): fp32
+    master weights and optimizer states in pinned host memory, gradients copied down over PCIe
+    per bucket during the last backward, DeepSpeedCPUAdam on the host, the updated 16-bit
+    parameters copied back up. ``parameters``: ZeRO-Infinity (Rajbhandari et al. 2021 §5;
+    DeepSpeed ``offload_param``, ZeRO-3 only): each GPU's parameter partition lives in host
+    memory and is copied up layer by layer before its gather, one layer ahead."""
 
     optimizer: bool = False
+    parameters: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +437,11 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "cluster.gpus_per_node", f"hardware {s.hardware.name} has at most "
             f"{s.hardware.gpus_per_node} GPUs per node", s.cluster.gpus_per_node,
+        )  # fmt: skip
+    if t.offload.parameters and p.zero_stage != 3:
+        raise ConfigError(
+            file, "training.offload.parameters", "parameter offload needs parallelism.zero_stage "
+            f"= 3 (DeepSpeed offload_param is a ZeRO-3 option), not {p.zero_stage}", True,
         )  # fmt: skip
     if p.virtual_stages > 1 and p.pp == 1:
         raise ConfigError(

@@ -3,7 +3,9 @@
 Passes over the step IR (``ir.StepIR``), in order (``passes``): ``compute_pass`` turns each
 action into compute ops (``pieces``: recompute, bucket slices, ZeRO-3 per-layer slices, TP
 fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-scatters;
-``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``tp_pass`` the TP all-reduces;
+``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``offload_pass`` optimizer offload's
+gradient copies to the host (PCIe "d2h" / "h2d" streams; the CPU optimizer step on "cpu");
+``tp_pass`` the TP all-reduces;
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
 ``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
@@ -25,6 +27,7 @@ from simtrain.sim.lowering.passes import (
     cp_pass,
     ep_pass,
     host_pass,
+    offload_pass,
     optimizer_pass,
     p2p_pass,
     tp_pass,
@@ -54,7 +57,7 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
-    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, ep_pass, host_pass, cp_pass,
-                          p2p_pass, optimizer_pass):  # fmt: skip
+    for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,
+                          cp_pass, p2p_pass, optimizer_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)
