@@ -224,7 +224,8 @@ def test_parameter_offload_needs_zero3() -> None:
 
 def test_the_estimate_follows_the_engine() -> None:
     """The planner's closed form (cost of the fit suggestions) within 5 % of the engine."""
-    for sc in (scenario(), scenario(dp=2, zero=2), scenario(dp=2, zero=3, parameters=True)):
+    cases = (scenario(), scenario(dp=2, zero=2), scenario(dp=2, zero=3, parameters=True), xl())
+    for sc in cases:
         est = closed_form_step_s(sc, estimate_memory(sc).stages)
         sim = simulate_scenario(sc).metrics.step_time_s
         assert est == pytest.approx(sim, rel=0.05), sc.parallelism
@@ -272,3 +273,91 @@ def test_pcie_and_cpu_lanes_are_trace_threads_and_gantt_rows(tmp_path: Path) -> 
     assert summary["stages"][0]["pinned_host_memory_bytes"] > 0
     m = CliRunner().invoke(main, ["memory", str(f)])
     assert "pinned (GiB)" in m.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation offload (DeepSpeed cpu_checkpointing)
+
+
+def xl(pp: int = 1, schedule: str = "1f1b", v: int = 1, activations: bool = True) -> Scenario:
+    """GPT-2 XL, full recompute, 8 micro-batches of 4 x 1024 per pipeline."""
+    data: dict[str, Any] = {
+        "name": "act",
+        "model": {"preset": "gpt2-xl", "flash_attention": True},
+        "hardware": "a100_sxm4_80gb",
+        "cluster": {"nodes": 1, "gpus_per_node": pp},
+        "training": {"seq_len": 1024, "global_batch": 32, "micro_batch": 4, "precision": "bf16",
+                     "optimizer": "adam", "recompute": "full",
+                     "offload": {"activations": activations}},
+        "parallelism": {"dp": 1, "tp": 1, "pp": pp, "schedule": schedule, "virtual_stages": v},
+    }  # fmt: skip
+    return parse_scenario(copy.deepcopy(data), "test.yaml")
+
+
+def test_activation_offload_copies_the_checkpoints_and_waits_for_them() -> None:
+    """One GPU, 8 micro-batches: each forward's checkpoints (the 48 block inputs, 2·b·s·h B
+    each) go down alongside it and come back before its backward, which waits for them; the
+    copies down hide under the forward, so the step is longer by exactly 8 copies up."""
+    on, off = simulate_scenario(xl()), simulate_scenario(xl(activations=False))
+    sc, bw = on.scenario, on.scenario.hardware.pcie_bandwidth_bytes_per_s
+    ckpt = 2 * 4 * 1024 * sc.model.hidden * sc.model.layers
+    assert dict(on.memory.stages[0].offloaded_activation_bytes) == {0: ckpt}
+    down, up = spans(on, "d2h"), spans(on, "h2d")
+    fwd, rec = spans(on, "compute", "F"), spans(on, "compute", "R")
+    assert len(down) == len(up) == len(fwd) == len(rec) == 8
+    assert {s.duration_ns for s in down + up} == {ns(ckpt, bw)}
+    for f, d, u, r in zip(fwd, down, up, rec, strict=True):
+        assert d.start_ns == f.start_ns and d.end_ns < f.end_ns  # overlapped with the forward
+        assert u.start_ns == f.end_ns and r.start_ns == u.end_ns  # the backward waits
+    assert on.timeline.makespan_ns == off.timeline.makespan_ns + 8 * ns(ckpt, bw)
+
+
+@pytest.mark.parametrize(("schedule", "v"), [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)])
+def test_activation_offload_memory_model_is_the_trace(schedule: str, v: int) -> None:
+    """On 4 stages the GPU keeps one chunk's checkpoints (plus the head's saved tensors, which
+    cpu_checkpointing does not move) instead of every micro-batch in flight; the memory model's
+    peak is the trace's, and the host holds the checkpoints the GPU no longer does."""
+    on, off = simulate_scenario(xl(4, schedule, v)), simulate_scenario(xl(4, schedule, v, False))
+    for s_on, s_off, t_on in zip(on.memory.stages, off.memory.stages, on.metrics.stages,
+                                 strict=True):  # fmt: skip
+        assert t_on.peak_memory_bytes == s_on.peak_memory_bytes
+        a_on, a_off = dict(s_on.memory_bytes), dict(s_off.memory_bytes)
+        ckpt = dict(s_on.offloaded_activation_bytes)
+        assert a_on["activations"] <= a_off["activations"]
+        assert s_on.host_memory_bytes == s_on.pinned_host_memory_bytes >= max(ckpt.values())
+    first_on, first_off = on.memory.stages[0], off.memory.stages[0]
+    if schedule == "gpipe":  # all 8 micro-batches in flight on stage 0 without offload
+        one = max(dict(first_on.offloaded_activation_bytes).values())
+        assert first_on.host_memory_bytes == 8 * one
+        assert (
+            dict(first_off.memory_bytes)["activations"] - dict(first_on.memory_bytes)["activations"]
+            == 7 * one
+        )
+
+
+def test_activation_offload_needs_full_recompute_and_a_whole_backward() -> None:
+    for change, words in ((("training", "recompute", "selective"), ("recompute = full",)),
+                          (("parallelism", "schedule", "zb_h1"), ("split backward", "zb_h1"))):  # fmt: skip
+        data = {"name": "act", "model": {"preset": "gpt2-xl"}, "hardware": "a100_sxm4_80gb",
+                "cluster": {"nodes": 1, "gpus_per_node": 4},
+                "training": {"seq_len": 1024, "global_batch": 32, "micro_batch": 4,
+                             "recompute": "full", "offload": {"activations": True}},
+                "parallelism": {"dp": 1, "tp": 1, "pp": 4}}  # fmt: skip
+        section, key, value = change
+        data[section][key] = value
+        with pytest.raises(ConfigError) as e:
+            parse_scenario(data, "test.yaml")
+        text = str(e.value)
+        assert "\n" not in text and "training.offload.activations" in text
+        assert all(w in text for w in words), text
+
+
+def test_deepspeed_cpu_checkpointing_imports(tmp_path: Path) -> None:
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                             "bf16": {"enabled": True}, "zero_optimization": {"stage": 1},
+                             "activation_checkpointing": {"cpu_checkpointing": True}}))  # fmt: skip
+    imp = import_config("deepspeed", f, "gpt2", 8)
+    sc = load_imported(imp, ["training.seq_len=1024"])
+    assert sc.training.recompute == "full" and sc.training.offload.activations
+    assert imp.unsupported == ()

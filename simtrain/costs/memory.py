@@ -13,11 +13,12 @@ through the rank's schedule. ``report.explain`` writes the arithmetic out from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from math import ceil
 
 from simtrain.costs import offload
 from simtrain.costs.activations import (
+    ActivationStates,
     SavedTensor,
     WalkPeak,
     embedding_saved_bytes,
@@ -96,6 +97,8 @@ class StageMemory:
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
     pinned_host_memory_bytes: int = 0  # of host_memory_bytes, page-locked (costs.offload)
+    # activation offload: virtual stage -> checkpoint bytes per micro-batch copied each way
+    offloaded_activation_bytes: tuple[tuple[int, int], ...] = ()
     # What the peak is made of, in MEMORY_CATEGORIES order: sums to peak_memory_bytes exactly.
     # ``memory_bytes`` lists every category at its own largest (transients that never coexist,
     # such as the loss working memory, a recompute working set and the optimizer step's working
@@ -164,6 +167,10 @@ class _Activations:
     saved: tuple[SavedTensor, ...]
     recompute_ws: int  # the largest working set of the rank's chunks (0: nothing recomputed)
     walk: WalkPeak
+    # virtual stage -> the decoder blocks' part of chunk_bytes (with full recompute: the
+    # checkpointed block inputs, what activation offload moves)
+    block_bytes: dict[int, int] = field(default_factory=dict)
+    states: ActivationStates | None = None
 
 
 def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activations:
@@ -180,12 +187,14 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
+    blocks: dict[int, int] = {}
     for stage in step.rank_chunk_ids(rank):
         ch = step.chunks[stage]
         c = per_layer * ch.layers
         if m.is_moe:  # MoE blocks and the first dense ones (ModelSpec.first_dense_layers)
             dense = m.dense_layers_in(ch.lo, ch.hi)
             c = per_layer * (ch.layers - dense) + per_dense * dense
+        blocks[stage] = c
         if ch.embedding:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
@@ -194,6 +203,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
             c += head_saved_bytes(m, t, tp, sp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
         chunk_bytes[stage] = c
+        blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
@@ -201,7 +211,28 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int) -> _Activati
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
-                        max(working_set.values(), default=0), walk)  # fmt: skip
+                        max(working_set.values(), default=0), walk, blocks, states)  # fmt: skip
+
+
+def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
+    """Activation offload (DeepSpeed ``cpu_checkpointing``; ``passes.activation_offload_pass``):
+    (the activations the GPU holds, the bytes the host holds). Only the checkpointed block
+    inputs move (``block_bytes``); the embedding's and the head's saved tensors stay. A chunk's
+    checkpoints leave the GPU during their forward and come back right before their backward,
+    so the GPU holds the rest as the schedule walk has it plus one micro-batch's checkpoints of
+    one chunk; the host holds what the walk of the checkpoints alone would have held (in
+    DeepSpeed's pinned buffer pool). Assumes each copy down keeps pace with its forward (it
+    overlaps it): the trace shows the GPU's memory when it does not."""
+    assert act.states is not None
+    rest = {c: b - act.block_bytes.get(c, 0) for c, b in act.chunk_bytes.items()}
+    w = walk_peak_of_states(act.states, rest, act.working_set, act.loss_bytes)
+    one = max(act.block_bytes.values(), default=0)
+    walk = WalkPeak(w.peak + one, w.saved + one, w.loss, w.working_set,
+                    saved_peak=w.saved_peak + one, in_flight=w.in_flight,
+                    optimizer_saved=w.optimizer_saved, activations=w.activations + one)  # fmt: skip
+    zero = dict.fromkeys(act.chunk_bytes, 0)
+    host = walk_peak_of_states(act.states, act.block_bytes, zero).saved_peak
+    return replace(act, walk=walk), host
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
@@ -327,6 +358,10 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
     act = _stage_activations(sc, step, stage)
+    if sc.training.offload.activations:
+        act, on_host = _offloaded_activations(act)
+        host += on_host
+        pinned += on_host
     # The category is the most activations at any point of the walk: saved, plus a recompute
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
@@ -386,6 +421,9 @@ def stage_memory(sc: Scenario, stage: int) -> StageMemory:
         loss_bytes=tuple(sorted(act.loss_bytes.items())),
         optimizer_working_bytes=opt_ws,
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
+        offloaded_activation_bytes=tuple(sorted(act.block_bytes.items()))
+        if sc.training.offload.activations
+        else (),
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
         peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),

@@ -299,6 +299,11 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
         chunks = _offload_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
+    if sc.training.offload.activations:  # cpu_checkpointing: each chunk's checkpoints, each way
+        ckpt = {k: b for sm in mem.stages for k, b in sm.offloaded_activation_bytes}
+        chunks = {k: replace(c, act_copy_bytes=ckpt[k],
+                             act_copy_ns=offload.pcie_ns(ckpt[k], sc.hardware))
+                  for k, c in chunks.items()}  # fmt: skip
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1

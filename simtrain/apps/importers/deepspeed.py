@@ -315,10 +315,18 @@ def _optimizer(cfg: dict[str, Any], r: Reading) -> str:
 def _recompute(cfg: dict[str, Any], r: Reading, training: dict[str, Any]) -> None:
     ac = _section(cfg, "activation_checkpointing", r.file)
     training["recompute"] = "none"
-    r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on (the "
-             "model code calls deepspeed.checkpointing); --set training.recompute=full if it does")  # fmt: skip
+    if not ac.get("cpu_checkpointing"):
+        r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on "
+                 "(the model code calls deepspeed.checkpointing); --set training.recompute=full "
+                 "if it does")  # fmt: skip
     for k, v in ac.items():
-        if k in ("partition_activations", "cpu_checkpointing") and v:
+        if k == "cpu_checkpointing" and v:
+            # checkpoints on the host imply checkpointing (deepspeed.checkpointing.configure)
+            training["recompute"] = "full"
+            training.setdefault("offload", {})["activations"] = True
+            r.assume("activation_checkpointing.cpu_checkpointing: every block checkpointed "
+                     "(recompute full), its checkpoints copied to host memory and back")  # fmt: skip
+        elif k == "partition_activations" and v:
             r.unsupported_(f"activation_checkpointing.{k}", "not simulated")
         else:
             r.ignore(f"activation_checkpointing.{k}")

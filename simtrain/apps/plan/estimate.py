@@ -77,7 +77,8 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
     beyond the backward they overlap (the boundary copies under the last backward, or, ZeRO-3,
     every layer's under every backward), at least the last one; the copies up (parameter
     fetches, accumulators) beyond the step's compute (``step_ns``); then the updated 16-bit
-    partition's copy up after the CPU step."""
+    partition's copy up after the CPU step; with activation offload, every backward's wait for
+    its checkpoints."""
     t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
     m = step.microbatches
     shard = optimizer_shard(s0.trainable, p)
@@ -98,6 +99,8 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
         down_ns = max(down / buckets, down - backward)
         up_ns += (m - 1) * acc
     out = max(down_ns, up_ns - step_ns, 0.0)
+    if t.offload.activations:  # each backward waits for its checkpoints to come back up
+        out += m * sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
     if t.offload.optimizer:
         out += offload.pcie_ns(shard * prec.param, hw)
     return out

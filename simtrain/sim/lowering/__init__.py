@@ -7,6 +7,7 @@ fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-sca
 gradient copies to the host (PCIe "d2h" / "h2d" streams; the CPU optimizer step on "cpu");
 ``tp_pass`` the TP all-reduces;
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
+``activation_offload_pass`` the checkpoints' copies to the host and back (cpu_checkpointing);
 ``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
 ZeRO-1/2 parameter all-gather; ``resolve`` numbers the ops into engine tasks. ``nics`` then
@@ -22,6 +23,7 @@ from simtrain.sim.engine import Task
 from simtrain.sim.lowering.ir import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.sim.lowering.nics import share_nics
 from simtrain.sim.lowering.passes import (
+    activation_offload_pass,
     bucket_pass,
     compute_pass,
     cp_pass,
@@ -58,6 +60,6 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
     for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,
-                          cp_pass, p2p_pass, optimizer_pass):  # fmt: skip
+                          activation_offload_pass, cp_pass, p2p_pass, optimizer_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -50,6 +50,10 @@ class ChunkDurations:
     param_h2d_ns_per_layer: int = 0
     grad_d2h_ns_per_layer: int = 0
     grad_d2h_last_ns_per_layer: int = 0
+    # Activation offload (DeepSpeed cpu_checkpointing): one micro-batch's checkpoints of the
+    # chunk copied down after its forward and up before its backward, each way.
+    act_copy_ns: int = 0
+    act_copy_bytes: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared

@@ -217,6 +217,41 @@ def _offload_bucket(r: RankIR, work: RankWork, i: int, after: Op, label: str) ->
     return [*ops, down]
 
 
+def activation_offload_pass(ir: StepIR) -> None:
+    """Activation offload (DeepSpeed ``cpu_checkpointing`` through its async offload engine,
+    ``runtime/activation_checkpointing/offload_activations.py``: each checkpointed layer input
+    is copied to pinned host memory on a side stream once the next layer has started, and
+    restored on that stream when its backward needs it, the compute stream waiting for it).
+    Per chunk and micro-batch: the checkpoints go down on the "d2h" stream alongside the
+    forward (same dependencies, so the copy overlaps it) and leave the GPU when the copy ends;
+    they come back up on the "h2d" stream when the backward (B, or I) would start, allocating
+    them again, and the backward waits for them (no prefetch: the restore is exposed)."""
+    down: dict[tuple[int, int], Op] = {}
+    for r in ir.ranks.values():
+        for g in r.groups:
+            a = g.action
+            if a is None or a.kind not in ("F", "B", "I"):
+                continue
+            c = ir.inp.chunks[a.stage]
+            if not c.act_copy_bytes:
+                continue
+            act = c.act_copy_bytes
+            first = next(op for op in g.ops if op.stream == "compute")
+            if a.kind == "F":
+                op = Op(r.rank, "d2h", "D2H", f"D2H checkpoints {g.label}", c.act_copy_ns,
+                        list(first.deps), free=(("activations", act),),
+                        microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+                g.ops.append(op)
+                down[(a.stage, a.microbatch)] = op
+            else:
+                deps = [*first.deps, down[(a.stage, a.microbatch)]]
+                op = Op(r.rank, "h2d", "H2D", f"H2D checkpoints {g.label}", c.act_copy_ns, deps,
+                        alloc=(("activations", act),), microbatch=a.microbatch,
+                        stage=a.stage)  # fmt: skip
+                first.deps.append(op)
+                g.ops.insert(g.ops.index(first), op)
+
+
 def tp_pass(ir: StepIR) -> None:
     """Megatron tensor parallelism (Narayanan et al. 2021 §3.2): the TP all-reduces of an
     action, on the "collective" stream after its last compute slice, on the critical path:
