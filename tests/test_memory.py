@@ -548,14 +548,23 @@ def test_offload_moves_states_to_host(dp: int, zero: int) -> None:
     on, off = rep(True), rep(False)
     c_on, c_off = cats(on), cats(off)
     host = on.stages[0].host_memory_bytes
-    assert host == c_off["optimizer_states"] + c_off["master_weights"]
+    # bf16: Adam's states (8 B, sharded), and pinned (DeepSpeed stage_1_and_2.py): the fp32
+    # master partition, its fp32 gradient buffer and the 16-bit parameter buffer, 4 + 4 + 2 B
+    # per parameter of the partition (one micro-batch: no 16-bit accumulator).
+    shard = -(-on.trainable_params // (dp if zero else 1))
+    assert c_off["master_weights"] == 4 * shard
+    pinned = on.stages[0].pinned_host_memory_bytes
+    assert pinned == 10 * shard
+    assert host == c_off["optimizer_states"] + pinned
     assert host > 0 and off.stages[0].host_memory_bytes == 0
+    assert off.stages[0].pinned_host_memory_bytes == 0
     assert c_on["optimizer_states"] == 0 and c_on["master_weights"] == 0
     for k in ("parameters", "gradients", "activations"):
         assert c_on[k] == c_off[k]
     # Offloading also moves the optimizer step (and its working memory) to the CPU.
     saved = off.peak_memory_bytes - on.peak_memory_bytes
-    assert host <= saved <= host + off.stages[0].optimizer_working_bytes
+    moved = c_off["optimizer_states"] + c_off["master_weights"]
+    assert moved <= saved <= moved + off.stages[0].optimizer_working_bytes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from simtrain.costs.moe import (
     moe_mlp_flops,
     routed_expert_flops,
 )
+from simtrain.costs.offload import cpu_adam_ns
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
@@ -471,14 +472,11 @@ def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
 def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile) -> int:
     """Optimizer step: memory-bound over the GPU's trainable parameters
     (:func:`optimizer_bytes_per_param` at HBM bandwidth x ``efficiency.optimizer``). Offloaded:
-    DeepSpeed CPU-Adam at ``cpu_adam_params_per_s`` plus gradients down and weights up over PCIe
-    (Ren et al. 2021, ZeRO-Offload §4)."""
-    prec = PRECISIONS[t.precision]
+    DeepSpeed CPU-Adam at ``cpu_adam_params_per_s`` on the host (Ren et al. 2021, ZeRO-Offload
+    §4); its PCIe copies are tasks of their own (``costs.offload``, ``passes.offload_pass``)."""
     n = trainable_params_per_gpu
     if t.offload.optimizer:
-        cpu = n / hw.cpu_adam_params_per_s
-        pcie = n * (prec.grad + prec.param) / hw.pcie_bandwidth_bytes_per_s
-        return math.ceil(1e9 * (cpu + pcie))
+        return cpu_adam_ns(n, hw)
     eff = hw.efficiency.optimizer or hw.efficiency.memory_bound  # rounded up: chunk_costs
     return math.ceil(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
 

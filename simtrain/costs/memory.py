@@ -3,7 +3,8 @@
 Categories (``simtrain.sim.timeline.MEMORY_CATEGORIES``): ``parameters``, ``stashed_weights``
 (PipeDream's and PipeDream-2BW's extra weight versions), ``master_weights``, ``gradients``,
 ``optimizer_states``, ``activations``, ``cuda_context``, ``buffers``; plus host
-bytes when optimizer states are offloaded. Model states per parameter come from
+bytes (and the pinned part of them) when optimizer states or parameters are offloaded
+(``costs.offload``). Model states per parameter come from
 ``costs.params``, ZeRO stage 1/2/3 divides the optimizer states / + gradients / + parameters by
 N_d (Rajbhandari et al. 2020 §5.1-5.3); activations come from ``costs.activations``, walked
 through the rank's schedule. ``report.explain`` writes the arithmetic out from
@@ -12,10 +13,12 @@ through the rank's schedule. ``report.explain`` writes the arithmetic out from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from math import ceil
 
+from simtrain.costs import offload
 from simtrain.costs.activations import (
+    ActivationStates,
     SavedTensor,
     WalkPeak,
     embedding_saved_bytes,
@@ -98,6 +101,9 @@ class StageMemory:
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
+    pinned_host_memory_bytes: int = 0  # of host_memory_bytes, page-locked (costs.offload)
+    # activation offload: virtual stage -> checkpoint bytes per micro-batch copied each way
+    offloaded_activation_bytes: tuple[tuple[int, int], ...] = ()
     # What the peak is made of, in MEMORY_CATEGORIES order: sums to peak_memory_bytes exactly.
     # ``memory_bytes`` lists every category at its own largest (transients that never coexist,
     # such as the loss working memory, a recompute working set and the optimizer step's working
@@ -185,6 +191,12 @@ class MemoryReport:
                     "gpus": s.gpus,
                     "memory_bytes": dict(s.memory_bytes),
                     "host_memory_bytes": s.host_memory_bytes,
+                    # only with offload: the files of every other scenario keep their bytes
+                    **(
+                        {"pinned_host_memory_bytes": s.pinned_host_memory_bytes}
+                        if s.pinned_host_memory_bytes
+                        else {}
+                    ),  # fmt: skip
                     "peak_memory_bytes": s.peak_memory_bytes,
                     "peak_memory_bytes_by_category": dict(s.peak_memory_bytes_by_category),
                     "capacity_bytes": s.capacity_bytes,
@@ -206,6 +218,10 @@ class _Activations:
     saved: tuple[SavedTensor, ...]
     recompute_ws: int  # the largest working set of the rank's chunks (0: nothing recomputed)
     walk: WalkPeak
+    # virtual stage -> the decoder blocks' part of chunk_bytes (with full recompute: the
+    # checkpointed block inputs, what activation offload moves)
+    block_bytes: dict[int, int] = field(default_factory=dict)
+    states: ActivationStates | None = None
 
 
 def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
@@ -223,12 +239,14 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
+    blocks: dict[int, int] = {}
     for stage in step.rank_chunk_ids(rank):
         ch = step.chunks[stage]
         c = per_layer * ch.layers
         if m.is_moe:  # MoE blocks and the first dense ones (ModelSpec.first_dense_layers)
             dense = m.dense_layers_in(ch.lo, ch.hi)
             c = per_layer * (ch.layers - dense) + per_dense * dense
+        blocks[stage] = c
         if ch.embedding:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
@@ -241,6 +259,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             if loss_override is not None:  # DataParallel: GPU 0 the whole batch, replicas none
                 loss_bytes[stage] = loss_override
         chunk_bytes[stage] = c
+        blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
@@ -248,7 +267,28 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
-                        max(working_set.values(), default=0), walk)  # fmt: skip
+                        max(working_set.values(), default=0), walk, blocks, states)  # fmt: skip
+
+
+def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
+    """Activation offload (DeepSpeed ``cpu_checkpointing``; ``passes.activation_offload_pass``):
+    (the activations the GPU holds, the bytes the host holds). Only the checkpointed block
+    inputs move (``block_bytes``); the embedding's and the head's saved tensors stay. A chunk's
+    checkpoints leave the GPU during their forward and come back right before their backward,
+    so the GPU holds the rest as the schedule walk has it plus one micro-batch's checkpoints of
+    one chunk; the host holds what the walk of the checkpoints alone would have held (in
+    DeepSpeed's pinned buffer pool). Assumes each copy down keeps pace with its forward (it
+    overlaps it): the trace shows the GPU's memory when it does not."""
+    assert act.states is not None
+    rest = {c: b - act.block_bytes.get(c, 0) for c, b in act.chunk_bytes.items()}
+    w = walk_peak_of_states(act.states, rest, act.working_set, act.loss_bytes)
+    one = max(act.block_bytes.values(), default=0)
+    walk = WalkPeak(w.peak + one, w.saved + one, w.loss, w.working_set,
+                    saved_peak=w.saved_peak + one, in_flight=w.in_flight,
+                    optimizer_saved=w.optimizer_saved, activations=w.activations + one)  # fmt: skip
+    zero = dict.fromkeys(act.chunk_bytes, 0)
+    host = walk_peak_of_states(act.states, act.block_bytes, zero).saved_peak
+    return replace(act, walk=walk), host
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
@@ -271,7 +311,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += scaling_state_bytes(sc.model, prec) * n_layers
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
-    if z >= 3 and dp > 1:  # gathered 16-bit parameters of the current and prefetched layer
+    if z >= 3 and (dp > 1 or t.offload.parameters):
+        # gathered (or, offloaded, fetched) 16-bit parameters of the current and prefetched layer
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)
@@ -295,9 +336,11 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
 
 
 def _model_states(sc: Scenario, step: ResolvedStep, stage: int
-                  ) -> tuple[ModelStateBytes, list[ParamTensor], dict[str, int], int]:  # fmt: skip
+                  ) -> tuple[ModelStateBytes, list[ParamTensor], dict[str, int],
+                             tuple[int, int]]:  # fmt: skip
     """(model states before sharding, the stage's parameter tensors, bytes per model-state
-    category after ZeRO (Rajbhandari et al. 2020 §5) and offload, host bytes)."""
+    category after ZeRO (Rajbhandari et al. 2020 §5) and offload, (host bytes, of which
+    pinned))."""
     m, t, p = sc.model, sc.training, sc.parallelism
     tp, dp, z = p.tp, p.dp_cp, p.zero_stage  # ZeRO shards over dp x cp (ParallelSpec.dp_cp)
     mine = step.rank_chunks(stage)
@@ -328,13 +371,24 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ms = add_states(scale_states(states(layer), n_layers),
                         states(ends))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, dp // p.ep)
-    host = 0
+    host = pinned = 0
     if t.offload.optimizer:
-        host = b["optimizer_states"] + b["master_weights"]
+        # ZeRO-Offload (costs.offload): Adam's states (plain host tensors), and pinned: the
+        # fp32 master partition (a host copy even when training in fp32), DeepSpeed's fp32
+        # gradient buffer, its 16-bit parameter buffer and, with gradient accumulation, its
+        # 16-bit gradient accumulator.
+        shard = ceil(ms.trainable / (dp if z >= 1 else 1))
+        prec = step.precision
+        pinned = offload.pinned_host_bytes(shard, prec.param, prec.grad, step.microbatches)
+        host = b["optimizer_states"] + pinned
         b["optimizer_states"] = b["master_weights"] = 0
+    if t.offload.parameters:  # ZeRO-Infinity: the partition lives on the host (ZeRO-3 only)
+        host += b["parameters"]
+        pinned += b["parameters"]
+        b["parameters"] = 0
     # A stage without decoder layers holds none of their tensors (no optimizer temporaries or
     # QLoRA dequantisation buffer for them).
-    return ms, (list(layer) if n_layers else []) + ends, b, host
+    return ms, (list(layer) if n_layers else []) + ends, b, (host, pinned)
 
 
 def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
@@ -370,7 +424,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     step = resolve(sc)
     mine = step.rank_chunks(stage)
     n_layers = step.rank_layers(stage)
-    ms, tensors, states, host = _model_states(sc, step, stage)
+    ms, tensors, states, (host, pinned) = _model_states(sc, step, stage)
     params_b, master_b = states["parameters"], states["master_weights"]
     grads_b, states_b = states["gradients"], states["optimizer_states"]
     reduce_b = grads_b if role else 0
@@ -381,6 +435,10 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     elif role == "replica":
         loss_override, master_b, states_b = 0, 0, 0
     act = _stage_activations(sc, step, stage, loss_override)
+    if sc.training.offload.activations:
+        act, on_host = _offloaded_activations(act)
+        host += on_host
+        pinned += on_host
     # The category is the most activations at any point of the walk: saved, plus a recompute
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
@@ -440,6 +498,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         layers=tuple((c.lo, c.hi) for c in mine),
         memory_bytes=tuple((c, cats[c]) for c in MEMORY_CATEGORIES),
         host_memory_bytes=host,
+        pinned_host_memory_bytes=pinned,
         peak_memory_bytes=peak,
         capacity_bytes=hw.memory_bytes,
         activation_bytes_per_microbatch=breakdown.activation_bytes_per_microbatch,
@@ -450,6 +509,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         optimizer_working_bytes=opt_ws,
         transient_gradient_bytes=transient_b,
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
+        offloaded_activation_bytes=tuple(sorted(act.block_bytes.items()))
+        if sc.training.offload.activations
+        else (),
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
         peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from math import ceil
 
-from simtrain.costs import comm
+from simtrain.costs import comm, offload
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import action_host_ns
@@ -121,14 +121,24 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     group of dp / ep ranks instead (Megatron-Core DDP and distributed optimizer: expert
     parameters in buckets of their own, reduced over ``expert_data_parallel_group``), and the
     optimizer updates their 1/(dp/ep) shard."""
-    p, prec, rt = sc.parallelism, step.precision, sc.runtime
+    p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
     if not exp:
-        return dense_rank_work(sc, step, rank, params, trainable)
+        work = dense_rank_work(sc, step, rank, params, trainable)
+        return offload_work(sc, step, rank, work, trainable, optimizer_shard(trainable, p))
+    z = p.zero_stage
+    shard = (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (p.dp // p.ep if z >= 1 else 1)
+    work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
+    return offload_work(sc, step, rank, work, trainable, shard)
+
+
+def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,
+                      exp: int, shard: int) -> RankWork:  # fmt: skip
+    """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
+    p, prec, rt = sc.parallelism, step.precision, sc.runtime
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp)
     edp = p.dp // p.ep
     z = p.zero_stage
-    shard = (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (edp if z >= 1 else 1)
     work = replace(work, optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware))
     grad = exp * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
@@ -147,6 +157,74 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
                        + comm.expert_bucket_group_ns(sc, step, op, grad))  # fmt: skip
     return replace(work, grad_sync_ns=work.grad_sync_ns + comm.edp_ns(sc, step, op, grad),
                    grad_sync_name=work.grad_sync_name or "EDP grads")  # fmt: skip
+
+
+def offload_per_layer(sc: Scenario) -> bool:
+    """Whether offload's copies hang off ZeRO-3's per-layer slices (``_offload_chunks``)
+    rather than the rank's gradient buckets: ZeRO-3 sharded over dp x cp, or with its
+    parameters offloaded (each layer fetched from the host)."""
+    p, t = sc.parallelism, sc.training
+    return p.zero_stage == 3 and (p.dp_cp > 1 or t.offload.parameters)
+
+
+def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, trainable: int,
+                 shard: int) -> RankWork:  # fmt: skip
+    """Optimizer offload on the rank (``costs.offload``): the CPU step, the updated 16-bit
+    partition of ``shard`` parameters back up, and (outside ZeRO-3's per-layer copies) the
+    gradient copies: at the boundary one per bucket, in proportion to the buckets' sizes (the
+    bucket reductions', or DeepSpeed's ``reduce_bucket_size`` buckets when nothing is reduced),
+    and the 16-bit round trip of every earlier backward, each action its chunk's 1/v share."""
+    t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
+    if not t.offload.optimizer:
+        return work
+    work = replace(work, cpu_optimizer=True, param_h2d_ns=offload.pcie_ns(shard * prec.param, hw))
+    if offload_per_layer(sc) or not shard:
+        return work
+    m = step.microbatches
+    grad_b = trainable * prec.grad
+    sizes = comm.buckets(p.bucket_mb, grad_b) if grad_b else [1]
+    acts = step.schedule[rank]
+    bucketable = (len(acts) > 1 and acts[-2].kind in ("B", "W")
+                  and not step.traits.steps_every_microbatch)  # fmt: skip
+    if work.bucket_ns and len(sizes) != len(work.bucket_ns):
+        sizes = [1] * len(work.bucket_ns)  # expert bucket groups: an even split
+    elif work.grad_sync_ns or not (work.bucket_ns or bucketable):
+        sizes = [1]  # one copy, after the one reduction (or the last backward)
+    total = sum(sizes)
+    down = offload.boundary_grad_bytes(shard, prec.grad, m)
+    up = shard * prec.grad if m > 1 else 0
+    chunks = len(step.rank_chunk_ids(rank))
+    return replace(
+        work,
+        grad_d2h_ns=tuple(offload.pcie_ns(down * x / total, hw) for x in sizes),
+        grad_h2d_ns=tuple(offload.pcie_ns(up * x / total, hw) for x in sizes) if up else (),
+        accum_ns=offload.pcie_ns(shard * prec.grad / chunks, hw) if m > 1 else 0,
+    )
+
+
+def _offload_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
+                    chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
+    """ZeRO-3 offload per layer: the layer's parameter partition up before its gather
+    (parameter offload), its gradient partition down after its reduce-scatter, 16-bit every
+    backward and fp32 at the last (optimizer offload); a layer's share of the rank's
+    partition, 1/(dp x cp) of its parameters (``costs.offload``)."""
+    t, prec, hw = sc.training, step.precision, sc.hardware
+    dp = max(sc.parallelism.dp_cp, 1)
+    out = dict(chunks)
+    for stage, ch in chunks.items():
+        sm = mem.stages[step.chunk_rank(stage)]
+        layers = max(step.rank_layers(sm.stage), 1)
+        params, grads = sm.params / layers / dp, sm.trainable / layers / dp
+        out[stage] = replace(
+            ch,
+            param_h2d_ns_per_layer=offload.pcie_ns(params * prec.param, hw)
+            if t.offload.parameters else 0,
+            grad_d2h_ns_per_layer=offload.pcie_ns(grads * prec.grad, hw)
+            if t.offload.optimizer else 0,
+            grad_d2h_last_ns_per_layer=offload.pcie_ns(grads * offload.FP32_GRAD_BYTES, hw)
+            if t.offload.optimizer else 0,
+        )  # fmt: skip
+    return out
 
 
 def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
@@ -221,6 +299,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     chunks = chunk_durations(sc, step)
     if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
         chunks = _zero3_chunks(sc, step, mem, chunks)
+    if offload_per_layer(sc) and (sc.training.offload.optimizer or sc.training.offload.parameters):
+        chunks = _offload_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
     for sm in mem.stages:
         if sm.paged_bytes:
@@ -228,6 +308,11 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
             ranks[sm.stage] = replace(ranks[sm.stage], paged_bytes=sm.paged_bytes,
                                       page_out_ns=ns, page_in_ns=ns)  # fmt: skip
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
+    if sc.training.offload.activations:  # cpu_checkpointing: each chunk's checkpoints, each way
+        ckpt = {k: b for sm in mem.stages for k, b in sm.offloaded_activation_bytes}
+        chunks = {k: replace(c, act_copy_bytes=ckpt[k],
+                             act_copy_ns=offload.pcie_ns(ckpt[k], sc.hardware))
+                  for k, c in chunks.items()}  # fmt: skip
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1

@@ -99,9 +99,18 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         lines.append(f"  ZeRO-{z}: gradients / {dp_name}")
     if z >= 3 and dp > 1:
         lines.append(f"  ZeRO-3: parameters / {dp_name}")
-    if t.offload.optimizer:
-        lines.append(f"  offload: optimizer states and master weights ({_gb(b.host_bytes)}) live "
-                     "in host memory")  # fmt: skip
+    if t.offload.optimizer or t.offload.parameters or t.offload.activations:
+        what = [
+            w
+            for w, on in (
+                ("optimizer states and master weights", t.offload.optimizer),
+                ("parameters", t.offload.parameters),
+                ("checkpointed activations", t.offload.activations),
+            )
+            if on
+        ]
+        lines.append(f"  offload: {', '.join(what)} ({_gb(b.host_bytes)} with DeepSpeed's "
+                     "buffers) live in host memory")  # fmt: skip
     return lines
 
 

@@ -10,7 +10,9 @@
   communication_exposed + host_exposed + bubble, which sum to the step time (conservation of
   time). host_exposed: the GPU idle while only its host works (issuing kernels, or waiting in a
   blocking receive: the runtime's host stream); communication_total counts every
-  communication span, exposed or not.
+  communication span, exposed or not (PCIe copies of CPU offload included: the "d2h" and
+  "h2d" streams); optimizer includes an offloaded CPU step ("cpu" stream) where nothing else
+  runs under it.
 - Asynchronous schedules (PipeDream, PipeDream-2BW) never flush: in steady state the next
   mini-batch's forwards fill this one's drain, so a mini-batch takes as long as its busiest
   stage is occupied (compute, exposed communication, exposed host time): step time = max over
@@ -92,7 +94,8 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
     per_gpu = {g: _gpu_times(by_gpu[g]) for g in tl.ranks}
     makespan_ns = window_ns
     if step.traits.asynchronous and step.pp > 1 and per_gpu:
-        makespan_ns = max(t.busy + t.exposed + t.host_exposed for t in per_gpu.values())
+        makespan_ns = max(t.busy + t.exposed + t.host_exposed + t.cpu_exposed
+                          for t in per_gpu.values())  # fmt: skip
     step_s = makespan_ns / 1e9
     stages = []
     sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
@@ -108,7 +111,7 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
         sums["communication_exposed"] += exposed
         sums["communication_total"] += sum(e - s for s, e in comm_iv)
         sums["host_exposed"] += host_exposed
-        sums["bubble"] += idle - exposed - host_exposed
+        sums["bubble"] += idle - exposed - host_exposed - t.cpu_exposed
         mem_peak = tl.peak_memory_bytes(g)
         stages.append(StageMetrics(g, busy / 1e9, idle / makespan_ns if makespan_ns else 0.0,
                                    exposed / 1e9, mem_peak))  # fmt: skip
@@ -139,22 +142,28 @@ class _GpuTimes:
     exposed: int  # communication not under compute
     host_exposed: int  # host time not under compute or communication
     comm_iv: list[tuple[int, int]]
+    cpu_exposed: int = 0  # offloaded optimizer step not under compute or communication
 
 
 def _gpu_times(spans: list) -> _GpuTimes:
     """One GPU's times over the window, from its spans."""
     comp = [s for s in spans if s.stream == "compute"]
-    comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream not in ("compute", "host")]
+    comm_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream not in ("compute", "host", "cpu")]
     host_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream == "host"]
+    # Optimizer offload: the CPU step on the "cpu" stream counts as optimizer time where
+    # neither the GPU nor a transfer runs under it (the bubble keeps the rest).
+    cpu_iv = [(s.start_ns, s.end_ns) for s in spans if s.stream == "cpu"]
     comp_iv = [(s.start_ns, s.end_ns) for s in comp]
+    cpu_exposed = _exposed(cpu_iv, comp_iv + comm_iv) if cpu_iv else 0
     return _GpuTimes(
         busy=sum(s.duration_ns for s in comp),
         work=sum(s.duration_ns for s in comp if s.kind in COMPUTE_KINDS),
         recompute=sum(s.duration_ns for s in comp if s.kind == "R"),
-        optimizer=sum(s.duration_ns for s in comp if s.kind == "OPT"),
+        optimizer=sum(s.duration_ns for s in comp if s.kind == "OPT") + cpu_exposed,
         exposed=_exposed(comm_iv, comp_iv),
-        host_exposed=_exposed(host_iv, comp_iv + comm_iv) if host_iv else 0,
+        host_exposed=_exposed(host_iv, comp_iv + comm_iv + cpu_iv) if host_iv else 0,
         comm_iv=comm_iv,
+        cpu_exposed=cpu_exposed,
     )
 
 

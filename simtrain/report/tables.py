@@ -64,6 +64,10 @@ def memory_table(rep: MemoryReport) -> str:
         lines.append(
             f"{'host (GiB)':<18}" + "".join(f"{gib(s.host_memory_bytes):>{width}}" for _, s in cols)
         )
+        lines.append(
+            f"{'  pinned (GiB)':<18}"
+            + "".join(f"{gib(s.pinned_host_memory_bytes):>{width}}" for _, s in cols)
+        )
     lines.append(
         f"{'capacity (GiB)':<18}" + "".join(f"{gib(s.capacity_bytes):>{width}}" for _, s in cols)
     )

@@ -126,9 +126,20 @@ class PeftSpec:
 
 @dataclass(frozen=True, slots=True)
 class OffloadSpec:
-    """ZeRO-Offload style: optimizer states and fp32 master weights live in host memory."""
+    """CPU offload as DeepSpeed runs it (``costs.offload``; lowered by ``passes.offload_pass``).
+
+    ``optimizer``: ZeRO-Offload (Ren et al. 2021 §4; DeepSpeed ``offload_optimizer``): fp32
+    master weights and optimizer states in pinned host memory, gradients copied down over PCIe
+    per bucket during the last backward, DeepSpeedCPUAdam on the host, the updated 16-bit
+    parameters copied back up. ``parameters``: ZeRO-Infinity (Rajbhandari et al. 2021 §5;
+    DeepSpeed ``offload_param``, ZeRO-3 only): each GPU's parameter partition lives in host
+    memory and is copied up layer by layer before its gather, one layer ahead.
+    ``activations``: DeepSpeed ``cpu_checkpointing`` (needs ``recompute: full``): each chunk's
+    checkpoints are copied to the host after its forward and back before its backward."""
 
     optimizer: bool = False
+    parameters: bool = False
+    activations: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +538,24 @@ def check_layout(s: Scenario, file: str) -> None:
         raise ConfigError(
             file, "cluster.gpus_per_node", f"hardware {s.hardware.name} has at most "
             f"{s.hardware.gpus_per_node} GPUs per node", s.cluster.gpus_per_node,
+        )  # fmt: skip
+    if t.offload.parameters and p.zero_stage != 3:
+        raise ConfigError(
+            file, "training.offload.parameters", "parameter offload needs parallelism.zero_stage "
+            f"= 3 (DeepSpeed offload_param is a ZeRO-3 option), not {p.zero_stage}", True,
+        )  # fmt: skip
+    if t.offload.activations and t.recompute != "full":
+        raise ConfigError(
+            file, "training.offload.activations", "activation offload moves the checkpoints of "
+            "full recompute to the host (DeepSpeed cpu_checkpointing): needs training.recompute "
+            f"= full, not {t.recompute}", True,
+        )  # fmt: skip
+    if t.offload.activations and schedule_traits(p.schedule).split_backward:
+        raise ConfigError(
+            file, "training.offload.activations", "activation offload restores a chunk's "
+            "checkpoints for its whole backward; a split backward (parallelism.schedule = "
+            f"{p.schedule}) keeps them until its deferred weight gradients: use gpipe, 1f1b "
+            "or interleaved", True,
         )  # fmt: skip
     if p.virtual_stages > 1 and p.pp == 1:
         raise ConfigError(

@@ -11,7 +11,9 @@ edaa7221267243c7be7fb49c5d5f5c4fb97b4641, ``deepspeed/runtime/zero/config.py`` u
   ``stage3_max_live_parameters``: 1e9 (l.238); ``reduce_scatter``: true (ZeRO-1/2 reduce by
   reduce-scatter; false: all-reduce);
 - ``offload_optimizer.device: cpu``: optimizer states and fp32 master weights in host memory
-  (ZeRO-Offload), simtrain's ``training.offload.optimizer``;
+  (ZeRO-Offload), simtrain's ``training.offload.optimizer``; ``offload_param.device: cpu``
+  with stage 3: the parameter partition in host memory (ZeRO-Infinity),
+  ``training.offload.parameters``;
 - ``bf16.bf16_master_weights_and_grads`` with ``bf16.bf16_optimizer_states``: no fp32 copy at
   all, simtrain's ``bf16_pure``; ``data_types.grad_accum_dtype: fp32`` with bf16 below ZeRO-2:
   the BF16 optimizer's fp32 gradient accumulation buffer (``bf16_fp32_grads``).
@@ -178,7 +180,7 @@ def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = Non
         if k == "offload_optimizer":
             dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
             if dev in ("cpu", "nvme"):
-                training["offload"] = {"optimizer": True}
+                training.setdefault("offload", {})["optimizer"] = True
                 r.assume(f"{key}.device {dev}: optimizer states and fp32 master weights in host "
                          "memory (ZeRO-Offload)")  # fmt: skip
                 if dev == "nvme":
@@ -188,8 +190,18 @@ def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = Non
                         r.unsupported_(f"{key}.{sub}", "not simulated")
         elif k == "offload_param":
             dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
-            if dev != "none":
-                r.unsupported_(f"{key}.device {dev}", "parameter offload is not simulated")
+            if dev in ("cpu", "nvme") and stage == 3:
+                training.setdefault("offload", {})["parameters"] = True
+                r.assume(f"{key}.device {dev}: each GPU's parameter partition in host memory, "
+                         "fetched layer by layer (ZeRO-Infinity)")  # fmt: skip
+                if dev == "nvme":
+                    r.unsupported_(f"{key}.device nvme", "NVMe offload simulated as CPU memory")
+                for sub in v if isinstance(v, dict) else {}:
+                    if sub not in ("device", "pin_memory"):
+                        r.unsupported_(f"{key}.{sub}", "not simulated")
+            elif dev != "none":
+                r.unsupported_(f"{key}.device {dev}", f"parameter offload is a ZeRO-3 option "
+                               f"(zero_optimization.stage is {stage})")  # fmt: skip
         elif k == "reduce_bucket_size":
             par["bucket_mb"] = clean_number(grad_bucket_mb(float(v), grad_bytes))
             r.origin("parallelism.bucket_mb", key)
@@ -303,10 +315,18 @@ def _optimizer(cfg: dict[str, Any], r: Reading) -> str:
 def _recompute(cfg: dict[str, Any], r: Reading, training: dict[str, Any]) -> None:
     ac = _section(cfg, "activation_checkpointing", r.file)
     training["recompute"] = "none"
-    r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on (the "
-             "model code calls deepspeed.checkpointing); --set training.recompute=full if it does")  # fmt: skip
+    if not ac.get("cpu_checkpointing"):
+        r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on "
+                 "(the model code calls deepspeed.checkpointing); --set training.recompute=full "
+                 "if it does")  # fmt: skip
     for k, v in ac.items():
-        if k in ("partition_activations", "cpu_checkpointing") and v:
+        if k == "cpu_checkpointing" and v:
+            # checkpoints on the host imply checkpointing (deepspeed.checkpointing.configure)
+            training["recompute"] = "full"
+            training.setdefault("offload", {})["activations"] = True
+            r.assume("activation_checkpointing.cpu_checkpointing: every block checkpointed "
+                     "(recompute full), its checkpoints copied to host memory and back")  # fmt: skip
+        elif k == "partition_activations" and v:
             r.unsupported_(f"activation_checkpointing.{k}", "not simulated")
         else:
             r.ignore(f"activation_checkpointing.{k}")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from simtrain.costs import comm, offload
 from simtrain.costs.comm import ddp_buckets, dp_ns, ep_alltoall_ns, p2p_send_ns, tp_allreduce_ns
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import tp_recompute_ns
+from simtrain.costs.workload import offload_per_layer, tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -65,7 +66,44 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     s0 = stages[0]
     opt_ns = optimizer_step_ns(optimizer_shard(s0.trainable, p), t, sc.hardware)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
-    return (step_ns + dp_exposed + opt_ns) / 1e9
+    offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns)
+    return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
+
+
+def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
+                        step_ns: float) -> float:  # fmt: skip
+    """CPU offload's PCIe copies not hidden (``costs.offload``; lowered by
+    ``passes.offload_pass``), each PCIe direction a lane of its own: the gradient copies down
+    beyond the backward they overlap (the boundary copies under the last backward, or, ZeRO-3,
+    every layer's under every backward), at least the last one; the copies up (parameter
+    fetches, accumulators) beyond the step's compute (``step_ns``); then the updated 16-bit
+    partition's copy up after the CPU step; with activation offload, every backward's wait for
+    its checkpoints."""
+    t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
+    m = step.microbatches
+    shard = optimizer_shard(s0.trainable, p)
+    backward = r0.input_ns + r0.weight_ns
+    acc = offload.pcie_ns(shard * prec.grad, hw) if t.offload.optimizer else 0
+    down_ns = up_ns = 0.0
+    if t.offload.parameters:
+        passes = 3 if t.recompute == "full" else 2  # forward, backward (and recompute)
+        up_ns += m * passes * offload.pcie_ns(s0.params * prec.param / max(p.dp_cp, 1), hw)
+    if t.offload.optimizer and offload_per_layer(sc):
+        fp32 = offload.pcie_ns(shard * offload.FP32_GRAD_BYTES, hw)
+        last = (acc + fp32) / max(step.rank_layers(0), 1)
+        down_ns = max(m * acc + fp32 - m * backward, last)
+        up_ns += m * acc
+    elif t.offload.optimizer:
+        buckets = len(comm.buckets(p.bucket_mb, s0.trainable * prec.grad))
+        down = offload.pcie_ns(offload.boundary_grad_bytes(shard, prec.grad, m), hw)
+        down_ns = max(down / buckets, down - backward)
+        up_ns += (m - 1) * acc
+    out = max(down_ns, up_ns - step_ns, 0.0)
+    if t.offload.activations:  # each backward waits for its checkpoints to come back up
+        out += m * sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
+    if t.offload.optimizer:
+        out += offload.pcie_ns(shard * prec.param, hw)
+    return out
 
 
 def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:

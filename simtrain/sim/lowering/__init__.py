@@ -3,8 +3,11 @@
 Passes over the step IR (``ir.StepIR``), in order (``passes``): ``compute_pass`` turns each
 action into compute ops (``pieces``: recompute, bucket slices, ZeRO-3 per-layer slices, TP
 fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-scatters;
-``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``tp_pass`` the TP all-reduces;
+``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``offload_pass`` optimizer offload's
+gradient copies to the host (PCIe "d2h" / "h2d" streams; the CPU optimizer step on "cpu");
+``tp_pass`` the TP all-reduces;
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
+``activation_offload_pass`` the checkpoints' copies to the host and back (cpu_checkpointing);
 ``cp_pass`` the context-parallel ring exchange;
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
 ZeRO-1/2 parameter all-gather; ``paging_pass`` a paged optimizer's eviction and prefetch of
@@ -29,12 +32,14 @@ from simtrain.sim.lowering.ir import (
 )
 from simtrain.sim.lowering.nics import share_nics
 from simtrain.sim.lowering.passes import (
+    activation_offload_pass,
     bucket_pass,
     compute_pass,
     cp_pass,
     data_parallel_pass,
     ep_pass,
     host_pass,
+    offload_pass,
     optimizer_pass,
     p2p_pass,
     paging_pass,
@@ -73,7 +78,8 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
     then counts recompute time as backward."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
-    for lowering_pass in (zero3_pass, bucket_pass, tp_pass, ep_pass, host_pass, cp_pass,
-                          p2p_pass, optimizer_pass, paging_pass, data_parallel_pass):  # fmt: skip
+    for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,
+                          activation_offload_pass, cp_pass, p2p_pass, optimizer_pass, paging_pass,
+                          data_parallel_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from simtrain.schedules import Schedule
 
@@ -42,6 +42,18 @@ class ChunkDurations:
     ep_forward_ns: int = 0
     ep_backward_ns: int = 0
     ep_recompute_ns: int = 0
+    # CPU offload (costs.offload; ``passes.offload_pass``). Parameter offload (ZeRO-Infinity):
+    # each layer's parameter partition copied up on the "h2d" stream before its compute slice
+    # (and its all-gather), prefetched one slice ahead. ZeRO-3 with optimizer offload: each
+    # layer's reduced gradient partition copied down on the "d2h" stream after every backward
+    # (16-bit, accumulated on the host), and at the rank's last backward in fp32 as well.
+    param_h2d_ns_per_layer: int = 0
+    grad_d2h_ns_per_layer: int = 0
+    grad_d2h_last_ns_per_layer: int = 0
+    # Activation offload (DeepSpeed cpu_checkpointing): one micro-batch's checkpoints of the
+    # chunk copied down after its forward and up before its backward, each way.
+    act_copy_ns: int = 0
+    act_copy_bytes: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
@@ -81,6 +93,18 @@ class RankWork:
     paged_bytes: int = 0
     page_out_ns: int = 0
     page_in_ns: int = 0
+    # Optimizer offload (ZeRO-Offload, costs.offload): the optimizer step runs on the rank's
+    # "cpu" stream; at the last backward each gradient bucket's partition is copied down on the
+    # "d2h" stream after the bucket is reduced (``grad_d2h_ns``, one per bucket; preceded by the
+    # accumulator's copy up, ``grad_h2d_ns``, with gradient accumulation); every earlier
+    # backward round-trips its 16-bit gradients through the host accumulator
+    # (``accum_ns`` each way per backward action); the updated 16-bit parameters go back up
+    # after the CPU step (``param_h2d_ns``).
+    cpu_optimizer: bool = False
+    grad_d2h_ns: tuple[int, ...] = ()
+    grad_h2d_ns: tuple[int, ...] = ()
+    accum_ns: int = 0
+    param_h2d_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +230,7 @@ class Group:
     tp_ns: int = 0  # TP all-reduce still to lower after the compute (``tp`` pass)
     bucketed: int = 0  # gradient buckets whose reduction follows this action's slices
     label: str = ""
+    last_backward: bool = False  # the rank's last B or W (gradient accumulation boundary)
     host: Op | None = None  # the host op issuing this action's kernels (``host`` pass)
     # the first action of an overlapped F&B pair: where its compute (and TP) ends, which the
     # partner's compute waits for instead of ``done`` (``passes.ep_pass``)
@@ -218,6 +243,7 @@ class RankIR:
     groups: list[Group]
     tail: list[Op]
     grads_ready: Op | None = None  # the last gradient reduction launched during backward
+    offloaded: list[Op] = field(default_factory=list)  # gradient copies to the host (d2h)
     last_host: Op | None = None  # the rank's last host op (the optimizer step is issued after)
 
 

@@ -9,7 +9,7 @@ gives the same task ids whatever order passes were written in.
 from __future__ import annotations
 
 from simtrain.schedules import Action
-from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, StepIR
+from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, RankWork, StepIR
 from simtrain.sim.lowering.pieces import action_pieces, slice_layer
 
 COMPUTE = ("F", "B", "I", "W")
@@ -43,13 +43,16 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
         for pos, a in enumerate(actions):
             prev = [("prev", rank, len(groups))] if groups else []
             if a.kind == "OPT" and pos < len(actions) - 1:
-                op = Op(rank, "compute", "OPT", f"optimizer step after mb{pos}", work.optimizer_ns,
+                op = Op(rank, "cpu" if work.cpu_optimizer else "compute", "OPT", f"optimizer step after mb{pos}", work.optimizer_ns,
                         prev, work.optimizer_alloc, work.optimizer_free)  # fmt: skip
                 groups.append(Group(None, [op], op))
             if a.kind not in COMPUTE:
                 continue  # communication is derived by the passes, not taken from the schedule
             c = inp.chunks[a.stage]
-            bucketed = len(work.bucket_ns) if work.bucket_ns and a == last_backward else 0
+            # DDP / ZeRO buckets; without a reduction, optimizer offload's gradient copies
+            # still leave bucket by bucket (DeepSpeed fills its ipg buckets at any dp).
+            buckets = len(work.bucket_ns) or (0 if work.grad_sync_ns else len(work.grad_d2h_ns))
+            bucketed = buckets if a == last_backward else 0
             pieces, tp_ns = action_pieces(a, c, inp, bucketed=bucketed, fuse_tp=fuse_tp,
                                           merge=merge_recompute)  # fmt: skip
             label = f"mb{a.microbatch} L{c.layers[0]}-{c.layers[1] - 1}"
@@ -58,7 +61,7 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
                 deps = (prev + _cross_rank_deps(a, last_stage)) if not ops else [ops[-1]]
                 ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
                               a.microbatch, a.stage))  # fmt: skip
-            groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label))
+            groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label, a == last_backward))
         ranks[rank] = RankIR(rank, groups, [])
     return StepIR(inp, ranks, {})
 
@@ -67,7 +70,10 @@ def zero3_pass(ir: StepIR) -> None:
     """ZeRO-3 / FSDP (Rajbhandari et al. 2020 §5.3): before each per-layer compute slice, its
     layer's parameter all-gather on the "gather" stream, prefetched one slice ahead (it may
     start when the slice two before it has ended); after each B/W slice, the layer's gradient
-    reduce-scatter on the "dp" stream."""
+    reduce-scatter on the "dp" stream. With parameter offload (ZeRO-Infinity; DeepSpeed
+    ``offload_param``: ``_all_gather`` copies the host partition to the GPU before the
+    collective) the layer's partition first comes up on the "h2d" stream, in the same prefetch
+    window, and the all-gather (or, alone on one GPU, the slice) waits for it."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         for g in r.groups:
@@ -75,14 +81,25 @@ def zero3_pass(ir: StepIR) -> None:
                 continue
             c = ir.inp.chunks[g.action.stage]
             out: list[Op] = []
+            fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
             for slice_no, op in enumerate(g.ops):
-                if c.gather_ns_per_layer and op.kind in ("F", "R", "B", "I"):
+                if fetch and op.kind in ("F", "R", "B", "I"):
                     layer = slice_layer(op.kind, slice_no, *c.layers)
-                    ag = Op(r.rank, "gather", "AG", f"AG params L{layer} {g.label}",
-                            c.gather_ns_per_layer, seen[-2:-1],
-                            microbatch=op.microbatch, stage=op.stage)  # fmt: skip
-                    out.append(ag)
-                    op.deps.append(ag)
+                    before = seen[-2:-1]
+                    if c.param_h2d_ns_per_layer:
+                        up = Op(r.rank, "h2d", "H2D", f"H2D params L{layer} {g.label}",
+                                c.param_h2d_ns_per_layer, list(before),
+                                microbatch=op.microbatch, stage=op.stage)  # fmt: skip
+                        out.append(up)
+                        before = [*before, up]
+                        if not c.gather_ns_per_layer:
+                            op.deps.append(up)
+                    if c.gather_ns_per_layer:
+                        ag = Op(r.rank, "gather", "AG", f"AG params L{layer} {g.label}",
+                                c.gather_ns_per_layer, before,
+                                microbatch=op.microbatch, stage=op.stage)  # fmt: skip
+                        out.append(ag)
+                        op.deps.append(ag)
                 out.append(op)
                 seen.append(op)
                 if c.reduce_scatter_ns_per_layer and op.kind in ("B", "W"):
@@ -101,7 +118,7 @@ def bucket_pass(ir: StepIR) -> None:
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
         for g in r.groups:
-            if not g.bucketed:
+            if not g.bucketed or not work.bucket_ns:
                 continue
             out: list[Op] = []
             i = 0
@@ -114,6 +131,125 @@ def bucket_pass(ir: StepIR) -> None:
                     r.grads_ready = dp
                     i += 1
             g.ops = out
+
+
+def _copy(rank: int, stream: str, name: str, ns: int, after: Op) -> Op:
+    kind = "D2H" if stream == "d2h" else "H2D"
+    return Op(rank, stream, kind, name, ns, [after], microbatch=after.microbatch,
+              stage=after.stage)  # fmt: skip
+
+
+def offload_pass(ir: StepIR) -> None:
+    """Optimizer offload's gradient copies (ZeRO-Offload, Ren et al. 2021 §4.2; DeepSpeed
+    ``stage_1_and_2.py`` ``copy_grads_in_partition``, ``stage3.py`` ``partition_grads``;
+    ``costs.offload``), on the "d2h" and "h2d" streams, each after the reduction that made its
+    gradients (or, without one, the backward slice):
+
+    - ZeRO-1/2: at the rank's last backward, per gradient bucket, the accumulator up (with
+      gradient accumulation) then the partition down (fp32, and the 16-bit accumulator);
+      every earlier backward round-trips its 16-bit gradients (up from its stage's second
+      micro-batch on, then down).
+    - ZeRO-3: after every backward layer slice's reduce-scatter, the layer's 16-bit partition
+      down and up (``partition_grads`` accumulates on the GPU side of the host buffer), plus
+      its fp32 copy down at the last backward.
+
+    The CPU optimizer step (``optimizer_pass``) waits for every copy down (``RankIR.offloaded``)."""
+    for r in ir.ranks.values():
+        work = ir.inp.ranks[r.rank]
+        seen: set[int] = set()
+        for g in r.groups:
+            a = g.action
+            if a is None or a.kind not in ("B", "W"):
+                continue
+            c = ir.inp.chunks[a.stage]
+            first = a.stage not in seen
+            seen.add(a.stage)
+            out: list[Op] = []
+            if c.grad_d2h_ns_per_layer or c.grad_d2h_last_ns_per_layer:
+                rs = any(op.kind == "RS" for op in g.ops)
+                ups: list[Op] = []  # after the action's slices: the h2d stream is FIFO and
+                # the next layers' parameter fetches must not queue behind them
+                for op in g.ops:
+                    out.append(op)
+                    if op.kind == "RS" or (not rs and op.stream == "compute" and op.kind == a.kind):
+                        ns = c.grad_d2h_ns_per_layer
+                        ns += c.grad_d2h_last_ns_per_layer if g.last_backward else 0
+                        down = _copy(r.rank, "d2h", f"D2H grads {g.label}", ns, op)
+                        out.append(down)
+                        r.offloaded.append(down)
+                        if c.grad_d2h_ns_per_layer:
+                            ups.append(_copy(r.rank, "h2d", f"H2D grad accumulator {g.label}",
+                                             c.grad_d2h_ns_per_layer, op))  # fmt: skip
+                g.ops = out + ups
+            elif g.last_backward and work.grad_d2h_ns:
+                if work.grad_sync_ns:
+                    continue  # one reduction at the end: optimizer_pass copies after it
+                i = 0
+                for op in g.ops:
+                    out.append(op)
+                    dp = op.stream == "dp" and op.kind == "DP"
+                    slice_ = op.stream == "compute" and op.kind in ("B", "W", "I")
+                    if i < len(work.grad_d2h_ns) and (dp if work.bucket_ns else slice_):
+                        out += _offload_bucket(r, work, i, op, g.label)
+                        i += 1
+                g.ops = out
+            elif work.accum_ns:
+                after = g.done
+                if not first:
+                    after = _copy(r.rank, "h2d", f"H2D grad accumulator {g.label}",
+                                  work.accum_ns, after)  # fmt: skip
+                    g.ops.append(after)
+                down = _copy(r.rank, "d2h", f"D2H grads {g.label}", work.accum_ns, after)
+                g.ops.append(down)
+                r.offloaded.append(down)
+
+
+def _offload_bucket(r: RankIR, work: RankWork, i: int, after: Op, label: str) -> list[Op]:
+    """Bucket ``i``'s copies at the accumulation boundary: the accumulator up (when there is
+    one), then the partition down."""
+    ops = []
+    if work.grad_h2d_ns and work.grad_h2d_ns[i]:
+        after = _copy(r.rank, "h2d", f"H2D grad accumulator bucket {i} {label}",
+                      work.grad_h2d_ns[i], after)  # fmt: skip
+        ops.append(after)
+    down = _copy(r.rank, "d2h", f"D2H grads bucket {i} {label}", work.grad_d2h_ns[i], after)
+    r.offloaded.append(down)
+    return [*ops, down]
+
+
+def activation_offload_pass(ir: StepIR) -> None:
+    """Activation offload (DeepSpeed ``cpu_checkpointing`` through its async offload engine,
+    ``runtime/activation_checkpointing/offload_activations.py``: each checkpointed layer input
+    is copied to pinned host memory on a side stream once the next layer has started, and
+    restored on that stream when its backward needs it, the compute stream waiting for it).
+    Per chunk and micro-batch: the checkpoints go down on the "d2h" stream alongside the
+    forward (same dependencies, so the copy overlaps it) and leave the GPU when the copy ends;
+    they come back up on the "h2d" stream when the backward (B, or I) would start, allocating
+    them again, and the backward waits for them (no prefetch: the restore is exposed)."""
+    down: dict[tuple[int, int], Op] = {}
+    for r in ir.ranks.values():
+        for g in r.groups:
+            a = g.action
+            if a is None or a.kind not in ("F", "B", "I"):
+                continue
+            c = ir.inp.chunks[a.stage]
+            if not c.act_copy_bytes:
+                continue
+            act = c.act_copy_bytes
+            first = next(op for op in g.ops if op.stream == "compute")
+            if a.kind == "F":
+                op = Op(r.rank, "d2h", "D2H", f"D2H checkpoints {g.label}", c.act_copy_ns,
+                        list(first.deps), free=(("activations", act),),
+                        microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+                g.ops.append(op)
+                down[(a.stage, a.microbatch)] = op
+            else:
+                deps = [*first.deps, down[(a.stage, a.microbatch)]]
+                op = Op(r.rank, "h2d", "H2D", f"H2D checkpoints {g.label}", c.act_copy_ns, deps,
+                        alloc=(("activations", act),), microbatch=a.microbatch,
+                        stage=a.stage)  # fmt: skip
+                first.deps.append(op)
+                g.ops.insert(g.ops.index(first), op)
 
 
 def tp_pass(ir: StepIR) -> None:
@@ -333,12 +469,19 @@ def optimizer_pass(ir: StepIR) -> None:
             sync = Op(r.rank, "dp", "DP", work.grad_sync_name, work.grad_sync_ns, list(last))
             r.tail.append(sync)
             ready = [sync]
+            if work.grad_d2h_ns:  # optimizer offload: the gradients go down after the sync
+                r.tail += _offload_bucket(r, work, 0, sync, "")
+        ready = [*ready, *r.offloaded]
         if actions and actions[-1].kind == "OPT":
             if r.last_host is not None:
                 ready = [*ready, r.last_host]
-            opt = Op(r.rank, "compute", "OPT", "optimizer step", work.optimizer_ns, ready,
+            stream = "cpu" if work.cpu_optimizer else "compute"
+            opt = Op(r.rank, stream, "OPT", "optimizer step", work.optimizer_ns, ready,
                      work.optimizer_alloc, work.optimizer_free)  # fmt: skip
             r.tail.append(opt)
+            if work.param_h2d_ns:  # ZeRO-Offload: the updated 16-bit parameters go back up
+                opt = Op(r.rank, "h2d", "H2D", "H2D updated params", work.param_h2d_ns, [opt])
+                r.tail.append(opt)
             if work.post_opt_ns:
                 r.tail.append(Op(r.rank, "dp", "AG", work.post_opt_name, work.post_opt_ns,
                                  [opt]))  # fmt: skip
