@@ -286,21 +286,49 @@ def test_megatron_2021_flags(tmp_path: Path) -> None:
     assert sc.training.recompute == "full" and sc.training.precision == "fp16"
 
 
+@pytest.mark.parametrize(("flags", "precision"), [
+    ("--bf16 --fp8-format hybrid", "fp8_delayed"),  # --fp8-recipe's default: delayed
+    ("--bf16 --fp8-format hybrid --fp8-recipe delayed", "fp8_delayed"),
+    ("--bf16 --fp8-format hybrid --fp8-recipe tensorwise", "fp8_current"),
+    ("--bf16 --fp8-format e4m3 --fp8-recipe mxfp8", "mxfp8"),
+    ("--bf16 --fp8-recipe tensorwise", "bf16"),  # no --fp8-format: FP8 off, listed
+])  # fmt: skip
+def test_megatron_fp8_recipes(tmp_path: Path, flags: str, precision: str) -> None:
+    """Megatron's FP8 switch (--fp8-format) and recipe (--fp8-recipe; tensorwise is Transformer
+    Engine's Float8CurrentScaling, megatron/core/fp8_utils.py) -> the simtrain precision."""
+    imp = megatron_flags(tmp_path, BASE + flags, gpus=8)
+    hw = "b200_180gb" if precision == "mxfp8" else "h100_sxm5_80gb"  # GPUs with those rates
+    assert load_imported(imp, [f"hardware={hw}"]).training.precision == precision
+    assert (precision == "bf16") == any(u.startswith("--fp8-recipe") for u in imp.unsupported)
+
+
+def test_megatron_legacy_attention_is_not_flash(tmp_path: Path) -> None:
+    """Megatron-LM before Megatron-Core had no Transformer Engine: a 2021 script's attention is
+    the fused softmax over the s x s scores (no flash attention) unless --use-flash-attn; a
+    Megatron-Core script defaults to Transformer Engine's fused attention."""
+    legacy = BASE + "--fp16 --checkpoint-activations "
+    assert not load_imported(megatron_flags(tmp_path, legacy, gpus=8)).model.flash_attention
+    flash = megatron_flags(tmp_path, legacy + "--use-flash-attn", gpus=8)
+    assert load_imported(flash).model.flash_attention
+    assert load_imported(megatron_flags(tmp_path, BASE + "--fp16", gpus=8)).model.flash_attention
+
+
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
-    f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --cp-comm-type a2a "
+    f.write_text(BASE + "--bf16 --fp8-format hybrid --fp8-recipe blockwise --context-parallel-size 2 "
+                 "--cp-comm-type a2a "
                  "--num-experts 8 --moe-router-topk 2 --moe-layer-freq 2 --moe-aux-loss-coeff 1e-2 "
                  "--frobnicate 3 --lr 1e-4")  # fmt: skip
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
-    for w in ("--fp8-format hybrid", "--cp-comm-type a2a", "--moe-layer-freq 2",
+    for w in ("--fp8-format hybrid --fp8-recipe blockwise", "--cp-comm-type a2a", "--moe-layer-freq 2",
               "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
         assert w in listed, listed
     assert "--moe-aux-loss-coeff" in imp.no_effect  # routing losses: no FLOPs or bytes
     model = load_imported(imp).model
     assert (model.num_experts, model.experts_per_token) == (8, 2)
     assert "--lr" in imp.no_effect and "--lr" not in listed
-    assert load_imported(imp).training.precision == "bf16"  # FP8 listed, simulated in bf16
+    assert load_imported(imp).training.precision == "bf16"  # blockwise listed, simulated in bf16
     text = to_yaml(imp, "simtrain import megatron flags.txt")
     assert "# NOT SIMULATED" in text and "--frobnicate 3" in text
     r = invoke("import", "megatron", str(f), "--gpus", "8")

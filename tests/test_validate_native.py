@@ -1,0 +1,108 @@
+"""simtrain validate reads each framework's settings through that framework's importer (issue 17
+item 2): a record of a family with an importer is written as its framework's configuration
+(Megatron: pretrain_gpt.py flags), and ``simtrain import`` of that configuration with the
+record's ``--set`` overrides gives exactly the scenario validate simulates. One code path: a
+change to the importer's reading of a flag changes validate's scenario too."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simtrain.apps.importers import import_config
+from simtrain.apps.validate import SkipReason, translate
+from simtrain.apps.validate.native import IMPORTER_OF, NativeConfig, importer_of
+from simtrain.apps.validate.records import load_record_files, resolve_paths
+from simtrain.apps.validate.translate import Translation
+from simtrain.cli import main
+from simtrain.spec.scenario import load_scenario
+
+RECORDS = {r.id: r for r in load_record_files(resolve_paths(None))}
+
+#: Records of each family that goes through an importer: plain data parallel, tensor parallel,
+#: interleaved pipelines with Megatron-LM 2021's "local" DDP, selective recompute with sequence
+#: parallelism (Korthikanti et al. 2022), V100 DGX-2, and a Megatron-DeepSpeed run.
+SAMPLE = (
+    "megatron_sc21_t1_1.7B",
+    "megatron_sc21_t1_145.6B",
+    "megatron_sc21_t2_ptdp_529B_2240gpu",
+    "korthikanti22_t5_530B_sp_selective",
+    "korthikanti22_t5_22B_full_recompute",
+    "megatron_readme2020_dgx2_v100_8B",
+    "megatron_readme2021_gpt3_175B_1024gpu",
+    "mtnlg530b_2240gpu",
+)
+
+
+def _translation(rid: str) -> Translation:
+    tr = translate(RECORDS[rid])
+    assert isinstance(tr, Translation), tr
+    return tr
+
+
+def test_the_sample_covers_every_importer_family() -> None:
+    """Every family with an importer and a record that translates (megatron_v1_blog's four
+    records report no model shape: skipped before any reading of flags)."""
+    translated = {r.source_key for r in RECORDS.values()
+                  if importer_of(r) and not isinstance(translate(r), SkipReason)}  # fmt: skip
+    assert {RECORDS[rid].source_key for rid in SAMPLE} == translated
+    assert set(IMPORTER_OF) - translated == {"megatron_v1_blog"}
+
+
+@pytest.mark.parametrize("rid", SAMPLE)
+def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """The record's flags written to a file and imported by the CLI (``simtrain import megatron
+    FILE --gpus N --set ...``) load as the very scenario validate simulates."""
+    tr = _translation(rid)
+    native = tr.native
+    assert isinstance(native, NativeConfig) and native.kind == IMPORTER_OF[tr.record.source_key]
+    flags = tmp_path / f"{rid}.flags"
+    flags.write_text(" ".join(native.words) + "\n")
+    out = tmp_path / "imported.yaml"
+    r = CliRunner().invoke(main, [*native.import_args(str(flags)), "--strict", "--out", str(out)])
+    assert r.exit_code == 0, r.output  # --strict: every flag is simulated
+    imported = load_scenario(out)
+    assert replace(imported, source="") == replace(tr.scenario, source="")
+
+
+def test_every_record_of_an_importer_family_goes_through_it() -> None:
+    """Each record that translates carries its native configuration exactly when its family
+    has an importer, and every such configuration imports with nothing left unsimulated."""
+    through = 0
+    for rec in RECORDS.values():
+        tr = translate(rec)
+        if isinstance(tr, SkipReason):
+            continue
+        assert (tr.native is not None) == (importer_of(rec) is not None), rec.id
+        if tr.native is not None:
+            through += 1
+    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1 (measured/*.yaml)
+    assert through == 38
+
+
+def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One code path: Megatron-LM 2021's "local" DDP is the importer's knowledge (one bucket
+    of the whole gradient buffer), and validate's interleaved SC'21 rows get it from there."""
+    tr = _translation("megatron_sc21_t1_145.6B")
+    assert "--DDP-impl" in tr.native.words and tr.scenario.parallelism.bucket_mb == 1e9
+    from simtrain.apps.importers import megatron
+
+    monkeypatch.setattr(megatron, "ONE_BUCKET_MB", 123.0)
+    assert _translation("megatron_sc21_t1_145.6B").scenario.parallelism.bucket_mb == 123.0
+
+
+def test_the_flags_file_is_what_the_importer_reads(tmp_path: Path) -> None:
+    """The same flags through ``import_config`` (a file, as ``simtrain import`` reads it) and
+    through validate give the same model, training and layout."""
+    tr = _translation("korthikanti22_t5_530B_sp_selective")
+    f = tmp_path / "flags.txt"
+    f.write_text(" ".join(tr.native.words))
+    imp = import_config("megatron", f, gpus=tr.native.gpus)
+    sc = tr.scenario
+    assert imp.data["training"]["recompute"] == sc.training.recompute == "selective"
+    assert imp.data["parallelism"]["sequence_parallel"] is sc.parallelism.sequence_parallel is True
+    assert imp.data["runtime"]["name"] == sc.runtime.name == "megatron_lm_2021"
