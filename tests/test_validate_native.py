@@ -1,6 +1,6 @@
 """simtrain validate reads each framework's settings through that framework's importer (issue 17
 item 2): a record of a family with an importer is written as its framework's configuration
-(Megatron: pretrain_gpt.py flags), and ``simtrain import`` of that configuration with the
+(Megatron: pretrain_gpt.py flags; nanotron: its config YAML), and ``simtrain import`` of that configuration with the
 record's ``--set`` overrides gives exactly the scenario validate simulates. One code path: a
 change to the importer's reading of a flag changes validate's scenario too."""
 
@@ -24,7 +24,9 @@ RECORDS = {r.id: r for r in load_record_files(resolve_paths(None))}
 
 #: Records of each family that goes through an importer: plain data parallel, tensor parallel,
 #: interleaved pipelines with Megatron-LM 2021's "local" DDP, selective recompute with sequence
-#: parallelism (Korthikanti et al. 2022), V100 DGX-2, and a Megatron-DeepSpeed run.
+#: parallelism (Korthikanti et al. 2022), V100 DGX-2, a Megatron-DeepSpeed run; nanotron (the
+#: Ultra-Scale Playbook's sweep) with ZeRO-1, sequence parallelism (tp_mode REDUCE_SCATTER), a
+#: compute-balanced pipeline, and a run that did not fit (out of memory).
 SAMPLE = (
     "megatron_sc21_t1_1.7B",
     "megatron_sc21_t1_145.6B",
@@ -34,6 +36,10 @@ SAMPLE = (
     "megatron_readme2020_dgx2_v100_8B",
     "megatron_readme2021_gpt3_175B_1024gpu",
     "mtnlg530b_2240gpu",
+    "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1",
+    "usp_1B_n1_dp2_tp2_pp2_mbs2_ga64_z1",
+    "usp_8B_n16_dp8_tp2_pp8_mbs1_ga32_z0",
+    "usp_fail_8B_n4_dp2_tp8_pp2_mbs16_ga8_z1",
 )
 
 
@@ -61,7 +67,7 @@ def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
     native = tr.native
     assert isinstance(native, NativeConfig) and native.kind == IMPORTER_OF[tr.record.source_key]
     flags = tmp_path / f"{rid}.flags"
-    flags.write_text(" ".join(native.words) + "\n")
+    flags.write_text(native.file_text())
     out = tmp_path / "imported.yaml"
     r = CliRunner().invoke(main, [*native.import_args(str(flags)), "--strict", "--out", str(out)])
     assert r.exit_code == 0, r.output  # --strict: every flag is simulated
@@ -80,15 +86,15 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
         assert (tr.native is not None) == (importer_of(rec) is not None), rec.id
         if tr.native is not None:
             through += 1
-    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1 (measured/*.yaml)
-    assert through == 38
+    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, nanotron 417
+    assert through == 38 + 417
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     """One code path: Megatron-LM 2021's "local" DDP is the importer's knowledge (one bucket
     of the whole gradient buffer), and validate's interleaved SC'21 rows get it from there."""
     tr = _translation("megatron_sc21_t1_145.6B")
-    assert "--DDP-impl" in tr.native.words and tr.scenario.parallelism.bucket_mb == 1e9
+    assert "--DDP-impl" in tr.native.config and tr.scenario.parallelism.bucket_mb == 1e9
     from simtrain.apps.importers import megatron
 
     monkeypatch.setattr(megatron, "ONE_BUCKET_MB", 123.0)
@@ -100,7 +106,7 @@ def test_the_flags_file_is_what_the_importer_reads(tmp_path: Path) -> None:
     through validate give the same model, training and layout."""
     tr = _translation("korthikanti22_t5_530B_sp_selective")
     f = tmp_path / "flags.txt"
-    f.write_text(" ".join(tr.native.words))
+    f.write_text(tr.native.file_text())
     imp = import_config("megatron", f, gpus=tr.native.gpus)
     sc = tr.scenario
     assert imp.data["training"]["recompute"] == sc.training.recompute == "selective"

@@ -60,12 +60,6 @@ MEGATRON_GPT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "la
 # 0.16 B from the 2k to the 64k-token 3B run), tied embeddings, no dropout, flash attention.
 MPT = {"mlp": "gelu", "positions": "learned", "bias": False, "norm": "layernorm",
        "tied_embeddings": True, "dropout": 0.0, "flash_attention": True}  # fmt: skip
-# nanotron Llama (Ultra-Scale Playbook sweep): SwiGLU, RMSNorm, rotary, no bias, flash-attn.
-# qkv_layout: nanotron models/llama.py CausalSelfAttention keeps the fused QKV tensor and a rotated
-# K/V copy alive for flash attention's backward (memory.layer_saved_tensors).
-NANOTRON_LLAMA = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
-                  "dropout": 0.0, "flash_attention": True,
-                  "qkv_layout": "fused_kv_copy"}  # fmt: skip
 # Megatron-Core GPT (Megatron-LM 937571cfd4, megatron/training/arguments.py): Megatron's GPT
 # defaults (learned_absolute positions, GeLU, biases, LayerNorm, hidden and attention dropout 0.1)
 # with --transformer-impl transformer_engine (the default), whose DotProductAttention runs fused
@@ -84,9 +78,10 @@ _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which coun
                   "recompute forward)")  # fmt: skip
 
 # Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
-_MEGATRON_LM = SourceConvention(
-    "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
-)
+# Their architecture is Megatron's GPT defaults, which the Megatron importer gives to flags that
+# do not change it (validate's Megatron records go through it: apps/validate/native.py).
+_MEGATRON_LM = SourceConvention("megatron_eq3", {}, "full", _EQ3_RECOMPUTE, 51200,
+                                ddp_default="local")  # fmt: skip
 
 # DeepSpeed's pipeline engine reduces the gradients once, after the last micro-batch's backward
 # (deepspeed/runtime/pipe/schedule.py TrainSchedule.steps: ReduceTiedGrads, ReduceGrads,
@@ -142,9 +137,7 @@ SOURCES: dict[str, SourceConvention] = {
     ),  # fmt: skip
     "megatron_readme": _MEGATRON_LM,
     "megatron_v1_blog": _MEGATRON_LM,
-    "korthikanti2022": SourceConvention(
-        "korthikanti", MEGATRON_GPT, "full", "", 51200, ddp_default="local"
-    ),
+    "korthikanti2022": SourceConvention("korthikanti", {}, "full", "", 51200, ddp_default="local"),
     "bloom": SourceConvention(
         "megatron_eq3",
         {**MEGATRON_GPT, "positions": "rotary", "dropout": 0.0},
@@ -175,9 +168,11 @@ SOURCES: dict[str, SourceConvention] = {
             )
         },
     ),  # fmt: skip
+    # nanotron's Llama architecture is the importer's (apps/importers/nanotron.py _model), which
+    # validate's nanotron records go through (apps/validate/native.py).
     "nanotron": SourceConvention(
         "nanotron",
-        NANOTRON_LLAMA,
+        {},
         memory_note="nanotron 'GPU memory' = helpers.log_throughput's 'Mem Alloc (GB)', "
         "torch.cuda.max_memory_allocated() / 1024**3 on world rank 0 (GiB, first pipeline "
         "stage), compared with stage 0's peak without the CUDA context",
@@ -206,7 +201,7 @@ SOURCES: dict[str, SourceConvention] = {
     # 51,200 (tests/test_validate.py).
     "mtnlg": SourceConvention(
         "megatron_eq3",
-        MEGATRON_GPT,
+        {},  # Megatron's GPT defaults, from the Megatron importer (apps/validate/native.py)
         "full",
         _EQ3_RECOMPUTE,
         51200,

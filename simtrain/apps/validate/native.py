@@ -14,17 +14,27 @@ and network, the runtime of a source that ran the flags in another framework (Me
 under ``deepspeed``), and the source's conventions that have no flag (its layer split, loss kernel,
 a precision the flags cannot name).
 
-Families (``records.source_key``) through an importer (:data:`IMPORTER_OF`):
+Families (``records.source_key``) through an importer (:data:`IMPORTER_OF`), with the records
+of measured/*.yaml that translate:
 
-- megatron: Megatron-LM SC'21 (``megatron_sc21``), Korthikanti et al. 2022 (``korthikanti2022``),
-  the Megatron-LM README (``megatron_readme``, ``megatron_v1_blog``).
+- megatron (``pretrain_gpt.py`` flags, :func:`megatron_flags`): Megatron-LM SC'21
+  (``megatron_sc21``, 16), Korthikanti et al. 2022 (``korthikanti2022``, 8), the Megatron-LM
+  README (``megatron_readme``, 13; ``megatron_v1_blog``, its 4 records report no model shape),
+  MT-NLG 530B (``mtnlg``, 1: Megatron-DeepSpeed flags, run under the ``deepspeed`` runtime);
+- nanotron (a config mapping, :func:`nanotron_config`): the Ultra-Scale Playbook's sweep
+  (``nanotron``, 417).
 
-On ``translate.py``'s own path (no importer, or not converted yet; see :data:`IMPORTER_OF`):
-Megatron-Core r0.8.0, NeMo and Megatron-Bridge (Megatron flags, but Megatron-Core's DDP buckets
-and fp32 gradient reduction for --bf16 would change their scenarios: not converted yet), DeepSpeed
-(ZeRO-3 rows of SC'21, BLOOM, BLOOM chronicles, MT-NLG: Megatron-DeepSpeed), nanotron (Ultra-Scale
-Playbook), torchtitan, MosaicML llm-foundry, HF Transformers, simtrain's own H200 runs, and the
-papers' tables of other frameworks (ZeRO, GPipe, OPT, PaLM, LLaMA, Llama 3, LoRA / QLoRA, torchao).
+On ``translate.py``'s own path: Megatron-Core r0.8.0 (``megatron_core``), NeMo (``nemo``) and
+Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scenarios would change
+(Megatron-Core's fp32 gradient reduction under --bf16, its DDP bucket with --overlap-grad-reduce,
+the vocabulary padding to a multiple of 128 x tp) and their figures with them, some for the
+worse: not converted until that is settled; BLOOM (``bloom``, ``bloom_chronicles``:
+Megatron-DeepSpeed's BF16 optimizer is not Megatron's --bf16 rule, and DeepSpeed's partition
+method is no Megatron flag); the DeepSpeed ZeRO-3 rows of SC'21 (``megatron_sc21_zero3``);
+torchtitan (``torchtitan``); and the sources with no importer: MosaicML llm-foundry
+(``mosaicml``), HF Transformers (``hf_transformers``), simtrain's own H200 runs
+(``simtrain_h200``) and the papers' tables of other frameworks (ZeRO, GPipe, OPT, PaLM, LLaMA,
+Llama 3, LoRA / QLoRA, torchao: all skipped today).
 """
 
 from __future__ import annotations
@@ -34,8 +44,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from simtrain.apps.importers.common import Imported, with_overrides
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
+from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.validate.conventions import SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record
 
@@ -46,6 +59,7 @@ IMPORTER_OF: dict[str, str] = {
     "megatron_readme": "megatron",
     "megatron_v1_blog": "megatron",
     "mtnlg": "megatron",
+    "nanotron": "nanotron",
 }
 
 #: Megatron's flag of each 16-bit format (FP8 recipes run on --bf16: spec/precision.py).
@@ -132,8 +146,13 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
         w += ["--normalization", "RMSNorm"]
     if model.get("tied_embeddings") is False:
         w.append("--untie-embeddings-and-output-weights")
-    dropout = model.get("dropout", 0.0)
-    w += ["--hidden-dropout", str(dropout), "--attention-dropout", str(dropout)]
+    if "dropout" in model:
+        w += [
+            "--hidden-dropout",
+            str(model["dropout"]),
+            "--attention-dropout",
+            str(model["dropout"]),
+        ]
     if model.get("flash_attention"):
         w.append("--use-flash-attn")
     elif not legacy:  # Transformer Engine's fused attention is Megatron-Core's default
@@ -152,19 +171,73 @@ def _recompute_flags(recompute: str, legacy: bool) -> list[str]:
     return []
 
 
+#: nanotron's ``model.dtype`` and ``optimizer.accumulate_grad_in_fp32`` of each simtrain
+#: precision (the importer's reading in reverse).
+_NANOTRON_DTYPE = {"bf16": ("bfloat16", False), "bf16_fp32_grads": ("bfloat16", True),
+                   "fp16": ("float16", False), "fp32": ("float32", False)}  # fmt: skip
+_NANOTRON_OPTIMIZER = {"adamw": "adamW", "adam": "adam", "sgd": "sgd"}
+
+
+def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
+                    layout: tuple[int, int, int, int], batch: tuple[int, int],
+                    par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The nanotron config (huggingface/nanotron ``config/``; the Ultra-Scale Playbook's bench
+    configs) of a nanotron record: ``model.model_config`` in Hugging Face Llama names, the
+    layout, ``tokens`` (batch_accumulation_per_replica = global / (micro x dp)) and the optimizer.
+    ``tp_mode: REDUCE_SCATTER`` is sequence parallelism; ``pp_engine afab`` GPipe's order."""
+    tp, pp, dp, _cp = layout
+    B, b = batch
+    dtype, fp32_grads = _NANOTRON_DTYPE.get(training["precision"], ("bfloat16", False))
+    mc = {"num_hidden_layers": model["layers"], "hidden_size": model["hidden"],
+          "num_attention_heads": model["heads"],
+          "num_key_value_heads": model.get("kv_heads", model["heads"]),
+          "intermediate_size": model.get("ffn_hidden", 4 * int(model["hidden"])),
+          "vocab_size": model["vocab"], "max_position_embeddings": model["max_positions"],
+          "tie_word_embeddings": bool(model.get("tied_embeddings", True))}  # fmt: skip
+    text = str(par.get("schedule", "")).lower()
+    return {
+        "model": {"dtype": dtype, "make_vocab_size_divisible_by": 1, "model_config": mc},
+        "parallelism": {
+            "dp": dp,
+            "tp": tp,
+            "pp": pp,
+            "pp_engine": "afab" if "afab" in text or "gpipe" in text else "1f1b",
+            "tp_mode": "REDUCE_SCATTER" if par.get("sequence_parallel") else "ALL_REDUCE",
+            "recompute_layer": training["recompute"] == "full",
+        },  # fmt: skip
+        "tokens": {
+            "sequence_length": training["seq_len"],
+            "micro_batch_size": b,
+            "batch_accumulation_per_replica": B // (b * dp),
+        },  # fmt: skip
+        "optimizer": {
+            "zero_stage": int(par.get("zero_stage") or 0),
+            "accumulate_grad_in_fp32": fp32_grads,
+            "optimizer_factory": {"name": _NANOTRON_OPTIMIZER.get(training["optimizer"], "adamW")},
+        },  # fmt: skip
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class NativeConfig:
     """A record as its framework's configuration: what ``simtrain import KIND FILE --gpus N
-    --set ...`` reads to give the record's scenario. ``words``: the file's content (Megatron's
-    flags); ``sets``: the ``--set`` overrides for what the configuration does not say."""
+    --set ...`` reads to give the record's scenario. ``config``: Megatron's flags (a tuple of
+    words) or nanotron's config (a mapping); ``sets``: the ``--set`` overrides for what the
+    configuration does not say."""
 
     kind: str
-    words: tuple[str, ...]
+    config: Any
     gpus: int
     sets: tuple[str, ...]
 
+    def file_text(self) -> str:
+        """The configuration as its framework's file: a line of flags, a YAML config."""
+        if isinstance(self.config, tuple):
+            return " ".join(self.config) + "\n"
+        return yaml.safe_dump(self.config, sort_keys=False)
+
     def import_args(self, path: str) -> list[str]:
-        """The ``simtrain`` arguments that import ``path`` (holding :attr:`words`) as the
+        """The ``simtrain`` arguments that import ``path`` (holding :meth:`file_text`) as the
         record's scenario."""
         return ["import", self.kind, path, "--gpus", str(self.gpus),
                 *(w for s in self.sets for w in ("--set", s))]  # fmt: skip
@@ -196,17 +269,23 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     return sets
 
 
-def through_megatron(rec: Record, conv: SourceConvention, profile: str, model: dict[str, Any],
+def through_importer(rec: Record, conv: SourceConvention, profile: str, model: dict[str, Any],
                      training: dict[str, Any], layout: tuple[int, int, int, int],
                      batch: tuple[int, int], par: Mapping[str, Any],
                      notes: list[str]) -> tuple[dict[str, Any], NativeConfig]:  # fmt: skip
-    """The scenario document of a Megatron record and its native configuration: its flags
-    (:func:`megatron_flags`) through ``import_megatron_flags``, with the overrides of
-    :func:`overlay` applied as ``simtrain import``'s ``--set`` applies them."""
+    """The scenario document of a record of an importer family and its native configuration:
+    the configuration (:func:`megatron_flags`, :func:`nanotron_config`) through the importer
+    ``simtrain import`` runs, with the overrides of :func:`overlay` applied as its ``--set``
+    applies them."""
+    kind = IMPORTER_OF[rec.source_key]
     tp, pp, dp, cp = layout
-    flags = megatron_flags(rec, conv, model, training, layout, batch, par)
     gpus = tp * pp * dp * cp
-    imp = import_megatron_flags(flags, gpus=gpus, file=rec.id)
+    config: Any
+    if kind == "megatron":
+        config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
+        imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
+    else:
+        config = nanotron_config(rec, model, training, layout, batch, par)
+        imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
-    native = NativeConfig("megatron", tuple(flags), gpus, tuple(sets))
-    return with_overrides(imp, sets), native
+    return with_overrides(imp, sets), NativeConfig(kind, config, gpus, tuple(sets))

@@ -23,7 +23,7 @@ from simtrain.apps.validate.conventions import (
     convention_for,
     runtime_of,
 )
-from simtrain.apps.validate.native import NativeConfig, importer_of, through_megatron
+from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
@@ -325,9 +325,9 @@ def _scenario_data(
                      "context-parallel attention run the flash / fused kernels)")  # fmt: skip
     par = _implied_parallelism(rec.parallelism, conv, notes)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
-    if importer_of(rec) == "megatron":
+    if importer_of(rec) is not None:
         try:
-            data, native = through_megatron(rec, conv, profile, model, training,
+            data, native = through_importer(rec, conv, profile, model, training,
                                             (tp, pp, dp, cp), (B, b), par, notes)  # fmt: skip
         except SimtrainError as exc:
             raise _NotExpressible(
