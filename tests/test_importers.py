@@ -135,6 +135,49 @@ def test_torchtitan_llama3_8b() -> None:
     assert (sc64.parallelism.dp, sc64.training.global_batch) == (64, 64)
 
 
+def _titan(tmp_path: Path, extra: str, gpus: int | None = None):
+    f = tmp_path / "job.toml"
+    f.write_text(Path(TORCHTITAN).read_text() + extra)
+    return import_config("torchtitan", f, gpus=gpus)
+
+
+@pytest.mark.parametrize(("recipe", "precision"), [
+    ("", "fp8_tensorwise"),  # recipe_name None: torchao's dynamic tensorwise scaling
+    ('recipe_name = "tensorwise"', "fp8_tensorwise"),
+    ('recipe_name = "rowwise"', "fp8_rowwise"),
+])  # fmt: skip
+def test_torchtitan_float8_converter(tmp_path: Path, recipe: str, precision: str) -> None:
+    """model.converters = ["quantize.linear.float8"] (torchtitan 4a950ea; ["float8"] with a
+    [float8] table before) with the table's recipe_name -> torchao float8 linears on bf16."""
+    text = Path(TORCHTITAN).read_text().replace('flavor = "8B"', 'flavor = "8B"\nconverters = '
+                                                '["quantize.linear.float8"]')  # fmt: skip
+    text = text.replace("[quantize.linear.float8]", "[quantize.linear.float8]\n" + recipe)
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    imp = import_config("torchtitan", f)
+    assert load_imported(imp, ["hardware=h100_sxm5_80gb"]).training.precision == precision
+    assert not imp.unsupported
+    old = _titan(tmp_path, '\n[float8]\nrecipe_name = "rowwise"\n')
+    assert load_imported(old).training.precision == "bf16"  # no converter: the table is inert
+    f.write_text(Path(TORCHTITAN).read_text().replace('flavor = "8B"', 'flavor = "8B"\n'
+                 'converters = ["float8"]') + '\n[float8]\nrecipe_name = "rowwise"\n')  # fmt: skip
+    loaded = load_imported(import_config("torchtitan", f), ["hardware=h100_sxm5_80gb"])
+    assert loaded.training.precision == "fp8_rowwise"
+
+
+def test_torchtitan_fsdp_over_context_parallel(tmp_path: Path) -> None:
+    """FSDP2 wraps the model when dp_shard or cp > 1, over the dp_shard x cp mesh (parallelize.py
+    "apply FSDP or HSDP, potentially with Context Parallel"): data_parallel_shard_degree 1 with
+    context parallel 8 is still ZeRO-3 (pp 1: reshard after forward), not plain replication."""
+    text = Path(TORCHTITAN).read_text().replace("context_parallel_degree = 1",
+                                                "context_parallel_degree = 8")  # fmt: skip
+    text = text.replace("data_parallel_shard_degree = -1", "data_parallel_shard_degree = 1")
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    p = load_imported(import_config("torchtitan", f, gpus=8)).parallelism
+    assert (p.dp, p.cp, p.zero_stage) == (1, 8, 3)
+
+
 def test_torchtitan_flavor_ffn_sizes() -> None:
     """FeedForward's rounding against the published FFN widths (HF config.json intermediate_size
     of Llama 3 70B and Llama 3.1 405B: 28,672 and 53,248) and the debug model's 768."""

@@ -43,8 +43,6 @@ class SourceConvention:
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
-    # the simtrain recompute mode the source's mode of that name is: mode -> (to, why)
-    recompute_map: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # The peak an FP8 run's MFU is divided by: "bf16" (torchtitan, NeMo: model FLOPs over the
     # dense bf16 peak) or "fp8" (llm-foundry: its FP8 rows divide by the FP8 peak).
     fp8_mfu_peak: str = "bf16"
@@ -260,23 +258,17 @@ SOURCES: dict[str, SourceConvention] = {
     # DeviceMemoryMonitor.max_reserved_gib, the caching allocator's reserved_bytes.all.peak / 1024**3
     # (train.py, torchtitan/metrics.py), "the maximum across all GPUs"; FLOPs per token
     # utils.get_num_flop_per_token: 6 x non-embedding parameters + 12·l·heads·head_dim·s.
+    # Llama 3's architecture and torchtitan's per-op selective recompute are the torchtitan
+    # importer's (its llama3 flavors, selective_ac_option "op"), which validate's torchtitan
+    # records go through (apps/validate/native.py torchtitan_config).
     "torchtitan": SourceConvention(
         "torchtitan",
-        LLAMA3,
+        {},
         memory_note="torchtitan 'Memory(GiB)' = torch.cuda reserved_bytes.all.peak / 1024**3 (the "
         "caching allocator's reserve, metrics.py DeviceMemoryMonitor), max over GPUs: compared "
         "with the largest stage's allocated peak without the CUDA context; the allocator's "
         "unused reserve is not modelled",
         memory_gb_unit=GIB,
-        recompute_map={
-            "selective": (
-                "selective_op",
-                "torchtitan's selective recompute is per-op "
-                "(activation_checkpoint.selective_ac_option = 'op', the default of "
-                "train_configs/llama3_8b.toml at 9dec370a): selective_op "
-                "(parallelisms/parallelize_llama.py _apply_ac_to_transformer_block)",
-            ),
-        },
     ),  # fmt: skip
     # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).
     "torchao": SourceConvention("simtrain", {}),

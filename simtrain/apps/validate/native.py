@@ -22,7 +22,10 @@ of measured/*.yaml that translate:
   README (``megatron_readme``, 13; ``megatron_v1_blog``, its 4 records report no model shape),
   MT-NLG 530B (``mtnlg``, 1: Megatron-DeepSpeed flags, run under the ``deepspeed`` runtime);
 - nanotron (a config mapping, :func:`nanotron_config`): the Ultra-Scale Playbook's sweep
-  (``nanotron``, 417).
+  (``nanotron``, 417);
+- torchtitan (a job config's tables, :func:`torchtitan_config`): the torchtitan benchmarks
+  (``torchtitan``, 11); the layer split of the torchtitan commit a record ran (9dec370a's
+  split points, ``splits.pipeline_split``) is laid over the importer's (4a950ea's).
 
 On ``translate.py``'s own path: Megatron-Core r0.8.0 (``megatron_core``), NeMo (``nemo``) and
 Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scenarios would change
@@ -30,8 +33,8 @@ Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scena
 the vocabulary padding to a multiple of 128 x tp) and their figures with them, some for the
 worse: not converted until that is settled; BLOOM (``bloom``, ``bloom_chronicles``:
 Megatron-DeepSpeed's BF16 optimizer is not Megatron's --bf16 rule, and DeepSpeed's partition
-method is no Megatron flag); the DeepSpeed ZeRO-3 rows of SC'21 (``megatron_sc21_zero3``);
-torchtitan (``torchtitan``); and the sources with no importer: MosaicML llm-foundry
+method is no Megatron flag); the DeepSpeed ZeRO-3 rows of SC'21 (``megatron_sc21_zero3``); and
+the sources with no importer: MosaicML llm-foundry
 (``mosaicml``), HF Transformers (``hf_transformers``), simtrain's own H200 runs
 (``simtrain_h200``) and the papers' tables of other frameworks (ZeRO, GPipe, OPT, PaLM, LLaMA,
 Llama 3, LoRA / QLoRA, torchao: all skipped today).
@@ -49,8 +52,10 @@ import yaml
 from simtrain.apps.importers.common import Imported, with_overrides
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
+from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
 from simtrain.apps.validate.conventions import SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.splits import pipeline_split
 
 #: The importer each family's records go through (source key -> importer kind).
 IMPORTER_OF: dict[str, str] = {
@@ -60,6 +65,7 @@ IMPORTER_OF: dict[str, str] = {
     "megatron_v1_blog": "megatron",
     "mtnlg": "megatron",
     "nanotron": "nanotron",
+    "torchtitan": "torchtitan",
 }
 
 #: Megatron's flag of each 16-bit format (FP8 recipes run on --bf16: spec/precision.py).
@@ -218,6 +224,87 @@ def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str
     }
 
 
+#: torchtitan's pipeline_parallel_schedule of a record's schedule text (first match).
+_TORCHTITAN_SCHEDULES = (("interleaved", "Interleaved1F1B"), ("gpipe", "GPipe"), ("", "1F1B"))
+#: torchtitan [float8] recipe of each simtrain FP8 precision (the importer's reading in reverse).
+_TORCHTITAN_FLOAT8 = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}
+_SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab")
+
+
+def torchtitan_flavor(model: Mapping[str, Any]) -> str:
+    """The llama3 flavor (``importers.torchtitan.LLAMA3_FLAVORS``) of the record's shape: the one
+    with its layers and dim, else the 8B (and the shape laid over it, :func:`torchtitan_config`)."""
+    for name, fl in LLAMA3_FLAVORS.items():
+        if (fl.n_layers, fl.dim) == (model["layers"], model["hidden"]):
+            return name
+    return "8B"
+
+
+def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
+                      layout: tuple[int, int, int, int], batch: tuple[int, int],
+                      par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The torchtitan job config (the TOML's tables; importers/torchtitan.py cites the keys) of a
+    torchtitan record: the llama3 flavor, FSDP2 over the data-parallel GPUs (reshard after
+    forward as the record's ZeRO stage says: 3 always, 2 never), tp / pp / cp degrees, async TP
+    with torch.compile, the pipeline schedule and micro-batch, activation checkpointing (torchtitan's
+    selective is per op) and the float8 converter with its recipe."""
+    tp, pp, dp, cp = layout
+    B, b = batch
+    zero = int(par.get("zero_stage") or 0)
+    p: dict[str, Any] = {"data_parallel_replicate_degree": 1 if zero or dp == 1 else dp,
+                         "data_parallel_shard_degree": dp if zero or dp == 1 else 1,
+                         "tensor_parallel_degree": tp, "pipeline_parallel_degree": pp,
+                         "context_parallel_degree": cp}  # fmt: skip
+    if zero:
+        p["fsdp_reshard_after_forward"] = "always" if zero == 3 else "never"
+    async_tp = bool(par.get("async_tp")) and tp > 1
+    if async_tp:
+        p["enable_async_tensor_parallel"] = True
+    if pp > 1:
+        text = str(par.get("schedule") or "").lower()
+        p["pipeline_parallel_schedule"] = next(v for k, v in _TORCHTITAN_SCHEDULES if k in text)
+        p["pipeline_parallel_microbatch_size"] = b
+    t: dict[str, Any] = {"seq_len": training["seq_len"], "global_batch_size": B,
+                         "local_batch_size": b if pp == 1 else B // dp}  # fmt: skip
+    precision = training["precision"]
+    if precision == "bf16_pure":
+        t["dtype"] = "bfloat16"
+    elif precision == "fp32":
+        t["mixed_precision_param"] = "float32"
+    mode = {"none": "none", "full": "full"}.get(training["recompute"], "selective")
+    cfg: dict[str, Any] = {
+        "model": {"name": "llama3", "flavor": torchtitan_flavor(model)},
+        "training": t,
+        "parallelism": p,
+        "activation_checkpoint": {"mode": mode}
+        | ({"selective_ac_option": "op"} if mode == "selective" else {}),  # fmt: skip
+    }
+    if rec.training.get("optimizer") is not None:
+        cfg["optimizer"] = {"name": "Adam" if training["optimizer"] == "adam" else "AdamW"}
+    compiled = "torch.compile" in f"{rec.notes} {rec.training}"
+    if compiled or async_tp:
+        cfg["compile"] = {"enable": True}
+    if precision in _TORCHTITAN_FLOAT8:
+        cfg["model"]["converters"] = ["quantize.linear.float8"]
+        cfg["quantize"] = {"linear": {"float8": {"recipe_name": _TORCHTITAN_FLOAT8[precision]}}}
+    return cfg
+
+
+def _toml_tables(cfg: Mapping[str, Any], prefix: str) -> list[str]:
+    """TOML lines of nested tables of booleans, integers, strings and lists of strings (a job
+    config as :func:`torchtitan_config` builds it; JSON's string and list syntax is TOML's)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in cfg.items() if not isinstance(v, Mapping)}
+    if scalars and prefix:
+        lines.append(f"[{prefix}]")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}")
+    for k, v in cfg.items():
+        if isinstance(v, Mapping):
+            lines += _toml_tables(v, f"{prefix}.{k}" if prefix else k)
+    return lines
+
+
 @dataclass(frozen=True, slots=True)
 class NativeConfig:
     """A record as its framework's configuration: what ``simtrain import KIND FILE --gpus N
@@ -231,9 +318,12 @@ class NativeConfig:
     sets: tuple[str, ...]
 
     def file_text(self) -> str:
-        """The configuration as its framework's file: a line of flags, a YAML config."""
+        """The configuration as its framework's file: a line of flags (megatron), a YAML config
+        (nanotron), a TOML job config (torchtitan)."""
         if isinstance(self.config, tuple):
             return " ".join(self.config) + "\n"
+        if self.kind == "torchtitan":
+            return "\n".join(_toml_tables(self.config, ""))
         return yaml.safe_dump(self.config, sort_keys=False)
 
     def import_args(self, path: str) -> list[str]:
@@ -269,6 +359,22 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     return sets
 
 
+def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
+                     notes: list[str]) -> list[str]:  # fmt: skip
+    """What a torchtitan job config cannot say of a record: a model shape other than its llama3
+    flavor's, and the layer split of the torchtitan commit the record ran (splits.pipeline_split:
+    9dec370a's generate_split_points for the 2024-12 benchmarks; the importer knows 4a950ea's)."""
+    sets = [f"model.{k}={model[k]}" for k in _SHAPE_KEYS
+            if k in model and imp.data["model"].get(k) != model[k]]  # fmt: skip
+    par = imp.data["parallelism"]
+    split = pipeline_split(rec, dict(par), int(model["layers"]), notes)
+    if "layer_split" in split:
+        sets.append(f"parallelism.layer_split={json.dumps(split['layer_split'])}")
+    elif par.get("layer_split") not in (None, "uniform") and int(par["pp"]) > 1:
+        sets.append("parallelism.layer_split=uniform")
+    return sets
+
+
 def through_importer(rec: Record, conv: SourceConvention, profile: str, model: dict[str, Any],
                      training: dict[str, Any], layout: tuple[int, int, int, int],
                      batch: tuple[int, int], par: Mapping[str, Any],
@@ -284,8 +390,13 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     if kind == "megatron":
         config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
         imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
-    else:
+    elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
+    else:
+        config = torchtitan_config(rec, model, training, layout, batch, par)
+        imp = import_torchtitan_config(config, gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
+    if kind == "torchtitan":
+        sets += _torchtitan_sets(rec, imp, model, notes)
     return with_overrides(imp, sets), NativeConfig(kind, config, gpus, tuple(sets))

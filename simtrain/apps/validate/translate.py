@@ -3,8 +3,8 @@ batch, precision and recompute texts, with the source convention's defaults wher
 what simtrain cannot express is a :class:`~simtrain.apps.validate.records.SkipReason`). A record
 of a family with an importer (``native.IMPORTER_OF``) is then written as its framework's own
 configuration and read by that importer, the code ``simtrain import`` runs (``native.py``); the
-other families (llm-foundry FSDP, Transformers, DeepSpeed, nanotron, torchtitan, Megatron-Core and
-the papers' tables: listed in ``native.py``) are mapped to the scenario here. Defaults and readings
+other families (llm-foundry FSDP, Transformers, DeepSpeed, Megatron-Core and the papers' tables:
+listed in ``native.py``) are mapped to the scenario here. Defaults and readings
 are listed as assumptions."""
 
 from __future__ import annotations
@@ -364,12 +364,6 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
-    if rec.parallelism.get("async_tp") is True and applies["tp_comm_overlap"]:
-        # torchtitan's async TP (torch._inductor micro-pipelined TP: all-gather + matmul and
-        # matmul + reduce-scatter fused over symmetric memory, parallelize_llama.py
-        # enable_async_tp at 9dec370a) overlaps the TP collectives with the GEMMs they feed.
-        out["tp_comm_overlap"] = True
-        notes.append(f"runtime {name}: async TP (parallelism.async_tp): tp_comm_overlap")
     return out
 
 
@@ -489,9 +483,6 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
                                   f"{' | '.join(RECOMPUTE)}")  # fmt: skip
         recompute = conv.recompute_default
         notes.append(f"recompute not reported: {conv.recompute_note or recompute}")
-    if recompute in conv.recompute_map:
-        recompute, why = conv.recompute_map[recompute]
-        notes.append(why)
     if recompute in conv.recompute_unexpressible:
         raise _NotExpressible(f"recompute {t.get('recompute')!r}: "
                               f"{conv.recompute_unexpressible[recompute]}")  # fmt: skip
