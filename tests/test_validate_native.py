@@ -1,11 +1,13 @@
 """simtrain validate reads each framework's settings through that framework's importer (issue 17
 item 2): a record of a family with an importer is written as its framework's configuration
-(Megatron: pretrain_gpt.py flags; nanotron: its config YAML; torchtitan: its job config), and ``simtrain import`` of that configuration with the
+(Megatron: pretrain_gpt.py flags; nanotron: its config YAML; torchtitan: its job config;
+DeepSpeed: its ds_config), and ``simtrain import`` of that configuration with the
 record's ``--set`` overrides gives exactly the scenario validate simulates. One code path: a
 change to the importer's reading of a flag changes validate's scenario too."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from simtrain.apps.importers import import_config
+from simtrain.apps.importers.common import load_imported
+from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.validate import SkipReason, translate
 from simtrain.apps.validate.native import IMPORTER_OF, NativeConfig, importer_of
 from simtrain.apps.validate.records import load_record_files, resolve_paths
@@ -28,7 +32,7 @@ RECORDS = {r.id: r for r in load_record_files(resolve_paths(None))}
 #: Ultra-Scale Playbook's sweep) with ZeRO-1, sequence parallelism (tp_mode REDUCE_SCATTER), a
 #: compute-balanced pipeline, and a run that did not fit (out of memory); torchtitan with FSDP2,
 #: Interleaved1F1B over 9dec370a's uneven split, context parallel 8 (FSDP over dp_shard x cp),
-#: async TP with float8 rowwise linears.
+#: async TP with float8 rowwise linears; DeepSpeed ZeRO-3 (SC'21 Table 2).
 SAMPLE = (
     "megatron_sc21_t1_1.7B",
     "megatron_sc21_t1_145.6B",
@@ -46,6 +50,8 @@ SAMPLE = (
     "torchtitan_2412_t5_405b_512gpu_Interleaved1F1B",
     "torchtitan_2412_t6_405b_512gpu_fsdp1_cp8_seq262144",
     "torchtitan_2506_asynctp_8B_64gpu_float8_rowwise_asyncTP",
+    "megatron_sc21_t2_zero3_174B_384gpu",
+    "megatron_sc21_t2_zero3_529B_2240gpu",
 )
 
 
@@ -64,7 +70,7 @@ def test_the_sample_covers_every_importer_family() -> None:
     assert set(IMPORTER_OF) - translated == {"megatron_v1_blog"}
 
 
-@pytest.mark.parametrize("rid", SAMPLE)
+@pytest.mark.parametrize("rid", [r for r in SAMPLE if "zero3" not in r])
 def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
                                                                    tmp_path: Path) -> None:  # fmt: skip
     """The record's flags written to a file and imported by the CLI (``simtrain import megatron
@@ -86,6 +92,26 @@ def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
     assert replace(imported, source="") == replace(tr.scenario, source="")
 
 
+@pytest.mark.parametrize("rid", [r for r in SAMPLE if "zero3" in r])
+def test_validate_scenario_is_the_deepspeed_import_of_the_records_ds_config(rid: str,
+                                                                             tmp_path: Path) -> None:  # fmt: skip
+    """A DeepSpeed record's ds_config, written as JSON and read back, through the importer's
+    function with the record's model section and --set overrides, loads as validate's scenario
+    (the CLI takes the model as --model config.json or preset, which a record's shape is not)."""
+    tr = _translation(rid)
+    native = tr.native
+    assert native is not None and native.kind == "deepspeed" and native.model is not None
+    f = tmp_path / "ds_config.json"
+    f.write_text(native.file_text())
+    cfg = json.loads(f.read_text())
+    imp = import_deepspeed_config(cfg, native.model, gpus=native.gpus, file=str(f))
+    assert not imp.unsupported
+    sc = load_imported(imp, list(native.sets))
+    assert replace(sc, source="") == replace(tr.scenario, source="")
+    # DeepSpeed's ZeRO-3 defaults, from the importer: 1e9 live parameters, overlap_comm on
+    assert sc.parallelism.zero3_max_live_params == 10**9 and sc.runtime.overlap_grad_reduce
+
+
 def test_every_record_of_an_importer_family_goes_through_it() -> None:
     """Each record that translates carries its native configuration exactly when its family
     has an importer, and every such configuration imports with nothing left unsimulated."""
@@ -97,8 +123,9 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
         assert (tr.native is not None) == (importer_of(rec) is not None), rec.id
         if tr.native is not None:
             through += 1
-    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, nanotron 417, torchtitan 11
-    assert through == 38 + 417 + 11
+    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, nanotron 417,
+    # torchtitan 11, megatron_sc21_zero3 6
+    assert through == 38 + 417 + 11 + 6
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:

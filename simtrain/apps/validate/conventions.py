@@ -33,8 +33,6 @@ class SourceConvention:
     layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
     cross_entropy: str = "standard"  # the loss kernel (config.CROSS_ENTROPY)
     cross_entropy_note: str = ""
-    zero3_max_live_params: int = 0  # ParallelSpec.zero3_max_live_params
-    zero3_note: str = ""
     # (precision, why) when the record names no number format (absent or "mixed precision")
     precision_unstated: tuple[str, str] | None = None
     # parallelism keys the source's runs imply where the record is silent, and why
@@ -128,10 +126,8 @@ SOURCES: dict[str, SourceConvention] = {
         "full",
         _EQ3_RECOMPUTE,
         51200,
-        zero3_max_live_params=10**9,
-        zero3_note="DeepSpeed ZeRO-3 config not reported: its default "
-        "stage3_max_live_parameters, a billion gathered parameters live at most "
-        "(deepspeed/runtime/zero/config.py)",
+        # the ZeRO-3 config is not reported: DeepSpeed's defaults (stage3_max_live_parameters 1e9,
+        # reduce_bucket_size, overlap_comm), from the DeepSpeed importer (apps/validate/native.py)
     ),  # fmt: skip
     "megatron_readme": _MEGATRON_LM,
     "megatron_v1_blog": _MEGATRON_LM,

@@ -25,7 +25,10 @@ of measured/*.yaml that translate:
   (``nanotron``, 417);
 - torchtitan (a job config's tables, :func:`torchtitan_config`): the torchtitan benchmarks
   (``torchtitan``, 11); the layer split of the torchtitan commit a record ran (9dec370a's
-  split points, ``splits.pipeline_split``) is laid over the importer's (4a950ea's).
+  split points, ``splits.pipeline_split``) is laid over the importer's (4a950ea's);
+- deepspeed (a ds_config object with the record's model section, :func:`deepspeed_config`): the
+  DeepSpeed ZeRO-3 rows of SC'21 Table 2 (``megatron_sc21_zero3``, 6); their sequence length and
+  recompute are ``--set`` (a ds_config holds neither).
 
 On ``translate.py``'s own path: Megatron-Core r0.8.0 (``megatron_core``), NeMo (``nemo``) and
 Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scenarios would change
@@ -33,8 +36,8 @@ Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scena
 the vocabulary padding to a multiple of 128 x tp) and their figures with them, some for the
 worse: not converted until that is settled; BLOOM (``bloom``, ``bloom_chronicles``:
 Megatron-DeepSpeed's BF16 optimizer is not Megatron's --bf16 rule, and DeepSpeed's partition
-method is no Megatron flag); the DeepSpeed ZeRO-3 rows of SC'21 (``megatron_sc21_zero3``); and
-the sources with no importer: MosaicML llm-foundry
+method is no Megatron flag, and a ds_config holds no pipeline layout); and the sources with no
+importer: MosaicML llm-foundry
 (``mosaicml``), HF Transformers (``hf_transformers``), simtrain's own H200 runs
 (``simtrain_h200``) and the papers' tables of other frameworks (ZeRO, GPipe, OPT, PaLM, LLaMA,
 Llama 3, LoRA / QLoRA, torchao: all skipped today).
@@ -50,12 +53,14 @@ from typing import Any
 import yaml
 
 from simtrain.apps.importers.common import Imported, with_overrides
+from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
 from simtrain.apps.validate.conventions import SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.splits import pipeline_split
+from simtrain.errors import ConfigError
 
 #: The importer each family's records go through (source key -> importer kind).
 IMPORTER_OF: dict[str, str] = {
@@ -66,6 +71,7 @@ IMPORTER_OF: dict[str, str] = {
     "mtnlg": "megatron",
     "nanotron": "nanotron",
     "torchtitan": "torchtitan",
+    "megatron_sc21_zero3": "deepspeed",
 }
 
 #: Megatron's flag of each 16-bit format (FP8 recipes run on --bf16: spec/precision.py).
@@ -305,6 +311,38 @@ def _toml_tables(cfg: Mapping[str, Any], prefix: str) -> list[str]:
     return lines
 
 
+#: DeepSpeed's precision sections of each simtrain precision (the importer's reading in reverse).
+_DS_PRECISION: dict[str, dict[str, Any]] = {
+    "fp16": {"fp16": {"enabled": True}}, "bf16": {"bf16": {"enabled": True}},
+    "bf16_fp32_grads": {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}},
+    "fp32": {},
+}  # fmt: skip
+
+
+def deepspeed_config(rec: Record, training: Mapping[str, Any],
+                     layout: tuple[int, int, int, int], batch: tuple[int, int],
+                     par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The ``ds_config`` of a DeepSpeed record (deepspeed/runtime/config.py keys; the model is
+    the scenario's model section, as ``simtrain import deepspeed --model`` takes it): the batch
+    (train_batch_size = micro x accumulation x dp), the precision section, the ZeRO stage and
+    AutoTP's tensor-parallel size. A layout a ds_config cannot hold (pipeline or context
+    parallel) is an error (the record is skipped)."""
+    tp, pp, dp, cp = layout
+    if pp > 1 or cp > 1:
+        raise ConfigError(rec.id, "parallelism", "a ds_config holds no pipeline or context "
+                          "parallel layout (DeepSpeed's pipeline engine is the model code's)")  # fmt: skip
+    B, b = batch
+    cfg: dict[str, Any] = {"train_batch_size": B, "train_micro_batch_size_per_gpu": b,
+                           "gradient_accumulation_steps": B // (b * dp),
+                           **_DS_PRECISION.get(training["precision"], {}),
+                           "zero_optimization": {"stage": int(par.get("zero_stage") or 0)}}  # fmt: skip
+    if tp > 1:
+        cfg["tensor_parallel"] = {"autotp_size": tp}
+    if rec.training.get("optimizer") is not None:
+        cfg["optimizer"] = {"type": "Adam" if training["optimizer"] == "adam" else "AdamW"}
+    return cfg
+
+
 @dataclass(frozen=True, slots=True)
 class NativeConfig:
     """A record as its framework's configuration: what ``simtrain import KIND FILE --gpus N
@@ -316,6 +354,9 @@ class NativeConfig:
     config: Any
     gpus: int
     sets: tuple[str, ...]
+    # deepspeed: the scenario's model section (a ds_config names no model; ``simtrain import
+    # deepspeed`` takes it as --model, a config.json or preset, which a record's shape is not)
+    model: dict[str, Any] | None = None
 
     def file_text(self) -> str:
         """The configuration as its framework's file: a line of flags (megatron), a YAML config
@@ -324,6 +365,8 @@ class NativeConfig:
             return " ".join(self.config) + "\n"
         if self.kind == "torchtitan":
             return "\n".join(_toml_tables(self.config, ""))
+        if self.kind == "deepspeed":
+            return json.dumps(self.config, indent=2)
         return yaml.safe_dump(self.config, sort_keys=False)
 
     def import_args(self, path: str) -> list[str]:
@@ -344,7 +387,10 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     have = imp.data["model"]
     sets += [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in have]
     t = imp.data["training"]
-    for key in ("precision", "cross_entropy"):
+    # a ds_config holds no sequence length and never turns recompute on (the model code calls
+    # deepspeed.checkpointing): the importer asks for both with --set
+    said = ("seq_len", "recompute") if imp.kind == "deepspeed" else ()
+    for key in (*said, "precision", "cross_entropy"):
         if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
@@ -393,10 +439,15 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
-    else:
+    elif kind == "torchtitan":
         config = torchtitan_config(rec, model, training, layout, batch, par)
         imp = import_torchtitan_config(config, gpus=gpus, file=rec.id)
+    else:
+        config = deepspeed_config(rec, training, layout, batch, par)
+        imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
     if kind == "torchtitan":
         sets += _torchtitan_sets(rec, imp, model, notes)
-    return with_overrides(imp, sets), NativeConfig(kind, config, gpus, tuple(sets))
+    native = NativeConfig(kind, config, gpus, tuple(sets),
+                          dict(model) if kind == "deepspeed" else None)  # fmt: skip
+    return with_overrides(imp, sets), native

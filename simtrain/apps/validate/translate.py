@@ -3,8 +3,8 @@ batch, precision and recompute texts, with the source convention's defaults wher
 what simtrain cannot express is a :class:`~simtrain.apps.validate.records.SkipReason`). A record
 of a family with an importer (``native.IMPORTER_OF``) is then written as its framework's own
 configuration and read by that importer, the code ``simtrain import`` runs (``native.py``); the
-other families (llm-foundry FSDP, Transformers, DeepSpeed, Megatron-Core and the papers' tables:
-listed in ``native.py``) are mapped to the scenario here. Defaults and readings
+other families (llm-foundry FSDP, Transformers, BLOOM's Megatron-DeepSpeed, Megatron-Core and the
+papers' tables: listed in ``native.py``) are mapped to the scenario here. Defaults and readings
 are listed as assumptions."""
 
 from __future__ import annotations
@@ -546,9 +546,6 @@ def _parallelism(
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         out["bucket_mb"] = ONE_BUCKET_MB
-    if conv.zero3_max_live_params and zero >= 3:
-        out["zero3_max_live_params"] = conv.zero3_max_live_params
-        notes.append(conv.zero3_note)
     return out
 
 
