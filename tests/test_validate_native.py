@@ -150,3 +150,42 @@ def test_the_flags_file_is_what_the_importer_reads(tmp_path: Path) -> None:
     assert imp.data["training"]["recompute"] == sc.training.recompute == "selective"
     assert imp.data["parallelism"]["sequence_parallel"] is sc.parallelism.sequence_parallel is True
     assert imp.data["runtime"]["name"] == sc.runtime.name == "megatron_lm_2021"
+
+
+def test_a_records_architecture_reaches_the_megatron_importer_as_flags() -> None:
+    """A Megatron record whose model is not Megatron's GPT default (a user's Llama-style run):
+    every architecture key becomes a flag, and the importer reads it back."""
+    from simtrain.apps.validate.records import Record
+
+    rec = Record(
+        id="user_llama_megatron", kind="training_run", source="a user's run",
+        source_key="megatron_sc21",
+        model={"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 2816,
+               "seq_len": 2048, "vocab": 32000, "mlp": "swiglu", "positions": "rotary",
+               "bias": False, "norm": "rmsnorm", "tied_embeddings": False, "dropout": 0.0,
+               "flash_attention": True},
+        training={"global_batch": 64, "micro_batch": 2, "precision": "bf16",
+                  "recompute": "selective"},
+        parallelism={"tp": 2, "pp": 2, "dp": 2, "virtual_stages": 2,
+                     "sequence_parallel": True, "zero_stage": 1},
+        hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 8},
+        measured={"step_time_s": 1.0},
+    )  # fmt: skip
+    tr = translate(rec)
+    assert isinstance(tr, Translation), tr
+    words = tr.native.config
+    for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+                 "--use-flash-attn", "--recompute-activations", "--use-distributed-optimizer",
+                 "--sequence-parallel", "--num-query-groups"):  # fmt: skip
+        assert flag in words, flag
+    m, t, p = tr.scenario.model, tr.scenario.training, tr.scenario.parallelism
+    assert (m.mlp, m.positions, m.norm, m.bias, m.tied_embeddings) == (
+        "swiglu", "rotary", "rmsnorm", False, False)  # fmt: skip
+    assert (m.kv_heads, m.ffn_hidden, m.dropout, m.flash_attention) == (4, 2816, 0.0, True)
+    # Megatron pads the vocabulary to a multiple of 128 x tp = 256: 32,000 -> 32,000 (already)
+    assert m.vocab == 32000
+    assert (t.precision, t.recompute) == ("bf16", "selective")
+    assert (p.schedule, p.virtual_stages, p.zero_stage, p.sequence_parallel) == (
+        "interleaved", 2, 1, True)  # fmt: skip
+    # --bf16: Megatron reduces the gradients in fp32 (the importer's reading)
+    assert tr.scenario.runtime.grad_reduce_dtype == "fp32"
