@@ -135,6 +135,49 @@ def test_torchtitan_llama3_8b() -> None:
     assert (sc64.parallelism.dp, sc64.training.global_batch) == (64, 64)
 
 
+def _titan(tmp_path: Path, extra: str, gpus: int | None = None):
+    f = tmp_path / "job.toml"
+    f.write_text(Path(TORCHTITAN).read_text() + extra)
+    return import_config("torchtitan", f, gpus=gpus)
+
+
+@pytest.mark.parametrize(("recipe", "precision"), [
+    ("", "fp8_tensorwise"),  # recipe_name None: torchao's dynamic tensorwise scaling
+    ('recipe_name = "tensorwise"', "fp8_tensorwise"),
+    ('recipe_name = "rowwise"', "fp8_rowwise"),
+])  # fmt: skip
+def test_torchtitan_float8_converter(tmp_path: Path, recipe: str, precision: str) -> None:
+    """model.converters = ["quantize.linear.float8"] (torchtitan 4a950ea; ["float8"] with a
+    [float8] table before) with the table's recipe_name -> torchao float8 linears on bf16."""
+    text = Path(TORCHTITAN).read_text().replace('flavor = "8B"', 'flavor = "8B"\nconverters = '
+                                                '["quantize.linear.float8"]')  # fmt: skip
+    text = text.replace("[quantize.linear.float8]", "[quantize.linear.float8]\n" + recipe)
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    imp = import_config("torchtitan", f)
+    assert load_imported(imp, ["hardware=h100_sxm5_80gb"]).training.precision == precision
+    assert not imp.unsupported
+    old = _titan(tmp_path, '\n[float8]\nrecipe_name = "rowwise"\n')
+    assert load_imported(old).training.precision == "bf16"  # no converter: the table is inert
+    f.write_text(Path(TORCHTITAN).read_text().replace('flavor = "8B"', 'flavor = "8B"\n'
+                 'converters = ["float8"]') + '\n[float8]\nrecipe_name = "rowwise"\n')  # fmt: skip
+    loaded = load_imported(import_config("torchtitan", f), ["hardware=h100_sxm5_80gb"])
+    assert loaded.training.precision == "fp8_rowwise"
+
+
+def test_torchtitan_fsdp_over_context_parallel(tmp_path: Path) -> None:
+    """FSDP2 wraps the model when dp_shard or cp > 1, over the dp_shard x cp mesh (parallelize.py
+    "apply FSDP or HSDP, potentially with Context Parallel"): data_parallel_shard_degree 1 with
+    context parallel 8 is still ZeRO-3 (pp 1: reshard after forward), not plain replication."""
+    text = Path(TORCHTITAN).read_text().replace("context_parallel_degree = 1",
+                                                "context_parallel_degree = 8")  # fmt: skip
+    text = text.replace("data_parallel_shard_degree = -1", "data_parallel_shard_degree = 1")
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    p = load_imported(import_config("torchtitan", f, gpus=8)).parallelism
+    assert (p.dp, p.cp, p.zero_stage) == (1, 8, 3)
+
+
 def test_torchtitan_flavor_ffn_sizes() -> None:
     """FeedForward's rounding against the published FFN widths (HF config.json intermediate_size
     of Llama 3 70B and Llama 3.1 405B: 28,672 and 53,248) and the debug model's 768."""
@@ -286,21 +329,49 @@ def test_megatron_2021_flags(tmp_path: Path) -> None:
     assert sc.training.recompute == "full" and sc.training.precision == "fp16"
 
 
+@pytest.mark.parametrize(("flags", "precision"), [
+    ("--bf16 --fp8-format hybrid", "fp8_delayed"),  # --fp8-recipe's default: delayed
+    ("--bf16 --fp8-format hybrid --fp8-recipe delayed", "fp8_delayed"),
+    ("--bf16 --fp8-format hybrid --fp8-recipe tensorwise", "fp8_current"),
+    ("--bf16 --fp8-format e4m3 --fp8-recipe mxfp8", "mxfp8"),
+    ("--bf16 --fp8-recipe tensorwise", "bf16"),  # no --fp8-format: FP8 off, listed
+])  # fmt: skip
+def test_megatron_fp8_recipes(tmp_path: Path, flags: str, precision: str) -> None:
+    """Megatron's FP8 switch (--fp8-format) and recipe (--fp8-recipe; tensorwise is Transformer
+    Engine's Float8CurrentScaling, megatron/core/fp8_utils.py) -> the simtrain precision."""
+    imp = megatron_flags(tmp_path, BASE + flags, gpus=8)
+    hw = "b200_180gb" if precision == "mxfp8" else "h100_sxm5_80gb"  # GPUs with those rates
+    assert load_imported(imp, [f"hardware={hw}"]).training.precision == precision
+    assert (precision == "bf16") == any(u.startswith("--fp8-recipe") for u in imp.unsupported)
+
+
+def test_megatron_legacy_attention_is_not_flash(tmp_path: Path) -> None:
+    """Megatron-LM before Megatron-Core had no Transformer Engine: a 2021 script's attention is
+    the fused softmax over the s x s scores (no flash attention) unless --use-flash-attn; a
+    Megatron-Core script defaults to Transformer Engine's fused attention."""
+    legacy = BASE + "--fp16 --checkpoint-activations "
+    assert not load_imported(megatron_flags(tmp_path, legacy, gpus=8)).model.flash_attention
+    flash = megatron_flags(tmp_path, legacy + "--use-flash-attn", gpus=8)
+    assert load_imported(flash).model.flash_attention
+    assert load_imported(megatron_flags(tmp_path, BASE + "--fp16", gpus=8)).model.flash_attention
+
+
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
-    f.write_text(BASE + "--bf16 --fp8-format hybrid --context-parallel-size 2 --cp-comm-type a2a "
+    f.write_text(BASE + "--bf16 --fp8-format hybrid --fp8-recipe blockwise --context-parallel-size 2 "
+                 "--cp-comm-type a2a "
                  "--num-experts 8 --moe-router-topk 2 --moe-layer-freq 2 --moe-aux-loss-coeff 1e-2 "
                  "--frobnicate 3 --lr 1e-4")  # fmt: skip
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
-    for w in ("--fp8-format hybrid", "--cp-comm-type a2a", "--moe-layer-freq 2",
+    for w in ("--fp8-format hybrid --fp8-recipe blockwise", "--cp-comm-type a2a", "--moe-layer-freq 2",
               "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
         assert w in listed, listed
     assert "--moe-aux-loss-coeff" in imp.no_effect  # routing losses: no FLOPs or bytes
     model = load_imported(imp).model
     assert (model.num_experts, model.experts_per_token) == (8, 2)
     assert "--lr" in imp.no_effect and "--lr" not in listed
-    assert load_imported(imp).training.precision == "bf16"  # FP8 listed, simulated in bf16
+    assert load_imported(imp).training.precision == "bf16"  # blockwise listed, simulated in bf16
     text = to_yaml(imp, "simtrain import megatron flags.txt")
     assert "# NOT SIMULATED" in text and "--frobnicate 3" in text
     r = invoke("import", "megatron", str(f), "--gpus", "8")

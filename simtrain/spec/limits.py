@@ -110,7 +110,7 @@ FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "model.capacity_factor": (0.0, 2**16),  # and <= experts / top-k (spec.model._validate_moe)
     "model.moe_load_imbalance": (1.0, 2**16),  # and <= experts / top-k
     # DDP bucket: 1e-6 MB is one byte (costs.comm.ddp_buckets: int(bucket_mb * 1e6) >= 1);
-    # 1e12 MB covers validate's one-bucket 1e9 (apps.validate.translate.ONE_BUCKET_MB).
+    # 1e12 MB covers validate's one-bucket 1e9 (apps.importers.common.ONE_BUCKET_MB).
     "parallelism.bucket_mb": (1e-6, 1e12),
     "training.peft.alpha": (-1e6, 1e6),  # LoRA scaling alpha / r (Hu et al. 2021 use 1 .. 64)
 }

@@ -44,8 +44,9 @@ from simtrain.spec.scenario import (
 #: llama3_8b.toml: "a preset for 64 A100 GPUs"). Override with ``--set hardware=NAME``.
 DEFAULT_HARDWARE = "a100_sxm4_80gb"
 #: Megatron-LM 2021's "local" DDP reduces the whole contiguous gradient buffer in one all-reduce
-#: after the backward: one bucket larger than any gradient (the value validate uses,
-#: apps.validate.translate.ONE_BUCKET_MB; within spec.limits FLOAT_RANGES).
+#: after the backward (arguments.py --DDP-impl local, the default until 2022): one bucket larger
+#: than any gradient (also validate's for sources whose runs reduce after the backward; within
+#: spec.limits FLOAT_RANGES).
 ONE_BUCKET_MB = 1e9
 
 

@@ -108,11 +108,23 @@ def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = Non
     if not isinstance(cfg, dict) or not any(k in cfg for k in DS_KEYS):
         raise ConfigError(file, "<file>", "not a DeepSpeed config: none of "
                           + ", ".join(DS_KEYS))  # fmt: skip
-    r = Reading("deepspeed", file)
     if model is None:
         raise ConfigError(file, "--model", "a DeepSpeed config names no model: give --model "
                           "CONFIG.json (Hugging Face) or a simtrain preset")  # fmt: skip
-    mdoc = _model(model, r)
+    r = Reading("deepspeed", file)
+    return import_deepspeed_config(cfg, _model(model, r), gpus, file, model, r)
+
+
+def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = None,
+                            file: str = "<ds_config>", model: str = "a model",
+                            r: Reading | None = None) -> Imported:  # fmt: skip
+    """A parsed DeepSpeed config (the JSON object) and the scenario's ``model`` section as a
+    scenario document: the one reading of DeepSpeed's keys, for ``simtrain import deepspeed``
+    and for ``simtrain validate``'s DeepSpeed records (apps.validate.native)."""
+    if not isinstance(cfg, dict) or not any(k in cfg for k in DS_KEYS):
+        raise ConfigError(file, "<file>", "not a DeepSpeed config: none of "
+                          + ", ".join(DS_KEYS))  # fmt: skip
+    r = r or Reading("deepspeed", file)
     seen = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
 
     # ---- precision

@@ -89,6 +89,9 @@ NO_EFFECT_PREFIXES = (
 )  # fmt: skip
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
              "--fp4", "--fp8-margin", "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
+#: ``--fp8-recipe`` -> simtrain precision (spec/precision.py): Megatron's "tensorwise" recipe is
+#: Transformer Engine's Float8CurrentScaling (megatron/core/fp8_utils.py get_fp8_recipe).
+FP8_RECIPES = {"delayed": "fp8_delayed", "tensorwise": "fp8_current", "mxfp8": "mxfp8"}
 #: Megatron's overlap flags and the runtime setting each turns on (runtimes/megatron_core.yaml:
 #: all three are opt-in there); validate reads records' notes with the same table.
 OVERLAP_FLAGS = {
@@ -122,12 +125,24 @@ def _launcher_world(launcher: tuple[str, ...]) -> tuple[int | None, str]:
 
 
 def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
-    """A Megatron-LM launch script or flags file as a scenario document."""
+    """A Megatron-LM launch script or flags file as a scenario document: the file's
+    ``pretrain_gpt.py`` flags through :func:`import_megatron_flags`, the GPU count from the
+    launcher line (``torchrun --nproc_per_node 8 --nnodes 4``) when it has one."""
     file = str(path)
     text = read_text_file(path)
-    r = Reading("megatron", file)
     cmd = read_command(text, file)
     words = list(cmd.args) if cmd else flag_words(text, file)
+    world, world_from = _launcher_world(cmd.launcher if cmd else ())
+    return import_megatron_flags(words, gpus, file, world, world_from)
+
+
+def import_megatron_flags(words: list[str], gpus: int | None = None, file: str = "<flags>",
+                          world: int | None = None, world_from: str = "") -> Imported:  # fmt: skip
+    """``pretrain_gpt.py`` flags (``["--num-layers", "24", "--fp16", ...]``) as a scenario
+    document: the one reading of Megatron-LM's flags, for ``simtrain import megatron`` and for
+    ``simtrain validate``'s Megatron records (apps.validate.native). ``world``: the job's GPU
+    count where a launcher line gave it (``world_from`` says which); ``gpus`` overrides it."""
+    r = Reading("megatron", file)
     raw = parse_flags(words)
     raw.pop("", None)
     if not any(f in raw for f in ("--num-layers", "--hidden-size", "--num-attention-heads")):
@@ -163,11 +178,10 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     if ep > 1:
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
-    model = _model(f, r, tp)
+    model = _model(f, r, tp, legacy)
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
     par = _parallel(f, r, tp, pp, layers, runtime)
-    world, world_from = _launcher_world(cmd.launcher if cmd else ())
     dp = world_and_dp(r, world, world_from, gpus, tp * pp * cp,
                       "--tensor-model-parallel-size x --pipeline-model-parallel-size"
                       + (" x --context-parallel-size" if cp > 1 else ""))  # fmt: skip
@@ -194,7 +208,7 @@ def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     )
 
 
-def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:
+def _model(f: Flags, r: Reading, tp: int, legacy: bool) -> dict[str, Any]:
     file = r.file
     need = {k: f.int_(k) for k in ("--num-layers", "--hidden-size", "--num-attention-heads")}
     for k, v in need.items():
@@ -248,7 +262,10 @@ def _model(f: Flags, r: Reading, tp: int) -> dict[str, Any]:
     if attn_dropout != dropout:
         r.assume(f"--attention-dropout {attn_dropout}: simtrain has one dropout rate, "
                  f"--hidden-dropout's {dropout}")  # fmt: skip
-    impl = f.value("--transformer-impl") or "transformer_engine"
+    # Megatron-LM before Megatron-Core had no Transformer Engine: its attention is the fused
+    # scale-mask-softmax over the s x s scores unless --use-flash-attn (2022-): a legacy script
+    # without --transformer-impl runs the "local" implementation.
+    impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
     backend = f.value("--attention-backend") or "auto"
     flash = f.bool_("--use-flash-attn") or (
         impl == "transformer_engine" and backend in ("auto", "flash", "fused")
@@ -440,15 +457,10 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     fp16, bf16 = f.bool_("--fp16"), f.bool_("--bf16")
     if fp16 and bf16:
         raise ConfigError(file, "--fp16", "contradicts --bf16: give one of them")
-    fp8 = [x for x in FP8_FLAGS if x in f]
-    if fp8:
-        f.has(*fp8)
-        r.unsupported_(" ".join(f.shown(x) for x in fp8), "FP8 / FP4 is not a simtrain precision "
-                       f"yet: simulated in {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'}")  # fmt: skip
     precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
     if precision == "fp32":
         r.assume("neither --fp16 nor --bf16: fp32")
-    training["precision"] = precision
+    training["precision"] = _fp8(f, r, precision)
     grad_fp32 = f.bool_("--accumulate-allreduce-grads-in-fp32")
     if bf16 and not f.bool_("--grad-reduce-in-bf16"):
         grad_fp32 = True
@@ -476,6 +488,34 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
         training["cross_entropy"] = "fused"
         f.has("--cross-entropy-fusion-impl")
     return training, grad_bytes
+
+
+def _fp8(f: Flags, r: Reading, precision: str) -> str:
+    """The FP8 precision of ``--fp8-format`` (the switch: e4m3 | hybrid) and ``--fp8-recipe``
+    (default delayed; arguments.py _add_transformer_engine_args): delayed -> fp8_delayed
+    (Transformer Engine DelayedScaling), tensorwise -> fp8_current (Float8CurrentScaling,
+    core/fp8_utils.py), mxfp8 -> mxfp8, on the 16-bit ``precision``; blockwise, FP4 and FP8
+    flags without --fp8-format are listed as not simulated."""
+    fp8 = [x for x in FP8_FLAGS if x in f]
+    if not fp8:
+        return precision
+    f.has(*fp8)
+    fmt = f.value("--fp8-format")
+    recipe = f.value("--fp8-recipe") or "delayed"
+    name = FP8_RECIPES.get(recipe)
+    fp4 = [x for x in fp8 if x.startswith("--fp4")]
+    if fmt is None or name is None or fp4 or precision == "fp32":
+        r.unsupported_(" ".join(f.shown(x) for x in fp8), "not a simtrain precision (FP8 recipes: "
+                       f"--fp8-format with --fp8-recipe {' | '.join(FP8_RECIPES)}, on --bf16 or "
+                       f"--fp16): simulated in {precision}")  # fmt: skip
+        return precision
+    r.origin("training.precision", "--fp8-recipe")
+    r.assume(f"--fp8-format {fmt} --fp8-recipe {recipe}: {name} (the linear layers' GEMMs in "
+             f"FP8 on {precision} mixed precision)")  # fmt: skip
+    for x in ("--fp8-param-gather",):
+        if x in f:
+            r.unsupported_(x, "FP8 parameters all-gathered: simulated with 16-bit gathers")
+    return name
 
 
 def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,

@@ -10,9 +10,12 @@ pp, ``pp_engine`` 1f1b | afab, ``tp_mode`` ALL_REDUCE | REDUCE_SCATTER,
 of it x tp, helpers.py ``_vocab_size_with_padding`` called from trainer.py l.991) and the Llama
 ``model_config`` (Hugging Face field names).
 
-The architecture is nanotron's Llama as validate reads it (apps/validate/conventions.py
-NANOTRON_LLAMA: SwiGLU, RMSNorm, rotary, no biases, flash attention, the fused QKV layout) and
-layers are split over pipeline stages by compute cost (``layer_split: compute_balanced``).
+The architecture is nanotron's Llama (models/llama.py: SwiGLU, RMSNorm, rotary, no biases,
+flash attention; CausalSelfAttention keeps the fused QKV tensor and a rotated K/V copy alive for
+flash attention's backward: ``qkv_layout: fused_kv_copy``, memory.layer_saved_tensors) and layers
+are split over pipeline stages by compute cost (``layer_split: compute_balanced``).
+``simtrain validate`` reads the Ultra-Scale Playbook's nanotron runs through
+:func:`import_nanotron_config` (apps/validate/native.py).
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ def import_nanotron(path: str | Path, gpus: int | None = None) -> Imported:
         if "invalid YAML" not in exc.message:
             raise
         raise ConfigError(file, exc.key, f"not a nanotron config: {exc.message}") from None
+    return import_nanotron_config(cfg, gpus, file)
+
+
+def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<config>") -> Imported:
+    """A parsed nanotron config (the YAML's mapping) as a scenario document: the one reading of
+    nanotron's keys, for ``simtrain import nanotron`` and for ``simtrain validate``'s nanotron
+    records (apps.validate.native)."""
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("model", "parallelism", "tokens")):
         raise ConfigError(file, "<file>", "not a nanotron config: needs model, parallelism and "
                           "tokens sections")  # fmt: skip

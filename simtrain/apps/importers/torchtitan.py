@@ -137,7 +137,16 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
         raise ConfigError(
             file, "<file>", f"not a torchtitan job config: not TOML ({exc})"
         ) from None
-    if not any(k in cfg for k in ("model", "training", "parallelism")):
+    return import_torchtitan_config(cfg, gpus, file)
+
+
+def import_torchtitan_config(cfg: Any, gpus: int | None = None,
+                             file: str = "<config>") -> Imported:  # fmt: skip
+    """A parsed torchtitan job config (the TOML's tables) as a scenario document: the one
+    reading of torchtitan's keys, for ``simtrain import torchtitan`` and for ``simtrain
+    validate``'s torchtitan records (apps.validate.native)."""
+    if not isinstance(cfg, dict) or not any(k in cfg for k in ("model", "training",
+                                                               "parallelism")):  # fmt: skip
         raise ConfigError(file, "<file>", "not a torchtitan job config: no [model], [training] "
                           "or [parallelism] table")  # fmt: skip
     r = Reading("torchtitan", file)
@@ -189,9 +198,7 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
              "(flash) attention")  # fmt: skip
     converters = [str(c) for c in m.get("converters", [])]
     low = [c for c in converters if "float8" in c or "mx" in c]
-    if low:
-        r.unsupported_(f"model.converters {low}", "FP8 / MX linears are not a simtrain "
-                       "precision yet: simulated in 16 bits")  # fmt: skip
+    float8 = _float8(cfg, low, r)
     for k in ("float8", "quantize", "mx"):
         if k in cfg:
             r.ignore(f"[{k}]" + ("" if low else " (no converter enables it)"))
@@ -239,15 +246,17 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
         raise ConfigError(file, "parallelism.data_parallel_shard_degree", f"replicate x shard = "
                           f"{rep} x {shard} but the GPUs leave {dp} for data parallel", shard)  # fmt: skip
     zero = 0
-    if shard > 1:
+    # FSDP2 wraps the model whenever dp_shard or cp > 1, over the dp_shard x cp mesh
+    # (parallelize.py: "apply FSDP or HSDP, potentially with Context Parallel", dp_shard_cp)
+    if shard > 1 or cp > 1:
         policy = p.get("fsdp_reshard_after_forward", "default")
         reshard = {"always": True, "never": False, "default": pp == 1}.get(policy)
         if reshard is None:
             raise ConfigError(file, "parallelism.fsdp_reshard_after_forward", "unknown value",
                               policy, "default | always | never")  # fmt: skip
         zero = 3 if reshard else 2
-        r.assume(f"FSDP2 over {shard} GPUs, reshard after forward {str(reshard).lower()} "
-                 f"(fsdp_reshard_after_forward {policy}): ZeRO-{zero}")  # fmt: skip
+        r.assume(f"FSDP2 over dp_shard x cp = {shard * cp} GPUs, reshard after forward "
+                 f"{str(reshard).lower()} (fsdp_reshard_after_forward {policy}): ZeRO-{zero}")  # fmt: skip
         if rep > 1:
             r.unsupported_(f"parallelism.data_parallel_replicate_degree {rep}", f"HSDP (shards "
                            f"within groups of {shard}, replicas across): simulated as sharding "
@@ -327,6 +336,11 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
     else:
         raise ConfigError(file, "training.mixed_precision_param", "unknown value", mp,
                           "bfloat16 | float32")  # fmt: skip
+    if float8 and precision in ("bf16", "amp_bf16", "bf16_pure"):
+        precision = float8
+    elif float8:
+        r.unsupported_("model.converters float8", f"float8 linears on {precision} are not a "
+                       f"simtrain precision: simulated in {precision}")  # fmt: skip
     if t.get("enable_cpu_offload"):
         r.unsupported_("training.enable_cpu_offload", "FSDP2 CPU offload of parameters, "
                        "gradients and optimizer states: simulated as optimizer offload")  # fmt: skip
@@ -350,6 +364,42 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
         training,
         par,
     )
+
+
+#: torchtitan's [float8] recipe_name (config/job_config.py Float8: tensorwise | rowwise |
+#: rowwise_with_gw_hp, None = tensorwise dynamic scaling) -> simtrain precision (torchao
+#: float8 linears on bf16: spec/precision.py).
+FLOAT8_RECIPES = {"tensorwise": "fp8_tensorwise", "rowwise": "fp8_rowwise"}
+
+
+#: The float8 converter's name: ``quantize.linear.float8`` at 4a950ea, ``float8`` before (its
+#: table ``[float8]``, as at 9dec370a).
+FLOAT8_CONVERTERS = ("quantize.linear.float8", "float8")
+
+
+def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
+    """The FP8 precision of ``model.converters = ["quantize.linear.float8"]`` (or ``["float8"]``)
+    with that table's ``recipe_name`` ("" when no float8 converter); MX converters and the
+    rowwise_with_gw_hp recipe are listed as not simulated."""
+    if not low:
+        return ""
+    if [c for c in low if c not in FLOAT8_CONVERTERS]:
+        r.unsupported_(f"model.converters {low}", "MX linears are not simulated: simulated in "
+                       "16 bits")  # fmt: skip
+        return ""
+    sec: Any = cfg
+    for k in ("quantize", "linear", "float8") if low[0] == FLOAT8_CONVERTERS[0] else ("float8",):
+        sec = sec.get(k) if isinstance(sec, dict) else None
+    recipe = sec.get("recipe_name") if isinstance(sec, dict) else None
+    name = FLOAT8_RECIPES.get(str(recipe or "tensorwise"))
+    if name is None:
+        r.unsupported_(f"float8.recipe_name {recipe}", f"not simulated (float8 recipes: "
+                       f"{' | '.join(FLOAT8_RECIPES)}): simulated in 16 bits")  # fmt: skip
+        return ""
+    r.origin("training.precision", "model.converters")
+    r.assume(f"model.converters float8, recipe {recipe or 'tensorwise (the default)'}: {name} "
+             "(torchao float8 linears on bf16)")  # fmt: skip
+    return name
 
 
 def _recompute(ac: dict[str, Any], r: Reading) -> str:

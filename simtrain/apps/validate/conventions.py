@@ -33,8 +33,6 @@ class SourceConvention:
     layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
     cross_entropy: str = "standard"  # the loss kernel (config.CROSS_ENTROPY)
     cross_entropy_note: str = ""
-    zero3_max_live_params: int = 0  # ParallelSpec.zero3_max_live_params
-    zero3_note: str = ""
     # (precision, why) when the record names no number format (absent or "mixed precision")
     precision_unstated: tuple[str, str] | None = None
     # parallelism keys the source's runs imply where the record is silent, and why
@@ -43,8 +41,6 @@ class SourceConvention:
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
-    # the simtrain recompute mode the source's mode of that name is: mode -> (to, why)
-    recompute_map: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # The peak an FP8 run's MFU is divided by: "bf16" (torchtitan, NeMo: model FLOPs over the
     # dense bf16 peak) or "fp8" (llm-foundry: its FP8 rows divide by the FP8 peak).
     fp8_mfu_peak: str = "bf16"
@@ -60,12 +56,6 @@ MEGATRON_GPT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "la
 # 0.16 B from the 2k to the 64k-token 3B run), tied embeddings, no dropout, flash attention.
 MPT = {"mlp": "gelu", "positions": "learned", "bias": False, "norm": "layernorm",
        "tied_embeddings": True, "dropout": 0.0, "flash_attention": True}  # fmt: skip
-# nanotron Llama (Ultra-Scale Playbook sweep): SwiGLU, RMSNorm, rotary, no bias, flash-attn.
-# qkv_layout: nanotron models/llama.py CausalSelfAttention keeps the fused QKV tensor and a rotated
-# K/V copy alive for flash attention's backward (memory.layer_saved_tensors).
-NANOTRON_LLAMA = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
-                  "dropout": 0.0, "flash_attention": True,
-                  "qkv_layout": "fused_kv_copy"}  # fmt: skip
 # Megatron-Core GPT (Megatron-LM 937571cfd4, megatron/training/arguments.py): Megatron's GPT
 # defaults (learned_absolute positions, GeLU, biases, LayerNorm, hidden and attention dropout 0.1)
 # with --transformer-impl transformer_engine (the default), whose DotProductAttention runs fused
@@ -84,9 +74,10 @@ _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which coun
                   "recompute forward)")  # fmt: skip
 
 # Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
-_MEGATRON_LM = SourceConvention(
-    "megatron_eq3", MEGATRON_GPT, "full", _EQ3_RECOMPUTE, 51200, ddp_default="local"
-)
+# Their architecture is Megatron's GPT defaults, which the Megatron importer gives to flags that
+# do not change it (validate's Megatron records go through it: apps/validate/native.py).
+_MEGATRON_LM = SourceConvention("megatron_eq3", {}, "full", _EQ3_RECOMPUTE, 51200,
+                                ddp_default="local")  # fmt: skip
 
 # DeepSpeed's pipeline engine reduces the gradients once, after the last micro-batch's backward
 # (deepspeed/runtime/pipe/schedule.py TrainSchedule.steps: ReduceTiedGrads, ReduceGrads,
@@ -135,16 +126,12 @@ SOURCES: dict[str, SourceConvention] = {
         "full",
         _EQ3_RECOMPUTE,
         51200,
-        zero3_max_live_params=10**9,
-        zero3_note="DeepSpeed ZeRO-3 config not reported: its default "
-        "stage3_max_live_parameters, a billion gathered parameters live at most "
-        "(deepspeed/runtime/zero/config.py)",
+        # the ZeRO-3 config is not reported: DeepSpeed's defaults (stage3_max_live_parameters 1e9,
+        # reduce_bucket_size, overlap_comm), from the DeepSpeed importer (apps/validate/native.py)
     ),  # fmt: skip
     "megatron_readme": _MEGATRON_LM,
     "megatron_v1_blog": _MEGATRON_LM,
-    "korthikanti2022": SourceConvention(
-        "korthikanti", MEGATRON_GPT, "full", "", 51200, ddp_default="local"
-    ),
+    "korthikanti2022": SourceConvention("korthikanti", {}, "full", "", 51200, ddp_default="local"),
     "bloom": SourceConvention(
         "megatron_eq3",
         {**MEGATRON_GPT, "positions": "rotary", "dropout": 0.0},
@@ -175,9 +162,11 @@ SOURCES: dict[str, SourceConvention] = {
             )
         },
     ),  # fmt: skip
+    # nanotron's Llama architecture is the importer's (apps/importers/nanotron.py _model), which
+    # validate's nanotron records go through (apps/validate/native.py).
     "nanotron": SourceConvention(
         "nanotron",
-        NANOTRON_LLAMA,
+        {},
         memory_note="nanotron 'GPU memory' = helpers.log_throughput's 'Mem Alloc (GB)', "
         "torch.cuda.max_memory_allocated() / 1024**3 on world rank 0 (GiB, first pipeline "
         "stage), compared with stage 0's peak without the CUDA context",
@@ -206,7 +195,7 @@ SOURCES: dict[str, SourceConvention] = {
     # 51,200 (tests/test_validate.py).
     "mtnlg": SourceConvention(
         "megatron_eq3",
-        MEGATRON_GPT,
+        {},  # Megatron's GPT defaults, from the Megatron importer (apps/validate/native.py)
         "full",
         _EQ3_RECOMPUTE,
         51200,
@@ -265,23 +254,17 @@ SOURCES: dict[str, SourceConvention] = {
     # DeviceMemoryMonitor.max_reserved_gib, the caching allocator's reserved_bytes.all.peak / 1024**3
     # (train.py, torchtitan/metrics.py), "the maximum across all GPUs"; FLOPs per token
     # utils.get_num_flop_per_token: 6 x non-embedding parameters + 12·l·heads·head_dim·s.
+    # Llama 3's architecture and torchtitan's per-op selective recompute are the torchtitan
+    # importer's (its llama3 flavors, selective_ac_option "op"), which validate's torchtitan
+    # records go through (apps/validate/native.py torchtitan_config).
     "torchtitan": SourceConvention(
         "torchtitan",
-        LLAMA3,
+        {},
         memory_note="torchtitan 'Memory(GiB)' = torch.cuda reserved_bytes.all.peak / 1024**3 (the "
         "caching allocator's reserve, metrics.py DeviceMemoryMonitor), max over GPUs: compared "
         "with the largest stage's allocated peak without the CUDA context; the allocator's "
         "unused reserve is not modelled",
         memory_gb_unit=GIB,
-        recompute_map={
-            "selective": (
-                "selective_op",
-                "torchtitan's selective recompute is per-op "
-                "(activation_checkpoint.selective_ac_option = 'op', the default of "
-                "train_configs/llama3_8b.toml at 9dec370a): selective_op "
-                "(parallelisms/parallelize_llama.py _apply_ac_to_transformer_block)",
-            ),
-        },
     ),  # fmt: skip
     # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).
     "torchao": SourceConvention("simtrain", {}),

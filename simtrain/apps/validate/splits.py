@@ -17,7 +17,6 @@ from simtrain.layout.partition import deepspeed_balanced_2022, torchtitan_split_
 #: account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split True; the
 #: performance configs build on it, scripts/performance/configs/llama/llama31_llm_pretrain.py).
 MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
-PLAIN_1F1B = "interleaving degree not reported or 1: plain 1F1B"  # translate._parallelism's note
 
 
 def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
@@ -45,24 +44,13 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                          f"(Megatron-DeepSpeed's gpt_model.py before 00f5f889; DeepSpeed "
                          f"runtime/utils.py before 2bdf061f): {_short(split)}")  # fmt: skip
             return {"layer_split": split}
-    if key == "torchtitan" and "202412" in rec.source:
-        extra: dict[str, Any] = {}
-        sched = str(rec.parallelism.get("schedule", "")).lower()
-        if "interleaved" in sched and v == 1 and not rec.parallelism.get("virtual_stages"):
-            # generate_split_points: PipelineScheduleMulti without split points -> 2 per rank
-            v = 2
-            extra = {"schedule": "interleaved", "virtual_stages": 2}
-            if PLAIN_1F1B in notes:
-                notes.remove(PLAIN_1F1B)
-            notes.append("virtual stages not reported: torchtitan 9dec370's default for a "
-                         "multi-stage schedule without split points, 2 per rank "
-                         "(parallelisms/pipelining_utils.py generate_split_points)")  # fmt: skip
-        if layers % (pp * v):
-            split = torchtitan_split_2412(layers, pp * v)
-            notes.append(f"pipeline split: torchtitan 9dec370's generated split points "
-                         f"(pipelining_utils.py generate_split_points): {_short(split)}")  # fmt: skip
-            extra["layer_split"] = split
-        return extra
+    if key == "torchtitan" and "202412" in rec.source and layers % (pp * v):
+        # the virtual stages are the importer's (2 per rank for Interleaved1F1B without split
+        # points, 9dec370a and 4a950ea alike); the split of 9dec370a is not 4a950ea's
+        split = torchtitan_split_2412(layers, pp * v)
+        notes.append(f"pipeline split: torchtitan 9dec370's generated split points "
+                     f"(pipelining_utils.py generate_split_points): {_short(split)}")  # fmt: skip
+        return {"layer_split": split}
     return {}
 
 

@@ -1,7 +1,11 @@
-"""Records -> scenarios: an importer of the settings published with Megatron-LM, DeepSpeed,
-llm-foundry (FSDP), nanotron and Transformers runs. Where a record is silent the source's
-defaults are used and listed as assumptions; what simtrain cannot express is a
-:class:`~simtrain.apps.validate.records.SkipReason`."""
+"""Records -> scenarios. Every record is read here (hardware profile, model shape, layout degrees,
+batch, precision and recompute texts, with the source convention's defaults where it is silent;
+what simtrain cannot express is a :class:`~simtrain.apps.validate.records.SkipReason`). A record
+of a family with an importer (``native.IMPORTER_OF``) is then written as its framework's own
+configuration and read by that importer, the code ``simtrain import`` runs (``native.py``); the
+other families (llm-foundry FSDP, Transformers, BLOOM's Megatron-DeepSpeed, Megatron-Core and the
+papers' tables: listed in ``native.py``) are mapped to the scenario here. Defaults and readings
+are listed as assumptions."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from simtrain.apps.importers.common import ONE_BUCKET_MB
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS
 from simtrain.apps.validate.conventions import (
     FLOP_CONVENTIONS,
@@ -18,6 +23,7 @@ from simtrain.apps.validate.conventions import (
     convention_for,
     runtime_of,
 )
+from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
@@ -34,6 +40,8 @@ class Translation:
     scenario: Scenario
     assumptions: tuple[str, ...]
     capacity_known: bool = True  # the record names the GPU's memory size (fit verdict usable)
+    # the framework configuration the scenario was imported from (native.IMPORTER_OF families)
+    native: NativeConfig | None = None
 
 
 def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
@@ -219,9 +227,6 @@ UNEXPRESSIBLE_KINDS = {
     "layer_microbenchmark": "per-layer kernel timing, not a training step",
     "collective_benchmark": "collective bandwidth benchmark, not a training step",
 }
-# Megatron-LM's "local" DDP all-reduces one contiguous gradient buffer after the backward
-# (arguments.py --DDP-impl local, the default until 2022): a bucket larger than any gradient.
-ONE_BUCKET_MB = 1e9
 
 
 # Blackwell GPUs without a hardware profile (B200, B300, GB200 and GB300 have one).
@@ -281,7 +286,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"measured.{bad}: not a finite number >= 0")
     notes: list[str] = []
     try:
-        data, capacity_known = _scenario_data(rec, convention_for(rec), notes)
+        data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:
         return skip(rec, str(exc))
     try:
@@ -295,14 +300,15 @@ def translate(rec: Record) -> Translation | SkipReason:
         if abs(ours / pb - 1) > 0.03:
             notes.append(f"simtrain's parameter count differs from params_b by > 3 % (= {ours:.3g} "
                          f"vs {pb})")  # fmt: skip
-    return Translation(rec, sc, tuple(notes), capacity_known)
+    return Translation(rec, sc, tuple(notes), capacity_known, native)
 
 
 def _scenario_data(
     rec: Record, conv: SourceConvention, notes: list[str]
-) -> tuple[dict[str, Any], bool]:
-    """The scenario document of a record (for :func:`parse_scenario`) and whether the GPU's
-    memory size is known. The parts run in this order, so a record missing several settings is
+) -> tuple[dict[str, Any], bool, NativeConfig | None]:
+    """The scenario document of a record (for :func:`parse_scenario`), whether the GPU's
+    memory size is known, and the native configuration it was imported from (records of a
+    family with an importer, ``native.IMPORTER_OF``; None on this module's own path). The parts run in this order, so a record missing several settings is
     skipped for the first, and ``notes`` (the assumptions) keep the order they are printed in."""
     fc = rec.measured.get("flops_convention")
     if fc is not None and fc not in FLOP_CONVENTIONS:
@@ -317,19 +323,30 @@ def _scenario_data(
         model["flash_attention"] = True
         notes.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                      "context-parallel attention run the flash / fused kernels)")  # fmt: skip
+    par = _implied_parallelism(rec.parallelism, conv, notes)
+    training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
+    if importer_of(rec) is not None:
+        try:
+            data, native = through_importer(rec, conv, profile, model, training,
+                                            (tp, pp, dp, cp), (B, b), par, notes)  # fmt: skip
+        except SimtrainError as exc:
+            raise _NotExpressible(
+                f"layout not expressible: {str(exc).split(': ', 1)[-1]}"
+            ) from None
+        return data, capacity_known, native
     data = {
         "name": rec.id,
         "model": model,
         "hardware": profile,
-        "training": {"seq_len": seq, "global_batch": B, "micro_batch": b, **training},
-        "parallelism": _parallelism(rec.parallelism, conv, tp, pp, dp, notes),
+        "training": training,
+        "parallelism": _parallelism(par, conv, tp, pp, dp, notes),
     }
     if cp > 1:
         data["parallelism"]["cp"] = cp
     layers = _int(model.get("layers")) or _int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
-    return data, capacity_known
+    return data, capacity_known, None
 
 
 def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -347,12 +364,6 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
-    if rec.parallelism.get("async_tp") is True and applies["tp_comm_overlap"]:
-        # torchtitan's async TP (torch._inductor micro-pipelined TP: all-gather + matmul and
-        # matmul + reduce-scatter fused over symmetric memory, parallelize_llama.py
-        # enable_async_tp at 9dec370a) overlaps the TP collectives with the GEMMs they feed.
-        out["tp_comm_overlap"] = True
-        notes.append(f"runtime {name}: async TP (parallelism.async_tp): tp_comm_overlap")
     return out
 
 
@@ -472,9 +483,6 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
                                   f"{' | '.join(RECOMPUTE)}")  # fmt: skip
         recompute = conv.recompute_default
         notes.append(f"recompute not reported: {conv.recompute_note or recompute}")
-    if recompute in conv.recompute_map:
-        recompute, why = conv.recompute_map[recompute]
-        notes.append(why)
     if recompute in conv.recompute_unexpressible:
         raise _NotExpressible(f"recompute {t.get('recompute')!r}: "
                               f"{conv.recompute_unexpressible[recompute]}")  # fmt: skip
@@ -491,16 +499,25 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
             "cross_entropy": conv.cross_entropy}  # fmt: skip
 
 
-def _parallelism(
-    p: Mapping[str, Any], conv: SourceConvention, tp: int, pp: int, dp: int, notes: list[str]
-) -> dict[str, Any]:
-    """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
-    schedule and the data-parallel gradient reduction."""
+def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
+                         notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
+    """The record's ``parallelism`` with the keys its source's runs imply where it is silent
+    (``conv.parallel_defaults``); an offload is not expressible."""
     implied = {k: v for k, v in conv.parallel_defaults.items() if p.get(k) is None}
     if implied:
         p = {**p, **implied}
         notes.append(f"{', '.join(f'{k} {v}' for k, v in implied.items())} not reported: "
                      f"{conv.parallel_note}")  # fmt: skip
+    if p.get("offload"):
+        raise _NotExpressible(f"offload {p.get('offload')!r} is not modelled for this layout")
+    return p
+
+
+def _parallelism(
+    p: Mapping[str, Any], conv: SourceConvention, tp: int, pp: int, dp: int, notes: list[str]
+) -> dict[str, Any]:
+    """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
+    schedule and the data-parallel gradient reduction."""
     zero = _int(p.get("zero_stage")) or 0
     sharding = str(p.get("fsdp_sharding", "")).upper()
     if sharding == "SHARD_GRAD_OP":
@@ -508,8 +525,6 @@ def _parallelism(
         notes.append("FSDP SHARD_GRAD_OP = ZeRO-2")
     elif sharding == "FULL_SHARD":
         zero = 3
-    if p.get("offload"):
-        raise _NotExpressible(f"offload {p.get('offload')!r} is not modelled for this layout")
     v = _int(p.get("virtual_stages")) or 1
     schedule = map_schedule(p.get("schedule"), pp, v)
     if pp > 1 and p.get("schedule") is None:
@@ -531,9 +546,6 @@ def _parallelism(
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         out["bucket_mb"] = ONE_BUCKET_MB
-    if conv.zero3_max_live_params and zero >= 3:
-        out["zero3_max_live_params"] = conv.zero3_max_live_params
-        notes.append(conv.zero3_note)
     return out
 
 

@@ -1,0 +1,453 @@
+"""Records -> the native configuration of the framework that ran them, read by that framework's
+importer (``apps.importers``): one reading of each framework's settings for ``simtrain import``
+and ``simtrain validate`` alike.
+
+A record of a family with an importer is written as the configuration its framework would have
+been launched with (for Megatron: the ``pretrain_gpt.py`` flags), from what the record says and
+the source convention's defaults for what it leaves unsaid; the importer turns that into the
+scenario document (``apps.importers.megatron.import_megatron_flags``: the runtime of a 2021
+script, Megatron's "local" DDP, interleaving whenever there are virtual stages, sequence
+parallelism only with tp > 1, the distributed optimizer as ZeRO-1, the vocabulary padding, FP8
+recipes, uneven pipeline flags, recompute flags). Then only what such a configuration does not
+say is laid over it (:func:`overlay`): the record id, the hardware profile of the record's GPU
+and network, the runtime of a source that ran the flags in another framework (Megatron-DeepSpeed
+under ``deepspeed``), and the source's conventions that have no flag (its layer split, loss kernel,
+a precision the flags cannot name).
+
+Families (``records.source_key``) through an importer (:data:`IMPORTER_OF`), with the records
+of measured/*.yaml that translate:
+
+- megatron (``pretrain_gpt.py`` flags, :func:`megatron_flags`): Megatron-LM SC'21
+  (``megatron_sc21``, 16), Korthikanti et al. 2022 (``korthikanti2022``, 8), the Megatron-LM
+  README (``megatron_readme``, 13; ``megatron_v1_blog``, its 4 records report no model shape),
+  MT-NLG 530B (``mtnlg``, 1: Megatron-DeepSpeed flags, run under the ``deepspeed`` runtime);
+- nanotron (a config mapping, :func:`nanotron_config`): the Ultra-Scale Playbook's sweep
+  (``nanotron``, 417);
+- torchtitan (a job config's tables, :func:`torchtitan_config`): the torchtitan benchmarks
+  (``torchtitan``, 11); the layer split of the torchtitan commit a record ran (9dec370a's
+  split points, ``splits.pipeline_split``) is laid over the importer's (4a950ea's);
+- deepspeed (a ds_config object with the record's model section, :func:`deepspeed_config`): the
+  DeepSpeed ZeRO-3 rows of SC'21 Table 2 (``megatron_sc21_zero3``, 6); their sequence length and
+  recompute are ``--set`` (a ds_config holds neither).
+
+On ``translate.py``'s own path: Megatron-Core r0.8.0 (``megatron_core``), NeMo (``nemo``) and
+Megatron-Bridge (``megatron_bridge``): through the Megatron importer their scenarios would change
+(Megatron-Core's fp32 gradient reduction under --bf16, its DDP bucket with --overlap-grad-reduce,
+the vocabulary padding to a multiple of 128 x tp) and their figures with them, some for the
+worse: not converted until that is settled; BLOOM (``bloom``, ``bloom_chronicles``:
+Megatron-DeepSpeed's BF16 optimizer is not Megatron's --bf16 rule, and DeepSpeed's partition
+method is no Megatron flag, and a ds_config holds no pipeline layout); and the sources with no
+importer: MosaicML llm-foundry
+(``mosaicml``), HF Transformers (``hf_transformers``), simtrain's own H200 runs
+(``simtrain_h200``) and the papers' tables of other frameworks (ZeRO, GPipe, OPT, PaLM, LLaMA,
+Llama 3, LoRA / QLoRA, torchao: all skipped today).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from simtrain.apps.importers.common import Imported, with_overrides
+from simtrain.apps.importers.deepspeed import import_deepspeed_config
+from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
+from simtrain.apps.importers.nanotron import import_nanotron_config
+from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
+from simtrain.apps.validate.conventions import SourceConvention, runtime_of
+from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.splits import pipeline_split
+from simtrain.errors import ConfigError
+
+#: The importer each family's records go through (source key -> importer kind).
+IMPORTER_OF: dict[str, str] = {
+    "megatron_sc21": "megatron",
+    "korthikanti2022": "megatron",
+    "megatron_readme": "megatron",
+    "megatron_v1_blog": "megatron",
+    "mtnlg": "megatron",
+    "nanotron": "nanotron",
+    "torchtitan": "torchtitan",
+    "megatron_sc21_zero3": "deepspeed",
+}
+
+#: Megatron's flag of each 16-bit format (FP8 recipes run on --bf16: spec/precision.py).
+_PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": [],
+                    "fp8_delayed": ["--bf16", "--fp8-format", "hybrid", "--fp8-recipe", "delayed"],
+                    "fp8_current": ["--bf16", "--fp8-format", "hybrid", "--fp8-recipe",
+                                    "tensorwise"],
+                    "mxfp8": ["--bf16", "--fp8-format", "e4m3", "--fp8-recipe", "mxfp8"]}  # fmt: skip
+#: Megatron FSDP's sharding strategy of each ZeRO stage (arguments.py
+#: --data-parallel-sharding-strategy; the importer's reading in reverse).
+_FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+
+
+def importer_of(rec: Record) -> str | None:
+    """The importer kind a record goes through, None for translate.py's own path."""
+    return IMPORTER_OF.get(rec.source_key)
+
+
+def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any],
+                   training: Mapping[str, Any], layout: tuple[int, int, int, int],
+                   batch: tuple[int, int], par: Mapping[str, Any]) -> list[str]:  # fmt: skip
+    """The ``pretrain_gpt.py`` flags of a Megatron record: ``model`` and ``training`` as the
+    record and its source convention give them (translate._model, translate._training),
+    ``layout`` = (tp, pp, dp, cp), ``batch`` = (global, micro), ``par`` the record's
+    ``parallelism`` with the convention's implied keys. A run on Megatron-LM 2021 (the
+    ``megatron_lm_2021`` runtime) is written with that era's flags (``--DDP-impl``,
+    ``--checkpoint-activations``), which is how the importer tells the two apart."""
+    tp, pp, dp, cp = layout
+    B, b = batch
+    legacy = runtime_of(rec.source_key) == "megatron_lm_2021"
+    w: list[str] = ["--num-layers", model["layers"], "--hidden-size", model["hidden"],
+                    "--num-attention-heads", model["heads"], "--seq-length", training["seq_len"],
+                    "--max-position-embeddings", model["max_positions"],
+                    "--vocab-size", model["vocab"], "--micro-batch-size", b,
+                    "--global-batch-size", B, "--tensor-model-parallel-size", tp,
+                    "--pipeline-model-parallel-size", pp]  # fmt: skip
+    if cp > 1:
+        w += ["--context-parallel-size", cp]
+    if "kv_heads" in model:
+        w += ["--group-query-attention", "--num-query-groups", model["kv_heads"]]
+    if "ffn_hidden" in model:
+        w += ["--ffn-hidden-size", model["ffn_hidden"]]
+    else:  # the record gives no width: 4h, which Megatron's default is without --swiglu
+        w += ["--ffn-hidden-size", 4 * int(model["hidden"])]
+    w += _architecture_flags(model, legacy)
+    w += _PRECISION_FLAGS.get(training["precision"], ["--bf16"])
+    if training["optimizer"] in ("sgd", "sgd_momentum"):
+        w += ["--optimizer", "sgd", "--sgd-momentum",
+              "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
+    w += _recompute_flags(training["recompute"], legacy)
+    v = int(par.get("virtual_stages") or 1)
+    if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower():
+        w += ["--num-virtual-stages-per-pipeline-rank", v]
+    if par.get("sequence_parallel"):
+        w.append("--sequence-parallel")
+    zero = int(par.get("zero_stage") or 0)
+    if zero == 1:
+        w.append("--use-distributed-optimizer")
+    elif zero in _FSDP_STRATEGY:
+        w += ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", _FSDP_STRATEGY[zero]]
+    ddp = str(par.get("ddp_impl") or conv.ddp_default)
+    if legacy or ddp == "local":
+        w += ["--DDP-impl", ddp]
+    text = f"{rec.notes} {rec.training} {rec.parallelism}"
+    for flag in OVERLAP_FLAGS:
+        if flag in text and (flag != "--overlap-param-gather" or zero):
+            w.append(flag)
+    return [str(x) for x in w]
+
+
+def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
+    """The flags of the model's architecture where it is not Megatron's GPT default (GeLU 4h,
+    learned positions, biases, LayerNorm, tied embeddings, dropout 0.1)."""
+    w: list[str] = []
+    if model.get("mlp") == "swiglu":
+        w.append("--swiglu")
+    if model.get("positions") == "rotary":
+        w += ["--position-embedding-type", "rope"]
+    if model.get("bias") is False:
+        w.append("--disable-bias-linear")
+    if model.get("qkv_bias"):
+        w.append("--add-qkv-bias")
+    if model.get("norm") == "rmsnorm":
+        w += ["--normalization", "RMSNorm"]
+    if model.get("tied_embeddings") is False:
+        w.append("--untie-embeddings-and-output-weights")
+    if "dropout" in model:
+        w += [
+            "--hidden-dropout",
+            str(model["dropout"]),
+            "--attention-dropout",
+            str(model["dropout"]),
+        ]
+    if model.get("flash_attention"):
+        w.append("--use-flash-attn")
+    elif not legacy:  # Transformer Engine's fused attention is Megatron-Core's default
+        w += ["--transformer-impl", "local"]
+    return w
+
+
+def _recompute_flags(recompute: str, legacy: bool) -> list[str]:
+    """Megatron's recompute flags: 2021's ``--checkpoint-activations`` (full) and
+    ``--recompute-activations`` (selective, 2022), or ``--recompute-granularity``."""
+    if recompute == "full":
+        return ["--checkpoint-activations"] if legacy else [
+            "--recompute-granularity", "full", "--recompute-method", "uniform"]  # fmt: skip
+    if recompute == "selective":
+        return ["--recompute-activations"] if legacy else ["--recompute-granularity", "selective"]
+    return []
+
+
+#: nanotron's ``model.dtype`` and ``optimizer.accumulate_grad_in_fp32`` of each simtrain
+#: precision (the importer's reading in reverse).
+_NANOTRON_DTYPE = {"bf16": ("bfloat16", False), "bf16_fp32_grads": ("bfloat16", True),
+                   "fp16": ("float16", False), "fp32": ("float32", False)}  # fmt: skip
+_NANOTRON_OPTIMIZER = {"adamw": "adamW", "adam": "adam", "sgd": "sgd"}
+
+
+def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
+                    layout: tuple[int, int, int, int], batch: tuple[int, int],
+                    par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The nanotron config (huggingface/nanotron ``config/``; the Ultra-Scale Playbook's bench
+    configs) of a nanotron record: ``model.model_config`` in Hugging Face Llama names, the
+    layout, ``tokens`` (batch_accumulation_per_replica = global / (micro x dp)) and the optimizer.
+    ``tp_mode: REDUCE_SCATTER`` is sequence parallelism; ``pp_engine afab`` GPipe's order."""
+    tp, pp, dp, _cp = layout
+    B, b = batch
+    dtype, fp32_grads = _NANOTRON_DTYPE.get(training["precision"], ("bfloat16", False))
+    mc = {"num_hidden_layers": model["layers"], "hidden_size": model["hidden"],
+          "num_attention_heads": model["heads"],
+          "num_key_value_heads": model.get("kv_heads", model["heads"]),
+          "intermediate_size": model.get("ffn_hidden", 4 * int(model["hidden"])),
+          "vocab_size": model["vocab"], "max_position_embeddings": model["max_positions"],
+          "tie_word_embeddings": bool(model.get("tied_embeddings", True))}  # fmt: skip
+    text = str(par.get("schedule", "")).lower()
+    return {
+        "model": {"dtype": dtype, "make_vocab_size_divisible_by": 1, "model_config": mc},
+        "parallelism": {
+            "dp": dp,
+            "tp": tp,
+            "pp": pp,
+            "pp_engine": "afab" if "afab" in text or "gpipe" in text else "1f1b",
+            "tp_mode": "REDUCE_SCATTER" if par.get("sequence_parallel") else "ALL_REDUCE",
+            "recompute_layer": training["recompute"] == "full",
+        },  # fmt: skip
+        "tokens": {
+            "sequence_length": training["seq_len"],
+            "micro_batch_size": b,
+            "batch_accumulation_per_replica": B // (b * dp),
+        },  # fmt: skip
+        "optimizer": {
+            "zero_stage": int(par.get("zero_stage") or 0),
+            "accumulate_grad_in_fp32": fp32_grads,
+            "optimizer_factory": {"name": _NANOTRON_OPTIMIZER.get(training["optimizer"], "adamW")},
+        },  # fmt: skip
+    }
+
+
+#: torchtitan's pipeline_parallel_schedule of a record's schedule text (first match).
+_TORCHTITAN_SCHEDULES = (("interleaved", "Interleaved1F1B"), ("gpipe", "GPipe"), ("", "1F1B"))
+#: torchtitan [float8] recipe of each simtrain FP8 precision (the importer's reading in reverse).
+_TORCHTITAN_FLOAT8 = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}
+_SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab")
+
+
+def torchtitan_flavor(model: Mapping[str, Any]) -> str:
+    """The llama3 flavor (``importers.torchtitan.LLAMA3_FLAVORS``) of the record's shape: the one
+    with its layers and dim, else the 8B (and the shape laid over it, :func:`torchtitan_config`)."""
+    for name, fl in LLAMA3_FLAVORS.items():
+        if (fl.n_layers, fl.dim) == (model["layers"], model["hidden"]):
+            return name
+    return "8B"
+
+
+def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
+                      layout: tuple[int, int, int, int], batch: tuple[int, int],
+                      par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The torchtitan job config (the TOML's tables; importers/torchtitan.py cites the keys) of a
+    torchtitan record: the llama3 flavor, FSDP2 over the data-parallel GPUs (reshard after
+    forward as the record's ZeRO stage says: 3 always, 2 never), tp / pp / cp degrees, async TP
+    with torch.compile, the pipeline schedule and micro-batch, activation checkpointing (torchtitan's
+    selective is per op) and the float8 converter with its recipe."""
+    tp, pp, dp, cp = layout
+    B, b = batch
+    zero = int(par.get("zero_stage") or 0)
+    p: dict[str, Any] = {"data_parallel_replicate_degree": 1 if zero or dp == 1 else dp,
+                         "data_parallel_shard_degree": dp if zero or dp == 1 else 1,
+                         "tensor_parallel_degree": tp, "pipeline_parallel_degree": pp,
+                         "context_parallel_degree": cp}  # fmt: skip
+    if zero:
+        p["fsdp_reshard_after_forward"] = "always" if zero == 3 else "never"
+    async_tp = bool(par.get("async_tp")) and tp > 1
+    if async_tp:
+        p["enable_async_tensor_parallel"] = True
+    if pp > 1:
+        text = str(par.get("schedule") or "").lower()
+        p["pipeline_parallel_schedule"] = next(v for k, v in _TORCHTITAN_SCHEDULES if k in text)
+        p["pipeline_parallel_microbatch_size"] = b
+    t: dict[str, Any] = {"seq_len": training["seq_len"], "global_batch_size": B,
+                         "local_batch_size": b if pp == 1 else B // dp}  # fmt: skip
+    precision = training["precision"]
+    if precision == "bf16_pure":
+        t["dtype"] = "bfloat16"
+    elif precision == "fp32":
+        t["mixed_precision_param"] = "float32"
+    mode = {"none": "none", "full": "full"}.get(training["recompute"], "selective")
+    cfg: dict[str, Any] = {
+        "model": {"name": "llama3", "flavor": torchtitan_flavor(model)},
+        "training": t,
+        "parallelism": p,
+        "activation_checkpoint": {"mode": mode}
+        | ({"selective_ac_option": "op"} if mode == "selective" else {}),  # fmt: skip
+    }
+    if rec.training.get("optimizer") is not None:
+        cfg["optimizer"] = {"name": "Adam" if training["optimizer"] == "adam" else "AdamW"}
+    compiled = "torch.compile" in f"{rec.notes} {rec.training}"
+    if compiled or async_tp:
+        cfg["compile"] = {"enable": True}
+    if precision in _TORCHTITAN_FLOAT8:
+        cfg["model"]["converters"] = ["quantize.linear.float8"]
+        cfg["quantize"] = {"linear": {"float8": {"recipe_name": _TORCHTITAN_FLOAT8[precision]}}}
+    return cfg
+
+
+def _toml_tables(cfg: Mapping[str, Any], prefix: str) -> list[str]:
+    """TOML lines of nested tables of booleans, integers, strings and lists of strings (a job
+    config as :func:`torchtitan_config` builds it; JSON's string and list syntax is TOML's)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in cfg.items() if not isinstance(v, Mapping)}
+    if scalars and prefix:
+        lines.append(f"[{prefix}]")
+    for k, v in scalars.items():
+        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}")
+    for k, v in cfg.items():
+        if isinstance(v, Mapping):
+            lines += _toml_tables(v, f"{prefix}.{k}" if prefix else k)
+    return lines
+
+
+#: DeepSpeed's precision sections of each simtrain precision (the importer's reading in reverse).
+_DS_PRECISION: dict[str, dict[str, Any]] = {
+    "fp16": {"fp16": {"enabled": True}}, "bf16": {"bf16": {"enabled": True}},
+    "bf16_fp32_grads": {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}},
+    "fp32": {},
+}  # fmt: skip
+
+
+def deepspeed_config(rec: Record, training: Mapping[str, Any],
+                     layout: tuple[int, int, int, int], batch: tuple[int, int],
+                     par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The ``ds_config`` of a DeepSpeed record (deepspeed/runtime/config.py keys; the model is
+    the scenario's model section, as ``simtrain import deepspeed --model`` takes it): the batch
+    (train_batch_size = micro x accumulation x dp), the precision section, the ZeRO stage and
+    AutoTP's tensor-parallel size. A layout a ds_config cannot hold (pipeline or context
+    parallel) is an error (the record is skipped)."""
+    tp, pp, dp, cp = layout
+    if pp > 1 or cp > 1:
+        raise ConfigError(rec.id, "parallelism", "a ds_config holds no pipeline or context "
+                          "parallel layout (DeepSpeed's pipeline engine is the model code's)")  # fmt: skip
+    B, b = batch
+    cfg: dict[str, Any] = {"train_batch_size": B, "train_micro_batch_size_per_gpu": b,
+                           "gradient_accumulation_steps": B // (b * dp),
+                           **_DS_PRECISION.get(training["precision"], {}),
+                           "zero_optimization": {"stage": int(par.get("zero_stage") or 0)}}  # fmt: skip
+    if tp > 1:
+        cfg["tensor_parallel"] = {"autotp_size": tp}
+    if rec.training.get("optimizer") is not None:
+        cfg["optimizer"] = {"type": "Adam" if training["optimizer"] == "adam" else "AdamW"}
+    return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class NativeConfig:
+    """A record as its framework's configuration: what ``simtrain import KIND FILE --gpus N
+    --set ...`` reads to give the record's scenario. ``config``: Megatron's flags (a tuple of
+    words) or nanotron's config (a mapping); ``sets``: the ``--set`` overrides for what the
+    configuration does not say."""
+
+    kind: str
+    config: Any
+    gpus: int
+    sets: tuple[str, ...]
+    # deepspeed: the scenario's model section (a ds_config names no model; ``simtrain import
+    # deepspeed`` takes it as --model, a config.json or preset, which a record's shape is not)
+    model: dict[str, Any] | None = None
+
+    def file_text(self) -> str:
+        """The configuration as its framework's file: a line of flags (megatron), a YAML config
+        (nanotron), a TOML job config (torchtitan)."""
+        if isinstance(self.config, tuple):
+            return " ".join(self.config) + "\n"
+        if self.kind == "torchtitan":
+            return "\n".join(_toml_tables(self.config, ""))
+        if self.kind == "deepspeed":
+            return json.dumps(self.config, indent=2)
+        return yaml.safe_dump(self.config, sort_keys=False)
+
+    def import_args(self, path: str) -> list[str]:
+        """The ``simtrain`` arguments that import ``path`` (holding :meth:`file_text`) as the
+        record's scenario."""
+        return ["import", self.kind, path, "--gpus", str(self.gpus),
+                *(w for s in self.sets for w in ("--set", s))]  # fmt: skip
+
+
+def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
+            model: Mapping[str, Any], training: Mapping[str, Any],
+            notes: list[str]) -> list[str]:  # fmt: skip
+    """The ``--set`` overrides of what the framework's configuration does not say: the record
+    id as the name, the hardware profile, the runtime of the framework the source ran (when not
+    the importer's), the model keys and the precision no flag gives, and the source's loss kernel
+    and layer split. The importer's readings and what it did not simulate go to ``notes``."""
+    sets = [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
+    have = imp.data["model"]
+    sets += [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in have]
+    t = imp.data["training"]
+    # a ds_config holds no sequence length and never turns recompute on (the model code calls
+    # deepspeed.checkpointing): the importer asks for both with --set
+    said = ("seq_len", "recompute") if imp.kind == "deepspeed" else ()
+    for key in (*said, "precision", "cross_entropy"):
+        if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
+            sets.append(f"training.{key}={training[key]}")
+    if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
+        sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
+    name = runtime_of(rec.source_key)
+    if imp.data["runtime"]["name"] != name:
+        notes.append(f"runtime {name}: the framework the source ran "
+                     f"({imp.data['runtime']['name']} flags)")  # fmt: skip
+        sets.append(f"runtime.name={name}")
+    notes.extend(f"{imp.kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
+    notes.extend(f"{imp.kind}, not simulated: {u}" for u in imp.unsupported)
+    return sets
+
+
+def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
+                     notes: list[str]) -> list[str]:  # fmt: skip
+    """What a torchtitan job config cannot say of a record: a model shape other than its llama3
+    flavor's, and the layer split of the torchtitan commit the record ran (splits.pipeline_split:
+    9dec370a's generate_split_points for the 2024-12 benchmarks; the importer knows 4a950ea's)."""
+    sets = [f"model.{k}={model[k]}" for k in _SHAPE_KEYS
+            if k in model and imp.data["model"].get(k) != model[k]]  # fmt: skip
+    par = imp.data["parallelism"]
+    split = pipeline_split(rec, dict(par), int(model["layers"]), notes)
+    if "layer_split" in split:
+        sets.append(f"parallelism.layer_split={json.dumps(split['layer_split'])}")
+    elif par.get("layer_split") not in (None, "uniform") and int(par["pp"]) > 1:
+        sets.append("parallelism.layer_split=uniform")
+    return sets
+
+
+def through_importer(rec: Record, conv: SourceConvention, profile: str, model: dict[str, Any],
+                     training: dict[str, Any], layout: tuple[int, int, int, int],
+                     batch: tuple[int, int], par: Mapping[str, Any],
+                     notes: list[str]) -> tuple[dict[str, Any], NativeConfig]:  # fmt: skip
+    """The scenario document of a record of an importer family and its native configuration:
+    the configuration (:func:`megatron_flags`, :func:`nanotron_config`) through the importer
+    ``simtrain import`` runs, with the overrides of :func:`overlay` applied as its ``--set``
+    applies them."""
+    kind = IMPORTER_OF[rec.source_key]
+    tp, pp, dp, cp = layout
+    gpus = tp * pp * dp * cp
+    config: Any
+    if kind == "megatron":
+        config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
+        imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
+    elif kind == "nanotron":
+        config = nanotron_config(rec, model, training, layout, batch, par)
+        imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
+    elif kind == "torchtitan":
+        config = torchtitan_config(rec, model, training, layout, batch, par)
+        imp = import_torchtitan_config(config, gpus=gpus, file=rec.id)
+    else:
+        config = deepspeed_config(rec, training, layout, batch, par)
+        imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
+    sets = overlay(rec, imp, profile, conv, model, training, notes)
+    if kind == "torchtitan":
+        sets += _torchtitan_sets(rec, imp, model, notes)
+    native = NativeConfig(kind, config, gpus, tuple(sets),
+                          dict(model) if kind == "deepspeed" else None)  # fmt: skip
+    return with_overrides(imp, sets), native
