@@ -32,7 +32,9 @@ RECORDS = {r.id: r for r in load_record_files(resolve_paths(None))}
 #: Ultra-Scale Playbook's sweep) with ZeRO-1, sequence parallelism (tp_mode REDUCE_SCATTER), a
 #: compute-balanced pipeline, and a run that did not fit (out of memory); torchtitan with FSDP2,
 #: Interleaved1F1B over 9dec370a's uneven split, context parallel 8 (FSDP over dp_shard x cp),
-#: async TP with float8 rowwise linears; DeepSpeed ZeRO-3 (SC'21 Table 2).
+#: async TP with float8 rowwise linears; DeepSpeed ZeRO-3 (SC'21 Table 2); Megatron-Core r0.8,
+#: NeMo 24.07 FP8 and Megatron-Bridge's Llama 3.1 405B (CP 2, embedding and loss counted as
+#: layers in the pipeline split).
 SAMPLE = (
     "megatron_sc21_t1_1.7B",
     "megatron_sc21_t1_145.6B",
@@ -52,6 +54,9 @@ SAMPLE = (
     "torchtitan_2506_asynctp_8B_64gpu_float8_rowwise_asyncTP",
     "megatron_sc21_t2_zero3_174B_384gpu",
     "megatron_sc21_t2_zero3_529B_2240gpu",
+    "mcore_r080_h100_weak_314B",
+    "nemo2407_h100_fp8_LLAMA2-70B_64gpu",
+    "mbridge2511_H100_LLAMA3.1_405B_1024gpu",
 )
 
 
@@ -123,9 +128,9 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
         assert (tr.native is not None) == (importer_of(rec) is not None), rec.id
         if tr.native is not None:
             through += 1
-    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, nanotron 417,
-    # torchtitan 11, megatron_sc21_zero3 6
-    assert through == 38 + 417 + 11 + 6
+    # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, megatron_core 3,
+    # nemo 4, megatron_bridge 4, nanotron 417, torchtitan 11, megatron_sc21_zero3 6
+    assert through == 49 + 417 + 11 + 6
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:
