@@ -75,9 +75,10 @@ def test_new_file_is_the_shared_delivery() -> None:
 
 
 def test_default_reads_every_published_run_file() -> None:
-    """No PATH: published_runs.yaml and more_runs_2026-12.yaml, not simtrain's own H200 runs."""
+    """No PATH: published_runs.yaml, more_runs_2026-12.yaml and SimuMax's published B200 runs,
+    not simtrain's own H200 runs."""
     names = [p.name for p in resolve_paths(None)]
-    assert names == ["published_runs.yaml", "more_runs_2026-12.yaml"]
+    assert names == ["published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml"]
     assert "simtrain_h200.yaml" not in names
 
 
@@ -460,9 +461,9 @@ def default_result():
     return validate()
 
 
-def test_every_record_of_both_files_is_compared_or_skipped(default_result, all_records) -> None:
+def test_every_record_of_the_files_is_compared_or_skipped(default_result, all_records) -> None:
     ids = {r.id for r in all_records}
-    assert len(ids) == 655 + 68
+    assert len(ids) == 655 + 68 + 43
     compared = {c.id for c in default_result.comparisons}
     skipped = {s.id for s in default_result.skipped}
     assert not compared & skipped and compared | skipped == ids

@@ -34,7 +34,8 @@ RECORDS = {r.id: r for r in load_record_files(resolve_paths(None))}
 #: Interleaved1F1B over 9dec370a's uneven split, context parallel 8 (FSDP over dp_shard x cp),
 #: async TP with float8 rowwise linears; DeepSpeed ZeRO-3 (SC'21 Table 2); Megatron-Core r0.8,
 #: NeMo 24.07 FP8 and Megatron-Bridge's Llama 3.1 405B (CP 2, embedding and loss counted as
-#: layers in the pipeline split).
+#: layers in the pipeline split); a SimuMax B200 run read from its own arguments (MLA, MoE,
+#: EP 4, its --moe-layer-freq pattern).
 SAMPLE = (
     "megatron_sc21_t1_1.7B",
     "megatron_sc21_t1_145.6B",
@@ -57,6 +58,7 @@ SAMPLE = (
     "mcore_r080_h100_weak_314B",
     "nemo2407_h100_fp8_LLAMA2-70B_64gpu",
     "mbridge2511_H100_LLAMA3.1_405B_1024gpu",
+    "simumax_b200_deepseekv3_l4_tp1_ep4_pp2_dp4_mbc8_cef",
 )
 
 
@@ -129,8 +131,9 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
         if tr.native is not None:
             through += 1
     # megatron_sc21 16, korthikanti2022 8, megatron_readme 13, mtnlg 1, megatron_core 3,
-    # nemo 4, megatron_bridge 4, nanotron 417, torchtitan 11, megatron_sc21_zero3 6
-    assert through == 49 + 417 + 11 + 6
+    # nemo 4, megatron_bridge 4, simumax_b200 43 (their own arguments), nanotron 417,
+    # torchtitan 11, megatron_sc21_zero3 6
+    assert through == 49 + 43 + 417 + 11 + 6
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:

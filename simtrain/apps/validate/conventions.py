@@ -246,6 +246,12 @@ SOURCES: dict[str, SourceConvention] = {
     "megatron_bridge": SourceConvention(
         "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
     ),
+    # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
+    # arguments each record carries (read by the Megatron importer as they are); the memory is
+    # torch.cuda.max_memory_allocated (no CUDA context), the step time the fastest steady one.
+    "simumax_b200": SourceConvention(
+        "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
+    ),
     # Llama 3 (Llama Team 2024, Table 4): the paper states TFLOPs/GPU and BF16 MFU but not its
     # FLOP formula; simtrain's model FLOPs stand in (the one row is skipped: context parallel).
     "llama3": SourceConvention("simtrain", LLAMA3),
@@ -297,6 +303,7 @@ RUNTIMES: dict[str, str] = {
     "megatron_core": "megatron_core",  # Megatron-Core r0.8.0
     "nemo": "megatron_core",  # NeMo 24.07 (Megatron-Core underneath)
     "megatron_bridge": "megatron_core",  # Megatron-Bridge (NeMo 25.11, Megatron-Core underneath)
+    "simumax_b200": "megatron_core",  # Megatron-LM 23e00ed0 (SimuMax's B200 runs)
     "nanotron": "nanotron",  # Ultra-Scale Playbook sweep
     "mosaicml": "llm_foundry",  # llm-foundry on Composer (PyTorch FSDP)
     "torchtitan": "torchtitan",

@@ -51,6 +51,7 @@ Llama 3, LoRA / QLoRA, torchao: all skipped today).
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,7 @@ IMPORTER_OF: dict[str, str] = {
     "megatron_readme": "megatron",
     "megatron_v1_blog": "megatron",
     "mtnlg": "megatron",
+    "simumax_b200": "megatron",  # records with their own arguments (Record.native)
     "megatron_core": "megatron",  # Megatron-Core r0.8.0, NeMo, Megatron-Bridge: Megatron-Core
     "nemo": "megatron",
     "megatron_bridge": "megatron",
@@ -446,6 +448,13 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     tp, pp, dp, cp = layout
     gpus = tp * pp * dp * cp
     config: Any
+    if rec.native:  # the run's own arguments: read as launched; only name and GPU laid over
+        config = tuple(shlex.split(rec.native["args"]))
+        imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
+        notes.extend(f"{kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
+        notes.extend(f"{kind}, not simulated: {u}" for u in imp.unsupported)
+        sets = [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
+        return with_overrides(imp, sets), NativeConfig(kind, config, gpus, tuple(sets))
     if kind == "megatron":
         config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
         imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)

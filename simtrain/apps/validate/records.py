@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,11 @@ PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
 # schema that holds published runs. simtrain's own measurements (simtrain_h200.yaml) are kept
 # apart: they validate the cost model on one GPU (``simtrain validate measured/simtrain_h200.yaml``)
 # and are not published runs.
-DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml")
+DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml")
 
 RECORD_KEYS = (
     "id", "kind", "source", "source_key", "model", "training", "parallelism", "hardware",
-    "measured", "notes",
+    "measured", "notes", "native",
 )  # fmt: skip
 
 
@@ -42,6 +42,9 @@ class Record:
     hardware: Mapping[str, Any]
     measured: Mapping[str, Any]
     notes: str = ""
+    # The run's own configuration where the source gives it (``{kind: megatron, args: "..."}``:
+    # the Megatron-LM arguments it was launched with), read by that framework's importer as is
+    native: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,16 @@ def source_key(record_id: str, explicit: str | None = None) -> str:
     return m.group(0).lower() if m else "other"
 
 
+def _native(raw: dict[str, Any], file: str, where: str) -> Mapping[str, Any]:
+    """``native``: ``{kind: megatron, args: "<pretrain_gpt.py arguments>"}`` (the one kind a
+    record carries today), checked here so that a bad one is one line naming the key."""
+    nat = _section(raw, "native", file, where)
+    if nat and (nat.get("kind") != "megatron" or not isinstance(nat.get("args"), str)):
+        raise ConfigError(file, f"{where}.native", "must be {kind: megatron, args: STRING}",
+                          dict(nat))  # fmt: skip
+    return nat
+
+
 def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[str, Any]:
     v = raw.get(key)
     if v is None:
@@ -147,6 +160,7 @@ def load_records(path: str | Path) -> list[Record]:
                 hardware=_section(raw, "hardware", file, where),
                 measured=_section(raw, "measured", file, where),
                 notes=str(raw.get("notes", "") or ""),
+                native=_native(raw, file, where),
             )
         )
     return out

@@ -235,12 +235,14 @@ _BLACKWELL = re.compile(r"\bB100\b")
 
 def not_yet_expressible(rec: Record) -> list[str]:
     """What of a record simtrain cannot express yet and a later issue adds, each named: mixture
-    of experts, a Blackwell GPU without a profile (B100). Listed together so a record's skip
+    of experts (from a record's sections; one that carries its run's arguments, ``native``, is
+    read by the importer), a Blackwell GPU without a profile (B100). Listed together so a record's skip
     reason names all of them."""
     out = []
     ep = _int(rec.parallelism.get("ep"))
     moe = [k for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
-    if moe or (ep is not None and ep > 1):
+    # (a record with its own arguments is read by its framework's importer, MoE flags and all)
+    if (moe or (ep is not None and ep > 1)) and not rec.native:
         out.append(f"mixture of experts ({', '.join(moe) or f'ep {ep}'})")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
