@@ -95,3 +95,21 @@ def test_megatron_refusals(change: dict, key: str):
     with pytest.raises(ConfigError) as e:
         parse_scenario(data, "ep.yaml")
     assert key in str(e.value)
+
+
+def test_interleaved_pairs_with_a_dense_chunk():
+    """pp 2 x v 2 with the first layer dense (a chunk without all-to-alls): the pairs whose
+    partner has none are left alone, and overlapping the rest beats interleaved's step."""
+    data = {
+        "name": "ep", "hardware": "h100_sxm5_80gb",
+        "model": {"preset": "mixtral-8x7b", "layers": 4, "first_dense_layers": 1,
+                  "flash_attention": True},
+        "cluster": {"nodes": 2, "gpus_per_node": 8},
+        "training": {"seq_len": 2048, "global_batch": 64, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"dp": 8, "tp": 1, "pp": 2, "ep": 8, "virtual_stages": 2,
+                        "schedule": "combined_1f1b"},
+    }  # fmt: skip
+    combined = simulate_scenario(parse_scenario(data, "ep.yaml")).metrics
+    data["parallelism"] = {**data["parallelism"], "schedule": "interleaved"}
+    plain = simulate_scenario(parse_scenario(data, "ep.yaml")).metrics
+    assert combined.step_time_s < plain.step_time_s

@@ -567,14 +567,16 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.layer_split", f"{p.layer_split} splits one chunk per stage: use "
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
-    if p.virtual_stages > 1 and p.schedule != "interleaved" and not fixed:
+    looped_virtual = p.schedule in SCHEDULES and schedule_traits(p.schedule).virtual and not fixed
+    if p.virtual_stages > 1 and not looped_virtual and not fixed:
         raise ConfigError(
-            file, "parallelism.virtual_stages", "only the interleaved schedule has virtual "
-            "stages > 1", p.virtual_stages,
+            file, "parallelism.virtual_stages", "only the interleaved and combined_1f1b "
+            "schedules have virtual stages > 1", p.virtual_stages,
         )  # fmt: skip
-    if p.schedule == "interleaved" and s.num_microbatches % p.pp:
+    groups = p.schedule == "interleaved" or (looped_virtual and p.virtual_stages > 1)
+    if groups and s.num_microbatches % p.pp:
         raise ConfigError(
-            file, "training.global_batch", f"the interleaved schedule needs micro-batches "
+            file, "training.global_batch", f"the {p.schedule} schedule needs micro-batches "
             f"(global_batch / (micro_batch x dp) = {s.num_microbatches}) to be a multiple of "
             f"pp = {p.pp}", t.global_batch,
         )  # fmt: skip

@@ -325,7 +325,7 @@ def ep_pass(ir: StepIR) -> None:
                 continue
             last = g.done
             h = r.groups[i - 1] if i else None
-            if overlap and not paired and h is not None and _pairs(h, g, ir):
+            if overlap and not paired and h is not None and h.compute_end is not None:
                 # g is the second of a pair: its compute follows h's compute, not h's A2A;
                 # its A2A starts with the pair (after h's on the collective stream)
                 start = list(next(op for op in h.ops if op.stream == "compute").deps)
