@@ -12,7 +12,7 @@ from simtrain.costs.memory import estimate_memory
 from simtrain.costs.workload import lowering_input
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
-from simtrain.schedules.registry import build_schedule
+from simtrain.schedules.registry import build_schedule, microbatches_in_flight
 from simtrain.spec.scenario import parse_scenario
 
 M = 6  # micro-batches
@@ -66,6 +66,7 @@ def test_two_microbatches_in_flight():
     a = estimate_memory(_sc("combined_1f1b")).stages[0]
     b = estimate_memory(_sc("1f1b")).stages[0]
     per_mb = a.activation_bytes_per_microbatch
+    assert a.microbatches_in_flight == microbatches_in_flight("combined_1f1b", 1, M, 0) == 2
     assert a.category("activations") - b.category("activations") == pytest.approx(per_mb, rel=0.01)
 
 

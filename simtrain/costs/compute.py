@@ -281,10 +281,11 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float,
 def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0) -> float:
     """GEMM time: ``flops`` at the dense GEMM efficiency, of which ``grouped`` (the routed
     experts' grouped GEMMs) at ``efficiency.grouped_matmul`` (= matmul unless the profile
-    measured it)."""
+    measured it). Under FP8 (:func:`_fp8_chunk_costs`) every GEMM is priced at ``matmul``:
+    no profile has an FP8 grouped-GEMM measurement."""
     peak = hw.compute_peak(dtype)
     eff = hw.efficiency
-    if not grouped or eff.grouped == eff.matmul:
+    if not grouped or eff.grouped == eff.matmul:  # one division: the same float as before
         return 1e9 * flops / (peak * eff.matmul)
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
 

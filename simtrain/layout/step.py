@@ -85,11 +85,8 @@ def resolve(sc: Scenario) -> ResolvedStep:
 @lru_cache(maxsize=4096)
 def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int) -> ResolvedStep:
     mb = microbatches(t, p)
-    # One stage: plain gradient accumulation, except combined 1F1B (a looped order whose F/B
-    # pairs still differ there: F0, F1 B0, F2 B1, ...)
-    tr = traits(p.schedule)
-    one_stage_order = tr.overlapped_fb and tr.placement == "loop"
-    name = p.schedule if p.pp > 1 or one_stage_order else "1f1b"
+    # One stage: plain gradient accumulation, unless the order is its own there (combined 1F1B)
+    name = p.schedule if p.pp > 1 or traits(p.schedule).one_stage_order else "1f1b"
     tr = traits(name)
     if tr.chunks(p.virtual_stages) != p.virtual_stages:
         p = replace(p, virtual_stages=tr.chunks(p.virtual_stages))  # ZB-V, DualPipeV: 2

@@ -66,6 +66,13 @@ class ScheduleTraits:
         the ``v`` asked for."""
         return self.chunks_per_rank or v
 
+    @property
+    def one_stage_order(self) -> bool:
+        """Whether the order differs from plain gradient accumulation on a single stage: a
+        looped schedule with overlapped F&B pairs (combined 1F1B: F0, F1 B0, F2 B1, ...).
+        Every other schedule runs as 1F1B when pp = 1."""
+        return self.overlapped_fb and self.placement == "loop"
+
     def affine_from(self, pp: int) -> int:
         """Smallest m from which the step time is affine in m (interleaved needs m % p == 0)."""
         return pp if self.virtual and pp > 1 else 1
@@ -115,7 +122,9 @@ def _dualpipe_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
 
 
 def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
-    """Combined 1F1B: one warm-up forward more than 1F1B's, min(m, p − s + 1) (pp = 1: 2)."""
+    """Combined 1F1B with one chunk per rank: one warm-up forward more than 1F1B's,
+    min(m, p − s + 1) (pp = 1: two micro-batches once m ≥ 2); with v > 1 the interleaved
+    order's, like ``interleaved``'s entry, not a closed form."""
     return float(min(m, p - stage + 1))
 
 
@@ -238,7 +247,8 @@ def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
 
 
 def microbatches_in_flight(schedule: str, pp: int, m: int, stage: int, v: int = 1) -> float:
-    """Closed form of the micro-batches a stage holds at its peak; pp = 1 holds one."""
-    if pp == 1:
+    """Closed form of the micro-batches a stage holds at its peak; pp = 1 holds one, except in
+    an order of its own there (:attr:`ScheduleTraits.one_stage_order`)."""
+    if pp == 1 and not traits(schedule).one_stage_order:
         return 1.0
     return traits(schedule).in_flight(pp, m, stage, v)

@@ -568,7 +568,7 @@ def check_layout(s: Scenario, file: str) -> None:
             "uniform with virtual stages > 1", p.layer_split,
         )  # fmt: skip
     looped_virtual = p.schedule in SCHEDULES and schedule_traits(p.schedule).virtual and not fixed
-    if p.virtual_stages > 1 and not looped_virtual and not fixed:
+    if p.virtual_stages > 1 and not looped_virtual and not fixed:  # (fixed: ZB-V, DualPipeV)
         raise ConfigError(
             file, "parallelism.virtual_stages", "only the interleaved and combined_1f1b "
             "schedules have virtual stages > 1", p.virtual_stages,

@@ -288,7 +288,8 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool) -> dict[str, Any]:
 
 
 #: Multi-latent attention flags -> simtrain's MLA keys, with Megatron's defaults
-#: (training/arguments.py _add_mla_args, d98e8a64; q_lora_rank None = Q straight from h).
+#: (training/arguments.py _add_mla_args l.3546-3557, d98e8a64; q_lora_rank None = Q straight
+#: from h).
 MLA_FLAGS = (("--q-lora-rank", "q_lora_rank", 0), ("--kv-lora-rank", "kv_lora_rank", 32),
              ("--qk-head-dim", "qk_nope_head_dim", 128),
              ("--qk-pos-emb-head-dim", "qk_rope_head_dim", 64),
@@ -364,7 +365,8 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
 def layer_pattern(text: str) -> list[int] | None:
     """Megatron's ``--moe-layer-freq`` list expression (``([0]*3+[1]*58)*1``, or ``[0,1,1]``)
     evaluated without ``eval``: lists of 0/1, ``+`` of lists and ``*`` by an integer; None if
-    the text is anything else (training/arguments.py moe_freq_type evaluates it in Python)."""
+    the text is anything else (training/arguments.py l.327 ``moe_freq_type`` evaluates it in
+    Python, d98e8a64)."""
 
     def ev(node: ast.AST) -> list[int] | int:
         if isinstance(node, ast.Constant) and type(node.value) is int:

@@ -317,51 +317,44 @@ def ep_pass(ir: StepIR) -> None:
     with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2."""
     overlap = ir.inp.overlapped_fb
     for r in ir.ranks.values():
-        paired = False
         for i, g in enumerate(r.groups):
             ns = _a2a_ns(ir, g)
             if not ns:
-                paired = False
                 continue
-            last = g.done
-            h = r.groups[i - 1] if i else None
-            if overlap and not paired and h is not None and h.compute_end is not None:
-                # g is the second of a pair: its compute follows h's compute, not h's A2A;
-                # its A2A starts with the pair (after h's on the collective stream)
-                start = list(next(op for op in h.ops if op.stream == "compute").deps)
-                g.ops[0].deps = [h.compute_end if d == ("prev", r.rank, i) else d
+            prev = r.groups[i - 1] if i else None
+            nxt = r.groups[i + 1] if i + 1 < len(r.groups) else None
+            if prev is not None and prev.compute_end is not None:
+                # the second of a pair: its compute follows the first's compute, not the
+                # first's A2A; its A2A starts with the pair (after the first's on the stream)
+                start = _compute_start(prev)
+                g.ops[0].deps = [prev.compute_end if d == ("prev", r.rank, i) else d
                                  for d in g.ops[0].deps]  # fmt: skip
-                a2a = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label} (overlapped)",
-                         ns, start, microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-                join = Op(r.rank, "collective", "JOIN", f"F&B pair join {g.label}", 0,
-                          [last, a2a], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-                g.ops += [a2a, join]
-                g.done = join
-                paired = True
-                continue
-            paired = False
-            if (
-                overlap
-                and i + 1 < len(r.groups)
-                and _pairs(g, r.groups[i + 1], ir)
-                and (_a2a_ns(ir, r.groups[i + 1]))
-            ):
-                # g is the first of a pair: its A2A starts with it; it is done (for its
-                # sends) when both have ended; the partner's compute does not wait for it
-                first = next(op for op in g.ops if op.stream == "compute")
-                a2a = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label} (overlapped)",
-                         ns, list(first.deps), microbatch=last.microbatch,
-                         stage=last.stage)  # fmt: skip
-                join = Op(r.rank, "collective", "JOIN", f"F&B pair join {g.label}", 0,
-                          [last, a2a], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-                g.ops += [a2a, join]
-                g.compute_end = last
-                g.done = join
-                continue
-            op = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label}", ns, [last],
-                    microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-            g.ops.append(op)
-            g.done = op
+                _overlapped_a2a(r.rank, g, ns, start)
+            elif overlap and nxt is not None and _pairs(g, nxt) and _a2a_ns(ir, nxt):
+                # the first of a pair: done (for its sends) when its compute and its A2A are
+                g.compute_end = g.done
+                _overlapped_a2a(r.rank, g, ns, _compute_start(g))
+            else:
+                last = g.done
+                g.done = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label}", ns, [last],
+                            microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+                g.ops.append(g.done)
+
+
+def _compute_start(g: Group) -> list:
+    """What group ``g``'s first compute op waits for: when the action can start."""
+    return list(next(op for op in g.ops if op.stream == "compute").deps)
+
+
+def _overlapped_a2a(rank: int, g: Group, ns: int, start: list) -> None:
+    """``g``'s all-to-alls of an overlapped pair: from ``start`` on the collective stream, and
+    a zero-time join that ends the action when its compute and its A2A both have."""
+    last = g.done
+    a2a = Op(rank, "collective", "A2A", f"EP all-to-all {g.label} (overlapped)", ns, start,
+             microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+    g.done = Op(rank, "collective", "JOIN", f"F&B pair join {g.label}", 0, [last, a2a],
+                microbatch=last.microbatch, stage=last.stage)  # fmt: skip
+    g.ops += [a2a, g.done]
 
 
 def _a2a_ns(ir: StepIR, g: Group) -> int:
@@ -375,7 +368,7 @@ def _a2a_ns(ir: StepIR, g: Group) -> int:
     return c.ep_backward_ns + (c.ep_recompute_ns if recompute else 0)
 
 
-def _pairs(a: Group, b: Group, ir: StepIR) -> bool:
+def _pairs(a: Group, b: Group) -> bool:
     """Whether adjacent actions ``a`` then ``b`` form an overlapped F&B pair: a forward and a
     backward (B, or I) of different micro-batches (so neither needs the other's output)."""
     x, y = a.action, b.action
