@@ -361,3 +361,36 @@ def test_deepspeed_cpu_checkpointing_imports(tmp_path: Path) -> None:
     sc = load_imported(imp, ["training.seq_len=1024"])
     assert sc.training.recompute == "full" and sc.training.offload.activations
     assert imp.unsupported == ()
+
+
+def test_zero1_reduces_and_copies_at_the_boundary_only() -> None:
+    """ZeRO-1 reduces (and so copies to the host) only at the accumulation boundary
+    (DeepSpeed edaa7221 stage_1_and_2.py l.1767-1769 ``reduce_ready_partitions_and_remove_grads``:
+    ``partition_gradients or is_gradient_accumulation_boundary``); ZeRO-2 round-trips each
+    earlier backward's 16-bit gradients through the host accumulator."""
+    names = {z: [s.name for s in spans(simulate_scenario(scenario(dp=2, zero=z, accum=3)), "d2h")]
+             for z in (1, 2)}  # fmt: skip
+    assert not any("mb0" in n or "mb1" in n for n in names[1]), names[1]
+    assert any("mb0" in n for n in names[2]) and any("mb1" in n for n in names[2])
+
+
+def test_offloaded_parameters_are_not_copied_up_after_the_step() -> None:
+    """With offload_param the updated 16-bit partition lives on the host (ZeRO-Infinity): no
+    'updated params' copy up after the CPU step; the next forward fetches each layer."""
+    with_params = spans(simulate_scenario(scenario(dp=2, zero=3, parameters=True)), "h2d")
+    without = spans(simulate_scenario(scenario(dp=2, zero=3)), "h2d")
+    assert not any("updated params" in s.name for s in with_params)
+    assert any("updated params" in s.name for s in without)
+
+
+def test_optimizer_offload_refuses_pipedream() -> None:
+    """PipeDream steps after every micro-batch; DeepSpeed's offload steps once per mini-batch."""
+    data = {
+        "name": "pd", "model": {"preset": "gpt2"}, "hardware": "a100_sxm4_80gb",
+        "cluster": {"nodes": 1, "gpus_per_node": 4},
+        "training": {"seq_len": 128, "global_batch": 8, "micro_batch": 1,
+                     "offload": {"optimizer": True}},
+        "parallelism": {"dp": 1, "tp": 1, "pp": 4, "schedule": "pipedream"},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="training.offload.optimizer"):
+        parse_scenario(data, "pd.yaml")

@@ -283,9 +283,8 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
     rest = {c: b - act.block_bytes.get(c, 0) for c, b in act.chunk_bytes.items()}
     w = walk_peak_of_states(act.states, rest, act.working_set, act.loss_bytes)
     one = max(act.block_bytes.values(), default=0)
-    walk = WalkPeak(w.peak + one, w.saved + one, w.loss, w.working_set,
-                    saved_peak=w.saved_peak + one, in_flight=w.in_flight,
-                    optimizer_saved=w.optimizer_saved, activations=w.activations + one)  # fmt: skip
+    walk = replace(w, peak=w.peak + one, saved=w.saved + one, saved_peak=w.saved_peak + one,
+                   activations=w.activations + one)  # fmt: skip
     zero = dict.fromkeys(act.chunk_bytes, 0)
     host = walk_peak_of_states(act.states, act.block_bytes, zero).saved_peak
     return replace(act, walk=walk), host

@@ -25,7 +25,8 @@ mechanism follows deepspeedai/DeepSpeed@edaa7221267243c7be7fb49c5d5f5c4fb97b4641
   collective (``param_ds_tensor.to(device)``); ``partitioned_param_coordinator.py``
   ``fetch_sub_module`` prefetches the next sub-modules (``stage3_prefetch_bucket_size``).
 
-Host pinned memory (``pin_memory: true``, DeepSpeed's default for ``offload_optimizer``): the
+Host pinned memory (``pin_memory: true``, DeepSpeed's default for ``offload_optimizer`` and
+``offload_param``: ``deepspeed/runtime/zero/offload_config.py`` l.45, l.75): the
 fp32 master partition (``get_accelerator().pin_memory(weights_partition)``), its fp32 gradient
 buffer (``single_partition_of_fp32_groups[i].grad``), the 16-bit parameter buffer, and with
 gradient accumulation the 16-bit accumulator; Adam's states are plain host tensors
@@ -37,6 +38,7 @@ from __future__ import annotations
 import math
 
 from simtrain.spec.hardware import HardwareProfile
+from simtrain.spec.scenario import Scenario
 
 #: Bytes per parameter of the gradient DeepSpeed copies to the host at the boundary: fp32
 #: (``master_weights_and_grads_dtype``), whatever the training precision.
@@ -60,7 +62,10 @@ def cpu_adam_ns(params: int, hw: HardwareProfile) -> int:
 def boundary_grad_bytes(shard: int, grad_bytes: int, microbatches: int) -> int:
     """Bytes copied down at the accumulation boundary for a partition of ``shard`` parameters:
     the fp32 gradient (4 B each) and, with gradient accumulation (``microbatches`` > 1), the
-    16-bit accumulated gradient as well (``grad_bytes`` each)."""
+    16-bit accumulated gradient as well (``grad_bytes`` each): at edaa7221
+    ``copy_grads_in_partition`` (stage_1_and_2.py l.1650-1666) runs
+    ``async_accumulate_grad_in_cpu_via_gpu`` (up, then ``copy_gradients_to_cpu`` down) whenever
+    ``micro_step_id > 0``, the boundary included, before the fp32 copy."""
     return shard * (FP32_GRAD_BYTES + (grad_bytes if microbatches > 1 else 0))
 
 
@@ -71,3 +76,26 @@ def pinned_host_bytes(shard: int, param_bytes: int, grad_bytes: int, microbatche
     return shard * (
         MASTER_BYTES + FP32_GRAD_BYTES + param_bytes + (grad_bytes if microbatches > 1 else 0)
     )
+
+
+def offload_per_layer(sc: Scenario) -> bool:
+    """Whether offload's copies hang off ZeRO-3's per-layer slices (``costs.workload``'s
+    ``_offload_chunks``) rather than the rank's gradient buckets: ZeRO-3 sharded over dp x cp,
+    or with its parameters offloaded (each layer fetched from the host)."""
+    p, t = sc.parallelism, sc.training
+    return p.zero_stage == 3 and (p.dp_cp > 1 or t.offload.parameters)
+
+
+def accumulates_through_host(sc: Scenario) -> bool:
+    """Whether every backward before the boundary round-trips its 16-bit gradients through the
+    host accumulator: only where the gradients are reduced and copied at every backward, ZeRO-2
+    (``partition_gradients``) and a lone GPU; ZeRO-1 reduces at the boundary only
+    (``reduce_ready_partitions_and_remove_grads``, stage_1_and_2.py l.1767-1769, edaa7221)."""
+    return sc.parallelism.zero_stage != 1
+
+
+def updated_params_cross_pcie(sc: Scenario) -> bool:
+    """Whether the CPU step's updated 16-bit partition is copied up: not when the parameters
+    themselves are offloaded (ZeRO-Infinity): the partition lives on the host, and the next
+    forward's per-layer fetches bring it up."""
+    return not sc.training.offload.parameters

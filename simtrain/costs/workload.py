@@ -7,7 +7,6 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 from __future__ import annotations
 
 from dataclasses import replace
-from math import ceil
 
 from simtrain.costs import comm, offload
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
@@ -159,14 +158,6 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
                    grad_sync_name=work.grad_sync_name or "EDP grads")  # fmt: skip
 
 
-def offload_per_layer(sc: Scenario) -> bool:
-    """Whether offload's copies hang off ZeRO-3's per-layer slices (``_offload_chunks``)
-    rather than the rank's gradient buckets: ZeRO-3 sharded over dp x cp, or with its
-    parameters offloaded (each layer fetched from the host)."""
-    p, t = sc.parallelism, sc.training
-    return p.zero_stage == 3 and (p.dp_cp > 1 or t.offload.parameters)
-
-
 def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, trainable: int,
                  shard: int) -> RankWork:  # fmt: skip
     """Optimizer offload on the rank (``costs.offload``): the CPU step, the updated 16-bit
@@ -177,8 +168,9 @@ def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, tr
     t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
     if not t.offload.optimizer:
         return work
-    work = replace(work, cpu_optimizer=True, param_h2d_ns=offload.pcie_ns(shard * prec.param, hw))
-    if offload_per_layer(sc) or not shard:
+    up_params = shard * prec.param if offload.updated_params_cross_pcie(sc) else 0
+    work = replace(work, cpu_optimizer=True, param_h2d_ns=offload.pcie_ns(up_params, hw))
+    if offload.offload_per_layer(sc) or not shard:
         return work
     m = step.microbatches
     grad_b = trainable * prec.grad
@@ -198,7 +190,11 @@ def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, tr
         work,
         grad_d2h_ns=tuple(offload.pcie_ns(down * x / total, hw) for x in sizes),
         grad_h2d_ns=tuple(offload.pcie_ns(up * x / total, hw) for x in sizes) if up else (),
-        accum_ns=offload.pcie_ns(shard * prec.grad / chunks, hw) if m > 1 else 0,
+        accum_ns=(
+            offload.pcie_ns(shard * prec.grad / chunks, hw)
+            if m > 1 and offload.accumulates_through_host(sc)
+            else 0
+        ),  # fmt: skip
     )
 
 
@@ -299,12 +295,14 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     chunks = chunk_durations(sc, step)
     if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
         chunks = _zero3_chunks(sc, step, mem, chunks)
-    if offload_per_layer(sc) and (sc.training.offload.optimizer or sc.training.offload.parameters):
+    if offload.offload_per_layer(sc) and (
+        sc.training.offload.optimizer or sc.training.offload.parameters
+    ):
         chunks = _offload_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
     for sm in mem.stages:
         if sm.paged_bytes:
-            ns = paging_ns(sm.paged_bytes, sc.hardware.pcie_bandwidth_bytes_per_s)
+            ns = offload.pcie_ns(sm.paged_bytes, sc.hardware)  # cudaMemPrefetchAsync over PCIe
             ranks[sm.stage] = replace(ranks[sm.stage], paged_bytes=sm.paged_bytes,
                                       page_out_ns=ns, page_in_ns=ns)  # fmt: skip
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
@@ -326,14 +324,6 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
                          overlapped_fb=step.traits.overlapped_fb,
                          data_parallel=plan)  # fmt: skip
-
-
-def paging_ns(paged_bytes: int, pcie_bytes_per_s: float) -> int:
-    """One way of a paged optimizer's traffic: the evicted state bytes over the GPU's host link
-    (the hardware profile's PCIe rate per direction), ``ceil(1e9 * bytes / rate)`` ns. Unified
-    memory migrates them with the copy engines (``cudaMemPrefetchAsync``, bitsandbytes
-    csrc/pythonInterface.cpp ``cprefetch``), at up to the link's rate."""
-    return ceil(1e9 * paged_bytes / pcie_bytes_per_s)
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

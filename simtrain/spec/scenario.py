@@ -544,6 +544,12 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "training.offload.parameters", "parameter offload needs parallelism.zero_stage "
             f"= 3 (DeepSpeed offload_param is a ZeRO-3 option), not {p.zero_stage}", True,
         )  # fmt: skip
+    if t.offload.optimizer and p.pp > 1 and schedule_traits(p.schedule).steps_every_microbatch:
+        raise ConfigError(
+            file, "training.offload.optimizer", "optimizer offload steps once per mini-batch "
+            f"after the gradients reach the host; parallelism.schedule = {p.schedule} steps after "
+            "every micro-batch (DeepSpeed has no such pipeline): use a flushing schedule", True,
+        )  # fmt: skip
     if t.offload.activations and t.recompute != "full":
         raise ConfigError(
             file, "training.offload.activations", "activation offload moves the checkpoints of "

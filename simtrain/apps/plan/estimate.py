@@ -10,7 +10,7 @@ from simtrain.costs import comm, offload
 from simtrain.costs.comm import ddp_buckets, dp_ns, ep_alltoall_ns, p2p_send_ns, tp_allreduce_ns
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import offload_per_layer, tp_recompute_ns
+from simtrain.costs.workload import tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -88,7 +88,7 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
     if t.offload.parameters:
         passes = 3 if t.recompute == "full" else 2  # forward, backward (and recompute)
         up_ns += m * passes * offload.pcie_ns(s0.params * prec.param / max(p.dp_cp, 1), hw)
-    if t.offload.optimizer and offload_per_layer(sc):
+    if t.offload.optimizer and offload.offload_per_layer(sc):
         fp32 = offload.pcie_ns(shard * offload.FP32_GRAD_BYTES, hw)
         last = (acc + fp32) / max(step.rank_layers(0), 1)
         down_ns = max(m * acc + fp32 - m * backward, last)
@@ -97,11 +97,11 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
         buckets = len(comm.buckets(p.bucket_mb, s0.trainable * prec.grad))
         down = offload.pcie_ns(offload.boundary_grad_bytes(shard, prec.grad, m), hw)
         down_ns = max(down / buckets, down - backward)
-        up_ns += (m - 1) * acc
+        up_ns += (m - 1) * acc if offload.accumulates_through_host(sc) else 0
     out = max(down_ns, up_ns - step_ns, 0.0)
     if t.offload.activations:  # each backward waits for its checkpoints to come back up
         out += m * sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
-    if t.offload.optimizer:
+    if t.offload.optimizer and offload.updated_params_cross_pcie(sc):
         out += offload.pcie_ns(shard * prec.param, hw)
     return out
 

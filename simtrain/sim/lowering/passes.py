@@ -43,7 +43,8 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
         for pos, a in enumerate(actions):
             prev = [("prev", rank, len(groups))] if groups else []
             if a.kind == "OPT" and pos < len(actions) - 1:
-                op = Op(rank, "cpu" if work.cpu_optimizer else "compute", "OPT", f"optimizer step after mb{pos}", work.optimizer_ns,
+                stream = "cpu" if work.cpu_optimizer else "compute"
+                op = Op(rank, stream, "OPT", f"optimizer step after mb{pos}", work.optimizer_ns,
                         prev, work.optimizer_alloc, work.optimizer_free)  # fmt: skip
                 groups.append(Group(None, [op], op))
             if a.kind not in COMPUTE:
