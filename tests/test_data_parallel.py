@@ -205,6 +205,20 @@ def test_transfers_and_loss_against_closed_forms() -> None:
         ["runtime=megatron_lm_2021"],  # no host time modelled
         # short sequences: a replica peaks while its gradients are reduced, not in backward
         ["training.seq_len=128", "training.micro_batch=1", "training.global_batch=4"],
+        # ... with an fp32 accumulation buffer, and with a runtime that reduces in fp32: the
+        # transfers' memory is the memory model's (the plan took a wire size before)
+        [
+            "training.seq_len=128",
+            "training.micro_batch=1",
+            "training.global_batch=4",
+            "training.precision=bf16_fp32_grads",
+        ],
+        [
+            "training.seq_len=128",
+            "training.micro_batch=1",
+            "training.global_batch=4",
+            "runtime=nanotron",
+        ],
     ],
 )
 def test_engine_peaks_match_the_memory_model_on_both_rows(sets: list[str]) -> None:

@@ -263,6 +263,15 @@ def test_nothing_paged_costs_nothing() -> None:
             ),
             ["paged_optimizer", "zero_stage"],
         ),  # fmt: skip
+        (
+            (
+                "cluster.gpus_per_node=2",
+                "parallelism.dp=2",
+                "parallelism.dp_mode=data_parallel",
+                "training.global_batch=20",
+            ),
+            ["paged_optimizer", "data_parallel"],
+        ),  # fmt: skip
         (("training.peft.paged_optimizer=1",), ["training.peft.paged_optimizer"]),
     ],
 )

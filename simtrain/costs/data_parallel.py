@@ -80,10 +80,13 @@ def gpu0_extra_loss_bytes(sc: Scenario, step: ResolvedStep) -> int:
     return gathered_logits_bytes(sc, step) + gpu0_loss_bytes(sc, step)
 
 
-def data_parallel_plan(sc: Scenario, step: ResolvedStep, params: int,
-                       grad_bytes: int) -> DataParallelPlan:  # fmt: skip
+def data_parallel_plan(sc: Scenario, step: ResolvedStep, params: int, trainable: int,
+                       gpu0_grad_bytes: int, replica_grad_bytes: int) -> DataParallelPlan:  # fmt: skip
     """The per-micro-batch transfers and GPU 0's extra work of ``torch.nn.DataParallel``
-    (module docstring), for ``params`` parameters whose gradients take ``grad_bytes``."""
+    (module docstring), for ``params`` parameters of which ``trainable`` have gradients: reduced
+    in their own dtype (``reduce_add_coalesced`` of the replicas' ``.grad``; a framework's
+    reduction dtype does not apply), and held, until the reduction, as the memory model counts
+    them on GPU 0 and on a replica (``StageMemory.reduce_gradient_bytes``)."""
     n, prec = sc.parallelism.dp, step.precision
     tokens = n * step.micro_batch * step.seq_len_effective
 
@@ -101,9 +104,9 @@ def data_parallel_plan(sc: Scenario, step: ResolvedStep, params: int,
         # here, memory-bound like the head's (compute.head_elementwise_bytes).
         loss_ns=round((n - 1) * _mem_ns(fwd + bwd, sc.hardware)),
         scatter_grad_ns=ns("gather", logits),
-        reduce_ns=ns("reduce", grad_bytes),
+        reduce_ns=ns("reduce", trainable * prec.grad),
         gathered_bytes=logits,
         loss_bytes=gpu0_loss_bytes(sc, step),
-        gpu0_grad_bytes=grad_bytes,
-        replica_grad_bytes=grad_bytes,
+        gpu0_grad_bytes=gpu0_grad_bytes,
+        replica_grad_bytes=replica_grad_bytes,
     )

@@ -317,9 +317,10 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     plan = None
     if is_data_parallel(sc):  # GPU 0's loss memory is allocated by the pass's gather and loss
         loss = {}
-        sm = mem.stages[0]
-        grad = sm.trainable * (4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad)
-        plan = data_parallel_plan(sc, step, sm.params, grad)
+        sm, rep = mem.stages[0], mem.replica
+        assert rep is not None
+        plan = data_parallel_plan(sc, step, sm.params, sm.trainable, sm.reduce_gradient_bytes,
+                                  rep.reduce_gradient_bytes)  # fmt: skip
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
                          overlapped_fb=step.traits.overlapped_fb,

@@ -442,6 +442,10 @@ def check_paged_optimizer(s: Scenario, file: str) -> None:
     if p.zero_stage and p.dp_cp > 1:
         raise ConfigError(file, key, "pages whole state tensors of one GPU's optimizer: use "
                           f"parallelism.zero_stage 0, not {p.zero_stage}", True)  # fmt: skip
+    if p.dp_mode == "data_parallel" and p.dp > 1:
+        raise ConfigError(file, key, "is not simulated with parallelism.dp_mode data_parallel "
+                          "(GPU 0 alone holds the states; its reduction moment and the pages "
+                          "are not combined): use dp_mode ddp", True)  # fmt: skip
 
 
 def parse_parallelism(data: Any, file: str) -> ParallelSpec:

@@ -531,6 +531,7 @@ def data_parallel_pass(ir: StepIR) -> None:
     rep_groups: list[Group] = []
     last_rep: Op | None = None
     join: Op | None = None  # what a replica's next compute waits for (broadcast or scatter)
+    last_reduce: Op | None = None
     for g in gpu0.groups:
         a = g.action
         if a is None or a.kind not in COMPUTE:
@@ -590,9 +591,10 @@ def data_parallel_pass(ir: StepIR) -> None:
             rep.append(Op(1, "dp", "REDUCE", f"send grads {g.label}", plan.reduce_ns, both,
                           mine, mine, mb, st))  # fmt: skip
             g.ops.append(reduce)
-            g.done = reduce
-            for op in gpu0.tail:
-                if op.kind == "OPT":
-                    op.deps.append(reduce)
+            g.done = last_reduce = reduce
         rep_groups.append(Group(None, rep, rep[-1], label=g.label))
+    if last_reduce is not None:  # the reductions run in order on GPU 0's "dp" stream
+        for op in gpu0.tail:
+            if op.kind == "OPT":
+                op.deps.append(last_reduce)
     ir.ranks[1] = RankIR(1, rep_groups, [])
