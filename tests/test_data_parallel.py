@@ -237,3 +237,15 @@ def test_a_replica_with_little_activation_peaks_during_the_reduction() -> None:
     at = dict(rep.peak_memory_bytes_by_category)
     assert at["gradients"] == PARAMS * 2 and at["activations"] == 0
     assert rep.peak_memory_bytes == 2 * PARAMS * 2 + rep.category("cuda_context")
+
+
+def test_step_averages_weigh_gpu0_as_one_gpu_of_four() -> None:
+    """GPU 0 is one GPU, the replica row stands for dp − 1 = 3: the bubble ratio is
+    (1 x GPU 0's + 3 x the replica's) / 4, and the per-GPU breakdown still sums to the step."""
+    m = simulate_scenario(load_scenario(SCN)).metrics
+    g0, rep = m.stages
+    assert m.bubble_ratio == pytest.approx((g0.bubble_ratio + 3 * rep.bubble_ratio) / 4)
+    assert g0.bubble_ratio != rep.bubble_ratio  # else the weighting could not show
+    assert sum(v for _, v in m.time_breakdown_s) - dict(m.time_breakdown_s)[
+        "communication_total"
+    ] == pytest.approx(m.step_time_s, rel=1e-6)

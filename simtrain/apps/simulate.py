@@ -71,9 +71,11 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
         timeline = simulate(
             tasks, initial_memory(step, mem), links, rank_labels=rank_labels(step, sc)
         )
-        metrics = step_metrics(
-            step, timeline, model_flops_per_step(sc), hardware_flops_per_step(sc), sc.hardware
-        )
+        rows = None  # torch.nn.DataParallel: GPU 0 stands for 1 GPU, the replica row dp − 1
+        if mem.replica is not None:
+            rows = {rank: sm.gpus for rank, sm in enumerate(mem.gpus)}
+        metrics = step_metrics(step, timeline, model_flops_per_step(sc),
+                               hardware_flops_per_step(sc), sc.hardware, rows)  # fmt: skip
         return SimulationResult(sc, mem, timeline, metrics)
 
 

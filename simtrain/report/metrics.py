@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from simtrain.layout.step import ResolvedStep
@@ -80,11 +81,14 @@ def _exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]]) -> int
     return _union_length(comm + compute) - _union_length(compute)
 
 
-def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
-                 hw: HardwareProfile) -> StepMetrics:  # fmt: skip
+def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float, hw: HardwareProfile,
+                 gpus_per_rank: Mapping[int, int] | None = None) -> StepMetrics:  # fmt: skip
     """Metrics of one step from its timeline: ``mf`` model FLOPs (no recompute) and ``hf``
     hardware FLOPs (recompute included) per step over all GPUs, ``hw`` for the dense peak of
-    the compute dtype."""
+    the compute dtype. The bubble ratio and the per-GPU time breakdown average the simulated
+    ranks, each weighted by the GPUs it stands for (``gpus_per_rank``; default: equally, as
+    every pipeline stage has its tp x dp x cp GPUs; under torch.nn.DataParallel GPU 0 is 1 GPU
+    and the replica row dp − 1)."""
     window_ns = tl.makespan_ns
     gpus = step.gpus
     peak = hw.compute_peak(step.precision.compute_dtype)
@@ -100,22 +104,23 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
     stages = []
     sums = {"compute": 0, "recompute": 0, "optimizer": 0, "communication_exposed": 0,
             "communication_total": 0, "host_exposed": 0, "bubble": 0}  # fmt: skip
+    weight = {g: (gpus_per_rank or {}).get(g, 1) for g in tl.ranks}
     for g in tl.ranks:
-        t = per_gpu[g]
+        t, w = per_gpu[g], weight[g]
         busy, work, rec, opt = t.busy, t.work, t.recompute, t.optimizer
         exposed, host_exposed, comm_iv = t.exposed, t.host_exposed, t.comm_iv
         idle = makespan_ns - busy
-        sums["compute"] += work
-        sums["recompute"] += rec
-        sums["optimizer"] += opt
-        sums["communication_exposed"] += exposed
-        sums["communication_total"] += sum(e - s for s, e in comm_iv)
-        sums["host_exposed"] += host_exposed
-        sums["bubble"] += idle - exposed - host_exposed - t.cpu_exposed
+        sums["compute"] += w * work
+        sums["recompute"] += w * rec
+        sums["optimizer"] += w * opt
+        sums["communication_exposed"] += w * exposed
+        sums["communication_total"] += w * sum(e - s for s, e in comm_iv)
+        sums["host_exposed"] += w * host_exposed
+        sums["bubble"] += w * (idle - exposed - host_exposed - t.cpu_exposed)
         mem_peak = tl.peak_memory_bytes(g)
         stages.append(StageMetrics(g, busy / 1e9, idle / makespan_ns if makespan_ns else 0.0,
                                    exposed / 1e9, mem_peak))  # fmt: skip
-    n = max(len(tl.ranks), 1)
+    n = max(sum(weight.values()), 1)
     breakdown = tuple((k, v / n / 1e9) for k, v in sums.items())
     return StepMetrics(
         step_time_s=step_s,
@@ -123,7 +128,11 @@ def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float,
         samples_per_s=step.global_batch / step_s if step_s else 0.0,
         mfu=mf / (step_s * gpus * peak) if step_s else 0.0,
         tflops_per_gpu=hf / (step_s * gpus) / 1e12 if step_s else 0.0,
-        bubble_ratio=sum(s.bubble_ratio for s in stages) / n,
+        bubble_ratio=(
+            sum(s.bubble_ratio for s in stages) / n
+            if gpus_per_rank is None
+            else sum(weight[s.stage] * s.bubble_ratio for s in stages) / n
+        ),
         stages=tuple(stages),
         time_breakdown_s=breakdown,
         model_flops_per_step=mf,
