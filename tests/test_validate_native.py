@@ -84,7 +84,7 @@ def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
     FILE --gpus N --set ...``) load as the very scenario validate simulates."""
     tr = _translation(rid)
     native = tr.native
-    assert isinstance(native, NativeConfig) and native.kind == IMPORTER_OF[tr.record.source_key]
+    assert isinstance(native, NativeConfig) and native.kind == importer_of(tr.record)
     flags = tmp_path / f"{rid}.flags"
     flags.write_text(native.file_text())
     out = tmp_path / "imported.yaml"
@@ -121,7 +121,7 @@ def test_validate_scenario_is_the_deepspeed_import_of_the_records_ds_config(rid:
 
 def test_every_record_of_an_importer_family_goes_through_it() -> None:
     """Each record that translates carries its native configuration exactly when its family
-    has an importer, and every such configuration imports with nothing left unsimulated."""
+    has an importer or it carries its own arguments (the count: every such record, once)."""
     through = 0
     for rec in RECORDS.values():
         tr = translate(rec)
@@ -197,3 +197,25 @@ def test_a_records_architecture_reaches_the_megatron_importer_as_flags() -> None
         "interleaved", 2, 1, True)  # fmt: skip
     # --bf16: Megatron reduces the gradients in fp32 (the importer's reading)
     assert tr.scenario.runtime.grad_reduce_dtype == "fp32"
+
+
+SIMUMAX = "simumax_b200_deepseekv3_l4_tp1_ep4_pp2_dp4_mbc8_cef"
+
+
+def test_a_record_with_its_own_arguments_goes_through_their_importer() -> None:
+    """The arguments' kind decides, not the family: the same record under a family of
+    translate.py's own path (bloom) is still read by the Megatron importer, MoE and all."""
+    rec = replace(RECORDS[SIMUMAX], source_key="bloom")
+    assert importer_of(rec) == "megatron"
+    tr = translate(rec)
+    assert isinstance(tr, Translation) and tr.native is not None
+    assert tr.scenario.model.num_experts == 256 and tr.scenario.parallelism.ep == 4
+
+
+def test_a_record_whose_sections_contradict_its_arguments_is_refused() -> None:
+    """The arguments ran; sections that say another layout (tp 2 x dp 2 where the arguments
+    give tp 1 x dp 4) are a skip naming native.args, never a silent pick of one of them."""
+    rec = RECORDS[SIMUMAX]
+    bad = replace(rec, parallelism={**rec.parallelism, "tp": 2, "dp": 2})
+    out = translate(bad)
+    assert isinstance(out, SkipReason) and "native.args" in out.reason

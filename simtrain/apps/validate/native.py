@@ -34,10 +34,12 @@ Megatron-Core r0.8.0 (``megatron_core``, 3), NeMo 24.07 (``nemo``, 4) and Megatr
 (``megatron_bridge``, 4) go through the Megatron importer too, with Megatron-Core's readings
 (fp32 gradient reduction and buffer under --bf16, the default DDP bucket with
 --overlap-grad-reduce, the vocabulary padded to a multiple of 128 x tp; Megatron-Bridge's 405B
-recipe's --account-for-embedding/loss-in-pipeline-split from ``splits.pipeline_split``). Moving
-them here changed their figures (validate --by family, MAPE %): megatron_core TFLOP/s 19.0 ->
-19.6, nemo tokens/s 10.6 -> 9.6 and TFLOP/s 7.7 -> 8.6, megatron_bridge tokens/s 4.5 -> 3.5 and
-TFLOP/s 20.6 -> 21.4; fit verdicts unchanged.
+recipe's --account-for-embedding/loss-in-pipeline-split from ``splits.pipeline_split``).
+
+A record may carry its run's own arguments (``Record.native``: SimuMax's B200 runs,
+``measured/simumax_b200.yaml``, 43): they go to their importer as launched, whatever the
+family, with only the record id and the hardware laid over; the record's sections must agree
+with them on layout and batch (:func:`_agree`).
 
 On ``translate.py``'s own path: BLOOM (``bloom``, ``bloom_chronicles``:
 Megatron-DeepSpeed's BF16 optimizer is not Megatron's --bf16 rule, and DeepSpeed's partition
@@ -75,7 +77,6 @@ IMPORTER_OF: dict[str, str] = {
     "megatron_readme": "megatron",
     "megatron_v1_blog": "megatron",
     "mtnlg": "megatron",
-    "simumax_b200": "megatron",  # records with their own arguments (Record.native)
     "megatron_core": "megatron",  # Megatron-Core r0.8.0, NeMo, Megatron-Bridge: Megatron-Core
     "nemo": "megatron",
     "megatron_bridge": "megatron",
@@ -96,7 +97,10 @@ _FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 
 
 def importer_of(rec: Record) -> str | None:
-    """The importer kind a record goes through, None for translate.py's own path."""
+    """The importer kind a record goes through (the kind of its own arguments when it carries
+    them, ``Record.native``), None for translate.py's own path."""
+    if rec.native:
+        return str(rec.native["kind"])
     return IMPORTER_OF.get(rec.source_key)
 
 
@@ -398,7 +402,7 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     id as the name, the hardware profile, the runtime of the framework the source ran (when not
     the importer's), the model keys and the precision no flag gives, and the source's loss kernel
     and layer split. The importer's readings and what it did not simulate go to ``notes``."""
-    sets = [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
+    sets = _base_sets(rec, profile)
     have = imp.data["model"]
     sets += [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in have]
     t = imp.data["training"]
@@ -415,9 +419,32 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
         notes.append(f"runtime {name}: the framework the source ran "
                      f"({imp.data['runtime']['name']} flags)")  # fmt: skip
         sets.append(f"runtime.name={name}")
+    _importer_notes(imp, notes)
+    return sets
+
+
+def _base_sets(rec: Record, profile: str) -> list[str]:
+    """What no framework configuration says of a record: its id as the name, and its GPU's
+    hardware profile."""
+    return [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
+
+
+def _importer_notes(imp: Imported, notes: list[str]) -> None:
+    """The importer's readings and what it did not simulate, as the record's assumptions."""
     notes.extend(f"{imp.kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
     notes.extend(f"{imp.kind}, not simulated: {u}" for u in imp.unsupported)
-    return sets
+
+
+def _agree(rec: Record, imp: Imported, layout: tuple[int, int, int, int],
+           batch: tuple[int, int]) -> None:  # fmt: skip
+    """A record's own arguments are what ran; its sections only describe them: a layout or batch
+    that differs is an error naming both (the GPU count is taken from the sections)."""
+    par, t = imp.data["parallelism"], imp.data["training"]
+    got = (par["tp"], par["pp"], par["dp"], par.get("cp", 1), t["global_batch"], t["micro_batch"])
+    want = (*layout, *batch)
+    if got != want:
+        raise ConfigError(rec.id, "native.args", "its tp, pp, dp, cp, global and micro batch "
+                          f"{got} differ from the record's sections {want}")  # fmt: skip
 
 
 def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
@@ -444,16 +471,17 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     the configuration (:func:`megatron_flags`, :func:`nanotron_config`) through the importer
     ``simtrain import`` runs, with the overrides of :func:`overlay` applied as its ``--set``
     applies them."""
-    kind = IMPORTER_OF[rec.source_key]
+    kind = importer_of(rec)
+    assert kind is not None
     tp, pp, dp, cp = layout
     gpus = tp * pp * dp * cp
     config: Any
     if rec.native:  # the run's own arguments: read as launched; only name and GPU laid over
         config = tuple(shlex.split(rec.native["args"]))
         imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
-        notes.extend(f"{kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
-        notes.extend(f"{kind}, not simulated: {u}" for u in imp.unsupported)
-        sets = [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
+        _agree(rec, imp, layout, batch)
+        _importer_notes(imp, notes)
+        sets = _base_sets(rec, profile)
         return with_overrides(imp, sets), NativeConfig(kind, config, gpus, tuple(sets))
     if kind == "megatron":
         config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))

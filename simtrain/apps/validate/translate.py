@@ -3,8 +3,10 @@ batch, precision and recompute texts, with the source convention's defaults wher
 what simtrain cannot express is a :class:`~simtrain.apps.validate.records.SkipReason`). A record
 of a family with an importer (``native.IMPORTER_OF``) is then written as its framework's own
 configuration and read by that importer, the code ``simtrain import`` runs (``native.py``); the
-other families (llm-foundry FSDP, Transformers, BLOOM's Megatron-DeepSpeed, Megatron-Core and the
-papers' tables: listed in ``native.py``) are mapped to the scenario here. Defaults and readings
+other families (llm-foundry FSDP, Transformers, BLOOM's Megatron-DeepSpeed and the papers'
+tables: listed in ``native.py``) are mapped to the scenario here. A record that carries its
+run's own arguments (``Record.native``) is read from them: its sections only name the GPU
+count and must agree with the arguments. Defaults and readings
 are listed as assumptions."""
 
 from __future__ import annotations
@@ -142,8 +144,6 @@ def read_precision(text: str | None) -> tuple[str | None, str]:
         return t.strip(), ""
     if FP8_TEXT.search(t):
         return next(name for pattern, name in FP8_RECIPES if pattern.search(t)), ""
-    if t.strip() in PRECISIONS:  # simtrain's own names (bf16_fp32_grads, bf16_pure, ...)
-        return t.strip(), ""
     if "not stated" in t or not _FORMAT_WORD.search(t):
         return None, f"{UNSTATED}: no fp32, fp16, bf16 or 16-bit in the text"
     amp = re.search(r"\bamp\b", t) is not None and "no amp" not in t
@@ -317,15 +317,18 @@ def _scenario_data(
         raise _NotExpressible(f"measured.flops_convention {fc!r}: not one of "
                               f"{', '.join(FLOP_CONVENTIONS)}")  # fmt: skip
     profile, capacity_known = _hardware(rec.hardware, notes)
-    model, seq = _model(rec.model, conv, notes)
-    tp, pp, dp, cp = _layout(rec.parallelism, rec.hardware, notes)
-    B, b = _batch(rec.training, seq, pp, dp, notes)
-    training = _training(rec.training, conv, notes)
+    # A record with its run's own arguments is read from them: the defaults its sections would
+    # need are not assumptions of the run (``native._agree`` checks layout and batch)
+    said = [] if rec.native else notes
+    model, seq = _model(rec.model, conv, said)
+    tp, pp, dp, cp = _layout(rec.parallelism, rec.hardware, said)
+    B, b = _batch(rec.training, seq, pp, dp, said)
+    training = _training(rec.training, conv, said)
     if cp > 1 and not model.get("flash_attention"):
         model["flash_attention"] = True
-        notes.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
-                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
-    par = _implied_parallelism(rec.parallelism, conv, notes)
+        said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
+                    "context-parallel attention run the flash / fused kernels)")  # fmt: skip
+    par = _implied_parallelism(rec.parallelism, conv, said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     if importer_of(rec) is not None:
         try:
