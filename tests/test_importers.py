@@ -365,7 +365,9 @@ def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
     for w in ("--fp8-format hybrid --fp8-recipe blockwise", "--cp-comm-type a2a", "--moe-layer-freq 2",
-              "--frobnicate 3: not a flag this importer knows"):  # fmt: skip
+              "--frobnicate 3: not a flag this importer knows",
+              # no dispatcher flag: Megatron-Core's default allgather (transformer_config.py)
+              "--moe-token-dispatcher-type allgather"):  # fmt: skip
         assert w in listed, listed
     assert "--moe-aux-loss-coeff" in imp.no_effect  # routing losses: no FLOPs or bytes
     model = load_imported(imp).model
@@ -377,7 +379,7 @@ def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     r = invoke("import", "megatron", str(f), "--gpus", "8")
     assert r.exit_code == 0 and "warning: not simulated: --frobnicate 3" in r.stderr
     r = invoke("import", "megatron", str(f), "--gpus", "8", "--strict")
-    one_line_error(r, "--cp-comm-type a2a", "not simulated (--strict)", "(and 3 more)")
+    one_line_error(r, "--cp-comm-type a2a", "not simulated (--strict)", "(and 4 more)")
     # selective_ac_option "op" is simulated (selective_op); an every-2nd-layer option is not
     every2 = tmp_path / "every2.toml"
     every2.write_text(

@@ -359,6 +359,17 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     cap = f.float_("--moe-expert-capacity-factor")
     if cap:
         out["capacity_factor"] = cap
+    # What changes the bytes or the FLOPs simtrain counts: the dispatcher (simtrain's is the
+    # all-to-all one, MoEAlltoAllTokenDispatcher) and padding every expert to its capacity
+    # (simtrain computes the routed tokens; the same when the capacity factor is 1)
+    # default: core/transformer/transformer_config.py l.891 (d98e8a64), "allgather"
+    dispatcher = f.value("--moe-token-dispatcher-type") or "allgather"
+    if dispatcher != "alltoall":
+        r.unsupported_(f"--moe-token-dispatcher-type {dispatcher}", "simulated as the "
+                       "all-to-all dispatcher")  # fmt: skip
+    if f.bool_("--moe-pad-expert-input-to-capacity") and cap and cap > 1:
+        r.unsupported_("--moe-pad-expert-input-to-capacity", f"experts padded to capacity "
+                       f"factor {cap}: simulated at the routed tokens")  # fmt: skip
     return out
 
 
@@ -697,7 +708,8 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
 def _finish(f: Flags, r: Reading, raw: dict[str, str | bool]) -> None:
     """Every flag not read: no effect, or not simulated (MoE flags as one entry)."""
     moe = [x for x in f.leftover() if x.startswith("--moe-")]
-    if moe:  # routing policy, aux losses, dispatcher choice: the FLOPs and bytes do not change
+    if moe:  # routing policy, aux losses, fusions: the FLOPs and bytes do not change (the
+        # dispatcher and capacity padding, which do, are read in _moe)
         f.has(*moe)
         for x in moe:
             r.ignore(x)
