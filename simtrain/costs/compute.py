@@ -470,14 +470,16 @@ def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
     return trainable // (p.dp_cp if p.zero_stage >= 1 else 1)
 
 
-def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile) -> int:
+def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile,
+                      host_ranks: int = 1) -> int:  # fmt: skip
     """Optimizer step: memory-bound over the GPU's trainable parameters
     (:func:`optimizer_bytes_per_param` at HBM bandwidth x ``efficiency.optimizer``). Offloaded:
-    DeepSpeed CPU-Adam at ``cpu_adam_params_per_s`` on the host (Ren et al. 2021, ZeRO-Offload
-    §4); its PCIe copies are tasks of their own (``costs.offload``, ``passes.offload_pass``)."""
+    DeepSpeed CPU-Adam on the host (Ren et al. 2021, ZeRO-Offload §4), whose
+    ``cpu_adam_params_per_s`` the node's ``host_ranks`` GPUs share (:func:`offload.cpu_adam_ns`);
+    its PCIe copies are tasks of their own (``costs.offload``, ``passes.offload_pass``)."""
     n = trainable_params_per_gpu
     if t.offload.optimizer:
-        return cpu_adam_ns(n, hw)
+        return cpu_adam_ns(n, hw, host_ranks)
     eff = hw.efficiency.optimizer or hw.efficiency.memory_bound  # rounded up: chunk_costs
     return math.ceil(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
 

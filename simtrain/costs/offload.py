@@ -54,9 +54,14 @@ def pcie_ns(nbytes: float, hw: HardwareProfile) -> int:
     return math.ceil(1e9 * nbytes / hw.pcie_bandwidth_bytes_per_s) if nbytes > 0 else 0
 
 
-def cpu_adam_ns(params: int, hw: HardwareProfile) -> int:
-    """DeepSpeedCPUAdam over ``params`` parameters at the profile's ``cpu_adam_params_per_s``."""
-    return math.ceil(1e9 * params / hw.cpu_adam_params_per_s) if params > 0 else 0
+def cpu_adam_ns(params: int, hw: HardwareProfile, host_ranks: int = 1) -> int:
+    """DeepSpeedCPUAdam over ``params`` parameters: ``cpu_adam_params_per_s`` is the node's
+    host (the profiles' two sockets; ``simtrain calibrate`` measures one process on all cores),
+    shared by the ``host_ranks`` GPUs of the node whose ranks step at the same time (each
+    DeepSpeed rank runs its own CPU-Adam on its partition after the same boundary):
+    ``params x host_ranks / rate``."""
+    rate = hw.cpu_adam_params_per_s / max(host_ranks, 1)
+    return math.ceil(1e9 * params / rate) if params > 0 else 0
 
 
 def boundary_grad_bytes(shard: int, grad_bytes: int, microbatches: int) -> int:

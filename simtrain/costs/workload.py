@@ -138,7 +138,10 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp)
     edp = p.dp // p.ep
     z = p.zero_stage
-    work = replace(work, optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware))
+    work = replace(
+        work,
+        optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware, sc.cluster.gpus_per_node),
+    )
     grad = exp * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
         return work
@@ -232,7 +235,11 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
-    work = RankWork(optimizer_ns=optimizer_step_ns(optimizer_shard(trainable, p), t, sc.hardware))
+    work = RankWork(
+        optimizer_ns=optimizer_step_ns(
+            optimizer_shard(trainable, p), t, sc.hardware, sc.cluster.gpus_per_node
+        )
+    )
     if p.dp_cp == 1 or not grad_bytes or p.dp_mode == "data_parallel":
         return work  # gradients are reduced over dp x cp; DataParallel's: data_parallel_pass
     if p.dp_mode == "naive":

@@ -65,7 +65,9 @@ class HardwareProfile:
     oversubscription: float  # leaf-to-spine oversubscription ratio of the fat tree (1 = full)
     cuda_context_bytes: int
     host_memory_bytes: int  # per node
-    cpu_adam_params_per_s: float  # CPU optimizer throughput for offload (DeepSpeed CPUAdam)
+    # CPU optimizer throughput for offload (DeepSpeed CPUAdam) of the node's host, shared by the
+    # GPUs of the node that step at once (costs.offload.cpu_adam_ns)
+    cpu_adam_params_per_s: float
     efficiency: Efficiency
     source_file: str = ""
     # How NCCL runs on this machine (the ``collectives:`` section; costs.collectives.nccl_time_s):

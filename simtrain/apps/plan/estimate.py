@@ -64,7 +64,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     step_ns = _pipeline_ns(sc, step, ranks)
     t, p = sc.training, sc.parallelism
     s0 = stages[0]
-    opt_ns = optimizer_step_ns(optimizer_shard(s0.trainable, p), t, sc.hardware)
+    opt_ns = optimizer_step_ns(
+        optimizer_shard(s0.trainable, p), t, sc.hardware, sc.cluster.gpus_per_node
+    )
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns)
     return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
