@@ -88,15 +88,21 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
            strict: bool) -> None:  # fmt: skip
     """Memory per GPU by category, per pipeline stage; does it fit? If not, the cheapest changes
     that would make it fit."""
+    from simtrain.apps.simulate import probe_phase_memory
     from simtrain.costs.memory import estimate_memory
-    from simtrain.report.tables import dumps, memory_table
+    from simtrain.report.tables import dumps, memory_table, probe_phase_note
     from simtrain.spec.scenario import load_scenario
 
     sc = load_scenario(scenario, overrides)
     rep = estimate_memory(sc)
-    fits = rep.fits
+    probe = probe_phase_memory(sc)  # LP-FT: both phases must fit
+    fits = rep.fits and (probe is None or probe.fits)
     if as_json:
-        click.echo(dumps(rep.to_json()), nl=False)
+        doc = rep.to_json()
+        if probe is not None:
+            doc["probe_phase"] = {"peak_memory_bytes": probe.peak_memory_bytes,
+                                  "fits": probe.fits}  # fmt: skip
+        click.echo(dumps(doc), nl=False)
     else:
         if explain:
             from simtrain.report.explain import explain_memory
@@ -104,14 +110,8 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
             click.echo("\n".join(explain_memory(sc, rep)))
             click.echo("")
         click.echo(memory_table(rep))
-        if sc.training.peft.two_phase:
-            from simtrain.apps.simulate import lp_ft_phases
-
-            probe = estimate_memory(lp_ft_phases(sc)[0][2])
-            click.echo(f"LP-FT: the finetune phase's memory above; the probe phase peaks at "
-                       f"{probe.peak_memory_bytes / 2**30:,.2f} GiB"
-                       f" ({'fits' if probe.fits else 'does not fit'})")  # fmt: skip
-            fits = fits and probe.fits
+        if probe is not None:
+            click.echo(probe_phase_note(probe))
         _fit_advice(scenario, overrides, fits)
     _strict_exit(strict, fits)
 

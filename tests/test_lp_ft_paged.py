@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from math import ceil
 from pathlib import Path
 
@@ -301,3 +302,18 @@ def test_cli_shows_both_phases_and_the_paging(tmp_path: Path) -> None:
         main, ["memory", str(QLORA), "--strict", "--set", "training.peft.paged_optimizer=false"]
     )
     assert plain.exit_code == 3 and "does not fit" in plain.output
+
+
+def test_memory_json_and_strict_see_both_phases(tmp_path: Path) -> None:
+    """``simtrain memory --json`` names the probe phase's peak too, and --strict's exit code is
+    the same with and without --json (both phases must fit)."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    out = CliRunner().invoke(main, ["memory", str(LP_FT), "--json"])
+    assert out.exit_code == 0, out.output
+    probe = json.loads(out.output)["probe_phase"]
+    assert probe["fits"] and probe["peak_memory_bytes"] > 0
+    text = CliRunner().invoke(main, ["memory", str(LP_FT)])
+    assert f"the probe phase peaks at {probe['peak_memory_bytes'] / 2**30:,.2f} GiB" in text.output

@@ -109,6 +109,14 @@ def lp_ft_phases(sc: Scenario) -> tuple[tuple[str, int, Scenario], ...]:
     )
 
 
+def probe_phase_memory(sc: Scenario) -> MemoryReport | None:
+    """The probe phase's memory of a two-phase LP-FT scenario (the finetune phase is the
+    scenario's own estimate), None for any other scenario."""
+    if not sc.training.peft.two_phase:
+        return None
+    return estimate_memory(lp_ft_phases(sc)[0][2])
+
+
 def simulate_lp_ft(sc: Scenario, detail: bool = True) -> PhasedResult:
     """Simulate one step of each LP-FT phase of ``sc`` (``peft.two_phase``) and cost the run:
     each phase's steps x its step time, tokens and GPU-hours, their sums, and the peak memory

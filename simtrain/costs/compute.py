@@ -290,7 +290,8 @@ def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
 
 
-def _mem_ns(n_bytes: float, hw: HardwareProfile) -> float:
+def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
+    """Element-wise work: ``n_bytes`` at HBM bandwidth x ``efficiency.memory_bound``, in ns."""
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
 
 
@@ -347,21 +348,21 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     if prec.gemm_dtype:
         return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd))
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
-    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g) + _mem_ns(ew, hw)
-    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0) + _mem_ns(ew_bwd, hw)
+    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g) + memory_bound_ns(ew, hw)
+    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0) + memory_bound_ns(ew_bwd, hw)
     g_w = g if w_f and base_trainable(t.peft.method, t.peft.phase) else 0.0
     w_ns = _matmul_ns(w_f, hw, dtype, g_w)
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = _matmul_ns(rec_f, hw, dtype, g) + _mem_ns(bf.elementwise_bytes_fwd, hw)
+        rec_ns = _matmul_ns(rec_f, hw, dtype, g) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + _mem_ns(bf.elementwise_bytes_fwd, hw)
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
@@ -405,15 +406,15 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
                                 sc.parallelism.tp, microbatches(t, sc.parallelism))  # fmt: skip
     cast_f, cast_b = layers * cast_f, (layers * cast_b if grad else 0.0)
     fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
-              + _mem_ns(ew[0] + cast_f, hw))  # fmt: skip
+              + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
     i_ns = (_matmul_ns(i_f - lin_i, hw, dtype) + _matmul_ns(lin_i, hw, gemm)
-            + _mem_ns(ew[1] + cast_b, hw))  # fmt: skip
+            + memory_bound_ns(ew[1] + cast_b, hw))  # fmt: skip
     w_ns = _matmul_ns(w_f - lin_w, hw, dtype) + _matmul_ns(lin_w, hw, gemm)
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
         rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
-                  + _mem_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
+                  + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype)
@@ -424,7 +425,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
         share = rec_lin / lin_f if lin_f else 0.0
         rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype) + _matmul_ns(rec_lin, hw, gemm)
-                  + _mem_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
+                  + memory_bound_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0

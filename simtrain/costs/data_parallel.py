@@ -40,7 +40,7 @@ from dataclasses import replace
 
 from simtrain.costs import comm
 from simtrain.costs.activations import loss_saved_bytes, loss_transient_bytes
-from simtrain.costs.compute import _mem_ns, head_elementwise_bytes
+from simtrain.costs.compute import head_elementwise_bytes, memory_bound_ns
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import DataParallelPlan
 from simtrain.spec.scenario import Scenario
@@ -96,13 +96,12 @@ def data_parallel_plan(sc: Scenario, step: ResolvedStep, params: int, trainable:
     logits = gathered_logits_bytes(sc, step)
     fwd, bwd = head_elementwise_bytes(sc.model, sc.training)
     return DataParallelPlan(
-        replicas=n - 1,
         scatter_inputs_ns=ns("gather", TOKEN_ID_BYTES * tokens),
         broadcast_ns=ns("broadcast", params * prec.param),
         gather_ns=ns("gather", logits),
         # GPU 0's head computes its own rows' loss; the other n − 1 replicas' rows it computes
         # here, memory-bound like the head's (compute.head_elementwise_bytes).
-        loss_ns=round((n - 1) * _mem_ns(fwd + bwd, sc.hardware)),
+        loss_ns=round((n - 1) * memory_bound_ns(fwd + bwd, sc.hardware)),
         scatter_grad_ns=ns("gather", logits),
         reduce_ns=ns("reduce", trainable * prec.grad),
         gathered_bytes=logits,

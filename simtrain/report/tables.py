@@ -96,6 +96,14 @@ def _where(s: Any) -> str:
     return {"gpu0": "GPU 0", "replica": "a replica"}.get(s.role, f"stage {s.stage}")
 
 
+def probe_phase_note(probe: MemoryReport) -> str:
+    """The line ``simtrain memory`` adds for a two-phase LP-FT scenario: the probe phase's peak
+    (the table above is the finetune phase's)."""
+    verdict = "fits" if probe.fits else "does not fit"
+    return (f"LP-FT: the finetune phase's memory above; the probe phase peaks at "
+            f"{gib(probe.peak_memory_bytes)} GiB ({verdict})")  # fmt: skip
+
+
 def paging_note(rep: MemoryReport) -> str:
     """A paged optimizer that evicts states: how many, and the peak without paging."""
     paged = max((s.paged_bytes for s in rep.stages), default=0)

@@ -110,14 +110,13 @@ class RankWork:
 @dataclass(frozen=True, slots=True)
 class DataParallelPlan:
     """``torch.nn.DataParallel`` (``costs.data_parallel``): GPU 0 (rank 0) runs the module and
-    drives the replicas; rank 1 stands for each of the ``replicas`` other GPUs. Per micro-batch
+    drives the replicas; rank 1 stands for each of the dp − 1 other GPUs. Per micro-batch
     (one ``DataParallel.forward`` call and its backward), in GPU 0's stream order: scatter the
     inputs, broadcast the parameters, forward on every GPU, gather the outputs, the loss on
     GPU 0, scatter the output gradient, backward on every GPU, reduce the gradients onto GPU 0;
     after the last micro-batch the optimizer step on GPU 0 alone. Durations in ns, bytes the
     transients GPU 0 (``gpu0_*``) and a replica (``replica_grad_bytes``) allocate."""
 
-    replicas: int  # GPUs beside GPU 0 (n − 1)
     scatter_inputs_ns: int
     broadcast_ns: int
     gather_ns: int
