@@ -90,7 +90,7 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         lo, hi = ch.layers
         sm = mem.stages[step.chunk_rank(stage)]
         per_layer = sm.params * prec.param // max(step.rank_layers(sm.stage), 1)
-        grad = 4 if sc.runtime.grad_reduce_dtype == "fp32" else prec.grad
+        grad = wire_grad_bytes(sc, step)
         rs_bytes = sm.trainable * grad // max(hi - lo, 1) // step.v
         flat = sc.runtime.zero3_per_gpu_nic
         out[stage] = replace(
@@ -142,7 +142,7 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
         work,
         optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware, sc.cluster.gpus_per_node),
     )
-    grad = exp * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
+    grad = exp * wire_grad_bytes(sc, step)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
         return work
     op = ("reduce_scatter" if z in (1, 2) and rt.zero_grad_reduction == "reduce_scatter"
@@ -161,6 +161,13 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
                    grad_sync_name=work.grad_sync_name or "EDP grads")  # fmt: skip
 
 
+def wire_grad_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """Bytes per gradient element in the data-parallel reduction (and so in its buckets): 4
+    under a runtime that reduces in fp32 (``runtime.grad_reduce_dtype``), else the gradients'
+    own dtype."""
+    return 4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
 def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, trainable: int,
                  shard: int) -> RankWork:  # fmt: skip
     """Optimizer offload on the rank (``costs.offload``): the CPU step, the updated 16-bit
@@ -176,7 +183,7 @@ def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, tr
     if offload.offload_per_layer(sc) or not shard:
         return work
     m = step.microbatches
-    grad_b = trainable * prec.grad
+    grad_b = trainable * wire_grad_bytes(sc, step)  # the buckets dense_rank_work reduces
     sizes = comm.buckets(p.bucket_mb, grad_b) if grad_b else [1]
     acts = step.schedule[rank]
     bucketable = (len(acts) > 1 and acts[-2].kind in ("B", "W")
@@ -234,7 +241,7 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     or a runtime that does not overlap the reduction: ``runtime.overlap_grad_reduce`` false).
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
-    grad_bytes = trainable * (4 if rt.grad_reduce_dtype == "fp32" else prec.grad)
+    grad_bytes = trainable * wire_grad_bytes(sc, step)
     work = RankWork(
         optimizer_ns=optimizer_step_ns(
             optimizer_shard(trainable, p), t, sc.hardware, sc.cluster.gpus_per_node

@@ -249,9 +249,8 @@ SOURCES: dict[str, SourceConvention] = {
     # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
     # arguments each record carries (read by the Megatron importer as they are); the memory is
     # torch.cuda.max_memory_allocated (no CUDA context), the step time the fastest steady one.
-    "simumax_b200": SourceConvention(
-        "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
-    ),
+    # (no architecture defaults: the arguments say it all)
+    "simumax_b200": SourceConvention("megatron_core_causal", {}),
     # Llama 3 (Llama Team 2024, Table 4): the paper states TFLOPs/GPU and BF16 MFU but not its
     # FLOP formula; simtrain's model FLOPs stand in (the one row is skipped: context parallel).
     "llama3": SourceConvention("simtrain", LLAMA3),
