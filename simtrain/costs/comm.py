@@ -11,7 +11,7 @@ protocol of least predicted time, from the hardware profile's ``collectives:`` s
 from __future__ import annotations
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.moe import a2a_bytes, moe_load
+from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
 
@@ -57,20 +57,40 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
-def ep_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
+def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:
     """One dispatch (or combine) all-to-all of an MoE layer over the expert-parallel group:
     ep consecutive data-parallel ranks (GPU ids tp apart; Megatron-Core's expert grid orders
     tp-ep-dp-pp), each sending its :func:`costs.moe.a2a_bytes` (the busiest rank's, scaled by
     the imbalance), of which (ep−1)/ep leaves the GPU (nccl-tests all-to-all bus bandwidth
     factor (n−1)/n: ``collectives.bus_factor``). Over NVLink inside a node, each GPU's own NIC
-    across nodes (``collectives._all_to_all_multinode_s``). 0 without expert parallelism."""
+    across nodes (``collectives._all_to_all_multinode_s``). 0 without expert parallelism.
+    ``runtime.moe_fp8_dispatch``: the dispatch (not the ``combine``) carries FP8 values;
+    ``runtime.moe_dispatcher: deepep``: :func:`deepep_alltoall_ns`."""
     m, p = sc.model, sc.parallelism
     if not m.is_moe or p.ep <= 1:
         return 0
     # one GPU's tokens: with context parallelism its s/cp of each sequence (cp_rank_training)
     tokens = step.micro_batch * step.seq_len_effective // p.cp
-    size = a2a_bytes(m, tokens, step.precision.act_mm, p.tp, moe_load(m, p.ep))
+    e = step.precision.act_mm
+    if sc.runtime.moe_fp8_dispatch and not combine:
+        e = FP8_DISPATCH_BYTES
+    if sc.runtime.moe_dispatcher == "deepep":
+        return deepep_alltoall_ns(sc, step, tokens, e)
+    size = a2a_bytes(m, tokens, e, p.tp, moe_load(m, p.ep))
     return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.dp_stride)
+
+
+def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_bytes: float) -> int:
+    """One DeepEP dispatch or combine (:func:`costs.moe.deepep_a2a_bytes`): the InfiniBand
+    part through the GPU's own NIC and the NVLink forwarding concurrently (DeepEP overlaps
+    them), plus a latency per other node and one NVLink latency."""
+    m, p = sc.model, sc.parallelism
+    intra, inter = coll.node_links(sc.hardware)
+    g = step.placement.group_gpus_per_node(p.ep, step.groups.dp_stride)
+    nodes = p.ep // g
+    ib, nvl = deepep_a2a_bytes(m, tokens, value_bytes, p.ep, nodes, p.tp, moe_load(m, p.ep))
+    t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
+    return round(1e9 * (t + (nodes - 1) * inter.latency_s + intra.latency_s))
 
 
 def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,

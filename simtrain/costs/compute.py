@@ -346,7 +346,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         ew_bwd += head_bwd if grad else 0.0
     prec = PRECISIONS[t.precision]
     if prec.gemm_dtype:
-        return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd))
+        return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo)
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
     fwd_ns = _matmul_ns(fwd_f, hw, dtype, g) + memory_bound_ns(ew, hw)
     i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0) + memory_bound_ns(ew_bwd, hw)
@@ -385,8 +385,25 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     )
 
 
+def _chunk_cast_bytes(sc: Scenario, layers: int, lo: int | None) -> tuple[float, float]:
+    """(forward, backward) FP8 cast bytes of ``layers`` blocks (:func:`costs.fp8.cast_bytes`),
+    the dense and the MoE ones apart (:func:`chunk_block_flops`)."""
+    m, p = sc.model, sc.parallelism
+    t = cp_rank_training(sc.training, p.cp)
+    prec = PRECISIONS[t.precision]
+    args = (m, prec, sc.hardware.gpu_arch, t.micro_batch * t.seq_len_effective, p.tp,
+            microbatches(t, p))  # fmt: skip
+    if not m.is_moe:
+        f, b = cast_bytes(*args)
+        return layers * f, layers * b
+    dense = m.dense_layers_in(lo, lo + layers) if lo is not None else 0
+    df, db = cast_bytes(*args)
+    mf, mb = cast_bytes(*args, moe=True, ep=p.ep, load=moe_load(m, p.ep))
+    return dense * df + (layers - dense) * mf, dense * db + (layers - dense) * mb
+
+
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
-                     ew: tuple[float, float]) -> StageCosts:  # fmt: skip
+                     ew: tuple[float, float], lo: int | None = None) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
     together (:func:`chunk_block_flops`): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
@@ -402,9 +419,8 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     lin_f = bf.projections
     lin_i = lin_f if grad else 0.0
     lin_w = lin_f if grad and full else 0.0
-    cast_f, cast_b = cast_bytes(m, prec, hw.gpu_arch, t.micro_batch * t.seq_len_effective,
-                                sc.parallelism.tp, microbatches(t, sc.parallelism))  # fmt: skip
-    cast_f, cast_b = layers * cast_f, (layers * cast_b if grad else 0.0)
+    cast_f, cast_b = _chunk_cast_bytes(sc, layers, lo)
+    cast_b = cast_b if grad else 0.0
     fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
     i_ns = (_matmul_ns(i_f - lin_i, hw, dtype) + _matmul_ns(lin_i, hw, gemm)

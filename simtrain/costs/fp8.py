@@ -36,6 +36,7 @@ copy), not a published figure; the simulator charges it as element-wise work.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import ceil
 
 from simtrain.spec.model import ModelSpec
@@ -50,12 +51,73 @@ FWD_QUANTIZERS_PER_GEMM = 3
 BWD_QUANTIZERS_PER_GEMM = 2
 
 
+#: Linear layers whose output is split over TP and whose input is whole (row-parallel: the
+#: reverse); MLA's down-projections are replicated over TP (Megatron-Core
+#: ``multi_latent_attention.py``, ``costs.params``), every other one column-parallel.
+ROW_PARALLEL = ("o", "down")
+REPLICATED = ("q_a", "kv_a")
+
+
 def te_gemm_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:
     """The GEMMs of one TE ``TransformerLayer`` (Megatron-Core's TE spec), as groups of
     simtrain's linear names: ``LayerNormLinear`` QKV, ``Linear`` proj, ``LayerNormMLP`` fc1
-    (gate and up fused for SwiGLU) and fc2."""
+    (gate and up fused for SwiGLU) and fc2. Multi-head latent attention is five TE GEMMs
+    (Megatron-LM d98e8a64 ``megatron/core/models/gpt/gpt_layer_specs.py`` l.246-305,
+    ``transformer/multi_latent_attention.py`` l.115-125): q down (or q), q up, kv down, kv up
+    and proj."""
     fc1 = ("gate", "up") if m.mlp == "swiglu" else ("up",)
+    if m.is_mla:
+        return (*((n,) for n in m.attention_shapes()), fc1, ("down",))
     return (("q", "k", "v"), ("o",), fc1, ("down",))
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm:
+    """One TE GEMM group of a block on one TP rank: its input and output width per token, its
+    weight elements, and the token copies it runs on per token (a routed expert's: k x the
+    busiest EP rank's load)."""
+
+    width_in: int
+    width_out: int
+    weights: int
+    tokens: float = 1.0
+    gemms: int = 1  # GEMMs (one per local expert), each with its own quantizers
+
+
+def _group(shapes: dict[str, tuple[int, int]], g: tuple[str, ...], tp: int,
+           tokens: float = 1.0, copies: int = 1) -> Gemm:  # fmt: skip
+    fi = shapes[g[0]][0]
+    fo = sum(shapes[n][1] for n in g)
+    w = copies * fi * fo
+    if g[0] in REPLICATED:
+        return Gemm(fi, fo, w, tokens, copies)
+    if g[0] in ROW_PARALLEL:
+        return Gemm(fi // tp, fo, w // tp, tokens, copies)
+    return Gemm(fi, fo // tp, w // tp, tokens, copies)
+
+
+def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
+                load: float = 1.0) -> list[Gemm]:  # fmt: skip
+    """The TE GEMM groups of one block (:func:`te_gemm_groups`) on one TP rank. An MoE block
+    (``moe``) has, in place of fc1 and fc2, the routed experts' (TE ``GroupedLinear``: the
+    rank's E/ep local experts' weights, k·load token copies per token) and the shared
+    experts' (one fused MLP of S·f_s)."""
+    shapes = m.linear_weight_shapes()
+    groups = te_gemm_groups(m)
+    out = [_group(shapes, g, tp) for g in groups[:-2]]
+    if not moe:
+        return out + [_group(shapes, g, tp) for g in groups[-2:]]
+    fc1, fc2 = groups[-2], groups[-1]
+    h = m.hidden
+    expert = {n: (h, m.expert_ffn) for n in fc1} | {"down": (m.expert_ffn, h)}
+    local = m.num_experts // ep
+    k = m.experts_per_token * load
+    out += [_group(expert, fc1, tp, k, local), _group(expert, fc2, tp, k, local)]
+    if m.shared_experts:
+        sf = m.shared_experts * m.shared_ffn
+        shared = {n: (h, sf) for n in fc1} | {"down": (sf, h)}
+        out += [_group(shared, fc1, tp), _group(shared, fc2, tp)]
+    return out
 
 
 def is_te(prec: Precision) -> bool:
@@ -81,53 +143,51 @@ def weight_copies(prec: Precision, gpu_arch: str) -> int:
     return 0
 
 
-def _group_weight_elements(m: ModelSpec, tp: int) -> list[int]:
-    shapes = m.linear_weight_shapes()
-    return [sum(shapes[n][0] * shapes[n][1] for n in g) // tp for g in te_gemm_groups(m)]
-
-
-def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1) -> int:
-    """FP8 weight workspaces of one block on one TP rank: each GEMM's weight in
-    :func:`weight_copies` copies plus its fp32 ``scale_inv`` (per-tensor recipes)."""
+def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1,
+                       moe: bool = False, ep: int = 1) -> int:  # fmt: skip
+    """FP8 weight workspaces of one block on one TP rank: each GEMM group's weight in
+    :func:`weight_copies` copies plus its fp32 ``scale_inv`` (per-tensor recipes; a routed
+    experts' group one per local expert, TE ``GroupedLinear`` keeps a quantizer per GEMM)."""
     if not is_te(prec):
         return 0
     copies = weight_copies(prec, gpu_arch)
     inv = 0 if prec.mx_block else _FP32
-    return sum(copies * fp8_copy_bytes(n, prec) + inv for n in _group_weight_elements(m, tp))
+    return sum(copies * fp8_copy_bytes(g.weights, prec) + inv * g.gemms
+               for g in block_gemms(m, tp, moe, ep))  # fmt: skip
 
 
-def scaling_state_bytes(m: ModelSpec, prec: Precision) -> int:
+def scaling_state_bytes(m: ModelSpec, prec: Precision, moe: bool = False, ep: int = 1) -> int:
     """DelayedScaling state of one block: per GEMM 3 forward + 2 backward quantizers, each an fp32
-    scale and ``amax_history`` fp32 rows (quantization.py ``DelayedScalingRecipeState``)."""
+    scale and ``amax_history`` fp32 rows (quantization.py ``DelayedScalingRecipeState``); a
+    routed experts' group has one GEMM per local expert (TE ``GroupedLinear``)."""
     if not prec.amax_history:
         return 0
     per_gemm = (FWD_QUANTIZERS_PER_GEMM + BWD_QUANTIZERS_PER_GEMM) * (prec.amax_history + 1)
-    return len(te_gemm_groups(m)) * per_gemm * _FP32
-
-
-def block_fp8_state_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1) -> int:
-    """What one block adds to a GPU's memory for the whole step under ``prec``."""
-    return weight_cache_bytes(m, prec, gpu_arch, tp) + scaling_state_bytes(m, prec)
+    return sum(g.gemms for g in block_gemms(m, 1, moe, ep)) * per_gemm * _FP32
 
 
 def linear_io_per_token(m: ModelSpec, tp: int = 1) -> list[tuple[int, int, int]]:
     """(input width, output width, weight elements) per token of each linear module of a block on
     one TP rank: column-parallel inputs are the full hidden size, outputs split by ``tp``;
-    row-parallel the reverse (Megatron TP)."""
+    row-parallel the reverse (Megatron TP); MLA's down-projections whole on every rank."""
+    shapes = m.linear_weight_shapes()
     out = []
-    for name, (fi, fo) in m.linear_weight_shapes().items():
-        col = name in ("q", "k", "v", "gate", "up")
-        out.append((fi if col else fi // tp, fo // tp if col else fo, fi * fo // tp))
+    for name in shapes:
+        g = _group(shapes, (name,), tp)
+        out.append((g.width_in, g.width_out, g.weights))
     return out
 
 
 def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: int = 1,
-               microbatches: int = 1) -> tuple[float, float]:  # fmt: skip
+               microbatches: int = 1, moe: bool = False, ep: int = 1,
+               load: float = 1.0) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes of the FP8 casts of one block for one micro-batch of ``tokens``.
 
     TE: each GEMM group's input in forward and its output gradient in backward are read once
     (2 B; twice with current scaling, whose amax pass reads it first) and written in :func:`weight_copies` FP8 copies; each weight is cast once per step (on
-    the first micro-batch), charged here as 1/``microbatches`` of it to every forward.
+    the first micro-batch), charged here as 1/``microbatches`` of it to every forward. An MoE
+    block (``moe``) casts its routed experts' k·load token copies and local weights
+    (:func:`block_gemms`).
     torchao: per linear module, input and weight cast in forward, grad output twice and input and
     weight again in backward, each cast 5 B per value (amax read 2, cast read 2, write 1)."""
     if not prec.gemm_dtype:
@@ -136,17 +196,12 @@ def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: in
         c = weight_copies(prec, gpu_arch)
         # current scaling reads each tensor once more for its amax before the cast
         src = _SRC * (2 if prec.fp8_recipe == "te_current" else 1)
-        shapes = m.linear_weight_shapes()
         fwd = bwd = 0.0
-        for g in te_gemm_groups(m):
-            fi, _ = shapes[g[0]]
-            col = g[0] != "o" and g[0] != "down"
-            width_in = fi if col else fi // tp
-            width_out = sum(shapes[n][1] for n in g) // tp if col else shapes[g[0]][1]
-            fwd += tokens * width_in * src + c * fp8_copy_bytes(tokens * width_in, prec)
-            bwd += tokens * width_out * src + c * fp8_copy_bytes(tokens * width_out, prec)
-        for n in _group_weight_elements(m, tp):
-            fwd += (n * src + c * fp8_copy_bytes(n, prec)) / microbatches
+        for g in block_gemms(m, tp, moe, ep, load):
+            n_in, n_out = tokens * g.tokens * g.width_in, tokens * g.tokens * g.width_out
+            fwd += n_in * src + c * fp8_copy_bytes(n_in, prec)
+            bwd += n_out * src + c * fp8_copy_bytes(n_out, prec)
+            fwd += (g.weights * src + c * fp8_copy_bytes(g.weights, prec)) / microbatches
         return fwd, bwd
     per = 2 * _SRC + 1  # amax read, cast read, FP8 write
     fwd = bwd = 0.0

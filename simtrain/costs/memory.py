@@ -291,9 +291,10 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
-             n_layers: int, grads_b: int) -> tuple[int, int, int]:  # fmt: skip
+             n_layers: int, grads_b: int, dense_layers: int) -> tuple[int, int, int]:  # fmt: skip
     """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
-    transient working memory of casts, dequantisation, ZeRO-3 gathers and communication."""
+    transient working memory of casts, dequantisation, ZeRO-3 gathers and communication;
+    ``dense_layers`` of the rank's ``n_layers`` blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
@@ -305,9 +306,16 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     if prec.gemm_dtype and n_layers:
         # FP8 weight workspaces and scaling state, per block for the whole step (costs.fp8);
         # under ZeRO-3 TE caches none (FSDP: quantized per use), one block's at a time.
-        cache = weight_cache_bytes(sc.model, prec, sc.hardware.gpu_arch, p.tp)
-        buffers += cache * (1 if z >= 3 and dp > 1 else n_layers)
-        buffers += scaling_state_bytes(sc.model, prec) * n_layers
+        m, arch = sc.model, sc.hardware.gpu_arch
+        moe = n_layers - dense_layers  # the MoE blocks: routed and shared experts' GEMMs
+        cache = weight_cache_bytes(m, prec, arch, p.tp) if dense_layers else 0
+        cache_moe = weight_cache_bytes(m, prec, arch, p.tp, True, p.ep) if moe else 0
+        if z >= 3 and dp > 1:
+            buffers += max(cache, cache_moe)
+        else:
+            buffers += cache * dense_layers + cache_moe * moe
+        buffers += scaling_state_bytes(m, prec) * dense_layers
+        buffers += scaling_state_bytes(m, prec, True, p.ep) * moe
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
     if z >= 3 and (dp > 1 or t.offload.parameters):
@@ -447,7 +455,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # Narayanan et al. 2021 ICML §3.1).
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b
-    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
+    dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(stage))
+             if sc.model.is_moe else n_layers)  # fmt: skip
+    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     loss_b = sum(act.loss_bytes.values())

@@ -30,6 +30,8 @@ load is the mean whatever the imbalance.
 
 from __future__ import annotations
 
+import math
+
 from simtrain.spec.model import ModelSpec
 
 
@@ -123,3 +125,49 @@ def a2a_bytes(m: ModelSpec, tokens: int, e: int, tp: int = 1, load: float = 1.0)
     of ``e`` bytes: ``T/tp · k · h · e · load`` (nccl-tests all-to-all convention: the whole
     per-rank buffer, of which (ep−1)/ep leaves the rank: ``collectives.bus_factor``)."""
     return tokens / tp * m.experts_per_token * m.hidden * e * load
+
+
+#: DeepSeek-V3 §3.3.2 / DeepEP: FP8 dispatch sends 1 B per value plus one fp32 scale per
+#: 1 x 128 tile of the activation.
+FP8_DISPATCH_BYTES = 1 + 4 / 128
+
+
+def distinct_bins(items: int, bins: int, k: int) -> float:
+    """Expected distinct bins that ``k`` of ``items`` drawn without replacement fall in, the
+    items split evenly over ``bins``: ``bins·(1 − C(items − items/bins, k) / C(items, k))``
+    (hypergeometric: the chance a bin gets none of the k)."""
+    if bins <= 1:
+        return float(bins)
+    per = items // bins
+    return bins * (1.0 - math.comb(items - per, k) / math.comb(items, k))
+
+
+def tokens_destinations(m: ModelSpec, ep: int, nodes: int) -> tuple[float, float]:
+    """(nodes, GPUs) of the EP group a token's k routed experts are on, expected: the E experts
+    contiguous over the ep GPUs and ``nodes`` nodes (Megatron-Core's local experts), routing
+    uniform. Group-limited routing (``router_groups`` G, ``router_group_topk`` t) whose groups
+    each lie on one node (G a multiple of the nodes) and span whole GPUs (ep a multiple of G):
+    the token's t groups on :func:`distinct_bins` (G, nodes, t) nodes, taking each chosen
+    group as receiving at least one of the k experts, and its k experts on the t·ep/G GPUs of
+    those groups; otherwise the unlimited draw of k of E experts."""
+    e, k = m.num_experts, m.experts_per_token
+    g, t = m.router_groups, m.router_group_topk
+    if g and g % nodes == 0 and ep % g == 0:
+        x, b = t * e // g, t * ep // g  # the chosen groups' experts and GPUs
+        return distinct_bins(g, nodes, t), distinct_bins(x, b, k)
+    return distinct_bins(e, nodes, k), distinct_bins(e, ep, k)
+
+
+def deepep_a2a_bytes(m: ModelSpec, tokens: int, value_bytes: float, ep: int, nodes: int,
+                     tp: int = 1, load: float = 1.0) -> tuple[float, float]:  # fmt: skip
+    """(InfiniBand, NVLink) bytes one GPU sends in one DeepEP dispatch (or combine) of its
+    T/tp tokens (deepseek-ai/DeepEP README "normal kernels"; DeepSeek-V3 §3.2.2): a token goes
+    once to each destination node, by RDMA to the GPU of its own in-node index, which forwards
+    it once to each destination GPU of that node over NVLink. With D_n destination nodes and
+    D_g destination GPUs (:func:`tokens_destinations`), g = ep/nodes GPUs per node:
+    IB ``T/tp·D_n·(nodes−1)/nodes·h·e``, NVLink ``T/tp·D_g·(g−1)/g·h·e``, both times the
+    busiest rank's ``load``."""
+    d_node, d_gpu = tokens_destinations(m, ep, nodes)
+    g = ep // nodes
+    per = tokens / tp * m.hidden * value_bytes * load
+    return per * d_node * (nodes - 1) / nodes, per * d_gpu * (g - 1) / g

@@ -23,12 +23,12 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
-    a2a = comm.ep_alltoall_ns(sc, step)
+    a2a = comm.ep_alltoall_ns(sc, step) + comm.ep_alltoall_ns(sc, step, combine=True)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
         n = ch.layers
-        ep = 2 * (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
+        ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
         # selective_op replays the whole forward op by op too (cached outputs included).
         host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
         if is_data_parallel(sc):  # one interpreter issues every replica's forward (GIL)
@@ -338,7 +338,17 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
                          overlapped_fb=step.traits.overlapped_fb,
-                         data_parallel=plan)  # fmt: skip
+                         comm_sm_share=comm_sm_share(sc), data_parallel=plan)  # fmt: skip
+
+
+def comm_sm_share(sc: Scenario) -> float:
+    """The share of SMs DeepEP's kernels take from overlapping compute: ``moe_dispatch_sms /
+    sm_count`` (0 without the DeepEP dispatcher or expert parallelism, or when the hardware
+    profile gives no SM count)."""
+    rt, sms = sc.runtime, sc.hardware.sm_count
+    if rt.moe_dispatcher != "deepep" or sc.parallelism.ep == 1 or not sms:
+        return 0.0
+    return min(rt.moe_dispatch_sms, sms - 1) / sms
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

@@ -77,6 +77,9 @@ class HardwareProfile:
     nvls: bool = False
     nccl_protocols: tuple[str, ...] = ()
     nccl_algorithms: tuple[str, ...] = ()  # empty: every algorithm NCCL has for the op
+    # Streaming multiprocessors (compute units); 0 = not given. Communication kernels that run
+    # on SMs (DeepEP) take their share from the compute that overlaps them.
+    sm_count: int = 0
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (one of :data:`DTYPES`)."""
@@ -126,7 +129,7 @@ HW_KEYS = {
     "name", "display_name", "memory_gib", "peak_tflops", "hbm_bandwidth_gb_per_s", "gpus_per_node",
     "intra_node", "pcie_bandwidth_gb_per_s", "nic_bandwidth_gbit_per_s", "inter_node_latency_us",
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
-    "efficiency", "collectives",
+    "efficiency", "collectives", "sm_count",
 }  # fmt: skip
 COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms")
 NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
@@ -251,6 +254,9 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
     if gpn > MAX_GPUS_PER_NODE:
         raise ConfigError(file, "gpus_per_node", f"must be <= {MAX_GPUS_PER_NODE:,}", gpn)
+    sms = data.get("sm_count", 0)
+    if not isinstance(sms, int) or isinstance(sms, bool) or not 0 <= sms <= 2**16:
+        raise ConfigError(file, "sm_count", "must be an integer in 0 .. 65536 (0: not given)", sms)
     for k in ("name", "display_name"):
         if k in data and (not isinstance(data[k], str) or not data[k].strip()):
             raise ConfigError(file, k, "must be a non-empty string", data[k])
@@ -278,6 +284,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         cpu_adam_params_per_s=_num(data, "cpu_adam_params_per_s", file, minimum=1.0, default=1e9),
         efficiency=efficiency,
         source_file=file,
+        sm_count=sms,
         **_collectives(data.get("collectives"), file),
     )
 

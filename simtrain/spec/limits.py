@@ -68,6 +68,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "model.shared_experts": (0, 2**10),
     "model.shared_expert_ffn_hidden": (0, 2**22),
     "model.first_dense_layers": (0, 1024),
+    "model.router_groups": (0, 2**16),  # and divides num_experts
+    "model.router_group_topk": (0, 2**16),  # and <= router_groups
     # MLA (DeepSeek-V3: q_lora_rank 1536, kv_lora_rank 512, head dims 128 / 64 / 128; 1 MTP).
     "model.q_lora_rank": (0, 2**20),
     "model.kv_lora_rank": (0, 2**20),

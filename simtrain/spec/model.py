@@ -82,6 +82,12 @@ class ModelSpec:
     router_score_bias: bool = False
     capacity_factor: float = 0.0
     moe_load_imbalance: float = 1.0
+    # Group-limited routing (DeepSeek-V2 §2.1.3 device-limited, V3 §2.1.2 node-limited; HF
+    # n_group / topk_group, Megatron-Core moe_router_num_groups / moe_router_group_topk,
+    # transformer_config.py l.780-796 at d98e8a64): the experts form router_groups equal
+    # groups and each token's experts come from router_group_topk of them (0 = unlimited).
+    router_groups: int = 0
+    router_group_topk: int = 0
     # Multi-head latent attention (DeepSeek-V2 §2.1, V3 §2.1.1; kv_lora_rank 0 = MHA/GQA): Q
     # from a q_lora_rank latent (0: directly from h), K and V from a kv_lora_rank latent plus a
     # shared qk_rope_head_dim rotary key; per head qk_nope_head_dim + qk_rope_head_dim for Q·K
@@ -353,7 +359,8 @@ PRESETS.update({
         _llama("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840), num_experts=256,
         experts_per_token=8, moe_ffn_hidden=2048, shared_experts=1, first_dense_layers=3,
         router_score_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-        qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1),
+        qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1, router_groups=8,
+        router_group_topk=4),
 })  # fmt: skip
 ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b"}
 

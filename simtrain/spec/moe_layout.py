@@ -10,7 +10,6 @@ from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, check_range
-from simtrain.spec.precision import PRECISIONS
 
 
 def check_moe_layout(s: Any, file: str) -> None:
@@ -19,11 +18,6 @@ def check_moe_layout(s: Any, file: str) -> None:
     divide dp; ``arguments.py``: num_experts % expert_model_parallel_size == 0; with tp > 1,
     ``model_parallel_config.py``: "sequence parallelism must be used")."""
     m, t, p = s.model, s.training, s.parallelism
-    if m.is_mla and PRECISIONS[t.precision].gemm_dtype:
-        ok = " | ".join(n for n, x in PRECISIONS.items() if not x.gemm_dtype)
-        raise ConfigError(file, "training.precision", "FP8 GEMMs of multi-head latent attention "
-                          "are not modelled (costs.fp8 knows the q, k, v, o GEMMs)", t.precision,
-                          ok)  # fmt: skip
     if (m.is_moe or m.is_mla) and t.recompute == "selective_op":
         raise ConfigError(file, "training.recompute", "torchtitan's per-op policy is modelled "
                           "for dense MHA/GQA blocks (costs.op_sac), not MoE or MLA",
@@ -107,6 +101,9 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
             qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
             mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
         )  # fmt: skip
+        if cfg.get("topk_method") in ("group_limited_greedy", "noaux_tc") and cfg.get("n_group"):
+            # DeepseekV3TopkRouter: topk_group of n_group groups (V2: device-limited greedy)
+            out.update(router_groups=int(cfg["n_group"]), router_group_topk=int(cfg["topk_group"]))
     elif kind == "gpt_oss":
         k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token", 4))
         out.update(num_experts=int(cfg.get("num_local_experts", 32)), experts_per_token=int(k),
@@ -118,7 +115,8 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
 ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidden",
                   "shared_experts", "shared_expert_ffn_hidden", "first_dense_layers",
                   "capacity_factor", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                  "qk_rope_head_dim", "v_head_dim", "mtp_layers")  # fmt: skip
+                  "qk_rope_head_dim", "v_head_dim", "mtp_layers", "router_groups",
+                  "router_group_topk")  # fmt: skip
 
 
 def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
@@ -163,6 +161,8 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
                 "shared_experts",
                 "shared_expert_ffn_hidden",
                 "first_dense_layers",
+                "router_groups",
+                "router_group_topk",
             )
             if getattr(spec, f)
         ]
@@ -184,6 +184,13 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
     if not (cf == 0 or 0 < cf <= e / k) or cf != cf:
         raise ConfigError(file, f"{prefix}.capacity_factor", f"must be 0 (dropless) or in "
                           f"(0, num_experts / experts_per_token = {e / k:g}]", cf)  # fmt: skip
+    g, gk = spec.router_groups, spec.router_group_topk
+    if bool(g) != bool(gk) or (g and (e % g or gk > g or gk * (e // g) < k)):
+        key = "router_group_topk" if g and not e % g else "router_groups"
+        raise ConfigError(file, f"{prefix}.{key}", f"group-limited routing needs router_groups "
+                          f"dividing num_experts = {e} and 1 <= router_group_topk <= "
+                          f"router_groups, with top-k = {k} experts in the chosen groups "
+                          "(both 0: unlimited)", getattr(spec, key))  # fmt: skip
     imb = spec.moe_load_imbalance
     if not 1.0 <= imb <= e / k:
         raise ConfigError(file, f"{prefix}.moe_load_imbalance", "busiest expert's tokens over "

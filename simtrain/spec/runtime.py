@@ -33,6 +33,7 @@ DISPATCH_MODES = ("eager", "cuda_graphs")
 MEMORY_REPORTED = ("allocated", "reserved", "nvidia_smi")
 GRAD_REDUCE_DTYPES = ("grad", "fp32")
 ZERO_GRAD_REDUCTIONS = ("reduce_scatter", "all_reduce")
+MOE_DISPATCHERS = ("alltoall", "deepep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,21 @@ class RuntimeProfile:
     # The memory figure the framework's logs report: torch.cuda.max_memory_allocated
     # ("allocated"), max_memory_reserved ("reserved") or the device total ("nvidia_smi").
     memory_reported: str = "allocated"
+    # MoE token dispatch over expert parallelism: "alltoall" (NCCL all-to-all, each token once
+    # per routed expert: Megatron-Core MoEAlltoAllTokenDispatcher) or "deepep" (DeepEP's
+    # dispatch and combine: a token crosses InfiniBand once per destination node, to the GPU
+    # of its own in-node index, and is forwarded to its experts over NVLink; Megatron-Core
+    # --moe-token-dispatcher-type flex, transformer_config.py l.891-898 at d98e8a64;
+    # DeepSeek-V3 §3.2.2). costs.moe.deepep_a2a_bytes.
+    moe_dispatcher: str = "alltoall"
+    # The dispatch carries FP8 activations (1 B and one fp32 scale per 128 values; the combine
+    # stays 16-bit): DeepSeek-V3 §3.3.2; needs an FP8 precision.
+    moe_fp8_dispatch: bool = False
+    # SMs DeepEP's dispatch and combine kernels occupy while they run (DeepEP
+    # ``Buffer.num_sms`` = 20; Megatron-Core moe_deepep_num_sms, "historical default 20",
+    # transformer_config.py l.969-971; DeepSeek-V3 §3.2.2: "only 20 SMs are sufficient"):
+    # compute overlapping them runs on the rest (hardware ``sm_count``).
+    moe_dispatch_sms: int = 20
     source_file: str = ""
 
     @property
@@ -102,13 +118,14 @@ class RuntimeProfile:
 CHOICES: dict[str, tuple[str, ...]] = {
     "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
-    "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
+    "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer")  # fmt: skip
+         "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
-INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
+INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
+        "moe_dispatch_sms": (1, 1024)}  # fmt: skip
 FLOATS = {"host_us_per_op": (0.0, 1e4)}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
 

@@ -499,7 +499,7 @@ def check_layout(s: Scenario, file: str) -> None:
             f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
     uneven = uneven_keys(p)
-    if fixed and (p.layer_split != "uniform" or uneven):
+    if fixed and ((isinstance(p.layer_split, str) and p.layer_split != "uniform") or uneven):
         key = f"parallelism.{uneven[0]}" if uneven else "parallelism.layer_split"
         raise ConfigError(
             file, key, f"{p.schedule} splits the layers evenly over its V of {fixed} x pp "
@@ -703,6 +703,16 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     if runtime.get("tp_comm_overlap") is True and p.tp == 1:
         raise ConfigError(file, "runtime.tp_comm_overlap", "overlaps tensor-parallel "
                           "collectives, but parallelism.tp = 1 has none", True)  # fmt: skip
+    if runtime.get("moe_dispatcher") == "deepep" and p.ep == 1:
+        raise ConfigError(file, "runtime.moe_dispatcher", "dispatches tokens over expert "
+                          "parallelism, but parallelism.ep = 1 has none", "deepep")  # fmt: skip
+    if runtime.get("moe_fp8_dispatch") is True and (
+        p.ep == 1 or not PRECISIONS[s.training.precision].gemm_dtype
+    ):
+        raise ConfigError(file, "runtime.moe_fp8_dispatch", "sends FP8 activations to the "
+                          "experts: needs parallelism.ep > 1 and an FP8 training.precision "
+                          f"(got ep {p.ep}, {s.training.precision})", True,
+                          " | ".join(n for n, x in PRECISIONS.items() if x.gemm_dtype))  # fmt: skip
     if runtime.get("overlap_param_gather") is True and p.zero_stage not in (1, 2):
         raise ConfigError(file, "runtime.overlap_param_gather", "overlaps the all-gather of "
                           "ZeRO-1/2's updated parameters, but parallelism.zero_stage = "

@@ -113,7 +113,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     those of stage 0's first chunk."""
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
-    a2a = ep_alltoall_ns(sc, step)
+    a2a = ep_alltoall_ns(sc, step) + ep_alltoall_ns(sc, step, combine=True)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
     def chunk(k: int) -> tuple[int, bool, bool, int]:
@@ -125,7 +125,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             tp_b = 2 * n * ar if c.input_grad_ns else 0
             tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
             # expert parallelism: dispatch + combine per MoE layer (costs.workload)
-            ep_f = 2 * (n - key[3]) * a2a if sc.model.is_moe else 0
+            ep_f = (n - key[3]) * a2a if sc.model.is_moe else 0
             ep_b = (ep_f if c.input_grad_ns else 0) + (
                 ep_f if sc.training.recompute == "full" else 0
             )

@@ -182,6 +182,10 @@ class LoweringInput:
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
     overlapped_fb: bool = False
+    # Share of the GPU's SMs the overlapped all-to-alls' kernels hold while they run (DeepEP:
+    # spec.runtime moe_dispatch_sms / hardware sm_count; 0: communication on copy engines or
+    # NCCL, not modelled as taking compute).
+    comm_sm_share: float = 0.0
     # torch.nn.DataParallel: GPU 0 and a replica row (``passes.data_parallel_pass``)
     data_parallel: DataParallelPlan | None = None
 

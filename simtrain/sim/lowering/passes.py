@@ -8,6 +8,8 @@ gives the same task ids whatever order passes were written in.
 
 from __future__ import annotations
 
+import math
+
 from simtrain.schedules import Action
 from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, RankWork, StepIR
 from simtrain.sim.lowering.pieces import action_pieces, slice_layer
@@ -315,7 +317,10 @@ def ep_pass(ir: StepIR) -> None:
     by the attention/mlp computation in the backward step, and vice versa"; DeepSeek-V3
     §3.2.1): both actions' all-to-alls start with the pair, the second action's compute starts
     when the first one's ends, and the pair ends when compute and communication both have:
-    with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2."""
+    with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2. When the
+    all-to-all kernels hold a share f of the SMs (``LoweringInput.comm_sm_share``, DeepEP),
+    the pair's compute runs at 1 − f while they do: it takes
+    ``C + min(A·f, C·f/(1 − f))`` (:func:`_sm_shared`)."""
     overlap = ir.inp.overlapped_fb
     for r in ir.ranks.values():
         for i, g in enumerate(r.groups):
@@ -331,6 +336,8 @@ def ep_pass(ir: StepIR) -> None:
                 g.ops[0].deps = [prev.compute_end if d == ("prev", r.rank, i) else d
                                  for d in g.ops[0].deps]  # fmt: skip
                 _overlapped_a2a(r.rank, g, ns, start)
+                if ir.inp.comm_sm_share:
+                    _sm_shared(prev, g, _a2a_ns(ir, prev) + ns, ir.inp.comm_sm_share)
             elif overlap and nxt is not None and _pairs(g, nxt) and _a2a_ns(ir, nxt):
                 # the first of a pair: done (for its sends) when its compute and its A2A are
                 g.compute_end = g.done
@@ -340,6 +347,20 @@ def ep_pass(ir: StepIR) -> None:
                 g.done = Op(r.rank, "collective", "A2A", f"EP all-to-all {g.label}", ns, [last],
                             microbatch=last.microbatch, stage=last.stage)  # fmt: skip
                 g.ops.append(g.done)
+
+
+def _sm_shared(a: Group, b: Group, a2a_ns: int, share: float) -> None:
+    """Lengthen the compute of an overlapped pair ``a``, ``b`` whose all-to-alls take
+    ``a2a_ns`` on ``share`` of the SMs: compute C runs at 1 − share while they run and at
+    full rate after, ``C + min(A·share, C·share/(1 − share))``; each compute op of the pair
+    grows in proportion (rounded up to whole ns)."""
+    ops = [op for g in (a, b) for op in g.ops if op.stream == "compute"]
+    c = sum(op.duration_ns for op in ops)
+    if not c:
+        return
+    scale = 1.0 + min(a2a_ns * share, c * share / (1.0 - share)) / c
+    for op in ops:
+        op.duration_ns = math.ceil(op.duration_ns * scale)
 
 
 def _compute_start(g: Group) -> list:

@@ -1,0 +1,173 @@
+"""DeepSeek-V3's training layout (issue 14's anchor) and the mechanisms it needs: FP8 GEMMs of
+multi-head latent attention, DeepEP's node-deduplicated dispatch with node-limited routing and
+FP8 dispatch, the SMs its kernels take from overlapping compute, and an uneven DualPipeV split.
+Each formula is checked against a closed form written here; the anchor against the technical
+report's published figure (no constant was fitted to it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS
+from simtrain.spec.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+DSV3 = ROOT / "scenarios" / "deepseek_v3_2048gpu.yaml"
+MIXTRAL = ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml"
+
+#: DeepSeek-V3 technical report (arXiv 2412.19437) §1 / Table 1: 180K H800 GPU-hours per
+#: trillion training tokens.
+PUBLISHED_GPU_HOURS_PER_T = 180e3
+
+
+def test_anchor_gpu_hours_per_trillion_tokens_within_20_percent() -> None:
+    """The scenario's layout (2,048 H800, PP 16 DualPipeV, EP 64, FP8, DeepEP) simulated:
+    GPU-hours per 10^12 tokens = 10^12 / tokens_per_s / 3600 x GPUs, within 20 % of 180K."""
+    from simtrain.apps.simulate import simulate_scenario
+
+    sc = load_scenario(DSV3)
+    r = simulate_scenario(sc)
+    gpu_h = 1e12 / r.metrics.tokens_per_s / 3600 * 2048
+    assert abs(gpu_h / PUBLISHED_GPU_HOURS_PER_T - 1) <= 0.20, gpu_h
+
+
+def test_distinct_bins_closed_forms() -> None:
+    from simtrain.costs.moe import distinct_bins
+
+    assert distinct_bins(256, 8, 1) == pytest.approx(1.0)
+    assert distinct_bins(8, 8, 4) == pytest.approx(4.0)  # one item per bin: k bins
+    assert distinct_bins(256, 1, 8) == 1.0
+    # 8 of 256 experts over 8 nodes: 8 (1 - C(224, 8)/C(256, 8))
+    assert distinct_bins(256, 8, 8) == pytest.approx(8 * (1 - math.comb(224, 8) / math.comb(256, 8)))
+
+
+def test_node_limited_routing_reaches_at_most_four_nodes() -> None:
+    """DeepSeek-V3 (n_group 8, topk_group 4) on EP 64 over 8 nodes: each group one node, so a
+    token's experts are on exactly its 4 chosen nodes, and on the 4 x 8 GPUs of those nodes
+    its 8 experts (of their 128) land on 32 (1 - C(124, 8)/C(128, 8)) GPUs; unlimited it would
+    be 8 (1 - C(224, 8)/C(256, 8)) ~ 5.3 nodes."""
+    from simtrain.costs.moe import tokens_destinations
+
+    m = PRESETS["deepseek-v3"]
+    nodes, gpus = tokens_destinations(m, 64, 8)
+    assert nodes == pytest.approx(4.0)
+    assert gpus == pytest.approx(32 * (1 - math.comb(124, 8) / math.comb(128, 8)))
+    free = replace(m, router_groups=0, router_group_topk=0)
+    assert tokens_destinations(free, 64, 8)[0] == pytest.approx(
+        8 * (1 - math.comb(224, 8) / math.comb(256, 8))
+    )
+
+
+def test_deepep_bytes_closed_form() -> None:
+    """IB: T·D_n·(N-1)/N·h·e; NVLink: T·D_g·(g-1)/g·h·e (g = 8 GPUs per node)."""
+    from simtrain.costs.moe import deepep_a2a_bytes, tokens_destinations
+
+    m = PRESETS["deepseek-v3"]
+    d_n, d_g = tokens_destinations(m, 64, 8)
+    ib, nvl = deepep_a2a_bytes(m, 4096, 1.0, 64, 8)
+    assert ib == pytest.approx(4096 * d_n * 7 / 8 * 7168)
+    assert nvl == pytest.approx(4096 * d_g * 7 / 8 * 7168)
+    # one node: nothing crosses InfiniBand
+    assert deepep_a2a_bytes(m, 4096, 2.0, 8, 1)[0] == 0.0
+
+
+def test_fp8_dispatch_halves_the_dispatch_not_the_combine() -> None:
+    """Megatron's all-to-all dispatcher with FP8 dispatch (DeepSeek-V3 §3.3.2): the dispatch
+    carries 1 + 4/128 B per value, the combine 2 B, inside one DGX (pairwise over NVLink)."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    over = ["training.precision=fp8_current", "runtime.name=megatron_core",
+            "runtime.moe_fp8_dispatch=true"]  # fmt: skip
+    sc = load_scenario(MIXTRAL, over)
+    intra, _ = coll.node_links(sc.hardware)
+    tokens = 4096 * 2 * 4096
+    step = resolve(sc)
+    disp = 7 / 8 * tokens * (1 + 4 / 128) / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    comb = 7 / 8 * tokens * 2 / intra.bandwidth_bytes_per_s + 7 * intra.latency_s
+    assert ep_alltoall_ns(sc, step) == round(1e9 * disp)
+    assert ep_alltoall_ns(sc, step, combine=True) == round(1e9 * comb)
+
+
+def test_deepep_sm_share_slows_overlapped_compute_only() -> None:
+    """20 of the H800's 132 SMs: the share is 20/132; the DualPipeV step with it is slower than
+    with the kernels' SMs not counted, by at most A·f over the step (compute C grows by
+    min(A·f, C·f/(1-f)) per pair)."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.workload import comm_sm_share
+
+    sc = load_scenario(DSV3)
+    assert comm_sm_share(sc) == pytest.approx(20 / 132)
+    with_sms = simulate_scenario(sc).metrics.step_time_s
+    tiny = load_scenario(DSV3, ["runtime.moe_dispatch_sms=1"])
+    assert comm_sm_share(tiny) == pytest.approx(1 / 132)
+    assert simulate_scenario(tiny).metrics.step_time_s < with_sms
+
+
+def test_dualpipe_v_explicit_uneven_split() -> None:
+    """61 blocks over DualPipeV's 32 chunks: rank 0 holds chunk 0 (embedding and 1 block) and
+    chunk 31 (1 block and the head); rank 1 chunks 1 and 30."""
+    from simtrain.layout.step import resolve
+
+    step = resolve(load_scenario(DSV3))
+    ch = step.chunks
+    assert [c.layers for c in ch] == [1] + [2] * 29 + [1, 1]
+    assert ch[0].embedding and ch[31].head
+    assert step.rank_layers(0) == 2 and step.rank_layers(1) == 3
+
+
+def test_mla_fp8_cast_bytes_closed_form() -> None:
+    """TE delayed scaling on Hopper, tp 1, one dense DeepSeek-V3 block, T tokens: every GEMM
+    input (forward) and output gradient (backward) read once (2 B) and written in 2 FP8
+    copies (1 B each): 4 B per value; weights 4 B per element. GEMMs: q_a h->1536, q_b
+    1536->128x192, kv_a h->576, kv_b 512->128x256, o 16384->h, fc1 h->2f, fc2 f->h."""
+    from simtrain.costs.fp8 import cast_bytes
+    from simtrain.spec.precision import PRECISIONS
+
+    m = PRESETS["deepseek-v3"]
+    h, f, t = 7168, 18432, 4096
+    gemms = [(h, 1536), (1536, 128 * 192), (h, 576), (512, 128 * 256), (128 * 128, h),
+             (h, 2 * f), (f, h)]  # fmt: skip
+    ins = sum(i for i, _ in gemms)
+    outs = sum(o for _, o in gemms)
+    w = sum(i * o for i, o in gemms)
+    fwd, bwd = cast_bytes(m, PRECISIONS["fp8_delayed"], "hopper", t)
+    assert fwd == 4 * t * ins + 4 * w
+    assert bwd == 4 * t * outs
+
+
+def test_mla_with_fp8_is_accepted_and_faster_than_bf16() -> None:
+    from simtrain.apps.simulate import simulate_scenario
+
+    fp8 = simulate_scenario(load_scenario(DSV3)).metrics.step_time_s
+    bf16 = load_scenario(DSV3, ["training.precision=bf16", "runtime.moe_fp8_dispatch=false"])
+    assert simulate_scenario(bf16).metrics.step_time_s > fp8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["training.precision=bf16"], "runtime.moe_fp8_dispatch"),
+        (["model.router_groups=7"], "model.router_groups"),
+        (["model.router_group_topk=9"], "model.router_group_topk"),
+    ],
+)
+def test_bad_deepseek_options_name_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(DSV3, overrides)
+    assert key in str(ei.value)
+
+
+def test_deepep_without_expert_parallelism_names_both_keys(tmp_path: Path) -> None:
+    text = MIXTRAL.read_text().replace("ep: 8", "ep: 1")
+    text += "runtime: {name: megatron_core, moe_dispatcher: deepep}\n"
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=r"runtime\.moe_dispatcher.*parallelism\.ep"):
+        load_scenario(p)
