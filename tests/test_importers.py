@@ -538,6 +538,25 @@ def test_megatron_moe_flags_import_as_experts_and_ep(tmp_path: Path) -> None:
     one_line_error(r, "--expert-model-parallel-size")
 
 
+def test_megatron_flex_deepep_and_group_routing(tmp_path: Path) -> None:
+    """--moe-token-dispatcher-type flex (DeepEP backend, Megatron's default backend) is runtime
+    moe_dispatcher deepep with --moe-deepep-num-sms as its SMs; --moe-router-num-groups /
+    --moe-router-group-topk are the model's group-limited routing; the allgather dispatcher
+    (Megatron's default) stays listed as not simulated."""
+    f = tmp_path / "moe.txt"
+    f.write_text(BASE + "--bf16 --num-experts 8 --moe-router-topk 2 --expert-model-parallel-size 2 "
+                 "--moe-token-dispatcher-type flex --moe-deepep-num-sms 24 "
+                 "--moe-router-num-groups 4 --moe-router-group-topk 2")  # fmt: skip
+    sc = load_imported(import_config("megatron", f, gpus=8))
+    assert sc.runtime.moe_dispatcher == "deepep" and sc.runtime.moe_dispatch_sms == 24
+    assert (sc.model.router_groups, sc.model.router_group_topk) == (4, 2)
+    g = tmp_path / "ag.txt"
+    g.write_text(BASE + "--bf16 --num-experts 8 --expert-model-parallel-size 2")
+    imp = import_config("megatron", g, gpus=8)
+    assert load_imported(imp).runtime.moe_dispatcher == "alltoall"
+    assert any("allgather" in x for x in imp.unsupported)
+
+
 def test_the_importers_parallel_keys_are_scenario_keys() -> None:
     """Every key an importer may write under ``parallelism`` is a field of the scenario's
     ParallelSpec (the one list both importers filter with: importers.common.PARALLEL_KEYS)."""

@@ -179,6 +179,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
     model = _model(f, r, tp, legacy)
+    _dispatcher(f, r, runtime, bool(model.get("num_experts")))
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
     par = _parallel(f, r, tp, pp, layers, runtime)
@@ -359,18 +360,43 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     cap = f.float_("--moe-expert-capacity-factor")
     if cap:
         out["capacity_factor"] = cap
-    # What changes the bytes or the FLOPs simtrain counts: the dispatcher (simtrain's is the
-    # all-to-all one, MoEAlltoAllTokenDispatcher) and padding every expert to its capacity
-    # (simtrain computes the routed tokens; the same when the capacity factor is 1)
-    # default: core/transformer/transformer_config.py l.891 (d98e8a64), "allgather"
-    dispatcher = f.value("--moe-token-dispatcher-type") or "allgather"
-    if dispatcher != "alltoall":
-        r.unsupported_(f"--moe-token-dispatcher-type {dispatcher}", "simulated as the "
-                       "all-to-all dispatcher")  # fmt: skip
+    # group-limited routing (transformer_config.py l.780-796, d98e8a64)
+    groups, group_topk = f.int_("--moe-router-num-groups"), f.int_("--moe-router-group-topk")
+    if groups and group_topk:
+        out["router_groups"], out["router_group_topk"] = groups, group_topk
+        r.origin("model.router_groups", "--moe-router-num-groups")
+        r.origin("model.router_group_topk", "--moe-router-group-topk")
+    # Padding every expert to its capacity changes the bytes and FLOPs simtrain counts
+    # (simtrain computes the routed tokens; the same when the capacity factor is 1).
     if f.bool_("--moe-pad-expert-input-to-capacity") and cap and cap > 1:
         r.unsupported_("--moe-pad-expert-input-to-capacity", f"experts padded to capacity "
                        f"factor {cap}: simulated at the routed tokens")  # fmt: skip
     return out
+
+
+def _dispatcher(f: Flags, r: Reading, runtime: dict[str, Any], moe: bool) -> None:
+    """The MoE token dispatcher (transformer_config.py l.891-898, 964-971 at d98e8a64;
+    default "allgather"): ``alltoall`` is simtrain's all-to-all dispatcher; ``flex`` with the
+    DeepEP backend (``--moe-flex-dispatcher-backend``, default deepep; or the older
+    ``--moe-enable-deepep``) is runtime ``moe_dispatcher: deepep`` with its SMs
+    (``--moe-flex-dispatcher-num-sms`` / ``--moe-deepep-num-sms``); the others change the
+    bytes simtrain counts and are listed as not simulated."""
+    if not moe:
+        return
+    dispatcher = f.value("--moe-token-dispatcher-type") or "allgather"
+    backend = f.value("--moe-flex-dispatcher-backend") or "deepep"
+    if dispatcher == "flex" and backend == "deepep":
+        runtime["moe_dispatcher"] = "deepep"
+        r.origin("runtime.moe_dispatcher", "--moe-token-dispatcher-type flex")
+        sms = f.int_("--moe-flex-dispatcher-num-sms") or f.int_("--moe-deepep-num-sms")
+        if sms:
+            runtime["moe_dispatch_sms"] = sms
+    elif dispatcher != "alltoall":
+        what = f"{dispatcher}" + (f" ({backend})" if dispatcher == "flex" else "")
+        r.unsupported_(f"--moe-token-dispatcher-type {what}", "simulated as the all-to-all "
+                       "dispatcher")  # fmt: skip
+    if f.bool_("--moe-enable-deepep") and dispatcher != "flex":
+        r.assume("--moe-enable-deepep without --moe-token-dispatcher-type flex: no effect")
 
 
 def layer_pattern(text: str) -> list[int] | None:
