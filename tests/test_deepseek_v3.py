@@ -43,7 +43,9 @@ def test_distinct_bins_closed_forms() -> None:
     assert distinct_bins(8, 8, 4) == pytest.approx(4.0)  # one item per bin: k bins
     assert distinct_bins(256, 1, 8) == 1.0
     # 8 of 256 experts over 8 nodes: 8 (1 - C(224, 8)/C(256, 8))
-    assert distinct_bins(256, 8, 8) == pytest.approx(8 * (1 - math.comb(224, 8) / math.comb(256, 8)))
+    assert distinct_bins(256, 8, 8) == pytest.approx(
+        8 * (1 - math.comb(224, 8) / math.comb(256, 8))
+    )
 
 
 def test_node_limited_routing_reaches_at_most_four_nodes() -> None:
