@@ -784,3 +784,44 @@ def test_plan_with_workers_inside_a_daemonic_process(tmp_path: Path) -> None:
     plan.write_text(yaml.safe_dump(copy.deepcopy(SMALL)))
     with mp.get_context("fork").Pool(1) as pool:
         assert pool.apply(_plan_in_a_daemon, (str(plan),)) == 0
+
+
+def test_moe_plan_searches_the_overlapping_schedules_and_precisions() -> None:
+    """A model with experts and no fixed schedule also tries combined 1F1B (with its virtual
+    stages) and DualPipeV; fixed.precision is searched like any fixed choice, and FP8 on a GPU
+    without an FP8 rate is screened out with check_layout's reason (A100: no fp8 peak)."""
+    from simtrain.apps.plan.screen import layout_scenario
+    from simtrain.spec.scenario import parse_scenario
+
+    plan = _plan(
+        {
+            "name": "moe",
+            "model": {"preset": "mixtral-8x7b", "flash_attention": True},
+            "tokens": 1e12,
+            "training": {"seq_len": 4096, "global_batch": 256, "precision": "bf16",
+                         "optimizer": "adamw"},
+            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0},
+                         {"name": "a100_sxm4_80gb", "price_per_gpu_hour": 2.0}],
+            "gpus": 64,
+            "fixed": {"pp": [4], "tp": [1], "micro_batch": [1], "recompute": ["none"],
+                      "zero_stage": [1], "precision": ["bf16", "fp8_current"]},
+        }
+    )  # fmt: skip
+    layouts = enumerate_layouts(plan, 32, 32, experts=8)
+    scheds = {x.schedule for x in layouts}
+    assert {"combined_1f1b", "dualpipe_v", "1f1b", "interleaved"} <= scheds
+    assert {x.virtual_stages for x in layouts if x.schedule == "combined_1f1b"} == {2}
+    assert {x.precision for x in layouts} == {"bf16", "fp8_current"}
+    lay = next(x for x in layouts if x.schedule == "combined_1f1b" and x.ep == 8
+               and x.precision == "fp8_current" and x.hardware == "h100_sxm5_80gb")  # fmt: skip
+    data = scenario_data(plan, lay)
+    assert data["training"]["precision"] == "fp8_current"
+    sc = parse_scenario(data, "plan.yaml")
+    assert sc.training.precision == "fp8_current" and sc.parallelism.schedule == "combined_1f1b"
+    a100 = next(x for x in layouts if x.hardware == "a100_sxm4_80gb" and x.precision
+                == "fp8_current")  # fmt: skip
+    base = parse_scenario(scenario_data(plan, a100._replace(precision="bf16")), "plan.yaml")
+    with pytest.raises(ConfigError, match="training.precision"):
+        layout_scenario(base, a100, "plan.yaml")
+    with pytest.raises(ConfigError, match="fixed.precision"):
+        _plan(SMALL, fixed={"precision": ["fp9"]})

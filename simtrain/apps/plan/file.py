@@ -15,6 +15,7 @@ from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
 from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.scenario import (
     MAX_NAME,
@@ -45,7 +46,7 @@ GPUS_KEYS = ("min", "max")
 CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")
 FIXED_KEYS = (
     "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
-    "sequence_parallel", "cp", "ep",
+    "sequence_parallel", "cp", "ep", "precision",
 )  # fmt: skip
 # Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
 # "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
@@ -184,8 +185,9 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
                           f"{MAX_FIXED_CHOICES}")  # fmt: skip
     out: list[Any] = []
     for v in items:
-        if key in ("recompute", "schedule"):
-            allowed = tuple(RECOMPUTE if key == "recompute" else SCHEDULES)
+        if key in ("recompute", "schedule", "precision"):
+            allowed = tuple({"recompute": RECOMPUTE, "schedule": SCHEDULES,
+                             "precision": PRECISIONS}[key])  # fmt: skip
             if v not in allowed:
                 raise ConfigError(file, f"fixed.{key}", f"unknown value{did_you_mean(v, allowed)}",
                                   v, " | ".join(allowed))  # fmt: skip

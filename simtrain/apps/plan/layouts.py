@@ -14,6 +14,12 @@ DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
+#: A model with experts also tries the schedules that hide the expert all-to-alls behind
+#: another micro-batch's compute (Megatron-Core's combined 1F1B, DualPipeV; ScheduleTraits
+#: overlapped_fb); layouts they cannot run are rejected with check_layout's reason.
+MOE_SCHEDULES = ("combined_1f1b", "dualpipe_v")
+#: Schedules whose virtual_stages the planner searches.
+VIRTUAL_STAGE_SCHEDULES = ("interleaved", "combined_1f1b")
 DEFAULT_VIRTUAL_STAGES = 2
 #: Context-parallel degrees searched when ``fixed.cp`` is not given: those that split the
 #: sequence into 2·cp chunks (causal load balancing) and leave each GPU at least
@@ -45,6 +51,7 @@ class Layout(NamedTuple):
     sequence_parallel: bool = False
     cp: int = 1
     ep: int = 1  # expert parallelism (models with experts): a divisor of dp and the experts
+    precision: str = ""  # fixed.precision's choice; "": the plan's training.precision
 
 
 def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[str, Any]:
@@ -71,6 +78,7 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
             "global_batch": layout.global_batch,
             "micro_batch": layout.micro_batch,
             "recompute": layout.recompute,
+            **({"precision": layout.precision} if layout.precision else {}),
         },
         "parallelism": par,
     }
@@ -163,9 +171,12 @@ def _too_large(plan: Plan, what: str) -> ConfigError:
                        "training.global_batch, or fix choices under fixed:")  # fmt: skip
 
 
-def _group_options(plan: Plan, gb: int, pp: int, dp: int) -> tuple[tuple[Any, ...], ...] | None:
-    """(schedules, virtual stages, micro-batches, ZeRO stages, recompute) of a group, or None
-    when dp does not divide the global batch (then one layout carries check_layout's reason)."""
+def _group_options(plan: Plan, gb: int, pp: int, dp: int,
+                   experts: int = 0) -> tuple[tuple[Any, ...], ...] | None:  # fmt: skip
+    """(schedules, virtual stages, micro-batches, ZeRO stages, recompute, precisions) of a
+    group, or None when dp does not divide the global batch (then one layout carries
+    check_layout's reason). A model with ``experts`` adds :data:`MOE_SCHEDULES` to the
+    default schedules."""
     fx = plan.fixed
     rcs = fx.get("recompute", DEFAULT_RECOMPUTE)
     mbs_all = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)
@@ -177,9 +188,11 @@ def _group_options(plan: Plan, gb: int, pp: int, dp: int) -> tuple[tuple[Any, ..
     if dp == 1 and "zero_stage" not in fx:
         zeros = (0,)
     # With pp = 1 every schedule is plain gradient accumulation (the resolved step's schedule_name).
-    scheds = fx.get("schedule", DEFAULT_SCHEDULES) if pp > 1 else ("1f1b",)
+    default = DEFAULT_SCHEDULES + (MOE_SCHEDULES if experts else ())
+    scheds = fx.get("schedule", default) if pp > 1 else ("1f1b",)
     vs = fx.get("virtual_stages", (DEFAULT_VIRTUAL_STAGES,))
-    return scheds, vs, mbs, zeros, rcs
+    precs = fx.get("precision", ("",))
+    return scheds, vs, mbs, zeros, rcs, precs
 
 
 def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
@@ -201,33 +214,35 @@ def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
 
 def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...],
                 experts: int = 0, tp: int = 1) -> int:  # fmt: skip
-    opts = _group_options(plan, gb, pp, dp)
+    opts = _group_options(plan, gb, pp, dp, experts)
     if opts is None:
         return 1
-    scheds, vs, mbs, zeros, rcs = opts
-    per_sched = len(mbs) * len(zeros) * len(rcs) * len(_ep_sp_options(plan, tp, dp, sp_opts,
-                                                                       experts))  # fmt: skip
-    return sum(per_sched * (len(vs) if sched == "interleaved" else 1) for sched in scheds)
+    scheds, vs, mbs, zeros, rcs, precs = opts
+    per_sched = (len(mbs) * len(zeros) * len(rcs) * len(precs)
+                 * len(_ep_sp_options(plan, tp, dp, sp_opts, experts)))  # fmt: skip
+    return sum(per_sched * (len(vs) if sched in VIRTUAL_STAGE_SCHEDULES else 1)
+               for sched in scheds)  # fmt: skip
 
 
 def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: int,
                    sp_opts: tuple[Any, ...], cp: int = 1,
                    experts: int = 0) -> list[Layout]:  # fmt: skip
-    opts = _group_options(plan, gb, pp, dp)
+    opts = _group_options(plan, gb, pp, dp, experts)
     if opts is None:  # no micro-batch can work: one layout carries check_layout's reason
         fx = plan.fixed
         mb0 = fx.get("micro_batch", DEFAULT_MICRO_BATCHES)[0]
         rc0 = fx.get("recompute", DEFAULT_RECOMPUTE)[0]
         return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0], cp)]
-    scheds, vs, mbs, zeros, rcs = opts
+    scheds, vs, mbs, zeros, rcs, precs = opts
     ep_sp = _ep_sp_options(plan, tp, dp, sp_opts, experts)
     out = []
     for sched in scheds:
-        for v in vs if sched == "interleaved" else (1,):
+        for v in vs if sched in VIRTUAL_STAGE_SCHEDULES else (1,):
             for mb in mbs:
                 for z in zeros:
                     for rc in rcs:
                         for ep, sp in ep_sp:
-                            out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb, sp,
-                                              cp, ep))  # fmt: skip
+                            for prec in precs:
+                                out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb,
+                                                  sp, cp, ep, prec))  # fmt: skip
     return out

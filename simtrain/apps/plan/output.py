@@ -179,14 +179,14 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             )
         return "\n".join(lines)
     lines.append("")
+    width = max([15, *(len(_schedule_text(r.layout)) + 1 for r in shown)])
     hdr = (f"{'#':>3}  {'hardware':<16}{'GPUs':>6}  {'tp x pp x dp':<13}{'ZeRO':>5}{'mb':>4}  "
-           f"{'recompute':<10}{'schedule':<15}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
+           f"{'recompute':<10}{'schedule':<{width}}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
            f"{'days':>9}{'cost $':>14}")  # fmt: skip
     lines.append(hdr)
     for i, r in enumerate(shown, 1):
         lay = r.layout
-        sched = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
-        sched += f" cp{lay.cp}" if lay.cp > 1 else ""
+        sched = _schedule_text(lay)
         sim = r.status == "simulated"
         step = r.step_time_s if sim else r.est_step_time_s
         mfu = r.mfu if sim else r.est_mfu
@@ -195,7 +195,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             f"{i:>3}  {lay.hardware:<16}{lay.gpus:>6}  "
             f"{f'{lay.tp} x {lay.pp} x {lay.dp}' + (f' ep{lay.ep}' if lay.ep > 1 else ''):<13}"
             f"{lay.zero_stage:>5}{lay.micro_batch:>4}  "
-            f"{lay.recompute:<10}{sched:<15}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
+            f"{lay.recompute:<10}{sched:<{width}}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
             f"{r.headroom_bytes / GIB:>14.2f}{r.final_days:>9.2f}{r.final_cost:>14,.0f}"
         )
     if len(shown) >= 2:
@@ -212,3 +212,10 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
 def _cp(lay: Any) -> str:
     """`` x cp N`` for a context-parallel layout, else nothing."""
     return f" x cp {lay.cp}" if lay.cp > 1 else ""
+
+
+def _schedule_text(lay: Layout) -> str:
+    """The schedule column: schedule, virtual stages, cp and a searched precision."""
+    out = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
+    out += f" cp{lay.cp}" if lay.cp > 1 else ""
+    return out + (f" {lay.precision}" if lay.precision else "")

@@ -63,7 +63,8 @@ def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
         base,
         cluster=ClusterSpec(nodes=-(-layout.gpus // gpn), gpus_per_node=gpn),
         training=replace(base.training, micro_batch=layout.micro_batch,
-                         recompute=layout.recompute),  # fmt: skip
+                         recompute=layout.recompute,
+                         precision=layout.precision or base.training.precision),  # fmt: skip
         parallelism=replace(
             base.parallelism, dp=layout.dp, tp=layout.tp, pp=layout.pp,
             schedule=layout.schedule, virtual_stages=layout.virtual_stages,
