@@ -285,8 +285,8 @@ def _plan_fixed(training: dict[str, Any], parallel: dict[str, Any]) -> dict[str,
         if k in planfile.FIXED_RANGES:
             item = _plan_number(f"fixed.{k}", integer=True,
                                 maximum=INT_RANGES[planfile.FIXED_RANGES[k]][1])  # fmt: skip
-        elif k == "recompute":
-            item = {"enum": list(TRAINING_CHOICES["recompute"])}
+        elif k in ("recompute", "precision"):
+            item = {"enum": list(TRAINING_CHOICES[k])}
         else:  # schedule, sequence_parallel, zero_stage: the scenario key's values
             item = {x: v for x, v in parallel["properties"][k].items() if x != "default"}
         props[k] = _one_or_list(item, planfile.MAX_FIXED_CHOICES)
