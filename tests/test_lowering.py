@@ -171,6 +171,7 @@ def by_id(tasks: list[Task]) -> dict[int, Task]:
 
 def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
     p = sc.parallelism
+    step = resolve(sc)
     ids = [t.id for t in tasks]
     assert len(set(ids)) == len(ids), "duplicate task ids"
     known = set(ids)
@@ -183,9 +184,9 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
         # torch.nn.DataParallel: GPU 0 and a replica (rank 1) run the one stage
         dp_rows = 2 if p.dp_mode == "data_parallel" and p.dp > 1 else 0
         assert 0 <= t.rank < (dp_rows or p.pp) and t.stream in (*STREAMS, "host", "paging"), t
-        if t.stage is not None:
-            assert 0 <= t.stage < p.pp * p.virtual_stages, t
-            assert t.stage % p.pp == (0 if dp_rows else t.rank), t
+        if t.stage is not None:  # the resolved chunks: a V schedule has 2 per rank
+            assert 0 <= t.stage < len(step.chunks), t
+            assert (0 if dp_rows else t.rank) == (0 if dp_rows else step.chunk_rank(t.stage)), t
         if t.microbatch is not None and t.kind != "OPT":
             assert 0 <= t.microbatch < sc.num_microbatches, t
     # Acyclic, counting the engine's FIFO order on each (gpu, stream) as edges too: otherwise

@@ -125,7 +125,8 @@ def check_step(sc: Scenario) -> None:
     tl, mt = res.timeline, res.metrics
     p, m = sc.parallelism, sc.num_microbatches
     window_ns = max(s.end_ns for s in tl.spans)
-    assert mt.window_s * 1e9 == pytest.approx(window_ns, abs=1e-6)
+    # exact to the float: a 16.6 s window is ~1.7e10 ns, whose ulp is ~4e-6 ns
+    assert mt.window_s * 1e9 == pytest.approx(window_ns, rel=1e-15, abs=1e-6)
     step_ns = mt.step_time_s * 1e9
     assert mt.fill_drain_s * 1e9 == pytest.approx(window_ns - step_ns, abs=1e-3)
     if resolve(sc).traits.asynchronous and p.pp > 1:
