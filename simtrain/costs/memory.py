@@ -79,6 +79,8 @@ class StageBreakdown:
     buffers: int
     loss_before_recompute: bool  # the peak counts the larger of loss memory and a recompute
     gradients_transient: bool
+    ddp_bucket_bytes: int = 0  # torch DDP's bucket gradients (runtime ddp_grad_buckets)
+    tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +293,10 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
-             n_layers: int, grads_b: int) -> tuple[int, int, int]:  # fmt: skip
-    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
-    transient working memory of casts, dequantisation, ZeRO-3 gathers and communication."""
+             n_layers: int, grads_b: int) -> tuple[int, int, int, int, int]:  # fmt: skip
+    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather,
+    DDP bucket gradients, TP gather buffers): working memory of casts, dequantisation, ZeRO-3
+    gathers and communication."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
@@ -323,6 +326,9 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += gather
     if step.pp > 1:  # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    ddp = ddp_bucket_bytes(sc, step, ms.trainable)
+    gathers = tp_gather_buffer_bytes(sc, step)
+    buffers += ddp + gathers
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
     if sc.model.is_moe and n_layers:
@@ -331,7 +337,27 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         load = moe_load(sc.model, p.ep)
         tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
-    return buffers, opt_ws, gather
+    return buffers, opt_ws, gather, ddp, gathers
+
+
+def ddp_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """torch DDP's bucket gradients (runtime ``ddp_grad_buckets``): when the model is wrapped
+    (dp x cp > 1), the Reducer's flat per-bucket gradient tensors cover every trainable
+    parameter in the parameters' dtype (pytorch reducer.cpp ``Reducer::initialize_buckets``),
+    allocated once and kept beside the ``.grad`` tensors and any fp32 accumulation buffer."""
+    if not sc.runtime.ddp_grad_buckets or sc.parallelism.dp_cp <= 1:
+        return 0
+    return trainable * step.precision.param
+
+
+def tp_gather_buffer_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """Cached all-gather buffers of a sequence-parallel TP run (runtime ``tp_gather_buffers``):
+    each one micro-batch's full-sequence hidden state, b x s/cp x h in the activation dtype
+    (``step.boundary_bytes``), allocated at the first use and kept (nanotron's MemoryBuffer)."""
+    p = sc.parallelism
+    if p.tp <= 1 or not p.sequence_parallel:
+        return 0
+    return sc.runtime.tp_gather_buffers * step.boundary_bytes
 
 
 def _model_states(sc: Scenario, step: ResolvedStep, stage: int
@@ -447,7 +473,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # Narayanan et al. 2021 ICML §3.1).
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b
-    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
+    buffers, opt_ws, gather, ddp, gathers = _buffers(sc, step, tensors, ms, n_layers, grads_b)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     loss_b = sum(act.loss_bytes.values())
@@ -487,7 +513,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
         recompute_working_set_bytes=activations - act.walk.saved_peak, activations=activations,
         weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
-        naive_dp_gather_bytes=gather, buffers=buffers,
+        naive_dp_gather_bytes=gather, buffers=buffers, ddp_bucket_bytes=ddp,
+        tp_gather_bytes=gathers,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient,
     )  # fmt: skip

@@ -172,6 +172,12 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
+    if b.ddp_bucket_bytes:
+        lines.append(f"  torch DDP bucket gradients: {prec.param} B x trainable = "
+                     f"{_gb(b.ddp_bucket_bytes)} of buffers (kept beside .grad)")  # fmt: skip
+    if b.tp_gather_bytes:
+        lines.append(f"  cached TP all-gather buffers: {sc.runtime.tp_gather_buffers} x b·s·h = "
+                     f"{_gb(b.tp_gather_bytes)} of buffers (not divided by tp)")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
                  "communication" + (f"; CP ring K/V buffers max(cp, 4) x "

@@ -71,6 +71,20 @@ class RuntimeProfile:
     # writes each weight gradient straight into it, no 16-bit ``.grad`` is kept): with
     # ``grad_reduce_dtype: fp32`` 4 bytes per trainable parameter, never freed between steps.
     grads_in_reduce_buffer: bool = False
+    # torch DistributedDataParallel wraps the model when it is data-parallel (dp x cp > 1): its
+    # Reducer allocates one flat gradient tensor per bucket, in the parameters' dtype, for every
+    # trainable parameter when the model is wrapped (pytorch torch/csrc/distributed/c10d/
+    # reducer.cpp, Reducer::initialize_buckets: ``bucket.gradients = at::empty({bucketSize},
+    # options)``), kept for the whole run beside the parameters' own ``.grad`` (DDP's default
+    # gradient_as_bucket_view=False) and any accumulation buffer: a buffer of parameter-dtype
+    # bytes per trainable parameter, not sharded by ZeRO.
+    ddp_grad_buckets: bool = False
+    # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
+    # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
+    # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
+    # column-parallel linear's gathered input and the async row-parallel linear's gathered output
+    # gradient). Counted when tp > 1 with sequence parallelism; 0: none kept.
+    tp_gather_buffers: int = 0
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -105,10 +119,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer")  # fmt: skip
+         "grads_in_reduce_buffer", "fused_optimizer", "ddp_grad_buckets")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
-INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
+#: tp_gather_buffers: a few cached gather buffers (nanotron keeps 2).
+INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
+        "tp_gather_buffers": (0, 8)}  # fmt: skip
 FLOATS = {"host_us_per_op": (0.0, 1e4)}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
 
