@@ -245,7 +245,7 @@ def test_compute_balanced_head_only_stage_recomputes_nothing() -> None:
     assert head_only.trainable == 0 and head_only.optimizer_working_bytes == 0
 
 
-def _with_runtime(runtime: object, **par) -> object:
+def _with_runtime(runtime: object, seq_len: int = 4096, **par) -> object:
     """The 1B scenario under ``runtime`` (a profile name or a mapping of overrides)."""
     sc = _scenario(**par)
     return parse_scenario(
@@ -255,7 +255,7 @@ def _with_runtime(runtime: object, **par) -> object:
             "hardware": "h100_sxm5_80gb",
             "cluster": {"nodes": 1, "gpus_per_node": sc.parallelism.gpus},
             "training": {
-                "seq_len": 4096,
+                "seq_len": seq_len,
                 "global_batch": 8 * sc.parallelism.dp,
                 "micro_batch": 1,
                 "precision": "bf16_fp32_grads",
@@ -338,3 +338,22 @@ def test_importer_counts_the_gather_buffers_of_the_config(tmp_path) -> None:
     imp = import_config("nanotron", str(f))
     assert load_imported(imp).runtime.tp_gather_buffers == 0
     assert any("tp_recompute_allgather" in u for u in map(str, imp.unsupported))
+
+
+def test_bf16_gradients_are_freed_after_every_micro_batch() -> None:
+    """FP32GradientAccumulator adds each bf16 .grad into the fp32 buffer after the backward and
+    sets it to None (gradient_accumulator.py l.206-226): at a forward's peak only the fp32
+    buffer (4 B/param) is there; the bf16 gradients (2 B/param) only at a backward's end."""
+    on = estimate_memory(_with_runtime("nanotron", dp=8, zero_stage=1)).stages[0]
+    off = estimate_memory(
+        _with_runtime({"name": "nanotron", "grads_freed_per_microbatch": False}, dp=8, zero_stage=1)
+    ).stages[0]
+    assert on.category("gradients") == off.category("gradients") == 6 * N_1B
+    assert dict(on.peak_memory_bytes_by_category)["gradients"] == 4 * N_1B
+    assert off.peak_memory_bytes - on.peak_memory_bytes == 2 * N_1B
+    # short sequences: the activations are smaller than the bf16 gradients, so the end of the
+    # backward (one micro-batch in flight: nothing saved after it) is the peak
+    short = _with_runtime("nanotron", seq_len=64, dp=8, zero_stage=1)
+    st = estimate_memory(short).stages[0]
+    at = dict(st.peak_memory_bytes_by_category)
+    assert at["gradients"] == 6 * N_1B and at["activations"] == 0

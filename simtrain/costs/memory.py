@@ -498,7 +498,13 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
-    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
+    # 16-bit gradients freed after every micro-batch's backward (runtime
+    # grads_freed_per_microbatch, with an fp32 accumulation buffer): a third moment, the end of
+    # a backward, holds them with the activations still saved then.
+    freed_b = 0
+    if sc.runtime.grads_freed_per_microbatch and step.precision.grad_accum and not transient:
+        freed_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
     paged = 0
@@ -586,7 +592,8 @@ def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-                      transient_b: int, reduce_b: int = 0) -> dict[str, int]:  # fmt: skip
+                      transient_b: int, reduce_b: int = 0,
+                      freed_b: int = 0) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
     Everything static is there all step: model states, the CUDA context and the buffers but
@@ -599,8 +606,18 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     Under torch.nn.DataParallel a third moment: a reduction of the gradients onto GPU 0, when
     ``reduce_b`` of them exist only until it ends (after backward, before the optimizer step,
     activations as at the step); ties between the two go to the optimizer step.
+    When ``freed_b`` of the gradients (the 16-bit ones, runtime grads_freed_per_microbatch) are
+    freed after every backward, they are at neither moment but at the end of a backward, with
+    the activations still saved then (``walk.after_backward_saved``); ties go to the walk.
     """
     at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b)
+    if freed_b:  # the 16-bit gradients exist only from a backward to its end
+        at_walk = dict(at_walk, gradients=at_walk["gradients"] - freed_b)
+        at_opt = dict(at_opt, gradients=at_opt["gradients"] - freed_b)
+        at_bwd = dict(at_opt, activations=walk.after_backward_saved,
+                      gradients=cats["gradients"] - transient_b - reduce_b,
+                      buffers=cats["buffers"] - loss_b - opt_ws)  # fmt: skip
+        return max((at_walk, at_opt, at_bwd), key=lambda d: sum(d.values()))
     if walk.peak >= walk.optimizer_saved + max(opt_ws + transient_b, reduce_b):
         return at_walk
     return at_opt if opt_ws + transient_b >= reduce_b else at_reduce

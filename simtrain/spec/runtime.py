@@ -79,6 +79,11 @@ class RuntimeProfile:
     # gradient_as_bucket_view=False) and any accumulation buffer: a buffer of parameter-dtype
     # bytes per trainable parameter, not sharded by ZeRO.
     ddp_grad_buckets: bool = False
+    # The 16-bit gradients are added into the fp32 accumulation buffer and freed at the end of
+    # every micro-batch's backward (nanotron FP32GradientAccumulator: ``half_param.grad =
+    # None``): with an fp32 accumulation buffer they exist only from a backward to its end,
+    # never at a forward's peak nor at the optimizer step.
+    grads_freed_per_microbatch: bool = False
     # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
     # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
     # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
@@ -119,7 +124,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer", "ddp_grad_buckets")  # fmt: skip
+         "grads_in_reduce_buffer", "fused_optimizer", "ddp_grad_buckets",
+         "grads_freed_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron keeps 2).
