@@ -243,3 +243,117 @@ def test_compute_balanced_head_only_stage_recomputes_nothing() -> None:
     lora = replace(sc.training, peft=PeftSpec(method="lora", target_modules=("q", "v")))
     head_only = estimate_memory(replace(sc, training=lora)).stages[3]
     assert head_only.trainable == 0 and head_only.optimizer_working_bytes == 0
+
+
+def _with_runtime(runtime: object, seq_len: int = 4096, **par) -> object:
+    """The 1B scenario under ``runtime`` (a profile name or a mapping of overrides)."""
+    sc = _scenario(**par)
+    return parse_scenario(
+        {
+            "name": "nt",
+            "model": MODEL_1B,
+            "hardware": "h100_sxm5_80gb",
+            "cluster": {"nodes": 1, "gpus_per_node": sc.parallelism.gpus},
+            "training": {
+                "seq_len": seq_len,
+                "global_batch": 8 * sc.parallelism.dp,
+                "micro_batch": 1,
+                "precision": "bf16_fp32_grads",
+                "optimizer": "adamw",
+            },
+            "parallelism": {"dp": 1, "tp": 1, "pp": 1, **par},
+            "runtime": runtime,
+        },  # fmt: skip
+        "nt",
+    )
+
+
+# Parameters of the tied 1B model, counted by hand: embedding V x h, per layer q/k/v/o 4h^2,
+# SwiGLU 3 h ffn and two RMSNorm weights, the final norm.
+H, FFN, V, L = 2048, 8192, 131072, 16
+N_1B = V * H + L * (4 * H * H + 3 * H * FFN + 2 * H) + H
+
+
+def test_ddp_bucket_gradients_are_two_bytes_per_parameter_when_data_parallel() -> None:
+    """torch DDP's Reducer allocates every bucket's flat gradient tensor in the parameters'
+    dtype (reducer.cpp Reducer::initialize_buckets), which nanotron wraps when dp > 1
+    (trainer.py make_ddp): 2 B x N of buffers more, unsharded by ZeRO-1; none at dp = 1."""
+    on = _with_runtime("nanotron", dp=8, zero_stage=1)
+    off = _with_runtime({"name": "nanotron", "ddp_grad_buckets": False}, dp=8, zero_stage=1)
+    a, b = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
+    assert a.params == N_1B
+    assert a.category("buffers") - b.category("buffers") == 2 * N_1B
+    assert a.breakdown.ddp_bucket_bytes == 2 * N_1B
+    assert a.peak_memory_bytes - b.peak_memory_bytes == 2 * N_1B
+    one = estimate_memory(_with_runtime("nanotron")).stages[0]
+    assert one.breakdown.ddp_bucket_bytes == 0
+    # a runtime without torch DDP's buckets (Megatron-LM's own DDP) is unchanged
+    assert (
+        estimate_memory(_with_runtime("megatron_lm_2021", dp=8))
+        .stages[0]
+        .breakdown.ddp_bucket_bytes
+        == 0
+    )
+
+
+def test_tp_gather_buffers_are_full_sequence_hidden_states_not_divided_by_tp() -> None:
+    """nanotron's MemoryBuffer keeps the column-parallel linears' all-gathered input
+    ('allgather', b x s x h bf16 at any tp) and, with async TP, the row-parallel backward's
+    ('allgather2'): 1 x b·s·h by default, 2 with async, none without sequence parallelism."""
+    bsh = 1 * 4096 * H * 2  # micro-batch 1, seq 4096, bf16
+    for tp in (4, 8):
+        base = estimate_memory(_with_runtime({"name": "nanotron", "tp_gather_buffers": 0},
+                                             tp=tp, sequence_parallel=True)).stages[0]  # fmt: skip
+        one = estimate_memory(_with_runtime("nanotron", tp=tp, sequence_parallel=True)).stages[0]
+        two = estimate_memory(_with_runtime({"name": "nanotron", "tp_gather_buffers": 2},
+                                            tp=tp, sequence_parallel=True)).stages[0]  # fmt: skip
+        assert one.breakdown.tp_gather_bytes == bsh
+        assert one.category("buffers") - base.category("buffers") == bsh
+        assert two.category("buffers") - base.category("buffers") == 2 * bsh
+    no_sp = estimate_memory(_with_runtime("nanotron", tp=4)).stages[0]
+    assert no_sp.breakdown.tp_gather_bytes == 0
+
+
+def test_importer_counts_the_gather_buffers_of_the_config(tmp_path) -> None:
+    """Async REDUCE_SCATTER (the Playbook sweep's setting) keeps both buffers; without
+    tp_recompute_allgather the gathered input is saved instead: listed as not simulated."""
+    from pathlib import Path
+
+    import yaml
+
+    from simtrain.apps.importers import import_config
+    from simtrain.apps.importers.common import load_imported
+
+    fix = Path(__file__).parent / "fixtures" / "importers" / "nanotron_tiny_llama.yaml"
+    cfg = yaml.safe_load(fix.read_text())
+    assert cfg["parallelism"]["tp_linear_async_communication"] is True
+    sc = load_imported(import_config("nanotron", str(fix)))
+    assert sc.runtime.tp_gather_buffers == 2
+    cfg["parallelism"]["tp_linear_async_communication"] = False
+    f = tmp_path / "sync.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    assert load_imported(import_config("nanotron", str(f))).runtime.tp_gather_buffers == 1
+    cfg["parallelism"]["tp_recompute_allgather"] = False
+    f.write_text(yaml.safe_dump(cfg))
+    imp = import_config("nanotron", str(f))
+    assert load_imported(imp).runtime.tp_gather_buffers == 0
+    assert any("tp_recompute_allgather" in u for u in map(str, imp.unsupported))
+
+
+def test_bf16_gradients_are_freed_after_every_micro_batch() -> None:
+    """FP32GradientAccumulator adds each bf16 .grad into the fp32 buffer after the backward and
+    sets it to None (gradient_accumulator.py l.206-226): at a forward's peak only the fp32
+    buffer (4 B/param) is there; the bf16 gradients (2 B/param) only at a backward's end."""
+    on = estimate_memory(_with_runtime("nanotron", dp=8, zero_stage=1)).stages[0]
+    off = estimate_memory(
+        _with_runtime({"name": "nanotron", "grads_freed_per_microbatch": False}, dp=8, zero_stage=1)
+    ).stages[0]
+    assert on.category("gradients") == off.category("gradients") == 6 * N_1B
+    assert dict(on.peak_memory_bytes_by_category)["gradients"] == 4 * N_1B
+    assert off.peak_memory_bytes - on.peak_memory_bytes == 2 * N_1B
+    # short sequences: the activations are smaller than the bf16 gradients, so the end of the
+    # backward (one micro-batch in flight: nothing saved after it) is the peak
+    short = _with_runtime("nanotron", seq_len=64, dp=8, zero_stage=1)
+    st = estimate_memory(short).stages[0]
+    at = dict(st.peak_memory_bytes_by_category)
+    assert at["gradients"] == 6 * N_1B and at["activations"] == 0

@@ -505,6 +505,8 @@ class WalkPeak:
     # The most activations at any point, saved plus a recompute working set (the category):
     # ``saved_peak`` or more, never ``saved_peak`` plus a working set that comes later.
     activations: int = 0
+    # The most saved activations just after a backward (B) ends: its micro-batch's chunk freed.
+    after_backward_saved: int = 0
 
 
 def walk_peak_of_states(
@@ -533,8 +535,10 @@ def walk_peak_of_states(
             peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
     best = fwd
     most = peak_saved
+    after_b = 0
     if len(states.backward_chunk):
         held = states.backward_held @ per
+        after_b = max(0, int((held - per[states.backward_chunk]).max()))
         ws = np.array([working_set[c] for c in ch], dtype=np.int64)[states.backward_chunk]
         j = int((held + ws).argmax())
         most = max(most, int(held[j] + ws[j]))
@@ -542,7 +546,7 @@ def walk_peak_of_states(
             best = (int(held[j] + ws[j]), int(held[j]), 0, int(ws[j]))
     at_opt = int((states.optimizer_held @ per).max()) if len(states.optimizer_held) else 0
     return WalkPeak(*best, saved_peak=peak_saved, in_flight=peak_count, optimizer_saved=at_opt,
-                    activations=most)  # fmt: skip
+                    activations=most, after_backward_saved=after_b)  # fmt: skip
 
 
 def activation_peak_of_states(

@@ -79,6 +79,8 @@ class StageBreakdown:
     buffers: int
     loss_before_recompute: bool  # the peak counts the larger of loss memory and a recompute
     gradients_transient: bool
+    ddp_bucket_bytes: int = 0  # torch DDP's bucket gradients (runtime ddp_grad_buckets)
+    tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +293,12 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
-             n_layers: int, grads_b: int, dense_layers: int) -> tuple[int, int, int]:  # fmt: skip
-    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
-    transient working memory of casts, dequantisation, ZeRO-3 gathers and communication;
-    ``dense_layers`` of the rank's ``n_layers`` blocks are dense (all of a dense model's)."""
+             n_layers: int, grads_b: int,
+             dense_layers: int) -> tuple[int, int, int, int, int]:  # fmt: skip
+    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather,
+    DDP bucket gradients, TP gather buffers): working memory of casts, dequantisation, ZeRO-3
+    gathers and communication; ``dense_layers`` of the rank's ``n_layers`` blocks are dense
+    (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
@@ -331,6 +335,9 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += gather
     if step.pp > 1:  # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    ddp = ddp_bucket_bytes(sc, step, ms.trainable)
+    gathers = tp_gather_buffer_bytes(sc, step)
+    buffers += ddp + gathers
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
     if sc.model.is_moe and n_layers:
@@ -339,7 +346,27 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         load = moe_load(sc.model, p.ep)
         tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
-    return buffers, opt_ws, gather
+    return buffers, opt_ws, gather, ddp, gathers
+
+
+def ddp_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """torch DDP's bucket gradients (runtime ``ddp_grad_buckets``): when the model is wrapped
+    (dp x cp > 1), the Reducer's flat per-bucket gradient tensors cover every trainable
+    parameter in the parameters' dtype (pytorch reducer.cpp ``Reducer::initialize_buckets``),
+    allocated once and kept beside the ``.grad`` tensors and any fp32 accumulation buffer."""
+    if not sc.runtime.ddp_grad_buckets or sc.parallelism.dp_cp <= 1:
+        return 0
+    return trainable * step.precision.param
+
+
+def tp_gather_buffer_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """Cached all-gather buffers of a sequence-parallel TP run (runtime ``tp_gather_buffers``):
+    each one micro-batch's full-sequence hidden state, b x s/cp x h in the activation dtype
+    (``step.boundary_bytes``), allocated at the first use and kept (nanotron's MemoryBuffer)."""
+    p = sc.parallelism
+    if p.tp <= 1 or not p.sequence_parallel:
+        return 0
+    return sc.runtime.tp_gather_buffers * step.boundary_bytes
 
 
 def _model_states(sc: Scenario, step: ResolvedStep, stage: int
@@ -457,7 +484,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     extra = (versions - 1) * params_b
     dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(stage))
              if sc.model.is_moe else n_layers)  # fmt: skip
-    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
+    buffers, opt_ws, gather, ddp, gathers = _buffers(sc, step, tensors, ms, n_layers, grads_b,
+                                                     dense)  # fmt: skip
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     loss_b = sum(act.loss_bytes.values())
@@ -482,7 +510,13 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
         transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
-    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
+    # 16-bit gradients freed after every micro-batch's backward (runtime
+    # grads_freed_per_microbatch, with an fp32 accumulation buffer): a third moment, the end of
+    # a backward, holds them with the activations still saved then.
+    freed_b = 0
+    if sc.runtime.grads_freed_per_microbatch and step.precision.grad_accum and not transient:
+        freed_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
     paged = 0
@@ -497,7 +531,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
         recompute_working_set_bytes=activations - act.walk.saved_peak, activations=activations,
         weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
-        naive_dp_gather_bytes=gather, buffers=buffers,
+        naive_dp_gather_bytes=gather, buffers=buffers, ddp_bucket_bytes=ddp,
+        tp_gather_bytes=gathers,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient,
     )  # fmt: skip
@@ -569,7 +604,8 @@ def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-                      transient_b: int, reduce_b: int = 0) -> dict[str, int]:  # fmt: skip
+                      transient_b: int, reduce_b: int = 0,
+                      freed_b: int = 0) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
     Everything static is there all step: model states, the CUDA context and the buffers but
@@ -582,8 +618,18 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     Under torch.nn.DataParallel a third moment: a reduction of the gradients onto GPU 0, when
     ``reduce_b`` of them exist only until it ends (after backward, before the optimizer step,
     activations as at the step); ties between the two go to the optimizer step.
+    When ``freed_b`` of the gradients (the 16-bit ones, runtime grads_freed_per_microbatch) are
+    freed after every backward, they are at neither moment but at the end of a backward, with
+    the activations still saved then (``walk.after_backward_saved``); ties go to the walk.
     """
     at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b)
+    if freed_b:  # the 16-bit gradients exist only from a backward to its end
+        at_walk = dict(at_walk, gradients=at_walk["gradients"] - freed_b)
+        at_opt = dict(at_opt, gradients=at_opt["gradients"] - freed_b)
+        at_bwd = dict(at_opt, activations=walk.after_backward_saved,
+                      gradients=cats["gradients"] - transient_b - reduce_b,
+                      buffers=cats["buffers"] - loss_b - opt_ws)  # fmt: skip
+        return max((at_walk, at_opt, at_bwd), key=lambda d: sum(d.values()))
     if walk.peak >= walk.optimizer_saved + max(opt_ws + transient_b, reduce_b):
         return at_walk
     return at_opt if opt_ws + transient_b >= reduce_b else at_reduce

@@ -172,6 +172,12 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
+    if b.ddp_bucket_bytes:
+        lines.append(f"  torch DDP bucket gradients: {prec.param} B x trainable = "
+                     f"{_gb(b.ddp_bucket_bytes)} of buffers (kept beside .grad)")  # fmt: skip
+    if b.tp_gather_bytes:
+        lines.append(f"  cached TP all-gather buffers: {sc.runtime.tp_gather_buffers} x b·s·h = "
+                     f"{_gb(b.tp_gather_bytes)} of buffers (not divided by tp)")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
                  "communication" + (f"; CP ring K/V buffers max(cp, 4) x "
@@ -180,6 +186,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.loss_before_recompute:
         lines.append("  the loss working memory is freed before recompute re-materialises a "
                      "block: the peak counts the larger of the two")  # fmt: skip
+    if sc.runtime.grads_freed_per_microbatch and prec.grad_accum and not b.gradients_transient:
+        lines.append("  16-bit gradients: added into the fp32 buffer and freed after every "
+                     "micro-batch's backward: the peak holds them only at the end of a backward "
+                     f"({_gb(dict(sm.peak_memory_bytes_by_category).get('gradients', 0))} "
+                     "of gradients at the peak)")  # fmt: skip
     if b.gradients_transient:
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
                      "DP/PP): peak counts the larger of the two")  # fmt: skip

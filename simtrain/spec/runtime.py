@@ -72,6 +72,25 @@ class RuntimeProfile:
     # writes each weight gradient straight into it, no 16-bit ``.grad`` is kept): with
     # ``grad_reduce_dtype: fp32`` 4 bytes per trainable parameter, never freed between steps.
     grads_in_reduce_buffer: bool = False
+    # torch DistributedDataParallel wraps the model when it is data-parallel (dp x cp > 1): its
+    # Reducer allocates one flat gradient tensor per bucket, in the parameters' dtype, for every
+    # trainable parameter when the model is wrapped (pytorch torch/csrc/distributed/c10d/
+    # reducer.cpp, Reducer::initialize_buckets: ``bucket.gradients = at::empty({bucketSize},
+    # options)``), kept for the whole run beside the parameters' own ``.grad`` (DDP's default
+    # gradient_as_bucket_view=False) and any accumulation buffer: a buffer of parameter-dtype
+    # bytes per trainable parameter, not sharded by ZeRO.
+    ddp_grad_buckets: bool = False
+    # The 16-bit gradients are added into the fp32 accumulation buffer and freed at the end of
+    # every micro-batch's backward (nanotron FP32GradientAccumulator: ``half_param.grad =
+    # None``): with an fp32 accumulation buffer they exist only from a backward to its end,
+    # never at a forward's peak nor at the optimizer step.
+    grads_freed_per_microbatch: bool = False
+    # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
+    # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
+    # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
+    # column-parallel linear's gathered input and the async row-parallel linear's gathered output
+    # gradient). Counted when tp > 1 with sequence parallelism; 0: none kept.
+    tp_gather_buffers: int = 0
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -121,11 +140,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch")  # fmt: skip
+         "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
+         "grads_freed_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
+#: tp_gather_buffers: a few cached gather buffers (nanotron keeps 2).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
-        "moe_dispatch_sms": (1, 1024)}  # fmt: skip
+        "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
 FLOATS = {"host_us_per_op": (0.0, 1e4)}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
 

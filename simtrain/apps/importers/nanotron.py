@@ -130,7 +130,25 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     for k in ("expert_parallel_size", "context_parallel_size"):
         if par_raw.get(k, 1) not in (1, None):
             r.unsupported_(f"parallelism.{k} {par_raw[k]}", "not simulated")
-    if "tp_recompute_allgather" in par_raw:
+    # nanotron's cached all-gather buffers (MemoryBuffer, parallel/utils.py) with REDUCE_SCATTER:
+    # 'allgather' when the column-parallel linears re-gather their input for backward
+    # (tp_recompute_allgather, default True), 'allgather2' in the async row-parallel linear's
+    # backward (tensor_parallel/functional.py); the profile assumes the defaults (1).
+    recompute_allgather = par_raw.get("tp_recompute_allgather", True) is not False
+    if tp_mode == "REDUCE_SCATTER" and tp > 1:
+        async_tp = bool(par_raw.get("tp_linear_async_communication"))
+        buffers = int(recompute_allgather) + int(async_tp)
+        if buffers != 1:
+            runtime["tp_gather_buffers"] = buffers
+            r.origin(
+                "runtime.tp_gather_buffers",
+                "parallelism.tp_linear_async_communication, tp_recompute_allgather",
+            )
+        if not recompute_allgather:
+            r.unsupported_("parallelism.tp_recompute_allgather false",
+                           "the column-parallel linears keep their all-gathered input for "
+                           "backward: simulated as keeping the shard")  # fmt: skip
+    elif "tp_recompute_allgather" in par_raw:
         r.ignore("parallelism.tp_recompute_allgather")
     zero = opt.get("zero_stage", 0)
     if zero not in (0, 1) or isinstance(zero, bool):
