@@ -322,13 +322,15 @@ def test_tr11_runs_keep_megatron_dropout_and_the_chronicle_context(new_records, 
                                                                    ) -> None:  # fmt: skip
     """No tr11 script sets a dropout, so Megatron-DeepSpeed's defaults (arguments.py: hidden and
     attention 0.1; tr11-176B-ml/README.md "The default Megatron-LM dropout settings are
-    inherited") hold for the chronicles and the final run; the chronicles' memory includes the
+    inherited") hold for the chronicles and the final run, and all pass --embed-layernorm; the
+    chronicles' memory includes the
     CUDA context the chronicle measured with nvidia-smi on an A100 (1573 MiB), other A100
     records keep the hardware profile's (1024 MiB)."""
     chron = translate(next(r for r in new_records.values() if r.source_key == "bloom_chronicles"))
     final = translate(next(r for r in all_records if r.source_key == "bloom"))
     assert isinstance(chron, Translation) and isinstance(final, Translation)
     assert chron.scenario.model.dropout == final.scenario.model.dropout == 0.1
+    assert chron.scenario.model.embedding_norm and final.scenario.model.embedding_norm
     assert chron.scenario.hardware.cuda_context_bytes == 1573 * 2**20
     assert any("1573 MiB" in a for a in chron.assumptions)
     assert final.scenario.hardware.name == chron.scenario.hardware.name == "a100_sxm4_80gb"

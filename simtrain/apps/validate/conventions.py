@@ -97,7 +97,11 @@ _DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gra
 # l.452-455 defaults them to 0.1, and tr11-176B-ml/README.md (9e64edec l.308-313) says so: "The
 # default Megatron-LM dropout settings are inherited". With full recompute this is the embedding
 # dropout's mask kept per micro-batch in flight and the attention dropout in the recompute.
-_TR11_ARCH = {**MEGATRON_GPT, "positions": "rotary"}
+# Every tr11 script from bigscience 0b536e8 (02-06) on passes --embed-layernorm (217dc6c for the
+# 02-17 runs, 8aff319 / a16f0ea, tr11-176B-ml.slurm): a LayerNorm in VocabParallelEmbedding
+# (Megatron-DeepSpeed ae6277f5 mpu/layers.py l.191-192, 239-240), outside the checkpointed
+# layers, so the first stage keeps its input for every micro-batch in flight.
+_TR11_ARCH = {**MEGATRON_GPT, "positions": "rotary", "embedding_norm": True}
 
 # BLOOM training chronicles (bigscience-workshop/bigscience 9e64edec,
 # train/tr11-176B-ml/chronicles-prequel.md), Megatron-DeepSpeed on Jean Zay, Feb 2022. The
