@@ -495,9 +495,10 @@ def test_new_family_regression_bounds(default_result) -> None:
     by = {(f.family, f.metric): f.all for f in default_result.by_family}
     bounds = {  # (n, MAPE bound %)
         # + the 78- and 106-layer pp 12 rows (their DeepSpeed splits, issue 14 item 6)
-        ("bloom_chronicles", "step_time_s"): (34, 16.0),
-        ("bloom_chronicles", "tflops_per_gpu"): (34, 20.0),
-        ("bloom_chronicles", "peak_memory_bytes"): (24, 21.0),
+        # + tr11's dropout 0.1, embedding LayerNorm and the chronicle's CUDA context (issue 13)
+        ("bloom_chronicles", "step_time_s"): (34, 12.0),
+        ("bloom_chronicles", "tflops_per_gpu"): (34, 15.0),
+        ("bloom_chronicles", "peak_memory_bytes"): (24, 15.0),
         ("megatron_core", "tflops_per_gpu"): (3, 32.0),
         ("mtnlg", "step_time_s"): (1, 17.0),
         # 2 FP8 rows since issue 14's FP8; + 5 selective_op rows (torchtitan's per-op
