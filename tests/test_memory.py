@@ -780,3 +780,34 @@ def test_pipedream_optimizer_step_holds_stashed_activations() -> None:
     assert at_peak["buffers"] == s0.category("buffers")  # the step's working memory is there
     for s, m in zip(res.memory.stages, res.metrics.stages, strict=True):
         assert s.peak_memory_bytes == m.peak_memory_bytes
+
+
+def test_embedding_norm_keeps_its_input_per_microbatch_on_the_first_stage() -> None:
+    """Megatron-DeepSpeed --embed-layernorm (mpu/layers.py VocabParallelEmbedding.norm, outside
+    the checkpointed transformer layers): the first stage keeps the norm's fp16 input and its
+    fp32 mean and rstd per micro-batch, 2·s·b·h + 2·4·s·b = 2·512·1024 + 8·512 bytes, and holds
+    weight and bias (2h); the last stage is unchanged."""
+    model = {
+        "layers": 4,
+        "hidden": 1024,
+        "heads": 16,
+        "kv_heads": 16,
+        "ffn_hidden": 4096,
+        "vocab": 1000,
+        "dropout": 0.0,
+    }
+    training = {"seq_len": 128, "global_batch": 16, "micro_batch": 4, "precision": "fp16",
+                "recompute": "full"}  # fmt: skip
+    par = {"dp": 1, "tp": 1, "pp": 2}
+    off = estimate_memory(scenario(model=model, training=training, parallelism=par))
+    on_sc = scenario(model={**model, "embedding_norm": True}, training=training, parallelism=par)
+    on = estimate_memory(on_sc)
+    first = (on.stages[0].activation_bytes_per_microbatch
+             - off.stages[0].activation_bytes_per_microbatch)  # fmt: skip
+    assert first == 2 * 512 * 1024 + 8 * 512 == 1_052_672
+    assert on.stages[0].params - off.stages[0].params == 2 * 1024
+    assert on.stages[1].activation_bytes_per_microbatch == (
+        off.stages[1].activation_bytes_per_microbatch
+    )
+    assert on.stages[1].params == off.stages[1].params
+    assert on_sc.model.total_params() - off.params == 2 * 1024

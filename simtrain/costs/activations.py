@@ -380,12 +380,19 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
 
 
 def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int:
-    """First stage: token ids (int64) for the embedding backward, and the embedding dropout mask."""
+    """First stage: token ids (int64) for the embedding backward, the embedding norm's input
+    and statistics (``embedding_norm``: as the final norm's, :func:`head_saved_bytes`; outside
+    any checkpoint, DeepSpeed's PipelineModule._is_checkpointable checkpoints only the
+    transformer layers of a GPTModelPipe) and the embedding dropout mask."""
     s = t.seq_len_effective
     sb = s * t.micro_batch
     total = 8 * t.micro_batch * t.seq_len
-    if m.dropout > 0 and grad_flows_through_blocks(t):
-        total += sb * m.hidden // sp_div
+    if grad_flows_through_blocks(t):
+        if m.embedding_norm:
+            stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+            total += (PRECISIONS[t.precision].act_norm * sb * m.hidden + stats) // sp_div
+        if m.dropout > 0:
+            total += sb * m.hidden // sp_div
     return total
 
 

@@ -163,6 +163,10 @@ def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[
     out = [ParamTensor("wte", m.vocab // tp, m.hidden, full)]
     if m.positions == "learned":
         out.append(ParamTensor("wpe", m.max_positions, m.hidden, full))
+    if m.embedding_norm:  # replicated over TP (Megatron-DeepSpeed VocabParallelEmbedding.norm)
+        out.append(ParamTensor("embed_norm.weight", m.hidden, 1, full))
+        if m.norm == "layernorm":
+            out.append(ParamTensor("embed_norm.bias", m.hidden, 1, full))
     if t.peft.method == "prompt":
         out.append(ParamTensor("prompt", t.peft.prompt_length, m.hidden, True))
     return out

@@ -62,6 +62,10 @@ class ModelSpec:
     head_size: int = 0
     qk_norm: bool = False
     attention_sinks: bool = False
+    # A norm (of ``norm``'s kind) on the token embeddings before the first block: Megatron-
+    # DeepSpeed --embed-layernorm (mpu/layers.py VocabParallelEmbedding.norm, a LayerNorm of
+    # hidden after the vocab-parallel all-reduce), BLOOM's word_embeddings_layernorm.
+    embedding_norm: bool = False
     # Mixture of experts (spec.moe; 0 experts = dense). Each MoE layer replaces the MLP by a
     # router (an h x E linear) and E experts of width moe_ffn_hidden (0: ffn_hidden), of which
     # each token uses experts_per_token, plus shared_experts always-on experts of width
@@ -247,9 +251,10 @@ class ModelSpec:
         return dense * self.layer_params() + self.moe_layers * self.moe_layer_params(routed)
 
     def embedding_params(self) -> int:
-        """Token embedding V·h plus learned positions max_positions·h (rotary has none)."""
+        """Token embedding V·h plus learned positions max_positions·h (rotary has none) and
+        the embedding norm when there is one."""
         pos = self.max_positions * self.hidden if self.positions == "learned" else 0
-        return self.vocab * self.hidden + pos
+        return self.vocab * self.hidden + pos + (self.norm_params if self.embedding_norm else 0)
 
     def head_params(self) -> int:
         """Final norm plus the LM head (V·h unless tied to the token embedding)."""

@@ -44,6 +44,10 @@ class SourceConvention:
     # The peak an FP8 run's MFU is divided by: "bf16" (torchtitan, NeMo: model FLOPs over the
     # dense bf16 peak) or "fp8" (llm-foundry: its FP8 rows divide by the FP8 peak).
     fp8_mfu_peak: str = "bf16"
+    # The CUDA context as the source measured it on its own software stack (MiB; None: the
+    # hardware profile's cuda_context_mib), for sources whose memory includes it, and why.
+    cuda_context_mib: float | None = None
+    cuda_context_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -86,6 +90,19 @@ _DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gra
                 "last backward (pipe/schedule.py TrainSchedule: ReduceGrads at the last step), as "
                 "one buffer")  # fmt: skip
 
+# BLOOM's Megatron-DeepSpeed runs (tr11): Megatron's GPT with (simtrain's stand-in for ALiBi) rotary
+# positions and Megatron's dropout defaults, hidden and attention 0.1: no tr11 script sets
+# --hidden-dropout / --attention-dropout (bigscience 8aff319 and a16f0ea tr11-200B-ml.slurm, the
+# 02-24/25 runs; 9e64edec tr11-176B-ml.slurm), Megatron-DeepSpeed ae6277f5 megatron/arguments.py
+# l.452-455 defaults them to 0.1, and tr11-176B-ml/README.md (9e64edec l.308-313) says so: "The
+# default Megatron-LM dropout settings are inherited". With full recompute this is the embedding
+# dropout's mask kept per micro-batch in flight and the attention dropout in the recompute.
+# Every tr11 script from bigscience 0b536e8 (02-06) on passes --embed-layernorm (217dc6c for the
+# 02-17 runs, 8aff319 / a16f0ea, tr11-176B-ml.slurm): a LayerNorm in VocabParallelEmbedding
+# (Megatron-DeepSpeed ae6277f5 mpu/layers.py l.191-192, 239-240), outside the checkpointed
+# layers, so the first stage keeps its input for every micro-batch in flight.
+_TR11_ARCH = {**MEGATRON_GPT, "positions": "rotary", "embedding_norm": True}
+
 # BLOOM training chronicles (bigscience-workshop/bigscience 9e64edec,
 # train/tr11-176B-ml/chronicles-prequel.md), Megatron-DeepSpeed on Jean Zay, Feb 2022. The
 # convention changed twice within the chronicle; :func:`convention_for` picks it by the section
@@ -99,7 +116,7 @@ _DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gra
 #   which splits the decoder layers only: simtrain's uniform split).
 _BLOOM_CHRONICLES = SourceConvention(
     "megatron_eq3",
-    {**MEGATRON_GPT, "positions": "rotary", "dropout": 0.0},  # as "bloom" below
+    _TR11_ARCH,  # as "bloom" below
     "full",
     _EQ3_RECOMPUTE,
     250880,
@@ -108,9 +125,17 @@ _BLOOM_CHRONICLES = SourceConvention(
     "(chronicles-prequel.md: 'max memory used by the first (last) nodes with the word embedding "
     "matrix'): device level, so compared with the CUDA context included and against the largest "
     "stage; the author's 'GB' rounds nvidia-smi's MiB and is read as 1e9 B (7 % lower than if it "
-    "were GiB); the caching allocator's unused reserve is not modelled",
+    "were GiB); NCCL's communicator buffers and the caching allocator's unused reserve are not "
+    "modelled",
     ddp_default="local",
     ddp_note=_DS_PIPE_DDP,
+    # chronicles-prequel.md (9e64edec, section '200B'): "40GB A100 takes 1573MiB for cuda kernels
+    # ... `python -c "import torch; import time; torch.ones(1).cuda(); time.sleep(30)"` + check
+    # `nvidia-smi` output" (the team's stack then: pt-1.10.1 / cuda 11.3, jz/envs/README.md)
+    cuda_context_mib=1573,
+    cuda_context_note="CUDA context: 1573 MiB, the chronicle's own nvidia-smi reading of "
+    "'import torch; torch.ones(1).cuda()' on an A100 (chronicles-prequel.md, '200B'), not the "
+    "hardware profile's 1024 MiB estimate",
 )
 _BF16_OPTIMIZER = (
     "bf16_fp32_grads",
@@ -134,7 +159,7 @@ SOURCES: dict[str, SourceConvention] = {
     "korthikanti2022": SourceConvention("korthikanti", {}, "full", "", 51200, ddp_default="local"),
     "bloom": SourceConvention(
         "megatron_eq3",
-        {**MEGATRON_GPT, "positions": "rotary", "dropout": 0.0},
+        _TR11_ARCH,
         "full",
         _EQ3_RECOMPUTE,
         250880,

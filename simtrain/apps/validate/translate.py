@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from simtrain.apps.importers.common import ONE_BUCKET_MB
@@ -32,6 +32,7 @@ from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import RECOMPUTE, Scenario, parse_scenario
+from simtrain.units import MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +297,11 @@ def translate(rec: Record) -> Translation | SkipReason:
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
     except SimtrainError as exc:
         return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
+    conv = convention_for(rec)
+    if conv.cuda_context_mib is not None:  # the source measured its stack's context
+        hw = replace(sc.hardware, cuda_context_bytes=int(conv.cuda_context_mib * MIB))
+        sc = replace(sc, hardware=hw)
+        notes.append(conv.cuda_context_note)
     pb = rec.model.get("params_b")
     if isinstance(pb, int | float) and pb > 0:
         ours = sc.model.total_params() / 1e9
