@@ -370,6 +370,9 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ms = add_states(scale_states(states(layer), n_layers),
                         states(ends))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, dp // p.ep)
+    unsharded = pipeline_unsharded_gradient_bytes(sc, step, ms.trainable)
+    if unsharded:
+        b["gradients"] = unsharded
     host = pinned = 0
     if t.offload.optimizer:
         # ZeRO-Offload (costs.offload): Adam's states (plain host tensors), and pinned: the
@@ -613,6 +616,19 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     if not rt.grads_in_reduce_buffer:
         return None
     return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
+def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The stage's gradients under a pipeline schedule with sharded data parallelism when the
+    runtime reduces them only after the last micro-batch (``runtime.pipeline_grads_unsharded``:
+    PyTorch pipelining over FSDP2): every trainable parameter's whole gradient, in the
+    reduction's dtype (4 bytes with ``grad_reduce_dtype: fp32``), held from its first backward
+    to the reduction; 0 where the rule does not apply (the ZeRO shard stands)."""
+    p = sc.parallelism
+    if not (sc.runtime.pipeline_grads_unsharded and step.pp > 1 and p.zero_stage >= 2
+            and p.dp_cp > 1):  # fmt: skip
+        return 0
+    return trainable * (4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad)
 
 
 def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:

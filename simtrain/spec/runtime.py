@@ -71,6 +71,16 @@ class RuntimeProfile:
     # writes each weight gradient straight into it, no 16-bit ``.grad`` is kept): with
     # ``grad_reduce_dtype: fp32`` 4 bytes per trainable parameter, never freed between steps.
     grads_in_reduce_buffer: bool = False
+    # Under a pipeline schedule the sharded data parallelism (ZeRO-2/3, FSDP2) reduces the
+    # gradients once, after the last micro-batch, and holds each parameter's whole (unsharded)
+    # gradient until then, in the reduction's dtype (``grad_reduce_dtype``):
+    # torch.distributed.pipelining's stage turns FSDP2's gradient sync off for each micro-batch's
+    # backward (stage.py backward_maybe_with_nosync: set_requires_gradient_sync(False),
+    # set_reshard_after_backward(False)), and FSDP2's post-backward then keeps the unsharded
+    # gradient upcast to reduce_dtype (_fsdp_param_group.py post_backward: "if not
+    # self.reduce_grads ... to_accumulated_grad_if_needed()"; _fsdp_param.py
+    # to_accumulated_grad_if_needed: ``unsharded_grad.to(self.reduce_dtype)``).
+    pipeline_grads_unsharded: bool = False
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -105,7 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer")  # fmt: skip
+         "grads_in_reduce_buffer", "pipeline_grads_unsharded", "fused_optimizer")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}

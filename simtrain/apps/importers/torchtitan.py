@@ -116,7 +116,7 @@ NO_EFFECT_KEYS = {
                  "dataloader", "warmup_steps", "deterministic", "seed", "mixed_precision_reduce"),
     "parallelism": ("disable_loss_parallel",),
     "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug", "early_stop"),
-    "compile": ("components", "backend"),
+    "compile": ("backend",),
 }  # fmt: skip
 
 
@@ -275,10 +275,22 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
             runtime["tp_comm_overlap"] = True
         else:
             r.ignore("parallelism.enable_async_tensor_parallel (needs compile and tp > 1)")
+    # compile.components (4a950ea config/job_config.py Compile: default ["model", "loss"]): a
+    # compiled loss (components/loss.py build_cross_entropy_loss) is inductor's fused
+    # cross-entropy: the bf16 logits and a log-sum-exp per row saved, the fp32 upcast and
+    # log-softmax never materialised (simtrain's cross_entropy fused)
+    components = cmp.get("components", ["model", "loss"])
+    if not isinstance(components, list):
+        raise ConfigError(file, "compile.components", "must be a list of strings", components,
+                          '["model", "loss"]')  # fmt: skip
+    compiled_loss = compile_on and "loss" in components
     if compile_on:
-        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)")
+        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)"
+                       + ("; its compiled loss is (cross_entropy fused)" if compiled_loss else ""))  # fmt: skip
     elif "enable" in cmp:
         r.ignore("compile.enable false")
+    if "components" in cmp and not compile_on:
+        r.ignore("compile.components (compile off)")
 
     # ---- batch and pipeline
     local = _int(
@@ -354,6 +366,8 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     training: dict[str, Any] = {"seq_len": seq, "global_batch": gb, "micro_batch": micro,
                                 "precision": precision, "optimizer": optimizer,
                                 "recompute": _recompute(ac, r)}  # fmt: skip
+    if compiled_loss:
+        training["cross_entropy"] = "fused"
     if t.get("enable_cpu_offload"):
         training["offload"] = {"optimizer": True}
     return r.scenario(

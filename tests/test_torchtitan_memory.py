@@ -1,0 +1,110 @@
+"""torchtitan's memory mechanisms (issue 13): FSDP2 under a pipeline schedule keeps the stage's
+unsharded fp32 gradients until the last micro-batch, torchtitan does not reshard after forward
+under PP, a compiled loss is the fused cross-entropy, and the 2024-12 benchmarks split the local
+batch into pp micro-batches.
+
+Independent values: Llama 3 8B's parameters per decoder block and in the embedding (HF
+meta-llama/Meta-Llama-3-8B config.json: hidden 4096, 8 KV heads of 128, intermediate 14,336,
+vocab 128,256), counted here by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simtrain.apps.importers import import_config
+from simtrain.apps.importers.common import load_imported
+from simtrain.apps.validate.records import load_records
+from simtrain.apps.validate.translate import translate
+from simtrain.costs.memory import stage_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHTITAN = ROOT / "tests" / "fixtures" / "importers" / "torchtitan_llama3_8b.toml"
+
+# Llama 3 8B by hand: q and o 4096 x 4096, k and v 4096 x 1024, three FFN matrices
+# 4096 x 14336, two RMSNorm weights; the embedding 128,256 x 4096.
+BLOCK_PARAMS = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+EMBEDDING_PARAMS = 128256 * 4096
+
+
+def _titan(tmp_path: Path, replace: dict[str, str], gpus: int, sets: list[str] | None = None):
+    text = TORCHTITAN.read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    return load_imported(import_config("torchtitan", f, gpus=gpus),
+                         ["hardware=h100_sxm5_80gb", *(sets or [])])  # fmt: skip
+
+
+def test_pipeline_over_fsdp2_holds_unsharded_fp32_gradients(tmp_path: Path) -> None:
+    """pp 2 over FSDP2 on 8 data-parallel GPUs: torchtitan's "default" policy does not reshard
+    after forward (ZeRO-2), and stage 0's gradients are its whole parameters' in fp32 (4 bytes
+    each: reduce_dtype float32), not an eighth of them in bf16."""
+    sc = _titan(tmp_path, {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}, 16)
+    assert (sc.parallelism.pp, sc.parallelism.dp, sc.parallelism.zero_stage) == (2, 8, 2)
+    sm = stage_memory(sc, 0)
+    ((lo, hi),) = sm.layers
+    stage_params = (hi - lo) * BLOCK_PARAMS + EMBEDDING_PARAMS
+    assert sm.category("gradients") == 4 * stage_params
+    # the bf16 parameters stay unsharded (no reshard after forward), the fp32 ones are sharded
+    assert sm.category("parameters") == 2 * stage_params
+    # a runtime that reduces each micro-batch's gradients keeps the ZeRO-2 shard
+    off_sc = _titan(
+        tmp_path,
+        {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"},
+        16,
+        ["runtime.pipeline_grads_unsharded=false"],
+    )
+    off = stage_memory(off_sc, 0)
+    assert off.category("gradients") == -(-2 * stage_params // 8)
+
+
+def test_no_pipeline_no_unsharded_gradients(tmp_path: Path) -> None:
+    """Without a pipeline FSDP2 reduce-scatters each block's gradients in the backward: the
+    shard (ZeRO-3) stands."""
+    sc = _titan(tmp_path, {}, 8)
+    assert (sc.parallelism.pp, sc.parallelism.zero_stage) == (1, 3)
+    sm = stage_memory(sc, 0)
+    assert sm.category("gradients") < sm.params  # a shard, under a byte per parameter
+
+
+def test_compiled_loss_is_the_fused_cross_entropy(tmp_path: Path) -> None:
+    """compile.enable with "loss" in compile.components (4a950ea's default ["model", "loss"]):
+    components/loss.py compiles the loss; ["model"] leaves it eager."""
+    on = {"enable = false": "enable = true"}
+    assert _titan(tmp_path, on, 8).training.cross_entropy == "fused"
+    model_only = {**on, 'components = ["model", "loss"]': 'components = ["model"]'}
+    assert _titan(tmp_path, model_only, 8).training.cross_entropy == "standard"
+    assert _titan(tmp_path, {}, 8).training.cross_entropy == "standard"  # compile off
+
+
+def _record(rid: str):
+    recs = {r.id: r for r in load_records(ROOT / "measured" / "more_runs_2026-12.yaml")}
+    tr = translate(recs[rid])
+    assert not isinstance(tr, str) and hasattr(tr, "scenario"), tr
+    return tr
+
+
+def test_2412_pipeline_records_read_as_torchtitan_9dec370_ran_them() -> None:
+    """Table 5 (405B, local batch 32, pp 8, Interleaved 1F1B): 9dec370a's default
+    n_microbatches = pp gives micro-batches of 32 / 8 = 4; no reshard after forward under PP
+    (ZeRO-2); the loss eager (not compiled at 9dec370a)."""
+    tr = _record("torchtitan_2412_t5_405b_512gpu_Interleaved1F1B")
+    sc = tr.scenario
+    assert (sc.training.micro_batch, sc.training.global_batch, sc.parallelism.dp) == (4, 256, 8)
+    assert sc.parallelism.zero_stage == 2
+    assert sc.training.cross_entropy == "standard"
+    assert any("local batch / pp" in a for a in tr.assumptions)
+    # Table 6 (local batch 8, pp 8): one sequence per micro-batch
+    assert (
+        _record("torchtitan_2412_t6_405b_512gpu_fsdp8_cp1_seq32768").scenario.training.micro_batch
+        == 1
+    )
+
+
+def test_2506_compiled_records_use_the_fused_loss() -> None:
+    """The trainy H200 run (e7c0cae, --training.compile): compiled loss; pp 1: ZeRO-3."""
+    sc = _record("torchtitan_2506_trainy_h200_llama31_8b_32gpu").scenario
+    assert sc.training.cross_entropy == "fused"
+    assert sc.parallelism.zero_stage == 3
