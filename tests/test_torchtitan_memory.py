@@ -89,12 +89,12 @@ def _record(rid: str):
 def test_2412_pipeline_records_read_as_torchtitan_9dec370_ran_them() -> None:
     """Table 5 (405B, local batch 32, pp 8, Interleaved 1F1B): 9dec370a's default
     n_microbatches = pp gives micro-batches of 32 / 8 = 4; no reshard after forward under PP
-    (ZeRO-2); the loss eager (not compiled at 9dec370a)."""
+    (ZeRO-2); the loss eager (not compiled at 9dec370a), loss parallel under tp 8."""
     tr = _record("torchtitan_2412_t5_405b_512gpu_Interleaved1F1B")
     sc = tr.scenario
     assert (sc.training.micro_batch, sc.training.global_batch, sc.parallelism.dp) == (4, 256, 8)
     assert sc.parallelism.zero_stage == 2
-    assert sc.training.cross_entropy == "standard"
+    assert sc.training.cross_entropy == "loss_parallel"  # eager, over the tp 8 vocabulary shard
     assert any("local batch / pp" in a for a in tr.assumptions)
     # Table 6 (local batch 8, pp 8): one sequence per micro-batch
     assert (
@@ -108,3 +108,19 @@ def test_2506_compiled_records_use_the_fused_loss() -> None:
     sc = _record("torchtitan_2506_trainy_h200_llama31_8b_32gpu").scenario
     assert sc.training.cross_entropy == "fused"
     assert sc.parallelism.zero_stage == 3
+
+
+def test_loss_parallel_backward_holds_three_fp32_logit_tensors(tmp_path: Path) -> None:
+    """tp 2, eager loss: torchtitan's loss_parallel. Its backward
+    (_nll_loss_and_log_softmax_backward: zeros_like(x), exp(x), their sum, the product) holds
+    three fp32 b·s·V/t tensors beside the saved log-softmax; ATen's holds two. b·s = 8192,
+    V/t = 128,256 / 2."""
+    from simtrain.costs.activations import loss_transient_bytes
+
+    sc = _titan(tmp_path, {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2"}, 8)
+    assert sc.training.cross_entropy == "loss_parallel"
+    assert loss_transient_bytes(sc.model, sc.training, 2) == 3 * 4 * 8192 * 64128
+    off = {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2\ndisable_loss_parallel = true"}
+    sc_off = _titan(tmp_path, off, 8)
+    assert sc_off.training.cross_entropy == "standard"
+    assert loss_transient_bytes(sc_off.model, sc_off.training, 2) == 2 * 4 * 8192 * 64128

@@ -114,7 +114,6 @@ NO_EFFECT_KEYS = {
     "optimizer": ("lr", "eps", "weight_decay", "implementation", "beta1", "beta2"),
     "training": ("steps", "max_norm", "dataset", "dataset_path", "gc_freq", "gc_debug",
                  "dataloader", "warmup_steps", "deterministic", "seed", "mixed_precision_reduce"),
-    "parallelism": ("disable_loss_parallel",),
     "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug", "early_stop"),
     "compile": ("backend",),
 }  # fmt: skip
@@ -368,6 +367,12 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
                                 "recompute": _recompute(ac, r)}  # fmt: skip
     if compiled_loss:
         training["cross_entropy"] = "fused"
+    elif tp > 1 and not p.get("disable_loss_parallel", False):
+        # train.py's train_context enables loss_parallel over the vocabulary-sharded output
+        # (parallelize.py: the output ColwiseParallel with Shard(-1) under loss parallel)
+        training["cross_entropy"] = "loss_parallel"
+        r.assume("tensor parallel: loss parallel (parallelism.disable_loss_parallel false): "
+                 "PyTorch's loss_parallel cross-entropy over the vocabulary shard")  # fmt: skip
     if t.get("enable_cpu_offload"):
         training["offload"] = {"optimizer": True}
     return r.scenario(

@@ -365,21 +365,16 @@ def _torchtitan_commit(rec: Record, conv: SourceConvention) -> SourceConvention:
     ``experimental.pipeline_parallel_microbatches`` micro-batches, by default the pipeline degree
     (parallelisms/pipelining_utils.py build_pipeline_schedule: ``n_microbatches =
     job_config.experimental.pipeline_parallel_degree``; pipeline_llama.py l.67-69), and the loss
-    is eager (train.py l.136-138: compiling it "causes CUDA errors, turning off for now").
-    Later commits (820504e, e7c0cae: the 2025-06 benchmarks) compile the loss with the model
-    under ``training.compile`` (components/loss.py build_cross_entropy_loss): inductor fuses the
-    fp32 upcast, log-softmax and its backward, keeping the bf16 logits and a log-sum-exp per row
-    (simtrain's ``cross_entropy: fused``)."""
+    is eager (train.py l.136-138: compiling it "causes CUDA errors, turning off for now";
+    ``native.torchtitan_config`` writes ``compile.components = ["model"]``). Later commits
+    (820504e, e7c0cae: the 2025-06 benchmarks) compile the loss with the model under
+    ``training.compile`` (components/loss.py build_cross_entropy_loss), which the importer reads
+    as the fused cross-entropy."""
     if TORCHTITAN_2412 in rec.source:
         return replace(conv, pp_micro_batch="local_over_pp", pp_micro_batch_note=(
             "micro-batch not reported: local batch / pp (torchtitan 9dec370a splits the local "
             "batch into pipeline_parallel_microbatches, default the pipeline degree: "
             "pipelining_utils.py build_pipeline_schedule)"))  # fmt: skip
-    if "torch.compile" in f"{rec.notes} {rec.training}":
-        return replace(conv, cross_entropy="fused", cross_entropy_note=(
-            "loss: torch.compile'd cross-entropy (torchtitan components/loss.py "
-            "build_cross_entropy_loss under training.compile, 820504e / e7c0cae): the bf16 logits "
-            "and a log-sum-exp per row saved, one bf16 logit gradient (cross_entropy fused)"))  # fmt: skip
     return conv
 
 

@@ -419,7 +419,9 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     # a ds_config holds no sequence length and never turns recompute on (the model code calls
     # deepspeed.checkpointing): the importer asks for both with --set
     said = ("seq_len", "recompute") if imp.kind == "deepspeed" else ()
-    for key in (*said, "precision", "cross_entropy"):
+    # a torchtitan job config says its loss (compile.components, loss parallel under TP)
+    loss = () if imp.kind == "torchtitan" else ("cross_entropy",)
+    for key in (*said, "precision", *loss):
         if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
