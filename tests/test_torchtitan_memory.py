@@ -124,3 +124,17 @@ def test_loss_parallel_backward_holds_three_fp32_logit_tensors(tmp_path: Path) -
     sc_off = _titan(tmp_path, off, 8)
     assert sc_off.training.cross_entropy == "standard"
     assert loss_transient_bytes(sc_off.model, sc_off.training, 2) == 2 * 4 * 8192 * 64128
+
+
+def test_fsdp2_root_group_stays_whole(tmp_path: Path) -> None:
+    """8B on 8 GPUs (ZeRO-3, pp 1): FSDP2's root group (embedding, final norm, output: 2 x
+    525,336,576 + 4096 parameters) is whole in bf16 from the forward to the end of backward,
+    beside the current and the prefetched block, and the output's and final norm's bf16
+    gradients are whole through the backward; the generic ZeRO-3 rule holds two average blocks."""
+    sc = _titan(tmp_path, {}, 8)
+    generic = _titan(tmp_path, {}, 8, ["runtime.fsdp_root_unsharded=false"])
+    total = 32 * BLOCK_PARAMS + 2 * EMBEDDING_PARAMS + 4096
+    root = 2 * EMBEDDING_PARAMS + 4096
+    want = 2 * (2 * BLOCK_PARAMS + root) + 2 * (EMBEDDING_PARAMS + 4096)
+    got = stage_memory(sc, 0).category("buffers") - stage_memory(generic, 0).category("buffers")
+    assert got == want - 2 * 2 * (total // 32)

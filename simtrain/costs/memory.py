@@ -315,6 +315,10 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)
+        root = fsdp_root_bytes(sc, tensors, ms, n_layers)
+        if root is not None:  # FSDP2: two blocks, and the root group whole
+            live, root_grads = root
+            buffers += prec.grad * root_grads
         buffers += prec.param * live
     gather = 0
     if p.dp_mode == "naive" and p.dp > 1:
@@ -616,6 +620,23 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     if not rt.grads_in_reduce_buffer:
         return None
     return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
+def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateBytes,
+                    n_layers: int) -> tuple[int, int] | None:  # fmt: skip
+    """(parameters whole at once, gradients whole through the backward) of a ZeRO-3 stage
+    under FSDP2 (``runtime.fsdp_root_unsharded``): the current and the prefetched block, the
+    root group's parameters (those outside the blocks: embedding, final norm, output); the
+    output layer's and final norm's gradients, held from their backward to the root's
+    reduction at the end of backward. None where the rule does not apply (a dense model's
+    stage with decoder blocks, parameters on the GPU)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    if not sc.runtime.fsdp_root_unsharded or m.is_moe or not n_layers or t.offload.parameters:
+        return None
+    block = sum(x.numel for x in layer_param_tensors(m, t, p.tp, ep=p.ep))
+    head = {x.name for x in head_param_tensors(m, t, p.tp, p.pp)}
+    grads = sum(x.numel for x in tensors if x.name in head and x.trainable)
+    return 2 * block + ms.params - n_layers * block, grads
 
 
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:

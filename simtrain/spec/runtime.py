@@ -81,6 +81,14 @@ class RuntimeProfile:
     # self.reduce_grads ... to_accumulated_grad_if_needed()"; _fsdp_param.py
     # to_accumulated_grad_if_needed: ``unsharded_grad.to(self.reduce_dtype)``).
     pipeline_grads_unsharded: bool = False
+    # ZeRO-3 as FSDP2 wraps it (fully_shard on each block, then on the root): the root's group,
+    # the parameters outside the blocks (embedding, final norm, output), is not resharded after
+    # forward (fsdp/_fully_shard/_fsdp_state.py _lazy_init: "For the root, do not reshard after
+    # forward ... post_forward_mesh_info = None") and reduces its gradients once, in the
+    # end-of-backward callback (its input, the token ids, needs no gradient): its 16-bit
+    # parameters are whole from the forward to the end of backward, and so are the output
+    # layer's gradients from the start of backward.
+    fsdp_root_unsharded: bool = False
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -115,7 +123,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "pipeline_grads_unsharded", "fused_optimizer")  # fmt: skip
+         "grads_in_reduce_buffer", "pipeline_grads_unsharded", "fsdp_root_unsharded",
+         "fused_optimizer")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
