@@ -138,3 +138,18 @@ def test_fsdp2_root_group_stays_whole(tmp_path: Path) -> None:
     want = 2 * (2 * BLOCK_PARAMS + root) + 2 * (EMBEDDING_PARAMS + 4096)
     got = stage_memory(sc, 0).category("buffers") - stage_memory(generic, 0).category("buffers")
     assert got == want - 2 * 2 * (total // 32)
+
+
+def test_pipelining_keeps_a_receive_buffer_per_micro_batch(tmp_path: Path) -> None:
+    """pp 4, 8 micro-batches of one 8192-token sequence (b·s·h bf16 = 2 x 8192 x 4096 bytes):
+    stage 1 holds 8 activation and 8 gradient receive buffers; the 3 micro-batches in flight at
+    its peak have theirs counted as the first block's input, so 5 + 8 buffers are added where
+    the generic rule holds one of each."""
+    edit = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 4",
+            "local_batch_size = 1": "local_batch_size = 8"}  # fmt: skip
+    sc = _titan(tmp_path, edit, 32)
+    generic = _titan(tmp_path, edit, 32, ["runtime.pipeline_recv_buffers_per_microbatch=false"])
+    one = 2 * 8192 * 4096
+    new, old = stage_memory(sc, 1), stage_memory(generic, 1)
+    assert new.microbatches_in_flight == 3
+    assert new.category("buffers") - old.category("buffers") == (5 + 8 - 2) * one

@@ -325,7 +325,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         # The lecture's data parallelism: GPU 0 gathers the other replicas' gradients.
         gather = (p.dp - 1) * grads_b
         buffers += gather
-    if step.pp > 1:  # p2p send/receive buffers: one b·s·h activation and one gradient
+    if step.pp > 1 and not sc.runtime.pipeline_recv_buffers_per_microbatch:
+        # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
@@ -457,6 +458,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
+    buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -620,6 +622,28 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     if not rt.grads_in_reduce_buffer:
         return None
     return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
+def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
+                               in_flight: float) -> int:  # fmt: skip
+    """A rank's pipeline receive buffers under ``runtime.pipeline_recv_buffers_per_microbatch``
+    (torch.distributed.pipelining): each of its chunks but the first stage's holds one
+    activation buffer per micro-batch, each but the last stage's one gradient buffer per
+    micro-batch, b·s·h (/tp under sequence parallelism) each. A received activation is the
+    first block's input while its micro-batch is in flight, counted with the activations: only
+    the other micro-batches' buffers are added (``in_flight`` in whole-stage units, the
+    activation walk's at its peak). 0 without the rule or a pipeline."""
+    if not sc.runtime.pipeline_recv_buffers_per_microbatch or step.pp == 1:
+        return 0
+    p = sc.parallelism
+    one = step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    chunks = step.rank_chunk_ids(rank)
+    last = step.pp * step.v - 1
+    m = step.microbatches
+    act = sum(m for c in chunks if c > 0)
+    grad = sum(m for c in chunks if c < last)
+    held = round(in_flight * len(chunks)) if act else 0
+    return (max(0, act - held) + grad) * one
 
 
 def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateBytes,

@@ -89,6 +89,11 @@ class RuntimeProfile:
     # parameters are whole from the forward to the end of backward, and so are the output
     # layer's gradients from the start of backward.
     fsdp_root_unsharded: bool = False
+    # Pipeline receive buffers, one per micro-batch and direction, allocated once and kept
+    # (torch.distributed.pipelining stage.py: _prepare_forward_infra fills args_recv_info and
+    # _prepare_backward_infra grad_recv_info "for mb_index in range(num_microbatches)", each a
+    # tensor irecv writes into); false: one activation and one gradient buffer per stage.
+    pipeline_recv_buffers_per_microbatch: bool = False
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -124,7 +129,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
          "grads_in_reduce_buffer", "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "fused_optimizer")  # fmt: skip
+         "pipeline_recv_buffers_per_microbatch", "fused_optimizer")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64)}
