@@ -371,11 +371,19 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     """Working memory of the loss on the last stage beyond what is saved. Standard: the 16-bit
     logits and their fp32 copy in forward (fp32 training: the logits themselves), then the
     gradient of the log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t
-    tensors at once. Fused: the forward keeps only the saved logits; the backward writes one
-    logit gradient in the matmul dtype (flash-attn ``xentropy`` backward, not in place)."""
+    tensors at once; PyTorch's loss_parallel three. Fused: the forward keeps only the saved
+    logits; the backward writes one logit gradient in the matmul dtype (flash-attn ``xentropy``
+    backward, not in place)."""
     s = t.seq_len_effective
     if t.cross_entropy == "fused":
         return PRECISIONS[t.precision].act_mm * t.micro_batch * s * m.vocab // tp
+    if t.cross_entropy == "loss_parallel":
+        # PyTorch loss_parallel (torch/distributed/tensor/parallel/loss.py
+        # _nll_loss_and_log_softmax_backward, the fused backward of nll_loss and log_softmax):
+        # ``grad_input = torch.zeros_like(x)``, then ``(grad_input + torch.exp(x)) *
+        # grad_output``: zeros, exp(x) and their sum, then the sum and the product, three fp32
+        # b·s·V/t tensors beside the saved log-softmax x (ATen's backward holds two)
+        return 3 * 4 * t.micro_batch * s * m.vocab // tp
     return 2 * 4 * t.micro_batch * s * m.vocab // tp
 
 

@@ -327,13 +327,18 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)
+        root = fsdp_root_bytes(sc, tensors, ms, n_layers)
+        if root is not None:  # FSDP2: two blocks, and the root group whole
+            live, root_grads = root
+            buffers += prec.grad * root_grads
         buffers += prec.param * live
     gather = 0
     if p.dp_mode == "naive" and p.dp > 1:
         # The lecture's data parallelism: GPU 0 gathers the other replicas' gradients.
         gather = (p.dp - 1) * grads_b
         buffers += gather
-    if step.pp > 1:  # p2p send/receive buffers: one b·s·h activation and one gradient
+    if step.pp > 1 and not sc.runtime.pipeline_recv_buffers_per_microbatch:
+        # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
     ddp = ddp_bucket_bytes(sc, step, ms.trainable)
     gathers = tp_gather_buffer_bytes(sc, step)
@@ -405,6 +410,9 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ms = add_states(scale_states(states(layer), n_layers),
                         states(ends))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, dp // p.ep)
+    unsharded = pipeline_unsharded_gradient_bytes(sc, step, ms.trainable)
+    if unsharded:
+        b["gradients"] = unsharded
     host = pinned = 0
     if t.offload.optimizer:
         # ZeRO-Offload (costs.offload): Adam's states (plain host tensors), and pinned: the
@@ -488,6 +496,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
                                                      dense)  # fmt: skip
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
+    buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -669,6 +678,58 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     if not rt.grads_in_reduce_buffer:
         return None
     return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
+def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
+                               in_flight: float) -> int:  # fmt: skip
+    """A rank's pipeline receive buffers under ``runtime.pipeline_recv_buffers_per_microbatch``
+    (torch.distributed.pipelining): each of its chunks but the first stage's holds one
+    activation buffer per micro-batch, each but the last stage's one gradient buffer per
+    micro-batch, b·s·h (/tp under sequence parallelism) each. A received activation is the
+    first block's input while its micro-batch is in flight, counted with the activations: only
+    the other micro-batches' buffers are added (``in_flight`` in whole-stage units, the
+    activation walk's at its peak). 0 without the rule or a pipeline."""
+    if not sc.runtime.pipeline_recv_buffers_per_microbatch or step.pp == 1:
+        return 0
+    p = sc.parallelism
+    one = step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    chunks = step.rank_chunk_ids(rank)
+    last = step.pp * step.v - 1
+    m = step.microbatches
+    act = sum(m for c in chunks if c > 0)
+    grad = sum(m for c in chunks if c < last)
+    held = round(in_flight * len(chunks)) if act else 0
+    return (max(0, act - held) + grad) * one
+
+
+def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateBytes,
+                    n_layers: int) -> tuple[int, int] | None:  # fmt: skip
+    """(parameters whole at once, gradients whole through the backward) of a ZeRO-3 stage
+    under FSDP2 (``runtime.fsdp_root_unsharded``): the current and the prefetched block, the
+    root group's parameters (those outside the blocks: embedding, final norm, output); the
+    output layer's and final norm's gradients, held from their backward to the root's
+    reduction at the end of backward. None where the rule does not apply (a dense model's
+    stage with decoder blocks, parameters on the GPU)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    if not sc.runtime.fsdp_root_unsharded or m.is_moe or not n_layers or t.offload.parameters:
+        return None
+    block = sum(x.numel for x in layer_param_tensors(m, t, p.tp, ep=p.ep))
+    head = {x.name for x in head_param_tensors(m, t, p.tp, p.pp)}
+    grads = sum(x.numel for x in tensors if x.name in head and x.trainable)
+    return 2 * block + ms.params - n_layers * block, grads
+
+
+def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The stage's gradients under a pipeline schedule with sharded data parallelism when the
+    runtime reduces them only after the last micro-batch (``runtime.pipeline_grads_unsharded``:
+    PyTorch pipelining over FSDP2): every trainable parameter's whole gradient, in the
+    reduction's dtype (4 bytes with ``grad_reduce_dtype: fp32``), held from its first backward
+    to the reduction; 0 where the rule does not apply (the ZeRO shard stands)."""
+    p = sc.parallelism
+    if not (sc.runtime.pipeline_grads_unsharded and step.pp > 1 and p.zero_stage >= 2
+            and p.dp_cp > 1):  # fmt: skip
+        return 0
+    return trainable * (4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad)
 
 
 def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:

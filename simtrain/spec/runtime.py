@@ -91,6 +91,29 @@ class RuntimeProfile:
     # column-parallel linear's gathered input and the async row-parallel linear's gathered output
     # gradient). Counted when tp > 1 with sequence parallelism; 0: none kept.
     tp_gather_buffers: int = 0
+    # Under a pipeline schedule the sharded data parallelism (ZeRO-2/3, FSDP2) reduces the
+    # gradients once, after the last micro-batch, and holds each parameter's whole (unsharded)
+    # gradient until then, in the reduction's dtype (``grad_reduce_dtype``):
+    # torch.distributed.pipelining's stage turns FSDP2's gradient sync off for each micro-batch's
+    # backward (stage.py backward_maybe_with_nosync: set_requires_gradient_sync(False),
+    # set_reshard_after_backward(False)), and FSDP2's post-backward then keeps the unsharded
+    # gradient upcast to reduce_dtype (_fsdp_param_group.py post_backward: "if not
+    # self.reduce_grads ... to_accumulated_grad_if_needed()"; _fsdp_param.py
+    # to_accumulated_grad_if_needed: ``unsharded_grad.to(self.reduce_dtype)``).
+    pipeline_grads_unsharded: bool = False
+    # ZeRO-3 as FSDP2 wraps it (fully_shard on each block, then on the root): the root's group,
+    # the parameters outside the blocks (embedding, final norm, output), is not resharded after
+    # forward (fsdp/_fully_shard/_fsdp_state.py _lazy_init: "For the root, do not reshard after
+    # forward ... post_forward_mesh_info = None") and reduces its gradients once, in the
+    # end-of-backward callback (its input, the token ids, needs no gradient): its 16-bit
+    # parameters are whole from the forward to the end of backward, and so are the output
+    # layer's gradients from the start of backward.
+    fsdp_root_unsharded: bool = False
+    # Pipeline receive buffers, one per micro-batch and direction, allocated once and kept
+    # (torch.distributed.pipelining stage.py: _prepare_forward_infra fills args_recv_info and
+    # _prepare_backward_infra grad_recv_info "for mb_index in range(num_microbatches)", each a
+    # tensor irecv writes into); false: one activation and one gradient buffer per stage.
+    pipeline_recv_buffers_per_microbatch: bool = False
     # The optimizer is a multi-tensor fused Adam updating in place (TE / apex FusedAdam): no
     # per-tensor temporaries in the step (costs.params.optimizer_working_bytes).
     fused_optimizer: bool = False
@@ -141,7 +164,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
          "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
-         "grads_freed_per_microbatch")  # fmt: skip
+         "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
+         "pipeline_recv_buffers_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron keeps 2).

@@ -37,8 +37,10 @@ OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 RECOMPUTE = ("none", "selective", "full", "selective_op")
 # Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
 # fp32 log-softmax is saved for backward) or "fused" (flash-attn's / Liger's kernel: row-wise
-# fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written).
-CROSS_ENTROPY = ("standard", "fused")
+# fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written) or
+# "loss_parallel" (PyTorch's loss_parallel over vocabulary-sharded logits: the standard loss's
+# saved fp32 log-softmax, a larger backward working set: costs.activations.loss_transient_bytes).
+CROSS_ENTROPY = ("standard", "fused", "loss_parallel")
 PEFT_METHODS = (
     "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
 )  # fmt: skip

@@ -114,9 +114,8 @@ NO_EFFECT_KEYS = {
     "optimizer": ("lr", "eps", "weight_decay", "implementation", "beta1", "beta2"),
     "training": ("steps", "max_norm", "dataset", "dataset_path", "gc_freq", "gc_debug",
                  "dataloader", "warmup_steps", "deterministic", "seed", "mixed_precision_reduce"),
-    "parallelism": ("disable_loss_parallel",),
     "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug", "early_stop"),
-    "compile": ("components", "backend"),
+    "compile": ("backend",),
 }  # fmt: skip
 
 
@@ -275,10 +274,22 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
             runtime["tp_comm_overlap"] = True
         else:
             r.ignore("parallelism.enable_async_tensor_parallel (needs compile and tp > 1)")
+    # compile.components (4a950ea config/job_config.py Compile: default ["model", "loss"]): a
+    # compiled loss (components/loss.py build_cross_entropy_loss) is inductor's fused
+    # cross-entropy: the bf16 logits and a log-sum-exp per row saved, the fp32 upcast and
+    # log-softmax never materialised (simtrain's cross_entropy fused)
+    components = cmp.get("components", ["model", "loss"])
+    if not isinstance(components, list):
+        raise ConfigError(file, "compile.components", "must be a list of strings", components,
+                          '["model", "loss"]')  # fmt: skip
+    compiled_loss = compile_on and "loss" in components
     if compile_on:
-        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)")
+        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)"
+                       + ("; its compiled loss is (cross_entropy fused)" if compiled_loss else ""))  # fmt: skip
     elif "enable" in cmp:
         r.ignore("compile.enable false")
+    if "components" in cmp and not compile_on:
+        r.ignore("compile.components (compile off)")
 
     # ---- batch and pipeline
     local = _int(
@@ -354,6 +365,14 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     training: dict[str, Any] = {"seq_len": seq, "global_batch": gb, "micro_batch": micro,
                                 "precision": precision, "optimizer": optimizer,
                                 "recompute": _recompute(ac, r)}  # fmt: skip
+    if compiled_loss:
+        training["cross_entropy"] = "fused"
+    elif tp > 1 and not p.get("disable_loss_parallel", False):
+        # train.py's train_context enables loss_parallel over the vocabulary-sharded output
+        # (parallelize.py: the output ColwiseParallel with Shard(-1) under loss parallel)
+        training["cross_entropy"] = "loss_parallel"
+        r.assume("tensor parallel: loss parallel (parallelism.disable_loss_parallel false): "
+                 "PyTorch's loss_parallel cross-entropy over the vocabulary shard")  # fmt: skip
     if t.get("enable_cpu_offload"):
         training["offload"] = {"optimizer": True}
     return r.scenario(

@@ -48,6 +48,10 @@ class SourceConvention:
     # hardware profile's cuda_context_mib), for sources whose memory includes it, and why.
     cuda_context_mib: float | None = None
     cuda_context_note: str = ""
+    # The micro-batch of a pipeline-parallel record that names none: "one" (1 sequence) or
+    # "local_over_pp" (the local batch split into pp micro-batches, the source's default count).
+    pp_micro_batch: str = "one"
+    pp_micro_batch_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -361,6 +365,8 @@ def convention_for(rec: Record) -> SourceConvention:
     """The source's convention for this record: the BLOOM chronicles' changed within the
     chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``)."""
     conv = convention(rec.source_key)
+    if rec.source_key == "torchtitan":
+        conv = _torchtitan_commit(rec, conv)
     if rec.source_key == "bloom_chronicles":
         m = _CHRONICLE_DATE.match(rec.id)
         date = m.group(1) if m else "99-99"  # MM-DD of 2022
@@ -369,6 +375,31 @@ def convention_for(rec: Record) -> SourceConvention:
         if date >= "02-28":  # Megatron-DeepSpeed 00f5f889 and the BF16 optimizer
             conv = replace(conv, layer_split="embedding_as_layer",
                            precision_map={"bf16": _BF16_OPTIMIZER})  # fmt: skip
+    return conv
+
+
+#: The torchtitan benchmark file of December 2024 (run at torchtitan 9dec370a), in a record's
+#: ``source``; the others (2025-06: 820504e, e7c0cae) ran later commits.
+TORCHTITAN_2412 = "llama3_h100_202412_torchtitan"
+
+
+def _torchtitan_commit(rec: Record, conv: SourceConvention) -> SourceConvention:
+    """What the torchtitan commit a record ran does where the record is silent.
+
+    9dec370a (the 2024-12 benchmarks): a pipeline splits the local batch into
+    ``experimental.pipeline_parallel_microbatches`` micro-batches, by default the pipeline degree
+    (parallelisms/pipelining_utils.py build_pipeline_schedule: ``n_microbatches =
+    job_config.experimental.pipeline_parallel_degree``; pipeline_llama.py l.67-69), and the loss
+    is eager (train.py l.136-138: compiling it "causes CUDA errors, turning off for now";
+    ``native.torchtitan_config`` writes ``compile.components = ["model"]``). Later commits
+    (820504e, e7c0cae: the 2025-06 benchmarks) compile the loss with the model under
+    ``training.compile`` (components/loss.py build_cross_entropy_loss), which the importer reads
+    as the fused cross-entropy."""
+    if TORCHTITAN_2412 in rec.source:
+        return replace(conv, pp_micro_batch="local_over_pp", pp_micro_batch_note=(
+            "micro-batch not reported: local batch / pp (torchtitan 9dec370a splits the local "
+            "batch into pipeline_parallel_microbatches, default the pipeline degree: "
+            "pipelining_utils.py build_pipeline_schedule)"))  # fmt: skip
     return conv
 
 

@@ -65,7 +65,7 @@ from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
-from simtrain.apps.validate.conventions import SourceConvention, runtime_of
+from simtrain.apps.validate.conventions import TORCHTITAN_2412, SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
@@ -269,10 +269,19 @@ def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[s
                       layout: tuple[int, int, int, int], batch: tuple[int, int],
                       par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The torchtitan job config (the TOML's tables; importers/torchtitan.py cites the keys) of a
-    torchtitan record: the llama3 flavor, FSDP2 over the data-parallel GPUs (reshard after
-    forward as the record's ZeRO stage says: 3 always, 2 never), tp / pp / cp degrees, async TP
-    with torch.compile, the pipeline schedule and micro-batch, activation checkpointing (torchtitan's
-    selective is per op) and the float8 converter with its recipe."""
+    torchtitan record: the llama3 flavor, FSDP2 over the data-parallel GPUs, tp / pp / cp
+    degrees, async TP with torch.compile, the pipeline schedule and micro-batch, activation
+    checkpointing (torchtitan's selective is per op) and the float8 converter with its recipe.
+
+    A record's "FSDP" (``zero_stage: 3``) is fully_shard with torchtitan's own reshard policy,
+    ``fsdp_reshard_after_forward = "default"``: reshard after forward unless pipeline parallel
+    (9dec370a parallelisms/parallelize_llama.py apply_fsdp l.324-339, "For PP, do not reshard
+    after forward to avoid per-microbatch all-gathers"; e7c0cae and 4a950ea keep it as the
+    "default" policy); ``zero_stage: 2`` is "never".
+
+    The 2024-12 benchmarks' loss was not compiled (9dec370a train.py l.136-138: ``loss_fn =
+    torch.compile(loss_fn)`` commented out): ``compile.components = ["model"]``; later commits
+    compile it with the model (components/loss.py build_cross_entropy_loss)."""
     tp, pp, dp, cp = layout
     B, b = batch
     zero = int(par.get("zero_stage") or 0)
@@ -281,7 +290,8 @@ def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[s
                          "tensor_parallel_degree": tp, "pipeline_parallel_degree": pp,
                          "context_parallel_degree": cp}  # fmt: skip
     if zero:
-        p["fsdp_reshard_after_forward"] = "always" if zero == 3 else "never"
+        p["fsdp_reshard_after_forward"] = "default" if zero == 3 else "never"
+    dec2024 = TORCHTITAN_2412 in rec.source
     async_tp = bool(par.get("async_tp")) and tp > 1
     if async_tp:
         p["enable_async_tensor_parallel"] = True
@@ -308,7 +318,7 @@ def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[s
         cfg["optimizer"] = {"name": "Adam" if training["optimizer"] == "adam" else "AdamW"}
     compiled = "torch.compile" in f"{rec.notes} {rec.training}"
     if compiled or async_tp:
-        cfg["compile"] = {"enable": True}
+        cfg["compile"] = {"enable": True} | ({"components": ["model"]} if dec2024 else {})
     if precision in _TORCHTITAN_FLOAT8:
         cfg["model"]["converters"] = ["quantize.linear.float8"]
         cfg["quantize"] = {"linear": {"float8": {"recipe_name": _TORCHTITAN_FLOAT8[precision]}}}
@@ -409,7 +419,9 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     # a ds_config holds no sequence length and never turns recompute on (the model code calls
     # deepspeed.checkpointing): the importer asks for both with --set
     said = ("seq_len", "recompute") if imp.kind == "deepspeed" else ()
-    for key in (*said, "precision", "cross_entropy"):
+    # a torchtitan job config says its loss (compile.components, loss parallel under TP)
+    loss = () if imp.kind == "torchtitan" else ("cross_entropy",)
+    for key in (*said, "precision", *loss):
         if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:

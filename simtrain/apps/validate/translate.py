@@ -328,7 +328,7 @@ def _scenario_data(
     said = [] if rec.native else notes
     model, seq = _model(rec.model, conv, said)
     tp, pp, dp, cp = _layout(rec.parallelism, rec.hardware, said)
-    B, b = _batch(rec.training, seq, pp, dp, said)
+    B, b = _batch(rec.training, seq, pp, dp, said, conv)
     training = _training(rec.training, conv, said)
     if cp > 1 and not model.get("flash_attention"):
         model["flash_attention"] = True
@@ -442,8 +442,10 @@ def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
     return tp, pp, dp, cp
 
 
-def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str]) -> tuple[int, int]:
-    """(global batch, micro-batch) in sequences."""
+def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
+           conv: SourceConvention | None = None) -> tuple[int, int]:  # fmt: skip
+    """(global batch, micro-batch) in sequences; a pipeline's micro-batch where the record
+    names none as the source's convention says (``pp_micro_batch``)."""
     B = _int(t.get("global_batch"))
     if B is None and _int(t.get("global_batch_tokens")) is not None:
         tokens = int(t["global_batch_tokens"])
@@ -458,6 +460,9 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str]) -
             b = B // dp
             notes.append(f"micro-batch not reported: global_batch / dp = {b} (one micro-batch "
                          "per replica, no gradient accumulation)")  # fmt: skip
+        elif conv is not None and conv.pp_micro_batch == "local_over_pp" and (B // dp) % pp == 0:
+            b = B // dp // pp
+            notes.append(f"{conv.pp_micro_batch_note} = {b}")
         else:
             b = 1
             notes.append("micro-batch not reported: 1 (pipeline parallel)")

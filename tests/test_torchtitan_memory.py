@@ -1,0 +1,155 @@
+"""torchtitan's memory mechanisms (issue 13): FSDP2 under a pipeline schedule keeps the stage's
+unsharded fp32 gradients until the last micro-batch, torchtitan does not reshard after forward
+under PP, a compiled loss is the fused cross-entropy, and the 2024-12 benchmarks split the local
+batch into pp micro-batches.
+
+Independent values: Llama 3 8B's parameters per decoder block and in the embedding (HF
+meta-llama/Meta-Llama-3-8B config.json: hidden 4096, 8 KV heads of 128, intermediate 14,336,
+vocab 128,256), counted here by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simtrain.apps.importers import import_config
+from simtrain.apps.importers.common import load_imported
+from simtrain.apps.validate.records import load_records
+from simtrain.apps.validate.translate import translate
+from simtrain.costs.memory import stage_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHTITAN = ROOT / "tests" / "fixtures" / "importers" / "torchtitan_llama3_8b.toml"
+
+# Llama 3 8B by hand: q and o 4096 x 4096, k and v 4096 x 1024, three FFN matrices
+# 4096 x 14336, two RMSNorm weights; the embedding 128,256 x 4096.
+BLOCK_PARAMS = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+EMBEDDING_PARAMS = 128256 * 4096
+
+
+def _titan(tmp_path: Path, replace: dict[str, str], gpus: int, sets: list[str] | None = None):
+    text = TORCHTITAN.read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    return load_imported(import_config("torchtitan", f, gpus=gpus),
+                         ["hardware=h100_sxm5_80gb", *(sets or [])])  # fmt: skip
+
+
+def test_pipeline_over_fsdp2_holds_unsharded_fp32_gradients(tmp_path: Path) -> None:
+    """pp 2 over FSDP2 on 8 data-parallel GPUs: torchtitan's "default" policy does not reshard
+    after forward (ZeRO-2), and stage 0's gradients are its whole parameters' in fp32 (4 bytes
+    each: reduce_dtype float32), not an eighth of them in bf16."""
+    sc = _titan(tmp_path, {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}, 16)
+    assert (sc.parallelism.pp, sc.parallelism.dp, sc.parallelism.zero_stage) == (2, 8, 2)
+    sm = stage_memory(sc, 0)
+    ((lo, hi),) = sm.layers
+    stage_params = (hi - lo) * BLOCK_PARAMS + EMBEDDING_PARAMS
+    assert sm.category("gradients") == 4 * stage_params
+    # the bf16 parameters stay unsharded (no reshard after forward), the fp32 ones are sharded
+    assert sm.category("parameters") == 2 * stage_params
+    # a runtime that reduces each micro-batch's gradients keeps the ZeRO-2 shard
+    off_sc = _titan(
+        tmp_path,
+        {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"},
+        16,
+        ["runtime.pipeline_grads_unsharded=false"],
+    )
+    off = stage_memory(off_sc, 0)
+    assert off.category("gradients") == -(-2 * stage_params // 8)
+
+
+def test_no_pipeline_no_unsharded_gradients(tmp_path: Path) -> None:
+    """Without a pipeline FSDP2 reduce-scatters each block's gradients in the backward: the
+    shard (ZeRO-3) stands."""
+    sc = _titan(tmp_path, {}, 8)
+    assert (sc.parallelism.pp, sc.parallelism.zero_stage) == (1, 3)
+    sm = stage_memory(sc, 0)
+    assert sm.category("gradients") < sm.params  # a shard, under a byte per parameter
+
+
+def test_compiled_loss_is_the_fused_cross_entropy(tmp_path: Path) -> None:
+    """compile.enable with "loss" in compile.components (4a950ea's default ["model", "loss"]):
+    components/loss.py compiles the loss; ["model"] leaves it eager."""
+    on = {"enable = false": "enable = true"}
+    assert _titan(tmp_path, on, 8).training.cross_entropy == "fused"
+    model_only = {**on, 'components = ["model", "loss"]': 'components = ["model"]'}
+    assert _titan(tmp_path, model_only, 8).training.cross_entropy == "standard"
+    assert _titan(tmp_path, {}, 8).training.cross_entropy == "standard"  # compile off
+
+
+def _record(rid: str):
+    recs = {r.id: r for r in load_records(ROOT / "measured" / "more_runs_2026-12.yaml")}
+    tr = translate(recs[rid])
+    assert not isinstance(tr, str) and hasattr(tr, "scenario"), tr
+    return tr
+
+
+def test_2412_pipeline_records_read_as_torchtitan_9dec370_ran_them() -> None:
+    """Table 5 (405B, local batch 32, pp 8, Interleaved 1F1B): 9dec370a's default
+    n_microbatches = pp gives micro-batches of 32 / 8 = 4; no reshard after forward under PP
+    (ZeRO-2); the loss eager (not compiled at 9dec370a), loss parallel under tp 8."""
+    tr = _record("torchtitan_2412_t5_405b_512gpu_Interleaved1F1B")
+    sc = tr.scenario
+    assert (sc.training.micro_batch, sc.training.global_batch, sc.parallelism.dp) == (4, 256, 8)
+    assert sc.parallelism.zero_stage == 2
+    assert sc.training.cross_entropy == "loss_parallel"  # eager, over the tp 8 vocabulary shard
+    assert any("local batch / pp" in a for a in tr.assumptions)
+    # Table 6 (local batch 8, pp 8): one sequence per micro-batch
+    assert (
+        _record("torchtitan_2412_t6_405b_512gpu_fsdp8_cp1_seq32768").scenario.training.micro_batch
+        == 1
+    )
+
+
+def test_2506_compiled_records_use_the_fused_loss() -> None:
+    """The trainy H200 run (e7c0cae, --training.compile): compiled loss; pp 1: ZeRO-3."""
+    sc = _record("torchtitan_2506_trainy_h200_llama31_8b_32gpu").scenario
+    assert sc.training.cross_entropy == "fused"
+    assert sc.parallelism.zero_stage == 3
+
+
+def test_loss_parallel_backward_holds_three_fp32_logit_tensors(tmp_path: Path) -> None:
+    """tp 2, eager loss: torchtitan's loss_parallel. Its backward
+    (_nll_loss_and_log_softmax_backward: zeros_like(x), exp(x), their sum, the product) holds
+    three fp32 b·s·V/t tensors beside the saved log-softmax; ATen's holds two. b·s = 8192,
+    V/t = 128,256 / 2."""
+    from simtrain.costs.activations import loss_transient_bytes
+
+    sc = _titan(tmp_path, {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2"}, 8)
+    assert sc.training.cross_entropy == "loss_parallel"
+    assert loss_transient_bytes(sc.model, sc.training, 2) == 3 * 4 * 8192 * 64128
+    off = {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2\ndisable_loss_parallel = true"}
+    sc_off = _titan(tmp_path, off, 8)
+    assert sc_off.training.cross_entropy == "standard"
+    assert loss_transient_bytes(sc_off.model, sc_off.training, 2) == 2 * 4 * 8192 * 64128
+
+
+def test_fsdp2_root_group_stays_whole(tmp_path: Path) -> None:
+    """8B on 8 GPUs (ZeRO-3, pp 1): FSDP2's root group (embedding, final norm, output: 2 x
+    525,336,576 + 4096 parameters) is whole in bf16 from the forward to the end of backward,
+    beside the current and the prefetched block, and the output's and final norm's bf16
+    gradients are whole through the backward; the generic ZeRO-3 rule holds two average blocks."""
+    sc = _titan(tmp_path, {}, 8)
+    generic = _titan(tmp_path, {}, 8, ["runtime.fsdp_root_unsharded=false"])
+    total = 32 * BLOCK_PARAMS + 2 * EMBEDDING_PARAMS + 4096
+    root = 2 * EMBEDDING_PARAMS + 4096
+    want = 2 * (2 * BLOCK_PARAMS + root) + 2 * (EMBEDDING_PARAMS + 4096)
+    got = stage_memory(sc, 0).category("buffers") - stage_memory(generic, 0).category("buffers")
+    assert got == want - 2 * 2 * (total // 32)
+
+
+def test_pipelining_keeps_a_receive_buffer_per_micro_batch(tmp_path: Path) -> None:
+    """pp 4, 8 micro-batches of one 8192-token sequence (b·s·h bf16 = 2 x 8192 x 4096 bytes):
+    stage 1 holds 8 activation and 8 gradient receive buffers; the 3 micro-batches in flight at
+    its peak have theirs counted as the first block's input, so 5 + 8 buffers are added where
+    the generic rule holds one of each."""
+    edit = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 4",
+            "local_batch_size = 1": "local_batch_size = 8"}  # fmt: skip
+    sc = _titan(tmp_path, edit, 32)
+    generic = _titan(tmp_path, edit, 32, ["runtime.pipeline_recv_buffers_per_microbatch=false"])
+    one = 2 * 8192 * 4096
+    new, old = stage_memory(sc, 1), stage_memory(generic, 1)
+    assert new.microbatches_in_flight == 3
+    assert new.category("buffers") - old.category("buffers") == (5 + 8 - 2) * one
