@@ -484,6 +484,14 @@ def check_combined_1f1b(s: Scenario, file: str) -> None:
 def check_layout(s: Scenario, file: str) -> None:
     """Layouts that do not divide are errors, each naming the key and the numbers."""
     m, t, p = s.model, s.training, s.parallelism
+    if p.schedule in SCHEDULES and schedule_traits(p.schedule).bidirectional:
+        others = ", ".join(n for n in SCHEDULES if not schedule_traits(n).bidirectional)
+        raise ConfigError(
+            file, "parallelism.schedule", f"{p.schedule} (two pipelines in opposite directions, "
+            "each stage's layers on two ranks) is a schedule only (simtrain schedule "
+            f"{p.schedule}): the engine, layer split and memory model run one pipeline (DualPipe "
+            f"cut in half is dualpipe_v); allowed: {others}", p.schedule,
+        )  # fmt: skip
     if p.pp > m.layers:
         raise ConfigError(
             file, "parallelism.pp", f"must not exceed model.layers = {m.layers} (a pipeline stage "
