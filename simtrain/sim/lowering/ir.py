@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simtrain.schedules import Schedule
+from simtrain.schedules import Schedule, pipeline_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +188,13 @@ class LoweringInput:
     comm_sm_share: float = 0.0
     # torch.nn.DataParallel: GPU 0 and a replica row (``passes.data_parallel_pass``)
     data_parallel: DataParallelPlan | None = None
+    # Virtual stages on ranks (schedules.actions.PLACEMENTS): "dual" (DualPipe) runs two
+    # pipelines, stages 0..pp-1 and pp..2pp-1, with no hop between them
+    placement: str = "loop"
+
+    def pipeline(self, stage: int) -> range:
+        """The stages a micro-batch through ``stage`` visits, in order."""
+        return pipeline_of(stage, self.pp * self.v, self.placement)
 
     @property
     def host_modelled(self) -> bool:
