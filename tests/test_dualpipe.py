@@ -140,7 +140,8 @@ def test_activation_peak_is_pp_plus_one(pp):
     activations (F until its B or W), the registry's in-flight closed form."""
     for m in _ms(pp):
         assert set(peak_in_flight(dualpipe(pp, m)).values()) == {pp + 1}
-        assert SCHEDULES["dualpipe"].in_flight(pp, m, 0, 2) == pp + 1
+        # in micro-batches of the rank's layers (both copies), the memory walk's unit
+        assert SCHEDULES["dualpipe"].in_flight(pp, m, 0, 2) == (pp + 1) / 2
 
 
 def test_bad_input_one_line_errors():
@@ -192,13 +193,15 @@ def test_engine_runs_both_directions_and_conserves_time():
 
 def test_memory_holds_both_copies():
     """Rank r holds model stages r and pp-1-r (README "Parameter Per Device 2x"): its
-    parameters, gradients and optimizer states are 1F1B's ranks r and pp-1-r together."""
+    parameters, gradients and optimizer states are 1F1B's ranks r and pp-1-r together; the
+    memory walk's peak is PP + 1 = 5 stage activations, 2.5 micro-batches of both copies."""
     from simtrain.costs.memory import estimate_memory
 
     dual = estimate_memory(_scenario("parallelism.schedule=dualpipe")).stages
     flush = estimate_memory(_scenario("parallelism.schedule=1f1b")).stages
     for r in range(4):
         assert dual[r].params == flush[r].params + flush[3 - r].params
+        assert dual[r].microbatches_in_flight == 2.5  # PP + 1 = 5 stage activations
 
 
 def test_planner_closed_form_tracks_the_engine():

@@ -136,9 +136,10 @@ def _dualpipe_bubble(p: int, m: int, v: int) -> float:
 
 
 def _dualpipe_in_flight(p: int, m: int, stage: int, v: int) -> float:
-    """DualPipe holds p+1 stage activations on every rank (the README's "Activation Per
-    Device PP+1"), counted in micro-batches of one stage's layers."""
-    return float(p + 1)
+    """DualPipe holds p+1 chunk activations on every rank, each a whole model stage's (the
+    README's "Activation Per Device PP+1"): (p+1)/2 micro-batches of the rank's layers, its
+    two copies together (the memory walk's unit, as DualPipeV's p + 1/2)."""
+    return (p + 1) / 2
 
 
 def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
