@@ -345,7 +345,15 @@ def dualpipe(pp: int, m: int, v: int = 2) -> Schedule:
     7: pp/2-half_rank-1 (W, I0); 8: half_rank+1 W. Each overlapped F&B is flattened into F then
     B (as :func:`dualpipe_v`); W's pop the WeightGradStore's FIFO queue of deferred weight
     gradients (``_weight_chunk``: "Assume FIFO"). Needs even pp and even m >= 2pp (``step``'s
-    asserts)."""
+    asserts). Unit-time bubble (tests/test_dualpipe.py): with DualPipe's own send points
+    (:func:`dualpipe_p2p`) every rank idles the README's (pp/2-1)(F&B+B-3W); run as listed here,
+    each output sent when its own computation ends, (pp/2-1)(2B-3W).
+
+    Not modelled: the sum of each stage's two copies' gradients (ranks r and pp-1-r), which
+    DualPipe leaves to its caller (example_dualpipe.py l.168-174 all-gathers them over the
+    pipeline group); and the engine's F&B pairing (``sim.lowering.passes.ep_pass``) pairs
+    adjacent F/B greedily, so step 5's (B1, F1&B0) runs as (B1&F1, B0) and the middle ranks'
+    first step-4 pair, not overlapped in DualPipe, is (as for :func:`dualpipe_v`)."""
     if v != 2:
         raise ScheduleError(f"dualpipe has exactly 2 chunks per rank (got v={v})")
     for key, value in (("pp", pp), ("microbatches", m)):
