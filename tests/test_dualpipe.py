@@ -252,3 +252,26 @@ def test_generated_dualpipe_scenarios_keep_every_invariant(data):
     conservation, outputs) on generated layouts that run DualPipe."""
     assume(data["parallelism"]["schedule"] == "dualpipe" and data["parallelism"]["pp"] > 1)
     check_outputs(parse_scenario(copy.deepcopy(data), "hyp.yaml"))
+
+
+def test_engine_overlaps_dualpipes_own_pairs():
+    """The F&B pairs are DualPipe.step's ``_forward_backward_chunk`` calls: on rank 0 of pp 4,
+    m 8: step 4's (0F3, 7B5) and (7F6, 0B0), step 5's lone 7B6 then (7F7, 0B1); a greedy
+    pairing of adjacent F/B would take (7B6, 7F7) and leave 0B1 alone. An MoE model with
+    expert parallelism: each paired action's all-to-all ends in a join, one per action."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.schedules import dualpipe_fb_pairs
+
+    assert dualpipe_fb_pairs(4, 8)[0] == {Action(0, "F", 3), Action(7, "F", 6), Action(7, "F", 7)}
+    # the middle ranks' first step-4 pair is not overlapped ("to further reduce bubble size")
+    assert [len(dualpipe_fb_pairs(4, 8)[r]) for r in range(4)] == [3, 3, 3, 3]
+    sc = parse_scenario({
+        "name": "ep", "hardware": "h100_sxm5_80gb",
+        "model": {"preset": "mixtral-8x7b", "layers": 4, "flash_attention": True},
+        "cluster": {"nodes": 2, "gpus_per_node": 4},
+        "training": {"seq_len": 2048, "global_batch": 16, "micro_batch": 1, "precision": "bf16"},
+        "parallelism": {"dp": 2, "tp": 1, "pp": 4, "ep": 2, "schedule": "dualpipe"},
+    }, "ep.yaml")  # fmt: skip
+    spans = simulate_scenario(sc).timeline.spans
+    joins = sorted((s.stage, s.microbatch) for s in spans if s.rank == 0 and s.kind == "JOIN")
+    assert joins == [(0, 0), (0, 1), (0, 3), (7, 5), (7, 6), (7, 7)]

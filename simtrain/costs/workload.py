@@ -337,9 +337,15 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                                   rep.reduce_gradient_bytes)  # fmt: skip
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
-                         overlapped_fb=step.traits.overlapped_fb,
+                         overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
                          comm_sm_share=comm_sm_share(sc), data_parallel=plan,
                          placement=step.traits.placement)  # fmt: skip
+
+
+def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
+    """The schedule's own overlapped F&B pairs (DualPipe), or None (greedy pairing)."""
+    pairs = step.traits.fb_pairs
+    return pairs(step.pp, step.microbatches) if pairs is not None else None
 
 
 def comm_sm_share(sc: Scenario) -> float:

@@ -16,6 +16,7 @@ from simtrain.schedules.analysis import peak_in_flight
 from simtrain.schedules.comm import add_p2p
 from simtrain.schedules.generators import (
     dualpipe,
+    dualpipe_fb_pairs,
     dualpipe_p2p,
     dualpipe_v,
     gpipe,
@@ -42,6 +43,7 @@ from simtrain.schedules.validate import has_split_backward, validate_schedule
 
 __all__ = [
     "dualpipe",
+    "dualpipe_fb_pairs",
     "dualpipe_p2p",
     "dualpipe_v",
     "COMM_KINDS",

@@ -349,11 +349,10 @@ def dualpipe(pp: int, m: int, v: int = 2) -> Schedule:
     (:func:`dualpipe_p2p`) every rank idles the README's (pp/2-1)(F&B+B-3W); run as listed here,
     each output sent when its own computation ends, (pp/2-1)(2B-3W).
 
-    Not modelled: the sum of each stage's two copies' gradients (ranks r and pp-1-r), which
-    DualPipe leaves to its caller (example_dualpipe.py l.168-174 all-gathers them over the
-    pipeline group); and the engine's F&B pairing (``sim.lowering.passes.ep_pass``) pairs
-    adjacent F/B greedily, so step 5's (B1, F1&B0) runs as (B1&F1, B0) and the middle ranks'
-    first step-4 pair, not overlapped in DualPipe, is (as for :func:`dualpipe_v`)."""
+    The engine overlaps DualPipe's own F&B pairs (:func:`dualpipe_fb_pairs`; DualPipeV's are
+    taken greedily, ``sim.lowering.passes.ep_pass``). Not modelled: the sum of each stage's
+    two copies' gradients (ranks r and pp-1-r), which DualPipe leaves to its caller
+    (example_dualpipe.py l.168-174 all-gathers them over the pipeline group)."""
     if v != 2:
         raise ScheduleError(f"dualpipe has exactly 2 chunks per rank (got v={v})")
     for key, value in (("pp", pp), ("microbatches", m)):
@@ -384,9 +383,26 @@ def dualpipe_p2p(pp: int, m: int) -> Schedule:
     return {r: [*_dualpipe_rank(r, pp, m, comm=True), _opt(r)] for r in range(pp)}
 
 
-def _dualpipe_rank(rank: int, pp: int, m: int, comm: bool = False) -> list[Action]:
+def dualpipe_fb_pairs(pp: int, m: int) -> dict[int, frozenset[Action]]:
+    """Rank -> the forwards that open an overlapped F&B pair of :func:`dualpipe` (each is
+    followed by its pair's backward): ``DualPipe.step``'s ``_forward_backward_chunk`` calls,
+    i.e. step 4's two pairs (but the middle ranks' first, "not overlapped to further reduce
+    bubble size") and step 5's F1&B0 (after a lone B1)."""
+    dualpipe(pp, m)  # the checks
+    out: dict[int, frozenset[Action]] = {}
+    for r in range(pp):
+        firsts: list[Action] = []
+        _dualpipe_rank(r, pp, m, pairs=firsts)
+        out[r] = frozenset(firsts)
+    return out
+
+
+def _dualpipe_rank(
+    rank: int, pp: int, m: int, comm: bool = False, pairs: list[Action] | None = None
+) -> list[Action]:
     """One rank's DualPipe order (see :func:`dualpipe`), mirroring ``DualPipe.step`` call for
-    call; with ``comm`` also its RECV/SEND actions (:func:`dualpipe_p2p`)."""
+    call; with ``comm`` also its RECV/SEND actions (:func:`dualpipe_p2p`); ``pairs`` collects
+    the forwards that open an overlapped F&B pair (:func:`dualpipe_fb_pairs`)."""
     from simtrain.schedules.comm import p2p_for
 
     half_ranks, half_m = pp // 2, m // 2
@@ -434,6 +450,9 @@ def _dualpipe_rank(rank: int, pp: int, m: int, comm: bool = False) -> list[Actio
         if recv0:
             p2p(RECV_F, phase0)
         p2p(RECV_B, phase1)
+        if pairs is not None:
+            mod = phase0 ^ second_half
+            pairs.append(Action(module_stage[mod], F, first_mb[mod] + count[F][mod]))
         f(phase0)  # overlapped in DualPipe; flattened F then B, both outputs sent after
         b(phase1, recv=False, send=False)
         p2p(SEND_F, phase0)

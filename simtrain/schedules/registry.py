@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simtrain.schedules.actions import Schedule
+from simtrain.schedules.actions import Action, Schedule
 from simtrain.schedules.generators import (
     combined_1f1b,
     dualpipe,
+    dualpipe_fb_pairs,
     dualpipe_v,
     gpipe,
     interleaved,
@@ -64,6 +65,9 @@ class ScheduleTraits:
     # Two pipelines in opposite directions (DualPipe, placement "dual"): half the micro-batches
     # run down stages 0..p-1, half up stages p..2p-1, each stage's layers held on two ranks
     bidirectional: bool = False
+    # (p, m) -> rank -> the forwards that open an overlapped F&B pair, when the schedule names
+    # its pairs (DualPipe); None: adjacent F/B of different micro-batches pair greedily
+    fb_pairs: Callable[[int, int], dict[int, frozenset[Action]]] | None = None
 
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
@@ -257,6 +261,7 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             min_microbatches_per_stage=1,
             overlapped_fb=True,
             bidirectional=True,
+            fb_pairs=dualpipe_fb_pairs,
         ),  # fmt: skip
     )
 }

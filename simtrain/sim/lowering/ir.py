@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simtrain.schedules import Schedule, pipeline_of
+from simtrain.schedules import Action, Schedule, pipeline_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +182,9 @@ class LoweringInput:
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
     overlapped_fb: bool = False
+    # rank -> the forwards that open a pair, when the schedule names its pairs (DualPipe:
+    # ScheduleTraits.fb_pairs); None: adjacent F/B of different micro-batches pair greedily
+    fb_pairs: dict[int, frozenset[Action]] | None = None
     # Share of the GPU's SMs the overlapped all-to-alls' kernels hold while they run (DeepEP:
     # spec.runtime moe_dispatch_sms / hardware sm_count; 0: communication on copy engines or
     # NCCL, not modelled as taking compute).

@@ -321,9 +321,13 @@ def ep_pass(ir: StepIR) -> None:
     with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2. When the
     all-to-all kernels hold a share f of the SMs (``LoweringInput.comm_sm_share``, DeepEP),
     the pair's compute runs at 1 − f while they do: it takes
-    ``C + min(A·f, C·f/(1 − f))`` (:func:`_sm_shared`)."""
+    ``C + min(A·f, C·f/(1 − f))`` (:func:`_sm_shared`). A schedule that names its pairs
+    (``LoweringInput.fb_pairs``, DualPipe's ``_forward_backward_chunk`` calls) pairs those
+    only; otherwise adjacent F/B of different micro-batches pair greedily."""
     overlap = ir.inp.overlapped_fb
+    named = ir.inp.fb_pairs  # the schedule's own pairs (DualPipe), else greedy
     for r in ir.ranks.values():
+        firsts = named.get(r.rank, frozenset()) if named is not None else None
         for i, g in enumerate(r.groups):
             ns = _a2a_ns(ir, g)
             if not ns:
@@ -339,7 +343,8 @@ def ep_pass(ir: StepIR) -> None:
                 _overlapped_a2a(r.rank, g, ns, start)
                 if ir.inp.comm_sm_share:
                     _sm_shared(prev, g, _a2a_ns(ir, prev) + ns, ir.inp.comm_sm_share)
-            elif overlap and nxt is not None and _pairs(g, nxt) and _a2a_ns(ir, nxt):
+            elif (overlap and nxt is not None and _a2a_ns(ir, nxt)
+                  and (_pairs(g, nxt) if firsts is None else g.action in firsts)):  # fmt: skip
                 # the first of a pair: done (for its sends) when its compute and its A2A are
                 g.compute_end = g.done
                 _overlapped_a2a(r.rank, g, ns, _compute_start(g))
