@@ -216,13 +216,14 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
     from simtrain.schedules import traits as schedule_traits
 
     virtual_stages = schedule_traits(name).chunks(virtual_stages)  # ZB-V, DualPipeV: 2
+    place = schedule_traits(name).placement  # DualPipe: two pipelines ("dual")
     sched = build_schedule(name, pp, microbatches, virtual_stages)
     click.echo("order of actions per GPU (stage, kind, micro-batch):")
     click.echo(format_grid(sched))
     click.echo("\nplayed in time, one cell per action ('.' is idle):")
-    click.echo(format_timeline(sched, pp, virtual_stages))
+    click.echo(format_timeline(sched, pp, virtual_stages, place))
     durations = {"F": 1, "B": 2, "I": 1, "W": 1}
-    makespan, busy = simulate_unit(sched, pp, virtual_stages, durations)
+    makespan, busy = simulate_unit(sched, pp, virtual_stages, durations, place)
     bubble = 1 - sum(busy.values()) / (pp * makespan)
     click.echo(
         f"\nbubble ratio {float(bubble):.3f} (idle fraction of GPU time with t_F = t_I = t_W = 1, t_B = 2)"

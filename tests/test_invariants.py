@@ -242,6 +242,8 @@ def scenario_data(draw: st.DrawFn) -> dict[str, Any]:
     # (combined_1f1b needs an MoE model with ep > 1: tests/test_ep_overlap.py)
     schedule = draw(st.sampled_from(sorted(set(SCHEDULES) - {"combined_1f1b"})))
     pp = draw(st.sampled_from([1, 2, 3, 4]))
+    if SCHEDULES[schedule].bidirectional and pp == 3:
+        pp = 4  # DualPipe: an even pp
     v = draw(st.sampled_from([1, 2])) if schedule == "interleaved" and pp > 1 else 1
     fixed = SCHEDULES[schedule].chunks_per_rank if pp > 1 else 0  # ZB-V, DualPipeV: a V of 2
     split = "uniform" if v > 1 or fixed else draw(st.sampled_from(["uniform", "compute_balanced",
@@ -254,7 +256,9 @@ def scenario_data(draw: st.DrawFn) -> dict[str, Any]:
     micro = draw(st.integers(1, 3))
     m = pp * draw(st.integers(1, 2)) if schedule == "interleaved" else draw(st.integers(1, 6))
     if fixed and SCHEDULES[schedule].min_microbatches_per_stage:
-        m = max(m, 2 * pp)  # DualPipeV: at least one micro-batch per stage
+        m = max(m, 2 * pp)  # DualPipe(V): at least one micro-batch per stage
+    if fixed and SCHEDULES[schedule].bidirectional:
+        m += m % 2  # DualPipe: half each way
     precision = draw(st.sampled_from(sorted(PRECISIONS)))
     peft = draw(st.sampled_from(PEFT))
     if peft == "qlora" and precision == "fp32":

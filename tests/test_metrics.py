@@ -14,7 +14,7 @@ from simtrain.costs.compute import chunk_costs, hardware_flops_per_step, model_f
 from simtrain.costs.workload import comm_sm_share
 from simtrain.layout.step import resolve
 from simtrain.report.metrics import StepMetrics, step_metrics
-from simtrain.schedules import build_schedule
+from simtrain.schedules import build_schedule, microbatch_stages
 from simtrain.sim.engine import simulate
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
 from simtrain.sim.timeline import Span, Timeline
@@ -152,10 +152,12 @@ def check_step(sc: Scenario) -> None:
         work = sum(s.duration_ns for s in compute if s.kind not in ("OPT", "LOSS"))
         want = 0
         dp_replica = p.dp_mode == "data_parallel" and p.dp > 1  # rank 1 runs stage 0 too
+        place = resolve(sc).traits.placement  # DualPipe: each micro-batch one direction's
         for stage, ch in chunks.items():
             if resolve(sc).chunk_rank(stage) == (0 if dp_replica else g):
                 c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
-                want += m * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
+                runs = sum(stage in microbatch_stages(j, m, len(chunks), place) for j in range(m))
+                want += runs * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
         share = comm_sm_share(sc)
         if not share:
             assert work == want

@@ -110,9 +110,12 @@ def test_registry_bubble_is_the_executed_orders(name, pp):
     durations = {"F": Fraction(1, v), "B": Fraction(2, v), "I": Fraction(1, v),
                  "W": Fraction(1, v)}  # fmt: skip
     for m in range(pp, 4 * pp + 1, pp):
-        if name in ("zb_v", "dualpipe_v") and m < 2 * pp:
-            continue  # the closed forms are stated for m >= 2p - 1 (ZB-V), 2p (DualPipeV)
-        makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations)
+        if name in ("zb_v", "dualpipe_v", "dualpipe") and m < 2 * pp:
+            continue  # the closed forms are stated for m >= 2p - 1 (ZB-V), 2p (DualPipe(V))
+        if traits.bidirectional and (pp % 2 or m % 2):
+            continue  # DualPipe: even pp, even m (tests/test_dualpipe.py)
+        makespan, busy = simulate_unit(traits.generator(pp, m, v), pp, v, durations,
+                                       traits.placement)  # fmt: skip
         if traits.asynchronous:
             # no flush: the step is the steady state, the busiest rank's time (report.metrics)
             makespan = max(busy.values())
@@ -212,7 +215,9 @@ def cases(draw):
         m = pp * draw(st.integers(1, 16 // pp)) if v > 1 else draw(st.integers(1, 16))
     else:
         v, m = 1, draw(st.integers(1, 16))
-    if SCHEDULES[name].min_microbatches_per_stage:  # DualPipeV: m >= 2p
+    if SCHEDULES[name].bidirectional:  # DualPipe: even pp, even m
+        pp, m = pp + pp % 2, m + m % 2
+    if SCHEDULES[name].min_microbatches_per_stage:  # DualPipe(V): m >= 2p
         m = max(m, 2 * pp)
     durations = {k: draw(DURATION) for k in ("F", "B", "I", "W")}
     durations["OPT"] = draw(st.integers(0, 3))
@@ -233,16 +238,16 @@ def test_schedule_properties(case, kind, bump, k):
     lowered = add_p2p(schedule, pp, v, place)
     validate_schedule(lowered, pp, m, v, split_backward=split, placement=place)
 
-    makespan, busy = simulate_unit(schedule, pp, v, durations)
+    makespan, busy = simulate_unit(schedule, pp, v, durations, place)
     assert 0 <= bubble(makespan, busy, pp) < 1
     for r, actions in schedule.items():
         assert busy[r] == sum(durations[a.kind] for a in actions)
-    assert simulate_unit(lowered, pp, v, durations) == (makespan, busy)
+    assert simulate_unit(lowered, pp, v, durations, place) == (makespan, busy)
 
     longer = {**durations, kind: durations[kind] + bump}
-    assert simulate_unit(schedule, pp, v, longer)[0] >= makespan
+    assert simulate_unit(schedule, pp, v, longer, place)[0] >= makespan
     scaled = {key: value * k for key, value in durations.items()}
-    assert simulate_unit(schedule, pp, v, scaled)[0] == k * makespan
+    assert simulate_unit(schedule, pp, v, scaled, place)[0] == k * makespan
 
 
 # ---------------------------------------------------------------- invalid schedules
@@ -294,9 +299,10 @@ def test_other_invalid_schedules():
 def test_registry_errors():
     with pytest.raises(
         ScheduleError,
-        match="1f1b, dualpipe_v, gpipe, interleaved, naive, pipedream, pipedream_2bw, zb_h1, zb_v",
+        match="1f1b, dualpipe, dualpipe_v, gpipe, interleaved, naive, pipedream, pipedream_2bw, "
+        "zb_h1, zb_v",
     ):
-        build_schedule("dualpipe", 4, 8)
+        build_schedule("chimera", 4, 8)
     with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
         build_schedule("gpipe", 4, 8, 2)
     with pytest.raises(ScheduleError, match="pp must be"):

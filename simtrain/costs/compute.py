@@ -512,6 +512,8 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     for ch in step.chunks:
         c = chunk_costs(mean, ch.layers, ch.embedding, ch.head, ch.lo)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
-    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks
+    # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks. DualPipe
+    # holds every stage twice and runs each micro-batch through one of the copies
     g = step.groups
-    return total * g.tp * step.microbatches * g.dp * g.cp
+    copies = 2 if step.traits.bidirectional else 1
+    return total * g.tp * step.microbatches * g.dp * g.cp / copies

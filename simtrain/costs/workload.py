@@ -57,12 +57,12 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
 
 
 def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end or
-    when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
+    """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end of
+    its pipeline (DualPipe: of its direction's) or when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
     otherwise a hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage
     sits on the rank before)."""
-    if not 0 <= to_stage <= step.last_stage:
-        return 0  # p2p_pass sends nothing from the first stage back or the last stage on
+    if to_stage not in step.pipeline(stage):
+        return 0  # p2p_pass sends nothing from a first stage back or a last stage on
     rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
     if rank == other:
         return 0
@@ -337,8 +337,15 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                                   rep.reduce_gradient_bytes)  # fmt: skip
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
-                         overlapped_fb=step.traits.overlapped_fb,
-                         comm_sm_share=comm_sm_share(sc), data_parallel=plan)  # fmt: skip
+                         overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
+                         comm_sm_share=comm_sm_share(sc), data_parallel=plan,
+                         placement=step.traits.placement)  # fmt: skip
+
+
+def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
+    """The schedule's own overlapped F&B pairs (DualPipe), or None (greedy pairing)."""
+    pairs = step.traits.fb_pairs
+    return pairs(step.pp, step.microbatches) if pairs is not None else None
 
 
 def comm_sm_share(sc: Scenario) -> float:

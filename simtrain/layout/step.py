@@ -14,7 +14,14 @@ from functools import lru_cache
 
 from simtrain.layout.partition import StageBlocks, split_layers
 from simtrain.layout.placement import Groups, Placement
-from simtrain.schedules import Schedule, ScheduleTraits, rank_stages, stage_to_rank, traits
+from simtrain.schedules import (
+    Schedule,
+    ScheduleTraits,
+    pipeline_of,
+    rank_stages,
+    stage_to_rank,
+    traits,
+)
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
 from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec, microbatches
@@ -60,9 +67,14 @@ class ResolvedStep:
     def last_stage(self) -> int:
         return self.pp * self.v - 1
 
+    def pipeline(self, stage: int) -> range:
+        """The stages a micro-batch through ``stage`` visits in order: all of them, or
+        DualPipe's half (:func:`~simtrain.schedules.actions.pipeline_of`)."""
+        return pipeline_of(stage, self.pp * self.v, self.traits.placement)
+
     def chunk_rank(self, stage: int) -> int:
         """Rank holding virtual stage ``stage`` (stage % pp, Narayanan et al. 2021 §2.2.2; or
-        the V of ZB-V: the schedule's ``placement``)."""
+        the V of ZB-V, or DualPipe's "dual": the schedule's ``placement``)."""
         return stage_to_rank(stage, self.pp, self.v, self.traits.placement)
 
     def rank_chunk_ids(self, rank: int) -> list[int]:
@@ -90,7 +102,13 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
     tr = traits(name)
     if tr.chunks(p.virtual_stages) != p.virtual_stages:
         p = replace(p, virtual_stages=tr.chunks(p.virtual_stages))  # ZB-V, DualPipeV: 2
-    split = split_layers(m, p)
+    if tr.bidirectional:
+        # DualPipe: pp stages of the model, each held twice: virtual stage pp+s is stage s's
+        # copy on rank pp-1-s (example_dualpipe.py l.138), the upward pipeline's stage s
+        one = split_layers(m, replace(p, virtual_stages=1))
+        split = {k: one[k % p.pp] for k in range(2 * p.pp)}
+    else:
+        split = split_layers(m, p)
     prec = PRECISIONS[t.precision]
     return ResolvedStep(
         microbatches=mb,

@@ -7,12 +7,17 @@ from simtrain.schedules.actions import (
     KINDS,
     Action,
     Schedule,
+    microbatch_stages,
+    pipeline_of,
     rank_stages,
     stage_to_rank,
 )
 from simtrain.schedules.analysis import peak_in_flight
 from simtrain.schedules.comm import add_p2p
 from simtrain.schedules.generators import (
+    dualpipe,
+    dualpipe_fb_pairs,
+    dualpipe_p2p,
     dualpipe_v,
     gpipe,
     interleaved,
@@ -37,6 +42,9 @@ from simtrain.schedules.unit_time import format_timeline, simulate_spans, simula
 from simtrain.schedules.validate import has_split_backward, validate_schedule
 
 __all__ = [
+    "dualpipe",
+    "dualpipe_fb_pairs",
+    "dualpipe_p2p",
     "dualpipe_v",
     "COMM_KINDS",
     "COMPUTE_KINDS",
@@ -52,6 +60,7 @@ __all__ = [
     "gpipe",
     "has_split_backward",
     "interleaved",
+    "microbatch_stages",
     "microbatches_in_flight",
     "naive",
     "one_f_one_b",
@@ -59,6 +68,7 @@ __all__ = [
     "pipedream",
     "pipedream_2bw",
     "pipedream_weight_versions",
+    "pipeline_of",
     "rank_stages",
     "simulate_spans",
     "simulate_unit",

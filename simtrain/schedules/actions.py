@@ -69,10 +69,13 @@ class Action(NamedTuple):
 Schedule = dict[int, list[Action]]
 
 
-#: How virtual stages sit on ranks: "loop" (Megatron interleaved: stage s on rank s % pp) or
+#: How virtual stages sit on ranks: "loop" (Megatron interleaved: stage s on rank s % pp),
 #: "v" (ZB-V, DualPipeV: two chunks per rank in a V, stage s on rank s for s < pp and on rank
-#: 2pp - 1 - s after; torch.distributed.pipelining ``generate_stage_to_rank_mapping(style="v")``).
-PLACEMENTS = ("loop", "v")
+#: 2pp - 1 - s after; torch.distributed.pipelining ``generate_stage_to_rank_mapping(style="v")``)
+#: or "dual" (DualPipe: the V's ranks, but two pipelines of pp stages each: stages 0..pp-1 carry
+#: the first half of the micro-batches down from rank 0, stages pp..2pp-1 the second half up
+#: from rank pp-1; stage pp+s holds a copy of stage s's layers, on rank pp-1-s).
+PLACEMENTS = ("loop", "v", "dual")
 
 
 def stage_to_rank(stage: int, pp: int, v: int = 1, placement: str = "loop") -> int:
@@ -82,7 +85,7 @@ def stage_to_rank(stage: int, pp: int, v: int = 1, placement: str = "loop") -> i
     al. 2024, arXiv 2401.10241 §6)."""
     if not 0 <= stage < pp * v:
         raise ScheduleError(f"stage {stage} out of range 0..{pp * v - 1} (pp={pp}, v={v})")
-    if placement == "v":
+    if placement in ("v", "dual"):
         return stage if stage < pp else 2 * pp - 1 - stage
     return stage % pp
 
@@ -92,6 +95,25 @@ def rank_stages(rank: int, pp: int, v: int = 1, placement: str = "loop") -> list
     (loop) or ``[rank, 2pp-1-rank]`` (V)."""
     if not 0 <= rank < pp:
         raise ScheduleError(f"rank {rank} out of range 0..{pp - 1} (pp={pp})")
-    if placement == "v":
+    if placement in ("v", "dual"):
         return [rank, 2 * pp - 1 - rank]
     return [rank + k * pp for k in range(v)]
+
+
+def pipeline_of(stage: int, num_stages: int, placement: str = "loop") -> range:
+    """The run of consecutive stages a micro-batch through ``stage`` visits, in order: every
+    stage (one pipeline), or under "dual" (DualPipe) the half ``stage`` is in: 0..pp-1 (down)
+    or pp..2pp-1 (up)."""
+    if placement == "dual":
+        half = num_stages // 2
+        return range(0, half) if stage < half else range(half, num_stages)
+    return range(num_stages)
+
+
+def microbatch_stages(j: int, m: int, num_stages: int, placement: str = "loop") -> range:
+    """Stages micro-batch ``j`` of ``m`` visits: all of them, or under "dual" (DualPipe,
+    ``DualPipe.step``: each end rank scatters its inputs into m/2 chunks) 0..pp-1 for
+    j < m/2 and pp..2pp-1 for the rest."""
+    if placement == "dual":
+        return pipeline_of(0 if j < m // 2 else num_stages - 1, num_stages, placement)
+    return range(num_stages)

@@ -14,6 +14,7 @@ from simtrain.schedules.actions import (
     F,
     I,
     Schedule,
+    pipeline_of,
     stage_to_rank,
 )
 
@@ -25,16 +26,17 @@ def p2p_for(
 
     F(s, j): RECV_F(s, j) before if s > 0, SEND_F(s, j) after if s is not last. B or I (s, j):
     RECV_B(s, j) before if s is not last, SEND_B(s, j) after if s > 0. Neighbouring stages on the
-    same rank (pp = 1, or the turn of ZB-V's V: ``placement``) exchange nothing. SEND carries
-    the sender's stage, RECV the receiver's.
+    same rank (pp = 1, or the turn of ZB-V's V: ``placement``) exchange nothing, nor do the
+    ends of DualPipe's two pipelines (``placement`` "dual"). SEND carries the sender's stage,
+    RECV the receiver's.
     """
     s, kind, j = action
-    last = pp * v - 1
     if pp == 1 or kind not in (F, B, I):
         return [], []
+    line = pipeline_of(s, pp * v, placement)
 
     def remote(other: int) -> bool:
-        return 0 <= other <= last and (
+        return other in line and (
             stage_to_rank(other, pp, v, placement) != stage_to_rank(s, pp, v, placement)
         )
 

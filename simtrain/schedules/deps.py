@@ -21,6 +21,7 @@ from simtrain.schedules.actions import (
     F,
     I,
     W,
+    pipeline_of,
 )
 
 Event = tuple[str, int, int]
@@ -44,19 +45,22 @@ def produces(action: Action) -> tuple[Event, ...]:
     return ()
 
 
-def requires(action: Action, num_stages: int) -> tuple[Event, ...]:
+def requires(action: Action, num_stages: int, placement: str = "loop") -> tuple[Event, ...]:
     """Events ``action`` waits for (besides its rank's previous action).
 
     F(s, j) needs F(s-1, j); B or I (s, j) needs F(s, j) and the input gradient of s+1;
     W(s, j) needs I(s, j); RECV_F(s, j) needs SEND_F(s-1, j); RECV_B(s, j) needs SEND_B(s+1, j).
+    Stage s-1 and s+1 only within s's pipeline (``placement`` "dual": DualPipe's two).
     """
     s, kind, j = action
     if j is None:
         return ()
+    line = pipeline_of(s, num_stages, placement) if placement == "dual" else range(num_stages)
+    first, last = s == line[0], s == line[-1]
     if kind == F:
-        return (("F", s - 1, j),) if s > 0 else ()
+        return (("F", s - 1, j),) if not first else ()
     if kind in (B, I):
-        return (("F", s, j),) + ((("G", s + 1, j),) if s < num_stages - 1 else ())
+        return (("F", s, j),) + ((("G", s + 1, j),) if not last else ())
     if kind == W:
         return (("G", s, j),)
     if kind == SEND_F:

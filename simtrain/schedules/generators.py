@@ -8,7 +8,19 @@ communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual stages (model 
 from __future__ import annotations
 
 from simtrain.errors import ScheduleError
-from simtrain.schedules.actions import OPT, Action, B, F, I, Schedule, W
+from simtrain.schedules.actions import (
+    OPT,
+    RECV_B,
+    RECV_F,
+    SEND_B,
+    SEND_F,
+    Action,
+    B,
+    F,
+    I,
+    Schedule,
+    W,
+)
 
 
 def _check(name: str, pp: int, m: int, v: int, *, virtual: bool = False) -> None:
@@ -312,6 +324,187 @@ def _dualpipe_v_rank(rank: int, pp: int, m: int) -> list[Action]:
         b(s0, I if zb else B)
     for _ in range(rank + 1):  # step 8: W0
         w()
+    return ops
+
+
+def dualpipe(pp: int, m: int, v: int = 2) -> Schedule:
+    """DualPipe (DeepSeek-AI, DeepSeek-V3 report §3.2.1; github.com/deepseek-ai/DualPipe
+    3da1bbe ``dualpipe/dualpipe.py``, ``DualPipe.step`` steps 1-8): bidirectional. Each of the
+    pp ranks (even) holds two copies of model stages: ``module[0]`` = stage r of the downward
+    pipeline and ``module[1]`` = stage pp-1-r of the upward one (examples/example_dualpipe.py
+    l.138: ``full_modules[rank], full_modules[pp_size - 1 - rank]``), so parameters are held
+    twice. Micro-batches 0..m/2-1 enter at rank 0 and run down virtual stages 0..pp-1 (stage r
+    on rank r); m/2..m-1 enter at rank pp-1 and run up virtual stages pp..2pp-1, where virtual
+    stage pp+s is a copy of model stage s on rank pp-1-s (placement "dual": the V's ranks, two
+    pipelines, :func:`~simtrain.schedules.actions.microbatch_stages`).
+
+    Per rank, with half_rank = min(r, pp-1-r) and the phases swapped on the second half of the
+    ranks (``phase ^= is_in_second_half``): 1: 2(pp/2-half_rank-1) F0; 2: half_rank+1 (F0,
+    F1); 3: pp/2-half_rank-1 (I1, W, F1); 4: m/2-pp+half_rank+1 (F0&B1, F1&B0); 5:
+    pp/2-half_rank-1 (B1, F1&B0); 6: half_rank+1 (B1, B0), zero-bubble (I) from the middle on;
+    7: pp/2-half_rank-1 (W, I0); 8: half_rank+1 W. Each overlapped F&B is flattened into F then
+    B (as :func:`dualpipe_v`); W's pop the WeightGradStore's FIFO queue of deferred weight
+    gradients (``_weight_chunk``: "Assume FIFO"). Needs even pp and even m >= 2pp (``step``'s
+    asserts). Unit-time bubble (tests/test_dualpipe.py): with DualPipe's own send points
+    (:func:`dualpipe_p2p`) every rank idles the README's (pp/2-1)(F&B+B-3W); run as listed here,
+    each output sent when its own computation ends, (pp/2-1)(2B-3W).
+
+    The engine overlaps DualPipe's own F&B pairs (:func:`dualpipe_fb_pairs`; DualPipeV's are
+    taken greedily, ``sim.lowering.passes.ep_pass``). Not modelled: the sum of each stage's
+    two copies' gradients (ranks r and pp-1-r), which DualPipe leaves to its caller
+    (example_dualpipe.py l.168-174 all-gathers them over the pipeline group)."""
+    if v != 2:
+        raise ScheduleError(f"dualpipe has exactly 2 chunks per rank (got v={v})")
+    for key, value in (("pp", pp), ("microbatches", m)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ScheduleError(f"dualpipe: {key} must be an integer >= 1 (got {value!r})")
+    if pp % 2:
+        raise ScheduleError(
+            f"dualpipe: pp must be even (DualPipe.step asserts num_ranks % 2 == 0; got pp={pp})"
+        )
+    if m % 2 or m < 2 * pp:
+        raise ScheduleError(
+            f"dualpipe: microbatches must be even and at least 2 x pp = {2 * pp}, half per "
+            f"direction (DualPipe.step asserts num_chunks % 2 == 0 and num_chunks >= "
+            f"num_ranks * 2; got m={m})"
+        )
+    return {r: [*_dualpipe_rank(r, pp, m), _opt(r)] for r in range(pp)}
+
+
+def dualpipe_p2p(pp: int, m: int) -> Schedule:
+    """:func:`dualpipe` with its sends and receives where ``DualPipe.step`` posts them, not
+    where :func:`~simtrain.schedules.comm.add_p2p` would: an overlapped F&B receives both
+    inputs before and sends both outputs after the pair (``_forward_backward_chunk``), step 2
+    sends each F0's output after the next F1 (off the middle ranks), step 3 receives the next
+    F1's input before the W, and the middle ranks hold their last step-2 F1 output until
+    their first step-4 F0. Played in unit time, the pair's forward output leaves when the pair
+    ends, as in DualPipe."""
+    dualpipe(pp, m)  # the checks
+    return {r: [*_dualpipe_rank(r, pp, m, comm=True), _opt(r)] for r in range(pp)}
+
+
+def dualpipe_fb_pairs(pp: int, m: int) -> dict[int, frozenset[Action]]:
+    """Rank -> the forwards that open an overlapped F&B pair of :func:`dualpipe` (each is
+    followed by its pair's backward): ``DualPipe.step``'s ``_forward_backward_chunk`` calls,
+    i.e. step 4's two pairs (but the middle ranks' first, "not overlapped to further reduce
+    bubble size") and step 5's F1&B0 (after a lone B1)."""
+    dualpipe(pp, m)  # the checks
+    out: dict[int, frozenset[Action]] = {}
+    for r in range(pp):
+        firsts: list[Action] = []
+        _dualpipe_rank(r, pp, m, pairs=firsts)
+        out[r] = frozenset(firsts)
+    return out
+
+
+def _dualpipe_rank(
+    rank: int, pp: int, m: int, comm: bool = False, pairs: list[Action] | None = None
+) -> list[Action]:
+    """One rank's DualPipe order (see :func:`dualpipe`), mirroring ``DualPipe.step`` call for
+    call; with ``comm`` also its RECV/SEND actions (:func:`dualpipe_p2p`); ``pairs`` collects
+    the forwards that open an overlapped F&B pair (:func:`dualpipe_fb_pairs`)."""
+    from simtrain.schedules.comm import p2p_for
+
+    half_ranks, half_m = pp // 2, m // 2
+    half_rank = min(rank, pp - 1 - rank)
+    second_half = rank >= half_ranks
+    middle = rank in (half_ranks - 1, half_ranks)  # is_middle_rank
+    module_stage = (rank, 2 * pp - 1 - rank)  # module[0] down, module[1] up
+    first_mb = (0, half_m)  # direction 0: micro-batches 0.., direction 1: m/2..
+    ops: list[Action] = []
+    # chunk ids per module: current_{f,b}_chunk_id, current_{recv,send}_{f,b}_chunk_id
+    count = {key: [0, 0] for key in (F, B, RECV_F, SEND_F, RECV_B, SEND_B)}
+    weights: list[tuple[int, int]] = []  # WeightGradStore queue: (stage, mb) after an I
+
+    def next_action(key: str, phase: int, kind: str) -> Action:
+        mod = phase ^ second_half
+        action = Action(module_stage[mod], kind, first_mb[mod] + count[key][mod])
+        count[key][mod] += 1
+        return action
+
+    def p2p(kind: str, phase: int) -> None:
+        action = next_action(kind, phase, kind)
+        compute = Action(action.stage, F if kind in (RECV_F, SEND_F) else B, action.microbatch)
+        before, after = p2p_for(compute, pp, 2, "dual")
+        if comm and action in (*before, *after):  # first/last stages send or receive nothing
+            ops.append(action)
+
+    def f(phase: int, recv: bool = False, send: bool = False) -> None:  # _forward_chunk
+        if recv:
+            p2p(RECV_F, phase)
+        ops.append(next_action(F, phase, F))
+        if send:
+            p2p(SEND_F, phase)
+
+    def b(phase: int, enable_zb: bool = False, recv: bool = True, send: bool = True) -> None:
+        if recv:
+            p2p(RECV_B, phase)
+        action = next_action(B, phase, I if enable_zb else B)
+        ops.append(action)
+        if enable_zb:
+            weights.append((action.stage, action.microbatch))
+        if send:
+            p2p(SEND_B, phase)
+
+    def fb(phase0: int, phase1: int, recv0: bool = True) -> None:  # _forward_backward_chunk
+        if recv0:
+            p2p(RECV_F, phase0)
+        p2p(RECV_B, phase1)
+        if pairs is not None:
+            mod = phase0 ^ second_half
+            pairs.append(Action(module_stage[mod], F, first_mb[mod] + count[F][mod]))
+        f(phase0)  # overlapped in DualPipe; flattened F then B, both outputs sent after
+        b(phase1, recv=False, send=False)
+        p2p(SEND_F, phase0)
+        p2p(SEND_B, phase1)
+
+    def w() -> None:  # _weight_chunk: "Assume FIFO"
+        stage, j = weights.pop(0)
+        ops.append(Action(stage, W, j))
+
+    for _ in range(2 * (half_ranks - half_rank - 1)):  # step 1: nF0
+        f(0, recv=True, send=True)
+    step_2 = half_rank + 1  # step 2: nF0F1
+    p2p(RECV_F, 0)
+    for i in range(step_2):
+        f(0, send=middle)
+        p2p(RECV_F, 0)
+        f(1, recv=True, send=not middle or i < step_2 - 1)
+        if not middle:
+            p2p(SEND_F, 0)
+    for _ in range(half_ranks - half_rank - 1):  # step 3: nB1W1F1 (zero bubble)
+        b(1, enable_zb=True)
+        p2p(RECV_F, 1)
+        w()
+        f(1, send=True)
+    for i in range(half_m - pp + half_rank + 1):  # step 4: nF0B1F1B0
+        if i == 0 and middle:  # "We don't overlap these two chunks to further reduce bubble"
+            f(0)
+            p2p(SEND_F, 1)
+            b(1, send=False)
+            p2p(SEND_F, 0)
+            p2p(SEND_B, 1)
+        else:
+            fb(0, 1, recv0=i > 0)
+        fb(1, 0)
+    for _ in range(half_ranks - half_rank - 1):  # step 5: nB1F1B0
+        b(1)
+        fb(1, 0)
+    zb = False
+    for i in range(step_2):  # step 6: nB1B0, the second half zero-bubble
+        if i == step_2 // 2 and half_rank % 2 == 1:
+            zb = True
+        b(1, zb)
+        if i == step_2 // 2 and half_rank % 2 == 0:
+            zb = True
+        b(0, zb)
+    for _ in range(half_ranks - half_rank - 1):  # step 7: nWB0 (zero bubble)
+        w()
+        b(0, enable_zb=True)
+    for _ in range(step_2):  # step 8: nW
+        w()
+    if weights:  # DualPipe.step asserts WeightGradStore.funcs_queue.empty()
+        raise ScheduleError(f"dualpipe: rank {rank} left {len(weights)} weight gradients")
     return ops
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from simtrain.schedules.actions import Schedule
+from simtrain.schedules.actions import Action, Schedule
 from simtrain.schedules.generators import (
     combined_1f1b,
+    dualpipe,
+    dualpipe_fb_pairs,
     dualpipe_v,
     gpipe,
     interleaved,
@@ -60,6 +62,12 @@ class ScheduleTraits:
     # as one unit whose layers interleave, so each one's expert all-to-alls hide behind the
     # other's compute (Megatron-Core combined 1F1B; DeepSeek-V3 §3.2.1 DualPipe's F&B chunks)
     overlapped_fb: bool = False
+    # Two pipelines in opposite directions (DualPipe, placement "dual"): half the micro-batches
+    # run down stages 0..p-1, half up stages p..2p-1, each stage's layers held on two ranks
+    bidirectional: bool = False
+    # (p, m) -> rank -> the forwards that open an overlapped F&B pair, when the schedule names
+    # its pairs (DualPipe); None: adjacent F/B of different micro-batches pair greedily
+    fb_pairs: Callable[[int, int], dict[int, frozenset[Action]]] | None = None
 
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
@@ -119,6 +127,23 @@ def _dualpipe_v_in_flight(p: int, m: int, stage: int, v: int) -> float:
     """DualPipeV holds 2p+1 chunk activations on every rank: the DualPipe README's "PP+1"
     (PP = 2p stages), p + 1/2 micro-batches of the rank's layers."""
     return p + 0.5
+
+
+def _dualpipe_bubble(p: int, m: int, v: int) -> float:
+    """DualPipe's order with each overlapped F&B run as F then B and every output sent when
+    its computation ends (:func:`~simtrain.schedules.comm.add_p2p`), stage costs F = W = I = T,
+    B = 2T: each rank works 3mT (m/2 micro-batches in each direction) and idles
+    (p/2−1)(2B−3W) = (p/2−1)T, so (p−2)/(6m+p−2) for even p, even m ≥ 2p. DualPipe's own
+    sends, both outputs of an F&B after the pair (``dualpipe_p2p``), add F per half-rank:
+    the README's (p/2−1)(F&B+B−3W) = (p−2)T (tests/test_dualpipe.py)."""
+    return (p - 2) / (6 * m + p - 2)
+
+
+def _dualpipe_in_flight(p: int, m: int, stage: int, v: int) -> float:
+    """DualPipe holds p+1 chunk activations on every rank, each a whole model stage's (the
+    README's "Activation Per Device PP+1"): (p+1)/2 micro-batches of the rank's layers, its
+    two copies together (the memory walk's unit, as DualPipeV's p + 1/2)."""
+    return (p + 1) / 2
 
 
 def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
@@ -223,6 +248,20 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             mixed_backward=True,
             min_microbatches_per_stage=1,
             overlapped_fb=True,
+        ),  # fmt: skip
+        ScheduleTraits(
+            "dualpipe",
+            dualpipe,
+            _dualpipe_bubble,
+            _dualpipe_in_flight,
+            virtual=True,
+            placement="dual",
+            chunks_per_rank=2,
+            mixed_backward=True,
+            min_microbatches_per_stage=1,
+            overlapped_fb=True,
+            bidirectional=True,
+            fb_pairs=dualpipe_fb_pairs,
         ),  # fmt: skip
     )
 }

@@ -58,9 +58,10 @@ def _duration_of(durations: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_schedule(
-    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any]
+    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any], placement: str = "loop"
 ) -> tuple[dict[int, list[UnitSpan]], list[Blocked]]:
-    """Simulate; returns the spans executed per rank and, on deadlock, each blocked rank."""
+    """Simulate; returns the spans executed per rank and, on deadlock, each blocked rank.
+    ``placement`` "dual": DualPipe's two pipelines (:func:`~simtrain.schedules.deps.requires`)."""
     table = _duration_of(durations)
     num_stages = pp * v
     done: dict[Event, Any] = {}
@@ -73,7 +74,7 @@ def run_schedule(
         for r, actions in schedule.items():
             while pos[r] < len(actions):
                 action = actions[pos[r]]
-                needs = requires(action, num_stages)
+                needs = requires(action, num_stages, placement)
                 if any(e not in done for e in needs):
                     break
                 if action.kind not in table:
@@ -94,7 +95,7 @@ def run_schedule(
             r,
             pos[r],
             schedule[r][pos[r]],
-            tuple(e for e in requires(schedule[r][pos[r]], num_stages) if e not in done),
+            tuple(e for e in requires(schedule[r][pos[r]], num_stages, placement) if e not in done),
         )
         for r in schedule
         if pos[r] < len(schedule[r])
@@ -112,10 +113,10 @@ def deadlock_message(blocked: list[Blocked]) -> str:
 
 
 def simulate_spans(
-    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any]
+    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any], placement: str = "loop"
 ) -> dict[int, list[UnitSpan]]:
     """Start/end of every action; raises ScheduleError (with the grid) on deadlock."""
-    spans, blocked = run_schedule(schedule, pp, v, durations)
+    spans, blocked = run_schedule(schedule, pp, v, durations, placement)
     if blocked:
         raise ScheduleError(
             f"schedule deadlocks (pp={pp}, v={v}):\n{deadlock_message(blocked)}\n"
@@ -125,23 +126,23 @@ def simulate_spans(
 
 
 def simulate_unit(
-    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any]
+    schedule: Schedule, pp: int, v: int, durations: Mapping[str, Any], placement: str = "loop"
 ) -> tuple[Any, dict[int, Any]]:
     """(makespan, busy time per rank) of ``schedule`` under per-kind ``durations``.
 
     ``durations`` maps kind -> time; every compute kind used must be given, SEND/RECV and OPT
     default to 0. Bubble ratio = 1 - sum(busy) / (pp · makespan).
     """
-    spans = simulate_spans(schedule, pp, v, durations)
+    spans = simulate_spans(schedule, pp, v, durations, placement)
     makespan = max((s.end for ss in spans.values() for s in ss), default=0)
     busy = {r: sum((s.end - s.start for s in ss), 0) for r, ss in spans.items()}
     return makespan, busy
 
 
-def format_timeline(schedule: Schedule, pp: int, v: int = 1) -> str:
+def format_timeline(schedule: Schedule, pp: int, v: int = 1, placement: str = "loop") -> str:
     """Time-aligned grid: every computation and OPT takes one slot, communication none
     (and is not shown); idle slots print ``.`` — shows the pipeline's bubbles."""
-    spans = simulate_spans(schedule, pp, v, {**UNIT_DURATIONS, OPT: 1})
+    spans = simulate_spans(schedule, pp, v, {**UNIT_DURATIONS, OPT: 1}, placement)
     end = max((s.end for ss in spans.values() for s in ss), default=0)
     grid: dict[int, list[Action | None]] = {r: [None] * end for r in schedule}
     for r, ss in spans.items():

@@ -17,6 +17,7 @@ from simtrain.schedules.actions import (
     I,
     Schedule,
     W,
+    microbatch_stages,
     stage_to_rank,
 )
 from simtrain.schedules.comm import p2p_for
@@ -48,7 +49,7 @@ def _structure(
     """Every structural problem of ``schedule``, in a fixed order: ranks and actions, coverage
     and per-micro-batch order, OPT placement, then (only if all those pass) p2p pairing."""
     problems, where = _action_problems(schedule, pp, m, v, placement)
-    problems += _coverage_problems(where, pp * v, m, split_backward)
+    problems += _coverage_problems(where, pp * v, m, split_backward, placement)
     problems += _opt_problems(schedule)
     if problems:  # p2p checks below assume well-formed actions
         return problems
@@ -87,18 +88,29 @@ def _action_problems(
             home = stage_to_rank(a.stage, pp, v, placement)
             if home != r:
                 problems.append(f"{at} ({a}): stage {a.stage} lives on rank {home}")
+            route = microbatch_stages(a.microbatch, m, stages, placement)
+            if a.stage not in route:
+                problems.append(f"{at} ({a}): micro-batch {a.microbatch} runs on stages "
+                                f"{route[0]}..{route[-1]} only ({placement} placement)")  # fmt: skip
             where.setdefault(a, []).append((r, k))
     return problems, where
 
 
 def _coverage_problems(
-    where: dict[Action, list[tuple[int, int]]], stages: int, m: int, split_backward: bool | None
+    where: dict[Action, list[tuple[int, int]]],
+    stages: int,
+    m: int,
+    split_backward: bool | None,
+    placement: str = "loop",
 ) -> list[str]:
-    """Compute kinds of the other backward style; each (stage, micro-batch) not exactly once
-    per expected kind; a B before its F (or a W before its I) on the same rank."""
+    """Compute kinds of the other backward style; each (stage, micro-batch) on the
+    micro-batch's route not exactly once per expected kind; a B before its F (or a W before
+    its I) on the same rank."""
     problems: list[str] = []
+    visits = [(s, j) for j in range(m) for s in microbatch_stages(j, m, stages, placement)]
+    visits.sort()
     if split_backward is None:  # mixed (DualPipeV): each (stage, mb) has B, or I and W
-        return _mixed_coverage_problems(where, stages, m)
+        return _mixed_coverage_problems(where, visits)
     wanted = (F, I, W) if split_backward else (F, B)
     for kind in (k for k in COMPUTE_KINDS if k not in wanted):
         for a in where:
@@ -107,42 +119,41 @@ def _coverage_problems(
                     f"{a}: kind {kind} not expected "
                     f"({'split backward uses F, I, W' if split_backward else 'uses F and B'})"
                 )
-    for s in range(stages):
-        for j in range(m):
-            for kind in wanted:
-                n = len(where.get(Action(s, kind, j), []))
-                if n != 1:
-                    problems.append(f"{s}{kind}{j} appears {n} times, expected once")
-            chain = [Action(s, kind, j) for kind in wanted]
-            for x, y in zip(chain, chain[1:], strict=False):
-                px, py = where.get(x), where.get(y)
-                if px and py and px[0][0] == py[0][0] and px[0][1] > py[0][1]:
-                    problems.append(
-                        f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
-                    )
+    for s, j in visits:
+        for kind in wanted:
+            n = len(where.get(Action(s, kind, j), []))
+            if n != 1:
+                problems.append(f"{s}{kind}{j} appears {n} times, expected once")
+        chain = [Action(s, kind, j) for kind in wanted]
+        for x, y in zip(chain, chain[1:], strict=False):
+            px, py = where.get(x), where.get(y)
+            if px and py and px[0][0] == py[0][0] and px[0][1] > py[0][1]:
+                problems.append(
+                    f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
+                )
     return problems
 
 
 def _mixed_coverage_problems(
-    where: dict[Action, list[tuple[int, int]]], stages: int, m: int
+    where: dict[Action, list[tuple[int, int]]], visits: list[tuple[int, int]]
 ) -> list[str]:
-    """A schedule mixing full and split backwards: every (stage, micro-batch) has one F and
-    either one B or one I and one W (not both), F first, I before W on the rank."""
+    """A schedule mixing full and split backwards: every (stage, micro-batch) it ``visits``
+    has one F and either one B or one I and one W (not both), F first, I before W on the
+    rank."""
     problems: list[str] = []
-    for s in range(stages):
-        for j in range(m):
-            n = {k: len(where.get(Action(s, k, j), [])) for k in (F, B, I, W)}
-            if n[F] != 1 or (n[B], n[I], n[W]) not in ((1, 0, 0), (0, 1, 1)):
-                problems.append(f"stage {s} micro-batch {j}: F x{n[F]}, B x{n[B]}, I x{n[I]}, "
-                                f"W x{n[W]}; expected F once and B, or I and W, once")  # fmt: skip
-                continue
-            chain = [Action(s, k, j) for k in ((F, B) if n[B] else (F, I, W))]
-            for x, y in zip(chain, chain[1:], strict=False):
-                px, py = where[x], where[y]
-                if px[0][0] == py[0][0] and px[0][1] > py[0][1]:
-                    problems.append(
-                        f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
-                    )
+    for s, j in visits:
+        n = {k: len(where.get(Action(s, k, j), [])) for k in (F, B, I, W)}
+        if n[F] != 1 or (n[B], n[I], n[W]) not in ((1, 0, 0), (0, 1, 1)):
+            problems.append(f"stage {s} micro-batch {j}: F x{n[F]}, B x{n[B]}, I x{n[I]}, "
+                            f"W x{n[W]}; expected F once and B, or I and W, once")  # fmt: skip
+            continue
+        chain = [Action(s, k, j) for k in ((F, B) if n[B] else (F, I, W))]
+        for x, y in zip(chain, chain[1:], strict=False):
+            px, py = where[x], where[y]
+            if px[0][0] == py[0][0] and px[0][1] > py[0][1]:
+                problems.append(
+                    f"rank {px[0][0]}: {y} (step {py[0][1]}) before {x} (step {px[0][1]})"
+                )
     return problems
 
 
@@ -226,8 +237,9 @@ def validate_schedule(
     """Raise ScheduleError (with the grid) unless ``schedule`` is a valid step of training.
 
     Checks: ranks 0..pp-1; known kinds; each action on its stage's rank (``placement``: stage %
-    pp, or the V of ZB-V); every (stage,
-    micro-batch) exactly once per kind (F and B, or F, I and W when ``split_backward``; either,
+    pp, the V of ZB-V, or DualPipe's "dual": two pipelines, the first half of the micro-batches
+    on stages 0..pp-1, the rest on pp..2pp-1); every (stage, micro-batch) of a micro-batch's
+    route exactly once per kind (F and B, or F, I and W when ``split_backward``; either,
     per micro-batch, when ``split_backward`` is None: DualPipeV's mixed backwards); F before
     B / I before W on the rank; each rank ends with OPT and every OPT follows new gradients;
     SEND/RECV (if present) exactly as :func:`~simtrain.schedules.comm.add_p2p` places them; and
@@ -236,7 +248,7 @@ def validate_schedule(
     problems = _structure(schedule, pp, m, v, split_backward, placement)
     if problems:
         _fail(schedule, pp, m, v, problems)
-    _, blocked = run_schedule(schedule, pp, v, UNIT_DURATIONS)
+    _, blocked = run_schedule(schedule, pp, v, UNIT_DURATIONS, placement)
     if blocked:
         _fail(schedule, pp, m, v, ["deadlock:\n" + deadlock_message(blocked)])
 

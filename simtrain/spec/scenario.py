@@ -500,26 +500,41 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
             f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
+    # DualPipe: two pipelines of pp stages in opposite directions, each stage held twice
+    dual = bool(fixed) and schedule_traits(p.schedule).bidirectional
+    if dual and p.pp % 2:
+        raise ConfigError(
+            file, "parallelism.pp", f"{p.schedule} needs an even pp (DualPipe.step asserts "
+            "num_ranks % 2 == 0)", p.pp,
+        )  # fmt: skip
     uneven = uneven_keys(p)
     if fixed and ((isinstance(p.layer_split, str) and p.layer_split != "uniform") or uneven):
         key = f"parallelism.{uneven[0]}" if uneven else "parallelism.layer_split"
+        over = "pp stages, each held twice" if dual else f"V of {fixed} x pp chunks"
         raise ConfigError(
-            file, key, f"{p.schedule} splits the layers evenly over its V of {fixed} x pp "
-            "chunks: use layer_split: uniform without first/last-stage or account-for keys",
+            file, key, f"{p.schedule} splits the layers evenly over its {over}: use "
+            "layer_split: uniform without first/last-stage or account-for keys",
             getattr(p, uneven[0]) if uneven else p.layer_split,
         )  # fmt: skip
-    v = fixed or p.virtual_stages
+    v = 1 if dual else fixed or p.virtual_stages
     why = split_problem(m.layers, replace(p, virtual_stages=v))  # spec.stage_split
     if why:
         key, text, value = why
         raise ConfigError(file, key, text + (f" ({p.schedule}: {fixed} chunks per rank)"
                                              if fixed else ""), value)  # fmt: skip
     per_stage = schedule_traits(p.schedule).min_microbatches_per_stage if fixed else 0
-    if p.pp > 1 and per_stage and s.num_microbatches < per_stage * p.pp * v:
+    if p.pp > 1 and per_stage and s.num_microbatches < per_stage * p.pp * fixed:
         raise ConfigError(
-            file, "training.global_batch", f"{p.schedule} needs at least {per_stage * p.pp * v} "
-            f"micro-batches (one per stage, 2 x pp; PyTorch ScheduleDualPipeV): global_batch / "
+            file, "training.global_batch", f"{p.schedule} needs at least "
+            f"{per_stage * p.pp * fixed} micro-batches (one per stage, 2 x pp; "
+            f"{'DualPipe.step' if dual else 'PyTorch ScheduleDualPipeV'}): global_batch / "
             f"(micro_batch x dp) = {s.num_microbatches}", t.global_batch,
+        )  # fmt: skip
+    if p.pp > 1 and dual and s.num_microbatches % 2:
+        raise ConfigError(
+            file, "training.global_batch", f"{p.schedule} sends half the micro-batches each "
+            f"way: global_batch / (micro_batch x dp) = {s.num_microbatches} must be even",
+            t.global_batch,
         )  # fmt: skip
     if m.heads % p.tp or m.kv_heads % p.tp:
         raise ConfigError(

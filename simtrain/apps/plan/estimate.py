@@ -151,7 +151,9 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
     """The pipelined micro-batches: ``m·T_max`` plus the schedule's bubble and the p2p hops of
     filling and draining the pipeline (:func:`closed_form_step_s`)."""
     pp = step.pp
-    t_max = max(r.total for r in ranks)
+    # DualPipe: each micro-batch runs on one of a rank's two stage copies (half each way)
+    share = 2 if step.traits.bidirectional else 1
+    t_max = max(r.total for r in ranks) / share
     if pp == 1 or step.traits.asynchronous:
         # PipeDream / PipeDream-2BW report their steady state: the busiest stage, no flush
         bubble_ns = 0.0
@@ -160,6 +162,11 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         f_avg, i_avg, w_avg = (sum(r[i] for r in ranks) / pp for i in range(3))
         if step.schedule_name == "zb_h1":
             bubble_ns = (pp - 1) * max(f_avg + i_avg - w_avg, 0.0)
+        elif step.traits.bidirectional:
+            # DualPipe's executed order (each F&B run as F then B, tests/test_dualpipe.py):
+            # (p/2-1)(2B-3W) per rank with a stage's B = I + W, half a rank's two chunks;
+            # exact at uniform stages
+            bubble_ns = (pp // 2 - 1) * max(2 * i_avg - w_avg, 0.0) / 2
         elif step.traits.placement == "v":
             # ZB-V and DualPipeV (executed orders, tests/test_schedules.py): ZB-H1's F + I - W
             # over a rank's two chunks, (p-1)(F+I-W)/2; exact at F = I = W (and for DualPipeV
@@ -169,10 +176,11 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
             bubble_ns = (pp - 1) * step.microbatches * t_avg
         else:
             bubble_ns = (pp - 1) * t_avg / step.v
-        # fill and drain: each hop between consecutive chunks once each way
+        # fill and drain: each hop between consecutive chunks once each way (DualPipe: its
+        # two pipelines' at once, one pipeline's)
         hops = sum(
             p2p_send_ns(sc, step, step.chunk_rank(k))
-            for k in range(step.last_stage)
+            for k in range(step.pipeline(0)[-1])
             if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
         )
         bubble_ns += 2 * hops

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simtrain.schedules import Schedule
+from simtrain.schedules import Action, Schedule, pipeline_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +182,22 @@ class LoweringInput:
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
     overlapped_fb: bool = False
+    # rank -> the forwards that open a pair, when the schedule names its pairs (DualPipe:
+    # ScheduleTraits.fb_pairs); None: adjacent F/B of different micro-batches pair greedily
+    fb_pairs: dict[int, frozenset[Action]] | None = None
     # Share of the GPU's SMs the overlapped all-to-alls' kernels hold while they run (DeepEP:
     # spec.runtime moe_dispatch_sms / hardware sm_count; 0: communication on copy engines or
     # NCCL, not modelled as taking compute).
     comm_sm_share: float = 0.0
     # torch.nn.DataParallel: GPU 0 and a replica row (``passes.data_parallel_pass``)
     data_parallel: DataParallelPlan | None = None
+    # Virtual stages on ranks (schedules.actions.PLACEMENTS): "dual" (DualPipe) runs two
+    # pipelines, stages 0..pp-1 and pp..2pp-1, with no hop between them
+    placement: str = "loop"
+
+    def pipeline(self, stage: int) -> range:
+        """The stages a micro-batch through ``stage`` visits, in order."""
+        return pipeline_of(stage, self.pp * self.v, self.placement)
 
     @property
     def host_modelled(self) -> bool:

@@ -17,14 +17,15 @@ from simtrain.sim.lowering.pieces import action_pieces, slice_layer
 COMPUTE = ("F", "B", "I", "W")
 
 
-def _cross_rank_deps(a: Action, last_stage: int) -> list[tuple]:
+def _cross_rank_deps(a: Action, line: range) -> list[tuple]:
     """F(s, j) waits for the previous stage's send; B or I (s, j) for its own forward and the
-    next stage's send; W for its own I."""
+    next stage's send; W for its own I. Previous and next within ``line``, the stages of
+    s's pipeline (DualPipe: of its direction's)."""
     if a.kind == "F":
-        return [("send_f", a.stage - 1, a.microbatch)] if a.stage > 0 else []
+        return [("send_f", a.stage - 1, a.microbatch)] if a.stage > line[0] else []
     if a.kind in ("B", "I"):
         deps: list[tuple] = [("done", a.stage, a.microbatch, "F")]
-        if a.stage < last_stage:
+        if a.stage < line[-1]:
             deps.append(("send_b", a.stage + 1, a.microbatch))
         return deps
     return [("done", a.stage, a.microbatch, "I")]
@@ -34,7 +35,6 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
     """Pass 1: every compute action becomes a group of compute ops (``pieces``: recompute,
     bucket slices, ZeRO-3 per-layer slices, fused TP), chained in schedule order; a mid-step
     OPT (asynchronous PipeDream, Harlap et al. 2018 §3.3) becomes a group of its own."""
-    last_stage = inp.pp * inp.v - 1
     ranks = {}
     for rank in sorted(inp.schedule):
         actions = inp.schedule[rank]
@@ -61,7 +61,8 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
             label = f"mb{a.microbatch} L{c.layers[0]}-{c.layers[1] - 1}"
             ops: list[Op] = []
             for kind, dur, alloc, free in pieces:
-                deps = (prev + _cross_rank_deps(a, last_stage)) if not ops else [ops[-1]]
+                cross = _cross_rank_deps(a, inp.pipeline(a.stage))
+                deps = (prev + cross) if not ops else [ops[-1]]
                 ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
                               a.microbatch, a.stage))  # fmt: skip
             groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label, a == last_backward))
@@ -320,9 +321,13 @@ def ep_pass(ir: StepIR) -> None:
     with identical layers, max(C1 + C2, A1 + A2) instead of C1 + A1 + C2 + A2. When the
     all-to-all kernels hold a share f of the SMs (``LoweringInput.comm_sm_share``, DeepEP),
     the pair's compute runs at 1 − f while they do: it takes
-    ``C + min(A·f, C·f/(1 − f))`` (:func:`_sm_shared`)."""
+    ``C + min(A·f, C·f/(1 − f))`` (:func:`_sm_shared`). A schedule that names its pairs
+    (``LoweringInput.fb_pairs``, DualPipe's ``_forward_backward_chunk`` calls) pairs those
+    only; otherwise adjacent F/B of different micro-batches pair greedily."""
     overlap = ir.inp.overlapped_fb
+    named = ir.inp.fb_pairs  # the schedule's own pairs (DualPipe), else greedy
     for r in ir.ranks.values():
+        firsts = named.get(r.rank, frozenset()) if named is not None else None
         for i, g in enumerate(r.groups):
             ns = _a2a_ns(ir, g)
             if not ns:
@@ -338,7 +343,8 @@ def ep_pass(ir: StepIR) -> None:
                 _overlapped_a2a(r.rank, g, ns, start)
                 if ir.inp.comm_sm_share:
                     _sm_shared(prev, g, _a2a_ns(ir, prev) + ns, ir.inp.comm_sm_share)
-            elif overlap and nxt is not None and _pairs(g, nxt) and _a2a_ns(ir, nxt):
+            elif (overlap and nxt is not None and _a2a_ns(ir, nxt)
+                  and (_pairs(g, nxt) if firsts is None else g.action in firsts)):  # fmt: skip
                 # the first of a pair: done (for its sends) when its compute and its A2A are
                 g.compute_end = g.done
                 _overlapped_a2a(r.rank, g, ns, _compute_start(g))
@@ -410,7 +416,6 @@ def host_pass(ir: StepIR) -> None:
     inp = ir.inp
     if not inp.host_modelled:
         return
-    last_stage = inp.pp * inp.v - 1
     for r in ir.ranks.values():
         prev: Op | None = None
         for i, g in enumerate(r.groups):
@@ -419,7 +424,8 @@ def host_pass(ir: StepIR) -> None:
                 continue
             deps: list = []
             if inp.blocking_p2p:
-                recv = [d for d in _cross_rank_deps(a, last_stage) if d[0] != "done"]
+                cross = _cross_rank_deps(a, inp.pipeline(a.stage))
+                recv = [d for d in cross if d[0] != "done"]
                 if recv and i:
                     deps = [*recv, ("prev", r.rank, i)]
                 elif recv:
@@ -443,7 +449,6 @@ def p2p_pass(ir: StepIR) -> None:
     inp = ir.inp
     if inp.pp == 1:
         return
-    last_stage = inp.pp * inp.v - 1
     for r in ir.ranks.values():
         sent: Op | None = None  # blocking p2p: the host waits for its last send to complete
         for g in r.groups:
@@ -453,10 +458,10 @@ def p2p_pass(ir: StepIR) -> None:
             if sent is not None and g.host is not None:
                 g.host.deps.append(sent)
                 sent = None
-            c = inp.chunks[a.stage]
-            if a.kind == "F" and a.stage < last_stage:
+            c, line = inp.chunks[a.stage], inp.pipeline(a.stage)
+            if a.kind == "F" and a.stage < line[-1]:
                 kind, dur = "SEND_F", c.send_forward_ns
-            elif a.kind in ("B", "I") and a.stage > 0:
+            elif a.kind in ("B", "I") and a.stage > line[0]:
                 kind, dur = "SEND_B", c.send_backward_ns
             else:
                 continue
