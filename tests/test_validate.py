@@ -249,7 +249,9 @@ def test_string_mappings() -> None:
     assert map_precision("bf16 + Float8 linears") == "fp8_tensorwise"
     assert map_precision("bf16 + float8 rowwise linears") == "fp8_rowwise"
     assert map_precision("FP8-CS (FP8 current scaling)") == "fp8_current"
-    assert map_precision("nvfp4") is None
+    assert map_precision("nvfp4") == "nvfp4"  # Transformer Engine NVFP4BlockScaling
+    assert map_precision("NVFP4 (bf16 master)") == "nvfp4"
+    assert map_precision("mxfp4") is None and map_precision("fp4") is None
     assert map_precision("bf16 AMP") == "amp_bf16"
     assert map_precision("full bf16 (no AMP)") == "bf16_pure"
     assert map_precision("bf16_fp32_grads") == "bf16_fp32_grads"

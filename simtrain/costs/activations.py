@@ -84,7 +84,7 @@ def layer_saved_tensors(
         seq_div=tp if sequence_parallel else 1, full=base_trainable(t.peft.method, t.peft.phase),
         lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
-        out=[], te_fp8=is_te(prec), mx_block=prec.mx_block,
+        out=[], te_fp8=is_te(prec), mx_block=prec.mx_block, per_byte=prec.values_per_byte,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -132,14 +132,22 @@ class _Block:
     # LayerNormMLP saves fc1's 16-bit output and the FP8 activation output.
     te_fp8: bool = False
     mx_block: int = 0
+    per_byte: int = 1  # values per byte of the saved copy (FP4: 2)
 
     def fp8(self, n: float) -> int:
-        """Bytes of the FP8 copy TE saves of a linear input of ``n`` values."""
+        """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values: the values,
+        a scale byte per block (MX, NVFP4) and NVFP4's or a per-tensor recipe's fp32 scale."""
         n = int(n)
-        return n + (-(-n // self.mx_block) if self.mx_block else 4)
+        values = -(-n // self.per_byte)
+        if not self.mx_block:
+            return values + 4
+        return values + -(-n // self.mx_block) + (4 if self.per_byte > 1 else 0)
 
     def lin_formula(self, what: str) -> str:
-        return f"1·{what} + " + (f"{what}/{self.mx_block}" if self.mx_block else "4")
+        v = f"{what}/{self.per_byte}" if self.per_byte > 1 else f"1·{what}"
+        if not self.mx_block:
+            return f"{v} + 4"
+        return f"{v} + {what}/{self.mx_block}" + (" + 4" if self.per_byte > 1 else "")
 
     @property
     def sb(self) -> int:

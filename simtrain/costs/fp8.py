@@ -124,11 +124,18 @@ def is_te(prec: Precision) -> bool:
     return prec.fp8_recipe.startswith("te_")
 
 
-def fp8_copy_bytes(n: int, prec: Precision) -> int:
-    """One FP8 copy (row- or column-wise) of ``n`` values: 1 B each, plus one E8M0 byte per
-    block for MX recipes (scale padding to TE's 128 x 4 tiles ignored: exact when both dims are
-    multiples of 128)."""
-    return n + (ceil(n / prec.mx_block) if prec.mx_block else 0)
+def fp8_copy_bytes(n: int, prec: Precision, weight: bool = False) -> int:
+    """One quantized copy (row- or column-wise) of ``n`` values: 1 B each (FP4: 1/2 B), plus
+    one scale byte per block for block-scaled recipes (MX: E8M0 per 32; NVFP4: E4M3 per 16, a
+    ``weight`` per 16 x 16 block, plus its fp32 per-tensor scale); scale padding to TE's
+    128 x 4 tiles ignored (exact when both dims are multiples of 128)."""
+    values = ceil(n / prec.values_per_byte)
+    if not prec.mx_block:
+        return values
+    if prec.fp8_recipe == "te_nvfp4":
+        block = prec.mx_block * (prec.mx_block if weight else 1)
+        return values + ceil(n / block) + _FP32
+    return values + ceil(n / prec.mx_block)
 
 
 def weight_copies(prec: Precision, gpu_arch: str) -> int:
@@ -136,7 +143,7 @@ def weight_copies(prec: Precision, gpu_arch: str) -> int:
     column-wise, which on a GPU without non-TN FP8 GEMMs is a second, transposed copy; on
     Blackwell one per-tensor copy serves both (float8_tensor.py, see module docstring). MXFP8 keeps
     both directions on every GPU (different scale blocks). torchao keeps none."""
-    if prec.fp8_recipe == "te_mxfp8":
+    if prec.fp8_recipe in ("te_mxfp8", "te_nvfp4"):
         return 2
     if prec.fp8_recipe in ("te_delayed", "te_current"):
         return 1 if gpu_arch == "blackwell" else 2
@@ -152,7 +159,7 @@ def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1
         return 0
     copies = weight_copies(prec, gpu_arch)
     inv = 0 if prec.mx_block else _FP32
-    return sum(copies * fp8_copy_bytes(g.weights, prec) + inv * g.gemms
+    return sum(copies * fp8_copy_bytes(g.weights, prec, weight=True) + inv * g.gemms
                for g in block_gemms(m, tp, moe, ep))  # fmt: skip
 
 
@@ -194,14 +201,15 @@ def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: in
         return 0.0, 0.0
     if is_te(prec):
         c = weight_copies(prec, gpu_arch)
-        # current scaling reads each tensor once more for its amax before the cast
-        src = _SRC * (2 if prec.fp8_recipe == "te_current" else 1)
+        # current scaling (and NVFP4's per-tensor scale) reads each tensor once more for its
+        # amax before the cast
+        src = _SRC * (2 if prec.fp8_recipe in ("te_current", "te_nvfp4") else 1)
         fwd = bwd = 0.0
         for g in block_gemms(m, tp, moe, ep, load):
             n_in, n_out = tokens * g.tokens * g.width_in, tokens * g.tokens * g.width_out
             fwd += n_in * src + c * fp8_copy_bytes(n_in, prec)
             bwd += n_out * src + c * fp8_copy_bytes(n_out, prec)
-            fwd += (g.weights * src + c * fp8_copy_bytes(g.weights, prec)) / microbatches
+            fwd += (g.weights * src + c * fp8_copy_bytes(g.weights, prec, True)) / microbatches
         return fwd, bwd
     per = 2 * _SRC + 1  # amax read, cast read, FP8 write
     fwd = bwd = 0.0

@@ -37,8 +37,11 @@ class Precision:
     # bytes per element of the linear inputs saved for the weight gradient (0: act_mm): 1 where
     # the recipe saves them in FP8 (TE: the column-wise FP8 copy only)
     act_linear: int = 0
-    # MX block size: one E8M0 scale byte per block of this many values per copy (0: per-tensor)
+    # Block size: one scale byte (MX: E8M0; NVFP4: E4M3) per block of this many values per copy
+    # (0: per-tensor scaling)
     mx_block: int = 0
+    # Values per byte of a quantized copy: 2 for FP4 (E2M1), else 1
+    values_per_byte: int = 1
     # TE DelayedScaling amax_history_len: fp32 amax history rows per quantizer (0: no history)
     amax_history: int = 0
 
@@ -88,6 +91,12 @@ PRECISIONS: dict[str, Precision] = {
     "fp8_current": _fp8("fp8_current", "fp8", "te_current", act_linear=1),
     # Transformer Engine MXFP8BlockScaling (Blackwell; E4M3, one E8M0 scale per 32 values).
     "mxfp8": _fp8("mxfp8", "mxfp8", "te_mxfp8", act_linear=1, mx_block=32),
+    # Transformer Engine NVFP4BlockScaling (Blackwell; TransformerEngine d0067d0
+    # common/recipe/__init__.py l.489-555; Megatron-Core --fp4-format e2m1, fp4_recipe nvfp4,
+    # transformer_config.py l.671-692 at d98e8a64): E2M1 values, two per byte, one E4M3 scale
+    # per 16 consecutive values (weights: per 16 x 16 block) and an fp32 scale per tensor; the
+    # row- and column-wise copies are both quantized from the 16-bit tensor.
+    "nvfp4": _fp8("nvfp4", "nvfp4", "te_nvfp4", act_linear=1, mx_block=16, values_per_byte=2),
     # torchao.float8 (torchtitan ``--model.converters float8``), dynamic scaling per tensor or
     # per row: bf16 inputs and weights are saved and cast again in the backward, no FP8 copy kept
     # (torchao/float8/float8_linear.py ``ctx.save_for_backward(input_hp, weight_hp_t)``).

@@ -88,7 +88,8 @@ NO_EFFECT_PREFIXES = (
     "--use-pytorch-profiler", "--mmap-", "--object-storage",
 )  # fmt: skip
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
-             "--fp4", "--fp8-margin", "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
+             "--fp4", "--fp4-recipe", "--fp4-param-gather", "--fp8-margin",
+             "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
 #: ``--fp8-recipe`` -> simtrain precision (spec/precision.py): Megatron's "tensorwise" recipe is
 #: Transformer Engine's Float8CurrentScaling (megatron/core/fp8_utils.py get_fp8_recipe).
 FP8_RECIPES = {"delayed": "fp8_delayed", "tensorwise": "fp8_current", "mxfp8": "mxfp8"}
@@ -539,6 +540,23 @@ def _fp8(f: Flags, r: Reading, precision: str) -> str:
     if not fp8:
         return precision
     f.has(*fp8)
+    # --fp4-format e2m1 with --fp4-recipe nvfp4 (its default): Transformer Engine's
+    # NVFP4BlockScaling (transformer_config.py l.671-692, d98e8a64); Megatron refuses fp4 with
+    # fp8 (l.1581-1582)
+    fp4_fmt, fp4_recipe = f.value("--fp4-format"), f.value("--fp4-recipe") or "nvfp4"
+    if (
+        fp4_fmt == "e2m1"
+        and fp4_recipe == "nvfp4"
+        and "--fp8-format" not in f
+        and (precision != "fp32")
+    ):
+        r.origin("training.precision", "--fp4-format")
+        r.assume(f"--fp4-format e2m1 --fp4-recipe nvfp4: nvfp4 (the linear layers' GEMMs in "
+                 f"NVFP4 on {precision} mixed precision)")  # fmt: skip
+        if "--fp4-param-gather" in f:
+            r.unsupported_("--fp4-param-gather", "FP4 parameters all-gathered: simulated with "
+                           "16-bit gathers")  # fmt: skip
+        return "nvfp4"
     fmt = f.value("--fp8-format")
     recipe = f.value("--fp8-recipe") or "delayed"
     name = FP8_RECIPES.get(recipe)

@@ -106,8 +106,10 @@ def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
 
 
 # Number formats simtrain has no training precision for: (pattern in the record's precision
-# text, what it is): 4-bit storage (QLoRA's NF4, NVFP4 / MXFP4 training).
-UNEXPRESSIBLE_FORMATS = ((re.compile(r"nf4|4-bit|\bint4\b|\bfp4\b|mxfp4|nvfp4"), "4-bit weights"),)
+# text, what it is): 4-bit storage (QLoRA's NF4, MXFP4 training); NVFP4 training is the
+# nvfp4 precision (Transformer Engine's NVFP4BlockScaling).
+UNEXPRESSIBLE_FORMATS = ((re.compile(r"nf4|4-bit|\bint4\b|mxfp4"), "4-bit weights"),)
+NVFP4_TEXT = re.compile(r"nvfp4")
 FP8_TEXT = re.compile(r"fp8|float8|e4m3|e5m2")
 # FP8 texts and the recipe each names (spec/precision.py; costs/fp8.py cites the code):
 # Transformer Engine's current scaling ("FP8-CS", Megatron-Bridge), MXFP8, torchao's rowwise and
@@ -143,6 +145,10 @@ def read_precision(text: str | None) -> tuple[str | None, str]:
             return None, f"{what}: not a simtrain precision"
     if t.strip() in PRECISIONS:
         return t.strip(), ""
+    if NVFP4_TEXT.search(t):
+        return "nvfp4", ""
+    if re.search(r"\bfp4\b", t):
+        return None, "4-bit weights: not a simtrain precision (a 4-bit format other than NVFP4)"
     if FP8_TEXT.search(t):
         return next(name for pattern, name in FP8_RECIPES if pattern.search(t)), ""
     if "not stated" in t or not _FORMAT_WORD.search(t):
