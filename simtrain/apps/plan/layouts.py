@@ -15,9 +15,9 @@ DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 #: A model with experts also tries the schedules that hide the expert all-to-alls behind
-#: another micro-batch's compute (Megatron-Core's combined 1F1B, DualPipeV; ScheduleTraits
+#: another micro-batch's compute (Megatron-Core's combined 1F1B, DualPipeV, DualPipe; ScheduleTraits
 #: overlapped_fb); layouts they cannot run are rejected with check_layout's reason.
-MOE_SCHEDULES = ("combined_1f1b", "dualpipe_v")
+MOE_SCHEDULES = ("combined_1f1b", "dualpipe_v", "dualpipe")
 #: Schedules whose virtual_stages the planner searches.
 VIRTUAL_STAGE_SCHEDULES = ("interleaved", "combined_1f1b")
 DEFAULT_VIRTUAL_STAGES = 2
