@@ -173,3 +173,37 @@ def test_deepep_without_expert_parallelism_names_both_keys(tmp_path: Path) -> No
     p.write_text(text)
     with pytest.raises(ConfigError, match=r"runtime\.moe_dispatcher.*parallelism\.ep"):
         load_scenario(p)
+
+
+def test_deepep_needs_whole_nodes_and_spare_sms() -> None:
+    """DeepEP pairs each GPU with the same in-node index on the other nodes: an EP group of
+    12 on 8-GPU nodes is refused; its kernels' SMs must leave some to the compute (H800: 132)."""
+    over = ["model.num_experts=12", "parallelism.dp=12", "parallelism.ep=12", "cluster.nodes=6",
+            "training.global_batch=240", "runtime.name=megatron_core",
+            "runtime.moe_dispatcher=deepep"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"runtime\.moe_dispatcher.*whole nodes"):
+        load_scenario(MIXTRAL, over)
+    with pytest.raises(ConfigError, match=r"runtime\.moe_dispatch_sms.*1 \.\. 131"):
+        load_scenario(DSV3, ["runtime.moe_dispatch_sms=132"])
+
+
+def test_dualpipe_refuses_an_uneven_list() -> None:
+    with pytest.raises(ConfigError, match=r"parallelism\.layer_split"):
+        load_scenario(
+            MIXTRAL, ["parallelism.schedule=dualpipe", "parallelism.layer_split=[7,9,8,8]"]
+        )
+    sc = load_scenario(
+        MIXTRAL, ["parallelism.schedule=dualpipe", "parallelism.layer_split=[8,8,8,8]"]
+    )
+    assert sc.parallelism.schedule == "dualpipe"
+
+
+def test_fp8_dispatch_needs_an_fp8_precision_in_the_cost_too() -> None:
+    """A runtime asking for FP8 dispatch on a bf16 step (a planner layout of a bf16 precision)
+    sends 16-bit values: the same dispatch as without the key."""
+    from simtrain.costs.comm import ep_alltoall_ns
+    from simtrain.layout.step import resolve
+
+    bf16 = load_scenario(MIXTRAL, ["runtime.name=megatron_core"])
+    sc = replace(bf16, runtime_profile=replace(bf16.runtime, moe_fp8_dispatch=True))
+    assert ep_alltoall_ns(sc, resolve(sc)) == ep_alltoall_ns(bf16, resolve(bf16))

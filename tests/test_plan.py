@@ -825,3 +825,34 @@ def test_moe_plan_searches_the_overlapping_schedules_and_precisions() -> None:
         layout_scenario(base, a100, "plan.yaml")
     with pytest.raises(ConfigError, match="fixed.precision"):
         _plan(SMALL, fixed={"precision": ["fp9"]})
+
+
+def test_layout_scenarios_drop_runtime_options_they_have_nothing_for() -> None:
+    """A plan's DeepEP + FP8-dispatch runtime on a layout without expert parallelism or FP8:
+    the layout's scenario (best.yaml) leaves those options out, so it loads as a scenario file
+    (which refuses them: spec.scenario.check_runtime_options); an EP layout in FP8 keeps them."""
+    from simtrain.spec.scenario import parse_scenario
+
+    rt = {"name": "megatron_core", "moe_dispatcher": "deepep", "moe_fp8_dispatch": True}
+    plan = _plan(
+        {
+            "name": "moe_rt",
+            "model": {"preset": "mixtral-8x7b", "flash_attention": True},
+            "tokens": 1e12,
+            "training": {"seq_len": 4096, "global_batch": 256, "precision": "bf16",
+                         "optimizer": "adamw"},
+            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0}],
+            "gpus": 64,
+            "fixed": {"pp": [4], "tp": [1], "micro_batch": [1], "recompute": ["none"],
+                      "zero_stage": [1], "schedule": ["1f1b"], "ep": [1, 8],
+                      "precision": ["bf16", "fp8_current"]},
+            "runtime": rt,
+        }
+    )  # fmt: skip
+    layouts = enumerate_layouts(plan, 32, 32, experts=8)
+    for lay in layouts:
+        data = scenario_data(plan, lay)
+        runtime = data["runtime"]
+        assert ("moe_dispatcher" in runtime) == (lay.ep > 1)
+        assert ("moe_fp8_dispatch" in runtime) == (lay.ep > 1 and lay.precision == "fp8_current")
+        parse_scenario(data, "plan.yaml")  # loads (check_layout), as best.yaml would

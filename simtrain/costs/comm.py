@@ -72,7 +72,7 @@ def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> i
     # one GPU's tokens: with context parallelism its s/cp of each sequence (cp_rank_training)
     tokens = step.micro_batch * step.seq_len_effective // p.cp
     e = step.precision.act_mm
-    if sc.runtime.moe_fp8_dispatch and not combine:
+    if sc.runtime.moe_fp8_dispatch and step.precision.gemm_dtype and not combine:
         e = FP8_DISPATCH_BYTES
     if sc.runtime.moe_dispatcher == "deepep":
         return deepep_alltoall_ns(sc, step, tokens, e)

@@ -355,7 +355,7 @@ def comm_sm_share(sc: Scenario) -> float:
     rt, sms = sc.runtime, sc.hardware.sm_count
     if rt.moe_dispatcher != "deepep" or sc.parallelism.ep == 1 or not sms:
         return 0.0
-    return min(rt.moe_dispatch_sms, sms - 1) / sms
+    return rt.moe_dispatch_sms / sms  # below sms: spec.scenario.check_deepep
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

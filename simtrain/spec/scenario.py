@@ -508,12 +508,16 @@ def check_layout(s: Scenario, file: str) -> None:
             "num_ranks % 2 == 0)", p.pp,
         )  # fmt: skip
     uneven = uneven_keys(p)
-    if fixed and ((isinstance(p.layer_split, str) and p.layer_split != "uniform") or uneven):
+    explicit = isinstance(p.layer_split, tuple)
+    uneven_list = explicit and dual and len(set(p.layer_split)) > 1
+    if fixed and ((not explicit and p.layer_split != "uniform") or uneven or uneven_list):
         key = f"parallelism.{uneven[0]}" if uneven else "parallelism.layer_split"
         over = "pp stages, each held twice" if dual else f"V of {fixed} x pp chunks"
+        how = ("uniform (or an explicit list of equal entries)" if dual else
+               "uniform or an explicit list")  # fmt: skip
         raise ConfigError(
-            file, key, f"{p.schedule} splits the layers evenly over its {over}: use "
-            "layer_split: uniform without first/last-stage or account-for keys",
+            file, key, f"{p.schedule} splits the layers over its {over}: use layer_split: "
+            f"{how}, without first/last-stage or account-for keys",
             getattr(p, uneven[0]) if uneven else p.layer_split,
         )  # fmt: skip
     v = 1 if dual else fixed or p.virtual_stages
@@ -612,6 +616,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
         )
     check_moe_layout(s, file)
+    check_deepep(s, file)
     check_data_parallel(s, file)
     if p.zero_stage and p.dp_mode == "naive":
         raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
@@ -708,6 +713,28 @@ def check_context_parallel(s: Scenario, file: str) -> None:
             file, "parallelism.dp_mode", "context parallelism reduces gradients over dp x cp "
             "with DDP: use dp_mode: ddp, or cp: 1", p.dp_mode, "ddp",
         )  # fmt: skip
+
+
+def check_deepep(s: Scenario, file: str) -> None:
+    """DeepEP (runtime ``moe_dispatcher: deepep``) with expert parallelism: the EP group (ep
+    data-parallel ranks tp·cp GPUs apart) fills whole nodes, or fits in one (DeepEP's internode
+    kernels pair each GPU with the same in-node index on every other node), and its kernels'
+    SMs (``moe_dispatch_sms``) leave some to the compute (hardware ``sm_count``)."""
+    rt, p = s.runtime, s.parallelism
+    if rt.moe_dispatcher != "deepep" or p.ep == 1:
+        return
+    stride, gpn = p.tp * p.cp, s.cluster.gpus_per_node
+    per_node = 1 if stride > gpn else max(1, min(p.ep, gpn // stride))
+    if p.ep % per_node:
+        raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
+                          f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
+                          f"on a node ({gpn} GPUs, tp x cp = {stride} apart)", "deepep",
+                          "alltoall")  # fmt: skip
+    sms = s.hardware.sm_count
+    if sms and rt.moe_dispatch_sms >= sms:
+        raise ConfigError(file, "runtime.moe_dispatch_sms", f"must leave SMs to the compute: "
+                          f"below hardware {s.hardware.name}'s sm_count = {sms}",
+                          rt.moe_dispatch_sms, f"1 .. {sms - 1}")  # fmt: skip
 
 
 def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:

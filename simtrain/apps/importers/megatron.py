@@ -180,7 +180,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
     model = _model(f, r, tp, legacy)
-    _dispatcher(f, r, runtime, bool(model.get("num_experts")))
+    _dispatcher(f, r, runtime, bool(model.get("num_experts")), ep)
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
     par = _parallel(f, r, tp, pp, layers, runtime)
@@ -367,6 +367,9 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
         out["router_groups"], out["router_group_topk"] = groups, group_topk
         r.origin("model.router_groups", "--moe-router-num-groups")
         r.origin("model.router_group_topk", "--moe-router-group-topk")
+    elif groups or group_topk:
+        r.assume("--moe-router-num-groups and --moe-router-group-topk go together (Megatron's "
+                 "group-limited routing needs both): routing unlimited")  # fmt: skip
     # Padding every expert to its capacity changes the bytes and FLOPs simtrain counts
     # (simtrain computes the routed tokens; the same when the capacity factor is 1).
     if f.bool_("--moe-pad-expert-input-to-capacity") and cap and cap > 1:
@@ -375,23 +378,30 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     return out
 
 
-def _dispatcher(f: Flags, r: Reading, runtime: dict[str, Any], moe: bool) -> None:
+def _dispatcher(f: Flags, r: Reading, runtime: dict[str, Any], moe: bool, ep: int) -> None:
     """The MoE token dispatcher (transformer_config.py l.891-898, 964-971 at d98e8a64;
     default "allgather"): ``alltoall`` is simtrain's all-to-all dispatcher; ``flex`` with the
     DeepEP backend (``--moe-flex-dispatcher-backend``, default deepep; or the older
     ``--moe-enable-deepep``) is runtime ``moe_dispatcher: deepep`` with its SMs
     (``--moe-flex-dispatcher-num-sms`` / ``--moe-deepep-num-sms``); the others change the
-    bytes simtrain counts and are listed as not simulated."""
+    bytes simtrain counts and are listed as not simulated. ``flex`` without expert parallelism
+    sends nothing (noted, runtime unchanged)."""
     if not moe:
         return
     dispatcher = f.value("--moe-token-dispatcher-type") or "allgather"
     backend = f.value("--moe-flex-dispatcher-backend") or "deepep"
+    if ep <= 1 and dispatcher == "flex":
+        r.assume("--moe-token-dispatcher-type flex with expert parallelism 1: DeepEP has no "
+                 "token to send between GPUs")  # fmt: skip
+        return
     if dispatcher == "flex" and backend == "deepep":
         runtime["moe_dispatcher"] = "deepep"
         r.origin("runtime.moe_dispatcher", "--moe-token-dispatcher-type flex")
-        sms = f.int_("--moe-flex-dispatcher-num-sms") or f.int_("--moe-deepep-num-sms")
-        if sms:
-            runtime["moe_dispatch_sms"] = sms
+        for flag in ("--moe-flex-dispatcher-num-sms", "--moe-deepep-num-sms"):
+            if flag in f:
+                runtime["moe_dispatch_sms"] = f.int_(flag)
+                r.origin("runtime.moe_dispatch_sms", flag)
+                break
     elif dispatcher != "alltoall":
         what = f"{dispatcher}" + (f" ({backend})" if dispatcher == "flex" else "")
         r.unsupported_(f"--moe-token-dispatcher-type {what}", "simulated as the all-to-all "

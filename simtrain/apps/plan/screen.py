@@ -44,6 +44,8 @@ def build_context(plan: Plan) -> ScreenContext:
             data = scenario_data(plan, lay)
             data["training"]["micro_batch"] = 1
             data["training"]["global_batch"] = gb
+            if plan.runtime is not None:  # every option: each layout's scenario drops its own
+                data["runtime"] = plan.runtime
             sc = parse_scenario(data, plan.file, Path(plan.base_dir))
             bases[(hw.name, gb)] = sc
             if not ckpt:
