@@ -19,6 +19,7 @@ from simtrain.schedules.generators import (
     dualpipe_fb_pairs,
     dualpipe_p2p,
     dualpipe_v,
+    dualpipe_v_fb_pairs,
     gpipe,
     interleaved,
     naive,
@@ -44,6 +45,7 @@ from simtrain.schedules.validate import has_split_backward, validate_schedule
 __all__ = [
     "dualpipe",
     "dualpipe_fb_pairs",
+    "dualpipe_v_fb_pairs",
     "dualpipe_p2p",
     "dualpipe_v",
     "COMM_KINDS",

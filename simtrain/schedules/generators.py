@@ -270,8 +270,24 @@ def dualpipe_v(pp: int, m: int, v: int = 2) -> Schedule:
     return {r: [*_dualpipe_v_rank(r, pp, m), _opt(r)] for r in range(pp)}
 
 
-def _dualpipe_v_rank(rank: int, pp: int, m: int) -> list[Action]:
-    """One rank's DualPipeV order (see :func:`dualpipe_v`)."""
+def dualpipe_v_fb_pairs(pp: int, m: int) -> dict[int, frozenset[Action]]:
+    """Rank -> the forwards that open an overlapped F&B pair of :func:`dualpipe_v` (each is
+    followed by its pair's backward): torch's ``OVERLAP_F_B`` actions, i.e. step 4's F0&B1 and
+    F1&B0 (but the last rank's first F0, B1, not overlapped to reduce the bubble) and step 5's
+    F1&B0 after a lone B1."""
+    dualpipe_v(pp, m, 2)  # the checks
+    out: dict[int, frozenset[Action]] = {}
+    for r in range(pp):
+        firsts: list[Action] = []
+        _dualpipe_v_rank(r, pp, m, firsts)
+        out[r] = frozenset(firsts)
+    return out
+
+
+def _dualpipe_v_rank(rank: int, pp: int, m: int,
+                     pairs: list[Action] | None = None) -> list[Action]:  # fmt: skip
+    """One rank's DualPipeV order (see :func:`dualpipe_v`); ``pairs`` collects the forwards
+    that open an overlapped F&B pair (:func:`dualpipe_v_fb_pairs`)."""
     s0, s1 = rank, 2 * pp - 1 - rank
     ops: list[Action] = []
     fwd = {s0: 0, s1: 0}  # next forward micro-batch per stage
@@ -302,14 +318,23 @@ def _dualpipe_v_rank(rank: int, pp: int, m: int) -> list[Action]:
         b(s1, I)
         w()
         f(s1)
-    for _ in range(m - 2 * pp + rank + 1):  # step 4: F0&B1, F1&B0
-        f(s0)
-        b(s1)  # rank p-1's first pair is not overlapped in DualPipe; the same order here
-        f(s1)
+
+    def pair(stage: int) -> None:  # a forward that opens an overlapped F&B pair
+        if pairs is not None:
+            pairs.append(Action(stage, F, fwd[stage]))
+        f(stage)
+
+    for i in range(m - 2 * pp + rank + 1):  # step 4: F0&B1, F1&B0
+        if i == 0 and rank == pp - 1:  # not overlapped (DualPipe: "to reduce bubble size")
+            f(s0)
+        else:
+            pair(s0)
+        b(s1)
+        pair(s1)
         b(s0)
     for _ in range(pp - rank - 1):  # step 5: B1, F1&B0
         b(s1)
-        f(s1)
+        pair(s1)
         b(s0)
     zb = False
     for i in range(rank + 1):  # step 6: B1 B0, the second half zero-bubble (I)

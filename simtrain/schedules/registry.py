@@ -18,6 +18,7 @@ from simtrain.schedules.generators import (
     dualpipe,
     dualpipe_fb_pairs,
     dualpipe_v,
+    dualpipe_v_fb_pairs,
     gpipe,
     interleaved,
     naive,
@@ -248,6 +249,7 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             mixed_backward=True,
             min_microbatches_per_stage=1,
             overlapped_fb=True,
+            fb_pairs=dualpipe_v_fb_pairs,
         ),  # fmt: skip
         ScheduleTraits(
             "dualpipe",
