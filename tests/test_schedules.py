@@ -447,3 +447,24 @@ def test_dualpipe_v_is_torch_executed_order(pp):
         assert set(peak_in_flight(ours).values()) == {2 * pp + 1}
     with pytest.raises(ScheduleError, match="at least as many micro-batches"):
         dualpipe_v(pp, 2 * pp - 1, 2)
+
+
+@pytest.mark.parametrize("pp", PPS)
+def test_dualpipe_v_pairs_are_torchs_overlap_f_b_actions(pp):
+    """The forwards that open DualPipeV's overlapped F&B pairs are exactly the forward
+    sub-actions of torch 2.13's ``OVERLAP_F_B`` actions (ScheduleDualPipeV), m = 2p .. 2p + 7."""
+    from simtrain.schedules import dualpipe_v_fb_pairs
+
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    import types
+
+    for m in range(2 * pp, 2 * pp + 8):
+        fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
+        ours = dualpipe_v_fb_pairs(pp, m)
+        for r in range(pp):
+            theirs = set()
+            for a in schedules.ScheduleDualPipeV._calculate_single_rank_operations(fake, r):
+                if a is not None and a.computation_type.name == "OVERLAP_F_B":
+                    f = next(x for x in a.sub_actions if x.computation_type.name == "FORWARD")
+                    theirs.add(Action(f.stage_index, "F", f.microbatch_index))
+            assert ours[r] == theirs, (pp, m, r)
