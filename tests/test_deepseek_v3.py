@@ -102,13 +102,13 @@ def test_deepep_sm_share_slows_overlapped_compute_only() -> None:
     with the kernels' SMs not counted, by at most A·f over the step (compute C grows by
     min(A·f, C·f/(1-f)) per pair)."""
     from simtrain.apps.simulate import simulate_scenario
-    from simtrain.costs.workload import comm_sm_share
+    from simtrain.costs.comm import deepep_sm_share
 
     sc = load_scenario(DSV3)
-    assert comm_sm_share(sc) == pytest.approx(20 / 132)
+    assert deepep_sm_share(sc) == pytest.approx(20 / 132)
     with_sms = simulate_scenario(sc).metrics.step_time_s
     tiny = load_scenario(DSV3, ["runtime.moe_dispatch_sms=1"])
-    assert comm_sm_share(tiny) == pytest.approx(1 / 132)
+    assert deepep_sm_share(tiny) == pytest.approx(1 / 132)
     assert simulate_scenario(tiny).metrics.step_time_s < with_sms
 
 

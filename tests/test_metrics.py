@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.comm import deepep_sm_share
 from simtrain.costs.compute import chunk_costs, hardware_flops_per_step, model_flops_per_step
-from simtrain.costs.workload import comm_sm_share
 from simtrain.layout.step import resolve
 from simtrain.report.metrics import StepMetrics, step_metrics
 from simtrain.schedules import build_schedule, microbatch_stages
@@ -158,7 +158,7 @@ def check_step(sc: Scenario) -> None:
                 c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
                 runs = sum(stage in microbatch_stages(j, m, len(chunks), place) for j in range(m))
                 want += runs * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
-        share = comm_sm_share(sc)
+        share = deepep_sm_share(sc)
         if not share:
             assert work == want
         else:  # DeepEP's kernels hold a share f of the SMs: compute lengthens by <= A·f

@@ -15,13 +15,13 @@ from functools import lru_cache
 import numpy as np
 
 from simtrain.costs import op_sac
-from simtrain.costs.fp8 import is_te
+from simtrain.costs.fp8 import fp8_copy_bytes, is_te
 from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
 from simtrain.spec.model import ModelSpec
-from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.precision import PRECISIONS, Precision
 from simtrain.spec.scenario import TrainingSpec
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def layer_saved_tensors(
         seq_div=tp if sequence_parallel else 1, full=base_trainable(t.peft.method, t.peft.phase),
         lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
-        out=[], te_fp8=is_te(prec), mx_block=prec.mx_block, per_byte=prec.values_per_byte,
+        out=[], te_fp8=is_te(prec), quant=prec,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -131,23 +131,22 @@ class _Block:
     # (1 B per value, plus an fp32 scale_inv per tensor or one E8M0 byte per MX block), and
     # LayerNormMLP saves fc1's 16-bit output and the FP8 activation output.
     te_fp8: bool = False
-    mx_block: int = 0
-    per_byte: int = 1  # values per byte of the saved copy (FP4: 2)
+    quant: Precision | None = None  # the precision whose quantized copies TE saves
 
     def fp8(self, n: float) -> int:
-        """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values: the values,
-        a scale byte per block (MX, NVFP4) and NVFP4's or a per-tensor recipe's fp32 scale."""
-        n = int(n)
-        values = -(-n // self.per_byte)
-        if not self.mx_block:
-            return values + 4
-        return values + -(-n // self.mx_block) + (4 if self.per_byte > 1 else 0)
+        """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
+        (:func:`costs.fp8.fp8_copy_bytes`) with its fp32 ``scale_inv`` where the recipe scales
+        per tensor."""
+        assert self.quant is not None
+        return fp8_copy_bytes(int(n), self.quant) + (0 if self.quant.mx_block else 4)
 
     def lin_formula(self, what: str) -> str:
-        v = f"{what}/{self.per_byte}" if self.per_byte > 1 else f"1·{what}"
-        if not self.mx_block:
+        q = self.quant
+        assert q is not None
+        v = f"{what}/{q.values_per_byte}" if q.values_per_byte > 1 else f"1·{what}"
+        if not q.mx_block:
             return f"{v} + 4"
-        return f"{v} + {what}/{self.mx_block}" + (" + 4" if self.per_byte > 1 else "")
+        return f"{v} + {what}/{q.mx_block}" + (" + 4" if q.values_per_byte > 1 else "")
 
     @property
     def sb(self) -> int:

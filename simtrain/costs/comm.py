@@ -80,6 +80,23 @@ def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> i
     return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.dp_stride)
 
 
+def ep_layer_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """One MoE layer's all-to-alls of a forward (or a backward): dispatch and combine
+    (:func:`ep_alltoall_ns`)."""
+    return ep_alltoall_ns(sc, step) + ep_alltoall_ns(sc, step, combine=True)
+
+
+def deepep_sm_share(sc: Scenario) -> float:
+    """The share of SMs DeepEP's kernels take from the compute they overlap:
+    ``moe_dispatch_sms / sm_count`` (DeepEP ``Buffer.num_sms``; spec.runtime); 0 without the
+    DeepEP dispatcher or expert parallelism, or when the hardware profile gives no SM count.
+    Below 1: spec.scenario.check_deepep."""
+    rt, sms = sc.runtime, sc.hardware.sm_count
+    if rt.moe_dispatcher != "deepep" or sc.parallelism.ep == 1 or not sms:
+        return 0.0
+    return rt.moe_dispatch_sms / sms
+
+
 def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_bytes: float) -> int:
     """One DeepEP dispatch or combine (:func:`costs.moe.deepep_a2a_bytes`): the InfiniBand
     part through the GPU's own NIC and the NVLink forwarding concurrently (DeepEP overlaps

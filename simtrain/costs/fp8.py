@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from simtrain.spec.model import ModelSpec
+from simtrain.spec.model import ModelSpec, tp_split_shape
 from simtrain.spec.precision import Precision
 
 #: Bytes of a 16-bit operand read by a cast.
@@ -49,13 +49,6 @@ _FP32 = 4
 #: TE forward / backward quantizers per GEMM (module/base.py: num_gemms * 3, num_gemms * 2).
 FWD_QUANTIZERS_PER_GEMM = 3
 BWD_QUANTIZERS_PER_GEMM = 2
-
-
-#: Linear layers whose output is split over TP and whose input is whole (row-parallel: the
-#: reverse); MLA's down-projections are replicated over TP (Megatron-Core
-#: ``multi_latent_attention.py``, ``costs.params``), every other one column-parallel.
-ROW_PARALLEL = ("o", "down")
-REPLICATED = ("q_a", "kv_a")
 
 
 def te_gemm_groups(m: ModelSpec) -> tuple[tuple[str, ...], ...]:
@@ -86,14 +79,11 @@ class Gemm:
 
 def _group(shapes: dict[str, tuple[int, int]], g: tuple[str, ...], tp: int,
            tokens: float = 1.0, copies: int = 1) -> Gemm:  # fmt: skip
-    fi = shapes[g[0]][0]
-    fo = sum(shapes[n][1] for n in g)
-    w = copies * fi * fo
-    if g[0] in REPLICATED:
-        return Gemm(fi, fo, w, tokens, copies)
-    if g[0] in ROW_PARALLEL:
-        return Gemm(fi // tp, fo, w // tp, tokens, copies)
-    return Gemm(fi, fo // tp, w // tp, tokens, copies)
+    """The fused GEMM of linears ``g`` (one input, outputs side by side) on one TP rank, over
+    ``copies`` experts (spec.model.tp_split_shape)."""
+    fi, fo = shapes[g[0]][0], sum(shapes[n][1] for n in g)
+    w_in, w_out = tp_split_shape(g[0], fi, fo, tp)
+    return Gemm(w_in, w_out, copies * w_in * w_out, tokens, copies)
 
 
 def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,

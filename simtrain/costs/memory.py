@@ -294,11 +294,11 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
              n_layers: int, grads_b: int,
-             dense_layers: int) -> tuple[int, int, int, int, int]:  # fmt: skip
-    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather,
-    DDP bucket gradients, TP gather buffers): working memory of casts, dequantisation, ZeRO-3
-    gathers and communication; ``dense_layers`` of the rank's ``n_layers`` blocks are dense
-    (all of a dense model's)."""
+             dense_layers: int) -> tuple[int, int, int]:  # fmt: skip
+    """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
+    working memory of casts, dequantisation, ZeRO-3 gathers and communication (DDP bucket
+    gradients and TP gather buffers included); ``dense_layers`` of the rank's ``n_layers``
+    blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
@@ -339,10 +339,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += gather
     if step.pp > 1 and not sc.runtime.pipeline_recv_buffers_per_microbatch:
         # p2p send/receive buffers: one b·s·h activation and one gradient
-        buffers += 2 * step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
-    ddp = ddp_bucket_bytes(sc, step, ms.trainable)
-    gathers = tp_gather_buffer_bytes(sc, step)
-    buffers += ddp + gathers
+        buffers += 2 * p2p_buffer_bytes(sc, step)
+    buffers += ddp_bucket_bytes(sc, step, ms.trainable) + tp_gather_buffer_bytes(sc, step)
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
     if sc.model.is_moe and n_layers:
@@ -351,7 +349,14 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         load = moe_load(sc.model, p.ep)
         tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
-    return buffers, opt_ws, gather, ddp, gathers
+    return buffers, opt_ws, gather
+
+
+def p2p_buffer_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """One pipeline transfer buffer: a b·s·h activation (or its gradient), split over TP
+    under sequence parallelism."""
+    p = sc.parallelism
+    return step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
 
 
 def ddp_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
@@ -492,8 +497,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     extra = (versions - 1) * params_b
     dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(stage))
              if sc.model.is_moe else n_layers)  # fmt: skip
-    buffers, opt_ws, gather, ddp, gathers = _buffers(sc, step, tensors, ms, n_layers, grads_b,
-                                                     dense)  # fmt: skip
+    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
@@ -512,19 +516,20 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     transient_b = 0
     # (a runtime's persistent gradient buffer is never transient: grads_in_reduce_buffer)
     transient = step.gradients_transient and not sc.runtime.grads_in_reduce_buffer
+    coming_and_going = grads_b - persistent_gradient_bytes(step, ms.trainable)
     if transient:
         # One micro-batch, no DP, no PP: gradients are created during backward as the
         # activations are freed (PyTorch zero_grad(set_to_none=True)), so the two never peak
         # together: peak = rest + max(activations, gradients) (measured: simtrain.torchref).
         # An fp32 accumulation buffer (bf16_fp32_grads) is persistent: only the 16-bit gradients
         # come and go.
-        transient_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
+        transient_b = coming_and_going
     # 16-bit gradients freed after every micro-batch's backward (runtime
     # grads_freed_per_microbatch, with an fp32 accumulation buffer): a third moment, the end of
     # a backward, holds them with the activations still saved then.
     freed_b = 0
     if sc.runtime.grads_freed_per_microbatch and step.precision.grad_accum and not transient:
-        freed_b = grads_b - persistent_gradient_bytes(step, ms.trainable)
+        freed_b = coming_and_going
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
@@ -540,8 +545,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         activation_bytes_per_microbatch=sum(act.chunk_bytes.values()), in_flight=act.walk.in_flight,
         recompute_working_set_bytes=activations - act.walk.saved_peak, activations=activations,
         weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
-        naive_dp_gather_bytes=gather, buffers=buffers, ddp_bucket_bytes=ddp,
-        tp_gather_bytes=gathers,
+        naive_dp_gather_bytes=gather, buffers=buffers,
+        ddp_bucket_bytes=ddp_bucket_bytes(sc, step, ms.trainable),
+        tp_gather_bytes=tp_gather_buffer_bytes(sc, step),
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient,
     )  # fmt: skip
@@ -670,6 +676,13 @@ def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, tra
     return at_walk, at_opt, at_reduce
 
 
+def wire_grad_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """Bytes per gradient element in the data-parallel reduction (and so in its buckets and
+    any buffer it reduces from): 4 under a runtime that reduces in fp32
+    (``runtime.grad_reduce_dtype``), else the gradients' own dtype."""
+    return 4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad
+
+
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     """Gradient bytes per trainable element under a runtime that keeps the gradients in its
     reduction buffer (Megatron-Core DDP, ``param_and_grad_buffer.py``: fp32 when
@@ -677,7 +690,7 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     rt = sc.runtime
     if not rt.grads_in_reduce_buffer:
         return None
-    return 4 if rt.grad_reduce_dtype == "fp32" else step.precision.grad
+    return wire_grad_bytes(sc, step)
 
 
 def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
@@ -691,10 +704,9 @@ def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
     activation walk's at its peak). 0 without the rule or a pipeline."""
     if not sc.runtime.pipeline_recv_buffers_per_microbatch or step.pp == 1:
         return 0
-    p = sc.parallelism
-    one = step.boundary_bytes // (p.tp if p.sequence_parallel else 1)
+    one = p2p_buffer_bytes(sc, step)
     chunks = step.rank_chunk_ids(rank)
-    last = step.pp * step.v - 1
+    last = step.last_stage
     m = step.microbatches
     act = sum(m for c in chunks if c > 0)
     grad = sum(m for c in chunks if c < last)
@@ -729,7 +741,7 @@ def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainabl
     if not (sc.runtime.pipeline_grads_unsharded and step.pp > 1 and p.zero_stage >= 2
             and p.dp_cp > 1):  # fmt: skip
         return 0
-    return trainable * (4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad)
+    return trainable * wire_grad_bytes(sc, step)
 
 
 def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from simtrain.spec.model import ModelSpec
+from simtrain.spec.model import TP_REPLICATED, TP_ROW_PARALLEL, ModelSpec, tp_split_shape
 from simtrain.spec.precision import (
     ADAM8BIT_BLOCK,
     NF4_BITS,
@@ -69,8 +69,6 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     bias_trainable = full or peft.method == "bitfit"
     out: list[ParamTensor] = []
     shapes = m.linear_weight_shapes()
-    column = ("q", "k", "v", "gate", "up", "q_b", "kv_b")
-    replicated = ("q_a", "kv_a")  # MLA down-projections (Megatron-Core: duplicated over TP)
     is_moe = m.is_moe and moe is not False
     if is_moe:
         shapes = {k: v for k, v in shapes.items() if k in m.attention_shapes()}
@@ -84,10 +82,8 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     if m.attention_sinks:
         out.append(ParamTensor("sinks", m.heads // tp, 1, full))
     for name, (fan_in, fan_out) in shapes.items():
-        is_col = name in column
-        rows, cols = (fan_in, fan_out // tp) if is_col else (fan_in // tp, fan_out)
-        if name in replicated:
-            rows, cols = fan_in, fan_out
+        rows, cols = tp_split_shape(name, fan_in, fan_out, tp)
+        is_col = name not in TP_ROW_PARALLEL and name not in TP_REPLICATED
         out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
         has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
         if has_bias:

@@ -12,7 +12,7 @@ from simtrain.costs import comm, offload
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import action_host_ns
-from simtrain.costs.memory import MemoryReport
+from simtrain.costs.memory import MemoryReport, wire_grad_bytes
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -23,7 +23,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
-    a2a = comm.ep_alltoall_ns(sc, step) + comm.ep_alltoall_ns(sc, step, combine=True)
+    a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
@@ -159,13 +159,6 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
                        + comm.expert_bucket_group_ns(sc, step, op, grad))  # fmt: skip
     return replace(work, grad_sync_ns=work.grad_sync_ns + comm.edp_ns(sc, step, op, grad),
                    grad_sync_name=work.grad_sync_name or "EDP grads")  # fmt: skip
-
-
-def wire_grad_bytes(sc: Scenario, step: ResolvedStep) -> int:
-    """Bytes per gradient element in the data-parallel reduction (and so in its buckets): 4
-    under a runtime that reduces in fp32 (``runtime.grad_reduce_dtype``), else the gradients'
-    own dtype."""
-    return 4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad
 
 
 def offload_work(sc: Scenario, step: ResolvedStep, rank: int, work: RankWork, trainable: int,
@@ -338,7 +331,7 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
                          overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
-                         comm_sm_share=comm_sm_share(sc), data_parallel=plan,
+                         comm_sm_share=comm.deepep_sm_share(sc), data_parallel=plan,
                          placement=step.traits.placement)  # fmt: skip
 
 
@@ -346,16 +339,6 @@ def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
     """The schedule's own overlapped F&B pairs (DualPipe), or None (greedy pairing)."""
     pairs = step.traits.fb_pairs
     return pairs(step.pp, step.microbatches) if pairs is not None else None
-
-
-def comm_sm_share(sc: Scenario) -> float:
-    """The share of SMs DeepEP's kernels take from overlapping compute: ``moe_dispatch_sms /
-    sm_count`` (0 without the DeepEP dispatcher or expert parallelism, or when the hardware
-    profile gives no SM count)."""
-    rt, sms = sc.runtime, sc.hardware.sm_count
-    if rt.moe_dispatcher != "deepep" or sc.parallelism.ep == 1 or not sms:
-        return 0.0
-    return rt.moe_dispatch_sms / sms  # below sms: spec.scenario.check_deepep
 
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:

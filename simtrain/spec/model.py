@@ -285,6 +285,24 @@ class ModelSpec:
         return shapes
 
 
+#: Megatron TP (Shoeybi et al. 2019 §3): O and down are row-parallel (input split by t, output
+#: whole); MLA's down-projections q_a and kv_a are replicated on every TP rank (Megatron-Core
+#: ``multi_latent_attention.py``: duplicated over TP); every other linear of
+#: :meth:`ModelSpec.linear_weight_shapes` (q, k, v, q_b, kv_b, gate, up) is column-parallel.
+TP_ROW_PARALLEL = ("o", "down")
+TP_REPLICATED = ("q_a", "kv_a")
+
+
+def tp_split_shape(name: str, fan_in: int, fan_out: int, tp: int) -> tuple[int, int]:
+    """(input width, output width) of linear ``name`` on one TP rank (:data:`TP_ROW_PARALLEL`,
+    :data:`TP_REPLICATED`, else column-parallel)."""
+    if name in TP_REPLICATED:
+        return fan_in, fan_out
+    if name in TP_ROW_PARALLEL:
+        return fan_in // tp, fan_out
+    return fan_in, fan_out // tp
+
+
 def _gpt2(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     """GPT-2 (Radford et al. 2019; HF config.json of gpt2, gpt2-medium, -large, -xl)."""
     return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50257, 1024)

@@ -34,9 +34,6 @@ class Precision:
     gemm_dtype: str = ""
     # te_delayed | te_current | te_mxfp8 (Transformer Engine recipes) | torchao (torchao.float8)
     fp8_recipe: str = ""
-    # bytes per element of the linear inputs saved for the weight gradient (0: act_mm): 1 where
-    # the recipe saves them in FP8 (TE: the column-wise FP8 copy only)
-    act_linear: int = 0
     # Block size: one scale byte (MX: E8M0; NVFP4: E4M3) per block of this many values per copy
     # (0: per-tensor scaling)
     mx_block: int = 0
@@ -84,19 +81,19 @@ PRECISIONS: dict[str, Precision] = {
     # Transformer Engine DelayedScaling, its default recipe (transformer_engine/common/recipe:
     # HYBRID E4M3 forward / E5M2 backward, amax_history_len 1024): FP8 weight caches, FP8 saved
     # linear inputs, per-tensor scale and amax history.
-    "fp8_delayed": _fp8("fp8_delayed", "fp8", "te_delayed", act_linear=1, amax_history=1024),
+    "fp8_delayed": _fp8("fp8_delayed", "fp8", "te_delayed", amax_history=1024),
     # Transformer Engine Float8CurrentScaling (Megatron-Bridge "FP8-CS"): per-tensor scales from
     # each tensor's own amax (quantization.py: "Per-tensor current quantization does not require
     # state"), the same FP8 weight caches and saved inputs as delayed scaling.
-    "fp8_current": _fp8("fp8_current", "fp8", "te_current", act_linear=1),
+    "fp8_current": _fp8("fp8_current", "fp8", "te_current"),
     # Transformer Engine MXFP8BlockScaling (Blackwell; E4M3, one E8M0 scale per 32 values).
-    "mxfp8": _fp8("mxfp8", "mxfp8", "te_mxfp8", act_linear=1, mx_block=32),
+    "mxfp8": _fp8("mxfp8", "mxfp8", "te_mxfp8", mx_block=32),
     # Transformer Engine NVFP4BlockScaling (Blackwell; TransformerEngine d0067d0
     # common/recipe/__init__.py l.489-555; Megatron-Core --fp4-format e2m1, fp4_recipe nvfp4,
     # transformer_config.py l.671-692 at d98e8a64): E2M1 values, two per byte, one E4M3 scale
     # per 16 consecutive values (weights: per 16 x 16 block) and an fp32 scale per tensor; the
     # row- and column-wise copies are both quantized from the 16-bit tensor.
-    "nvfp4": _fp8("nvfp4", "nvfp4", "te_nvfp4", act_linear=1, mx_block=16, values_per_byte=2),
+    "nvfp4": _fp8("nvfp4", "nvfp4", "te_nvfp4", mx_block=16, values_per_byte=2),
     # torchao.float8 (torchtitan ``--model.converters float8``), dynamic scaling per tensor or
     # per row: bf16 inputs and weights are saved and cast again in the backward, no FP8 copy kept
     # (torchao/float8/float8_linear.py ``ctx.save_for_backward(input_hp, weight_hp_t)``).

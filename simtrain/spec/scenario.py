@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
+from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
@@ -723,8 +724,9 @@ def check_deepep(s: Scenario, file: str) -> None:
     rt, p = s.runtime, s.parallelism
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         return
-    stride, gpn = p.tp * p.cp, s.cluster.gpus_per_node
-    per_node = 1 if stride > gpn else max(1, min(p.ep, gpn // stride))
+    groups = Groups(p.dp, p.tp, p.pp, p.cp)
+    stride, gpn = groups.dp_stride, s.cluster.gpus_per_node
+    per_node = Placement(groups, gpn).group_gpus_per_node(p.ep, stride)
     if p.ep % per_node:
         raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
                           f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
@@ -737,30 +739,48 @@ def check_deepep(s: Scenario, file: str) -> None:
                           rt.moe_dispatch_sms, f"1 .. {sms - 1}")  # fmt: skip
 
 
+#: A value of a runtime option that only applies where the layout has its communication.
+_ON = {"tp_comm_overlap": True, "overlap_param_gather": True, "moe_dispatcher": "deepep",
+       "moe_fp8_dispatch": True}  # fmt: skip
+
+
+def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
+                                 precision: str) -> dict[str, str]:  # fmt: skip
+    """The runtime options (with the value :data:`_ON` names) that a layout of ``tp``,
+    ``zero_stage`` and ``ep`` in ``precision`` has nothing for, each with why: TP comm overlap at tp 1, the ZeRO-1/2
+    param-gather overlap without ZeRO-1/2, DeepEP without expert parallelism, FP8 dispatch
+    without expert parallelism or an FP8 precision."""
+    fp8 = bool(PRECISIONS[precision].gemm_dtype)
+    out = {}
+    if tp == 1:
+        out["tp_comm_overlap"] = (
+            "overlaps tensor-parallel collectives, but parallelism.tp = 1 has none"
+        )
+    if zero_stage not in (1, 2):
+        out["overlap_param_gather"] = ("overlaps the all-gather of ZeRO-1/2's updated "
+                                       f"parameters, but parallelism.zero_stage = {zero_stage} "
+                                       "has none (use 1 or 2)")  # fmt: skip
+    if ep == 1:
+        out["moe_dispatcher"] = ("dispatches tokens over expert parallelism, but "
+                                 "parallelism.ep = 1 has none")  # fmt: skip
+    if ep == 1 or not fp8:
+        out["moe_fp8_dispatch"] = ("sends FP8 activations to the experts: needs parallelism.ep "
+                                   f"> 1 and an FP8 training.precision (got ep {ep}, "
+                                   f"{precision})")  # fmt: skip
+    return out
+
+
 def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
-    """A scenario file's ``runtime:`` that turns on an overlap its layout has nothing for is
-    an error naming both keys. (Elsewhere, e.g. a plan's layouts, such an option simply does
-    not apply: the lowering switches it on only where the layout has that communication.)"""
+    """A scenario file's ``runtime:`` that turns on an option its layout has nothing for
+    (:func:`inapplicable_runtime_options`) is an error naming both keys. (A plan's layouts
+    leave such options out of their scenarios: apps.plan.layouts.)"""
     if not isinstance(runtime, dict):
         return
     p = s.parallelism
-    if runtime.get("tp_comm_overlap") is True and p.tp == 1:
-        raise ConfigError(file, "runtime.tp_comm_overlap", "overlaps tensor-parallel "
-                          "collectives, but parallelism.tp = 1 has none", True)  # fmt: skip
-    if runtime.get("moe_dispatcher") == "deepep" and p.ep == 1:
-        raise ConfigError(file, "runtime.moe_dispatcher", "dispatches tokens over expert "
-                          "parallelism, but parallelism.ep = 1 has none", "deepep")  # fmt: skip
-    if runtime.get("moe_fp8_dispatch") is True and (
-        p.ep == 1 or not PRECISIONS[s.training.precision].gemm_dtype
-    ):
-        raise ConfigError(file, "runtime.moe_fp8_dispatch", "sends FP8 activations to the "
-                          "experts: needs parallelism.ep > 1 and an FP8 training.precision "
-                          f"(got ep {p.ep}, {s.training.precision})", True,
-                          " | ".join(n for n, x in PRECISIONS.items() if x.gemm_dtype))  # fmt: skip
-    if runtime.get("overlap_param_gather") is True and p.zero_stage not in (1, 2):
-        raise ConfigError(file, "runtime.overlap_param_gather", "overlaps the all-gather of "
-                          "ZeRO-1/2's updated parameters, but parallelism.zero_stage = "
-                          f"{p.zero_stage} has none (use 1 or 2)", True)  # fmt: skip
+    why = inapplicable_runtime_options(p.tp, p.zero_stage, p.ep, s.training.precision)
+    for key, text in why.items():
+        if runtime.get(key) == _ON[key]:
+            raise ConfigError(file, f"runtime.{key}", text, runtime[key])
 
 
 def check_size(s: Scenario, file: str) -> None:

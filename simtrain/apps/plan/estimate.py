@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from simtrain.costs import comm, offload
-from simtrain.costs.comm import ddp_buckets, dp_ns, ep_alltoall_ns, p2p_send_ns, tp_allreduce_ns
+from simtrain.costs.comm import (
+    ddp_buckets,
+    dp_ns,
+    ep_layer_alltoall_ns,
+    p2p_send_ns,
+    tp_allreduce_ns,
+)
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
 from simtrain.costs.workload import tp_recompute_ns
@@ -113,7 +119,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     those of stage 0's first chunk."""
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
-    a2a = ep_alltoall_ns(sc, step) + ep_alltoall_ns(sc, step, combine=True)
+    a2a = ep_layer_alltoall_ns(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
     def chunk(k: int) -> tuple[int, bool, bool, int]:

@@ -9,8 +9,7 @@ from typing import Any, NamedTuple
 from simtrain.apps.plan.file import Plan
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
-from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.scenario import TrainingSpec
+from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 
 DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
@@ -92,22 +91,11 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
 
 def _layout_runtime(runtime: Any, layout: Layout, precision: str) -> Any:
     """The plan's ``runtime:`` without the options this layout has nothing for (a scenario file
-    setting them is an error: ``spec.scenario.check_runtime_options``): TP comm overlap at
-    tp 1, the param-gather overlap without ZeRO-1/2, the DeepEP dispatcher without expert
-    parallelism, FP8 dispatch without expert parallelism or an FP8 precision."""
+    setting them is an error: ``spec.scenario.inapplicable_runtime_options``)."""
     if not isinstance(runtime, dict):
         return runtime
-    out = dict(runtime)
-    drop = {
-        "tp_comm_overlap": layout.tp == 1,
-        "overlap_param_gather": layout.zero_stage not in (1, 2),
-        "moe_dispatcher": layout.ep == 1 and out.get("moe_dispatcher") == "deepep",
-        "moe_fp8_dispatch": layout.ep == 1 or not PRECISIONS[precision].gemm_dtype,
-    }
-    for key, inapplicable in drop.items():
-        if inapplicable and out.get(key) not in (None, False, "alltoall"):
-            del out[key]
-    return out
+    drop = inapplicable_runtime_options(layout.tp, layout.zero_stage, layout.ep, precision)
+    return {k: v for k, v in runtime.items() if k not in drop}
 
 
 def _gpus_per_node(plan: Plan, hardware: str) -> int:
