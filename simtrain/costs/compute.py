@@ -39,7 +39,7 @@ from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.model import ModelSpec
-from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS
+from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS, Precision
 from simtrain.spec.scenario import (
     ParallelSpec,
     Scenario,
@@ -306,7 +306,7 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     if not m.is_moe:
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
-    dense = m.dense_layers_in(lo, lo + layers) if lo is not None else 0
+    dense = _dense_blocks(m, layers, lo)
     moe_bf = block_flops(m, t, tp, True, moe_load(m, ep))
     dense_bf = block_flops(m, t, tp, False)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
@@ -385,21 +385,27 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     )
 
 
-def _chunk_cast_bytes(sc: Scenario, layers: int, lo: int | None) -> tuple[float, float]:
+def _chunk_cast_bytes(sc: Scenario, t: TrainingSpec, prec: Precision, layers: int,
+                      lo: int | None) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) FP8 cast bytes of ``layers`` blocks (:func:`costs.fp8.cast_bytes`),
-    the dense and the MoE ones apart (:func:`chunk_block_flops`)."""
+    the dense and the MoE ones apart (:func:`_dense_blocks`); ``t`` one GPU's s/cp tokens."""
     m, p = sc.model, sc.parallelism
-    t = cp_rank_training(sc.training, p.cp)
-    prec = PRECISIONS[t.precision]
     args = (m, prec, sc.hardware.gpu_arch, t.micro_batch * t.seq_len_effective, p.tp,
             microbatches(t, p))  # fmt: skip
-    if not m.is_moe:
-        f, b = cast_bytes(*args)
-        return layers * f, layers * b
-    dense = m.dense_layers_in(lo, lo + layers) if lo is not None else 0
+    dense = _dense_blocks(m, layers, lo)
     df, db = cast_bytes(*args)
+    if dense == layers:
+        return layers * df, layers * db
     mf, mb = cast_bytes(*args, moe=True, ep=p.ep, load=moe_load(m, p.ep))
     return dense * df + (layers - dense) * mf, dense * db + (layers - dense) * mb
+
+
+def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
+    """Dense blocks among blocks ``lo`` .. ``lo + layers − 1`` (all of a dense model's; of a
+    model with experts, ``lo`` None: all MoE blocks; ``ModelSpec.first_dense_layers``)."""
+    if not m.is_moe:
+        return layers
+    return m.dense_layers_in(lo, lo + layers) if lo is not None else 0
 
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
@@ -419,7 +425,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     lin_f = bf.projections
     lin_i = lin_f if grad else 0.0
     lin_w = lin_f if grad and full else 0.0
-    cast_f, cast_b = _chunk_cast_bytes(sc, layers, lo)
+    cast_f, cast_b = _chunk_cast_bytes(sc, t, prec, layers, lo)
     cast_b = cast_b if grad else 0.0
     fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
@@ -515,5 +521,4 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks. DualPipe
     # holds every stage twice and runs each micro-batch through one of the copies
     g = step.groups
-    copies = 2 if step.traits.bidirectional else 1
-    return total * g.tp * step.microbatches * g.dp * g.cp / copies
+    return total * g.tp * step.microbatches * g.dp * g.cp / step.stage_copies

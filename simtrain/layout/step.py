@@ -72,6 +72,12 @@ class ResolvedStep:
         DualPipe's half (:func:`~simtrain.schedules.actions.pipeline_of`)."""
         return pipeline_of(stage, self.pp * self.v, self.traits.placement)
 
+    @property
+    def stage_copies(self) -> int:
+        """Chunks holding each model stage's layers: DualPipe's two (each micro-batch runs
+        through one of them, half each way), else one."""
+        return 2 if self.traits.bidirectional else 1
+
     def chunk_rank(self, stage: int) -> int:
         """Rank holding virtual stage ``stage`` (stage % pp, Narayanan et al. 2021 §2.2.2; or
         the V of ZB-V, or DualPipe's "dual": the schedule's ``placement``)."""

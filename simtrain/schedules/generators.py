@@ -7,6 +7,8 @@ communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual stages (model 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from simtrain.errors import ScheduleError
 from simtrain.schedules.actions import (
     OPT,
@@ -21,6 +23,7 @@ from simtrain.schedules.actions import (
     Schedule,
     W,
 )
+from simtrain.schedules.comm import p2p_for
 
 
 def _check(name: str, pp: int, m: int, v: int, *, virtual: bool = False) -> None:
@@ -276,10 +279,17 @@ def dualpipe_v_fb_pairs(pp: int, m: int) -> dict[int, frozenset[Action]]:
     F1&B0 (but the last rank's first F0, B1, not overlapped to reduce the bubble) and step 5's
     F1&B0 after a lone B1."""
     dualpipe_v(pp, m, 2)  # the checks
+    return _pair_openers(pp, lambda r, firsts: _dualpipe_v_rank(r, pp, m, firsts))
+
+
+def _pair_openers(pp: int, walk: Callable[[int, list[Action]], object]
+                  ) -> dict[int, frozenset[Action]]:  # fmt: skip
+    """Rank -> the forwards ``walk(rank, firsts)`` collects into ``firsts`` as it generates
+    the rank's order (the openers of its overlapped F&B pairs)."""
     out: dict[int, frozenset[Action]] = {}
     for r in range(pp):
         firsts: list[Action] = []
-        _dualpipe_v_rank(r, pp, m, firsts)
+        walk(r, firsts)
         out[r] = frozenset(firsts)
     return out
 
@@ -320,9 +330,9 @@ def _dualpipe_v_rank(rank: int, pp: int, m: int,
         f(s1)
 
     def pair(stage: int) -> None:  # a forward that opens an overlapped F&B pair
-        if pairs is not None:
-            pairs.append(Action(stage, F, fwd[stage]))
         f(stage)
+        if pairs is not None:
+            pairs.append(ops[-1])
 
     for i in range(m - 2 * pp + rank + 1):  # step 4: F0&B1, F1&B0
         if i == 0 and rank == pp - 1:  # not overlapped (DualPipe: "to reduce bubble size")
@@ -374,15 +384,13 @@ def dualpipe(pp: int, m: int, v: int = 2) -> Schedule:
     (:func:`dualpipe_p2p`) every rank idles the README's (pp/2-1)(F&B+B-3W); run as listed here,
     each output sent when its own computation ends, (pp/2-1)(2B-3W).
 
-    The engine overlaps DualPipe's own F&B pairs (:func:`dualpipe_fb_pairs`; DualPipeV's are
-    taken greedily, ``sim.lowering.passes.ep_pass``). Not modelled: the sum of each stage's
+    The engine overlaps DualPipe's own F&B pairs (:func:`dualpipe_fb_pairs`; DualPipeV's:
+    :func:`dualpipe_v_fb_pairs`). Not modelled: the sum of each stage's
     two copies' gradients (ranks r and pp-1-r), which DualPipe leaves to its caller
     (example_dualpipe.py l.168-174 all-gathers them over the pipeline group)."""
+    _check("dualpipe", pp, m, v, virtual=True)
     if v != 2:
         raise ScheduleError(f"dualpipe has exactly 2 chunks per rank (got v={v})")
-    for key, value in (("pp", pp), ("microbatches", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ScheduleError(f"dualpipe: {key} must be an integer >= 1 (got {value!r})")
     if pp % 2:
         raise ScheduleError(
             f"dualpipe: pp must be even (DualPipe.step asserts num_ranks % 2 == 0; got pp={pp})"
@@ -414,12 +422,7 @@ def dualpipe_fb_pairs(pp: int, m: int) -> dict[int, frozenset[Action]]:
     i.e. step 4's two pairs (but the middle ranks' first, "not overlapped to further reduce
     bubble size") and step 5's F1&B0 (after a lone B1)."""
     dualpipe(pp, m)  # the checks
-    out: dict[int, frozenset[Action]] = {}
-    for r in range(pp):
-        firsts: list[Action] = []
-        _dualpipe_rank(r, pp, m, pairs=firsts)
-        out[r] = frozenset(firsts)
-    return out
+    return _pair_openers(pp, lambda r, firsts: _dualpipe_rank(r, pp, m, pairs=firsts))
 
 
 def _dualpipe_rank(
@@ -428,8 +431,6 @@ def _dualpipe_rank(
     """One rank's DualPipe order (see :func:`dualpipe`), mirroring ``DualPipe.step`` call for
     call; with ``comm`` also its RECV/SEND actions (:func:`dualpipe_p2p`); ``pairs`` collects
     the forwards that open an overlapped F&B pair (:func:`dualpipe_fb_pairs`)."""
-    from simtrain.schedules.comm import p2p_for
-
     half_ranks, half_m = pp // 2, m // 2
     half_rank = min(rank, pp - 1 - rank)
     second_half = rank >= half_ranks

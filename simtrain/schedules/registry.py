@@ -63,12 +63,16 @@ class ScheduleTraits:
     # as one unit whose layers interleave, so each one's expert all-to-alls hide behind the
     # other's compute (Megatron-Core combined 1F1B; DeepSeek-V3 §3.2.1 DualPipe's F&B chunks)
     overlapped_fb: bool = False
-    # Two pipelines in opposite directions (DualPipe, placement "dual"): half the micro-batches
-    # run down stages 0..p-1, half up stages p..2p-1, each stage's layers held on two ranks
-    bidirectional: bool = False
     # (p, m) -> rank -> the forwards that open an overlapped F&B pair, when the schedule names
     # its pairs (DualPipe); None: adjacent F/B of different micro-batches pair greedily
     fb_pairs: Callable[[int, int], dict[int, frozenset[Action]]] | None = None
+
+    @property
+    def bidirectional(self) -> bool:
+        """Two pipelines in opposite directions (DualPipe, placement "dual"): half the
+        micro-batches run down stages 0..p-1, half up stages p..2p-1, each stage's layers held
+        on two ranks."""
+        return self.placement == "dual"
 
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
@@ -187,6 +191,13 @@ def _zb_h1_in_flight(p: int, m: int, stage: int, v: int) -> float:
     return float(min(m, p))
 
 
+#: What DualPipe and DualPipeV share (DualPipe.step / torch ScheduleDualPipeV): a V of two
+#: chunks per rank, full and split backwards mixed, at least one micro-batch per stage, and
+#: overlapped F&B pairs.
+_DUALPIPE = {"virtual": True, "chunks_per_rank": 2, "mixed_backward": True,
+             "min_microbatches_per_stage": 1, "overlapped_fb": True}  # fmt: skip
+
+
 SCHEDULES: dict[str, ScheduleTraits] = {
     s.name: s
     for s in (
@@ -243,28 +254,19 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             dualpipe_v,
             _dualpipe_v_bubble,
             _dualpipe_v_in_flight,
-            virtual=True,
             placement="v",
-            chunks_per_rank=2,
-            mixed_backward=True,
-            min_microbatches_per_stage=1,
-            overlapped_fb=True,
             fb_pairs=dualpipe_v_fb_pairs,
-        ),  # fmt: skip
+            **_DUALPIPE,
+        ),
         ScheduleTraits(
             "dualpipe",
             dualpipe,
             _dualpipe_bubble,
             _dualpipe_in_flight,
-            virtual=True,
             placement="dual",
-            chunks_per_rank=2,
-            mixed_backward=True,
-            min_microbatches_per_stage=1,
-            overlapped_fb=True,
-            bidirectional=True,
             fb_pairs=dualpipe_fb_pairs,
-        ),  # fmt: skip
+            **_DUALPIPE,
+        ),
     )
 }
 

@@ -158,8 +158,7 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
     filling and draining the pipeline (:func:`closed_form_step_s`)."""
     pp = step.pp
     # DualPipe: each micro-batch runs on one of a rank's two stage copies (half each way)
-    share = 2 if step.traits.bidirectional else 1
-    t_max = max(r.total for r in ranks) / share
+    t_max = max(r.total for r in ranks) / step.stage_copies
     if pp == 1 or step.traits.asynchronous:
         # PipeDream / PipeDream-2BW report their steady state: the busiest stage, no flush
         bubble_ns = 0.0
