@@ -36,16 +36,35 @@ def test_anchor_gpu_hours_per_trillion_tokens_within_20_percent() -> None:
     assert abs(gpu_h / PUBLISHED_GPU_HOURS_PER_T - 1) <= 0.20, gpu_h
 
 
-def test_distinct_bins_closed_forms() -> None:
+def test_distinct_bins_against_enumeration() -> None:
+    """The hypergeometric expectation against counting every draw: 12 items in 4 bins of 3,
+    k = 1 .. 6 drawn without replacement, the mean number of bins hit over all C(12, k)
+    draws; and the corners (one bin; k = 1; one item per bin)."""
+    from itertools import combinations
+
     from simtrain.costs.moe import distinct_bins
 
-    assert distinct_bins(256, 8, 1) == pytest.approx(1.0)
-    assert distinct_bins(8, 8, 4) == pytest.approx(4.0)  # one item per bin: k bins
+    for k in range(1, 7):
+        draws = list(combinations(range(12), k))
+        mean = sum(len({i // 3 for i in d}) for d in draws) / len(draws)
+        assert distinct_bins(12, 4, k) == pytest.approx(mean, rel=1e-12)
     assert distinct_bins(256, 1, 8) == 1.0
-    # 8 of 256 experts over 8 nodes: 8 (1 - C(224, 8)/C(256, 8))
-    assert distinct_bins(256, 8, 8) == pytest.approx(
-        8 * (1 - math.comb(224, 8) / math.comb(256, 8))
-    )
+    assert distinct_bins(256, 8, 1) == pytest.approx(1.0)
+    assert distinct_bins(8, 8, 4) == pytest.approx(4.0)
+
+
+def test_sm_share_lengthens_a_pair_by_hand() -> None:
+    """A pair of two 100 ns compute ops whose all-to-alls take A with a share f = 0.2 of the
+    SMs: C = 200 grows by min(A·f, C·f/(1-f)) = min(0.2·A, 50): A = 100 -> +20 (each op 110),
+    A = 1000 -> +50 (compute at 0.8 throughout: each op 125)."""
+    from simtrain.sim.lowering.ir import Group, Op
+    from simtrain.sim.lowering.passes import _sm_shared
+
+    for a2a, each in ((100, 110), (1000, 125)):
+        ops = [Op(0, "compute", "F", "f", 100, []), Op(0, "compute", "B", "b", 100, [])]
+        first, second = Group(None, [ops[0]], ops[0]), Group(None, [ops[1]], ops[1])
+        _sm_shared(first, second, a2a, 0.2)
+        assert [op.duration_ns for op in ops] == [each, each]
 
 
 def test_node_limited_routing_reaches_at_most_four_nodes() -> None:

@@ -186,7 +186,7 @@ def assert_well_formed(sc: Scenario, tasks: list[Task]) -> None:
         assert 0 <= t.rank < (dp_rows or p.pp) and t.stream in (*STREAMS, "host", "paging"), t
         if t.stage is not None:  # the resolved chunks: a V schedule has 2 per rank
             assert 0 <= t.stage < len(step.chunks), t
-            assert (0 if dp_rows else t.rank) == (0 if dp_rows else step.chunk_rank(t.stage)), t
+            assert dp_rows or t.rank == step.chunk_rank(t.stage), t
         if t.microbatch is not None and t.kind != "OPT":
             assert 0 <= t.microbatch < sc.num_microbatches, t
     # Acyclic, counting the engine's FIFO order on each (gpu, stream) as edges too: otherwise

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import random
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -786,6 +787,18 @@ def test_plan_with_workers_inside_a_daemonic_process(tmp_path: Path) -> None:
         assert pool.apply(_plan_in_a_daemon, (str(plan),)) == 0
 
 
+MIXTRAL_PLAN: dict[str, Any] = {
+    "name": "moe",
+    "model": {"preset": "mixtral-8x7b", "flash_attention": True},
+    "tokens": 1e12,
+    "training": {"seq_len": 4096, "global_batch": 256, "precision": "bf16", "optimizer": "adamw"},
+    "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0}],
+    "gpus": 64,
+    "fixed": {"pp": [4], "tp": [1], "micro_batch": [1], "recompute": ["none"], "zero_stage": [1],
+              "precision": ["bf16", "fp8_current"]},
+}  # fmt: skip
+
+
 def test_moe_plan_searches_the_overlapping_schedules_and_precisions() -> None:
     """A model with experts and no fixed schedule also tries combined 1F1B (with its virtual
     stages) and DualPipeV; fixed.precision is searched like any fixed choice, and FP8 on a GPU
@@ -793,23 +806,13 @@ def test_moe_plan_searches_the_overlapping_schedules_and_precisions() -> None:
     from simtrain.apps.plan.screen import layout_scenario
     from simtrain.spec.scenario import parse_scenario
 
-    plan = _plan(
-        {
-            "name": "moe",
-            "model": {"preset": "mixtral-8x7b", "flash_attention": True},
-            "tokens": 1e12,
-            "training": {"seq_len": 4096, "global_batch": 256, "precision": "bf16",
-                         "optimizer": "adamw"},
-            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0},
-                         {"name": "a100_sxm4_80gb", "price_per_gpu_hour": 2.0}],
-            "gpus": 64,
-            "fixed": {"pp": [4], "tp": [1], "micro_batch": [1], "recompute": ["none"],
-                      "zero_stage": [1], "precision": ["bf16", "fp8_current"]},
-        }
-    )  # fmt: skip
+    hw = [*MIXTRAL_PLAN["hardware"], {"name": "a100_sxm4_80gb", "price_per_gpu_hour": 2.0}]
+    plan = _plan(MIXTRAL_PLAN, hardware=hw)
     layouts = enumerate_layouts(plan, 32, 32, experts=8)
     scheds = {x.schedule for x in layouts}
-    assert {"combined_1f1b", "dualpipe_v", "1f1b", "interleaved"} <= scheds
+    assert {"combined_1f1b", "dualpipe_v", "dualpipe", "1f1b", "interleaved"} <= scheds
+    dense = enumerate_layouts(plan, 32, 32, experts=0)
+    assert not {"combined_1f1b", "dualpipe_v", "dualpipe"} & {x.schedule for x in dense}
     assert {x.virtual_stages for x in layouts if x.schedule == "combined_1f1b"} == {2}
     assert {x.precision for x in layouts} == {"bf16", "fp8_current"}
     lay = next(x for x in layouts if x.schedule == "combined_1f1b" and x.ep == 8
@@ -829,30 +832,22 @@ def test_moe_plan_searches_the_overlapping_schedules_and_precisions() -> None:
 
 def test_layout_scenarios_drop_runtime_options_they_have_nothing_for() -> None:
     """A plan's DeepEP + FP8-dispatch runtime on a layout without expert parallelism or FP8:
-    the layout's scenario (best.yaml) leaves those options out, so it loads as a scenario file
-    (which refuses them: spec.scenario.check_runtime_options); an EP layout in FP8 keeps them."""
-    from simtrain.spec.scenario import parse_scenario
+    the layout's scenario (best.yaml) leaves those options out, so it passes the checks a
+    scenario file gets (spec.scenario.check_runtime_options refuses them); an EP layout in FP8
+    keeps them. The same runtime as a scenario file's on an ep 1 layout is refused."""
+    from simtrain.spec.scenario import check_runtime_options, parse_scenario
 
     rt = {"name": "megatron_core", "moe_dispatcher": "deepep", "moe_fp8_dispatch": True}
-    plan = _plan(
-        {
-            "name": "moe_rt",
-            "model": {"preset": "mixtral-8x7b", "flash_attention": True},
-            "tokens": 1e12,
-            "training": {"seq_len": 4096, "global_batch": 256, "precision": "bf16",
-                         "optimizer": "adamw"},
-            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0}],
-            "gpus": 64,
-            "fixed": {"pp": [4], "tp": [1], "micro_batch": [1], "recompute": ["none"],
-                      "zero_stage": [1], "schedule": ["1f1b"], "ep": [1, 8],
-                      "precision": ["bf16", "fp8_current"]},
-            "runtime": rt,
-        }
-    )  # fmt: skip
+    fixed = {**MIXTRAL_PLAN["fixed"], "schedule": ["1f1b"], "ep": [1, 8]}
+    plan = _plan(MIXTRAL_PLAN, fixed=fixed, runtime=rt)
     layouts = enumerate_layouts(plan, 32, 32, experts=8)
     for lay in layouts:
         data = scenario_data(plan, lay)
         runtime = data["runtime"]
         assert ("moe_dispatcher" in runtime) == (lay.ep > 1)
         assert ("moe_fp8_dispatch" in runtime) == (lay.ep > 1 and lay.precision == "fp8_current")
-        parse_scenario(data, "plan.yaml")  # loads (check_layout), as best.yaml would
+        sc = parse_scenario(data, "plan.yaml")
+        check_runtime_options(sc, runtime, "best.yaml")  # as loading best.yaml does
+        refused = lay.ep == 1 or lay.precision != "fp8_current"
+        with pytest.raises(ConfigError, match="runtime.moe") if refused else nullcontext():
+            check_runtime_options(sc, rt, "best.yaml")

@@ -79,6 +79,9 @@ class StageBreakdown:
     buffers: int
     loss_before_recompute: bool  # the peak counts the larger of loss memory and a recompute
     gradients_transient: bool
+    # 16-bit gradients freed after every micro-batch's backward (runtime
+    # grads_freed_per_microbatch with an fp32 accumulation buffer)
+    gradients_freed_after_backward: bool = False
     ddp_bucket_bytes: int = 0  # torch DDP's bucket gradients (runtime ddp_grad_buckets)
     tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
 
@@ -527,9 +530,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # 16-bit gradients freed after every micro-batch's backward (runtime
     # grads_freed_per_microbatch, with an fp32 accumulation buffer): a third moment, the end of
     # a backward, holds them with the activations still saved then.
-    freed_b = 0
-    if sc.runtime.grads_freed_per_microbatch and step.precision.grad_accum and not transient:
-        freed_b = coming_and_going
+    freed = sc.runtime.grads_freed_per_microbatch and bool(step.precision.grad_accum)
+    freed = freed and not transient
+    freed_b = coming_and_going if freed else 0
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
@@ -549,7 +552,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         ddp_bucket_bytes=ddp_bucket_bytes(sc, step, ms.trainable),
         tp_gather_bytes=tp_gather_buffer_bytes(sc, step),
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
-        gradients_transient=transient,
+        gradients_transient=transient, gradients_freed_after_backward=freed,
     )  # fmt: skip
     return StageMemory(
         stage=stage,

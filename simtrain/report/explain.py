@@ -186,7 +186,7 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.loss_before_recompute:
         lines.append("  the loss working memory is freed before recompute re-materialises a "
                      "block: the peak counts the larger of the two")  # fmt: skip
-    if sc.runtime.grads_freed_per_microbatch and prec.grad_accum and not b.gradients_transient:
+    if b.gradients_freed_after_backward:
         lines.append("  16-bit gradients: added into the fp32 buffer and freed after every "
                      "micro-batch's backward: the peak holds them only at the end of a backward "
                      f"({_gb(dict(sm.peak_memory_bytes_by_category).get('gradients', 0))} "

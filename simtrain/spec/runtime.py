@@ -168,7 +168,7 @@ BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero
          "pipeline_recv_buffers_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
-#: tp_gather_buffers: a few cached gather buffers (nanotron keeps 2).
+#: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
         "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
 FLOATS = {"host_us_per_op": (0.0, 1e4)}

@@ -133,17 +133,13 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     # nanotron's cached all-gather buffers (MemoryBuffer, parallel/utils.py) with REDUCE_SCATTER:
     # 'allgather' when the column-parallel linears re-gather their input for backward
     # (tp_recompute_allgather, default True), 'allgather2' in the async row-parallel linear's
-    # backward (tensor_parallel/functional.py); the profile assumes the defaults (1).
+    # backward (tensor_parallel/functional.py); written whatever the profile's default.
     recompute_allgather = par_raw.get("tp_recompute_allgather", True) is not False
     if tp_mode == "REDUCE_SCATTER" and tp > 1:
         async_tp = bool(par_raw.get("tp_linear_async_communication"))
-        buffers = int(recompute_allgather) + int(async_tp)
-        if buffers != 1:
-            runtime["tp_gather_buffers"] = buffers
-            r.origin(
-                "runtime.tp_gather_buffers",
-                "parallelism.tp_linear_async_communication, tp_recompute_allgather",
-            )
+        runtime["tp_gather_buffers"] = int(recompute_allgather) + int(async_tp)
+        r.origin("runtime.tp_gather_buffers",
+                 "parallelism.tp_linear_async_communication, tp_recompute_allgather")  # fmt: skip
         if not recompute_allgather:
             r.unsupported_("parallelism.tp_recompute_allgather false",
                            "the column-parallel linears keep their all-gathered input for "

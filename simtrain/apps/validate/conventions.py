@@ -52,6 +52,9 @@ class SourceConvention:
     # "local_over_pp" (the local batch split into pp micro-batches, the source's default count).
     pp_micro_batch: str = "one"
     pp_micro_batch_note: str = ""
+    # The framework compiles the loss with the model when it compiles (torchtitan after
+    # 9dec370a; :func:`_torchtitan_commit`).
+    compiled_loss: bool = True
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -396,7 +399,8 @@ def _torchtitan_commit(rec: Record, conv: SourceConvention) -> SourceConvention:
     ``training.compile`` (components/loss.py build_cross_entropy_loss), which the importer reads
     as the fused cross-entropy."""
     if TORCHTITAN_2412 in rec.source:
-        return replace(conv, pp_micro_batch="local_over_pp", pp_micro_batch_note=(
+        return replace(conv, pp_micro_batch="local_over_pp", compiled_loss=False,
+                       pp_micro_batch_note=(
             "micro-batch not reported: local batch / pp (torchtitan 9dec370a splits the local "
             "batch into pipeline_parallel_microbatches, default the pipeline degree: "
             "pipelining_utils.py build_pipeline_schedule)"))  # fmt: skip

@@ -65,7 +65,7 @@ from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
-from simtrain.apps.validate.conventions import TORCHTITAN_2412, SourceConvention, runtime_of
+from simtrain.apps.validate.conventions import SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
@@ -265,9 +265,9 @@ def torchtitan_flavor(model: Mapping[str, Any]) -> str:
     return "8B"
 
 
-def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
-                      layout: tuple[int, int, int, int], batch: tuple[int, int],
-                      par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+def torchtitan_config(rec: Record, conv: SourceConvention, model: Mapping[str, Any],
+                      training: Mapping[str, Any], layout: tuple[int, int, int, int],
+                      batch: tuple[int, int], par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """The torchtitan job config (the TOML's tables; importers/torchtitan.py cites the keys) of a
     torchtitan record: the llama3 flavor, FSDP2 over the data-parallel GPUs, tp / pp / cp
     degrees, async TP with torch.compile, the pipeline schedule and micro-batch, activation
@@ -291,7 +291,6 @@ def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[s
                          "context_parallel_degree": cp}  # fmt: skip
     if zero:
         p["fsdp_reshard_after_forward"] = "default" if zero == 3 else "never"
-    dec2024 = TORCHTITAN_2412 in rec.source
     async_tp = bool(par.get("async_tp")) and tp > 1
     if async_tp:
         p["enable_async_tensor_parallel"] = True
@@ -318,7 +317,9 @@ def torchtitan_config(rec: Record, model: Mapping[str, Any], training: Mapping[s
         cfg["optimizer"] = {"name": "Adam" if training["optimizer"] == "adam" else "AdamW"}
     compiled = "torch.compile" in f"{rec.notes} {rec.training}"
     if compiled or async_tp:
-        cfg["compile"] = {"enable": True} | ({"components": ["model"]} if dec2024 else {})
+        cfg["compile"] = {"enable": True} | (
+            {} if conv.compiled_loss else {"components": ["model"]}
+        )
     if precision in _TORCHTITAN_FLOAT8:
         cfg["model"]["converters"] = ["quantize.linear.float8"]
         cfg["quantize"] = {"linear": {"float8": {"recipe_name": _TORCHTITAN_FLOAT8[precision]}}}
@@ -502,7 +503,7 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
     elif kind == "torchtitan":
-        config = torchtitan_config(rec, model, training, layout, batch, par)
+        config = torchtitan_config(rec, conv, model, training, layout, batch, par)
         imp = import_torchtitan_config(config, gpus=gpus, file=rec.id)
     else:
         config = deepspeed_config(rec, training, layout, batch, par)

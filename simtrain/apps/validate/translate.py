@@ -449,7 +449,7 @@ def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
 
 
 def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
-           conv: SourceConvention | None = None) -> tuple[int, int]:  # fmt: skip
+           conv: SourceConvention) -> tuple[int, int]:  # fmt: skip
     """(global batch, micro-batch) in sequences; a pipeline's micro-batch where the record
     names none as the source's convention says (``pp_micro_batch``)."""
     B = _int(t.get("global_batch"))
@@ -466,7 +466,7 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
             b = B // dp
             notes.append(f"micro-batch not reported: global_batch / dp = {b} (one micro-batch "
                          "per replica, no gradient accumulation)")  # fmt: skip
-        elif conv is not None and conv.pp_micro_batch == "local_over_pp" and (B // dp) % pp == 0:
+        elif conv.pp_micro_batch == "local_over_pp" and (B // dp) % pp == 0:
             b = B // dp // pp
             notes.append(f"{conv.pp_micro_batch_note} = {b}")
         else:

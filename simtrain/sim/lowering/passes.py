@@ -364,9 +364,9 @@ def _sm_shared(a: Group, b: Group, a2a_ns: int, share: float) -> None:
     c = sum(op.duration_ns for op in ops)
     if not c:
         return
-    scale = 1.0 + min(a2a_ns * share, c * share / (1.0 - share)) / c
-    for op in ops:
-        op.duration_ns = math.ceil(op.duration_ns * scale)
+    extra = min(a2a_ns * share, c * share / (1.0 - share))
+    for op in ops:  # its share of the extra, to the ns above (a float's last bit is no ns)
+        op.duration_ns += math.ceil(round(op.duration_ns * extra / c, 6))
 
 
 def _compute_start(g: Group) -> list:
