@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simtrain.spec.scenario import group_gpus_per_node
+
 
 @dataclass(frozen=True, slots=True)
 class Groups:
@@ -72,10 +74,8 @@ class Placement:
 
     def group_gpus_per_node(self, n: int, stride: int) -> int:
         """Members of such a group that share a node (the ``g`` of ``collectives``: a
-        cross-node ring runs one ring per NIC, g of them per node)."""
-        if stride > self.gpus_per_node:
-            return 1
-        return max(1, min(n, self.gpus_per_node // stride))
+        cross-node ring runs one ring per NIC, g of them per node): spec.scenario's rule."""
+        return group_gpus_per_node(n, stride, self.gpus_per_node)
 
     @property
     def tp_crosses_nodes(self) -> bool:

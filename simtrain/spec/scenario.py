@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
-from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
@@ -68,6 +67,15 @@ PARALLEL_CHOICES: dict[str, tuple[Any, ...]] = {
     "schedule": tuple(SCHEDULES), "dp_mode": DP_MODES, "zero_stage": ZERO_STAGES,
     "layer_split": LAYER_SPLITS,
 }  # fmt: skip
+
+
+def group_gpus_per_node(n: int, stride: int, gpus_per_node: int) -> int:
+    """Members of a group of ``n`` GPUs ``stride`` ids apart that share a node of
+    ``gpus_per_node`` GPUs (GPU ids fill nodes in order; the ``g`` of ``costs.collectives``: a
+    cross-node ring runs one ring per NIC, g of them per node)."""
+    if stride > gpus_per_node:
+        return 1
+    return max(1, min(n, gpus_per_node // stride))
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,9 +732,8 @@ def check_deepep(s: Scenario, file: str) -> None:
     rt, p = s.runtime, s.parallelism
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         return
-    groups = Groups(p.dp, p.tp, p.pp, p.cp)
-    stride, gpn = groups.dp_stride, s.cluster.gpus_per_node
-    per_node = Placement(groups, gpn).group_gpus_per_node(p.ep, stride)
+    stride, gpn = p.tp * p.cp, s.cluster.gpus_per_node  # layout.placement's dp_stride
+    per_node = group_gpus_per_node(p.ep, stride, gpn)
     if p.ep % per_node:
         raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
                           f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
