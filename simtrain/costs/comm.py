@@ -52,8 +52,18 @@ def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, 
 
 
 def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
-    """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2)."""
+    """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2).
+
+    With sequence parallelism the same exchange is a reduce-scatter and an all-gather of the
+    b·s·h tensor (Korthikanti et al. 2022 §4.2.2, "g and ḡ"), two collectives NCCL runs as
+    rings (or NVLS inside a node: NCCL has no tree all-gather or reduce-scatter), so an
+    all-reduce algorithm (tree, NVLS tree) does not apply to them."""
     g = step.groups
+    if sc.parallelism.sequence_parallel and g.tp > 1:
+        return sum(
+            collective_ns(sc, step, op, step.boundary_bytes, g.tp, g.tp_stride)
+            for op in ("reduce_scatter", "all_gather")
+        )
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
