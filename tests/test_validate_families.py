@@ -269,6 +269,70 @@ def test_megatron_core_flops_is_eq7_for_gpt() -> None:
     assert megatron_core_flops(sc) == pytest.approx(eq7_flops(192, 4096, 48, 7168, 131072))
 
 
+def test_llama3_8b_source_flops_by_hand(new_records) -> None:
+    """Megatron-Bridge's Llama 3 8B row at seq 8192, as validate builds it (the record through
+    translate, not a shape given here): FLOPs per token counted matmul by matmul, forward x 3.
+    Per layer, forward: q, k, v 2·4096·(4096 + 2·1024) = 50,331,648; out-projection 2·4096² =
+    33,554,432; SwiGLU MLP 3 · 2·4096·14,336 = 352,321,536; causal scores and values
+    2 · 2·8192·4096 / 2 = 67,108,864; 503,316,480 in all, x 32 layers = 16,106,127,360; logits
+    2·4096·128,256 = 1,050,673,152; forward 17,156,800,512, x 3 = 51,470,401,536. The published
+    1,576 TFLOP/s at 30,624 tokens/s per GPU is 51,462,904,911 per token (ours +0.015 %). A GeLU MLP
+    (2 matmuls, the convention's architecture before the Llama rows got theirs) gives
+    40,196,112,384 per token, 22 % fewer: the -22 % TFLOP/s error of issue 13."""
+    rec = new_records["mbridge2511_B200_LLAMA3_8B_8gpu"]
+    tr = translate(rec)
+    assert isinstance(tr, Translation)
+    sc = tr.scenario
+    tokens = sc.training.global_batch * sc.training.seq_len
+    assert source_flops(sc, record_convention(rec), "tflops") / tokens == 51_470_401_536
+    published = 1576e12 / 30624
+    assert 51_470_401_536 / published - 1 == pytest.approx(1.46e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("rid", ["nemo2407_h100_fp8_LLAMA2-13B_16gpu",
+                                 "nemo2407_h100_fp8_LLAMA2-70B_64gpu",
+                                 "mbridge2511_B200_LLAMA3_8B_8gpu",
+                                 "mbridge2511_GB200_LLAMA3_8B_8gpu",
+                                 "mbridge2511_H100_LLAMA3.1_405B_1024gpu",
+                                 "mbridge2511_GB200_LLAMA3.1_405B_256gpu"])  # fmt: skip
+def test_translated_llama_rows_count_the_published_flops(new_records, rid) -> None:
+    """The NeMo / Megatron-Bridge pretraining rows as translate builds them (architecture by
+    model name: the frameworks' Llama config) count, per token, the FLOPs the published TFLOP/s
+    and tokens/s imply, within 0.1 %: the TFLOP/s compared are the source's."""
+    rec = new_records[rid]
+    tr = translate(rec)
+    assert isinstance(tr, Translation)
+    m = tr.scenario.model
+    arch = (m.mlp, m.norm, m.positions, m.bias, m.tied_embeddings)
+    assert arch == ("swiglu", "rmsnorm", "rotary", False, False)
+    assert any(a.startswith("model LLAMA*") for a in tr.assumptions)
+    sc = tr.scenario
+    tokens = sc.training.global_batch * sc.training.seq_len
+    per_token = source_flops(sc, record_convention(rec), "tflops") / tokens
+    published = rec.measured["model_tflops_per_gpu"] * 1e12 / rec.measured["tokens_per_s_per_gpu"]
+    assert per_token == pytest.approx(published, rel=1e-3)
+
+
+def test_named_architecture_only_for_its_names(new_records) -> None:
+    """A NeMo row whose model is not a Llama keeps the convention's own architecture."""
+    rec = new_records["nemo2407_h100_fp8_LLAMA2-13B_16gpu"]
+    gpt = replace(rec, model={**rec.model, "name": "GPT3-175B"})
+    assert convention_for(gpt).architecture == SOURCES["nemo"].architecture
+    assert convention_for(gpt).architecture_note == ""
+    assert convention_for(rec).architecture["mlp"] == "swiglu"
+
+
+def test_megatron_core_readme_mfu_is_its_tflops_over_the_bf16_peak(new_records) -> None:
+    """Megatron-LM README (937571cfd4) weak-scaling rows: MFU = model TFLOP/s / 989 (the H100's
+    dense BF16 peak) to the table's rounding, so TFLOP/s and MFU are one measurement on the same
+    FLOPs (training.py num_floating_point_operations): their errors move together."""
+    rows = [r for r in new_records.values() if r.source_key == "megatron_core"
+            and "tflops_per_gpu" in r.measured]  # fmt: skip
+    assert len(rows) == 3
+    for r in rows:
+        assert r.measured["tflops_per_gpu"] / 989 == pytest.approx(r.measured["mfu"], abs=0.006)
+
+
 def test_torchtitan_flops_reproduce_the_published_mfu(new_records) -> None:
     """torchtitan benchmarks/llama3_h100_202412_torchtitan.md: Llama 3.1 8B at 8192 tokens
     "achieves 33% to 39% MFU" without Float8: Table 1 FSDP 5,762 and FSDP + torch.compile 6,667
@@ -506,8 +570,11 @@ def test_new_family_regression_bounds(default_result) -> None:
         # (+48 %, +72 %; measured, rowwise is 30 % slower than tensorwise under async TP);
         # + the two 405B pp 8 rows (torchtitan's split); + the 405B cp 8 row (+46.8 %)
         ("torchtitan", "tokens_per_s"): (11, 24.0),
-        ("megatron_bridge", "tokens_per_s"): (4, 7.0),  # + 405B pp 16 vp 4; + 405B cp 2 (H100)
-        ("nemo", "tokens_per_s"): (4, 11.0),
+        # + 405B pp 16 vp 4; + 405B cp 2 (H100); the Llama rows as Llama (SwiGLU: a third more
+        # MLP work than the GeLU they were built with), now under-predicted by 8-16 %
+        ("megatron_bridge", "tokens_per_s"): (4, 14.0),
+        ("megatron_bridge", "tflops_per_gpu"): (4, 14.0),  # was 21.4: the GeLU model's FLOPs
+        ("nemo", "tokens_per_s"): (4, 18.0),  # the Llama rows as Llama (was 9.6 with GeLU)
     }
     for key, (n, mape) in bounds.items():
         assert by[key].n == n and by[key].mape_pct <= mape, (key, by[key])

@@ -55,6 +55,11 @@ class SourceConvention:
     # The framework compiles the loss with the model when it compiles (torchtitan after
     # 9dec370a; :func:`_torchtitan_commit`).
     compiled_loss: bool = True
+    # The architecture of a model the source names (``model.name``; regex matched from its start,
+    # ignoring case) when its rows differ in architecture: (pattern, ModelSpec keys over
+    # ``architecture``, why); the first match wins (:func:`convention_for`).
+    named_architectures: tuple[tuple[str, Mapping[str, Any], str], ...] = ()
+    architecture_note: str = ""  # the named architecture's why, set by convention_for
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -77,6 +82,21 @@ MCORE_GPT = {**MEGATRON_GPT, "flash_attention": True, "tied_embeddings": False}
 # SwiGLU, RMSNorm, rotary, no biases, untied output layer, no dropout, flash attention (SDPA).
 LLAMA3 = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
           "tied_embeddings": False, "dropout": 0.0, "flash_attention": True}  # fmt: skip
+# Llama 2 / 3 / 3.1 as NeMo 2.0 and Megatron-Bridge configure Megatron-Core for them: NeMo
+# (NVIDIA/NeMo 8cfedd72) nemo/collections/llm/gpt/model/llama.py LlamaConfig l.67-75 and
+# Llama3Config l.140-155; Megatron-Bridge (NVIDIA-NeMo/Megatron-Bridge 00b7660b)
+# src/megatron/bridge/models/llama/llama_provider.py LlamaModelProvider l.42-50 and
+# Llama3ModelProvider l.115-130: normalization "RMSNorm", activation_func F.silu with
+# gated_linear_unit True (SwiGLU), position_embedding_type "rope", add_bias_linear False,
+# share_embeddings_and_output_weights False, hidden and attention dropout 0.0 (LLAMA3's keys; the
+# performance rows run Transformer Engine's fused attention).
+_NEMO_LLAMA = (
+    (r"llama ?[23]",
+     LLAMA3,
+     "model LLAMA*: the framework's Llama config (NeMo llm/gpt/model/llama.py LlamaConfig, "
+     "Megatron-Bridge models/llama/llama_provider.py LlamaModelProvider): SwiGLU, RMSNorm, rope, "
+     "no biases, untied output layer, no dropout"),
+)  # fmt: skip
 # HF BERT-large in the Transformers docs (eager attention, dropout 0.1, biases, learned positions).
 HF_BERT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "layernorm",
            "tied_embeddings": True, "dropout": 0.1, "flash_attention": False}  # fmt: skip
@@ -263,11 +283,12 @@ SOURCES: dict[str, SourceConvention] = {
     # FLOPs per token within 0.1 %: tests/test_validate_families.py). Megatron-Bridge (NeMo 25.11)
     # counts half the s² attention (causal): src/megatron/bridge/training/utils/flop_utils.py at
     # 00b7660b, "Only half of the attention matrix is non-zero". Models differ per row (GPT-3,
-    # Llama 2/3, Nemotron) and every row is FP8 today (skipped): architecture comes from the
-    # record once FP8 is expressible.
+    # Llama 2/3, Nemotron): the Llama rows get the frameworks' Llama config by model name
+    # (_NEMO_LLAMA); the GPT-3 and Nemotron rows are skipped (shape not on the page).
     "nemo": SourceConvention(
         "megatron_core",
         {"flash_attention": True, "dropout": 0.0},
+        named_architectures=_NEMO_LLAMA,
         # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
         # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
         # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
@@ -276,7 +297,16 @@ SOURCES: dict[str, SourceConvention] = {
         "(recipes/optim/adam.py use_distributed_optimizer=True)",
     ),
     "megatron_bridge": SourceConvention(
-        "megatron_core_causal", {"flash_attention": True, "dropout": 0.0}
+        "megatron_core_causal",
+        {"flash_attention": True, "dropout": 0.0},
+        named_architectures=_NEMO_LLAMA,
+        # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
+        # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
+        # DistributedDataParallelConfig(use_distributed_optimizer=True, ...), which the
+        # performance configs (scripts/performance/configs/llama/) keep.
+        parallel_defaults={"zero_stage": 1},
+        parallel_note="Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
+        "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True)",
     ),
     # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
     # arguments each record carries (read by the Megatron importer as they are); the memory is
@@ -368,6 +398,12 @@ def convention_for(rec: Record) -> SourceConvention:
     """The source's convention for this record: the BLOOM chronicles' changed within the
     chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``)."""
     conv = convention(rec.source_key)
+    name = str(rec.model.get("name") or "")
+    for pattern, arch, why in conv.named_architectures:
+        if re.match(pattern, name, re.IGNORECASE):
+            conv = replace(conv, architecture={**conv.architecture, **arch},
+                           architecture_note=why)  # fmt: skip
+            break
     if rec.source_key == "torchtitan":
         conv = _torchtitan_commit(rec, conv)
     if rec.source_key == "bloom_chronicles":

@@ -415,6 +415,8 @@ def _model(
         notes.append(f"vocab not reported: {vocab} (the source's tokenizer, padded)")
     seq = int(m["seq_len"])
     model: dict[str, Any] = {**conv.architecture}
+    if conv.architecture_note:
+        notes.append(conv.architecture_note)
     model.update({"layers": int(m["layers"]), "hidden": int(m["hidden"]),
                   "heads": int(m["heads"]), "vocab": vocab})  # fmt: skip
     for k in SHAPE_PASSTHROUGH:
