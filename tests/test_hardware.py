@@ -158,17 +158,20 @@ def test_efa_profile_differs_from_h100_only_in_the_network() -> None:
     """h100_sxm5_80gb_efa is the same GPU and NVSwitch node as h100_sxm5_80gb; only the
     inter-node numbers are its own, fitted to the Ultra-Scale Playbook's EFA collective
     benchmarks (tests/test_collectives.py refits them), and NCCL's protocols and algorithms on
-    that network (aws-ofi-nccl forces Simple; the cluster's measured all-reduce is a ring's)."""
+    that network (aws-ofi-nccl forces Simple; the cluster's measured all-reduce is a tree whose
+    levels do not pipeline)."""
     h100, efa = load_hardware("h100_sxm5_80gb"), load_hardware("h100_sxm5_80gb_efa")
     same = replace(efa, name=h100.name, display_name=h100.display_name,
                    source_file=h100.source_file,
                    nic_bandwidth_bytes_per_s=h100.nic_bandwidth_bytes_per_s,
                    inter_node_latency_s=h100.inter_node_latency_s,
                    oversubscription=h100.oversubscription, nccl_protocols=h100.nccl_protocols,
-                   nccl_algorithms=h100.nccl_algorithms)  # fmt: skip
+                   nccl_algorithms=h100.nccl_algorithms,
+                   nccl_tree_pipelined=h100.nccl_tree_pipelined)  # fmt: skip
     assert same == h100
     assert efa.nccl_protocols == ("simple",)
-    assert efa.nccl_algorithms == ("ring", "pairwise")
+    assert efa.nccl_algorithms == ("ring", "tree", "nvls_tree", "pairwise")
+    assert efa.nccl_tree_pipelined is False and h100.nccl_tree_pipelined is True
     assert efa.nic_bandwidth_bytes_per_s == approx(306.4e9 / 8)
     assert efa.inter_node_latency_s == approx(37.2e-6)
     assert efa.oversubscription == 1.0
@@ -355,6 +358,10 @@ BAD = [
     ),  # fmt: skip
     pytest.param(
         ("collectives",), {"nvls": "yes"}, "collectives.nvls", "true or false", id="nvls-not-bool"
+    ),  # fmt: skip
+    pytest.param(
+        ("collectives",), {"tree_pipelined": 0}, "collectives.tree_pipelined", "true or false",
+        id="tree-pipelined-not-bool",
     ),  # fmt: skip
     pytest.param(
         ("collectives",),

@@ -390,15 +390,22 @@ def _ll_cap_bytes_per_s(arch: str, cpu: str, nodes: int) -> float:
     return LL_MAX_BW_GB_PER_S[row][1 if nodes == 2 else 2] * 1e9
 
 
-def _tree_network_s(size_bytes: float, g: int, nodes: int, inter: GroupLink) -> float:
+def tree_network_s(size_bytes: float, g: int, nodes: int, inter: GroupLink,
+                   pipelined: bool = True) -> float:  # fmt: skip
     """Time the node's NICs need for a (double binary) tree all-reduce of S over ``nodes``
     nodes: each node sends 2·S through its g NICs (reduce up, broadcast down; interior in one
     tree, leaf in the other), but only S on 2 nodes, where each node is the other's only
     neighbour. That is why 2-node tree busbw exceeds the NIC rate (NVIDIA/nccl-tests #22, #196;
-    NVIDIA/nccl #812: "Tree: S" vs "Ring: (S/N)·2(N−1)")."""
+    NVIDIA/nccl #812: "Tree: S" vs "Ring: (S/N)·2(N−1)").
+
+    ``pipelined=False`` (a hardware profile's ``collectives.tree_pipelined: false``): the
+    tree's ⌊log2 N⌋ levels do not overlap, each costs the whole network term again, as on the
+    Ultra-Scale Playbook's EFA cluster, whose measured all-reduce time at 256 MB grows with the
+    tree's depth (hardware/h100_sxm5_80gb_efa.yaml [tree])."""
     if nodes == 1:
         return 0.0
-    return (1 if nodes == 2 else 2) * size_bytes / (g * inter.bandwidth_bytes_per_s)
+    levels = 1 if pipelined else max(1, log2_floor(nodes))
+    return levels * (1 if nodes == 2 else 2) * size_bytes / (g * inter.bandwidth_bytes_per_s)
 
 
 def _ring_candidates(op: str, size: float, n: int, g: int, nodes: int, intra: GroupLink,
@@ -427,10 +434,11 @@ def _ring_candidates(op: str, size: float, n: int, g: int, nodes: int, intra: Gr
 
 
 def _tree_candidates(size: float, g: int, nodes: int, intra: GroupLink, inter: GroupLink | None,
-                     arch: str, cpu: str, intra_hw: str) -> list[NcclChoice]:  # fmt: skip
+                     arch: str, cpu: str, intra_hw: str,
+                     tree_pipelined: bool = True) -> list[NcclChoice]:  # fmt: skip
     """Tree all-reduce: a chain inside each node, a double binary tree across nodes."""
     t_chain = 2 * size / intra.bandwidth_bytes_per_s if g > 1 else 0.0
-    t_net = _tree_network_s(size, g, nodes, inter) if inter is not None else 0.0
+    t_net = tree_network_s(size, g, nodes, inter, tree_pipelined) if inter is not None else 0.0
     depth = log2_floor(nodes)
     frac = {
         "ll": TREE_LL_FRACTION,
@@ -476,8 +484,8 @@ def _check_nccl_args(arch: str, cpu: str, intra_hw: str, algorithms: Sequence[st
 
 
 def _nvls_pat_candidates(op: str, size: float, n: int, g: int, nodes: int, intra: GroupLink,
-                         inter: GroupLink | None, nvls: bool, arch: str,
-                         intra_hw: str) -> list[NcclChoice]:  # fmt: skip
+                         inter: GroupLink | None, nvls: bool, arch: str, intra_hw: str,
+                         tree_pipelined: bool = True) -> list[NcclChoice]:  # fmt: skip
     """NVLS (one node), NVLS tree (all-reduce, several nodes) and PAT (one GPU per node)."""
     out = []
     has_nvls = nvls and NVLS_EFFICIENCY[arch] > 0 and g >= 2
@@ -488,7 +496,8 @@ def _nvls_pat_candidates(op: str, size: float, n: int, g: int, nodes: int, intra
         assert inter is not None
         hop = _hop_s(inter.latency_s, "net", "nvls_tree", "simple")
         lat = nvls_hop + 2 * log2_floor(nodes) * hop
-        t_bw = max(_nvls_s(op, size, g, intra, arch), _tree_network_s(size, g, nodes, inter))
+        t_net = tree_network_s(size, g, nodes, inter, tree_pipelined)
+        t_bw = max(_nvls_s(op, size, g, intra, arch), t_net)
         out.append(NcclChoice(lat + t_bw, "nvls_tree", "simple"))
     if op in ("all_gather", "reduce_scatter") and g == 1 and nodes > 1:
         assert inter is not None
@@ -505,7 +514,8 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
                     inter: GroupLink | None = None, gpus_per_node: int, nvls: bool = False,
                     algorithms: Sequence[str] | None = None,
                     protocols: Sequence[str] | None = None, arch: str = "hopper",
-                    cpu: str = "intel", intra_hw: str = "nvlink") -> tuple[NcclChoice, ...]:  # fmt: skip
+                    cpu: str = "intel", intra_hw: str = "nvlink",
+                    tree_pipelined: bool = True) -> tuple[NcclChoice, ...]:  # fmt: skip
     """Every (algorithm, protocol) NCCL would consider for this collective, with its time.
 
     Candidates (NVIDIA/nccl src/graph/tuning.cc, ncclTopoTuneModel and the enable rules after
@@ -537,7 +547,8 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
     ``arch`` (volta | ampere | hopper | blackwell) picks llMaxBws' one-node row, nvlsEfficiency
     (0 before Hopper: no NVLS whatever ``nvls`` says) and the plateau factor; ``cpu`` (intel |
     amd) the multi-node llMaxBws row; ``intra_hw`` (nvlink | pci) the hwLatencies row of the
-    intra-node link. NCCL's per-channel caps (perChMax*Bws) need its channel count and are left
+    intra-node link; ``tree_pipelined=False`` makes each level of a tree across nodes cost the
+    network term again (:func:`tree_network_s`). NCCL's per-channel caps (perChMax*Bws) need its channel count and are left
     out, as is the Tree ×0.85 for one-NIC-per-node trees. NCCL adds the network plugin's latency
     (graph latencyInter: 0 for InfiniBand, 75 us on AWS p4d/p5 from aws-ofi-nccl
     src/platform-aws.cpp) to every network hop; here it is part of the profile's ``inter``
@@ -563,9 +574,10 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
     else:
         out += _ring_candidates(op, size_bytes, n, g, nodes, intra, inter, arch, cpu, intra_hw)
         if op == "all_reduce":
-            out += _tree_candidates(size_bytes, g, nodes, intra, inter, arch, cpu, intra_hw)
+            out += _tree_candidates(size_bytes, g, nodes, intra, inter, arch, cpu, intra_hw,
+                                    tree_pipelined)  # fmt: skip
         out += _nvls_pat_candidates(op, size_bytes, n, g, nodes, intra, inter, nvls, arch,
-                                    intra_hw)  # fmt: skip
+                                    intra_hw, tree_pipelined)  # fmt: skip
     keep = [
         c
         for c in out
@@ -583,15 +595,16 @@ def nccl_candidates(op: str, size_bytes: float, n: int, *, intra: GroupLink,
 def nccl_time_s(op: str, size_bytes: float, n: int, *, intra: GroupLink,
                 inter: GroupLink | None = None, gpus_per_node: int, nvls: bool = False,
                 algorithms: Sequence[str] | None = None, protocols: Sequence[str] | None = None,
-                arch: str = "hopper", cpu: str = "intel",
-                intra_hw: str = "nvlink") -> NcclChoice:  # fmt: skip
+                arch: str = "hopper", cpu: str = "intel", intra_hw: str = "nvlink",
+                tree_pipelined: bool = True) -> NcclChoice:  # fmt: skip
     """NCCL's pick: the fastest of :func:`nccl_candidates` (ties: the first in the order
     ring, tree, nvls, nvls_tree, pat; protocols LL, LL128, Simple), as ``(time_s, algorithm,
     protocol)``. A trivial collective (n = 1 or no bytes) is ``(0.0, "none", "none")``.
     ``algorithms`` / ``protocols`` restrict the choice like NCCL_ALGO / NCCL_PROTO."""
     cands = nccl_candidates(op, size_bytes, n, intra=intra, inter=inter,
                             gpus_per_node=gpus_per_node, nvls=nvls, algorithms=algorithms,
-                            protocols=protocols, arch=arch, cpu=cpu, intra_hw=intra_hw)  # fmt: skip
+                            protocols=protocols, arch=arch, cpu=cpu, intra_hw=intra_hw,
+                            tree_pipelined=tree_pipelined)  # fmt: skip
     if not cands:
         return NcclChoice(0.0, "none", "none")
     return min(cands, key=lambda c: c.time_s)

@@ -44,6 +44,7 @@ def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, 
             algorithms=hw.nccl_algorithms or None,
             arch=hw.gpu_arch,
             intra_hw="pci" if hw.intra_node_kind == "pcie" else "nvlink",
+            tree_pipelined=hw.nccl_tree_pipelined,
         ).time_s
     else:
         t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,

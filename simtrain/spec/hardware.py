@@ -77,6 +77,9 @@ class HardwareProfile:
     nvls: bool = False
     nccl_protocols: tuple[str, ...] = ()
     nccl_algorithms: tuple[str, ...] = ()  # empty: every algorithm NCCL has for the op
+    # False: a tree all-reduce's levels across nodes do not pipeline (each costs the network
+    # term again; costs/collectives.tree_network_s)
+    nccl_tree_pipelined: bool = True
     # Streaming multiprocessors (compute units); 0 = not given. Communication kernels that run
     # on SMs (DeepEP) take their share from the compute that overlaps them.
     sm_count: int = 0
@@ -131,7 +134,7 @@ HW_KEYS = {
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
     "efficiency", "collectives", "sm_count",
 }  # fmt: skip
-COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms")
+COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelined")
 NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
@@ -189,7 +192,7 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
 
 def _collectives(data: Any, file: str) -> dict[str, Any]:
     """``collectives``: gpu_arch (NCCL's tuning row), nvls, protocols and algorithms (default:
-    all)."""
+    all), tree_pipelined (default true)."""
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -204,10 +207,11 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
                               f"unknown{did_you_mean(data['gpu_arch'], GPU_ARCHS)}",
                               data["gpu_arch"], " | ".join(GPU_ARCHS))  # fmt: skip
         out["gpu_arch"] = data["gpu_arch"]
-    if "nvls" in data:
-        if not isinstance(data["nvls"], bool):
-            raise ConfigError(file, "collectives.nvls", "must be true or false", data["nvls"])
-        out["nvls"] = data["nvls"]
+    for key, field in (("nvls", "nvls"), ("tree_pipelined", "nccl_tree_pipelined")):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ConfigError(file, f"collectives.{key}", "must be true or false", data[key])
+            out[field] = data[key]
     if "protocols" in data:
         protos = data["protocols"]
         if (
