@@ -360,7 +360,10 @@ BAD = [
         ("collectives",), {"nvls": "yes"}, "collectives.nvls", "true or false", id="nvls-not-bool"
     ),  # fmt: skip
     pytest.param(
-        ("collectives",), {"tree_pipelined": 0}, "collectives.tree_pipelined", "true or false",
+        ("collectives",),
+        {"tree_pipelined": 0},
+        "collectives.tree_pipelined",
+        "true or false",
         id="tree-pipelined-not-bool",
     ),  # fmt: skip
     pytest.param(

@@ -250,7 +250,11 @@ def test_nanotron_tiny_llama() -> None:
         12,
         "bf16_fp32_grads",
     )
-    assert sc.runtime.name == "nanotron" and sc.runtime.tp_comm_overlap
+    # tp_linear_async_communication: the column-parallel backward's collectives beside its
+    # GEMMs, not Megatron-Core's whole-action overlap
+    rt = sc.runtime
+    assert rt.name == "nanotron" and rt.tp_backward_overlap and not rt.tp_comm_overlap
+    assert rt.tp_regather_backward
     assert imp.unsupported == ()
     with pytest.raises(ConfigError, match=r"dp x tp x pp = 4 x 2 x 1 = 8 GPUs, but --gpus 16"):
         import_config("nanotron", NANOTRON, gpus=16)

@@ -5,15 +5,20 @@ all-gather or reduce-scatter, so a tree/NVLS-tree all-reduce never prices the SP
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from simtrain.costs import collectives as coll
-from simtrain.costs.comm import tp_allreduce_ns
+from simtrain.costs.comm import collective_ns, tp_allreduce_ns, tp_backward_block_ns
+from simtrain.costs.compute import column_linear_gemm_ns
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import Scenario, parse_scenario
 
 
-def scenario(tp: int, sp: bool) -> Scenario:
+def scenario(tp: int, sp: bool, **over: Any) -> Scenario:
     data: dict[str, Any] = {
         "name": "tp",
         "model": {"preset": "llama2-7b", "layers": 2, "flash_attention": True},
@@ -28,6 +33,8 @@ def scenario(tp: int, sp: bool) -> Scenario:
         },  # fmt: skip
         "parallelism": {"tp": tp, "sequence_parallel": sp},
     }
+    for k, v in over.items():
+        data[k] = {**data[k], **v}
     return parse_scenario(copy.deepcopy(data), "tp.yaml")
 
 
@@ -64,3 +71,68 @@ def test_sequence_parallel_is_a_reduce_scatter_and_an_all_gather_across_nodes() 
 def test_tp_one_has_no_exchange() -> None:
     sc = scenario(1, sp=False)
     assert tp_allreduce_ns(sc, resolve(sc)) == 0
+
+
+# ---- the backward's TP collectives (costs.comm.tp_backward_block_ns)
+
+
+def _runtime(sc: Scenario, **flags: bool) -> Scenario:
+    return replace(sc, runtime_profile=replace(sc.runtime, **flags))
+
+
+def _gemm_ns(sc: Scenario, out: int) -> float:
+    """One column-parallel GEMM by hand: 2·T·h·out/tp FLOPs at the profile's bf16 matmul rate."""
+    hw = sc.hardware
+    flops = 2.0 * 4096 * 4096 * out / sc.parallelism.tp
+    return 1e9 * flops / (hw.peak("bf16") * hw.efficiency.matmul)
+
+
+@pytest.mark.parametrize("tp", [8, 16])  # one node (NVLink), two nodes (InfiniBand)
+def test_backward_collectives_by_hand(tp: int) -> None:
+    """Llama 2 7B (h 4096, q = k = v 4096, SwiGLU f 11008): the column-parallel linears are
+    QKV (out 3·4096) and gate+up (out 2·11008)."""
+    sc = scenario(tp, sp=True)
+    step = resolve(sc)
+    g = step.groups
+    size = step.boundary_bytes
+    ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
+    rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
+    gemms = (_gemm_ns(sc, 3 * 4096), _gemm_ns(sc, 2 * 11008))
+    assert column_linear_gemm_ns(sc) == pytest.approx(gemms, rel=1e-12)
+    plain = _runtime(sc, tp_backward_overlap=False, tp_regather_backward=False)
+    assert tp_backward_block_ns(plain, step) == 2 * tp_allreduce_ns(sc, step) == 2 * (ag + rs)
+    regather = _runtime(sc, tp_backward_overlap=False, tp_regather_backward=True)
+    assert tp_backward_block_ns(regather, step) == 4 * ag + 2 * rs
+    both = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True)
+    hidden = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
+    assert tp_backward_block_ns(both, step) == 2 * ag + hidden
+    if tp == 8:  # NVLink: every GEMM outlasts its collective, only the row gathers show
+        assert hidden == 0
+    else:  # across nodes the collectives outlast the GEMMs
+        assert hidden > 0
+    # Megatron-Core's --tp-comm-overlap hides the whole sum downstream: nothing subtracted here
+    tpo = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True, tp_comm_overlap=True)
+    assert tp_backward_block_ns(tpo, step) == 4 * ag + 2 * rs
+
+
+def test_backward_all_reduce_hides_under_the_weight_gradient_without_sp() -> None:
+    sc = scenario(16, sp=False)
+    step = resolve(sc)
+    ar = tp_allreduce_ns(sc, step)
+    gemms = column_linear_gemm_ns(sc)
+    on = _runtime(sc, tp_backward_overlap=True)
+    assert tp_backward_block_ns(on, step) == sum(math.ceil(max(0.0, ar - w)) for w in gemms)
+    assert tp_backward_block_ns(_runtime(sc, tp_backward_overlap=False), step) == 2 * ar
+
+
+def test_split_backward_has_no_weight_gradient_to_hide_behind() -> None:
+    """Zero-bubble schedules run W apart from I: the input-gradient reduction is exposed."""
+    data_pp = {"tp": 16, "sequence_parallel": True, "pp": 2, "schedule": "zb_h1"}
+    sc = scenario(16, sp=True, parallelism=data_pp, training={"global_batch": 4})
+    step = resolve(sc)
+    g = step.groups
+    ag = collective_ns(sc, step, "all_gather", step.boundary_bytes, g.tp, g.tp_stride)
+    rs = collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
+    both = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True)
+    regather = sum(math.ceil(max(0.0, ag - x)) for x in column_linear_gemm_ns(sc))
+    assert tp_backward_block_ns(both, step) == 2 * ag + regather + 2 * rs

@@ -10,9 +10,13 @@ protocol of least predicted time, from the hardware profile's ``collectives:`` s
 
 from __future__ import annotations
 
+import math
+
 from simtrain.costs import collectives as coll
+from simtrain.costs.compute import column_linear_gemm_ns
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
+from simtrain.schedules import has_split_backward
 from simtrain.spec.scenario import Scenario
 
 #: More DDP buckets than this are merged into groups (see :func:`buckets`).
@@ -66,6 +70,49 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
             for op in ("reduce_scatter", "all_gather")
         )
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
+
+
+def tp_backward_block_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """Exposed TP communication of one block's backward (Megatron-LM core/tensor_parallel/
+    layers.py LinearWithGradAccumulationAndAsyncCommunication.backward, d98e8a64 l.637-708;
+    nanotron tensor_parallel/functional.py at 2411b022, the same design).
+
+    Without sequence parallelism: the two column-parallel linears' input-gradient all-reduces
+    (the backward of Megatron's f, §3.2). With it: the two row-parallel linears' output
+    gradients all-gathered before their GEMMs, the two column-parallel linears' input
+    gradients reduce-scattered and, with runtime ``tp_regather_backward``, their saved input
+    shards all-gathered again for the weight gradient. With ``tp_backward_overlap`` a
+    column-parallel linear's reduction runs beside its weight-gradient GEMM and its
+    re-gather beside its input-gradient GEMM: each exposes max(0, collective − GEMM) (no
+    weight-gradient GEMM to hide behind when the schedule splits it off: I/W schedules). With
+    ``tp_comm_overlap`` the whole sum (overlapped with the action's compute downstream).
+    Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`."""
+    g, rt = step.groups, sc.runtime
+    if g.tp <= 1:
+        return 0
+    gemms = column_linear_gemm_ns(sc)
+    ar = tp_allreduce_ns(sc, step)
+    if not gemms or not (rt.tp_backward_overlap or rt.tp_regather_backward):
+        return 2 * ar
+    # Under tp_comm_overlap every TP collective of the action overlaps its whole compute
+    # (sim.lowering.passes.tp_pass): the sum is what that overlap hides, not what is exposed.
+    overlap = rt.tp_backward_overlap and not rt.tp_comm_overlap
+    wgrad = (0.0,) * len(gemms) if has_split_backward(step.schedule) else gemms
+    if not sc.parallelism.sequence_parallel:
+        if not overlap:
+            return 2 * ar
+        return sum(math.ceil(max(0.0, ar - w)) for w in wgrad)
+    size = step.boundary_bytes
+    ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
+    rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
+    regather = ag if rt.tp_regather_backward else 0
+    total = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
+    for dgrad, w in zip(gemms, wgrad, strict=True):
+        if overlap:
+            total += math.ceil(max(0.0, regather - dgrad)) + math.ceil(max(0.0, rs - w))
+        else:
+            total += regather + rs
+    return total
 
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:

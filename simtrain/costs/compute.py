@@ -290,6 +290,26 @@ def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
 
 
+def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
+    """One GEMM of each column-parallel linear of a dense block on one TP rank, in ns: the
+    attention's fused Q/K/V input projection and the MLP's first linear (gate and up fused),
+    Megatron's ``linear_qkv`` and ``linear_fc1``. Its input-gradient and its weight-gradient
+    GEMM have the same FLOPs, 2·T·h_in·h_out/tp over the micro-batch's T = b·s tokens (s/cp
+    per GPU). () for MLA or MoE models (their projections are not these two)."""
+    m, p = sc.model, sc.parallelism
+    if m.is_mla or m.is_moe:
+        return ()
+    t = cp_rank_training(sc.training, p.cp)
+    prec = PRECISIONS[t.precision]
+    dtype = prec.gemm_dtype or prec.compute_dtype
+    tokens = t.micro_batch * t.seq_len_effective
+    shapes = m.linear_weight_shapes()
+    attn = sum(o for n, (_, o) in shapes.items() if n in ("q", "k", "v"))
+    mlp = sum(o for n, (_, o) in shapes.items() if n in ("gate", "up"))
+    return tuple(_matmul_ns(2.0 * tokens * m.hidden * out / p.tp, sc.hardware, dtype)
+                 for out in (attn, mlp))  # fmt: skip
+
+
 def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
     """Element-wise work: ``n_bytes`` at HBM bandwidth x ``efficiency.memory_bound``, in ns."""
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)

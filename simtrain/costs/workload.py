@@ -23,6 +23,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
+    tp_bwd = comm.tp_backward_block_ns(sc, step)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
@@ -39,7 +40,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             weight_grad_ns=c.weight_grad_ns,
             recompute_ns=c.recompute_ns,
             tp_forward_ns=2 * n * ar,
-            tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
+            tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
             tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),

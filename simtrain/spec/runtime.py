@@ -57,6 +57,20 @@ class RuntimeProfile:
     # Tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-Core
     # --tp-comm-overlap, Transformer Engine userbuffers): off the critical path.
     tp_comm_overlap: bool = False
+    # In a block's backward, the collective of each column-parallel linear's input gradient
+    # (all-reduce, or reduce-scatter with sequence parallelism) runs asynchronously beside that
+    # linear's weight-gradient GEMM, and the re-gather of its input (``tp_regather_backward``)
+    # beside its input-gradient GEMM (Megatron-LM since 2021-09, "overlapping allreduce and
+    # gemm", f3e57f6fee; core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsync
+    # Communication.backward at d98e8a64 l.667-708; nanotron's async column linear,
+    # tensor_parallel/functional.py l.391-420 at 2411b022): only what each GEMM does not cover
+    # is exposed.
+    tp_backward_overlap: bool = False
+    # With sequence parallelism a column-parallel linear saves its input shard and all-gathers
+    # it again in the backward for its weight gradient (Megatron-LM layers.py l.667-680 at
+    # d98e8a64; nanotron tp_recompute_allgather, default true, functional.py l.394-410): two
+    # more all-gathers per block's backward (attention and MLP inputs).
+    tp_regather_backward: bool = False
     # Data-parallel gradient reduction in buckets during the last backward (PyTorch DDP,
     # Megatron-Core --overlap-grad-reduce, DeepSpeed overlap_comm), or one reduction after it.
     overlap_grad_reduce: bool = True
@@ -162,9 +176,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
-         "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
+BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "overlap_grad_reduce",
+         "overlap_param_gather", "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer",
+         "moe_fp8_dispatch", "ddp_grad_buckets", "grads_freed_per_microbatch",
+         "pipeline_grads_unsharded", "fsdp_root_unsharded",
          "pipeline_recv_buffers_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).

@@ -747,7 +747,8 @@ def check_deepep(s: Scenario, file: str) -> None:
 
 
 #: A value of a runtime option that only applies where the layout has its communication.
-_ON = {"tp_comm_overlap": True, "overlap_param_gather": True, "moe_dispatcher": "deepep",
+_ON = {"tp_comm_overlap": True, "tp_backward_overlap": True, "tp_regather_backward": True,
+       "overlap_param_gather": True, "moe_dispatcher": "deepep",
        "moe_fp8_dispatch": True}  # fmt: skip
 
 
@@ -760,9 +761,8 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
     fp8 = bool(PRECISIONS[precision].gemm_dtype)
     out = {}
     if tp == 1:
-        out["tp_comm_overlap"] = (
-            "overlaps tensor-parallel collectives, but parallelism.tp = 1 has none"
-        )
+        for key in ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward"):
+            out[key] = "times tensor-parallel collectives, but parallelism.tp = 1 has none"
     if zero_stage not in (1, 2):
         out["overlap_param_gather"] = ("overlaps the all-gather of ZeRO-1/2's updated "
                                        f"parameters, but parallelism.zero_stage = {zero_stage} "

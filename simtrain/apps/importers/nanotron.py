@@ -124,9 +124,15 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
                           "ALL_REDUCE | REDUCE_SCATTER")  # fmt: skip
     runtime: dict[str, Any] = {"name": "nanotron"}
     if par_raw.get("tp_linear_async_communication") and tp > 1:
-        runtime["tp_comm_overlap"] = True
-        r.assume("tp_linear_async_communication: tensor-parallel collectives overlapped with "
-                 "the linear layers' matmuls (runtime tp_comm_overlap)")  # fmt: skip
+        # _ColumnLinearAsyncCommunication.backward (tensor_parallel/functional.py l.385-460 at
+        # 2411b022): the input re-gather beside the input-gradient GEMM, the input gradient's
+        # reduce-scatter / all-reduce beside the weight-gradient GEMM. Its forward all-gather and
+        # the row-parallel backward's gather overlap only the local shard's GEMM (1/tp of it):
+        # left exposed.
+        runtime["tp_backward_overlap"] = True
+        r.assume("tp_linear_async_communication: each column-parallel linear's backward "
+                 "collectives overlapped with its GEMMs (runtime tp_backward_overlap); the "
+                 "forward's all-gathers stay exposed (they overlap 1/tp of a GEMM)")  # fmt: skip
     for k in ("expert_parallel_size", "context_parallel_size"):
         if par_raw.get(k, 1) not in (1, None):
             r.unsupported_(f"parallelism.{k} {par_raw[k]}", "not simulated")
@@ -135,6 +141,8 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     # (tp_recompute_allgather, default True), 'allgather2' in the async row-parallel linear's
     # backward (tensor_parallel/functional.py); written whatever the profile's default.
     recompute_allgather = par_raw.get("tp_recompute_allgather", True) is not False
+    if tp_mode == "REDUCE_SCATTER" and tp > 1 and not recompute_allgather:
+        runtime["tp_regather_backward"] = False  # the gathered input is saved instead
     if tp_mode == "REDUCE_SCATTER" and tp > 1:
         async_tp = bool(par_raw.get("tp_linear_async_communication"))
         runtime["tp_gather_buffers"] = int(recompute_allgather) + int(async_tp)

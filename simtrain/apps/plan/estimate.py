@@ -13,6 +13,7 @@ from simtrain.costs.comm import (
     ep_layer_alltoall_ns,
     p2p_send_ns,
     tp_allreduce_ns,
+    tp_backward_block_ns,
 )
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
@@ -49,8 +50,8 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
 
     - Per micro-batch and rank: ``costs.chunk_costs`` of each of its chunks (forward,
       recompute, input and weight gradients) plus Megatron's TP all-reduces
-      (``costs.comm.tp_allreduce_ns``: 2 per layer after F and after B, 2 more after a full
-      recompute), as ``costs.workload`` lowers them.
+      (``costs.comm.tp_allreduce_ns``: 2 per layer after F, 2 more after a full recompute;
+      after B ``costs.comm.tp_backward_block_ns``), as ``costs.workload`` lowers them.
     - Pipeline (uniform-stage closed forms; Narayanan et al. 2021 Eq. 1 and §2.2.2; formulas.md
       §3): ``m·T_max + (p−1)·T_avg/v`` for GPipe, 1F1B and interleaved (bubble (p−1)/(v·m+p−1)
       of the total); ZB-H1 ``m·T_max + (p−1)·(T_F + T_I − T_W)`` (Qi et al. 2024, "Zero Bubble
@@ -119,6 +120,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     those of stage 0's first chunk."""
     blocks = step.chunks
     ar = tp_allreduce_ns(sc, step)
+    tp_bwd = tp_backward_block_ns(sc, step)
     a2a = ep_layer_alltoall_ns(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
@@ -128,7 +130,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
         if key not in cache:
             n = b.layers
             c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
-            tp_b = 2 * n * ar if c.input_grad_ns else 0
+            tp_b = n * tp_bwd if c.input_grad_ns else 0
             tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
             # expert parallelism: dispatch + combine per MoE layer (costs.workload)
             ep_f = (n - key[3]) * a2a if sc.model.is_moe else 0

@@ -234,6 +234,9 @@ def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str
             "pp": pp,
             "pp_engine": "afab" if "afab" in text or "gpipe" in text else "1f1b",
             "tp_mode": "REDUCE_SCATTER" if par.get("sequence_parallel") else "ALL_REDUCE",
+            # the Playbook sweep: async TP exactly with REDUCE_SCATTER
+            # (scripts/scaling_benchmarks.py l.87-88 at 2411b022)
+            "tp_linear_async_communication": bool(par.get("sequence_parallel")),
             "recompute_layer": training["recompute"] == "full",
         },  # fmt: skip
         "tokens": {
