@@ -295,6 +295,23 @@ def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
 
 
+def column_parallel_gemm_ns(sc: Scenario) -> tuple[float, float]:
+    """(QKV, MLP-in) time of one backward GEMM of a block's two column-parallel linears, for one
+    micro-batch on one GPU: the input-gradient GEMM and the weight-gradient GEMM each have the
+    forward's FLOPs, 2·b·s·h·out/t with out = q + 2·kv (QKV) and f (the MLP's first linear;
+    SwiGLU's gate and up, 2f). The MLP's is 0 for a model with experts (its first linear is the
+    experts', not one column-parallel GEMM) and for multi-head latent attention the QKV's too:
+    nothing to hide a collective under. The column-parallel collectives of Megatron-LM's
+    asynchronous backward hide under these (``costs.workload.tp_backward_ns``)."""
+    m, tp = sc.model, sc.parallelism.tp
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
+    dtype = PRECISIONS[t.precision].compute_dtype
+    tokens = t.micro_batch * t.seq_len_effective
+    qkv = 0.0 if m.is_mla else 2 * tokens * m.hidden * (m.q_dim + 2 * m.kv_dim) / tp
+    mlp = 0.0 if m.is_moe else 2 * tokens * m.hidden * m.ffn_hidden * (_mlp_mats(m) - 1) / tp
+    return _matmul_ns(qkv, sc.hardware, dtype), _matmul_ns(mlp, sc.hardware, dtype)
+
+
 def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> BlockFlops:
     """:class:`BlockFlops` of ``layers`` blocks together (each field x layers). Of a model with
     experts, blocks ``lo`` .. ``lo + layers − 1`` (``lo`` None: all MoE blocks) are dense or

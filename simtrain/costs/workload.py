@@ -6,10 +6,16 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from simtrain.costs import comm, offload
-from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
+from simtrain.costs.compute import (
+    chunk_costs,
+    column_parallel_gemm_ns,
+    optimizer_shard,
+    optimizer_step_ns,
+)
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import MemoryReport, wire_grad_bytes
@@ -39,7 +45,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             weight_grad_ns=c.weight_grad_ns,
             recompute_ns=c.recompute_ns,
             tp_forward_ns=2 * n * ar,
-            tp_backward_ns=2 * n * ar if c.input_grad_ns else 0,
+            tp_backward_ns=tp_backward_ns(sc, step, n, ar) if c.input_grad_ns else 0,
             tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),
@@ -67,6 +73,33 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     if rank == other:
         return 0
     return comm.p2p_send_ns(sc, step, rank, other - rank)
+
+
+def tp_backward_ns(sc: Scenario, step: ResolvedStep, layers: int, ar: int) -> int:
+    """Exposed TP communication of ``layers`` blocks' backward, ``ar`` one all-reduce of the
+    b·s·h activation (:func:`comm.tp_allreduce_ns`). Each block has two column-parallel
+    linears (QKV, the MLP's first) and two row-parallel ones (Narayanan et al. 2021 §3.2;
+    Korthikanti et al. 2022 §4.2.2). Synchronous: the two column-parallel input-gradient
+    all-reduces (with sequence parallelism the same bytes as reduce-scatters and the
+    row-parallel all-gathers), ``2·ar`` per block. With ``runtime.tp_async_backward``
+    (Megatron-LM 2022: megatron/mpu/layers.py l.243-300 at d898a8991d) each column-parallel
+    collective runs under that linear's own GEMM and only what it takes beyond it is exposed:
+    without sequence parallelism the input-gradient all-reduce under the weight-gradient GEMM,
+    max(0, ar − W) per linear; with it the re-all-gather of the input under the
+    input-gradient GEMM and the reduce-scatter under the weight-gradient GEMM, max(0, ag − I) +
+    max(0, rs − W), plus the row-parallel linears' two all-gathers, exposed (their
+    ``_ReduceScatterToSequenceParallelRegion.backward``). I = W
+    (:func:`costs.compute.column_parallel_gemm_ns`)."""
+    if not sc.runtime.tp_async_backward or step.groups.tp == 1:
+        return 2 * layers * ar
+    gemms = column_parallel_gemm_ns(sc)
+    if not sc.parallelism.sequence_parallel:
+        return layers * sum(math.ceil(max(0.0, ar - w)) for w in gemms)
+    g = step.groups
+    ag = comm.collective_ns(sc, step, "all_gather", step.boundary_bytes, g.tp, g.tp_stride)
+    rs = comm.collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
+    hidden = sum(math.ceil(max(0.0, ag - w)) + math.ceil(max(0.0, rs - w)) for w in gemms)
+    return layers * (2 * ag + hidden)
 
 
 def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:

@@ -57,6 +57,16 @@ class RuntimeProfile:
     # Tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-Core
     # --tp-comm-overlap, Transformer Engine userbuffers): off the critical path.
     tp_comm_overlap: bool = False
+    # The column-parallel linears' backward collectives run asynchronously under the linear's
+    # own backward GEMMs (Megatron-LM from Sep. 2021 to Megatron-Core, default on:
+    # megatron/mpu/layers.py LinearWithGradAccumulationAndAsyncCommunication.backward at
+    # d898a8991d, l.243-300; --no-async-tensor-model-parallel-allreduce turns it off). Without
+    # sequence parallelism the all-reduce of the input gradient overlaps the weight-gradient
+    # GEMM; with it the re-all-gather of the input overlaps the input-gradient GEMM and the
+    # reduce-scatter of the input gradient the weight-gradient GEMM. Only what a collective
+    # takes beyond its GEMM is exposed (costs.workload.tp_backward_ns); the row-parallel
+    # linears' backward all-gathers (sequence parallelism) stay on the critical path.
+    tp_async_backward: bool = False
     # Data-parallel gradient reduction in buckets during the last backward (PyTorch DDP,
     # Megatron-Core --overlap-grad-reduce, DeepSpeed overlap_comm), or one reduction after it.
     overlap_grad_reduce: bool = True
@@ -162,10 +172,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
-         "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
-         "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch")  # fmt: skip
+BOOLS = ("tp_comm_overlap", "tp_async_backward", "overlap_grad_reduce", "overlap_param_gather",
+         "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch",
+         "ddp_grad_buckets", "grads_freed_per_microbatch", "pipeline_grads_unsharded",
+         "fsdp_root_unsharded", "pipeline_recv_buffers_per_microbatch")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

@@ -16,7 +16,7 @@ from simtrain.costs.comm import (
 )
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import tp_recompute_ns
+from simtrain.costs.workload import tp_backward_ns, tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -128,7 +128,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
         if key not in cache:
             n = b.layers
             c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
-            tp_b = 2 * n * ar if c.input_grad_ns else 0
+            tp_b = tp_backward_ns(sc, step, n, ar) if c.input_grad_ns else 0
             tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
             # expert parallelism: dispatch + combine per MoE layer (costs.workload)
             ep_f = (n - key[3]) * a2a if sc.model.is_moe else 0
