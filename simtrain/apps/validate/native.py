@@ -135,7 +135,10 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     if training["optimizer"] in ("sgd", "sgd_momentum"):
         w += ["--optimizer", "sgd", "--sgd-momentum",
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
-    w += _recompute_flags(training["recompute"], legacy)
+    # Megatron-LM 2022 replaced --checkpoint-activations by --recompute-granularity (arguments.py
+    # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
+    w += _recompute_flags(training["recompute"], legacy and runtime_of(rec.source_key)
+                          == "megatron_lm_2021")  # fmt: skip
     v = int(par.get("virtual_stages") or 1)
     if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower():
         w += ["--num-virtual-stages-per-pipeline-rank", v]
