@@ -333,6 +333,26 @@ def test_megatron_2021_flags(tmp_path: Path) -> None:
     assert sc.training.recompute == "full" and sc.training.precision == "fp16"
 
 
+@pytest.mark.parametrize(("flags", "runtime", "async_backward"), [
+    ("--checkpoint-activations", "megatron_lm_2021", False),
+    ("--recompute-granularity full --recompute-method uniform", "megatron_lm_2022", True),
+    ("--recompute-activations --sequence-parallel", "megatron_lm_2022", True),
+    ("--recompute-activations --no-async-tensor-model-parallel-allreduce", "megatron_lm_2022",
+     False),
+])  # fmt: skip
+def test_megatron_2022_flags(tmp_path: Path, flags: str, runtime: str,
+                             async_backward: bool) -> None:  # fmt: skip
+    """A pre-Core script (--DDP-impl) with a flag of May 2022's sequence-parallel merge
+    (--recompute-granularity, --recompute-activations, --sequence-parallel) is Megatron-LM 2022:
+    the asynchronous TP backward, unless --no-async-tensor-model-parallel-allreduce."""
+    imp = megatron_flags(tmp_path, BASE + f"--fp16 --DDP-impl local --tensor-model-parallel-size 2 "
+                         f"{flags}", gpus=8)  # fmt: skip
+    sc = load_imported(imp)
+    assert sc.runtime.name == runtime
+    assert sc.runtime.tp_backward_overlap is async_backward
+    assert not any("async" in u for u in imp.unsupported)
+
+
 @pytest.mark.parametrize(("flags", "precision"), [
     ("--bf16 --fp8-format hybrid", "fp8_delayed"),  # --fp8-recipe's default: delayed
     ("--bf16 --fp8-format hybrid --fp8-recipe delayed", "fp8_delayed"),

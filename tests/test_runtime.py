@@ -31,8 +31,8 @@ from simtrain.spec.runtime import (
 )
 from simtrain.spec.scenario import load_scenario, parse_scenario
 
-REQUIRED = {"megatron_lm_2021", "megatron_core", "deepspeed", "nanotron", "torchtitan",
-            "llm_foundry", "pytorch_eager"}  # fmt: skip
+REQUIRED = {"megatron_lm_2021", "megatron_lm_2022", "megatron_core", "deepspeed", "nanotron",
+            "torchtitan", "llm_foundry", "pytorch_eager"}  # fmt: skip
 
 TINY = {"layers": 4, "hidden": 256, "heads": 4, "kv_heads": 4, "ffn_hidden": 1024,
         "vocab": 1024, "max_positions": 512}  # fmt: skip

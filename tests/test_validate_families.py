@@ -445,7 +445,7 @@ def test_runtime_of_every_source(all_records: list) -> None:
     assert set(RUNTIMES.values()) == set(RUNTIME_PROFILES)
     assert set(SOURCES) <= set(RUNTIMES)
     expected = {
-        "megatron_sc21": "megatron_lm_2021", "korthikanti2022": "megatron_lm_2021",
+        "megatron_sc21": "megatron_lm_2021", "korthikanti2022": "megatron_lm_2022",
         "megatron_core": "megatron_core", "nemo": "megatron_core", "bloom": "deepspeed",
         "bloom_chronicles": "deepspeed", "mtnlg": "deepspeed", "nanotron": "nanotron",
         "torchtitan": "torchtitan", "mosaicml": "llm_foundry",

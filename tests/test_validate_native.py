@@ -157,7 +157,7 @@ def test_the_flags_file_is_what_the_importer_reads(tmp_path: Path) -> None:
     sc = tr.scenario
     assert imp.data["training"]["recompute"] == sc.training.recompute == "selective"
     assert imp.data["parallelism"]["sequence_parallel"] is sc.parallelism.sequence_parallel is True
-    assert imp.data["runtime"]["name"] == sc.runtime.name == "megatron_lm_2021"
+    assert imp.data["runtime"]["name"] == sc.runtime.name == "megatron_lm_2022"
 
 
 def test_a_records_architecture_reaches_the_megatron_importer_as_flags() -> None:

@@ -6,9 +6,12 @@ attention·V; for a 4h GeLU MLP with MHA this is 24·b·s·h² + 4·b·s²·h (f
 head is 2·b·s·h·V. Backward is twice the forward (input gradient + weight gradient, each one
 forward's worth for the projections; the attention core has no weights, so both its backward
 matmuls are input gradients). Recompute replays the forward (full), the attention core
-(selective; Korthikanti et al. 2022 §4.3), or every second projection matmul, the attention
-core when it is not flash, and all the forward's element-wise passes (selective_op, torchtitan's
-per-op policy: :mod:`costs.op_sac`).
+(selective; Korthikanti et al. 2022 §5: QKᵀ, scale-mask-softmax, attention dropout and
+attention·V, Megatron-LM's checkpointed CoreAttention, megatron/model/transformer.py l.216-266
+and l.366-380 at d898a8991d: its matmuls and, without flash attention, its passes over the
+s x s scores), or every second projection matmul, the attention core when it is not flash, and
+all the forward's element-wise passes (selective_op, torchtitan's per-op policy:
+:mod:`costs.op_sac`).
 
 Durations: matmul FLOPs / (dtype peak · efficiency.matmul) + element-wise bytes /
 (HBM bandwidth · efficiency.memory_bound); the optimizer step's bytes / (HBM bandwidth ·
@@ -151,7 +154,6 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     activation."""
     b = t.micro_batch
     s = t.seq_len_effective
-    s_kv = t.kv_len
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
     mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
@@ -162,10 +164,19 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
         per_token += 2 * (h + kv) / tp
     if m.dropout > 0:
         per_token += 2 * 2.5 * h
-    fwd = e * b * s * per_token
-    if not m.flash_attention:
-        fwd += e * b * m.heads * s * s_kv * (4 + (2.5 if m.dropout > 0 else 0)) / tp
+    fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     return fwd, elementwise_backward_factor(e) * fwd
+
+
+def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
+    """Memory-bound bytes of one block's attention core for one micro-batch, without flash
+    attention: scale, mask and softmax over the s x s scores (4 per score) and the attention
+    dropout (+ 2.5), in the activation dtype, over the GPU's heads/t; 0 with flash attention."""
+    if m.flash_attention:
+        return 0.0
+    e = PRECISIONS[t.precision].act_mm
+    per_score = 4 + (2.5 if m.dropout > 0 else 0)
+    return e * t.micro_batch * m.heads * t.seq_len_effective * t.kv_len * per_score / tp
 
 
 def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
@@ -379,7 +390,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         rec_ns = _matmul_ns(rec_f, hw, dtype, g) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
-        rec_ns = _matmul_ns(rec_f, hw, dtype)
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(
+            layers * attention_core_elementwise_bytes(m, t, tp), hw
+        )
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
         rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
@@ -459,7 +472,9 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
-        rec_ns = _matmul_ns(rec_f, hw, dtype)
+        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(
+            layers * attention_core_elementwise_bytes(m, t, sc.parallelism.tp), hw
+        )
     elif grad and t.recompute == "selective_op":
         # The recomputed projections (and the casts of their inputs, their share of the
         # block's) at the FP8 rate; a non-flash attention core at compute_dtype's.

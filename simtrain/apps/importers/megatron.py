@@ -20,7 +20,10 @@ d98e8a64ddf34856e74b24714e3bedb2f5a39553, ``megatron/training/arguments.py`` unl
 Scripts with flags Megatron-LM removed when Megatron-Core arrived (``--checkpoint-activations``,
 ``--DDP-impl``, ``--batch-size``, ``--model-parallel-size`` ...: :data:`LEGACY_FLAGS`) run
 under the ``megatron_lm_2021`` runtime, with 2021's "local" DDP (one gradient all-reduce after
-the backward) unless ``--DDP-impl torch``; the others under ``megatron_core``.
+the backward) unless ``--DDP-impl torch``; those that also have a flag of May 2022's sequence
+parallelism merge (:data:`FLAGS_2022`) under ``megatron_lm_2022`` (the asynchronous TP
+backward, off with ``--no-async-tensor-model-parallel-allreduce``); the others under
+``megatron_core``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ LEGACY_FLAGS = (
     "--activations-checkpoint-num-layers", "--scatter-gather-tensors-in-pipeline",
     "--fp32-allreduce", "--use-legacy-models", "--distribute-checkpointed-activations",
 )  # fmt: skip
+#: Flags Megatron-LM gained with sequence parallelism and selective recompute (merged 2022-05-20
+#: and -25, 9aad9203aa / d898a8991d; megatron/arguments.py there): a script with one of them and
+#: a :data:`LEGACY_FLAGS` flag is Megatron-LM 2022 (runtimes/megatron_lm_2022.yaml).
+FLAGS_2022 = ("--sequence-parallel", "--recompute-activations", "--recompute-granularity",
+              "--recompute-method", "--no-async-tensor-model-parallel-allreduce")  # fmt: skip
 #: The GPT-2 BPE vocabulary (--vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt): 50,257
 #: tokens (Hugging Face gpt2 config.json vocab_size).
 GPT2_VOCAB = 50257
@@ -152,10 +160,16 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
                           "--num-attention-heads")  # fmt: skip
     f = Flags(raw, r)
     legacy = f.has(*LEGACY_FLAGS)
-    runtime: dict[str, Any] = {"name": "megatron_lm_2021" if legacy else "megatron_core"}
+    new_2022 = [x for x in FLAGS_2022 if x in raw]
+    name = ("megatron_lm_2022" if new_2022 else "megatron_lm_2021") if legacy else "megatron_core"
+    runtime: dict[str, Any] = {"name": name}
     r.assume(f"runtime {runtime['name']}: " + ("the script has flags of Megatron-LM before "
              "Megatron-Core (" + ", ".join(x for x in LEGACY_FLAGS if x in raw) + ")"
+             + (" and of its 2022 sequence-parallel merge (" + ", ".join(new_2022) + ")"
+                if new_2022 else "")
              if legacy else "Megatron-Core (no flag of Megatron-LM 2021)"))  # fmt: skip
+    if legacy and f.bool_("--no-async-tensor-model-parallel-allreduce"):
+        runtime["tp_backward_overlap"] = False
 
     # ---- layout (the vocabulary padding needs tp)
     tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1

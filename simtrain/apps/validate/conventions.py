@@ -345,17 +345,18 @@ FLOP_CONVENTIONS = ("megatron_eq3", "korthikanti", "mosaicml", "nanotron", "simt
 
 # The training runtime (framework) each source's runs ran on, as the runtime profiles name them
 # (measured/README.md names the framework of each source): megatron_lm_2021 is Megatron-LM before
-# Megatron-Core (2019-2022), megatron_core Megatron-Core and the frameworks built on it (NeMo,
+# Megatron-Core (2019-2022) as of SC'21, megatron_lm_2022 the same with 2022's asynchronous TP
+# backward (Korthikanti et al. 2022), megatron_core Megatron-Core and the frameworks built on it (NeMo,
 # Megatron-Bridge), deepspeed DeepSpeed and Megatron-DeepSpeed, pytorch_eager plain PyTorch
 # training loops (HF Trainer, PEFT, simtrain's own benchmarks) and the stand-in for sources whose
 # framework has no profile (JAX/Pathways, Lingvo, metaseq) and for users' runs.
-RUNTIME_PROFILES = ("megatron_lm_2021", "megatron_core", "deepspeed", "nanotron", "torchtitan",
-                    "llm_foundry", "pytorch_eager")  # fmt: skip
+RUNTIME_PROFILES = ("megatron_lm_2021", "megatron_lm_2022", "megatron_core", "deepspeed",
+                    "nanotron", "torchtitan", "llm_foundry", "pytorch_eager")  # fmt: skip
 RUNTIMES: dict[str, str] = {
     "megatron_sc21": "megatron_lm_2021",  # Megatron-LM, Narayanan et al. 2021 (PTD-P)
     "megatron_readme": "megatron_lm_2021",  # Megatron-LM README, Jan 2021
     "megatron_v1_blog": "megatron_lm_2021",  # Megatron-LM v1.0 (May 2020)
-    "korthikanti2022": "megatron_lm_2021",  # Megatron-LM 2022 (selective recompute, SP)
+    "korthikanti2022": "megatron_lm_2022",  # Megatron-LM 2022 (selective recompute, SP)
     "megatron_sc21_zero3": "deepspeed",  # DeepSpeed ZeRO-3 rows of SC'21 Table 2
     "zero": "deepspeed",  # ZeRO paper (DeepSpeed with Megatron model parallelism)
     "bloom": "deepspeed",  # Megatron-DeepSpeed

@@ -110,12 +110,12 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     """The ``pretrain_gpt.py`` flags of a Megatron record: ``model`` and ``training`` as the
     record and its source convention give them (translate._model, translate._training),
     ``layout`` = (tp, pp, dp, cp), ``batch`` = (global, micro), ``par`` the record's
-    ``parallelism`` with the convention's implied keys. A run on Megatron-LM 2021 (the
-    ``megatron_lm_2021`` runtime) is written with that era's flags (``--DDP-impl``,
+    ``parallelism`` with the convention's implied keys. A run on Megatron-LM 2021 or 2022 (the
+    ``megatron_lm_2021`` / ``_2022`` runtimes) is written with that era's flags (``--DDP-impl``,
     ``--checkpoint-activations``), which is how the importer tells the two apart."""
     tp, pp, dp, cp = layout
     B, b = batch
-    legacy = runtime_of(rec.source_key) == "megatron_lm_2021"
+    legacy = runtime_of(rec.source_key) in ("megatron_lm_2021", "megatron_lm_2022")
     w: list[str] = ["--num-layers", model["layers"], "--hidden-size", model["hidden"],
                     "--num-attention-heads", model["heads"], "--seq-length", training["seq_len"],
                     "--max-position-embeddings", model["max_positions"],
@@ -135,7 +135,10 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     if training["optimizer"] in ("sgd", "sgd_momentum"):
         w += ["--optimizer", "sgd", "--sgd-momentum",
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
-    w += _recompute_flags(training["recompute"], legacy)
+    # Megatron-LM 2022 replaced --checkpoint-activations by --recompute-granularity (arguments.py
+    # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
+    w += _recompute_flags(training["recompute"], legacy and runtime_of(rec.source_key)
+                          == "megatron_lm_2021")  # fmt: skip
     v = int(par.get("virtual_stages") or 1)
     if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower():
         w += ["--num-virtual-stages-per-pipeline-rank", v]
