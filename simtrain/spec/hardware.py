@@ -77,6 +77,10 @@ class HardwareProfile:
     nvls: bool = False
     nccl_protocols: tuple[str, ...] = ()
     nccl_algorithms: tuple[str, ...] = ()  # empty: every algorithm NCCL has for the op
+    # Channels (rings, each with its tree) NCCL opens for a communicator whose GPUs are all on
+    # one node (logged "Channel xx/N"; 0 = not known: NCCL buffer memory not modelled here;
+    # costs.nccl_memory).
+    nccl_channels_one_node: int = 0
     # Streaming multiprocessors (compute units); 0 = not given. Communication kernels that run
     # on SMs (DeepEP) take their share from the compute that overlaps them.
     sm_count: int = 0
@@ -131,7 +135,7 @@ HW_KEYS = {
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
     "efficiency", "collectives", "sm_count",
 }  # fmt: skip
-COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms")
+COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "nccl_channels_one_node")
 NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
@@ -224,6 +228,13 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
             raise ConfigError(file, "collectives.algorithms", "must be a non-empty list of "
                               "algorithms", algos, " | ".join(NCCL_ALGORITHMS))  # fmt: skip
         out["nccl_algorithms"] = tuple(dict.fromkeys(algos))
+    if "nccl_channels_one_node" in data:
+        n = data["nccl_channels_one_node"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 64:
+            raise ConfigError(file, "collectives.nccl_channels_one_node",
+                              "must be an integer in 0..64 (NCCL's MAXCHANNELS: 32 in 2.10, 64 in "
+                              "2.30)", n)  # fmt: skip
+        out["nccl_channels_one_node"] = n
     return out
 
 
