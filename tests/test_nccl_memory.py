@@ -54,6 +54,8 @@ def test_one_node_tp4_hand_count() -> None:
 def test_two_nodes_one_gpu_each() -> None:
     # a pipeline pair across nodes: 2 NET connections, 2 channels (one NIC, doubled), 2 GPUs
     assert nm.communicator_bytes(2, 1, 24) == 2 * NET * 2 / 2
+    # never more channels across nodes than on one node
+    assert nm.communicator_bytes(2, 1, 1) == 2 * NET * 1 / 2
 
 
 def test_dp8_over_four_nodes_hand_count() -> None:

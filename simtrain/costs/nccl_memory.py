@@ -46,6 +46,7 @@ p2p buffers, and NCCL >= 2.22, which connects each algorithm only when first use
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from math import ceil
 
 from simtrain.spec.scenario import group_gpus_per_node as per_node
@@ -126,6 +127,7 @@ def channel_links(n: int, g: int, tree: int) -> set[tuple[int, int]]:
     return links
 
 
+@cache
 def communicator_bytes(n: int, g: int, channels_one_node: int) -> float:
     """Mean device bytes per GPU of one communicator of ``n`` ranks, ``g`` per node."""
     if n < 2 or channels_one_node <= 0:
@@ -133,8 +135,8 @@ def communicator_bytes(n: int, g: int, channels_one_node: int) -> float:
     g = max(1, min(g, n))
     if g >= n:
         channels = channels_one_node
-    else:
-        channels = 2 * g  # one ring per NIC (one NIC per GPU), doubled
+    else:  # one ring per NIC (one NIC per GPU), doubled; never more than on one node
+        channels = min(2 * g, channels_one_node)
     connection = {True: NET_SEND_BYTES + NET_RECV_BYTES, False: P2P_SEND_BYTES + P2P_RECV_BYTES}
     total = 0
     for tree in (0, 1):  # each tree serves half of the channels
