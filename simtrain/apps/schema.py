@@ -177,6 +177,8 @@ def runtime_schema() -> dict[str, Any]:
         props[k] = {"type": "integer", "minimum": lo, "maximum": hi}
     for k, (lo, hi) in rt.FLOATS.items():
         props[k] = {"type": "number", "minimum": lo, "maximum": hi}
+    for k, allowed in rt.LISTS.items():
+        props[k] = {"type": "array", "items": {"enum": list(allowed)}, "uniqueItems": True}
     assert set(props) == set(rt.KEYS), "spec.runtime.KEYS has a key of no known kind"
     return {
         "anyOf": [

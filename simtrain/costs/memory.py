@@ -36,6 +36,7 @@ from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.moe import a2a_bytes, moe_load
+from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     ModelStateBytes,
@@ -84,6 +85,7 @@ class StageBreakdown:
     gradients_freed_after_backward: bool = False
     ddp_bucket_bytes: int = 0  # torch DDP's bucket gradients (runtime ddp_grad_buckets)
     tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
+    nccl_bytes: int = 0  # NCCL's connection buffers (device-level memory only; nccl_memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +357,21 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     return buffers, opt_ws, gather
 
 
+def device_nccl_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
+    """NCCL's connection buffers on a GPU of ``stage`` (``costs.nccl_memory``), counted only
+    where the memory figure is the device's (runtime ``memory_reported`` "nvidia_smi"): they are
+    cudaMalloc'ed by NCCL, outside PyTorch's allocator, so max_memory_allocated / reserved never
+    see them. 0 where the runtime lists no communicators or the hardware profile gives no
+    channel count."""
+    rt, p, hw = sc.runtime, sc.parallelism, sc.hardware
+    if rt.memory_reported != "nvidia_smi" or not rt.nccl_communicators:
+        return 0
+    comms = stage_communicators(rt.nccl_communicators, p.tp, p.cp, p.dp, p.pp, stage,
+                                step.placement.gpus_per_node,
+                                sc.model.tied_embeddings)  # fmt: skip
+    return nccl_buffer_bytes(comms, hw.nccl_channels_one_node)
+
+
 def p2p_buffer_bytes(sc: Scenario, step: ResolvedStep) -> int:
     """One pipeline transfer buffer: a b·s·h activation (or its gradient), split over TP
     under sequence parallelism."""
@@ -504,6 +521,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
+    nccl_b = device_nccl_bytes(sc, step, stage)
+    buffers += nccl_b
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -550,7 +569,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         weight_versions=versions, stashed_weight_bytes=extra, optimizer_working_bytes=opt_ws,
         naive_dp_gather_bytes=gather, buffers=buffers,
         ddp_bucket_bytes=ddp_bucket_bytes(sc, step, ms.trainable),
-        tp_gather_bytes=tp_gather_buffer_bytes(sc, step),
+        tp_gather_bytes=tp_gather_buffer_bytes(sc, step), nccl_bytes=nccl_b,
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient, gradients_freed_after_backward=freed,
     )  # fmt: skip

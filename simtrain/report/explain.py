@@ -178,6 +178,9 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.tp_gather_bytes:
         lines.append(f"  cached TP all-gather buffers: {sc.runtime.tp_gather_buffers} x b·s·h = "
                      f"{_gb(b.tp_gather_bytes)} of buffers (not divided by tp)")  # fmt: skip
+    if b.nccl_bytes:
+        lines.append(f"  NCCL connection buffers ({', '.join(sc.runtime.nccl_communicators)}; "
+                     f"device-level memory) = {_gb(b.nccl_bytes)} of buffers")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
                  "communication" + (f"; CP ring K/V buffers max(cp, 4) x "

@@ -80,6 +80,10 @@ class HardwareProfile:
     # False: a tree all-reduce's levels across nodes do not pipeline (each costs the network
     # term again; costs/collectives.tree_network_s)
     nccl_tree_pipelined: bool = True
+    # Channels (rings, each with its tree) NCCL opens for a communicator whose GPUs are all on
+    # one node (logged "Channel xx/N"; 0 = not known: NCCL buffer memory not modelled here;
+    # costs.nccl_memory).
+    nccl_channels_one_node: int = 0
     # Streaming multiprocessors (compute units); 0 = not given. Communication kernels that run
     # on SMs (DeepEP) take their share from the compute that overlaps them.
     sm_count: int = 0
@@ -134,7 +138,8 @@ HW_KEYS = {
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
     "efficiency", "collectives", "sm_count",
 }  # fmt: skip
-COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelined")
+COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelined",
+                    "nccl_channels_one_node")  # fmt: skip
 NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
@@ -228,6 +233,13 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
             raise ConfigError(file, "collectives.algorithms", "must be a non-empty list of "
                               "algorithms", algos, " | ".join(NCCL_ALGORITHMS))  # fmt: skip
         out["nccl_algorithms"] = tuple(dict.fromkeys(algos))
+    if "nccl_channels_one_node" in data:
+        n = data["nccl_channels_one_node"]
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 64:
+            raise ConfigError(file, "collectives.nccl_channels_one_node",
+                              "must be an integer in 0..64 (NCCL's MAXCHANNELS: 32 in 2.10, 64 in "
+                              "2.30)", n)  # fmt: skip
+        out["nccl_channels_one_node"] = n
     return out
 
 

@@ -34,6 +34,10 @@ MEMORY_REPORTED = ("allocated", "reserved", "nvidia_smi")
 GRAD_REDUCE_DTYPES = ("grad", "fp32")
 ZERO_GRAD_REDUCTIONS = ("reduce_scatter", "all_reduce")
 MOE_DISPATCHERS = ("alltoall", "deepep")
+#: Process groups whose NCCL communicators a framework creates on every GPU (costs.nccl_memory):
+#: tp, dp, model_parallel (tp x pp), pipeline (pp), pp_pairs (one two-rank communicator per
+#: neighbouring stage), embedding (first and last stage, tied embeddings), world.
+NCCL_COMMUNICATORS = ("tp", "dp", "model_parallel", "pipeline", "pp_pairs", "embedding", "world")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,10 @@ class RuntimeProfile:
     # transformer_config.py l.969-971; DeepSeek-V3 §3.2.2: "only 20 SMs are sufficient"):
     # compute overlapping them runs on the rest (hardware ``sm_count``).
     moe_dispatch_sms: int = 20
+    # The process groups whose NCCL communicators the framework creates (one of
+    # NCCL_COMMUNICATORS each; empty: not modelled). Their device buffers count in a device-level
+    # memory figure (memory_reported "nvidia_smi"; costs.nccl_memory).
+    nccl_communicators: tuple[str, ...] = ()
     source_file: str = ""
 
     @property
@@ -187,7 +195,9 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
         "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
 FLOATS = {"host_us_per_op": (0.0, 1e4)}
-KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS)
+#: Keys whose value is a list of distinct allowed strings.
+LISTS = {"nccl_communicators": NCCL_COMMUNICATORS}
+KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS, *LISTS)
 
 
 def _value(key: str, v: Any, file: str, prefix: str) -> Any:
@@ -208,6 +218,12 @@ def _value(key: str, v: Any, file: str, prefix: str) -> Any:
         lo, hi = INTS[key]
         check_range(v, file, full, lo, hi)
         return v
+    if key in LISTS:
+        allowed = LISTS[key]
+        if not isinstance(v, list) or any(x not in allowed for x in v) or len(set(v)) < len(v):
+            raise ConfigError(file, full, "must be a list of distinct names", v,
+                              " | ".join(allowed))  # fmt: skip
+        return tuple(v)
     if key in FLOATS:
         x = as_float(v, file, full)
         lo, hi = FLOATS[key]

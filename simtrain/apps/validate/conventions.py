@@ -152,8 +152,8 @@ _BLOOM_CHRONICLES = SourceConvention(
     "(chronicles-prequel.md: 'max memory used by the first (last) nodes with the word embedding "
     "matrix'): device level, so compared with the CUDA context included and against the largest "
     "stage; the author's 'GB' rounds nvidia-smi's MiB and is read as 1e9 B (7 % lower than if it "
-    "were GiB); NCCL's communicator buffers and the caching allocator's unused reserve are not "
-    "modelled",
+    "were GiB); NCCL's connection buffers of the runtime's communicators are counted "
+    "(costs.nccl_memory), the caching allocator's unused reserve is not modelled",
     ddp_default="local",
     ddp_note=_DS_PIPE_DDP,
     # chronicles-prequel.md (9e64edec, section '200B'): "40GB A100 takes 1573MiB for cuda kernels

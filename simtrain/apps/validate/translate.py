@@ -381,6 +381,9 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
+    if convention_for(rec).memory_includes_context:
+        # a device-level figure (nvidia-smi, NVML): NCCL's buffers count (costs.nccl_memory)
+        out["memory_reported"] = "nvidia_smi"
     return out
 
 
