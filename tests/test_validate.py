@@ -75,15 +75,22 @@ def test_korthikanti_meets_target(result) -> None:
 
 
 def test_nanotron_fit_verdict_meets_target(result) -> None:
-    """Issue target: >= 90 % right verdicts on the Ultra-Scale Playbook rows. Reached 91.0 %
+    """Issue target: >= 95 % right verdicts where the source tells out-of-memory from other
+    failures (issue 13), >= 90 % over all rows before (issue 12). Reached 91.0 %
     of 466 with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
     compute-balanced pipeline split; every miss is a run recorded as 'crashed_or_oom' that
     simtrain says fits (the source does not tell crashes from out-of-memory). 93.0 % of 417
     since the 49 layouts whose nanotron split leaves a stage with only the fp32 cast and the
     loss are skipped (issue 15: an empty stage is an error naming parallelism.layer_split)."""
     s = _summary(result, "nanotron", "fits")
-    assert s.n >= 410
-    assert s.share_correct >= 0.90
+    assert s.n >= 230  # the runs that completed: the source tells those apart
+    assert s.share_correct >= 0.95
+    # The sweep's failed runs ('crashed_or_oom': a crash and an out-of-memory look the same
+    # there) are no fit verdict (issue 13: "wherever the source tells out-of-memory from other
+    # failures"); the share predicted not to fit is reported apart, and is what it was.
+    crash = _summary(result, "nanotron", "crash_or_oom")
+    assert crash.n >= 180
+    assert 0.80 <= crash.share_correct < 1.0
 
 
 def test_peak_memory(result) -> None:
@@ -196,7 +203,7 @@ def test_json_document_schema(result) -> None:
     for r in doc["records"]:
         assert set(r) == {"id", "source", "metric", "measured", "predicted", "error_pct"}
         assert r["metric"] in METRICS
-        if r["metric"] == "fits":
+        if r["metric"] in ("fits", "crash_or_oom"):
             assert isinstance(r["measured"], bool) and isinstance(r["predicted"], bool)
             assert r["error_pct"] == (0.0 if r["measured"] == r["predicted"] else 100.0)
         else:

@@ -14,7 +14,10 @@ from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GIB, MIB
 
-# Metrics in table / JSON order. "fits" compares booleans.
+# Metrics in table / JSON order. "fits" compares booleans: the fit verdict where the source
+# tells out-of-memory from other failures; "crash_or_oom" the verdict on runs a source records
+# as failed without saying why (issue 13: such a run is no evidence that the model does not fit,
+# so it is not counted as a fit verdict; the share predicted not to fit is reported apart).
 METRICS = (
     "step_time_s",
     "tokens_per_s",
@@ -23,9 +26,14 @@ METRICS = (
     "hfu",
     "peak_memory_bytes",
     "fits",
+    "crash_or_oom",
 )
+#: Boolean metrics: error 0 (right) or 100 (wrong).
+VERDICT_METRICS = ("fits", "crash_or_oom")
 TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu")
-OOM_OUTCOMES = ("crashed_or_oom", "oom", "out_of_memory", "crashed")
+OOM_OUTCOMES = ("oom", "out_of_memory")
+#: Failed runs whose source does not say whether they ran out of memory.
+CRASH_OUTCOMES = ("crashed_or_oom", "crashed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +80,10 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             out["peak_memory_bytes"] = v * unit
             break
     outcome = str(x.get("outcome", "")).lower()
-    out["fits"] = outcome not in OOM_OUTCOMES
+    if outcome in CRASH_OUTCOMES:
+        out["crash_or_oom"] = False  # right when predicted not to fit; no verdict otherwise
+    else:
+        out["fits"] = outcome not in OOM_OUTCOMES
     return out
 
 
@@ -88,8 +99,10 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
     meas = measured_values(rec, sc)
     if not tr.capacity_known:
         meas.pop("fits", None)
+        meas.pop("crash_or_oom", None)
     out: list[Comparison] = []
-    mem = pr.memory_report(sc) if ("peak_memory_bytes" in meas or "fits" in meas) else None
+    mem = (pr.memory_report(sc)
+           if any(k in meas for k in ("peak_memory_bytes", *VERDICT_METRICS)) else None)  # fmt: skip
     T = pr.step_time(sc) if any(k in meas for k in TIME_METRICS) else None
     n = sc.parallelism.gpus
     hw = sc.hardware
@@ -101,7 +114,7 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
             continue
         x = meas[metric]
         pred: float | bool
-        if metric == "fits":
+        if metric in VERDICT_METRICS:
             assert mem is not None
             pred = mem.fits
             out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,

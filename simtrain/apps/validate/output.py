@@ -10,10 +10,14 @@ from pathlib import Path
 
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.fitted import format_constant_reports
-from simtrain.apps.validate.measured import METRICS
+from simtrain.apps.validate.measured import METRICS, VERDICT_METRICS
 from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
 from simtrain.errors import ConfigError
 from simtrain.units import GIB
+
+#: What a verdict metric's share counts: right fit verdicts; failed runs predicted not to fit
+#: ("crash_or_oom": the source does not say why they failed).
+_VERDICT_WORD = {"fits": "correct", "crash_or_oom": "pred. OOM"}
 
 
 def _fmt(metric: str, v: float | bool) -> str:
@@ -39,9 +43,14 @@ def format_table(res: ValidationResult) -> str:
     lines.append(f"{'run':<{w}}  {'metric':<18}{'measured':>16}{'predicted':>16}{'error %':>10}")
     for c in res.comparisons:
         err = (
-            ("ok" if c.error_pct == 0 else "WRONG") if c.metric == "fits" else f"{c.error_pct:+.1f}"
+            ("ok" if c.error_pct == 0 else "WRONG")
+            if c.metric in VERDICT_METRICS
+            else f"{c.error_pct:+.1f}"
         )
-        lines.append(f"{c.id:<{w}}  {c.metric:<18}{_fmt(c.metric, c.measured):>16}"
+        if c.metric == "crash_or_oom":  # no verdict either way: "no OOM predicted", not wrong
+            err = "ok" if c.error_pct == 0 else "no OOM"
+        measured = "crashed" if c.metric == "crash_or_oom" else _fmt(c.metric, c.measured)
+        lines.append(f"{c.id:<{w}}  {c.metric:<18}{measured:>16}"
                      f"{_fmt(c.metric, c.predicted):>16}{err:>10}")  # fmt: skip
     if res.skipped:
         lines.append("")
@@ -88,8 +97,8 @@ def noisy_table(res: ValidationResult) -> str:
 def _stats_cells(metric: str, st: ErrorStats | None) -> str:
     if st is None:
         return f"{0:>5}{'':>41}"
-    if metric == "fits":
-        return f"{st.n:>5}  {100 * st.within_10pct:5.1f} % correct{'':>22}"
+    if metric in VERDICT_METRICS:
+        return f"{st.n:>5}  {100 * st.within_10pct:5.1f} % {_VERDICT_WORD[metric]}{'':>22}"
     return (f"{st.n:>5}{st.mape_pct:>8.1f}{st.median_abs_error_pct:>9.1f}"
             f"{st.median_error_pct:>+9.1f}{100 * st.within_10pct:>7.0f}"
             f"{100 * st.within_25pct:>8.0f}")  # fmt: skip
@@ -141,9 +150,9 @@ def summary_table(res: ValidationResult) -> str:
         med[k] = statistics.median(v)
     lines = [f"{'source':<22}{'metric':<19}{'n':>5}{'MAPE %':>9}{'max %':>9}{'median %':>10}"]
     for s in res.summary:
-        if s.metric == "fits":
-            lines.append(f"{s.source:<22}{s.metric:<19}{s.n:>5}"
-                         f"{'':>28}  {100 * s.share_correct:.1f} % correct")  # fmt: skip
+        if s.metric in VERDICT_METRICS:
+            lines.append(f"{s.source:<22}{s.metric:<19}{s.n:>5}{'':>28}  "
+                         f"{100 * s.share_correct:.1f} % {_VERDICT_WORD[s.metric]}")  # fmt: skip
         else:
             lines.append(f"{s.source:<22}{s.metric:<19}{s.n:>5}{s.mape_pct:>9.1f}"
                          f"{s.max_error_pct:>9.1f}{med[(s.source, s.metric)]:>+10.1f}")  # fmt: skip
@@ -187,7 +196,8 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
 
     from simtrain.report.plot import save_png
 
-    metrics = [m for m in METRICS if m != "fits" and any(c.metric == m for c in res.comparisons)]
+    metrics = [m for m in METRICS
+               if m not in VERDICT_METRICS and any(c.metric == m for c in res.comparisons)]  # fmt: skip
     sources = sorted({c.source for c in res.comparisons if c.metric in metrics})
     colour = {s: SOURCE_COLOURS[i % len(SOURCE_COLOURS)] for i, s in enumerate(sources)}
     cols = min(3, max(1, len(metrics)))

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.validate.fitted import ConstantReport, constant_reports, load_fitted_constants
-from simtrain.apps.validate.measured import METRICS, TIME_METRICS, Comparison, compare_record
+from simtrain.apps.validate.measured import (
+    METRICS,
+    TIME_METRICS,
+    VERDICT_METRICS,
+    Comparison,
+    compare_record,
+)
 from simtrain.apps.validate.predict import Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
@@ -227,7 +233,7 @@ def noisy_pairs(
     verdicts are not measurements and are left out. Metric by metric, in record order."""
     groups: dict[tuple[Hashable, str], list[Comparison]] = defaultdict(list)
     for c in comparisons:
-        if c.metric != "fits" and c.id in scenarios:
+        if c.metric not in VERDICT_METRICS and c.id in scenarios:
             groups[(layout_key(scenarios[c.id], c.metric), c.metric)].append(c)
     out = []
     for rows in groups.values():
