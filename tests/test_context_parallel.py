@@ -205,6 +205,66 @@ def test_ring_message_bytes_and_times_are_the_closed_form() -> None:
     )
 
 
+TORCH_CP = {"name": "torchtitan", "cp_attention": "torch_allgather", "attention_repeat_kv": True}
+
+
+def test_torch_allgather_message_is_every_query_heads_k_and_v() -> None:
+    """torchtitan repeats K/V to all 32 heads before SDPA: K = 2·2 B·(4096/4)·(32·128)/2, four
+    times the 8 kv heads' (the same scenario's Transformer Engine message)."""
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert ring_message_bytes(sc) == 2 * 2 * 1024 * 4096 // 2 == 8_388_608
+    assert ring_message_bytes(scenario(cp=4, tp=2)) * 4 == ring_message_bytes(sc)
+
+
+def test_torch_allgather_times_are_the_closed_form() -> None:
+    """PyTorch context_parallel (rotate_method allgather): forward one ring all-gather of the
+    K/V, (cp−1) x K bytes + (cp−1) x α, hidden under step 0's attention (1/cp of it); backward
+    the all-gather again and cp fp32 dK/dV messages of 2K (bf16 K), each hidden under the next
+    step's attention but the last."""
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    k = 8_388_608
+    hw = sc.hardware
+    bw = hw.intra_node_bandwidth_bytes_per_s * hw.efficiency.collective
+    lat = hw.intra_node_latency_s
+    ag = 1e9 * (3 * k / bw + 3 * lat)
+    d = 1e9 * (lat + 2 * k / bw)
+    r = ring_layer(sc, attention_forward_ns=0.0)
+    assert r.message_bytes == k
+    assert r.forward_transfer_ns == pytest.approx(ag, rel=1e-12)
+    assert r.backward_transfer_ns == pytest.approx(ag + 4 * d, rel=1e-12)
+    assert r.forward_exposed_ns == pytest.approx(ag, rel=1e-12)
+    assert r.backward_exposed_ns == pytest.approx(ag + 4 * d, rel=1e-12)
+    # attention long enough to hide every message but the last dK/dV
+    r = ring_layer(sc, attention_forward_ns=1e12)
+    assert r.forward_exposed_ns == 0.0
+    assert r.backward_exposed_ns == pytest.approx(d, rel=1e-12)
+    # a forward step of 100 ns less than the all-gather: 100 ns of it exposed
+    r = ring_layer(sc, attention_forward_ns=4 * (ag - 100.0))
+    assert r.forward_exposed_ns == pytest.approx(100.0, rel=1e-6)
+
+
+def test_torch_allgather_working_memory_is_the_gathered_kv_and_fp32_grads() -> None:
+    """cp 4, tp 2, s 4096, bf16: K = 8 MiB (all 32 heads), Q = 2·1024·4096/2 = 4 MiB,
+    D = 16 MiB (fp32 dK/dV). Forward: 4 gathered + 1 concatenated K = 40 MiB; backward beside
+    them the fp32 dQ 8 MiB, 3 D = 48 MiB and the step's 16-bit dQ, dK, dV 12 MiB: 108 MiB."""
+    mib = 1 << 20
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert cp_ring_buffer_bytes(sc) == (40 + 8 + 48 + 12) * mib
+    te = scenario(cp=4, tp=2)
+    assert cp_ring_buffer_bytes(te) == 4 * 2 * mib  # max(cp, 4)·K with the 8 kv heads' K
+    assert cp_ring_buffer_bytes(scenario(cp=1, runtime=TORCH_CP)) == 0
+
+
+def test_torchtitan_runs_torch_context_parallel() -> None:
+    """The torchtitan profile names PyTorch's context_parallel and repeated K/V; a bad value
+    is one ConfigError naming the key and the choices."""
+    sc = scenario(cp=2, runtime="torchtitan")
+    assert sc.runtime.cp_attention == "torch_allgather" and sc.runtime.attention_repeat_kv
+    with pytest.raises(ConfigError) as e:
+        scenario(cp=2, runtime={"name": "torchtitan", "cp_attention": "ring"})
+    assert "cp_attention" in str(e.value) and "te_p2p | torch_allgather" in str(e.value)
+
+
 def test_exposed_ring_time_is_in_the_action_and_the_ring_is_on_its_own_stream() -> None:
     sc = scenario(cp=2, tp=8)  # cross-node ring, short sequence: partly exposed
     one = scenario(tp=8, dp=1)

@@ -34,6 +34,7 @@ MEMORY_REPORTED = ("allocated", "reserved", "nvidia_smi")
 GRAD_REDUCE_DTYPES = ("grad", "fp32")
 ZERO_GRAD_REDUCTIONS = ("reduce_scatter", "all_reduce")
 MOE_DISPATCHERS = ("alltoall", "deepep")
+CP_ATTENTIONS = ("te_p2p", "torch_allgather")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,15 @@ class RuntimeProfile:
     # transformer_config.py l.969-971; DeepSeek-V3 §3.2.2: "only 20 SMs are sufficient"):
     # compute overlapping them runs on the rest (hardware ``sm_count``).
     moe_dispatch_sms: int = 20
+    # Context-parallel attention (costs.cp): "te_p2p" (Transformer Engine's K/V ring,
+    # Megatron-Core's default --cp-comm-type p2p) or "torch_allgather" (PyTorch's
+    # context_parallel with its default _RotateMethod.ALL_GATHER: the K/V all-gathered once per
+    # attention call, the fp32 dK/dV passed around the ring).
+    cp_attention: str = "te_p2p"
+    # The model repeats K and V to every query head before SDPA (torchtitan llama3
+    # ``repeat_kv``), so the context-parallel exchange carries heads x head_dim per token, not
+    # kv_heads x head_dim.
+    attention_repeat_kv: bool = False
     source_file: str = ""
 
     @property
@@ -161,11 +171,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
+    "cp_attention": CP_ATTENTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
          "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
          "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch")  # fmt: skip
+         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
