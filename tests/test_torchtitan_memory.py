@@ -14,7 +14,7 @@ from pathlib import Path
 from simtrain.apps.importers import import_config
 from simtrain.apps.importers.common import load_imported
 from simtrain.apps.validate.records import load_records
-from simtrain.apps.validate.translate import translate
+from simtrain.apps.validate.translate import SkipReason, translate
 from simtrain.costs.memory import stage_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +153,52 @@ def test_pipelining_keeps_a_receive_buffer_per_micro_batch(tmp_path: Path) -> No
     new, old = stage_memory(sc, 1), stage_memory(generic, 1)
     assert new.microbatches_in_flight == 3
     assert new.category("buffers") - old.category("buffers") == (5 + 8 - 2) * one
+
+
+def test_dtensor_tp_saves_the_all_gathered_linear_inputs() -> None:
+    """Llama 3 8B, b 1, s 4096, tp 4 with sequence parallelism: DTensor's ColwiseParallel
+    linears save the all-gathered attention and MLP inputs whole, 2 B x 4096 x 4096 =
+    33,554,432 B each, where Megatron keeps the 4096/4-token shard (8,388,608 B); torchao
+    float8 tensorwise TP all-gathers (and saves) the float8 tensor: 1 B per value."""
+    from simtrain.costs.activations import layer_saved_tensors, tp_gathered_input_bytes
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = PRESETS["llama3-8b"]
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "bf16", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+    assert tp_gathered_input_bytes("bf16", True) == 2
+    assert tp_gathered_input_bytes("fp8_tensorwise", True) == 1
+    assert tp_gathered_input_bytes("fp8_rowwise", True) == 2  # plain TP: bf16 all-gather
+    assert tp_gathered_input_bytes("bf16", False) == 0
+
+    def inputs(gathered: int, tp: int = 4, sp: bool = True) -> list[int]:
+        saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, gathered_input=gathered)
+        return [x.bytes for x in saved if x.name.startswith(("attention input", "mlp input"))]
+
+    assert inputs(0) == [8_388_608, 8_388_608]
+    assert inputs(2) == [33_554_432, 33_554_432]
+    assert inputs(1) == [16_777_216, 16_777_216]
+    # without sequence parallelism (or TP) every rank already holds the whole input
+    assert inputs(2, sp=False) == inputs(0, sp=False) == [33_554_432, 33_554_432]
+    assert inputs(2, tp=1) == [33_554_432, 33_554_432]
+
+
+def test_torchtitan_full_recompute_working_set_holds_the_gathered_inputs() -> None:
+    """The 405B fsdp8 cp1 record (tp 8, s 32768, b 1, float8 tensorwise, full recompute):
+    re-materialising a block adds the two float8 gathered inputs (2 x 32768 x 16384 x 1 B)
+    in place of their bf16 shards (2 x 2 x 32768 x 16384 / 8)."""
+    from dataclasses import replace
+
+    recs = load_records(ROOT / "measured" / "more_runs_2026-12.yaml")
+    (rec,) = [r for r in recs if r.id == "torchtitan_2412_t6_405b_512gpu_fsdp8_cp1_seq32768"]
+    tr = translate(rec)
+    assert not isinstance(tr, SkipReason)
+    sc = tr.scenario
+    assert sc.runtime.tp_saves_gathered_input
+    off = replace(sc, runtime_profile=replace(sc.runtime, tp_saves_gathered_input=False))
+    a, b = stage_memory(sc, 1), stage_memory(off, 1)
+    assert a.breakdown is not None and b.breakdown is not None
+    delta = 2 * 32768 * 16384 * 1 - 2 * 2 * 32768 * 16384 // 8
+    got = a.breakdown.recompute_working_set_bytes - b.breakdown.recompute_working_set_bytes
+    assert got == delta == 805_306_368

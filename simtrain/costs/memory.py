@@ -30,6 +30,7 @@ from simtrain.costs.activations import (
     loss_transient_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
+    tp_gathered_input_bytes,
     walk_peak_of_states,
 )
 from simtrain.costs.cp import cp_ring_buffer_bytes
@@ -239,7 +240,9 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     tp, sp = p.tp, p.sequence_parallel
     load = moe_load(m, p.ep)
     per_layer = layer_activation_bytes(m, t, tp, sp, load=load)
-    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load))
+    gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
+    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
+                                      gathered_input=gathered))  # fmt: skip
     per_dense = layer_activation_bytes(m, t, tp, sp, moe=False) if m.is_moe else per_layer
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
@@ -268,7 +271,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, load)  # fmt: skip
+                                                         tp, sp, load, gathered)  # fmt: skip
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,

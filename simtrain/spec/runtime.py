@@ -157,6 +157,11 @@ class RuntimeProfile:
     # ``repeat_kv``), so the context-parallel exchange carries heads x head_dim per token, not
     # kv_heads x head_dim.
     attention_repeat_kv: bool = False
+    # Sequence-parallel TP as PyTorch DTensor runs it (torchtitan): the column-parallel linears
+    # save their all-gathered (Replicate) input, b·s·h on every TP rank, instead of the
+    # sequence shard Megatron keeps and all-gathers again in backward
+    # (costs.activations.tp_gathered_input_bytes).
+    tp_saves_gathered_input: bool = False
     source_file: str = ""
 
     @property
@@ -176,7 +181,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero3_per_gpu_nic",
          "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
          "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv")  # fmt: skip
+         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
+         "tp_saves_gathered_input")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
