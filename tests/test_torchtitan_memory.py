@@ -202,3 +202,20 @@ def test_torchtitan_full_recompute_working_set_holds_the_gathered_inputs() -> No
     delta = 2 * 32768 * 16384 * 1 - 2 * 2 * 32768 * 16384 // 8
     got = a.breakdown.recompute_working_set_bytes - b.breakdown.recompute_working_set_bytes
     assert got == delta == 805_306_368
+
+
+def test_torchtitan_head_saves_its_all_gathered_bf16_input() -> None:
+    """The output layer is ColwiseParallel(input_layouts=Shard(1)) and not float8: with tp 4,
+    s 4096, b 1 it saves 2 B x 4096 x 4096 = 33,554,432 B, not the 8,388,608 B shard, whatever
+    the gathered-input width of the blocks (1 B under float8 tensorwise)."""
+    from simtrain.costs.activations import head_saved_bytes
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = PRESETS["llama3-8b"]
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "fp8_tensorwise", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+    base = head_saved_bytes(m, t, 4, True)
+    assert head_saved_bytes(m, t, 4, True, 1) - base == 33_554_432 - 8_388_608
+    assert head_saved_bytes(m, t, 4, True, 2) == head_saved_bytes(m, t, 4, True, 1)
+    assert head_saved_bytes(m, t, 1, False, 1) == head_saved_bytes(m, t, 1, False)

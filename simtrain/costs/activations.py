@@ -368,7 +368,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         not_held = max(block_input, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
-        ws += block_input - head_saved_bytes(m, t, tp, sp)
+        ws += block_input - head_saved_bytes(m, t, tp, sp, gathered_input)
     return max(ws, 0)
 
 
@@ -381,11 +381,16 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     return 4 * sb * m.vocab // tp
 
 
-def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
+                     gathered_input: int = 0) -> int:  # fmt: skip
     """Last stage, per micro-batch: final-norm input, head input, and what cross-entropy saves:
     standard, the fp32 log-softmax output (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits
     4sbv/t); fused (flash-attn ``losses/cross_entropy.py``: ``ctx.save_for_backward(logits,
-    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row."""
+    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row.
+    ``gathered_input`` (DTensor TP, :func:`tp_gathered_input_bytes`): the head is a
+    ``ColwiseParallel(input_layouts=Shard(1))`` linear (torchtitan 9dec370a
+    ``parallelize_llama.py`` l.136-140) that saves its all-gathered input whole, in the
+    activation dtype (torchtitan's float8 converter skips ``output``)."""
     prec = PRECISIONS[t.precision]
     s = t.seq_len_effective
     sb = s * t.micro_batch
@@ -399,7 +404,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
     if base_trainable(t.peft.method, t.peft.phase) or probe:
-        total += prec.act_mm * sb * m.hidden // div
+        total += prec.act_mm * sb * m.hidden // (1 if gathered_input and tp > 1 else div)
     return total
 
 

@@ -260,7 +260,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
                 c -= frozen_input_savings(m, t, tp, sp)
         if ch.head:
-            c += head_saved_bytes(m, t, tp, sp)
+            c += head_saved_bytes(m, t, tp, sp, gathered)
             if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
                 c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
