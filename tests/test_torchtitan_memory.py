@@ -219,3 +219,18 @@ def test_torchtitan_head_saves_its_all_gathered_bf16_input() -> None:
     assert head_saved_bytes(m, t, 4, True, 1) - base == 33_554_432 - 8_388_608
     assert head_saved_bytes(m, t, 4, True, 2) == head_saved_bytes(m, t, 4, True, 1)
     assert head_saved_bytes(m, t, 1, False, 1) == head_saved_bytes(m, t, 1, False)
+
+
+def test_pipelining_keeps_each_chunks_output_until_its_backward(tmp_path: Path) -> None:
+    """pp 2, b 1, s 8192, h 4096: torch.distributed.pipelining's fwd_cache holds stage 0's
+    output, a bf16 b·s·h = 67,108,864 B tensor, per micro-batch in flight; the last stage sends
+    nothing on and keeps none."""
+    pp2 = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}
+    on = _titan(tmp_path, pp2, 16)
+    assert on.runtime.pipeline_keeps_stage_outputs
+    off = _titan(tmp_path, pp2, 16, ["runtime.pipeline_keeps_stage_outputs=false"])
+    a, b = stage_memory(on, 0), stage_memory(off, 0)
+    assert a.activation_bytes_per_microbatch - b.activation_bytes_per_microbatch == 67_108_864
+    assert a.microbatches_in_flight == b.microbatches_in_flight
+    last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
+    assert last_on.activation_bytes_per_microbatch == last_off.activation_bytes_per_microbatch

@@ -25,6 +25,7 @@ from simtrain.costs.activations import (
     frozen_input_savings,
     head_saved_bytes,
     layer_activation_bytes,
+    layer_input_bytes,
     layer_saved_tensors,
     loss_saved_bytes,
     loss_transient_bytes,
@@ -259,6 +260,9 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
                 c -= frozen_input_savings(m, t, tp, sp)
+        if step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs and not ch.head:
+            # the chunk's output, kept for its backward (runtime pipeline_keeps_stage_outputs)
+            c += layer_input_bytes(m, t, tp, sp)
         if ch.head:
             c += head_saved_bytes(m, t, tp, sp, gathered)
             if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
