@@ -64,9 +64,11 @@ K's width is what SDPA is given: torchtitan's llama3 repeats K and V to every qu
 (9dec370a ``torchtitan/models/llama/model.py`` l.116-126 ``repeat_kv``, l.201-202; runtime
 ``attention_repeat_kv``), so K = 2·b·(s/cp)·heads·head_dim·e/tp.
 Memory, one layer at a time: the all-gathered K/V (cp·K) and the rank's concatenated copy (K);
-in backward beside them the fp32 dQ (Q·4/e, Q = the rank's query bytes), the fp32 dK/dV being
-accumulated, the concatenated one sent and the one received (3·D), and the step's 16-bit
-dQ, dK, dV (Q + K).
+in backward beside them the fp32 dQ (Q·4/e, Q = the rank's query bytes) and, after step i's
+attention, four fp32 dK/dV buffers at once: the one received at step i−1 (``next_buffer``),
+the ``_partial_update`` result (a ``torch.cat`` of its chunks), the concatenation sent at step
+i (``torch.cat([grad_key.flatten(), grad_value.flatten()])``) and its receive buffer
+(``permute_tensor``'s output), 4·D, with the step's 16-bit dQ, dK, dV (Q + K).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float) -> RingLay
 def cp_ring_buffer_bytes(sc: Scenario) -> int:
     """Working memory of the exchange, one layer at a time (module docstring); 0 without CP.
     Transformer Engine's ring: max(cp, 4)·K. PyTorch's all-gather: the larger of the forward's
-    (cp + 1)·K and the backward's (cp + 1)·K + Q·4/e + 3·D + Q + K."""
+    (cp + 1)·K and the backward's (cp + 1)·K + Q·4/e + 4·D + Q + K."""
     cp = sc.parallelism.cp
     if cp == 1:
         return 0
@@ -184,5 +186,5 @@ def cp_ring_buffer_bytes(sc: Scenario) -> int:
     e = PRECISIONS[sc.training.precision].act_mm
     q = query_bytes(sc)
     forward = (cp + 1) * k
-    backward = forward + q * 4 // e + 3 * fp32_dkv_bytes(sc) + q + k
+    backward = forward + q * 4 // e + 4 * fp32_dkv_bytes(sc) + q + k
     return max(forward, backward)
