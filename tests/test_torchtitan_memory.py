@@ -234,3 +234,26 @@ def test_pipelining_keeps_each_chunks_output_until_its_backward(tmp_path: Path) 
     assert a.microbatches_in_flight == b.microbatches_in_flight
     last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
     assert last_on.activation_bytes_per_microbatch == last_off.activation_bytes_per_microbatch
+
+
+def test_repeated_kv_is_saved_at_every_heads_width() -> None:
+    """Llama 3 8B (32 heads, 8 KV heads of 128), b 1, s 4096, bf16, tp 1: flash attention saves
+    q, k, v = 2 B x 4096 x (4096 + 2 x 1024) = 50,331,648 B; with K and V repeated to the 32
+    heads first (torchtitan repeat_kv) 2 B x 4096 x 3 x 4096 = 100,663,296 B."""
+    from dataclasses import replace
+
+    from simtrain.costs.activations import layer_saved_tensors
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = replace(PRESETS["llama3-8b"], flash_attention=True)
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "bf16", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+
+    def qkv(repeat: bool) -> int:
+        saved = layer_saved_tensors(m, t, repeat_kv=repeat)
+        (x,) = [x.bytes for x in saved if x.name == "q, k, v (flash attention)"]
+        return x
+
+    assert qkv(False) == 50_331_648
+    assert qkv(True) == 100_663_296

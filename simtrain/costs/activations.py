@@ -54,12 +54,15 @@ def layer_saved_tensors(
     moe: bool | None = None,
     load: float = 1.0,
     gathered_input: int = 0,
+    repeat_kv: bool = False,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
     ``gathered_input`` (bytes per value; 0: Megatron's rule, the input kept sharded over the
     sequence and all-gathered again in backward): under sequence parallelism the column-parallel
     linears save the all-gathered input, b·s·h on every TP rank (:func:`tp_gathered_input_bytes`).
+    ``repeat_kv`` (runtime ``attention_repeat_kv``, torchtitan's llama3 ``repeat_kv``): K and V
+    are expanded to every query head before SDPA, which saves them at the query's width.
 
     Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
     GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
@@ -90,7 +93,7 @@ def layer_saved_tensors(
         lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
         out=[], te_fp8=is_te(prec), quant=prec,
-        gathered=gathered_input if sequence_parallel and tp > 1 else 0,
+        gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -140,6 +143,7 @@ class _Block:
     quant: Precision | None = None  # the precision whose quantized copies TE saves
     # bytes per value of the all-gathered input the column-parallel linears save (0: sharded)
     gathered: int = 0
+    repeat_kv: bool = False  # K and V expanded to every query head before SDPA
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -196,6 +200,8 @@ def _attention(c: _Block) -> None:
     variant = m.is_mla or bool(m.head_size)
     q, vw = (m.q_dim, m.v_dim) if variant else (h, h)
     kv_v = m.kv_heads * m.v_head_dim if m.is_mla else kv
+    if c.repeat_kv and not m.is_mla:  # SDPA is given (and saves) K and V at every head
+        kv = kv_v = m.heads * m.head_dim
     if m.is_mla:
         # The latents (HF DeepseekV3Attention): q_a / kv_a outputs as their RMSNorms' inputs
         # (+ fp32 rstd) and the normed latents as q_b / kv_b inputs; replicated over TP.
@@ -204,7 +210,8 @@ def _attention(c: _Block) -> None:
         c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
               f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
     if m.flash_attention:
-        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp, f"{e}·sb(h+2kv)/t")
+        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp,
+              f"{e}·sb(h+2h)/t" if c.repeat_kv else f"{e}·sb(h+2kv)/t")  # fmt: skip
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
         c.add("attention output + logsumexp", (e * sb * vw + 4 * b * a * s) / tp,
@@ -338,7 +345,8 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
                                 head: bool, tp: int = 1, sp: bool = False,
-                                load: float = 1.0, gathered_input: int = 0) -> int:  # fmt: skip
+                                load: float = 1.0, gathered_input: int = 0,
+                                repeat_kv: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -357,7 +365,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     if t.recompute not in ("full", "selective_op") or not layers:
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
-                                gathered_input=gathered_input)  # fmt: skip
+                                gathered_input=gathered_input, repeat_kv=repeat_kv)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

@@ -242,8 +242,9 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     load = moe_load(m, p.ep)
     per_layer = layer_activation_bytes(m, t, tp, sp, load=load)
     gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
+    rkv = sc.runtime.attention_repeat_kv
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
-                                      gathered_input=gathered))  # fmt: skip
+                                      gathered_input=gathered, repeat_kv=rkv))  # fmt: skip
     per_dense = layer_activation_bytes(m, t, tp, sp, moe=False) if m.is_moe else per_layer
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
@@ -275,7 +276,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, load, gathered)  # fmt: skip
+                                                         tp, sp, load, gathered,
+                                                         rkv)  # fmt: skip
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
