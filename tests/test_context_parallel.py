@@ -22,7 +22,12 @@ from simtrain.apps.validate.translate import SkipReason, translate
 from simtrain.costs import comm
 from simtrain.costs.collectives import node_links
 from simtrain.costs.compute import block_flops, chunk_costs, hardware_flops_per_step
-from simtrain.costs.cp import cp_ring_buffer_bytes, ring_layer, ring_message_bytes
+from simtrain.costs.cp import (
+    cp_ring_buffer_bytes,
+    ring_layer,
+    ring_message_bytes,
+    torch_elementwise_bytes,
+)
 from simtrain.costs.memory import estimate_memory
 from simtrain.costs.workload import rank_work
 from simtrain.errors import ConfigError
@@ -254,6 +259,32 @@ def test_torch_allgather_working_memory_is_the_gathered_kv_and_fp32_grads() -> N
     te = scenario(cp=4, tp=2)
     assert cp_ring_buffer_bytes(te) == 4 * 2 * mib  # max(cp, 4)·K with the 8 kv heads' K
     assert cp_ring_buffer_bytes(scenario(cp=1, runtime=TORCH_CP)) == 0
+
+
+def test_torch_allgather_merge_work_is_counted_by_hand() -> None:
+    """cp 4, tp 2: Q = 4 MiB, K = 8 MiB, D = 16 MiB. Forward: K/V concatenations 3 x 2K = 48,
+    fp32 upcasts 4 x 3Q = 48, merges 3 x 16Q = 192, the cast back 3Q = 12: 300 MiB. Backward:
+    zeros 2Q + D = 24, K/V concatenations 48, step 0's dK/dV add 2D + K = 40, three partial
+    updates 3 x (3D + K/2) = 156, four dK/dV concatenations and dQ adds 4 x (2D + 5Q) = 208,
+    casts back 3Q + D + K = 36: 512 MiB. Each is element-wise time in the chunk's forward
+    (and recompute) and backward, beyond the exchange's exposed time."""
+    mib = 1 << 20
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert torch_elementwise_bytes(sc) == (300 * mib, 512 * mib)
+    r = ring_layer(sc, attention_forward_ns=1e12)
+    assert (r.forward_elementwise_bytes, r.backward_elementwise_bytes) == (300 * mib, 512 * mib)
+    assert torch_elementwise_bytes(scenario(cp=1, runtime=TORCH_CP)) == (0.0, 0.0)
+    assert ring_layer(scenario(cp=4, tp=2), 0.0).forward_elementwise_bytes == 0.0
+    hw = sc.hardware
+    ns = 1e9 * 300 * mib / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
+    with_merge = chunk_costs(sc, 4, False, False)
+    # the same chunk with the exchange hidden and no merge: TE's ring on an idle link
+    no_merge = chunk_costs(scenario(cp=4, tp=2, runtime={"name": "torchtitan",
+                                                           "cp_attention": "te_p2p"}),
+                           4, False, False)  # fmt: skip
+    fwd = ring_layer(sc, 0.0)  # exposure depends on the attention time: take the chunk's own
+    assert with_merge.forward_ns - no_merge.forward_ns >= 4 * ns - 1
+    assert with_merge.forward_ns - no_merge.forward_ns <= 4 * (ns + fwd.forward_exposed_ns) + 1
 
 
 def test_torchtitan_runs_torch_context_parallel() -> None:

@@ -96,6 +96,10 @@ class RingLayer:
     backward_transfer_ns: float  # K, (cp−2) x 2K, K
     forward_exposed_ns: float
     backward_exposed_ns: float
+    # element-wise work of the attention call beyond its attention kernels, on the compute
+    # stream (PyTorch's context_parallel: :func:`torch_elementwise_bytes`; 0 for TE's ring)
+    forward_elementwise_bytes: float = 0.0
+    backward_elementwise_bytes: float = 0.0
 
 
 def ring_message_bytes(sc: Scenario) -> int:
@@ -164,13 +168,43 @@ def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float) -> RingLay
     t_d = 1e9 * coll.p2p_time_s(fp32_dkv_bytes(sc), link)
     a_f = attention_forward_ns / cp
     a_b = 2 * attention_forward_ns / cp
+    ew_f, ew_b = torch_elementwise_bytes(sc)
     return RingLayer(
         message_bytes=k,
         forward_transfer_ns=t_ag,
         backward_transfer_ns=t_ag + cp * t_d,
         forward_exposed_ns=max(0.0, t_ag - a_f),
         backward_exposed_ns=max(0.0, t_ag - a_b) + (cp - 1) * max(0.0, t_d - a_b) + t_d,
+        forward_elementwise_bytes=ew_f,
+        backward_elementwise_bytes=ew_b,
     )
+
+
+def torch_elementwise_bytes(sc: Scenario) -> tuple[float, float]:
+    """(forward, backward) bytes one layer's PyTorch context-parallel attention reads and writes
+    besides its SDPA kernels, for one micro-batch, on the busiest rank (rank cp−1: every step
+    uses the whole local query, ``i <= rank``). Q, K, D as in the module docstring.
+
+    Forward (``_templated_ring_attention``, ``_SDPAMerger``): each step but the last
+    concatenates the local K/V (``torch.cat``: 2K); each step's output is upcast to fp32 (read
+    Q, write 2Q); steps 1 .. cp−1 merge it into the running fp32 output
+    (``out - F.sigmoid(block_lse - lse) * (out - block_out)``: a subtraction, a product and a
+    subtraction of 2Q tensors, 16Q); the result is cast back (3Q): 2K(cp−1) + 3Q·cp + 16Q(cp−1)
+    + 3Q.
+    Backward (``_templated_ring_attention_backward``): fp32 zeros for dQ and dK/dV (2Q + D);
+    each step but the last concatenates the K/V (2K); step 0 adds its dK/dV (read D + K, write
+    D); steps 1 .. cp−1 add into the first half (``_partial_update``: D + K/2) and re-concatenate
+    the halves (2D); every step concatenates dK/dV to send (2D) and adds dQ (read 2Q + Q, write
+    2Q); the results are cast back (3Q, D + K). The log-sum-exp terms (one fp32 per query row
+    and head, 1/head_dim of Q) are left out."""
+    cp = sc.parallelism.cp
+    if cp == 1:
+        return 0.0, 0.0
+    k, q, d = ring_message_bytes(sc), query_bytes(sc), fp32_dkv_bytes(sc)
+    forward = 2 * k * (cp - 1) + 3 * q * cp + 16 * q * (cp - 1) + 3 * q
+    backward = (2 * q + d + 2 * k * (cp - 1) + (2 * d + k) + (cp - 1) * (3 * d + k / 2)
+                + cp * (2 * d + 5 * q) + 3 * q + d + k)  # fmt: skip
+    return float(forward), float(backward)
 
 
 def cp_ring_buffer_bytes(sc: Scenario) -> int:
