@@ -288,10 +288,15 @@ def test_torch_allgather_merge_work_is_counted_by_hand() -> None:
 
 
 def test_torchtitan_runs_torch_context_parallel() -> None:
-    """The torchtitan profile names PyTorch's context_parallel and repeated K/V; a bad value
-    is one ConfigError naming the key and the choices."""
+    """The torchtitan profile names PyTorch's context_parallel, and K/V at their kv heads
+    (torchtitan since ff0829c1); its benchmark records ran the K/V repeat; a bad value is one
+    ConfigError naming the key and the choices."""
     sc = scenario(cp=2, runtime="torchtitan")
-    assert sc.runtime.cp_attention == "torch_allgather" and sc.runtime.attention_repeat_kv
+    assert sc.runtime.cp_attention == "torch_allgather" and not sc.runtime.attention_repeat_kv
+    recs = load_records(ROOT / "measured" / "more_runs_2026-12.yaml")
+    titan = [translate(r) for r in recs if r.id.startswith("torchtitan_")]
+    assert titan and all(not isinstance(tr, SkipReason) for tr in titan)
+    assert all(tr.scenario.runtime.attention_repeat_kv for tr in titan)  # type: ignore[union-attr]
     with pytest.raises(ConfigError) as e:
         scenario(cp=2, runtime={"name": "torchtitan", "cp_attention": "ring"})
     assert "cp_attention" in str(e.value) and "te_p2p | torch_allgather" in str(e.value)
