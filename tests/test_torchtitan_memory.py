@@ -257,3 +257,17 @@ def test_repeated_kv_is_saved_at_every_heads_width() -> None:
 
     assert qkv(False) == 50_331_648
     assert qkv(True) == 100_663_296
+
+
+def test_last_stage_keeps_every_micro_batchs_logits(tmp_path: Path) -> None:
+    """pp 2 over 16 GPUs, local batch 1, s 8192: the last stage keeps each micro-batch's bf16
+    logits, 2 B x 8192 x 128,256 = 2,101,346,304 B, until the step merges them; stage 0 keeps
+    none."""
+    pp2 = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}
+    on = _titan(tmp_path, pp2, 16)
+    assert on.runtime.pipeline_keeps_last_outputs
+    off = _titan(tmp_path, pp2, 16, ["runtime.pipeline_keeps_last_outputs=false"])
+    m = on.num_microbatches
+    last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
+    assert last_on.category("buffers") - last_off.category("buffers") == m * 2_101_346_304
+    assert stage_memory(on, 0).category("buffers") == stage_memory(off, 0).category("buffers")

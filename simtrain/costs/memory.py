@@ -513,6 +513,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
+    buffers += pipeline_output_chunk_bytes(sc, step, stage)
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -724,6 +725,25 @@ def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
     grad = sum(m for c in chunks if c < last)
     held = round(in_flight * len(chunks)) if act else 0
     return (max(0, act - held) + grad) * one
+
+
+def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> int:
+    """The last stage's outputs, the logits, of every micro-batch, held to the end of the step
+    under ``runtime.pipeline_keeps_last_outputs`` (torch.distributed.pipelining: stage.py
+    ``forward_one_chunk`` appends the last stage's output to ``output_chunks``, which
+    ``PipelineScheduleSingle/Multi.step`` merge after the last backward): at the last
+    micro-batch's loss all m are held, b·(s/cp)·V in the activation dtype each (V/tp under
+    loss parallel, the output's Shard(-1)). The merge's concatenation at the step's end (another
+    m of them, with the activations gone) is not counted. 0 without the rule, a pipeline, or the
+    head on this rank."""
+    if not sc.runtime.pipeline_keeps_last_outputs or step.pp == 1:
+        return 0
+    if not any(c.head for c in step.rank_chunks(rank)):
+        return 0
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
+    vocab = sc.model.vocab // (sc.parallelism.tp if t.cross_entropy == "loss_parallel" else 1)
+    one = step.precision.act_mm * t.micro_batch * t.seq_len_effective * vocab
+    return step.microbatches * one
 
 
 def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateBytes,

@@ -168,6 +168,10 @@ class RuntimeProfile:
     # flatten_input_tensors)``, popped by backward_one_chunk, which backpropagates from that
     # output); Megatron frees the sent output's data instead (deallocate_output_tensor).
     pipeline_keeps_stage_outputs: bool = False
+    # The last pipeline stage keeps every micro-batch's output (the logits) until the step ends,
+    # to merge them (torch.distributed.pipelining stage.py forward_one_chunk: output_chunks;
+    # schedules.py step: _merge_outputs); costs.memory.pipeline_output_chunk_bytes.
+    pipeline_keeps_last_outputs: bool = False
     source_file: str = ""
 
     @property
@@ -188,7 +192,8 @@ BOOLS = ("tp_comm_overlap", "overlap_grad_reduce", "overlap_param_gather", "zero
          "grads_in_reduce_buffer", "fused_optimizer", "moe_fp8_dispatch", "ddp_grad_buckets",
          "grads_freed_per_microbatch", "pipeline_grads_unsharded", "fsdp_root_unsharded",
          "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
-         "tp_saves_gathered_input", "pipeline_keeps_stage_outputs")  # fmt: skip
+         "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
+         "pipeline_keeps_last_outputs")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
