@@ -22,7 +22,12 @@ from simtrain.apps.validate.translate import SkipReason, translate
 from simtrain.costs import comm
 from simtrain.costs.collectives import node_links
 from simtrain.costs.compute import block_flops, chunk_costs, hardware_flops_per_step
-from simtrain.costs.cp import cp_ring_buffer_bytes, ring_layer, ring_message_bytes
+from simtrain.costs.cp import (
+    cp_ring_buffer_bytes,
+    ring_layer,
+    ring_message_bytes,
+    torch_elementwise_bytes,
+)
 from simtrain.costs.memory import estimate_memory
 from simtrain.costs.workload import rank_work
 from simtrain.errors import ConfigError
@@ -203,6 +208,98 @@ def test_ring_message_bytes_and_times_are_the_closed_form() -> None:
     assert ring_layer(far, 0.0).forward_transfer_ns == pytest.approx(
         1e9 * (inter.latency_s + k / inter.bandwidth_bytes_per_s), rel=1e-12
     )
+
+
+TORCH_CP = {"name": "torchtitan", "cp_attention": "torch_allgather", "attention_repeat_kv": True}
+
+
+def test_torch_allgather_message_is_every_query_heads_k_and_v() -> None:
+    """torchtitan repeats K/V to all 32 heads before SDPA: K = 2·2 B·(4096/4)·(32·128)/2, four
+    times the 8 kv heads' (the same scenario's Transformer Engine message)."""
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert ring_message_bytes(sc) == 2 * 2 * 1024 * 4096 // 2 == 8_388_608
+    assert ring_message_bytes(scenario(cp=4, tp=2)) * 4 == ring_message_bytes(sc)
+
+
+def test_torch_allgather_times_are_the_closed_form() -> None:
+    """PyTorch context_parallel (rotate_method allgather): forward one ring all-gather of the
+    K/V, (cp−1) x K bytes + (cp−1) x α, hidden under step 0's attention (1/cp of it); backward
+    the all-gather again and cp fp32 dK/dV messages of 2K (bf16 K), each hidden under the next
+    step's attention but the last."""
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    k = 8_388_608
+    hw = sc.hardware
+    bw = hw.intra_node_bandwidth_bytes_per_s * hw.efficiency.collective
+    lat = hw.intra_node_latency_s
+    ag = 1e9 * (3 * k / bw + 3 * lat)
+    d = 1e9 * (lat + 2 * k / bw)
+    r = ring_layer(sc, attention_forward_ns=0.0)
+    assert r.message_bytes == k
+    assert r.forward_transfer_ns == pytest.approx(ag, rel=1e-12)
+    assert r.backward_transfer_ns == pytest.approx(ag + 4 * d, rel=1e-12)
+    assert r.forward_exposed_ns == pytest.approx(ag, rel=1e-12)
+    assert r.backward_exposed_ns == pytest.approx(ag + 4 * d, rel=1e-12)
+    # attention long enough to hide every message but the last dK/dV
+    r = ring_layer(sc, attention_forward_ns=1e12)
+    assert r.forward_exposed_ns == 0.0
+    assert r.backward_exposed_ns == pytest.approx(d, rel=1e-12)
+    # a forward step of 100 ns less than the all-gather: 100 ns of it exposed
+    r = ring_layer(sc, attention_forward_ns=4 * (ag - 100.0))
+    assert r.forward_exposed_ns == pytest.approx(100.0, rel=1e-6)
+
+
+def test_torch_allgather_working_memory_is_the_gathered_kv_and_fp32_grads() -> None:
+    """cp 4, tp 2, s 4096, bf16: K = 8 MiB (all 32 heads), Q = 2·1024·4096/2 = 4 MiB,
+    D = 16 MiB (fp32 dK/dV). Forward: 4 gathered + 1 concatenated K = 40 MiB; backward beside
+    them the fp32 dQ 8 MiB, 4 D = 64 MiB (received, partially updated, sent, receiving) and the
+    step's 16-bit dQ, dK, dV 12 MiB: 124 MiB."""
+    mib = 1 << 20
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert cp_ring_buffer_bytes(sc) == (40 + 8 + 64 + 12) * mib
+    te = scenario(cp=4, tp=2)
+    assert cp_ring_buffer_bytes(te) == 4 * 2 * mib  # max(cp, 4)·K with the 8 kv heads' K
+    assert cp_ring_buffer_bytes(scenario(cp=1, runtime=TORCH_CP)) == 0
+
+
+def test_torch_allgather_merge_work_is_counted_by_hand() -> None:
+    """cp 4, tp 2: Q = 4 MiB, K = 8 MiB, D = 16 MiB. Forward: K/V concatenations 3 x 2K = 48,
+    fp32 upcasts 4 x 3Q = 48, merges 3 x 16Q = 192, the cast back 3Q = 12: 300 MiB. Backward:
+    zeros 2Q + D = 24, K/V concatenations 48, step 0's dK/dV add 2D + K = 40, three partial
+    updates 3 x (3D + K/2) = 156, four dK/dV concatenations and dQ adds 4 x (2D + 5Q) = 208,
+    casts back 3Q + D + K = 36: 512 MiB. Each is element-wise time in the chunk's forward
+    (and recompute) and backward, beyond the exchange's exposed time."""
+    mib = 1 << 20
+    sc = scenario(cp=4, tp=2, runtime=TORCH_CP)
+    assert torch_elementwise_bytes(sc) == (300 * mib, 512 * mib)
+    r = ring_layer(sc, attention_forward_ns=1e12)
+    assert (r.forward_elementwise_bytes, r.backward_elementwise_bytes) == (300 * mib, 512 * mib)
+    assert torch_elementwise_bytes(scenario(cp=1, runtime=TORCH_CP)) == (0.0, 0.0)
+    assert ring_layer(scenario(cp=4, tp=2), 0.0).forward_elementwise_bytes == 0.0
+    hw = sc.hardware
+    ns = 1e9 * 300 * mib / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
+    with_merge = chunk_costs(sc, 4, False, False)
+    # the same chunk with the exchange hidden and no merge: TE's ring on an idle link
+    no_merge = chunk_costs(scenario(cp=4, tp=2, runtime={"name": "torchtitan",
+                                                           "cp_attention": "te_p2p"}),
+                           4, False, False)  # fmt: skip
+    fwd = ring_layer(sc, 0.0)  # exposure depends on the attention time: take the chunk's own
+    assert with_merge.forward_ns - no_merge.forward_ns >= 4 * ns - 1
+    assert with_merge.forward_ns - no_merge.forward_ns <= 4 * (ns + fwd.forward_exposed_ns) + 1
+
+
+def test_torchtitan_runs_torch_context_parallel() -> None:
+    """The torchtitan profile names PyTorch's context_parallel, and K/V at their kv heads
+    (torchtitan since ff0829c1); its benchmark records ran the K/V repeat; a bad value is one
+    ConfigError naming the key and the choices."""
+    sc = scenario(cp=2, runtime="torchtitan")
+    assert sc.runtime.cp_attention == "torch_allgather" and not sc.runtime.attention_repeat_kv
+    recs = load_records(ROOT / "measured" / "more_runs_2026-12.yaml")
+    titan = [translate(r) for r in recs if r.id.startswith("torchtitan_")]
+    assert titan and all(not isinstance(tr, SkipReason) for tr in titan)
+    assert all(tr.scenario.runtime.attention_repeat_kv for tr in titan)  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as e:
+        scenario(cp=2, runtime={"name": "torchtitan", "cp_attention": "ring"})
+    assert "cp_attention" in str(e.value) and "te_p2p | torch_allgather" in str(e.value)
 
 
 def test_exposed_ring_time_is_in_the_action_and_the_ring_is_on_its_own_stream() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from simtrain.apps.importers import import_config
 from simtrain.apps.importers.common import load_imported
 from simtrain.apps.validate.records import load_records
-from simtrain.apps.validate.translate import translate
+from simtrain.apps.validate.translate import SkipReason, translate
 from simtrain.costs.memory import stage_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +153,121 @@ def test_pipelining_keeps_a_receive_buffer_per_micro_batch(tmp_path: Path) -> No
     new, old = stage_memory(sc, 1), stage_memory(generic, 1)
     assert new.microbatches_in_flight == 3
     assert new.category("buffers") - old.category("buffers") == (5 + 8 - 2) * one
+
+
+def test_dtensor_tp_saves_the_all_gathered_linear_inputs() -> None:
+    """Llama 3 8B, b 1, s 4096, tp 4 with sequence parallelism: DTensor's ColwiseParallel
+    linears save the all-gathered attention and MLP inputs whole, 2 B x 4096 x 4096 =
+    33,554,432 B each, where Megatron keeps the 4096/4-token shard (8,388,608 B); torchao
+    float8 tensorwise TP all-gathers (and saves) the float8 tensor: 1 B per value."""
+    from simtrain.costs.activations import layer_saved_tensors, tp_gathered_input_bytes
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = PRESETS["llama3-8b"]
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "bf16", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+    assert tp_gathered_input_bytes("bf16", True) == 2
+    assert tp_gathered_input_bytes("fp8_tensorwise", True) == 1
+    assert tp_gathered_input_bytes("fp8_rowwise", True) == 2  # plain TP: bf16 all-gather
+    assert tp_gathered_input_bytes("bf16", False) == 0
+
+    def inputs(gathered: int, tp: int = 4, sp: bool = True) -> list[int]:
+        saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, gathered_input=gathered)
+        return [x.bytes for x in saved if x.name.startswith(("attention input", "mlp input"))]
+
+    assert inputs(0) == [8_388_608, 8_388_608]
+    assert inputs(2) == [33_554_432, 33_554_432]
+    assert inputs(1) == [16_777_216, 16_777_216]
+    # without sequence parallelism (or TP) every rank already holds the whole input
+    assert inputs(2, sp=False) == inputs(0, sp=False) == [33_554_432, 33_554_432]
+    assert inputs(2, tp=1) == [33_554_432, 33_554_432]
+
+
+def test_torchtitan_full_recompute_working_set_holds_the_gathered_inputs() -> None:
+    """The 405B fsdp8 cp1 record (tp 8, s 32768, b 1, float8 tensorwise, full recompute):
+    re-materialising a block adds the two float8 gathered inputs (2 x 32768 x 16384 x 1 B)
+    in place of their bf16 shards (2 x 2 x 32768 x 16384 / 8)."""
+    from dataclasses import replace
+
+    recs = load_records(ROOT / "measured" / "more_runs_2026-12.yaml")
+    (rec,) = [r for r in recs if r.id == "torchtitan_2412_t6_405b_512gpu_fsdp8_cp1_seq32768"]
+    tr = translate(rec)
+    assert not isinstance(tr, SkipReason)
+    sc = tr.scenario
+    assert sc.runtime.tp_saves_gathered_input
+    off = replace(sc, runtime_profile=replace(sc.runtime, tp_saves_gathered_input=False))
+    a, b = stage_memory(sc, 1), stage_memory(off, 1)
+    assert a.breakdown is not None and b.breakdown is not None
+    delta = 2 * 32768 * 16384 * 1 - 2 * 2 * 32768 * 16384 // 8
+    got = a.breakdown.recompute_working_set_bytes - b.breakdown.recompute_working_set_bytes
+    assert got == delta == 805_306_368
+
+
+def test_torchtitan_head_saves_its_all_gathered_bf16_input() -> None:
+    """The output layer is ColwiseParallel(input_layouts=Shard(1)) and not float8: with tp 4,
+    s 4096, b 1 it saves 2 B x 4096 x 4096 = 33,554,432 B, not the 8,388,608 B shard, whatever
+    the gathered-input width of the blocks (1 B under float8 tensorwise)."""
+    from simtrain.costs.activations import head_saved_bytes
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = PRESETS["llama3-8b"]
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "fp8_tensorwise", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+    base = head_saved_bytes(m, t, 4, True)
+    assert head_saved_bytes(m, t, 4, True, 1) - base == 33_554_432 - 8_388_608
+    assert head_saved_bytes(m, t, 4, True, 2) == head_saved_bytes(m, t, 4, True, 1)
+    assert head_saved_bytes(m, t, 1, False, 1) == head_saved_bytes(m, t, 1, False)
+
+
+def test_pipelining_keeps_each_chunks_output_until_its_backward(tmp_path: Path) -> None:
+    """pp 2, b 1, s 8192, h 4096: torch.distributed.pipelining's fwd_cache holds stage 0's
+    output, a bf16 b·s·h = 67,108,864 B tensor, per micro-batch in flight; the last stage sends
+    nothing on and keeps none."""
+    pp2 = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}
+    on = _titan(tmp_path, pp2, 16)
+    assert on.runtime.pipeline_keeps_stage_outputs
+    off = _titan(tmp_path, pp2, 16, ["runtime.pipeline_keeps_stage_outputs=false"])
+    a, b = stage_memory(on, 0), stage_memory(off, 0)
+    assert a.activation_bytes_per_microbatch - b.activation_bytes_per_microbatch == 67_108_864
+    assert a.microbatches_in_flight == b.microbatches_in_flight
+    last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
+    assert last_on.activation_bytes_per_microbatch == last_off.activation_bytes_per_microbatch
+
+
+def test_repeated_kv_is_saved_at_every_heads_width() -> None:
+    """Llama 3 8B (32 heads, 8 KV heads of 128), b 1, s 4096, bf16, tp 1: flash attention saves
+    q, k, v = 2 B x 4096 x (4096 + 2 x 1024) = 50,331,648 B; with K and V repeated to the 32
+    heads first (torchtitan repeat_kv) 2 B x 4096 x 3 x 4096 = 100,663,296 B."""
+    from dataclasses import replace
+
+    from simtrain.costs.activations import layer_saved_tensors
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import parse_training
+
+    m = replace(PRESETS["llama3-8b"], flash_attention=True)
+    t = parse_training({"seq_len": 4096, "global_batch": 1, "micro_batch": 1,
+                        "precision": "bf16", "optimizer": "adamw"}, "t.yaml")  # fmt: skip
+
+    def qkv(repeat: bool) -> int:
+        saved = layer_saved_tensors(m, t, repeat_kv=repeat)
+        (x,) = [x.bytes for x in saved if x.name == "q, k, v (flash attention)"]
+        return x
+
+    assert qkv(False) == 50_331_648
+    assert qkv(True) == 100_663_296
+
+
+def test_last_stage_keeps_every_micro_batchs_logits(tmp_path: Path) -> None:
+    """pp 2 over 16 GPUs, local batch 1, s 8192: the last stage keeps each micro-batch's bf16
+    logits, 2 B x 8192 x 128,256 = 2,101,346,304 B, until the step merges them; stage 0 keeps
+    none."""
+    pp2 = {"pipeline_parallel_degree = 1": "pipeline_parallel_degree = 2"}
+    on = _titan(tmp_path, pp2, 16)
+    assert on.runtime.pipeline_keeps_last_outputs
+    off = _titan(tmp_path, pp2, 16, ["runtime.pipeline_keeps_last_outputs=false"])
+    m = on.num_microbatches
+    last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
+    assert last_on.category("buffers") - last_off.category("buffers") == m * 2_101_346_304
+    assert stage_memory(on, 0).category("buffers") == stage_memory(off, 0).category("buffers")

@@ -53,8 +53,16 @@ def layer_saved_tensors(
     sequence_parallel: bool = False,
     moe: bool | None = None,
     load: float = 1.0,
+    gathered_input: int = 0,
+    repeat_kv: bool = False,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
+
+    ``gathered_input`` (bytes per value; 0: Megatron's rule, the input kept sharded over the
+    sequence and all-gathered again in backward): under sequence parallelism the column-parallel
+    linears save the all-gathered input, b·s·h on every TP rank (:func:`tp_gathered_input_bytes`).
+    ``repeat_kv`` (runtime ``attention_repeat_kv``, torchtitan's llama3 ``repeat_kv``): K and V
+    are expanded to every query head before SDPA, which saves them at the query's width.
 
     Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
     GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
@@ -85,6 +93,7 @@ def layer_saved_tensors(
         lora=lora, targets=frozenset(t.peft.target_modules) if lora else frozenset(),
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
         out=[], te_fp8=is_te(prec), quant=prec,
+        gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -132,6 +141,9 @@ class _Block:
     # LayerNormMLP saves fc1's 16-bit output and the FP8 activation output.
     te_fp8: bool = False
     quant: Precision | None = None  # the precision whose quantized copies TE saves
+    # bytes per value of the all-gathered input the column-parallel linears save (0: sharded)
+    gathered: int = 0
+    repeat_kv: bool = False  # K and V expanded to every query head before SDPA
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -169,6 +181,10 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
     if users and c.te_fp8:
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
               c.lin_formula("sbh"))  # fmt: skip
+    elif users and c.gathered:
+        # DTensor TP (tp_gathered_input_bytes): the Replicate input the linears share, whole
+        c.add(f"{lin_in} ({', '.join(users)}), all-gathered", c.gathered * sb * h,
+              f"{c.gathered}·sbh")  # fmt: skip
     elif users:
         # autocast casts the fp32 norm output once per linear that uses it.
         copies = len(users) if c.amp else 1
@@ -184,6 +200,8 @@ def _attention(c: _Block) -> None:
     variant = m.is_mla or bool(m.head_size)
     q, vw = (m.q_dim, m.v_dim) if variant else (h, h)
     kv_v = m.kv_heads * m.v_head_dim if m.is_mla else kv
+    if c.repeat_kv and not m.is_mla:  # SDPA is given (and saves) K and V at every head
+        kv = kv_v = m.heads * m.head_dim
     if m.is_mla:
         # The latents (HF DeepseekV3Attention): q_a / kv_a outputs as their RMSNorms' inputs
         # (+ fp32 rstd) and the normed latents as q_b / kv_b inputs; replicated over TP.
@@ -192,7 +210,8 @@ def _attention(c: _Block) -> None:
         c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
               f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
     if m.flash_attention:
-        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp, f"{e}·sb(h+2kv)/t")
+        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp,
+              f"{e}·sb(h+2h)/t" if c.repeat_kv else f"{e}·sb(h+2kv)/t")  # fmt: skip
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
         c.add("attention output + logsumexp", (e * sb * vw + 4 * b * a * s) / tp,
@@ -301,6 +320,22 @@ def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -
     return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
 
 
+def tp_gathered_input_bytes(precision: str, tp_saves_gathered_input: bool) -> int:
+    """Bytes per value of the all-gathered input a column-parallel linear saves under sequence
+    parallelism (0: none, Megatron's rule). PyTorch DTensor TP (runtime
+    ``tp_saves_gathered_input``; torchtitan 9dec370a ``parallelize_llama.py`` l.172-192):
+    ``PrepareModuleInput`` redistributes the norm's Shard(1) output to Replicate before
+    ``attention`` and ``feed_forward``, and the ``ColwiseParallel`` wq/wk/wv (w1/w3) linears run
+    on, and autograd saves, that whole b·s·h tensor. With torchao float8 tensorwise
+    (``PrepareFloat8ModuleInput``, ``Float8ColwiseParallel``: 9dec370a l.147-160; 820504e
+    ``enable_float8_tensorwise_tp`` only for tensorwise) the input is cast before the
+    all-gather and the float8 tensor is what is saved: 1 B; other precisions the activation
+    dtype."""
+    if not tp_saves_gathered_input:
+        return 0
+    return 1 if precision == "fp8_tensorwise" else PRECISIONS[precision].act_mm
+
+
 def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """The checkpoint a fully recomputed block keeps: its input, b·s·h in the residual dtype."""
     prec = PRECISIONS[t.precision]
@@ -310,7 +345,8 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
                                 head: bool, tp: int = 1, sp: bool = False,
-                                load: float = 1.0) -> int:  # fmt: skip
+                                load: float = 1.0, gathered_input: int = 0,
+                                repeat_kv: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -328,7 +364,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     forward that is a kept storage (:func:`costs.op_sac.held_by_recompute`)."""
     if t.recompute not in ("full", "selective_op") or not layers:
         return 0
-    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load)
+    saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
+                                gathered_input=gathered_input, repeat_kv=repeat_kv)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)
@@ -339,7 +376,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         not_held = max(block_input, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
-        ws += block_input - head_saved_bytes(m, t, tp, sp)
+        ws += block_input - head_saved_bytes(m, t, tp, sp, gathered_input)
     return max(ws, 0)
 
 
@@ -352,11 +389,16 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     return 4 * sb * m.vocab // tp
 
 
-def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
+def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
+                     gathered_input: int = 0) -> int:  # fmt: skip
     """Last stage, per micro-batch: final-norm input, head input, and what cross-entropy saves:
     standard, the fp32 log-softmax output (4·sbV/t; Korthikanti 2022 §4.2 counts fp32 logits
     4sbv/t); fused (flash-attn ``losses/cross_entropy.py``: ``ctx.save_for_backward(logits,
-    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row."""
+    lse, labels)``), the logits in the matmul dtype plus one fp32 log-sum-exp per row.
+    ``gathered_input`` (DTensor TP, :func:`tp_gathered_input_bytes`): the head is a
+    ``ColwiseParallel(input_layouts=Shard(1))`` linear (torchtitan 9dec370a
+    ``parallelize_llama.py`` l.136-140) that saves its all-gathered input whole, in the
+    activation dtype (torchtitan's float8 converter skips ``output``)."""
     prec = PRECISIONS[t.precision]
     s = t.seq_len_effective
     sb = s * t.micro_batch
@@ -370,7 +412,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
     if base_trainable(t.peft.method, t.peft.phase) or probe:
-        total += prec.act_mm * sb * m.hidden // div
+        total += prec.act_mm * sb * m.hidden // (1 if gathered_input and tp > 1 else div)
     return total
 
 

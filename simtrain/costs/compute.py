@@ -284,7 +284,10 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float,
     if sc.parallelism.cp == 1 or not layers:
         return 0.0, 0.0, 0, 0
     r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
-    return (layers * r.forward_exposed_ns, layers * r.backward_exposed_ns,
+    # the exchange's exposed time and the attention call's element-wise work (PyTorch's merge)
+    ew_f = memory_bound_ns(r.forward_elementwise_bytes, sc.hardware)
+    ew_b = memory_bound_ns(r.backward_elementwise_bytes, sc.hardware)
+    return (layers * (r.forward_exposed_ns + ew_f), layers * (r.backward_exposed_ns + ew_b),
             math.ceil(layers * r.forward_transfer_ns),
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 

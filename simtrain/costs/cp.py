@@ -34,12 +34,41 @@ working set of max(cp, 4)·K bytes per GPU, one layer at a time.
 
 cp_comm_type "all_gather" (``AttnFuncWithCPAndKVAllGather``: all-gather the K/V, 2 steps) and
 "a2a" (DeepSpeed-Ulysses all-to-all of Q, K, V and O) are not modelled: the ring is
-Megatron-Core's default (``--cp-comm-type p2p``). torchtitan runs PyTorch's
-``context_parallel`` (``torch/distributed/tensor/experimental/_attention.py``): the same 2·cp
-load-balanced chunks (``enable_load_balance``) and cp attention steps over the other ranks'
-K/V, which arrive by ``_RotateMethod.ALL_GATHER`` (the default ``rotate_method``: one
-all-gather of K/V, the same (cp−1)·K bytes into each rank) or ``ALL_TO_ALL`` (a ring); it is
-simulated with this ring's messages and overlap.
+Megatron-Core's default (``--cp-comm-type p2p``).
+
+PyTorch's ``context_parallel`` (runtime ``cp_attention: torch_allgather``; torchtitan):
+torchtitan 9dec370a ``torchtitan/utils.py`` l.171-193 ``create_context_parallel_ctx`` calls
+``set_rotate_method(cp_rotate_method)``, ``--experimental.context_parallel_rotate_method``
+default "allgather" (``torchtitan/config_manager.py`` l.364-377). PyTorch's
+``torch/distributed/tensor/experimental/_attention.py`` (torch 2.6, Dec 2024, as torchtitan's
+benchmark ran it: ``_ContextParallelOptions.rotate_method = _RotateMethod.ALL_GATHER``,
+``convert_to_f32 = True``, ``enable_load_balance = True``) runs the same 2·cp load-balanced
+chunks and cp attention steps of equal work (``_is_causal_behavior``; the ``i <= rank`` /
+``i > rank`` halves), but moves K/V differently:
+
+- forward (``_templated_ring_attention``): at step 0 the rank's K and V are concatenated
+  (``torch.cat([key.flatten(), value.flatten()])``) and all-gathered once
+  (``_AllGatherRotater.exchange_buffers``: ``ft_c.all_gather_tensor``), waited for at step 1
+  (``next_buffer``): an all-gather of (cp−1)·K bytes into each rank overlapped only with step
+  0's attention, 1/cp of the core;
+- backward (``_templated_ring_attention_backward``): the K/V all-gathered again
+  (``kv_rotater``), and the partial dK/dV, accumulated in fp32 (``accum_dtype =
+  torch.float32``: ``grad_key = torch.zeros_like(key, dtype=accum_dtype)``), concatenated and
+  sent to the next rank after every step (``dkv_rotater``, ``_RotateMethod.ALL_TO_ALL``:
+  ``ft_c.permute_tensor``), waited for after the next step's attention and once more after the
+  last step: cp messages of D = K·4/e bytes (fp32 dK/dV).
+
+Exposed: forward max(0, t_ag − a_f); backward max(0, t_ag − a_b) + (cp−1)·max(0, t(D) − a_b)
++ t(D), with t_ag the ring all-gather of cp·K bytes over the CP group's slowest link.
+K's width is what SDPA is given: torchtitan's llama3 repeats K and V to every query head first
+(9dec370a ``torchtitan/models/llama/model.py`` l.116-126 ``repeat_kv``, l.201-202; runtime
+``attention_repeat_kv``), so K = 2·b·(s/cp)·heads·head_dim·e/tp.
+Memory, one layer at a time: the all-gathered K/V (cp·K) and the rank's concatenated copy (K);
+in backward beside them the fp32 dQ (Q·4/e, Q = the rank's query bytes) and, after step i's
+attention, four fp32 dK/dV buffers at once: the one received at step i−1 (``next_buffer``),
+the ``_partial_update`` result (a ``torch.cat`` of its chunks), the concatenation sent at step
+i (``torch.cat([grad_key.flatten(), grad_value.flatten()])``) and its receive buffer
+(``permute_tensor``'s output), 4·D, with the step's 16-bit dQ, dK, dV (Q + K).
 """
 
 from __future__ import annotations
@@ -67,14 +96,35 @@ class RingLayer:
     backward_transfer_ns: float  # K, (cp−2) x 2K, K
     forward_exposed_ns: float
     backward_exposed_ns: float
+    # element-wise work of the attention call beyond its attention kernels, on the compute
+    # stream (PyTorch's context_parallel: :func:`torch_elementwise_bytes`; 0 for TE's ring)
+    forward_elementwise_bytes: float = 0.0
+    backward_elementwise_bytes: float = 0.0
 
 
 def ring_message_bytes(sc: Scenario) -> int:
     """K = 2·b·(s/cp)·kv_dim·e/tp: the K and V of the rank's s/cp tokens on one TP rank
-    (kv_dim = kv_heads·head_dim; e = activation bytes around the matmuls)."""
+    (kv_dim = kv_heads·head_dim; e = activation bytes around the matmuls); with runtime
+    ``attention_repeat_kv`` every query head's (heads·head_dim)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     e = PRECISIONS[t.precision].act_mm
-    return 2 * e * t.micro_batch * (t.seq_len // p.cp) * m.kv_dim // p.tp
+    width = m.q_dim if sc.runtime.attention_repeat_kv else m.kv_dim
+    return 2 * e * t.micro_batch * (t.seq_len // p.cp) * width // p.tp
+
+
+def query_bytes(sc: Scenario) -> int:
+    """Q = b·(s/cp)·heads·head_dim·e/tp: the rank's queries on one TP rank (and its attention
+    output, and their 16-bit gradients)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    e = PRECISIONS[t.precision].act_mm
+    return e * t.micro_batch * (t.seq_len // p.cp) * m.q_dim // p.tp
+
+
+def fp32_dkv_bytes(sc: Scenario) -> int:
+    """D = K·4/e: the rank's dK and dV in fp32, as PyTorch's ring backward accumulates and
+    passes them (``convert_to_f32``; module docstring)."""
+    e = PRECISIONS[sc.training.precision].act_mm
+    return ring_message_bytes(sc) * 4 // e
 
 
 def ring_link(sc: Scenario) -> coll.GroupLink:
@@ -90,6 +140,8 @@ def ring_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
     cp = sc.parallelism.cp
     if cp == 1:
         return RingLayer(0, 0.0, 0.0, 0.0, 0.0)
+    if sc.runtime.cp_attention == "torch_allgather":
+        return _torch_allgather_layer(sc, attention_forward_ns)
     k = ring_message_bytes(sc)
     link = ring_link(sc)
     t1 = 1e9 * coll.p2p_time_s(k, link)
@@ -105,7 +157,68 @@ def ring_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
     )
 
 
-def cp_ring_buffer_bytes(sc: Scenario) -> int:
-    """Working memory of the ring: max(cp, 4)·K (see the module docstring); 0 without CP."""
+def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
+    """PyTorch ``context_parallel``'s exchange for one layer (module docstring): a K/V
+    all-gather in forward and in backward, and cp fp32 dK/dV ring messages in backward."""
     cp = sc.parallelism.cp
-    return max(cp, 4) * ring_message_bytes(sc) if cp > 1 else 0
+    k = ring_message_bytes(sc)
+    link = ring_link(sc)
+    t_ag = 1e9 * coll.ring_time_s("all_gather", cp * k, cp, link.bandwidth_bytes_per_s,
+                                  link.latency_s)  # fmt: skip
+    t_d = 1e9 * coll.p2p_time_s(fp32_dkv_bytes(sc), link)
+    a_f = attention_forward_ns / cp
+    a_b = 2 * attention_forward_ns / cp
+    ew_f, ew_b = torch_elementwise_bytes(sc)
+    return RingLayer(
+        message_bytes=k,
+        forward_transfer_ns=t_ag,
+        backward_transfer_ns=t_ag + cp * t_d,
+        forward_exposed_ns=max(0.0, t_ag - a_f),
+        backward_exposed_ns=max(0.0, t_ag - a_b) + (cp - 1) * max(0.0, t_d - a_b) + t_d,
+        forward_elementwise_bytes=ew_f,
+        backward_elementwise_bytes=ew_b,
+    )
+
+
+def torch_elementwise_bytes(sc: Scenario) -> tuple[float, float]:
+    """(forward, backward) bytes one layer's PyTorch context-parallel attention reads and writes
+    besides its SDPA kernels, for one micro-batch, on the busiest rank (rank cp−1: every step
+    uses the whole local query, ``i <= rank``). Q, K, D as in the module docstring.
+
+    Forward (``_templated_ring_attention``, ``_SDPAMerger``): each step but the last
+    concatenates the local K/V (``torch.cat``: 2K); each step's output is upcast to fp32 (read
+    Q, write 2Q); steps 1 .. cp−1 merge it into the running fp32 output
+    (``out - F.sigmoid(block_lse - lse) * (out - block_out)``: a subtraction, a product and a
+    subtraction of 2Q tensors, 16Q); the result is cast back (3Q): 2K(cp−1) + 3Q·cp + 16Q(cp−1)
+    + 3Q.
+    Backward (``_templated_ring_attention_backward``): fp32 zeros for dQ and dK/dV (2Q + D);
+    each step but the last concatenates the K/V (2K); step 0 adds its dK/dV (read D + K, write
+    D); steps 1 .. cp−1 add into the first half (``_partial_update``: D + K/2) and re-concatenate
+    the halves (2D); every step concatenates dK/dV to send (2D) and adds dQ (read 2Q + Q, write
+    2Q); the results are cast back (3Q, D + K). The log-sum-exp terms (one fp32 per query row
+    and head, 1/head_dim of Q) are left out."""
+    cp = sc.parallelism.cp
+    if cp == 1:
+        return 0.0, 0.0
+    k, q, d = ring_message_bytes(sc), query_bytes(sc), fp32_dkv_bytes(sc)
+    forward = 2 * k * (cp - 1) + 3 * q * cp + 16 * q * (cp - 1) + 3 * q
+    backward = (2 * q + d + 2 * k * (cp - 1) + (2 * d + k) + (cp - 1) * (3 * d + k / 2)
+                + cp * (2 * d + 5 * q) + 3 * q + d + k)  # fmt: skip
+    return float(forward), float(backward)
+
+
+def cp_ring_buffer_bytes(sc: Scenario) -> int:
+    """Working memory of the exchange, one layer at a time (module docstring); 0 without CP.
+    Transformer Engine's ring: max(cp, 4)·K. PyTorch's all-gather: the larger of the forward's
+    (cp + 1)·K and the backward's (cp + 1)·K + Q·4/e + 4·D + Q + K."""
+    cp = sc.parallelism.cp
+    if cp == 1:
+        return 0
+    k = ring_message_bytes(sc)
+    if sc.runtime.cp_attention != "torch_allgather":
+        return max(cp, 4) * k
+    e = PRECISIONS[sc.training.precision].act_mm
+    q = query_bytes(sc)
+    forward = (cp + 1) * k
+    backward = forward + q * 4 // e + 4 * fp32_dkv_bytes(sc) + q + k
+    return max(forward, backward)

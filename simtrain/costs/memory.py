@@ -25,11 +25,13 @@ from simtrain.costs.activations import (
     frozen_input_savings,
     head_saved_bytes,
     layer_activation_bytes,
+    layer_input_bytes,
     layer_saved_tensors,
     loss_saved_bytes,
     loss_transient_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
+    tp_gathered_input_bytes,
     walk_peak_of_states,
 )
 from simtrain.costs.cp import cp_ring_buffer_bytes
@@ -241,7 +243,10 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     tp, sp = p.tp, p.sequence_parallel
     load = moe_load(m, p.ep)
     per_layer = layer_activation_bytes(m, t, tp, sp, load=load)
-    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load))
+    gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
+    rkv = sc.runtime.attention_repeat_kv
+    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
+                                      gathered_input=gathered, repeat_kv=rkv))  # fmt: skip
     per_dense = layer_activation_bytes(m, t, tp, sp, moe=False) if m.is_moe else per_layer
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
@@ -258,8 +263,11 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             c += embedding_saved_bytes(m, t, tp if sp else 1)
             if ch.layers:  # the first block's norm: none on an embedding-only chunk
                 c -= frozen_input_savings(m, t, tp, sp)
+        if step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs and not ch.head:
+            # the chunk's output, kept for its backward (runtime pipeline_keeps_stage_outputs)
+            c += layer_input_bytes(m, t, tp, sp)
         if ch.head:
-            c += head_saved_bytes(m, t, tp, sp)
+            c += head_saved_bytes(m, t, tp, sp, gathered)
             if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
                 c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
@@ -270,7 +278,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, load)  # fmt: skip
+                                                         tp, sp, load, gathered,
+                                                         rkv)  # fmt: skip
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
@@ -523,6 +532,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
     nccl_b = device_nccl_bytes(sc, step, stage)
     buffers += nccl_b
+    buffers += pipeline_output_chunk_bytes(sc, step, stage)
     loss_b = sum(act.loss_bytes.values())
     buffers += loss_b
     cats = {
@@ -734,6 +744,25 @@ def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
     grad = sum(m for c in chunks if c < last)
     held = round(in_flight * len(chunks)) if act else 0
     return (max(0, act - held) + grad) * one
+
+
+def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> int:
+    """The last stage's outputs, the logits, of every micro-batch, held to the end of the step
+    under ``runtime.pipeline_keeps_last_outputs`` (torch.distributed.pipelining: stage.py
+    ``forward_one_chunk`` appends the last stage's output to ``output_chunks``, which
+    ``PipelineScheduleSingle/Multi.step`` merge after the last backward): at the last
+    micro-batch's loss all m are held, b·(s/cp)·V in the activation dtype each (V/tp under
+    loss parallel, the output's Shard(-1)). The merge's concatenation at the step's end (another
+    m of them, with the activations gone) is not counted. 0 without the rule, a pipeline, or the
+    head on this rank."""
+    if not sc.runtime.pipeline_keeps_last_outputs or step.pp == 1:
+        return 0
+    if not any(c.head for c in step.rank_chunks(rank)):
+        return 0
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
+    vocab = sc.model.vocab // (sc.parallelism.tp if t.cross_entropy == "loss_parallel" else 1)
+    one = step.precision.act_mm * t.micro_batch * t.seq_len_effective * vocab
+    return step.microbatches * one
 
 
 def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateBytes,

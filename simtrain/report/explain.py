@@ -182,9 +182,12 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         lines.append(f"  NCCL connection buffers ({', '.join(sc.runtime.nccl_communicators)}; "
                      f"device-level memory) = {_gb(b.nccl_bytes)} of buffers")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
+    k = ring_message_bytes(sc) if ring else 0
+    cp_text = (f"; CP K/V all-gather and fp32 dQ, dK/dV buffers (costs.cp, K = {k:,} B) = "
+               f"{_gb(ring)}" if sc.runtime.cp_attention == "torch_allgather"
+               else f"; CP ring K/V buffers max(cp, 4) x {k:,} B = {_gb(ring)}")  # fmt: skip
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
-                 "communication" + (f"; CP ring K/V buffers max(cp, 4) x "
-                 f"{ring_message_bytes(sc):,} B = {_gb(ring)}" if ring else "") + ")")  # fmt: skip
+                 "communication" + (cp_text if ring else "") + ")")  # fmt: skip
     lines.append(f"  CUDA context     = {_gb(hw.cuda_context_bytes)} ({hw.display_name} profile)")
     if b.loss_before_recompute:
         lines.append("  the loss working memory is freed before recompute re-materialises a "

@@ -38,6 +38,7 @@ MOE_DISPATCHERS = ("alltoall", "deepep")
 #: tp, dp, model_parallel (tp x pp), pipeline (pp), pp_pairs (one two-rank communicator per
 #: neighbouring stage), embedding (first and last stage, tied embeddings), world.
 NCCL_COMMUNICATORS = ("tp", "dp", "model_parallel", "pipeline", "pp_pairs", "embedding", "world")
+CP_ATTENTIONS = ("te_p2p", "torch_allgather")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,30 @@ class RuntimeProfile:
     # NCCL_COMMUNICATORS each; empty: not modelled). Their device buffers count in a device-level
     # memory figure (memory_reported "nvidia_smi"; costs.nccl_memory).
     nccl_communicators: tuple[str, ...] = ()
+    # Context-parallel attention (costs.cp): "te_p2p" (Transformer Engine's K/V ring,
+    # Megatron-Core's default --cp-comm-type p2p) or "torch_allgather" (PyTorch's
+    # context_parallel with its default _RotateMethod.ALL_GATHER: the K/V all-gathered once per
+    # attention call, the fp32 dK/dV passed around the ring).
+    cp_attention: str = "te_p2p"
+    # The model repeats K and V to every query head before SDPA (torchtitan llama3
+    # ``repeat_kv``), so the context-parallel exchange carries heads x head_dim per token, not
+    # kv_heads x head_dim.
+    attention_repeat_kv: bool = False
+    # Sequence-parallel TP as PyTorch DTensor runs it (torchtitan): the column-parallel linears
+    # save their all-gathered (Replicate) input, b·s·h on every TP rank, instead of the
+    # sequence shard Megatron keeps and all-gathers again in backward
+    # (costs.activations.tp_gathered_input_bytes).
+    tp_saves_gathered_input: bool = False
+    # Each pipeline chunk but the last keeps its output tensor (b·s·h, as a block input) from
+    # its forward to its backward, one per micro-batch in flight (torch.distributed.pipelining
+    # stage.py forward_one_chunk: ``self.fwd_cache[fwd_chunk_id] = (output_tuple,
+    # flatten_input_tensors)``, popped by backward_one_chunk, which backpropagates from that
+    # output); Megatron frees the sent output's data instead (deallocate_output_tensor).
+    pipeline_keeps_stage_outputs: bool = False
+    # The last pipeline stage keeps every micro-batch's output (the logits) until the step ends,
+    # to merge them (torch.distributed.pipelining stage.py forward_one_chunk: output_chunks;
+    # schedules.py step: _merge_outputs); costs.memory.pipeline_output_chunk_bytes.
+    pipeline_keeps_last_outputs: bool = False
     source_file: str = ""
 
     @property
@@ -183,12 +208,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
+    "cp_attention": CP_ATTENTIONS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "overlap_grad_reduce",
          "overlap_param_gather", "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer",
          "moe_fp8_dispatch", "ddp_grad_buckets", "grads_freed_per_microbatch",
          "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch")  # fmt: skip
+         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
+         "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
+         "pipeline_keeps_last_outputs")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

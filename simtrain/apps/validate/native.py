@@ -469,8 +469,9 @@ def _agree(rec: Record, imp: Imported, layout: tuple[int, int, int, int],
 def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
                      notes: list[str]) -> list[str]:  # fmt: skip
     """What a torchtitan job config cannot say of a record: a model shape other than its llama3
-    flavor's, and the layer split of the torchtitan commit the record ran (splits.pipeline_split:
-    9dec370a's generate_split_points for the 2024-12 benchmarks; the importer knows 4a950ea's)."""
+    flavor's, the layer split of the torchtitan commit the record ran (splits.pipeline_split:
+    9dec370a's generate_split_points for the 2024-12 benchmarks; the importer knows 4a950ea's),
+    and that commit's K/V repeat before SDPA (runtime attention_repeat_kv)."""
     sets = [f"model.{k}={model[k]}" for k in _SHAPE_KEYS
             if k in model and imp.data["model"].get(k) != model[k]]  # fmt: skip
     par = imp.data["parallelism"]
@@ -479,6 +480,12 @@ def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
         sets.append(f"parallelism.layer_split={json.dumps(split['layer_split'])}")
     elif par.get("layer_split") not in (None, "uniform") and int(par["pp"]) > 1:
         sets.append("parallelism.layer_split=uniform")
+    # Every benchmark record ran torchtitan before ff0829c1 ("GQA without kv repeats",
+    # 2026-01-27), whose llama3 repeats K and V to every query head before SDPA (9dec370a
+    # models/llama/model.py l.201-202; 820504e models/llama3/model.py l.250-251).
+    sets.append("runtime.attention_repeat_kv=true")
+    notes.append("torchtitan before ff0829c1: K and V repeated to every query head before SDPA "
+                 "(llama3 repeat_kv)")  # fmt: skip
     return sets
 
 
