@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ import pytest
 from simtrain.costs import collectives as coll
 from simtrain.costs.comm import collective_ns, tp_allreduce_ns, tp_backward_block_ns
 from simtrain.costs.compute import column_linear_gemm_ns
+from simtrain.costs.workload import chunk_durations
 from simtrain.layout.step import resolve
+from simtrain.sim.lowering.pieces import base_pieces
 from simtrain.spec.scenario import Scenario, parse_scenario
 
 
@@ -126,7 +129,9 @@ def test_backward_all_reduce_hides_under_the_weight_gradient_without_sp() -> Non
 
 
 def test_split_backward_has_no_weight_gradient_to_hide_behind() -> None:
-    """Zero-bubble schedules run W apart from I: the input-gradient reduction is exposed."""
+    """An I action (zero-bubble, DualPipe) runs W apart: its input-gradient reductions are
+    exposed and the re-gather waits for W (Megatron's deferred wgrad); a whole B action of the
+    same schedule keeps its overlap. The lowering picks the I or the B figure by action."""
     data_pp = {"tp": 16, "sequence_parallel": True, "pp": 2, "schedule": "zb_h1"}
     sc = scenario(16, sp=True, parallelism=data_pp, training={"global_batch": 4})
     step = resolve(sc)
@@ -134,5 +139,29 @@ def test_split_backward_has_no_weight_gradient_to_hide_behind() -> None:
     ag = collective_ns(sc, step, "all_gather", step.boundary_bytes, g.tp, g.tp_stride)
     rs = collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
     both = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True)
-    regather = sum(math.ceil(max(0.0, ag - x)) for x in column_linear_gemm_ns(sc))
-    assert tp_backward_block_ns(both, step) == 2 * ag + regather + 2 * rs
+    assert tp_backward_block_ns(both, step, input_grad_only=True) == 2 * ag + 2 * rs
+    gemms = column_linear_gemm_ns(sc)
+    hidden = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
+    assert tp_backward_block_ns(both, step) == 2 * ag + hidden
+    durations = chunk_durations(both, step)[0]
+    layers = durations.layers[1] - durations.layers[0]
+    assert durations.tp_input_grad_ns == layers * (2 * ag + 2 * rs)
+    assert durations.tp_backward_ns == layers * (2 * ag + hidden)
+    i_action = next(a for a in step.schedule[0] if a.kind == "I")
+    inp = SimpleNamespace(activation_bytes={0: 0}, working_set_bytes={0: 0}, loss_bytes={})
+    assert base_pieces(i_action, durations, inp)[1] == durations.tp_input_grad_ns
+
+
+def test_saved_gathered_input_and_regather_contradict() -> None:
+    """A column-parallel linear saves its all-gathered input (torchtitan, nanotron with
+    tp_recompute_allgather: false) or gathers its shard again (Megatron): not both."""
+    from simtrain.errors import ConfigError
+    from simtrain.spec.runtime import parse_scenario_runtime
+
+    with pytest.raises(ConfigError, match="runtime.tp_regather_backward: cannot be true"):
+        parse_scenario_runtime({"name": "nanotron", "tp_saves_gathered_input": True}, "s.yaml")
+    rt = parse_scenario_runtime(
+        {"name": "nanotron", "tp_saves_gathered_input": True, "tp_regather_backward": False},
+        "s.yaml",
+    )
+    assert rt.tp_saves_gathered_input and not rt.tp_regather_backward

@@ -78,10 +78,9 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
     """Issue target: >= 95 % right verdicts where the source tells out-of-memory from other
     failures (issue 13), >= 90 % over all rows before (issue 12). Reached 91.0 %
     of 466 with nanotron's fp32 gradient buffer (precision bf16_fp32_grads) and its
-    compute-balanced pipeline split; every miss is a run recorded as 'crashed_or_oom' that
-    simtrain says fits (the source does not tell crashes from out-of-memory). 93.0 % of 417
-    since the 49 layouts whose nanotron split leaves a stage with only the fp32 cast and the
-    loss are skipped (issue 15: an empty stage is an error naming parallelism.layer_split)."""
+    compute-balanced pipeline split; every miss was a run recorded as 'crashed_or_oom' that
+    simtrain says fits (the source does not tell crashes from out-of-memory), 93.0 % of 417.
+    Those runs are no fit verdict since this stop (metric crash_or_oom)."""
     s = _summary(result, "nanotron", "fits")
     assert s.n >= 230  # the runs that completed: the source tells those apart
     assert s.share_correct >= 0.95

@@ -16,7 +16,6 @@ from simtrain.costs import collectives as coll
 from simtrain.costs.compute import column_linear_gemm_ns
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
-from simtrain.schedules import has_split_backward
 from simtrain.spec.scenario import Scenario
 
 #: More DDP buckets than this are merged into groups (see :func:`buckets`).
@@ -72,7 +71,7 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
-def tp_backward_block_ns(sc: Scenario, step: ResolvedStep) -> int:
+def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
     """Exposed TP communication of one block's backward (Megatron-LM core/tensor_parallel/
     layers.py LinearWithGradAccumulationAndAsyncCommunication.backward, d98e8a64 l.637-708;
     nanotron tensor_parallel/functional.py at 2411b022, the same design).
@@ -83,10 +82,15 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep) -> int:
     gradients reduce-scattered and, with runtime ``tp_regather_backward``, their saved input
     shards all-gathered again for the weight gradient. With ``tp_backward_overlap`` a
     column-parallel linear's reduction runs beside its weight-gradient GEMM and its
-    re-gather beside its input-gradient GEMM: each exposes max(0, collective − GEMM) (no
-    weight-gradient GEMM to hide behind when the schedule splits it off: I/W schedules). With
+    re-gather beside its input-gradient GEMM: each exposes max(0, collective − GEMM).
+    ``input_grad_only``: the backward of an I/W split (zero-bubble, DualPipe's I actions): no
+    weight-gradient GEMM to hide the reduction behind, and no re-gather (Megatron defers it with
+    the weight gradient, ``wgrad_compute=False``; simtrain charges the W action no TP time). With
     ``tp_comm_overlap`` the whole sum (overlapped with the action's compute downstream).
-    Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`."""
+    Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
+    async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
+    left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
+    these column-parallel linears)."""
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0
@@ -97,7 +101,7 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep) -> int:
     # Under tp_comm_overlap every TP collective of the action overlaps its whole compute
     # (sim.lowering.passes.tp_pass): the sum is what that overlap hides, not what is exposed.
     overlap = rt.tp_backward_overlap and not rt.tp_comm_overlap
-    wgrad = (0.0,) * len(gemms) if has_split_backward(step.schedule) else gemms
+    wgrad = (0.0,) * len(gemms) if input_grad_only else gemms
     if not sc.parallelism.sequence_parallel:
         if not overlap:
             return 2 * ar
@@ -105,7 +109,7 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep) -> int:
     size = step.boundary_bytes
     ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
     rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
-    regather = ag if rt.tp_regather_backward else 0
+    regather = ag if rt.tp_regather_backward and not input_grad_only else 0
     total = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
     for dgrad, w in zip(gemms, wgrad, strict=True):
         if overlap:

@@ -309,9 +309,10 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
     attention's fused Q/K/V input projection and the MLP's first linear (gate and up fused),
     Megatron's ``linear_qkv`` and ``linear_fc1``. Its input-gradient and its weight-gradient
     GEMM have the same FLOPs, 2·T·h_in·h_out/tp over the micro-batch's T = b·s tokens (s/cp
-    per GPU). () for MLA or MoE models (their projections are not these two)."""
+    per GPU). () for MLA models (their projections are not these two); with experts the MLP's
+    is 0 (its first linear is the experts', nothing to hide a collective under)."""
     m, p = sc.model, sc.parallelism
-    if m.is_mla or m.is_moe:
+    if m.is_mla:
         return ()
     t = cp_rank_training(sc.training, p.cp)
     prec = PRECISIONS[t.precision]
@@ -319,7 +320,7 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
     tokens = t.micro_batch * t.seq_len_effective
     shapes = m.linear_weight_shapes()
     attn = sum(o for n, (_, o) in shapes.items() if n in ("q", "k", "v"))
-    mlp = sum(o for n, (_, o) in shapes.items() if n in ("gate", "up"))
+    mlp = 0 if m.is_moe else sum(o for n, (_, o) in shapes.items() if n in ("gate", "up"))
     return tuple(_matmul_ns(2.0 * tokens * m.hidden * out / p.tp, sc.hardware, dtype)
                  for out in (attn, mlp))  # fmt: skip
 

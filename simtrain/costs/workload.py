@@ -24,6 +24,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
     tp_bwd = comm.tp_backward_block_ns(sc, step)
+    tp_i = comm.tp_backward_block_ns(sc, step, input_grad_only=True)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
@@ -41,6 +42,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             recompute_ns=c.recompute_ns,
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
+            tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
             tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),

@@ -66,7 +66,7 @@ class RuntimeProfile:
     # (all-reduce, or reduce-scatter with sequence parallelism) runs asynchronously beside that
     # linear's weight-gradient GEMM, and the re-gather of its input (``tp_regather_backward``)
     # beside its input-gradient GEMM (Megatron-LM since 2021-09, "overlapping allreduce and
-    # gemm", f3e57f6fee; core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsync
+    # gemm", merged in 6e1bde1e0f; core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsync
     # Communication.backward at d98e8a64 l.667-708; nanotron's async column linear,
     # tensor_parallel/functional.py l.391-420 at 2411b022): only what each GEMM does not cover
     # is exposed.
@@ -276,7 +276,7 @@ def parse_runtime(data: Any, file: str) -> RuntimeProfile:
     kw = _settings(data, file, "")
     kw.setdefault("name", Path(file).stem)
     kw.setdefault("display_name", kw["name"])
-    return RuntimeProfile(**kw, source_file=file)
+    return _checked(RuntimeProfile(**kw, source_file=file), file, "")
 
 
 def available_runtimes() -> list[str]:
@@ -313,7 +313,17 @@ def parse_scenario_runtime(data: Any, file: str) -> RuntimeProfile:
     overrides = _settings(data, file, "runtime.")
     base = load_runtime(overrides.pop("name", DEFAULT_RUNTIME), file, "runtime.name")
     overrides.pop("display_name", None)
-    return replace(base, **overrides)
+    return _checked(replace(base, **overrides), file, "runtime.")
+
+
+def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
+    """Settings that contradict each other: a column-parallel linear either saves its gathered
+    input (``tp_saves_gathered_input``) or gathers its shard again (``tp_regather_backward``)."""
+    if rt.tp_saves_gathered_input and rt.tp_regather_backward:
+        raise ConfigError(file, f"{prefix}tp_regather_backward", "cannot be true with "
+                          f"{prefix}tp_saves_gathered_input: true (the gathered input is saved, "
+                          "nothing is gathered again)", True)  # fmt: skip
+    return rt
 
 
 def runtime_settings(rt: RuntimeProfile) -> dict[str, Any]:

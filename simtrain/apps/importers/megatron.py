@@ -20,10 +20,9 @@ d98e8a64ddf34856e74b24714e3bedb2f5a39553, ``megatron/training/arguments.py`` unl
 Scripts with flags Megatron-LM removed when Megatron-Core arrived (``--checkpoint-activations``,
 ``--DDP-impl``, ``--batch-size``, ``--model-parallel-size`` ...: :data:`LEGACY_FLAGS`) run
 under the ``megatron_lm_2021`` runtime, with 2021's "local" DDP (one gradient all-reduce after
-the backward) unless ``--DDP-impl torch``; those that also have a flag of May 2022's sequence
-parallelism merge (:data:`FLAGS_2022`) under ``megatron_lm_2022`` (the asynchronous TP
-backward, off with ``--no-async-tensor-model-parallel-allreduce``); the others under
-``megatron_core``.
+the backward) unless ``--DDP-impl torch``; those that also have a flag of the 2022 code
+(:data:`FLAGS_2022`) under ``megatron_lm_2022`` (the asynchronous TP backward, off with
+``--no-async-tensor-model-parallel-allreduce``); the others under ``megatron_core``.
 """
 
 from __future__ import annotations
@@ -55,9 +54,10 @@ LEGACY_FLAGS = (
     "--activations-checkpoint-num-layers", "--scatter-gather-tensors-in-pipeline",
     "--fp32-allreduce", "--use-legacy-models", "--distribute-checkpointed-activations",
 )  # fmt: skip
-#: Flags Megatron-LM gained with sequence parallelism and selective recompute (merged 2022-05-20
-#: and -25, 9aad9203aa / d898a8991d; megatron/arguments.py there): a script with one of them and
-#: a :data:`LEGACY_FLAGS` flag is Megatron-LM 2022 (runtimes/megatron_lm_2022.yaml).
+#: Flags of Megatron-LM's 2022 code: sequence parallelism and selective recompute (merged
+#: 2022-05, d898a8991d; megatron/arguments.py there) and --no-async-tensor-model-parallel-allreduce
+#: (there since 2021-09, 6e1bde1e0f, with the asynchronous backward it turns off): a script with
+#: one of them and a :data:`LEGACY_FLAGS` flag runs under runtimes/megatron_lm_2022.yaml.
 FLAGS_2022 = ("--sequence-parallel", "--recompute-activations", "--recompute-granularity",
               "--recompute-method", "--no-async-tensor-model-parallel-allreduce")  # fmt: skip
 #: The GPT-2 BPE vocabulary (--vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt): 50,257

@@ -142,16 +142,19 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     # backward (tensor_parallel/functional.py); written whatever the profile's default.
     recompute_allgather = par_raw.get("tp_recompute_allgather", True) is not False
     if tp_mode == "REDUCE_SCATTER" and tp > 1 and not recompute_allgather:
-        runtime["tp_regather_backward"] = False  # the gathered input is saved instead
+        # the column-parallel linears save their all-gathered input instead of re-gathering it
+        # (functional.py l.333-334 / l.499-500 at 2411b022)
+        runtime["tp_regather_backward"] = False
+        runtime["tp_saves_gathered_input"] = True
     if tp_mode == "REDUCE_SCATTER" and tp > 1:
         async_tp = bool(par_raw.get("tp_linear_async_communication"))
         runtime["tp_gather_buffers"] = int(recompute_allgather) + int(async_tp)
         r.origin("runtime.tp_gather_buffers",
                  "parallelism.tp_linear_async_communication, tp_recompute_allgather")  # fmt: skip
         if not recompute_allgather:
-            r.unsupported_("parallelism.tp_recompute_allgather false",
-                           "the column-parallel linears keep their all-gathered input for "
-                           "backward: simulated as keeping the shard")  # fmt: skip
+            r.assume("tp_recompute_allgather: false: the column-parallel linears keep their "
+                     "all-gathered input for backward (runtime tp_saves_gathered_input) and do "
+                     "not gather it again (tp_regather_backward false)")  # fmt: skip
     elif "tp_recompute_allgather" in par_raw:
         r.ignore("parallelism.tp_recompute_allgather")
     zero = opt.get("zero_stage", 0)

@@ -5,8 +5,9 @@ turns each one the simulator can express into a :class:`~simtrain.spec.scenario.
 and compares per metric with the measurement:
 
 ``step_time_s``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu``, ``hfu``, ``peak_memory_bytes``
-and ``fits`` (booleans: a measured run fitted unless its ``outcome`` says it crashed or ran out
-of memory).
+``fits`` (booleans: a measured run fitted unless its ``outcome`` says it ran out of memory) and
+``crash_or_oom`` (a run whose source says only that it failed, ``crashed_or_oom`` / ``crashed``:
+no fit verdict; true when simtrain predicts it does not fit, the one cause it can name).
 
 **Like with like.** Each source counts FLOPs its own way (``shared/measured/formulas.md`` §1, §6);
 the prediction is converted into the source's convention before comparing, with the FLOP count

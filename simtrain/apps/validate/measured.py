@@ -81,7 +81,9 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             break
     outcome = str(x.get("outcome", "")).lower()
     if outcome in CRASH_OUTCOMES:
-        out["crash_or_oom"] = False  # right when predicted not to fit; no verdict otherwise
+        # measured: the run failed; predicted: simtrain says it does not fit (the cause it can
+        # name); a "no" is no error of a fit verdict, only a failure simtrain does not explain
+        out["crash_or_oom"] = True
     else:
         out["fits"] = outcome not in OOM_OUTCOMES
     return out
@@ -116,7 +118,7 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
         pred: float | bool
         if metric in VERDICT_METRICS:
             assert mem is not None
-            pred = mem.fits
+            pred = mem.fits if metric == "fits" else not mem.fits
             out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,
                                   0.0 if pred == x else 100.0))  # fmt: skip
             continue

@@ -47,11 +47,11 @@ def format_table(res: ValidationResult) -> str:
             if c.metric in VERDICT_METRICS
             else f"{c.error_pct:+.1f}"
         )
-        if c.metric == "crash_or_oom":  # no verdict either way: "no OOM predicted", not wrong
+        measured, predicted = _fmt(c.metric, c.measured), _fmt(c.metric, c.predicted)
+        if c.metric == "crash_or_oom":  # no fit verdict either way: "no OOM", not "WRONG"
             err = "ok" if c.error_pct == 0 else "no OOM"
-        measured = "crashed" if c.metric == "crash_or_oom" else _fmt(c.metric, c.measured)
-        lines.append(f"{c.id:<{w}}  {c.metric:<18}{measured:>16}"
-                     f"{_fmt(c.metric, c.predicted):>16}{err:>10}")  # fmt: skip
+            measured, predicted = "crashed", ("OOM" if c.predicted else "fits")
+        lines.append(f"{c.id:<{w}}  {c.metric:<18}{measured:>16}{predicted:>16}{err:>10}")
     if res.skipped:
         lines.append("")
         lines.append("skipped (not expressible):")

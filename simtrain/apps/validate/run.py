@@ -41,12 +41,13 @@ class Summary:
     source: str
     metric: str
     n: int
-    mape_pct: float  # fits: share wrong, in %
-    max_error_pct: float  # fits: 100 if any verdict is wrong
+    mape_pct: float  # fits / crash_or_oom: share wrong (not predicted OOM), in %
+    max_error_pct: float  # fits / crash_or_oom: 100 if any verdict is wrong
 
     @property
     def share_correct(self) -> float:
-        """For ``fits``: the share of right verdicts (1 − mape/100)."""
+        """For ``fits``: the share of right verdicts (1 − mape/100); for ``crash_or_oom`` the
+        share of failed runs predicted not to fit."""
         return 1.0 - self.mape_pct / 100.0
 
 
@@ -70,7 +71,7 @@ class NoisyPair:
 @dataclass(frozen=True, slots=True)
 class ErrorStats:
     """Errors of n comparisons: MAPE, median |error|, median signed error (%), and the share of
-    comparisons within +-10 % and +-25 % (fractions). For ``fits`` the error is 0 (right) or 100
+    comparisons within +-10 % and +-25 % (fractions). For ``fits`` / ``crash_or_oom`` the error is 0 (right) or 100
     (wrong), so MAPE is the share wrong and the bands the share right."""
 
     n: int
@@ -196,7 +197,8 @@ class ValidationResult:
 
 
 def summarize(comparisons: list[Comparison] | tuple[Comparison, ...]) -> tuple[Summary, ...]:
-    """Per (source, metric): n, MAPE % and max |error| %; for ``fits`` the share wrong (%)."""
+    """Per (source, metric): n, MAPE % and max |error| %; for ``fits`` and ``crash_or_oom`` the
+    share wrong (%)."""
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for c in comparisons:
         groups[(c.source, c.metric)].append(abs(c.error_pct))

@@ -16,7 +16,8 @@ class ChunkDurations:
     weight_grad_ns: int
     recompute_ns: int = 0
     tp_forward_ns: int = 0  # exposed TP communication after the forward
-    tp_backward_ns: int = 0  # ... after the backward
+    tp_backward_ns: int = 0  # ... after the backward (B: input and weight gradients)
+    tp_input_grad_ns: int = 0  # ... after an input-gradient-only backward (I of an I/W split)
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage

@@ -36,7 +36,8 @@ def base_pieces(a: Action, c: ChunkDurations, inp: LoweringInput) -> tuple[list[
         pieces.append(("B", c.input_grad_ns + c.weight_grad_ns, (), (("activations", act + ws),)))
     else:  # I
         pieces.append(("I", c.input_grad_ns, (), (("activations", ws),) if ws else ()))
-    tp = c.tp_backward_ns + (c.tp_recompute_ns if pieces[0][0] == "R" else 0)
+    tp = c.tp_backward_ns if a.kind == "B" else c.tp_input_grad_ns
+    tp += c.tp_recompute_ns if pieces[0][0] == "R" else 0
     return pieces, tp
 
 
