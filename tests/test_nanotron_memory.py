@@ -316,7 +316,8 @@ def test_tp_gather_buffers_are_full_sequence_hidden_states_not_divided_by_tp() -
 
 def test_importer_counts_the_gather_buffers_of_the_config(tmp_path) -> None:
     """Async REDUCE_SCATTER (the Playbook sweep's setting) keeps both buffers; without
-    tp_recompute_allgather the gathered input is saved instead: listed as not simulated."""
+    tp_recompute_allgather the gathered input is saved instead (runtime
+    tp_saves_gathered_input, no re-gather)."""
     from pathlib import Path
 
     import yaml
@@ -336,8 +337,12 @@ def test_importer_counts_the_gather_buffers_of_the_config(tmp_path) -> None:
     cfg["parallelism"]["tp_recompute_allgather"] = False
     f.write_text(yaml.safe_dump(cfg))
     imp = import_config("nanotron", str(f))
-    assert load_imported(imp).runtime.tp_gather_buffers == 0
-    assert any("tp_recompute_allgather" in u for u in map(str, imp.unsupported))
+    rt = load_imported(imp).runtime
+    assert rt.tp_gather_buffers == 0
+    # the gathered input is saved for backward, not gathered again (functional.py l.333-334)
+    assert rt.tp_saves_gathered_input and not rt.tp_regather_backward
+    assert not any("tp_recompute_allgather" in u for u in map(str, imp.unsupported))
+    assert any("tp_recompute_allgather" in a for a in map(str, imp.assumptions))
 
 
 def test_bf16_gradients_are_freed_after_every_micro_batch() -> None:
