@@ -94,29 +94,27 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0
-    gemms = column_linear_gemm_ns(sc)
-    ar = tp_allreduce_ns(sc, step)
-    if not gemms or not (rt.tp_backward_overlap or rt.tp_regather_backward):
-        return 2 * ar
+    gemms = column_linear_gemm_ns(sc)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
+    if not gemms:
+        return 2 * tp_allreduce_ns(sc, step)
     # Under tp_comm_overlap every TP collective of the action overlaps its whole compute
     # (sim.lowering.passes.tp_pass): the sum is what that overlap hides, not what is exposed.
     overlap = rt.tp_backward_overlap and not rt.tp_comm_overlap
     wgrad = (0.0,) * len(gemms) if input_grad_only else gemms
-    if not sc.parallelism.sequence_parallel:
-        if not overlap:
-            return 2 * ar
-        return sum(math.ceil(max(0.0, ar - w)) for w in wgrad)
+
+    def exposed(collective_ns_: int, gemm_ns: float) -> int:
+        return math.ceil(max(0.0, collective_ns_ - gemm_ns)) if overlap else collective_ns_
+
+    if not sc.parallelism.sequence_parallel:  # each column linear's input-gradient all-reduce
+        ar = tp_allreduce_ns(sc, step)
+        return sum(exposed(ar, w) for w in wgrad)
     size = step.boundary_bytes
     ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
     rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
-    total = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
-    for dgrad, w in zip(gemms, wgrad, strict=True):
-        if overlap:
-            total += math.ceil(max(0.0, regather - dgrad)) + math.ceil(max(0.0, rs - w))
-        else:
-            total += regather + rs
-    return total
+    row_gathers = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
+    return row_gathers + sum(exposed(regather, d) + exposed(rs, w)
+                             for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
 
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:

@@ -170,6 +170,16 @@ _BF16_OPTIMIZER = (
     "params and it's not sharded' (chronicles-prequel.md): bf16_fp32_grads",
 )
 
+
+def _nemo_family(flops: str, optimizer_note: str) -> SourceConvention:
+    """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
+    built as Llama by name (:data:`_NEMO_LLAMA`) and the distributed optimizer (ZeRO-1); only
+    the FLOP convention (``flops``) and the optimizer's source (``optimizer_note``) differ."""
+    return SourceConvention(flops, {"flash_attention": True, "dropout": 0.0},
+                            named_architectures=_NEMO_LLAMA, parallel_defaults={"zero_stage": 1},
+                            parallel_note=optimizer_note)  # fmt: skip
+
+
 SOURCES: dict[str, SourceConvention] = {
     "megatron_sc21": _MEGATRON_LM,
     "megatron_sc21_zero3": SourceConvention(
@@ -285,27 +295,21 @@ SOURCES: dict[str, SourceConvention] = {
     # 00b7660b, "Only half of the attention matrix is non-zero". Models differ per row (GPT-3,
     # Llama 2/3, Nemotron): the Llama rows get the frameworks' Llama config by model name
     # (_NEMO_LLAMA); the GPT-3 and Nemotron rows are skipped (shape not on the page).
-    "nemo": SourceConvention(
+    "nemo": _nemo_family(
         "megatron_core",
-        {"flash_attention": True, "dropout": 0.0},
-        named_architectures=_NEMO_LLAMA,
         # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
         # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
         # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
-        parallel_defaults={"zero_stage": 1},
-        parallel_note="NeMo's recipes use Megatron-Core's distributed optimizer "
+        "NeMo's recipes use Megatron-Core's distributed optimizer "
         "(recipes/optim/adam.py use_distributed_optimizer=True)",
     ),
-    "megatron_bridge": SourceConvention(
+    # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
+    # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
+    # DistributedDataParallelConfig(use_distributed_optimizer=True, ...), which the
+    # performance configs (scripts/performance/configs/llama/) keep.
+    "megatron_bridge": _nemo_family(
         "megatron_core_causal",
-        {"flash_attention": True, "dropout": 0.0},
-        named_architectures=_NEMO_LLAMA,
-        # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
-        # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
-        # DistributedDataParallelConfig(use_distributed_optimizer=True, ...), which the
-        # performance configs (scripts/performance/configs/llama/) keep.
-        parallel_defaults={"zero_stage": 1},
-        parallel_note="Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
+        "Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
         "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True)",
     ),
     # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
