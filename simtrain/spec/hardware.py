@@ -197,7 +197,7 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
 
 def _collectives(data: Any, file: str) -> dict[str, Any]:
     """``collectives``: gpu_arch (NCCL's tuning row), nvls, protocols and algorithms (default:
-    all), tree_pipelined (default true)."""
+    all), tree_pipelined (default true), nccl_channels_one_node (default 0: not known)."""
     if data is None:
         return {}
     if not isinstance(data, dict):
