@@ -591,3 +591,48 @@ def test_noisy_pairs_of_the_published_runs(default_result) -> None:
     nano = {f.metric: f for f in default_result.by_family if f.family == "nanotron"}
     assert nano["tokens_per_s"].noisy_left_out == 8
     assert nano["peak_memory_bytes"].noisy_left_out == 0
+
+
+def test_finetune_text_reads_as_peft() -> None:
+    """``training.finetune``: full and SFT train every weight; a LoRA text's own rank and
+    targets win; a LoRA row silent on them takes the source's recipe (NeMo 24.07: rank 32 on
+    the fused Q/K/V, megatron_gpt_finetuning_config.yaml); anything else is a named skip."""
+    from simtrain.apps.validate.translate import _NotExpressible, read_finetune
+
+    notes: list[str] = []
+    assert read_finetune(None, SOURCES["nemo"], notes) is None
+    assert read_finetune("SFT", SOURCES["nemo"], notes) is None
+    assert read_finetune("full", SOURCES["megatron_sc21"], notes) is None
+    own = read_finetune("LoRA r=4 on W_q, W_v", SOURCES["megatron_sc21"], notes)
+    assert own == {"method": "lora", "rank": 4, "target_modules": ["q", "v"]}
+    assert notes == []
+    nemo = read_finetune("LoRA", SOURCES["nemo"], notes)
+    assert nemo == {"method": "lora", "rank": 32, "alpha": 32.0, "target_modules": ["q", "k", "v"]}
+    assert len(notes) == 1 and "rank 32" in notes[0]
+    with pytest.raises(_NotExpressible, match="rank or target"):
+        read_finetune("LoRA", SOURCES["megatron_sc21"], notes)
+    with pytest.raises(_NotExpressible, match="not full | SFT | LoRA"):
+        read_finetune("QLoRA (LoRA on all linear layers)", SOURCES["nemo"], notes)
+
+
+def test_nemo_lora_row_trains_adapters_only(new_records) -> None:
+    """NeMo 24.07's LoRA 70B row (8 H100, tp 2 pp 4) is a LoRA run, not a full fine-tune: only
+    rank-32 Q/K/V adapters have gradients and Adam states, so it fits in 80 GB (it ran), and no
+    weight-gradient GEMM of the frozen base is priced: it runs faster than the same layout fully
+    trained. Its TFLOP/s is not compared: Megatron-Core's / NeMo's FLOP count states no rule
+    for frozen weights."""
+    rec = new_records["nemo2407_h100_fp8_finetune_LoRA_LLAMA2-70B_8gpu"]
+    tr = translate(rec)
+    assert isinstance(tr, Translation)
+    peft = tr.scenario.training.peft
+    assert (peft.method, peft.rank, peft.target_modules) == ("lora", 32, ("q", "k", "v"))
+    from simtrain.apps.validate.measured import compare_record
+
+    got = {c.metric: c for c in compare_record(tr)}
+    assert set(got) == {"tokens_per_s", "fits"}
+    assert got["fits"].predicted is True
+    full = replace(
+        tr.scenario, training=replace(tr.scenario.training, peft=replace(peft, method="none"))
+    )
+    lora_s = simulate_scenario(tr.scenario, detail=False).metrics.step_time_s
+    assert simulate_scenario(full, detail=False).metrics.step_time_s > 1.3 * lora_s

@@ -60,6 +60,9 @@ class SourceConvention:
     # ``architecture``, why); the first match wins (:func:`convention_for`).
     named_architectures: tuple[tuple[str, Mapping[str, Any], str], ...] = ()
     architecture_note: str = ""  # the named architecture's why, set by convention_for
+    # LoRA as the source's fine-tuning recipe sets it where a LoRA record names no rank or
+    # target: (rank, alpha, target modules, why); None: such a record is not expressible.
+    lora_default: tuple[int, float, tuple[str, ...], str] | None = None
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -171,13 +174,23 @@ _BF16_OPTIMIZER = (
 )
 
 
+# NeMo 24.07's LoRA fine-tuning (the performance summary's LoRA rows): NVIDIA/NeMo 070a0bb1
+# examples/nlp/language_modeling/tuning/conf/megatron_gpt_finetuning_config.yaml l.103-110,
+# peft.lora_tuning: target_modules ['attention_qkv'] (the fused Q/K/V linear), adapter_dim 32,
+# alpha = adapter_dim, adapter_dropout 0.0.
+_NEMO_LORA = (32, 32.0, ("q", "k", "v"),
+              "LoRA as NeMo's fine-tuning config sets it (megatron_gpt_finetuning_config.yaml "
+              "lora_tuning, 070a0bb1): rank 32 on the fused Q/K/V linear")  # fmt: skip
+
+
 def _nemo_family(flops: str, optimizer_note: str) -> SourceConvention:
     """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
-    built as Llama by name (:data:`_NEMO_LLAMA`) and the distributed optimizer (ZeRO-1); only
-    the FLOP convention (``flops``) and the optimizer's source (``optimizer_note``) differ."""
+    built as Llama by name (:data:`_NEMO_LLAMA`), the distributed optimizer (ZeRO-1) and NeMo's
+    LoRA recipe; only the FLOP convention (``flops``) and the optimizer's source
+    (``optimizer_note``) differ."""
     return SourceConvention(flops, {"flash_attention": True, "dropout": 0.0},
                             named_architectures=_NEMO_LLAMA, parallel_defaults={"zero_stage": 1},
-                            parallel_note=optimizer_note)  # fmt: skip
+                            parallel_note=optimizer_note, lora_default=_NEMO_LORA)  # fmt: skip
 
 
 SOURCES: dict[str, SourceConvention] = {

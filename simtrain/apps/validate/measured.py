@@ -67,14 +67,19 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
         out["tokens_per_s"] = v * n
     elif (v := num("samples_per_s")) is not None and v > 0:
         out["tokens_per_s"] = v * seq
-    if (v := num("tflops_per_gpu")) is not None and v > 0:
-        out["tflops_per_gpu"] = v
-    elif (v := num("model_tflops_per_gpu")) is not None and v > 0:
-        out["tflops_per_gpu"] = v
-    for k in ("mfu", "hfu"):
+    conv = record_convention(rec)
+    # Megatron-Core's FLOP count (and NeMo's callback after it: flops_callback.py on_train_start
+    # raises "FLOPs measurement not supported for finetuning jobs", NVIDIA/NeMo 8cfedd72) has no
+    # rule for frozen weights: a PEFT row's TFLOP/s and MFU count FLOPs no source states.
+    unstated = sc.training.peft.method != "none" and conv.flops.startswith("megatron_core")
+    for key in () if unstated else ("tflops_per_gpu", "model_tflops_per_gpu"):
+        if (v := num(key)) is not None and v > 0:
+            out["tflops_per_gpu"] = v
+            break
+    for k in () if unstated else ("mfu", "hfu"):
         if (v := num(k)) is not None and v > 0:
             out[k] = v
-    gb = record_convention(rec).memory_gb_unit
+    gb = conv.memory_gb_unit
     for key, unit in (("peak_mem_gb", gb), ("peak_mem_gib", GIB), ("peak_mem_mib", MIB)):
         if (v := num(key)) is not None and v > 0:
             out["peak_memory_bytes"] = v * unit

@@ -431,6 +431,8 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     for key in (*said, "precision", *loss):
         if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
             sets.append(f"training.{key}={training[key]}")
+    for key, value in training.get("peft", {}).items():  # no framework flag of ours says it
+        sets.append(f"training.peft.{key}={json.dumps(value)}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
         sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
     name = runtime_of(rec.source_key)

@@ -522,8 +522,45 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
         notes.append(conv.cross_entropy_note)
     if t.get("activation_cpu_offload"):
         raise _NotExpressible("activation CPU offload is not modelled")
-    return {"precision": precision, "optimizer": optimizer, "recompute": recompute,
-            "cross_entropy": conv.cross_entropy}  # fmt: skip
+    out = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
+           "cross_entropy": conv.cross_entropy}  # fmt: skip
+    peft = read_finetune(t.get("finetune"), conv, notes)
+    if peft is not None:
+        out["peft"] = peft
+    return out
+
+
+# A LoRA record's own rank and targets: "r=4", "rank 16"; "W_q, W_v" / "q_proj" style names.
+_LORA_RANK = re.compile(r"\b(?:r|rank)\s*[=:]?\s*(\d+)", re.IGNORECASE)
+_LORA_TARGET = re.compile(r"\bW_([qkvo])\b|\b([qkvo])_proj\b", re.IGNORECASE)
+
+
+def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[str, Any] | None:
+    """``training.finetune`` of a record as simtrain's ``training.peft`` (None: every weight
+    trained): ``full`` / ``SFT`` train every weight; ``LoRA`` trains rank-r adapters on the named
+    linears (Hu et al. 2021), its rank and targets read from the text ("LoRA r=4 on W_q, W_v")
+    or, where the text names none, from the source's recipe (``SourceConvention.lora_default``).
+    Anything else is not expressible, never silently a full fine-tune."""
+    if text is None:
+        return None
+    s = str(text).strip()
+    low = s.lower()
+    if low in ("full", "sft") or low.startswith(("full ", "sft ")):
+        return None
+    if not low.startswith("lora"):
+        raise _NotExpressible(f"training.finetune {s!r}: not full | SFT | LoRA")
+    rank = _LORA_RANK.search(s)
+    targets = tuple(dict.fromkeys(
+        (a or b).lower() for a, b in _LORA_TARGET.findall(s)))  # fmt: skip
+    if rank is None or not targets:
+        if conv.lora_default is None:
+            raise _NotExpressible(f"training.finetune {s!r}: LoRA rank or target modules not "
+                                  "reported")  # fmt: skip
+        r, alpha, default_targets, why = conv.lora_default
+        notes.append(why)
+        return {"method": "lora", "rank": int(rank.group(1)) if rank else r,
+                "alpha": alpha, "target_modules": list(targets or default_targets)}  # fmt: skip
+    return {"method": "lora", "rank": int(rank.group(1)), "target_modules": list(targets)}
 
 
 def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
