@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 from simtrain.apps.validate.conventions import RUNTIMES
-from simtrain.apps.validate.fitted import constant_reports, load_fitted_constants
+from simtrain.apps.validate.fitted import (
+    FITTED_PATH,
+    constant_reports,
+    fit_records,
+    load_fitted_constants,
+    matmul_fit_mape,
+)
 from simtrain.apps.validate.measured import Comparison
+from simtrain.spec.hardware import load_hardware
 from simtrain.spec.scenario import parse_scenario
+from simtrain.spec.yamlfile import load_yaml
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "ffn_hidden": 256, "vocab": 256,
         "max_positions": 128}  # fmt: skip
@@ -48,3 +58,31 @@ def test_report_splits_fitted_from_held_out_families_by_scope():
         ("simtrain_h200", True), ("megatron_sc21_zero3", False)]  # fmt: skip
     assert [(f.family, f.metric, f.fitted, f.n, f.mape_pct) for f in r_zero3.rows] == [
         ("megatron_sc21_zero3", "tflops_per_gpu", True, 1, 20.0)]  # fmt: skip
+
+
+def _matmul_fits() -> list[tuple[str, str, float, list[str]]]:
+    """(profile, constant file, shipped value, record patterns) of each fitted
+    efficiency.matmul that names its records."""
+    out = []
+    for d in load_yaml(FITTED_PATH):
+        if d["constant"].startswith("efficiency.matmul") and "records" in d:
+            profile = d["scope"]["hardware"]
+            out.append((profile, d["file"], load_hardware(profile).efficiency.matmul,
+                        list(d["records"])))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("profile,file,value,patterns", _matmul_fits(),
+                         ids=[f[0] for f in _matmul_fits()])  # fmt: skip
+def test_fitted_matmul_is_still_the_grid_minimum(profile, file, value, patterns) -> None:
+    """Each [val] efficiency.matmul is the 0.01-grid value minimising the MAPE of the records
+    it names (one throughput metric per record; benchmarks/fit_matmul.py): a change of the cost
+    model that moves the optimum fails here until the profile is re-fitted (its comment says
+    the new MAPE), instead of the profile silently keeping a value fitted on another model."""
+    trs = fit_records(profile, patterns)
+    assert len(trs) >= 4
+    here = matmul_fit_mape(trs, value)[0]
+    for other in (round(value - 0.01, 2), round(value + 0.01, 2)):
+        assert here <= matmul_fit_mape(trs, other)[0], (file, other)
+    root = FITTED_PATH.parent.parent
+    assert f"{value:.2f}" in (root / file).read_text().split("matmul:", 1)[1].split("\n", 1)[0]

@@ -10,13 +10,17 @@ are the out-of-sample check of the values the profiles ship.
 
 from __future__ import annotations
 
+import fnmatch
+import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.validate.measured import TIME_METRICS, Comparison
+from simtrain.apps.validate.measured import TIME_METRICS, Comparison, compare_record
+from simtrain.apps.validate.records import DEFAULT_FILES, load_records
+from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import Scenario
 from simtrain.spec.yamlfile import load_yaml
@@ -79,6 +83,39 @@ def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...
         out.append(FittedConstant(str(d["constant"]), str(d["file"]),
                                   tuple(sorted(scope.items())), tuple(d["fitted_on"])))  # fmt: skip
     return tuple(out)
+
+
+# The metric a record is fitted on: the first of these it measured (one comparison per record).
+FIT_METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s")
+
+
+def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
+    """The records of ``measured/`` whose id matches one of ``patterns`` (fnmatch) and which
+    ``simtrain validate`` simulates on hardware profile ``profile``, translated."""
+    out = []
+    for name in DEFAULT_FILES:
+        for rec in load_records(FITTED_PATH.parent / name):
+            if any(fnmatch.fnmatchcase(rec.id, p) for p in patterns):
+                tr = translate(rec)
+                if isinstance(tr, Translation) and tr.scenario.hardware.name == profile:
+                    out.append(tr)
+    return out
+
+
+def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
+                    metrics: Sequence[str] = FIT_METRICS) -> tuple[float, float]:  # fmt: skip
+    """(MAPE %, signed median %) of ``trs`` simulated with ``efficiency.matmul = matmul`` (the
+    rest of each record's hardware profile as it is), one comparison per record: the first of
+    ``metrics`` it measured. How the profiles' [val] ``efficiency.matmul`` values were set
+    (``benchmarks/fit_matmul.py`` prints it over a grid)."""
+    errs: list[float] = []
+    for tr in trs:
+        hw = tr.scenario.hardware
+        sc = replace(tr.scenario, hardware=replace(
+            hw, efficiency=replace(hw.efficiency, matmul=matmul)))  # fmt: skip
+        got = {c.metric: c.error_pct for c in compare_record(replace(tr, scenario=sc))}
+        errs.append(next(got[m] for m in metrics if m in got))
+    return statistics.mean(abs(e) for e in errs), statistics.median(errs)
 
 
 def _median(xs: list[float]) -> float:
