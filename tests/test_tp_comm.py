@@ -165,3 +165,48 @@ def test_saved_gathered_input_and_regather_contradict() -> None:
         "s.yaml",
     )
     assert rt.tp_saves_gathered_input and not rt.tp_regather_backward
+
+
+# ---- the hidden part: its own "tp" stream in the timeline (issue 13, Deliver 4)
+
+
+@pytest.mark.parametrize("tp,sp", [(8, True), (16, True), (16, False)])
+def test_exposed_plus_hidden_is_every_collective(tp: int, sp: bool) -> None:
+    """Overlap moves time from exposed to hidden, never loses any: exposed + hidden with
+    ``tp_backward_overlap`` = exposed without it (the same collectives, all after the GEMMs)."""
+    from simtrain.costs.comm import tp_backward_block
+
+    sc = scenario(tp, sp=sp)
+    step = resolve(sc)
+    on = tp_backward_block(_runtime(sc, tp_backward_overlap=True), step)
+    off = tp_backward_block(_runtime(sc, tp_backward_overlap=False), step)
+    assert off[1] == 0 and on[1] > 0
+    assert on[0] + on[1] == off[0]
+    # an I action (no weight-gradient GEMM) hides nothing
+    assert tp_backward_block(_runtime(sc, tp_backward_overlap=True), step, True)[1] == 0
+
+
+def test_hidden_collectives_run_on_their_own_stream_beside_the_backward() -> None:
+    """Megatron-Core (async TP backward) on two nodes of TP, pp 2: every backward has a "TP
+    overlapped" span on the "tp" stream that starts with the backward's compute and ends
+    within it, lasting layers × the block's hidden figure; the step time is the same with and
+    without those spans (they delay nothing)."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.comm import tp_backward_block
+
+    par = {"tp": 16, "sequence_parallel": True, "pp": 2}
+    sc = scenario(16, sp=True, parallelism=par, training={"global_batch": 4})
+    step = resolve(sc)
+    hidden = tp_backward_block(sc, step)[1]
+    assert hidden > 0
+    res = simulate_scenario(sc)
+    spans = res.timeline.spans
+    tp_spans = [s for s in spans if s.stream == "tp"]
+    backs = {(s.rank, s.stage, s.microbatch): s for s in spans
+             if s.stream == "compute" and s.kind == "B"}  # fmt: skip
+    assert len(tp_spans) == len(backs) == 2 * 4  # one per backward of each stage's rank
+    for s in tp_spans:
+        b = backs[(s.rank, s.stage, s.microbatch)]
+        assert s.end_ns - s.start_ns == 1 * hidden  # one layer per stage
+        assert s.start_ns == b.start_ns and s.end_ns <= b.end_ns
+    assert simulate_scenario(sc, detail=False).metrics.step_time_s == res.metrics.step_time_s

@@ -49,6 +49,7 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
         and not step.placement.tp_crosses_nodes
         and not sc.runtime.tp_comm_overlap,
         merge_recompute=not detail,
+        overlap_spans=detail,
     )
     return share_nics(tasks, nic_plan(sc, step))
 

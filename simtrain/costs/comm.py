@@ -72,8 +72,22 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
 
 
 def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
-    """Exposed TP communication of one block's backward (Megatron-LM core/tensor_parallel/
-    layers.py LinearWithGradAccumulationAndAsyncCommunication.backward, d98e8a64 l.637-708;
+    """Exposed TP communication of one block's backward: :func:`tp_backward_block`'s first."""
+    return tp_backward_block(sc, step, input_grad_only)[0]
+
+
+def tp_backward_hidden_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
+    """TP communication of one block's backward that runs beside its GEMMs, hidden (only with
+    ``tp_backward_overlap``): :func:`tp_backward_block`'s second. The timeline shows it on
+    the "tp" stream beside the backward (``sim.lowering.passes.tp_pass``)."""
+    return tp_backward_block(sc, step, input_grad_only)[1]
+
+
+def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False
+                      ) -> tuple[int, int]:  # fmt: skip
+    """(exposed, hidden) TP communication of one block's backward (Megatron-LM
+    core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsyncCommunication.backward,
+    d98e8a64 l.637-708;
     nanotron tensor_parallel/functional.py at 2411b022, the same design).
 
     Without sequence parallelism: the two column-parallel linears' input-gradient all-reduces
@@ -82,7 +96,8 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool
     gradients reduce-scattered and, with runtime ``tp_regather_backward``, their saved input
     shards all-gathered again for the weight gradient. With ``tp_backward_overlap`` a
     column-parallel linear's reduction runs beside its weight-gradient GEMM and its
-    re-gather beside its input-gradient GEMM: each exposes max(0, collective − GEMM).
+    re-gather beside its input-gradient GEMM: each exposes max(0, collective − GEMM) and hides
+    the rest (the second figure; 0 without the flag).
     ``input_grad_only``: the backward of an I/W split (zero-bubble, DualPipe's I actions): no
     weight-gradient GEMM to hide the reduction behind, and no re-gather (Megatron defers it with
     the weight gradient, ``wgrad_compute=False``; simtrain charges the W action no TP time). With
@@ -93,10 +108,10 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool
     these column-parallel linears)."""
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
-        return 0
+        return 0, 0
     gemms = column_linear_gemm_ns(sc)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
     if not gemms:
-        return 2 * tp_allreduce_ns(sc, step)
+        return 2 * tp_allreduce_ns(sc, step), 0
     # Under tp_comm_overlap every TP collective of the action overlaps its whole compute
     # (sim.lowering.passes.tp_pass): the sum is what that overlap hides, not what is exposed.
     overlap = rt.tp_backward_overlap and not rt.tp_comm_overlap
@@ -107,14 +122,16 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool
 
     if not sc.parallelism.sequence_parallel:  # each column linear's input-gradient all-reduce
         ar = tp_allreduce_ns(sc, step)
-        return sum(exposed(ar, w) for w in wgrad)
+        shown = sum(exposed(ar, w) for w in wgrad)
+        return shown, len(wgrad) * ar - shown
     size = step.boundary_bytes
     ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
     rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
     row_gathers = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
-    return row_gathers + sum(exposed(regather, d) + exposed(rs, w)
-                             for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
+    column = sum(exposed(regather, d) + exposed(rs, w)
+                 for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
+    return row_gathers + column, len(gemms) * (regather + rs) - column
 
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:

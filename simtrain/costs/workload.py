@@ -23,8 +23,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
-    tp_bwd = comm.tp_backward_block_ns(sc, step)
-    tp_i = comm.tp_backward_block_ns(sc, step, input_grad_only=True)
+    tp_bwd, tp_bwd_hidden = comm.tp_backward_block(sc, step)
+    tp_i, tp_i_hidden = comm.tp_backward_block(sc, step, input_grad_only=True)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
@@ -43,6 +43,8 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_forward_ns=2 * n * ar,
             tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
             tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
+            tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
+            tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
             tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),

@@ -122,7 +122,7 @@ def kind_style(kind: str, stream: str = "compute") -> tuple[str, str | None]:
         return KIND_STYLES["SEND_F"]
     if key.startswith("RECV"):
         return KIND_STYLES["RECV_F"]
-    if stream == "collective" or any(w in key for w in ("REDUCE", "GATHER", "SCATTER")):
+    if stream in ("collective", "tp") or any(w in key for w in ("REDUCE", "GATHER", "SCATTER")):
         return _crc_pick(key, _FALLBACK_COMM), None
     return _crc_pick(key, _FALLBACK), None
 

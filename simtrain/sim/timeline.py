@@ -22,7 +22,7 @@ MEMORY_CATEGORIES = (
 )
 
 # Streams, in the order the Gantt chart draws them under each GPU.
-STREAMS = ("compute", "p2p", "collective", "dp", "gather", "cp")
+STREAMS = ("compute", "p2p", "collective", "dp", "gather", "cp", "tp")
 
 
 class Span(NamedTuple):

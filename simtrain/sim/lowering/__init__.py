@@ -12,7 +12,8 @@ gradient copies to the host (PCIe "d2h" / "h2d" streams; the CPU optimizer step 
 ``p2p_pass`` the pipeline sends; ``optimizer_pass`` the gradient sync, optimizer step and
 ZeRO-1/2 parameter all-gather; ``paging_pass`` a paged optimizer's eviction and prefetch of
 its states on a "paging" stream; ``data_parallel_pass`` torch.nn.DataParallel's GPU 0
-transfers and its replica row; ``resolve`` numbers the ops into engine tasks. ``nics`` then
+transfers and its replica row; ``tp_overlap_span_pass`` the TP collectives a backward
+hides under its GEMMs, on their own "tp" stream; ``resolve`` numbers the ops into engine tasks. ``nics`` then
 puts cross-node transfers on shared NIC links. Only one GPU per pipeline
 stage is simulated: its TP and DP peers do identical work (scale by symmetry); under
 torch.nn.DataParallel GPU 0 does not, and a replica is simulated beside it (rank 1). Data-parallel
@@ -43,6 +44,7 @@ from simtrain.sim.lowering.passes import (
     optimizer_pass,
     p2p_pass,
     paging_pass,
+    tp_overlap_span_pass,
     tp_pass,
     zero3_pass,
 )
@@ -59,7 +61,8 @@ __all__ = [
 ]
 
 
-def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = False) -> list[Task]:
+def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = False,
+          overlap_spans: bool = True) -> list[Task]:  # fmt: skip
     """Per-rank action lists -> engine tasks (passes ``pieces`` and ``tasks``).
 
     ``fuse_tp``: add each TP all-reduce to the compute slice it follows instead of making it a
@@ -76,10 +79,15 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     are the recompute's), the merged task allocates the working set at its start and frees
     everything at its end, so step time and memory are the same with fewer tasks under full
     recompute (tp 8 pp 16 interleaved m 192, with fuse_tp: 30,384 -> 24,256 tasks); the trace
-    then counts recompute time as backward."""
+    then counts recompute time as backward.
+
+    ``overlap_spans``: lower communication that overlaps compute and delays nothing (the TP
+    collectives hidden under the backward's GEMMs) as spans of their own stream, for the trace
+    and the Gantt chart; without it the same step time and memory with fewer tasks."""
     ir = compute_pass(inp, fuse_tp, merge_recompute)
+    ir.overlap_spans = overlap_spans
     for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,
                           activation_offload_pass, cp_pass, p2p_pass, optimizer_pass, paging_pass,
-                          data_parallel_pass):  # fmt: skip
+                          data_parallel_pass, tp_overlap_span_pass):  # fmt: skip
         lowering_pass(ir)
     return resolve(ir)

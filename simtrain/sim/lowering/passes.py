@@ -262,7 +262,8 @@ def tp_pass(ir: StepIR) -> None:
     the action is done when they are. With TP communication overlap (Megatron-Core
     ``--tp-comm-overlap``: Transformer Engine splits each GEMM into chunks and pipelines the
     all-gather / reduce-scatter of one chunk with the GEMM of the next) they start with the
-    action's compute and the action ends when both have: max(compute, TP) instead of the sum."""
+    action's compute and the action ends when both have: max(compute, TP) instead of the sum.
+    (The collectives a backward hides under its own GEMMs: :func:`tp_overlap_span_pass`.)"""
     overlap = ir.inp.tp_comm_overlap
     for r in ir.ranks.values():
         for g in r.groups:
@@ -278,6 +279,32 @@ def tp_pass(ir: StepIR) -> None:
                     g.done = Op(r.rank, "compute", "JOIN", f"TP overlap join {g.label}", 0,
                                 [tp], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
                     g.ops.append(g.done)
+
+
+def tp_overlap_span_pass(ir: StepIR) -> None:
+    """The TP collectives a backward hides under its own GEMMs (runtime
+    ``tp_backward_overlap``: ``costs.comm.tp_backward_block``'s hidden part) as one span on the
+    "tp" stream that starts with the backward's compute (its first B / I slice, after any
+    recompute): after that slice's dependencies and its predecessor on the compute stream, so
+    it runs last, once every other pass has added its dependencies. Nothing waits for it: the
+    exposed excess is the TP op after the compute. Only with ``StepIR.overlap_spans``."""
+    if not ir.overlap_spans:
+        return
+    for r in ir.ranks.values():
+        prev: Op | None = None  # the rank's compute stream, in task order
+        for g in r.groups:
+            compute = [op for op in g.ops if op.stream == "compute"]
+            a = g.action
+            if a is not None and a.kind in ("B", "I"):
+                c = ir.inp.chunks[a.stage]
+                hidden = c.tp_backward_hidden_ns if a.kind == "B" else c.tp_input_grad_hidden_ns
+                if hidden:
+                    i = next(k for k, op in enumerate(compute) if op.kind == a.kind)
+                    before = compute[i - 1] if i else prev
+                    deps = [*compute[i].deps, *([before] if before is not None else [])]
+                    g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {g.label}", hidden, deps,
+                                    microbatch=a.microbatch, stage=a.stage))  # fmt: skip
+            prev = compute[-1] if compute else prev
 
 
 def cp_pass(ir: StepIR) -> None:
