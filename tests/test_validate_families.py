@@ -636,3 +636,29 @@ def test_nemo_lora_row_trains_adapters_only(new_records) -> None:
     )
     lora_s = simulate_scenario(tr.scenario, detail=False).metrics.step_time_s
     assert simulate_scenario(full, detail=False).metrics.step_time_s > 1.3 * lora_s
+
+
+def test_megatron_core_pipeline_rows_run_interleaved(new_records) -> None:
+    """The Megatron-Core README's runs overlap pipeline communication, which Megatron does only
+    under the interleaved schedule (arguments.py l.254-277 at 937571cfd4): its pp > 1 rows run
+    interleaved at 1 layer per virtual stage (the 462B row's 7 layers per stage allow no other
+    even split); the pp 1 row keeps 1F1B-free plain data parallelism."""
+    from simtrain.apps.validate.translate import _implied_interleaving
+
+    got = {}
+    for rid in ("mcore_r080_h100_weak_32B", "mcore_r080_h100_weak_314B",
+                "mcore_r080_h100_weak_462B"):  # fmt: skip
+        tr = translate(new_records[rid])
+        assert isinstance(tr, Translation)
+        p = tr.scenario.parallelism
+        got[rid] = (p.pp, p.virtual_stages, p.schedule)
+    assert got["mcore_r080_h100_weak_32B"][:2] == (1, 1)
+    assert got["mcore_r080_h100_weak_314B"] == (8, 12, "interleaved")
+    assert got["mcore_r080_h100_weak_462B"] == (16, 7, "interleaved")
+    notes: list[str] = []
+    conv = SOURCES["megatron_core"]
+    assert _implied_interleaving({}, conv, 4, 30, notes) == {}  # 30 layers on pp 4: no even split
+    assert _implied_interleaving({"virtual_stages": 2}, conv, 4, 32, notes) == {"virtual_stages": 2}
+    assert _implied_interleaving({}, conv, 4, 32, notes) == {"virtual_stages": 8}
+    assert _implied_interleaving({}, SOURCES["nemo"], 4, 32, notes) == {}
+    assert len(notes) == 1

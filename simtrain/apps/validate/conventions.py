@@ -63,6 +63,9 @@ class SourceConvention:
     # LoRA as the source's fine-tuning recipe sets it where a LoRA record names no rank or
     # target: (rank, alpha, target modules, why); None: such a record is not expressible.
     lora_default: tuple[int, float, tuple[str, ...], str] | None = None
+    # A pipeline-parallel record silent on interleaving ran the interleaved schedule with this
+    # many layers per virtual stage, and why (None: the schedule the record or its flags say).
+    pp_interleaved: tuple[int, str] | None = None
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -290,6 +293,17 @@ SOURCES: dict[str, SourceConvention] = {
         "none",
         "none (Megatron-LM's default: no --recompute-granularity)",
         131072,  # the README: "All models use a vocabulary size of 131,072"
+        # The README's runs overlap "pipeline-parallel communication (enabled by default)", which
+        # Megatron runs only under the interleaved schedule (megatron/training/arguments.py
+        # l.254-277 at 937571cfd4: without --num-layers-per-virtual-pipeline-stage it sets
+        # overlap_p2p_comm False). The 462B row's 112 layers on pp 16 (7 per stage) split
+        # evenly only as 1 layer per virtual stage; the same is taken for every pp > 1 row.
+        pp_interleaved=(
+            1,
+            "the README overlaps pipeline communication, which Megatron runs only "
+            "interleaved (arguments.py l.254-277): 1 layer per virtual stage, the "
+            "only even split of the 462B row's 7 layers per stage",
+        ),
         precision_unstated=(
             "bf16",
             "precision not stated: bf16 (the README's TFLOP/s / MFU = 989 TFLOP/s, the H100's "

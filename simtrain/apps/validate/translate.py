@@ -341,6 +341,7 @@ def _scenario_data(
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
     par = _implied_parallelism(rec.parallelism, conv, said)
+    par = _implied_interleaving(par, conv, pp, _int(model.get("layers")), said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     if importer_of(rec) is not None:
         try:
@@ -575,6 +576,23 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
     if p.get("offload"):
         raise _NotExpressible(f"offload {p.get('offload')!r} is not modelled for this layout")
     return p
+
+
+def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
+                          layers: int | None, notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
+    """``conv.pp_interleaved``: a pipeline-parallel record that names no virtual stages ran
+    the interleaved schedule with k layers per virtual stage (v = layers / (pp·k)), when that
+    splits evenly."""
+    if conv.pp_interleaved is None or pp <= 1 or p.get("virtual_stages") is not None:
+        return p
+    k, why = conv.pp_interleaved
+    if not layers or layers % (pp * k):
+        return p
+    v = layers // (pp * k)
+    if v < 2:
+        return p
+    notes.append(f"virtual stages not reported: {v} ({why})")
+    return {**p, "virtual_stages": v}
 
 
 def _parallelism(
