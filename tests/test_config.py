@@ -338,6 +338,16 @@ def test_apply_override_nested_and_typed() -> None:
     assert d["name"] == "a=b"
 
 
+def test_apply_override_on_a_named_runtime_keeps_the_name() -> None:
+    """``runtime: megatron_core`` with ``--set runtime.tp_backward_overlap=false`` is
+    ``runtime: {name: megatron_core, tp_backward_overlap: false}``; other strings stay leaves."""
+    d: dict[str, Any] = {"runtime": "megatron_core", "hardware": "h100_sxm5_80gb"}
+    apply_override(d, "runtime.tp_backward_overlap=false")
+    assert d["runtime"] == {"name": "megatron_core", "tp_backward_overlap": False}
+    with pytest.raises(ConfigError, match="hardware: is not a mapping"):
+        apply_override(d, "hardware.memory_gib=40")
+
+
 @pytest.mark.parametrize(
     "bad",
     ["training.micro_batch", "=3", "training.micro_batch=[1", "training.micro_batch.x=1"],

@@ -7,6 +7,7 @@ against the source's own published numbers) and the runtime each source ran on."
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -608,11 +609,30 @@ def test_finetune_text_reads_as_peft() -> None:
     assert notes == []
     nemo = read_finetune("LoRA", SOURCES["nemo"], notes)
     assert nemo == {"method": "lora", "rank": 32, "alpha": 32.0, "target_modules": ["q", "k", "v"]}
-    assert len(notes) == 1 and "rank 32" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("LoRA rank and target modules not reported")
     with pytest.raises(_NotExpressible, match="rank or target"):
         read_finetune("LoRA", SOURCES["megatron_sc21"], notes)
-    with pytest.raises(_NotExpressible, match="not full | SFT | LoRA"):
+    with pytest.raises(_NotExpressible, match=re.escape("not full | SFT | LoRA")):
         read_finetune("QLoRA (LoRA on all linear layers)", SOURCES["nemo"], notes)
+    # every target the text names, in the paper's, HF PEFT's and Megatron's spellings
+    text = "LoRA r=8 on q_proj,v_proj,gate_proj,up_proj,down_proj"
+    assert read_finetune(text, SOURCES["nemo"], notes)["target_modules"] == [
+        "q", "v", "gate", "up", "down"]  # fmt: skip
+    assert read_finetune("LoRA(r=8, target=W_qkv)", SOURCES["nemo"], notes)[
+        "target_modules"] == ["q", "k", "v"]  # fmt: skip
+    assert read_finetune("LoRA r=16, W_q,W_v", SOURCES["nemo"], notes)["target_modules"] == [
+        "q", "v"]  # fmt: skip
+    assert len(read_finetune("LoRA on all linear layers r=16", SOURCES["nemo"], notes)[
+        "target_modules"]) == 7  # fmt: skip
+    assert len(notes) == 1  # none of these took the recipe's default
+    # the recipe fills only what the text leaves out, and the note says which
+    partial = read_finetune("LoRA r=8", SOURCES["nemo"], notes)
+    assert (partial["rank"], partial["target_modules"]) == (8, ["q", "k", "v"])
+    assert notes[-1].startswith("LoRA target modules not reported")
+    for bad, why in (("LoRA rank=64 on attention", "target 'attention'"),
+                     ("LoRA r=0 on W_q", "rank 0")):  # fmt: skip
+        with pytest.raises(_NotExpressible, match=why):
+            read_finetune(bad, SOURCES["nemo"], notes)
 
 
 def test_nemo_lora_row_trains_adapters_only(new_records) -> None:

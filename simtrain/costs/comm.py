@@ -72,15 +72,9 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
 
 
 def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
-    """Exposed TP communication of one block's backward: :func:`tp_backward_block`'s first."""
+    """Exposed TP communication of one block's backward: :func:`tp_backward_block`'s first
+    (its hidden part is drawn on the "tp" stream: ``sim.lowering.passes.tp_overlap_span_pass``)."""
     return tp_backward_block(sc, step, input_grad_only)[0]
-
-
-def tp_backward_hidden_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
-    """TP communication of one block's backward that runs beside its GEMMs, hidden (only with
-    ``tp_backward_overlap``): :func:`tp_backward_block`'s second. The timeline shows it on
-    the "tp" stream beside the backward (``sim.lowering.passes.tp_pass``)."""
-    return tp_backward_block(sc, step, input_grad_only)[1]
 
 
 def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False

@@ -24,7 +24,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     t = sc.training
     ar = comm.tp_allreduce_ns(sc, step)
     tp_bwd, tp_bwd_hidden = comm.tp_backward_block(sc, step)
-    tp_i, tp_i_hidden = comm.tp_backward_block(sc, step, input_grad_only=True)
+    tp_i = comm.tp_backward_block_ns(sc, step, input_grad_only=True)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
@@ -44,7 +44,6 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
             tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
             tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
-            tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
             tp_recompute_ns=tp_recompute_ns(sc, n, ar),
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),

@@ -833,7 +833,8 @@ TOP_KEYS = ("name", "description", "model", "hardware", "runtime", "cluster", "t
 
 
 def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -> None:
-    """``training.micro_batch=2`` sets data["training"]["micro_batch"] = 2 (value parsed as YAML)."""
+    """``training.micro_batch=2`` sets data["training"]["micro_batch"] = 2 (value parsed as YAML);
+    ``runtime.KEY=V`` on a scenario whose runtime is a name overrides that runtime's KEY."""
     if "=" not in assignment:
         raise ConfigError("--set", assignment, "expected KEY.PATH=VALUE", assignment)
     path, raw = assignment.split("=", 1)
@@ -848,6 +849,9 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
         child = node.get(k)
         if child is None:
             child = {}
+            node[k] = child
+        if i == 0 and k == "runtime" and isinstance(child, str):
+            child = {"name": child}  # runtime: NAME is runtime: {name: NAME} with overrides
             node[k] = child
         if not isinstance(child, dict):
             raise ConfigError("--set", ".".join(keys[: i + 1]), "is not a mapping", child)

@@ -182,8 +182,8 @@ _BF16_OPTIMIZER = (
 # peft.lora_tuning: target_modules ['attention_qkv'] (the fused Q/K/V linear), adapter_dim 32,
 # alpha = adapter_dim, adapter_dropout 0.0.
 _NEMO_LORA = (32, 32.0, ("q", "k", "v"),
-              "LoRA as NeMo's fine-tuning config sets it (megatron_gpt_finetuning_config.yaml "
-              "lora_tuning, 070a0bb1): rank 32 on the fused Q/K/V linear")  # fmt: skip
+              "NeMo's fine-tuning config (megatron_gpt_finetuning_config.yaml lora_tuning, "
+              "070a0bb1): rank 32, alpha 32, on the fused Q/K/V linear")  # fmt: skip
 
 
 def _nemo_family(flops: str, optimizer_note: str) -> SourceConvention:

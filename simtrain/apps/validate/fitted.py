@@ -85,8 +85,9 @@ def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...
     return tuple(out)
 
 
-# The metric a record is fitted on: the first of these it measured (one comparison per record).
-FIT_METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s")
+# The metric a record is fitted on: the first of these it measured (one comparison per record):
+# step time, else tokens/s, else TFLOP/s (the profiles' comments name which).
+FIT_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu")
 
 
 def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
@@ -114,7 +115,11 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
         sc = replace(tr.scenario, hardware=replace(
             hw, efficiency=replace(hw.efficiency, matmul=matmul)))  # fmt: skip
         got = {c.metric: c.error_pct for c in compare_record(replace(tr, scenario=sc))}
-        errs.append(next(got[m] for m in metrics if m in got))
+        metric = next((m for m in metrics if m in got), None)
+        if metric is None:
+            raise ConfigError(tr.record.id, "measured", "no throughput metric to fit on", None,
+                              " | ".join(metrics))  # fmt: skip
+        errs.append(got[metric])
     return statistics.mean(abs(e) for e in errs), statistics.median(errs)
 
 

@@ -31,7 +31,7 @@ from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.scenario import RECOMPUTE, Scenario, parse_scenario
+from simtrain.spec.scenario import LORA_TARGETS, RECOMPUTE, Scenario, parse_scenario
 from simtrain.units import MIB
 
 
@@ -531,16 +531,56 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
     return out
 
 
-# A LoRA record's own rank and targets: "r=4", "rank 16"; "W_q, W_v" / "q_proj" style names.
+# A LoRA record's own rank ("r=4", "rank 16") and alpha ("alpha=32", "lora_alpha 16").
 _LORA_RANK = re.compile(r"\b(?:r|rank)\s*[=:]?\s*(\d+)", re.IGNORECASE)
-_LORA_TARGET = re.compile(r"\bW_([qkvo])\b|\b([qkvo])_proj\b", re.IGNORECASE)
+_LORA_ALPHA = re.compile(r"\b(?:lora_)?alpha\s*[=:]?\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+# Where a record names its targets: "on W_q, W_v", "targets q_proj k_proj", "target=W_qkv".
+_LORA_ON = re.compile(r"\b(?:on|targets?|target_modules)\b\s*[=:]?", re.IGNORECASE)
+# Target names -> simtrain's LoRA targets (spec.scenario.LORA_TARGETS): the paper's W_q..., HF
+# PEFT's *_proj, Megatron / NeMo's fused names; "all linear" every one of them.
+_LORA_NAMES: dict[str, tuple[str, ...]] = {
+    **{w: (x,) for x in "qkvo" for w in (f"w_{x}", f"{x}_proj", x)},
+    "query": ("q",),
+    "key": ("k",),
+    "value": ("v",),
+    "out_proj": ("o",),
+    **{
+        w: ("q", "k", "v")
+        for w in ("w_qkv", "qkv", "attention_qkv", "linear_qkv", "query_key_value")
+    },
+    **{w: (x,) for x in ("gate", "up", "down") for w in (x, f"{x}_proj")},
+    "all": LORA_TARGETS,
+}
+# Words of a target clause that name no module: "on all linear layers, r=16, alpha 32".
+_LORA_FILLER = {"and", "the", "of", "in", "every", "linear", "layers", "layer", "modules",
+                "module", "projections", "projection", "weights", "lora", "r", "rank", "alpha",
+                "lora_alpha", "with", "dropout"}  # fmt: skip
+
+
+def _lora_targets(s: str) -> tuple[str, ...] | None:
+    """The LoRA targets a record's text names after "on" / "target(s)" (None: it names none);
+    a word there that names no module and no filler makes the record not expressible."""
+    m = _LORA_ON.search(s)
+    if m is None:  # no clause: module names that cannot be plain words ("W_q", "v_proj")
+        named = [w for w in re.split(r"[^a-z0-9_]+", s.lower()) if "_" in w and w in _LORA_NAMES]
+        return tuple(dict.fromkeys(x for w in named for x in _LORA_NAMES[w])) or None
+    out: dict[str, None] = {}
+    for word in re.split(r"[^a-z0-9_]+", s[m.end() :].lower()):
+        if not word or word.replace(".", "").isdigit() or word in _LORA_FILLER:
+            continue
+        if word not in _LORA_NAMES:
+            raise _NotExpressible(f"training.finetune {s!r}: LoRA target {word!r} is not one "
+                                  f"of {', '.join(sorted(_LORA_NAMES))}")  # fmt: skip
+        out.update(dict.fromkeys(_LORA_NAMES[word]))
+    return tuple(out) or None
 
 
 def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[str, Any] | None:
     """``training.finetune`` of a record as simtrain's ``training.peft`` (None: every weight
     trained): ``full`` / ``SFT`` train every weight; ``LoRA`` trains rank-r adapters on the named
-    linears (Hu et al. 2021), its rank and targets read from the text ("LoRA r=4 on W_q, W_v")
-    or, where the text names none, from the source's recipe (``SourceConvention.lora_default``).
+    linears (Hu et al. 2021), its rank, alpha and targets read from the text ("LoRA r=4 on W_q,
+    W_v"; target names: :data:`_LORA_NAMES`) and, where the text names none of the rank or the
+    targets, from the source's recipe (``SourceConvention.lora_default``, said in ``notes``).
     Anything else is not expressible, never silently a full fine-tune."""
     if text is None:
         return None
@@ -550,18 +590,27 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
         return None
     if not low.startswith("lora"):
         raise _NotExpressible(f"training.finetune {s!r}: not full | SFT | LoRA")
-    rank = _LORA_RANK.search(s)
-    targets = tuple(dict.fromkeys(
-        (a or b).lower() for a, b in _LORA_TARGET.findall(s)))  # fmt: skip
-    if rank is None or not targets:
+    r = _LORA_RANK.search(s)
+    rank = int(r.group(1)) if r else None
+    if rank == 0:
+        raise _NotExpressible(f"training.finetune {s!r}: LoRA rank 0")
+    targets = _lora_targets(s)
+    a = _LORA_ALPHA.search(s)
+    out: dict[str, Any] = {"method": "lora"}
+    if rank is None or targets is None:
         if conv.lora_default is None:
             raise _NotExpressible(f"training.finetune {s!r}: LoRA rank or target modules not "
                                   "reported")  # fmt: skip
-        r, alpha, default_targets, why = conv.lora_default
-        notes.append(why)
-        return {"method": "lora", "rank": int(rank.group(1)) if rank else r,
-                "alpha": alpha, "target_modules": list(targets or default_targets)}  # fmt: skip
-    return {"method": "lora", "rank": int(rank.group(1)), "target_modules": list(targets)}
+        d_rank, d_alpha, d_targets, why = conv.lora_default
+        taken = [w for w, v in (("rank", rank), ("target modules", targets)) if v is None]
+        notes.append(f"LoRA {' and '.join(taken)} not reported: {why}")
+        if a is None:
+            out["alpha"] = d_alpha
+        rank, targets = rank or d_rank, targets or d_targets
+    out.update({"rank": rank, "target_modules": list(targets)})
+    if a is not None:
+        out["alpha"] = float(a.group(1))
+    return out
 
 
 def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
@@ -580,10 +629,13 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
 
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
                           layers: int | None, notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
-    """``conv.pp_interleaved``: a pipeline-parallel record that names no virtual stages ran
+    """``conv.pp_interleaved``: a pipeline-parallel record that names no schedule and no
+    virtual stages ran
     the interleaved schedule with k layers per virtual stage (v = layers / (pp·k)), when that
     splits evenly."""
     if conv.pp_interleaved is None or pp <= 1 or p.get("virtual_stages") is not None:
+        return p
+    if p.get("schedule") is not None:  # the record names its schedule: that one
         return p
     k, why = conv.pp_interleaved
     if not layers or layers % (pp * k):

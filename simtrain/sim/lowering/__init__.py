@@ -62,7 +62,7 @@ __all__ = [
 
 
 def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = False,
-          overlap_spans: bool = True) -> list[Task]:  # fmt: skip
+          overlap_spans: bool = False) -> list[Task]:  # fmt: skip
     """Per-rank action lists -> engine tasks (passes ``pieces`` and ``tasks``).
 
     ``fuse_tp``: add each TP all-reduce to the compute slice it follows instead of making it a
@@ -83,7 +83,9 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
 
     ``overlap_spans``: lower communication that overlaps compute and delays nothing (the TP
     collectives hidden under the backward's GEMMs) as spans of their own stream, for the trace
-    and the Gantt chart; without it the same step time and memory with fewer tasks."""
+    and the Gantt chart; without it the same step time and memory with fewer tasks. Not with
+    ``merge_recompute`` (a merged backward starts with its recompute: the span would too)."""
+    assert not (overlap_spans and merge_recompute), "overlap_spans needs unmerged recompute"
     ir = compute_pass(inp, fuse_tp, merge_recompute)
     ir.overlap_spans = overlap_spans
     for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,

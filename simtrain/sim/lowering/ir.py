@@ -18,10 +18,9 @@ class ChunkDurations:
     tp_forward_ns: int = 0  # exposed TP communication after the forward
     tp_backward_ns: int = 0  # ... after the backward (B: input and weight gradients)
     tp_input_grad_ns: int = 0  # ... after an input-gradient-only backward (I of an I/W split)
-    # TP collectives hidden under the backward's GEMMs (runtime tp_backward_overlap): on the
-    # "tp" stream beside the backward, on no critical path (``passes.tp_pass``).
+    # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap; an I
+    # action hides none): on the "tp" stream beside it (``passes.tp_overlap_span_pass``).
     tp_backward_hidden_ns: int = 0
-    tp_input_grad_hidden_ns: int = 0
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage
@@ -271,4 +270,4 @@ class StepIR:
     ranks: dict[int, RankIR]
     sends: dict[tuple[str, int, int], Op]
     # draw overlapped communication that delays nothing (hidden TP collectives) as spans
-    overlap_spans: bool = True
+    overlap_spans: bool = False

@@ -284,10 +284,11 @@ def tp_pass(ir: StepIR) -> None:
 def tp_overlap_span_pass(ir: StepIR) -> None:
     """The TP collectives a backward hides under its own GEMMs (runtime
     ``tp_backward_overlap``: ``costs.comm.tp_backward_block``'s hidden part) as one span on the
-    "tp" stream that starts with the backward's compute (its first B / I slice, after any
-    recompute): after that slice's dependencies and its predecessor on the compute stream, so
-    it runs last, once every other pass has added its dependencies. Nothing waits for it: the
-    exposed excess is the TP op after the compute. Only with ``StepIR.overlap_spans``."""
+    "tp" stream that starts with the backward's compute: its first B slice (after any
+    recompute), once that slice's dependencies and its predecessor on the compute stream are
+    done; this pass runs last, when every other pass has added its dependencies. An I action of
+    an I/W split hides nothing. Nothing waits for the span: the exposed excess is the TP op
+    after the compute. Only with ``StepIR.overlap_spans``."""
     if not ir.overlap_spans:
         return
     for r in ir.ranks.values():
@@ -295,15 +296,14 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
         for g in r.groups:
             compute = [op for op in g.ops if op.stream == "compute"]
             a = g.action
-            if a is not None and a.kind in ("B", "I"):
-                c = ir.inp.chunks[a.stage]
-                hidden = c.tp_backward_hidden_ns if a.kind == "B" else c.tp_input_grad_hidden_ns
-                if hidden:
-                    i = next(k for k, op in enumerate(compute) if op.kind == a.kind)
-                    before = compute[i - 1] if i else prev
-                    deps = [*compute[i].deps, *([before] if before is not None else [])]
-                    g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {g.label}", hidden, deps,
-                                    microbatch=a.microbatch, stage=a.stage))  # fmt: skip
+            is_b = a is not None and a.kind == "B"
+            hidden = ir.inp.chunks[a.stage].tp_backward_hidden_ns if is_b else 0
+            if hidden:
+                i = next(k for k, op in enumerate(compute) if op.kind == "B")
+                before = compute[i - 1] if i else prev
+                deps = [*compute[i].deps, *([before] if before is not None else [])]
+                g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {g.label}", hidden, deps,
+                                microbatch=a.microbatch, stage=a.stage))  # fmt: skip
             prev = compute[-1] if compute else prev
 
 
