@@ -210,3 +210,23 @@ def test_hidden_collectives_run_on_their_own_stream_beside_the_backward() -> Non
         assert s.end_ns - s.start_ns == 1 * hidden  # one layer per stage
         assert s.start_ns == b.start_ns and s.end_ns <= b.end_ns
     assert simulate_scenario(sc, detail=False).metrics.step_time_s == res.metrics.step_time_s
+
+
+def test_tp_overlap_scenario_states_its_own_figures() -> None:
+    """scenarios/llama3_70b_tp_overlap.yaml quotes its step time with and without the
+    overlap; both come from simulating it (a cost-model change that moves them fails here
+    until the comment is updated), and the overlap must save time."""
+    import re
+    from pathlib import Path
+
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.spec.scenario import load_scenario
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "llama3_70b_tp_overlap.yaml"
+    on_s, off_s = map(float, re.search(r"Step ([\d.]+) s; without the overlap ([\d.]+) s",
+                                       path.read_text()).groups())  # fmt: skip
+    on = simulate_scenario(load_scenario(path), detail=False).metrics.step_time_s
+    off_sc = load_scenario(path, overrides=["runtime.tp_backward_overlap=false"])
+    off = simulate_scenario(off_sc, detail=False).metrics.step_time_s
+    assert (round(on, 2), round(off, 2)) == (on_s, off_s)
+    assert on < off

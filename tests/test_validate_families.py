@@ -662,7 +662,7 @@ def test_megatron_core_pipeline_rows_run_interleaved(new_records) -> None:
     """The Megatron-Core README's runs overlap pipeline communication, which Megatron does only
     under the interleaved schedule (arguments.py l.254-277 at 937571cfd4): its pp > 1 rows run
     interleaved at 1 layer per virtual stage (the 462B row's 7 layers per stage allow no other
-    even split); the pp 1 row keeps 1F1B-free plain data parallelism."""
+    even split); the pp 1 row has no pipeline to interleave."""
     from simtrain.apps.validate.translate import _implied_interleaving
 
     got = {}
@@ -680,5 +680,6 @@ def test_megatron_core_pipeline_rows_run_interleaved(new_records) -> None:
     assert _implied_interleaving({}, conv, 4, 30, notes) == {}  # 30 layers on pp 4: no even split
     assert _implied_interleaving({"virtual_stages": 2}, conv, 4, 32, notes) == {"virtual_stages": 2}
     assert _implied_interleaving({}, conv, 4, 32, notes) == {"virtual_stages": 8}
+    assert _implied_interleaving({"schedule": "1f1b"}, conv, 4, 32, notes) == {"schedule": "1f1b"}
     assert _implied_interleaving({}, SOURCES["nemo"], 4, 32, notes) == {}
     assert len(notes) == 1

@@ -370,6 +370,11 @@ SOURCES: dict[str, SourceConvention] = {
 GENERIC = SourceConvention("simtrain", {})
 
 
+#: FLOP conventions with no rule for frozen weights (Megatron-Core's num_floating_point_operations,
+#: which NeMo and Megatron-Bridge report; NeMo's FLOPs callback refuses PEFT jobs:
+#: flops_callback.py on_train_start, NVIDIA/NeMo 8cfedd72): a PEFT row's TFLOP/s and MFU under
+#: them count FLOPs no source states, and are not compared.
+NO_PEFT_FLOP_RULE = ("megatron_core", "megatron_core_causal")
 FLOP_CONVENTIONS = ("megatron_eq3", "korthikanti", "mosaicml", "nanotron", "simtrain",
                     "megatron_core", "megatron_core_causal", "torchtitan",
                     "megatron_ds_2021")  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.validate.measured import TIME_METRICS, Comparison, compare_record
-from simtrain.apps.validate.records import DEFAULT_FILES, load_records
+from simtrain.apps.validate.records import load_record_files, resolve_paths
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import Scenario
@@ -94,12 +94,11 @@ def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
     """The records of ``measured/`` whose id matches one of ``patterns`` (fnmatch) and which
     ``simtrain validate`` simulates on hardware profile ``profile``, translated."""
     out = []
-    for name in DEFAULT_FILES:
-        for rec in load_records(FITTED_PATH.parent / name):
-            if any(fnmatch.fnmatchcase(rec.id, p) for p in patterns):
-                tr = translate(rec)
-                if isinstance(tr, Translation) and tr.scenario.hardware.name == profile:
-                    out.append(tr)
+    for rec in load_record_files(resolve_paths(None)):
+        if any(fnmatch.fnmatchcase(rec.id, p) for p in patterns):
+            tr = translate(rec)
+            if isinstance(tr, Translation) and tr.scenario.hardware.name == profile:
+                out.append(tr)
     return out
 
 

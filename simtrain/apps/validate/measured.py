@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from simtrain.apps.validate.conventions import record_convention, source_flops
+from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.translate import Translation
@@ -68,10 +68,8 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
     elif (v := num("samples_per_s")) is not None and v > 0:
         out["tokens_per_s"] = v * seq
     conv = record_convention(rec)
-    # Megatron-Core's FLOP count (and NeMo's callback after it: flops_callback.py on_train_start
-    # raises "FLOPs measurement not supported for finetuning jobs", NVIDIA/NeMo 8cfedd72) has no
-    # rule for frozen weights: a PEFT row's TFLOP/s and MFU count FLOPs no source states.
-    unstated = sc.training.peft.method != "none" and conv.flops.startswith("megatron_core")
+    # a PEFT row's TFLOP/s and MFU where the source's FLOP count has no rule for frozen weights
+    unstated = sc.training.peft.method != "none" and conv.flops in NO_PEFT_FLOP_RULE
     for key in () if unstated else ("tflops_per_gpu", "model_tflops_per_gpu"):
         if (v := num(key)) is not None and v > 0:
             out["tflops_per_gpu"] = v

@@ -596,7 +596,7 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
         raise _NotExpressible(f"training.finetune {s!r}: LoRA rank 0")
     targets = _lora_targets(s)
     a = _LORA_ALPHA.search(s)
-    out: dict[str, Any] = {"method": "lora"}
+    alpha = float(a.group(1)) if a else None
     if rank is None or targets is None:
         if conv.lora_default is None:
             raise _NotExpressible(f"training.finetune {s!r}: LoRA rank or target modules not "
@@ -604,13 +604,9 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
         d_rank, d_alpha, d_targets, why = conv.lora_default
         taken = [w for w, v in (("rank", rank), ("target modules", targets)) if v is None]
         notes.append(f"LoRA {' and '.join(taken)} not reported: {why}")
-        if a is None:
-            out["alpha"] = d_alpha
-        rank, targets = rank or d_rank, targets or d_targets
-    out.update({"rank": rank, "target_modules": list(targets)})
-    if a is not None:
-        out["alpha"] = float(a.group(1))
-    return out
+        rank, targets, alpha = rank or d_rank, targets or d_targets, alpha or d_alpha
+    out = {"method": "lora", "rank": rank, "target_modules": list(targets)}
+    return out if alpha is None else {**out, "alpha": alpha}
 
 
 def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
@@ -630,12 +626,10 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
                           layers: int | None, notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
     """``conv.pp_interleaved``: a pipeline-parallel record that names no schedule and no
-    virtual stages ran
-    the interleaved schedule with k layers per virtual stage (v = layers / (pp·k)), when that
-    splits evenly."""
-    if conv.pp_interleaved is None or pp <= 1 or p.get("virtual_stages") is not None:
-        return p
-    if p.get("schedule") is not None:  # the record names its schedule: that one
+    virtual stages ran the interleaved schedule with k layers per virtual stage
+    (v = layers / (pp·k)), when that splits evenly into v >= 2."""
+    said = p.get("virtual_stages") is not None or p.get("schedule") is not None
+    if conv.pp_interleaved is None or pp <= 1 or said:
         return p
     k, why = conv.pp_interleaved
     if not layers or layers % (pp * k):
