@@ -38,6 +38,10 @@ class SourceConvention:
     # parallelism keys the source's runs imply where the record is silent, and why
     parallel_defaults: Mapping[str, Any] = field(default_factory=dict)
     parallel_note: str = ""
+    # ... for a fine-tuning record (``training.finetune``), when the source's fine-tuning recipe
+    # differs (None: parallel_defaults), and why
+    finetune_parallel_defaults: Mapping[str, Any] | None = None
+    finetune_parallel_note: str = ""
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
@@ -66,6 +70,11 @@ class SourceConvention:
     # A pipeline-parallel record silent on interleaving ran the interleaved schedule with this
     # many layers per virtual stage, and why (None: the schedule the record or its flags say).
     pp_interleaved: tuple[int, str] | None = None
+    # Megatron flags the source's launcher adds to every run where they apply (overlaps:
+    # apps.importers.megatron.OVERLAP_FLAGS; --grad-reduce-in-bf16), and why
+    # (native.megatron_flags applies each only where the layout has something for it to do).
+    launch_flags: tuple[str, ...] = ()
+    launch_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -186,14 +195,27 @@ _NEMO_LORA = (32, 32.0, ("q", "k", "v"),
               "070a0bb1): rank 32, alpha 32, on the fused Q/K/V linear")  # fmt: skip
 
 
-def _nemo_family(flops: str, optimizer_note: str) -> SourceConvention:
+def _nemo_family(flops: str, parallel_note: str, launch_note: str,
+                 finetune_note: str = "") -> SourceConvention:  # fmt: skip
     """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
-    built as Llama by name (:data:`_NEMO_LLAMA`), the distributed optimizer (ZeRO-1) and NeMo's
-    LoRA recipe; only the FLOP convention (``flops``) and the optimizer's source
-    (``optimizer_note``) differ."""
+    built as Llama by name (:data:`_NEMO_LLAMA`), the distributed optimizer (ZeRO-1), sequence
+    parallelism whenever tp > 1 (pretraining; ``finetune_note``: why not when fine-tuning),
+    the launchers' overlaps of the DP and TP communication and bf16 gradient reduction
+    (:data:`_NEMO_LAUNCH_FLAGS`) and NeMo's LoRA recipe; the FLOP convention (``flops``) and
+    the sources of the implied settings (``parallel_note``, ``launch_note``) differ."""
     return SourceConvention(flops, {"flash_attention": True, "dropout": 0.0},
-                            named_architectures=_NEMO_LLAMA, parallel_defaults={"zero_stage": 1},
-                            parallel_note=optimizer_note, lora_default=_NEMO_LORA)  # fmt: skip
+                            named_architectures=_NEMO_LLAMA,
+                            parallel_defaults={"zero_stage": 1, "sequence_parallel": True},
+                            parallel_note=parallel_note,
+                            finetune_parallel_defaults={"zero_stage": 1} if finetune_note else None,
+                            finetune_parallel_note=finetune_note, lora_default=_NEMO_LORA,
+                            launch_flags=_NEMO_LAUNCH_FLAGS, launch_note=launch_note)  # fmt: skip
+
+
+# The Megatron flags of what NeMo's and Megatron-Bridge's launchers turn on for their performance
+# runs (each applied only where the layout has something for it: native.launch_flags).
+_NEMO_LAUNCH_FLAGS = ("--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
+                      "--grad-reduce-in-bf16")  # fmt: skip
 
 
 SOURCES: dict[str, SourceConvention] = {
@@ -327,17 +349,45 @@ SOURCES: dict[str, SourceConvention] = {
         # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
         # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
         # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
+        # The 24.07 performance runs are NeMo-Framework-Launcher's (6a76374e, 2024-07-31):
+        # launcher_scripts/conf/training/llama/llama2_70b.yaml sequence_parallel: true (l.126),
+        # ub_tp_comm_overlap: true (l.136), distributed_fused_adam overlap_grad_sync and
+        # overlap_param_sync: true (l.151-159; llama2_13b.yaml at tp 1 the same, l.150-158),
+        # launched by examples/training/llama/h100/llama2_{13b,70b}_fp8.sh with
+        # +training.model.optim.grad_sync_dtype=bf16; fine-tuning: conf/peft/llama/sft.yaml
+        # sequence_parallel: False (l.106), the same optimizer overlaps and bf16 (l.250-260).
         "NeMo's recipes use Megatron-Core's distributed optimizer "
-        "(recipes/optim/adam.py use_distributed_optimizer=True)",
+        "(recipes/optim/adam.py use_distributed_optimizer=True); NeMo-Framework-Launcher's "
+        "pretraining configs turn on sequence parallelism with tp > 1 "
+        "(conf/training/llama/llama2_70b.yaml)",
+        "NeMo-Framework-Launcher 6a76374e: conf/training/llama/llama2_*.yaml (ub_tp_comm_overlap, "
+        "distributed_fused_adam overlap_grad_sync / overlap_param_sync) and "
+        "examples/training/llama/h100/llama2_*_fp8.sh (optim.grad_sync_dtype=bf16)",
+        finetune_note="NeMo-Framework-Launcher's fine-tuning config (conf/peft/llama/sft.yaml: "
+        "distributed_fused_adam, sequence_parallel False; its LoRA example swaps in fused_adam, "
+        "the same at dp 1)",
     ),
     # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
     # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
-    # DistributedDataParallelConfig(use_distributed_optimizer=True, ...), which the
-    # performance configs (scripts/performance/configs/llama/) keep.
+    # DistributedDataParallelConfig(use_distributed_optimizer=True, overlap_grad_reduce=True,
+    # overlap_param_gather=True, ...), which the performance configs
+    # (scripts/performance/configs/llama/) keep; the 405B recipe adds
+    # CommOverlapConfig(tp_comm_overlap=True) (llama3.py l.415-418), which the performance
+    # configs keep but for NVFP4 (llama31_llm_pretrain.py l.85-86, 120-121, 150-151); the
+    # performance configs reduce gradients in bf16 (llama3_llm_pretrain.py l.73-74,
+    # llama31_llm_pretrain.py l.59-60: mixed_precision / ddp grad_reduce_in_fp32 = False). The
+    # performance scripts set sequence parallelism whenever tp > 1
+    # (scripts/performance/utils/utils.py l.59-62 WorkloadBaseConfig.sequence_parallel,
+    # applied by utils/overrides.py l.156 and l.211).
     "megatron_bridge": _nemo_family(
         "megatron_core_causal",
         "Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
-        "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True)",
+        "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True); its "
+        "performance scripts turn on sequence parallelism whenever tp > 1 "
+        "(scripts/performance/utils/utils.py WorkloadBaseConfig.sequence_parallel)",
+        "Megatron-Bridge's Llama 3 recipes (recipes/llama/llama3.py: DDP overlap_grad_reduce "
+        "and overlap_param_gather; the 70B and 405B recipes' tp_comm_overlap) and performance "
+        "configs (grad_reduce_in_fp32 = False) at 00b7660b",
     ),
     # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
     # arguments each record carries (read by the Megatron importer as they are); the memory is

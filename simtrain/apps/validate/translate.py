@@ -340,7 +340,9 @@ def _scenario_data(
         model["flash_attention"] = True
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
-    par = _implied_parallelism(rec.parallelism, conv, said)
+    par = _implied_parallelism(
+        rec.parallelism, conv, said, finetune=rec.training.get("finetune") is not None
+    )
     par = _implied_interleaving(par, conv, pp, _int(model.get("layers")), said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     if importer_of(rec) is not None:
@@ -609,15 +611,19 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
     return out if alpha is None else {**out, "alpha": alpha}
 
 
-def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention,
-                         notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
+def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: list[str],
+                         finetune: bool = False) -> Mapping[str, Any]:  # fmt: skip
     """The record's ``parallelism`` with the keys its source's runs imply where it is silent
-    (``conv.parallel_defaults``); an offload is not expressible."""
-    implied = {k: v for k, v in conv.parallel_defaults.items() if p.get(k) is None}
+    (``conv.parallel_defaults``, or ``finetune_parallel_defaults`` for a fine-tuning record
+    when the source has them); an offload is not expressible."""
+    defaults, why = conv.parallel_defaults, conv.parallel_note
+    if finetune and conv.finetune_parallel_defaults is not None:
+        defaults, why = conv.finetune_parallel_defaults, conv.finetune_parallel_note
+    implied = {k: v for k, v in defaults.items() if p.get(k) is None}
     if implied:
         p = {**p, **implied}
         notes.append(f"{', '.join(f'{k} {v}' for k, v in implied.items())} not reported: "
-                     f"{conv.parallel_note}")  # fmt: skip
+                     f"{why}")  # fmt: skip
     if p.get("offload"):
         raise _NotExpressible(f"offload {p.get('offload')!r} is not modelled for this layout")
     return p
