@@ -35,6 +35,7 @@ from simtrain.apps.validate import (
 )
 from simtrain.costs.compute import eq7_flops, nanotron_flops
 from simtrain.errors import ConfigError
+from simtrain.spec.hardware import load_hardware
 from simtrain.spec.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,31 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     assert tok.n == 234 and tok.mape_pct <= 451.0
     mfu = _summary(result, "nanotron", "mfu")
     assert mfu.n == 233 and mfu.mape_pct <= 395.0
+
+
+def test_omni_path_records_use_the_jean_zay_profile(published_records: dict) -> None:
+    """hardware.inter_node naming Omni-Path (OPA) puts an A100 80GB record on
+    a100_sxm4_80gb_opa (Jean Zay: BigScience's BLOOM runs), whose NIC rate reproduces
+    BigScience's own 4-node all-reduce benchmark there (busbw 5.07 GB/s,
+    measured/nccl_tests.yaml bigscience_jz_a100_4n_all_reduce), an eighth of what the DGX
+    InfiniBand profile would move; the A100 40GB and other networks keep their profile."""
+    assert network_profile("a100_sxm4_80gb", "Intel Omni-Path (4 OPA links per node)")[0] == (
+        "a100_sxm4_80gb_opa"
+    )
+    assert network_profile("a100_sxm4_80gb", "8x 200 Gb/s HDR IB") == ("a100_sxm4_80gb", "")
+    assert network_profile("a100_sxm4_40gb", "OPA") == ("a100_sxm4_40gb", "")
+    bloom = [r for r in published_records.values() if r.source_key == "bloom"]
+    assert len(bloom) == 3
+    for r in bloom:
+        tr = translate(r)
+        assert isinstance(tr, Translation)
+        assert tr.scenario.hardware.name == "a100_sxm4_80gb_opa"
+        assert any(a.startswith("inter_node Omni-Path (Jean Zay)") for a in tr.assumptions)
+    jz, dgx = load_hardware("a100_sxm4_80gb_opa"), load_hardware("a100_sxm4_80gb")
+    assert jz.nic_bandwidth_bytes_per_s * 8 == pytest.approx(6.58e9)
+    assert dgx.nic_bandwidth_bytes_per_s / jz.nic_bandwidth_bytes_per_s > 30
+    assert (jz.peak_flops_per_s, jz.efficiency, jz.memory_bytes) == (
+        dgx.peak_flops_per_s, dgx.efficiency, dgx.memory_bytes)  # fmt: skip
 
 
 def test_efa_records_use_the_efa_profile(published_records: dict) -> None:

@@ -398,7 +398,8 @@ def test_tr11_runs_keep_megatron_dropout_and_the_chronicle_context(new_records, 
     assert chron.scenario.model.embedding_norm and final.scenario.model.embedding_norm
     assert chron.scenario.hardware.cuda_context_bytes == 1573 * 2**20
     assert any("1573 MiB" in a for a in chron.assumptions)
-    assert final.scenario.hardware.name == chron.scenario.hardware.name == "a100_sxm4_80gb"
+    # both on Jean Zay (Omni-Path): the a100_sxm4_80gb_opa network profile, same GPU
+    assert final.scenario.hardware.name == chron.scenario.hardware.name == "a100_sxm4_80gb_opa"
     assert final.scenario.hardware.cuda_context_bytes == 1024 * 2**20
 
 

@@ -92,12 +92,18 @@ NETWORK_PROFILES = (
      "inter_node EFA: h100_sxm5_80gb_efa, whose NIC rate and per-step latency are fitted to the "
      "Ultra-Scale Playbook's all-gather/reduce-scatter bus bandwidths on its EFA cluster (2-64 "
      "nodes, 256 MB) instead of the DGX InfiniBand figures"),
+    ("a100_sxm4_80gb", "OPA", "a100_sxm4_80gb_opa",
+     "inter_node Omni-Path (Jean Zay): a100_sxm4_80gb_opa, whose NIC rate is fitted to "
+     "BigScience's all-reduce benchmark on those nodes (experiments/bandwidth/"
+     "all_reduce_bench-a100-n4.txt: 4 nodes, 4e9 B, busbw 5.07 GB/s) instead of the DGX "
+     "InfiniBand figures"),
 )  # fmt: skip
 
 
 def network_profile(profile: str, inter_node: Any) -> tuple[str, str]:
     """(profile, note): the cluster-specific profile when ``hardware.inter_node`` names a network
-    that has one (``EFA`` on H100: ``h100_sxm5_80gb_efa``), else ``profile`` and no note."""
+    that has one (``EFA`` on H100: ``h100_sxm5_80gb_efa``; ``OPA`` on A100 80GB:
+    ``a100_sxm4_80gb_opa``), else ``profile`` and no note."""
     words = set(re.findall(r"[A-Za-z0-9]+", str(inter_node or "").upper()))
     for gpu_profile_name, word, net_profile, why in NETWORK_PROFILES:
         if profile == gpu_profile_name and word in words:
