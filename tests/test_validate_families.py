@@ -714,11 +714,21 @@ def test_nemo_and_bridge_rows_run_their_launchers_settings(
     rt = sc.runtime
     assert sc.parallelism.sequence_parallel is sp
     assert rt.tp_comm_overlap is tp_overlap
+    if sc.training.peft.method == "lora":
+        # the LoRA example (70b_1node_lora.sh) runs fused_adam without the overlaps or
+        # grad_sync_dtype: no launcher flag, Megatron's own defaults
+        assert not rt.overlap_grad_reduce and not rt.overlap_param_gather
+        assert rt.grad_reduce_dtype == "fp32"
+        assert any(a.startswith("NeMo-Framework-Launcher's LoRA example") for a in tr.assumptions)
+        return
     assert rt.overlap_grad_reduce and rt.overlap_param_gather
     # --grad-reduce-in-bf16: the gradients reduced (and bucketed) in their own 16-bit dtype, not
     # the fp32 Megatron-LM's arguments.py forces under --bf16
     assert rt.grad_reduce_dtype == "grad"
     assert any("--overlap-grad-reduce" in a for a in tr.assumptions)
+    # sequence parallelism is implied (and said) only where tp > 1 has something to split
+    said_sp = any("sequence_parallel True not reported" in a for a in tr.assumptions)
+    assert said_sp is (sc.parallelism.tp > 1)
 
 
 def test_launch_flags_apply_only_where_the_layout_can_use_them() -> None:
@@ -730,9 +740,21 @@ def test_launch_flags_apply_only_where_the_layout_can_use_them() -> None:
     conv = SOURCES["megatron_bridge"]
     every = ["--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
              "--grad-reduce-in-bf16"]  # fmt: skip
-    assert launch_flags(conv, 4, True, 1, "bf16") == every
-    assert launch_flags(conv, 4, False, 1, "bf16") == [f for f in every if f != "--tp-comm-overlap"]
-    assert launch_flags(conv, 1, True, 1, "fp8_current") == [
-        f for f in every if f != "--tp-comm-overlap"]  # fmt: skip
-    assert launch_flags(conv, 4, True, 0, "fp16") == ["--overlap-grad-reduce", "--tp-comm-overlap"]
-    assert launch_flags(SOURCES["megatron_sc21"], 8, True, 1, "bf16") == []
+
+    def flags(tp: int, sp: bool, zero: int, precision: str, peft: str = "none") -> list[str]:
+        training = {"precision": precision, "peft": {"method": peft}}
+        return launch_flags(conv, tp, sp, zero, training)
+
+    assert flags(4, True, 1, "bf16") == every
+    assert flags(4, False, 1, "bf16") == [f for f in every if f != "--tp-comm-overlap"]
+    assert flags(1, True, 1, "fp8_current") == [f for f in every if f != "--tp-comm-overlap"]
+    # Megatron FSDP (ZeRO 2/3) shards the parameters too: their all-gather can overlap
+    assert flags(4, True, 3, "bf16") == every
+    assert flags(4, True, 0, "fp16") == ["--overlap-grad-reduce", "--tp-comm-overlap"]
+    assert flags(4, True, 1, "fp32") == every[:3]  # no 16-bit gradients to reduce in bf16
+    # Megatron-Bridge has no LoRA launcher of its own here; NeMo's LoRA example sets none
+    assert flags(4, True, 1, "bf16", "lora") == every
+    nemo = launch_flags(SOURCES["nemo"], 4, True, 1, {"precision": "bf16",
+                                                      "peft": {"method": "lora"}})  # fmt: skip
+    assert nemo == []
+    assert launch_flags(SOURCES["megatron_sc21"], 8, True, 1, {"precision": "bf16"}) == []

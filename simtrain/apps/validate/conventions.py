@@ -75,6 +75,9 @@ class SourceConvention:
     # (native.megatron_flags applies each only where the layout has something for it to do).
     launch_flags: tuple[str, ...] = ()
     launch_note: str = ""
+    # ... for a LoRA record, when the source's LoRA launcher differs (None: launch_flags), and why
+    lora_launch_flags: tuple[str, ...] | None = None
+    lora_launch_note: str = ""
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -195,21 +198,24 @@ _NEMO_LORA = (32, 32.0, ("q", "k", "v"),
               "070a0bb1): rank 32, alpha 32, on the fused Q/K/V linear")  # fmt: skip
 
 
-def _nemo_family(flops: str, parallel_note: str, launch_note: str,
-                 finetune_note: str = "") -> SourceConvention:  # fmt: skip
+def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note: str = "",
+                 lora_launch_note: str = "") -> SourceConvention:  # fmt: skip
     """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
     built as Llama by name (:data:`_NEMO_LLAMA`), the distributed optimizer (ZeRO-1), sequence
     parallelism whenever tp > 1 (pretraining; ``finetune_note``: why not when fine-tuning),
     the launchers' overlaps of the DP and TP communication and bf16 gradient reduction
-    (:data:`_NEMO_LAUNCH_FLAGS`) and NeMo's LoRA recipe; the FLOP convention (``flops``) and
-    the sources of the implied settings (``parallel_note``, ``launch_note``) differ."""
+    (:data:`_NEMO_LAUNCH_FLAGS`; none for LoRA when ``lora_launch_note`` says why) and NeMo's
+    LoRA recipe; the FLOP convention (``flops``) and the sources of the implied settings
+    (``parallel_note``, ``launch_note``) differ."""
     return SourceConvention(flops, {"flash_attention": True, "dropout": 0.0},
                             named_architectures=_NEMO_LLAMA,
                             parallel_defaults={"zero_stage": 1, "sequence_parallel": True},
                             parallel_note=parallel_note,
                             finetune_parallel_defaults={"zero_stage": 1} if finetune_note else None,
                             finetune_parallel_note=finetune_note, lora_default=_NEMO_LORA,
-                            launch_flags=_NEMO_LAUNCH_FLAGS, launch_note=launch_note)  # fmt: skip
+                            launch_flags=_NEMO_LAUNCH_FLAGS, launch_note=launch_note,
+                            lora_launch_flags=() if lora_launch_note else None,
+                            lora_launch_note=lora_launch_note)  # fmt: skip
 
 
 # The Megatron flags of what NeMo's and Megatron-Bridge's launchers turn on for their performance
@@ -364,8 +370,13 @@ SOURCES: dict[str, SourceConvention] = {
         "distributed_fused_adam overlap_grad_sync / overlap_param_sync) and "
         "examples/training/llama/h100/llama2_*_fp8.sh (optim.grad_sync_dtype=bf16)",
         finetune_note="NeMo-Framework-Launcher's fine-tuning config (conf/peft/llama/sft.yaml: "
-        "distributed_fused_adam, sequence_parallel False; its LoRA example swaps in fused_adam, "
-        "the same at dp 1)",
+        "distributed_fused_adam, sequence_parallel False; the H100 examples at these rows' "
+        "layouts, 7b_1node.sh at tp 1 and 70b_1node_lora.sh at tp 2, leave it off; "
+        "70b_2node.sh at tp 4 turns it on)",
+        lora_launch_note="NeMo-Framework-Launcher's LoRA example "
+        "(examples/peft/llama/h100/70b_1node_lora.sh: optim fused_adam, the overlaps and "
+        "grad_sync_dtype removed; ub_tp_comm_overlap needs sequence parallelism, which it "
+        "leaves off): no launcher flags",
     ),
     # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
     # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
@@ -378,7 +389,10 @@ SOURCES: dict[str, SourceConvention] = {
     # llama31_llm_pretrain.py l.59-60: mixed_precision / ddp grad_reduce_in_fp32 = False). The
     # performance scripts set sequence parallelism whenever tp > 1
     # (scripts/performance/utils/utils.py l.59-62 WorkloadBaseConfig.sequence_parallel,
-    # applied by utils/overrides.py l.156 and l.211).
+    # applied by utils/overrides.py l.156 and l.211). Caveat: the page's GB200 405B row (256
+    # GPUs, tp 4 pp 16 vp 4) is not the GB200 FP8-CS base config at 00b7660b
+    # (llama31_workload_base_configs.py: 128 GPUs, tp 2, Megatron FSDP, 92 layers offloaded),
+    # so it came from an earlier config; its settings here are the recipe's, not confirmed.
     "megatron_bridge": _nemo_family(
         "megatron_core_causal",
         "Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "

@@ -162,20 +162,28 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
         if flag in text and (flag != "--overlap-param-gather" or zero):
             w.append(flag)
     w += [f for f in launch_flags(conv, tp, bool(par.get("sequence_parallel")), zero,
-                                  training["precision"]) if f not in w]  # fmt: skip
+                                  training) if f not in w]  # fmt: skip
     return [str(x) for x in w]
 
 
+def _is_lora(training: Mapping[str, Any]) -> bool:
+    return str(training.get("peft", {}).get("method", "")) in ("lora", "qlora")
+
+
 def launch_flags(conv: SourceConvention, tp: int, sp: bool, zero: int,
-                 precision: str) -> list[str]:  # fmt: skip
-    """The source launcher's flags (``conv.launch_flags``) that apply to a layout: TP comm
-    overlap needs tp > 1 with sequence parallelism, the parameter all-gather's overlap the
-    distributed optimizer, a bf16 gradient reduction a run on --bf16 (Megatron's
+                 training: Mapping[str, Any]) -> list[str]:  # fmt: skip
+    """The source launcher's flags (``conv.launch_flags``; ``lora_launch_flags`` for a LoRA
+    ``training``) that apply to a layout: TP comm overlap needs tp > 1 with sequence
+    parallelism, the parameter all-gather's overlap a sharded optimizer (the distributed
+    optimizer or Megatron FSDP), a bf16 gradient reduction a run on --bf16 (Megatron's
     arguments.py checks of each)."""
-    bf16 = "--bf16" in _PRECISION_FLAGS.get(precision, ["--bf16"])
-    applies = {"--tp-comm-overlap": tp > 1 and sp, "--overlap-param-gather": zero == 1,
+    flags = conv.launch_flags
+    if _is_lora(training) and conv.lora_launch_flags is not None:
+        flags = conv.lora_launch_flags
+    bf16 = "--bf16" in _PRECISION_FLAGS.get(str(training.get("precision")), ["--bf16"])
+    applies = {"--tp-comm-overlap": tp > 1 and sp, "--overlap-param-gather": zero >= 1,
                "--grad-reduce-in-bf16": bf16}  # fmt: skip
-    return [f for f in conv.launch_flags if applies.get(f, True)]
+    return [f for f in flags if applies.get(f, True)]
 
 
 def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
@@ -533,10 +541,12 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
             layout[0],
             bool(par.get("sequence_parallel")),
             int(par.get("zero_stage") or 0),
-            training["precision"],
+            training,
         )
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
+        elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
+            notes.append(conv.lora_launch_note)
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)

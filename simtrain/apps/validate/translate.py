@@ -92,11 +92,11 @@ NETWORK_PROFILES = (
      "inter_node EFA: h100_sxm5_80gb_efa, whose NIC rate and per-step latency are fitted to the "
      "Ultra-Scale Playbook's all-gather/reduce-scatter bus bandwidths on its EFA cluster (2-64 "
      "nodes, 256 MB) instead of the DGX InfiniBand figures"),
-    ("a100_sxm4_80gb", "OPA", "a100_sxm4_80gb_opa",
-     "inter_node Omni-Path (Jean Zay): a100_sxm4_80gb_opa, whose NIC rate is fitted to "
-     "BigScience's all-reduce benchmark on those nodes (experiments/bandwidth/"
-     "all_reduce_bench-a100-n4.txt: 4 nodes, 4e9 B, busbw 5.07 GB/s) instead of the DGX "
-     "InfiniBand figures"),
+    *(("a100_sxm4_80gb", word, "a100_sxm4_80gb_opa",
+       "inter_node Omni-Path (Jean Zay): a100_sxm4_80gb_opa, whose NIC rate is fitted to "
+       "BigScience's all-reduce benchmark on those nodes (experiments/bandwidth/"
+       "all_reduce_bench-a100-n4.txt: 4 nodes, 4e9 B, busbw 5.07 GB/s) instead of the DGX "
+       "InfiniBand figures") for word in ("OPA", "OMNI")),
 )  # fmt: skip
 
 
@@ -347,7 +347,7 @@ def _scenario_data(
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
     par = _implied_parallelism(
-        rec.parallelism, conv, said, finetune=rec.training.get("finetune") is not None
+        rec.parallelism, conv, said, finetune=rec.training.get("finetune") is not None, tp=tp
     )
     par = _implied_interleaving(par, conv, pp, _int(model.get("layers")), said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
@@ -618,14 +618,16 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
 
 
 def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: list[str],
-                         finetune: bool = False) -> Mapping[str, Any]:  # fmt: skip
+                         finetune: bool = False, tp: int = 1) -> Mapping[str, Any]:  # fmt: skip
     """The record's ``parallelism`` with the keys its source's runs imply where it is silent
     (``conv.parallel_defaults``, or ``finetune_parallel_defaults`` for a fine-tuning record
-    when the source has them); an offload is not expressible."""
+    when the source has them; sequence parallelism only with tp > 1, where it splits
+    something); an offload is not expressible."""
     defaults, why = conv.parallel_defaults, conv.parallel_note
     if finetune and conv.finetune_parallel_defaults is not None:
         defaults, why = conv.finetune_parallel_defaults, conv.finetune_parallel_note
-    implied = {k: v for k, v in defaults.items() if p.get(k) is None}
+    implied = {k: v for k, v in defaults.items() if p.get(k) is None
+               and (k != "sequence_parallel" or tp > 1)}  # fmt: skip
     if implied:
         p = {**p, **implied}
         notes.append(f"{', '.join(f'{k} {v}' for k, v in implied.items())} not reported: "
