@@ -102,6 +102,56 @@ def measure_matmul(
     return out
 
 
+def measure_gemm_k_sweep(dtype: str, device: str = "cpu", mn: int = 1024,
+                         ks: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096),
+                         repeats: int = 5) -> dict[int, float]:  # fmt: skip
+    """FLOP/s of ``A @ B`` with A ``mn x K`` and B ``K x mn`` (2·mn²·K FLOPs) per reduction width
+    K in ``ks``: how a GEMM's rate falls as K shrinks (:func:`fit_k_overhead`); {} if the device
+    cannot run the dtype."""
+    torch = _torch()
+    dev = torch.device(device)
+    td = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+          "fp16": torch.float16}[dtype]  # fmt: skip
+    out: dict[int, float] = {}
+    prev = torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
+        for k in ks:
+            try:
+                a = torch.randn(mn, k, device=dev).to(td)
+                b = torch.randn(k, mn, device=dev).to(td)
+                c = torch.empty(mn, mn, device=dev, dtype=td)
+                t = _timed(torch, dev, lambda a=a, b=b, c=c: torch.matmul(a, b, out=c), repeats)
+            except (RuntimeError, TypeError, NotImplementedError):
+                return out
+            out[k] = 2.0 * mn * mn * k / t
+    finally:
+        if prev is not None:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return out
+
+
+def fit_k_overhead(rates: dict[int, float]) -> tuple[float, float]:
+    """(rate at unbounded K in FLOP/s, K0) of the model t = 2·M·N·(K + K0) / R that a GEMM
+    whose K shrinks follows when each output element carries a fixed cost (the tile's prologue
+    and epilogue): per output element, t / (2·M·N) = K/R + K0/R is linear in K, fitted by least
+    squares over ``rates`` (K -> measured FLOP/s, from :func:`measure_gemm_k_sweep`); the
+    rate at width K is then R·K / (K + K0). Needs two widths or more."""
+    if len(rates) < 2:
+        raise SimtrainError("fit_k_overhead: needs rates at two reduction widths or more")
+    ks = sorted(rates)
+    ys = [k / rates[k] for k in ks]  # t / (2·M·N) = K / rate at K = (K + K0) / R
+    n = len(ks)
+    mk, my = sum(ks) / n, sum(ys) / n
+    sxx = sum((k - mk) ** 2 for k in ks)
+    slope = sum((k - mk) * (y - my) for k, y in zip(ks, ys, strict=True)) / sxx
+    intercept = my - slope * mk
+    if slope <= 0:
+        raise SimtrainError("fit_k_overhead: the time does not grow with K (noisy sweep?)")
+    return 1.0 / slope, intercept / slope
+
+
 def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,
                       repeats: int = 5) -> dict[str, float]:  # fmt: skip
     """Bytes moved per second by a copy (2 x n_bytes) and an add (3 x n_bytes) of fp32."""
