@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 from simtrain.errors import SimtrainError
@@ -72,33 +74,42 @@ def _timed_samples(torch: Any, dev: Any, fn: Any, repeats: int, min_time_s: floa
 NEXT_CALL_LIMIT_S = 2.0
 
 
-def measure_matmul(
-    dtype: str, device: str = "cpu", sizes: tuple[int, ...] = CPU_SIZES, repeats: int = 5
-) -> dict[int, float]:
-    """FLOP/s of ``A @ B`` (n x n, 2·n³ FLOPs) per size; {} if the device cannot run the dtype."""
+def _timed_matmuls(dtype: str, device: str, shapes: list[tuple[int, int, int]],
+                   repeats: int) -> Iterator[tuple[tuple[int, int, int], float]]:  # fmt: skip
+    """((m, k, n), seconds per call) of ``A @ B`` (A m x k, B k x n, in ``dtype``) for each shape
+    in order, until one the device cannot run; TF32 on CUDA only for ``tf32`` (restored after)."""
     torch = _torch()
     dev = torch.device(device)
     td = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
           "fp16": torch.float16}[dtype]  # fmt: skip
-    out: dict[int, float] = {}
     prev = torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     try:
-        for n in sizes:
+        for m, k, n in shapes:
             try:
-                a = torch.randn(n, n, device=dev).to(td)
-                b = torch.randn(n, n, device=dev).to(td)
-                c = torch.empty(n, n, device=dev, dtype=td)
+                a = torch.randn(m, k, device=dev).to(td)
+                b = torch.randn(k, n, device=dev).to(td)
+                c = torch.empty(m, n, device=dev, dtype=td)
                 t = _timed(torch, dev, lambda a=a, b=b, c=c: torch.matmul(a, b, out=c), repeats)
             except (RuntimeError, TypeError, NotImplementedError):
-                return out
-            out[n] = 2.0 * n**3 / t
-            if 8 * t > NEXT_CALL_LIMIT_S:  # the next size costs 8x the FLOPs
-                break
+                return
+            yield (m, k, n), t
     finally:
         if prev is not None:
             torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def measure_matmul(
+    dtype: str, device: str = "cpu", sizes: tuple[int, ...] = CPU_SIZES, repeats: int = 5
+) -> dict[int, float]:
+    """FLOP/s of ``A @ B`` (n x n, 2·n³ FLOPs) per size; {} if the device cannot run the dtype."""
+    out: dict[int, float] = {}
+    with closing(_timed_matmuls(dtype, device, [(n, n, n) for n in sizes], repeats)) as runs:
+        for (n, _, _), t in runs:
+            out[n] = 2.0 * n**3 / t
+            if 8 * t > NEXT_CALL_LIMIT_S:  # the next size costs 8x the FLOPs
+                break
     return out
 
 
@@ -108,28 +119,8 @@ def measure_gemm_k_sweep(dtype: str, device: str = "cpu", mn: int = 1024,
     """FLOP/s of ``A @ B`` with A ``mn x K`` and B ``K x mn`` (2·mn²·K FLOPs) per reduction width
     K in ``ks``: how a GEMM's rate falls as K shrinks (:func:`fit_k_overhead`); {} if the device
     cannot run the dtype."""
-    torch = _torch()
-    dev = torch.device(device)
-    td = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-          "fp16": torch.float16}[dtype]  # fmt: skip
-    out: dict[int, float] = {}
-    prev = torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-    try:
-        for k in ks:
-            try:
-                a = torch.randn(mn, k, device=dev).to(td)
-                b = torch.randn(k, mn, device=dev).to(td)
-                c = torch.empty(mn, mn, device=dev, dtype=td)
-                t = _timed(torch, dev, lambda a=a, b=b, c=c: torch.matmul(a, b, out=c), repeats)
-            except (RuntimeError, TypeError, NotImplementedError):
-                return out
-            out[k] = 2.0 * mn * mn * k / t
-    finally:
-        if prev is not None:
-            torch.backends.cuda.matmul.allow_tf32 = prev
-    return out
+    with closing(_timed_matmuls(dtype, device, [(mn, k, mn) for k in ks], repeats)) as runs:
+        return {k: 2.0 * mn * mn * k / t for (_, k, _), t in runs}
 
 
 def fit_k_overhead(rates: dict[int, float]) -> tuple[float, float]:
