@@ -758,3 +758,16 @@ def test_launch_flags_apply_only_where_the_layout_can_use_them() -> None:
                                                       "peft": {"method": "lora"}})  # fmt: skip
     assert nemo == []
     assert launch_flags(SOURCES["megatron_sc21"], 8, True, 1, {"precision": "bf16"}) == []
+
+
+def test_a_flag_the_record_names_is_not_the_launchers(new_records) -> None:
+    """The assumption line lists only the flags the launcher adds: a record whose own notes
+    name --tp-comm-overlap keeps it (applied from the record's text), without crediting the
+    launcher for it."""
+    rec = new_records["mbridge2511_H100_LLAMA3.1_405B_1024gpu"]
+    said = replace(rec, notes=f"{rec.notes} Ran with --tp-comm-overlap.")
+    for r, credited in ((rec, True), (said, False)):
+        tr = translate(r)
+        assert isinstance(tr, Translation) and tr.scenario.runtime.tp_comm_overlap
+        line = next(a for a in tr.assumptions if a.startswith("--overlap-grad-reduce"))
+        assert ("--tp-comm-overlap" in line.split(":")[0]) is credited

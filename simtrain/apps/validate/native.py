@@ -157,13 +157,18 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     ddp = str(par.get("ddp_impl") or conv.ddp_default)
     if legacy or ddp == "local":
         w += ["--DDP-impl", ddp]
-    text = f"{rec.notes} {rec.training} {rec.parallelism}"
+    text = _record_text(rec)
     for flag in OVERLAP_FLAGS:
         if flag in text and (flag != "--overlap-param-gather" or zero):
             w.append(flag)
     w += [f for f in launch_flags(conv, tp, bool(par.get("sequence_parallel")), zero,
                                   training) if f not in w]  # fmt: skip
     return [str(x) for x in w]
+
+
+def _record_text(rec: Record) -> str:
+    """Where a record names the flags its run was launched with (notes, training, parallelism)."""
+    return f"{rec.notes} {rec.training} {rec.parallelism}"
 
 
 def _is_lora(training: Mapping[str, Any]) -> bool:
@@ -536,13 +541,10 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     if kind == "megatron":
         config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
         imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
-        launched = launch_flags(
-            conv,
-            layout[0],
-            bool(par.get("sequence_parallel")),
-            int(par.get("zero_stage") or 0),
-            training,
-        )
+        said = _record_text(rec)  # flags the record names are its own, not the launcher's
+        launched = [f for f in launch_flags(conv, layout[0], bool(par.get("sequence_parallel")),
+                                            int(par.get("zero_stage") or 0), training)
+                    if f not in said]  # fmt: skip
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
         elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
