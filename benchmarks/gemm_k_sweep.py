@@ -6,8 +6,9 @@ The cost model prices every GEMM at one ``efficiency.matmul`` whatever its shape
 most held-out families when K0 is fitted, but whose fitted K0 decides which family wins: it wants
 this measurement on the GPU instead. This script times ``(mn x K) @ (K x mn)`` for a sweep of K
 (``simtrain.torchref.microbench.measure_gemm_k_sweep``), fits t = 2·mn²·(K + K0)/R by least squares
-(``fit_k_overhead``), and prints R, K0 and K0 as bytes of HBM traffic per output element
-(K0·bandwidth/R, the memory-bound form of the same cost).
+(``fit_k_overhead``), and prints R, K0 and K0 as bytes of HBM traffic per output element: the
+fixed time per output element, 2·K0/R, at the measured bandwidth (the memory-bound form of the
+same cost).
 
 Run (on the GPU of a device session; a CPU gives CPU numbers, a smoke test):
   python benchmarks/gemm_k_sweep.py --device cuda --dtype bf16 --mn 8192
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simtrain.torchref.microbench import (  # noqa: E402
+    bytes_per_output_element,
     fit_k_overhead,
     measure_bandwidth,
     measure_gemm_k_sweep,
@@ -49,7 +51,7 @@ def main() -> None:
     out = {"device": a.device, "dtype": a.dtype, "mn": a.mn,
            "tflops_by_k": {k: v / 1e12 for k, v in rates.items()},
            "rate_unbounded_tflops": r_inf / 1e12, "k0": k0,
-           "bytes_per_output_element": k0 * bw / r_inf,
+           "bytes_per_output_element": bytes_per_output_element(k0, r_inf, bw),
            "bandwidth_gb_per_s": bw / 1e9}  # fmt: skip
     if a.json:
         print(json.dumps(out, indent=1))
@@ -59,7 +61,7 @@ def main() -> None:
         fit = r_inf * k / (k + k0)
         print(f"  K {k:>6}: {v / 1e12:9.3f} TFLOP/s   fit {fit / 1e12:9.3f}")
     print(f"R = {r_inf / 1e12:.3f} TFLOP/s, K0 = {k0:.0f}; at {bw / 1e9:.0f} GB/s: "
-          f"{k0 * bw / r_inf:.1f} B of traffic per output element")  # fmt: skip
+          f"{bytes_per_output_element(k0, r_inf, bw):.1f} B of traffic per output element")  # fmt: skip
 
 
 if __name__ == "__main__":

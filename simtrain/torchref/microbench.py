@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from typing import Any
 
@@ -123,7 +123,7 @@ def measure_gemm_k_sweep(dtype: str, device: str = "cpu", mn: int = 1024,
         return {k: 2.0 * mn * mn * k / t for (_, k, _), t in runs}
 
 
-def fit_k_overhead(rates: dict[int, float]) -> tuple[float, float]:
+def fit_k_overhead(rates: Mapping[int, float]) -> tuple[float, float]:
     """(rate at unbounded K in FLOP/s, K0) of the model t = 2·M·N·(K + K0) / R that a GEMM
     whose K shrinks follows when each output element carries a fixed cost (the tile's prologue
     and epilogue): per output element, t / (2·M·N) = K/R + K0/R is linear in K, fitted by least
@@ -141,6 +141,13 @@ def fit_k_overhead(rates: dict[int, float]) -> tuple[float, float]:
     if slope <= 0:
         raise SimtrainError("fit_k_overhead: the time does not grow with K (noisy sweep?)")
     return 1.0 / slope, intercept / slope
+
+
+def bytes_per_output_element(k0: float, rate_flops_per_s: float,
+                             bandwidth_bytes_per_s: float) -> float:  # fmt: skip
+    """:func:`fit_k_overhead`'s K0 as HBM traffic: the fixed time per output element,
+    2·K0/R (from t = 2·M·N·(K + K0)/R), moved at ``bandwidth_bytes_per_s``."""
+    return 2.0 * k0 * bandwidth_bytes_per_s / rate_flops_per_s
 
 
 def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,

@@ -198,6 +198,12 @@ _NEMO_LORA = (32, 32.0, ("q", "k", "v"),
               "070a0bb1): rank 32, alpha 32, on the fused Q/K/V linear")  # fmt: skip
 
 
+# The Megatron flags of what NeMo's and Megatron-Bridge's launchers turn on for their performance
+# runs (each applied only where the layout has something for it: native.launch_flags).
+_NEMO_LAUNCH_FLAGS = ("--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
+                      "--grad-reduce-in-bf16")  # fmt: skip
+
+
 def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note: str = "",
                  lora_launch_note: str = "") -> SourceConvention:  # fmt: skip
     """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
@@ -216,12 +222,6 @@ def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note
                             launch_flags=_NEMO_LAUNCH_FLAGS, launch_note=launch_note,
                             lora_launch_flags=() if lora_launch_note else None,
                             lora_launch_note=lora_launch_note)  # fmt: skip
-
-
-# The Megatron flags of what NeMo's and Megatron-Bridge's launchers turn on for their performance
-# runs (each applied only where the layout has something for it: native.launch_flags).
-_NEMO_LAUNCH_FLAGS = ("--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
-                      "--grad-reduce-in-bf16")  # fmt: skip
 
 
 SOURCES: dict[str, SourceConvention] = {

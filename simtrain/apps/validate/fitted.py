@@ -122,12 +122,6 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
     return statistics.mean(abs(e) for e in errs), statistics.median(errs)
 
 
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-
-
 def constant_reports(comparisons: Sequence[Comparison], scenarios: Mapping[str, Scenario],
                      constants: Sequence[FittedConstant]) -> tuple[ConstantReport, ...]:  # fmt: skip
     """Per constant, per family in its scope and timing metric: the errors, marked fitted
@@ -141,7 +135,7 @@ def constant_reports(comparisons: Sequence[Comparison], scenarios: Mapping[str, 
                 groups[(c.source, c.metric)].append(c.error_pct)
         rows = tuple(
             FamilyErrors(fam, metric, fam in k.fitted_on, len(e), sum(map(abs, e)) / len(e),
-                         _median(e))  # fmt: skip
+                         statistics.median(e))  # fmt: skip
             for (fam, metric), e in sorted(groups.items(), key=lambda kv: (
                 kv[0][0] not in k.fitted_on, kv[0][0], TIME_METRICS.index(kv[0][1])))
         )  # fmt: skip

@@ -541,10 +541,11 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     if kind == "megatron":
         config = tuple(megatron_flags(rec, conv, model, training, layout, batch, par))
         imp = import_megatron_flags(list(config), gpus=gpus, file=rec.id)
-        said = _record_text(rec)  # flags the record names are its own, not the launcher's
-        launched = [f for f in launch_flags(conv, layout[0], bool(par.get("sequence_parallel")),
-                                            int(par.get("zero_stage") or 0), training)
-                    if f not in said]  # fmt: skip
+        # the launcher's flags megatron_flags wrote; those the record names are its own
+        said = _record_text(rec)
+        own = conv.lora_launch_flags if _is_lora(training) else None
+        ours = conv.launch_flags if own is None else own
+        launched = [f for f in config if f in ours and f not in said]
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
         elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
