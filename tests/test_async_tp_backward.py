@@ -2,7 +2,8 @@
 layers.py LinearWithGradAccumulationAndAsyncCommunication.backward at d898a8991d): each
 column-parallel linear's backward collective runs under that linear's own GEMM, and only what it
 takes beyond the GEMM is on the critical path (costs.comm.tp_backward_block_ns). The GEMM times
-here are worked by hand from the FLOPs, the A100's 312 TFLOP/s and efficiency.matmul 0.67."""
+here are worked by hand from the FLOPs, the A100's 312 TFLOP/s, efficiency.matmul 0.72 and the
+GEMM shape term (L = 140: 2·M·N·K·(1 + L/M + L/N + L/K) FLOPs at that rate)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from simtrain.costs import comm
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import parse_scenario
 
-A100_GEMM_FLOPS = 312e12 * 0.67  # hardware/a100_sxm4_80gb.yaml: peak fp16/bf16 x matmul
+A100_GEMM_FLOPS = 312e12 * 0.72  # hardware/a100_sxm4_80gb.yaml: peak fp16/bf16 x matmul
+A100_GEMM_EDGE = 140  # hardware/a100_sxm4_80gb.yaml: efficiency.gemm_edge_elements
 
 
 def scenario(runtime: str, hidden: int, seq: int, tp: int, sp: bool = False, layers: int = 2,
@@ -30,19 +32,21 @@ def scenario(runtime: str, hidden: int, seq: int, tp: int, sp: bool = False, lay
     }, "test.yaml")  # fmt: skip
 
 
-def _gemm_ns(flops: float) -> float:
-    return 1e9 * flops / A100_GEMM_FLOPS
+def _gemm_ns(m: int, n: int, k: int) -> float:
+    """An (m x k) @ (k x n) GEMM on the A100 profile, in ns."""
+    shape = 1 + A100_GEMM_EDGE / m + A100_GEMM_EDGE / n + A100_GEMM_EDGE / k
+    return 1e9 * 2 * m * n * k * shape / A100_GEMM_FLOPS
 
 
 def test_small_gemms_hide_only_their_own_length_of_the_all_reduce():
-    """h 256, s 512, tp 2: QKV's weight-gradient GEMM is 2·512·256·768/2 FLOPs (~0.49 us),
-    the MLP-in's 2·512·256·1024/2 (~0.64 us); each all-reduce is longer (its latency alone is
+    """h 256, s 512, tp 2: QKV's weight-gradient GEMM is 2·512·256·768/2 FLOPs (~0.98 us with
+    its shape term x 2.19), the MLP-in's 2·512·256·1024/2 (~1.25 us, x 2.09); each all-reduce is longer (its latency alone is
     2 x 3 us), so a block exposes 2·ar minus the two GEMMs, each rounded up."""
     sc = scenario("megatron_lm_2022", hidden=256, seq=512, tp=2)
     step = resolve(sc)
     ar = comm.tp_allreduce_ns(sc, step)
-    w_qkv = _gemm_ns(2 * 512 * 256 * 768 / 2)
-    w_fc1 = _gemm_ns(2 * 512 * 256 * 1024 / 2)
+    w_qkv = _gemm_ns(512, 768 // 2, 256)
+    w_fc1 = _gemm_ns(512, 1024 // 2, 256)
     assert ar > w_fc1 > w_qkv > 0
     want = math.ceil(ar - w_qkv) + math.ceil(ar - w_fc1)
     assert comm.tp_backward_block_ns(sc, step) == want
@@ -58,7 +62,7 @@ def test_large_gemms_hide_the_whole_backward_all_reduce():
     sc = scenario("megatron_lm_2022", hidden=12288, seq=2048, tp=8)
     step = resolve(sc)
     ar = comm.tp_allreduce_ns(sc, step)
-    assert _gemm_ns(2 * 2048 * 12288 * 36864 / 8) > ar > 0
+    assert _gemm_ns(2048, 36864 // 8, 12288) > ar > 0
     assert 4 * comm.tp_backward_block_ns(sc, step) == 0
 
 
@@ -86,7 +90,7 @@ def test_the_step_shortens_by_the_hidden_all_reduces():
     new = scenario("megatron_lm_2022", hidden=8192, seq=2048, tp=8)
     step = resolve(old)
     ar = comm.tp_allreduce_ns(old, step)
-    assert _gemm_ns(2 * 2048 * 8192 * 3 * 8192 / 8) > ar
+    assert _gemm_ns(2048, 3 * 8192 // 8, 8192) > ar
     t_old = simulate_scenario(old).timeline.makespan_ns
     t_new = simulate_scenario(new).timeline.makespan_ns
     assert t_old - t_new == 2 * 2 * 2 * ar

@@ -129,11 +129,13 @@ def test_one_per_family_the_cheapest_cheapest_first(advice, case: str) -> None:
 def test_the_lecture_example_suggestions(advice) -> None:
     """GPT-2 XL fp32 + Adam at micro-batch 12 on one 80 GB A100, short by 2.42 GiB."""
     fams = [f.changes[0].family for f in advice["fp32_1gpu"].fixes]
-    assert fams[0] == "micro_batch"  # free in the cost model: same FLOPs, one GPU
+    assert fams[0] == "micro_batch"  # nearly free: same FLOPs, one GPU, smaller GEMMs
     assert "zero" not in fams  # dp = 1: nothing to shard over
     assert {"recompute", "offload", "pp_gpus"} <= set(fams)
     mb = advice["fp32_1gpu"].fixes[0]
-    assert mb.overrides == ("training.micro_batch=6",) and mb.cost == pytest.approx(1.0)
+    # the GEMMs' M halves (12 -> 6 sequences of 1,024 tokens): the A100's shape term L/M makes
+    # the step 0.9 % longer (hardware/a100_sxm4_80gb.yaml gemm_edge_elements)
+    assert mb.overrides == ("training.micro_batch=6",) and 1.0 < mb.cost < 1.02
     text = advice_text(advice["fp32_1gpu"])
     assert text.startswith("changes that make it fit, cheapest first")
     assert "1. micro-batch 12 -> 6" in text and "--set training.micro_batch=6" in text

@@ -13,7 +13,10 @@ s x s scores), or every second projection matmul, the attention core when it is 
 all the forward's element-wise passes (selective_op, torchtitan's per-op policy:
 :mod:`costs.op_sac`).
 
-Durations: matmul FLOPs / (dtype peak · efficiency.matmul) + element-wise bytes /
+Durations: matmul FLOPs / (dtype peak · efficiency.matmul), each linear layer's GEMM (M x K) @
+(K x N) with its shape term 2·M·N·K·(L/M + L/N + L/K) FLOPs added (L =
+``efficiency.gemm_edge_elements``, fitted per GPU on measured GEMM tables: :func:`gemm_edge`;
+FLOP counts and MFU keep the model's FLOPs) + element-wise bytes /
 (HBM bandwidth · efficiency.memory_bound); the optimizer step's bytes / (HBM bandwidth ·
 efficiency.optimizer, which defaults to memory_bound). The efficiencies live in the hardware
 profile; ``simtrain calibrate`` measures them on a device with this module's own byte counts
@@ -41,7 +44,7 @@ from simtrain.costs.offload import cpu_adam_ns
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import HardwareProfile
-from simtrain.spec.model import ModelSpec
+from simtrain.spec.model import ModelSpec, tp_split_shape
 from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS, Precision
 from simtrain.spec.scenario import (
     ParallelSpec,
@@ -66,6 +69,9 @@ class BlockFlops:
     # the routed experts' grouped GEMMs in ``forward`` (and in each of input_grad and
     # weight_grad when they are computed): their own kernel class, efficiency.grouped_matmul
     grouped: float = 0.0
+    # Σ FLOPs·(1/M + 1/N + 1/K) of the forward's dense linear GEMMs (:func:`gemm_edge`); the
+    # same for their input- and weight-gradient GEMMs, whose (M, N, K) permute the forward's
+    projections_edge: float = 0.0
 
 
 def _mlp_mats(m: ModelSpec) -> int:
@@ -124,7 +130,42 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
         ew_bwd += 2.5 * linear  # the same dequantisation again: no backward kernel of its own
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
-    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj, grouped)
+    edge = sum(
+        gemm_edge(b * s, n, k) for n, k in dense_linear_gemms(m, tp, m.is_moe and moe is not False)
+    )
+    return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj, grouped, edge)
+
+
+def gemm_edge(m_rows: int, n: int, k: int) -> float:
+    """FLOPs·(1/M + 1/N + 1/K) of an (M x K) @ (K x N) GEMM: times ``efficiency.gemm_edge_elements``
+    (L), the FLOPs its shape adds to 2·M·N·K, so that it runs at the large-GEMM rate x
+    1 / (1 + L/M + L/N + L/K). Symmetric in M, N and K, so a linear layer's forward,
+    input-gradient and weight-gradient GEMMs (the same three sizes permuted) add the same.
+    The form is fitted on measured GEMM tables (hardware profiles name theirs). 0 for an empty
+    GEMM (a width that TP splits to nothing)."""
+    if m_rows <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    return 2.0 * m_rows * n * k * (1 / m_rows + 1 / n + 1 / k)
+
+
+def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False) -> tuple[tuple[int, int], ...]:
+    """(N, K) of each dense linear GEMM of a block on one TP rank (M is the tokens): Q, K and V
+    fused into one GEMM, as gate and up are (Megatron's ``linear_qkv`` and ``linear_fc1``), then
+    O and down (:func:`spec.model.tp_split_shape`). Of an MoE block (``moe``) the attention's
+    only (the experts' are grouped GEMMs, their own kernel class)."""
+    shapes = m.linear_weight_shapes()
+    if moe:
+        shapes = m.attention_shapes()
+    out: dict[str, tuple[int, int]] = {}
+    for name, (fi, fo) in shapes.items():
+        k, n = tp_split_shape(name, fi, fo, tp)
+        fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"}.get(name, name)
+        if fused in out:
+            pn, pk = out[fused]
+            out[fused] = (pn + n, pk)
+        else:
+            out[fused] = (n, k)
+    return tuple(out.values())
 
 
 # Element-wise backward time / forward time, by the activations' bytes per element. Measured
@@ -189,6 +230,11 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
         return fwd, 2 * fwd
     fwd = 4 * 4 * t.micro_batch * t.seq_len_effective * m.vocab / tp
     return fwd, elementwise_backward_factor(4) * fwd
+
+
+def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
+    """:func:`gemm_edge` of the LM head's GEMM (M = b·s tokens, N = V/t, K = h)."""
+    return gemm_edge(t.micro_batch * t.seq_len_effective, max(1, m.vocab // tp), m.hidden)
 
 
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
@@ -292,13 +338,16 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float,
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 
 
-def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0) -> float:
+def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0,
+               edge: float = 0.0) -> float:  # fmt: skip
     """GEMM time: ``flops`` at the dense GEMM efficiency, of which ``grouped`` (the routed
     experts' grouped GEMMs) at ``efficiency.grouped_matmul`` (= matmul unless the profile
-    measured it). Under FP8 (:func:`_fp8_chunk_costs`) every GEMM is priced at ``matmul``:
-    no profile has an FP8 grouped-GEMM measurement."""
+    measured it), plus ``efficiency.gemm_edge_elements`` x ``edge`` (:func:`gemm_edge`) FLOPs
+    for the dense GEMMs' shapes. Under FP8 (:func:`_fp8_chunk_costs`) every GEMM is priced at
+    ``matmul``: no profile has an FP8 grouped-GEMM measurement."""
     peak = hw.compute_peak(dtype)
     eff = hw.efficiency
+    flops += eff.gemm_edge_elements * edge
     if not grouped or eff.grouped == eff.matmul:  # one division: the same float as before
         return 1e9 * flops / (peak * eff.matmul)
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
@@ -321,7 +370,8 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
     shapes = m.linear_weight_shapes()
     attn = sum(o for n, (_, o) in shapes.items() if n in ("q", "k", "v"))
     mlp = 0 if m.is_moe else sum(o for n, (_, o) in shapes.items() if n in ("gate", "up"))
-    return tuple(_matmul_ns(2.0 * tokens * m.hidden * out / p.tp, sc.hardware, dtype)
+    return tuple(_matmul_ns(2.0 * tokens * m.hidden * out / p.tp, sc.hardware, dtype,
+                            edge=gemm_edge(tokens, out // p.tp, m.hidden) if out else 0.0)
                  for out in (attn, mlp))  # fmt: skip
 
 
@@ -373,25 +423,35 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         emb = e * t.micro_batch * s * m.hidden * 3
         ew += emb
         ew_bwd += elementwise_backward_factor(e) * emb if grad else 0.0
+    full = base_trainable(t.peft.method, t.peft.phase)
+    e_f = bf.projections_edge
+    e_i = e_f if grad else 0.0
+    e_w = e_f if grad and full else 0.0
     if last:
         hf, hi, hwf = head_flops(m, t, tp)
         fwd_f, i_f, w_f = fwd_f + hf, i_f + hi, w_f + hwf
+        he = head_edge(m, t, tp)
+        e_f, e_i, e_w = e_f + he, e_i + (he if hi else 0.0), e_w + (he if hwf else 0.0)
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
         ew += head_fwd
         ew_bwd += head_bwd if grad else 0.0
     prec = PRECISIONS[t.precision]
     if prec.gemm_dtype:
-        return _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo)
+        return _fp8_chunk_costs(
+            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w)
+        )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
-    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g) + memory_bound_ns(ew, hw)
-    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0) + memory_bound_ns(ew_bwd, hw)
-    g_w = g if w_f and base_trainable(t.peft.method, t.peft.phase) else 0.0
-    w_ns = _matmul_ns(w_f, hw, dtype, g_w)
+    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g, e_f) + memory_bound_ns(ew, hw)
+    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0, e_i) + memory_bound_ns(ew_bwd, hw)
+    g_w = g if w_f and full else 0.0
+    w_ns = _matmul_ns(w_f, hw, dtype, g_w, e_w)
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = _matmul_ns(rec_f, hw, dtype, g) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
+        rec_ns = _matmul_ns(rec_f, hw, dtype, g, bf.projections_edge) + memory_bound_ns(
+            bf.elementwise_bytes_fwd, hw
+        )
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
         rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(
@@ -399,7 +459,11 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         )
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
+        rec_lin = layers * op_sac.recompute_matmul_flops(m, t, tp)
+        rec_e = bf.projections_edge * rec_lin / bf.projections if bf.projections else 0.0
+        rec_ns = _matmul_ns(rec_f, hw, dtype, edge=rec_e) + memory_bound_ns(
+            bf.elementwise_bytes_fwd, hw
+        )
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
@@ -446,7 +510,8 @@ def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
 
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
-                     ew: tuple[float, float], lo: int | None = None) -> StageCosts:  # fmt: skip
+                     ew: tuple[float, float], lo: int | None = None,
+                     edges: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
     together (:func:`chunk_block_flops`): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
@@ -464,15 +529,21 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     lin_w = lin_f if grad and full else 0.0
     cast_f, cast_b = _chunk_cast_bytes(sc, t, prec, layers, lo)
     cast_b = cast_b if grad else 0.0
-    fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
+    # the linear layers' shape term at the FP8 rate, the head's (the rest of ``edges``) at dtype's
+    le = bf.projections_edge
+    le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
+    fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype, edge=edges[0] - le_f)
+              + _matmul_ns(lin_f, hw, gemm, edge=le_f)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
-    i_ns = (_matmul_ns(i_f - lin_i, hw, dtype) + _matmul_ns(lin_i, hw, gemm)
+    i_ns = (_matmul_ns(i_f - lin_i, hw, dtype, edge=edges[1] - le_i)
+            + _matmul_ns(lin_i, hw, gemm, edge=le_i)
             + memory_bound_ns(ew[1] + cast_b, hw))  # fmt: skip
-    w_ns = _matmul_ns(w_f - lin_w, hw, dtype) + _matmul_ns(lin_w, hw, gemm)
+    w_ns = (_matmul_ns(w_f - lin_w, hw, dtype, edge=edges[2] - le_w)
+            + _matmul_ns(lin_w, hw, gemm, edge=le_w))  # fmt: skip
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm)
+        rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm, edge=le)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
@@ -485,7 +556,8 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_lin = layers * op_sac.recompute_matmul_flops(m, t, sc.parallelism.tp)
         rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
         share = rec_lin / lin_f if lin_f else 0.0
-        rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype) + _matmul_ns(rec_lin, hw, gemm)
+        rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype)
+                  + _matmul_ns(rec_lin, hw, gemm, edge=le * share)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f

@@ -41,6 +41,10 @@ class Efficiency:
     # per-expert GEMMs: TE / cuBLASLt grouped GEMM, Megatron-Core --moe-grouped-gemm) / dense
     # peak; None: matmul (no measurement on this GPU).
     grouped_matmul: float | None = None
+    # GEMM shape term L (elements): a linear layer's (M x K) @ (K x N) GEMM takes
+    # 2·M·N·K·(1 + L/M + L/N + L/K) / (peak · matmul), so small and skinny GEMMs roll off and
+    # ``matmul`` is the rate of an unboundedly large one (costs.compute.gemm_edge). 0: no term.
+    gemm_edge_elements: float = 0.0
 
     @property
     def grouped(self) -> float:
@@ -110,6 +114,7 @@ MAXIMA = {
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
     "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
     "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
+    "gemm_edge_elements": 1e6,
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -144,7 +149,8 @@ NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
 INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
-EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul")
+EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul",
+                   "gemm_edge_elements")  # fmt: skip
 
 
 def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
@@ -183,6 +189,7 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
         grouped_matmul=(
             _num(eff, "grouped_matmul", file, "efficiency.") if "grouped_matmul" in eff else None
         ),
+        gemm_edge_elements=_num(eff, "gemm_edge_elements", file, "efficiency.", default=0.0),
     )
     opt = 1.0 if efficiency.optimizer is None else efficiency.optimizer
     for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),

@@ -1,0 +1,77 @@
+"""Measured GEMM tables (measured/gemm_tables.yaml) and the fit of the GEMM shape term.
+
+A linear layer's (M x K) @ (K x N) GEMM is priced at 2·M·N·K·(1 + L/M + L/N + L/K) FLOPs at the
+large-GEMM rate (``costs.compute.gemm_edge``; L is a profile's ``efficiency.gemm_edge_elements``).
+Its efficiency is then e(M, N, K) = e∞ / (1 + L/M + L/N + L/K). :func:`fit_gemm_edge` picks L
+on a grid and, for each L, the e∞ that minimises the table's MAPE of GEMM time exactly: with
+x_i = e_i·(1 + L/M_i + L/N_i + L/K_i), the error of row i is |x_i/e∞ − 1| = x_i·|1/e∞ − 1/x_i|,
+so 1/e∞ is the median of the 1/x_i weighted by x_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from simtrain.spec.yamlfile import load_yaml
+
+GEMM_TABLES_PATH = Path(__file__).resolve().parents[3] / "measured" / "gemm_tables.yaml"
+#: The grid of L (elements) the fit searches; profiles ship the grid's minimum.
+EDGE_GRID = tuple(range(0, 1001, 10))
+
+
+@dataclass(frozen=True, slots=True)
+class GemmTable:
+    id: str
+    source: str
+    profiles: tuple[str, ...]
+    shapes: tuple[tuple[int, int, int, float], ...]  # (M, N, K, efficiency)
+
+
+@dataclass(frozen=True, slots=True)
+class GemmEdgeFit:
+    edge_elements: float  # L
+    efficiency: float  # e∞, the large-GEMM efficiency at that L
+    mape_pct: float  # the table's MAPE of GEMM time with the term
+    constant_mape_pct: float  # ... with one efficiency for every shape (L = 0)
+
+
+def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
+    return [
+        GemmTable(t["id"], t["source"], tuple(t["profiles"]),
+                  tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"]))
+        for t in load_yaml(path)
+    ]  # fmt: skip
+
+
+def shape_factor(edge: float, m: int, n: int, k: int) -> float:
+    """1 + L/M + L/N + L/K: the GEMM's time over that of its FLOPs at the large-GEMM rate."""
+    return 1 + edge / m + edge / n + edge / k
+
+
+def _best_efficiency(xs: list[float]) -> tuple[float, float]:
+    """(e∞, MAPE %) minimising mean |x_i/e∞ − 1|: 1/e∞ = the x-weighted median of 1/x."""
+    pts = sorted((1 / x, x) for x in xs)
+    half = sum(xs) / 2
+    acc = 0.0
+    for inv, w in pts:
+        acc += w
+        if acc >= half:
+            u = inv
+            break
+    return 1 / u, 100 * sum(abs(x * u - 1) for x in xs) / len(xs)
+
+
+def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
+                  grid: tuple[int, ...] = EDGE_GRID) -> GemmEdgeFit:  # fmt: skip
+    """The L of ``grid`` (and its e∞) with the smallest MAPE of GEMM time over ``shapes``."""
+    if len(shapes) < 2:
+        raise ValueError("fit_gemm_edge needs at least two measured shapes")
+    best = None
+    for edge in grid:
+        eff, mape = _best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
+        if best is None or mape < best[2] - 1e-12:
+            best = (float(edge), eff, mape)
+    _, const = _best_efficiency([e for *_, e in shapes])
+    assert best is not None
+    return GemmEdgeFit(best[0], best[1], best[2], const)
