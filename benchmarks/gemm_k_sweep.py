@@ -1,10 +1,9 @@
 """How a GEMM's rate falls as its reduction width K shrinks, measured, and the per-output-element
 cost that explains it.
 
-The cost model prices every GEMM at one ``efficiency.matmul`` whatever its shape. The README
-("What is not modelled") records a GEMM-shape term, FLOPs/(peak·e)·(1 + K0/K), that improves
-most held-out families when K0 is fitted, but whose fitted K0 decides which family wins: it wants
-this measurement on the GPU instead. This script times ``(mn x K) @ (K x mn)`` for a sweep of K
+The cost model prices each linear layer's GEMM at 2·M·N·K·(1 + L/M + L/N + L/K) FLOPs at
+``efficiency.matmul`` (L = ``efficiency.gemm_edge_elements``, fitted on measured GEMM tables:
+measured/gemm_tables.yaml); this sweep measures the K part of it on the GPU at hand. This script times ``(mn x K) @ (K x mn)`` for a sweep of K
 (``simtrain.torchref.microbench.measure_gemm_k_sweep``), fits t = 2·mn²·(K + K0)/R by least squares
 (``fit_k_overhead``), and prints R, K0 and K0 as bytes of HBM traffic per output element: the
 fixed time per output element, 2·K0/R, at the measured bandwidth (the memory-bound form of the

@@ -176,14 +176,20 @@ def test_zero3_keeps_one_block_of_weight_cache() -> None:
 
 
 def test_linear_gemms_at_fp8_rate_closed_form() -> None:
-    """Forward of the 4 blocks on H100: projections 2·sb·(h(h+2kv) + h² + 3hf) per block at the
-    FP8 peak, the attention core 4·sb·s·h at the bf16 peak (both x efficiency.matmul); element-wise
+    """Forward of the 4 blocks on H100: projections 2·sb·(h(h+2kv) + h² + 3hf) per block (and
+    their GEMM shape term) at the FP8 peak, the attention core 4·sb·s·h at the bf16 peak (both x efficiency.matmul); element-wise
     bytes plus TE's casts (each GEMM input read in 2 B and written in 2 FP8 copies on Hopper; the
     weights once per step, here 1 micro-batch) at HBM x efficiency.memory_bound."""
     sc = scenario("fp8_delayed")
     hw = sc.hardware
     eff = hw.efficiency.matmul
-    proj = 2 * SB * (H * (H + 2 * KV) + H * H + 3 * H * F)
+    proj_flops = 2 * SB * (H * (H + 2 * KV) + H * H + 3 * H * F)
+    # + the GEMM shape term, L = 150 on the H100: 2·M·N·K·(1/M + 1/N + 1/K) per GEMM of the
+    # fused QKV (N = h + 2kv), O, fused gate/up (N = 2f) and down (K = f), M = s·b tokens
+    assert hw.efficiency.gemm_edge_elements == 150
+    edge = sum(2 * SB * n * k * (1 / SB + 1 / n + 1 / k)
+               for n, k in ((H + 2 * KV, H), (H, H), (2 * F, H), (H, F)))  # fmt: skip
+    proj = proj_flops + 150 * edge
     core = 4 * SB * S * H
     ew = block_flops(sc.model, sc.training).elementwise_bytes_fwd
     cast = SB * (H + H + H + F) * (2 + 2) + sum(W_GROUPS) * (2 + 2)

@@ -55,5 +55,5 @@ def test_selective_recompute_costs_what_table_4_measures() -> None:
     (~0.25 ms) and its passes over the 4 x 8 heads x 2048² scores (~1.1 ms) replayed."""
     extra = backward_ms("megatron_lm_2022", "selective") - backward_ms("megatron_lm_2022", "none")
     assert extra == pytest.approx(1.3, rel=0.1)
-    core_matmuls_ms = 1e3 * 4 * 4 * 2048 * 2048 * 6144 / 8 / (312e12 * 0.67)
+    core_matmuls_ms = 1e3 * 4 * 4 * 2048 * 2048 * 6144 / 8 / (312e12 * 0.72)
     assert extra > 3 * core_matmuls_ms  # the element-wise passes are most of it

@@ -614,14 +614,22 @@ def test_routed_experts_run_at_the_grouped_gemm_efficiency():
     assert (eff.matmul, eff.grouped) == (0.498, 0.302)
     peak = hw.compute_peak("bf16")
     mem = bf.elementwise_bytes_fwd / (hw.hbm_bandwidth_bytes_per_s * eff.memory_bound)
-    # the dense GEMMs (the attention's linears) with their shape term, L x Σ gemm_edge
-    dense_f = bf.forward - bf.grouped + eff.gemm_edge_elements * bf.projections_edge
-    assert eff.gemm_edge_elements == 40 and bf.projections_edge > 0
+
+    # the dense GEMMs with their shape term, L x Σ 2·M·N·K·(1/M + 1/N + 1/K) (worked by hand:
+    # Mixtral's fused QKV N = 4096 + 2·1024, O, both K = 4096 over M = 1024 tokens; the router
+    # N = 8 experts, K = 4096 over the same tokens at tp 1)
+    def edge(m_: int, n: int, k: int) -> float:
+        return 2 * m_ * n * k * (1 / m_ + 1 / n + 1 / k)
+
+    e = edge(1024, 6144, 4096) + edge(1024, 4096, 4096) + edge(1024, 8, 4096)
+    assert eff.gemm_edge_elements == 40
+    dense_f = bf.forward - bf.grouped + eff.gemm_edge_elements * e
     gemm = dense_f / (peak * eff.matmul) + bf.grouped / (peak * eff.grouped)
     assert chunk_costs(b200, 1, False, False, lo=0).forward_ns == math.ceil(1e9 * (gemm + mem))
     h100 = sc("h100_sxm5_80gb")
     hh = h100.hardware
     assert hh.efficiency.grouped_matmul is None and hh.efficiency.grouped == hh.efficiency.matmul
     mem_h = bf.elementwise_bytes_fwd / (hh.hbm_bandwidth_bytes_per_s * hh.efficiency.memory_bound)
-    dense = bf.forward / (hh.compute_peak("bf16") * hh.efficiency.matmul)
+    assert hh.efficiency.gemm_edge_elements == 150  # the same shapes' term, at the H100's L
+    dense = (bf.forward + 150 * e) / (hh.compute_peak("bf16") * hh.efficiency.matmul)
     assert chunk_costs(h100, 1, False, False, lo=0).forward_ns == math.ceil(1e9 * (dense + mem_h))

@@ -84,9 +84,13 @@ def _runtime(sc: Scenario, **flags: bool) -> Scenario:
 
 
 def _gemm_ns(sc: Scenario, out: int) -> float:
-    """One column-parallel GEMM by hand: 2·T·h·out/tp FLOPs at the profile's bf16 matmul rate."""
+    """One column-parallel GEMM by hand: M = T = 4,096 tokens, K = h = 4,096, N = out/tp,
+    2·M·N·K·(1 + L/M + L/N + L/K) FLOPs (the profile's GEMM shape term L) at its bf16 matmul
+    rate."""
     hw = sc.hardware
-    flops = 2.0 * 4096 * 4096 * out / sc.parallelism.tp
+    m, n, k = 4096, out // sc.parallelism.tp, 4096
+    edge = hw.efficiency.gemm_edge_elements
+    flops = 2.0 * m * n * k * (1 + edge / m + edge / n + edge / k)
     return 1e9 * flops / (hw.peak("bf16") * hw.efficiency.matmul)
 
 

@@ -30,9 +30,9 @@ more GPU-hours per token, whether from a slower step or from more GPUs). The ste
 planner's closed form (:func:`simtrain.apps.plan.estimate.closed_form_step_s`: the library's own
 per-chunk costs, pipeline bubble, exposed data-parallel communication and the optimizer step,
 offload's PCIe and CPU Adam included; within a few % of the simulated step on the shipped
-scenarios, and instant, where a simulation per candidate can take seconds). It knows no
-per-kernel efficiency that falls with a smaller micro-batch, so a smaller micro-batch at pp = 1
-costs x1.00 here; on a GPU the smaller GEMMs run somewhat slower. Ties go to the family order
+scenarios, and instant, where a simulation per candidate can take seconds). A smaller
+micro-batch at pp = 1 does the same FLOPs in smaller GEMMs: x1.00 on a profile without a GEMM
+shape term (``efficiency.gemm_edge_elements``), a little more with one. Ties go to the family order
 above, then to the smaller change. Per family only the cheapest change that fits is listed.
 """
 

@@ -79,13 +79,14 @@ def _mlp_mats(m: ModelSpec) -> int:
 
 
 def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
-                load: float = 1.0) -> BlockFlops:  # fmt: skip
+                load: float = 1.0, fused: bool = True) -> BlockFlops:  # fmt: skip
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
     weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1).
     An MoE block (``moe``: default, every block of a model with experts) has the router and
     k routed experts (times the busiest EP rank's ``load``) plus the shared experts in place
     of the MLP (:func:`costs.moe.moe_mlp_flops`). Q and the attention output are
-    heads·head_dim wide (``ModelSpec.q_dim``, h unless ``head_size`` is set)."""
+    heads·head_dim wide (``ModelSpec.q_dim``, h unless ``head_size`` is set). ``fused``: the
+    runtime's ``fused_projections`` (which GEMMs carry the shape term: :func:`dense_linear_gemms`)."""
     b = t.micro_batch
     s = t.seq_len_effective
     s_kv = t.kv_len
@@ -130,9 +131,10 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
         ew_bwd += 2.5 * linear  # the same dequantisation again: no backward kernel of its own
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
-    edge = sum(
-        gemm_edge(b * s, n, k) for n, k in dense_linear_gemms(m, tp, m.is_moe and moe is not False)
-    )
+    is_moe = m.is_moe and moe is not False
+    edge = sum(gemm_edge(b * s, n, k) for n, k in dense_linear_gemms(m, tp, is_moe, fused))
+    if is_moe:  # the router: replicated, on the rank's T/tp tokens (costs.moe.moe_mlp_flops)
+        edge += gemm_edge(b * s // tp, m.num_experts, h)
     return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj, grouped, edge)
 
 
@@ -148,23 +150,26 @@ def gemm_edge(m_rows: int, n: int, k: int) -> float:
     return 2.0 * m_rows * n * k * (1 / m_rows + 1 / n + 1 / k)
 
 
-def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False) -> tuple[tuple[int, int], ...]:
-    """(N, K) of each dense linear GEMM of a block on one TP rank (M is the tokens): Q, K and V
-    fused into one GEMM, as gate and up are (Megatron's ``linear_qkv`` and ``linear_fc1``), then
-    O and down (:func:`spec.model.tp_split_shape`). Of an MoE block (``moe``) the attention's
-    only (the experts' are grouped GEMMs, their own kernel class)."""
-    shapes = m.linear_weight_shapes()
-    if moe:
-        shapes = m.attention_shapes()
+def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
+                       fused: bool = True) -> tuple[tuple[int, int], ...]:  # fmt: skip
+    """(N, K) of each dense linear GEMM of a block on one TP rank (M is the micro-batch's
+    tokens; :func:`spec.model.tp_split_shape`): Q, K, V, O and the MLP's, with ``fused`` Q, K
+    and V as one GEMM and gate and up as one (runtime ``fused_projections``: Megatron's
+    ``linear_qkv`` and ``linear_fc1``). Of an MoE block (``moe``) the attention's and the
+    shared experts' (the routed experts' are grouped GEMMs, their own kernel class; the router
+    runs on fewer tokens: :func:`block_flops`). Not here: LoRA's and adapters' rank-r GEMMs."""
+    shapes = m.attention_shapes() if moe else m.linear_weight_shapes()
+    if moe and m.shared_experts:
+        fs = m.shared_experts * m.shared_ffn
+        up = {"gate": (m.hidden, fs)} if m.mlp == "swiglu" else {}
+        shapes = {**shapes, **up, "up": (m.hidden, fs), "down": (fs, m.hidden)}
+    groups = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"} if fused else {}
     out: dict[str, tuple[int, int]] = {}
     for name, (fi, fo) in shapes.items():
         k, n = tp_split_shape(name, fi, fo, tp)
-        fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"}.get(name, name)
-        if fused in out:
-            pn, pk = out[fused]
-            out[fused] = (pn + n, pk)
-        else:
-            out[fused] = (n, k)
+        key = groups.get(name, name)
+        pn, _ = out.get(key, (0, k))
+        out[key] = (pn + n, k)
     return tuple(out.values())
 
 
@@ -387,13 +392,14 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     (:func:`costs.moe.moe_load`)."""
     m, tp = sc.model, sc.parallelism.tp
     t = cp_rank_training(sc.training, sc.parallelism.cp)  # one GPU's s/cp tokens
-    bf = block_flops(m, t, tp)
+    fused = sc.runtime.fused_projections
+    bf = block_flops(m, t, tp, fused=fused)
     if not m.is_moe:
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)
-    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep))
-    dense_bf = block_flops(m, t, tp, False)
+    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused)
+    dense_bf = block_flops(m, t, tp, False, fused=fused)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
                         for f in BlockFlops.__slots__))  # fmt: skip
 
@@ -459,11 +465,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         )
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
-        rec_lin = layers * op_sac.recompute_matmul_flops(m, t, tp)
-        rec_e = bf.projections_edge * rec_lin / bf.projections if bf.projections else 0.0
-        rec_ns = _matmul_ns(rec_f, hw, dtype, edge=rec_e) + memory_bound_ns(
-            bf.elementwise_bytes_fwd, hw
-        )
+        rec_ns = _matmul_ns(
+            rec_f, hw, dtype, edge=layers * op_sac_recompute_edge(m, t, tp)
+        ) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
@@ -556,8 +560,9 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_lin = layers * op_sac.recompute_matmul_flops(m, t, sc.parallelism.tp)
         rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
         share = rec_lin / lin_f if lin_f else 0.0
+        rec_e = layers * op_sac_recompute_edge(m, t, sc.parallelism.tp)
         rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype)
-                  + _matmul_ns(rec_lin, hw, gemm, edge=le * share)
+                  + _matmul_ns(rec_lin, hw, gemm, edge=rec_e)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
     fwd_ns += ring_f
@@ -583,6 +588,16 @@ def op_sac_recompute_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
         else 4 * t.micro_batch * t.seq_len_effective * t.kv_len * (m.hidden / tp)
     )
     return op_sac.recompute_matmul_flops(m, t, tp) + core
+
+
+def op_sac_recompute_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
+    """:func:`gemm_edge` of the projections one block recomputes under ``selective_op``
+    (:func:`costs.op_sac.recomputed_matmuls`, each on one TP rank: a row-parallel one's input
+    split by t, a column-parallel one's output)."""
+    tokens = t.micro_batch * t.seq_len_effective
+    return sum(gemm_edge(tokens, mm.out_per_rank(tp),
+                         mm.in_features // tp if mm.row_parallel else mm.in_features)
+               for mm in op_sac.recomputed_matmuls(m))  # fmt: skip
 
 
 def optimizer_bytes_per_param(t: TrainingSpec) -> float:

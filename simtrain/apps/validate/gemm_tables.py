@@ -37,11 +37,16 @@ class GemmEdgeFit:
 
 
 def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
-    return [
-        GemmTable(t["id"], t["source"], tuple(t["profiles"]),
-                  tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"]))
-        for t in load_yaml(path)
-    ]  # fmt: skip
+    """The tables of ``path``; every shape has positive M, N, K and an efficiency in (0, 2]
+    (above 1: faster than the table's stated peak, e.g. a boost clock)."""
+    tables = []
+    for t in load_yaml(path):
+        shapes = tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"])
+        for m, n, k, e in shapes:
+            if min(m, n, k) <= 0 or not 0 < e <= 2:
+                raise ValueError(f"{path}: {t['id']}: bad shape [{m}, {n}, {k}, {e}]")
+        tables.append(GemmTable(t["id"], t["source"], tuple(t["profiles"]), shapes))
+    return tables
 
 
 def shape_factor(edge: float, m: int, n: int, k: int) -> float:
@@ -50,10 +55,14 @@ def shape_factor(edge: float, m: int, n: int, k: int) -> float:
 
 
 def _best_efficiency(xs: list[float]) -> tuple[float, float]:
-    """(e∞, MAPE %) minimising mean |x_i/e∞ − 1|: 1/e∞ = the x-weighted median of 1/x."""
+    """(e∞, MAPE %) minimising mean |x_i/e∞ − 1|: 1/e∞ = the x-weighted median of 1/x
+    (``xs`` non-empty and positive)."""
+    if not xs or min(xs) <= 0:
+        raise ValueError("the efficiencies must be positive, at least one")
     pts = sorted((1 / x, x) for x in xs)
     half = sum(xs) / 2
     acc = 0.0
+    u = pts[-1][0]
     for inv, w in pts:
         acc += w
         if acc >= half:
