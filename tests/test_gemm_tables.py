@@ -52,7 +52,7 @@ def test_constant_efficiency_is_the_weighted_median_minimiser():
     assert all(mape(fit.efficiency) <= mape(c / 1000) + 1e-12 for c in range(400, 900))
 
 
-@pytest.mark.parametrize("table", load_gemm_tables(), ids=lambda t: t.id)
+@pytest.mark.parametrize("table", [t for t in load_gemm_tables() if t.profiles], ids=lambda t: t.id)
 def test_profiles_ship_the_fit_of_their_measured_table(table):
     """Each profile a table names carries the table's fitted L (grid of 10 elements)."""
     fit = fit_gemm_edge(table.shapes)
@@ -75,15 +75,18 @@ def test_measured_tables_as_transcribed():
     assert (round(h100.mape_pct, 2), round(h100.constant_mape_pct, 2)) == (9.36, 10.88)
 
 
-def test_two_independent_a100_tables_agree():
-    """Vidur's A100 linears (696 GEMMs of 8 models, no profile takes them) fit L = 100, the
-    SimuMax table 140: the edge is a property of the GPU, not of one benchmark (within 40)."""
-    fits = {t.id: fit_gemm_edge(t.shapes) for t in load_gemm_tables()}
-    vidur, simumax = fits["vidur_a100"], fits["simumax_a100"]
-    assert vidur.edge_elements == 100
-    assert (round(vidur.mape_pct, 2), round(vidur.constant_mape_pct, 2)) == (5.96, 7.60)
-    assert abs(vidur.edge_elements - simumax.edge_elements) <= 40
-    assert abs(vidur.efficiency - simumax.efficiency) < 0.01  # e∞ 0.794 vs 0.788
+def test_the_shipped_a100_edge_holds_on_an_independent_table():
+    """The A100 profiles' L = 140 (SimuMax's table) on Vidur's 696 A100 linears, which no
+    profile was fitted on: within 0.3 point of that table's own optimum (L = 100, 5.96 %) and
+    1.3 points better than one efficiency for every shape (7.60 %)."""
+    vidur = next(t for t in load_gemm_tables() if t.id == "vidur_a100")
+    own = fit_gemm_edge(vidur.shapes)
+    shipped = load_hardware("a100_sxm4_80gb").efficiency.gemm_edge_elements
+    at_shipped = fit_gemm_edge(vidur.shapes, grid=(int(shipped),))
+    assert (own.edge_elements, round(own.mape_pct, 2), round(own.constant_mape_pct, 2)) == (
+        100, 5.96, 7.60)  # fmt: skip
+    assert at_shipped.mape_pct <= own.mape_pct + 0.3
+    assert at_shipped.mape_pct <= own.constant_mape_pct - 1.3
 
 
 def test_gemm_edge_closed_form_and_symmetry():
@@ -99,8 +102,8 @@ def test_dense_linear_gemms_fuse_qkv_and_gate_up_and_split_by_tp():
     assert (m.hidden, m.kv_dim, m.ffn_hidden) == (4096, 1024, 14336)
     # (N, K) per GEMM on one of 4 TP ranks: fused QKV and gate/up column-parallel, O and down row
     assert dense_linear_gemms(m, 4) == ((1536, 4096), (4096, 1024), (7168, 4096), (4096, 3584))
-    # torchtitan / Hugging Face: one GEMM per projection (runtime fused_projections: false)
-    assert dense_linear_gemms(m, 4, fused=False) == (
+    # torchtitan / Hugging Face: one GEMM per projection (runtime fused_qkv, fused_gate_up false)
+    assert dense_linear_gemms(m, 4, fused=(False, False)) == (
         (1024, 4096), (256, 4096), (256, 4096), (4096, 1024),
         (3584, 4096), (3584, 4096), (4096, 3584))  # fmt: skip
 
@@ -161,11 +164,18 @@ def test_shape_term_adds_l_times_edge_to_each_gemm_time():
 
 
 def test_separate_projections_carry_more_edge():
-    """pytorch_eager (fused_projections: false): q, k, v and gate, up are GEMMs of their own."""
+    """pytorch_eager (fused_qkv, fused_gate_up: false): q, k, v and gate, up are GEMMs of their
+    own; llm_foundry fuses Q/K/V only (Wqkv; MPTGLU's gate_proj and up_proj)."""
     sc = _scenario("a100_sxm4_80gb", "pytorch_eager")
     f, *_ = _diff(sc, first=False, last=False)
     assert f == pytest.approx(_extra_ns(sc, 2 * SEPARATE), abs=2)
     assert SEPARATE > FUSED
+    foundry = _scenario("a100_sxm4_80gb", "llm_foundry")
+    f, *_ = _diff(foundry, first=False, last=False)
+    qkv_only = (
+        _edge(T, 1536, 512) + _edge(T, 512, 512) + 2 * _edge(T, 2048, 512) + _edge(T, 512, 2048)
+    )
+    assert f == pytest.approx(_extra_ns(foundry, 2 * qkv_only), abs=2)
 
 
 def test_frozen_base_has_no_weight_gradient_edge_and_probe_no_backward_edge():
@@ -201,3 +211,22 @@ def test_gemm_edge_key_is_validated():
         parse_hardware(data, "g.yaml")
     data["efficiency"]["gemm_edge_elements"] = 128
     assert parse_hardware(data, "g.yaml").efficiency.gemm_edge_elements == 128
+
+
+def test_moe_shared_experts_and_router_carry_the_term_at_tp_2():
+    """An MoE block's dense GEMMs on one of 2 TP ranks, worked by hand: fused QKV and O (MHA,
+    h 1,024), the shared experts' fused gate/up (N = 2·S·f_s/2) and down (K = S·f_s/2), and the
+    router (N = E = 8, K = h) on the rank's T/2 tokens; the routed experts (grouped) carry none."""
+    sc = parse_scenario(
+        {"name": "x", "hardware": "a100_sxm4_80gb",
+         "model": {"layers": 2, "hidden": 1024, "heads": 8, "ffn_hidden": 4096, "vocab": 1024,
+                   "max_positions": 512, "mlp": "swiglu", "bias": False, "num_experts": 8,
+                   "experts_per_token": 2, "moe_ffn_hidden": 512, "shared_experts": 2,
+                   "shared_expert_ffn_hidden": 768},
+         "training": {"seq_len": 512, "global_batch": 2, "micro_batch": 1},
+         "parallelism": {"dp": 1, "tp": 2, "ep": 1, "sequence_parallel": True}}, "t.yaml")  # fmt: skip
+    fs = 2 * 768
+    edge = (_edge(512, 3 * 1024 // 2, 1024) + _edge(512, 1024, 1024 // 2)
+            + _edge(512, 2 * fs // 2, 1024) + _edge(512, 1024, fs // 2) + _edge(256, 8, 1024))  # fmt: skip
+    f, *_ = _diff(sc, first=False, last=False)
+    assert f == pytest.approx(_extra_ns(sc, 2 * edge), abs=2)

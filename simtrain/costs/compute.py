@@ -79,14 +79,15 @@ def _mlp_mats(m: ModelSpec) -> int:
 
 
 def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
-                load: float = 1.0, fused: bool = True) -> BlockFlops:  # fmt: skip
+                load: float = 1.0, fused: tuple[bool, bool] = (True, True)) -> BlockFlops:  # fmt: skip
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
     weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1).
     An MoE block (``moe``: default, every block of a model with experts) has the router and
     k routed experts (times the busiest EP rank's ``load``) plus the shared experts in place
     of the MLP (:func:`costs.moe.moe_mlp_flops`). Q and the attention output are
     heads·head_dim wide (``ModelSpec.q_dim``, h unless ``head_size`` is set). ``fused``: the
-    runtime's ``fused_projections`` (which GEMMs carry the shape term: :func:`dense_linear_gemms`)."""
+    runtime's (``fused_qkv``, ``fused_gate_up``): which GEMMs carry the shape term
+    (:func:`dense_linear_gemms`)."""
     b = t.micro_batch
     s = t.seq_len_effective
     s_kv = t.kv_len
@@ -151,19 +152,21 @@ def gemm_edge(m_rows: int, n: int, k: int) -> float:
 
 
 def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
-                       fused: bool = True) -> tuple[tuple[int, int], ...]:  # fmt: skip
+                       fused: tuple[bool, bool] = (True, True)) -> tuple[tuple[int, int], ...]:  # fmt: skip
     """(N, K) of each dense linear GEMM of a block on one TP rank (M is the micro-batch's
-    tokens; :func:`spec.model.tp_split_shape`): Q, K, V, O and the MLP's, with ``fused`` Q, K
-    and V as one GEMM and gate and up as one (runtime ``fused_projections``: Megatron's
-    ``linear_qkv`` and ``linear_fc1``). Of an MoE block (``moe``) the attention's and the
-    shared experts' (the routed experts' are grouped GEMMs, their own kernel class; the router
-    runs on fewer tokens: :func:`block_flops`). Not here: LoRA's and adapters' rank-r GEMMs."""
+    tokens; :func:`spec.model.tp_split_shape`): Q, K, V, O and the MLP's, Q, K and V as one
+    GEMM with ``fused[0]`` and gate and up as one with ``fused[1]`` (runtime ``fused_qkv``,
+    ``fused_gate_up``: Megatron's ``linear_qkv`` and ``linear_fc1``). Of an MoE block (``moe``)
+    the attention's and the shared experts' (the routed experts' are grouped GEMMs, their own
+    kernel class; the router runs on fewer tokens: :func:`block_flops`). Not here: LoRA's and
+    adapters' rank-r GEMMs, Qwen2-MoE's h x 1 shared-expert gate (a GEMV)."""
     shapes = m.attention_shapes() if moe else m.linear_weight_shapes()
     if moe and m.shared_experts:
         fs = m.shared_experts * m.shared_ffn
         up = {"gate": (m.hidden, fs)} if m.mlp == "swiglu" else {}
         shapes = {**shapes, **up, "up": (m.hidden, fs), "down": (fs, m.hidden)}
-    groups = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"} if fused else {}
+    groups = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if fused[0] else {}),
+              **({"gate": "fc1", "up": "fc1"} if fused[1] else {})}  # fmt: skip
     out: dict[str, tuple[int, int]] = {}
     for name, (fi, fo) in shapes.items():
         k, n = tp_split_shape(name, fi, fo, tp)
@@ -392,7 +395,7 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     (:func:`costs.moe.moe_load`)."""
     m, tp = sc.model, sc.parallelism.tp
     t = cp_rank_training(sc.training, sc.parallelism.cp)  # one GPU's s/cp tokens
-    fused = sc.runtime.fused_projections
+    fused = (sc.runtime.fused_qkv, sc.runtime.fused_gate_up)
     bf = block_flops(m, t, tp, fused=fused)
     if not m.is_moe:
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))

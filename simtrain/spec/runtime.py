@@ -194,12 +194,14 @@ class RuntimeProfile:
     # to merge them (torch.distributed.pipelining stage.py forward_one_chunk: output_chunks;
     # schedules.py step: _merge_outputs); costs.memory.pipeline_output_chunk_bytes.
     pipeline_keeps_last_outputs: bool = False
-    # A block's Q, K and V projections run as one GEMM and, with a gated MLP, its gate and up
-    # projections as one (Megatron's linear_qkv / linear_fc1, nanotron's qkv_proj / gate_up_proj,
-    # llm-foundry's Wqkv); false: one GEMM each (torchtitan's wq, wk, wv, w1, w3; Hugging Face
-    # Transformers' q_proj, k_proj, v_proj, gate_proj, up_proj). The GEMM shape term
-    # (hardware ``efficiency.gemm_edge_elements``, costs.compute.dense_linear_gemms) prices each.
-    fused_projections: bool = True
+    # A block's Q, K and V projections run as one GEMM (Megatron's linear_qkv, nanotron's
+    # qkv_proj, llm-foundry's Wqkv) and, with a gated MLP, its gate and up projections as one
+    # (Megatron's linear_fc1, nanotron's gate_up_proj); false: one GEMM each (torchtitan's wq, wk,
+    # wv, w1, w3; Hugging Face Llama's q_proj, k_proj, v_proj, gate_proj, up_proj; llm-foundry's
+    # MPTGLU gate_proj, up_proj). The GEMM shape term (hardware ``efficiency.gemm_edge_elements``,
+    # costs.compute.dense_linear_gemms) prices each GEMM.
+    fused_qkv: bool = True
+    fused_gate_up: bool = True
     source_file: str = ""
 
     @property
@@ -222,7 +224,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_grads_unsharded", "fsdp_root_unsharded",
          "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
-         "pipeline_keeps_last_outputs", "fused_projections")  # fmt: skip
+         "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
