@@ -9,7 +9,6 @@ import pytest
 from simtrain.apps.validate.gemm_tables import (
     fit_gemm_edge,
     load_gemm_tables,
-    shape_factor,
 )
 from simtrain.costs.compute import chunk_costs, dense_linear_gemms, gemm_edge
 from simtrain.errors import ConfigError
@@ -21,7 +20,7 @@ from simtrain.spec.scenario import parse_scenario
 def test_fit_recovers_a_generated_shape_term_exactly():
     """Efficiencies generated as e∞ / (1 + L/M + L/N + L/K) give back L and e∞, error 0."""
     shapes = [(m, n, k) for m in (512, 4096) for n in (256, 2048, 16384) for k in (128, 1024, 8192)]
-    table = tuple((m, n, k, 0.8 / shape_factor(170, m, n, k)) for m, n, k in shapes)
+    table = tuple((m, n, k, 0.8 / (1 + 170 / m + 170 / n + 170 / k)) for m, n, k in shapes)
     fit = fit_gemm_edge(table)
     assert fit.edge_elements == 170
     assert fit.efficiency == pytest.approx(0.8, rel=1e-12)
@@ -101,11 +100,12 @@ def test_dense_linear_gemms_fuse_qkv_and_gate_up_and_split_by_tp():
     m = preset("llama3-8b")
     assert (m.hidden, m.kv_dim, m.ffn_hidden) == (4096, 1024, 14336)
     # (N, K) per GEMM on one of 4 TP ranks: fused QKV and gate/up column-parallel, O and down row
-    assert dense_linear_gemms(m, 4) == ((1536, 4096), (4096, 1024), (7168, 4096), (4096, 3584))
+    assert dense_linear_gemms(m, 4) == {
+        "qkv": (1536, 4096), "o": (4096, 1024), "fc1": (7168, 4096), "down": (4096, 3584)}  # fmt: skip
     # torchtitan / Hugging Face: one GEMM per projection (runtime fused_qkv, fused_gate_up false)
-    assert dense_linear_gemms(m, 4, fused=(False, False)) == (
+    assert list(dense_linear_gemms(m, 4, fused=(False, False)).values()) == [
         (1024, 4096), (256, 4096), (256, 4096), (4096, 1024),
-        (3584, 4096), (3584, 4096), (4096, 3584))  # fmt: skip
+        (3584, 4096), (3584, 4096), (4096, 3584)]  # fmt: skip
 
 
 def _scenario(hardware: str, runtime: str = "megatron_lm_2021", **training):
@@ -230,3 +230,10 @@ def test_moe_shared_experts_and_router_carry_the_term_at_tp_2():
             + _edge(512, 2 * fs // 2, 1024) + _edge(512, 1024, fs // 2) + _edge(256, 8, 1024))  # fmt: skip
     f, *_ = _diff(sc, first=False, last=False)
     assert f == pytest.approx(_extra_ns(sc, 2 * edge), abs=2)
+
+
+def test_a_bad_table_row_is_a_clear_error(tmp_path):
+    bad = tmp_path / "gemm.yaml"
+    bad.write_text("- id: t\n  source: s\n  profiles: []\n  shapes:\n    - [512, 0, 512, 0.7]\n")
+    with pytest.raises(ConfigError, match=r"t\.shapes.*M, N, K > 0"):
+        load_gemm_tables(bad)

@@ -133,7 +133,8 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     if not grad_flows_through_blocks(t):
         ew_bwd = 0.0
     is_moe = m.is_moe and moe is not False
-    edge = sum(gemm_edge(b * s, n, k) for n, k in dense_linear_gemms(m, tp, is_moe, fused))
+    gemms = dense_linear_gemms(m, tp, is_moe, fused).values()
+    edge = sum(gemm_edge(b * s, n, k) for n, k in gemms)
     if is_moe:  # the router: replicated, on the rank's T/tp tokens (costs.moe.moe_mlp_flops)
         edge += gemm_edge(b * s // tp, m.num_experts, h)
     return BlockFlops(fwd, core, input_grad, weight_grad, ew, ew_bwd, proj, grouped, edge)
@@ -152,9 +153,9 @@ def gemm_edge(m_rows: int, n: int, k: int) -> float:
 
 
 def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
-                       fused: tuple[bool, bool] = (True, True)) -> tuple[tuple[int, int], ...]:  # fmt: skip
-    """(N, K) of each dense linear GEMM of a block on one TP rank (M is the micro-batch's
-    tokens; :func:`spec.model.tp_split_shape`): Q, K, V, O and the MLP's, Q, K and V as one
+                       fused: tuple[bool, bool] = (True, True)) -> dict[str, tuple[int, int]]:  # fmt: skip
+    """(N, K) of each dense linear GEMM of a block on one TP rank, by name ("qkv" and "fc1" for
+    the fused ones; M is the micro-batch's tokens; :func:`spec.model.tp_split_shape`): Q, K, V, O and the MLP's, Q, K and V as one
     GEMM with ``fused[0]`` and gate and up as one with ``fused[1]`` (runtime ``fused_qkv``,
     ``fused_gate_up``: Megatron's ``linear_qkv`` and ``linear_fc1``). Of an MoE block (``moe``)
     the attention's and the shared experts' (the routed experts' are grouped GEMMs, their own
@@ -173,7 +174,7 @@ def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
         key = groups.get(name, name)
         pn, _ = out.get(key, (0, k))
         out[key] = (pn + n, k)
-    return tuple(out.values())
+    return out
 
 
 # Element-wise backward time / forward time, by the activations' bytes per element. Measured
@@ -365,8 +366,8 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
     """One GEMM of each column-parallel linear of a dense block on one TP rank, in ns: the
     attention's fused Q/K/V input projection and the MLP's first linear (gate and up fused),
     Megatron's ``linear_qkv`` and ``linear_fc1``. Its input-gradient and its weight-gradient
-    GEMM have the same FLOPs, 2·T·h_in·h_out/tp over the micro-batch's T = b·s tokens (s/cp
-    per GPU). () for MLA models (their projections are not these two); with experts the MLP's
+    GEMM have the same FLOPs, 2·T·N·K over the micro-batch's T = b·s tokens (s/cp per GPU),
+    N and K those of :func:`dense_linear_gemms`. () for MLA models (their projections are not these two); with experts the MLP's
     is 0 (its first linear is the experts', nothing to hide a collective under)."""
     m, p = sc.model, sc.parallelism
     if m.is_mla:
@@ -375,12 +376,10 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
     prec = PRECISIONS[t.precision]
     dtype = prec.gemm_dtype or prec.compute_dtype
     tokens = t.micro_batch * t.seq_len_effective
-    shapes = m.linear_weight_shapes()
-    attn = sum(o for n, (_, o) in shapes.items() if n in ("q", "k", "v"))
-    mlp = 0 if m.is_moe else sum(o for n, (_, o) in shapes.items() if n in ("gate", "up"))
-    return tuple(_matmul_ns(2.0 * tokens * m.hidden * out / p.tp, sc.hardware, dtype,
-                            edge=gemm_edge(tokens, out // p.tp, m.hidden) if out else 0.0)
-                 for out in (attn, mlp))  # fmt: skip
+    gemms = dense_linear_gemms(m, p.tp)
+    shapes = (gemms["qkv"], (0, 0) if m.is_moe else gemms["fc1"])
+    return tuple(_matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype, edge=gemm_edge(tokens, n, k))
+                 for n, k in shapes)  # fmt: skip
 
 
 def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
@@ -517,8 +516,8 @@ def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
 
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
-                     ew: tuple[float, float], lo: int | None = None,
-                     edges: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> StageCosts:  # fmt: skip
+                     ew: tuple[float, float], lo: int | None,
+                     edges: tuple[float, float, float]) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
     together (:func:`chunk_block_flops`): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
@@ -595,12 +594,12 @@ def op_sac_recompute_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
 
 def op_sac_recompute_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     """:func:`gemm_edge` of the projections one block recomputes under ``selective_op``
-    (:func:`costs.op_sac.recomputed_matmuls`, each on one TP rank: a row-parallel one's input
-    split by t, a column-parallel one's output)."""
+    (:func:`costs.op_sac.recomputed_matmuls`, each on one TP rank:
+    :func:`spec.model.tp_split_shape`)."""
     tokens = t.micro_batch * t.seq_len_effective
-    return sum(gemm_edge(tokens, mm.out_per_rank(tp),
-                         mm.in_features // tp if mm.row_parallel else mm.in_features)
-               for mm in op_sac.recomputed_matmuls(m))  # fmt: skip
+    shapes = (tp_split_shape(mm.name, mm.in_features, mm.out_features, tp)
+              for mm in op_sac.recomputed_matmuls(m))  # fmt: skip
+    return sum(gemm_edge(tokens, n, k) for k, n in shapes)
 
 
 def optimizer_bytes_per_param(t: TrainingSpec) -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from simtrain.costs.compute import gemm_edge
+from simtrain.errors import ConfigError
 from simtrain.spec.yamlfile import load_yaml
 
 GEMM_TABLES_PATH = Path(__file__).resolve().parents[3] / "measured" / "gemm_tables.yaml"
@@ -44,14 +46,16 @@ def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
         shapes = tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"])
         for m, n, k, e in shapes:
             if min(m, n, k) <= 0 or not 0 < e <= 2:
-                raise ValueError(f"{path}: {t['id']}: bad shape [{m}, {n}, {k}, {e}]")
+                raise ConfigError(str(path), f"{t['id']}.shapes", "each [M, N, K, efficiency] "
+                                  "needs M, N, K > 0 and 0 < efficiency <= 2", [m, n, k, e])  # fmt: skip
         tables.append(GemmTable(t["id"], t["source"], tuple(t["profiles"]), shapes))
     return tables
 
 
-def shape_factor(edge: float, m: int, n: int, k: int) -> float:
-    """1 + L/M + L/N + L/K: the GEMM's time over that of its FLOPs at the large-GEMM rate."""
-    return 1 + edge / m + edge / n + edge / k
+def _shape_factor(edge: float, m: int, n: int, k: int) -> float:
+    """The GEMM's time over that of its FLOPs at the large-GEMM rate, as the cost model prices
+    it: 1 + L·gemm_edge / (2·M·N·K) (= 1 + L/M + L/N + L/K)."""
+    return 1 + edge * gemm_edge(m, n, k) / (2.0 * m * n * k)
 
 
 def _best_efficiency(xs: list[float]) -> tuple[float, float]:
@@ -78,7 +82,7 @@ def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
         raise ValueError("fit_gemm_edge needs at least two measured shapes")
     best = None
     for edge in grid:
-        eff, mape = _best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
+        eff, mape = _best_efficiency([e * _shape_factor(edge, m, n, k) for m, n, k, e in shapes])
         if best is None or mape < best[2] - 1e-12:
             best = (float(edge), eff, mape)
     _, const = _best_efficiency([e for *_, e in shapes])
