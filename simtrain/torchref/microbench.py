@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
@@ -113,41 +113,15 @@ def measure_matmul(
     return out
 
 
-def measure_gemm_k_sweep(dtype: str, device: str = "cpu", mn: int = 1024,
-                         ks: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096),
-                         repeats: int = 5) -> dict[int, float]:  # fmt: skip
-    """FLOP/s of ``A @ B`` with A ``mn x K`` and B ``K x mn`` (2·mn²·K FLOPs) per reduction width
-    K in ``ks``: how a GEMM's rate falls as K shrinks (:func:`fit_k_overhead`); {} if the device
-    cannot run the dtype."""
-    with closing(_timed_matmuls(dtype, device, [(mn, k, mn) for k in ks], repeats)) as runs:
-        return {k: 2.0 * mn * mn * k / t for (_, k, _), t in runs}
-
-
-def fit_k_overhead(rates: Mapping[int, float]) -> tuple[float, float]:
-    """(rate at unbounded K in FLOP/s, K0) of the model t = 2·M·N·(K + K0) / R that a GEMM
-    whose K shrinks follows when each output element carries a fixed cost (the tile's prologue
-    and epilogue): per output element, t / (2·M·N) = K/R + K0/R is linear in K, fitted by least
-    squares over ``rates`` (K -> measured FLOP/s, from :func:`measure_gemm_k_sweep`); the
-    rate at width K is then R·K / (K + K0). Needs two widths or more."""
-    if len(rates) < 2:
-        raise SimtrainError("fit_k_overhead: needs rates at two reduction widths or more")
-    ks = sorted(rates)
-    ys = [k / rates[k] for k in ks]  # t / (2·M·N) = K / rate at K = (K + K0) / R
-    n = len(ks)
-    mk, my = sum(ks) / n, sum(ys) / n
-    sxx = sum((k - mk) ** 2 for k in ks)
-    slope = sum((k - mk) * (y - my) for k, y in zip(ks, ys, strict=True)) / sxx
-    intercept = my - slope * mk
-    if slope <= 0:
-        raise SimtrainError("fit_k_overhead: the time does not grow with K (noisy sweep?)")
-    return 1.0 / slope, intercept / slope
-
-
-def bytes_per_output_element(k0: float, rate_flops_per_s: float,
-                             bandwidth_bytes_per_s: float) -> float:  # fmt: skip
-    """:func:`fit_k_overhead`'s K0 as HBM traffic: the fixed time per output element,
-    2·K0/R (from t = 2·M·N·(K + K0)/R), moved at ``bandwidth_bytes_per_s``."""
-    return 2.0 * k0 * bandwidth_bytes_per_s / rate_flops_per_s
+def measure_gemm_shapes(dtype: str, device: str,
+                        shapes: tuple[tuple[int, int, int], ...],
+                        repeats: int = 5) -> dict[tuple[int, int, int], float]:  # fmt: skip
+    """FLOP/s of ``A @ B`` with A ``M x K`` and B ``K x N`` (2·M·N·K FLOPs), keyed (M, N, K), for
+    each (M, K, N) of ``shapes`` in order, stopping at the first the device cannot run ({} if
+    it cannot run the dtype): the table ``apps.validate.gemm_tables.fit_gemm_edge`` fits the
+    GEMM shape term on."""
+    with closing(_timed_matmuls(dtype, device, list(shapes), repeats)) as runs:
+        return {(m, n, k): 2.0 * m * n * k / t for (m, k, n), t in runs}
 
 
 def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,
