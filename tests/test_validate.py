@@ -109,21 +109,28 @@ def test_peak_memory(result) -> None:
 
 
 def test_nanotron_throughput_regression_bound(result) -> None:
-    """Not met (no issue target reached): regression bounds 1 % above the figures reached. The
-    nanotron records run on the Ultra-Scale Playbook's AWS EFA cluster and are
-    simulated on h100_sxm5_80gb_efa (network fitted to that cluster's collective benchmarks):
-    tokens/s MAPE 794.3 %, MFU 749.9 % (on the InfiniBand profile: 1225.7 % and 1065.1 %).
-    Median predicted/measured tokens/s by node count 1/2/4/8/16/32/64: 1.10, 1.18, 1.46, 2.31,
-    2.48, 2.14, 9.31 (was 1.10, 1.21, 2.22, 2.40, 2.88, 3.06, 14.96). What remains is mostly in
-    the pipeline-parallel rows (median 2.9 with tp <= 8, dp and tp across nodes alone 1.16-1.46),
-    which a network the collective benchmarks pin down does not explain. Under the nanotron
-    runtime (runtimes/nanotron.yaml: blocking p2p, fp32 gradient all-reduce, ZeRO-1 as
-    all-reduce + all-gather, host time per op) and without the 49 layouts nanotron's split
-    leaves a stage empty of layers: tokens/s MAPE 446.1 % (median +69.9 %), MFU 390.3 %."""
+    """Not met (issue targets: MAPE <= 35 %, median <= 15 %): regression bounds 1 point above the
+    figures reached. The records run under runtimes/nanotron_bench.yaml, the bench branch the
+    sweep's script reads its files from, whose host polls each pipeline metadata message every
+    0.1 s (tests/test_polling.py): tokens/s MAPE 51.3 % (median -7.4 %, median |error| 33.2 %),
+    MFU 51.1 %. Under main's nanotron profile (no polling) the same records gave 349.8 % (median
+    +65.9 %) and 307.2 %: the pp > 1 rows that lose >= 0.4 s per pipeline slot polled. The
+    rest of the error is the pp > 1 rows that ran an earlier version without polling (84 of
+    154, predicted too slow; not told apart in the source) and TP across nodes (tp 16/32)."""
     tok = _summary(result, "nanotron", "tokens_per_s")
-    assert tok.n == 234 and tok.mape_pct <= 451.0
+    assert tok.n == 234 and tok.mape_pct <= 52.3
+    fam = next(f for f in result.by_family if (f.family, f.metric) == ("nanotron", "tokens_per_s"))
+    assert abs(fam.all.median_error_pct) <= 8.4
     mfu = _summary(result, "nanotron", "mfu")
-    assert mfu.n == 233 and mfu.mape_pct <= 395.0
+    assert mfu.n == 233 and mfu.mape_pct <= 52.1
+
+
+def test_the_playbook_records_run_the_bench_branch() -> None:
+    """The sweep's script (nanotron e24d2483 scripts/scaling_benchmarks.py) reads
+    examples/config_tiny_llama_bench.yaml and run_multinode.sh, files of the bench branch."""
+    from simtrain.apps.validate.conventions import runtime_of
+
+    assert runtime_of("nanotron") == "nanotron_bench"
 
 
 def test_omni_path_records_use_the_jean_zay_profile(published_records: dict) -> None:

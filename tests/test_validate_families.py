@@ -449,7 +449,7 @@ def test_runtime_of_every_source(all_records: list) -> None:
     expected = {
         "megatron_sc21": "megatron_lm_2021", "korthikanti2022": "megatron_lm_2022",
         "megatron_core": "megatron_core", "nemo": "megatron_core", "bloom": "deepspeed",
-        "bloom_chronicles": "deepspeed", "mtnlg": "deepspeed", "nanotron": "nanotron",
+        "bloom_chronicles": "deepspeed", "mtnlg": "deepspeed", "nanotron": "nanotron_bench",
         "torchtitan": "torchtitan", "mosaicml": "llm_foundry",
         "hf_transformers": "pytorch_eager", "simtrain_h200": "pytorch_eager",
     }  # fmt: skip

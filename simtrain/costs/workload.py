@@ -325,6 +325,9 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1
+    rt = sc.runtime
+    poll_ns = round(rt.p2p_poll_interval_s * 1e9) if blocking else 0
+    polled = (rt.p2p_polled_messages_forward, rt.p2p_polled_messages_backward)
     plan = None
     if is_data_parallel(sc):  # GPU 0's loss memory is allocated by the pass's gather and loss
         loss = {}
@@ -336,7 +339,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
                          overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
                          comm_sm_share=comm.deepep_sm_share(sc), data_parallel=plan,
-                         placement=step.traits.placement)  # fmt: skip
+                         placement=step.traits.placement, p2p_poll_ns=poll_ns,
+                         p2p_polled=polled)  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

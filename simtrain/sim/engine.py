@@ -22,6 +22,11 @@ Semantics (see ``simulate``):
   active on one link at the same time share its bandwidth equally (processor sharing / fluid
   model). Time is exact rational arithmetic; each completion is rounded UP to the next integer
   ns. A task whose link has no bandwidth entry, or with ``link_bytes == 0``, takes ``duration_ns``.
+- Polling: a task with ``poll_ns > 0`` then checks every ``poll_ns`` whether the tasks in
+  ``polled`` have ended, the first check ``poll_ns`` after its own duration (a host thread that
+  issues a message and sleeps before looking: ``while not work.is_completed():
+  time.sleep(interval)``); it ends at the first check that finds them all ended. Its end is
+  quantised to its start, so polling tasks are outside the max-plus property above.
 - After the run, any unfinished task is a deadlock: ``DeadlockError`` names each blocked stream's
   head task and its unfinished dependencies. A dependency cycle is such a deadlock.
 
@@ -74,6 +79,8 @@ class Task(NamedTuple):
     stage: int | None = None
     link: str | None = None
     link_bytes: int = 0
+    poll_ns: int = 0  # > 0: after its duration, check every poll_ns until ``polled`` ended
+    polled: tuple[int, ...] = ()  # ids of tasks the poll waits for (not needed to start)
 
 
 @contextmanager
@@ -208,6 +215,9 @@ class _Run:
         "free",
         "link",
         "link_bytes",
+        "poll",
+        "polled",
+        "sleeping",
         "done",
         "events",
         "start",
@@ -238,6 +248,9 @@ class _Run:
         self.free: list[tuple[tuple[int, int], ...]] = []
         self.link: list[_Link | None] = []
         self.link_bytes: list[int] = []
+        self.poll: list[int] = []
+        self.polled: list[tuple[int, ...]] = []
+        self.sleeping: set[int] = set()  # polling tasks between two looks
         # Memory: one slot per (rank, category); samples as parallel lists.
         self.slot_rank: list[int] = []
         self.slot_cat: list[str] = []
@@ -331,6 +344,7 @@ class _Run:
         link = self.link
         start = self.start
         end = self.end
+        poll = self.poll
         for i in order:
             for d in deps[i]:
                 if not done[d]:
@@ -346,6 +360,8 @@ class _Run:
             lk = link[i]
             if lk is not None:
                 yield lk.join(self.link_bytes[i])
+            if poll[i] and not (yield from self.polling(i)):
+                return  # its polled tasks can never end: reported as a deadlock
             end[i] = env.now
             if free[i]:
                 self.change(free[i], -1, i)
@@ -353,6 +369,23 @@ class _Run:
             ev = events[i]
             if ev is not None:
                 ev.succeed()
+
+    def polling(self, i: int) -> Generator[Event, object, bool]:
+        """Task ``i``'s poll loop: sleep ``poll_ns``, look, until every polled task has ended.
+        False when nothing but other polls' sleeps is left in SimPy's queue and none of them
+        will find its tasks ended: no task can end any more, so this poll would loop forever."""
+        env, interval, polled, done = self.env, self.poll[i], self.polled[i], self.done
+        sleeping = self.sleeping
+        while True:
+            sleeping.add(i)
+            yield Timeout(env, interval)
+            sleeping.discard(i)
+            if all(done[d] for d in polled):
+                return True
+            if len(env._queue) <= len(sleeping) and not any(  # SimPy's queue (simpy/core.py)
+                all(done[d] for d in self.polled[j]) for j in sleeping
+            ):
+                return False
 
 
 def simulate(
@@ -374,7 +407,8 @@ def simulate(
     i.e. every event popped from SimPy's queue: process initialisations, task timeouts,
     dependency events that somebody waited on, and link timers (stale ones included).
 
-    Raises ``ValueError`` for a duplicate task id, an unknown dependency id, a negative or
+    Raises ``ValueError`` for a duplicate task id, an unknown dependency or polled id, polling
+    with ``poll_ns`` 0, a negative or
     non-integer duration or byte count, a non-positive or infinite link bandwidth, or memory going
     negative; ``DeadlockError`` if some task never ran (e.g. a dependency cycle).
     """
@@ -420,6 +454,18 @@ def simulate(
         except KeyError:
             missing = [x for x in t.deps if x not in index]
             raise ValueError(f"task {_task_ref(t)}: unknown dependency id(s) {missing}") from None
+        if t.poll_ns or t.polled:
+            run.poll.append(_nonneg_int(t.poll_ns, "ns", f"task {_task_ref(t)}: poll_ns"))
+            try:
+                run.polled.append(tuple([index[x] for x in t.polled]))
+            except KeyError:
+                missing = [x for x in t.polled if x not in index]
+                raise ValueError(f"task {_task_ref(t)}: unknown polled id(s) {missing}") from None
+            if t.polled and not t.poll_ns:
+                raise ValueError(f"task {_task_ref(t)}: polls {list(t.polled)} with poll_ns 0")
+        else:
+            run.poll.append(0)
+            run.polled.append(())
         alloc_out.append(resolve(t, "alloc", t.alloc) if t.alloc else ())
         free_out.append(resolve(t, "free", t.free) if t.free else ())
         lb = t.link_bytes
@@ -506,7 +552,7 @@ def _raise_deadlock(
         for i in order:
             if not done[i]:
                 heads[i] = head
-        blocked.append((head, [d for d in run.deps[head] if not done[d]]))
+        blocked.append((head, [d for d in (*run.deps[head], *run.polled[head]) if not done[d]]))
     blocked.sort(key=lambda hb: (tasks[hb[0]].rank, hb[0]))
 
     unfinished = sum(1 for x in done if not x)

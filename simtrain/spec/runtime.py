@@ -56,6 +56,14 @@ class RuntimeProfile:
     # (their gradient): metadata messages and tensors, each paying the link's latency.
     p2p_messages_forward: int = 1
     p2p_messages_backward: int = 1
+    # Blocking p2p whose host polls: each metadata message is issued, then the host sleeps
+    # this many seconds between looks at its completion (``while not work.is_completed():
+    # time.sleep(0.1)``, nanotron's bench branch that ran the Ultra-Scale Playbook's sweep);
+    # 0: the host waits on the message itself. The messages polled per transfer, forward and
+    # backward, are metadata messages, at most p2p_messages_* - 1 (the tensor is not polled).
+    p2p_poll_interval_s: float = 0.0
+    p2p_polled_messages_forward: int = 0
+    p2p_polled_messages_backward: int = 0
     # Collective algorithm: "ring" (every collective a ring) or "nccl" (NCCL's choice of ring
     # or tree by message size and GPU count, costs.collectives).
     collective_algorithm: str = "ring"
@@ -229,8 +237,10 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
+        "p2p_polled_messages_forward": (0, 63), "p2p_polled_messages_backward": (0, 63),
         "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
-FLOATS = {"host_us_per_op": (0.0, 1e4)}
+#: p2p_poll_interval_s: a sleep between looks, up to 10 s.
+FLOATS = {"host_us_per_op": (0.0, 1e4), "p2p_poll_interval_s": (0.0, 10.0)}
 #: Keys whose value is a list of distinct allowed strings.
 LISTS = {"nccl_communicators": NCCL_COMMUNICATORS}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS, *LISTS)
@@ -331,7 +341,33 @@ def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
         raise ConfigError(file, f"{prefix}tp_regather_backward", "cannot be true with "
                           f"{prefix}tp_saves_gathered_input: true (the gathered input is saved, "
                           "nothing is gathered again)", True)  # fmt: skip
+    _check_polling(rt, file, prefix)
     return rt
+
+
+def _check_polling(rt: RuntimeProfile, file: str, prefix: str) -> None:
+    """A polling host needs blocking p2p and something to poll; a transfer polls its
+    metadata messages, never more than its messages but the tensor."""
+    polled = {"forward": rt.p2p_polled_messages_forward,
+              "backward": rt.p2p_polled_messages_backward}  # fmt: skip
+    for way, n in polled.items():
+        most = getattr(rt, f"p2p_messages_{way}") - 1
+        if n > most:
+            raise ConfigError(file, f"{prefix}p2p_polled_messages_{way}", "polls more messages "
+                              f"than {prefix}p2p_messages_{way} - 1 (the tensor is not polled)",
+                              n, f"0..{most}")  # fmt: skip
+    if not rt.p2p_poll_interval_s:
+        if any(polled.values()):
+            raise ConfigError(file, f"{prefix}p2p_polled_messages_forward", "polled messages "
+                              f"need {prefix}p2p_poll_interval_s > 0", polled["forward"])  # fmt: skip
+        return
+    if rt.p2p != "blocking":
+        raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "a polling host needs "
+                          f"{prefix}p2p: blocking", rt.p2p_poll_interval_s, "0")  # fmt: skip
+    if not any(polled.values()):
+        raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "nothing is polled: set "
+                          f"{prefix}p2p_polled_messages_forward / _backward",
+                          rt.p2p_poll_interval_s)  # fmt: skip
 
 
 def runtime_settings(rt: RuntimeProfile) -> dict[str, Any]:

@@ -449,9 +449,11 @@ FLOP_CONVENTIONS = ("megatron_eq3", "korthikanti", "mosaicml", "nanotron", "simt
 # backward (Korthikanti et al. 2022), megatron_core Megatron-Core and the frameworks built on it (NeMo,
 # Megatron-Bridge), deepspeed DeepSpeed and Megatron-DeepSpeed, pytorch_eager plain PyTorch
 # training loops (HF Trainer, PEFT, simtrain's own benchmarks) and the stand-in for sources whose
-# framework has no profile (JAX/Pathways, Lingvo, metaseq) and for users' runs.
+# framework has no profile (JAX/Pathways, Lingvo, metaseq) and for users' runs, nanotron_bench
+# nanotron's bench branch that ran the Ultra-Scale Playbook's sweep (its host polls the
+# pipeline's metadata messages every 0.1 s).
 RUNTIME_PROFILES = ("megatron_lm_2021", "megatron_lm_2022", "megatron_core", "deepspeed",
-                    "nanotron", "torchtitan", "llm_foundry", "pytorch_eager")  # fmt: skip
+                    "nanotron_bench", "torchtitan", "llm_foundry", "pytorch_eager")  # fmt: skip
 RUNTIMES: dict[str, str] = {
     "megatron_sc21": "megatron_lm_2021",  # Megatron-LM, Narayanan et al. 2021 (PTD-P)
     "megatron_readme": "megatron_lm_2021",  # Megatron-LM README, Jan 2021
@@ -466,7 +468,9 @@ RUNTIMES: dict[str, str] = {
     "nemo": "megatron_core",  # NeMo 24.07 (Megatron-Core underneath)
     "megatron_bridge": "megatron_core",  # Megatron-Bridge (NeMo 25.11, Megatron-Core underneath)
     "simumax_b200": "megatron_core",  # Megatron-LM 23e00ed0 (SimuMax's B200 runs)
-    "nanotron": "nanotron",  # Ultra-Scale Playbook sweep
+    # Ultra-Scale Playbook sweep: nanotron's bench branch, whose files its script reads
+    # (runtimes/nanotron_bench.yaml; some pp > 1 rows ran an earlier version: README)
+    "nanotron": "nanotron_bench",
     "mosaicml": "llm_foundry",  # llm-foundry on Composer (PyTorch FSDP)
     "torchtitan": "torchtitan",
     "llama3": "torchtitan",  # Meta's own 4D-parallel PyTorch framework; torchtitan is its open kin

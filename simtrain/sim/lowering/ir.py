@@ -198,6 +198,10 @@ class LoweringInput:
     # Virtual stages on ranks (schedules.actions.PLACEMENTS): "dual" (DualPipe) runs two
     # pipelines, stages 0..pp-1 and pp..2pp-1, with no hop between them
     placement: str = "loop"
+    # Blocking p2p whose host polls each metadata message (spec.runtime p2p_poll_interval_s):
+    # the interval, and the polled messages of a forward and of a backward transfer.
+    p2p_poll_ns: int = 0
+    p2p_polled: tuple[int, int] = (0, 0)
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""
@@ -216,7 +220,8 @@ class LoweringInput:
 # rank's tail (gradient sync, optimizer step). Dependencies stay symbolic until ``resolve``
 # numbers the ops: an Op itself; ("prev", rank, i) whatever ends group i − 1 of the
 # rank; ("send_f" | "send_b", stage, mb) the p2p send of a neighbouring stage; ("done", stage,
-# mb, kind) whatever ends that action.
+# mb, kind) whatever ends that action; ("meta_f" | "meta_b", stage, mb, k) the k-th polled
+# metadata message of that send.
 
 
 @dataclass(eq=False, slots=True)
@@ -234,6 +239,8 @@ class Op:
     microbatch: int | None = None
     stage: int | None = None
     tid: int = -1  # task id, set by ``resolve``
+    poll_ns: int = 0  # a host poll loop (engine ``Task.poll_ns``) ...
+    polled: list[tuple | Op] = field(default_factory=list)  # ... waiting for these to end
 
 
 @dataclass(eq=False, slots=True)
@@ -269,5 +276,7 @@ class StepIR:
     inp: LoweringInput
     ranks: dict[int, RankIR]
     sends: dict[tuple[str, int, int], Op]
+    # ("meta_f" | "meta_b", stage, mb, k) -> the host op issuing that metadata message
+    metas: dict[tuple[str, int, int, int], Op] = field(default_factory=dict)
     # draw overlapped communication that delays nothing (hidden TP collectives) as spans
     overlap_spans: bool = False

@@ -476,6 +476,8 @@ def p2p_pass(ir: StepIR) -> None:
     inp = ir.inp
     if inp.pp == 1:
         return
+    if inp.p2p_poll_ns:
+        _polled_receives(ir)
     for r in ir.ranks.values():
         sent: Op | None = None  # blocking p2p: the host waits for its last send to complete
         for g in r.groups:
@@ -493,12 +495,62 @@ def p2p_pass(ir: StepIR) -> None:
             else:
                 continue
             deps = [g.done] if g.host is None else [g.done, g.host]
+            if inp.p2p_poll_ns:
+                deps = _polled_sends(ir, g, kind, deps)
             send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, deps,
                       microbatch=a.microbatch, stage=a.stage)  # fmt: skip
             g.ops.append(send)
             ir.sends[(kind.lower(), a.stage, a.microbatch)] = send
             if inp.blocking_p2p:
                 sent = send
+
+
+def _polled_sends(ir: StepIR, g: Group, kind: str, deps: list) -> list:
+    """A polled transfer's sender (the Ultra-Scale Playbook's nanotron, p2p.py ``_send_meta``):
+    per metadata message the host copies it to the GPU (a synchronous copy: the action's
+    kernels have ended), issues it, then sleeps one interval before seeing it complete (an
+    isend is never complete when first checked). The tensor follows the last message."""
+    a, n = g.action, ir.inp.p2p_polled[0 if kind == "SEND_F" else 1]
+    meta = "meta_f" if kind == "SEND_F" else "meta_b"
+    for k in range(n):
+        issue = Op(g.done.rank, "host", "META", f"send metadata {k + 1}/{n} {g.label}", 0, deps,
+                   microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+        wait = Op(g.done.rank, "host", "POLL", f"poll send {k + 1}/{n} {g.label}", 0, [],
+                  microbatch=a.microbatch, stage=a.stage, poll_ns=ir.inp.p2p_poll_ns)  # fmt: skip
+        g.ops += [issue, wait]
+        ir.metas[(meta, a.stage, a.microbatch, k)] = issue
+        deps = [wait]
+    return deps
+
+
+def _polled_receives(ir: StepIR) -> None:
+    """A polled transfer's receiver (nanotron ``_recv_meta``): before the host issues the
+    receiving action, it posts each metadata message's receive and looks every interval until
+    the sender's message has arrived (the first look one interval after posting); then it
+    posts the tensor's receive, so whatever waits for the tensor waits for the last look."""
+    inp = ir.inp
+    for r in ir.ranks.values():
+        for g in r.groups:
+            a = g.action
+            if a is None or g.host is None:
+                continue
+            line = inp.pipeline(a.stage)
+            if a.kind == "F" and a.stage > line[0]:
+                meta, peer, n = "meta_f", a.stage - 1, inp.p2p_polled[0]
+            elif a.kind in ("B", "I") and a.stage < line[-1]:
+                meta, peer, n = "meta_b", a.stage + 1, inp.p2p_polled[1]
+            else:
+                continue
+            polls = [Op(r.rank, "host", "POLL", f"poll metadata {k + 1}/{n} {g.label}", 0, [],
+                        microbatch=a.microbatch, stage=a.stage, poll_ns=inp.p2p_poll_ns,
+                        polled=[(meta, peer, a.microbatch, k)])
+                     for k in range(n)]  # fmt: skip
+            data = ("send_f" if meta == "meta_f" else "send_b", peer, a.microbatch)
+            for op in g.ops:  # the data arrives once the host has posted its receive
+                if data in op.deps:
+                    op.deps.append(polls[-1])
+            i = g.ops.index(g.host)
+            g.ops[i:i] = polls
 
 
 def optimizer_pass(ir: StepIR) -> None:
