@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_runtime import TINY, scenario_file, step_ns
 
+from simtrain.apps.simulate import simulate_scenario
 from simtrain.errors import ConfigError, DeadlockError
 from simtrain.sim.engine import Task, simulate
 from simtrain.spec.runtime import load_runtime
@@ -44,6 +45,19 @@ def test_a_poll_ends_at_the_first_look_after_its_task(t0, t1, interval):
     start, end = _ends(tasks)[2]
     assert start == t0
     assert end == t0 + interval * max(1, math.ceil((t1 - t0) / interval))
+
+
+@pytest.mark.parametrize("split", [(10, 0), (9, 1), (1, 9), (0, 10)])
+def test_a_look_sees_a_task_ending_at_its_time_whatever_the_event_order(split):
+    """The polled task ends at 10 = a + b (a chain of two tasks: their timeouts are scheduled
+    before or after the poll's), the looks are at 5 and 10: the poll ends at 10."""
+    a, b = split
+    tasks = [
+        Task(0, 0, "compute", "F", "a", a),
+        Task(1, 0, "compute", "F", "b", b, deps=(0,)),
+        Task(2, 1, "host", "POLL", "poll", 0, poll_ns=5, polled=(1,)),
+    ]
+    assert _ends(tasks)[2] == (0, 10)
 
 
 def test_a_poll_with_nothing_to_wait_for_sleeps_once_after_its_duration():
@@ -117,6 +131,33 @@ def test_a_host_bound_polling_pipeline_pays_its_polls(pp, m):
     assert polls_ns <= polled <= polls_ns + base
 
 
+def _polls(pp: int, m: int, schedule: str, v: int = 1) -> int:
+    data = {
+        "name": "poll", "model": {**TINY, "layers": 8}, "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": 128, "global_batch": 2 * m, "micro_batch": 2,
+                     "precision": "bf16"},
+        "parallelism": {"dp": 1, "tp": 1, "pp": pp, "schedule": schedule,
+                        "virtual_stages": v},
+        "runtime": {"name": "nanotron_bench"},
+    }  # fmt: skip
+    spans = simulate_scenario(parse_scenario(data, "poll.yaml")).timeline.spans
+    return sum(1 for s in spans if s.kind == "POLL")
+
+
+@pytest.mark.parametrize(("schedule", "hops"), [("1f1b", lambda pp: pp - 1),
+                                                ("gpipe", lambda pp: pp - 1),
+                                                ("interleaved", lambda pp: 2 * pp - 1),
+                                                ("zb_v", lambda pp: 2 * pp - 2)])  # fmt: skip
+def test_polls_are_paid_on_every_hop_between_ranks_and_no_other(schedule, hops):
+    """Each micro-batch crosses ``hops`` rank boundaries each way; a forward hop polls 4
+    messages on each side, a backward hop 2: 12 looks' loops per hop and micro-batch. The V
+    schedule's turn (stages pp-1 and pp on one rank) and nothing else is free; interleaving
+    with 2 chunks per rank crosses 2·pp − 1 boundaries."""
+    pp, m = 4, 8
+    v = 2 if schedule == "interleaved" else 1
+    assert _polls(pp, m, schedule, v) == 12 * m * hops(pp)
+
+
 def test_polling_nothing_but_one_message_each_way_costs_two_sleeps_per_microbatch():
     """pp 2, one polled message forward and one backward: 2·m·T."""
     rt = {"name": "nanotron_bench", "p2p_poll_interval_s": 1.0,
@@ -149,7 +190,9 @@ def test_the_bench_profile_polls_what_its_block_sends():
         ({"name": "nanotron_bench", "p2p_polled_messages_forward": 6},
          "runtime.p2p_polled_messages_forward", "allowed: 0..5"),
         ({"name": "nanotron", "p2p_polled_messages_backward": 1},
-         "runtime.p2p_polled_messages_forward", "p2p_poll_interval_s > 0"),
+         "runtime.p2p_polled_messages_backward", "p2p_poll_interval_s > 0"),
+        ({"name": "nanotron_bench", "p2p_poll_interval_s": 1e-10}, "runtime.p2p_poll_interval_s",
+         "busy wait"),
         ({"name": "nanotron_bench", "p2p_poll_interval_s": 11}, "runtime.p2p_poll_interval_s",
          "<="),
     ],

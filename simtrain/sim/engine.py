@@ -185,6 +185,23 @@ class _Link:
         self._reschedule()
 
 
+class _Look(Timeout):
+    """A poll's next look: a timeout scheduled behind every event of its time (SimPy orders
+    its queue by time, then priority, URGENT 0 and NORMAL 1, then insertion: ``simpy/core.py``
+    ``Environment.schedule``), so that tasks ending at that time have ended when it fires."""
+
+    def __init__(self, env: simpy.Environment, delay: int) -> None:
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, _LAST, delay)
+
+
+_LAST = 2  # after simpy.events.URGENT (0) and NORMAL (1)
+
+
 def _nonneg_int(value: object, unit: str, where: str) -> int:
     """``value`` as an int >= 0 (numpy integers accepted), else ValueError naming ``where``.
 
@@ -372,13 +389,16 @@ class _Run:
 
     def polling(self, i: int) -> Generator[Event, object, bool]:
         """Task ``i``'s poll loop: sleep ``poll_ns``, look, until every polled task has ended.
-        False when nothing but other polls' sleeps is left in SimPy's queue and none of them
-        will find its tasks ended: no task can end any more, so this poll would loop forever."""
+        A look at time t comes after every other event at t (``_Look``), so it sees the tasks
+        that end at t whatever order SimPy took them in (but another poll ending at t only if
+        that poll looked first). False when nothing but other polls' sleeps is left in SimPy's
+        queue and none of them will find its tasks ended: no task can end any more, so this
+        poll would loop forever."""
         env, interval, polled, done = self.env, self.poll[i], self.polled[i], self.done
         sleeping = self.sleeping
         while True:
             sleeping.add(i)
-            yield Timeout(env, interval)
+            yield _Look(env, interval)
             sleeping.discard(i)
             if all(done[d] for d in polled):
                 return True

@@ -239,7 +239,9 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
         "p2p_polled_messages_forward": (0, 63), "p2p_polled_messages_backward": (0, 63),
         "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
-#: p2p_poll_interval_s: a sleep between looks, up to 10 s.
+#: p2p_poll_interval_s: a sleep between looks, 0 or 1 ms to 10 s (finer is a busy wait, which
+#: p2p: blocking without polling already is).
+MIN_POLL_INTERVAL_S = 1e-3
 FLOATS = {"host_us_per_op": (0.0, 1e4), "p2p_poll_interval_s": (0.0, 10.0)}
 #: Keys whose value is a list of distinct allowed strings.
 LISTS = {"nccl_communicators": NCCL_COMMUNICATORS}
@@ -356,18 +358,25 @@ def _check_polling(rt: RuntimeProfile, file: str, prefix: str) -> None:
             raise ConfigError(file, f"{prefix}p2p_polled_messages_{way}", "polls more messages "
                               f"than {prefix}p2p_messages_{way} - 1 (the tensor is not polled)",
                               n, f"0..{most}")  # fmt: skip
-    if not rt.p2p_poll_interval_s:
-        if any(polled.values()):
-            raise ConfigError(file, f"{prefix}p2p_polled_messages_forward", "polled messages "
-                              f"need {prefix}p2p_poll_interval_s > 0", polled["forward"])  # fmt: skip
+    interval = rt.p2p_poll_interval_s
+    if not interval:
+        for way, n in polled.items():
+            if n:
+                raise ConfigError(file, f"{prefix}p2p_polled_messages_{way}", "polled messages "
+                                  f"need {prefix}p2p_poll_interval_s > 0", n, "0")  # fmt: skip
         return
+    if interval < MIN_POLL_INTERVAL_S:
+        raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "a poll finer than 1 ms is a busy "
+                          "wait, which 0 models (the host waits on the message)", interval,
+                          f"0 or {MIN_POLL_INTERVAL_S:g}..10")  # fmt: skip
     if rt.p2p != "blocking":
         raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "a polling host needs "
                           f"{prefix}p2p: blocking", rt.p2p_poll_interval_s, "0")  # fmt: skip
     if not any(polled.values()):
-        raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "nothing is polled: set "
-                          f"{prefix}p2p_polled_messages_forward / _backward",
-                          rt.p2p_poll_interval_s)  # fmt: skip
+        raise ConfigError(file, f"{prefix}p2p_poll_interval_s", "nothing is polled "
+                          f"({prefix}p2p_polled_messages_forward and _backward are 0): set one "
+                          "to 1 or more, or the interval to 0", rt.p2p_poll_interval_s,
+                          "0")  # fmt: skip
 
 
 def runtime_settings(rt: RuntimeProfile) -> dict[str, Any]:

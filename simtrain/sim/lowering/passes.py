@@ -476,8 +476,10 @@ def p2p_pass(ir: StepIR) -> None:
     inp = ir.inp
     if inp.pp == 1:
         return
+    owner = {g.action.stage: r.rank for r in ir.ranks.values() for g in r.groups
+             if g.action is not None}  # fmt: skip
     if inp.p2p_poll_ns:
-        _polled_receives(ir)
+        _polled_receives(ir, owner)
     for r in ir.ranks.values():
         sent: Op | None = None  # blocking p2p: the host waits for its last send to complete
         for g in r.groups:
@@ -495,7 +497,8 @@ def p2p_pass(ir: StepIR) -> None:
             else:
                 continue
             deps = [g.done] if g.host is None else [g.done, g.host]
-            if inp.p2p_poll_ns:
+            peer = a.stage + 1 if kind == "SEND_F" else a.stage - 1
+            if inp.p2p_poll_ns and owner[peer] != r.rank:  # a hop on the rank sends nothing
                 deps = _polled_sends(ir, g, kind, deps)
             send = Op(r.rank, "p2p", kind, f"{kind} {g.label}", dur, deps,
                       microbatch=a.microbatch, stage=a.stage)  # fmt: skip
@@ -509,7 +512,9 @@ def _polled_sends(ir: StepIR, g: Group, kind: str, deps: list) -> list:
     """A polled transfer's sender (the Ultra-Scale Playbook's nanotron, p2p.py ``_send_meta``):
     per metadata message the host copies it to the GPU (a synchronous copy: the action's
     kernels have ended), issues it, then sleeps one interval before seeing it complete (an
-    isend is never complete when first checked). The tensor follows the last message."""
+    isend is never complete when first checked; a few bytes fit the NCCL connection's FIFO, so
+    the send completes without waiting for the receive). The tensor follows the last
+    message."""
     a, n = g.action, ir.inp.p2p_polled[0 if kind == "SEND_F" else 1]
     meta = "meta_f" if kind == "SEND_F" else "meta_b"
     for k in range(n):
@@ -523,11 +528,16 @@ def _polled_sends(ir: StepIR, g: Group, kind: str, deps: list) -> list:
     return deps
 
 
-def _polled_receives(ir: StepIR) -> None:
+def _polled_receives(ir: StepIR, owner: dict[int, int]) -> None:
     """A polled transfer's receiver (nanotron ``_recv_meta``): before the host issues the
     receiving action, it posts each metadata message's receive and looks every interval until
     the sender's message has arrived (the first look one interval after posting); then it
-    posts the tensor's receive, so whatever waits for the tensor waits for the last look."""
+    posts the tensor's receive, so whatever waits for the tensor waits for the last look.
+    nanotron takes a transfer's tensors one at a time (metadata, metadata, tensor, then the
+    next tensor's); here every metadata message comes first and the tensors after the last,
+    which moves the tensors earlier by the later messages' polls only when a tensor's transfer
+    outlasts them. Stages on the same rank exchange nothing (nanotron refuses a send to
+    itself, p2p.py l.467)."""
     inp = ir.inp
     for r in ir.ranks.values():
         for g in r.groups:
@@ -540,6 +550,8 @@ def _polled_receives(ir: StepIR) -> None:
             elif a.kind in ("B", "I") and a.stage < line[-1]:
                 meta, peer, n = "meta_b", a.stage + 1, inp.p2p_polled[1]
             else:
+                continue
+            if owner[peer] == r.rank:  # a V schedule's turn: both stages on this rank
                 continue
             polls = [Op(r.rank, "host", "POLL", f"poll metadata {k + 1}/{n} {g.label}", 0, [],
                         microbatch=a.microbatch, stage=a.stage, poll_ns=inp.p2p_poll_ns,
