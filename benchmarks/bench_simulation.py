@@ -30,6 +30,11 @@ CASES = [
         ["runtime=megatron_core"],
     ),
     (
+        "1,024 GPUs, as above, runtime nanotron_bench (host polls every metadata message)",
+        "scenarios/gpt3_175b_1024gpu.yaml",
+        ["runtime=nanotron_bench"],
+    ),
+    (
         "16,384 GPUs: GPT-3 175B, TP 8 PP 16 DP 128, 1F1B, m=64",
         "scenarios/gpt3_175b_1024gpu.yaml",
         [
