@@ -149,7 +149,20 @@ def check_step(sc: Scenario) -> None:
         # The compute stream does exactly the cost model's work: every micro-batch through
         # every chunk this rank holds (F + B, or F + I + W; recompute), plus optimizer steps
         # (and DataParallel's loss on GPU 0: tests/test_data_parallel.py).
-        work = sum(s.duration_ns for s in compute if s.kind not in ("OPT", "LOSS"))
+        work = sum(s.duration_ns for s in compute if s.kind not in ("OPT", "LOSS", "ACC"))
+        # nanotron's fp32 add of the 16-bit gradients after each backward: 2 + 2·4 B per
+        # trainable parameter of the chunk at the memory-bound rate (runtime
+        # grads_freed_per_microbatch; tests/test_grad_accumulation.py)
+        sm = res.memory.gpus[g] if res.memory.replica is None else None
+        accs = [s.duration_ns for s in compute if s.kind == "ACC"]
+        if sm is not None and sm.freed_gradient_bytes:
+            n_chunks = len(resolve(sc).rank_chunks(g))
+            moved = (sm.trainable // n_chunks) * (2 + 2 * 4)
+            rate = sc.hardware.hbm_bandwidth_bytes_per_s * sc.hardware.efficiency.memory_bound
+            assert len(accs) == m * n_chunks
+            assert all(d == round(1e9 * moved / rate) for d in accs)
+        else:
+            assert not accs
         want = 0
         dp_replica = p.dp_mode == "data_parallel" and p.dp > 1  # rank 1 runs stage 0 too
         place = resolve(sc).traits.placement  # DualPipe: each micro-batch one direction's
@@ -163,7 +176,7 @@ def check_step(sc: Scenario) -> None:
             assert work == want
         else:  # DeepEP's kernels hold a share f of the SMs: compute lengthens by <= A·f
             a2a = sum(s.duration_ns for s in tl.spans_of(g) if s.kind == "A2A")
-            ops = sum(1 for s in compute if s.kind not in ("OPT", "LOSS"))
+            ops = sum(1 for s in compute if s.kind not in ("OPT", "LOSS", "ACC"))
             assert want <= work <= want + share * a2a + ops
         assert 0 <= st_m.communication_exposed_s * 1e9 <= sum(s.duration_ns for s in comm) + 1e-3
         assert 0.0 <= st_m.bubble_ratio <= 1.0

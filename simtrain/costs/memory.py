@@ -107,6 +107,9 @@ class StageMemory:
     optimizer_working_bytes: int = 0  # temporaries of the optimizer step
     # gradients that exist only from the backward to the optimizer step (gradients_transient)
     transient_gradient_bytes: int = 0
+    # 16-bit gradients that exist from each micro-batch's backward to its end, added then into
+    # the fp32 accumulation buffer and freed (runtime grads_freed_per_microbatch)
+    freed_gradient_bytes: int = 0
     chunk_activation_bytes: tuple[tuple[int, int], ...] = ()  # virtual stage -> bytes per mb
     recompute_working_set_bytes: tuple[tuple[int, int], ...] = ()
     breakdown: StageBreakdown | None = None
@@ -599,6 +602,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         loss_bytes=tuple(sorted(act.loss_bytes.items())),
         optimizer_working_bytes=opt_ws,
         transient_gradient_bytes=transient_b,
+        freed_gradient_bytes=freed_b,
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
         offloaded_activation_bytes=tuple(sorted(act.block_bytes.items()))
         if sc.training.offload.activations

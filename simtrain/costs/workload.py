@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from simtrain.costs import comm, offload
-from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
+from simtrain.costs.compute import (
+    chunk_costs,
+    memory_bound_ns,
+    optimizer_shard,
+    optimizer_step_ns,
+)
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import MemoryReport, wire_grad_bytes
@@ -102,6 +107,28 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
             gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer, flat),
             reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat),
         )
+    return out
+
+
+def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
+                         chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
+    """16-bit gradients freed after every micro-batch (nanotron FP32GradientAccumulator.backward,
+    optim/gradient_accumulator.py l.206-226 at 2411b022: after ``loss.backward()`` each
+    parameter's bf16 ``.grad`` is added into its fp32 buffer, then set to None): each chunk's
+    backward is followed by that add, which reads the 16-bit gradient and reads and writes the
+    fp32 one (grad + 2·grad_accum bytes per trainable parameter, at the memory-bound rate), and
+    holds the chunk's share of the rank's 16-bit gradients (``costs.memory``'s third moment)."""
+    prec = step.precision
+    out = dict(chunks)
+    for stage, ch in chunks.items():
+        sm = mem.stages[step.chunk_rank(stage)]
+        if not sm.freed_gradient_bytes:
+            continue
+        n = len(step.rank_chunks(sm.stage))
+        params = sm.trainable // n
+        moved = params * (prec.grad + 2 * prec.grad_accum)
+        out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes // n,
+                             accum_ns=round(memory_bound_ns(moved, sc.hardware)))  # fmt: skip
     return out
 
 
@@ -310,6 +337,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
         sc.training.offload.optimizer or sc.training.offload.parameters
     ):
         chunks = _offload_chunks(sc, step, mem, chunks)
+    if sc.runtime.grads_freed_per_microbatch:
+        chunks = _accumulation_chunks(sc, step, mem, chunks)
     ranks = {sm.stage: rank_work(sc, step, sm.stage, sm.params, sm.trainable) for sm in mem.stages}
     for sm in mem.stages:
         if sm.paged_bytes:
@@ -351,8 +380,8 @@ def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate (and
-    the 16-bit gradients, when they only exist from backward to the optimizer step; an fp32
-    accumulation buffer stays). The loss working memory is allocated by the last chunk's
+    the 16-bit gradients, when they only exist from backward to the optimizer step, or from
+    each backward's end through its fp32 accumulation; an fp32 accumulation buffer stays). The loss working memory is allocated by the last chunk's
     forward, the optimizer's working memory by the optimizer step, a paged optimizer's evicted
     states by their prefetch. Under torch.nn.DataParallel a replica is rank 1, and the
     gradients held only while reduced onto GPU 0 are allocated by the reduction
@@ -360,7 +389,8 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
     out = {}
     for rank, sm in enumerate(mem.gpus):
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
-        cats["gradients"] -= sm.transient_gradient_bytes + sm.reduce_gradient_bytes
+        cats["gradients"] -= (sm.transient_gradient_bytes + sm.reduce_gradient_bytes
+                              + sm.freed_gradient_bytes)  # fmt: skip
         cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).

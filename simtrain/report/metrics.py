@@ -32,7 +32,14 @@ from simtrain.layout.step import ResolvedStep
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.hardware import HardwareProfile
 
-COMPUTE_KINDS = ("F", "B", "I", "W", "LOSS")  # LOSS: DataParallel's loss on GPU 0
+COMPUTE_KINDS = (
+    "F",
+    "B",
+    "I",
+    "W",
+    "LOSS",
+    "ACC",
+)  # LOSS: DataParallel's loss on GPU 0; ACC: fp32 gradient accumulation
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,9 +108,10 @@ class RuntimeProfile:
     # bytes per trainable parameter, not sharded by ZeRO.
     ddp_grad_buckets: bool = False
     # The 16-bit gradients are added into the fp32 accumulation buffer and freed at the end of
-    # every micro-batch's backward (nanotron FP32GradientAccumulator: ``half_param.grad =
-    # None``): with an fp32 accumulation buffer they exist only from a backward to its end,
-    # never at a forward's peak nor at the optimizer step.
+    # every micro-batch's backward (nanotron FP32GradientAccumulator: ``fp32_grad.add_(...)``,
+    # then ``half_param.grad = None``): with an fp32 accumulation buffer they exist only from a
+    # backward to the end of that add, never at a forward's peak nor at the optimizer step, and
+    # the add costs each backward 10 B per parameter at the memory-bound rate ("ACC").
     grads_freed_per_microbatch: bool = False
     # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
     # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across

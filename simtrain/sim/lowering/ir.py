@@ -58,6 +58,11 @@ class ChunkDurations:
     # chunk copied down after its forward and up before its backward, each way.
     act_copy_ns: int = 0
     act_copy_bytes: int = 0
+    # 16-bit gradients freed after every backward (runtime grads_freed_per_microbatch): a
+    # backward's gradients exist from its end while they are added into the fp32 accumulation
+    # buffer (``accum_ns``), then are freed (``pieces.action_pieces``'s "ACC" piece).
+    accum_ns: int = 0
+    accum_bytes: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared

@@ -6,7 +6,9 @@ that allocates the chunk's working set when there is one; B frees everything, I 
 working set and W the activations. Then, in order: ``merge_recompute`` folds R into its
 backward, the rank's last backward is split into one slice per gradient bucket, ZeRO-3 splits
 every piece per layer (so per-layer gathers and reduce-scatters can interleave), and
-``fuse_tp`` folds the TP all-reduce into the last piece.
+``fuse_tp`` folds the TP all-reduce into the last piece; last, where the 16-bit gradients are
+freed after every backward, an "ACC" piece after B or W holds them while it adds them into
+the fp32 accumulation buffer.
 """
 
 from __future__ import annotations
@@ -96,4 +98,7 @@ def action_pieces(a: Action, c: ChunkDurations, inp: LoweringInput, *, bucketed:
         kind, dur, alloc, free = pieces[-1]
         pieces = pieces[:-1] + [(kind, dur + tp_ns, alloc, free)]
         tp_ns = 0
+    if c.accum_bytes and a.kind in ("B", "W"):  # the weight gradients are complete
+        grads = (("gradients", c.accum_bytes),)
+        pieces = [*pieces, ("ACC", c.accum_ns, grads, grads)]
     return pieces, tp_ns

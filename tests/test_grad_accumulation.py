@@ -1,0 +1,90 @@
+"""nanotron's fp32 gradient accumulation per micro-batch (runtime grads_freed_per_microbatch;
+nanotron optim/gradient_accumulator.py FP32GradientAccumulator.backward at 2411b022: after each
+``loss.backward()`` every bf16 ``.grad`` is added into its fp32 buffer, then set to None),
+against closed forms written out here:
+
+* time: each backward is followed by one add that reads the 2-byte gradient and reads and
+  writes the 4-byte buffer, 10 bytes per trainable parameter at the memory-bound rate
+  (HBM bandwidth x ``efficiency.memory_bound``): a single-GPU step of m > 1 micro-batches
+  grows by m such adds (with one micro-batch on one GPU the 16-bit gradients are transient,
+  ``costs.memory``: the optimizer step reads them);
+* memory: the timeline holds the 16-bit gradients only from a backward's end to its add's end,
+  and its peak equals the memory model's (the third moment of ``costs.memory``);
+* without an fp32 buffer (plain bf16) nothing changes.
+
+Not modelled: the host time of the adds (one ``add_`` per parameter tensor, dispatched from
+Python), which a host-bound step would pay.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.spec.scenario import parse_scenario
+
+MODEL = {"layers": 4, "hidden": 1024, "heads": 16, "ffn_hidden": 4096, "vocab": 32000,
+         "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
+         "flash_attention": True, "dropout": 0.0}  # fmt: skip
+
+
+def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: int = 1):
+    return parse_scenario(
+        {
+            "name": "acc",
+            "model": MODEL,
+            "hardware": "h100_sxm5_80gb",
+            "training": {
+                "seq_len": 1024,
+                "global_batch": m,
+                "micro_batch": 1,
+                "precision": precision,
+                "optimizer": "adamw",
+            },
+            "parallelism": {"dp": 1, "tp": 1, "pp": pp, **({"schedule": "1f1b"} if pp > 1 else {})},
+            # no host time: the GPU's adds are then on the step's critical path
+            "runtime": {
+                "name": "nanotron",
+                "grads_freed_per_microbatch": freed,
+                "host_us_per_op": 0,
+            },
+        },  # fmt: skip
+        "acc.yaml",
+    )
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_each_microbatch_pays_one_fp32_add_of_its_gradients(m):
+    on, off = _scenario(True, m=m), _scenario(False, m=m)
+    res_on, res_off = simulate_scenario(on), simulate_scenario(off)
+    trainable = res_on.memory.gpus[0].trainable
+    hw = on.hardware
+    add_s = 10 * trainable / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
+    acc = [s for s in res_on.timeline.spans if s.kind == "ACC"]
+    assert len(acc) == m
+    assert all(s.duration_ns == pytest.approx(add_s * 1e9, abs=1) for s in acc)
+    # the adds sit on the compute stream between backward and the next forward
+    grow = res_on.metrics.step_time_s - res_off.metrics.step_time_s
+    assert grow == pytest.approx(m * add_s, rel=0.02)
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_the_timeline_holds_the_16_bit_gradients_only_through_the_add(pp):
+    sc = _scenario(True, m=4, pp=pp)
+    res = simulate_scenario(sc)
+    for sm, st in zip(res.memory.gpus, res.metrics.stages, strict=True):
+        assert st.peak_memory_bytes == sm.peak_memory_bytes
+        assert sm.freed_gradient_bytes == 2 * sm.trainable  # bf16 gradients
+    rank0 = [s for s in res.timeline.memory if s.rank == 0 and s.category == "gradients"]
+    sm = res.memory.gpus[0]
+    fp32 = dict(sm.memory_bytes)["gradients"] - sm.freed_gradient_bytes
+    assert rank0[0].bytes == fp32  # at t = 0: the fp32 buffer only
+    assert max(s.bytes for s in rank0) == fp32 + sm.freed_gradient_bytes
+    assert rank0[-1].bytes == fp32  # freed after the last add
+
+
+def test_plain_bf16_has_no_add():
+    sc = _scenario(True, precision="bf16")
+    res = simulate_scenario(sc)
+    assert not [s for s in res.timeline.spans if s.kind == "ACC"]
+    assert res.memory.gpus[0].freed_gradient_bytes == 0
