@@ -28,7 +28,8 @@ MODEL = {"layers": 4, "hidden": 1024, "heads": 16, "ffn_hidden": 4096, "vocab": 
          "flash_attention": True, "dropout": 0.0}  # fmt: skip
 
 
-def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: int = 1):
+def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: int = 1,
+              **par):  # fmt: skip
     return parse_scenario(
         {
             "name": "acc",
@@ -41,7 +42,13 @@ def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: i
                 "precision": precision,
                 "optimizer": "adamw",
             },
-            "parallelism": {"dp": 1, "tp": 1, "pp": pp, **({"schedule": "1f1b"} if pp > 1 else {})},
+            "parallelism": {
+                "dp": 1,
+                "tp": 1,
+                "pp": pp,
+                **({"schedule": "1f1b"} if pp > 1 else {}),
+                **par,
+            },  # fmt: skip
             # no host time: the GPU's adds are then on the step's critical path
             "runtime": {
                 "name": "nanotron",
@@ -88,3 +95,42 @@ def test_plain_bf16_has_no_add():
     res = simulate_scenario(sc)
     assert not [s for s in res.timeline.spans if s.kind == "ACC"]
     assert res.memory.gpus[0].freed_gradient_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("par", "adds"),
+    [
+        ({"dp": 2, "zero_stage": 1}, True),
+        ({"tp": 2}, True),
+        ({"dp": 2, "zero_stage": 2}, False),  # ZeRO-2/3 shard the gradients: nanotron has none
+        ({"dp": 2, "zero_stage": 3}, False),
+        ({"dp": 2, "dp_mode": "data_parallel"}, False),
+        ({"pp": 2, "schedule": "interleaved", "virtual_stages": 2}, False),  # 2 chunks per rank
+        ({"pp": 2, "schedule": "zb_v"}, False),
+        ({"pp": 2, "schedule": "zb_h1"}, True),
+        ({"pp": 2, "schedule": "gpipe"}, True),
+    ],
+)  # fmt: skip
+def test_the_add_only_where_nanotron_frees_its_gradients_and_memory_agrees(par, adds):
+    """nanotron frees the 16-bit gradients after each backward with ZeRO-0/1, one chunk per
+    rank and DDP; elsewhere they stay all step and nothing is added. Either way the
+    timeline's peak equals the memory model's on every GPU."""
+    par = dict(par)
+    pp = par.pop("pp", 1)
+    res = simulate_scenario(_scenario(True, m=4, pp=pp, **par))
+    acc = [s for s in res.timeline.spans if s.kind == "ACC"]
+    assert bool(acc) == adds
+    for sm, st in zip(res.memory.gpus, res.metrics.stages, strict=True):
+        assert st.peak_memory_bytes == sm.peak_memory_bytes
+        assert sm.freed_gradient_bytes >= 0
+
+
+def test_the_add_follows_the_backward_tp_collectives():
+    """tp 2: the backward's TP all-reduce ends before its add starts (nanotron adds after
+    ``loss.backward()``, which runs the collectives)."""
+    res = simulate_scenario(_scenario(True, m=4, tp=2))
+    spans = res.timeline.spans
+    for acc in (s for s in spans if s.kind == "ACC"):
+        tp = [s for s in spans if s.kind == "TP" and s.microbatch == acc.microbatch
+              and s.end_ns <= acc.start_ns]  # fmt: skip
+        assert tp, acc.name

@@ -562,9 +562,13 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # 16-bit gradients freed after every micro-batch's backward (runtime
     # grads_freed_per_microbatch, with an fp32 accumulation buffer): a third moment, the end of
     # a backward, holds them with the activations still saved then.
+    # Only where nanotron does it: one chunk per rank (no interleaving or V), the whole
+    # 16-bit gradients on the GPU (ZeRO-0/1: ZeRO-2/3 shard them), not torch.nn.DataParallel.
     freed = sc.runtime.grads_freed_per_microbatch and bool(step.precision.grad_accum)
-    freed = freed and not transient
-    freed_b = coming_and_going if freed else 0
+    freed = (
+        freed and not transient and len(mine) == 1 and sc.parallelism.zero_stage <= 1 and not role
+    )
+    freed_b = max(coming_and_going, 0) if freed else 0
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)

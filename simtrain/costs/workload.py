@@ -117,17 +117,16 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     parameter's bf16 ``.grad`` is added into its fp32 buffer, then set to None): each chunk's
     backward is followed by that add, which reads the 16-bit gradient and reads and writes the
     fp32 one (grad + 2·grad_accum bytes per trainable parameter, at the memory-bound rate), and
-    holds the chunk's share of the rank's 16-bit gradients (``costs.memory``'s third moment)."""
+    holds the rank's 16-bit gradients meanwhile (``costs.memory``'s third moment; only a rank
+    with one chunk frees them, ``StageMemory.freed_gradient_bytes``)."""
     prec = step.precision
     out = dict(chunks)
     for stage, ch in chunks.items():
         sm = mem.stages[step.chunk_rank(stage)]
         if not sm.freed_gradient_bytes:
             continue
-        n = len(step.rank_chunks(sm.stage))
-        params = sm.trainable // n
-        moved = params * (prec.grad + 2 * prec.grad_accum)
-        out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes // n,
+        moved = sm.trainable * (prec.grad + 2 * prec.grad_accum)
+        out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes,
                              accum_ns=round(memory_bound_ns(moved, sc.hardware)))  # fmt: skip
     return out
 

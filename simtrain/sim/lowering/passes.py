@@ -269,16 +269,25 @@ def tp_pass(ir: StepIR) -> None:
         for g in r.groups:
             if g.tp_ns:
                 compute = [op for op in g.ops if op.stream == "compute"]
+                # nanotron's fp32 gradient add comes after the backward and its collectives
+                acc = compute.pop() if compute[-1].kind == "ACC" else None
                 last = compute[-1]
                 deps = list(compute[0].deps) if overlap else [last]
                 tp = Op(r.rank, "collective", "TP", f"TP all-reduce {g.label}", g.tp_ns,
                         deps, microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-                g.ops.append(tp)
+                new = [tp]
                 g.done = tp
                 if overlap:  # the action ends when both its GEMMs and their collectives have
                     g.done = Op(r.rank, "compute", "JOIN", f"TP overlap join {g.label}", 0,
                                 [tp], microbatch=last.microbatch, stage=last.stage)  # fmt: skip
-                    g.ops.append(g.done)
+                    new.append(g.done)
+                if acc is None:
+                    g.ops += new
+                    continue
+                i = g.ops.index(acc)
+                g.ops[i:i] = new
+                acc.deps.append(g.done)
+                g.done = acc
 
 
 def tp_overlap_span_pass(ir: StepIR) -> None:
