@@ -23,10 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simtrain.apps.validate.gemm_tables import fit_gemm_edge  # noqa: E402
+from simtrain.apps.validate.gemm_tables import fit_gemm_edge, shape_factor  # noqa: E402
 from simtrain.torchref.microbench import measure_gemm_shapes  # noqa: E402
 
-#: L up to 4,000 elements (the tables' fits are 40-150; a CPU may be far from them).
+#: The tables' grid (apps.validate.gemm_tables.EDGE_GRID, step 10) extended to L = 4,000
+#: elements: the tables' fits are 40-150, a CPU may be far from them.
 GRID = tuple(range(0, 4001, 10))
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args()
-    shapes = tuple((a.mn, k, a.mn) for k in a.ks) + tuple((m, a.mn, a.mn) for m in a.ms)
+    shapes = tuple((a.mn, a.mn, k) for k in a.ks) + tuple((m, a.mn, a.mn) for m in a.ms)
     rates = measure_gemm_shapes(a.dtype, a.device, shapes, a.repeats)
     if len(rates) < 2:
         sys.exit(f"{a.dtype} on {a.device}: fewer than two shapes ran")
@@ -56,7 +57,7 @@ def main() -> None:
         return
     print(f"{a.dtype} on {a.device}:")
     for (m, n, k), r in rates.items():
-        model = r_inf / (1 + edge / m + edge / n + edge / k)
+        model = r_inf / shape_factor(edge, m, n, k)
         print(f"  M {m:>6} N {n:>6} K {k:>6}: {r / 1e12:9.3f} TFLOP/s   fit {model / 1e12:9.3f}")
     print(f"L = {edge:.0f} elements (efficiency.gemm_edge_elements), unbounded {r_inf / 1e12:.3f}"
           f" TFLOP/s; MAPE of GEMM time {fit.mape_pct:.2f} % (one rate: "

@@ -242,12 +242,12 @@ def test_closed_loop_step_time_ratio_within_20pct(calibrated) -> None:
 
 
 def test_shape_sweep_measures_each_shape_on_the_cpu() -> None:
-    """measure_gemm_shapes times (M x K) @ (K x N) for each shape in order (here tiny, on the
-    CPU): one positive FLOP/s per shape keyed (M, N, K), the FLOPs counted as 2·M·N·K; the
+    """measure_gemm_shapes times (M x K) @ (K x N) for each (M, N, K) in order (here tiny, on
+    the CPU): one positive FLOP/s per shape keyed as given, the FLOPs counted as 2·M·N·K; the
     benchmark's fit (fit_gemm_edge, tested in test_gemm_tables) takes that table. No bound on
     the rate itself."""
     from simtrain.torchref.microbench import measure_gemm_shapes
 
-    rates = measure_gemm_shapes("fp32", "cpu", ((64, 32, 48), (64, 128, 48)), repeats=2)
+    rates = measure_gemm_shapes("fp32", "cpu", ((64, 48, 32), (64, 48, 128)), repeats=2)
     assert list(rates) == [(64, 48, 32), (64, 48, 128)]
     assert all(v > 0 for v in rates.values())

@@ -356,6 +356,7 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     rt = sc.runtime
     poll_ns = round(rt.p2p_poll_interval_s * 1e9) if blocking else 0
     polled = (rt.p2p_polled_messages_forward, rt.p2p_polled_messages_backward)
+    # (validated: 0 or >= 1 ms, spec.runtime MIN_POLL_INTERVAL_S, so never rounded to 0 ns)
     plan = None
     if is_data_parallel(sc):  # GPU 0's loss memory is allocated by the pass's gather and loss
         loss = {}
@@ -380,8 +381,9 @@ def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate (and
     the 16-bit gradients, when they only exist from backward to the optimizer step, or from
-    each backward's end through its fp32 accumulation; an fp32 accumulation buffer stays). The loss working memory is allocated by the last chunk's
-    forward, the optimizer's working memory by the optimizer step, a paged optimizer's evicted
+    each backward's end through its fp32 add; an fp32 accumulation buffer stays). The loss
+    working memory is allocated by the last chunk's forward, the optimizer's working memory by
+    the optimizer step, a paged optimizer's evicted
     states by their prefetch. Under torch.nn.DataParallel a replica is rank 1, and the
     gradients held only while reduced onto GPU 0 are allocated by the reduction
     (``passes.data_parallel_pass``)."""

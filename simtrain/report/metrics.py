@@ -32,14 +32,8 @@ from simtrain.layout.step import ResolvedStep
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.hardware import HardwareProfile
 
-COMPUTE_KINDS = (
-    "F",
-    "B",
-    "I",
-    "W",
-    "LOSS",
-    "ACC",
-)  # LOSS: DataParallel's loss on GPU 0; ACC: fp32 gradient accumulation
+# LOSS: DataParallel's loss on GPU 0; ACC: nanotron's fp32 gradient add after each backward
+COMPUTE_KINDS = ("F", "B", "I", "W", "LOSS", "ACC")
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,11 +116,13 @@ def measure_matmul(
 def measure_gemm_shapes(dtype: str, device: str,
                         shapes: tuple[tuple[int, int, int], ...],
                         repeats: int = 5) -> dict[tuple[int, int, int], float]:  # fmt: skip
-    """FLOP/s of ``A @ B`` with A ``M x K`` and B ``K x N`` (2·M·N·K FLOPs), keyed (M, N, K), for
-    each (M, K, N) of ``shapes`` in order, stopping at the first the device cannot run ({} if
-    it cannot run the dtype): the table ``apps.validate.gemm_tables.fit_gemm_edge`` fits the
-    GEMM shape term on."""
-    with closing(_timed_matmuls(dtype, device, list(shapes), repeats)) as runs:
+    """FLOP/s of ``A @ B`` with A ``M x K`` and B ``K x N`` (2·M·N·K FLOPs) for each (M, N, K)
+    of ``shapes`` (the order of ``costs.compute.gemm_edge`` and of the GEMM tables), keyed the
+    same, in order, stopping at the first the device cannot run ({} if it cannot run the
+    dtype): the table ``apps.validate.gemm_tables.fit_gemm_edge`` fits the GEMM shape term
+    on."""
+    mkn = [(m, k, n) for m, n, k in shapes]  # _timed_matmuls takes (M, K, N)
+    with closing(_timed_matmuls(dtype, device, mkn, repeats)) as runs:
         return {(m, n, k): 2.0 * m * n * k / t for (m, k, n), t in runs}
 
 

@@ -52,7 +52,7 @@ def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
     return tables
 
 
-def _shape_factor(edge: float, m: int, n: int, k: int) -> float:
+def shape_factor(edge: float, m: int, n: int, k: int) -> float:
     """The GEMM's time over that of its FLOPs at the large-GEMM rate, as the cost model prices
     it: 1 + L·gemm_edge / (2·M·N·K) (= 1 + L/M + L/N + L/K)."""
     return 1 + edge * gemm_edge(m, n, k) / (2.0 * m * n * k)
@@ -82,7 +82,7 @@ def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
         raise ValueError("fit_gemm_edge needs at least two measured shapes")
     best = None
     for edge in grid:
-        eff, mape = _best_efficiency([e * _shape_factor(edge, m, n, k) for m, n, k, e in shapes])
+        eff, mape = _best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
         if best is None or mape < best[2] - 1e-12:
             best = (float(edge), eff, mape)
     _, const = _best_efficiency([e for *_, e in shapes])

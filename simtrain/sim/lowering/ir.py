@@ -225,8 +225,8 @@ class LoweringInput:
 # rank's tail (gradient sync, optimizer step). Dependencies stay symbolic until ``resolve``
 # numbers the ops: an Op itself; ("prev", rank, i) whatever ends group i − 1 of the
 # rank; ("send_f" | "send_b", stage, mb) the p2p send of a neighbouring stage; ("done", stage,
-# mb, kind) whatever ends that action; ("meta_f" | "meta_b", stage, mb, k) the k-th polled
-# metadata message of that send.
+# mb, kind) whatever ends that action; ("meta", send, k) the k-th polled metadata message
+# before that send (``send`` one of the "send_f" / "send_b" forms).
 
 
 @dataclass(eq=False, slots=True)
@@ -281,7 +281,7 @@ class StepIR:
     inp: LoweringInput
     ranks: dict[int, RankIR]
     sends: dict[tuple[str, int, int], Op]
-    # ("meta_f" | "meta_b", stage, mb, k) -> the host op issuing that metadata message
-    metas: dict[tuple[str, int, int, int], Op] = field(default_factory=dict)
+    # (send key as in ``sends``, k) -> the host op issuing that send's k-th metadata message
+    metas: dict[tuple[tuple[str, int, int], int], Op] = field(default_factory=dict)
     # draw overlapped communication that delays nothing (hidden TP collectives) as spans
     overlap_spans: bool = False

@@ -523,16 +523,15 @@ def _polled_sends(ir: StepIR, g: Group, kind: str, deps: list) -> list:
     kernels have ended), issues it, then sleeps one interval before seeing it complete (an
     isend is never complete when first checked; a few bytes fit the NCCL connection's FIFO, so
     the send completes without waiting for the receive). The tensor follows the last
-    message."""
+    message. Message k of send ``(kind.lower(), stage, mb)`` is ``ir.metas[(that key, k)]``."""
     a, n = g.action, ir.inp.p2p_polled[0 if kind == "SEND_F" else 1]
-    meta = "meta_f" if kind == "SEND_F" else "meta_b"
     for k in range(n):
         issue = Op(g.done.rank, "host", "META", f"send metadata {k + 1}/{n} {g.label}", 0, deps,
                    microbatch=a.microbatch, stage=a.stage)  # fmt: skip
         wait = Op(g.done.rank, "host", "POLL", f"poll send {k + 1}/{n} {g.label}", 0, [],
                   microbatch=a.microbatch, stage=a.stage, poll_ns=ir.inp.p2p_poll_ns)  # fmt: skip
         g.ops += [issue, wait]
-        ir.metas[(meta, a.stage, a.microbatch, k)] = issue
+        ir.metas[((kind.lower(), a.stage, a.microbatch), k)] = issue
         deps = [wait]
     return deps
 
@@ -550,28 +549,22 @@ def _polled_receives(ir: StepIR, owner: dict[int, int]) -> None:
     inp = ir.inp
     for r in ir.ranks.values():
         for g in r.groups:
-            a = g.action
-            if a is None or g.host is None:
+            if g.action is None or g.host is None:
                 continue
-            line = inp.pipeline(a.stage)
-            if a.kind == "F" and a.stage > line[0]:
-                meta, peer, n = "meta_f", a.stage - 1, inp.p2p_polled[0]
-            elif a.kind in ("B", "I") and a.stage < line[-1]:
-                meta, peer, n = "meta_b", a.stage + 1, inp.p2p_polled[1]
-            else:
-                continue
-            if owner[peer] == r.rank:  # a V schedule's turn: both stages on this rank
-                continue
-            polls = [Op(r.rank, "host", "POLL", f"poll metadata {k + 1}/{n} {g.label}", 0, [],
-                        microbatch=a.microbatch, stage=a.stage, poll_ns=inp.p2p_poll_ns,
-                        polled=[(meta, peer, a.microbatch, k)])
-                     for k in range(n)]  # fmt: skip
-            data = ("send_f" if meta == "meta_f" else "send_b", peer, a.microbatch)
-            for op in g.ops:  # the data arrives once the host has posted its receive
-                if data in op.deps:
-                    op.deps.append(polls[-1])
-            i = g.ops.index(g.host)
-            g.ops[i:i] = polls
+            for data in _cross_rank_deps(g.action, inp.pipeline(g.action.stage)):
+                kind, peer, mb = data[:3]
+                if kind == "done" or owner[peer] == r.rank:  # a V's turn: one rank, no hop
+                    continue
+                n = inp.p2p_polled[0 if kind == "send_f" else 1]
+                polls = [Op(r.rank, "host", "POLL", f"poll metadata {k + 1}/{n} {g.label}", 0,
+                            [], microbatch=mb, stage=g.action.stage, poll_ns=inp.p2p_poll_ns,
+                            polled=[("meta", data, k)])
+                         for k in range(n)]  # fmt: skip
+                for op in g.ops:  # the tensor arrives once the host has posted its receive
+                    if data in op.deps:
+                        op.deps.append(polls[-1])
+                i = g.ops.index(g.host)
+                g.ops[i:i] = polls
 
 
 def optimizer_pass(ir: StepIR) -> None:

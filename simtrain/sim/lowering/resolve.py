@@ -28,8 +28,8 @@ def resolve(ir: StepIR) -> list[Task]:
             return ir.ranks[d[1]].groups[d[2] - 1].done.tid
         if d[0] == "done":
             return done[d[1:]].tid
-        if d[0] in ("meta_f", "meta_b"):
-            return ir.metas[d].tid
+        if d[0] == "meta":
+            return ir.metas[d[1:]].tid
         return ir.sends[d].tid
 
     return [
@@ -45,10 +45,8 @@ def resolve(ir: StepIR) -> list[Task]:
             op.free,
             op.microbatch,
             op.stage,
-            None,
-            0,
-            op.poll_ns,
-            tuple([tid(d) for d in op.polled]),
+            poll_ns=op.poll_ns,
+            polled=tuple([tid(d) for d in op.polled]),
         )  # fmt: skip
         for op in order
     ]
