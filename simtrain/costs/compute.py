@@ -163,9 +163,7 @@ def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
     adapters' rank-r GEMMs, Qwen2-MoE's h x 1 shared-expert gate (a GEMV)."""
     shapes = m.attention_shapes() if moe else m.linear_weight_shapes()
     if moe and m.shared_experts:
-        fs = m.shared_experts * m.shared_ffn
-        up = {"gate": (m.hidden, fs)} if m.mlp == "swiglu" else {}
-        shapes = {**shapes, **up, "up": (m.hidden, fs), "down": (fs, m.hidden)}
+        shapes = {**shapes, **m.mlp_shapes(m.shared_experts * m.shared_ffn)}
     groups = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if fused[0] else {}),
               **({"gate": "fc1", "up": "fc1"} if fused[1] else {})}  # fmt: skip
     out: dict[str, tuple[int, int]] = {}

@@ -98,14 +98,12 @@ def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
     if not moe:
         return out + [_group(shapes, g, tp) for g in groups[-2:]]
     fc1, fc2 = groups[-2], groups[-1]
-    h = m.hidden
-    expert = {n: (h, m.expert_ffn) for n in fc1} | {"down": (m.expert_ffn, h)}
+    expert = m.mlp_shapes(m.expert_ffn)
     local = m.num_experts // ep
     k = m.experts_per_token * load
     out += [_group(expert, fc1, tp, k, local), _group(expert, fc2, tp, k, local)]
     if m.shared_experts:
-        sf = m.shared_experts * m.shared_ffn
-        shared = {n: (h, sf) for n in fc1} | {"down": (sf, h)}
+        shared = m.mlp_shapes(m.shared_experts * m.shared_ffn)
         out += [_group(shared, fc1, tp), _group(shared, fc2, tp)]
     return out
 

@@ -274,15 +274,16 @@ class ModelSpec:
         return (self.embedding_params() + self.blocks_params(self.experts_per_token)
                 + self.head_params())  # fmt: skip
 
+    def mlp_shapes(self, width: int) -> dict[str, tuple[int, int]]:
+        """(in, out) of an MLP's linears of inner width ``width`` (the block's, a routed
+        expert's, or the shared experts' fused S·f_s): gate (SwiGLU) and up, then down."""
+        h = self.hidden
+        gate = {"gate": (h, width)} if self.mlp == "swiglu" else {}
+        return {**gate, "up": (h, width), "down": (width, h)}
+
     def linear_weight_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of a block, named as PEFT target modules."""
-        h, f = self.hidden, self.ffn_hidden
-        shapes = self.attention_shapes()
-        if self.mlp == "swiglu":
-            shapes.update({"gate": (h, f), "up": (h, f), "down": (f, h)})
-        else:
-            shapes.update({"up": (h, f), "down": (f, h)})
-        return shapes
+        return {**self.attention_shapes(), **self.mlp_shapes(self.ffn_hidden)}
 
 
 #: Megatron TP (Shoeybi et al. 2019 §3): O and down are row-parallel (input split by t, output
