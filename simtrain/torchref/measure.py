@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -74,7 +74,11 @@ class MeasuredStep:
         (``tracked_peak_bytes``); CUDA: ``torch.cuda.max_memory_allocated``.
     step_time_s: median wall time of the timed (uninstrumented) steps; ``step_times_s`` all of
         them (their spread says how noisy the machine was), ``threads`` torch's intra-op
-        threads while they ran."""
+        threads while they ran.
+    timed_peak_allocated_bytes / timed_peak_reserved_bytes: CUDA only (0 on the CPU):
+        ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` over the timed steps,
+        uninstrumented and in steady state (the caching allocator's segments kept from the
+        earlier steps), the two figures training frameworks log ('Mem Alloc' / 'Mem Res')."""
 
     parameter_bytes: int
     trainable_params: int
@@ -100,6 +104,8 @@ class MeasuredStep:
     torch_version: str
     step_times_s: tuple[float, ...] = ()
     threads: int = 0
+    timed_peak_allocated_bytes: int = 0
+    timed_peak_reserved_bytes: int = 0
 
 
 def _sync(device: torch.device) -> None:
@@ -153,8 +159,14 @@ def _measure_step(spec: ModelSpec, training: TrainingSpec, batch: int | None, de
     model, trainer, idx, targets = _warm_trainer(spec, training, dev, batch, seed, warmup)
     persistent = {n for n, _ in model.named_buffers() if _is_persistent(model, n)}
     step = _instrumented_step(model, trainer, idx, targets, persistent)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times = _timed_steps(trainer, idx, targets, steps)
-    return _measured(spec, model, trainer, idx, persistent, step, times)
+    peaks = ((torch.cuda.max_memory_allocated(dev), torch.cuda.max_memory_reserved(dev))
+             if dev.type == "cuda" else (0, 0))  # fmt: skip
+    return replace(_measured(spec, model, trainer, idx, persistent, step, times),
+                   timed_peak_allocated_bytes=int(peaks[0]),
+                   timed_peak_reserved_bytes=int(peaks[1]))  # fmt: skip
 
 
 @dataclass(frozen=True)
