@@ -4,7 +4,7 @@ The cost model prices each linear layer's GEMM (M x K) @ (K x N) at 2·M·N·K·
 FLOPs at the large-GEMM rate (costs.compute.gemm_edge); the shipped profiles take L from
 published GEMM tables (measured/gemm_tables.yaml). This script times a sweep of K at M = N = mn
 and a sweep of M at K = N = mn (``simtrain.torchref.microbench.measure_gemm_shapes``), and fits
-L with the same fit as those tables (``simtrain.apps.validate.gemm_tables.fit_gemm_edge``, each
+L with the same fit as those tables (``simtrain.costs.gemm_shape.fit_gemm_edge``, each
 rate over the sweep's fastest): it prints L, the unbounded rate, and each shape's measured rate
 beside the fitted one.
 
@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simtrain.apps.validate.gemm_tables import fit_gemm_edge, shape_factor  # noqa: E402
+from simtrain.costs.gemm_shape import fit_gemm_edge, shape_factor  # noqa: E402
 from simtrain.torchref.microbench import measure_gemm_shapes  # noqa: E402
 
-#: The tables' grid (apps.validate.gemm_tables.EDGE_GRID, step 10) extended to L = 4,000
+#: The tables' grid (costs.gemm_shape.EDGE_GRID, step 10) extended to L = 4,000
 #: elements: the tables' fits are 40-150, a CPU may be far from them.
 GRID = tuple(range(0, 4001, 10))
 

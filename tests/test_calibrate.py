@@ -190,6 +190,9 @@ def test_calibration_is_plausible(calibrated) -> None:
     lo, hi = cal.elementwise_spread
     assert 1e6 < lo <= cal.elementwise_bytes_per_s <= hi
     assert all(0 < e <= 1 for e in efficiencies(cal) if e is not None)
+    fit, n = cal.gemm_edge  # the shape sweep ran (27 GEMMs) and its fit is the grid's best
+    assert n == 27 and fit.edge_elements in range(0, 1001, 10)
+    assert fit.mape_pct <= fit.constant_mape_pct + 1e-9
 
 
 def test_closed_loop_memory_within_5pct(calibrated) -> None:
@@ -251,3 +254,59 @@ def test_shape_sweep_measures_each_shape_on_the_cpu() -> None:
     rates = measure_gemm_shapes("fp32", "cpu", ((64, 48, 32), (64, 48, 128)), repeats=2)
     assert list(rates) == [(64, 48, 32), (64, 48, 128)]
     assert all(v > 0 for v in rates.values())
+
+
+def test_calibrated_shape_term_keeps_the_measured_mix_and_square_product(tmp_path: Path) -> None:
+    """With a fitted GEMM shape term L the written profile's fp32 peak is the largest square
+    product's rate x (1 + 3L/n) and efficiency.matmul the mix's priced rate over it, so the cost
+    model (compute._matmul_ns, the mix's counted FLOPs plus L x its gemm_mix_edge) prices the
+    measured mix back at its measured time, and the square product at efficiency 1 at its own."""
+    from simtrain.costs import compute
+    from simtrain.costs.gemm_shape import GemmEdgeFit
+    from simtrain.torchref.microbench import gemm_mix_edge
+
+    shape = (4, 256, 512, 8, 8192, 4)
+    fit = GemmEdgeFit(edge_elements=60.0, efficiency=0.9, mape_pct=3.0, constant_mape_pct=12.0)
+    cal = _fake(gemm_flops_per_s=2.5e10, elementwise_shape=shape, gemm_edge=(fit, 27))
+    hw = load_hardware(str(write_profile(tmp_path / "edge.yaml", cal)))
+    assert hw.efficiency.gemm_edge_elements == 60
+    assert hw.peak("fp32") == pytest.approx(5e10 * (1 + 3 * 60 / 1024), rel=1e-5)  # 6 digits
+    assert hw.peak("bf16") == pytest.approx(1e9 * (1 + 3 * 60 / 512), rel=1e-5)
+    (block, head), (e_block, e_head) = gemm_counted_flops(shape), gemm_mix_edge(shape)
+    work, edge = 4 * block + head, 4 * e_block + e_head
+    assert edge > 0
+    mix_ns = compute._matmul_ns(work, hw, "fp32", edge=edge)
+    assert mix_ns == pytest.approx(1e9 * work / 2.5e10, rel=1e-4)  # the profile rounds to 6 digits
+    square = replace_eff(hw, 1.0)
+    n = 1024
+    sq_ns = compute._matmul_ns(2.0 * n**3, square, "fp32", edge=compute.gemm_edge(n, n, n))
+    assert sq_ns == pytest.approx(1e9 * 2.0 * n**3 / 5e10, rel=1e-4)
+    text = (tmp_path / "edge.yaml").read_text()
+    assert "gemm_edge_elements: 60" in text and "27 fp32 GEMMs" in text
+
+
+def replace_eff(hw, matmul: float):
+    from dataclasses import replace
+
+    return replace(hw, efficiency=replace(hw.efficiency, matmul=matmul))
+
+
+def test_shape_sweep_fit_recovers_a_generated_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """calibrate's sweep -> fit: rates generated as P·e∞ / (1 + L/M + L/N + L/K) over the
+    device's shape grid give back L and e∞ exactly (the fit is costs.gemm_shape.fit_gemm_edge)."""
+    from simtrain.torchref import calibrate as cal_mod
+
+    peak, e_inf, edge = 4e10, 0.8, 70
+
+    def fake_shapes(dtype, device, shapes, repeats=5):
+        assert dtype == "fp32" and len(shapes) == 27
+        return {(m, n, k): peak * e_inf / (1 + edge / m + edge / n + edge / k)
+                for m, n, k in shapes}  # fmt: skip
+
+    monkeypatch.setattr(cal_mod, "measure_gemm_shapes", fake_shapes)
+    notes: list[str] = []
+    fit, n = cal_mod._gemm_edge_fit("cpu", microbench.CPU_GEMM_EDGE_SIZES, peak, 3, notes)
+    assert (fit.edge_elements, n, notes) == (70, 27, [])
+    assert fit.efficiency == pytest.approx(e_inf, rel=1e-12)
+    assert fit.mape_pct == pytest.approx(0, abs=1e-9) and fit.constant_mape_pct > 10
+    assert cal_mod._gemm_edge_fit("cpu", (), peak, 3, notes) is None  # no sweep: L = 0

@@ -6,11 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from simtrain.apps.validate.gemm_tables import (
-    fit_gemm_edge,
-    load_gemm_tables,
-)
+from simtrain.apps.gemm_tables import load_gemm_tables
 from simtrain.costs.compute import chunk_costs, dense_linear_gemms, gemm_edge
+from simtrain.costs.gemm_shape import fit_gemm_edge
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import load_hardware, parse_hardware
 from simtrain.spec.model import preset

@@ -10,6 +10,12 @@
   sample on a shared CPU) -- and the per-size rates are kept in the result and written as a
   comment. A dtype stops growing before a call would exceed :data:`NEXT_CALL_LIMIT_S` (CPUs
   without native bf16/fp16);
+* **GEMM shape term** (``efficiency.gemm_edge_elements``, L): fp32 ``A @ B`` for every (M, N,
+  K) of :data:`CPU_GEMM_EDGE_SIZES` / :data:`CUDA_GEMM_EDGE_SIZES`, each rate over the fp32
+  square-product peak, fitted by ``costs.gemm_shape.fit_gemm_edge`` (the fit that set the
+  shipped profiles' L on published GEMM tables). The profile's peaks become the rates the term
+  implies for an unboundedly large GEMM (largest square n: rate x (1 + 3L/n)), and the GEMM
+  mix's FLOPs include the term (:func:`gemm_mix_edge`), so the profile still reproduces the mix;
 * **memory bandwidth**: a copy (``y.copy_(x)``: read + write) and an add (``torch.add(x, y,
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /
   time, the better of the two (the element-wise kernels of a training step are of these kinds);
@@ -51,21 +57,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from simtrain.costs.gemm_shape import GemmEdgeFit, fit_gemm_edge
 from simtrain.errors import SimtrainError
 from simtrain.torchref.microbench import (
     CPU_ELEMENTWISE_SHAPE,
+    CPU_GEMM_EDGE_SIZES,
     CPU_SIZES,
     CUDA_ELEMENTWISE_SHAPE,
+    CUDA_GEMM_EDGE_SIZES,
     CUDA_SIZES,
     STREAM_BYTES,
     _timed,
     _torch,
     elementwise_counted_bytes,
     gemm_counted_flops,
+    gemm_edge_shapes,
+    gemm_mix_edge,
     measure_adam,
     measure_bandwidth,
     measure_elementwise,
     measure_gemm_mix,
+    measure_gemm_shapes,
     measure_matmul,
 )
 from simtrain.torchref.profile_writer import (
@@ -88,20 +100,24 @@ def _physical_memory_bytes() -> int:
 def calibrate(device: str = "cpu", name: str | None = None, *,
               sizes: tuple[int, ...] | None = None, repeats: int = 5,
               dtypes: tuple[str, ...] | None = None, threads: int | None = None,
-              elementwise_shape: tuple[int, ...] | None = None) -> Calibration:  # fmt: skip
+              elementwise_shape: tuple[int, ...] | None = None,
+              gemm_edge_sizes: tuple[int, ...] | None = None) -> Calibration:  # fmt: skip
     """Measure ``device`` (``cpu``, ``cuda``, ``cuda:1``): matmul FLOP/s per dtype and size,
-    memory bandwidth, the element-wise rate and the AdamW rate; see the module docstring.
-    ``dtypes`` defaults to fp32, bf16, fp16 (and tf32 on CUDA); dtypes not measured get peak 0
-    in the profile. ``threads``: torch intra-op threads for the whole calibration."""
+    the GEMM shape term, memory bandwidth, the element-wise rate and the AdamW rate; see the
+    module docstring. ``dtypes`` defaults to fp32, bf16, fp16 (and tf32 on CUDA); dtypes not
+    measured get peak 0 in the profile. ``gemm_edge_sizes``: the shape sweep's sizes (None:
+    the device's default; (): no sweep, L = 0). ``threads``: torch intra-op threads for the
+    whole calibration."""
     from simtrain.torchref.measure import torch_threads
 
     with torch_threads(threads):
-        return _calibrate(device, name, sizes, repeats, dtypes, elementwise_shape)
+        return _calibrate(device, name, sizes, repeats, dtypes, elementwise_shape,
+                          gemm_edge_sizes)  # fmt: skip
 
 
 def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, repeats: int,
-               dtypes: tuple[str, ...] | None,
-               elementwise_shape: tuple[int, ...] | None) -> Calibration:  # fmt: skip
+               dtypes: tuple[str, ...] | None, elementwise_shape: tuple[int, ...] | None,
+               gemm_edge_sizes: tuple[int, ...] | None) -> Calibration:  # fmt: skip
     torch = _torch()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -111,6 +127,9 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
     notes: list[str] = []
     by_size = _matmul_rates(device, dev.type == "cuda", sizes, repeats, dtypes, notes)
     best = {dt: r[max(r)] for dt, r in by_size.items()}  # the largest size measured
+    if gemm_edge_sizes is None:
+        gemm_edge_sizes = CUDA_GEMM_EDGE_SIZES if dev.type == "cuda" else CPU_GEMM_EDGE_SIZES
+    edge = _gemm_edge_fit(device, gemm_edge_sizes, best.get("fp32", 0.0), repeats, notes)
     bw = measure_bandwidth(device, repeats=repeats)
     ew_shape = elementwise_shape or (
         CUDA_ELEMENTWISE_SHAPE if dev.type == "cuda" else CPU_ELEMENTWISE_SHAPE
@@ -144,7 +163,22 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         pcie_bandwidth_bytes_per_s=pcie,
         adam_params_per_s=adam,
         notes=tuple(notes),
+        gemm_edge=edge,
     )
+
+
+def _gemm_edge_fit(device: str, sizes: tuple[int, ...], fp32_peak: float, repeats: int,
+                   notes: list[str]) -> tuple[GemmEdgeFit, int] | None:  # fmt: skip
+    """(the GEMM shape term fitted on the fp32 sweep over ``sizes``, GEMMs measured), each
+    GEMM's efficiency its rate over ``fp32_peak``; None (and a note) without a sweep."""
+    if not sizes or fp32_peak <= 0:
+        return None
+    rates = measure_gemm_shapes("fp32", device, gemm_edge_shapes(sizes), repeats)
+    if len(rates) < 2:
+        notes.append("GEMM shape sweep: fewer than two shapes ran; no shape term")
+        return None
+    table = tuple((m, n, k, r / fp32_peak) for (m, n, k), r in rates.items())
+    return fit_gemm_edge(table), len(table)
 
 
 def _matmul_rates(device: str, cuda: bool, sizes: tuple[int, ...] | None, repeats: int,
@@ -204,6 +238,6 @@ def calibrate_command(device: str, out: str, threads: int | None = None) -> str:
 
 __all__ = [
     "Calibration", "calibrate", "calibrate_command", "calibration_table", "efficiencies",
-    "elementwise_counted_bytes", "gemm_counted_flops", "measure_adam", "measure_bandwidth",
+    "elementwise_counted_bytes", "gemm_counted_flops", "gemm_mix_edge", "measure_adam", "measure_bandwidth",
     "measure_elementwise", "measure_gemm_mix", "measure_matmul", "profile_text", "write_profile",
 ]  # fmt: skip

@@ -4,6 +4,7 @@ GPT with the work the cost model counts for them; see :mod:`simtrain.torchref.ca
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ STREAM_BYTES = 256 * 2**20  # per tensor: far beyond any CPU cache
 # CUDA: a 7B-class shape (h 4096, 32 heads, 32 layers, s 2048, GPT-NeoX vocab 50304), b = 1.
 CPU_ELEMENTWISE_SHAPE = (4, 256, 512, 8, 8192, 4)
 CUDA_ELEMENTWISE_SHAPE = (1, 2048, 4096, 32, 50304, 32)
+# The GEMM shape term's sweep: every (M, N, K) of these sizes (27 and 64 GEMMs), from skinny to
+# square, in the GEMM mix's dtype (fp32), on which calibrate fits ``efficiency.gemm_edge_elements``.
+CPU_GEMM_EDGE_SIZES = (32, 128, 512)
+CUDA_GEMM_EDGE_SIZES = (128, 512, 2048, 8192)
 
 
 def _torch() -> Any:
@@ -119,11 +124,16 @@ def measure_gemm_shapes(dtype: str, device: str,
     """FLOP/s of ``A @ B`` with A ``M x K`` and B ``K x N`` (2·M·N·K FLOPs) for each (M, N, K)
     of ``shapes`` (the order of ``costs.compute.gemm_edge`` and of the GEMM tables), keyed the
     same, in order, stopping at the first the device cannot run ({} if it cannot run the
-    dtype): the table ``apps.validate.gemm_tables.fit_gemm_edge`` fits the GEMM shape term
+    dtype): the table ``costs.gemm_shape.fit_gemm_edge`` fits the GEMM shape term
     on."""
     mkn = [(m, k, n) for m, n, k in shapes]  # _timed_matmuls takes (M, K, N)
     with closing(_timed_matmuls(dtype, device, mkn, repeats)) as runs:
         return {(m, n, k): 2.0 * m * n * k / t for (m, k, n), t in runs}
+
+
+def gemm_edge_shapes(sizes: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Every (M, N, K) with M, N and K in ``sizes``."""
+    return tuple(itertools.product(sizes, repeat=3))
 
 
 def measure_bandwidth(device: str = "cpu", n_bytes: int = STREAM_BYTES,
@@ -179,6 +189,20 @@ def gemm_counted_flops(shape: tuple[int, ...]) -> tuple[float, float]:
     m, t = _calibration_model(shape)
     bf = block_flops(m, t)
     return bf.forward + bf.input_grad + bf.weight_grad, sum(head_flops(m, t))
+
+
+def gemm_mix_edge(shape: tuple[int, ...]) -> tuple[float, float]:
+    """(block, head) ``costs.compute.gemm_edge`` of :func:`measure_gemm_mix`'s linear GEMMs,
+    forward + backward (3x the forward's: the three GEMMs of a linear are the same sizes
+    permuted): q, k, v, o (h -> h), MLP up (h -> 4h) and down (4h -> h), and the head (h -> V),
+    each over M = b·s tokens. The attention core's batched GEMMs carry no shape term in the cost
+    model and get none here. Times L, the FLOPs the shape term adds to the mix."""
+    from simtrain.costs.compute import gemm_edge
+
+    b, s, h, _, vocab, _ = shape
+    linears = [(h, h)] * 4 + [(h, 4 * h), (4 * h, h)]
+    block = 3 * sum(gemm_edge(b * s, o, i) for i, o in linears)
+    return block, 3 * gemm_edge(b * s, vocab, h)
 
 
 def _mix_rate(torch: Any, dev: Any, counted: tuple[float, float], block: Any, head: Any,

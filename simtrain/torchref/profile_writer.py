@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simtrain.costs.gemm_shape import GemmEdgeFit
+from simtrain.torchref.microbench import gemm_counted_flops, gemm_mix_edge
 from simtrain.units import GIB, MIB
 
 
@@ -35,6 +37,14 @@ class Calibration:
     gemm_spread: tuple[float, float] = (0.0, 0.0)  # (low, high) over the timed samples
     # (micro_batch, seq_len, hidden, heads, vocab, layers) of the element-wise and GEMM mixes
     elementwise_shape: tuple[int, ...] = ()
+    # the GEMM shape term fitted on the fp32 shape sweep, and the GEMMs it was fitted on; None:
+    # no sweep (L = 0)
+    gemm_edge: tuple[GemmEdgeFit, int] | None = None
+
+    @property
+    def gemm_edge_elements(self) -> float:
+        """L of the profile (0 without a sweep)."""
+        return self.gemm_edge[0].edge_elements if self.gemm_edge else 0.0
 
 
 def profile_text(cal: Calibration) -> str:
@@ -91,7 +101,7 @@ def _source_lines(cal: Calibration) -> list[str]:
 def _device_lines(cal: Calibration) -> list[str]:
     """The profile's device keys: name, memory, peaks, bandwidths, placeholders for the links
     and network a single device does not have, and the AdamW rate."""
-    tf = {dt: cal.matmul_flops_per_s.get(dt, 0.0) / 1e12 for dt in ("tf32", "bf16", "fp16")}
+    tf = {dt: large_gemm_rate(cal, dt) / 1e12 for dt in ("tf32", "bf16", "fp16")}
     tf["fp32"] = fp32_peak(cal) / 1e12
     cpu = cal.device.startswith("cpu")
     bw = cal.memory_bandwidth_bytes_per_s / 1e9
@@ -102,11 +112,12 @@ def _device_lines(cal: Calibration) -> list[str]:
         f'display_name: "{cal.device_name} (calibrated)"',
         f"memory_gib: {cal.memory_bytes / GIB:.6g}          # [sys] "
         + ("physical RAM" if cpu else "torch.cuda.get_device_properties total_memory"),
-        "peak_tflops:                      # [meas] matmul rate at the largest n (0: not run)",
+        "peak_tflops:                      # [meas] matmul rate at the largest n (0: not run)"
+        + (f" x (1 + 3L/n), L = {cal.gemm_edge_elements:g}" if cal.gemm_edge_elements else ""),
         f"  fp32: {tf['fp32']:.6g}          # [meas]"
         + (
             " GEMM mix (above the square product)"
-            if tf["fp32"] * 1e12 > cal.matmul_flops_per_s.get("fp32", 0.0)
+            if tf["fp32"] * 1e12 > large_gemm_rate(cal, "fp32")
             else ""
         ),
         f"  tf32: {tf['tf32']:.6g}          # [meas]" + (" (CPU: no TF32)" if cpu else ""),
@@ -150,8 +161,39 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
     if opt_eff is not None:
         lines.append(f"  optimizer: {opt_eff:.4g}             # [meas] AdamW step x "
                      f"{adam_fp32_bytes_per_param():g} B/param / bandwidth")  # fmt: skip
+    if cal.gemm_edge:
+        fit, n = cal.gemm_edge
+        lines.append(f"  gemm_edge_elements: {fit.edge_elements:g}        # [meas] GEMM shape "
+                     f"term fitted on {n} fp32 GEMMs: MAPE of GEMM time {fit.mape_pct:.2f} %, "
+                     f"one efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
     lines.append("  collective: 1.0                 # [na] no collective measured")
     return lines
+
+
+def large_gemm_rate(cal: Calibration, dtype: str) -> float:
+    """The rate the profile's GEMM shape term implies for an unboundedly large GEMM of
+    ``dtype``: the square product's at the largest n measured x (1 + 3L/n), which the cost model
+    prices back at exactly the measured rate (``costs.gemm_shape.shape_factor``); the measured
+    rate itself without a term (L = 0), 0 where the dtype was not measured."""
+    rates = cal.matmul_by_size.get(dtype)
+    if not rates:
+        return cal.matmul_flops_per_s.get(dtype, 0.0)
+    n = max(rates)
+    return rates[n] * (1 + 3 * cal.gemm_edge_elements / n)
+
+
+def priced_mix_rate(cal: Calibration) -> float:
+    """The GEMM mix's rate in the FLOPs the cost model prices it at: its counted FLOPs plus L
+    x its shape term (``calibrate.gemm_mix_edge``), over its measured time."""
+    if not cal.gemm_flops_per_s or not cal.gemm_edge_elements or not cal.elementwise_shape:
+        return cal.gemm_flops_per_s
+    layers = cal.elementwise_shape[5]
+    (block, head), (e_block, e_head) = (gemm_counted_flops(cal.elementwise_shape),
+                                        gemm_mix_edge(cal.elementwise_shape))  # fmt: skip
+    work = layers * block + head
+    return (
+        cal.gemm_flops_per_s * (work + cal.gemm_edge_elements * (layers * e_block + e_head)) / work
+    )
 
 
 def adam_fp32_bytes_per_param() -> float:
@@ -164,20 +206,21 @@ def adam_fp32_bytes_per_param() -> float:
 
 
 def fp32_peak(cal: Calibration) -> float:
-    """The profile's fp32 peak: the square product at the largest size, or the GEMM mix where a
-    noisy machine measured the mix faster (efficiency.matmul = mix / peak stays <= 1 and
-    peak x efficiency is the measured mix rate either way)."""
-    return max(cal.matmul_flops_per_s.get("fp32", 0.0), cal.gemm_flops_per_s)
+    """The profile's fp32 peak: the square product at the largest size (x (1 + 3L/n) with a
+    shape term: :func:`large_gemm_rate`), or the GEMM mix's priced rate where a noisy machine
+    measured the mix faster (efficiency.matmul = mix / peak stays <= 1 and the cost model
+    reproduces the measured mix either way)."""
+    return max(large_gemm_rate(cal, "fp32"), priced_mix_rate(cal))
 
 
 def efficiencies(cal: Calibration) -> tuple[float, float, float | None]:
     """(efficiency.matmul, efficiency.memory_bound, efficiency.optimizer) of a calibration: the
-    GEMM mix's FLOP/s over the fp32 square-product peak, the element-wise mix's and the AdamW
+    GEMM mix's priced FLOP/s (:func:`priced_mix_rate`) over :func:`fp32_peak`, the element-wise mix's and the AdamW
     step's cost-model bytes per second over the measured bandwidth (each at most 1; 1.0, 1.0
     and None where not measured). matmul is measured in fp32 and applies to every dtype."""
     bw = cal.memory_bandwidth_bytes_per_s
     peak = fp32_peak(cal)
-    mm = cal.gemm_flops_per_s / peak if cal.gemm_flops_per_s and peak else 1.0
+    mm = priced_mix_rate(cal) / peak if cal.gemm_flops_per_s and peak else 1.0
     mem = min(1.0, cal.elementwise_bytes_per_s / bw) if cal.elementwise_bytes_per_s else 1.0
     opt = None
     if cal.adam_params_per_s:
@@ -208,6 +251,11 @@ def calibration_table(cal: Calibration) -> str:
         lo, hi = cal.gemm_spread
         lines.append(f"GEMM mix (cost-model FLOPs): {cal.gemm_flops_per_s / 1e12:,.4f} TFLOP/s"
                      f" (spread {lo / 1e12:,.4f}-{hi / 1e12:,.4f})")  # fmt: skip
+    if cal.gemm_edge:
+        fit, n = cal.gemm_edge
+        lines.append(f"GEMM shape term: L = {fit.edge_elements:g} over {n} fp32 GEMMs (MAPE of "
+                     f"GEMM time {fit.mape_pct:.2f} %; one efficiency for all "
+                     f"{fit.constant_mape_pct:.2f} %)")  # fmt: skip
     if cal.elementwise_bytes_per_s:
         lo, hi = cal.elementwise_spread
         lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"

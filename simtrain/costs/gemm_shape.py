@@ -1,33 +1,23 @@
-"""Measured GEMM tables (measured/gemm_tables.yaml) and the fit of the GEMM shape term.
+"""The GEMM shape term: the factor it prices a GEMM at, and its fit on measured GEMM rates.
 
 A linear layer's (M x K) @ (K x N) GEMM is priced at 2·M·N·K·(1 + L/M + L/N + L/K) FLOPs at the
 large-GEMM rate (``costs.compute.gemm_edge``; L is a profile's ``efficiency.gemm_edge_elements``).
 Its efficiency is then e(M, N, K) = e∞ / (1 + L/M + L/N + L/K). :func:`fit_gemm_edge` picks L
 on a grid and, for each L, the e∞ that minimises the table's MAPE of GEMM time exactly: with
 x_i = e_i·(1 + L/M_i + L/N_i + L/K_i), the error of row i is |x_i/e∞ − 1| = x_i·|1/e∞ − 1/x_i|,
-so 1/e∞ is the median of the 1/x_i weighted by x_i.
+so 1/e∞ is the median of the 1/x_i weighted by x_i. The tables come from published GEMM
+profiles (``apps.gemm_tables``, the shipped profiles' L) or from ``simtrain calibrate``'s own
+shape sweep on the device it runs on (``torchref.calibrate``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from simtrain.costs.compute import gemm_edge
-from simtrain.errors import ConfigError
-from simtrain.spec.yamlfile import load_yaml
 
-GEMM_TABLES_PATH = Path(__file__).resolve().parents[3] / "measured" / "gemm_tables.yaml"
 #: The grid of L (elements) the fit searches; profiles ship the grid's minimum.
 EDGE_GRID = tuple(range(0, 1001, 10))
-
-
-@dataclass(frozen=True, slots=True)
-class GemmTable:
-    id: str
-    source: str
-    profiles: tuple[str, ...]
-    shapes: tuple[tuple[int, int, int, float], ...]  # (M, N, K, efficiency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +26,6 @@ class GemmEdgeFit:
     efficiency: float  # e∞, the large-GEMM efficiency at that L
     mape_pct: float  # the table's MAPE of GEMM time with the term
     constant_mape_pct: float  # ... with one efficiency for every shape (L = 0)
-
-
-def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
-    """The tables of ``path``; every shape has positive M, N, K and an efficiency in (0, 2]
-    (above 1: faster than the table's stated peak, e.g. a boost clock)."""
-    tables = []
-    for t in load_yaml(path):
-        shapes = tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"])
-        for m, n, k, e in shapes:
-            if min(m, n, k) <= 0 or not 0 < e <= 2:
-                raise ConfigError(str(path), f"{t['id']}.shapes", "each [M, N, K, efficiency] "
-                                  "needs M, N, K > 0 and 0 < efficiency <= 2", [m, n, k, e])  # fmt: skip
-        tables.append(GemmTable(t["id"], t["source"], tuple(t["profiles"]), shapes))
-    return tables
 
 
 def shape_factor(edge: float, m: int, n: int, k: int) -> float:

@@ -1,0 +1,37 @@
+"""Measured GEMM tables (measured/gemm_tables.yaml): single-GEMM efficiencies by shape from
+published GEMM profiles (SimuMax, Vidur), on which ``costs.gemm_shape.fit_gemm_edge`` fits the
+shipped profiles' GEMM shape term (``efficiency.gemm_edge_elements``; tests/test_gemm_tables.py
+refits every one). Not training runs: ``simtrain validate`` does not read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from simtrain.errors import ConfigError
+from simtrain.spec.yamlfile import load_yaml
+
+GEMM_TABLES_PATH = Path(__file__).resolve().parents[2] / "measured" / "gemm_tables.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class GemmTable:
+    id: str
+    source: str
+    profiles: tuple[str, ...]
+    shapes: tuple[tuple[int, int, int, float], ...]  # (M, N, K, efficiency)
+
+
+def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
+    """The tables of ``path``; every shape has positive M, N, K and an efficiency in (0, 2]
+    (above 1: faster than the table's stated peak, e.g. a boost clock)."""
+    tables = []
+    for t in load_yaml(path):
+        shapes = tuple((int(m), int(n), int(k), float(e)) for m, n, k, e in t["shapes"])
+        for m, n, k, e in shapes:
+            if min(m, n, k) <= 0 or not 0 < e <= 2:
+                raise ConfigError(str(path), f"{t['id']}.shapes", "each [M, N, K, efficiency] "
+                                  "needs M, N, K > 0 and 0 < efficiency <= 2", [m, n, k, e])  # fmt: skip
+        tables.append(GemmTable(t["id"], t["source"], tuple(t["profiles"]), shapes))
+    return tables
