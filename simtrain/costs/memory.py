@@ -132,6 +132,11 @@ class StageMemory:
     # ``memory_bytes``' gradients; "gpu0" / "replica" under DataParallel, "" otherwise.
     reduce_gradient_bytes: int = 0
     role: str = ""
+    # A reserved or device-level memory figure (runtime ``memory_reported``): the activation
+    # blocks PyTorch's caching allocator keeps cached while the step's flat buffers take new
+    # segments beside them (:func:`allocator_cached_bytes`), within ``peak_memory_bytes`` and
+    # its ``buffers``; 0 for an allocated figure.
+    allocator_cached_bytes: int = 0
 
     @property
     def fits(self) -> bool:
@@ -320,7 +325,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
     opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
                                      fused=sc.runtime.fused_optimizer,
-                                     fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4)  # fmt: skip
+                                     fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
+                                     flat_grad_copy=flat_step_buffers(sc, step))  # fmt: skip
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
@@ -572,11 +578,18 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
-    paged = 0
+    paged = cached = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
+    elif sc.runtime.memory_reported != "allocated" and flat_step_buffers(sc, step):
+        at_walk = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)[0]
+        walk_b = sum(at_walk.values()) - freed_b
+        flat = opt_ws + transient_b + reduce_bucket_bytes(sc, step, ms.trainable)
+        cached = allocator_cached_bytes(walk_b, flat, peak, hw.memory_bytes)
+        peak += cached
+        at_peak = dict(at_peak, buffers=at_peak["buffers"] + cached)
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -619,7 +632,46 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         peak_memory_bytes_unpaged=unpaged if pageable else 0,
         reduce_gradient_bytes=reduce_b,
         role=role,
+        allocator_cached_bytes=cached,
     )
+
+
+def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:
+    """Whether the optimizer step runs on flat gradient buffers (runtime
+    ``zero_flat_step_buffers``): DeepSpeed's ZeRO-1/2 optimizer, which steps 16-bit gradients
+    through fp32 master weights (not its BF16 optimizer, the fp32-accumulating precisions, nor
+    an offloaded step)."""
+    p, prec = sc.parallelism, step.precision
+    return (sc.runtime.zero_flat_step_buffers and 1 <= p.zero_stage <= 2 and bool(prec.master)
+            and not prec.grad_accum and not sc.training.offload.optimizer)  # fmt: skip
+
+
+def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The flat copy of one gradient bucket a ZeRO-1/2 reduction makes after the last
+    backward (runtime ``reduce_bucket_elements``: DeepSpeed ``allreduce_bucket``, ``tensor =
+    self.flatten(bucket)``): min(bucket, the rank's trainable parameters) in the gradients'
+    dtype; 0 without flat step buffers."""
+    if not flat_step_buffers(sc, step):
+        return 0
+    return min(sc.runtime.reduce_bucket_elements, trainable) * step.precision.grad
+
+
+def allocator_cached_bytes(walk_bytes: int, flat_bytes: int, peak: int, capacity: int) -> int:
+    """What a reserved (or device-level) memory figure adds to the allocated peak when the
+    step runs on flat buffers (:func:`flat_step_buffers`).
+
+    PyTorch's caching allocator keeps every freed block cached (reserved) and serves a request
+    from a cached block only if one is at least as large; otherwise it cudaMallocs a new
+    segment, and it releases cached blocks only when that fails (c10/cuda/
+    CUDACachingAllocator.cpp ``malloc``: ``get_free_block``, then ``alloc_block``, then
+    ``release_available_cached_blocks`` / ``release_cached_blocks`` and a retry). After the
+    last backward the activations are freed into cached blocks of one micro-batch's tensor
+    sizes; the reduction's bucket copy and the step's flat partitions are each larger, so they
+    take new segments beside them: reserved = the activation walk's moment (``walk_bytes``)
+    + ``flat_bytes``, at most the GPU's ``capacity`` (there the allocator frees its cache and
+    retries, so an allocated peak that fits still fits). The figure minus ``peak``, never
+    negative."""
+    return max(0, min(capacity, walk_bytes + flat_bytes) - peak)
 
 
 def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
