@@ -12,8 +12,8 @@ against closed forms written out here:
   and its peak equals the memory model's (the third moment of ``costs.memory``);
 * without an fp32 buffer (plain bf16) nothing changes.
 
-Not modelled: the host time of the adds (one ``add_`` per parameter tensor, dispatched from
-Python), which a host-bound step would pay.
+* host: one dispatched ``add_`` per trainable tensor after each backward (a host-bound step
+  pays them).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ MODEL = {"layers": 4, "hidden": 1024, "heads": 16, "ffn_hidden": 4096, "vocab": 
 
 
 def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: int = 1,
-              **par):  # fmt: skip
+              host_us: float = 0, fused: bool = True, **par):  # fmt: skip
     return parse_scenario(
         {
             "name": "acc",
@@ -53,7 +53,9 @@ def _scenario(freed: bool, precision: str = "bf16_fp32_grads", m: int = 4, pp: i
             "runtime": {
                 "name": "nanotron",
                 "grads_freed_per_microbatch": freed,
-                "host_us_per_op": 0,
+                "host_us_per_op": host_us,
+                "fused_qkv": fused,
+                "fused_gate_up": fused,
             },
         },  # fmt: skip
         "acc.yaml",
@@ -134,3 +136,20 @@ def test_the_add_follows_the_backward_tp_collectives():
         tp = [s for s in spans if s.kind == "TP" and s.microbatch == acc.microbatch
               and s.end_ns <= acc.start_ns]  # fmt: skip
         assert tp, acc.name
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_the_host_dispatches_one_add_per_trainable_tensor(m):
+    """Host-bound (1 ms per dispatched op): each backward's host time grows by one add per
+    trainable tensor, nanotron's Python loop of ``fp32_grad.add_`` (gradient_accumulator.py
+    l.214-226). This block has 6 (qkv_proj and gate_up_proj fused, o, down, two norms): 4 x 6,
+    + the embedding (tied: the head's weight too), + the final norm = 26; the step grows by
+    m x 26 ms."""
+    from simtrain.costs.host import trainable_tensor_count
+
+    on, off = _scenario(True, m=m, host_us=1000.0), _scenario(False, m=m, host_us=1000.0)
+    assert trainable_tensor_count(on, 4, True, True) == 26
+    unfused = _scenario(True, m=m, host_us=1000.0, fused=False)
+    assert trainable_tensor_count(unfused, 4, True, True) == 4 * 9 + 2
+    grow = simulate_scenario(on).metrics.step_time_s - simulate_scenario(off).metrics.step_time_s
+    assert grow == pytest.approx(m * 26e-3, rel=1e-3)

@@ -196,11 +196,18 @@ def test_deepspeed_zero3() -> None:
     # reduce_bucket_size 5e7 bf16 elements = 1e8 bytes = 100 MB; DeepSpeed's max live default 1e9
     assert (p.dp, p.zero_stage, p.bucket_mb, p.zero3_max_live_params) == (8, 3, 100.0, 10**9)
     assert sc.runtime.name == "deepspeed" and sc.runtime.overlap_grad_reduce
+    assert sc.runtime.fused_optimizer == (not _ds_torch_adam(DEEPSPEED))
     assert imp.unsupported == ()
     with pytest.raises(ConfigError, match="--model: a DeepSpeed config names no model"):
         import_config("deepspeed", DEEPSPEED, None, 8)
     with pytest.raises(ConfigError, match="--gpus: the file gives no GPU count"):
         import_config("deepspeed", DEEPSPEED, "llama3-8b")
+
+
+def _ds_torch_adam(path: Path) -> bool:
+    """Whether a DeepSpeed config leaves the optimizer to torch (no section, or torch_adam)."""
+    opt = json.loads(Path(path).read_text()).get("optimizer")
+    return not opt or bool((opt.get("params") or {}).get("torch_adam"))
 
 
 def test_deepspeed_batch_arithmetic(tmp_path: Path) -> None:
@@ -214,6 +221,8 @@ def test_deepspeed_batch_arithmetic(tmp_path: Path) -> None:
     assert (sc.parallelism.dp, sc.num_microbatches, sc.parallelism.zero_stage) == (32, 4, 1)
     assert sc.parallelism.bucket_mb == 1000.0  # 5e8 fp16 elements (the default) = 1 GB
     assert not sc.runtime.overlap_grad_reduce  # overlap_comm's default below stage 3
+    # no optimizer section: the script's torch optimizer, not DeepSpeed's FusedAdam
+    assert not sc.runtime.fused_optimizer and sc.runtime.zero_flat_step_buffers
     with pytest.raises(ConfigError, match="train_batch_size: 256 = 2 x 4 x 32 .* --gpus 16"):
         import_config("deepspeed", f, "gpt2", 16)
     f.write_text(json.dumps({"train_batch_size": 100, "train_micro_batch_size_per_gpu": 3,

@@ -58,3 +58,35 @@ def action_host_ns(sc: Scenario, layers: int, recompute: bool) -> tuple[int, int
     ops = layer_ops(sc.model)
     bwd = ops.backward + (ops.recompute_full if recompute else 0)
     return round(1e9 * per_op * layers * ops.forward), round(1e9 * per_op * layers * bwd)
+
+
+def trainable_tensor_count(sc: Scenario, layers: int, embedding: bool, head: bool) -> int:
+    """Trainable parameter tensors of ``layers`` blocks (plus the embedding's and the head's):
+    one per weight, a fused Q/K/V or gate/up projection one tensor (runtime ``fused_qkv`` /
+    ``fused_gate_up``: nanotron's qkv_proj and gate_up_proj)."""
+    from simtrain.costs.params import (
+        embedding_param_tensors,
+        head_param_tensors,
+        layer_param_tensors,
+    )
+
+    m, t, p, rt = sc.model, sc.training, sc.parallelism, sc.runtime
+    names = [x.name for x in layer_param_tensors(m, t, p.tp) if x.trainable]
+    fused = sum(1 for n in ("q.weight", "k.weight", "v.weight") if n in names) - 1
+    per_layer = len(names) - (max(0, fused) if rt.fused_qkv else 0)
+    if rt.fused_gate_up and "gate.weight" in names and "up.weight" in names:
+        per_layer -= 1
+    n = layers * per_layer
+    if embedding:
+        n += sum(1 for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
+    if head:
+        n += sum(1 for x in head_param_tensors(m, t, p.tp, p.pp) if x.trainable)
+    return n
+
+
+def accumulation_host_ns(sc: Scenario, tensors: int) -> int:
+    """Host time of adding each trainable tensor's 16-bit gradient into its fp32 buffer after a
+    backward (nanotron FP32GradientAccumulator.backward, optim/gradient_accumulator.py
+    l.206-226 at 2411b022: a Python loop over the parameters, one ``fp32_grad.add_`` each):
+    ``tensors`` dispatched ops; 0 when the runtime does not model host time."""
+    return round(1e9 * sc.runtime.host_s_per_op * tensors)

@@ -132,10 +132,12 @@ class StageMemory:
     # ``memory_bytes``' gradients; "gpu0" / "replica" under DataParallel, "" otherwise.
     reduce_gradient_bytes: int = 0
     role: str = ""
-    # A reserved or device-level memory figure (runtime ``memory_reported``): the activation
-    # blocks PyTorch's caching allocator keeps cached while the step's flat buffers take new
-    # segments beside them (:func:`allocator_cached_bytes`), within ``peak_memory_bytes`` and
-    # its ``buffers``; 0 for an allocated figure.
+    # A reserved or device-level memory figure (runtime ``memory_reported``) with flat step
+    # buffers (:func:`flat_step_buffers`): what the caching allocator holds at the optimizer
+    # step beside its allocations -- the activation blocks the backward freed and the bucket's
+    # block -- when that moment (reserved = the walk's moment + the flat buffers' new segments,
+    # :func:`flat_buffer_segment_bytes`, at most the GPU's memory) is the peak; within
+    # ``peak_memory_bytes`` and the ``buffers`` category; 0 for an allocated figure.
     allocator_cached_bytes: int = 0
 
     @property
@@ -584,12 +586,23 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
     elif sc.runtime.memory_reported != "allocated" and flat_step_buffers(sc, step):
-        at_walk = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)[0]
-        walk_b = sum(at_walk.values()) - freed_b
-        flat = opt_ws + transient_b + reduce_bucket_bytes(sc, step, ms.trainable)
-        cached = allocator_cached_bytes(walk_b, flat, peak, hw.memory_bytes)
-        peak += cached
-        at_peak = dict(at_peak, buffers=at_peak["buffers"] + cached)
+        # a reserved / device-level figure: the step's flat buffers beside the cached walk
+        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
+        shard = ceil(ms.trainable / p.dp_cp)
+        segments = flat_buffer_segment_bytes(
+            largest_activation_block_bytes(sc, step, any(c.head for c in mine)),
+            reduce_bucket_bytes(sc, step, ms.trainable),
+            (step.precision.grad * shard, step.precision.master * shard),
+        )
+        reported = min(hw.memory_bytes, sum(at_walk.values()) + segments)
+        cached = max(0, reported - sum(at_opt.values()))
+        if sum(at_opt.values()) + cached > peak:
+            at_peak = dict(at_opt, buffers=at_opt["buffers"] + cached)
+            peak = sum(at_peak.values())
+            cats["buffers"] += cached
+            buffers += cached
+        else:
+            cached = 0
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -647,31 +660,66 @@ def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:
 
 
 def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
-    """The flat copy of one gradient bucket a ZeRO-1/2 reduction makes after the last
-    backward (runtime ``reduce_bucket_elements``: DeepSpeed ``allreduce_bucket``, ``tensor =
-    self.flatten(bucket)``): min(bucket, the rank's trainable parameters) in the gradients'
-    dtype; 0 without flat step buffers."""
-    if not flat_step_buffers(sc, step):
+    """The flat copy of one gradient bucket ZeRO-1's reduction makes after the last backward
+    (DeepSpeed ``allreduce_bucket``, ``tensor = self.flatten(bucket)``): one bucket of the
+    layout's ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size), at most the rank's
+    trainable gradients in the reduction's dtype; 0 without flat step buffers, and under
+    ZeRO-2, whose contiguous gradients are reduced from its ``ipg_buffer`` in place (not
+    modelled)."""
+    if not flat_step_buffers(sc, step) or sc.parallelism.zero_stage != 1:
         return 0
-    return min(sc.runtime.reduce_bucket_elements, trainable) * step.precision.grad
+    return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
 
 
-def allocator_cached_bytes(walk_bytes: int, flat_bytes: int, peak: int, capacity: int) -> int:
-    """What a reserved (or device-level) memory figure adds to the allocated peak when the
-    step runs on flat buffers (:func:`flat_step_buffers`).
+def largest_activation_block_bytes(sc: Scenario, step: ResolvedStep, head: bool) -> int:
+    """The largest single activation tensor of one micro-batch on a GPU, the largest block the
+    caching allocator has cached once the backward freed them: the MLP's inner activation
+    b·s·ffn/tp, the attention scores b·(heads/tp)·s² without flash attention, and on the head's
+    stage the fp32 logits of the loss, b·s·V/tp x 4 B (s per GPU: / cp)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    prec = step.precision
+    b, s = t.micro_batch, step.seq_len_effective // p.cp
+    out = b * s * (m.ffn_hidden // p.tp) * prec.act_mm
+    if not m.flash_attention:
+        out = max(out, b * (m.heads // p.tp) * s * s * prec.act_softmax)
+    if head:
+        out = max(out, b * s * (m.vocab // p.tp) * 4)
+    return out
 
-    PyTorch's caching allocator keeps every freed block cached (reserved) and serves a request
-    from a cached block only if one is at least as large; otherwise it cudaMallocs a new
-    segment, and it releases cached blocks only when that fails (c10/cuda/
-    CUDACachingAllocator.cpp ``malloc``: ``get_free_block``, then ``alloc_block``, then
-    ``release_available_cached_blocks`` / ``release_cached_blocks`` and a retry). After the
-    last backward the activations are freed into cached blocks of one micro-batch's tensor
-    sizes; the reduction's bucket copy and the step's flat partitions are each larger, so they
-    take new segments beside them: reserved = the activation walk's moment (``walk_bytes``)
-    + ``flat_bytes``, at most the GPU's ``capacity`` (there the allocator frees its cache and
-    retries, so an allocated peak that fits still fits). The figure minus ``peak``, never
-    negative."""
-    return max(0, min(capacity, walk_bytes + flat_bytes) - peak)
+
+def flat_buffer_segment_bytes(cached_block: int, bucket: int, flats: tuple[int, ...]) -> int:
+    """New segments PyTorch's caching allocator cudaMallocs for the flat buffers after the last
+    backward (:func:`flat_step_buffers`): the bucket copy (freed after its reduction), then the
+    step's ``flats``, kept. The allocator serves a request from the smallest cached free block at
+    least as large, splitting off the rest, else cudaMallocs a segment of its size, and frees
+    cached blocks only when that fails (c10/cuda/CUDACachingAllocator.cpp ``malloc``:
+    ``get_free_block`` best fit, ``alloc_block``, ``release_cached_blocks`` and retry); a freed
+    block rejoins its split rest. The cache holds the activations' blocks, of which only the
+    largest (``cached_block``) could matter: the others are smaller."""
+    free = [cached_block] if cached_block > 0 else []
+    new = 0
+
+    def take(size: int) -> int:
+        nonlocal new
+        fits = [blk for blk in free if blk >= size]
+        if not fits:
+            new += size
+            return size
+        blk = min(fits)
+        free.remove(blk)
+        if blk > size:
+            free.append(blk - size)
+        return blk
+
+    if bucket > 0:
+        blk = take(bucket)
+        if blk > bucket:
+            free.remove(blk - bucket)
+        free.append(blk)
+    for size in flats:
+        if size > 0:
+            take(size)
+    return new
 
 
 def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:

@@ -16,7 +16,7 @@ from simtrain.costs.compute import (
     optimizer_step_ns,
 )
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
-from simtrain.costs.host import action_host_ns
+from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
 from simtrain.costs.memory import MemoryReport, wire_grad_bytes
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
@@ -118,7 +118,9 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     backward is followed by that add, which reads the 16-bit gradient and reads and writes the
     fp32 one (grad + 2·grad_accum bytes per trainable parameter, at the memory-bound rate), and
     holds the rank's 16-bit gradients meanwhile (``costs.memory``'s third moment; only a rank
-    with one chunk frees them, ``StageMemory.freed_gradient_bytes``)."""
+    with one chunk frees them, ``StageMemory.freed_gradient_bytes``). The host dispatches one
+    add per trainable tensor after the backward's kernels (``costs.host.accumulation_host_ns``,
+    on the backward's host op)."""
     prec = step.precision
     out = dict(chunks)
     for stage, ch in chunks.items():
@@ -126,8 +128,13 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         if not sm.freed_gradient_bytes:
             continue
         moved = sm.trainable * (prec.grad + 2 * prec.grad_accum)
+        blocks = step.chunks[stage]
+        host = accumulation_host_ns(
+            sc, trainable_tensor_count(sc, blocks.layers, blocks.embedding, blocks.head)
+        )
         out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes,
-                             accum_ns=round(memory_bound_ns(moved, sc.hardware)))  # fmt: skip
+                             accum_ns=round(memory_bound_ns(moved, sc.hardware)),
+                             host_backward_ns=ch.host_backward_ns + host)  # fmt: skip
     return out
 
 
@@ -392,7 +399,8 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
         cats = {k: v for k, v in sm.memory_bytes if k != "activations"}
         cats["gradients"] -= (sm.transient_gradient_bytes + sm.reduce_gradient_bytes
                               + sm.freed_gradient_bytes)  # fmt: skip
-        cats["buffers"] -= sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+        cats["buffers"] -= (sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
+                            + sm.allocator_cached_bytes)  # fmt: skip
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
         cats["optimizer_states"] -= sm.paged_bytes
@@ -403,14 +411,15 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
 def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[tuple, tuple]]:
     """Rank -> (alloc, free) of its optimizer step: the step holds its working memory while it
     runs; with transient gradients the 16-bit gradients are allocated there too (after
-    backward has freed the activations)."""
+    backward has freed the activations). A reserved figure's allocator cache
+    (``StageMemory.allocator_cached_bytes``) is taken there too and kept."""
     out = {}
     for sm in mem.stages:
         alloc = []
         if sm.transient_gradient_bytes:
             alloc.append(("gradients", sm.transient_gradient_bytes))
         ws = sm.optimizer_working_bytes
-        if ws:
-            alloc.append(("buffers", ws))
+        if ws or sm.allocator_cached_bytes:
+            alloc.append(("buffers", ws + sm.allocator_cached_bytes))
         out[sm.stage] = (tuple(alloc), (("buffers", ws),) if ws else ())
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from simtrain.costs import op_sac
 from simtrain.costs.cp import cp_ring_buffer_bytes, ring_message_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
-from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory
+from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory, flat_step_buffers
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -164,11 +164,25 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     prec = PRECISIONS[t.precision]
     lines = []
     if b.optimizer_working_bytes:
-        what = "2 temporaries of the largest tensor" if t.optimizer in ("adam", "adamw") else ""
+        flat = flat_step_buffers(sc, resolve(sc))
+        fused = sc.runtime.fused_optimizer or t.optimizer not in ("adam", "adamw")
+        what = "" if fused else "2 temporaries of the largest tensor"
         if prec.master and not prec.grad_accum:
-            what = "fp32 master gradients, 4 B x trainable" + (" + " + what if what else "")
+            grads = ("a flat 16-bit copy of the gradient partition and its fp32 cast, "
+                     f"{prec.grad} + {prec.master} B" if flat else f"fp32 master gradients, "
+                     f"{prec.master} B")  # fmt: skip
+            what = (
+                f"{grads} x trainable"
+                + (" / dp" if p.zero_stage else "")
+                + (" + " + what if what else "")
+            )
         lines.append(f"  optimizer step working memory = {_gb(b.optimizer_working_bytes)} "
                      f"({what}; activations are gone by then)")  # fmt: skip
+    if sm.allocator_cached_bytes:
+        lines.append(f"  allocator cache at the optimizer step (a {sc.runtime.memory_reported} "
+                     f"figure) = {_gb(sm.allocator_cached_bytes)} of buffers: the activation "
+                     "blocks the backward freed stay reserved while the flat reduction and step "
+                     "buffers take new segments")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip

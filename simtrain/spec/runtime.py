@@ -217,12 +217,9 @@ class RuntimeProfile:
     # the partition; stage_1_and_2.py step). Flat buffers are larger than any activation
     # block, so in a reserved or device-level memory figure (``memory_reported``) PyTorch's
     # caching allocator cannot serve them from the activations it cached: they add to them
-    # (costs.memory.allocator_cached_bytes).
+    # (costs.memory.flat_buffer_segment_bytes). ZeRO-1's reduction after the last backward
+    # flattens each gradient bucket (parallelism.bucket_mb) into a new copy as well.
     zero_flat_step_buffers: bool = False
-    # Elements of the gradient bucket a ZeRO-1/2 reduction flattens into one contiguous copy
-    # after the last backward (DeepSpeed reduce_bucket_size, default 5e8); 0: no such copy.
-    # A flat buffer too: counted where the step's are (``zero_flat_step_buffers``).
-    reduce_bucket_elements: int = 0
     source_file: str = ""
 
     @property
@@ -252,8 +249,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
         "p2p_polled_messages_forward": (0, 63), "p2p_polled_messages_backward": (0, 63),
-        "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8),
-        "reduce_bucket_elements": (0, 10**12)}  # fmt: skip
+        "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
 #: p2p_poll_interval_s: a sleep between looks, 0 or 1 ms to 10 s (finer is a busy wait, which
 #: p2p: blocking without polling already is).
 MIN_POLL_INTERVAL_S = 1e-3

@@ -286,6 +286,14 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
            "give --set training.seq_len=N")  # fmt: skip
     training["optimizer"] = _optimizer(cfg, r)
     seen.add("optimizer")
+    opt = _section(cfg, "optimizer", r.file)
+    params = (opt or {}).get("params") or {}
+    if not opt or (isinstance(params, dict) and params.get("torch_adam")):
+        # the client's (or torch's) optimizer, not DeepSpeed's FusedAdam (engine.py
+        # _configure_basic_optimizer): torch's Adam step keeps its per-tensor temporaries
+        runtime["fused_optimizer"] = False
+        r.assume("the optimizer is torch's, not DeepSpeed's FusedAdam: runtime fused_optimizer "
+                 "false")  # fmt: skip
     _recompute(cfg, r, training)
     seen.add("activation_checkpointing")
     for k in cfg:

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from simtrain.apps.importers.common import ONE_BUCKET_MB
+from simtrain.apps.importers.common import ONE_BUCKET_MB, grad_bucket_mb
+from simtrain.apps.importers.deepspeed import REDUCE_BUCKET_ELEMENTS
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS
 from simtrain.apps.validate.conventions import (
     FLOP_CONVENTIONS,
@@ -372,7 +373,23 @@ def _scenario_data(
     layers = _int(model.get("layers")) or _int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
+    _deepspeed_buckets(data, notes)
     return data, capacity_known, None
+
+
+def _deepspeed_buckets(data: dict[str, Any], notes: list[str]) -> None:
+    """DeepSpeed's ZeRO-1/2 optimizer reduces the 16-bit gradients in buckets of
+    reduce_bucket_size elements (default 5e8: zero/constants.py l.68 at 2151c787a, the DeepSpeed
+    importer's assumption too), one flat copy each (costs.memory.reduce_bucket_bytes), where no
+    record states the size; its BF16 optimizer (fp32-accumulating precision) reduces its fp32
+    buffer at once."""
+    par, prec = data["parallelism"], PRECISIONS.get(str(data["training"].get("precision")))
+    if (data["runtime"]["name"] != "deepspeed" or par.get("zero_stage", 0) not in (1, 2)
+            or prec is None or prec.grad_accum or not prec.master):  # fmt: skip
+        return
+    par["bucket_mb"] = grad_bucket_mb(REDUCE_BUCKET_ELEMENTS, prec.grad)
+    notes.append(f"ZeRO-{par['zero_stage']} gradient buckets: DeepSpeed's reduce_bucket_size "
+                 f"default, 5e8 elements x {prec.grad} B = {par['bucket_mb']:g} MB")  # fmt: skip
 
 
 def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
