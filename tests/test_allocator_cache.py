@@ -169,3 +169,45 @@ def test_a_cached_peak_keeps_every_output_invariant(reported):
     sc = _scenario(reported)
     assert estimate_memory(sc).stages[0].allocator_cached_bytes > 0
     check_outputs(sc, rerun=False)
+
+
+def _drawn_under_deepspeed(data, reported: str):
+    import copy
+
+    doc = copy.deepcopy(data)
+    doc["runtime"] = {"name": "deepspeed", "memory_reported": reported}
+    return parse_scenario(doc, "hyp.yaml")
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from test_invariants import scenario_data
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+else:
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scenario_data(), st.sampled_from(["reserved", "nvidia_smi"]))
+    def test_generated_layouts_under_deepspeed_keep_every_output_invariant(data, reported):
+        """Drawn layouts (tests/test_invariants.scenario_data: every schedule, ZeRO stage,
+        precision, PEFT, offload) run by DeepSpeed with a reserved or device-level figure: every
+        output invariant holds, the timeline's peak included; the figure is never below the
+        allocated one and the fit verdict is the allocated one's."""
+        from test_invariants import check_outputs
+
+        from simtrain.layout.step import resolve as _resolve
+
+        sc = _drawn_under_deepspeed(data, reported)
+        try:
+            _resolve(sc)
+        except ConfigError:
+            return  # an empty stage: tests/test_invariants covers the error
+        alloc = _drawn_under_deepspeed(data, "allocated")
+        mem, mem_a = estimate_memory(sc), estimate_memory(alloc)
+        for st_r, st_a in zip(mem.stages, mem_a.stages, strict=True):
+            nccl = st_r.breakdown.nccl_bytes if st_r.breakdown else 0
+            assert st_r.peak_memory_bytes - nccl >= st_a.peak_memory_bytes
+        if reported == "reserved":  # (NCCL's buffers, device-level only, are real memory)
+            assert mem.fits == mem_a.fits
+        check_outputs(sc, rerun=False)
