@@ -59,8 +59,13 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
       "recompute": "full"}),
 ]  # fmt: skip
 
-LLAMA = {"mlp": "swiglu", "positions": "rotary", "bias": False, "norm": "rmsnorm",
-         "flash_attention": True}
+LLAMA = {
+    "mlp": "swiglu",
+    "positions": "rotary",
+    "bias": False,
+    "norm": "rmsnorm",
+    "flash_attention": True,
+}
 # Held out (measured 2026-12-04, after pytorch_eager's host_us_per_op and the H200 profile were
 # set on CASES): shapes and kernel mixes CASES do not have -- grouped-query attention with a
 # 152k vocabulary and small GEMMs, a 3B Llama at s 4096, an 8k sequence, a host-bound tiny
@@ -100,8 +105,14 @@ def scenario(name: str, model: dict, training: dict, hardware: str) -> Any:
     return parse_scenario(data, name, ROOT)
 
 
-def measure(out: Path, steps: int, device: str, only: str | None, case_set: str = "all",
-            calibrate: bool = True) -> None:
+def measure(
+    out: Path,
+    steps: int,
+    device: str,
+    only: str | None,
+    case_set: str = "all",
+    calibrate: bool = True,
+) -> None:
     import torch
 
     from simtrain.torchref.calibrate import calibrate_command
@@ -188,10 +199,12 @@ def compare(out: Path) -> None:
         )
 
 
-def records(out: Path) -> str:
-    """The measurements as records of measured/README.md's schema (PEFT cases are left out: the
-    record schema has no PEFT keys)."""
-    from dataclasses import asdict
+def records(out: Path, case_set: str = "all") -> str:
+    """The measurements of ``case_set`` as records of measured/README.md's schema (PEFT cases
+    are left out: the record schema has no PEFT keys). Held-out cases get the source key
+    ``simtrain_h200_heldout`` (a family of its own: no constant was fitted on them) and the
+    timed steps' allocated and reserved peaks in their notes."""
+    from dataclasses import MISSING, asdict, fields
 
     import yaml
 
@@ -201,8 +214,18 @@ def records(out: Path) -> str:
     for r in rows:
         if r.get("oom") or r.get("error") or "peft" in r["training"]:
             continue
+        held = r.get("set") == "heldout"
+        if case_set != "all" and case_set != ("heldout" if held else "fitted"):
+            continue
         sc = scenario(r["case"], r["model"], r["training"], "h200_141gb")
-        m = {k: v for k, v in asdict(sc.model).items() if k not in ("name", "qkv_layout")}
+        # the shape's own keys: the required ones and those off their defaults (an MoE key,
+        # even 0, makes a record an MoE one the translator does not take)
+        defaults = {f.name: f.default for f in fields(sc.model) if f.default is not MISSING}
+        m = {
+            k: v
+            for k, v in asdict(sc.model).items()
+            if k not in ("name", "qkv_layout") and (k not in defaults or v != defaults[k])
+        }
         m["seq_len"] = sc.training.seq_len
         t = sc.training
         recs.append({
@@ -211,7 +234,7 @@ def records(out: Path) -> str:
             "source": "simtrain's own measurement: benchmarks/measure_cuda.py (simtrain.torchref.measure "
                       f"reference model) on {r['gpu']}, torch {r['torch_version']}, CUDA "
                       f"{r['cuda']}; {' '.join(gpu_txt[:1])}",
-            "source_key": "simtrain_h200",
+            "source_key": "simtrain_h200_heldout" if held else "simtrain_h200",
             "model": m,
             "training": {"global_batch": t.global_batch, "micro_batch": t.micro_batch,
                          "precision": t.precision, "recompute": t.recompute,
@@ -224,7 +247,11 @@ def records(out: Path) -> str:
                      "context); step time = median of the timed steps "
                      f"{[round(x, 4) for x in r['step_times_s']]} s after 2 warm-up steps; "
                      "PyTorch eager, unfused reference model (simtrain.torchref.measure), single-tensor "
-                     "AdamW (foreach=False), random tokens",
+                     "AdamW (foreach=False), random tokens"
+                     + (f"; held out (measure_cuda.HELDOUT_CASES, predictions registered in "
+                        f"commit aaa8519 before measuring); timed steps: max_memory_allocated "
+                        f"{r['timed_peak_allocated_bytes'] / 2**30:.3f} GiB, max_memory_reserved "
+                        f"{r['timed_peak_reserved_bytes'] / 2**30:.3f} GiB" if held else ""),
         })  # fmt: skip
     head = ("# simtrain's own measured runs on an NVIDIA H200 (benchmarks/measure_cuda.py); "
             "regenerate:\n# python benchmarks/measure_cuda.py --records OUT > "
@@ -238,19 +265,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per case")
     ap.add_argument("--device", default="cuda", help="cuda (or cpu for a smoke test)")
     ap.add_argument("--only", help="measure one case, without calibrating")
-    ap.add_argument("--set", dest="case_set", choices=sorted(CASE_SETS), default="all",
-                    help="which cases: fitted (CASES), heldout (HELDOUT_CASES) or all")
+    ap.add_argument(
+        "--set",
+        dest="case_set",
+        choices=sorted(CASE_SETS),
+        default="all",
+        help="which cases: fitted (CASES), heldout (HELDOUT_CASES) or all",
+    )
     ap.add_argument("--no-calibrate", action="store_true", help="skip simtrain calibrate")
     ap.add_argument("--compare", type=Path, help="compare a finished OUT folder, no GPU needed")
     ap.add_argument("--records", type=Path, help="print a finished OUT folder as measured records")
     args = ap.parse_args()
     if args.records:
-        print(records(args.records), end="")
+        print(records(args.records, args.case_set), end="")
     elif args.compare:
         compare(args.compare)
     else:
-        measure(args.out, args.steps, args.device, args.only, args.case_set,
-                not args.no_calibrate)
+        measure(args.out, args.steps, args.device, args.only, args.case_set, not args.no_calibrate)
 
 
 if __name__ == "__main__":

@@ -754,6 +754,8 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("p2p_messages_forward", (1, 6, 64)), ("grad_reduce_dtype", ("grad", "fp32")),
         ("overlap_grad_reduce", (True, False)), ("zero_grad_reduction", ("all_reduce",)),
         ("zero3_per_gpu_nic", (True, False)),
+        ("memory_reported", ("allocated", "reserved", "nvidia_smi")),
+        ("zero_flat_step_buffers", (True, False)), ("fused_optimizer", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.3):
             out[key] = choose(draw, *values)

@@ -479,6 +479,8 @@ RUNTIMES: dict[str, str] = {
     "qlora": "pytorch_eager",  # HF PEFT + bitsandbytes
     "torchao": "pytorch_eager",  # eager PyTorch loop with torchao / DeepSpeed offload
     "simtrain_h200": "pytorch_eager",  # benchmarks/measure_cuda.py (eager PyTorch)
+    # the same harness's held-out cases (measure_cuda.HELDOUT_CASES): not fitted on
+    "simtrain_h200_heldout": "pytorch_eager",
     "opt": "pytorch_eager",  # metaseq (FairScale FSDP + Megatron TP): no profile of its own
     "llama": "pytorch_eager",  # LLaMA 1: Meta's xformers-based code, not public: no profile
     "palm": "pytorch_eager",  # JAX / Pathways on TPU: no GPU runtime profile
