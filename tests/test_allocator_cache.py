@@ -21,9 +21,9 @@ import pytest
 
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs.memory import (
+    cached_activation_blocks,
     estimate_memory,
     flat_buffer_segment_bytes,
-    largest_activation_block_bytes,
     reduce_bucket_bytes,
 )
 from simtrain.errors import ConfigError
@@ -63,12 +63,14 @@ def test_step_working_memory_is_the_flat_partition_and_its_fp32_copy():
 
 def test_segments_by_hand():
     """Best fit with splitting, by hand (sizes in any unit)."""
-    assert flat_buffer_segment_bytes(0, 10, (5, 20)) == 10 + 20  # the bucket's block takes 5
-    assert flat_buffer_segment_bytes(0, 10, (15, 40)) == 10 + 15 + 40  # none fits
-    assert flat_buffer_segment_bytes(25, 10, (5, 20)) == 0  # 25 -> 10 | 15, back to 25 -> 5 | 20
-    assert flat_buffer_segment_bytes(25, 10, (20, 20)) == 20  # 25 -> 20 | 5: the second is new
-    assert flat_buffer_segment_bytes(8, 0, (4, 4)) == 0  # 8 -> 4 | 4 -> 4
-    assert flat_buffer_segment_bytes(8, 0, (4, 5)) == 5
+    assert flat_buffer_segment_bytes((), 10, (5, 20)) == 10 + 20  # the bucket's block takes 5
+    assert flat_buffer_segment_bytes((), 10, (15, 40)) == 10 + 15 + 40  # none fits
+    assert flat_buffer_segment_bytes((25,), 10, (5, 20)) == 0  # 25 -> 10|15, 25 again -> 5|20
+    assert flat_buffer_segment_bytes((25,), 10, (20, 20)) == 20  # 25 -> 20|5: the second is new
+    assert flat_buffer_segment_bytes((8,), 0, (4, 4)) == 0  # 8 -> 4|4 -> 4
+    assert flat_buffer_segment_bytes((8,), 0, (4, 5)) == 5
+    assert flat_buffer_segment_bytes((6, 6, 30), 0, (5, 5, 25)) == 0  # best fit: 6, 6, then 30
+    assert flat_buffer_segment_bytes((30, 6), 0, (25, 6)) == 0  # best fit keeps 6 for 6
 
 
 def test_reserved_figure_is_the_cached_walk_plus_new_segments():
@@ -82,11 +84,12 @@ def test_reserved_figure_is_the_cached_walk_plus_new_segments():
     step = resolve(sc_r)
     shard = -(-alloc.trainable // 8)
     logits = 4 * 2048 * 8192 * 4  # b·s·V x 4 B (> the MLP's b·s·ffn x 2 B)
-    assert largest_activation_block_bytes(sc_r, step, True) == logits
+    mlp = 4 * 2048 * 8192 * 2  # b·s·ffn x 2 B, one per layer
+    assert cached_activation_blocks(sc_r, step, 8, True, 3) == (mlp, mlp, mlp, logits)
     bucket = reduce_bucket_bytes(sc_r, step, alloc.trainable)
     assert bucket == min(10**9, alloc.trainable * 2)  # bucket_mb 1,000: DeepSpeed's 5e8 x 2 B
     assert reduce_bucket_bytes(_scenario("reserved", bucket_mb=25), step, alloc.trainable) == 25e6
-    new = flat_buffer_segment_bytes(logits, bucket, (2 * shard, 4 * shard))
+    new = flat_buffer_segment_bytes((mlp, mlp, mlp, logits), bucket, (2 * shard, 4 * shard))
     assert new > 0
     assert res.peak_memory_bytes == alloc.peak_memory_bytes + new
     assert res.allocator_cached_bytes > 0

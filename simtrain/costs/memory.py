@@ -590,7 +590,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
         shard = ceil(ms.trainable / p.dp_cp)
         segments = flat_buffer_segment_bytes(
-            largest_activation_block_bytes(sc, step, any(c.head for c in mine)),
+            cached_activation_blocks(sc, step, n_layers, any(c.head for c in mine), 3),
             reduce_bucket_bytes(sc, step, ms.trainable),
             (step.precision.grad * shard, step.precision.master * shard),
         )
@@ -671,32 +671,38 @@ def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int
     return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
 
 
-def largest_activation_block_bytes(sc: Scenario, step: ResolvedStep, head: bool) -> int:
-    """The largest single activation tensor of one micro-batch on a GPU, the largest block the
-    caching allocator has cached once the backward freed them: the MLP's inner activation
-    b·s·ffn/tp, the attention scores b·(heads/tp)·s² without flash attention, and on the head's
-    stage the fp32 logits of the loss, b·s·V/tp x 4 B (s per GPU: / cp)."""
+def cached_activation_blocks(
+    sc: Scenario, step: ResolvedStep, layers: int, head: bool, requests: int
+) -> tuple[int, ...]:
+    """The largest blocks the caching allocator holds once the backward has freed one
+    micro-batch's activations: every layer's MLP inner activation b·s·ffn/tp and, without
+    flash attention, its scores b·(heads/tp)·s² (one block per layer: ``requests`` of the larger
+    stand for them, enough for every request that follows), and on the head's stage one fp32
+    logits tensor of the loss, b·s·V/tp x 4 B (s per GPU: / cp). ``layers``: the stage's
+    decoder layers (none: no layer blocks)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     prec = step.precision
     b, s = t.micro_batch, step.seq_len_effective // p.cp
-    out = b * s * (m.ffn_hidden // p.tp) * prec.act_mm
+    layer = b * s * (m.ffn_hidden // p.tp) * prec.act_mm
     if not m.flash_attention:
-        out = max(out, b * (m.heads // p.tp) * s * s * prec.act_softmax)
+        layer = max(layer, b * (m.heads // p.tp) * s * s * prec.act_softmax)
+    blocks = [layer] * requests if layers else []
     if head:
-        out = max(out, b * s * (m.vocab // p.tp) * 4)
-    return out
+        blocks.append(b * s * (m.vocab // p.tp) * 4)
+    return tuple(blocks)
 
 
-def flat_buffer_segment_bytes(cached_block: int, bucket: int, flats: tuple[int, ...]) -> int:
+def flat_buffer_segment_bytes(cached: tuple[int, ...], bucket: int,
+                              flats: tuple[int, ...]) -> int:  # fmt: skip
     """New segments PyTorch's caching allocator cudaMallocs for the flat buffers after the last
     backward (:func:`flat_step_buffers`): the bucket copy (freed after its reduction), then the
     step's ``flats``, kept. The allocator serves a request from the smallest cached free block at
     least as large, splitting off the rest, else cudaMallocs a segment of its size, and frees
     cached blocks only when that fails (c10/cuda/CUDACachingAllocator.cpp ``malloc``:
     ``get_free_block`` best fit, ``alloc_block``, ``release_cached_blocks`` and retry); a freed
-    block rejoins its split rest. The cache holds the activations' blocks, of which only the
-    largest (``cached_block``) could matter: the others are smaller."""
-    free = [cached_block] if cached_block > 0 else []
+    block rejoins its split rest. ``cached``: the free blocks the activations left
+    (:func:`cached_activation_blocks`)."""
+    free = [blk for blk in cached if blk > 0]
     new = 0
 
     def take(size: int) -> int:
