@@ -253,9 +253,10 @@ def records(out: Path, case_set: str = "all") -> str:
                         f"{r['timed_peak_allocated_bytes'] / 2**30:.3f} GiB, max_memory_reserved "
                         f"{r['timed_peak_reserved_bytes'] / 2**30:.3f} GiB" if held else ""),
         })  # fmt: skip
+    name = "simtrain_h200_heldout" if case_set == "heldout" else "simtrain_h200"
     head = ("# simtrain's own measured runs on an NVIDIA H200 (benchmarks/measure_cuda.py); "
-            "regenerate:\n# python benchmarks/measure_cuda.py --records OUT > "
-            "measured/simtrain_h200.yaml\n")  # fmt: skip
+            f"regenerate:\n# python benchmarks/measure_cuda.py --records OUT --set "
+            f"{'heldout' if case_set == 'heldout' else 'fitted'} > measured/{name}.yaml\n")  # fmt: skip
     return head + yaml.safe_dump(recs, sort_keys=False, width=100)
 
 

@@ -148,8 +148,48 @@ def test_the_host_dispatches_one_add_per_trainable_tensor(m):
     from simtrain.costs.host import trainable_tensor_count
 
     on, off = _scenario(True, m=m, host_us=1000.0), _scenario(False, m=m, host_us=1000.0)
-    assert trainable_tensor_count(on, 4, True, True) == 26
+    assert trainable_tensor_count(on, 0, 4, True, True) == 26
     unfused = _scenario(True, m=m, host_us=1000.0, fused=False)
-    assert trainable_tensor_count(unfused, 4, True, True) == 4 * 9 + 2
+    assert trainable_tensor_count(unfused, 0, 4, True, True) == 4 * 9 + 2
     grow = simulate_scenario(on).metrics.step_time_s - simulate_scenario(off).metrics.step_time_s
     assert grow == pytest.approx(m * 26e-3, rel=1e-3)
+
+
+def test_tensor_count_fuses_biases_and_counts_a_rank_s_experts():
+    """A fused Q/K/V (gate/up) projection is one weight and one bias (nanotron's qkv_proj with
+    attention_bias); an MoE rank holds E/ep experts' tensors; dense first blocks are dense."""
+    from simtrain.costs.host import trainable_tensor_count
+
+    def count(fused: bool, **model):
+        doc = {"name": "acc", "model": {**MODEL, **model}, "hardware": "h100_sxm5_80gb",
+               "training": {"seq_len": 1024, "global_batch": 4, "micro_batch": 1,
+                            "precision": "bf16_fp32_grads", "optimizer": "adamw"},
+               "parallelism": {"dp": 1, "tp": 1, "pp": 1},
+               "runtime": {"name": "nanotron", "fused_qkv": fused, "fused_gate_up": fused}}  # fmt: skip
+        sc = parse_scenario(doc, "acc.yaml")
+        return trainable_tensor_count(sc, 0, 1, False, False)
+
+    assert count(False) - count(True) == 3  # q, k, v -> 1; gate, up -> 1
+    assert count(False, qkv_bias=True) - count(True, qkv_bias=True) == 5  # + q, k, v biases -> 1
+    assert count(True, qkv_bias=True) == count(True) + 1
+    moe = {"num_experts": 8, "experts_per_token": 2, "moe_ffn_hidden": 1024}
+    doc = {"name": "acc", "model": {**MODEL, **moe}, "hardware": "h100_sxm5_80gb",
+           "cluster": {"nodes": 1, "gpus_per_node": 8},
+           "training": {"seq_len": 1024, "global_batch": 32, "micro_batch": 1,
+                        "precision": "bf16_fp32_grads", "optimizer": "adamw"},
+           "parallelism": {"dp": 8, "tp": 1, "pp": 1, "ep": 8},
+           "runtime": {"name": "nanotron"}}  # fmt: skip
+    one_expert = trainable_tensor_count(parse_scenario(doc, "acc.yaml"), 0, 1, False, False)
+    doc["parallelism"]["ep"] = 1
+    eight = trainable_tensor_count(parse_scenario(doc, "acc.yaml"), 0, 1, False, False)
+    assert eight - one_expert == 7 * 2  # seven more experts, fused gate/up + down each
+
+
+def test_split_backward_dispatches_the_adds_with_w():
+    """With I and W split (zero-bubble schedules) the adds follow W: their host time is W's."""
+    from simtrain.sim.lowering.ir import ChunkDurations
+
+    c = ChunkDurations(forward_ns=10, input_grad_ns=30, weight_grad_ns=10, host_forward_ns=100,
+                       host_backward_ns=200, host_accum_ns=50)  # fmt: skip
+    assert (c.host_ns("F"), c.host_ns("B")) == (100, 250)
+    assert (c.host_ns("I"), c.host_ns("W")) == (150, 50 + 50)

@@ -511,15 +511,15 @@ def test_a_measurement_that_is_not_a_finite_positive_number_is_a_skip() -> None:
         assert isinstance(out, SkipReason) and "measured.step_time_s" in out.reason, bad
 
 
-def test_held_out_h200_cases_become_a_family_of_their_own(tmp_path: Path) -> None:
+def test_held_out_h200_cases_become_a_family_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """benchmarks/measure_cuda.py --records OUT --set heldout: the held-out cases (no constant
     fitted on them) get the source key simtrain_h200_heldout, run eager PyTorch like the fitted
     set, carry the timed steps' allocated and reserved peaks in their notes, and validate."""
-    import sys
-
     from simtrain.apps.validate.conventions import runtime_of
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import measure_cuda
 
     name, model, training = measure_cuda.HELDOUT_CASES[3]

@@ -60,10 +60,11 @@ def action_host_ns(sc: Scenario, layers: int, recompute: bool) -> tuple[int, int
     return round(1e9 * per_op * layers * ops.forward), round(1e9 * per_op * layers * bwd)
 
 
-def trainable_tensor_count(sc: Scenario, layers: int, embedding: bool, head: bool) -> int:
-    """Trainable parameter tensors of ``layers`` blocks (plus the embedding's and the head's):
-    one per weight, a fused Q/K/V or gate/up projection one tensor (runtime ``fused_qkv`` /
-    ``fused_gate_up``: nanotron's qkv_proj and gate_up_proj)."""
+def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head: bool) -> int:
+    """Trainable parameter tensors one GPU holds of blocks [lo, hi) (plus the embedding's and the
+    head's): one per weight and bias, a fused Q/K/V or gate/up projection one weight and one
+    bias (runtime ``fused_qkv`` / ``fused_gate_up``: nanotron's qkv_proj and gate_up_proj); an
+    MoE block's experts the rank's E/ep, its dense first blocks dense."""
     from simtrain.costs.params import (
         embedding_param_tensors,
         head_param_tensors,
@@ -71,12 +72,19 @@ def trainable_tensor_count(sc: Scenario, layers: int, embedding: bool, head: boo
     )
 
     m, t, p, rt = sc.model, sc.training, sc.parallelism, sc.runtime
-    names = [x.name for x in layer_param_tensors(m, t, p.tp) if x.trainable]
-    fused = sum(1 for n in ("q.weight", "k.weight", "v.weight") if n in names) - 1
-    per_layer = len(names) - (max(0, fused) if rt.fused_qkv else 0)
-    if rt.fused_gate_up and "gate.weight" in names and "up.weight" in names:
-        per_layer -= 1
-    n = layers * per_layer
+    fused = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
+             **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
+
+    def fuse(name: str) -> str:  # "expert3.gate.weight" -> "expert3.fc1.weight"
+        *owner, part, kind = ["", *name.split(".")]
+        return ".".join([*owner, fused.get(part, part), kind])
+
+    def per_layer(moe: bool) -> int:
+        tensors = layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
+        return len({fuse(x.name) for x in tensors if x.trainable})
+
+    dense = m.dense_layers_in(lo, hi) if m.is_moe else hi - lo
+    n = dense * per_layer(False) + (hi - lo - dense) * (per_layer(True) if dense < hi - lo else 0)
     if embedding:
         n += sum(1 for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
     if head:

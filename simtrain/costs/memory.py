@@ -133,12 +133,21 @@ class StageMemory:
     reduce_gradient_bytes: int = 0
     role: str = ""
     # A reserved or device-level memory figure (runtime ``memory_reported``) with flat step
-    # buffers (:func:`flat_step_buffers`): what the caching allocator holds at the optimizer
-    # step beside its allocations -- the activation blocks the backward freed and the bucket's
-    # block -- when that moment (reserved = the walk's moment + the flat buffers' new segments,
-    # :func:`flat_buffer_segment_bytes`, at most the GPU's memory) is the peak; within
-    # ``peak_memory_bytes`` and the ``buffers`` category; 0 for an allocated figure.
+    # buffers (:func:`flat_step_buffers`), when its moment is the peak: what the caching
+    # allocator holds at the optimizer step beside the step's allocations (reserved = the
+    # walk's moment + the flat buffers' new segments, :func:`flat_segment_bytes`, at most the
+    # GPU's memory), of which ``allocator_cached_activation_bytes`` are the blocks of the
+    # activations the backward freed (under activations at the peak; the rest under buffers);
+    # within ``peak_memory_bytes``; 0 for an allocated figure.
     allocator_cached_bytes: int = 0
+    allocator_cached_activation_bytes: int = 0
+
+    @property
+    def allocator_buffer_growth_bytes(self) -> int:
+        """What the allocator cache adds to the buffers category's own total: its buffer part
+        beyond the loss working memory that the step's moment does not hold."""
+        rest = self.allocator_cached_bytes - self.allocator_cached_activation_bytes
+        return max(0, rest - sum(b for _, b in self.loss_bytes))
 
     @property
     def fits(self) -> bool:
@@ -580,7 +589,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
     pageable = _pageable_bytes(sc, step, stage)
-    paged = cached = 0
+    paged = cached = cached_act = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
@@ -588,21 +597,19 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     elif sc.runtime.memory_reported != "allocated" and flat_step_buffers(sc, step):
         # a reserved / device-level figure: the step's flat buffers beside the cached walk
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
-        shard = ceil(ms.trainable / p.dp_cp)
-        segments = flat_buffer_segment_bytes(
-            cached_activation_blocks(sc, step, n_layers, any(c.head for c in mine), 3),
-            reduce_bucket_bytes(sc, step, ms.trainable),
-            (step.precision.grad * shard, step.precision.master * shard),
-        )
-        reported = min(hw.memory_bytes, sum(at_walk.values()) + segments)
-        cached = max(0, reported - sum(at_opt.values()))
-        if sum(at_opt.values()) + cached > peak:
-            at_peak = dict(at_opt, buffers=at_opt["buffers"] + cached)
+        reported = min(hw.memory_bytes, sum(at_walk.values()) + flat_segment_bytes(
+            sc, step, n_layers, any(c.head for c in mine), ms.trainable))  # fmt: skip
+        extra = reported - sum(at_opt.values())
+        if extra > 0 and reported > peak:
+            # the freed activations' blocks stay reserved (as activations), the rest: buffers
+            cached_act = min(extra, max(0, at_walk["activations"] - at_opt["activations"]))
+            at_peak = dict(at_opt, activations=at_opt["activations"] + cached_act,
+                           buffers=at_opt["buffers"] + extra - cached_act)  # fmt: skip
             peak = sum(at_peak.values())
-            cats["buffers"] += cached
-            buffers += cached
-        else:
-            cached = 0
+            cached = extra
+            grow = max(0, at_peak["buffers"] - cats["buffers"])
+            cats["buffers"] += grow
+            buffers += grow
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -646,6 +653,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         reduce_gradient_bytes=reduce_b,
         role=role,
         allocator_cached_bytes=cached,
+        allocator_cached_activation_bytes=cached_act,
     )
 
 
@@ -669,6 +677,22 @@ def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int
     if not flat_step_buffers(sc, step) or sc.parallelism.zero_stage != 1:
         return 0
     return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
+
+
+def flat_segment_bytes(sc: Scenario, step: ResolvedStep, layers: int, head: bool,
+                       trainable: int) -> int:  # fmt: skip
+    """New segments of a stage's flat reduction and step buffers
+    (:func:`flat_buffer_segment_bytes`): the bucket copy, then the flat 16-bit gradient
+    partition and its fp32 cast, and, when the optimizer is torch's Adam (runtime
+    ``fused_optimizer`` false), its two state-sized temporaries over the flat fp32 partition
+    DeepSpeed hands it (one tensor per parameter group)."""
+    t, prec = sc.training, step.precision
+    shard = ceil(trainable / sc.parallelism.dp_cp)
+    flats = (prec.grad * shard, prec.master * shard)
+    if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
+        flats += (prec.state * shard,) * 2
+    blocks = cached_activation_blocks(sc, step, layers, head, len(flats) + 1)
+    return flat_buffer_segment_bytes(blocks, reduce_bucket_bytes(sc, step, trainable), flats)
 
 
 def cached_activation_blocks(

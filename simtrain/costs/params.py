@@ -307,7 +307,8 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy.
     ``flat_grad_copy``: the master gradients are cast from a flat 16-bit copy of the
     partition's gradients, live at the same time (DeepSpeed ZeRO-1/2, runtime
-    ``zero_flat_step_buffers``): the 16-bit bytes of the partition more."""
+    ``zero_flat_step_buffers``): the 16-bit bytes of the partition more; an unfused Adam's
+    temporaries are then the size of the flat partition (one tensor per parameter group)."""
     if t.offload.optimizer:
         return 0
     prec = PRECISIONS[t.precision]
@@ -324,6 +325,8 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     if t.optimizer not in ("adam", "adamw") or fused:
         return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
+    if flat_grad_copy:  # DeepSpeed hands torch's Adam one flat partition per parameter group
+        largest = trainable
     state = 4 if t.peft.method == "qlora" else prec.state
     return master_grads + 2 * state * ceil(largest / shards)
 

@@ -129,12 +129,10 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
             continue
         moved = sm.trainable * (prec.grad + 2 * prec.grad_accum)
         blocks = step.chunks[stage]
-        host = accumulation_host_ns(
-            sc, trainable_tensor_count(sc, blocks.layers, blocks.embedding, blocks.head)
-        )
+        tensors = trainable_tensor_count(sc, blocks.lo, blocks.hi, blocks.embedding, blocks.head)
         out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes,
                              accum_ns=round(memory_bound_ns(moved, sc.hardware)),
-                             host_backward_ns=ch.host_backward_ns + host)  # fmt: skip
+                             host_accum_ns=accumulation_host_ns(sc, tensors))  # fmt: skip
     return out
 
 
@@ -400,7 +398,7 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
         cats["gradients"] -= (sm.transient_gradient_bytes + sm.reduce_gradient_bytes
                               + sm.freed_gradient_bytes)  # fmt: skip
         cats["buffers"] -= (sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
-                            + sm.allocator_cached_bytes)  # fmt: skip
+                            + sm.allocator_buffer_growth_bytes)  # fmt: skip
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
         cats["optimizer_states"] -= sm.paged_bytes
@@ -419,7 +417,10 @@ def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[t
         if sm.transient_gradient_bytes:
             alloc.append(("gradients", sm.transient_gradient_bytes))
         ws = sm.optimizer_working_bytes
-        if ws or sm.allocator_cached_bytes:
-            alloc.append(("buffers", ws + sm.allocator_cached_bytes))
+        act = sm.allocator_cached_activation_bytes  # reserved figure: the cached activations
+        if act:
+            alloc.append(("activations", act))
+        if ws or sm.allocator_cached_bytes - act:
+            alloc.append(("buffers", ws + sm.allocator_cached_bytes - act))
         out[sm.stage] = (tuple(alloc), (("buffers", ws),) if ws else ())
     return out

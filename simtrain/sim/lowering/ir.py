@@ -63,17 +63,21 @@ class ChunkDurations:
     # buffer (``accum_ns``), then are freed (``pieces.action_pieces``'s "ACC" piece).
     accum_ns: int = 0
     accum_bytes: int = 0
+    # ... and the host's dispatch of those adds, one op per trainable tensor (costs.host
+    # .accumulation_host_ns), after the backward's last kernels: on B, or on W when split.
+    host_accum_ns: int = 0
 
     def host_ns(self, kind: str) -> int:
         """Host time of action ``kind`` (F, B, I or W); a split backward's host time is shared
-        between I and W in proportion to their GPU time."""
+        between I and W in proportion to their GPU time, the gradient adds' on W."""
         if kind == "F":
             return self.host_forward_ns
+        accum = self.host_accum_ns if kind in ("B", "W") else 0
         if kind == "B" or not self.host_backward_ns:
-            return self.host_backward_ns if kind == "B" else 0
+            return (self.host_backward_ns if kind == "B" else 0) + accum
         total = self.input_grad_ns + self.weight_grad_ns
         i = self.host_backward_ns * self.input_grad_ns // total if total else self.host_backward_ns
-        return i if kind == "I" else self.host_backward_ns - i
+        return i if kind == "I" else self.host_backward_ns - i + accum
 
 
 @dataclass(frozen=True, slots=True)
