@@ -179,10 +179,12 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         lines.append(f"  optimizer step working memory = {_gb(b.optimizer_working_bytes)} "
                      f"({what}; activations are gone by then)")  # fmt: skip
     if sm.allocator_cached_bytes:
+        act = sm.allocator_cached_activation_bytes
         lines.append(f"  allocator cache at the optimizer step (a {sc.runtime.memory_reported} "
-                     f"figure) = {_gb(sm.allocator_cached_bytes)} of buffers: the activation "
-                     "blocks the backward freed stay reserved while the flat reduction and step "
-                     "buffers take new segments")  # fmt: skip
+                     f"figure) = {_gb(sm.allocator_cached_bytes)}: the freed activations' blocks "
+                     f"stay reserved ({_gb(act)}, under activations) while the flat reduction "
+                     "and step buffers take new segments; the rest, "
+                     f"{_gb(sm.allocator_cached_bytes - act)}, under buffers")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
