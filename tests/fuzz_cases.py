@@ -755,7 +755,7 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("overlap_grad_reduce", (True, False)), ("zero_grad_reduction", ("all_reduce",)),
         ("zero3_per_gpu_nic", (True, False)),
         ("memory_reported", ("allocated", "reserved", "nvidia_smi")),
-        ("zero_flat_step_buffers", (True, False)), ("fused_optimizer", (True, False)),
+        ("flat_optimizer_buffers", (True, False)), ("fused_optimizer", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.3):
             out[key] = choose(draw, *values)

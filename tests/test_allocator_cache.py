@@ -1,5 +1,5 @@
 """DeepSpeed ZeRO-1/2's flat step buffers and what a reserved or device-level memory figure adds
-(runtime ``zero_flat_step_buffers``, the layout's ``bucket_mb``; ``costs.memory``), against
+(runtime ``flat_optimizer_buffers``, the layout's ``bucket_mb``; ``costs.memory``), against
 closed forms written out here from DeepSpeed's code (runtimes/deepspeed.yaml [zflat]):
 
 * the optimizer step's working memory: the flat 16-bit gradient partition and its fp32 copy,
@@ -24,7 +24,7 @@ from simtrain.costs.memory import (
     cached_activation_blocks,
     estimate_memory,
     flat_buffer_segment_bytes,
-    reduce_bucket_bytes,
+    reduce_copy_bytes,
 )
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
@@ -54,11 +54,37 @@ def _stage(sc):
 
 
 def test_step_working_memory_is_the_flat_partition_and_its_fp32_copy():
-    st = _stage(_scenario("allocated"))
-    assert st.optimizer_working_bytes == (2 + 4) * -(-st.trainable // 8)
+    """The step's working memory: the flat 16-bit partition and its fp32 cast, or, where
+    larger, the reduction's bucket copy just before it (the same moment: activations gone,
+    gradients all there)."""
+    st = _stage(_scenario("allocated", bucket_mb=1))
+    shard = -(-st.trainable // 8)
+    assert st.optimizer_working_bytes == (2 + 4) * shard
     assert st.allocator_cached_bytes == 0
-    plain = _stage(_scenario("allocated", zero_flat_step_buffers=False))
-    assert plain.optimizer_working_bytes == 4 * -(-st.trainable // 8)  # the fp32 copy alone
+    big = _stage(_scenario("allocated", bucket_mb=1000))
+    assert big.optimizer_working_bytes == max(6 * shard, min(10**9, 2 * st.trainable))
+    plain = _stage(_scenario("allocated", flat_optimizer_buffers=False))
+    assert plain.optimizer_working_bytes == 4 * shard  # the fp32 copy alone
+
+
+def test_bf16_optimizer_reduces_a_bf16_copy_of_its_fp32_gradient_buffer():
+    """DeepSpeed's BF16 optimizer (bf16_fp32_grads): the reduction casts the whole fp32
+    gradient buffer to bf16, 2 B per trainable parameter, after the last backward: the step's
+    moment in an allocated figure, a new segment beside the cached walk in a reserved one."""
+    for zero in (0, 1):
+        alloc = _stage(_scenario("allocated", precision="bf16_fp32_grads", zero=zero))
+        res = _stage(_scenario("reserved", precision="bf16_fp32_grads", zero=zero))
+        assert alloc.optimizer_working_bytes == 2 * alloc.trainable
+        sc = _scenario("reserved", precision="bf16_fp32_grads", zero=zero)
+        assert reduce_copy_bytes(sc, resolve(sc), alloc.trainable) == 2 * alloc.trainable
+        walk = dict(alloc.peak_memory_bytes_by_category)
+        if walk["activations"] == alloc.breakdown.activations:  # allocated peak at the walk
+            assert res.peak_memory_bytes == alloc.peak_memory_bytes + 2 * alloc.trainable
+        assert res.peak_memory_bytes >= alloc.peak_memory_bytes
+    one = _scenario("reserved", precision="bf16_fp32_grads", zero=1)
+    doc_dp1 = _stage(_scenario("allocated", precision="bf16_fp32_grads", zero=2))
+    assert doc_dp1.optimizer_working_bytes == 0  # ZeRO-2: not the BF16 optimizer's path
+    assert reduce_copy_bytes(one, resolve(one), 10) == 20
 
 
 def test_segments_by_hand():
@@ -87,9 +113,9 @@ def test_reserved_figure_is_the_cached_walk_plus_new_segments():
     logits = 4 * 2048 * 8192 * 4  # b·s·V x 4 B (> the MLP's b·s·ffn x 2 B)
     mlp = 4 * 2048 * 8192 * 2  # b·s·ffn x 2 B, one per layer
     assert cached_activation_blocks(sc_r, step, 8, True, 3) == (mlp, mlp, mlp, logits)
-    bucket = reduce_bucket_bytes(sc_r, step, alloc.trainable)
+    bucket = reduce_copy_bytes(sc_r, step, alloc.trainable)
     assert bucket == min(10**9, alloc.trainable * 2)  # bucket_mb 1,000: DeepSpeed's 5e8 x 2 B
-    assert reduce_bucket_bytes(_scenario("reserved", bucket_mb=25), step, alloc.trainable) == 25e6
+    assert reduce_copy_bytes(_scenario("reserved", bucket_mb=25), step, alloc.trainable) == 25e6
     new = flat_buffer_segment_bytes((mlp, mlp, mlp, logits), bucket, (2 * shard, 4 * shard))
     assert new > 0
     assert res.peak_memory_bytes == alloc.peak_memory_bytes + new
@@ -116,7 +142,7 @@ def test_reserved_is_never_below_allocated_and_the_timeline_agrees(mb):
 
 def test_zero2_has_no_bucket_copy():
     sc = _scenario("reserved", zero=2)
-    assert reduce_bucket_bytes(sc, resolve(sc), 10**9) == 0
+    assert reduce_copy_bytes(sc, resolve(sc), 10**9) == 0
 
 
 def test_fit_verdict_is_the_allocated_ones():
@@ -164,7 +190,7 @@ def test_an_unfused_adam_adds_its_temporaries_over_the_flat_partition():
 
 
 @pytest.mark.parametrize("kw", [
-    {"precision": "bf16_fp32_grads"},  # DeepSpeed's BF16 optimizer: no flat copies
+    {"precision": "bf16_fp32_grads", "zero": 2},  # not DeepSpeed's BF16 optimizer path
     {"zero": 0}, {"zero": 3},
     {"runtime": "megatron_core"},
 ])  # fmt: skip
@@ -176,8 +202,8 @@ def test_no_flat_buffers_elsewhere(kw):
 
 
 def test_bad_key_is_a_clear_error():
-    with pytest.raises(ConfigError, match="zero_flat_step_buffers"):
-        _scenario(zero_flat_step_buffers="yes")
+    with pytest.raises(ConfigError, match="flat_optimizer_buffers"):
+        _scenario(flat_optimizer_buffers="yes")
 
 
 @pytest.mark.parametrize("name", ["zero1_8gpu", "zero2_8gpu"])

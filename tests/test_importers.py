@@ -222,7 +222,7 @@ def test_deepspeed_batch_arithmetic(tmp_path: Path) -> None:
     assert sc.parallelism.bucket_mb == 1000.0  # 5e8 fp16 elements (the default) = 1 GB
     assert not sc.runtime.overlap_grad_reduce  # overlap_comm's default below stage 3
     # no optimizer section: the script's torch optimizer, not DeepSpeed's FusedAdam
-    assert not sc.runtime.fused_optimizer and sc.runtime.zero_flat_step_buffers
+    assert not sc.runtime.fused_optimizer and sc.runtime.flat_optimizer_buffers
     with pytest.raises(ConfigError, match="train_batch_size: 256 = 2 x 4 x 32 .* --gpus 16"):
         import_config("deepspeed", f, "gpt2", 16)
     f.write_text(json.dumps({"train_batch_size": 100, "train_micro_batch_size_per_gpu": 3,

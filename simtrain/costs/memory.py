@@ -338,6 +338,9 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
                                      fused=sc.runtime.fused_optimizer,
                                      fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
                                      flat_grad_copy=flat_step_buffers(sc, step))  # fmt: skip
+    # DeepSpeed's reduction copy (after the last backward, freed before the step): the same
+    # moment as the step's (activations gone, gradients all there), the larger of the two
+    opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
@@ -594,7 +597,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
-    elif sc.runtime.memory_reported != "allocated" and flat_step_buffers(sc, step):
+    elif sc.runtime.memory_reported != "allocated" and (
+        flat_step_buffers(sc, step) or bf16_optimizer_reduce(sc, step)
+    ):
         # a reserved / device-level figure: the step's flat buffers beside the cached walk
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
         reported = min(hw.memory_bytes, sum(at_walk.values()) + flat_segment_bytes(
@@ -659,21 +664,38 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
 
 def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:
     """Whether the optimizer step runs on flat gradient buffers (runtime
-    ``zero_flat_step_buffers``): DeepSpeed's ZeRO-1/2 optimizer, which steps 16-bit gradients
+    ``flat_optimizer_buffers``): DeepSpeed's ZeRO-1/2 optimizer, which steps 16-bit gradients
     through fp32 master weights (not its BF16 optimizer, the fp32-accumulating precisions, nor
     an offloaded step)."""
     p, prec = sc.parallelism, step.precision
-    return (sc.runtime.zero_flat_step_buffers and 1 <= p.zero_stage <= 2 and bool(prec.master)
+    return (sc.runtime.flat_optimizer_buffers and 1 <= p.zero_stage <= 2 and bool(prec.master)
             and not prec.grad_accum and not sc.training.offload.optimizer)  # fmt: skip
 
 
-def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
-    """The flat copy of one gradient bucket ZeRO-1's reduction makes after the last backward
-    (DeepSpeed ``allreduce_bucket``, ``tensor = self.flatten(bucket)``): one bucket of the
-    layout's ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size), at most the rank's
-    trainable gradients in the reduction's dtype; 0 without flat step buffers, and under
-    ZeRO-2, whose contiguous gradients are reduced from its ``ipg_buffer`` in place (not
-    modelled)."""
+def bf16_optimizer_reduce(sc: Scenario, step: ResolvedStep) -> bool:
+    """Whether DeepSpeed's BF16 optimizer reduces the gradients (runtime
+    ``flat_optimizer_buffers``, an fp32-accumulating precision with fp32 master weights, its own
+    data-parallel sharding: ZeRO 0 or 1 here; DeepSpeed runs it at its stage 0, engine.py
+    l.1117-1150 at 819abe2a7), over more than one data-parallel rank."""
+    p, prec = sc.parallelism, step.precision
+    return (sc.runtime.flat_optimizer_buffers and p.zero_stage <= 1 and bool(prec.grad_accum)
+            and bool(prec.master) and p.dp_cp > 1
+            and not sc.training.offload.optimizer)  # fmt: skip
+
+
+def reduce_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The flat copy DeepSpeed's data-parallel reduction makes after the last backward.
+    ZeRO-1 (:func:`flat_step_buffers`): one bucket, ``allreduce_bucket``'s ``tensor =
+    self.flatten(bucket)`` (stage_1_and_2.py l.1333 at 2151c787a), of the layout's
+    ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size), at most the rank's gradients,
+    in the reduction's dtype; ZeRO-2 reduces its contiguous gradients from its ``ipg_buffer``
+    in place (not modelled). The BF16 optimizer (:func:`bf16_optimizer_reduce`): each parameter
+    group's flat fp32 gradient buffer is one bucket, cast to the communication dtype
+    (engine.py ``allreduce_no_retain`` l.2137-2148, ``tensor.to(self.communication_data_type)``
+    l.2111 at 819abe2a7; bf16 by default, l.733-742): about all the rank's gradients at once
+    (the no-weight-decay group, biases and norms, is under 0.1 %). 0 otherwise."""
+    if bf16_optimizer_reduce(sc, step):
+        return trainable * wire_grad_bytes(sc, step)
     if not flat_step_buffers(sc, step) or sc.parallelism.zero_stage != 1:
         return 0
     return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
@@ -682,17 +704,20 @@ def reduce_bucket_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int
 def flat_segment_bytes(sc: Scenario, step: ResolvedStep, layers: int, head: bool,
                        trainable: int) -> int:  # fmt: skip
     """New segments of a stage's flat reduction and step buffers
-    (:func:`flat_buffer_segment_bytes`): the bucket copy, then the flat 16-bit gradient
-    partition and its fp32 cast, and, when the optimizer is torch's Adam (runtime
-    ``fused_optimizer`` false), its two state-sized temporaries over the flat fp32 partition
-    DeepSpeed hands it (one tensor per parameter group)."""
+    (:func:`flat_buffer_segment_bytes`): the reduction's copy (:func:`reduce_copy_bytes`),
+    then, under ZeRO-1/2 (:func:`flat_step_buffers`), the flat 16-bit gradient partition and
+    its fp32 cast, and, when the optimizer is torch's Adam (runtime ``fused_optimizer``
+    false), its two state-sized temporaries over the flat fp32 partition DeepSpeed hands it
+    (one tensor per parameter group)."""
     t, prec = sc.training, step.precision
-    shard = ceil(trainable / sc.parallelism.dp_cp)
-    flats = (prec.grad * shard, prec.master * shard)
-    if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
-        flats += (prec.state * shard,) * 2
+    flats: tuple[int, ...] = ()
+    if flat_step_buffers(sc, step):
+        shard = ceil(trainable / sc.parallelism.dp_cp)
+        flats = (prec.grad * shard, prec.master * shard)
+        if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
+            flats += (prec.state * shard,) * 2
     blocks = cached_activation_blocks(sc, step, layers, head, len(flats) + 1)
-    return flat_buffer_segment_bytes(blocks, reduce_bucket_bytes(sc, step, trainable), flats)
+    return flat_buffer_segment_bytes(blocks, reduce_copy_bytes(sc, step, trainable), flats)
 
 
 def cached_activation_blocks(

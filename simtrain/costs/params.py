@@ -307,7 +307,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy.
     ``flat_grad_copy``: the master gradients are cast from a flat 16-bit copy of the
     partition's gradients, live at the same time (DeepSpeed ZeRO-1/2, runtime
-    ``zero_flat_step_buffers``): the 16-bit bytes of the partition more; an unfused Adam's
+    ``flat_optimizer_buffers``): the 16-bit bytes of the partition more; an unfused Adam's
     temporaries are then the size of the flat partition (one tensor per parameter group)."""
     if t.offload.optimizer:
         return 0

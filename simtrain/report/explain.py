@@ -9,7 +9,14 @@ from __future__ import annotations
 from simtrain.costs import op_sac
 from simtrain.costs.cp import cp_ring_buffer_bytes, ring_message_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
-from simtrain.costs.memory import MemoryReport, StageBreakdown, StageMemory, flat_step_buffers
+from simtrain.costs.memory import (
+    MemoryReport,
+    StageBreakdown,
+    StageMemory,
+    flat_step_buffers,
+    reduce_copy_bytes,
+    wire_grad_bytes,
+)
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -176,6 +183,12 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                 + (" / dp" if p.zero_stage else "")
                 + (" + " + what if what else "")
             )
+        step = resolve(sc)
+        reduce = reduce_copy_bytes(sc, step, sm.trainable)
+        if reduce and reduce >= b.optimizer_working_bytes:
+            what = (f"the reduction's flat {wire_grad_bytes(sc, step)}-byte gradient copy, "
+                    + ("one bucket" if flat else "all of the rank's gradients")
+                    + ", larger than the step's own")  # fmt: skip
         lines.append(f"  optimizer step working memory = {_gb(b.optimizer_working_bytes)} "
                      f"({what}; activations are gone by then)")  # fmt: skip
     if sm.allocator_cached_bytes:

@@ -211,15 +211,16 @@ class RuntimeProfile:
     # costs.compute.dense_linear_gemms) prices each GEMM.
     fused_qkv: bool = True
     fused_gate_up: bool = True
-    # ZeRO-1/2's optimizer (DeepSpeed DeepSpeedZeroOptimizer, 16-bit gradients without an fp32
-    # accumulation buffer) steps on flat buffers: each rank flattens its 16-bit gradient
-    # partition and casts the flat copy to fp32, both live at once (2 + 4 B per parameter of
-    # the partition; stage_1_and_2.py step). Flat buffers are larger than any activation
-    # block, so in a reserved or device-level memory figure (``memory_reported``) PyTorch's
-    # caching allocator cannot serve them from the activations it cached: they add to them
-    # (costs.memory.flat_buffer_segment_bytes). ZeRO-1's reduction after the last backward
-    # flattens each gradient bucket (parallelism.bucket_mb) into a new copy as well.
-    zero_flat_step_buffers: bool = False
+    # DeepSpeed's optimizers reduce and step on flat gradient buffers (costs.memory
+    # .reduce_copy_bytes, flat_step_buffers): ZeRO-1/2's (DeepSpeedZeroOptimizer, 16-bit
+    # gradients) flattens each reduction bucket (parallelism.bucket_mb) into a new copy, then
+    # the rank's 16-bit gradient partition, cast to fp32, both live (2 + 4 B per partition
+    # parameter); its BF16 optimizer (the fp32-accumulating precision) casts its whole fp32
+    # gradient buffer to the communication dtype for the reduction. Flat buffers are larger
+    # than any activation block, so in a reserved or device-level memory figure
+    # (``memory_reported``) PyTorch's caching allocator cannot serve them from the activations
+    # it cached: they add to them (costs.memory.flat_buffer_segment_bytes).
+    flat_optimizer_buffers: bool = False
     source_file: str = ""
 
     @property
@@ -243,7 +244,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
-         "zero_flat_step_buffers")  # fmt: skip
+         "flat_optimizer_buffers")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

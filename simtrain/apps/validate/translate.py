@@ -380,7 +380,7 @@ def _scenario_data(
 def _deepspeed_buckets(data: dict[str, Any], notes: list[str]) -> None:
     """DeepSpeed's ZeRO-1/2 optimizer reduces the 16-bit gradients in buckets of
     reduce_bucket_size elements (default 5e8: zero/constants.py l.68 at 2151c787a, the DeepSpeed
-    importer's assumption too), one flat copy each (costs.memory.reduce_bucket_bytes): no record
+    importer's assumption too), one flat copy each (costs.memory.reduce_copy_bytes): no record
     states the size, so this replaces the convention's bucket (one buffer, 'local'); its BF16
     optimizer (fp32-accumulating precision) reduces its fp32 buffer at once."""
     par, prec = data["parallelism"], PRECISIONS.get(str(data["training"].get("precision")))
