@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
 
@@ -65,12 +66,6 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
     head's): one per weight and bias, a fused Q/K/V or gate/up projection one weight and one
     bias (runtime ``fused_qkv`` / ``fused_gate_up``: nanotron's qkv_proj and gate_up_proj); an
     MoE block's experts the rank's E/ep, its dense first blocks dense."""
-    from simtrain.costs.params import (
-        embedding_param_tensors,
-        head_param_tensors,
-        layer_param_tensors,
-    )
-
     m, t, p, rt = sc.model, sc.training, sc.parallelism, sc.runtime
     fused = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
              **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
@@ -83,8 +78,8 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
         tensors = layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
         return len({fuse(x.name) for x in tensors if x.trainable})
 
-    dense = m.dense_layers_in(lo, hi) if m.is_moe else hi - lo
-    n = dense * per_layer(False) + (hi - lo - dense) * (per_layer(True) if dense < hi - lo else 0)
+    moe = hi - lo - (m.dense_layers_in(lo, hi) if m.is_moe else hi - lo)
+    n = (hi - lo - moe) * per_layer(False) + (moe * per_layer(True) if moe else 0)
     if embedding:
         n += sum(1 for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
     if head:

@@ -144,10 +144,11 @@ class StageMemory:
 
     @property
     def allocator_buffer_growth_bytes(self) -> int:
-        """What the allocator cache adds to the buffers category's own total: its buffer part
-        beyond the loss working memory that the step's moment does not hold."""
-        rest = self.allocator_cached_bytes - self.allocator_cached_activation_bytes
-        return max(0, rest - sum(b for _, b in self.loss_bytes))
+        """What the allocator cache adds to the buffers category's own total
+        (:func:`cache_buffer_growth`)."""
+        return cache_buffer_growth(self.allocator_cached_bytes,
+                                   self.allocator_cached_activation_bytes,
+                                   sum(b for _, b in self.loss_bytes))  # fmt: skip
 
     @property
     def fits(self) -> bool:
@@ -334,10 +335,12 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
-    opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
-                                     fused=sc.runtime.fused_optimizer,
-                                     fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
-                                     flat_grad_copy=flat_step_buffers(sc, step))  # fmt: skip
+    if flat_step_buffers(sc, step):
+        opt_ws = sum(flat_step_allocations(sc, step, ms.trainable))
+    else:
+        opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
+                                         fused=sc.runtime.fused_optimizer,
+                                         fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4)  # fmt: skip
     # DeepSpeed's reduction copy (after the last backward, freed before the step): the same
     # moment as the step's (activations gone, gradients all there), the larger of the two
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
@@ -612,7 +615,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
                            buffers=at_opt["buffers"] + extra - cached_act)  # fmt: skip
             peak = sum(at_peak.values())
             cached = extra
-            grow = max(0, at_peak["buffers"] - cats["buffers"])
+            grow = cache_buffer_growth(extra, cached_act, loss_b)
             cats["buffers"] += grow
             buffers += grow
     breakdown = StageBreakdown(
@@ -662,6 +665,14 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     )
 
 
+def cache_buffer_growth(cached: int, cached_activations: int, loss: int) -> int:
+    """What a reserved figure's allocator cache adds to the buffers category's own total: the
+    category holds the step's working memory and the loss working memory, which the step's
+    moment does not hold; the cache's buffer part (``cached`` - ``cached_activations``) beyond
+    that ``loss`` grows it."""
+    return max(0, cached - cached_activations - loss)
+
+
 def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:
     """Whether the optimizer step runs on flat gradient buffers (runtime
     ``flat_optimizer_buffers``): DeepSpeed's ZeRO-1/2 optimizer, which steps 16-bit gradients
@@ -701,21 +712,29 @@ def reduce_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
     return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
 
 
+def flat_step_allocations(sc: Scenario, step: ResolvedStep, trainable: int) -> tuple[int, ...]:
+    """What DeepSpeed's ZeRO-1/2 step (:func:`flat_step_buffers`) allocates, in order, all live
+    at once: the flat 16-bit copy of the rank's gradient partition and its fp32 cast
+    (stage_1_and_2.py l.1694-1705 at 2151c787a), and, when the optimizer is torch's Adam
+    (runtime ``fused_optimizer`` false), its two state-sized temporaries (the single-tensor
+    step's ``denom``: ``costs.params.optimizer_working_bytes``) over the flat fp32 partition
+    DeepSpeed hands it, one tensor per parameter group; () otherwise."""
+    if not flat_step_buffers(sc, step):
+        return ()
+    t, prec = sc.training, step.precision
+    shard = ceil(trainable / sc.parallelism.dp_cp)
+    flats = (prec.grad * shard, prec.master * shard)
+    if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
+        flats += (prec.state * shard,) * 2
+    return flats
+
+
 def flat_segment_bytes(sc: Scenario, step: ResolvedStep, layers: int, head: bool,
                        trainable: int) -> int:  # fmt: skip
     """New segments of a stage's flat reduction and step buffers
     (:func:`flat_buffer_segment_bytes`): the reduction's copy (:func:`reduce_copy_bytes`),
-    then, under ZeRO-1/2 (:func:`flat_step_buffers`), the flat 16-bit gradient partition and
-    its fp32 cast, and, when the optimizer is torch's Adam (runtime ``fused_optimizer``
-    false), its two state-sized temporaries over the flat fp32 partition DeepSpeed hands it
-    (one tensor per parameter group)."""
-    t, prec = sc.training, step.precision
-    flats: tuple[int, ...] = ()
-    if flat_step_buffers(sc, step):
-        shard = ceil(trainable / sc.parallelism.dp_cp)
-        flats = (prec.grad * shard, prec.master * shard)
-        if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
-            flats += (prec.state * shard,) * 2
+    then the step's (:func:`flat_step_allocations`)."""
+    flats = flat_step_allocations(sc, step, trainable)
     blocks = cached_activation_blocks(sc, step, layers, head, len(flats) + 1)
     return flat_buffer_segment_bytes(blocks, reduce_copy_bytes(sc, step, trainable), flats)
 
@@ -724,20 +743,16 @@ def cached_activation_blocks(
     sc: Scenario, step: ResolvedStep, layers: int, head: bool, requests: int
 ) -> tuple[int, ...]:
     """The largest blocks the caching allocator holds once the backward has freed one
-    micro-batch's activations: every layer's MLP inner activation b·s·ffn/tp and, without
-    flash attention, its scores b·(heads/tp)·s² (one block per layer: ``requests`` of the larger
-    stand for them, enough for every request that follows), and on the head's stage one fp32
-    logits tensor of the loss, b·s·V/tp x 4 B (s per GPU: / cp). ``layers``: the stage's
-    decoder layers (none: no layer blocks)."""
+    micro-batch's activations: each layer's largest saved tensor
+    (``costs.activations.layer_saved_tensors``: the MLP's inner activation, or the scores
+    without flash attention), one block per layer (``requests`` of them stand for the stage's
+    layers, enough for every request that follows; none without ``layers``), and on the head's
+    stage what the loss saves (``costs.activations.loss_saved_bytes``: the fp32 logits)."""
     m, t, p = sc.model, sc.training, sc.parallelism
-    prec = step.precision
-    b, s = t.micro_batch, step.seq_len_effective // p.cp
-    layer = b * s * (m.ffn_hidden // p.tp) * prec.act_mm
-    if not m.flash_attention:
-        layer = max(layer, b * (m.heads // p.tp) * s * s * prec.act_softmax)
-    blocks = [layer] * requests if layers else []
+    saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel)
+    blocks = [max(x.bytes for x in saved)] * requests if layers else []
     if head:
-        blocks.append(b * s * (m.vocab // p.tp) * 4)
+        blocks.append(loss_saved_bytes(m, t, p.tp))
     return tuple(blocks)
 
 

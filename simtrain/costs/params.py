@@ -290,8 +290,7 @@ def add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
 
 def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
                             trainable: int, fused: bool = False,
-                            fp32_grad_buffer: bool = False,
-                            flat_grad_copy: bool = False) -> int:  # fmt: skip
+                            fp32_grad_buffer: bool = False) -> int:  # fmt: skip
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
@@ -305,10 +304,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     ``fp32_grad_buffer``: the gradients already are fp32 (Megatron-Core's ``main_grad`` buffer
     with grad_reduce_in_fp32): the master gradient is a view of it, ``shard_model_grad.float()``
     of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy.
-    ``flat_grad_copy``: the master gradients are cast from a flat 16-bit copy of the
-    partition's gradients, live at the same time (DeepSpeed ZeRO-1/2, runtime
-    ``flat_optimizer_buffers``): the 16-bit bytes of the partition more; an unfused Adam's
-    temporaries are then the size of the flat partition (one tensor per parameter group)."""
+    DeepSpeed's flat ZeRO-1/2 step is ``costs.memory.flat_step_allocations``."""
     if t.offload.optimizer:
         return 0
     prec = PRECISIONS[t.precision]
@@ -320,13 +316,9 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
         master_grads = prec.master * ceil(trainable / shards)
-        if flat_grad_copy:
-            master_grads += prec.grad * ceil(trainable / shards)
     if t.optimizer not in ("adam", "adamw") or fused:
         return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
-    if flat_grad_copy:  # DeepSpeed hands torch's Adam one flat partition per parameter group
-        largest = trainable
     state = 4 if t.peft.method == "qlora" else prec.state
     return master_grads + 2 * state * ceil(largest / shards)
 

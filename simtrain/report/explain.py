@@ -171,7 +171,8 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     prec = PRECISIONS[t.precision]
     lines = []
     if b.optimizer_working_bytes:
-        flat = flat_step_buffers(sc, resolve(sc))
+        step = resolve(sc)
+        flat = flat_step_buffers(sc, step)
         fused = sc.runtime.fused_optimizer or t.optimizer not in ("adam", "adamw")
         what = "" if fused else "2 temporaries of the largest tensor"
         if prec.master and not prec.grad_accum:
@@ -183,7 +184,6 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                 + (" / dp" if p.zero_stage else "")
                 + (" + " + what if what else "")
             )
-        step = resolve(sc)
         reduce = reduce_copy_bytes(sc, step, sm.trainable)
         if reduce and reduce >= b.optimizer_working_bytes:
             what = (f"the reduction's flat {wire_grad_bytes(sc, step)}-byte gradient copy, "

@@ -238,6 +238,7 @@ def calibrate_command(device: str, out: str, threads: int | None = None) -> str:
 
 __all__ = [
     "Calibration", "calibrate", "calibrate_command", "calibration_table", "efficiencies",
-    "elementwise_counted_bytes", "gemm_counted_flops", "gemm_mix_edge", "measure_adam", "measure_bandwidth",
-    "measure_elementwise", "measure_gemm_mix", "measure_matmul", "profile_text", "write_profile",
+    "elementwise_counted_bytes", "gemm_counted_flops", "gemm_mix_edge", "measure_adam",
+    "measure_bandwidth", "measure_elementwise", "measure_gemm_mix", "measure_matmul",
+    "profile_text", "write_profile",
 ]  # fmt: skip

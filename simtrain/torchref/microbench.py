@@ -191,6 +191,12 @@ def gemm_counted_flops(shape: tuple[int, ...]) -> tuple[float, float]:
     return bf.forward + bf.input_grad + bf.weight_grad, sum(head_flops(m, t))
 
 
+def mix_linears(h: int) -> list[tuple[int, int]]:
+    """(in, out) of the GEMM mix's linears (:func:`measure_gemm_mix`): the reference model's
+    q, k, v, o (h -> h), MLP up (h -> 4h) and down (4h -> h)."""
+    return [(h, h)] * 4 + [(h, 4 * h), (4 * h, h)]
+
+
 def gemm_mix_edge(shape: tuple[int, ...]) -> tuple[float, float]:
     """(block, head) ``costs.compute.gemm_edge`` of :func:`measure_gemm_mix`'s linear GEMMs,
     forward + backward (3x the forward's: the three GEMMs of a linear are the same sizes
@@ -200,7 +206,7 @@ def gemm_mix_edge(shape: tuple[int, ...]) -> tuple[float, float]:
     from simtrain.costs.compute import gemm_edge
 
     b, s, h, _, vocab, _ = shape
-    linears = [(h, h)] * 4 + [(h, 4 * h), (4 * h, h)]
+    linears = mix_linears(h)
     block = 3 * sum(gemm_edge(b * s, o, i) for i, o in linears)
     return block, 3 * gemm_edge(b * s, vocab, h)
 
@@ -255,7 +261,7 @@ def measure_gemm_mix(device: str = "cpu", shape: tuple[int, ...] | None = None,
     def leaf(*size: int) -> Any:
         return (0.02 * torch.randn(*size, generator=gen)).to(dev).requires_grad_(True)
 
-    linears = [(h, h)] * 4 + [(h, 4 * h), (4 * h, h)]
+    linears = mix_linears(h)
     xs = [leaf(b, s, i) for i, _ in linears]
     ws = [(leaf(o, i), leaf(o)) for i, o in linears]
     x_head, wte = leaf(b, s, h), leaf(vocab, h)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.costs.gemm_shape import GemmEdgeFit
+from simtrain.costs.gemm_shape import GemmEdgeFit, shape_factor
 from simtrain.torchref.microbench import gemm_counted_flops, gemm_mix_edge
 from simtrain.units import GIB, MIB
 
@@ -179,7 +179,7 @@ def large_gemm_rate(cal: Calibration, dtype: str) -> float:
     if not rates:
         return cal.matmul_flops_per_s.get(dtype, 0.0)
     n = max(rates)
-    return rates[n] * (1 + 3 * cal.gemm_edge_elements / n)
+    return rates[n] * shape_factor(cal.gemm_edge_elements, n, n, n)
 
 
 def priced_mix_rate(cal: Calibration) -> float:

@@ -284,11 +284,9 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     training = {"micro_batch": mbs, "global_batch": tbs, "precision": precision, **training}
     r.need("training.seq_len", "<sequence length>", "a DeepSpeed config has no sequence length: "
            "give --set training.seq_len=N")  # fmt: skip
-    training["optimizer"] = _optimizer(cfg, r)
+    training["optimizer"], torch_optimizer = _optimizer(cfg, r)
     seen.add("optimizer")
-    opt = _section(cfg, "optimizer", r.file)
-    params = (opt or {}).get("params") or {}
-    if not opt or (isinstance(params, dict) and params.get("torch_adam")):
+    if torch_optimizer:
         # the client's (or torch's) optimizer, not DeepSpeed's FusedAdam (engine.py
         # _configure_basic_optimizer): torch's Adam step keeps its per-tensor temporaries
         runtime["fused_optimizer"] = False
@@ -314,19 +312,23 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     )
 
 
-def _optimizer(cfg: dict[str, Any], r: Reading) -> str:
+def _optimizer(cfg: dict[str, Any], r: Reading) -> tuple[str, bool]:
+    """(simtrain's optimizer, whether torch's runs it rather than DeepSpeed's FusedAdam: no
+    optimizer section, the training script builds one; or ``params.torch_adam``)."""
     opt = _section(cfg, "optimizer", r.file)
     if not opt:
         r.assume("no optimizer section (the training script builds one): AdamW")
-        return "adamw"
+        return "adamw", True
     typ = str(opt.get("type", "")).lower()
     params = opt.get("params") or {}
+    torch_adam = isinstance(params, dict) and bool(params.get("torch_adam"))
     if typ == "sgd":
-        return "sgd_momentum" if isinstance(params, dict) and params.get("momentum") else "sgd"
+        return ("sgd_momentum" if isinstance(params, dict) and params.get("momentum")
+                else "sgd"), torch_adam  # fmt: skip
     if typ in OPTIMIZERS:
-        return OPTIMIZERS[typ]
+        return OPTIMIZERS[typ], torch_adam
     r.unsupported_(f"optimizer.type {opt.get('type')}", "simulated as AdamW")
-    return "adamw"
+    return "adamw", torch_adam
 
 
 def _recompute(cfg: dict[str, Any], r: Reading, training: dict[str, Any]) -> None:

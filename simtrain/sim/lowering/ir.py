@@ -72,12 +72,11 @@ class ChunkDurations:
         between I and W in proportion to their GPU time, the gradient adds' on W."""
         if kind == "F":
             return self.host_forward_ns
-        accum = self.host_accum_ns if kind in ("B", "W") else 0
-        if kind == "B" or not self.host_backward_ns:
-            return (self.host_backward_ns if kind == "B" else 0) + accum
+        if kind == "B":
+            return self.host_backward_ns + self.host_accum_ns
         total = self.input_grad_ns + self.weight_grad_ns
         i = self.host_backward_ns * self.input_grad_ns // total if total else self.host_backward_ns
-        return i if kind == "I" else self.host_backward_ns - i + accum
+        return i if kind == "I" else self.host_backward_ns - i + self.host_accum_ns
 
 
 @dataclass(frozen=True, slots=True)
