@@ -272,3 +272,17 @@ else:
         if reported == "reserved":  # (NCCL's buffers, device-level only, are real memory)
             assert mem.fits == mem_a.fits
         check_outputs(sc, rerun=False)
+
+
+def test_a_linear_probe_saves_no_layer_block():
+    """Found by the hypothesis test on re-reading: a linear probe (frozen blocks) saves nothing
+    in its layers, so no layer block is cached (only the loss's); it was max() of nothing."""
+    doc = {"name": "probe", "model": {**MODEL, "layers": 1}, "hardware": "a100_sxm4_40gb",
+           "cluster": {"nodes": 1, "gpus_per_node": 1},
+           "training": {"seq_len": 64, "global_batch": 1, "micro_batch": 1, "precision": "bf16",
+                        "optimizer": "sgd", "peft": {"method": "linear_probe", "phase": "probe"}},
+           "parallelism": {"dp": 1, "tp": 1, "pp": 1, "zero_stage": 1},
+           "runtime": {"name": "deepspeed", "memory_reported": "reserved"}}  # fmt: skip
+    sc = parse_scenario(doc, "probe.yaml")
+    assert cached_activation_blocks(sc, resolve(sc), 1, True, 3) == (4 * 64 * 8192,)
+    assert estimate_memory(sc).stages[0].peak_memory_bytes > 0

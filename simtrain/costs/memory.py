@@ -750,7 +750,8 @@ def cached_activation_blocks(
     stage what the loss saves (``costs.activations.loss_saved_bytes``: the fp32 logits)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel)
-    blocks = [max(x.bytes for x in saved)] * requests if layers else []
+    largest = max((x.bytes for x in saved), default=0)  # (a frozen probe saves nothing)
+    blocks = [largest] * requests if layers and largest else []
     if head:
         blocks.append(loss_saved_bytes(m, t, p.tp))
     return tuple(blocks)
