@@ -35,3 +35,41 @@ def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
                                   "needs M, N, K > 0 and 0 < efficiency <= 2", [m, n, k, e])  # fmt: skip
         tables.append(GemmTable(t["id"], t["source"], tuple(t["profiles"]), shapes))
     return tables
+
+
+ATTENTION_TABLES_PATH = GEMM_TABLES_PATH.with_name("attention_tables.yaml")
+ATTENTION_DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionTable:
+    id: str
+    source: str
+    profiles: tuple[str, ...]
+    direction: str  # forward | backward
+    # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, efficiency of the full count)
+    shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
+
+    def causal_rows(self) -> tuple[tuple[float, float], ...]:
+        """(query rows b·H·s, efficiency of the causal FLOPs = the table's / 2) per shape: the
+        pairs :func:`costs.attention_shape.fit_flash_rows_edge` fits."""
+        return tuple((float(b * h * s), e / 2) for b, s, h, _, _, _, e in self.shapes)
+
+
+def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionTable]:
+    """The attention-kernel tables of ``path``; every shape has positive sizes and a
+    full-count efficiency in (0, 2] (a causal kernel does half the full count)."""
+    tables = []
+    for t in load_yaml(path):
+        if t["direction"] not in ATTENTION_DIRECTIONS:
+            raise ConfigError(str(path), f"{t['id']}.direction", "unknown direction",
+                              t["direction"], " | ".join(ATTENTION_DIRECTIONS))  # fmt: skip
+        shapes = tuple((*(int(v) for v in row[:6]), float(row[6])) for row in t["shapes"])
+        for row in shapes:
+            if min(row[:6]) <= 0 or not 0 < row[6] <= 2:
+                raise ConfigError(str(path), f"{t['id']}.shapes", "each [batch, seq_len, heads, "
+                                  "kv_heads, qk_head_dim, v_head_dim, efficiency] needs sizes "
+                                  "> 0 and 0 < efficiency <= 2", list(row))  # fmt: skip
+        tables.append(AttentionTable(t["id"], t["source"], tuple(t["profiles"]), t["direction"],
+                                     shapes))  # fmt: skip
+    return tables

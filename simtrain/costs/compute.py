@@ -152,6 +152,54 @@ def gemm_edge(m_rows: int, n: int, k: int) -> float:
     return 2.0 * m_rows * n * k * (1 / m_rows + 1 / n + 1 / k)
 
 
+#: FlashAttention's backward FLOPs over its forward's: it recomputes Q·Kᵀ from the saved
+#: statistics (FlashAttention-2, Dao 2023, §3.1.2; SimuMax's kernel benchmark counts 5 vs 2 x
+#: b·s²·H·(d_qk + d_v): simu_tools/efficency_test/test_fa_efficiency.py l.633-637 at 4dcaae5).
+FLASH_BACKWARD_FLOPS = 2.5
+#: The dtypes FlashAttention kernels run in (16-bit only; an fp32 core stays GEMM FLOPs).
+FLASH_DTYPES = ("bf16", "fp16")
+
+
+def flash_rows_factor(edge: float, rows: float) -> float:
+    """A FlashAttention call's time over that of its causal FLOPs at the profile's unbounded
+    rate: 1 + R / (b·H·s), with b·H·s the query rows its thread blocks share out
+    (``costs.attention_shape``)."""
+    return 1 + edge / rows
+
+
+@dataclass(frozen=True, slots=True)
+class FlashCore:
+    """A chunk's attention core as FlashAttention kernels: the FLOPs it takes out of the GEMM
+    class (the forward's core, the input gradient's 2 x core) and the kernels' times."""
+
+    forward_flops: float
+    backward_flops: float
+    forward_ns: float
+    backward_ns: float
+
+
+def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
+               grad: bool) -> FlashCore | None:  # fmt: skip
+    """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
+    as causal FlashAttention kernels where the model uses flash attention and the profile has
+    the kernel class (``efficiency.flash_forward`` / ``flash_backward``), in a 16-bit dtype:
+    forward (core / 2) / (peak · e_f) · (1 + R_f / rows), backward 2.5 x (core / 2) / (peak ·
+    e_b) · (1 + R_b / rows), rows = b · (heads / tp) · s (``costs.attention_shape``: the core is
+    counted in full, 4·b·s·s_kv·H·d, a causal kernel does half). None: the GEMM class prices it."""
+    m, hw = sc.model, sc.hardware
+    eff = hw.efficiency
+    core = bf.attention_core
+    if not (m.flash_attention and eff.flash_forward and eff.flash_backward and core
+            and dtype in FLASH_DTYPES):  # fmt: skip
+        return None
+    rows = t.micro_batch * t.seq_len_effective * m.heads / sc.parallelism.tp
+    causal_ns = 1e9 * core / 2 / hw.compute_peak(dtype)
+    fwd = causal_ns / eff.flash_forward * flash_rows_factor(eff.flash_forward_rows_edge, rows)
+    bwd = (FLASH_BACKWARD_FLOPS * causal_ns / eff.flash_backward
+           * flash_rows_factor(eff.flash_backward_rows_edge, rows))  # fmt: skip
+    return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
+
+
 def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
                        fused: tuple[bool, bool] = (True, True)) -> dict[str, tuple[int, int]]:  # fmt: skip
     """(N, K) of each dense linear GEMM of a block on one TP rank, by name ("qkv" and "fc1" for
@@ -330,13 +378,17 @@ class StageCosts:
     ring_backward_ns: int = 0
 
 
-def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str) -> tuple[float, float, int, int]:
+def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
+          flash: FlashCore | None = None) -> tuple[float, float, int, int]:  # fmt: skip
     """(forward exposed, backward exposed, forward transfer, backward transfer) ns of the
     chunk's ``layers`` ring exchanges (``costs.cp.ring_layer``; all 0 without CP); ``bf`` the
-    chunk's blocks together (:func:`chunk_block_flops`), so one layer's attention is 1/layers."""
+    chunk's blocks together (:func:`chunk_block_flops`), so one layer's attention is 1/layers
+    (its FlashAttention forward's where ``flash`` prices it)."""
     if sc.parallelism.cp == 1 or not layers:
         return 0.0, 0.0, 0, 0
-    r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
+    layer_ns = (flash.forward_ns / layers if flash
+                else _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))  # fmt: skip
+    r = ring_layer(sc, layer_ns)
     # the exchange's exposed time and the attention call's element-wise work (PyTorch's merge)
     ew_f = memory_bound_ns(r.forward_elementwise_bytes, sc.hardware)
     ew_b = memory_bound_ns(r.backward_elementwise_bytes, sc.hardware)
@@ -447,20 +499,23 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
             sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w)
         )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
-    fwd_ns = _matmul_ns(fwd_f, hw, dtype, g, e_f) + memory_bound_ns(ew, hw)
-    i_ns = _matmul_ns(i_f, hw, dtype, g if i_f else 0.0, e_i) + memory_bound_ns(ew_bwd, hw)
+    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
+    fa_f, fa_i, fa_fns, fa_ins = (fa.forward_flops, fa.backward_flops, fa.forward_ns,
+                                  fa.backward_ns) if fa else (0.0, 0.0, 0.0, 0.0)  # fmt: skip
+    fwd_ns = _matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
+    i_ns = (_matmul_ns(i_f - fa_i, hw, dtype, g if i_f else 0.0, e_i) + fa_ins
+            + memory_bound_ns(ew_bwd, hw))  # fmt: skip
     g_w = g if w_f and full else 0.0
     w_ns = _matmul_ns(w_f, hw, dtype, g_w, e_w)
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = _matmul_ns(rec_f, hw, dtype, g, bf.projections_edge) + memory_bound_ns(
-            bf.elementwise_bytes_fwd, hw
-        )
+        rec_ns = (_matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge) + fa_fns
+                  + memory_bound_ns(bf.elementwise_bytes_fwd, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(
+        rec_ns = (fa_fns if fa else _matmul_ns(rec_f, hw, dtype)) + memory_bound_ns(
             layers * attention_core_elementwise_bytes(m, t, tp), hw
         )
     elif grad and t.recompute == "selective_op":
@@ -468,7 +523,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         rec_ns = _matmul_ns(
             rec_f, hw, dtype, edge=layers * op_sac_recompute_edge(m, t, tp)
         ) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
-    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
+    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     # recomputed attention replays the forward ring (selective_op keeps SDPA's output)
@@ -536,10 +591,13 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     # the linear layers' shape term at the FP8 rate, the head's (the rest of ``edges``) at dtype's
     le = bf.projections_edge
     le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
-    fwd_ns = (_matmul_ns(fwd_f - lin_f, hw, dtype, edge=edges[0] - le_f)
+    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
+    fa_f, fa_i, fa_fns, fa_ins = (fa.forward_flops, fa.backward_flops, fa.forward_ns,
+                                  fa.backward_ns) if fa else (0.0, 0.0, 0.0, 0.0)  # fmt: skip
+    fwd_ns = (_matmul_ns(fwd_f - lin_f - fa_f, hw, dtype, edge=edges[0] - le_f) + fa_fns
               + _matmul_ns(lin_f, hw, gemm, edge=le_f)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
-    i_ns = (_matmul_ns(i_f - lin_i, hw, dtype, edge=edges[1] - le_i)
+    i_ns = (_matmul_ns(i_f - lin_i - fa_i, hw, dtype, edge=edges[1] - le_i) + fa_ins
             + _matmul_ns(lin_i, hw, gemm, edge=le_i)
             + memory_bound_ns(ew[1] + cast_b, hw))  # fmt: skip
     w_ns = (_matmul_ns(w_f - lin_w, hw, dtype, edge=edges[2] - le_w)
@@ -547,11 +605,12 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = (_matmul_ns(rec_f - lin_f, hw, dtype) + _matmul_ns(lin_f, hw, gemm, edge=le)
+        rec_ns = (_matmul_ns(rec_f - lin_f - fa_f, hw, dtype) + fa_fns
+                  + _matmul_ns(lin_f, hw, gemm, edge=le)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f = bf.attention_core
-        rec_ns = _matmul_ns(rec_f, hw, dtype) + memory_bound_ns(
+        rec_ns = (fa_fns if fa else _matmul_ns(rec_f, hw, dtype)) + memory_bound_ns(
             layers * attention_core_elementwise_bytes(m, t, sc.parallelism.tp), hw
         )
     elif grad and t.recompute == "selective_op":
@@ -564,7 +623,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype)
                   + _matmul_ns(rec_lin, hw, gemm, edge=rec_e)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
-    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype)
+    ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0

@@ -34,7 +34,7 @@ def shape_factor(edge: float, m: int, n: int, k: int) -> float:
     return 1 + edge * gemm_edge(m, n, k) / (2.0 * m * n * k)
 
 
-def _best_efficiency(xs: list[float]) -> tuple[float, float]:
+def best_efficiency(xs: list[float]) -> tuple[float, float]:
     """(e∞, MAPE %) minimising mean |x_i/e∞ − 1|: 1/e∞ = the x-weighted median of 1/x
     (``xs`` non-empty and positive)."""
     if not xs or min(xs) <= 0:
@@ -58,9 +58,9 @@ def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
         raise ValueError("fit_gemm_edge needs at least two measured shapes")
     best = None
     for edge in grid:
-        eff, mape = _best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
+        eff, mape = best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
         if best is None or mape < best[2] - 1e-12:
             best = (float(edge), eff, mape)
-    _, const = _best_efficiency([e for *_, e in shapes])
+    _, const = best_efficiency([e for *_, e in shapes])
     assert best is not None
     return GemmEdgeFit(best[0], best[1], best[2], const)

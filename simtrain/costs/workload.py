@@ -6,6 +6,7 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from simtrain.costs import comm, offload
@@ -17,7 +18,7 @@ from simtrain.costs.compute import (
 )
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
-from simtrain.costs.memory import MemoryReport, wire_grad_bytes
+from simtrain.costs.memory import MemoryReport, buffer_grad_bytes, wire_grad_bytes
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -158,12 +159,36 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
     if not exp:
+        shard = optimizer_shard(trainable, p)
         work = dense_rank_work(sc, step, rank, params, trainable)
-        return offload_work(sc, step, rank, work, trainable, optimizer_shard(trainable, p))
-    z = p.zero_stage
-    shard = (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (p.dp // p.ep if z >= 1 else 1)
-    work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
+    else:
+        z = p.zero_stage
+        shard = ((trainable - exp) // (p.dp if z >= 1 else 1)
+                 + exp // (p.dp // p.ep if z >= 1 else 1))  # fmt: skip
+        work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
+    passes = grad_passes_ns(sc, step, trainable, shard)
+    if passes:
+        work = replace(work, optimizer_ns=work.optimizer_ns + passes)
     return offload_work(sc, step, rank, work, trainable, shard)
+
+
+def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int) -> int:
+    """The runtime's memory-bound passes over the gradients besides the optimizer's update
+    (``RuntimeProfile.zero_grad_buffer``, ``check_nan_in_grad``, ``scale_grads_before_reduce``,
+    ``clip_grad_norm``): one access per element each (the scale two, and only with dp x cp > 1)
+    of the rank's ``trainable`` gradients, the norm of its optimizer ``shard``, in the gradient
+    buffer's dtype (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient
+    bytes), at the memory-bound rate; counted with the optimizer step (the zeroing opens the
+    next step, the rest precede the reduction and the update on the compute stream)."""
+    rt = sc.runtime
+    full = (rt.zero_grad_buffer + rt.check_nan_in_grad
+            + 2 * (rt.scale_grads_before_reduce and sc.parallelism.dp_cp > 1))  # fmt: skip
+    accesses = full * trainable + rt.clip_grad_norm * shard
+    if not accesses:
+        return 0
+    prec = step.precision
+    elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+    return math.ceil(memory_bound_ns(accesses * elem, sc.hardware))
 
 
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,

@@ -45,6 +45,14 @@ class Efficiency:
     # 2·M·N·K·(1 + L/M + L/N + L/K) / (peak · matmul), so small and skinny GEMMs roll off and
     # ``matmul`` is the rate of an unboundedly large one (costs.compute.gemm_edge). 0: no term.
     gemm_edge_elements: float = 0.0
+    # The FlashAttention kernel class (costs.attention_shape): a causal call's forward and
+    # backward rate of its causal FLOPs / dense peak at unbounded parallelism, and each one's
+    # under-fill edge R in query rows (time x (1 + R / (b·H·s))). None: the attention core is
+    # priced as GEMM FLOPs (full count at ``matmul``), as for a GPU without a measured table.
+    flash_forward: float | None = None
+    flash_forward_rows_edge: float = 0.0
+    flash_backward: float | None = None
+    flash_backward_rows_edge: float = 0.0
 
     @property
     def grouped(self) -> float:
@@ -114,7 +122,7 @@ MAXIMA = {
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
     "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
     "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
-    "gemm_edge_elements": 1e6,
+    "gemm_edge_elements": 1e6, "flash_forward_rows_edge": 1e9, "flash_backward_rows_edge": 1e9,
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -150,7 +158,10 @@ GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
 INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
 EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul",
-                   "gemm_edge_elements")  # fmt: skip
+                   "gemm_edge_elements", "flash_forward", "flash_forward_rows_edge",
+                   "flash_backward", "flash_backward_rows_edge")  # fmt: skip
+#: The flash keys that come together: a rate for each direction, or neither.
+FLASH_RATES = ("flash_forward", "flash_backward")
 
 
 def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
@@ -190,11 +201,26 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
             _num(eff, "grouped_matmul", file, "efficiency.") if "grouped_matmul" in eff else None
         ),
         gemm_edge_elements=_num(eff, "gemm_edge_elements", file, "efficiency.", default=0.0),
+        **{k: _num(eff, k, file, "efficiency.") if k in eff else None for k in FLASH_RATES},
+        **{
+            f"{k}_rows_edge": _num(eff, f"{k}_rows_edge", file, "efficiency.", default=0.0)
+            for k in FLASH_RATES
+        },
     )
+    given = [k for k in FLASH_RATES if k in eff]
+    if len(given) == 1:
+        missing = next(k for k in FLASH_RATES if k not in eff)
+        raise ConfigError(file, f"efficiency.{missing}", f"missing: with efficiency.{given[0]} "
+                          "the FlashAttention class needs both directions' rates")  # fmt: skip
+    for k in FLASH_RATES:
+        if f"{k}_rows_edge" in eff and k not in eff:
+            raise ConfigError(file, f"efficiency.{k}_rows_edge", f"needs efficiency.{k}: an "
+                              "edge without the rate it scales")  # fmt: skip
     opt = 1.0 if efficiency.optimizer is None else efficiency.optimizer
     for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),
                  ("collective", efficiency.collective), ("optimizer", opt),
-                 ("grouped_matmul", efficiency.grouped)):  # fmt: skip
+                 ("grouped_matmul", efficiency.grouped),
+                 *((k, getattr(efficiency, k)) for k in given)):  # fmt: skip
         if not 0 < v <= 1:
             raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
         if v < MIN_FRACTION:

@@ -113,6 +113,17 @@ class RuntimeProfile:
     # backward to the end of that add, never at a forward's peak nor at the optimizer step, and
     # the add costs each backward 10 B per parameter at the memory-bound rate ("ACC").
     grads_freed_per_microbatch: bool = False
+    # Memory-bound passes the framework's step makes over the gradients besides the optimizer's
+    # update (Megatron-Core: training.py zero_grad_buffer() each iteration, ``grad_data.zero_()``;
+    # start_grad_sync's NaN check, a norm of each bucket, and its ``grad_data *= 1/dp``;
+    # the optimizer's gradient norm for clipping): each over the rank's whole gradient buffer
+    # (zero: a write; NaN check: a read; scale: a read and a write, only when dp x cp > 1) or,
+    # the norm, over its optimizer shard (a read), in the buffer's dtype (costs.workload
+    # .grad_passes_ns).
+    zero_grad_buffer: bool = False
+    check_nan_in_grad: bool = False
+    scale_grads_before_reduce: bool = False
+    clip_grad_norm: bool = False
     # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
     # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
     # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
@@ -244,7 +255,8 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
-         "flat_optimizer_buffers")  # fmt: skip
+         "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
+         "scale_grads_before_reduce", "clip_grad_norm")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

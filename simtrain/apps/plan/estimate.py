@@ -17,7 +17,7 @@ from simtrain.costs.comm import (
 )
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import tp_recompute_ns
+from simtrain.costs.workload import grad_passes_ns, tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -71,9 +71,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     step_ns = _pipeline_ns(sc, step, ranks)
     t, p = sc.training, sc.parallelism
     s0 = stages[0]
-    opt_ns = optimizer_step_ns(
-        optimizer_shard(s0.trainable, p), t, sc.hardware, sc.cluster.gpus_per_node
-    )
+    shard = optimizer_shard(s0.trainable, p)
+    opt_ns = optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node)
+    opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns)
     return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9

@@ -1,0 +1,50 @@
+"""The FlashAttention kernel class: its rate by shape, and the fit on measured attention tables.
+
+A causal FlashAttention call over b sequences of s queries (attending to s_kv keys) with the GPU's
+H heads runs its thread blocks over (batch, head, query block): with few query rows b·H·s the GPU
+is under-filled (FlashAttention-2, Dao 2023, §3.2 "parallelism": "in the forward pass we
+parallelize over the batch, number of heads and the sequence length dimension"). The cost model
+prices it as
+    time = F_causal / (peak · e∞) · (1 + R / (b·H·s))
+with F_causal the FLOPs a causal kernel does (half of the full count 4·b·s·s_kv·H·d for the
+forward; the backward 2.5x the forward, for it recomputes the scores: FlashAttention-2 §3.1.2),
+e∞ the rate of an unboundedly parallel call and R (rows) the under-fill edge, one pair for the
+forward kernel and one for the backward (profiles' ``efficiency.flash_*``; priced by ``costs.compute.flash_attention_ns``).
+:func:`fit_flash_rows_edge` picks R on a grid and, for each R, the e∞ that minimises the table's
+MAPE of kernel time exactly (as :func:`costs.gemm_shape.fit_gemm_edge` does for GEMMs); the
+tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention_tables``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simtrain.costs.compute import flash_rows_factor as rows_factor
+from simtrain.costs.gemm_shape import best_efficiency
+
+#: The grid of R (query rows) the fit searches; profiles ship the grid's minimum.
+ROWS_GRID = tuple(range(0, 262145, 1024))
+
+
+@dataclass(frozen=True, slots=True)
+class FlashRowsFit:
+    rows_edge: float  # R
+    efficiency: float  # e∞ (of the causal FLOPs)
+    mape_pct: float  # the table's MAPE of kernel time with the term
+    constant_mape_pct: float  # ... with one efficiency for every shape (R = 0)
+
+
+def fit_flash_rows_edge(shapes: tuple[tuple[float, float], ...],
+                        grid: tuple[int, ...] = ROWS_GRID) -> FlashRowsFit:  # fmt: skip
+    """The R of ``grid`` (and its e∞) with the smallest MAPE of kernel time over ``shapes``:
+    (query rows b·H·s, causal efficiency) pairs."""
+    if len(shapes) < 2:
+        raise ValueError("fit_flash_rows_edge needs at least two measured shapes")
+    best = None
+    for edge in grid:
+        eff, mape = best_efficiency([e * rows_factor(edge, r) for r, e in shapes])
+        if best is None or mape < best[2] - 1e-12:
+            best = (float(edge), eff, mape)
+    _, const = best_efficiency([e for _, e in shapes])
+    assert best is not None
+    return FlashRowsFit(best[0], best[1], best[2], const)

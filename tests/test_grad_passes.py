@@ -1,0 +1,68 @@
+"""Megatron-Core's passes over the gradients besides the optimizer's update
+(``costs.workload.grad_passes_ns``; runtimes/megatron_core.yaml [gpass])."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.workload import grad_passes_ns
+from simtrain.layout.step import resolve
+from simtrain.spec.scenario import parse_scenario
+
+PASSES = ("zero_grad_buffer", "check_nan_in_grad", "scale_grads_before_reduce", "clip_grad_norm")
+
+
+def _scenario(dp: int = 4, runtime: str = "megatron_core", zero: int = 1):
+    """A Megatron-LM --bf16 run: the gradient buffer and its reduction in fp32."""
+    return parse_scenario(
+        {"name": "x", "hardware": "h100_sxm5_80gb",
+         "runtime": {"name": runtime, "grad_reduce_dtype": "fp32"},
+         "model": {"layers": 2, "hidden": 1024, "heads": 8, "ffn_hidden": 4096, "vocab": 1024,
+                   "max_positions": 1024, "mlp": "swiglu", "bias": False},
+         "training": {"seq_len": 1024, "global_batch": dp, "micro_batch": 1,
+                      "precision": "bf16_fp32_grads"},
+         "parallelism": {"dp": dp, "zero_stage": zero},
+         "cluster": {"nodes": 1, "gpus_per_node": dp}}, "t.yaml")  # fmt: skip
+
+
+def _without_passes(sc):
+    return replace(sc, runtime_profile=replace(sc.runtime, **dict.fromkeys(PASSES, False)))
+
+
+def _ns(n_bytes: float, sc) -> float:
+    hw = sc.hardware
+    return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
+
+
+def test_megatron_core_passes_by_hand():
+    """dp 4: zero (write), NaN-check norm (read) and 1/dp scale (read + write) of all 1,000
+    fp32 gradients, and the norm of the 250 of the shard: (4 x 1,000 + 250) x 4 B."""
+    sc = _scenario()
+    step = resolve(sc)
+    assert grad_passes_ns(sc, step, 1000, 250) == pytest.approx(_ns((4 * 1000 + 250) * 4, sc),
+                                                                abs=1)  # fmt: skip
+    # one GPU: no 1/dp scale (gradient_scaling_factor 1), the rest as before
+    one = _scenario(dp=1, zero=0)
+    assert grad_passes_ns(one, resolve(one), 1000, 1000) == pytest.approx(
+        _ns((2 * 1000 + 1000) * 4, one), abs=1)  # fmt: skip
+
+
+def test_other_runtimes_make_no_such_passes():
+    for name in ("megatron_lm_2021", "deepspeed", "nanotron", "torchtitan", "pytorch_eager"):
+        sc = _scenario(runtime=name)
+        assert grad_passes_ns(sc, resolve(sc), 10**6, 10**5) == 0, name
+
+
+def test_the_step_pays_them_once_with_the_optimizer():
+    """One stage, no pipeline: the step is longer by exactly the passes over the rank's
+    trainable parameters (the shard: 1/4 of them under the distributed optimizer)."""
+    sc = _scenario()
+    with_, without = simulate_scenario(sc), simulate_scenario(_without_passes(sc))
+    trainable = with_.memory.stages[0].trainable
+    expected = grad_passes_ns(sc, resolve(sc), trainable, trainable // 4)
+    assert expected > 0
+    delta_ns = round(1e9 * (with_.metrics.step_time_s - without.metrics.step_time_s))
+    assert delta_ns == expected
