@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -17,5 +19,14 @@ def published_records() -> dict[str, Record]:
 # No test asserts on wall time (issue 15, item 4). Hypothesis' own defaults do: a 200 ms deadline
 # per example and the too_slow health check, which fail on a busy machine. Off for every test;
 # a test's own @settings(...) keeps these unless it names them.
-settings.register_profile("simtrain", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The draws are derandomized (the same examples every run), so that CI's verdict on a commit does
+# not depend on the run: twice a fresh random draw failed CI on a case no change had touched.
+# SIMTRAIN_HYPOTHESIS_EXPLORE=1 draws new examples (and benchmarks/fuzz_campaign.py explores the
+# CLI); a case found that way is kept as a test of its own.
+settings.register_profile(
+    "simtrain",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("SIMTRAIN_HYPOTHESIS_EXPLORE") != "1",
+)
 settings.load_profile("simtrain")

@@ -518,6 +518,10 @@ def hardware_doc(draw: Drawer) -> dict[str, Any]:
     for k in ("matmul", "memory_bound", "collective", "optimizer"):
         if coin(draw, 0.25):
             eff[k] = choose(draw, 1, 1.0, 1e-6, 0.001, 0.5, 0.999)
+    if coin(draw, 0.25):  # the FlashAttention class: both rates, their edges from 0 rows up
+        for k in ("flash_forward", "flash_backward"):
+            eff[k] = choose(draw, 2, 1e-6, 0.001, 0.5, 1.5)
+            eff[f"{k}_rows_edge"] = choose(draw, 0, 1, 55296, 1e9)
     return doc
 
 
@@ -756,6 +760,8 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("zero3_per_gpu_nic", (True, False)),
         ("memory_reported", ("allocated", "reserved", "nvidia_smi")),
         ("flat_optimizer_buffers", (True, False)), ("fused_optimizer", (True, False)),
+        ("zero_grad_buffer", (True, False)), ("check_nan_in_grad", (True, False)),
+        ("scale_grads_before_reduce", (True, False)), ("clip_grad_norm", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.3):
             out[key] = choose(draw, *values)

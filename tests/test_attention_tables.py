@@ -145,7 +145,7 @@ def test_selective_recompute_replays_the_flash_forward():
     [({"flash_forward": 0.5}, "efficiency.flash_backward"),
      ({"flash_backward": 0.5}, "efficiency.flash_forward"),
      ({"flash_forward_rows_edge": 1024}, "efficiency.flash_forward_rows_edge"),
-     ({"flash_forward": 1.2, "flash_backward": 0.5}, "efficiency.flash_forward")],
+     ({"flash_forward": 2.5, "flash_backward": 0.5}, "efficiency.flash_forward")],
 )  # fmt: skip
 def test_bad_flash_keys_name_the_key(data, key):
     base = load_hardware("b200_180gb")

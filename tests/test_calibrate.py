@@ -31,6 +31,7 @@ machine a 2-thread step under load from other processes stalls on its deschedule
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -327,3 +328,48 @@ def test_shape_sweep_fit_recovers_a_generated_term(monkeypatch: pytest.MonkeyPat
     assert fit.efficiency == pytest.approx(e_inf, rel=1e-12)
     assert fit.mape_pct == pytest.approx(0, abs=1e-9) and fit.constant_mape_pct > 10
     assert cal_mod._gemm_edge_fit("cpu", (), peak, 3, notes) is None  # no sweep: L = 0
+
+
+def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
+    """The sweep's plumbing on this CPU (PyTorch's default attention backend here, not a flash
+    kernel: a CPU calibration writes no FlashAttention class): a positive forward and backward
+    time for every shape, in order."""
+    shapes = ((2, 64), (4, 128))
+    times = microbench.measure_flash_attention("cpu", shapes, head_dim=16, repeats=1,
+                                               dtype="fp32")  # fmt: skip
+    assert list(times) == list(shapes)
+    assert all(f > 0 and b > 0 for f, b in times.values())
+
+
+def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) -> None:
+    """A flash sweep timed as e∞ / (1 + R / rows) of the profile's bf16 peak (generated: e
+    0.6 / 0.45, R 20,480 / 8,192) is fitted back, written, loaded, and priced by the cost
+    model (``compute.flash_core``) at each call's own time."""
+    from simtrain.costs.compute import flash_rows_factor
+    from simtrain.torchref.profile_writer import flash_fits, large_gemm_rate
+
+    base = _fake(matmul_by_size={"fp32": {1024: 5e10}, "bf16": {1024: 4e10}},
+                 matmul_flops_per_s={"fp32": 5e10, "bf16": 4e10})  # fmt: skip
+    peak = large_gemm_rate(base, "bf16")
+    truth = ((0.6, 20480.0), (0.45, 8192.0))
+    times = {}
+    for heads, s in microbench.CUDA_FLASH_SHAPES:
+        flops = microbench.flash_causal_flops(heads, s)
+        times[(heads, s)] = tuple(
+            f / (peak * e) * flash_rows_factor(r, heads * s)
+            for f, (e, r) in zip(flops, truth, strict=True)
+        )
+    cal = dataclasses.replace(base, flash_times=times)
+    fits = flash_fits(cal)
+    assert [(f.rows_edge, round(f.efficiency, 12)) for f in fits] == [(20480, 0.6), (8192, 0.45)]
+    hw = load_hardware(str(write_profile(tmp_path / "flash.yaml", cal)))
+    eff = hw.efficiency
+    assert (eff.flash_forward_rows_edge, eff.flash_backward_rows_edge) == (20480, 8192)
+    assert (eff.flash_forward, eff.flash_backward) == (pytest.approx(0.6, rel=1e-3),
+                                                       pytest.approx(0.45, rel=1e-3))  # fmt: skip
+    assert hw.compute_peak("bf16") == pytest.approx(peak, rel=1e-5)
+    # no sweep (a CPU): no class in the profile
+    assert (
+        load_hardware(str(write_profile(tmp_path / "none.yaml", base))).efficiency.flash_forward
+        is None
+    )

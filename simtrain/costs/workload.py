@@ -435,8 +435,12 @@ def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[t
     """Rank -> (alloc, free) of its optimizer step: the step holds its working memory while it
     runs; with transient gradients the 16-bit gradients are allocated there too (after
     backward has freed the activations). A reserved figure's allocator cache
-    (``StageMemory.allocator_cached_bytes``) is taken there too and kept."""
+    (``StageMemory.allocator_cached_bytes``) is taken there too and kept, except under a
+    schedule that steps after every micro-batch (PipeDream): there the next micro-batch's
+    forward is served from the cached blocks, so the step gives them back (the trace would
+    otherwise count them twice, under the next activations)."""
     out = {}
+    again = step.traits.steps_every_microbatch
     for sm in mem.stages:
         alloc = []
         if sm.transient_gradient_bytes:
@@ -447,5 +451,9 @@ def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[t
             alloc.append(("activations", act))
         if ws or sm.allocator_cached_bytes - act:
             alloc.append(("buffers", ws + sm.allocator_cached_bytes - act))
-        out[sm.stage] = (tuple(alloc), (("buffers", ws),) if ws else ())
+        free = ((("buffers", ws + sm.allocator_cached_bytes - act),) if again else
+                (("buffers", ws),) if ws else ())  # fmt: skip
+        if again and act:
+            free += (("activations", act),)
+        out[sm.stage] = (tuple(alloc), tuple((k, v) for k, v in free if v))
     return out

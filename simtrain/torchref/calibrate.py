@@ -16,6 +16,12 @@
   shipped profiles' L on published GEMM tables). The profile's peaks become the rates the term
   implies for an unboundedly large GEMM (largest square n: rate x (1 + 3L/n)), and the GEMM
   mix's FLOPs include the term (:func:`gemm_mix_edge`), so the profile still reproduces the mix;
+* **FlashAttention class** (CUDA only; ``efficiency.flash_*``): causal bf16
+  ``scaled_dot_product_attention`` through the FlashAttention backend for every (heads,
+  seq_len) of :data:`CUDA_FLASH_SHAPES` (batch 1, head dim 128), forward and backward, each
+  call's causal FLOPs over its time and the bf16 peak, fitted by
+  ``costs.attention_shape.fit_flash_rows_edge`` (the fit that set the B200 profile's on
+  SimuMax's sweep); a CPU has no flash kernel and gets no class;
 * **memory bandwidth**: a copy (``y.copy_(x)``: read + write) and an add (``torch.add(x, y,
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /
   time, the better of the two (the element-wise kernels of a training step are of these kinds);
@@ -64,6 +70,7 @@ from simtrain.torchref.microbench import (
     CPU_GEMM_EDGE_SIZES,
     CPU_SIZES,
     CUDA_ELEMENTWISE_SHAPE,
+    CUDA_FLASH_SHAPES,
     CUDA_GEMM_EDGE_SIZES,
     CUDA_SIZES,
     STREAM_BYTES,
@@ -76,6 +83,7 @@ from simtrain.torchref.microbench import (
     measure_adam,
     measure_bandwidth,
     measure_elementwise,
+    measure_flash_attention,
     measure_gemm_mix,
     measure_gemm_shapes,
     measure_matmul,
@@ -137,6 +145,11 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
     ew_rate, ew_spread = measure_elementwise(device, ew_shape)
     gemm_rate, gemm_spread = measure_gemm_mix(device, ew_shape)
     adam = measure_adam(device)
+    flash = {}
+    if dev.type == "cuda" and "bf16" in best:
+        flash = measure_flash_attention(device, CUDA_FLASH_SHAPES, repeats=repeats)
+        if not flash:
+            notes.append("FlashAttention: no flash backend on this device; no kernel class")
     if dev.type == "cuda":
         device_name, memory, context, pcie = _cuda_facts(torch, dev, repeats)
     else:
@@ -164,6 +177,7 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         adam_params_per_s=adam,
         notes=tuple(notes),
         gemm_edge=edge,
+        flash_times=flash,
     )
 
 

@@ -28,6 +28,12 @@ CPU_GEMM_EDGE_SIZES = (32, 128, 512)
 CUDA_GEMM_EDGE_SIZES = (128, 512, 2048, 8192)
 
 
+#: (heads, seq_len) of the FlashAttention sweep on CUDA (batch 1, head dim 128, bf16, causal):
+#: 4,096 to 262,144 query rows b·H·s, below and above where a GPU's thread blocks fill it.
+CUDA_FLASH_SHAPES = tuple((h, s) for h in (4, 8, 16, 32, 64) for s in (1024, 4096))
+FLASH_HEAD_DIM = 128
+
+
 def _torch() -> Any:
     try:
         import torch
@@ -353,3 +359,58 @@ def measure_elementwise(device: str = "cpu", shape: tuple[int, ...] | None = Non
 
     counted = elementwise_counted_bytes(shape)
     return _mix_rate(torch, dev, counted, block, head, shape[5], repeats)
+
+
+def flash_causal_flops(heads: int, seq_len: int, head_dim: int = FLASH_HEAD_DIM,
+                       batch: int = 1) -> tuple[float, float]:  # fmt: skip
+    """(forward, backward) FLOPs a causal attention kernel does: half of the full count
+    4·b·s²·H·d forward, the backward 2.5x the forward's (``costs.compute.flash_core``)."""
+    from simtrain.costs.compute import FLASH_BACKWARD_FLOPS
+
+    fwd = 4.0 * batch * seq_len * seq_len * heads * head_dim / 2
+    return fwd, FLASH_BACKWARD_FLOPS * fwd
+
+
+def measure_flash_attention(device: str, shapes: tuple[tuple[int, int], ...],
+                            head_dim: int = FLASH_HEAD_DIM, repeats: int = 5,
+                            dtype: str = "bf16") -> dict[tuple[int, int], tuple[float, float]]:  # fmt: skip
+    """(heads, seq_len) -> (forward, backward) seconds of causal
+    ``torch.nn.functional.scaled_dot_product_attention`` over one sequence (q, k and v of shape
+    1 x heads x seq_len x head_dim), in order, stopping at the first shape the device cannot
+    run. On CUDA the FlashAttention backend only (``sdpa_kernel(SDPBackend.FLASH_ATTENTION)``;
+    {} where it has none); elsewhere PyTorch's default backend (not a flash kernel: for tests
+    of the sweep itself). The backward is the forward-and-backward time less the forward's
+    (``torch.autograd.grad``: no gradient accumulation in the timing)."""
+    torch = _torch()
+    dev = torch.device(device)
+    td = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out: dict[tuple[int, int], tuple[float, float]] = {}
+    for heads, s in shapes:
+        try:
+            q, k, v = (torch.randn(1, heads, s, head_dim, device=dev, dtype=td,
+                                   requires_grad=True) for _ in range(3))  # fmt: skip
+            grad = torch.randn(1, heads, s, head_dim, device=dev, dtype=td)
+            with _flash_backend(torch, dev):
+                fwd = _timed(torch, dev, lambda q=q, k=k, v=v: sdpa(q, k, v, is_causal=True),
+                             repeats)  # fmt: skip
+
+                def both(q=q, k=k, v=v, grad=grad) -> None:
+                    torch.autograd.grad(sdpa(q, k, v, is_causal=True), (q, k, v), grad)
+
+                total = _timed(torch, dev, both, repeats)
+        except (RuntimeError, TypeError, NotImplementedError):
+            break
+        out[(heads, s)] = (fwd, max(total - fwd, 1e-3 * total))
+    return out
+
+
+def _flash_backend(torch: Any, dev: Any) -> Any:
+    """The FlashAttention backend on CUDA (an error where the device has none), a no-op else."""
+    from contextlib import nullcontext
+
+    if dev.type != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.FLASH_ATTENTION)

@@ -6,8 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simtrain.costs.attention_shape import FlashRowsFit, fit_flash_rows_edge
 from simtrain.costs.gemm_shape import GemmEdgeFit, shape_factor
-from simtrain.torchref.microbench import gemm_counted_flops, gemm_mix_edge
+from simtrain.torchref.microbench import (
+    FLASH_HEAD_DIM,
+    flash_causal_flops,
+    gemm_counted_flops,
+    gemm_mix_edge,
+)
 from simtrain.units import GIB, MIB
 
 
@@ -40,6 +46,9 @@ class Calibration:
     # the GEMM shape term fitted on the fp32 shape sweep, and the GEMMs it was fitted on; None:
     # no sweep (L = 0)
     gemm_edge: tuple[GemmEdgeFit, int] | None = None
+    # (heads, seq_len) -> (forward, backward) seconds of causal bf16 FlashAttention over one
+    # sequence of head dim 128 (microbench.measure_flash_attention; CUDA only); {}: none
+    flash_times: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
 
     @property
     def gemm_edge_elements(self) -> float:
@@ -166,8 +175,34 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
         lines.append(f"  gemm_edge_elements: {fit.edge_elements:g}        # [meas] GEMM shape "
                      f"term fitted on {n} fp32 GEMMs: MAPE of GEMM time {fit.mape_pct:.2f} %, "
                      f"one efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
+    fits = flash_fits(cal)
+    if fits:
+        n = len(cal.flash_times)
+        for direction, fit in zip(("forward", "backward"), fits, strict=True):
+            lines.append(f"  flash_{direction}: {fit.efficiency:.4g}           # [meas] causal "
+                         f"bf16 FlashAttention {direction} over {n} shapes (b 1, d "
+                         f"{FLASH_HEAD_DIM}): MAPE of kernel time {fit.mape_pct:.2f} %, one "
+                         f"efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
+            lines.append(f"  flash_{direction}_rows_edge: {fit.rows_edge:g}    # [meas] R, "
+                         "query rows b·H·s (costs.attention_shape)")  # fmt: skip
     lines.append("  collective: 1.0                 # [na] no collective measured")
     return lines
+
+
+def flash_fits(cal: Calibration) -> tuple[FlashRowsFit, FlashRowsFit] | None:
+    """The FlashAttention class (forward, backward) fitted on the calibration's flash sweep,
+    each call's causal FLOPs (``microbench.flash_causal_flops``) over its time and the bf16
+    peak the profile writes (:func:`large_gemm_rate`); None without a sweep of two shapes or a
+    bf16 rate."""
+    peak = large_gemm_rate(cal, "bf16")
+    if len(cal.flash_times) < 2 or peak <= 0:
+        return None
+    tables: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+    for (heads, s), times in sorted(cal.flash_times.items()):
+        for table, flops, t in zip(tables, flash_causal_flops(heads, s), times, strict=True):
+            table.append((float(heads * s), flops / (t * peak)))
+    fwd, bwd = (fit_flash_rows_edge(tuple(t)) for t in tables)
+    return fwd, bwd
 
 
 def large_gemm_rate(cal: Calibration, dtype: str) -> float:
@@ -256,6 +291,11 @@ def calibration_table(cal: Calibration) -> str:
         lines.append(f"GEMM shape term: L = {fit.edge_elements:g} over {n} fp32 GEMMs (MAPE of "
                      f"GEMM time {fit.mape_pct:.2f} %; one efficiency for all "
                      f"{fit.constant_mape_pct:.2f} %)")  # fmt: skip
+    fits = flash_fits(cal)
+    if fits:
+        lines.append(f"FlashAttention (causal bf16, {len(cal.flash_times)} shapes): forward "
+                     f"{fits[0].efficiency:.3f} of peak, R {fits[0].rows_edge:g} rows; backward "
+                     f"{fits[1].efficiency:.3f}, R {fits[1].rows_edge:g}")  # fmt: skip
     if cal.elementwise_bytes_per_s:
         lo, hi = cal.elementwise_spread
         lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"
