@@ -37,7 +37,9 @@ def test_profiles_ship_the_fit_of_their_measured_table(table):
     the 4 decimals it is written with), for the table's direction."""
     fit = fit_flash_rows_edge(table.causal_rows())
     for name in table.profiles:
-        eff = load_hardware(name).efficiency
+        hw = load_hardware(name)
+        assert hw.compute_peak("bf16") == table.peak_tflops * 1e12, name  # the table's peak
+        eff = hw.efficiency
         rate = getattr(eff, f"flash_{table.direction}")
         edge = getattr(eff, f"flash_{table.direction}_rows_edge")
         assert (edge, round(fit.efficiency, 4)) == (fit.rows_edge, rate), name
@@ -124,11 +126,78 @@ def test_few_query_rows_underfill_the_gpu():
 
 
 def test_no_kernel_class_where_it_does_not_apply():
-    """No flash attention in the model, an fp32 core, or a profile without the class: the core
-    stays GEMM FLOPs and the costs are those of the profile without it, to the nanosecond."""
-    for sc in (_scenario(flash=False), _scenario(precision="fp32"),
-               _scenario(hardware="h100_sxm5_80gb")):  # fmt: skip
+    """No flash attention in the model or an fp32 core: the core stays GEMM FLOPs and the costs
+    are those of the profile without the class, to the nanosecond; a profile without a
+    measured table has no class."""
+    for sc in (_scenario(flash=False), _scenario(precision="fp32")):
+        assert sc.hardware.efficiency.flash_forward
         assert chunk_costs(sc, 2, True, True) == chunk_costs(_without_flash(sc), 2, True, True)
+    for name in ("h100_sxm5_80gb", "a100_sxm4_80gb", "h200_141gb"):
+        assert load_hardware(name).efficiency.flash_forward is None, name
+
+
+def _deltas(sc, layers: int = 1):
+    a, b = chunk_costs(sc, layers, False, False), chunk_costs(_without_flash(sc), layers, False,
+                                                              False)  # fmt: skip
+    return (a.forward_ns - b.forward_ns, a.input_grad_ns - b.input_grad_ns,
+            a.recompute_ns - b.recompute_ns)  # fmt: skip
+
+
+def test_the_class_moves_every_path_alike():
+    """Full recompute replays the forward's flash kernel (its delta = the forward's); FP8 keeps
+    the core in bf16 (the same deltas as bf16); a linear probe, whose blocks pass no gradient,
+    runs no flash backward; chunks of several layers move by that many times one's."""
+    f, i, r = _deltas(_scenario())
+    assert r == 0 and f != 0 and i != 0
+    f_full, i_full, r_full = _deltas(_scenario(recompute="full"))
+    assert (f_full, i_full) == (f, i) and r_full == pytest.approx(f, abs=2)
+    assert _deltas(_scenario(precision="fp8_current"))[:2] == pytest.approx((f, i), abs=2)
+    probe = _scenario(peft={"method": "linear_probe", "phase": "probe"})
+    assert _deltas(probe)[1] == 0
+    assert _deltas(_scenario(), layers=2)[:2] == pytest.approx((2 * f, 2 * i), abs=4)
+
+
+def test_prefix_keys_are_seen_in_full():
+    """Prefix tuning's p keys are seen by every query: causal FLOPs 4·b·s·H·d·(p + s/2) of the
+    full count's 4·b·s·H·d·(s + p) (a causal kernel skips half of s, none of p)."""
+    sc = _scenario(peft={"method": "prefix", "prefix_length": 1024})
+    t = sc.training
+    assert t.kv_len == 4096 + 1024
+    from simtrain.costs.compute import flash_core
+
+    bf = block_flops(sc.model, t)
+    fa = flash_core(sc, t, bf, "bf16", True)
+    eff, peak = sc.hardware.efficiency, sc.hardware.compute_peak("bf16")
+    causal = 4 * 4096 * 1024 * (1024 + 4096 / 2)
+    rows_f = 1 + eff.flash_forward_rows_edge / (8 * 4096)
+    assert bf.attention_core == 4 * 4096 * 1024 * (4096 + 1024)
+    assert fa.forward_ns == pytest.approx(1e9 * causal / (peak * eff.flash_forward) * rows_f)
+
+
+def test_context_parallel_ring_hides_behind_the_flash_kernels():
+    """CP across two nodes: the ring's messages hide behind the flash forward and, in backward,
+    behind the flash backward kernel's own time (2.5 x the causal FLOPs at e_b), not twice the
+    forward's as under the GEMM class."""
+    from simtrain.costs import compute
+    from simtrain.costs.cp import ring_layer
+
+    sc = parse_scenario(
+        {"name": "cp", "hardware": "b200_180gb", "runtime": "megatron_core",
+         "model": {"preset": "llama3-8b", "layers": 1, "flash_attention": True},
+         "cluster": {"nodes": 2, "gpus_per_node": 4},
+         "training": {"seq_len": 65536, "global_batch": 1, "micro_batch": 1,
+                      "precision": "bf16"},
+         "parallelism": {"cp": 8}}, "cp.yaml")  # fmt: skip
+    t = compute.cp_rank_training(sc.training, 8)
+    bf = compute.chunk_block_flops(sc, 1, 0)
+    fa = compute.flash_core(sc, t, bf, "bf16", True)
+    assert abs(fa.backward_ns / fa.forward_ns - 2) > 0.1  # the two conventions differ here
+    r = ring_layer(sc, fa.forward_ns, fa.backward_ns)
+    ew_b = compute.memory_bound_ns(r.backward_elementwise_bytes, sc.hardware)
+    ew_f = compute.memory_bound_ns(r.forward_elementwise_bytes, sc.hardware)
+    got = compute._ring(sc, bf, 1, "bf16", fa)
+    assert got[:2] == (r.forward_exposed_ns + ew_f, r.backward_exposed_ns + ew_b)
+    assert ring_layer(sc, fa.forward_ns) == ring_layer(sc, fa.forward_ns, 2 * fa.forward_ns)
 
 
 def test_selective_recompute_replays_the_flash_forward():

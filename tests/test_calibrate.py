@@ -331,9 +331,9 @@ def test_shape_sweep_fit_recovers_a_generated_term(monkeypatch: pytest.MonkeyPat
 
 
 def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
-    """The sweep's plumbing on this CPU (PyTorch's default attention backend here, not a flash
-    kernel: a CPU calibration writes no FlashAttention class): a positive forward and backward
-    time for every shape, in order."""
+    """The sweep on this CPU, through ``sdpa_kernel`` and PyTorch's CPU FlashAttention backend
+    (a CPU calibration itself writes no class: the closed-loop CPU model runs unfused attention):
+    a positive forward and backward time for every shape, in order."""
     shapes = ((2, 64), (4, 128))
     times = microbench.measure_flash_attention("cpu", shapes, head_dim=16, repeats=1,
                                                dtype="fp32")  # fmt: skip
@@ -368,6 +368,22 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
     assert (eff.flash_forward, eff.flash_backward) == (pytest.approx(0.6, rel=1e-3),
                                                        pytest.approx(0.45, rel=1e-3))  # fmt: skip
     assert hw.compute_peak("bf16") == pytest.approx(peak, rel=1e-5)
+    # the cost model prices each measured call back at its time (to the profile's 4 digits)
+    from simtrain.costs.compute import block_flops, flash_core
+    from simtrain.spec.scenario import parse_scenario
+
+    for heads, s in ((1, 16384), (8, 8192), (64, 4096)):
+        sc = parse_scenario(
+            {"name": "f", "hardware": str(tmp_path / "flash.yaml"),
+             "model": {"layers": 1, "hidden": 128 * heads, "heads": heads,
+                       "ffn_hidden": 256 * heads, "vocab": 256, "max_positions": s,
+                       "flash_attention": True},
+             "training": {"seq_len": s, "global_batch": 1, "micro_batch": 1,
+                          "precision": "bf16"}}, "f.yaml")  # fmt: skip
+        fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
+        assert (fa.forward_ns, fa.backward_ns) == (
+            pytest.approx(1e9 * times[(heads, s)][0], rel=2e-3),
+            pytest.approx(1e9 * times[(heads, s)][1], rel=2e-3))  # fmt: skip
     # no sweep (a CPU): no class in the profile
     assert (
         load_hardware(str(write_profile(tmp_path / "none.yaml", base))).efficiency.flash_forward

@@ -329,6 +329,21 @@ def test_megatron_core_overlap_flags(tmp_path: Path) -> None:
     assert sc.training.recompute == "selective" and imp.unsupported == ()
 
 
+@pytest.mark.parametrize(
+    ("flags", "off"),
+    [("", ()), ("--clip-grad 0.0 ", ("clip_grad_norm",)),
+     ("--clip-grad 1.0 --no-check-for-nan-in-loss-and-grad ", ("check_nan_in_grad",)),
+     ("--ddp-average-in-collective ", ("scale_grads_before_reduce",))],
+)  # fmt: skip
+def test_megatron_core_gradient_pass_flags(tmp_path: Path, flags: str, off: tuple) -> None:
+    """The flags that turn off Megatron-Core's passes over the gradients (runtimes/
+    megatron_core.yaml [gpass]) turn off the runtime's keys; the rest stay on."""
+    sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
+    keys = ("zero_grad_buffer", "check_nan_in_grad", "scale_grads_before_reduce",
+            "clip_grad_norm")  # fmt: skip
+    assert {k: getattr(sc.runtime, k) for k in keys} == {k: k not in off for k in keys}
+
+
 def test_megatron_2021_flags(tmp_path: Path) -> None:
     """A 2021 script: the megatron_lm_2021 runtime, 'local' DDP (one bucket), full recompute,
     the interleaved schedule from --num-layers-per-virtual-pipeline-stage."""

@@ -46,6 +46,7 @@ class AttentionTable:
     id: str
     source: str
     profiles: tuple[str, ...]
+    peak_tflops: float  # the dense 16-bit peak the efficiencies are stated against
     direction: str  # forward | backward
     # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, efficiency of the full count)
     shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
@@ -70,6 +71,6 @@ def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionT
                 raise ConfigError(str(path), f"{t['id']}.shapes", "each [batch, seq_len, heads, "
                                   "kv_heads, qk_head_dim, v_head_dim, efficiency] needs sizes "
                                   "> 0 and 0 < efficiency <= 2", list(row))  # fmt: skip
-        tables.append(AttentionTable(t["id"], t["source"], tuple(t["profiles"]), t["direction"],
-                                     shapes))  # fmt: skip
+        tables.append(AttentionTable(t["id"], t["source"], tuple(t["profiles"]),
+                                     float(t["peak_tflops"]), t["direction"], shapes))  # fmt: skip
     return tables

@@ -9,7 +9,7 @@ prices it as
 with F_causal the FLOPs a causal kernel does (half of the full count 4·b·s·s_kv·H·d for the
 forward; the backward 2.5x the forward, for it recomputes the scores: FlashAttention-2 §3.1.2),
 e∞ the rate of an unboundedly parallel call and R (rows) the under-fill edge, one pair for the
-forward kernel and one for the backward (profiles' ``efficiency.flash_*``; priced by ``costs.compute.flash_attention_ns``).
+forward kernel and one for the backward (profiles' ``efficiency.flash_*``; priced by ``costs.compute.flash_core``).
 :func:`fit_flash_rows_edge` picks R on a grid and, for each R, the e∞ that minimises the table's
 MAPE of kernel time exactly (as :func:`costs.gemm_shape.fit_gemm_edge` does for GEMMs); the
 tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention_tables``).
@@ -23,7 +23,7 @@ from simtrain.costs.compute import flash_rows_factor as rows_factor
 from simtrain.costs.gemm_shape import best_efficiency
 
 #: The grid of R (query rows) the fit searches; profiles ship the grid's minimum.
-ROWS_GRID = tuple(range(0, 262145, 1024))
+ROWS_GRID = tuple(range(0, 1048577, 1024))
 
 
 @dataclass(frozen=True, slots=True)

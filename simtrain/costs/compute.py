@@ -183,17 +183,22 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
     as causal FlashAttention kernels where the model uses flash attention and the profile has
     the kernel class (``efficiency.flash_forward`` / ``flash_backward``), in a 16-bit dtype:
-    forward (core / 2) / (peak · e_f) · (1 + R_f / rows), backward 2.5 x (core / 2) / (peak ·
+    forward (causal core) / (peak · e_f) · (1 + R_f / rows), backward 2.5 x (causal core) / (peak ·
     e_b) · (1 + R_b / rows), rows = b · (heads / tp) · s (``costs.attention_shape``: the core is
-    counted in full, 4·b·s·s_kv·H·d, a causal kernel does half). None: the GEMM class prices it."""
+    counted in full, 4·b·s·s_kv·H·d, a causal kernel does half of it, all of a prefix-tuning
+    prefix's part). None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
     eff = hw.efficiency
     core = bf.attention_core
     if not (m.flash_attention and eff.flash_forward and eff.flash_backward and core
             and dtype in FLASH_DTYPES):  # fmt: skip
         return None
-    rows = t.micro_batch * t.seq_len_effective * m.heads / sc.parallelism.tp
-    causal_ns = 1e9 * core / 2 / hw.compute_peak(dtype)
+    s = t.seq_len_effective
+    rows = t.micro_batch * s * m.heads / sc.parallelism.tp
+    # a causal kernel skips the masked half of the whole sequence's keys (s·cp_shards of them;
+    # with CP each rank's query chunks see half of it on average); a prefix (prefix tuning:
+    # the kv_len − s·cp_shards extra keys) every query sees in full
+    causal_ns = 1e9 * core * (1 - s * t.cp_shards / 2 / t.kv_len) / hw.compute_peak(dtype)
     fwd = causal_ns / eff.flash_forward * flash_rows_factor(eff.flash_forward_rows_edge, rows)
     bwd = (FLASH_BACKWARD_FLOPS * causal_ns / eff.flash_backward
            * flash_rows_factor(eff.flash_backward_rows_edge, rows))  # fmt: skip
@@ -386,9 +391,10 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
     (its FlashAttention forward's where ``flash`` prices it)."""
     if sc.parallelism.cp == 1 or not layers:
         return 0.0, 0.0, 0, 0
-    layer_ns = (flash.forward_ns / layers if flash
-                else _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))  # fmt: skip
-    r = ring_layer(sc, layer_ns)
+    if flash:  # its backward kernel's own time (not twice the forward's: 2.5x at e_b)
+        r = ring_layer(sc, flash.forward_ns / layers, flash.backward_ns / layers or None)
+    else:
+        r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
     # the exchange's exposed time and the attention call's element-wise work (PyTorch's merge)
     ew_f = memory_bound_ns(r.forward_elementwise_bytes, sc.hardware)
     ew_b = memory_bound_ns(r.backward_elementwise_bytes, sc.hardware)

@@ -134,20 +134,23 @@ def ring_link(sc: Scenario) -> coll.GroupLink:
     return inter if resolve(sc).placement.cp_crosses_nodes else intra
 
 
-def ring_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
-    """The ring of one layer, given the GPU's attention-core forward time for the layer (its
-    backward does twice the FLOPs: dQ, dK, dV)."""
+def ring_layer(sc: Scenario, attention_forward_ns: float,
+               attention_backward_ns: float | None = None) -> RingLayer:  # fmt: skip
+    """The ring of one layer, given the GPU's attention-core forward time for the layer and its
+    backward's (None: twice the forward, the GEMM class's dQ, dK, dV; the FlashAttention class
+    gives its own, ``costs.compute.flash_core``)."""
     cp = sc.parallelism.cp
     if cp == 1:
         return RingLayer(0, 0.0, 0.0, 0.0, 0.0)
+    backward = 2 * attention_forward_ns if attention_backward_ns is None else attention_backward_ns
     if sc.runtime.cp_attention == "torch_allgather":
-        return _torch_allgather_layer(sc, attention_forward_ns)
+        return _torch_allgather_layer(sc, attention_forward_ns, backward)
     k = ring_message_bytes(sc)
     link = ring_link(sc)
     t1 = 1e9 * coll.p2p_time_s(k, link)
     t2 = 1e9 * coll.p2p_time_s(2 * k, link)
     a_f = attention_forward_ns / cp
-    a_b = 2 * attention_forward_ns / cp
+    a_b = backward / cp
     return RingLayer(
         message_bytes=k,
         forward_transfer_ns=(cp - 1) * t1,
@@ -157,7 +160,8 @@ def ring_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
     )
 
 
-def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float) -> RingLayer:
+def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float,
+                           attention_backward_ns: float) -> RingLayer:  # fmt: skip
     """PyTorch ``context_parallel``'s exchange for one layer (module docstring): a K/V
     all-gather in forward and in backward, and cp fp32 dK/dV ring messages in backward."""
     cp = sc.parallelism.cp
@@ -167,7 +171,7 @@ def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float) -> RingLay
                                   link.latency_s)  # fmt: skip
     t_d = 1e9 * coll.p2p_time_s(fp32_dkv_bytes(sc), link)
     a_f = attention_forward_ns / cp
-    a_b = 2 * attention_forward_ns / cp
+    a_b = attention_backward_ns / cp
     ew_f, ew_b = torch_elementwise_bytes(sc)
     return RingLayer(
         message_bytes=k,

@@ -158,13 +158,10 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     optimizer updates their 1/(dp/ep) shard."""
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
+    shard = rank_optimizer_shard(sc, step, rank, trainable)
     if not exp:
-        shard = optimizer_shard(trainable, p)
         work = dense_rank_work(sc, step, rank, params, trainable)
     else:
-        z = p.zero_stage
-        shard = ((trainable - exp) // (p.dp if z >= 1 else 1)
-                 + exp // (p.dp // p.ep if z >= 1 else 1))  # fmt: skip
         work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
     passes = grad_passes_ns(sc, step, trainable, shard)
     if passes:
@@ -172,23 +169,39 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     return offload_work(sc, step, rank, work, trainable, shard)
 
 
+def rank_optimizer_shard(sc: Scenario, step: ResolvedStep, rank: int, trainable: int) -> int:
+    """Trainable parameters pipeline rank ``rank``'s GPU updates: ``optimizer_shard`` of the
+    dense ones (ZeRO-1/2/3 over dp x cp); with expert parallelism its routed experts' over the
+    dp / ep ranks that hold the same experts (:func:`rank_work`)."""
+    p = sc.parallelism
+    exp = expert_params(sc, step, rank) if p.ep > 1 else 0
+    if not exp:
+        return optimizer_shard(trainable, p)
+    z = p.zero_stage
+    return (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (p.dp // p.ep if z >= 1 else 1)
+
+
 def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int) -> int:
     """The runtime's memory-bound passes over the gradients besides the optimizer's update
     (``RuntimeProfile.zero_grad_buffer``, ``check_nan_in_grad``, ``scale_grads_before_reduce``,
     ``clip_grad_norm``): one access per element each (the scale two, and only with dp x cp > 1)
-    of the rank's ``trainable`` gradients, the norm of its optimizer ``shard``, in the gradient
-    buffer's dtype (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient
-    bytes), at the memory-bound rate; counted with the optimizer step (the zeroing opens the
+    of the rank's ``trainable`` gradients in the gradient buffer's dtype
+    (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient bytes), and the
+    norm of its optimizer ``shard``'s fp32 main gradients (the buffer's dtype without master
+    weights), at the memory-bound rate (not modelled: the fp32 copy of a 16-bit buffer's shard); counted with the optimizer step (the zeroing opens the
     next step, the rest precede the reduction and the update on the compute stream)."""
     rt = sc.runtime
     full = (rt.zero_grad_buffer + rt.check_nan_in_grad
             + 2 * (rt.scale_grads_before_reduce and sc.parallelism.dp_cp > 1))  # fmt: skip
-    accesses = full * trainable + rt.clip_grad_norm * shard
-    if not accesses:
+    if not full and not rt.clip_grad_norm:
         return 0
     prec = step.precision
     elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
-    return math.ceil(memory_bound_ns(accesses * elem, sc.hardware))
+    # the norm reads the optimizer's main gradients: fp32 under master weights (Megatron's
+    # mixed-precision optimizers keep fp32 main grads: a view of an fp32 buffer, else a copy)
+    main = 4 if prec.master else elem
+    n_bytes = full * trainable * elem + rt.clip_grad_norm * shard * main
+    return math.ceil(memory_bound_ns(n_bytes, sc.hardware))
 
 
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,

@@ -17,8 +17,9 @@
   implies for an unboundedly large GEMM (largest square n: rate x (1 + 3L/n)), and the GEMM
   mix's FLOPs include the term (:func:`gemm_mix_edge`), so the profile still reproduces the mix;
 * **FlashAttention class** (CUDA only; ``efficiency.flash_*``): causal bf16
-  ``scaled_dot_product_attention`` through the FlashAttention backend for every (heads,
-  seq_len) of :data:`CUDA_FLASH_SHAPES` (batch 1, head dim 128), forward and backward, each
+  ``scaled_dot_product_attention`` through PyTorch's FlashAttention-2 and cuDNN fused-attention
+  backends, the faster per call, for every (heads, seq_len) of :data:`CUDA_FLASH_SHAPES`
+  (batch 1, head dim 128), forward and backward, each
   call's causal FLOPs over its time and the bf16 peak, fitted by
   ``costs.attention_shape.fit_flash_rows_edge`` (the fit that set the B200 profile's on
   SimuMax's sweep); a CPU has no flash kernel and gets no class;

@@ -180,7 +180,7 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
         n = len(cal.flash_times)
         for direction, fit in zip(("forward", "backward"), fits, strict=True):
             lines.append(f"  flash_{direction}: {fit.efficiency:.4g}           # [meas] causal "
-                         f"bf16 FlashAttention {direction} over {n} shapes (b 1, d "
+                         f"bf16 attention {direction} (SDPA flash / cuDNN, the faster) over {n} shapes (b 1, d "
                          f"{FLASH_HEAD_DIM}): MAPE of kernel time {fit.mape_pct:.2f} %, one "
                          f"efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
             lines.append(f"  flash_{direction}_rows_edge: {fit.rows_edge:g}    # [meas] R, "

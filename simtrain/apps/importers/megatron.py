@@ -71,7 +71,7 @@ MCORE_BUCKET_PARAMS_PER_DP = 1_000_000
 #: logging, checkpoints, initialisation, loss scaling, rotary constants.
 NO_EFFECT = frozenset({
     "--train-iters", "--train-samples", "--lr", "--min-lr", "--weight-decay",
-    "--weight-decay-incr-style", "--start-weight-decay", "--end-weight-decay", "--clip-grad",
+    "--weight-decay-incr-style", "--start-weight-decay", "--end-weight-decay",
     "--init-method-std", "--seed", "--data-path", "--train-data-path", "--valid-data-path",
     "--test-data-path", "--split", "--data-cache-path", "--mock-data", "--num-workers",
     "--dataloader-type", "--save", "--load", "--log-interval", "--distributed-backend",
@@ -84,7 +84,7 @@ NO_EFFECT = frozenset({
     "--rotary-base", "--rotary-percent", "--rotary-seq-len-interpolation-factor",
     "--use-rope-scaling", "--rope-scaling-factor", "--norm-epsilon", "--layernorm-epsilon",
     "--vocab-extra-ids", "--append-eod", "--check-for-nan-in-loss-and-grad",
-    "--no-check-for-nan-in-loss-and-grad", "--use-mcore-models",
+    "--use-mcore-models",
     "--vocab-file", "--merge-file", "--tokenizer-model", "--attention-dropout",
     "--use-checkpoint-args", "--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler",
     "--adlr-autoresume", "--adlr-autoresume-interval",
@@ -697,7 +697,23 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
                               "--use-distributed-optimizer (Megatron-LM arguments.py)")  # fmt: skip
         else:
             r.assume("--overlap-param-gather with full sharding: FSDP gathers per layer anyway")
+    _gradient_passes(f, r, runtime)
     return par
+
+
+def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:
+    """The flags that turn off Megatron-Core's passes over the gradients (runtimes/megatron_core
+    .yaml [gpass]): --clip-grad 0 (no norm), --no-check-for-nan-in-loss-and-grad (no NaN
+    check), --ddp-average-in-collective (the collective averages: no 1/dp scale). Read for
+    every runtime; only Megatron-Core's profile makes the passes."""
+    clip = f.float_("--clip-grad")
+    if clip is not None and clip <= 0:
+        runtime["clip_grad_norm"] = False
+        r.assume(f"--clip-grad {clip:g}: no gradient-norm pass before the optimizer step")
+    if f.bool_("--no-check-for-nan-in-loss-and-grad"):
+        runtime["check_nan_in_grad"] = False
+    if f.bool_("--ddp-average-in-collective"):
+        runtime["scale_grads_before_reduce"] = False
 
 
 def _buckets(f: Flags, r: Reading, par: dict[str, Any], runtime: dict[str, Any], legacy: bool,

@@ -17,7 +17,7 @@ from simtrain.costs.comm import (
 )
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import grad_passes_ns, tp_recompute_ns
+from simtrain.costs.workload import grad_passes_ns, rank_optimizer_shard, tp_recompute_ns
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -69,9 +69,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     step = resolve(sc)
     ranks, first_chunk = _rank_costs(sc, step)
     step_ns = _pipeline_ns(sc, step, ranks)
-    t, p = sc.training, sc.parallelism
+    t = sc.training
     s0 = stages[0]
-    shard = optimizer_shard(s0.trainable, p)
+    shard = rank_optimizer_shard(sc, step, 0, s0.trainable)  # as the simulated step's
     opt_ns = optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node)
     opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
