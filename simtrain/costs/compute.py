@@ -28,7 +28,7 @@ an H200: 1.1 in 16-bit, 1.25 in fp32).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 
 from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
@@ -176,6 +176,10 @@ class FlashCore:
     backward_flops: float
     forward_ns: float
     backward_ns: float
+
+
+#: No FlashAttention class: nothing taken out of the GEMM class, no kernel time.
+NO_FLASH = FlashCore(0.0, 0.0, 0.0, 0.0)
 
 
 def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
@@ -506,8 +510,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
     fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
-    fa_f, fa_i, fa_fns, fa_ins = (fa.forward_flops, fa.backward_flops, fa.forward_ns,
-                                  fa.backward_ns) if fa else (0.0, 0.0, 0.0, 0.0)  # fmt: skip
+    fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
     fwd_ns = _matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
     i_ns = (_matmul_ns(i_f - fa_i, hw, dtype, g if i_f else 0.0, e_i) + fa_ins
             + memory_bound_ns(ew_bwd, hw))  # fmt: skip
@@ -598,8 +601,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     le = bf.projections_edge
     le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
     fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
-    fa_f, fa_i, fa_fns, fa_ins = (fa.forward_flops, fa.backward_flops, fa.forward_ns,
-                                  fa.backward_ns) if fa else (0.0, 0.0, 0.0, 0.0)  # fmt: skip
+    fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
     fwd_ns = (_matmul_ns(fwd_f - lin_f - fa_f, hw, dtype, edge=edges[0] - le_f) + fa_fns
               + _matmul_ns(lin_f, hw, gemm, edge=le_f)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
