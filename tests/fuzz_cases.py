@@ -441,7 +441,9 @@ def mutate_text(draw: Drawer, text: str) -> tuple[bytes, str]:
         junk = choose(draw, b"\xff", b"\xc3\x28", b"\x80abc", b"\xed\xa0\x80", b"\xe9t\xe9")
         return raw[:at] + junk + raw[at:], "non-UTF-8 bytes"
     if op == 5:
-        return text.encode(choose(draw, "utf-16", "utf-32", "latin-1")), "other encoding"
+        # (latin-1 cannot hold every drawn character: those become '?', still not UTF-8)
+        enc = choose(draw, "utf-16", "utf-32", "latin-1")
+        return text.encode(enc, errors="replace"), "other encoding"
     if op == 6:
         return b"\xef\xbb\xbf" + raw, "UTF-8 BOM"
     if op == 7:
