@@ -339,6 +339,9 @@ def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
                                                dtype="fp32")  # fmt: skip
     assert list(times) == list(shapes)
     assert all(f > 0 and b > 0 for f, b in times.values())
+    # the FLOPs each call is credited with, by hand: half of 4·b·s²·H·d forward, 2.5x backward
+    assert microbench.flash_causal_flops(8, 4096) == (4 * 4096**2 * 8 * 128 / 2,
+                                                      2.5 * 4 * 4096**2 * 8 * 128 / 2)  # fmt: skip
 
 
 def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.costs.compute import flash_rows_factor as rows_factor
-from simtrain.costs.gemm_shape import best_efficiency
+from simtrain.costs.gemm_shape import fit_edge_term
 
 #: The grid of R (query rows) the fit searches; profiles ship the grid's minimum.
 ROWS_GRID = tuple(range(0, 1048577, 1024))
@@ -37,14 +37,8 @@ class FlashRowsFit:
 def fit_flash_rows_edge(shapes: tuple[tuple[float, float], ...],
                         grid: tuple[int, ...] = ROWS_GRID) -> FlashRowsFit:  # fmt: skip
     """The R of ``grid`` (and its e∞) with the smallest MAPE of kernel time over ``shapes``:
-    (query rows b·H·s, causal efficiency) pairs."""
-    if len(shapes) < 2:
-        raise ValueError("fit_flash_rows_edge needs at least two measured shapes")
-    best = None
-    for edge in grid:
-        eff, mape = best_efficiency([e * rows_factor(edge, r) for r, e in shapes])
-        if best is None or mape < best[2] - 1e-12:
-            best = (float(edge), eff, mape)
-    _, const = best_efficiency([e for _, e in shapes])
-    assert best is not None
-    return FlashRowsFit(best[0], best[1], best[2], const)
+    (query rows b·H·s, causal efficiency) pairs (``costs.gemm_shape.fit_edge_term``)."""
+    effs = [e for _, e in shapes]
+    return FlashRowsFit(
+        *fit_edge_term(effs, lambda edge: [rows_factor(edge, r) for r, _ in shapes], grid)
+    )

@@ -156,8 +156,20 @@ def gemm_edge(m_rows: int, n: int, k: int) -> float:
 #: statistics (FlashAttention-2, Dao 2023, §3.1.2; SimuMax's kernel benchmark counts 5 vs 2 x
 #: b·s²·H·(d_qk + d_v): simu_tools/efficency_test/test_fa_efficiency.py l.633-637 at 4dcaae5).
 FLASH_BACKWARD_FLOPS = 2.5
-#: The dtypes FlashAttention kernels run in (16-bit only; an fp32 core stays GEMM FLOPs).
+#: The dtypes FlashAttention kernels run in (flash-attention README, "Datatype fp16 and bf16";
+#: PyTorch's flash SDPA backend likewise): an fp32 core stays GEMM FLOPs.
 FLASH_DTYPES = ("bf16", "fp16")
+
+
+def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
+    """(forward, backward) FLOPs causal FlashAttention kernels do for an attention core of
+    ``core`` FLOPs counted in full (:func:`block_flops`: 4·b·s·s_kv·H·d over ``t``'s s queries):
+    the forward skips the masked half of the whole sequence's keys (s·cp_shards of them; with
+    CP each rank's query chunks see half of it on average) but none of a prefix-tuning
+    prefix's (the kv_len − s·cp_shards extra keys every query sees); the backward does
+    :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
+    fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
+    return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
 def flash_rows_factor(edge: float, rows: float) -> float:
@@ -187,25 +199,21 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
     as causal FlashAttention kernels where the model uses flash attention and the profile has
     the kernel class (``efficiency.flash_forward`` / ``flash_backward``), in a 16-bit dtype:
-    forward (causal core) / (peak · e_f) · (1 + R_f / rows), backward 2.5 x (causal core) / (peak ·
-    e_b) · (1 + R_b / rows), rows = b · (heads / tp) · s (``costs.attention_shape``: the core is
-    counted in full, 4·b·s·s_kv·H·d, a causal kernel does half of it, all of a prefix-tuning
-    prefix's part). None: the GEMM class prices it."""
+    each direction's :func:`flash_kernel_flops` / (peak · e) · (1 + R / rows), rows = b · (heads
+    / tp) · s (``costs.attention_shape``). None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
     eff = hw.efficiency
     core = bf.attention_core
     if not (m.flash_attention and eff.flash_forward and eff.flash_backward and core
             and dtype in FLASH_DTYPES):  # fmt: skip
         return None
-    s = t.seq_len_effective
-    rows = t.micro_batch * s * m.heads / sc.parallelism.tp
-    # a causal kernel skips the masked half of the whole sequence's keys (s·cp_shards of them;
-    # with CP each rank's query chunks see half of it on average); a prefix (prefix tuning:
-    # the kv_len − s·cp_shards extra keys) every query sees in full
-    causal_ns = 1e9 * core * (1 - s * t.cp_shards / 2 / t.kv_len) / hw.compute_peak(dtype)
-    fwd = causal_ns / eff.flash_forward * flash_rows_factor(eff.flash_forward_rows_edge, rows)
-    bwd = (FLASH_BACKWARD_FLOPS * causal_ns / eff.flash_backward
-           * flash_rows_factor(eff.flash_backward_rows_edge, rows))  # fmt: skip
+    rows = t.micro_batch * t.seq_len_effective * m.heads / sc.parallelism.tp
+    peak = hw.compute_peak(dtype)
+    f_fl, b_fl = flash_kernel_flops(core, t)
+    fwd = 1e9 * f_fl / (peak * eff.flash_forward) * flash_rows_factor(
+        eff.flash_forward_rows_edge, rows)  # fmt: skip
+    bwd = 1e9 * b_fl / (peak * eff.flash_backward) * flash_rows_factor(
+        eff.flash_backward_rows_edge, rows)  # fmt: skip
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
 
 

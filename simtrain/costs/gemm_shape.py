@@ -12,6 +12,7 @@ shape sweep on the device it runs on (``torchref.calibrate``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrain.costs.compute import gemm_edge
@@ -51,16 +52,30 @@ def best_efficiency(xs: list[float]) -> tuple[float, float]:
     return 1 / u, 100 * sum(abs(x * u - 1) for x in xs) / len(xs)
 
 
+def fit_edge_term(efficiencies: list[float], factors: Callable[[float], list[float]],
+                  grid: tuple[int, ...]) -> tuple[float, float, float, float]:  # fmt: skip
+    """(edge, e∞, MAPE %, MAPE % of one efficiency for all) of a rate term e_i = e∞ / f_i(edge):
+    the edge of ``grid`` whose x_i = e_i·f_i(edge) (``factors(edge)``, one per measured
+    efficiency) have the smallest :func:`best_efficiency` MAPE, the first of ties. The search of
+    :func:`fit_gemm_edge` and of ``costs.attention_shape.fit_flash_rows_edge``."""
+    if len(efficiencies) < 2:
+        raise ValueError("an edge term needs at least two measured shapes")
+    best = None
+    for edge in grid:
+        xs = [e * f for e, f in zip(efficiencies, factors(edge), strict=True)]
+        eff, mape = best_efficiency(xs)
+        if best is None or mape < best[2] - 1e-12:
+            best = (float(edge), eff, mape)
+    assert best is not None
+    return (*best, best_efficiency(efficiencies)[1])
+
+
 def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
                   grid: tuple[int, ...] = EDGE_GRID) -> GemmEdgeFit:  # fmt: skip
     """The L of ``grid`` (and its e∞) with the smallest MAPE of GEMM time over ``shapes``."""
-    if len(shapes) < 2:
-        raise ValueError("fit_gemm_edge needs at least two measured shapes")
-    best = None
-    for edge in grid:
-        eff, mape = best_efficiency([e * shape_factor(edge, m, n, k) for m, n, k, e in shapes])
-        if best is None or mape < best[2] - 1e-12:
-            best = (float(edge), eff, mape)
-    _, const = best_efficiency([e for *_, e in shapes])
-    assert best is not None
-    return GemmEdgeFit(best[0], best[1], best[2], const)
+    effs = [e for *_, e in shapes]
+    return GemmEdgeFit(
+        *fit_edge_term(
+            effs, lambda edge: [shape_factor(edge, m, n, k) for m, n, k, _ in shapes], grid
+        )
+    )

@@ -188,8 +188,9 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     of the rank's ``trainable`` gradients in the gradient buffer's dtype
     (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient bytes), and the
     norm of its optimizer ``shard``'s fp32 main gradients (the buffer's dtype without master
-    weights), at the memory-bound rate (not modelled: the fp32 copy of a 16-bit buffer's shard); counted with the optimizer step (the zeroing opens the
-    next step, the rest precede the reduction and the update on the compute stream)."""
+    weights), at the memory-bound rate (not modelled: the fp32 copy of a 16-bit buffer's
+    shard); counted with the optimizer step (the zeroing opens the next step, the rest precede
+    the reduction and the update on the compute stream)."""
     rt = sc.runtime
     full = (rt.zero_grad_buffer + rt.check_nan_in_grad
             + 2 * (rt.scale_grads_before_reduce and sc.parallelism.dp_cp > 1))  # fmt: skip
@@ -460,13 +461,9 @@ def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[t
             alloc.append(("gradients", sm.transient_gradient_bytes))
         ws = sm.optimizer_working_bytes
         act = sm.allocator_cached_activation_bytes  # reserved figure: the cached activations
-        if act:
-            alloc.append(("activations", act))
-        if ws or sm.allocator_cached_bytes - act:
-            alloc.append(("buffers", ws + sm.allocator_cached_bytes - act))
-        free = ((("buffers", ws + sm.allocator_cached_bytes - act),) if again else
-                (("buffers", ws),) if ws else ())  # fmt: skip
-        if again and act:
-            free += (("activations", act),)
-        out[sm.stage] = (tuple(alloc), tuple((k, v) for k, v in free if v))
+        rest = sm.allocator_cached_bytes - act  # ... and the flat buffers' new segments
+        alloc += [("activations", act), ("buffers", ws + rest)]
+        free = [("buffers", ws + rest), ("activations", act)] if again else [("buffers", ws)]
+        out[sm.stage] = (tuple((k, v) for k, v in alloc if v),
+                         tuple((k, v) for k, v in free if v))  # fmt: skip
     return out

@@ -117,9 +117,9 @@ class RuntimeProfile:
     # update (Megatron-Core: training.py zero_grad_buffer() each iteration, ``grad_data.zero_()``;
     # start_grad_sync's NaN check, a norm of each bucket, and its ``grad_data *= 1/dp``;
     # the optimizer's gradient norm for clipping): each over the rank's whole gradient buffer
-    # (zero: a write; NaN check: a read; scale: a read and a write, only when dp x cp > 1) or,
-    # the norm, over its optimizer shard (a read), in the buffer's dtype (costs.workload
-    # .grad_passes_ns).
+    # (zero: a write; NaN check: a read; scale: a read and a write, only when dp x cp > 1), in
+    # the buffer's dtype, or, the norm, over its optimizer shard's main gradients (a read, fp32
+    # under master weights) (costs.workload.grad_passes_ns).
     zero_grad_buffer: bool = False
     check_nan_in_grad: bool = False
     scale_grads_before_reduce: bool = False

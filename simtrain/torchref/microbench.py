@@ -366,12 +366,13 @@ def measure_elementwise(device: str = "cpu", shape: tuple[int, ...] | None = Non
 
 def flash_causal_flops(heads: int, seq_len: int, head_dim: int = FLASH_HEAD_DIM,
                        batch: int = 1) -> tuple[float, float]:  # fmt: skip
-    """(forward, backward) FLOPs a causal attention kernel does: half of the full count
-    4·b·s²·H·d forward, the backward 2.5x the forward's (``costs.compute.flash_core``)."""
-    from simtrain.costs.compute import FLASH_BACKWARD_FLOPS
+    """(forward, backward) FLOPs of one causal attention call as the cost model counts them:
+    the attention core of ``costs.block_flops`` for ``batch`` sequences of ``seq_len`` over
+    ``heads`` heads of ``head_dim``, through ``costs.compute.flash_kernel_flops``."""
+    from simtrain.costs.compute import block_flops, flash_kernel_flops
 
-    fwd = 4.0 * batch * seq_len * seq_len * heads * head_dim / 2
-    return fwd, FLASH_BACKWARD_FLOPS * fwd
+    m, t = _calibration_model((batch, seq_len, heads * head_dim, heads, 256, 1))
+    return flash_kernel_flops(block_flops(m, t).attention_core, t)
 
 
 def measure_flash_attention(device: str, shapes: tuple[tuple[int, int], ...],
@@ -430,4 +431,6 @@ def _time_attention(torch: Any, dev: Any, backend: Any, heads: int, s: int, head
             total = _timed(torch, dev, both, repeats)
     except (RuntimeError, TypeError, NotImplementedError):
         return None
+    # timing noise can leave a pair's difference below nothing on the smallest calls: the
+    # backward is kept positive (0.1 % of the pair, a guard, not a rate)
     return fwd, max(total - fwd, 1e-3 * total)

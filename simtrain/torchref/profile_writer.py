@@ -173,20 +173,24 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
     if cal.gemm_edge:
         fit, n = cal.gemm_edge
         lines.append(f"  gemm_edge_elements: {fit.edge_elements:g}        # [meas] GEMM shape "
-                     f"term fitted on {n} fp32 GEMMs: MAPE of GEMM time {fit.mape_pct:.2f} %, "
-                     f"one efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
+                     f"term fitted on {n} fp32 GEMMs: {_fit_quality(fit, 'GEMM')}")  # fmt: skip
     fits = flash_fits(cal)
     if fits:
         n = len(cal.flash_times)
         for direction, fit in zip(("forward", "backward"), fits, strict=True):
             lines.append(f"  flash_{direction}: {fit.efficiency:.4g}           # [meas] causal "
-                         f"bf16 attention {direction} (SDPA flash / cuDNN, the faster) over {n} shapes (b 1, d "
-                         f"{FLASH_HEAD_DIM}): MAPE of kernel time {fit.mape_pct:.2f} %, one "
-                         f"efficiency for all {fit.constant_mape_pct:.2f} %")  # fmt: skip
+                         f"bf16 attention {direction} (SDPA flash / cuDNN, the faster) over {n} "
+                         f"shapes (b 1, d {FLASH_HEAD_DIM}): {_fit_quality(fit, 'kernel')}")  # fmt: skip
             lines.append(f"  flash_{direction}_rows_edge: {fit.rows_edge:g}    # [meas] R, "
                          "query rows b·H·s (costs.attention_shape)")  # fmt: skip
     lines.append("  collective: 1.0                 # [na] no collective measured")
     return lines
+
+
+def _fit_quality(fit: GemmEdgeFit | FlashRowsFit, kernel: str) -> str:
+    """How well an edge term fits its sweep, against one efficiency for every shape."""
+    return (f"MAPE of {kernel} time {fit.mape_pct:.2f} %, one efficiency for all "
+            f"{fit.constant_mape_pct:.2f} %")  # fmt: skip
 
 
 def flash_fits(cal: Calibration) -> tuple[FlashRowsFit, FlashRowsFit] | None:
@@ -288,9 +292,8 @@ def calibration_table(cal: Calibration) -> str:
                      f" (spread {lo / 1e12:,.4f}-{hi / 1e12:,.4f})")  # fmt: skip
     if cal.gemm_edge:
         fit, n = cal.gemm_edge
-        lines.append(f"GEMM shape term: L = {fit.edge_elements:g} over {n} fp32 GEMMs (MAPE of "
-                     f"GEMM time {fit.mape_pct:.2f} %; one efficiency for all "
-                     f"{fit.constant_mape_pct:.2f} %)")  # fmt: skip
+        lines.append(f"GEMM shape term: L = {fit.edge_elements:g} over {n} fp32 GEMMs "
+                     f"({_fit_quality(fit, 'GEMM')})")  # fmt: skip
     fits = flash_fits(cal)
     if fits:
         lines.append(f"FlashAttention (causal bf16, {len(cal.flash_times)} shapes): forward "
