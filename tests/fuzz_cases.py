@@ -759,7 +759,7 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("host_us_per_op", (0, 0.5, 26, 1000.0)), ("dispatch", ("eager", "cuda_graphs")),
         ("p2p_messages_forward", (1, 6, 64)), ("grad_reduce_dtype", ("grad", "fp32")),
         ("overlap_grad_reduce", (True, False)), ("zero_grad_reduction", ("all_reduce",)),
-        ("zero3_per_gpu_nic", (True, False)),
+        ("zero3_per_gpu_nic", (True, False)), ("zero3_gather_copy_out", (True, False)),
         ("memory_reported", ("allocated", "reserved", "nvidia_smi")),
         ("flat_optimizer_buffers", (True, False)), ("fused_optimizer", (True, False)),
         ("zero_grad_buffer", (True, False)), ("check_nan_in_grad", (True, False)),

@@ -571,7 +571,9 @@ def test_new_family_regression_bounds(default_result) -> None:
         # checkpointing): the two float8 rowwise 8B tp-8 rows run at the tensorwise FP8 rate
         # (+48 %, +72 %; measured, rowwise is 30 % slower than tensorwise under async TP);
         # + the two 405B pp 8 rows (torchtitan's split); + the 405B cp 8 row (+46.8 %)
-        ("torchtitan", "tokens_per_s"): (11, 24.0),
+        # + sequence parallelism's norms and residual adds on s/t tokens: the three FP8 8B
+        # tp-8 rows +68 / +38 / +18 -> +96 / +54 / +37 %; FSDP2's copy-out: 25.4 -> 25.0 %
+        ("torchtitan", "tokens_per_s"): (11, 26.0),
         # + 405B pp 16 vp 4; + 405B cp 2 (H100); the Llama rows as Llama (SwiGLU: a third more
         # MLP work than the GeLU they were built with), now under-predicted by 8-16 %
         # + the launchers' sequence parallelism, DP/TP overlaps and bf16 gradient reduction

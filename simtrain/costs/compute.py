@@ -79,7 +79,8 @@ def _mlp_mats(m: ModelSpec) -> int:
 
 
 def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
-                load: float = 1.0, fused: tuple[bool, bool] = (True, True)) -> BlockFlops:  # fmt: skip
+                load: float = 1.0, fused: tuple[bool, bool] = (True, True),
+                sp: bool = False) -> BlockFlops:  # fmt: skip
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
     weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1).
     An MoE block (``moe``: default, every block of a model with experts) has the router and
@@ -87,7 +88,8 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     of the MLP (:func:`costs.moe.moe_mlp_flops`). Q and the attention output are
     heads·head_dim wide (``ModelSpec.q_dim``, h unless ``head_size`` is set). ``fused``: the
     runtime's (``fused_qkv``, ``fused_gate_up``): which GEMMs carry the shape term
-    (:func:`dense_linear_gemms`)."""
+    (:func:`dense_linear_gemms`). ``sp``: sequence parallelism, whose norms, dropouts and
+    residual adds run on the rank's s/t tokens (:func:`block_elementwise_bytes`)."""
     b = t.micro_batch
     s = t.seq_len_effective
     s_kv = t.kv_len
@@ -123,7 +125,7 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     else:
         input_grad = proj + 2 * core + lora + adapter
         weight_grad = (proj if full else 0.0) + lora_w + adapter
-    ew, ew_bwd = block_elementwise_bytes(m, t, tp, m.is_moe and moe is not False, load)
+    ew, ew_bwd = block_elementwise_bytes(m, t, tp, m.is_moe and moe is not False, load, sp)
     if t.peft.method == "qlora":
         # QLoRA dequantises every NF4 weight to 16 bits for each matmul (Dettmers et al. 2023
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
@@ -256,7 +258,7 @@ def elementwise_backward_factor(bytes_per_element: int) -> float:
 
 
 def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool = False,
-                            load: float = 1.0) -> tuple[float, float]:  # fmt: skip
+                            load: float = 1.0, sp: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
@@ -264,19 +266,24 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
     attention dropout). Backward: :func:`elementwise_backward_factor` x forward. An MoE block
     (``moe``) has :func:`costs.moe.moe_elementwise_bytes_per_token` in place of the MLP's
-    activation."""
+    activation. The norms, residual adds and dropouts sit outside the tensor-parallel region:
+    every TP rank repeats them on all s tokens, or with sequence parallelism (``sp``) on its
+    own s/t (Korthikanti et al. 2022 §4.2.2: "the layer-norm and dropout ... are independent
+    along the sequence dimension"; Megatron-LM d898a8991d megatron/model/transformer.py: the
+    hidden states between the row- and column-parallel linears are [s/t, b, h])."""
     b = t.micro_batch
     s = t.seq_len_effective
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
     mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
-    per_token = 2 * 2 * h + 2 * 3 * h + 2 * mlp_width / tp
+    outside = 2 * 2 * h + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
+    per_token = outside / (tp if sp else 1)
     if moe:
-        per_token = 2 * 2 * h + 2 * 3 * h + moe_elementwise_bytes_per_token(m, e, tp, load) / e
+        per_token += moe_elementwise_bytes_per_token(m, e, tp, load) / e
+    else:
+        per_token += 2 * mlp_width / tp
     if m.positions == "rotary":
         per_token += 2 * (h + kv) / tp
-    if m.dropout > 0:
-        per_token += 2 * 2.5 * h
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     return fwd, elementwise_backward_factor(e) * fwd
 
@@ -463,13 +470,14 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     m, tp = sc.model, sc.parallelism.tp
     t = cp_rank_training(sc.training, sc.parallelism.cp)  # one GPU's s/cp tokens
     fused = (sc.runtime.fused_qkv, sc.runtime.fused_gate_up)
-    bf = block_flops(m, t, tp, fused=fused)
+    sp = sc.parallelism.sequence_parallel and tp > 1
+    bf = block_flops(m, t, tp, fused=fused, sp=sp)
     if not m.is_moe:
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)
-    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused)
-    dense_bf = block_flops(m, t, tp, False, fused=fused)
+    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused, sp)
+    dense_bf = block_flops(m, t, tp, False, fused=fused, sp=sp)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
                         for f in BlockFlops.__slots__))  # fmt: skip
 

@@ -66,6 +66,35 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     return out
 
 
+def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[int, int]:
+    """(forward, backward) of transformer block ``layer`` for one micro-batch on one GPU, as a
+    framework's per-layer timer reads them (Korthikanti et al. 2022 Table 4: "time per
+    transformer layer"): the forward's compute and the TP collectives it exposes (two
+    all-reduces, or their reduce-scatter / all-gather halves with sequence parallelism); the
+    backward's input and weight gradients with its recompute and the collectives they expose
+    (those the runtime overlaps with the weight-gradient GEMMs, ``tp_backward_overlap``, only
+    where they outlast it; with ``tp_comm_overlap`` the longer of compute and collectives, as
+    ``passes.tp_pass`` runs them), and an MoE block's all-to-alls. The same terms
+    :func:`chunk_durations` gives a chunk of blocks, for one block without the embedding or the
+    head."""
+    t, m = sc.training, sc.model
+    if not 0 <= layer < m.layers:
+        raise ValueError(f"layer {layer}: the model has blocks 0 .. {m.layers - 1}")
+    c = chunk_costs(sc, 1, False, False, layer)
+    ar = comm.tp_allreduce_ns(sc, step)
+    tp_bwd, _ = comm.tp_backward_block(sc, step)
+    a2a = comm.ep_layer_alltoall_ns(sc, step) if m.is_moe_layer(layer) else 0
+    tp_b = tp_bwd if c.input_grad_ns else 0
+    tp_r = tp_recompute_ns(sc, 1, ar) if c.recompute_ns else 0
+    backward = c.input_grad_ns + c.weight_grad_ns + c.recompute_ns
+    if sc.runtime.tp_comm_overlap:  # passes.tp_pass: max(compute, TP) instead of the sum
+        forward, backward = max(c.forward_ns, 2 * ar), max(backward, tp_b + tp_r)
+    else:
+        forward, backward = c.forward_ns + 2 * ar, backward + tp_b + tp_r
+    a2a_r = a2a if c.recompute_ns and t.recompute == "full" else 0
+    return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
+
+
 def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
     """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end of
     its pipeline (DualPipe: of its direction's) or when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
@@ -107,8 +136,18 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
             ch,
             gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer, flat),
             reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat),
+            gather_copy_ns_per_layer=gather_copy_out_ns(sc, per_layer),
         )
     return out
+
+
+def gather_copy_out_ns(sc: Scenario, layer_param_bytes: int) -> int:
+    """FSDP2's copy of one layer's gathered 16-bit parameters (``layer_param_bytes``) into the
+    unsharded parameters, on the compute stream (runtime ``zero3_gather_copy_out``): a read and a
+    write at the memory-bound rate; 0 when the runtime gathers in place."""
+    if not sc.runtime.zero3_gather_copy_out:
+        return 0
+    return math.ceil(memory_bound_ns(2 * layer_param_bytes, sc.hardware))
 
 
 def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,

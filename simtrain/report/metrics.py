@@ -32,8 +32,9 @@ from simtrain.layout.step import ResolvedStep
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.hardware import HardwareProfile
 
-# LOSS: DataParallel's loss on GPU 0; ACC: nanotron's fp32 gradient add after each backward
-COMPUTE_KINDS = ("F", "B", "I", "W", "LOSS", "ACC")
+# LOSS: DataParallel's loss on GPU 0; ACC: nanotron's fp32 gradient add after each backward;
+# CPY: FSDP2's copy of gathered parameters into the unsharded ones
+COMPUTE_KINDS = ("F", "B", "I", "W", "LOSS", "ACC", "CPY")
 
 
 @dataclass(frozen=True, slots=True)

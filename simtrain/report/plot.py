@@ -54,6 +54,7 @@ KIND_STYLES: dict[str, tuple[str, str | None]] = {
     "R": ("#A9C4F0", "////"),  # recompute: light blue, hatched
     "OPT": ("#8C8C8C", None),  # optimizer step: grey
     "ACC": ("#2E7D46", None),  # 16-bit gradients added into the fp32 buffer: dark green
+    "CPY": ("#8D9440", None),  # FSDP2's copy-out of gathered parameters: olive
     "SEND_F": ("#F28E2B", None),  # p2p: oranges
     "RECV_F": ("#FFBE7D", None),
     "SEND_B": ("#D9711C", None),

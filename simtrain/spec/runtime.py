@@ -162,6 +162,14 @@ class RuntimeProfile:
     # ZeRO-3's parameter all-gathers and gradient reduce-scatters across nodes move each GPU's
     # traffic through its own NIC (as a flat ring would), not through all of the node's NICs.
     zero3_per_gpu_nic: bool = False
+    # Each ZeRO-3 all-gather's output is copied into the unsharded parameters on the compute
+    # stream before the layer runs (FSDP2: FSDPParamGroup.wait_for_unshard ->
+    # foreach_all_gather_copy_out -> torch.ops.fsdp.split_with_sizes_copy, torch 2.13
+    # distributed/fsdp/_fully_shard/_fsdp_param_group.py l.417-466, _fsdp_collectives.py
+    # l.431-490): a read and a write of the layer's 16-bit parameters per gather, at the
+    # memory-bound rate. FSDP1's flat parameter and DeepSpeed gather into the parameters'
+    # own storage (no copy).
+    zero3_gather_copy_out: bool = False
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0
@@ -256,7 +264,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
          "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
-         "scale_grads_before_reduce", "clip_grad_norm")  # fmt: skip
+         "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

@@ -670,6 +670,7 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
                  "weights sharded over data parallel)")  # fmt: skip
     if f.bool_("--use-torch-fsdp2"):
         zero = 3
+        runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
     if f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
         strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
         stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}

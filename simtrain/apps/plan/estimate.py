@@ -17,7 +17,12 @@ from simtrain.costs.comm import (
 )
 from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
-from simtrain.costs.workload import grad_passes_ns, rank_optimizer_shard, tp_recompute_ns
+from simtrain.costs.workload import (
+    gather_copy_out_ns,
+    grad_passes_ns,
+    rank_optimizer_shard,
+    tp_recompute_ns,
+)
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
 
@@ -63,11 +68,14 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     - Data parallelism on stage 0 (whose last backward ends the step): DDP / ZeRO-1/2 buckets
       overlapped with the last backward (:func:`_bucketed_exposed_ns`), ZeRO-1/2's parameter
       all-gather after the step, ZeRO-3's per-layer gathers and reduce-scatters beyond the
-      compute they hide behind (``costs.comm.dp_ns``); the optimizer step
+      compute they hide behind (``costs.comm.dp_ns``), FSDP2's copy-out of each gather on the
+      compute stream; the optimizer step
       (``costs.optimizer_step_ns``).
     """
     step = resolve(sc)
     ranks, first_chunk = _rank_costs(sc, step)
+    if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
+        ranks = [_with_copy_out(sc, step, stages[0], r, ranks[r]) for r in range(step.pp)]
     step_ns = _pipeline_ns(sc, step, ranks)
     t = sc.training
     s0 = stages[0]
@@ -77,6 +85,18 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns)
     return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
+
+
+def _with_copy_out(sc: Scenario, step: ResolvedStep, sm: StageMemory, r: int,
+                   costs: _Rank) -> _Rank:  # fmt: skip
+    """FSDP2's copy-out of each layer's gathered parameters before its forward and its backward
+    (``costs.workload.gather_copy_out_ns``, as ``passes.zero3_pass`` lowers it), on rank r, with
+    stage 0's parameters per layer (``sm``: the planner checks the first and last stages only;
+    the uniform-stage closed form)."""
+    per_layer = sm.params * step.precision.param // max(step.rank_layers(0), 1)
+    copy = step.rank_layers(r) * gather_copy_out_ns(sc, per_layer)
+    return _Rank(costs.forward_ns + copy, costs.input_ns + (copy if costs.input_ns else 0),
+                 costs.weight_ns)  # fmt: skip
 
 
 def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,

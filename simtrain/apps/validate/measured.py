@@ -24,13 +24,20 @@ METRICS = (
     "tflops_per_gpu",
     "mfu",
     "hfu",
+    "layer_forward_s",
+    "layer_backward_s",
     "peak_memory_bytes",
     "fits",
     "crash_or_oom",
 )
 #: Boolean metrics: error 0 (right) or 100 (wrong).
 VERDICT_METRICS = ("fits", "crash_or_oom")
-TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu")
+TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "layer_forward_s",
+                "layer_backward_s")  # fmt: skip
+#: One transformer block's forward / backward (a per-layer timer, kind layer_microbenchmark:
+#: ``costs.workload.block_times_ns``), from the record's milliseconds.
+LAYER_METRICS = {"layer_forward_s": "layer_forward_ms", "layer_backward_s": "layer_backward_ms"}
+STEP_METRICS = tuple(m for m in TIME_METRICS if m not in LAYER_METRICS)
 OOM_OUTCOMES = ("oom", "out_of_memory")
 #: Failed runs whose source does not say whether they ran out of memory.
 CRASH_OUTCOMES = ("crashed_or_oom", "crashed")
@@ -59,6 +66,11 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             return None
         return float(v)
 
+    if rec.kind == "layer_microbenchmark":  # one block's times; no step, no fit verdict
+        for metric, key in LAYER_METRICS.items():
+            if (v := num(key)) is not None and v > 0:
+                out[metric] = v / 1e3
+        return out
     if (v := num("step_time_s")) is not None and v > 0:
         out["step_time_s"] = v
     if (v := num("tokens_per_s")) is not None and v > 0:
@@ -108,7 +120,8 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
     out: list[Comparison] = []
     mem = (pr.memory_report(sc)
            if any(k in meas for k in ("peak_memory_bytes", *VERDICT_METRICS)) else None)  # fmt: skip
-    T = pr.step_time(sc) if any(k in meas for k in TIME_METRICS) else None
+    T = pr.step_time(sc) if any(k in meas for k in STEP_METRICS) else None
+    blocks = pr.block_times(sc) if any(k in meas for k in LAYER_METRICS) else None
     n = sc.parallelism.gpus
     hw = sc.hardware
     peak = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
@@ -133,6 +146,9 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
                 pred = float(mem.peak_memory_bytes)
             if not conv.memory_includes_context:
                 pred -= sc.hardware.cuda_context_bytes
+        elif metric in LAYER_METRICS:
+            assert blocks is not None
+            pred = blocks[0] if metric == "layer_forward_s" else blocks[1]
         else:
             assert T is not None
             if metric == "step_time_s":

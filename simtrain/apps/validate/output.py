@@ -29,6 +29,8 @@ def _fmt(metric: str, v: float | bool) -> str:
         return f"{100 * v:.1f} %"
     if metric == "step_time_s":
         return f"{v:,.3f} s"
+    if metric.startswith("layer_"):
+        return f"{1e3 * v:,.2f} ms"
     if metric == "tokens_per_s":
         return f"{v:,.0f}"
     return f"{v:,.1f}"
@@ -183,6 +185,8 @@ METRIC_LABELS = {
     "tflops_per_gpu": "TFLOP/s per GPU (source's convention)",
     "mfu": "MFU",
     "hfu": "HFU",
+    "layer_forward_s": "one layer's forward (s)",
+    "layer_backward_s": "one layer's backward (s)",
     "peak_memory_bytes": "peak memory (GiB)",
 }
 

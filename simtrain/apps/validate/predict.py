@@ -11,6 +11,7 @@ from dataclasses import replace
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
 from simtrain.costs.memory import MemoryReport, estimate_memory
+from simtrain.costs.workload import block_times_ns
 from simtrain.layout.step import resolve
 from simtrain.report.progress import Progress
 from simtrain.spec.scenario import Scenario
@@ -36,6 +37,14 @@ class Predictor:
         if key not in self.memory:
             self.memory[key] = estimate_memory(key)
         return self.memory[key]
+
+    def block_times(self, sc: Scenario) -> tuple[float, float]:
+        """(forward, backward) seconds of one transformer block for one micro-batch
+        (``costs.workload.block_times_ns``): the first, or of a model with experts the first
+        MoE block."""
+        m = sc.model
+        fwd, bwd = block_times_ns(sc, resolve(sc), m.first_dense_layers if m.is_moe else 0)
+        return fwd / 1e9, bwd / 1e9
 
     def step_time(self, sc: Scenario) -> float:
         key = scenario_key(sc)

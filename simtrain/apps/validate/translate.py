@@ -238,7 +238,6 @@ UNEXPRESSIBLE_KINDS = {
     "not an absolute measurement",
     "memory_capacity": "largest-trainable-model measurement: needs a family of model shapes "
     "to search over, not one scenario",
-    "layer_microbenchmark": "per-layer kernel timing, not a training step",
     "collective_benchmark": "collective bandwidth benchmark, not a training step",
 }
 
@@ -292,15 +291,30 @@ def translate(rec: Record) -> Translation | SkipReason:
     """The scenario of a record with the assumptions made, or why it cannot be expressed."""
     if rec.kind in UNEXPRESSIBLE_KINDS:
         return skip(rec, f"kind {rec.kind}: {UNEXPRESSIBLE_KINDS[rec.kind]}")
-    if rec.kind != "training_run":
+    if rec.kind not in ("training_run", "layer_microbenchmark"):
         return skip(rec, f"unknown kind {rec.kind!r}")
+    layer_notes: list[str] = []
+    if rec.kind == "layer_microbenchmark":
+        mb = _int(rec.training.get("micro_batch"))
+        if not mb or mb < 1:
+            return skip(rec, "layer timing without training.micro_batch (what was timed)")
+        if "global_batch" not in rec.training:
+            # a per-layer timer times one micro-batch: the scenario of one step of one
+            # micro-batch per replica (a layer's times do not depend on the other ones)
+            try:
+                dp = _layout(rec.parallelism, rec.hardware, [])[2]
+            except _NotExpressible as exc:
+                return skip(rec, str(exc))
+            rec = replace(rec, training={**rec.training, "global_batch": mb * dp})
+            layer_notes.append(f"layer timing: one step of one micro-batch per replica "
+                               f"(global batch {mb * dp})")  # fmt: skip
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")
     bad = _unusable_measurements(rec)
     if bad:
         return skip(rec, f"measured.{bad}: not a finite number >= 0")
-    notes: list[str] = []
+    notes: list[str] = layer_notes
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:

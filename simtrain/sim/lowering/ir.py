@@ -30,6 +30,9 @@ class ChunkDurations:
     # and its gradients reduce-scattered after its backward.
     gather_ns_per_layer: int = 0
     reduce_scatter_ns_per_layer: int = 0
+    # FSDP2's copy of each gather's output into the unsharded parameters, on the compute stream
+    # between the all-gather and the layer's compute (runtime zero3_gather_copy_out)
+    gather_copy_ns_per_layer: int = 0
     # Host time of issuing the forward's / the backward's kernels (eager dispatch; costs.host),
     # the backward's including its recompute; 0 = the host always runs ahead of the GPU.
     host_forward_ns: int = 0

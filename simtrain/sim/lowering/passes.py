@@ -77,7 +77,8 @@ def zero3_pass(ir: StepIR) -> None:
     reduce-scatter on the "dp" stream. With parameter offload (ZeRO-Infinity; DeepSpeed
     ``offload_param``: ``_all_gather`` copies the host partition to the GPU before the
     collective) the layer's partition first comes up on the "h2d" stream, in the same prefetch
-    window, and the all-gather (or, alone on one GPU, the slice) waits for it."""
+    window, and the all-gather (or, alone on one GPU, the slice) waits for it. FSDP2 copies the
+    gathered parameters out on the compute stream ("CPY") before the slice runs."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         for g in r.groups:
@@ -103,6 +104,14 @@ def zero3_pass(ir: StepIR) -> None:
                                 c.gather_ns_per_layer, before,
                                 microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                         out.append(ag)
+                        # FSDP2: the copy-out, then the layer; a recompute runs under its
+                        # backward's unshard (_fsdp_state.py _pre_forward: PRE_BACKWARD), one copy
+                        # (after what the slice waits for: its input, the previous action)
+                        if c.gather_copy_ns_per_layer and op.kind != "R":
+                            ag = Op(r.rank, "compute", "CPY", f"CPY params L{layer} {g.label}",
+                                    c.gather_copy_ns_per_layer, [*op.deps, ag],
+                                    microbatch=op.microbatch, stage=op.stage)  # fmt: skip
+                            out.append(ag)
                         op.deps.append(ag)
                 out.append(op)
                 seen.append(op)

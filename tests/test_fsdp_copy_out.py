@@ -1,0 +1,79 @@
+"""FSDP2's copy of each all-gather's output into the unsharded parameters (runtime
+``zero3_gather_copy_out``): on the compute stream between the gather and the layer, a read and a
+write of the layer's 16-bit parameters, once per forward and once per backward (a checkpointed
+block's recompute runs under its backward's unshard: torch 2.13 _fsdp_state.py _pre_forward)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.memory import estimate_memory
+from simtrain.costs.workload import lowering_input
+from simtrain.layout.step import resolve
+from simtrain.spec.runtime import load_runtime
+from simtrain.spec.scenario import load_scenario
+
+ZERO3 = "scenarios/zero3_64gpu.yaml"  # Llama-2 13B, dp 64, ZeRO-3, full recompute, A100
+
+
+def _scenario(copy_out: bool):
+    return load_scenario(ZERO3, [f"runtime.zero3_gather_copy_out={str(copy_out).lower()}",
+                                 "training.global_batch=128"])  # fmt: skip
+
+
+def test_torchtitan_copies_out_and_deepspeed_does_not() -> None:
+    """FSDP2 (torchtitan) copies; FSDP1's flat parameter and DeepSpeed gather in place."""
+    assert load_runtime("torchtitan").zero3_gather_copy_out
+    for name in ("deepspeed", "llm_foundry", "pytorch_eager"):
+        assert not load_runtime(name).zero3_gather_copy_out, name
+
+
+def test_copy_out_time_is_a_read_and_a_write_of_the_layers_parameters() -> None:
+    """2 x the layer's bf16 parameters / (HBM bandwidth x efficiency.memory_bound), per gather."""
+    sc = _scenario(True)
+    step = resolve(sc)
+    mem = estimate_memory(sc)
+    ch = lowering_input(sc, step, mem).chunks[0]
+    assert step.precision.param == 2  # bf16 parameters as gathered
+    per_layer = mem.stages[0].params * 2 // sc.model.layers  # the rank's layers
+    hw = sc.hardware
+    want = 2 * per_layer / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound) * 1e9
+    assert ch.gather_copy_ns_per_layer == pytest.approx(want, abs=1)
+    off = lowering_input(_scenario(False), step, mem).chunks[0]
+    assert off.gather_copy_ns_per_layer == 0
+
+
+def test_one_copy_per_layer_per_forward_and_backward_on_the_compute_stream() -> None:
+    """Per micro-batch, layers copies before the forward's slices and layers before the
+    backward's (none before the recompute's); the step grows by what the copies add to the
+    compute stream (they cannot overlap the compute they precede)."""
+    on, off = (simulate_scenario(_scenario(c)) for c in (True, False))
+    sc = on.scenario
+    m = sc.training.global_batch // sc.parallelism.dp
+    copies = [s for s in on.timeline.spans_of(0, "compute") if s.kind == "CPY"]
+    assert len(copies) == 2 * sc.model.layers * m
+    assert not [s for s in off.timeline.spans_of(0) if s.kind == "CPY"]
+    added = sum(s.end_ns - s.start_ns for s in copies) / 1e9
+    grown = on.metrics.step_time_s - off.metrics.step_time_s
+    assert grown == pytest.approx(added, rel=0.05)
+
+
+def test_a_copy_waits_for_the_activations_it_precedes() -> None:
+    """On a later pipeline stage a forward's first copy-out starts once its activations can
+    have arrived, after the stage before has ended that micro-batch's forward (the slice's own
+    dependencies), not in the bubble before (FSDP2's pre-forward hook copies when the layer is
+    called); with TP overlap the TP collective waits for them too."""
+    sc = load_scenario(ZERO3, ["parallelism.pp=2", "parallelism.tp=2", "parallelism.dp=16",
+                               "parallelism.sequence_parallel=true", "training.global_batch=64",
+                               "runtime.zero3_gather_copy_out=true",
+                               "runtime.tp_comm_overlap=true"])  # fmt: skip
+    tl = simulate_scenario(sc).timeline
+    m = 4
+    for mb in range(m):
+        sent = max(s.end_ns for s in tl.spans_of(0, "compute")
+                   if s.kind == "F" and s.microbatch == mb)  # fmt: skip
+        later = [s for s in tl.spans_of(1) if s.microbatch == mb]
+        first_copy = min(s.start_ns for s in later if s.kind == "CPY")
+        first_tp = min(s.start_ns for s in later if s.kind == "TP")
+        assert first_copy >= sent and first_tp >= sent, (mb, sent, first_copy, first_tp)
