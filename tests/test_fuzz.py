@@ -46,3 +46,21 @@ def test_hostile_input_quick(family: str, tmp_path: Path) -> None:
             lines.append(f"  $ {case.command_line()[:300]}")
             lines.append(f"  {out.exception or out.stderr.strip()}"[:300])
         pytest.fail("\n".join(lines), pytrace=False)
+
+
+def test_fp8_runs_may_exceed_the_16_bit_peak() -> None:
+    """simtrain's MFU divides by the compute dtype's (16-bit) peak, which FP8 GEMMs may beat
+    (fuzz campaign 19: a profile with a 1e-6 TFLOP/s bf16 peak gave MFU 1.29 under
+    fp8_rowwise): the judge lets an FP8-family run's MFU and HFU exceed 1, never drop to 0."""
+    from fuzz_cases import Case, FileSpec, Outcome, judge
+
+    doc = '{"mfu": 1.29, "hardware_flops_per_step": 2.0, "model_flops_per_step": 1.0}'
+    out = Outcome("run", 0, 0.1, doc, "")
+    argv = ("run", "--json", "scenario.yaml")
+    fp8 = Case("run", argv, (FileSpec("scenario.yaml", data=b"precision: fp8_rowwise\n"),))
+    bf16 = Case("run", argv, (FileSpec("scenario.yaml", data=b"precision: bf16\n"),))
+    assert judge(fp8, out) == []
+    want = {"run: <root> mfu = 1.29 not in (0, 1]", "run: <root> hfu(derived) = 2.58 not in (0, 1]"}
+    assert {s for _, s in judge(bf16, out)} == want
+    zero = Outcome("run", 0, 0.1, doc.replace("1.29", "0"), "")
+    assert judge(fp8, zero)  # 0 is no utilisation, whatever the precision

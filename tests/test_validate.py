@@ -513,6 +513,14 @@ def test_a_measurement_that_is_not_a_finite_positive_number_is_a_skip() -> None:
         assert isinstance(out, SkipReason) and "measured.step_time_s" in out.reason, bad
 
 
+def test_a_subnormal_measurement_is_a_skip() -> None:
+    """Fuzz campaign 19 (validate --json): a tokens/s of 5e-324 made the error 100·(p − m)/m
+    overflow to Infinity in the JSON; figures below 1e-30 (but 0) are skipped with the key."""
+    out = translate(_record(measured={"tokens_per_s": 5e-324}))
+    assert isinstance(out, SkipReason) and "measured.tokens_per_s" in out.reason
+    assert not isinstance(translate(_record(measured={"tokens_per_s": 1e-3})), SkipReason)
+
+
 def test_held_out_h200_cases_become_a_family_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -270,11 +270,15 @@ class _NotExpressible(Exception):
 #: Largest measured figure compared (step times, rates, bytes): far above any real run, small
 #: enough that errors and plots stay finite.
 MAX_MEASURED = 1e30
+#: Smallest non-zero one: below it 100·(predicted − measured)/measured overflows to infinity
+#: (a subnormal 5e-324 tokens/s did).
+MIN_MEASURED = 1e-30
 
 
 def _unusable_measurements(rec: Record) -> str:
-    """The first numeric measured value that is not finite and in [0, MAX_MEASURED], or "" (a
-    source rounds a tiny MFU or rate to 0; such a value is left to the comparison)."""
+    """The first numeric measured value that is not finite and 0 or in [MIN_MEASURED,
+    MAX_MEASURED], or "" (a source rounds a tiny MFU or rate to 0; such a value is left to the
+    comparison)."""
     for key, v in rec.measured.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
@@ -282,7 +286,7 @@ def _unusable_measurements(rec: Record) -> str:
             x = float(v)
         except OverflowError:
             return str(key)
-        if not (math.isfinite(x) and 0 <= x <= MAX_MEASURED):
+        if not (math.isfinite(x) and (x == 0 or MIN_MEASURED <= x <= MAX_MEASURED)):
             return str(key)
     return ""
 
@@ -313,7 +317,8 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")
     bad = _unusable_measurements(rec)
     if bad:
-        return skip(rec, f"measured.{bad}: not a finite number >= 0")
+        span = f"[{MIN_MEASURED:g}, {MAX_MEASURED:g}]"
+        return skip(rec, f"measured.{bad}: not 0 or a finite number in {span}")
     notes: list[str] = layer_notes
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
