@@ -1477,10 +1477,12 @@ def judge(case: Case, out: Outcome, folder: str = "",
     return []
 
 
-#: Precisions whose linear GEMMs run below the compute dtype (spec.precision's gemm_dtype):
-#: simtrain's MFU divides by the compute dtype's peak, so it may exceed 1 where the profile's
-#: FP8/FP4 peak is far above its 16-bit one.
-_LOW_PRECISION = re.compile(rb"\b(fp8_\w+|mxfp8|nvfp4)\b")
+#: A scenario's precision whose linear GEMMs run below the compute dtype (spec.precision's
+#: gemm_dtype), as a YAML value or a --set: simtrain's MFU divides by the compute dtype's peak,
+#: so it may exceed 1 where the profile's FP8/FP4 peak is far above its 16-bit one. (Hardware
+#: profiles name the dtypes as keys, ``mxfp8:``; those are not precisions.) No upper bound is
+#: checked for them: a profile's FP8 peak may be any multiple of its 16-bit one.
+_LOW_PRECISION = re.compile(rb"precision\s*[:=]\s*[\"']?(fp8_\w+|mxfp8|nvfp4)\b")
 
 
 def _low_precision_gemms(case: Case) -> bool:

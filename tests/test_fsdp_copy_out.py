@@ -77,3 +77,27 @@ def test_a_copy_waits_for_the_activations_it_precedes() -> None:
         first_copy = min(s.start_ns for s in later if s.kind == "CPY")
         first_tp = min(s.start_ns for s in later if s.kind == "TP")
         assert first_copy >= sent and first_tp >= sent, (mb, sent, first_copy, first_tp)
+
+
+def test_zero3_keeps_the_overlapped_pairs_order() -> None:
+    """Under combined 1F1B the second action of an F&B pair waits for the first one's compute,
+    not for the pair's join; ZeRO-3's per-layer gathers put an all-gather first in each group,
+    and the rewrite of the "previous action" dependency once missed the compute slices after it
+    (the B of micro-batch 0 waited for the join of pair 1: a read-only review, this stop).
+    Each compute op waits on the same joins and all-to-alls under ZeRO-1 and ZeRO-3."""
+    from simtrain.apps.simulate import lower_scenario
+
+    def waits(zero: int) -> dict[str, list[str]]:
+        sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", [
+            f"parallelism.zero_stage={zero}", "parallelism.schedule=combined_1f1b",
+            "parallelism.pp=1", "parallelism.dp=64", "training.global_batch=256"])  # fmt: skip
+        tasks, _ = lower_scenario(sc, estimate_memory(sc))
+        out: dict[str, list[str]] = {}
+        for t in tasks:
+            if t.stream == "compute" and t.rank == 0 and t.kind in ("F", "B"):
+                out.setdefault(t.name, sorted(
+                    tasks[d].name for d in t.deps if tasks[d].kind in ("JOIN", "A2A")))  # fmt: skip
+        return out
+
+    one, three = waits(1), waits(3)
+    assert one and one == three

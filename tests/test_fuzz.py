@@ -64,3 +64,8 @@ def test_fp8_runs_may_exceed_the_16_bit_peak() -> None:
     assert {s for _, s in judge(bf16, out)} == want
     zero = Outcome("run", 0, 0.1, doc.replace("1.29", "0"), "")
     assert judge(fp8, zero)  # 0 is no utilisation, whatever the precision
+    # a bf16 run on a profile that names FP8 peaks (keys, not precisions) keeps the bound
+    hw = FileSpec("hw.yaml", data=b"peak_tflops:\n  mxfp8: 4500\n  nvfp4: 9000\n")
+    assert judge(Case("run", argv, (bf16.files[0], hw)), out)
+    assert judge(Case("run", (*argv, "--set", "training.precision=fp8_current"), bf16.files),
+                 out) == []  # fmt: skip

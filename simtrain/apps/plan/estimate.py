@@ -75,7 +75,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     step = resolve(sc)
     ranks, first_chunk = _rank_costs(sc, step)
     if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
-        ranks = [_with_copy_out(sc, step, stages[0], r, ranks[r]) for r in range(step.pp)]
+        ranks = [_with_copy_out(sc, step, stages, r, ranks[r]) for r in range(step.pp)]
     step_ns = _pipeline_ns(sc, step, ranks)
     t = sc.training
     s0 = stages[0]
@@ -87,14 +87,22 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
 
 
-def _with_copy_out(sc: Scenario, step: ResolvedStep, sm: StageMemory, r: int,
+def _with_copy_out(sc: Scenario, step: ResolvedStep, stages: tuple[StageMemory, ...], r: int,
                    costs: _Rank) -> _Rank:  # fmt: skip
     """FSDP2's copy-out of each layer's gathered parameters before its forward and its backward
-    (``costs.workload.gather_copy_out_ns``, as ``passes.zero3_pass`` lowers it), on rank r, with
-    stage 0's parameters per layer (``sm``: the planner checks the first and last stages only;
-    the uniform-stage closed form)."""
-    per_layer = sm.params * step.precision.param // max(step.rank_layers(0), 1)
-    copy = step.rank_layers(r) * gather_copy_out_ns(sc, per_layer)
+    (``costs.workload.gather_copy_out_ns``, as ``passes.zero3_pass`` lowers it), on rank r: the
+    rank's parameters over its layers, as the simulation spreads them (``stages``: the planner
+    checks the first and the last stage; a rank between them gets the smaller of their
+    per-layer figures, the one nearer a block without the embedding or the head)."""
+
+    def per_layer(sm: StageMemory) -> int:
+        return sm.params * step.precision.param // max(step.rank_layers(sm.stage), 1)
+
+    if r == 0 or r == stages[-1].stage:
+        layer_bytes = per_layer(stages[0] if r == 0 else stages[-1])
+    else:
+        layer_bytes = min(per_layer(s) for s in stages)
+    copy = max(step.rank_layers(r), 1) * gather_copy_out_ns(sc, layer_bytes)
     return _Rank(costs.forward_ns + copy, costs.input_ns + (copy if costs.input_ns else 0),
                  costs.weight_ns)  # fmt: skip
 

@@ -301,17 +301,20 @@ def translate(rec: Record) -> Translation | SkipReason:
     if rec.kind == "layer_microbenchmark":
         mb = _int(rec.training.get("micro_batch"))
         if not mb or mb < 1:
-            return skip(rec, "layer timing without training.micro_batch (what was timed)")
+            return skip(rec, "layer timing without an integer training.micro_batch (what was "
+                        "timed)")  # fmt: skip
         if "global_batch" not in rec.training:
-            # a per-layer timer times one micro-batch: the scenario of one step of one
-            # micro-batch per replica (a layer's times do not depend on the other ones)
+            # a per-layer timer times one micro-batch, whatever the step's count: one
+            # micro-batch per replica, or with pp > 1 2·pp of them (every pipeline schedule's
+            # smallest legal count: the interleaved one needs a multiple of pp)
             try:
-                dp = _layout(rec.parallelism, rec.hardware, [])[2]
+                _, pp, dp, _ = _layout(rec.parallelism, rec.hardware, [])
             except _NotExpressible as exc:
                 return skip(rec, str(exc))
-            rec = replace(rec, training={**rec.training, "global_batch": mb * dp})
-            layer_notes.append(f"layer timing: one step of one micro-batch per replica "
-                               f"(global batch {mb * dp})")  # fmt: skip
+            n = mb * dp * (2 * pp if pp > 1 else 1)
+            rec = replace(rec, training={**rec.training, "global_batch": n})
+            layer_notes.append(f"layer timing: a step of global batch {n} (the layer's times "
+                               "are per micro-batch)")  # fmt: skip
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")

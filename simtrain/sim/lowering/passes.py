@@ -383,8 +383,11 @@ def ep_pass(ir: StepIR) -> None:
                 # the second of a pair: its compute follows the first's compute, not the
                 # first's A2A; its A2A starts with the pair (after the first's on the stream)
                 start = _compute_start(prev)
-                g.ops[0].deps = [prev.compute_end if d == ("prev", r.rank, i) else d
-                                 for d in g.ops[0].deps]  # fmt: skip
+                # every op of the group that waits for the previous action (its first op; under
+                # ZeRO-3 also the compute slice after the all-gather and its FSDP2 copy-out)
+                for op in g.ops:
+                    op.deps = [prev.compute_end if d == ("prev", r.rank, i) else d
+                               for d in op.deps]  # fmt: skip
                 _overlapped_a2a(r.rank, g, ns, start)
                 if ir.inp.comm_sm_share:
                     _sm_shared(prev, g, _a2a_ns(ir, prev) + ns, ir.inp.comm_sm_share)
