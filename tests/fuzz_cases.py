@@ -1469,10 +1469,7 @@ def judge(case: Case, out: Outcome, folder: str = "",
             return [("long_message", f"{long_message_cause(msg)} ({_size_class(len(msg))})")]
         return []
     if out.exit_code == 0:
-        problems = check_output(case.argv, out.stdout)
-        if _low_precision_gemms(case):  # MFU is over the 16-bit peak: FP8 GEMMs may beat it
-            problems = [p for p in problems if not re.search(r"\b(mfu|hfu)\S* = .* not in \(0, 1\]", p)
-                        or " = 0 " in p or " = -" in p]  # fmt: skip
+        problems = check_output(case.argv, out.stdout, fp8=_low_precision_gemms(case))
         return [("invariant", f"{fam}: {p}") for p in problems]
     return []
 
@@ -1509,10 +1506,11 @@ _NONFINITE_TEXT = re.compile(
 )
 
 
-def check_output(argv: tuple[str, ...], stdout: str) -> list[str]:
+def check_output(argv: tuple[str, ...], stdout: str, fp8: bool = False) -> list[str]:
     """Problems with a successful command's output (empty: none). JSON outputs: parseable,
-    finite numbers, bubble ratios in [0, 1), MFU and hardware FLOP utilisation in (0, 1],
-    memory categories and peaks >= 0, times >= 0. Text outputs: no nan/inf."""
+    finite numbers, bubble ratios in [0, 1), MFU and hardware FLOP utilisation in (0, 1] (above
+    0 only with ``fp8``: an FP8-family case, whose GEMMs may beat the 16-bit peak), memory
+    categories and peaks >= 0, times >= 0. Text outputs: no nan/inf."""
     if "--json" not in argv:
         problems = []
         m = _NONFINITE_TEXT.search(stdout)
@@ -1533,7 +1531,7 @@ def check_output(argv: tuple[str, ...], stdout: str) -> list[str]:
     except ValueError as exc:
         return [f"--json output is not JSON ({str(exc)[:60]})"]
     for path, key, value in _json_items(doc):
-        problems += _check_item(path, key, value)
+        problems += _check_item(path, key, value, fp8)
     return sorted(set(problems))
 
 
@@ -1554,7 +1552,7 @@ def _json_items(doc: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
             yield from _json_items(v, f"{path}[]")
 
 
-def _check_item(path: str, key: str, value: Any) -> list[str]:
+def _check_item(path: str, key: str, value: Any, fp8: bool = False) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         if key in ("memory_bytes", "at_peak_bytes", "time_breakdown_s") and isinstance(value, dict):
             return [f"{key}.{k} = {v!r} < 0" for k, v in value.items()
@@ -1563,11 +1561,11 @@ def _check_item(path: str, key: str, value: Any) -> list[str]:
     where = re.sub(r"\[\]", "[]", path.lstrip(".")) or "<root>"
     if key == "bubble_ratio" and not 0 <= value < 1:
         return [f"{where}.bubble_ratio = {_fmt(value)} not in [0, 1)"]
-    if (
-        key in ("mfu", "hfu", "hfu(derived)", "predicted mfu", "predicted hfu")
-        and not 0 < value <= 1
+    # fp8: MFU is over the 16-bit peak, which FP8-family GEMMs may beat (_LOW_PRECISION)
+    if key in ("mfu", "hfu", "hfu(derived)", "predicted mfu", "predicted hfu") and not (
+        0 < value and (fp8 or value <= 1)
     ):
-        return [f"{where} {key} = {_fmt(value)} not in (0, 1]"]
+        return [f"{where} {key} = {_fmt(value)} not in (0, {'inf' if fp8 else 1}]"]
     if (key.endswith("_bytes") or key.endswith("_s") or key in ("params", "trainable_params")) \
             and value < 0:  # fmt: skip
         return [f"{where}.{key} = {_fmt(value)} < 0"]

@@ -85,18 +85,22 @@ def test_table4_layer_times(table4) -> None:
 
 
 def test_table4_sequence_parallelism_saves_forward_time(table4) -> None:
-    """What sequence parallelism changes in Table 4: the forward 7.7 -> 7.2 ms (its norms and
-    dropouts on s/t tokens), the backward 11.9 -> 11.8 ms (those savings less the row-parallel
-    linears' backward all-gathers, which are exposed). Predicted: -0.81 ms and -0.08 ms. Before
-    the element-wise split the forward did not move (0.00 ms) and the backward grew 0.8 ms."""
+    """What sequence parallelism changes in Table 4 (the records' measured differences: the
+    forward 7.7 -> 7.2 ms, its norms and dropouts on s/t tokens; the backward 11.9 -> 11.8 ms,
+    those savings less the row-parallel linears' exposed backward all-gathers). Predicted
+    -0.81 ms and -0.08 ms: the forward's saving within a factor 2 of the measured one, the
+    backward's within 0.05 ms. Before the element-wise split the forward did not move
+    (0.00 ms) and the backward grew 0.8 ms: both fail."""
     plain = table4["korthikanti22_t4_22B_layer_no_recompute"]
     sp = table4["korthikanti22_t4_22B_layer_sp_only"]
-    for metric, low, high in (("layer_forward_s", 0.25e-3, 1.0e-3),
-                              ("layer_backward_s", -0.1e-3, 0.3e-3)):  # fmt: skip
-        measured = plain[metric][0] - sp[metric][0]
-        predicted = plain[metric][1] - sp[metric][1]
-        assert low <= measured <= high, (metric, measured)
-        assert low <= predicted <= high, (metric, predicted)
+
+    def saving(metric: str, i: int) -> float:  # i: 0 measured, 1 predicted
+        return plain[metric][i] - sp[metric][i]
+
+    fwd_m, fwd_p = saving("layer_forward_s", 0), saving("layer_forward_s", 1)
+    assert fwd_m / 2 <= fwd_p <= 2 * fwd_m, (fwd_m, fwd_p)
+    bwd_m, bwd_p = saving("layer_backward_s", 0), saving("layer_backward_s", 1)
+    assert abs(bwd_p - bwd_m) <= 0.05e-3, (bwd_m, bwd_p)
 
 
 def test_block_times_name_a_block_of_the_model() -> None:

@@ -18,7 +18,7 @@ from simtrain.costs.compute import (
 )
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
-from simtrain.costs.memory import MemoryReport, buffer_grad_bytes, wire_grad_bytes
+from simtrain.costs.memory import MemoryReport, StageMemory, buffer_grad_bytes, wire_grad_bytes
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -123,12 +123,11 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
                   chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
     """ZeRO-3: each layer's parameters all-gathered before its compute, its gradients
     reduce-scattered after its backward (Rajbhandari et al. 2020 §5.3; FSDP)."""
-    prec = step.precision
     out = dict(chunks)
     for stage, ch in chunks.items():
         lo, hi = ch.layers
         sm = mem.stages[step.chunk_rank(stage)]
-        per_layer = sm.params * prec.param // max(step.rank_layers(sm.stage), 1)
+        per_layer = zero3_layer_bytes(step, sm)
         grad = wire_grad_bytes(sc, step)
         rs_bytes = sm.trainable * grad // max(hi - lo, 1) // step.v
         flat = sc.runtime.zero3_per_gpu_nic
@@ -139,6 +138,12 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
             gather_copy_ns_per_layer=gather_copy_out_ns(sc, per_layer),
         )
     return out
+
+
+def zero3_layer_bytes(step: ResolvedStep, sm: StageMemory) -> int:
+    """The 16-bit parameter bytes a ZeRO-3 rank gathers per layer: the rank's parameters (its
+    embedding or head included) over its decoder layers."""
+    return sm.params * step.precision.param // max(step.rank_layers(sm.stage), 1)
 
 
 def gather_copy_out_ns(sc: Scenario, layer_param_bytes: int) -> int:

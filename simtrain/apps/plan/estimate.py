@@ -22,6 +22,7 @@ from simtrain.costs.workload import (
     grad_passes_ns,
     rank_optimizer_shard,
     tp_recompute_ns,
+    zero3_layer_bytes,
 )
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
@@ -94,14 +95,10 @@ def _with_copy_out(sc: Scenario, step: ResolvedStep, stages: tuple[StageMemory, 
     rank's parameters over its layers, as the simulation spreads them (``stages``: the planner
     checks the first and the last stage; a rank between them gets the smaller of their
     per-layer figures, the one nearer a block without the embedding or the head)."""
-
-    def per_layer(sm: StageMemory) -> int:
-        return sm.params * step.precision.param // max(step.rank_layers(sm.stage), 1)
-
     if r == 0 or r == stages[-1].stage:
-        layer_bytes = per_layer(stages[0] if r == 0 else stages[-1])
+        layer_bytes = zero3_layer_bytes(step, stages[0] if r == 0 else stages[-1])
     else:
-        layer_bytes = min(per_layer(s) for s in stages)
+        layer_bytes = min(zero3_layer_bytes(step, s) for s in stages)
     copy = max(step.rank_layers(r), 1) * gather_copy_out_ns(sc, layer_bytes)
     return _Rank(costs.forward_ns + copy, costs.input_ns + (copy if costs.input_ns else 0),
                  costs.weight_ns)  # fmt: skip
@@ -235,7 +232,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         return 0.0
     if p.zero_stage == 3:
         layers_here = step.rank_layers(0)
-        per_layer = s0.params * prec.param // max(layers_here, 1)
+        per_layer = zero3_layer_bytes(step, s0)
         gathers = 3 if t.recompute == "full" else 2
         rs = grad_bytes // max(layers_here, 1)
         comm = layers_here * (gathers * dp_ns(sc, step, "all_gather", per_layer)
