@@ -66,3 +66,21 @@ def test_the_step_pays_them_once_with_the_optimizer():
     assert expected > 0
     delta_ns = round(1e9 * (with_.metrics.step_time_s - without.metrics.step_time_s))
     assert delta_ns == expected
+
+
+@pytest.mark.parametrize("overrides", [[], ["parallelism.cp=2", "parallelism.dp=8"]],
+                         ids=["dp16", "dp8-cp2"])  # fmt: skip
+def test_the_step_updates_the_shard_the_memory_model_holds(overrides) -> None:
+    """The optimizer step (and the norm pass) runs over the parameters whose fp32 master
+    weights and Adam states the memory model puts on the rank: Mixtral 8x7B, ep 8, ZeRO-1:
+    the dense part over dp x cp, the experts over dp x cp / ep. With cp 2 the step once
+    divided by dp alone and updated twice the parameters (re-read review)."""
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.workload import rank_optimizer_shard
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", ["parallelism.zero_stage=1", *overrides])
+    st = estimate_memory(sc).stages[0]
+    cats = dict(st.memory_bytes)
+    shard = rank_optimizer_shard(sc, resolve(sc), 0, st.trainable)
+    assert shard * 8 == cats["optimizer_states"] and shard * 4 == cats["master_weights"]

@@ -188,8 +188,9 @@ def test_b200_collectives_meet_simumax_nccl_tests_fit(op: str, simumax_efficienc
     """SimuMax fitted nccl-tests on its DGX B200 (configs/system/b200_bf16_ceperm.json
     networks.high_intra_node: bus bandwidth = efficient_factor x 900 GB/s at large messages).
     The profile's ``collective`` (0.673) is the all-gather / reduce-scatter figure; the
-    all-reduce, which NCCL runs as NVLS on 8 GPUs here, is an independent check: modelled bus
-    bandwidth at 1 GiB within 5 % of each."""
+    all-reduce, which NCCL runs as NVLS on 8 GPUs here, is the independent check: modelled bus
+    bandwidth at 1 GiB within 4 % of it (README: +3.5 %); the other two are the round trip of
+    the value they set (within 5 %)."""
     from simtrain.costs.collectives import nccl_bus_bandwidth, nccl_time_s, node_links
 
     hw = load_hardware("b200_180gb")
@@ -198,4 +199,5 @@ def test_b200_collectives_meet_simumax_nccl_tests_fit(op: str, simumax_efficienc
     c = nccl_time_s(op, size, 8, intra=intra, inter=inter, gpus_per_node=8, nvls=hw.nvls,
                     arch=hw.gpu_arch)  # fmt: skip
     busbw = nccl_bus_bandwidth(op, size, 8, c.time_s)
-    assert busbw == pytest.approx(simumax_efficiency * 900e9, rel=0.05)
+    rel = 0.04 if op == "all_reduce" else 0.05
+    assert busbw == pytest.approx(simumax_efficiency * 900e9, rel=rel)

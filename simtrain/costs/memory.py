@@ -597,25 +597,26 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     pageable = _pageable_bytes(sc, step, stage)
     paged = cached = cached_act = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
-        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b)
+        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, 0, freed_b)
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
     elif sc.runtime.memory_reported != "allocated" and (
         flat_step_buffers(sc, step) or bf16_optimizer_reduce(sc, step)
     ):
         # a reserved / device-level figure: the step's flat buffers beside the cached walk
-        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b)
+        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b,
+                                      freed_b)  # fmt: skip
         reported = min(hw.memory_bytes, sum(at_walk.values()) + flat_segment_bytes(
             sc, step, n_layers, any(c.head for c in mine), ms.trainable))  # fmt: skip
-        extra = reported - sum(at_opt.values())
-        if extra > 0 and reported > peak:
+        if reported > peak:  # (peak >= the step's moment: the cache is > 0)
+            cache_b = reported - sum(at_opt.values())
             # the freed activations' blocks stay reserved (as activations), the rest: buffers
-            cached_act = min(extra, max(0, at_walk["activations"] - at_opt["activations"]))
+            cached_act = min(cache_b, max(0, at_walk["activations"] - at_opt["activations"]))
             at_peak = dict(at_opt, activations=at_opt["activations"] + cached_act,
-                           buffers=at_opt["buffers"] + extra - cached_act)  # fmt: skip
+                           buffers=at_opt["buffers"] + cache_b - cached_act)  # fmt: skip
             peak = sum(at_peak.values())
-            cached = extra
-            grow = cache_buffer_growth(extra, cached_act, loss_b)
+            cached = cache_b
+            grow = cache_buffer_growth(cache_b, cached_act, loss_b)
             cats["buffers"] += grow
             buffers += grow
     breakdown = StageBreakdown(
@@ -848,10 +849,9 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     freed after every backward, they are at neither moment but at the end of a backward, with
     the activations still saved then (``walk.after_backward_saved``); ties go to the walk.
     """
-    at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b)
+    at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b,
+                                          freed_b)  # fmt: skip
     if freed_b:  # the 16-bit gradients exist only from a backward to its end
-        at_walk = dict(at_walk, gradients=at_walk["gradients"] - freed_b)
-        at_opt = dict(at_opt, gradients=at_opt["gradients"] - freed_b)
         at_bwd = dict(at_opt, activations=walk.after_backward_saved,
                       gradients=cats["gradients"] - transient_b - reduce_b,
                       buffers=cats["buffers"] - loss_b - opt_ws)  # fmt: skip
@@ -862,19 +862,21 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
 
 
 def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, transient_b: int,
-             reduce_b: int = 0) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
+             reduce_b: int = 0,
+             freed_b: int = 0) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
     """The stage's memory by category at the activation walk's peak, at the optimizer step
-    and at a DataParallel reduction onto GPU 0 (:func:`_peak_by_category`)."""
+    and at a DataParallel reduction onto GPU 0 (:func:`_peak_by_category`); ``freed_b``
+    gradients, freed after every backward, are at neither of the first two."""
     base_buffers = cats["buffers"] - loss_b - opt_ws
     at_walk = dict(
         cats,
-        gradients=cats["gradients"] - transient_b - reduce_b,
+        gradients=cats["gradients"] - transient_b - reduce_b - freed_b,
         activations=walk.saved + walk.working_set,
         buffers=base_buffers + walk.loss,
     )
     at_opt = dict(
         cats,
-        gradients=cats["gradients"] - reduce_b,
+        gradients=cats["gradients"] - reduce_b - freed_b,
         activations=walk.optimizer_saved,
         buffers=base_buffers + opt_ws,
     )

@@ -204,7 +204,7 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
     shard = rank_optimizer_shard(sc, step, rank, trainable)
     if not exp:
-        work = dense_rank_work(sc, step, rank, params, trainable)
+        work = dense_rank_work(sc, step, rank, params, trainable, shard)
     else:
         work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
     passes = grad_passes_ns(sc, step, trainable, shard)
@@ -216,13 +216,11 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
 def rank_optimizer_shard(sc: Scenario, step: ResolvedStep, rank: int, trainable: int) -> int:
     """Trainable parameters pipeline rank ``rank``'s GPU updates: ``optimizer_shard`` of the
     dense ones (ZeRO-1/2/3 over dp x cp); with expert parallelism its routed experts' over the
-    dp / ep ranks that hold the same experts (:func:`rank_work`)."""
+    dp x cp / ep ranks that hold the same experts, as ``costs.memory`` shards their states."""
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
-    if not exp:
-        return optimizer_shard(trainable, p)
-    z = p.zero_stage
-    return (trainable - exp) // (p.dp if z >= 1 else 1) + exp // (p.dp // p.ep if z >= 1 else 1)
+    edp = max(p.dp_cp // p.ep, 1) if p.zero_stage >= 1 else 1
+    return optimizer_shard(trainable - exp, p) + exp // edp
 
 
 def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int) -> int:
@@ -253,13 +251,9 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
                       exp: int, shard: int) -> RankWork:  # fmt: skip
     """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
     p, prec, rt = sc.parallelism, step.precision, sc.runtime
-    work = dense_rank_work(sc, step, rank, params - exp, trainable - exp)
+    work = dense_rank_work(sc, step, rank, params - exp, trainable - exp, shard)
     edp = p.dp // p.ep
     z = p.zero_stage
-    work = replace(
-        work,
-        optimizer_ns=optimizer_step_ns(shard, sc.training, sc.hardware, sc.cluster.gpus_per_node),
-    )
     grad = exp * wire_grad_bytes(sc, step)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
         return work
@@ -344,20 +338,17 @@ def _offload_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     return out
 
 
-def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
-                    trainable: int) -> RankWork:  # fmt: skip
-    """The rank's optimizer step and data-parallel gradient reduction: naive DP through GPU 0,
+def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,
+                    shard: int) -> RankWork:  # fmt: skip
+    """The rank's optimizer step over ``shard`` parameters (:func:`rank_optimizer_shard`) and
+    its data-parallel gradient reduction of ``trainable`` ones: naive DP through GPU 0,
     ZeRO-1/2 bucketed reduce-scatter + all-gather of the updated shards, DDP buckets
     overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward,
     or a runtime that does not overlap the reduction: ``runtime.overlap_grad_reduce`` false).
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * wire_grad_bytes(sc, step)
-    work = RankWork(
-        optimizer_ns=optimizer_step_ns(
-            optimizer_shard(trainable, p), t, sc.hardware, sc.cluster.gpus_per_node
-        )
-    )
+    work = RankWork(optimizer_ns=optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node))
     if p.dp_cp == 1 or not grad_bytes or p.dp_mode == "data_parallel":
         return work  # gradients are reduced over dp x cp; DataParallel's: data_parallel_pass
     if p.dp_mode == "naive":

@@ -174,7 +174,10 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         step = resolve(sc)
         flat = flat_step_buffers(sc, step)
         fused = sc.runtime.fused_optimizer or t.optimizer not in ("adam", "adamw")
-        what = "" if fused else "2 temporaries of the largest tensor"
+        # torch's unfused Adam: two temporaries of the largest tensor it steps, on DeepSpeed's
+        # flat buffers the whole fp32 partition (costs.memory.flat_step_allocations)
+        what = "" if fused else ("2 x 4 B x trainable / dp of Adam temporaries" if flat
+                                 else "2 temporaries of the largest tensor")  # fmt: skip
         if prec.master and not prec.grad_accum:
             grads = ("a flat 16-bit copy of the gradient partition and its fp32 cast, "
                      f"{prec.grad} + {prec.master} B" if flat else f"fp32 master gradients, "

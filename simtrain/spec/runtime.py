@@ -235,11 +235,15 @@ class RuntimeProfile:
     # gradients) flattens each reduction bucket (parallelism.bucket_mb) into a new copy, then
     # the rank's 16-bit gradient partition, cast to fp32, both live (2 + 4 B per partition
     # parameter); its BF16 optimizer (the fp32-accumulating precision) casts its whole fp32
-    # gradient buffer to the communication dtype for the reduction. Flat buffers are larger
-    # than any activation block, so in a reserved or device-level memory figure
-    # (``memory_reported``) PyTorch's caching allocator cannot serve them from the activations
-    # it cached: they add to them (costs.memory.flat_buffer_segment_bytes).
+    # gradient buffer to the communication dtype for the reduction. In a reserved or
+    # device-level memory figure (``memory_reported``) PyTorch's caching allocator serves them
+    # from the activation blocks it cached where one holds them, else from new segments, which
+    # add to the cache (costs.memory.flat_buffer_segment_bytes).
     flat_optimizer_buffers: bool = False
+    # The framework's default ZeRO-1/2/3 gradient bucket, in gradient elements, for a scenario
+    # that sets no ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size); 0: PyTorch DDP's
+    # bucket_cap_mb (25 MB) as ``parallelism.bucket_mb``'s own default.
+    reduce_bucket_elements: int = 0
     source_file: str = ""
 
     @property
@@ -269,6 +273,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
 INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
+        "reduce_bucket_elements": (0, 10**12),
         "p2p_polled_messages_forward": (0, 63), "p2p_polled_messages_backward": (0, 63),
         "moe_dispatch_sms": (1, 1024), "tp_gather_buffers": (0, 8)}  # fmt: skip
 #: p2p_poll_interval_s: a sleep between looks, 0 or 1 ms to 10 s (finer is a busy wait, which

@@ -920,10 +920,16 @@ def _parse_fields(data: Any, file: str, base_dir: Path | None) -> Scenario:
             raise ConfigError(file, "parallelism", f"{_degrees(parallelism)} = "
                               f"{parallelism.gpus:,} GPUs: at most {MAX_GPUS:,}")  # fmt: skip
         cluster = default_cluster(hardware, parallelism.gpus)
+    runtime = parse_scenario_runtime(data.get("runtime"), file)
+    elements = runtime.reduce_bucket_elements if runtime is not None else 0
+    if elements and parallelism.zero_stage and "bucket_mb" not in (data.get("parallelism") or {}):
+        # the framework's own default bucket (DeepSpeed's reduce_bucket_size), in MB of the
+        # gradients' dtype (costs.comm.ddp_buckets counts bytes)
+        mb = elements * PRECISIONS[training.precision].grad / 1e6
+        parallelism = replace(parallelism, bucket_mb=mb)
     return Scenario(
         name=name, model=model, hardware=hardware, cluster=cluster,
-        training=training, parallelism=parallelism, source=file,
-        runtime_profile=parse_scenario_runtime(data.get("runtime"), file),
+        training=training, parallelism=parallelism, source=file, runtime_profile=runtime,
     )  # fmt: skip
 
 

@@ -37,13 +37,15 @@ from simtrain.apps.importers.common import (
 )
 from simtrain.errors import ConfigError
 from simtrain.spec.model import ALIASES, PRESETS
+from simtrain.spec.runtime import load_runtime
 from simtrain.spec.yamlfile import is_file, read_text_file
 
 #: Keys that make a JSON object a DeepSpeed config (at least one).
 DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
            "zero_optimization", "fp16", "bf16", "optimizer")  # fmt: skip
-#: reduce_bucket_size's default (zero/config.py l.113), in gradient elements.
-REDUCE_BUCKET_ELEMENTS = 5e8
+#: reduce_bucket_size's default, in gradient elements: the deepspeed runtime profile's
+#: (runtimes/deepspeed.yaml reduce_bucket_elements, zero/config.py l.113).
+REDUCE_BUCKET_ELEMENTS = load_runtime("deepspeed").reduce_bucket_elements
 #: stage3_max_live_parameters's default (zero/config.py l.238).
 MAX_LIVE_PARAMETERS = 10**9
 #: Top-level keys without effect on one simulated step.

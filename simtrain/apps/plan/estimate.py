@@ -15,7 +15,7 @@ from simtrain.costs.comm import (
     tp_allreduce_ns,
     tp_backward_block_ns,
 )
-from simtrain.costs.compute import chunk_costs, optimizer_shard, optimizer_step_ns
+from simtrain.costs.compute import chunk_costs, optimizer_step_ns
 from simtrain.costs.memory import StageMemory
 from simtrain.costs.workload import (
     gather_copy_out_ns,
@@ -84,7 +84,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     opt_ns = optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node)
     opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
-    offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns)
+    offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns, shard)
     return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
 
 
@@ -105,7 +105,7 @@ def _with_copy_out(sc: Scenario, step: ResolvedStep, stages: tuple[StageMemory, 
 
 
 def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
-                        step_ns: float) -> float:  # fmt: skip
+                        step_ns: float, shard: int) -> float:  # fmt: skip
     """CPU offload's PCIe copies not hidden (``costs.offload``; lowered by
     ``passes.offload_pass``), each PCIe direction a lane of its own: the gradient copies down
     beyond the backward they overlap (the boundary copies under the last backward, or, ZeRO-3,
@@ -115,7 +115,6 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
     its checkpoints."""
     t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
     m = step.microbatches
-    shard = optimizer_shard(s0.trainable, p)
     backward = r0.input_ns + r0.weight_ns
     acc = offload.pcie_ns(shard * prec.grad, hw) if t.offload.optimizer else 0
     down_ns = up_ns = 0.0
