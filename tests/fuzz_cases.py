@@ -1479,7 +1479,11 @@ def judge(case: Case, out: Outcome, folder: str = "",
 #: so it may exceed 1 where the profile's FP8/FP4 peak is far above its 16-bit one. (Hardware
 #: profiles name the dtypes as keys, ``mxfp8:``; those are not precisions.) No upper bound is
 #: checked for them: a profile's FP8 peak may be any multiple of its 16-bit one.
-_LOW_PRECISION = re.compile(rb"precision\s*[:=]\s*[\"']?(fp8_\w+|mxfp8|nvfp4)\b")
+_LOW_PRECISION = re.compile(
+    rb"precision\s*[:=]\s*[\"']?("
+    + b"|".join(re.escape(k.encode()) for k, p in PRECISIONS.items() if p.gemm_dtype)
+    + rb")\b"
+)
 
 
 def _low_precision_gemms(case: Case) -> bool:

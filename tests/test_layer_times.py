@@ -43,26 +43,32 @@ def test_sequence_parallelism_splits_the_ops_outside_the_tp_region(dropout, per_
     assert block_elementwise_bytes(m, t, 1, sp=True) == block_elementwise_bytes(m, t, 1)
 
 
-def test_block_times_are_the_per_layer_terms_of_a_chunk() -> None:
+@pytest.mark.parametrize(("path", "overrides"), [
+    (GPT3, ["parallelism.pp=1", "parallelism.dp=128", "parallelism.sequence_parallel=true"]),
+    (GPT3, ["parallelism.pp=1", "parallelism.dp=128", "training.recompute=selective"]),
+    ("scenarios/mixtral_8x7b_ep8.yaml", ["parallelism.pp=1", "parallelism.dp=64",
+                                         "training.recompute=full"]),
+])  # fmt: skip
+def test_block_times_are_the_per_layer_terms_of_a_chunk(path, overrides) -> None:
     """A one-stage chunk of L blocks minus one of L − 1 blocks (the embedding and head cancel)
     is :func:`block_times_ns` of one block: forward = compute + the forward's exposed TP
-    collectives; backward = input and weight gradients + recompute + the exposed collectives."""
-    for overrides in (
-        ["parallelism.pp=1", "parallelism.dp=128", "parallelism.sequence_parallel=true"],
-        ["parallelism.pp=1", "parallelism.dp=128", "training.recompute=selective"],
-    ):
-        sc = load_scenario(GPT3, overrides)
-        fewer = replace(sc, model=replace(sc.model, layers=sc.model.layers - 1))
-        a = chunk_durations(sc, resolve(sc))[0]
-        b = chunk_durations(fewer, resolve(fewer))[0]
+    collectives (+ an MoE block's all-to-alls); backward = input and weight gradients +
+    recompute + the exposed collectives (+ the all-to-alls of the backward and of a full
+    recompute)."""
+    sc = load_scenario(path, overrides)
+    fewer = replace(sc, model=replace(sc.model, layers=sc.model.layers - 1))
+    a = chunk_durations(sc, resolve(sc))[0]
+    b = chunk_durations(fewer, resolve(fewer))[0]
 
-        def diff(*fields: str) -> int:
-            return sum(getattr(a, f) - getattr(b, f) for f in fields)  # noqa: B023
+    def diff(*fields: str) -> int:
+        return sum(getattr(a, f) - getattr(b, f) for f in fields)
 
-        fwd, bwd = block_times_ns(sc, resolve(sc))
-        assert abs(fwd - diff("forward_ns", "tp_forward_ns")) <= 2  # each chunk rounds up its ns
-        assert abs(bwd - diff("input_grad_ns", "weight_grad_ns", "recompute_ns", "tp_backward_ns",
-                               "tp_recompute_ns")) <= 4  # fmt: skip
+    fwd, bwd = block_times_ns(sc, resolve(sc))
+    assert abs(fwd - diff("forward_ns", "tp_forward_ns", "ep_forward_ns")) <= 2  # ns rounded up
+    assert abs(bwd - diff("input_grad_ns", "weight_grad_ns", "recompute_ns", "tp_backward_ns",
+                          "tp_recompute_ns", "ep_backward_ns", "ep_recompute_ns")) <= 4  # fmt: skip
+    if sc.model.is_moe:
+        assert diff("ep_forward_ns") > 0
 
 
 @pytest.fixture(scope="module")

@@ -219,6 +219,14 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
 
 
+def fused_linear_names(fused_qkv: bool, fused_gate_up: bool) -> dict[str, str]:
+    """Linear name -> the fused module it belongs to where the runtime fuses it (runtime
+    ``fused_qkv``: Q, K and V as ``qkv``; ``fused_gate_up``: gate and up as ``fc1``; Megatron's
+    ``linear_qkv`` / ``linear_fc1``, nanotron's ``qkv_proj`` / ``gate_up_proj``)."""
+    return {**({"q": "qkv", "k": "qkv", "v": "qkv"} if fused_qkv else {}),
+            **({"gate": "fc1", "up": "fc1"} if fused_gate_up else {})}  # fmt: skip
+
+
 def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
                        fused: tuple[bool, bool] = (True, True)) -> dict[str, tuple[int, int]]:  # fmt: skip
     """(N, K) of each dense linear GEMM of a block on one TP rank, by name ("qkv" and "fc1" for
@@ -231,8 +239,7 @@ def dense_linear_gemms(m: ModelSpec, tp: int, moe: bool = False,
     shapes = m.attention_shapes() if moe else m.linear_weight_shapes()
     if moe and m.shared_experts:
         shapes = {**shapes, **m.mlp_shapes(m.shared_experts * m.shared_ffn)}
-    groups = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if fused[0] else {}),
-              **({"gate": "fc1", "up": "fc1"} if fused[1] else {})}  # fmt: skip
+    groups = fused_linear_names(*fused)
     out: dict[str, tuple[int, int]] = {}
     for name, (fi, fo) in shapes.items():
         k, n = tp_split_shape(name, fi, fo, tp)
@@ -411,7 +418,7 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
     if sc.parallelism.cp == 1 or not layers:
         return 0.0, 0.0, 0, 0
     if flash:  # its backward kernel's own time (not twice the forward's: 2.5x at e_b)
-        r = ring_layer(sc, flash.forward_ns / layers, flash.backward_ns / layers or None)
+        r = ring_layer(sc, flash.forward_ns / layers, flash.backward_ns / layers)
     else:
         r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
     # the exchange's exposed time and the attention call's element-wise work (PyTorch's merge)
@@ -519,13 +526,12 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
         ew += head_fwd
         ew_bwd += head_bwd if grad else 0.0
-    prec = PRECISIONS[t.precision]
-    if prec.gemm_dtype:
+    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
+    if PRECISIONS[t.precision].gemm_dtype:
         return _fp8_chunk_costs(
-            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w)
+            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w), fa
         )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
-    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
     fwd_ns = _matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
     i_ns = (_matmul_ns(i_f - fa_i, hw, dtype, g if i_f else 0.0, e_i) + fa_ins
@@ -539,10 +545,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         rec_ns = (_matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge) + fa_fns
                   + memory_bound_ns(bf.elementwise_bytes_fwd, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
-        rec_f = bf.attention_core
-        rec_ns = (fa_fns if fa else _matmul_ns(rec_f, hw, dtype)) + memory_bound_ns(
-            layers * attention_core_elementwise_bytes(m, t, tp), hw
-        )
+        rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
         rec_ns = _matmul_ns(
@@ -593,11 +596,22 @@ def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
     return m.dense_layers_in(lo, lo + layers) if lo is not None else 0
 
 
+def _selective_recompute_ns(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: int,
+                            dtype: str, fa: FlashCore | None) -> float:  # fmt: skip
+    """Megatron's selective recompute of ``layers`` blocks (``bf`` together): the attention core
+    again, as its FlashAttention forward kernel where ``fa`` prices it, else its matmuls at
+    ``dtype``'s rate with its passes over the scores."""
+    core = fa.forward_ns if fa else _matmul_ns(bf.attention_core, sc.hardware, dtype)
+    scores = layers * attention_core_elementwise_bytes(sc.model, t, sc.parallelism.tp)
+    return core + memory_bound_ns(scores, sc.hardware)
+
+
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
-                     ew: tuple[float, float], lo: int | None,
-                     edges: tuple[float, float, float]) -> StageCosts:  # fmt: skip
+                     ew: tuple[float, float], lo: int | None, edges: tuple[float, float, float],
+                     fa: FlashCore | None) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
-    together (:func:`chunk_block_flops`): the blocks' linear-layer GEMMs
+    together (:func:`chunk_block_flops`), ``fa`` its attention core's FlashAttention kernels
+    (:func:`flash_core`; None: GEMM-priced): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
     (attention core, LoRA, the LM head) at ``compute_dtype``'s; the FP8 casts
     (:func:`costs.fp8.cast_bytes`) as element-wise work; recompute replays the same split."""
@@ -616,7 +630,6 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     # the linear layers' shape term at the FP8 rate, the head's (the rest of ``edges``) at dtype's
     le = bf.projections_edge
     le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
-    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
     fwd_ns = (_matmul_ns(fwd_f - lin_f - fa_f, hw, dtype, edge=edges[0] - le_f) + fa_fns
               + _matmul_ns(lin_f, hw, gemm, edge=le_f)
@@ -633,10 +646,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
                   + _matmul_ns(lin_f, hw, gemm, edge=le)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
-        rec_f = bf.attention_core
-        rec_ns = (fa_fns if fa else _matmul_ns(rec_f, hw, dtype)) + memory_bound_ns(
-            layers * attention_core_elementwise_bytes(m, t, sc.parallelism.tp), hw
-        )
+        rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
     elif grad and t.recompute == "selective_op":
         # The recomputed projections (and the casts of their inputs, their share of the
         # block's) at the FP8 rate; a non-flash attention core at compute_dtype's.

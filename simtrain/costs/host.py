@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
@@ -67,8 +68,7 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
     bias (runtime ``fused_qkv`` / ``fused_gate_up``: nanotron's qkv_proj and gate_up_proj); an
     MoE block's experts the rank's E/ep, its dense first blocks dense."""
     m, t, p, rt = sc.model, sc.training, sc.parallelism, sc.runtime
-    fused = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
-             **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
+    fused = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
 
     def fuse(name: str) -> str:  # "expert3.gate.weight" -> "expert3.fc1.weight"
         *owner, part, kind = ["", *name.split(".")]
@@ -78,7 +78,7 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
         tensors = layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
         return len({fuse(x.name) for x in tensors if x.trainable})
 
-    moe = hi - lo - (m.dense_layers_in(lo, hi) if m.is_moe else hi - lo)
+    moe = hi - lo - m.dense_layers_in(lo, hi)
     n = (hi - lo - moe) * per_layer(False) + (moe * per_layer(True) if moe else 0)
     if embedding:
         n += sum(1 for x in embedding_param_tensors(m, t, p.tp) if x.trainable)

@@ -162,6 +162,9 @@ EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped
                    "flash_backward", "flash_backward_rows_edge")  # fmt: skip
 #: The flash keys that come together: a rate for each direction, or neither.
 FLASH_RATES = ("flash_forward", "flash_backward")
+#: Largest FlashAttention rate over the profile's peak: a calibrated profile's peak is a
+#: measured GEMM rate, which attention kernels can beat (README, "kernel classes"); a datasheet
+#: profile's kernels stay far below it (B200: 0.53 / 0.42). A bound against typos, not a fit.
 FLASH_RATE_MAX = 2.0
 
 

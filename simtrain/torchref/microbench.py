@@ -88,14 +88,21 @@ def _timed_samples(torch: Any, dev: Any, fn: Any, repeats: int, min_time_s: floa
 NEXT_CALL_LIMIT_S = 2.0
 
 
+def _torch_dtype(name: str):  # -> torch.dtype (torch imported lazily)
+    """The torch dtype of a simtrain dtype name (``torchref.precision.TORCH_DTYPE``; tf32 is
+    fp32 storage with TF32 matmuls switched on by the caller)."""
+    from simtrain.torchref.precision import TORCH_DTYPE
+
+    return TORCH_DTYPE["fp32" if name == "tf32" else name]
+
+
 def _timed_matmuls(dtype: str, device: str, shapes: list[tuple[int, int, int]],
                    repeats: int) -> Iterator[tuple[tuple[int, int, int], float]]:  # fmt: skip
     """((m, k, n), seconds per call) of ``A @ B`` (A m x k, B k x n, in ``dtype``) for each shape
     in order, until one the device cannot run; TF32 on CUDA only for ``tf32`` (restored after)."""
     torch = _torch()
     dev = torch.device(device)
-    td = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-          "fp16": torch.float16}[dtype]  # fmt: skip
+    td = _torch_dtype(dtype)
     prev = torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
@@ -388,7 +395,7 @@ def measure_flash_attention(device: str, shapes: tuple[tuple[int, int], ...],
     (``torch.autograd.grad``: no gradient accumulation in the timing)."""
     torch = _torch()
     dev = torch.device(device)
-    td = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    td = _torch_dtype(dtype)
     out: dict[tuple[int, int], tuple[float, float]] = {}
     for heads, s in shapes:
         runs = [t for b in flash_backends(torch, dev)

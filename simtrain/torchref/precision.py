@@ -10,13 +10,13 @@ from simtrain.spec.precision import PRECISIONS
 # The precision recipes follow spec.precision.PRECISIONS, so that every precision the memory model knows
 # can be measured: 4-byte parameters are fp32 (autocast runs over them), 2-byte ones take the
 # compute dtype.
-_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARAM_DTYPE = {
-    name: torch.float32 if p.param == 4 else _TORCH_DTYPE[p.compute_dtype]
+    name: torch.float32 if p.param == 4 else TORCH_DTYPE[p.compute_dtype]
     for name, p in PRECISIONS.items()
 }
 AUTOCAST_DTYPE = {
-    name: _TORCH_DTYPE[p.compute_dtype]
+    name: TORCH_DTYPE[p.compute_dtype]
     for name, p in PRECISIONS.items()
     if p.weight_copy  # torch.autocast keeps a 16-bit copy of each weight
 }

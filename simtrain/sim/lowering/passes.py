@@ -104,9 +104,11 @@ def zero3_pass(ir: StepIR) -> None:
                                 c.gather_ns_per_layer, before,
                                 microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                         out.append(ag)
-                        # FSDP2: the copy-out, then the layer; a recompute runs under its
-                        # backward's unshard (_fsdp_state.py _pre_forward: PRE_BACKWARD), one copy
-                        # (after what the slice waits for: its input, the previous action)
+                        # FSDP2: the copy-out (after what the slice waits for: its input, the
+                        # previous action), then the layer. A recompute runs under its backward's
+                        # unshard (_fsdp_state.py _pre_forward: PRE_BACKWARD): no copy before an
+                        # R slice. (Its all-gather stays, as DeepSpeed re-fetches for a
+                        # recompute; FSDP2 would not, and moving it moved no torchtitan figure.)
                         if c.gather_copy_ns_per_layer and op.kind != "R":
                             ag = Op(r.rank, "compute", "CPY", f"CPY params L{layer} {g.label}",
                                     c.gather_copy_ns_per_layer, [*op.deps, ag],
