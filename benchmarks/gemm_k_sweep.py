@@ -47,7 +47,7 @@ def main() -> None:
         sys.exit(f"{a.dtype} on {a.device}: fewer than two shapes ran")
     top = max(rates.values())
     fit = fit_gemm_edge(tuple((m, n, k, r / top) for (m, n, k), r in rates.items()), GRID)
-    edge, r_inf = fit.edge_elements, fit.efficiency * top
+    edge, r_inf = fit.edge, fit.efficiency * top
     out = {"device": a.device, "dtype": a.dtype, "gemm_edge_elements": edge,
            "rate_unbounded_tflops": r_inf / 1e12, "mape_pct": fit.mape_pct,
            "constant_mape_pct": fit.constant_mape_pct,

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from simtrain.apps.gemm_tables import load_attention_tables
-from simtrain.costs.attention_shape import fit_flash_rows_edge
+from simtrain.costs.attention_shape import causal_rows, fit_flash_rows_edge
 from simtrain.costs.compute import FLASH_BACKWARD_FLOPS, block_flops, chunk_costs
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import load_hardware, parse_hardware
@@ -19,7 +19,7 @@ def test_fit_recovers_a_generated_rows_edge_exactly():
     """Efficiencies generated as e∞ / (1 + R / rows) give back R and e∞, error 0."""
     table = tuple((r, 0.55 / (1 + 40960 / r)) for r in (4096, 16384, 65536, 262144, 1 << 20))
     fit = fit_flash_rows_edge(table)
-    assert fit.rows_edge == 40960
+    assert fit.edge == 40960
     assert fit.efficiency == pytest.approx(0.55, rel=1e-12)
     assert fit.mape_pct == pytest.approx(0.0, abs=1e-9)
     assert fit.constant_mape_pct > 20
@@ -35,31 +35,31 @@ def test_fit_needs_two_shapes():
 def test_profiles_ship_the_fit_of_their_measured_table(table):
     """Each profile a table names carries the table's fitted R (grid of 1,024 rows) and e∞ (to
     the 4 decimals it is written with), for the table's direction."""
-    fit = fit_flash_rows_edge(table.causal_rows())
+    fit = fit_flash_rows_edge(causal_rows(table.shapes))
     for name in table.profiles:
         hw = load_hardware(name)
         assert hw.compute_peak("bf16") == table.peak_tflops * 1e12, name  # the table's peak
         eff = hw.efficiency
         rate = getattr(eff, f"flash_{table.direction}")
         edge = getattr(eff, f"flash_{table.direction}_rows_edge")
-        assert (edge, round(fit.efficiency, 4)) == (fit.rows_edge, rate), name
+        assert (edge, round(fit.efficiency, 4)) == (fit.edge, rate), name
 
 
 def test_b200_tables_as_transcribed():
     """SimuMax's B200 sweep: 19 shapes per direction; the rows term halves the forward's
     kernel-time MAPE (26.0 -> 12.3 %) and cuts the backward's (14.2 -> 11.2 %)."""
-    fits = {t.id: (len(t.shapes), fit_flash_rows_edge(t.causal_rows()))
+    fits = {t.id: (len(t.shapes), fit_flash_rows_edge(causal_rows(t.shapes)))
             for t in load_attention_tables()}  # fmt: skip
     n, fwd = fits["simumax_b200_forward"]
-    assert (n, fwd.rows_edge, round(fwd.mape_pct, 1), round(fwd.constant_mape_pct, 1)) == (
+    assert (n, fwd.edge, round(fwd.mape_pct, 1), round(fwd.constant_mape_pct, 1)) == (
         19, 55296, 12.3, 26.0)  # fmt: skip
     n, bwd = fits["simumax_b200_backward"]
-    assert (n, bwd.rows_edge, round(bwd.mape_pct, 1), round(bwd.constant_mape_pct, 1)) == (
+    assert (n, bwd.edge, round(bwd.mape_pct, 1), round(bwd.constant_mape_pct, 1)) == (
         19, 9216, 11.2, 14.2)  # fmt: skip
     # a causal kernel does half the full count, so the table's 0.8715 (64 heads, s 4,096) is 0.43575
     table = next(t for t in load_attention_tables() if t.id == "simumax_b200_forward")
     assert table.shapes[0] == (1, 4096, 64, 8, 128, 128, 0.8715)
-    assert table.causal_rows()[0] == (64 * 4096, 0.8715 / 2)
+    assert causal_rows(table.shapes)[0] == (64 * 4096, 0.8715 / 2)
 
 
 def _scenario(hardware: str = "b200_180gb", flash: bool = True, **training):

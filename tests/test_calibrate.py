@@ -205,7 +205,7 @@ def test_calibrated_profile_prices_its_own_measured_mix(calibrated) -> None:
 
     cal, path = calibrated
     hw = load_hardware(str(path))
-    assert hw.efficiency.gemm_edge_elements == cal.gemm_edge[0].edge_elements
+    assert hw.efficiency.gemm_edge_elements == cal.gemm_edge[0].edge
     shape = cal.elementwise_shape
     (block, head), (e_block, e_head) = gemm_counted_flops(shape), gemm_mix_edge(shape)
     work, edge = shape[5] * block + head, shape[5] * e_block + e_head
@@ -280,11 +280,11 @@ def test_calibrated_shape_term_keeps_the_measured_mix_and_square_product(tmp_pat
     model (compute._matmul_ns, the mix's counted FLOPs plus L x its gemm_mix_edge) prices the
     measured mix back at its measured time, and the square product at efficiency 1 at its own."""
     from simtrain.costs import compute
-    from simtrain.costs.gemm_shape import GemmEdgeFit
+    from simtrain.costs.gemm_shape import EdgeFit
     from simtrain.torchref.microbench import gemm_mix_edge
 
     shape = (4, 256, 512, 8, 8192, 4)
-    fit = GemmEdgeFit(edge_elements=60.0, efficiency=0.9, mape_pct=3.0, constant_mape_pct=12.0)
+    fit = EdgeFit(edge=60.0, efficiency=0.9, mape_pct=3.0, constant_mape_pct=12.0)
     cal = _fake(gemm_flops_per_s=2.5e10, elementwise_shape=shape, gemm_edge=(fit, 27))
     hw = load_hardware(str(write_profile(tmp_path / "edge.yaml", cal)))
     assert hw.efficiency.gemm_edge_elements == 60
@@ -324,7 +324,7 @@ def test_shape_sweep_fit_recovers_a_generated_term(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(cal_mod, "measure_gemm_shapes", fake_shapes)
     notes: list[str] = []
     fit, n = cal_mod._gemm_edge_fit("cpu", microbench.CPU_GEMM_EDGE_SIZES, peak, 3, notes)
-    assert (fit.edge_elements, n, notes) == (70, 27, [])
+    assert (fit.edge, n, notes) == (70, 27, [])
     assert fit.efficiency == pytest.approx(e_inf, rel=1e-12)
     assert fit.mape_pct == pytest.approx(0, abs=1e-9) and fit.constant_mape_pct > 10
     assert cal_mod._gemm_edge_fit("cpu", (), peak, 3, notes) is None  # no sweep: L = 0
@@ -365,7 +365,7 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
         )
     cal = dataclasses.replace(base, flash_times=times)
     fits = flash_fits(cal)
-    assert [(f.rows_edge, round(f.efficiency, 12)) for f in fits] == [(20480, 0.6), (8192, 0.45)]
+    assert [(f.edge, round(f.efficiency, 12)) for f in fits] == [(20480, 0.6), (8192, 0.45)]
     hw = load_hardware(str(write_profile(tmp_path / "flash.yaml", cal)))
     eff = hw.efficiency
     assert (eff.flash_forward_rows_edge, eff.flash_backward_rows_edge) == (20480, 8192)

@@ -20,7 +20,7 @@ def test_fit_recovers_a_generated_shape_term_exactly():
     shapes = [(m, n, k) for m in (512, 4096) for n in (256, 2048, 16384) for k in (128, 1024, 8192)]
     table = tuple((m, n, k, 0.8 / (1 + 170 / m + 170 / n + 170 / k)) for m, n, k in shapes)
     fit = fit_gemm_edge(table)
-    assert fit.edge_elements == 170
+    assert fit.edge == 170
     assert fit.efficiency == pytest.approx(0.8, rel=1e-12)
     assert fit.mape_pct == pytest.approx(0.0, abs=1e-9)
     assert fit.constant_mape_pct > 10  # one efficiency for all cannot meet a 4x spread
@@ -29,7 +29,7 @@ def test_fit_recovers_a_generated_shape_term_exactly():
 def test_fit_of_constant_efficiencies_is_no_term():
     table = tuple((m, 1024, 1024, 0.6) for m in (256, 1024, 4096))
     fit = fit_gemm_edge(table)
-    assert (fit.edge_elements, fit.efficiency, fit.mape_pct) == (0.0, pytest.approx(0.6), 0.0)
+    assert (fit.edge, fit.efficiency, fit.mape_pct) == (0.0, pytest.approx(0.6), 0.0)
 
 
 def test_fit_needs_two_shapes():
@@ -54,7 +54,7 @@ def test_profiles_ship_the_fit_of_their_measured_table(table):
     """Each profile a table names carries the table's fitted L (grid of 10 elements)."""
     fit = fit_gemm_edge(table.shapes)
     for name in table.profiles:
-        assert load_hardware(name).efficiency.gemm_edge_elements == fit.edge_elements, name
+        assert load_hardware(name).efficiency.gemm_edge_elements == fit.edge, name
 
 
 def test_measured_tables_as_transcribed():
@@ -62,13 +62,13 @@ def test_measured_tables_as_transcribed():
     constant; the B200 table L = 40 at 10.42 % vs 10.52 % (whose e∞ the B200 profile ships)."""
     fits = {t.id: (len(t.shapes), fit_gemm_edge(t.shapes)) for t in load_gemm_tables()}
     n, a100 = fits["simumax_a100"]
-    assert (n, a100.edge_elements) == (183, 140)
+    assert (n, a100.edge) == (183, 140)
     assert (round(a100.mape_pct, 2), round(a100.constant_mape_pct, 2)) == (4.68, 5.76)
     n, b200 = fits["simumax_b200"]
-    assert (n, b200.edge_elements) == (514, 40)
+    assert (n, b200.edge) == (514, 40)
     assert round(b200.efficiency, 3) == load_hardware("b200_180gb").efficiency.matmul
     n, h100 = fits["vidur_h100"]  # Vidur's H100 linears, M 512-4,096
-    assert (n, h100.edge_elements) == (504, 150)
+    assert (n, h100.edge) == (504, 150)
     assert (round(h100.mape_pct, 2), round(h100.constant_mape_pct, 2)) == (9.36, 10.88)
 
 
@@ -80,7 +80,7 @@ def test_the_shipped_a100_edge_holds_on_an_independent_table():
     own = fit_gemm_edge(vidur.shapes)
     shipped = load_hardware("a100_sxm4_80gb").efficiency.gemm_edge_elements
     at_shipped = fit_gemm_edge(vidur.shapes, grid=(int(shipped),))
-    assert (own.edge_elements, round(own.mape_pct, 2), round(own.constant_mape_pct, 2)) == (
+    assert (own.edge, round(own.mape_pct, 2), round(own.constant_mape_pct, 2)) == (
         100, 5.96, 7.60)  # fmt: skip
     assert at_shipped.mape_pct <= own.mape_pct + 0.3
     assert at_shipped.mape_pct <= own.constant_mape_pct - 1.3

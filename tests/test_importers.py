@@ -196,7 +196,7 @@ def test_deepspeed_zero3() -> None:
     # reduce_bucket_size 5e7 bf16 elements = 1e8 bytes = 100 MB; DeepSpeed's max live default 1e9
     assert (p.dp, p.zero_stage, p.bucket_mb, p.zero3_max_live_params) == (8, 3, 100.0, 10**9)
     assert sc.runtime.name == "deepspeed" and sc.runtime.overlap_grad_reduce
-    assert sc.runtime.fused_optimizer == (not _ds_torch_adam(DEEPSPEED))
+    assert sc.runtime.fused_optimizer  # its optimizer section: DeepSpeed's FusedAdam
     assert imp.unsupported == ()
     with pytest.raises(ConfigError, match="--model: a DeepSpeed config names no model"):
         import_config("deepspeed", DEEPSPEED, None, 8)
@@ -204,10 +204,20 @@ def test_deepspeed_zero3() -> None:
         import_config("deepspeed", DEEPSPEED, "llama3-8b")
 
 
-def _ds_torch_adam(path: Path) -> bool:
-    """Whether a DeepSpeed config leaves the optimizer to torch (no section, or torch_adam)."""
-    opt = json.loads(Path(path).read_text()).get("optimizer")
-    return not opt or bool((opt.get("params") or {}).get("torch_adam"))
+@pytest.mark.parametrize(("optimizer", "fused"), [
+    ({"type": "AdamW", "params": {"lr": 1e-4}}, True),  # DeepSpeed builds its FusedAdam
+    ({"type": "AdamW", "params": {"torch_adam": True}}, False),  # params.torch_adam
+    (None, False),  # no section: the training script builds torch's
+])  # fmt: skip
+def test_deepspeed_optimizer_decides_the_fused_step(tmp_path: Path, optimizer, fused) -> None:
+    cfg = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 2,
+           "fp16": {"enabled": True}, "zero_optimization": {"stage": 1}}  # fmt: skip
+    if optimizer is not None:
+        cfg["optimizer"] = optimizer
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(cfg))
+    sc = load_imported(import_config("deepspeed", f, "gpt2", 8), ["training.seq_len=1024"])
+    assert sc.runtime.fused_optimizer is fused
 
 
 def test_deepspeed_batch_arithmetic(tmp_path: Path) -> None:

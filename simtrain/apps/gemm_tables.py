@@ -58,11 +58,6 @@ class AttentionTable:
     # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, efficiency of the full count)
     shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
 
-    def causal_rows(self) -> tuple[tuple[float, float], ...]:
-        """(query rows b·H·s, efficiency of the causal FLOPs = the table's / 2) per shape: the
-        pairs :func:`costs.attention_shape.fit_flash_rows_edge` fits."""
-        return tuple((float(b * h * s), e / 2) for b, s, h, _, _, _, e in self.shapes)
-
 
 def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionTable]:
     """The attention-kernel tables of ``path``; every shape has positive sizes and a

@@ -17,28 +17,27 @@ tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from simtrain.costs.compute import flash_rows_factor as rows_factor
-from simtrain.costs.gemm_shape import fit_edge_term
+from simtrain.costs.compute import flash_rows_factor
+from simtrain.costs.gemm_shape import EdgeFit, fit_edge_term
 
 #: The grid of R (query rows) the fit searches; profiles ship the grid's minimum.
 ROWS_GRID = tuple(range(0, 1048577, 1024))
 
 
-@dataclass(frozen=True, slots=True)
-class FlashRowsFit:
-    rows_edge: float  # R
-    efficiency: float  # e∞ (of the causal FLOPs)
-    mape_pct: float  # the table's MAPE of kernel time with the term
-    constant_mape_pct: float  # ... with one efficiency for every shape (R = 0)
-
-
 def fit_flash_rows_edge(shapes: tuple[tuple[float, float], ...],
-                        grid: tuple[int, ...] = ROWS_GRID) -> FlashRowsFit:  # fmt: skip
-    """The R of ``grid`` (and its e∞) with the smallest MAPE of kernel time over ``shapes``:
-    (query rows b·H·s, causal efficiency) pairs (``costs.gemm_shape.fit_edge_term``)."""
+                        grid: tuple[int, ...] = ROWS_GRID) -> EdgeFit:  # fmt: skip
+    """The R of ``grid`` (``EdgeFit.edge``) and its e∞ with the smallest MAPE of kernel time
+    over ``shapes``: (query rows b·H·s, causal efficiency) pairs
+    (``costs.gemm_shape.fit_edge_term``)."""
     effs = [e for _, e in shapes]
-    return FlashRowsFit(
-        *fit_edge_term(effs, lambda edge: [rows_factor(edge, r) for r, _ in shapes], grid)
-    )
+    return fit_edge_term(effs, lambda edge: [flash_rows_factor(edge, r) for r, _ in shapes], grid)
+
+
+def causal_rows(shapes: tuple[tuple[int, int, int, int, int, int, float], ...],
+                ) -> tuple[tuple[float, float], ...]:  # fmt: skip
+    """A measured table's rows (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim,
+    efficiency of the full count 4·b·s²·H·d) as the pairs :func:`fit_flash_rows_edge` fits:
+    (query rows b·H·s, efficiency of the causal FLOPs). A causal call over s queries and s keys
+    does half the full count (``costs.compute.flash_kernel_flops``, no prefix), so its causal
+    efficiency is half the table's."""
+    return tuple((float(b * h * s), e / 2) for b, s, h, _, _, _, e in shapes)

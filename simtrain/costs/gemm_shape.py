@@ -22,11 +22,14 @@ EDGE_GRID = tuple(range(0, 1001, 10))
 
 
 @dataclass(frozen=True, slots=True)
-class GemmEdgeFit:
-    edge_elements: float  # L
-    efficiency: float  # e∞, the large-GEMM efficiency at that L
-    mape_pct: float  # the table's MAPE of GEMM time with the term
-    constant_mape_pct: float  # ... with one efficiency for every shape (L = 0)
+class EdgeFit:
+    """A fitted rate term e_i = e∞ / f_i(edge): the GEMM shape term's L (elements) or the
+    FlashAttention class's R (query rows, ``costs.attention_shape``)."""
+
+    edge: float  # L or R
+    efficiency: float  # e∞, the rate of an unbounded shape at that edge
+    mape_pct: float  # the table's MAPE of kernel time with the term
+    constant_mape_pct: float  # ... with one efficiency for every shape (edge 0)
 
 
 def shape_factor(edge: float, m: int, n: int, k: int) -> float:
@@ -35,7 +38,7 @@ def shape_factor(edge: float, m: int, n: int, k: int) -> float:
     return 1 + edge * gemm_edge(m, n, k) / (2.0 * m * n * k)
 
 
-def best_efficiency(xs: list[float]) -> tuple[float, float]:
+def _best_efficiency(xs: list[float]) -> tuple[float, float]:
     """(e∞, MAPE %) minimising mean |x_i/e∞ − 1|: 1/e∞ = the x-weighted median of 1/x
     (``xs`` non-empty and positive)."""
     if not xs or min(xs) <= 0:
@@ -53,29 +56,27 @@ def best_efficiency(xs: list[float]) -> tuple[float, float]:
 
 
 def fit_edge_term(efficiencies: list[float], factors: Callable[[float], list[float]],
-                  grid: tuple[int, ...]) -> tuple[float, float, float, float]:  # fmt: skip
-    """(edge, e∞, MAPE %, MAPE % of one efficiency for all) of a rate term e_i = e∞ / f_i(edge):
+                  grid: tuple[int, ...]) -> EdgeFit:  # fmt: skip
+    """The :class:`EdgeFit` of a rate term e_i = e∞ / f_i(edge):
     the edge of ``grid`` whose x_i = e_i·f_i(edge) (``factors(edge)``, one per measured
-    efficiency) have the smallest :func:`best_efficiency` MAPE, the first of ties. The search of
+    efficiency) have the smallest :func:`_best_efficiency` MAPE, the first of ties. The search of
     :func:`fit_gemm_edge` and of ``costs.attention_shape.fit_flash_rows_edge``."""
     if len(efficiencies) < 2:
         raise ValueError("an edge term needs at least two measured shapes")
     best = None
     for edge in grid:
         xs = [e * f for e, f in zip(efficiencies, factors(edge), strict=True)]
-        eff, mape = best_efficiency(xs)
+        eff, mape = _best_efficiency(xs)
         if best is None or mape < best[2] - 1e-12:
             best = (float(edge), eff, mape)
     assert best is not None
-    return (*best, best_efficiency(efficiencies)[1])
+    return EdgeFit(*best, _best_efficiency(efficiencies)[1])
 
 
 def fit_gemm_edge(shapes: tuple[tuple[int, int, int, float], ...],
-                  grid: tuple[int, ...] = EDGE_GRID) -> GemmEdgeFit:  # fmt: skip
+                  grid: tuple[int, ...] = EDGE_GRID) -> EdgeFit:  # fmt: skip
     """The L of ``grid`` (and its e∞) with the smallest MAPE of GEMM time over ``shapes``."""
     effs = [e for *_, e in shapes]
-    return GemmEdgeFit(
-        *fit_edge_term(
-            effs, lambda edge: [shape_factor(edge, m, n, k) for m, n, k, _ in shapes], grid
-        )
+    return fit_edge_term(
+        effs, lambda edge: [shape_factor(edge, m, n, k) for m, n, k, _ in shapes], grid
     )

@@ -34,6 +34,7 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
+from simtrain.costs.comm import ddp_buckets
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
@@ -43,6 +44,7 @@ from simtrain.costs.params import (
     EXPERT_PREFIX,
     ModelStateBytes,
     ParamTensor,
+    adam_temporaries,
     add_states,
     embedding_param_tensors,
     head_param_tensors,
@@ -710,7 +712,8 @@ def reduce_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
         return trainable * wire_grad_bytes(sc, step)
     if not flat_step_buffers(sc, step) or sc.parallelism.zero_stage != 1:
         return 0
-    return min(int(sc.parallelism.bucket_mb * 1e6), trainable * wire_grad_bytes(sc, step))
+    grad = trainable * wire_grad_bytes(sc, step)
+    return min(ddp_buckets(sc.parallelism.bucket_mb, grad)[1], grad)
 
 
 def flat_step_allocations(sc: Scenario, step: ResolvedStep, trainable: int) -> tuple[int, ...]:
@@ -725,7 +728,7 @@ def flat_step_allocations(sc: Scenario, step: ResolvedStep, trainable: int) -> t
     t, prec = sc.training, step.precision
     shard = ceil(trainable / sc.parallelism.dp_cp)
     flats = (prec.grad * shard, prec.master * shard)
-    if not sc.runtime.fused_optimizer and t.optimizer in ("adam", "adamw"):
+    if adam_temporaries(t, sc.runtime.fused_optimizer):
         flats += (prec.state * shard,) * 2
     return flats
 

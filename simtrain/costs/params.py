@@ -288,6 +288,13 @@ def add_states(a: ModelStateBytes, b: ModelStateBytes) -> ModelStateBytes:
     return ModelStateBytes(*(getattr(a, f) + getattr(b, f) for f in ModelStateBytes.__slots__))
 
 
+def adam_temporaries(t: TrainingSpec, fused: bool) -> bool:
+    """Whether the step allocates PyTorch's single-tensor Adam temporaries (two state-sized
+    tensors of the parameter it updates: :func:`optimizer_working_bytes`): Adam or AdamW not
+    run by a fused multi-tensor kernel (runtime ``fused_optimizer``)."""
+    return t.optimizer in ("adam", "adamw") and not fused
+
+
 def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
                             trainable: int, fused: bool = False,
                             fp32_grad_buffer: bool = False) -> int:  # fmt: skip
@@ -316,7 +323,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
         master_grads = prec.master * ceil(trainable / shards)
-    if t.optimizer not in ("adam", "adamw") or fused:
+    if not adam_temporaries(t, fused):
         return master_grads
     largest = max((p.numel for p in tensors if p.trainable), default=0)
     state = 4 if t.peft.method == "qlora" else prec.state

@@ -17,6 +17,7 @@ from simtrain.costs.memory import (
     reduce_copy_bytes,
     wire_grad_bytes,
 )
+from simtrain.costs.params import adam_temporaries
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -173,7 +174,7 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.optimizer_working_bytes:
         step = resolve(sc)
         flat = flat_step_buffers(sc, step)
-        fused = sc.runtime.fused_optimizer or t.optimizer not in ("adam", "adamw")
+        fused = not adam_temporaries(t, sc.runtime.fused_optimizer)
         # torch's unfused Adam: two temporaries of the largest tensor it steps, on DeepSpeed's
         # flat buffers the whole fp32 partition (costs.memory.flat_step_allocations)
         what = "" if fused else ("2 x 4 B x trainable / dp of Adam temporaries" if flat

@@ -64,7 +64,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from simtrain.costs.gemm_shape import GemmEdgeFit, fit_gemm_edge
+from simtrain.costs.gemm_shape import EdgeFit, fit_gemm_edge
 from simtrain.errors import SimtrainError
 from simtrain.torchref.microbench import (
     CPU_ELEMENTWISE_SHAPE,
@@ -183,7 +183,7 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
 
 
 def _gemm_edge_fit(device: str, sizes: tuple[int, ...], fp32_peak: float, repeats: int,
-                   notes: list[str]) -> tuple[GemmEdgeFit, int] | None:  # fmt: skip
+                   notes: list[str]) -> tuple[EdgeFit, int] | None:  # fmt: skip
     """(the GEMM shape term fitted on the fp32 sweep over ``sizes``, GEMMs measured), each
     GEMM's efficiency its rate over ``fp32_peak``; None (and a note) without a sweep."""
     if not sizes or fp32_peak <= 0:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.costs.attention_shape import FlashRowsFit, fit_flash_rows_edge
-from simtrain.costs.gemm_shape import GemmEdgeFit, shape_factor
+from simtrain.costs.attention_shape import fit_flash_rows_edge
+from simtrain.costs.gemm_shape import EdgeFit, shape_factor
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
     flash_causal_flops,
@@ -45,7 +45,7 @@ class Calibration:
     elementwise_shape: tuple[int, ...] = ()
     # the GEMM shape term fitted on the fp32 shape sweep, and the GEMMs it was fitted on; None:
     # no sweep (L = 0)
-    gemm_edge: tuple[GemmEdgeFit, int] | None = None
+    gemm_edge: tuple[EdgeFit, int] | None = None
     # (heads, seq_len) -> (forward, backward) seconds of causal bf16 FlashAttention over one
     # sequence of head dim 128 (microbench.measure_flash_attention; CUDA only); {}: none
     flash_times: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
@@ -53,7 +53,7 @@ class Calibration:
     @property
     def gemm_edge_elements(self) -> float:
         """L of the profile (0 without a sweep)."""
-        return self.gemm_edge[0].edge_elements if self.gemm_edge else 0.0
+        return self.gemm_edge[0].edge if self.gemm_edge else 0.0
 
 
 def profile_text(cal: Calibration) -> str:
@@ -172,7 +172,7 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
                      f"{adam_fp32_bytes_per_param():g} B/param / bandwidth")  # fmt: skip
     if cal.gemm_edge:
         fit, n = cal.gemm_edge
-        lines.append(f"  gemm_edge_elements: {fit.edge_elements:g}        # [meas] GEMM shape "
+        lines.append(f"  gemm_edge_elements: {fit.edge:g}        # [meas] GEMM shape "
                      f"term fitted on {n} fp32 GEMMs: {_fit_quality(fit, 'GEMM')}")  # fmt: skip
     fits = flash_fits(cal)
     if fits:
@@ -181,19 +181,19 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
             lines.append(f"  flash_{direction}: {fit.efficiency:.4g}           # [meas] causal "
                          f"bf16 attention {direction} (SDPA flash / cuDNN, the faster) over {n} "
                          f"shapes (b 1, d {FLASH_HEAD_DIM}): {_fit_quality(fit, 'kernel')}")  # fmt: skip
-            lines.append(f"  flash_{direction}_rows_edge: {fit.rows_edge:g}    # [meas] R, "
+            lines.append(f"  flash_{direction}_rows_edge: {fit.edge:g}    # [meas] R, "
                          "query rows b·H·s (costs.attention_shape)")  # fmt: skip
     lines.append("  collective: 1.0                 # [na] no collective measured")
     return lines
 
 
-def _fit_quality(fit: GemmEdgeFit | FlashRowsFit, kernel: str) -> str:
+def _fit_quality(fit: EdgeFit, kernel: str) -> str:
     """How well an edge term fits its sweep, against one efficiency for every shape."""
     return (f"MAPE of {kernel} time {fit.mape_pct:.2f} %, one efficiency for all "
             f"{fit.constant_mape_pct:.2f} %")  # fmt: skip
 
 
-def flash_fits(cal: Calibration) -> tuple[FlashRowsFit, FlashRowsFit] | None:
+def flash_fits(cal: Calibration) -> tuple[EdgeFit, EdgeFit] | None:
     """The FlashAttention class (forward, backward) fitted on the calibration's flash sweep,
     each call's causal FLOPs (``microbench.flash_causal_flops``) over its time and the bf16
     peak the profile writes (:func:`large_gemm_rate`); None without a sweep of two shapes or a
@@ -292,13 +292,13 @@ def calibration_table(cal: Calibration) -> str:
                      f" (spread {lo / 1e12:,.4f}-{hi / 1e12:,.4f})")  # fmt: skip
     if cal.gemm_edge:
         fit, n = cal.gemm_edge
-        lines.append(f"GEMM shape term: L = {fit.edge_elements:g} over {n} fp32 GEMMs "
+        lines.append(f"GEMM shape term: L = {fit.edge:g} over {n} fp32 GEMMs "
                      f"({_fit_quality(fit, 'GEMM')})")  # fmt: skip
     fits = flash_fits(cal)
     if fits:
         lines.append(f"FlashAttention (causal bf16, {len(cal.flash_times)} shapes): forward "
-                     f"{fits[0].efficiency:.3f} of peak, R {fits[0].rows_edge:g} rows; backward "
-                     f"{fits[1].efficiency:.3f}, R {fits[1].rows_edge:g}")  # fmt: skip
+                     f"{fits[0].efficiency:.3f} of peak, R {fits[0].edge:g} rows; backward "
+                     f"{fits[1].efficiency:.3f}, R {fits[1].edge:g}")  # fmt: skip
     if cal.elementwise_bytes_per_s:
         lo, hi = cal.elementwise_spread
         lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"
