@@ -162,18 +162,26 @@ def test_fit_verdict_is_the_allocated_ones():
     assert simulate_scenario(sc).metrics.stages[0].peak_memory_bytes == st.peak_memory_bytes
 
 
-def test_categories_are_not_counted_twice():
+@pytest.mark.parametrize(("layers", "mb", "grows"), [(8, 4, False), (32, 1, True), (32, 4, True)])
+def test_categories_are_not_counted_twice(layers, mb, grows):
     """The cached activations stay under activations (the category's own total unchanged), the
-    rest of the cache grows buffers only by what the loss working memory does not cover."""
-    for mb in (4, 8):
-        alloc = _stage(_scenario("allocated", micro_batch=mb))
-        res = _stage(_scenario("reserved", micro_batch=mb))
-        a, r = dict(alloc.memory_bytes), dict(res.memory_bytes)
-        assert r["activations"] == a["activations"]
-        assert r["buffers"] - a["buffers"] == res.allocator_buffer_growth_bytes
-        peak = dict(res.peak_memory_bytes_by_category)
-        assert all(peak[c] <= r[c] for c in r)
-        assert res.allocator_cached_activation_bytes <= res.allocator_cached_bytes
+    rest of the cache grows buffers only by what the loss working memory does not cover:
+    8 layers, micro-batch 4: the cache's buffer part (536,870,912 B) is the loss working memory
+    exactly (fp32 logits and their gradient, 4 x 2048 x 8192 x 4 x 2 B), buffers do not grow;
+    32 layers: the flat buffers' new segments exceed it and buffers grow by the difference."""
+    alloc = _stage(_scenario("allocated", micro_batch=mb, layers=layers))
+    res = _stage(_scenario("reserved", micro_batch=mb, layers=layers))
+    a, r = dict(alloc.memory_bytes), dict(res.memory_bytes)
+    loss = mb * 2048 * 8192 * 4 * 2
+    assert sum(b for _, b in res.loss_bytes) == loss
+    assert r["activations"] == a["activations"]
+    cache_buffers = res.allocator_cached_bytes - res.allocator_cached_activation_bytes
+    assert cache_buffers > 0
+    assert r["buffers"] - a["buffers"] == max(0, cache_buffers - loss)
+    assert (r["buffers"] > a["buffers"]) == grows
+    peak = dict(res.peak_memory_bytes_by_category)
+    assert all(peak[c] <= r[c] for c in r)
+    assert 0 < res.allocator_cached_activation_bytes <= res.allocator_cached_bytes
 
 
 def test_an_unfused_adam_adds_its_temporaries_over_the_flat_partition():

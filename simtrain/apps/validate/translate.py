@@ -61,6 +61,8 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         return "h200_141gb", True, ""
     if "H100" in g:
         size = re.search(r"(\d+)\s*GB", g)
+        if size and size.group(1) == "96" and "HBM2E" in g:
+            return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
             return "h100_sxm5_80gb", False, (
                 f"H100 {size.group(1)} GB: the 80 GB SXM5 profile (same chip; its HBM size, "
