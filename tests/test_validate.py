@@ -318,8 +318,8 @@ def test_string_mappings() -> None:
     assert gpu_profile("A100 40GB")[:2] == ("a100_sxm4_40gb", True)
     assert gpu_profile("H100 80GB (HF science cluster)")[0] == "h100_sxm5_80gb"
     # torchtitan's Grand Teton H100 has a profile of its own, its memory size known
-    assert gpu_profile("H100 SXM 96GB HBM2e (500W power limit; Grand Teton)") == (
-        "h100_sxm5_96gb_hbm2e", True, "")
+    grand_teton = gpu_profile("H100 SXM 96GB HBM2e (500W power limit; Grand Teton)")
+    assert grand_teton == ("h100_sxm5_96gb_hbm2e", True, "")
     assert gpu_profile("H100 96GB")[:2] == ("h100_sxm5_80gb", False)  # no HBM2e: not that part
     assert gpu_profile("A100 (DGX A100; memory size not stated)")[1] is False
     assert gpu_profile("Cloud TPU v3") is None
