@@ -1,5 +1,6 @@
-"""Megatron-Core's passes over the gradients besides the optimizer's update
-(``costs.workload.grad_passes_ns``; runtimes/megatron_core.yaml [gpass])."""
+"""Megatron's passes over the gradients besides the optimizer's update and its mixed-precision
+optimizer's copies (``costs.workload.grad_passes_ns``, ``master_copy_bytes_per_param``;
+runtimes/megatron_core.yaml [gpass] [mcopy], runtimes/megatron_lm_2021.yaml [opt])."""
 
 from __future__ import annotations
 
@@ -8,22 +9,29 @@ from dataclasses import replace
 import pytest
 
 from simtrain.apps.simulate import simulate_scenario
-from simtrain.costs.workload import grad_passes_ns
+from simtrain.costs.workload import grad_passes_ns, master_copy_bytes_per_param
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import parse_scenario
 
-PASSES = ("zero_grad_buffer", "check_nan_in_grad", "scale_grads_before_reduce", "clip_grad_norm")
+PASSES = (
+    "zero_grad_buffer",
+    "check_nan_in_grad",
+    "scale_grads_before_reduce",
+    "clip_grad_norm",
+    "master_copies",
+)
 
 
-def _scenario(dp: int = 4, runtime: str = "megatron_core", zero: int = 1):
+def _scenario(dp: int = 4, runtime: str = "megatron_core", zero: int = 1,
+              precision: str = "bf16_fp32_grads", reduce: str = "fp32"):  # fmt: skip
     """A Megatron-LM --bf16 run: the gradient buffer and its reduction in fp32."""
     return parse_scenario(
         {"name": "x", "hardware": "h100_sxm5_80gb",
-         "runtime": {"name": runtime, "grad_reduce_dtype": "fp32"},
+         "runtime": {"name": runtime, "grad_reduce_dtype": reduce},
          "model": {"layers": 2, "hidden": 1024, "heads": 8, "ffn_hidden": 4096, "vocab": 1024,
                    "max_positions": 1024, "mlp": "swiglu", "bias": False},
          "training": {"seq_len": 1024, "global_batch": dp, "micro_batch": 1,
-                      "precision": "bf16_fp32_grads"},
+                      "precision": precision},
          "parallelism": {"dp": dp, "zero_stage": zero},
          "cluster": {"nodes": 1, "gpus_per_node": dp}}, "t.yaml")  # fmt: skip
 
@@ -39,19 +47,46 @@ def _ns(n_bytes: float, sc) -> float:
 
 def test_megatron_core_passes_by_hand():
     """dp 4: zero (write), NaN-check norm (read) and 1/dp scale (read + write) of all 1,000
-    fp32 gradients, and the norm of the 250 of the shard: (4 x 1,000 + 250) x 4 B."""
+    fp32 gradients, and of the 250 of the shard the norm (read) and the master weights' read
+    for their copy into the 16-bit parameters (the main grads are views of the fp32 buffer):
+    (4 x 1,000 + 2 x 250) x 4 B."""
     sc = _scenario()
     step = resolve(sc)
-    assert grad_passes_ns(sc, step, 1000, 250) == pytest.approx(_ns((4 * 1000 + 250) * 4, sc),
-                                                                abs=1)  # fmt: skip
+    assert master_copy_bytes_per_param(sc, step) == 4
+    assert grad_passes_ns(sc, step, 1000, 250) == pytest.approx(
+        _ns((4 * 1000 + 2 * 250) * 4, sc), abs=1)  # fmt: skip
     # one GPU: no 1/dp scale (gradient_scaling_factor 1), the rest as before
     one = _scenario(dp=1, zero=0)
     assert grad_passes_ns(one, resolve(one), 1000, 1000) == pytest.approx(
-        _ns((2 * 1000 + 1000) * 4, one), abs=1)  # fmt: skip
+        _ns((2 * 1000 + 2 * 1000) * 4, one), abs=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(("precision", "copies"), [("fp16", 2 + 4 + 8 + 4), ("bf16", 2 + 4 + 4)])
+def test_megatron_2021_float16_optimizer_by_hand(precision, copies):
+    """Megatron-LM 2021 (local DDP, its 16-bit gradient buffer; no ZeRO, so the shard is all
+    1,000): zero the buffer (2 B), divide it by dp (2 + 2 B), the clip's norm of the fp32 main
+    grads (4 B), and the Float16 optimizer's copies: main_grad.float() (2 + 4 B), under fp16
+    the unscale and inf check (4 + 4 B), the master weights' read for the 16-bit copy (4 B)."""
+    sc = _scenario(runtime="megatron_lm_2021", zero=0, precision=precision, reduce="grad")
+    step = resolve(sc)
+    assert master_copy_bytes_per_param(sc, step) == copies
+    assert grad_passes_ns(sc, step, 1000, 1000) == pytest.approx(
+        _ns(1000 * (2 + 4 + 4 + copies), sc), abs=1)  # fmt: skip
+
+
+def test_no_master_copies_without_master_weights_or_on_the_host():
+    """fp32 training has no master copy; an offloaded optimizer steps on the CPU."""
+    fp32 = _scenario(runtime="megatron_lm_2021", zero=0, precision="fp32", reduce="grad")
+    assert master_copy_bytes_per_param(fp32, resolve(fp32)) == 0
+    assert fp32.runtime.master_copies
+    sc = _scenario(runtime="megatron_lm_2021", zero=0, precision="bf16", reduce="grad")
+    off = replace(sc, training=replace(sc.training, offload=replace(sc.training.offload,
+                                                                    optimizer=True)))  # fmt: skip
+    assert master_copy_bytes_per_param(off, resolve(off)) == 0
 
 
 def test_other_runtimes_make_no_such_passes():
-    for name in ("megatron_lm_2021", "deepspeed", "nanotron", "torchtitan", "pytorch_eager"):
+    for name in ("deepspeed", "nanotron", "torchtitan", "pytorch_eager"):
         sc = _scenario(runtime=name)
         assert grad_passes_ns(sc, resolve(sc), 10**6, 10**5) == 0, name
 

@@ -343,14 +343,16 @@ def test_megatron_core_overlap_flags(tmp_path: Path) -> None:
     ("flags", "off"),
     [("", ()), ("--clip-grad 0.0 ", ("clip_grad_norm",)),
      ("--clip-grad 1.0 --no-check-for-nan-in-loss-and-grad ", ("check_nan_in_grad",)),
-     ("--ddp-average-in-collective ", ("scale_grads_before_reduce",))],
+     ("--ddp-average-in-collective ", ("scale_grads_before_reduce",)),
+     ("--use-distributed-optimizer --use-precision-aware-optimizer ", ("master_copies",))],
 )  # fmt: skip
 def test_megatron_core_gradient_pass_flags(tmp_path: Path, flags: str, off: tuple) -> None:
-    """The flags that turn off Megatron-Core's passes over the gradients (runtimes/
-    megatron_core.yaml [gpass]) turn off the runtime's keys; the rest stay on."""
+    """The flags that turn off Megatron-Core's passes over the gradients and its optimizer's
+    master copies (runtimes/megatron_core.yaml [gpass] [mcopy]) turn off the runtime's keys;
+    the rest stay on."""
     sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
     keys = ("zero_grad_buffer", "check_nan_in_grad", "scale_grads_before_reduce",
-            "clip_grad_norm")  # fmt: skip
+            "clip_grad_norm", "master_copies")  # fmt: skip
     assert {k: getattr(sc.runtime, k) for k in keys} == {k: k not in off for k in keys}
 
 

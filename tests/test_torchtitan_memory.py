@@ -130,9 +130,11 @@ def test_fsdp2_root_group_stays_whole(tmp_path: Path) -> None:
     """8B on 8 GPUs (ZeRO-3, pp 1): FSDP2's root group (embedding, final norm, output: 2 x
     525,336,576 + 4096 parameters) is whole in bf16 from the forward to the end of backward,
     beside the current and the prefetched block, and the output's and final norm's bf16
-    gradients are whole through the backward; the generic ZeRO-3 rule holds two average blocks."""
-    sc = _titan(tmp_path, {}, 8)
-    generic = _titan(tmp_path, {}, 8, ["runtime.fsdp_root_unsharded=false"])
+    gradients are whole through the backward; the generic ZeRO-3 rule holds two average blocks.
+    In the allocated figure (the reserved one adds FSDP2's all-gather pool: test_fsdp2_pool)."""
+    alloc = ["runtime.memory_reported=allocated"]
+    sc = _titan(tmp_path, {}, 8, alloc)
+    generic = _titan(tmp_path, {}, 8, [*alloc, "runtime.fsdp_root_unsharded=false"])
     total = 32 * BLOCK_PARAMS + 2 * EMBEDDING_PARAMS + 4096
     root = 2 * EMBEDDING_PARAMS + 4096
     want = 2 * (2 * BLOCK_PARAMS + root) + 2 * (EMBEDDING_PARAMS + 4096)

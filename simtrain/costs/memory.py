@@ -143,6 +143,9 @@ class StageMemory:
     # within ``peak_memory_bytes``; 0 for an allocated figure.
     allocator_cached_bytes: int = 0
     allocator_cached_activation_bytes: int = 0
+    # FSDP2's all-gather pool in a reserved or device-level figure (:func:`fsdp2_gather_pool_bytes`,
+    # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
+    gather_pool_bytes: int = 0
 
     @property
     def allocator_buffer_growth_bytes(self) -> int:
@@ -621,6 +624,16 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
             grow = cache_buffer_growth(cache_b, cached_act, loss_b)
             cats["buffers"] += grow
             buffers += grow
+    pool = fsdp2_gather_pool_bytes(sc, step, tensors, ms, n_layers)
+    if pool:
+        # FSDP2's all-gather pool stays reserved the whole step, under buffers; where the GPU
+        # runs out the allocator frees its cache and retries (the fit verdict is the
+        # allocated one's): at most the capacity
+        pool = min(pool, max(0, hw.memory_bytes - peak))
+        at_peak["buffers"] += pool
+        cats["buffers"] += pool
+        buffers += pool
+        peak += pool
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -665,6 +678,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         role=role,
         allocator_cached_bytes=cached,
         allocator_cached_activation_bytes=cached_act,
+        gather_pool_bytes=pool,
     )
 
 
@@ -964,6 +978,35 @@ def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateByte
     head = {x.name for x in head_param_tensors(m, t, p.tp, p.pp)}
     grads = sum(x.numel for x in tensors if x.name in head and x.trainable)
     return 2 * block + ms.params - n_layers * block, grads
+
+
+def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor],
+                            ms: ModelStateBytes, n_layers: int) -> int:  # fmt: skip
+    """FSDP2's all-gather pool in a reserved or device-level memory figure: each parameter
+    group's gathered (param-dtype) parameters are allocated on its copy-in stream with the
+    shard's param-dtype cast staged beside them (torch 2.13 distributed/fsdp/_fully_shard/
+    _fsdp_collectives.py l.336-351, 419) and freed there after their copy-out into the
+    unsharded parameters (_fsdp_param_group.py l.430-432, 487-489), two groups at most live
+    (the next one prefetched); the blocks go back to that stream's pool, which the compute
+    stream's allocations cannot reuse, so the reserved peak keeps the pool's own peak beside the
+    compute stream's: two consecutive groups' gathered parameters and the first's cast shard,
+    the root group (``runtime.fsdp_root_unsharded``: the stage's parameters outside its blocks)
+    then the first block, or two blocks. Applies where FSDP2 shards the parameters over
+    dp x cp > 1 (``runtime.zero3_gather_copy_out``, its copy-out, under ZeRO-3, or ZeRO-2:
+    torchtitan's ``reshard_after_forward=False`` with a pipeline gathers each group once per
+    step through the same pool) and the figure is not the allocated one; 0 otherwise, and for
+    MoE stages (expert groups not modelled)."""
+    m, p, rt = sc.model, sc.parallelism, sc.runtime
+    if (rt.memory_reported == "allocated" or not rt.zero3_gather_copy_out or p.zero_stage < 2
+            or p.dp_cp <= 1 or m.is_moe or sc.training.offload.parameters):  # fmt: skip
+        return 0
+    block = sum(x.numel for x in layer_param_tensors(m, sc.training, p.tp, ep=p.ep))
+    root = ms.params - n_layers * block if rt.fsdp_root_unsharded else 0
+    groups = ([root] if root > 0 else []) + [block] * n_layers
+    if not groups:
+        return 0
+    pairs = [a + a / p.dp_cp + b for a, b in zip(groups, [*groups[1:], 0], strict=True)]
+    return ceil(step.precision.param * max(pairs))
 
 
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:

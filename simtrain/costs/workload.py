@@ -230,21 +230,41 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     of the rank's ``trainable`` gradients in the gradient buffer's dtype
     (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient bytes), and the
     norm of its optimizer ``shard``'s fp32 main gradients (the buffer's dtype without master
-    weights), at the memory-bound rate (not modelled: the fp32 copy of a 16-bit buffer's
-    shard); counted with the optimizer step (the zeroing opens the next step, the rest precede
-    the reduction and the update on the compute stream)."""
-    rt = sc.runtime
+    weights) and the copies of :func:`master_copy_bytes_per_param`, at the memory-bound rate;
+    counted with the optimizer step (the zeroing opens the next step, the rest precede the
+    reduction and the update on the compute stream). None with an offloaded optimizer, whose
+    step runs on the host (costs.offload: DeepSpeed's CPU-Adam path)."""
+    rt, prec = sc.runtime, step.precision
+    if sc.training.offload.optimizer:
+        return 0
     full = (rt.zero_grad_buffer + rt.check_nan_in_grad
             + 2 * (rt.scale_grads_before_reduce and sc.parallelism.dp_cp > 1))  # fmt: skip
-    if not full and not rt.clip_grad_norm:
+    copies = master_copy_bytes_per_param(sc, step)
+    if not full and not rt.clip_grad_norm and not copies:
         return 0
-    prec = step.precision
     elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
     # the norm reads the optimizer's main gradients: fp32 under master weights (Megatron's
     # mixed-precision optimizers keep fp32 main grads: a view of an fp32 buffer, else a copy)
     main = 4 if prec.master else elem
-    n_bytes = full * trainable * elem + rt.clip_grad_norm * shard * main
+    n_bytes = full * trainable * elem + (rt.clip_grad_norm * main + copies) * shard
     return math.ceil(memory_bound_ns(n_bytes, sc.hardware))
+
+
+def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
+    """Bytes per optimizer-shard parameter of Megatron's copies outside the fused update
+    (``RuntimeProfile.master_copies``; Megatron-LM e8fb052f8 megatron/optimizer/optimizer.py
+    ``Float16OptimizerWithFloat16Params.step``: _copy_model_grads_to_main_grads,
+    _unscale_main_grads_and_check_for_nan, _copy_main_params_to_model_params; Megatron-Core
+    d98e8a64 distrib_optimizer.py l.2756-2890): ``main_grad.float()`` from a 16-bit gradient
+    buffer, 2 + 4 B (a view of an fp32 one: 0); the unscale under fp16's loss scaling, 4 + 4 B;
+    the master weights' read for the 16-bit copy, 4 B. 0 without master weights."""
+    prec = step.precision
+    if not sc.runtime.master_copies or not prec.master or sc.training.offload.optimizer:
+        return 0  # (offloaded: the host's step)
+    elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+    grad_copy = elem + 4 if elem < 4 else 0
+    unscale = 8 if prec.compute_dtype == "fp16" else 0
+    return grad_copy + unscale + prec.master
 
 
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,

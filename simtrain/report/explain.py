@@ -202,6 +202,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      f"stay reserved ({_gb(act)}, under activations) while the flat reduction "
                      "and step buffers take new segments; the rest, "
                      f"{_gb(sm.allocator_cached_bytes - act)}, under buffers")  # fmt: skip
+    if sm.gather_pool_bytes:
+        lines.append(f"  FSDP2 all-gather pool (a {sc.runtime.memory_reported} figure) = "
+                     f"{_gb(sm.gather_pool_bytes)} of buffers: two groups' gathered parameters "
+                     "and a cast shard, cached on the copy-in stream, which the compute "
+                     "stream cannot reuse")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip

@@ -124,6 +124,14 @@ class RuntimeProfile:
     check_nan_in_grad: bool = False
     scale_grads_before_reduce: bool = False
     clip_grad_norm: bool = False
+    # Megatron's mixed-precision optimizers (Float16OptimizerWithFloat16Params, the distributed
+    # optimizer) copy outside their fused update: the fp32 main gradients from a 16-bit gradient
+    # buffer (``main_grad.float()``: a read of 2 B and a write of 4 B per optimizer-shard
+    # parameter; a view of an fp32 buffer), under fp16's loss scaling the unscale and inf check
+    # of those main gradients (a read and a write of 4 B), and after the update the fp32 master
+    # weights into the 16-bit model weights (``copy_``: the master's 4 B read; the 16-bit write is
+    # the update's, costs.compute.optimizer_bytes_per_param) (costs.workload.grad_passes_ns).
+    master_copies: bool = False
     # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
     # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
     # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
@@ -268,7 +276,8 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
          "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
-         "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out")  # fmt: skip
+         "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out",
+         "master_copies")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

@@ -705,8 +705,10 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
 def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:
     """The flags that turn off Megatron-Core's passes over the gradients (runtimes/megatron_core
     .yaml [gpass]): --clip-grad 0 (no norm), --no-check-for-nan-in-loss-and-grad (no NaN
-    check), --ddp-average-in-collective (the collective averages: no 1/dp scale). Read for
-    every runtime; only Megatron-Core's profile makes the passes."""
+    check), --ddp-average-in-collective (the collective averages: no 1/dp scale),
+    --use-precision-aware-optimizer (TE's FusedAdam writes the 16-bit parameters and reads the
+    grad buffer itself: no master copies, distrib_optimizer.py l.2822 at d98e8a64). Read for
+    every runtime; only Megatron's profiles make the passes."""
     clip = f.float_("--clip-grad")
     if clip is not None and clip <= 0:
         runtime["clip_grad_norm"] = False
@@ -715,6 +717,12 @@ def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:
         runtime["check_nan_in_grad"] = False
     if f.bool_("--ddp-average-in-collective"):
         runtime["scale_grads_before_reduce"] = False
+    if f.bool_("--use-precision-aware-optimizer"):
+        runtime["master_copies"] = False
+        r.assume(
+            "--use-precision-aware-optimizer: the optimizer writes the 16-bit parameters "
+            "itself (no master-weight copy after the update)"
+        )
 
 
 def _buckets(f: Flags, r: Reading, par: dict[str, Any], runtime: dict[str, Any], legacy: bool,

@@ -324,7 +324,10 @@ def torchtitan_config(rec: Record, conv: SourceConvention, model: Mapping[str, A
                          "context_parallel_degree": cp}  # fmt: skip
     if zero:
         p["fsdp_reshard_after_forward"] = "default" if zero == 3 else "never"
-    async_tp = bool(par.get("async_tp")) and tp > 1
+    # async TP: the record's parallelism flag, or its techniques naming it (the 2024-12 tables'
+    # captions: "2D + AsyncTP + torch.compile + Float8")
+    techniques = str(rec.training.get("techniques") or "").lower().replace(" ", "")
+    async_tp = (bool(par.get("async_tp")) or "asynctp" in techniques) and tp > 1
     if async_tp:
         p["enable_async_tensor_parallel"] = True
     if pp > 1:
