@@ -17,14 +17,15 @@ BLOCK = 4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336 + 2 * 4096  # 218,
 
 
 def _scenario(reported: str = "reserved", runtime: str = "torchtitan", dp: int = 8,
-              zero: int = 3, hardware: str = "h100_sxm5_80gb", layers: int = 32):  # fmt: skip
+              zero: int = 3, hardware: str = "h100_sxm5_80gb", layers: int = 32, pp: int = 1,
+              precision: str = "bf16"):  # fmt: skip
     return parse_scenario({
         "name": "fsdp2", "model": {"preset": "llama3-8b", "layers": layers},
         "hardware": hardware, "runtime": {"name": runtime, "memory_reported": reported},
-        "training": {"seq_len": 8192, "global_batch": dp, "micro_batch": 1,
-                     "precision": "bf16", "recompute": "selective_op"},
-        "parallelism": {"dp": dp, "zero_stage": zero},
-        "cluster": {"nodes": 1, "gpus_per_node": dp},
+        "training": {"seq_len": 8192, "global_batch": dp * 2 * pp, "micro_batch": 1,
+                     "precision": precision, "recompute": "selective_op"},
+        "parallelism": {"dp": dp, "zero_stage": zero, "pp": pp},
+        "cluster": {"nodes": 1, "gpus_per_node": dp * pp},
     }, "t.yaml")  # fmt: skip
 
 
@@ -34,9 +35,27 @@ def test_the_pool_is_the_root_and_the_first_block_by_hand() -> None:
     assert BLOCK == 218_112_000 and ROOT == 1_050_677_248
     st = estimate_memory(_scenario()).stages[0]
     assert st.gather_pool_bytes == 2 * (ROOT + ROOT // 8 + BLOCK) == 2_800_247_808
-    # blocks only (a stage without root parameters would pair two blocks): 2 x (P_b/8 + 2 P_b)
+    # two layers: the same pair (the root group first)
     two = _scenario(layers=2)
     assert estimate_memory(two).stages[0].gather_pool_bytes == 2 * (ROOT + ROOT // 8 + BLOCK)
+
+
+def test_a_middle_pipeline_stage_pairs_two_blocks() -> None:
+    """pp 4 (torchtitan: reshard_after_forward False, ZeRO-2), dp 2: a middle stage has no root
+    parameters, its pool is two blocks and one block's cast shard, 2 x (2 P_b + P_b/2); the
+    first stage pairs its root group (the embedding) with block 0."""
+    sc = _scenario(dp=2, zero=2, pp=4)
+    stages = estimate_memory(sc).stages
+    assert stages[1].gather_pool_bytes == 2 * (2 * BLOCK + BLOCK // 2)
+    emb = 128256 * 4096
+    assert stages[0].gather_pool_bytes == 2 * (emb + emb // 2 + BLOCK)
+
+
+def test_fp32_parameters_stage_no_cast_shard() -> None:
+    """Without a param_dtype (fp32 training) FSDP2 gathers the fp32 shards themselves: the pool
+    is the two groups' gathered parameters in fp32, 4 x (P_r + P_b)."""
+    sc = _scenario(precision="fp32")
+    assert estimate_memory(sc).stages[0].gather_pool_bytes == 4 * (ROOT + BLOCK)
 
 
 def test_the_reserved_peak_grows_by_the_pool_and_the_timeline_holds_it() -> None:

@@ -61,17 +61,30 @@ def test_megatron_core_passes_by_hand():
         _ns((2 * 1000 + 2 * 1000) * 4, one), abs=1)  # fmt: skip
 
 
-@pytest.mark.parametrize(("precision", "copies"), [("fp16", 2 + 4 + 8 + 4), ("bf16", 2 + 4 + 4)])
-def test_megatron_2021_float16_optimizer_by_hand(precision, copies):
-    """Megatron-LM 2021 (local DDP, its 16-bit gradient buffer; no ZeRO, so the shard is all
-    1,000): zero the buffer (2 B), divide it by dp (2 + 2 B), the clip's norm of the fp32 main
-    grads (4 B), and the Float16 optimizer's copies: main_grad.float() (2 + 4 B), under fp16
-    the unscale and inf check (4 + 4 B), the master weights' read for the 16-bit copy (4 B)."""
-    sc = _scenario(runtime="megatron_lm_2021", zero=0, precision=precision, reduce="grad")
+def test_megatron_2021_float16_optimizer_by_hand():
+    """Megatron-LM 2021, fp16 (local DDP, its 16-bit gradient buffer; no ZeRO, so the shard is
+    all 1,000): zero the buffer (2 B), divide it by dp (2 + 2 B), the clip's norm of the fp32
+    main grads (4 B), and the Float16 optimizer's copies: main_grad.float() (2 + 4 B), the
+    update's read of those fp32 grads beyond the 2 B the update is charged (2 B), the unscale
+    and inf check (4 + 4 B), the master weights' read for the 16-bit copy (4 B)."""
+    sc = _scenario(runtime="megatron_lm_2021", zero=0, precision="fp16", reduce="grad")
     step = resolve(sc)
-    assert master_copy_bytes_per_param(sc, step) == copies
+    assert master_copy_bytes_per_param(sc, step) == (2 + 4) + 2 + (4 + 4) + 4
     assert grad_passes_ns(sc, step, 1000, 1000) == pytest.approx(
-        _ns(1000 * (2 + 4 + 4 + copies), sc), abs=1)  # fmt: skip
+        _ns(1000 * (2 + 4 + 4 + 20), sc), abs=1)  # fmt: skip
+    # one GPU: Megatron-LM 2021's allreduce_gradients still divides its buffer (by 1)
+    one = _scenario(dp=1, runtime="megatron_lm_2021", zero=0, precision="fp16", reduce="grad")
+    assert one.runtime.scale_grads_at_dp1
+    assert grad_passes_ns(one, resolve(one), 1000, 1000) == pytest.approx(
+        _ns(1000 * (2 + 4 + 4 + 20), one), abs=1)  # fmt: skip
+
+
+def test_megatron_core_bf16_buffer_copies_by_hand():
+    """Megatron-Core with a bf16 gradient buffer (--grad-reduce-in-bf16): the distributed
+    optimizer's main grads are fp32 copies of its shard (2 + 4 B), read by the update (4 - 2 B
+    beyond the charged 2), no unscale (bf16), and the master read for the copy_ (4 B)."""
+    sc = _scenario(precision="bf16", reduce="grad")
+    assert master_copy_bytes_per_param(sc, resolve(sc)) == (2 + 4) + 2 + 4
 
 
 def test_no_master_copies_without_master_weights_or_on_the_host():

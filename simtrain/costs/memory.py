@@ -1005,7 +1005,9 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, tensors: list[Para
     groups = ([root] if root > 0 else []) + [block] * n_layers
     if not groups:
         return 0
-    pairs = [a + a / p.dp_cp + b for a, b in zip(groups, [*groups[1:], 0], strict=True)]
+    # the cast shard is staged only where param_dtype differs from the sharded fp32 parameters
+    cast = 1 / p.dp_cp if step.precision.param < 4 else 0
+    pairs = [a + a * cast + b for a, b in zip(groups, [*groups[1:], 0], strict=True)]
     return ceil(step.precision.param * max(pairs))
 
 

@@ -226,19 +226,20 @@ def rank_optimizer_shard(sc: Scenario, step: ResolvedStep, rank: int, trainable:
 def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int) -> int:
     """The runtime's memory-bound passes over the gradients besides the optimizer's update
     (``RuntimeProfile.zero_grad_buffer``, ``check_nan_in_grad``, ``scale_grads_before_reduce``,
-    ``clip_grad_norm``): one access per element each (the scale two, and only with dp x cp > 1)
-    of the rank's ``trainable`` gradients in the gradient buffer's dtype
+    ``clip_grad_norm``): one access per element each (the scale two, with dp x cp > 1 or, under
+    ``scale_grads_at_dp1``, always) of the rank's ``trainable`` gradients in the gradient buffer's dtype
     (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient bytes), and the
     norm of its optimizer ``shard``'s fp32 main gradients (the buffer's dtype without master
     weights) and the copies of :func:`master_copy_bytes_per_param`, at the memory-bound rate;
     counted with the optimizer step (the zeroing opens the next step, the rest precede the
     reduction and the update on the compute stream). None with an offloaded optimizer, whose
-    step runs on the host (costs.offload: DeepSpeed's CPU-Adam path)."""
+    step runs on the host (costs.offload: DeepSpeed's CPU-Adam path; not modelled: a GPU-side
+    pass beside a host step)."""
     rt, prec = sc.runtime, step.precision
     if sc.training.offload.optimizer:
         return 0
-    full = (rt.zero_grad_buffer + rt.check_nan_in_grad
-            + 2 * (rt.scale_grads_before_reduce and sc.parallelism.dp_cp > 1))  # fmt: skip
+    scale = rt.scale_grads_before_reduce and (sc.parallelism.dp_cp > 1 or rt.scale_grads_at_dp1)
+    full = rt.zero_grad_buffer + rt.check_nan_in_grad + 2 * scale
     copies = master_copy_bytes_per_param(sc, step)
     if not full and not rt.clip_grad_norm and not copies:
         return 0
@@ -256,15 +257,18 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
     ``Float16OptimizerWithFloat16Params.step``: _copy_model_grads_to_main_grads,
     _unscale_main_grads_and_check_for_nan, _copy_main_params_to_model_params; Megatron-Core
     d98e8a64 distrib_optimizer.py l.2756-2890): ``main_grad.float()`` from a 16-bit gradient
-    buffer, 2 + 4 B (a view of an fp32 one: 0); the unscale under fp16's loss scaling, 4 + 4 B;
+    buffer, 2 + 4 B (a view of an fp32 one: 0); the update then reads those fp32 main grads
+    where :func:`costs.compute.optimizer_bytes_per_param` charges the precision's gradient
+    bytes: 4 - 2 B more for a 16-bit gradient; the unscale under fp16's loss scaling, 4 + 4 B;
     the master weights' read for the 16-bit copy, 4 B. 0 without master weights."""
     prec = step.precision
     if not sc.runtime.master_copies or not prec.master or sc.training.offload.optimizer:
         return 0  # (offloaded: the host's step)
     elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
     grad_copy = elem + 4 if elem < 4 else 0
+    adam_read = max(0, 4 - (prec.grad_accum or prec.grad))
     unscale = 8 if prec.compute_dtype == "fp16" else 0
-    return grad_copy + unscale + prec.master
+    return grad_copy + adam_read + unscale + prec.master
 
 
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,

@@ -123,6 +123,10 @@ class RuntimeProfile:
     zero_grad_buffer: bool = False
     check_nan_in_grad: bool = False
     scale_grads_before_reduce: bool = False
+    # ... and the 1/dp scale runs even at dp 1 (Megatron-LM 2021/2022's local DDP:
+    # allreduce_gradients divides its buffer every step; Megatron-Core skips a factor of 1,
+    # param_and_grad_buffer.py l.666)
+    scale_grads_at_dp1: bool = False
     clip_grad_norm: bool = False
     # Megatron's mixed-precision optimizers (Float16OptimizerWithFloat16Params, the distributed
     # optimizer) copy outside their fused update: the fp32 main gradients from a 16-bit gradient
@@ -277,7 +281,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
          "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
          "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out",
-         "master_copies")  # fmt: skip
+         "master_copies", "scale_grads_at_dp1")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).
