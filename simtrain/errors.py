@@ -9,9 +9,10 @@ from typing import Any
 #: with "...". A value is shown to say which one is meant, not to be read back: a 7 MB string
 #: or a billion-element list given as a value must not become a 7 MB message.
 MAX_ECHO = 80
-#: Longest list of allowed values in a message; a longer one (every hardware profile, every key
-#: of a section) ends with "... (N more)": the "did you mean" suggestion names the nearest.
-MAX_ALLOWED = 300
+#: Longest list of allowed values in a message; a longer one (every key of a section) ends with
+#: "... (N more)": the "did you mean" suggestion names the nearest. Room for every shipped
+#: hardware profile's name (21, 313 characters with "(or a path to a .yaml file)").
+MAX_ALLOWED = 400
 
 
 class SimtrainError(Exception):

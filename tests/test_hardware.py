@@ -200,6 +200,18 @@ def test_grand_teton_h100_differs_from_h100_in_its_memory_only() -> None:
     assert ratio == pytest.approx(2208 / 2680)
 
 
+def test_a800_is_the_a100_with_400_gb_per_s_nvlink() -> None:
+    """The A800 SXM4 80GB (China's export A100): the A100 80GB's die, memory and rates, NVLink
+    cut from 600 to 400 GB/s bidirectional (200 per direction)."""
+    a100, a800 = load_hardware("a100_sxm4_80gb"), load_hardware("a800_sxm4_80gb")
+    assert a800.intra_node_bandwidth_bytes_per_s == approx(200 * GB)
+    assert a100.intra_node_bandwidth_bytes_per_s == approx(300 * GB)
+    same = replace(a800, name=a100.name, display_name=a100.display_name,
+                   source_file=a100.source_file,
+                   intra_node_bandwidth_bytes_per_s=a100.intra_node_bandwidth_bytes_per_s)  # fmt: skip
+    assert same == a100
+
+
 def test_ada_datasheet_numbers() -> None:
     l40s = load_hardware("l40s_48gb")
     assert l40s.peak("bf16") == approx(362.05 * T)

@@ -321,6 +321,15 @@ def test_string_mappings() -> None:
     grand_teton = gpu_profile("H100 SXM 96GB HBM2e (500W power limit; Grand Teton)")
     assert grand_teton == ("h100_sxm5_96gb_hbm2e", True, "")
     assert gpu_profile("H100 96GB")[:2] == ("h100_sxm5_80gb", False)  # no HBM2e: not that part
+    # the other profiles' GPUs by name; GH200 and PCIe H100 on the nearest profile, with a note
+    for name, profile in (("H800 80GB", "h800_sxm5_80gb"), ("NVIDIA A800-SXM4-80GB", "a800_sxm4_80gb"),
+                          ("AMD Instinct MI300X", "mi300x_192gb"), ("L40S 48GB", "l40s_48gb"),
+                          ("GeForce RTX 4090", "rtx4090_24gb")):  # fmt: skip
+        assert gpu_profile(name) == (profile, True, ""), name
+    gh = gpu_profile("GH200 96GB")
+    assert gh is not None and gh[:2] == ("h200_141gb", False) and gh[2].startswith("GH200")
+    pcie = gpu_profile("H100 PCIe 80GB")
+    assert pcie is not None and pcie[0] == "h100_sxm5_80gb" and "PCIe" in pcie[2]
     assert gpu_profile("A100 (DGX A100; memory size not stated)")[1] is False
     assert gpu_profile("Cloud TPU v3") is None
     assert source_key("megatron_sc21_t1_1.7B") == "megatron_sc21"

@@ -57,9 +57,24 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
                           ("MI325X", "mi325x_256gb"), ("MI355X", "mi355x_288gb")):  # fmt: skip
         if word in g:  # GB200 before B200: the name contains it
             return profile, True, ""
+    for word, profile in (("H800", "h800_sxm5_80gb"), ("A800", "a800_sxm4_80gb"),
+                          ("MI300X", "mi300x_192gb"), ("L40S", "l40s_48gb"),
+                          ("4090", "rtx4090_24gb")):  # fmt: skip
+        if word in g:
+            return profile, True, ""
+    if "GH200" in g:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
+        return "h200_141gb", False, (
+            "GH200: the H200 profile (its GPU; the memory size, the host link and the 4-GPU "
+            "nodes of Grace Hopper are not modelled); fit verdict not compared"
+        )  # fmt: skip
     if "H200" in g:
         return "h200_141gb", True, ""
     if "H100" in g:
+        if "PCIE" in g:
+            return "h100_sxm5_80gb", "80" in g, (
+                "H100 PCIe: the SXM5 profile (its lower clocks, 2.0 TB/s and PCIe-only "
+                "links are not modelled: predicted too fast)"
+            )  # fmt: skip
         size = re.search(r"(\d+)\s*GB", g)
         if size and size.group(1) == "96" and "HBM2E" in g:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
