@@ -563,3 +563,20 @@ def test_held_out_h200_cases_become_a_family_of_their_own(
         ("simtrain_h200_heldout", "step_time_s"),
         ("simtrain_h200_heldout", "peak_memory_bytes"),
     }
+
+
+@pytest.mark.parametrize(("key", "training", "pp"), [
+    ("usp_1B_x", {"global_batch": 8, "micro_batch": 0, "precision": "bf16"}, 2),  # nanotron's
+    ("mine_1", {"global_batch": 8, "micro_batch": 0, "precision": "bf16"}, 2),
+    ("mine_1", {"global_batch": 2, "precision": "bf16"}, 1),  # fewer sequences than replicas
+])  # fmt: skip
+def test_a_batch_below_one_sequence_is_a_skip_with_its_reason(key: str, training: dict,
+                                                              pp: int) -> None:  # fmt: skip
+    """A record's micro-batch of 0 (or, unstated, a global batch smaller than its replicas) is
+    not expressible: a skip naming the keys, never a ZeroDivisionError (fuzz seed 22:
+    nanotron's batch_accumulation_per_replica divided by it)."""
+    out = translate(_record(id=key, source_key=None if key.startswith("usp") else "mine",
+                            training=training, parallelism={"tp": 1, "pp": pp, "dp": 4},
+                            hardware={"gpu": "H100 80GB", "num_gpus": 4 * pp}))  # fmt: skip
+    assert isinstance(out, SkipReason)
+    assert "training.micro_batch" in out.reason and "must be >= 1" in out.reason

@@ -542,6 +542,9 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
         else:
             b = 1
             notes.append("micro-batch not reported: 1 (pipeline parallel)")
+    if B < 1 or b < 1:  # (a record's 0, or fewer sequences than replicas)
+        raise _NotExpressible(f"global batch {B} / micro-batch {b}: each must be >= 1 "
+                              "(training.global_batch, training.micro_batch)")  # fmt: skip
     ga = _int(t.get("grad_accum"))
     if ga is not None and b * dp * ga != B:
         notes.append(f"grad_accum x micro_batch x dp != global_batch (= {ga} x {b} x {dp} vs {B})")
