@@ -208,8 +208,10 @@ def test_a800_is_the_a100_with_400_gb_per_s_nvlink() -> None:
     assert a100.intra_node_bandwidth_bytes_per_s == approx(300 * GB)
     same = replace(a800, name=a100.name, display_name=a100.display_name,
                    source_file=a100.source_file,
-                   intra_node_bandwidth_bytes_per_s=a100.intra_node_bandwidth_bytes_per_s)  # fmt: skip
+                   intra_node_bandwidth_bytes_per_s=a100.intra_node_bandwidth_bytes_per_s,
+                   nccl_channels_one_node=a100.nccl_channels_one_node)  # fmt: skip
     assert same == a100
+    assert a800.nccl_channels_one_node == 0  # the A100 node's 24 not carried to fewer links
 
 
 def test_ada_datasheet_numbers() -> None:

@@ -330,6 +330,14 @@ def test_string_mappings() -> None:
     assert gh is not None and gh[:2] == ("h200_141gb", False) and gh[2].startswith("GH200")
     pcie = gpu_profile("H100 PCIe 80GB")
     assert pcie is not None and pcie[0] == "h100_sxm5_80gb" and "PCIe" in pcie[2]
+    nvl = gpu_profile("H100 NVL 94GB")
+    assert nvl is not None and nvl[:2] == ("h100_sxm5_80gb", False) and "NVL" in nvl[2]
+    # a size other than the profile's is not compared; a remark in brackets names no GPU
+    assert gpu_profile("A800 40GB")[:2] == ("a800_sxm4_80gb", False)  # type: ignore[index]
+    for name, profile in (("H100 80GB (cluster h800-prod)", "h100_sxm5_80gb"),
+                          ("A100 80GB (vs A800)", "a100_sxm4_80gb"),
+                          ("H100 80GB (DGX GH200 cluster)", "h100_sxm5_80gb")):  # fmt: skip
+        assert gpu_profile(name) == (profile, True, ""), name
     assert gpu_profile("A100 (DGX A100; memory size not stated)")[1] is False
     assert gpu_profile("Cloud TPU v3") is None
     assert source_key("megatron_sc21_t1_1.7B") == "megatron_sc21"

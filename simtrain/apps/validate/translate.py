@@ -52,42 +52,63 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
     ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it."""
     g = gpu.upper()
+    # the name itself, before any parenthesised remark ("H100 80GB (cluster h800-prod)")
+    head = g.split("(", 1)[0]
     for word, profile in (("GB300", "gb300_nvl72"), ("GB200", "gb200_nvl72"),
                           ("B300", "b300_288gb"), ("B200", "b200_180gb"),
                           ("MI325X", "mi325x_256gb"), ("MI355X", "mi355x_288gb")):  # fmt: skip
-        if word in g:  # GB200 before B200: the name contains it
+        if word in head:  # GB200 before B200: the name contains it
             return profile, True, ""
-    for word, profile in (("H800", "h800_sxm5_80gb"), ("A800", "a800_sxm4_80gb"),
-                          ("MI300X", "mi300x_192gb"), ("L40S", "l40s_48gb"),
-                          ("4090", "rtx4090_24gb")):  # fmt: skip
-        if word in g:
-            return profile, True, ""
-    if "GH200" in g:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
+    form = "PCIe" if "PCIE" in head else "NVL" if re.search(r"\bNVL\b", head) else ""
+    part = (f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
+            "modelled: predicted too fast)") if form else ""  # fmt: skip
+    for word, profile, sizes in ((r"\bH800\b", "h800_sxm5_80gb", ("80",)),
+                                 (r"\bA800\b", "a800_sxm4_80gb", ("80",)),
+                                 (r"\bMI300X\b", "mi300x_192gb", ()),
+                                 (r"\bL40S\b", "l40s_48gb", ()),
+                                 (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", ())):  # fmt: skip
+        if re.search(word, head):
+            size = re.search(r"(\d+)\s*GB", head)
+            if sizes and (size is None or size.group(1) not in sizes):
+                what = f"{size.group(1)} GB" if size else "memory size not stated"
+                return (
+                    profile,
+                    False,
+                    "; ".join(
+                        x
+                        for x in (
+                            f"{what}: the {sizes[0]} GB profile; fit verdict not compared",
+                            part,
+                        )
+                        if x
+                    ),
+                )
+            return profile, not form, part
+    if "GH200" in head:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
         return "h200_141gb", False, (
-            "GH200: the H200 profile (its GPU; the memory size, the host link and the 4-GPU "
-            "nodes of Grace Hopper are not modelled); fit verdict not compared"
+            "GH200: the H200 profile (its GPU; the memory size and bandwidth of its 96 GB "
+            "HBM3 part, the host link and the 4-GPU nodes of Grace Hopper are not modelled); fit "
+            "verdict not compared"
         )  # fmt: skip
-    if "H200" in g:
-        return "h200_141gb", True, ""
-    if "H100" in g:
-        if "PCIE" in g:
-            return "h100_sxm5_80gb", "80" in g, (
-                "H100 PCIe: the SXM5 profile (its lower clocks, 2.0 TB/s and PCIe-only "
-                "links are not modelled: predicted too fast)"
-            )  # fmt: skip
-        size = re.search(r"(\d+)\s*GB", g)
-        if size and size.group(1) == "96" and "HBM2E" in g:
+    if "H200" in head:
+        return "h200_141gb", not form, f"H200 {part}" if part else ""
+    if "H100" in head:
+        if form:
+            return "h100_sxm5_80gb", "80" in head and form == "PCIe", (
+                f"H100 {part}")  # fmt: skip
+        size = re.search(r"(\d+)\s*GB", head)
+        if size and size.group(1) == "96" and "HBM2E" in head:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
             return "h100_sxm5_80gb", False, (
                 f"H100 {size.group(1)} GB: the 80 GB SXM5 profile (same chip; its HBM size, "
                 "bandwidth and power limit are not modelled); fit verdict not compared"
             )  # fmt: skip
-        return "h100_sxm5_80gb", "80" in g, ""
-    if "A100" in g:
-        if "40GB" in g.replace(" ", ""):
+        return "h100_sxm5_80gb", "80" in head, ""
+    if "A100" in head:
+        if "40GB" in head.replace(" ", ""):
             return "a100_sxm4_40gb", True, ""
-        if "80GB" in g.replace(" ", ""):
+        if "80GB" in head.replace(" ", ""):
             return "a100_sxm4_80gb", True, ""
         return "a100_sxm4_80gb", False, "A100 memory size not stated: the 80 GB profile"
     if "V100" in g:
