@@ -765,6 +765,7 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("zero_grad_buffer", (True, False)), ("check_nan_in_grad", (True, False)),
         ("scale_grads_before_reduce", (True, False)), ("clip_grad_norm", (True, False)),
         ("master_copies", (True, False)), ("scale_grads_at_dp1", (True, False)),
+        ("eager_elementwise", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.3):
             out[key] = choose(draw, *values)

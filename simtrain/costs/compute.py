@@ -80,7 +80,7 @@ def _mlp_mats(m: ModelSpec) -> int:
 
 def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
                 load: float = 1.0, fused: tuple[bool, bool] = (True, True),
-                sp: bool = False) -> BlockFlops:  # fmt: skip
+                sp: bool = False, eager: bool = False) -> BlockFlops:  # fmt: skip
     """FLOPs of one block per micro-batch (see module docstring); frozen weights skip their
     weight-gradient matmuls, LoRA adds its two thin matmuls per target (Hu et al. 2021 §4.1).
     An MoE block (``moe``: default, every block of a model with experts) has the router and
@@ -125,7 +125,8 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
     else:
         input_grad = proj + 2 * core + lora + adapter
         weight_grad = (proj if full else 0.0) + lora_w + adapter
-    ew, ew_bwd = block_elementwise_bytes(m, t, tp, m.is_moe and moe is not False, load, sp)
+    ew, ew_bwd = block_elementwise_bytes(m, t, tp, m.is_moe and moe is not False, load, sp,
+                                         eager)  # fmt: skip
     if t.peft.method == "qlora":
         # QLoRA dequantises every NF4 weight to 16 bits for each matmul (Dettmers et al. 2023
         # §3): read 0.5 B and write 2 B per weight, in the forward and again in the backward.
@@ -265,7 +266,8 @@ def elementwise_backward_factor(bytes_per_element: int) -> float:
 
 
 def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool = False,
-                            load: float = 1.0, sp: bool = False) -> tuple[float, float]:  # fmt: skip
+                            load: float = 1.0, sp: bool = False,
+                            eager: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
@@ -277,7 +279,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     every TP rank repeats them on all s tokens, or with sequence parallelism (``sp``) on its
     own s/t (Korthikanti et al. 2022 §4.2.2: "the layer-norm and dropout ... are independent
     along the sequence dimension"; Megatron-LM d898a8991d megatron/model/transformer.py: the
-    hidden states between the row- and column-parallel linears are [s/t, b, h])."""
+    hidden states between the row- and column-parallel linears are [s/t, b, h]). ``eager``:
+    plus :func:`eager_elementwise_bytes_per_token` (runtime ``eager_elementwise``)."""
     b = t.micro_batch
     s = t.seq_len_effective
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
@@ -292,7 +295,50 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     if m.positions == "rotary":
         per_token += 2 * (h + kv) / tp
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
-    return fwd, elementwise_backward_factor(e) * fwd
+    bwd = elementwise_backward_factor(e) * fwd
+    if eager:
+        extra_fwd, extra_bwd = eager_elementwise_bytes_per_token(m, e, tp, sp, moe)
+        fwd, bwd = fwd + b * s * extra_fwd, bwd + b * s * extra_bwd
+    return fwd, bwd
+
+
+def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: bool = False,
+                                      moe: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(forward, backward) bytes per token that one block's element-wise ops move beyond
+    :func:`block_elementwise_bytes`' one-kernel-per-op count when they run as PyTorch eager
+    decompositions, counted from torchtitan 9dec370a's code (an estimate, as the fused count;
+    ``e`` the activation bytes, 4 for the fp32 temporaries):
+
+    - RMSNorm (``models/norms.py`` RMSNorm: ``self._norm(x.float()).type_as(x) * self.weight``,
+      ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): forward the fp32 cast (e + 4),
+      pow (4 + 4), mean (4), x * rsqrt (4 + 4), the cast back (4 + e) and the weight (2e): 4e + 28
+      per element where the fused count has 2e; backward the weight's two products (4e), the
+      casts (2e + 8), the product's two terms (16), pow's (12) and their sum (12): 6e + 48 where
+      the fused count has :func:`elementwise_backward_factor` x 2e. Two per block, outside the
+      TP region (/tp with sequence parallelism).
+    - rotary (``models/llama/model.py`` apply_rotary_emb: ``view_as_complex(xq.float() ...)``,
+      the complex product, ``.type_as(xq)``) on q and k: 2e + 16 per element each way where the
+      fused count has 2e (x the factor backward).
+    - SwiGLU (``FeedForward``: ``F.silu(self.w1(x)) * self.w3(x)``): silu and the product, 5e per
+      f-element forward, 9e backward, where the fused count has 3e (x the factor); not for the
+      routed experts of an MoE block.
+    Only for what the model has: an RMSNorm, rotary positions, a SwiGLU MLP."""
+    k = elementwise_backward_factor(e)
+    h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
+    fwd = bwd = 0.0
+    if m.norm == "rmsnorm":
+        n = 2 * h / (tp if sp else 1)
+        fwd += n * (4 * e + 28 - 2 * e)
+        bwd += n * (6 * e + 48 - k * 2 * e)
+    if m.positions == "rotary":
+        n = (h + kv) / tp
+        fwd += n * (2 * e + 16 - 2 * e)
+        bwd += n * (2 * e + 16 - k * 2 * e)
+    if m.mlp == "swiglu" and not moe:
+        n = f / tp
+        fwd += n * (5 * e - 3 * e)
+        bwd += n * (9 * e - k * 3 * e)
+    return fwd, bwd
 
 
 def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
@@ -478,13 +524,14 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     t = cp_rank_training(sc.training, sc.parallelism.cp)  # one GPU's s/cp tokens
     fused = (sc.runtime.fused_qkv, sc.runtime.fused_gate_up)
     sp = sc.parallelism.sequence_parallel and tp > 1
-    bf = block_flops(m, t, tp, fused=fused, sp=sp)
+    eager = sc.runtime.eager_elementwise
+    bf = block_flops(m, t, tp, fused=fused, sp=sp, eager=eager)
     if not m.is_moe:
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)
-    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused, sp)
-    dense_bf = block_flops(m, t, tp, False, fused=fused, sp=sp)
+    moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused, sp, eager)
+    dense_bf = block_flops(m, t, tp, False, fused=fused, sp=sp, eager=eager)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
                         for f in BlockFlops.__slots__))  # fmt: skip
 

@@ -136,6 +136,11 @@ class RuntimeProfile:
     # weights into the 16-bit model weights (``copy_``: the master's 4 B read; the 16-bit write is
     # the update's, costs.compute.optimizer_bytes_per_param) (costs.workload.grad_passes_ns).
     master_copies: bool = False
+    # The block's element-wise ops run as PyTorch eager decompositions, not fused kernels:
+    # torchtitan's own RMSNorm (an fp32 chain of pow, mean, rsqrt and products), its complex
+    # fp32 rotary, SwiGLU's silu and product apart (costs.compute.eager_elementwise_bytes_per_token);
+    # off under torch.compile, whose inductor fuses them.
+    eager_elementwise: bool = False
     # Buffers of one micro-batch's full-sequence hidden state (micro_batch x s x h in the
     # activation dtype) that a sequence-parallel tensor-parallel run keeps allocated across
     # layers and steps for its all-gathers (nanotron's MemoryBuffer, a process-wide cache: the
@@ -281,7 +286,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
          "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
          "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out",
-         "master_copies", "scale_grads_at_dp1")  # fmt: skip
+         "master_copies", "scale_grads_at_dp1", "eager_elementwise")  # fmt: skip
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

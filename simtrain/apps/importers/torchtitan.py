@@ -283,8 +283,13 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         raise ConfigError(file, "compile.components", "must be a list of strings", components,
                           '["model", "loss"]')  # fmt: skip
     compiled_loss = compile_on and "loss" in components
+    if compile_on and "model" in components:
+        # inductor fuses the blocks' element-wise chains (runtimes/torchtitan.yaml [eag])
+        runtime["eager_elementwise"] = False
     if compile_on:
-        r.unsupported_("compile.enable", "torch.compile's fusions are not simulated (eager)"
+        r.unsupported_("compile.enable", "torch.compile's other fusions and graph effects are "
+                       "not simulated" + ("; its blocks' element-wise ops fused (runtime "
+                       "eager_elementwise false)" if "model" in components else "")
                        + ("; its compiled loss is (cross_entropy fused)" if compiled_loss else ""))  # fmt: skip
     elif "enable" in cmp:
         r.ignore("compile.enable false")
