@@ -306,34 +306,40 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
                                       moe: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes per token that one block's element-wise ops move beyond
     :func:`block_elementwise_bytes`' one-kernel-per-op count when they run as PyTorch eager
-    decompositions, counted from torchtitan 9dec370a's code (an estimate, as the fused count;
-    ``e`` the activation bytes, 4 for the fp32 temporaries):
+    decompositions, counted from torchtitan 9dec370a's code and the kernels ATen's autograd
+    formulas launch for it (an estimate, as the fused count; ``e`` the activation bytes, 4 for
+    the fp32 temporaries; with e = 4 the casts launch nothing):
 
     - RMSNorm (``models/norms.py`` RMSNorm: ``self._norm(x.float()).type_as(x) * self.weight``,
       ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): forward the fp32 cast (e + 4),
       pow (4 + 4), mean (4), x * rsqrt (4 + 4), the cast back (4 + e) and the weight (2e): 4e + 28
-      per element where the fused count has 2e; backward the weight's two products (4e), the
-      casts (2e + 8), the product's two terms (16), pow's (12) and their sum (12): 6e + 48 where
-      the fused count has :func:`elementwise_backward_factor` x 2e. Two per block, outside the
-      TP region (/tp with sequence parallelism).
+      per element where the fused count has 2e; backward the weight's product and its sum over
+      tokens (3e + e), the grad of x * rsqrt (8) and of rsqrt's input, a product and a row sum
+      (12 + 4), mean's division (4), pow's ``grad * 2 * x.pow(1)`` (8 + 8 + 12), the sum of
+      x's two grads (12), the casts (2e + 8) and the weight product's input grad (2e): 8e + 76
+      where the fused count has :func:`elementwise_backward_factor` x 2e. Two per block, outside
+      the TP region (/tp with sequence parallelism).
     - rotary (``models/llama/model.py`` apply_rotary_emb: ``view_as_complex(xq.float() ...)``,
       the complex product, ``.type_as(xq)``) on q and k: 2e + 16 per element each way where the
       fused count has 2e (x the factor backward).
     - SwiGLU (``FeedForward``: ``F.silu(self.w1(x)) * self.w3(x)``): silu and the product, 5e per
       f-element forward, 9e backward, where the fused count has 3e (x the factor); not for the
       routed experts of an MoE block.
-    Only for what the model has: an RMSNorm, rotary positions, a SwiGLU MLP."""
+    Only for what the model has: an RMSNorm, rotary positions, a SwiGLU MLP. Versions: torchtitan
+    before 3b39d7ab0 (2025-03-19) ran this RMSNorm; after it nn.RMSNorm, whose eager
+    ``F.rms_norm`` runs the same chain up to torch 2.8 and one fused CUDA kernel from 2.9."""
     k = elementwise_backward_factor(e)
+    cast = 2 * e + 8 if e < 4 else 0  # to fp32 and back (nothing to do in fp32)
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     fwd = bwd = 0.0
     if m.norm == "rmsnorm":
         n = 2 * h / (tp if sp else 1)
-        fwd += n * (4 * e + 28 - 2 * e)
-        bwd += n * (6 * e + 48 - k * 2 * e)
+        fwd += n * (cast + 20 + 2 * e - 2 * e)
+        bwd += n * (cast + 68 + 6 * e - k * 2 * e)
     if m.positions == "rotary":
-        n = (h + kv) / tp
-        fwd += n * (2 * e + 16 - 2 * e)
-        bwd += n * (2 * e + 16 - k * 2 * e)
+        n = (m.q_dim + kv) / tp
+        fwd += n * (cast + 8 - 2 * e)
+        bwd += n * (cast + 8 - k * 2 * e)
     if m.mlp == "swiglu" and not moe:
         n = f / tp
         fwd += n * (5 * e - 3 * e)

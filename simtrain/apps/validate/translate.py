@@ -467,6 +467,9 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
+    if rec.source_key == "llama3":
+        # Meta's production framework, not torchtitan's eager default
+        out["eager_elementwise"] = False
     if convention_for(rec).memory_includes_context:
         # a device-level figure (nvidia-smi, NVML): NCCL's buffers count (costs.nccl_memory)
         out["memory_reported"] = "nvidia_smi"
