@@ -21,7 +21,8 @@ PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
 # apart: they validate the cost model on one GPU (``simtrain validate measured/simtrain_h200.yaml``)
 # and are not published runs.
 DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml",
-                 "torchao_float8.yaml", "torchtitan_2412.yaml")  # fmt: skip
+                 "torchao_float8.yaml", "torchtitan_2412.yaml",
+                 "torchtitan_2506_asynctp.yaml")  # fmt: skip
 
 RECORD_KEYS = (
     "id", "kind", "source", "source_key", "model", "training", "parallelism", "hardware",
