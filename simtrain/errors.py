@@ -11,7 +11,7 @@ from typing import Any
 MAX_ECHO = 80
 #: Longest list of allowed values in a message; a longer one (every key of a section) ends with
 #: "... (N more)": the "did you mean" suggestion names the nearest. Room for every shipped
-#: hardware profile's name (19, 313 characters with "(or a path to a .yaml file)").
+#: hardware profile's name (tests/test_hardware.py test_unknown_profile_name_lists_the_shipped_ones).
 MAX_ALLOWED = 400
 
 

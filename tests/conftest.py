@@ -16,6 +16,14 @@ def published_records() -> dict[str, Record]:
     return {r.id: r for r in load_records(PACKAGED_PATH)}
 
 
+@pytest.fixture(scope="session")
+def default_records() -> dict[str, Record]:
+    """Every record ``simtrain validate`` reads by default (records.DEFAULT_FILES), by id."""
+    from simtrain.apps.validate.records import load_record_files, resolve_paths
+
+    return {r.id: r for r in load_record_files(resolve_paths(None))}
+
+
 # No test asserts on wall time (issue 15, item 4). Hypothesis' own defaults do: a 200 ms deadline
 # per example and the too_slow health check, which fail on a busy machine. Off for every test;
 # a test's own @settings(...) keeps these unless it names them.

@@ -95,7 +95,8 @@ def test_no_master_copies_without_master_weights_or_on_the_host():
     sc = _scenario(runtime="megatron_lm_2021", zero=0, precision="bf16", reduce="grad")
     off = replace(sc, training=replace(sc.training, offload=replace(sc.training.offload,
                                                                     optimizer=True)))  # fmt: skip
-    assert master_copy_bytes_per_param(off, resolve(off)) == 0
+    assert master_copy_bytes_per_param(sc, resolve(sc)) > 0
+    assert grad_passes_ns(off, resolve(off), 1000, 1000) == 0  # the host's step: no GPU pass
 
 
 def test_other_runtimes_make_no_such_passes():

@@ -90,23 +90,33 @@ def test_table4_layer_times(table4) -> None:
         assert abs(bp / bm - 1) < 0.05, (rid, bm, bp)
 
 
-def test_table4_sequence_parallelism_saves_forward_time(table4) -> None:
-    """What sequence parallelism changes in Table 4 (the records' measured differences: the
-    forward 7.7 -> 7.2 ms, its norms and dropouts on s/t tokens; the backward 11.9 -> 11.8 ms,
-    those savings less the row-parallel linears' exposed backward all-gathers). Predicted
-    -0.81 ms and -0.09 ms: the forward's saving within a factor 2 of the measured one, the
-    backward's within 0.05 ms. Before the element-wise split the forward did not move
-    (0.00 ms) and the backward grew 0.8 ms: both fail."""
+def _sp_saving(table4, metric: str) -> tuple[float, float]:
+    """(measured, predicted) time sequence parallelism saves in Table 4's 22B layer (the
+    no-recompute row against the SP-only row)."""
     plain = table4["korthikanti22_t4_22B_layer_no_recompute"]
     sp = table4["korthikanti22_t4_22B_layer_sp_only"]
+    return plain[metric][0] - sp[metric][0], plain[metric][1] - sp[metric][1]
 
-    def saving(metric: str, i: int) -> float:  # i: 0 measured, 1 predicted
-        return plain[metric][i] - sp[metric][i]
 
-    fwd_m, fwd_p = saving("layer_forward_s", 0), saving("layer_forward_s", 1)
-    assert fwd_m / 2 <= fwd_p <= 2 * fwd_m, (fwd_m, fwd_p)
-    bwd_m, bwd_p = saving("layer_backward_s", 0), saving("layer_backward_s", 1)
-    assert abs(bwd_p - bwd_m) <= 0.05e-3, (bwd_m, bwd_p)
+def test_table4_sequence_parallelism_backward_saving(table4) -> None:
+    """Sequence parallelism in the backward (Table 4: 11.9 -> 11.8 ms, its norms and dropouts
+    on s/t tokens less the row-parallel linears' exposed backward all-gathers): the table
+    prints 0.1 ms, so the measured saving is 0.05-0.15 ms; predicted 0.09 ms. (Before the
+    element-wise split the backward grew 0.8 ms.)"""
+    measured, predicted = _sp_saving(table4, "layer_backward_s")
+    assert measured == pytest.approx(0.1e-3, abs=1e-9)
+    assert 0.05e-3 <= predicted <= 0.15e-3, predicted
+
+
+@pytest.mark.xfail(strict=True, reason="over-predicted: 0.81 ms saved, measured 0.4-0.6 ms")
+def test_table4_sequence_parallelism_forward_saving(table4) -> None:
+    """Sequence parallelism in the forward (Table 4: 7.7 -> 7.2 ms, printed to 0.1 ms: a
+    0.4-0.6 ms saving). Predicted 0.81 ms: the norms' and dropouts' bytes on s/t tokens save
+    more than Megatron's fused kernels did (README, "where it is wrong"); strict, so that a
+    change bringing it into the band is noticed. (Before the element-wise split: 0.00 ms.)"""
+    measured, predicted = _sp_saving(table4, "layer_forward_s")
+    assert measured == pytest.approx(0.5e-3, abs=1e-9)
+    assert 0.4e-3 <= predicted <= 0.6e-3, predicted
 
 
 def test_block_times_name_a_block_of_the_model() -> None:

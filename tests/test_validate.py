@@ -334,6 +334,7 @@ def test_string_mappings() -> None:
     assert nvl is not None and nvl[:2] == ("h100_sxm5_80gb", False) and "NVL" in nvl[2]
     # a size other than the profile's is not compared; a remark in brackets names no GPU
     assert gpu_profile("A800 40GB")[:2] == ("a800_sxm4_80gb", False)  # type: ignore[index]
+    assert gpu_profile("MI300X 256GB")[:2] == ("mi300x_192gb", False)  # type: ignore[index]
     for name, profile in (("H100 80GB (cluster h800-prod)", "h100_sxm5_80gb"),
                           ("A100 80GB (vs A800)", "a100_sxm4_80gb"),
                           ("H100 80GB (DGX GH200 cluster)", "h100_sxm5_80gb")):  # fmt: skip

@@ -6,8 +6,8 @@ is under-filled (FlashAttention-2, Dao 2023, §3.2 "parallelism": "in the forwar
 parallelize over the batch, number of heads and the sequence length dimension"). The cost model
 prices it as
     time = F_causal / (peak · e∞) · (1 + R / (b·H·s))
-with F_causal the FLOPs a causal kernel does (half of the full count 4·b·s·s_kv·H·d for the
-forward; the backward 2.5x the forward, for it recomputes the scores: FlashAttention-2 §3.1.2),
+with F_causal the FLOPs a causal kernel does (:func:`costs.compute.flash_kernel_flops`: half of
+the full count 4·b·s·s_kv·H·d for the forward without a prefix; the backward 2.5x the forward, for it recomputes the scores: FlashAttention-2 §3.1.2),
 e∞ the rate of an unboundedly parallel call and R (rows) the under-fill edge, one pair for the
 forward kernel and one for the backward (profiles' ``efficiency.flash_*``; priced by ``costs.compute.flash_core``).
 :func:`fit_flash_rows_edge` picks R on a grid and, for each R, the e∞ that minimises the table's

@@ -265,6 +265,12 @@ def elementwise_backward_factor(bytes_per_element: int) -> float:
     return ELEMENTWISE_BACKWARD_FACTOR[2 if bytes_per_element <= 2 else 4]
 
 
+#: Element accesses per element that :func:`block_elementwise_bytes` counts for each op its fused
+#: (one-kernel) form runs: a norm and rotary read and write (2), SwiGLU's gate reads two f-wide
+#: inputs and writes one (3), in the activation dtype; x ``elementwise_backward_factor`` backward.
+FUSED_OP_ACCESSES = {"rmsnorm": 2, "rotary": 2, "swiglu": 3}
+
+
 def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool = False,
                             load: float = 1.0, sp: bool = False,
                             eager: bool = False) -> tuple[float, float]:  # fmt: skip
@@ -285,15 +291,15 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     s = t.seq_len_effective
     h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
-    mlp_width = f * (1.5 if m.mlp == "swiglu" else 1.0)
-    outside = 2 * 2 * h + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
+    norms = 2 * FUSED_OP_ACCESSES["rmsnorm"] * h  # (a LayerNorm's accesses are an RMSNorm's)
+    outside = norms + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
     per_token = outside / (tp if sp else 1)
     if moe:
         per_token += moe_elementwise_bytes_per_token(m, e, tp, load) / e
-    else:
-        per_token += 2 * mlp_width / tp
+    else:  # the GeLU reads and writes f; SwiGLU's gate reads two f-wide inputs, writes one
+        per_token += (FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2) * f / tp
     if m.positions == "rotary":
-        per_token += 2 * (h + kv) / tp
+        per_token += FUSED_OP_ACCESSES["rotary"] * (m.q_dim + kv) / tp
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     bwd = elementwise_backward_factor(e) * fwd
     if eager:
@@ -302,48 +308,51 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     return fwd, bwd
 
 
+def eager_op_bytes(op: str, e: int) -> tuple[int, int]:
+    """(forward, backward) bytes per element that one op moves as PyTorch eager kernels, as
+    torchtitan 9dec370a writes it (``e``: the activation bytes; fp32 temporaries 4 B, casts to
+    and from fp32 2e + 8 B, none when e = 4), every kernel reading and writing whole tensors:
+
+    - ``rmsnorm`` (``models/norms.py`` RMSNorm: ``self._norm(x.float()).type_as(x) * self.weight``,
+      ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): forward the casts, pow (8),
+      mean (4), x * rsqrt (8), the weight product (2e): 2e + 20 + casts; backward, per aten
+      op, the weight's two products and their sum over tokens (3e + 2e + e), then in fp32 the
+      grads of x * rsqrt (12 + 8), the row sum (4), mean's division (8), pow's
+      ``grad * 2 * x.pow(1)`` (8 + 8 + 12) and the sum of x's two grads (12): 6e + 72 + casts;
+    - ``rotary`` (``models/llama/model.py`` apply_rotary_emb: the fp32 complex product between
+      the casts): 8 + casts each way, per element of q and k;
+    - ``swiglu`` (``FeedForward``: ``F.silu(self.w1(x)) * self.w3(x)``): silu and the product,
+      5e forward, 9e backward (two products and ``silu_backward``), per f-element.
+    tests/test_eager_elementwise.py counts these bytes op by op with TorchDispatchMode on the
+    same code."""
+    cast = 2 * e + 8 if e < 4 else 0
+    return {
+        "rmsnorm": (cast + 20 + 2 * e, cast + 72 + 6 * e),
+        "rotary": (cast + 8, cast + 8),
+        "swiglu": (5 * e, 9 * e),
+    }[op]
+
+
 def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: bool = False,
                                       moe: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes per token that one block's element-wise ops move beyond
-    :func:`block_elementwise_bytes`' one-kernel-per-op count when they run as PyTorch eager
-    decompositions, counted from torchtitan 9dec370a's code and the kernels ATen's autograd
-    formulas launch for it (an estimate, as the fused count; ``e`` the activation bytes, 4 for
-    the fp32 temporaries; with e = 4 the casts launch nothing):
-
-    - RMSNorm (``models/norms.py`` RMSNorm: ``self._norm(x.float()).type_as(x) * self.weight``,
-      ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): forward the fp32 cast (e + 4),
-      pow (4 + 4), mean (4), x * rsqrt (4 + 4), the cast back (4 + e) and the weight (2e): 4e + 28
-      per element where the fused count has 2e; backward the weight's product and its sum over
-      tokens (3e + e), the grad of x * rsqrt (8) and of rsqrt's input, a product and a row sum
-      (12 + 4), mean's division (4), pow's ``grad * 2 * x.pow(1)`` (8 + 8 + 12), the sum of
-      x's two grads (12), the casts (2e + 8) and the weight product's input grad (2e): 8e + 76
-      where the fused count has :func:`elementwise_backward_factor` x 2e. Two per block, outside
-      the TP region (/tp with sequence parallelism).
-    - rotary (``models/llama/model.py`` apply_rotary_emb: ``view_as_complex(xq.float() ...)``,
-      the complex product, ``.type_as(xq)``) on q and k: 2e + 16 per element each way where the
-      fused count has 2e (x the factor backward).
-    - SwiGLU (``FeedForward``: ``F.silu(self.w1(x)) * self.w3(x)``): silu and the product, 5e per
-      f-element forward, 9e backward, where the fused count has 3e (x the factor); not for the
-      routed experts of an MoE block.
-    Only for what the model has: an RMSNorm, rotary positions, a SwiGLU MLP. Versions: torchtitan
+    :func:`block_elementwise_bytes`' fused count (:data:`FUSED_OP_ACCESSES`) when they run as
+    eager kernels (:func:`eager_op_bytes`; runtime ``eager_elementwise``): two RMSNorms over h
+    (outside the TP region: /tp with sequence parallelism), rotary over q and k (q_dim + kv)/t,
+    SwiGLU over f/t (not a block's routed experts), for what the model has. Versions: torchtitan
     before 3b39d7ab0 (2025-03-19) ran this RMSNorm; after it nn.RMSNorm, whose eager
     ``F.rms_norm`` runs the same chain up to torch 2.8 and one fused CUDA kernel from 2.9."""
     k = elementwise_backward_factor(e)
-    cast = 2 * e + 8 if e < 4 else 0  # to fp32 and back (nothing to do in fp32)
-    h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
+    widths = {
+        "rmsnorm": 2 * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0,
+        "rotary": (m.q_dim + m.kv_dim) / tp if m.positions == "rotary" else 0,
+        "swiglu": m.ffn_hidden / tp if m.mlp == "swiglu" and not moe else 0,
+    }
     fwd = bwd = 0.0
-    if m.norm == "rmsnorm":
-        n = 2 * h / (tp if sp else 1)
-        fwd += n * (cast + 20 + 2 * e - 2 * e)
-        bwd += n * (cast + 68 + 6 * e - k * 2 * e)
-    if m.positions == "rotary":
-        n = (m.q_dim + kv) / tp
-        fwd += n * (cast + 8 - 2 * e)
-        bwd += n * (cast + 8 - k * 2 * e)
-    if m.mlp == "swiglu" and not moe:
-        n = f / tp
-        fwd += n * (5 * e - 3 * e)
-        bwd += n * (9 * e - k * 3 * e)
+    for op, n in widths.items():
+        eager_f, eager_b = eager_op_bytes(op, e)
+        fwd += n * (eager_f - FUSED_OP_ACCESSES[op] * e)
+        bwd += n * (eager_b - k * FUSED_OP_ACCESSES[op] * e)
     return fwd, bwd
 
 
@@ -753,9 +762,15 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     an fp32 gradient-accumulation buffer (bf16_fp32_grads) the step reads that buffer (4 B)
     instead of the 16-bit gradient: 30 B."""
     prec = PRECISIONS[t.precision]
-    per_param = (prec.grad_accum or prec.grad) + 2 * (prec.master or prec.param)
+    per_param = optimizer_grad_read_bytes(prec) + 2 * (prec.master or prec.param)
     per_param += 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
     return per_param + (prec.param if prec.master else 0)
+
+
+def optimizer_grad_read_bytes(prec: Precision) -> int:
+    """The gradient read :func:`optimizer_bytes_per_param` charges per parameter: the fp32
+    accumulation buffer where the precision has one, else its gradient."""
+    return prec.grad_accum or prec.grad
 
 
 def optimizer_shard(trainable: int, p: ParallelSpec) -> int:

@@ -624,7 +624,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
             grow = cache_buffer_growth(cache_b, cached_act, loss_b)
             cats["buffers"] += grow
             buffers += grow
-    pool = fsdp2_gather_pool_bytes(sc, step, tensors, ms, n_layers)
+    pool = fsdp2_gather_pool_bytes(sc, step, ms, n_layers)
     if pool:
         # FSDP2's all-gather pool stays reserved the whole step, under buffers; where the GPU
         # runs out the allocator frees its cache and retries (the fit verdict is the
@@ -913,6 +913,14 @@ def wire_grad_bytes(sc: Scenario, step: ResolvedStep) -> int:
     return 4 if sc.runtime.grad_reduce_dtype == "fp32" else step.precision.grad
 
 
+def grad_buffer_elem_bytes(sc: Scenario, step: ResolvedStep) -> int:
+    """Bytes per trainable element of the gradient buffer the step's passes read and write:
+    the runtime's reduction buffer (:func:`buffer_grad_bytes`), else the precision's fp32
+    accumulation buffer or its gradients."""
+    prec = step.precision
+    return buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+
+
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
     """Gradient bytes per trainable element under a runtime that keeps the gradients in its
     reduction buffer (Megatron-Core DDP, ``param_and_grad_buffer.py``: fp32 when
@@ -974,14 +982,20 @@ def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateByte
     m, t, p = sc.model, sc.training, sc.parallelism
     if not sc.runtime.fsdp_root_unsharded or m.is_moe or not n_layers or t.offload.parameters:
         return None
-    block = sum(x.numel for x in layer_param_tensors(m, t, p.tp, ep=p.ep))
+    block = fsdp_block_params(sc)
     head = {x.name for x in head_param_tensors(m, t, p.tp, p.pp)}
     grads = sum(x.numel for x in tensors if x.name in head and x.trainable)
     return 2 * block + ms.params - n_layers * block, grads
 
 
-def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor],
-                            ms: ModelStateBytes, n_layers: int) -> int:  # fmt: skip
+def fsdp_block_params(sc: Scenario) -> int:
+    """Parameters of one decoder block on a GPU (its TP shard): FSDP2's per-block group."""
+    p = sc.parallelism
+    return sum(x.numel for x in layer_param_tensors(sc.model, sc.training, p.tp, ep=p.ep))
+
+
+def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateBytes,
+                            n_layers: int) -> int:  # fmt: skip
     """FSDP2's all-gather pool in a reserved or device-level memory figure: each parameter
     group's gathered (param-dtype) parameters are allocated on its copy-in stream with the
     shard's param-dtype cast staged beside them (torch 2.13 distributed/fsdp/_fully_shard/
@@ -1000,7 +1014,7 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, tensors: list[Para
     if (rt.memory_reported == "allocated" or not rt.zero3_gather_copy_out or p.zero_stage < 2
             or p.dp_cp <= 1 or m.is_moe or sc.training.offload.parameters):  # fmt: skip
         return 0
-    block = sum(x.numel for x in layer_param_tensors(m, sc.training, p.tp, ep=p.ep))
+    block = fsdp_block_params(sc)
     root = ms.params - n_layers * block if rt.fsdp_root_unsharded else 0
     groups = ([root] if root > 0 else []) + [block] * n_layers
     if not groups:

@@ -13,12 +13,18 @@ from simtrain.costs import comm, offload
 from simtrain.costs.compute import (
     chunk_costs,
     memory_bound_ns,
+    optimizer_grad_read_bytes,
     optimizer_shard,
     optimizer_step_ns,
 )
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
-from simtrain.costs.memory import MemoryReport, StageMemory, buffer_grad_bytes, wire_grad_bytes
+from simtrain.costs.memory import (
+    MemoryReport,
+    StageMemory,
+    grad_buffer_elem_bytes,
+    wire_grad_bytes,
+)
 from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
@@ -228,7 +234,7 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     (``RuntimeProfile.zero_grad_buffer``, ``check_nan_in_grad``, ``scale_grads_before_reduce``,
     ``clip_grad_norm``): one access per element each (the scale two, with dp x cp > 1 or, under
     ``scale_grads_at_dp1``, always) of the rank's ``trainable`` gradients in the gradient buffer's dtype
-    (``memory.buffer_grad_bytes``, else the precision's accumulation or gradient bytes), and the
+    (``memory.grad_buffer_elem_bytes``), and the
     norm of its optimizer ``shard``'s fp32 main gradients (the buffer's dtype without master
     weights) and the copies of :func:`master_copy_bytes_per_param`, at the memory-bound rate;
     counted with the optimizer step (the zeroing opens the next step, the rest precede the
@@ -243,7 +249,7 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     copies = master_copy_bytes_per_param(sc, step)
     if not full and not rt.clip_grad_norm and not copies:
         return 0
-    elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+    elem = grad_buffer_elem_bytes(sc, step)
     # the norm reads the optimizer's main gradients: fp32 under master weights (Megatron's
     # mixed-precision optimizers keep fp32 main grads: a view of an fp32 buffer, else a copy)
     main = 4 if prec.master else elem
@@ -262,11 +268,11 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
     bytes: 4 - 2 B more for a 16-bit gradient; the unscale under fp16's loss scaling, 4 + 4 B;
     the master weights' read for the 16-bit copy, 4 B. 0 without master weights."""
     prec = step.precision
-    if not sc.runtime.master_copies or not prec.master or sc.training.offload.optimizer:
-        return 0  # (offloaded: the host's step)
-    elem = buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+    if not sc.runtime.master_copies or not prec.master:
+        return 0
+    elem = grad_buffer_elem_bytes(sc, step)
     grad_copy = elem + 4 if elem < 4 else 0
-    adam_read = max(0, 4 - (prec.grad_accum or prec.grad))
+    adam_read = max(0, 4 - optimizer_grad_read_bytes(prec))
     unscale = 8 if prec.compute_dtype == "fp16" else 0
     return grad_copy + adam_read + unscale + prec.master
 

@@ -204,9 +204,10 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      f"{_gb(sm.allocator_cached_bytes - act)}, under buffers")  # fmt: skip
     if sm.gather_pool_bytes:
         lines.append(f"  FSDP2 all-gather pool (a {sc.runtime.memory_reported} figure) = "
-                     f"{_gb(sm.gather_pool_bytes)} of buffers: two groups' gathered parameters "
-                     "and a cast shard (at most what the capacity leaves), cached on the copy-in "
-                     "stream, which the compute stream cannot reuse")  # fmt: skip
+                     f"{_gb(sm.gather_pool_bytes)} of buffers: two groups' gathered parameters"
+                     + (" and a cast shard" if prec.param < 4 else "")
+                     + " (at most what the capacity leaves), cached on the copy-in stream, "
+                     "which the compute stream cannot reuse")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip

@@ -125,7 +125,7 @@ class RuntimeProfile:
     scale_grads_before_reduce: bool = False
     # ... and the 1/dp scale runs even at dp 1 (Megatron-LM 2021/2022's local DDP:
     # allreduce_gradients divides its buffer every step; Megatron-Core skips a factor of 1,
-    # param_and_grad_buffer.py l.666)
+    # core/distributed/param_and_grad_buffer.py l.666 at d98e8a64)
     scale_grads_at_dp1: bool = False
     clip_grad_norm: bool = False
     # Megatron's mixed-precision optimizers (Float16OptimizerWithFloat16Params, the distributed

@@ -62,28 +62,20 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     form = "PCIe" if "PCIE" in head else "NVL" if re.search(r"\bNVL\b", head) else ""
     part = (f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
             "modelled: predicted too fast)") if form else ""  # fmt: skip
-    for word, profile, sizes in ((r"\bH800\b", "h800_sxm5_80gb", ("80",)),
-                                 (r"\bA800\b", "a800_sxm4_80gb", ("80",)),
-                                 (r"\bMI300X\b", "mi300x_192gb", ()),
-                                 (r"\bL40S\b", "l40s_48gb", ()),
-                                 (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", ())):  # fmt: skip
-        if re.search(word, head):
-            size = re.search(r"(\d+)\s*GB", head)
-            if sizes and (size is None or size.group(1) not in sizes):
-                what = f"{size.group(1)} GB" if size else "memory size not stated"
-                return (
-                    profile,
-                    False,
-                    "; ".join(
-                        x
-                        for x in (
-                            f"{what}: the {sizes[0]} GB profile; fit verdict not compared",
-                            part,
-                        )
-                        if x
-                    ),
-                )
-            return profile, not form, part
+    size = re.search(r"(\d+)\s*GB", head)
+    for word, profile, size_needed in ((r"\bH800\b", "h800_sxm5_80gb", True),
+                                       (r"\bA800\b", "a800_sxm4_80gb", True),
+                                       (r"\bMI300X\b", "mi300x_192gb", False),
+                                       (r"\bL40S\b", "l40s_48gb", False),
+                                       (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False)):  # fmt: skip
+        if not re.search(word, head):
+            continue
+        nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
+        if (size and size.group(1) != nominal) or (size is None and size_needed):
+            what = f"{size.group(1)} GB" if size else "memory size not stated"
+            note = f"{what}: the {nominal} GB profile; fit verdict not compared"
+            return profile, False, "; ".join(x for x in (note, part) if x)
+        return profile, not form, part
     if "GH200" in head:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
         return "h200_141gb", False, (
             "GH200: the H200 profile (its GPU; the memory size and bandwidth of its 96 GB "
@@ -468,8 +460,9 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
     if rec.source_key == "llama3":
-        # Meta's production framework, not torchtitan's eager default
         out["eager_elementwise"] = False
+        notes.append(f"runtime {name} for Meta's production framework: its element-wise ops "
+                     "fused, not torchtitan's eager default (eager_elementwise false)")  # fmt: skip
     if convention_for(rec).memory_includes_context:
         # a device-level figure (nvidia-smi, NVML): NCCL's buffers count (costs.nccl_memory)
         out["memory_reported"] = "nvidia_smi"
