@@ -125,6 +125,18 @@ def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
     return layers * ar if t.recompute == "selective_op" else 0
 
 
+def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
+                        layers: int) -> tuple[int, int]:  # fmt: skip
+    """(all-gather, reduce-scatter) time of one ZeRO-3 layer of the rank ``sm`` over dp x cp:
+    the layer's gathered parameters (:func:`zero3_layer_bytes`), and its share of the rank's
+    ``layers`` gradients in the reduction's dtype (``memory.wire_grad_bytes``), through each
+    GPU's own NIC under ``runtime.zero3_per_gpu_nic``. The simulation's and the planner's."""
+    flat = sc.runtime.zero3_per_gpu_nic
+    rs_bytes = sm.trainable * wire_grad_bytes(sc, step) // layers
+    return (comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat),
+            comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat))  # fmt: skip
+
+
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
                   chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
     """ZeRO-3: each layer's parameters all-gathered before its compute, its gradients
@@ -133,15 +145,12 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     for stage, ch in chunks.items():
         lo, hi = ch.layers
         sm = mem.stages[step.chunk_rank(stage)]
-        per_layer = zero3_layer_bytes(step, sm)
-        grad = wire_grad_bytes(sc, step)
-        rs_bytes = sm.trainable * grad // max(hi - lo, 1) // step.v
-        flat = sc.runtime.zero3_per_gpu_nic
+        gather, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, max(hi - lo, 1) * step.v)
         out[stage] = replace(
             ch,
-            gather_ns_per_layer=comm.dp_ns(sc, step, "all_gather", per_layer, flat),
-            reduce_scatter_ns_per_layer=comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat),
-            gather_copy_ns_per_layer=gather_copy_out_ns(sc, per_layer),
+            gather_ns_per_layer=gather,
+            reduce_scatter_ns_per_layer=reduce_scatter,
+            gather_copy_ns_per_layer=gather_copy_out_ns(sc, zero3_layer_bytes(step, sm)),
         )
     return out
 

@@ -177,15 +177,16 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         fused = not adam_temporaries(t, sc.runtime.fused_optimizer)
         # torch's unfused Adam: two temporaries of the largest tensor it steps, on DeepSpeed's
         # flat buffers the whole fp32 partition (costs.memory.flat_step_allocations)
-        what = "" if fused else ("2 x 4 B x trainable / dp of Adam temporaries" if flat
-                                 else "2 temporaries of the largest tensor")  # fmt: skip
+        over = " / dp x cp" if p.cp > 1 else " / dp"  # the ZeRO shard (optimizer_shard)
+        what = "" if fused else (f"2 x {prec.state} B x trainable{over} of Adam temporaries"
+                                 if flat else "2 temporaries of the largest tensor")  # fmt: skip
         if prec.master and not prec.grad_accum:
             grads = ("a flat 16-bit copy of the gradient partition and its fp32 cast, "
                      f"{prec.grad} + {prec.master} B" if flat else f"fp32 master gradients, "
                      f"{prec.master} B")  # fmt: skip
             what = (
                 f"{grads} x trainable"
-                + (" / dp" if p.zero_stage else "")
+                + (over if p.zero_stage else "")
                 + (" + " + what if what else "")
             )
         reduce = reduce_copy_bytes(sc, step, sm.trainable)

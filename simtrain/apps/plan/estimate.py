@@ -16,13 +16,14 @@ from simtrain.costs.comm import (
     tp_backward_block_ns,
 )
 from simtrain.costs.compute import chunk_costs, optimizer_step_ns
-from simtrain.costs.memory import StageMemory
+from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
     gather_copy_out_ns,
     grad_passes_ns,
     rank_optimizer_shard,
     tp_recompute_ns,
     zero3_layer_bytes,
+    zero3_layer_comm_ns,
 )
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.spec.scenario import Scenario
@@ -226,16 +227,14 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     parameter all-gather."""
     t, p = sc.training, sc.parallelism
     prec = step.precision
-    grad_bytes = s0.trainable * prec.grad
+    grad_bytes = s0.trainable * wire_grad_bytes(sc, step)  # in the reduction's dtype
     if not (p.dp_cp > 1 and grad_bytes):  # gradients are reduced over dp x cp
         return 0.0
     if p.zero_stage == 3:
-        layers_here = step.rank_layers(0)
-        per_layer = zero3_layer_bytes(step, s0)
+        layers_here = max(step.rank_layers(0), 1)
+        gather, reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)
         gathers = 3 if t.recompute == "full" else 2
-        rs = grad_bytes // max(layers_here, 1)
-        comm = layers_here * (gathers * dp_ns(sc, step, "all_gather", per_layer)
-                              + dp_ns(sc, step, "reduce_scatter", rs))  # fmt: skip
+        comm = layers_here * (gathers * gather + reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total)
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
