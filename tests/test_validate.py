@@ -589,3 +589,16 @@ def test_a_batch_below_one_sequence_is_a_skip_with_its_reason(key: str, training
                             hardware={"gpu": "H100 80GB", "num_gpus": 4 * pp}))  # fmt: skip
     assert isinstance(out, SkipReason)
     assert "training.micro_batch" in out.reason and "must be >= 1" in out.reason
+
+
+@pytest.mark.parametrize(("key", "value"), [("pp", [1]), ("tp", "8"), ("virtual_stages", 0),
+                                            ("dp", 2.5)])  # fmt: skip
+def test_a_degree_that_is_no_integer_is_a_skip_naming_it(key: str, value: object) -> None:
+    """A record's parallelism degree that is not an integer >= 1 is not read as 1 (and never
+    reaches the importers: fuzz seed 26, pp: [1] under a megatron_sc21 id, a TypeError in
+    the pipeline split)."""
+    par = {"tp": 1, "pp": 2, key: value}
+    out = translate(_record(id="megatron_sc21_x", source_key=None, parallelism=par,
+                            hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 4}))  # fmt: skip
+    assert isinstance(out, SkipReason)
+    assert f"parallelism.{key}" in out.reason and "not an integer" in out.reason

@@ -515,7 +515,11 @@ def _model(
 
 def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
             notes: list[str]) -> tuple[int, int, int, int]:  # fmt: skip
-    """(tp, pp, dp, cp); dp from ``hardware.num_gpus`` when the record does not give it."""
+    """(tp, pp, dp, cp); dp from ``hardware.num_gpus`` when the record does not give it. A
+    degree the record gives must be an integer >= 1 (not read as 1)."""
+    for key in ("tp", "pp", "cp", "dp", "virtual_stages"):
+        if p.get(key) is not None and (_int(p[key]) or 0) < 1:
+            raise _NotExpressible(f"parallelism.{key}: {p[key]!r} is not an integer >= 1")
     tp = _int(p.get("tp")) or 1
     pp = _int(p.get("pp")) or 1
     cp = _int(p.get("cp")) or 1
