@@ -520,10 +520,13 @@ def hardware_doc(draw: Drawer) -> dict[str, Any]:
     for k in ("matmul", "memory_bound", "collective", "optimizer"):
         if coin(draw, 0.25):
             eff[k] = choose(draw, 1, 1.0, 1e-6, 0.001, 0.5, 0.999)
-    if coin(draw, 0.25):  # the FlashAttention class: both rates, their edges from 0 rows up
-        for k in ("flash_forward", "flash_backward"):
-            eff[k] = choose(draw, 2, 1e-6, 0.001, 0.5, 1.5)
-            eff[f"{k}_rows_edge"] = choose(draw, 0, 1, 55296, 1e9)
+    if coin(draw, 0.25):  # a FlashAttention class: both rates, their edges from 0 up
+        kernel = choose(draw, "fa2", "fa2", "cudnn", "fa3")
+        cls = doc.setdefault("attention_kernels", {}).setdefault(kernel, {})
+        for k in ("forward", "backward"):
+            cls[k] = choose(draw, 2, 1e-6, 0.001, 0.5, 1.5)
+            cls[f"{k}_rows_edge"] = choose(draw, 0, 1, 55296, 1e9)
+            cls[f"{k}_seq_edge"] = choose(draw, 0, 1, 376, 1e7)
     return doc
 
 

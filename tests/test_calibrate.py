@@ -336,8 +336,10 @@ def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
     a positive forward time and a backward above the timing floor (1e-3 of the call, the
     guard a backward that measured no time falls back to) for every shape, in order."""
     shapes = ((2, 64), (4, 128))
-    times = microbench.measure_flash_attention("cpu", shapes, head_dim=16, repeats=1,
-                                               dtype="fp32")  # fmt: skip
+    by_kernel = microbench.measure_flash_attention("cpu", shapes, head_dim=16, repeats=1,
+                                                   dtype="fp32")  # fmt: skip
+    assert list(by_kernel) == ["fa2"]  # the CPU runs PyTorch's flash backend only
+    times = by_kernel["fa2"]
     assert list(times) == list(shapes)
     assert all(f > 0 and b > 1e-3 * (f + b) for f, b in times.values())
     # the FLOPs each call is credited with, by hand: half of 4·b·s²·H·d forward, 2.5x backward
@@ -346,31 +348,36 @@ def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
 
 
 def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) -> None:
-    """A flash sweep timed as e∞ / (1 + R / rows) of the profile's bf16 peak (generated: e
-    0.6 / 0.45, R 20,480 / 8,192) is fitted back, written, loaded, and priced by the cost
-    model (``compute.flash_core``) at each call's own time."""
-    from simtrain.costs.compute import flash_rows_factor
+    """A flash sweep per SDPA backend timed as e∞ / (1 + R / rows) of the profile's bf16 peak
+    (generated: FlashAttention-2 e 0.6 / 0.45, R 20,480 / 8,192; cuDNN 0.7 / 0.5, 4,096 /
+    1,024) is fitted back per kernel, written, loaded, and priced by the cost model
+    (``compute.flash_core``, the default runtime's fa2) at each call's own time."""
+    from simtrain.costs.compute import flash_time_factor
     from simtrain.torchref.profile_writer import flash_fits, large_gemm_rate
 
     base = _fake(matmul_by_size={"fp32": {1024: 5e10}, "bf16": {1024: 4e10}},
                  matmul_flops_per_s={"fp32": 5e10, "bf16": 4e10})  # fmt: skip
     peak = large_gemm_rate(base, "bf16")
-    truth = ((0.6, 20480.0), (0.45, 8192.0))
-    times = {}
-    for heads, s in microbench.CUDA_FLASH_SHAPES:
-        flops = microbench.flash_causal_flops(heads, s)
-        times[(heads, s)] = tuple(
-            f / (peak * e) * flash_rows_factor(r, heads * s)
-            for f, (e, r) in zip(flops, truth, strict=True)
-        )
+    truth = {"fa2": ((0.6, 20480.0), (0.45, 8192.0)), "cudnn": ((0.7, 4096.0), (0.5, 1024.0))}
+    times: dict[str, dict] = {}
+    for kernel, classes in truth.items():
+        times[kernel] = {}
+        for heads, s in microbench.CUDA_FLASH_SHAPES:
+            flops = microbench.flash_causal_flops(heads, s)
+            times[kernel][(heads, s)] = tuple(
+                f / (peak * e) * flash_time_factor(r, heads * s, 0.0, s)
+                for f, (e, r) in zip(flops, classes, strict=True)
+            )
     cal = dataclasses.replace(base, flash_times=times)
     fits = flash_fits(cal)
-    assert [(f.edge, round(f.efficiency, 12)) for f in fits] == [(20480, 0.6), (8192, 0.45)]
+    assert {k: [(f.edge, round(f.efficiency, 12)) for f in pair] for k, pair in fits.items()} == {
+        "cudnn": [(4096, 0.7), (1024, 0.5)], "fa2": [(20480, 0.6), (8192, 0.45)]}  # fmt: skip
     hw = load_hardware(str(write_profile(tmp_path / "flash.yaml", cal)))
-    eff = hw.efficiency
-    assert (eff.flash_forward_rows_edge, eff.flash_backward_rows_edge) == (20480, 8192)
-    assert (eff.flash_forward, eff.flash_backward) == (pytest.approx(0.6, rel=1e-3),
-                                                       pytest.approx(0.45, rel=1e-3))  # fmt: skip
+    for kernel, ((ef, rf), (eb, rb)) in truth.items():
+        cls = hw.flash_class(kernel)
+        assert (cls.forward_rows_edge, cls.backward_rows_edge) == (rf, rb)
+        assert (cls.forward, cls.backward) == (pytest.approx(ef, rel=1e-3),
+                                               pytest.approx(eb, rel=1e-3))  # fmt: skip
     assert hw.compute_peak("bf16") == pytest.approx(peak, rel=1e-5)
     # the cost model prices each measured call back at its time (to the profile's 4 digits)
     from simtrain.costs.compute import block_flops, flash_core
@@ -386,10 +393,7 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
                           "precision": "bf16"}}, "f.yaml")  # fmt: skip
         fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
         assert (fa.forward_ns, fa.backward_ns) == (
-            pytest.approx(1e9 * times[(heads, s)][0], rel=2e-3),
-            pytest.approx(1e9 * times[(heads, s)][1], rel=2e-3))  # fmt: skip
+            pytest.approx(1e9 * times["fa2"][(heads, s)][0], rel=2e-3),
+            pytest.approx(1e9 * times["fa2"][(heads, s)][1], rel=2e-3))  # fmt: skip
     # no sweep (a CPU): no class in the profile
-    assert (
-        load_hardware(str(write_profile(tmp_path / "none.yaml", base))).efficiency.flash_forward
-        is None
-    )
+    assert load_hardware(str(write_profile(tmp_path / "none.yaml", base))).attention_kernels == ()

@@ -177,22 +177,26 @@ def test_efa_profile_differs_from_h100_only_in_the_network() -> None:
     assert efa.oversubscription == 1.0
 
 
-def test_grand_teton_h100_differs_from_h100_in_its_memory_only() -> None:
+def test_grand_teton_h100_differs_from_h100_in_its_memory_and_power_only() -> None:
     """h100_sxm5_96gb_hbm2e (Meta's Grand Teton H100, torchtitan's benchmarks) is the GH100 chip
     and node of h100_sxm5_80gb with what torchtitan's benchmark files state of it: 96 GB HBM2e
     at 2.4 TB/s (benchmarks/llama3_h100_202412_torchtitan.md, "Hardware"), pointwise kernels at
     2.2 of those 2.4 TB/s (torchao roofline_utils.py, pct_achievable_mem_bw 0.92 "on Meta's H100
-    variant"), 96 GiB less the 80 GB part's 831 MiB that CUDA does not expose. Its 500 W power
-    limit is not modelled: the SXM peak, as the file's own MFU uses."""
+    variant"), 96 GiB less the 80 GB part's 831 MiB that CUDA does not expose, and a 500 W
+    power limit whose peak the file puts "between SXM and NVL": the midpoint of the two
+    datasheets' dense peaks (bf16 835.5 and 989.4 TFLOP/s), every dtype alike."""
     h100, gt = load_hardware("h100_sxm5_80gb"), load_hardware("h100_sxm5_96gb_hbm2e")
     assert gt.hbm_bandwidth_bytes_per_s == approx(2400 * GB)
     assert gt.efficiency.memory_bound == 0.92
     assert gt.memory_bytes == (96 * 1024 - (80 * 1024 - 81089)) * MIB == 97473 * MIB
-    assert gt.peak("bf16") == h100.peak("bf16") and gt.peak("fp8") == h100.peak("fp8")
+    nvl = {"fp32": 60, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5, "fp8": 1670.5}
+    for dtype, low in nvl.items():
+        assert abs(gt.peak(dtype) / ((low * 1e12 + h100.peak(dtype)) / 2) - 1) < 2e-4, dtype
     same = replace(gt, name=h100.name, display_name=h100.display_name,
                    source_file=h100.source_file, memory_bytes=h100.memory_bytes,
                    hbm_bandwidth_bytes_per_s=h100.hbm_bandwidth_bytes_per_s,
-                   efficiency=h100.efficiency)  # fmt: skip
+                   efficiency=h100.efficiency,
+                   peak_flops_per_s=h100.peak_flops_per_s)  # fmt: skip
     assert same == h100
     assert replace(gt.efficiency, memory_bound=h100.efficiency.memory_bound) == h100.efficiency
     # pointwise work at 2,208 GB/s against the 80 GB part's 3,350 x 0.80 = 2,680

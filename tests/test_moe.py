@@ -590,14 +590,13 @@ def test_routed_experts_run_at_the_grouped_gemm_efficiency():
     measured 0.302 and 0.498 with the GEMM shape term): forward = (F - G + L·E) / (peak x 0.498) + G / (peak x 0.302) + bytes /
     (HBM x memory_bound), G = 2·T·h·3·k·f_e / tp (SwiGLU). A profile without the key prices
     them as dense GEMMs (the H100's: G / (peak x matmul))."""
-    import math
 
     from simtrain.costs.compute import block_flops, chunk_costs
     from simtrain.spec.scenario import parse_scenario
 
     def sc(hw: str):
         return parse_scenario({
-            "name": "moe", "hardware": hw,
+            "name": "moe", "hardware": hw, "runtime": "megatron_core",
             "model": {"preset": "mixtral-8x7b", "layers": 2, "flash_attention": True},
             "cluster": {"nodes": 1, "gpus_per_node": 8},
             "training": {"seq_len": 1024, "global_batch": 8, "micro_batch": 1,
@@ -623,10 +622,12 @@ def test_routed_experts_run_at_the_grouped_gemm_efficiency():
 
     e = edge(1024, 6144, 4096) + edge(1024, 4096, 4096) + edge(1024, 8, 4096)
     assert eff.gemm_edge_elements == 40
-    # the attention core (flash attention) is the B200's FlashAttention class: its causal half
-    # at e_f x 1 / (1 + R_f / rows), rows = b·H·s = 32 x 1,024 (test_attention_tables.py)
+    # the attention core (flash attention) is the B200's class of the kernel Megatron-Core calls
+    # (cuDNN's): its causal half at e_f x 1 / (1 + R_f / rows), rows = b·H·s = 32 x 1,024
+    # (test_attention_tables.py)
     core = bf.attention_core
-    flash = core / 2 / (peak * eff.flash_forward) * (1 + eff.flash_forward_rows_edge / (32 * 1024))
+    fa = hw.flash_class("cudnn")
+    flash = core / 2 / (peak * fa.forward) * (1 + fa.forward_rows_edge / (32 * 1024))
     dense_f = bf.forward - bf.grouped - core + eff.gemm_edge_elements * e
     gemm = dense_f / (peak * eff.matmul) + bf.grouped / (peak * eff.grouped)
     assert chunk_costs(b200, 1, False, False, lo=0).forward_ns == pytest.approx(
@@ -636,5 +637,10 @@ def test_routed_experts_run_at_the_grouped_gemm_efficiency():
     assert hh.efficiency.grouped_matmul is None and hh.efficiency.grouped == hh.efficiency.matmul
     mem_h = bf.elementwise_bytes_fwd / (hh.hbm_bandwidth_bytes_per_s * hh.efficiency.memory_bound)
     assert hh.efficiency.gemm_edge_elements == 150  # the same shapes' term, at the H100's L
-    dense = (bf.forward + 150 * e) / (hh.compute_peak("bf16") * hh.efficiency.matmul)
-    assert chunk_costs(h100, 1, False, False, lo=0).forward_ns == math.ceil(1e9 * (dense + mem_h))
+    peak_h = hh.compute_peak("bf16")
+    dense = (bf.forward - core + 150 * e) / (peak_h * hh.efficiency.matmul)
+    # and its cuDNN class, of the FlashAttention-3 paper's H100 sweep: x (1 + S / s), s = 1,024
+    fa_h = hh.flash_class("cudnn")
+    flash_h = core / 2 / (peak_h * fa_h.forward) * (1 + fa_h.forward_seq_edge / 1024)
+    assert chunk_costs(h100, 1, False, False, lo=0).forward_ns == pytest.approx(
+        1e9 * (dense + flash_h + mem_h), abs=2)  # fmt: skip

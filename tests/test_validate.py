@@ -202,11 +202,13 @@ def test_other_sources_regression_bounds(result) -> None:
     bounds = {
         ("megatron_readme", "step_time_s"): (8.0, 16.0),
         ("megatron_readme", "tflops_per_gpu"): (8.0, 16.0),
-        # 37 rows since the two amp_fp8 H100 rows are expressible (fp8_delayed): +41 % and +50 %
-        # too fast at 8,192 tokens (flash attention has no kernel class of its own yet; the H100's
-        # efficiency.matmul re-fitted with the GEMM shape term, 0.50 -> 0.53, made them +2 %)
-        ("mosaicml", "tokens_per_s"): (11.5, 50.0),
-        ("mosaicml", "mfu"): (11.5, 50.0),
+        # 37 rows since the two amp_fp8 H100 rows are expressible (fp8_delayed): +45 % and +54 %
+        # too fast at 8,192 tokens (the H100's efficiency.matmul re-fitted with the GEMM shape
+        # term, 0.50 -> 0.53, made them +2 %; the FlashAttention-2 class, whose causal core at
+        # 0.35 of peak is faster than the GEMM class's full count at 0.53, and the re-fit to 0.54
+        # made them +4 % more: what else these FP8 rows lose is not modelled)
+        ("mosaicml", "tokens_per_s"): (11.5, 55.0),
+        ("mosaicml", "mfu"): (11.5, 55.0),
     }
     for (src, metric), (mape, mx) in bounds.items():
         s = _summary(result, src, metric)

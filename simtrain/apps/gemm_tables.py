@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simtrain.errors import ConfigError
-from simtrain.spec.hardware import FLASH_RATE_MAX
+from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_RATE_MAX
 from simtrain.spec.yamlfile import load_yaml
 
 #: Largest efficiency a table row may state over its peak: the profiles' own cap on kernel
@@ -46,6 +46,9 @@ def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
 
 ATTENTION_TABLES_PATH = GEMM_TABLES_PATH.with_name("attention_tables.yaml")
 ATTENTION_DIRECTIONS = ("forward", "backward")
+#: What a table sweeps (its fitted edge: costs.attention_shape), and what its values are.
+ATTENTION_EDGES = ("rows", "seq")
+ATTENTION_VALUES = ("full_count_efficiency", "tflops")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,27 +56,44 @@ class AttentionTable:
     id: str
     source: str
     profiles: tuple[str, ...]
-    peak_tflops: float  # the dense 16-bit peak the efficiencies are stated against
+    peak_tflops: float  # the dense 16-bit peak of the GPU measured
     direction: str  # forward | backward
-    # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, efficiency of the full count)
+    kernel: str  # spec.hardware.ATTENTION_KERNELS: the profiles' class it sets
+    edge: str  # rows | seq: the variable the table sweeps, whose edge term it fits
+    value: str  # full_count_efficiency | tflops (costs.attention_shape.kernel_rates)
+    causal: bool  # measured with the causal mask
+    # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, value)
     shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
 
 
+def _choice(t: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
+    if t.get(key) not in allowed:
+        raise ConfigError(str(path), f"{t['id']}.{key}", "unknown value", t.get(key),
+                          " | ".join(allowed))  # fmt: skip
+    return t[key]
+
+
 def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionTable]:
-    """The attention-kernel tables of ``path``; every shape has positive sizes and a
-    full-count efficiency in (0, 2] (a causal kernel does half the full count)."""
+    """The attention-kernel tables of ``path``; every shape has positive sizes and a value in
+    (0, 2] as an efficiency (a causal kernel does half the full count) or (0, 2 x peak] in
+    TFLOP/s."""
     tables = []
     for t in load_yaml(path):
-        if t["direction"] not in ATTENTION_DIRECTIONS:
-            raise ConfigError(str(path), f"{t['id']}.direction", "unknown direction",
-                              t["direction"], " | ".join(ATTENTION_DIRECTIONS))  # fmt: skip
+        peak = float(t["peak_tflops"])
+        value = _choice(t, "value", ATTENTION_VALUES, path)
+        top = TABLE_EFFICIENCY_MAX * (peak if value == "tflops" else 1)
         shapes = tuple((*(int(v) for v in row[:6]), float(row[6])) for row in t["shapes"])
         for row in shapes:
-            if min(row[:6]) <= 0 or not 0 < row[6] <= TABLE_EFFICIENCY_MAX:
+            if min(row[:6]) <= 0 or not 0 < row[6] <= top:
                 raise ConfigError(str(path), f"{t['id']}.shapes", "each [batch, seq_len, heads, "
-                                  "kv_heads, qk_head_dim, v_head_dim, efficiency] needs sizes "
-                                  f"> 0 and 0 < efficiency <= {TABLE_EFFICIENCY_MAX:g}",
-                                  list(row))  # fmt: skip
-        tables.append(AttentionTable(t["id"], t["source"], tuple(t["profiles"]),
-                                     float(t["peak_tflops"]), t["direction"], shapes))  # fmt: skip
+                                  f"kv_heads, qk_head_dim, v_head_dim, {value}] needs sizes > 0 "
+                                  f"and 0 < {value} <= {top:g}", list(row))  # fmt: skip
+        if not isinstance(t.get("causal"), bool):
+            raise ConfigError(str(path), f"{t['id']}.causal", "must be true or false",
+                              t.get("causal"))  # fmt: skip
+        tables.append(AttentionTable(
+            t["id"], t["source"], tuple(t["profiles"]), peak,
+            _choice(t, "direction", ATTENTION_DIRECTIONS, path),
+            _choice(t, "kernel", ATTENTION_KERNELS, path),
+            _choice(t, "edge", ATTENTION_EDGES, path), value, t["causal"], shapes))  # fmt: skip
     return tables

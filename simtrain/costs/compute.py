@@ -175,11 +175,11 @@ def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
     return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
-def flash_rows_factor(edge: float, rows: float) -> float:
-    """A FlashAttention call's time over that of its causal FLOPs at the profile's unbounded
-    rate: 1 + R / (b·H·s), with b·H·s the query rows its thread blocks share out
-    (``costs.attention_shape``)."""
-    return 1 + edge / rows
+def flash_time_factor(rows_edge: float, rows: float, seq_edge: float, seq: float) -> float:
+    """A FlashAttention call's time over that of its causal FLOPs at the class's unbounded
+    rate: (1 + R / (b·H·s)) · (1 + S / s), with b·H·s the query rows its thread blocks share
+    out and s the call's query length (``costs.attention_shape``)."""
+    return (1 + rows_edge / rows) * (1 + seq_edge / seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,22 +201,23 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
                grad: bool) -> FlashCore | None:  # fmt: skip
     """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
     as causal FlashAttention kernels where the model uses flash attention and the profile has
-    the kernel class (``efficiency.flash_forward`` / ``flash_backward``), in a 16-bit dtype:
-    each direction's :func:`flash_kernel_flops` / (peak · e) · (1 + R / rows), rows = b · (heads
-    / tp) · s (``costs.attention_shape``). None: the GEMM class prices it."""
+    the class of the kernel the runtime calls (``attention_kernels.<runtime
+    attention_kernel>``), in a 16-bit dtype: each direction's :func:`flash_kernel_flops` /
+    (peak · e) · :func:`flash_time_factor`, rows = b · (heads / tp) · s
+    (``costs.attention_shape``). None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
-    eff = hw.efficiency
+    cls = hw.flash_class(sc.runtime.attention_kernel)
     core = bf.attention_core
-    if not (m.flash_attention and eff.flash_forward and eff.flash_backward and core
-            and dtype in FLASH_DTYPES):  # fmt: skip
+    if not (m.flash_attention and cls and core and dtype in FLASH_DTYPES):
         return None
-    rows = t.micro_batch * t.seq_len_effective * m.heads / sc.parallelism.tp
+    s = t.seq_len_effective
+    rows = t.micro_batch * s * m.heads / sc.parallelism.tp
     peak = hw.compute_peak(dtype)
     f_fl, b_fl = flash_kernel_flops(core, t)
-    fwd = 1e9 * f_fl / (peak * eff.flash_forward) * flash_rows_factor(
-        eff.flash_forward_rows_edge, rows)  # fmt: skip
-    bwd = 1e9 * b_fl / (peak * eff.flash_backward) * flash_rows_factor(
-        eff.flash_backward_rows_edge, rows)  # fmt: skip
+    fwd = 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
+        cls.forward_rows_edge, rows, cls.forward_seq_edge, s)  # fmt: skip
+    bwd = 1e9 * b_fl / (peak * cls.backward) * flash_time_factor(
+        cls.backward_rows_edge, rows, cls.backward_seq_edge, s)  # fmt: skip
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
 
 

@@ -45,19 +45,35 @@ class Efficiency:
     # 2·M·N·K·(1 + L/M + L/N + L/K) / (peak · matmul), so small and skinny GEMMs roll off and
     # ``matmul`` is the rate of an unboundedly large one (costs.compute.gemm_edge). 0: no term.
     gemm_edge_elements: float = 0.0
-    # The FlashAttention kernel class (costs.attention_shape): a causal call's forward and
-    # backward rate of its causal FLOPs / dense peak at unbounded parallelism, and each one's
-    # under-fill edge R in query rows (time x (1 + R / (b·H·s))). None: the attention core is
-    # priced as GEMM FLOPs (full count at ``matmul``), as for a GPU without a measured table.
-    flash_forward: float | None = None
-    flash_forward_rows_edge: float = 0.0
-    flash_backward: float | None = None
-    flash_backward_rows_edge: float = 0.0
 
     @property
     def grouped(self) -> float:
         """The grouped-GEMM efficiency, ``matmul`` where the profile has no measurement."""
         return self.matmul if self.grouped_matmul is None else self.grouped_matmul
+
+
+#: FlashAttention kernels a profile may price and a runtime may call (runtime
+#: ``attention_kernel``): Dao's FlashAttention-2 (the flash-attn 2 package; PyTorch's SDPA flash
+#: backend), FlashAttention-3 (flash-attn's Hopper kernels) and cuDNN's fused attention
+#: (Transformer Engine's FusedAttention; PyTorch's SDPA cuDNN backend).
+ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
+
+
+@dataclass(frozen=True, slots=True)
+class FlashClass:
+    """One FlashAttention kernel's class on this GPU (``attention_kernels.<kernel>``;
+    costs.attention_shape): a causal call's forward and backward rate of its causal FLOPs over
+    the dense 16-bit peak at unbounded parallelism and length, and each one's edges: its time
+    is x (1 + R / (b·H·s)) for few query rows (under-filled GPU) and x (1 + S / s) for short
+    sequences (each thread block's fixed work, and the causal diagonal, over fewer key blocks)."""
+
+    kernel: str
+    forward: float
+    backward: float
+    forward_rows_edge: float = 0.0
+    backward_rows_edge: float = 0.0
+    forward_seq_edge: float = 0.0
+    backward_seq_edge: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,13 @@ class HardwareProfile:
     # Streaming multiprocessors (compute units); 0 = not given. Communication kernels that run
     # on SMs (DeepEP) take their share from the compute that overlaps them.
     sm_count: int = 0
+    # FlashAttention kernel classes measured on this GPU, one per kernel (empty: none; the
+    # attention core of a flash model is then priced as GEMM FLOPs at ``efficiency.matmul``).
+    attention_kernels: tuple[FlashClass, ...] = ()
+
+    def flash_class(self, kernel: str) -> FlashClass | None:
+        """The class of ``kernel`` (one of :data:`ATTENTION_KERNELS`); None: not measured here."""
+        return next((c for c in self.attention_kernels if c.kernel == kernel), None)
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype`` (one of :data:`DTYPES`)."""
@@ -122,7 +145,7 @@ MAXIMA = {
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
     "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
     "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
-    "gemm_edge_elements": 1e6, "flash_forward_rows_edge": 1e9, "flash_backward_rows_edge": 1e9,
+    "gemm_edge_elements": 1e6, "rows_edge": 1e9, "seq_edge": 1e7,
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -149,7 +172,7 @@ HW_KEYS = {
     "name", "display_name", "memory_gib", "peak_tflops", "hbm_bandwidth_gb_per_s", "gpus_per_node",
     "intra_node", "pcie_bandwidth_gb_per_s", "nic_bandwidth_gbit_per_s", "inter_node_latency_us",
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
-    "efficiency", "collectives", "sm_count",
+    "efficiency", "collectives", "sm_count", "attention_kernels",
 }  # fmt: skip
 COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelined",
                     "nccl_channels_one_node")  # fmt: skip
@@ -158,10 +181,11 @@ GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
 INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
 EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul",
-                   "gemm_edge_elements", "flash_forward", "flash_forward_rows_edge",
-                   "flash_backward", "flash_backward_rows_edge")  # fmt: skip
-#: The flash keys that come together: a rate for each direction, or neither.
-FLASH_RATES = ("flash_forward", "flash_backward")
+                   "gemm_edge_elements")  # fmt: skip
+#: The keys of one ``attention_kernels.<kernel>`` class: both rates, each with optional edges.
+FLASH_DIRECTIONS = ("forward", "backward")
+FLASH_KEYS = (*FLASH_DIRECTIONS, *(f"{d}_{e}_edge" for d in FLASH_DIRECTIONS
+                                   for e in ("rows", "seq")))  # fmt: skip
 #: Largest FlashAttention rate over the profile's peak: a calibrated profile's peak is a
 #: measured GEMM rate, which attention kernels can beat (README, "kernel classes"); a datasheet
 #: profile's kernels stay far below it (B200: 0.53 / 0.42). A bound against typos, not a fit.
@@ -194,6 +218,11 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
     if not isinstance(eff, dict):
         raise ConfigError(file, "efficiency", "must be a mapping", eff)
     for k in eff:
+        if isinstance(k, str) and k.startswith("flash_"):
+            raise ConfigError(file, f"efficiency.{k}", "moved: a FlashAttention class is "
+                              "given per kernel, attention_kernels.<kernel>."
+                              f"{k.removeprefix('flash_')}", eff[k],
+                              " | ".join(ATTENTION_KERNELS))  # fmt: skip
         if k not in EFFICIENCY_KEYS:
             raise unknown_key(file, k, "efficiency.", EFFICIENCY_KEYS)
     efficiency = Efficiency(
@@ -205,34 +234,53 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
             _num(eff, "grouped_matmul", file, "efficiency.") if "grouped_matmul" in eff else None
         ),
         gemm_edge_elements=_num(eff, "gemm_edge_elements", file, "efficiency.", default=0.0),
-        **{k: _num(eff, k, file, "efficiency.") if k in eff else None for k in FLASH_RATES},
-        **{
-            f"{k}_rows_edge": _num(eff, f"{k}_rows_edge", file, "efficiency.", default=0.0)
-            for k in FLASH_RATES
-        },
     )
-    given = [k for k in FLASH_RATES if k in eff]
-    if len(given) == 1:
-        missing = next(k for k in FLASH_RATES if k not in eff)
-        raise ConfigError(file, f"efficiency.{missing}", f"missing: with efficiency.{given[0]} "
-                          "the FlashAttention class needs both directions' rates")  # fmt: skip
-    for k in FLASH_RATES:
-        if f"{k}_rows_edge" in eff and k not in eff:
-            raise ConfigError(file, f"efficiency.{k}_rows_edge", f"needs efficiency.{k}: an "
-                              "edge without the rate it scales")  # fmt: skip
     opt = 1.0 if efficiency.optimizer is None else efficiency.optimizer
     for k, v in (("matmul", efficiency.matmul), ("memory_bound", efficiency.memory_bound),
                  ("collective", efficiency.collective), ("optimizer", opt),
-                 ("grouped_matmul", efficiency.grouped),
-                 *((k, getattr(efficiency, k)) for k in given)):  # fmt: skip
-        # a FlashAttention rate is of the profile's peak, which a calibrated profile sets to its
-        # measured GEMM rate: the attention kernel may beat it (up to 2x, as a GEMM table may)
-        top = FLASH_RATE_MAX if k in FLASH_RATES else 1
-        if not 0 < v <= top:
-            raise ConfigError(file, f"efficiency.{k}", f"must be in (0, {top:g}]", v)
+                 ("grouped_matmul", efficiency.grouped)):  # fmt: skip
+        if not 0 < v <= 1:
+            raise ConfigError(file, f"efficiency.{k}", "must be in (0, 1]", v)
         if v < MIN_FRACTION:
             raise ConfigError(file, f"efficiency.{k}", f"must be >= {MIN_FRACTION:g}", v)
     return efficiency
+
+
+def _attention_kernels(data: Any, file: str) -> tuple[FlashClass, ...]:
+    """``attention_kernels``: kernel -> {forward, backward, and optional *_rows_edge,
+    *_seq_edge}; each rate in (0, FLASH_RATE_MAX] (a rate is of the profile's peak, which a
+    calibrated profile sets to its measured GEMM rate: the attention kernel may beat it)."""
+    if data is None:
+        return ()
+    if not isinstance(data, dict):
+        raise ConfigError(file, "attention_kernels", "must be a mapping kernel -> class", data,
+                          " | ".join(ATTENTION_KERNELS))  # fmt: skip
+    classes = []
+    for kernel, cls in data.items():
+        where = f"attention_kernels.{kernel}"
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(file, where, f"unknown kernel{did_you_mean(kernel, ATTENTION_KERNELS)}",
+                              kernel, " | ".join(ATTENTION_KERNELS))  # fmt: skip
+        if not isinstance(cls, dict):
+            raise ConfigError(file, where, "must be a mapping with forward and backward", cls)
+        for k in cls:
+            if k not in FLASH_KEYS:
+                raise unknown_key(file, k, f"{where}.", FLASH_KEYS)
+        for d in FLASH_DIRECTIONS:
+            if d not in cls:
+                raise ConfigError(file, f"{where}.{d}", "missing: a kernel class needs both "
+                                  "directions' rates")  # fmt: skip
+            v = _num(cls, d, file, f"{where}.")
+            if not MIN_FRACTION <= v <= FLASH_RATE_MAX:
+                raise ConfigError(file, f"{where}.{d}", f"must be in [{MIN_FRACTION:g}, "
+                                  f"{FLASH_RATE_MAX:g}]", v)  # fmt: skip
+        edges = {k: _num(cls, k, file, f"{where}.", default=0.0) if k in cls else 0.0
+                 for k in FLASH_KEYS[2:]}  # fmt: skip
+        for k, v in edges.items():
+            top = MAXIMA["rows_edge" if "rows" in k else "seq_edge"]
+            check_range(v, file, f"{where}.{k}", 0.0, top)
+        classes.append(FlashClass(kernel, float(cls["forward"]), float(cls["backward"]), **edges))
+    return tuple(classes)
 
 
 def _collectives(data: Any, file: str) -> dict[str, Any]:
@@ -341,6 +389,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         efficiency=efficiency,
         source_file=file,
         sm_count=sms,
+        attention_kernels=_attention_kernels(data.get("attention_kernels"), file),
         **_collectives(data.get("collectives"), file),
     )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError, did_you_mean, unknown_key
+from simtrain.spec.hardware import ATTENTION_KERNELS
 from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
 
@@ -261,6 +262,11 @@ class RuntimeProfile:
     # that sets no ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size); 0: PyTorch DDP's
     # bucket_cap_mb (25 MB) as ``parallelism.bucket_mb``'s own default.
     reduce_bucket_elements: int = 0
+    # The FlashAttention kernel the framework calls for a flash model's attention (one of
+    # spec.hardware.ATTENTION_KERNELS): its class in the hardware profile
+    # (``attention_kernels.<kernel>``) prices the core; a profile without that kernel's class
+    # prices it as GEMM FLOPs.
+    attention_kernel: str = "fa2"
     source_file: str = ""
 
     @property
@@ -275,7 +281,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "p2p": P2P_MODES, "collective_algorithm": ALGORITHMS, "dispatch": DISPATCH_MODES,
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
-    "cp_attention": CP_ATTENTIONS,
+    "cp_attention": CP_ATTENTIONS, "attention_kernel": ATTENTION_KERNELS,
 }  # fmt: skip
 BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "overlap_grad_reduce",
          "overlap_param_gather", "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer",

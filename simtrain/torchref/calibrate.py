@@ -16,7 +16,7 @@
   shipped profiles' L on published GEMM tables). The profile's peaks become the rates the term
   implies for an unboundedly large GEMM (largest square n: rate x (1 + 3L/n)), and the GEMM
   mix's FLOPs include the term (:func:`gemm_mix_edge`), so the profile still reproduces the mix;
-* **FlashAttention class** (CUDA only; ``efficiency.flash_*``): causal bf16
+* **FlashAttention classes** (CUDA only; ``attention_kernels.<kernel>``): causal bf16
   ``scaled_dot_product_attention`` through PyTorch's FlashAttention-2 and cuDNN fused-attention
   backends, the faster per call, for every (heads, seq_len) of :data:`CUDA_FLASH_SHAPES`
   (batch 1, head dim 128), forward and backward, each

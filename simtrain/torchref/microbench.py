@@ -383,39 +383,43 @@ def flash_causal_flops(heads: int, seq_len: int, head_dim: int = FLASH_HEAD_DIM,
 
 
 def measure_flash_attention(device: str, shapes: tuple[tuple[int, int], ...],
-                            head_dim: int = FLASH_HEAD_DIM, repeats: int = 5,
-                            dtype: str = "bf16") -> dict[tuple[int, int], tuple[float, float]]:  # fmt: skip
-    """(heads, seq_len) -> (forward, backward) seconds of causal
+                            head_dim: int = FLASH_HEAD_DIM, repeats: int = 5, dtype: str = "bf16"
+                            ) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:  # fmt: skip
+    """kernel -> (heads, seq_len) -> (forward, backward) seconds of causal
     ``torch.nn.functional.scaled_dot_product_attention`` over one sequence (q, k and v of shape
-    1 x heads x seq_len x head_dim), in order, stopping at the first shape the device cannot
-    run. Each shape through each fused backend the device runs (``sdpa_kernel`` with
-    :data:`FLASH_BACKENDS`: FlashAttention-2 and, on CUDA, cuDNN's fused attention, which
-    Transformer Engine uses on Hopper and Blackwell), the faster kept per direction; {} where
-    none runs. The backward is the forward-and-backward time less the forward's
+    1 x heads x seq_len x head_dim), in order, each fused backend the device runs on its own
+    (``sdpa_kernel`` with :data:`FLASH_BACKENDS`: FlashAttention-2 as ``fa2`` and, on CUDA,
+    cuDNN's fused attention, which Transformer Engine uses on Hopper and Blackwell, as
+    ``cudnn``), a backend's sweep stopping at the first shape it cannot run; {} where none
+    runs. The backward is the forward-and-backward time less the forward's
     (``torch.autograd.grad``: no gradient accumulation in the timing)."""
     torch = _torch()
     dev = torch.device(device)
     td = _torch_dtype(dtype)
-    out: dict[tuple[int, int], tuple[float, float]] = {}
-    for heads, s in shapes:
-        runs = [t for b in flash_backends(torch, dev)
-                if (t := _time_attention(torch, dev, b, heads, s, head_dim, td, repeats))]  # fmt: skip
-        if not runs:
-            break
-        out[(heads, s)] = (min(f for f, _ in runs), min(b for _, b in runs))
+    out: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
+    for name, backend in flash_backends(torch, dev):
+        times: dict[tuple[int, int], tuple[float, float]] = {}
+        for heads, s in shapes:
+            t = _time_attention(torch, dev, backend, heads, s, head_dim, td, repeats)
+            if not t:
+                break
+            times[(heads, s)] = t
+        if times:
+            out[name] = times
     return out
 
 
-#: SDPA backends the flash sweep times (names in torch.nn.attention.SDPBackend), where present.
-FLASH_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION")
+#: SDPA backends the flash sweep times (names in torch.nn.attention.SDPBackend), where present,
+#: with the kernel (spec.hardware.ATTENTION_KERNELS) each runs.
+FLASH_BACKENDS = (("FLASH_ATTENTION", "fa2"), ("CUDNN_ATTENTION", "cudnn"))
 
 
-def flash_backends(torch: Any, dev: Any) -> list[Any]:
-    """The :data:`FLASH_BACKENDS` this torch has (cuDNN's on CUDA only)."""
+def flash_backends(torch: Any, dev: Any) -> list[tuple[str, Any]]:
+    """(kernel, backend) of the :data:`FLASH_BACKENDS` this torch has (cuDNN's on CUDA only)."""
     from torch.nn.attention import SDPBackend
 
-    names = FLASH_BACKENDS if dev.type == "cuda" else FLASH_BACKENDS[:1]
-    return [getattr(SDPBackend, n) for n in names if hasattr(SDPBackend, n)]
+    pairs = FLASH_BACKENDS if dev.type == "cuda" else FLASH_BACKENDS[:1]
+    return [(k, getattr(SDPBackend, n)) for n, k in pairs if hasattr(SDPBackend, n)]
 
 
 def _time_attention(torch: Any, dev: Any, backend: Any, heads: int, s: int, head_dim: int,

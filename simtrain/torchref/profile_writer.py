@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.costs.attention_shape import fit_flash_rows_edge
+from simtrain.costs.attention_shape import fit_flash_edge
 from simtrain.costs.gemm_shape import EdgeFit, shape_factor
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
@@ -46,9 +46,9 @@ class Calibration:
     # the GEMM shape term fitted on the fp32 shape sweep, and the GEMMs it was fitted on; None:
     # no sweep (L = 0)
     gemm_edge: tuple[EdgeFit, int] | None = None
-    # (heads, seq_len) -> (forward, backward) seconds of causal bf16 FlashAttention over one
-    # sequence of head dim 128 (microbench.measure_flash_attention; CUDA only); {}: none
-    flash_times: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+    # kernel -> (heads, seq_len) -> (forward, backward) seconds of causal bf16 FlashAttention over
+    # one sequence of head dim 128 (microbench.measure_flash_attention; CUDA only); {}: none
+    flash_times: dict[str, dict[tuple[int, int], tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def gemm_edge_elements(self) -> float:
@@ -174,16 +174,19 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
         fit, n = cal.gemm_edge
         lines.append(f"  gemm_edge_elements: {fit.edge:g}        # [meas] GEMM shape "
                      f"term fitted on {n} fp32 GEMMs: {_fit_quality(fit, 'GEMM')}")  # fmt: skip
+    lines.append("  collective: 1.0                 # [na] no collective measured")
     fits = flash_fits(cal)
     if fits:
-        n = len(cal.flash_times)
-        for direction, fit in zip(("forward", "backward"), fits, strict=True):
-            lines.append(f"  flash_{direction}: {fit.efficiency:.4g}           # [meas] causal "
-                         f"bf16 attention {direction} (SDPA flash / cuDNN, the faster) over {n} "
-                         f"shapes (b 1, d {FLASH_HEAD_DIM}): {_fit_quality(fit, 'kernel')}")  # fmt: skip
-            lines.append(f"  flash_{direction}_rows_edge: {fit.edge:g}    # [meas] R, "
-                         "query rows b·H·s (costs.attention_shape)")  # fmt: skip
-    lines.append("  collective: 1.0                 # [na] no collective measured")
+        lines.append("attention_kernels:                # [meas] causal bf16 SDPA per backend "
+                     f"(b 1, d {FLASH_HEAD_DIM}; costs.attention_shape)")  # fmt: skip
+    for kernel, pair in fits.items():
+        n = len(cal.flash_times[kernel])
+        lines.append(f"  {kernel}:")
+        for direction, fit in zip(("forward", "backward"), pair, strict=True):
+            lines.append(f"    {direction}: {fit.efficiency:.4g}           # [meas] {direction} "
+                         f"over {n} shapes: {_fit_quality(fit, 'kernel')}")  # fmt: skip
+            lines.append(f"    {direction}_rows_edge: {fit.edge:g}    # [meas] R, query rows "
+                         "b·H·s")  # fmt: skip
     return lines
 
 
@@ -193,20 +196,25 @@ def _fit_quality(fit: EdgeFit, kernel: str) -> str:
             f"{fit.constant_mape_pct:.2f} %")  # fmt: skip
 
 
-def flash_fits(cal: Calibration) -> tuple[EdgeFit, EdgeFit] | None:
-    """The FlashAttention class (forward, backward) fitted on the calibration's flash sweep,
-    each call's causal FLOPs (``microbench.flash_causal_flops``) over its time and the bf16
-    peak the profile writes (:func:`large_gemm_rate`); None without a sweep of two shapes or a
-    bf16 rate."""
+def flash_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
+    """Each kernel's FlashAttention class (forward, backward) fitted on the calibration's flash
+    sweep of that kernel, each call's causal FLOPs (``microbench.flash_causal_flops``) over its
+    time and the bf16 peak the profile writes (:func:`large_gemm_rate`), R on query rows
+    (``costs.attention_shape.fit_flash_edge``); none for a kernel with fewer than two shapes
+    or without a bf16 rate."""
     peak = large_gemm_rate(cal, "bf16")
-    if len(cal.flash_times) < 2 or peak <= 0:
-        return None
-    tables: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
-    for (heads, s), times in sorted(cal.flash_times.items()):
-        for table, flops, t in zip(tables, flash_causal_flops(heads, s), times, strict=True):
-            table.append((float(heads * s), flops / (t * peak)))
-    fwd, bwd = (fit_flash_rows_edge(tuple(t)) for t in tables)
-    return fwd, bwd
+    out: dict[str, tuple[EdgeFit, EdgeFit]] = {}
+    if peak <= 0:
+        return out
+    for kernel, sweep in sorted(cal.flash_times.items()):
+        if len(sweep) < 2:
+            continue
+        tables: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+        for (heads, s), times in sorted(sweep.items()):
+            for table, flops, t in zip(tables, flash_causal_flops(heads, s), times, strict=True):
+                table.append((float(heads * s), flops / (t * peak)))
+        out[kernel] = (fit_flash_edge(tuple(tables[0])), fit_flash_edge(tuple(tables[1])))
+    return out
 
 
 def large_gemm_rate(cal: Calibration, dtype: str) -> float:
