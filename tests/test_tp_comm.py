@@ -83,12 +83,14 @@ def _runtime(sc: Scenario, **flags: bool) -> Scenario:
     return replace(sc, runtime_profile=replace(sc.runtime, **flags))
 
 
-def _gemm_ns(sc: Scenario, out: int) -> float:
-    """One column-parallel GEMM by hand: M = T = 4,096 tokens, K = h = 4,096, N = out/tp,
+def _gemm_ns(sc: Scenario, out: int, row_in: int = 0) -> float:
+    """One GEMM by hand over M = T = 4,096 tokens: a column-parallel linear's K = h = 4,096 and
+    N = out/tp; a row-parallel one's (``row_in``: its input width) K = row_in/tp, N = out;
     2·M·N·K·(1 + L/M + L/N + L/K) FLOPs (the profile's GEMM shape term L) at its bf16 matmul
     rate."""
     hw = sc.hardware
-    m, n, k = 4096, out // sc.parallelism.tp, 4096
+    tp = sc.parallelism.tp
+    m, n, k = (4096, out, row_in // tp) if row_in else (4096, out // tp, 4096)
     edge = hw.efficiency.gemm_edge_elements
     flops = 2.0 * m * n * k * (1 + edge / m + edge / n + edge / k)
     return 1e9 * flops / (hw.peak("bf16") * hw.efficiency.matmul)
@@ -117,9 +119,14 @@ def test_backward_collectives_by_hand(tp: int) -> None:
         assert hidden == 0
     else:  # across nodes the collectives outlast the GEMMs
         assert hidden > 0
-    # Megatron-Core's --tp-comm-overlap hides the whole sum downstream: nothing subtracted here
+    # Megatron-Core's --tp-comm-overlap with sequence parallelism pairs each collective with
+    # its GEMM: the column linears' as the backward overlap does, and each row-parallel
+    # linear's output-gradient gather pipelined with its input-gradient GEMM (O: K = 4,096 of
+    # q/tp; down: 11,008/tp), exposing max(0, C − G·(tp − 1)/tp)
     tpo = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True, tp_comm_overlap=True)
-    assert tp_backward_block_ns(tpo, step) == 4 * ag + 2 * rs
+    rows = (_gemm_ns(sc, 4096, row_in=4096), _gemm_ns(sc, 4096, row_in=11008))
+    piped = sum(math.ceil(max(0.0, ag - x * (tp - 1) / tp)) for x in rows)
+    assert tp_backward_block_ns(tpo, step) == piped + hidden
 
 
 def test_backward_all_reduce_hides_under_the_weight_gradient_without_sp() -> None:
@@ -234,3 +241,85 @@ def test_tp_overlap_scenario_states_its_own_figures() -> None:
     off = simulate_scenario(off_sc, detail=False).metrics.step_time_s
     assert (round(on, 2), round(off, 2)) == (on_s, off_s)
     assert on < off
+
+
+# ---- TP communication overlap, collective by GEMM (runtime tp_comm_overlap with SP)
+
+
+def test_pipelined_exposure_closed_form() -> None:
+    """A collective of C ns pipelined with its G-ns GEMM in tp chunks takes
+    max(C + G/tp, G): C = 10, G = 8, tp 4 exposes 10 + 2 − 8 = 4; a collective shorter than
+    (tp − 1)/tp of its GEMM exposes nothing; without a GEMM, all of it."""
+    from simtrain.costs.comm import pipelined_exposed_ns
+
+    assert pipelined_exposed_ns(10, 8, 4) == 4
+    assert pipelined_exposed_ns(5, 8, 4) == 0
+    assert pipelined_exposed_ns(10, 0, 8) == 10
+    for c, g, tp in ((3.0, 7.0, 2), (100.0, 40.0, 8), (12.5, 12.5, 16)):
+        assert pipelined_exposed_ns(c, g, tp) == math.ceil(max(c + g / tp, g) - g)
+
+
+@pytest.mark.parametrize("tp", [8, 16])
+def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
+    """Llama 2 7B's forward under --tp-comm-overlap with sequence parallelism: the all-gather
+    before QKV (N = 3·4096/tp) and before gate+up (2·11008/tp), the reduce-scatter after O
+    (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; exposed + hidden
+    is every collective, 2·(all-gather + reduce-scatter); on one node (NVLink) the QKV and
+    O GEMMs are too short to hide theirs."""
+    from simtrain.costs.comm import pipelined_exposed_ns, tp_forward_block
+
+    sc = _runtime(scenario(tp, sp=True), tp_comm_overlap=True)
+    step = resolve(sc)
+    g = step.groups
+    ag = collective_ns(sc, step, "all_gather", step.boundary_bytes, g.tp, g.tp_stride)
+    rs = collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
+    pairs = ((ag, _gemm_ns(sc, 3 * 4096)), (rs, _gemm_ns(sc, 4096, row_in=4096)),
+             (ag, _gemm_ns(sc, 2 * 11008)), (rs, _gemm_ns(sc, 4096, row_in=11008)))  # fmt: skip
+    exposed, hidden = tp_forward_block(sc, step)
+    by_hand = [math.ceil(max(0.0, c - x * (tp - 1) / tp)) for c, x in pairs]
+    assert exposed == pytest.approx(sum(by_hand), abs=4)  # 1 ns rounding per pair
+    assert sum(pipelined_exposed_ns(c, x, tp) for c, x in pairs) == sum(by_hand)
+    assert exposed + hidden == 2 * (ag + rs) == 2 * tp_allreduce_ns(sc, step)
+    assert 0 < exposed < 2 * (ag + rs)
+    # the plain forward exposes them all; so does an overlap without sequence parallelism,
+    # which the lowering overlaps with the whole action instead (max of the two)
+    assert tp_forward_block(_runtime(sc, tp_comm_overlap=False), step) == (2 * (ag + rs), 0)
+    nosp = _runtime(scenario(tp, sp=False), tp_comm_overlap=True)
+    step_n = resolve(nosp)
+    assert tp_forward_block(nosp, step_n) == (2 * tp_allreduce_ns(nosp, step_n), 0)
+    from simtrain.costs.workload import pooled_tp_overlap
+
+    assert pooled_tp_overlap(nosp, step_n) and not pooled_tp_overlap(sc, step)
+
+
+def test_paired_overlap_runs_hidden_parts_beside_forward_and_backward() -> None:
+    """Two nodes of TP (16), pp 2, --tp-comm-overlap with sequence parallelism: each forward
+    and each backward has a "TP overlapped" span on the "tp" stream, starting with its compute
+    and lasting layers x the block's hidden figure; the exposed excess is the TP op after the
+    compute (the sum of the pairs' excesses), and the spans delay nothing."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.comm import tp_backward_block, tp_forward_block
+
+    par = {"tp": 16, "sequence_parallel": True, "pp": 2}
+    sc = scenario(16, sp=True, parallelism=par, training={"global_batch": 4},
+                  runtime={"tp_comm_overlap": True})  # fmt: skip
+    step = resolve(sc)
+    f_exp, f_hid = tp_forward_block(sc, step)
+    b_hid = tp_backward_block(sc, step)[1]
+    assert f_hid > 0 and b_hid > 0
+    res = simulate_scenario(sc)
+    spans = res.timeline.spans
+    compute = {(s.rank, s.stage, s.microbatch, s.kind): s for s in spans
+               if s.stream == "compute" and s.kind in ("F", "B")}  # fmt: skip
+    tp_spans = [s for s in spans if s.stream == "tp"]
+    assert len(tp_spans) == 2 * 2 * 4  # a forward and a backward per micro-batch and stage
+    kinds = []
+    for s in tp_spans:  # each starts with its own action's compute
+        kind = next(k for k in ("F", "B")
+                    if compute[(s.rank, s.stage, s.microbatch, k)].start_ns == s.start_ns)  # fmt: skip
+        kinds.append(kind)
+        assert s.end_ns - s.start_ns == (f_hid if kind == "F" else b_hid)  # one layer a stage
+    assert kinds.count("F") == kinds.count("B") == 2 * 4
+    exposed_tp = [s for s in spans if s.stream == "collective" and s.kind == "TP"]
+    assert any(s.end_ns - s.start_ns == f_exp for s in exposed_tp)
+    assert simulate_scenario(sc, detail=False).metrics.step_time_s == res.metrics.step_time_s

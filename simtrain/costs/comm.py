@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.compute import column_linear_gemm_ns
+from simtrain.costs.compute import column_linear_gemm_ns, tp_linear_group_ns, tp_pairs_gemms
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
@@ -71,6 +71,39 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
+def pipelined_exposed_ns(collective_ns_: float, gemm_ns: float, tp: int) -> int:
+    """What a TP collective pipelined with its GEMM in ``tp`` chunks leaves exposed: the chunk
+    of the rank's own shard needs no transfer, and each other chunk's transfer runs beside the
+    previous chunk's GEMM, so the pair takes max(C + G/tp, G) and exposes
+    max(0, C − G·(tp − 1)/tp) beyond the GEMM (C the collective's time, G the GEMM's). The
+    reduce-scatter's mirror image (each chunk's GEMM, then its transfer beside the next) is
+    priced alike."""
+    return math.ceil(max(0.0, collective_ns_ - gemm_ns * (tp - 1) / tp))
+
+
+def tp_forward_block(sc: Scenario, step: ResolvedStep, gathers_only: bool = False
+                     ) -> tuple[int, int]:  # fmt: skip
+    """(exposed, hidden) TP communication of one block's forward: two all-reduces
+    (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
+    halves), all exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
+    their GEMMs overlaps the sum with the whole action: ``sim.lowering.passes.tp_pass``). Where
+    :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
+    the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
+    GEMM group (``costs.compute.tp_linear_group_ns``). ``gathers_only``: the two all-gathers
+    alone (a selective_op recompute's, whose reduce-scatter outputs are saved)."""
+    ar = tp_allreduce_ns(sc, step)
+    if not tp_pairs_gemms(sc):
+        return (ar if gathers_only else 2 * ar), 0
+    g, size = step.groups, step.boundary_bytes
+    ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
+    rs = 0 if gathers_only else collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
+    gemm = tp_linear_group_ns(sc)
+    exposed = sum(pipelined_exposed_ns(c, gemm[k], g.tp)
+                  for c, k in ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"),
+                               (rs, "mlp_out")))  # fmt: skip
+    return exposed, 2 * (ag + rs) - exposed
+
+
 def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
     """Exposed TP communication of one block's backward: :func:`tp_backward_block`'s first
     (its hidden part is drawn on the "tp" stream: ``sim.lowering.passes.tp_overlap_span_pass``)."""
@@ -95,7 +128,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ``input_grad_only``: the backward of an I/W split (zero-bubble, DualPipe's I actions): no
     weight-gradient GEMM to hide the reduction behind, and no re-gather (Megatron defers it with
     the weight gradient, ``wgrad_compute=False``; simtrain charges the W action no TP time). With
-    ``tp_comm_overlap`` the whole sum (overlapped with the action's compute downstream).
+    ``tp_comm_overlap`` that does not pair collectives with GEMMs the whole sum (overlapped with
+    the action's compute downstream); one that does (``costs.compute.tp_pairs_gemms``) as
+    ``tp_backward_overlap``, and each row-parallel linear's output-gradient gather
+    :func:`pipelined_exposed_ns` with its input-gradient GEMM.
     Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
@@ -106,9 +142,13 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     gemms = column_linear_gemm_ns(sc)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
     if not gemms:
         return 2 * tp_allreduce_ns(sc, step), 0
-    # Under tp_comm_overlap every TP collective of the action overlaps its whole compute
-    # (sim.lowering.passes.tp_pass): the sum is what that overlap hides, not what is exposed.
-    overlap = rt.tp_backward_overlap and not rt.tp_comm_overlap
+    # Under a tp_comm_overlap that does not pair collectives with GEMMs every TP collective of
+    # the action overlaps its whole compute (sim.lowering.passes.tp_pass): the sum is what that
+    # overlap hides, not what is exposed. Where it pairs them (tp_pairs_gemms), as the
+    # backward overlap does, and each row-parallel linear's output-gradient all-gather is
+    # pipelined with its input-gradient GEMM.
+    paired = tp_pairs_gemms(sc) and not input_grad_only
+    overlap = (rt.tp_backward_overlap and not rt.tp_comm_overlap) or paired
     wgrad = (0.0,) * len(gemms) if input_grad_only else gemms
 
     def exposed(collective_ns_: int, gemm_ns: float) -> int:
@@ -122,10 +162,15 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
     rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
-    row_gathers = 2 * ag  # the row-parallel linears' output gradients, before their GEMMs
+    # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
+    if paired:
+        row = tp_linear_group_ns(sc)
+        row_gathers = sum(pipelined_exposed_ns(ag, row[k], g.tp) for k in ("attn_out", "mlp_out"))
+    else:
+        row_gathers = 2 * ag
     column = sum(exposed(regather, d) + exposed(rs, w)
                  for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
-    return row_gathers + column, len(gemms) * (regather + rs) - column
+    return row_gathers + column, len(gemms) * (regather + rs) - column + 2 * ag - row_gathers
 
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:

@@ -526,6 +526,52 @@ def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
                  for n, k in shapes)  # fmt: skip
 
 
+def tp_pairs_gemms(sc: Scenario) -> bool:
+    """Whether the runtime's TP communication overlap (``tp_comm_overlap``) runs each TP
+    collective pipelined with the GEMM that consumes or produces it
+    (``costs.comm.pipelined_exposed_ns``): with sequence parallelism, in a dense block whose
+    linears are Megatron's (not MLA, no experts). Transformer Engine's userbuffers overlap
+    (Megatron-Core ``--tp-comm-overlap``, which needs ``--sequence-parallel``) and PyTorch's
+    async TP (torch._inductor micro_pipeline_tp: an all-gather fused with the matmuls of its
+    output, a matmul with the reduce-scatter of its output, ``fused_all_gather_matmul`` /
+    ``fused_matmul_reduce_scatter`` in torch/distributed/_symmetric_memory) both work GEMM by
+    GEMM. (Each GEMM then runs as tp chunks of M/tp rows; their lower efficiency is not
+    priced: at the GEMM shape term's L it cost Megatron-Core's H100 rows 11 points, −5 → −17 %,
+    which Transformer Engine's concurrent chunk streams do not pay; README.)"""
+    m, p = sc.model, sc.parallelism
+    return (sc.runtime.tp_comm_overlap and p.sequence_parallel and p.tp > 1 and not m.is_mla
+            and not m.is_moe)  # fmt: skip
+
+
+#: The linears of a dense block by the TP collective each group shares (Megatron, with sequence
+#: parallelism: the all-gather before the attention's and the MLP's column-parallel inputs, the
+#: reduce-scatter after their row-parallel outputs).
+TP_LINEAR_GROUPS = {"attn_in": ("q", "k", "v"), "attn_out": ("o",),
+                    "mlp_in": ("gate", "up"), "mlp_out": ("down",)}  # fmt: skip
+
+
+def tp_linear_group_ns(sc: Scenario) -> dict[str, float]:
+    """One micro-batch's forward GEMM time on one TP rank of each :data:`TP_LINEAR_GROUPS`
+    group of a dense, non-MLA block, in ns: the group's GEMMs as the runtime runs them (fused Q/K/V
+    and gate/up with ``fused_qkv`` / ``fused_gate_up``, each at :func:`dense_linear_gemms`'s
+    shape with its shape term), over T = b·s tokens (s/cp per GPU). Each GEMM's input- and
+    weight-gradient GEMMs have its FLOPs."""
+    m, p, rt = sc.model, sc.parallelism, sc.runtime
+    t = cp_rank_training(sc.training, p.cp)
+    prec = PRECISIONS[t.precision]
+    dtype = prec.gemm_dtype or prec.compute_dtype
+    tokens = t.micro_batch * t.seq_len_effective
+    gemms = dense_linear_gemms(m, p.tp, fused=(rt.fused_qkv, rt.fused_gate_up))
+    names = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
+    out = {}
+    for group, linears in TP_LINEAR_GROUPS.items():
+        keys = dict.fromkeys(names.get(x, x) for x in linears)
+        out[group] = sum(_matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype,
+                                    edge=gemm_edge(tokens, n, k))
+                         for n, k in (gemms[x] for x in keys if x in gemms))  # fmt: skip
+    return out
+
+
 def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
     """Element-wise work: ``n_bytes`` at HBM bandwidth x ``efficiency.memory_bound``, in ns."""
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)

@@ -16,6 +16,7 @@ from simtrain.costs.compute import (
     optimizer_grad_read_bytes,
     optimizer_shard,
     optimizer_step_ns,
+    tp_pairs_gemms,
 )
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
@@ -34,7 +35,7 @@ from simtrain.spec.scenario import Scenario
 def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDurations]:
     """Virtual stage -> durations of its work for one micro-batch."""
     t = sc.training
-    ar = comm.tp_allreduce_ns(sc, step)
+    tp_fwd, tp_fwd_hidden = comm.tp_forward_block(sc, step)
     tp_bwd, tp_bwd_hidden = comm.tp_backward_block(sc, step)
     tp_i = comm.tp_backward_block_ns(sc, step, input_grad_only=True)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
@@ -42,6 +43,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     for stage, ch in enumerate(step.chunks):
         c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
         n = ch.layers
+        tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
         ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
         # selective_op replays the whole forward op by op too (cached outputs included).
         host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
@@ -52,11 +54,12 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             input_grad_ns=c.input_grad_ns,
             weight_grad_ns=c.weight_grad_ns,
             recompute_ns=c.recompute_ns,
-            tp_forward_ns=2 * n * ar,
+            tp_forward_ns=n * tp_fwd,
             tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
             tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
-            tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
-            tp_recompute_ns=tp_recompute_ns(sc, n, ar),
+            tp_backward_hidden_ns=(n * tp_bwd_hidden + tp_r_hidden) if c.input_grad_ns else 0,
+            tp_forward_hidden_ns=n * tp_fwd_hidden,
+            tp_recompute_ns=tp_r,
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),
             layers=(ch.lo, ch.hi),
@@ -87,16 +90,16 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     if not 0 <= layer < m.layers:
         raise ValueError(f"layer {layer}: the model has blocks 0 .. {m.layers - 1}")
     c = chunk_costs(sc, 1, False, False, layer)
-    ar = comm.tp_allreduce_ns(sc, step)
+    tp_f, _ = comm.tp_forward_block(sc, step)
     tp_bwd, _ = comm.tp_backward_block(sc, step)
     a2a = comm.ep_layer_alltoall_ns(sc, step) if m.is_moe_layer(layer) else 0
     tp_b = tp_bwd if c.input_grad_ns else 0
-    tp_r = tp_recompute_ns(sc, 1, ar) if c.recompute_ns else 0
+    tp_r = tp_recompute_block(sc, step, 1)[0] if c.recompute_ns else 0
     backward = c.input_grad_ns + c.weight_grad_ns + c.recompute_ns
-    if sc.runtime.tp_comm_overlap:  # passes.tp_pass: max(compute, TP) instead of the sum
-        forward, backward = max(c.forward_ns, 2 * ar), max(backward, tp_b + tp_r)
-    else:
-        forward, backward = c.forward_ns + 2 * ar, backward + tp_b + tp_r
+    if pooled_tp_overlap(sc, step):  # passes.tp_pass: max(compute, TP) instead of the sum
+        forward, backward = max(c.forward_ns, tp_f), max(backward, tp_b + tp_r)
+    else:  # the exposed parts (all of it without an overlap)
+        forward, backward = c.forward_ns + tp_f, backward + tp_b + tp_r
     a2a_r = a2a if c.recompute_ns and t.recompute == "full" else 0
     return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
 
@@ -112,6 +115,26 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     if rank == other:
         return 0
     return comm.p2p_send_ns(sc, step, rank, other - rank)
+
+
+def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
+    """A ``tp_comm_overlap`` that overlaps an action's TP collectives with all of its compute
+    (``passes.tp_pass``: max instead of the sum), where they are not paired GEMM by GEMM
+    (``costs.compute.tp_pairs_gemms``: without sequence parallelism, MLA or experts)."""
+    return sc.runtime.tp_comm_overlap and step.groups.tp > 1 and not tp_pairs_gemms(sc)
+
+
+def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[int, int]:
+    """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays
+    (:func:`tp_recompute_ns`); paired with the recomputed GEMMs as the forward's where
+    ``costs.compute.tp_pairs_gemms`` (a full recompute's four collectives, a selective_op one's two
+    all-gathers)."""
+    ar = comm.tp_allreduce_ns(sc, step)
+    plain = tp_recompute_ns(sc, layers, ar)
+    if not plain or not tp_pairs_gemms(sc):
+        return plain, 0
+    e, h = comm.tp_forward_block(sc, step, gathers_only=sc.training.recompute != "full")
+    return layers * e, layers * h
 
 
 def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
@@ -483,7 +506,7 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
         plan = data_parallel_plan(sc, step, sm.params, sm.trainable, sm.reduce_gradient_bytes,
                                   rep.reduce_gradient_bytes)  # fmt: skip
     return LoweringInput(step.schedule, step.pp, step.v, chunks, ranks, activation, working, loss,
-                         blocking, sc.runtime.tp_comm_overlap and step.groups.tp > 1,
+                         blocking, pooled_tp_overlap(sc, step),
                          overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
                          comm_sm_share=comm.deepep_sm_share(sc), data_parallel=plan,
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,

@@ -12,8 +12,8 @@ from simtrain.costs.comm import (
     dp_ns,
     ep_layer_alltoall_ns,
     p2p_send_ns,
-    tp_allreduce_ns,
     tp_backward_block_ns,
+    tp_forward_block,
 )
 from simtrain.costs.compute import chunk_costs, optimizer_step_ns
 from simtrain.costs.memory import StageMemory, wire_grad_bytes
@@ -21,7 +21,7 @@ from simtrain.costs.workload import (
     gather_copy_out_ns,
     grad_passes_ns,
     rank_optimizer_shard,
-    tp_recompute_ns,
+    tp_recompute_block,
     zero3_layer_bytes,
     zero3_layer_comm_ns,
 )
@@ -57,8 +57,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
 
     - Per micro-batch and rank: ``costs.chunk_costs`` of each of its chunks (forward,
       recompute, input and weight gradients) plus Megatron's TP all-reduces
-      (``costs.comm.tp_allreduce_ns``: 2 per layer after F, 2 more after a full recompute;
-      after B ``costs.comm.tp_backward_block_ns``), as ``costs.workload`` lowers them.
+      (``costs.comm.tp_forward_block``'s exposed part after F, ``costs.workload.tp_recompute_block``'s
+      with a recompute, ``costs.comm.tp_backward_block_ns`` after B), as ``costs.workload``
+      lowers them (a tp_comm_overlap that is not paired GEMM by GEMM is priced without it).
     - Pipeline (uniform-stage closed forms; Narayanan et al. 2021 Eq. 1 and §2.2.2; formulas.md
       §3): ``m·T_max + (p−1)·T_avg/v`` for GPipe, 1F1B and interleaved (bubble (p−1)/(v·m+p−1)
       of the total); ZB-H1 ``m·T_max + (p−1)·(T_F + T_I − T_W)`` (Qi et al. 2024, "Zero Bubble
@@ -144,7 +145,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     """Per micro-batch: the costs of each pipeline rank (the sum over the chunks it holds) and
     those of stage 0's first chunk."""
     blocks = step.chunks
-    ar = tp_allreduce_ns(sc, step)
+    tp_fwd = tp_forward_block(sc, step)[0]
     tp_bwd = tp_backward_block_ns(sc, step)
     a2a = ep_layer_alltoall_ns(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
@@ -156,13 +157,13 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             n = b.layers
             c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
             tp_b = n * tp_bwd if c.input_grad_ns else 0
-            tp_r = tp_recompute_ns(sc, n, ar) if c.recompute_ns else 0
+            tp_r = tp_recompute_block(sc, step, n)[0] if c.recompute_ns else 0
             # expert parallelism: dispatch + combine per MoE layer (costs.workload)
             ep_f = (n - key[3]) * a2a if sc.model.is_moe else 0
             ep_b = (ep_f if c.input_grad_ns else 0) + (
                 ep_f if sc.training.recompute == "full" else 0
             )
-            cache[key] = _Rank(c.forward_ns + 2 * n * ar + ep_f,
+            cache[key] = _Rank(c.forward_ns + n * tp_fwd + ep_f,
                                c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
                                c.weight_grad_ns)  # fmt: skip
         return key

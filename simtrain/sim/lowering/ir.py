@@ -18,9 +18,12 @@ class ChunkDurations:
     tp_forward_ns: int = 0  # exposed TP communication after the forward
     tp_backward_ns: int = 0  # ... after the backward (B: input and weight gradients)
     tp_input_grad_ns: int = 0  # ... after an input-gradient-only backward (I of an I/W split)
-    # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap; an I
-    # action hides none): on the "tp" stream beside it (``passes.tp_overlap_span_pass``).
+    # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap, or a
+    # tp_comm_overlap that pairs them with their GEMMs: costs.comm.tp_pairs_gemms; an I action
+    # hides none), and an F action (the paired tp_comm_overlap): on the "tp" stream beside it
+    # (``passes.tp_overlap_span_pass``).
     tp_backward_hidden_ns: int = 0
+    tp_forward_hidden_ns: int = 0
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage

@@ -302,13 +302,14 @@ def tp_pass(ir: StepIR) -> None:
 
 
 def tp_overlap_span_pass(ir: StepIR) -> None:
-    """The TP collectives a backward hides under its own GEMMs (runtime
-    ``tp_backward_overlap``: ``costs.comm.tp_backward_block``'s hidden part) as one span on the
-    "tp" stream that starts with the backward's compute: its first B slice (after any
-    recompute), once that slice's dependencies and its predecessor on the compute stream are
-    done; this pass runs last, when every other pass has added its dependencies. An I action of
-    an I/W split hides nothing. Nothing waits for the span: the exposed excess is the TP op
-    after the compute. Only with ``StepIR.overlap_spans``."""
+    """The TP collectives an action hides under its own GEMMs (runtime ``tp_backward_overlap``:
+    ``costs.comm.tp_backward_block``'s hidden part; a ``tp_comm_overlap`` that pairs each
+    collective with its GEMM: that and ``costs.comm.tp_forward_block``'s) as one span on the
+    "tp" stream that starts with the action's compute: a backward's first B slice (after any
+    recompute), a forward's first F slice, once that slice's dependencies and its predecessor
+    on the compute stream are done; this pass runs last, when every other pass has added its
+    dependencies. An I action of an I/W split hides nothing. Nothing waits for the span: the
+    exposed excess is the TP op after the compute. Only with ``StepIR.overlap_spans``."""
     if not ir.overlap_spans:
         return
     for r in ir.ranks.values():
@@ -316,10 +317,13 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
         for g in r.groups:
             compute = [op for op in g.ops if op.stream == "compute"]
             a = g.action
-            is_b = a is not None and a.kind == "B"
-            hidden = ir.inp.chunks[a.stage].tp_backward_hidden_ns if is_b else 0
+            kind = a.kind if a is not None and a.kind in ("F", "B") else ""
+            hidden = 0
+            if kind:
+                c = ir.inp.chunks[a.stage]
+                hidden = c.tp_backward_hidden_ns if kind == "B" else c.tp_forward_hidden_ns
             if hidden:
-                i = next(k for k, op in enumerate(compute) if op.kind == "B")
+                i = next(k for k, op in enumerate(compute) if op.kind == kind)
                 before = compute[i - 1] if i else prev
                 deps = [*compute[i].deps, *([before] if before is not None else [])]
                 g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {g.label}", hidden, deps,
