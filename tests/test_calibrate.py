@@ -373,6 +373,14 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
     assert {k: [(f.edge, round(f.efficiency, 12)) for f in pair] for k, pair in fits.items()} == {
         "cudnn": [(4096, 0.7), (1024, 0.5)], "fa2": [(20480, 0.6), (8192, 0.45)]}  # fmt: skip
     hw = load_hardware(str(write_profile(tmp_path / "flash.yaml", cal)))
+    # the command's printed table names each kernel's class and its own shape count
+    from simtrain.torchref.profile_writer import calibration_table
+
+    table = calibration_table(cal)
+    n = len(microbench.CUDA_FLASH_SHAPES)
+    for kernel, ((ef, rf), _) in truth.items():
+        assert f"FlashAttention {kernel} (causal bf16, {n} shapes): forward {ef:.3f}" in table
+        assert f"R {rf:g} rows" in table
     for kernel, ((ef, rf), (eb, rb)) in truth.items():
         cls = hw.flash_class(kernel)
         assert (cls.forward_rows_edge, cls.backward_rows_edge) == (rf, rb)

@@ -416,6 +416,20 @@ def test_megatron_legacy_attention_is_not_flash(tmp_path: Path) -> None:
     assert load_imported(megatron_flags(tmp_path, BASE + "--fp16", gpus=8)).model.flash_attention
 
 
+@pytest.mark.parametrize(("flags", "kernel"), [
+    ("", "cudnn"), ("--attention-backend auto ", "cudnn"), ("--attention-backend fused ", "cudnn"),
+    ("--attention-backend flash ", "fa2"), ("--use-flash-attn ", "cudnn"),
+])  # fmt: skip
+def test_megatron_core_attention_backend_picks_the_kernel(tmp_path: Path, flags: str,
+                                                          kernel: str) -> None:  # fmt: skip
+    """Megatron-Core's Transformer Engine attention runs cuDNN's FusedAttention on Hopper unless
+    the script asks for the flash backend (flash-attn's kernel): runtime attention_kernel.
+    Megatron-Core's --use-flash-attn is parsed but read nowhere (d98e8a64): no change."""
+    sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags, gpus=8))
+    assert sc.runtime.name == "megatron_core" and sc.model.flash_attention
+    assert sc.runtime.attention_kernel == kernel
+
+
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
     f.write_text(BASE + "--bf16 --fp8-format hybrid --fp8-recipe blockwise --context-parallel-size 2 "

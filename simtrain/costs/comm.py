@@ -131,7 +131,9 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ``tp_comm_overlap`` that does not pair collectives with GEMMs the whole sum (overlapped with
     the action's compute downstream); one that does (``costs.compute.tp_pairs_gemms``) as
     ``tp_backward_overlap``, and each row-parallel linear's output-gradient gather
-    :func:`pipelined_exposed_ns` with its input-gradient GEMM.
+    :func:`pipelined_exposed_ns` with its input-gradient GEMM; in an I action (no weight
+    gradient) each column linear's reduce-scatter pipelined with the input-gradient GEMM it
+    follows.
     Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
@@ -147,7 +149,7 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     # overlap hides, not what is exposed. Where it pairs them (tp_pairs_gemms), as the
     # backward overlap does, and each row-parallel linear's output-gradient all-gather is
     # pipelined with its input-gradient GEMM.
-    paired = tp_pairs_gemms(sc) and not input_grad_only
+    paired = tp_pairs_gemms(sc)
     overlap = (rt.tp_backward_overlap and not rt.tp_comm_overlap) or paired
     wgrad = (0.0,) * len(gemms) if input_grad_only else gemms
 
@@ -168,8 +170,11 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         row_gathers = sum(pipelined_exposed_ns(ag, row[k], g.tp) for k in ("attn_out", "mlp_out"))
     else:
         row_gathers = 2 * ag
-    column = sum(exposed(regather, d) + exposed(rs, w)
-                 for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
+    if paired and input_grad_only:  # no weight gradient: each reduce-scatter pipelined with
+        column = sum(pipelined_exposed_ns(rs, d, g.tp) for d in gemms)  # the GEMM it follows
+    else:
+        column = sum(exposed(regather, d) + exposed(rs, w)
+                     for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
     return row_gathers + column, len(gemms) * (regather + rs) - column + 2 * ag - row_gathers
 
 

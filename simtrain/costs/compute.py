@@ -177,8 +177,9 @@ def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
 
 def flash_time_factor(rows_edge: float, rows: float, seq_edge: float, seq: float) -> float:
     """A FlashAttention call's time over that of its causal FLOPs at the class's unbounded
-    rate: (1 + R / (b·H·s)) · (1 + S / s), with b·H·s the query rows its thread blocks share
-    out and s the call's query length (``costs.attention_shape``)."""
+    rate: (1 + R / (b·H·s)) · (1 + S / s'), with b·H·s the query rows its thread blocks share
+    out and s' the call's query length, plus twice a prefix every query sees (``flash_core``;
+    ``costs.attention_shape``)."""
     return (1 + rows_edge / rows) * (1 + seq_edge / seq)
 
 
@@ -212,12 +213,16 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
         return None
     s = t.seq_len_effective
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
+    # The short-sequence edge is fixed work per query block over the key blocks it sees:
+    # s/2 of them on average in a causal call, plus all of a prefix-tuning prefix's P, so the
+    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2).
+    seq = s + 2 * (t.kv_len - s * t.cp_shards)
     peak = hw.compute_peak(dtype)
     f_fl, b_fl = flash_kernel_flops(core, t)
     fwd = 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
-        cls.forward_rows_edge, rows, cls.forward_seq_edge, s)  # fmt: skip
+        cls.forward_rows_edge, rows, cls.forward_seq_edge, seq)  # fmt: skip
     bwd = 1e9 * b_fl / (peak * cls.backward) * flash_time_factor(
-        cls.backward_rows_edge, rows, cls.backward_seq_edge, s)  # fmt: skip
+        cls.backward_rows_edge, rows, cls.backward_seq_edge, seq)  # fmt: skip
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
 
 

@@ -60,7 +60,7 @@ def fit_edge_term(efficiencies: list[float], factors: Callable[[float], list[flo
     """The :class:`EdgeFit` of a rate term e_i = e∞ / f_i(edge):
     the edge of ``grid`` whose x_i = e_i·f_i(edge) (``factors(edge)``, one per measured
     efficiency) have the smallest :func:`_best_efficiency` MAPE, the first of ties. The search of
-    :func:`fit_gemm_edge` and of ``costs.attention_shape.fit_flash_rows_edge``."""
+    :func:`fit_gemm_edge` and of ``costs.attention_shape.fit_flash_edge``."""
     if len(efficiencies) < 2:
         raise ValueError("an edge term needs at least two measured shapes")
     best = None

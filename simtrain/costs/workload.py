@@ -82,8 +82,10 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     all-reduces, or their reduce-scatter / all-gather halves with sequence parallelism); the
     backward's input and weight gradients with its recompute and the collectives they expose
     (those the runtime overlaps with the weight-gradient GEMMs, ``tp_backward_overlap``, only
-    where they outlast it; with ``tp_comm_overlap`` the longer of compute and collectives, as
-    ``passes.tp_pass`` runs them), and an MoE block's all-to-alls. The same terms
+    where they outlast it; with a ``tp_comm_overlap`` that pairs them with their GEMMs,
+    ``costs.comm.tp_forward_block``'s and ``tp_backward_block``'s exposed parts; with one that
+    does not, the longer of compute and collectives, as ``passes.tp_pass`` runs them), and an
+    MoE block's all-to-alls. The same terms
     :func:`chunk_durations` gives a chunk of blocks, for one block without the embedding or the
     head."""
     t, m = sc.training, sc.model

@@ -18,10 +18,10 @@
   mix's FLOPs include the term (:func:`gemm_mix_edge`), so the profile still reproduces the mix;
 * **FlashAttention classes** (CUDA only; ``attention_kernels.<kernel>``): causal bf16
   ``scaled_dot_product_attention`` through PyTorch's FlashAttention-2 and cuDNN fused-attention
-  backends, the faster per call, for every (heads, seq_len) of :data:`CUDA_FLASH_SHAPES`
-  (batch 1, head dim 128), forward and backward, each
+  backends, each its own class (``fa2``, ``cudnn``), for every (heads, seq_len) of
+  :data:`CUDA_FLASH_SHAPES` (batch 1, head dim 128), forward and backward, each
   call's causal FLOPs over its time and the bf16 peak, fitted by
-  ``costs.attention_shape.fit_flash_rows_edge`` (the fit that set the B200 profile's on
+  ``costs.attention_shape.fit_flash_edge`` on query rows (the fit that set the B200 profile's on
   SimuMax's sweep); a CPU has no flash kernel and gets no class;
 * **memory bandwidth**: a copy (``y.copy_(x)``: read + write) and an add (``torch.add(x, y,
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /

@@ -302,11 +302,10 @@ def calibration_table(cal: Calibration) -> str:
         fit, n = cal.gemm_edge
         lines.append(f"GEMM shape term: L = {fit.edge:g} over {n} fp32 GEMMs "
                      f"({_fit_quality(fit, 'GEMM')})")  # fmt: skip
-    fits = flash_fits(cal)
-    if fits:
-        lines.append(f"FlashAttention (causal bf16, {len(cal.flash_times)} shapes): forward "
-                     f"{fits[0].efficiency:.3f} of peak, R {fits[0].edge:g} rows; backward "
-                     f"{fits[1].efficiency:.3f}, R {fits[1].edge:g}")  # fmt: skip
+    for kernel, (fwd, bwd) in flash_fits(cal).items():
+        lines.append(f"FlashAttention {kernel} (causal bf16, {len(cal.flash_times[kernel])} "
+                     f"shapes): forward {fwd.efficiency:.3f} of peak, R {fwd.edge:g} rows; "
+                     f"backward {bwd.efficiency:.3f}, R {bwd.edge:g}")  # fmt: skip
     if cal.elementwise_bytes_per_s:
         lo, hi = cal.elementwise_spread
         lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"

@@ -170,6 +170,13 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
              if legacy else "Megatron-Core (no flag of Megatron-LM 2021)"))  # fmt: skip
     if legacy and f.bool_("--no-async-tensor-model-parallel-allreduce"):
         runtime["tp_backward_overlap"] = False
+    if not legacy and f.value("--attention-backend") == "flash":
+        # Transformer Engine's FlashAttention backend instead of its cuDNN FusedAttention
+        # (megatron_core's attention_kernel): flash-attn 2, or 3 where installed. Megatron-Core's
+        # --use-flash-attn is parsed and read nowhere (d98e8a64 arguments.py l.2910): no change.
+        runtime["attention_kernel"] = "fa2"
+        r.assume("--attention-backend flash: flash-attn's kernel (FlashAttention-2; set "
+                 "runtime.attention_kernel fa3 where flash-attn 3 is installed)")  # fmt: skip
 
     # ---- layout (the vocabulary padding needs tp)
     tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1

@@ -214,9 +214,9 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
             "--attention-dropout",
             str(model["dropout"]),
         ]
-    if model.get("flash_attention"):
-        w.append("--use-flash-attn")
-    elif not legacy:  # Transformer Engine's fused attention is Megatron-Core's default
+    if model.get("flash_attention"):  # Megatron-Core: Transformer Engine's, its default
+        w += ["--use-flash-attn"] if legacy else []
+    elif not legacy:
         w += ["--transformer-impl", "local"]
     return w
 

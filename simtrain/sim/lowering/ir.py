@@ -19,9 +19,9 @@ class ChunkDurations:
     tp_backward_ns: int = 0  # ... after the backward (B: input and weight gradients)
     tp_input_grad_ns: int = 0  # ... after an input-gradient-only backward (I of an I/W split)
     # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap, or a
-    # tp_comm_overlap that pairs them with their GEMMs: costs.comm.tp_pairs_gemms; an I action
-    # hides none), and an F action (the paired tp_comm_overlap): on the "tp" stream beside it
-    # (``passes.tp_overlap_span_pass``).
+    # tp_comm_overlap that pairs them with their GEMMs: costs.compute.tp_pairs_gemms), and an F
+    # action (the paired tp_comm_overlap): on the "tp" stream beside it
+    # (``passes.tp_overlap_span_pass``). What a paired I action hides is not drawn.
     tp_backward_hidden_ns: int = 0
     tp_forward_hidden_ns: int = 0
     tp_recompute_ns: int = 0
@@ -195,7 +195,8 @@ class LoweringInput:
     # Pipeline receives synchronise the host (the receiver reads the message's metadata on the
     # host before receiving the tensor: spec.runtime "blocking" p2p).
     blocking_p2p: bool = False
-    # TP collectives overlapped with the action's GEMMs (spec.runtime tp_comm_overlap).
+    # TP collectives overlapped with all of the action's compute (spec.runtime tp_comm_overlap
+    # where it does not pair them with their GEMMs: costs.workload.pooled_tp_overlap).
     tp_comm_overlap: bool = False
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).

@@ -270,11 +270,12 @@ def activation_offload_pass(ir: StepIR) -> None:
 def tp_pass(ir: StepIR) -> None:
     """Megatron tensor parallelism (Narayanan et al. 2021 §3.2): the TP all-reduces of an
     action, on the "collective" stream after its last compute slice, on the critical path:
-    the action is done when they are. With TP communication overlap (Megatron-Core
-    ``--tp-comm-overlap``: Transformer Engine splits each GEMM into chunks and pipelines the
-    all-gather / reduce-scatter of one chunk with the GEMM of the next) they start with the
-    action's compute and the action ends when both have: max(compute, TP) instead of the sum.
-    (The collectives a backward hides under its own GEMMs: :func:`tp_overlap_span_pass`.)"""
+    the action is done when they are (with a TP overlap that pairs each collective with its
+    GEMM, ``costs.compute.tp_pairs_gemms``, only their exposed excess: the hidden part is
+    :func:`tp_overlap_span_pass`'s). With the pooled overlap (``LoweringInput.tp_comm_overlap``:
+    ``tp_comm_overlap`` without sequence parallelism, or with MLA or experts) they start with
+    the action's compute and the action ends when both have: max(compute, TP) instead of the
+    sum."""
     overlap = ir.inp.tp_comm_overlap
     for r in ir.ranks.values():
         for g in r.groups:
