@@ -364,3 +364,14 @@ def test_short_sequence_edge_counts_a_prefix_twice():
     causal = 4 * 512 * 1024 * (256 + 512 / 2)  # b·s·H·d·(P + s/2) x 4
     want = 1e9 * causal / (peak * cls.forward) * (1 + cls.forward_seq_edge / (512 + 2 * 256))
     assert fa.forward_ns == pytest.approx(want, rel=1e-12)
+
+
+def test_run_table_says_how_the_attention_core_is_priced():
+    """`simtrain run` names the kernel class that priced a flash model's attention, or says
+    it was priced as GEMM FLOPs where the GPU has no class of the runtime's kernel."""
+    from simtrain.report.tables import attention_line
+
+    h100 = _scenario("h100_sxm5_80gb")
+    assert attention_line(h100) == "attention        cudnn kernel class of h100_sxm5_80gb"
+    a100 = _scenario("a100_sxm4_80gb", runtime="torchtitan")
+    assert attention_line(a100).startswith("attention        fa2: no class in a100_sxm4_80gb")

@@ -206,6 +206,18 @@ def phases_table(phased: Any) -> str:
     return "\n".join(lines)
 
 
+def attention_line(sc: Any) -> str:
+    """How a flash model's attention core is priced: the hardware profile's class of the kernel
+    the runtime calls (``attention_kernels.<kernel>``), or GEMM FLOPs where the profile has none."""
+    kernel = sc.runtime.attention_kernel
+    if sc.hardware.flash_class(kernel):
+        return f"attention        {kernel} kernel class of {sc.hardware.name}"
+    return (
+        f"attention        {kernel}: no class in {sc.hardware.name}, priced as GEMM FLOPs "
+        "(full s² count at efficiency.matmul)"
+    )
+
+
 def run_table(res: Any, phased: Any = None) -> str:
     """The terminal view of ``simtrain run`` (with both LP-FT phases: their table last)."""
     mt, sc = res.metrics, res.scenario
@@ -227,6 +239,7 @@ def run_table(res: Any, phased: Any = None) -> str:
         f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",
+        *([attention_line(sc)] if sc.model.flash_attention else []),
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",
