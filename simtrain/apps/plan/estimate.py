@@ -20,6 +20,7 @@ from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
     gather_copy_out_ns,
     grad_passes_ns,
+    pooled_tp_overlap,
     rank_optimizer_shard,
     tp_recompute_block,
     zero3_layer_bytes,
@@ -59,7 +60,8 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
       recompute, input and weight gradients) plus Megatron's TP all-reduces
       (``costs.comm.tp_forward_block``'s exposed part after F, ``costs.workload.tp_recompute_block``'s
       with a recompute, ``costs.comm.tp_backward_block_ns`` after B), as ``costs.workload``
-      lowers them (a tp_comm_overlap that is not paired GEMM by GEMM is priced without it).
+      lowers them (with a tp_comm_overlap that is not paired GEMM by GEMM, the longer of an
+      action's compute and its collectives, as ``passes.tp_pass``).
     - Pipeline (uniform-stage closed forms; Narayanan et al. 2021 Eq. 1 and §2.2.2; formulas.md
       §3): ``m·T_max + (p−1)·T_avg/v`` for GPipe, 1F1B and interleaved (bubble (p−1)/(v·m+p−1)
       of the total); ZB-H1 ``m·T_max + (p−1)·(T_F + T_I − T_W)`` (Qi et al. 2024, "Zero Bubble
@@ -147,6 +149,7 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     blocks = step.chunks
     tp_fwd = tp_forward_block(sc, step)[0]
     tp_bwd = tp_backward_block_ns(sc, step)
+    pooled = pooled_tp_overlap(sc, step)
     a2a = ep_layer_alltoall_ns(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
@@ -163,9 +166,14 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             ep_b = (ep_f if c.input_grad_ns else 0) + (
                 ep_f if sc.training.recompute == "full" else 0
             )
-            cache[key] = _Rank(c.forward_ns + n * tp_fwd + ep_f,
-                               c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
-                               c.weight_grad_ns)  # fmt: skip
+            if pooled:  # passes.tp_pass: an action's TP collectives beside all its compute
+                bwd = max(c.recompute_ns + c.input_grad_ns + c.weight_grad_ns, tp_b + tp_r)
+                cache[key] = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f,
+                                   bwd - c.weight_grad_ns + ep_b, c.weight_grad_ns)  # fmt: skip
+            else:
+                cache[key] = _Rank(c.forward_ns + n * tp_fwd + ep_f,
+                                   c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
+                                   c.weight_grad_ns)  # fmt: skip
         return key
 
     rank_cache: dict[tuple, _Rank] = {}
