@@ -354,7 +354,21 @@ def test_split_backward_keeps_the_paired_overlap() -> None:
     assert tp_backward_block_ns(sc, step, input_grad_only=True) == pytest.approx(
         sum(piped), abs=4)  # fmt: skip
     assert tp_backward_block_ns(sc, step, input_grad_only=True) < 2 * (ag + rs)
-    zb = simulate_scenario(sc, detail=False).metrics.step_time_s
+    res = simulate_scenario(sc)
+    zb = res.metrics.step_time_s
     one = simulate_scenario(replace(sc, parallelism=replace(sc.parallelism, schedule="1f1b")),
                             detail=False).metrics.step_time_s  # fmt: skip
     assert zb <= one
+    # what the I actions hide is drawn beside them on the "tp" stream, as for F and B
+    from simtrain.costs.comm import tp_backward_block
+
+    hidden_i = tp_backward_block(sc, step, input_grad_only=True)[1]
+    i_ops = {(s.rank, s.stage, s.microbatch): s for s in res.timeline.spans
+             if s.stream == "compute" and s.kind == "I"}  # fmt: skip
+    layers = sc.model.layers // 2
+    i_spans = [s for s in res.timeline.spans if s.stream == "tp"
+               and i_ops.get((s.rank, s.stage, s.microbatch)) is not None
+               and i_ops[(s.rank, s.stage, s.microbatch)].start_ns == s.start_ns]  # fmt: skip
+    assert hidden_i > 0 and len(i_spans) == len(i_ops) == 2 * 8
+    assert all(s.end_ns - s.start_ns == layers * hidden_i for s in i_spans)
+    assert simulate_scenario(sc, detail=False).metrics.step_time_s == zb

@@ -37,7 +37,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
     t = sc.training
     tp_fwd, tp_fwd_hidden = comm.tp_forward_block(sc, step)
     tp_bwd, tp_bwd_hidden = comm.tp_backward_block(sc, step)
-    tp_i = comm.tp_backward_block_ns(sc, step, input_grad_only=True)
+    tp_i, tp_i_hidden = comm.tp_backward_block(sc, step, input_grad_only=True)
     a2a = comm.ep_layer_alltoall_ns(sc, step)
     out: dict[int, ChunkDurations] = {}
     for stage, ch in enumerate(step.chunks):
@@ -59,6 +59,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
             tp_backward_hidden_ns=(n * tp_bwd_hidden + tp_r_hidden) if c.input_grad_ns else 0,
             tp_forward_hidden_ns=n * tp_fwd_hidden,
+            tp_input_grad_hidden_ns=(n * tp_i_hidden + tp_r_hidden) if c.input_grad_ns else 0,
             tp_recompute_ns=tp_r,
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),

@@ -21,9 +21,10 @@ class ChunkDurations:
     # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap, or a
     # tp_comm_overlap that pairs them with their GEMMs: costs.compute.tp_pairs_gemms), and an F
     # action (the paired tp_comm_overlap): on the "tp" stream beside it
-    # (``passes.tp_overlap_span_pass``). What a paired I action hides is not drawn.
+    # (``passes.tp_overlap_span_pass``), and an I action of an I/W split (the paired overlap).
     tp_backward_hidden_ns: int = 0
     tp_forward_hidden_ns: int = 0
+    tp_input_grad_hidden_ns: int = 0
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage

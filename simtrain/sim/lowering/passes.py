@@ -309,8 +309,9 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
     "tp" stream that starts with the action's compute: a backward's first B slice (after any
     recompute), a forward's first F slice, once that slice's dependencies and its predecessor
     on the compute stream are done; this pass runs last, when every other pass has added its
-    dependencies. An I action of an I/W split hides nothing. Nothing waits for the span: the
-    exposed excess is the TP op after the compute. Only with ``StepIR.overlap_spans``."""
+    dependencies. An I action of an I/W split hides what the paired overlap pipelines with its
+    input-gradient GEMMs (with ``tp_backward_overlap`` alone, nothing). Nothing waits for the
+    span: the exposed excess is the TP op after the compute. Only with ``StepIR.overlap_spans``."""
     if not ir.overlap_spans:
         return
     for r in ir.ranks.values():
@@ -318,11 +319,12 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
         for g in r.groups:
             compute = [op for op in g.ops if op.stream == "compute"]
             a = g.action
-            kind = a.kind if a is not None and a.kind in ("F", "B") else ""
+            kind = a.kind if a is not None and a.kind in ("F", "B", "I") else ""
             hidden = 0
             if kind:
                 c = ir.inp.chunks[a.stage]
-                hidden = c.tp_backward_hidden_ns if kind == "B" else c.tp_forward_hidden_ns
+                hidden = {"F": c.tp_forward_hidden_ns, "B": c.tp_backward_hidden_ns,
+                          "I": c.tp_input_grad_hidden_ns}[kind]  # fmt: skip
             if hidden:
                 i = next(k for k, op in enumerate(compute) if op.kind == kind)
                 before = compute[i - 1] if i else prev
