@@ -375,3 +375,5 @@ def test_run_table_says_how_the_attention_core_is_priced():
     assert attention_line(h100) == "attention        cudnn kernel class of h100_sxm5_80gb"
     a100 = _scenario("a100_sxm4_80gb", runtime="torchtitan")
     assert attention_line(a100).startswith("attention        fa2: no class in a100_sxm4_80gb")
+    fp32 = _scenario("h100_sxm5_80gb", precision="fp32")  # flash_core prices no fp32 core
+    assert attention_line(fp32).startswith("attention        fp32: priced as GEMM FLOPs")

@@ -343,7 +343,7 @@ def test_flash_sweep_runs_each_shape_on_the_cpu() -> None:
     assert list(by_kernel) == ["fa2"]  # the CPU runs PyTorch's flash backend only
     times = by_kernel["fa2"]
     assert list(times) == list(shapes)
-    assert all(f > 0 and b > 0 for f, b in times.values())
+    assert all(f > 0 and b > 0 for f, b in times.values())  # (not the backward's share)
     # the FLOPs each call is credited with, by hand: half of 4·b·s²·H·d forward, 2.5x backward
     assert microbench.flash_causal_flops(8, 4096) == (4 * 4096**2 * 8 * 128 / 2,
                                                       2.5 * 4 * 4096**2 * 8 * 128 / 2)  # fmt: skip

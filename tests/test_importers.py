@@ -428,6 +428,10 @@ def test_megatron_core_attention_backend_picks_the_kernel(tmp_path: Path, flags:
     sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags, gpus=8))
     assert sc.runtime.name == "megatron_core" and sc.model.flash_attention
     assert sc.runtime.attention_kernel == kernel
+    # the local implementation has no flash attention: its backend flag picks no kernel
+    local = load_imported(megatron_flags(tmp_path, BASE + "--bf16 --transformer-impl local "
+                                         + flags, gpus=8))  # fmt: skip
+    assert not local.model.flash_attention and local.runtime.attention_kernel == "cudnn"
 
 
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:

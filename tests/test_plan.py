@@ -870,8 +870,12 @@ def test_layout_scenarios_drop_runtime_options_they_have_nothing_for() -> None:
             check_runtime_options(sc, rt, "best.yaml")
 
 
-@pytest.mark.parametrize("sp", [True, False])
-def test_closed_form_prices_the_tp_overlap_as_the_simulation(sp: bool) -> None:
+@pytest.mark.parametrize(("sp", "pp", "schedule", "tp"), [
+    (True, 1, "1f1b", 16), (False, 1, "1f1b", 16),
+    (True, 2, "zb_h1", 16), (False, 2, "zb_h1", 32),  # I and W apart: the I action's collectives
+])  # fmt: skip
+def test_closed_form_prices_the_tp_overlap_as_the_simulation(sp: bool, pp: int, schedule: str,
+                                                             tp: int) -> None:  # fmt: skip
     """--tp-comm-overlap on two nodes of TP (16): with sequence parallelism each collective
     pipelined with its GEMM, the exposed excess after the action; without it the collectives
     beside all of the action's compute (passes.tp_pass). The pre-screen prices both as the
@@ -882,10 +886,11 @@ def test_closed_form_prices_the_tp_overlap_as_the_simulation(sp: bool) -> None:
     data = {"name": "tpo", "model": {"preset": "llama2-7b", "layers": 8, "flash_attention": True},
             "hardware": "h100_sxm5_80gb",
             "runtime": {"name": "megatron_core", "tp_comm_overlap": True, "host_us_per_op": 0},
-            "cluster": {"nodes": 2, "gpus_per_node": 8},
+            "cluster": {"nodes": tp * pp // 8, "gpus_per_node": 8},
             "training": {"seq_len": 4096, "global_batch": 8, "micro_batch": 1,
                          "precision": "bf16"},
-            "parallelism": {"tp": 16, "sequence_parallel": sp}}  # fmt: skip
+            "parallelism": {"tp": tp, "pp": pp, "schedule": schedule,
+                            "sequence_parallel": sp}}  # fmt: skip
     sc = parse_scenario(data, "tpo.yaml", ROOT)
     est = closed_form_step_s(sc, memory_check(sc))
     assert est == pytest.approx(simulate_scenario(sc, detail=False).metrics.step_time_s, rel=0.03)

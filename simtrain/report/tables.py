@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from simtrain.costs.compute import FLASH_DTYPES
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
 
@@ -210,6 +212,9 @@ def attention_line(sc: Any) -> str:
     """How a flash model's attention core is priced: the hardware profile's class of the kernel
     the runtime calls (``attention_kernels.<kernel>``), or GEMM FLOPs where the profile has none."""
     kernel = sc.runtime.attention_kernel
+    dtype = PRECISIONS[sc.training.precision].compute_dtype
+    if dtype not in FLASH_DTYPES:
+        return f"attention        {dtype}: priced as GEMM FLOPs (FlashAttention runs in 16-bit)"
     if sc.hardware.flash_class(kernel):
         return f"attention        {kernel} kernel class of {sc.hardware.name}"
     return (

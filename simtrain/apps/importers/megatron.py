@@ -170,7 +170,8 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
              if legacy else "Megatron-Core (no flag of Megatron-LM 2021)"))  # fmt: skip
     if legacy and f.bool_("--no-async-tensor-model-parallel-allreduce"):
         runtime["tp_backward_overlap"] = False
-    if not legacy and f.value("--attention-backend") == "flash":
+    te = (f.value("--transformer-impl") or "transformer_engine") == "transformer_engine"
+    if not legacy and te and f.value("--attention-backend") == "flash":
         # Transformer Engine's FlashAttention backend instead of its cuDNN FusedAttention
         # (megatron_core's attention_kernel): flash-attn 2, or 3 where installed. Megatron-Core's
         # --use-flash-attn is parsed and read nowhere (d98e8a64 arguments.py l.2910): no change.
@@ -290,7 +291,13 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool) -> dict[str, Any]:
     # without --transformer-impl runs the "local" implementation.
     impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
     backend = f.value("--attention-backend") or "auto"
-    flash = f.bool_("--use-flash-attn") or (
+    # (Megatron-Core parses --use-flash-attn and reads it nowhere, d98e8a64: its local
+    # implementation's attention is the unfused one)
+    use_flash = f.bool_("--use-flash-attn")
+    if use_flash and not legacy:
+        r.assume("--use-flash-attn: parsed and read nowhere by Megatron-Core (d98e8a64 "
+                 "arguments.py l.2910): --transformer-impl and --attention-backend decide")  # fmt: skip
+    flash = (legacy and use_flash) or (
         impl == "transformer_engine" and backend in ("auto", "flash", "fused")
     )
     model: dict[str, Any] = {

@@ -148,7 +148,8 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     those of stage 0's first chunk."""
     blocks = step.chunks
     tp_fwd = tp_forward_block(sc, step)[0]
-    tp_bwd = tp_backward_block_ns(sc, step)
+    split = step.traits.split_backward  # I and W apart: the I action's collectives
+    tp_bwd = tp_backward_block_ns(sc, step, input_grad_only=split)
     pooled = pooled_tp_overlap(sc, step)
     a2a = ep_layer_alltoall_ns(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
@@ -167,9 +168,10 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
                 ep_f if sc.training.recompute == "full" else 0
             )
             if pooled:  # passes.tp_pass: an action's TP collectives beside all its compute
-                bwd = max(c.recompute_ns + c.input_grad_ns + c.weight_grad_ns, tp_b + tp_r)
-                cache[key] = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f,
-                                   bwd - c.weight_grad_ns + ep_b, c.weight_grad_ns)  # fmt: skip
+                w = 0 if split else c.weight_grad_ns  # in the same action as the input gradient
+                bwd = max(c.recompute_ns + c.input_grad_ns + w, tp_b + tp_r) - w
+                cache[key] = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f, bwd + ep_b,
+                                   c.weight_grad_ns)  # fmt: skip
             else:
                 cache[key] = _Rank(c.forward_ns + n * tp_fwd + ep_f,
                                    c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,

@@ -25,6 +25,7 @@ class ChunkDurations:
     tp_backward_hidden_ns: int = 0
     tp_forward_hidden_ns: int = 0
     tp_input_grad_hidden_ns: int = 0
+    tp_recompute_hidden_ns: int = 0  # ... and a recompute (paired overlap), beside its R slice
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage

@@ -307,7 +307,8 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
     ``costs.comm.tp_backward_block``'s hidden part; a ``tp_comm_overlap`` that pairs each
     collective with its GEMM: that and ``costs.comm.tp_forward_block``'s) as one span on the
     "tp" stream that starts with the action's compute: a backward's first B slice (after any
-    recompute), a forward's first F slice, once that slice's dependencies and its predecessor
+    recompute; the recompute's own hidden collectives beside its R slice), a forward's first F
+    slice, once that slice's dependencies and its predecessor
     on the compute stream are done; this pass runs last, when every other pass has added its
     dependencies. An I action of an I/W split hides what the paired overlap pipelines with its
     input-gradient GEMMs (with ``tp_backward_overlap`` alone, nothing). Nothing waits for the
@@ -320,17 +321,22 @@ def tp_overlap_span_pass(ir: StepIR) -> None:
             compute = [op for op in g.ops if op.stream == "compute"]
             a = g.action
             kind = a.kind if a is not None and a.kind in ("F", "B", "I") else ""
-            hidden = 0
+            spans: list[tuple[str, int]] = []  # (the compute slice a span starts with, ns)
             if kind:
                 c = ir.inp.chunks[a.stage]
-                hidden = {"F": c.tp_forward_hidden_ns, "B": c.tp_backward_hidden_ns,
-                          "I": c.tp_input_grad_hidden_ns}[kind]  # fmt: skip
-            if hidden:
-                i = next(k for k, op in enumerate(compute) if op.kind == kind)
+                if kind != "F" and any(op.kind == "R" for op in compute):
+                    spans.append(("R", c.tp_recompute_hidden_ns))
+                spans.append((kind, {"F": c.tp_forward_hidden_ns, "B": c.tp_backward_hidden_ns,
+                                     "I": c.tp_input_grad_hidden_ns}[kind]))  # fmt: skip
+            for slice_kind, hidden in spans:
+                if not hidden:
+                    continue
+                i = next(k for k, op in enumerate(compute) if op.kind == slice_kind)
                 before = compute[i - 1] if i else prev
                 deps = [*compute[i].deps, *([before] if before is not None else [])]
-                g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {g.label}", hidden, deps,
-                                microbatch=a.microbatch, stage=a.stage))  # fmt: skip
+                what = "recompute " if slice_kind == "R" else ""
+                g.ops.append(Op(r.rank, "tp", "TP", f"TP overlapped {what}{g.label}", hidden,
+                                deps, microbatch=a.microbatch, stage=a.stage))  # fmt: skip
             prev = compute[-1] if compute else prev
 
 
