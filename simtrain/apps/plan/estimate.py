@@ -15,7 +15,9 @@ from simtrain.costs.comm import (
     tp_backward_block_ns,
     tp_forward_block,
 )
-from simtrain.costs.compute import chunk_costs, optimizer_step_ns
+from simtrain.costs.compute import StageCosts, chunk_costs, optimizer_step_ns
+from simtrain.costs.data_parallel import is_data_parallel
+from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
     gather_copy_out_ns,
@@ -170,12 +172,12 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             if pooled:  # passes.tp_pass: an action's TP collectives beside all its compute
                 w = 0 if split else c.weight_grad_ns  # in the same action as the input gradient
                 bwd = max(c.recompute_ns + c.input_grad_ns + w, tp_b + tp_r) - w
-                cache[key] = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f, bwd + ep_b,
-                                   c.weight_grad_ns)  # fmt: skip
+                gpu = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f, bwd + ep_b, c.weight_grad_ns)
             else:
-                cache[key] = _Rank(c.forward_ns + n * tp_fwd + ep_f,
-                                   c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
-                                   c.weight_grad_ns)  # fmt: skip
+                gpu = _Rank(c.forward_ns + n * tp_fwd + ep_f,
+                            c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
+                            c.weight_grad_ns)  # fmt: skip
+            cache[key] = _host_bound(sc, n, c, gpu, split)
         return key
 
     rank_cache: dict[tuple, _Rank] = {}
@@ -189,6 +191,29 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
 
     ranks = [rank(r) for r in range(step.pp)]
     return ranks, cache[chunk(0)]
+
+
+def _host_bound(sc: Scenario, layers: int, c: StageCosts, gpu: _Rank, split: bool) -> _Rank:
+    """A chunk's per-micro-batch costs no shorter than the host's time to issue them (runtime
+    ``host_us_per_op``; ``costs.host.action_host_ns``, the forward once per data-parallel
+    replica where one process drives them all): each action the longer of its GPU time and
+    its host time, a split backward's host time shared between I and W in proportion to their
+    GPU time (``sim.lowering.ChunkDurations.host_ns``). Not here: nanotron's per-tensor
+    gradient adds."""
+    t = sc.training
+    host_f, host_b = action_host_ns(sc, layers, t.recompute in ("full", "selective_op"))
+    if not (host_f or host_b):
+        return gpu
+    if is_data_parallel(sc):
+        host_f *= sc.parallelism.dp
+    host_b = host_b if c.input_grad_ns or c.weight_grad_ns else 0
+    f = max(gpu.forward_ns, host_f)
+    if split:
+        total = c.input_grad_ns + c.weight_grad_ns
+        h_i = host_b * c.input_grad_ns // total if total else host_b
+        return _Rank(f, max(gpu.input_ns, h_i), max(gpu.weight_ns, host_b - h_i))
+    b = max(gpu.input_ns + gpu.weight_ns, host_b)
+    return _Rank(f, b - gpu.weight_ns, gpu.weight_ns)
 
 
 def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
