@@ -377,3 +377,26 @@ def test_run_table_says_how_the_attention_core_is_priced():
     assert attention_line(a100).startswith("attention        fa2: no class in a100_sxm4_80gb")
     fp32 = _scenario("h100_sxm5_80gb", precision="fp32")  # flash_core prices no fp32 core
     assert attention_line(fp32).startswith("attention        fp32: priced as GEMM FLOPs")
+
+
+def test_short_sequence_edge_is_per_ring_step_under_context_parallelism():
+    """cp 4 on an H100 (FlashAttention-2 class, S > 0): each ring step is its own kernel call
+    over the rank's s/cp = 2,048 queries and as many keys, so the forward's factor is
+    1 + S / 2,048 on the rank's causal FLOPs (a quarter of the sequence's queries seeing half
+    of its 8,192 keys on average: 4·(s/cp)·H·d·(s/2)), worked here by hand."""
+    from simtrain.costs.compute import cp_rank_training, flash_core
+
+    sc = parse_scenario(
+        {"name": "c", "hardware": "h100_sxm5_80gb", "runtime": "torchtitan",
+         "model": {"layers": 1, "hidden": 1024, "heads": 8, "ffn_hidden": 4096, "vocab": 1024,
+                   "max_positions": 8192, "flash_attention": True},
+         "cluster": {"nodes": 1, "gpus_per_node": 4},
+         "training": {"seq_len": 8192, "global_batch": 1, "micro_batch": 1,
+                      "precision": "bf16"},
+         "parallelism": {"cp": 4}}, "c.yaml")  # fmt: skip
+    t = cp_rank_training(sc.training, 4)
+    cls, peak = sc.hardware.flash_class("fa2"), sc.hardware.compute_peak("bf16")
+    fa = flash_core(sc, t, block_flops(sc.model, t), "bf16", True)
+    causal = 4 * 2048 * 1024 * 8192 / 2
+    want = 1e9 * causal / (peak * cls.forward) * (1 + cls.forward_seq_edge / 2048)
+    assert fa.forward_ns == pytest.approx(want, rel=1e-12)

@@ -113,12 +113,12 @@ def test_backward_collectives_by_hand(tp: int) -> None:
     regather = _runtime(sc, tp_backward_overlap=False, tp_regather_backward=True)
     assert tp_backward_block_ns(regather, step) == 4 * ag + 2 * rs
     both = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True)
-    hidden = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
-    assert tp_backward_block_ns(both, step) == 2 * ag + hidden
+    exposed_cols = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
+    assert tp_backward_block_ns(both, step) == 2 * ag + exposed_cols
     if tp == 8:  # NVLink: every GEMM outlasts its collective, only the row gathers show
-        assert hidden == 0
+        assert exposed_cols == 0
     else:  # across nodes the collectives outlast the GEMMs
-        assert hidden > 0
+        assert exposed_cols > 0
     # Megatron-Core's --tp-comm-overlap with sequence parallelism pairs each collective with
     # its GEMM: the column linears' as the backward overlap does, and each row-parallel
     # linear's output-gradient gather pipelined with its input-gradient GEMM (O: K = 4,096 of
@@ -126,7 +126,7 @@ def test_backward_collectives_by_hand(tp: int) -> None:
     tpo = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True, tp_comm_overlap=True)
     rows = (_gemm_ns(sc, 4096, row_in=4096), _gemm_ns(sc, 4096, row_in=11008))
     piped = sum(math.ceil(max(0.0, ag - x * (tp - 1) / tp)) for x in rows)
-    assert tp_backward_block_ns(tpo, step) == piped + hidden
+    assert tp_backward_block_ns(tpo, step) == piped + exposed_cols
 
 
 def test_backward_all_reduce_hides_under_the_weight_gradient_without_sp() -> None:
@@ -152,12 +152,12 @@ def test_split_backward_has_no_weight_gradient_to_hide_behind() -> None:
     both = _runtime(sc, tp_backward_overlap=True, tp_regather_backward=True)
     assert tp_backward_block_ns(both, step, input_grad_only=True) == 2 * ag + 2 * rs
     gemms = column_linear_gemm_ns(sc)
-    hidden = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
-    assert tp_backward_block_ns(both, step) == 2 * ag + hidden
+    exposed_cols = sum(math.ceil(max(0.0, ag - x)) + math.ceil(max(0.0, rs - x)) for x in gemms)
+    assert tp_backward_block_ns(both, step) == 2 * ag + exposed_cols
     durations = chunk_durations(both, step)[0]
     layers = durations.layers[1] - durations.layers[0]
     assert durations.tp_input_grad_ns == layers * (2 * ag + 2 * rs)
-    assert durations.tp_backward_ns == layers * (2 * ag + hidden)
+    assert durations.tp_backward_ns == layers * (2 * ag + exposed_cols)
     i_action = next(a for a in step.schedule[0] if a.kind == "I")
     inp = SimpleNamespace(activation_bytes={0: 0}, working_set_bytes={0: 0}, loss_bytes={})
     assert base_pieces(i_action, durations, inp)[1] == durations.tp_input_grad_ns
@@ -271,8 +271,7 @@ def test_pipelined_exposure_closed_form() -> None:
 def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     """Llama 2 7B's forward under --tp-comm-overlap with sequence parallelism: the all-gather
     before QKV (N = 3·4096/tp) and before gate+up (2·11008/tp), the reduce-scatter after O
-    (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; exposed + hidden
-    is every collective, 2·(all-gather + reduce-scatter); on one node (NVLink) the QKV and
+    (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; on one node (NVLink) the QKV and
     O GEMMs are too short to hide theirs."""
     from simtrain.costs.comm import tp_forward_block
 
@@ -283,10 +282,10 @@ def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     rs = collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
     pairs = ((ag, _gemm_ns(sc, 3 * 4096)), (rs, _gemm_ns(sc, 4096, row_in=4096)),
              (ag, _gemm_ns(sc, 2 * 11008)), (rs, _gemm_ns(sc, 4096, row_in=11008)))  # fmt: skip
-    exposed, hidden = tp_forward_block(sc, step)
+    exposed, _ = tp_forward_block(sc, step)
     by_hand = [math.ceil(max(0.0, c - x * (tp - 1) / tp)) for c, x in pairs]
     assert exposed == pytest.approx(sum(by_hand), abs=4)  # 1 ns rounding per pair
-    assert exposed + hidden == 2 * (ag + rs) == 2 * tp_allreduce_ns(sc, step)
+    assert 2 * (ag + rs) == 2 * tp_allreduce_ns(sc, step)  # SP's halves of the all-reduces
     assert 0 < exposed < 2 * (ag + rs)
     # the plain forward exposes them all; so does an overlap without sequence parallelism,
     # which the lowering overlaps with the whole action instead (max of the two)
@@ -394,3 +393,19 @@ def test_hidden_spans_end_within_their_slices_with_recompute(schedule: str) -> N
                      and c.kind in ("F", "R", "B", "I"))  # fmt: skip
         assert s.end_ns <= start.end_ns, (s.name, start.kind)
     assert simulate_scenario(sc, detail=False).metrics.step_time_s == res.metrics.step_time_s
+
+
+def test_selective_op_recompute_gathers_stay_exposed_under_the_paired_overlap() -> None:
+    """selective_op replays k, o and up only (costs.op_sac), not the whole GEMM groups its two
+    all-gathers feed: under the paired overlap they stay exposed (hidden 0), as without it;
+    a full recompute's four collectives pair as the forward's."""
+    from simtrain.costs.comm import tp_forward_block
+    from simtrain.costs.workload import tp_recompute_block
+
+    sc = scenario(16, sp=True, runtime={"tp_comm_overlap": True},
+                  training={"recompute": "selective_op"})  # fmt: skip
+    step = resolve(sc)
+    assert tp_recompute_block(sc, step, 3) == (3 * tp_allreduce_ns(sc, step), 0)
+    full = replace(sc, training=replace(sc.training, recompute="full"))
+    e, h = tp_forward_block(full, step)
+    assert h > 0 and tp_recompute_block(full, step, 3) == (3 * e, 3 * h)

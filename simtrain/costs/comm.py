@@ -55,6 +55,14 @@ def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, 
     return round(1e9 * t)
 
 
+def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
+    """(all-gather, reduce-scatter) of one b·s·h activation over the TP group: sequence
+    parallelism's two halves of Megatron's all-reduce (Korthikanti et al. 2022 §4.2.2)."""
+    g, size = step.groups, step.boundary_bytes
+    return (collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride),
+            collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
+
+
 def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2).
 
@@ -64,10 +72,7 @@ def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     all-reduce algorithm (tree, NVLS tree) does not apply to them."""
     g = step.groups
     if sc.parallelism.sequence_parallel and g.tp > 1:
-        return sum(
-            collective_ns(sc, step, op, step.boundary_bytes, g.tp, g.tp_stride)
-            for op in ("reduce_scatter", "all_gather")
-        )
+        return sum(tp_halves_ns(sc, step))
     return collective_ns(sc, step, "all_reduce", step.boundary_bytes, g.tp, g.tp_stride)
 
 
@@ -81,24 +86,20 @@ def pipelined_exposed_ns(collective_ns_: float, gemm_ns: float, tp: int) -> int:
     return math.ceil(max(0.0, collective_ns_ - gemm_ns * (tp - 1) / tp))
 
 
-def tp_forward_block(sc: Scenario, step: ResolvedStep, gathers_only: bool = False
-                     ) -> tuple[int, int]:  # fmt: skip
+def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
     halves), all exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
     their GEMMs overlaps the sum with the whole action: ``sim.lowering.passes.tp_pass``). Where
     :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
-    GEMM group (``costs.compute.tp_linear_group_ns``). ``gathers_only``: the two all-gathers
-    alone (a selective_op recompute's, whose reduce-scatter outputs are saved)."""
-    ar = tp_allreduce_ns(sc, step)
+    GEMM group (``costs.compute.tp_linear_group_ns``)."""
     if not tp_pairs_gemms(sc):
-        return (ar if gathers_only else 2 * ar), 0
-    g, size = step.groups, step.boundary_bytes
-    ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
-    rs = 0 if gathers_only else collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
+        return 2 * tp_allreduce_ns(sc, step), 0
+    ag, rs = tp_halves_ns(sc, step)
     gemm = tp_linear_group_ns(sc)
-    exposed = sum(pipelined_exposed_ns(c, gemm[k], g.tp)
+    tp = step.groups.tp
+    exposed = sum(pipelined_exposed_ns(c, gemm[k], tp)
                   for c, k in ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"),
                                (rs, "mlp_out")))  # fmt: skip
     return exposed, 2 * (ag + rs) - exposed
@@ -131,9 +132,9 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ``tp_comm_overlap`` that does not pair collectives with GEMMs the whole sum (overlapped with
     the action's compute downstream); one that does (``costs.compute.tp_pairs_gemms``) as
     ``tp_backward_overlap``, and each row-parallel linear's output-gradient gather
-    :func:`pipelined_exposed_ns` with its input-gradient GEMM; in an I action (no weight
-    gradient) each column linear's reduce-scatter pipelined with the input-gradient GEMM it
-    follows.
+    :func:`pipelined_exposed_ns` with its input-gradient GEMM; an I action (no weight
+    gradient) pipelines each column linear's reduce-scatter with the input-gradient GEMM it
+    follows: the forward's four pairs (:func:`tp_forward_block`; the GEMMs have its FLOPs).
     Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
@@ -160,9 +161,9 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         ar = tp_allreduce_ns(sc, step)
         shown = sum(exposed(ar, w) for w in wgrad)
         return shown, len(wgrad) * ar - shown
-    size = step.boundary_bytes
-    ag = collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
-    rs = collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride)
+    if paired and input_grad_only:  # no weight gradient: the forward's four pairs (a row
+        return tp_forward_block(sc, step)  # gather with its dgrad, a column one's dgrad and RS)
+    ag, rs = tp_halves_ns(sc, step)
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     if paired:
@@ -170,11 +171,8 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         row_gathers = sum(pipelined_exposed_ns(ag, row[k], g.tp) for k in ("attn_out", "mlp_out"))
     else:
         row_gathers = 2 * ag
-    if paired and input_grad_only:  # no weight gradient: each reduce-scatter pipelined with
-        column = sum(pipelined_exposed_ns(rs, d, g.tp) for d in gemms)  # the GEMM it follows
-    else:
-        column = sum(exposed(regather, d) + exposed(rs, w)
-                     for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
+    column = sum(exposed(regather, d) + exposed(rs, w)
+                 for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
     return row_gathers + column, len(gemms) * (regather + rs) - column + 2 * ag - row_gathers
 
 

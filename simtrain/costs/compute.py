@@ -215,8 +215,11 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
     # The short-sequence edge is fixed work per query block over the key blocks it sees:
     # s/2 of them on average in a causal call, plus all of a prefix-tuning prefix's P, so the
-    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2).
-    seq = s + 2 * (t.kv_len - s * t.cp_shards)
+    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2). With context
+    # parallelism each ring step is its own call over the rank's s/cp queries and as many keys
+    # (costs.cp), so the edge is of s/cp (prefix tuning with cp > 1 is refused).
+    prefix = t.peft.prefix_length if t.peft.method == "prefix" else 0
+    seq = s + 2 * prefix
     peak = hw.compute_peak(dtype)
     f_fl, b_fl = flash_kernel_flops(core, t)
     fwd = 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
@@ -512,23 +515,15 @@ def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0
 
 
 def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
-    """One GEMM of each column-parallel linear of a dense block on one TP rank, in ns: the
-    attention's fused Q/K/V input projection and the MLP's first linear (gate and up fused),
-    Megatron's ``linear_qkv`` and ``linear_fc1``. Its input-gradient and its weight-gradient
-    GEMM have the same FLOPs, 2·T·N·K over the micro-batch's T = b·s tokens (s/cp per GPU),
-    N and K those of :func:`dense_linear_gemms`. () for MLA models (their projections are not these two); with experts the MLP's
+    """One micro-batch's forward GEMM time of each column-parallel linear group of a dense block
+    on one TP rank, in ns (:func:`tp_linear_group_ns`'s ``attn_in`` and ``mlp_in``: Megatron's
+    ``linear_qkv`` and ``linear_fc1``); its input-gradient and its weight-gradient GEMMs have the
+    same FLOPs. () for MLA models (their projections are not these two); with experts the MLP's
     is 0 (its first linear is the experts', nothing to hide a collective under)."""
-    m, p = sc.model, sc.parallelism
-    if m.is_mla:
+    if sc.model.is_mla:
         return ()
-    t = cp_rank_training(sc.training, p.cp)
-    prec = PRECISIONS[t.precision]
-    dtype = prec.gemm_dtype or prec.compute_dtype
-    tokens = t.micro_batch * t.seq_len_effective
-    gemms = dense_linear_gemms(m, p.tp)
-    shapes = (gemms["qkv"], (0, 0) if m.is_moe else gemms["fc1"])
-    return tuple(_matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype, edge=gemm_edge(tokens, n, k))
-                 for n, k in shapes)  # fmt: skip
+    g = tp_linear_group_ns(sc)
+    return g["attn_in"], 0.0 if sc.model.is_moe else g["mlp_in"]
 
 
 def tp_pairs_gemms(sc: Scenario) -> bool:
@@ -541,7 +536,7 @@ def tp_pairs_gemms(sc: Scenario) -> bool:
     output, a matmul with the reduce-scatter of its output, ``fused_all_gather_matmul`` /
     ``fused_matmul_reduce_scatter`` in torch/distributed/_symmetric_memory) both work GEMM by
     GEMM. (Each GEMM then runs as tp chunks of M/tp rows; their lower efficiency is not
-    priced: at the GEMM shape term's L it cost Megatron-Core's H100 rows 11 points, −5 → −17 %,
+    priced: at the GEMM shape term's L it cost Megatron-Core's H100 rows 12 points, −5 → −17 %,
     which Transformer Engine's concurrent chunk streams do not pay; README.)"""
     m, p = sc.model, sc.parallelism
     return (sc.runtime.tp_comm_overlap and p.sequence_parallel and p.tp > 1 and not m.is_mla

@@ -45,10 +45,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
         n = ch.layers
         tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
         ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
-        # selective_op replays the whole forward op by op too (cached outputs included).
-        host_f, host_b = action_host_ns(sc, n, t.recompute in ("full", "selective_op"))
-        if is_data_parallel(sc):  # one interpreter issues every replica's forward (GIL)
-            host_f *= sc.parallelism.dp
+        host_f, host_b = chunk_host_ns(sc, n)
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -121,6 +118,17 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     return comm.p2p_send_ns(sc, step, rank, other - rank)
 
 
+def chunk_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
+    """(forward, backward) host ns of one micro-batch through ``layers`` blocks
+    (``costs.host.action_host_ns``): selective_op replays the whole forward op by op too (cached
+    outputs included); one interpreter issues every data-parallel replica's forward (GIL,
+    ``torch.nn.DataParallel``). The simulation's and the planner's."""
+    host_f, host_b = action_host_ns(sc, layers, sc.training.recompute in ("full", "selective_op"))
+    if is_data_parallel(sc):
+        host_f *= sc.parallelism.dp
+    return host_f, host_b
+
+
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
     """A ``tp_comm_overlap`` that overlaps an action's TP collectives with all of its compute
     (``passes.tp_pass``: max instead of the sum), where they are not paired GEMM by GEMM
@@ -130,14 +138,14 @@ def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
 
 def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[int, int]:
     """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays
-    (:func:`tp_recompute_ns`); paired with the recomputed GEMMs as the forward's where
-    ``costs.compute.tp_pairs_gemms`` (a full recompute's four collectives, a selective_op one's two
-    all-gathers)."""
-    ar = comm.tp_allreduce_ns(sc, step)
-    plain = tp_recompute_ns(sc, layers, ar)
-    if not plain or not tp_pairs_gemms(sc):
+    (:func:`tp_recompute_ns`): a full recompute's four collectives paired with the replayed
+    GEMMs as the forward's where ``costs.compute.tp_pairs_gemms``; a selective_op one's
+    all-gathers exposed (the k, o and up projections it replays, ``costs.op_sac``, are not the
+    whole GEMM groups those gathers feed)."""
+    plain = tp_recompute_ns(sc, layers, comm.tp_allreduce_ns(sc, step))
+    if not plain or sc.training.recompute != "full" or not tp_pairs_gemms(sc):
         return plain, 0
-    e, h = comm.tp_forward_block(sc, step, gathers_only=sc.training.recompute != "full")
+    e, h = comm.tp_forward_block(sc, step)
     return layers * e, layers * h
 
 

@@ -16,10 +16,9 @@ from simtrain.costs.comm import (
     tp_forward_block,
 )
 from simtrain.costs.compute import StageCosts, chunk_costs, optimizer_step_ns
-from simtrain.costs.data_parallel import is_data_parallel
-from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
+    chunk_host_ns,
     gather_copy_out_ns,
     grad_passes_ns,
     pooled_tp_overlap,
@@ -29,6 +28,7 @@ from simtrain.costs.workload import (
     zero3_layer_comm_ns,
 )
 from simtrain.layout.step import ResolvedStep, resolve
+from simtrain.sim.lowering.ir import input_host_share
 from simtrain.spec.scenario import Scenario
 
 
@@ -194,23 +194,18 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
 
 
 def _host_bound(sc: Scenario, layers: int, c: StageCosts, gpu: _Rank, split: bool) -> _Rank:
-    """A chunk's per-micro-batch costs no shorter than the host's time to issue them (runtime
-    ``host_us_per_op``; ``costs.host.action_host_ns``, the forward once per data-parallel
-    replica where one process drives them all): each action the longer of its GPU time and
-    its host time, a split backward's host time shared between I and W in proportion to their
-    GPU time (``sim.lowering.ChunkDurations.host_ns``). Not here: nanotron's per-tensor
-    gradient adds."""
-    t = sc.training
-    host_f, host_b = action_host_ns(sc, layers, t.recompute in ("full", "selective_op"))
+    """A chunk's per-micro-batch costs no shorter than the host's time to issue them
+    (``costs.workload.chunk_host_ns``, as the simulation's host stream makes the GPU wait): each
+    action the longer of its GPU and host time, a split backward's host time shared between I
+    and W as the lowering shares it (``sim.lowering.ir.input_host_share``). Not here:
+    nanotron's per-tensor gradient adds."""
+    host_f, host_b = chunk_host_ns(sc, layers)
     if not (host_f or host_b):
         return gpu
-    if is_data_parallel(sc):
-        host_f *= sc.parallelism.dp
     host_b = host_b if c.input_grad_ns or c.weight_grad_ns else 0
     f = max(gpu.forward_ns, host_f)
     if split:
-        total = c.input_grad_ns + c.weight_grad_ns
-        h_i = host_b * c.input_grad_ns // total if total else host_b
+        h_i = input_host_share(host_b, c.input_grad_ns, c.weight_grad_ns)
         return _Rank(f, max(gpu.input_ns, h_i), max(gpu.weight_ns, host_b - h_i))
     b = max(gpu.input_ns + gpu.weight_ns, host_b)
     return _Rank(f, b - gpu.weight_ns, gpu.weight_ns)

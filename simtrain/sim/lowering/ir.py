@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from simtrain.schedules import Action, Schedule, pipeline_of
 
 
+def input_host_share(host_backward_ns: int, input_grad_ns: int, weight_grad_ns: int) -> int:
+    """The I action's part of a split backward's host time: in proportion to its GPU time."""
+    total = input_grad_ns + weight_grad_ns
+    return host_backward_ns * input_grad_ns // total if total else host_backward_ns
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkDurations:
     """Durations of one virtual stage's work for one micro-batch (ns)."""
@@ -18,14 +24,14 @@ class ChunkDurations:
     tp_forward_ns: int = 0  # exposed TP communication after the forward
     tp_backward_ns: int = 0  # ... after the backward (B: input and weight gradients)
     tp_input_grad_ns: int = 0  # ... after an input-gradient-only backward (I of an I/W split)
-    # TP collectives a B action hides under its GEMMs (runtime tp_backward_overlap, or a
-    # tp_comm_overlap that pairs them with their GEMMs: costs.compute.tp_pairs_gemms), and an F
-    # action (the paired tp_comm_overlap): on the "tp" stream beside it
-    # (``passes.tp_overlap_span_pass``), and an I action of an I/W split (the paired overlap).
+    # TP collectives hidden under an action's own GEMMs, drawn on the "tp" stream beside it
+    # (``passes.tp_overlap_span_pass``):
+    # a B action's (runtime tp_backward_overlap, or a tp_comm_overlap that pairs collectives
+    # with their GEMMs: costs.compute.tp_pairs_gemms)
     tp_backward_hidden_ns: int = 0
-    tp_forward_hidden_ns: int = 0
-    tp_input_grad_hidden_ns: int = 0
-    tp_recompute_hidden_ns: int = 0  # ... and a recompute (paired overlap), beside its R slice
+    tp_forward_hidden_ns: int = 0  # an F action's (the paired tp_comm_overlap)
+    tp_input_grad_hidden_ns: int = 0  # an I action's of an I/W split (the paired overlap)
+    tp_recompute_hidden_ns: int = 0  # a full recompute's (paired), beside its R slice
     tp_recompute_ns: int = 0
     send_forward_ns: int = 0  # p2p of the output activations to the next stage
     send_backward_ns: int = 0  # p2p of the input gradient to the previous stage
@@ -82,8 +88,7 @@ class ChunkDurations:
             return self.host_forward_ns
         if kind == "B":
             return self.host_backward_ns + self.host_accum_ns
-        total = self.input_grad_ns + self.weight_grad_ns
-        i = self.host_backward_ns * self.input_grad_ns // total if total else self.host_backward_ns
+        i = input_host_share(self.host_backward_ns, self.input_grad_ns, self.weight_grad_ns)
         return i if kind == "I" else self.host_backward_ns - i + self.host_accum_ns
 
 
@@ -199,7 +204,7 @@ class LoweringInput:
     blocking_p2p: bool = False
     # TP collectives overlapped with all of the action's compute (spec.runtime tp_comm_overlap
     # where it does not pair them with their GEMMs: costs.workload.pooled_tp_overlap).
-    tp_comm_overlap: bool = False
+    pooled_tp_overlap: bool = False
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
     overlapped_fb: bool = False

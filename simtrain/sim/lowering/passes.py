@@ -272,11 +272,11 @@ def tp_pass(ir: StepIR) -> None:
     action, on the "collective" stream after its last compute slice, on the critical path:
     the action is done when they are (with a TP overlap that pairs each collective with its
     GEMM, ``costs.compute.tp_pairs_gemms``, only their exposed excess: the hidden part is
-    :func:`tp_overlap_span_pass`'s). With the pooled overlap (``LoweringInput.tp_comm_overlap``:
+    :func:`tp_overlap_span_pass`'s). With the pooled overlap (``LoweringInput.pooled_tp_overlap``:
     ``tp_comm_overlap`` without sequence parallelism, or with MLA or experts) they start with
     the action's compute and the action ends when both have: max(compute, TP) instead of the
     sum."""
-    overlap = ir.inp.tp_comm_overlap
+    overlap = ir.inp.pooled_tp_overlap
     for r in ir.ranks.values():
         for g in r.groups:
             if g.tp_ns:
