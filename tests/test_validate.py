@@ -334,6 +334,14 @@ def test_string_mappings() -> None:
     assert pcie is not None and pcie[0] == "h100_sxm5_80gb" and "PCIe" in pcie[2]
     nvl = gpu_profile("H100 NVL 94GB")
     assert nvl is not None and nvl[:2] == ("h100_sxm5_80gb", False) and "NVL" in nvl[2]
+    # a PCIe part of the profile's size is fit-compared with the SXM note, whatever the GPU;
+    # a profile of a PCIe board itself (L40S, RTX 4090) takes no such note
+    for name, profile in (("A100 PCIe 40GB", "a100_sxm4_40gb"), ("H100 PCIe 80GB", "h100_sxm5_80gb"),
+                          ("A800 80GB PCIe", "a800_sxm4_80gb")):  # fmt: skip
+        got = gpu_profile(name)
+        assert got is not None and got[:2] == (profile, True) and "SXM profile" in got[2], name
+    for name, profile in (("L40S PCIe 48GB", "l40s_48gb"), ("RTX 4090 PCIe", "rtx4090_24gb")):
+        assert gpu_profile(name) == (profile, True, ""), name
     # a size other than the profile's is not compared; a remark in brackets names no GPU
     assert gpu_profile("A800 40GB")[:2] == ("a800_sxm4_80gb", False)  # type: ignore[index]
     assert gpu_profile("MI300X 256GB")[:2] == ("mi300x_192gb", False)  # type: ignore[index]

@@ -41,7 +41,7 @@ from simtrain.apps.validate.conventions import (
     source_flops,
     torchtitan_flops,
 )
-from simtrain.apps.validate.records import DEFAULT_FILES, load_record_files, resolve_paths
+from simtrain.apps.validate.records import load_record_files, resolve_paths
 from simtrain.apps.validate.run import NOISY_RATIO, family_summaries, noisy_pairs
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
@@ -60,8 +60,9 @@ def new_records() -> dict[str, Record]:
 
 
 @pytest.fixture(scope="module")
-def all_records() -> list[Record]:
-    return load_record_files([MEASURED / f for f in DEFAULT_FILES])
+def all_records(default_records: dict[str, Record]) -> list[Record]:
+    """conftest's ``default_records`` (every default file), as a list in file order."""
+    return list(default_records.values())
 
 
 # --------------------------------------------------------------------------- the record files
@@ -201,6 +202,24 @@ def test_later_issue_features_are_named_together(new_records: dict) -> None:
     b100 = replace(new_records["mtnlg530b_2240gpu"], hardware={"gpu": "B100"})
     assert not_yet_expressible(b100) == ["Blackwell GPU 'B100'"]
     assert not_yet_expressible(new_records["mtnlg530b_2240gpu"]) == []
+
+
+def test_source_convention_overrides_the_runtime(new_records: dict) -> None:
+    """Meta's Llama 3 rows run under torchtitan's profile (conventions.RUNTIMES) with the
+    element-wise ops fused (its convention's runtime_overrides), unlike torchtitan's eager
+    default, and say so; another torchtitan-run source keeps the profile's value."""
+    rec = new_records["llama3_405b_t4_16384gpu_seq131072"]
+    # made expressible (the row itself is refused: its printed GPU count, no global batch)
+    rec = replace(rec, hardware={**rec.hardware, "num_gpus": 8 * 2 * 16 * 4},
+                  parallelism={**rec.parallelism, "pp": 2},
+                  training={**rec.training, "global_batch": 64, "recompute": "none"})  # fmt: skip
+    out = translate(rec)
+    assert out.scenario.runtime.name == "torchtitan"
+    assert out.scenario.runtime.eager_elementwise is False
+    assert any("eager_elementwise False" in a for a in out.assumptions)
+    from simtrain.spec.runtime import load_runtime
+
+    assert load_runtime("torchtitan").eager_elementwise is True
 
 
 def test_fp16_and_bf16_predict_alike_on_a100() -> None:

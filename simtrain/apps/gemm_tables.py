@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simtrain.errors import ConfigError
-from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_RATE_MAX
+from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge
+from simtrain.costs.gemm_shape import EdgeFit
+from simtrain.errors import ConfigError, did_you_mean
+from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_DIRECTIONS, FLASH_RATE_MAX
 from simtrain.spec.yamlfile import load_yaml
 
 #: Largest efficiency a table row may state over its peak: the profiles' own cap on kernel
@@ -45,9 +47,7 @@ def load_gemm_tables(path: Path = GEMM_TABLES_PATH) -> list[GemmTable]:
 
 
 ATTENTION_TABLES_PATH = GEMM_TABLES_PATH.with_name("attention_tables.yaml")
-ATTENTION_DIRECTIONS = ("forward", "backward")
-#: What a table sweeps (its fitted edge: costs.attention_shape), and what its values are.
-ATTENTION_EDGES = ("rows", "seq")
+#: What a table's values are (:meth:`AttentionTable.rates`).
 ATTENTION_VALUES = ("full_count_efficiency", "tflops")
 
 
@@ -60,15 +60,37 @@ class AttentionTable:
     direction: str  # forward | backward
     kernel: str  # spec.hardware.ATTENTION_KERNELS: the profiles' class it sets
     edge: str  # rows | seq: the variable the table sweeps, whose edge term it fits
-    value: str  # full_count_efficiency | tflops (costs.attention_shape.kernel_rates)
+    value: str  # full_count_efficiency | tflops (:meth:`rates`)
     causal: bool  # measured with the causal mask
     # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, value)
     shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
 
+    def rates(self) -> tuple[tuple[float, float], ...]:
+        """The rows as the pairs ``costs.attention_shape.fit_flash_edge`` fits: (swept variable,
+        rate of the kernel's causal FLOPs over the table's peak). The swept variable is the
+        query rows b·H·s (``edge: rows``) or the length s (``edge: seq``). A value is either
+        the efficiency of the full count 4·b·s²·H·d (SimuMax: a causal call does half of it,
+        so its causal efficiency is half the value) or the TFLOP/s a FlashAttention benchmark
+        prints, of the kernel's own FLOPs (halved for a causal call: flash-attention's
+        ``benchmarks/benchmark_flash_attention.py`` ``flops``); a table measured without the
+        causal mask (``causal: false``) stands for the causal kernel at its rate (its file
+        says so)."""
+        return tuple(
+            (float(b * h * s) if self.edge == "rows" else float(s),
+             v / 2 if self.value == "full_count_efficiency" else v / self.peak_tflops)
+            for b, s, h, _, _, _, v in self.shapes
+        )  # fmt: skip
+
+    def fit(self) -> EdgeFit:
+        """The table's kernel class: its edge on the swept variable's grid and e∞
+        (``costs.attention_shape.fit_flash_edge``)."""
+        return fit_flash_edge(self.rates(), EDGE_GRIDS[self.edge])
+
 
 def _choice(t: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
     if t.get(key) not in allowed:
-        raise ConfigError(str(path), f"{t['id']}.{key}", "unknown value", t.get(key),
+        raise ConfigError(str(path), f"{t['id']}.{key}",
+                          f"unknown value{did_you_mean(t.get(key), allowed)}", t.get(key),
                           " | ".join(allowed))  # fmt: skip
     return t[key]
 
@@ -93,7 +115,7 @@ def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionT
                               t.get("causal"))  # fmt: skip
         tables.append(AttentionTable(
             t["id"], t["source"], tuple(t["profiles"]), peak,
-            _choice(t, "direction", ATTENTION_DIRECTIONS, path),
+            _choice(t, "direction", FLASH_DIRECTIONS, path),
             _choice(t, "kernel", ATTENTION_KERNELS, path),
-            _choice(t, "edge", ATTENTION_EDGES, path), value, t["causal"], shapes))  # fmt: skip
+            _choice(t, "edge", tuple(EDGE_GRIDS), path), value, t["causal"], shapes))  # fmt: skip
     return tables

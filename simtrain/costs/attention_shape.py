@@ -19,7 +19,8 @@ Each measured table sweeps one of the two: SimuMax's varies the heads at one len
 fitted, S = 0), the FlashAttention-3 paper's the length at one b·s and H (its S is fitted,
 R = 0). :func:`fit_flash_edge` picks the edge on a grid and, for each, the e∞ that minimises the
 table's MAPE of kernel time exactly (as :func:`costs.gemm_shape.fit_gemm_edge` does for GEMMs);
-the tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention_tables``).
+the tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention_tables``;
+``AttentionTable.rates`` reads their rows, ``AttentionTable.fit`` fits them).
 """
 
 from __future__ import annotations
@@ -40,21 +41,3 @@ def fit_flash_edge(pairs: tuple[tuple[float, float], ...], grid: tuple[int, ...]
     query length s for S), the time factor 1 + edge / x (``costs.gemm_shape.fit_edge_term``)."""
     effs = [e for _, e in pairs]
     return fit_edge_term(effs, lambda edge: [1 + edge / x for x, _ in pairs], grid)
-
-
-def kernel_rates(table) -> tuple[tuple[float, float], ...]:  # noqa: ANN001 (apps.gemm_tables)
-    """A measured table's rows (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, value)
-    as the pairs :func:`fit_flash_edge` fits: (swept variable, rate of the kernel's causal FLOPs
-    over the table's peak). The swept variable is the query rows b·H·s (``edge: rows``) or the
-    length s (``edge: seq``). A value is either the efficiency of the full count 4·b·s²·H·d
-    (SimuMax: a causal call does half of it, so its causal efficiency is half the value) or the
-    TFLOP/s a FlashAttention benchmark prints, of the kernel's own FLOPs (halved for a causal
-    call: flash-attention's ``benchmarks/benchmark_flash_attention.py`` ``flops``); a table
-    measured without the causal mask stands for the causal kernel at its rate (its file says
-    so)."""
-    out = []
-    for b, s, h, _, _, _, v in table.shapes:
-        x = float(b * h * s) if table.edge == "rows" else float(s)
-        rate = v / 2 if table.value == "full_count_efficiency" else v / table.peak_tflops
-        out.append((x, rate))
-    return tuple(out)

@@ -43,7 +43,7 @@ from simtrain.costs.moe import (
 from simtrain.costs.offload import cpu_adam_ns
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
-from simtrain.spec.hardware import HardwareProfile
+from simtrain.spec.hardware import FlashClass, HardwareProfile
 from simtrain.spec.model import ModelSpec, tp_split_shape
 from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS, Precision
 from simtrain.spec.scenario import (
@@ -198,6 +198,19 @@ class FlashCore:
 NO_FLASH = FlashCore(0.0, 0.0, 0.0, 0.0)
 
 
+def flash_class_for(sc: Scenario, dtype: str) -> FlashClass | str:
+    """The FlashAttention class that prices a flash model's attention core in ``dtype``: the
+    hardware profile's class of the kernel the runtime calls; else why the core is priced as
+    GEMM FLOPs (no flash attention, a dtype FlashAttention does not run in, no class of the
+    kernel on this GPU). :func:`flash_core`'s decision, and ``simtrain run``'s line."""
+    kernel = sc.runtime.attention_kernel
+    if not sc.model.flash_attention:
+        return "no flash attention"
+    if dtype not in FLASH_DTYPES:
+        return f"{dtype}: FlashAttention runs in 16-bit"
+    return sc.hardware.flash_class(kernel) or f"{kernel}: no class in {sc.hardware.name}"
+
+
 def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
                grad: bool) -> FlashCore | None:  # fmt: skip
     """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
@@ -207,9 +220,9 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     (peak · e) · :func:`flash_time_factor`, rows = b · (heads / tp) · s
     (``costs.attention_shape``). None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
-    cls = hw.flash_class(sc.runtime.attention_kernel)
+    cls = flash_class_for(sc, dtype)
     core = bf.attention_core
-    if not (m.flash_attention and cls and core and dtype in FLASH_DTYPES):
+    if isinstance(cls, str) or not core:
         return None
     s = t.seq_len_effective
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp

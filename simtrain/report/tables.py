@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from simtrain.costs.compute import FLASH_DTYPES
+from simtrain.costs.compute import flash_class_for
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.precision import PRECISIONS
@@ -209,18 +209,11 @@ def phases_table(phased: Any) -> str:
 
 
 def attention_line(sc: Any) -> str:
-    """How a flash model's attention core is priced: the hardware profile's class of the kernel
-    the runtime calls (``attention_kernels.<kernel>``), or GEMM FLOPs where the profile has none."""
-    kernel = sc.runtime.attention_kernel
-    dtype = PRECISIONS[sc.training.precision].compute_dtype
-    if dtype not in FLASH_DTYPES:
-        return f"attention        {dtype}: priced as GEMM FLOPs (FlashAttention runs in 16-bit)"
-    if sc.hardware.flash_class(kernel):
-        return f"attention        {kernel} kernel class of {sc.hardware.name}"
-    return (
-        f"attention        {kernel}: no class in {sc.hardware.name}, priced as GEMM FLOPs "
-        "(full s² count at efficiency.matmul)"
-    )
+    """How a flash model's attention core is priced (``costs.compute.flash_class_for``)."""
+    cls = flash_class_for(sc, PRECISIONS[sc.training.precision].compute_dtype)
+    if isinstance(cls, str):
+        return f"attention        {cls}: priced as GEMM FLOPs (full s² count at efficiency.matmul)"
+    return f"attention        {cls.kernel} kernel class of {sc.hardware.name}"
 
 
 def run_table(res: Any, phased: Any = None) -> str:

@@ -145,7 +145,11 @@ MAXIMA = {
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
     "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
     "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
-    "gemm_edge_elements": 1e6, "rows_edge": 1e9, "seq_edge": 1e7,
+    "gemm_edge_elements": 1e6,
+    # attention_kernels' edges: R beyond any GPU's query rows (SimuMax's fits: 9,216-55,296),
+    # S beyond any sequence (the fits: 272-528 tokens; the fit grid stops at 8,192)
+    **{f"{d}_rows_edge": 1e9 for d in ("forward", "backward")},
+    **{f"{d}_seq_edge": 1e7 for d in ("forward", "backward")},
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -266,20 +270,15 @@ def _attention_kernels(data: Any, file: str) -> tuple[FlashClass, ...]:
         for k in cls:
             if k not in FLASH_KEYS:
                 raise unknown_key(file, k, f"{where}.", FLASH_KEYS)
+        rates = []
         for d in FLASH_DIRECTIONS:
             if d not in cls:
                 raise ConfigError(file, f"{where}.{d}", "missing: a kernel class needs both "
                                   "directions' rates")  # fmt: skip
-            v = _num(cls, d, file, f"{where}.")
-            if not MIN_FRACTION <= v <= FLASH_RATE_MAX:
-                raise ConfigError(file, f"{where}.{d}", f"must be in [{MIN_FRACTION:g}, "
-                                  f"{FLASH_RATE_MAX:g}]", v)  # fmt: skip
-        edges = {k: _num(cls, k, file, f"{where}.", default=0.0) if k in cls else 0.0
-                 for k in FLASH_KEYS[2:]}  # fmt: skip
-        for k, v in edges.items():
-            top = MAXIMA["rows_edge" if "rows" in k else "seq_edge"]
-            check_range(v, file, f"{where}.{k}", 0.0, top)
-        classes.append(FlashClass(kernel, float(cls["forward"]), float(cls["backward"]), **edges))
+            rates.append(as_float(cls[d], file, f"{where}.{d}"))
+            check_range(rates[-1], file, f"{where}.{d}", MIN_FRACTION, FLASH_RATE_MAX)
+        edges = {k: _num(cls, k, file, f"{where}.", default=0.0) for k in FLASH_KEYS[2:]}
+        classes.append(FlashClass(kernel, *rates, **edges))
     return tuple(classes)
 
 

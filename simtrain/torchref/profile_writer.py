@@ -58,7 +58,7 @@ class Calibration:
 
 def profile_text(cal: Calibration) -> str:
     """The hardware-profile YAML of a calibration (see :func:`write_profile`)."""
-    lines = _source_lines(cal) + _device_lines(cal) + _efficiency_lines(cal)
+    lines = _source_lines(cal) + _device_lines(cal) + _efficiency_lines(cal) + _attention_lines(cal)
     return "\n".join(lines) + "\n"
 
 
@@ -175,6 +175,13 @@ def _efficiency_lines(cal: Calibration) -> list[str]:
         lines.append(f"  gemm_edge_elements: {fit.edge:g}        # [meas] GEMM shape "
                      f"term fitted on {n} fp32 GEMMs: {_fit_quality(fit, 'GEMM')}")  # fmt: skip
     lines.append("  collective: 1.0                 # [na] no collective measured")
+    return lines
+
+
+def _attention_lines(cal: Calibration) -> list[str]:
+    """The profile's ``attention_kernels`` block: one class per SDPA backend swept
+    (:func:`flash_fits`); none without a sweep."""
+    lines: list[str] = []
     fits = flash_fits(cal)
     if fits:
         lines.append("attention_kernels:                # [meas] causal bf16 SDPA per backend "

@@ -170,14 +170,9 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
              if legacy else "Megatron-Core (no flag of Megatron-LM 2021)"))  # fmt: skip
     if legacy and f.bool_("--no-async-tensor-model-parallel-allreduce"):
         runtime["tp_backward_overlap"] = False
-    te = (f.value("--transformer-impl") or "transformer_engine") == "transformer_engine"
-    if not legacy and te and f.value("--attention-backend") == "flash":
-        # Transformer Engine's FlashAttention backend instead of its cuDNN FusedAttention
-        # (megatron_core's attention_kernel): flash-attn 2, or 3 where installed. Megatron-Core's
-        # --use-flash-attn is parsed and read nowhere (d98e8a64 arguments.py l.2910): no change.
-        runtime["attention_kernel"] = "fa2"
-        r.assume("--attention-backend flash: flash-attn's kernel (FlashAttention-2; set "
-                 "runtime.attention_kernel fa3 where flash-attn 3 is installed)")  # fmt: skip
+    flash, kernel = _attention(f, r, legacy)
+    if kernel:
+        runtime["attention_kernel"] = kernel
 
     # ---- layout (the vocabulary padding needs tp)
     tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1
@@ -201,7 +196,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
     if ep > 1:
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
-    model = _model(f, r, tp, legacy)
+    model = _model(f, r, tp, legacy, flash)
     _dispatcher(f, r, runtime, bool(model.get("num_experts")), ep)
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
@@ -232,7 +227,31 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
     )
 
 
-def _model(f: Flags, r: Reading, tp: int, legacy: bool) -> dict[str, Any]:
+def _attention(f: Flags, r: Reading, legacy: bool) -> tuple[bool, str | None]:
+    """(flash attention, the kernel where the runtime's default does not hold). Megatron-LM
+    before Megatron-Core had no Transformer Engine: its attention is the fused
+    scale-mask-softmax over the s x s scores unless --use-flash-attn (2022-), and a legacy
+    script without --transformer-impl runs the "local" implementation. Megatron-Core parses
+    --use-flash-attn and reads it nowhere (d98e8a64 arguments.py l.2910): Transformer Engine's
+    attention is flash (its cuDNN FusedAttention, megatron_core's ``attention_kernel``) unless
+    --attention-backend flash picks flash-attn's kernel (FlashAttention-2, or 3 where installed)."""
+    impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
+    backend = f.value("--attention-backend") or "auto"
+    use_flash = f.bool_("--use-flash-attn")
+    if legacy:
+        return use_flash, None
+    if use_flash:
+        r.assume("--use-flash-attn: parsed and read nowhere by Megatron-Core (d98e8a64 "
+                 "arguments.py l.2910): --transformer-impl and --attention-backend decide")  # fmt: skip
+    te = impl == "transformer_engine"
+    if te and backend == "flash":
+        r.assume("--attention-backend flash: flash-attn's kernel (FlashAttention-2; set "
+                 "runtime.attention_kernel fa3 where flash-attn 3 is installed)")  # fmt: skip
+        return True, "fa2"
+    return te and backend in ("auto", "fused"), None
+
+
+def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str, Any]:
     file = r.file
     need = {k: f.int_(k) for k in ("--num-layers", "--hidden-size", "--num-attention-heads")}
     for k, v in need.items():
@@ -286,20 +305,6 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool) -> dict[str, Any]:
     if attn_dropout != dropout:
         r.assume(f"--attention-dropout {attn_dropout}: simtrain has one dropout rate, "
                  f"--hidden-dropout's {dropout}")  # fmt: skip
-    # Megatron-LM before Megatron-Core had no Transformer Engine: its attention is the fused
-    # scale-mask-softmax over the s x s scores unless --use-flash-attn (2022-): a legacy script
-    # without --transformer-impl runs the "local" implementation.
-    impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
-    backend = f.value("--attention-backend") or "auto"
-    # (Megatron-Core parses --use-flash-attn and reads it nowhere, d98e8a64: its local
-    # implementation's attention is the unfused one)
-    use_flash = f.bool_("--use-flash-attn")
-    if use_flash and not legacy:
-        r.assume("--use-flash-attn: parsed and read nowhere by Megatron-Core (d98e8a64 "
-                 "arguments.py l.2910): --transformer-impl and --attention-backend decide")  # fmt: skip
-    flash = (legacy and use_flash) or (
-        impl == "transformer_engine" and backend in ("auto", "flash", "fused")
-    )
     model: dict[str, Any] = {
         "name": f"Megatron GPT {layers}x{h}",
         "layers": layers, "hidden": h, "heads": heads, "kv_heads": kv, "ffn_hidden": ffn,

@@ -59,6 +59,11 @@ class SourceConvention:
     # The framework compiles the loss with the model when it compiles (torchtitan after
     # 9dec370a; :func:`_torchtitan_commit`).
     compiled_loss: bool = True
+    # Runtime keys the source's framework sets unlike the runtime profile it runs under
+    # (runtime_of), and why: Meta's production framework for Llama 3 under torchtitan's profile
+    # fuses its element-wise ops (no torchtitan eager default).
+    runtime_overrides: tuple[tuple[str, Any], ...] = ()
+    runtime_overrides_note: str = ""
     # The architecture of a model the source names (``model.name``; regex matched from its start,
     # ignoring case) when its rows differ in architecture: (pattern, ModelSpec keys over
     # ``architecture``, why); the first match wins (:func:`convention_for`).
@@ -410,7 +415,13 @@ SOURCES: dict[str, SourceConvention] = {
     "simumax_b200": SourceConvention("megatron_core_causal", {}),
     # Llama 3 (Llama Team 2024, Table 4): the paper states TFLOPs/GPU and BF16 MFU but not its
     # FLOP formula; simtrain's model FLOPs stand in (the one row is skipped: context parallel).
-    "llama3": SourceConvention("simtrain", LLAMA3),
+    "llama3": SourceConvention(
+        "simtrain",
+        LLAMA3,
+        runtime_overrides=(("eager_elementwise", False),),
+        runtime_overrides_note="Meta's production framework: its element-wise ops fused, not "
+        "torchtitan's eager default",
+    ),  # fmt: skip
     # torchtitan benchmarks (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, run
     # at torchtitan 9dec370a): "Memory(GiB)" is the logged "memory:" =
     # DeviceMemoryMonitor.max_reserved_gib, the caching allocator's reserved_bytes.all.peak / 1024**3

@@ -31,6 +31,7 @@ from simtrain.apps.validate.records import Record, SkipReason, skip
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
+from simtrain.spec.hardware import load_hardware
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import LORA_TARGETS, RECOMPUTE, Scenario, parse_scenario
 from simtrain.units import MIB
@@ -50,7 +51,9 @@ class Translation:
 
 def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
-    ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it."""
+    ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it. The memory size is
+    known where the name states the profile's (or the profile's part has one size); a PCIe or
+    NVL part on a profile of the SXM board only adds a note."""
     g = gpu.upper()
     # the name itself, before any parenthesised remark ("H100 80GB (cluster h800-prod)")
     head = g.split("(", 1)[0]
@@ -60,8 +63,14 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         if word in head:  # GB200 before B200: the name contains it
             return profile, True, ""
     form = "PCIe" if "PCIE" in head else "NVL" if re.search(r"\bNVL\b", head) else ""
-    part = (f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
-            "modelled: predicted too fast)") if form else ""  # fmt: skip
+
+    def part(profile: str) -> str:
+        """The note of a PCIe or NVL part on a profile of the SXM board ('' on a PCIe one)."""
+        if not form or load_hardware(profile).intra_node_kind == "pcie":
+            return ""
+        return (f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
+                "modelled: predicted too fast)")  # fmt: skip
+
     size = re.search(r"(\d+)\s*GB", head)
     for word, profile, size_needed in ((r"\bH800\b", "h800_sxm5_80gb", True),
                                        (r"\bA800\b", "a800_sxm4_80gb", True),
@@ -74,8 +83,8 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         if (size and size.group(1) != nominal) or (size is None and size_needed):
             what = f"{size.group(1)} GB" if size else "memory size not stated"
             note = f"{what}: the {nominal} GB profile; fit verdict not compared"
-            return profile, False, "; ".join(x for x in (note, part) if x)
-        return profile, not form, part
+            return profile, False, "; ".join(x for x in (note, part(profile)) if x)
+        return profile, True, part(profile)
     if "GH200" in head:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
         return "h200_141gb", False, (
             "GH200: the H200 profile (its GPU; the memory size and bandwidth of its 96 GB "
@@ -83,12 +92,11 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             "verdict not compared"
         )  # fmt: skip
     if "H200" in head:
-        return "h200_141gb", not form, f"H200 {part}" if part else ""
+        return "h200_141gb", True, f"H200 {part('h200_141gb')}" if form else ""
     if "H100" in head:
         if form:
-            return "h100_sxm5_80gb", "80" in head and form == "PCIe", (
-                f"H100 {part}")  # fmt: skip
-        size = re.search(r"(\d+)\s*GB", head)
+            return "h100_sxm5_80gb", bool(size) and size.group(1) == "80", (
+                f"H100 {part('h100_sxm5_80gb')}")  # fmt: skip
         if size and size.group(1) == "96" and "HBM2E" in head:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
@@ -98,13 +106,11 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             )  # fmt: skip
         return "h100_sxm5_80gb", "80" in head, ""
     if "A100" in head:
-        if "40GB" in head.replace(" ", ""):
-            return "a100_sxm4_40gb", True, ""
-        if "80GB" in head.replace(" ", ""):
-            return "a100_sxm4_80gb", True, ""
-        return "a100_sxm4_80gb", False, "A100 memory size not stated: the 80 GB profile"
+        profile = "a100_sxm4_40gb" if size and size.group(1) == "40" else "a100_sxm4_80gb"
+        if size is None or size.group(1) not in ("40", "80"):
+            return profile, False, "A100 memory size not stated: the 80 GB profile"
+        return profile, True, f"A100 {part(profile)}" if form else ""
     if "V100" in g:
-        size = re.search(r"(\d+)\s*GB", g)
         if size and size.group(1) != "32":
             return "v100_sxm2_32gb", False, (
                 f"V100 {size.group(1)} GB: same chip as the 32 GB profile; fit verdict not "
@@ -459,11 +465,12 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         if flag in text and applies[key]:
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
-    if rec.source_key == "llama3":
-        out["eager_elementwise"] = False
-        notes.append(f"runtime {name} for Meta's production framework: its element-wise ops "
-                     "fused, not torchtitan's eager default (eager_elementwise false)")  # fmt: skip
-    if convention_for(rec).memory_includes_context:
+    conv = convention_for(rec)
+    if conv.runtime_overrides:
+        out.update(conv.runtime_overrides)
+        keys = ", ".join(f"{k} {v}" for k, v in conv.runtime_overrides)
+        notes.append(f"runtime {name}: {conv.runtime_overrides_note} ({keys})")
+    if conv.memory_includes_context:
         # a device-level figure (nvidia-smi, NVML): NCCL's buffers count (costs.nccl_memory)
         out["memory_reported"] = "nvidia_smi"
     return out
