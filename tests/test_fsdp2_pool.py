@@ -51,6 +51,13 @@ def test_a_middle_pipeline_stage_pairs_two_blocks() -> None:
     assert stages[0].gather_pool_bytes == 2 * (emb + emb // 2 + BLOCK)
 
 
+def test_pure_bf16_parameters_stage_no_cast_shard() -> None:
+    """bf16_pure: the shards are already bf16 (no fp32 master), so FSDP2 stages no param-dtype
+    cast beside the gathered groups: 2 x (P_r + P_b) = 2,537,578,496 B."""
+    sc = _scenario(precision="bf16_pure")
+    assert estimate_memory(sc).stages[0].gather_pool_bytes == 2 * (ROOT + BLOCK) == 2_537_578_496
+
+
 def test_fp32_parameters_stage_no_cast_shard() -> None:
     """Without a param_dtype (fp32 training) FSDP2 gathers the fp32 shards themselves: the pool
     is the two groups' gathered parameters in fp32, 4 x (P_r + P_b)."""

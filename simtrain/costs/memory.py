@@ -14,6 +14,7 @@ through the rank's schedule. ``report.explain`` writes the arithmetic out from
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from math import ceil
 
 from simtrain.costs import offload
@@ -35,6 +36,7 @@ from simtrain.costs.activations import (
     walk_peak_of_states,
 )
 from simtrain.costs.comm import ddp_buckets
+from simtrain.costs.compute import optimizer_grad_read_bytes
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
@@ -917,8 +919,7 @@ def grad_buffer_elem_bytes(sc: Scenario, step: ResolvedStep) -> int:
     """Bytes per trainable element of the gradient buffer the step's passes read and write:
     the runtime's reduction buffer (:func:`buffer_grad_bytes`), else the precision's fp32
     accumulation buffer or its gradients."""
-    prec = step.precision
-    return buffer_grad_bytes(sc, step) or prec.grad_accum or prec.grad
+    return buffer_grad_bytes(sc, step) or optimizer_grad_read_bytes(step.precision)
 
 
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
@@ -982,10 +983,18 @@ def fsdp_root_bytes(sc: Scenario, tensors: list[ParamTensor], ms: ModelStateByte
     m, t, p = sc.model, sc.training, sc.parallelism
     if not sc.runtime.fsdp_root_unsharded or m.is_moe or not n_layers or t.offload.parameters:
         return None
-    block = fsdp_block_params(sc)
+    root, block = fsdp_groups(sc, ms, n_layers)
     head = {x.name for x in head_param_tensors(m, t, p.tp, p.pp)}
     grads = sum(x.numel for x in tensors if x.name in head and x.trainable)
-    return 2 * block + ms.params - n_layers * block, grads
+    return 2 * block + root, grads
+
+
+def fsdp_groups(sc: Scenario, ms: ModelStateBytes, n_layers: int) -> tuple[int, int]:
+    """(root group, one block) parameters of a stage under FSDP2: a block's
+    (:func:`fsdp_block_params`), and the stage's parameters outside its ``n_layers`` blocks
+    (embedding, final norm, output: torchtitan's ``fully_shard(model)``)."""
+    block = fsdp_block_params(sc)
+    return ms.params - n_layers * block, block
 
 
 def fsdp_block_params(sc: Scenario) -> int:
@@ -1014,15 +1023,13 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     if (rt.memory_reported == "allocated" or not rt.zero3_gather_copy_out or p.zero_stage < 2
             or p.dp_cp <= 1 or m.is_moe or sc.training.offload.parameters):  # fmt: skip
         return 0
-    block = fsdp_block_params(sc)
-    root = ms.params - n_layers * block if rt.fsdp_root_unsharded else 0
-    groups = ([root] if root > 0 else []) + [block] * n_layers
-    if not groups:
-        return 0
-    # the cast shard is staged only where param_dtype differs from the sharded fp32 parameters
-    cast = 1 / p.dp_cp if step.precision.param < 4 else 0
-    pairs = [a + a * cast + b for a, b in zip(groups, [*groups[1:], 0], strict=True)]
-    return ceil(step.precision.param * max(pairs))
+    root, block = fsdp_groups(sc, ms, n_layers)
+    groups = ([root] if root > 0 and rt.fsdp_root_unsharded else []) + [block] * n_layers
+    # the cast shard is staged only where param_dtype differs from the sharded parameters: fp32
+    # masters sharded, 16-bit gathered (not under bf16_pure, whose shards are already 16-bit)
+    prec = step.precision
+    cast = 1 / p.dp_cp if prec.master > prec.param else 0
+    return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
 
 
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
