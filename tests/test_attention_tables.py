@@ -7,9 +7,19 @@ from dataclasses import replace
 
 import pytest
 
-from simtrain.apps.gemm_tables import load_attention_tables
-from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge
-from simtrain.costs.compute import FLASH_BACKWARD_FLOPS, block_flops, chunk_costs
+from simtrain.apps.gemm_tables import (
+    ATTENTION_TABLES_PATH,
+    fit_attention_tables,
+    load_attention_tables,
+)
+from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge, fit_head_dim_edge
+from simtrain.costs.compute import (
+    FLASH_BACKWARD_FLOPS,
+    block_flops,
+    chunk_costs,
+    flash_core,
+    head_dim_factor,
+)
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import load_hardware, parse_hardware
 from simtrain.spec.scenario import parse_scenario
@@ -52,14 +62,17 @@ def test_a_power_limited_part_keeps_the_fractions_of_its_own_peak():
         assert hw.flash_class("fa2") == load_hardware("h100_sxm5_80gb").flash_class("fa2")
 
 
-@pytest.mark.parametrize("table", [t for t in load_attention_tables() if t.profiles],
-                         ids=lambda t: t.id)  # fmt: skip
+TABLES = {t.id: t for t in load_attention_tables()}
+
+
+@pytest.mark.parametrize("table", [t for t in TABLES.values() if t.profiles], ids=lambda t: t.id)
 def test_profiles_ship_the_fit_of_their_measured_table(table):
     """Each profile a table names carries, in its class of the table's kernel, the table's
     fitted edge (on the grid of the variable the table sweeps) and e∞ (to the 4 decimals it is
-    written with) for the table's direction, and 0 for the edge the table does not sweep."""
-    fit = table.fit()
-    other = "seq" if table.edge == "rows" else "rows"
+    written with) for the table's direction, and 0 for the length-or-rows edge the table does
+    not sweep (a head-dim table: its reference's e∞, and D)."""
+    fit = table.fit(TABLES.get(table.reference))
+    other = {"rows": "seq", "seq": "rows", "head_dim": "rows"}[table.edge]
     for name in table.profiles:
         hw = load_hardware(name)
         if name not in OWN_PEAK:
@@ -71,10 +84,25 @@ def test_profiles_ship_the_fit_of_their_measured_table(table):
         assert getattr(cls, f"{d}_{other}_edge") == 0, name
 
 
+def test_a_class_without_a_head_dim_table_prices_every_head_dim_alike():
+    """D is fitted where a head-dim table names the profile (FlashAttention-2 on the H100s);
+    every other class keeps D = 0."""
+    fitted = {(p, t.kernel, t.direction) for t in TABLES.values() if t.edge == "head_dim"
+              for p in t.profiles}  # fmt: skip
+    assert {k for _, k, _ in fitted} == {"fa2"}
+    for name in ("b200_180gb", "h100_sxm5_80gb", "h800_sxm5_80gb"):
+        hw = load_hardware(name)
+        for cls in hw.attention_kernels:
+            for d in ("forward", "backward"):
+                if (name, cls.kernel, d) not in fitted:
+                    assert getattr(cls, f"{d}_head_dim_edge") == 0, (name, cls.kernel, d)
+
+
 def test_b200_tables_as_transcribed():
     """SimuMax's B200 sweep: 19 shapes per direction; the rows term halves the forward's
     kernel-time MAPE (26.0 -> 12.3 %) and cuts the backward's (14.2 -> 11.2 %)."""
-    fits = {t.id: (len(t.shapes), t.fit()) for t in load_attention_tables()}
+    fitted = fit_attention_tables(list(TABLES.values()))
+    fits = {k: (len(TABLES[k].shapes), f) for k, f in fitted.items()}
     n, fwd = fits["simumax_b200_forward"]
     assert (n, fwd.edge, round(fwd.mape_pct, 1), round(fwd.constant_mape_pct, 1)) == (
         19, 55296, 12.3, 26.0)  # fmt: skip
@@ -92,8 +120,8 @@ def test_h100_tables_as_transcribed():
     sweep within 2.1 % of kernel time for each kernel and direction, against 10.0-16.2 % for one
     rate; at 16k FlashAttention-2's causal forward runs at 335 / 989.4 = 0.34 of peak,
     cuDNN's at 0.54, FlashAttention-3's at 0.62."""
-    tables = {t.id: t for t in load_attention_tables()}
-    fits = {k: t.fit() for k, t in tables.items() if k.startswith("fa3paper")}
+    tables = TABLES
+    fits = fit_attention_tables(list(tables.values()))
     for k in ("fa2", "cudnn", "fa3"):
         for d in ("forward", "backward"):
             f = fits[f"fa3paper_h100_{k}_{d}"]
@@ -105,19 +133,85 @@ def test_h100_tables_as_transcribed():
     assert not tables["fa3paper_h100_fa2_backward"].causal  # the paper's backward is unmasked
 
 
-def test_head_dim_64_is_held_out_and_runs_slower():
-    """Not fitted: the head-dim-64 FlashAttention-2 charts run 8-12 % below what the head-dim
-    128 class prices at the same lengths (head dim is not a term of the class): the check that
-    says how far the class carries to Llama-3.2-1B-shaped heads."""
-    hw = load_hardware("h100_sxm5_80gb")
-    cls = hw.flash_class("fa2")
-    tables = {t.id: t for t in load_attention_tables()}
+#: The H100 SXM5's matmul and special-function (exponential) rates, FlashAttention-3 §3.1: "989
+#: TFLOPS of FP16 matmul but only 3.9 TFLOPS of special functions". A score costs the forward
+#: 4·d matmul FLOPs and one exponential: unhidden, the exponentials add (989 / 3.9) / (4·d) of
+#: the matmul time, D = 989 / (4 x 3.9) = 63.4 head-dim elements.
+H100_UNHIDDEN_EXP_EDGE = 989 / (4 * 3.9)
+
+
+def test_head_dim_64_charts_set_the_head_dim_edge():
+    """The head-dim-64 FlashAttention-2 charts: the head-dim-128 class prices them 8-14 % too
+    fast (one ratio per bar: 0.87-0.93 of its rate), with the fitted D within 1 % of kernel time
+    (MAPE 0.59 % forward, 0.46 % backward); D (18, 13) between 0 and the bound of exponentials
+    the matmuls do not hide at all."""
+    cls = load_hardware("h100_sxm5_80gb").flash_class("fa2")
     for d, rate in (("forward", cls.forward), ("backward", cls.backward)):
-        t = tables[f"fa3paper_h100_fa2_{d}_d64"]
-        assert not t.profiles
-        edge = getattr(cls, f"{d}_seq_edge")
-        ratios = [r / (rate / (1 + edge / s)) for s, r in t.rates()]
+        t = TABLES[f"fa3paper_h100_fa2_{d}_d64"]
+        seq_edge, dim_edge = getattr(cls, f"{d}_seq_edge"), getattr(cls, f"{d}_head_dim_edge")
+        ratios = [r / (rate / (1 + seq_edge / s)) for s, r in t.rates()]
         assert all(0.87 < x < 0.93 for x in ratios), (d, ratios)
+        priced = [rate / ((1 + seq_edge / s) * head_dim_factor(dim_edge, 64)) for s, _ in t.rates()]
+        mape = (
+            100
+            * sum(abs(r / p - 1) for (_, r), p in zip(t.rates(), priced, strict=True))
+            / len(priced)
+        )
+        assert mape < 1.0, (d, mape)
+        assert 0 < dim_edge < H100_UNHIDDEN_EXP_EDGE, d
+    assert (cls.forward_head_dim_edge, cls.backward_head_dim_edge) == (18, 13)
+
+
+def test_head_dim_factor_by_hand():
+    """(1 + D/d) / (1 + D/128): D 18 at d 64 is 1.28125 / 1.140625; 1 at and above 128 (not
+    measured there), and with D = 0."""
+    assert head_dim_factor(18, 64) == pytest.approx(1.28125 / 1.140625, rel=1e-15)
+    assert head_dim_factor(18, 128) == head_dim_factor(18, 256) == head_dim_factor(0, 64) == 1.0
+    assert head_dim_factor(18, 32) > head_dim_factor(18, 64) > head_dim_factor(18, 96) > 1
+
+
+def test_head_dim_fit_recovers_a_generated_edge_exactly():
+    """Rates generated at head dim 64 as e∞ / ((1 + S / s) · factor(D = 21)) give back D = 21
+    with e∞ and S held, error 0; D = 0 (the reference class unchanged) misses them."""
+    e, seq_edge = 0.35, 376
+    pairs = tuple((float(s), e / ((1 + seq_edge / s) * head_dim_factor(21, 64)))
+                  for s in (512, 2048, 16384))  # fmt: skip
+    fit = fit_head_dim_edge(pairs, 64, e, seq_edge)
+    assert (fit.edge, fit.efficiency) == (21, e)
+    assert fit.mape_pct == pytest.approx(0.0, abs=1e-9) and fit.constant_mape_pct > 5
+    with pytest.raises(ValueError, match="not below"):
+        fit_head_dim_edge(pairs, 128, e, seq_edge)
+    with pytest.raises(ValueError, match="reference table"):
+        TABLES["fa3paper_h100_fa2_forward_d64"].fit()
+
+
+def test_a_head_dim_table_must_name_its_reference(tmp_path):
+    text = (ATTENTION_TABLES_PATH.read_text()
+            .replace("reference: fa3paper_h100_fa2_forward\n", "reference: fa3paper_h100_fa3_forward\n"))  # fmt: skip
+    bad = tmp_path / "attention_tables.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="fa3paper_h100_fa2_forward_d64.reference"):
+        load_attention_tables(bad)
+
+
+def test_flash_core_prices_a_64_wide_head_by_the_head_dim_edge():
+    """A Llama-3.2-1B-shaped head (64 wide) on the H100 under FlashAttention-2: each direction's
+    kernel time is the 128-wide head's (same FLOPs: twice the heads) x factor(D, 64); under
+    cuDNN (D = 0) the two are equal."""
+
+    def core(heads: int, runtime: str):
+        sc = _scenario("h100_sxm5_80gb", runtime=runtime)
+        sc = replace(sc, model=replace(sc.model, heads=heads))
+        return flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
+
+    cls = load_hardware("h100_sxm5_80gb").flash_class("fa2")
+    narrow, wide = core(16, "pytorch_eager"), core(8, "pytorch_eager")
+    assert narrow.forward_flops == wide.forward_flops
+    assert narrow.forward_ns == pytest.approx(
+        wide.forward_ns * head_dim_factor(cls.forward_head_dim_edge, 64), rel=1e-12)  # fmt: skip
+    assert narrow.backward_ns == pytest.approx(
+        wide.backward_ns * head_dim_factor(cls.backward_head_dim_edge, 64), rel=1e-12)  # fmt: skip
+    assert core(16, "megatron_core").forward_ns == core(8, "megatron_core").forward_ns
 
 
 def _scenario(hardware: str = "b200_180gb", flash: bool = True, runtime="megatron_core",
@@ -370,6 +464,11 @@ def test_run_table_says_how_the_attention_core_is_priced():
 
     h100 = _scenario("h100_sxm5_80gb")
     assert attention_line(h100) == "attention        cudnn kernel class of h100_sxm5_80gb"
+    narrow = _scenario("h100_sxm5_80gb", runtime="pytorch_eager")
+    narrow = replace(narrow, model=replace(narrow.model, heads=16))  # head dim 64, fa2 (D > 0)
+    assert attention_line(narrow) == (
+        "attention        fa2 kernel class of h100_sxm5_80gb (head dim 64: x1.123 forward, "
+        "x1.092 backward of its 128-wide rate)")  # fmt: skip
     a100 = _scenario("a100_sxm4_80gb", runtime="torchtitan")
     assert attention_line(a100).startswith("attention        fa2: no class in a100_sxm4_80gb")
     fp32 = _scenario("h100_sxm5_80gb", precision="fp32")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge
+from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge, fit_head_dim_edge
+from simtrain.costs.compute import REFERENCE_HEAD_DIM
 from simtrain.costs.gemm_shape import EdgeFit
 from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_DIRECTIONS, FLASH_RATE_MAX
@@ -59,11 +60,14 @@ class AttentionTable:
     peak_tflops: float  # the dense 16-bit peak of the GPU measured
     direction: str  # forward | backward
     kernel: str  # spec.hardware.ATTENTION_KERNELS: the profiles' class it sets
-    edge: str  # rows | seq: the variable the table sweeps, whose edge term it fits
+    edge: str  # rows | seq | head_dim: the variable the table sweeps, whose edge term it fits
     value: str  # full_count_efficiency | tflops (:meth:`rates`)
     causal: bool  # measured with the causal mask
     # (batch, seq_len, heads, kv_heads, qk_head_dim, v_head_dim, value)
     shapes: tuple[tuple[int, int, int, int, int, int, float], ...]
+    # edge head_dim: the table (same GPU, kernel and direction, at the reference head dim) whose
+    # class this one's head dim extends: its e∞ and S hold (costs.attention_shape)
+    reference: str = ""
 
     def rates(self) -> tuple[tuple[float, float], ...]:
         """The rows as the pairs ``costs.attention_shape.fit_flash_edge`` fits: (swept variable,
@@ -76,15 +80,22 @@ class AttentionTable:
         causal mask (``causal: false``) stands for the causal kernel at its rate (its file
         says so)."""
         return tuple(
-            (float(b * h * s) if self.edge == "rows" else float(s),
+            (float(b * h * s) if self.edge == "rows" else float(s),  # seq, head_dim: s
              v / 2 if self.value == "full_count_efficiency" else v / self.peak_tflops)
             for b, s, h, _, _, _, v in self.shapes
         )  # fmt: skip
 
-    def fit(self) -> EdgeFit:
+    def fit(self, reference: AttentionTable | None = None) -> EdgeFit:
         """The table's kernel class: its edge on the swept variable's grid and e∞
-        (``costs.attention_shape.fit_flash_edge``)."""
-        return fit_flash_edge(self.rates(), EDGE_GRIDS[self.edge])
+        (``costs.attention_shape.fit_flash_edge``); a head-dim table's D against its
+        ``reference`` table's class (``costs.attention_shape.fit_head_dim_edge``)."""
+        if self.edge != "head_dim":
+            return fit_flash_edge(self.rates(), EDGE_GRIDS[self.edge])
+        if reference is None or reference.id != self.reference:
+            raise ValueError(f"{self.id}: a head-dim fit needs its reference table "
+                             f"{self.reference!r}")  # fmt: skip
+        base = reference.fit()
+        return fit_head_dim_edge(self.rates(), self.shapes[0][4], base.efficiency, base.edge)
 
 
 def _choice(t: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
@@ -117,5 +128,33 @@ def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionT
             t["id"], t["source"], tuple(t["profiles"]), peak,
             _choice(t, "direction", FLASH_DIRECTIONS, path),
             _choice(t, "kernel", ATTENTION_KERNELS, path),
-            _choice(t, "edge", tuple(EDGE_GRIDS), path), value, t["causal"], shapes))  # fmt: skip
+            _choice(t, "edge", tuple(EDGE_GRIDS), path), value, t["causal"], shapes,
+            str(t.get("reference", ""))))  # fmt: skip
+    by_id = {t.id: t for t in tables}
+    for t in tables:
+        if t.edge == "head_dim":
+            _check_head_dim_table(t, by_id, path)
     return tables
+
+
+def _check_head_dim_table(t: AttentionTable, by_id: dict[str, AttentionTable], path: Path) -> None:
+    """A head-dim table is at one head dim below the reference, sweeps the length like its
+    ``reference`` table, which is of the same GPU peak, kernel and direction, at the reference
+    head dim."""
+    ref = by_id.get(t.reference)
+    dims = {row[4] for row in t.shapes}
+    if ref is None or (ref.edge, ref.kernel, ref.direction, ref.peak_tflops) != (
+            "seq", t.kernel, t.direction, t.peak_tflops):  # fmt: skip
+        raise ConfigError(str(path), f"{t.id}.reference", "must name a table of edge seq with "
+                          "the same kernel, direction and peak", t.reference or None)  # fmt: skip
+    if len(dims) != 1 or not 0 < min(dims) < REFERENCE_HEAD_DIM or {
+            row[4] for row in ref.shapes} != {REFERENCE_HEAD_DIM}:  # fmt: skip
+        raise ConfigError(str(path), f"{t.id}.shapes", f"a head-dim table is at one head dim "
+                          f"below {REFERENCE_HEAD_DIM}, its reference at {REFERENCE_HEAD_DIM}",
+                          sorted(dims))  # fmt: skip
+
+
+def fit_attention_tables(tables: list[AttentionTable]) -> dict[str, EdgeFit]:
+    """Every table's :meth:`AttentionTable.fit` by id, a head-dim table against its reference."""
+    by_id = {t.id: t for t in tables}
+    return {t.id: t.fit(by_id.get(t.reference)) for t in tables}

@@ -8,16 +8,26 @@ block walks the key blocks its query block sees, so its fixed work (loading Q, w
 causal diagonal block it masks) weighs more in a short sequence, over fewer key blocks. The cost
 model prices a call as
     time = F_causal / (peak · e∞) · (1 + R / (b·H·s)) · (1 + S / s)
+    · (1 + D / d) / (1 + D / d_ref)   (head dim d < d_ref only)
 with F_causal the FLOPs a causal kernel does (:func:`costs.compute.flash_kernel_flops`: half of
 the full count 4·b·s·s_kv·H·d for the forward without a prefix; the backward 2.5x the forward,
 for it recomputes the scores: FlashAttention-2 §3.1.2), e∞ the rate of an unboundedly parallel,
 unboundedly long call, R (rows) the under-fill edge and S (tokens) the short-sequence edge, one
 set for the forward kernel and one for the backward, per kernel (hardware profiles'
-``attention_kernels.<kernel>``; priced by ``costs.compute.flash_core``).
+``attention_kernels.<kernel>``; priced by ``costs.compute.flash_core``). D (head-dim elements) is
+the head-dim edge: each score costs the kernel its matmul FLOPs (4·d forward) and a fixed amount
+of non-matmul work (the softmax's exponential, max and rescale), which the tensor cores do not
+run: "the H100 SXM5 GPU has 989 TFLOPS of FP16 matmul but only 3.9 TFLOPS of special functions"
+(Shah et al. 2024, FlashAttention-3, §3.1), so at a smaller head dim the same FLOPs carry more
+exponentials. Its share not hidden behind the matmuls is D / d; unhidden entirely,
+D = peak / (4 · exponential rate) (63 on an H100). The classes' rates are at the head dim they
+were measured at, ``costs.compute.REFERENCE_HEAD_DIM``; above it nothing was measured and the class prices
+every head dim as that one (a 192- or 256-wide head is not priced faster).
 
-Each measured table sweeps one of the two: SimuMax's varies the heads at one length (its R is
+Each measured table sweeps one of the three: SimuMax's varies the heads at one length (its R is
 fitted, S = 0), the FlashAttention-3 paper's the length at one b·s and H (its S is fitted,
-R = 0). :func:`fit_flash_edge` picks the edge on a grid and, for each, the e∞ that minimises the
+R = 0); its head-dim-64 charts set D against the head-dim-128 class
+(:func:`fit_head_dim_edge`). :func:`fit_flash_edge` picks the edge on a grid and, for each, the e∞ that minimises the
 table's MAPE of kernel time exactly (as :func:`costs.gemm_shape.fit_gemm_edge` does for GEMMs);
 the tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_attention_tables``;
 ``AttentionTable.rates`` reads their rows, ``AttentionTable.fit`` fits them).
@@ -25,13 +35,15 @@ the tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_atten
 
 from __future__ import annotations
 
+from simtrain.costs.compute import REFERENCE_HEAD_DIM, head_dim_factor
 from simtrain.costs.gemm_shape import EdgeFit, fit_edge_term
 
 #: The grids the fit searches, by the table's swept variable: R in query rows (1,024 apart), S in
-#: tokens (8 apart); profiles ship the grid's minimum.
+#: tokens (8 apart), D in head-dim elements (1 apart); profiles ship the grid's minimum.
 ROWS_GRID = tuple(range(0, 1048577, 1024))
 SEQ_GRID = tuple(range(0, 8193, 8))
-EDGE_GRIDS = {"rows": ROWS_GRID, "seq": SEQ_GRID}
+HEAD_DIM_GRID = tuple(range(0, 257))
+EDGE_GRIDS = {"rows": ROWS_GRID, "seq": SEQ_GRID, "head_dim": HEAD_DIM_GRID}
 
 
 def fit_flash_edge(pairs: tuple[tuple[float, float], ...], grid: tuple[int, ...] = ROWS_GRID
@@ -41,3 +53,25 @@ def fit_flash_edge(pairs: tuple[tuple[float, float], ...], grid: tuple[int, ...]
     query length s for S), the time factor 1 + edge / x (``costs.gemm_shape.fit_edge_term``)."""
     effs = [e for _, e in pairs]
     return fit_edge_term(effs, lambda edge: [1 + edge / x for x, _ in pairs], grid)
+
+
+def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int, efficiency: float,
+                      seq_edge: float) -> EdgeFit:  # fmt: skip
+    """D on :data:`HEAD_DIM_GRID` with the smallest MAPE of kernel time over ``pairs`` (length
+    s, causal rate) measured at ``head_dim``, for the class measured at the reference head dim:
+    ``efficiency`` (e∞) and ``seq_edge`` (S) held, each row's time factor
+    (1 + S / s) · ``costs.compute.head_dim_factor``. A table at one head dim cannot tell D from e∞, so e∞
+    stays the reference table's (``EdgeFit.efficiency`` echoes it; ``constant_mape_pct`` is
+    the MAPE at D = 0: the reference class unchanged)."""
+    if len(pairs) < 2:
+        raise ValueError("a head-dim fit needs at least two shapes")
+    if not 0 < head_dim < REFERENCE_HEAD_DIM:
+        raise ValueError(f"head dim {head_dim} is not below the reference {REFERENCE_HEAD_DIM}")
+
+    def mape(edge: int) -> float:
+        f = head_dim_factor(edge, head_dim)
+        return 100 * sum(abs(r * (1 + seq_edge / s) * f / efficiency - 1)
+                         for s, r in pairs) / len(pairs)  # fmt: skip
+
+    best = min(HEAD_DIM_GRID, key=lambda d: (mape(d), d))
+    return EdgeFit(best, efficiency, mape(best), mape(0))

@@ -175,12 +175,27 @@ def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
     return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
-def flash_time_factor(rows_edge: float, rows: float, seq_edge: float, seq: float) -> float:
+#: The head dim of every shipped class's measurements (the FlashAttention-3 paper's charts,
+#: SimuMax's 128-wide heads, ``simtrain calibrate``'s sweep): a class's rates are at this head dim.
+REFERENCE_HEAD_DIM = 128
+
+
+def head_dim_factor(edge: float, head_dim: int) -> float:
+    """A FlashAttention call's time at head dim d over its time at :data:`REFERENCE_HEAD_DIM`,
+    per FLOP: (1 + D / d) / (1 + D / d_ref) below the reference, 1 at and above it (not
+    measured there; ``costs.attention_shape``)."""
+    d = min(head_dim, REFERENCE_HEAD_DIM)
+    return (1 + edge / d) / (1 + edge / REFERENCE_HEAD_DIM)
+
+
+def flash_time_factor(rows_edge: float, rows: float, seq_edge: float, seq: float,
+                      head_dim_edge: float = 0.0, head_dim: int = REFERENCE_HEAD_DIM) -> float:  # fmt: skip
     """A FlashAttention call's time over that of its causal FLOPs at the class's unbounded
-    rate: (1 + R / (b·H·s)) · (1 + S / s'), with b·H·s the query rows its thread blocks share
-    out and s' the call's query length, plus twice a prefix every query sees (``flash_core``;
-    ``costs.attention_shape``)."""
-    return (1 + rows_edge / rows) * (1 + seq_edge / seq)
+    rate: (1 + R / (b·H·s)) · (1 + S / s') · ``head_dim_factor``(D, d), with b·H·s the query
+    rows its thread blocks share out, s' the call's query length, plus twice a prefix every
+    query sees, and d the Q·K head dim (``flash_core``; ``costs.attention_shape``)."""
+    return ((1 + rows_edge / rows) * (1 + seq_edge / seq)
+            * head_dim_factor(head_dim_edge, head_dim))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +232,8 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     as causal FlashAttention kernels where the model uses flash attention and the profile has
     the class of the kernel the runtime calls (``attention_kernels.<runtime
     attention_kernel>``), in a 16-bit dtype: each direction's :func:`flash_kernel_flops` /
-    (peak · e) · :func:`flash_time_factor`, rows = b · (heads / tp) · s
-    (``costs.attention_shape``). None: the GEMM class prices it."""
+    (peak · e) · :func:`flash_time_factor`, rows = b · (heads / tp) · s, d the model's Q·K
+    head dim (``costs.attention_shape``). None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
     cls = flash_class_for(sc, dtype)
     core = bf.attention_core
@@ -235,10 +250,11 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     seq = s + 2 * prefix
     peak = hw.compute_peak(dtype)
     f_fl, b_fl = flash_kernel_flops(core, t)
+    d = m.head_dim
     fwd = 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
-        cls.forward_rows_edge, rows, cls.forward_seq_edge, seq)  # fmt: skip
+        cls.forward_rows_edge, rows, cls.forward_seq_edge, seq, cls.forward_head_dim_edge, d)  # fmt: skip
     bwd = 1e9 * b_fl / (peak * cls.backward) * flash_time_factor(
-        cls.backward_rows_edge, rows, cls.backward_seq_edge, seq)  # fmt: skip
+        cls.backward_rows_edge, rows, cls.backward_seq_edge, seq, cls.backward_head_dim_edge, d)  # fmt: skip
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
 
 

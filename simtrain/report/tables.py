@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from simtrain.costs.compute import flash_class_for
+from simtrain.costs.compute import flash_class_for, head_dim_factor
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.precision import PRECISIONS
@@ -213,7 +213,13 @@ def attention_line(sc: Any) -> str:
     cls = flash_class_for(sc, PRECISIONS[sc.training.precision].compute_dtype)
     if isinstance(cls, str):
         return f"attention        {cls}: priced as GEMM FLOPs (full s² count at efficiency.matmul)"
-    return f"attention        {cls.kernel} kernel class of {sc.hardware.name}"
+    line = f"attention        {cls.kernel} kernel class of {sc.hardware.name}"
+    d = sc.model.head_dim
+    fwd, bwd = (head_dim_factor(cls.forward_head_dim_edge, d),
+                head_dim_factor(cls.backward_head_dim_edge, d))  # fmt: skip
+    if fwd != 1 or bwd != 1:
+        line += f" (head dim {d}: x{fwd:.3f} forward, x{bwd:.3f} backward of its 128-wide rate)"
+    return line
 
 
 def run_table(res: Any, phased: Any = None) -> str:

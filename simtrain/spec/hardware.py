@@ -63,9 +63,12 @@ ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
 class FlashClass:
     """One FlashAttention kernel's class on this GPU (``attention_kernels.<kernel>``;
     costs.attention_shape): a causal call's forward and backward rate of its causal FLOPs over
-    the dense 16-bit peak at unbounded parallelism and length, and each one's edges: its time
-    is x (1 + R / (b·H·s)) for few query rows (under-filled GPU) and x (1 + S / s) for short
-    sequences (each thread block's fixed work, and the causal diagonal, over fewer key blocks)."""
+    the dense 16-bit peak at unbounded parallelism and length and at the reference head dim
+    (``costs.attention_shape.REFERENCE_HEAD_DIM``), and each one's edges: its time is
+    x (1 + R / (b·H·s)) for few query rows (under-filled GPU), x (1 + S / s) for short
+    sequences (each thread block's fixed work, and the causal diagonal, over fewer key blocks)
+    and x (1 + D / d) / (1 + D / d_ref) for a head dim d below the reference (the softmax's
+    exponentials, a fixed cost per score, over fewer matmul FLOPs per score)."""
 
     kernel: str
     forward: float
@@ -74,6 +77,8 @@ class FlashClass:
     backward_rows_edge: float = 0.0
     forward_seq_edge: float = 0.0
     backward_seq_edge: float = 0.0
+    forward_head_dim_edge: float = 0.0
+    backward_head_dim_edge: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,9 @@ MAXIMA = {
     # S beyond any sequence (the fits: 272-528 tokens; the fit grid stops at 8,192)
     **{f"{d}_rows_edge": 1e9 for d in ("forward", "backward")},
     **{f"{d}_seq_edge": 1e7 for d in ("forward", "backward")},
+    # D in head-dim elements: the fit's 14-22; an upper bound of any GPU's exponential-to-
+    # matmul throughput ratio x 4 (H100: 989.4 / (4 x 3.9) = 63)
+    **{f"{d}_head_dim_edge": 1e4 for d in ("forward", "backward")},
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -189,7 +197,7 @@ EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped
 #: The keys of one ``attention_kernels.<kernel>`` class: both rates, each with optional edges.
 FLASH_DIRECTIONS = ("forward", "backward")
 FLASH_KEYS = (*FLASH_DIRECTIONS, *(f"{d}_{e}_edge" for d in FLASH_DIRECTIONS
-                                   for e in ("rows", "seq")))  # fmt: skip
+                                   for e in ("rows", "seq", "head_dim")))  # fmt: skip
 #: Largest FlashAttention rate over the profile's peak: a calibrated profile's peak is a
 #: measured GEMM rate, which attention kernels can beat (README, "kernel classes"); a datasheet
 #: profile's kernels stay far below it (B200: 0.53 / 0.42). A bound against typos, not a fit.
@@ -252,7 +260,7 @@ def _efficiency(eff: Any, file: str) -> Efficiency:
 
 def _attention_kernels(data: Any, file: str) -> tuple[FlashClass, ...]:
     """``attention_kernels``: kernel -> {forward, backward, and optional *_rows_edge,
-    *_seq_edge}; each rate in (0, FLASH_RATE_MAX] (a rate is of the profile's peak, which a
+    *_seq_edge, *_head_dim_edge}; each rate in (0, FLASH_RATE_MAX] (a rate is of the profile's peak, which a
     calibrated profile sets to its measured GEMM rate: the attention kernel may beat it)."""
     if data is None:
         return ()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
+from simtrain.costs.compute import REFERENCE_HEAD_DIM
 from simtrain.errors import SimtrainError
 
 CPU_SIZES = (256, 512, 1024, 2048)
@@ -34,7 +35,8 @@ CUDA_GEMM_EDGE_SIZES = (128, 512, 2048, 8192)
 #: current GPU) outlast its dispatch from Python and the timing is the GPU's.
 CUDA_FLASH_SHAPES = ((1, 16384), (2, 16384), (4, 8192), (8, 8192), (16, 4096), (32, 4096),
                      (64, 4096), (64, 16384))  # fmt: skip
-FLASH_HEAD_DIM = 128
+#: The sweep's head dim: the one the classes' rates are at (their head-dim edge prices the others).
+FLASH_HEAD_DIM = REFERENCE_HEAD_DIM
 
 
 def _torch() -> Any:
