@@ -99,3 +99,29 @@ def test_fitted_matmul_is_still_a_grid_minimum(profile, value, patterns) -> None
     here = matmul_fit_mape(trs, value)[0]
     for other in (round(value - 0.01, 2), round(value + 0.01, 2)):
         assert here <= matmul_fit_mape(trs, other)[0], (profile, other)
+
+
+def test_the_fit_reads_a_layer_timing_twice_and_can_vary_memory_bound() -> None:
+    """``matmul_fit_mape`` on a Table 4 layer record (no step time, tokens/s or TFLOP/s) fits its
+    forward and its backward, two comparisons, as compare_record gives them; ``memory_bound``
+    (benchmarks/fit_matmul.py --memory-bound) overrides the profile's: as shipped it changes
+    nothing, a slower element-wise rate makes both times longer."""
+    from dataclasses import replace
+
+    from simtrain.apps.validate import compare_record
+
+    trs = fit_records("a100_sxm4_80gb", ["korthikanti22_t4_22B_layer_no_recompute"])
+    assert len(trs) == 1
+    eff = trs[0].scenario.hardware.efficiency
+    errs = {c.metric: c.error_pct for c in compare_record(trs[0])}
+    want = (abs(errs["layer_forward_s"]) + abs(errs["layer_backward_s"])) / 2
+    assert matmul_fit_mape(trs, eff.matmul)[0] == pytest.approx(want, rel=1e-12)
+    assert matmul_fit_mape(trs, eff.matmul, memory_bound=eff.memory_bound) == matmul_fit_mape(
+        trs, eff.matmul)  # fmt: skip
+    hw = trs[0].scenario.hardware
+    slow = replace(hw, efficiency=replace(eff, memory_bound=eff.memory_bound / 2))
+    slow_errs = {c.metric: c.error_pct
+                 for c in compare_record(replace(trs[0], scenario=replace(trs[0].scenario, hardware=slow)))}  # fmt: skip
+    assert all(slow_errs[m] > errs[m] for m in ("layer_forward_s", "layer_backward_s"))
+    assert matmul_fit_mape(trs, eff.matmul, memory_bound=eff.memory_bound / 2)[1] == pytest.approx(
+        (slow_errs["layer_forward_s"] + slow_errs["layer_backward_s"]) / 2, rel=1e-12)  # fmt: skip

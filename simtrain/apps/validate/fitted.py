@@ -86,8 +86,11 @@ def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...
 
 
 # The metric a record is fitted on: the first of these it measured (one comparison per record):
-# step time, else tokens/s, else TFLOP/s (the profiles' comments name which).
+# step time, else tokens/s, else TFLOP/s (the profiles' comments name which). A per-layer timing
+# record (Korthikanti et al. 2022 Table 4) measured none of them: its forward and its backward
+# time, two comparisons.
 FIT_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu")
+LAYER_FIT_METRICS = ("layer_forward_s", "layer_backward_s")
 
 
 def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
@@ -103,22 +106,30 @@ def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
 
 
 def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
-                    metrics: Sequence[str] = FIT_METRICS) -> tuple[float, float]:  # fmt: skip
-    """(MAPE %, signed median %) of ``trs`` simulated with ``efficiency.matmul = matmul`` (the
-    rest of each record's hardware profile as it is), one comparison per record: the first of
-    ``metrics`` it measured. How the profiles' [val] ``efficiency.matmul`` values were set
+                    metrics: Sequence[str] = FIT_METRICS,
+                    memory_bound: float | None = None) -> tuple[float, float]:  # fmt: skip
+    """(MAPE %, signed median %) of ``trs`` simulated with ``efficiency.matmul = matmul`` and,
+    if given, ``efficiency.memory_bound = memory_bound`` (the rest of each record's hardware
+    profile as it is), one comparison per record: the first of ``metrics`` it measured (a
+    per-layer timing: its forward and backward, :data:`LAYER_FIT_METRICS`). How the
+    profiles' [val] ``efficiency.matmul`` (and ``memory_bound``) values were set
     (``benchmarks/fit_matmul.py`` prints it over a grid)."""
     errs: list[float] = []
     for tr in trs:
         hw = tr.scenario.hardware
-        sc = replace(tr.scenario, hardware=replace(
-            hw, efficiency=replace(hw.efficiency, matmul=matmul)))  # fmt: skip
+        eff = replace(hw.efficiency, matmul=matmul)
+        if memory_bound is not None:
+            eff = replace(eff, memory_bound=memory_bound)
+        sc = replace(tr.scenario, hardware=replace(hw, efficiency=eff))
         got = {c.metric: c.error_pct for c in compare_record(replace(tr, scenario=sc))}
         metric = next((m for m in metrics if m in got), None)
-        if metric is None:
+        if metric is not None:
+            errs.append(got[metric])
+        elif all(m in got for m in LAYER_FIT_METRICS):
+            errs.extend(got[m] for m in LAYER_FIT_METRICS)
+        else:
             raise ConfigError(tr.record.id, "measured", "no throughput metric to fit on", None,
-                              " | ".join(metrics))  # fmt: skip
-        errs.append(got[metric])
+                              " | ".join((*metrics, *LAYER_FIT_METRICS)))  # fmt: skip
     return statistics.mean(abs(e) for e in errs), statistics.median(errs)
 
 
