@@ -134,24 +134,34 @@ def load_attention_tables(path: Path = ATTENTION_TABLES_PATH) -> list[AttentionT
     for t in tables:
         if t.edge == "head_dim":
             _check_head_dim_table(t, by_id, path)
+        elif t.reference:
+            raise ConfigError(str(path), f"{t.id}.reference", "only a table of edge head_dim "
+                              "names a reference", t.reference)  # fmt: skip
     return tables
 
 
+def _head_dims(t: AttentionTable) -> list[int]:
+    return sorted({row[4] for row in t.shapes})
+
+
 def _check_head_dim_table(t: AttentionTable, by_id: dict[str, AttentionTable], path: Path) -> None:
-    """A head-dim table is at one head dim below the reference, sweeps the length like its
-    ``reference`` table, which is of the same GPU peak, kernel and direction, at the reference
-    head dim."""
+    """A head-dim table names as ``reference`` a table that sweeps the length on the same GPU
+    peak, kernel, direction and mask, at the reference head dim; it is at one head dim below."""
+    key = ("seq", t.kernel, t.direction, t.peak_tflops, t.causal)
     ref = by_id.get(t.reference)
-    dims = {row[4] for row in t.shapes}
-    if ref is None or (ref.edge, ref.kernel, ref.direction, ref.peak_tflops) != (
-            "seq", t.kernel, t.direction, t.peak_tflops):  # fmt: skip
+    if ref is None or (ref.edge, ref.kernel, ref.direction, ref.peak_tflops, ref.causal) != key:
+        allowed = [u.id for u in by_id.values()
+                   if (u.edge, u.kernel, u.direction, u.peak_tflops, u.causal) == key]  # fmt: skip
         raise ConfigError(str(path), f"{t.id}.reference", "must name a table of edge seq with "
-                          "the same kernel, direction and peak", t.reference or None)  # fmt: skip
-    if len(dims) != 1 or not 0 < min(dims) < REFERENCE_HEAD_DIM or {
-            row[4] for row in ref.shapes} != {REFERENCE_HEAD_DIM}:  # fmt: skip
+                          "the same kernel, direction, peak and mask", t.reference or None,
+                          " | ".join(allowed) or "none in the file")  # fmt: skip
+    if _head_dims(ref) != [REFERENCE_HEAD_DIM]:
+        raise ConfigError(str(path), f"{ref.id}.shapes", f"the reference of {t.id} must be at "
+                          f"head dim {REFERENCE_HEAD_DIM}", _head_dims(ref))  # fmt: skip
+    dims = _head_dims(t)
+    if len(dims) != 1 or not 0 < dims[0] < REFERENCE_HEAD_DIM:
         raise ConfigError(str(path), f"{t.id}.shapes", f"a head-dim table is at one head dim "
-                          f"below {REFERENCE_HEAD_DIM}, its reference at {REFERENCE_HEAD_DIM}",
-                          sorted(dims))  # fmt: skip
+                          f"below {REFERENCE_HEAD_DIM}", dims)  # fmt: skip
 
 
 def fit_attention_tables(tables: list[AttentionTable]) -> dict[str, EdgeFit]:

@@ -20,7 +20,9 @@ of non-matmul work (the softmax's exponential, max and rescale), which the tenso
 run: "the H100 SXM5 GPU has 989 TFLOPS of FP16 matmul but only 3.9 TFLOPS of special functions"
 (Shah et al. 2024, FlashAttention-3, §3.1), so at a smaller head dim the same FLOPs carry more
 exponentials. Its share not hidden behind the matmuls is D / d; unhidden entirely,
-D = peak / (4 · exponential rate) (63 on an H100). The classes' rates are at the head dim they
+D = peak / (k · exponential rate), k the matmul FLOPs per score per head-dim element: 4 forward,
+10 backward (FlashAttention-2 §3.1.2: 2.5 x the forward's for one exponential again), so at
+most 63 forward and 25 backward on an H100. The classes' rates are at the head dim they
 were measured at, ``costs.compute.REFERENCE_HEAD_DIM``; above it nothing was measured and the class prices
 every head dim as that one (a 192- or 256-wide head is not priced faster).
 
@@ -74,4 +76,4 @@ def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int, eff
                          for s, r in pairs) / len(pairs)  # fmt: skip
 
     best = min(HEAD_DIM_GRID, key=lambda d: (mape(d), d))
-    return EdgeFit(best, efficiency, mape(best), mape(0))
+    return EdgeFit(float(best), efficiency, mape(best), mape(0))

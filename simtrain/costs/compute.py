@@ -175,8 +175,10 @@ def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
     return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
-#: The head dim of every shipped class's measurements (the FlashAttention-3 paper's charts,
-#: SimuMax's 128-wide heads, ``simtrain calibrate``'s sweep): a class's rates are at this head dim.
+#: The head dim of the shipped classes' measurements (the FlashAttention-3 paper's charts,
+#: ``simtrain calibrate``'s sweep; SimuMax's B200 sweep mixes 128-wide heads with MLA's Q·K of
+#: 192, whose class has D = 0): a class's rates are at this head dim. (The factor takes the Q·K
+#: head dim, which is also the V head dim of every model whose head is below it.)
 REFERENCE_HEAD_DIM = 128
 
 

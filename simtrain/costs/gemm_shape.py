@@ -23,10 +23,11 @@ EDGE_GRID = tuple(range(0, 1001, 10))
 
 @dataclass(frozen=True, slots=True)
 class EdgeFit:
-    """A fitted rate term e_i = e∞ / f_i(edge): the GEMM shape term's L (elements) or the
-    FlashAttention class's R (query rows, ``costs.attention_shape``)."""
+    """A fitted rate term e_i = e∞ / f_i(edge): the GEMM shape term's L (elements) or one of the
+    FlashAttention class's edges (``costs.attention_shape``): R (query rows), S (tokens) or D
+    (head-dim elements)."""
 
-    edge: float  # L or R
+    edge: float  # L, R, S or D
     efficiency: float  # e∞, the rate of an unbounded shape at that edge
     mape_pct: float  # the table's MAPE of kernel time with the term
     constant_mape_pct: float  # ... with one efficiency for every shape (edge 0)

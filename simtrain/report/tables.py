@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from simtrain.costs.compute import flash_class_for, head_dim_factor
+from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_class_for, head_dim_factor
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.precision import PRECISIONS
@@ -218,7 +218,10 @@ def attention_line(sc: Any) -> str:
     fwd, bwd = (head_dim_factor(cls.forward_head_dim_edge, d),
                 head_dim_factor(cls.backward_head_dim_edge, d))  # fmt: skip
     if fwd != 1 or bwd != 1:
-        line += f" (head dim {d}: x{fwd:.3f} forward, x{bwd:.3f} backward of its 128-wide rate)"
+        line += (f" (head dim {d}: x{fwd:.3f} forward, x{bwd:.3f} backward of its "
+                 f"{REFERENCE_HEAD_DIM}-wide rate)")  # fmt: skip
+    elif d > REFERENCE_HEAD_DIM and (cls.forward_head_dim_edge or cls.backward_head_dim_edge):
+        line += f" (head dim {d} priced as {REFERENCE_HEAD_DIM}: not measured above it)"
     return line
 
 

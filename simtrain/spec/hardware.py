@@ -64,7 +64,7 @@ class FlashClass:
     """One FlashAttention kernel's class on this GPU (``attention_kernels.<kernel>``;
     costs.attention_shape): a causal call's forward and backward rate of its causal FLOPs over
     the dense 16-bit peak at unbounded parallelism and length and at the reference head dim
-    (``costs.attention_shape.REFERENCE_HEAD_DIM``), and each one's edges: its time is
+    (``costs.compute.REFERENCE_HEAD_DIM``), and each one's edges: its time is
     x (1 + R / (b·H·s)) for few query rows (under-filled GPU), x (1 + S / s) for short
     sequences (each thread block's fixed work, and the causal diagonal, over fewer key blocks)
     and x (1 + D / d) / (1 + D / d_ref) for a head dim d below the reference (the softmax's
@@ -155,8 +155,8 @@ MAXIMA = {
     # S beyond any sequence (the fits: 272-528 tokens; the fit grid stops at 8,192)
     **{f"{d}_rows_edge": 1e9 for d in ("forward", "backward")},
     **{f"{d}_seq_edge": 1e7 for d in ("forward", "backward")},
-    # D in head-dim elements: the fit's 14-22; an upper bound of any GPU's exponential-to-
-    # matmul throughput ratio x 4 (H100: 989.4 / (4 x 3.9) = 63)
+    # D in head-dim elements (the fits: 13-18; the H100's none-hidden bounds, its matmul over its
+    # exponential rate / 4 forward, / 10 backward: 63 and 25): a bound against typos, not a fit
     **{f"{d}_head_dim_edge": 1e4 for d in ("forward", "backward")},
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
