@@ -527,6 +527,7 @@ def hardware_doc(draw: Drawer) -> dict[str, Any]:
             cls[k] = choose(draw, 2, 1e-6, 0.001, 0.5, 1.5)
             cls[f"{k}_rows_edge"] = choose(draw, 0, 1, 55296, 1e9)
             cls[f"{k}_seq_edge"] = choose(draw, 0, 1, 376, 1e7)
+            cls[f"{k}_head_dim_edge"] = choose(draw, 0, 1, 18, 1e4)
     return doc
 
 

@@ -178,11 +178,11 @@ def test_head_dim_fit_recovers_a_generated_edge_exactly():
     e, seq_edge = 0.35, 376
     pairs = tuple((float(s), e / ((1 + seq_edge / s) * head_dim_factor(21, 64)))
                   for s in (512, 2048, 16384))  # fmt: skip
-    fit = fit_head_dim_edge(pairs, 64, e, seq_edge)
+    fit = fit_head_dim_edge(tuple((1 + seq_edge / s, r) for s, r in pairs), 64, e)
     assert (fit.edge, fit.efficiency) == (21, e)
     assert fit.mape_pct == pytest.approx(0.0, abs=1e-9) and fit.constant_mape_pct > 5
     with pytest.raises(ValueError, match="not below"):
-        fit_head_dim_edge(pairs, 128, e, seq_edge)
+        fit_head_dim_edge(pairs, 128, e)
     with pytest.raises(ValueError, match="reference table"):
         TABLES["fa3paper_h100_fa2_forward_d64"].fit()
 

@@ -407,3 +407,58 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
             pytest.approx(1e9 * times["fa2"][(heads, s)][1], rel=2e-3))  # fmt: skip
     # no sweep (a CPU): no class in the profile
     assert load_hardware(str(write_profile(tmp_path / "none.yaml", base))).attention_kernels == ()
+
+
+def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) -> None:
+    """A narrow-head sweep (head dim 64) timed as each class at D = 21 forward, 9 backward (the
+    wide sweep as the class e∞ / R) is fitted back to D per kernel with e∞ and R held, written
+    as ``*_head_dim_edge``, named in the printed table, and priced by the cost model at each
+    narrow call's own time; a kernel without a narrow sweep keeps D = 0."""
+    from simtrain.costs.compute import block_flops, flash_core, flash_time_factor
+    from simtrain.spec.scenario import parse_scenario
+    from simtrain.torchref.profile_writer import (
+        calibration_table,
+        flash_head_dim_fits,
+        large_gemm_rate,
+    )
+
+    base = _fake(matmul_by_size={"fp32": {1024: 5e10}, "bf16": {1024: 4e10}},
+                 matmul_flops_per_s={"fp32": 5e10, "bf16": 4e10})  # fmt: skip
+    peak = large_gemm_rate(base, "bf16")
+    classes = ((0.6, 20480.0, 21.0), (0.45, 8192.0, 9.0))  # (e∞, R, D) forward, backward
+
+    def sweep(shapes, head_dim):
+        return {
+            (heads, s): tuple(
+                f / (peak * e) * flash_time_factor(r, heads * s, 0.0, s, d, head_dim)
+                for f, (e, r, d) in zip(
+                    microbench.flash_causal_flops(heads, s, head_dim), classes, strict=True
+                )
+            )  # fmt: skip
+            for heads, s in shapes
+        }
+
+    wide = sweep(microbench.CUDA_FLASH_SHAPES, microbench.FLASH_HEAD_DIM)
+    narrow = sweep(microbench.CUDA_FLASH_NARROW_SHAPES, microbench.FLASH_NARROW_HEAD_DIM)
+    cal = dataclasses.replace(base, flash_times={"fa2": wide, "cudnn": wide},
+                              flash_narrow_times={"fa2": narrow})  # fmt: skip
+    dims = flash_head_dim_fits(cal)
+    assert {k: [f.edge for f in pair] for k, pair in dims.items()} == {"fa2": [21, 9]}
+    assert all(f.mape_pct < 1e-9 and f.constant_mape_pct > 1 for f in dims["fa2"])
+    assert "head dim 64: D 21 / 9" in calibration_table(cal)
+    hw = load_hardware(str(write_profile(tmp_path / "narrow.yaml", cal)))
+    fa2, cudnn = hw.flash_class("fa2"), hw.flash_class("cudnn")
+    assert (fa2.forward_head_dim_edge, fa2.backward_head_dim_edge) == (21, 9)
+    assert (cudnn.forward_head_dim_edge, cudnn.backward_head_dim_edge) == (0, 0)
+    for heads, s in microbench.CUDA_FLASH_NARROW_SHAPES:
+        sc = parse_scenario(
+            {"name": "n", "hardware": str(tmp_path / "narrow.yaml"),
+             "model": {"layers": 1, "hidden": 64 * heads, "heads": heads,
+                       "ffn_hidden": 128 * heads, "vocab": 256, "max_positions": s,
+                       "flash_attention": True},
+             "training": {"seq_len": s, "global_batch": 1, "micro_batch": 1,
+                          "precision": "bf16"}}, "n.yaml")  # fmt: skip
+        fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
+        assert (fa.forward_ns, fa.backward_ns) == (
+            pytest.approx(1e9 * narrow[(heads, s)][0], rel=2e-3),
+            pytest.approx(1e9 * narrow[(heads, s)][1], rel=2e-3))  # fmt: skip

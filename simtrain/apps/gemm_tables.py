@@ -94,8 +94,9 @@ class AttentionTable:
         if reference is None or reference.id != self.reference:
             raise ValueError(f"{self.id}: a head-dim fit needs its reference table "
                              f"{self.reference!r}")  # fmt: skip
-        base = reference.fit()
-        return fit_head_dim_edge(self.rates(), self.shapes[0][4], base.efficiency, base.edge)
+        ref = reference.fit()
+        rows = tuple((1 + ref.edge / s, r) for s, r in self.rates())
+        return fit_head_dim_edge(rows, self.shapes[0][4], ref.efficiency)
 
 
 def _choice(t: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:

@@ -57,13 +57,14 @@ def fit_flash_edge(pairs: tuple[tuple[float, float], ...], grid: tuple[int, ...]
     return fit_edge_term(effs, lambda edge: [1 + edge / x for x, _ in pairs], grid)
 
 
-def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int, efficiency: float,
-                      seq_edge: float) -> EdgeFit:  # fmt: skip
-    """D on :data:`HEAD_DIM_GRID` with the smallest MAPE of kernel time over ``pairs`` (length
-    s, causal rate) measured at ``head_dim``, for the class measured at the reference head dim:
-    ``efficiency`` (e∞) and ``seq_edge`` (S) held, each row's time factor
-    (1 + S / s) · ``costs.compute.head_dim_factor``. A table at one head dim cannot tell D from e∞, so e∞
-    stays the reference table's (``EdgeFit.efficiency`` echoes it; ``constant_mape_pct`` is
+def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int,
+                      efficiency: float) -> EdgeFit:  # fmt: skip
+    """D on :data:`HEAD_DIM_GRID` with the smallest MAPE of kernel time over ``pairs`` (the
+    row's time factor from the class's other edges, causal rate) measured at ``head_dim``, for
+    the class measured at the reference head dim: its ``efficiency`` (e∞) and edges held (the
+    paper's charts: 1 + S / s; ``simtrain calibrate``'s sweep: 1 + R / (b·H·s)), each row's time
+    factor that x ``costs.compute.head_dim_factor``. A sweep at one head dim cannot tell D from
+    e∞, so e∞ stays the reference's (``EdgeFit.efficiency`` echoes it; ``constant_mape_pct`` is
     the MAPE at D = 0: the reference class unchanged)."""
     if len(pairs) < 2:
         raise ValueError("a head-dim fit needs at least two shapes")
@@ -72,8 +73,7 @@ def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int, eff
 
     def mape(edge: int) -> float:
         f = head_dim_factor(edge, head_dim)
-        return 100 * sum(abs(r * (1 + seq_edge / s) * f / efficiency - 1)
-                         for s, r in pairs) / len(pairs)  # fmt: skip
+        return 100 * sum(abs(r * base * f / efficiency - 1) for base, r in pairs) / len(pairs)
 
     best = min(HEAD_DIM_GRID, key=lambda d: (mape(d), d))
     return EdgeFit(float(best), efficiency, mape(best), mape(0))

@@ -22,7 +22,9 @@
   :data:`CUDA_FLASH_SHAPES` (batch 1, head dim 128), forward and backward, each
   call's causal FLOPs over its time and the bf16 peak, fitted by
   ``costs.attention_shape.fit_flash_edge`` on query rows (the fit that set the B200 profile's on
-  SimuMax's sweep); a CPU has no flash kernel and gets no class;
+  SimuMax's sweep), and each class's head-dim edge D on :data:`CUDA_FLASH_NARROW_SHAPES` at head
+  dim 64 (``costs.attention_shape.fit_head_dim_edge``, e∞ and R held); a CPU has no flash kernel
+  and gets no class;
 * **memory bandwidth**: a copy (``y.copy_(x)``: read + write) and an add (``torch.add(x, y,
   out=z)``: two reads + one write) over :data:`STREAM_BYTES`-byte fp32 tensors, bytes moved /
   time, the better of the two (the element-wise kernels of a training step are of these kinds);
@@ -71,9 +73,11 @@ from simtrain.torchref.microbench import (
     CPU_GEMM_EDGE_SIZES,
     CPU_SIZES,
     CUDA_ELEMENTWISE_SHAPE,
+    CUDA_FLASH_NARROW_SHAPES,
     CUDA_FLASH_SHAPES,
     CUDA_GEMM_EDGE_SIZES,
     CUDA_SIZES,
+    FLASH_NARROW_HEAD_DIM,
     STREAM_BYTES,
     _timed,
     _torch,
@@ -146,11 +150,14 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
     ew_rate, ew_spread = measure_elementwise(device, ew_shape)
     gemm_rate, gemm_spread = measure_gemm_mix(device, ew_shape)
     adam = measure_adam(device)
-    flash = {}
+    flash, narrow = {}, {}
     if dev.type == "cuda" and "bf16" in best:
         flash = measure_flash_attention(device, CUDA_FLASH_SHAPES, repeats=repeats)
         if not flash:
             notes.append("FlashAttention: no flash backend on this device; no kernel class")
+        else:
+            narrow = measure_flash_attention(device, CUDA_FLASH_NARROW_SHAPES,
+                                             head_dim=FLASH_NARROW_HEAD_DIM, repeats=repeats)  # fmt: skip
     if dev.type == "cuda":
         device_name, memory, context, pcie = _cuda_facts(torch, dev, repeats)
     else:
@@ -179,6 +186,7 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         notes=tuple(notes),
         gemm_edge=edge,
         flash_times=flash,
+        flash_narrow_times=narrow,
     )
 
 

@@ -37,6 +37,11 @@ CUDA_FLASH_SHAPES = ((1, 16384), (2, 16384), (4, 8192), (8, 8192), (16, 4096), (
                      (64, 4096), (64, 16384))  # fmt: skip
 #: The sweep's head dim: the one the classes' rates are at (their head-dim edge prices the others).
 FLASH_HEAD_DIM = REFERENCE_HEAD_DIM
+#: The narrow-head sweep that fits each class's head-dim edge D (costs.attention_shape): heads of
+#: 64 (Llama-3.2-1B's, GPT-2's), twice the heads of three of the sweep's shapes, so the same
+#: query rows per head and the same FLOPs.
+FLASH_NARROW_HEAD_DIM = 64
+CUDA_FLASH_NARROW_SHAPES = ((2, 16384), (16, 8192), (128, 4096))
 
 
 def _torch() -> Any:

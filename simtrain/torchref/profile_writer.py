@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.costs.attention_shape import fit_flash_edge
+from simtrain.costs.attention_shape import fit_flash_edge, fit_head_dim_edge
 from simtrain.costs.gemm_shape import EdgeFit, shape_factor
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
+    FLASH_NARROW_HEAD_DIM,
     flash_causal_flops,
     gemm_counted_flops,
     gemm_mix_edge,
@@ -49,6 +50,10 @@ class Calibration:
     # kernel -> (heads, seq_len) -> (forward, backward) seconds of causal bf16 FlashAttention over
     # one sequence of head dim 128 (microbench.measure_flash_attention; CUDA only); {}: none
     flash_times: dict[str, dict[tuple[int, int], tuple[float, float]]] = field(default_factory=dict)
+    # the same at head dim microbench.FLASH_NARROW_HEAD_DIM over CUDA_FLASH_NARROW_SHAPES: each
+    # kernel's head-dim edge D; {}: none
+    flash_narrow_times: dict[str, dict[tuple[int, int], tuple[float, float]]] = field(
+        default_factory=dict)  # fmt: skip
 
     @property
     def gemm_edge_elements(self) -> float:
@@ -186,14 +191,20 @@ def _attention_lines(cal: Calibration) -> list[str]:
     if fits:
         lines.append("attention_kernels:                # [meas] causal bf16 SDPA per backend "
                      f"(b 1, d {FLASH_HEAD_DIM}; costs.attention_shape)")  # fmt: skip
+    dims = flash_head_dim_fits(cal)
     for kernel, pair in fits.items():
         n = len(cal.flash_times[kernel])
         lines.append(f"  {kernel}:")
-        for direction, fit in zip(("forward", "backward"), pair, strict=True):
+        for i, (direction, fit) in enumerate(zip(("forward", "backward"), pair, strict=True)):
             lines.append(f"    {direction}: {fit.efficiency:.4g}           # [meas] {direction} "
                          f"over {n} shapes: {_fit_quality(fit, 'kernel')}")  # fmt: skip
             lines.append(f"    {direction}_rows_edge: {fit.edge:g}    # [meas] R, query rows "
                          "b·H·s")  # fmt: skip
+            if kernel in dims:
+                d = dims[kernel][i]
+                lines.append(f"    {direction}_head_dim_edge: {d.edge:g}    # [meas] D, over "
+                             f"{len(cal.flash_narrow_times[kernel])} shapes of head dim "
+                             f"{FLASH_NARROW_HEAD_DIM}: {_fit_quality(d, 'kernel')} (one: D = 0)")  # fmt: skip
     return lines
 
 
@@ -221,6 +232,28 @@ def flash_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
             for table, flops, t in zip(tables, flash_causal_flops(heads, s), times, strict=True):
                 table.append((float(heads * s), flops / (t * peak)))
         out[kernel] = (fit_flash_edge(tuple(tables[0])), fit_flash_edge(tuple(tables[1])))
+    return out
+
+
+def flash_head_dim_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
+    """Each kernel's head-dim edge D (forward, backward) fitted on the calibration's narrow-head
+    sweep against that kernel's class (:func:`flash_fits`: its e∞ and R held, each call's
+    factor 1 + R / (b·H·s); ``costs.attention_shape.fit_head_dim_edge``); none for a kernel
+    with fewer than two narrow shapes or no class."""
+    classes = flash_fits(cal)
+    peak = large_gemm_rate(cal, "bf16")
+    out: dict[str, tuple[EdgeFit, EdgeFit]] = {}
+    for kernel, sweep in sorted(cal.flash_narrow_times.items()):
+        if kernel not in classes or len(sweep) < 2:
+            continue
+        fits = []
+        for i, cls in enumerate(classes[kernel]):
+            rows = tuple(
+                (1 + cls.edge / (heads * s),
+                 flash_causal_flops(heads, s, FLASH_NARROW_HEAD_DIM)[i] / (times[i] * peak))
+                for (heads, s), times in sorted(sweep.items()))  # fmt: skip
+            fits.append(fit_head_dim_edge(rows, FLASH_NARROW_HEAD_DIM, cls.efficiency))
+        out[kernel] = (fits[0], fits[1])
     return out
 
 
@@ -309,10 +342,13 @@ def calibration_table(cal: Calibration) -> str:
         fit, n = cal.gemm_edge
         lines.append(f"GEMM shape term: L = {fit.edge:g} over {n} fp32 GEMMs "
                      f"({_fit_quality(fit, 'GEMM')})")  # fmt: skip
+    dims = flash_head_dim_fits(cal)
     for kernel, (fwd, bwd) in flash_fits(cal).items():
+        dim = (f"; head dim {FLASH_NARROW_HEAD_DIM}: D {dims[kernel][0].edge:g} / "
+               f"{dims[kernel][1].edge:g}" if kernel in dims else "")  # fmt: skip
         lines.append(f"FlashAttention {kernel} (causal bf16, {len(cal.flash_times[kernel])} "
                      f"shapes): forward {fwd.efficiency:.3f} of peak, R {fwd.edge:g} rows; "
-                     f"backward {bwd.efficiency:.3f}, R {bwd.edge:g}")  # fmt: skip
+                     f"backward {bwd.efficiency:.3f}, R {bwd.edge:g}{dim}")  # fmt: skip
     if cal.elementwise_bytes_per_s:
         lo, hi = cal.elementwise_spread
         lines.append(f"element-wise mix (cost-model bytes): {cal.elementwise_bytes_per_s / 1e9:,.2f}"
