@@ -390,21 +390,9 @@ def test_calibrated_flash_class_prices_its_own_measured_calls(tmp_path: Path) ->
                                                pytest.approx(eb, rel=1e-3))  # fmt: skip
     assert hw.compute_peak("bf16") == pytest.approx(peak, rel=1e-5)
     # the cost model prices each measured call back at its time (to the profile's 4 digits)
-    from simtrain.costs.compute import block_flops, flash_core
-    from simtrain.spec.scenario import parse_scenario
 
     for heads, s in ((1, 16384), (8, 8192), (64, 4096)):
-        sc = parse_scenario(
-            {"name": "f", "hardware": str(tmp_path / "flash.yaml"),
-             "model": {"layers": 1, "hidden": 128 * heads, "heads": heads,
-                       "ffn_hidden": 256 * heads, "vocab": 256, "max_positions": s,
-                       "flash_attention": True},
-             "training": {"seq_len": s, "global_batch": 1, "micro_batch": 1,
-                          "precision": "bf16"}}, "f.yaml")  # fmt: skip
-        fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
-        assert (fa.forward_ns, fa.backward_ns) == (
-            pytest.approx(1e9 * times["fa2"][(heads, s)][0], rel=2e-3),
-            pytest.approx(1e9 * times["fa2"][(heads, s)][1], rel=2e-3))  # fmt: skip
+        _assert_priced_at(tmp_path / "flash.yaml", heads, 128, s, times["fa2"][(heads, s)])
     # no sweep (a CPU): no class in the profile
     assert load_hardware(str(write_profile(tmp_path / "none.yaml", base))).attention_kernels == ()
 
@@ -414,8 +402,7 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     wide sweep as the class e∞ / R) is fitted back to D per kernel with e∞ and R held, written
     as ``*_head_dim_edge``, named in the printed table, and priced by the cost model at each
     narrow call's own time; a kernel without a narrow sweep keeps D = 0."""
-    from simtrain.costs.compute import block_flops, flash_core, flash_time_factor
-    from simtrain.spec.scenario import parse_scenario
+    from simtrain.costs.compute import flash_time_factor
     from simtrain.torchref.profile_writer import (
         calibration_table,
         flash_head_dim_fits,
@@ -451,14 +438,24 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     assert (fa2.forward_head_dim_edge, fa2.backward_head_dim_edge) == (21, 9)
     assert (cudnn.forward_head_dim_edge, cudnn.backward_head_dim_edge) == (0, 0)
     for heads, s in microbench.CUDA_FLASH_NARROW_SHAPES:
-        sc = parse_scenario(
-            {"name": "n", "hardware": str(tmp_path / "narrow.yaml"),
-             "model": {"layers": 1, "hidden": 64 * heads, "heads": heads,
-                       "ffn_hidden": 128 * heads, "vocab": 256, "max_positions": s,
-                       "flash_attention": True},
-             "training": {"seq_len": s, "global_batch": 1, "micro_batch": 1,
-                          "precision": "bf16"}}, "n.yaml")  # fmt: skip
-        fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
-        assert (fa.forward_ns, fa.backward_ns) == (
-            pytest.approx(1e9 * narrow[(heads, s)][0], rel=2e-3),
-            pytest.approx(1e9 * narrow[(heads, s)][1], rel=2e-3))  # fmt: skip
+        _assert_priced_at(tmp_path / "narrow.yaml", heads, 64, s, narrow[(heads, s)])
+
+
+def _assert_priced_at(profile: Path, heads: int, head_dim: int, s: int,
+                      times: tuple[float, float]) -> None:  # fmt: skip
+    """``compute.flash_core`` prices one layer of ``heads`` x ``head_dim`` over one sequence of
+    ``s`` on ``profile`` (the default runtime's fa2) at the measured (forward, backward) seconds
+    (to the profile's 4 digits)."""
+    from simtrain.costs.compute import block_flops, flash_core
+    from simtrain.spec.scenario import parse_scenario
+
+    sc = parse_scenario(
+        {"name": "f", "hardware": str(profile),
+         "model": {"layers": 1, "hidden": head_dim * heads, "heads": heads,
+                   "ffn_hidden": 2 * head_dim * heads, "vocab": 256, "max_positions": s,
+                   "flash_attention": True},
+         "training": {"seq_len": s, "global_batch": 1, "micro_batch": 1, "precision": "bf16"}},
+        "f.yaml")  # fmt: skip
+    fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
+    assert (fa.forward_ns, fa.backward_ns) == (pytest.approx(1e9 * times[0], rel=2e-3),
+                                               pytest.approx(1e9 * times[1], rel=2e-3))  # fmt: skip
