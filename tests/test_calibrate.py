@@ -403,15 +403,20 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     as ``*_head_dim_edge``, named in the printed table, and priced by the cost model at each
     narrow call's own time; a kernel without a narrow sweep keeps D = 0."""
     from simtrain.costs.compute import flash_time_factor
+    from simtrain.costs.gemm_shape import EdgeFit
     from simtrain.torchref.profile_writer import (
         calibration_table,
         flash_head_dim_fits,
         large_gemm_rate,
     )
 
+    # a shape term (L = 64), so that the peak both fits divide by is the term's large-GEMM rate,
+    # not the measured bf16 rate (which a fit taking the wrong peak would use)
     base = _fake(matmul_by_size={"fp32": {1024: 5e10}, "bf16": {1024: 4e10}},
-                 matmul_flops_per_s={"fp32": 5e10, "bf16": 4e10})  # fmt: skip
+                 matmul_flops_per_s={"fp32": 5e10, "bf16": 4e10},
+                 gemm_edge=(EdgeFit(64.0, 1.0, 0.0, 0.0), 9))  # fmt: skip
     peak = large_gemm_rate(base, "bf16")
+    assert peak != base.matmul_flops_per_s["bf16"]
     classes = ((0.6, 20480.0, 21.0), (0.45, 8192.0, 9.0))  # (e∞, R, D) forward, backward
 
     def sweep(shapes, head_dim):
@@ -439,6 +444,10 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     assert (cudnn.forward_head_dim_edge, cudnn.backward_head_dim_edge) == (0, 0)
     for heads, s in microbench.CUDA_FLASH_NARROW_SHAPES:
         _assert_priced_at(tmp_path / "narrow.yaml", heads, 64, s, narrow[(heads, s)])
+    # narrow calls 3x slower than any D explains: D at the grid's end, flagged in the profile
+    slow = {k: (3 * f, 3 * b) for k, (f, b) in narrow.items()}
+    text = profile_text(dataclasses.replace(cal, flash_narrow_times={"fa2": slow}))
+    assert "forward_head_dim_edge: 256" in text and "at the grid's end" in text
 
 
 def _assert_priced_at(profile: Path, heads: int, head_dim: int, s: int,

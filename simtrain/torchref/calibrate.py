@@ -158,6 +158,9 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         else:
             narrow = measure_flash_attention(device, CUDA_FLASH_NARROW_SHAPES,
                                              head_dim=FLASH_NARROW_HEAD_DIM, repeats=repeats)  # fmt: skip
+            notes.extend(f"FlashAttention {k}: no head-dim-{FLASH_NARROW_HEAD_DIM} sweep (fewer "
+                         "than two shapes ran): D = 0, a narrower head priced as 128"
+                         for k in flash if len(narrow.get(k, {})) < 2)  # fmt: skip
     if dev.type == "cuda":
         device_name, memory, context, pcie = _cuda_facts(torch, dev, repeats)
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simtrain.costs.attention_shape import fit_flash_edge, fit_head_dim_edge
+from simtrain.costs.attention_shape import HEAD_DIM_GRID, fit_flash_edge, fit_head_dim_edge
 from simtrain.costs.gemm_shape import EdgeFit, shape_factor
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
@@ -202,9 +202,12 @@ def _attention_lines(cal: Calibration) -> list[str]:
                          "b·H·s")  # fmt: skip
             if kernel in dims:
                 d = dims[kernel][i]
+                end = (", at the grid's end: the sweep is not this term's shape, check it"
+                       if d.edge >= HEAD_DIM_GRID[-1] else "")  # fmt: skip
                 lines.append(f"    {direction}_head_dim_edge: {d.edge:g}    # [meas] D, over "
                              f"{len(cal.flash_narrow_times[kernel])} shapes of head dim "
-                             f"{FLASH_NARROW_HEAD_DIM}: {_fit_quality(d, 'kernel')} (one: D = 0)")  # fmt: skip
+                             f"{FLASH_NARROW_HEAD_DIM}: {_fit_quality(d, 'kernel')} (one "
+                             f"efficiency for all: D = 0){end}")  # fmt: skip
     return lines
 
 
