@@ -444,6 +444,9 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     assert (cudnn.forward_head_dim_edge, cudnn.backward_head_dim_edge) == (0, 0)
     for heads, s in microbench.CUDA_FLASH_NARROW_SHAPES:
         _assert_priced_at(tmp_path / "narrow.yaml", heads, 64, s, narrow[(heads, s)])
+    # a call the timer did not resolve (0 s) is skipped, not divided by: the fit is unchanged
+    blind = {**narrow, (1, 1024): (0.0, 1e-3)}
+    assert flash_head_dim_fits(dataclasses.replace(cal, flash_narrow_times={"fa2": blind})) == dims
     # narrow calls 3x slower than any D explains: D at the grid's end, flagged in the profile
     slow = {k: (3 * f, 3 * b) for k, (f, b) in narrow.items()}
     text = profile_text(dataclasses.replace(cal, flash_narrow_times={"fa2": slow}))

@@ -193,7 +193,7 @@ def _attention_lines(cal: Calibration) -> list[str]:
                      f"(b 1, d {FLASH_HEAD_DIM}; costs.attention_shape)")  # fmt: skip
     dims = flash_head_dim_fits(cal)
     for kernel, pair in fits.items():
-        n = len(cal.flash_times[kernel])
+        n = len(_resolved(cal.flash_times[kernel]))
         lines.append(f"  {kernel}:")
         for i, (direction, fit) in enumerate(zip(("forward", "backward"), pair, strict=True)):
             lines.append(f"    {direction}: {fit.efficiency:.4g}           # [meas] {direction} "
@@ -205,7 +205,7 @@ def _attention_lines(cal: Calibration) -> list[str]:
                 end = (", at the grid's end: the sweep is not this term's shape, check it"
                        if d.edge >= HEAD_DIM_GRID[-1] else "")  # fmt: skip
                 lines.append(f"    {direction}_head_dim_edge: {d.edge:g}    # [meas] D, over "
-                             f"{len(cal.flash_narrow_times[kernel])} shapes of head dim "
+                             f"{len(_resolved(cal.flash_narrow_times[kernel]))} shapes of head dim "
                              f"{FLASH_NARROW_HEAD_DIM}: {_fit_quality(d, 'kernel')} (one "
                              f"efficiency for all: D = 0){end}")  # fmt: skip
     return lines
@@ -215,6 +215,13 @@ def _fit_quality(fit: EdgeFit, kernel: str) -> str:
     """How well an edge term fits its sweep, against one efficiency for every shape."""
     return (f"MAPE of {kernel} time {fit.mape_pct:.2f} %, one efficiency for all "
             f"{fit.constant_mape_pct:.2f} %")  # fmt: skip
+
+
+def _resolved(sweep: dict[tuple[int, int], tuple[float, float]]
+              ) -> dict[tuple[int, int], tuple[float, float]]:  # fmt: skip
+    """The calls of a flash sweep whose forward and backward times are both positive (a call the
+    timer did not resolve carries no rate; the fits skip it)."""
+    return {shape: times for shape, times in sweep.items() if min(times) > 0}
 
 
 def flash_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
@@ -227,7 +234,8 @@ def flash_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
     out: dict[str, tuple[EdgeFit, EdgeFit]] = {}
     if peak <= 0:
         return out
-    for kernel, sweep in sorted(cal.flash_times.items()):
+    for kernel, timed in sorted(cal.flash_times.items()):
+        sweep = _resolved(timed)
         if len(sweep) < 2:
             continue
         tables: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
@@ -246,7 +254,8 @@ def flash_head_dim_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
     classes = flash_fits(cal)
     peak = large_gemm_rate(cal, "bf16")
     out: dict[str, tuple[EdgeFit, EdgeFit]] = {}
-    for kernel, sweep in sorted(cal.flash_narrow_times.items()):
+    for kernel, timed in sorted(cal.flash_narrow_times.items()):
+        sweep = _resolved(timed)
         if kernel not in classes or len(sweep) < 2:
             continue
         fits = []
@@ -349,7 +358,7 @@ def calibration_table(cal: Calibration) -> str:
     for kernel, (fwd, bwd) in flash_fits(cal).items():
         dim = (f"; head dim {FLASH_NARROW_HEAD_DIM}: D {dims[kernel][0].edge:g} / "
                f"{dims[kernel][1].edge:g}" if kernel in dims else "")  # fmt: skip
-        lines.append(f"FlashAttention {kernel} (causal bf16, {len(cal.flash_times[kernel])} "
+        lines.append(f"FlashAttention {kernel} (causal bf16, {len(_resolved(cal.flash_times[kernel]))} "
                      f"shapes): forward {fwd.efficiency:.3f} of peak, R {fwd.edge:g} rows; "
                      f"backward {bwd.efficiency:.3f}, R {bwd.edge:g}{dim}")  # fmt: skip
     if cal.elementwise_bytes_per_s:
