@@ -414,6 +414,12 @@ def test_megatron_legacy_attention_is_not_flash(tmp_path: Path) -> None:
     flash = megatron_flags(tmp_path, legacy + "--use-flash-attn", gpus=8)
     assert load_imported(flash).model.flash_attention
     assert load_imported(megatron_flags(tmp_path, BASE + "--fp16", gpus=8)).model.flash_attention
+    # a legacy script on Transformer Engine (the legacy model's TE layer): flash, as before
+    te = megatron_flags(tmp_path, legacy + "--transformer-impl transformer_engine", gpus=8)
+    assert load_imported(te).model.flash_attention
+    local = megatron_flags(tmp_path, legacy + "--transformer-impl transformer_engine "
+                           "--attention-backend unfused", gpus=8)  # fmt: skip
+    assert not load_imported(local).model.flash_attention
 
 
 @pytest.mark.parametrize(("flags", "kernel"), [

@@ -238,12 +238,12 @@ def _attention(f: Flags, r: Reading, legacy: bool) -> tuple[bool, str | None]:
     impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
     backend = f.value("--attention-backend") or "auto"
     use_flash = f.bool_("--use-flash-attn")
-    if legacy:
-        return use_flash, None
+    te = impl == "transformer_engine"
+    if legacy:  # --use-flash-attn, or the legacy model's TE layer (its DotProductAttention)
+        return use_flash or (te and backend in ("auto", "flash", "fused")), None
     if use_flash:
         r.assume("--use-flash-attn: parsed and read nowhere by Megatron-Core (d98e8a64 "
                  "arguments.py l.2910): --transformer-impl and --attention-backend decide")  # fmt: skip
-    te = impl == "transformer_engine"
     if te and backend == "flash":
         r.assume("--attention-backend flash: flash-attn's kernel (FlashAttention-2; set "
                  "runtime.attention_kernel fa3 where flash-attn 3 is installed)")  # fmt: skip
