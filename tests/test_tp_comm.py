@@ -271,8 +271,9 @@ def test_pipelined_exposure_closed_form() -> None:
 def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     """Llama 2 7B's forward under --tp-comm-overlap with sequence parallelism: the all-gather
     before QKV (N = 3·4096/tp) and before gate+up (2·11008/tp), the reduce-scatter after O
-    (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; on one node (NVLink) the QKV and
-    O GEMMs are too short to hide theirs."""
+    (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; on one node
+    (tp 8, NVLink) only gate+up's GEMM is long enough to hide its gather: QKV, O and down
+    leave 723, 61,117 and 10,160 ns exposed."""
     from simtrain.costs.comm import tp_forward_block
 
     sc = _runtime(scenario(tp, sp=True), tp_comm_overlap=True)
@@ -285,6 +286,8 @@ def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     exposed, _ = tp_forward_block(sc, step)
     by_hand = [math.ceil(max(0.0, c - x * (tp - 1) / tp)) for c, x in pairs]
     assert exposed == pytest.approx(sum(by_hand), abs=4)  # 1 ns rounding per pair
+    if tp == 8:
+        assert by_hand[2] == 0 and min(by_hand[0], by_hand[1], by_hand[3]) > 0, by_hand
     assert 2 * (ag + rs) == 2 * tp_allreduce_ns(sc, step)  # SP's halves of the all-reduces
     assert 0 < exposed < 2 * (ag + rs)
     # the plain forward exposes them all; so does an overlap without sequence parallelism,
@@ -409,3 +412,16 @@ def test_selective_op_recompute_gathers_stay_exposed_under_the_paired_overlap() 
     full = replace(sc, training=replace(sc.training, recompute="full"))
     e, h = tp_forward_block(full, step)
     assert h > 0 and tp_recompute_block(full, step, 3) == (3 * e, 3 * h)
+
+
+def test_tp_linear_groups_agree_with_the_model_split() -> None:
+    """costs.compute.TP_LINEAR_GROUPS' output groups are exactly spec.model's row-parallel
+    linears (TP_ROW_PARALLEL), its input groups the column-parallel ones of a SwiGLU block: one
+    table of which linear is which, not two that can drift."""
+    from simtrain.costs.compute import TP_LINEAR_GROUPS
+    from simtrain.spec.model import TP_ROW_PARALLEL
+
+    out = {x for g in ("attn_out", "mlp_out") for x in TP_LINEAR_GROUPS[g]}
+    col = {x for g in ("attn_in", "mlp_in") for x in TP_LINEAR_GROUPS[g]}
+    assert out == set(TP_ROW_PARALLEL)
+    assert col == {"q", "k", "v", "gate", "up"} and not col & set(TP_ROW_PARALLEL)

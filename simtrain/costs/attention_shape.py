@@ -37,7 +37,7 @@ the tables are ``measured/attention_tables.yaml`` (``apps.gemm_tables.load_atten
 
 from __future__ import annotations
 
-from simtrain.costs.compute import REFERENCE_HEAD_DIM, head_dim_factor
+from simtrain.costs.compute import REFERENCE_HEAD_DIM, edge_factor, head_dim_factor
 from simtrain.costs.gemm_shape import EdgeFit, fit_edge_term
 
 #: The grids the fit searches, by the table's swept variable: R in query rows (1,024 apart), S in
@@ -54,7 +54,7 @@ def fit_flash_edge(pairs: tuple[tuple[float, float], ...], grid: tuple[int, ...]
     over ``pairs``: (x, causal efficiency) with x the swept variable (query rows b·H·s for R, the
     query length s for S), the time factor 1 + edge / x (``costs.gemm_shape.fit_edge_term``)."""
     effs = [e for _, e in pairs]
-    return fit_edge_term(effs, lambda edge: [1 + edge / x for x, _ in pairs], grid)
+    return fit_edge_term(effs, lambda edge: [edge_factor(edge, x) for x, _ in pairs], grid)
 
 
 def fit_head_dim_edge(pairs: tuple[tuple[float, float], ...], head_dim: int,

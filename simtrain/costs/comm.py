@@ -97,12 +97,17 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     if not tp_pairs_gemms(sc):
         return 2 * tp_allreduce_ns(sc, step), 0
     ag, rs = tp_halves_ns(sc, step)
+    return _paired_ns(sc, step, ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"),
+                                 (rs, "mlp_out")))  # fmt: skip
+
+
+def _paired_ns(sc: Scenario, step: ResolvedStep, pairs: tuple[tuple[int, str], ...]
+               ) -> tuple[int, int]:  # fmt: skip
+    """(exposed, hidden) of TP collectives each :func:`pipelined_exposed_ns` with a GEMM group
+    (``costs.compute.tp_linear_group_ns``): ``pairs`` of (collective ns, group)."""
     gemm = tp_linear_group_ns(sc)
-    tp = step.groups.tp
-    exposed = sum(pipelined_exposed_ns(c, gemm[k], tp)
-                  for c, k in ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"),
-                               (rs, "mlp_out")))  # fmt: skip
-    return exposed, 2 * (ag + rs) - exposed
+    exposed = sum(pipelined_exposed_ns(c, gemm[k], step.groups.tp) for c, k in pairs)
+    return exposed, sum(c for c, _ in pairs) - exposed
 
 
 def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
@@ -134,7 +139,8 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ``tp_backward_overlap``, and each row-parallel linear's output-gradient gather
     :func:`pipelined_exposed_ns` with its input-gradient GEMM; an I action (no weight
     gradient) pipelines each column linear's reduce-scatter with the input-gradient GEMM it
-    follows: the forward's four pairs (:func:`tp_forward_block`; the GEMMs have its FLOPs).
+    follows, and each row linear's output-gradient gather with the input-gradient GEMM it
+    feeds (the forward's GEMM groups: their input gradients have its FLOPs).
     Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
@@ -142,9 +148,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0, 0
-    gemms = column_linear_gemm_ns(sc)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
-    if not gemms:
+    if sc.model.is_mla:  # its projections are not these column-parallel linears
         return 2 * tp_allreduce_ns(sc, step), 0
+    group = tp_linear_group_ns(sc)
+    gemms = column_linear_gemm_ns(sc, group)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
     # Under a tp_comm_overlap that does not pair collectives with GEMMs every TP collective of
     # the action overlaps its whole compute (sim.lowering.passes.tp_pass): the sum is what that
     # overlap hides, not what is exposed. Where it pairs them (tp_pairs_gemms), as the
@@ -161,14 +168,15 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         ar = tp_allreduce_ns(sc, step)
         shown = sum(exposed(ar, w) for w in wgrad)
         return shown, len(wgrad) * ar - shown
-    if paired and input_grad_only:  # no weight gradient: the forward's four pairs (a row
-        return tp_forward_block(sc, step)  # gather with its dgrad, a column one's dgrad and RS)
     ag, rs = tp_halves_ns(sc, step)
+    if paired and input_grad_only:  # no weight gradient: each row linear's gather before its
+        # input-gradient GEMM, each column linear's reduce-scatter after its own
+        return _paired_ns(sc, step, ((ag, "attn_out"), (rs, "attn_in"), (ag, "mlp_out"),
+                                     (rs, "mlp_in")))  # fmt: skip
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     if paired:
-        row = tp_linear_group_ns(sc)
-        row_gathers = sum(pipelined_exposed_ns(ag, row[k], g.tp) for k in ("attn_out", "mlp_out"))
+        row_gathers = sum(pipelined_exposed_ns(ag, group[k], g.tp) for k in ("attn_out", "mlp_out"))
     else:
         row_gathers = 2 * ag
     column = sum(exposed(regather, d) + exposed(rs, w)

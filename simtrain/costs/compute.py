@@ -190,13 +190,19 @@ def head_dim_factor(edge: float, head_dim: int) -> float:
     return (1 + edge / d) / (1 + edge / REFERENCE_HEAD_DIM)
 
 
+def edge_factor(edge: float, x: float) -> float:
+    """1 + edge / x: a FlashAttention class's time factor for one of its edges (R over the query
+    rows b·H·s, S over the query length s; ``costs.attention_shape``)."""
+    return 1 + edge / x
+
+
 def flash_time_factor(rows_edge: float, rows: float, seq_edge: float, seq: float,
                       head_dim_edge: float = 0.0, head_dim: int = REFERENCE_HEAD_DIM) -> float:  # fmt: skip
     """A FlashAttention call's time over that of its causal FLOPs at the class's unbounded
     rate: (1 + R / (b·H·s)) · (1 + S / s') · ``head_dim_factor``(D, d), with b·H·s the query
     rows its thread blocks share out, s' the call's query length, plus twice a prefix every
     query sees, and d the Q·K head dim (``flash_core``; ``costs.attention_shape``)."""
-    return ((1 + rows_edge / rows) * (1 + seq_edge / seq)
+    return (edge_factor(rows_edge, rows) * edge_factor(seq_edge, seq)
             * head_dim_factor(head_dim_edge, head_dim))  # fmt: skip
 
 
@@ -545,15 +551,17 @@ def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
 
 
-def column_linear_gemm_ns(sc: Scenario) -> tuple[float, ...]:
+def column_linear_gemm_ns(sc: Scenario, group: dict[str, float] | None = None
+                          ) -> tuple[float, ...]:  # fmt: skip
     """One micro-batch's forward GEMM time of each column-parallel linear group of a dense block
     on one TP rank, in ns (:func:`tp_linear_group_ns`'s ``attn_in`` and ``mlp_in``: Megatron's
     ``linear_qkv`` and ``linear_fc1``); its input-gradient and its weight-gradient GEMMs have the
     same FLOPs. () for MLA models (their projections are not these two); with experts the MLP's
-    is 0 (its first linear is the experts', nothing to hide a collective under)."""
+    is 0 (its first linear is the experts', nothing to hide a collective under). ``group``:
+    :func:`tp_linear_group_ns` of ``sc`` where the caller has it."""
     if sc.model.is_mla:
         return ()
-    g = tp_linear_group_ns(sc)
+    g = group if group is not None else tp_linear_group_ns(sc)
     return g["attn_in"], 0.0 if sc.model.is_moe else g["mlp_in"]
 
 

@@ -57,7 +57,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
             tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
             tp_forward_hidden_ns=n * tp_fwd_hidden,
             tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
-            tp_recompute_hidden_ns=tp_r_hidden if c.input_grad_ns else 0,
+            tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
             tp_recompute_ns=tp_r,
             send_forward_ns=_send_ns(sc, step, stage, stage + 1),
             send_backward_ns=_send_ns(sc, step, stage, stage - 1),
