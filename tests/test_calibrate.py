@@ -406,6 +406,7 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     from simtrain.costs.gemm_shape import EdgeFit
     from simtrain.torchref.profile_writer import (
         calibration_table,
+        flash_fits,
         flash_head_dim_fits,
         large_gemm_rate,
     )
@@ -434,7 +435,7 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     narrow = sweep(microbench.CUDA_FLASH_NARROW_SHAPES, microbench.FLASH_NARROW_HEAD_DIM)
     cal = dataclasses.replace(base, flash_times={"fa2": wide, "cudnn": wide},
                               flash_narrow_times={"fa2": narrow})  # fmt: skip
-    dims = flash_head_dim_fits(cal)
+    dims = flash_head_dim_fits(cal, flash_fits(cal))
     assert {k: [f.edge for f in pair] for k, pair in dims.items()} == {"fa2": [21, 9]}
     assert all(f.mape_pct < 1e-9 and f.constant_mape_pct > 1 for f in dims["fa2"])
     assert "head dim 64: D 21 / 9" in calibration_table(cal)
@@ -442,11 +443,20 @@ def test_calibrated_head_dim_edge_prices_its_own_narrow_calls(tmp_path: Path) ->
     fa2, cudnn = hw.flash_class("fa2"), hw.flash_class("cudnn")
     assert (fa2.forward_head_dim_edge, fa2.backward_head_dim_edge) == (21, 9)
     assert (cudnn.forward_head_dim_edge, cudnn.backward_head_dim_edge) == (0, 0)
+    from simtrain.torchref.calibrate import head_dim_notes
+
+    assert head_dim_notes(cal) == ("FlashAttention cudnn: no head-dim-64 sweep: D = 0, a "
+                                   "narrower head priced as 128",)  # fmt: skip
     for heads, s in microbench.CUDA_FLASH_NARROW_SHAPES:
         _assert_priced_at(tmp_path / "narrow.yaml", heads, 64, s, narrow[(heads, s)])
     # a call the timer did not resolve (0 s) is skipped, not divided by: the fit is unchanged
     blind = {**narrow, (1, 1024): (0.0, 1e-3)}
-    assert flash_head_dim_fits(dataclasses.replace(cal, flash_narrow_times={"fa2": blind})) == dims
+    assert (
+        flash_head_dim_fits(
+            dataclasses.replace(cal, flash_narrow_times={"fa2": blind}), flash_fits(cal)
+        )
+        == dims
+    )
     # narrow calls 3x slower than any D explains: D at the grid's end, flagged in the profile
     slow = {k: (3 * f, 3 * b) for k, (f, b) in narrow.items()}
     text = profile_text(dataclasses.replace(cal, flash_narrow_times={"fa2": slow}))
@@ -471,3 +481,13 @@ def _assert_priced_at(profile: Path, heads: int, head_dim: int, s: int,
     fa = flash_core(sc, sc.training, block_flops(sc.model, sc.training), "bf16", True)
     assert (fa.forward_ns, fa.backward_ns) == (pytest.approx(1e9 * times[0], rel=2e-3),
                                                pytest.approx(1e9 * times[1], rel=2e-3))  # fmt: skip
+
+
+def test_flash_backward_keeps_a_floor_when_the_pair_times_below_its_forward(monkeypatch) -> None:
+    """A pair timed below its own forward (timing noise on a tiny call) gives the backward
+    0.1 % of the pair, not a negative or zero time: forward 2 ms, forward and backward 1 ms."""
+    times = iter((2e-3, 1e-3))
+    monkeypatch.setattr(microbench, "_timed", lambda *a, **k: next(times))
+    by_kernel = microbench.measure_flash_attention("cpu", ((2, 64),), head_dim=16, repeats=1,
+                                                   dtype="fp32")  # fmt: skip
+    assert by_kernel["fa2"][(2, 64)] == (2e-3, 1e-3 * 1e-3)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge, fit_head_dim_edge
-from simtrain.costs.compute import REFERENCE_HEAD_DIM
+from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_time_factor
 from simtrain.costs.gemm_shape import EdgeFit
 from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_DIRECTIONS, FLASH_RATE_MAX
@@ -94,8 +94,8 @@ class AttentionTable:
         if reference is None or reference.id != self.reference:
             raise ValueError(f"{self.id}: a head-dim fit needs its reference table "
                              f"{self.reference!r}")  # fmt: skip
-        ref = reference.fit()
-        rows = tuple((1 + ref.edge / s, r) for s, r in self.rates())
+        ref = reference.fit()  # a length sweep: its S (R = 0)
+        rows = tuple((flash_time_factor(0.0, 1.0, ref.edge, s), r) for s, r in self.rates())
         return fit_head_dim_edge(rows, self.shapes[0][4], ref.efficiency)
 
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ from simtrain.torchref.microbench import (
     CUDA_FLASH_SHAPES,
     CUDA_GEMM_EDGE_SIZES,
     CUDA_SIZES,
+    FLASH_HEAD_DIM,
     FLASH_NARROW_HEAD_DIM,
     STREAM_BYTES,
     _timed,
@@ -97,6 +99,8 @@ from simtrain.torchref.profile_writer import (
     Calibration,
     calibration_table,
     efficiencies,
+    flash_fits,
+    flash_head_dim_fits,
     profile_text,
     write_profile,
 )
@@ -158,14 +162,11 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         else:
             narrow = measure_flash_attention(device, CUDA_FLASH_NARROW_SHAPES,
                                              head_dim=FLASH_NARROW_HEAD_DIM, repeats=repeats)  # fmt: skip
-            notes.extend(f"FlashAttention {k}: no head-dim-{FLASH_NARROW_HEAD_DIM} sweep (fewer "
-                         "than two shapes ran): D = 0, a narrower head priced as 128"
-                         for k in flash if len(narrow.get(k, {})) < 2)  # fmt: skip
     if dev.type == "cuda":
         device_name, memory, context, pcie = _cuda_facts(torch, dev, repeats)
     else:
         device_name, memory, context, pcie = _cpu_name(), _physical_memory_bytes(), 0, 0.0
-    return Calibration(
+    cal = Calibration(
         name=name or f"{dev.type}_calibrated",
         device=str(dev),
         device_name=device_name,
@@ -191,6 +192,17 @@ def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, rep
         flash_times=flash,
         flash_narrow_times=narrow,
     )
+    extra = head_dim_notes(cal)
+    return replace(cal, notes=cal.notes + extra) if extra else cal
+
+
+def head_dim_notes(cal: Calibration) -> tuple[str, ...]:
+    """A note for each kernel with a class but no fitted head-dim edge (its narrow sweep ran
+    fewer than two resolved shapes): said, not silent."""
+    classes = flash_fits(cal)
+    missing = sorted(set(classes) - set(flash_head_dim_fits(cal, classes)))
+    return tuple(f"FlashAttention {k}: no head-dim-{FLASH_NARROW_HEAD_DIM} sweep: D = 0, a "
+                 f"narrower head priced as {FLASH_HEAD_DIM}" for k in missing)  # fmt: skip
 
 
 def _gemm_edge_fit(device: str, sizes: tuple[int, ...], fp32_peak: float, repeats: int,

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simtrain.costs.attention_shape import HEAD_DIM_GRID, fit_flash_edge, fit_head_dim_edge
+from simtrain.costs.compute import flash_time_factor
 from simtrain.costs.gemm_shape import EdgeFit, shape_factor
+from simtrain.spec.hardware import FLASH_DIRECTIONS
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
     FLASH_NARROW_HEAD_DIM,
@@ -191,11 +193,11 @@ def _attention_lines(cal: Calibration) -> list[str]:
     if fits:
         lines.append("attention_kernels:                # [meas] causal bf16 SDPA per backend "
                      f"(b 1, d {FLASH_HEAD_DIM}; costs.attention_shape)")  # fmt: skip
-    dims = flash_head_dim_fits(cal)
+    dims = flash_head_dim_fits(cal, fits)
     for kernel, pair in fits.items():
         n = len(_resolved(cal.flash_times[kernel]))
         lines.append(f"  {kernel}:")
-        for i, (direction, fit) in enumerate(zip(("forward", "backward"), pair, strict=True)):
+        for i, (direction, fit) in enumerate(zip(FLASH_DIRECTIONS, pair, strict=True)):
             lines.append(f"    {direction}: {fit.efficiency:.4g}           # [meas] {direction} "
                          f"over {n} shapes: {_fit_quality(fit, 'kernel')}")  # fmt: skip
             lines.append(f"    {direction}_rows_edge: {fit.edge:g}    # [meas] R, query rows "
@@ -246,12 +248,13 @@ def flash_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
     return out
 
 
-def flash_head_dim_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
+def flash_head_dim_fits(cal: Calibration, classes: dict[str, tuple[EdgeFit, EdgeFit]]
+                        ) -> dict[str, tuple[EdgeFit, EdgeFit]]:  # fmt: skip
     """Each kernel's head-dim edge D (forward, backward) fitted on the calibration's narrow-head
-    sweep against that kernel's class (:func:`flash_fits`: its e∞ and R held, each call's
-    factor 1 + R / (b·H·s); ``costs.attention_shape.fit_head_dim_edge``); none for a kernel
+    sweep against that kernel's class (``classes``, :func:`flash_fits` of ``cal``: its e∞ and R
+    held, each call's ``costs.compute.flash_time_factor`` of R over its rows b·H·s;
+    ``costs.attention_shape.fit_head_dim_edge``); none for a kernel
     with fewer than two narrow shapes or no class."""
-    classes = flash_fits(cal)
     peak = large_gemm_rate(cal, "bf16")
     out: dict[str, tuple[EdgeFit, EdgeFit]] = {}
     for kernel, timed in sorted(cal.flash_narrow_times.items()):
@@ -261,7 +264,7 @@ def flash_head_dim_fits(cal: Calibration) -> dict[str, tuple[EdgeFit, EdgeFit]]:
         fits = []
         for i, cls in enumerate(classes[kernel]):
             rows = tuple(
-                (1 + cls.edge / (heads * s),
+                (flash_time_factor(cls.edge, heads * s, 0.0, s),
                  flash_causal_flops(heads, s, FLASH_NARROW_HEAD_DIM)[i] / (times[i] * peak))
                 for (heads, s), times in sorted(sweep.items()))  # fmt: skip
             fits.append(fit_head_dim_edge(rows, FLASH_NARROW_HEAD_DIM, cls.efficiency))
@@ -354,8 +357,9 @@ def calibration_table(cal: Calibration) -> str:
         fit, n = cal.gemm_edge
         lines.append(f"GEMM shape term: L = {fit.edge:g} over {n} fp32 GEMMs "
                      f"({_fit_quality(fit, 'GEMM')})")  # fmt: skip
-    dims = flash_head_dim_fits(cal)
-    for kernel, (fwd, bwd) in flash_fits(cal).items():
+    classes = flash_fits(cal)
+    dims = flash_head_dim_fits(cal, classes)
+    for kernel, (fwd, bwd) in classes.items():
         dim = (f"; head dim {FLASH_NARROW_HEAD_DIM}: D {dims[kernel][0].edge:g} / "
                f"{dims[kernel][1].edge:g}" if kernel in dims else "")  # fmt: skip
         lines.append(f"FlashAttention {kernel} (causal bf16, {len(_resolved(cal.flash_times[kernel]))} "

@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.validate.measured import TIME_METRICS, Comparison, compare_record
+from simtrain.apps.validate.measured import (
+    LAYER_METRICS,
+    TIME_METRICS,
+    Comparison,
+    compare_record,
+)
 from simtrain.apps.validate.records import load_record_files, resolve_paths
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
@@ -90,7 +95,6 @@ def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...
 # record (Korthikanti et al. 2022 Table 4) measured none of them: its forward and its backward
 # time, two comparisons.
 FIT_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu")
-LAYER_FIT_METRICS = ("layer_forward_s", "layer_backward_s")
 
 
 def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
@@ -111,7 +115,7 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
     """(MAPE %, signed median %) of ``trs`` simulated with ``efficiency.matmul = matmul`` and,
     if given, ``efficiency.memory_bound = memory_bound`` (the rest of each record's hardware
     profile as it is), one comparison per record: the first of ``metrics`` it measured (a
-    per-layer timing: its forward and backward, :data:`LAYER_FIT_METRICS`). How the
+    per-layer timing: its forward and backward, ``measured.LAYER_METRICS``). How the
     profiles' [val] ``efficiency.matmul`` (and ``memory_bound``) values were set
     (``benchmarks/fit_matmul.py`` prints it over a grid)."""
     errs: list[float] = []
@@ -125,11 +129,11 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
         metric = next((m for m in metrics if m in got), None)
         if metric is not None:
             errs.append(got[metric])
-        elif all(m in got for m in LAYER_FIT_METRICS):
-            errs.extend(got[m] for m in LAYER_FIT_METRICS)
+        elif all(m in got for m in LAYER_METRICS):
+            errs.extend(got[m] for m in LAYER_METRICS)
         else:
             raise ConfigError(tr.record.id, "measured", "no throughput metric to fit on", None,
-                              " | ".join((*metrics, *LAYER_FIT_METRICS)))  # fmt: skip
+                              " | ".join((*metrics, *LAYER_METRICS)))  # fmt: skip
     return statistics.mean(abs(e) for e in errs), statistics.median(errs)
 
 
