@@ -10,8 +10,9 @@ each shipped value is still the grid's minimum.
   python benchmarks/fit_matmul.py a100_sxm4_40gb 0.50 0.75 'mpt_a100_40gb_bf16_*'
 
 With ``--memory-bound LO HI`` it fits ``efficiency.memory_bound`` with it, over both grids: the
-records must span models whose element-wise share of the step differs (it falls as 1/h: ~50 %
-of the GEMM time of a 6,144-wide layer at tp 8, ~9 % of a 25,600-wide one), or the two trade
+records must span models whose element-wise share of the step differs (as simulated, a
+forward's element-wise time is 43 % of its GEMM time for Korthikanti's 6,144-wide 22B layer at
+tp 8, 8.6 % for the 25,600-wide 1T one), or the two trade
 off along a valley. It prints every pair, then the minimum.
 
   python benchmarks/fit_matmul.py a100_sxm4_80gb 0.74 0.81 --memory-bound 0.58 0.70 \

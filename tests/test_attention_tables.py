@@ -117,7 +117,7 @@ def test_b200_tables_as_transcribed():
 
 def test_h100_tables_as_transcribed():
     """The FlashAttention-3 paper's H100 bars: the short-sequence edge S explains the length
-    sweep within 2.1 % of kernel time for each kernel and direction, against 10.0-16.2 % for one
+    sweep within 2.1 % of kernel time for each kernel and direction, against 9.9-16.1 % for one
     rate; at 16k FlashAttention-2's causal forward runs at 335 / 989.4 = 0.34 of peak,
     cuDNN's at 0.54, FlashAttention-3's at 0.62."""
     tables = TABLES
