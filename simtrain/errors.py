@@ -155,6 +155,16 @@ def unknown_key(file: str | None, key: Any, prefix: str, allowed: tuple[str, ...
                        listed if listed is not None else ", ".join(allowed))  # fmt: skip
 
 
+def unknown_value(file: str | None, key: str, value: Any, allowed: tuple[Any, ...] | list[Any],
+                  what: str = "value", nearest_to: Any = None) -> ConfigError:  # fmt: skip
+    """The error of a value not among ``allowed``: the nearest allowed one suggested (to
+    ``nearest_to`` when given, e.g. the one bad item of a list value), all of them listed."""
+    names = [str(a) for a in allowed]
+    near = value if nearest_to is None else nearest_to
+    return ConfigError(file, key, f"unknown {what}{did_you_mean(near, names)}", value,
+                       " | ".join(names))  # fmt: skip
+
+
 class ScheduleError(SimtrainError):
     """A pipeline schedule violates its invariants; the message carries the rank x step grid."""
 

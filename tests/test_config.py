@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simtrain.errors import MAX_ECHO, ConfigError, echo
+from simtrain.errors import MAX_ECHO, ConfigError, echo, unknown_value
 from simtrain.schedules import SCHEDULES
 from simtrain.spec.limits import (
     FLOAT_RANGES,
@@ -606,6 +606,18 @@ def test_unknown_key_without_a_near_one_lists_only(tmp_path: Path) -> None:
 def test_unknown_value_suggests_the_nearest(tmp_path: Path) -> None:
     msg = str(_error(tmp_path, _with("parallelism.schedule", "1f1f")))
     assert "did you mean '1f1b'?" in msg and "allowed: naive | gpipe | 1f1b" in msg
+
+
+def test_unknown_value_helper_names_key_value_nearest_and_all() -> None:
+    """errors.unknown_value, which the scenario, hardware, runtime, plan and table loaders share:
+    the nearest allowed value to the one bad item (not to the whole list), every allowed value."""
+    err = unknown_value("f.yaml", "fixed.precision", ["bf16", "fp33"], ("fp32", "bf16"),
+                        nearest_to="fp33")  # fmt: skip
+    msg = str(err)
+    assert msg.startswith("f.yaml: fixed.precision: unknown value; did you mean 'fp32'?")
+    assert "(got ['bf16', 'fp33'])" in msg and msg.endswith("allowed: fp32 | bf16")
+    assert "did you mean" not in str(unknown_value(None, "k", "zzzz", ("fp32",), "dtype"))
+    assert str(unknown_value(None, "k", "zzzz", ("fp32",), "dtype")).startswith("k: unknown dtype")
 
 
 def test_set_errors_name_set(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge, fit_head_dim_edge
 from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_time_factor
 from simtrain.costs.gemm_shape import EdgeFit
-from simtrain.errors import ConfigError, did_you_mean
+from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_DIRECTIONS, FLASH_RATE_MAX
 from simtrain.spec.yamlfile import load_yaml
 
@@ -101,9 +101,7 @@ class AttentionTable:
 
 def _choice(t: dict, key: str, allowed: tuple[str, ...], path: Path) -> str:
     if t.get(key) not in allowed:
-        raise ConfigError(str(path), f"{t['id']}.{key}",
-                          f"unknown value{did_you_mean(t.get(key), allowed)}", t.get(key),
-                          " | ".join(allowed))  # fmt: skip
+        raise unknown_value(str(path), f"{t['id']}.{key}", t.get(key), allowed)
     return t[key]
 
 

@@ -221,12 +221,14 @@ class FlashCore:
 NO_FLASH = FlashCore(0.0, 0.0, 0.0, 0.0)
 
 
-def flash_class_for(sc: Scenario, dtype: str) -> FlashClass | str:
-    """The FlashAttention class that prices a flash model's attention core in ``dtype``: the
-    hardware profile's class of the kernel the runtime calls; else why the core is priced as
-    GEMM FLOPs (no flash attention, a dtype FlashAttention does not run in, no class of the
-    kernel on this GPU). :func:`flash_core`'s decision, and ``simtrain run``'s line."""
+def flash_class_for(sc: Scenario, dtype: str | None = None) -> FlashClass | str:
+    """The FlashAttention class that prices a flash model's attention core in ``dtype`` (the
+    scenario precision's compute dtype when not given): the hardware profile's class of the
+    kernel the runtime calls; else why the core is priced as GEMM FLOPs (no flash attention, a
+    dtype FlashAttention does not run in, no class of the kernel on this GPU).
+    :func:`flash_core`'s decision, and ``simtrain run``'s line."""
     kernel = sc.runtime.attention_kernel
+    dtype = dtype or PRECISIONS[sc.training.precision].compute_dtype
     if not sc.model.flash_attention:
         return "no flash attention"
     if dtype not in FLASH_DTYPES:
@@ -848,15 +850,9 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     an fp32 gradient-accumulation buffer (bf16_fp32_grads) the step reads that buffer (4 B)
     instead of the 16-bit gradient: 30 B."""
     prec = PRECISIONS[t.precision]
-    per_param = optimizer_grad_read_bytes(prec) + 2 * (prec.master or prec.param)
+    per_param = prec.optimizer_grad_read + 2 * (prec.master or prec.param)
     per_param += 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
     return per_param + (prec.param if prec.master else 0)
-
-
-def optimizer_grad_read_bytes(prec: Precision) -> int:
-    """The gradient read :func:`optimizer_bytes_per_param` charges per parameter: the fp32
-    accumulation buffer where the precision has one, else its gradient."""
-    return prec.grad_accum or prec.grad
 
 
 def optimizer_shard(trainable: int, p: ParallelSpec) -> int:

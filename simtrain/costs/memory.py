@@ -36,7 +36,6 @@ from simtrain.costs.activations import (
     walk_peak_of_states,
 )
 from simtrain.costs.comm import ddp_buckets
-from simtrain.costs.compute import optimizer_grad_read_bytes
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
@@ -919,7 +918,7 @@ def grad_buffer_elem_bytes(sc: Scenario, step: ResolvedStep) -> int:
     """Bytes per trainable element of the gradient buffer the step's passes read and write:
     the runtime's reduction buffer (:func:`buffer_grad_bytes`), else the precision's fp32
     accumulation buffer or its gradients."""
-    return buffer_grad_bytes(sc, step) or optimizer_grad_read_bytes(step.precision)
+    return buffer_grad_bytes(sc, step) or step.precision.optimizer_grad_read
 
 
 def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:

@@ -13,7 +13,6 @@ from simtrain.costs import comm, offload
 from simtrain.costs.compute import (
     chunk_costs,
     memory_bound_ns,
-    optimizer_grad_read_bytes,
     optimizer_shard,
     optimizer_step_ns,
     tp_pairs_gemms,
@@ -97,10 +96,8 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     tp_b = tp_bwd if c.input_grad_ns else 0
     tp_r = tp_recompute_block(sc, step, 1)[0] if c.recompute_ns else 0
     backward = c.input_grad_ns + c.weight_grad_ns + c.recompute_ns
-    if pooled_tp_overlap(sc, step):  # passes.tp_pass: max(compute, TP) instead of the sum
-        forward, backward = max(c.forward_ns, tp_f), max(backward, tp_b + tp_r)
-    else:  # the exposed parts (all of it without an overlap)
-        forward, backward = c.forward_ns + tp_f, backward + tp_b + tp_r
+    pooled = pooled_tp_overlap(sc, step)
+    forward, backward = with_tp(pooled, c.forward_ns, tp_f), with_tp(pooled, backward, tp_b + tp_r)
     a2a_r = a2a if c.recompute_ns and t.recompute == "full" else 0
     return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
 
@@ -134,6 +131,13 @@ def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
     (``passes.tp_pass``: max instead of the sum), where they are not paired GEMM by GEMM
     (``costs.compute.tp_pairs_gemms``: without sequence parallelism, MLA or experts)."""
     return sc.runtime.tp_comm_overlap and step.groups.tp > 1 and not tp_pairs_gemms(sc)
+
+
+def with_tp(pooled: bool, compute_ns: int, tp_ns: int) -> int:
+    """An action's time with the TP collectives it exposes: the longer of the two where the
+    runtime runs them beside all of its compute (:func:`pooled_tp_overlap`, as
+    ``passes.tp_pass`` does), their sum otherwise (``tp_ns`` then the exposed parts only)."""
+    return max(compute_ns, tp_ns) if pooled else compute_ns + tp_ns
 
 
 def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[int, int]:
@@ -316,7 +320,7 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
         return 0
     elem = grad_buffer_elem_bytes(sc, step)
     grad_copy = elem + 4 if elem < 4 else 0
-    adam_read = max(0, 4 - optimizer_grad_read_bytes(prec))
+    adam_read = max(0, 4 - prec.optimizer_grad_read)
     unscale = 8 if prec.compute_dtype == "fp16" else 0
     return grad_copy + adam_read + unscale + prec.master
 

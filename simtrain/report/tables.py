@@ -8,7 +8,6 @@ from typing import Any
 from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_class_for, head_dim_factor
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
 
@@ -210,7 +209,7 @@ def phases_table(phased: Any) -> str:
 
 def attention_line(sc: Any) -> str:
     """How a flash model's attention core is priced (``costs.compute.flash_class_for``)."""
-    cls = flash_class_for(sc, PRECISIONS[sc.training.precision].compute_dtype)
+    cls = flash_class_for(sc)
     if isinstance(cls, str):
         return f"attention        {cls}: priced as GEMM FLOPs (full s² count at efficiency.matmul)"
     line = f"attention        {cls.kernel} kernel class of {sc.hardware.name}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, did_you_mean, unknown_key
+from simtrain.errors import ConfigError, unknown_key, unknown_value
 from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
 from simtrain.units import GB, GIB, MIB
@@ -210,8 +210,7 @@ def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
         raise ConfigError(file, "peak_tflops", "must be a mapping dtype -> TFLOP/s", peaks)
     for k in peaks:
         if k not in DTYPES:
-            raise ConfigError(file, f"peak_tflops.{k}", f"unknown dtype{did_you_mean(k, DTYPES)}",
-                              k, " | ".join(DTYPES))  # fmt: skip
+            raise unknown_value(file, f"peak_tflops.{k}", k, DTYPES, "dtype")
     peak = tuple((d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES)
     if dict(peak)["fp32"] <= 0:  # compute_peak falls back to it: a step never divides by 0
         raise ConfigError(
@@ -271,8 +270,7 @@ def _attention_kernels(data: Any, file: str) -> tuple[FlashClass, ...]:
     for kernel, cls in data.items():
         where = f"attention_kernels.{kernel}"
         if kernel not in ATTENTION_KERNELS:
-            raise ConfigError(file, where, f"unknown kernel{did_you_mean(kernel, ATTENTION_KERNELS)}",
-                              kernel, " | ".join(ATTENTION_KERNELS))  # fmt: skip
+            raise unknown_value(file, where, kernel, ATTENTION_KERNELS, "kernel")
         if not isinstance(cls, dict):
             raise ConfigError(file, where, "must be a mapping with forward and backward", cls)
         for k in cls:
@@ -303,9 +301,8 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "gpu_arch" in data:
         if data["gpu_arch"] not in GPU_ARCHS:
-            raise ConfigError(file, "collectives.gpu_arch",
-                              f"unknown{did_you_mean(data['gpu_arch'], GPU_ARCHS)}",
-                              data["gpu_arch"], " | ".join(GPU_ARCHS))  # fmt: skip
+            raise unknown_value(file, "collectives.gpu_arch", data["gpu_arch"], GPU_ARCHS,
+                                "GPU architecture")  # fmt: skip
         out["gpu_arch"] = data["gpu_arch"]
     for key, field in (("nvls", "nvls"), ("tree_pipelined", "nccl_tree_pipelined")):
         if key in data:
@@ -352,10 +349,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
             file, "intra_node", "must be a mapping with kind, bandwidth_gb_per_s, latency_us"
         )
     if intra.get("kind") not in LINK_KINDS:
-        raise ConfigError(
-            file, "intra_node.kind", f"unknown link kind{did_you_mean(intra.get('kind'), LINK_KINDS)}",
-            intra.get("kind"), " | ".join(LINK_KINDS),
-        )  # fmt: skip
+        raise unknown_value(file, "intra_node.kind", intra.get("kind"), LINK_KINDS, "link kind")
     for k in intra:
         if k not in INTRA_KEYS:
             raise unknown_key(file, k, "intra_node.", INTRA_KEYS)

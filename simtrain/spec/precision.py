@@ -42,6 +42,13 @@ class Precision:
     # TE DelayedScaling amax_history_len: fp32 amax history rows per quantizer (0: no history)
     amax_history: int = 0
 
+    @property
+    def optimizer_grad_read(self) -> int:
+        """Bytes of gradient an optimizer step reads per parameter: the fp32 accumulation
+        buffer where the precision has one, else its gradient
+        (``costs.compute.optimizer_bytes_per_param``)."""
+        return self.grad_accum or self.grad
+
 
 _BF16 = Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16")
 

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, did_you_mean, unknown_key
+from simtrain.errors import ConfigError, unknown_key, unknown_value
 from simtrain.spec.hardware import ATTENTION_KERNELS
 from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
@@ -313,9 +313,7 @@ def _value(key: str, v: Any, file: str, prefix: str) -> Any:
     full = f"{prefix}{key}"
     if key in CHOICES:
         if v not in CHOICES[key]:
-            allowed = CHOICES[key]
-            raise ConfigError(file, full, f"unknown value{did_you_mean(v, allowed)}", v,
-                              " | ".join(allowed))  # fmt: skip
+            raise unknown_value(file, full, v, CHOICES[key])
         return v
     if key in BOOLS:
         if not isinstance(v, bool):
@@ -370,8 +368,7 @@ def load_runtime(name: str, file: str | None = None, key: str = "runtime") -> Ru
     path = RUNTIMES_DIR / f"{name}.yaml"
     if not isinstance(name, str) or "/" in name or not is_file(path):
         names = available_runtimes()
-        raise ConfigError(file, key, f"unknown runtime{did_you_mean(name, names)}", name,
-                          ", ".join(names))  # fmt: skip
+        raise unknown_value(file, key, name, names, "runtime")
     return parse_runtime(load_yaml(path), str(path))
 
 

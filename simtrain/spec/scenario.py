@@ -10,7 +10,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import MAX_ECHO, ConfigError, did_you_mean, one_line, unknown_key
+from simtrain.errors import (
+    MAX_ECHO,
+    ConfigError,
+    one_line,
+    unknown_key,
+    unknown_value,
+)
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
@@ -339,10 +345,8 @@ def _build(
             allowed = choices[f.name]
             bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]
             if bad:
-                raise ConfigError(
-                    file, key, f"unknown value{did_you_mean(bad[0], [str(a) for a in allowed])}",
-                    bad[0] if len(bad) == 1 else value, " | ".join(str(a) for a in allowed),
-                )  # fmt: skip
+                raise unknown_value(file, key, bad[0] if len(bad) == 1 else value, allowed,
+                                    nearest_to=bad[0])  # fmt: skip
         check_known_range(value, file, key)
         if typ in (int, float) and value <= 0 and f.name not in NON_POSITIVE_OK:
             raise ConfigError(file, key, "must be positive", value)

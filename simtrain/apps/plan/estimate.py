@@ -24,6 +24,7 @@ from simtrain.costs.workload import (
     pooled_tp_overlap,
     rank_optimizer_shard,
     tp_recompute_block,
+    with_tp,
     zero3_layer_bytes,
     zero3_layer_comm_ns,
 )
@@ -169,14 +170,10 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
             ep_b = (ep_f if c.input_grad_ns else 0) + (
                 ep_f if sc.training.recompute == "full" else 0
             )
-            if pooled:  # passes.tp_pass: an action's TP collectives beside all its compute
-                w = 0 if split else c.weight_grad_ns  # in the same action as the input gradient
-                bwd = max(c.recompute_ns + c.input_grad_ns + w, tp_b + tp_r) - w
-                gpu = _Rank(max(c.forward_ns, n * tp_fwd) + ep_f, bwd + ep_b, c.weight_grad_ns)
-            else:
-                gpu = _Rank(c.forward_ns + n * tp_fwd + ep_f,
-                            c.recompute_ns + c.input_grad_ns + tp_b + tp_r + ep_b,
-                            c.weight_grad_ns)  # fmt: skip
+            w = 0 if split else c.weight_grad_ns  # in the same action as the input gradient
+            bwd = with_tp(pooled, c.recompute_ns + c.input_grad_ns + w, tp_b + tp_r) - w
+            fwd = with_tp(pooled, c.forward_ns, n * tp_fwd)
+            gpu = _Rank(fwd + ep_f, bwd + ep_b, c.weight_grad_ns)
             cache[key] = _host_bound(sc, n, c, gpu, split)
         return key
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
-from simtrain.errors import ConfigError, did_you_mean
+from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
 from simtrain.spec.precision import PRECISIONS
@@ -189,8 +189,7 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
             allowed = tuple({"recompute": RECOMPUTE, "schedule": SCHEDULES,
                              "precision": PRECISIONS}[key])  # fmt: skip
             if v not in allowed:
-                raise ConfigError(file, f"fixed.{key}", f"unknown value{did_you_mean(v, allowed)}",
-                                  v, " | ".join(allowed))  # fmt: skip
+                raise unknown_value(file, f"fixed.{key}", v, allowed)
         elif key == "sequence_parallel":
             if not isinstance(v, bool):
                 raise ConfigError(file, f"fixed.{key}", "must be true or false", v)
@@ -245,8 +244,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     fm = _failure_model(_mapping(data.get("failures"), file, "failures"), file)
     objective = data.get("objective", "time")
     if objective not in OBJECTIVES:
-        raise ConfigError(file, "objective", f"unknown value{did_you_mean(objective, OBJECTIVES)}",
-                          objective, " | ".join(OBJECTIVES))  # fmt: skip
+        raise unknown_value(file, "objective", objective, OBJECTIVES)
     top = int(_num(data.get("top", DEFAULT_TOP), file, "top", integer=True, maximum=MAX_TOP))
     runtime = data.get("runtime")
     if runtime is not None:

@@ -64,12 +64,14 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             return profile, True, ""
     form = "PCIe" if "PCIE" in head else "NVL" if re.search(r"\bNVL\b", head) else ""
 
-    def part(profile: str) -> str:
-        """The note of a PCIe or NVL part on a profile of the SXM board ('' on a PCIe one)."""
+    def part(profile: str, gpu: str = "") -> str:
+        """The note of a PCIe or NVL part on a profile of the SXM board, after the GPU's name
+        when given ('' on a PCIe one, or for an SXM part)."""
         if not form or load_hardware(profile).intra_node_kind == "pcie":
             return ""
-        return (f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
-                "modelled: predicted too fast)")  # fmt: skip
+        return (f"{gpu} " if gpu else "") + (
+            f"{form} part: the SXM profile (its clocks, memory bandwidth and links are not "
+            "modelled: predicted too fast)")  # fmt: skip
 
     size = re.search(r"(\d+)\s*GB", head)
     for word, profile, size_needed in ((r"\bH800\b", "h800_sxm5_80gb", True),
@@ -92,11 +94,11 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             "verdict not compared"
         )  # fmt: skip
     if "H200" in head:
-        return "h200_141gb", True, f"H200 {part('h200_141gb')}" if form else ""
+        return "h200_141gb", True, part("h200_141gb", "H200")
     if "H100" in head:
         if form:
-            return "h100_sxm5_80gb", bool(size) and size.group(1) == "80", (
-                f"H100 {part('h100_sxm5_80gb')}")  # fmt: skip
+            note = part("h100_sxm5_80gb", "H100")
+            return "h100_sxm5_80gb", bool(size) and size.group(1) == "80", note
         if size and size.group(1) == "96" and "HBM2E" in head:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
@@ -109,7 +111,7 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         profile = "a100_sxm4_40gb" if size and size.group(1) == "40" else "a100_sxm4_80gb"
         if size is None or size.group(1) not in ("40", "80"):
             return profile, False, "A100 memory size not stated: the 80 GB profile"
-        return profile, True, f"A100 {part(profile)}" if form else ""
+        return profile, True, part(profile, "A100")
     if "V100" in g:
         if size and size.group(1) != "32":
             return "v100_sxm2_32gb", False, (
