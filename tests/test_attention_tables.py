@@ -52,7 +52,9 @@ def test_fit_recovers_a_generated_seq_edge_exactly():
 #: Profiles of the measured GPU at a lower power limit: the same chip at a lower sustained clock,
 #: whose kernels keep their fraction of its own (lower) peak (the profile's [pwr] source).
 #: Its bf16 peak: the midpoint of the NVL's 835.5 and the SXM5's 989.4 dense TFLOP/s.
-OWN_PEAK = {"h100_sxm5_96gb_hbm2e": (835.5 + 989.4) / 2 * 1e12}
+OWN_PEAK = {"h100_sxm5_96gb_hbm2e": (835.5 + 989.4) / 2 * 1e12,
+            "h100_pcie_80gb": 1513 / 2 * 1e12,  # the H100 datasheet's PCIe column, sparse / 2
+            "h100_nvl_94gb": 1671 / 2 * 1e12}  # its NVL column  # fmt: skip
 
 
 def test_a_power_limited_part_keeps_the_fractions_of_its_own_peak():

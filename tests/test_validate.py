@@ -323,21 +323,34 @@ def test_string_mappings() -> None:
     grand_teton = gpu_profile("H100 SXM 96GB HBM2e (500W power limit; Grand Teton)")
     assert grand_teton == ("h100_sxm5_96gb_hbm2e", True, "")
     assert gpu_profile("H100 96GB")[:2] == ("h100_sxm5_80gb", False)  # no HBM2e: not that part
-    # the other profiles' GPUs by name; GH200 and PCIe H100 on the nearest profile, with a note
+    # the other profiles' GPUs by name, the A100 and H100 PCIe cards and the H100 NVL among them;
+    # GH200 on the nearest profile, with a note
     for name, profile in (("H800 80GB", "h800_sxm5_80gb"), ("NVIDIA A800-SXM4-80GB", "a800_sxm4_80gb"),
                           ("AMD Instinct MI300X", "mi300x_192gb"), ("L40S 48GB", "l40s_48gb"),
-                          ("GeForce RTX 4090", "rtx4090_24gb")):  # fmt: skip
+                          ("GeForce RTX 4090", "rtx4090_24gb"), ("H100 PCIe 80GB", "h100_pcie_80gb"),
+                          ("H100 NVL 94GB", "h100_nvl_94gb"), ("H100 NVL", "h100_nvl_94gb"),
+                          ("A100 PCIe 40GB", "a100_pcie_40gb"), ("A100-PCIE-40GB", "a100_pcie_40gb"),
+                          ("A100 80GB PCIe", "a100_pcie_80gb"), ("Tesla T4", "t4_16gb"),
+                          ("NVIDIA L4", "l4_24gb"), ("GeForce RTX 3090", "rtx3090_24gb"),
+                          ("NVIDIA RTX A6000", "rtx_a6000_48gb")):  # fmt: skip
         assert gpu_profile(name) == (profile, True, ""), name
+    for name in (
+        "H100 NVL PCIe",
+        "NVIDIA H100 NVL 94GB PCIe Gen5",
+        "H100NVL",
+    ):  # the NVL is a PCIe card
+        assert gpu_profile(name) == ("h100_nvl_94gb", True, ""), name
+    for name in ("GeForce RTX 3090 Ti", "RTX 3090-Ti", "RTX 6000 Ada", "RTX A6000 Ada", "A6000 Ada",
+                 "NVIDIA A10G"):  # other chips, other rates  # fmt: skip
+        assert gpu_profile(name) is None, name
+    assert gpu_profile("V100 NVLink 32GB") == ("v100_sxm2_32gb", True, "")  # NVLink is not NVL
     gh = gpu_profile("GH200 96GB")
     assert gh is not None and gh[:2] == ("h200_141gb", False) and gh[2].startswith("GH200")
-    pcie = gpu_profile("H100 PCIe 80GB")
-    assert pcie is not None and pcie[0] == "h100_sxm5_80gb" and "PCIe" in pcie[2]
-    nvl = gpu_profile("H100 NVL 94GB")
-    assert nvl is not None and nvl[:2] == ("h100_sxm5_80gb", False) and "NVL" in nvl[2]
-    # a PCIe part of the profile's size is fit-compared with the SXM note, whatever the GPU;
-    # a profile of a PCIe board itself (L40S, RTX 4090) takes no such note
-    for name, profile in (("A100 PCIe 40GB", "a100_sxm4_40gb"), ("H100 PCIe 80GB", "h100_sxm5_80gb"),
-                          ("A800 80GB PCIe", "a800_sxm4_80gb")):  # fmt: skip
+    nvl = gpu_profile("H100 NVL 96GB")  # not the profile's size: not compared
+    assert nvl is not None and nvl[:2] == ("h100_nvl_94gb", False) and "94 GB profile" in nvl[2]
+    # a PCIe or NVL part without a profile of its own is fit-compared with the SXM note; a
+    # profile of a PCIe board itself (L40S, RTX 4090, A100 / H100 PCIe) takes no such note
+    for name, profile in (("A800 80GB PCIe", "a800_sxm4_80gb"), ("H200 NVL 141GB", "h200_141gb")):
         got = gpu_profile(name)
         assert got is not None and got[:2] == (profile, True) and "SXM profile" in got[2], name
     for name, profile in (("L40S PCIe 48GB", "l40s_48gb"), ("RTX 4090 PCIe", "rtx4090_24gb")):

@@ -415,5 +415,5 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
     for c in candidates:
         if is_file(c):
             return parse_hardware(load_yaml(c), str(c))
-    raise ConfigError(file, key, "unknown hardware profile", name_or_path,
-                      ", ".join(available_profiles()) + " (or a path to a .yaml file)")  # fmt: skip
+    raise ConfigError(file, key, "unknown hardware profile (a shipped name or a .yaml path)",
+                      name_or_path, ", ".join(available_profiles()))  # fmt: skip

@@ -52,8 +52,9 @@ class Translation:
 def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
     ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it. The memory size is
-    known where the name states the profile's (or the profile's part has one size); a PCIe or
-    NVL part on a profile of the SXM board only adds a note."""
+    known where the name states the profile's (or the profile's part has one size). The A100 and
+    H100 PCIe cards and the H100 NVL have profiles of their own; a PCIe or NVL part of another
+    GPU (A800, H800, H200) on the profile of its SXM board only adds a note."""
     g = gpu.upper()
     # the name itself, before any parenthesised remark ("H100 80GB (cluster h800-prod)")
     head = g.split("(", 1)[0]
@@ -62,7 +63,8 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
                           ("MI325X", "mi325x_256gb"), ("MI355X", "mi355x_288gb")):  # fmt: skip
         if word in head:  # GB200 before B200: the name contains it
             return profile, True, ""
-    form = "PCIe" if "PCIE" in head else "NVL" if re.search(r"\bNVL\b", head) else ""
+    # the H100 NVL is itself a PCIe card: "H100 NVL PCIe" is the NVL
+    form = "NVL" if re.search(r"NVL(?![0-9A-Z])", head) else "PCIe" if "PCIE" in head else ""
 
     def part(profile: str, gpu: str = "") -> str:
         """The note of a PCIe or NVL part on a profile of the SXM board, after the GPU's name
@@ -78,7 +80,11 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
                                        (r"\bA800\b", "a800_sxm4_80gb", True),
                                        (r"\bMI300X\b", "mi300x_192gb", False),
                                        (r"\bL40S\b", "l40s_48gb", False),
-                                       (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False)):  # fmt: skip
+                                       (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
+                                       (r"(?<!\d)3090(?!\d)(?![\s-]*TI)", "rtx3090_24gb", False),
+                                       (r"\bA6000\b(?!\s*ADA)", "rtx_a6000_48gb", False),
+                                       (r"\bL4\b", "l4_24gb", False),
+                                       (r"\bT4\b", "t4_16gb", False)):  # fmt: skip
         if not re.search(word, head):
             continue
         nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
@@ -96,9 +102,14 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     if "H200" in head:
         return "h200_141gb", True, part("h200_141gb", "H200")
     if "H100" in head:
-        if form:
-            note = part("h100_sxm5_80gb", "H100")
-            return "h100_sxm5_80gb", bool(size) and size.group(1) == "80", note
+        if form:  # the PCIe card (80 GB) or the NVL (94 GB)
+            profile, nominal = (
+                ("h100_pcie_80gb", "80") if form == "PCIe" else ("h100_nvl_94gb", "94")
+            )
+            if size and size.group(1) != nominal:
+                return profile, False, (f"H100 {form} {size.group(1)} GB: the {nominal} GB profile; "
+                                        "fit verdict not compared")  # fmt: skip
+            return profile, True, ""
         if size and size.group(1) == "96" and "HBM2E" in head:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
@@ -108,7 +119,8 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             )  # fmt: skip
         return "h100_sxm5_80gb", "80" in head, ""
     if "A100" in head:
-        profile = "a100_sxm4_40gb" if size and size.group(1) == "40" else "a100_sxm4_80gb"
+        board = "pcie" if form == "PCIe" else "sxm4"
+        profile = f"a100_{board}_{'40' if size and size.group(1) == '40' else '80'}gb"
         if size is None or size.group(1) not in ("40", "80"):
             return profile, False, "A100 memory size not stated: the 80 GB profile"
         return profile, True, part(profile, "A100")
