@@ -352,6 +352,17 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
 
 
 @main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
+@_errors
+def hardware(name: str | None, as_json: bool) -> None:
+    """The shipped GPU profiles side by side, or one (NAME or a .yaml path) with its sources."""
+    from simtrain.apps.hardware_list import hardware_command
+
+    click.echo(hardware_command(name, as_json), nl=False)
+
+
+@main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option(
     "--variants",

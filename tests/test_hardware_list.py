@@ -1,0 +1,70 @@
+"""`simtrain hardware`: the shipped profiles side by side, and where each large-GEMM efficiency
+comes from."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from simtrain.apps.hardware_list import hardware_rows
+from simtrain.apps.validate.fitted import load_fitted_constants
+from simtrain.cli import main
+from simtrain.spec.hardware import available_profiles
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, ["hardware", *args])
+
+
+def test_the_table_has_a_row_per_shipped_profile_and_says_its_units() -> None:
+    r = _run()
+    assert r.exit_code == 0
+    rows = [line.split()[0] for line in r.stdout.splitlines()[3:] if line and line[0].isalnum()]
+    names = available_profiles()
+    assert [n for n in rows if n in names] == names
+    assert "GiB" in r.stdout and "GB/s per dir." in r.stdout and "TFLOP/s" in r.stdout
+
+
+def test_json_rows_in_the_units_their_names_say() -> None:
+    rows = {d["name"]: d for d in json.loads(_run("--json").stdout)}
+    assert set(rows) == set(available_profiles())
+    h100 = rows["h100_sxm5_80gb"]  # the H100 datasheet: 989.4 dense bf16, 3.35 TB/s, NDR 400 Gb/s
+    assert (h100["bf16_tflops"], h100["memory_bandwidth_gb_per_s"]) == (989.4, 3350)
+    assert h100["nic_gbit_per_s"] == 400 and h100["intra_node_gb_per_s"] == 450
+    assert rows["a100_sxm4_40gb"]["memory_gib"] == round(40536 / 1024, 2)  # 40536 MiB visible
+    assert rows["t4_16gb"]["bf16_tflops"] == 0  # no bf16 on Turing
+
+
+def test_each_fitted_matmul_is_named_with_its_families() -> None:
+    """measured/fitted_constants.yaml's efficiency.matmul entries (their values are checked by
+    tests/test_fitted.py): `simtrain hardware` names the families each was fitted on; a profile
+    with no such entry does not claim to be fitted."""
+    rows = {r.name: r for r in hardware_rows()}
+    fitted = set()
+    for c in load_fitted_constants():
+        hw = dict(c.scope).get("hardware")
+        if not c.constant.startswith("efficiency.matmul") or hw is None:
+            continue
+        fitted.add(hw)
+        assert rows[hw].matmul_source.endswith(f"fitted on {', '.join(c.fitted_on)}"), hw
+    for name, row in rows.items():
+        if name not in fitted:
+            assert "fitted on" not in row.matmul_source, name
+    assert rows["l4_24gb"].matmul_source == "GEMM benchmark"
+    assert rows["b300_288gb"].matmul_source == "estimate"
+    assert rows["h100_pcie_80gb"].matmul_source == "h100_sxm5_80gb's, fitted on mosaicml"
+
+
+def test_one_profile_prints_its_file_with_the_sources() -> None:
+    r = _run("t4_16gb")
+    assert r.exit_code == 0 and r.stdout.startswith("# hardware/t4_16gb.yaml\n")
+    assert "# Sources:" in r.stdout and "memory_gib:" in r.stdout
+    one = json.loads(_run("l4_24gb", "--json").stdout)
+    assert one["file"] == "hardware/l4_24gb.yaml" and one["matmul_efficiency"] == 0.48
+
+
+def test_an_unknown_profile_is_a_clear_error() -> None:
+    r = _run("tpu_v5p")
+    assert r.exit_code == 2
+    assert "unknown hardware profile" in r.stderr and "allowed: a100_pcie_40gb" in r.stderr
