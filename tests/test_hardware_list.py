@@ -4,6 +4,7 @@ comes from."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -11,6 +12,8 @@ from simtrain.apps.hardware_list import hardware_rows
 from simtrain.apps.validate.fitted import load_fitted_constants
 from simtrain.cli import main
 from simtrain.spec.hardware import available_profiles
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str):
@@ -68,3 +71,21 @@ def test_an_unknown_profile_is_a_clear_error() -> None:
     r = _run("tpu_v5p")
     assert r.exit_code == 2
     assert "unknown hardware profile" in r.stderr and "allowed: a100_pcie_40gb" in r.stderr
+
+
+def test_run_says_when_the_gpus_efficiency_is_an_estimate(tmp_path) -> None:
+    from simtrain.apps.hardware_list import estimate_note
+    from simtrain.spec.hardware import load_hardware
+
+    assert "t4_16gb is an estimate" in estimate_note(load_hardware("t4_16gb"))
+    for measured in ("a100_sxm4_80gb", "l4_24gb", "b200_180gb", "h200_141gb"):
+        assert estimate_note(load_hardware(measured)) == "", measured
+    # the same card, calibrated: its own file says so
+    text = (ROOT / "hardware/t4_16gb.yaml").read_text()
+    mine = tmp_path / "my_t4.yaml"
+    mine.write_text(text.replace("matmul: 0.70                    # [est]",
+                                 "matmul: 0.41                    # [meas]"))  # fmt: skip
+    assert estimate_note(load_hardware(str(mine))) == ""
+    r = CliRunner().invoke(main, ["run", str(ROOT / "scenarios/colab_t4_qlora_7b.yaml"),
+                                  "--no-plots", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert r.exit_code == 0 and "GPU efficiency   efficiency.matmul 0.7 of t4_16gb" in r.stdout

@@ -72,6 +72,22 @@ def matmul_source(hw: HardwareProfile, path: Path, fitted: tuple[FittedConstant,
     return "not stated"
 
 
+def estimate_note(hw: HardwareProfile) -> str:
+    """One line for ``simtrain run`` where the GPU's large-GEMM efficiency is an estimate (no
+    GEMM or training measurement on it): how far to trust the step time. "" otherwise, and
+    for a profile without its file (built in code)."""
+    path = Path(hw.source_file)
+    if not hw.source_file or not path.is_file():
+        return ""
+    if matmul_source(hw, path, load_fitted_constants()) != MATMUL_TAGS["est"]:
+        return ""
+    return (
+        f"GPU efficiency   efficiency.matmul {hw.efficiency.matmul:g} of {hw.name} is an "
+        "estimate (no GEMM or training run measured on this GPU): the step time is a rough "
+        "guide; `simtrain calibrate --device cuda` on the GPU measures it"
+    )
+
+
 def hardware_row(
     hw: HardwareProfile, path: Path, fitted: tuple[FittedConstant, ...]
 ) -> HardwareRow:
