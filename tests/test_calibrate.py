@@ -491,3 +491,16 @@ def test_flash_backward_keeps_a_floor_when_the_pair_times_below_its_forward(monk
     by_kernel = microbench.measure_flash_attention("cpu", ((2, 64),), head_dim=16, repeats=1,
                                                    dtype="fp32")  # fmt: skip
     assert by_kernel["fa2"][(2, 64)] == (2e-3, 1e-3 * 1e-3)
+
+
+def test_a_calibrated_profile_is_not_flagged_as_an_estimate(tmp_path: Path) -> None:
+    """What `simtrain calibrate` writes (its own matmul line, [meas]) gets no estimate line in
+    `simtrain run`, whatever the name, with or without the GEMM mix; `simtrain hardware` calls
+    it measured."""
+    from simtrain.apps.hardware_list import MATMUL_TAGS, estimate_note, matmul_tag
+
+    for name, cal in (("my_gpu", _fake(name="my_gpu")),
+                      ("t4_16gb", _fake(name="t4_16gb", gemm_flops_per_s=3.5e10))):  # fmt: skip
+        p = write_profile(tmp_path / f"{name}.yaml", cal)
+        assert estimate_note(load_hardware(str(p))) == "", name
+        assert MATMUL_TAGS[matmul_tag(p)] == "measured by simtrain calibrate", name

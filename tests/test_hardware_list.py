@@ -89,3 +89,53 @@ def test_run_says_when_the_gpus_efficiency_is_an_estimate(tmp_path) -> None:
     r = CliRunner().invoke(main, ["run", str(ROOT / "scenarios/colab_t4_qlora_7b.yaml"),
                                   "--no-plots", "--out", str(tmp_path / "out")])  # fmt: skip
     assert r.exit_code == 0 and "GPU efficiency   efficiency.matmul 0.7 of t4_16gb" in r.stdout
+
+
+def test_a_calibrated_copy_under_a_shipped_name_is_not_called_fitted(tmp_path) -> None:
+    """The fitted constants name their file: a profile `simtrain calibrate` wrote under the
+    H100's name, in another folder, is labelled by its own matmul line."""
+    from simtrain.apps.hardware_list import matmul_source
+    from simtrain.apps.validate.fitted import load_fitted_constants
+    from simtrain.spec.hardware import load_hardware
+
+    text = (ROOT / "hardware/h100_sxm5_80gb.yaml").read_text()
+    start = text.index("  matmul: 0.54")
+    end = text.index("\n", start)
+    mine = tmp_path / "h100_sxm5_80gb.yaml"
+    mine.write_text(
+        text[:start] + "  matmul: 0.61                    # [meas] my GEMMs" + text[end:]
+    )
+    hw = load_hardware(str(mine))
+    assert hw.name == "h100_sxm5_80gb"
+    assert matmul_source(hw, mine, load_fitted_constants()) == "measured by simtrain calibrate"
+
+
+def test_run_reads_no_fitted_constants_for_its_estimate_line() -> None:
+    """The estimate line reads the profile's own tag: `simtrain run` does not import the
+    validation package for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from simtrain.apps.hardware_list import estimate_note; "
+            "from simtrain.spec.hardware import load_hardware; "
+            "estimate_note(load_hardware('t4_16gb')); "
+            "print('simtrain.apps.validate' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_mistyped_hardware_and_preset_names_get_the_nearest() -> None:
+    r = CliRunner().invoke(main, ["memory", str(ROOT / "scenarios/gpipe_8gpu.yaml"),
+                                  "--set", "hardware=t4_16g"])  # fmt: skip
+    assert r.exit_code == 2 and "did you mean 't4_16gb'?" in r.stderr
+    r = CliRunner().invoke(main, ["memory", str(ROOT / "scenarios/gpipe_8gpu.yaml"),
+                                  "--set", "model.preset=llama3-8"])  # fmt: skip
+    assert r.exit_code == 2 and "did you mean 'llama3-8b'?" in r.stderr
+
+
+def test_every_shipped_matmul_has_a_known_source() -> None:
+    """Each shipped profile's efficiency.matmul is fitted (fitted_constants.yaml) or its line's
+    first tag is one `simtrain hardware` explains: a new tag must be added to MATMUL_TAGS."""
+    for row in hardware_rows():
+        assert not row.matmul_source.startswith("see [") and row.matmul_source != "not stated", (
+            row.name, row.matmul_source)  # fmt: skip

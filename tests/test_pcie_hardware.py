@@ -84,7 +84,7 @@ def test_t4_has_no_bf16_or_tf32_and_runs_them_at_the_fp32_rate() -> None:
 
 
 @pytest.mark.parametrize(("card", "sxm"), [("a100_pcie_80gb", "a100_sxm4_80gb"),
-                                           ("a100_pcie_40gb", "a100_sxm4_80gb"),
+                                           ("a100_pcie_40gb", "a100_sxm4_40gb"),
                                            ("h100_pcie_80gb", "h100_sxm5_80gb"),
                                            ("h100_nvl_94gb", "h100_sxm5_80gb")])  # fmt: skip
 def test_a_card_shares_its_dies_fitted_fractions_not_its_links(card: str, sxm: str) -> None:

@@ -350,9 +350,19 @@ def test_string_mappings() -> None:
     assert nvl is not None and nvl[:2] == ("h100_nvl_94gb", False) and "94 GB profile" in nvl[2]
     # a PCIe or NVL part without a profile of its own is fit-compared with the SXM note; a
     # profile of a PCIe board itself (L40S, RTX 4090, A100 / H100 PCIe) takes no such note
-    for name, profile in (("A800 80GB PCIe", "a800_sxm4_80gb"), ("H200 NVL 141GB", "h200_141gb")):
+    got = gpu_profile("H200 NVL 141GB")
+    assert (
+        got is not None and got[:2] == ("h200_141gb", True) and "H200 NVL part: the SXM" in got[2]
+    )
+    # the export parts' PCIe cards are the A100 / H100 PCIe cards (a note says so)
+    for name, profile in (
+        ("A800 80GB PCIe", "a100_pcie_80gb"),
+        ("H800 PCIe 80GB", "h100_pcie_80gb"),
+    ):
         got = gpu_profile(name)
-        assert got is not None and got[:2] == (profile, True) and "SXM profile" in got[2], name
+        assert got is not None and got[:2] == (profile, True) and "PCIe card's profile" in got[2]
+    assert gpu_profile("H100 80GB T4-cluster") == ("h100_sxm5_80gb", True, "")  # not the T4
+    assert gpu_profile("RTX A6000-Ada") is None
     for name, profile in (("L40S PCIe 48GB", "l40s_48gb"), ("RTX 4090 PCIe", "rtx4090_24gb")):
         assert gpu_profile(name) == (profile, True, ""), name
     # a size other than the profile's is not compared; a remark in brackets names no GPU

@@ -13,8 +13,8 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from simtrain.apps.validate.fitted import FittedConstant, load_fitted_constants
 from simtrain.spec.hardware import (
     HARDWARE_DIR,
     HardwareProfile,
@@ -22,7 +22,11 @@ from simtrain.spec.hardware import (
     load_hardware,
 )
 
+if TYPE_CHECKING:  # the validate package is imported only where fitted constants are read
+    from simtrain.apps.validate.fitted import FittedConstant
+
 GIB = 2**30
+ROOT = HARDWARE_DIR.parent
 
 #: What the first source tag of a profile's ``matmul`` line says of the value (the shipped
 #: profiles' conventions; a tag not listed here is shown as it is).
@@ -34,7 +38,7 @@ MATMUL_TAGS = {
     "meas": "measured by simtrain calibrate",
     "own": "same die's fitted value",
 }
-_MATMUL_LINE = re.compile(r"^\s+matmul:\s*[^#]*#\s*\[([a-z0-9]+)\]")
+_MATMUL_LINE = re.compile(r"^\s+matmul:\s*[^#]*#\s*\[([A-Za-z0-9]+)\]")
 _SAME_GPU = re.compile(r"same GPU as (\w+)")
 
 
@@ -58,18 +62,27 @@ class HardwareRow:
     matmul_source: str
 
 
+def matmul_tag(path: Path) -> str:
+    """The first source tag of the ``efficiency.matmul`` line of the profile at ``path``
+    (lower case), "" where the line has none (a profile written in another style)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := _MATMUL_LINE.match(line):
+            return m.group(1).lower()
+    return ""
+
+
 def matmul_source(hw: HardwareProfile, path: Path, fitted: tuple[FittedConstant, ...]) -> str:
     """Where ``efficiency.matmul`` of ``hw`` comes from: the families it was fitted on (a
-    fitted constant scoped to this profile), else what its line's first source tag says."""
+    fitted constant naming this very file: a calibrated copy saved under a shipped name is not
+    that profile), else what its line's first source tag says."""
     for c in fitted:
-        if c.constant.startswith("efficiency.matmul") and dict(c.scope).get("hardware") == hw.name:
+        if (c.constant.startswith("efficiency.matmul") and dict(c.scope).get("hardware") == hw.name
+                and (ROOT / c.file).resolve() == path.resolve()):  # fmt: skip
             same = _SAME_GPU.search(c.constant)
             on = f"fitted on {', '.join(c.fitted_on)}"
             return f"{same.group(1)}'s, {on}" if same else on
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if m := _MATMUL_LINE.match(line):
-            return MATMUL_TAGS.get(m.group(1), f"see [{m.group(1)}] in the profile")
-    return "not stated"
+    tag = matmul_tag(path)
+    return MATMUL_TAGS.get(tag, f"see [{tag}] in the profile") if tag else "not stated"
 
 
 def estimate_note(hw: HardwareProfile) -> str:
@@ -77,9 +90,7 @@ def estimate_note(hw: HardwareProfile) -> str:
     GEMM or training measurement on it): how far to trust the step time. "" otherwise, and
     for a profile without its file (built in code)."""
     path = Path(hw.source_file)
-    if not hw.source_file or not path.is_file():
-        return ""
-    if matmul_source(hw, path, load_fitted_constants()) != MATMUL_TAGS["est"]:
+    if not hw.source_file or not path.is_file() or matmul_tag(path) != "est":
         return ""
     return (
         f"GPU efficiency   efficiency.matmul {hw.efficiency.matmul:g} of {hw.name} is an "
@@ -106,6 +117,8 @@ def hardware_row(
 
 def hardware_rows() -> list[HardwareRow]:
     """Every shipped profile (``hardware/*.yaml``), by name."""
+    from simtrain.apps.validate.fitted import load_fitted_constants
+
     fitted = load_fitted_constants()
     return [hardware_row(load_hardware(n), HARDWARE_DIR / f"{n}.yaml", fitted)
             for n in available_profiles()]  # fmt: skip
@@ -147,10 +160,11 @@ def hardware_command(name: str | None, as_json: bool) -> str:
         if as_json:
             return json.dumps([asdict(r) for r in rows], indent=2, sort_keys=True) + "\n"
         return hardware_table(rows)
+    from simtrain.apps.validate.fitted import load_fitted_constants
+
     hw = load_hardware(name)  # a clear error for an unknown name or a bad file
-    shipped = name in available_profiles()
-    path = HARDWARE_DIR / f"{name}.yaml" if shipped else Path(name)
-    shown = f"hardware/{name}.yaml" if shipped else name
+    path = Path(hw.source_file)  # the file the loader read
+    shown = f"hardware/{name}.yaml" if name in available_profiles() else str(path)
     if as_json:
         row = asdict(hardware_row(hw, path, load_fitted_constants()))
         return json.dumps({**row, "file": shown}, indent=2, sort_keys=True) + "\n"

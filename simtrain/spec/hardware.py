@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, unknown_key, unknown_value
+from simtrain.errors import ConfigError, did_you_mean, unknown_key, unknown_value
 from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
 from simtrain.units import GB, GIB, MIB
@@ -415,5 +415,6 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
     for c in candidates:
         if is_file(c):
             return parse_hardware(load_yaml(c), str(c))
-    raise ConfigError(file, key, "unknown hardware profile (a shipped name or a .yaml path)",
-                      name_or_path, ", ".join(available_profiles()))  # fmt: skip
+    names = available_profiles()
+    raise ConfigError(file, key, "unknown hardware profile (name or .yaml path)"
+                      f"{did_you_mean(name_or_path, names)}", name_or_path, ", ".join(names))  # fmt: skip

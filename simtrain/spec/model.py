@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError
+from simtrain.errors import ConfigError, did_you_mean
 from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
 from simtrain.spec.moe_layout import ZERO_OK_FIELDS, hf_moe_fields, validate_moe
 from simtrain.spec.yamlfile import read_text_file
@@ -393,7 +393,8 @@ def preset(name: str, file: str | None = None, key: str = "model.preset") -> Mod
     """Look up a preset by name (case-insensitive)."""
     canonical = ALIASES.get(name.lower(), name.lower())
     if canonical not in PRESETS:
-        raise ConfigError(file, key, "unknown model preset", name, ", ".join(PRESETS))
+        raise ConfigError(file, key, f"unknown model preset{did_you_mean(name, list(PRESETS))}",
+                          name, ", ".join(PRESETS))  # fmt: skip
     return PRESETS[canonical]
 
 

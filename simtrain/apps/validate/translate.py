@@ -53,8 +53,9 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     """(profile name, memory size known, note) for a GPU name such as ``A100-SXM4-80GB``,
     ``H100 80GB`` or ``V100 32GB (DGX-2)``; None when no profile covers it. The memory size is
     known where the name states the profile's (or the profile's part has one size). The A100 and
-    H100 PCIe cards and the H100 NVL have profiles of their own; a PCIe or NVL part of another
-    GPU (A800, H800, H200) on the profile of its SXM board only adds a note."""
+    H100 PCIe cards and the H100 NVL have profiles of their own, which the A800 and H800 PCIe
+    cards (the same chips) take with a note; another PCIe or NVL part (H200 NVL) on the profile
+    of its SXM board only adds a note."""
     g = gpu.upper()
     # the name itself, before any parenthesised remark ("H100 80GB (cluster h800-prod)")
     head = g.split("(", 1)[0]
@@ -76,23 +77,34 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             "modelled: predicted too fast)")  # fmt: skip
 
     size = re.search(r"(\d+)\s*GB", head)
-    for word, profile, size_needed in ((r"\bH800\b", "h800_sxm5_80gb", True),
-                                       (r"\bA800\b", "a800_sxm4_80gb", True),
-                                       (r"\bMI300X\b", "mi300x_192gb", False),
-                                       (r"\bL40S\b", "l40s_48gb", False),
-                                       (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
-                                       (r"(?<!\d)3090(?!\d)(?![\s-]*TI)", "rtx3090_24gb", False),
-                                       (r"\bA6000\b(?!\s*ADA)", "rtx_a6000_48gb", False),
-                                       (r"\bL4\b", "l4_24gb", False),
-                                       (r"\bT4\b", "t4_16gb", False)):  # fmt: skip
-        if not re.search(word, head):
-            continue
-        nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
-        if (size and size.group(1) != nominal) or (size is None and size_needed):
-            what = f"{size.group(1)} GB" if size else "memory size not stated"
-            note = f"{what}: the {nominal} GB profile; fit verdict not compared"
-            return profile, False, "; ".join(x for x in (note, part(profile)) if x)
-        return profile, True, part(profile)
+
+    def by_name(entries: tuple[tuple[str, str, bool], ...]) -> tuple[str, bool, str] | None:
+        """The first (pattern, profile, size needed) whose pattern the name matches."""
+        for word, profile, size_needed in entries:
+            if not re.search(word, head):
+                continue
+            nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
+            if (size and size.group(1) != nominal) or (size is None and size_needed):
+                what = f"{size.group(1)} GB" if size else "memory size not stated"
+                note = f"{what}: the {nominal} GB profile; fit verdict not compared"
+                return profile, False, "; ".join(x for x in (note, part(profile)) if x)
+            return profile, True, part(profile)
+        return None
+
+    # the export parts' PCIe cards are the H100 / A100 PCIe cards (their NVLink bridges, slower
+    # than the originals', are not modelled on either)
+    for word, card in (("H800", "h100_pcie_80gb"), ("A800", "a100_pcie_80gb")):
+        if form == "PCIe" and re.search(rf"\b{word}\b", head):
+            got = by_name(((rf"\b{word}\b", card, True),))
+            assert got is not None  # the pattern matched
+            note = f"{word} PCIe: the {card.split('_')[0].upper()} PCIe card's profile (same chip)"
+            return got[0], got[1], "; ".join(x for x in (got[2], note) if x)
+    named = by_name(((r"\bH800\b", "h800_sxm5_80gb", True),
+                     (r"\bA800\b", "a800_sxm4_80gb", True),
+                     (r"\bMI300X\b", "mi300x_192gb", False),
+                     (r"\bL40S\b", "l40s_48gb", False)))  # fmt: skip
+    if named:
+        return named
     if "GH200" in head:  # Grace Hopper: an H100/H200-class GPU on a 4-GPU node
         return "h200_141gb", False, (
             "GH200: the H200 profile (its GPU; the memory size and bandwidth of its 96 GB "
@@ -132,7 +144,12 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
             )  # fmt: skip
         note = "DGX-2 V100 (NVSwitch) on the DGX-1 profile" if "DGX-2" in g else ""
         return "v100_sxm2_32gb", size is not None, note
-    return None
+    # the smaller GPUs, after the datacenter names ("H100 80GB T4-cluster" is an H100)
+    return by_name(((r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
+                    (r"(?<!\d)3090(?!\d)(?![\s-]*TI)", "rtx3090_24gb", False),
+                    (r"\bA6000\b(?![\s-]*ADA)", "rtx_a6000_48gb", False),
+                    (r"\bL4\b", "l4_24gb", False),
+                    (r"\bT4\b", "t4_16gb", False)))  # fmt: skip
 
 
 # Clusters whose inter-node network differs from the GPU profile's default (DGX-style InfiniBand)
