@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.compute import column_linear_gemm_ns, tp_linear_group_ns, tp_pairs_gemms
+from simtrain.costs.compute import tp_linear_group_ns, tp_pairs_gemms
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
@@ -97,16 +97,15 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     if not tp_pairs_gemms(sc):
         return 2 * tp_allreduce_ns(sc, step), 0
     ag, rs = tp_halves_ns(sc, step)
-    return _paired_ns(sc, step, ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"),
-                                 (rs, "mlp_out")))  # fmt: skip
+    return paired_ns(tp_linear_group_ns(sc), step.groups.tp,
+                     ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"), (rs, "mlp_out")))  # fmt: skip
 
 
-def _paired_ns(sc: Scenario, step: ResolvedStep, pairs: tuple[tuple[int, str], ...]
-               ) -> tuple[int, int]:  # fmt: skip
-    """(exposed, hidden) of TP collectives each :func:`pipelined_exposed_ns` with a GEMM group
-    (``costs.compute.tp_linear_group_ns``): ``pairs`` of (collective ns, group)."""
-    gemm = tp_linear_group_ns(sc)
-    exposed = sum(pipelined_exposed_ns(c, gemm[k], step.groups.tp) for c, k in pairs)
+def paired_ns(gemm_ns: dict[str, float], tp: int, pairs: tuple[tuple[int, str], ...]
+              ) -> tuple[int, int]:  # fmt: skip
+    """(exposed, hidden) of TP collectives each :func:`pipelined_exposed_ns` with a GEMM group:
+    ``pairs`` of (collective ns, group name in ``gemm_ns``, ``costs.compute.tp_linear_group_ns``)."""
+    exposed = sum(pipelined_exposed_ns(c, gemm_ns[k], tp) for c, k in pairs)
     return exposed, sum(c for c, _ in pairs) - exposed
 
 
@@ -151,7 +150,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     if sc.model.is_mla:  # its projections are not these column-parallel linears
         return 2 * tp_allreduce_ns(sc, step), 0
     group = tp_linear_group_ns(sc)
-    gemms = column_linear_gemm_ns(sc, group)  # (QKV, MLP-in): one GEMM each, dgrad = wgrad
+    # the column-parallel groups (Q/K/V and the MLP's first linear(s)); each one's input- and
+    # weight-gradient GEMMs have its forward FLOPs; with experts the MLP's first linear is the
+    # experts': nothing to hide a collective under
+    gemms = (group["attn_in"], 0.0 if sc.model.is_moe else group["mlp_in"])
     # Under a tp_comm_overlap that does not pair collectives with GEMMs every TP collective of
     # the action overlaps its whole compute (sim.lowering.passes.tp_pass): the sum is what that
     # overlap hides, not what is exposed. Where it pairs them (tp_pairs_gemms), as the
@@ -171,8 +173,8 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     ag, rs = tp_halves_ns(sc, step)
     if paired and input_grad_only:  # no weight gradient: each row linear's gather before its
         # input-gradient GEMM, each column linear's reduce-scatter after its own
-        return _paired_ns(sc, step, ((ag, "attn_out"), (rs, "attn_in"), (ag, "mlp_out"),
-                                     (rs, "mlp_in")))  # fmt: skip
+        return paired_ns(group, g.tp, ((ag, "attn_out"), (rs, "attn_in"), (ag, "mlp_out"),
+                                       (rs, "mlp_in")))  # fmt: skip
     regather = ag if rt.tp_regather_backward and not input_grad_only else 0
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     if paired:

@@ -169,7 +169,7 @@ def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
     ``core`` FLOPs counted in full (:func:`block_flops`: 4·b·s·s_kv·H·d over ``t``'s s queries):
     the forward skips the masked half of the whole sequence's keys (s·cp_shards of them; with
     CP each rank's query chunks see half of it on average) but none of a prefix-tuning
-    prefix's (the kv_len − s·cp_shards extra keys every query sees); the backward does
+    prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); the backward does
     :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
     fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
     return fwd, FLASH_BACKWARD_FLOPS * fwd
@@ -253,11 +253,10 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
     # The short-sequence edge is fixed work per query block over the key blocks it sees:
     # s/2 of them on average in a causal call, plus all of a prefix-tuning prefix's P, so the
-    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2). With context
-    # parallelism each ring step is its own call over the rank's s/cp queries and as many keys
-    # (costs.cp), so the edge is of s/cp (prefix tuning with cp > 1 is refused).
-    prefix = t.peft.prefix_length if t.peft.method == "prefix" else 0
-    seq = s + 2 * prefix
+    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2). ``t`` is
+    # the rank's s/cp tokens under context parallelism, each ring step its own call over as
+    # many keys (costs.cp): the edge is of s/cp (prefix tuning with cp > 1 is refused).
+    seq = s + 2 * t.prefix_len
     peak = hw.compute_peak(dtype)
     f_fl, b_fl = flash_kernel_flops(core, t)
     d = m.head_dim
@@ -551,20 +550,6 @@ def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0
     if not grouped or eff.grouped == eff.matmul:  # one division: the same float as before
         return 1e9 * flops / (peak * eff.matmul)
     return 1e9 * ((flops - grouped) / (peak * eff.matmul) + grouped / (peak * eff.grouped))
-
-
-def column_linear_gemm_ns(sc: Scenario, group: dict[str, float] | None = None
-                          ) -> tuple[float, ...]:  # fmt: skip
-    """One micro-batch's forward GEMM time of each column-parallel linear group of a dense block
-    on one TP rank, in ns (:func:`tp_linear_group_ns`'s ``attn_in`` and ``mlp_in``: Megatron's
-    ``linear_qkv`` and ``linear_fc1``); its input-gradient and its weight-gradient GEMMs have the
-    same FLOPs. () for MLA models (their projections are not these two); with experts the MLP's
-    is 0 (its first linear is the experts', nothing to hide a collective under). ``group``:
-    :func:`tp_linear_group_ns` of ``sc`` where the caller has it."""
-    if sc.model.is_mla:
-        return ()
-    g = group if group is not None else tp_linear_group_ns(sc)
-    return g["attn_in"], 0.0 if sc.model.is_moe else g["mlp_in"]
 
 
 def tp_pairs_gemms(sc: Scenario) -> bool:

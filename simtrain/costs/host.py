@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.costs.compute import fused_linear_names
+from simtrain.costs.data_parallel import is_data_parallel
 from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
@@ -50,16 +51,22 @@ def layer_ops(m: ModelSpec) -> LayerOps:
     return LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
 
 
-def action_host_ns(sc: Scenario, layers: int, recompute: bool) -> tuple[int, int]:
-    """(forward, backward) host ns of one micro-batch through ``layers`` blocks; the backward
-    includes the replayed forward under full recompute. 0 when the runtime does not model
-    host time."""
+def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
+    """(forward, backward) host ns of one micro-batch through ``layers`` blocks: the backward
+    includes the replayed forward under full recompute and under selective_op (which replays
+    the whole forward op by op, cached outputs included); one interpreter issues every
+    data-parallel replica's forward (GIL, ``torch.nn.DataParallel``). 0 when the runtime does
+    not model host time. The simulation's and the planner's."""
     per_op = sc.runtime.host_s_per_op
     if per_op <= 0 or layers <= 0:
         return 0, 0
     ops = layer_ops(sc.model)
-    bwd = ops.backward + (ops.recompute_full if recompute else 0)
-    return round(1e9 * per_op * layers * ops.forward), round(1e9 * per_op * layers * bwd)
+    replay = sc.training.recompute in ("full", "selective_op")
+    bwd = ops.backward + (ops.recompute_full if replay else 0)
+    forward = round(1e9 * per_op * layers * ops.forward)
+    if is_data_parallel(sc):
+        forward *= sc.parallelism.dp
+    return forward, round(1e9 * per_op * layers * bwd)
 
 
 def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head: bool) -> int:

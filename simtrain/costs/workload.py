@@ -44,7 +44,7 @@ def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDuration
         n = ch.layers
         tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
         ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
-        host_f, host_b = chunk_host_ns(sc, n)
+        host_f, host_b = action_host_ns(sc, n)
         out[stage] = ChunkDurations(
             forward_ns=c.forward_ns,
             input_grad_ns=c.input_grad_ns,
@@ -113,17 +113,6 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     if rank == other:
         return 0
     return comm.p2p_send_ns(sc, step, rank, other - rank)
-
-
-def chunk_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
-    """(forward, backward) host ns of one micro-batch through ``layers`` blocks
-    (``costs.host.action_host_ns``): selective_op replays the whole forward op by op too (cached
-    outputs included); one interpreter issues every data-parallel replica's forward (GIL,
-    ``torch.nn.DataParallel``). The simulation's and the planner's."""
-    host_f, host_b = action_host_ns(sc, layers, sc.training.recompute in ("full", "selective_op"))
-    if is_data_parallel(sc):
-        host_f *= sc.parallelism.dp
-    return host_f, host_b
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:

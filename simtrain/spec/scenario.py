@@ -182,11 +182,15 @@ class TrainingSpec:
         return self.seq_len + (self.peft.prompt_length if self.peft.method == "prompt" else 0)
 
     @property
+    def prefix_len(self) -> int:
+        """Prefix tuning's per-layer prefix keys every query also sees (Li & Liang 2021); 0
+        for any other method."""
+        return self.peft.prefix_length if self.peft.method == "prefix" else 0
+
+    @property
     def kv_len(self) -> int:
-        """Keys each query attends to: plus prefix tuning's per-layer prefix (Li & Liang 2021)."""
-        return self.seq_len_effective * self.cp_shards + (
-            self.peft.prefix_length if self.peft.method == "prefix" else 0
-        )
+        """Keys each query attends to: the whole sequence's (all CP shards') plus the prefix."""
+        return self.seq_len_effective * self.cp_shards + self.prefix_len
 
 
 @dataclass(frozen=True, slots=True)

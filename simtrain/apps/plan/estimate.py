@@ -16,9 +16,9 @@ from simtrain.costs.comm import (
     tp_forward_block,
 )
 from simtrain.costs.compute import StageCosts, chunk_costs, optimizer_step_ns
+from simtrain.costs.host import action_host_ns
 from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
-    chunk_host_ns,
     gather_copy_out_ns,
     grad_passes_ns,
     pooled_tp_overlap,
@@ -192,11 +192,11 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
 
 def _host_bound(sc: Scenario, layers: int, c: StageCosts, gpu: _Rank, split: bool) -> _Rank:
     """A chunk's per-micro-batch costs no shorter than the host's time to issue them
-    (``costs.workload.chunk_host_ns``, as the simulation's host stream makes the GPU wait): each
+    (``costs.host.action_host_ns``, as the simulation's host stream makes the GPU wait): each
     action the longer of its GPU and host time, a split backward's host time shared between I
     and W as the lowering shares it (``sim.lowering.ir.input_host_share``). Not here:
     nanotron's per-tensor gradient adds."""
-    host_f, host_b = chunk_host_ns(sc, layers)
+    host_f, host_b = action_host_ns(sc, layers)
     if not (host_f or host_b):
         return gpu
     host_b = host_b if c.input_grad_ns or c.weight_grad_ns else 0
