@@ -53,7 +53,7 @@ def main() -> None:
             results.append((mape, v, mb))
             label = "" if mb is None else f"memory_bound {mb:.2f}  "
             print(f"  {label}matmul {v:.2f}: MAPE {mape:5.2f} %  median {median:+6.2f} %  "
-                  f"(n {len(trs)})", flush=True)  # fmt: skip
+                  f"({len(trs)} records; a layer record counts twice)", flush=True)  # fmt: skip
     mape, v, mb = min(results)
     print(f"minimum: matmul {v:.2f}" + ("" if mb is None else f", memory_bound {mb:.2f}")
           + f": MAPE {mape:.2f} %")  # fmt: skip

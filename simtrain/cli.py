@@ -313,11 +313,7 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
     if as_json:
         click.echo(dumps(summary), nl=False)
     else:
-        from simtrain.apps.hardware_list import estimate_note
-
         click.echo(run_table(res, phased))
-        if note := estimate_note(sc.hardware):
-            click.echo(note)
         if from_kind and not fits:  # the advice reads a scenario file
             import tempfile
 

@@ -156,13 +156,15 @@ def unknown_key(file: str | None, key: Any, prefix: str, allowed: tuple[str, ...
 
 
 def unknown_value(file: str | None, key: str, value: Any, allowed: tuple[Any, ...] | list[Any],
-                  what: str = "value", nearest_to: Any = None) -> ConfigError:  # fmt: skip
+                  what: str = "value", nearest_to: Any = None, sep: str = " | ",
+                  also: str = "") -> ConfigError:  # fmt: skip
     """The error of a value not among ``allowed``: the nearest allowed one suggested (to
-    ``nearest_to`` when given, e.g. the one bad item of a list value), all of them listed."""
+    ``nearest_to`` when given, e.g. the one bad item of a list value; "" for none), all of them
+    listed, joined by ``sep`` (", " for long lists of names), and ``also`` after them."""
     names = [str(a) for a in allowed]
     near = value if nearest_to is None else nearest_to
     return ConfigError(file, key, f"unknown {what}{did_you_mean(near, names)}", value,
-                       " | ".join(names))  # fmt: skip
+                       sep.join(names) + also)  # fmt: skip
 
 
 class ScheduleError(SimtrainError):

@@ -494,13 +494,17 @@ def test_flash_backward_keeps_a_floor_when_the_pair_times_below_its_forward(monk
 
 
 def test_a_calibrated_profile_is_not_flagged_as_an_estimate(tmp_path: Path) -> None:
-    """What `simtrain calibrate` writes (its own matmul line, [meas]) gets no estimate line in
-    `simtrain run`, whatever the name, with or without the GEMM mix; `simtrain hardware` calls
-    it measured."""
-    from simtrain.apps.hardware_list import MATMUL_TAGS, estimate_note, matmul_tag
+    """What `simtrain calibrate` writes gets no estimate line in `simtrain run`, with or without
+    the GEMM mix, and `simtrain hardware` calls its matmul measured, also when it is saved under
+    the name of a shipped profile whose matmul was fitted (a100_sxm4_80gb)."""
+    from simtrain.apps.hardware_list import matmul_source
+    from simtrain.apps.validate.fitted import load_fitted_constants
+    from simtrain.report.tables import estimate_line
 
+    fitted = load_fitted_constants()
     for name, cal in (("my_gpu", _fake(name="my_gpu")),
-                      ("t4_16gb", _fake(name="t4_16gb", gemm_flops_per_s=3.5e10))):  # fmt: skip
-        p = write_profile(tmp_path / f"{name}.yaml", cal)
-        assert estimate_note(load_hardware(str(p))) == "", name
-        assert MATMUL_TAGS[matmul_tag(p)] == "measured by simtrain calibrate", name
+                      ("a100_sxm4_80gb", _fake(name="a100_sxm4_80gb", gemm_flops_per_s=3.5e10))):  # fmt: skip
+        hw = load_hardware(str(write_profile(tmp_path / f"{name}.yaml", cal)))
+        assert hw.name == name and hw.matmul_tag == "meas"
+        assert estimate_line(hw) == "", name
+        assert matmul_source(hw, fitted) == "measured by simtrain calibrate", name

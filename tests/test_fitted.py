@@ -28,14 +28,11 @@ def _sc(hardware: str, runtime: str, zero: int = 0):
 
 
 def test_every_fitted_constant_names_known_families_and_an_existing_file():
-    from simtrain.apps.validate.fitted import FITTED_PATH
-
-    root = FITTED_PATH.parents[1]
     for k in load_fitted_constants():
         assert k.fitted_on, k.constant
         for fam in k.fitted_on:
             assert fam in RUNTIMES, (k.constant, fam)  # a known source key
-        assert (root / k.file.split(" ")[0]).is_file(), k.file
+        assert k.path.is_file(), k.file
 
 
 def test_report_splits_fitted_from_held_out_families_by_scope():
@@ -82,8 +79,9 @@ def test_fitted_matmul_entries_state_the_shipped_values() -> None:
         stated = float(d["constant"].split("=", 1)[1].split()[0])
         assert stated == value, (d["constant"], profile, value)
         if "records" not in d:
-            same = d["constant"].split("same GPU as ", 1)[1].rstrip(")")
-            assert fitted[same] == value, (profile, same)
+            same = next(c.same_gpu for c in load_fitted_constants() if c.constant == d["constant"]
+                        and dict(c.scope)["hardware"] == profile)  # fmt: skip
+            assert same and fitted[same] == value, (profile, same)
 
 
 @pytest.mark.parametrize("profile,value,patterns", _matmul_fits(),
@@ -116,12 +114,14 @@ def test_the_fit_reads_a_layer_timing_twice_and_can_vary_memory_bound() -> None:
     errs = {c.metric: c.error_pct for c in compare_record(trs[0])}
     want = (abs(errs["layer_forward_s"]) + abs(errs["layer_backward_s"])) / 2
     assert matmul_fit_mape(trs, eff.matmul)[0] == pytest.approx(want, rel=1e-12)
-    assert matmul_fit_mape(trs, eff.matmul, memory_bound=eff.memory_bound) == matmul_fit_mape(
-        trs, eff.matmul)  # fmt: skip
     hw = trs[0].scenario.hardware
     slow = replace(hw, efficiency=replace(eff, memory_bound=eff.memory_bound / 2))
     slow_errs = {c.metric: c.error_pct
                  for c in compare_record(replace(trs[0], scenario=replace(trs[0].scenario, hardware=slow)))}  # fmt: skip
     assert all(slow_errs[m] > errs[m] for m in ("layer_forward_s", "layer_backward_s"))
+    # the memory_bound override: the same record re-simulated with the slower element-wise rate
+    want_slow = (abs(slow_errs["layer_forward_s"]) + abs(slow_errs["layer_backward_s"])) / 2
+    assert matmul_fit_mape(trs, eff.matmul, memory_bound=eff.memory_bound / 2)[0] == pytest.approx(
+        want_slow, rel=1e-12)  # fmt: skip
     assert matmul_fit_mape(trs, eff.matmul, memory_bound=eff.memory_bound / 2)[1] == pytest.approx(
         (slow_errs["layer_forward_s"] + slow_errs["layer_backward_s"]) / 2, rel=1e-12)  # fmt: skip

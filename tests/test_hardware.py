@@ -3,7 +3,6 @@ every number, and the loader rejects bad profiles with a ConfigError that names 
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from simtrain.spec.hardware import (
     LINK_KINDS,
     MIB,
     available_profiles,
+    cited_lines,
+    defined_tags,
     load_hardware,
 )
 
@@ -257,14 +258,6 @@ def test_mi300x_datasheet_numbers() -> None:
 
 # --------------------------------------------------------------------------- source comments
 
-_NUMERIC_LINE = re.compile(
-    r"^\s*[A-Za-z_][\w]*\s*:\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(#.*)?$"
-)
-_TAG = re.compile(r"\[([a-z0-9]+)\]")
-_HEADER_TAG = re.compile(r"^#\s+\[([a-z0-9]+)\]")
-# Markers that qualify a citation rather than name a source.
-_MARKERS = {"secondary"}
-
 
 def _profile_files() -> list[Path]:
     return sorted(HARDWARE_DIR.glob("*.yaml"))
@@ -272,24 +265,32 @@ def _profile_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", _profile_files(), ids=lambda p: p.stem)
 def test_every_number_cites_a_source(path: Path) -> None:
-    lines = path.read_text().splitlines()
-    defined = {m.group(1) for line in lines if (m := _HEADER_TAG.match(line))}
-    assert "Sources:" in path.read_text(), "header must list its sources"
+    text = path.read_text()
+    defined = defined_tags(text)
+    assert "Sources:" in text, "header must list its sources"
     assert defined, "header must define source tags like `#  [ds]  <document>`"
-    uncited, undefined = [], []
-    numeric = 0
-    for no, line in enumerate(lines, 1):
-        if line.lstrip().startswith("#") or not _NUMERIC_LINE.match(line):
-            continue
-        numeric += 1
-        comment = line.partition("#")[2]
-        tags = set(_TAG.findall(comment)) - _MARKERS
-        if not tags:
-            uncited.append(f"{no}: {line.strip()}")
-        undefined += [f"{no}: [{t}]" for t in sorted(tags - defined)]
-    assert numeric >= 15, "expected the numeric keys of a full profile"
+    numbers = [ln for ln in cited_lines(text) if ln.numeric]
+    assert len(numbers) >= 15, "expected the numeric keys of a full profile"
+    uncited = [f"{ln.number}: {ln.key}: {ln.value}" for ln in numbers if not ln.tags]
+    undefined = [f"{ln.number}: [{t}]" for ln in numbers for t in ln.tags if t not in defined]
     assert not uncited, "numbers without a [source] comment:\n" + "\n".join(uncited)
     assert not undefined, "source tags not listed in the header:\n" + "\n".join(undefined)
+
+
+def test_cited_lines_read_tags_markers_and_numbers() -> None:
+    """The citation grammar: tags in order, lower case, [secondary] dropped; a number is any
+    float-like value (underscores allowed), a list or a word is not; comment lines skipped."""
+    text = ("#  [ds]   a datasheet\n"
+            "  matmul: 0.72   # [VAL] fitted; [ds] [secondary] datasheet\n"
+            "name: t4  # [ds]\n"
+            "cpu_adam_params_per_s: 1.0e9\n"
+            "memory_gib: 14_748  # [torch]\n"
+            "# matmul: 0.1  # [est]\n")  # fmt: skip
+    lines = cited_lines(text)
+    assert [(ln.number, ln.key, ln.tags, ln.numeric) for ln in lines] == [
+        (2, "matmul", ("val", "ds"), True), (3, "name", ("ds",), False),
+        (4, "cpu_adam_params_per_s", (), True), (5, "memory_gib", ("torch",), True)]  # fmt: skip
+    assert defined_tags(text) == {"ds"}
 
 
 # --------------------------------------------------------------------------- bad profiles

@@ -40,23 +40,22 @@ def test_json_rows_in_the_units_their_names_say() -> None:
 
 
 def test_each_fitted_matmul_is_named_with_its_families() -> None:
-    """measured/fitted_constants.yaml's efficiency.matmul entries (their values are checked by
-    tests/test_fitted.py): `simtrain hardware` names the families each was fitted on; a profile
-    with no such entry does not claim to be fitted."""
-    rows = {r.name: r for r in hardware_rows()}
-    fitted = set()
-    for c in load_fitted_constants():
-        hw = dict(c.scope).get("hardware")
-        if not c.constant.startswith("efficiency.matmul") or hw is None:
-            continue
-        fitted.add(hw)
-        assert rows[hw].matmul_source.endswith(f"fitted on {', '.join(c.fitted_on)}"), hw
-    for name, row in rows.items():
-        if name not in fitted:
-            assert "fitted on" not in row.matmul_source, name
-    assert rows["l4_24gb"].matmul_source == "GEMM benchmark"
-    assert rows["b300_288gb"].matmul_source == "estimate"
-    assert rows["h100_pcie_80gb"].matmul_source == "h100_sxm5_80gb's, fitted on mosaicml"
+    """`simtrain hardware` names the families a profile's efficiency.matmul was fitted on
+    (measured/fitted_constants.yaml), the profile it was carried over from, or its line's tag;
+    a profile with no fitted entry does not claim to be fitted."""
+    rows = {r.name: r.matmul_source for r in hardware_rows()}
+    assert rows["a100_sxm4_80gb"] == "fitted on megatron_sc21, korthikanti2022, megatron_readme"
+    assert rows["a100_sxm4_40gb"] == "fitted on mosaicml"
+    assert rows["v100_sxm2_32gb"] == "fitted on megatron_readme"
+    assert rows["h100_pcie_80gb"] == "h100_sxm5_80gb's, fitted on mosaicml"
+    assert rows["a100_pcie_40gb"] == "a100_sxm4_40gb's, fitted on mosaicml"
+    assert rows["l4_24gb"] == "GEMM benchmark"
+    assert rows["b200_180gb"] == "GEMM table"
+    assert rows["h200_141gb"] == "measured by simtrain calibrate"
+    assert rows["b300_288gb"] == rows["t4_16gb"] == "estimate"
+    fitted = {dict(c.scope).get("hardware") for c in load_fitted_constants()
+              if c.constant.startswith("efficiency.matmul")}  # fmt: skip
+    assert not [n for n, src in rows.items() if n not in fitted and "fitted on" in src]
 
 
 def test_one_profile_prints_its_file_with_the_sources() -> None:
@@ -74,7 +73,7 @@ def test_an_unknown_profile_is_a_clear_error() -> None:
 
 
 def test_run_says_when_the_gpus_efficiency_is_an_estimate(tmp_path) -> None:
-    from simtrain.apps.hardware_list import estimate_note
+    from simtrain.report.tables import estimate_line as estimate_note
     from simtrain.spec.hardware import load_hardware
 
     assert "t4_16gb is an estimate" in estimate_note(load_hardware("t4_16gb"))
@@ -107,21 +106,7 @@ def test_a_calibrated_copy_under_a_shipped_name_is_not_called_fitted(tmp_path) -
     )
     hw = load_hardware(str(mine))
     assert hw.name == "h100_sxm5_80gb"
-    assert matmul_source(hw, mine, load_fitted_constants()) == "measured by simtrain calibrate"
-
-
-def test_run_reads_no_fitted_constants_for_its_estimate_line() -> None:
-    """The estimate line reads the profile's own tag: `simtrain run` does not import the
-    validation package for it."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from simtrain.apps.hardware_list import estimate_note; "
-            "from simtrain.spec.hardware import load_hardware; "
-            "estimate_note(load_hardware('t4_16gb')); "
-            "print('simtrain.apps.validate' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert matmul_source(hw, load_fitted_constants()) == "measured by simtrain calibrate"
 
 
 def test_mistyped_hardware_and_preset_names_get_the_nearest() -> None:

@@ -76,11 +76,14 @@ def test_t4_has_no_bf16_or_tf32_and_runs_them_at_the_fp32_rate() -> None:
     assert t4.compute_peak("fp16") == 65e12  # mixed precision FP16/FP32, no sparsity on Turing
     assert t4.compute_peak("bf16") == t4.compute_peak("tf32") == t4.compute_peak("fp32") == 8.1e12
     sc = load_scenario(ROOT / "scenarios/colab_t4_qlora_7b.yaml")
-    fp16 = simulate_scenario(sc).metrics.step_time_s
+    m16 = simulate_scenario(sc).metrics
+    fp16 = m16.step_time_s
     bf16 = simulate_scenario(load_scenario(ROOT / "scenarios/colab_t4_qlora_7b.yaml",
                                            ["training.precision=bf16"])).metrics.step_time_s  # fmt: skip
-    # the GEMMs 65 / 8.1 = 8.0x slower; the memory-bound work (NF4 dequantisation, norms) is not
-    assert 4 < bf16 / fp16 < 65 / 8.1
+    # at most 65 / 8.1 = 8.0x slower (the GEMMs; the memory-bound work, NF4 dequantisation and
+    # norms, no slower), and no faster than the step's matmul FLOPs at the fp32 rate
+    matmul_flops = m16.tflops_per_gpu * 1e12 * fp16
+    assert matmul_flops / (8.1e12 * t4.efficiency.matmul) <= bf16 <= fp16 * 65 / 8.1
 
 
 @pytest.mark.parametrize(("card", "sxm"), [("a100_pcie_80gb", "a100_sxm4_80gb"),
@@ -99,10 +102,11 @@ def test_the_h100_cards_keep_the_sxm5_attention_fractions_the_a100_cards_their_o
     h100 = load_hardware("h100_sxm5_80gb")
     for card in ("h100_pcie_80gb", "h100_nvl_94gb"):
         assert load_hardware(card).attention_kernels == h100.attention_kernels
-    # SimuMax measured flash-attn 2 on the A100 80GB PCIe (measured/attention_tables.yaml); the SXM
-    # profiles have no class (their records ran other kernels)
-    pcie = load_hardware("a100_pcie_80gb").flash_class("fa2")
-    assert pcie is not None and (pcie.forward, pcie.forward_rows_edge) == (0.6433, 21504)
+    # SimuMax measured flash-attn 2 on the A100 80GB PCIe (measured/attention_tables.yaml; its
+    # values are the table's fit: test_attention_tables.py); the SXM profiles have no class (their
+    # records ran llm-foundry's triton kernels), so only the PCIe cards price FA2 by it
+    for card in ("a100_pcie_80gb", "a100_pcie_40gb"):
+        assert load_hardware(card).flash_class("fa2") is not None
     assert load_hardware("a100_sxm4_80gb").flash_class("fa2") is None
 
 

@@ -362,6 +362,12 @@ def test_string_mappings() -> None:
         got = gpu_profile(name)
         assert got is not None and got[:2] == (profile, True) and "PCIe card's profile" in got[2]
     assert gpu_profile("H100 80GB T4-cluster") == ("h100_sxm5_80gb", True, "")  # not the T4
+    got = gpu_profile("A800 PCIe 40GB")  # the A800 PCIe came in 40 and 80 GB
+    assert got is not None and got[:2] == ("a100_pcie_40gb", True)
+    got = gpu_profile("Tesla V100-PCIE-16GB")  # another size and a PCIe part: both said
+    assert got is not None and got[:2] == ("v100_sxm2_32gb", False) and "V100 PCIe part" in got[2]
+    got = gpu_profile("A100 64GB")  # a size stated, not a profile's
+    assert got is not None and got[:2] == ("a100_sxm4_80gb", False) and "A100 64 GB" in got[2]
     assert gpu_profile("RTX A6000-Ada") is None
     for name, profile in (("L40S PCIe 48GB", "l40s_48gb"), ("RTX 4090 PCIe", "rtx4090_24gb")):
         assert gpu_profile(name) == (profile, True, ""), name

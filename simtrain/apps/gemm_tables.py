@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simtrain.costs.attention_shape import EDGE_GRIDS, fit_flash_edge, fit_head_dim_edge
-from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_time_factor
+from simtrain.costs.compute import REFERENCE_HEAD_DIM, edge_factor
 from simtrain.costs.gemm_shape import EdgeFit
 from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.hardware import ATTENTION_KERNELS, FLASH_DIRECTIONS, FLASH_RATE_MAX
@@ -95,7 +95,7 @@ class AttentionTable:
             raise ValueError(f"{self.id}: a head-dim fit needs its reference table "
                              f"{self.reference!r}")  # fmt: skip
         ref = reference.fit()  # a length sweep: its S (R = 0)
-        rows = tuple((flash_time_factor(0.0, 1.0, ref.edge, s), r) for s, r in self.rates())
+        rows = tuple((edge_factor(ref.edge, s), r) for s, r in self.rates())
         return fit_head_dim_edge(rows, self.shapes[0][4], ref.efficiency)
 
 
@@ -161,9 +161,3 @@ def _check_head_dim_table(t: AttentionTable, by_id: dict[str, AttentionTable], p
     if len(dims) != 1 or not 0 < dims[0] < REFERENCE_HEAD_DIM:
         raise ConfigError(str(path), f"{t.id}.shapes", f"a head-dim table is at one head dim "
                           f"below {REFERENCE_HEAD_DIM}", dims)  # fmt: skip
-
-
-def fit_attention_tables(tables: list[AttentionTable]) -> dict[str, EdgeFit]:
-    """Every table's :meth:`AttentionTable.fit` by id, a head-dim table against its reference."""
-    by_id = {t.id: t for t in tables}
-    return {t.id: t.fit(by_id.get(t.reference)) for t in tables}

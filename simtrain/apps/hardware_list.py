@@ -10,23 +10,20 @@ estimate (the first source tag of its line in the profile).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simtrain.spec.hardware import (
-    HARDWARE_DIR,
     HardwareProfile,
     available_profiles,
     load_hardware,
 )
+from simtrain.units import GIB
 
 if TYPE_CHECKING:  # the validate package is imported only where fitted constants are read
     from simtrain.apps.validate.fitted import FittedConstant
 
-GIB = 2**30
-ROOT = HARDWARE_DIR.parent
 
 #: What the first source tag of a profile's ``matmul`` line says of the value (the shipped
 #: profiles' conventions; a tag not listed here is shown as it is).
@@ -38,8 +35,6 @@ MATMUL_TAGS = {
     "meas": "measured by simtrain calibrate",
     "own": "same die's fitted value",
 }
-_MATMUL_LINE = re.compile(r"^\s+matmul:\s*[^#]*#\s*\[([A-Za-z0-9]+)\]")
-_SAME_GPU = re.compile(r"same GPU as (\w+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,47 +57,21 @@ class HardwareRow:
     matmul_source: str
 
 
-def matmul_tag(path: Path) -> str:
-    """The first source tag of the ``efficiency.matmul`` line of the profile at ``path``
-    (lower case), "" where the line has none (a profile written in another style)."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if m := _MATMUL_LINE.match(line):
-            return m.group(1).lower()
-    return ""
-
-
-def matmul_source(hw: HardwareProfile, path: Path, fitted: tuple[FittedConstant, ...]) -> str:
+def matmul_source(hw: HardwareProfile, fitted: tuple[FittedConstant, ...]) -> str:
     """Where ``efficiency.matmul`` of ``hw`` comes from: the families it was fitted on (a
     fitted constant naming this very file: a calibrated copy saved under a shipped name is not
     that profile), else what its line's first source tag says."""
     for c in fitted:
         if (c.constant.startswith("efficiency.matmul") and dict(c.scope).get("hardware") == hw.name
-                and (ROOT / c.file).resolve() == path.resolve()):  # fmt: skip
-            same = _SAME_GPU.search(c.constant)
+                and c.path.resolve() == Path(hw.source_file).resolve()):  # fmt: skip
             on = f"fitted on {', '.join(c.fitted_on)}"
-            return f"{same.group(1)}'s, {on}" if same else on
-    tag = matmul_tag(path)
+            return f"{c.same_gpu}'s, {on}" if c.same_gpu else on
+    tag = hw.matmul_tag
     return MATMUL_TAGS.get(tag, f"see [{tag}] in the profile") if tag else "not stated"
 
 
-def estimate_note(hw: HardwareProfile) -> str:
-    """One line for ``simtrain run`` where the GPU's large-GEMM efficiency is an estimate (no
-    GEMM or training measurement on it): how far to trust the step time. "" otherwise, and
-    for a profile without its file (built in code)."""
-    path = Path(hw.source_file)
-    if not hw.source_file or not path.is_file() or matmul_tag(path) != "est":
-        return ""
-    return (
-        f"GPU efficiency   efficiency.matmul {hw.efficiency.matmul:g} of {hw.name} is an "
-        "estimate (no GEMM or training run measured on this GPU): the step time is a rough "
-        "guide; `simtrain calibrate --device cuda` on the GPU measures it"
-    )
-
-
-def hardware_row(
-    hw: HardwareProfile, path: Path, fitted: tuple[FittedConstant, ...]
-) -> HardwareRow:
-    """The headline numbers of ``hw``, read from ``path``."""
+def hardware_row(hw: HardwareProfile, fitted: tuple[FittedConstant, ...]) -> HardwareRow:
+    """The headline numbers of ``hw``."""
     return HardwareRow(
         name=hw.name, display_name=hw.display_name, memory_gib=round(hw.memory_bytes / GIB, 2),
         fp16_tflops=hw.peak("fp16") / 1e12, bf16_tflops=hw.peak("bf16") / 1e12,
@@ -111,7 +80,7 @@ def hardware_row(
         intra_node=hw.intra_node_kind,
         intra_node_gb_per_s=hw.intra_node_bandwidth_bytes_per_s / 1e9,
         gpus_per_node=hw.gpus_per_node, nic_gbit_per_s=hw.nic_bandwidth_bytes_per_s * 8 / 1e9,
-        matmul_efficiency=hw.efficiency.matmul, matmul_source=matmul_source(hw, path, fitted),
+        matmul_efficiency=hw.efficiency.matmul, matmul_source=matmul_source(hw, fitted),
     )  # fmt: skip
 
 
@@ -120,8 +89,7 @@ def hardware_rows() -> list[HardwareRow]:
     from simtrain.apps.validate.fitted import load_fitted_constants
 
     fitted = load_fitted_constants()
-    return [hardware_row(load_hardware(n), HARDWARE_DIR / f"{n}.yaml", fitted)
-            for n in available_profiles()]  # fmt: skip
+    return [hardware_row(load_hardware(n), fitted) for n in available_profiles()]
 
 
 def _num(x: float) -> str:
@@ -166,6 +134,6 @@ def hardware_command(name: str | None, as_json: bool) -> str:
     path = Path(hw.source_file)  # the file the loader read
     shown = f"hardware/{name}.yaml" if name in available_profiles() else str(path)
     if as_json:
-        row = asdict(hardware_row(hw, path, load_fitted_constants()))
+        row = asdict(hardware_row(hw, load_fitted_constants()))
         return json.dumps({**row, "file": shown}, indent=2, sort_keys=True) + "\n"
     return f"# {shown}\n" + path.read_text(encoding="utf-8")

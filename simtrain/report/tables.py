@@ -207,6 +207,19 @@ def phases_table(phased: Any) -> str:
     return "\n".join(lines)
 
 
+def estimate_line(hw: Any) -> str:
+    """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
+    [est]: no GEMM or training run measured on it), a line saying how far to trust the step
+    time; "" otherwise."""
+    if hw.matmul_tag != "est":
+        return ""
+    return (
+        f"GPU efficiency   efficiency.matmul {hw.efficiency.matmul:g} of {hw.name} is an "
+        "estimate (no GEMM or training run measured on this GPU): the step time is a rough "
+        "guide; `simtrain calibrate --device cuda` on the GPU measures it"
+    )
+
+
 def attention_line(sc: Any) -> str:
     """How a flash model's attention core is priced (``costs.compute.flash_class_for``)."""
     cls = flash_class_for(sc)
@@ -246,6 +259,7 @@ def run_table(res: Any, phased: Any = None) -> str:
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",
         *([attention_line(sc)] if sc.model.flash_attention else []),
+        *([line] if (line := estimate_line(sc.hardware)) else []),
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",

@@ -7,11 +7,12 @@ units (bytes, FLOP/s, bytes/s, seconds). GB = 1e9 bytes, GiB = 2**30 bytes, Gbit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, did_you_mean, unknown_key, unknown_value
+from simtrain.errors import ConfigError, unknown_key, unknown_value
 from simtrain.spec.limits import as_float, check_range
 from simtrain.spec.yamlfile import is_file, load_yaml
 from simtrain.units import GB, GIB, MIB
@@ -103,6 +104,10 @@ class HardwareProfile:
     cpu_adam_params_per_s: float
     efficiency: Efficiency
     source_file: str = ""
+    # The first source tag of the profile's efficiency.matmul line (:func:`cited_lines`): "est"
+    # where it is an estimate, "meas" where `simtrain calibrate` measured it, ...; "" for a
+    # profile built without its file
+    matmul_tag: str = ""
     # How NCCL runs on this machine (the ``collectives:`` section; costs.collectives.nccl_time_s):
     # the GPU generation NCCL tunes for, whether the NVSwitch does NVLink SHARP (NVLS), and the
     # protocols the network allows (empty: all of LL, LL128, Simple).
@@ -145,6 +150,8 @@ class HardwareProfile:
 # 141 GB, 4.8 TB/s, 989 TFLOP/s bf16; a calibrated CPU profile: its RAM, ~2 TB), and small
 # enough that no duration or byte count overflows. Each minimum is given where it is read;
 # efficiencies are in (0, 1].
+#: The two directions of a FlashAttention class (``attention_kernels.<kernel>``).
+FLASH_DIRECTIONS = ("forward", "backward")
 MAXIMA = {
     "memory_gib": 1e6, "peak_tflops": 1e6, "hbm_bandwidth_gb_per_s": 1e6,
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
@@ -153,11 +160,11 @@ MAXIMA = {
     "gemm_edge_elements": 1e6,
     # attention_kernels' edges: R beyond any GPU's query rows (SimuMax's fits: 9,216-55,296),
     # S beyond any sequence (the fits: 272-528 tokens; the fit grid stops at 8,192)
-    **{f"{d}_rows_edge": 1e9 for d in ("forward", "backward")},
-    **{f"{d}_seq_edge": 1e7 for d in ("forward", "backward")},
+    **{f"{d}_rows_edge": 1e9 for d in FLASH_DIRECTIONS},
+    **{f"{d}_seq_edge": 1e7 for d in FLASH_DIRECTIONS},
     # D in head-dim elements (the fits: 13-18; the H100's none-hidden bounds, its matmul over its
     # exponential rate / 4 forward, / 10 backward: 63 and 25): a bound against typos, not a fit
-    **{f"{d}_head_dim_edge": 1e4 for d in ("forward", "backward")},
+    **{f"{d}_head_dim_edge": 1e4 for d in FLASH_DIRECTIONS},
 }  # fmt: skip
 #: GPUs in one node of a profile (NVL72 racks: 72).
 MAX_GPUS_PER_NODE = 1024
@@ -195,7 +202,6 @@ INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
 EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul",
                    "gemm_edge_elements")  # fmt: skip
 #: The keys of one ``attention_kernels.<kernel>`` class: both rates, each with optional edges.
-FLASH_DIRECTIONS = ("forward", "backward")
 FLASH_KEYS = (*FLASH_DIRECTIONS, *(f"{d}_{e}_edge" for d in FLASH_DIRECTIONS
                                    for e in ("rows", "seq", "head_dim")))  # fmt: skip
 #: Largest FlashAttention rate over the profile's peak: a calibrated profile's peak is a
@@ -395,6 +401,61 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
     )
 
 
+# --------------------------------------------------------------------------- source citations
+# A profile cites the source of each number in the comment of its line, as bracketed tags
+# (`matmul: 0.72  # [val] ...`) that its header defines (`#  [val]   <document>`); [secondary]
+# qualifies a citation and names no source. tests/test_hardware.py checks every number has one;
+# `simtrain hardware` reads efficiency.matmul's.
+
+_KEY_LINE = re.compile(
+    r"^\s*(?P<key>[A-Za-z_]\w*)\s*:\s*(?P<value>[^#]*?)\s*(?:#(?P<comment>.*))?$"
+)
+_TAG = re.compile(r"\[([A-Za-z0-9]+)\]")
+_HEADER_TAG = re.compile(r"^#\s+\[([A-Za-z0-9]+)\]")
+CITATION_MARKERS = frozenset({"secondary"})
+
+
+@dataclass(frozen=True, slots=True)
+class CitedLine:
+    """One ``key: value  # comment`` line of a profile and the source tags of its comment."""
+
+    number: int  # 1-based line number
+    key: str
+    value: str
+    tags: tuple[str, ...]  # lower case, in order, without CITATION_MARKERS
+
+    @property
+    def numeric(self) -> bool:
+        try:
+            float(self.value.replace("_", ""))
+        except ValueError:
+            return False
+        return True
+
+
+def cited_lines(text: str) -> list[CitedLine]:
+    """Every ``key: value`` line of a profile's text (comment lines skipped), with its tags."""
+    out = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("#") or not (m := _KEY_LINE.match(line)):
+            continue
+        tags = [t.lower() for t in _TAG.findall(m["comment"] or "")]
+        out.append(CitedLine(no, m["key"], m["value"],
+                             tuple(t for t in tags if t not in CITATION_MARKERS)))  # fmt: skip
+    return out
+
+
+def source_tag(text: str, key: str) -> str:
+    """The first source tag of the first ``key:`` line of a profile's text, "" where none."""
+    line = next((ln for ln in cited_lines(text) if ln.key == key), None)
+    return line.tags[0] if line and line.tags else ""
+
+
+def defined_tags(text: str) -> set[str]:
+    """The source tags a profile's header defines (``#  [tag]   <document>`` lines)."""
+    return {m.group(1).lower() for line in text.splitlines() if (m := _HEADER_TAG.match(line))}
+
+
 def available_profiles() -> list[str]:
     """Names of the shipped profiles (files in hardware/)."""
     return sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
@@ -406,7 +467,8 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
     ``base_dir`` -- the scenario's folder -- or to the working directory)."""
     candidates = []
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
+    is_path = p.suffix in (".yaml", ".yml")
+    if is_path:
         if base_dir is not None and not p.is_absolute():
             candidates.append(base_dir / p)
         candidates.append(p)
@@ -414,7 +476,14 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
         candidates.append(HARDWARE_DIR / f"{name_or_path}.yaml")
     for c in candidates:
         if is_file(c):
-            return parse_hardware(load_yaml(c), str(c))
-    names = available_profiles()
-    raise ConfigError(file, key, "unknown hardware profile (name or .yaml path)"
-                      f"{did_you_mean(name_or_path, names)}", name_or_path, ", ".join(names))  # fmt: skip
+            hw = parse_hardware(load_yaml(c), str(c))
+            return replace(hw, matmul_tag=source_tag(c.read_text(encoding="utf-8"), "matmul"))
+    raise unknown_value(
+        file,
+        key,
+        name_or_path,
+        available_profiles(),
+        "hardware profile (name or .yaml path)",
+        nearest_to="" if is_path else None,
+        sep=", ",
+    )  # a missing file: no name

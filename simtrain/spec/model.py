@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, did_you_mean
+from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
 from simtrain.spec.moe_layout import ZERO_OK_FIELDS, hf_moe_fields, validate_moe
 from simtrain.spec.yamlfile import read_text_file
@@ -393,8 +393,7 @@ def preset(name: str, file: str | None = None, key: str = "model.preset") -> Mod
     """Look up a preset by name (case-insensitive)."""
     canonical = ALIASES.get(name.lower(), name.lower())
     if canonical not in PRESETS:
-        raise ConfigError(file, key, f"unknown model preset{did_you_mean(name, list(PRESETS))}",
-                          name, ", ".join(PRESETS))  # fmt: skip
+        raise unknown_value(file, key, name, list(PRESETS), "model preset", sep=", ")
     return PRESETS[canonical]
 
 
@@ -508,13 +507,7 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         )
     for field, allowed in MODEL_CHOICES.items():
         if getattr(spec, field) not in allowed:
-            raise ConfigError(
-                file,
-                f"{prefix}.{field}",
-                "unknown value",
-                getattr(spec, field),
-                " | ".join(allowed),
-            )
+            raise unknown_value(file, f"{prefix}.{field}", getattr(spec, field), allowed)
     if spec.total_params() > MAX_PARAMS:
         raise ConfigError(file, prefix, f"has {spec.total_params():,} parameters: at most "
                           f"{MAX_PARAMS:,} (2^50)")  # fmt: skip

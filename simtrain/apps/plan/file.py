@@ -195,7 +195,7 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
                 raise ConfigError(file, f"fixed.{key}", "must be true or false", v)
         elif key == "zero_stage":
             if v not in (0, 1, 2, 3) or isinstance(v, bool):
-                raise ConfigError(file, f"fixed.{key}", "unknown value", v, "0 | 1 | 2 | 3")
+                raise unknown_value(file, f"fixed.{key}", v, (0, 1, 2, 3))
         else:
             top = INT_RANGES[FIXED_RANGES[key]][1]
             v = int(_num(v, file, f"fixed.{key}", integer=True, maximum=top))
@@ -376,8 +376,9 @@ def _failure_model(f: dict[str, Any], file: str) -> FailureModel:
     ci = f.get("checkpoint_interval", "young")
     if isinstance(ci, str):
         if ci not in INTERVAL_RULES:
-            raise ConfigError(file, "failures.checkpoint_interval", "unknown value", ci,
-                              " | ".join(INTERVAL_RULES) + " | seconds")  # fmt: skip
+            raise unknown_value(
+                file, "failures.checkpoint_interval", ci, INTERVAL_RULES, also=" | seconds"
+            )
         kw["interval_rule"] = ci
     else:
         kw["checkpoint_interval_s"] = _num(ci, file, "failures.checkpoint_interval")

@@ -41,6 +41,17 @@ class FittedConstant:
     scope: tuple[tuple[str, Any], ...]
     fitted_on: tuple[str, ...]
 
+    @property
+    def path(self) -> Path:
+        """The file that holds the constant (``file`` may add a remark after a space)."""
+        return FITTED_PATH.parents[1] / self.file.split(" ")[0]
+
+    @property
+    def same_gpu(self) -> str:
+        """The profile whose fitted value this one carries ("... (same GPU as NAME)"), or ""."""
+        _, sep, rest = self.constant.partition("same GPU as ")
+        return rest.rstrip(")") if sep else ""
+
     def applies(self, sc: Scenario) -> bool:
         for key, value in self.scope:
             if key == "hardware" and sc.hardware.name != value:
@@ -116,8 +127,8 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
     if given, ``efficiency.memory_bound = memory_bound`` (the rest of each record's hardware
     profile as it is), one comparison per record: the first of ``metrics`` it measured (a
     per-layer timing: its forward and backward, ``measured.LAYER_METRICS``). How the
-    profiles' [val] ``efficiency.matmul`` (and ``memory_bound``) values were set
-    (``benchmarks/fit_matmul.py`` prints it over a grid)."""
+    profiles' [val] ``efficiency.matmul`` values were set (``benchmarks/fit_matmul.py`` prints
+    it over a grid; its ``--memory-bound`` pair fit is an experiment: no profile ships it)."""
     errs: list[float] = []
     for tr in trs:
         hw = tr.scenario.hardware

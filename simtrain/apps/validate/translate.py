@@ -78,27 +78,30 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
 
     size = re.search(r"(\d+)\s*GB", head)
 
+    def on(profile: str, size_needed: bool, note: str = "") -> tuple[str, bool, str]:
+        """``profile`` for this name: its memory size known where the name states the
+        profile's (or, ``size_needed`` False, the part comes in one size); the notes."""
+        nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
+        known = size.group(1) == nominal if size else not size_needed
+        what = f"{size.group(1)} GB" if size else "memory size not stated"
+        size_note = "" if known else f"{what}: the {nominal} GB profile; fit verdict not compared"
+        return profile, known, "; ".join(x for x in (size_note, part(profile), note) if x)
+
     def by_name(entries: tuple[tuple[str, str, bool], ...]) -> tuple[str, bool, str] | None:
         """The first (pattern, profile, size needed) whose pattern the name matches."""
-        for word, profile, size_needed in entries:
-            if not re.search(word, head):
-                continue
-            nominal = profile.rsplit("_", 1)[1][:-2]  # the profile's memory: "..._80gb" -> "80"
-            if (size and size.group(1) != nominal) or (size is None and size_needed):
-                what = f"{size.group(1)} GB" if size else "memory size not stated"
-                note = f"{what}: the {nominal} GB profile; fit verdict not compared"
-                return profile, False, "; ".join(x for x in (note, part(profile)) if x)
-            return profile, True, part(profile)
-        return None
+        return next((on(p, need) for word, p, need in entries if re.search(word, head)), None)
 
-    # the export parts' PCIe cards are the H100 / A100 PCIe cards (their NVLink bridges, slower
-    # than the originals', are not modelled on either)
-    for word, card in (("H800", "h100_pcie_80gb"), ("A800", "a100_pcie_80gb")):
-        if form == "PCIe" and re.search(rf"\b{word}\b", head):
-            got = by_name(((rf"\b{word}\b", card, True),))
-            assert got is not None  # the pattern matched
-            note = f"{word} PCIe: the {card.split('_')[0].upper()} PCIe card's profile (same chip)"
-            return got[0], got[1], "; ".join(x for x in (got[2], note) if x)
+    # the export parts' PCIe cards are the A100 / H100 PCIe cards (their NVLink bridges, slower
+    # than the originals', are not modelled on either); the A800 PCIe came in 40 and 80 GB
+    if form == "PCIe":
+        for word, chip in (("H800", "H100"), ("A800", "A100")):
+            if re.search(rf"\b{word}\b", head):
+                big = "40" if chip == "A100" and size and size.group(1) == "40" else "80"
+                return on(
+                    f"{chip.lower()}_pcie_{big}gb",
+                    chip == "A100",
+                    f"{word} PCIe: the {chip} PCIe card's profile (same chip)",
+                )
     named = by_name(((r"\bH800\b", "h800_sxm5_80gb", True),
                      (r"\bA800\b", "a800_sxm4_80gb", True),
                      (r"\bMI300X\b", "mi300x_192gb", False),
@@ -114,14 +117,9 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
     if "H200" in head:
         return "h200_141gb", True, part("h200_141gb", "H200")
     if "H100" in head:
-        if form:  # the PCIe card (80 GB) or the NVL (94 GB)
-            profile, nominal = (
-                ("h100_pcie_80gb", "80") if form == "PCIe" else ("h100_nvl_94gb", "94")
-            )
-            if size and size.group(1) != nominal:
-                return profile, False, (f"H100 {form} {size.group(1)} GB: the {nominal} GB profile; "
-                                        "fit verdict not compared")  # fmt: skip
-            return profile, True, ""
+        if form:  # the PCIe card (80 GB) or the NVL (94 GB), each of one memory size
+            return by_name((("H100", "h100_pcie_80gb" if form == "PCIe" else "h100_nvl_94gb",
+                             False),))  # fmt: skip
         if size and size.group(1) == "96" and "HBM2E" in head:
             return "h100_sxm5_96gb_hbm2e", True, ""  # Meta's Grand Teton part (torchtitan's)
         if size and size.group(1) != "80":
@@ -134,16 +132,16 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         board = "pcie" if form == "PCIe" else "sxm4"
         profile = f"a100_{board}_{'40' if size and size.group(1) == '40' else '80'}gb"
         if size is None or size.group(1) not in ("40", "80"):
-            return profile, False, "A100 memory size not stated: the 80 GB profile"
+            what = f"A100 {size.group(1)} GB" if size else "A100 memory size not stated"
+            return profile, False, f"{what}: the 80 GB profile; fit verdict not compared"
         return profile, True, part(profile, "A100")
     if "V100" in g:
-        if size and size.group(1) != "32":
-            return "v100_sxm2_32gb", False, (
-                f"V100 {size.group(1)} GB: same chip as the 32 GB profile; fit verdict not "
-                "compared"
-            )  # fmt: skip
-        note = "DGX-2 V100 (NVSwitch) on the DGX-1 profile" if "DGX-2" in g else ""
-        return "v100_sxm2_32gb", size is not None, note
+        other = size is not None and size.group(1) != "32"
+        notes = (f"V100 {size.group(1)} GB: same chip as the 32 GB profile; fit verdict not "
+                 "compared" if other and size else "",
+                 "DGX-2 V100 (NVSwitch) on the DGX-1 profile" if "DGX-2" in g else "",
+                 part("v100_sxm2_32gb", "V100"))  # fmt: skip
+        return "v100_sxm2_32gb", size is not None and not other, "; ".join(x for x in notes if x)
     # the smaller GPUs, after the datacenter names ("H100 80GB T4-cluster" is an H100)
     return by_name(((r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
                     (r"(?<!\d)3090(?!\d)(?![\s-]*TI)", "rtx3090_24gb", False),
