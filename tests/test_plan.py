@@ -901,7 +901,9 @@ def test_closed_form_is_host_bound_where_the_simulation_is(pp: int, schedule: st
     """A small step whose host issues kernels slower than the GPU runs them (Megatron-Core's
     eager dispatch, host_us_per_op 26: Llama 2 7B, 8 layers, tp 16): the pre-screen takes each
     action's longer of GPU and host time, as the simulation's host stream makes it wait (it
-    priced the GPU alone before: a third of the simulated 0.333 s at pp 1). Within 3 %."""
+    priced the GPU alone before: a third of the simulated 0.333 s at pp 1). Within 0.5 %
+    (measured: 0.0 %, -0.19 %, -0.17 %; an I/W host split half and half would be -1.1 % on
+    zb_h1)."""
     data = {"name": "host", "model": {"preset": "llama2-7b", "layers": 8, "flash_attention": True},
             "hardware": "h100_sxm5_80gb", "runtime": "megatron_core",
             "cluster": {"nodes": 2 * pp, "gpus_per_node": 8},
@@ -913,6 +915,6 @@ def test_closed_form_is_host_bound_where_the_simulation_is(pp: int, schedule: st
     assert sc.runtime.host_us_per_op > 0
     est = closed_form_step_s(sc, memory_check(sc))
     sim = simulate_scenario(sc, detail=False)
-    assert est == pytest.approx(sim.metrics.step_time_s, rel=0.03)
+    assert est == pytest.approx(sim.metrics.step_time_s, rel=0.005)
     busy = dict(sim.metrics.time_breakdown_s)
     assert busy["host_exposed"] > 0  # the simulation is host-bound here

@@ -7,7 +7,7 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from simtrain.costs import comm, offload
 from simtrain.costs.compute import (
@@ -31,46 +31,68 @@ from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWo
 from simtrain.spec.scenario import Scenario
 
 
+@dataclass(frozen=True, slots=True)
+class BlockComm:
+    """One block's communication for one micro-batch, the same for every chunk: (exposed,
+    hidden) TP of the forward, the backward and an input-gradient-only backward, and an MoE
+    layer's all-to-alls (dispatch + combine)."""
+
+    tp_forward: tuple[int, int]
+    tp_backward: tuple[int, int]
+    tp_input_grad: tuple[int, int]
+    alltoall_ns: int
+
+
+def block_comm(sc: Scenario, step: ResolvedStep) -> BlockComm:
+    return BlockComm(comm.tp_forward_block(sc, step), comm.tp_backward_block(sc, step),
+                     comm.tp_backward_block(sc, step, input_grad_only=True),
+                     comm.ep_layer_alltoall_ns(sc, step))  # fmt: skip
+
+
 def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDurations]:
     """Virtual stage -> durations of its work for one micro-batch."""
+    block = block_comm(sc, step)
+    return {stage: chunk_duration(sc, step, stage, block) for stage in range(len(step.chunks))}
+
+
+def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockComm
+                   ) -> ChunkDurations:  # fmt: skip
+    """Durations of virtual stage ``stage``'s work for one micro-batch: the simulation's (via
+    :func:`chunk_durations`) and the planner's (``apps.plan.estimate``)."""
     t = sc.training
-    tp_fwd, tp_fwd_hidden = comm.tp_forward_block(sc, step)
-    tp_bwd, tp_bwd_hidden = comm.tp_backward_block(sc, step)
-    tp_i, tp_i_hidden = comm.tp_backward_block(sc, step, input_grad_only=True)
-    a2a = comm.ep_layer_alltoall_ns(sc, step)
-    out: dict[int, ChunkDurations] = {}
-    for stage, ch in enumerate(step.chunks):
-        c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
-        n = ch.layers
-        tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
-        ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * a2a  # dispatch + combine
-        host_f, host_b = action_host_ns(sc, n)
-        out[stage] = ChunkDurations(
-            forward_ns=c.forward_ns,
-            input_grad_ns=c.input_grad_ns,
-            weight_grad_ns=c.weight_grad_ns,
-            recompute_ns=c.recompute_ns,
-            tp_forward_ns=n * tp_fwd,
-            tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
-            tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
-            tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
-            tp_forward_hidden_ns=n * tp_fwd_hidden,
-            tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
-            tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
-            tp_recompute_ns=tp_r,
-            send_forward_ns=_send_ns(sc, step, stage, stage + 1),
-            send_backward_ns=_send_ns(sc, step, stage, stage - 1),
-            layers=(ch.lo, ch.hi),
-            host_forward_ns=host_f,
-            host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
-            cp_forward_ns=c.ring_forward_ns,
-            cp_backward_ns=c.ring_backward_ns,
-            cp_recompute_ns=c.ring_forward_ns if c.recompute_flops else 0,
-            ep_forward_ns=ep,
-            ep_backward_ns=ep if c.input_grad_ns else 0,
-            ep_recompute_ns=ep if t.recompute == "full" else 0,
-        )
-    return out
+    (tp_fwd, tp_fwd_hidden), (tp_bwd, tp_bwd_hidden) = block.tp_forward, block.tp_backward
+    tp_i, tp_i_hidden = block.tp_input_grad
+    ch = step.chunks[stage]
+    c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
+    n = ch.layers
+    tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
+    ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * block.alltoall_ns  # dispatch + combine
+    host_f, host_b = action_host_ns(sc, n)
+    return ChunkDurations(
+        forward_ns=c.forward_ns,
+        input_grad_ns=c.input_grad_ns,
+        weight_grad_ns=c.weight_grad_ns,
+        recompute_ns=c.recompute_ns,
+        tp_forward_ns=n * tp_fwd,
+        tp_backward_ns=n * tp_bwd if c.input_grad_ns else 0,
+        tp_input_grad_ns=n * tp_i if c.input_grad_ns else 0,
+        tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
+        tp_forward_hidden_ns=n * tp_fwd_hidden,
+        tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
+        tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
+        tp_recompute_ns=tp_r,
+        send_forward_ns=_send_ns(sc, step, stage, stage + 1),
+        send_backward_ns=_send_ns(sc, step, stage, stage - 1),
+        layers=(ch.lo, ch.hi),
+        host_forward_ns=host_f,
+        host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
+        cp_forward_ns=c.ring_forward_ns,
+        cp_backward_ns=c.ring_backward_ns,
+        cp_recompute_ns=c.ring_forward_ns if c.recompute_flops else 0,
+        ep_forward_ns=ep,
+        ep_backward_ns=ep if c.input_grad_ns else 0,
+        ep_recompute_ns=ep if t.recompute == "full" else 0,
+    )
 
 
 def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[int, int]:

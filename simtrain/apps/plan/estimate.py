@@ -10,26 +10,23 @@ from simtrain.costs import comm, offload
 from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
-    ep_layer_alltoall_ns,
     p2p_send_ns,
-    tp_backward_block_ns,
-    tp_forward_block,
 )
-from simtrain.costs.compute import StageCosts, chunk_costs, optimizer_step_ns
-from simtrain.costs.host import action_host_ns
+from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
+    block_comm,
+    chunk_duration,
     gather_copy_out_ns,
     grad_passes_ns,
     pooled_tp_overlap,
     rank_optimizer_shard,
-    tp_recompute_block,
     with_tp,
     zero3_layer_bytes,
     zero3_layer_comm_ns,
 )
 from simtrain.layout.step import ResolvedStep, resolve
-from simtrain.sim.lowering.ir import input_host_share
+from simtrain.sim.lowering import ChunkDurations
 from simtrain.spec.scenario import Scenario
 
 
@@ -148,33 +145,18 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
 
 def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     """Per micro-batch: the costs of each pipeline rank (the sum over the chunks it holds) and
-    those of stage 0's first chunk."""
-    blocks = step.chunks
-    tp_fwd = tp_forward_block(sc, step)[0]
+    those of stage 0's first chunk, from the simulation's own per-chunk durations
+    (``costs.workload.chunk_duration``) with its TP overlap (:func:`with_tp`) and host bound."""
     split = step.traits.split_backward  # I and W apart: the I action's collectives
-    tp_bwd = tp_backward_block_ns(sc, step, input_grad_only=split)
     pooled = pooled_tp_overlap(sc, step)
-    a2a = ep_layer_alltoall_ns(sc, step)
+    block = block_comm(sc, step)
     cache: dict[tuple[int, bool, bool, int], _Rank] = {}
 
     def chunk(k: int) -> tuple[int, bool, bool, int]:
-        b = blocks[k]
+        b = step.chunks[k]
         key = (b.layers, b.embedding, b.head, sc.model.dense_layers_in(b.lo, b.lo + b.layers))
         if key not in cache:
-            n = b.layers
-            c = chunk_costs(sc, n, b.embedding, b.head, b.lo)
-            tp_b = n * tp_bwd if c.input_grad_ns else 0
-            tp_r = tp_recompute_block(sc, step, n)[0] if c.recompute_ns else 0
-            # expert parallelism: dispatch + combine per MoE layer (costs.workload)
-            ep_f = (n - key[3]) * a2a if sc.model.is_moe else 0
-            ep_b = (ep_f if c.input_grad_ns else 0) + (
-                ep_f if sc.training.recompute == "full" else 0
-            )
-            w = 0 if split else c.weight_grad_ns  # in the same action as the input gradient
-            bwd = with_tp(pooled, c.recompute_ns + c.input_grad_ns + w, tp_b + tp_r) - w
-            fwd = with_tp(pooled, c.forward_ns, n * tp_fwd)
-            gpu = _Rank(fwd + ep_f, bwd + ep_b, c.weight_grad_ns)
-            cache[key] = _host_bound(sc, n, c, gpu, split)
+            cache[key] = _chunk_rank(chunk_duration(sc, step, k, block), pooled, split)
         return key
 
     rank_cache: dict[tuple, _Rank] = {}
@@ -190,22 +172,21 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     return ranks, cache[chunk(0)]
 
 
-def _host_bound(sc: Scenario, layers: int, c: StageCosts, gpu: _Rank, split: bool) -> _Rank:
-    """A chunk's per-micro-batch costs no shorter than the host's time to issue them
-    (``costs.host.action_host_ns``, as the simulation's host stream makes the GPU wait): each
-    action the longer of its GPU and host time, a split backward's host time shared between I
-    and W as the lowering shares it (``sim.lowering.ir.input_host_share``). Not here:
-    nanotron's per-tensor gradient adds."""
-    host_f, host_b = action_host_ns(sc, layers)
-    if not (host_f or host_b):
-        return gpu
-    host_b = host_b if c.input_grad_ns or c.weight_grad_ns else 0
-    f = max(gpu.forward_ns, host_f)
+def _chunk_rank(d: ChunkDurations, pooled: bool, split: bool) -> _Rank:
+    """One chunk's (forward, input-gradient, weight-gradient) time for one micro-batch: its
+    compute with the TP it exposes (or, pooled, the longer of the two: ``passes.tp_pass``), its
+    all-to-alls, each action no shorter than the host's time to issue it (the simulation's host
+    stream; a split backward's host time shared between I and W as ``ChunkDurations.host_ns``
+    shares it). Not here: nanotron's per-tensor gradient adds."""
+    w = 0 if split else d.weight_grad_ns  # in the same action as the input gradient
+    tp_b = d.tp_input_grad_ns if split else d.tp_backward_ns
+    bwd = with_tp(pooled, d.recompute_ns + d.input_grad_ns + w, tp_b + d.tp_recompute_ns) - w
+    f = max(with_tp(pooled, d.forward_ns, d.tp_forward_ns) + d.ep_forward_ns, d.host_ns("F"))
+    i = bwd + d.ep_backward_ns + d.ep_recompute_ns
     if split:
-        h_i = input_host_share(host_b, c.input_grad_ns, c.weight_grad_ns)
-        return _Rank(f, max(gpu.input_ns, h_i), max(gpu.weight_ns, host_b - h_i))
-    b = max(gpu.input_ns + gpu.weight_ns, host_b)
-    return _Rank(f, b - gpu.weight_ns, gpu.weight_ns)
+        return _Rank(f, max(i, d.host_ns("I")), max(d.weight_grad_ns, d.host_ns("W")))
+    b = max(i + d.weight_grad_ns, d.host_ns("B"))
+    return _Rank(f, b - d.weight_grad_ns, d.weight_grad_ns)
 
 
 def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:

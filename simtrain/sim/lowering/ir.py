@@ -7,12 +7,6 @@ from dataclasses import dataclass, field
 from simtrain.schedules import Action, Schedule, pipeline_of
 
 
-def input_host_share(host_backward_ns: int, input_grad_ns: int, weight_grad_ns: int) -> int:
-    """The I action's part of a split backward's host time: in proportion to its GPU time."""
-    total = input_grad_ns + weight_grad_ns
-    return host_backward_ns * input_grad_ns // total if total else host_backward_ns
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkDurations:
     """Durations of one virtual stage's work for one micro-batch (ns)."""
@@ -88,7 +82,8 @@ class ChunkDurations:
             return self.host_forward_ns
         if kind == "B":
             return self.host_backward_ns + self.host_accum_ns
-        i = input_host_share(self.host_backward_ns, self.input_grad_ns, self.weight_grad_ns)
+        total = self.input_grad_ns + self.weight_grad_ns
+        i = self.host_backward_ns * self.input_grad_ns // total if total else self.host_backward_ns
         return i if kind == "I" else self.host_backward_ns - i + self.host_accum_ns
 
 
