@@ -88,6 +88,15 @@ def test_run_says_when_the_gpus_efficiency_is_an_estimate(tmp_path) -> None:
     r = CliRunner().invoke(main, ["run", str(ROOT / "scenarios/colab_t4_qlora_7b.yaml"),
                                   "--no-plots", "--out", str(tmp_path / "out")])  # fmt: skip
     assert r.exit_code == 0 and "GPU efficiency   efficiency.matmul 0.7 of t4_16gb" in r.stdout
+    # ... and summary.json says it for scripts; the calibrated copy is not an estimate
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["matmul_efficiency"] == {"value": 0.7, "source_tag": "est", "estimate": True}
+    r = CliRunner().invoke(main, ["run", str(ROOT / "scenarios/colab_t4_qlora_7b.yaml"),
+                                  "--set", f"hardware={mine}", "--no-plots",
+                                  "--out", str(tmp_path / "mine")])  # fmt: skip
+    assert r.exit_code == 0 and "GPU efficiency" not in r.stdout
+    doc = json.loads((tmp_path / "mine" / "summary.json").read_text())
+    assert doc["matmul_efficiency"] == {"value": 0.41, "source_tag": "meas", "estimate": False}
 
 
 def test_a_calibrated_copy_under_a_shipped_name_is_not_called_fitted(tmp_path) -> None:

@@ -154,6 +154,7 @@ def run_summary(res: Any, phased: Any = None) -> dict[str, Any]:
     doc.update(
         {
             "hardware": sc.hardware.name,
+            "matmul_efficiency": matmul_basis(sc.hardware),
             "runtime": runtime_settings(sc.runtime),
             "gpus": p.gpus,
             "layout": {
@@ -205,6 +206,16 @@ def phases_table(phased: Any) -> str:
             f"{c.peak_memory_bytes / GIB:>9.2f}  {'yes' if c.fits else 'no'}"
         )
     return "\n".join(lines)
+
+
+def matmul_basis(hw: Any) -> dict[str, Any]:
+    """summary.json's ``matmul_efficiency``: the large-GEMM efficiency the step time rests on,
+    the source tag of its line in the profile (``[val]`` fitted on training runs, ``[gemm]`` /
+    ``[mm]`` a GEMM table or benchmark, ``[meas]`` ``simtrain calibrate``, ``[est]`` an
+    estimate, ...; "" where the line has none) and whether it is an estimate, so that a script
+    can tell a rough guide from a fitted prediction as ``simtrain run``'s estimate line does."""
+    return {"value": hw.efficiency.matmul, "source_tag": hw.matmul_tag,
+            "estimate": hw.matmul_tag == "est"}  # fmt: skip
 
 
 def estimate_line(hw: Any) -> str:
