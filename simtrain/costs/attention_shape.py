@@ -41,7 +41,12 @@ from simtrain.costs.compute import REFERENCE_HEAD_DIM, edge_factor, head_dim_fac
 from simtrain.costs.gemm_shape import EdgeFit, fit_edge_term
 
 #: The grids the fit searches, by the table's swept variable: R in query rows (1,024 apart), S in
-#: tokens (8 apart), D in head-dim elements (1 apart); profiles ship the grid's minimum.
+#: tokens (8 apart), D in head-dim elements (1 apart); profiles ship the grid's minimum. D stops at
+#: 2 x REFERENCE_HEAD_DIM = 256, the largest head dim FlashAttention-2 takes (its flash_api.cpp
+#: check: "FlashAttention forward only supports head dimension at most 256"): there a head dim of 64 runs at 3/5 of the reference
+#: rate per FLOP (:func:`costs.compute.head_dim_factor` = 5/3), against the 1/2 of D -> infinity
+#: (a call's time independent of its head dim); a fit at the end says the sweep does not have this
+#: term's shape (``simtrain calibrate`` flags it, ``torchref.profile_writer``), not a larger D.
 ROWS_GRID = tuple(range(0, 1048577, 1024))
 SEQ_GRID = tuple(range(0, 8193, 8))
 HEAD_DIM_GRID = tuple(range(0, 257))
