@@ -644,3 +644,37 @@ def test_routed_experts_run_at_the_grouped_gemm_efficiency():
     flash_h = core / 2 / (peak_h * fa_h.forward) * (1 + fa_h.forward_seq_edge / 1024)
     assert chunk_costs(h100, 1, False, False, lo=0).forward_ns == pytest.approx(
         1e9 * (dense + flash_h + mem_h), abs=2)  # fmt: skip
+
+
+def test_expert_gradients_are_reduced_over_the_context_parallel_ranks_too() -> None:
+    """Mixtral 8x7B, dp 8 = ep 8: without CP every rank holds its own experts (expert-dp 1: no
+    expert reduction); with cp 2 the two CP ranks of a DP rank hold the same experts, and
+    Megatron-Core's expert-dp = dp·cp / ep = 2 reduces their gradients (and ZeRO shards their
+    states over them, as the memory model does: half the experts' optimizer states)."""
+    from simtrain.costs import comm
+    from simtrain.costs.memory import stage_memory
+    from simtrain.costs.workload import expert_params, rank_optimizer_shard, rank_work
+    from simtrain.layout.step import resolve
+
+    works = {}
+    for cp in (1, 2):
+        sc = _mixtral(
+            "parallelism.dp=8",
+            f"parallelism.cp={cp}",
+            f"cluster.nodes={4 * cp}",
+            "parallelism.zero_stage=1",
+            "runtime.overlap_grad_reduce=false",
+        )
+        step = resolve(sc)
+        sm = stage_memory(sc, 0)
+        exp = expert_params(sc, step, 0)
+        dense = sm.trainable - exp
+        shard = rank_optimizer_shard(sc, step, 0, sm.trainable)
+        assert shard == -(-dense // (8 * cp)) + -(-exp // cp)
+        edp = comm.edp_ns(sc, step, "all_reduce", 1e9)
+        tp, ep = sc.parallelism.tp, sc.parallelism.ep
+        assert edp == (
+            0 if cp == 1 else comm.collective_ns(sc, step, "all_reduce", 1e9, 2, tp * ep)
+        )
+        works[cp] = rank_work(sc, step, 0, sm.params, sm.trainable).grad_sync_ns
+    assert works[2] > works[1]

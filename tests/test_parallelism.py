@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,3 +82,33 @@ def test_cross_node_transfers_share_the_nic():
     orig = next(t for t in tasks if t.id == t0.id)
     bw = links[t0.link]
     assert abs(t0.duration_ns + t0.link_bytes / bw * 1e9 - orig.duration_ns) <= 1
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "interleaved", "zb_v", "dualpipe_v"])
+def test_pipeline_sends_go_on_the_nic_exactly_when_their_hop_leaves_the_node(schedule):
+    """Llama-3-8B, tp 4 x pp 4 on two 8-GPU nodes: ranks 0-1 on node 0, 2-3 on node 1. A send
+    leaves the node exactly when its sender's and receiver's ranks are on different nodes, which
+    down a V's second leg (ZB-V, DualPipeV: stage k > pp - 1 on rank 2pp - 1 - k) is the hop to
+    the rank before; the NIC plan and the send's price agree on every stage and direction."""
+    from simtrain.costs.workload import _send_ns, nic_plan
+    from simtrain.layout.step import resolve
+
+    v = 1 if schedule == "1f1b" else 2
+    sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", [
+        "model.preset=llama3-8b", "parallelism.ep=1", "parallelism.dp=1", "parallelism.tp=4",
+        "parallelism.pp=4", f"parallelism.schedule={schedule}",
+        f"parallelism.virtual_stages={v}", "cluster.nodes=2", "training.global_batch=16",
+        "parallelism.zero_stage=0"])  # fmt: skip
+    step = resolve(sc)
+    plan = nic_plan(sc, step)
+    node = {r: step.placement.rank_gpu(r) // 8 for r in range(4)}
+    assert [node[r] for r in range(4)] == [0, 0, 1, 1]
+    hops = 0
+    for s in range(len(step.chunks)):
+        for kind, to in (("SEND_F", s + 1), ("SEND_B", s - 1)):
+            sends = to in step.pipeline(s) and step.chunk_rank(s) != step.chunk_rank(to)
+            crosses = sends and node[step.chunk_rank(s)] != node[step.chunk_rank(to)]
+            assert plan.crossing(kind, s)[0] == crosses, (kind, s)
+            assert (_send_ns(sc, step, s, to) > 0) == sends
+            hops += crosses
+    assert hops > 0

@@ -315,11 +315,14 @@ def bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int) 
 
 
 def edp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
-    """A collective over the expert-data-parallel group: the dp / ep ranks that hold the same
-    experts, GPU ids tp·ep apart (Megatron-Core ``parallel_state``: expert-dp =
-    world / (etp·ep·pp), the grid ordered tp-ep-dp-pp; expert gradients are reduced there)."""
+    """A collective over the expert-data-parallel group: the dp·cp / ep ranks that hold the
+    same experts, GPU ids tp·ep apart (Megatron-Core ``parallel_state``: the expert grid has no
+    CP dimension, ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1,
+    order="tp-ep-dp-pp")`` with expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp;
+    expert gradients are reduced there and the distributed optimizer shards expert states over
+    it, as ``costs.memory`` does)."""
     g, ep = step.groups, sc.parallelism.ep
-    return collective_ns(sc, step, op, size_bytes, g.dp // ep, g.dp_stride * ep)
+    return collective_ns(sc, step, op, size_bytes, g.dp_cp // ep, g.tp * ep)
 
 
 def expert_bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str,

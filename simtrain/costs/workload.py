@@ -341,7 +341,7 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
     """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
     p, prec, rt = sc.parallelism, step.precision, sc.runtime
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp, shard)
-    edp = p.dp // p.ep
+    edp = p.dp_cp // p.ep  # comm.edp_ns's group
     z = p.zero_stage
     grad = exp * wire_grad_bytes(sc, step)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
@@ -473,16 +473,27 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     return replace(work, grad_sync_ns=ns, grad_sync_name=name)
 
 
+def _hop_crosses(step: ResolvedStep, stage: int, to_stage: int) -> bool:
+    """Does stage ``stage``'s send to ``to_stage`` leave the node? The hop :func:`_send_ns`
+    prices: to the neighbour's rank, rank + 1 or rank − 1 (down a V's second leg); False where
+    nothing is sent (past an end of the pipeline, or both stages on one rank)."""
+    if to_stage not in step.pipeline(stage):
+        return False
+    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
+    return rank != other and step.placement.hop_crosses_nodes(rank, other - rank)
+
+
 def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
     """Which transfers leave the node, and each one's latency: they share their GPU's NIC."""
     hw, pl, g = sc.hardware, step.placement, step.groups
     lat = hw.inter_node_latency_s
+    stages = range(len(step.chunks))
     return NicPlan(
         bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s
         * hw.efficiency.collective
         / hw.oversubscription,
-        send_forward_crosses=tuple(pl.hop_crosses_nodes(r, 1) for r in range(g.pp)),
-        send_backward_crosses=tuple(pl.hop_crosses_nodes(r, -1) for r in range(g.pp)),
+        send_forward_crosses=tuple(_hop_crosses(step, s, s + 1) for s in stages),
+        send_backward_crosses=tuple(_hop_crosses(step, s, s - 1) for s in stages),
         p2p_latency_s=lat,
         dp_crosses=g.dp_cp * g.tp > pl.gpus_per_node,
         dp_latency_s=2 * (g.dp_cp - 1) * lat,

@@ -155,7 +155,9 @@ class NicPlan:
     of each that is latency: p2p sends per rank and direction, DP/ZeRO and TP collectives."""
 
     bandwidth_bytes_per_s: float
-    send_forward_crosses: tuple[bool, ...]  # by rank
+    # by sending stage (virtual stage): its hop to the next / previous stage's rank, which down
+    # a V's second leg (ZB-V, DualPipeV) is the rank before, not after
+    send_forward_crosses: tuple[bool, ...]
     send_backward_crosses: tuple[bool, ...]
     p2p_latency_s: float
     dp_crosses: bool
@@ -167,12 +169,13 @@ class NicPlan:
     ep_crosses: bool = False  # the expert-parallel all-to-alls leave the node
     ep_latency_s: float = 0.0
 
-    def crossing(self, kind: str, rank: int) -> tuple[bool, float]:
-        """(leaves the node, latency in s) of a communication task of ``kind`` on ``rank``."""
+    def crossing(self, kind: str, stage: int | None) -> tuple[bool, float]:
+        """(leaves the node, latency in s) of a communication task of ``kind``; a pipeline
+        send's by its sending ``stage``."""
         if kind == "SEND_F":
-            return self.send_forward_crosses[rank], self.p2p_latency_s
+            return self.send_forward_crosses[stage or 0], self.p2p_latency_s
         if kind == "SEND_B":
-            return self.send_backward_crosses[rank], self.p2p_latency_s
+            return self.send_backward_crosses[stage or 0], self.p2p_latency_s
         if kind in ("DP", "AG", "RS") and self.dp_crosses:
             return True, self.dp_latency_s
         if kind == "TP" and self.tp_crosses:

@@ -23,7 +23,7 @@ def share_nics(tasks: list[Task], plan: NicPlan) -> tuple[list[Task], dict[str, 
         if t.stream in ("compute", "tp") or t.duration_ns == 0:
             out.append(t)
             continue
-        cross, lat_s = plan.crossing(t.kind, t.rank)
+        cross, lat_s = plan.crossing(t.kind, t.stage)
         if not cross:
             out.append(t)
             continue
