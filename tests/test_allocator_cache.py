@@ -363,7 +363,9 @@ def test_a_deepspeed_scenario_takes_deepspeeds_bucket() -> None:
     """A scenario under the deepspeed runtime that sets no parallelism.bucket_mb reduces in
     DeepSpeed's default buckets (reduce_bucket_size 5e8 elements: 5e8 x 2 B = 1,000 MB of fp16
     gradients, so one flat 1 GB copy), not PyTorch DDP's 25 MB (re-read review: the flat copy
-    came out at 25,000,000 B); a bucket the scenario sets is kept; other runtimes keep 25 MB."""
+    came out at 25,000,000 B); a bucket the scenario sets is kept; other runtimes keep PyTorch
+    DDP's 25 MiB (bucket_cap_mb is in MiB: torch/nn/parallel/distributed.py, _MB_TO_BYTES =
+    1024 * 1024; the torch measurement below checks it where torch is installed)."""
     ds = load_scenario("scenarios/zero1_8gpu.yaml", ["runtime.name=deepspeed",
                                                       "training.precision=fp16"])  # fmt: skip
     assert ds.parallelism.bucket_mb == 1000.0
@@ -371,4 +373,6 @@ def test_a_deepspeed_scenario_takes_deepspeeds_bucket() -> None:
     mine = load_scenario("scenarios/zero1_8gpu.yaml", ["runtime.name=deepspeed",
                                                         "parallelism.bucket_mb=50"])  # fmt: skip
     assert mine.parallelism.bucket_mb == 50
-    assert load_scenario("scenarios/zero1_8gpu.yaml").parallelism.bucket_mb == 25.0
+    assert load_scenario("scenarios/zero1_8gpu.yaml").parallelism.bucket_mb * 1e6 == 25 * 2**20
+    torch_ddp = pytest.importorskip("torch.nn.parallel.distributed")
+    assert torch_ddp._MB_TO_BYTES == 2**20

@@ -260,7 +260,7 @@ def test_nanotron_tiny_llama() -> None:
         1,
         True,
         0,
-        25.0,
+        26.2144,  # ddp_bucket_cap_mb 25: torch DDP's MiB (25 x 2^20 B) in simtrain's MB
     )
     # tokens: micro 3 x accumulation 1 x dp 4
     assert (t.seq_len, t.micro_batch, t.global_batch, t.precision) == (

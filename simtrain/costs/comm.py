@@ -272,8 +272,9 @@ def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int
 
 def ddp_buckets(bucket_mb: float, grad_bytes: int) -> tuple[int, int, int]:
     """(number of buckets, bucket size, last bucket's size) of ``grad_bytes`` of gradients in
-    buckets of ``bucket_mb`` MB (PyTorch DDP ``bucket_cap_mb``; DeepSpeed's
-    ``reduce_bucket_size``)."""
+    buckets of ``bucket_mb`` MB (10^6 B; PyTorch DDP's ``bucket_cap_mb`` is in MiB:
+    ``spec.scenario.TORCH_DDP_BUCKET_MB``; DeepSpeed's ``reduce_bucket_size`` and Megatron's
+    ``--ddp-bucket-size`` count elements: the importers convert)."""
     cap = int(bucket_mb * 1e6)
     n = max(1, -(-grad_bytes // cap))
     return n, cap, grad_bytes - cap * (n - 1)
@@ -304,7 +305,7 @@ def bucket_counts(bucket_mb: float, grad_bytes: int) -> list[int]:
 
 def bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int) -> tuple[int, ...]:
     """Time of each bucket group: ``count`` collectives of its average bucket size. DDP
-    all-reduces buckets of ``bucket_mb`` MB (PyTorch default 25 MB, ``bucket_cap_mb``; Li et
+    all-reduces buckets of ``bucket_mb`` MB (PyTorch default 25 MiB, ``bucket_cap_mb``; Li et
     al. 2020 §3.2.3) as backward produces them; ZeRO-1/2 reduce-scatters them (DeepSpeed
     ``overlap_comm``)."""
     mb = sc.parallelism.bucket_mb

@@ -260,7 +260,7 @@ class RuntimeProfile:
     flat_optimizer_buffers: bool = False
     # The framework's default ZeRO-1/2/3 gradient bucket, in gradient elements, for a scenario
     # that sets no ``parallelism.bucket_mb`` (DeepSpeed's reduce_bucket_size); 0: PyTorch DDP's
-    # bucket_cap_mb (25 MB) as ``parallelism.bucket_mb``'s own default.
+    # bucket_cap_mb (25 MiB = 26.2144 MB) as ``parallelism.bucket_mb``'s own default.
     reduce_bucket_elements: int = 0
     # The FlashAttention kernel the framework calls for a flash model's attention (one of
     # spec.hardware.ATTENTION_KERNELS): its class in the hardware profile

@@ -34,6 +34,7 @@ from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
 from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_keys
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
+from simtrain.units import MIB
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 # selective: Megatron's attention-core recompute (Korthikanti et al. 2022 §4.3); selective_op:
@@ -193,6 +194,10 @@ class TrainingSpec:
         return self.seq_len_effective * self.cp_shards + self.prefix_len
 
 
+#: PyTorch DDP's default gradient bucket, bucket_cap_mb = 25 MiB, in simtrain's MB (10^6 B).
+TORCH_DDP_BUCKET_MB = 25 * MIB / 1e6
+
+
 @dataclass(frozen=True, slots=True)
 class ParallelSpec:
     dp: int = 1
@@ -203,7 +208,9 @@ class ParallelSpec:
     zero_stage: int = 0
     dp_mode: str = "ddp"
     sequence_parallel: bool = False
-    bucket_mb: float = 25.0  # DDP gradient bucket size in MB (PyTorch DDP default bucket_cap_mb=25)
+    # DDP gradient bucket size in MB (10^6 bytes): PyTorch DDP's default bucket_cap_mb=25 is in
+    # MiB (torch/nn/parallel/distributed.py: _MB_TO_BYTES = 1024 * 1024): 25 MiB = 26.2144 MB
+    bucket_mb: float = TORCH_DDP_BUCKET_MB
     # ZeRO-3: at most this many gathered parameters live at once (DeepSpeed's
     # stage3_max_live_parameters, default 1e9); 0 = no cap, FSDP-style: the current and the
     # prefetched layer's full parameters.

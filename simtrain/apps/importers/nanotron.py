@@ -32,6 +32,7 @@ from simtrain.apps.importers.common import (
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import as_float
 from simtrain.spec.yamlfile import parse_yaml, read_text_file
+from simtrain.units import MIB
 
 NO_EFFECT_SECTIONS = ("checkpoints", "data_stages", "general", "lighteval", "logging", "profiler",
                       "tokenizer", "s3_upload", "metrics_logging", "kill_switch_path")  # fmt: skip
@@ -167,10 +168,10 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     if pp > 1:
         par["layer_split"] = "compute_balanced"
         r.assume("pipeline stages split by compute cost (nanotron's layer_split)")
-    if "ddp_bucket_cap_mb" in mod:
-        par["bucket_mb"] = clean_number(as_float(mod["ddp_bucket_cap_mb"], file,
-                                                 "model.ddp_bucket_cap_mb"))  # fmt: skip
-        r.origin("parallelism.bucket_mb", "model.ddp_bucket_cap_mb")
+    if "ddp_bucket_cap_mb" in mod:  # torch DDP's bucket_cap_mb, in MiB: simtrain's MB are 10^6 B
+        cap = as_float(mod["ddp_bucket_cap_mb"], file, "model.ddp_bucket_cap_mb")
+        par["bucket_mb"] = clean_number(cap * MIB / 1e6)
+        r.origin("parallelism.bucket_mb", "model.ddp_bucket_cap_mb (MiB)")
 
     # ---- model
     model = _model(mc, mod, r, tp, file)

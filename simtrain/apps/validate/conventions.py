@@ -26,7 +26,7 @@ class SourceConvention:
     vocab_default: int | None = None
     memory_includes_context: bool = False  # the measured peak includes the CUDA context
     memory_note: str = ""
-    ddp_default: str = "torch"  # torch: 25 MB buckets overlapped with the backward | local
+    ddp_default: str = "torch"  # torch: 25 MiB buckets overlapped with the backward | local
     precision_map: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # (to, why)
     memory_gb_unit: float = 1e9  # bytes in the source's "GB" (nanotron divides by 1024**3)
     memory_stage: int | None = None  # the pipeline stage whose peak the source reports (None: max)
