@@ -468,3 +468,45 @@ def test_dualpipe_v_pairs_are_torchs_overlap_f_b_actions(pp):
                     f = next(x for x in a.sub_actions if x.computation_type.name == "FORWARD")
                     theirs.add(Action(f.stage_index, "F", f.microbatch_index))
             assert ours[r] == theirs, (pp, m, r)
+
+
+@pytest.mark.parametrize(("pp", "v"), [(2, 2), (4, 2), (4, 3), (8, 2)])
+def test_megatron_2021_interleaved_runs_every_forward_first_at_m_equal_pp(pp: int, v: int) -> None:
+    """Megatron-LM 2021-2024 (megatron/schedules.py, dd88906264 l.106-108): with m = pp
+    micro-batches every rank runs its v·m forwards, then its v·m backwards, so every rank holds
+    all v·m micro-batch chunks at its peak; Megatron-Core since 4295be1a6c (2024-11) and
+    simtrain's ``interleaved`` keep the usual warm-up, 2(p - r - 1) + (v - 1)·p forwards,
+    where the last rank holds fewer. Any other m: the same order as ``interleaved``."""
+    from simtrain.schedules import interleaved, interleaved_all_warmup, peak_in_flight
+
+    legacy = interleaved_all_warmup(pp, pp, v)
+    for r, actions in legacy.items():
+        kinds = [a.kind for a in actions[:-1]]  # the optimizer step last
+        assert kinds == ["F"] * (v * pp) + ["B"] * (v * pp), r
+        assert sorted(actions[:-1]) == sorted(interleaved(pp, pp, v)[r][:-1])
+    assert set(peak_in_flight(legacy).values()) == {v * pp}
+    usual = peak_in_flight(interleaved(pp, pp, v))
+    assert usual[pp - 1] == min(v * pp, (v - 1) * pp + 1) < v * pp
+    assert interleaved_all_warmup(pp, 2 * pp, v) == interleaved(pp, 2 * pp, v)
+
+
+def test_the_runtime_picks_the_interleaved_order_and_its_memory() -> None:
+    """scenarios/interleaved_8gpu.yaml (pp 8, v 2, m 8) under Megatron-LM 2021: the last rank
+    holds all 16 micro-batch chunks at its peak (every forward first: 8 micro-batches of whole
+    stage-7 work in the walk's units, one chunk = half of it), Megatron-Core's order 9 chunks
+    (warm-up (v - 1)·p = 8 forwards, then one more before its first backward); the step time is
+    the same (the order moves no work onto the critical path here)."""
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.spec.scenario import load_scenario
+
+    path = "scenarios/interleaved_8gpu.yaml"
+    legacy = load_scenario(path, ["runtime.interleaved_all_warmup_at_pp=true"])
+    core = load_scenario(path, ["runtime.interleaved_all_warmup_at_pp=false"])
+    a, b = estimate_memory(legacy).stages[7], estimate_memory(core).stages[7]
+    assert (a.microbatches_in_flight, b.microbatches_in_flight) == (8.0, 4.5)
+    assert a.category("activations") > b.category("activations")
+    assert a.peak_memory_bytes > b.peak_memory_bytes
+    ta = simulate_scenario(legacy).metrics.step_time_s
+    tb = simulate_scenario(core).metrics.step_time_s
+    assert ta == pytest.approx(tb, rel=1e-3)

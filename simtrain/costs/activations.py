@@ -516,13 +516,14 @@ def _frozen(rows: list, width: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=1024)
-def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int) -> ActivationStates:
+def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
+                           all_warmup: bool = False) -> ActivationStates:  # fmt: skip
     """One rank's walk reduced to its distinct states (cached per schedule and rank).
     :func:`activation_peak_of_states` on them gives exactly what :func:`activation_peak` gives
     on the whole action list: a repeated state adds nothing to a maximum, and the first
     occurrence of the largest forward state is where the walk's strict "greater than" last
     fires (tested with hypothesis for every schedule and any bytes)."""
-    actions = rank_schedule(name, pp, m, v, rank)
+    actions = rank_schedule(name, pp, m, v, rank, all_warmup)
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)

@@ -306,7 +306,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
                                                          tp, sp, load, gathered,
                                                          rkv)  # fmt: skip
-    states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank)
+    states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
+                                    step.all_warmup_at_pp)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states)  # fmt: skip

@@ -17,6 +17,7 @@ from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules import (
     Schedule,
     ScheduleTraits,
+    interleaved_all_warmup,
     pipeline_of,
     rank_stages,
     stage_to_rank,
@@ -46,6 +47,9 @@ class ResolvedStep:
     # per context-parallel rank.
     boundary_bytes: int
     gradients_transient: bool
+    # the interleaved schedule as Megatron-LM 2021-2024 ran it at m = pp (runtime
+    # interleaved_all_warmup_at_pp): every forward first (schedules.interleaved_all_warmup)
+    all_warmup_at_pp: bool = False
 
     @property
     def groups(self) -> Groups:
@@ -97,11 +101,13 @@ class ResolvedStep:
 
 def resolve(sc: Scenario) -> ResolvedStep:
     """The resolved step of ``sc`` (cached: the planner resolves thousands of layouts)."""
-    return _resolve(sc.model, sc.training, sc.parallelism, sc.cluster.gpus_per_node)
+    return _resolve(sc.model, sc.training, sc.parallelism, sc.cluster.gpus_per_node,
+                    sc.runtime.interleaved_all_warmup_at_pp)  # fmt: skip
 
 
 @lru_cache(maxsize=4096)
-def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int) -> ResolvedStep:
+def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
+             all_warmup_at_pp: bool = False) -> ResolvedStep:  # fmt: skip
     mb = microbatches(t, p)
     # One stage: plain gradient accumulation, unless the order is its own there (combined 1F1B)
     name = p.schedule if p.pp > 1 or traits(p.schedule).one_stage_order else "1f1b"
@@ -116,13 +122,14 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
     else:
         split = split_layers(m, p)
     prec = PRECISIONS[t.precision]
+    all_warmup = all_warmup_at_pp and name == "interleaved" and p.virtual_stages > 1 and mb == p.pp
     return ResolvedStep(
         microbatches=mb,
         micro_batch=t.micro_batch,
         global_batch=t.global_batch,
         schedule_name=name,
         traits=tr,
-        schedule=_schedule(name, p.pp, mb, p.virtual_stages),
+        schedule=_schedule(name, p.pp, mb, p.virtual_stages, all_warmup),
         v=p.virtual_stages,
         chunks=tuple(split[k] for k in range(len(split))),
         placement=Placement(Groups(p.dp, p.tp, p.pp, p.cp), gpus_per_node),
@@ -132,15 +139,20 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int)
         kv_len=t.kv_len,
         boundary_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective // p.cp * m.hidden,
         gradients_transient=p.pp == 1 and p.dp_cp == 1 and mb == 1,
+        all_warmup_at_pp=all_warmup,
     )
 
 
 @lru_cache(maxsize=64)
-def _schedule(name: str, pp: int, m: int, v: int) -> Schedule:
-    """Schedules are pure functions of (name, pp, m, v): build each once (callers never mutate)."""
+def _schedule(name: str, pp: int, m: int, v: int, all_warmup: bool = False) -> Schedule:
+    """Schedules are pure functions of (name, pp, m, v): build each once (callers never mutate).
+    ``all_warmup``: the interleaved order's Megatron-LM 2021-2024 variant at m = pp
+    (:func:`~simtrain.schedules.generators.interleaved_all_warmup`)."""
+    if all_warmup:
+        return interleaved_all_warmup(pp, m, v)
     return traits(name).generator(pp, m, v)
 
 
-def rank_schedule(name: str, pp: int, m: int, v: int, rank: int) -> list:
+def rank_schedule(name: str, pp: int, m: int, v: int, rank: int, all_warmup: bool = False) -> list:
     """One rank's compute actions of schedule ``name`` (the memory walk's input)."""
-    return _schedule(name, pp, m, v)[rank]
+    return _schedule(name, pp, m, v, all_warmup)[rank]

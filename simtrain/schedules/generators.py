@@ -110,6 +110,19 @@ def interleaved(pp: int, m: int, v: int) -> Schedule:
     return {r: [*_interleaved_rank(r, pp, m, v, 0), _opt(r)] for r in range(pp)}
 
 
+def interleaved_all_warmup(pp: int, m: int, v: int = 1) -> Schedule:
+    """:func:`interleaved` as Megatron-LM ran it from 2021 to 2024 (runtime
+    ``interleaved_all_warmup_at_pp``): with m = pp micro-batches every rank runs all v·m
+    forwards, then all v·m backwards (megatron/schedules.py at dd88906264, l.106-108:
+    ``if get_num_microbatches() == pipeline_parallel_size: num_warmup_microbatches =
+    num_microbatches; all_warmup_microbatches = True``); any other m (and v = 1): the usual
+    order."""
+    if v == 1 or m != pp:
+        return interleaved(pp, m, v)
+    _check("interleaved", pp, m, v, virtual=True)
+    return {r: [*_interleaved_rank(r, pp, m, v, m * v), _opt(r)] for r in range(pp)}
+
+
 def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Action]:
     """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's)."""
     total = m * v

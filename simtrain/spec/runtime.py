@@ -240,6 +240,13 @@ class RuntimeProfile:
     # to merge them (torch.distributed.pipelining stage.py forward_one_chunk: output_chunks;
     # schedules.py step: _merge_outputs); costs.memory.pipeline_output_chunk_bytes.
     pipeline_keeps_last_outputs: bool = False
+    # The interleaved schedule with as many micro-batches as pipeline ranks (m = pp) runs every
+    # forward first, then every backward, on every rank (Megatron-LM from its interleaved
+    # schedule, dd88906264 2021-02, megatron/schedules.py ``if get_num_microbatches() ==
+    # pipeline_parallel_size: ... all_warmup_microbatches = True``, to Megatron-Core 4295be1a6c
+    # 2024-11, which dropped the case); false: the usual warm-up of 2(p − r − 1) + (v − 1)·p
+    # forwards (schedules.generators.interleaved).
+    interleaved_all_warmup_at_pp: bool = False
     # A block's Q, K and V projections run as one GEMM (Megatron's linear_qkv, nanotron's
     # qkv_proj, llm-foundry's Wqkv) and, with a gated MLP, its gate and up projections as one
     # (Megatron's linear_fc1, nanotron's gate_up_proj); false: one GEMM each (torchtitan's wq, wk,
@@ -290,6 +297,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
+         "interleaved_all_warmup_at_pp",
          "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
          "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out",
          "master_copies", "scale_grads_at_dp1", "eager_elementwise")  # fmt: skip

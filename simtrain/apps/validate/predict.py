@@ -118,12 +118,16 @@ def predicted_step_time(sc: Scenario) -> float:
     equals the full simulation to the nanosecond (``tests/test_validate.py``). With stages of
     unequal layer counts (an uneven split) the first micro-batches fill the pipeline at the
     speed of every stage and only later at the slowest one's: T(m) is affine from m = pp on, so
-    m₁ = pp there (``tests/test_uneven_stages.py``)."""
+    m₁ = pp there (``tests/test_uneven_stages.py``). A runtime whose interleaved order differs
+    at m = pp (``interleaved_all_warmup_at_pp``: every forward first) is on the line from
+    m₁ = 2·pp."""
     step = resolve(sc)
     m = step.microbatches
     m1 = step.traits.affine_from(step.pp)
     if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
         m1 = max(m1, step.pp)
+    if m1 == step.pp and resolve(_with_microbatches(sc, m1)).all_warmup_at_pp:
+        m1 = 2 * step.pp
     m2 = 2 * m1
     if m <= m2 or not step.traits.affine_in_m:
         return simulate_scenario(sc).metrics.step_time_s
