@@ -273,3 +273,44 @@ def test_last_stage_keeps_every_micro_batchs_logits(tmp_path: Path) -> None:
     last_on, last_off = stage_memory(on, 1), stage_memory(off, 1)
     assert last_on.category("buffers") - last_off.category("buffers") == m * 2_101_346_304
     assert stage_memory(on, 0).category("buffers") == stage_memory(off, 0).category("buffers")
+
+
+def test_repeated_kv_and_the_gathered_input_count_in_the_activations() -> None:
+    """What the runtime makes a block save (``attention_repeat_kv``: K and V expanded to every
+    query head before SDPA; ``tp_saves_gathered_input``: DTensor TP's linears keep the
+    all-gathered b·s·h input) is in the activations the memory reports, not only in the list
+    of saved tensors (review: the per-layer figure left both out without recompute).
+    Llama-3-8B (32 layers, h 4096, kv 1024), s 4096, no recompute: K and V at every head add
+    layers x 2 B x b·s x 2(h - kv); at tp 2 with sequence parallelism the saved inputs (and the
+    LM head's) are whole."""
+    from simtrain.costs.activations import (
+        head_saved_bytes,
+        layer_saved_tensors,
+        tp_gathered_input_bytes,
+    )
+    from simtrain.spec.scenario import load_scenario
+
+    base = ["runtime=torchtitan", "parallelism.cp=1", "training.recompute=none",
+            "training.seq_len=4096"]  # fmt: skip
+
+    def acts(*sets: str) -> tuple[int, object]:
+        sc = load_scenario(ROOT / "scenarios/llama3_8b_cp.yaml", base + list(sets))
+        return stage_memory(sc, 0).category("activations"), sc
+
+    plain, sc = acts("parallelism.dp=8", "runtime.attention_repeat_kv=false")
+    rkv, _ = acts("parallelism.dp=8", "runtime.attention_repeat_kv=true")
+    m, t = sc.model, sc.training
+    assert rkv - plain == m.layers * 2 * t.micro_batch * 4096 * 2 * (m.hidden - m.kv_dim)
+    # tp 2, sequence parallelism: the block's saved tensors, as listed, make its activations
+    sets = ("parallelism.dp=4", "parallelism.tp=2", "parallelism.sequence_parallel=true")
+    whole, sc = acts(*sets)
+    sharded, _ = acts(*sets, "runtime.tp_saves_gathered_input=false")
+    gathered = tp_gathered_input_bytes(t.precision, True)
+    per_layer = sum(x.bytes for x in layer_saved_tensors(
+        sc.model, sc.training, tp=2, sequence_parallel=True, gathered_input=gathered))  # fmt: skip
+    per_layer_sharded = sum(x.bytes for x in layer_saved_tensors(
+        sc.model, sc.training, tp=2, sequence_parallel=True))  # fmt: skip
+    head = head_saved_bytes(m, t, 2, True, gathered) - head_saved_bytes(m, t, 2, True)
+    assert head == 2 * t.micro_batch * 4096 * m.hidden // 2  # the LM head's input, whole
+    assert whole - sharded == m.layers * (per_layer - per_layer_sharded) + head
+    assert per_layer > per_layer_sharded

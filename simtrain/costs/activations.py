@@ -275,8 +275,12 @@ def layer_activation_bytes(
     sequence_parallel: bool = False,
     moe: bool | None = None,
     load: float = 1.0,
+    gathered_input: int = 0,
+    repeat_kv: bool = False,
 ) -> int:
-    """Bytes one block keeps for backward per micro-batch, with recompute applied.
+    """Bytes one block keeps for backward per micro-batch, with recompute applied: the sum of
+    :func:`layer_saved_tensors` (with the runtime's ``gathered_input`` and ``repeat_kv``) that
+    the recompute keeps.
 
     full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
     selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3);
@@ -284,7 +288,8 @@ def layer_activation_bytes(
     matmul, SDPA and reduce-scatter (:mod:`costs.op_sac`).
     """
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
-                                load=load)  # fmt: skip
+                                load=load, gathered_input=gathered_input,
+                                repeat_kv=repeat_kv)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":

@@ -268,12 +268,14 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
     load = moe_load(m, p.ep)
-    per_layer = layer_activation_bytes(m, t, tp, sp, load=load)
     gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
     rkv = sc.runtime.attention_repeat_kv
+    per_layer = layer_activation_bytes(m, t, tp, sp, load=load, gathered_input=gathered,
+                                       repeat_kv=rkv)  # fmt: skip
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
                                       gathered_input=gathered, repeat_kv=rkv))  # fmt: skip
-    per_dense = layer_activation_bytes(m, t, tp, sp, moe=False) if m.is_moe else per_layer
+    per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False, gathered_input=gathered,
+                                        repeat_kv=rkv) if m.is_moe else per_layer)  # fmt: skip
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
