@@ -678,3 +678,17 @@ def test_expert_gradients_are_reduced_over_the_context_parallel_ranks_too() -> N
         )
         works[cp] = rank_work(sc, step, 0, sm.params, sm.trainable).grad_sync_ns
     assert works[2] > works[1]
+
+
+def test_the_optimizer_steps_temporaries_shard_experts_over_the_expert_dp_group() -> None:
+    """Mixtral 8x7B (dp 16, ep 8, ZeRO-1: expert states over dp / ep = 2 ranks): the step's
+    fp32 master gradients are as many as the fp32 master weights the rank holds (both of its
+    shard: dense parameters / 16, the experts' / 2), and PyTorch's single-tensor Adam adds two
+    fp32 temporaries of the largest tensor it updates, an expert matrix h x f = 4,096 x 14,336
+    halved (review: the experts were divided by dp = 16, 465.6 MB against 3.14 GB)."""
+    sc = _mixtral()
+    from simtrain.costs.memory import stage_memory
+
+    s = stage_memory(sc, 1)
+    assert (sc.parallelism.dp, sc.parallelism.ep, sc.parallelism.zero_stage) == (16, 8, 1)
+    assert s.optimizer_working_bytes == s.category("master_weights") + 2 * 4 * (4096 * 14336 // 2)

@@ -347,9 +347,15 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     if flat_step_buffers(sc, step):
         opt_ws = sum(flat_step_allocations(sc, step, ms.trainable))
     else:
+        # the routed experts' part of the rank's trainable parameters, sharded over dp x cp / ep
+        moe_layers = n_layers - dense_layers
+        experts = moe_layers * sum(x.numel for x in tensors
+                                   if x.trainable and x.name.startswith(EXPERT_PREFIX))  # fmt: skip
         opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
                                          fused=sc.runtime.fused_optimizer,
-                                         fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4)  # fmt: skip
+                                         fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
+                                         expert_trainable=experts,
+                                         expert_shards=max(dp // p.ep, 1) if z >= 1 else 1)  # fmt: skip
     # DeepSpeed's reduction copy (after the last backward, freed before the step): the same
     # moment as the step's (activations gone, gradients all there), the larger of the two
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))

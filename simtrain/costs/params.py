@@ -296,8 +296,8 @@ def adam_temporaries(t: TrainingSpec, fused: bool) -> bool:
 
 
 def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards: int, *,
-                            trainable: int, fused: bool = False,
-                            fp32_grad_buffer: bool = False) -> int:  # fmt: skip
+                            trainable: int, fused: bool = False, fp32_grad_buffer: bool = False,
+                            expert_trainable: int = 0, expert_shards: int = 1) -> int:  # fmt: skip
     """Temporaries of PyTorch's single-tensor Adam/AdamW step (``foreach=False``):
     ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two state-sized
     tensors of the parameter being updated, so the step needs 2 x the largest trainable tensor
@@ -311,6 +311,9 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     ``fp32_grad_buffer``: the gradients already are fp32 (Megatron-Core's ``main_grad`` buffer
     with grad_reduce_in_fp32): the master gradient is a view of it, ``shard_model_grad.float()``
     of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy.
+    ``expert_trainable`` of the ``trainable`` parameters are routed experts' (tensors named
+    :data:`EXPERT_PREFIX`...), which ZeRO shards over ``expert_shards`` ranks (the
+    expert-data-parallel group, as ``costs.memory._zero_shard`` does their states).
     DeepSpeed's flat ZeRO-1/2 step is ``costs.memory.flat_step_allocations``."""
     if t.offload.optimizer:
         return 0
@@ -322,12 +325,14 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
-        master_grads = prec.master * ceil(trainable / shards)
+        master_grads = prec.master * (ceil((trainable - expert_trainable) / shards)
+                                      + ceil(expert_trainable / expert_shards))  # fmt: skip
     if not adam_temporaries(t, fused):
         return master_grads
-    largest = max((p.numel for p in tensors if p.trainable), default=0)
+    largest = max((ceil(p.numel / (expert_shards if p.name.startswith(EXPERT_PREFIX) else shards))
+                   for p in tensors if p.trainable), default=0)  # fmt: skip
     state = 4 if t.peft.method == "qlora" else prec.state
-    return master_grads + 2 * state * ceil(largest / shards)
+    return master_grads + 2 * state * largest
 
 
 def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
