@@ -314,3 +314,30 @@ def test_repeated_kv_and_the_gathered_input_count_in_the_activations() -> None:
     assert head == 2 * t.micro_batch * 4096 * m.hidden // 2  # the LM head's input, whole
     assert whole - sharded == m.layers * (per_layer - per_layer_sharded) + head
     assert per_layer > per_layer_sharded
+
+
+def test_receive_buffers_discount_only_the_chunks_that_have_them() -> None:
+    """torch.distributed.pipelining's receive buffers (runtime
+    pipeline_recv_buffers_per_microbatch): every chunk but the first stage's holds m activation
+    buffers, every chunk but the last stage's m gradient buffers; the in-flight micro-batches
+    whose buffer is a block input already counted are discounted, chunk by chunk (review: the
+    first stage's in-flight micro-batches, which have no buffer, were discounted too).
+    interleaved_8gpu with m 32, v 2: rank 0 holds chunks 0 and 8; at its peak 16 of chunk 0's
+    micro-batches and 7 of chunk 8's are in flight: 32 - 7 activation buffers (chunk 8) and
+    2 x 32 gradient buffers."""
+    from simtrain.costs.memory import (
+        _stage_activations,
+        p2p_buffer_bytes,
+        pipeline_recv_buffer_bytes,
+    )
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios/interleaved_8gpu.yaml",
+                       ["runtime=torchtitan", "training.global_batch=256"])  # fmt: skip
+    step = resolve(sc)
+    assert (step.microbatches, step.rank_chunk_ids(0)) == (32, [0, 8])
+    held = dict(_stage_activations(sc, step, 0).walk.held_at_saved_peak)
+    assert held == {0: 16, 8: 7}
+    one = p2p_buffer_bytes(sc, step)
+    assert pipeline_recv_buffer_bytes(sc, step, 0, held) == (32 - 7 + 2 * 32) * one

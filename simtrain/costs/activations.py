@@ -577,6 +577,8 @@ class WalkPeak:
     activations: int = 0
     # The most saved activations just after a backward (B) ends: its micro-batch's chunk freed.
     after_backward_saved: int = 0
+    # (virtual stage, micro-batches it holds) at ``saved_peak``
+    held_at_saved_peak: tuple[tuple[int, int], ...] = ()
 
 
 def walk_peak_of_states(
@@ -594,6 +596,7 @@ def walk_peak_of_states(
     fwd = (0, 0, 0, 0)  # (total, saved, loss, working set)
     peak_saved = 0
     peak_count = 0.0
+    held_at: tuple[tuple[int, int], ...] = ()
     if len(states.forward_chunk):
         held = states.forward_held @ per
         extra = np.array([loss.get(c, 0) for c in ch], dtype=np.int64)[states.forward_chunk]
@@ -603,6 +606,7 @@ def walk_peak_of_states(
         if held[i] > 0:
             peak_saved = int(held[i])
             peak_count = int(states.forward_held[i].sum()) / max(len(chunk_bytes), 1)
+            held_at = tuple(zip(ch, (int(x) for x in states.forward_held[i]), strict=True))
     best = fwd
     most = peak_saved
     after_b = 0
@@ -616,7 +620,8 @@ def walk_peak_of_states(
             best = (int(held[j] + ws[j]), int(held[j]), 0, int(ws[j]))
     at_opt = int((states.optimizer_held @ per).max()) if len(states.optimizer_held) else 0
     return WalkPeak(*best, saved_peak=peak_saved, in_flight=peak_count, optimizer_saved=at_opt,
-                    activations=most, after_backward_saved=after_b)  # fmt: skip
+                    activations=most, after_backward_saved=after_b,
+                    held_at_saved_peak=held_at)  # fmt: skip
 
 
 def activation_peak_of_states(

@@ -570,7 +570,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
-    buffers += pipeline_recv_buffer_bytes(sc, step, stage, act.walk.in_flight)
+    buffers += pipeline_recv_buffer_bytes(sc, step, stage, dict(act.walk.held_at_saved_peak))
     nccl_b = device_nccl_bytes(sc, step, stage)
     buffers += nccl_b
     buffers += pipeline_output_chunk_bytes(sc, step, stage)
@@ -941,24 +941,24 @@ def buffer_grad_bytes(sc: Scenario, step: ResolvedStep) -> int | None:
 
 
 def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
-                               in_flight: float) -> int:  # fmt: skip
+                               held: dict[int, int]) -> int:  # fmt: skip
     """A rank's pipeline receive buffers under ``runtime.pipeline_recv_buffers_per_microbatch``
     (torch.distributed.pipelining): each of its chunks but the first stage's holds one
     activation buffer per micro-batch, each but the last stage's one gradient buffer per
     micro-batch, b·s·h (/tp under sequence parallelism) each. A received activation is the
     first block's input while its micro-batch is in flight, counted with the activations: only
-    the other micro-batches' buffers are added (``in_flight`` in whole-stage units, the
-    activation walk's at its peak). 0 without the rule or a pipeline."""
+    the other micro-batches' buffers are added (``held``: virtual stage -> micro-batches it
+    holds at the activation walk's peak; the first stage's held ones have no buffer to
+    discount). 0 without the rule or a pipeline."""
     if not sc.runtime.pipeline_recv_buffers_per_microbatch or step.pp == 1:
         return 0
     one = p2p_buffer_bytes(sc, step)
     chunks = step.rank_chunk_ids(rank)
     last = step.last_stage
     m = step.microbatches
-    act = sum(m for c in chunks if c > 0)
+    act = sum(m - held.get(c, 0) for c in chunks if c > 0)
     grad = sum(m for c in chunks if c < last)
-    held = round(in_flight * len(chunks)) if act else 0
-    return (max(0, act - held) + grad) * one
+    return (max(0, act) + grad) * one
 
 
 def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> int:
