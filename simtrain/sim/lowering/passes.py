@@ -397,13 +397,16 @@ def ep_pass(ir: StepIR) -> None:
             if prev is not None and prev.compute_end is not None:
                 # the second of a pair: its compute follows the first's compute, not the
                 # first's A2A; its A2A starts with the pair (after the first's on the stream)
+                # once its own input has arrived (its forward's activation or its backward's
+                # gradient from the neighbouring stage)
                 start = _compute_start(prev)
                 # every op of the group that waits for the previous action (its first op; under
                 # ZeRO-3 also the compute slice after the all-gather and its FSDP2 copy-out)
                 for op in g.ops:
                     op.deps = [prev.compute_end if d == ("prev", r.rank, i) else d
                                for d in op.deps]  # fmt: skip
-                _overlapped_a2a(r.rank, g, ns, start)
+                own = [d for d in _compute_start(g) if d is not prev.compute_end]
+                _overlapped_a2a(r.rank, g, ns, start + [d for d in own if d not in start])
                 if ir.inp.comm_sm_share:
                     _sm_shared(prev, g, _a2a_ns(ir, prev) + ns, ir.inp.comm_sm_share)
             elif (overlap and nxt is not None and _a2a_ns(ir, nxt)
