@@ -112,3 +112,36 @@ def test_pipeline_sends_go_on_the_nic_exactly_when_their_hop_leaves_the_node(sch
             assert (_send_ns(sc, step, s, to) > 0) == sends
             hops += crosses
     assert hops > 0
+
+
+def test_groups_across_a_node_boundary_are_priced_as_crossing() -> None:
+    """A pipeline stage of dp = 6 GPUs on 8-GPU nodes: stage 1's DP group is GPUs 6-11 (2 on
+    node 0, 4 on node 1), stage 2's 12-17: they cross nodes though 6 < 8, and the ring's
+    bottleneck is the 2 GPUs (2 NICs) on one node (review: priced as inside one node). Where
+    every stage is whole nodes, the rule is the node-aligned one of spec.scenario."""
+    import itertools
+
+    from simtrain.layout.placement import group_span
+    from simtrain.spec.scenario import group_gpus_per_node
+
+    assert group_span(6, 1, 6, 4, 8) == (True, 2)
+    assert group_span(6, 1, 6, 1, 8) == (False, 6)  # one stage: GPUs 0-5
+    assert group_span(12, 1, 12, 2, 8) == (True, 4)  # GPUs 0-11: 8 + 4; 12-23: 4 + 8
+    for tp, cp, dp, pp in itertools.product([1, 2, 4, 8], [1, 2], [2, 4, 8, 16, 64], [1, 2, 4]):
+        for n, stride in ((tp, 1), (cp, tp), (dp, tp * cp), (dp * cp, tp)):
+            if n > 1:
+                expected = (n * stride > 8, group_gpus_per_node(n, stride, 8))
+                assert group_span(n, stride, dp * cp * tp, pp, 8) == expected
+    overrides = ["parallelism.tp=1", "parallelism.sequence_parallel=false", "parallelism.dp=6",
+                 "parallelism.pp=4", "training.global_batch=96",
+                 "runtime.overlap_grad_reduce=false"]  # fmt: skip
+    straddling = load_scenario("scenarios/3d_128gpu.yaml",
+                               overrides + ["cluster.nodes=3", "cluster.gpus_per_node=8"])  # fmt: skip
+    aligned = load_scenario("scenarios/3d_128gpu.yaml",
+                            overrides + ["cluster.nodes=4", "cluster.gpus_per_node=6"])  # fmt: skip
+    from simtrain.layout.step import resolve
+
+    assert resolve(straddling).placement.dp_crosses_nodes
+    assert not resolve(aligned).placement.dp_crosses_nodes
+    slow = simulate_scenario(straddling).metrics.step_time_s
+    assert slow > simulate_scenario(aligned).metrics.step_time_s

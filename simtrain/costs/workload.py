@@ -495,7 +495,7 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         send_forward_crosses=tuple(_hop_crosses(step, s, s + 1) for s in stages),
         send_backward_crosses=tuple(_hop_crosses(step, s, s - 1) for s in stages),
         p2p_latency_s=lat,
-        dp_crosses=g.dp_cp * g.tp > pl.gpus_per_node,
+        dp_crosses=pl.group_crosses_nodes(g.dp_cp, g.tp),
         dp_latency_s=2 * (g.dp_cp - 1) * lat,
         tp_crosses=pl.tp_crosses_nodes,
         tp_latency_s=2 * (g.tp - 1) * lat,

@@ -11,8 +11,7 @@ one GPU per pipeline rank is simulated: its TP, CP and DP peers do identical wor
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from simtrain.spec.scenario import group_gpus_per_node
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +50,38 @@ class Groups:
         return self.dp * self.cp
 
 
+@lru_cache(maxsize=4096)
+def group_span(
+    n: int, stride: int, pp_stride: int, pp: int, gpus_per_node: int
+) -> tuple[bool, int]:
+    """(whether any group crosses a node, the fewest members any group has on one node) over
+    every group of ``n`` GPUs ``stride`` ids apart in the grid (Megatron order, module
+    docstring): a group starts at GPU r·pp_stride + j for each pipeline rank r and each offset
+    j < pp_stride whose coordinate along the group's dimension is 0, ``(j // stride) % n ==
+    0``, and holds j + k·stride, k < n. A node's share of a group depends only on where the group
+    starts within its node (start mod gpus_per_node), so the distinct starts are at most
+    gpus_per_node; per start, each node the group touches holds
+    ceil((end - a) / stride) - ceil((begin - a) / stride) members of it. GPU ids fill nodes in
+    order (ClusterSpec); the last node's missing GPUs (a partial node) do not change a count."""
+    gpn = gpus_per_node
+    if n <= 1:
+        return False, 1
+    starts = {(r * pp_stride + j) % gpn for r in range(min(pp, gpn))
+              for j in range(0, min(pp_stride, n * stride * gpn), 1)
+              if (j // stride) % n == 0}  # fmt: skip
+    crosses, fewest = False, n
+    for a in starts:
+        last = a + (n - 1) * stride
+        if last >= gpn:
+            crosses = True
+        for node in range(last // gpn + 1):
+            lo, hi = node * gpn, (node + 1) * gpn
+            count = min(n, max(0, -(-(hi - a) // stride))) - min(n, max(0, -(-(lo - a) // stride)))
+            if count:
+                fewest = min(fewest, count)
+    return crosses, fewest
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     groups: Groups
@@ -69,13 +100,22 @@ class Placement:
         return not self.same_node(self.rank_gpu(rank), self.rank_gpu(other))
 
     def group_crosses_nodes(self, n: int, stride: int) -> bool:
-        """Does a group of ``n`` GPUs ``stride`` apart span more than one node?"""
-        return n * stride > self.gpus_per_node
+        """Does any group of ``n`` GPUs ``stride`` apart span more than one node? (Every
+        such group of the grid, :func:`group_span`: a pipeline stage of dp·cp·tp GPUs that is
+        not a whole number of nodes puts some stages' groups across a node boundary.)"""
+        return group_span(n, stride, self.groups.pp_stride, self.groups.pp,
+                          self.gpus_per_node)[0]  # fmt: skip
 
     def group_gpus_per_node(self, n: int, stride: int) -> int:
         """Members of such a group that share a node (the ``g`` of ``collectives``: a
-        cross-node ring runs one ring per NIC, g of them per node): spec.scenario's rule."""
-        return group_gpus_per_node(n, stride, self.gpus_per_node)
+        cross-node ring runs one ring per NIC, g of them per node): the fewest on any node
+        any of the grid's groups spans (:func:`group_span`), where the ring's NICs bottleneck;
+        spec.scenario's rule where the groups are node-aligned. One figure for every pipeline
+        rank: where only some stages' groups straddle a node boundary, the others are priced
+        as they are (an upper bound for those; the collectives of the slowest group end the
+        step)."""
+        return group_span(n, stride, self.groups.pp_stride, self.groups.pp,
+                          self.gpus_per_node)[1]  # fmt: skip
 
     @property
     def tp_crosses_nodes(self) -> bool:
