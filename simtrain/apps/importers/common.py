@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from simtrain.errors import ConfigError, one_line
-from simtrain.spec.limits import MAX_GPUS
+from simtrain.spec.limits import MAX_GPUS, as_float, check_range
 from simtrain.spec.scenario import (
     Scenario,
     _blame_overrides,
@@ -162,6 +162,36 @@ def grad_bucket_mb(elements: float, grad_bytes: int) -> float:
     """A bucket of ``elements`` gradient elements in MB (simtrain's bucket_mb counts bytes:
     costs.comm.ddp_buckets)."""
     return elements * grad_bytes / 1e6
+
+
+def as_bool(value: Any, file: str | None, key: str) -> bool:
+    """A switch of a foreign file: a real boolean, or the string ``"true"`` / ``"false"`` (any
+    case: what a template or an environment variable leaves behind); anything else (``"no"``,
+    ``1``, ``null``, a list) is an error naming ``key``, never the truthiness of a value."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(file, key, "must be a boolean", value, "true | false")
+
+
+def whole_number(value: Any, file: str | None, key: str, lo: int = 1,
+                 hi: int | None = None) -> int:  # fmt: skip
+    """An integer setting of a foreign file: an int, or a float that is one (JSON's ``1e9``),
+    within ``lo`` .. ``hi``; a string, a boolean, null, a fraction, NaN, infinity or a number
+    out of range is an error naming ``key`` (never an OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise ConfigError(file, key, f"must be {what}", value)
+    if isinstance(value, float):
+        f = as_float(value, file, key)
+        if not f.is_integer():
+            raise ConfigError(file, key, "must be a whole number", value)
+        value = int(f)
+    if lo == 1 and value < 1:
+        raise ConfigError(file, key, "must be positive", value)
+    check_range(value, file, key, lo, hi if hi is not None else 2**62)
+    return value
 
 
 def clean_number(x: float) -> float | int:

@@ -18,6 +18,14 @@ edaa7221267243c7be7fb49c5d5f5c4fb97b4641, ``deepspeed/runtime/zero/config.py`` u
   all, simtrain's ``bf16_pure``; ``data_types.grad_accum_dtype: fp32`` with bf16 below ZeRO-2:
   the BF16 optimizer's fp32 gradient accumulation buffer (``bf16_fp32_grads``).
 
+Hugging Face Trainer templates write ``"auto"`` where the Trainer fills a value in
+(transformers integrations/deepspeed.py ``HfTrainerDeepSpeedConfig``): from the model's hidden
+size h, ``reduce_bucket_size`` = h·h and, with ZeRO-3, ``stage3_prefetch_bucket_size`` =
+int(0.9·h·h) and ``stage3_param_persistence_threshold`` = 10·h, resolved here the same way (an
+assumption); from the Trainer's own arguments, ``fp16`` / ``bf16.enabled`` and the batch sizes,
+which the file cannot give: a need naming the key, met by ``--set`` (or a value in the file).
+A switch is a JSON boolean or the string "true" / "false"; anything else is an error.
+
 The sequence length is not in a DeepSpeed config: give it with ``--set training.seq_len=N``.
 """
 
@@ -30,13 +38,16 @@ from typing import Any
 from simtrain.apps.importers.common import (
     Imported,
     Reading,
+    as_bool,
     clean_number,
     grad_bucket_mb,
     parallel_section,
+    whole_number,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
-from simtrain.spec.model import ALIASES, PRESETS
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float
+from simtrain.spec.model import ALIASES, PRESETS, from_hf_config, preset
 from simtrain.spec.runtime import load_runtime
 from simtrain.spec.yamlfile import is_file, read_text_file
 
@@ -89,13 +100,54 @@ def _model(model: str, r: Reading) -> dict[str, Any]:
                       ", ".join(PRESETS))  # fmt: skip
 
 
+#: The largest value of each batch count (spec.limits: the global batch's range bounds all
+#: three, the micro-batch its own).
+COUNT_LIMITS = {"train_batch_size": INT_RANGES["training.global_batch"][1],
+                "train_micro_batch_size_per_gpu": INT_RANGES["training.micro_batch"][1],
+                "gradient_accumulation_steps": INT_RANGES["training.global_batch"][1]}  # fmt: skip
+#: What the Hugging Face Trainer writes over ``"auto"`` from the model's hidden size h
+#: (transformers integrations/deepspeed.py HfTrainerDeepSpeedConfig.trainer_config_finalize):
+#: reduce_bucket_size h·h; with ZeRO-3 stage3_prefetch_bucket_size int(0.9·h·h) and
+#: stage3_param_persistence_threshold 10·h.
+HF_AUTO_FROM_HIDDEN = {
+    "reduce_bucket_size": ("hidden_size²", lambda h: h * h),
+    "stage3_prefetch_bucket_size": ("int(0.9 x hidden_size²)", lambda h: int(0.9 * h * h)),
+    "stage3_param_persistence_threshold": ("10 x hidden_size", lambda h: 10 * h),
+}
+#: torch_autocast.dtype values (DeepSpeed's torch_autocast section: a torch dtype name).
+AUTOCAST_DTYPES = {"torch.bfloat16": "amp_bf16", "bfloat16": "amp_bf16", "torch.bf16": "amp_bf16",
+                   "torch.float16": "amp_fp16", "float16": "amp_fp16", "torch.half": "amp_fp16",
+                   "torch.fp16": "amp_fp16"}  # fmt: skip
+
+
 def _count(v: Any, file: str, key: str) -> int | None:
     """A batch count: an integer >= 1, None when absent or "auto" (set by the HF Trainer)."""
     if v is None or v == "auto":
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
-        raise ConfigError(file, key, "must be a positive integer", v)
-    return int(v)
+    return whole_number(v, file, key, 1, COUNT_LIMITS[key])
+
+
+def _hidden_size(mdoc: dict[str, Any]) -> int | None:
+    """The model's hidden size, as the Hugging Face Trainer reads it from the model's config
+    (``hidden_size``; GPT-2's ``n_embd``): from the model section's ``hidden``, its preset or its
+    config.json; None when the section gives none."""
+    h = mdoc.get("hidden")
+    if isinstance(h, int) and not isinstance(h, bool):
+        return h
+    if isinstance(mdoc.get("preset"), str):
+        return preset(mdoc["preset"]).hidden
+    if isinstance(mdoc.get("hf_config"), str):
+        return from_hf_config(mdoc["hf_config"]).hidden
+    return None
+
+
+def _enabled(sec: dict[str, Any], name: str, file: str) -> bool | None:
+    """``NAME.enabled`` (default false); None for ``"auto"`` (the Hugging Face Trainer fills it
+    from its own arguments)."""
+    v = sec.get("enabled", False)
+    if isinstance(v, str) and v == "auto":
+        return None
+    return as_bool(v, file, f"{name}.enabled")
 
 
 def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = None) -> Imported:
@@ -133,16 +185,29 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     autocast = _section(cfg, "torch_autocast", file)
     dtypes = _section(cfg, "data_types", file)
     seen |= {"fp16", "bf16", "amp", "torch_autocast", "data_types", "communication_data_type"}
-    on16, onbf = bool(fp16.get("enabled")), bool(bf16.get("enabled"))
+    on16, onbf, auto_precision = _precision_switches(fp16, bf16, file, r)
     if on16 and onbf:
         raise ConfigError(file, "fp16.enabled", "contradicts bf16.enabled: enable one of them")
     zero = _section(cfg, "zero_optimization", file)
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(file, "zero_optimization.stage", "unknown value", stage, "0 | 1 | 2 | 3")
-    if onbf:
+    amp_on = _enabled(amp, "amp", file)
+    if amp_on is None:
+        amp_on = False
+        if not (on16 or onbf):
+            r.assume("amp.enabled 'auto': false (the Hugging Face Trainer enables apex amp only "
+                     "with --half_precision_backend apex)")  # fmt: skip
+    autocast_on = as_bool(autocast.get("enabled", False), file, "torch_autocast.enabled")
+    if auto_precision:
+        precision = ""  # a need: --set training.precision
+        r.assume("gradients taken as 16-bit for the bucket sizes (fp16 / bf16 'auto': a mixed "
+                 "precision run); with --set training.precision=fp32 set parallelism.bucket_mb "
+                 "too")  # fmt: skip
+    elif onbf:
         precision = "bf16"
-        pure = (bf16.get("bf16_master_weights_and_grads"), bf16.get("bf16_optimizer_states"))
+        pure = tuple(as_bool(bf16.get(k, False), file, f"bf16.{k}")
+                     for k in ("bf16_master_weights_and_grads", "bf16_optimizer_states"))  # fmt: skip
         if all(pure):
             precision = "bf16_pure"
             r.assume("bf16 master weights, gradients and optimizer states: bf16_pure")
@@ -156,12 +221,15 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                      "optimizer's fp32 gradient buffer (bf16_fp32_grads)")  # fmt: skip
     elif on16:
         precision = "fp16"
-    elif amp.get("enabled"):
+    elif amp_on:
         precision = "amp_fp16"
         r.assume("amp (apex): fp32 weights, fp16 compute (amp_fp16)")
-    elif autocast.get("enabled"):
-        dt = str(autocast.get("dtype", "torch.bfloat16"))
-        precision = "amp_fp16" if "float16" in dt and "bfloat16" not in dt else "amp_bf16"
+    elif autocast_on:
+        dt = autocast.get("dtype", "torch.bfloat16")
+        if not isinstance(dt, str) or dt not in AUTOCAST_DTYPES:
+            raise ConfigError(file, "torch_autocast.dtype", "unknown value", dt,
+                              " | ".join(AUTOCAST_DTYPES))  # fmt: skip
+        precision = AUTOCAST_DTYPES[dt]
         r.assume(f"torch_autocast {dt}: {precision}")
     else:
         precision = "fp32"
@@ -184,12 +252,20 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     par: dict[str, Any] = {"tp": 1, "pp": 1, "zero_stage": stage}
     r.origin("parallelism.zero_stage", "zero_optimization.stage")
     training: dict[str, Any] = {}
+    live_auto = False
+    hidden: list[int | None] = []  # the model's hidden size, looked up for an "auto"
     for k, v in zero.items():
         key = f"zero_optimization.{k}"
         if k == "stage":
             continue
+        if isinstance(v, str) and v == "auto" and k in HF_AUTO_FROM_HIDDEN:
+            if not hidden:
+                hidden.append(_hidden_size(mdoc))
+            v = _hf_auto(k, hidden[0], stage, r)
+            if v is None:
+                continue
         if k == "offload_optimizer":
-            dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
+            dev = _offload_device(v, file, key)
             if dev in ("cpu", "nvme"):
                 training.setdefault("offload", {})["optimizer"] = True
                 r.assume(f"{key}.device {dev}: optimizer states and fp32 master weights in host "
@@ -200,7 +276,7 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                     if sub not in ("device", "pin_memory"):
                         r.unsupported_(f"{key}.{sub}", "not simulated")
         elif k == "offload_param":
-            dev = str((v or {}).get("device", "none")) if isinstance(v, dict) else str(v)
+            dev = _offload_device(v, file, key)
             if dev in ("cpu", "nvme") and stage == 3:
                 training.setdefault("offload", {})["parameters"] = True
                 r.assume(f"{key}.device {dev}: each GPU's parameter partition in host memory, "
@@ -214,15 +290,30 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                 r.unsupported_(f"{key}.device {dev}", f"parameter offload is a ZeRO-3 option "
                                f"(zero_optimization.stage is {stage})")  # fmt: skip
         elif k == "reduce_bucket_size":
-            par["bucket_mb"] = clean_number(grad_bucket_mb(float(v), grad_bytes))
+            if v is None or isinstance(v, str):
+                raise ConfigError(file, key, "must be a number of gradient elements" + (
+                    ", not null" if v is None else " ('auto': the Hugging Face Trainer's "
+                    "hidden_size²)"), v)  # fmt: skip
+            par["bucket_mb"] = clean_number(grad_bucket_mb(as_float(v, file, key), grad_bytes))
             r.origin("parallelism.bucket_mb", key)
         elif k == "overlap_comm":
-            runtime["overlap_grad_reduce"] = bool(v)
+            runtime["overlap_grad_reduce"] = as_bool(v, file, key)
         elif k == "stage3_max_live_parameters":
+            if isinstance(v, str) and v == "auto" and stage != 3:
+                r.ignore(f"{key} 'auto' (a ZeRO-3 setting; stage {stage})")
+                continue
+            if isinstance(v, str) and v == "auto":
+                # the Hugging Face Trainer fills no "auto" here (DeepSpeed refuses it)
+                r.need("parallelism.zero3_max_live_params", key, "'auto' is not filled in by the "
+                       "Hugging Face Trainer: give a number of parameters (DeepSpeed's default "
+                       "1e9), or --set parallelism.zero3_max_live_params=N")  # fmt: skip
+                live_auto = True
+                continue
+            live = whole_number(v, file, key, 0, INT_RANGES["parallelism.zero3_max_live_params"][1])
             if stage == 3:
-                par["zero3_max_live_params"] = int(v)
+                par["zero3_max_live_params"] = live
         elif k == "reduce_scatter":
-            if v is False and stage in (1, 2):
+            if not as_bool(v, file, key) and stage in (1, 2):
                 runtime["zero_grad_reduction"] = "all_reduce"
         elif k in ZERO_TUNING:
             r.ignore(f"{key} (a tuning simtrain does not model)")
@@ -236,23 +327,22 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
         runtime["overlap_grad_reduce"] = stage == 3
         r.assume(f"overlap_comm absent: {str(stage == 3).lower()} (DeepSpeed's default: true for "
                  "stage 3 only)")  # fmt: skip
-    if stage == 3 and "zero3_max_live_params" not in par:
+    if stage == 3 and "zero3_max_live_params" not in par and not live_auto:
         par["zero3_max_live_params"] = MAX_LIVE_PARAMETERS
         r.assume("stage3_max_live_parameters absent: 1e9 (DeepSpeed's default)")
 
     # ---- tensor parallel (AutoTP) and the batch
     tpc = _section(cfg, "tensor_parallel", file)
     seen |= {"tensor_parallel", "zero_optimization"}
-    tp = int(tpc.get("autotp_size", 1) or 1)
+    # AutoTP's size: 0 (DeepSpeed's default) or 1 is no tensor parallelism
+    tp = whole_number(tpc.get("autotp_size", 0), file, "tensor_parallel.autotp_size", 0,
+                      MAX_GPUS) or 1  # fmt: skip
     par["tp"] = tp
     if tp > 1:
         r.origin("parallelism.tp", "tensor_parallel.autotp_size")
     tbs = _count(cfg.get("train_batch_size"), file, "train_batch_size")
     mbs = _count(cfg.get("train_micro_batch_size_per_gpu"), file, "train_micro_batch_size_per_gpu")
     gas = _count(cfg.get("gradient_accumulation_steps"), file, "gradient_accumulation_steps")
-    for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-        if cfg.get(k) == "auto":
-            r.assume(f"{k} 'auto' (the Hugging Face Trainer sets it): derived here")
     world = None
     if tbs and mbs and gas:
         if tbs % (mbs * gas):
@@ -270,10 +360,21 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
             raise ConfigError(file, "train_batch_size", f"must be a multiple of "
                               f"gradient_accumulation_steps x dp = {gas} x {dp}", tbs)  # fmt: skip
         mbs = tbs // (gas * dp)
-    if mbs is None:
+    batch: dict[str, Any] = {}
+    if mbs is None and cfg.get("train_micro_batch_size_per_gpu") == "auto":
+        # a Hugging Face Trainer template: the Trainer fills both from its arguments
+        r.need("training.micro_batch", "train_micro_batch_size_per_gpu", "'auto' cannot be "
+               "resolved from the file (the Hugging Face Trainer fills it from "
+               "--per_device_train_batch_size): give --set training.micro_batch=N, or a "
+               "number in the file")  # fmt: skip
+        r.need("training.global_batch", "train_batch_size", "'auto' cannot be resolved from the "
+               "file (the Hugging Face Trainer fills it: per-device batch x "
+               "gradient_accumulation_steps x data-parallel GPUs): give --set "
+               "training.global_batch=N, or a number in the file")  # fmt: skip
+    elif mbs is None:
         raise ConfigError(file, "train_micro_batch_size_per_gpu", "missing: give it or "
                           "train_batch_size")  # fmt: skip
-    if tbs is None:
+    elif tbs is None:
         gas = gas or 1
         tbs = mbs * gas * dp
     elif gas is None:
@@ -283,7 +384,15 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     r.origin("training.global_batch", "train_batch_size")
     r.origin("training.micro_batch", "train_micro_batch_size_per_gpu")
     par["dp"] = dp
-    training = {"micro_batch": mbs, "global_batch": tbs, "precision": precision, **training}
+    if mbs is not None:
+        batch = {"micro_batch": mbs, "global_batch": tbs}
+        for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                  "gradient_accumulation_steps"):  # fmt: skip
+            if cfg.get(k) == "auto":
+                r.assume(f"{k} 'auto' (the Hugging Face Trainer sets it): derived here")
+    training = {**batch, "precision": precision, **training}
+    if not precision:  # fp16 / bf16 'auto': the need's --set gives it
+        del training["precision"]
     r.need("training.seq_len", "<sequence length>", "a DeepSpeed config has no sequence length: "
            "give --set training.seq_len=N")  # fmt: skip
     training["optimizer"], torch_optimizer = _optimizer(cfg, r)
@@ -314,6 +423,63 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     )
 
 
+def _offload_device(v: Any, file: str, key: str) -> str:
+    """The device of an ``offload_optimizer`` / ``offload_param`` section (DeepSpeed's
+    OffloadDeviceEnum: none | cpu | nvme)."""
+    dev = v.get("device", "none") if isinstance(v, dict) else v
+    if dev is None:
+        dev = "none"
+    if not isinstance(dev, str) or dev not in ("none", "cpu", "nvme"):
+        raise ConfigError(file, f"{key}.device" if isinstance(v, dict) else key, "unknown offload "
+                          "device", dev, "none | cpu | nvme")  # fmt: skip
+    return dev
+
+
+def _precision_switches(fp16: dict[str, Any], bf16: dict[str, Any], file: str,
+                        r: Reading) -> tuple[bool, bool, bool]:  # fmt: skip
+    """(fp16.enabled, bf16.enabled, whether the precision is left to the Hugging Face Trainer).
+    An ``"auto"`` (a Trainer template: the Trainer fills it from its --fp16 / --bf16 arguments)
+    is resolved only where the other switch is true (DeepSpeed refuses both on); otherwise the
+    file does not say the precision: a need naming the switch, met by --set training.precision
+    (or true / false written in the file)."""
+    on16, onbf = _enabled(fp16, "fp16", file), _enabled(bf16, "bf16", file)
+    if on16 is not None and onbf is not None:
+        return on16, onbf, False
+    if on16 is True or onbf is True:
+        auto = "bf16" if onbf is None else "fp16"
+        r.assume(f"{auto}.enabled 'auto': false ({'fp16' if auto == 'bf16' else 'bf16'}.enabled "
+                 "is true, and DeepSpeed refuses both)")  # fmt: skip
+        return bool(on16), bool(onbf), False
+    autos = " and ".join(f"{n}.enabled" for n, v in (("fp16", on16), ("bf16", onbf)) if v is None)
+    r.need("training.precision", autos, "'auto' cannot be resolved from the file (the Hugging "
+           "Face Trainer fills it from its --fp16 / --bf16 arguments): give --set "
+           "training.precision=bf16 (or fp16, fp32), or write true or false in the file "
+           '(e.g. "bf16": {"enabled": true})')  # fmt: skip
+    return False, False, True
+
+
+def _hf_auto(k: str, hidden: int | None, stage: int, r: Reading) -> int | None:
+    """A ZeRO key set to ``"auto"`` that the Hugging Face Trainer fills from the model's hidden
+    size (:data:`HF_AUTO_FROM_HIDDEN`), recorded as an assumption: reduce_bucket_size's value
+    (None without a hidden size: a need, met by --set); None for the stage-3 tunings, which
+    simtrain does not model (below ZeRO-3 the Trainer leaves them alone)."""
+    key = f"zero_optimization.{k}"
+    if k != "reduce_bucket_size" and (stage != 3 or hidden is None):
+        r.ignore(f"{key} 'auto' (a tuning simtrain does not model)")
+        return None
+    if hidden is None:
+        r.need("parallelism.bucket_mb", key, "'auto' is the Hugging Face Trainer's hidden_size² "
+               "elements, and the model gives no hidden size: give a number of gradient "
+               "elements, or --set parallelism.bucket_mb=MB")  # fmt: skip
+        return None
+    formula, fill = HF_AUTO_FROM_HIDDEN[k]
+    value = fill(hidden)
+    r.assume(f"{key} 'auto': {formula} = {value:,} for hidden_size {hidden} (the Hugging Face "
+             "Trainer's fill, integrations/deepspeed.py trainer_config_finalize)"
+             + ("" if k == "reduce_bucket_size" else "; a tuning simtrain does not model"))  # fmt: skip
+    return value if k == "reduce_bucket_size" else None
+
+
 def _optimizer(cfg: dict[str, Any], r: Reading) -> tuple[str, bool]:
     """(simtrain's optimizer, whether torch's runs it rather than DeepSpeed's FusedAdam: no
     optimizer section, the training script builds one; or ``params.torch_adam``)."""
@@ -323,7 +489,8 @@ def _optimizer(cfg: dict[str, Any], r: Reading) -> tuple[str, bool]:
         return "adamw", True
     typ = str(opt.get("type", "")).lower()
     params = opt.get("params") or {}
-    torch_adam = isinstance(params, dict) and bool(params.get("torch_adam"))
+    torch_adam = isinstance(params, dict) and as_bool(params.get("torch_adam", False), r.file,
+                                                      "optimizer.params.torch_adam")  # fmt: skip
     if typ == "sgd":
         return ("sgd_momentum" if isinstance(params, dict) and params.get("momentum")
                 else "sgd"), torch_adam  # fmt: skip
@@ -336,18 +503,20 @@ def _optimizer(cfg: dict[str, Any], r: Reading) -> tuple[str, bool]:
 def _recompute(cfg: dict[str, Any], r: Reading, training: dict[str, Any]) -> None:
     ac = _section(cfg, "activation_checkpointing", r.file)
     training["recompute"] = "none"
-    if not ac.get("cpu_checkpointing"):
+    cpu = as_bool(ac.get("cpu_checkpointing", False), r.file,
+                  "activation_checkpointing.cpu_checkpointing")  # fmt: skip
+    if not cpu:
         r.assume("recompute none: a DeepSpeed config does not turn activation checkpointing on "
                  "(the model code calls deepspeed.checkpointing); --set training.recompute=full "
                  "if it does")  # fmt: skip
     for k, v in ac.items():
-        if k == "cpu_checkpointing" and v:
+        if k == "cpu_checkpointing" and cpu:
             # checkpoints on the host imply checkpointing (deepspeed.checkpointing.configure)
             training["recompute"] = "full"
             training.setdefault("offload", {})["activations"] = True
             r.assume("activation_checkpointing.cpu_checkpointing: every block checkpointed "
                      "(recompute full), its checkpoints copied to host memory and back")  # fmt: skip
-        elif k == "partition_activations" and v:
+        elif k == "partition_activations" and as_bool(v, r.file, f"activation_checkpointing.{k}"):
             r.unsupported_(f"activation_checkpointing.{k}", "not simulated")
         else:
             r.ignore(f"activation_checkpointing.{k}")

@@ -3,6 +3,8 @@ read, so that every flag left over is listed (no effect, or not simulated), neve
 
 from __future__ import annotations
 
+import math
+
 from simtrain.apps.importers.common import Reading
 from simtrain.errors import ConfigError
 
@@ -52,14 +54,32 @@ class Flags:
         except ValueError:
             raise ConfigError(self.r.file, flag, "must be an integer", text) from None
 
+    def pos_(self, flag: str, default: int | None = None, hi: int | None = None,
+             lo: int = 1) -> int | None:  # fmt: skip
+        """An integer flag that must be at least ``lo`` (positive by default) and at most
+        ``hi``: 0, a negative or a number past the range is an error naming the flag (never
+        read as absent, nor as the default)."""
+        v = self.int_(flag)
+        if v is None:
+            return default
+        if v < lo:
+            raise ConfigError(self.r.file, flag, "must be positive" if lo == 1 else
+                              f"must be >= {lo}", v)  # fmt: skip
+        if hi is not None and v > hi:
+            raise ConfigError(self.r.file, flag, f"must be <= {hi:,}", v)
+        return v
+
     def float_(self, flag: str, default: float | None = None) -> float | None:
         text = self.value(flag)
         if text is None:
             return default
         try:
-            return float(text)
+            v = float(text)
         except ValueError:
             raise ConfigError(self.r.file, flag, "must be a number", text) from None
+        if not math.isfinite(v):
+            raise ConfigError(self.r.file, flag, "must be a finite number", text)
+        return v
 
     def bool_(self, flag: str) -> bool:
         """A store_true flag: given or not (a value after it is an error)."""

@@ -28,7 +28,6 @@ the backward) unless ``--DDP-impl torch``; those that also have a flag of the 20
 from __future__ import annotations
 
 import ast
-import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from simtrain.apps.importers.common import (
 from simtrain.apps.importers.flags import Flags
 from simtrain.apps.importers.shell import flag_words, parse_flags, read_command
 from simtrain.errors import ConfigError
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.yamlfile import read_text_file
 
 #: Flags of Megatron-LM before Megatron-Core (2019-2022): a script with one runs under the
@@ -60,6 +60,11 @@ LEGACY_FLAGS = (
 #: one of them and a :data:`LEGACY_FLAGS` flag runs under runtimes/megatron_lm_2022.yaml.
 FLAGS_2022 = ("--sequence-parallel", "--recompute-activations", "--recompute-granularity",
               "--recompute-method", "--no-async-tensor-model-parallel-allreduce")  # fmt: skip
+#: The largest value of a flag: its scenario key's range (spec.limits).
+LIMIT = {k: hi for k, (_lo, hi) in INT_RANGES.items()}
+#: The largest --ddp-bucket-size (gradient elements): 2^62, as many bytes as
+#: parallelism.bucket_mb's range allows and no float overflow.
+MAX_BUCKET_ELEMENTS = 2**62
 #: The GPT-2 BPE vocabulary (--vocab-file gpt2-vocab.json --merge-file gpt2-merges.txt): 50,257
 #: tokens (Hugging Face gpt2 config.json vocab_size).
 GPT2_VOCAB = 50257
@@ -175,14 +180,15 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         runtime["attention_kernel"] = kernel
 
     # ---- layout (the vocabulary padding needs tp)
-    tp = f.int_("--tensor-model-parallel-size") or f.int_("--model-parallel-size", 1) or 1
-    pp = f.int_("--pipeline-model-parallel-size", 1) or 1
-    cp = f.int_("--context-parallel-size", 1) or 1
-    ep = f.int_("--expert-model-parallel-size", 1)
-    for flag, v in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
-                    ("--context-parallel-size", cp)):  # fmt: skip
-        if v < 1:
-            raise ConfigError(file, flag, "must be positive", v)
+    # 0 or a negative degree is an error naming its flag, never read as absent (1)
+    tp = f.pos_("--tensor-model-parallel-size", hi=MAX_GPUS)
+    if tp is None:
+        tp = f.pos_("--model-parallel-size", 1, MAX_GPUS)
+    assert tp is not None
+    pp = f.pos_("--pipeline-model-parallel-size", 1, MAX_GPUS)
+    cp = f.pos_("--context-parallel-size", 1, MAX_GPUS)
+    ep = f.pos_("--expert-model-parallel-size", 1, MAX_GPUS)
+    assert pp is not None and cp is not None and ep is not None
     r.origin("parallelism.tp", "--tensor-model-parallel-size")
     r.origin("parallelism.pp", "--pipeline-model-parallel-size")
     if cp > 1:
@@ -191,8 +197,6 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         if comm not in (None, "p2p"):
             r.unsupported_(f"--cp-comm-type {comm}", "simulated as p2p (Transformer Engine's "
                            "ring exchange of K/V, Megatron's default)")  # fmt: skip
-    if ep is None or ep < 1:
-        raise ConfigError(file, "--expert-model-parallel-size", "must be positive", ep)
     if ep > 1:
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
@@ -253,7 +257,9 @@ def _attention(f: Flags, r: Reading, legacy: bool) -> tuple[bool, str | None]:
 
 def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str, Any]:
     file = r.file
-    need = {k: f.int_(k) for k in ("--num-layers", "--hidden-size", "--num-attention-heads")}
+    need = {k: f.pos_(k, hi=LIMIT[key]) for k, key in (
+        ("--num-layers", "model.layers"), ("--hidden-size", "model.hidden"),
+        ("--num-attention-heads", "model.heads"))}  # fmt: skip
     for k, v in need.items():
         if v is None:
             raise ConfigError(file, k, "missing: the model's shape needs --num-layers, "
@@ -264,7 +270,7 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     r.origin("model.hidden", "--hidden-size")
     r.origin("model.heads", "--num-attention-heads")
     f.has("--group-query-attention")  # --num-query-groups gives the KV heads
-    kv = f.int_("--num-query-groups", heads)
+    kv = f.pos_("--num-query-groups", heads, LIMIT["model.kv_heads"])
     r.origin("model.kv_heads", "--num-query-groups")
     swiglu = f.bool_("--swiglu")
     mlp = "swiglu" if swiglu else "gelu"
@@ -274,20 +280,22 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     if f.bool_("--squared-relu"):
         r.assume("--squared-relu: simulated as GeLU (same two matrices and FLOPs)")
     f.has("--openai-gelu")
-    ffn = f.int_("--ffn-hidden-size")
+    ffn = f.pos_("--ffn-hidden-size", hi=LIMIT["model.ffn_hidden"])
     if ffn is None:
         ffn = int((4 * h * 2 / 3) / 64) * 64 if mlp == "swiglu" else 4 * h
         r.assume(f"--ffn-hidden-size absent: {ffn} (Megatron's default: "
                  + ("int(4h·2/3 / 64)·64 with --swiglu)" if mlp == "swiglu" else "4h)"))  # fmt: skip
     r.origin("model.ffn_hidden", "--ffn-hidden-size")
-    kvc = f.int_("--kv-channels")
+    kvc = f.pos_("--kv-channels", hi=LIMIT["model.hidden"])
     if kvc is not None and heads and kvc * heads != h:
         r.unsupported_(f"--kv-channels {kvc}", f"a head size other than hidden / heads = "
                        f"{h // heads} is not expressible: simulated with {h // heads}")  # fmt: skip
-    seq = f.int_("--seq-length") or f.int_("--encoder-seq-length")
+    seq = f.pos_("--seq-length", hi=LIMIT["training.seq_len"])
+    if seq is None:
+        seq = f.pos_("--encoder-seq-length", hi=LIMIT["training.seq_len"])
     if seq is None:
         raise ConfigError(file, "--seq-length", "missing: the sequence length is needed")
-    maxpos = f.int_("--max-position-embeddings")
+    maxpos = f.pos_("--max-position-embeddings", hi=LIMIT["model.max_positions"])
     if maxpos is None:
         maxpos = seq
         r.assume(f"--max-position-embeddings absent: --seq-length = {seq}")
@@ -372,7 +380,7 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     if "--moe-router-topk" not in f:
         r.assume("--moe-router-topk absent: 2 (Megatron's default)")
     r.origin("model.experts_per_token", "--moe-router-topk")
-    moe_ffn = f.int_("--moe-ffn-hidden-size")
+    moe_ffn = f.pos_("--moe-ffn-hidden-size", hi=LIMIT["model.moe_ffn_hidden"])
     out["moe_ffn_hidden"] = moe_ffn or ffn
     r.origin("model.moe_ffn_hidden", "--moe-ffn-hidden-size")
     shared = f.int_("--moe-shared-expert-intermediate-size")
@@ -492,7 +500,7 @@ def _positions(f: Flags, r: Reading) -> str:
 
 
 def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
-    raw = f.int_("--vocab-size")
+    raw = f.pos_("--vocab-size", hi=LIMIT["model.vocab"])
     tok = f.value("--tokenizer-type")
     if raw is None:
         if tok == "GPT2BPETokenizer" or (
@@ -507,9 +515,14 @@ def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
                    "give --vocab-size, or --set model.vocab=N (Megatron pads it to a multiple "
                    "of --make-vocab-size-divisible-by x tp)")  # fmt: skip
             return None
-    div = f.int_("--make-vocab-size-divisible-by", 128) or 128
+    div = f.pos_("--make-vocab-size-divisible-by", 128, LIMIT["model.vocab"])
+    assert div is not None
     multiple = div * tp
-    padded = int(math.ceil(raw / multiple) * multiple)
+    padded = -(-raw // multiple) * multiple  # integers: no float to overflow
+    if padded > LIMIT["model.vocab"]:
+        raise ConfigError(r.file, "--make-vocab-size-divisible-by", f"pads the vocabulary "
+                          f"{raw:,} to {padded:,} (a multiple of {div} x tp {tp}), past the "
+                          f"limit of {LIMIT['model.vocab']:,}", div)  # fmt: skip
     if padded != raw:
         r.assume(f"vocabulary {raw:,} padded to {padded:,} (a multiple of "
                  f"--make-vocab-size-divisible-by {div} x tp {tp}; Megatron vocab_utils.py)")  # fmt: skip
@@ -521,7 +534,9 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     """The training section and the bytes of one gradient element on the wire."""
     file = r.file
     seq = model.pop("_seq")
-    micro = f.int_("--micro-batch-size") or f.int_("--batch-size")
+    micro = f.pos_("--micro-batch-size", hi=LIMIT["training.micro_batch"])
+    if micro is None:
+        micro = f.pos_("--batch-size", hi=LIMIT["training.micro_batch"])
     if micro is None:
         micro = 1
         r.assume("--micro-batch-size absent: 1")
@@ -529,7 +544,7 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     r.origin("training.seq_len", "--seq-length")
     r.origin("training.global_batch", "--global-batch-size")
     training: dict[str, Any] = {"seq_len": seq, "micro_batch": micro}
-    gb = f.int_("--global-batch-size")
+    gb = f.pos_("--global-batch-size", hi=LIMIT["training.global_batch"])
     if gb is not None:
         training["global_batch"] = gb
     for flag in ("--rampup-batch-size", "--step-batch-size-schedule"):
@@ -564,6 +579,9 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     if f.bool_("--optimizer-cpu-offload"):
         training["offload"] = {"optimizer": True}
         frac = f.float_("--optimizer-offload-fraction", 1.0)
+        if frac is None or not 0.0 <= frac <= 1.0:
+            raise ConfigError(file, "--optimizer-offload-fraction", "must be 0 to 1 (the share "
+                              "of the optimizer on the CPU)", frac)  # fmt: skip
         if frac != 1.0:
             r.unsupported_(f"--optimizer-offload-fraction {frac}", "a partial optimizer offload "
                            "is simulated as a whole one")  # fmt: skip
@@ -625,8 +643,8 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     v = 1
     # Megatron-Core's uneven split (spec.stage_split; arguments.py validate_args): first/last
     # stage layers, or the embedding / loss counted as a layer each.
-    first = f.int_("--decoder-first-pipeline-num-layers") or 0
-    last = f.int_("--decoder-last-pipeline-num-layers") or 0
+    first = f.pos_("--decoder-first-pipeline-num-layers", 0, LIMIT["model.layers"])
+    last = f.pos_("--decoder-last-pipeline-num-layers", 0, LIMIT["model.layers"])
     emb = f.bool_("--account-for-embedding-in-pipeline-split")
     loss = f.bool_("--account-for-loss-in-pipeline-split")
     for flag, key, val in (
@@ -654,10 +672,11 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         v = total // (pp * n)
         r.origin("parallelism.virtual_stages", "--num-layers-per-virtual-pipeline-stage")
     elif "--num-virtual-stages-per-pipeline-rank" in f:
-        v = f.int_("--num-virtual-stages-per-pipeline-rank", 1) or 1
+        v = f.pos_("--num-virtual-stages-per-pipeline-rank", 1, LIMIT["parallelism.virtual_stages"])
         r.origin("parallelism.virtual_stages", "--num-virtual-stages-per-pipeline-rank")
     elif "--virtual-pipeline-model-parallel-size" in f:
-        v = f.int_("--virtual-pipeline-model-parallel-size", 1) or 1
+        v = f.pos_("--virtual-pipeline-model-parallel-size", 1,
+                   LIMIT["parallelism.virtual_stages"])  # fmt: skip
         r.origin("parallelism.virtual_stages", "--virtual-pipeline-model-parallel-size")
     par["schedule"] = "interleaved" if v > 1 else "1f1b"
     if f.bool_("--overlap-moe-expert-parallel-comm"):
@@ -754,9 +773,10 @@ def _buckets(f: Flags, r: Reading, par: dict[str, Any], runtime: dict[str, Any],
         par["bucket_mb"] = ONE_BUCKET_MB
         r.assume("DDP: Megatron-LM 2021's 'local' DDP (--DDP-impl local, its default): one "
                  "all-reduce of the whole gradient buffer after the backward")  # fmt: skip
-    size = f.int_("--ddp-bucket-size")
+    size = f.pos_("--ddp-bucket-size", hi=MAX_BUCKET_ELEMENTS)
     if size is not None:
         par["bucket_mb"] = clean_number(grad_bucket_mb(size, grad_bytes))
+        r.origin("parallelism.bucket_mb", "--ddp-bucket-size")
     elif not legacy and runtime.get("overlap_grad_reduce"):
         params = max(MCORE_BUCKET_PARAMS, MCORE_BUCKET_PARAMS_PER_DP * dp)
         par["bucket_mb"] = clean_number(grad_bucket_mb(params, grad_bytes))
@@ -770,8 +790,9 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
                v: int) -> None:  # fmt: skip
     gran = f.value("--recompute-granularity")
     method = f.value("--recompute-method") or f.value("--activations-checkpoint-method")
-    given = [f.int_(k) for k in ("--recompute-num-layers", "--activations-checkpoint-num-layers",
-                                 "--checkpoint-num-layers")]  # fmt: skip
+    given = [f.pos_(k, None, LIMIT["model.layers"], 0) for k in (
+        "--recompute-num-layers", "--activations-checkpoint-num-layers",
+        "--checkpoint-num-layers")]  # fmt: skip
     n = next((x for x in given if x is not None), 1)
     if f.bool_("--checkpoint-activations"):
         gran = gran or "full"

@@ -20,17 +20,17 @@ are split over pipeline stages by compute cost (``layer_split: compute_balanced`
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from simtrain.apps.importers.common import (
     Imported,
     Reading,
+    as_bool,
     clean_number,
 )
 from simtrain.errors import ConfigError
-from simtrain.spec.limits import as_float
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
 from simtrain.spec.yamlfile import parse_yaml, read_text_file
 from simtrain.units import MIB
 
@@ -51,11 +51,28 @@ OPTIMIZER_NO_EFFECT = ("clip_grad", "learning_rate_scheduler", "weight_decay",
                        "weight_decay_exclude_named_params")  # fmt: skip
 
 
-def _sec(cfg: dict[str, Any], key: str, file: str) -> dict[str, Any]:
+def _sec(cfg: dict[str, Any], key: str, file: str, where: str = "") -> dict[str, Any]:
+    """The mapping ``key`` of ``cfg`` (``where``: the path of ``cfg``, for the error)."""
     v = cfg.get(key) or {}
     if not isinstance(v, dict):
-        raise ConfigError(file, key, "must be a mapping", v)
+        raise ConfigError(file, f"{where}.{key}" if where else key, "must be a mapping", v)
     return v
+
+
+#: The largest value of a positive integer key: its scenario key's range (spec.limits), else
+#: the GPU limit (the parallel degrees; make_vocab_size_divisible_by).
+LIMITS = {
+    "num_hidden_layers": INT_RANGES["model.layers"][1],
+    "hidden_size": INT_RANGES["model.hidden"][1],
+    "num_attention_heads": INT_RANGES["model.heads"][1],
+    "num_key_value_heads": INT_RANGES["model.kv_heads"][1],
+    "intermediate_size": INT_RANGES["model.ffn_hidden"][1],
+    "vocab_size": INT_RANGES["model.vocab"][1],
+    "max_position_embeddings": INT_RANGES["model.max_positions"][1],
+    "sequence_length": INT_RANGES["training.seq_len"][1],
+    "micro_batch_size": INT_RANGES["training.micro_batch"][1],
+    "batch_accumulation_per_replica": INT_RANGES["training.global_batch"][1],
+}
 
 
 def _pos(sec: dict[str, Any], key: str, file: str, where: str, default: int | None = None) -> int:
@@ -64,7 +81,14 @@ def _pos(sec: dict[str, Any], key: str, file: str, where: str, default: int | No
         raise ConfigError(file, f"{where}.{key}", "missing")
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ConfigError(file, f"{where}.{key}", "must be a positive integer", v)
+    check_range(v, file, f"{where}.{key}", 1, LIMITS.get(key, MAX_GPUS))
     return v
+
+
+def _flag(sec: dict[str, Any], key: str, file: str, where: str, default: bool = False) -> bool:
+    """A boolean key: true / false (or the strings "true" / "false"), never a string's
+    truthiness."""
+    return as_bool(sec.get(key, default), file, f"{where}.{key}")
 
 
 def import_nanotron(path: str | Path, gpus: int | None = None) -> Imported:
@@ -93,7 +117,7 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
         _sec(cfg, "optimizer", file),
     )
     mod = _sec(cfg, "model", file)
-    mc = _sec(mod, "model_config", file)
+    mc = _sec(mod, "model_config", file, "model")
     for k in cfg:
         if k in NO_EFFECT_SECTIONS:
             r.ignore(k)
@@ -124,7 +148,8 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
         raise ConfigError(file, "parallelism.tp_mode", "unknown value", tp_mode,
                           "ALL_REDUCE | REDUCE_SCATTER")  # fmt: skip
     runtime: dict[str, Any] = {"name": "nanotron"}
-    if par_raw.get("tp_linear_async_communication") and tp > 1:
+    async_tp = _flag(par_raw, "tp_linear_async_communication", file, "parallelism")
+    if async_tp and tp > 1:
         # _ColumnLinearAsyncCommunication.backward (tensor_parallel/functional.py l.385-460 at
         # 2411b022): the input re-gather beside the input-gradient GEMM, the input gradient's
         # reduce-scatter / all-reduce beside the weight-gradient GEMM. Its forward all-gather and
@@ -141,14 +166,13 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     # 'allgather' when the column-parallel linears re-gather their input for backward
     # (tp_recompute_allgather, default True), 'allgather2' in the async row-parallel linear's
     # backward (tensor_parallel/functional.py); written whatever the profile's default.
-    recompute_allgather = par_raw.get("tp_recompute_allgather", True) is not False
+    recompute_allgather = _flag(par_raw, "tp_recompute_allgather", file, "parallelism", True)
     if tp_mode == "REDUCE_SCATTER" and tp > 1 and not recompute_allgather:
         # the column-parallel linears save their all-gathered input instead of re-gathering it
         # (functional.py l.333-334 / l.499-500 at 2411b022)
         runtime["tp_regather_backward"] = False
         runtime["tp_saves_gathered_input"] = True
     if tp_mode == "REDUCE_SCATTER" and tp > 1:
-        async_tp = bool(par_raw.get("tp_linear_async_communication"))
         runtime["tp_gather_buffers"] = int(recompute_allgather) + int(async_tp)
         r.origin("runtime.tp_gather_buffers",
                  "parallelism.tp_linear_async_communication, tp_recompute_allgather")  # fmt: skip
@@ -193,14 +217,18 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     if dtype not in precisions:
         raise ConfigError(file, "model.dtype", "unknown value", dtype, " | ".join(precisions))
     precision = precisions[dtype]
-    if opt.get("accumulate_grad_in_fp32") and precision != "fp32":
+    if _flag(opt, "accumulate_grad_in_fp32", file, "optimizer") and precision != "fp32":
         precision = "bf16_fp32_grads" if precision == "bf16" else precision
         r.assume("accumulate_grad_in_fp32: an fp32 gradient buffer for every parameter next to "
                  "the 16-bit gradients (bf16_fp32_grads)")  # fmt: skip
         if precision == "fp16":
             r.unsupported_("optimizer.accumulate_grad_in_fp32 with float16", "simulated as fp16")
-    factory = _sec(opt, "optimizer_factory", file)
-    name = str(factory.get("name", "adamW")).lower()
+    factory = _sec(opt, "optimizer_factory", file, "optimizer")
+    name = factory.get("name", "adamW")
+    if not isinstance(name, str):
+        raise ConfigError(file, "optimizer.optimizer_factory.name", "must be a string", name,
+                          "adamW | adam | sgd")  # fmt: skip
+    name = name.lower()
     optimizer = {"adamw": "adamw", "adam": "adam", "sgd": "sgd"}.get(name)
     if optimizer is None:
         optimizer = "adamw"
@@ -218,7 +246,8 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
             r.ignore(f"optimizer.optimizer_factory.{k}")
     training = {"seq_len": seq, "global_batch": micro * acc * dp, "micro_batch": micro,
                 "precision": precision, "optimizer": optimizer,
-                "recompute": "full" if par_raw.get("recompute_layer") else "none"}  # fmt: skip
+                "recompute": "full" if _flag(par_raw, "recompute_layer", file, "parallelism")
+                else "none"}  # fmt: skip
     r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
              f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
     return r.scenario(
@@ -242,7 +271,7 @@ def _model(mc: dict[str, Any], mod: dict[str, Any], r: Reading, tp: int,
     vocab = _pos(mc, "vocab_size", file, where)
     maxpos = _pos(mc, "max_position_embeddings", file, where, 2048)
     div = _pos(mod, "make_vocab_size_divisible_by", file, "model", 1)
-    padded = int(math.ceil(vocab / (div * tp)) * div * tp)
+    padded = -(-vocab // (div * tp)) * div * tp  # integers: no float to overflow
     if padded != vocab:
         r.assume(f"vocabulary {vocab:,} padded to {padded:,} (make_vocab_size_divisible_by "
                  f"{div} x tp {tp})")  # fmt: skip
@@ -276,7 +305,7 @@ def _model(mc: dict[str, Any], mod: dict[str, Any], r: Reading, tp: int,
         "name": f"nanotron Llama {layers}x{hidden}",
         "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv, "ffn_hidden": ffn,
         "vocab": padded, "max_positions": maxpos, "mlp": "swiglu", "positions": "rotary",
-        "bias": False, "norm": "rmsnorm", "tied_embeddings": bool(mc.get("tie_word_embeddings",
-                                                                         False)),
+        "bias": False, "norm": "rmsnorm",
+        "tied_embeddings": _flag(mc, "tie_word_embeddings", file, where),
         "dropout": 0.0, "flash_attention": True, "qkv_layout": "fused_kv_copy",
     }  # fmt: skip

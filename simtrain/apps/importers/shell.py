@@ -22,6 +22,8 @@ _ARRAY_REF = re.compile(r"^\$\{([A-Za-z_]\w*)\[[@*]\]\}$")
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
 _ARITH = re.compile(r"\$\(\((.*?)\)\)")
 _ARITH_OK = re.compile(r"^[\d\s+\-*/%()]+$")
+# white space between two operands (``$((2 3))``): bash's syntax error, not squeezed into 23
+_ARITH_GAP = re.compile(r"[\w}]\s+[\w$]")
 #: Words that may precede an assignment.
 DECLARE_WORDS = ("export", "local", "readonly", "declare")
 #: Longest arithmetic expression evaluated (characters): launch scripts multiply two or three
@@ -50,6 +52,20 @@ def _split(text: str, file: str, line: int) -> list[str]:
         raise ConfigError(file, f"line {line}", f"cannot read the shell line ({exc})") from None
 
 
+def _squeeze_arith(text: str) -> str:
+    """``$(( 2 * N ))`` as ``$((2*N))``: the white space of an arithmetic expansion removed, so
+    that the shell-word split keeps it one word (bash ignores it there); an expression with
+    white space between two operands (a syntax error in bash) is left as it is."""
+
+    def squeeze(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        if not any(c.isspace() for c in inner) or _ARITH_GAP.search(inner):
+            return m.group(0)
+        return "$((" + "".join(inner.split()) + "))"
+
+    return _ARITH.sub(squeeze, text) if "$((" in text else text
+
+
 def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     """(first line number, text, words) of each logical line: continuations joined, and a
     quoted string or an array that spans lines read whole."""
@@ -61,7 +77,7 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
         if raw.endswith("\\"):
             buf += raw[:-1] + " "
             continue
-        buf += raw
+        buf = _squeeze_arith(buf + raw)
         try:
             lex = shlex.shlex(buf, posix=True)
             lex.whitespace_split = True

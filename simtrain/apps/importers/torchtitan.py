@@ -26,10 +26,12 @@ from typing import Any
 from simtrain.apps.importers.common import (
     Imported,
     Reading,
+    as_bool,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import torchtitan_split
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.yamlfile import read_text_file
 
 
@@ -119,11 +121,38 @@ NO_EFFECT_KEYS = {
 }  # fmt: skip
 
 
-def _int(sec: dict[str, Any], key: str, default: int, file: str, where: str) -> int:
+#: The largest value of an integer key (the scenario's ranges, spec.limits): the parallel
+#: degrees at most the GPU limit, sizes at most the training ranges, layer counts the layers'.
+INT_LIMIT = MAX_GPUS
+LAYER_LIMIT = INT_RANGES["model.layers"][1]
+
+
+def _int(sec: dict[str, Any], key: str, default: int, file: str, where: str,
+         lo: int | None = None, hi: int = INT_LIMIT) -> int:  # fmt: skip
+    """An integer key (``lo``: its least value, where it has one): a string, a fraction or a
+    number past its range is an error naming the key."""
     v = sec.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(file, f"{where}.{key}", "must be an integer", v)
+    if lo is not None and v < lo:
+        raise ConfigError(file, f"{where}.{key}", "must be positive" if lo == 1 else
+                          f"must be >= {lo}", v)  # fmt: skip
+    if v > hi:
+        raise ConfigError(file, f"{where}.{key}", f"must be <= {hi:,}", v)
     return v
+
+
+def _str(sec: dict[str, Any], key: str, default: str, file: str, where: str) -> str:
+    """A string key (a name or a policy): a number, a list or a table is an error naming it."""
+    v = sec.get(key, default)
+    if not isinstance(v, str):
+        raise ConfigError(file, f"{where}.{key}", "must be a string", v)
+    return v
+
+
+def _flag(sec: dict[str, Any], key: str, file: str, where: str) -> bool:
+    """A boolean key (default false)."""
+    return as_bool(sec.get(key, False), file, f"{where}.{key}")
 
 
 def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
@@ -183,7 +212,7 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         raise ConfigError(file, "model.flavor", "unknown llama3 flavor", flavor,
                           ", ".join(LLAMA3_FLAVORS))  # fmt: skip
     fl = LLAMA3_FLAVORS[base]
-    seq = _int(t, "seq_len", 2048, file, "training")
+    seq = _int(t, "seq_len", 2048, file, "training", 1, INT_RANGES["training.seq_len"][1])
     r.origin("training.seq_len", "training.seq_len")
     model = {
         "name": f"torchtitan llama3 {flavor}", "layers": fl.n_layers, "hidden": fl.dim,
@@ -195,7 +224,10 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     r.assume(f"model: torchtitan llama3 {flavor} (models/llama3/__init__.py): {fl.n_layers} "
              f"layers, dim {fl.dim}, FFN {fl.ffn_hidden()}, vocab {fl.vocab_size:,}; SDPA "
              "(flash) attention")  # fmt: skip
-    converters = [str(c) for c in m.get("converters", [])]
+    converters = m.get("converters", [])
+    if not isinstance(converters, list) or not all(isinstance(c, str) for c in converters):
+        raise ConfigError(file, "model.converters", "must be a list of strings", converters,
+                          '[] | ["quantize.linear.float8"] | ["float8"]')  # fmt: skip
     low = [c for c in converters if "float8" in c or "mx" in c]
     float8 = _float8(cfg, low, r)
     for k in ("float8", "quantize", "mx"):
@@ -249,7 +281,8 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     # (parallelize.py: "apply FSDP or HSDP, potentially with Context Parallel", dp_shard_cp)
     if shard > 1 or cp > 1:
         policy = p.get("fsdp_reshard_after_forward", "default")
-        reshard = {"always": True, "never": False, "default": pp == 1}.get(policy)
+        reshard = {"always": True, "never": False, "default": pp == 1}.get(policy) if isinstance(
+            policy, str) else None  # fmt: skip
         if reshard is None:
             raise ConfigError(file, "parallelism.fsdp_reshard_after_forward", "unknown value",
                               policy, "default | always | never")  # fmt: skip
@@ -268,8 +301,8 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         r.assume("tensor parallel: sequence parallel on (torchtitan's parallelize_llama applies "
                  "SequenceParallel to the norms)")  # fmt: skip
     runtime: dict[str, Any] = {"name": "torchtitan"}
-    compile_on = bool(cmp.get("enable", False))
-    if p.get("enable_async_tensor_parallel"):
+    compile_on = _flag(cmp, "enable", file, "compile")
+    if _flag(p, "enable_async_tensor_parallel", file, "parallelism"):
         if tp > 1 and compile_on:
             runtime["tp_comm_overlap"] = True
         else:
@@ -279,7 +312,7 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     # cross-entropy: the bf16 logits and a log-sum-exp per row saved, the fp32 upcast and
     # log-softmax never materialised (simtrain's cross_entropy fused)
     components = cmp.get("components", ["model", "loss"])
-    if not isinstance(components, list):
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
         raise ConfigError(file, "compile.components", "must be a list of strings", components,
                           '["model", "loss"]')  # fmt: skip
     compiled_loss = compile_on and "loss" in components
@@ -297,30 +330,35 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         r.ignore("compile.components (compile off)")
 
     # ---- batch and pipeline
-    local = _int(
-        t, "local_batch_size", _int(t, "batch_size", 8, file, "training"), file, "training"
-    )
-    gb = _int(t, "global_batch_size", -1, file, "training")
+    batch_limit = INT_RANGES["training.global_batch"][1]
+    local = _int(t, "local_batch_size", _int(t, "batch_size", 8, file, "training", 1,
+                                             batch_limit), file, "training", 1, batch_limit)  # fmt: skip
+    gb = _int(t, "global_batch_size", -1, file, "training", -1, batch_limit)
+    if gb == 0 or gb < -1:
+        raise ConfigError(file, "training.global_batch_size", "must be -1 (local_batch_size x "
+                          "data-parallel degree) or positive", gb)  # fmt: skip
     gb = local * dp if gb == -1 else gb
     r.origin("training.global_batch", "training.global_batch_size")
     micro = local
+    r.origin("training.micro_batch", "training.local_batch_size")
     if pp > 1:
-        micro = _int(p, "pipeline_parallel_microbatch_size", 1, file, "parallelism")
-        sched = str(p.get("pipeline_parallel_schedule", "1F1B"))
+        micro = _int(p, "pipeline_parallel_microbatch_size", 1, file, "parallelism", 1,
+                     INT_RANGES["training.micro_batch"][1])  # fmt: skip
+        r.origins["training.micro_batch"] = "parallelism.pipeline_parallel_microbatch_size"
+        sched = _str(p, "pipeline_parallel_schedule", "1F1B", file, "parallelism")
         if sched in SCHEDULES:
             par["schedule"] = SCHEDULES[sched]
         else:
             r.unsupported_(f"parallelism.pipeline_parallel_schedule {sched}", "simulated as 1F1B")
         if sched in LOOPED and sched in SCHEDULES:
-            lps = p.get("pipeline_parallel_layers_per_stage")
-            first = _int(p, "pipeline_parallel_first_stage_less_layers", 1, file, "parallelism")
-            last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
-            stages = -(-(fl.n_layers + first + last) // lps) if lps else 2 * pp
-            par["virtual_stages"] = max(1, stages // pp)
-            _stage_split(r, par, fl.n_layers, pp * par["virtual_stages"], first, last)
+            first, last = _less_layers(p, file)
+            stages = _pipeline_stages(p, file, fl.n_layers, first, last, pp, 2)
+            par["virtual_stages"] = stages // pp
+            _stage_split(r, par, fl.n_layers, stages, first, last)
         else:
-            first = _int(p, "pipeline_parallel_first_stage_less_layers", 1, file, "parallelism")
-            last = _int(p, "pipeline_parallel_last_stage_less_layers", 1, file, "parallelism")
+            first, last = _less_layers(p, file)
+            if sched not in LOOPED:
+                _pipeline_stages(p, file, fl.n_layers, first, last, pp, 1)
             if (first, last) == (1, 1):
                 par["layer_split"] = "embedding_as_layer"
                 r.assume("pipeline stages: the first and last hold one layer less "
@@ -333,7 +371,6 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
                   "pipeline_parallel_last_stage_less_layers"):  # fmt: skip
             if k in p:
                 r.ignore(f"parallelism.{k} (pp 1)")
-    r.origin("training.micro_batch", "training.local_batch_size")
 
     # ---- precision, optimizer, recompute
     dtype = t.get("dtype", "float32")
@@ -357,28 +394,29 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     elif float8:
         r.unsupported_("model.converters float8", f"float8 linears on {precision} are not a "
                        f"simtrain precision: simulated in {precision}")  # fmt: skip
-    if t.get("enable_cpu_offload"):
+    cpu_offload = _flag(t, "enable_cpu_offload", file, "training")
+    if cpu_offload:
         r.unsupported_("training.enable_cpu_offload", "FSDP2 CPU offload of parameters, "
                        "gradients and optimizer states: simulated as optimizer offload")  # fmt: skip
-    optname = str(opt.get("name", "AdamW"))
+    optname = _str(opt, "name", "AdamW", file, "optimizer")
     optimizer = {"AdamW": "adamw", "Adam": "adam"}.get(optname)
     if optimizer is None:
         optimizer = "adamw"
         r.unsupported_(f"optimizer.name {optname}", "simulated as AdamW")
-    if opt.get("early_step_in_backward"):
+    if _flag(opt, "early_step_in_backward", file, "optimizer"):
         r.unsupported_("optimizer.early_step_in_backward", "not simulated")
     training: dict[str, Any] = {"seq_len": seq, "global_batch": gb, "micro_batch": micro,
                                 "precision": precision, "optimizer": optimizer,
                                 "recompute": _recompute(ac, r)}  # fmt: skip
     if compiled_loss:
         training["cross_entropy"] = "fused"
-    elif tp > 1 and not p.get("disable_loss_parallel", False):
+    elif tp > 1 and not _flag(p, "disable_loss_parallel", file, "parallelism"):
         # train.py's train_context enables loss_parallel over the vocabulary-sharded output
         # (parallelize.py: the output ColwiseParallel with Shard(-1) under loss parallel)
         training["cross_entropy"] = "loss_parallel"
         r.assume("tensor parallel: loss parallel (parallelism.disable_loss_parallel false): "
                  "PyTorch's loss_parallel cross-entropy over the vocabulary shard")  # fmt: skip
-    if t.get("enable_cpu_offload"):
+    if cpu_offload:
         training["offload"] = {"optimizer": True}
     return r.scenario(
         f"Imported from a torchtitan job config ({Path(file).name})",
@@ -426,14 +464,46 @@ def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
     return name
 
 
+def _less_layers(p: dict[str, Any], file: str) -> tuple[int, int]:
+    """pipeline_parallel_first/last_stage_less_layers: the layers' worth the embedding and the
+    output weigh in torchtitan's split (default 1 each; >= 0)."""
+    return tuple(_int(p, f"pipeline_parallel_{k}_stage_less_layers", 1, file, "parallelism", 0,
+                      LAYER_LIMIT) for k in ("first", "last"))  # type: ignore[return-value]  # fmt: skip
+
+
+def _pipeline_stages(p: dict[str, Any], file: str, layers: int, first: int, last: int, pp: int,
+                     per_rank: int) -> int:  # fmt: skip
+    """The pipeline stages of a schedule with ``per_rank`` stages per rank (2: a looped one, at
+    least 2 per rank; 1: a single-stage one, exactly 1): ``pp x per_rank`` unless
+    pipeline_parallel_layers_per_stage gives ceil((layers + first + last) / it), which must be a
+    multiple of pp with as many stages per rank (distributed/pipeline_parallel.py
+    pipeline_llm)."""
+    key = "pipeline_parallel_layers_per_stage"
+    if p.get(key) is None:
+        return pp * per_rank
+    lps = _int(p, key, 1, file, "parallelism", 1, LAYER_LIMIT)
+    stages = -(-(layers + first + last) // lps)
+    if stages % pp or (stages // pp < 2 if per_rank == 2 else stages != pp):
+        need = "at least 2 stages per rank" if per_rank == 2 else "1 stage per rank"
+        raise ConfigError(file, f"parallelism.{key}", f"gives ceil((layers {layers} + "
+                          f"first/last_stage_less_layers {first} + {last}) / {lps}) = {stages} "
+                          f"stages: torchtitan needs a multiple of pipeline_parallel_degree {pp}, "
+                          f"{need} for this schedule", lps)  # fmt: skip
+    return stages
+
+
 def _recompute(ac: dict[str, Any], r: Reading) -> str:
-    mode = ac.get("mode", "selective")
+    mode = _str(ac, "mode", "selective", r.file, "activation_checkpoint")
     if mode == "none":
         return "none"
     if mode == "full":
         return "full"
     if mode == "selective":
-        opt = str(ac.get("selective_ac_option", "2"))
+        opt = ac.get("selective_ac_option", "2")
+        if isinstance(opt, bool) or not isinstance(opt, str | int):
+            raise r.error("activation_checkpoint.selective_ac_option", "unknown value", opt,
+                          "op | a positive integer")  # fmt: skip
+        opt = str(opt)
         if opt == "op":
             # torchtitan's per-op policy (_apply_ac_to_transformer_block, _save_list at
             # 9dec370a): simtrain's selective_op (costs.op_sac).

@@ -1,0 +1,433 @@
+"""Importers on hostile or template input (review): every bad value is a ConfigError naming the
+foreign file's key or flag, never a Python traceback, never read as something else; the
+Hugging Face Trainer's ``"auto"`` values are resolved as the Trainer resolves them where the
+importer can (transformers integrations/deepspeed.py HfTrainerDeepSpeedConfig
+.trainer_config_finalize: reduce_bucket_size = h·h, stage3_prefetch_bucket_size = int(0.9·h·h),
+stage3_param_persistence_threshold = 10·h) and are a need naming the key, met by ``--set``,
+where it cannot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from simtrain.apps.importers import import_config
+from simtrain.apps.importers.common import load_imported, with_overrides
+from simtrain.apps.importers.deepspeed import import_deepspeed_config
+from simtrain.apps.importers.shell import read_command
+from simtrain.cli import main
+from simtrain.errors import ConfigError
+
+# ------------------------------------------------------------------------------------ DeepSpeed
+
+DS_BASE: dict[str, Any] = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                           "bf16": {"enabled": True}}  # fmt: skip
+
+
+def _ds(tmp_path: Path, cfg: dict[str, Any], model: str = "llama3-8b", gpus: int = 8):
+    f = tmp_path / "ds_config.json"
+    f.write_text(json.dumps(cfg))
+    return import_config("deepspeed", f, model, gpus)
+
+
+def _ds_error(tmp_path: Path, cfg: dict[str, Any], **kw: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _ds(tmp_path, cfg, **kw)
+    return info.value
+
+
+def test_deepspeed_hf_auto_buckets_resolved_from_the_hidden_size(tmp_path: Path) -> None:
+    """reduce_bucket_size "auto" is hidden² elements (Llama 3 8B: 4096² in bf16 = 33.55 MB);
+    the stage-3 tunings' "auto" are recorded with the Trainer's values."""
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {
+        "stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 1e9}})  # fmt: skip
+    sc = load_imported(imp, ["training.seq_len=2048"])
+    assert sc.parallelism.bucket_mb == pytest.approx(4096 * 4096 * 2 / 1e6)
+    assert sc.parallelism.zero3_max_live_params == 10**9
+    text = " ".join(imp.assumptions)
+    assert "reduce_bucket_size 'auto': hidden_size² = 16,777,216" in text
+    assert "int(0.9 x hidden_size²) = 15,099,494" in text  # int(0.9 x 4096²)
+    assert "10 x hidden_size = 40,960" in text
+
+
+def test_deepspeed_hf_auto_bucket_from_a_config_json(tmp_path: Path) -> None:
+    """The hidden size of a Hugging Face config.json (GPT-2's n_embd 768)."""
+    hf = tmp_path / "config.json"
+    hf.write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_layer": 2, "n_head": 12,
+                              "vocab_size": 50257, "n_positions": 1024}))  # fmt: skip
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 2,
+                                                          "reduce_bucket_size": "auto"}},
+              model=str(hf))  # fmt: skip
+    sc = load_imported(imp, ["training.seq_len=1024"])
+    assert sc.parallelism.bucket_mb == pytest.approx(768 * 768 * 2 / 1e6)
+
+
+def test_deepspeed_hf_auto_bucket_without_a_hidden_size_is_a_need() -> None:
+    cfg = {**DS_BASE, "zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}
+    imp = import_deepspeed_config(cfg, {"name": "no shape"}, 8, "ds.json")
+    with pytest.raises(ConfigError) as info:
+        with_overrides(imp, ["training.seq_len=16"])
+    assert info.value.key == "zero_optimization.reduce_bucket_size"
+    assert "--set parallelism.bucket_mb" in info.value.message
+    data = with_overrides(imp, ["training.seq_len=16", "parallelism.bucket_mb=25"])
+    assert data["parallelism"]["bucket_mb"] == 25
+
+
+@pytest.mark.parametrize("value", [None, "lots", [5]])
+def test_deepspeed_reduce_bucket_size_of_a_wrong_type(tmp_path: Path, value: Any) -> None:
+    err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 3,
+                                                                "reduce_bucket_size": value}})  # fmt: skip
+    assert err.key == "zero_optimization.reduce_bucket_size"
+    assert "must be a number" in err.message
+
+
+def test_deepspeed_max_live_parameters_auto_is_a_need(tmp_path: Path) -> None:
+    """The Trainer fills no "auto" in stage3_max_live_parameters: --set gives it."""
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {
+        "stage": 3, "stage3_max_live_parameters": "auto"}})  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_imported(imp, ["training.seq_len=2048"])
+    assert info.value.key == "zero_optimization.stage3_max_live_parameters"
+    assert "--set parallelism.zero3_max_live_params" in info.value.message
+    sc = load_imported(
+        imp, ["training.seq_len=2048", "parallelism.zero3_max_live_params=500000000"]
+    )
+    assert sc.parallelism.zero3_max_live_params == 500_000_000
+
+
+@pytest.mark.parametrize("value", ["lots", None, 2.5, -1, 1e400])
+def test_deepspeed_max_live_parameters_bad(tmp_path: Path, value: Any) -> None:
+    err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": {
+        "stage": 3, "stage3_max_live_parameters": value}})  # fmt: skip
+    assert err.key == "zero_optimization.stage3_max_live_parameters"
+
+
+@pytest.mark.parametrize("value", ["two", "auto", 2.5, -2, None, True])
+def test_deepspeed_autotp_size_bad(tmp_path: Path, value: Any) -> None:
+    """Named as tensor_parallel.autotp_size (a negative size was reported as train_batch_size)."""
+    err = _ds_error(tmp_path, {**DS_BASE, "tensor_parallel": {"autotp_size": value}})
+    assert err.key == "tensor_parallel.autotp_size"
+
+
+@pytest.mark.parametrize(("value", "tp"), [(0, 1), (1, 1), (2, 2), (2.0, 2)])
+def test_deepspeed_autotp_size_good(tmp_path: Path, value: Any, tp: int) -> None:
+    imp = _ds(tmp_path, {**DS_BASE, "tensor_parallel": {"autotp_size": value}})
+    assert (imp.data["parallelism"]["tp"], imp.data["parallelism"]["dp"]) == (tp, 8 // tp)
+
+
+def test_deepspeed_precision_auto_names_the_switch_and_the_override(tmp_path: Path) -> None:
+    cfg = {"train_micro_batch_size_per_gpu": 1, "fp16": {"enabled": "auto"},
+           "bf16": {"enabled": "auto"}}  # fmt: skip
+    imp = _ds(tmp_path, cfg)
+    with pytest.raises(ConfigError) as info:
+        load_imported(imp, ["training.seq_len=2048"])
+    err = info.value
+    assert err.key == "fp16.enabled and bf16.enabled"
+    assert "'auto' cannot be resolved from the file" in err.message
+    assert "--set training.precision=bf16" in err.message
+    assert "contradicts" not in str(err)
+    sc = load_imported(imp, ["training.seq_len=2048", "training.precision=bf16"])
+    assert sc.training.precision == "bf16"
+    # fp16 false, bf16 auto: still bf16 or fp32
+    imp = _ds(tmp_path, {**cfg, "fp16": {"enabled": False}})
+    with pytest.raises(ConfigError) as info:
+        load_imported(imp, ["training.seq_len=2048"])
+    assert info.value.key == "bf16.enabled"
+    # bf16 true: fp16 "auto" can only be false (DeepSpeed refuses both)
+    imp = _ds(tmp_path, {**cfg, "bf16": {"enabled": True}})
+    assert imp.data["training"]["precision"] == "bf16"
+    assert any("fp16.enabled 'auto': false" in a for a in imp.assumptions)
+
+
+@pytest.mark.parametrize(("value", "precision"), [
+    ("false", "fp32"), ("FALSE", "fp32"), ("true", "bf16"), ("True", "bf16"), (False, "fp32"),
+])  # fmt: skip
+def test_deepspeed_boolean_strings(tmp_path: Path, value: Any, precision: str) -> None:
+    """ "false" is false (was the truthiness of a non-empty string: bf16)."""
+    imp = _ds(tmp_path, {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": value}})
+    assert imp.data["training"]["precision"] == precision
+
+
+@pytest.mark.parametrize("value", ["no", "yes", "0", "", 1, [True], {"a": 1}])
+def test_deepspeed_boolean_nonsense(tmp_path: Path, value: Any) -> None:
+    err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": value}})
+    assert err.key == "bf16.enabled" and err.allowed == "true | false"
+    err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 3,
+                                                                "overlap_comm": value}})  # fmt: skip
+    assert err.key == "zero_optimization.overlap_comm"
+
+
+def test_deepspeed_overlap_comm_false_string(tmp_path: Path) -> None:
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 3, "overlap_comm": "false"}})
+    assert imp.data["runtime"]["overlap_grad_reduce"] is False
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 2, "reduce_scatter": "false"}})
+    assert imp.data["runtime"]["zero_grad_reduction"] == "all_reduce"
+
+
+def test_deepspeed_batch_auto_is_a_need(tmp_path: Path) -> None:
+    """A Trainer template's batch sizes ("auto" all three) are needs met by --set."""
+    imp = _ds(tmp_path, {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+                         "gradient_accumulation_steps": "auto", "bf16": {"enabled": True}})  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_imported(imp, ["training.seq_len=2048"])
+    assert info.value.key == "train_micro_batch_size_per_gpu"
+    assert "--set training.micro_batch" in info.value.message
+    with pytest.raises(ConfigError, match="train_batch_size: 'auto'"):
+        load_imported(imp, ["training.seq_len=2048", "training.micro_batch=2"])
+    sc = load_imported(imp, ["training.seq_len=2048", "training.micro_batch=2",
+                             "training.global_batch=32"])  # fmt: skip
+    assert (sc.training.micro_batch, sc.training.global_batch, sc.parallelism.dp) == (2, 32, 8)
+
+
+@pytest.mark.parametrize(("cfg", "key"), [
+    ({"torch_autocast": {"enabled": True, "dtype": "torch.float8"}}, "torch_autocast.dtype"),
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "gpu"}}},
+     "zero_optimization.offload_param.device"),
+    ({"zero_optimization": {"stage": 1, "offload_optimizer": ["cpu"]}},
+     "zero_optimization.offload_optimizer"),
+    ({"train_batch_size": 1e300}, "train_batch_size"),
+    ({"train_micro_batch_size_per_gpu": float("inf")}, "train_micro_batch_size_per_gpu"),
+])  # fmt: skip
+def test_deepspeed_other_nonsense(tmp_path: Path, cfg: dict[str, Any], key: str) -> None:
+    err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1, **cfg})
+    assert err.key == key
+
+
+def test_deepspeed_cli_null_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({**DS_BASE, "zero_optimization": {"stage": 3,
+                                                              "reduce_bucket_size": None}}))  # fmt: skip
+    r = CliRunner().invoke(main, ["import", "deepspeed", str(f), "--model", "gpt2", "--gpus", "8",
+                                  "--set", "training.seq_len=1024"])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output
+    assert "zero_optimization.reduce_bucket_size" in err
+
+
+# ----------------------------------------------------------------------------------- torchtitan
+
+TT_BASE = """[model]
+name = "llama3"
+flavor = "debugmodel"
+{model}
+[training]
+local_batch_size = 8
+seq_len = 2048
+[parallelism]
+{par}
+"""
+PP2 = 'pipeline_parallel_degree = 2\npipeline_parallel_schedule = "Interleaved1F1B"\n'
+
+
+def _tt(tmp_path: Path, par: str = "", model: str = "", extra: str = ""):
+    f = tmp_path / "job.toml"
+    f.write_text(TT_BASE.format(model=model, par=par) + extra)
+    return import_config("torchtitan", f)
+
+
+def _tt_error(tmp_path: Path, **kw: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _tt(tmp_path, **kw)
+    return info.value
+
+
+@pytest.mark.parametrize("value", ['"2"', "2.5", "-1", "0", "100", "3"])
+def test_torchtitan_layers_per_stage_bad(tmp_path: Path, value: str) -> None:
+    """A string or a fraction (a TypeError before), a non-positive value, or one that leaves
+    fewer than 2 stages per rank (100: 1 stage) or a number of stages pp does not divide
+    (3: ceil(8 / 3) = 3 stages)."""
+    err = _tt_error(tmp_path, par=PP2 + f"pipeline_parallel_layers_per_stage = {value}")
+    assert err.key == "parallelism.pipeline_parallel_layers_per_stage"
+
+
+@pytest.mark.parametrize(("lps", "virtual"), [(2, 2), (1, 4)])
+def test_torchtitan_layers_per_stage_good(tmp_path: Path, lps: int, virtual: int) -> None:
+    """debugmodel: 6 layers + the embedding and the output weighing 1 each: ceil(8 / lps)."""
+    imp = _tt(tmp_path, par=PP2 + f"pipeline_parallel_layers_per_stage = {lps}")
+    assert imp.data["parallelism"]["virtual_stages"] == virtual
+
+
+@pytest.mark.parametrize("value", ["5", '"float8"', "{a = 1}", "[1]"])
+def test_torchtitan_converters_bad(tmp_path: Path, value: str) -> None:
+    err = _tt_error(tmp_path, model=f"converters = {value}")
+    assert err.key == "model.converters"
+
+
+@pytest.mark.parametrize("value", ['["always"]', "1", '"sometimes"'])
+def test_torchtitan_reshard_bad(tmp_path: Path, value: str) -> None:
+    err = _tt_error(tmp_path, par=f"data_parallel_shard_degree = 8\n"
+                    f"fsdp_reshard_after_forward = {value}")  # fmt: skip
+    assert err.key == "parallelism.fsdp_reshard_after_forward"
+
+
+def test_torchtitan_pipeline_microbatch_named(tmp_path: Path) -> None:
+    """pp > 1: the micro-batch is pipeline_parallel_microbatch_size, not local_batch_size."""
+    err = _tt_error(tmp_path, par="pipeline_parallel_degree = 2\n"
+                    "pipeline_parallel_microbatch_size = 0")  # fmt: skip
+    assert err.key == "parallelism.pipeline_parallel_microbatch_size"
+    imp = _tt(tmp_path, par="pipeline_parallel_degree = 2\npipeline_parallel_microbatch_size = 2")
+    assert dict(imp.origins)["training.micro_batch"] == (
+        "parallelism.pipeline_parallel_microbatch_size"
+    )
+
+
+@pytest.mark.parametrize(("par", "extra", "key"), [
+    ("pipeline_parallel_degree = 2\npipeline_parallel_first_stage_less_layers = -5", "",
+     "parallelism.pipeline_parallel_first_stage_less_layers"),
+    ("pipeline_parallel_degree = 2\npipeline_parallel_last_stage_less_layers = 10000000000000000000000",
+     "", "parallelism.pipeline_parallel_last_stage_less_layers"),
+    ("", '[activation_checkpoint]\nmode = ["full"]\n', "activation_checkpoint.mode"),
+    ("", "[compile]\nenable = \"yes\"\n", "compile.enable"),
+    ("", "[optimizer]\nname = [\"AdamW\"]\n", "optimizer.name"),
+    ("enable_async_tensor_parallel = \"no\"", "", "parallelism.enable_async_tensor_parallel"),
+])  # fmt: skip
+def test_torchtitan_other_nonsense(tmp_path: Path, par: str, extra: str, key: str) -> None:
+    assert _tt_error(tmp_path, par=par, extra=extra).key == key
+
+
+def test_torchtitan_boolean_string(tmp_path: Path) -> None:
+    imp = _tt(tmp_path, extra='[compile]\nenable = "false"\n')
+    assert "eager_elementwise" not in imp.data["runtime"]
+    imp = _tt(tmp_path, extra='[compile]\nenable = "true"\n')
+    assert imp.data["runtime"]["eager_elementwise"] is False
+
+
+# ------------------------------------------------------------------------------------- nanotron
+
+NT_BASE: dict[str, Any] = {
+    "model": {"dtype": "bfloat16", "model_config": {
+        "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 8,
+        "intermediate_size": 512, "vocab_size": 1000}},
+    "parallelism": {"dp": 2, "tp": 1, "pp": 1},
+    "tokens": {"sequence_length": 128, "micro_batch_size": 2},
+}  # fmt: skip
+
+
+def _nt(tmp_path: Path, edit) -> Any:
+    cfg = json.loads(json.dumps(NT_BASE))
+    edit(cfg)
+    f = tmp_path / "config.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return import_config("nanotron", f)
+
+
+def _nt_error(tmp_path: Path, edit) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _nt(tmp_path, edit)
+    return info.value
+
+
+def test_nanotron_huge_vocabulary(tmp_path: Path) -> None:
+    """A 400-digit vocabulary: an OverflowError before."""
+    err = _nt_error(tmp_path, lambda c: c["model"]["model_config"].update(vocab_size=9 * 10**400))
+    assert err.key == "model.model_config.vocab_size" and "must be <=" in err.message
+    err = _nt_error(tmp_path, lambda c: c["model"].update(make_vocab_size_divisible_by=10**300))
+    assert err.key == "model.make_vocab_size_divisible_by"
+    # the padding itself, in integers: 1,000 to a multiple of 3 x tp 1
+    imp = _nt(tmp_path, lambda c: c["model"].update(make_vocab_size_divisible_by=3))
+    assert imp.data["model"]["vocab"] == 1002
+
+
+@pytest.mark.parametrize(("value", "recompute"), [
+    ("false", "none"), ("False", "none"), ("true", "full"), (True, "full"), (False, "none"),
+])  # fmt: skip
+def test_nanotron_recompute_layer_strings(tmp_path: Path, value: Any, recompute: str) -> None:
+    imp = _nt(tmp_path, lambda c: c["parallelism"].update(recompute_layer=value))
+    assert imp.data["training"]["recompute"] == recompute
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (lambda c: c["parallelism"].update(recompute_layer="off"), "parallelism.recompute_layer"),
+    (lambda c: c["model"]["model_config"].update(tie_word_embeddings="no"),
+     "model.model_config.tie_word_embeddings"),
+    (lambda c: c["parallelism"].update(tp_linear_async_communication="yes"),
+     "parallelism.tp_linear_async_communication"),
+    (lambda c: c.update(optimizer={"optimizer_factory": ["adam"]}), "optimizer.optimizer_factory"),
+    (lambda c: c.update(optimizer={"optimizer_factory": {"name": ["adam"]}}),
+     "optimizer.optimizer_factory.name"),
+    (lambda c: c["model"].update(model_config=["x"]), "model.model_config"),
+    (lambda c: c["tokens"].update(micro_batch_size=10**30), "tokens.micro_batch_size"),
+])  # fmt: skip
+def test_nanotron_nonsense_named(tmp_path: Path, edit, key: str) -> None:
+    assert _nt_error(tmp_path, edit).key == key
+
+
+# ------------------------------------------------------------------------------------- Megatron
+
+MG_BASE = ("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --seq-length 128 "
+           "--max-position-embeddings 128 --micro-batch-size 1 --global-batch-size 8 "
+           "--vocab-size 1000 --bf16 ")  # fmt: skip
+
+
+def _mg(tmp_path: Path, text: str, name: str = "flags.txt"):
+    f = tmp_path / name
+    f.write_text(text)
+    return import_config("megatron", f, gpus=8)
+
+
+@pytest.mark.parametrize("flags", [
+    "--tensor-model-parallel-size 0", "--tensor-model-parallel-size -2",
+    "--model-parallel-size 0", "--pipeline-model-parallel-size 0",
+    "--context-parallel-size -1", "--expert-model-parallel-size 0", "--micro-batch-size 0",
+    "--global-batch-size 0", "--make-vocab-size-divisible-by -128",
+    "--make-vocab-size-divisible-by 0", "--seq-length 0", "--num-layers 0",
+    "--hidden-size -256", "--num-attention-heads 0", "--num-query-groups 0",
+    "--ffn-hidden-size 0", "--max-position-embeddings 0", "--ddp-bucket-size 0",
+    "--recompute-granularity full --recompute-method block --recompute-num-layers -3",
+    "--decoder-first-pipeline-num-layers -1",
+    "--pipeline-model-parallel-size 2 --num-virtual-stages-per-pipeline-rank 0",
+    "--optimizer-cpu-offload --optimizer-offload-fraction 2",
+    "--vocab-size 9" + "0" * 400, "--ddp-bucket-size 9" + "0" * 400,
+    "--hidden-dropout nan",
+])  # fmt: skip
+def test_megatron_zero_negative_and_huge_values_name_the_flag(tmp_path: Path, flags: str) -> None:
+    """Read as the flag's value (0 was read as absent: tp 1, micro-batch 1, the default
+    padding; -128 padded the vocabulary down; a 400-digit vocabulary overflowed a float)."""
+    flag = flags.split()[-2]
+    with pytest.raises(ConfigError) as info:
+        _mg(tmp_path, MG_BASE + flags)
+    assert info.value.key == flag, info.value
+    assert "missing" not in info.value.message and "absent" not in info.value.message
+
+
+def test_megatron_vocabulary_padding_in_integers(tmp_path: Path) -> None:
+    imp = _mg(
+        tmp_path, MG_BASE + "--make-vocab-size-divisible-by 128 --tensor-model-parallel-size 2"
+    )
+    assert imp.data["model"]["vocab"] == 1024  # 1,000 up to a multiple of 256
+    with pytest.raises(ConfigError) as info:  # padded past the vocabulary limit
+        _mg(tmp_path, MG_BASE + "--make-vocab-size-divisible-by 16777216 "
+            "--tensor-model-parallel-size 2")  # fmt: skip
+    assert info.value.key == "--make-vocab-size-divisible-by"
+
+
+SCRIPT = """#!/bin/bash
+NL={nl}
+torchrun --nproc_per_node 8 pretrain_gpt.py --num-layers $NL --hidden-size 256 \\
+    --num-attention-heads 8 --seq-length 128 --vocab-size 1000
+"""
+
+
+@pytest.mark.parametrize(("nl", "layers"), [
+    ("$(( 4 ))", 4), ("$((2*2))", 4), ("$(( 2 * 3 ))", 6), ('"$(( 12 / 3 ))"', 4),
+    ("$(( 2 ))$(( 1 ))", 21),
+])  # fmt: skip
+def test_shell_arithmetic_with_spaces(tmp_path: Path, nl: str, layers: int) -> None:
+    imp = _mg(tmp_path, SCRIPT.format(nl=nl), "train.sh")
+    assert imp.data["model"]["layers"] == layers
+
+
+def test_shell_arithmetic_with_variables_and_spaces() -> None:
+    cmd = read_command("A=4\nB=$(( A * 2 ))\npython pretrain_gpt.py --x $B --y $(( $A + 1 ))\n",
+                       "t.sh")  # fmt: skip
+    assert cmd is not None and cmd.args == ("--x", "8", "--y", "5")
+    # bash's syntax error (two operands): not squeezed into 23, left unexpanded
+    cmd = read_command("B=$(( 2 3 ))\npython pretrain_gpt.py --x $B\n", "t.sh")
+    assert cmd is not None and "23" not in cmd.args
