@@ -14,6 +14,23 @@ from simtrain.errors import MAX_ECHO, ConfigError, SimtrainError, one_line
 from simtrain.spec.limits import MAX_GPUS
 
 SET_HELP = "Override a scenario key, e.g. --set training.micro_batch=2 (repeatable)."
+
+
+def _set_once(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """--set gives each key once (spec.scenario.check_overrides_once): a repeated key, or a
+    mapping set after a key inside it, is a usage error instead of the last one silently
+    winning."""
+    from simtrain.spec.scenario import check_overrides_once
+
+    try:
+        check_overrides_once(value)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return value
+
+
 STRICT_HELP = "Exit with code 3 when the scenario does not fit in GPU memory (0 without --strict)."
 EXIT_DOES_NOT_FIT = 3  # --strict: the scenario does not fit (2 is bad input)
 #: The formats `simtrain import` and `run --from` read (= apps.importers.KINDS; tests check).
@@ -81,7 +98,7 @@ def main() -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @click.option("--explain", is_flag=True, help="Write out the arithmetic line by line.")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
 @_errors
 def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ...],
@@ -145,7 +162,7 @@ def _strict_exit(strict: bool, fits: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads while measuring (use the value the profile was calibrated "
               "with) [torch's default]")  # fmt: skip
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
 def measure(scenario: str, as_json: bool, device: str, threads: int | None,
             overrides: tuple[str, ...]) -> None:  # fmt: skip
@@ -247,7 +264,7 @@ def _out_dir(out: str | None, name: str) -> Path:
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
 @click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.option("--from", "from_kind", type=click.Choice(IMPORT_KINDS), default=None,
               help="SCENARIO is a configuration of this framework, imported as `simtrain import` "
@@ -334,7 +351,7 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
 def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """Draw the cluster's network (topology.png) and print injection and bisection bandwidth."""
@@ -374,7 +391,7 @@ def hardware(name: str | None, as_json: bool) -> None:
     "--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/compare/]."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
 def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json: bool,
             overrides: tuple[str, ...]) -> None:  # fmt: skip
@@ -439,7 +456,7 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here [stdout].")
-@click.option("--set", "overrides", multiple=True, help=SET_HELP)
+@click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help="Exit 2 when the file has a setting simtrain "
               "does not simulate (without it they are listed on stderr and in the YAML).")  # fmt: skip
 @_errors

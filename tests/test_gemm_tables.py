@@ -198,7 +198,7 @@ def test_selective_op_recomputes_the_edge_of_k_o_and_up():
 
 
 def test_gemm_edge_key_is_validated():
-    data = {"name": "g", "display_name": "G", "memory_gib": 80, "peak_tflops": {"fp32": 20},
+    data = {"name": "g", "display_name": "G", "memory_gib": 80, "peak_tflops": {"fp32": 20, "fp16": 0, "bf16": 0},
             "hbm_bandwidth_gb_per_s": 2000, "gpus_per_node": 8,
             "intra_node": {"kind": "nvswitch", "bandwidth_gb_per_s": 300, "latency_us": 2},
             "pcie_bandwidth_gb_per_s": 32, "nic_bandwidth_gbit_per_s": 200,

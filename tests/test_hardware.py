@@ -301,7 +301,7 @@ def _good() -> dict:
         "name": "test_gpu",
         "display_name": "Test GPU",
         "memory_gib": 80,
-        "peak_tflops": {"fp32": 19.5, "bf16": 312},
+        "peak_tflops": {"fp32": 19.5, "fp16": 312, "bf16": 312},
         "hbm_bandwidth_gb_per_s": 2039,
         "gpus_per_node": 8,
         "intra_node": {"kind": "nvswitch", "bandwidth_gb_per_s": 300, "latency_us": 3},

@@ -210,19 +210,34 @@ FLASH_KEYS = (*FLASH_DIRECTIONS, *(f"{d}_{e}_edge" for d in FLASH_DIRECTIONS
 FLASH_RATE_MAX = 2.0
 
 
+#: Dtypes every profile states (0 where the GPU has no such rate): a missing one would run at
+#: the fp32 rate without a word (compute_peak), as a profile copied without its bf16 line did
+#: (H100: 33.6 ms -> 254.9 ms a step). Every shipped profile writes them.
+REQUIRED_DTYPES = ("fp32", "fp16", "bf16")
+
+
 def _peaks(peaks: Any, file: str) -> tuple[tuple[str, float], ...]:
-    """``peak_tflops``: (dtype, FLOP/s) for every dtype, 0 where not given; fp32's required."""
+    """``peak_tflops``: (dtype, FLOP/s) for every dtype, 0 where not given; fp32 (> 0), fp16
+    and bf16 required (:data:`REQUIRED_DTYPES`)."""
     if not isinstance(peaks, dict):
         raise ConfigError(file, "peak_tflops", "must be a mapping dtype -> TFLOP/s", peaks)
     for k in peaks:
         if k not in DTYPES:
             raise unknown_value(file, f"peak_tflops.{k}", k, DTYPES, "dtype")
+    if "fp32" not in peaks:
+        raise ConfigError(file, "peak_tflops.fp32", "missing: the dense fp32 TFLOP/s, which "
+                          "must be > 0 (every GPU computes in fp32)")  # fmt: skip
     peak = tuple((d, _num(peaks, d, file, "peak_tflops.", default=0.0) * 1e12) for d in DTYPES)
     if dict(peak)["fp32"] <= 0:  # compute_peak falls back to it: a step never divides by 0
         raise ConfigError(
             file, "peak_tflops.fp32", "must be > 0: every GPU computes in fp32, and a dtype "
             "without a rate runs at the fp32 one", peaks.get("fp32"),
         )  # fmt: skip
+    for d in REQUIRED_DTYPES[1:]:
+        if d not in peaks:
+            raise ConfigError(file, f"peak_tflops.{d}", f"missing: the dense {d} TFLOP/s; "
+                              "write 0 if the GPU has no such rate (it then runs at the fp32 "
+                              "one)")  # fmt: skip
     for d, v in peak:
         if 0 < v < MIN_PEAK_TFLOPS * 1e12:
             raise ConfigError(file, f"peak_tflops.{d}", f"must be 0 (no rate) or >= "

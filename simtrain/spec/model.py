@@ -427,6 +427,85 @@ HF_KINDS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe"
             "gpt_oss", "deepseek_v2", "deepseek_v3")  # fmt: skip
 
 
+#: config.json fields read as numbers that may be null (transformers then uses its default);
+#: a null in any other of :data:`_NUMBER_FIELDS` is an error naming it.
+_NULL_OK = frozenset({
+    "n_inner", "num_key_value_heads", "head_dim", "shared_expert_intermediate_size",
+    "n_shared_experts", "first_k_dense_replace", "num_nextn_predict_layers", "q_lora_rank",
+    "n_group", "attention_dropout",
+})  # fmt: skip
+_NUMBER_FIELDS = _INT_FIELDS | {"resid_pdrop", "moe_layer_freq", "topk_group", "q_lora_rank",
+                                "n_group", "attention_dropout", "experts_per_token"}  # fmt: skip
+#: ModelSpec field -> the GPT-2 config.json field it comes from (errors name the file's field).
+_GPT2_NAMES = {
+    "layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "kv_heads": "n_head",
+    "ffn_hidden": "n_inner", "vocab": "vocab_size", "max_positions": "n_positions",
+    "dropout": "resid_pdrop",
+}  # fmt: skip
+
+
+def _hf_names(kind: str, cfg: dict[str, Any]) -> dict[str, str]:
+    """ModelSpec field -> the config.json field of a Llama-style ``kind`` it comes from."""
+    names = {
+        "layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads", "ffn_hidden": "intermediate_size",
+        "vocab": "vocab_size", "max_positions": "max_position_embeddings",
+        "dropout": "attention_dropout", "head_size": "head_dim",
+        "num_experts": "num_local_experts", "experts_per_token": "num_experts_per_tok",
+        "moe_ffn_hidden": "moe_intermediate_size",
+        "shared_expert_ffn_hidden": "shared_expert_intermediate_size",
+        "shared_experts": "shared_expert_intermediate_size",
+        "first_dense_layers": "first_k_dense_replace", "router_groups": "n_group",
+        "router_group_topk": "topk_group", "mtp_layers": "num_nextn_predict_layers",
+        **{f: f for f in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                          "qk_rope_head_dim", "v_head_dim")},
+    }  # fmt: skip
+    if kind in ("qwen2_moe", "qwen3_moe"):
+        names["num_experts"] = "num_experts"
+    elif kind in ("deepseek_v2", "deepseek_v3"):
+        names.update(num_experts="n_routed_experts", shared_experts="n_shared_experts",
+                     shared_expert_ffn_hidden="n_shared_experts")  # fmt: skip
+    elif kind == "gpt_oss" and "num_experts_per_tok" not in cfg and "experts_per_token" in cfg:
+        names["experts_per_token"] = "experts_per_token"
+    return names
+
+
+def _hf_bool(cfg: dict[str, Any], field: str, default: bool, path: Path) -> bool:
+    """A boolean field (``tie_word_embeddings``): true or false, not the string "false"."""
+    v = cfg.get(field, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(str(path), field, "must be true or false", v)
+    return v
+
+
+def _hf_head_size(cfg: dict[str, Any], path: Path) -> int:
+    """``head_dim`` where it differs from hidden_size / num_attention_heads (Mistral-Nemo:
+    5120 / 32 heads of 128): transformers' LlamaAttention, MistralAttention, Qwen2Attention and
+    MixtralAttention take ``config.head_dim`` when given; 0 where it is absent, null or equal."""
+    d = cfg.get("head_dim")
+    if d is None:
+        return 0
+    if d < 1:
+        raise ConfigError(str(path), "head_dim", "must be a positive integer (or left out: "
+                          "hidden_size / num_attention_heads)", d)  # fmt: skip
+    h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    return 0 if heads > 0 and h % heads == 0 and d == h // heads else int(d)
+
+
+def _validate_hf(spec: ModelSpec, path: Path, names: dict[str, str]) -> ModelSpec:
+    """validate_model for a shape read from config.json: errors name its fields
+    (``num_key_value_heads``, not ``model.kv_heads``)."""
+    try:
+        return validate_model(spec, str(path), names=names)  # spec.limits ranges too
+    except ConfigError as exc:
+        field = exc.key.removeprefix("model.")
+        if exc.file != str(path) or field == exc.key or field not in names:
+            raise
+        raise ConfigError(exc.file, names[field], exc.message, exc.value, exc.allowed) from None
+
+
 def from_hf_config(
     path: str | Path, file: str | None = None, key: str = "model.hf_config"
 ) -> ModelSpec:
@@ -455,55 +534,84 @@ def from_hf_config(
             raise ConfigError(str(path), field, "must be an integer", value)
     kind = str(cfg.get("model_type", "")).lower()
     name = str(cfg.get("_name_or_path") or p.parent.name or kind)
+    names: dict[str, str] = {}
     try:
         if kind == "gpt2" or "n_embd" in cfg:
+            names = dict(_GPT2_NAMES)
             h = int(cfg["n_embd"])
             heads = int(cfg["n_head"])
             act = str(cfg.get("activation_function", "gelu_new"))
+            inner = cfg.get("n_inner")  # null: 4 h (GPT2MLP)
             spec = ModelSpec(
                 name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
-                ffn_hidden=int(cfg.get("n_inner") or 4 * h), vocab=int(cfg["vocab_size"]),
+                ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("n_positions", 1024)),
                 mlp="swiglu" if "glu" in act else "gelu",
-                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip
-            return validate_model(spec, str(path))  # spec.limits ranges too
+            return _validate_hf(spec, path, names)
         if kind in HF_KINDS or (not kind and "hidden_size" in cfg):
+            names = _hf_names(kind, cfg)
             heads = int(cfg["num_attention_heads"])
             gpt_oss = kind == "gpt_oss"
+            kv = cfg.get("num_key_value_heads")  # null: heads (MHA), as transformers
+            fields = hf_moe_fields(kind, cfg, str(path))
+            if kind not in ("deepseek_v2", "deepseek_v3"):  # MLA: the *_head_dim fields
+                fields.setdefault("head_size", _hf_head_size(cfg, path))
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
-                heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                heads=heads, kv_heads=heads if kv is None else int(kv),
                 ffn_hidden=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("max_position_embeddings", 4096)),
-                mlp="swiglu", tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                positions="rotary", bias=gpt_oss and bool(cfg.get("attention_bias", True)),
-                qkv_bias=kind in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False)),
+                mlp="swiglu", tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
+                positions="rotary",
+                bias=gpt_oss and _hf_bool(cfg, "attention_bias", True, path),
+                qkv_bias=(kind in ("qwen2", "qwen2_moe")
+                          or _hf_bool(cfg, "attention_bias", False, path)),
                 norm="rmsnorm", dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
-                **hf_moe_fields(kind, cfg, str(path)),
+                **fields,
             )  # fmt: skip
-            return validate_model(spec, str(path))  # spec.limits ranges too
+            return _validate_hf(spec, path, names)
     except KeyError as exc:
         raise ConfigError(str(path), exc.args[0], "missing field in config.json") from None
     except (TypeError, ValueError, OverflowError) as exc:
+        # int(None) / float(None): name the null field (those read with a default for null
+        # never get here)
+        nulls = [f for f, v in cfg.items()
+                 if v is None and f in _NUMBER_FIELDS and f not in _NULL_OK]  # fmt: skip
+        if nulls:
+            raise ConfigError(str(path), nulls[0], "must be a number, not null (leave the field "
+                              "out for its default)") from None  # fmt: skip
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
     raise ConfigError(str(path), "model_type", "unsupported model_type", kind, ", ".join(HF_KINDS))
 
 
-def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "model") -> ModelSpec:
-    """Check a shape's invariants; return it unchanged."""
+def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "model",
+                   names: dict[str, str] | None = None) -> ModelSpec:  # fmt: skip
+    """Check a shape's invariants; return it unchanged. ``names``: the field names of the
+    file the shape came from (config.json's ``num_attention_heads`` for ``heads``), used in
+    the messages instead of ``<prefix>.<field>``."""
+    names = names or {}
+
+    def key(field: str) -> str:
+        return names.get(field, f"{prefix}.{field}")
+
+    def bare(field: str) -> str:
+        return names.get(field, field)
+
     for field in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "max_positions"):
         v = getattr(spec, field)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(file, f"{prefix}.{field}", "must be a positive integer", v)
-        check_range(v, file, f"{prefix}.{field}", *INT_RANGES[f"model.{field}"])  # spec.limits
+            raise ConfigError(file, key(field), "must be a positive integer", v)
+        check_range(v, file, key(field), *INT_RANGES[f"model.{field}"])  # spec.limits
     validate_moe(spec, file, prefix)
     if spec.hidden % spec.heads and not spec.head_size:
-        raise ConfigError(file, f"{prefix}.heads", f"must divide hidden={spec.hidden}", spec.heads)
+        raise ConfigError(file, key("heads"), f"must divide {bare('hidden')}={spec.hidden}",
+                          spec.heads)  # fmt: skip
     if spec.heads % spec.kv_heads:
         raise ConfigError(
-            file, f"{prefix}.kv_heads", f"must divide heads={spec.heads}", spec.kv_heads
+            file, key("kv_heads"), f"must divide {bare('heads')}={spec.heads}", spec.kv_heads
         )
     for field, allowed in MODEL_CHOICES.items():
         if getattr(spec, field) not in allowed:
@@ -514,7 +622,7 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
     if not isinstance(spec.name, str):
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
-        raise ConfigError(file, f"{prefix}.dropout", "must be in [0, 1)", spec.dropout)
+        raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
     return spec
 
 

@@ -6,6 +6,7 @@ the value and what is allowed (``ConfigError``); the CLI prints it on one line a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -387,8 +388,8 @@ def parse_model(data: Any, file: str, base_dir: Path | None) -> ModelSpec:
         base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
     elif "hf_config" in data:
         p = Path(str(data["hf_config"]))
-        if base_dir is not None and not p.is_absolute() and not exists(p):
-            p = base_dir / p
+        if base_dir is not None and not p.is_absolute() and exists(base_dir / p):
+            p = base_dir / p  # next to the scenario first, as hardware paths; then the cwd
         spec = from_hf_config(p, file)
         base = {f.name: getattr(spec, f.name) for f in fields(ModelSpec)}
     else:
@@ -649,6 +650,13 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "training.seq_len", f"exceeds model.max_positions = {m.max_positions} "
             "(learned positions)", t.seq_len,
         )  # fmt: skip
+    if t.seq_len_effective > m.max_positions and m.positions == "learned":
+        raise ConfigError(
+            file, "training.peft.prompt_length", f"training.seq_len {t.seq_len} + "
+            f"{t.peft.prompt_length} virtual tokens = {t.seq_len_effective} positions exceed "
+            f"model.max_positions = {m.max_positions} (learned positions; prompt tuning's "
+            "virtual tokens take positions too)", t.peft.prompt_length,
+        )  # fmt: skip
     gemm = PRECISIONS[t.precision].gemm_dtype
     if gemm and not s.hardware.peak(gemm):
         ok = [n for n, x in PRECISIONS.items() if not x.gemm_dtype or s.hardware.peak(x.gemm_dtype)]
@@ -858,7 +866,13 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
         raise ConfigError("--set", assignment, "empty key path")
     if len(keys) > MAX_DEPTH:
         raise ConfigError("--set", path, f"key path deeper than {MAX_DEPTH} levels")
-    value = parse_yaml(raw, "--set") if raw.strip() else ""
+    dotted = ".".join(keys)
+    try:
+        value = parse_yaml(raw, "--set", dotted) if raw.strip() else ""
+    except ConfigError as exc:  # name the key whose value it is, not a line of the value
+        if exc.key.startswith(dotted + "."):  # a key given twice inside the value
+            raise
+        raise ConfigError("--set", dotted, exc.message, raw) from None
     node = data
     for i, k in enumerate(keys[:-1]):
         child = node.get(k)
@@ -872,6 +886,35 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
             raise ConfigError("--set", ".".join(keys[: i + 1]), "is not a mapping", child)
         node = child
     node[keys[-1]] = value
+
+
+def check_overrides_once(overrides: Sequence[str], flag: str = "--set") -> None:
+    """The user's ``--set`` assignments set each key once: ``--set training.micro_batch=2 --set
+    training.micro_batch=4`` would keep the second silently (as ``--variants`` refuses within a
+    variant), and so would ``--set training.peft.rank=4 --set training.peft={method: lora}``
+    (the second replaces the first's whole mapping). A key set after the mapping around it
+    (``--set runtime=megatron_core --set runtime.p2p=...``) refines it and is kept.
+
+    For the command line's own list only: callers that build on it (``compare --ladder``,
+    ``fit``) append overrides that replace earlier ones on purpose."""
+    seen: dict[str, str] = {}  # key path -> its assignment
+    inside: dict[str, str] = {}  # each mapping around a key set -> the first such assignment
+    for a in overrides:
+        key = _override_path(a)
+        b = one_line(a, MAX_ECHO // 2)
+        if key in seen:
+            f = one_line(seen[key], MAX_ECHO // 2)
+            raise ConfigError(None, flag, f"sets {one_line(key, MAX_ECHO)} twice, {f!r} and "
+                              f"{b!r} (the second would silently win); give it once")  # fmt: skip
+        if key in inside:
+            f = one_line(inside[key], MAX_ECHO // 2)
+            raise ConfigError(None, flag, f"{b!r} after {f!r} replaces the whole of "
+                              f"{one_line(key, MAX_ECHO)}, so {f!r} would be silently lost; "
+                              "set the mapping first, then the keys inside it")  # fmt: skip
+        seen[key] = a
+        parts = key.split(".")
+        for i in range(1, min(len(parts), MAX_DEPTH + 1)):  # deeper: apply_override refuses it
+            inside.setdefault(".".join(parts[:i]), a)
 
 
 MAX_NAME = 128

@@ -15,6 +15,10 @@ or print a traceback (each limit is a one-line :class:`ConfigError` naming the f
   few hundred bytes that expand to 10^9 values);
 - at most :data:`MAX_DEPTH` levels of nesting (64; scenario, hardware and plan files have 4,
   published_runs.yaml 5): deeper values would overflow the stack of whatever walks them.
+
+A key given twice in one mapping (``training:`` twice, ``{seq_len: 1024, seq_len: 2048}``) is
+refused, naming the key path and both lines: YAML loaders keep the last value silently
+(:func:`check_duplicate_keys`). A merge key (``<<: *base``) may be overridden, as YAML intends.
 """
 
 from __future__ import annotations
@@ -94,6 +98,48 @@ def check_nodes(root: yaml.Node, file: str) -> None:
         level = below
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def check_duplicate_keys(root: yaml.Node, file: str, prefix: str = "") -> None:
+    """Refuse a mapping that gives the same key twice (the loader would keep the last value
+    without a word): a :class:`ConfigError` naming ``file``, the key path (after ``prefix``,
+    e.g. ``training.seq_len``; list entries as ``[i]``) and the lines of both.
+
+    Keys are compared as the loader resolves them (``seq_len`` and ``"seq_len"`` are the same
+    key; ``1`` and ``"1"`` are not). Each collection is visited once (an alias is not walked
+    again); the first duplicate in document order is reported."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, prefix)]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        below: list[tuple[yaml.Node, str]] = []
+        if node.id == "mapping":
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for k, v in node.value:
+                if k.id != "scalar":  # a complex key: walk it, no name to compare
+                    below += [(k, path), (v, path)]
+                    continue
+                if k.tag == _MERGE_TAG:  # ``<<: *base``: later keys override it, as intended
+                    below.append((v, path))
+                    continue
+                where = f"{path}.{k.value}" if path else str(k.value)
+                ident = (k.tag, k.value)
+                if ident in first:
+                    a, b = first[ident].start_mark.line + 1, k.start_mark.line + 1
+                    lines = f"on line {a}" if a == b else f"on lines {a} and {b}"
+                    raise ConfigError(file, where, f"key given twice, {lines} (YAML would keep "
+                                      "the second silently); give it once")  # fmt: skip
+                first[ident] = k
+                below.append((v, where))
+        elif node.id == "sequence":
+            below = [(v, f"{path}[{i}]") for i, v in enumerate(node.value)]
+        stack.extend(reversed(below))  # document order
+
+
 def _count_events(text: str, file: str) -> None:
     """Refuse a text with more than :data:`MAX_NODES` values as written, or nested deeper
     than :data:`MAX_DEPTH`, from libyaml's event stream (~3 us a value), stopping at the limit."""
@@ -112,9 +158,10 @@ def _count_events(text: str, file: str) -> None:
             raise ConfigError(file, _line(ev), f"more than {MAX_NODES:,} values")
 
 
-def parse_yaml(text: str, file: str) -> Any:
+def parse_yaml(text: str, file: str, prefix: str = "") -> Any:
     """Parse YAML text within the limits above; every failure is a one-line
-    :class:`ConfigError` naming ``file``."""
+    :class:`ConfigError` naming ``file``. ``prefix``: the key path the text is the value of
+    (``--set training.peft={...}``), which a duplicate key's path starts with."""
     if len(text) > MAX_FILE_BYTES:
         raise ConfigError(file, "<file>", f"larger than {MAX_FILE_BYTES // 2**20} MiB")
     loader = None
@@ -126,6 +173,7 @@ def parse_yaml(text: str, file: str) -> Any:
         if node is None:
             return None
         check_nodes(node, file)
+        check_duplicate_keys(node, file, prefix)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
