@@ -622,6 +622,29 @@ def test_megatron_moe_flags_import_as_experts_and_ep(tmp_path: Path) -> None:
     one_line_error(r, "--expert-model-parallel-size")
 
 
+def test_megatron_mtp_num_layers_trains_the_mtp_module(tmp_path: Path) -> None:
+    """--mtp-num-layers (Megatron-Core's multi-token prediction) becomes model.mtp_layers: the
+    module's block joins the last stage's chunk (block L of L + 1); its loss weight
+    (--mtp-loss-scaling-factor) changes no cost; on a dense model the module is listed as not
+    simulated."""
+    from simtrain.layout.step import resolve
+
+    f = tmp_path / "moe.txt"
+    f.write_text(BASE + "--bf16 --num-experts 8 --moe-router-topk 2 --mtp-num-layers 1 "
+                 "--mtp-loss-scaling-factor 0.1")  # fmt: skip
+    imp = import_config("megatron", f, gpus=8)
+    sc = load_imported(imp)
+    assert sc.model.mtp_layers == 1
+    assert "--mtp-loss-scaling-factor" in imp.no_effect
+    last = resolve(sc).chunks[-1]
+    assert last.head and last.hi == sc.model.layers + 1
+    dense = tmp_path / "dense.txt"
+    dense.write_text(BASE + "--bf16 --mtp-num-layers 1")
+    imp = import_config("megatron", dense, gpus=8)
+    assert any("--mtp-num-layers" in u for u in imp.unsupported)
+    assert load_imported(imp).model.mtp_layers == 0
+
+
 def test_megatron_flex_deepep_and_group_routing(tmp_path: Path) -> None:
     """--moe-token-dispatcher-type flex (DeepEP backend, Megatron's default backend) is runtime
     moe_dispatcher deepep with --moe-deepep-num-sms as its SMs; --moe-router-num-groups /

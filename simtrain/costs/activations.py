@@ -22,7 +22,7 @@ from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
-from simtrain.spec.scenario import TrainingSpec
+from simtrain.spec.scenario import TrainingSpec, trained_mtp_modules
 
 # ---------------------------------------------------------------------------------------------
 # Activations: the tensors saved for backward
@@ -419,6 +419,24 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     if base_trainable(t.peft.method, t.peft.phase) or probe:
         total += prec.act_mm * sb * m.hidden // (1 if gathered_input and tp > 1 else div)
     return total
+
+
+def mtp_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
+                    gathered_input: int = 0) -> int:  # fmt: skip
+    """What the multi-token-prediction modules the step trains save per micro-batch beside their
+    transformer blocks (counted as blocks of the head's chunk): per module, what the main
+    model's final norm, output layer and loss save (:func:`head_saved_bytes`: its final norm,
+    the shared output layer on its tokens, its loss), eh_proj's 2h-wide input and the enorm and
+    hnorm inputs with their statistics (Megatron-Core ``MultiTokenPredictionLayer``)."""
+    n = trained_mtp_modules(m, t)
+    if not n or not grad_flows_through_blocks(t):
+        return 0
+    prec = PRECISIONS[t.precision]
+    sb = t.seq_len_effective * t.micro_batch
+    div = tp if sp else 1
+    stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+    own = (prec.act_mm * sb * 2 * m.hidden + 2 * (prec.act_norm * sb * m.hidden + stats)) // div
+    return n * (head_saved_bytes(m, t, tp, sp, gathered_input) + own)
 
 
 def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:

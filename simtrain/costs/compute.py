@@ -52,6 +52,7 @@ from simtrain.spec.scenario import (
     TrainingSpec,
     cp_rank_training,
     microbatches,
+    trained_mtp_modules,
 )
 
 
@@ -431,6 +432,33 @@ def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     return gemm_edge(t.micro_batch * t.seq_len_effective, max(1, m.vocab // tp), m.hidden)
 
 
+def mtp_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1
+              ) -> tuple[float, float, float, float, float]:  # fmt: skip
+    """What the multi-token-prediction modules the step trains (``trained_mtp_modules``) add to
+    the head's chunk beyond their transformer blocks (blocks of the chunk, ``layout.step``):
+    (forward, input-grad, weight-grad FLOPs, GEMM shape term, forward element-wise bytes). Per
+    module (DeepSeek-V3 §2.2 Eq. 21-23; Megatron-Core ``MultiTokenPredictionLayer`` at
+    d98e8a64: enorm, hnorm, eh_proj a column-parallel 2h -> h linear, the block, its
+    final_layernorm; the shared output layer and the loss on its tokens in the post-process):
+    eh_proj 2·b·s·2h·h/t each way, the output layer's GEMMs again (:func:`head_flops`), and the
+    element-wise work of the embedding lookup of the shifted tokens (3·b·s·h, as the first
+    stage's), the two input norms (read + write each), the concatenation (read + write 2h) and
+    the final norm: 13 x b·s·h in the activation dtype; the loss's own element-wise work is
+    :func:`head_elementwise_bytes`, counted with the head."""
+    n = trained_mtp_modules(m, t)
+    if not n:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    tokens = t.micro_batch * t.seq_len_effective
+    h = m.hidden
+    eh = 2.0 * tokens * 2 * h * (h / tp)
+    hf, hi, hw = head_flops(m, t, tp)
+    grad = grad_flows_through_blocks(t)
+    edge = gemm_edge(tokens, max(1, h // tp), 2 * h)
+    e = PRECISIONS[t.precision].act_mm
+    return (n * (eh + hf), n * ((eh if grad else 0.0) + hi), n * ((eh if grad else 0.0) + hw),
+            n * edge, n * 13.0 * e * tokens * h)  # fmt: skip
+
+
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
     """(forward, input-grad, weight-grad) FLOPs of the LM head: 2·b·s·h·V/t each."""
     s = t.seq_len_effective
@@ -654,13 +682,20 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     e_i = e_f if grad else 0.0
     e_w = e_f if grad and full else 0.0
     if last:
+        # the output layer and loss, once more for each MTP module's tokens (mtp_flops)
+        mtp = trained_mtp_modules(m, t)
         hf, hi, hwf = head_flops(m, t, tp)
-        fwd_f, i_f, w_f = fwd_f + hf, i_f + hi, w_f + hwf
-        he = head_edge(m, t, tp)
-        e_f, e_i, e_w = e_f + he, e_i + (he if hi else 0.0), e_w + (he if hwf else 0.0)
+        xf, xi, xw, xe, x_ew = mtp_flops(m, t, tp)
+        fwd_f, i_f, w_f = fwd_f + hf + xf, i_f + hi + xi, w_f + hwf + xw
+        he = head_edge(m, t, tp) * (1 + mtp)
+        e_f, e_i, e_w = (
+            e_f + he + xe,
+            e_i + (he + xe if hi else 0.0),
+            e_w + (he + xe if hwf else 0.0),
+        )
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
-        ew += head_fwd
-        ew_bwd += head_bwd if grad else 0.0
+        ew += head_fwd * (1 + mtp) + x_ew
+        ew_bwd += (head_bwd * (1 + mtp) + elementwise_backward_factor(e) * x_ew) if grad else 0.0
     fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
     if PRECISIONS[t.precision].gemm_dtype:
         return _fp8_chunk_costs(

@@ -30,6 +30,7 @@ from simtrain.costs.activations import (
     layer_saved_tensors,
     loss_saved_bytes,
     loss_transient_bytes,
+    mtp_saved_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
     tp_gathered_input_bytes,
@@ -51,6 +52,7 @@ from simtrain.costs.params import (
     head_param_tensors,
     layer_param_tensors,
     model_state_bytes,
+    mtp_param_tensors,
     optimizer_working_bytes,
     paged_state_bytes,
     scale_states,
@@ -295,7 +297,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             # the chunk's output, kept for its backward (runtime pipeline_keeps_stage_outputs)
             c += layer_input_bytes(m, t, tp, sp)
         if ch.head:
-            c += head_saved_bytes(m, t, tp, sp, gathered)
+            c += head_saved_bytes(m, t, tp, sp, gathered) + mtp_saved_bytes(m, t, tp, sp, gathered)
             if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
                 c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
@@ -466,6 +468,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ends += embedding_param_tensors(m, t, tp)
     if any(c.head for c in mine):
         ends += head_param_tensors(m, t, tp, p.pp)
+        ends += mtp_param_tensors(m, t, tp, embedding=not any(c.embedding for c in mine))
     n_layers = step.rank_layers(stage)
     gb = buffer_grad_bytes(sc, step)
 

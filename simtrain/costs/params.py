@@ -20,7 +20,7 @@ from simtrain.spec.precision import (
     PRECISIONS,
     STATES_PER_PARAM,
 )
-from simtrain.spec.scenario import TrainingSpec
+from simtrain.spec.scenario import TrainingSpec, trained_mtp_modules
 
 
 def nf4_bytes(n: int, block: int = 64) -> int:
@@ -187,6 +187,31 @@ def head_param_tensors(
     elif pp > 1:
         out.append(ParamTensor("lm_head(tied copy)", m.hidden, m.vocab // tp, full, matmul=True))
     return out
+
+
+def mtp_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1,
+                      embedding: bool = False) -> list[ParamTensor]:  # fmt: skip
+    """What each multi-token-prediction module the step trains (``trained_mtp_modules``) holds
+    beside its transformer block (a block of the head's chunk): enorm, hnorm and its final norm,
+    and eh_proj, a column-parallel 2h -> h linear (Megatron-Core ``MultiTokenPredictionLayer``
+    at d98e8a64; HF checkpoint ``model.layers.61``: ``ModelSpec.mtp_params``); the output head
+    is the main model's. ``embedding``: the rank holds no token embedding of its own, and the
+    modules embed the shifted tokens: Megatron-Core builds one on the MTP stage
+    (``GPTModel``: ``if self.pre_process or self.mtp_process``), its gradients reduced with the
+    first stage's; where the rank holds the embedding (DeepSeek-V3 §3.2.3 puts it, the output
+    head and the MTP module on one rank) they share it."""
+    n = trained_mtp_modules(m, t)
+    if not n:
+        return []
+    norms = [ParamTensor(f"mtp.{x}.weight", m.hidden, 1, True)
+             for x in ("enorm", "hnorm", "final_norm")]  # fmt: skip
+    if m.norm == "layernorm":
+        norms += [ParamTensor(f"mtp.{x}.bias", m.hidden, 1, True)
+                  for x in ("enorm", "hnorm", "final_norm")]  # fmt: skip
+    out = (
+        norms + [ParamTensor("mtp.eh_proj", 2 * m.hidden, m.hidden // tp, True, matmul=True)]
+    ) * n
+    return out + (embedding_param_tensors(m, t, tp) if embedding else [])
 
 
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:

@@ -26,7 +26,9 @@ def chunk_layers(layers: int, pp: int, v: int = 1) -> dict[int, tuple[int, int]]
 class StageBlocks:
     """What one chunk (virtual stage) holds: decoder layers [lo, hi) (possibly none under a
     compute-balanced split), and whether it holds the embedding and the final norm + LM head +
-    loss."""
+    loss. On the head's chunk, blocks ``model.layers`` .. ``hi - 1`` are the transformer blocks
+    of the multi-token-prediction modules the step trains (``layout.step``;
+    ``spec.scenario.trained_mtp_modules``)."""
 
     lo: int
     hi: int

@@ -25,7 +25,13 @@ from simtrain.schedules import (
 )
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
-from simtrain.spec.scenario import ParallelSpec, Scenario, TrainingSpec, microbatches
+from simtrain.spec.scenario import (
+    ParallelSpec,
+    Scenario,
+    TrainingSpec,
+    microbatches,
+    trained_mtp_modules,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,12 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         split = {k: one[k % p.pp] for k in range(2 * p.pp)}
     else:
         split = split_layers(m, p)
+    if mtp := trained_mtp_modules(m, t):
+        # Megatron-Core puts every MTP module on the last pipeline stage, with the output layer
+        # and the loss ("By default, all MTP layers sit on the last pipeline stage":
+        # docs/user-guide/features/multi_token_prediction.md at d98e8a64): each module's
+        # transformer block is block m.layers + k of the head's chunk
+        split = {k: replace(c, hi=c.hi + mtp) if c.head else c for k, c in split.items()}
     prec = PRECISIONS[t.precision]
     all_warmup = all_warmup_at_pp and name == "interleaved" and p.virtual_stages > 1 and mb == p.pp
     return ResolvedStep(

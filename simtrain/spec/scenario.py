@@ -251,6 +251,14 @@ def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
     return t.global_batch // (t.micro_batch * p.dp)
 
 
+def trained_mtp_modules(m: ModelSpec, t: TrainingSpec) -> int:
+    """Multi-token-prediction modules the step trains (DeepSeek-V3 §2.2: D = 1 in its
+    pre-training; Megatron-Core ``--mtp-num-layers``): the model's ``mtp_layers`` in full
+    training; none under PEFT (Hugging Face transformers' DeepSeek-V3 builds no MTP module:
+    the checkpoint's layer 61 is not loaded). Set ``model.mtp_layers: 0`` to train without."""
+    return m.mtp_layers if t.peft.method == "none" else 0
+
+
 def cp_rank_training(t: TrainingSpec, cp: int) -> TrainingSpec:
     """What one context-parallel rank computes per micro-batch: s/cp of each sequence's tokens
     (Megatron-Core ``get_batch_on_this_cp_rank``: tokens, labels, positions, 2 of 2·cp chunks),

@@ -117,18 +117,22 @@ def megatron_split_problem(layers: int, pp: int, v: int, first: int, last: int,
 def explicit_split_problem(layers: int, pp: int, v: int,
                            split: tuple[int, ...]) -> tuple[str, str, Any] | None:  # fmt: skip
     """Why an explicit ``layer_split`` list does not fit: one entry per chunk (``pp·v``, in the
-    chunk order above), each >= 1, summing to ``model.layers``."""
+    chunk order above), summing to ``model.layers``, each >= 1 but the first and the last, which
+    hold the embedding and the output layer + loss (and any MTP modules) and may hold no decoder
+    layer (Megatron-Core's pipeline layouts allow such stages: ``E|t*3|...|L``; DeepSeek-V3
+    balances its embedding, output head and MTP module on one rank this way)."""
     key = "parallelism.layer_split"
     chunks = pp * v
     if len(split) != chunks:
         per = (f"one per model chunk: pp x virtual_stages = {pp} x {v} = {chunks}, in chunk "
                "order j·pp + r (chunk j of rank r)") if v > 1 else f"one per pipeline stage (pp = {pp})"  # fmt: skip
         return key, f"has {len(split)} entries: give {per}", list(split)
-    bad = [i for i, n in enumerate(split) if n < 1]
+    bad = [i for i, n in enumerate(split) if n < 0 or (n == 0 and 0 < i < chunks - 1)]
     if bad:
         return (
             key,
-            f"entry {bad[0]} is {split[bad[0]]}: every stage holds at least one layer",
+            f"entry {bad[0]} is {split[bad[0]]}: every stage holds at least one layer (the "
+            "first and the last may hold none: the embedding, the output layer)",
             list(split),
         )
     if sum(split) != layers:

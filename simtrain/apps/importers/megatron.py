@@ -93,6 +93,7 @@ NO_EFFECT = frozenset({
     "--vocab-file", "--merge-file", "--tokenizer-model", "--attention-dropout",
     "--use-checkpoint-args", "--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler",
     "--adlr-autoresume", "--adlr-autoresume-interval",
+    "--mtp-loss-scaling-factor",  # the MTP loss's weight: no FLOP or byte changes
 })  # fmt: skip
 NO_EFFECT_PREFIXES = (
     "--log-", "--tensorboard-", "--wandb-", "--eval-", "--save-", "--load-", "--ckpt-",
@@ -372,10 +373,17 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
     pattern is listed as not simulated). Routing details (load balancing, aux loss, token dropping policy other
     than dropless) do not change the FLOPs simtrain counts: listed as no effect."""
     experts = f.int_("--num-experts")
+    mtp = f.pos_("--mtp-num-layers", hi=LIMIT["model.mtp_layers"]) if "--mtp-num-layers" in f else 0
     if not experts:
+        if mtp:
+            r.unsupported_(f"--mtp-num-layers {mtp}", "multi-token prediction of a dense model: "
+                           "simtrain's MTP module is DeepSeek-V3's, an MoE block")  # fmt: skip
         return {}
     r.origin("model.num_experts", "--num-experts")
     out: dict[str, Any] = {"num_experts": experts}
+    if mtp:  # Megatron-Core: the modules on the last pipeline stage (spec.scenario, layout.step)
+        out["mtp_layers"] = mtp
+        r.origin("model.mtp_layers", "--mtp-num-layers")
     out["experts_per_token"] = f.int_("--moe-router-topk", 2)
     if "--moe-router-topk" not in f:
         r.assume("--moe-router-topk absent: 2 (Megatron's default)")
