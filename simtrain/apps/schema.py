@@ -98,8 +98,10 @@ def _field(prefix: str, f: Any, choices: dict[str, tuple[Any, ...]],
             string["pattern"] = _list_pattern(tuple(str(a) for a in allowed))
         out: dict[str, Any] = {"anyOf": [{"type": "array", "items": items}, string]}
     elif typ == "str | tuple[int, ...]":  # parallelism.layer_split: a name or layers per chunk
+        # (0 only for the first and the last chunk, which hold the embedding / the head:
+        # spec.stage_split.explicit_split_problem; a schema cannot say where)
         out = {"anyOf": [{"enum": list(allowed or ())},
-                         {"type": "array", "items": {"type": "integer", "minimum": 1},
+                         {"type": "array", "items": {"type": "integer", "minimum": 0},
                           "minItems": 1}]}  # fmt: skip
     elif typ == "bool":
         out = {"type": "boolean"}
