@@ -145,3 +145,25 @@ def test_groups_across_a_node_boundary_are_priced_as_crossing() -> None:
     assert not resolve(aligned).placement.dp_crosses_nodes
     slow = simulate_scenario(straddling).metrics.step_time_s
     assert slow > simulate_scenario(aligned).metrics.step_time_s
+
+
+def test_nic_tasks_keep_their_own_collectives_latency() -> None:
+    """On the NIC a data-parallel task keeps its collective's latency as the fixed part and the
+    rest moves as bytes (sim.lowering.nics): a ring all-reduce's 2(n - 1) link latencies, an
+    all-gather's or reduce-scatter's n - 1 (review: every DP/AG/RS task was given the ring
+    all-reduce's 2(n - 1), and a NCCL tree all-reduce shorter than that put no byte on the
+    NIC). ZeRO-1 under the ring runtime: the gradient reduction is a reduce-scatter."""
+    from simtrain.costs.workload import nic_plan
+    from simtrain.layout.step import resolve
+
+    sc = load_scenario("scenarios/3d_128gpu.yaml", ["runtime.collective_algorithm=ring"])
+    step = resolve(sc)
+    n, lat = step.groups.dp_cp, sc.hardware.inter_node_latency_s
+    plan = nic_plan(sc, step)
+    assert plan.crossing("AG", 0) == (plan.dp_crosses, plan.ag_latency_s)
+    assert plan.ag_latency_s == plan.rs_latency_s
+    assert plan.ag_latency_s == pytest.approx((n - 1) * lat, rel=0.05)
+    assert plan.dp_latency_s == pytest.approx(2 * (n - 1) * lat, rel=0.05)
+    zero1 = load_scenario("scenarios/3d_128gpu.yaml", ["runtime.collective_algorithm=ring",
+                                                        "parallelism.zero_stage=1"])  # fmt: skip
+    assert nic_plan(zero1, resolve(zero1)).dp_latency_s == pytest.approx(plan.rs_latency_s)

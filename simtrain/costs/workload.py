@@ -483,11 +483,24 @@ def _hop_crosses(step: ResolvedStep, stage: int, to_stage: int) -> bool:
     return rank != other and step.placement.hop_crosses_nodes(rank, other - rank)
 
 
+def _dp_latency_s(sc: Scenario, step: ResolvedStep, op: str) -> float:
+    """The fixed part of a collective ``op`` over the data-parallel group: its time for one byte
+    (the runtime's algorithm as ``costs.comm.collective_ns`` prices it: a ring all-reduce's
+    2(n − 1) hops, an all-gather's or reduce-scatter's n − 1, NCCL's tree or NVLS choice its
+    own), so that the rest of a task's time is bytes on the NIC (``sim.lowering.nics``)."""
+    g = step.groups
+    return comm.collective_ns(sc, step, op, 1.0, g.dp_cp, g.tp) / 1e9
+
+
 def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
-    """Which transfers leave the node, and each one's latency: they share their GPU's NIC."""
+    """Which transfers leave the node, and each one's latency: they share their GPU's NIC. The
+    data-parallel tasks' latency by kind: "DP" (the gradient buckets or reduction: an
+    all-reduce, or ZeRO-1/2's reduce-scatter), "AG" and "RS" (ZeRO's gathers and scatters)."""
     hw, pl, g = sc.hardware, step.placement, step.groups
+    p, rt = sc.parallelism, sc.runtime
     lat = hw.inter_node_latency_s
     stages = range(len(step.chunks))
+    scatter = p.zero_stage in (1, 2) and rt.zero_grad_reduction == "reduce_scatter"
     return NicPlan(
         bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s
         * hw.efficiency.collective
@@ -496,7 +509,9 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         send_backward_crosses=tuple(_hop_crosses(step, s, s - 1) for s in stages),
         p2p_latency_s=lat,
         dp_crosses=pl.group_crosses_nodes(g.dp_cp, g.tp),
-        dp_latency_s=2 * (g.dp_cp - 1) * lat,
+        dp_latency_s=_dp_latency_s(sc, step, "reduce_scatter" if scatter else "all_reduce"),
+        ag_latency_s=_dp_latency_s(sc, step, "all_gather"),
+        rs_latency_s=_dp_latency_s(sc, step, "reduce_scatter"),
         tp_crosses=pl.tp_crosses_nodes,
         tp_latency_s=2 * (g.tp - 1) * lat,
         cp_crosses=pl.cp_crosses_nodes,

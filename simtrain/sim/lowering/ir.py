@@ -168,6 +168,10 @@ class NicPlan:
     cp_latency_s: float = 0.0
     ep_crosses: bool = False  # the expert-parallel all-to-alls leave the node
     ep_latency_s: float = 0.0
+    # ZeRO's all-gathers ("AG") and reduce-scatters ("RS"): their own fixed part (dp_latency_s
+    # is the "DP" tasks', the gradient reduction's)
+    ag_latency_s: float = 0.0
+    rs_latency_s: float = 0.0
 
     def crossing(self, kind: str, stage: int | None) -> tuple[bool, float]:
         """(leaves the node, latency in s) of a communication task of ``kind``; a pipeline
@@ -177,7 +181,8 @@ class NicPlan:
         if kind == "SEND_B":
             return self.send_backward_crosses[stage or 0], self.p2p_latency_s
         if kind in ("DP", "AG", "RS") and self.dp_crosses:
-            return True, self.dp_latency_s
+            lat = {"AG": self.ag_latency_s, "RS": self.rs_latency_s}.get(kind, self.dp_latency_s)
+            return True, lat
         if kind == "TP" and self.tp_crosses:
             return True, self.tp_latency_s
         if kind == "CP" and self.cp_crosses:
