@@ -506,8 +506,8 @@ def hardware_doc(draw: Drawer) -> dict[str, Any]:
     for dtype in list(doc["peak_tflops"]):
         if coin(draw, 0.2):
             doc["peak_tflops"][dtype] = choose(draw, 0, 1e-6, 0.001, 1, 1e5, 1e9)
-    if coin(draw, 0.1):
-        doc["peak_tflops"] = {"fp32": odd_number(draw, 1e-3, 1e5)}
+    if coin(draw, 0.1):  # a GPU with no 16-bit rate (a profile states it: 0)
+        doc["peak_tflops"] = {"fp32": odd_number(draw, 1e-3, 1e5), "fp16": 0, "bf16": 0}
     doc["gpus_per_node"] = choose(draw, 8, 8, 1, 2, 3, 4, 16, 64)
     doc["intra_node"]["kind"] = choose(draw, doc["intra_node"]["kind"], "pcie", "nvlink", "xgmi")
     if coin(draw, 0.3):
