@@ -118,14 +118,16 @@ def predicted_step_time(sc: Scenario) -> float:
     equals the full simulation to the nanosecond (``tests/test_validate.py``). With stages of
     unequal layer counts (an uneven split) the first micro-batches fill the pipeline at the
     speed of every stage and only later at the slowest one's: T(m) is affine from m = pp on, so
-    m₁ = pp there (``tests/test_uneven_stages.py``). A runtime whose interleaved order differs
-    at m = pp (``interleaved_all_warmup_at_pp``: every forward first) is on the line from
-    m₁ = 2·pp."""
+    m₁ = pp there, and with v > 1 chunks per rank from m = (v + 1)·pp (the interleaved warm-up
+    runs (v − 1)·pp forwards more: simulated, a split with an empty last chunk is affine from
+    3·pp at v = 2 and v = 3; ``tests/test_uneven_stages.py``). A runtime whose interleaved order
+    differs at m = pp (``interleaved_all_warmup_at_pp``: every forward first) is on the line
+    from m₁ = 2·pp."""
     step = resolve(sc)
     m = step.microbatches
     m1 = step.traits.affine_from(step.pp)
     if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
-        m1 = max(m1, step.pp)
+        m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
     if m1 == step.pp and resolve(_with_microbatches(sc, m1)).all_warmup_at_pp:
         m1 = 2 * step.pp
     m2 = 2 * m1
