@@ -114,16 +114,21 @@ def test_loss_parallel_backward_holds_three_fp32_logit_tensors(tmp_path: Path) -
     """tp 2, eager loss: torchtitan's loss_parallel. Its backward
     (_nll_loss_and_log_softmax_backward: zeros_like(x), exp(x), their sum, the product) holds
     three fp32 b·s·V/t tensors beside the saved log-softmax; ATen's holds two. b·s = 8192,
-    V/t = 128,256 / 2."""
-    from simtrain.costs.activations import loss_transient_bytes
+    V/t = 128,256 / 2. Without loss parallel the output layer returns Replicate() logits: every
+    TP rank's loss is over the whole vocabulary (saved fp32 log-softmax 4·b·s·V, two fp32
+    b·s·V tensors in its backward; review: it was over V/t, while the logits the pipeline's
+    last stage keeps were whole)."""
+    from simtrain.costs.activations import loss_saved_bytes, loss_transient_bytes
 
     sc = _titan(tmp_path, {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2"}, 8)
     assert sc.training.cross_entropy == "loss_parallel"
     assert loss_transient_bytes(sc.model, sc.training, 2) == 3 * 4 * 8192 * 64128
     off = {"tensor_parallel_degree = 1": "tensor_parallel_degree = 2\ndisable_loss_parallel = true"}
     sc_off = _titan(tmp_path, off, 8)
-    assert sc_off.training.cross_entropy == "standard"
-    assert loss_transient_bytes(sc_off.model, sc_off.training, 2) == 2 * 4 * 8192 * 64128
+    assert sc_off.training.cross_entropy == "gathered"
+    assert loss_transient_bytes(sc_off.model, sc_off.training, 2) == 2 * 4 * 8192 * 128256
+    assert loss_saved_bytes(sc_off.model, sc_off.training, 2) == 4 * 8192 * 128256
+    assert loss_saved_bytes(sc.model, sc.training, 2) == 4 * 8192 * 64128
 
 
 def test_fsdp2_root_group_stays_whole(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from simtrain.spec.scenario import (
     Scenario,
     TrainingSpec,
     cp_rank_training,
+    loss_vocab,
     microbatches,
     trained_mtp_modules,
 )
@@ -419,11 +420,12 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch.
     Standard: fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
     :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
-    one read and one write of a logit backward, in the matmul dtype."""
+    one read and one write of a logit backward, in the matmul dtype. Gathered: the standard
+    loss over the whole vocabulary on every TP rank."""
     if t.cross_entropy == "fused":
         fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len_effective * m.vocab / tp
         return fwd, 2 * fwd
-    fwd = 4 * 4 * t.micro_batch * t.seq_len_effective * m.vocab / tp
+    fwd = 4 * 4 * t.micro_batch * t.seq_len_effective * loss_vocab(m.vocab, t.cross_entropy, tp)
     return fwd, elementwise_backward_factor(4) * fwd
 
 

@@ -48,7 +48,19 @@ RECOMPUTE = ("none", "selective", "full", "selective_op")
 # fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written) or
 # "loss_parallel" (PyTorch's loss_parallel over vocabulary-sharded logits: the standard loss's
 # saved fp32 log-softmax, a larger backward working set: costs.activations.loss_transient_bytes).
-CROSS_ENTROPY = ("standard", "fused", "loss_parallel")
+#: standard: over the vocabulary shard V/t (Megatron's vocab-parallel cross-entropy); fused:
+#: flash-attn's; loss_parallel: PyTorch's loss_parallel over the shard; gathered: the logits
+#: all-gathered to the whole vocabulary on every TP rank, then a standard cross-entropy over V
+#: (torchtitan without loss parallel: the output layer's Replicate() output).
+CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered")
+
+
+def loss_vocab(m_vocab: int, cross_entropy: str, tp: int) -> int:
+    """Logits per token one TP rank's loss works on: the whole vocabulary when the logits are
+    gathered (``cross_entropy: gathered``), else its shard V/t."""
+    return m_vocab if cross_entropy == "gathered" else m_vocab // tp
+
+
 PEFT_METHODS = (
     "none", "lora", "qlora", "adapter", "prefix", "prompt", "linear_probe", "lp_ft", "bitfit",
 )  # fmt: skip

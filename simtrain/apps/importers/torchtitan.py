@@ -416,6 +416,12 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         training["cross_entropy"] = "loss_parallel"
         r.assume("tensor parallel: loss parallel (parallelism.disable_loss_parallel false): "
                  "PyTorch's loss_parallel cross-entropy over the vocabulary shard")  # fmt: skip
+    elif tp > 1:
+        # parallelize.py: without loss parallel the output layer's ColwiseParallel returns
+        # Replicate(): every TP rank holds the whole vocabulary's logits and their loss
+        training["cross_entropy"] = "gathered"
+        r.assume("tensor parallel without loss parallel: the logits gathered to the whole "
+                 "vocabulary on every TP rank (the output layer's Replicate output)")  # fmt: skip
     if cpu_offload:
         training["offload"] = {"optimizer": True}
     return r.scenario(
