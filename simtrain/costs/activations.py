@@ -22,7 +22,7 @@ from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
-from simtrain.spec.scenario import TrainingSpec, loss_vocab, trained_mtp_modules
+from simtrain.spec.scenario import TrainingSpec, loss_vocab_shards, trained_mtp_modules
 
 # ---------------------------------------------------------------------------------------------
 # Activations: the tensors saved for backward
@@ -391,7 +391,7 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     sb = t.seq_len_effective * t.micro_batch
     if t.cross_entropy == "fused":
         return PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
-    return 4 * sb * loss_vocab(m.vocab, t.cross_entropy, tp)
+    return 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
@@ -456,7 +456,7 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # grad_output``: zeros, exp(x) and their sum, then the sum and the product, three fp32
         # b·s·V/t tensors beside the saved log-softmax x (ATen's backward holds two)
         return 3 * 4 * t.micro_batch * s * m.vocab // tp
-    return 2 * 4 * t.micro_batch * s * loss_vocab(m.vocab, t.cross_entropy, tp)
+    return 2 * 4 * t.micro_batch * s * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int:

@@ -51,7 +51,7 @@ from simtrain.spec.scenario import (
     Scenario,
     TrainingSpec,
     cp_rank_training,
-    loss_vocab,
+    loss_vocab_shards,
     microbatches,
     trained_mtp_modules,
 )
@@ -425,7 +425,14 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     if t.cross_entropy == "fused":
         fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len_effective * m.vocab / tp
         return fwd, 2 * fwd
-    fwd = 4 * 4 * t.micro_batch * t.seq_len_effective * loss_vocab(m.vocab, t.cross_entropy, tp)
+    fwd = (
+        4
+        * 4
+        * t.micro_batch
+        * t.seq_len_effective
+        * m.vocab
+        / loss_vocab_shards(t.cross_entropy, tp)
+    )
     return fwd, elementwise_backward_factor(4) * fwd
 
 

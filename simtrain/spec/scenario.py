@@ -55,10 +55,10 @@ RECOMPUTE = ("none", "selective", "full", "selective_op")
 CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered")
 
 
-def loss_vocab(m_vocab: int, cross_entropy: str, tp: int) -> int:
-    """Logits per token one TP rank's loss works on: the whole vocabulary when the logits are
-    gathered (``cross_entropy: gathered``), else its shard V/t."""
-    return m_vocab if cross_entropy == "gathered" else m_vocab // tp
+def loss_vocab_shards(cross_entropy: str, tp: int) -> int:
+    """The TP ranks a loss's logits are split over: 1 when they are gathered to the whole
+    vocabulary (``cross_entropy: gathered``), else tp (each rank's shard V/t)."""
+    return 1 if cross_entropy == "gathered" else tp
 
 
 PEFT_METHODS = (
