@@ -420,3 +420,18 @@ def test_schema_has_cp() -> None:
     schema = json.loads((ROOT / "schemas" / "scenario.schema.json").read_text())
     text = json.dumps(schema)
     assert '"cp"' in text
+
+
+def test_an_mla_ring_message_carries_k_and_v_at_their_own_widths() -> None:
+    """Multi-head latent attention's K is heads x (qk_nope + qk_rope) = 128 x 192 wide, its V
+    heads x v_head_dim = 128 x 128 (DeepSeek-V3): TE's ring sends torch.cat of both, so a
+    rank's message for s/cp = 2,048 bf16 tokens is 2 x 2,048 x (24,576 + 16,384) B (review:
+    V was priced at K's width, 20 % more)."""
+    from simtrain.costs.cp import ring_message_bytes
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/llama3_8b_cp.yaml", [
+        "model.preset=deepseek-v3", "model.layers=4", "model.first_dense_layers=1",
+        "model.mtp_layers=0", "training.seq_len=16384"])  # fmt: skip
+    assert (sc.parallelism.cp, sc.parallelism.tp) == (8, 1)
+    assert ring_message_bytes(sc) == 2 * 2048 * (128 * 192 + 128 * 128)

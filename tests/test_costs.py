@@ -116,3 +116,28 @@ def test_mosaicml_flops_reproduce_llm_foundrys_table(
     for hardware, want in ((False, mfu), (True, hfu)):
         per_token = mosaicml_flops(sc, hardware) / sc.tokens_per_step
         assert per_token * rate == pytest.approx(want, abs=2e-4)
+
+
+def test_lora_flops_are_one_tp_ranks() -> None:
+    """LoRA's A is split like its base linear's input and B like its output (costs.params), so
+    one TP rank's adapter FLOPs are 2·b·s·r·(its A rows + its B columns): Llama-2-7B QLoRA on
+    every linear, tp 4: q, k, v, gate, up column-parallel (h + f/4 ...), o and down row-parallel
+    (review: every rank was charged the whole adapters, 10.23 against 5.38 GFLOP)."""
+    from dataclasses import replace
+
+    from simtrain.costs.compute import block_flops
+    from simtrain.spec.model import tp_split_shape
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/colab_t4_qlora_7b.yaml")
+    m, t = sc.model, sc.training
+    base = replace(t, peft=replace(t.peft, method="none"))
+    shapes = m.linear_weight_shapes()
+    for tp in (1, 4):
+        lora = block_flops(m, t, tp).forward - block_flops(m, base, tp).forward
+        want = sum(2 * t.micro_batch * t.seq_len * t.peft.rank * sum(tp_split_shape(n, *shapes[n], tp))
+                   for n in t.peft.target_modules)  # fmt: skip
+        assert lora == pytest.approx(want, rel=1e-12)
+        if tp == 1:
+            whole = want
+    assert want < whole / 1.8

@@ -692,3 +692,13 @@ def test_the_optimizer_steps_temporaries_shard_experts_over_the_expert_dp_group(
     s = stage_memory(sc, 1)
     assert (sc.parallelism.dp, sc.parallelism.ep, sc.parallelism.zero_stage) == (16, 8, 1)
     assert s.optimizer_working_bytes == s.category("master_weights") + 2 * 4 * (4096 * 14336 // 2)
+
+
+def test_torchao_float8_on_experts_is_refused() -> None:
+    """torchao's float8 linears cast per dense linear module (costs.fp8), not per routed
+    expert: an MoE model under fp8_tensorwise / fp8_rowwise is a clear error naming the key and
+    the recipes that are modelled (review: its casts were priced as a dense MLP's)."""
+    for precision in ("fp8_tensorwise", "fp8_rowwise"):
+        with pytest.raises(ConfigError, match="torchao's float8") as ei:
+            _mixtral(f"training.precision={precision}")
+        assert ei.value.key == "training.precision" and "fp8_current" in str(ei.value)

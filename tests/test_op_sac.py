@@ -313,3 +313,25 @@ def test_saved_bytes_match_pytorch_selective_checkpointing(model: ModelSpec, pre
     assert measured == layer_activation_bytes(model, t)
     y.float().sum().backward()  # the policy's recompute runs
     assert x.grad is not None
+
+
+def test_a_head_size_other_than_hidden_over_heads_sizes_q_and_o() -> None:
+    """A dense model whose heads x head_size is not h (Llama 3 70B's 64 heads at head_size 256:
+    q_dim 16,384 on h 8,192): under the per-op policy q and o are h x q_dim and q_dim x h, the
+    recomputed k, o and up mms are 2·T·in·out/t of the model's own linear shapes, and the saved
+    SDPA output is q_dim wide (review: q and o were h x h)."""
+    from simtrain.costs.compute import op_sac_recompute_flops
+    from simtrain.costs.op_sac import saved_tensors
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/llama3_70b_tp_overlap.yaml", [
+        "model.head_size=256", "training.recompute=selective_op", "model.layers=8"])  # fmt: skip
+    m, t, tp = sc.model, sc.training, sc.parallelism.tp
+    assert m.q_dim == 64 * 256 != m.hidden
+    shapes = m.linear_weight_shapes()
+    tokens = t.micro_batch * t.seq_len_effective
+    want = sum(2.0 * tokens * shapes[n][0] * shapes[n][1] / tp for n in ("k", "o", "up"))
+    assert op_sac_recompute_flops(m, t, tp) == pytest.approx(want, rel=1e-12)
+    sdpa = dict((n, b) for n, b, _ in saved_tensors(m, t, tp))
+    out = sdpa["attention output + logsumexp (SDPA, saved)"]
+    assert out == (2 * tokens * m.q_dim + 4 * t.micro_batch * m.heads * t.seq_len_effective) // tp

@@ -115,8 +115,9 @@ def block_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = N
         shapes = m.linear_weight_shapes()
         for mod in t.peft.target_modules:
             if mod in shapes:
-                fi, fo = shapes[mod]
-                lora += 2 * b * s * t.peft.rank * (fi + fo)
+                # A split like the base input, B like its output (costs.params): one TP rank's
+                rows, cols = tp_split_shape(mod, *shapes[mod], tp)
+                lora += 2 * b * s * t.peft.rank * (rows + cols)
         lora_w = lora
     adapter = 0.0
     if t.peft.method == "adapter":
@@ -524,7 +525,10 @@ def model_flops_per_step(sc: Scenario) -> float:
     Eq. 7 for GPT; PaLM App. B): forward + backward of every block and the head, all micro-batches
     and data-parallel replicas. Of an MoE model, the active FLOPs: router, k routed experts at
     the mean load and the shared experts (so MFU counts active parameters' work). For full training with a 4h MLP this is
-    72·B·L·s·h²·(1 + s/(6h) + V/(12·h·L))."""
+    72·B·L·s·h²·(1 + s/(6h) + V/(12·h·L)). The multi-token-prediction modules the step trains
+    count too, each a block of the last block's kind plus eh_proj and the logits once more
+    (Megatron-LM ``num_floating_point_operations`` at d98e8a64: ``mtp_num_layers`` more MoE or
+    dense layers, ``2 x h x h`` eh_proj, the logit term x ``(mtp_num_layers + 1)``)."""
     t, m = sc.training, sc.model
     bf = block_flops(m, t)
     hf, hi, hw = head_flops(m, t)
@@ -534,6 +538,9 @@ def model_flops_per_step(sc: Scenario) -> float:
         nd = m.layers - m.moe_layers
         per_mb = (m.moe_layers * (bf.forward + bf.input_grad + bf.weight_grad)
                   + nd * (dense.forward + dense.input_grad + dense.weight_grad) + hf + hi + hw)  # fmt: skip
+    if n := trained_mtp_modules(m, t):  # its block is an MoE one where the last block is
+        xf, xi, xw, _, _ = mtp_flops(m, t)
+        per_mb += n * (bf.forward + bf.input_grad + bf.weight_grad) + xf + xi + xw
     return per_mb * t.global_batch / t.micro_batch
 
 
@@ -851,13 +858,13 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
 def op_sac_recompute_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     """Matmul FLOPs one block recomputes per micro-batch under ``selective_op``
     (:mod:`costs.op_sac`): every second projection mm (Llama: k, o, up =
-    2·b·s·h·(kv + h + f)/t) plus, without flash attention, the attention core 4·b·s·s_kv·h/t
-    (the math path's bmm is not in torchtitan's ``_save_list``); LoRA adds no term (rejected
-    with selective_op by spec.scenario)."""
+    2·b·s·h·(kv + h + f)/t) plus, without flash attention, the attention core
+    4·b·s·s_kv·q_dim/t (:func:`block_flops`' core; the math path's bmm is not in torchtitan's
+    ``_save_list``); LoRA adds no term (rejected with selective_op by spec.scenario)."""
     core = (
         0.0
         if m.flash_attention
-        else 4 * t.micro_batch * t.seq_len_effective * t.kv_len * (m.hidden / tp)
+        else 4 * t.micro_batch * t.seq_len_effective * t.kv_len * (m.q_dim / tp)
     )
     return op_sac.recompute_matmul_flops(m, t, tp) + core
 

@@ -105,11 +105,14 @@ class RingLayer:
 def ring_message_bytes(sc: Scenario) -> int:
     """K = 2·b·(s/cp)·kv_dim·e/tp: the K and V of the rank's s/cp tokens on one TP rank
     (kv_dim = kv_heads·head_dim; e = activation bytes around the matmuls); with runtime
-    ``attention_repeat_kv`` every query head's (heads·head_dim)."""
+    ``attention_repeat_kv`` every query head's (heads·head_dim). With multi-head latent
+    attention K and V differ: K heads·(qk_nope + qk_rope), V heads·v_head_dim (TE's
+    ``AttnFuncWithCPAndKVP2P`` sends ``torch.cat((k.view(-1), v.view(-1)))``)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     e = PRECISIONS[t.precision].act_mm
-    width = m.q_dim if sc.runtime.attention_repeat_kv else m.kv_dim
-    return 2 * e * t.micro_batch * (t.seq_len // p.cp) * width // p.tp
+    k = m.q_dim if sc.runtime.attention_repeat_kv else m.kv_dim
+    v = m.kv_heads * m.v_head_dim if m.is_mla else k
+    return e * t.micro_batch * (t.seq_len // p.cp) * (k + v) // p.tp
 
 
 def query_bytes(sc: Scenario) -> int:

@@ -94,15 +94,17 @@ class BlockMatmul:
 def block_matmuls(m: ModelSpec) -> tuple[BlockMatmul, ...]:
     """The block's projections in forward order (see the module docstring). A linear with a
     bias dispatches ``aten.addmm`` (measured, torch 2.13), which the policy neither counts nor
-    saves: with ``bias`` every projection is recomputed, with ``qkv_bias`` q, k, v are."""
-    h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
+    saves: with ``bias`` every projection is recomputed, with ``qkv_bias`` q, k, v are. Q and
+    the attention output are ``q_dim`` wide (= h unless ``head_size`` sets heads x head_dim,
+    Qwen3's 32 x 128 on h = 2,560)."""
+    h, kv, f, q = m.hidden, m.kv_dim, m.ffn_hidden, m.q_dim
     qb = m.bias or m.qkv_bias
     if m.qkv_layout == "separate":
-        attn = [BlockMatmul("q", h, h, False, qb), BlockMatmul("k", h, kv, False, qb),
+        attn = [BlockMatmul("q", h, q, False, qb), BlockMatmul("k", h, kv, False, qb),
                 BlockMatmul("v", h, kv, False, qb)]  # fmt: skip
     else:
-        attn = [BlockMatmul("qkv", h, h + 2 * kv, False, qb)]
-    attn.append(BlockMatmul("o", h, h, True, m.bias))
+        attn = [BlockMatmul("qkv", h, q + 2 * kv, False, qb)]
+    attn.append(BlockMatmul("o", q, h, True, m.bias))
     if m.mlp == "swiglu":
         mlp = [BlockMatmul("gate", h, f, False, m.bias), BlockMatmul("up", h, f, False, m.bias)]
     else:
@@ -139,7 +141,7 @@ def saved_tensors(
         out.append((f"{mm.name} output (mm, saved)", e * sb * width, form))
     if m.flash_attention:
         out.append(("attention output + logsumexp (SDPA, saved)",
-                    (e * sb * h + 4 * b * m.heads * s) // tp, f"{e}·sbh/t + 4·bas/t"))  # fmt: skip
+                    (e * sb * m.q_dim + 4 * b * m.heads * s) // tp, f"{e}·sb·q_dim/t + 4·bas/t"))  # fmt: skip
     if sp and tp > 1:
         out.append(("reduce-scatter outputs (attention, MLP)", 2 * e * sb * h // tp,
                     f"2·{e}·sbh/t"))  # fmt: skip
@@ -158,7 +160,7 @@ def held_by_recompute(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     b, s = t.micro_batch, t.seq_len_effective
     sb = s * b
     names = {mm.name for mm in saved_matmuls(m)}
-    held = (e * sb * m.hidden + 4 * b * m.heads * s) // tp
+    held = (e * sb * m.q_dim + 4 * b * m.heads * s) // tp
     if "v" in names:
         held += e * sb * m.kv_dim // tp
     act_in = "gate" if m.mlp == "swiglu" else "up"
