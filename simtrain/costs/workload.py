@@ -563,7 +563,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          overlapped_fb=step.traits.overlapped_fb, fb_pairs=_fb_pairs(step),
                          comm_sm_share=comm.deepep_sm_share(sc), data_parallel=plan,
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,
-                         p2p_polled=polled)  # fmt: skip
+                         p2p_polled=polled,
+                         recompute_gathers=sc.training.recompute != "selective")  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

@@ -227,6 +227,9 @@ class LoweringInput:
     # the interval, and the polled messages of a forward and of a backward transfer.
     p2p_poll_ns: int = 0
     p2p_polled: tuple[int, int] = (0, 0)
+    # A recompute slice needs its layer's parameters (ZeRO-3 gathers them again): false for
+    # Megatron's selective recompute, which replays only the attention core (no weights)
+    recompute_gathers: bool = True
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""

@@ -78,7 +78,9 @@ def zero3_pass(ir: StepIR) -> None:
     ``offload_param``: ``_all_gather`` copies the host partition to the GPU before the
     collective) the layer's partition first comes up on the "h2d" stream, in the same prefetch
     window, and the all-gather (or, alone on one GPU, the slice) waits for it. FSDP2 copies the
-    gathered parameters out on the compute stream ("CPY") before the slice runs."""
+    gathered parameters out on the compute stream ("CPY") before the slice runs. A recompute
+    slice that uses no weights (selective recompute: the attention core,
+    ``LoweringInput.recompute_gathers``) gathers nothing."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         for g in r.groups:
@@ -88,7 +90,8 @@ def zero3_pass(ir: StepIR) -> None:
             out: list[Op] = []
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
             for slice_no, op in enumerate(g.ops):
-                if fetch and op.kind in ("F", "R", "B", "I"):
+                needs = op.kind in ("F", "B", "I") or (op.kind == "R" and ir.inp.recompute_gathers)
+                if fetch and needs:
                     layer = slice_layer(op.kind, slice_no, *c.layers)
                     before = seen[-2:-1]
                     if c.param_h2d_ns_per_layer:
