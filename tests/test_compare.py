@@ -362,3 +362,18 @@ def test_compare_command_writes_table_csv_json_and_pictures(tmp_path: Path) -> N
     # --json prints the same deterministic document that was written.
     again = compare_command(WALK, "amp,checkpointing,offload", True, str(out), True, ())
     assert again == (out / "compare.json").read_text()
+
+
+def test_zero_variants_shard_over_the_context_parallel_ranks() -> None:
+    """A scenario with dp 1 but cp 8 (llama3_8b_cp) already has 8 data x context-parallel
+    ranks: the ZeRO variants set the stage there, with no re-layout (review: they set dp to all
+    8 GPUs beside cp 8, a 64-GPU layout on 8 GPUs, and failed)."""
+    from simtrain.apps.compare.variants import BUILTIN_VARIANTS
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/llama3_8b_cp.yaml")
+    assert (sc.parallelism.dp, sc.parallelism.cp) == (1, 8)
+    for stage in (1, 2, 3):
+        overrides, note = BUILTIN_VARIANTS[f"zero{stage}"][1](sc)
+        assert overrides == (f"parallelism.zero_stage={stage}",) and note == ""
+        assert load_scenario("scenarios/llama3_8b_cp.yaml", list(overrides)).parallelism.gpus == 8

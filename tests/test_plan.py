@@ -918,3 +918,35 @@ def test_closed_form_is_host_bound_where_the_simulation_is(pp: int, schedule: st
     assert est == pytest.approx(sim.metrics.step_time_s, rel=0.005)
     busy = dict(sim.metrics.time_breakdown_s)
     assert busy["host_exposed"] > 0  # the simulation is host-bound here
+
+
+def test_memory_check_finds_a_middle_stage_peak_of_an_uneven_split() -> None:
+    """With layer counts that differ by rank (DeepSpeed's embedding_as_layer: the embedding and
+    the head each weigh a layer, so stage 1 holds more layers than stage 0 and as many micro-
+    batches almost), the peak may be on a middle stage: the check sees it, and a layout fits iff
+    estimate_memory says so (review: Llama-3-8B tp 4 pp 16, micro-batch 4, was estimated to fit
+    with stage 1 at 94.4 of 79.3 GiB)."""
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/llama3_8b_cp.yaml", [
+        "parallelism.cp=1", "parallelism.tp=4", "parallelism.pp=16", "parallelism.dp=2",
+        "cluster.nodes=16", "parallelism.zero_stage=3", "training.micro_batch=4",
+        "training.global_batch=512", "training.seq_len=8192", "training.recompute=none",
+        "parallelism.layer_split=embedding_as_layer"])  # fmt: skip
+    stages = memory_check(sc)
+    full = estimate_memory(sc)
+    assert not full.fits and all(s.fits for s in stages) == full.fits
+    assert max(s.peak_memory_bytes for s in stages) == full.peak_memory_bytes
+
+
+def test_the_table_tells_searched_choices_apart() -> None:
+    """The schedule column names what a plan searched beyond the layout: sequence parallelism
+    (sp), a fixed.precision choice, and the global batch where the plan has more than one
+    (review: two rows with the same layout at global batch 256 and 1,024 read the same)."""
+    from simtrain.apps.plan.layouts import Layout
+    from simtrain.apps.plan.output import _schedule_text
+
+    lay = Layout("h100_sxm5_80gb", 64, 2, 2, 16, 1, 1, "none", "interleaved", 2, 1024,
+                 sequence_parallel=True, precision="fp8_current")  # fmt: skip
+    assert _schedule_text(lay) == "interleaved v2 sp fp8_current"
+    assert _schedule_text(lay, batches=2) == "interleaved v2 sp fp8_current gb1024"

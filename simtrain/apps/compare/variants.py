@@ -103,15 +103,16 @@ def _prompt(sc: Scenario) -> tuple[tuple[str, ...], str]:
 
 
 def _zero(stage: int) -> OverrideFn:
-    """ZeRO-``stage`` with dp = all GPUs of the scenario. A scenario with dp = 1 is re-laid out as
-    pure data parallelism over its GPUs (1 GPU: over one node of 8); every GPU keeps its
-    micro-batch size and accumulation steps, so the global batch grows with dp."""
+    """ZeRO-``stage`` with dp = all GPUs of the scenario. A scenario with dp x cp = 1 is re-laid
+    out as pure data parallelism over its GPUs (1 GPU: over one node of 8); every GPU keeps its
+    micro-batch size and accumulation steps, so the global batch grows with dp. With context
+    parallelism ZeRO shards over the dp x cp ranks already there."""
 
     def fn(sc: Scenario) -> tuple[tuple[str, ...], str]:
         p, t = sc.parallelism, sc.training
         ov = [f"parallelism.zero_stage={stage}"]
         note = ""
-        if p.dp == 1:
+        if p.dp_cp == 1:
             gpus = sc.cluster.gpus
             if gpus == 1:
                 gpus = min(ZERO_GPUS_FOR_ONE_GPU, sc.hardware.gpus_per_node)

@@ -179,14 +179,15 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             )
         return "\n".join(lines)
     lines.append("")
-    width = max([15, *(len(_schedule_text(r.layout)) + 1 for r in shown)])
+    batches = len(p.global_batches)
+    width = max([15, *(len(_schedule_text(r.layout, batches)) + 1 for r in shown)])
     hdr = (f"{'#':>3}  {'hardware':<16}{'GPUs':>6}  {'tp x pp x dp':<13}{'ZeRO':>5}{'mb':>4}  "
            f"{'recompute':<10}{'schedule':<{width}}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
            f"{'days':>9}{'cost $':>14}")  # fmt: skip
     lines.append(hdr)
     for i, r in enumerate(shown, 1):
         lay = r.layout
-        sched = _schedule_text(lay)
+        sched = _schedule_text(lay, batches)
         sim = r.status == "simulated"
         step = r.step_time_s if sim else r.est_step_time_s
         mfu = r.mfu if sim else r.est_mfu
@@ -214,8 +215,11 @@ def _cp(lay: Any) -> str:
     return f" x cp {lay.cp}" if lay.cp > 1 else ""
 
 
-def _schedule_text(lay: Layout) -> str:
-    """The schedule column: schedule, virtual stages, cp and a searched precision."""
+def _schedule_text(lay: Layout, batches: int = 1) -> str:
+    """The schedule column: schedule, virtual stages, cp, sequence parallelism (sp), a searched
+    precision and, where the plan searches more than one, the global batch (gb)."""
     out = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
     out += f" cp{lay.cp}" if lay.cp > 1 else ""
-    return out + (f" {lay.precision}" if lay.precision else "")
+    out += " sp" if lay.sequence_parallel else ""
+    out += f" {lay.precision}" if lay.precision else ""
+    return out + (f" gb{lay.global_batch}" if batches > 1 else "")

@@ -15,7 +15,8 @@ SCHEMA_VERSION = 1
 # The public row of a ranked layout (``--json`` "best" entries), in this order.
 BEST_KEYS = (
     "hardware", "gpus", "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule",
-    "step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "days", "cost",
+    "step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "days", "cost", "virtual_stages",
+    "sequence_parallel", "global_batch",
 )  # fmt: skip
 
 
@@ -93,7 +94,11 @@ def best_row(r: Row) -> dict[str, Any]:
         "recompute": lay.recompute, "schedule": lay.schedule, "step_time_s": r.step_time_s,
         "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "peak_memory_bytes": r.peak_memory_bytes,
         "days": r.days, "cost": r.cost, **({"cp": lay.cp} if lay.cp > 1 else {}),
+        "virtual_stages": lay.virtual_stages, "sequence_parallel": lay.sequence_parallel,
+        "global_batch": lay.global_batch,
     }  # fmt: skip
     if lay.ep > 1:  # expert parallelism (models with experts only)
         row["ep"] = lay.ep
+    if lay.precision:  # a searched precision (fixed.precision)
+        row["precision"] = lay.precision
     return row

@@ -16,6 +16,7 @@ from simtrain.costs.compute import model_flops_per_step
 from simtrain.costs.memory import StageMemory, stage_memory
 from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError, SimtrainError
+from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
 from simtrain.units import GIB
@@ -85,11 +86,22 @@ def memory_check(sc: Scenario) -> tuple[StageMemory, ...]:
     the most micro-batches in flight (1F1B, ZB-H1, interleaved: p − s; GPipe: m on every
     stage), the last stage the LM head and loss; the stages between hold the same blocks with
     fewer activations. (``tests/test_plan.py`` checks this against ``estimate_memory``.) When
-    stage 0 does not fit, the layout does not fit and the last stage is not computed."""
+    stage 0 does not fit, the layout does not fit and the last stage is not computed. Where the
+    split gives the ranks unequal layer counts (``embedding_as_layer``, ``compute_balanced``, a
+    list, Megatron's uneven rule) the first middle rank with the most layers is checked too:
+    it may hold more than either end (review: DeepSpeed's embedding_as_layer put the peak on
+    stage 1)."""
     first = stage_memory(sc, 0)
-    if sc.parallelism.pp == 1 or not first.fits:
+    pp = sc.parallelism.pp
+    if pp == 1 or not first.fits:
         return (first,)
-    return first, stage_memory(sc, sc.parallelism.pp - 1)
+    out = (first, stage_memory(sc, pp - 1))
+    step = resolve(sc)
+    layers = [step.rank_layers(r) for r in range(pp)]
+    if pp > 2 and len(set(layers)) > 1:
+        middle = max(range(1, pp - 1), key=lambda r: (layers[r], -r))
+        out += (stage_memory(sc, middle),)
+    return out
 
 
 def fit_message(sc: Scenario, stages: tuple[StageMemory, ...]) -> str:
