@@ -950,3 +950,27 @@ def test_the_table_tells_searched_choices_apart() -> None:
                  sequence_parallel=True, precision="fp8_current")  # fmt: skip
     assert _schedule_text(lay) == "interleaved v2 sp fp8_current"
     assert _schedule_text(lay, batches=2) == "interleaved v2 sp fp8_current gb1024"
+
+
+def test_a_gpu_count_the_run_never_finishes_on_is_one_rejected_layout(tmp_path) -> None:
+    """A failure model under which the run never finishes on 64 GPUs (mtbf 0.01 GPU-hours) rejects
+    those layouts, naming why, and the plan goes on with the 8-GPU ones (review: the first such
+    layout aborted the whole plan); their astronomical days print in one cell."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    plan = tmp_path / "hopeless.yaml"
+    plan.write_text(
+        "name: hopeless\nmodel: {preset: llama3-8b, flash_attention: true}\ntokens: 1.0e12\n"
+        "training: {seq_len: 8192, global_batch: 512, precision: bf16, optimizer: adamw}\n"
+        "hardware: [{name: h100_sxm5_80gb, price_per_gpu_hour: 4.0}]\ngpus: [8, 64]\n"
+        "failures: {mtbf_gpu_hours: 0.01}\n"
+        "fixed: {tp: 1, pp: 1, zero_stage: 3, micro_batch: 1, recompute: none}\ntop: 2\n"
+    )
+    r = CliRunner().invoke(main, ["plan", str(plan), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "out" / "plan.csv").open()))
+    assert any(x["gpus"] == "64" and "never finishes" in x["reason"] for x in rows)
+    line = next(x for x in r.stdout.splitlines() if x.lstrip().startswith("1 "))
+    assert len(line) < 160 and "e+" in line

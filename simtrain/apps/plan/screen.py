@@ -151,8 +151,11 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     hw = sc.hardware
     peak_flops = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
     mfu = model_flops_per_step(sc) / (step * layout.gpus * peak_flops)
-    run = run_estimate(ctx.tokens, tps, layout.gpus, ctx.prices[layout.hardware],
-                       ctx.checkpoint_bytes, ctx.failures)  # fmt: skip
+    try:
+        run = run_estimate(ctx.tokens, tps, layout.gpus, ctx.prices[layout.hardware],
+                           ctx.checkpoint_bytes, ctx.failures)  # fmt: skip
+    except ConfigError as exc:  # a run that never finishes at this size: this layout only
+        return Row(layout, "rejected", exc.message, peak, cap)
     ok = meets(ctx.constraints, run.days, run.cost)
     return Row(layout, "estimated", violations(ctx.constraints, run.days, run.cost), peak, cap,
                step, tps, mfu, run.days, run.cost, meets_constraints=ok)  # fmt: skip

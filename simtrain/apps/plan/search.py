@@ -15,6 +15,7 @@ from simtrain.apps.plan.rank import rank_key, select_candidates
 from simtrain.apps.plan.result import PlanResult, Row
 from simtrain.apps.plan.screen import ScreenContext, build_context, meets, screen_chunk, violations
 from simtrain.apps.plan.simulate import SimOutcome, indexed_simulate
+from simtrain.errors import ConfigError
 from simtrain.units import GIB
 
 
@@ -114,8 +115,12 @@ def _finish(plan: Plan, ctx: ScreenContext, rows: list[Row], sims: dict[Layout, 
                 f"{max(s.peak_memory_bytes, s.timeline_peak_bytes) / GIB:,.2f} of "
                 f"{s.capacity_bytes / GIB:,.2f} GiB", meets_constraints=False))  # fmt: skip
             continue
-        run = run_estimate(ctx.tokens, s.tokens_per_s, r.layout.gpus,
-                           ctx.prices[r.layout.hardware], ctx.checkpoint_bytes, ctx.failures)  # fmt: skip
+        try:
+            run = run_estimate(ctx.tokens, s.tokens_per_s, r.layout.gpus,
+                               ctx.prices[r.layout.hardware], ctx.checkpoint_bytes, ctx.failures)  # fmt: skip
+        except ConfigError as exc:  # a run that never finishes at this size: this layout only
+            out.append(r._replace(status="rejected", reason=exc.message, meets_constraints=False))
+            continue
         out.append(r._replace(
             status="simulated", reason=violations(ctx.constraints, run.days, run.cost),
             peak_memory_bytes=s.peak_memory_bytes, step_time_s=s.step_time_s,
