@@ -811,3 +811,24 @@ def test_embedding_norm_keeps_its_input_per_microbatch_on_the_first_stage() -> N
     )
     assert on.stages[1].params == off.stages[1].params
     assert on_sc.model.total_params() - off.params == 2 * 1024
+
+
+def test_explain_lines_say_what_their_figures_are() -> None:
+    """memory --explain: a QLoRA stage's parameters are not 'n x 2 B' (the base is NF4), and a
+    GPU holding chunks of unequal sizes (DualPipeV's rank 0: the embedding's and the head's
+    chunks) has no single 'bytes per micro-batch x in flight' product (review: 6.58 GB printed
+    beside a product of 108.6 GB)."""
+    from simtrain.costs.memory import estimate_memory as est
+    from simtrain.report.explain import explain_memory
+    from simtrain.spec.scenario import load_scenario
+
+    def lines(path: str) -> list[str]:
+        sc = load_scenario(path)
+        return explain_memory(sc, est(sc))
+
+    line = next(x for x in lines("scenarios/colab_t4_qlora_7b.yaml")
+                if x.strip().startswith("parameters       ="))  # fmt: skip
+    assert "NF4" in line and " x " not in line
+    line = next(x for x in lines("scenarios/deepseek_v3_2048gpu.yaml")
+                if x.strip().startswith("activations      ="))  # fmt: skip
+    assert "the schedule's peak over chunks of" in line and "B per micro-batch x" not in line

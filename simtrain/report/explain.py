@@ -83,8 +83,12 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     lines = [
         f"{_label(sm)}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
         f"{f', TP {tp}' if tp > 1 else ''}), {ms.trainable:,} trainable",
-        f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(ms.parameters)}"
-        + (" (base weights NF4: 4 bits + block constants)" if t.peft.method == "qlora" else ""),
+        (
+            f"  parameters       = {ms.params:,}: the base weights in NF4 (4 bits + block "
+            f"constants), the adapters and norms {prec.param} B = {_gb(ms.parameters)}"
+            if t.peft.method == "qlora"
+            else f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(ms.parameters)}"
+        ),
     ]
     if ms.master_weights:
         lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 "
@@ -148,13 +152,22 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
+    sizes = sorted({n for _, n in sm.chunk_activation_bytes})
+    per_mb = (f"{b.activation_bytes_per_microbatch:,} B per micro-batch x {b.in_flight:g} in "
+              "flight at the peak"
+              if len(sizes) <= 1 else
+              f"the schedule's peak over chunks of {' / '.join(f'{n:,}' for n in sizes)} B per "
+              f"micro-batch ({b.in_flight:g} micro-batches in flight, in whole-stage units)")  # fmt: skip
+    head_note = (" and, on the stage holding the head, plus that input less what the head "
+                 "saved, freed before the first block's backward" if b.last else "")  # fmt: skip
     lines.append(
-        f"  activations      = {b.activation_bytes_per_microbatch:,} B per micro-batch x "
-        f"{b.in_flight:g} in flight at the peak ({sched_name}, stage {sm.stage})"
+        f"  activations      = {per_mb} ({sched_name}, stage {sm.stage})"
         + (
             f" + recompute working set {b.recompute_working_set_bytes:,} B (what re-materialising "
             "one block adds to the saved peak: its saved tensors less its checkpointed input"
-            + (" and the outputs the policy keeps)" if t.recompute == "selective_op" else ")")
+            + (" and the outputs the policy keeps" if t.recompute == "selective_op" else "")
+            + head_note
+            + ")"
             if full
             else ""
         )  # fmt: skip
