@@ -37,6 +37,10 @@ def _chunks(layouts: list[Layout], size: int) -> list[list[Layout]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+#: How goodput.run_estimate's refusal of a run that never finishes begins.
+NEVER = "the run never finishes"
+
+
 def run_plan(
     plan: Plan,
     executor: Any = None,
@@ -69,6 +73,11 @@ def run_plan(
             done_work += sum(screening_work(r.layout) for r in part)
             if progress:
                 progress("screening", done_work, total_work)
+        # every layout that fits is one the run never finishes on under the failure model:
+        # the plan has no answer (one such GPU count among others only rejects its layouts)
+        stuck = [r for r in rows if r.status == "rejected" and r.reason.startswith(NEVER)]
+        if stuck and not any(r.status == "estimated" for r in rows):
+            raise ConfigError(None, "failures", stuck[0].reason)
         candidates = select_candidates(rows, plan.objective, top)
         items = [(scenario_data(plan, r.layout), plan.file, plan.base_dir) for r in candidates]
         by_index = {i: r.layout for i, r in enumerate(candidates)}
