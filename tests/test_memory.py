@@ -832,3 +832,21 @@ def test_explain_lines_say_what_their_figures_are() -> None:
     line = next(x for x in lines("scenarios/deepseek_v3_2048gpu.yaml")
                 if x.strip().startswith("activations      ="))  # fmt: skip
     assert "the schedule's peak over chunks of" in line and "B per micro-batch x" not in line
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_a_saved_tensor_divided_over_tp_says_so_in_its_formula(sp: bool) -> None:
+    """memory --explain lists each saved tensor with its formula: a tensor whose bytes tensor
+    (or sequence) parallelism divides carries "/t" (review: gpt3_175b's q, k, v read 2·sbh·3
+    beside a figure 8 times smaller)."""
+    from simtrain.costs.activations import layer_saved_tensors
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/gpt3_175b_1024gpu.yaml")
+    m, t = sc.model, sc.training
+    one = {x.name: x.bytes for x in layer_saved_tensors(m, t, tp=1)}
+    eight = layer_saved_tensors(m, t, tp=8, sequence_parallel=sp)
+    divided = [x for x in eight if x.name in one and x.bytes * 4 <= one[x.name]]
+    assert divided
+    for x in divided:
+        assert "/t" in x.formula, (x.name, x.formula)

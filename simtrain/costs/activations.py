@@ -108,7 +108,7 @@ def layer_saved_tensors(
             for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load):
                 c.add(name, n_bytes, formula)
             if m.dropout > 0:
-                c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, "1·sbh")
+                c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, c.seq("1·sbh"))
         else:
             _mlp(c)
     if t.peft.method == "adapter":
@@ -167,6 +167,10 @@ class _Block:
     def add(self, name: str, n_bytes: float, formula: str) -> None:
         self.out.append(SavedTensor(name, int(n_bytes), formula))
 
+    def seq(self, formula: str) -> str:
+        """``formula`` of a tensor outside the TP region: "/t" under sequence parallelism."""
+        return formula + "/t" if self.seq_div > 1 else formula
+
     def saves_input(self, module: str) -> bool:
         return self.full or module in self.targets
 
@@ -175,12 +179,13 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
     """A norm's input and statistics, and its output as the input the next linears save."""
     sb, h, e = c.sb, c.m.hidden, c.e
     norm_stats = 2 if c.m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
-    c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, f"{c.en}·sbh")
-    c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div, f"{4 * norm_stats}·sb")
+    c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
+    c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div,
+          c.seq(f"{4 * norm_stats}·sb"))  # fmt: skip
     users = [mod for mod in mods if c.saves_input(mod)]
     if users and c.te_fp8:
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
-              c.lin_formula("sbh"))  # fmt: skip
+              c.lin_formula(c.seq("sbh")))  # fmt: skip
     elif users and c.gathered:
         # DTensor TP (tp_gathered_input_bytes): the Replicate input the linears share, whole
         c.add(f"{lin_in} ({', '.join(users)}), all-gathered", c.gathered * sb * h,
@@ -189,7 +194,7 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
         # autocast casts the fp32 norm output once per linear that uses it.
         copies = len(users) if c.amp else 1
         c.add(f"{lin_in} ({', '.join(users)})", copies * e * sb * h / c.seq_div,
-              f"{copies * e}·sbh")  # fmt: skip
+              c.seq(f"{copies * e}·sbh"))  # fmt: skip
 
 
 def _attention(c: _Block) -> None:
@@ -215,21 +220,21 @@ def _attention(c: _Block) -> None:
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
         c.add("attention output + logsumexp", (e * sb * vw + 4 * b * a * s) / tp,
-              f"{e}·sbh + 4·bas")  # fmt: skip
+              f"({e}·sbh + 4·bas)/t")  # fmt: skip
     else:
         # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
         kv_s = s_kv / s
         if variant:
-            c.add("q, k, v", e * sb * (q + (q + vw) * kv_s) / tp, f"{e}·sb(q+k+v)")
+            c.add("q, k, v", e * sb * (q + (q + vw) * kv_s) / tp, f"{e}·sb(q+k+v)/t")
         else:
-            c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3")
-        c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b")
+            c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3/t")
+        c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b/t")
         if m.dropout > 0:
-            c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b")
-            c.add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b")
+            c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b/t")
+            c.add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b/t")
         elif c.amp:
             c.add("attention probabilities, 16-bit copy", e * b * a * s * s_kv / tp,
-                  f"{e}·as²b")  # fmt: skip
+                  f"{e}·as²b/t")  # fmt: skip
     if c.saves_input("o") and c.te_fp8:
         # TE's proj Linear keeps its own FP8 copy of the attention output (which the fused
         # attention saves too, in 16 bits, above).
@@ -242,7 +247,7 @@ def _attention(c: _Block) -> None:
         for mod in sorted(c.targets & {"q", "k", "v", "o"}):
             c.add(f"lora {mod}: x·A", e * sb * t.peft.rank, f"{e}·sbr")
     if m.dropout > 0:
-        c.add("attention residual dropout mask", sb * h / c.seq_div, "1·sbh")
+        c.add("attention residual dropout mask", sb * h / c.seq_div, c.seq("1·sbh"))
 
 
 def _mlp(c: _Block) -> None:
@@ -265,7 +270,7 @@ def _mlp(c: _Block) -> None:
         for mod in sorted(c.targets & {"gate", "up", "down"}):
             c.add(f"lora {mod}: x·A", e * sb * c.t.peft.rank, f"{e}·sbr")
     if m.dropout > 0:
-        c.add("mlp dropout mask", sb * m.hidden / c.seq_div, "1·sbh")
+        c.add("mlp dropout mask", sb * m.hidden / c.seq_div, c.seq("1·sbh"))
 
 
 def layer_activation_bytes(
