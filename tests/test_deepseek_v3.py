@@ -287,3 +287,21 @@ def test_the_mtp_module_costs_a_block_eh_proj_and_the_output_layer_again() -> No
     assert model_flops_per_step(sc) > model_flops_per_step(plain)
     assert hardware_flops_per_step(sc) == pytest.approx(model_flops_per_step(sc), rel=1e-9)
     assert hardware_flops_per_step(plain) == pytest.approx(model_flops_per_step(plain), rel=1e-9)
+
+
+def test_the_mtp_module_element_wise_work_counted_by_hand() -> None:
+    """Per module, beside the output layer's and the loss's element-wise work once more: the
+    shifted tokens' embedding lookup (3 accesses of b·s·h: its write, the positions' read and
+    add), three norms (a read and a write each: 6) and the concatenation (a read and a write of
+    2h: 4), 13 x b·s·h in bf16 at tp 1; under sequence parallelism at tp 8 the norms and the
+    concatenation run on s/8 tokens: 3 + 10/8."""
+    from simtrain.costs.compute import head_elementwise_bytes, mtp_costs
+
+    sc = load_scenario(DSV3)
+    m, t = sc.model, sc.training
+    tokens, h = 4096, m.hidden
+    x = mtp_costs(m, t)
+    assert x.elementwise_fwd == pytest.approx(13 * 2 * tokens * h + head_elementwise_bytes(m, t)[0])
+    x8 = mtp_costs(m, t, tp=8, sp=True)
+    want = (3 + 10 / 8) * 2 * tokens * h + head_elementwise_bytes(m, t, 8)[0]
+    assert x8.elementwise_fwd == pytest.approx(want)

@@ -431,3 +431,21 @@ def test_shell_arithmetic_with_variables_and_spaces() -> None:
     # bash's syntax error (two operands): not squeezed into 23, left unexpanded
     cmd = read_command("B=$(( 2 3 ))\npython pretrain_gpt.py --x $B\n", "t.sh")
     assert cmd is not None and "23" not in cmd.args
+
+
+@pytest.mark.parametrize(("dtype", "precision"), [
+    ("torch.bfloat16", "amp_bf16"), ("bf16", "amp_bf16"), ("bfloat", "amp_bf16"),
+    ("torch.float16", "amp_fp16"), ("fp16", "amp_fp16"), ("half", "amp_fp16"),
+])  # fmt: skip
+def test_deepspeed_autocast_dtype_names_are_deepspeeds(tmp_path: Path, dtype: str,
+                                                      precision: str) -> None:  # fmt: skip
+    """torch_autocast.dtype takes the names DeepSpeed's DtypeEnum takes (deepspeed/runtime/
+    config.py at edaa72212: fp16 = "torch.float16", "fp16", "float16", "half"; bf16 =
+    "torch.bfloat16", "bf16", "bfloat16", "bfloat"); "torch.bf16" is not one (it was accepted)."""
+    imp = _ds(tmp_path, {"train_micro_batch_size_per_gpu": 1,
+                         "torch_autocast": {"enabled": True, "dtype": dtype}})  # fmt: skip
+    sc = load_imported(imp, ["training.seq_len=2048"])
+    assert sc.training.precision == precision
+    err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1,
+                               "torch_autocast": {"enabled": True, "dtype": "torch.bf16"}})  # fmt: skip
+    assert err.key == "torch_autocast.dtype"

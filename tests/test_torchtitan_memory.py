@@ -343,6 +343,13 @@ def test_receive_buffers_discount_only_the_chunks_that_have_them() -> None:
     step = resolve(sc)
     assert (step.microbatches, step.rank_chunk_ids(0)) == (32, [0, 8])
     held = dict(_stage_activations(sc, step, 0).walk.held_at_saved_peak)
+    # by hand (schedules.generators.interleaved, rank 0 of p 8, v 2, m 32): a warm-up of
+    # 2(p - 1) + (v - 1)p = 22 forwards, 14 of chunk 0 and 8 of chunk 8; then F (chunk 0's 15th),
+    # B (chunk 8's first), F (chunk 0's 16th): 23 held, the most it ever holds
+    # (schedules.peak_in_flight), the larger chunk-0 share where chunk 0's bytes are the larger
+    from simtrain.schedules import interleaved, peak_in_flight
+
+    assert sum(held.values()) == peak_in_flight(interleaved(8, 32, 2))[0] == 23
     assert held == {0: 16, 8: 7}
     one = p2p_buffer_bytes(sc, step)
     assert pipeline_recv_buffer_bytes(sc, step, 0, held) == (32 - 7 + 2 * 32) * one

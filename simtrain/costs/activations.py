@@ -433,8 +433,8 @@ def mtp_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False
     model's final norm, output layer and loss save (:func:`head_saved_bytes`: its final norm,
     the shared output layer on its tokens, its loss), eh_proj's 2h-wide input and the enorm and
     hnorm inputs with their statistics (Megatron-Core ``MultiTokenPredictionLayer``)."""
-    n = trained_mtp_modules(m, t)
-    if not n or not grad_flows_through_blocks(t):
+    n = trained_mtp_modules(m, t)  # full training only: gradients flow through every block
+    if not n:
         return 0
     prec = PRECISIONS[t.precision]
     sb = t.seq_len_effective * t.micro_batch

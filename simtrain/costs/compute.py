@@ -442,31 +442,52 @@ def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     return gemm_edge(t.micro_batch * t.seq_len_effective, max(1, m.vocab // tp), m.hidden)
 
 
-def mtp_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1
-              ) -> tuple[float, float, float, float, float]:  # fmt: skip
-    """What the multi-token-prediction modules the step trains (``trained_mtp_modules``) add to
-    the head's chunk beyond their transformer blocks (blocks of the chunk, ``layout.step``):
-    (forward, input-grad, weight-grad FLOPs, GEMM shape term, forward element-wise bytes). Per
-    module (DeepSeek-V3 §2.2 Eq. 21-23; Megatron-Core ``MultiTokenPredictionLayer`` at
-    d98e8a64: enorm, hnorm, eh_proj a column-parallel 2h -> h linear, the block, its
-    final_layernorm; the shared output layer and the loss on its tokens in the post-process):
-    eh_proj 2·b·s·2h·h/t each way, the output layer's GEMMs again (:func:`head_flops`), and the
-    element-wise work of the embedding lookup of the shifted tokens (3·b·s·h, as the first
-    stage's), the two input norms (read + write each), the concatenation (read + write 2h) and
-    the final norm: 13 x b·s·h in the activation dtype; the loss's own element-wise work is
-    :func:`head_elementwise_bytes`, counted with the head."""
+#: Element-wise accesses of b·s·h values per token an embedding lookup makes: the write of its
+#: output and the read and add of the positions (the first stage's, and each MTP module's of
+#: its shifted tokens).
+EMBEDDING_ACCESSES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class MtpCosts:
+    """One micro-batch's work of the multi-token-prediction modules on one GPU beyond their
+    transformer blocks (:func:`mtp_costs`): FLOPs per pass, the GEMM shape term (the same for
+    each pass) and the element-wise bytes forward and backward."""
+
+    forward: float = 0.0
+    input_grad: float = 0.0
+    weight_grad: float = 0.0
+    edge: float = 0.0
+    elementwise_fwd: float = 0.0
+    elementwise_bwd: float = 0.0
+
+
+def mtp_costs(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> MtpCosts:
+    """What the multi-token-prediction modules the step trains (``trained_mtp_modules``: full
+    training only, so every pass runs) add to the head's chunk beyond their transformer blocks
+    (blocks of the chunk, ``layout.step``). Per module (DeepSeek-V3 §2.2 Eq. 21-23;
+    Megatron-Core ``MultiTokenPredictionLayer`` at d98e8a64: enorm, hnorm, eh_proj a
+    column-parallel 2h -> h linear, the block, its final_layernorm; the shared output layer and
+    the loss on its tokens in the post-process): eh_proj's GEMMs, 2·b·s·2h·h/t each, the output
+    layer's and the loss's work once more (:func:`head_flops`, :func:`head_edge`,
+    :func:`head_elementwise_bytes`), the embedding lookup of the shifted tokens
+    (:data:`EMBEDDING_ACCESSES`), and, on s/t tokens under sequence parallelism, three norms
+    (``FUSED_OP_ACCESSES``) and the concatenation of the two normed inputs (a read and a write
+    of 2h)."""
     n = trained_mtp_modules(m, t)
     if not n:
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+        return MtpCosts()
     tokens = t.micro_batch * t.seq_len_effective
     h = m.hidden
     eh = 2.0 * tokens * 2 * h * (h / tp)
     hf, hi, hw = head_flops(m, t, tp)
-    grad = grad_flows_through_blocks(t)
-    edge = gemm_edge(tokens, max(1, h // tp), 2 * h)
+    head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
     e = PRECISIONS[t.precision].act_mm
-    return (n * (eh + hf), n * ((eh if grad else 0.0) + hi), n * ((eh if grad else 0.0) + hw),
-            n * edge, n * 13.0 * e * tokens * h)  # fmt: skip
+    div = tp if sp else 1
+    own = e * tokens * h * (EMBEDDING_ACCESSES + (3 * FUSED_OP_ACCESSES["rmsnorm"] + 2 * 2) / div)
+    edge = gemm_edge(tokens, max(1, h // tp), 2 * h) + head_edge(m, t, tp)
+    return MtpCosts(n * (eh + hf), n * (eh + hi), n * (eh + hw), n * edge, n * (own + head_fwd),
+                    n * (elementwise_backward_factor(e) * own + head_bwd))  # fmt: skip
 
 
 def head_flops(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float, float]:
@@ -539,8 +560,9 @@ def model_flops_per_step(sc: Scenario) -> float:
         per_mb = (m.moe_layers * (bf.forward + bf.input_grad + bf.weight_grad)
                   + nd * (dense.forward + dense.input_grad + dense.weight_grad) + hf + hi + hw)  # fmt: skip
     if n := trained_mtp_modules(m, t):  # its block is an MoE one where the last block is
-        xf, xi, xw, _, _ = mtp_flops(m, t)
-        per_mb += n * (bf.forward + bf.input_grad + bf.weight_grad) + xf + xi + xw
+        x = mtp_costs(m, t)
+        per_mb += n * (bf.forward + bf.input_grad + bf.weight_grad) + x.forward + x.input_grad
+        per_mb += x.weight_grad
     return per_mb * t.global_batch / t.micro_batch
 
 
@@ -690,7 +712,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     s = t.seq_len_effective
     grad = grad_flows_through_blocks(t)
     if first:  # embedding lookup: write b·s·h (+ positions read/add)
-        emb = e * t.micro_batch * s * m.hidden * 3
+        emb = e * t.micro_batch * s * m.hidden * EMBEDDING_ACCESSES
         ew += emb
         ew_bwd += elementwise_backward_factor(e) * emb if grad else 0.0
     full = base_trainable(t.peft.method, t.peft.phase)
@@ -698,20 +720,18 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     e_i = e_f if grad else 0.0
     e_w = e_f if grad and full else 0.0
     if last:
-        # the output layer and loss, once more for each MTP module's tokens (mtp_flops)
-        mtp = trained_mtp_modules(m, t)
         hf, hi, hwf = head_flops(m, t, tp)
-        xf, xi, xw, xe, x_ew = mtp_flops(m, t, tp)
-        fwd_f, i_f, w_f = fwd_f + hf + xf, i_f + hi + xi, w_f + hwf + xw
-        he = head_edge(m, t, tp) * (1 + mtp)
+        x = mtp_costs(m, t, tp, sc.parallelism.sequence_parallel and tp > 1)
+        fwd_f, i_f, w_f = fwd_f + hf + x.forward, i_f + hi + x.input_grad, w_f + hwf + x.weight_grad
+        he = head_edge(m, t, tp)
         e_f, e_i, e_w = (
-            e_f + he + xe,
-            e_i + (he + xe if hi else 0.0),
-            e_w + (he + xe if hwf else 0.0),
+            e_f + he + x.edge,
+            e_i + (he if hi else 0.0) + x.edge,
+            e_w + (he if hwf else 0.0) + x.edge,
         )
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
-        ew += head_fwd * (1 + mtp) + x_ew
-        ew_bwd += (head_bwd * (1 + mtp) + elementwise_backward_factor(e) * x_ew) if grad else 0.0
+        ew += head_fwd + x.elementwise_fwd
+        ew_bwd += (head_bwd + x.elementwise_bwd) if grad else 0.0
     fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
     if PRECISIONS[t.precision].gemm_dtype:
         return _fp8_chunk_costs(

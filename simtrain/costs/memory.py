@@ -959,9 +959,9 @@ def pipeline_recv_buffer_bytes(sc: Scenario, step: ResolvedStep, rank: int,
     chunks = step.rank_chunk_ids(rank)
     last = step.last_stage
     m = step.microbatches
-    act = sum(m - held.get(c, 0) for c in chunks if c > 0)
+    act = sum(m - held.get(c, 0) for c in chunks if c > 0)  # held <= m
     grad = sum(m for c in chunks if c < last)
-    return (max(0, act) + grad) * one
+    return (act + grad) * one
 
 
 def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> int:

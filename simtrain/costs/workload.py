@@ -124,17 +124,22 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
 
 
-def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to the neighbouring stage ``to_stage``: none past either end of
-    its pipeline (DualPipe: of its direction's) or when both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1);
-    otherwise a hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage
-    sits on the rank before)."""
+def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | None:
+    """(sending rank, rank step) of stage ``stage``'s send to the neighbouring stage
+    ``to_stage``: none past either end of its pipeline (DualPipe: of its direction's) or when
+    both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1); otherwise a
+    hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage sits on the
+    rank before)."""
     if to_stage not in step.pipeline(stage):
-        return 0  # p2p_pass sends nothing from a first stage back or a last stage on
+        return None  # p2p_pass sends nothing from a first stage back or a last stage on
     rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
-    if rank == other:
-        return 0
-    return comm.p2p_send_ns(sc, step, rank, other - rank)
+    return None if rank == other else (rank, other - rank)
+
+
+def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
+    """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent)."""
+    hop = _hop(step, stage, to_stage)
+    return comm.p2p_send_ns(sc, step, *hop) if hop else 0
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
@@ -474,13 +479,10 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
 
 
 def _hop_crosses(step: ResolvedStep, stage: int, to_stage: int) -> bool:
-    """Does stage ``stage``'s send to ``to_stage`` leave the node? The hop :func:`_send_ns`
-    prices: to the neighbour's rank, rank + 1 or rank − 1 (down a V's second leg); False where
-    nothing is sent (past an end of the pipeline, or both stages on one rank)."""
-    if to_stage not in step.pipeline(stage):
-        return False
-    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
-    return rank != other and step.placement.hop_crosses_nodes(rank, other - rank)
+    """Does stage ``stage``'s send to ``to_stage`` (:func:`_hop`, the one :func:`_send_ns`
+    prices) leave the node? False where nothing is sent."""
+    hop = _hop(step, stage, to_stage)
+    return hop is not None and step.placement.hop_crosses_nodes(*hop)
 
 
 def _dp_latency_s(sc: Scenario, step: ResolvedStep, op: str) -> float:
@@ -488,8 +490,7 @@ def _dp_latency_s(sc: Scenario, step: ResolvedStep, op: str) -> float:
     (the runtime's algorithm as ``costs.comm.collective_ns`` prices it: a ring all-reduce's
     2(n − 1) hops, an all-gather's or reduce-scatter's n − 1, NCCL's tree or NVLS choice its
     own), so that the rest of a task's time is bytes on the NIC (``sim.lowering.nics``)."""
-    g = step.groups
-    return comm.collective_ns(sc, step, op, 1.0, g.dp_cp, g.tp) / 1e9
+    return comm.dp_ns(sc, step, op, 1.0) / 1e9
 
 
 def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:

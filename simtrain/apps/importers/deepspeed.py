@@ -114,10 +114,14 @@ HF_AUTO_FROM_HIDDEN = {
     "stage3_prefetch_bucket_size": ("int(0.9 x hidden_size²)", lambda h: int(0.9 * h * h)),
     "stage3_param_persistence_threshold": ("10 x hidden_size", lambda h: 10 * h),
 }
-#: torch_autocast.dtype values (DeepSpeed's torch_autocast section: a torch dtype name).
-AUTOCAST_DTYPES = {"torch.bfloat16": "amp_bf16", "bfloat16": "amp_bf16", "torch.bf16": "amp_bf16",
-                   "torch.float16": "amp_fp16", "float16": "amp_fp16", "torch.half": "amp_fp16",
-                   "torch.fp16": "amp_fp16"}  # fmt: skip
+#: torch_autocast.dtype values: the names DeepSpeed's DtypeEnum takes for its 16-bit members
+#: (deepspeedai/DeepSpeed edaa72212 deepspeed/runtime/config.py ``get_torch_autocast_dtype`` ->
+#: ``DtypeEnum(value)``; the enum's fp16 = torch.float16, "torch.float16", "fp16", "float16",
+#: "half" and bf16 = torch.bfloat16, "torch.bfloat16", "bf16", "bfloat16", "bfloat").
+AUTOCAST_DTYPES = {
+    **dict.fromkeys(("torch.float16", "fp16", "float16", "half"), "amp_fp16"),
+    **dict.fromkeys(("torch.bfloat16", "bf16", "bfloat16", "bfloat"), "amp_bf16"),
+}
 
 
 def _count(v: Any, file: str, key: str) -> int | None:

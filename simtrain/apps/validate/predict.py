@@ -118,9 +118,11 @@ def predicted_step_time(sc: Scenario) -> float:
     equals the full simulation to the nanosecond (``tests/test_validate.py``). With stages of
     unequal layer counts (an uneven split) the first micro-batches fill the pipeline at the
     speed of every stage and only later at the slowest one's: T(m) is affine from m = pp on, so
-    m₁ = pp there, and with v > 1 chunks per rank from m = (v + 1)·pp (the interleaved warm-up
-    runs (v − 1)·pp forwards more: simulated, a split with an empty last chunk is affine from
-    3·pp at v = 2 and v = 3; ``tests/test_uneven_stages.py``). A runtime whose interleaved order
+    m₁ = pp there, and with v > 1 chunks per rank from m = (v + 1)·pp: rank 0's interleaved
+    warm-up is 2(p − 1) + (v − 1)·p = (v + 1)·p − 2 forwards (``schedules.generators``), so from
+    (v + 1)·p micro-batches on every rank reaches its steady 1F1B (simulated: three splits with
+    unequal chunks are affine from 3·p at v = 2 and at v = 3; ``tests/test_uneven_stages.py``
+    checks the extrapolation against the full simulation). A runtime whose interleaved order
     differs at m = pp (``interleaved_all_warmup_at_pp``: every forward first) is on the line
     from m₁ = 2·pp."""
     step = resolve(sc)
@@ -128,7 +130,12 @@ def predicted_step_time(sc: Scenario) -> float:
     m1 = step.traits.affine_from(step.pp)
     if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
         m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
-    if m1 == step.pp and resolve(_with_microbatches(sc, m1)).all_warmup_at_pp:
+    if (
+        m1 == step.pp
+        and sc.runtime.interleaved_all_warmup_at_pp
+        and step.schedule_name == "interleaved"
+        and step.v > 1
+    ):  # layout.step's rule
         m1 = 2 * step.pp
     m2 = 2 * m1
     if m <= m2 or not step.traits.affine_in_m:
