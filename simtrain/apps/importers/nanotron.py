@@ -28,9 +28,10 @@ from simtrain.apps.importers.common import (
     Reading,
     as_bool,
     clean_number,
+    whole_number,
 )
 from simtrain.errors import ConfigError
-from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
+from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float
 from simtrain.spec.yamlfile import parse_yaml, read_text_file
 from simtrain.units import MIB
 
@@ -76,13 +77,11 @@ LIMITS = {
 
 
 def _pos(sec: dict[str, Any], key: str, file: str, where: str, default: int | None = None) -> int:
+    """A positive integer key, up to its limit (common.whole_number)."""
     v = sec.get(key, default)
     if v is None:
         raise ConfigError(file, f"{where}.{key}", "missing")
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(file, f"{where}.{key}", "must be a positive integer", v)
-    check_range(v, file, f"{where}.{key}", 1, LIMITS.get(key, MAX_GPUS))
-    return v
+    return whole_number(v, file, f"{where}.{key}", 1, LIMITS.get(key, MAX_GPUS))
 
 
 def _flag(sec: dict[str, Any], key: str, file: str, where: str, default: bool = False) -> bool:

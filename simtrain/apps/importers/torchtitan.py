@@ -27,6 +27,7 @@ from simtrain.apps.importers.common import (
     Imported,
     Reading,
     as_bool,
+    whole_number,
     world_and_dp,
 )
 from simtrain.errors import ConfigError
@@ -129,17 +130,10 @@ LAYER_LIMIT = INT_RANGES["model.layers"][1]
 
 def _int(sec: dict[str, Any], key: str, default: int, file: str, where: str,
          lo: int | None = None, hi: int = INT_LIMIT) -> int:  # fmt: skip
-    """An integer key (``lo``: its least value, where it has one): a string, a fraction or a
-    number past its range is an error naming the key."""
-    v = sec.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(file, f"{where}.{key}", "must be an integer", v)
-    if lo is not None and v < lo:
-        raise ConfigError(file, f"{where}.{key}", "must be positive" if lo == 1 else
-                          f"must be >= {lo}", v)  # fmt: skip
-    if v > hi:
-        raise ConfigError(file, f"{where}.{key}", f"must be <= {hi:,}", v)
-    return v
+    """An integer key (``lo``: its least value, where it has one; common.whole_number): a
+    string, a fraction or a number past its range is an error naming the key."""
+    return whole_number(sec.get(key, default), file, f"{where}.{key}",
+                        -hi if lo is None else lo, hi)  # fmt: skip
 
 
 def _str(sec: dict[str, Any], key: str, default: str, file: str, where: str) -> str:
