@@ -228,6 +228,13 @@ def test_deepep_needs_whole_nodes_and_spare_sms() -> None:
         load_scenario(MIXTRAL, over)
     with pytest.raises(ConfigError, match=r"runtime\.moe_dispatch_sms.*1 \.\. 131"):
         load_scenario(DSV3, ["runtime.moe_dispatch_sms=132"])
+    # EP groups of 3 in pipeline stages of 6 GPUs on 8-GPU nodes: stage 1's first group is
+    # GPUs 6-8, across the boundary (spec.scenario.group_span), though 3 divides 8 // 1
+    straddle = ["model.num_experts=12", "parallelism.dp=6", "parallelism.ep=3",
+                "cluster.nodes=3", "training.global_batch=120", "runtime.name=megatron_core"]  # fmt: skip
+    load_scenario(MIXTRAL, straddle)  # the all-to-all dispatcher takes it
+    with pytest.raises(ConfigError, match=r"runtime\.moe_dispatcher.*whole nodes"):
+        load_scenario(MIXTRAL, [*straddle, "runtime.moe_dispatcher=deepep"])
 
 
 def test_dualpipe_refuses_an_uneven_list() -> None:

@@ -45,6 +45,12 @@ def grad_flows_through_blocks(t: TrainingSpec) -> bool:
     )
 
 
+def norm_stats_per_token(m: ModelSpec) -> int:
+    """Bytes a norm saves beside its input per token: fp32 mean and rstd (LayerNorm) or rstd
+    (RMSNorm), 4 B each."""
+    return 4 * (2 if m.norm == "layernorm" else 1)
+
+
 def layer_saved_tensors(
     m: ModelSpec,
     t: TrainingSpec,
@@ -178,7 +184,7 @@ class _Block:
 def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> None:
     """A norm's input and statistics, and its output as the input the next linears save."""
     sb, h, e = c.sb, c.m.hidden, c.e
-    norm_stats = 2 if c.m.norm == "layernorm" else 1  # mean and rstd, or rstd (fp32)
+    norm_stats = norm_stats_per_token(c.m) // 4
     c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
     c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div,
           c.seq(f"{4 * norm_stats}·sb"))  # fmt: skip
@@ -326,7 +332,7 @@ def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -
         return 0
     prec = PRECISIONS[t.precision]
     sb = t.seq_len_effective * t.micro_batch
-    stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+    stats = norm_stats_per_token(m) * sb
     return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
 
 
@@ -415,9 +421,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     div = tp if sp else 1
     total = loss_saved_bytes(m, t, tp)
     if grad_flows_through_blocks(t):
-        total += (
-            prec.act_norm * sb * m.hidden + 4 * (2 if m.norm == "layernorm" else 1) * sb
-        ) // div
+        total += (prec.act_norm * sb * m.hidden + norm_stats_per_token(m) * sb) // div
     probe = t.peft.method == "linear_probe" or (
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
@@ -439,7 +443,7 @@ def mtp_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False
     prec = PRECISIONS[t.precision]
     sb = t.seq_len_effective * t.micro_batch
     div = tp if sp else 1
-    stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+    stats = norm_stats_per_token(m) * sb
     own = (prec.act_mm * sb * 2 * m.hidden + 2 * (prec.act_norm * sb * m.hidden + stats)) // div
     return n * (head_saved_bytes(m, t, tp, sp, gathered_input) + own)
 
@@ -474,7 +478,7 @@ def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int
     total = 8 * t.micro_batch * t.seq_len
     if grad_flows_through_blocks(t):
         if m.embedding_norm:
-            stats = 4 * (2 if m.norm == "layernorm" else 1) * sb
+            stats = norm_stats_per_token(m) * sb
             total += (PRECISIONS[t.precision].act_norm * sb * m.hidden + stats) // sp_div
         if m.dropout > 0:
             total += sb * m.hidden // sp_div

@@ -11,7 +11,8 @@ one GPU per pipeline rank is simulated: its TP, CP and DP peers do identical wor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+
+from simtrain.spec.scenario import group_span
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,38 +49,6 @@ class Groups:
         """GPUs of the gradient-reduction group: dp x cp, ``tp`` apart (the CP ranks sit
         between the DP ranks, so together they are every tp-th GPU of a pipeline stage)."""
         return self.dp * self.cp
-
-
-@lru_cache(maxsize=4096)
-def group_span(
-    n: int, stride: int, pp_stride: int, pp: int, gpus_per_node: int
-) -> tuple[bool, int]:
-    """(whether any group crosses a node, the fewest members any group has on one node) over
-    every group of ``n`` GPUs ``stride`` ids apart in the grid (Megatron order, module
-    docstring): a group starts at GPU r·pp_stride + j for each pipeline rank r and each offset
-    j < pp_stride whose coordinate along the group's dimension is 0, ``(j // stride) % n ==
-    0``, and holds j + k·stride, k < n. A node's share of a group depends only on where the group
-    starts within its node (start mod gpus_per_node), so the distinct starts are at most
-    gpus_per_node; per start, each node the group touches holds
-    ceil((end - a) / stride) - ceil((begin - a) / stride) members of it. GPU ids fill nodes in
-    order (ClusterSpec); the last node's missing GPUs (a partial node) do not change a count."""
-    gpn = gpus_per_node
-    if n <= 1:
-        return False, 1
-    starts = {(r * pp_stride + j) % gpn for r in range(min(pp, gpn))
-              for j in range(0, min(pp_stride, n * stride * gpn), 1)
-              if (j // stride) % n == 0}  # fmt: skip
-    crosses, fewest = False, n
-    for a in starts:
-        last = a + (n - 1) * stride
-        if last >= gpn:
-            crosses = True
-        for node in range(last // gpn + 1):
-            lo, hi = node * gpn, (node + 1) * gpn
-            count = min(n, max(0, -(-(hi - a) // stride))) - min(n, max(0, -(-(lo - a) // stride)))
-            if count:
-                fewest = min(fewest, count)
-    return crosses, fewest
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,37 @@ def group_gpus_per_node(n: int, stride: int, gpus_per_node: int) -> int:
     if stride > gpus_per_node:
         return 1
     return max(1, min(n, gpus_per_node // stride))
+
+
+@lru_cache(maxsize=4096)
+def group_span(
+    n: int, stride: int, pp_stride: int, pp: int, gpus_per_node: int
+) -> tuple[bool, int]:
+    """(whether any group crosses a node, the fewest members any group has on one node) over
+    every group of ``n`` GPUs ``stride`` ids apart in the grid (Megatron order, ``layout.placement``): a group starts at GPU r·pp_stride + j for each pipeline rank r and each offset
+    j < pp_stride whose coordinate along the group's dimension is 0, ``(j // stride) % n ==
+    0``, and holds j + k·stride, k < n. A node's share of a group depends only on where the group
+    starts within its node (start mod gpus_per_node), so the distinct starts are at most
+    gpus_per_node; per start, each node the group touches holds
+    ceil((end - a) / stride) - ceil((begin - a) / stride) members of it. GPU ids fill nodes in
+    order (ClusterSpec); the last node's missing GPUs (a partial node) do not change a count."""
+    gpn = gpus_per_node
+    if n <= 1:
+        return False, 1
+    starts = {(r * pp_stride + j) % gpn for r in range(min(pp, gpn))
+              for j in range(min(pp_stride, n * stride * gpn))
+              if (j // stride) % n == 0}  # fmt: skip
+    crosses, fewest = False, n
+    for a in starts:
+        last = a + (n - 1) * stride
+        if last >= gpn:
+            crosses = True
+        for node in range(last // gpn + 1):
+            lo, hi = node * gpn, (node + 1) * gpn
+            count = min(n, max(0, -(-(hi - a) // stride))) - min(n, max(0, -(-(lo - a) // stride)))
+            if count:
+                fewest = min(fewest, count)
+    return crosses, fewest
 
 
 @dataclass(frozen=True, slots=True)
@@ -777,7 +809,9 @@ def check_deepep(s: Scenario, file: str) -> None:
         return
     stride, gpn = p.tp * p.cp, s.cluster.gpus_per_node  # layout.placement's dp_stride
     per_node = group_gpus_per_node(p.ep, stride, gpn)
-    if p.ep % per_node:
+    # whole nodes: that many on every node any EP group touches (group_span: none straddles a
+    # node boundary with fewer, as a pipeline stage that is not whole nodes would make it)
+    if p.ep % per_node or group_span(p.ep, stride, p.dp * stride, p.pp, gpn)[1] != per_node:
         raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
                           f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
                           f"on a node ({gpn} GPUs, tp x cp = {stride} apart)", "deepep",

@@ -293,11 +293,7 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
             elif dev != "none":
                 r.unsupported_(f"{key}.device {dev}", f"parameter offload is a ZeRO-3 option "
                                f"(zero_optimization.stage is {stage})")  # fmt: skip
-        elif k == "reduce_bucket_size":
-            if v is None or isinstance(v, str):
-                raise ConfigError(file, key, "must be a number of gradient elements" + (
-                    ", not null" if v is None else " ('auto': the Hugging Face Trainer's "
-                    "hidden_size²)"), v)  # fmt: skip
+        elif k == "reduce_bucket_size":  # ('auto' was resolved above)
             par["bucket_mb"] = clean_number(grad_bucket_mb(as_float(v, file, key), grad_bytes))
             r.origin("parallelism.bucket_mb", key)
         elif k == "overlap_comm":
@@ -394,9 +390,8 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                   "gradient_accumulation_steps"):  # fmt: skip
             if cfg.get(k) == "auto":
                 r.assume(f"{k} 'auto' (the Hugging Face Trainer sets it): derived here")
-    training = {**batch, "precision": precision, **training}
-    if not precision:  # fp16 / bf16 'auto': the need's --set gives it
-        del training["precision"]
+    # fp16 / bf16 'auto' leaves no precision: the need's --set gives it
+    training = {**batch, **({"precision": precision} if precision else {}), **training}
     r.need("training.seq_len", "<sequence length>", "a DeepSpeed config has no sequence length: "
            "give --set training.seq_len=N")  # fmt: skip
     training["optimizer"], torch_optimizer = _optimizer(cfg, r)
