@@ -641,3 +641,87 @@ def test_a_degree_that_is_no_integer_is_a_skip_naming_it(key: str, value: object
                             hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 4}))  # fmt: skip
     assert isinstance(out, SkipReason)
     assert f"parallelism.{key}" in out.reason and "not an integer" in out.reason
+
+
+@pytest.mark.parametrize(("tokens", "seq", "sequences"), [
+    (16_000_000, 8192, 2048),  # Llama 3 Table 4: batch/DP 32 x DP 64 x 8192 = 2^24 tokens
+    (16_000_000, 131072, 128),  # its long-context row: 16 x 8 x 131072
+    (4_000_000, 2048, 2048),  # LLaMA 65B's "4M tokens": 2048 x 2048
+    (2_000_000, 2048, 1024),  # OPT-175B's "2M": 1024 x 2048 (metaseq)
+    (6_291_456, 2048, 3072),  # an exact count is divided as it is
+])  # fmt: skip
+def test_a_papers_round_million_token_batch_is_read_in_units_of_2_to_the_20(
+        tokens: int, seq: int, sequences: int) -> None:  # fmt: skip
+    """'16M tokens' that is no whole number of sequences is 16 x 2^20 tokens: Llama 3's Table 4
+    gives batch per DP x DP x seq = 2^24 in every row (32 x 64 x 8192, 16 x 128 x 8192); read as
+    10^6 the row was a skip ("global batch not reported")."""
+    out = translate(_record(model={"layers": 8, "hidden": 1024, "heads": 16, "seq_len": seq,
+                                   "vocab": 32000},
+                            training={"global_batch_tokens": tokens, "micro_batch": 1,
+                                      "precision": "bf16"},
+                            parallelism={"tp": 1, "pp": 1, "dp": 16},
+                            hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(out, Translation), out
+    assert out.scenario.training.global_batch == sequences
+    assert any("2^20" in a for a in out.assumptions) == (tokens % seq != 0)
+
+
+def test_a_token_batch_neither_exact_nor_round_millions_is_a_skip() -> None:
+    out = translate(_record(training={"global_batch_tokens": 1_500_000, "precision": "bf16"}))
+    assert isinstance(out, SkipReason) and "global batch not reported" in out.reason
+
+
+@pytest.mark.parametrize(("text", "stage"), [
+    ("FSDP: optimizer states + gradients sharded; parameters sharded but NOT resharded after "
+     "forward (no extra all-gather in backward)", 2),  # Llama 3's row, not the 3 of "sharded"
+    ("FULL_SHARD", 3), ("ZeRO-3 (DeepSpeed)", 3), ("ZeRO stage 1", 1), ("zero-2", 2),
+])  # fmt: skip
+def test_a_sharding_in_words_is_its_zero_stage(text: str, stage: int) -> None:
+    """A record's zero_stage text was read as 0 (``_int`` of a string): now the stage it names,
+    with the reason among the assumptions."""
+    out = translate(_record(parallelism={"tp": 2, "pp": 1, "zero_stage": text}))
+    assert isinstance(out, Translation), out
+    assert out.scenario.parallelism.zero_stage == stage
+    assert any(a.startswith("zero_stage") for a in out.assumptions)
+
+
+def test_a_sharding_in_words_simtrain_does_not_know_is_a_skip_naming_the_key() -> None:
+    out = translate(_record(parallelism={"tp": 2, "pp": 1, "zero_stage": "HYBRID_SHARD"}))
+    assert isinstance(out, SkipReason)
+    assert "parallelism.zero_stage" in out.reason and "ZeRO-1/2/3" in out.reason
+
+
+def test_recompute_not_stated_is_the_sources_default_not_a_skip() -> None:
+    out = translate(_record(training={"global_batch": 64, "micro_batch": 4, "precision": "bf16",
+                                      "recompute": "not stated"}))  # fmt: skip
+    assert isinstance(out, Translation), out
+    assert out.scenario.training.recompute == "none"
+    assert any("recompute not reported" in a for a in out.assumptions)
+    bad = translate(_record(training={"global_batch": 64, "micro_batch": 4, "precision": "bf16",
+                                      "recompute": "sometimes"}))  # fmt: skip
+    assert isinstance(bad, SkipReason) and "recompute 'sometimes'" in bad.reason
+
+
+def test_first_and_last_stages_one_layer_fewer_as_the_record_says() -> None:
+    """Llama 3 (§3.3.2): one layer fewer on the first and the last stage: 126 layers over 16
+    stages are 7, 8 x 14, 7 (an even split does not exist: the row was a skip)."""
+    model = {"layers": 126, "hidden": 1024, "heads": 16, "seq_len": 1024, "vocab": 32000}
+    par = {"tp": 1, "pp": 16, "dp": 1,
+           "schedule": "interleaved 1F1B with tunable N; first/last stage one layer fewer"}
+    out = translate(_record(model=model, parallelism=par,
+                            hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(out, Translation), out
+    p = out.scenario.parallelism
+    assert (p.first_stage_layers, p.last_stage_layers, p.virtual_stages) == (7, 7, 1)
+    plain = translate(_record(model=model, parallelism={**par, "schedule": "1F1B"},
+                              hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(plain, SkipReason) and "must divide model.layers" in plain.reason
+
+
+def test_llama3_rows_run_tensor_parallel_with_sequence_parallelism() -> None:
+    out = translate(_record(id="llama3_x", source_key="llama3",
+                            parallelism={"tp": 8, "pp": 1, "dp": 2},
+                            hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(out, Translation), out
+    assert out.scenario.parallelism.sequence_parallel
+    assert any("SequenceParallel" in a for a in out.assumptions)

@@ -6,6 +6,7 @@ the version the record names."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from simtrain.apps.validate.records import Record
@@ -19,6 +20,15 @@ from simtrain.layout.partition import deepspeed_balanced_2022, torchtitan_split_
 MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
 
 
+#: A record that says its first and last stages hold one layer fewer than the others (Llama 3,
+#: Dubey et al. 2024 §3.3.2: "we reduce one Transformer layer each from the first and the last
+#: stages"; its Table 4 row: "first/last stage one layer fewer").
+_ENDS_ONE_FEWER = re.compile(
+    r"first\s*/\s*last stages? (?:has |have |with )?one (?:transformer )?layer (?:fewer|less)"
+    r"|one (?:transformer )?layer (?:fewer|less)[^.;]*\bfirst and (?:the )?last stages?",
+    re.IGNORECASE)
+
+
 def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                    notes: list[str]) -> dict[str, Any]:  # fmt: skip
     """The parallelism keys that give ``rec`` the split its framework made (empty: the
@@ -27,6 +37,12 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
     if pp == 1 or not layers:
         return {}
     key = rec.source_key
+    said = f"{rec.parallelism.get('schedule', '')} {rec.notes}"
+    if v == 1 and _ENDS_ONE_FEWER.search(said) and (layers + 2) % pp == 0 and pp > 2:
+        k = (layers + 2) // pp
+        notes.append(f"pipeline split: the record's first and last stages one layer fewer: "
+                     f"{k - 1}, {k} x {pp - 2}, {k - 1} layers per stage")  # fmt: skip
+        return {"first_stage_layers": k - 1, "last_stage_layers": k - 1}
     if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
         notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B recipe counts the "
                      "embedding and the loss as a layer each (account_for_embedding/"

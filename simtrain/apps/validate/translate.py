@@ -245,6 +245,11 @@ def map_precision(text: str | None) -> str | None:
     return read_precision(text)[0]
 
 
+# A record's words for a setting its source does not give ("not stated", "unknown"): read as
+# silent, the source convention's default applies (as for a key the record leaves out).
+_NOT_STATED = re.compile(r"^\s*(?:not (?:stated|reported|given)|unknown|unreported)\b", re.I)
+
+
 def map_recompute(text: str | None) -> str | None:
     if text is None:
         return None
@@ -582,9 +587,17 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
     B = _int(t.get("global_batch"))
     if B is None and _int(t.get("global_batch_tokens")) is not None:
         tokens = int(t["global_batch_tokens"])
+        binary = tokens // 10**6 * 2**20
         if tokens % seq == 0:
             B = tokens // seq
             notes.append(f"global batch = {tokens:,} tokens / seq_len = {B}")
+        elif tokens % 10**6 == 0 and binary % seq == 0:
+            B = binary // seq
+            notes.append(f"global batch: {tokens // 10**6}M tokens is no whole number of "
+                         f"{seq}-token sequences; read as {tokens // 10**6} x 2^20 = "
+                         f"{binary:,} tokens = {B} sequences (papers' '2M', '4M', '16M' "
+                         "batches: OPT's 1024 x 2048, LLaMA's 2048 x 2048, Llama 3's batch "
+                         "per DP x DP x seq in every row of its Table 4)")  # fmt: skip
     if B is None:
         raise _NotExpressible("global batch not reported")
     b = _int(t.get("micro_batch"))
@@ -630,7 +643,7 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
                      "gradient buffer next to the bf16 gradients, 4 B/param more)")  # fmt: skip
     recompute = map_recompute(t.get("recompute"))
     if recompute is None:
-        if t.get("recompute") is not None:
+        if t.get("recompute") is not None and not _NOT_STATED.search(str(t["recompute"])):
             raise _NotExpressible(f"recompute {t.get('recompute')!r}: not "
                                   f"{' | '.join(RECOMPUTE)}")  # fmt: skip
         recompute = conv.recompute_default
@@ -771,12 +784,44 @@ def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
     return {**p, "virtual_stages": v}
 
 
+# A record's sharding in words -> the ZeRO stage whose memory and traffic it has. Parameters
+# sharded at rest but "not resharded after forward" (Llama 3, Dubey et al. 2024 §3.3.2: no
+# second all-gather in the backward) are whole on the GPU from the forward's all-gather to the
+# end of the backward, and each parameter is gathered once: ZeRO-2's peak and traffic.
+_ZERO_WORDS = (
+    (re.compile(r"not resharded|no reshard|shard_grad_op|zero[- ]?2\b|stage[- ]?2\b", re.I), 2,
+     "parameters whole from the forward's all-gather to the end of the backward, gradients "
+     "and optimizer states sharded: ZeRO-2's peak and traffic"),
+    (re.compile(r"full_shard|zero[- ]?3\b|stage[- ]?3\b|parameters sharded", re.I), 3,
+     "parameters, gradients and optimizer states sharded: ZeRO-3"),
+    (re.compile(r"zero[- ]?1\b|stage[- ]?1\b|optimizer states? sharded", re.I), 1,
+     "optimizer states sharded: ZeRO-1"),
+)
+
+
+def _zero_stage(value: Any, notes: list[str]) -> int:
+    """The ZeRO stage of a record's ``parallelism.zero_stage``: a number as it is, a text by the
+    first of :data:`_ZERO_WORDS` it matches (in that order: "sharded but not resharded" before
+    "sharded"); a text that names none is not expressible, never a silent 0."""
+    if value is None:
+        return 0
+    n = _int(value)
+    if n is not None:
+        return n
+    for pattern, stage, why in _ZERO_WORDS:
+        if pattern.search(str(value)):
+            notes.append(f"zero_stage {str(value)!r}: {stage} ({why})")
+            return stage
+    raise _NotExpressible(f"parallelism.zero_stage {value!r}: not a ZeRO stage (0-3) and names "
+                          "no sharding simtrain knows (ZeRO-1/2/3, FULL_SHARD, SHARD_GRAD_OP)")
+
+
 def _parallelism(
     p: Mapping[str, Any], conv: SourceConvention, tp: int, pp: int, dp: int, notes: list[str]
 ) -> dict[str, Any]:
     """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
     schedule and the data-parallel gradient reduction."""
-    zero = _int(p.get("zero_stage")) or 0
+    zero = _zero_stage(p.get("zero_stage"), notes)
     sharding = str(p.get("fsdp_sharding", "")).upper()
     if sharding == "SHARD_GRAD_OP":
         zero = 2
