@@ -706,8 +706,12 @@ def test_first_and_last_stages_one_layer_fewer_as_the_record_says() -> None:
     """Llama 3 (§3.3.2): one layer fewer on the first and the last stage: 126 layers over 16
     stages are 7, 8 x 14, 7 (an even split does not exist: the row was a skip)."""
     model = {"layers": 126, "hidden": 1024, "heads": 16, "seq_len": 1024, "vocab": 32000}
-    par = {"tp": 1, "pp": 16, "dp": 1,
-           "schedule": "interleaved 1F1B with tunable N; first/last stage one layer fewer"}
+    par = {
+        "tp": 1,
+        "pp": 16,
+        "dp": 1,
+        "schedule": "interleaved 1F1B with tunable N; first/last stage one layer fewer",
+    }
     out = translate(_record(model=model, parallelism=par,
                             hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
     assert isinstance(out, Translation), out

@@ -26,7 +26,8 @@ MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
 _ENDS_ONE_FEWER = re.compile(
     r"first\s*/\s*last stages? (?:has |have |with )?one (?:transformer )?layer (?:fewer|less)"
     r"|one (?:transformer )?layer (?:fewer|less)[^.;]*\bfirst and (?:the )?last stages?",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,

@@ -789,13 +789,22 @@ def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
 # second all-gather in the backward) are whole on the GPU from the forward's all-gather to the
 # end of the backward, and each parameter is gathered once: ZeRO-2's peak and traffic.
 _ZERO_WORDS = (
-    (re.compile(r"not resharded|no reshard|shard_grad_op|zero[- ]?2\b|stage[- ]?2\b", re.I), 2,
-     "parameters whole from the forward's all-gather to the end of the backward, gradients "
-     "and optimizer states sharded: ZeRO-2's peak and traffic"),
-    (re.compile(r"full_shard|zero[- ]?3\b|stage[- ]?3\b|parameters sharded", re.I), 3,
-     "parameters, gradients and optimizer states sharded: ZeRO-3"),
-    (re.compile(r"zero[- ]?1\b|stage[- ]?1\b|optimizer states? sharded", re.I), 1,
-     "optimizer states sharded: ZeRO-1"),
+    (
+        re.compile(r"not resharded|no reshard|shard_grad_op|zero[- ]?2\b|stage[- ]?2\b", re.I),
+        2,
+        "parameters whole from the forward's all-gather to the end of the backward, gradients "
+        "and optimizer states sharded: ZeRO-2's peak and traffic",
+    ),
+    (
+        re.compile(r"full_shard|zero[- ]?3\b|stage[- ]?3\b|parameters sharded", re.I),
+        3,
+        "parameters, gradients and optimizer states sharded: ZeRO-3",
+    ),
+    (
+        re.compile(r"zero[- ]?1\b|stage[- ]?1\b|optimizer states? sharded", re.I),
+        1,
+        "optimizer states sharded: ZeRO-1",
+    ),
 )
 
 
@@ -812,8 +821,10 @@ def _zero_stage(value: Any, notes: list[str]) -> int:
         if pattern.search(str(value)):
             notes.append(f"zero_stage {str(value)!r}: {stage} ({why})")
             return stage
-    raise _NotExpressible(f"parallelism.zero_stage {value!r}: not a ZeRO stage (0-3) and names "
-                          "no sharding simtrain knows (ZeRO-1/2/3, FULL_SHARD, SHARD_GRAD_OP)")
+    raise _NotExpressible(
+        f"parallelism.zero_stage {value!r}: not a ZeRO stage (0-3) and names "
+        "no sharding simtrain knows (ZeRO-1/2/3, FULL_SHARD, SHARD_GRAD_OP)"
+    )
 
 
 def _parallelism(
