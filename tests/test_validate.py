@@ -729,3 +729,33 @@ def test_llama3_rows_run_tensor_parallel_with_sequence_parallelism() -> None:
     assert isinstance(out, Translation), out
     assert out.scenario.parallelism.sequence_parallel
     assert any("SequenceParallel" in a for a in out.assumptions)
+
+
+@pytest.mark.parametrize(("source", "notes", "runtime"), [
+    ("Jiang et al. 2024, MegaScale (NSDI'24), Table 2; built on Megatron-LM", "", "megatron_core"),
+    ("Smith et al. 2022, MT-NLG", "Megatron-DeepSpeed, 3D parallelism", "deepspeed"),
+    ("Narayanan et al. 2021, Megatron-LM (SC'21)", "", "megatron_lm_2021"),
+    ("a 2022 paper", "Megatron-LM with sequence parallelism", "megatron_lm_2022"),
+    ("NVIDIA NeMo docs, performance summary", "", "megatron_core"),
+    ("pytorch/torchtitan benchmarks", "", "torchtitan"),
+    ("a blog", "trained with MosaicML Composer", "llm_foundry"),
+    ("a blog", "HF Trainer on one GPU", "pytorch_eager"),
+    ("my cluster", "", "pytorch_eager"),  # names nothing: users' runs, as before
+])  # fmt: skip
+def test_a_new_sources_runtime_is_the_framework_its_record_names(source: str, notes: str,
+                                                                 runtime: str) -> None:  # fmt: skip
+    """A record of a source simtrain has no convention for ran under pytorch_eager whatever it
+    said; now under the profile of the framework its own text names (DeepSpeed before Megatron:
+    Megatron-DeepSpeed runs DeepSpeed's engine; Megatron by the year its source gives)."""
+    out = translate(_record(source=source, notes=notes))
+    assert isinstance(out, Translation), out
+    assert out.scenario.runtime.name == runtime
+    assert any("the record names" in a for a in out.assumptions) == (source != "my cluster")
+
+
+def test_a_known_sources_runtime_is_its_own_whatever_its_text_names() -> None:
+    rec = _record(id="mpt_x", source_key="mosaicml", source="llm-foundry benchmarks",
+                  notes="compared with DeepSpeed ZeRO-3 elsewhere")  # fmt: skip
+    out = translate(rec)
+    assert isinstance(out, Translation), out
+    assert out.scenario.runtime.name == "llm_foundry"

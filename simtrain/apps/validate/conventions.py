@@ -5,7 +5,7 @@ with like (``shared/measured/formulas.md`` §1, §6)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -507,6 +507,45 @@ def runtime_of(source_key: str) -> str:
     """The training runtime profile of a source (one of :data:`RUNTIME_PROFILES`): the framework
     its runs ran on (:data:`RUNTIMES`); ``pytorch_eager`` for a source not listed (users' runs)."""
     return RUNTIMES.get(source_key, "pytorch_eager")
+
+
+# The framework a record of a source simtrain has no entry for names in its own words (its
+# ``source`` and ``notes``, a ``framework`` key of any section), first match wins: the
+# DeepSpeed-based before the Megatron-based (Megatron-DeepSpeed is DeepSpeed's engine), the
+# open frameworks by name, then Megatron by the year the source gives (before 2022:
+# Megatron-LM as of SC'21; 2022: with its asynchronous TP backward; later, or no year:
+# Megatron-Core, on which NeMo and Megatron-Bridge run).
+_FRAMEWORK_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"deepspeed", re.I), "deepspeed"),
+    (re.compile(r"torchtitan", re.I), "torchtitan"),
+    (re.compile(r"nanotron", re.I), "nanotron"),
+    (re.compile(r"llm[- ]foundry|mosaicml|\bcomposer\b", re.I), "llm_foundry"),
+    (re.compile(r"\bnemo\b|megatron[- ]core|megatron[- ]bridge|\bmcore\b", re.I), "megatron_core"),
+    (re.compile(r"megatron", re.I), "megatron"),
+    (re.compile(r"hugging ?face|\bhf trainer\b|\btransformers\b|\bpeft\b|accelerate", re.I),
+     "pytorch_eager"),
+)  # fmt: skip
+_YEAR = re.compile(r"\b(20[12]\d)\b")
+
+
+def inferred_runtime(source: str, notes: str, sections: Sequence[Mapping[str, Any]]
+                     ) -> tuple[str, str] | None:  # fmt: skip
+    """(runtime, the words that named it) for a record of a source without a :data:`RUNTIMES`
+    entry, from its own text (:data:`_FRAMEWORK_WORDS`); None when it names no framework
+    simtrain has a profile for (then ``pytorch_eager``, as for users' runs)."""
+    named = " ".join(str(x.get("framework", "")) for x in sections)
+    text = f"{named} {source} {notes}"
+    for pattern, runtime in _FRAMEWORK_WORDS:
+        m = pattern.search(text)
+        if m is None:
+            continue
+        if runtime == "megatron":
+            years = [int(y) for y in _YEAR.findall(source)]
+            year = max(years) if years else None
+            runtime = ("megatron_lm_2021" if year is not None and year < 2022 else
+                       "megatron_lm_2022" if year == 2022 else "megatron_core")  # fmt: skip
+        return runtime, m.group(0)
+    return None
 
 
 def convention(key: str) -> SourceConvention:
