@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.comm import collective_ns, tp_allreduce_ns, tp_backward_block_ns
+from simtrain.costs.comm import collective_ns, tp_allreduce_ns, tp_backward_block_ns, tp_edges_ns
 from simtrain.costs.compute import tp_linear_group_ns
 from simtrain.costs.workload import chunk_durations
 from simtrain.layout.step import resolve
@@ -157,8 +157,10 @@ def test_split_backward_has_no_weight_gradient_to_hide_behind() -> None:
     assert tp_backward_block_ns(both, step) == 2 * ag + exposed_cols
     durations = chunk_durations(both, step)[0]
     layers = durations.layers[1] - durations.layers[0]
-    assert durations.tp_input_grad_ns == layers * (2 * ag + 2 * rs)
-    assert durations.tp_backward_ns == layers * (2 * ag + exposed_cols)
+    emb = tp_edges_ns(both, step, True, False)[1]  # the embedding's gradient gather (stage 0)
+    assert emb > 0
+    assert durations.tp_input_grad_ns == layers * (2 * ag + 2 * rs) + emb
+    assert durations.tp_backward_ns == layers * (2 * ag + exposed_cols) + emb
     i_action = next(a for a in step.schedule[0] if a.kind == "I")
     inp = SimpleNamespace(activation_bytes={0: 0}, working_set_bytes={0: 0}, loss_bytes={})
     assert base_pieces(i_action, durations, inp)[1] == durations.tp_input_grad_ns
@@ -338,8 +340,13 @@ def test_paired_overlap_runs_hidden_parts_beside_forward_and_backward() -> None:
         kinds.append(kind)
         assert s.end_ns - s.start_ns == (f_hid if kind == "F" else b_hid)  # one layer a stage
     assert kinds.count("F") == kinds.count("B") == 2 * 4
-    exposed_tp = [s for s in spans if s.stream == "collective" and s.kind == "TP"]
-    assert any(s.end_ns - s.start_ns == f_exp for s in exposed_tp)
+    exposed_tp = {s.end_ns - s.start_ns for s in spans if s.stream == "collective"
+                  and s.kind == "TP"}  # fmt: skip
+    # the first stage's forward adds the embedding's collective, the last one's the output
+    # layer's and the loss's (tp_edges_ns, exposed)
+    emb, head = tp_edges_ns(sc, step, True, False)[0], tp_edges_ns(sc, step, False, True)[0]
+    for want in (f_exp + emb, f_exp + head):  # (the lowering's slices round to 1 ns)
+        assert any(abs(got - want) <= 1 for got in exposed_tp), (want, exposed_tp)
     assert simulate_scenario(sc, detail=False).metrics.step_time_s == res.metrics.step_time_s
 
 
@@ -463,3 +470,68 @@ def test_tp_linear_groups_agree_with_the_model_split() -> None:
     col = {x for g in ("attn_in", "mlp_in") for x in TP_LINEAR_GROUPS[g]}
     assert out == set(TP_ROW_PARALLEL)
     assert col == {"q", "k", "v", "gate", "up"} and not col & set(TP_ROW_PARALLEL)
+
+
+# ---- the embedding's, the output layer's and the loss's TP collectives (costs.comm.tp_edges_ns)
+
+
+def _edges_by_hand(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]:
+    """Megatron's collectives outside the blocks, counted from its code by hand (the sizes:
+    b·s·h = 4096·4096·2 B, the loss's b·s fp32 values 4096·4 B, the logits 4096·32000·2 B)."""
+    step = resolve(sc)
+    g, sp = step.groups, sc.parallelism.sequence_parallel
+    bsh, tokens, logits = 4096 * 4096 * 2, 4096 * 4, 4096 * 32000 * 2
+
+    def c(op: str, size: int) -> int:
+        return collective_ns(sc, step, op, size, g.tp, g.tp_stride)
+
+    fwd = bwd = 0
+    if embedding:  # VocabParallelEmbedding: all-reduce, or reduce-scatter (backward: gather)
+        fwd += c("reduce_scatter", bsh) if sp else c("all_reduce", bsh)
+        bwd += c("all_gather", bsh) if sp else 0
+    if head:  # ColumnParallelLinear: input gather / gradient reduce-scatter (+ its re-gather)
+        fwd += c("all_gather", bsh) if sp else 0
+        regather = c("all_gather", bsh) if sc.runtime.tp_regather_backward else 0
+        bwd += c("reduce_scatter", bsh) + regather if sp else c("all_reduce", bsh)
+        if sc.training.cross_entropy == "gathered":
+            fwd += c("all_gather", logits)
+        else:  # max, target logit, sum of exponentials
+            fwd += 3 * c("all_reduce", tokens)
+    return fwd, bwd
+
+
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("tp", [8, 16])
+@pytest.mark.parametrize("cross_entropy", ["standard", "gathered"])
+def test_edges_collectives_by_hand(tp: int, sp: bool, cross_entropy: str) -> None:
+    sc = scenario(tp, sp=sp, training={"cross_entropy": cross_entropy})
+    step = resolve(sc)
+    for embedding, head in ((True, False), (False, True), (True, True), (False, False)):
+        got = tp_edges_ns(sc, step, embedding, head)
+        assert got == _edges_by_hand(sc, embedding, head), (embedding, head)
+    assert tp_edges_ns(sc, step, True, True) != (0, 0)
+    one = scenario(1, sp=False)
+    assert tp_edges_ns(one, resolve(one), True, True) == (0, 0)
+
+
+def test_a_frozen_embedding_has_no_backward_gather() -> None:
+    """LoRA: the embedding's output needs no gradient, so its reduce-scatter has no backward."""
+    sc = scenario(8, sp=True, training={"peft": {"method": "lora"}})
+    step = resolve(sc)
+    assert tp_edges_ns(sc, step, True, False)[1] == 0
+    full = scenario(8, sp=True)
+    assert tp_edges_ns(full, resolve(full), True, False)[1] > 0
+
+
+def test_edges_collectives_land_on_the_first_and_last_stages() -> None:
+    """With pp 2 the first chunk's forward TP time is its blocks' plus the embedding's, the last
+    one's its blocks' plus the output layer's and the loss's: the difference of the two stages'
+    TP times (equal blocks) is exactly those collectives (they were priced nowhere)."""
+    sc = scenario(8, sp=True, parallelism={"pp": 2}, training={"global_batch": 2})
+    step = resolve(sc)
+    d = chunk_durations(sc, step)
+    emb, head = tp_edges_ns(sc, step, True, False), tp_edges_ns(sc, step, False, True)
+    assert d[0].tp_forward_ns - d[1].tp_forward_ns == emb[0] - head[0]
+    assert d[0].tp_backward_ns - d[1].tp_backward_ns == emb[1] - head[1]
+    block = d[0].tp_forward_ns - emb[0]
+    assert block == d[1].tp_forward_ns - head[0] > 0

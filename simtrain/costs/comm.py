@@ -15,6 +15,7 @@ import math
 from simtrain.costs import collectives as coll
 from simtrain.costs.compute import tp_linear_group_ns, tp_pairs_gemms
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
+from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
 
@@ -184,6 +185,58 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     column = sum(exposed(regather, d) + exposed(rs, w)
                  for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
     return row_gathers + column, len(gemms) * (regather + rs) - column + 2 * ag - row_gathers
+
+
+#: All-reduces of b·s fp32 values a vocabulary-parallel cross-entropy's forward runs over the TP
+#: group: the logits' max, the target's logit and the sum of exponentials (Megatron-LM
+#: core/tensor_parallel/cross_entropy.py _VocabParallelCrossEntropy.forward, d98e8a64 l.130,
+#: l.146, l.150; nanotron tensor_parallel/functional.py _ShardedCrossEntropy, 2411b022
+#: l.41-76; PyTorch's loss_parallel likewise); the fused kernel two (Megatron
+#: fusions/fused_cross_entropy.py l.94, l.112). Its backward has none.
+VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0}
+
+
+def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool
+                ) -> tuple[int, int]:  # fmt: skip
+    """(forward, backward) TP communication of a chunk's embedding and output layer, outside
+    its blocks (all exposed; 0 at tp 1):
+
+    - the vocabulary-parallel embedding's output: an all-reduce of b·s·h in the forward, or with
+      sequence parallelism a reduce-scatter, whose backward is an all-gather of the gradient
+      where the embedding trains (Megatron-LM core/tensor_parallel/layers.py
+      VocabParallelEmbedding.forward, d98e8a64 l.378-383; mappings.py l.372-380; nanotron
+      TensorParallelEmbedding.forward l.301-306);
+    - the column-parallel output layer: its input gradient's all-reduce in the backward, or with
+      sequence parallelism its input's all-gather in the forward and its input gradient's
+      reduce-scatter in the backward (plus the re-gather for its weight gradient under
+      ``tp_regather_backward``), as a block's column-parallel linears
+      (:func:`tp_backward_block`);
+    - the loss: :data:`VOCAB_PARALLEL_LOSS_ALLREDUCES` all-reduces of b·s fp32 values, or under
+      ``cross_entropy: gathered`` the all-gather of the b·s·V logits to every TP rank
+      (torchtitan without loss parallel: the output layer's ``Replicate()`` output,
+      torchtitan a33d0e36 llama3/infra/parallelize.py apply_tp l.182-186)."""
+    g, t, m = step.groups, sc.training, sc.model
+    if g.tp <= 1 or not (embedding or head):
+        return 0, 0
+    sp = sc.parallelism.sequence_parallel
+    ag, rs = tp_halves_ns(sc, step)
+    ar = 0 if sp else tp_allreduce_ns(sc, step)
+    fwd = bwd = 0
+    if embedding:
+        fwd += rs if sp else ar
+        trains = base_trainable(t.peft.method, t.peft.phase)
+        bwd += ag if sp and trains else 0
+    if head:
+        regather = ag if sc.runtime.tp_regather_backward else 0
+        fwd += ag if sp else 0
+        bwd += rs + regather if sp else ar
+        tokens = t.micro_batch * t.seq_len_effective // sc.parallelism.cp
+        if t.cross_entropy == "gathered":
+            logits = step.boundary_bytes * m.vocab // m.hidden
+            fwd += collective_ns(sc, step, "all_gather", logits, g.tp, g.tp_stride)
+        reduces = VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
+        fwd += reduces * collective_ns(sc, step, "all_reduce", 4 * tokens, g.tp, g.tp_stride)
+    return fwd, bwd
 
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:
