@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
@@ -41,6 +42,25 @@ STEP_METRICS = tuple(m for m in TIME_METRICS if m not in LAYER_METRICS)
 OOM_OUTCOMES = ("oom", "out_of_memory")
 #: Failed runs whose source does not say whether they ran out of memory.
 CRASH_OUTCOMES = ("crashed_or_oom", "crashed")
+
+
+_CRASH = re.compile(r"crash|fail|hang|\berror")
+_OOM = re.compile(r"\boom\b|out of memory")
+_EITHER = re.compile(r"(?:crash|fail)\w*\s*(?:or|/)\s*oom|oom\s*(?:or|/)\s*(?:crash|fail)")
+
+
+def read_outcome(value: object) -> str:
+    """A record's ``measured.outcome`` in the words of :data:`OOM_OUTCOMES` and
+    :data:`CRASH_OUTCOMES`: "OOM", "out of memory", "CUDA error: out of memory" -> "oom"; a
+    crash or failure that may have been either ("crashed or OOM", "crashed/oom") or is not said
+    to be memory ("crashed", "NCCL error") -> "crashed_or_oom"; anything else (absent, "ok",
+    "completed") as written, lower case: a run that fit."""
+    text = re.sub(r"[_-]+", " ", str(value or "").strip().lower())
+    if _OOM.search(text):
+        return "crashed_or_oom" if _EITHER.search(text) else "oom"
+    if _CRASH.search(text):
+        return "crashed_or_oom"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +114,7 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
         if (v := num(key)) is not None and v > 0:
             out["peak_memory_bytes"] = v * unit
             break
-    outcome = str(x.get("outcome", "")).lower()
+    outcome = read_outcome(x.get("outcome"))
     if outcome in CRASH_OUTCOMES:
         # measured: the run failed; predicted: simtrain says it does not fit (the cause it can
         # name); a "no" is no error of a fit verdict, only a failure simtrain does not explain

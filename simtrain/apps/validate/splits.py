@@ -34,7 +34,7 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                    notes: list[str]) -> dict[str, Any]:  # fmt: skip
     """The parallelism keys that give ``rec`` the split its framework made (empty: the
     translation's own, an even split or the source convention's ``layer_split``)."""
-    pp, v = int(par.get("pp", 1)), int(par.get("virtual_stages", 1))
+    pp, v = int(par.get("pp") or 1), int(par.get("virtual_stages") or 1)
     if pp == 1 or not layers:
         return {}
     key = rec.source_key

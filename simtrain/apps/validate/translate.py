@@ -191,11 +191,15 @@ FP8_TEXT = re.compile(r"fp8|float8|e4m3|e5m2")
 # Transformer Engine's delayed scaling for the rest (Composer's amp_fp8, NeMo's "FP8").
 FP8_RECIPES = (
     (re.compile(r"fp8-cs|current.scaling"), "fp8_current"),
-    (re.compile(r"mxfp8"), "mxfp8"),
+    (re.compile(r"mxfp8|fp8[- _]?mx\b"), "mxfp8"),  # (Megatron-Bridge's tables: "FP8-MX")
     (re.compile(r"float8.*rowwise|rowwise.*float8"), "fp8_rowwise"),
     (re.compile(r"float8"), "fp8_tensorwise"),
     (FP8_TEXT, "fp8_delayed"),
 )
+# A bf16 record whose gradients accumulate in fp32 ("FP32 grad accumulation", "fp32 grads",
+# "grads accumulated in fp32", nanotron's accumulate_grad_in_fp32).
+_FP32_GRADS = re.compile(r"fp32 grad|grad\w* (?:accumulat\w* )?in fp32|accumulate_grad_in_fp32",
+                         re.I)  # fmt: skip
 # "fp16", "bf16", "fp32", "16-bit": the number format words the mapping knows.
 _FORMAT_WORD = re.compile(r"\b(?:fp16|bf16|fp32|16-bit)\b|^amp_(?:bf16|fp16)")
 UNSTATED = "16-bit format not stated"
@@ -213,7 +217,8 @@ def read_precision(text: str | None) -> tuple[str | None, str]:
     format when simtrain has none for it (FP8, 4-bit)."""
     if text is None:
         return None, "precision not reported"
-    t = str(text).lower()
+    t = re.sub(r"\bbfloat16\b", "bf16", re.sub(r"\b(?<!b)float16\b", "fp16", str(text).lower()))
+    t = re.sub(r"\bfloat32\b", "fp32", t)
     for pattern, what in UNEXPRESSIBLE_FORMATS:
         if pattern.search(t):
             return None, f"{what}: not a simtrain precision"
@@ -252,10 +257,19 @@ def map_precision(text: str | None) -> str | None:
 _NOT_STATED = re.compile(r"^\s*(?:not (?:stated|reported|given)|unknown|unreported)\b", re.I)
 
 
-def map_recompute(text: str | None) -> str | None:
+def map_recompute(text: str | bool | None) -> str | None:
+    """A record's recompute setting: selective (per-op: selective_op), full, none; a YAML
+    ``false`` / ``no`` or "off", "not used", "disabled" none; "gradient checkpointing" and
+    "activation checkpointing" (HF's and PyTorch's words for it) full; None for other words."""
     if text is None:
         return None
-    t = str(text).lower()
+    if isinstance(text, bool):
+        return "full" if text else "none"
+    t = str(text).lower().strip()
+    if re.match(r"(?:no|off|disabled|not used|false)\b", t):
+        return "none"
+    if re.match(r"(?:gradient|activation) checkpointing", t) and "selective" not in t:
+        return "full"
     if t.startswith("selective") and ("per-op" in t or "op-level" in t):
         return "selective_op"
     if t.startswith("selective"):
@@ -399,6 +413,10 @@ def translate(rec: Record) -> Translation | SkipReason:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:
         return skip(rec, str(exc))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        # a value of a type no reader expects (a list, a mapping, a text where a number
+        # goes): the record's own error, a skip naming it, not a traceback that ends the run
+        return skip(rec, f"not readable: {type(exc).__name__}: {exc}")
     try:
         sc = parse_scenario(data, rec.id)
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
@@ -442,7 +460,11 @@ def _scenario_data(
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
     par = _implied_parallelism(
-        rec.parallelism, conv, said, finetune=rec.training.get("finetune") is not None, tp=tp
+        _read_parallelism(rec.parallelism, said),
+        conv,
+        said,
+        finetune=rec.training.get("finetune") is not None,
+        tp=tp,
     )
     par = _implied_interleaving(par, conv, pp, _int(model.get("layers")), said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
@@ -607,9 +629,16 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
                          f"{binary:,} tokens = {B} sequences (papers' '2M', '4M', '16M' "
                          "batches: OPT's 1024 x 2048, LLaMA's 2048 x 2048, Llama 3's batch "
                          "per DP x DP x seq in every row of its Table 4)")  # fmt: skip
+    ga = _int(t.get("grad_accum"))
+    b = _int(t.get("micro_batch"))
+    if B is None and b is not None and ga is not None:
+        B = b * ga * dp
+        notes.append(f"global batch = micro_batch x grad_accum x dp = {B}")
     if B is None:
         raise _NotExpressible("global batch not reported")
-    b = _int(t.get("micro_batch"))
+    if b is None and ga is not None and ga >= 1 and B % (dp * ga) == 0:
+        b = B // (dp * ga)
+        notes.append(f"micro-batch = global_batch / (dp x grad_accum) = {b}")
     if b is None:
         if pp == 1:
             b = B // dp
@@ -624,7 +653,6 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
     if B < 1 or b < 1:  # (a record's 0, or fewer sequences than replicas)
         raise _NotExpressible(f"global batch {B} / micro-batch {b}: each must be >= 1 "
                               "(training.global_batch, training.micro_batch)")  # fmt: skip
-    ga = _int(t.get("grad_accum"))
     if ga is not None and b * dp * ga != B:
         notes.append(f"grad_accum x micro_batch x dp != global_batch (= {ga} x {b} x {dp} vs {B})")
     return B, b
@@ -646,7 +674,7 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
     if precision in conv.precision_map:
         precision, why = conv.precision_map[precision]
         notes.append(why)
-    if "fp32 grad accum" in str(t.get("precision", "")).lower() and precision == "bf16":
+    if _FP32_GRADS.search(str(t.get("precision", ""))) and precision == "bf16":
         precision = "bf16_fp32_grads"
         notes.append("the record says fp32 gradient accumulation: bf16_fp32_grads (an fp32 "
                      "gradient buffer next to the bf16 gradients, 4 B/param more)")  # fmt: skip
@@ -667,7 +695,7 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
         notes.append("optimizer not reported: Adam")
     if conv.cross_entropy_note:
         notes.append(conv.cross_entropy_note)
-    if t.get("activation_cpu_offload"):
+    if _flag("training.activation_cpu_offload", t.get("activation_cpu_offload")):
         raise _NotExpressible("activation CPU offload is not modelled")
     out = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
            "cross_entropy": conv.cross_entropy}  # fmt: skip
@@ -799,31 +827,53 @@ def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
 # end of the backward, and each parameter is gathered once: ZeRO-2's peak and traffic.
 _ZERO_WORDS = (
     (
-        re.compile(r"not resharded|no reshard|shard_grad_op|zero[- ]?2\b|stage[- ]?2\b", re.I),
+        re.compile(r"not resharded|no reshard|shard.grad.op|zero[- ]?2\b|stage[- ]?2\b", re.I),
         2,
         "parameters whole from the forward's all-gather to the end of the backward, gradients "
         "and optimizer states sharded: ZeRO-2's peak and traffic",
     ),
     (
-        re.compile(r"full_shard|zero[- ]?3\b|stage[- ]?3\b|parameters sharded", re.I),
+        re.compile(
+            r"full.shard|fully.shard|hybrid.shard|zero[- ]?3\b|stage[- ]?3\b"
+            r"|parameters[^;]*sharded|\bfsdp\b",
+            re.I,
+        ),  # fmt: skip
         3,
         "parameters, gradients and optimizer states sharded: ZeRO-3",
     ),
     (
-        re.compile(r"zero[- ]?1\b|stage[- ]?1\b|optimizer states? sharded", re.I),
+        re.compile(r"grad\w*[^;]*sharded", re.I),
+        2,
+        "gradients and optimizer states sharded: ZeRO-2",
+    ),
+    (
+        re.compile(
+            r"zero[- ]?1\b|stage[- ]?1\b|optimizer states? sharded|distributed optimizer", re.I
+        ),  # fmt: skip
         1,
         "optimizer states sharded: ZeRO-1",
     ),
+    (
+        re.compile(r"^\s*(?:none|no sharding|no zero|ddp|off|disabled)\b", re.I),
+        0,
+        "no sharding",
+    ),
 )
+# FSDP's sharding strategies (torch.distributed.fsdp.ShardingStrategy) as ZeRO stages.
+_FSDP_SHARDING = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2,
+                  "_HYBRID_SHARD_ZERO2": 2, "NO_SHARD": 0}  # fmt: skip
 
 
-def _zero_stage(value: Any, notes: list[str]) -> int:
-    """The ZeRO stage of a record's ``parallelism.zero_stage``: a number as it is, a text by the
-    first of :data:`_ZERO_WORDS` it matches (in that order: "sharded but not resharded" before
-    "sharded"); a text that names none is not expressible, never a silent 0."""
-    if value is None:
-        return 0
+def _zero_stage(value: Any, notes: list[str]) -> int | None:
+    """The ZeRO stage of a record's ``parallelism.zero_stage``: a number (or a number written
+    as text) as it is, a text by the first of :data:`_ZERO_WORDS` it matches (in that order:
+    "sharded but not resharded" before "sharded"), None where it is silent (absent, "not
+    stated"); a text that names no sharding is not expressible, never a silent 0."""
+    if value is None or isinstance(value, str) and _NOT_STATED.search(value):
+        return None
     n = _int(value)
+    if n is None and isinstance(value, str) and value.strip().isdigit():
+        n = int(value.strip())
     if n is not None:
         return n
     for pattern, stage, why in _ZERO_WORDS:
@@ -836,18 +886,71 @@ def _zero_stage(value: Any, notes: list[str]) -> int:
     )
 
 
+_TRUE_WORDS = re.compile(r"^\s*(?:true|yes|on|enabled?|used)\b", re.I)
+_FALSE_WORDS = re.compile(r"^\s*(?:false|no|off|disabled?|none|not used)\b", re.I)
+
+
+def _flag(key: str, value: Any) -> bool | None:
+    """A record's yes/no setting: a bool as it is, "true" / "yes" / "on" / "enabled" and
+    "false" / "no" / "off" / "none" in words, None where it is silent (absent, "not stated");
+    other words are not expressible (never read as true because they are a non-empty text)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return bool(value)
+    text = str(value)
+    if _NOT_STATED.search(text):
+        return None
+    if _FALSE_WORDS.search(text):
+        return False
+    if _TRUE_WORDS.search(text):
+        return True
+    raise _NotExpressible(f"{key} {value!r}: not a yes/no setting (true, false, not stated)")
+
+
+def _read_parallelism(p: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """A record's ``parallelism`` with its words read once, for both paths (this module's and
+    the importers'): ``zero_stage`` a number (:func:`_zero_stage`; an FSDP sharding strategy,
+    ``fsdp_sharding``, or ``fsdp: true`` / a degree where it says none), ``sequence_parallel``
+    a bool, an ``offload`` of "none" / "no" no offload; a silent key is left out (the source's
+    defaults apply)."""
+    out = dict(p)
+    zero = _zero_stage(p.get("zero_stage"), notes)
+    sharding = str(p.get("fsdp_sharding") or "").upper().replace(" ", "_")
+    if sharding in _FSDP_SHARDING:
+        zero = _FSDP_SHARDING[sharding]
+        if sharding != "FULL_SHARD":  # (the name says ZeRO-3)
+            notes.append(f"FSDP {sharding} = ZeRO-{zero}")
+    elif sharding:
+        raise _NotExpressible(f"parallelism.fsdp_sharding {p.get('fsdp_sharding')!r}: not one "
+                              f"of {', '.join(_FSDP_SHARDING)}")  # fmt: skip
+    fsdp = p.get("fsdp")
+    if zero is None and fsdp is not None and not isinstance(fsdp, str):
+        if fsdp is True or (_int(fsdp) or 0) > 1:
+            zero = 3
+            notes.append(f"fsdp {fsdp}: parameters, gradients and optimizer states sharded "
+                         "(ZeRO-3)")  # fmt: skip
+    out.pop("zero_stage", None)
+    if zero is not None:
+        out["zero_stage"] = zero
+    for key in ("sequence_parallel", "async_tp"):
+        flag = _flag(f"parallelism.{key}", p.get(key))
+        out.pop(key, None)
+        if flag is not None:
+            out[key] = flag
+    offload = p.get("offload")
+    if offload is not None and (offload is False or _NOT_STATED.search(str(offload))
+                                or _FALSE_WORDS.search(str(offload))):  # fmt: skip
+        out.pop("offload")
+    return out
+
+
 def _parallelism(
     p: Mapping[str, Any], conv: SourceConvention, tp: int, pp: int, dp: int, notes: list[str]
 ) -> dict[str, Any]:
     """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
     schedule and the data-parallel gradient reduction."""
-    zero = _zero_stage(p.get("zero_stage"), notes)
-    sharding = str(p.get("fsdp_sharding", "")).upper()
-    if sharding == "SHARD_GRAD_OP":
-        zero = 2
-        notes.append("FSDP SHARD_GRAD_OP = ZeRO-2")
-    elif sharding == "FULL_SHARD":
-        zero = 3
+    zero = int(p.get("zero_stage") or 0)  # (read by _read_parallelism)
     v = _int(p.get("virtual_stages")) or 1
     schedule = map_schedule(p.get("schedule"), pp, v)
     if pp > 1 and p.get("schedule") is None:
