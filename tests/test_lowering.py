@@ -25,7 +25,7 @@ from simtrain.apps.simulate import (
 )
 from simtrain.costs.comm import bucket_group_ns, tp_allreduce_ns, tp_edges_ns
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.workload import initial_memory, nic_plan
+from simtrain.costs.workload import initial_memory, nic_plan, zero2_every_microbatch
 from simtrain.layout.step import resolve
 from simtrain.sim.engine import Task, simulate
 from simtrain.sim.lowering import lower, share_nics
@@ -339,8 +339,10 @@ def test_tensor_parallel_all_reduces_two_per_layer_per_pass(sc):
 def test_data_parallel_traffic_matches_ring_closed_forms(sc):
     """Per pipeline rank with Ψ parameters and G = 2Ψ bytes of bf16 gradients over n = dp GPUs:
     DDP all-reduces G in ⌈G / bucket⌉ buckets (Li et al. 2020 §3.2.3), each paying 2(n−1)
-    latencies; ZeRO-1/2 reduce-scatter the same buckets and all-gather the 2Ψ bytes of updated
-    parameters once (2(n−1)/n·G in all, as DDP: Rajbhandari et al. 2020 §7); ZeRO-3 gathers each
+    latencies; ZeRO-1 reduce-scatters the same buckets and all-gathers the 2Ψ bytes of updated
+    parameters once (2(n−1)/n·G in all, as DDP: Rajbhandari et al. 2020 §7); ZeRO-2 the same
+    all-gather, but each layer's G/L reduce-scattered after its backward, every micro-batch
+    (its gradients are sharded: DeepSpeed reduces every micro-step); ZeRO-3 gathers each
     layer's parameters before its forward and backward (and recompute) and reduce-scatters its
     gradients after its backward, every micro-batch; PipeDream all-reduces once, un-bucketed."""
     p, m = sc.parallelism, sc.num_microbatches
@@ -373,6 +375,14 @@ def test_data_parallel_traffic_matches_ring_closed_forms(sc):
                 assert len(gathers) == passes * m * layers
             continue
         assert gathers == []
+        if zero2_every_microbatch(sc):  # ZeRO-2: each layer's gradients, every backward
+            layers = L // p.pp
+            rs = [x for x in dp_tasks if x.kind == "RS"]
+            assert len(rs) == m * layers and Counter(x.kind for x in dp_tasks)["AG"] == 1
+            assert all(abs(x.duration_ns - ring_half_ns(g_bytes / layers, p.dp, link)) <= 1
+                       for x in rs)  # fmt: skip
+            assert abs(total("AG") - ring_half_ns(g_bytes, p.dp, link)) <= 0.5
+            continue
         if p.zero_stage in (1, 2):
             assert Counter(x.kind for x in dp_tasks) == {"DP": min(buckets, 16), "AG": 1}
             want = ring_half_ns(g_bytes, p.dp, link) + (buckets - 1) * (p.dp - 1) * link[1] * 1e9

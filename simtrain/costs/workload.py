@@ -194,6 +194,35 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
             comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat))  # fmt: skip
 
 
+def zero2_every_microbatch(sc: Scenario) -> bool:
+    """ZeRO-2 keeps only its shard of the gradients, so each micro-batch's gradients are
+    reduce-scattered in its own backward, not once at the last (DeepSpeed
+    runtime/zero/stage_1_and_2.py reduce_ready_partitions_and_remove_grads: "if
+    self.partition_gradients or self.is_gradient_accumulation_boundary", HEAD l.1424-1425;
+    ZeRO-1 reduces at the boundary only; FSDP's SHARD_GRAD_OP likewise reduces every backward).
+    Dense models over a reduce-scattering runtime (MoE's expert-data-parallel buckets and
+    nanotron's all-reduce keep the bucketed reduction at the end), without CPU offload (whose
+    buckets go down to the host every micro-batch: ``costs.offload``)."""
+    p = sc.parallelism
+    return (p.zero_stage == 2 and p.dp_cp > 1 and p.ep == 1 and p.dp_mode == "ddp"
+            and sc.runtime.zero_grad_reduction == "reduce_scatter"
+            and not sc.training.offload.optimizer)  # fmt: skip
+
+
+def _zero2_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
+                  chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
+    """ZeRO-2 (:func:`zero2_every_microbatch`): each layer's gradients reduce-scattered after
+    its backward slice, every micro-batch, as ZeRO-3's are (``passes.zero3_pass``), without
+    its gathers."""
+    out = dict(chunks)
+    for stage, ch in chunks.items():
+        lo, hi = ch.layers
+        sm = mem.stages[step.chunk_rank(stage)]
+        _, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, max(hi - lo, 1) * step.v)
+        out[stage] = replace(ch, reduce_scatter_ns_per_layer=reduce_scatter)
+    return out
+
+
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
                   chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
     """ZeRO-3: each layer's parameters all-gathered before its compute, its gradients
@@ -468,6 +497,8 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
             n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
             first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
             work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
+        if zero2_every_microbatch(sc):  # reduced in every backward (_zero2_chunks)
+            return work
         if op == "reduce_scatter" and rt.overlap_grad_reduce:  # DeepSpeed overlap_comm
             return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes),
                            bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter")  # fmt: skip
@@ -529,6 +560,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     chunks = chunk_durations(sc, step)
     if sc.parallelism.zero_stage == 3 and sc.parallelism.dp_cp > 1:
         chunks = _zero3_chunks(sc, step, mem, chunks)
+    elif zero2_every_microbatch(sc):
+        chunks = _zero2_chunks(sc, step, mem, chunks)
     if offload.offload_per_layer(sc) and (
         sc.training.offload.optimizer or sc.training.offload.parameters
     ):

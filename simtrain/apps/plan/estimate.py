@@ -22,6 +22,7 @@ from simtrain.costs.workload import (
     pooled_tp_overlap,
     rank_optimizer_shard,
     with_tp,
+    zero2_every_microbatch,
     zero3_layer_bytes,
     zero3_layer_comm_ns,
 )
@@ -245,6 +246,12 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         gathers = 3 if t.recompute == "full" else 2
         comm = layers_here * (gathers * gather + reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total)
+    if zero2_every_microbatch(sc):  # every backward's per-layer reduce-scatters
+        layers_here = max(step.rank_layers(0), 1)
+        reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)[1]
+        backward = r0.input_ns + r0.weight_ns
+        exposed = step.microbatches * max(0.0, layers_here * reduce_scatter - backward)
+        return exposed + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
     op = "all_reduce" if p.zero_stage == 0 else "reduce_scatter"

@@ -92,7 +92,13 @@ def action_pieces(a: Action, c: ChunkDurations, inp: LoweringInput, *, bucketed:
     zero3 = c.gather_ns_per_layer or c.reduce_scatter_ns_per_layer or c.param_h2d_ns_per_layer
     if merge and len(pieces) == 2 and pieces[0][0] == "R" and not bucketed and not zero3:
         pieces = merge_recompute(pieces)
-    if c.gather_ns_per_layer or c.param_h2d_ns_per_layer:
+    if (
+        c.gather_ns_per_layer
+        or c.param_h2d_ns_per_layer
+        or (
+            c.reduce_scatter_ns_per_layer and a.kind in ("B", "W")  # ZeRO-2: each layer's RS
+        )
+    ):
         pieces = per_layer(pieces, c.layers[1] - c.layers[0])
     elif fuse_tp and tp_ns and not c.reduce_scatter_ns_per_layer and not bucketed:
         kind, dur, alloc, free = pieces[-1]
