@@ -974,3 +974,49 @@ def test_a_gpu_count_the_run_never_finishes_on_is_one_rejected_layout(tmp_path) 
     assert any(x["gpus"] == "64" and "never finishes" in x["reason"] for x in rows)
     line = next(x for x in r.stdout.splitlines() if x.lstrip().startswith("1 "))
     assert len(line) < 160 and "e+" in line
+
+
+def test_layouts_all_rejected_name_the_reason(tmp_path: Path) -> None:
+    """Every layout rejected by the layout checks (tp 3 with 32 heads) said "no layout fits";
+    now the most common reason, with its key."""
+    import yaml
+
+    plan_file = tmp_path / "tp3.yaml"
+    plan_file.write_text(yaml.safe_dump({**SMALL, "gpus": 12, "fixed": {"tp": [3], "pp": [1]}}))
+    text = plan_command(str(plan_file), as_json=False, out_dir=str(tmp_path / "out"), workers=1,
+                        executor="local", scheduler=None, top=2)  # fmt: skip
+    assert "no layout passes the layout checks" in text and "no layout fits" not in text
+    assert "parallelism.tp: must divide model.heads" in text  # the reason names the key
+    # tp 3 over 8-16 GPUs (whole nodes of 8): no layout at all, said so
+    plan_file.write_text(yaml.safe_dump({**SMALL, "fixed": {"tp": [3], "pp": [1]}}))
+    text = plan_command(str(plan_file), as_json=False, out_dir=str(tmp_path / "out2"),
+                        workers=1, executor="local", scheduler=None, top=2)  # fmt: skip
+    assert "no layout to evaluate" in text and "no layout fits" not in text
+
+
+def test_micro_batches_searched_are_every_divisor_up_to_8() -> None:
+    """A replica's batch of 12 tries micro-batches 1, 2, 3, 4 and 6 (only powers of two before:
+    6, which fits where 12 does not, was never tried)."""
+    plan = _plan(
+        SMALL,
+        training={**SMALL["training"], "global_batch": 96},
+        gpus=8,
+        fixed={"tp": [1], "pp": [1], "zero_stage": [0], "recompute": ["none"]},
+    )
+    mbs = sorted({lay.micro_batch for lay in enumerate_layouts(plan, 24, 32)})
+    assert mbs == [1, 2, 3, 4, 6]  # 96 / dp 8 = 12
+
+
+def test_near_ties_fall_to_memory_headroom() -> None:
+    """Two layouts 2 ns apart in step time are equally fast: the one with more headroom ranks
+    first (raw floats ranked the 2 ns first)."""
+    from simtrain.apps.plan.rank import rank_key
+
+    a = run_plan(_plan(SMALL), LocalExecutor(1)).ranked[0]
+    assert a.status == "simulated"
+    b = a._replace(
+        days=a.days * (1 + 1e-9),
+        capacity_bytes=a.capacity_bytes + 2**30,
+        layout=a.layout._replace(micro_batch=a.layout.micro_batch + 1),
+    )
+    assert sorted([a, b], key=rank_key("time"))[0] is b

@@ -11,7 +11,9 @@ from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 
-DEFAULT_MICRO_BATCHES = (1, 2, 4, 8)
+#: Micro-batches searched when ``fixed.micro_batch`` is not given: each of 1-8 that divides the
+#: replica's share of the global batch (3 and 6 too: a batch of 12 per replica fits at 6).
+DEFAULT_MICRO_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")

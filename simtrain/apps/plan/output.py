@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,14 @@ def write_pareto(result: PlanResult, path: Path) -> None:
     if pts and all(r.final_cost > 0 for r in pts):
         ax.set_yscale("log")
     if not pts:
-        ax.text(0.5, 0.5, "no layout fits in memory", transform=ax.transAxes, ha="center")
+        checked = any(r.status == "no_fit" for r in result.rows)
+        ax.text(
+            0.5,
+            0.5,
+            "no layout fits in memory" if checked else "no layout passes the layout checks",
+            transform=ax.transAxes,
+            ha="center",
+        )
     ax.set_xlabel("expected days to train (incl. checkpoints and failures)")
     ax.set_ylabel("cost ($)")
     ax.set_title(f"{result.plan.name}: days vs cost")
@@ -166,8 +174,20 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         if shown and not result.interrupted:
             lines.append("no simulated layout meets the constraints; the nearest:")
     if not shown:
-        lines.append("no layout fits: see plan.csv for the reasons")
         misses = [r for r in result.rows if r.status == "no_fit" and r.capacity_bytes]
+        if not result.evaluated and not result.interrupted:
+            lines.append("no layout to evaluate: no GPU count in the range is a multiple of "
+                         "tp x pp (x cp) for the fixed choices; widen gpus or fixed:")  # fmt: skip
+            return "\n".join(lines)
+        if not misses and counts.get("rejected", 0):
+            # nothing reached the memory check: say why the layouts were rejected
+            reasons = Counter(r.reason for r in result.rows if r.status == "rejected")
+            reason, n = min(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+            lines.append(f"no layout passes the layout checks; the most common reason "
+                         f"({n:,} of {counts['rejected']:,}): {reason}")  # fmt: skip
+            lines.append("see plan.csv for every layout's reason")
+            return "\n".join(lines)
+        lines.append("no layout fits: see plan.csv for the reasons")
         if misses:
             r = min(misses, key=lambda r: r.peak_memory_bytes / r.capacity_bytes)  # first of ties
             lay = r.layout
