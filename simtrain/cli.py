@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -47,6 +48,16 @@ MAX_SCHEDULE_MICROBATCHES = 128
 MAX_SCHEDULE_VIRTUAL_STAGES = 8
 
 
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the interpreter's final flush
+    does not raise again (Python docs, signal: "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's capture)
+        pass
+
+
 def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Domain errors become one line on stderr and exit code 2 -- never a traceback."""
 
@@ -57,6 +68,9 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except SimtrainError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # `simtrain run ... | head`: the reader left; nothing to say
+            _quiet_stdout()
+            sys.exit(0)
         except OSError as exc:  # an output folder or file the system refuses (--out /dev/null/x)
             where = exc.filename if exc.filename is not None else "output"
             click.echo(f"error: {one_line(str(where), MAX_ECHO)}: cannot write: "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from simtrain.cli import main
+from simtrain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = str(ROOT / "scenarios/seed_1p5b_fp32.yaml")
@@ -244,3 +246,32 @@ def test_schedule_unknown_name() -> None:
     r = invoke("schedule", "chimera", "--pp", "4")
     assert r.exit_code == 2
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`simtrain run ... | head -2`: the reader leaves; no 'error: output: cannot write: Broken
+    pipe' and exit 0 (a review of the CLI, 2026-12-05)."""
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m simtrain run scenarios/gpipe_8gpu.yaml --out "
+           f"{tempfile.mkdtemp()} | head -1")  # fmt: skip
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)  # fmt: skip
+    assert out.stdout.startswith("gpipe_8gpu:")
+    assert "Broken pipe" not in out.stderr and "error" not in out.stderr
+    assert out.returncode == 0
+
+
+def test_an_unreachable_dask_scheduler_names_the_option(monkeypatch) -> None:
+    pytest.importorskip("dask.distributed")
+    import dask.distributed
+
+    from simtrain.apps.plan.execute import DaskExecutor
+
+    def refuse(*args, **kwargs):
+        raise OSError("Timed out trying to connect to tcp://127.0.0.1:1 after 10 s")
+
+    monkeypatch.setattr(dask.distributed, "Client", refuse)
+    with pytest.raises(ConfigError, match="--scheduler: cannot connect to the Dask scheduler"):
+        DaskExecutor("tcp://127.0.0.1:1")

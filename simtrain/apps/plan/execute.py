@@ -70,7 +70,11 @@ class DaskExecutor:
         if client is not None:
             self.client = client
         elif scheduler:
-            self.client = Client(scheduler)
+            try:
+                self.client = Client(scheduler, timeout=10)
+            except OSError as exc:  # no scheduler there (dask: "Timed out trying to connect")
+                raise ConfigError(None, "--scheduler", f"cannot connect to the Dask scheduler "
+                                  f"{scheduler!r}: {exc}") from None  # fmt: skip
         else:
             self._cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                                          threads_per_worker=1)  # fmt: skip
