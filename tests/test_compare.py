@@ -377,3 +377,19 @@ def test_zero_variants_shard_over_the_context_parallel_ranks() -> None:
         overrides, note = BUILTIN_VARIANTS[f"zero{stage}"][1](sc)
         assert overrides == (f"parallelism.zero_stage={stage}",) and note == ""
         assert load_scenario("scenarios/llama3_8b_cp.yaml", list(overrides)).parallelism.gpus == 8
+
+
+def test_compare_names_each_rows_mfu_peak_and_estimated_gpus(tmp_path) -> None:
+    """fp32 at 63.6 % MFU beside AMP at 55.3 % read as if AMP were slower: the footnote names
+    each row's peak; a GPU with an estimated efficiency is named with the caveat."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    out = CliRunner().invoke(main, ["compare", "scenarios/gpipe_8gpu.yaml", "--variants",
+                                    "fp32:training.precision=fp32,mi300:hardware=mi300x_192gb",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "fp32: the fp32 peak 19.5 TFLOP/s" in out.output
+    assert "baseline: the bf16 peak 312 TFLOP/s" in out.output
+    assert "estimated GPU efficiency (mi300x_192gb" in out.output

@@ -460,3 +460,25 @@ def test_planner_closed_form_of_the_zero_bubble_schedules_tracks_the_engine(sche
     est, sim = both(schedule)
     assert est == pytest.approx(sim, rel=0.08)
     assert est < both("1f1b")[0]
+
+
+def test_the_run_table_names_the_peak_mfu_divides_by(tmp_path) -> None:
+    """MFU's denominator depends on the precision (fp32's 19.5 TFLOP/s on an A100, bf16's 312),
+    and a GPU without the dtype's rate runs it at fp32's: the table says which (a review of the
+    CLI: fp32 at 63.6 % and AMP at 55.3 % MFU read as if AMP were slower)."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    def mfu_line(*sets: str) -> str:
+        args = ["run", "scenarios/gpipe_8gpu.yaml", "--out", str(tmp_path)]
+        for x in sets:
+            args += ["--set", x]
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 0, out.output
+        return next(x for x in out.output.splitlines() if x.startswith("MFU"))
+
+    assert "of the bf16 peak 312 TFLOP/s" in mfu_line()
+    assert "of the fp32 peak 19.5 TFLOP/s" in mfu_line("training.precision=fp32")
+    t4 = mfu_line("hardware=t4_16gb", "training.precision=bf16", "training.micro_batch=1")
+    assert "of the fp32 peak 8.1 TFLOP/s (this GPU has no bf16 rate" in t4

@@ -8,6 +8,7 @@ from typing import Any
 from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_class_for, head_dim_factor
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
 
@@ -218,6 +219,17 @@ def matmul_basis(hw: Any) -> dict[str, Any]:
             "estimate": hw.matmul_tag == "est"}  # fmt: skip
 
 
+def mfu_peak_text(sc: Any) -> str:
+    """The dense peak MFU divides by: the compute dtype's ("the bf16 peak 312 TFLOP/s"), or,
+    where the GPU has no rate for it, fp32's, said so (``HardwareProfile.compute_peak``)."""
+    hw = sc.hardware
+    dtype = PRECISIONS[sc.training.precision].compute_dtype
+    if hw.peak(dtype):
+        return f"the {dtype} peak {hw.peak(dtype) / 1e12:,.4g} TFLOP/s"
+    return (f"the fp32 peak {hw.peak('fp32') / 1e12:,.4g} TFLOP/s (this GPU has no {dtype} "
+            f"rate: {dtype} runs through its fp32 units)")  # fmt: skip
+
+
 def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step
@@ -265,7 +277,8 @@ def run_table(res: Any, phased: Any = None) -> str:
             else ""
         ),
         f"throughput       {mt.tokens_per_s:,.0f} tokens/s, {mt.samples_per_s:,.2f} samples/s",
-        f"MFU              {100 * mt.mfu:.1f} %   (hardware {mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
+        f"MFU              {100 * mt.mfu:.1f} %   of {mfu_peak_text(sc)} (hardware "
+        f"{mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
         f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",

@@ -10,6 +10,7 @@ from typing import Any
 from simtrain.apps.compare.variants import parse_variant
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.errors import MAX_ECHO, ConfigError, one_line
+from simtrain.report.tables import mfu_peak_text
 from simtrain.report.trace import memory_steps
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.scenario import Scenario, load_scenario
@@ -97,6 +98,9 @@ def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
         ("tp", p.tp),
         ("pp", p.pp),
         ("zero_stage", p.zero_stage),
+        ("hardware", sc.hardware.name),
+        ("mfu_peak", mfu_peak_text(sc)),
+        ("matmul_estimate", sc.hardware.matmul_tag == "est"),
     )
 
 

@@ -73,6 +73,16 @@ def table(comp: VariantComparison) -> str:
                  "host = CPU memory per GPU (offload)")  # fmt: skip
     against = "the previous row" if comp.ladder else "the baseline"
     lines.append(f"Δpeak (GiB) and Δstep (%) are against {against}.")
+    peaks = {r.name: dict(r.setup).get("mfu_peak", "") for r in rows}
+    if len(set(peaks.values())) > 1:  # an fp32 row's MFU is against fp32's peak: compare steps
+        lines.append("MFU % is against each variant's own peak (compare step s across them): "
+                     + "; ".join(f"{k}: {v}" for k, v in peaks.items()))  # fmt: skip
+    guessed = sorted({dict(r.setup)["hardware"] for r in rows
+                      if dict(r.setup).get("matmul_estimate")})  # fmt: skip
+    if guessed:
+        lines.append(f"estimated GPU efficiency ({', '.join(guessed)}: efficiency.matmul is an "
+                     "estimate, no GEMM or training run measured on it): those step times are a "
+                     "rough guide; `simtrain calibrate --device cuda` measures it")  # fmt: skip
     below = [r.name for r in rows if r.peak_memory_bytes < sum(v for _, v in r.memory_bytes)]
     if below:
         lines.append(f"peak < sum of the categories ({', '.join(below)}): transient memory "

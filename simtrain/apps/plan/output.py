@@ -11,6 +11,7 @@ from typing import Any
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
+from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 
 CSV_COLUMNS = (
@@ -205,6 +206,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
            f"{'recompute':<10}{'schedule':<{width}}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
            f"{'days':>9}{'cost $':>14}")  # fmt: skip
     lines.append(hdr)
+    guessed_hw = {r.layout.hardware for r in shown
+                  if load_hardware(r.layout.hardware).matmul_tag == "est"}  # fmt: skip
     for i, r in enumerate(shown, 1):
         lay = r.layout
         sched = _schedule_text(lay, batches)
@@ -213,7 +216,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         mfu = r.mfu if sim else r.est_mfu
         mark = "" if sim else "~"
         lines.append(
-            f"{i:>3}  {lay.hardware:<16}{lay.gpus:>6}  "
+            f"{i:>3}  {lay.hardware + ('*' if lay.hardware in guessed_hw else ''):<16}"
+            f"{lay.gpus:>6}  "
             f"{f'{lay.tp} x {lay.pp} x {lay.dp}' + (f' ep{lay.ep}' if lay.ep > 1 else ''):<13}"
             f"{lay.zero_stage:>5}{lay.micro_batch:>4}  "
             f"{lay.recompute:<10}{sched:<{width}}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
@@ -225,6 +229,12 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         lines.append(difference_line(shown[0], shown[1]))
     if any(r.status != "simulated" for r in shown):
         lines.append("~ closed-form estimate (not simulated)")
+    guessed = sorted({r.layout.hardware for r in shown
+                      if load_hardware(r.layout.hardware).matmul_tag == "est"})  # fmt: skip
+    if guessed:
+        lines.append(f"* {', '.join(guessed)}: efficiency.matmul is an estimate (no GEMM or "
+                     "training run measured on it), so its rows' times and costs are a rough "
+                     "guide; `simtrain calibrate --device cuda` measures it")  # fmt: skip
     return "\n".join(lines)
 
 
