@@ -850,3 +850,21 @@ def test_a_saved_tensor_divided_over_tp_says_so_in_its_formula(sp: bool) -> None
     assert divided
     for x in divided:
         assert "/t" in x.formula, (x.name, x.formula)
+
+
+def test_memory_table_says_what_is_held_at_the_peak() -> None:
+    """Each category row is that category's own largest value (gradients after the backward,
+    activations before it), so the rows of seed_1p5b_fp32 sum to 88.17 GiB beside an 81.77 GiB
+    peak: the table says so and lists what the peak holds, which sums to it (a review of the
+    CLI: a student adding the rows found 6.4 GiB too many)."""
+    import re
+
+    from simtrain.report.tables import memory_table
+    from simtrain.spec.scenario import load_scenario
+
+    rep = estimate_memory(load_scenario("scenarios/seed_1p5b_fp32.yaml"))
+    text = memory_table(rep)
+    line = next(x for x in text.splitlines() if x.startswith("(each category above"))
+    held = [float(x) for x in re.findall(r"[a-z_]+ ([\d.]+)", line.split("holds", 1)[1])]
+    assert sum(held) == pytest.approx(rep.stages[0].peak_memory_bytes / 2**30, abs=0.03)
+    assert sum(b for _, b in rep.stages[0].memory_bytes) > rep.stages[0].peak_memory_bytes

@@ -74,6 +74,13 @@ def memory_table(rep: MemoryReport) -> str:
         f"{'capacity (GiB)':<18}" + "".join(f"{gib(s.capacity_bytes):>{width}}" for _, s in cols)
     )
     lines.append(f"{'GPUs per stage':<18}" + "".join(f"{s.gpus:>{width}}" for _, s in cols))
+    over = [(label, st) for label, st in cols if st.peak_memory_bytes_by_category
+            and sum(b for _, b in st.memory_bytes) > st.peak_memory_bytes]  # fmt: skip
+    if over:  # each row is its category's own largest value: they do not add up to the peak
+        label, st = over[0]
+        held = ", ".join(f"{c} {gib(b)}" for c, b in st.peak_memory_bytes_by_category if b)
+        lines.append(f"(each category above is its own largest over the step, not all held at "
+                     f"once; at the peak {label} holds {held})")  # fmt: skip
     lines.append("")
     lines.append(fit_verdict(rep))
     return "\n".join(lines)
