@@ -868,3 +868,15 @@ def test_memory_table_says_what_is_held_at_the_peak() -> None:
     held = [float(x) for x in re.findall(r"[a-z_]+ ([\d.]+)", line.split("holds", 1)[1])]
     assert sum(held) == pytest.approx(rep.stages[0].peak_memory_bytes / 2**30, abs=0.03)
     assert sum(b for _, b in rep.stages[0].memory_bytes) > rep.stages[0].peak_memory_bytes
+
+
+def test_explain_states_the_optimizers_bytes_per_parameter() -> None:
+    """The lecture's 16 B per parameter (fp32 weights 4 + gradients 4 + Adam's m and v 8): the
+    optimizer line shows its 8 B, as the weights' and gradients' lines show theirs."""
+    from simtrain.report.explain import explain_memory
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/seed_1p5b_fp32.yaml")
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    assert "optimizer states = adam on 1,557,611,200 trainable x 8 B (fp32 first and" in text
+    assert "parameters       = 1,557,611,200 x 4 B" in text

@@ -98,8 +98,13 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
         + f" = {_gb(ms.gradients)}"
     )
-    lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable = "
-                 f"{_gb(ms.optimizer_states)}")  # fmt: skip
+    per = ms.optimizer_states / ms.trainable if ms.trainable and (z == 0 or dp == 1) else 0
+    why = {"adam": " (fp32 first and second moments m, v)",
+           "adamw": " (fp32 first and second moments m, v)",
+           "sgd_momentum": " (fp32 momentum)"}.get(t.optimizer, "")  # fmt: skip
+    lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable"
+                 + (f" x {per:g} B{why}" if per and abs(per - round(per, 2)) < 1e-9 else "")
+                 + f" = {_gb(ms.optimizer_states)}")  # fmt: skip
     if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
         lines.append(
             f"  routed experts ({sc.parallelism.ep}-way expert parallel): their ZeRO "
