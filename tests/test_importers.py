@@ -674,3 +674,64 @@ def test_the_importers_parallel_keys_are_scenario_keys() -> None:
 
     assert set(PARALLEL_KEYS) <= {f.name for f in fields(ParallelSpec)}
     assert list(parallel_section({"ep": 2, "_tmp": 1, "dp": 4})) == ["dp", "ep"]
+
+
+# ---- a review against the frameworks' own example configs (2026-12-05)
+
+
+def test_megatron_2021_checkpoint_method_alone_is_full_recompute(tmp_path: Path) -> None:
+    """Megatron-LM 2021's examples (pretrain_gpt3_175B.sh, SC'21's run scripts) set only
+    --activations-checkpoint-method uniform: c1e0689d92 transformer.py l.678 checkpoints
+    whenever a method is set. It was read as no recompute (175B: 75.0 GiB instead of 28.9)."""
+    imp = megatron_flags(tmp_path, BASE + "--fp16 --DDP-impl local "
+                         "--activations-checkpoint-method uniform", gpus=8)  # fmt: skip
+    assert load_imported(imp).training.recompute == "full"
+    assert any("--activations-checkpoint-method without a granularity" in a
+               for a in imp.assumptions)  # fmt: skip
+
+
+def test_torchtitan_tp_without_fsdp_runs_in_fp32(tmp_path: Path) -> None:
+    """torchtitan 4a950ea distributed/utils.py maybe_enable_amp: with TP or PP and no FSDP
+    (dp_shard and cp 1) mixed precision is disabled; it was imported as amp_bf16."""
+    f = tmp_path / "job.toml"
+    text = Path(TORCHTITAN).read_text()
+    f.write_text(text + "\n")
+    base = load_imported(import_config("torchtitan", f, gpus=8))
+    assert base.training.precision == "bf16"  # FSDP over 8 GPUs: its mixed precision
+    tp_only = tmp_path / "tp.toml"
+    tp_only.write_text(text.replace("tensor_parallel_degree = 1", "tensor_parallel_degree = 8")
+                       .replace("data_parallel_shard_degree = -1",
+                                "data_parallel_shard_degree = 1"))  # fmt: skip
+    imp = import_config("torchtitan", tp_only, gpus=8)
+    assert load_imported(imp).training.precision == "fp32"
+    assert any("torchtitan disables mixed precision" in a for a in imp.assumptions)
+
+
+@pytest.mark.parametrize(
+    ("name", "schedule"), [("ZBVZeroBubble", "zb_v"), ("DualPipeV", "dualpipe_v")]
+)
+def test_torchtitan_v_schedules(tmp_path: Path, name: str, schedule: str) -> None:
+    """They were 1F1B with a warning; simtrain has both (two stages per rank, a V)."""
+    f = tmp_path / "job.toml"
+    f.write_text(Path(TORCHTITAN).read_text().replace(
+        "pipeline_parallel_degree = 1", f'pipeline_parallel_degree = 4\n'
+        f'pipeline_parallel_schedule = "{name}"').replace("local_batch_size = 1",
+                                                          "local_batch_size = 8"))  # fmt: skip
+    imp = import_config("torchtitan", f, gpus=8)
+    p = load_imported(imp, ["hardware=h100_sxm5_80gb"]).parallelism
+    assert (p.schedule, p.pp, p.virtual_stages) == (schedule, 4, 2)
+    assert not any("pipeline_parallel_schedule" in u for u in imp.unsupported)
+
+
+def test_nanotron_pp_engine_default_is_afab() -> None:
+    """nanotron 2411b022 config/parallelism_config.py __post_init__: no pp_engine is
+    AllForwardAllBackwardPipelineEngine (it was imported as 1F1B); the names are lower case."""
+    cfg = yaml.safe_load(Path(NANOTRON).read_text())
+    cfg["parallelism"]["pp"] = 2
+    cfg["parallelism"].pop("pp_engine", None)
+    imp = _import_yaml("nanotron", cfg)
+    assert load_imported(imp).parallelism.schedule == "gpipe"
+    assert any("nanotron's default afab" in a for a in imp.assumptions)
+    cfg["parallelism"]["pp_engine"] = "1F1B"
+    with pytest.raises(ConfigError, match="pp_engine"):
+        _import_yaml("nanotron", cfg)

@@ -807,6 +807,13 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
         method = method or "uniform"
     if f.bool_("--recompute-activations"):
         gran = gran or "selective"
+    if gran is None and f.value("--activations-checkpoint-method") is not None:
+        # Megatron-LM 2021 (c1e0689d92 megatron/model/transformer.py l.678: "if
+        # self.activations_checkpoint_method is not None" checkpoints the layers; arguments.py
+        # l.94-98 turns --checkpoint-activations into method uniform): the method alone is full
+        gran = "full"
+        r.assume("--activations-checkpoint-method without a granularity: full recompute "
+                 "(Megatron-LM 2021 checkpoints whenever a method is set)")  # fmt: skip
     if gran is None:
         training["recompute"] = "none"
         return

@@ -136,12 +136,15 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     for k in par_raw:
         if k not in PARALLELISM_KEYS:
             r.unsupported_(f"parallelism.{k}", "not a key this importer knows")
-    engine = str(par_raw.get("pp_engine", "1f1b")).lower()
+    # config/parallelism_config.py __post_init__ (2411b022 l.43-45): no pp_engine is
+    # AllForwardAllBackwardPipelineEngine; cast_str_to_pipeline_engine takes "1f1b" / "afab"
+    engine = str(par_raw.get("pp_engine", "afab"))
     schedules = {"1f1b": "1f1b", "afab": "gpipe"}
     if engine not in schedules:
         raise ConfigError(file, "parallelism.pp_engine", "unknown value", engine, "1f1b | afab")
     if engine == "afab" and pp > 1:
-        r.assume("pp_engine afab (all forward, all backward): the gpipe schedule")
+        r.assume("pp_engine " + ("afab" if "pp_engine" in par_raw else "not set: nanotron's "
+                 "default afab") + " (all forward, all backward): the gpipe schedule")  # fmt: skip
     tp_mode = str(par_raw.get("tp_mode", "ALL_REDUCE")).upper()
     if tp_mode not in ("ALL_REDUCE", "REDUCE_SCATTER"):
         raise ConfigError(file, "parallelism.tp_mode", "unknown value", tp_mode,

@@ -88,7 +88,10 @@ DEFAULT_NGPU = 8
 NO_EFFECT_SECTIONS = ("job", "profiling", "metrics", "lr_scheduler", "checkpoint", "comm",
                       "validation", "memory_estimation", "fault_tolerance", "experimental",
                       "debug")  # fmt: skip
-SCHEDULES = {"1F1B": "1f1b", "GPipe": "gpipe", "Interleaved1F1B": "interleaved"}
+SCHEDULES = {"1F1B": "1f1b", "GPipe": "gpipe", "Interleaved1F1B": "interleaved",
+             "ZBVZeroBubble": "zb_v", "DualPipeV": "dualpipe_v"}  # fmt: skip
+#: V-shaped schedules: two stages per rank, the second coming back (torchtitan asserts it)
+V_SCHEDULES = ("ZBVZeroBubble", "DualPipeV")
 LOOPED = ("Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
 KNOWN = {
     "model": ("name", "flavor", "hf_assets_path", "tokenizer_path", "converters",
@@ -347,6 +350,10 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         if sched in LOOPED and sched in SCHEDULES:
             first, last = _less_layers(p, file)
             stages = _pipeline_stages(p, file, fl.n_layers, first, last, pp, 2)
+            if sched in V_SCHEDULES and stages != 2 * pp:
+                raise ConfigError(file, "parallelism.pipeline_parallel_layers_per_stage",
+                                  f"{sched} runs exactly 2 stages per rank (a V): "
+                                  f"{stages} stages over pp {pp}")  # fmt: skip
             par["virtual_stages"] = stages // pp
             _stage_split(r, par, fl.n_layers, stages, first, last)
         else:
@@ -376,6 +383,13 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         raise ConfigError(file, "training.dtype", "unknown value", dtype, "float32 | bfloat16")
     elif mp == "float32":
         precision = "fp32"
+    elif mp == "bfloat16" and not zero and (tp > 1 or pp > 1):
+        # distributed/utils.py maybe_enable_amp (4a950ea l.243-256): without FSDP (dp_shard and
+        # cp 1) "Mixed precision training with TP or PP is only supported when FSDP/HSDP/CP is
+        # enabled" -- "Mixed precision training is disabled": the step runs in fp32
+        precision = "fp32"
+        r.assume("mixed_precision_param bfloat16 with TP or PP and no FSDP: torchtitan disables "
+                 "mixed precision (distributed/utils.py maybe_enable_amp): fp32")  # fmt: skip
     elif mp == "bfloat16":
         precision = "bf16" if zero else "amp_bf16"
         r.assume("mixed_precision_param bfloat16: " + ("FSDP2 mixed precision over fp32 sharded "
