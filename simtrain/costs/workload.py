@@ -209,17 +209,29 @@ def zero2_every_microbatch(sc: Scenario) -> bool:
             and not sc.training.offload.optimizer)  # fmt: skip
 
 
+def zero2_microbatch_rs_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """One micro-batch's ZeRO-2 reduce-scatter of a rank's ``trainable`` gradients in the
+    reduction's dtype, in the runtime's buckets (``parallelism.bucket_mb``, as ZeRO-1's once a
+    step: ``comm.bucket_group_ns``; DeepSpeed's reduce_bucket_size)."""
+    grad_bytes = trainable * wire_grad_bytes(sc, step)
+    return sum(comm.bucket_group_ns(sc, step, "reduce_scatter", grad_bytes))
+
+
 def _zero2_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
                   chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
-    """ZeRO-2 (:func:`zero2_every_microbatch`): each layer's gradients reduce-scattered after
-    its backward slice, every micro-batch, as ZeRO-3's are (``passes.zero3_pass``), without
-    its gathers."""
+    """ZeRO-2 (:func:`zero2_every_microbatch`): every backward reduce-scatters the rank's
+    gradients (:func:`zero2_microbatch_rs_ns`, spread over its layers: one piece after each
+    layer's backward slice on the dp stream, as ZeRO-3's, ``passes.zero3_pass``); where the
+    runtime does not overlap the reduction (``overlap_grad_reduce`` false: DeepSpeed without
+    overlap_comm reduces inside the backward hooks) the next slice waits for each piece."""
     out = dict(chunks)
     for stage, ch in chunks.items():
         lo, hi = ch.layers
         sm = mem.stages[step.chunk_rank(stage)]
-        _, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, max(hi - lo, 1) * step.v)
-        out[stage] = replace(ch, reduce_scatter_ns_per_layer=reduce_scatter)
+        layers = max(hi - lo, 1) * step.v
+        per_layer = math.ceil(zero2_microbatch_rs_ns(sc, step, sm.trainable) / layers)
+        out[stage] = replace(ch, reduce_scatter_ns_per_layer=per_layer,
+                             reduce_scatter_blocking=not sc.runtime.overlap_grad_reduce)  # fmt: skip
     return out
 
 

@@ -23,6 +23,7 @@ from simtrain.costs.workload import (
     rank_optimizer_shard,
     with_tp,
     zero2_every_microbatch,
+    zero2_microbatch_rs_ns,
     zero3_layer_bytes,
     zero3_layer_comm_ns,
 )
@@ -246,11 +247,16 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         gathers = 3 if t.recompute == "full" else 2
         comm = layers_here * (gathers * gather + reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total)
-    if zero2_every_microbatch(sc):  # every backward's per-layer reduce-scatters
-        layers_here = max(step.rank_layers(0), 1)
-        reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)[1]
-        backward = r0.input_ns + r0.weight_ns
-        exposed = step.microbatches * max(0.0, layers_here * reduce_scatter - backward)
+    if zero2_every_microbatch(sc):  # every backward's reduce-scatter (workload._zero2_chunks)
+        m = step.microbatches
+        # a micro-batch's backward reduces the gradients of the chunks it passes through: all
+        # of the rank's, or under DualPipe's two directions half
+        rs = zero2_microbatch_rs_ns(sc, step, s0.trainable) / step.stage_copies
+        if not sc.runtime.overlap_grad_reduce:  # in the backward hooks: every piece waits
+            exposed = m * rs
+        else:  # beside the compute that follows, the last layer's piece after the last backward
+            compute = m * r0.total / step.stage_copies  # (a rank's r0.total spans its copies)
+            exposed = max(0.0, m * rs - compute) + rs / max(step.rank_layers(0), 1)
         return exposed + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns

@@ -35,6 +35,9 @@ class ChunkDurations:
     # and its gradients reduce-scattered after its backward.
     gather_ns_per_layer: int = 0
     reduce_scatter_ns_per_layer: int = 0
+    # ZeRO-2 under a runtime that does not overlap the reduction: the next compute slice
+    # waits for each reduce-scatter (costs.workload._zero2_chunks)
+    reduce_scatter_blocking: bool = False
     # FSDP2's copy of each gather's output into the unsharded parameters, on the compute stream
     # between the all-gather and the layer's compute (runtime zero3_gather_copy_out)
     gather_copy_ns_per_layer: int = 0

@@ -83,6 +83,7 @@ def zero3_pass(ir: StepIR) -> None:
     ``LoweringInput.recompute_gathers``) gathers nothing."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
+        blocking: Op | None = None  # a reduce-scatter the next compute slice waits for
         for g in r.groups:
             if g.action is None:
                 continue
@@ -90,6 +91,9 @@ def zero3_pass(ir: StepIR) -> None:
             out: list[Op] = []
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
             for slice_no, op in enumerate(g.ops):
+                if blocking is not None and op.stream == "compute":
+                    op.deps.append(blocking)
+                    blocking = None
                 needs = op.kind in ("F", "B", "I") or (op.kind == "R" and ir.inp.recompute_gathers)
                 if fetch and needs:
                     layer = slice_layer(op.kind, slice_no, *c.layers)
@@ -126,6 +130,8 @@ def zero3_pass(ir: StepIR) -> None:
                             microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                     out.append(rs)
                     r.grads_ready = rs
+                    if c.reduce_scatter_blocking:
+                        blocking = rs
             g.ops = out
 
 
