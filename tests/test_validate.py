@@ -769,6 +769,10 @@ def test_a_known_sources_runtime_is_its_own_whatever_its_text_names() -> None:
     ("optimizer states + gradients sharded", 2),  # was a skip
     ("FSDP", 3), ("FSDP full shard", 3), ("fully sharded", 3), ("distributed optimizer", 1),
     ("none", 0), ("no sharding (DDP)", 0), ("1", 1), ("0", 0),
+    # a second review: negations and each word's own subject
+    ("DDP, not FSDP", 0), ("none (plain DDP, no FSDP)", 0), ("ZeRO-0", 0), ("stage 0", 0),
+    ("parameters replicated, optimizer states sharded", 1),
+    ("gradients reduced, optimizer states sharded", 1),
 ])  # fmt: skip
 def test_more_shardings_in_words(text: str, stage: int) -> None:
     out = translate(_record(parallelism={"tp": 2, "pp": 1, "zero_stage": text}))
@@ -827,6 +831,8 @@ def test_sequence_parallel_in_other_words_is_a_skip_naming_the_key() -> None:
     ("crashed_or_oom", "crashed_or_oom"), ("crashed or OOM", "crashed_or_oom"),
     ("crashed/oom", "crashed_or_oom"), ("crashed", "crashed_or_oom"),
     ("NCCL error", "crashed_or_oom"), ("completed", "completed"), (None, ""),
+    ("fits (no OOM)", "fits ( )"), ("ran without OOM errors", "ran  "),
+    ("success (no errors)", "success ( )"), ("unchanged", "unchanged"),  # (not 'hang')
 ])  # fmt: skip
 def test_an_outcome_in_words(text: str | None, reading: str) -> None:
     from simtrain.apps.validate.measured import read_outcome
@@ -905,3 +911,25 @@ def test_a_null_degree_or_an_unreadable_value_is_no_traceback(default_records: d
     odd = translate(_record(model={"layers": 8, "hidden": 1024, "heads": 16, "seq_len": 1024,
                                    "vocab": 32000, "ffn_hidden": [4096]}))  # fmt: skip
     assert isinstance(odd, SkipReason | Translation)
+
+
+def test_a_framework_key_outranks_other_frameworks_the_text_names() -> None:
+    from simtrain.apps.validate.conventions import inferred_runtime
+
+    found = inferred_runtime("Foo 2023", "compared to DeepSpeed ZeRO-3",
+                             [{"framework": "Megatron-Core"}])  # fmt: skip
+    assert found is not None and found[0] == "megatron_core"
+
+
+@pytest.mark.parametrize("said", [
+    "we reduce one Transformer layer each from the first and the last stages",
+    "the first and last stages have one layer fewer",
+    "first/last stage one layer fewer",
+])  # fmt: skip
+def test_one_layer_fewer_in_its_phrasings(said: str) -> None:
+    model = {"layers": 126, "hidden": 1024, "heads": 16, "seq_len": 1024, "vocab": 32000}
+    out = translate(_record(model=model, parallelism={"tp": 1, "pp": 16, "dp": 1}, notes=said,
+                            hardware={"gpu": "H100 80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(out, Translation), out
+    assert (out.scenario.parallelism.first_stage_layers,
+            out.scenario.parallelism.last_stage_layers) == (7, 7)  # fmt: skip

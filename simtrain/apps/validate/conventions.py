@@ -536,7 +536,8 @@ def inferred_runtime(source: str, notes: str, sections: Sequence[Mapping[str, An
     named = " ".join(str(x.get("framework", "")) for x in sections)
     text = f"{named} {source} {notes}"
     for pattern, runtime in _FRAMEWORK_WORDS:
-        m = pattern.search(text)
+        # a framework key names the framework; the source and notes may name others beside
+        m = pattern.search(named) if named.strip() else pattern.search(text)
         if m is None:
             continue
         if runtime == "megatron":

@@ -44,7 +44,10 @@ OOM_OUTCOMES = ("oom", "out_of_memory")
 CRASH_OUTCOMES = ("crashed_or_oom", "crashed")
 
 
-_CRASH = re.compile(r"crash|fail|hang|\berror")
+_CRASH = re.compile(r"crash|fail|\bhang|\berror")
+# "no OOM", "without OOM errors", "not out of memory": said not to have happened
+_NEGATED = re.compile(r"\b(?:no|without|not)\s+(?:oom|out of memory|crash\w*|errors?|"
+                      r"failures?|hangs?)(?:\s+errors?)?\b")  # fmt: skip
 _OOM = re.compile(r"\boom\b|out of memory")
 _EITHER = re.compile(r"(?:crash|fail)\w*\s*(?:or|/)\s*oom|oom\s*(?:or|/)\s*(?:crash|fail)")
 
@@ -56,6 +59,7 @@ def read_outcome(value: object) -> str:
     to be memory ("crashed", "NCCL error") -> "crashed_or_oom"; anything else (absent, "ok",
     "completed") as written, lower case: a run that fit."""
     text = re.sub(r"[_-]+", " ", str(value or "").strip().lower())
+    text = _NEGATED.sub(" ", text)
     if _OOM.search(text):
         return "crashed_or_oom" if _EITHER.search(text) else "oom"
     if _CRASH.search(text):

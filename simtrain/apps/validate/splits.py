@@ -24,8 +24,10 @@ MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
 #: Dubey et al. 2024 §3.3.2: "we reduce one Transformer layer each from the first and the last
 #: stages"; its Table 4 row: "first/last stage one layer fewer").
 _ENDS_ONE_FEWER = re.compile(
-    r"first\s*/\s*last stages? (?:has |have |with )?one (?:transformer )?layer (?:fewer|less)"
-    r"|one (?:transformer )?layer (?:fewer|less)[^.;]*\bfirst and (?:the )?last stages?",
+    r"first\s*(?:/|and)\s*(?:the )?last stages? (?:has |have |hold |with )?one (?:transformer )?"
+    r"layer (?:fewer|less)"
+    r"|one (?:transformer )?layer (?:fewer|less)[^.;]*\bfirst and (?:the )?last stages?"
+    r"|reduce one (?:transformer )?layer each from the first and (?:the )?last stages?",
     re.IGNORECASE,
 )
 

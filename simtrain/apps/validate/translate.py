@@ -827,6 +827,15 @@ def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
 # end of the backward, and each parameter is gathered once: ZeRO-2's peak and traffic.
 _ZERO_WORDS = (
     (
+        re.compile(
+            r"zero[- ]?0\b|stage[- ]?0\b|\b(?:not|no|without) (?:fsdp|zero|sharding)\b"
+            r"|^\s*(?:none|no sharding|no zero|ddp|plain ddp|off|disabled)\b",
+            re.I,
+        ),  # fmt: skip
+        0,
+        "no sharding",
+    ),
+    (
         re.compile(r"not resharded|no reshard|shard.grad.op|zero[- ]?2\b|stage[- ]?2\b", re.I),
         2,
         "parameters whole from the forward's all-gather to the end of the backward, gradients "
@@ -835,14 +844,14 @@ _ZERO_WORDS = (
     (
         re.compile(
             r"full.shard|fully.shard|hybrid.shard|zero[- ]?3\b|stage[- ]?3\b"
-            r"|parameters[^;]*sharded|\bfsdp\b",
+            r"|parameters[^;,]*sharded|\bfsdp\b",
             re.I,
         ),  # fmt: skip
         3,
         "parameters, gradients and optimizer states sharded: ZeRO-3",
     ),
     (
-        re.compile(r"grad\w*[^;]*sharded", re.I),
+        re.compile(r"grad\w*[^;,]*sharded", re.I),
         2,
         "gradients and optimizer states sharded: ZeRO-2",
     ),
@@ -852,11 +861,6 @@ _ZERO_WORDS = (
         ),  # fmt: skip
         1,
         "optimizer states sharded: ZeRO-1",
-    ),
-    (
-        re.compile(r"^\s*(?:none|no sharding|no zero|ddp|off|disabled)\b", re.I),
-        0,
-        "no sharding",
     ),
 )
 # FSDP's sharding strategies (torch.distributed.fsdp.ShardingStrategy) as ZeRO stages.
