@@ -491,8 +491,15 @@ def _edges_by_hand(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]
         bwd += c("all_gather", bsh) if sp else 0
     if head:  # ColumnParallelLinear: input gather / gradient reduce-scatter (+ its re-gather)
         fwd += c("all_gather", bsh) if sp else 0
-        regather = c("all_gather", bsh) if sc.runtime.tp_regather_backward else 0
-        bwd += c("reduce_scatter", bsh) + regather if sp else c("all_reduce", bsh)
+        regather = c("all_gather", bsh) if sp and sc.runtime.tp_regather_backward else 0
+        reduction = c("reduce_scatter", bsh) if sp else c("all_reduce", bsh)
+        rt = sc.runtime
+        if rt.tp_backward_overlap and not rt.tp_comm_overlap:  # beside the head's GEMMs
+            hw = sc.hardware
+            gemm = 1e9 * 2 * 4096 * 4096 * 32000 / g.tp / (hw.peak("bf16") * hw.efficiency.matmul)
+            reduction = math.ceil(max(0.0, reduction - gemm))
+            regather = math.ceil(max(0.0, regather - gemm))
+        bwd += reduction + regather
         if sc.training.cross_entropy == "gathered":
             fwd += c("all_gather", logits)
         else:  # max, target logit, sum of exponentials
@@ -535,3 +542,27 @@ def test_edges_collectives_land_on_the_first_and_last_stages() -> None:
     assert d[0].tp_backward_ns - d[1].tp_backward_ns == emb[1] - head[1]
     block = d[0].tp_forward_ns - emb[0]
     assert block == d[1].tp_forward_ns - head[0] > 0
+
+
+def test_output_layer_backward_collectives_only_where_they_run() -> None:
+    """The head's input-gradient reduction only where the gradient goes on into the blocks (not
+    under linear probing), its re-gather only where its weight trains (not under LoRA, whose
+    head is frozen); with the backward overlap each hides behind the head's other GEMM
+    (llama3_70b_tp_overlap: Megatron-Core, tp 8 over NVLink, all of it). A review, 2026-12-05."""
+    plain = {"tp_backward_overlap": False, "tp_comm_overlap": False}
+    full = scenario(8, sp=True, runtime={**plain, "tp_regather_backward": True})
+    probe = scenario(8, sp=True, runtime={**plain, "tp_regather_backward": True},
+                     training={"peft": {"method": "linear_probe"}})  # fmt: skip
+    lora = scenario(8, sp=True, runtime={**plain, "tp_regather_backward": True},
+                    training={"peft": {"method": "lora"}})  # fmt: skip
+    step = resolve(full)
+    g = step.groups
+    ag = collective_ns(full, step, "all_gather", step.boundary_bytes, g.tp, g.tp_stride)
+    rs = collective_ns(full, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
+    assert tp_edges_ns(full, step, False, True)[1] == rs + ag
+    assert tp_edges_ns(probe, resolve(probe), False, True)[1] == ag  # the weight trains
+    assert tp_edges_ns(lora, resolve(lora), False, True)[1] == rs  # gradient flows, head frozen
+    from simtrain.spec.scenario import load_scenario
+
+    tpo = load_scenario("scenarios/llama3_70b_tp_overlap.yaml")
+    assert tp_edges_ns(tpo, resolve(tpo), False, True)[1] == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.compute import tp_linear_group_ns, tp_pairs_gemms
+from simtrain.costs.compute import head_flops, matmul_ns, tp_linear_group_ns, tp_pairs_gemms
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
@@ -227,9 +227,22 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool
         trains = base_trainable(t.peft.method, t.peft.phase)
         bwd += ag if sp and trains else 0
     if head:
-        regather = ag if sc.runtime.tp_regather_backward else 0
+        # the output layer's backward: its input gradient's reduction where the gradient goes
+        # on into the blocks, its input's re-gather where its weight trains; with the
+        # backward overlap each beside the head's other GEMM (the reduction beside the weight
+        # gradient, the re-gather beside the input gradient), as a block's column linears
+        _, input_grad, weight_grad = head_flops(m, t, g.tp)
+        reduction = (rs if sp else ar) if input_grad else 0
+        regather = ag if sp and sc.runtime.tp_regather_backward and weight_grad else 0
+        rt = sc.runtime
+        if (rt.tp_backward_overlap and not rt.tp_comm_overlap) or tp_pairs_gemms(sc):
+            dtype = step.precision.compute_dtype
+            gemm_w = matmul_ns(weight_grad, sc.hardware, dtype)
+            gemm_i = matmul_ns(input_grad, sc.hardware, dtype)
+            reduction = math.ceil(max(0.0, reduction - gemm_w))
+            regather = math.ceil(max(0.0, regather - gemm_i))
         fwd += ag if sp else 0
-        bwd += rs + regather if sp else ar
+        bwd += reduction + regather
         tokens = t.micro_batch * t.seq_len_effective // sc.parallelism.cp
         if t.cross_entropy == "gathered":
             logits = step.boundary_bytes * m.vocab // m.hidden

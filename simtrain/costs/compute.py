@@ -603,6 +603,12 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 
 
+def matmul_ns(flops: float, hw: HardwareProfile, dtype: str) -> float:
+    """A dense GEMM's time at the profile's large-GEMM efficiency (:func:`_matmul_ns` without
+    grouped experts or a shape term): what a collective beside it can hide behind."""
+    return _matmul_ns(flops, hw, dtype)
+
+
 def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0,
                edge: float = 0.0) -> float:  # fmt: skip
     """GEMM time: ``flops`` at the dense GEMM efficiency, of which ``grouped`` (the routed
