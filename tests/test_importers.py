@@ -735,3 +735,41 @@ def test_nanotron_pp_engine_default_is_afab() -> None:
     cfg["parallelism"]["pp_engine"] = "1F1B"
     with pytest.raises(ConfigError, match="pp_engine"):
         _import_yaml("nanotron", cfg)
+
+
+def test_read_command_picks_the_launch_not_a_test_of_its_path() -> None:
+    """Megatron-LM's current example scripts test the script's path first (``if [ ! -f
+    "$PRETRAIN_SCRIPT_PATH" ]``), BigScience's tr11 slurm script runs a helper .py before the
+    launch, and launches through ``bash -c "$LAUNCHER $CMD" 2>&1 | tee log``; a comment line
+    ending in a backslash does not continue; ``+=`` appends (those flags were dropped)."""
+    text = "\n".join([
+        'PRETRAIN_SCRIPT_PATH="pretrain_gpt.py"',
+        'if [ ! -f "$PRETRAIN_SCRIPT_PATH" ]; then echo missing; fi',
+        "python tools/load_ratios.py --split train",
+        "ARGS=(--num-layers 2 --hidden-size 64)",
+        "ARGS+=(--num-attention-heads 4)",
+        "#    --universal-checkpoint \\",
+        'LAUNCHER="python -u -m torch.distributed.run --nproc_per_node 8"',
+        'CMD=" \\',
+        "    $PRETRAIN_SCRIPT_PATH \\",
+        '    ${ARGS[@]}"',
+        'srun bash -c "$LAUNCHER $CMD" 2>&1 | tee -a log.txt',
+    ])  # fmt: skip
+    c = read_command(text, "x.sh")
+    assert c is not None and c.program == "pretrain_gpt.py"
+    assert c.args == ("--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4")
+
+
+def test_megatron_deepspeed_vocab_padding_and_embedding_split(tmp_path: Path) -> None:
+    """BLOOM's tr11 flags: --pad-vocab-size-to 250880 (Megatron-DeepSpeed tokenizer.py
+    _vocab_size_with_padding) and --pp-partition-method 'type:transformer|embedding' (the
+    embeddings weigh one layer each: 70 blocks over 12 stages); both were unknown."""
+    flags = ("--num-layers 70 --hidden-size 14336 --num-attention-heads 112 --seq-length 2048 "
+             "--max-position-embeddings 2048 --micro-batch-size 2 --global-batch-size 2048 "
+             "--tokenizer-type PretrainedFromHF --pad-vocab-size-to 250880 --bf16 "
+             "--tensor-model-parallel-size 4 --pipeline-model-parallel-size 12 "
+             "--pp-partition-method 'type:transformer|embedding'")  # fmt: skip
+    imp = megatron_flags(tmp_path, flags, gpus=384)
+    sc = load_imported(imp)
+    assert sc.model.vocab == 250880
+    assert sc.parallelism.layer_split == "embedding_as_layer"

@@ -28,6 +28,7 @@ the backward) unless ``--DDP-impl torch``; those that also have a flag of the 20
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -508,6 +509,14 @@ def _positions(f: Flags, r: Reading) -> str:
 
 
 def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
+    to = f.pos_("--pad-vocab-size-to", hi=LIMIT["model.vocab"])
+    if to is not None:
+        # Megatron-DeepSpeed megatron/tokenizer/tokenizer.py _vocab_size_with_padding
+        # (bigscience-workshop HEAD l.70-82): the vocabulary is padded to exactly this size
+        # (which must be a multiple of --make-vocab-size-divisible-by; no tp rounding)
+        r.assume(f"vocabulary: --pad-vocab-size-to {to:,} (Megatron-DeepSpeed pads to it)")
+        r.origin("model.vocab", "--pad-vocab-size-to")
+        return to
     raw = f.pos_("--vocab-size", hi=LIMIT["model.vocab"])
     tok = f.value("--tokenizer-type")
     if raw is None:
@@ -664,6 +673,18 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         if val:
             par[key] = val
             r.origin(f"parallelism.{key}", flag)
+    method = f.value("--pp-partition-method")
+    if method is not None:
+        # Megatron-DeepSpeed's PipelineModule partition_method (BLOOM's tr11 scripts): with
+        # 'type:transformer|embedding' the two embedding layers weigh one layer each, so the
+        # first and last stages hold one block fewer (simtrain's embedding_as_layer)
+        if re.fullmatch(r"type:transformer\|embed(?:ding)?", method.strip("'\"")):
+            par["layer_split"] = "embedding_as_layer"
+            r.origin("parallelism.layer_split", "--pp-partition-method")
+            r.assume(f"--pp-partition-method {method}: the embeddings weigh one layer each "
+                     "(embedding_as_layer)")  # fmt: skip
+        else:
+            r.unsupported_(f"--pp-partition-method {method}", "simulated as an even split")
     if "--num-layers-per-virtual-pipeline-stage" in f:
         n = f.int_("--num-layers-per-virtual-pipeline-stage")
         assert n is not None

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from simtrain.errors import ConfigError
 
 _ASSIGN = re.compile(r"^\s*(?:export\s+|local\s+|readonly\s+|declare\s+(?:-\w+\s+)*)?"
-                     r"([A-Za-z_]\w*)=(.*)$", re.S)  # fmt: skip
+                     r"([A-Za-z_]\w*)\+?=(.*)$", re.S)  # fmt: skip
+#: Words a line starts with that make it no launch of the training program (a test of the
+#: script's path, a message): ``if [ ! -f "$PRETRAIN_SCRIPT_PATH" ]``.
+NOT_A_LAUNCH = ("if", "elif", "while", "until", "[", "[[", "test", "echo", "printf", "ls", "cat")
 _ARRAY_REF = re.compile(r"^\$\{([A-Za-z_]\w*)\[[@*]\]\}$")
+_ARRAY_IN = re.compile(r"\$\{([A-Za-z_]\w*)\[[@*]\]\}")
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
 _ARITH = re.compile(r"\$\(\((.*?)\)\)")
 _ARITH_OK = re.compile(r"^[\d\s+\-*/%()]+$")
@@ -72,6 +76,10 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     out: list[tuple[int, str, list[str]]] = []
     buf, start = "", 0
     for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+        if raw.lstrip().startswith("#") and not _open_quote(buf):
+            # a comment ends at its line, a backslash and all (bash does not continue it); in
+            # a continued command it is left out and the command goes on
+            continue
         if not buf:
             start = n
         if raw.endswith("\\"):
@@ -95,6 +103,20 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     if buf:
         out.append((start, buf, _split(buf, file, start)))
     return out
+
+
+def _open_quote(buf: str) -> bool:
+    """Is ``buf`` inside an open quoted string (where ``#`` is no comment)?"""
+    if not buf:
+        return False
+    try:
+        lex = shlex.shlex(buf, posix=True)
+        lex.whitespace_split = True
+        lex.commenters = ""
+        list(lex)
+    except ValueError:
+        return True
+    return False
 
 
 def _array_closed(words: list[str]) -> bool:
@@ -121,6 +143,9 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
             return list(arrays[m.group(1)])
         return [word]
     whole_var = _VAR.fullmatch(word) is not None
+    # ``"... ${ARGS[@]}"`` inside a longer string: the array's words joined by spaces (bash)
+    word = _ARRAY_IN.sub(lambda m: " ".join(arrays[m.group(1)]) if m.group(1) in arrays
+                         else m.group(0), word)  # fmt: skip
 
     def arith(m: re.Match[str]) -> str:
         got = _arith(m.group(1), env)
@@ -146,17 +171,23 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
 
 
 def read_command(text: str, file: str) -> Command | None:
-    """The first command of the script that runs a ``*.py`` program, expanded; None when the
-    text starts no Python program (a file of flags)."""
+    """The command of the script that launches its training program, expanded: of the lines
+    that run a ``*.py`` program (not a test of its path, ``if [ -f ... ]``), the first whose
+    program is a ``pretrain*.py`` or that passes ``--num-layers``, else the first that passes
+    any ``--`` flag, else the first; None when the text starts no Python program (a file of
+    flags). ``NAME+=value`` and ``NAME+=(...)`` append, as in bash."""
     env: dict[str, str] = {}
     arrays: dict[str, list[str]] = {}
+    found: list[Command] = []
     for _n, line, words in _logical_lines(text, file):
         m = _ASSIGN.match(line)
         ws = words
         if ws and ws[0] in DECLARE_WORDS:
             ws = [w for w in ws[1:] if not w.startswith("-")]
-        if m and ws and ws[0].startswith(m.group(1) + "="):
+        if m and ws and (ws[0].startswith(m.group(1) + "=")
+                         or ws[0].startswith(m.group(1) + "+=")):  # fmt: skip
             name, rhs = m.group(1), m.group(2).strip()
+            append = ws[0].startswith(name + "+=")
             if rhs.startswith("("):
                 inner = ws[:]
                 inner[0] = inner[0].split("=", 1)[1]
@@ -165,20 +196,43 @@ def read_command(text: str, file: str) -> Command | None:
                     items[0] = items[0][1:]
                 if items and items[-1].endswith(")"):
                     items[-1] = items[-1][:-1]
-                arrays[name] = [e for w in items if w for e in expand(w, env, arrays)]
+                values = [e for w in items if w for e in expand(w, env, arrays)]
+                arrays[name] = (arrays.get(name, []) if append else []) + values
                 continue
             if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
                 value = ws[0].split("=", 1)[1]
-                env[name] = " ".join(expand(value, env, arrays)) if value else ""
+                value = " ".join(expand(value, env, arrays)) if value else ""
+                env[name] = (env.get(name, "") + value) if append else value
                 continue
             # NAME=value command ...: an environment prefix of a command
             while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
                 ws = ws[1:]
             words = ws
+        if words and words[0] in NOT_A_LAUNCH:
+            continue
         expanded = [e for w in words for e in expand(w, env, arrays)]
+        # ``bash -c "$LAUNCHER $CMD"`` (BigScience's tr11 slurm script): the command string's
+        # own words
+        at = next((i for i, w in enumerate(expanded[:-1]) if w == "-c" and i > 0
+                   and expanded[i - 1].rsplit("/", 1)[-1] in ("bash", "sh")), None)  # fmt: skip
+        if at is not None:
+            expanded = expanded[: at + 1] + _split(expanded[at + 1], file, _n) + expanded[at + 2 :]
         for i, w in enumerate(expanded):
             if w.endswith(".py") and not w.startswith("-"):
-                return Command(tuple(expanded[:i]), w, tuple(expanded[i + 1 :]), dict(env))
+                args = expanded[i + 1 :]
+                # the command ends at a pipe, a list operator or a redirection (| tee log)
+                end = next((k for k, a in enumerate(args) if a in ("|", "||", "&&", ";", "&")
+                            or re.match(r"^\d*[<>]", a)), len(args))  # fmt: skip
+                found.append(Command(tuple(expanded[:i]), w, tuple(args[:end]), dict(env)))
+                break
+    for good in (
+        lambda c: c.program.rsplit("/", 1)[-1].startswith("pretrain") or "--num-layers" in c.args,
+        lambda c: any(a.startswith("--") for a in c.args),
+        lambda c: True,
+    ):
+        for c in found:
+            if good(c):
+                return c
     return None
 
 
