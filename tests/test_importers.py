@@ -773,3 +773,30 @@ def test_megatron_deepspeed_vocab_padding_and_embedding_split(tmp_path: Path) ->
     sc = load_imported(imp)
     assert sc.model.vocab == 250880
     assert sc.parallelism.layer_split == "embedding_as_layer"
+
+
+@pytest.mark.parametrize("name", ["fp32", "float32", "torch.float32", "float"])
+def test_deepspeed_grad_accum_dtype_names(tmp_path: Path, name: str) -> None:
+    """DeepSpeed's DtypeEnum (runtime/config.py l.101-106) names fp32 four ways; only "fp32"
+    was read (the BF16 optimizer's fp32 gradient buffer)."""
+    cfg = json.loads(Path(DEEPSPEED).read_text())
+    cfg["zero_optimization"]["stage"] = 1
+    cfg["data_types"] = {"grad_accum_dtype": name}
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(cfg))
+    sc = load_imported(import_config("deepspeed", f, "llama3-8b", 8), ["training.seq_len=2048"])
+    assert sc.training.precision == "bf16_fp32_grads"
+
+
+def test_torchtitan_float8_all_gather_is_named_not_silent(tmp_path: Path) -> None:
+    text = (
+        Path(TORCHTITAN)
+        .read_text()
+        .replace('flavor = "8B"', 'flavor = "8B"\nconverters = ["quantize.linear.float8"]')
+    )
+    text = text.replace("enable_fsdp_float8_all_gather = false",
+                        "enable_fsdp_float8_all_gather = true")
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    imp = import_config("torchtitan", f)
+    assert any("enable_fsdp_float8_all_gather" in u for u in imp.unsupported)

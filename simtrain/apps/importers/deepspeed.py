@@ -219,7 +219,8 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
             r.unsupported_("bf16.bf16_master_weights_and_grads / bf16_optimizer_states",
                            "only one of the two in bf16: simulated as bf16 with fp32 master "
                            "and states")  # fmt: skip
-        elif dtypes.get("grad_accum_dtype") == "fp32" and stage < 2:
+        elif str(dtypes.get("grad_accum_dtype")) in ("fp32", "float32", "torch.float32",
+                                                     "float") and stage < 2:  # fmt: skip
             precision = "bf16_fp32_grads"
             r.assume("bf16 with data_types.grad_accum_dtype fp32 below ZeRO-2: the BF16 "
                      "optimizer's fp32 gradient buffer (bf16_fp32_grads)")  # fmt: skip

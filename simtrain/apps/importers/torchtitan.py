@@ -475,6 +475,10 @@ def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
     r.origin("training.precision", "model.converters")
     r.assume(f"model.converters float8, recipe {recipe or 'tensorwise (the default)'}: {name} "
              "(torchao float8 linears on bf16)")  # fmt: skip
+    if isinstance(sec, dict) and sec.get("enable_fsdp_float8_all_gather") is True:
+        # torchao: FSDP2 all-gathers the float8 weights (half of bf16's bytes)
+        r.unsupported_("float8.enable_fsdp_float8_all_gather", "FSDP's all-gathers of float8 "
+                       "weights (half the bytes): simulated in bf16")  # fmt: skip
     return name
 
 
