@@ -794,8 +794,9 @@ def test_torchtitan_float8_all_gather_is_named_not_silent(tmp_path: Path) -> Non
         .read_text()
         .replace('flavor = "8B"', 'flavor = "8B"\nconverters = ["quantize.linear.float8"]')
     )
-    text = text.replace("enable_fsdp_float8_all_gather = false",
-                        "enable_fsdp_float8_all_gather = true")
+    text = text.replace(
+        "enable_fsdp_float8_all_gather = false", "enable_fsdp_float8_all_gather = true"
+    )
     f = tmp_path / "job.toml"
     f.write_text(text)
     imp = import_config("torchtitan", f)

@@ -320,6 +320,25 @@ def layer_activation_bytes(
     return sum(x.bytes for x in saved)
 
 
+def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """What a block's backward holds for a non-flash attention core beside the tensors the
+    block saved: the softmax's backward writes the scores' gradient (b·a·s·s_kv at the
+    softmax's element size) while the saved probabilities are alive; under selective
+    recompute also the re-run core's probabilities and dropout mask (the forward did not keep
+    them). Measured with simtrain.torchref.measure_step: the step's
+    peak is inside ``aten._softmax_backward_data`` (a review, 2026-12-05: peaks 8-26 % short at
+    seq 256-512 without this). 0 with flash attention (its backward keeps no s² tensor) and
+    where no gradient flows through the blocks."""
+    if m.flash_attention or not grad_flows_through_blocks(t):
+        return 0
+    prec = PRECISIONS[t.precision]
+    bas = t.micro_batch * m.heads * t.seq_len_effective * t.kv_len // tp
+    held = prec.act_softmax * bas  # the scores' gradient beside the saved probabilities
+    if t.recompute == "selective":  # the re-run core's probabilities and dropout mask
+        held += prec.act_softmax * bas + (bas if m.dropout > 0 else 0)
+    return held
+
+
 def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not

@@ -22,6 +22,7 @@ from simtrain.costs.activations import (
     ActivationStates,
     SavedTensor,
     WalkPeak,
+    attention_backward_working_bytes,
     embedding_saved_bytes,
     frozen_input_savings,
     head_saved_bytes,
@@ -310,6 +311,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
                                                          tp, sp, load, gathered,
                                                          rkv)  # fmt: skip
+        if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
+            working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
                                     step.all_warmup_at_pp)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
