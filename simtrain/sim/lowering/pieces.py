@@ -32,12 +32,17 @@ def base_pieces(a: Action, c: ChunkDurations, inp: LoweringInput) -> tuple[list[
     if a.kind == "W":
         return [("W", c.weight_grad_ns, (), (("activations", act),))], 0
     pieces: list[Piece] = []
-    if c.recompute_ns or ws:
-        pieces.append(("R", c.recompute_ns, (("activations", ws),), ()))
+    # the working set: a recompute's re-materialised block (allocated by its R piece), or
+    # without one a non-flash core's backward temporaries (allocated as the backward starts:
+    # no R piece, which would gather ZeRO-3 parameters for nothing)
+    own = (("activations", ws),) if ws and not c.recompute_ns else ()
+    if c.recompute_ns:
+        pieces.append(("R", c.recompute_ns, (("activations", ws),) if ws else (), ()))
     if a.kind == "B":
-        pieces.append(("B", c.input_grad_ns + c.weight_grad_ns, (), (("activations", act + ws),)))
+        pieces.append(("B", c.input_grad_ns + c.weight_grad_ns, own,
+                       (("activations", act + ws),)))  # fmt: skip
     else:  # I
-        pieces.append(("I", c.input_grad_ns, (), (("activations", ws),) if ws else ()))
+        pieces.append(("I", c.input_grad_ns, own, (("activations", ws),) if ws else ()))
     tp = c.tp_backward_ns if a.kind == "B" else c.tp_input_grad_ns
     tp += c.tp_recompute_ns if pieces[0][0] == "R" else 0
     return pieces, tp
