@@ -221,7 +221,11 @@ def _attention(c: _Block) -> None:
         c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
               f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
     if m.flash_attention:
-        c.add("q, k, v (flash attention)", e * sb * (q + kv + kv_v) / tp,
+        # K and V with the prefix's keys (prefix tuning: s + p; the kernel saves what it is
+        # given; measured, a review of 2026-12-05). Context parallelism's other shards are not
+        # saved here (ring attention sends them again in the backward)
+        kv_s = (s + t.prefix_len) / s
+        c.add("q, k, v (flash attention)", e * sb * (q + (kv + kv_v) * kv_s) / tp,
               f"{e}·sb(h+2h)/t" if c.repeat_kv else f"{e}·sb(h+2kv)/t")  # fmt: skip
         if m.qkv_layout == "fused_kv_copy" and m.kv_heads == m.heads:
             c.add("fused qkv storage behind the saved q", e * sb * 2 * kv / tp, f"{e}·sb·2kv/t")
@@ -279,7 +283,9 @@ def _mlp(c: _Block) -> None:
     if c.saves_input("down") and not c.te_fp8:
         c.add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
     if c.lora:
-        for mod in sorted(c.targets & {"gate", "up", "down"}):
+        # (a GeLU MLP has no gate: no adapter there, as the parameter count has none)
+        present = {"gate", "up", "down"} if m.mlp == "swiglu" else {"up", "down"}
+        for mod in sorted(c.targets & present):
             c.add(f"lora {mod}: x·A", e * sb * c.t.peft.rank, f"{e}·sbr")
     if m.dropout > 0:
         c.add("mlp dropout mask", sb * m.hidden / c.seq_div, c.seq("1·sbh"))
