@@ -235,6 +235,9 @@ def test_every_record_is_compared_or_skipped_with_a_reason(result, published_rec
     assert compared | skipped == set(ids)
     for s in result.skipped:
         assert isinstance(s, SkipReason) and len(s.reason) > 10, s
+        # translate's guard against a value of the wrong type must not hide simtrain's own
+        # errors on the shipped records
+        assert not s.reason.startswith("not readable"), s
     reasons = " ".join(s.reason for s in result.skipped)
     for expected in ("training_run_relative", "memory_capacity", "global batch not reported",
                      "no simtrain hardware profile"):  # fmt: skip

@@ -416,7 +416,8 @@ def translate(rec: Record) -> Translation | SkipReason:
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         # a value of a type no reader expects (a list, a mapping, a text where a number
         # goes): the record's own error, a skip naming it, not a traceback that ends the run
-        return skip(rec, f"not readable: {type(exc).__name__}: {exc}")
+        return skip(rec, f"not readable: {type(exc).__name__}: {exc} (a value of a type the "
+                    "schema does not allow; on a well-formed record, a simtrain bug)")  # fmt: skip
     try:
         sc = parse_scenario(data, rec.id)
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
