@@ -197,7 +197,7 @@ def test_calibration_is_plausible(calibrated) -> None:
 
 def test_calibrated_profile_prices_its_own_measured_mix(calibrated) -> None:
     """The profile written from this CPU's calibration carries the sweep's L and, through the
-    cost model's own pricing (compute._matmul_ns: counted FLOPs + L x the mix's shape term, at
+    cost model's own pricing (compute.matmul_ns: counted FLOPs + L x the mix's shape term, at
     peak x efficiency.matmul), gives back the GEMM mix's measured time (to the profile's 6
     printed digits): no wall-time bound, whatever L the noisy sweep picked."""
     from simtrain.costs import compute
@@ -209,7 +209,7 @@ def test_calibrated_profile_prices_its_own_measured_mix(calibrated) -> None:
     shape = cal.elementwise_shape
     (block, head), (e_block, e_head) = gemm_counted_flops(shape), gemm_mix_edge(shape)
     work, edge = shape[5] * block + head, shape[5] * e_block + e_head
-    priced = compute._matmul_ns(work, hw, "fp32", edge=edge)
+    priced = compute.matmul_ns(work, hw, "fp32", edge=edge)
     assert priced == pytest.approx(1e9 * work / cal.gemm_flops_per_s, rel=1e-4)
 
 
@@ -277,7 +277,7 @@ def test_shape_sweep_measures_each_shape_on_the_cpu() -> None:
 def test_calibrated_shape_term_keeps_the_measured_mix_and_square_product(tmp_path: Path) -> None:
     """With a fitted GEMM shape term L the written profile's fp32 peak is the largest square
     product's rate x (1 + 3L/n) and efficiency.matmul the mix's priced rate over it, so the cost
-    model (compute._matmul_ns, the mix's counted FLOPs plus L x its gemm_mix_edge) prices the
+    model (compute.matmul_ns, the mix's counted FLOPs plus L x its gemm_mix_edge) prices the
     measured mix back at its measured time, and the square product at efficiency 1 at its own."""
     from simtrain.costs import compute
     from simtrain.costs.gemm_shape import EdgeFit
@@ -293,11 +293,11 @@ def test_calibrated_shape_term_keeps_the_measured_mix_and_square_product(tmp_pat
     (block, head), (e_block, e_head) = gemm_counted_flops(shape), gemm_mix_edge(shape)
     work, edge = 4 * block + head, 4 * e_block + e_head
     assert edge > 0
-    mix_ns = compute._matmul_ns(work, hw, "fp32", edge=edge)
+    mix_ns = compute.matmul_ns(work, hw, "fp32", edge=edge)
     assert mix_ns == pytest.approx(1e9 * work / 2.5e10, rel=1e-4)  # the profile rounds to 6 digits
     square = replace_eff(hw, 1.0)
     n = 1024
-    sq_ns = compute._matmul_ns(2.0 * n**3, square, "fp32", edge=compute.gemm_edge(n, n, n))
+    sq_ns = compute.matmul_ns(2.0 * n**3, square, "fp32", edge=compute.gemm_edge(n, n, n))
     assert sq_ns == pytest.approx(1e9 * 2.0 * n**3 / 5e10, rel=1e-4)
     text = (tmp_path / "edge.yaml").read_text()
     assert "gemm_edge_elements: 60" in text and "27 fp32 GEMMs" in text

@@ -508,7 +508,7 @@ def test_every_number_is_finite_and_bounded(tmp_path: Path, path: tuple[str, ...
 
 
 def test_fp32_peak_is_required(tmp_path: Path) -> None:
-    """A profile without an fp32 rate (or with 0) made costs.compute._matmul_ns divide by zero
+    """A profile without an fp32 rate (or with 0) made costs.compute.matmul_ns divide by zero
     for every dtype it has no rate for: compute_peak falls back to fp32."""
     for peaks in ({"bf16": 312}, {"fp32": 0, "bf16": 312}, {}):
         file = _write(tmp_path, _set(("peak_tflops",), peaks))

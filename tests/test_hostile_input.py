@@ -175,7 +175,7 @@ def test_hardware_profile(tmp_path: Path, fifo: Path) -> None:
 
 
 def test_fp32_less_profile_no_zero_division(tmp_path: Path) -> None:
-    """A profile with only a bf16 rate, run in fp32: ZeroDivisionError in _matmul_ns before."""
+    """A profile with only a bf16 rate, run in fp32: ZeroDivisionError in matmul_ns before."""
     good = (ROOT / "hardware/a100_sxm4_80gb.yaml").read_text()
     text = "\n".join(line for line in good.splitlines() if not line.strip().startswith("fp32:"))
     hw = _file(tmp_path, "nofp32.yaml", text + "\n")

@@ -594,7 +594,7 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
     if flash:  # its backward kernel's own time (not twice the forward's: 2.5x at e_b)
         r = ring_layer(sc, flash.forward_ns / layers, flash.backward_ns / layers)
     else:
-        r = ring_layer(sc, _matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
+        r = ring_layer(sc, matmul_ns(bf.attention_core / layers, sc.hardware, dtype))
     # the exchange's exposed time and the attention call's element-wise work (PyTorch's merge)
     ew_f = memory_bound_ns(r.forward_elementwise_bytes, sc.hardware)
     ew_b = memory_bound_ns(r.backward_elementwise_bytes, sc.hardware)
@@ -603,13 +603,7 @@ def _ring(sc: Scenario, bf: BlockFlops, layers: int, dtype: str,
             math.ceil(layers * r.backward_transfer_ns))  # fmt: skip
 
 
-def matmul_ns(flops: float, hw: HardwareProfile, dtype: str) -> float:
-    """A dense GEMM's time at the profile's large-GEMM efficiency (:func:`_matmul_ns` without
-    grouped experts or a shape term): what a collective beside it can hide behind."""
-    return _matmul_ns(flops, hw, dtype)
-
-
-def _matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0,
+def matmul_ns(flops: float, hw: HardwareProfile, dtype: str, grouped: float = 0.0,
                edge: float = 0.0) -> float:  # fmt: skip
     """GEMM time: ``flops`` at the dense GEMM efficiency, of which ``grouped`` (the routed
     experts' grouped GEMMs) at ``efficiency.grouped_matmul`` (= matmul unless the profile
@@ -664,7 +658,7 @@ def tp_linear_group_ns(sc: Scenario) -> dict[str, float]:
     out = {}
     for group, linears in TP_LINEAR_GROUPS.items():
         keys = dict.fromkeys(names.get(x, x) for x in linears)
-        out[group] = sum(_matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype,
+        out[group] = sum(matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype,
                                     edge=gemm_edge(tokens, n, k))
                          for n, k in (gemms[x] for x in keys if x in gemms))  # fmt: skip
     return out
@@ -745,22 +739,22 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
-    fwd_ns = _matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
-    i_ns = (_matmul_ns(i_f - fa_i, hw, dtype, g if i_f else 0.0, e_i) + fa_ins
+    fwd_ns = matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
+    i_ns = (matmul_ns(i_f - fa_i, hw, dtype, g if i_f else 0.0, e_i) + fa_ins
             + memory_bound_ns(ew_bwd, hw))  # fmt: skip
     g_w = g if w_f and full else 0.0
-    w_ns = _matmul_ns(w_f, hw, dtype, g_w, e_w)
+    w_ns = matmul_ns(w_f, hw, dtype, g_w, e_w)
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = (_matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge) + fa_fns
+        rec_ns = (matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge) + fa_fns
                   + memory_bound_ns(bf.elementwise_bytes_fwd, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
-        rec_ns = _matmul_ns(
+        rec_ns = matmul_ns(
             rec_f, hw, dtype, edge=layers * op_sac_recompute_edge(m, t, tp)
         ) + memory_bound_ns(bf.elementwise_bytes_fwd, hw)
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
@@ -813,7 +807,7 @@ def _selective_recompute_ns(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layer
     """Megatron's selective recompute of ``layers`` blocks (``bf`` together): the attention core
     again, as its FlashAttention forward kernel where ``fa`` prices it, else its matmuls at
     ``dtype``'s rate with its passes over the scores."""
-    core = fa.forward_ns if fa else _matmul_ns(bf.attention_core, sc.hardware, dtype)
+    core = fa.forward_ns if fa else matmul_ns(bf.attention_core, sc.hardware, dtype)
     scores = layers * attention_core_elementwise_bytes(sc.model, t, sc.parallelism.tp)
     return core + memory_bound_ns(scores, sc.hardware)
 
@@ -843,19 +837,19 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     le = bf.projections_edge
     le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
-    fwd_ns = (_matmul_ns(fwd_f - lin_f - fa_f, hw, dtype, edge=edges[0] - le_f) + fa_fns
-              + _matmul_ns(lin_f, hw, gemm, edge=le_f)
+    fwd_ns = (matmul_ns(fwd_f - lin_f - fa_f, hw, dtype, edge=edges[0] - le_f) + fa_fns
+              + matmul_ns(lin_f, hw, gemm, edge=le_f)
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
-    i_ns = (_matmul_ns(i_f - lin_i - fa_i, hw, dtype, edge=edges[1] - le_i) + fa_ins
-            + _matmul_ns(lin_i, hw, gemm, edge=le_i)
+    i_ns = (matmul_ns(i_f - lin_i - fa_i, hw, dtype, edge=edges[1] - le_i) + fa_ins
+            + matmul_ns(lin_i, hw, gemm, edge=le_i)
             + memory_bound_ns(ew[1] + cast_b, hw))  # fmt: skip
-    w_ns = (_matmul_ns(w_f - lin_w, hw, dtype, edge=edges[2] - le_w)
-            + _matmul_ns(lin_w, hw, gemm, edge=le_w))  # fmt: skip
+    w_ns = (matmul_ns(w_f - lin_w, hw, dtype, edge=edges[2] - le_w)
+            + matmul_ns(lin_w, hw, gemm, edge=le_w))  # fmt: skip
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward
-        rec_ns = (_matmul_ns(rec_f - lin_f - fa_f, hw, dtype) + fa_fns
-                  + _matmul_ns(lin_f, hw, gemm, edge=le)
+        rec_ns = (matmul_ns(rec_f - lin_f - fa_f, hw, dtype) + fa_fns
+                  + matmul_ns(lin_f, hw, gemm, edge=le)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
         rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
@@ -866,8 +860,8 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
         rec_f = layers * op_sac_recompute_flops(m, t, sc.parallelism.tp)
         share = rec_lin / lin_f if lin_f else 0.0
         rec_e = layers * op_sac_recompute_edge(m, t, sc.parallelism.tp)
-        rec_ns = (_matmul_ns(rec_f - rec_lin, hw, dtype)
-                  + _matmul_ns(rec_lin, hw, gemm, edge=rec_e)
+        rec_ns = (matmul_ns(rec_f - rec_lin, hw, dtype)
+                  + matmul_ns(rec_lin, hw, gemm, edge=rec_e)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + share * cast_f, hw))  # fmt: skip
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
     fwd_ns += ring_f

@@ -226,13 +226,17 @@ def _zero2_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     overlap_comm reduces inside the backward hooks) the next slice waits for each piece."""
     out = dict(chunks)
     for stage, ch in chunks.items():
-        lo, hi = ch.layers
-        sm = mem.stages[step.chunk_rank(stage)]
-        layers = max(hi - lo, 1) * step.v
-        per_layer = math.ceil(zero2_microbatch_rs_ns(sc, step, sm.trainable) / layers)
-        out[stage] = replace(ch, reduce_scatter_ns_per_layer=per_layer,
+        rank = step.chunk_rank(stage)
+        rs = zero2_microbatch_rs_ns(sc, step, mem.stages[rank].trainable)
+        out[stage] = replace(ch, reduce_scatter_ns_per_layer=math.ceil(rs / _rank_layers(step, rank)),
                              reduce_scatter_blocking=not sc.runtime.overlap_grad_reduce)  # fmt: skip
     return out
+
+
+def _rank_layers(step: ResolvedStep, rank: int) -> int:
+    """The decoder layers over which a rank's per-layer ZeRO traffic is spread (at least 1: an
+    embedding- or head-only rank's one slice)."""
+    return max(step.rank_layers(rank), 1)
 
 
 def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
@@ -241,9 +245,9 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     reduce-scattered after its backward (Rajbhandari et al. 2020 §5.3; FSDP)."""
     out = dict(chunks)
     for stage, ch in chunks.items():
-        lo, hi = ch.layers
-        sm = mem.stages[step.chunk_rank(stage)]
-        gather, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, max(hi - lo, 1) * step.v)
+        rank = step.chunk_rank(stage)
+        sm = mem.stages[rank]
+        gather, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, _rank_layers(step, rank))
         out[stage] = replace(
             ch,
             gather_ns_per_layer=gather,
