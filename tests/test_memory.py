@@ -885,5 +885,9 @@ def test_explain_states_the_optimizers_bytes_per_parameter() -> None:
 
     sc = load_scenario("scenarios/seed_1p5b_fp32.yaml")
     text = "\n".join(explain_memory(sc, estimate_memory(sc)))
-    assert "optimizer states = adam on 1,557,611,200 trainable x 8 B (fp32 first and" in text
+    assert "optimizer states = adam on 1,557,611,200 trainable x 8 B (m and v, 4 B each)" in text
     assert "parameters       = 1,557,611,200 x 4 B" in text
+    # bf16_pure keeps its states in bf16: 2 x 2 B (the first version said fp32 there)
+    pure = load_scenario("scenarios/seed_1p5b_fp32.yaml", ["training.precision=bf16_pure"])
+    text = "\n".join(explain_memory(pure, estimate_memory(pure)))
+    assert "trainable x 4 B (m and v, 2 B each)" in text

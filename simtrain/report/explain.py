@@ -19,7 +19,7 @@ from simtrain.costs.memory import (
 )
 from simtrain.costs.params import adam_temporaries
 from simtrain.layout.step import resolve
-from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.precision import PRECISIONS, STATES_PER_PARAM
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
 
@@ -74,6 +74,23 @@ def _label(sm: StageMemory) -> str:
     )
 
 
+#: The state tensors of the optimizers that keep one element per parameter in each
+#: (spec.precision.STATES_PER_PARAM), by name.
+_STATE_NAMES = {"adam": "m and v", "adamw": "m and v", "sgd_momentum": "momentum"}
+
+
+def _per_param_states(optimizer: str, state_bytes: int, trainable: int, z: int, dp: int) -> str:
+    """ " x 8 B (m and v, 4 B each)": the bytes per parameter the model counted for an optimizer
+    with one element per parameter in each state (spec.precision.STATES_PER_PARAM), unsharded;
+    "" for the others (8-bit Adam, Adafactor: counted by shape) and under ZeRO sharding (the
+    ZeRO line divides)."""
+    n = STATES_PER_PARAM.get(optimizer, 0)
+    if not n or not trainable or (z >= 1 and dp > 1) or state_bytes % trainable:
+        return ""
+    per = state_bytes // trainable
+    return f" x {per} B ({_STATE_NAMES[optimizer]}, {per // n} B each)"
+
+
 def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     t, p = sc.training, sc.parallelism
     prec = PRECISIONS[t.precision]
@@ -98,12 +115,8 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
         + f" = {_gb(ms.gradients)}"
     )
-    per = ms.optimizer_states / ms.trainable if ms.trainable and (z == 0 or dp == 1) else 0
-    why = {"adam": " (fp32 first and second moments m, v)",
-           "adamw": " (fp32 first and second moments m, v)",
-           "sgd_momentum": " (fp32 momentum)"}.get(t.optimizer, "")  # fmt: skip
     lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable"
-                 + (f" x {per:g} B{why}" if per and abs(per - round(per, 2)) < 1e-9 else "")
+                 + _per_param_states(t.optimizer, ms.optimizer_states, ms.trainable, z, dp)
                  + f" = {_gb(ms.optimizer_states)}")  # fmt: skip
     if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
         lines.append(

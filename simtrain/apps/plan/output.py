@@ -206,8 +206,9 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
            f"{'recompute':<10}{'schedule':<{width}}{'step s':>9}{'MFU %':>7}{'headroom GiB':>14}"
            f"{'days':>9}{'cost $':>14}")  # fmt: skip
     lines.append(hdr)
-    guessed_hw = {r.layout.hardware for r in shown
-                  if load_hardware(r.layout.hardware).matmul_tag == "est"}  # fmt: skip
+    # GPUs whose efficiency.matmul is an estimate ([est]): their rows marked *, with the caveat
+    guessed_hw = {h for h in {r.layout.hardware for r in shown}
+                  if load_hardware(h).matmul_tag == "est"}  # fmt: skip
     for i, r in enumerate(shown, 1):
         lay = r.layout
         sched = _schedule_text(lay, batches)
@@ -229,10 +230,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         lines.append(difference_line(shown[0], shown[1]))
     if any(r.status != "simulated" for r in shown):
         lines.append("~ closed-form estimate (not simulated)")
-    guessed = sorted({r.layout.hardware for r in shown
-                      if load_hardware(r.layout.hardware).matmul_tag == "est"})  # fmt: skip
-    if guessed:
-        lines.append(f"* {', '.join(guessed)}: efficiency.matmul is an estimate (no GEMM or "
+    if guessed_hw:
+        lines.append(f"* {', '.join(sorted(guessed_hw))}: efficiency.matmul is an estimate (no GEMM or "
                      "training run measured on it), so its rows' times and costs are a rough "
                      "guide; `simtrain calibrate --device cuda` measures it")  # fmt: skip
     return "\n".join(lines)
