@@ -891,3 +891,22 @@ def test_explain_states_the_optimizers_bytes_per_parameter() -> None:
     pure = load_scenario("scenarios/seed_1p5b_fp32.yaml", ["training.precision=bf16_pure"])
     text = "\n".join(explain_memory(pure, estimate_memory(pure)))
     assert "trainable x 4 B (m and v, 2 B each)" in text
+
+
+def test_explain_activations_line_adds_up() -> None:
+    """The activations line's terms sum to its total: a non-flash core's backward working set
+    is printed where it is counted (gpipe_8gpu printed 5,034,016,768 B x 8 = 40.69 GB, whose
+    product is 40.27 GB; a re-read of 2026-12-05)."""
+    import re
+
+    from simtrain.report.explain import explain_memory
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/gpipe_8gpu.yaml")
+    rep = estimate_memory(sc)
+    line = next(x for x in explain_memory(sc, rep) if x.strip().startswith("activations      ="))
+    per, n = re.search(r"([\d,]+) B per micro-batch x (\d+) in flight", line).groups()
+    ws = int(re.search(r"backward working set ([\d,]+) B", line).group(1).replace(",", ""))
+    total = int(per.replace(",", "")) * int(n) + ws
+    assert total == rep.stages[0].category("activations")
+    assert ws == 8 * 25 * 1024 * 1024 * 2  # b·a·s² of GPT-2 XL at micro-batch 8, 2 B

@@ -79,7 +79,9 @@ class StageBreakdown:
     saved: tuple[SavedTensor, ...]  # what one layer saves without recompute
     activation_bytes_per_microbatch: int
     in_flight: float
-    recompute_working_set_bytes: int  # what recompute adds to the saved peak (the category)
+    # what a backward adds to the saved peak (the category): a recompute's re-materialised
+    # block and a non-flash attention core's backward temporaries (the name is the JSON's)
+    recompute_working_set_bytes: int
     activations: int
     weight_versions: int  # weight versions kept, the live one included (1: no stashing)
     stashed_weight_bytes: int  # the versions beyond the live one (category stashed_weights)
@@ -250,11 +252,11 @@ class MemoryReport:
 @dataclass(frozen=True, slots=True)
 class _Activations:
     chunk_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
-    working_set: dict[int, int]  # virtual stage -> recompute working set
+    working_set: dict[int, int]  # virtual stage -> backward working set (recompute, non-flash core)
     loss_bytes: dict[int, int]  # virtual stage -> loss working memory during its forward
     per_layer: int
     saved: tuple[SavedTensor, ...]
-    recompute_ws: int  # the largest working set of the rank's chunks (0: nothing recomputed)
+    recompute_ws: int  # the largest backward working set of the rank's chunks
     walk: WalkPeak
     # virtual stage -> the decoder blocks' part of chunk_bytes (with full recompute: the
     # checkpointed block inputs, what activation offload moves)

@@ -178,15 +178,20 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
               f"micro-batch ({b.in_flight:g} micro-batches in flight, in whole-stage units)")  # fmt: skip
     head_note = (" and, on the stage holding the head, plus that input less what the head "
                  "saved, freed before the first block's backward" if b.last else "")  # fmt: skip
+    parts = []  # what the backward holds beside the saved tensors (memory's working set)
+    if full:
+        parts.append("re-materialising one block: its saved tensors less its checkpointed input"
+                     + (" and the outputs the policy keeps" if t.recompute == "selective_op"
+                        else "") + head_note)  # fmt: skip
+    if not sc.model.flash_attention and b.recompute_working_set_bytes:
+        parts.append("a non-flash attention core's backward: the scores' gradient beside the "
+                     "saved probabilities" + (", and the re-run probabilities and dropout mask"
+                                              if t.recompute == "selective" else ""))  # fmt: skip
     lines.append(
         f"  activations      = {per_mb} ({sched_name}, stage {sm.stage})"
         + (
-            f" + recompute working set {b.recompute_working_set_bytes:,} B (what re-materialising "
-            "one block adds to the saved peak: its saved tensors less its checkpointed input"
-            + (" and the outputs the policy keeps" if t.recompute == "selective_op" else "")
-            + head_note
-            + ")"
-            if full
+            f" + backward working set {b.recompute_working_set_bytes:,} B ({'; '.join(parts)})"
+            if parts and b.recompute_working_set_bytes
             else ""
         )  # fmt: skip
         + f" = {_gb(b.activations)}"

@@ -203,7 +203,7 @@ class LoweringInput:
     chunks: dict[int, ChunkDurations]  # virtual stage -> durations
     ranks: dict[int, RankWork]
     activation_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
-    working_set_bytes: dict[int, int]  # virtual stage -> recompute working set
+    working_set_bytes: dict[int, int]  # virtual stage -> backward working set (memory's)
     loss_bytes: dict[int, int] | None = None  # virtual stage -> loss working memory during F
     # Pipeline receives synchronise the host (the receiver reads the message's metadata on the
     # host before receiving the tensor: spec.runtime "blocking" p2p).

@@ -74,7 +74,9 @@ def zero3_pass(ir: StepIR) -> None:
     """ZeRO-3 / FSDP (Rajbhandari et al. 2020 §5.3): before each per-layer compute slice, its
     layer's parameter all-gather on the "gather" stream, prefetched one slice ahead (it may
     start when the slice two before it has ended); after each B/W slice, the layer's gradient
-    reduce-scatter on the "dp" stream. With parameter offload (ZeRO-Infinity; DeepSpeed
+    reduce-scatter on the "dp" stream (ZeRO-2's every-micro-batch reduction too, without the
+    gathers; where the runtime does not overlap it, ``reduce_scatter_blocking``, the next
+    compute slice waits for it). With parameter offload (ZeRO-Infinity; DeepSpeed
     ``offload_param``: ``_all_gather`` copies the host partition to the GPU before the
     collective) the layer's partition first comes up on the "h2d" stream, in the same prefetch
     window, and the all-gather (or, alone on one GPU, the slice) waits for it. FSDP2 copies the

@@ -1,8 +1,8 @@
 """Pass 1 of lowering: one schedule action becomes its compute pieces.
 
 A piece is ``(kind, duration_ns, alloc, free)``. F allocates its chunk's activations (and, on
-the last chunk, the loss working memory until it ends); B or I is preceded by a recompute R
-that allocates the chunk's working set when there is one; B frees everything, I frees the
+the last chunk, the loss working memory until it ends); B or I allocates the chunk's backward
+working set (with a recompute, its R piece before it does); B frees everything, I frees the
 working set and W the activations. Then, in order: ``merge_recompute`` folds R into its
 backward, the rank's last backward is split into one slice per gradient bucket, ZeRO-3 splits
 every piece per layer (so per-layer gathers and reduce-scatters can interleave), and
