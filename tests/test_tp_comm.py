@@ -566,3 +566,34 @@ def test_output_layer_backward_collectives_only_where_they_run() -> None:
 
     tpo = load_scenario("scenarios/llama3_70b_tp_overlap.yaml")
     assert tp_edges_ns(tpo, resolve(tpo), False, True)[1] == 0
+
+
+def test_output_layer_in_an_input_gradient_action_hides_nothing() -> None:
+    """An I action of an I/W split (zero-bubble) has no weight-gradient GEMM: the output
+    layer's input-gradient reduce-scatter is exposed whole and its re-gather waits for W, as a
+    block's (the first version charged I the overlapped B figure: a re-read, 2026-12-05)."""
+    sc = scenario(8, sp=True, runtime={"tp_backward_overlap": True, "tp_comm_overlap": False,
+                                       "tp_regather_backward": True})  # fmt: skip
+    step = resolve(sc)
+    g = step.groups
+    rs = collective_ns(sc, step, "reduce_scatter", step.boundary_bytes, g.tp, g.tp_stride)
+    assert tp_edges_ns(sc, step, False, True, input_grad_only=True)[1] == rs
+    assert tp_edges_ns(sc, step, False, True)[1] < rs  # the B action hides it under the GEMM
+
+
+def test_output_layer_gemm_is_the_cp_ranks_share() -> None:
+    """Under context parallelism the head's GEMM covers the rank's s/cp tokens, so it hides
+    a collective cp times shorter than the whole sequence's GEMM would (head_flops ran on the
+    whole sequence: a re-read, 2026-12-05)."""
+    base = {"tp_backward_overlap": True, "tp_comm_overlap": False, "tp_regather_backward": False}
+    one = scenario(16, sp=False, runtime=base)  # two nodes: the all-reduce outlasts the GEMM
+    two = scenario(16, sp=False, runtime=base, parallelism={"cp": 2},
+                   model={"flash_attention": True})  # fmt: skip
+    s1, s2 = resolve(one), resolve(two)
+    hw = one.hardware
+    gemm = 1e9 * 2 * 4096 * 4096 * 32000 / 16 / (hw.peak("bf16") * hw.efficiency.matmul)
+    ar1 = tp_allreduce_ns(one, s1)
+    ar2 = tp_allreduce_ns(two, s2)  # half the bytes (s/cp tokens)
+    assert tp_edges_ns(one, s1, False, True)[1] == math.ceil(ar1 - gemm) > 0
+    # the whole sequence's GEMM would have hidden it all (ar2 < gemm)
+    assert ar2 < gemm and tp_edges_ns(two, s2, False, True)[1] == math.ceil(ar2 - gemm / 2) > 0

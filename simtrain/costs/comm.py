@@ -17,7 +17,7 @@ from simtrain.costs.compute import head_flops, matmul_ns, tp_linear_group_ns, tp
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.scenario import Scenario, cp_rank_training
 
 #: More DDP buckets than this are merged into groups (see :func:`buckets`).
 MAX_BUCKET_GROUPS = 16
@@ -110,6 +110,21 @@ def paired_ns(gemm_ns: dict[str, float], tp: int, pairs: tuple[tuple[int, str], 
     return exposed, sum(c for c, _ in pairs) - exposed
 
 
+def column_backward_overlaps(sc: Scenario) -> bool:
+    """Does a column-parallel linear's backward run its collectives beside its GEMMs (the
+    input gradient's reduction beside the weight gradient, the re-gather beside the input
+    gradient)? Under ``tp_backward_overlap`` (not with a ``tp_comm_overlap`` that overlaps
+    the whole action instead), or a ``tp_comm_overlap`` that pairs them
+    (``costs.compute.tp_pairs_gemms``)."""
+    rt = sc.runtime
+    return (rt.tp_backward_overlap and not rt.tp_comm_overlap) or tp_pairs_gemms(sc)
+
+
+def beside_ns(collective_ns_: float, gemm_ns: float) -> int:
+    """What a collective run beside a GEMM leaves exposed: max(0, C − G)."""
+    return math.ceil(max(0.0, collective_ns_ - gemm_ns))
+
+
 def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
     """Exposed TP communication of one block's backward: :func:`tp_backward_block`'s first
     (its hidden part is drawn on the "tp" stream: ``sim.lowering.passes.tp_overlap_span_pass``)."""
@@ -161,11 +176,11 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     # backward overlap does, and each row-parallel linear's output-gradient all-gather is
     # pipelined with its input-gradient GEMM.
     paired = tp_pairs_gemms(sc)
-    overlap = (rt.tp_backward_overlap and not rt.tp_comm_overlap) or paired
+    overlap = column_backward_overlaps(sc)
     wgrad = (0.0,) * len(gemms) if input_grad_only else gemms
 
     def exposed(collective_ns_: int, gemm_ns: float) -> int:
-        return math.ceil(max(0.0, collective_ns_ - gemm_ns)) if overlap else collective_ns_
+        return beside_ns(collective_ns_, gemm_ns) if overlap else collective_ns_
 
     if not sc.parallelism.sequence_parallel:  # each column linear's input-gradient all-reduce
         ar = tp_allreduce_ns(sc, step)
@@ -196,28 +211,33 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
 VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0}
 
 
-def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool
-                ) -> tuple[int, int]:  # fmt: skip
-    """(forward, backward) TP communication of a chunk's embedding and output layer, outside
-    its blocks (all exposed; 0 at tp 1):
+def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
+                input_grad_only: bool = False) -> tuple[int, int]:  # fmt: skip
+    """(forward, backward) exposed TP communication of a chunk's embedding and output layer,
+    outside its blocks (0 at tp 1); ``input_grad_only``: the backward of an I/W split's I
+    action (no weight-gradient GEMM to hide the reduction behind; the re-gather waits for W,
+    as a block's, :func:`tp_backward_block`):
 
     - the vocabulary-parallel embedding's output: an all-reduce of b·s·h in the forward, or with
       sequence parallelism a reduce-scatter, whose backward is an all-gather of the gradient
       where the embedding trains (Megatron-LM core/tensor_parallel/layers.py
       VocabParallelEmbedding.forward, d98e8a64 l.378-383; mappings.py l.372-380; nanotron
-      TensorParallelEmbedding.forward l.301-306);
+      src/nanotron/parallel/tensor_parallel/nn.py TensorParallelEmbedding.forward, 2411b022
+      l.301-306);
     - the column-parallel output layer: its input gradient's all-reduce in the backward, or with
       sequence parallelism its input's all-gather in the forward and its input gradient's
       reduce-scatter in the backward (plus the re-gather for its weight gradient under
-      ``tp_regather_backward``), as a block's column-parallel linears
-      (:func:`tp_backward_block`);
+      ``tp_regather_backward``), each only where it runs and, under
+      :func:`column_backward_overlaps`, beside the head's other GEMM, as a block's
+      column-parallel linears (:func:`tp_backward_block`);
     - the loss: :data:`VOCAB_PARALLEL_LOSS_ALLREDUCES` all-reduces of b·s fp32 values, or under
       ``cross_entropy: gathered`` the all-gather of the b·s·V logits to every TP rank
       (torchtitan without loss parallel: the output layer's ``Replicate()`` output,
       torchtitan a33d0e36 llama3/infra/parallelize.py apply_tp l.182-186)."""
-    g, t, m = step.groups, sc.training, sc.model
+    g, m = step.groups, sc.model
     if g.tp <= 1 or not (embedding or head):
         return 0, 0
+    t = cp_rank_training(sc.training, sc.parallelism.cp)  # the rank's s/cp tokens
     sp = sc.parallelism.sequence_parallel
     ag, rs = tp_halves_ns(sc, step)
     ar = 0 if sp else tp_allreduce_ns(sc, step)
@@ -232,18 +252,16 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool
         # backward overlap each beside the head's other GEMM (the reduction beside the weight
         # gradient, the re-gather beside the input gradient), as a block's column linears
         _, input_grad, weight_grad = head_flops(m, t, g.tp)
+        weight_grad = 0.0 if input_grad_only else weight_grad
         reduction = (rs if sp else ar) if input_grad else 0
         regather = ag if sp and sc.runtime.tp_regather_backward and weight_grad else 0
-        rt = sc.runtime
-        if (rt.tp_backward_overlap and not rt.tp_comm_overlap) or tp_pairs_gemms(sc):
+        if column_backward_overlaps(sc):
             dtype = step.precision.compute_dtype
-            gemm_w = matmul_ns(weight_grad, sc.hardware, dtype)
-            gemm_i = matmul_ns(input_grad, sc.hardware, dtype)
-            reduction = math.ceil(max(0.0, reduction - gemm_w))
-            regather = math.ceil(max(0.0, regather - gemm_i))
+            reduction = beside_ns(reduction, matmul_ns(weight_grad, sc.hardware, dtype))
+            regather = beside_ns(regather, matmul_ns(input_grad, sc.hardware, dtype))
         fwd += ag if sp else 0
         bwd += reduction + regather
-        tokens = t.micro_batch * t.seq_len_effective // sc.parallelism.cp
+        tokens = t.micro_batch * t.seq_len_effective
         if t.cross_entropy == "gathered":
             logits = step.boundary_bytes * m.vocab // m.hidden
             fwd += collective_ns(sc, step, "all_gather", logits, g.tp, g.tp_stride)

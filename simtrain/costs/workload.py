@@ -69,15 +69,16 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * block.alltoall_ns  # dispatch + combine
     host_f, host_b = action_host_ns(sc, n)
     edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head)
-    edge_b = edge_b if c.input_grad_ns or c.weight_grad_ns else 0
+    edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, input_grad_only=True)[1]
+    grads = c.input_grad_ns or c.weight_grad_ns
     return ChunkDurations(
         forward_ns=c.forward_ns,
         input_grad_ns=c.input_grad_ns,
         weight_grad_ns=c.weight_grad_ns,
         recompute_ns=c.recompute_ns,
         tp_forward_ns=n * tp_fwd + edge_f,
-        tp_backward_ns=(n * tp_bwd if c.input_grad_ns else 0) + edge_b,
-        tp_input_grad_ns=(n * tp_i if c.input_grad_ns else 0) + edge_b,
+        tp_backward_ns=(n * tp_bwd if c.input_grad_ns else 0) + (edge_b if grads else 0),
+        tp_input_grad_ns=(n * tp_i if c.input_grad_ns else 0) + (edge_i if grads else 0),
         tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
         tp_forward_hidden_ns=n * tp_fwd_hidden,
         tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
