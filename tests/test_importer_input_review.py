@@ -434,18 +434,20 @@ def test_shell_arithmetic_with_variables_and_spaces() -> None:
 
 
 @pytest.mark.parametrize(("dtype", "precision"), [
-    ("torch.bfloat16", "amp_bf16"), ("bf16", "amp_bf16"), ("bfloat", "amp_bf16"),
+    ("torch.bfloat16", "amp_bf16"), ("bf16", "amp_bf16"), ("bfloat16", "amp_bf16"),
     ("torch.float16", "amp_fp16"), ("fp16", "amp_fp16"), ("half", "amp_fp16"),
 ])  # fmt: skip
 def test_deepspeed_autocast_dtype_names_are_deepspeeds(tmp_path: Path, dtype: str,
                                                       precision: str) -> None:  # fmt: skip
     """torch_autocast.dtype takes the names DeepSpeed's DtypeEnum takes (deepspeed/runtime/
     config.py at edaa72212: fp16 = "torch.float16", "fp16", "float16", "half"; bf16 =
-    "torch.bfloat16", "bf16", "bfloat16", "bfloat"); "torch.bf16" is not one (it was accepted)."""
+    "torch.bfloat16", "bf16", "bfloat16"); "torch.bf16" and "bfloat" are not (both were
+    accepted: "bfloat" by a misread of the enum, l.106)."""
     imp = _ds(tmp_path, {"train_micro_batch_size_per_gpu": 1,
                          "torch_autocast": {"enabled": True, "dtype": dtype}})  # fmt: skip
     sc = load_imported(imp, ["training.seq_len=2048"])
     assert sc.training.precision == precision
-    err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1,
-                               "torch_autocast": {"enabled": True, "dtype": "torch.bf16"}})  # fmt: skip
-    assert err.key == "torch_autocast.dtype"
+    for bad in ("torch.bf16", "bfloat"):
+        err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1,
+                                   "torch_autocast": {"enabled": True, "dtype": bad}})  # fmt: skip
+        assert err.key == "torch_autocast.dtype"

@@ -801,3 +801,12 @@ def test_torchtitan_float8_all_gather_is_named_not_silent(tmp_path: Path) -> Non
     f.write_text(text)
     imp = import_config("torchtitan", f)
     assert any("enable_fsdp_float8_all_gather" in u for u in imp.unsupported)
+
+
+def test_nanotron_pp_engine_null_is_afab() -> None:
+    """``pp_engine: null`` is nanotron's None, which __post_init__ makes afab (it was 'None',
+    refused as an unknown value)."""
+    cfg = yaml.safe_load(Path(NANOTRON).read_text())
+    cfg["parallelism"]["pp"] = 2
+    cfg["parallelism"]["pp_engine"] = None
+    assert load_imported(_import_yaml("nanotron", cfg)).parallelism.schedule == "gpipe"

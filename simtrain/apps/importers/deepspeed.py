@@ -114,13 +114,18 @@ HF_AUTO_FROM_HIDDEN = {
     "stage3_prefetch_bucket_size": ("int(0.9 x hidden_size²)", lambda h: int(0.9 * h * h)),
     "stage3_param_persistence_threshold": ("10 x hidden_size", lambda h: 10 * h),
 }
-#: torch_autocast.dtype values: the names DeepSpeed's DtypeEnum takes for its 16-bit members
-#: (deepspeedai/DeepSpeed edaa72212 deepspeed/runtime/config.py ``get_torch_autocast_dtype`` ->
-#: ``DtypeEnum(value)``; the enum's fp16 = torch.float16, "torch.float16", "fp16", "float16",
-#: "half" and bf16 = torch.bfloat16, "torch.bfloat16", "bf16", "bfloat16", "bfloat").
+#: The names DeepSpeed's DtypeEnum takes for each member (deepspeedai/DeepSpeed edaa72212
+#: deepspeed/runtime/config.py l.101-106), read for torch_autocast.dtype
+#: (``get_torch_autocast_dtype`` -> ``DtypeEnum(value)``) and data_types.grad_accum_dtype.
+DTYPE_NAMES = {
+    "fp16": ("torch.float16", "fp16", "float16", "half"),
+    "fp32": ("torch.float32", "fp32", "float32", "float"),
+    "bf16": ("torch.bfloat16", "bf16", "bfloat16"),
+}
+#: torch_autocast.dtype's 16-bit members -> simtrain's autocast precisions.
 AUTOCAST_DTYPES = {
-    **dict.fromkeys(("torch.float16", "fp16", "float16", "half"), "amp_fp16"),
-    **dict.fromkeys(("torch.bfloat16", "bf16", "bfloat16", "bfloat"), "amp_bf16"),
+    **dict.fromkeys(DTYPE_NAMES["fp16"], "amp_fp16"),
+    **dict.fromkeys(DTYPE_NAMES["bf16"], "amp_bf16"),
 }
 
 
@@ -219,8 +224,7 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
             r.unsupported_("bf16.bf16_master_weights_and_grads / bf16_optimizer_states",
                            "only one of the two in bf16: simulated as bf16 with fp32 master "
                            "and states")  # fmt: skip
-        elif str(dtypes.get("grad_accum_dtype")) in ("fp32", "float32", "torch.float32",
-                                                     "float") and stage < 2:  # fmt: skip
+        elif str(dtypes.get("grad_accum_dtype")) in DTYPE_NAMES["fp32"] and stage < 2:
             precision = "bf16_fp32_grads"
             r.assume("bf16 with data_types.grad_accum_dtype fp32 below ZeRO-2: the BF16 "
                      "optimizer's fp32 gradient buffer (bf16_fp32_grads)")  # fmt: skip

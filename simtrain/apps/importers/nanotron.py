@@ -138,7 +138,7 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
             r.unsupported_(f"parallelism.{k}", "not a key this importer knows")
     # config/parallelism_config.py __post_init__ (2411b022 l.43-45): no pp_engine is
     # AllForwardAllBackwardPipelineEngine; cast_str_to_pipeline_engine takes "1f1b" / "afab"
-    engine = str(par_raw.get("pp_engine", "afab"))
+    engine = str(par_raw.get("pp_engine") or "afab")  # (null too: __post_init__'s None)
     schedules = {"1f1b": "1f1b", "afab": "gpipe"}
     if engine not in schedules:
         raise ConfigError(file, "parallelism.pp_engine", "unknown value", engine, "1f1b | afab")

@@ -422,9 +422,9 @@ SOURCES: dict[str, SourceConvention] = {
         runtime_overrides_note="Meta's production framework: its element-wise ops fused, not "
         "torchtitan's eager default",
         parallel_defaults={"sequence_parallel": True},
-        parallel_note="TP as torchtitan, its open kin, runs it (parallelize_llama: the norms "
-        "SequenceParallel, every TP run), the paper's Megatron-style TP (Dubey et al. 2024 "
-        "§3.3.1)",
+        parallel_note="TP as torchtitan, its open kin, runs it (4a950ea "
+        "models/llama3/infra/parallelize.py apply_tp l.181-233: the norms SequenceParallel, every TP "
+        "run), the paper's Megatron-style TP (Dubey et al. 2024 §3.3.2)",
     ),  # fmt: skip
     # torchtitan benchmarks (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, run
     # at torchtitan 9dec370a): "Memory(GiB)" is the logged "memory:" =

@@ -39,9 +39,10 @@ TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "
 #: ``costs.workload.block_times_ns``), from the record's milliseconds.
 LAYER_METRICS = {"layer_forward_s": "layer_forward_ms", "layer_backward_s": "layer_backward_ms"}
 STEP_METRICS = tuple(m for m in TIME_METRICS if m not in LAYER_METRICS)
-OOM_OUTCOMES = ("oom", "out_of_memory")
-#: Failed runs whose source does not say whether they ran out of memory.
-CRASH_OUTCOMES = ("crashed_or_oom", "crashed")
+#: :func:`read_outcome`'s readings: out of memory, and a failed run whose source does not say
+#: whether it ran out of memory.
+OOM_OUTCOMES = ("oom",)
+CRASH_OUTCOMES = ("crashed_or_oom",)
 
 
 _CRASH = re.compile(r"crash|fail|\bhang|\berror")
@@ -57,7 +58,8 @@ def read_outcome(value: object) -> str:
     :data:`CRASH_OUTCOMES`: "OOM", "out of memory", "CUDA error: out of memory" -> "oom"; a
     crash or failure that may have been either ("crashed or OOM", "crashed/oom") or is not said
     to be memory ("crashed", "NCCL error") -> "crashed_or_oom"; anything else (absent, "ok",
-    "completed") as written, lower case: a run that fit."""
+    "completed"): a run that fit, returned lower case with '_' and '-' as spaces and what it
+    says did not happen ("no OOM") left out."""
     text = re.sub(r"[_-]+", " ", str(value or "").strip().lower())
     text = _NEGATED.sub(" ", text)
     if _OOM.search(text):
