@@ -65,7 +65,9 @@ all records and with the records of noisy pairs left out: two records of the sam
 2x apart (``noisy_pairs``, listed in the table and the JSON).
 
 **Runtimes.** :func:`runtime_of` names the training runtime (framework) a source's runs ran on,
-one of :data:`RUNTIME_PROFILES` (``measured/README.md`` lists each source's). Defaults used where a source omits a setting are listed per record
+one of :data:`RUNTIME_PROFILES` (``measured/README.md`` lists each source's); a record of a
+source without an entry runs under the framework its own text names
+(``conventions.runtime_for``), else ``pytorch_eager``. Defaults used where a source omits a setting are listed per record
 (:attr:`Translation.assumptions`) and printed with the table.
 
 **Modules.** ``records`` (the YAML schema), ``conventions`` (each source's defaults and its way

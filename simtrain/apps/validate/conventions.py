@@ -505,8 +505,23 @@ RUNTIMES: dict[str, str] = {
 
 def runtime_of(source_key: str) -> str:
     """The training runtime profile of a source (one of :data:`RUNTIME_PROFILES`): the framework
-    its runs ran on (:data:`RUNTIMES`); ``pytorch_eager`` for a source not listed (users' runs)."""
+    its runs ran on (:data:`RUNTIMES`); ``pytorch_eager`` for a source not listed (a record of
+    one runs under the framework its own text names: :func:`runtime_for`)."""
     return RUNTIMES.get(source_key, "pytorch_eager")
+
+
+def runtime_for(rec: Record) -> tuple[str, str]:
+    """(runtime, why) of one record: its source's (:func:`runtime_of`, why ""), or for a source
+    without an entry the framework its own text names (:func:`inferred_runtime`), else
+    ``pytorch_eager`` (why "")."""
+    if rec.source_key in RUNTIMES:
+        return RUNTIMES[rec.source_key], ""
+    found = inferred_runtime(rec.source, rec.notes, (rec.training, rec.parallelism,
+                                                     rec.hardware, rec.model))  # fmt: skip
+    if found is None:
+        return "pytorch_eager", ""
+    return found[0], (f"runtime {found[0]}: the record names {found[1]!r} (a source without a "
+                      "convention of its own)")  # fmt: skip
 
 
 # The framework a record of a source simtrain has no entry for names in its own words (its

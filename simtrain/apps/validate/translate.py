@@ -22,11 +22,9 @@ from simtrain.apps.importers.deepspeed import REDUCE_BUCKET_ELEMENTS
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS
 from simtrain.apps.validate.conventions import (
     FLOP_CONVENTIONS,
-    RUNTIMES,
     SourceConvention,
     convention_for,
-    inferred_runtime,
-    runtime_of,
+    runtime_for,
 )
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import Record, SkipReason, skip
@@ -510,16 +508,11 @@ def _deepspeed_buckets(data: dict[str, Any], notes: list[str]) -> None:
 
 
 def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    """The runtime the source ran (``conventions.runtime_of``), with the overlap flags the
+    """The runtime the record ran (``conventions.runtime_for``), with the overlap flags the
     record says were used, where the layout has something for them to overlap."""
-    name = runtime_of(rec.source_key)
-    if rec.source_key not in RUNTIMES:
-        found = inferred_runtime(rec.source, rec.notes, (rec.training, rec.parallelism,
-                                                         rec.hardware, rec.model))  # fmt: skip
-        if found is not None:
-            name = found[0]
-            notes.append(f"runtime {name}: the record names {found[1]!r} (a source without "
-                         "a convention of its own)")  # fmt: skip
+    name, why = runtime_for(rec)
+    if why:
+        notes.append(why)
     out: dict[str, Any] = {"name": name}
     text = f"{rec.notes} {rec.training} {rec.parallelism}"
     applies = {
