@@ -392,4 +392,4 @@ def test_compare_names_each_rows_mfu_peak_and_estimated_gpus(tmp_path) -> None:
     assert out.exit_code == 0, out.output
     assert "fp32: the fp32 peak 19.5 TFLOP/s" in out.output
     assert "baseline: the bf16 peak 312 TFLOP/s" in out.output
-    assert "estimated GPU efficiency (mi300x_192gb" in out.output
+    assert "estimated GPU efficiency: mi300x_192gb: efficiency.matmul is an estimate" in out.output

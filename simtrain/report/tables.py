@@ -237,6 +237,17 @@ def mfu_peak_text(sc: Any) -> str:
             f"rate: {dtype} runs through its fp32 units)")  # fmt: skip
 
 
+def estimate_note(names: Any) -> str:
+    """The caveat for GPUs whose efficiency.matmul is an estimate ([est]), named: what
+    ``compare`` and ``plan`` print beneath their tables ("" for none)."""
+    names = sorted(set(names))
+    if not names:
+        return ""
+    return (f"{', '.join(names)}: efficiency.matmul is an estimate (no GEMM or training run "
+            "measured on it), so its times and costs are a rough guide; `simtrain calibrate "
+            "--device cuda` on the GPU measures it")  # fmt: skip
+
+
 def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step

@@ -6,6 +6,7 @@ import csv
 import io
 
 from simtrain.apps.compare.run import VariantComparison, VariantRow
+from simtrain.report.tables import estimate_note
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.units import GIB
 
@@ -80,9 +81,7 @@ def table(comp: VariantComparison) -> str:
     guessed = sorted({dict(r.setup)["hardware"] for r in rows
                       if dict(r.setup).get("matmul_estimate")})  # fmt: skip
     if guessed:
-        lines.append(f"estimated GPU efficiency ({', '.join(guessed)}: efficiency.matmul is an "
-                     "estimate, no GEMM or training run measured on it): those step times are a "
-                     "rough guide; `simtrain calibrate --device cuda` measures it")  # fmt: skip
+        lines.append(f"estimated GPU efficiency: {estimate_note(guessed)}")
     below = [r.name for r in rows if r.peak_memory_bytes < sum(v for _, v in r.memory_bytes)]
     if below:
         lines.append(f"peak < sum of the categories ({', '.join(below)}): transient memory "

@@ -11,6 +11,7 @@ from typing import Any
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
+from simtrain.report.tables import estimate_note
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 
@@ -231,9 +232,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     if any(r.status != "simulated" for r in shown):
         lines.append("~ closed-form estimate (not simulated)")
     if guessed_hw:
-        lines.append(f"* {', '.join(sorted(guessed_hw))}: efficiency.matmul is an estimate (no GEMM or "
-                     "training run measured on it), so its rows' times and costs are a rough "
-                     "guide; `simtrain calibrate --device cuda` measures it")  # fmt: skip
+        lines.append(f"* {estimate_note(guessed_hw)}")
     return "\n".join(lines)
 
 
