@@ -93,7 +93,9 @@ def test_one_block_stage_working_set_by_hand() -> None:
     full = estimate_memory(_scenario(m, t)).stages[0]
     none = estimate_memory(_scenario(m, _training("none"))).stages[0]
     E = 8 * 2 * 128  # token ids
-    A = attention_backward_working_bytes(m, t)  # a non-flash core's backward (0 with flash)
+    # a non-flash core's backward: the scores' gradient, b·a·s² fp32 (0 with flash)
+    A = 0 if m.flash_attention else 4 * 2 * 4 * 128 * 128
+    assert attention_backward_working_bytes(m, t) == A
     assert full.category("activations") == L + E + S + A
     assert none.category("activations") == S + E + H + A
     assert full.category("activations") < none.category("activations")
@@ -300,7 +302,9 @@ def test_the_rematerialised_block_shares_its_input_with_the_checkpoint(
     # ids (the measurement leaves the batch out).
     full = estimate_memory(_scenario(m, t)).stages[0]
     # (measured when the backward starts: a non-flash core's backward temporaries come later)
-    A = attention_backward_working_bytes(m, t)
+    e = 4 if precision == "fp32" else 2  # the softmax's element size (bf16: 2 B)
+    A = 0 if flash else e * 2 * m.heads * 128 * 128  # b·a·s² of the scores' gradient
+    assert attention_backward_working_bytes(m, t) == A
     assert full.category("activations") - 8 * 2 * 128 - A == got["live"][0] - 8
 
 

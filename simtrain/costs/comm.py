@@ -13,7 +13,13 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.compute import head_flops, matmul_ns, tp_linear_group_ns, tp_pairs_gemms
+from simtrain.costs.compute import (
+    head_edge,
+    head_flops,
+    matmul_ns,
+    tp_linear_group_ns,
+    tp_pairs_gemms,
+)
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
@@ -255,10 +261,12 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
         weight_grad = 0.0 if input_grad_only else weight_grad
         reduction = (rs if sp else ar) if input_grad else 0
         regather = ag if sp and sc.runtime.tp_regather_backward and weight_grad else 0
-        if column_backward_overlaps(sc):
-            dtype = step.precision.compute_dtype
-            reduction = beside_ns(reduction, matmul_ns(weight_grad, sc.hardware, dtype))
-            regather = beside_ns(regather, matmul_ns(input_grad, sc.hardware, dtype))
+        if column_backward_overlaps(sc):  # its GEMMs as chunk_costs prices them
+            dtype, hw, edge = step.precision.compute_dtype, sc.hardware, head_edge(m, t, g.tp)
+            if weight_grad:
+                reduction = beside_ns(reduction, matmul_ns(weight_grad, hw, dtype, edge=edge))
+            if input_grad:
+                regather = beside_ns(regather, matmul_ns(input_grad, hw, dtype, edge=edge))
         fwd += ag if sp else 0
         bwd += reduction + regather
         tokens = t.micro_batch * t.seq_len_effective
