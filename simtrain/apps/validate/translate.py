@@ -215,7 +215,7 @@ def read_precision(text: str | None) -> tuple[str | None, str]:
     format when simtrain has none for it (FP8, 4-bit)."""
     if text is None:
         return None, "precision not reported"
-    t = re.sub(r"\bbfloat16\b", "bf16", re.sub(r"\b(?<!b)float16\b", "fp16", str(text).lower()))
+    t = re.sub(r"\bbfloat16\b", "bf16", re.sub(r"\bfloat16\b", "fp16", str(text).lower()))
     t = re.sub(r"\bfloat32\b", "fp32", t)
     for pattern, what in UNEXPRESSIBLE_FORMATS:
         if pattern.search(t):
@@ -264,7 +264,7 @@ def map_recompute(text: str | bool | None) -> str | None:
     if isinstance(text, bool):
         return "full" if text else "none"
     t = str(text).lower().strip()
-    if re.match(r"(?:no|off|disabled|not used|false)\b", t):
+    if _FALSE_WORDS.match(t) and not t.startswith("none"):  # ("none" is read below, as before)
         return "none"
     if re.match(r"(?:gradient|activation) checkpointing", t) and "selective" not in t:
         return "full"
