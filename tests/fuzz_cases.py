@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 from simtrain.apps.compare.variants import BUILTIN_VARIANTS
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.hardware import HARDWARE_DIR
-from simtrain.spec.model import ALIASES, PRESETS
+from simtrain.spec.model import ALIASES, MLP_KINDS, PRESETS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import (
     CROSS_ENTROPY,
@@ -639,7 +639,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
     doc["positions"] = positions
     doc["max_positions"] = max_pos
     for key, values in (
-        ("mlp", ("gelu", "swiglu")), ("tied_embeddings", (True, False)), ("bias", (True, False)),
+        ("mlp", MLP_KINDS), ("tied_embeddings", (True, False)), ("bias", (True, False)),
         ("qkv_bias", (True, False)), ("norm", ("layernorm", "rmsnorm")),
         ("dropout", (0.0, 0.1, 0.5, 0.999)), ("flash_attention", (True, False)),
         ("qkv_layout", ("separate", "fused_kv_copy")),

@@ -810,3 +810,18 @@ def test_nanotron_pp_engine_null_is_afab() -> None:
     cfg["parallelism"]["pp"] = 2
     cfg["parallelism"]["pp_engine"] = None
     assert load_imported(_import_yaml("nanotron", cfg)).parallelism.schedule == "gpipe"
+
+
+@pytest.mark.parametrize(
+    ("flags", "mlp", "ffn"),
+    [
+        ("", "gelu", 4 * 2048),
+        ("--swiglu ", "swiglu", int((4 * 2048 * 2 / 3) / 64) * 64),
+        ("--squared-relu ", "relu2", 4 * 2048),  # arguments.py: activation_func = squared_relu
+    ],
+)
+def test_megatron_activation_flags(tmp_path: Path, flags: str, mlp: str, ffn: int) -> None:
+    """The MLP's activation from the flags (Nemotron-4's squared ReLU was read as GeLU), and
+    Megatron's default --ffn-hidden-size for it."""
+    sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
+    assert (sc.model.mlp, sc.model.ffn_hidden) == (mlp, ffn)

@@ -77,6 +77,11 @@ CASES = [
     (LLAMA, "fp32", False, "none", "none", "adamw"),
     (GPT, "amp_bf16", False, "selective", "none", "adamw"),
     (LLAMA, "bf16", True, "selective", "none", "adamw"),
+    # OPT's ReLU MLP and Nemotron's squared ReLU (the reference model's F.relu, torch.square)
+    (replace(GPT, name="opt-tiny", mlp="relu"), "fp32", True, "none", "none", "adamw"),
+    (replace(GPT, name="opt-tiny", mlp="relu"), "amp_bf16", False, "none", "lora", "adamw"),
+    (replace(GPT, name="relu2-tiny", mlp="relu2"), "fp32", True, "none", "none", "adamw"),
+    (replace(GPT, name="relu2-tiny", mlp="relu2"), "bf16", True, "selective_op", "none", "adamw"),
 ]
 
 
@@ -160,3 +165,27 @@ def test_saved_activations_of_more_peft_methods(peft: PeftSpec, flash: bool) -> 
     ws = max((b for _, b in st.recompute_working_set_bytes), default=0)
     saved = dict(st.memory_bytes)["activations"] - ws
     assert saved == pytest.approx(measured.activation_bytes, rel=0.01)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+def test_relu_mlp_saves_one_tensor_fewer_than_gelu(precision: str) -> None:
+    """ReLU's backward reads its output, which is the down-projection's input: one f-wide
+    tensor where GeLU saves two (its input and its output). PyTorch's saved bytes differ by
+    exactly layers·b·s·f·e between the two models, and so do the model's."""
+    spec = replace(GPT, flash_attention=True, dropout=0.0)
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
+    e = 4 if precision == "fp32" else 2
+    by_kind = {}
+    for kind in ("gelu", "relu", "relu2"):
+        m = replace(spec, mlp=kind)
+        measured = measure_step(m, t, steps=1).activation_bytes
+        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
+                      ParallelSpec())  # fmt: skip
+        predicted = dict(estimate_memory(sc).stages[0].memory_bytes)["activations"]
+        by_kind[kind] = (measured, predicted)
+    one_tensor = spec.layers * 2 * 128 * spec.ffn_hidden * e  # layers · b · s · f · e
+    assert by_kind["gelu"][0] - by_kind["relu"][0] == one_tensor
+    assert by_kind["gelu"][1] - by_kind["relu"][1] == one_tensor
+    # squared ReLU keeps ReLU's output (the square's input) and the down-projection's input
+    assert by_kind["relu2"][0] == by_kind["gelu"][0]
+    assert by_kind["relu2"][1] == by_kind["gelu"][1]

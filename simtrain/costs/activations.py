@@ -278,9 +278,14 @@ def _mlp(c: _Block) -> None:
     elif m.mlp == "swiglu":
         c.add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
         c.add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
-    else:
+    elif m.mlp == "gelu":
         c.add("up output (GeLU input)", e * sb * f / tp, f"{e}·sbf/t")
-    if c.saves_input("down") and not c.te_fp8:
+    else:
+        # ReLU's backward reads its output (aten threshold_backward(grad, result, 0)), and so
+        # does squared ReLU's square (its input is ReLU's output): one tensor, which under
+        # plain ReLU is the down-projection's input too (one storage, counted once).
+        c.add("ReLU output", e * sb * f / tp, f"{e}·sbf/t")
+    if c.saves_input("down") and not c.te_fp8 and m.mlp != "relu":
         c.add("down-projection input", e * sb * f / tp, f"{e}·sbf/t")
     if c.lora:
         # (a GeLU MLP has no gate: no adapter there, as the parameter count has none)

@@ -47,7 +47,8 @@ LAYER_OPS: dict[tuple[str, bool], LayerOps] = {
 
 
 def layer_ops(m: ModelSpec) -> LayerOps:
-    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention)."""
+    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention; a ReLU
+    or squared-ReLU MLP counted as GeLU's, whose op count it has within one op)."""
     return LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
 
 

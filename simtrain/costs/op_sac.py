@@ -163,7 +163,8 @@ def held_by_recompute(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     held = (e * sb * m.q_dim + 4 * b * m.heads * s) // tp
     if "v" in names:
         held += e * sb * m.kv_dim // tp
-    act_in = "gate" if m.mlp == "swiglu" else "up"
+    # (ReLU and squared ReLU save ReLU's output, which the recompute allocates again)
+    act_in = {"swiglu": "gate", "gelu": "up"}.get(m.mlp, "")
     if act_in in names:
         held += e * sb * m.ffn_hidden // tp
     return held

@@ -20,7 +20,13 @@ from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
 from simtrain.spec.moe_layout import ZERO_OK_FIELDS, hf_moe_fields, validate_moe
 from simtrain.spec.yamlfile import read_text_file
 
-MLP_KINDS = ("gelu", "swiglu")
+#: gelu: up, GeLU, down (GPT-2/3, Megatron GPT); swiglu: SiLU(gate)·up, down (Llama; also any
+#: gated MLP of three matrices: Gemma's GeGLU has the same matrices, FLOPs and saved tensors);
+#: relu: up, ReLU, down (OPT: transformers ``OPTDecoderLayer`` fc1/fc2 with ``ACT2FN["relu"]``);
+#: relu2: squared ReLU, up, ReLU then square, down (So et al. 2021 "Primer" §3; Nemotron-4
+#: 340B report §2.1; Megatron-LM ``squared_relu`` = ``torch.pow(F.relu(x), 2)``; transformers
+#: ``ReLUSquaredActivation``).
+MLP_KINDS = ("gelu", "swiglu", "relu", "relu2")
 POSITION_KINDS = ("learned", "rotary")
 NORM_KINDS = ("layernorm", "rmsnorm")
 QKV_LAYOUTS = ("separate", "fused_kv_copy")
@@ -42,7 +48,7 @@ class ModelSpec:
     ffn_hidden: int
     vocab: int
     max_positions: int
-    mlp: str = "gelu"  # gelu (2 matrices) | swiglu (3 matrices: gate, up, down)
+    mlp: str = "gelu"  # gelu | relu | relu2 (2 matrices: up, down) | swiglu (3: gate, up, down)
     tied_embeddings: bool = True
     positions: str = "learned"  # learned (a max_positions x hidden table) | rotary (no parameters)
     bias: bool = True  # biases on every linear layer (GPT-2 style)
@@ -214,8 +220,8 @@ class ModelSpec:
         return self.mtp_layers * (3 * self.norm_params + 2 * h * h + self.moe_layer_params())
 
     def mlp_params(self, f: int | None = None) -> int:
-        """GeLU MLP: 2·h·f (+ f + h biases); SwiGLU: 3·h·f (+ 2f + h biases); f defaults to
-        ``ffn_hidden`` (one expert: ``expert_ffn``)."""
+        """GeLU / ReLU / squared-ReLU MLP: 2·h·f (+ f + h biases); SwiGLU: 3·h·f (+ 2f + h
+        biases); f defaults to ``ffn_hidden`` (one expert: ``expert_ffn``)."""
         h = self.hidden
         f = self.ffn_hidden if f is None else f
         if self.mlp == "swiglu":
@@ -546,7 +552,7 @@ def from_hf_config(
                 name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
                 ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("n_positions", 1024)),
-                mlp="swiglu" if "glu" in act else "gelu",
+                mlp="swiglu" if "glu" in act else "relu" if act == "relu" else "gelu",
                 tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip

@@ -7,7 +7,7 @@
 Conventions (the analytical model counts what *this* implementation saves for backward):
 
 * Pre-norm blocks ``x = x + drop(o(attn(norm1(x))))``, ``x = x + drop(mlp(norm2(x)))``;
-  separate q, k, v, o linears; GeLU (tanh) or SwiGLU MLP; learned positions or rotary
+  separate q, k, v, o linears; GeLU (tanh), ReLU, squared-ReLU or SwiGLU MLP; learned positions or rotary
   (``rotate_half``) on q and k; tied or untied LM head; loss
   ``cross_entropy(logits.float().view(-1, V), targets.view(-1))``, or with ``cross_entropy:
   fused`` a block-wise kernel that saves only the logits and an fp32 log-sum-exp per row.
@@ -150,16 +150,20 @@ class MLP(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         h, f = spec.hidden, spec.ffn_hidden
-        self.swiglu = spec.mlp == "swiglu"
-        if self.swiglu:
+        self.kind = spec.mlp
+        if self.kind == "swiglu":
             self.gate = nn.Linear(h, f, bias=spec.bias)
         self.up = nn.Linear(h, f, bias=spec.bias)
         self.act = nn.GELU(approximate="tanh")
         self.down = nn.Linear(f, h, bias=spec.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
+        if self.kind == "swiglu":
             return self.down(F.silu(self.gate(x)) * self.up(x))
+        if self.kind == "relu":  # OPT (transformers OPTDecoderLayer: fc2(relu(fc1(x))))
+            return self.down(F.relu(self.up(x)))
+        if self.kind == "relu2":  # transformers ReLUSquaredActivation; Megatron squared_relu
+            return self.down(torch.square(F.relu(self.up(x))))
         return self.down(self.act(self.up(x)))
 
 

@@ -279,8 +279,8 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     if f.bool_("--quick-geglu"):
         mlp = "swiglu"
         r.assume("--quick-geglu: a gated MLP, simulated as SwiGLU (same matrices and FLOPs)")
-    if f.bool_("--squared-relu"):
-        r.assume("--squared-relu: simulated as GeLU (same two matrices and FLOPs)")
+    if f.bool_("--squared-relu"):  # arguments.py: activation_func = squared_relu
+        mlp = "relu2"
     f.has("--openai-gelu")
     ffn = f.pos_("--ffn-hidden-size", hi=LIMIT["model.ffn_hidden"])
     if ffn is None:

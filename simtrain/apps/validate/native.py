@@ -197,6 +197,8 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
     w: list[str] = []
     if model.get("mlp") == "swiglu":
         w.append("--swiglu")
+    elif model.get("mlp") == "relu2":
+        w.append("--squared-relu")
     if model.get("positions") == "rotary":
         w += ["--position-embedding-type", "rope"]
     if model.get("bias") is False:
