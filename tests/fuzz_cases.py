@@ -51,7 +51,7 @@ from hypothesis import strategies as st
 from simtrain.apps.compare.variants import BUILTIN_VARIANTS
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.hardware import HARDWARE_DIR
-from simtrain.spec.model import ALIASES, MLP_KINDS, PRESETS
+from simtrain.spec.model import ALIASES, MLP_KINDS, POSITION_KINDS, PRESETS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import (
     CROSS_ENTROPY,
@@ -613,7 +613,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
     hidden = heads * head_dim
     lay = layout(draw, heads, kv_heads, None, size)
     vocab = choose(draw, 1, 2, 7, 128, 1000, 50257, 128256, 10**6)
-    positions = choose(draw, "learned", "rotary")
+    positions = choose(draw, *POSITION_KINDS)
     max_pos = choose(draw, 1, 64, 2048, 8192, 131072)
     if mode == "hf":
         if positions == "learned":

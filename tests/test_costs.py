@@ -141,3 +141,23 @@ def test_lora_flops_are_one_tp_ranks() -> None:
         if tp == 1:
             whole = want
     assert want < whole / 1.8
+
+
+def test_positions_element_wise_bytes() -> None:
+    """Rotary reads and writes q and k once (2 accesses of q_dim + kv per token, /tp); ALiBi's
+    bias is added inside the scores' GEMM or the flash kernel (Megatron-DeepSpeed ae6277f5
+    transformer.py: baddbmm(alibi, q, kᵀ)) and NoPE has nothing: the same bytes as each other,
+    and no parameters beyond the token embedding."""
+    from dataclasses import replace
+
+    from simtrain.costs.compute import block_elementwise_bytes
+    from simtrain.spec.model import PRESETS
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["llama3-8b"]
+    t = TrainingSpec(seq_len=4096, global_batch=8, micro_batch=2, precision="bf16")
+    by = {p: block_elementwise_bytes(replace(m, positions=p), t, tp=2)[0]
+          for p in ("rotary", "alibi", "none")}  # fmt: skip
+    assert by["alibi"] == by["none"]
+    assert by["rotary"] - by["alibi"] == pytest.approx(2 * 2 * 4096 * 2 * (4096 + 1024) / 2)
+    assert replace(m, positions="alibi").total_params() == m.total_params()

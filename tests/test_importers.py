@@ -825,3 +825,14 @@ def test_megatron_activation_flags(tmp_path: Path, flags: str, mlp: str, ffn: in
     Megatron's default --ffn-hidden-size for it."""
     sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
     assert (sc.model.mlp, sc.model.ffn_hidden) == (mlp, ffn)
+
+
+@pytest.mark.parametrize(("flags", "positions"), [
+    ("", "learned"),
+    ("--position-embedding-type rope ", "rotary"),
+    ("--position-embedding-type alibi ", "alibi"),  # Megatron-DeepSpeed (BLOOM's tr11 scripts)
+    ("--no-position-embedding ", "none"),
+])  # fmt: skip
+def test_megatron_position_flags(tmp_path: Path, flags: str, positions: str) -> None:
+    sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
+    assert sc.model.positions == positions

@@ -34,7 +34,7 @@ from simtrain.report.trace import chrome_trace, dumps_chrome_trace
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.hardware import available_profiles, load_hardware
-from simtrain.spec.model import MLP_KINDS
+from simtrain.spec.model import MLP_KINDS, POSITION_KINDS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario, load_scenario, parse_scenario
 
@@ -284,7 +284,7 @@ def scenario_data(draw: st.DrawFn, schedule: str | None = None) -> dict[str, Any
             "vocab": draw(st.sampled_from([256, 1000, 32000, 128000])), "max_positions": 1024,
             "mlp": draw(st.sampled_from(MLP_KINDS)),
             "norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
-            "positions": draw(st.sampled_from(["learned", "rotary"])),
+            "positions": draw(st.sampled_from(POSITION_KINDS)),
             "bias": draw(st.booleans()), "tied_embeddings": draw(st.booleans()),
             "dropout": draw(st.sampled_from([0.0, 0.1])), "flash_attention": draw(st.booleans()),
             "qkv_layout": draw(st.sampled_from(["separate", "fused_kv_copy"])),

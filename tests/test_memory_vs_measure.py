@@ -81,6 +81,8 @@ CASES = [
     (replace(GPT, name="opt-tiny", mlp="relu"), "fp32", True, "none", "none", "adamw"),
     (replace(GPT, name="opt-tiny", mlp="relu"), "amp_bf16", False, "none", "lora", "adamw"),
     (replace(GPT, name="relu2-tiny", mlp="relu2"), "fp32", True, "none", "none", "adamw"),
+    # no position information (NoPE): no table, no rotary
+    (replace(GPT, name="nope-tiny", positions="none"), "amp_bf16", True, "none", "none", "adamw"),
     (replace(GPT, name="relu2-tiny", mlp="relu2"), "bf16", True, "selective_op", "none", "adamw"),
 ]
 
@@ -189,3 +191,14 @@ def test_relu_mlp_saves_one_tensor_fewer_than_gelu(precision: str) -> None:
     # squared ReLU keeps ReLU's output (the square's input) and the down-projection's input
     assert by_kind["relu2"][0] == by_kind["gelu"][0]
     assert by_kind["relu2"][1] == by_kind["gelu"][1]
+
+
+def test_measure_refuses_alibi() -> None:
+    """PyTorch's SDPA takes ALiBi only as a float mask (no flash kernel, an a·s·s bias held):
+    not the frameworks' kernels, so measure says so instead of measuring something else."""
+    from simtrain.errors import ConfigError
+
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
+    with pytest.raises(ConfigError) as ei:
+        measure_step(replace(GPT, positions="alibi"), t, steps=1)
+    assert ei.value.key == "model.positions" and "positions: none" in ei.value.message

@@ -36,6 +36,15 @@ PUBLISHED = {
     "llama3-8b": 8_030_261_248,
     "llama3-70b": 70_553_706_496,
     "llama3-405b": 405_853_388_800,
+    # tests/test_hf_families.py gives each source: the BLOOM and bloom-560m model cards, the
+    # Gemma-2B count (google/gemma-2b discussion 36), PyTorch sums of the loaded OPT, Pythia and
+    # Phi-3 checkpoints
+    "bloom-176b": 176_247_271_424,
+    "gemma-2b": 2_506_172_416,
+    "opt-125m": 125_239_296,
+    "opt-1.3b": 1_315_758_080,
+    "phi-3-mini": 3_821_079_552,
+    "pythia-160m": 162_322_944,
 }
 
 

@@ -27,7 +27,13 @@ from simtrain.spec.yamlfile import read_text_file
 #: 340B report §2.1; Megatron-LM ``squared_relu`` = ``torch.pow(F.relu(x), 2)``; transformers
 #: ``ReLUSquaredActivation``).
 MLP_KINDS = ("gelu", "swiglu", "relu", "relu2")
-POSITION_KINDS = ("learned", "rotary")
+#: learned: a max_positions x hidden table added to the token embeddings (GPT-2/3, OPT);
+#: rotary: RoPE on q and k, no parameters (Llama; partial rotary counted as whole); alibi: a
+#: per-head linear bias on the attention scores, no parameters (Press et al. 2022; BLOOM,
+#: MPT), added inside the scores' GEMM or the flash kernel (Megatron-DeepSpeed and HF BLOOM:
+#: ``baddbmm(alibi, q, kᵀ)``), so no element-wise pass of its own; none: no position
+#: information (NoPE; Megatron --no-position-embedding).
+POSITION_KINDS = ("learned", "rotary", "alibi", "none")
 NORM_KINDS = ("layernorm", "rmsnorm")
 QKV_LAYOUTS = ("separate", "fused_kv_copy")
 #: The allowed values of each string field (validate_model checks them, apps.schema publishes them).
@@ -50,7 +56,7 @@ class ModelSpec:
     max_positions: int
     mlp: str = "gelu"  # gelu | relu | relu2 (2 matrices: up, down) | swiglu (3: gate, up, down)
     tied_embeddings: bool = True
-    positions: str = "learned"  # learned (a max_positions x hidden table) | rotary (no parameters)
+    positions: str = "learned"  # learned (a max_positions x hidden table) | rotary | alibi | none
     bias: bool = True  # biases on every linear layer (GPT-2 style)
     qkv_bias: bool = False  # biases on Q, K, V only (Qwen2 style); implied by bias
     norm: str = "layernorm"  # layernorm (weight + bias) | rmsnorm (weight only)
@@ -257,7 +263,7 @@ class ModelSpec:
         return dense * self.layer_params() + self.moe_layers * self.moe_layer_params(routed)
 
     def embedding_params(self) -> int:
-        """Token embedding V·h plus learned positions max_positions·h (rotary has none) and
+        """Token embedding V·h plus learned positions max_positions·h (the others have none) and
         the embedding norm when there is one."""
         pos = self.max_positions * self.hidden if self.positions == "learned" else 0
         return self.vocab * self.hidden + pos + (self.norm_params if self.embedding_norm else 0)
@@ -355,6 +361,63 @@ PRESETS: dict[str, ModelSpec] = {
     "llama3-70b": _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192),
     "llama3-405b": _llama("llama3-405b", 126, 16384, 128, 8, 53248, 128256, 131072),
 }
+
+
+def _opt(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
+    """OPT (Zhang et al. 2022, Table 1; HF facebook/opt-* config.json): ReLU 4h MLP, biases,
+    LayerNorm, learned positions of 2,048 + 2 rows (OPTLearnedPositionalEmbedding), tied, vocab
+    50,272, dropout 0.1."""
+    return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50272, 2050, mlp="relu",
+                     dropout=0.1)  # fmt: skip
+
+
+def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
+    """Pythia (Biderman et al. 2023; EleutherAI/pythia-* config.json, gpt_neox): GeLU 4h MLP,
+    biases, LayerNorm, rotary on a quarter of each head, untied, vocab 50,304; the model card's
+    non-embedding counts hold exactly (tests/test_hf_families.py)."""
+    return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50304, 2048,
+                     tied_embeddings=False, positions="rotary")  # fmt: skip
+
+
+PRESETS.update({
+    "opt-125m": _opt("opt-125m", 12, 768, 12),
+    "opt-1.3b": _opt("opt-1.3b", 24, 2048, 32),
+    "opt-6.7b": _opt("opt-6.7b", 32, 4096, 32),
+    "opt-13b": _opt("opt-13b", 40, 5120, 40),
+    "opt-30b": _opt("opt-30b", 48, 7168, 56),
+    "opt-66b": _opt("opt-66b", 64, 9216, 72),
+    "opt-175b": _opt("opt-175b", 96, 12288, 96),
+    "pythia-70m": _pythia("pythia-70m", 6, 512, 8),
+    "pythia-160m": _pythia("pythia-160m", 12, 768, 12),
+    "pythia-410m": _pythia("pythia-410m", 24, 1024, 16),
+    "pythia-1b": _pythia("pythia-1b", 16, 2048, 8),
+    "pythia-1.4b": _pythia("pythia-1.4b", 24, 2048, 16),
+    "pythia-2.8b": _pythia("pythia-2.8b", 32, 2560, 32),
+    # BLOOM (BigScience 2022; HF bigscience/bloom config.json): GeLU 4h, biases, LayerNorm on
+    # the word embeddings too, ALiBi, tied, vocab 250,880, sequence 2,048; model card:
+    # 176,247,271,424 parameters.
+    "bloom-176b": ModelSpec("bloom-176b", 70, 14336, 112, 112, 4 * 14336, 250880, 2048,
+                            positions="alibi", embedding_norm=True),
+    # Nemotron-4 (Parmar et al. 2024, arXiv 2402.16819 §2; Nemotron-4 340B report, arXiv
+    # 2406.11704 §2.1): squared ReLU 4h, no biases, LayerNorm, rotary, GQA with 8 KV heads,
+    # untied, vocab 256,000, sequence 4,096; 340B: 9.4B embedding + 331.6B other parameters.
+    "nemotron-4-15b": replace(
+        _llama("nemotron-4-15b", 32, 6144, 48, 8, 4 * 6144, 256000, 4096), mlp="relu2",
+        norm="layernorm"),
+    "nemotron-4-340b": replace(
+        _llama("nemotron-4-340b", 96, 18432, 96, 8, 4 * 18432, 256000, 4096), mlp="relu2",
+        norm="layernorm"),
+    # Gemma (Gemma Team 2024, arXiv 2403.08295 Table 1; HF google/gemma-*): GeGLU (as SwiGLU),
+    # heads of 256, RMSNorm, rotary, tied, vocab 256,000 (the checkpoints'; the paper's Table 2
+    # counts 256,128), sequence 8,192.
+    "gemma-2b": replace(_llama("gemma-2b", 18, 2048, 8, 1, 16384, 256000, 8192),
+                        tied_embeddings=True),
+    "gemma-7b": replace(_llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192),
+                        tied_embeddings=True, head_size=256),
+    # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
+    # vocab 32,064, untied, 3,821,079,552 parameters.
+    "phi-3-mini": _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+})  # fmt: skip
 PRESETS.update({
     # Mixtral-8x7B: HF mistralai/Mixtral-8x7B-v0.1 config.json (num_local_experts 8,
     # num_experts_per_tok 2, intermediate_size 14336, rope, untied); 46,702,792,704 parameters.
@@ -405,9 +468,12 @@ def preset(name: str, file: str | None = None, key: str = "model.preset") -> Mod
 
 _REQUIRED_INT_FIELDS = {
     "n_layer", "n_embd", "n_head", "vocab_size", "num_hidden_layers", "hidden_size",
-    "num_attention_heads", "intermediate_size",
+    "num_attention_heads", "intermediate_size", "ffn_dim",
 }  # fmt: skip
 _INT_FIELDS = _REQUIRED_INT_FIELDS | {
+    "n_embed",
+    "word_embed_proj_dim",
+    "seq_length",
     "n_inner",
     "n_positions",
     "num_key_value_heads",
@@ -428,9 +494,20 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "v_head_dim",
     "num_nextn_predict_layers",
 }
-#: model_type values the importer reads (HF transformers' configuration_*.py field names).
-HF_KINDS = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-            "gpt_oss", "deepseek_v2", "deepseek_v3")  # fmt: skip
+#: model_type values read as a Llama-style decoder (RMSNorm, gated MLP, rotary, no biases but
+#: the Q/K/V biases some have): HF transformers' configuration_*.py field names. Phi-3 fuses
+#: qkv_proj and gate_up_proj (the same parameters); Gemma's GeGLU (gelu_pytorch_tanh of the
+#: gate times up) has SwiGLU's matrices, FLOPs and saved tensors, its RMSNorm scales by (1 + w)
+#: (the same h parameters) and its embeddings by sqrt(h) (no parameters).
+LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
+                     "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma")  # fmt: skip
+#: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
+OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron")
+#: model_type values the importer reads.
+HF_KINDS = ("gpt2", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
+#: tie_word_embeddings where config.json leaves it out (the configuration class's default, or
+#: PretrainedConfig's True where the class sets none).
+_HF_TIED_DEFAULT = {"gemma": True, "opt": True, "bloom": True, "starcoder2": True}
 
 
 #: config.json fields read as numbers that may be null (transformers then uses its default);
@@ -557,7 +634,10 @@ def from_hf_config(
                 dropout=float(cfg.get("resid_pdrop", 0.1)),
             )  # fmt: skip
             return _validate_hf(spec, path, names)
-        if kind in HF_KINDS or (not kind and "hidden_size" in cfg):
+        if kind in OTHER_HF_KINDS:
+            spec, names = _hf_other(kind, cfg, path, name)
+            return _validate_hf(spec, path, names)
+        if kind in LLAMA_STYLE_KINDS or (not kind and "hidden_size" in cfg):
             names = _hf_names(kind, cfg)
             heads = int(cfg["num_attention_heads"])
             gpt_oss = kind == "gpt_oss"
@@ -570,7 +650,8 @@ def from_hf_config(
                 heads=heads, kv_heads=heads if kv is None else int(kv),
                 ffn_hidden=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("max_position_embeddings", 4096)),
-                mlp="swiglu", tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
+                mlp="swiglu", tied_embeddings=_hf_bool(
+                    cfg, "tie_word_embeddings", _HF_TIED_DEFAULT.get(kind, False), path),
                 positions="rotary",
                 bias=gpt_oss and _hf_bool(cfg, "attention_bias", True, path),
                 qkv_bias=(kind in ("qwen2", "qwen2_moe")
@@ -591,6 +672,123 @@ def from_hf_config(
                               "out for its default)") from None  # fmt: skip
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
     raise ConfigError(str(path), "model_type", "unsupported model_type", kind, ", ".join(HF_KINDS))
+
+
+def _hf_mlp(act: str) -> str:
+    """The MLP kind of a two-matrix MLP whose activation is ``act`` (HF ``ACT2FN`` names):
+    relu, relu2 (squared ReLU), and gelu for every other element-wise activation (gelu_new,
+    gelu_pytorch_tanh, quick_gelu, ...: each saves its input for its backward, as GeLU)."""
+    return act if act in ("relu", "relu2") else "gelu"
+
+
+def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
+              name: str) -> tuple[ModelSpec, dict[str, str]]:  # fmt: skip
+    """A config.json of :data:`OTHER_HF_KINDS` (transformers' configuration_<kind>.py names and
+    defaults; modeling_<kind>.py's tensors), with the ModelSpec field -> config field map:
+
+    - opt (OPTDecoderLayer): q, k, v, out_proj and fc1 / fc2 (``ffn_dim``, ReLU), biases on all
+      (``enable_bias``), two LayerNorms a layer and a final one, learned positions of
+      ``max_position_embeddings`` + 2 rows (OPTLearnedPositionalEmbedding's offset), tied;
+      ``word_embed_proj_dim`` other than hidden_size (OPT-350m's project_in / project_out) and
+      a post-norm layout (``do_layer_norm_before`` false: no final LayerNorm) are refused;
+    - gpt_neox (Pythia, GPT-NeoX-20B): fused query_key_value, dense, dense_h_to_4h /
+      dense_4h_to_h (GeLU), biases on all, two LayerNorms a layer, rotary (``rotary_pct`` of
+      each head: no parameters), untied embed_in / embed_out. ``use_parallel_residual`` runs
+      the attention and the MLP on the same input: the same parameters and FLOPs, counted as
+      sequential (the MLP's norm keeps its own input). ``attention_bias`` false leaves the
+      MLP's biases, which one ``bias`` flag cannot say: refused;
+    - bloom: fused query_key_value, dense, a 4h GeLU MLP, biases on all, LayerNorms, a
+      LayerNorm on the word embeddings (``embedding_norm``), ALiBi positions, tied; the field
+      names of the 176B config (``n_embed``, ``num_attention_heads``) too; ``seq_length`` (or
+      2,048, the BLOOM model card's) as max_positions;
+    - starcoder2: q, k, v, o (GQA) and c_fc / c_proj (``gelu_pytorch_tanh``), biases on all
+      (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` as dropout;
+    - nemotron (Nemotron-4, Minitron): q, k, v, o (GQA, ``head_dim``), up / down with squared
+      ReLU (``relu2``), LayerNorm1P (weight and bias), rotary (``partial_rotary_factor``),
+      untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag)."""
+    h = int(cfg["hidden_size"] if "hidden_size" in cfg or kind != "bloom" else cfg["n_embed"])
+    names = {"layers": "num_hidden_layers", "hidden": "hidden_size",
+             "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
+             "ffn_hidden": "intermediate_size", "vocab": "vocab_size",
+             "max_positions": "max_position_embeddings", "head_size": "head_dim"}  # fmt: skip
+    tied = _hf_bool(cfg, "tie_word_embeddings", _HF_TIED_DEFAULT.get(kind, False), path)
+    if kind == "bloom":
+        layers = int(cfg["n_layer"] if "n_layer" in cfg else cfg["num_hidden_layers"])
+        heads = int(cfg["n_head"] if "n_head" in cfg else cfg["num_attention_heads"])
+        names.update(layers="n_layer" if "n_layer" in cfg else "num_hidden_layers",
+                     heads="n_head" if "n_head" in cfg else "num_attention_heads",
+                     hidden="hidden_size" if "hidden_size" in cfg else "n_embed",
+                     ffn_hidden="hidden_size", max_positions="seq_length",
+                     dropout="hidden_dropout")  # fmt: skip
+        spec = ModelSpec(
+            name=name, layers=layers, hidden=h, heads=heads, kv_heads=heads, ffn_hidden=4 * h,
+            vocab=int(cfg["vocab_size"]), max_positions=int(cfg.get("seq_length") or 2048),
+            mlp="gelu", tied_embeddings=tied, positions="alibi", bias=True, norm="layernorm",
+            dropout=float(cfg.get("hidden_dropout", 0.0) or 0.0), embedding_norm=True,
+        )  # fmt: skip
+        return spec, names
+    layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    kv = cfg.get("num_key_value_heads")
+    common = {"name": name, "layers": layers, "hidden": h, "heads": heads,
+              "kv_heads": heads if kv is None else int(kv), "vocab": int(cfg["vocab_size"]),
+              "tied_embeddings": tied, "norm": "layernorm"}  # fmt: skip
+    if kind == "opt":
+        names.update(ffn_hidden="ffn_dim", dropout="dropout")
+        proj = cfg.get("word_embed_proj_dim")
+        if proj is not None and proj != h:
+            raise ConfigError(str(path), "word_embed_proj_dim", f"an embedding width other than "
+                              f"hidden_size = {h} (project_in / project_out, OPT-350m) is not "
+                              "expressible", proj)  # fmt: skip
+        for flag in ("do_layer_norm_before", "layer_norm_elementwise_affine"):
+            if not _hf_bool(cfg, flag, True, path):
+                raise ConfigError(str(path), flag, "false is not expressible (simtrain's blocks "
+                                  "are pre-norm with affine norms and a final norm)", False)  # fmt: skip
+        spec = ModelSpec(
+            **common, ffn_hidden=int(cfg["ffn_dim"]),
+            max_positions=int(cfg.get("max_position_embeddings", 2048)) + 2,
+            mlp=_hf_mlp(str(cfg.get("activation_function", "relu"))), positions="learned",
+            bias=_hf_bool(cfg, "enable_bias", True, path),
+            dropout=float(cfg.get("dropout", 0.1) or 0.0),
+        )  # fmt: skip
+        return spec, names
+    if kind == "gpt_neox":
+        names["dropout"] = "hidden_dropout"
+        if not _hf_bool(cfg, "attention_bias", True, path):
+            raise ConfigError(str(path), "attention_bias", "false (biases on the MLP only) is "
+                              "not expressible: model.bias puts them on every linear or none",
+                              False)  # fmt: skip
+        spec = ModelSpec(
+            **common, ffn_hidden=int(cfg["intermediate_size"]),
+            max_positions=int(cfg.get("max_position_embeddings", 2048)),
+            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary", bias=True,
+            dropout=float(cfg.get("hidden_dropout", 0.0) or 0.0),
+        )  # fmt: skip
+        return spec, names
+    if kind == "starcoder2":
+        names["dropout"] = "residual_dropout"
+        spec = ModelSpec(
+            **common, ffn_hidden=int(cfg["intermediate_size"]),
+            max_positions=int(cfg.get("max_position_embeddings", 4096)),
+            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_pytorch_tanh"))), positions="rotary",
+            bias=_hf_bool(cfg, "use_bias", True, path),
+            dropout=float(cfg.get("residual_dropout", 0.0) or 0.0),
+        )  # fmt: skip
+        return spec, names
+    # nemotron
+    names["dropout"] = "attention_dropout"
+    bias = _hf_bool(cfg, "attention_bias", False, path)
+    if _hf_bool(cfg, "mlp_bias", False, path) != bias:
+        raise ConfigError(str(path), "mlp_bias", f"must equal attention_bias ({bias}): "
+                          "model.bias puts biases on every linear or none",
+                          cfg.get("mlp_bias"))  # fmt: skip
+    spec = ModelSpec(
+        **common, ffn_hidden=int(cfg["intermediate_size"]),
+        max_positions=int(cfg.get("max_position_embeddings", 4096)),
+        mlp=_hf_mlp(str(cfg.get("hidden_act", "relu2"))), positions="rotary", bias=bias,
+        dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
+        head_size=_hf_head_size(cfg, path),
+    )  # fmt: skip
+    return spec, names
 
 
 def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "model",

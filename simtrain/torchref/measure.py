@@ -137,6 +137,13 @@ def measure_step(
         # would run a 16-bit step and report it under an FP8 name.
         raise ConfigError(None, "training.precision", "simtrain measure has no FP8 kernels: "
                           "measure a 16-bit or fp32 precision", training.precision)  # fmt: skip
+    if spec.positions == "alibi":
+        # PyTorch's SDPA takes ALiBi only as a float mask, which leaves the flash kernel and
+        # holds an a x s x s bias the frameworks' kernels (flash-attn's alibi_slopes,
+        # Megatron-DeepSpeed's baddbmm input) do not: the measurement would not be theirs.
+        raise ConfigError(None, "model.positions", "simtrain measure has no ALiBi kernel: "
+                          "measure positions: none (the same parameters and saved tensors)",
+                          spec.positions)  # fmt: skip
     with torch_threads(threads):
         return _measure_step(spec, training, batch, device, seed, steps, warmup)
 

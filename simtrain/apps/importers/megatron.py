@@ -501,9 +501,8 @@ def _positions(f: Flags, r: Reading) -> str:
         if kind != "rope":
             r.assume(f"--position-embedding-type {kind}: as rope (no parameters)")
         return "rotary"
-    if kind == "none":
-        r.assume("no position embedding: no position parameters (as rotary)")
-        return "rotary"
+    if kind in ("none", "alibi"):  # Megatron-DeepSpeed PositionEmbeddingType.alibi (BLOOM)
+        return kind
     r.unsupported_(f"--position-embedding-type {kind}", "simulated without position parameters")
     return "rotary"
 

@@ -140,8 +140,10 @@ _DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gra
                 "last backward (pipe/schedule.py TrainSchedule: ReduceGrads at the last step), as "
                 "one buffer")  # fmt: skip
 
-# BLOOM's Megatron-DeepSpeed runs (tr11): Megatron's GPT with (simtrain's stand-in for ALiBi) rotary
-# positions and Megatron's dropout defaults, hidden and attention 0.1: no tr11 script sets
+# BLOOM's Megatron-DeepSpeed runs (tr11): Megatron's GPT with ALiBi positions (every tr11 script,
+# bigscience 0b536e8 to 9e64edec: --position-embedding-type alibi; Megatron-DeepSpeed ae6277f5
+# megatron/model/transformer.py l.283-322 adds the bias inside the scores' baddbmm) and
+# Megatron's dropout defaults, hidden and attention 0.1: no tr11 script sets
 # --hidden-dropout / --attention-dropout (bigscience 8aff319 and a16f0ea tr11-200B-ml.slurm, the
 # 02-24/25 runs; 9e64edec tr11-176B-ml.slurm), Megatron-DeepSpeed ae6277f5 megatron/arguments.py
 # l.452-455 defaults them to 0.1, and tr11-176B-ml/README.md (9e64edec l.308-313) says so: "The
@@ -151,7 +153,7 @@ _DS_PIPE_DDP = ("DDP implementation: DeepSpeed's pipeline engine reduces the gra
 # 02-17 runs, 8aff319 / a16f0ea, tr11-176B-ml.slurm): a LayerNorm in VocabParallelEmbedding
 # (Megatron-DeepSpeed ae6277f5 mpu/layers.py l.191-192, 239-240), outside the checkpointed
 # layers, so the first stage keeps its input for every micro-batch in flight.
-_TR11_ARCH = {**MEGATRON_GPT, "positions": "rotary", "embedding_norm": True}
+_TR11_ARCH = {**MEGATRON_GPT, "positions": "alibi", "embedding_norm": True}
 
 # BLOOM training chronicles (bigscience-workshop/bigscience 9e64edec,
 # train/tr11-176B-ml/chronicles-prequel.md), Megatron-DeepSpeed on Jean Zay, Feb 2022. The
