@@ -616,20 +616,33 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
     positions = choose(draw, *POSITION_KINDS)
     max_pos = choose(draw, 1, 64, 2048, 8192, 131072)
     if mode == "hf":
-        if positions == "learned":
+        if positions == "learned" and coin(draw, 0.7):
             cfg: dict[str, Any] = {
                 "model_type": "gpt2", "n_layer": lay.layers, "n_embd": hidden, "n_head": heads,
                 "vocab_size": vocab, "n_positions": max_pos,
             }  # fmt: skip
             if coin(draw, 0.5):
                 cfg["n_inner"] = choose(draw, 1, hidden, 4 * hidden, 11008)
-        else:
+        elif positions == "learned":  # OPT: MHA, learned positions (+ 2 rows), ReLU
             cfg = {
-                "model_type": choose(draw, "llama", "mistral", "qwen2"), "num_hidden_layers":
-                lay.layers, "hidden_size": hidden, "num_attention_heads": heads,
-                "num_key_value_heads": kv_heads, "intermediate_size": choose(draw, 1, 2 * hidden,
-                11008), "vocab_size": vocab, "max_position_embeddings": max_pos,
+                "model_type": "opt", "num_hidden_layers": lay.layers, "hidden_size": hidden,
+                "num_attention_heads": heads, "ffn_dim": choose(draw, 1, 4 * hidden),
+                "vocab_size": vocab, "max_position_embeddings": max_pos,
+                "dropout": choose(draw, 0.0, 0.1), "attention_dropout": choose(draw, 0.0, 0.1),
             }  # fmt: skip
+        else:
+            kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
+                          "nemotron", "gpt_neox", "bloom")  # fmt: skip
+            cfg = {
+                "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
+                "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                "intermediate_size": choose(draw, 1, 2 * hidden, 11008), "vocab_size": vocab,
+                "max_position_embeddings": max_pos,
+            }  # fmt: skip
+            if kind in ("gpt_neox", "bloom"):  # multi-head attention only
+                cfg["num_key_value_heads"] = heads
+            if kind == "gemma":  # GemmaConfig's head_dim default (256) would change the width
+                cfg["head_dim"] = head_dim
         return {"hf_config": CONFIG_FILE}, lay, cfg, (max_pos if positions == "learned" else 0)
     doc = {"layers": lay.layers, "hidden": hidden, "heads": heads, "vocab": vocab}
     if kv_heads != heads or coin(draw, 0.3):

@@ -169,7 +169,7 @@ def test_wrong_type_section_not_mapping(tmp_path: Path) -> None:
         ("training.peft.method", "ia3", ("lora", "qlora", "prefix", "bitfit")),
         ("parallelism.zero_stage", 4, ("0", "1", "2", "3")),
         ("parallelism.dp_mode", "fsdp", ("ddp", "naive")),
-        ("model.mlp", "relu", ("gelu", "swiglu")),
+        ("model.mlp", "geglu", ("gelu", "swiglu", "relu", "relu2")),
         ("model.norm", "batchnorm", ("layernorm", "rmsnorm")),
     ],
 )

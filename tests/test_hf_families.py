@@ -183,3 +183,48 @@ def test_nemotron_presets_match_the_reports() -> None:
         m = PRESETS[name]
         assert abs(_embedding(m) / 1e9 - emb) < 0.06
         assert round((m.total_params() - _embedding(m)) / 1e9, 1) == rest
+
+
+def _write(tmp_path: Path, base: str, change: dict) -> Path:
+    cfg = {**json.loads((HF / base).read_text()), **change}
+    for k in [k for k, v in change.items() if v is _DROP]:
+        del cfg[k]
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(("base", "change", "fields"), [
+    # OPTConfig: dropout 0.1 on the residual branches, attention_dropout 0.0
+    ("opt-125m.json", {}, {"dropout": 0.1, "attention_dropout": False}),
+    ("opt-125m.json", {"attention_dropout": 0.1}, {"dropout": 0.1, "attention_dropout": True}),
+    # Starcoder2Config defaults num_key_value_heads to 2
+    ("starcoder2-3b.json", {"num_key_value_heads": _DROP}, {"kv_heads": 2}),
+    # GemmaConfig defaults head_dim to 256 (gemma-7b: 16 heads on hidden 3,072)
+    ("gemma-2b.json", {"head_dim": _DROP, "num_attention_heads": 16, "num_key_value_heads": 16},
+     {"head_dim": 256}),
+    # BloomConfig: n_embed, where given, is the hidden size
+    ("bloom-560m.json", {"n_embed": 2048}, {"hidden": 2048, "ffn_hidden": 8192}),
+    # GPT-NeoX: attention dropout alone is counted at its rate (the residual masks too)
+    ("pythia-160m.json", {"attention_dropout": 0.1}, {"dropout": 0.1, "attention_dropout": True}),
+])  # fmt: skip
+def test_transformers_defaults_and_dropouts(tmp_path: Path, base, change, fields) -> None:
+    m = from_hf_config(_write(tmp_path, base, change))
+    assert {k: getattr(m, k) for k in fields} == fields
+
+
+@pytest.mark.parametrize(("base", "change", "key"), [
+    ("starcoder2-3b.json", {"residual_dropout": "abc"}, "residual_dropout"),
+    ("opt-125m.json", {"dropout": {}}, "dropout"),
+    ("opt-125m.json", {"attention_dropout": 1.0}, "attention_dropout"),
+    ("opt-125m.json", {"hidden_size": 0}, "hidden_size"),
+    ("opt-125m.json", {"_remove_final_layer_norm": True}, "_remove_final_layer_norm"),
+    ("bloom-560m.json", {"hidden_dropout": True}, "hidden_dropout"),
+])  # fmt: skip
+def test_bad_values_name_their_field(tmp_path: Path, base: str, change: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(_write(tmp_path, base, change))
+    assert ei.value.key == key

@@ -836,3 +836,16 @@ def test_megatron_activation_flags(tmp_path: Path, flags: str, mlp: str, ffn: in
 def test_megatron_position_flags(tmp_path: Path, flags: str, positions: str) -> None:
     sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))
     assert sc.model.positions == positions
+
+
+def test_megatron_attention_dropout_flag(tmp_path: Path) -> None:
+    """--attention-dropout 0 beside --hidden-dropout 0.1: the probabilities are not dropped
+    (model.attention_dropout false: no s x s mask saved); --swiglu with --squared-relu is the
+    contradiction Megatron-Core's arguments.py asserts against."""
+    sc = load_imported(
+        megatron_flags(tmp_path, BASE + "--bf16 --hidden-dropout 0.1 --attention-dropout 0.0 ")
+    )
+    assert (sc.model.dropout, sc.model.attention_dropout) == (0.1, False)
+    with pytest.raises(ConfigError) as ei:
+        megatron_flags(tmp_path, BASE + "--bf16 --swiglu --squared-relu ")
+    assert ei.value.key == "--squared-relu"

@@ -27,7 +27,7 @@ from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.model import PRESETS, ModelSpec
+from simtrain.spec.model import MLP_KINDS, POSITION_KINDS, PRESETS, ModelSpec
 from simtrain.spec.scenario import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -604,9 +604,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     model = {
         "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
         "ffn_hidden": hidden * draw(st.integers(1, 4)), "vocab": draw(st.integers(50, 300)),
-        "max_positions": 256, "mlp": draw(st.sampled_from(["gelu", "swiglu"])),
+        "max_positions": 256, "mlp": draw(st.sampled_from(MLP_KINDS)),
         "norm": draw(st.sampled_from(["layernorm", "rmsnorm"])),
-        "positions": draw(st.sampled_from(["learned", "rotary"])),
+        "positions": draw(st.sampled_from(POSITION_KINDS)),
         "bias": draw(st.booleans()), "tied_embeddings": draw(st.booleans()),
         "dropout": draw(st.sampled_from([0.0, 0.1])), "flash_attention": draw(st.booleans()),
     }  # fmt: skip

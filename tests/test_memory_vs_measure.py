@@ -81,6 +81,23 @@ CASES = [
     (replace(GPT, name="opt-tiny", mlp="relu"), "fp32", True, "none", "none", "adamw"),
     (replace(GPT, name="opt-tiny", mlp="relu"), "amp_bf16", False, "none", "lora", "adamw"),
     (replace(GPT, name="relu2-tiny", mlp="relu2"), "fp32", True, "none", "none", "adamw"),
+    # OPT's dropout: on the residual branches only (attention_dropout 0.0), math attention
+    (
+        replace(GPT, name="opt-tiny", mlp="relu", attention_dropout=False),
+        "fp32",
+        False,
+        "none",
+        "none",
+        "adamw",
+    ),
+    (
+        replace(GPT, name="opt-tiny", mlp="relu", attention_dropout=False),
+        "amp_bf16",
+        False,
+        "selective",
+        "none",
+        "adamw",
+    ),
     # no position information (NoPE): no table, no rotary
     (replace(GPT, name="nope-tiny", positions="none"), "amp_bf16", True, "none", "none", "adamw"),
     (replace(GPT, name="relu2-tiny", mlp="relu2"), "bf16", True, "selective_op", "none", "adamw"),

@@ -702,3 +702,24 @@ def test_torchao_float8_on_experts_is_refused() -> None:
         with pytest.raises(ConfigError, match="torchao's float8") as ei:
             _mixtral(f"training.precision={precision}")
         assert ei.value.key == "training.precision" and "fp8_current" in str(ei.value)
+
+
+def test_relu_experts_save_one_tensor_fewer() -> None:
+    """ReLU keeps its output, which is fc2's input (as the dense MLP: costs.activations._mlp):
+    an MoE block of ReLU experts saves one k·sb·f_e·load·e/t tensor fewer than GeLU's (and
+    the shared experts' sb·S·f_s·e/t), squared ReLU as many as GeLU."""
+    from dataclasses import replace
+
+    from simtrain.costs.moe import moe_saved_tensors
+    from simtrain.spec.model import PRESETS
+
+    m = replace(PRESETS["qwen1.5-moe-a2.7b"], mlp="gelu")
+    sb, e, tp = 4096, 2, 2
+
+    def total(kind: str) -> int:
+        return sum(b for _, b, _ in moe_saved_tensors(replace(m, mlp=kind), sb, e, tp))
+
+    one = m.experts_per_token * sb * m.expert_ffn * e // tp
+    shared = sb * m.shared_experts * m.shared_ffn * e // tp
+    assert total("gelu") - total("relu") == one + shared
+    assert total("relu2") == total("gelu")

@@ -220,3 +220,32 @@ def test_a_record_whose_sections_contradict_its_arguments_is_refused() -> None:
     bad = replace(rec, parallelism={**rec.parallelism, "tp": 2, "dp": 2})
     out = translate(bad)
     assert isinstance(out, SkipReason) and "native.args" in out.reason
+
+
+@pytest.mark.parametrize(("mlp", "positions", "attention_dropout"), [
+    ("relu", "alibi", False),  # relu: no Megatron flag (laid over with --set)
+    ("relu2", "none", True),
+    ("gelu", "learned", False),
+])  # fmt: skip
+def test_new_architecture_keys_survive_the_megatron_flags(mlp, positions, attention_dropout):
+    """ALiBi (Megatron-DeepSpeed --position-embedding-type alibi), NoPE, squared ReLU, ReLU and
+    a residual-only dropout reach the scenario of a record that goes through Megatron's flags
+    (were re-imported as learned positions and GeLU)."""
+    from simtrain.apps.validate.records import Record
+
+    rec = Record(
+        id="user_megatron_arch", kind="training_run", source="a user's run",
+        source_key="megatron_sc21",
+        model={"layers": 4, "hidden": 1024, "heads": 16, "seq_len": 2048, "vocab": 32000,
+               "mlp": mlp, "positions": positions, "dropout": 0.1,
+               "attention_dropout": attention_dropout},
+        training={"global_batch": 16, "micro_batch": 2, "precision": "bf16"},
+        parallelism={"tp": 2, "pp": 1, "dp": 4},
+        hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 8},
+        measured={"step_time_s": 1.0},
+    )  # fmt: skip
+    tr = translate(rec)
+    assert isinstance(tr, Translation), tr
+    m = tr.scenario.model
+    assert (m.mlp, m.positions, m.attention_dropout, m.dropout) == (
+        mlp, positions, attention_dropout, 0.1)  # fmt: skip

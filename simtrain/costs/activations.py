@@ -245,7 +245,7 @@ def _attention(c: _Block) -> None:
         else:
             c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3/t")
         c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b/t")
-        if m.dropout > 0:
+        if m.drops_attention:
             c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b/t")
             c.add("attention dropout output", e * b * a * s * s_kv / tp, f"{e}·as²b/t")
         elif c.amp:
@@ -346,7 +346,7 @@ def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     bas = t.micro_batch * m.heads * t.seq_len_effective * t.kv_len // tp
     held = prec.act_softmax * bas  # the scores' gradient beside the saved probabilities
     if t.recompute == "selective":  # the re-run core's probabilities and dropout mask
-        held += prec.act_softmax * bas + (bas if m.dropout > 0 else 0)
+        held += prec.act_softmax * bas + (bas if m.drops_attention else 0)
     return held
 
 

@@ -414,7 +414,7 @@ def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     if m.flash_attention:
         return 0.0
     e = PRECISIONS[t.precision].act_mm
-    per_score = 4 + (2.5 if m.dropout > 0 else 0)
+    per_score = 4 + (2.5 if m.drops_attention else 0)
     return e * t.micro_batch * m.heads * t.seq_len_effective * t.kv_len * per_score / tp
 
 

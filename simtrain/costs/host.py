@@ -46,10 +46,21 @@ LAYER_OPS: dict[tuple[str, bool], LayerOps] = {
 }
 
 
+#: Ops a squared-ReLU MLP runs beyond GeLU's, counted with TorchDispatchMode on
+#: ``torch.square(F.relu(x))`` (forward relu, pow for gelu; backward pow, mul, mul,
+#: threshold_backward for gelu_backward; detach not counted): (forward, backward, replayed
+#: forward). A ReLU MLP runs GeLU's count (relu; threshold_backward).
+RELU2_EXTRA_OPS = (1, 3, 1)
+
+
 def layer_ops(m: ModelSpec) -> LayerOps:
-    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention; a ReLU
-    or squared-ReLU MLP counted as GeLU's, whose op count it has within one op)."""
-    return LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
+    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention; ReLU
+    as GeLU, squared ReLU with :data:`RELU2_EXTRA_OPS`)."""
+    ops = LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
+    if m.mlp != "relu2":
+        return ops
+    f, b, r = RELU2_EXTRA_OPS
+    return LayerOps(ops.forward + f, ops.backward + b, ops.recompute_full + r)
 
 
 def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:

@@ -106,15 +106,18 @@ def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 
     ]
     if saves_weights_input:
         out.append(("expert fc1 input (permuted tokens)", int(e * kt * h), f"{e}·k·sb·h·load"))
-    out.append(("expert fc1 output (activation input)", int(n_fc1 * e * kt * f / tp),
+    # ReLU keeps its output, which is fc2's input: one tensor (costs.activations._mlp)
+    relu = m.mlp == "relu"
+    act = "activation output = fc2 input" if relu else "activation input"
+    out.append((f"expert fc1 output ({act})", int(n_fc1 * e * kt * f / tp),
                 f"{n_fc1 * e}·k·sb·f_e·load/t"))  # fmt: skip
-    if saves_weights_input:
+    if saves_weights_input and not relu:
         out.append(("expert fc2 input", int(e * kt * f / tp), f"{e}·k·sb·f_e·load/t"))
     if m.shared_experts:
         fs = m.shared_experts * m.shared_ffn
         out.append(("shared experts fc1 output", n_fc1 * e * sb * fs // tp,
                     f"{n_fc1 * e}·sb·S·f_s/t"))  # fmt: skip
-        if saves_weights_input:
+        if saves_weights_input and not relu:
             out.append(("shared experts fc2 input", e * sb * fs // tp, f"{e}·sb·S·f_s/t"))
     return out
 

@@ -116,11 +116,22 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     mtp_layers: int = 0
+    # Whether ``dropout`` also drops the attention probabilities (false: on the residual
+    # branches and the embeddings only: OPT's attention_dropout 0.0 beside dropout 0.1,
+    # Megatron --attention-dropout 0 beside --hidden-dropout). What a block saves and the
+    # element-wise time depend on which dropouts run, not on their rates.
+    attention_dropout: bool = True
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
     def is_mla(self) -> bool:
         return self.kv_lora_rank > 0
+
+    @property
+    def drops_attention(self) -> bool:
+        """Dropout on the attention probabilities (a 1-byte mask and the dropped copy saved
+        per score without flash attention)."""
+        return self.dropout > 0 and self.attention_dropout
 
     @property
     def head_dim(self) -> int:
@@ -366,9 +377,9 @@ PRESETS: dict[str, ModelSpec] = {
 def _opt(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     """OPT (Zhang et al. 2022, Table 1; HF facebook/opt-* config.json): ReLU 4h MLP, biases,
     LayerNorm, learned positions of 2,048 + 2 rows (OPTLearnedPositionalEmbedding), tied, vocab
-    50,272, dropout 0.1."""
+    50,272, dropout 0.1 on the residual branches, none on the attention probabilities."""
     return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50272, 2050, mlp="relu",
-                     dropout=0.1)  # fmt: skip
+                     dropout=0.1, attention_dropout=False)  # fmt: skip
 
 
 def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
@@ -563,11 +574,11 @@ def _hf_bool(cfg: dict[str, Any], field: str, default: bool, path: Path) -> bool
     return v
 
 
-def _hf_head_size(cfg: dict[str, Any], path: Path) -> int:
+def _hf_head_size(cfg: dict[str, Any], path: Path, default: int | None = None) -> int:
     """``head_dim`` where it differs from hidden_size / num_attention_heads (Mistral-Nemo:
     5120 / 32 heads of 128): transformers' LlamaAttention, MistralAttention, Qwen2Attention and
     MixtralAttention take ``config.head_dim`` when given; 0 where it is absent, null or equal."""
-    d = cfg.get("head_dim")
+    d = cfg.get("head_dim", default)
     if d is None:
         return 0
     if d < 1:
@@ -592,7 +603,8 @@ def _validate_hf(spec: ModelSpec, path: Path, names: dict[str, str]) -> ModelSpe
 def from_hf_config(
     path: str | Path, file: str | None = None, key: str = "model.hf_config"
 ) -> ModelSpec:
-    """Import a Hugging Face ``config.json`` (GPT-2, Llama, Mistral, Qwen2 field names)."""
+    """Import a Hugging Face ``config.json`` of a :data:`HF_KINDS` model_type: GPT-2's field
+    names, the Llama-style ones (:data:`LLAMA_STYLE_KINDS`) and :func:`_hf_other`'s."""
     p = Path(path)
     text = read_text_file(p, (file, key), "config.json")  # a regular file of <= 10 MiB
     try:
@@ -631,7 +643,7 @@ def from_hf_config(
                 max_positions=int(cfg.get("n_positions", 1024)),
                 mlp="swiglu" if "glu" in act else "relu" if act == "relu" else "gelu",
                 tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
-                dropout=float(cfg.get("resid_pdrop", 0.1)),
+                **_hf_dropouts(cfg, path, ("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
             )  # fmt: skip
             return _validate_hf(spec, path, names)
         if kind in OTHER_HF_KINDS:
@@ -644,7 +656,10 @@ def from_hf_config(
             kv = cfg.get("num_key_value_heads")  # null: heads (MHA), as transformers
             fields = hf_moe_fields(kind, cfg, str(path))
             if kind not in ("deepseek_v2", "deepseek_v3"):  # MLA: the *_head_dim fields
-                fields.setdefault("head_size", _hf_head_size(cfg, path))
+                # (GemmaConfig's head_dim defaults to 256, whatever hidden / heads is)
+                fields.setdefault(
+                    "head_size", _hf_head_size(cfg, path, 256 if kind == "gemma" else None)
+                )
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=heads if kv is None else int(kv),
@@ -656,7 +671,7 @@ def from_hf_config(
                 bias=gpt_oss and _hf_bool(cfg, "attention_bias", True, path),
                 qkv_bias=(kind in ("qwen2", "qwen2_moe")
                           or _hf_bool(cfg, "attention_bias", False, path)),
-                norm="rmsnorm", dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
+                norm="rmsnorm", dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
                 **fields,
             )  # fmt: skip
             return _validate_hf(spec, path, names)
@@ -681,6 +696,27 @@ def _hf_mlp(act: str) -> str:
     return act if act in ("relu", "relu2") else "gelu"
 
 
+def _hf_rate(cfg: dict[str, Any], field: str, default: float, path: Path) -> float:
+    """A dropout probability of config.json: a number in [0, 1) (null: ``default``)."""
+    v = cfg.get(field, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
+        raise ConfigError(str(path), field, "must be a number in [0, 1)", v)
+    return float(v)
+
+
+def _hf_dropouts(cfg: dict[str, Any], path: Path, residual: tuple[str, float],
+                 attention: tuple[str, float]) -> dict[str, Any]:  # fmt: skip
+    """``dropout`` and ``attention_dropout`` of a config with a residual (hidden) and an
+    attention dropout probability, each (field, transformers' default). With attention dropout
+    alone, its rate is ``dropout`` and the residual masks are counted too (one flag short)."""
+    res = _hf_rate(cfg, residual[0], residual[1], path)
+    att = _hf_rate(cfg, attention[0], attention[1], path)
+    # (no dropout at all: the default true, which then drops nothing)
+    return {"dropout": res or att, "attention_dropout": att > 0 or not res}
+
+
 def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
               name: str) -> tuple[ModelSpec, dict[str, str]]:  # fmt: skip
     """A config.json of :data:`OTHER_HF_KINDS` (transformers' configuration_<kind>.py names and
@@ -688,9 +724,12 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
 
     - opt (OPTDecoderLayer): q, k, v, out_proj and fc1 / fc2 (``ffn_dim``, ReLU), biases on all
       (``enable_bias``), two LayerNorms a layer and a final one, learned positions of
-      ``max_position_embeddings`` + 2 rows (OPTLearnedPositionalEmbedding's offset), tied;
-      ``word_embed_proj_dim`` other than hidden_size (OPT-350m's project_in / project_out) and
-      a post-norm layout (``do_layer_norm_before`` false: no final LayerNorm) are refused;
+      ``max_position_embeddings`` + 2 rows (OPTLearnedPositionalEmbedding's offset: the two
+      rows count as parameters; sequences up to max_positions are accepted, 2 more than OPT
+      reaches), tied; ``dropout`` on the residual branches, ``attention_dropout`` (0.0) on the
+      probabilities; ``word_embed_proj_dim`` other than hidden_size (OPT-350m's project_in /
+      project_out), a post-norm layout (``do_layer_norm_before`` false) and a removed final
+      LayerNorm (``_remove_final_layer_norm``) are refused;
     - gpt_neox (Pythia, GPT-NeoX-20B): fused query_key_value, dense, dense_h_to_4h /
       dense_4h_to_h (GeLU), biases on all, two LayerNorms a layer, rotary (``rotary_pct`` of
       each head: no parameters), untied embed_in / embed_out. ``use_parallel_residual`` runs
@@ -698,16 +737,23 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       sequential (the MLP's norm keeps its own input). ``attention_bias`` false leaves the
       MLP's biases, which one ``bias`` flag cannot say: refused;
     - bloom: fused query_key_value, dense, a 4h GeLU MLP, biases on all, LayerNorms, a
-      LayerNorm on the word embeddings (``embedding_norm``), ALiBi positions, tied; the field
-      names of the 176B config (``n_embed``, ``num_attention_heads``) too; ``seq_length`` (or
-      2,048, the BLOOM model card's) as max_positions;
-    - starcoder2: q, k, v, o (GQA) and c_fc / c_proj (``gelu_pytorch_tanh``), biases on all
-      (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` as dropout;
+      LayerNorm on the word embeddings (``embedding_norm``), ALiBi positions, tied; the 176B
+      config's ``n_embed`` (which BloomConfig takes over ``hidden_size``) and
+      ``num_attention_heads``; ``seq_length`` (or 2,048, the BLOOM model card's) as
+      max_positions;
+    - starcoder2: q, k, v, o (GQA: 2 KV heads when the config leaves them out, as
+      Starcoder2Config) and c_fc / c_proj (``gelu_pytorch_tanh``), biases on all
+      (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` and ``attention_dropout``;
     - nemotron (Nemotron-4, Minitron): q, k, v, o (GQA, ``head_dim``), up / down with squared
       ReLU (``relu2``), LayerNorm1P (weight and bias), rotary (``partial_rotary_factor``),
       untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag)."""
-    h = int(cfg["hidden_size"] if "hidden_size" in cfg or kind != "bloom" else cfg["n_embed"])
-    names = {"layers": "num_hidden_layers", "hidden": "hidden_size",
+    if kind == "bloom" and cfg.get("n_embed") is not None:  # BloomConfig: n_embed wins
+        h, hidden_field = int(cfg["n_embed"]), "n_embed"
+    else:
+        h, hidden_field = int(cfg["hidden_size"]), "hidden_size"
+    if h < 1:
+        raise ConfigError(str(path), hidden_field, "must be a positive integer", h)
+    names = {"layers": "num_hidden_layers", "hidden": hidden_field,
              "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
              "ffn_hidden": "intermediate_size", "vocab": "vocab_size",
              "max_positions": "max_position_embeddings", "head_size": "head_dim"}  # fmt: skip
@@ -717,20 +763,22 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         heads = int(cfg["n_head"] if "n_head" in cfg else cfg["num_attention_heads"])
         names.update(layers="n_layer" if "n_layer" in cfg else "num_hidden_layers",
                      heads="n_head" if "n_head" in cfg else "num_attention_heads",
-                     hidden="hidden_size" if "hidden_size" in cfg else "n_embed",
-                     ffn_hidden="hidden_size", max_positions="seq_length",
+                     ffn_hidden=hidden_field, max_positions="seq_length",
                      dropout="hidden_dropout")  # fmt: skip
         spec = ModelSpec(
             name=name, layers=layers, hidden=h, heads=heads, kv_heads=heads, ffn_hidden=4 * h,
             vocab=int(cfg["vocab_size"]), max_positions=int(cfg.get("seq_length") or 2048),
             mlp="gelu", tied_embeddings=tied, positions="alibi", bias=True, norm="layernorm",
-            dropout=float(cfg.get("hidden_dropout", 0.0) or 0.0), embedding_norm=True,
+            embedding_norm=True,
+            **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
     layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
     kv = cfg.get("num_key_value_heads")
+    if kv is None:  # MHA, but Starcoder2Config's default of 2 KV heads
+        kv = 2 if kind == "starcoder2" else heads
     common = {"name": name, "layers": layers, "hidden": h, "heads": heads,
-              "kv_heads": heads if kv is None else int(kv), "vocab": int(cfg["vocab_size"]),
+              "kv_heads": int(kv), "vocab": int(cfg["vocab_size"]),
               "tied_embeddings": tied, "norm": "layernorm"}  # fmt: skip
     if kind == "opt":
         names.update(ffn_hidden="ffn_dim", dropout="dropout")
@@ -739,16 +787,19 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             raise ConfigError(str(path), "word_embed_proj_dim", f"an embedding width other than "
                               f"hidden_size = {h} (project_in / project_out, OPT-350m) is not "
                               "expressible", proj)  # fmt: skip
-        for flag in ("do_layer_norm_before", "layer_norm_elementwise_affine"):
-            if not _hf_bool(cfg, flag, True, path):
-                raise ConfigError(str(path), flag, "false is not expressible (simtrain's blocks "
-                                  "are pre-norm with affine norms and a final norm)", False)  # fmt: skip
+        for flag, expressible in (("do_layer_norm_before", True),
+                                  ("layer_norm_elementwise_affine", True),
+                                  ("_remove_final_layer_norm", False)):  # fmt: skip
+            if _hf_bool(cfg, flag, expressible, path) != expressible:
+                raise ConfigError(str(path), flag, f"{str(not expressible).lower()} is not "
+                                  "expressible (simtrain's blocks are pre-norm with affine "
+                                  "norms and a final norm)", not expressible)  # fmt: skip
         spec = ModelSpec(
             **common, ffn_hidden=int(cfg["ffn_dim"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)) + 2,
             mlp=_hf_mlp(str(cfg.get("activation_function", "relu"))), positions="learned",
             bias=_hf_bool(cfg, "enable_bias", True, path),
-            dropout=float(cfg.get("dropout", 0.1) or 0.0),
+            **_hf_dropouts(cfg, path, ("dropout", 0.1), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
     if kind == "gpt_neox":
@@ -761,7 +812,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)),
             mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary", bias=True,
-            dropout=float(cfg.get("hidden_dropout", 0.0) or 0.0),
+            **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
     if kind == "starcoder2":
@@ -771,10 +822,10 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             max_positions=int(cfg.get("max_position_embeddings", 4096)),
             mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_pytorch_tanh"))), positions="rotary",
             bias=_hf_bool(cfg, "use_bias", True, path),
-            dropout=float(cfg.get("residual_dropout", 0.0) or 0.0),
+            **_hf_dropouts(cfg, path, ("residual_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
-    # nemotron
+    # nemotron: attention dropout only (NemotronDecoderLayer has no residual dropout)
     names["dropout"] = "attention_dropout"
     bias = _hf_bool(cfg, "attention_bias", False, path)
     if _hf_bool(cfg, "mlp_bias", False, path) != bias:
@@ -785,7 +836,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         **common, ffn_hidden=int(cfg["intermediate_size"]),
         max_positions=int(cfg.get("max_position_embeddings", 4096)),
         mlp=_hf_mlp(str(cfg.get("hidden_act", "relu2"))), positions="rotary", bias=bias,
-        dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
+        dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
         head_size=_hf_head_size(cfg, path),
     )  # fmt: skip
     return spec, names

@@ -7,8 +7,9 @@
 Conventions (the analytical model counts what *this* implementation saves for backward):
 
 * Pre-norm blocks ``x = x + drop(o(attn(norm1(x))))``, ``x = x + drop(mlp(norm2(x)))``;
-  separate q, k, v, o linears; GeLU (tanh), ReLU, squared-ReLU or SwiGLU MLP; learned positions or rotary
-  (``rotate_half``) on q and k; tied or untied LM head; loss
+  separate q, k, v, o linears; GeLU (tanh), ReLU, squared-ReLU or SwiGLU MLP; no ALiBi
+  (``build_reference_model`` refuses it); learned positions, rotary (``rotate_half``) on q
+  and k, or none; attention dropout only where ``attention_dropout``; tied or untied LM head; loss
   ``cross_entropy(logits.float().view(-1, V), targets.view(-1))``, or with ``cross_entropy:
   fused`` a block-wise kernel that saves only the logits and an fp32 log-sum-exp per row.
 * ``flash_attention`` -> ``F.scaled_dot_product_attention(is_causal=True, enable_gqa=...)``
@@ -85,7 +86,7 @@ class Attention(nn.Module):
         self.k = nn.Linear(h, kv, bias=qkv_bias)
         self.v = nn.Linear(h, kv, bias=qkv_bias)
         self.o = nn.Linear(h, h, bias=spec.bias)
-        self.attn_drop = Dropout(spec.dropout)
+        self.attn_drop = Dropout(spec.dropout if spec.attention_dropout else 0.0)
         self.flash = spec.flash_attention
         self.selective = training.recompute == "selective"
         self.prefix_k: nn.Parameter | None = None
@@ -335,6 +336,8 @@ def build_reference_model(spec: ModelSpec, training: TrainingSpec) -> nn.Module:
     ``.to(device)`` (never ``.to(dtype)``: QLoRA absmax must stay fp32)."""
     if training.precision not in PARAM_DTYPE:
         raise ValueError(f"unknown precision {training.precision!r}")
+    if spec.positions == "alibi":  # (measure_step says why, as a ConfigError)
+        raise ValueError("the reference model has no ALiBi kernel")
     method = _effective_method(training)
     model = ReferenceGPT(spec, training)
     model.to(PARAM_DTYPE[training.precision])

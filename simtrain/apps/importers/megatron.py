@@ -280,6 +280,8 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
         mlp = "swiglu"
         r.assume("--quick-geglu: a gated MLP, simulated as SwiGLU (same matrices and FLOPs)")
     if f.bool_("--squared-relu"):  # arguments.py: activation_func = squared_relu
+        if swiglu:  # Megatron-Core's arguments.py asserts not both
+            raise ConfigError(file, "--squared-relu", "contradicts --swiglu: give one of them")
         mlp = "relu2"
     f.has("--openai-gelu")
     ffn = f.pos_("--ffn-hidden-size", hi=LIMIT["model.ffn_hidden"])
@@ -312,9 +314,16 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     attn_dropout = f.float_("--attention-dropout", 0.1)
     if "--hidden-dropout" not in f:
         r.assume("--hidden-dropout absent: 0.1 (Megatron's default)")
-    if attn_dropout != dropout:
-        r.assume(f"--attention-dropout {attn_dropout}: simtrain has one dropout rate, "
-                 f"--hidden-dropout's {dropout}")  # fmt: skip
+    attention = attn_dropout > 0 or dropout == 0  # (model.attention_dropout)
+    if dropout == 0 and attn_dropout > 0:
+        r.assume(
+            f"--attention-dropout {attn_dropout} with --hidden-dropout 0: simtrain's "
+            "dropout covers the residual branches too (their 1-byte masks counted)"
+        )
+        dropout = attn_dropout
+    elif attn_dropout not in (0, dropout):
+        r.assume(f"--attention-dropout {attn_dropout}: at --hidden-dropout's {dropout} (what "
+                 "is saved and run does not depend on the rate)")  # fmt: skip
     model: dict[str, Any] = {
         "name": f"Megatron GPT {layers}x{h}",
         "layers": layers, "hidden": h, "heads": heads, "kv_heads": kv, "ffn_hidden": ffn,
@@ -322,7 +331,8 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
         "bias": not f.bool_("--disable-bias-linear"), "qkv_bias": f.bool_("--add-qkv-bias"),
         "norm": norms.get(norm_flag, "layernorm"),
         "tied_embeddings": not f.bool_("--untie-embeddings-and-output-weights"),
-        "dropout": clean_number(dropout), "flash_attention": flash,
+        "dropout": clean_number(dropout), "attention_dropout": attention,
+        "flash_attention": flash,
     }  # fmt: skip
     if vocab is None:
         del model["vocab"]

@@ -201,6 +201,8 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
         w.append("--squared-relu")
     if model.get("positions") == "rotary":
         w += ["--position-embedding-type", "rope"]
+    elif model.get("positions") in ("alibi", "none"):  # Megatron-DeepSpeed's alibi type
+        w += ["--position-embedding-type", model["positions"]]
     if model.get("bias") is False:
         w.append("--disable-bias-linear")
     if model.get("qkv_bias"):
@@ -210,12 +212,8 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
     if model.get("tied_embeddings") is False:
         w.append("--untie-embeddings-and-output-weights")
     if "dropout" in model:
-        w += [
-            "--hidden-dropout",
-            str(model["dropout"]),
-            "--attention-dropout",
-            str(model["dropout"]),
-        ]
+        attention = model["dropout"] if model.get("attention_dropout", True) else 0.0
+        w += ["--hidden-dropout", str(model["dropout"]), "--attention-dropout", str(attention)]
     if model.get("flash_attention"):  # Megatron-Core: Transformer Engine's, its default
         w += ["--use-flash-attn"] if legacy else []
     elif not legacy:
@@ -454,6 +452,8 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     sets = _base_sets(rec, profile)
     have = imp.data["model"]
     sets += [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in have]
+    if model.get("mlp") == "relu" and have.get("mlp") != "relu":  # no Megatron flag for it
+        sets.append('model.mlp="relu"')
     t = imp.data["training"]
     # a ds_config holds no sequence length and never turns recompute on (the model code calls
     # deepspeed.checkpointing): the importer asks for both with --set

@@ -316,7 +316,8 @@ def _int(v: Any) -> int | None:
 
 
 SHAPE_PASSTHROUGH = ("kv_heads", "ffn_hidden", "tied_embeddings", "mlp", "positions", "bias",
-                     "qkv_bias", "norm", "dropout", "flash_attention", "max_positions")  # fmt: skip
+                     "qkv_bias", "norm", "dropout", "flash_attention", "max_positions",
+                     "attention_dropout")  # fmt: skip
 UNEXPRESSIBLE_KINDS = {
     "training_run_relative": "relative throughput (normalised to another run of its table), "
     "not an absolute measurement",
