@@ -941,3 +941,33 @@ def test_one_layer_fewer_in_its_phrasings(said: str) -> None:
     assert isinstance(out, Translation), out
     assert (out.scenario.parallelism.first_stage_layers,
             out.scenario.parallelism.last_stage_layers) == (7, 7)  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "expect"), [
+    # the name alone: the preset's shape and architecture (Nemotron-4 340B's squared ReLU, GQA)
+    ({"name": "Nemotron-340B", "seq_len": 4096},
+     {"layers": 96, "hidden": 18432, "kv_heads": 8, "mlp": "relu2", "vocab": 256000}),
+    # the shape given, the vocabulary not: the preset's (GPT-3's GPT-2 BPE, 50,257)
+    ({"name": "GPT3-175B", "layers": 96, "hidden": 12288, "heads": 96, "seq_len": 2048},
+     {"vocab": 50257, "positions": "learned", "mlp": "gelu"}),
+    ({"name": "OPT 1.3B", "seq_len": 2048, "params_b": 1.3},
+     {"layers": 24, "mlp": "relu", "attention_dropout": True}),  # dropout: the source's (none)
+])  # fmt: skip
+def test_a_named_model_without_its_shape_takes_the_preset(model: dict, expect: dict) -> None:
+    tr = translate(_record(model=model, parallelism={"tp": 8, "pp": 1},
+                           hardware={"gpu": "H100-SXM5-80GB", "num_gpus": 16}))  # fmt: skip
+    assert isinstance(tr, Translation), tr
+    m = tr.scenario.model
+    assert {k: getattr(m, k) for k in expect} == expect
+    assert any("preset" in a and "not reported" in a for a in tr.assumptions)
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "GPT3-175B", "layers": 80, "seq_len": 2048},  # a shape the preset does not have
+    {"name": "GPT3-175B", "params_b": 13, "seq_len": 2048},  # another size under the name
+    {"name": "GPT-3 (177B incl. larger vocab)", "seq_len": 4096},  # not a preset's name
+    {"name": "Nemotron-340B"},  # the run's sequence length is not the model's
+])  # fmt: skip
+def test_a_name_that_does_not_fit_a_preset_stays_unexpressible(model: dict) -> None:
+    out = translate(_record(model=model))
+    assert isinstance(out, SkipReason) and "model shape not reported" in out.reason

@@ -466,7 +466,9 @@ PRESETS.update({
         qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1, router_groups=8,
         router_group_topk=4),
 })  # fmt: skip
-ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b"}
+ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b",
+           "nemotron-15b": "nemotron-4-15b", "nemotron-340b": "nemotron-4-340b",
+           "bloom": "bloom-176b"}  # fmt: skip
 
 
 def preset(name: str, file: str | None = None, key: str = "model.preset") -> ModelSpec:

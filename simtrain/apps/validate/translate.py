@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from simtrain.apps.importers.common import ONE_BUCKET_MB, grad_bucket_mb
@@ -32,6 +32,7 @@ from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
+from simtrain.spec.model import ALIASES, PRESETS, ModelSpec
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import LORA_TARGETS, RECOMPUTE, Scenario, parse_scenario
 from simtrain.units import MIB
@@ -551,23 +552,73 @@ def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
     return profile, capacity_known
 
 
+#: The keys of a named preset a record without its shape takes (the architecture; dropout,
+#: flash attention and the positions' table size are the run's).
+_PRESET_KEYS = tuple(f.name for f in fields(ModelSpec)
+                     if f.name not in ("name", "dropout", "attention_dropout",
+                                       "flash_attention", "max_positions"))  # fmt: skip
+
+
+def _letters_digits(name: str) -> str:
+    return re.sub(r"[^0-9a-z.]", "", name.lower())
+
+
+def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
+    """The preset (``spec.model.PRESETS``, ALIASES included) whose name is the record's
+    ``model.name``, letters and digits compared ("GPT3-175B" is gpt3-175b, "OPT-175B" opt-175b,
+    "Nemotron-340B" nemotron-4-340b), where it agrees with every shape number the record gives
+    and with its ``params_b`` within 5 %; None otherwise."""
+    key = _letters_digits(str(m.get("name") or ""))
+    if not key:
+        return None
+    names = {_letters_digits(n): n for n in PRESETS}
+    names.update({_letters_digits(a): n for a, n in ALIASES.items()})
+    name = names.get(key)
+    if name is None:
+        return None
+    spec = PRESETS[name]
+    for field in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab"):
+        given = _int(m.get(field))
+        if given is not None and given != getattr(spec, field):
+            return None
+    pb = m.get("params_b")
+    if isinstance(pb, int | float) and pb > 0 and abs(spec.total_params() / 1e9 / pb - 1) > 0.05:
+        return None
+    return name, spec
+
+
 def _model(
     m: Mapping[str, Any], conv: SourceConvention, notes: list[str]
 ) -> tuple[dict[str, Any], int]:
     """(the scenario's ``model`` section, seq_len): the source's architecture, the record's
-    shape over it."""
-    missing = [k for k in ("layers", "hidden", "heads", "seq_len") if _int(m.get(k)) is None]
+    shape over it. A record that names a known model (:func:`named_preset`) but leaves out
+    its shape or vocabulary takes them from the preset, with the preset's architecture."""
+    shape = ("layers", "hidden", "heads")
+    vocab = _int(m.get("vocab"))
+    absent = [k for k in shape if _int(m.get(k)) is None]
+    named = named_preset(m) if absent or (vocab is None and conv.vocab_default is None) else None
+    arch: dict[str, Any] = {}
+    if named is not None:
+        name, spec = named
+        arch = {k: getattr(spec, k) for k in _PRESET_KEYS}
+        filled = [k for k in (*shape, "vocab") if _int(m.get(k)) is None]
+        m = {**m, **{k: getattr(spec, k) for k in filled}}
+        vocab = spec.vocab
+        notes.append(f"model {m.get('name')!r}: preset {name} ({', '.join(filled)} not reported; "
+                     f"{spec.layers} layers, hidden {spec.hidden}, {spec.heads} heads, "
+                     f"{spec.kv_heads} KV heads, ffn {spec.ffn_hidden}, vocab {spec.vocab}, "
+                     f"{spec.mlp} MLP, {spec.positions} positions: spec/model.py's sources)")  # fmt: skip
+    missing = [k for k in (*shape, "seq_len") if _int(m.get(k)) is None]
     if missing:
         raise _NotExpressible(f"model shape not reported: {', '.join(missing)}")
-    vocab = _int(m.get("vocab"))
     if vocab is None:
         if conv.vocab_default is None:
             raise _NotExpressible("model shape not reported: vocab")
         vocab = conv.vocab_default
         notes.append(f"vocab not reported: {vocab} (the source's tokenizer, padded)")
     seq = int(m["seq_len"])
-    model: dict[str, Any] = {**conv.architecture}
-    if conv.architecture_note:
+    model: dict[str, Any] = {**conv.architecture, **arch}
+    if conv.architecture_note and not arch:
         notes.append(conv.architecture_note)
     model.update({"layers": int(m["layers"]), "hidden": int(m["hidden"]),
                   "heads": int(m["heads"]), "vocab": vocab})  # fmt: skip
@@ -575,7 +626,7 @@ def _model(
         if k in m and m[k] is not None:
             model[k] = m[k]
     model["max_positions"] = max(seq, _int(model.get("max_positions")) or 0)
-    if "ffn_hidden" not in m:
+    if "ffn_hidden" not in m and not arch:
         notes.append("ffn_hidden not reported: 4·hidden")
     return model, seq
 
