@@ -347,14 +347,22 @@ def test_data_parallel_traffic_matches_ring_closed_forms(sc):
     all-gather, but each layer's G/L reduce-scattered after its backward, every micro-batch
     (its gradients are sharded: DeepSpeed reduces every micro-step); ZeRO-3 gathers each
     layer's parameters before its forward and backward (and recompute) and reduce-scatters its
-    gradients after its backward, every micro-batch; PipeDream all-reduces once, un-bucketed."""
+    gradients after its backward, every micro-batch; PipeDream all-reduces once, un-bucketed.
+    With pp > 1 the first and the last rank also all-reduce the tied word embedding's V x h
+    gradient between them (two GPUs, one node here), once, after the step's last backward
+    (not under PipeDream's per-micro-batch updates)."""
     p, m = sc.parallelism, sc.num_microbatches
     assume(not (p.pp == 1 and p.schedule == "pipedream"))  # see the xfail test below
     tasks = lowered(sc)
     link = intra_link(sc)  # the DP group of dp consecutive GPUs sits in one node
     for r in range(p.pp):
         mine = [x for x in tasks if x.rank == r]
-        dp_tasks = [x for x in mine if x.stream == "dp"]
+        tied = [x for x in mine if x.name == "ALLREDUCE tied embedding grads"]
+        ends = p.pp > 1 and r in (0, p.pp - 1) and p.schedule != "pipedream"
+        assert len(tied) == ends
+        if ends:
+            assert abs(tied[0].duration_ns - ring_all_reduce_ns(BYTES * V * H, 2, link)) <= 0.5
+        dp_tasks = [x for x in mine if x.stream == "dp" and x not in tied]
         gathers = [x for x in mine if x.stream == "gather"]
         g_bytes = BYTES * rank_params(sc, r)
         cap = int(p.bucket_mb * 1e6)

@@ -265,3 +265,41 @@ def test_zero3_live_parameter_cap(cap):
     assert got == shrink
     # Llama-2 13B: two layers hold ~0.65 B parameters; only the 1e8 cap binds
     assert (shrink > 0) == (cap == 10**8)
+
+
+def test_tied_embedding_gradient_all_reduce_between_the_end_ranks():
+    """The first and last ranks all-reduce the tied word embedding's gradient after their
+    reductions and before their optimizer steps (Megatron-LM training.py "All-reduce
+    word_embeddings' grad across first and last stages"; nanotron sync_tied_weights_gradients;
+    DeepSpeed ReduceTiedGrads): both copies start when the later rank is ready (rank 0, whose
+    last backward ends the 1F1B step), both optimizer steps wait for them, the middle ranks
+    have none, and the step is that long longer than the same model untied (whose head copy
+    has the same size). The planner's closed form adds the same."""
+    from dataclasses import replace
+
+    from simtrain.apps.plan.estimate import closed_form_step_s
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.workload import tied_embedding_sync
+
+    sc = load_scenario(SCENARIOS_DIR / "1f1b_8gpu.yaml")
+    assert sc.model.tied_embeddings and sc.parallelism.pp > 1
+    first, last, ns = tied_embedding_sync(sc, resolve(sc))
+    assert (first, last) == (0, sc.parallelism.pp - 1) and ns > 0
+    res = simulate_scenario(sc)
+    spans = res.timeline.spans
+    tied = [s for s in spans if s.name == "ALLREDUCE tied embedding grads"]
+    assert sorted(s.rank for s in tied) == [first, last]
+    ready = max(s.end_ns for s in spans if s.rank in (first, last) and s.kind in ("B", "W"))
+    assert all(s.start_ns == ready and s.duration_ns == ns for s in tied)
+    for s in tied:
+        opt = next(o for o in spans if o.rank == s.rank and o.kind == "OPT")
+        assert opt.start_ns >= s.end_ns
+    untied = replace(sc, model=replace(sc.model, tied_embeddings=False))
+    assert tied_embedding_sync(untied, resolve(untied)) is None
+    plain = simulate_scenario(untied)
+    assert res.metrics.step_time_s * 1e9 - plain.metrics.step_time_s * 1e9 == pytest.approx(
+        ns, abs=2)  # fmt: skip
+    closed = closed_form_step_s(sc, estimate_memory(sc).stages)
+    closed_untied = closed_form_step_s(untied, estimate_memory(untied).stages)
+    assert (closed - closed_untied) * 1e9 == pytest.approx(ns, abs=2)

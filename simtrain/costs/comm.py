@@ -36,11 +36,29 @@ def collective_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float, 
     (as if one member per node) instead of sharing the node's NICs across channels."""
     if n <= 1 or size_bytes <= 0:
         return 0
-    hw = sc.hardware
-    intra, inter = coll.node_links(hw)
     g = step.placement.group_gpus_per_node(n, stride)
     if per_gpu_nic and g < n:
         g = 1
+    return _collective_ns(sc, op, size_bytes, n, g)
+
+
+def pair_all_reduce_ns(sc: Scenario, step: ResolvedStep, size_bytes: float, rank_a: int,
+                       rank_b: int) -> int:  # fmt: skip
+    """An all-reduce of ``size_bytes`` between each GPU of pipeline rank ``rank_a`` and its
+    peer of rank ``rank_b`` (the same TP, CP and DP coordinates): inside a node where every
+    such pair is, else over the NIC."""
+    pl = step.placement
+    a, b = pl.rank_gpu(rank_a), pl.rank_gpu(rank_b)
+    together = all(pl.same_node(a + j, b + j) for j in range(step.groups.pp_stride))
+    return _collective_ns(sc, "all_reduce", size_bytes, 2, 2 if together else 1)
+
+
+def _collective_ns(sc: Scenario, op: str, size_bytes: float, n: int, g: int) -> int:
+    """:func:`collective_ns` of a group with ``g`` members on each node it spans."""
+    if n <= 1 or size_bytes <= 0:
+        return 0
+    hw = sc.hardware
+    intra, inter = coll.node_links(hw)
     if sc.runtime.collective_algorithm == "nccl":
         t = coll.nccl_time_s(
             op,

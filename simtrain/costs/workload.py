@@ -25,7 +25,7 @@ from simtrain.costs.memory import (
     grad_buffer_elem_bytes,
     wire_grad_bytes,
 )
-from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
+from simtrain.costs.params import EXPERT_PREFIX, base_trainable, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.spec.scenario import Scenario
@@ -528,6 +528,33 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     return replace(work, grad_sync_ns=ns, grad_sync_name=name)
 
 
+def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int] | None:
+    """(rank, rank, ns) of the all-reduce of the tied word embedding's gradient between the
+    two pipeline ranks that hold a copy, the embedding's and the output layer's: V/t x h
+    elements of the data-parallel reduction's dtype (``memory.wire_grad_bytes``), after that
+    reduction and before the optimizer step; None where one rank holds both (pp 1, the V of
+    ZB-V and DualPipeV), the embeddings are untied or the embedding is frozen. Megatron-LM
+    (2e90a342f5 training.py l.431-450: after ``allreduce_gradients``; Megatron-Core d98e8a64
+    finalize_model_grads.py l.676, ``_allreduce_word_embedding_grads`` after
+    ``finish_grad_sync``), nanotron (2411b022 trainer.py l.656-661,
+    ``sync_tied_weights_gradients`` after the DP sync) and DeepSpeed's pipeline engine
+    (38327e07f pipe/schedule.py l.239: ``ReduceTiedGrads`` just before ``ReduceGrads``, the
+    same sum of two collectives before the step) all run it. Priced as a two-GPU all-reduce
+    (``comm.pair_all_reduce_ns``), not on the shared NIC."""
+    m, t = sc.model, sc.training
+    if step.pp == 1 or not m.tied_embeddings or not base_trainable(t.peft.method, t.peft.phase):
+        return None
+    if step.traits.steps_every_microbatch:  # (PipeDream's per-micro-batch updates: not this)
+        return None
+    ends = sorted({step.chunk_rank(k) for k, c in enumerate(step.chunks) if c.embedding or c.head})
+    if len(ends) != 2:
+        return None
+    first, last = ends
+    size = m.vocab // step.groups.tp * m.hidden * wire_grad_bytes(sc, step)
+    ns = comm.pair_all_reduce_ns(sc, step, size, first, last)
+    return (first, last, ns) if ns else None
+
+
 def _hop_crosses(step: ResolvedStep, stage: int, to_stage: int) -> bool:
     """Does stage ``stage``'s send to ``to_stage`` (:func:`_hop`, the one :func:`_send_ns`
     prices) leave the node? False where nothing is sent."""
@@ -617,7 +644,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          comm_sm_share=comm.deepep_sm_share(sc), data_parallel=plan,
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,
                          p2p_polled=polled,
-                         recompute_gathers=sc.training.recompute != "selective")  # fmt: skip
+                         recompute_gathers=sc.training.recompute != "selective",
+                         tied_embedding_sync=tied_embedding_sync(sc, step))  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

@@ -21,6 +21,7 @@ from simtrain.costs.workload import (
     grad_passes_ns,
     pooled_tp_overlap,
     rank_optimizer_shard,
+    tied_embedding_sync,
     with_tp,
     zero2_every_microbatch,
     zero2_microbatch_rs_ns,
@@ -76,7 +77,8 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
       overlapped with the last backward (:func:`_bucketed_exposed_ns`), ZeRO-1/2's parameter
       all-gather after the step, ZeRO-3's per-layer gathers and reduce-scatters beyond the
       compute they hide behind (``costs.comm.dp_ns``), FSDP2's copy-out of each gather on the
-      compute stream; the optimizer step
+      compute stream; the tied word embedding's gradient all-reduce between the first and
+      last ranks (``costs.workload.tied_embedding_sync``); the optimizer step
       (``costs.optimizer_step_ns``).
     """
     step = resolve(sc)
@@ -91,7 +93,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns, shard)
-    return (step_ns + dp_exposed + opt_ns + offload_ns) / 1e9
+    tied = tied_embedding_sync(sc, step)  # between the reduction and the optimizer step
+    tied_ns = tied[2] if tied else 0
+    return (step_ns + dp_exposed + tied_ns + opt_ns + offload_ns) / 1e9
 
 
 def _with_copy_out(sc: Scenario, step: ResolvedStep, stages: tuple[StageMemory, ...], r: int,

@@ -233,6 +233,10 @@ class LoweringInput:
     # A recompute slice needs its layer's parameters (ZeRO-3 gathers them again): false for
     # Megatron's selective recompute, which replays only the attention core (no weights)
     recompute_gathers: bool = True
+    # (rank, rank, ns): the tied word embedding's gradient all-reduced between the ranks of
+    # the embedding and the output layer before their optimizer steps
+    # (costs.workload.tied_embedding_sync); None: no such reduction
+    tied_embedding_sync: tuple[int, int, int] | None = None
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""

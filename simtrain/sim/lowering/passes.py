@@ -613,10 +613,12 @@ def optimizer_pass(ir: StepIR) -> None:
     or naive DP through GPU 0) after its last action, the optimizer step once the gradients
     are reduced, and ZeRO-1/2's all-gather of the updated parameter shards (or, overlapped with
     the forward, that all-gather at the start of the step: the previous step's, in steady
-    state)."""
+    state). The tied word embedding's gradient (``LoweringInput.tied_embedding_sync``) is
+    all-reduced between its two ranks once both have reduced theirs: each rank's copy of the
+    collective starts when the later of the two is ready, and its optimizer step waits for it."""
+    ready_of: dict[int, list] = {}
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
-        actions = ir.inp.schedule[r.rank]
         last = [r.groups[-1].done] if r.groups else []
         ready = [r.grads_ready] if r.grads_ready is not None else last
         if r.grads_ready is None and work.grad_sync_ns:
@@ -625,7 +627,19 @@ def optimizer_pass(ir: StepIR) -> None:
             ready = [sync]
             if work.grad_d2h_ns:  # optimizer offload: the gradients go down after the sync
                 r.tail += _offload_bucket(r, work, 0, sync, "")
-        ready = [*ready, *r.offloaded]
+        ready_of[r.rank] = [*ready, *r.offloaded]
+    tied = ir.inp.tied_embedding_sync
+    if tied is not None and tied[0] in ir.ranks and tied[1] in ir.ranks:
+        first, last_rank, ns = tied
+        both = [*ready_of[first], *ready_of[last_rank]]
+        for rank in (first, last_rank):
+            op = Op(rank, "dp", "ALLREDUCE", "ALLREDUCE tied embedding grads", ns, list(both))
+            ir.ranks[rank].tail.append(op)
+            ready_of[rank] = [op]
+    for r in ir.ranks.values():
+        work = ir.inp.ranks[r.rank]
+        actions = ir.inp.schedule[r.rank]
+        ready = ready_of[r.rank]
         if actions and actions[-1].kind == "OPT":
             if r.last_host is not None:
                 ready = [*ready, r.last_host]
