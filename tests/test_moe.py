@@ -560,7 +560,10 @@ def test_hardware_flops_do_not_grow_with_the_imbalance() -> None:
 def test_expert_all_to_all_and_its_buffers_carry_one_gpus_tokens_under_context_parallelism():
     """With cp the GPU routes only its s/cp tokens of each sequence (Megatron-Core
     get_batch_on_this_cp_rank): the all-to-all message and the dispatch buffers are half at
-    cp 2 (same ep, same micro-batch), as a2a_bytes of half the tokens."""
+    cp 2 (same ep, same micro-batch), as a2a_bytes of half the tokens. The EP group is tp GPUs
+    apart at any cp (Megatron-Core d98e8a64 parallel_state.py l.887-896: the expert grid
+    orders tp-ep-dp-pp with no CP dimension): at tp 1 the 8 EP ranks are one node's GPUs 0-7,
+    CP ranks among them, not every other GPU over two nodes."""
     from pathlib import Path
 
     from simtrain.costs import comm
@@ -577,8 +580,9 @@ def test_expert_all_to_all_and_its_buffers_carry_one_gpus_tokens_under_context_p
     for sc, tokens in ((one, 4096), (two, 2048)):
         step = resolve(sc)
         size = a2a_bytes(m, tokens, step.precision.act_mm, 1, moe_load(m, 8))
-        want = comm.collective_ns(sc, step, "all_to_all", size, 8, step.groups.dp_stride)
+        want = comm.collective_ns(sc, step, "all_to_all", size, 8, sc.parallelism.tp)
         assert comm.ep_alltoall_ns(sc, step) == want
+        assert not step.placement.group_crosses_nodes(8, sc.parallelism.tp)
     b1 = estimate_memory(one).stages[0].breakdown.buffers
     b2 = estimate_memory(two).stages[0].breakdown.buffers
     assert b1 > b2
@@ -723,3 +727,25 @@ def test_relu_experts_save_one_tensor_fewer() -> None:
     shared = sb * m.shared_experts * m.shared_ffn * e // tp
     assert total("gelu") - total("relu") == one + shared
     assert total("relu2") == total("gelu")
+
+
+def test_expert_data_parallel_group_is_dp_cp_over_ep():
+    """Megatron-Core's expert grid (d98e8a64 parallel_state.py l.887-896): expert-dp = world /
+    (etp·ep·pp) = dp·cp / ep, its members tp·ep GPUs apart; every user of the group reads it
+    from ParallelSpec.expert_dp (memory's ZeRO shard, the optimizer's shard, edp_ns)."""
+    from pathlib import Path
+
+    from simtrain.costs import comm
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import ParallelSpec, load_scenario
+
+    assert ParallelSpec(dp=4, cp=2, ep=4).expert_dp == 2
+    assert ParallelSpec(dp=4, ep=4).expert_dp == 1 and ParallelSpec(dp=8).expert_dp == 8
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "mixtral_8x7b_ep8.yaml"
+    sc = load_scenario(path, ["parallelism.pp=1", "parallelism.dp=32", "parallelism.cp=2",
+                              "training.global_batch=64", "parallelism.zero_stage=1"])  # fmt: skip
+    step = resolve(sc)
+    p = sc.parallelism
+    assert p.expert_dp == 8
+    want = comm.collective_ns(sc, step, "all_reduce", 1e9, 8, p.tp * p.ep)
+    assert comm.edp_ns(sc, step, "all_reduce", 1e9) == want

@@ -298,8 +298,9 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:
     """One dispatch (or combine) all-to-all of an MoE layer over the expert-parallel group:
-    ep consecutive data-parallel ranks (GPU ids tp apart; Megatron-Core's expert grid orders
-    tp-ep-dp-pp), each sending its :func:`costs.moe.a2a_bytes` (the busiest rank's, scaled by
+    ep GPUs tp ids apart (Megatron-Core's expert grid orders tp-ep-dp-pp and has no CP
+    dimension, ``ParallelSpec.expert_dp``: with cp > 1 the group spans CP ranks too), each
+    sending its :func:`costs.moe.a2a_bytes` (the busiest rank's, scaled by
     the imbalance), of which (ep−1)/ep leaves the GPU (nccl-tests all-to-all bus bandwidth
     factor (n−1)/n: ``collectives.bus_factor``). Over NVLink inside a node, each GPU's own NIC
     across nodes (``collectives._all_to_all_multinode_s``). 0 without expert parallelism.
@@ -316,7 +317,7 @@ def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> i
     if sc.runtime.moe_dispatcher == "deepep":
         return deepep_alltoall_ns(sc, step, tokens, e)
     size = a2a_bytes(m, tokens, e, p.tp, moe_load(m, p.ep))
-    return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.dp_stride)
+    return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.tp)
 
 
 def ep_layer_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
@@ -342,7 +343,7 @@ def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_byte
     them), plus a latency per other node and one NVLink latency."""
     m, p = sc.model, sc.parallelism
     intra, inter = coll.node_links(sc.hardware)
-    g = step.placement.group_gpus_per_node(p.ep, step.groups.dp_stride)
+    g = step.placement.group_gpus_per_node(p.ep, step.groups.tp)  # (the EP group: tp apart)
     nodes = p.ep // g
     ib, nvl = deepep_a2a_bytes(m, tokens, value_bytes, p.ep, nodes, p.tp, moe_load(m, p.ep))
     t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
@@ -432,8 +433,8 @@ def edp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
     order="tp-ep-dp-pp")`` with expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp;
     expert gradients are reduced there and the distributed optimizer shards expert states over
     it, as ``costs.memory`` does)."""
-    g, ep = step.groups, sc.parallelism.ep
-    return collective_ns(sc, step, op, size_bytes, g.dp_cp // ep, g.tp * ep)
+    p = sc.parallelism
+    return collective_ns(sc, step, op, size_bytes, p.expert_dp, step.groups.tp * p.ep)
 
 
 def expert_bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str,

@@ -362,7 +362,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
                                          fused=sc.runtime.fused_optimizer,
                                          fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
                                          expert_trainable=experts,
-                                         expert_shards=max(dp // p.ep, 1) if z >= 1 else 1)  # fmt: skip
+                                         expert_shards=p.expert_dp if z >= 1 else 1)  # fmt: skip
     # DeepSpeed's reduction copy (after the last backward, freed before the step): the same
     # moment as the step's (activations gone, gradients all there), the larger of the two
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
@@ -492,7 +492,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     else:
         ms = add_states(scale_states(states(layer), n_layers),
                         states(ends))  # fmt: skip
-    b = _zero_shard(ms, experts, z, dp, dp // p.ep)
+    b = _zero_shard(ms, experts, z, dp, p.expert_dp)
     unsharded = pipeline_unsharded_gradient_bytes(sc, step, ms.trainable)
     if unsharded:
         b["gradients"] = unsharded

@@ -337,7 +337,7 @@ def rank_optimizer_shard(sc: Scenario, step: ResolvedStep, rank: int, trainable:
     dp x cp / ep ranks that hold the same experts, as ``costs.memory`` shards their states."""
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
-    edp = max(p.dp_cp // p.ep, 1) if p.zero_stage >= 1 else 1
+    edp = p.expert_dp if p.zero_stage >= 1 else 1
     return optimizer_shard(trainable - exp, p) + exp // edp
 
 
@@ -394,7 +394,7 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
     """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
     p, prec, rt = sc.parallelism, step.precision, sc.runtime
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp, shard)
-    edp = p.dp_cp // p.ep  # comm.edp_ns's group
+    edp = p.expert_dp  # comm.edp_ns's group
     z = p.zero_stage
     grad = exp * wire_grad_bytes(sc, step)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
@@ -594,7 +594,7 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         tp_latency_s=2 * (g.tp - 1) * lat,
         cp_crosses=pl.cp_crosses_nodes,
         cp_latency_s=(g.cp - 1) * lat,
-        ep_crosses=sc.parallelism.ep > 1 and pl.group_crosses_nodes(sc.parallelism.ep, g.dp_stride),
+        ep_crosses=sc.parallelism.ep > 1 and pl.group_crosses_nodes(sc.parallelism.ep, g.tp),
         ep_latency_s=(sc.parallelism.ep - 1) * lat,
     )
 

@@ -289,6 +289,16 @@ class ParallelSpec:
         distributed optimizer reduce and shard over it)."""
         return self.dp * self.cp
 
+    @property
+    def expert_dp(self) -> int:
+        """The expert-data-parallel group: the dp x cp / ep ranks that hold the same routed
+        experts (Megatron-Core d98e8a64 ``parallel_state.py`` l.887-896: the expert grid
+        ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1, order="tp-ep-dp-pp")``,
+        expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp). Its members are tp·ep GPU
+        ids apart and an EP group's tp apart (``costs.comm``); expert gradients are reduced
+        over it and ZeRO shards expert states over it. 1 without expert parallelism's split."""
+        return max(self.dp_cp // self.ep, 1)
+
 
 def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
     """m = global_batch / (micro_batch · dp) per pipeline and step (Narayanan et al. 2021 §3.1)."""
@@ -801,20 +811,20 @@ def check_context_parallel(s: Scenario, file: str) -> None:
 
 def check_deepep(s: Scenario, file: str) -> None:
     """DeepEP (runtime ``moe_dispatcher: deepep``) with expert parallelism: the EP group (ep
-    data-parallel ranks tp·cp GPUs apart) fills whole nodes, or fits in one (DeepEP's internode
+    GPUs tp apart, ``ParallelSpec.expert_dp``) fills whole nodes, or fits in one (DeepEP's internode
     kernels pair each GPU with the same in-node index on every other node), and its kernels'
     SMs (``moe_dispatch_sms``) leave some to the compute (hardware ``sm_count``)."""
     rt, p = s.runtime, s.parallelism
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         return
-    stride, gpn = p.tp * p.cp, s.cluster.gpus_per_node  # layout.placement's dp_stride
+    stride, gpn = p.tp, s.cluster.gpus_per_node  # the expert grid's EP stride
     per_node = group_gpus_per_node(p.ep, stride, gpn)
     # whole nodes: that many on every node any EP group touches (group_span: none straddles a
     # node boundary with fewer, as a pipeline stage that is not whole nodes would make it)
-    if p.ep % per_node or group_span(p.ep, stride, p.dp * stride, p.pp, gpn)[1] != per_node:
+    if p.ep % per_node or group_span(p.ep, stride, p.dp * p.tp * p.cp, p.pp, gpn)[1] != per_node:
         raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
                           f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
-                          f"on a node ({gpn} GPUs, tp x cp = {stride} apart)", "deepep",
+                          f"on a node ({gpn} GPUs, tp = {stride} apart)", "deepep",
                           "alltoall")  # fmt: skip
     sms = s.hardware.sm_count
     if sms and rt.moe_dispatch_sms >= sms:
