@@ -303,3 +303,60 @@ def test_tied_embedding_gradient_all_reduce_between_the_end_ranks():
     closed = closed_form_step_s(sc, estimate_memory(sc).stages)
     closed_untied = closed_form_step_s(untied, estimate_memory(untied).stages)
     assert (closed - closed_untied) * 1e9 == pytest.approx(ns, abs=2)
+
+
+def _tied_sync(overrides: list[str], path: str = "1f1b_8gpu.yaml"):
+    from simtrain.costs.workload import tied_embedding_sync
+
+    sc = load_scenario(SCENARIOS_DIR / path, overrides)
+    return sc, tied_embedding_sync(sc, resolve(sc))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["parallelism.schedule=zb_v"],  # the V: chunks 0 and 2p-1 both on rank 0
+    ["parallelism.schedule=dualpipe_v", "training.global_batch=128"],
+    ["parallelism.schedule=pipedream"],  # per-micro-batch updates
+    ["training.peft.method=lora"],  # a frozen embedding takes no gradient
+    ["training.peft.method=linear_probe"],  # the probe's head is untied
+    ["model.tied_embeddings=false"],
+    ["parallelism.pp=1", "parallelism.dp=8"],
+])  # fmt: skip
+def test_no_tied_embedding_sync_where_nothing_is_shared_across_ranks(overrides) -> None:
+    assert _tied_sync(overrides)[1] is None
+
+
+def test_tied_embedding_sync_size_and_link() -> None:
+    """V/t x h elements: at tp 2 half the tp-1 shard's bytes; the pair inside a node over
+    NVLink, across nodes over the NIC (slower); an fp32 accumulation buffer (bf16_fp32_grads:
+    nanotron's accumulator, DeepSpeed BF16_Optimizer's hp gradients) sends 4 B an element; an
+    untied model with a multi-token-prediction module (Megatron-Core reduces that module's
+    embedding with the first stage's) has it too."""
+    from simtrain.costs import comm
+    from simtrain.costs.collectives import node_links
+
+    base = ["model.preset=gpt3-2.7b", "parallelism.pp=4", "parallelism.dp=1",
+            "parallelism.schedule=1f1b", "training.global_batch=16"]  # fmt: skip
+    sc, (first, last, one_node) = _tied_sync([*base, "parallelism.tp=2"])
+    step = resolve(sc)
+    size = sc.model.vocab // 2 * sc.model.hidden * 2  # bf16 gradients
+    intra, inter = node_links(sc.hardware)
+    want = coll_ring_ns(size, intra)
+    assert (first, last) == (0, 3) and abs(one_node - want) <= 1
+    assert comm.pair_all_reduce_ns(sc, step, size, 0, 3) == one_node
+    sc2, (_, _, two_nodes) = _tied_sync([*base, "parallelism.tp=2", "cluster.nodes=2",
+                                         "cluster.gpus_per_node=4"])  # fmt: skip
+    assert abs(two_nodes - coll_ring_ns(size, inter)) <= 1 and two_nodes > one_node
+    _, (_, _, tp1) = _tied_sync([*base, "parallelism.tp=1", "parallelism.dp=2",
+                                 "training.global_batch=32"])  # fmt: skip
+    assert tp1 > one_node  # twice the bytes
+    _, (_, _, fp32) = _tied_sync([*base, "parallelism.tp=2",
+                                  "training.precision=bf16_fp32_grads"])  # fmt: skip
+    assert abs(fp32 - coll_ring_ns(2 * size, intra)) <= 1
+    mtp = ["parallelism.pp=4", "model.mtp_layers=1", "model.tied_embeddings=false"]
+    assert _tied_sync(mtp, "mixtral_8x7b_ep8.yaml")[1] is not None
+    assert _tied_sync(mtp[:1] + mtp[2:], "mixtral_8x7b_ep8.yaml")[1] is None
+
+
+def coll_ring_ns(size: float, link) -> float:
+    """A two-GPU ring all-reduce: each GPU sends half the array twice, 2 latencies."""
+    return 1e9 * (size / link.bandwidth_bytes_per_s + 2 * link.latency_s)

@@ -952,6 +952,9 @@ def test_one_layer_fewer_in_its_phrasings(said: str) -> None:
      {"vocab": 50257, "positions": "learned", "mlp": "gelu"}),
     ({"name": "OPT 1.3B", "seq_len": 2048, "params_b": 1.3},
      {"layers": 24, "mlp": "relu", "attention_dropout": True}),  # dropout: the source's (none)
+    # a family name without a size, with the record's parameter count
+    ({"name": "BLOOM", "params_b": 176, "seq_len": 2048},
+     {"layers": 70, "positions": "alibi", "embedding_norm": True}),
 ])  # fmt: skip
 def test_a_named_model_without_its_shape_takes_the_preset(model: dict, expect: dict) -> None:
     tr = translate(_record(model=model, parallelism={"tp": 8, "pp": 1},
@@ -967,6 +970,8 @@ def test_a_named_model_without_its_shape_takes_the_preset(model: dict, expect: d
     {"name": "GPT3-175B", "params_b": 13, "seq_len": 2048},  # another size under the name
     {"name": "GPT-3 (177B incl. larger vocab)", "seq_len": 4096},  # not a preset's name
     {"name": "Nemotron-340B"},  # the run's sequence length is not the model's
+    {"name": "GPT-2", "seq_len": 1024},  # a family (124M to 1.5B), no size, no params_b
+    {"name": "BLOOM", "seq_len": 2048},
 ])  # fmt: skip
 def test_a_name_that_does_not_fit_a_preset_stays_unexpressible(model: dict) -> None:
     out = translate(_record(model=model))

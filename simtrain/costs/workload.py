@@ -28,7 +28,7 @@ from simtrain.costs.memory import (
 from simtrain.costs.params import EXPERT_PREFIX, base_trainable, moe_param_tensors
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.scenario import Scenario, trained_mtp_modules
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,11 +529,18 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
 
 
 def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int] | None:
-    """(rank, rank, ns) of the all-reduce of the tied word embedding's gradient between the
-    two pipeline ranks that hold a copy, the embedding's and the output layer's: V/t x h
-    elements of the data-parallel reduction's dtype (``memory.wire_grad_bytes``), after that
-    reduction and before the optimizer step; None where one rank holds both (pp 1, the V of
-    ZB-V and DualPipeV), the embeddings are untied or the embedding is frozen. Megatron-LM
+    """(rank, rank, ns) of the all-reduce of the word embedding's gradient between the two
+    pipeline ranks that hold a copy, the embedding's and the output layer's (tied embeddings,
+    or the multi-token-prediction modules' own embedding, which Megatron-Core reduces with the
+    first stage's: ``if model_module.share_embeddings_and_output_weights or
+    getattr(config, 'mtp_num_layers', 0)``): V/t x h elements of the buffer the
+    data-parallel reduction reduces (an fp32 accumulation buffer where the precision keeps one:
+    nanotron's accumulator, DeepSpeed BF16_Optimizer's ``_hp_grad``; else
+    ``memory.wire_grad_bytes``), after that reduction and before the optimizer step (under an
+    offloaded optimizer, before the gradients' copies are awaited; the copies are not ordered
+    after it); None where one rank holds both (pp 1, the V of ZB-V and DualPipeV), the
+    embedding is untied without MTP or frozen. DualPipe's two copies of every stage also sum
+    their gradients, which is not modelled: this is only the embedding's share. Megatron-LM
     (2e90a342f5 training.py l.431-450: after ``allreduce_gradients``; Megatron-Core d98e8a64
     finalize_model_grads.py l.676, ``_allreduce_word_embedding_grads`` after
     ``finish_grad_sync``), nanotron (2411b022 trainer.py l.656-661,
@@ -542,7 +549,8 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
     same sum of two collectives before the step) all run it. Priced as a two-GPU all-reduce
     (``comm.pair_all_reduce_ns``), not on the shared NIC."""
     m, t = sc.model, sc.training
-    if step.pp == 1 or not m.tied_embeddings or not base_trainable(t.peft.method, t.peft.phase):
+    shared = m.tied_embeddings or trained_mtp_modules(m, t) > 0
+    if step.pp == 1 or not shared or not base_trainable(t.peft.method, t.peft.phase):
         return None
     if step.traits.steps_every_microbatch:  # (PipeDream's per-micro-batch updates: not this)
         return None
@@ -550,7 +558,8 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
     if len(ends) != 2:
         return None
     first, last = ends
-    size = m.vocab // step.groups.tp * m.hidden * wire_grad_bytes(sc, step)
+    elem = step.precision.grad_accum or wire_grad_bytes(sc, step)
+    size = m.vocab // step.groups.tp * m.hidden * elem
     ns = comm.pair_all_reduce_ns(sc, step, size, first, last)
     return (first, last, ns) if ns else None
 

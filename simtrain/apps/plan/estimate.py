@@ -78,7 +78,8 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
       all-gather after the step, ZeRO-3's per-layer gathers and reduce-scatters beyond the
       compute they hide behind (``costs.comm.dp_ns``), FSDP2's copy-out of each gather on the
       compute stream; the tied word embedding's gradient all-reduce between the first and
-      last ranks (``costs.workload.tied_embedding_sync``); the optimizer step
+      last ranks (``costs.workload.tied_embedding_sync``, on stage 0's path as the DP terms:
+      where another rank ends the step, 0-7 ms too slow); the optimizer step
       (``costs.optimizer_step_ns``).
     """
     step = resolve(sc)

@@ -556,7 +556,11 @@ def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
 #: flash attention and the positions' table size are the run's).
 _PRESET_KEYS = tuple(f.name for f in fields(ModelSpec)
                      if f.name not in ("name", "dropout", "attention_dropout",
-                                       "flash_attention", "max_positions"))  # fmt: skip
+                                       "flash_attention", "max_positions", "capacity_factor",
+                                       "moe_load_imbalance"))  # fmt: skip
+#: A size in a model name ("175B", "1.3b", "125M"): a name without one ("GPT-2", "BLOOM")
+#: names a family, and matches a preset only with a params_b that agrees.
+_SIZE = re.compile(r"\d(?:\.\d+)?\s*[bm]\b", re.IGNORECASE)
 
 
 def _letters_digits(name: str) -> str:
@@ -567,7 +571,8 @@ def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     """The preset (``spec.model.PRESETS``, ALIASES included) whose name is the record's
     ``model.name``, letters and digits compared ("GPT3-175B" is gpt3-175b, "OPT-175B" opt-175b,
     "Nemotron-340B" nemotron-4-340b), where it agrees with every shape number the record gives
-    and with its ``params_b`` within 5 %; None otherwise."""
+    and with its ``params_b`` within 5 % (a name without a size, "GPT-2" or "BLOOM", needs
+    that params_b); None otherwise."""
     key = _letters_digits(str(m.get("name") or ""))
     if not key:
         return None
@@ -582,7 +587,10 @@ def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
         if given is not None and given != getattr(spec, field):
             return None
     pb = m.get("params_b")
-    if isinstance(pb, int | float) and pb > 0 and abs(spec.total_params() / 1e9 / pb - 1) > 0.05:
+    known = isinstance(pb, int | float) and not isinstance(pb, bool) and pb > 0
+    if known and abs(spec.total_params() / 1e9 / pb - 1) > 0.05:
+        return None
+    if not known and not _SIZE.search(str(m.get("name"))):
         return None
     return name, spec
 
@@ -607,7 +615,8 @@ def _model(
         notes.append(f"model {m.get('name')!r}: preset {name} ({', '.join(filled)} not reported; "
                      f"{spec.layers} layers, hidden {spec.hidden}, {spec.heads} heads, "
                      f"{spec.kv_heads} KV heads, ffn {spec.ffn_hidden}, vocab {spec.vocab}, "
-                     f"{spec.mlp} MLP, {spec.positions} positions: spec/model.py's sources)")  # fmt: skip
+                     f"{spec.mlp} MLP, {spec.positions} positions, before a framework's vocabulary "
+                     "padding: spec/model.py's sources)")  # fmt: skip
     missing = [k for k in (*shape, "seq_len") if _int(m.get(k)) is None]
     if missing:
         raise _NotExpressible(f"model shape not reported: {', '.join(missing)}")
@@ -618,7 +627,7 @@ def _model(
         notes.append(f"vocab not reported: {vocab} (the source's tokenizer, padded)")
     seq = int(m["seq_len"])
     model: dict[str, Any] = {**conv.architecture, **arch}
-    if conv.architecture_note and not arch:
+    if conv.architecture_note:  # (its dropout and attention kernel hold under a preset too)
         notes.append(conv.architecture_note)
     model.update({"layers": int(m["layers"]), "hidden": int(m["hidden"]),
                   "heads": int(m["heads"]), "vocab": vocab})  # fmt: skip

@@ -617,6 +617,7 @@ def optimizer_pass(ir: StepIR) -> None:
     all-reduced between its two ranks once both have reduced theirs: each rank's copy of the
     collective starts when the later of the two is ready, and its optimizer step waits for it."""
     ready_of: dict[int, list] = {}
+    offloaded_of: dict[int, list] = {}
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
         last = [r.groups[-1].done] if r.groups else []
@@ -627,10 +628,11 @@ def optimizer_pass(ir: StepIR) -> None:
             ready = [sync]
             if work.grad_d2h_ns:  # optimizer offload: the gradients go down after the sync
                 r.tail += _offload_bucket(r, work, 0, sync, "")
-        ready_of[r.rank] = [*ready, *r.offloaded]
+        ready_of[r.rank], offloaded_of[r.rank] = ready, list(r.offloaded)
     tied = ir.inp.tied_embedding_sync
-    if tied is not None and tied[0] in ir.ranks and tied[1] in ir.ranks:
+    if tied is not None:
         first, last_rank, ns = tied
+        assert first in ir.ranks and last_rank in ir.ranks, tied  # every schedule rank lowers
         both = [*ready_of[first], *ready_of[last_rank]]
         for rank in (first, last_rank):
             op = Op(rank, "dp", "ALLREDUCE", "ALLREDUCE tied embedding grads", ns, list(both))
@@ -639,7 +641,7 @@ def optimizer_pass(ir: StepIR) -> None:
     for r in ir.ranks.values():
         work = ir.inp.ranks[r.rank]
         actions = ir.inp.schedule[r.rank]
-        ready = ready_of[r.rank]
+        ready = [*ready_of[r.rank], *offloaded_of[r.rank]]
         if actions and actions[-1].kind == "OPT":
             if r.last_host is not None:
                 ready = [*ready, r.last_host]
