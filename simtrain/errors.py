@@ -12,7 +12,7 @@ MAX_ECHO = 80
 #: Longest list of allowed values in a message; a longer one (every key of a section) ends with
 #: "... (N more)": the "did you mean" suggestion names the nearest. Room for every shipped
 #: hardware profile's name (tests/test_hardware.py test_unknown_profile_name_lists_the_shipped_ones).
-MAX_ALLOWED = 400
+MAX_ALLOWED = 600
 
 
 class SimtrainError(Exception):

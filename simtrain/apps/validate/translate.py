@@ -143,8 +143,36 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
                  "DGX-2 V100 (NVSwitch) on the DGX-1 profile" if "DGX-2" in g else "",
                  part("v100_sxm2_32gb", "V100"))  # fmt: skip
         return "v100_sxm2_32gb", size is not None and not other, "; ".join(x for x in notes if x)
-    # the smaller GPUs, after the datacenter names ("H100 80GB T4-cluster" is an H100)
-    return by_name(((r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
+    # the RTX 6000 Ada Generation (AD102), also written "RTX A6000 Ada" (no such card): not the
+    # RTX A6000 (GA102) nor the Quadro RTX 6000 (Turing)
+    if re.search(r"(?<![0-9])A?6000\b[\s-]*ADA\b", head):
+        return on(
+            "rtx_6000_ada_48gb",
+            False,
+            ""
+            if re.search(r"\bRTX\s*6000\s*ADA", head)
+            else "A6000 Ada: the RTX 6000 Ada Generation's profile",
+        )
+    # CDNA 2: one profile per GCD (each a ROCm device of 64 GB); ROCm names both parts
+    # "AMD Instinct MI250X/MI250", read as the MI250X
+    for word, prof in (("MI250X", "mi250x_gcd_64gb"), ("MI250", "mi250_gcd_64gb")):
+        if re.search(rf"\b{word}\b", head):
+            gcd = (
+                f"{word}: one GCD per device (64 GB, half the package's rates); a GPU count "
+                "in packages is twice as many devices"
+            )
+            if size and size.group(1) == "128":  # the package's memory: two 64 GB GCDs
+                return prof, True, gcd
+            got = on(prof, False)
+            return got[0], got[1], "; ".join(x for x in (got[2], gcd) if x)
+    # the smaller GPUs, after the datacenter names ("H100 80GB T4-cluster" is an H100); \b after
+    # the digits: "L40" is not "L40S", "H20" not "H200", "A10" not "A100" or "A10G", "A40" not "A400"
+    return by_name(((r"\bH20\b", "h20_96gb", True),  # 96 GB HBM3, and a later 141 GB HBM3e part
+                    (r"\bL40\b", "l40_48gb", False),
+                    (r"\bA10G\b", "a10g_24gb", False),
+                    (r"\bA10\b", "a10_24gb", False),
+                    (r"\bA40\b", "a40_48gb", False),
+                    (r"(?<!\d)4090(?!\d)", "rtx4090_24gb", False),
                     (r"(?<!\d)3090(?!\d)(?![\s-]*TI)", "rtx3090_24gb", False),
                     (r"\bA6000\b(?![\s-]*ADA)", "rtx_a6000_48gb", False),
                     (r"\bL4\b", "l4_24gb", False),
