@@ -831,7 +831,11 @@ def test_megatron_activation_flags(tmp_path: Path, flags: str, mlp: str, ffn: in
     ("", "learned"),
     ("--position-embedding-type rope ", "rotary"),
     ("--position-embedding-type alibi ", "alibi"),  # Megatron-DeepSpeed (BLOOM's tr11 scripts)
-    ("--no-position-embedding ", "none"),
+    ("--no-position-embedding ", "none"),  # older Megatron-LM: no positions at all
+    # Llama scripts: rope, and the learned table off (Megatron-Core allows the flag only so)
+    ("--position-embedding-type rope --no-position-embedding ", "rotary"),
+    ("--use-rotary-position-embeddings --no-position-embedding ", "rotary"),
+    ("--position-embedding-type none ", "none"),
 ])  # fmt: skip
 def test_megatron_position_flags(tmp_path: Path, flags: str, positions: str) -> None:
     sc = load_imported(megatron_flags(tmp_path, BASE + "--bf16 " + flags))

@@ -500,10 +500,18 @@ def layer_pattern(text: str) -> list[int] | None:
 
 
 def _positions(f: Flags, r: Reading) -> str:
+    """The position kind. ``--no-position-embedding`` (deprecated, ``dest=add_position_embedding``)
+    drops the learned table: beside rope (Llama scripts: ``--position-embedding-type rope
+    --no-position-embedding``) it changes nothing, and Megatron-Core refuses it without rope
+    (d98e8a64 megatron/training/arguments.py l.1633-1634); older Megatron-LM ran the model
+    without positions (NoPE)."""
     kind = f.value("--position-embedding-type") or "learned_absolute"
     if f.bool_("--use-rotary-position-embeddings"):
         kind = "rope"
-    if f.has("--no-position-embedding"):
+    if f.has("--no-position-embedding") and kind == "learned_absolute":
+        r.assume(
+            "--no-position-embedding without rope: no positions (NoPE; Megatron-Core refuses it)"
+        )
         kind = "none"
     if kind == "learned_absolute":
         return "learned"
