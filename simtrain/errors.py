@@ -10,9 +10,9 @@ from typing import Any
 #: or a billion-element list given as a value must not become a 7 MB message.
 MAX_ECHO = 80
 #: Longest list of allowed values in a message; a longer one (every key of a section) ends with
-#: "... (N more)": the "did you mean" suggestion names the nearest. Room for every shipped
-#: hardware profile's name (tests/test_hardware.py test_unknown_profile_name_lists_the_shipped_ones).
-MAX_ALLOWED = 600
+#: "... (N more)": the "did you mean" suggestion names the nearest (an unknown hardware
+#: profile's message also points to `simtrain hardware`, which lists every one).
+MAX_ALLOWED = 400
 
 
 class SimtrainError(Exception):

@@ -447,11 +447,22 @@ def test_bad_profile_names_the_key(
 
 
 def test_unknown_profile_name_lists_the_shipped_ones() -> None:
+    """The names, in order, as far as the allowed list's room goes (errors.MAX_ALLOWED), with
+    how many more and where all of them are listed; the nearest one suggested."""
+    from simtrain.errors import MAX_ALLOWED
+
     with pytest.raises(ConfigError) as info:
         load_hardware("tpu_v5p")
-    assert "tpu_v5p" in str(info.value)
-    for name in REQUIRED:
-        assert name in str(info.value)
+    msg = str(info.value)
+    assert "tpu_v5p" in msg and "`simtrain hardware`" in msg
+    listed = msg.split("; allowed: ", 1)[1]
+    names = listed.split(", ... (")[0].split(", ")
+    assert names == list(PROFILES[: len(names)]) and len(", ".join(names)) <= MAX_ALLOWED
+    if len(names) < len(PROFILES):
+        assert listed.endswith(f"({len(PROFILES) - len(names)} more)")
+    with pytest.raises(ConfigError) as info:
+        load_hardware("h100_sxm5")
+    assert "did you mean 'h100_sxm5_80gb'?" in str(info.value)
 
 
 def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:

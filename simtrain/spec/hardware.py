@@ -498,7 +498,7 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
         key,
         name_or_path,
         available_profiles(),
-        "hardware profile (name or .yaml path)",
+        "hardware profile (a name `simtrain hardware` lists, or a .yaml path)",
         nearest_to="" if is_path else None,
         sep=", ",
     )  # a missing file: no name

@@ -145,14 +145,9 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
         return "v100_sxm2_32gb", size is not None and not other, "; ".join(x for x in notes if x)
     # the RTX 6000 Ada Generation (AD102), also written "RTX A6000 Ada" (no such card): not the
     # RTX A6000 (GA102) nor the Quadro RTX 6000 (Turing)
-    if re.search(r"(?<![0-9])A?6000\b[\s-]*ADA\b", head):
-        return on(
-            "rtx_6000_ada_48gb",
-            False,
-            ""
-            if re.search(r"\bRTX\s*6000\s*ADA", head)
-            else "A6000 Ada: the RTX 6000 Ada Generation's profile",
-        )
+    if re.search(r"(?<![0-9])A?6000[\s-]*ADA\b", head):
+        note = "A6000 Ada: the RTX 6000 Ada Generation's profile" if "A6000" in head else ""
+        return on("rtx_6000_ada_48gb", False, note)
     # CDNA 2: one profile per GCD (each a ROCm device of 64 GB); ROCm names both parts
     # "AMD Instinct MI250X/MI250", read as the MI250X
     for word, prof in (("MI250X", "mi250x_gcd_64gb"), ("MI250", "mi250_gcd_64gb")):
