@@ -853,3 +853,20 @@ def test_megatron_attention_dropout_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         megatron_flags(tmp_path, BASE + "--bf16 --swiglu --squared-relu ")
     assert ei.value.key == "--squared-relu"
+
+
+def test_megatron_nemotron4_flags(tmp_path: Path) -> None:
+    """A Nemotron-4 launch (squared ReLU, GQA 8, rope on half of each head, zero-centred
+    LayerNorm, untied, no biases) imports with nothing left unsimulated."""
+    imp = megatron_flags(tmp_path, "--num-layers 4 --hidden-size 1024 --num-attention-heads 16 "
+                         "--group-query-attention --num-query-groups 8 --ffn-hidden-size 4096 "
+                         "--seq-length 2048 --max-position-embeddings 2048 --micro-batch-size 1 "
+                         "--global-batch-size 8 --vocab-size 256000 --squared-relu "
+                         "--normalization LayerNorm --apply-layernorm-1p "
+                         "--position-embedding-type rope --rotary-percent 0.5 "
+                         "--untie-embeddings-and-output-weights --disable-bias-linear --bf16 "
+                         "--attention-dropout 0.0 --hidden-dropout 0.0")  # fmt: skip
+    assert not imp.unsupported, imp.unsupported
+    m = load_imported(imp).model
+    assert (m.mlp, m.kv_heads, m.positions, m.norm, m.bias, m.tied_embeddings) == (
+        "relu2", 8, "rotary", "layernorm", False, False)  # fmt: skip

@@ -95,6 +95,9 @@ NO_EFFECT = frozenset({
     "--use-checkpoint-args", "--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler",
     "--adlr-autoresume", "--adlr-autoresume-interval",
     "--mtp-loss-scaling-factor",  # the MTP loss's weight: no FLOP or byte changes
+    # LayerNorm's weight kept zero-centred and applied as (1 + w) (Transformer Engine's
+    # zero_centered_gamma; Nemotron-4): the same parameters and kernels
+    "--apply-layernorm-1p",
 })  # fmt: skip
 NO_EFFECT_PREFIXES = (
     "--log-", "--tensorboard-", "--wandb-", "--eval-", "--save-", "--load-", "--ckpt-",
