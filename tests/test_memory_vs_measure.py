@@ -98,6 +98,25 @@ CASES = [
         "none",
         "adamw",
     ),
+    # GPT-NeoX's parallel attention and MLP on the block's input (not with LoRA here: the first
+    # block's MLP branch then sees no tensor that needs a gradient and autograd keeps nothing
+    # for it, 246,784 B of this model; the block-0 PEFT savings the model leaves out)
+    (
+        replace(GPT, name="neox-tiny", parallel_residual=True),
+        "fp32",
+        False,
+        "none",
+        "none",
+        "adamw",
+    ),
+    (
+        replace(LLAMA, name="neox-llama", parallel_residual=True),
+        "amp_bf16",
+        True,
+        "none",
+        "none",
+        "adamw",
+    ),
     # no position information (NoPE): no table, no rotary
     (replace(GPT, name="nope-tiny", positions="none"), "amp_bf16", True, "none", "none", "adamw"),
     (replace(GPT, name="relu2-tiny", mlp="relu2"), "bf16", True, "selective_op", "none", "adamw"),
@@ -219,3 +238,23 @@ def test_measure_refuses_alibi() -> None:
     with pytest.raises(ConfigError) as ei:
         measure_step(replace(GPT, positions="alibi"), t, steps=1)
     assert ei.value.key == "model.positions" and "positions: none" in ei.value.message
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+def test_parallel_residual_saves_the_block_input_once(precision: str) -> None:
+    """x + attn(norm1(x)) + mlp(norm2(x)): the second norm's input is the block's input, which
+    the first norm keeps already: PyTorch saves layers·b·s·h·e_norm bytes fewer than the
+    sequential block (e_norm: the residual stream's bytes, fp32 under autocast), and so does
+    the model."""
+    spec = replace(GPT, flash_attention=True, dropout=0.0)
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
+    got = {}
+    for parallel in (False, True):
+        m = replace(spec, parallel_residual=parallel)
+        measured = measure_step(m, t, steps=1).activation_bytes
+        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
+                      ParallelSpec())  # fmt: skip
+        got[parallel] = (measured, dict(estimate_memory(sc).stages[0].memory_bytes)["activations"])
+    one = spec.layers * 2 * 128 * spec.hidden * 4  # the residual stream is fp32 in both
+    assert got[False][0] - got[True][0] == one
+    assert got[False][1] - got[True][1] == one

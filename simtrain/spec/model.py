@@ -121,6 +121,11 @@ class ModelSpec:
     # Megatron --attention-dropout 0 beside --hidden-dropout). What a block saves and the
     # element-wise time depend on which dropouts run, not on their rates.
     attention_dropout: bool = True
+    # Attention and MLP side by side on the block's input, x + attn(norm1(x)) + mlp(norm2(x))
+    # (GPT-J; GPT-NeoX and Pythia's use_parallel_residual, transformers GPTNeoXLayer; PaLM
+    # §2 "parallel layers"): the same parameters and FLOPs as the sequential block, and the
+    # second norm's input is the first's, one tensor saved for both.
+    parallel_residual: bool = False
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -384,10 +389,11 @@ def _opt(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
 
 def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     """Pythia (Biderman et al. 2023; EleutherAI/pythia-* config.json, gpt_neox): GeLU 4h MLP,
-    biases, LayerNorm, rotary on a quarter of each head, untied, vocab 50,304; the model card's
-    non-embedding counts hold exactly (tests/test_hf_families.py)."""
+    biases, LayerNorm, rotary on a quarter of each head, parallel attention and MLP, untied,
+    vocab 50,304; the model card's non-embedding counts hold exactly
+    (tests/test_hf_families.py)."""
     return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50304, 2048,
-                     tied_embeddings=False, positions="rotary")  # fmt: skip
+                     tied_embeddings=False, positions="rotary", parallel_residual=True)  # fmt: skip
 
 
 PRESETS.update({
@@ -734,10 +740,9 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       LayerNorm (``_remove_final_layer_norm``) are refused;
     - gpt_neox (Pythia, GPT-NeoX-20B): fused query_key_value, dense, dense_h_to_4h /
       dense_4h_to_h (GeLU), biases on all, two LayerNorms a layer, rotary (``rotary_pct`` of
-      each head: no parameters), untied embed_in / embed_out. ``use_parallel_residual`` runs
-      the attention and the MLP on the same input: the same parameters and FLOPs, counted as
-      sequential (the MLP's norm keeps its own input). ``attention_bias`` false leaves the
-      MLP's biases, which one ``bias`` flag cannot say: refused;
+      each head: no parameters), untied embed_in / embed_out, ``use_parallel_residual``
+      (default true) as ``parallel_residual``. ``attention_bias`` false leaves the MLP's
+      biases, which one ``bias`` flag cannot say: refused;
     - bloom: fused query_key_value, dense, a 4h GeLU MLP, biases on all, LayerNorms, a
       LayerNorm on the word embeddings (``embedding_norm``), ALiBi positions, tied; the 176B
       config's ``n_embed`` (which BloomConfig takes over ``hidden_size``) and
@@ -814,6 +819,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)),
             mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary", bias=True,
+            parallel_residual=_hf_bool(cfg, "use_parallel_residual", True, path),
             **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names

@@ -180,6 +180,7 @@ class Block(nn.Module):
         size = training.peft.adapter_size
         self.adapter_attn = Adapter(spec.hidden, size) if method == "adapter" else None
         self.adapter_mlp = Adapter(spec.hidden, size) if method == "adapter" else None
+        self.parallel = spec.parallel_residual
         self.full_recompute = training.recompute == "full"
         self.op_sac = training.recompute == "selective_op"
 
@@ -187,6 +188,11 @@ class Block(nn.Module):
         a = self.drop1(self.attn(apply_norm(self.norm1, x), cos, sin, mask))
         if self.adapter_attn is not None:
             a = self.adapter_attn(a)
+        if self.parallel:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
+            m = self.drop2(self.mlp(apply_norm(self.norm2, x)))
+            if self.adapter_mlp is not None:
+                m = self.adapter_mlp(m)
+            return x + a + m
         x = x + a
         m = self.drop2(self.mlp(apply_norm(self.norm2, x)))
         if self.adapter_mlp is not None:
