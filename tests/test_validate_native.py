@@ -162,14 +162,21 @@ def test_the_flags_file_is_what_the_importer_reads(tmp_path: Path) -> None:
     assert imp.data["runtime"]["name"] == sc.runtime.name == "megatron_lm_2022"
 
 
+def _users_megatron_record(model: dict, training: dict, parallelism: dict):
+    """A user's own Megatron-LM run on 8 A100s (a record of the megatron_sc21 family, so it
+    goes through Megatron's flags and the importer)."""
+    from simtrain.apps.validate.records import Record
+
+    return Record(id="user_megatron", kind="training_run", source="a user's run",
+                  source_key="megatron_sc21", model=model, training=training,
+                  parallelism=parallelism, hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 8},
+                  measured={"step_time_s": 1.0})  # fmt: skip
+
+
 def test_a_records_architecture_reaches_the_megatron_importer_as_flags() -> None:
     """A Megatron record whose model is not Megatron's GPT default (a user's Llama-style run):
     every architecture key becomes a flag, and the importer reads it back."""
-    from simtrain.apps.validate.records import Record
-
-    rec = Record(
-        id="user_llama_megatron", kind="training_run", source="a user's run",
-        source_key="megatron_sc21",
+    rec = _users_megatron_record(
         model={"layers": 8, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 2816,
                "seq_len": 2048, "vocab": 32000, "mlp": "swiglu", "positions": "rotary",
                "bias": False, "norm": "rmsnorm", "tied_embeddings": False, "dropout": 0.0,
@@ -178,8 +185,6 @@ def test_a_records_architecture_reaches_the_megatron_importer_as_flags() -> None
                   "recompute": "selective"},
         parallelism={"tp": 2, "pp": 2, "dp": 2, "virtual_stages": 2,
                      "sequence_parallel": True, "zero_stage": 1},
-        hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 8},
-        measured={"step_time_s": 1.0},
     )  # fmt: skip
     tr = translate(rec)
     assert isinstance(tr, Translation), tr
@@ -232,18 +237,12 @@ def test_new_architecture_keys_survive_the_megatron_flags(mlp, positions, attent
     """ALiBi (Megatron-DeepSpeed --position-embedding-type alibi), NoPE, squared ReLU, ReLU and
     a residual-only dropout reach the scenario of a record that goes through Megatron's flags
     (were re-imported as learned positions and GeLU)."""
-    from simtrain.apps.validate.records import Record
-
-    rec = Record(
-        id="user_megatron_arch", kind="training_run", source="a user's run",
-        source_key="megatron_sc21",
+    rec = _users_megatron_record(
         model={"layers": 4, "hidden": 1024, "heads": 16, "seq_len": 2048, "vocab": 32000,
                "mlp": mlp, "positions": positions, "dropout": 0.1,
                "attention_dropout": attention_dropout},
         training={"global_batch": 16, "micro_batch": 2, "precision": "bf16"},
         parallelism={"tp": 2, "pp": 1, "dp": 4},
-        hardware={"gpu": "A100-SXM4-80GB", "num_gpus": 8},
-        measured={"step_time_s": 1.0},
     )  # fmt: skip
     tr = translate(rec)
     assert isinstance(tr, Translation), tr
