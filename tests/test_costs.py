@@ -161,18 +161,3 @@ def test_positions_element_wise_bytes() -> None:
     assert by["alibi"] == by["none"]
     assert by["rotary"] - by["alibi"] == pytest.approx(2 * 2 * 4096 * 2 * (4096 + 1024) / 2)
     assert replace(m, positions="alibi").total_params() == m.total_params()
-
-
-def test_squared_relu_host_ops() -> None:
-    """torch.square(F.relu(x)) dispatches relu and pow forward, pow, mul, mul and
-    threshold_backward backward (TorchDispatchMode, torch 2.13) where GeLU runs gelu and
-    gelu_backward: one op more forward, three more backward; ReLU as GeLU."""
-    from dataclasses import replace
-
-    from simtrain.costs.host import layer_ops
-    from simtrain.spec.model import PRESETS
-
-    g = PRESETS["gpt3-13b"]
-    gelu, relu2 = layer_ops(g), layer_ops(replace(g, mlp="relu2"))
-    assert (relu2.forward - gelu.forward, relu2.backward - gelu.backward) == (1, 3)
-    assert layer_ops(replace(g, mlp="relu")) == gelu

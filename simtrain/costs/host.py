@@ -36,31 +36,26 @@ class LayerOps:
 #: (mlp, flash attention) -> ops per block, counted by benchmarks/count_ops.py on
 #: scenarios/3d_128gpu.yaml (torch 2.13, CPU; counts do not depend on sizes or device):
 #: gpt3-13b (GeLU, LayerNorm) and llama3-8b (SwiGLU, RMSNorm, rotary) presets, recompute none
-#: and full. Selective recompute replays only the attention core (a handful of ops): counted
-#: as none.
+#: and full; the ReLU and squared-ReLU blocks on gpt3-13b's architecture with that MLP
+#: (count_dispatched_ops, torch 2.13: ReLU's saved output adds a detach; squared ReLU runs relu
+#: and pow, and pow, mul, mul and threshold_backward backward). Selective recompute replays
+#: only the attention core (a handful of ops): counted as none. tests/test_runtime.py recounts
+#: every entry.
 LAYER_OPS: dict[tuple[str, bool], LayerOps] = {
     ("gelu", True): LayerOps(forward=61, backward=129, recompute_full=98),
     ("gelu", False): LayerOps(forward=77, backward=148, recompute_full=116),
     ("swiglu", True): LayerOps(forward=72, backward=127, recompute_full=117),
     ("swiglu", False): LayerOps(forward=96, backward=151, recompute_full=143),
+    ("relu", True): LayerOps(forward=62, backward=130, recompute_full=97),
+    ("relu", False): LayerOps(forward=78, backward=149, recompute_full=115),
+    ("relu2", True): LayerOps(forward=63, backward=133, recompute_full=100),
+    ("relu2", False): LayerOps(forward=79, backward=152, recompute_full=118),
 }
 
 
-#: Ops a squared-ReLU MLP runs beyond GeLU's, counted with TorchDispatchMode on
-#: ``torch.square(F.relu(x))`` (forward relu, pow for gelu; backward pow, mul, mul,
-#: threshold_backward for gelu_backward; detach not counted): (forward, backward, replayed
-#: forward). A ReLU MLP runs GeLU's count (relu; threshold_backward).
-RELU2_EXTRA_OPS = (1, 3, 1)
-
-
 def layer_ops(m: ModelSpec) -> LayerOps:
-    """Ops of one block of ``m`` (GeLU or SwiGLU MLP, with or without flash attention; ReLU
-    as GeLU, squared ReLU with :data:`RELU2_EXTRA_OPS`)."""
-    ops = LAYER_OPS[(m.mlp if m.mlp in ("gelu", "swiglu") else "gelu", m.flash_attention)]
-    if m.mlp != "relu2":
-        return ops
-    f, b, r = RELU2_EXTRA_OPS
-    return LayerOps(ops.forward + f, ops.backward + b, ops.recompute_full + r)
+    """Ops of one block of ``m`` (its MLP kind, with or without flash attention)."""
+    return LAYER_OPS[(m.mlp, m.flash_attention)]
 
 
 def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
