@@ -870,3 +870,16 @@ def test_megatron_nemotron4_flags(tmp_path: Path) -> None:
     m = load_imported(imp).model
     assert (m.mlp, m.kv_heads, m.positions, m.norm, m.bias, m.tied_embeddings) == (
         "relu2", 8, "rotary", "layernorm", False, False)  # fmt: skip
+
+
+@pytest.mark.parametrize("line", [
+    "[ -d logs ] || mkdir logs; python pretrain_gpt.py --num-layers 2",
+    'test -n "$X" && torchrun --nproc_per_node 8 pretrain_gpt.py --num-layers 2 | tee log',
+    "if [ -f ok ]; then python pretrain_gpt.py --num-layers 2; fi",
+])  # fmt: skip
+def test_read_command_finds_a_guarded_launch(line: str) -> None:
+    """A launch after a test on the same line (a list: &&, ||, ;): the test is not the launch,
+    the command after it is (a review of 2026-12-05: the whole line was dropped)."""
+    cmd = read_command(line, "s.sh")
+    assert cmd is not None and cmd.program == "pretrain_gpt.py"
+    assert cmd.args == ("--num-layers", "2") and cmd.launcher[-1] in ("python", "8")

@@ -327,8 +327,8 @@ def test_no_tied_embedding_sync_where_nothing_is_shared_across_ranks(overrides) 
 
 def test_tied_embedding_sync_size_and_link() -> None:
     """V/t x h elements: at tp 2 half the tp-1 shard's bytes; the pair inside a node over
-    NVLink, across nodes over the NIC (slower); an fp32 accumulation buffer (bf16_fp32_grads:
-    nanotron's accumulator, DeepSpeed BF16_Optimizer's hp gradients) sends 4 B an element; an
+    NVLink, across nodes over the NIC (slower); in the data-parallel reduction's dtype (4 B an
+    element under a runtime that reduces in fp32, grad_reduce_dtype fp32: nanotron's); an
     untied model with a multi-token-prediction module (Megatron-Core reduces that module's
     embedding with the first stage's) has it too."""
     from simtrain.costs import comm
@@ -350,8 +350,11 @@ def test_tied_embedding_sync_size_and_link() -> None:
                                  "training.global_batch=32"])  # fmt: skip
     assert tp1 > one_node  # twice the bytes
     _, (_, _, fp32) = _tied_sync([*base, "parallelism.tp=2",
-                                  "training.precision=bf16_fp32_grads"])  # fmt: skip
+                                  "runtime.grad_reduce_dtype=fp32"])  # fmt: skip
     assert abs(fp32 - coll_ring_ns(2 * size, intra)) <= 1
+    _, (_, _, accum) = _tied_sync([*base, "parallelism.tp=2",
+                                   "training.precision=bf16_fp32_grads"])  # fmt: skip
+    assert accum == one_node  # (DeepSpeed BF16_Optimizer's fp32 reduction: not modelled)
     mtp = ["parallelism.pp=4", "model.mtp_layers=1", "model.tied_embeddings=false"]
     assert _tied_sync(mtp, "mixtral_8x7b_ep8.yaml")[1] is not None
     assert _tied_sync(mtp[:1] + mtp[2:], "mixtral_8x7b_ep8.yaml")[1] is None

@@ -533,10 +533,12 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
     pipeline ranks that hold a copy, the embedding's and the output layer's (tied embeddings,
     or the multi-token-prediction modules' own embedding, which Megatron-Core reduces with the
     first stage's: ``if model_module.share_embeddings_and_output_weights or
-    getattr(config, 'mtp_num_layers', 0)``): V/t x h elements of the buffer the
-    data-parallel reduction reduces (an fp32 accumulation buffer where the precision keeps one:
-    nanotron's accumulator, DeepSpeed BF16_Optimizer's ``_hp_grad``; else
-    ``memory.wire_grad_bytes``), after that reduction and before the optimizer step (under an
+    getattr(config, 'mtp_num_layers', 0)``): V/t x h elements in the data-parallel
+    reduction's dtype (``memory.wire_grad_bytes``, one rule for both; DeepSpeed's
+    BF16_Optimizer reduces its fp32 buffers in both, 38327e07f runtime/bf16_optimizer.py l.167
+    and l.371-374 and engine.py ``_exec_reduce_tied_grads``, which neither prices: that
+    reduction's fp32 bytes and its flattening copy are not modelled), after that
+    reduction and before the optimizer step (under an
     offloaded optimizer, before the gradients' copies are awaited; the copies are not ordered
     after it); None where one rank holds both (pp 1, the V of ZB-V and DualPipeV), the
     embedding is untied without MTP or frozen. DualPipe's two copies of every stage also sum
@@ -558,8 +560,7 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
     if len(ends) != 2:
         return None
     first, last = ends
-    elem = step.precision.grad_accum or wire_grad_bytes(sc, step)
-    size = m.vocab // step.groups.tp * m.hidden * elem
+    size = m.vocab // step.groups.tp * m.hidden * wire_grad_bytes(sc, step)
     ns = comm.pair_all_reduce_ns(sc, step, size, first, last)
     return (first, last, ns) if ns else None
 

@@ -170,6 +170,46 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
     return [out]
 
 
+#: Words that end one command of a list (``a && b``, ``a || b``, ``a; b``, ``a | b``, ``a & b``).
+LIST_OPERATORS = ("&&", "||", ";", "|", "&")
+
+
+def _list_commands(words: list[str]) -> list[list[str]]:
+    """The commands of a list, split at :data:`LIST_OPERATORS` (a word or a trailing ``;``,
+    as ``logs;``); none empty."""
+    out: list[list[str]] = [[]]
+    for w in words:
+        if w in LIST_OPERATORS:
+            out.append([])
+        elif w.endswith(";") and not w.endswith("\\;"):
+            out[-1].append(w[:-1])
+            out.append([])
+        else:
+            out[-1].append(w)
+    return [c for c in out if c]
+
+
+def _launch(words: list[str], env: dict[str, str], arrays: dict[str, list[str]], file: str,
+            line: int) -> Command | None:  # fmt: skip
+    """The ``*.py`` program one command runs, with its launcher words and arguments, after
+    expansion; None when it runs none."""
+    expanded = [e for w in words for e in expand(w, env, arrays)]
+    # ``bash -c "$LAUNCHER $CMD"`` (BigScience's tr11 slurm script): the command string's
+    # own words
+    at = next((i for i, w in enumerate(expanded[:-1]) if w == "-c" and i > 0
+               and expanded[i - 1].rsplit("/", 1)[-1] in ("bash", "sh")), None)  # fmt: skip
+    if at is not None:
+        expanded = expanded[: at + 1] + _split(expanded[at + 1], file, line) + expanded[at + 2 :]
+    for i, w in enumerate(expanded):
+        if w.endswith(".py") and not w.startswith("-"):
+            args = expanded[i + 1 :]
+            # the command ends at a pipe, a list operator or a redirection (| tee log)
+            end = next((k for k, a in enumerate(args) if a in LIST_OPERATORS
+                        or re.match(r"^\d*[<>]", a)), len(args))  # fmt: skip
+            return Command(tuple(expanded[:i]), w, tuple(args[:end]), dict(env))
+    return None
+
+
 def read_command(text: str, file: str) -> Command | None:
     """The command of the script that launches its training program, expanded: of the lines
     that run a ``*.py`` program (not a test of its path, ``if [ -f ... ]``), the first whose
@@ -179,7 +219,7 @@ def read_command(text: str, file: str) -> Command | None:
     env: dict[str, str] = {}
     arrays: dict[str, list[str]] = {}
     found: list[Command] = []
-    for _n, line, words in _logical_lines(text, file):
+    for n, line, words in _logical_lines(text, file):
         m = _ASSIGN.match(line)
         ws = words
         if ws and ws[0] in DECLARE_WORDS:
@@ -208,22 +248,16 @@ def read_command(text: str, file: str) -> Command | None:
             while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
                 ws = ws[1:]
             words = ws
-        if words and words[0] in NOT_A_LAUNCH:
-            continue
-        expanded = [e for w in words for e in expand(w, env, arrays)]
-        # ``bash -c "$LAUNCHER $CMD"`` (BigScience's tr11 slurm script): the command string's
-        # own words
-        at = next((i for i, w in enumerate(expanded[:-1]) if w == "-c" and i > 0
-                   and expanded[i - 1].rsplit("/", 1)[-1] in ("bash", "sh")), None)  # fmt: skip
-        if at is not None:
-            expanded = expanded[: at + 1] + _split(expanded[at + 1], file, _n) + expanded[at + 2 :]
-        for i, w in enumerate(expanded):
-            if w.endswith(".py") and not w.startswith("-"):
-                args = expanded[i + 1 :]
-                # the command ends at a pipe, a list operator or a redirection (| tee log)
-                end = next((k for k, a in enumerate(args) if a in ("|", "||", "&&", ";", "&")
-                            or re.match(r"^\d*[<>]", a)), len(args))  # fmt: skip
-                found.append(Command(tuple(expanded[:i]), w, tuple(args[:end]), dict(env)))
+        # each command of a list (``[ -d logs ] || mkdir logs; python pretrain_gpt.py ...``):
+        # a test or a print is not the launch, the command after it may be
+        for seg in _list_commands(words):
+            while seg and seg[0] in ("then", "do", "else", "{", "time"):  # a keyword before it
+                seg = seg[1:]
+            if not seg or seg[0] in NOT_A_LAUNCH:
+                continue
+            command = _launch(seg, env, arrays, file, n)
+            if command is not None:
+                found.append(command)
                 break
     for good in (
         lambda c: c.program.rsplit("/", 1)[-1].startswith("pretrain") or "--num-layers" in c.args,
