@@ -767,12 +767,24 @@ def test_megatron_deepspeed_vocab_padding_and_embedding_split(tmp_path: Path) ->
     flags = ("--num-layers 70 --hidden-size 14336 --num-attention-heads 112 --seq-length 2048 "
              "--max-position-embeddings 2048 --micro-batch-size 2 --global-batch-size 2048 "
              "--tokenizer-type PretrainedFromHF --pad-vocab-size-to 250880 --bf16 "
+             "--vocab-size 250680 --make-vocab-size-divisible-by 128 "
              "--tensor-model-parallel-size 4 --pipeline-model-parallel-size 12 "
              "--pp-partition-method 'type:transformer|embedding'")  # fmt: skip
     imp = megatron_flags(tmp_path, flags, gpus=384)
+    assert not imp.unsupported, imp.unsupported  # (the vocabulary flags beside it were)
     sc = load_imported(imp)
     assert sc.model.vocab == 250880
     assert sc.parallelism.layer_split == "embedding_as_layer"
+    even = megatron_flags(
+        tmp_path,
+        flags.replace("|embedding", "").replace("--num-layers 70", "--num-layers 72"),
+        gpus=384,
+    )  # (the default: the blocks alone)
+    assert not even.unsupported and load_imported(even).parallelism.layer_split == "uniform"
+    for bad in ("--pad-vocab-size-to 250000", "--pad-vocab-size-to 250881"):
+        with pytest.raises(ConfigError) as ei:  # below the tokenizer's; not a multiple of 128
+            megatron_flags(tmp_path, flags.replace("--pad-vocab-size-to 250880", bad), gpus=384)
+        assert ei.value.key == "--pad-vocab-size-to"
 
 
 @pytest.mark.parametrize("name", ["fp32", "float32", "torch.float32", "float"])

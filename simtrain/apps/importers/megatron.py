@@ -530,15 +530,24 @@ def _positions(f: Flags, r: Reading) -> str:
 
 def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
     to = f.pos_("--pad-vocab-size-to", hi=LIMIT["model.vocab"])
+    raw = f.pos_("--vocab-size", hi=LIMIT["model.vocab"])
+    tok = f.value("--tokenizer-type")
+    div = f.pos_("--make-vocab-size-divisible-by", 128, LIMIT["model.vocab"])
+    assert div is not None
     if to is not None:
         # Megatron-DeepSpeed megatron/tokenizer/tokenizer.py _vocab_size_with_padding
-        # (bigscience-workshop HEAD l.70-82): the vocabulary is padded to exactly this size
-        # (which must be a multiple of --make-vocab-size-divisible-by; no tp rounding)
+        # (bigscience-workshop 8387ae17 l.70-82): the vocabulary is padded to exactly this size,
+        # which must be at least the tokenizer's and a multiple of
+        # --make-vocab-size-divisible-by (ValueError otherwise; no tp rounding)
+        if raw is not None and to < raw:
+            raise ConfigError(r.file, "--pad-vocab-size-to", f"below --vocab-size {raw:,} "
+                              "(Megatron-DeepSpeed pads only to a higher value)", to)  # fmt: skip
+        if to % div:
+            raise ConfigError(r.file, "--pad-vocab-size-to", f"not a multiple of "
+                              f"--make-vocab-size-divisible-by {div}", to)  # fmt: skip
         r.assume(f"vocabulary: --pad-vocab-size-to {to:,} (Megatron-DeepSpeed pads to it)")
         r.origin("model.vocab", "--pad-vocab-size-to")
         return to
-    raw = f.pos_("--vocab-size", hi=LIMIT["model.vocab"])
-    tok = f.value("--tokenizer-type")
     if raw is None:
         if tok == "GPT2BPETokenizer" or (
             tok is None and "--vocab-file" in f and "--merge-file" in f
@@ -552,8 +561,6 @@ def _vocab(f: Flags, r: Reading, tp: int) -> int | None:
                    "give --vocab-size, or --set model.vocab=N (Megatron pads it to a multiple "
                    "of --make-vocab-size-divisible-by x tp)")  # fmt: skip
             return None
-    div = f.pos_("--make-vocab-size-divisible-by", 128, LIMIT["model.vocab"])
-    assert div is not None
     multiple = div * tp
     padded = -(-raw // multiple) * multiple  # integers: no float to overflow
     if padded > LIMIT["model.vocab"]:
@@ -698,12 +705,14 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         # Megatron-DeepSpeed's PipelineModule partition_method (BLOOM's tr11 scripts): with
         # 'type:transformer|embedding' the two embedding layers weigh one layer each, so the
         # first and last stages hold one block fewer (simtrain's embedding_as_layer)
+        # (and 'type:transformer', the default, bigscience-workshop 8387ae17
+        # megatron/model/gpt_model.py l.310-313: the blocks alone, an even split)
         if re.fullmatch(r"type:transformer\|embed(?:ding)?", method.strip("'\"")):
             par["layer_split"] = "embedding_as_layer"
             r.origin("parallelism.layer_split", "--pp-partition-method")
             r.assume(f"--pp-partition-method {method}: the embeddings weigh one layer each "
                      "(embedding_as_layer)")  # fmt: skip
-        else:
+        elif method.strip("'\"") != "type:transformer":
             r.unsupported_(f"--pp-partition-method {method}", "simulated as an even split")
     if "--num-layers-per-virtual-pipeline-stage" in f:
         n = f.int_("--num-layers-per-virtual-pipeline-stage")
