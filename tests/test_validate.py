@@ -776,6 +776,9 @@ def test_a_known_sources_runtime_is_its_own_whatever_its_text_names() -> None:
     ("DDP, not FSDP", 0), ("none (plain DDP, no FSDP)", 0), ("ZeRO-0", 0), ("stage 0", 0),
     ("parameters replicated, optimizer states sharded", 1),
     ("gradients reduced, optimizer states sharded", 1),
+    # a third: a named stage wins over another scheme's negation, not over its own
+    ("Distributed optimizer (ZeRO-1), no FSDP", 1), ("ZeRO-1; not ZeRO-3", 1),
+    ("ZeRO-3 (stage 3), no zero-bubble", 3), ("no ZeRO-3", 0),
 ])  # fmt: skip
 def test_more_shardings_in_words(text: str, stage: int) -> None:
     out = translate(_record(parallelism={"tp": 2, "pp": 1, "zero_stage": text}))

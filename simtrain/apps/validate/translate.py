@@ -941,6 +941,10 @@ _ZERO_WORDS = (
         "optimizer states sharded: ZeRO-1",
     ),
 )
+#: An explicit stage ("ZeRO-1", "stage 3"), which wins over the words above where the text also
+#: negates another scheme ("ZeRO-1, no FSDP"); not where it is itself negated ("no ZeRO-3").
+_EXPLICIT_STAGE = re.compile(r"\b(?:zero|stage)[- ]?([0-3])\b", re.I)
+_NEGATED_BEFORE = re.compile(r"\b(?:no|not|without)\s+$", re.I)
 # FSDP's sharding strategies (torch.distributed.fsdp.ShardingStrategy) as ZeRO stages.
 _FSDP_SHARDING = {"FULL_SHARD": 3, "HYBRID_SHARD": 3, "SHARD_GRAD_OP": 2,
                   "_HYBRID_SHARD_ZERO2": 2, "NO_SHARD": 0}  # fmt: skip
@@ -958,6 +962,11 @@ def _zero_stage(value: Any, notes: list[str]) -> int | None:
         n = int(value.strip())
     if n is not None:
         return n
+    text = str(value)
+    for m in _EXPLICIT_STAGE.finditer(text):
+        if not _NEGATED_BEFORE.search(text[: m.start()]):
+            notes.append(f"zero_stage {text!r}: {m.group(1)} (named)")
+            return int(m.group(1))
     for pattern, stage, why in _ZERO_WORDS:
         if pattern.search(str(value)):
             notes.append(f"zero_stage {str(value)!r}: {stage} ({why})")
