@@ -749,3 +749,21 @@ def test_expert_data_parallel_group_is_dp_cp_over_ep():
     assert p.expert_dp == 8
     want = comm.collective_ns(sc, step, "all_reduce", 1e9, 8, p.tp * p.ep)
     assert comm.edp_ns(sc, step, "all_reduce", 1e9) == want
+
+
+def test_ep_divides_dp_times_cp():
+    """Megatron-Core's expert grid needs ep | dp·cp (expert-dp = world / (tp·ep·pp)), not ep | dp:
+    dp 4 x cp 4 takes ep 8 (expert-dp 2); ep 32 > dp·cp is refused, naming dp x cp."""
+    from pathlib import Path
+
+    from simtrain.errors import ConfigError
+    from simtrain.spec.scenario import load_scenario
+
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "mixtral_8x7b_ep8.yaml"
+    base = ["parallelism.dp=4", "parallelism.cp=4", "training.global_batch=64",
+            "model.flash_attention=true"]  # fmt: skip
+    sc = load_scenario(path, [*base, "parallelism.ep=8"])
+    assert sc.parallelism.expert_dp == 2
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(path, [*base, "parallelism.ep=32", "model.num_experts=32"])
+    assert ei.value.key == "parallelism.ep" and "dp x cp = 16" in ei.value.message

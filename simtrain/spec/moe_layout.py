@@ -14,10 +14,11 @@ from simtrain.spec.precision import PRECISIONS
 
 
 def check_moe_layout(s: Any, file: str) -> None:
-    """Expert parallelism (Megatron-Core ``parallel_state.initialize_model_parallel``: the
-    expert grid is tp x ep x expert-dp x pp with expert-dp = dp·cp·tp / (ep·tp), so ep must
-    divide dp; ``arguments.py``: num_experts % expert_model_parallel_size == 0; with tp > 1,
-    ``model_parallel_config.py``: "sequence parallelism must be used")."""
+    """Expert parallelism (Megatron-Core d98e8a64 ``parallel_state.py`` l.870-896: the expert
+    grid is tp x ep x expert-dp x pp with expert-dp = world / (tp·ep·pp) = dp·cp / ep, a
+    RuntimeError where that does not divide, so ep must divide dp·cp
+    (``ParallelSpec.expert_dp``); ``arguments.py``: num_experts % expert_model_parallel_size
+    == 0; with tp > 1, ``model_parallel_config.py``: "sequence parallelism must be used")."""
     m, t, p = s.model, s.training, s.parallelism
     if (m.is_moe or m.is_mla) and t.recompute == "selective_op":
         raise ConfigError(file, "training.recompute", "torchtitan's per-op policy is modelled "
@@ -28,10 +29,10 @@ def check_moe_layout(s: Any, file: str) -> None:
                           "experts (model.num_experts > 0); use 1", p.ep)  # fmt: skip
     if not m.is_moe:
         return
-    if m.num_experts % p.ep or p.dp % p.ep:
-        ok = [d for d in range(1, p.dp + 1) if p.dp % d == 0 and m.num_experts % d == 0]
+    if m.num_experts % p.ep or p.dp_cp % p.ep:
+        ok = [d for d in range(1, p.dp_cp + 1) if p.dp_cp % d == 0 and m.num_experts % d == 0]
         raise ConfigError(file, "parallelism.ep", f"must divide model.num_experts = "
-                          f"{m.num_experts} and parallelism.dp = {p.dp}", p.ep,
+                          f"{m.num_experts} and parallelism.dp x cp = {p.dp_cp}", p.ep,
                           " | ".join(map(str, ok)))  # fmt: skip
     if p.ep > 1 and p.tp > 1 and not p.sequence_parallel:
         raise ConfigError(

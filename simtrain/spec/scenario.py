@@ -296,8 +296,9 @@ class ParallelSpec:
         ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1, order="tp-ep-dp-pp")``,
         expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp). Its members are tp·ep GPU
         ids apart and an EP group's tp apart (``costs.comm``); expert gradients are reduced
-        over it and ZeRO shards expert states over it. 1 without expert parallelism's split."""
-        return max(self.dp_cp // self.ep, 1)
+        over it and ZeRO shards expert states over it (``spec.moe_layout``: ep divides dp·cp).
+        dp·cp without expert parallelism."""
+        return self.dp_cp // self.ep
 
 
 def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
