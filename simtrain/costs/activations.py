@@ -184,11 +184,10 @@ class _Block:
 def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> None:
     """A norm's input and statistics, and its output as the input the next linears save."""
     sb, h, e = c.sb, c.m.hidden, c.e
-    norm_stats = norm_stats_per_token(c.m) // 4
+    stats = norm_stats_per_token(c.m)
     if i == 0 or not c.m.parallel_residual:  # (parallel: norm2's input is norm1's, the block's)
         c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
-    c.add(f"norm{i + 1} statistics", 4 * norm_stats * sb / c.seq_div,
-          c.seq(f"{4 * norm_stats}·sb"))  # fmt: skip
+    c.add(f"norm{i + 1} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
     users = [mod for mod in mods if c.saves_input(mod)]
     if users and c.te_fp8:
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),

@@ -487,7 +487,9 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     ZeRO-1/2 bucketed reduce-scatter + all-gather of the updated shards, DDP buckets
     overlapped with the last backward, or one all-reduce at the end (PipeDream, split backward,
     or a runtime that does not overlap the reduction: ``runtime.overlap_grad_reduce`` false).
-    ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`)."""
+    ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`), and so does
+    ZeRO-2's reduce-scatter where it runs every micro-batch (:func:`_zero2_chunks`); here only
+    its all-gather of the updated shards."""
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * wire_grad_bytes(sc, step)
     work = RankWork(optimizer_ns=optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node))

@@ -121,7 +121,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
         lines.append(
             f"  routed experts ({sc.parallelism.ep}-way expert parallel): their ZeRO "
-            f"shards / expert-dp {dp // sc.parallelism.ep}, the rest / dp {dp}"
+            f"shards / expert-dp {sc.parallelism.expert_dp}, the rest / dp {dp}"
         )
     if z >= 1 and dp > 1:
         lines.append(f"  ZeRO-{z}: optimizer states and master weights / {dp_name}")

@@ -525,7 +525,9 @@ OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron")
 #: model_type values the importer reads.
 HF_KINDS = ("gpt2", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 #: tie_word_embeddings where config.json leaves it out (the configuration class's default, or
-#: PretrainedConfig's True where the class sets none).
+#: PretrainedConfig's True where the class sets none: transformers 008e5743
+#: configuration_gemma.py / configuration_starcoder2.py, configuration_opt.py at 1f3ae2b3 and
+#: configuration_bloom.py at d94ee404 set no tie key).
 _HF_TIED_DEFAULT = {"gemma": True, "opt": True, "bloom": True, "starcoder2": True}
 
 
@@ -585,7 +587,9 @@ def _hf_bool(cfg: dict[str, Any], field: str, default: bool, path: Path) -> bool
 def _hf_head_size(cfg: dict[str, Any], path: Path, default: int | None = None) -> int:
     """``head_dim`` where it differs from hidden_size / num_attention_heads (Mistral-Nemo:
     5120 / 32 heads of 128): transformers' LlamaAttention, MistralAttention, Qwen2Attention and
-    MixtralAttention take ``config.head_dim`` when given; 0 where it is absent, null or equal."""
+    MixtralAttention take ``config.head_dim`` when given; where it is absent, ``default`` (the
+    configuration class's: GemmaConfig's 256, transformers 008e5743 configuration_gemma.py),
+    else 0, as where it is null or equal."""
     d = cfg.get("head_dim", default)
     if d is None:
         return 0
@@ -649,7 +653,7 @@ def from_hf_config(
                 name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
                 ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("n_positions", 1024)),
-                mlp="swiglu" if "glu" in act else "relu" if act == "relu" else "gelu",
+                mlp="swiglu" if "glu" in act else _hf_mlp(act),
                 tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
                 **_hf_dropouts(cfg, path, ("resid_pdrop", 0.1), ("attn_pdrop", 0.1)),
             )  # fmt: skip
@@ -749,8 +753,8 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       ``num_attention_heads``; ``seq_length`` (or 2,048, the BLOOM model card's) as
       max_positions;
     - starcoder2: q, k, v, o (GQA: 2 KV heads when the config leaves them out, as
-      Starcoder2Config) and c_fc / c_proj (``gelu_pytorch_tanh``), biases on all
-      (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` and ``attention_dropout``;
+      Starcoder2Config, transformers 008e5743 configuration_starcoder2.py) and c_fc / c_proj
+      (``gelu_pytorch_tanh``), biases on all (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` and ``attention_dropout``;
     - nemotron (Nemotron-4, Minitron): q, k, v, o (GQA, ``head_dim``), up / down with squared
       ReLU (``relu2``), LayerNorm1P (weight and bias), rotary (``partial_rotary_factor``),
       untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag)."""
