@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -249,16 +248,17 @@ def test_schedule_unknown_name() -> None:
 
 
 def test_a_closed_pipe_ends_quietly() -> None:
-    """`simtrain run ... | head -2`: the reader leaves; no 'error: output: cannot write: Broken
-    pipe' and exit 0 (a review of the CLI, 2026-12-05)."""
+    """`simtrain schedule ... | head -1`: the reader leaves; no 'error: output: cannot write:
+    Broken pipe' and exit 0 (a review of the CLI, 2026-12-05). The grid is 1.2 MB, more than a
+    pipe holds, so the writer does meet the closed pipe (the 1 kB of `run` fitted in the pipe's
+    buffer: the test passed with the handler removed)."""
     import subprocess
     import sys
 
-    cmd = (f"{sys.executable} -m simtrain run scenarios/gpipe_8gpu.yaml --out "
-           f"{tempfile.mkdtemp()} | head -1")  # fmt: skip
+    cmd = f"{sys.executable} -m simtrain schedule interleaved --pp 32 -m 128 -v 8 | head -1"
     out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=300)  # fmt: skip
-    assert out.stdout.startswith("gpipe_8gpu:")
+    assert out.stdout.strip()
     assert "Broken pipe" not in out.stderr and "error" not in out.stderr
     assert out.returncode == 0
 

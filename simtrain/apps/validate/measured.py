@@ -39,10 +39,9 @@ TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "
 #: ``costs.workload.block_times_ns``), from the record's milliseconds.
 LAYER_METRICS = {"layer_forward_s": "layer_forward_ms", "layer_backward_s": "layer_backward_ms"}
 STEP_METRICS = tuple(m for m in TIME_METRICS if m not in LAYER_METRICS)
-#: :func:`read_outcome`'s readings: out of memory, and a failed run whose source does not say
-#: whether it ran out of memory.
-OOM_OUTCOMES = ("oom",)
-CRASH_OUTCOMES = ("crashed_or_oom",)
+#: :func:`read_outcome`'s readings: out of memory, a failed run whose source does not say
+#: whether it ran out of memory, and a run that fit.
+OOM, CRASHED_OR_OOM, FIT = "oom", "crashed_or_oom", "fit"
 
 
 _CRASH = re.compile(r"crash|fail|\bhang|\berror")
@@ -54,19 +53,16 @@ _EITHER = re.compile(r"(?:crash|fail)\w*\s*(?:or|/)\s*oom|oom\s*(?:or|/)\s*(?:cr
 
 
 def read_outcome(value: object) -> str:
-    """A record's ``measured.outcome`` in the words of :data:`OOM_OUTCOMES` and
-    :data:`CRASH_OUTCOMES`: "OOM", "out of memory", "CUDA error: out of memory" -> "oom"; a
-    crash or failure that may have been either ("crashed or OOM", "crashed/oom") or is not said
-    to be memory ("crashed", "NCCL error") -> "crashed_or_oom"; anything else (absent, "ok",
-    "completed"): a run that fit, returned lower case with '_' and '-' as spaces and what it
-    says did not happen ("no OOM") left out."""
+    """A record's ``measured.outcome`` as :data:`OOM`, :data:`CRASHED_OR_OOM` or :data:`FIT`:
+    "OOM", "out of memory", "CUDA error: out of memory" -> OOM; a crash or failure that may
+    have been either ("crashed or OOM", "crashed/oom") or is not said to be memory ("crashed",
+    "NCCL error") -> CRASHED_OR_OOM; anything else (absent, "ok", "completed", what it says did
+    not happen: "no OOM") -> FIT."""
     text = re.sub(r"[_-]+", " ", str(value or "").strip().lower())
     text = _NEGATED.sub(" ", text)
     if _OOM.search(text):
-        return "crashed_or_oom" if _EITHER.search(text) else "oom"
-    if _CRASH.search(text):
-        return "crashed_or_oom"
-    return text
+        return CRASHED_OR_OOM if _EITHER.search(text) else OOM
+    return CRASHED_OR_OOM if _CRASH.search(text) else FIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +117,12 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             out["peak_memory_bytes"] = v * unit
             break
     outcome = read_outcome(x.get("outcome"))
-    if outcome in CRASH_OUTCOMES:
+    if outcome == CRASHED_OR_OOM:
         # measured: the run failed; predicted: simtrain says it does not fit (the cause it can
         # name); a "no" is no error of a fit verdict, only a failure simtrain does not explain
         out["crash_or_oom"] = True
     else:
-        out["fits"] = outcome not in OOM_OUTCOMES
+        out["fits"] = outcome == FIT
     return out
 
 
