@@ -60,7 +60,7 @@ def test_datasheet_numbers(name: str) -> None:
     assert hw.hbm_bandwidth_bytes_per_s == pytest.approx(gb_per_s * GB, rel=1e-12)
     assert hw.peak("fp8") == pytest.approx(fp8 * T, rel=1e-12)
     assert hw.sm_count == sms
-    # a marketed size in GB read as GiB is above what the runtime exposes, by at most ~10 %
+    # a marketed size in GB read as GiB is above what the runtime exposes, by at most 12 %
     nominal = int(name.rsplit("_", 1)[1][:-2])
     assert 0.88 * nominal * 2**30 < hw.memory_bytes < nominal * 2**30
 
