@@ -1009,17 +1009,23 @@ def test_micro_batches_searched_are_every_divisor_up_to_8() -> None:
 
 def test_near_ties_fall_to_memory_headroom() -> None:
     """Two layouts 2 ns apart in step time are equally fast: the one with more headroom ranks
-    first (raw floats ranked the 2 ns first)."""
-    from simtrain.apps.plan.rank import rank_key
+    first (raw floats ranked the 2 ns first), on either side of any rounding boundary (6
+    significant digits put 2.2245450001 and 2.2245449999 apart); a real difference (above
+    TIE_FRACTION) still ranks by time."""
+    from simtrain.apps.plan.rank import TIE_FRACTION, rank_rows
 
     a = run_plan(_plan(SMALL), LocalExecutor(1)).ranked[0]
     assert a.status == "simulated"
-    b = a._replace(
-        days=a.days * (1 + 1e-9),
-        capacity_bytes=a.capacity_bytes + 2**30,
-        layout=a.layout._replace(micro_batch=a.layout.micro_batch + 1),
-    )
-    assert sorted([a, b], key=rank_key("time"))[0] is b
+    for base in (a.days, 2.2245449999):
+        lo = a._replace(days=base)
+        roomy = a._replace(
+            days=base * (1 + 1e-10) if base != 2.2245449999 else 2.2245450001,
+            capacity_bytes=a.capacity_bytes + 2**30,
+            layout=a.layout._replace(micro_batch=a.layout.micro_batch + 1),
+        )
+        assert rank_rows([lo, roomy], "time")[0] is roomy
+        slower = roomy._replace(days=base * (1 + 10 * TIE_FRACTION))
+        assert rank_rows([lo, slower], "time")[0] is lo
 
 
 def test_rows_on_an_estimated_gpu_are_marked(tmp_path: Path) -> None:

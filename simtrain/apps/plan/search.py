@@ -11,7 +11,7 @@ from simtrain.apps.plan.execute import LocalExecutor
 from simtrain.apps.plan.file import Plan
 from simtrain.apps.plan.layouts import Layout, enumerate_layouts, scenario_data
 from simtrain.apps.plan.progress import Progress
-from simtrain.apps.plan.rank import rank_key, select_candidates
+from simtrain.apps.plan.rank import rank_rows, select_candidates
 from simtrain.apps.plan.result import PlanResult, Row
 from simtrain.apps.plan.screen import ScreenContext, build_context, meets, screen_chunk, violations
 from simtrain.apps.plan.simulate import SimOutcome, indexed_simulate
@@ -137,10 +137,9 @@ def _finish(plan: Plan, ctx: ScreenContext, rows: list[Row], sims: dict[Layout, 
             days=run.days, cost=run.cost, goodput=run.goodput,
             meets_constraints=meets(ctx.constraints, run.days, run.cost)))  # fmt: skip
     out.sort(key=lambda r: r.layout)
-    key = rank_key(plan.objective)
-    ranked = sorted((r for r in out if r.status == "simulated"), key=key)
+    ranked = rank_rows((r for r in out if r.status == "simulated"), plan.objective)
     if not ranked and interrupted:  # nothing simulated yet: the closed-form best
-        ranked = sorted((r for r in out if r.status == "estimated"), key=key)[: plan.top]
+        ranked = rank_rows((r for r in out if r.status == "estimated"), plan.objective)[: plan.top]
     best = tuple(r for r in ranked if r.status == "simulated" and r.meets_constraints)
     counts: dict[str, int] = {}
     for r in out:
