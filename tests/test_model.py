@@ -300,3 +300,16 @@ def test_largest_presets_are_far_inside_the_limits() -> None:
     for spec in PRESETS.values():
         assert validate_model(spec) is spec
         assert spec.total_params() < MAX_PARAMS / 1000
+
+
+def test_find_preset_strict_and_loose() -> None:
+    """One lookup of preset names: strict (case and aliases: the scenario's model.preset, the
+    DeepSpeed importer's --model) and loose (letters and digits: a record's model name)."""
+    from simtrain.spec.model import find_preset
+
+    assert find_preset("GPT2-small") == "gpt2" and find_preset("gpt3") == "gpt3-175b"
+    assert find_preset("GPT-3 175B") is None  # strict: not a name (no normalising)
+    assert find_preset("GPT-3 175B", loose=True) == "gpt3-175b"
+    assert find_preset("Nemotron-340B", loose=True) == "nemotron-4-340b"
+    assert find_preset("OPT 1.3B", loose=True) == "opt-1.3b"
+    assert find_preset("LLaMA-65B", loose=True) is None and find_preset("", loose=True) is None

@@ -11,6 +11,7 @@ Parameter counts are exact integers and are tested against the published counts
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -477,10 +478,27 @@ ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "g
            "bloom": "bloom-176b"}  # fmt: skip
 
 
+def _letters_digits(name: str) -> str:
+    return re.sub(r"[^0-9a-z.]", "", name.lower())
+
+
+def find_preset(name: str, loose: bool = False) -> str | None:
+    """The :data:`PRESETS` key a name (or one of :data:`ALIASES`) names, case-insensitive;
+    ``loose``: letters, digits and dots compared, so that a paper's "GPT3-175B" or
+    "Nemotron-340B" finds gpt3-175b or nemotron-4-340b. None where none does."""
+    if not loose:
+        canonical = ALIASES.get(name.lower(), name.lower())
+        return canonical if canonical in PRESETS else None
+    key = _letters_digits(name)
+    names = {_letters_digits(n): n for n in PRESETS}
+    names.update({_letters_digits(a): n for a, n in ALIASES.items()})
+    return names.get(key) if key else None
+
+
 def preset(name: str, file: str | None = None, key: str = "model.preset") -> ModelSpec:
     """Look up a preset by name (case-insensitive)."""
-    canonical = ALIASES.get(name.lower(), name.lower())
-    if canonical not in PRESETS:
+    canonical = find_preset(name)
+    if canonical is None:
         raise unknown_value(file, key, name, list(PRESETS), "model preset", sep=", ")
     return PRESETS[canonical]
 

@@ -47,7 +47,7 @@ from simtrain.apps.importers.common import (
 )
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float
-from simtrain.spec.model import ALIASES, PRESETS, from_hf_config, preset
+from simtrain.spec.model import PRESETS, find_preset, from_hf_config, preset
 from simtrain.spec.runtime import load_runtime
 from simtrain.spec.yamlfile import is_file, read_text_file
 
@@ -93,7 +93,7 @@ def _model(model: str, r: Reading) -> dict[str, Any]:
     if is_file(model):
         r.assume(f"model: {model} (Hugging Face config.json)")
         return {"hf_config": str(Path(model).resolve())}
-    if model.lower() in PRESETS or model.lower() in ALIASES:
+    if find_preset(model) is not None:
         r.assume(f"model: simtrain preset {model}")
         return {"preset": model.lower()}
     raise ConfigError(None, "--model", "neither a config.json file nor a simtrain preset", model,

@@ -32,7 +32,7 @@ from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
-from simtrain.spec.model import ALIASES, PRESETS, ModelSpec
+from simtrain.spec.model import PRESETS, ModelSpec, find_preset
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import LORA_TARGETS, RECOMPUTE, Scenario, parse_scenario
 from simtrain.units import MIB
@@ -586,22 +586,13 @@ _PRESET_KEYS = tuple(f.name for f in fields(ModelSpec)
 _SIZE = re.compile(r"\d(?:\.\d+)?\s*[bm]\b", re.IGNORECASE)
 
 
-def _letters_digits(name: str) -> str:
-    return re.sub(r"[^0-9a-z.]", "", name.lower())
-
-
 def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     """The preset (``spec.model.PRESETS``, ALIASES included) whose name is the record's
     ``model.name``, letters and digits compared ("GPT3-175B" is gpt3-175b, "OPT-175B" opt-175b,
     "Nemotron-340B" nemotron-4-340b), where it agrees with every shape number the record gives
     and with its ``params_b`` within 5 % (a name without a size, "GPT-2" or "BLOOM", needs
     that params_b); None otherwise."""
-    key = _letters_digits(str(m.get("name") or ""))
-    if not key:
-        return None
-    names = {_letters_digits(n): n for n in PRESETS}
-    names.update({_letters_digits(a): n for a, n in ALIASES.items()})
-    name = names.get(key)
+    name = find_preset(str(m.get("name") or ""), loose=True)
     if name is None:
         return None
     spec = PRESETS[name]
