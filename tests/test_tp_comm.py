@@ -613,3 +613,28 @@ def test_output_layer_gemm_is_the_cp_ranks_share() -> None:
     # the whole sequence's GEMM would have hidden it all (ar2 < gemm)
     half = _head_gemm_ns(one, 16, tokens=2048)  # the rank's s/cp tokens
     assert ar2 < gemm and tp_edges_ns(two, s2, False, True)[1] == math.ceil(ar2 - half) > 0
+
+
+def test_parallel_residual_forward_reduces_once() -> None:
+    """A parallel-residual block (GPT-J, GPT-NeoX, Pythia) sums its attention and MLP outputs
+    before one all-reduce in the forward (gpt-neox ce9bee3b ParallelTransformerLayer.forward,
+    gpt_j_residual); the backward keeps two (each branch's input copy), and a full recompute
+    replays the forward's one."""
+    from simtrain.costs.comm import tp_backward_block, tp_forward_block
+    from simtrain.costs.workload import tp_recompute_ns
+
+    seq = _runtime(scenario(8, sp=False), tp_comm_overlap=False)
+    par = replace(seq, model=replace(seq.model, parallel_residual=True))
+    step = resolve(par)
+    ar = tp_allreduce_ns(par, step)
+    assert ar > 0 and ar == tp_allreduce_ns(seq, resolve(seq))
+    assert tp_forward_block(seq, step) == (2 * ar, 0)
+    assert tp_forward_block(par, step) == (ar, 0)
+    assert tp_backward_block(par, step) == tp_backward_block(seq, step)
+    full = replace(par, training=replace(par.training, recompute="full"))
+    assert tp_recompute_ns(full, 3, ar) == 3 * ar
+    assert tp_recompute_ns(replace(full, model=seq.model), 3, ar) == 6 * ar
+    # with sequence parallelism the all-gather / reduce-scatter pairs stay per branch
+    sp = _runtime(scenario(8, sp=True), tp_comm_overlap=False)
+    sp_par = replace(sp, model=replace(sp.model, parallel_residual=True))
+    assert tp_forward_block(sp_par, resolve(sp_par)) == tp_forward_block(sp, resolve(sp))

@@ -111,6 +111,17 @@ def pipelined_exposed_ns(collective_ns_: float, gemm_ns: float, tp: int) -> int:
     return math.ceil(max(0.0, collective_ns_ - gemm_ns * (tp - 1) / tp))
 
 
+def forward_allreduces(sc: Scenario) -> int:
+    """TP all-reduces of one block's forward without sequence parallelism: two (after the
+    attention's and the MLP's row-parallel linears); one for a parallel-residual block, whose
+    attention and MLP outputs are summed before a single reduce (EleutherAI/gpt-neox ce9bee3b
+    megatron/model/transformer.py ParallelTransformerLayer.forward, gpt_j_residual: "we can do
+    a single allreduce after we add mlp / attn outputs", ``residual + self.reduce(output)``).
+    The backward keeps two: each branch's column-parallel input is its own copy to the TP
+    region."""
+    return 1 if sc.model.parallel_residual else 2
+
+
 def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
@@ -120,7 +131,8 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
     GEMM group (``costs.compute.tp_linear_group_ns``)."""
     if not tp_pairs_gemms(sc):
-        return 2 * tp_allreduce_ns(sc, step), 0
+        n = 2 if sc.parallelism.sequence_parallel else forward_allreduces(sc)
+        return n * tp_allreduce_ns(sc, step), 0
     ag, rs = tp_halves_ns(sc, step)
     return paired_ns(tp_linear_group_ns(sc), step.groups.tp,
                      ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"), (rs, "mlp_out")))  # fmt: skip

@@ -178,6 +178,8 @@ def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
     ``_save_list``), and with it only the two all-gathers (its reduce-scatter outputs are
     saved): half an all-reduce each, ``layers · ar``."""
     t, p = sc.training, sc.parallelism
+    if t.recompute == "full" and not p.sequence_parallel:  # the replayed forward's
+        return comm.forward_allreduces(sc) * layers * ar
     if t.recompute == "full" or (t.recompute == "selective_op" and not p.sequence_parallel):
         return 2 * layers * ar
     return layers * ar if t.recompute == "selective_op" else 0
