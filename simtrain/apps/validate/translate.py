@@ -288,7 +288,7 @@ def map_recompute(text: str | bool | None) -> str | None:
     if isinstance(text, bool):
         return "full" if text else "none"
     t = str(text).lower().strip()
-    if _FALSE_WORDS.match(t) and not t.startswith("none"):  # ("none" is read below, as before)
+    if _FALSE_WORDS.match(t):  # false, no, off, disabled, none, not used
         return "none"
     if re.match(r"(?:gradient|activation) checkpointing", t) and "selective" not in t:
         return "full"
@@ -298,8 +298,6 @@ def map_recompute(text: str | bool | None) -> str | None:
         return "selective"
     if t.startswith(("full", "re-materialization", "rematerialization")):
         return "full"
-    if t.startswith("none"):
-        return "none"
     return None
 
 
