@@ -638,3 +638,32 @@ def test_parallel_residual_forward_reduces_once() -> None:
     sp = _runtime(scenario(8, sp=True), tp_comm_overlap=False)
     sp_par = replace(sp, model=replace(sp.model, parallel_residual=True))
     assert tp_forward_block(sp_par, resolve(sp_par)) == tp_forward_block(sp, resolve(sp))
+
+
+def test_vocab_parallel_loss_reduces_per_kernel() -> None:
+    """The loss's all-reduces of b·s fp32 values over TP: three for Megatron's
+    _VocabParallelCrossEntropy and PyTorch's loss_parallel (max, target logit, sum of
+    exponentials), two for the fused kernel, none when the logits are gathered (which pays
+    the b·s·V all-gather instead); the embedding's side has no loss."""
+    from simtrain.costs.comm import tp_edges_ns
+
+    sc = _runtime(scenario(8, sp=False), tp_comm_overlap=False)
+    step = resolve(sc)
+    t = sc.training
+
+    def head_fwd(kind: str) -> int:
+        return tp_edges_ns(replace(sc, training=replace(t, cross_entropy=kind)), step,
+                           False, True)[0]  # fmt: skip
+
+    one = collective_ns(sc, step, "all_reduce", 4 * t.micro_batch * t.seq_len_effective,
+                        step.groups.tp, step.groups.tp_stride)  # fmt: skip
+    logits = step.boundary_bytes * sc.model.vocab // sc.model.hidden
+    gather = collective_ns(sc, step, "all_gather", logits, step.groups.tp, step.groups.tp_stride)
+    assert one > 0
+    assert head_fwd("standard") - head_fwd("fused") == one
+    assert head_fwd("loss_parallel") == head_fwd("standard")
+    assert head_fwd("standard") - head_fwd("gathered") == 3 * one - gather
+    embed = tp_edges_ns(sc, step, True, False)
+    for kind in ("fused", "gathered"):
+        assert tp_edges_ns(replace(sc, training=replace(t, cross_entropy=kind)), step, True,
+                           False) == embed  # fmt: skip
