@@ -223,7 +223,7 @@ def matmul_basis(hw: Any) -> dict[str, Any]:
     estimate, ...; "" where the line has none) and whether it is an estimate, so that a script
     can tell a rough guide from a fitted prediction as ``simtrain run``'s estimate line does."""
     return {"value": hw.efficiency.matmul, "source_tag": hw.matmul_tag,
-            "estimate": hw.matmul_tag == "est"}  # fmt: skip
+            "estimate": hw.matmul_is_estimate}  # fmt: skip
 
 
 def mfu_peak_text(sc: Any) -> str:
@@ -231,10 +231,12 @@ def mfu_peak_text(sc: Any) -> str:
     where the GPU has no rate for it, fp32's, said so (``HardwareProfile.compute_peak``)."""
     hw = sc.hardware
     dtype = PRECISIONS[sc.training.precision].compute_dtype
+    peak = f"{hw.compute_peak(dtype) / 1e12:,.4g} TFLOP/s"
     if hw.peak(dtype):
-        return f"the {dtype} peak {hw.peak(dtype) / 1e12:,.4g} TFLOP/s"
-    return (f"the fp32 peak {hw.peak('fp32') / 1e12:,.4g} TFLOP/s (this GPU has no {dtype} "
-            f"rate: {dtype} runs through its fp32 units)")  # fmt: skip
+        return f"the {dtype} peak {peak}"
+    return (
+        f"the fp32 peak {peak} (this GPU has no {dtype} rate: {dtype} runs through its fp32 units)"
+    )
 
 
 def estimate_note(names: Any) -> str:
@@ -252,7 +254,7 @@ def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step
     time; "" otherwise."""
-    if hw.matmul_tag != "est":
+    if not hw.matmul_is_estimate:
         return ""
     return (
         f"GPU efficiency   efficiency.matmul {hw.efficiency.matmul:g} of {hw.name} is an "

@@ -140,6 +140,12 @@ class HardwareProfile:
                 return value
         raise KeyError(dtype)
 
+    @property
+    def matmul_is_estimate(self) -> bool:
+        """Whether the large-GEMM efficiency is an estimate (its line tagged [est]: no GEMM or
+        training run measured on this GPU): what the tables, compare and plan caveat."""
+        return self.matmul_tag == "est"
+
     def compute_peak(self, dtype: str) -> float:
         """The peak a step computing in ``dtype`` runs against: that dtype's, or fp32's where
         the GPU has no rate for it (bf16 on a V100 runs through the fp32 units)."""

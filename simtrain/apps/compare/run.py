@@ -100,7 +100,7 @@ def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
         ("zero_stage", p.zero_stage),
         ("hardware", sc.hardware.name),
         ("mfu_peak", mfu_peak_text(sc)),
-        ("matmul_estimate", sc.hardware.matmul_tag == "est"),
+        ("matmul_estimate", sc.hardware.matmul_is_estimate),
     )
 
 

@@ -209,7 +209,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     lines.append(hdr)
     # GPUs whose efficiency.matmul is an estimate ([est]): their rows marked *, with the caveat
     guessed_hw = {h for h in {r.layout.hardware for r in shown}
-                  if load_hardware(h).matmul_tag == "est"}  # fmt: skip
+                  if load_hardware(h).matmul_is_estimate}  # fmt: skip
     for i, r in enumerate(shown, 1):
         lay = r.layout
         sched = _schedule_text(lay, batches)
