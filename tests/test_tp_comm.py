@@ -667,3 +667,21 @@ def test_vocab_parallel_loss_reduces_per_kernel() -> None:
     for kind in ("fused", "gathered"):
         assert tp_edges_ns(replace(sc, training=replace(t, cross_entropy=kind)), step, True,
                            False) == embed  # fmt: skip
+
+
+def test_gradient_reduction_op_by_stage_and_runtime() -> None:
+    """One rule for the data-parallel gradient collective (memory, workload, NIC plan and
+    planner read it): ZeRO-1/2 reduce-scatter under a reduce-scattering runtime
+    (Megatron-Core's distributed optimizer), an all-reduce without ZeRO and under nanotron's
+    ZeRO-1 (optim/zero.py all-reduces); the NIC plan's DP latency is that collective's."""
+    from simtrain.costs.workload import _dp_latency_s, grad_reduction_op, nic_plan
+
+    sc = scenario(1, False, parallelism={"dp": 8}, training={"global_batch": 8})
+    zero1 = replace(sc, parallelism=replace(sc.parallelism, zero_stage=1))
+    assert grad_reduction_op(sc) == "all_reduce"
+    assert grad_reduction_op(zero1) == "reduce_scatter"
+    assert grad_reduction_op(replace(zero1, parallelism=replace(sc.parallelism, zero_stage=2))) \
+        == "reduce_scatter"  # fmt: skip
+    assert grad_reduction_op(_runtime(zero1, zero_grad_reduction="all_reduce")) == "all_reduce"
+    step = resolve(zero1)
+    assert nic_plan(zero1, step).dp_latency_s == _dp_latency_s(zero1, step, "reduce_scatter")

@@ -197,6 +197,25 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
             comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat))  # fmt: skip
 
 
+def grad_reduction_op(sc: Scenario) -> str:
+    """The gradients' data-parallel collective: ZeRO-1/2's reduce-scatter of each rank's shard
+    where the runtime reduces so (``runtime.zero_grad_reduction``: DeepSpeed
+    stage_1_and_2.py, Megatron's distributed optimizer), else an all-reduce (DDP, ZeRO-0, and
+    nanotron's ZeRO-1, optim/zero.py). ZeRO-3 reduce-scatters per layer instead
+    (:func:`zero3_layer_comm_ns`), not through this bucketed reduction."""
+    zero12 = sc.parallelism.zero_stage in (1, 2)
+    scatter = zero12 and sc.runtime.zero_grad_reduction == "reduce_scatter"
+    return "reduce_scatter" if scatter else "all_reduce"
+
+
+def grads_bucketable(sc: Scenario, step: ResolvedStep, rank: int) -> bool:
+    """Whether the rank's gradient buckets are reduced beside its last backward: its action
+    list ends on a backward (B or W) before the optimizer step, it steps once a step (not
+    every micro-batch), and the runtime overlaps the reduction (``overlap_grad_reduce``)."""
+    return (step.schedule[rank][-2].kind in ("B", "W") and sc.runtime.overlap_grad_reduce
+            and not step.traits.steps_every_microbatch)  # fmt: skip
+
+
 def zero2_every_microbatch(sc: Scenario) -> bool:
     """ZeRO-2 keeps only its shard of the gradients, so each micro-batch's gradients are
     reduce-scattered in its own backward, not once at the last (DeepSpeed
@@ -394,15 +413,14 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,
                       exp: int, shard: int) -> RankWork:  # fmt: skip
     """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
-    p, prec, rt = sc.parallelism, step.precision, sc.runtime
+    p, prec = sc.parallelism, step.precision
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp, shard)
     edp = p.expert_dp  # comm.edp_ns's group
     z = p.zero_stage
     grad = exp * wire_grad_bytes(sc, step)
     if edp == 1 or p.dp_mode == "naive" or z == 3:
         return work
-    op = ("reduce_scatter" if z in (1, 2) and rt.zero_grad_reduction == "reduce_scatter"
-          else "all_reduce")  # fmt: skip
+    op = grad_reduction_op(sc)
     if z in (1, 2):
         ag = comm.edp_ns(sc, step, "all_gather", exp * prec.param)
         if work.pre_gather_ns != (0, 0):
@@ -502,14 +520,8 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
     if p.zero_stage == 3:
         return work
-    # Buckets overlap the last backward when the rank steps its optimizer once, at the end
-    bucketable = (
-        step.schedule[rank][-2].kind in ("B", "W") and not step.traits.steps_every_microbatch
-    )
-    bucketable = bucketable and rt.overlap_grad_reduce
-    zero12 = p.zero_stage in (1, 2)
-    op = "reduce_scatter" if zero12 and rt.zero_grad_reduction == "reduce_scatter" else "all_reduce"
-    if zero12:
+    op = grad_reduction_op(sc)
+    if p.zero_stage in (1, 2):
         # ZeRO-1/2: the updated shards are all-gathered after the step, or (overlapped) during
         # the next forward; nanotron reduces with an all-reduce (optim/zero.py).
         ag = comm.dp_ns(sc, step, "all_gather", params * prec.param)
@@ -523,7 +535,7 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
         if op == "reduce_scatter" and rt.overlap_grad_reduce:  # DeepSpeed overlap_comm
             return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes),
                            bucket_name=f"ZeRO-{p.zero_stage} reduce-scatter")  # fmt: skip
-    if bucketable:
+    if grads_bucketable(sc, step, rank):
         return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes))
     if op == "reduce_scatter":
         ns = comm.dp_ns(sc, step, op, grad_bytes)
@@ -589,10 +601,8 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
     data-parallel tasks' latency by kind: "DP" (the gradient buckets or reduction: an
     all-reduce, or ZeRO-1/2's reduce-scatter), "AG" and "RS" (ZeRO's gathers and scatters)."""
     hw, pl, g = sc.hardware, step.placement, step.groups
-    p, rt = sc.parallelism, sc.runtime
     lat = hw.inter_node_latency_s
     stages = range(len(step.chunks))
-    scatter = p.zero_stage in (1, 2) and rt.zero_grad_reduction == "reduce_scatter"
     return NicPlan(
         bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s
         * hw.efficiency.collective
@@ -601,7 +611,7 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         send_backward_crosses=tuple(_hop_crosses(step, s, s - 1) for s in stages),
         p2p_latency_s=lat,
         dp_crosses=pl.group_crosses_nodes(g.dp_cp, g.tp),
-        dp_latency_s=_dp_latency_s(sc, step, "reduce_scatter" if scatter else "all_reduce"),
+        dp_latency_s=_dp_latency_s(sc, step, grad_reduction_op(sc)),
         ag_latency_s=_dp_latency_s(sc, step, "all_gather"),
         rs_latency_s=_dp_latency_s(sc, step, "reduce_scatter"),
         tp_crosses=pl.tp_crosses_nodes,

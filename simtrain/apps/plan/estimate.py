@@ -19,6 +19,8 @@ from simtrain.costs.workload import (
     chunk_duration,
     gather_copy_out_ns,
     grad_passes_ns,
+    grad_reduction_op,
+    grads_bucketable,
     pooled_tp_overlap,
     rank_optimizer_shard,
     tied_embedding_sync,
@@ -265,13 +267,9 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         return exposed + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
-    # as the simulation reduces (workload.dense_rank_work): ZeRO-1/2 by the runtime's
-    # reduction, in buckets beside the last backward only where the runtime overlaps it
-    zero12 = p.zero_stage in (1, 2) and sc.runtime.zero_grad_reduction == "reduce_scatter"
-    op = "reduce_scatter" if zero12 else "all_reduce"
-    bucketable = (step.schedule[0][-2].kind in ("B", "W") and sc.runtime.overlap_grad_reduce
-                  and not step.traits.steps_every_microbatch)  # fmt: skip
-    if bucketable:
+    # as the simulation reduces (workload.dense_rank_work)
+    op = grad_reduction_op(sc)
+    if grads_bucketable(sc, step, 0):
         dp_exposed = _bucketed_exposed_ns(sc, step, op, grad_bytes, last_backward)
     else:
         dp_exposed = dp_ns(sc, step, op, grad_bytes)
