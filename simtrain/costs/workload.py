@@ -220,7 +220,7 @@ def zero2_every_microbatch(sc: Scenario) -> bool:
     """ZeRO-2 keeps only its shard of the gradients, so each micro-batch's gradients are
     reduce-scattered in its own backward, not once at the last (DeepSpeed
     runtime/zero/stage_1_and_2.py reduce_ready_partitions_and_remove_grads: "if
-    self.partition_gradients or self.is_gradient_accumulation_boundary", HEAD l.1424-1425;
+    self.partition_gradients or self.is_gradient_accumulation_boundary()", edaa7221 l.1767-1769;
     ZeRO-1 reduces at the boundary only; FSDP's SHARD_GRAD_OP likewise reduces every backward).
     Dense models over a reduce-scattering runtime (MoE's expert-data-parallel buckets and
     nanotron's all-reduce keep the bucketed reduction at the end), without CPU offload (whose
