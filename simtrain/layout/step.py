@@ -105,6 +105,14 @@ class ResolvedStep:
         return sum(c.layers for c in self.rank_chunks(rank))
 
 
+def all_warmup_order(all_warmup_at_pp: bool, schedule: str, v: int) -> bool:
+    """Whether the runtime runs the interleaved order's all-warm-up variant (every forward
+    first) where the micro-batches equal the stages (``interleaved_all_warmup_at_pp``,
+    Megatron-LM 2021-2024: ``schedules.interleaved_all_warmup``): its flag, the interleaved
+    schedule, more than one chunk per rank."""
+    return all_warmup_at_pp and schedule == "interleaved" and v > 1
+
+
 def resolve(sc: Scenario) -> ResolvedStep:
     """The resolved step of ``sc`` (cached: the planner resolves thousands of layouts)."""
     return _resolve(sc.model, sc.training, sc.parallelism, sc.cluster.gpus_per_node,
@@ -134,7 +142,7 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         # transformer block is block m.layers + k of the head's chunk
         split = {k: replace(c, hi=c.hi + mtp) if c.head else c for k, c in split.items()}
     prec = PRECISIONS[t.precision]
-    all_warmup = all_warmup_at_pp and name == "interleaved" and p.virtual_stages > 1 and mb == p.pp
+    all_warmup = all_warmup_order(all_warmup_at_pp, name, p.virtual_stages) and mb == p.pp
     return ResolvedStep(
         microbatches=mb,
         micro_batch=t.micro_batch,

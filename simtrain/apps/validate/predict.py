@@ -12,7 +12,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.costs.workload import block_times_ns
-from simtrain.layout.step import resolve
+from simtrain.layout.step import all_warmup_order, resolve
 from simtrain.report.progress import Progress
 from simtrain.spec.scenario import Scenario
 
@@ -130,12 +130,8 @@ def predicted_step_time(sc: Scenario) -> float:
     m1 = step.traits.affine_from(step.pp)
     if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
         m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
-    if (
-        m1 == step.pp
-        and sc.runtime.interleaved_all_warmup_at_pp
-        and step.schedule_name == "interleaved"
-        and step.v > 1
-    ):  # layout.step's rule
+    if m1 == step.pp and all_warmup_order(sc.runtime.interleaved_all_warmup_at_pp,
+                                          step.schedule_name, step.v):  # fmt: skip
         m1 = 2 * step.pp
     m2 = 2 * m1
     if m <= m2 or not step.traits.affine_in_m:
