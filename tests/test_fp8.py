@@ -14,7 +14,12 @@ import pytest
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs.activations import layer_activation_bytes
 from simtrain.costs.compute import block_flops, chunk_costs
-from simtrain.costs.fp8 import cast_bytes, scaling_state_bytes, weight_cache_bytes
+from simtrain.costs.fp8 import (
+    cast_bytes,
+    rowwise_rescale_bytes,
+    scaling_state_bytes,
+    weight_cache_bytes,
+)
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
 from simtrain.spec.precision import PRECISIONS
@@ -62,7 +67,7 @@ def scenario(precision: str, hardware: str = "h100_sxm5_80gb", **over: Any) -> S
         "parallelism": {"dp": 1, "tp": 1, "pp": 1},
     }
     for k, v in over.items():
-        data[k] = {**data[k], **v} if isinstance(v, dict) else v
+        data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
     return parse_scenario(copy.deepcopy(data), "fp8.yaml")
 
 
@@ -305,6 +310,57 @@ def test_cast_bytes_closed_forms() -> None:
     for prec in ("fp8_tensorwise", "fp8_rowwise"):
         assert cast_bytes(m, PRECISIONS[prec], "hopper", t_) == (fwd, bwd)
     assert cast_bytes(m, PRECISIONS["bf16"], "hopper", t_) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_rowwise_rescale_bytes_closed_form(tp: int) -> None:
+    """torchao rowwise (float8_ops.py addmm_float8_unwrapped l.47-85): the input- and
+    weight-gradient GEMMs run without fast accumulation, so cuBLAS's tensorwise kernel at unit
+    scales and then ``output *= a_inv * b_inv``: each output element read and written in bf16
+    (2 + 2 B) under torch.compile, plus the fp32 outer product written and read (4 + 4 B) in
+    eager. Per micro-batch of T tokens on one TP rank: the input gradients are T x each linear's
+    input width (q, k, v, gate, up column-parallel: h; o row-parallel: h/t; down: f/t), the
+    weight gradients the rank's weights. Tensorwise and every TE recipe: nothing."""
+    m = scenario("bf16").model
+    t_ = SB
+    widths = 5 * H + H // tp + F // tp  # q, k, v, gate, up | o | down
+    weights = sum(W_GROUPS) // tp
+    rw = PRECISIONS["fp8_rowwise"]
+    assert rowwise_rescale_bytes(m, rw, t_, tp) == (4 * t_ * widths, 4 * weights)
+    assert rowwise_rescale_bytes(m, rw, t_, tp, eager=True) == (12 * t_ * widths, 12 * weights)
+    for other in ("fp8_tensorwise", "fp8_delayed", "fp8_current", "mxfp8", "bf16"):
+        assert rowwise_rescale_bytes(m, PRECISIONS[other], t_, tp) == (0.0, 0.0)
+
+
+def test_rowwise_rescale_in_the_backward_gemms_actions() -> None:
+    """A block under fp8_rowwise costs what it costs under fp8_tensorwise (the same GEMMs, casts
+    and saved tensors) plus the rescale's bytes at HBM x efficiency.memory_bound: the input
+    gradients' in the input-gradient action, the weight gradients' in the weight-gradient
+    action; the forward and the recompute are untouched (the forward GEMM takes its scales)."""
+    over = {"training": {"recompute": "full"}}
+    tw = chunk_costs(scenario("fp8_tensorwise", **over), L, False, False)
+    sc = scenario("fp8_rowwise", **over)
+    rw = chunk_costs(sc, L, False, False)
+    hw = sc.hardware
+    bw = hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound
+    widths, weights = 5 * H + H + F, sum(W_GROUPS)
+    assert rw.forward_ns == tw.forward_ns and rw.recompute_ns == tw.recompute_ns
+    assert rw.input_grad_ns - tw.input_grad_ns == pytest.approx(1e9 * L * 4 * SB * widths / bw,
+                                                                abs=1)  # fmt: skip
+    assert rw.weight_grad_ns - tw.weight_grad_ns == pytest.approx(1e9 * L * 4 * weights / bw,
+                                                                  abs=1)  # fmt: skip
+    # eager element-wise (no torch.compile): the outer product is materialised in fp32
+    eager = chunk_costs(scenario("fp8_rowwise", **over, runtime={"name": "torchtitan"}),
+                        L, False, False)  # fmt: skip
+    tw_eager = chunk_costs(scenario("fp8_tensorwise", **over, runtime={"name": "torchtitan"}),
+                           L, False, False)  # fmt: skip
+    assert eager.weight_grad_ns - tw_eager.weight_grad_ns == pytest.approx(
+        1e9 * L * 12 * weights / bw, abs=1
+    )
+    # and the step (on this small block, h 1024, torchao's casts leave either recipe near bf16)
+    steps = {p: simulate_scenario(scenario(p), detail=False).metrics.step_time_s
+             for p in ("fp8_tensorwise", "fp8_rowwise")}  # fmt: skip
+    assert steps["fp8_tensorwise"] < steps["fp8_rowwise"]
 
 
 def test_current_scaling_saves_as_delayed_without_history() -> None:

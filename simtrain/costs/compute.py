@@ -33,7 +33,7 @@ from dataclasses import astuple, dataclass, replace
 from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks
 from simtrain.costs.cp import ring_layer
-from simtrain.costs.fp8 import cast_bytes
+from simtrain.costs.fp8 import cast_bytes, rowwise_rescale_bytes
 from simtrain.costs.moe import (
     moe_elementwise_bytes_per_token,
     moe_load,
@@ -821,7 +821,9 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     (:func:`flash_core`; None: GEMM-priced): the blocks' linear-layer GEMMs
     (fprop, dgrad and, where the weights train, wgrad) at the ``gemm_dtype`` rate, the rest
     (attention core, LoRA, the LM head) at ``compute_dtype``'s; the FP8 casts
-    (:func:`costs.fp8.cast_bytes`) as element-wise work; recompute replays the same split."""
+    (:func:`costs.fp8.cast_bytes`) as element-wise work, and torchao rowwise's rescale of the
+    input- and weight-gradient outputs (:func:`costs.fp8.rowwise_rescale_bytes`) in the action
+    whose GEMM it follows; recompute replays the same split."""
     m, hw = sc.model, sc.hardware
     t = cp_rank_training(sc.training, sc.parallelism.cp)
     prec = PRECISIONS[t.precision]
@@ -834,6 +836,10 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     lin_w = lin_f if grad and full else 0.0
     cast_f, cast_b = _chunk_cast_bytes(sc, t, prec, layers, lo)
     cast_b = cast_b if grad else 0.0
+    # torchao rowwise: the input- and weight-gradient GEMMs' outputs rescaled afterwards
+    tokens, eager = t.micro_batch * t.seq_len_effective, sc.runtime.eager_elementwise
+    res_i, res_w = rowwise_rescale_bytes(m, prec, tokens, sc.parallelism.tp, eager)
+    res_i, res_w = layers * res_i if grad else 0.0, layers * res_w if grad and full else 0.0
     # the linear layers' shape term at the FP8 rate, the head's (the rest of ``edges``) at dtype's
     le = bf.projections_edge
     le_f, le_i, le_w = le, le if grad else 0.0, le if grad and full else 0.0
@@ -843,9 +849,9 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
               + memory_bound_ns(ew[0] + cast_f, hw))  # fmt: skip
     i_ns = (matmul_ns(i_f - lin_i - fa_i, hw, dtype, edge=edges[1] - le_i) + fa_ins
             + matmul_ns(lin_i, hw, gemm, edge=le_i)
-            + memory_bound_ns(ew[1] + cast_b, hw))  # fmt: skip
+            + memory_bound_ns(ew[1] + cast_b + res_i, hw))  # fmt: skip
     w_ns = (matmul_ns(w_f - lin_w, hw, dtype, edge=edges[2] - le_w)
-            + matmul_ns(lin_w, hw, gemm, edge=le_w))  # fmt: skip
+            + matmul_ns(lin_w, hw, gemm, edge=le_w) + memory_bound_ns(res_w, hw))  # fmt: skip
     rec_f = rec_ns = 0.0
     if grad and t.recompute == "full":
         rec_f = bf.forward

@@ -29,6 +29,14 @@ Sources (code read at the commits named):
   ``Float8Linear`` casts input and weight in forward, grad output twice (for dgrad and wgrad),
   input and weight again in backward; dynamic scaling (tensorwise, rowwise) reads a tensor for
   its amax before the cast. torchtitan's float8 converter skips the ``output`` layer.
+  ``config.py`` l.215-217: the output GEMM uses fast accumulation, the input- and
+  weight-gradient GEMMs do not (``Float8GemmConfig()``, ``use_fast_accum=False``); l.334-351,
+  the rowwise recipe scales input, weight and grad output axis-wise. ``float8_ops.py``
+  ``addmm_float8_unwrapped`` l.47-85: an axis-wise GEMM without fast accumulation ("The rowwise
+  CUTLASS-based kernel is so slow without fast-accum") runs cuBLAS's tensorwise kernel at unit
+  scales and then multiplies its output by the outer product of the two inverse-scale vectors
+  (``output *= post_inverse_scale``), so every input- and weight-gradient output is read and
+  written once more: :func:`rowwise_rescale_bytes`.
 
 Cast traffic is an estimate counted from these rules (read the 16-bit tensor, write each FP8
 copy), not a published figure; the simulator charges it as element-wise work.
@@ -171,6 +179,29 @@ def linear_io_per_token(m: ModelSpec, tp: int = 1) -> list[tuple[int, int, int]]
         g = _group(shapes, (name,), tp)
         out.append((g.width_in, g.width_out, g.weights))
     return out
+
+
+#: Bytes per output element of torchao's rowwise rescale (:func:`rowwise_rescale_bytes`): under
+#: torch.compile Inductor fuses the outer product of the scale vectors into the multiply, one read
+#: and one write of the 16-bit output; eager, ``a_inverse_scale * b_inverse_scale`` is first
+#: materialised as an fp32 M x N tensor (written, then read by the multiply): 2 + 2 + 4 + 4.
+RESCALE_BYTES = {"fused": 2 * _SRC, "eager": 2 * _SRC + 2 * _FP32}
+
+
+def rowwise_rescale_bytes(m: ModelSpec, prec: Precision, tokens: int, tp: int = 1,
+                          eager: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(input-gradient, weight-gradient) bytes one block's torchao rowwise GEMMs spend rescaling
+    their outputs for one micro-batch of ``tokens`` (module docstring, ``float8_ops.py``
+    l.47-85): per linear module the input gradient's ``tokens`` x input width and the weight
+    gradient's weight elements, each :data:`RESCALE_BYTES` per element (``eager``: element-wise
+    ops not fused, runtime ``eager_elementwise``). 0 for every other recipe: tensorwise scales
+    are scalars cuBLAS applies itself, and Transformer Engine's GEMMs take their scales."""
+    if not (prec.axiswise_scales and prec.fp8_recipe == "torchao"):
+        return 0.0, 0.0
+    per = RESCALE_BYTES["eager" if eager else "fused"]
+    io = linear_io_per_token(m, tp)
+    return (per * tokens * sum(width_in for width_in, _, _ in io),
+            per * sum(w for _, _, w in io))  # fmt: skip
 
 
 def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: int = 1,

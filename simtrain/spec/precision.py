@@ -41,6 +41,9 @@ class Precision:
     values_per_byte: int = 1
     # TE DelayedScaling amax_history_len: fp32 amax history rows per quantizer (0: no history)
     amax_history: int = 0
+    # Axis-wise (per-row / per-column) scales on both GEMM operands, as torchao's rowwise recipe
+    # (costs.fp8.rowwise_rescale_bytes: its backward GEMMs rescale their outputs afterwards)
+    axiswise_scales: bool = False
 
     @property
     def optimizer_grad_read(self) -> int:
@@ -53,7 +56,7 @@ class Precision:
 _BF16 = Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16")
 
 
-def _fp8(name: str, gemm_dtype: str, recipe: str, **fields: int) -> Precision:
+def _fp8(name: str, gemm_dtype: str, recipe: str, **fields: int | bool) -> Precision:
     """An FP8 recipe on bf16 mixed precision: bf16's bytes, its linear GEMMs in ``gemm_dtype``."""
     return replace(_BF16, name=name, gemm_dtype=gemm_dtype, fp8_recipe=recipe, **fields)
 
@@ -105,7 +108,7 @@ PRECISIONS: dict[str, Precision] = {
     # per row: bf16 inputs and weights are saved and cast again in the backward, no FP8 copy kept
     # (torchao/float8/float8_linear.py ``ctx.save_for_backward(input_hp, weight_hp_t)``).
     "fp8_tensorwise": _fp8("fp8_tensorwise", "fp8", "torchao"),
-    "fp8_rowwise": _fp8("fp8_rowwise", "fp8", "torchao"),
+    "fp8_rowwise": _fp8("fp8_rowwise", "fp8", "torchao", axiswise_scales=True),
 }
 
 # Optimizer state elements per trainable parameter (Adafactor and 8-bit Adam are counted by shape
