@@ -685,3 +685,39 @@ def test_gradient_reduction_op_by_stage_and_runtime() -> None:
     assert grad_reduction_op(_runtime(zero1, zero_grad_reduction="all_reduce")) == "all_reduce"
     step = resolve(zero1)
     assert nic_plan(zero1, step).dp_latency_s == _dp_latency_s(zero1, step, "reduce_scatter")
+
+
+def test_torchao_tensorwise_tp_gathers_the_float8_input() -> None:
+    """torchtitan's tensorwise float8 TP (9dec370a parallelize_llama.py l.147-160:
+    PrepareFloat8ModuleInput before Float8ColwiseParallel; 820504e: tensorwise only) casts the
+    norm's output to float8 and all-gathers that: the forward's two input all-gathers move
+    b·s·h values at 1 B (the memory model saves the same float8 tensor:
+    costs.activations.tp_gathered_input_bytes), the reduce-scatters stay bf16, and a full
+    recompute replays the float8 gathers (selective_op only them). Rowwise gathers bf16, and a
+    runtime that does not run DTensor's TP (Megatron-Core) is untouched."""
+    from simtrain.costs.comm import tp_forward_block, tp_halves_ns, tp_input_gather_ns
+    from simtrain.costs.workload import tp_recompute_block
+
+    def titan(precision: str, recompute: str = "none") -> Scenario:
+        return scenario(8, sp=True, runtime={"name": "torchtitan", "tp_comm_overlap": False},
+                        training={"precision": precision, "recompute": recompute})  # fmt: skip
+
+    sc = titan("fp8_tensorwise")
+    step = resolve(sc)
+    values = 4096 * 4096  # b·s·h of Llama 2 7B, one sequence
+    ag8 = round(1e9 * _nccl(sc, "all_gather", values, 8, 8))
+    ag16, rs = tp_halves_ns(sc, step)
+    assert ag16 == round(1e9 * _nccl(sc, "all_gather", 2 * values, 8, 8))
+    assert tp_input_gather_ns(sc, step) == ag8 < ag16
+    assert tp_forward_block(sc, step) == (2 * (ag8 + rs), 0)
+    full = titan("fp8_tensorwise", "full")
+    assert tp_recompute_block(full, resolve(full), 3) == (6 * (ag8 + rs), 0)
+    sel = titan("fp8_tensorwise", "selective_op")
+    assert tp_recompute_block(sel, resolve(sel), 3) == (6 * ag8, 0)
+    for other in (
+        titan("fp8_rowwise"),
+        titan("bf16"),
+        scenario(8, sp=True, training={"precision": "fp8_tensorwise"}),
+    ):
+        s2 = resolve(other)
+        assert tp_input_gather_ns(other, s2) == tp_halves_ns(other, s2)[0] == ag16

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
+from simtrain.costs.activations import tp_gathered_input_bytes
 from simtrain.costs.compute import (
     head_edge,
     head_flops,
@@ -88,6 +89,21 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
 
 
+def tp_input_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """The forward all-gather of a column-parallel linear group's input under sequence
+    parallelism: :func:`tp_halves_ns`' b·s·h all-gather, in float8 (1 B per value) where the
+    runtime's TP gathers the float8 cast of the norm's output, as the memory model saves it
+    (``costs.activations.tp_gathered_input_bytes``: torchao's tensorwise float8 under DTensor
+    TP, torchtitan 9dec370a ``parallelize_llama.py`` l.147-160 ``PrepareFloat8ModuleInput``
+    and ``Float8ColwiseParallel``, 820504e ``enable_float8_tensorwise_tp``). The gradient's
+    reduce-scatter in the backward stays in the activation dtype."""
+    g = step.groups
+    if tp_gathered_input_bytes(sc.training.precision, sc.runtime.tp_saves_gathered_input) != 1:
+        return tp_halves_ns(sc, step)[0]
+    values = step.boundary_bytes // step.precision.act_mm
+    return collective_ns(sc, step, "all_gather", values, g.tp, g.tp_stride)
+
+
 def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
     """One Megatron TP all-reduce of a b·s·h activation over the TP group (Narayanan §3.2).
 
@@ -125,15 +141,17 @@ def forward_allreduces(sc: Scenario) -> int:
 def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
-    halves), all exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
+    halves, the all-gathers :func:`tp_input_gather_ns`, float8 where the runtime gathers it), all exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
     their GEMMs overlaps the sum with the whole action: ``sim.lowering.passes.tp_pass``). Where
     :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
     GEMM group (``costs.compute.tp_linear_group_ns``)."""
+    sp = sc.parallelism.sequence_parallel and step.groups.tp > 1
+    if not tp_pairs_gemms(sc) and not sp:
+        return forward_allreduces(sc) * tp_allreduce_ns(sc, step), 0
+    ag, rs = tp_input_gather_ns(sc, step), tp_halves_ns(sc, step)[1]
     if not tp_pairs_gemms(sc):
-        n = 2 if sc.parallelism.sequence_parallel else forward_allreduces(sc)
-        return n * tp_allreduce_ns(sc, step), 0
-    ag, rs = tp_halves_ns(sc, step)
+        return 2 * (ag + rs), 0
     return paired_ns(tp_linear_group_ns(sc), step.groups.tp,
                      ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"), (rs, "mlp_out")))  # fmt: skip
 

@@ -165,24 +165,33 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[i
     GEMMs as the forward's where ``costs.compute.tp_pairs_gemms``; a selective_op one's
     all-gathers exposed (the k, o and up projections it replays, ``costs.op_sac``, are not the
     whole GEMM groups those gathers feed)."""
-    plain = tp_recompute_ns(sc, layers, comm.tp_allreduce_ns(sc, step))
+    ar, ag, rs = (comm.tp_allreduce_ns(sc, step), comm.tp_input_gather_ns(sc, step),
+                  comm.tp_halves_ns(sc, step)[1])  # fmt: skip
+    plain = tp_recompute_ns(sc, layers, ar, ag, rs)
     if not plain or sc.training.recompute != "full" or not tp_pairs_gemms(sc):
         return plain, 0
     e, h = comm.tp_forward_block(sc, step)
     return layers * e, layers * h
 
 
-def tp_recompute_ns(sc: Scenario, layers: int, ar: int) -> int:
-    """TP collectives the recompute replays: full, the block's two all-reduces; selective_op
-    (costs.op_sac), the same without sequence parallelism (all-reduce is not in torchtitan's
-    ``_save_list``), and with it only the two all-gathers (its reduce-scatter outputs are
-    saved): half an all-reduce each, ``layers · ar``."""
+def tp_recompute_ns(sc: Scenario, layers: int, ar: int, ag: float | None = None,
+                    rs: float | None = None) -> int:  # fmt: skip
+    """TP collectives the recompute replays: full, the block's two all-reduces (``ar``), with
+    sequence parallelism their halves, two input all-gathers (``ag``:
+    ``comm.tp_input_gather_ns``, float8 where the forward gathers float8) and two
+    reduce-scatters (``rs``; both ``ar``/2 when not given); selective_op (costs.op_sac), the
+    same without sequence parallelism (all-reduce is not in torchtitan's ``_save_list``), and
+    with it only the two all-gathers (its reduce-scatter outputs are saved)."""
+    ag = ar / 2 if ag is None else ag
+    rs = ar / 2 if rs is None else rs
     t, p = sc.training, sc.parallelism
     if t.recompute == "full" and not p.sequence_parallel:  # the replayed forward's
         return comm.forward_allreduces(sc) * layers * ar
-    if t.recompute == "full" or (t.recompute == "selective_op" and not p.sequence_parallel):
+    if t.recompute == "selective_op" and not p.sequence_parallel:
         return 2 * layers * ar
-    return layers * ar if t.recompute == "selective_op" else 0
+    if t.recompute == "full":
+        return round(2 * layers * (ag + rs)) if ar else 0
+    return round(2 * layers * ag) if t.recompute == "selective_op" and ar else 0
 
 
 def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
