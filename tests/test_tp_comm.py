@@ -37,7 +37,7 @@ def scenario(tp: int, sp: bool, **over: Any) -> Scenario:
         "parallelism": {"tp": tp, "sequence_parallel": sp},
     }
     for k, v in over.items():
-        data[k] = {**data[k], **v}
+        data[k] = {**data[k], **v} if isinstance(v, dict) else v
     return parse_scenario(copy.deepcopy(data), "tp.yaml")
 
 
@@ -721,3 +721,56 @@ def test_torchao_tensorwise_tp_gathers_the_float8_input() -> None:
     ):
         s2 = resolve(other)
         assert tp_input_gather_ns(other, s2) == tp_halves_ns(other, s2)[0] == ag16
+
+
+def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
+    """Transformer Engine (0004dbd0 module/layernorm_linear.py): with FP8 and sequence
+    parallelism a LayerNormLinear writes its norm's output in FP8 (``ln_out_dtype =
+    torch.uint8``) and all-gathers that, in the forward and again for the weight gradient; a
+    row-parallel Linear gathers its FP8-cast output gradient. So every TP all-gather of a
+    dense block moves 1 B per value (MXFP8 adds a scale byte per 32), the reduce-scatters stay
+    bf16, and an MoE block's MLP gathers (the dispatcher's) stay bf16."""
+    from simtrain.costs.comm import (
+        tp_backward_block,
+        tp_forward_block,
+        tp_grad_gather_ns,
+        tp_halves_ns,
+        tp_input_gather_ns,
+    )
+
+    def te(precision: str, hardware: str = "h100_sxm5_80gb") -> Scenario:
+        sc = scenario(8, sp=True, training={"precision": precision}, hardware=hardware)
+        return _runtime(sc, tp_comm_overlap=False)
+
+    values = 4096 * 4096  # b·s·h of Llama 2 7B, one sequence
+    sc = te("fp8_delayed")
+    step = resolve(sc)
+    ag16, rs = tp_halves_ns(sc, step)
+    ag8 = round(1e9 * _nccl(sc, "all_gather", values, 8, 8))
+    assert ag8 < ag16
+    for mlp in (False, True):
+        assert tp_input_gather_ns(sc, step, mlp) == tp_grad_gather_ns(sc, step, mlp) == ag8
+    assert tp_forward_block(sc, step) == (2 * (ag8 + rs), 0)
+    bf16 = te("bf16")
+    fwd16 = tp_forward_block(bf16, resolve(bf16))[0]
+    assert fwd16 - tp_forward_block(sc, step)[0] == 2 * (ag16 - ag8)
+    # backward: 2 row gathers + 2 regathers in FP8, 2 reduce-scatters in bf16 (exposed + hidden)
+    assert sum(tp_backward_block(sc, step)) == 4 * ag8 + 2 * rs
+    assert sum(tp_backward_block(bf16, resolve(bf16))) == 4 * ag16 + 2 * rs
+    # MXFP8 on a B200: one E8M0 scale byte per 32 values rides along
+    mx = te("mxfp8", "b200_180gb")
+    mx_step = resolve(mx)
+    want = round(1e9 * _nccl(mx, "all_gather", values + values // 32, 8, 8))
+    assert tp_input_gather_ns(mx, mx_step) == want
+    # an MoE block: the attention's gathers FP8, the MLP's (the token dispatcher's) bf16
+    moe = _runtime(scenario(8, sp=True, training={"precision": "fp8_delayed"},
+                            model={"preset": "mixtral-8x7b", "layers": 2}), tp_comm_overlap=False)  # fmt: skip
+    moe_step = resolve(moe)
+    moe_ag16 = tp_halves_ns(moe, moe_step)[0]
+    assert tp_input_gather_ns(moe, moe_step) < moe_ag16
+    assert tp_input_gather_ns(moe, moe_step, mlp=True) == moe_ag16
+    assert tp_grad_gather_ns(moe, moe_step, mlp=True) == moe_ag16
+    # bf16 and torchao rowwise gather bf16
+    for other in (te("bf16"), scenario(8, sp=True, training={"precision": "fp8_rowwise"})):
+        s2 = resolve(other)
+        assert tp_input_gather_ns(other, s2) == tp_grad_gather_ns(other, s2) == ag16

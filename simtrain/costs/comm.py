@@ -21,9 +21,11 @@ from simtrain.costs.compute import (
     tp_linear_group_ns,
     tp_pairs_gemms,
 )
+from simtrain.costs.fp8 import fp8_copy_bytes, is_te
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
+from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario, cp_rank_training
 
 #: More DDP buckets than this are merged into groups (see :func:`buckets`).
@@ -89,19 +91,52 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
 
 
-def tp_input_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
-    """The forward all-gather of a column-parallel linear group's input under sequence
-    parallelism: :func:`tp_halves_ns`' b·s·h all-gather, in float8 (1 B per value) where the
-    runtime's TP gathers the float8 cast of the norm's output, as the memory model saves it
-    (``costs.activations.tp_gathered_input_bytes``: torchao's tensorwise float8 under DTensor
-    TP, torchtitan 9dec370a ``parallelize_llama.py`` l.147-160 ``PrepareFloat8ModuleInput``
-    and ``Float8ColwiseParallel``, 820504e ``enable_float8_tensorwise_tp``). The gradient's
-    reduce-scatter in the backward stays in the activation dtype."""
+def _quantized_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
+    """An all-gather of the b·s·h values of one micro-batch over the TP group in the FP8
+    recipe's quantized form (1 B per value, and an MX recipe's block scales:
+    ``costs.fp8.fp8_copy_bytes``)."""
     g = step.groups
-    if tp_gathered_input_bytes(sc.training.precision, sc.runtime.tp_saves_gathered_input) != 1:
-        return tp_halves_ns(sc, step)[0]
     values = step.boundary_bytes // step.precision.act_mm
-    return collective_ns(sc, step, "all_gather", values, g.tp, g.tp_stride)
+    size = values if not is_te(step.precision) else fp8_copy_bytes(values, step.precision)
+    return collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
+
+
+def _te_gathers_quantized(sc: Scenario, mlp: bool) -> bool:
+    """Transformer Engine with sequence parallelism all-gathers FP8 tensors: a LayerNormLinear
+    writes its norm's output in FP8 and gathers that, in the forward and again for the weight
+    gradient (TransformerEngine 0004dbd0 ``module/layernorm_linear.py``:
+    ``ln_out_dtype = torch.uint8 if (fp8 and not return_layernorm_output)``, then
+    ``gather_along_first_dim(ln_out, tp_group)``, and in the backward the same of the saved
+    ``ln_out``), and a row-parallel Linear casts its output gradient before gathering it
+    (``grad_output_preprocess``). Not an MoE block's MLP, whose tokens the dispatcher moves."""
+    return (is_te(PRECISIONS[sc.training.precision]) and sc.parallelism.sequence_parallel
+            and not (mlp and sc.model.is_moe))  # fmt: skip
+
+
+def tp_input_gather_ns(sc: Scenario, step: ResolvedStep, mlp: bool = False) -> int:
+    """The all-gather of a column-parallel linear group's input under sequence parallelism (the
+    attention's, or with ``mlp`` the MLP's): :func:`tp_halves_ns`' b·s·h all-gather, or its
+    FP8 form where the runtime gathers the quantized input: torchao's tensorwise float8 under
+    DTensor TP, whose float8 input the memory model saves
+    (``costs.activations.tp_gathered_input_bytes``; torchtitan 9dec370a
+    ``parallelize_llama.py`` l.147-160 ``PrepareFloat8ModuleInput`` and
+    ``Float8ColwiseParallel``, 820504e ``enable_float8_tensorwise_tp``), and Transformer
+    Engine's recipes (:func:`_te_gathers_quantized`). The gradients' reduce-scatters stay in
+    the activation dtype."""
+    torchao = tp_gathered_input_bytes(sc.training.precision, sc.runtime.tp_saves_gathered_input)
+    if torchao == 1 or _te_gathers_quantized(sc, mlp):
+        return _quantized_gather_ns(sc, step)
+    return tp_halves_ns(sc, step)[0]
+
+
+def tp_grad_gather_ns(sc: Scenario, step: ResolvedStep, mlp: bool = False) -> int:
+    """The backward all-gather of a row-parallel linear's output gradient under sequence
+    parallelism (the attention's output projection, or with ``mlp`` the MLP's last linear): in
+    FP8 under Transformer Engine (:func:`_te_gathers_quantized`), else in the activation
+    dtype."""
+    if _te_gathers_quantized(sc, mlp):
+        return _quantized_gather_ns(sc, step)
+    return tp_halves_ns(sc, step)[0]
 
 
 def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:
@@ -149,11 +184,12 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     sp = sc.parallelism.sequence_parallel and step.groups.tp > 1
     if not tp_pairs_gemms(sc) and not sp:
         return forward_allreduces(sc) * tp_allreduce_ns(sc, step), 0
-    ag, rs = tp_input_gather_ns(sc, step), tp_halves_ns(sc, step)[1]
+    ag, ag_mlp = tp_input_gather_ns(sc, step), tp_input_gather_ns(sc, step, mlp=True)
+    rs = tp_halves_ns(sc, step)[1]
     if not tp_pairs_gemms(sc):
-        return 2 * (ag + rs), 0
+        return ag + ag_mlp + 2 * rs, 0
     return paired_ns(tp_linear_group_ns(sc), step.groups.tp,
-                     ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in"), (rs, "mlp_out")))  # fmt: skip
+                     ((ag, "attn_in"), (rs, "attn_out"), (ag_mlp, "mlp_in"), (rs, "mlp_out")))  # fmt: skip
 
 
 def paired_ns(gemm_ns: dict[str, float], tp: int, pairs: tuple[tuple[int, str], ...]
@@ -240,20 +276,25 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         ar = tp_allreduce_ns(sc, step)
         shown = sum(exposed(ar, w) for w in wgrad)
         return shown, len(wgrad) * ar - shown
-    ag, rs = tp_halves_ns(sc, step)
+    rs = tp_halves_ns(sc, step)[1]
+    # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
+    grads = (tp_grad_gather_ns(sc, step), tp_grad_gather_ns(sc, step, mlp=True))
     if paired and input_grad_only:  # no weight gradient: each row linear's gather before its
         # input-gradient GEMM, each column linear's reduce-scatter after its own
-        return paired_ns(group, g.tp, ((ag, "attn_out"), (rs, "attn_in"), (ag, "mlp_out"),
-                                       (rs, "mlp_in")))  # fmt: skip
-    regather = ag if rt.tp_regather_backward and not input_grad_only else 0
-    # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
+        return paired_ns(group, g.tp, ((grads[0], "attn_out"), (rs, "attn_in"),
+                                       (grads[1], "mlp_out"), (rs, "mlp_in")))  # fmt: skip
+    regather = rt.tp_regather_backward and not input_grad_only
+    regathers = tuple(tp_input_gather_ns(sc, step, mlp) if regather else 0
+                      for mlp in (False, True))  # fmt: skip
     if paired:
-        row_gathers = sum(pipelined_exposed_ns(ag, group[k], g.tp) for k in ("attn_out", "mlp_out"))
+        row_gathers = sum(pipelined_exposed_ns(a, group[k], g.tp)
+                          for a, k in zip(grads, ("attn_out", "mlp_out"), strict=True))  # fmt: skip
     else:
-        row_gathers = 2 * ag
-    column = sum(exposed(regather, d) + exposed(rs, w)
-                 for d, w in zip(gemms, wgrad, strict=True))  # fmt: skip
-    return row_gathers + column, len(gemms) * (regather + rs) - column + 2 * ag - row_gathers
+        row_gathers = sum(grads)
+    column = sum(exposed(r, d) + exposed(rs, w)
+                 for r, d, w in zip(regathers, gemms, wgrad, strict=True))  # fmt: skip
+    return (row_gathers + column,
+            sum(regathers) + len(gemms) * rs - column + sum(grads) - row_gathers)  # fmt: skip
 
 
 #: All-reduces of b·s fp32 values a vocabulary-parallel cross-entropy's forward runs over the TP

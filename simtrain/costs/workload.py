@@ -165,8 +165,9 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[i
     GEMMs as the forward's where ``costs.compute.tp_pairs_gemms``; a selective_op one's
     all-gathers exposed (the k, o and up projections it replays, ``costs.op_sac``, are not the
     whole GEMM groups those gathers feed)."""
-    ar, ag, rs = (comm.tp_allreduce_ns(sc, step), comm.tp_input_gather_ns(sc, step),
-                  comm.tp_halves_ns(sc, step)[1])  # fmt: skip
+    ar, rs = comm.tp_allreduce_ns(sc, step), comm.tp_halves_ns(sc, step)[1]
+    # the mean of the attention's and the MLP's input gathers (either may be FP8)
+    ag = (comm.tp_input_gather_ns(sc, step) + comm.tp_input_gather_ns(sc, step, mlp=True)) / 2
     plain = tp_recompute_ns(sc, layers, ar, ag, rs)
     if not plain or sc.training.recompute != "full" or not tp_pairs_gemms(sc):
         return plain, 0
@@ -177,8 +178,8 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[i
 def tp_recompute_ns(sc: Scenario, layers: int, ar: int, ag: float | None = None,
                     rs: float | None = None) -> int:  # fmt: skip
     """TP collectives the recompute replays: full, the block's two all-reduces (``ar``), with
-    sequence parallelism their halves, two input all-gathers (``ag``:
-    ``comm.tp_input_gather_ns``, float8 where the forward gathers float8) and two
+    sequence parallelism their halves, two input all-gathers (``ag`` each, their mean:
+    ``comm.tp_input_gather_ns``, FP8 where the forward gathers FP8) and two
     reduce-scatters (``rs``; both ``ar``/2 when not given); selective_op (costs.op_sac), the
     same without sequence parallelism (all-reduce is not in torchtitan's ``_save_list``), and
     with it only the two all-gathers (its reduce-scatter outputs are saved)."""
