@@ -21,7 +21,6 @@ from simtrain.costs.compute import (
     tp_linear_group_ns,
     tp_pairs_gemms,
 )
-from simtrain.costs.fp8 import fp8_copy_bytes, is_te
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
@@ -92,13 +91,11 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
 
 
 def _quantized_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
-    """An all-gather of the b·s·h values of one micro-batch over the TP group in the FP8
-    recipe's quantized form (1 B per value, and an MX recipe's block scales:
-    ``costs.fp8.fp8_copy_bytes``)."""
+    """An all-gather of the b·s·h values of one micro-batch over the TP group in FP8 with a
+    per-tensor scale: 1 B per value (the scale one fp32 more)."""
     g = step.groups
     values = step.boundary_bytes // step.precision.act_mm
-    size = values if not is_te(step.precision) else fp8_copy_bytes(values, step.precision)
-    return collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride)
+    return collective_ns(sc, step, "all_gather", values, g.tp, g.tp_stride)
 
 
 def _te_gathers_quantized(sc: Scenario, mlp: bool) -> bool:
@@ -108,8 +105,11 @@ def _te_gathers_quantized(sc: Scenario, mlp: bool) -> bool:
     ``ln_out_dtype = torch.uint8 if (fp8 and not return_layernorm_output)``, then
     ``gather_along_first_dim(ln_out, tp_group)``, and in the backward the same of the saved
     ``ln_out``), and a row-parallel Linear casts its output gradient before gathering it
-    (``grad_output_preprocess``). Not an MoE block's MLP, whose tokens the dispatcher moves."""
-    return (is_te(PRECISIONS[sc.training.precision]) and sc.parallelism.sequence_parallel
+    (``grad_output_preprocess``). The per-tensor recipes (delayed and current scaling) only:
+    how TE gathers MXFP8's and NVFP4's block-scaled copies is not read here (priced in the
+    activation dtype). Not an MoE block's MLP, whose tokens the dispatcher moves."""
+    recipe = PRECISIONS[sc.training.precision].fp8_recipe
+    return (recipe in ("te_delayed", "te_current") and sc.parallelism.sequence_parallel
             and not (mlp and sc.model.is_moe))  # fmt: skip
 
 
