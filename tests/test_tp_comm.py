@@ -765,8 +765,9 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
     mx_step = resolve(mx)
     assert tp_input_gather_ns(mx, mx_step) == tp_halves_ns(mx, mx_step)[0]
     # an MoE block: the attention's gathers FP8, the MLP's (the token dispatcher's) bf16
-    moe = _runtime(scenario(8, sp=True, training={"precision": "fp8_delayed"},
-                            model={"preset": "mixtral-8x7b", "layers": 2}), tp_comm_overlap=False)  # fmt: skip
+    mixtral = {"preset": "mixtral-8x7b", "layers": 2}
+    moe = scenario(8, sp=True, training={"precision": "fp8_delayed"}, model=mixtral)
+    moe = _runtime(moe, tp_comm_overlap=False)
     moe_step = resolve(moe)
     moe_ag16 = tp_halves_ns(moe, moe_step)[0]
     assert tp_input_gather_ns(moe, moe_step) < moe_ag16

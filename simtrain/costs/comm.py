@@ -176,7 +176,8 @@ def forward_allreduces(sc: Scenario) -> int:
 def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
-    halves, the all-gathers :func:`tp_input_gather_ns`, float8 where the runtime gathers it), all exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
+    halves, the all-gathers :func:`tp_input_gather_ns`, FP8 where the runtime gathers FP8), all
+    exposed (hidden 0; a ``tp_comm_overlap`` runtime that does not pair them with
     their GEMMs overlaps the sum with the whole action: ``sim.lowering.passes.tp_pass``). Where
     :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
@@ -188,8 +189,8 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     rs = tp_halves_ns(sc, step)[1]
     if not tp_pairs_gemms(sc):
         return ag + ag_mlp + 2 * rs, 0
-    return paired_ns(tp_linear_group_ns(sc), step.groups.tp,
-                     ((ag, "attn_in"), (rs, "attn_out"), (ag_mlp, "mlp_in"), (rs, "mlp_out")))  # fmt: skip
+    pairs = ((ag, "attn_in"), (rs, "attn_out"), (ag_mlp, "mlp_in"), (rs, "mlp_out"))
+    return paired_ns(tp_linear_group_ns(sc), step.groups.tp, pairs)
 
 
 def paired_ns(gemm_ns: dict[str, float], tp: int, pairs: tuple[tuple[int, str], ...]
