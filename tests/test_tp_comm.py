@@ -738,6 +738,7 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
         tp_halves_ns,
         tp_input_gather_ns,
     )
+    from simtrain.costs.workload import tp_recompute_block
 
     def te(precision: str, hardware: str = "h100_sxm5_80gb") -> Scenario:
         sc = scenario(8, sp=True, training={"precision": precision}, hardware=hardware)
@@ -773,6 +774,18 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
     assert tp_input_gather_ns(moe, moe_step) < moe_ag16
     assert tp_input_gather_ns(moe, moe_step, mlp=True) == moe_ag16
     assert tp_grad_gather_ns(moe, moe_step, mlp=True) == moe_ag16
+    # ... and through the block functions: forward, backward and a full recompute's replay
+    moe_ag8, moe_rs = tp_input_gather_ns(moe, moe_step), tp_halves_ns(moe, moe_step)[1]
+    assert tp_forward_block(moe, moe_step) == (moe_ag8 + moe_ag16 + 2 * moe_rs, 0)
+    assert sum(tp_backward_block(moe, moe_step)) == 2 * (moe_ag8 + moe_ag16) + 2 * moe_rs
+    full = replace(moe, training=replace(moe.training, recompute="full"))
+    assert tp_recompute_block(full, resolve(full), 3) == (3 * (moe_ag8 + moe_ag16 + 2 * moe_rs), 0)
+    # an MLA block's attention gathers bf16, as its backward's all-reduces
+    mla = scenario(8, sp=True, training={"precision": "fp8_current"},
+                   model={"preset": "deepseek-v3", "layers": 4})  # fmt: skip
+    mla = _runtime(mla, tp_comm_overlap=False)
+    mla_step = resolve(mla)
+    assert tp_input_gather_ns(mla, mla_step) == tp_halves_ns(mla, mla_step)[0]
     # bf16 and torchao rowwise gather bf16
     for other in (te("bf16"), scenario(8, sp=True, training={"precision": "fp8_rowwise"})):
         s2 = resolve(other)

@@ -92,7 +92,7 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
 
 def _quantized_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
     """An all-gather of the b·s·h values of one micro-batch over the TP group in FP8 with a
-    per-tensor scale: 1 B per value (the scale one fp32 more)."""
+    per-tensor scale: 1 B per value (the one fp32 scale ignored)."""
     g = step.groups
     values = step.boundary_bytes // step.precision.act_mm
     return collective_ns(sc, step, "all_gather", values, g.tp, g.tp_stride)
@@ -107,10 +107,13 @@ def _te_gathers_quantized(sc: Scenario, mlp: bool) -> bool:
     ``ln_out``), and a row-parallel Linear casts its output gradient before gathering it
     (``grad_output_preprocess``). The per-tensor recipes (delayed and current scaling) only:
     how TE gathers MXFP8's and NVFP4's block-scaled copies is not read here (priced in the
-    activation dtype). Not an MoE block's MLP, whose tokens the dispatcher moves."""
+    activation dtype). Not an MoE block's MLP, whose tokens the dispatcher moves, nor an MLA
+    block's attention, whose down-projections are not these column-parallel linears (its
+    backward keeps two bf16 all-reduces' worth: :func:`tp_backward_block`)."""
     recipe = PRECISIONS[sc.training.precision].fp8_recipe
+    m = sc.model
     return (recipe in ("te_delayed", "te_current") and sc.parallelism.sequence_parallel
-            and not (mlp and sc.model.is_moe))  # fmt: skip
+            and not (m.is_moe if mlp else m.is_mla))  # fmt: skip
 
 
 def tp_input_gather_ns(sc: Scenario, step: ResolvedStep, mlp: bool = False) -> int:
