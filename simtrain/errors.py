@@ -13,6 +13,11 @@ MAX_ECHO = 80
 #: "... (N more)": the "did you mean" suggestion names the nearest (an unknown hardware
 #: profile's message also points to `simtrain hardware`, which lists every one).
 MAX_ALLOWED = 400
+#: Longest message without its file name: the allowed list is cut shorter where the rest of the
+#: message (a long key, message and echoed value) leaves it less than MAX_ALLOWED, down to
+#: MIN_ALLOWED characters.
+MAX_MESSAGE = 560
+MIN_ALLOWED = 160
 
 
 class SimtrainError(Exception):
@@ -111,7 +116,10 @@ class ConfigError(SimtrainError):
         if self.value is not None:
             text += f" (got {echo(self.value)})"
         if self.allowed:
-            text += f"; allowed: {allowed_list(one_line(self.allowed))}"
+            # the list's own "..., ... (N more)" ending is not in allowed_list's limit
+            room = MAX_MESSAGE - (len(text) - len(where)) - len("; allowed: , ... (999 more)")
+            limit = min(MAX_ALLOWED, max(MIN_ALLOWED, room))
+            text += f"; allowed: {allowed_list(one_line(self.allowed), limit)}"
         return text
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:  # picklable: raised in workers

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from simtrain.errors import MAX_ECHO, ConfigError, echo, unknown_value
+from simtrain.errors import (
+    MAX_ALLOWED,
+    MAX_ECHO,
+    MAX_MESSAGE,
+    MIN_ALLOWED,
+    ConfigError,
+    echo,
+    unknown_value,
+)
 from simtrain.schedules import SCHEDULES
 from simtrain.spec.limits import (
     FLOAT_RANGES,
@@ -667,6 +675,21 @@ def test_echo_is_short_and_one_line(value: Any) -> None:
     assert len(text) <= MAX_ECHO and "\n" not in text
     err = ConfigError("f.yaml", "k\nk" * 1000, "bad", value, "a | b")
     assert "\n" not in str(err) and len(str(err)) < 300
+
+
+def test_allowed_list_shrinks_to_the_message_room() -> None:
+    """A long key, message and echoed value leave the allowed list less room: the message
+    (without its file name) stays within MAX_MESSAGE, the list keeps at least MIN_ALLOWED
+    characters of names and says how many it left out; a short message keeps MAX_ALLOWED."""
+    names = ", ".join(f"profile_{i:03d}" for i in range(200))
+    long = ConfigError("plan.yaml", "hardware[0].name", "unknown hardware profile (a name "
+                       "`simtrain hardware` lists, or a .yaml path)", "ab" * 1000, names)  # fmt: skip
+    text = str(long)
+    assert len(text) - len("plan.yaml: ") <= MAX_MESSAGE
+    listed = text.split("; allowed: ", 1)[1]
+    assert listed.endswith("more)") and len(listed.split(", ... (")[0]) >= MIN_ALLOWED - 20
+    short = str(ConfigError("f.yaml", "k", "bad", None, names)).split("; allowed: ", 1)[1]
+    assert MAX_ALLOWED - 20 <= len(short.split(", ... (")[0]) <= MAX_ALLOWED
 
 
 def test_echo_of_a_recursive_list() -> None:
