@@ -327,7 +327,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
-    write f, as ReLU and a fused squared ReLU; SwiGLU 1.5f), rotary on q and k, dropout (read, write, 1-byte mask) and without
+    write f, as ReLU and a fused squared ReLU; SwiGLU 1.5f), rotary on ``rotary_fraction`` of q
+    and k, dropout (read, write, 1-byte mask) and without
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
     attention dropout). Backward: :func:`elementwise_backward_factor` x forward. An MoE block
     (``moe``) has :func:`costs.moe.moe_elementwise_bytes_per_token` in place of the MLP's
@@ -349,8 +350,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     else:  # the activation (GeLU, ReLU, squared ReLU fused) reads and writes f; SwiGLU's gate
         # reads two f-wide inputs and writes one
         per_token += (FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2) * f / tp
-    if m.positions == "rotary":
-        per_token += FUSED_OP_ACCESSES["rotary"] * (m.q_dim + kv) / tp
+    if m.positions == "rotary":  # the rotated fraction of each q and k head
+        per_token += FUSED_OP_ACCESSES["rotary"] * m.rotary_fraction * (m.q_dim + kv) / tp
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     bwd = elementwise_backward_factor(e) * fwd
     if eager:
@@ -396,7 +397,7 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
     k = elementwise_backward_factor(e)
     widths = {
         "rmsnorm": 2 * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0,
-        "rotary": (m.q_dim + m.kv_dim) / tp if m.positions == "rotary" else 0,
+        "rotary": m.rotary_fraction * (m.q_dim + m.kv_dim) / tp if m.positions == "rotary" else 0,
         "swiglu": m.ffn_hidden / tp if m.mlp == "swiglu" and not moe else 0,
     }
     fwd = bwd = 0.0

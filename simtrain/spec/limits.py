@@ -109,6 +109,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 #: Float ranges, inclusive, by key path; NaN and infinity are always refused.
 FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "model.dropout": (0.0, 1.0),  # and < 1 (validate_model)
+    "model.rotary_fraction": (0.0, 1.0),  # and > 0 (validate_model)
     "model.capacity_factor": (0.0, 2**16),  # and <= experts / top-k (spec.model._validate_moe)
     "model.moe_load_imbalance": (1.0, 2**16),  # and <= experts / top-k
     # DDP bucket: 1e-6 MB is one byte (costs.comm.ddp_buckets: int(bucket_mb * 1e6) >= 1);

@@ -29,7 +29,7 @@ from simtrain.spec.yamlfile import read_text_file
 #: ``ReLUSquaredActivation``).
 MLP_KINDS = ("gelu", "swiglu", "relu", "relu2")
 #: learned: a max_positions x hidden table added to the token embeddings (GPT-2/3, OPT);
-#: rotary: RoPE on q and k, no parameters (Llama; partial rotary counted as whole); alibi: a
+#: rotary: RoPE on q and k, no parameters (Llama; on ``rotary_fraction`` of each head); alibi: a
 #: per-head linear bias on the attention scores, no parameters (Press et al. 2022; BLOOM,
 #: MPT), added inside the scores' GEMM or the flash kernel (Megatron-DeepSpeed and HF BLOOM:
 #: ``baddbmm(alibi, q, kᵀ)``), so no element-wise pass of its own; none: no position
@@ -127,6 +127,12 @@ class ModelSpec:
     # §2 "parallel layers"): the same parameters and FLOPs as the sequential block, and the
     # second norm's input is the first's, one tensor saved for both.
     parallel_residual: bool = False
+    # The fraction of each head's dimensions RoPE rotates (positions: rotary): 1 for Llama,
+    # 0.25 for GPT-NeoX / Pythia (transformers GPTNeoXConfig ``rotary_pct``), 0.5 for
+    # Nemotron-4 (NemotronConfig ``partial_rotary_factor``; Megatron ``--rotary-percent``). No
+    # parameters or saved tensors change: only the rotation's element-wise pass, which covers
+    # that fraction of q and k (costs.compute.block_elementwise_bytes).
+    rotary_fraction: float = 1.0
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -394,7 +400,8 @@ def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
     vocab 50,304; the model card's non-embedding counts hold exactly
     (tests/test_hf_families.py)."""
     return ModelSpec(name, layers, hidden, heads, heads, 4 * hidden, 50304, 2048,
-                     tied_embeddings=False, positions="rotary", parallel_residual=True)  # fmt: skip
+                     tied_embeddings=False, positions="rotary", parallel_residual=True,
+                     rotary_fraction=0.25)  # fmt: skip
 
 
 PRESETS.update({
@@ -421,10 +428,10 @@ PRESETS.update({
     # untied, vocab 256,000, sequence 4,096; 340B: 9.4B embedding + 331.6B other parameters.
     "nemotron-4-15b": replace(
         _llama("nemotron-4-15b", 32, 6144, 48, 8, 4 * 6144, 256000, 4096), mlp="relu2",
-        norm="layernorm"),
+        norm="layernorm", rotary_fraction=0.5),
     "nemotron-4-340b": replace(
         _llama("nemotron-4-340b", 96, 18432, 96, 8, 4 * 18432, 256000, 4096), mlp="relu2",
-        norm="layernorm"),
+        norm="layernorm", rotary_fraction=0.5),
     # Gemma (Gemma Team 2024, arXiv 2403.08295 Table 1; HF google/gemma-*): GeGLU (as SwiGLU),
     # heads of 256, RMSNorm, rotary, tied, vocab 256,000 (the checkpoints'; the paper's Table 2
     # counts 256,128), sequence 8,192.
@@ -702,6 +709,8 @@ def from_hf_config(
                 qkv_bias=(kind in ("qwen2", "qwen2_moe")
                           or _hf_bool(cfg, "attention_bias", False, path)),
                 norm="rmsnorm", dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
+                # Phi3Config (and other Llama-style configs that carry it): 1.0 by default
+                rotary_fraction=_hf_fraction(cfg, "partial_rotary_factor", 1.0, path),
                 **fields,
             )  # fmt: skip
             return _validate_hf(spec, path, names)
@@ -733,6 +742,16 @@ def _hf_rate(cfg: dict[str, Any], field: str, default: float, path: Path) -> flo
         return default
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
         raise ConfigError(str(path), field, "must be a number in [0, 1)", v)
+    return float(v)
+
+
+def _hf_fraction(cfg: dict[str, Any], field: str, default: float, path: Path) -> float:
+    """A fraction of config.json in (0, 1] (absent or null: transformers' ``default``)."""
+    v = cfg.get(field, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v <= 1.0:
+        raise ConfigError(str(path), field, "must be a number in (0, 1]", v)
     return float(v)
 
 
@@ -842,6 +861,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             max_positions=int(cfg.get("max_position_embeddings", 2048)),
             mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary", bias=True,
             parallel_residual=_hf_bool(cfg, "use_parallel_residual", True, path),
+            rotary_fraction=_hf_fraction(cfg, "rotary_pct", 0.25, path),
             **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
@@ -868,6 +888,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         mlp=_hf_mlp(str(cfg.get("hidden_act", "relu2"))), positions="rotary", bias=bias,
         dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
         head_size=_hf_head_size(cfg, path),
+        rotary_fraction=_hf_fraction(cfg, "partial_rotary_factor", 0.5, path),
     )  # fmt: skip
     return spec, names
 
@@ -908,6 +929,12 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    f = spec.rotary_fraction
+    if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
+        raise ConfigError(file, key("rotary_fraction"), "must be a number in (0, 1]", f)
+    if f != 1.0 and spec.positions != "rotary":
+        raise ConfigError(file, key("rotary_fraction"), f"applies to {bare('positions')}: "
+                          f"rotary only (got positions: {spec.positions})", f)  # fmt: skip
     return spec
 
 

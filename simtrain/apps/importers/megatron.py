@@ -87,7 +87,7 @@ NO_EFFECT = frozenset({
     "--no-save-optim", "--no-save-rng", "--auto-detect-ckpt-format", "--use-dist-ckpt",
     "--async-save", "--manual-gc", "--manual-gc-interval", "--reset-position-ids",
     "--reset-attention-mask", "--eod-mask-loss", "--no-create-attention-mask-in-dataloader",
-    "--rotary-base", "--rotary-percent", "--rotary-seq-len-interpolation-factor",
+    "--rotary-base", "--rotary-seq-len-interpolation-factor",
     "--use-rope-scaling", "--rope-scaling-factor", "--norm-epsilon", "--layernorm-epsilon",
     "--vocab-extra-ids", "--append-eod", "--check-for-nan-in-loss-and-grad",
     "--use-mcore-models",
@@ -337,6 +337,15 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
         "dropout": clean_number(dropout), "attention_dropout": attention,
         "flash_attention": flash,
     }  # fmt: skip
+    # --rotary-percent (Megatron arguments.py: float, default 1.0; RotaryEmbedding's
+    # rotary_percent: the rotated share of each head's dimensions)
+    rotary = f.float_("--rotary-percent", 1.0)
+    if rotary is not None and not 0.0 < rotary <= 1.0:
+        raise ConfigError(r.file, "--rotary-percent", "must be in (0, 1]", rotary)
+    if rotary != 1.0 and positions == "rotary":
+        model["rotary_fraction"] = clean_number(rotary)
+    elif rotary != 1.0:
+        r.assume(f"--rotary-percent {rotary}: no rotary positions here ({positions}): unused")
     if vocab is None:
         del model["vocab"]
     model.update(_mla(f, r))

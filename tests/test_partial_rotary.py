@@ -1,0 +1,106 @@
+"""Partial rotary embeddings (``model.rotary_fraction``): RoPE on a fraction of each head's
+dimensions (GPT-NeoX / Pythia ``rotary_pct`` 0.25, Nemotron-4 ``partial_rotary_factor`` 0.5,
+Megatron ``--rotary-percent``). No parameter or saved tensor changes; the rotation's
+element-wise pass covers that fraction of q and k. Closed forms written here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs.compute import (
+    FUSED_OP_ACCESSES,
+    block_elementwise_bytes,
+    eager_elementwise_bytes_per_token,
+    eager_op_bytes,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS, from_hf_config, validate_model
+from simtrain.spec.scenario import TrainingSpec
+
+HF = Path(__file__).parent / "data" / "hf"
+
+
+def test_rotary_bytes_scale_with_the_fraction() -> None:
+    """Forward: a fused rotary reads and writes (2 accesses of e bytes) f x (q_dim + kv)/t values
+    per token; eager (torchtitan's fp32 complex product) eager_op_bytes('rotary') per value.
+    Everything else is the same at f = 1 and f = 0.25."""
+    m = PRESETS["llama3-8b"]
+    t = TrainingSpec(seq_len=2048, global_batch=2, micro_batch=2, precision="bf16")
+    tokens, e, tp = 2 * 2048, 2, 4
+    width = (m.q_dim + m.kv_dim) / tp
+    quarter = replace(m, rotary_fraction=0.25)
+    full_f, full_b = block_elementwise_bytes(m, t, tp)
+    part_f, _ = block_elementwise_bytes(quarter, t, tp)
+    assert full_f - part_f == pytest.approx(0.75 * FUSED_OP_ACCESSES["rotary"] * e * tokens * width)
+    eager_full = eager_elementwise_bytes_per_token(m, e, tp)[0]
+    eager_part = eager_elementwise_bytes_per_token(quarter, e, tp)[0]
+    per_value = eager_op_bytes("rotary", e)[0] - FUSED_OP_ACCESSES["rotary"] * e
+    assert eager_full - eager_part == pytest.approx(0.75 * width * per_value)
+    # parameters and saved tensors do not change
+    assert quarter.total_params() == m.total_params()
+
+
+@pytest.mark.parametrize(("file", "fraction"), [
+    ("pythia-160m.json", 0.25), ("pythia-1.4b.json", 0.25), ("minitron-4b.json", 0.5),
+    ("phi-3-mini-4k.json", 1.0),
+])  # fmt: skip
+def test_configs_read_their_fraction(file: str, fraction: float) -> None:
+    assert from_hf_config(HF / file).rotary_fraction == fraction
+
+
+@pytest.mark.parametrize(("base", "field", "default"), [
+    ("pythia-160m.json", "rotary_pct", 0.25),  # transformers GPTNeoXConfig
+    ("minitron-4b.json", "partial_rotary_factor", 0.5),  # NemotronConfig
+    ("phi-3-mini-4k.json", "partial_rotary_factor", 1.0),  # Phi3Config
+])  # fmt: skip
+def test_config_defaults_and_bad_values(tmp_path: Path, base: str, field: str,
+                                        default: float) -> None:  # fmt: skip
+    cfg = json.loads((HF / base).read_text())
+    p = tmp_path / "config.json"
+    cfg.pop(field, None)
+    p.write_text(json.dumps(cfg))
+    assert from_hf_config(p).rotary_fraction == default
+    for bad in (0, 1.5, "half", True):
+        p.write_text(json.dumps({**cfg, field: bad}))
+        with pytest.raises(ConfigError) as ei:
+            from_hf_config(p)
+        assert ei.value.key == field and "(0, 1]" in ei.value.message
+
+
+def test_presets() -> None:
+    assert PRESETS["pythia-160m"].rotary_fraction == 0.25
+    assert PRESETS["nemotron-4-340b"].rotary_fraction == 0.5
+    assert PRESETS["llama3-8b"].rotary_fraction == 1.0
+
+
+def test_validation_names_the_key() -> None:
+    m = PRESETS["llama3-8b"]
+    for bad in (0.0, -0.5):
+        with pytest.raises(ConfigError) as ei:
+            validate_model(replace(m, rotary_fraction=bad), "s.yaml")
+        assert ei.value.key == "model.rotary_fraction"
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["gpt2"], rotary_fraction=0.5), "s.yaml")
+    assert ei.value.key == "model.rotary_fraction" and "rotary only" in ei.value.message
+
+
+def test_megatron_rotary_percent(tmp_path: Path) -> None:
+    """--rotary-percent (Megatron arguments.py, default 1.0) becomes model.rotary_fraction with
+    rope positions; out of (0, 1] it is an error naming the flag."""
+    from simtrain.apps.importers import import_config
+
+    base = ("--num-layers 2 --hidden-size 256 --num-attention-heads 4 --seq-length 512 "
+            "--max-position-embeddings 512 --micro-batch-size 1 --global-batch-size 8 "
+            "--position-embedding-type rope --bf16 --tensor-model-parallel-size 1")  # fmt: skip
+    f = tmp_path / "a.sh"
+    f.write_text(f"pretrain_gpt.py {base} --rotary-percent 0.5\n")
+    imp = import_config("megatron", str(f), gpus=8)
+    assert imp.data["model"]["rotary_fraction"] == 0.5
+    f.write_text(f"pretrain_gpt.py {base} --rotary-percent 2\n")
+    with pytest.raises(ConfigError) as ei:
+        import_config("megatron", str(f), gpus=8)
+    assert ei.value.key == "--rotary-percent"
