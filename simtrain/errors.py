@@ -117,7 +117,7 @@ class ConfigError(SimtrainError):
             text += f" (got {echo(self.value)})"
         if self.allowed:
             # the list's own "..., ... (N more)" ending is not in allowed_list's limit
-            room = MAX_MESSAGE - (len(text) - len(where)) - len("; allowed: , ... (999 more)")
+            room = MAX_MESSAGE - (len(text) - len(where)) - len("; allowed:  | ... (9999 more)")
             limit = min(MAX_ALLOWED, max(MIN_ALLOWED, room))
             text += f"; allowed: {allowed_list(one_line(self.allowed), limit)}"
         return text
@@ -144,7 +144,8 @@ def allowed_list(text: str, limit: int = MAX_ALLOWED) -> str:
         kept.append(item)
     if not kept:
         return _cut(text, limit)
-    return f"{sep.join(kept)}{sep}... ({len(items) - len(kept)} more)"
+    cut = f"{sep.join(kept)}{sep}... ({len(items) - len(kept)} more)"
+    return cut if len(cut) < len(text) else text
 
 
 def did_you_mean(given: Any, allowed: tuple[str, ...] | list[str]) -> str:

@@ -690,6 +690,9 @@ def test_allowed_list_shrinks_to_the_message_room() -> None:
     assert listed.endswith("more)") and len(listed.split(", ... (")[0]) >= MIN_ALLOWED - 20
     short = str(ConfigError("f.yaml", "k", "bad", None, names)).split("; allowed: ", 1)[1]
     assert MAX_ALLOWED - 20 <= len(short.split(", ... (")[0]) <= MAX_ALLOWED
+    # a list the cut would not shorten stays whole
+    few = ", ".join(["a" * 158, "b", "c"])  # cut: 158 a's + ", ... (2 more)", longer
+    assert str(ConfigError("f.yaml", "k" * 70, "m" * 300, "v" * 90, few)).endswith(few)
 
 
 def test_echo_of_a_recursive_list() -> None:

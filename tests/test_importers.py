@@ -882,6 +882,7 @@ def test_megatron_nemotron4_flags(tmp_path: Path) -> None:
     m = load_imported(imp).model
     assert (m.mlp, m.kv_heads, m.positions, m.norm, m.bias, m.tied_embeddings) == (
         "relu2", 8, "rotary", "layernorm", False, False)  # fmt: skip
+    assert m.rotary_fraction == 0.5  # --rotary-percent 0.5
 
 
 @pytest.mark.parametrize("line", [

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from simtrain.costs.activations import layer_activation_bytes
 from simtrain.costs.compute import (
     FUSED_OP_ACCESSES,
     block_elementwise_bytes,
@@ -42,6 +43,7 @@ def test_rotary_bytes_scale_with_the_fraction() -> None:
     assert eager_full - eager_part == pytest.approx(0.75 * width * per_value)
     # parameters and saved tensors do not change
     assert quarter.total_params() == m.total_params()
+    assert layer_activation_bytes(quarter, t, tp) == layer_activation_bytes(m, t, tp)
 
 
 @pytest.mark.parametrize(("file", "fraction"), [
@@ -64,6 +66,8 @@ def test_config_defaults_and_bad_values(tmp_path: Path, base: str, field: str,
     cfg.pop(field, None)
     p.write_text(json.dumps(cfg))
     assert from_hf_config(p).rotary_fraction == default
+    p.write_text(json.dumps({**cfg, field: 0.375}))  # a value no default has: read, not assumed
+    assert from_hf_config(p).rotary_fraction == 0.375
     for bad in (0, 1.5, "half", True):
         p.write_text(json.dumps({**cfg, field: bad}))
         with pytest.raises(ConfigError) as ei:
@@ -77,6 +81,24 @@ def test_presets() -> None:
     assert PRESETS["llama3-8b"].rotary_fraction == 1.0
 
 
+def test_a_preset_with_other_positions_drops_its_fraction(tmp_path: Path) -> None:
+    """A Pythia preset run with learned positions (or a Nemotron one with ALiBi) is a model
+    without rotary: the preset's fraction does not carry over; given with them, it is an
+    error naming model.rotary_fraction."""
+    from simtrain.spec.scenario import parse_scenario
+
+    def sc(model: dict):
+        return parse_scenario({"name": "r", "model": model, "hardware": "a100_sxm4_80gb",
+                               "training": {"seq_len": 512, "global_batch": 1, "micro_batch": 1},
+                               "parallelism": {}}, "r.yaml")  # fmt: skip
+
+    assert sc({"preset": "pythia-160m", "positions": "learned"}).model.rotary_fraction == 1.0
+    assert sc({"preset": "nemotron-4-15b", "layers": 2}).model.rotary_fraction == 0.5
+    with pytest.raises(ConfigError) as ei:
+        sc({"preset": "pythia-160m", "positions": "learned", "rotary_fraction": 0.25})
+    assert ei.value.key == "model.rotary_fraction"
+
+
 def test_validation_names_the_key() -> None:
     m = PRESETS["llama3-8b"]
     for bad in (0.0, -0.5):
@@ -86,6 +108,10 @@ def test_validation_names_the_key() -> None:
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["gpt2"], rotary_fraction=0.5), "s.yaml")
     assert ei.value.key == "model.rotary_fraction" and "rotary only" in ei.value.message
+    # multi-latent attention rotates its qk_rope_head_dim dimensions whole
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["deepseek-v3"], rotary_fraction=0.5), "s.yaml")
+    assert ei.value.key == "model.rotary_fraction" and "multi-latent" in ei.value.message
 
 
 def test_megatron_rotary_percent(tmp_path: Path) -> None:

@@ -934,7 +934,10 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, key("rotary_fraction"), "must be a number in (0, 1]", f)
     if f != 1.0 and spec.positions != "rotary":
         raise ConfigError(file, key("rotary_fraction"), f"applies to {bare('positions')}: "
-                          f"rotary only (got positions: {spec.positions})", f)  # fmt: skip
+                          f"rotary only (positions is {spec.positions})", f)  # fmt: skip
+    if f != 1.0 and spec.is_mla:
+        raise ConfigError(file, key("rotary_fraction"), "multi-latent attention rotates its "
+                          f"{bare('qk_rope_head_dim')} dimensions whole: must be 1", f)  # fmt: skip
     return spec
 
 

@@ -469,6 +469,8 @@ def parse_model(data: Any, file: str, base_dir: Path | None) -> ModelSpec:
     for k, v in overrides.items():
         typ = {"int": int, "float": float, "bool": bool, "str": str}[str(types[k])]
         base[k] = _check(v, typ, file, f"model.{k}")
+    if base.get("positions", "rotary") != "rotary" and "rotary_fraction" not in overrides:
+        base.pop("rotary_fraction", None)  # a preset's partial rotary, positions overridden
     base.setdefault("kv_heads", base["heads"])
     base.setdefault("ffn_hidden", 4 * base["hidden"])
     return validate_model(ModelSpec(**base), file)

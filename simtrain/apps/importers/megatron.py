@@ -342,7 +342,12 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     rotary = f.float_("--rotary-percent", 1.0)
     if rotary is not None and not 0.0 < rotary <= 1.0:
         raise ConfigError(r.file, "--rotary-percent", "must be in (0, 1]", rotary)
-    if rotary != 1.0 and positions == "rotary":
+    if rotary != 1.0 and f.bool_("--multi-latent-attention"):
+        r.assume(
+            f"--rotary-percent {rotary}: multi-latent attention's rope dimensions "
+            "(--qk-pos-emb-head-dim) are taken whole"
+        )
+    elif rotary != 1.0 and positions == "rotary":
         model["rotary_fraction"] = clean_number(rotary)
     elif rotary != 1.0:
         r.assume(f"--rotary-percent {rotary}: no rotary positions here ({positions}): unused")

@@ -201,6 +201,8 @@ def _architecture_flags(model: Mapping[str, Any], legacy: bool) -> list[str]:
         w.append("--squared-relu")
     if model.get("positions") == "rotary":
         w += ["--position-embedding-type", "rope"]
+        if model.get("rotary_fraction", 1.0) != 1.0:
+            w += ["--rotary-percent", str(model["rotary_fraction"])]
     elif model.get("positions") in ("alibi", "none"):  # Megatron-DeepSpeed's alibi type
         w += ["--position-embedding-type", model["positions"]]
     if model.get("bias") is False:
