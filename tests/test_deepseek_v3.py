@@ -30,7 +30,8 @@ def test_anchor_gpu_hours_per_trillion_tokens_within_20_percent() -> None:
     on rank 0 with the embedding and the output head) simulated: GPU-hours per 10^12 tokens =
     10^12 / tokens_per_s / 3600 x GPUs, within 20 % of 180K. (A known miss until the MTP module
     was trained, 2026-12-05: 140.7K, -21.8 %, with rank 0 holding a block beside each end;
-    184.1K with the module and the split that balances rank 0, a layout choice made on the
+    184.1K (183.2K since MLA's rotary pass covers its rope dimensions only) with the module
+    and the split that balances rank 0, a layout choice made on the
     simulated step, not on this figure.)"""
     from simtrain.apps.simulate import simulate_scenario
 

@@ -130,3 +130,16 @@ def test_megatron_rotary_percent(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         import_config("megatron", str(f), gpus=8)
     assert ei.value.key == "--rotary-percent"
+
+
+@pytest.mark.parametrize("tp", [1, 4])
+def test_rotary_values_closed_forms(tp: int) -> None:
+    """Values per token RoPE rotates on one TP rank: the fraction of q and k (Llama 3 8B: 4,096
+    + 1,024 over tp); multi-latent attention only each query head's qk_rope_head_dim
+    dimensions and the shared k_pe, whole on every rank (DeepSeek-V3: 128 x 64 / tp + 64), not
+    its q_dim + kv_dim (49,152 at tp 1); nothing without rotary positions."""
+    assert PRESETS["llama3-8b"].rotary_values(tp) == (4096 + 1024) / tp
+    assert replace(PRESETS["llama3-8b"], rotary_fraction=0.5).rotary_values(tp) == 2560 / tp
+    dsv3 = PRESETS["deepseek-v3"]
+    assert dsv3.rotary_values(tp) == 128 * 64 / tp + 64
+    assert PRESETS["gpt2"].rotary_values(tp) == 0.0

@@ -327,8 +327,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
     two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
-    write f, as ReLU and a fused squared ReLU; SwiGLU 1.5f), rotary on ``rotary_fraction`` of q
-    and k, dropout (read, write, 1-byte mask) and without
+    write f, as ReLU and a fused squared ReLU; SwiGLU 1.5f), rotary on the values
+    ``ModelSpec.rotary_values`` gives, dropout (read, write, 1-byte mask) and without
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
     attention dropout). Backward: :func:`elementwise_backward_factor` x forward. An MoE block
     (``moe``) has :func:`costs.moe.moe_elementwise_bytes_per_token` in place of the MLP's
@@ -340,7 +340,7 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     plus :func:`eager_elementwise_bytes_per_token` (runtime ``eager_elementwise``)."""
     b = t.micro_batch
     s = t.seq_len_effective
-    h, kv, f = m.hidden, m.kv_dim, m.ffn_hidden
+    h, f = m.hidden, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
     norms = 2 * FUSED_OP_ACCESSES["rmsnorm"] * h  # (a LayerNorm's accesses are an RMSNorm's)
     outside = norms + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
@@ -350,8 +350,7 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     else:  # the activation (GeLU, ReLU, squared ReLU fused) reads and writes f; SwiGLU's gate
         # reads two f-wide inputs and writes one
         per_token += (FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2) * f / tp
-    if m.positions == "rotary":  # the rotated fraction of each q and k head
-        per_token += FUSED_OP_ACCESSES["rotary"] * m.rotary_fraction * (m.q_dim + kv) / tp
+    per_token += FUSED_OP_ACCESSES["rotary"] * m.rotary_values(tp)  # (ModelSpec.rotary_values)
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     bwd = elementwise_backward_factor(e) * fwd
     if eager:
@@ -390,14 +389,14 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
     """(forward, backward) bytes per token that one block's element-wise ops move beyond
     :func:`block_elementwise_bytes`' fused count (:data:`FUSED_OP_ACCESSES`) when they run as
     eager kernels (:func:`eager_op_bytes`; runtime ``eager_elementwise``): two RMSNorms over h
-    (outside the TP region: /tp with sequence parallelism), rotary over q and k (q_dim + kv)/t,
+    (outside the TP region: /tp with sequence parallelism), rotary over ``ModelSpec.rotary_values``,
     SwiGLU over f/t (not a block's routed experts), for what the model has. Versions: torchtitan
     before 3b39d7ab0 (2025-03-19) ran this RMSNorm; after it nn.RMSNorm, whose eager
     ``F.rms_norm`` runs the same chain up to torch 2.8 and one fused CUDA kernel from 2.9."""
     k = elementwise_backward_factor(e)
     widths = {
         "rmsnorm": 2 * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0,
-        "rotary": m.rotary_fraction * (m.q_dim + m.kv_dim) / tp if m.positions == "rotary" else 0,
+        "rotary": m.rotary_values(tp),
         "swiglu": m.ffn_hidden / tp if m.mlp == "swiglu" and not moe else 0,
     }
     fwd = bwd = 0.0

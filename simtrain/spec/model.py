@@ -157,6 +157,18 @@ class ModelSpec:
         """Width of Q: heads * head_dim (= hidden unless ``head_size`` or MLA says otherwise)."""
         return self.heads * self.head_dim if self.head_size or self.is_mla else self.hidden
 
+    def rotary_values(self, tp: int = 1) -> float:
+        """Values per token that RoPE rotates on one TP rank: ``rotary_fraction`` of q and k
+        (their heads split by ``tp``); multi-latent attention rotates only each query head's
+        ``qk_rope_head_dim`` dimensions and the one shared rotary key, k_pe, which every TP
+        rank computes whole (its kv_a projection is replicated: DeepSeek-V2 §2.1.3;
+        Megatron-Core ``multi_latent_attention.py``). 0 without rotary positions."""
+        if self.positions != "rotary":
+            return 0.0
+        if self.is_mla:
+            return self.heads * self.qk_rope_head_dim / tp + self.qk_rope_head_dim
+        return self.rotary_fraction * (self.q_dim + self.kv_dim) / tp
+
     @property
     def v_dim(self) -> int:
         """Width of V and of the attention output (MLA: heads * v_head_dim; else q_dim)."""
