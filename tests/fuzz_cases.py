@@ -632,7 +632,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             }  # fmt: skip
         else:
             kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
-                          "nemotron", "gpt_neox", "bloom")  # fmt: skip
+                          "nemotron", "gpt_neox", "bloom", "falcon")  # fmt: skip
             cfg = {
                 "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
                 "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -643,6 +643,15 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
                 cfg["num_key_value_heads"] = heads
             if kind == "gemma":  # GemmaConfig's head_dim default (256) would change the width
                 cfg["head_dim"] = head_dim
+            if kind == "falcon":  # num_kv_heads groups (new layout), or MQA / MHA (original)
+                cfg["ffn_hidden_size"] = cfg.pop("intermediate_size")
+                cfg["parallel_attn"] = coin(draw, 0.8)
+                if cfg["parallel_attn"] and coin(draw, 0.5):
+                    cfg.update(new_decoder_architecture=True, num_kv_heads=kv_heads,
+                               num_ln_in_parallel_attn=choose(draw, 1, 2))  # fmt: skip
+                else:
+                    cfg["multi_query"] = coin(draw, 0.5)
+                cfg["alibi"] = coin(draw, 0.2)
         return {"hf_config": CONFIG_FILE}, lay, cfg, (max_pos if positions == "learned" else 0)
     doc = {"layers": lay.layers, "hidden": hidden, "heads": heads, "vocab": vocab}
     if kv_heads != heads or coin(draw, 0.3):
@@ -655,10 +664,12 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         ("mlp", MLP_KINDS), ("tied_embeddings", (True, False)), ("bias", (True, False)),
         ("qkv_bias", (True, False)), ("norm", ("layernorm", "rmsnorm")),
         ("dropout", (0.0, 0.1, 0.5, 0.999)), ("flash_attention", (True, False)),
-        ("qkv_layout", ("separate", "fused_kv_copy")),
+        ("qkv_layout", ("separate", "fused_kv_copy")), ("parallel_residual", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.35):
             doc[key] = choose(draw, *values)
+    if doc.get("parallel_residual") and coin(draw, 0.5):
+        doc["shared_norm"] = True
     doc.update(extra)
     return doc, lay, None, (max_pos if positions == "learned" else 0)
 

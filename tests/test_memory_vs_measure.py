@@ -258,3 +258,29 @@ def test_parallel_residual_saves_the_block_input_once(precision: str) -> None:
     one = spec.layers * 2 * 128 * spec.hidden * 4  # the residual stream is fp32 in both
     assert got[False][0] - got[True][0] == one
     assert got[False][1] - got[True][1] == one
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
+@pytest.mark.parametrize("base", [GPT, LLAMA], ids=["layernorm", "rmsnorm"])
+def test_shared_norm_saves_one_norm_less(precision: str, base: ModelSpec) -> None:
+    """GPT-J / Falcon-7B: x + attn(norm(x)) + mlp(norm(x)). Against the two-norm parallel block
+    PyTorch keeps the second norm's statistics no more, and in fp32 or 16-bit weights its
+    output either (the MLP's linear saves the tensor the attention's already keeps); under
+    autocast each linear still saves its own 16-bit cast. Measured difference = the model's =
+    layers·(stats·sb + e·sbh, without autocast)."""
+    spec = replace(base, flash_attention=True, dropout=0.0, parallel_residual=True)
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
+    got = {}
+    for shared in (False, True):
+        m = replace(spec, shared_norm=shared)
+        measured = measure_step(m, t, steps=1)
+        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
+                      ParallelSpec())  # fmt: skip
+        states = dict(estimate_memory(sc).stages[0].memory_bytes)
+        got[shared] = (measured.activation_bytes, states["activations"])
+    sb, h = 2 * 128, spec.hidden
+    stats = 8 if spec.norm == "layernorm" else 4  # fp32 mean and rstd / rstd per token
+    e = {"fp32": 4, "amp_bf16": 0, "bf16": 2}[precision]  # 0: autocast's casts stay
+    one = spec.layers * (stats * sb + e * sb * h)
+    assert got[False][0] - got[True][0] == one
+    assert got[False][1] - got[True][1] == one

@@ -182,13 +182,21 @@ class _Block:
 
 
 def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> None:
-    """A norm's input and statistics, and its output as the input the next linears save."""
+    """A norm's input and statistics, and its output as the input the next linears save. With
+    a ``shared_norm`` the MLP's linears take the first norm's output: no second norm, and the
+    output is saved once (a 16-bit tensor is the same storage for both branches; autocast casts
+    an fp32 one once per linear, FP8 and all-gathered copies are per linear as before)."""
     sb, h, e = c.sb, c.m.hidden, c.e
     stats = norm_stats_per_token(c.m)
-    if i == 0 or not c.m.parallel_residual:  # (parallel: norm2's input is norm1's, the block's)
-        c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
-    c.add(f"norm{i + 1} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
     users = [mod for mod in mods if c.saves_input(mod)]
+    if i == 1 and c.m.shared_norm:  # the MLP's linears take norm1's output
+        plain = not (c.te_fp8 or c.gathered or c.amp)
+        if plain and any(c.saves_input(mod) for mod in ("q", "k", "v")):
+            return  # the tensor the attention's linears keep already
+    else:
+        if i == 0 or not c.m.parallel_residual:  # (parallel: norm2's input is the block's)
+            c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
+        c.add(f"norm{i + 1} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
     if users and c.te_fp8:
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
               c.lin_formula(c.seq("sbh")))  # fmt: skip

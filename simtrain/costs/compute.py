@@ -326,7 +326,7 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
                             eager: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) memory-bound bytes of one block for one micro-batch, counted from the
     ops (an estimate, not a published figure; e = activation bytes per element, per token):
-    two norms (read + write h), two residual adds (2 reads + 1 write of h), the GeLU (read +
+    two norms (read + write h; one with ``shared_norm``), two residual adds (2 reads + 1 write of h), the GeLU (read +
     write f, as ReLU and a fused squared ReLU; SwiGLU 1.5f), rotary on the values
     ``ModelSpec.rotary_values`` gives, dropout (read, write, 1-byte mask) and without
     flash attention scale, mask and softmax over the s x s scores (4 per score, + 2.5 with
@@ -342,7 +342,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     s = t.seq_len_effective
     h, f = m.hidden, m.ffn_hidden
     e = PRECISIONS[t.precision].act_mm
-    norms = 2 * FUSED_OP_ACCESSES["rmsnorm"] * h  # (a LayerNorm's accesses are an RMSNorm's)
+    # (a LayerNorm's accesses are an RMSNorm's; one norm with a shared_norm)
+    norms = m.norms_per_block * FUSED_OP_ACCESSES["rmsnorm"] * h
     outside = norms + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
     per_token = outside / (tp if sp else 1)
     if moe:
@@ -388,14 +389,16 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
                                       moe: bool = False) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes per token that one block's element-wise ops move beyond
     :func:`block_elementwise_bytes`' fused count (:data:`FUSED_OP_ACCESSES`) when they run as
-    eager kernels (:func:`eager_op_bytes`; runtime ``eager_elementwise``): two RMSNorms over h
+    eager kernels (:func:`eager_op_bytes`; runtime ``eager_elementwise``): two RMSNorms over h (one shared)
     (outside the TP region: /tp with sequence parallelism), rotary over ``ModelSpec.rotary_values``,
     SwiGLU over f/t (not a block's routed experts), for what the model has. Versions: torchtitan
     before 3b39d7ab0 (2025-03-19) ran this RMSNorm; after it nn.RMSNorm, whose eager
     ``F.rms_norm`` runs the same chain up to torch 2.8 and one fused CUDA kernel from 2.9."""
     k = elementwise_backward_factor(e)
     widths = {
-        "rmsnorm": 2 * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0,
+        "rmsnorm": (
+            m.norms_per_block * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0
+        ),  # fmt: skip
         "rotary": m.rotary_values(tp),
         "swiglu": m.ffn_hidden / tp if m.mlp == "swiglu" and not moe else 0,
     }

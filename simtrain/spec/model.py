@@ -127,6 +127,11 @@ class ModelSpec:
     # §2 "parallel layers"): the same parameters and FLOPs as the sequential block, and the
     # second norm's input is the first's, one tensor saved for both.
     parallel_residual: bool = False
+    # With parallel_residual: one norm feeds both, x + attn(norm(x)) + mlp(norm(x)) (GPT-J's
+    # ln_1, Falcon-7B's input_layernorm: transformers FalconDecoderLayer without
+    # new_decoder_architecture; PaLM §2's formula): one norm's parameters, statistics and
+    # element-wise pass a block, and its output is one tensor for both branches' linears.
+    shared_norm: bool = False
     # The fraction of each head's dimensions RoPE rotates (positions: rotary): 1 for Llama,
     # 0.25 for GPT-NeoX / Pythia (transformers GPTNeoXConfig ``rotary_pct``), 0.5 for
     # Nemotron-4 (NemotronConfig ``partial_rotary_factor``; Megatron ``--rotary-percent``). No
@@ -209,6 +214,12 @@ class ModelSpec:
         return self.kv_heads * self.head_dim
 
     @property
+    def norms_per_block(self) -> int:
+        """Norms in a block: 2 (before the attention and before the MLP), 1 with a
+        ``shared_norm``."""
+        return 1 if self.shared_norm else 2
+
+    @property
     def norm_params(self) -> int:
         """One norm: LayerNorm has a weight and a bias of size h; RMSNorm only a weight."""
         return 2 * self.hidden if self.norm == "layernorm" else self.hidden
@@ -285,12 +296,13 @@ class ModelSpec:
                 + self.router_params())  # fmt: skip
 
     def layer_params(self) -> int:
-        """One dense transformer block: attention + MLP + two norms."""
-        return self.attention_params() + self.mlp_params() + 2 * self.norm_params
+        """One dense transformer block: attention + MLP + its norms (two, or one shared)."""
+        return self.attention_params() + self.mlp_params() + self.norms_per_block * self.norm_params
 
     def moe_layer_params(self, routed: int | None = None) -> int:
-        """One MoE block: attention + MoE FFN (``routed`` experts, default all) + two norms."""
-        return self.attention_params() + self.moe_mlp_params(routed) + 2 * self.norm_params
+        """One MoE block: attention + MoE FFN (``routed`` experts, default all) + its norms."""
+        return (self.attention_params() + self.moe_mlp_params(routed)
+                + self.norms_per_block * self.norm_params)  # fmt: skip
 
     def blocks_params(self, routed: int | None = None) -> int:
         """All blocks: dense ones with their MLP, MoE ones with ``routed`` experts each."""
@@ -416,6 +428,14 @@ def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
                      rotary_fraction=0.25)  # fmt: skip
 
 
+def _falcon(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
+            shared_norm: bool = False) -> ModelSpec:  # fmt: skip
+    """Falcon (HF tiiuae/falcon-*, model_type falcon): see the presets' comment."""
+    return ModelSpec(name, layers, hidden, heads, kv_heads, 4 * hidden, 65024, 2048,
+                     positions="rotary", bias=False, parallel_residual=True,
+                     shared_norm=shared_norm)  # fmt: skip
+
+
 PRESETS.update({
     "opt-125m": _opt("opt-125m", 12, 768, 12),
     "opt-1.3b": _opt("opt-1.3b", 24, 2048, 32),
@@ -454,6 +474,14 @@ PRESETS.update({
     # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
     # vocab 32,064, untied, 3,821,079,552 parameters.
     "phi-3-mini": _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # Falcon (Almazrouei et al. 2023; HF tiiuae/falcon-* config.json, transformers
+    # FalconForCausalLM): GeLU 4h, no biases, LayerNorm, rotary, tied, vocab 65,024, sequence
+    # 2,048, attention and MLP in parallel; 7B: one KV head and one norm shared by both
+    # branches, 6,921,720,704 parameters; 40B / 180B (new_decoder_architecture): 8 KV heads,
+    # a norm per branch, 41,303,293,952 / 178,557,088,768 (transformers' own count).
+    "falcon-7b": _falcon("falcon-7b", 32, 4544, 71, 1, shared_norm=True),
+    "falcon-40b": _falcon("falcon-40b", 60, 8192, 128, 8),
+    "falcon-180b": _falcon("falcon-180b", 80, 14848, 232, 8),
 })  # fmt: skip
 PRESETS.update({
     # Mixtral-8x7B: HF mistralai/Mixtral-8x7B-v0.1 config.json (num_local_experts 8,
@@ -528,6 +556,10 @@ _REQUIRED_INT_FIELDS = {
 }  # fmt: skip
 _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "n_embed",
+    "n_head_kv",
+    "num_kv_heads",
+    "ffn_hidden_size",
+    "num_ln_in_parallel_attn",
     "word_embed_proj_dim",
     "seq_length",
     "n_inner",
@@ -558,14 +590,23 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
 LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                      "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma")  # fmt: skip
 #: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
-OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron")
+#: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
+#: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
+FALCON_KINDS = ("falcon", "refinedwebmodel", "refinedweb")
+OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron", *FALCON_KINDS)
 #: model_type values the importer reads.
 HF_KINDS = ("gpt2", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 #: tie_word_embeddings where config.json leaves it out (the configuration class's default, or
 #: PretrainedConfig's True where the class sets none: transformers 008e5743
 #: configuration_gemma.py / configuration_starcoder2.py, configuration_opt.py at 1f3ae2b3 and
 #: configuration_bloom.py at d94ee404 set no tie key).
-_HF_TIED_DEFAULT = {"gemma": True, "opt": True, "bloom": True, "starcoder2": True}
+_HF_TIED_DEFAULT = {
+    "gemma": True,
+    "opt": True,
+    "bloom": True,
+    "starcoder2": True,
+    **dict.fromkeys(FALCON_KINDS, True),
+}  # (FalconConfig sets none either)
 
 
 #: config.json fields read as numbers that may be null (transformers then uses its default);
@@ -573,7 +614,8 @@ _HF_TIED_DEFAULT = {"gemma": True, "opt": True, "bloom": True, "starcoder2": Tru
 _NULL_OK = frozenset({
     "n_inner", "num_key_value_heads", "head_dim", "shared_expert_intermediate_size",
     "n_shared_experts", "first_k_dense_replace", "num_nextn_predict_layers", "q_lora_rank",
-    "n_group", "attention_dropout",
+    "n_group", "attention_dropout", "n_head_kv", "num_kv_heads", "ffn_hidden_size",
+    "num_ln_in_parallel_attn",
 })  # fmt: skip
 _NUMBER_FIELDS = _INT_FIELDS | {"resid_pdrop", "moe_layer_freq", "topk_group", "q_lora_rank",
                                 "n_group", "attention_dropout", "experts_per_token"}  # fmt: skip
@@ -806,8 +848,20 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       (``gelu_pytorch_tanh``), biases on all (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` and ``attention_dropout``;
     - nemotron (Nemotron-4, Minitron): q, k, v, o (GQA, ``head_dim``), up / down with squared
       ReLU (``relu2``), LayerNorm1P (weight and bias), rotary (``partial_rotary_factor``),
-      untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag)."""
-    if kind == "bloom" and cfg.get("n_embed") is not None:  # BloomConfig: n_embed wins
+      untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag);
+    - falcon (transformers 4.46 FalconConfig / FalconDecoderLayer; the legacy model_type
+      RefinedWebModel (Falcon-7B/-RW) and RefinedWeb (Falcon-40B/180B) with their ``n_layer``,
+      ``n_head``, ``n_head_kv``): fused query_key_value, dense, dense_h_to_4h / dense_4h_to_h
+      (``ffn_hidden_size``, 4h by default; ``activation`` GeLU), ``bias`` on all or none,
+      LayerNorms, rotary or ``alibi``, tied. ``new_decoder_architecture`` (40B, 180B):
+      ``num_kv_heads`` groups and, with ``parallel_attn``, ln_attn and ln_mlp on the block's input
+      (``parallel_residual``), or one shared norm where ``num_ln_in_parallel_attn`` is 1; the
+      original layout: one KV head with ``multi_query`` (else MHA), and with ``parallel_attn``
+      one input_layernorm for both branches (``shared_norm``, Falcon-7B), else a sequential
+      block (Falcon-RW). In the parallel forms Falcon drops the branches' sum once
+      (``dropout_add``) where simtrain counts a mask per branch: only with a nonzero
+      ``hidden_dropout`` (the released configs' is 0)."""
+    if kind in ("bloom", *FALCON_KINDS) and cfg.get("n_embed") is not None:  # n_embed wins
         h, hidden_field = int(cfg["n_embed"]), "n_embed"
     else:
         h, hidden_field = int(cfg["hidden_size"]), "hidden_size"
@@ -833,6 +887,8 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
+    if kind in FALCON_KINDS:
+        return _hf_falcon(kind, cfg, path, name, h, names)
     layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
     kv = cfg.get("num_key_value_heads")
     if kv is None:  # MHA, but Starcoder2Config's default of 2 KV heads
@@ -905,6 +961,55 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
     return spec, names
 
 
+def _hf_falcon(kind: str, cfg: dict[str, Any], path: Path, name: str, h: int,
+               names: dict[str, str]) -> tuple[ModelSpec, dict[str, str]]:  # fmt: skip
+    """A Falcon config.json (:func:`_hf_other`'s falcon entry; transformers 4.46
+    modeling_falcon.py FalconAttention / FalconMLP / FalconDecoderLayer)."""
+    legacy = kind != "falcon"
+    names = {**names, "ffn_hidden": "ffn_hidden_size", "dropout": "hidden_dropout",
+             "kv_heads": "num_kv_heads"}  # fmt: skip
+    if legacy:  # (the NeMo Falcon converter's mapping of the same fields)
+        names.update(layers="n_layer", heads="n_head", kv_heads="n_head_kv")
+        layers, heads = int(cfg["n_layer"]), int(cfg["n_head"])
+        new_arch = kind == "refinedweb"
+        kv_field = "n_head_kv"
+    else:
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        new_arch = _hf_bool(cfg, "new_decoder_architecture", False, path)
+        kv_field = "num_kv_heads"
+    kv = cfg.get(kv_field)  # (an integer or null: _INT_FIELDS)
+    parallel = _hf_bool(cfg, "parallel_attn", True, path)
+    if new_arch:
+        if not parallel:  # (FalconDecoderLayer would build no ln_attn / ln_mlp to run)
+            raise ConfigError(str(path), "parallel_attn", "false with new_decoder_architecture "
+                              "is not a layout transformers runs", False)  # fmt: skip
+        kv_heads = heads if kv is None else int(kv)
+        lns = cfg.get("num_ln_in_parallel_attn")
+        if lns not in (None, 1, 2):
+            raise ConfigError(str(path), "num_ln_in_parallel_attn", "must be 1 or 2", lns, "1, 2")
+        shared = lns == 1
+    else:  # the query_key_value of the original layout: h + 2 head_dim (MQA) or 3h
+        kv_heads = 1 if _hf_bool(cfg, "multi_query", True, path) else heads
+        names["kv_heads"] = "multi_query"
+        shared = parallel
+    if _hf_bool(cfg, "apply_residual_connection_post_layernorm", False, path):
+        raise ConfigError(str(path), "apply_residual_connection_post_layernorm", "true (the "
+                          "residual taken after the norm) is not expressible", True)  # fmt: skip
+    ffn = cfg.get("ffn_hidden_size")  # (null: 4 h, as FalconConfig)
+    spec = ModelSpec(
+        name=name, layers=layers, hidden=h, heads=heads, kv_heads=kv_heads,
+        ffn_hidden=4 * h if ffn is None else int(ffn), vocab=int(cfg["vocab_size"]),
+        max_positions=int(cfg.get("max_position_embeddings") or 2048),
+        mlp=_hf_mlp(str(cfg.get("activation", "gelu"))),
+        tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
+        positions="alibi" if _hf_bool(cfg, "alibi", False, path) else "rotary",
+        bias=_hf_bool(cfg, "bias", False, path), norm="layernorm",
+        parallel_residual=parallel, shared_norm=parallel and shared,
+        **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
+    )  # fmt: skip
+    return spec, names
+
+
 def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "model",
                    names: dict[str, str] | None = None) -> ModelSpec:  # fmt: skip
     """Check a shape's invariants; return it unchanged. ``names``: the field names of the
@@ -941,6 +1046,10 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    if spec.shared_norm and not spec.parallel_residual:
+        raise ConfigError(file, key("shared_norm"), f"applies to {bare('parallel_residual')}: "
+                          "true only (a sequential block's MLP norm takes the attention's "
+                          "output)", spec.shared_norm)  # fmt: skip
     f = spec.rotary_fraction
     if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 < f <= 1.0:
         raise ConfigError(file, key("rotary_fraction"), "must be a number in (0, 1]", f)

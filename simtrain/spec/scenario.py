@@ -471,6 +471,8 @@ def parse_model(data: Any, file: str, base_dir: Path | None) -> ModelSpec:
         base[k] = _check(v, typ, file, f"model.{k}")
     if base.get("positions", "rotary") != "rotary" and "rotary_fraction" not in overrides:
         base.pop("rotary_fraction", None)  # a preset's partial rotary, positions overridden
+    if not base.get("parallel_residual") and "shared_norm" not in overrides:
+        base.pop("shared_norm", None)  # a preset's shared norm, the block made sequential
     base.setdefault("kv_heads", base["heads"])
     base.setdefault("ffn_hidden", 4 * base["hidden"])
     return validate_model(ModelSpec(**base), file)

@@ -174,7 +174,8 @@ class Block(nn.Module):
         self.norm1 = make_norm(spec)
         self.attn = Attention(spec, training, method)
         self.drop1 = Dropout(spec.dropout)
-        self.norm2 = make_norm(spec)
+        # (a shared norm: GPT-J's ln_1, Falcon-7B's input_layernorm feed both branches)
+        self.norm2 = None if spec.shared_norm else make_norm(spec)
         self.mlp = MLP(spec)
         self.drop2 = Dropout(spec.dropout)
         size = training.peft.adapter_size
@@ -185,11 +186,12 @@ class Block(nn.Module):
         self.op_sac = training.recompute == "selective_op"
 
     def block(self, x: torch.Tensor, cos: Any, sin: Any, mask: Any) -> torch.Tensor:
-        a = self.drop1(self.attn(apply_norm(self.norm1, x), cos, sin, mask))
+        n1 = apply_norm(self.norm1, x)
+        a = self.drop1(self.attn(n1, cos, sin, mask))
         if self.adapter_attn is not None:
             a = self.adapter_attn(a)
-        if self.parallel:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
-            m = self.drop2(self.mlp(apply_norm(self.norm2, x)))
+        if self.parallel:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x)); GPT-J: one norm
+            m = self.drop2(self.mlp(n1 if self.norm2 is None else apply_norm(self.norm2, x)))
             if self.adapter_mlp is not None:
                 m = self.adapter_mlp(m)
             return x + a + m
