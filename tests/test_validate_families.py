@@ -198,7 +198,10 @@ def test_later_issue_features_are_named_together(new_records: dict) -> None:
     out = translate(new_records["llama3_405b_t4_16384gpu_seq131072"])
     assert isinstance(out, SkipReason) and "num_gpus 16384 != tp x pp x cp x dp" in out.reason
     moe = replace(new_records["mtnlg530b_2240gpu"], model={"num_experts": 8}, parallelism={"ep": 8})
-    assert not_yet_expressible(moe) == ["mixture of experts (num_experts)"]
+    # (MT-NLG's family is read through the Megatron importer, which builds the model from flags)
+    assert not_yet_expressible(moe) == [
+        "mixture of experts in a megatron record without its run's arguments (num_experts)"
+    ]
     b100 = replace(new_records["mtnlg530b_2240gpu"], hardware={"gpu": "B100"})
     assert not_yet_expressible(b100) == ["Blackwell GPU 'B100'"]
     assert not_yet_expressible(new_records["mtnlg530b_2240gpu"]) == []
@@ -831,3 +834,34 @@ def test_a_flag_the_record_names_is_not_the_launchers(new_records) -> None:
         assert isinstance(tr, Translation) and tr.scenario.runtime.tp_comm_overlap
         line = next(a for a in tr.assumptions if a.startswith("--overlap-grad-reduce"))
         assert ("--tp-comm-overlap" in line.split(":")[0]) is credited
+
+
+def _lab_record(model: dict, parallelism: dict) -> Record:
+    """A record of a source without an importer (read as a scenario), on 8 H100s."""
+    return Record(
+        id="lab_moe_1", kind="training_run", source="test", source_key="lab",
+        model={"name": "m", "layers": 4, "hidden": 1024, "heads": 8, "seq_len": 1024,
+               "vocab": 32000, **model},
+        training={"global_batch": 64, "micro_batch": 1, "precision": "bf16"},
+        parallelism=parallelism, hardware={"gpu": "H100 80GB", "num_gpus": 8},
+        measured={"tokens_per_s_per_gpu": 1000.0},
+    )  # fmt: skip
+
+
+def test_a_record_says_what_a_scenario_says() -> None:
+    """A record read as a scenario takes every ModelSpec key of its model section: experts with
+    parallelism.ep (Megatron-Core's expert grid over dp), a shared-norm parallel block, a head
+    size; MoE keys the model does not read, or ep without experts, are named skips."""
+    moe = {"num_experts": 8, "experts_per_token": 2, "mlp": "swiglu", "moe_ffn_hidden": 512}
+    tr = translate(_lab_record({**moe, "parallel_residual": True, "shared_norm": True,
+                                "head_size": 64}, {"tp": 1, "ep": 4}))  # fmt: skip
+    assert not isinstance(tr, SkipReason), tr
+    m, p = tr.scenario.model, tr.scenario.parallelism
+    assert (m.num_experts, m.experts_per_token, m.moe_ffn_hidden, p.ep) == (8, 2, 512, 4)
+    assert (m.parallel_residual, m.shared_norm, m.head_size) == (True, True, 64)
+    out = translate(_lab_record({"experts": 8}, {"ep": 4}))
+    assert isinstance(out, SkipReason) and "keys simtrain does not read (experts;" in out.reason
+    out = translate(_lab_record({}, {"ep": 4}))
+    assert isinstance(out, SkipReason) and "ep 4) without model.num_experts" in out.reason
+    out = translate(_lab_record({"num_experts": "8"}, {}))
+    assert isinstance(out, SkipReason) and "model.num_experts" in out.reason

@@ -337,9 +337,19 @@ def _int(v: Any) -> int | None:
     return None
 
 
-SHAPE_PASSTHROUGH = ("kv_heads", "ffn_hidden", "tied_embeddings", "mlp", "positions", "bias",
-                     "qkv_bias", "norm", "dropout", "flash_attention", "max_positions",
-                     "attention_dropout")  # fmt: skip
+#: The record ``model`` keys laid over the source's architecture as given: every ModelSpec field
+#: but the name and the shape :func:`_model` reads itself (so a record says what a scenario
+#: says: experts, multi-latent attention, parallel blocks, head size, ...; validate_model
+#: checks them as a scenario's).
+SHAPE_PASSTHROUGH = tuple(f.name for f in fields(ModelSpec)
+                          if f.name not in ("name", "layers", "hidden", "heads",
+                                            "vocab"))  # fmt: skip
+#: Record ``model`` keys of a mixture of experts that the model reads (ModelSpec's names).
+_MOE_KEYS = frozenset(k for k in SHAPE_PASSTHROUGH
+                      if "expert" in k or "moe" in k
+                      or k in ("capacity_factor", "first_dense_layers", "router_bias",
+                               "router_score_bias", "router_groups",
+                               "router_group_topk"))  # fmt: skip
 UNEXPRESSIBLE_KINDS = {
     "training_run_relative": "relative throughput (normalised to another run of its table), "
     "not an absolute measurement",
@@ -354,16 +364,29 @@ _BLACKWELL = re.compile(r"\bB100\b")
 
 
 def not_yet_expressible(rec: Record) -> list[str]:
-    """What of a record simtrain cannot express yet and a later issue adds, each named: mixture
-    of experts (from a record's sections; one that carries its run's arguments, ``native``, is
-    read by the importer), a Blackwell GPU without a profile (B100). Listed together so a record's skip
+    """What of a record simtrain cannot express yet, each named: a mixture of experts in the
+    sections of a record read through a framework's importer (which builds the model from the
+    framework's flags: one that carries its run's arguments, ``native``, is read with its MoE
+    flags), or described by keys the model does not read (ModelSpec's are ``num_experts``,
+    ``experts_per_token``, ``moe_ffn_hidden``, ...: those of any other record are read as a
+    scenario's), a Blackwell GPU without a profile (B100). Listed together so a record's skip
     reason names all of them."""
     out = []
     ep = _int(rec.parallelism.get("ep"))
-    moe = [k for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
+    moe = [str(k) for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
+    unread = [k for k in moe if k not in _MOE_KEYS]
     # (a record with its own arguments is read by its framework's importer, MoE flags and all)
     if (moe or (ep is not None and ep > 1)) and not rec.native:
-        out.append(f"mixture of experts ({', '.join(moe) or f'ep {ep}'})")
+        if importer_of(rec) is not None:
+            out.append(f"mixture of experts in a {importer_of(rec)} record without its run's "
+                       f"arguments ({', '.join(moe) or f'ep {ep}'})")  # fmt: skip
+        elif unread:
+            out.append(
+                f"mixture of experts described by keys simtrain does not read "
+                f"({', '.join(unread)}; it reads {', '.join(sorted(_MOE_KEYS))})"
+            )
+        elif "num_experts" not in rec.model:
+            out.append(f"expert parallelism (ep {ep}) without model.num_experts")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
@@ -424,7 +447,7 @@ def translate(rec: Record) -> Translation | SkipReason:
                                "are per micro-batch)")  # fmt: skip
     later = not_yet_expressible(rec)
     if later:
-        return skip(rec, f"not expressible yet (a later issue): {'; '.join(later)}")
+        return skip(rec, f"not expressible: {'; '.join(later)}")
     bad = _unusable_measurements(rec)
     if bad:
         span = f"[{MIN_MEASURED:g}, {MAX_MEASURED:g}]"
@@ -1052,6 +1075,9 @@ def _parallelism(
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         out["bucket_mb"] = ONE_BUCKET_MB
+    ep = _int(p.get("ep"))
+    if ep is not None and ep > 1:  # expert parallelism (ParallelSpec.ep: experts over dp·cp)
+        out["ep"] = ep
     return out
 
 
