@@ -198,10 +198,14 @@ def test_later_issue_features_are_named_together(new_records: dict) -> None:
     out = translate(new_records["llama3_405b_t4_16384gpu_seq131072"])
     assert isinstance(out, SkipReason) and "num_gpus 16384 != tp x pp x cp x dp" in out.reason
     moe = replace(new_records["mtnlg530b_2240gpu"], model={"num_experts": 8}, parallelism={"ep": 8})
-    # (MT-NLG's family is read through the Megatron importer, which builds the model from flags)
-    assert not_yet_expressible(moe) == [
-        "mixture of experts in a megatron record without its run's arguments (num_experts)"
-    ]
+    # (MT-NLG's family is read through the Megatron importer; the experts are laid over its flags)
+    assert not_yet_expressible(moe) == []
+    mt = new_records["mtnlg530b_2240gpu"]
+    tr = translate(replace(mt, model={**mt.model, "num_experts": 8, "experts_per_token": 2},
+                           parallelism={**mt.parallelism, "ep": 8, "sequence_parallel": True}))  # fmt: skip
+    assert not isinstance(tr, SkipReason), tr
+    assert (tr.scenario.model.num_experts, tr.scenario.parallelism.ep) == (8, 8)
+    assert "parallelism.ep=8" in tr.native.sets and "model.num_experts=8" in tr.native.sets
     b100 = replace(new_records["mtnlg530b_2240gpu"], hardware={"gpu": "B100"})
     assert not_yet_expressible(b100) == ["Blackwell GPU 'B100'"]
     assert not_yet_expressible(new_records["mtnlg530b_2240gpu"]) == []
@@ -865,3 +869,32 @@ def test_a_record_says_what_a_scenario_says() -> None:
     assert isinstance(out, SkipReason) and "ep 4) without model.num_experts" in out.reason
     out = translate(_lab_record({"num_experts": "8"}, {}))
     assert isinstance(out, SkipReason) and "model.num_experts" in out.reason
+
+
+@pytest.mark.parametrize(("text", "v", "want"), [
+    ("1F1B", 1, "1f1b"), (None, 1, "1f1b"), ("interleaved 1F1B", 3, "interleaved"),
+    (None, 4, "interleaved"), ("Interleaved 1F1B", 1, "1f1b"), ("GPipe", 1, "gpipe"),
+    ("AFAB", 1, "gpipe"), ("ZB-H1", 1, "zb_h1"), ("zero bubble", 1, "zb_h1"),
+    ("ZB-V", 1, "zb_v"), ("ZBV", 2, "zb_v"), ("DualPipe", 1, "dualpipe"),
+    ("DualPipeV", 1, "dualpipe_v"), ("DualPipe-V", 2, "dualpipe_v"),
+    ("PipeDream-Flush", 1, "1f1b"), ("PipeDream-2BW", 1, "pipedream_2bw"),
+    ("PipeDream", 1, "pipedream"), ("naive", 1, "naive"),
+])  # fmt: skip
+def test_schedule_names(text, v: int, want: str) -> None:
+    """A record's schedule text names simtrain's schedule (was: ZB-V read as ZB-H1, DualPipe and
+    PipeDream as 1F1B, in silence)."""
+    from simtrain.apps.validate.translate import map_schedule
+
+    notes: list[str] = []
+    assert map_schedule(text, 4, v, notes) == want
+    assert notes == []
+
+
+@pytest.mark.parametrize(("text", "v", "want"), [("looped BFS", 2, "interleaved"),
+                                                 ("BFS", 1, "1f1b")])  # fmt: skip
+def test_an_unknown_schedule_is_said(text: str, v: int, want: str) -> None:
+    from simtrain.apps.validate.translate import map_schedule
+
+    notes: list[str] = []
+    assert map_schedule(text, 4, v, notes) == want
+    assert len(notes) == 1 and repr(text) in notes[0]

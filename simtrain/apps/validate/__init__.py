@@ -56,8 +56,8 @@ m ≥ 1 for 1F1B, GPipe and gradient accumulation, and once m ≥ pp for the int
 Records the simulator cannot express come back as :class:`SkipReason` with the reason; nothing
 is dropped silently. A precision text maps to a simtrain precision or to a reason, never to a
 silent bf16 (:func:`read_precision`); what simtrain cannot express yet (a mixture of experts
-in an importer family's record without its run's arguments or in keys the model does not read,
-a Blackwell GPU without a profile) is named together in one reason (:func:`not_yet_expressible`).
+in keys the model does not read, a Blackwell GPU without a profile) is named together in one
+reason (:func:`not_yet_expressible`).
 
 **Families and noise.** ``--by family`` (and the JSON's ``by_family``) gives per source key and
 metric n, MAPE, median |error|, median signed error and the share within ±10 % and ±25 %, with

@@ -567,6 +567,9 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         config = deepspeed_config(rec, training, layout, batch, par)
         imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
+    ep = int(par.get("ep") or 1)  # (experts laid over by overlay; their grid here)
+    if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
+        sets.append(f"parallelism.ep={ep}")
     if kind == "torchtitan":
         sets += _torchtitan_sets(rec, imp, model, notes)
     native = NativeConfig(kind, config, gpus, tuple(sets),

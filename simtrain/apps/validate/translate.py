@@ -314,17 +314,40 @@ def map_optimizer(text: str | None) -> str:
     return "adam"
 
 
-def map_schedule(text: str | None, pp: int, v: int) -> str:
-    t = str(text or "").lower()
+#: A record's pipeline schedule text (lower case, spaces, "-" and "_" removed) -> simtrain's
+#: schedule: the first entry whose words it contains (the V-shaped and DualPipe names before
+#: their prefixes). PipeDream-Flush is 1F1B (Narayanan et al. 2021 §2.2); AFAB (nanotron's
+#: all-forward-all-backward) is GPipe's order.
+SCHEDULE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("dualpipev",), "dualpipe_v"),
+    (("dualpipe",), "dualpipe"),
+    (("zbv", "zerobubblev", "vshape"), "zb_v"),
+    (("zb", "zerobubble"), "zb_h1"),
+    (("pipedreamflush",), "1f1b"),
+    (("2bw",), "pipedream_2bw"),
+    (("pipedream",), "pipedream"),
+    (("gpipe", "afab", "allforwardallbackward"), "gpipe"),
+    (("naive",), "naive"),
+    (("interleaved",), "interleaved"),
+    (("1f1b", "onefoneb"), "1f1b"),
+)
+
+
+def map_schedule(text: str | None, pp: int, v: int, notes: list[str] | None = None) -> str:
+    """simtrain's schedule for a record's ``schedule`` text (:data:`SCHEDULE_WORDS`): 1F1B where
+    it says none, or where it names no schedule simtrain has (said in ``notes``); interleaved
+    1F1B wherever ``virtual_stages`` > 1 and no other schedule is named (Megatron interleaves
+    whenever vp > 1)."""
+    t = re.sub(r"[\s_\-]", "", str(text or "").lower())
     if pp == 1:
         return "1f1b"
-    if v > 1 and ("interleaved" in t or not t):  # Megatron interleaves whenever vp > 1
-        return "interleaved"
-    if "gpipe" in t:
-        return "gpipe"
-    if "zb" in t or "zero bubble" in t:
-        return "zb_h1"
-    return "1f1b"
+    found = next((name for words, name in SCHEDULE_WORDS if any(w in t for w in words)), None)
+    out = "interleaved" if v > 1 and found in (None, "interleaved", "1f1b") else found
+    out = "1f1b" if out in (None, "interleaved") and v == 1 else out
+    if found is None and t and notes is not None:
+        shown = "interleaved 1F1B" if out == "interleaved" else "1F1B"
+        notes.append(f"pipeline schedule {text!r} is not one simtrain simulates: {shown}")
+    return str(out)
 
 
 def _int(v: Any) -> int | None:
@@ -364,23 +387,19 @@ _BLACKWELL = re.compile(r"\bB100\b")
 
 
 def not_yet_expressible(rec: Record) -> list[str]:
-    """What of a record simtrain cannot express yet, each named: a mixture of experts in the
-    sections of a record read through a framework's importer (which builds the model from the
-    framework's flags: one that carries its run's arguments, ``native``, is read with its MoE
-    flags), or described by keys the model does not read (ModelSpec's are ``num_experts``,
-    ``experts_per_token``, ``moe_ffn_hidden``, ...: those of any other record are read as a
-    scenario's), a Blackwell GPU without a profile (B100). Listed together so a record's skip
-    reason names all of them."""
+    """What of a record simtrain cannot express yet, each named: a mixture of experts described
+    by keys the model does not read (ModelSpec's are ``num_experts``, ``experts_per_token``,
+    ``moe_ffn_hidden``, ...: those are read as a scenario's, laid over an importer family's
+    configuration as its other model keys are; a record with its run's arguments, ``native``,
+    is read with its MoE flags), or expert parallelism without experts; a Blackwell GPU
+    without a profile (B100). Listed together so a record's skip reason names all of them."""
     out = []
     ep = _int(rec.parallelism.get("ep"))
     moe = [str(k) for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
     unread = [k for k in moe if k not in _MOE_KEYS]
     # (a record with its own arguments is read by its framework's importer, MoE flags and all)
     if (moe or (ep is not None and ep > 1)) and not rec.native:
-        if importer_of(rec) is not None:
-            out.append(f"mixture of experts in a {importer_of(rec)} record without its run's "
-                       f"arguments ({', '.join(moe) or f'ep {ep}'})")  # fmt: skip
-        elif unread:
+        if unread:
             out.append(
                 f"mixture of experts described by keys simtrain does not read "
                 f"({', '.join(unread)}; it reads {', '.join(sorted(_MOE_KEYS))})"
@@ -1055,7 +1074,7 @@ def _parallelism(
     schedule and the data-parallel gradient reduction."""
     zero = int(p.get("zero_stage") or 0)  # (read by _read_parallelism)
     v = _int(p.get("virtual_stages")) or 1
-    schedule = map_schedule(p.get("schedule"), pp, v)
+    schedule = map_schedule(p.get("schedule"), pp, v, notes)
     if pp > 1 and p.get("schedule") is None:
         notes.append("pipeline schedule not reported: 1F1B")
     if "interleaved" in str(p.get("schedule", "")).lower() and v == 1 and pp > 1:
