@@ -618,11 +618,13 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
     if mode == "hf":
         if positions == "learned" and coin(draw, 0.7):
             cfg: dict[str, Any] = {
-                "model_type": "gpt2", "n_layer": lay.layers, "n_embd": hidden, "n_head": heads,
-                "vocab_size": vocab, "n_positions": max_pos,
+                "model_type": choose(draw, "gpt2", "gpt_bigcode"), "n_layer": lay.layers,
+                "n_embd": hidden, "n_head": heads, "vocab_size": vocab, "n_positions": max_pos,
             }  # fmt: skip
             if coin(draw, 0.5):
                 cfg["n_inner"] = choose(draw, 1, hidden, 4 * hidden, 11008)
+            if cfg["model_type"] == "gpt_bigcode":  # one K/V head, or every head's
+                cfg["multi_query"] = coin(draw, 0.7)
         elif positions == "learned":  # OPT: MHA, learned positions (+ 2 rows), ReLU
             cfg = {
                 "model_type": "opt", "num_hidden_layers": lay.layers, "hidden_size": hidden,
@@ -632,7 +634,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             }  # fmt: skip
         else:
             kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
-                          "nemotron", "gpt_neox", "bloom", "falcon")  # fmt: skip
+                          "nemotron", "gpt_neox", "bloom", "falcon", "phi", "gptj")  # fmt: skip
             cfg = {
                 "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
                 "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -643,6 +645,10 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
                 cfg["num_key_value_heads"] = heads
             if kind == "gemma":  # GemmaConfig's head_dim default (256) would change the width
                 cfg["head_dim"] = head_dim
+            if kind == "gptj":  # GPT-2's field names, rotary on rotary_dim of each head
+                cfg = {"model_type": "gptj", "n_layer": lay.layers, "n_embd": hidden,
+                       "n_head": heads, "vocab_size": vocab, "n_positions": max_pos,
+                       "rotary_dim": choose(draw, None, 1, head_dim)}  # fmt: skip
             if kind == "falcon":  # num_kv_heads groups (new layout), or MQA / MHA (original)
                 cfg["ffn_hidden_size"] = cfg.pop("intermediate_size")
                 cfg["parallel_attn"] = coin(draw, 0.8)
@@ -665,6 +671,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         ("qkv_bias", (True, False)), ("norm", ("layernorm", "rmsnorm")),
         ("dropout", (0.0, 0.1, 0.5, 0.999)), ("flash_attention", (True, False)),
         ("qkv_layout", ("separate", "fused_kv_copy")), ("parallel_residual", (True, False)),
+        ("head_bias", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.35):
             doc[key] = choose(draw, *values)

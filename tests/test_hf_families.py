@@ -107,8 +107,7 @@ def test_opt_350m_projection_is_refused() -> None:
 
 @pytest.mark.parametrize(("base", "change", "key"), [
     ("opt-125m.json", {"do_layer_norm_before": False}, "do_layer_norm_before"),
-    ("pythia-160m.json", {"attention_bias": False}, "attention_bias"),
-    ("minitron-4b.json", {"mlp_bias": True}, "mlp_bias"),
+    ("minitron-4b.json", {"attention_bias": True, "mlp_bias": False}, "mlp_bias"),
     ("opt-125m.json", {"ffn_dim": None}, "ffn_dim"),
     ("bloom-560m.json", {"n_layer": "24"}, "n_layer"),
 ])  # fmt: skip
@@ -123,10 +122,22 @@ def test_settings_a_config_cannot_say(tmp_path: Path, base: str, change: dict, k
 
 def test_unknown_type_lists_the_new_ones(tmp_path: Path) -> None:
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({"model_type": "gptj", "hidden_size": 64}))
+    p.write_text(json.dumps({"model_type": "mamba", "hidden_size": 64}))
     with pytest.raises(ConfigError) as ei:
         from_hf_config(p)
-    for kind in ("opt", "gpt_neox", "bloom", "phi3", "gemma", "starcoder2", "nemotron", "falcon"):
+    for kind in (
+        "opt",
+        "gpt_neox",
+        "bloom",
+        "phi3",
+        "gemma",
+        "starcoder2",
+        "nemotron",
+        "falcon",
+        "phi",
+        "gptj",
+        "gpt_bigcode",
+    ):
         assert kind in str(ei.value.allowed)
 
 

@@ -94,7 +94,8 @@ class BlockMatmul:
 def block_matmuls(m: ModelSpec) -> tuple[BlockMatmul, ...]:
     """The block's projections in forward order (see the module docstring). A linear with a
     bias dispatches ``aten.addmm`` (measured, torch 2.13), which the policy neither counts nor
-    saves: with ``bias`` every projection is recomputed, with ``qkv_bias`` q, k, v are. Q and
+    saves: with ``bias`` every projection is recomputed, with ``qkv_bias`` q, k, v are, with
+    ``mlp_bias`` the MLP's. Q and
     the attention output are ``q_dim`` wide (= h unless ``head_size`` sets heads x head_dim,
     Qwen3's 32 x 128 on h = 2,560)."""
     h, kv, f, q = m.hidden, m.kv_dim, m.ffn_hidden, m.q_dim
@@ -105,11 +106,12 @@ def block_matmuls(m: ModelSpec) -> tuple[BlockMatmul, ...]:
     else:
         attn = [BlockMatmul("qkv", h, q + 2 * kv, False, qb)]
     attn.append(BlockMatmul("o", q, h, True, m.bias))
+    mb = m.bias or m.mlp_bias
     if m.mlp == "swiglu":
-        mlp = [BlockMatmul("gate", h, f, False, m.bias), BlockMatmul("up", h, f, False, m.bias)]
+        mlp = [BlockMatmul("gate", h, f, False, mb), BlockMatmul("up", h, f, False, mb)]
     else:
-        mlp = [BlockMatmul("up", h, f, False, m.bias)]
-    mlp.append(BlockMatmul("down", f, h, True, m.bias))
+        mlp = [BlockMatmul("up", h, f, False, mb)]
+    mlp.append(BlockMatmul("down", f, h, True, mb))
     return tuple(attn + mlp)
 
 

@@ -85,7 +85,8 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
         rows, cols = tp_split_shape(name, fan_in, fan_out, tp)
         is_col = name not in TP_ROW_PARALLEL and name not in TP_REPLICATED
         out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
-        has_bias = m.bias or (m.qkv_bias and name in ("q", "k", "v"))
+        has_bias = (m.bias or (m.qkv_bias and name in ("q", "k", "v"))
+                    or (m.mlp_bias and name in ("gate", "up", "down")))  # fmt: skip
         if has_bias:
             out.append(ParamTensor(f"{name}.bias", fan_out // tp if is_col else fan_out, 1,
                                    bias_trainable))  # fmt: skip
@@ -171,7 +172,7 @@ def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[
 def head_param_tensors(
     m: ModelSpec, t: TrainingSpec, tp: int = 1, pp: int = 1
 ) -> list[ParamTensor]:
-    """Final norm plus the LM head. Tied embeddings share the token embedding on one GPU; with
+    """Final norm plus the LM head (and its bias, ``head_bias``). Tied embeddings share the token embedding on one GPU; with
     pipeline parallelism the last stage keeps its own copy (Megatron: word embeddings on the
     first and last stage, gradients all-reduced between them). Linear probing trains a fresh
     untied head (Kumar et al. 2022, "LP-FT", §2)."""
@@ -186,6 +187,9 @@ def head_param_tensors(
         out.append(ParamTensor("lm_head", m.hidden, m.vocab // tp, full or probe, matmul=True))
     elif pp > 1:
         out.append(ParamTensor("lm_head(tied copy)", m.hidden, m.vocab // tp, full, matmul=True))
+    if m.head_bias:  # (split like the head's output, V/t on each TP rank)
+        out.append(ParamTensor("lm_head.bias", m.vocab // tp, 1,
+                               full or probe or t.peft.method == "bitfit"))  # fmt: skip
     return out
 
 

@@ -60,6 +60,7 @@ class ModelSpec:
     positions: str = "learned"  # learned (a max_positions x hidden table) | rotary | alibi | none
     bias: bool = True  # biases on every linear layer (GPT-2 style)
     qkv_bias: bool = False  # biases on Q, K, V only (Qwen2 style); implied by bias
+    mlp_bias: bool = False  # biases on the MLP's linears only (GPT-J); implied by bias
     norm: str = "layernorm"  # layernorm (weight + bias) | rmsnorm (weight only)
     dropout: float = 0.0
     flash_attention: bool = False
@@ -132,6 +133,9 @@ class ModelSpec:
     # new_decoder_architecture; PaLM §2's formula): one norm's parameters, statistics and
     # element-wise pass a block, and its output is one tensor for both branches' linears.
     shared_norm: bool = False
+    # A bias of V on the LM head (Phi-1/1.5/2's lm_head, GPT-J's): parameters only (cuBLAS adds
+    # it in the GEMM's epilogue; its gradient, the logits' gradient summed, keeps no tensor).
+    head_bias: bool = False
     # The fraction of each head's dimensions RoPE rotates (positions: rotary): 1 for Llama,
     # 0.25 for GPT-NeoX / Pythia (transformers GPTNeoXConfig ``rotary_pct``), 0.5 for
     # Nemotron-4 (NemotronConfig ``partial_rotary_factor``; Megatron ``--rotary-percent``). No
@@ -276,9 +280,10 @@ class ModelSpec:
         biases); f defaults to ``ffn_hidden`` (one expert: ``expert_ffn``)."""
         h = self.hidden
         f = self.ffn_hidden if f is None else f
+        biased = self.bias or self.mlp_bias
         if self.mlp == "swiglu":
-            return 3 * h * f + ((2 * f + h) if self.bias else 0)
-        return 2 * h * f + ((f + h) if self.bias else 0)
+            return 3 * h * f + ((2 * f + h) if biased else 0)
+        return 2 * h * f + ((f + h) if biased else 0)
 
     def router_params(self) -> int:
         """The router: an h x E linear (+ E bias on GPT-OSS, + E score-correction bias on
@@ -316,9 +321,9 @@ class ModelSpec:
         return self.vocab * self.hidden + pos + (self.norm_params if self.embedding_norm else 0)
 
     def head_params(self) -> int:
-        """Final norm plus the LM head (V·h unless tied to the token embedding)."""
+        """Final norm plus the LM head (V·h unless tied to the token embedding) and its bias."""
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
-        return self.norm_params + head
+        return self.norm_params + head + (self.vocab if self.head_bias else 0)
 
     def total_params(self) -> int:
         """N = embeddings + blocks (every expert) + final norm + untied head."""
@@ -479,6 +484,15 @@ PRESETS.update({
     # 2,048, attention and MLP in parallel; 7B: one KV head and one norm shared by both
     # branches, 6,921,720,704 parameters; 40B / 180B (new_decoder_architecture): 8 KV heads,
     # a norm per branch, 41,303,293,952 / 178,557,088,768 (transformers' own count).
+    # Phi-1.5 / Phi-2 (Li et al. 2023, Javaheripi et al. 2023; HF microsoft/phi-*, model_type
+    # phi): GeLU 4h, biases (the LM head's too), one LayerNorm for attention and MLP in
+    # parallel, rotary on half / 0.4 of each head, untied, vocab 51,200, sequence 2,048;
+    # 1,418,270,720 / 2,779,683,840 parameters (transformers' PhiForCausalLM).
+    "phi-1.5": replace(_falcon("phi-1.5", 24, 2048, 32, 32, shared_norm=True), vocab=51200,
+                       bias=True, head_bias=True, tied_embeddings=False, rotary_fraction=0.5),
+    "phi-2": replace(_falcon("phi-2", 32, 2560, 32, 32, shared_norm=True), vocab=51200,
+                     bias=True, head_bias=True, tied_embeddings=False, rotary_fraction=0.4,
+                     dropout=0.1, attention_dropout=False),
     "falcon-7b": _falcon("falcon-7b", 32, 4544, 71, 1, shared_norm=True),
     "falcon-40b": _falcon("falcon-40b", 60, 8192, 128, 8),
     "falcon-180b": _falcon("falcon-180b", 80, 14848, 232, 8),
@@ -593,9 +607,9 @@ LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe
 #: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
 #: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
 FALCON_KINDS = ("falcon", "refinedwebmodel", "refinedweb")
-OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron", *FALCON_KINDS)
+OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron", "phi", *FALCON_KINDS)
 #: model_type values the importer reads.
-HF_KINDS = ("gpt2", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
+HF_KINDS = ("gpt2", "gpt_bigcode", "gptj", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 #: tie_word_embeddings where config.json leaves it out (the configuration class's default, or
 #: PretrainedConfig's True where the class sets none: transformers 008e5743
 #: configuration_gemma.py / configuration_starcoder2.py, configuration_opt.py at 1f3ae2b3 and
@@ -722,14 +736,24 @@ def from_hf_config(
     name = str(cfg.get("_name_or_path") or p.parent.name or kind)
     names: dict[str, str] = {}
     try:
-        if kind == "gpt2" or "n_embd" in cfg:
+        if kind == "gptj":
+            return _validate_hf(_hf_gptj(cfg, path, name), path, dict(_GPT2_NAMES))
+        # (GPT-2's field names; a config without model_type that has them is read as GPT-2,
+        # another model_type with them, e.g. codegen, is not one of HF_KINDS)
+        if kind in ("gpt2", "gpt_bigcode") or (not kind and "n_embd" in cfg):
             names = dict(_GPT2_NAMES)
             h = int(cfg["n_embd"])
             heads = int(cfg["n_head"])
-            act = str(cfg.get("activation_function", "gelu_new"))
+            default_act = "gelu_pytorch_tanh" if kind == "gpt_bigcode" else "gelu_new"
+            act = str(cfg.get("activation_function", default_act))
             inner = cfg.get("n_inner")  # null: 4 h (GPT2MLP)
+            # GPTBigCode (StarCoder 1, SantaCoder): one K/V head with multi_query (its default)
+            mqa = kind == "gpt_bigcode" and _hf_bool(cfg, "multi_query", True, path)
+            if mqa:
+                names["kv_heads"] = "multi_query"
             spec = ModelSpec(
-                name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
+                name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads,
+                kv_heads=1 if mqa else heads,
                 ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
                 max_positions=int(cfg.get("n_positions", 1024)),
                 mlp="swiglu" if "glu" in act else _hf_mlp(act),
@@ -836,8 +860,8 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
     - gpt_neox (Pythia, GPT-NeoX-20B): fused query_key_value, dense, dense_h_to_4h /
       dense_4h_to_h (GeLU), biases on all, two LayerNorms a layer, rotary (``rotary_pct`` of
       each head: no parameters), untied embed_in / embed_out, ``use_parallel_residual``
-      (default true) as ``parallel_residual``. ``attention_bias`` false leaves the MLP's
-      biases, which one ``bias`` flag cannot say: refused;
+      (default true) as ``parallel_residual``; ``attention_bias`` false leaves the MLP's
+      biases (``mlp_bias``);
     - bloom: fused query_key_value, dense, a 4h GeLU MLP, biases on all, LayerNorms, a
       LayerNorm on the word embeddings (``embedding_norm``), ALiBi positions, tied; the 176B
       config's ``n_embed`` (which BloomConfig takes over ``hidden_size``) and
@@ -848,7 +872,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       (``gelu_pytorch_tanh``), biases on all (``use_bias``), LayerNorms, rotary, tied; ``residual_dropout`` and ``attention_dropout``;
     - nemotron (Nemotron-4, Minitron): q, k, v, o (GQA, ``head_dim``), up / down with squared
       ReLU (``relu2``), LayerNorm1P (weight and bias), rotary (``partial_rotary_factor``),
-      untied; ``attention_bias`` and ``mlp_bias`` must agree (one ``bias`` flag);
+      untied; ``attention_bias`` (all linears) and ``mlp_bias`` (the MLP's): attention biases without MLP biases are refused;
     - falcon (transformers 4.46 FalconConfig / FalconDecoderLayer; the legacy model_type
       RefinedWebModel (Falcon-7B/-RW) and RefinedWeb (Falcon-40B/180B) with their ``n_layer``,
       ``n_head``, ``n_head_kv``): fused query_key_value, dense, dense_h_to_4h / dense_4h_to_h
@@ -860,7 +884,14 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       one input_layernorm for both branches (``shared_norm``, Falcon-7B), else a sequential
       block (Falcon-RW). In the parallel forms Falcon drops the branches' sum once
       (``dropout_add``) where simtrain counts a mask per branch: only with a nonzero
-      ``hidden_dropout`` (the released configs' is 0)."""
+      ``hidden_dropout`` (the released configs' is 0);
+    - phi (Phi-1, Phi-1.5, Phi-2; transformers 4.46 PhiDecoderLayer): q, k, v, dense and fc1 /
+      fc2 (``hidden_act`` gelu_new), biases on all and on the LM head (``head_bias``), one
+      LayerNorm feeding attention and MLP side by side (``parallel_residual``,
+      ``shared_norm``), rotary on ``int(head_dim x partial_rotary_factor)`` of each head's
+      dimensions (0.5 by default), untied; ``resid_pdrop`` on both branches,
+      ``attention_dropout``; ``qk_layernorm`` (a LayerNorm with bias on q and k, where
+      simtrain's q/k norms are RMSNorms) is refused."""
     if kind in ("bloom", *FALCON_KINDS) and cfg.get("n_embed") is not None:  # n_embed wins
         h, hidden_field = int(cfg["n_embed"]), "n_embed"
     else:
@@ -889,6 +920,8 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         return spec, names
     if kind in FALCON_KINDS:
         return _hf_falcon(kind, cfg, path, name, h, names)
+    if kind == "phi":
+        return _hf_phi(cfg, path, name, h, names)
     layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
     kv = cfg.get("num_key_value_heads")
     if kv is None:  # MHA, but Starcoder2Config's default of 2 KV heads
@@ -920,14 +953,12 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         return spec, names
     if kind == "gpt_neox":
         names["dropout"] = "hidden_dropout"
-        if not _hf_bool(cfg, "attention_bias", True, path):
-            raise ConfigError(str(path), "attention_bias", "false (biases on the MLP only) is "
-                              "not expressible: model.bias puts them on every linear or none",
-                              False)  # fmt: skip
+        attention_bias = _hf_bool(cfg, "attention_bias", True, path)  # (false: the MLP's)
         spec = ModelSpec(
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)),
-            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary", bias=True,
+            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary",
+            bias=attention_bias, mlp_bias=not attention_bias,
             parallel_residual=_hf_bool(cfg, "use_parallel_residual", True, path),
             rotary_fraction=_hf_fraction(cfg, "rotary_pct", 0.25, path),
             **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
@@ -946,17 +977,79 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
     # nemotron: attention dropout only (NemotronDecoderLayer has no residual dropout)
     names["dropout"] = "attention_dropout"
     bias = _hf_bool(cfg, "attention_bias", False, path)
-    if _hf_bool(cfg, "mlp_bias", False, path) != bias:
-        raise ConfigError(str(path), "mlp_bias", f"must equal attention_bias ({bias}): "
-                          "model.bias puts biases on every linear or none",
-                          cfg.get("mlp_bias"))  # fmt: skip
+    mlp_bias = _hf_bool(cfg, "mlp_bias", False, path)
+    if bias and not mlp_bias:
+        raise ConfigError(str(path), "mlp_bias", "false with attention_bias true (biases on the "
+                          "attention's linears only) is not expressible: model.bias puts them "
+                          "on every linear, mlp_bias on the MLP's", False)  # fmt: skip
     spec = ModelSpec(
         **common, ffn_hidden=int(cfg["intermediate_size"]),
         max_positions=int(cfg.get("max_position_embeddings", 4096)),
         mlp=_hf_mlp(str(cfg.get("hidden_act", "relu2"))), positions="rotary", bias=bias,
+        mlp_bias=mlp_bias and not bias,
         dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
         head_size=_hf_head_size(cfg, path),
         rotary_fraction=_hf_fraction(cfg, "partial_rotary_factor", 0.5, path),
+    )  # fmt: skip
+    return spec, names
+
+
+def _hf_gptj(cfg: dict[str, Any], path: Path, name: str) -> ModelSpec:
+    """A GPT-J config.json (transformers 4.46 modeling_gptj.py GPTJAttention / GPTJMLP /
+    GPTJBlock / GPTJForCausalLM): q, k, v, out_proj without biases, fc_in / fc_out
+    (``n_inner``, 4h by default; ``activation_function`` gelu_new) with biases
+    (``mlp_bias``), one LayerNorm (ln_1) feeding attention and MLP side by side
+    (``parallel_residual``, ``shared_norm``), rotary on ``rotary_dim`` of each head's
+    dimensions (64; all of them where null), an LM head with a bias, untied; ``resid_pdrop``
+    on both branches, ``attn_pdrop`` on the probabilities."""
+    h, heads = int(cfg["n_embd"]), int(cfg["n_head"])
+    head_dim = h // heads if heads > 0 else 0
+    rdim = cfg.get("rotary_dim", 64)
+    if rdim is not None and (isinstance(rdim, bool) or not isinstance(rdim, int)
+                             or not 0 < rdim <= max(head_dim, 1)):  # fmt: skip
+        raise ConfigError(str(path), "rotary_dim", f"must be an integer in [1, head dim = "
+                          f"{head_dim}] (or null: all of it)", rdim)  # fmt: skip
+    inner = cfg.get("n_inner")
+    return ModelSpec(
+        name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
+        ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
+        max_positions=int(cfg.get("n_positions", 2048)),
+        mlp=_hf_mlp(str(cfg.get("activation_function", "gelu_new"))),
+        tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
+        positions="rotary", rotary_fraction=1.0 if rdim is None else rdim / head_dim,
+        bias=False, mlp_bias=True, head_bias=True, norm="layernorm",
+        parallel_residual=True, shared_norm=True,
+        **_hf_dropouts(cfg, path, ("resid_pdrop", 0.0), ("attn_pdrop", 0.0)),
+    )  # fmt: skip
+
+
+def _hf_phi(cfg: dict[str, Any], path: Path, name: str, h: int,
+            names: dict[str, str]) -> tuple[ModelSpec, dict[str, str]]:  # fmt: skip
+    """A Phi config.json (:func:`_hf_other`'s phi entry; transformers 4.46 modeling_phi.py
+    PhiAttention / PhiMLP / PhiDecoderLayer / PhiForCausalLM)."""
+    if _hf_bool(cfg, "qk_layernorm", False, path):
+        raise ConfigError(str(path), "qk_layernorm", "true (LayerNorms with biases on q and k) "
+                          "is not expressible: model.qk_norm is an RMSNorm", True)  # fmt: skip
+    names = {**names, "dropout": "resid_pdrop", "rotary_fraction": "partial_rotary_factor"}
+    heads = int(cfg["num_attention_heads"])
+    kv = cfg.get("num_key_value_heads")
+    head_dim = h // heads if heads > 0 else 0
+    f = _hf_fraction(cfg, "partial_rotary_factor", 0.5, path)
+    # PhiAttention rotates int(head_dim * factor) dimensions of each head
+    rotary = int(head_dim * f) / head_dim if head_dim else f
+    if head_dim and int(head_dim * f) < 1:
+        raise ConfigError(str(path), "partial_rotary_factor", f"rotates no dimension of a "
+                          f"{head_dim}-wide head", f)  # fmt: skip
+    spec = ModelSpec(
+        name=name, layers=int(cfg["num_hidden_layers"]), hidden=h, heads=heads,
+        kv_heads=heads if kv is None else int(kv), ffn_hidden=int(cfg["intermediate_size"]),
+        vocab=int(cfg["vocab_size"]),
+        max_positions=int(cfg.get("max_position_embeddings") or 2048),
+        mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_new"))),
+        tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
+        positions="rotary", rotary_fraction=rotary, bias=True, norm="layernorm",
+        parallel_residual=True, shared_norm=True, head_bias=True,
+        **_hf_dropouts(cfg, path, ("resid_pdrop", 0.0), ("attention_dropout", 0.0)),
     )  # fmt: skip
     return spec, names
 
@@ -1046,6 +1139,9 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    if spec.mlp_bias and spec.is_moe:
+        raise ConfigError(file, key("mlp_bias"), "applies to a dense MLP (the experts' biases "
+                          f"follow {bare('bias')})", spec.mlp_bias)  # fmt: skip
     if spec.shared_norm and not spec.parallel_residual:
         raise ConfigError(file, key("shared_norm"), f"applies to {bare('parallel_residual')}: "
                           "true only (a sequential block's MLP norm takes the attention's "

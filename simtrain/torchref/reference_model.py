@@ -152,11 +152,12 @@ class MLP(nn.Module):
         super().__init__()
         h, f = spec.hidden, spec.ffn_hidden
         self.kind = spec.mlp
+        bias = spec.bias or spec.mlp_bias
         if self.kind == "swiglu":
-            self.gate = nn.Linear(h, f, bias=spec.bias)
-        self.up = nn.Linear(h, f, bias=spec.bias)
+            self.gate = nn.Linear(h, f, bias=bias)
+        self.up = nn.Linear(h, f, bias=bias)
         self.act = nn.GELU(approximate="tanh")
-        self.down = nn.Linear(f, h, bias=spec.bias)
+        self.down = nn.Linear(f, h, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -166,6 +167,14 @@ class MLP(nn.Module):
         if self.kind == "relu2":  # transformers ReLUSquaredActivation; Megatron squared_relu
             return self.down(torch.square(F.relu(self.up(x))))
         return self.down(self.act(self.up(x)))
+
+
+class _Bias(nn.Module):
+    """One bias vector (a tied LM head's own bias)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(n))
 
 
 class Block(nn.Module):
@@ -236,7 +245,9 @@ class ReferenceGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(spec, training, method) for _ in range(spec.layers))
         self.norm_f = make_norm(spec)
         untied = not spec.tied_embeddings or method == "linear_probe"
-        self.lm_head = nn.Linear(h, spec.vocab, bias=False) if untied else None
+        self.lm_head = nn.Linear(h, spec.vocab, bias=spec.head_bias) if untied else None
+        # a tied head's own bias (named "bias", as bitfit's leaf rule reads it)
+        self.head_b = _Bias(spec.vocab) if spec.head_bias and not untied else None
 
         self._register_constants(spec, t, prefix)
         self._init_weights(spec)
@@ -305,7 +316,10 @@ class ReferenceGPT(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)
         x = apply_norm(self.norm_f, x)
-        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight)
+        if self.lm_head is not None:
+            logits = self.lm_head(x)
+        else:
+            logits = F.linear(x, self.wte.weight, None if self.head_b is None else self.head_b.bias)
         v = logits.shape[-1]
         if self.cross_entropy == "fused":
             return _FusedCrossEntropyFn.apply(logits.reshape(-1, v), targets.reshape(-1))
