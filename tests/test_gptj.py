@@ -108,3 +108,27 @@ def test_mlp_bias_not_with_experts() -> None:
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["mixtral-8x7b"], mlp_bias=True), "s.yaml")
     assert ei.value.key == "model.mlp_bias"
+
+
+@pytest.mark.parametrize(("change", "total"), [
+    # LlamaForCausalLM (transformers 4.46.3, meta device) of a 2-layer, h 256 shape
+    ({}, 1_963_264),
+    ({"mlp_bias": True}, 1_966_528),  # LlamaMLP's gate / up / down biases
+    ({"attention_bias": True, "mlp_bias": True}, 1_968_064),  # q, k, v, o_proj's too
+])  # fmt: skip
+def test_llama_biases(tmp_path: Path, change: dict, total: int) -> None:
+    cfg = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "vocab_size": 1000, **change}  # fmt: skip
+    assert from_hf_config(_write(tmp_path, cfg)).total_params() == total
+
+
+def test_llama_attention_bias_alone_is_refused(tmp_path: Path) -> None:
+    """Llama's attention_bias puts biases on o_proj too, which no key says without the MLP's:
+    an error naming the field (it was read as Q/K/V biases, o_proj's h a layer missing)."""
+    cfg = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
+           "attention_bias": True}  # fmt: skip
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(_write(tmp_path, cfg))
+    assert ei.value.key == "attention_bias"

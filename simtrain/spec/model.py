@@ -767,7 +767,6 @@ def from_hf_config(
         if kind in LLAMA_STYLE_KINDS or (not kind and "hidden_size" in cfg):
             names = _hf_names(kind, cfg)
             heads = int(cfg["num_attention_heads"])
-            gpt_oss = kind == "gpt_oss"
             kv = cfg.get("num_key_value_heads")  # null: heads (MHA), as transformers
             fields = hf_moe_fields(kind, cfg, str(path))
             if kind not in ("deepseek_v2", "deepseek_v3"):  # MLA: the *_head_dim fields
@@ -783,9 +782,7 @@ def from_hf_config(
                 mlp="swiglu", tied_embeddings=_hf_bool(
                     cfg, "tie_word_embeddings", _HF_TIED_DEFAULT.get(kind, False), path),
                 positions="rotary",
-                bias=gpt_oss and _hf_bool(cfg, "attention_bias", True, path),
-                qkv_bias=(kind in ("qwen2", "qwen2_moe")
-                          or _hf_bool(cfg, "attention_bias", False, path)),
+                **_llama_biases(kind, cfg, path),
                 norm="rmsnorm", dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
                 # Phi3Config (and other Llama-style configs that carry it): 1.0 by default
                 rotary_fraction=_hf_fraction(cfg, "partial_rotary_factor", 1.0, path),
@@ -804,6 +801,31 @@ def from_hf_config(
                               "out for its default)") from None  # fmt: skip
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
     raise ConfigError(str(path), "model_type", "unsupported model_type", kind, ", ".join(HF_KINDS))
+
+
+#: Llama-style kinds whose ``attention_bias`` puts biases on o_proj too, and those whose
+#: ``mlp_bias`` is read (transformers 4.46 LlamaAttention / GemmaAttention, LlamaMLP; Qwen3's
+#: in later releases); the others' o_proj and MLP have none.
+_O_BIAS_KINDS = ("llama", "gemma", "qwen3", "qwen3_moe")
+_MLP_BIAS_KINDS = ("llama",)
+
+
+def _llama_biases(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, bool]:
+    """``bias`` / ``qkv_bias`` / ``mlp_bias`` of a Llama-style config: GPT-OSS's
+    ``attention_bias`` (default true) on every linear, its experts' too; Qwen2's fixed Q/K/V
+    biases; ``attention_bias`` on q, k, v (and on o_proj for :data:`_O_BIAS_KINDS`, which with
+    the MLP's ``mlp_bias`` is every linear; without it an error: no key says o_proj alone)."""
+    if kind == "gpt_oss":
+        return {"bias": _hf_bool(cfg, "attention_bias", True, path)}
+    att = _hf_bool(cfg, "attention_bias", False, path)
+    mlp = kind in _MLP_BIAS_KINDS and _hf_bool(cfg, "mlp_bias", False, path)
+    if kind in _O_BIAS_KINDS and att:
+        if not mlp:
+            raise ConfigError(str(path), "attention_bias", "true without mlp_bias (biases on "
+                              "q, k, v and o_proj only) is not expressible: model.bias puts "
+                              "them on every linear, qkv_bias on q, k, v", True)  # fmt: skip
+        return {"bias": True}
+    return {"bias": False, "qkv_bias": kind in ("qwen2", "qwen2_moe") or att, "mlp_bias": mlp}
 
 
 def _hf_mlp(act: str) -> str:
