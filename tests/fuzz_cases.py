@@ -648,7 +648,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             if kind == "gptj":  # GPT-2's field names, rotary on rotary_dim of each head
                 cfg = {"model_type": "gptj", "n_layer": lay.layers, "n_embd": hidden,
                        "n_head": heads, "vocab_size": vocab, "n_positions": max_pos,
-                       "rotary_dim": choose(draw, None, 1, head_dim)}  # fmt: skip
+                       "rotary_dim": choose(draw, None, 1, 2, head_dim)}  # fmt: skip
             if kind == "falcon":  # num_kv_heads groups (new layout), or MQA / MHA (original)
                 cfg["ffn_hidden_size"] = cfg.pop("intermediate_size")
                 cfg["parallel_attn"] = coin(draw, 0.8)

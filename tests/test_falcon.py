@@ -144,3 +144,47 @@ def test_a_preset_made_sequential_drops_its_shared_norm() -> None:
     with pytest.raises(ConfigError) as ei:
         sc({"preset": "falcon-7b", "parallel_residual": False, "shared_norm": True})
     assert ei.value.key == "model.shared_norm"
+
+
+@pytest.mark.parametrize(("file", "change", "want"), [
+    # FalconAttention drops the probabilities on the ALiBi path only: rotary, no dropout at all
+    ("falcon-7b.json", {"attention_dropout": 0.1}, (0.0, True)),
+    ("falcon-7b.json", {"attention_dropout": 0.1, "alibi": True}, (0.1, True)),
+    ("falcon-7b.json", {"hidden_dropout": 0.1}, (0.1, False)),
+    # the sequential block drops the attention's output at attention_dropout's rate
+    ("falcon-rw-1b.json", {"attention_dropout": 0.1}, (0.1, True)),
+    ("falcon-rw-1b.json", {"hidden_dropout": 0.1}, (0.1, False)),
+])  # fmt: skip
+def test_falcon_dropouts(tmp_path: Path, file: str, change: dict, want: tuple) -> None:
+    """(model.dropout, model.attention_dropout) as transformers 4.46's FalconAttention and
+    FalconDecoderLayer apply them (a review found rotary configs charged the probabilities'
+    masks: falcon-7b at s 2048 with attention_dropout 0.1, 53.8 GiB of activations for 26.6)."""
+    cfg = {**json.loads((HF / file).read_text()), **change}
+    m = from_hf_config(_write(tmp_path, cfg))
+    assert (m.dropout, m.attention_dropout) == want
+    if not m.dropout:
+        t = TrainingSpec(seq_len=2048, global_batch=1, micro_batch=1, precision="bf16")
+        plain = from_hf_config(HF / file)
+        from simtrain.costs.activations import layer_activation_bytes
+
+        assert layer_activation_bytes(m, t) == layer_activation_bytes(plain, t)
+
+
+@pytest.mark.parametrize("lns", [2, 7])
+def test_original_layout_takes_one_norm(tmp_path: Path, lns: int) -> None:
+    """Without new_decoder_architecture, num_ln_in_parallel_attn 2 builds ln_attn / ln_mlp that
+    transformers' forward never reaches (it fails): an error naming the field."""
+    cfg = {**json.loads((HF / "falcon-7b.json").read_text()), "num_ln_in_parallel_attn": lns}
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(_write(tmp_path, cfg))
+    assert ei.value.key == "num_ln_in_parallel_attn"
+
+
+def test_n_embed_keeps_falcon_s_mlp_width(tmp_path: Path) -> None:
+    """FalconConfig takes n_embed as the hidden size but computes ffn_hidden_size from its
+    hidden_size argument (4 x 4,544 by default): 9,516,800 parameters, as FalconForCausalLM
+    builds this config (transformers 4.46.3, meta device)."""
+    cfg = {"model_type": "falcon", "n_embed": 128, "num_attention_heads": 4,
+           "num_hidden_layers": 2, "vocab_size": 1000}  # fmt: skip
+    m = from_hf_config(_write(tmp_path, cfg))
+    assert (m.hidden, m.ffn_hidden, m.total_params()) == (128, 4 * 4544, 9_516_800)

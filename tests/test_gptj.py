@@ -67,7 +67,9 @@ def test_other_n_embd_configs_are_not_gpt2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "key"), [({"rotary_dim": 512}, "rotary_dim"),
                                              ({"rotary_dim": 0}, "rotary_dim"),
-                                             ({"rotary_dim": "64"}, "rotary_dim")])  # fmt: skip
+                                             ({"rotary_dim": "64"}, "rotary_dim"),
+                                             ({"rotary_dim": 1}, "rotary_dim"),
+                                             ({"rotary_dim": None}, "rotary_dim")])  # fmt: skip
 def test_bad_rotary_dim(tmp_path: Path, change: dict, key: str) -> None:
     cfg = {**json.loads((HF / "gpt-j-6b.json").read_text()), **change}
     with pytest.raises(ConfigError) as ei:
@@ -132,3 +134,14 @@ def test_llama_attention_bias_alone_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         from_hf_config(_write(tmp_path, cfg))
     assert ei.value.key == "attention_bias"
+
+
+def test_absent_rotary_dim_is_the_default(tmp_path: Path) -> None:
+    """GPTJConfig's rotary_dim default (64) applies where the field is absent, and the error on
+    a narrower head says so."""
+    cfg = json.loads((HF / "gpt-j-6b.json").read_text())
+    del cfg["rotary_dim"]
+    assert from_hf_config(_write(tmp_path, cfg)).rotary_fraction == 0.25
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(_write(tmp_path, {**cfg, "n_head": 128}))  # 32-wide heads
+    assert ei.value.key == "rotary_dim" and "absent: 64" in ei.value.message

@@ -898,3 +898,38 @@ def test_an_unknown_schedule_is_said(text: str, v: int, want: str) -> None:
     notes: list[str] = []
     assert map_schedule(text, 4, v, notes) == want
     assert len(notes) == 1 and repr(text) in notes[0]
+
+
+def test_schedule_review_cases() -> None:
+    """simtrain's own combined_1f1b name is read; ZB-H2, which simtrain does not simulate, is
+    ZB-H1 with a note; 1F1B with virtual stages is interleaved 1F1B."""
+    from simtrain.apps.validate.translate import map_schedule
+
+    notes: list[str] = []
+    assert map_schedule("combined 1F1B", 4, 1, notes) == "combined_1f1b" and not notes
+    assert map_schedule("combined_1f1b", 4, 2, notes) == "combined_1f1b" and not notes
+    assert map_schedule("ZB-H2", 4, 1, notes) == "zb_h1" and "ZB-H2" in notes[0]
+    assert map_schedule("PipeDream-Flush", 4, 2, []) == "interleaved"
+
+
+@pytest.mark.parametrize("ep", ["4", 0, 2.5, -2])
+def test_a_bad_ep_is_named(ep) -> None:
+    out = translate(_lab_record({"num_experts": 8, "experts_per_token": 2}, {"ep": ep}))
+    assert isinstance(out, SkipReason) and "parallelism.ep" in out.reason
+
+
+def test_moe_keys_without_experts_are_named() -> None:
+    out = translate(_lab_record({"experts_per_token": 2}, {}))
+    assert isinstance(out, SkipReason)
+    assert "experts_per_token without model.num_experts" in out.reason
+
+
+def test_a_key_the_framework_config_sets_is_noted(new_records: dict) -> None:
+    """An importer family's record whose model section disagrees with the configuration
+    written for it (torchtitan's llama3 flavour is RMSNorm) keeps the framework's value and
+    says so."""
+    rec = next(r for r in new_records.values() if r.source_key == "torchtitan")
+    tr = translate(replace(rec, model={**rec.model, "norm": "layernorm"}))
+    assert not isinstance(tr, SkipReason), tr
+    assert tr.scenario.model.norm == "rmsnorm"
+    assert any(a.startswith("model.norm: the record's 'layernorm'") for a in tr.assumptions)

@@ -904,9 +904,12 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
       (``parallel_residual``), or one shared norm where ``num_ln_in_parallel_attn`` is 1; the
       original layout: one KV head with ``multi_query`` (else MHA), and with ``parallel_attn``
       one input_layernorm for both branches (``shared_norm``, Falcon-7B), else a sequential
-      block (Falcon-RW). In the parallel forms Falcon drops the branches' sum once
-      (``dropout_add``) where simtrain counts a mask per branch: only with a nonzero
-      ``hidden_dropout`` (the released configs' is 0);
+      block (Falcon-RW). ``attention_dropout`` drops the probabilities on the ALiBi path only
+      (FalconAttention's rotary path runs SDPA with dropout_p 0) and, in the sequential
+      block, the attention's output; ``hidden_dropout`` the MLP's. In the parallel forms
+      Falcon drops the branches' sum once (``dropout_add``) where simtrain counts a mask per
+      branch, and an embedding dropout mask is counted that Falcon does not have: only with
+      a nonzero ``hidden_dropout`` (the released configs' is 0);
     - phi (Phi-1, Phi-1.5, Phi-2; transformers 4.46 PhiDecoderLayer): q, k, v, dense and fc1 /
       fc2 (``hidden_act`` gelu_new), biases on all and on the LM head (``head_bias``), one
       LayerNorm feeding attention and MLP side by side (``parallel_residual``,
@@ -1021,16 +1024,22 @@ def _hf_gptj(cfg: dict[str, Any], path: Path, name: str) -> ModelSpec:
     GPTJBlock / GPTJForCausalLM): q, k, v, out_proj without biases, fc_in / fc_out
     (``n_inner``, 4h by default; ``activation_function`` gelu_new) with biases
     (``mlp_bias``), one LayerNorm (ln_1) feeding attention and MLP side by side
-    (``parallel_residual``, ``shared_norm``), rotary on ``rotary_dim`` of each head's
-    dimensions (64; all of them where null), an LM head with a bias, untied; ``resid_pdrop``
+    (``parallel_residual``, ``shared_norm``), rotary on ``rotary_dim`` (64 by default; an even
+    number, null only with one head) of each head's dimensions, an LM head with a bias,
+    untied; ``resid_pdrop``
     on both branches, ``attn_pdrop`` on the probabilities."""
     h, heads = int(cfg["n_embd"]), int(cfg["n_head"])
     head_dim = h // heads if heads > 0 else 0
     rdim = cfg.get("rotary_dim", 64)
-    if rdim is not None and (isinstance(rdim, bool) or not isinstance(rdim, int)
-                             or not 0 < rdim <= max(head_dim, 1)):  # fmt: skip
-        raise ConfigError(str(path), "rotary_dim", f"must be an integer in [1, head dim = "
-                          f"{head_dim}] (or null: all of it)", rdim)  # fmt: skip
+    # GPTJAttention builds its sin/cos tables over rotary_dim, or n_embd where it is null
+    # (which fits a head only when there is one), and rotates pairs of dimensions
+    if rdim is None and heads == 1:
+        rdim = head_dim
+    if (rdim is None or isinstance(rdim, bool) or not isinstance(rdim, int)
+            or not 0 < rdim <= max(head_dim, 1) or rdim % 2):  # fmt: skip
+        absent = " (absent: 64, GPTJConfig's default)" if "rotary_dim" not in cfg else ""
+        raise ConfigError(str(path), "rotary_dim", f"must be an even integer in [2, head dim "
+                          f"= {head_dim}]{absent}", rdim)  # fmt: skip
     inner = cfg.get("n_inner")
     return ModelSpec(
         name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
@@ -1038,7 +1047,7 @@ def _hf_gptj(cfg: dict[str, Any], path: Path, name: str) -> ModelSpec:
         max_positions=int(cfg.get("n_positions", 2048)),
         mlp=_hf_mlp(str(cfg.get("activation_function", "gelu_new"))),
         tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
-        positions="rotary", rotary_fraction=1.0 if rdim is None else rdim / head_dim,
+        positions="rotary", rotary_fraction=rdim / head_dim,
         bias=False, mlp_bias=True, head_bias=True, norm="layernorm",
         parallel_residual=True, shared_norm=True,
         **_hf_dropouts(cfg, path, ("resid_pdrop", 0.0), ("attn_pdrop", 0.0)),
@@ -1107,20 +1116,40 @@ def _hf_falcon(kind: str, cfg: dict[str, Any], path: Path, name: str, h: int,
         kv_heads = 1 if _hf_bool(cfg, "multi_query", True, path) else heads
         names["kv_heads"] = "multi_query"
         shared = parallel
+        lns = cfg.get("num_ln_in_parallel_attn")
+        if lns not in (None, 1) and parallel:  # (2: ln_attn / ln_mlp built, input_layernorm
+            # run: transformers' forward fails)
+            raise ConfigError(str(path), "num_ln_in_parallel_attn", "must be 1 or left out "
+                              "without new_decoder_architecture", lns, "1")  # fmt: skip
     if _hf_bool(cfg, "apply_residual_connection_post_layernorm", False, path):
         raise ConfigError(str(path), "apply_residual_connection_post_layernorm", "true (the "
                           "residual taken after the norm) is not expressible", True)  # fmt: skip
-    ffn = cfg.get("ffn_hidden_size")  # (null: 4 h, as FalconConfig)
+    alibi = _hf_bool(cfg, "alibi", False, path)
+    res = _hf_rate(cfg, "hidden_dropout", 0.0, path)
+    att = _hf_rate(cfg, "attention_dropout", 0.0, path)
+    # FalconAttention drops the probabilities on the ALiBi path only (the rotary path calls
+    # SDPA with dropout_p 0.0); the sequential block (Falcon-RW) drops the attention's output
+    # at attention_dropout's rate, the MLP's at hidden_dropout's
+    probs = att if alibi else 0.0
+    resid = res if parallel else max(res, att)
+    ffn = cfg.get("ffn_hidden_size")  # (null: 4 x hidden_size, as FalconConfig computes it
+    # from its hidden_size argument, which an n_embed does not set)
+    ffn_default = 4 * int(cfg.get("hidden_size") or 4544)
+    if _hf_bool(cfg, "apply_residual_connection_post_layernorm", False, path):
+        raise ConfigError(str(path), "apply_residual_connection_post_layernorm", "true (the "
+                          "residual taken after the norm) is not expressible", True)  # fmt: skip
     spec = ModelSpec(
         name=name, layers=layers, hidden=h, heads=heads, kv_heads=kv_heads,
-        ffn_hidden=4 * h if ffn is None else int(ffn), vocab=int(cfg["vocab_size"]),
+        ffn_hidden=ffn_default if ffn is None else int(ffn), vocab=int(cfg["vocab_size"]),
         max_positions=int(cfg.get("max_position_embeddings") or 2048),
         mlp=_hf_mlp(str(cfg.get("activation", "gelu"))),
         tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", True, path),
-        positions="alibi" if _hf_bool(cfg, "alibi", False, path) else "rotary",
+        positions="alibi" if alibi else "rotary",
         bias=_hf_bool(cfg, "bias", False, path), norm="layernorm",
         parallel_residual=parallel, shared_norm=parallel and shared,
-        **_hf_dropouts(cfg, path, ("hidden_dropout", 0.0), ("attention_dropout", 0.0)),
+        # (no residual dropout: the probabilities' rate, its masks counted too, as
+        # _hf_dropouts)
+        dropout=resid or probs, attention_dropout=probs > 0 or not resid,
     )  # fmt: skip
     return spec, names
 

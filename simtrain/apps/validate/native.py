@@ -96,6 +96,15 @@ _PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": [],
 _FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 
 
+def _int_or_none(v: Any) -> int | None:
+    """An integer (or an integral float) of a record's section, None otherwise."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, int) else None
+
+
 def importer_of(rec: Record) -> str | None:
     """The importer kind a record goes through (the kind of its own arguments when it carries
     them, ``Record.native``), None for translate.py's own path."""
@@ -454,6 +463,13 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     sets = _base_sets(rec, profile)
     have = imp.data["model"]
     sets += [f"model.{k}={json.dumps(v)}" for k, v in model.items() if k not in have]
+    # a key the configuration already sets keeps the configuration's value (the framework's
+    # model is what ran): a record that says otherwise is noted, not followed in silence (the
+    # vocabulary a framework pads the importer notes itself)
+    notes.extend(f"model.{k}: the record's {v!r} is not what the {imp.kind} configuration "
+                 f"written for it builds ({have[k]!r}); simulated as the configuration's"
+                 for k, v in model.items()
+                 if k in have and have[k] != v and k not in ("name", "vocab"))  # fmt: skip
     if model.get("mlp") == "relu" and have.get("mlp") != "relu":  # no Megatron flag for it
         sets.append('model.mlp="relu"')
     t = imp.data["training"]
@@ -567,7 +583,8 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         config = deepspeed_config(rec, training, layout, batch, par)
         imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
-    ep = int(par.get("ep") or 1)  # (experts laid over by overlay; their grid here)
+    ep = _int_or_none(par.get("ep")) or 1  # (experts laid over by overlay; their grid here;
+    # translate._layout checked it is an integer >= 1)
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
         sets.append(f"parallelism.ep={ep}")
     if kind == "torchtitan":

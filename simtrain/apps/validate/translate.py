@@ -322,7 +322,9 @@ SCHEDULE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("dualpipev",), "dualpipe_v"),
     (("dualpipe",), "dualpipe"),
     (("zbv", "zerobubblev", "vshape"), "zb_v"),
+    (("zbh2",), "zb_h2"),  # (not one simtrain has: ZB-H1 with a note, below)
     (("zb", "zerobubble"), "zb_h1"),
+    (("combined1f1b",), "combined_1f1b"),
     (("pipedreamflush",), "1f1b"),
     (("2bw",), "pipedream_2bw"),
     (("pipedream",), "pipedream"),
@@ -335,13 +337,19 @@ SCHEDULE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def map_schedule(text: str | None, pp: int, v: int, notes: list[str] | None = None) -> str:
     """simtrain's schedule for a record's ``schedule`` text (:data:`SCHEDULE_WORDS`): 1F1B where
-    it says none, or where it names no schedule simtrain has (said in ``notes``); interleaved
-    1F1B wherever ``virtual_stages`` > 1 and no other schedule is named (Megatron interleaves
-    whenever vp > 1)."""
+    it says none, or where it names no schedule simtrain has (said in ``notes``); with
+    ``virtual_stages`` > 1, interleaved 1F1B where it names 1F1B (or PipeDream-Flush, the same
+    order) or nothing (Megatron interleaves whenever vp > 1); ZB-H2 (not simulated) is ZB-H1,
+    said in ``notes``."""
     t = re.sub(r"[\s_\-]", "", str(text or "").lower())
     if pp == 1:
         return "1f1b"
     found = next((name for words, name in SCHEDULE_WORDS if any(w in t for w in words)), None)
+    if found == "zb_h2":
+        found = "zb_h1"
+        if notes is not None:
+            notes.append(f"pipeline schedule {text!r}: ZB-H2 is not simulated, ZB-H1 (its "
+                         "one-extra-micro-batch memory variant) is")  # fmt: skip
     out = "interleaved" if v > 1 and found in (None, "interleaved", "1f1b") else found
     out = "1f1b" if out in (None, "interleaved") and v == 1 else out
     if found is None and t and notes is not None:
@@ -405,7 +413,8 @@ def not_yet_expressible(rec: Record) -> list[str]:
                 f"({', '.join(unread)}; it reads {', '.join(sorted(_MOE_KEYS))})"
             )
         elif "num_experts" not in rec.model:
-            out.append(f"expert parallelism (ep {ep}) without model.num_experts")
+            what = ", ".join(moe) if moe else f"expert parallelism (ep {ep})"
+            out.append(f"{what} without model.num_experts")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
@@ -698,7 +707,7 @@ def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
             notes: list[str]) -> tuple[int, int, int, int]:  # fmt: skip
     """(tp, pp, dp, cp); dp from ``hardware.num_gpus`` when the record does not give it. A
     degree the record gives must be an integer >= 1 (not read as 1)."""
-    for key in ("tp", "pp", "cp", "dp", "virtual_stages"):
+    for key in ("tp", "pp", "cp", "dp", "virtual_stages", "ep"):
         if p.get(key) is not None and (_int(p[key]) or 0) < 1:
             raise _NotExpressible(f"parallelism.{key}: {p[key]!r} is not an integer >= 1")
     tp = _int(p.get("tp")) or 1
