@@ -677,6 +677,10 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             doc[key] = choose(draw, *values)
     if doc.get("parallel_residual") and coin(draw, 0.5):
         doc["shared_norm"] = True
+    if coin(draw, 0.15):  # sliding-window attention, every n-th layer full
+        doc["sliding_window"] = choose(draw, 1, 2, 128, 4096, 10**6)
+        if coin(draw, 0.5):
+            doc["full_attention_every"] = choose(draw, 1, 2, 6, 2000)
     doc.update(extra)
     return doc, lay, None, (max_pos if positions == "learned" else 0)
 

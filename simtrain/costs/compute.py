@@ -167,14 +167,29 @@ FLASH_BACKWARD_FLOPS = 2.5
 FLASH_DTYPES = ("bf16", "fp16")
 
 
-def flash_kernel_flops(core: float, t: TrainingSpec) -> tuple[float, float]:
+def window_keys(s: int, window: int) -> float:
+    """The keys a query of an s-token causal call sees on average with a sliding window of
+    ``window`` keys (0: none): s/2 without one (the causal half), w - w²/(2s) with w < s (each
+    query sees min(i + 1, w) keys, w·s - w²/2 pairs in all, continuous as the causal half's
+    s²/2 is); s/2 again from w >= s on."""
+    if not window or window >= s:
+        return s / 2
+    return window - window * window / (2 * s)
+
+
+def flash_kernel_flops(core: float, t: TrainingSpec, window: int = 0) -> tuple[float, float]:
     """(forward, backward) FLOPs causal FlashAttention kernels do for an attention core of
     ``core`` FLOPs counted in full (:func:`block_flops`: 4·b·s·s_kv·H·d over ``t``'s s queries):
     the forward skips the masked half of the whole sequence's keys (s·cp_shards of them; with
     CP each rank's query chunks see half of it on average) but none of a prefix-tuning
-    prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); the backward does
-    :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
-    fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
+    prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); a sliding ``window``
+    (no CP, no prefix: spec.scenario refuses them) keeps :func:`window_keys` of the s keys;
+    the backward does :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
+    if window:
+        s = t.seq_len_effective
+        fwd = core * window_keys(s, window) / s
+    else:
+        fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
     return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
@@ -239,14 +254,15 @@ def flash_class_for(sc: Scenario, dtype: str | None = None) -> FlashClass | str:
     return sc.hardware.flash_class(kernel) or f"{kernel}: no class in {sc.hardware.name}"
 
 
-def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
-               grad: bool) -> FlashCore | None:  # fmt: skip
+def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str, grad: bool,
+               sliding: float = 0.0) -> FlashCore | None:  # fmt: skip
     """The attention core of ``bf`` (one GPU's blocks of a chunk, ``t`` its s/cp tokens) priced
     as causal FlashAttention kernels where the model uses flash attention and the profile has
     the class of the kernel the runtime calls (``attention_kernels.<runtime
     attention_kernel>``), in a 16-bit dtype: each direction's :func:`flash_kernel_flops` /
     (peak · e) · :func:`flash_time_factor`, rows = b · (heads / tp) · s, d the model's Q·K
-    head dim (``costs.attention_shape``). None: the GEMM class prices it."""
+    head dim (``costs.attention_shape``); the ``sliding`` share of the chunk's layers with the
+    model's sliding window. None: the GEMM class prices it."""
     m, hw = sc.model, sc.hardware
     cls = flash_class_for(sc, dtype)
     core = bf.attention_core
@@ -254,20 +270,37 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str,
         return None
     s = t.seq_len_effective
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
-    # The short-sequence edge is fixed work per query block over the key blocks it sees:
-    # s/2 of them on average in a causal call, plus all of a prefix-tuning prefix's P, so the
-    # call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2). ``t`` is
-    # the rank's s/cp tokens under context parallelism, each ring step its own call over as
-    # many keys (costs.cp): the edge is of s/cp (prefix tuning with cp > 1 is refused).
-    seq = s + 2 * t.prefix_len
     peak = hw.compute_peak(dtype)
-    f_fl, b_fl = flash_kernel_flops(core, t)
     d = m.head_dim
-    fwd = 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
-        cls.forward_rows_edge, rows, cls.forward_seq_edge, seq, cls.forward_head_dim_edge, d)  # fmt: skip
-    bwd = 1e9 * b_fl / (peak * cls.backward) * flash_time_factor(
-        cls.backward_rows_edge, rows, cls.backward_seq_edge, seq, cls.backward_head_dim_edge, d)  # fmt: skip
+    fwd = bwd = 0.0
+    for share, window in ((1.0 - sliding, 0), (sliding, m.sliding_window)):
+        if share <= 0:
+            continue
+        # The short-sequence edge is fixed work per query block over the key blocks it sees:
+        # s/2 of them on average in a causal call, plus all of a prefix-tuning prefix's P, so
+        # the call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2);
+        # with a window, 1 + S / (2·window_keys). ``t`` is the rank's s/cp tokens under context
+        # parallelism, each ring step its own call over as many keys (costs.cp): the edge is
+        # of s/cp (prefix tuning with cp > 1 is refused, and a window with either).
+        seq = 2 * window_keys(s, window) if window else s + 2 * t.prefix_len
+        f_fl, b_fl = flash_kernel_flops(share * core, t, window)
+        fwd += 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
+            cls.forward_rows_edge, rows, cls.forward_seq_edge, seq, cls.forward_head_dim_edge,
+            d)  # fmt: skip
+        bwd += 1e9 * b_fl / (peak * cls.backward) * flash_time_factor(
+            cls.backward_rows_edge, rows, cls.backward_seq_edge, seq,
+            cls.backward_head_dim_edge, d)  # fmt: skip
     return FlashCore(core, 2 * core if grad else 0.0, fwd, bwd if grad else 0.0)
+
+
+def sliding_share(m: ModelSpec, layers: int, lo: int | None) -> float:
+    """The share of a chunk's ``layers`` blocks (from block ``lo``; None: the model's share)
+    that attend through the sliding window (``ModelSpec.sliding_layers_in``)."""
+    if not m.sliding_window or not layers:
+        return 0.0
+    if lo is None:
+        return m.sliding_layers_in(0, m.layers) / m.layers
+    return m.sliding_layers_in(lo, lo + layers) / layers
 
 
 def fused_linear_names(fused_qkv: bool, fused_gate_up: bool) -> dict[str, str]:
@@ -736,7 +769,8 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
         ew += head_fwd + x.elementwise_fwd
         ew_bwd += (head_bwd + x.elementwise_bwd) if grad else 0.0
-    fa = flash_core(sc, t, bf, dtype, grad)  # the attention core as FlashAttention kernels
+    # the attention core as FlashAttention kernels (its sliding-window layers' share too)
+    fa = flash_core(sc, t, bf, dtype, grad, sliding_share(m, layers, lo))
     if PRECISIONS[t.precision].gemm_dtype:
         return _fp8_chunk_costs(
             sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w), fa

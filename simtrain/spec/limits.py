@@ -77,6 +77,10 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "model.qk_rope_head_dim": (0, 2**16),
     "model.v_head_dim": (0, 2**16),
     "model.mtp_layers": (0, 64),
+    # Sliding-window attention (GPT-OSS 128 keys, Gemma-3 1,024, Mistral 4,096; 0 = off) and
+    # the period of its full-attention layers (Gemma-2 and GPT-OSS 2, Gemma-3 6; 0 = none).
+    "model.sliding_window": (0, 2**24),
+    "model.full_attention_every": (0, 1024),
     # Training: sequences of up to 16M tokens, batches of up to 16M sequences (Llama 3: 2,048
     # x 8,192 tokens), micro-batches up to 65,536 sequences.
     "training.seq_len": (1, 2**24),

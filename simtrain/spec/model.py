@@ -136,6 +136,15 @@ class ModelSpec:
     # A bias of V on the LM head (Phi-1/1.5/2's lm_head, GPT-J's): parameters only (cuBLAS adds
     # it in the GEMM's epilogue; its gradient, the logits' gradient summed, keeps no tensor).
     head_bias: bool = False
+    # Sliding-window attention: a query of a sliding layer sees at most ``sliding_window`` keys
+    # (itself and the ones before it; 0: every earlier key), FlashAttention kernels skip the
+    # blocks outside the window (flash-attn's window_size, Transformer Engine's, flex
+    # attention's block mask). ``full_attention_every`` n: every n-th layer (the (n-1)-th,
+    # (2n-1)-th, ... from 0) attends to all keys (Gemma-2 and GPT-OSS 2, Gemma-3 6); 0: every
+    # layer slides (Mistral-7B v0.1). Without flash attention the s x s scores are computed
+    # and masked whole: nothing changes.
+    sliding_window: int = 0
+    full_attention_every: int = 0
     # The fraction of each head's dimensions RoPE rotates (positions: rotary): 1 for Llama,
     # 0.25 for GPT-NeoX / Pythia (transformers GPTNeoXConfig ``rotary_pct``), 0.5 for
     # Nemotron-4 (NemotronConfig ``partial_rotary_factor``; Megatron ``--rotary-percent``). No
@@ -216,6 +225,16 @@ class ModelSpec:
     def kv_dim(self) -> int:
         """Width of K (and of V): kv_heads * head_dim (GQA, Ainslie et al. 2023)."""
         return self.kv_heads * self.head_dim
+
+    def sliding_layers_in(self, lo: int, hi: int) -> int:
+        """Sliding-window layers among blocks lo .. hi-1 (``sliding_window``,
+        ``full_attention_every``)."""
+        if not self.sliding_window or hi <= lo:
+            return 0
+        n = self.full_attention_every
+        if not n:
+            return hi - lo
+        return (hi - lo) - (hi // n - lo // n)  # minus the layers i with (i + 1) % n == 0
 
     @property
     def norms_per_block(self) -> int:
@@ -477,8 +496,9 @@ PRESETS.update({
     "gemma-7b": replace(_llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192),
                         tied_embeddings=True, head_size=256),
     # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
-    # vocab 32,064, untied, 3,821,079,552 parameters.
-    "phi-3-mini": _llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+    # vocab 32,064, untied, a 2,047-key sliding window, 3,821,079,552 parameters.
+    "phi-3-mini": replace(_llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
+                          sliding_window=2047),  # (the 4k config's window)
     # Falcon (Almazrouei et al. 2023; HF tiiuae/falcon-* config.json, transformers
     # FalconForCausalLM): GeLU 4h, no biases, LayerNorm, rotary, tied, vocab 65,024, sequence
     # 2,048, attention and MLP in parallel; 7B: one KV head and one norm shared by both
@@ -514,14 +534,17 @@ PRESETS.update({
         _llama("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960), head_size=128,
         qk_norm=True, num_experts=128, experts_per_token=8, moe_ffn_hidden=768),
     # gpt-oss: HF openai/gpt-oss-20b and -120b config.json (gpt_oss: hidden 2880, 64 heads of
-    # 64, 8 KV heads, experts of 2880 with biases, router bias, attention biases and sinks);
+    # 64, 8 KV heads, experts of 2880 with biases, router bias, attention biases and sinks,
+    # a 128-token sliding window on every other layer);
     # OpenAI gpt-oss model card Table 1: 20.91B / 116.83B total.
     "gpt-oss-20b": replace(
         _llama("gpt-oss-20b", 24, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
-        attention_sinks=True, num_experts=32, experts_per_token=4, router_bias=True),
+        attention_sinks=True, num_experts=32, experts_per_token=4, router_bias=True,
+        sliding_window=128, full_attention_every=2),
     "gpt-oss-120b": replace(
         _llama("gpt-oss-120b", 36, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
-        attention_sinks=True, num_experts=128, experts_per_token=4, router_bias=True),
+        attention_sinks=True, num_experts=128, experts_per_token=4, router_bias=True,
+        sliding_window=128, full_attention_every=2),
     # DeepSeek-V3: HF deepseek-ai/DeepSeek-V3 config.json (61 layers, first_k_dense_replace 3
     # with intermediate_size 18432, 256 routed experts of 2048, top-8, 1 shared expert, MLA:
     # q_lora_rank 1536, kv_lora_rank 512, qk 128 + 64, v 128; vocab 129280, untied;
@@ -782,7 +805,7 @@ def from_hf_config(
                 mlp="swiglu", tied_embeddings=_hf_bool(
                     cfg, "tie_word_embeddings", _HF_TIED_DEFAULT.get(kind, False), path),
                 positions="rotary",
-                **_llama_biases(kind, cfg, path),
+                **_llama_biases(kind, cfg, path), **_hf_sliding(kind, cfg, path),
                 norm="rmsnorm", dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
                 # Phi3Config (and other Llama-style configs that carry it): 1.0 by default
                 rotary_fraction=_hf_fraction(cfg, "partial_rotary_factor", 1.0, path),
@@ -826,6 +849,48 @@ def _llama_biases(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, bool]
                               "them on every linear, qkv_bias on q, k, v", True)  # fmt: skip
         return {"bias": True}
     return {"bias": False, "qkv_bias": kind in ("qwen2", "qwen2_moe") or att, "mlp_bias": mlp}
+
+
+#: Kinds whose ``sliding_window`` transformers applies (4.46 MistralAttention and the models
+#: copied from it: their flash-attention path's window_size, their masks; GPT-OSS's
+#: ``layer_types``); the Qwen ones apply it only with ``use_sliding_window``.
+_SLIDING_KINDS = ("mistral", "mixtral", "phi3", "starcoder2", "gpt_oss")
+_QWEN_KINDS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
+
+def _hf_sliding(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, int]:
+    """``sliding_window`` / ``full_attention_every`` of a config: the window on every layer
+    (:data:`_SLIDING_KINDS`; null: none) or, for GPT-OSS, on the layers ``layer_types`` names
+    sliding (GptOssConfig's default: every other one, the odd ones full). A Qwen config's
+    ``use_sliding_window`` (windows from ``max_window_layers`` on) and a ``layer_types`` that is
+    not every n-th layer full are errors naming the field."""
+    if kind in _QWEN_KINDS:
+        if _hf_bool(cfg, "use_sliding_window", False, path):
+            raise ConfigError(str(path), "use_sliding_window", "true (windows on the layers "
+                              "from max_window_layers on) is not expressible: "
+                              "model.full_attention_every puts full layers periodically",
+                              True)  # fmt: skip
+        return {}
+    w = cfg.get("sliding_window")
+    if kind not in _SLIDING_KINDS or w is None:
+        return {}
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise ConfigError(str(path), "sliding_window", "must be a positive integer (or null: "
+                          "no window)", w)  # fmt: skip
+    if kind != "gpt_oss":
+        return {"sliding_window": w}
+    n_layers = int(cfg["num_hidden_layers"])
+    types = cfg.get("layer_types")
+    if types is None:
+        return {"sliding_window": w, "full_attention_every": 2}
+    full = [i for i, kind_i in enumerate(types) if kind_i == "full_attention"]
+    every = full[0] + 1 if full else 0
+    want = ["full_attention" if every and (i + 1) % every == 0 else "sliding_attention"
+            for i in range(n_layers)]  # fmt: skip
+    if list(types) != want:
+        raise ConfigError(str(path), "layer_types", "only every n-th layer full (the rest "
+                          "sliding_attention) is expressible", str(types)[:80])  # fmt: skip
+    return {"sliding_window": w, "full_attention_every": every}
 
 
 def _hf_mlp(act: str) -> str:
@@ -995,7 +1060,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 4096)),
             mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_pytorch_tanh"))), positions="rotary",
-            bias=_hf_bool(cfg, "use_bias", True, path),
+            bias=_hf_bool(cfg, "use_bias", True, path), **_hf_sliding(kind, cfg, path),
             **_hf_dropouts(cfg, path, ("residual_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
         return spec, names
@@ -1190,6 +1255,10 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    if spec.full_attention_every and not spec.sliding_window:
+        raise ConfigError(file, key("full_attention_every"), f"needs {bare('sliding_window')} "
+                          "> 0 (the layers between the full ones slide)",
+                          spec.full_attention_every)  # fmt: skip
     if spec.mlp_bias and spec.is_moe:
         raise ConfigError(file, key("mlp_bias"), "applies to a dense MLP (the experts' biases "
                           f"follow {bare('bias')})", spec.mlp_bias)  # fmt: skip

@@ -123,7 +123,7 @@ ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidd
                   "shared_experts", "shared_expert_ffn_hidden", "first_dense_layers",
                   "capacity_factor", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                   "qk_rope_head_dim", "v_head_dim", "mtp_layers", "router_groups",
-                  "router_group_topk")  # fmt: skip
+                  "router_group_topk", "sliding_window", "full_attention_every")  # fmt: skip
 
 
 def validate_moe(spec: Any, file: str | None, prefix: str) -> None:

@@ -639,6 +639,12 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if p.cp > 1:
         check_context_parallel(s, file)
+    if m.sliding_window and m.flash_attention and t.peft.method == "prefix":
+        raise ConfigError(
+            file, "training.peft.method", "prefix tuning's keys with sliding-window attention "
+            "are not modelled (which of them a window keeps): another method, or "
+            "model.sliding_window: 0", t.peft.method,
+        )  # fmt: skip
     if p.schedule == "combined_1f1b":
         check_combined_1f1b(s, file)
     if t.global_batch % (t.micro_batch * p.dp):
@@ -800,6 +806,12 @@ def check_context_parallel(s: Scenario, file: str) -> None:
             file, "parallelism.cp", "context parallelism needs flash or fused attention "
             "(Transformer Engine has no unfused context-parallel attention): set "
             "model.flash_attention: true, or cp: 1", p.cp,
+        )  # fmt: skip
+    if m.sliding_window and m.flash_attention:
+        raise ConfigError(
+            file, "parallelism.cp", "context parallelism with sliding-window attention is "
+            "not modelled (each ring step's window): use cp: 1, or model.sliding_window: 0",
+            p.cp, "1 with model.sliding_window",
         )  # fmt: skip
     if t.peft.method in ("prefix", "prompt"):
         raise ConfigError(
