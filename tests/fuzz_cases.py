@@ -634,7 +634,8 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             }  # fmt: skip
         else:
             kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
-                          "nemotron", "gpt_neox", "bloom", "falcon", "phi", "gptj")  # fmt: skip
+                          "nemotron", "gpt_neox", "bloom", "falcon", "phi", "gptj",
+                          "gemma2")  # fmt: skip
             cfg = {
                 "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
                 "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -643,7 +644,10 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             }  # fmt: skip
             if kind in ("gpt_neox", "bloom"):  # multi-head attention only
                 cfg["num_key_value_heads"] = heads
-            if kind == "gemma":  # GemmaConfig's head_dim default (256) would change the width
+            if kind in (
+                "gemma",
+                "gemma2",
+            ):  # GemmaConfig's head_dim default (256) would change the width
                 cfg["head_dim"] = head_dim
             if kind == "gptj":  # GPT-2's field names, rotary on rotary_dim of each head
                 cfg = {"model_type": "gptj", "n_layer": lay.layers, "n_embd": hidden,
@@ -671,12 +675,15 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         ("qkv_bias", (True, False)), ("norm", ("layernorm", "rmsnorm")),
         ("dropout", (0.0, 0.1, 0.5, 0.999)), ("flash_attention", (True, False)),
         ("qkv_layout", ("separate", "fused_kv_copy")), ("parallel_residual", (True, False)),
-        ("head_bias", (True, False)),
+        ("head_bias", (True, False)), ("logit_softcap", (True, False)),
+        ("attention_softcap", (True, False)),
     ):  # fmt: skip
         if coin(draw, 0.35):
             doc[key] = choose(draw, *values)
     if doc.get("parallel_residual") and coin(draw, 0.5):
         doc["shared_norm"] = True
+    elif not doc.get("parallel_residual") and coin(draw, 0.2):
+        doc["post_norms"] = True
     if coin(draw, 0.15):  # sliding-window attention, every n-th layer full
         doc["sliding_window"] = choose(draw, 1, 2, 128, 4096, 10**6)
         if coin(draw, 0.5):

@@ -110,6 +110,7 @@ def layer_saved_tensors(
         _norm_and_input(c, i, lin_in, mods)
         if i == 0:
             _attention(c)
+            _post_norm(c, 1)
         elif m.is_moe and moe is not False:
             for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load):
                 c.add(name, n_bytes, formula)
@@ -117,6 +118,8 @@ def layer_saved_tensors(
                 c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, c.seq("1·sbh"))
         else:
             _mlp(c)
+        if i == 1:
+            _post_norm(c, 2)
     if t.peft.method == "adapter":
         a_w, e, sb, h = t.peft.adapter_size, c.e, c.sb, m.hidden
         for where in ("attn", "mlp"):
@@ -211,6 +214,19 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
               c.seq(f"{copies * e}·sbh"))  # fmt: skip
 
 
+def _post_norm(c: _Block, i: int) -> None:
+    """Gemma-2's sandwich norm on branch ``i``'s output (``post_norms``): its input, the
+    branch's output in the norms' dtype (an fp32 copy under autocast; after the TP
+    reduction, s/t tokens under sequence parallelism), and its statistics (measured with
+    simtrain.torchref: a pre-norm's tensors)."""
+    if not c.m.post_norms:
+        return
+    sb, h = c.sb, c.m.hidden
+    stats = norm_stats_per_token(c.m)
+    c.add(f"post-norm{i} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
+    c.add(f"post-norm{i} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
+
+
 def _attention(c: _Block) -> None:
     """The attention core (flash or not), the out-projection input, LoRA and dropout."""
     m, t, tp, e, b = c.m, c.t, c.tp, c.e, c.b
@@ -252,6 +268,8 @@ def _attention(c: _Block) -> None:
             c.add("q, k, v", e * sb * (q + (q + vw) * kv_s) / tp, f"{e}·sb(q+k+v)/t")
         else:
             c.add("q, k, v", e * sb * h * (1 + 2 * kv_s) / tp, f"{e}·sbh·3/t")
+        if m.attention_softcap:  # c·tanh(x/c) of the scores: the tanh keeps its output
+            c.add("soft-capped scores", e * b * a * s * s_kv / tp, f"{e}·as²b/t")
         c.add("softmax output", c.esm * b * a * s * s_kv / tp, f"{c.esm}·as²b/t")
         if m.drops_attention:
             c.add("attention dropout mask", b * a * s * s_kv / tp, "1·as²b/t")
@@ -442,11 +460,15 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
 
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     """What cross-entropy saves for backward, per micro-batch (:func:`head_saved_bytes`):
-    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb."""
+    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb; with ``logit_softcap`` the tanh's output
+    act_mm·sbV/t more."""
     sb = t.seq_len_effective * t.micro_batch
+    # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
+    # (the logits' dtype, split like them; measured with simtrain.torchref)
+    cap = PRECISIONS[t.precision].act_mm * sb * m.vocab // tp if m.logit_softcap else 0
     if t.cross_entropy == "fused":
-        return PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
-    return 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+        return cap + PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
+    return cap + 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,

@@ -445,12 +445,14 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
 
 def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     """Memory-bound bytes of one block's attention core for one micro-batch, without flash
-    attention: scale, mask and softmax over the s x s scores (4 per score) and the attention
-    dropout (+ 2.5), in the activation dtype, over the GPU's heads/t; 0 with flash attention."""
+    attention: scale, mask and softmax over the s x s scores (4 per score), the attention
+    dropout (+ 2.5) and soft-capping (+ 6: x/c, tanh, x·c), in the activation dtype, over the
+    GPU's heads/t; 0 with flash attention (which caps in the kernel: flash-attn's softcap)."""
     if m.flash_attention:
         return 0.0
     e = PRECISIONS[t.precision].act_mm
-    per_score = 4 + (2.5 if m.drops_attention else 0)
+    # (+ soft-capping's division, tanh and product, each a read and a write of the scores)
+    per_score = 4 + (2.5 if m.drops_attention else 0) + (6 if m.attention_softcap else 0)
     return e * t.micro_batch * m.heads * t.seq_len_effective * t.kv_len * per_score / tp
 
 
@@ -460,9 +462,13 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
     one read and one write of a logit backward, in the matmul dtype. Gathered: the standard
     loss over the whole vocabulary on every TP rank."""
+    # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
+    e = PRECISIONS[t.precision].act_mm
+    cap = 3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab / tp if m.logit_softcap else 0
+    cap_bwd = elementwise_backward_factor(e) * cap
     if t.cross_entropy == "fused":
-        fwd = PRECISIONS[t.precision].act_mm * t.micro_batch * t.seq_len_effective * m.vocab / tp
-        return fwd, 2 * fwd
+        fwd = e * t.micro_batch * t.seq_len_effective * m.vocab / tp
+        return cap + fwd, cap_bwd + 2 * fwd
     fwd = (
         4
         * 4
@@ -471,7 +477,7 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
         * m.vocab
         / loss_vocab_shards(t.cross_entropy, tp)
     )
-    return fwd, elementwise_backward_factor(4) * fwd
+    return cap + fwd, cap_bwd + elementwise_backward_factor(4) * fwd
 
 
 def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:

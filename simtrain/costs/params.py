@@ -98,7 +98,8 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
             out.append(ParamTensor(f"{name}.lora_A", a_rows, r, True, matmul=True))
             out.append(ParamTensor(f"{name}.lora_B", r, b_cols, True, matmul=True))
     norm_cols = 2 if m.norm == "layernorm" else 1
-    for norm in ("norm1", "norm2")[: m.norms_per_block]:  # (one with a shared norm)
+    norms = ("norm1", "norm2")[: 1 if m.shared_norm else 2]  # (one with a shared norm)
+    for norm in (*norms, *(("post_norm1", "post_norm2") if m.post_norms else ())):
         out.append(ParamTensor(f"{norm}.weight", m.hidden, 1, full))
         if norm_cols == 2:
             out.append(ParamTensor(f"{norm}.bias", m.hidden, 1, bias_trainable))

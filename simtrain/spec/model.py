@@ -145,6 +145,17 @@ class ModelSpec:
     # and masked whole: nothing changes.
     sliding_window: int = 0
     full_attention_every: int = 0
+    # Gemma-2/3's sandwich norms: a norm on each branch's output before its residual add
+    # (post_attention_layernorm, post_feedforward_layernorm) besides the pre-norms; each keeps
+    # its input (the branch output, in the norms' dtype) and statistics.
+    post_norms: bool = False
+    # tanh soft-capping, c·tanh(x/c) (Gemma-2): of the final logits (``logit_softcap``: the
+    # tanh keeps its output, b·s·V/t in the activation dtype; three passes over the logits)
+    # and of the attention scores (``attention_softcap``: in the kernel with flash attention,
+    # flash-attn's softcap; without it three passes over the s x s scores and the tanh's
+    # output kept).
+    logit_softcap: bool = False
+    attention_softcap: bool = False
     # The fraction of each head's dimensions RoPE rotates (positions: rotary): 1 for Llama,
     # 0.25 for GPT-NeoX / Pythia (transformers GPTNeoXConfig ``rotary_pct``), 0.5 for
     # Nemotron-4 (NemotronConfig ``partial_rotary_factor``; Megatron ``--rotary-percent``). No
@@ -239,8 +250,8 @@ class ModelSpec:
     @property
     def norms_per_block(self) -> int:
         """Norms in a block: 2 (before the attention and before the MLP), 1 with a
-        ``shared_norm``."""
-        return 1 if self.shared_norm else 2
+        ``shared_norm``; 2 more with ``post_norms``."""
+        return (1 if self.shared_norm else 2) + (2 if self.post_norms else 0)
 
     @property
     def norm_params(self) -> int:
@@ -452,6 +463,15 @@ def _pythia(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
                      rotary_fraction=0.25)  # fmt: skip
 
 
+def _gemma2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int,
+            head_dim: int) -> ModelSpec:  # fmt: skip
+    """Gemma 2 (HF google/gemma-2-*, model_type gemma2): see the presets' comment."""
+    return replace(_llama(name, layers, hidden, heads, kv_heads, ffn, 256000, 8192),
+                   tied_embeddings=True, head_size=head_dim, post_norms=True,
+                   logit_softcap=True, attention_softcap=True, sliding_window=4096,
+                   full_attention_every=2)  # fmt: skip
+
+
 def _falcon(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
             shared_norm: bool = False) -> ModelSpec:  # fmt: skip
     """Falcon (HF tiiuae/falcon-*, model_type falcon): see the presets' comment."""
@@ -495,6 +515,13 @@ PRESETS.update({
                         tied_embeddings=True),
     "gemma-7b": replace(_llama("gemma-7b", 28, 3072, 16, 16, 24576, 256000, 8192),
                         tied_embeddings=True, head_size=256),
+    # Gemma 2 (Gemma Team 2024, arXiv 2408.00118 Table 1; HF google/gemma-2-*, gemma2): Gemma's
+    # GeGLU, heads and tied 256,000 vocabulary, with sandwich norms, soft-capped scores (50)
+    # and logits (30), a 4,096-key window on every other layer; 2,614,341,888 /
+    # 9,241,705,984 / 27,227,128,320 parameters (transformers' Gemma2ForCausalLM).
+    "gemma-2-2b": _gemma2("gemma-2-2b", 26, 2304, 8, 4, 9216, 256),
+    "gemma-2-9b": _gemma2("gemma-2-9b", 42, 3584, 16, 8, 14336, 256),
+    "gemma-2-27b": _gemma2("gemma-2-27b", 46, 4608, 32, 16, 36864, 128),
     # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
     # vocab 32,064, untied, a 2,047-key sliding window, 3,821,079,552 parameters.
     "phi-3-mini": replace(_llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
@@ -625,7 +652,8 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
 #: gate times up) has SwiGLU's matrices, FLOPs and saved tensors, its RMSNorm scales by (1 + w)
 #: (the same h parameters) and its embeddings by sqrt(h) (no parameters).
 LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                     "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma")  # fmt: skip
+                     "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma",
+                     "gemma2")  # fmt: skip
 #: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
 #: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
 #: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
@@ -639,6 +667,7 @@ HF_KINDS = ("gpt2", "gpt_bigcode", "gptj", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 #: configuration_bloom.py at d94ee404 set no tie key).
 _HF_TIED_DEFAULT = {
     "gemma": True,
+    "gemma2": True,
     "opt": True,
     "bloom": True,
     "starcoder2": True,
@@ -795,8 +824,11 @@ def from_hf_config(
             if kind not in ("deepseek_v2", "deepseek_v3"):  # MLA: the *_head_dim fields
                 # (GemmaConfig's head_dim defaults to 256, whatever hidden / heads is)
                 fields.setdefault(
-                    "head_size", _hf_head_size(cfg, path, 256 if kind == "gemma" else None)
+                    "head_size",
+                    _hf_head_size(cfg, path, 256 if kind in ("gemma", "gemma2") else None),
                 )
+            if kind == "gemma2":
+                fields.update(_hf_gemma2(cfg, path))
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=heads if kv is None else int(kv),
@@ -829,7 +861,7 @@ def from_hf_config(
 #: Llama-style kinds whose ``attention_bias`` puts biases on o_proj too, and those whose
 #: ``mlp_bias`` is read (transformers 4.46 LlamaAttention / GemmaAttention, LlamaMLP; Qwen3's
 #: in later releases); the others' o_proj and MLP have none.
-_O_BIAS_KINDS = ("llama", "gemma", "qwen3", "qwen3_moe")
+_O_BIAS_KINDS = ("llama", "gemma", "gemma2", "qwen3", "qwen3_moe")
 _MLP_BIAS_KINDS = ("llama",)
 
 
@@ -891,6 +923,31 @@ def _hf_sliding(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, int]:
         raise ConfigError(str(path), "layer_types", "only every n-th layer full (the rest "
                           "sliding_attention) is expressible", str(types)[:80])  # fmt: skip
     return {"sliding_window": w, "full_attention_every": every}
+
+
+def _hf_gemma2(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Gemma-2's fields beyond Gemma's (transformers 4.46 Gemma2DecoderLayer / Gemma2Attention /
+    Gemma2ForCausalLM): the sandwich norms (post_attention_layernorm, pre_ / post_feedforward_
+    layernorm), soft-capping of the scores (``attn_logit_softcapping``) and of the final
+    logits (``final_logit_softcapping``; null: none), and ``sliding_window`` on the even
+    layers (``is_sliding = not layer_idx % 2``: every other layer full). GeGLU, head_dim 256
+    by default and sqrt(h) embedding scaling as Gemma's; ``query_pre_attn_scalar`` only
+    scales the scores."""
+    out: dict[str, Any] = {"post_norms": True}
+    for field, key in (("attn_logit_softcapping", "attention_softcap"),
+                       ("final_logit_softcapping", "logit_softcap")):  # fmt: skip
+        v = cfg.get(field, 50.0 if field.startswith("attn") else 30.0)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
+            raise ConfigError(str(path), field, "must be a positive number (or null: no "
+                              "capping)", v)  # fmt: skip
+        out[key] = v is not None
+    w = cfg.get("sliding_window", 4096)
+    if w is not None:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ConfigError(str(path), "sliding_window", "must be a positive integer (or "
+                              "null: no window)", w)  # fmt: skip
+        out.update(sliding_window=w, full_attention_every=2)
+    return out
 
 
 def _hf_mlp(act: str) -> str:
@@ -1255,6 +1312,10 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    if spec.post_norms and spec.parallel_residual:
+        raise ConfigError(file, key("post_norms"), f"with {bare('parallel_residual')} is not a "
+                          "layout simtrain has (Gemma's sandwich norms are sequential)",
+                          spec.post_norms)  # fmt: skip
     if spec.full_attention_every and not spec.sliding_window:
         raise ConfigError(file, key("full_attention_every"), f"needs {bare('sliding_window')} "
                           "> 0 (the layers between the full ones slide)",

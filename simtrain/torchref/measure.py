@@ -144,6 +144,13 @@ def measure_step(
         raise ConfigError(None, "model.positions", "simtrain measure has no ALiBi kernel: "
                           "measure positions: none (the same parameters and saved tensors)",
                           spec.positions)  # fmt: skip
+    if spec.attention_softcap and spec.flash_attention:
+        # SDPA has no soft-capping (flash-attn's softcap does it in the kernel): the flash
+        # reference would measure uncapped attention under a capped name.
+        raise ConfigError(None, "model.attention_softcap", "simtrain measure has no "
+                          "soft-capping flash kernel: measure flash_attention: false (the "
+                          "math attention caps the scores) or attention_softcap: false",
+                          spec.attention_softcap)  # fmt: skip
     with torch_threads(threads):
         return _measure_step(spec, training, batch, device, seed, steps, warmup)
 

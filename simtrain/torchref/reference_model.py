@@ -88,6 +88,7 @@ class Attention(nn.Module):
         self.o = nn.Linear(h, h, bias=spec.bias)
         self.attn_drop = Dropout(spec.dropout if spec.attention_dropout else 0.0)
         self.flash = spec.flash_attention
+        self.softcap = spec.attention_softcap
         self.selective = training.recompute == "selective"
         self.prefix_k: nn.Parameter | None = None
         self.prefix_v: nn.Parameter | None = None
@@ -109,6 +110,8 @@ class Attention(nn.Module):
             rep = self.heads // self.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        if self.softcap:  # Gemma-2's attn_logit_softcapping: c·tanh(x/c)
+            att = torch.tanh(att / SOFTCAP_ATTENTION) * SOFTCAP_ATTENTION
         assert mask is not None
         att = att.masked_fill(mask, float("-inf"))
         if _autocasting(att):
@@ -145,6 +148,11 @@ class Attention(nn.Module):
             y = self.core(q, k, v, mask)
         y = y.transpose(1, 2).contiguous().view(b, s, h)
         return self.o(y)
+
+
+#: Gemma-2's caps (config.json attn_logit_softcapping 50, final_logit_softcapping 30).
+SOFTCAP_ATTENTION = 50.0
+SOFTCAP_LOGITS = 30.0
 
 
 class MLP(nn.Module):
@@ -185,6 +193,9 @@ class Block(nn.Module):
         self.drop1 = Dropout(spec.dropout)
         # (a shared norm: GPT-J's ln_1, Falcon-7B's input_layernorm feed both branches)
         self.norm2 = None if spec.shared_norm else make_norm(spec)
+        # Gemma-2's sandwich: a norm on each branch's output before its residual add
+        self.post1 = make_norm(spec) if spec.post_norms else None
+        self.post2 = make_norm(spec) if spec.post_norms else None
         self.mlp = MLP(spec)
         self.drop2 = Dropout(spec.dropout)
         size = training.peft.adapter_size
@@ -196,7 +207,10 @@ class Block(nn.Module):
 
     def block(self, x: torch.Tensor, cos: Any, sin: Any, mask: Any) -> torch.Tensor:
         n1 = apply_norm(self.norm1, x)
-        a = self.drop1(self.attn(n1, cos, sin, mask))
+        a = self.attn(n1, cos, sin, mask)
+        if self.post1 is not None:
+            a = apply_norm(self.post1, a)
+        a = self.drop1(a)
         if self.adapter_attn is not None:
             a = self.adapter_attn(a)
         if self.parallel:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x)); GPT-J: one norm
@@ -205,7 +219,10 @@ class Block(nn.Module):
                 m = self.adapter_mlp(m)
             return x + a + m
         x = x + a
-        m = self.drop2(self.mlp(apply_norm(self.norm2, x)))
+        m = self.mlp(apply_norm(self.norm2, x))
+        if self.post2 is not None:
+            m = apply_norm(self.post2, m)
+        m = self.drop2(m)
         if self.adapter_mlp is not None:
             m = self.adapter_mlp(m)
         return x + m
@@ -320,6 +337,8 @@ class ReferenceGPT(nn.Module):
             logits = self.lm_head(x)
         else:
             logits = F.linear(x, self.wte.weight, None if self.head_b is None else self.head_b.bias)
+        if self.spec.logit_softcap:  # Gemma-2's final_logit_softcapping, in the logits' dtype
+            logits = torch.tanh(logits / SOFTCAP_LOGITS) * SOFTCAP_LOGITS
         v = logits.shape[-1]
         if self.cross_entropy == "fused":
             return _FusedCrossEntropyFn.apply(logits.reshape(-1, v), targets.reshape(-1))
@@ -360,6 +379,8 @@ def build_reference_model(spec: ModelSpec, training: TrainingSpec) -> nn.Module:
         raise ValueError(f"unknown precision {training.precision!r}")
     if spec.positions == "alibi":  # (measure_step says why, as a ConfigError)
         raise ValueError("the reference model has no ALiBi kernel")
+    if spec.attention_softcap and spec.flash_attention:  # (likewise)
+        raise ValueError("the reference model has no soft-capping flash kernel")
     method = _effective_method(training)
     model = ReferenceGPT(spec, training)
     model.to(PARAM_DTYPE[training.precision])

@@ -1,0 +1,132 @@
+"""Gemma 2 (``model_type`` gemma2): sandwich norms (``model.post_norms``), soft-capped scores
+and logits (``model.attention_softcap``, ``model.logit_softcap``) and a sliding window on every
+other layer. Independent values: transformers' own parameter counts, and what the PyTorch
+reference keeps for backward, measured on the CPU."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs.compute import attention_core_elementwise_bytes, head_elementwise_bytes
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, validate_model
+from simtrain.spec.scenario import TrainingSpec
+
+HF = Path(__file__).parent / "data" / "hf"
+
+
+@pytest.mark.parametrize(("name", "total"), [
+    # sum(p.numel()) of transformers 4.46.3's Gemma2ForCausalLM on the meta device, built
+    # from google/gemma-2-2b / 9b / 27b's shapes (the tied head once)
+    ("gemma-2-2b", 2_614_341_888), ("gemma-2-9b", 9_241_705_984),
+    ("gemma-2-27b", 27_227_128_320),
+])  # fmt: skip
+def test_transformers_counts_and_presets(name: str, total: int) -> None:
+    m = from_hf_config(HF / f"{name}.json")
+    assert m.total_params() == total
+    assert replace(m, name=name) == PRESETS[name]
+    assert (m.post_norms, m.logit_softcap, m.attention_softcap) == (True, True, True)
+    assert (m.sliding_window, m.full_attention_every, m.tied_embeddings) == (4096, 2, True)
+
+
+def test_four_norms_a_layer() -> None:
+    m = PRESETS["gemma-2-9b"]
+    assert m.norms_per_block == 4
+    assert m.total_params() - replace(m, post_norms=False).total_params() == m.layers * 2 * m.hidden
+
+
+def _write(tmp_path: Path, change: dict) -> Path:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()), **change}))
+    return p
+
+
+def test_nulls_turn_capping_and_windows_off(tmp_path: Path) -> None:
+    m = from_hf_config(_write(tmp_path, {"final_logit_softcapping": None,
+                                         "attn_logit_softcapping": None,
+                                         "sliding_window": None}))  # fmt: skip
+    assert (m.logit_softcap, m.attention_softcap, m.sliding_window) == (False, False, 0)
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"final_logit_softcapping": 0}, "final_logit_softcapping"),
+    ({"attn_logit_softcapping": "50"}, "attn_logit_softcapping"),
+    ({"sliding_window": 0}, "sliding_window"),
+])  # fmt: skip
+def test_bad_values(tmp_path: Path, change: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(_write(tmp_path, change))
+    assert ei.value.key == key
+
+
+def test_elementwise_closed_forms() -> None:
+    """Capping the logits: x/c, tanh and x·c, a read and a write of each of b·s·V/t values in
+    the activation dtype; the scores likewise without flash attention (+ 6 per score), none
+    with it (flash-attn's softcap is in the kernel)."""
+    t = TrainingSpec(seq_len=1024, global_batch=1, micro_batch=1, precision="bf16")
+    m = replace(PRESETS["gemma-2-2b"], flash_attention=False)
+    plain = replace(m, logit_softcap=False, attention_softcap=False)
+    tp = 2
+    f, b = head_elementwise_bytes(m, t, tp)
+    f0, b0 = head_elementwise_bytes(plain, t, tp)
+    assert f - f0 == 6 * 2 * 1024 * m.vocab / tp and b - b0 == pytest.approx(1.1 * (f - f0))
+    a, a0 = (
+        attention_core_elementwise_bytes(m, t, tp),
+        attention_core_elementwise_bytes(plain, t, tp),
+    )
+    assert a - a0 == 6 * 2 * m.heads * 1024 * 1024 / tp
+    assert attention_core_elementwise_bytes(replace(m, flash_attention=True), t, tp) == 0
+
+
+def test_post_norms_not_in_parallel_blocks() -> None:
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["gemma-2-2b"], parallel_residual=True), "s.yaml")
+    assert ei.value.key == "model.post_norms"
+
+
+LLAMA = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
+                  tied_embeddings=False, positions="rotary", bias=False, norm="rmsnorm")  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
+@pytest.mark.parametrize(("change", "flash"), [
+    ({"post_norms": True}, True), ({"post_norms": True}, False),
+    ({"logit_softcap": True}, True), ({"attention_softcap": True}, False),
+])  # fmt: skip
+def test_measured(precision: str, change: dict, flash: bool) -> None:
+    """PyTorch keeps, beyond the plain block: per sandwich norm its input (the branch output,
+    an fp32 copy under autocast) and fp32 statistics; the capped logits' tanh output (the
+    logits' dtype) and without flash attention the capped scores' tanh output; the model's
+    saved bytes move by exactly as much, and its parameters match byte for byte."""
+    pytest.importorskip("torch")
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.spec.hardware import load_hardware
+    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
+    from simtrain.torchref.measure import measure_step
+
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
+    got = []
+    for m in (replace(LLAMA, flash_attention=flash),
+              replace(LLAMA, flash_attention=flash, **change)):  # fmt: skip
+        r = measure_step(m, t, steps=1)
+        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
+                      ParallelSpec())  # fmt: skip
+        mb = dict(estimate_memory(sc).stages[0].memory_bytes)
+        assert r.parameter_bytes == mb["parameters"]
+        got.append((r.activation_bytes, mb["activations"]))
+    measured, model = got[1][0] - got[0][0], got[1][1] - got[0][1]
+    assert measured == model > 0
+
+
+def test_measure_refuses_a_capping_flash_kernel() -> None:
+    pytest.importorskip("torch")
+    from simtrain.torchref.measure import measure_step
+
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
+    with pytest.raises(ConfigError) as ei:
+        measure_step(replace(LLAMA, flash_attention=True, attention_softcap=True), t, steps=1)
+    assert ei.value.key == "model.attention_softcap"
