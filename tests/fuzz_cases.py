@@ -635,7 +635,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         else:
             kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
                           "nemotron", "gpt_neox", "bloom", "falcon", "phi", "gptj",
-                          "gemma2")  # fmt: skip
+                          "gemma2", "gemma3_text")  # fmt: skip
             cfg = {
                 "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
                 "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -644,11 +644,8 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             }  # fmt: skip
             if kind in ("gpt_neox", "bloom"):  # multi-head attention only
                 cfg["num_key_value_heads"] = heads
-            if kind in (
-                "gemma",
-                "gemma2",
-            ):  # GemmaConfig's head_dim default (256) would change the width
-                cfg["head_dim"] = head_dim
+            if kind.startswith("gemma"):  # GemmaConfig's head_dim default (256) would change
+                cfg["head_dim"] = head_dim  # the width
             if kind == "gptj":  # GPT-2's field names, rotary on rotary_dim of each head
                 cfg = {"model_type": "gptj", "n_layer": lay.layers, "n_embd": hidden,
                        "n_head": heads, "vocab_size": vocab, "n_positions": max_pos,

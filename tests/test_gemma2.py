@@ -130,3 +130,70 @@ def test_measure_refuses_a_capping_flash_kernel() -> None:
     with pytest.raises(ConfigError) as ei:
         measure_step(replace(LLAMA, flash_attention=True, attention_softcap=True), t, steps=1)
     assert ei.value.key == "model.attention_softcap"
+
+
+@pytest.mark.parametrize(("name", "total", "non_embedding_m"), [
+    # sum(p.numel()) of transformers 4.57.6's Gemma3ForCausalLM (meta device) from google's
+    # gemma-3 text configs; the Gemma 3 report's Table 1 non-embedding parameters (millions)
+    ("gemma-3-1b", 999_885_952, 698), ("gemma-3-4b", 3_880_263_168, 3_209),
+    ("gemma-3-12b", 11_766_034_176, 10_759), ("gemma-3-27b", 27_009_346_304, 25_600),
+])  # fmt: skip
+def test_gemma3(name: str, total: int, non_embedding_m: int) -> None:
+    """Gemma 3's text model: sandwich norms, q/k RMSNorms, no soft-capping, a window on five
+    layers of six (sliding_window_pattern 6)."""
+    m = from_hf_config(HF / f"{name}.json")
+    assert m.total_params() == total
+    assert round((total - m.vocab * m.hidden) / 1e6) == non_embedding_m
+    assert replace(m, name=name) == PRESETS[name]
+    assert (m.post_norms, m.qk_norm, m.logit_softcap, m.attention_softcap) == (True, True, False,
+                                                                               False)  # fmt: skip
+    assert m.full_attention_every == 6 and m.sliding_layers_in(0, 12) == 10
+
+
+def test_gemma3_layer_types_and_refusals(tmp_path: Path) -> None:
+    cfg = json.loads((HF / "gemma-3-1b.json").read_text())
+    types = ["sliding_attention" if (i + 1) % 3 else "full_attention" for i in range(26)]
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**cfg, "layer_types": types}))
+    assert from_hf_config(p).full_attention_every == 3
+    for change, key in (({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+                        ({"model_type": "gemma3"}, "model_type")):  # fmt: skip
+        p.write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ConfigError) as ei:
+            from_hf_config(p)
+        assert ei.value.key == key
+
+
+def test_gathered_logits_are_capped_whole() -> None:
+    """Under cross_entropy: gathered every TP rank holds all V logits, and caps them all."""
+    from simtrain.costs.activations import loss_saved_bytes
+
+    m = PRESETS["gemma-2-9b"]
+    t = TrainingSpec(seq_len=8192, global_batch=1, micro_batch=1, precision="bf16")
+    g = replace(t, cross_entropy="gathered")
+    plain = replace(m, logit_softcap=False)
+    assert loss_saved_bytes(m, g, 4) - loss_saved_bytes(plain, g, 4) == 2 * 8192 * m.vocab
+    assert loss_saved_bytes(m, t, 4) - loss_saved_bytes(plain, t, 4) == 2 * 8192 * m.vocab // 4
+    f, _ = head_elementwise_bytes(m, g, 4)
+    f0, _ = head_elementwise_bytes(plain, g, 4)
+    assert f - f0 == 6 * 2 * 8192 * m.vocab
+
+
+def test_attention_bias_where_transformers_builds_it(tmp_path: Path) -> None:
+    """Mistral, Mixtral and Phi-3 build no attention biases whatever attention_bias says;
+    Gemma's attention_bias (q, k, v and o_proj, no MLP biases to go with them) is an error
+    that says the MLP has none; a null tie_word_embeddings unties the head (transformers reads
+    the stored None as false)."""
+    mistral = json.loads((Path(__file__).parent / "data" / "mistral_config.json").read_text())
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**mistral, "attention_bias": True}))
+    a = from_hf_config(p)
+    assert (a.bias, a.qkv_bias) == (False, False)
+    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()),
+                             "attention_bias": True, "mlp_bias": True}))  # fmt: skip
+    with pytest.raises(ConfigError) as ei:
+        from_hf_config(p)
+    assert ei.value.key == "attention_bias" and "MLP has no biases" in ei.value.message
+    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()),
+                             "tie_word_embeddings": None}))  # fmt: skip
+    assert from_hf_config(p).tied_embeddings is False

@@ -156,3 +156,90 @@ def test_config_windows(tmp_path: Path, file: str, change: dict, key) -> None:
     with pytest.raises(ConfigError) as ei:
         from_hf_config(p)
     assert ei.value.key == key
+
+
+def _pp_scenario(runtime: str = "megatron_core"):
+    return parse_scenario({"name": "p", "model": {"preset": "llama3-8b", "flash_attention": True,
+                                                  "sliding_window": 512,
+                                                  "full_attention_every": 3, "vocab": 32000},
+                           "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 8},
+                           "training": {"seq_len": 32768, "global_batch": 16, "micro_batch": 1,
+                                        "precision": "bf16", "recompute": "full"},
+                           "parallelism": {"pp": 8, "schedule": "1f1b"}, "runtime": runtime},
+                          "p.yaml")  # fmt: skip
+
+
+def test_planner_prices_each_stage_s_windows() -> None:
+    """Stages of 4 blocks hold 3 or 2 sliding layers (every third full): the planner's closed
+    form prices each with its own (a review found one stage's cost reused for the others,
+    6.6 % optimistic) and agrees with the simulation within 2 %."""
+    from simtrain.apps.plan.estimate import _rank_costs, closed_form_step_s
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.layout.step import resolve
+
+    sc = _pp_scenario()
+    assert [sc.model.sliding_layers_in(4 * k, 4 * k + 4) for k in (1, 2)] == [3, 2]
+    ranks, _ = _rank_costs(sc, resolve(sc))
+    assert ranks[1] != ranks[2]  # two middle stages: 3 and 2 windowed layers
+    assert ranks[1][0] < ranks[2][0]  # the one with more windows is faster
+    plan = closed_form_step_s(sc, estimate_memory(sc).stages)
+    sim = simulate_scenario(sc).metrics.step_time_s
+    assert plan == pytest.approx(sim, rel=0.02)
+
+
+def test_mfu_and_hardware_flops_follow_the_window() -> None:
+    """At s 131,072 with a 128-key window on every layer, MFU and the hardware FLOP rate stay
+    below the peak (a review found 134.5 % MFU, 1,769 TFLOP/s on a 989 TFLOP/s GPU: FLOPs
+    counted as if every block were computed); a masked kernel (pytorch_eager) computes every
+    block, so its hardware FLOPs are the causal ones and its step is not shortened."""
+    from simtrain.apps.simulate import simulate_scenario
+
+    base = {"name": "l", "model": {"preset": "llama3-8b", "flash_attention": True,
+                                   "sliding_window": 128, "layers": 4},
+            "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "training": {"seq_len": 131072, "global_batch": 1, "micro_batch": 1,
+                         "precision": "bf16", "recompute": "full"},
+            "parallelism": {"tp": 8, "sequence_parallel": True}, "runtime": "megatron_core"}  # fmt: skip
+    m = simulate_scenario(parse_scenario(base, "l.yaml")).metrics
+    peak = 989.4e12
+    assert 0 < m.mfu < 1 and m.tflops_per_gpu * 1e12 < peak
+    masked = parse_scenario(
+        {**base, "runtime": {"name": "megatron_core", "sliding_window_kernel": False}}, "l.yaml"
+    )
+    full = parse_scenario({**base, "model": {**base["model"], "sliding_window": 0}}, "l.yaml")
+    mm, mf = simulate_scenario(masked).metrics, simulate_scenario(full).metrics
+    assert mm.step_time_s == mf.step_time_s and mm.tflops_per_gpu == mf.tflops_per_gpu
+    assert mm.mfu < mf.mfu  # the same time, the window's (smaller) model FLOPs
+
+
+def test_pytorch_eager_masks_the_window() -> None:
+    from simtrain.spec.runtime import load_runtime
+
+    assert load_runtime("pytorch_eager").sliding_window_kernel is False
+    assert load_runtime("megatron_core").sliding_window_kernel is True
+
+
+def test_measure_refuses_a_windowed_flash_kernel() -> None:
+    pytest.importorskip("torch")
+    from simtrain.spec.model import ModelSpec
+    from simtrain.spec.scenario import TrainingSpec
+    from simtrain.torchref.measure import measure_step
+
+    m = ModelSpec("t", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu", positions="rotary",
+                  norm="rmsnorm", bias=False, flash_attention=True, sliding_window=16)  # fmt: skip
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
+    with pytest.raises(ConfigError) as ei:
+        measure_step(m, t, steps=1)
+    assert ei.value.key == "model.sliding_window"
+
+
+def test_config_defaults_where_absent(tmp_path: Path) -> None:
+    """MistralConfig's sliding_window default (4,096) where the field is absent; null: none."""
+    cfg = json.loads((DATA / "mistral_config.json").read_text())
+    p = tmp_path / "config.json"
+    del cfg["sliding_window"]
+    p.write_text(json.dumps(cfg))
+    assert from_hf_config(p).sliding_window == 4096
+    p.write_text(json.dumps({**cfg, "sliding_window": None}))
+    assert from_hf_config(p).sliding_window == 0

@@ -465,7 +465,8 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     sb = t.seq_len_effective * t.micro_batch
     # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
     # (the logits' dtype, split like them; measured with simtrain.torchref)
-    cap = PRECISIONS[t.precision].act_mm * sb * m.vocab // tp if m.logit_softcap else 0
+    shards = loss_vocab_shards(t.cross_entropy, tp)  # (gathered: every rank holds all of V)
+    cap = PRECISIONS[t.precision].act_mm * sb * m.vocab // shards if m.logit_softcap else 0
     if t.cross_entropy == "fused":
         return cap + PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
     return cap + 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)

@@ -171,7 +171,9 @@ def window_keys(s: int, window: int) -> float:
     """The keys a query of an s-token causal call sees on average with a sliding window of
     ``window`` keys (0: none): s/2 without one (the causal half), w - w²/(2s) with w < s (each
     query sees min(i + 1, w) keys, w·s - w²/2 pairs in all, continuous as the causal half's
-    s²/2 is); s/2 again from w >= s on."""
+    s²/2 is); s/2 again from w >= s on. (transformers' flash-attention path passes
+    window_size=(w, w), which lets a query see w + 1 keys, its eager and SDPA masks w:
+    transformers issues #29623, #39408; under 1 % apart from w = 128 on.)"""
     if not window or window >= s:
         return s / 2
     return window - window * window / (2 * s)
@@ -301,6 +303,16 @@ def sliding_share(m: ModelSpec, layers: int, lo: int | None) -> float:
     if lo is None:
         return m.sliding_layers_in(0, m.layers) / m.layers
     return m.sliding_layers_in(lo, lo + layers) / layers
+
+
+def window_core_saving(m: ModelSpec, t: TrainingSpec, sliding: float) -> float:
+    """The share of a chunk's counted attention core (:func:`block_flops`' full s x s_kv) that
+    its ``sliding`` share of windowed layers does not compute: sliding x (1 - window_keys /
+    (s/2)), the keys a windowed query sees against a causal one's; 0 without a window."""
+    if not sliding:
+        return 0.0
+    s = t.seq_len_effective
+    return sliding * (1 - window_keys(s, m.sliding_window) / (s / 2))
 
 
 def fused_linear_names(fused_qkv: bool, fused_gate_up: bool) -> dict[str, str]:
@@ -464,7 +476,8 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     loss over the whole vocabulary on every TP rank."""
     # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
     e = PRECISIONS[t.precision].act_mm
-    cap = 3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab / tp if m.logit_softcap else 0
+    cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
+           / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
     cap_bwd = elementwise_backward_factor(e) * cap
     if t.cross_entropy == "fused":
         fwd = e * t.micro_batch * t.seq_len_effective * m.vocab / tp
@@ -592,7 +605,8 @@ def model_flops_per_step(sc: Scenario) -> float:
     72·B·L·s·h²·(1 + s/(6h) + V/(12·h·L)). The multi-token-prediction modules the step trains
     count too, each a block of the last block's kind plus eh_proj and the logits once more
     (Megatron-LM ``num_floating_point_operations`` at d98e8a64: ``mtp_num_layers`` more MoE or
-    dense layers, ``2 x h x h`` eh_proj, the logit term x ``(mtp_num_layers + 1)``)."""
+    dense layers, ``2 x h x h`` eh_proj, the logit term x ``(mtp_num_layers + 1)``). Sliding-
+    window layers count the attention their windows keep (:func:`window_core_saving`)."""
     t, m = sc.training, sc.model
     bf = block_flops(m, t)
     hf, hi, hw = head_flops(m, t)
@@ -602,6 +616,12 @@ def model_flops_per_step(sc: Scenario) -> float:
         nd = m.layers - m.moe_layers
         per_mb = (m.moe_layers * (bf.forward + bf.input_grad + bf.weight_grad)
                   + nd * (dense.forward + dense.input_grad + dense.weight_grad) + hf + hi + hw)  # fmt: skip
+    if m.sliding_window:  # a windowed layer does window_keys / (s/2) of a causal one's
+        # attention work, whatever kernel runs it (a masked kernel's extra blocks are not the
+        # model's): the forward's core, and twice it in the backward where gradients flow
+        passes = 3 if grad_flows_through_blocks(t) else 1
+        saving = window_core_saving(m, t, sliding_share(m, m.layers, None))
+        per_mb -= m.layers * bf.attention_core * saving * passes
     if n := trained_mtp_modules(m, t):  # its block is an MoE one where the last block is
         x = mtp_costs(m, t)
         per_mb += n * (bf.forward + bf.input_grad + bf.weight_grad) + x.forward + x.input_grad
@@ -775,11 +795,15 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
         ew += head_fwd + x.elementwise_fwd
         ew_bwd += (head_bwd + x.elementwise_bwd) if grad else 0.0
-    # the attention core as FlashAttention kernels (its sliding-window layers' share too)
-    fa = flash_core(sc, t, bf, dtype, grad, sliding_share(m, layers, lo))
+    # the attention core as FlashAttention kernels (its sliding-window layers' share too,
+    # where the runtime's kernel skips the blocks outside the window)
+    sliding = sliding_share(m, layers, lo) if sc.runtime.sliding_window_kernel else 0.0
+    fa = flash_core(sc, t, bf, dtype, grad, sliding)
+    # FLOPs counted as executed: the windowed layers' core is not computed whole
+    skip = bf.attention_core * window_core_saving(m, t, sliding) if fa else 0.0
     if PRECISIONS[t.precision].gemm_dtype:
         return _fp8_chunk_costs(
-            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w), fa
+            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w), fa, skip
         )
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
@@ -815,9 +839,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns),
         recompute_ns=math.ceil(rec_ns),
-        forward_flops=fwd_f,
-        backward_flops=i_f + w_f,
-        recompute_flops=rec_f,
+        forward_flops=fwd_f - skip,
+        backward_flops=i_f + w_f - (2 * skip if i_f else 0.0),
+        recompute_flops=rec_f - (skip if rec_f and t.recompute != "selective_op" else 0.0),
         ring_forward_ns=ring_ft,
         ring_backward_ns=ring_bt if grad else 0,
     )
@@ -858,7 +882,7 @@ def _selective_recompute_ns(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layer
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
                      ew: tuple[float, float], lo: int | None, edges: tuple[float, float, float],
-                     fa: FlashCore | None) -> StageCosts:  # fmt: skip
+                     fa: FlashCore | None, skip: float = 0.0) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
     together (:func:`chunk_block_flops`), ``fa`` its attention core's FlashAttention kernels
     (:func:`flash_core`; None: GEMM-priced): the blocks' linear-layer GEMMs
@@ -917,11 +941,13 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
+    # (``skip``: the windowed layers' uncomputed core, chunk_costs' FLOPs as executed)
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
-        weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns), forward_flops=fwd_f,
-        backward_flops=i_f + w_f, recompute_flops=rec_f, ring_forward_ns=ring_ft,
-        ring_backward_ns=ring_bt if grad else 0,
+        weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns),
+        forward_flops=fwd_f - skip, backward_flops=i_f + w_f - (2 * skip if i_f else 0.0),
+        recompute_flops=rec_f - (skip if rec_f and t.recompute != "selective_op" else 0.0),
+        ring_forward_ns=ring_ft, ring_backward_ns=ring_bt if grad else 0,
     )  # fmt: skip
 
 

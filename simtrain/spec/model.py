@@ -472,6 +472,14 @@ def _gemma2(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn:
                    full_attention_every=2)  # fmt: skip
 
 
+def _gemma3(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int,
+            head_dim: int, window: int, vocab: int, max_positions: int) -> ModelSpec:  # fmt: skip
+    """Gemma 3's text model (HF google/gemma-3-*, model_type gemma3_text): see the presets'."""
+    return replace(_llama(name, layers, hidden, heads, kv_heads, ffn, vocab, max_positions),
+                   tied_embeddings=True, head_size=head_dim, post_norms=True, qk_norm=True,
+                   sliding_window=window, full_attention_every=6)  # fmt: skip
+
+
 def _falcon(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
             shared_norm: bool = False) -> ModelSpec:  # fmt: skip
     """Falcon (HF tiiuae/falcon-*, model_type falcon): see the presets' comment."""
@@ -522,6 +530,15 @@ PRESETS.update({
     "gemma-2-2b": _gemma2("gemma-2-2b", 26, 2304, 8, 4, 9216, 256),
     "gemma-2-9b": _gemma2("gemma-2-9b", 42, 3584, 16, 8, 14336, 256),
     "gemma-2-27b": _gemma2("gemma-2-27b", 46, 4608, 32, 16, 36864, 128),
+    # Gemma 3 (Gemma Team 2025, arXiv 2503.19786 Table 1; HF google/gemma-3-* text configs,
+    # gemma3_text): Gemma 2's sandwich norms without soft-capping, q/k RMSNorms, a window of
+    # 512 (1B) / 1,024 keys on five layers of six; 999,885,952 / 3,880,263,168 /
+    # 11,766,034,176 / 27,009,346,304 parameters (transformers 4.57's Gemma3ForCausalLM; the
+    # report's non-embedding 698M / 3,209M / 10,759M / 25,600M).
+    "gemma-3-1b": _gemma3("gemma-3-1b", 26, 1152, 4, 1, 6912, 256, 512, 262144, 32768),
+    "gemma-3-4b": _gemma3("gemma-3-4b", 34, 2560, 8, 4, 10240, 256, 1024, 262208, 131072),
+    "gemma-3-12b": _gemma3("gemma-3-12b", 48, 3840, 16, 8, 15360, 256, 1024, 262208, 131072),
+    "gemma-3-27b": _gemma3("gemma-3-27b", 62, 5376, 32, 16, 21504, 128, 1024, 262208, 131072),
     # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
     # vocab 32,064, untied, a 2,047-key sliding window, 3,821,079,552 parameters.
     "phi-3-mini": replace(_llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
@@ -653,7 +670,7 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
 #: (the same h parameters) and its embeddings by sqrt(h) (no parameters).
 LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                      "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma",
-                     "gemma2")  # fmt: skip
+                     "gemma2", "gemma3_text")  # fmt: skip
 #: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
 #: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
 #: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
@@ -668,6 +685,7 @@ HF_KINDS = ("gpt2", "gpt_bigcode", "gptj", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 _HF_TIED_DEFAULT = {
     "gemma": True,
     "gemma2": True,
+    "gemma3_text": True,
     "opt": True,
     "bloom": True,
     "starcoder2": True,
@@ -720,10 +738,12 @@ def _hf_names(kind: str, cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def _hf_bool(cfg: dict[str, Any], field: str, default: bool, path: Path) -> bool:
-    """A boolean field (``tie_word_embeddings``): true or false, not the string "false"."""
+    """A boolean field (``tie_word_embeddings``): true or false, not the string "false". A null
+    is the default, but a null ``tie_word_embeddings`` is false (PretrainedConfig stores the
+    None, which transformers' tie_weights reads as falsy: an untied head)."""
     v = cfg.get(field, default)
     if v is None:
-        return default
+        return False if field == "tie_word_embeddings" and field in cfg else default
     if not isinstance(v, bool):
         raise ConfigError(str(path), field, "must be true or false", v)
     return v
@@ -825,10 +845,10 @@ def from_hf_config(
                 # (GemmaConfig's head_dim defaults to 256, whatever hidden / heads is)
                 fields.setdefault(
                     "head_size",
-                    _hf_head_size(cfg, path, 256 if kind in ("gemma", "gemma2") else None),
+                    _hf_head_size(cfg, path, 256 if kind.startswith("gemma") else None),
                 )
-            if kind == "gemma2":
-                fields.update(_hf_gemma2(cfg, path))
+            if kind in ("gemma2", "gemma3_text"):
+                fields.update(_hf_gemma2(kind, cfg, path))
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=heads if kv is None else int(kv),
@@ -855,14 +875,19 @@ def from_hf_config(
             raise ConfigError(str(path), nulls[0], "must be a number, not null (leave the field "
                               "out for its default)") from None  # fmt: skip
         raise ConfigError(str(path), "<field>", f"invalid value in config.json ({exc})") from None
+    if kind == "gemma3":  # (Gemma3ForConditionalGeneration: a SigLIP tower and text_config)
+        raise ConfigError(str(path), "model_type", "gemma3 is the multimodal config: give its "
+                          "text_config as a config.json of model_type gemma3_text (the vision "
+                          "tower is not modelled)", kind)  # fmt: skip
     raise ConfigError(str(path), "model_type", "unsupported model_type", kind, ", ".join(HF_KINDS))
 
 
 #: Llama-style kinds whose ``attention_bias`` puts biases on o_proj too, and those whose
 #: ``mlp_bias`` is read (transformers 4.46 LlamaAttention / GemmaAttention, LlamaMLP; Qwen3's
 #: in later releases); the others' o_proj and MLP have none.
-_O_BIAS_KINDS = ("llama", "gemma", "gemma2", "qwen3", "qwen3_moe")
+_O_BIAS_KINDS = ("llama", "gemma", "gemma2", "gemma3_text", "qwen3", "qwen3_moe")
 _MLP_BIAS_KINDS = ("llama",)
+_NO_BIAS_KINDS = ("mistral", "mixtral", "phi3")
 
 
 def _llama_biases(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, bool]:
@@ -872,13 +897,16 @@ def _llama_biases(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, bool]
     the MLP's ``mlp_bias`` is every linear; without it an error: no key says o_proj alone)."""
     if kind == "gpt_oss":
         return {"bias": _hf_bool(cfg, "attention_bias", True, path)}
-    att = _hf_bool(cfg, "attention_bias", False, path)
+    # (MistralAttention, MixtralAttention and Phi3Attention build no biases whatever
+    # attention_bias says: transformers 4.46)
+    att = kind not in _NO_BIAS_KINDS and _hf_bool(cfg, "attention_bias", False, path)
     mlp = kind in _MLP_BIAS_KINDS and _hf_bool(cfg, "mlp_bias", False, path)
     if kind in _O_BIAS_KINDS and att:
         if not mlp:
-            raise ConfigError(str(path), "attention_bias", "true without mlp_bias (biases on "
-                              "q, k, v and o_proj only) is not expressible: model.bias puts "
-                              "them on every linear, qkv_bias on q, k, v", True)  # fmt: skip
+            what = "without mlp_bias" if kind in _MLP_BIAS_KINDS else "(the MLP has no biases)"
+            raise ConfigError(str(path), "attention_bias", f"true {what}: biases on q, k, v "
+                              "and o_proj only are not expressible (model.bias puts them on "
+                              "every linear, qkv_bias on q, k, v)", True)  # fmt: skip
         return {"bias": True}
     return {"bias": False, "qkv_bias": kind in ("qwen2", "qwen2_moe") or att, "mlp_bias": mlp}
 
@@ -903,7 +931,9 @@ def _hf_sliding(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, int]:
                               "model.full_attention_every puts full layers periodically",
                               True)  # fmt: skip
         return {}
-    w = cfg.get("sliding_window")
+    # (the configuration classes' defaults where the field is absent: MistralConfig's 4,096,
+    # GptOssConfig's 128, none for the others; null: no window)
+    w = cfg.get("sliding_window", {"mistral": 4096, "gpt_oss": 128}.get(kind))
     if kind not in _SLIDING_KINDS or w is None:
         return {}
     if isinstance(w, bool) or not isinstance(w, int) or w < 1:
@@ -911,43 +941,69 @@ def _hf_sliding(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, int]:
                           "no window)", w)  # fmt: skip
     if kind != "gpt_oss":
         return {"sliding_window": w}
-    n_layers = int(cfg["num_hidden_layers"])
     types = cfg.get("layer_types")
     if types is None:
         return {"sliding_window": w, "full_attention_every": 2}
-    full = [i for i, kind_i in enumerate(types) if kind_i == "full_attention"]
-    every = full[0] + 1 if full else 0
-    want = ["full_attention" if every and (i + 1) % every == 0 else "sliding_attention"
-            for i in range(n_layers)]  # fmt: skip
-    if list(types) != want:
-        raise ConfigError(str(path), "layer_types", "only every n-th layer full (the rest "
-                          "sliding_attention) is expressible", str(types)[:80])  # fmt: skip
-    return {"sliding_window": w, "full_attention_every": every}
+    return {
+        "sliding_window": w,
+        "full_attention_every": _full_every(types, int(cfg["num_hidden_layers"]), path),
+    }
 
 
-def _hf_gemma2(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Gemma-2's fields beyond Gemma's (transformers 4.46 Gemma2DecoderLayer / Gemma2Attention /
-    Gemma2ForCausalLM): the sandwich norms (post_attention_layernorm, pre_ / post_feedforward_
+def _hf_gemma2(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Gemma 2's and Gemma 3's fields beyond Gemma's (transformers 4.46 Gemma2DecoderLayer /
+    Gemma2Attention / Gemma2ForCausalLM; 4.57 Gemma3TextConfig / Gemma3DecoderLayer /
+    Gemma3Attention): the sandwich norms (post_attention_layernorm, pre_ / post_feedforward_
     layernorm), soft-capping of the scores (``attn_logit_softcapping``) and of the final
-    logits (``final_logit_softcapping``; null: none), and ``sliding_window`` on the even
-    layers (``is_sliding = not layer_idx % 2``: every other layer full). GeGLU, head_dim 256
-    by default and sqrt(h) embedding scaling as Gemma's; ``query_pre_attn_scalar`` only
-    scales the scores."""
-    out: dict[str, Any] = {"post_norms": True}
+    logits (``final_logit_softcapping``; Gemma 2's default 50 / 30, Gemma 3's none; null:
+    none), ``sliding_window`` (4,096 by default) on the layers that slide: Gemma 2's even
+    ones (``is_sliding = not layer_idx % 2``), Gemma 3's ``layer_types`` or every layer but
+    each ``sliding_window_pattern``-th (6); Gemma 3's q_norm / k_norm (RMSNorms of head_dim:
+    ``qk_norm``). GeGLU, head_dim 256 by default and sqrt(h) embedding scaling as Gemma's;
+    ``query_pre_attn_scalar`` and the local / global RoPE bases only change values.
+    ``use_bidirectional_attention`` (not causal) is refused."""
+    gemma3 = kind == "gemma3_text"
+    out: dict[str, Any] = {"post_norms": True, **({"qk_norm": True} if gemma3 else {})}
     for field, key in (("attn_logit_softcapping", "attention_softcap"),
                        ("final_logit_softcapping", "logit_softcap")):  # fmt: skip
-        v = cfg.get(field, 50.0 if field.startswith("attn") else 30.0)
+        v = cfg.get(field, None if gemma3 else 50.0 if field.startswith("attn") else 30.0)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
             raise ConfigError(str(path), field, "must be a positive number (or null: no "
                               "capping)", v)  # fmt: skip
         out[key] = v is not None
+    if gemma3 and _hf_bool(cfg, "use_bidirectional_attention", False, path):
+        raise ConfigError(str(path), "use_bidirectional_attention", "true (attention that is "
+                          "not causal) is not expressible", True)  # fmt: skip
     w = cfg.get("sliding_window", 4096)
-    if w is not None:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ConfigError(str(path), "sliding_window", "must be a positive integer (or "
-                              "null: no window)", w)  # fmt: skip
-        out.update(sliding_window=w, full_attention_every=2)
-    return out
+    if w is None:
+        return out
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise ConfigError(str(path), "sliding_window", "must be a positive integer (or "
+                          "null: no window)", w)  # fmt: skip
+    every = 2
+    if gemma3:
+        every = cfg.get("sliding_window_pattern", 6)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(str(path), "sliding_window_pattern", "must be a positive "
+                              "integer", every)  # fmt: skip
+        if cfg.get("layer_types") is not None:
+            every = _full_every(cfg["layer_types"], int(cfg["num_hidden_layers"]), path)
+    return {**out, "sliding_window": w, "full_attention_every": every}
+
+
+def _full_every(types: Any, n_layers: int, path: Path) -> int:
+    """The n of a ``layer_types`` list whose every n-th entry is "full_attention" and the others
+    "sliding_attention" (0: none full); any other list is an error naming the field."""
+    full = (
+        [i for i, t in enumerate(types) if t == "full_attention"] if isinstance(types, list) else []
+    )
+    every = full[0] + 1 if full else 0
+    want = ["full_attention" if every and (i + 1) % every == 0 else "sliding_attention"
+            for i in range(n_layers)]  # fmt: skip
+    if types != want:
+        raise ConfigError(str(path), "layer_types", "only every n-th layer full (the rest "
+                          "sliding_attention) is expressible", str(types)[:80])  # fmt: skip
+    return every
 
 
 def _hf_mlp(act: str) -> str:

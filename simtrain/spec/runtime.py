@@ -225,6 +225,11 @@ class RuntimeProfile:
     # ``repeat_kv``), so the context-parallel exchange carries heads x head_dim per token, not
     # kv_heads x head_dim.
     attention_repeat_kv: bool = False
+    # The attention kernel skips the key blocks outside a sliding window (flash-attn's
+    # window_size, Transformer Engine's fused / flash backends, flex attention's block mask);
+    # false: the window reaches the kernel as a mask, which computes every block (PyTorch's
+    # SDPA: an explicit mask rules out its flash backend).
+    sliding_window_kernel: bool = True
     # Sequence-parallel TP as PyTorch DTensor runs it (torchtitan): the column-parallel linears
     # save their all-gathered (Replicate) input, b·s·h on every TP rank, instead of the
     # sequence shard Megatron keeps and all-gathers again in backward
@@ -294,7 +299,7 @@ BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "over
          "overlap_param_gather", "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer",
          "moe_fp8_dispatch", "ddp_grad_buckets", "grads_freed_per_microbatch",
          "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv",
+         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv", "sliding_window_kernel",
          "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
          "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
          "interleaved_all_warmup_at_pp",

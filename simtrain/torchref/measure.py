@@ -144,6 +144,12 @@ def measure_step(
         raise ConfigError(None, "model.positions", "simtrain measure has no ALiBi kernel: "
                           "measure positions: none (the same parameters and saved tensors)",
                           spec.positions)  # fmt: skip
+    if spec.sliding_window and spec.flash_attention:
+        # The reference's flash path is SDPA's causal kernel: no window.
+        raise ConfigError(None, "model.sliding_window", "simtrain measure has no "
+                          "sliding-window flash kernel: measure flash_attention: false or "
+                          "sliding_window: 0 (the same saved tensors)",
+                          spec.sliding_window)  # fmt: skip
     if spec.attention_softcap and spec.flash_attention:
         # SDPA has no soft-capping (flash-attn's softcap does it in the kernel): the flash
         # reference would measure uncapped attention under a capped name.
