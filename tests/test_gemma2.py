@@ -103,19 +103,13 @@ def test_measured(precision: str, change: dict, flash: bool) -> None:
     logits' dtype) and without flash attention the capped scores' tanh output; the model's
     saved bytes move by exactly as much, and its parameters match byte for byte."""
     pytest.importorskip("torch")
-    from simtrain.costs.memory import estimate_memory
-    from simtrain.spec.hardware import load_hardware
-    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
-    from simtrain.torchref.measure import measure_step
+    from reference_pairs import measure_and_estimate
 
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
     got = []
     for m in (replace(LLAMA, flash_attention=flash),
               replace(LLAMA, flash_attention=flash, **change)):  # fmt: skip
-        r = measure_step(m, t, steps=1)
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        mb = dict(estimate_memory(sc).stages[0].memory_bytes)
+        r, mb = measure_and_estimate(m, t)
         assert r.parameter_bytes == mb["parameters"]
         got.append((r.activation_bytes, mb["activations"]))
     measured, model = got[1][0] - got[0][0], got[1][1] - got[0][1]

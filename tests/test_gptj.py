@@ -82,10 +82,9 @@ def test_mlp_bias_measured() -> None:
     model's, and the saved activations are the unbiased block's (a bias's gradient is its
     output gradient summed)."""
     pytest.importorskip("torch")
-    from simtrain.costs.memory import estimate_memory
-    from simtrain.spec.hardware import load_hardware
-    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario, TrainingSpec
-    from simtrain.torchref.measure import measure_step
+    from reference_pairs import measure_and_estimate
+
+    from simtrain.spec.scenario import TrainingSpec
 
     base = ModelSpec("gptj-tiny", 2, 64, 4, 4, 256, 256, 256, positions="rotary",
                      rotary_fraction=0.25, parallel_residual=True, shared_norm=True, bias=False,
@@ -93,10 +92,7 @@ def test_mlp_bias_measured() -> None:
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
     acts = {}
     for m in (base, replace(base, mlp_bias=True, head_bias=True)):
-        r = measure_step(m, t, steps=1)
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        mb = dict(estimate_memory(sc).stages[0].memory_bytes)
+        r, mb = measure_and_estimate(m, t)
         assert r.parameter_bytes == mb["parameters"]
         acts[m.mlp_bias] = (r.activation_bytes, mb["activations"])
     assert acts[True] == acts[False]

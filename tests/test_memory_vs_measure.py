@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from reference_pairs import measure_and_estimate  # noqa: E402
+
 from simtrain.costs.memory import estimate_memory  # noqa: E402
 from simtrain.spec.hardware import load_hardware  # noqa: E402
 from simtrain.spec.model import ModelSpec  # noqa: E402
@@ -272,11 +274,7 @@ def test_shared_norm_saves_one_norm_less(precision: str, base: ModelSpec) -> Non
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
     got = {}
     for shared in (False, True):
-        m = replace(spec, shared_norm=shared)
-        measured = measure_step(m, t, steps=1)
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        states = dict(estimate_memory(sc).stages[0].memory_bytes)
+        measured, states = measure_and_estimate(replace(spec, shared_norm=shared), t)
         got[shared] = (measured.activation_bytes, states["activations"])
     sb, h = 2 * 128, spec.hidden
     stats = 8 if spec.norm == "layernorm" else 4  # fp32 mean and rstd / rstd per token

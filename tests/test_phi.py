@@ -87,11 +87,8 @@ def test_head_bias_measured(tied: bool) -> None:
     """PyTorch's parameter bytes equal the model's with the head's bias, tied or not (the
     reference gives a tied head its own bias vector), and the saved activations do not move:
     the bias's gradient is the logits' gradient summed."""
-    torch = pytest.importorskip("torch")  # noqa: F841
-    from simtrain.costs.memory import estimate_memory
-    from simtrain.spec.hardware import load_hardware
-    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
-    from simtrain.torchref.measure import measure_step
+    pytest.importorskip("torch")
+    from reference_pairs import measure_and_estimate
 
     spec = ModelSpec("phi-tiny", 2, 64, 4, 4, 256, 256, 256, positions="rotary",
                      rotary_fraction=0.5, parallel_residual=True, shared_norm=True,
@@ -99,11 +96,7 @@ def test_head_bias_measured(tied: bool) -> None:
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
     got = {}
     for bias in (False, True):
-        m = replace(spec, head_bias=bias)
-        r = measure_step(m, t, steps=1)
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        mb = dict(estimate_memory(sc).stages[0].memory_bytes)
+        r, mb = measure_and_estimate(replace(spec, head_bias=bias), t)
         assert r.parameter_bytes == mb["parameters"]
         got[bias] = (r.activation_bytes, mb["activations"])
     assert got[True][0] - got[False][0] == 0
