@@ -635,7 +635,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         else:
             kind = choose(draw, "llama", "mistral", "qwen2", "phi3", "gemma", "starcoder2",
                           "nemotron", "gpt_neox", "bloom", "falcon", "phi", "gptj",
-                          "gemma2", "gemma3_text")  # fmt: skip
+                          "gemma2", "gemma3_text", "olmo2")  # fmt: skip
             cfg = {
                 "model_type": kind, "num_hidden_layers": lay.layers, "hidden_size": hidden,
                 "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -681,6 +681,11 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
         doc["shared_norm"] = True
     elif not doc.get("parallel_residual") and coin(draw, 0.2):
         doc["post_norms"] = True
+        if coin(draw, 0.5):
+            doc["pre_norms"] = False
+    if coin(draw, 0.15):
+        doc["qk_norm"] = True
+        doc["qk_norm_width"] = choose(draw, "head", "full")
     if coin(draw, 0.15):  # sliding-window attention, every n-th layer full
         doc["sliding_window"] = choose(draw, 1, 2, 128, 4096, 10**6)
         if coin(draw, 0.5):

@@ -196,7 +196,7 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
         plain = not (c.te_fp8 or c.gathered or c.amp)
         if plain and any(c.saves_input(mod) for mod in ("q", "k", "v")):
             return  # the tensor the attention's linears keep already
-    else:
+    elif c.m.pre_norms:  # (without them, OLMo 2: the linears take the residual stream)
         if i == 0 or not c.m.parallel_residual:  # (parallel: norm2's input is the block's)
             c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
         c.add(f"norm{i + 1} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
@@ -227,8 +227,24 @@ def _post_norm(c: _Block, i: int) -> None:
     c.add(f"post-norm{i} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
 
 
+def _qk_norms(c: _Block) -> None:
+    """The q and k norms (``qk_norm``): each keeps its input, the projection's output in the
+    norms' dtype (an fp32 copy under autocast), and an fp32 rstd per row it normalises: per
+    token and head (``qk_norm_width`` "head") or per token ("full")."""
+    m = c.m
+    if not m.qk_norm or m.is_mla:
+        return
+    sb, tp = c.sb, c.tp
+    c.add("q / k norm inputs", c.en * sb * (m.q_dim + m.kv_dim) / tp, f"{c.en}·sb(q+kv)/t")
+    if m.qk_norm_width == "full":
+        c.add("q / k norm statistics", 4 * sb * 2, "4·sb·2")
+    else:
+        c.add("q / k norm statistics", 4 * sb * (m.heads + m.kv_heads) / tp, "4·sb(a+a_kv)/t")
+
+
 def _attention(c: _Block) -> None:
     """The attention core (flash or not), the out-projection input, LoRA and dropout."""
+    _qk_norms(c)
     m, t, tp, e, b = c.m, c.t, c.tp, c.e, c.b
     s, s_kv, sb, h, a, kv = t.seq_len_effective, t.kv_len, c.sb, m.hidden, m.heads, m.kv_dim
     # Q, K and V widths: h, kv, kv unless head_size or MLA (DeepSeek-V2 §2.1) set them.

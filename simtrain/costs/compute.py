@@ -397,6 +397,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
         # reads two f-wide inputs and writes one
         per_token += (FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2) * f / tp
     per_token += FUSED_OP_ACCESSES["rotary"] * m.rotary_values(tp)  # (ModelSpec.rotary_values)
+    if m.qk_norm and not m.is_mla:  # the q and k norms: a read and a write of q and k
+        per_token += FUSED_OP_ACCESSES["rmsnorm"] * (m.q_dim + m.kv_dim) / tp
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     bwd = elementwise_backward_factor(e) * fwd
     if eager:

@@ -76,7 +76,10 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     if m.is_mla:  # q_a_layernorm, kv_a_layernorm
         out += [ParamTensor(f"{n}_layernorm.weight", w, 1, full) for n, w in
                 (("q_a", m.q_lora_rank), ("kv_a", m.kv_lora_rank)) if w]  # fmt: skip
-    if m.qk_norm:
+    if m.qk_norm and m.qk_norm_width == "full":  # (OLMo 2: over the rank's q / k shard)
+        out += [ParamTensor("q_norm.weight", m.q_dim // tp, 1, full),
+                ParamTensor("k_norm.weight", m.kv_dim // tp, 1, full)]  # fmt: skip
+    elif m.qk_norm:
         out += [ParamTensor("q_norm.weight", m.head_dim, 1, full),
                 ParamTensor("k_norm.weight", m.head_dim, 1, full)]  # fmt: skip
     if m.attention_sinks:
@@ -98,7 +101,8 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
             out.append(ParamTensor(f"{name}.lora_A", a_rows, r, True, matmul=True))
             out.append(ParamTensor(f"{name}.lora_B", r, b_cols, True, matmul=True))
     norm_cols = 2 if m.norm == "layernorm" else 1
-    norms = ("norm1", "norm2")[: 1 if m.shared_norm else 2]  # (one with a shared norm)
+    # (one with a shared norm, none without pre-norms)
+    norms = ("norm1", "norm2")[: (1 if m.shared_norm else 2) if m.pre_norms else 0]
     for norm in (*norms, *(("post_norm1", "post_norm2") if m.post_norms else ())):
         out.append(ParamTensor(f"{norm}.weight", m.hidden, 1, full))
         if norm_cols == 2:

@@ -38,8 +38,11 @@ POSITION_KINDS = ("learned", "rotary", "alibi", "none")
 NORM_KINDS = ("layernorm", "rmsnorm")
 QKV_LAYOUTS = ("separate", "fused_kv_copy")
 #: The allowed values of each string field (validate_model checks them, apps.schema publishes them).
+#: ``qk_norm_width``: per head (Qwen3, Gemma 3) or over the whole q / k (OLMo 2).
+QK_NORM_WIDTHS = ("head", "full")
 MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "mlp": MLP_KINDS, "positions": POSITION_KINDS, "norm": NORM_KINDS, "qkv_layout": QKV_LAYOUTS,
+    "qk_norm_width": QK_NORM_WIDTHS,
 }  # fmt: skip
 
 
@@ -149,6 +152,12 @@ class ModelSpec:
     # (post_attention_layernorm, post_feedforward_layernorm) besides the pre-norms; each keeps
     # its input (the branch output, in the norms' dtype) and statistics.
     post_norms: bool = False
+    # Norms before the attention and the MLP (false: OLMo 2, whose only block norms are the
+    # post_norms: the linears take the residual stream itself).
+    pre_norms: bool = True
+    # The q/k norms' width (``qk_norm``): "head" (an RMSNorm of head_dim on each head: Qwen3,
+    # Gemma 3) or "full" (one over all of q and one over all of k: OLMo 2's q_norm / k_norm).
+    qk_norm_width: str = "head"
     # tanh soft-capping, c·tanh(x/c) (Gemma-2): of the final logits (``logit_softcap``: the
     # tanh keeps its output, b·s·V/t in the activation dtype; three passes over the logits)
     # and of the attention scores (``attention_softcap``: in the kernel with flash attention,
@@ -248,10 +257,17 @@ class ModelSpec:
         return (hi - lo) - (hi // n - lo // n)  # minus the layers i with (i + 1) % n == 0
 
     @property
+    def qk_norm_params(self) -> int:
+        """The q and k norms' weights (``qk_norm``): head_dim each per head, or q_dim + kv_dim
+        over the whole projections (``qk_norm_width`` "full")."""
+        return self.q_dim + self.kv_dim if self.qk_norm_width == "full" else 2 * self.head_dim
+
+    @property
     def norms_per_block(self) -> int:
         """Norms in a block: 2 (before the attention and before the MLP), 1 with a
-        ``shared_norm``; 2 more with ``post_norms``."""
-        return (1 if self.shared_norm else 2) + (2 if self.post_norms else 0)
+        ``shared_norm``, none without ``pre_norms``; 2 more with ``post_norms``."""
+        pre = (1 if self.shared_norm else 2) if self.pre_norms else 0
+        return pre + (2 if self.post_norms else 0)
 
     @property
     def norm_params(self) -> int:
@@ -272,8 +288,8 @@ class ModelSpec:
             biases = q + 2 * kv + h
         elif self.qkv_bias:
             biases = q + 2 * kv
-        extra = (2 * self.head_dim if self.qk_norm else 0) + (self.heads if self.attention_sinks
-                                                             else 0)  # fmt: skip
+        extra = (self.qk_norm_params if self.qk_norm else 0) + (self.heads if self.attention_sinks
+                                                                else 0)  # fmt: skip
         return weights + biases + extra
 
     def _mla_params(self) -> int:
@@ -480,6 +496,18 @@ def _gemma3(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn:
                    sliding_window=window, full_attention_every=6)  # fmt: skip
 
 
+def _olmo2(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
+           ffn: int) -> ModelSpec:  # fmt: skip
+    """OLMo 2 (HF allenai/OLMo-2-*, model_type olmo2): see the presets' comment."""
+    return replace(
+        _llama(name, layers, hidden, heads, kv_heads, ffn, 100352, 4096),
+        pre_norms=False,
+        post_norms=True,
+        qk_norm=True,
+        qk_norm_width="full",
+    )
+
+
 def _falcon(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
             shared_norm: bool = False) -> ModelSpec:  # fmt: skip
     """Falcon (HF tiiuae/falcon-*, model_type falcon): see the presets' comment."""
@@ -539,6 +567,14 @@ PRESETS.update({
     "gemma-3-4b": _gemma3("gemma-3-4b", 34, 2560, 8, 4, 10240, 256, 1024, 262208, 131072),
     "gemma-3-12b": _gemma3("gemma-3-12b", 48, 3840, 16, 8, 15360, 256, 1024, 262208, 131072),
     "gemma-3-27b": _gemma3("gemma-3-27b", 62, 5376, 32, 16, 21504, 128, 1024, 262208, 131072),
+    # OLMo 2 (OLMo Team 2024, arXiv 2501.00656; HF allenai/OLMo-2-*, olmo2): SwiGLU, no norm
+    # before attention or MLP and an RMSNorm after each, RMSNorms over all of q and of k,
+    # untied, vocab 100,352, sequence 4,096; 1,484,916,736 / 7,298,617,344 / 13,716,198,400 /
+    # 32,234,279,936 parameters (transformers 4.57's Olmo2ForCausalLM).
+    "olmo-2-1b": _olmo2("olmo-2-1b", 16, 2048, 16, 16, 8192),
+    "olmo-2-7b": _olmo2("olmo-2-7b", 32, 4096, 32, 32, 11008),
+    "olmo-2-13b": _olmo2("olmo-2-13b", 40, 5120, 40, 40, 13824),
+    "olmo-2-32b": _olmo2("olmo-2-32b", 64, 5120, 40, 8, 27648),
     # Phi-3-mini (Abdin et al. 2024; HF microsoft/Phi-3-mini-4k-instruct, phi3): Llama-style,
     # vocab 32,064, untied, a 2,047-key sliding window, 3,821,079,552 parameters.
     "phi-3-mini": replace(_llama("phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096),
@@ -670,7 +706,7 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
 #: (the same h parameters) and its embeddings by sqrt(h) (no parameters).
 LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
                      "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma",
-                     "gemma2", "gemma3_text")  # fmt: skip
+                     "gemma2", "gemma3_text", "olmo2")  # fmt: skip
 #: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
 #: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
 #: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
@@ -849,6 +885,11 @@ def from_hf_config(
                 )
             if kind in ("gemma2", "gemma3_text"):
                 fields.update(_hf_gemma2(kind, cfg, path))
+            if kind == "olmo2":  # (transformers Olmo2DecoderLayer / Olmo2Attention)
+                # no norm before attention or MLP, one after each; q_norm / k_norm over all of
+                # q and of k
+                fields.update(pre_norms=False, post_norms=True, qk_norm=True,
+                              qk_norm_width="full")  # fmt: skip
             spec = ModelSpec(
                 name=name, layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]),
                 heads=heads, kv_heads=heads if kv is None else int(kv),
@@ -885,7 +926,7 @@ def from_hf_config(
 #: Llama-style kinds whose ``attention_bias`` puts biases on o_proj too, and those whose
 #: ``mlp_bias`` is read (transformers 4.46 LlamaAttention / GemmaAttention, LlamaMLP; Qwen3's
 #: in later releases); the others' o_proj and MLP have none.
-_O_BIAS_KINDS = ("llama", "gemma", "gemma2", "gemma3_text", "qwen3", "qwen3_moe")
+_O_BIAS_KINDS = ("llama", "gemma", "gemma2", "gemma3_text", "qwen3", "qwen3_moe", "olmo2")
 _MLP_BIAS_KINDS = ("llama",)
 _NO_BIAS_KINDS = ("mistral", "mixtral", "phi3")
 
@@ -1368,6 +1409,12 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
+    if not spec.pre_norms and (spec.parallel_residual or not spec.post_norms):
+        raise ConfigError(file, key("pre_norms"), f"false needs {bare('post_norms')} (OLMo 2's "
+                          "block) and a sequential block", spec.pre_norms)  # fmt: skip
+    if spec.qk_norm_width == "full" and spec.is_mla:
+        raise ConfigError(file, key("qk_norm_width"), "full applies to q and k projections, "
+                          "not multi-latent attention's latents", spec.qk_norm_width)  # fmt: skip
     if spec.post_norms and spec.parallel_residual:
         raise ConfigError(file, key("post_norms"), f"with {bare('parallel_residual')} is not a "
                           "layout simtrain has (Gemma's sandwich norms are sequential)",

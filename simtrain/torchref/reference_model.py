@@ -64,6 +64,7 @@ from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import TrainingSpec
 from simtrain.torchref.layers import (
     Dropout,
+    RMSNorm,
     _autocasting,
     _fp32_region,
     apply_norm,
@@ -89,6 +90,13 @@ class Attention(nn.Module):
         self.attn_drop = Dropout(spec.dropout if spec.attention_dropout else 0.0)
         self.flash = spec.flash_attention
         self.softcap = spec.attention_softcap
+        # q / k norms (Qwen3 / Gemma 3: an RMSNorm of head_dim per head; OLMo 2: over all of q
+        # and of k)
+        self.qk_full = spec.qk_norm_width == "full"
+        self.q_norm = self.k_norm = None
+        if spec.qk_norm:
+            qw, kw = (h, kv) if self.qk_full else (self.head_dim, self.head_dim)
+            self.q_norm, self.k_norm = RMSNorm(qw, eps=1e-5), RMSNorm(kw, eps=1e-5)
         self.selective = training.recompute == "selective"
         self.prefix_k: nn.Parameter | None = None
         self.prefix_v: nn.Parameter | None = None
@@ -131,8 +139,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, s, h = x.shape
         d = self.head_dim
-        q = self.q(x).view(b, s, self.heads, d).transpose(1, 2)
-        k = self.k(x).view(b, s, self.kv_heads, d).transpose(1, 2)
+        q, k = self.q(x), self.k(x)
+        if self.q_norm is not None and self.k_norm is not None and self.qk_full:
+            q, k = apply_norm(self.q_norm, q), apply_norm(self.k_norm, k)
+        q = q.view(b, s, self.heads, d)
+        k = k.view(b, s, self.kv_heads, d)
+        if self.q_norm is not None and self.k_norm is not None and not self.qk_full:
+            q, k = apply_norm(self.q_norm, q), apply_norm(self.k_norm, k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v(x).view(b, s, self.kv_heads, d).transpose(1, 2)
         if cos is not None and sin is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -188,11 +202,11 @@ class _Bias(nn.Module):
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, training: TrainingSpec, method: str) -> None:
         super().__init__()
-        self.norm1 = make_norm(spec)
+        self.norm1 = make_norm(spec) if spec.pre_norms else None  # (OLMo 2: none before)
         self.attn = Attention(spec, training, method)
         self.drop1 = Dropout(spec.dropout)
         # (a shared norm: GPT-J's ln_1, Falcon-7B's input_layernorm feed both branches)
-        self.norm2 = None if spec.shared_norm else make_norm(spec)
+        self.norm2 = None if spec.shared_norm or not spec.pre_norms else make_norm(spec)
         # Gemma-2's sandwich: a norm on each branch's output before its residual add
         self.post1 = make_norm(spec) if spec.post_norms else None
         self.post2 = make_norm(spec) if spec.post_norms else None
@@ -206,7 +220,7 @@ class Block(nn.Module):
         self.op_sac = training.recompute == "selective_op"
 
     def block(self, x: torch.Tensor, cos: Any, sin: Any, mask: Any) -> torch.Tensor:
-        n1 = apply_norm(self.norm1, x)
+        n1 = x if self.norm1 is None else apply_norm(self.norm1, x)
         a = self.attn(n1, cos, sin, mask)
         if self.post1 is not None:
             a = apply_norm(self.post1, a)
@@ -219,7 +233,7 @@ class Block(nn.Module):
                 m = self.adapter_mlp(m)
             return x + a + m
         x = x + a
-        m = self.mlp(apply_norm(self.norm2, x))
+        m = self.mlp(x if self.norm2 is None else apply_norm(self.norm2, x))
         if self.post2 is not None:
             m = apply_norm(self.post2, m)
         m = self.drop2(m)

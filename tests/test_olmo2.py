@@ -1,0 +1,86 @@
+"""q / k norms (``model.qk_norm``, per head or over all of q and k: ``qk_norm_width``) and
+OLMo 2's block without pre-norms (``model.pre_norms: false`` with ``post_norms``). Before, a
+q/k norm counted its parameters only (Qwen3, Gemma 3): its saved inputs, statistics and pass
+were missing. Independent values: transformers' own parameter counts and the PyTorch
+reference's saved bytes, measured on the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs.compute import FUSED_OP_ACCESSES, block_elementwise_bytes
+from simtrain.errors import ConfigError
+from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, validate_model
+from simtrain.spec.scenario import TrainingSpec
+
+HF = Path(__file__).parent / "data" / "hf"
+
+
+@pytest.mark.parametrize(("name", "total"), [
+    # sum(p.numel()) of transformers 4.57.6's Olmo2ForCausalLM (meta device) from
+    # allenai/OLMo-2's shapes
+    ("olmo-2-1b", 1_484_916_736), ("olmo-2-7b", 7_298_617_344),
+    ("olmo-2-13b", 13_716_198_400), ("olmo-2-32b", 32_234_279_936),
+])  # fmt: skip
+def test_transformers_counts_and_presets(name: str, total: int) -> None:
+    m = from_hf_config(HF / f"{name}.json")
+    assert m.total_params() == total
+    assert replace(m, name=name) == PRESETS[name]
+    assert (m.pre_norms, m.post_norms, m.qk_norm, m.qk_norm_width) == (False, True, True, "full")
+    assert m.norms_per_block == 2
+
+
+def test_qk_norm_parameters() -> None:
+    """Per head: head_dim each for q and k; over the whole projections: q_dim + kv_dim."""
+    m = replace(PRESETS["olmo-2-32b"], qk_norm_width="head")
+    full = PRESETS["olmo-2-32b"]
+    per_layer = full.attention_params() - m.attention_params()
+    assert per_layer == (full.q_dim + full.kv_dim) - 2 * full.head_dim
+
+
+def test_qk_norm_pass() -> None:
+    """A read and a write of q and k on the rank: FUSED_OP_ACCESSES['rmsnorm'] x (q + kv)/t."""
+    m = PRESETS["qwen3-30b-a3b"]
+    t = TrainingSpec(seq_len=2048, global_batch=1, micro_batch=1, precision="bf16")
+    f, _ = block_elementwise_bytes(m, t, 4)
+    f0, _ = block_elementwise_bytes(replace(m, qk_norm=False), t, 4)
+    assert f - f0 == pytest.approx(2 * 2048 * FUSED_OP_ACCESSES["rmsnorm"]
+                                   * (m.q_dim + m.kv_dim) / 4)  # fmt: skip
+
+
+def test_checks() -> None:
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["llama3-8b"], pre_norms=False), "s.yaml")
+    assert ei.value.key == "model.pre_norms"
+    with pytest.raises(ConfigError) as ei:
+        validate_model(replace(PRESETS["llama3-8b"], qk_norm_width="diagonal"), "s.yaml")
+    assert ei.value.key == "model.qk_norm_width"
+
+
+LLAMA = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
+                  tied_embeddings=False, positions="rotary", bias=False, norm="rmsnorm")  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
+@pytest.mark.parametrize(("base", "change"), [
+    ({}, {"qk_norm": True}),  # Qwen3 / Gemma 3: per head
+    ({}, {"qk_norm": True, "qk_norm_width": "full"}),  # OLMo 2
+    ({"post_norms": True}, {"pre_norms": False}),  # OLMo 2's block against the sandwich
+])  # fmt: skip
+def test_measured(precision: str, base: dict, change: dict) -> None:
+    """PyTorch keeps per q / k norm its input (an fp32 copy under autocast) and an fp32 rstd per
+    row it normalises (a token's head, or a token); without pre-norms it keeps neither norm's
+    input and statistics, the linears taking the residual stream. The model's saved bytes
+    move by exactly as much as PyTorch's, and its parameters match byte for byte."""
+    pytest.importorskip("torch")
+    from reference_pairs import measure_and_estimate
+
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision)
+    a = replace(LLAMA, flash_attention=True, **base)
+    (r0, m0), (r1, m1) = measure_and_estimate(a, t), measure_and_estimate(replace(a, **change), t)
+    assert r0.parameter_bytes == m0["parameters"] and r1.parameter_bytes == m1["parameters"]
+    measured = r1.activation_bytes - r0.activation_bytes
+    assert measured == m1["activations"] - m0["activations"] != 0
