@@ -443,12 +443,12 @@ def test_megatron_core_attention_backend_picks_the_kernel(tmp_path: Path, flags:
 def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     f = tmp_path / "flags.txt"
     f.write_text(BASE + "--bf16 --fp8-format hybrid --fp8-recipe blockwise --context-parallel-size 2 "
-                 "--cp-comm-type a2a "
+                 "--cp-comm-type a2a+p2p "
                  "--num-experts 8 --moe-router-topk 2 --moe-layer-freq 2 --moe-aux-loss-coeff 1e-2 "
                  "--frobnicate 3 --lr 1e-4")  # fmt: skip
     imp = import_config("megatron", f, gpus=8)
     listed = " | ".join(imp.unsupported)
-    for w in ("--fp8-format hybrid --fp8-recipe blockwise", "--cp-comm-type a2a", "--moe-layer-freq 2",
+    for w in ("--fp8-format hybrid --fp8-recipe blockwise", "--cp-comm-type a2a+p2p", "--moe-layer-freq 2",
               "--frobnicate 3: not a flag this importer knows",
               # no dispatcher flag: Megatron-Core's default allgather (transformer_config.py)
               "--moe-token-dispatcher-type allgather"):  # fmt: skip
@@ -463,7 +463,7 @@ def test_megatron_unknown_and_strict(tmp_path: Path) -> None:
     r = invoke("import", "megatron", str(f), "--gpus", "8")
     assert r.exit_code == 0 and "warning: not simulated: --frobnicate 3" in r.stderr
     r = invoke("import", "megatron", str(f), "--gpus", "8", "--strict")
-    one_line_error(r, "--cp-comm-type a2a", "not simulated (--strict)", "(and 4 more)")
+    one_line_error(r, "--cp-comm-type a2a+p2p", "not simulated (--strict)", "(and 4 more)")
     # selective_ac_option "op" is simulated (selective_op); an every-2nd-layer option is not
     every2 = tmp_path / "every2.toml"
     every2.write_text(

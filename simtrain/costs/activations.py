@@ -61,6 +61,7 @@ def layer_saved_tensors(
     load: float = 1.0,
     gathered_input: int = 0,
     repeat_kv: bool = False,
+    cp_a2a: bool = False,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -69,6 +70,8 @@ def layer_saved_tensors(
     linears save the all-gathered input, b·s·h on every TP rank (:func:`tp_gathered_input_bytes`).
     ``repeat_kv`` (runtime ``attention_repeat_kv``, torchtitan's llama3 ``repeat_kv``): K and V
     are expanded to every query head before SDPA, which saves them at the query's width.
+    ``cp_a2a`` (runtime ``cp_attention: a2a`` with cp > 1): the flash kernel's output and the
+    out-projection's input are different storages, either side of the all-to-all (costs.cp).
 
     Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
     GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
@@ -100,6 +103,7 @@ def layer_saved_tensors(
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
         out=[], te_fp8=is_te(prec), quant=prec,
         gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
+        cp_a2a=cp_a2a,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -153,6 +157,7 @@ class _Block:
     # bytes per value of the all-gathered input the column-parallel linears save (0: sharded)
     gathered: int = 0
     repeat_kv: bool = False  # K and V expanded to every query head before SDPA
+    cp_a2a: bool = False  # context parallelism's all-to-all around the attention call
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -276,6 +281,9 @@ def _attention(c: _Block) -> None:
         kept = c.saves_input("o") and not c.te_fp8
         c.add("out-projection input (the flash attention output)" if kept
               else "attention output (flash)", e * sb * vw / tp, f"{e}·sbh/t")  # fmt: skip
+        if kept and c.cp_a2a:  # TE's out_part, saved before the output's all-to-all (costs.cp)
+            c.add("attention output before the CP all-to-all (flash)", e * sb * vw / tp,
+                  f"{e}·sbh/t")  # fmt: skip
         c.add("attention logsumexp (flash)", 4 * b * a * s / tp, "4·bas/t")
     else:
         # q and k^T saved by QK^T, v by att@v; GQA expands k and v to all heads.
@@ -347,10 +355,11 @@ def layer_activation_bytes(
     load: float = 1.0,
     gathered_input: int = 0,
     repeat_kv: bool = False,
+    cp_a2a: bool = False,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied: the sum of
-    :func:`layer_saved_tensors` (with the runtime's ``gathered_input`` and ``repeat_kv``) that
-    the recompute keeps.
+    :func:`layer_saved_tensors` (with the runtime's ``gathered_input``, ``repeat_kv`` and
+    ``cp_a2a``) that the recompute keeps.
 
     full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
     selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3);
@@ -359,7 +368,7 @@ def layer_activation_bytes(
     """
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
                                 load=load, gathered_input=gathered_input,
-                                repeat_kv=repeat_kv)  # fmt: skip
+                                repeat_kv=repeat_kv, cp_a2a=cp_a2a)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -440,7 +449,7 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
                                 head: bool, tp: int = 1, sp: bool = False,
                                 load: float = 1.0, gathered_input: int = 0,
-                                repeat_kv: bool = False) -> int:  # fmt: skip
+                                repeat_kv: bool = False, cp_a2a: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -459,7 +468,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     if t.recompute not in ("full", "selective_op") or not layers:
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
-                                gathered_input=gathered_input, repeat_kv=repeat_kv)  # fmt: skip
+                                gathered_input=gathered_input, repeat_kv=repeat_kv,
+                                cp_a2a=cp_a2a)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

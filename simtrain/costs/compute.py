@@ -185,10 +185,11 @@ def flash_kernel_flops(core: float, t: TrainingSpec, window: int = 0) -> tuple[f
     the forward skips the masked half of the whole sequence's keys (s·cp_shards of them; with
     CP each rank's query chunks see half of it on average) but none of a prefix-tuning
     prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); a sliding ``window``
-    (no CP, no prefix: spec.scenario refuses them) keeps :func:`window_keys` of the s keys;
+    (no prefix, CP only as the all-to-all: spec.scenario refuses the others) keeps
+    :func:`window_keys` of the sequence's s·cp_shards keys;
     the backward does :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
     if window:
-        s = t.seq_len_effective
+        s = t.seq_len_effective * t.cp_shards
         fwd = core * window_keys(s, window) / s
     else:
         fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
@@ -272,6 +273,8 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str, grad: 
         return None
     s = t.seq_len_effective
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
+    if sc.runtime.cp_attention == "a2a":  # one call of all s queries, heads/cp (costs.cp)
+        s *= t.cp_shards
     peak = hw.compute_peak(dtype)
     d = m.head_dim
     fwd = bwd = 0.0
@@ -283,7 +286,8 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str, grad: 
         # the call's factor is 1 + S / (s + 2P) (FLOPs ∝ s·(s/2 + P), fixed work ∝ s·S/2);
         # with a window, 1 + S / (2·window_keys). ``t`` is the rank's s/cp tokens under context
         # parallelism, each ring step its own call over as many keys (costs.cp): the edge is
-        # of s/cp (prefix tuning with cp > 1 is refused, and a window with either).
+        # of s/cp; the all-to-all's one call is of s (prefix tuning with cp > 1 is refused, a
+        # window with the ring).
         seq = 2 * window_keys(s, window) if window else s + 2 * t.prefix_len
         f_fl, b_fl = flash_kernel_flops(share * core, t, window)
         fwd += 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
@@ -311,7 +315,7 @@ def window_core_saving(m: ModelSpec, t: TrainingSpec, sliding: float) -> float:
     (s/2)), the keys a windowed query sees against a causal one's; 0 without a window."""
     if not sliding:
         return 0.0
-    s = t.seq_len_effective
+    s = t.seq_len_effective * t.cp_shards  # the whole sequence's keys (CP: the all-to-all's)
     return sliding * (1 - window_keys(s, m.sliding_window) / (s / 2))
 
 

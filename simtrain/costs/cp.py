@@ -1,4 +1,5 @@
-"""Context parallelism: Transformer Engine's ring attention (``cp_comm_type="p2p"``).
+"""Context parallelism: Transformer Engine's ring attention (``cp_comm_type="p2p"``), PyTorch's
+``context_parallel`` and the all-to-all of DeepSpeed-Ulysses and ``cp_comm_type="a2a"``.
 
 Megatron-Core runs each micro-batch's sequence over ``cp`` GPUs (``--context-parallel-size``).
 The data loader gives each CP rank 2 of 2·cp sequence chunks, chunks r and 2·cp−1−r, so that
@@ -33,8 +34,43 @@ cp of them with the concatenated own one), the backward two ``(2, *kv.shape)`` b
 working set of max(cp, 4)·K bytes per GPU, one layer at a time.
 
 cp_comm_type "all_gather" (``AttnFuncWithCPAndKVAllGather``: all-gather the K/V, 2 steps) and
-"a2a" (DeepSpeed-Ulysses all-to-all of Q, K, V and O) are not modelled: the ring is
-Megatron-Core's default (``--cp-comm-type p2p``).
+the hierarchical "a2a+p2p" are not modelled: the ring is Megatron-Core's default
+(``--cp-comm-type p2p``).
+
+All-to-all (runtime ``cp_attention: a2a``; DeepSpeed-Ulysses, Jacobs et al. 2023, arXiv
+2309.14509 §3): Transformer Engine's ``AttnFuncWithCPAndQKVOA2A`` (``--cp-comm-type a2a``;
+same file, l.4170-4600 at d0067d0d) and DeepSpeed's ``DistributedAttention``
+(``deepspeed/sequence/layer.py``, the runtime's sequence parallelism) trade the sequence split
+for a head split around the attention core:
+
+- forward: Q, K and V each go through one all-to-all (``flash_attn_a2a_communicate(
+  [q, k, v], before_attn=True)``: ``all_to_all_single`` of each, [b, s/cp, h, d] ->
+  [b, s, h/cp, d]), one attention call runs over the whole sequence with the rank's heads/cp
+  heads, and its output goes back (``a2a_input_names=["out"]``): four all-to-alls over the CP
+  group of Q, K, V and O bytes per GPU (Q, K, V as above, O = b·(s/cp)·heads·v_head_dim·e/tp),
+  (cp−1)/cp of each leaving the GPU; the attention waits for them and the next op for the
+  output's: nothing overlaps them (DeepSpeed's optional ``sp_stream`` overlap is off unless
+  given one);
+- backward: the same four in reverse (dO in; dQ, dK, dV out);
+- each tensor is rearranged before and after its exchange (``x.movedim(head_dim, 0)
+  .contiguous()`` / ``reorder_seq_chunks_for_a2a_*``'s ``index_select``; DeepSpeed's
+  ``reshape(...).contiguous()`` and ``transpose(0, 2).contiguous()``): two copies, a read and
+  a write each, 4 bytes moved per byte exchanged, on the compute stream;
+- the attention work is the rank's 1/cp of the heads over all s queries: the core's FLOPs of
+  the ring, as one call of s queries (its short-sequence edge is of s, a sliding window's
+  keys of s);
+- saved: the kernel keeps its post-exchange q, k, v and output (``save_for_backward(q_part,
+  k_part, v_part, out_part, ...)``), as many bytes as the ring's local ones, but its output and
+  the out-projection's input (the exchanged-back ``out_``) are different storages: O more per
+  layer (the kernel's copy goes with a selective recompute of the core, as the ring's does);
+- TE requires heads and K/V heads on a TP rank divisible by cp (``num_heads % cp_size == 0``
+  for Q, K, V: spec.scenario checks it) and supports a sliding window (the ring does not:
+  ``attn_forward_func_with_cp``, "Context parallelism does not support sliding window
+  attention with cp_comm_type='p2p'").
+
+Working memory, one layer at a time: while Q, K, V are exchanged the caller's tensors (Q + K,
+K covering K and V) stay alive beside their rearranged copies and the exchange's outputs, at
+most 2·(Q + K) more; the backward's dQ, dK, dV the same: 2·(Q + K).
 
 PyTorch's ``context_parallel`` (runtime ``cp_attention: torch_allgather``; torchtitan):
 torchtitan 9dec370a ``torchtitan/utils.py`` l.171-193 ``create_context_parallel_ctx`` calls
@@ -76,6 +112,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.costs import collectives as coll
+from simtrain.costs.group_comm import collective_ns
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
@@ -108,11 +145,19 @@ def ring_message_bytes(sc: Scenario) -> int:
     ``attention_repeat_kv`` every query head's (heads·head_dim). With multi-head latent
     attention K and V differ: K heads·(qk_nope + qk_rope), V heads·v_head_dim (TE's
     ``AttnFuncWithCPAndKVP2P`` sends ``torch.cat((k.view(-1), v.view(-1)))``)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
+    t, p = sc.training, sc.parallelism
     e = PRECISIONS[t.precision].act_mm
-    k = m.q_dim if sc.runtime.attention_repeat_kv else m.kv_dim
-    v = m.kv_heads * m.v_head_dim if m.is_mla else k
+    k, v = _kv_widths(sc)
     return e * t.micro_batch * (t.seq_len // p.cp) * (k + v) // p.tp
+
+
+def _kv_widths(sc: Scenario) -> tuple[int, int]:
+    """Values per token of K and of V as the attention call is given them (all TP ranks):
+    kv_heads·head_dim, every query head's with runtime ``attention_repeat_kv``, MLA's
+    heads·(qk_nope + qk_rope) and heads·v_head_dim."""
+    m = sc.model
+    k = m.q_dim if sc.runtime.attention_repeat_kv else m.kv_dim
+    return k, (m.kv_heads * m.v_head_dim if m.is_mla else k)
 
 
 def query_bytes(sc: Scenario) -> int:
@@ -128,6 +173,14 @@ def fp32_dkv_bytes(sc: Scenario) -> int:
     passes them (``convert_to_f32``; module docstring)."""
     e = PRECISIONS[sc.training.precision].act_mm
     return ring_message_bytes(sc) * 4 // e
+
+
+def attention_output_bytes(sc: Scenario) -> int:
+    """O = b·(s/cp)·heads·v_head_dim·e/tp: the rank's attention output on one TP rank (the
+    all-to-all's fourth tensor; ``ModelSpec.v_dim``)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    e = PRECISIONS[t.precision].act_mm
+    return e * t.micro_batch * (t.seq_len // p.cp) * m.v_dim // p.tp
 
 
 def ring_link(sc: Scenario) -> coll.GroupLink:
@@ -148,6 +201,8 @@ def ring_layer(sc: Scenario, attention_forward_ns: float,
     backward = 2 * attention_forward_ns if attention_backward_ns is None else attention_backward_ns
     if sc.runtime.cp_attention == "torch_allgather":
         return _torch_allgather_layer(sc, attention_forward_ns, backward)
+    if sc.runtime.cp_attention == "a2a":
+        return a2a_layer(sc)
     k = ring_message_bytes(sc)
     link = ring_link(sc)
     t1 = 1e9 * coll.p2p_time_s(k, link)
@@ -187,6 +242,30 @@ def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float,
     )
 
 
+def a2a_layer(sc: Scenario) -> RingLayer:
+    """One layer's all-to-alls (module docstring), each direction Q, K, V and O (their
+    gradients) over the CP group of cp GPUs ``tp`` apart, (cp−1)/cp of each leaving the GPU
+    (nccl-tests all-to-all convention: ``costs.group_comm.collective_ns``), all exposed; their
+    rearranging copies as 4x their bytes of element-wise work."""
+    p = sc.parallelism
+    step = resolve(sc)
+    k_w, v_w = _kv_widths(sc)
+    per_value = ring_message_bytes(sc) / (k_w + v_w)  # e·b·(s/cp)/tp
+    sizes = (query_bytes(sc), per_value * k_w, per_value * v_w, attention_output_bytes(sc))
+    ns = float(sum(collective_ns(sc, step, "all_to_all", x, p.cp, step.groups.cp_stride)
+                   for x in sizes))  # fmt: skip
+    copies = 4.0 * sum(sizes)
+    return RingLayer(
+        message_bytes=ring_message_bytes(sc),
+        forward_transfer_ns=ns,
+        backward_transfer_ns=ns,
+        forward_exposed_ns=ns,
+        backward_exposed_ns=ns,
+        forward_elementwise_bytes=copies,
+        backward_elementwise_bytes=copies,
+    )
+
+
 def torch_elementwise_bytes(sc: Scenario) -> tuple[float, float]:
     """(forward, backward) bytes one layer's PyTorch context-parallel attention reads and writes
     besides its SDPA kernels, for one micro-batch, on the busiest rank (rank cp−1: every step
@@ -217,11 +296,13 @@ def torch_elementwise_bytes(sc: Scenario) -> tuple[float, float]:
 def cp_ring_buffer_bytes(sc: Scenario) -> int:
     """Working memory of the exchange, one layer at a time (module docstring); 0 without CP.
     Transformer Engine's ring: max(cp, 4)·K. PyTorch's all-gather: the larger of the forward's
-    (cp + 1)·K and the backward's (cp + 1)·K + Q·4/e + 4·D + Q + K."""
+    (cp + 1)·K and the backward's (cp + 1)·K + Q·4/e + 4·D + Q + K. All-to-all: 2·(Q + K)."""
     cp = sc.parallelism.cp
     if cp == 1:
         return 0
     k = ring_message_bytes(sc)
+    if sc.runtime.cp_attention == "a2a":
+        return 2 * (query_bytes(sc) + k)
     if sc.runtime.cp_attention != "torch_allgather":
         return max(cp, 4) * k
     e = PRECISIONS[sc.training.precision].act_mm

@@ -268,19 +268,23 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                        loss_override: int | None = None) -> _Activations:  # fmt: skip
     """Bytes per chunk and micro-batch, walked through the rank's schedule; with context
     parallelism those of the GPU's s/cp tokens (TE saves the local q, one K/V chunk, the local
-    output and log-sum-exp: ``AttnFuncWithCPAndKVP2P.forward``'s ``save_for_backward``)."""
+    output and log-sum-exp: ``AttnFuncWithCPAndKVP2P.forward``'s ``save_for_backward``; the
+    all-to-all as many bytes of heads/cp over s, and its output twice: costs.cp)."""
     m, p = sc.model, sc.parallelism
     t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
     load = moe_load(m, p.ep)
     gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
     rkv = sc.runtime.attention_repeat_kv
+    a2a = p.cp > 1 and sc.runtime.cp_attention == "a2a"
     per_layer = layer_activation_bytes(m, t, tp, sp, load=load, gathered_input=gathered,
-                                       repeat_kv=rkv)  # fmt: skip
+                                       repeat_kv=rkv, cp_a2a=a2a)  # fmt: skip
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
-                                      gathered_input=gathered, repeat_kv=rkv))  # fmt: skip
+                                      gathered_input=gathered, repeat_kv=rkv,
+                                      cp_a2a=a2a))  # fmt: skip
     per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False, gathered_input=gathered,
-                                        repeat_kv=rkv) if m.is_moe else per_layer)  # fmt: skip
+                                        repeat_kv=rkv, cp_a2a=a2a)
+                 if m.is_moe else per_layer)  # fmt: skip
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
@@ -312,7 +316,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
                                                          tp, sp, load, gathered,
-                                                         rkv)  # fmt: skip
+                                                         rkv, a2a)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,

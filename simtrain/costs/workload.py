@@ -679,7 +679,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,
                          p2p_polled=polled,
                          recompute_gathers=sc.training.recompute != "selective",
-                         tied_embedding_sync=tied_embedding_sync(sc, step))  # fmt: skip
+                         tied_embedding_sync=tied_embedding_sync(sc, step),
+                         cp_a2a=sc.runtime.cp_attention == "a2a")  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

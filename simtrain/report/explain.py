@@ -261,8 +261,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      f"device-level memory) = {_gb(b.nccl_bytes)} of buffers")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     k = ring_message_bytes(sc) if ring else 0
+    mode = sc.runtime.cp_attention
     cp_text = (f"; CP K/V all-gather and fp32 dQ, dK/dV buffers (costs.cp, K = {k:,} B) = "
-               f"{_gb(ring)}" if sc.runtime.cp_attention == "torch_allgather"
+               f"{_gb(ring)}" if mode == "torch_allgather"
+               else f"; CP all-to-all copies of Q, K, V 2 x (Q + K) = {_gb(ring)}"
+               if mode == "a2a"
                else f"; CP ring K/V buffers max(cp, 4) x {k:,} B = {_gb(ring)}")  # fmt: skip
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
                  "communication" + (cp_text if ring else "") + ")")  # fmt: skip

@@ -39,7 +39,7 @@ MOE_DISPATCHERS = ("alltoall", "deepep")
 #: tp, dp, model_parallel (tp x pp), pipeline (pp), pp_pairs (one two-rank communicator per
 #: neighbouring stage), embedding (first and last stage, tied embeddings), world.
 NCCL_COMMUNICATORS = ("tp", "dp", "model_parallel", "pipeline", "pp_pairs", "embedding", "world")
-CP_ATTENTIONS = ("te_p2p", "torch_allgather")
+CP_ATTENTIONS = ("te_p2p", "torch_allgather", "a2a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +219,10 @@ class RuntimeProfile:
     # Context-parallel attention (costs.cp): "te_p2p" (Transformer Engine's K/V ring,
     # Megatron-Core's default --cp-comm-type p2p) or "torch_allgather" (PyTorch's
     # context_parallel with its default _RotateMethod.ALL_GATHER: the K/V all-gathered once per
-    # attention call, the fp32 dK/dV passed around the ring).
+    # attention call, the fp32 dK/dV passed around the ring) or "a2a" (DeepSpeed-Ulysses'
+    # all-to-all of Q, K, V and the output around a head-split attention call: Megatron-Core
+    # --cp-comm-type a2a, Transformer Engine's AttnFuncWithCPAndQKVOA2A; DeepSpeed's
+    # DistributedAttention).
     cp_attention: str = "te_p2p"
     # The model repeats K and V to every query head before SDPA (torchtitan llama3
     # ``repeat_kv``), so the context-parallel exchange carries heads x head_dim per token, not

@@ -807,12 +807,27 @@ def check_context_parallel(s: Scenario, file: str) -> None:
             "(Transformer Engine has no unfused context-parallel attention): set "
             "model.flash_attention: true, or cp: 1", p.cp,
         )  # fmt: skip
-    if m.sliding_window and m.flash_attention:
+    a2a = s.runtime.cp_attention == "a2a"
+    if m.sliding_window and not a2a:
         raise ConfigError(
-            file, "parallelism.cp", "context parallelism with sliding-window attention is "
-            "not modelled (each ring step's window): use cp: 1, or model.sliding_window: 0",
-            p.cp, "1 with model.sliding_window",
+            file, "parallelism.cp", f"context parallelism with sliding-window attention runs "
+            f"only as the all-to-all (Transformer Engine refuses a window with its K/V ring, "
+            f"PyTorch's context_parallel has none): runtime.cp_attention: a2a, cp: 1, or "
+            f"model.sliding_window: 0 (runtime.cp_attention is {s.runtime.cp_attention})",
+            p.cp, "1 with model.sliding_window unless runtime.cp_attention: a2a",
         )  # fmt: skip
+    if a2a:
+        # TE AttnFuncWithCPAndQKVOA2A: "requires num_heads % cp_size == 0 for Q, K, V" (of the
+        # TP rank's heads); DeepSpeed-Ulysses scatters the heads the same way (costs.cp)
+        for key, heads in (("model.heads", m.heads), ("model.kv_heads", m.kv_heads)):
+            if (heads // p.tp) % p.cp:
+                raise ConfigError(
+                    file, "parallelism.cp", f"the all-to-all (runtime.cp_attention: a2a) splits "
+                    f"each TP rank's heads over the CP group: {key} / tp = {heads} / {p.tp} = "
+                    f"{heads // p.tp} is not a multiple of cp = {p.cp}", p.cp,
+                    f"a divisor of {heads // p.tp} ({key} / parallelism.tp), or "
+                    "runtime.cp_attention: te_p2p",
+                )  # fmt: skip
     if t.peft.method in ("prefix", "prompt"):
         raise ConfigError(
             file, "parallelism.cp", f"context parallelism does not split "

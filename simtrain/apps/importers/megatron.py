@@ -199,7 +199,10 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
     if cp > 1:
         r.origin("parallelism.cp", "--context-parallel-size")
         comm = f.value("--cp-comm-type") if "--cp-comm-type" in f else None
-        if comm not in (None, "p2p"):
+        if comm == "a2a":  # Transformer Engine's AttnFuncWithCPAndQKVOA2A (costs.cp)
+            runtime["cp_attention"] = "a2a"
+            r.origin("runtime.cp_attention", "--cp-comm-type")
+        elif comm not in (None, "p2p"):
             r.unsupported_(f"--cp-comm-type {comm}", "simulated as p2p (Transformer Engine's "
                            "ring exchange of K/V, Megatron's default)")  # fmt: skip
     if ep > 1:

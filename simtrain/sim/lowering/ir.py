@@ -237,6 +237,9 @@ class LoweringInput:
     # the embedding and the output layer before their optimizer steps
     # (costs.workload.tied_embedding_sync); None: no such reduction
     tied_embedding_sync: tuple[int, int, int] | None = None
+    # Context parallelism as the all-to-all (spec.runtime cp_attention "a2a"): the "cp"
+    # stream's ops are labelled as its exchanges, not a ring's
+    cp_a2a: bool = False
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""
