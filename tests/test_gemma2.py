@@ -191,3 +191,17 @@ def test_attention_bias_where_transformers_builds_it(tmp_path: Path) -> None:
     p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()),
                              "tie_word_embeddings": None}))  # fmt: skip
     assert from_hf_config(p).tied_embeddings is False
+
+
+def test_gemma2_reads_layer_types(tmp_path: Path) -> None:
+    """transformers 4.57's Gemma2Attention windows the layers its config's ``layer_types``
+    names (a review of 2026-12-05: simtrain windowed every even layer whatever it said)."""
+    cfg = json.loads((HF / "gemma-2-2b.json").read_text())
+    p = tmp_path / "config.json"
+    n = cfg["num_hidden_layers"]
+    p.write_text(json.dumps({**cfg, "layer_types": ["full_attention"] * n}))
+    m = from_hf_config(p)
+    assert m.sliding_layers_in(0, n) == 0
+    p.write_text(json.dumps({**cfg, "layer_types": ["sliding_attention" if i % 2 == 0 else
+                                                    "full_attention" for i in range(n)]}))  # fmt: skip
+    assert from_hf_config(p).sliding_layers_in(0, n) == n // 2 == 13

@@ -84,3 +84,43 @@ def test_measured(precision: str, base: dict, change: dict) -> None:
     assert r0.parameter_bytes == m0["parameters"] and r1.parameter_bytes == m1["parameters"]
     measured = r1.activation_bytes - r0.activation_bytes
     assert measured == m1["activations"] - m0["activations"] != 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_measured_without_pre_norms_under_lora(precision: str) -> None:
+    """Frozen embeddings (LoRA on q, v): block 0 saves no first norm's input when its input
+    needs no gradient, and without pre-norms there is no such norm to drop (a review of
+    2026-12-05: the model took 4·sbh + 4·sb off, 66,560 B in fp32, that PyTorch never kept)."""
+    pytest.importorskip("torch")
+    from reference_pairs import measure_and_estimate
+
+    from simtrain.spec.scenario import PeftSpec
+
+    peft = PeftSpec(method="lora", rank=8, target_modules=("q", "v"))
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision, peft=peft)
+    a = replace(LLAMA, flash_attention=True, post_norms=True)
+    (r0, m0), (r1, m1) = (
+        measure_and_estimate(a, t),
+        measure_and_estimate(replace(a, pre_norms=False), t),
+    )
+    measured = r1.activation_bytes - r0.activation_bytes
+    assert measured == m1["activations"] - m0["activations"] != 0
+
+
+def test_full_width_qk_norm_needs_tp_1_and_mla_has_none() -> None:
+    """OLMo 2's norm over all of q spans every TP rank's heads (OLMo-core all-to-alls q and k
+    around it): not modelled, so tp > 1 is an error naming the key; per head it splits."""
+    from simtrain.spec.scenario import parse_scenario
+
+    data = {"name": "o", "model": {"preset": "olmo-2-7b", "flash_attention": True},
+            "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 2},
+            "training": {"seq_len": 4096, "global_batch": 2, "micro_batch": 1},
+            "parallelism": {"tp": 2}}  # fmt: skip
+    with pytest.raises(ConfigError) as ei:
+        parse_scenario(data, "o.yaml")
+    assert ei.value.key == "model.qk_norm_width" and "tp 1" in str(ei.value)
+    data["model"]["qk_norm_width"] = "head"
+    parse_scenario(data, "o.yaml")
+    with pytest.raises(ConfigError) as ei:  # MLA's latent norms are not q / k norms
+        validate_model(replace(PRESETS["deepseek-v3"], qk_norm=True), "s.yaml")
+    assert ei.value.key == "model.qk_norm"

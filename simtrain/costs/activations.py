@@ -415,8 +415,8 @@ def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = 
 def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -> int:
     """The first norm's input and statistics, which the first block does not save when its
     input needs no gradient (:func:`frozen_input_savings`), 0 when it does."""
-    if t.peft.method not in ("lora", "qlora", "adapter", "prefix"):
-        return 0
+    if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or not m.pre_norms:
+        return 0  # (no first norm without pre-norms: OLMo 2's block saves none to drop)
     prec = PRECISIONS[t.precision]
     sb = t.seq_len_effective * t.micro_batch
     stats = norm_stats_per_token(m) * sb

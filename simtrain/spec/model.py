@@ -997,9 +997,10 @@ def _hf_gemma2(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     Gemma3Attention): the sandwich norms (post_attention_layernorm, pre_ / post_feedforward_
     layernorm), soft-capping of the scores (``attn_logit_softcapping``) and of the final
     logits (``final_logit_softcapping``; Gemma 2's default 50 / 30, Gemma 3's none; null:
-    none), ``sliding_window`` (4,096 by default) on the layers that slide: Gemma 2's even
-    ones (``is_sliding = not layer_idx % 2``), Gemma 3's ``layer_types`` or every layer but
-    each ``sliding_window_pattern``-th (6); Gemma 3's q_norm / k_norm (RMSNorms of head_dim:
+    none), ``sliding_window`` (4,096 by default) on the layers that slide: ``layer_types``
+    where given (transformers 4.57's Gemma2Attention reads it too), else Gemma 2's even ones
+    (``is_sliding = not layer_idx % 2``) and Gemma 3's every layer but each
+    ``sliding_window_pattern``-th (6); Gemma 3's q_norm / k_norm (RMSNorms of head_dim:
     ``qk_norm``). GeGLU, head_dim 256 by default and sqrt(h) embedding scaling as Gemma's;
     ``query_pre_attn_scalar`` and the local / global RoPE bases only change values.
     ``use_bidirectional_attention`` (not causal) is refused."""
@@ -1027,8 +1028,8 @@ def _hf_gemma2(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(str(path), "sliding_window_pattern", "must be a positive "
                               "integer", every)  # fmt: skip
-        if cfg.get("layer_types") is not None:
-            every = _full_every(cfg["layer_types"], int(cfg["num_hidden_layers"]), path)
+    if cfg.get("layer_types") is not None:  # Gemma2Config / Gemma3TextConfig (4.57) use it
+        every = _full_every(cfg["layer_types"], int(cfg["num_hidden_layers"]), path)
     return {**out, "sliding_window": w, "full_attention_every": every}
 
 
@@ -1412,9 +1413,10 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
     if not spec.pre_norms and (spec.parallel_residual or not spec.post_norms):
         raise ConfigError(file, key("pre_norms"), f"false needs {bare('post_norms')} (OLMo 2's "
                           "block) and a sequential block", spec.pre_norms)  # fmt: skip
-    if spec.qk_norm_width == "full" and spec.is_mla:
-        raise ConfigError(file, key("qk_norm_width"), "full applies to q and k projections, "
-                          "not multi-latent attention's latents", spec.qk_norm_width)  # fmt: skip
+    if spec.qk_norm and spec.is_mla:  # (its q_a / kv_a latent norms are modelled: mla_*)
+        raise ConfigError(file, key("qk_norm"), "q / k norms apply to q and k projections, "
+                          "not multi-latent attention's latents (whose RMSNorms simtrain "
+                          "counts already)", spec.qk_norm)  # fmt: skip
     if spec.post_norms and spec.parallel_residual:
         raise ConfigError(file, key("post_norms"), f"with {bare('parallel_residual')} is not a "
                           "layout simtrain has (Gemma's sandwich norms are sequential)",

@@ -637,6 +637,15 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.tp", f"must divide model.heads = {m.heads} and model.kv_heads = "
             f"{m.kv_heads}", p.tp,
         )  # fmt: skip
+    if m.qk_norm and m.qk_norm_width == "full" and p.tp > 1:
+        # A row statistic over all of q (k) that TP splits by heads: OLMo-core redistributes q
+        # and k by all-to-all around the norm (Attention.apply_tp); not modelled.
+        raise ConfigError(
+            file, "model.qk_norm_width", "full (OLMo 2's norm over all of q and of k) with "
+            f"parallelism.tp = {p.tp} needs communication simtrain does not model (the norm's "
+            "statistics span every TP rank's heads): tp 1, or qk_norm_width: head", "full",
+            "head with parallelism.tp > 1",
+        )  # fmt: skip
     if p.cp > 1:
         check_context_parallel(s, file)
     if m.sliding_window and m.flash_attention and t.peft.method == "prefix":
