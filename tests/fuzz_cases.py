@@ -64,7 +64,8 @@ from simtrain.spec.scenario import (
 )
 
 MAX_MESSAGE_CHARS = 600  # an exit-2 message, with the case folder's path taken out: key and value
-# echoes are cut to 80 characters each and lists of allowed values to 300 (simtrain.errors)
+# echoes are cut to 80 characters each and lists of allowed values to 400, the whole message
+# to 560 (simtrain.errors MAX_ECHO, MAX_ALLOWED, MAX_MESSAGE)
 ALLOWED_EXIT_CODES = (0, 2, 3)  # 3: a scenario that does not fit, under --strict
 MEMORY_HEADROOM_BYTES = 2 << 30  # address space a case may add to the process
 
@@ -649,7 +650,10 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
             if kind == "gptj":  # GPT-2's field names, rotary on rotary_dim of each head
                 cfg = {"model_type": "gptj", "n_layer": lay.layers, "n_embd": hidden,
                        "n_head": heads, "vocab_size": vocab, "n_positions": max_pos,
-                       "rotary_dim": choose(draw, None, 1, 2, head_dim)}  # fmt: skip
+                       # an even width up to the head's (null: the whole head, valid with one
+                       # head only; bad values are the mutations' job)
+                       "rotary_dim": choose(draw, None if heads == 1 else 2, 2,
+                                            max(2, head_dim - head_dim % 2))}  # fmt: skip
             if kind == "falcon":  # num_kv_heads groups (new layout), or MQA / MHA (original)
                 cfg["ffn_hidden_size"] = cfg.pop("intermediate_size")
                 cfg["parallel_attn"] = coin(draw, 0.8)
@@ -689,7 +693,7 @@ def model_section(draw: Drawer, size: str) -> tuple[dict[str, Any], Layout, dict
     if coin(draw, 0.15):  # sliding-window attention, every n-th layer full
         doc["sliding_window"] = choose(draw, 1, 2, 128, 4096, 10**6)
         if coin(draw, 0.5):
-            doc["full_attention_every"] = choose(draw, 1, 2, 6, 2000)
+            doc["full_attention_every"] = choose(draw, 1, 2, 6, 1024)  # (spec.limits' most)
     doc.update(extra)
     return doc, lay, None, (max_pos if positions == "learned" else 0)
 

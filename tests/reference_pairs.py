@@ -8,14 +8,24 @@ from typing import Any
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import TrainingSpec
 
+#: The tiny Llama the measured pairs use: SwiGLU, RMSNorm, rotary, GQA (4 heads, 2 K/V), untied.
+LLAMA_TINY = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
+                       tied_embeddings=False, positions="rotary", bias=False,
+                       norm="rmsnorm")  # fmt: skip
 
-def measure_and_estimate(m: ModelSpec, t: TrainingSpec) -> tuple[Any, dict[str, int]]:
-    """(measure_step's result, the estimate's memory_bytes by category) of ``m`` under ``t``."""
+
+def estimate_stage(m: ModelSpec, t: TrainingSpec) -> Any:
+    """simtrain's estimate (``costs.memory``'s StageMemory) of ``m`` under ``t`` on one GPU."""
     from simtrain.costs.memory import estimate_memory
     from simtrain.spec.hardware import load_hardware
     from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
+
+    sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t, ParallelSpec())
+    return estimate_memory(sc).stages[0]
+
+
+def measure_and_estimate(m: ModelSpec, t: TrainingSpec) -> tuple[Any, dict[str, int]]:
+    """(measure_step's result, the estimate's memory_bytes by category) of ``m`` under ``t``."""
     from simtrain.torchref.measure import measure_step
 
-    r = measure_step(m, t, steps=1)
-    sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t, ParallelSpec())
-    return r, dict(estimate_memory(sc).stages[0].memory_bytes)
+    return measure_step(m, t, steps=1), dict(estimate_stage(m, t).memory_bytes)

@@ -11,14 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hf_configs import HF, write_config
 
 from simtrain.costs.compute import FUSED_OP_ACCESSES, block_elementwise_bytes
 from simtrain.costs.params import layer_param_tensors
 from simtrain.errors import ConfigError
 from simtrain.spec.model import PRESETS, from_hf_config, validate_model
 from simtrain.spec.scenario import TrainingSpec, parse_scenario
-
-HF = Path(__file__).parent / "data" / "hf"
 
 
 @pytest.mark.parametrize(("file", "total"), [
@@ -52,12 +51,6 @@ def test_fields(file: str, fields: dict) -> None:
     assert {k: getattr(m, k) for k in fields} == fields
 
 
-def _write(tmp_path: Path, cfg: dict) -> Path:
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
-    return p
-
-
 def test_legacy_refinedwebmodel_is_falcon_7b(tmp_path: Path) -> None:
     """Falcon-7B's first config (model_type RefinedWebModel, n_layer / n_head) is the model its
     later falcon config describes."""
@@ -68,7 +61,7 @@ def test_legacy_refinedwebmodel_is_falcon_7b(tmp_path: Path) -> None:
         if k not in ("num_hidden_layers", "num_attention_heads", "new_decoder_architecture")
     }
     legacy.update(model_type="RefinedWebModel", n_layer=32, n_head=71)  # fmt: skip
-    got = from_hf_config(_write(tmp_path, legacy))
+    got = from_hf_config(write_config(tmp_path, legacy))
     assert replace(got, name="f") == replace(from_hf_config(HF / "falcon-7b.json"), name="f")
 
 
@@ -83,7 +76,7 @@ def test_legacy_refinedwebmodel_is_falcon_7b(tmp_path: Path) -> None:
 def test_what_falcon_cannot_say(tmp_path: Path, change: dict, key: str) -> None:
     cfg = {**json.loads((HF / "falcon-7b.json").read_text()), **change}
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, cfg))
+        from_hf_config(write_config(tmp_path, cfg))
     assert ei.value.key == key
 
 
@@ -160,7 +153,7 @@ def test_falcon_dropouts(tmp_path: Path, file: str, change: dict, want: tuple) -
     FalconDecoderLayer apply them (a review found rotary configs charged the probabilities'
     masks: falcon-7b at s 2048 with attention_dropout 0.1, 53.8 GiB of activations for 26.6)."""
     cfg = {**json.loads((HF / file).read_text()), **change}
-    m = from_hf_config(_write(tmp_path, cfg))
+    m = from_hf_config(write_config(tmp_path, cfg))
     assert (m.dropout, m.attention_dropout) == want
     if not m.dropout:
         t = TrainingSpec(seq_len=2048, global_batch=1, micro_batch=1, precision="bf16")
@@ -176,7 +169,7 @@ def test_original_layout_takes_one_norm(tmp_path: Path, lns: int) -> None:
     transformers' forward never reaches (it fails): an error naming the field."""
     cfg = {**json.loads((HF / "falcon-7b.json").read_text()), "num_ln_in_parallel_attn": lns}
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, cfg))
+        from_hf_config(write_config(tmp_path, cfg))
     assert ei.value.key == "num_ln_in_parallel_attn"
 
 
@@ -186,5 +179,5 @@ def test_n_embed_keeps_falcon_s_mlp_width(tmp_path: Path) -> None:
     builds this config (transformers 4.46.3, meta device)."""
     cfg = {"model_type": "falcon", "n_embed": 128, "num_attention_heads": 4,
            "num_hidden_layers": 2, "vocab_size": 1000}  # fmt: skip
-    m = from_hf_config(_write(tmp_path, cfg))
+    m = from_hf_config(write_config(tmp_path, cfg))
     assert (m.hidden, m.ffn_hidden, m.total_params()) == (128, 4 * 4544, 9_516_800)

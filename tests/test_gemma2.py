@@ -10,13 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hf_configs import HF, write_config
+from reference_pairs import LLAMA_TINY
 
 from simtrain.costs.compute import attention_core_elementwise_bytes, head_elementwise_bytes
 from simtrain.errors import ConfigError
-from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, validate_model
+from simtrain.spec.model import PRESETS, from_hf_config, validate_model
 from simtrain.spec.scenario import TrainingSpec
-
-HF = Path(__file__).parent / "data" / "hf"
 
 
 @pytest.mark.parametrize(("name", "total"), [
@@ -39,14 +39,8 @@ def test_four_norms_a_layer() -> None:
     assert m.total_params() - replace(m, post_norms=False).total_params() == m.layers * 2 * m.hidden
 
 
-def _write(tmp_path: Path, change: dict) -> Path:
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()), **change}))
-    return p
-
-
 def test_nulls_turn_capping_and_windows_off(tmp_path: Path) -> None:
-    m = from_hf_config(_write(tmp_path, {"final_logit_softcapping": None,
+    m = from_hf_config(write_config(tmp_path, "gemma-2-2b.json", {"final_logit_softcapping": None,
                                          "attn_logit_softcapping": None,
                                          "sliding_window": None}))  # fmt: skip
     assert (m.logit_softcap, m.attention_softcap, m.sliding_window) == (False, False, 0)
@@ -59,7 +53,7 @@ def test_nulls_turn_capping_and_windows_off(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_bad_values(tmp_path: Path, change: dict, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, change))
+        from_hf_config(write_config(tmp_path, "gemma-2-2b.json", change))
     assert ei.value.key == key
 
 
@@ -88,8 +82,7 @@ def test_post_norms_not_in_parallel_blocks() -> None:
     assert ei.value.key == "model.post_norms"
 
 
-LLAMA = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
-                  tied_embeddings=False, positions="rotary", bias=False, norm="rmsnorm")  # fmt: skip
+LLAMA = LLAMA_TINY
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
@@ -137,7 +130,7 @@ def test_gemma3(name: str, total: int, non_embedding_m: int) -> None:
     layers of six (sliding_window_pattern 6)."""
     m = from_hf_config(HF / f"{name}.json")
     assert m.total_params() == total
-    assert round((total - m.vocab * m.hidden) / 1e6) == non_embedding_m
+    assert round((m.total_params() - m.vocab * m.hidden) / 1e6) == non_embedding_m
     assert replace(m, name=name) == PRESETS[name]
     assert (m.post_norms, m.qk_norm, m.logit_softcap, m.attention_softcap) == (True, True, False,
                                                                                False)  # fmt: skip

@@ -11,17 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hf_configs import HF, write_config
 
 from simtrain.errors import ConfigError
 from simtrain.spec.model import ModelSpec, from_hf_config
-
-HF = Path(__file__).parent / "data" / "hf"
-
-
-def _write(tmp_path: Path, cfg: dict) -> Path:
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
-    return p
 
 
 def test_gptj_6b() -> None:
@@ -41,17 +34,17 @@ def test_gpt_bigcode_is_multi_query(tmp_path: Path) -> None:
     multi_query every head keeps its own."""
     cfg = {"model_type": "gpt_bigcode", "n_embd": 2048, "n_head": 16, "n_layer": 24,
            "n_positions": 8192, "vocab_size": 49152, "n_inner": 8192}  # fmt: skip
-    m = from_hf_config(_write(tmp_path, cfg))
+    m = from_hf_config(write_config(tmp_path, cfg))
     assert (m.total_params(), m.kv_heads, m.positions, m.mlp) == (1_137_207_296, 1, "learned",
                                                                   "gelu")  # fmt: skip
-    assert from_hf_config(_write(tmp_path, {**cfg, "multi_query": False})).kv_heads == 16
+    assert from_hf_config(write_config(tmp_path, {**cfg, "multi_query": False})).kv_heads == 16
 
 
 def test_gpt_neox_without_attention_biases(tmp_path: Path) -> None:
     """GPT-NeoX's attention_bias false keeps the MLP's biases: 162,286,080 parameters for
     pythia-160m's shape (transformers' GPTNeoXForCausalLM), 4h a layer fewer than with them."""
     cfg = {**json.loads((HF / "pythia-160m.json").read_text()), "attention_bias": False}
-    m = from_hf_config(_write(tmp_path, cfg))
+    m = from_hf_config(write_config(tmp_path, cfg))
     assert (m.bias, m.mlp_bias, m.total_params()) == (False, True, 162_286_080)
 
 
@@ -60,9 +53,9 @@ def test_other_n_embd_configs_are_not_gpt2(tmp_path: Path) -> None:
     listing the ones it reads; a config without model_type is still read as GPT-2."""
     cfg = {"n_embd": 256, "n_head": 4, "n_layer": 2, "vocab_size": 1000, "n_positions": 512}
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, {**cfg, "model_type": "codegen"}))
+        from_hf_config(write_config(tmp_path, {**cfg, "model_type": "codegen"}))
     assert ei.value.key == "model_type" and "gptj" in str(ei.value.allowed)
-    assert from_hf_config(_write(tmp_path, cfg)).positions == "learned"
+    assert from_hf_config(write_config(tmp_path, cfg)).positions == "learned"
 
 
 @pytest.mark.parametrize(("change", "key"), [({"rotary_dim": 512}, "rotary_dim"),
@@ -73,7 +66,7 @@ def test_other_n_embd_configs_are_not_gpt2(tmp_path: Path) -> None:
 def test_bad_rotary_dim(tmp_path: Path, change: dict, key: str) -> None:
     cfg = {**json.loads((HF / "gpt-j-6b.json").read_text()), **change}
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, cfg))
+        from_hf_config(write_config(tmp_path, cfg))
     assert ei.value.key == key
 
 
@@ -118,7 +111,7 @@ def test_llama_biases(tmp_path: Path, change: dict, total: int) -> None:
     cfg = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
            "vocab_size": 1000, **change}  # fmt: skip
-    assert from_hf_config(_write(tmp_path, cfg)).total_params() == total
+    assert from_hf_config(write_config(tmp_path, cfg)).total_params() == total
 
 
 def test_llama_attention_bias_alone_is_refused(tmp_path: Path) -> None:
@@ -128,7 +121,7 @@ def test_llama_attention_bias_alone_is_refused(tmp_path: Path) -> None:
            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
            "attention_bias": True}  # fmt: skip
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, cfg))
+        from_hf_config(write_config(tmp_path, cfg))
     assert ei.value.key == "attention_bias"
 
 
@@ -137,7 +130,7 @@ def test_absent_rotary_dim_is_the_default(tmp_path: Path) -> None:
     a narrower head says so."""
     cfg = json.loads((HF / "gpt-j-6b.json").read_text())
     del cfg["rotary_dim"]
-    assert from_hf_config(_write(tmp_path, cfg)).rotary_fraction == 0.25
+    assert from_hf_config(write_config(tmp_path, cfg)).rotary_fraction == 0.25
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, {**cfg, "n_head": 128}))  # 32-wide heads
+        from_hf_config(write_config(tmp_path, {**cfg, "n_head": 128}))  # 32-wide heads
     assert ei.value.key == "rotary_dim" and "absent: 64" in ei.value.message

@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hf_configs import DROP, HF, write_config
 
 from simtrain.errors import ConfigError
 from simtrain.spec.model import from_hf_config
-
-HF = Path(__file__).parent / "data" / "hf"
 
 
 def _embedding(m) -> int:
@@ -112,9 +111,7 @@ def test_opt_350m_projection_is_refused() -> None:
     ("bloom-560m.json", {"n_layer": "24"}, "n_layer"),
 ])  # fmt: skip
 def test_settings_a_config_cannot_say(tmp_path: Path, base: str, change: dict, key: str) -> None:
-    cfg = {**json.loads((HF / base).read_text()), **change}
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
+    p = write_config(tmp_path, base, change)
     with pytest.raises(ConfigError) as ei:
         from_hf_config(p)
     assert ei.value.key == key and ei.value.file == str(p)
@@ -196,26 +193,14 @@ def test_nemotron_presets_match_the_reports() -> None:
         assert round((m.total_params() - _embedding(m)) / 1e9, 1) == rest
 
 
-def _write(tmp_path: Path, base: str, change: dict) -> Path:
-    cfg = {**json.loads((HF / base).read_text()), **change}
-    for k in [k for k, v in change.items() if v is _DROP]:
-        del cfg[k]
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
-    return p
-
-
-_DROP = object()
-
-
 @pytest.mark.parametrize(("base", "change", "fields"), [
     # OPTConfig: dropout 0.1 on the residual branches, attention_dropout 0.0
     ("opt-125m.json", {}, {"dropout": 0.1, "attention_dropout": False}),
     ("opt-125m.json", {"attention_dropout": 0.1}, {"dropout": 0.1, "attention_dropout": True}),
     # Starcoder2Config defaults num_key_value_heads to 2
-    ("starcoder2-3b.json", {"num_key_value_heads": _DROP}, {"kv_heads": 2}),
+    ("starcoder2-3b.json", {"num_key_value_heads": DROP}, {"kv_heads": 2}),
     # GemmaConfig defaults head_dim to 256 (gemma-7b: 16 heads on hidden 3,072)
-    ("gemma-2b.json", {"head_dim": _DROP, "num_attention_heads": 16, "num_key_value_heads": 16},
+    ("gemma-2b.json", {"head_dim": DROP, "num_attention_heads": 16, "num_key_value_heads": 16},
      {"head_dim": 256}),
     # BloomConfig: n_embed, where given, is the hidden size
     ("bloom-560m.json", {"n_embed": 2048}, {"hidden": 2048, "ffn_hidden": 8192}),
@@ -223,7 +208,7 @@ _DROP = object()
     ("pythia-160m.json", {"attention_dropout": 0.1}, {"dropout": 0.1, "attention_dropout": True}),
 ])  # fmt: skip
 def test_transformers_defaults_and_dropouts(tmp_path: Path, base, change, fields) -> None:
-    m = from_hf_config(_write(tmp_path, base, change))
+    m = from_hf_config(write_config(tmp_path, base, change))
     assert {k: getattr(m, k) for k in fields} == fields
 
 
@@ -237,5 +222,5 @@ def test_transformers_defaults_and_dropouts(tmp_path: Path, base, change, fields
 ])  # fmt: skip
 def test_bad_values_name_their_field(tmp_path: Path, base: str, change: dict, key: str) -> None:
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(_write(tmp_path, base, change))
+        from_hf_config(write_config(tmp_path, base, change))
     assert ei.value.key == key

@@ -11,7 +11,7 @@ import pytest
 
 from simtrain.costs import comm
 from simtrain.costs.compute import chunk_costs
-from simtrain.costs.workload import tp_recompute_ns
+from simtrain.costs.workload import tp_recompute_block
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import parse_scenario
 
@@ -34,9 +34,8 @@ def backward_ms(runtime: str, recompute: str) -> float:
     sc = layer_22b(runtime, recompute)
     step = resolve(sc)
     c = chunk_costs(sc, 1, first=False, last=False)
-    ar = comm.tp_allreduce_ns(sc, step)
     ns = (c.input_grad_ns + c.weight_grad_ns + comm.tp_backward_block_ns(sc, step) + c.recompute_ns
-          + tp_recompute_ns(sc, 1, ar))  # fmt: skip
+          + tp_recompute_block(sc, step, 1)[0])  # fmt: skip
     return ns / 1e6
 
 

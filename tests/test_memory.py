@@ -910,3 +910,15 @@ def test_explain_activations_line_adds_up() -> None:
     total = int(per.replace(",", "")) * int(n) + ws
     assert total == rep.stages[0].category("activations")
     assert ws == 8 * 25 * 1024 * 1024 * 2  # b·a·s² of GPT-2 XL at micro-batch 8, 2 B
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_two_parameter_counts_agree_on_every_preset(name: str) -> None:
+    """``ModelSpec.total_params`` (a closed form per block) and ``costs.params.total_params``
+    (the per-tensor list memory is built from) are written separately: biases, norms, q / k
+    norms, heads' biases and experts must come out the same in both."""
+    from simtrain.costs.params import total_params
+
+    m = PRESETS[name]
+    t = TrainingSpec(seq_len=128, global_batch=1, micro_batch=1)
+    assert total_params(m, t) == m.total_params()

@@ -12,20 +12,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reference_pairs import measure_and_estimate  # noqa: E402
+from reference_pairs import LLAMA_TINY, estimate_stage, measure_and_estimate  # noqa: E402
 
-from simtrain.costs.memory import estimate_memory  # noqa: E402
-from simtrain.spec.hardware import load_hardware  # noqa: E402
 from simtrain.spec.model import ModelSpec  # noqa: E402
-from simtrain.spec.scenario import ClusterSpec, ParallelSpec, PeftSpec, Scenario, TrainingSpec  # noqa: E402
+from simtrain.spec.scenario import PeftSpec, TrainingSpec  # noqa: E402
 from simtrain.torchref.losses import FUSED_CE_ROWS  # noqa: E402
 from simtrain.torchref.measure import measure_step  # noqa: E402
 
 GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, dropout=0.1)
-LLAMA = ModelSpec(
-    "llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu", tied_embeddings=False,
-    positions="rotary", bias=False, norm="rmsnorm",
-)  # fmt: skip
+LLAMA = LLAMA_TINY
 
 # Under full recompute the step's peak is inside a block's backward, where PyTorch also holds
 # what the model does not count yet: the block backward's temporary gradients (measured b·s·f·4
@@ -137,8 +132,7 @@ def test_memory_model_matches_pytorch(case):
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=prec, optimizer=opt,
                      recompute=rec, peft=PeftSpec(method=peft))  # fmt: skip
     measured = measure_step(spec, t, steps=1)
-    sc = Scenario("t", spec, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t, ParallelSpec())
-    st = estimate_memory(sc).stages[0]
+    st = estimate_stage(spec, t)
     c = dict(st.memory_bytes)
     # Exact integers.
     assert c["parameters"] == measured.parameter_bytes
@@ -173,9 +167,7 @@ def test_fused_cross_entropy_memory_matches_pytorch(precision: str) -> None:
         measured = measure_step(BIG_VOCAB, t, steps=1)
         # The emulation's two fp32 row blocks are alive at the peak; the kernel keeps them on chip.
         emulation = 2 * FUSED_CE_ROWS * BIG_VOCAB.vocab * 4 if ce == "fused" else 0
-        sc = Scenario("t", BIG_VOCAB, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        st = estimate_memory(sc).stages[0]
+        st = estimate_stage(BIG_VOCAB, t)
         c = dict(st.memory_bytes)
         assert c["activations"] == pytest.approx(measured.activation_bytes, rel=0.01), ce
         predicted_peak = st.peak_memory_bytes - c["cuda_context"]
@@ -200,8 +192,7 @@ def test_saved_activations_of_more_peft_methods(peft: PeftSpec, flash: bool) -> 
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32",
                      optimizer="adamw", peft=peft)  # fmt: skip
     measured = measure_step(spec, t, steps=1)
-    sc = Scenario("t", spec, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t, ParallelSpec())
-    st = estimate_memory(sc).stages[0]
+    st = estimate_stage(spec, t)
     ws = max((b for _, b in st.recompute_working_set_bytes), default=0)
     saved = dict(st.memory_bytes)["activations"] - ws
     assert saved == pytest.approx(measured.activation_bytes, rel=0.01)
@@ -219,9 +210,7 @@ def test_relu_mlp_saves_one_tensor_fewer_than_gelu(precision: str) -> None:
     for kind in ("gelu", "relu", "relu2"):
         m = replace(spec, mlp=kind)
         measured = measure_step(m, t, steps=1).activation_bytes
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        predicted = dict(estimate_memory(sc).stages[0].memory_bytes)["activations"]
+        predicted = dict(estimate_stage(m, t).memory_bytes)["activations"]
         by_kind[kind] = (measured, predicted)
     one_tensor = spec.layers * 2 * 128 * spec.ffn_hidden * e  # layers · b · s · f · e
     assert by_kind["gelu"][0] - by_kind["relu"][0] == one_tensor
@@ -254,9 +243,7 @@ def test_parallel_residual_saves_the_block_input_once(precision: str) -> None:
     for parallel in (False, True):
         m = replace(spec, parallel_residual=parallel)
         measured = measure_step(m, t, steps=1).activation_bytes
-        sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t,
-                      ParallelSpec())  # fmt: skip
-        got[parallel] = (measured, dict(estimate_memory(sc).stages[0].memory_bytes)["activations"])
+        got[parallel] = (measured, dict(estimate_stage(m, t).memory_bytes)["activations"])
     one = spec.layers * 2 * 128 * spec.hidden * 4  # the residual stream is fp32 in both
     assert got[False][0] - got[True][0] == one
     assert got[False][1] - got[True][1] == one

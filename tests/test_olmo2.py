@@ -10,10 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from reference_pairs import LLAMA_TINY
 
 from simtrain.costs.compute import FUSED_OP_ACCESSES, block_elementwise_bytes
 from simtrain.errors import ConfigError
-from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config, validate_model
+from simtrain.spec.model import PRESETS, from_hf_config, validate_model
 from simtrain.spec.scenario import TrainingSpec
 
 HF = Path(__file__).parent / "data" / "hf"
@@ -60,8 +61,7 @@ def test_checks() -> None:
     assert ei.value.key == "model.qk_norm_width"
 
 
-LLAMA = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
-                  tied_embeddings=False, positions="rotary", bias=False, norm="rmsnorm")  # fmt: skip
+LLAMA = LLAMA_TINY
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])

@@ -10,12 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from simtrain.costs import op_sac
+from simtrain.costs import comm, op_sac
 from simtrain.costs.activations import layer_activation_bytes, recompute_working_set_bytes
 from simtrain.costs.compute import block_flops, chunk_costs
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.workload import tp_recompute_ns
+from simtrain.costs.workload import tp_recompute_block
 from simtrain.errors import ConfigError
+from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import ModelSpec, preset
 from simtrain.spec.scenario import (
@@ -148,11 +149,16 @@ def test_tp_recompute_replays_the_all_gathers_only() -> None:
     hw = load_hardware("h100_sxm5_80gb")
     p = ParallelSpec(tp=8, sequence_parallel=True)
     sc = Scenario("t", LLAMA3_8B, hw, ClusterSpec(1, 8), _t(), p)
-    assert tp_recompute_ns(sc, 3, 100) == 300
-    assert tp_recompute_ns(replace(sc, parallelism=replace(p, sequence_parallel=False)), 3,
-                           100) == 600  # fmt: skip
-    assert tp_recompute_ns(replace(sc, training=_t("full")), 3, 100) == 600
-    assert tp_recompute_ns(replace(sc, training=_t("selective")), 3, 100) == 0
+    step = resolve(sc)
+    ag, rs = comm.tp_halves_ns(sc, step)
+    ar = comm.tp_allreduce_ns(sc, step)
+    assert abs(2 * ag - ar) <= 1  # (a ring all-reduce: twice an all-gather's bytes and steps)
+    assert tp_recompute_block(sc, step, 3) == (3 * 2 * ag, 0)  # the two gathers
+    no_sp = replace(sc, parallelism=replace(p, sequence_parallel=False))
+    assert tp_recompute_block(no_sp, resolve(no_sp), 3) == (3 * 2 * ar, 0)
+    # full: the forward's four collectives (two gathers, two reduce-scatters); selective none
+    assert tp_recompute_block(replace(sc, training=_t("full")), step, 3) == (3 * 2 * (ag + rs), 0)
+    assert tp_recompute_block(replace(sc, training=_t("selective")), step, 3) == (0, 0)
 
 
 def test_recompute_working_set_leaves_out_the_kept_storages() -> None:

@@ -5,18 +5,16 @@ saved bytes (measured on the CPU)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hf_configs import HF, write_config
 
 from simtrain.costs.params import head_param_tensors
 from simtrain.errors import ConfigError
 from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config
 from simtrain.spec.scenario import PeftSpec, TrainingSpec
-
-HF = Path(__file__).parent / "data" / "hf"
 
 
 @pytest.mark.parametrize(("file", "total"), [
@@ -42,9 +40,7 @@ def test_fields() -> None:
 
 def test_rotary_dimensions_are_whole(tmp_path: Path) -> None:
     """A factor that does not divide the head is truncated as PhiAttention truncates it."""
-    cfg = {**json.loads((HF / "phi-2.json").read_text()), "partial_rotary_factor": 0.33}
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
+    p = write_config(tmp_path, "phi-2.json", {"partial_rotary_factor": 0.33})
     assert from_hf_config(p).rotary_fraction == int(80 * 0.33) / 80
 
 
@@ -54,9 +50,7 @@ def test_rotary_dimensions_are_whole(tmp_path: Path) -> None:
     ({"partial_rotary_factor": 0.0}, "partial_rotary_factor"),
 ])  # fmt: skip
 def test_what_phi_cannot_say(tmp_path: Path, change: dict, key: str) -> None:
-    cfg = {**json.loads((HF / "phi-2.json").read_text()), **change}
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps(cfg))
+    p = write_config(tmp_path, "phi-2.json", change)
     with pytest.raises(ConfigError) as ei:
         from_hf_config(p)
     assert ei.value.key == key

@@ -331,7 +331,7 @@ def test_tied_embedding_sync_size_and_link() -> None:
     element under a runtime that reduces in fp32, grad_reduce_dtype fp32: nanotron's); an
     untied model with a multi-token-prediction module (Megatron-Core reduces that module's
     embedding with the first stage's) has it too."""
-    from simtrain.costs import comm
+    from simtrain.costs import group_comm
     from simtrain.costs.collectives import node_links
 
     base = ["model.preset=gpt3-2.7b", "parallelism.pp=4", "parallelism.dp=1",
@@ -342,7 +342,7 @@ def test_tied_embedding_sync_size_and_link() -> None:
     intra, inter = node_links(sc.hardware)
     want = coll_ring_ns(size, intra)
     assert (first, last) == (0, 3) and abs(one_node - want) <= 1
-    assert comm.pair_all_reduce_ns(sc, step, size, 0, 3) == one_node
+    assert group_comm.pair_all_reduce_ns(sc, step, size, 0, 3) == one_node
     sc2, (_, _, two_nodes) = _tied_sync([*base, "parallelism.tp=2", "cluster.nodes=2",
                                          "cluster.gpus_per_node=4"])  # fmt: skip
     assert abs(two_nodes - coll_ring_ns(size, inter)) <= 1 and two_nodes > one_node

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hf_configs import DATA, DROP, write_config
 
 from simtrain.costs.compute import (
     block_flops,
@@ -21,8 +22,6 @@ from simtrain.costs.compute import (
 from simtrain.errors import ConfigError
 from simtrain.spec.model import PRESETS, from_hf_config, validate_model
 from simtrain.spec.scenario import parse_scenario
-
-DATA = Path(__file__).parent / "data"
 
 
 def test_window_keys() -> None:
@@ -65,7 +64,8 @@ def test_kernel_flops_and_time_shrink_with_the_window() -> None:
     bf = block_flops(full.model, t)
     f_full, _ = flash_kernel_flops(bf.attention_core, t)
     f_win, b_win = flash_kernel_flops(bf.attention_core, t, 1024)
-    assert f_win / f_full == pytest.approx(window_keys(8192, 1024) / 4096)
+    # (1,024 - 1,024²/16,384) / 4,096 = 960 / 4,096
+    assert f_win / f_full == pytest.approx(0.234375) == window_keys(8192, 1024) / 4096
     assert b_win == pytest.approx(2.5 * f_win)
     a = flash_core(full, t, bf, "bf16", True)
     b = flash_core(slide, t, bf, "bf16", True, sliding_share(slide.model, 1, 0))
@@ -147,8 +147,7 @@ def test_configs(file: str, want: tuple) -> None:
 def test_config_windows(tmp_path: Path, file: str, change: dict, key) -> None:
     """layer_types every n-th full is read (all full: no window on any layer: n = 1); another
     pattern, a Qwen use_sliding_window and a window of 0 are errors naming the field."""
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps({**json.loads((DATA / file).read_text()), **change}))
+    p = write_config(tmp_path, DATA / file, change)
     if key is None:
         m = from_hf_config(p)
         assert m.full_attention_every == 1 and m.sliding_layers_in(0, m.layers) == 0
@@ -210,7 +209,17 @@ def test_mfu_and_hardware_flops_follow_the_window() -> None:
     full = parse_scenario({**base, "model": {**base["model"], "sliding_window": 0}}, "l.yaml")
     mm, mf = simulate_scenario(masked).metrics, simulate_scenario(full).metrics
     assert mm.step_time_s == mf.step_time_s and mm.tflops_per_gpu == mf.tflops_per_gpu
-    assert mm.mfu < mf.mfu  # the same time, the window's (smaller) model FLOPs
+    # The same time, so MFU moves by the model FLOPs alone: the causal count less, in each of
+    # 4 layers, the core's 4·s²·h (forward once, input gradient twice) times the share of its
+    # causal half a 128-key window leaves out, 1 - (w - w²/2s)/(s/2).
+    from simtrain.costs.compute import model_flops_per_step
+
+    s, w = 131072, 128
+    saving = 1 - (w - w * w / (2 * s)) / (s / 2)
+    window_off = 4 * 3 * (4 * s * s * 4096) * saving
+    ratio = 1 - window_off / model_flops_per_step(full)
+    assert 0.2 < ratio < 0.3  # (the window removes three quarters of these layers' work)
+    assert mm.mfu / mf.mfu == pytest.approx(ratio, rel=1e-9)
 
 
 def test_pytorch_eager_masks_the_window() -> None:
@@ -236,10 +245,8 @@ def test_measure_refuses_a_windowed_flash_kernel() -> None:
 
 def test_config_defaults_where_absent(tmp_path: Path) -> None:
     """MistralConfig's sliding_window default (4,096) where the field is absent; null: none."""
-    cfg = json.loads((DATA / "mistral_config.json").read_text())
-    p = tmp_path / "config.json"
-    del cfg["sliding_window"]
-    p.write_text(json.dumps(cfg))
+    p = write_config(tmp_path, DATA / "mistral_config.json", {"sliding_window": DROP})
+    cfg = json.loads(p.read_text())
     assert from_hf_config(p).sliding_window == 4096
     p.write_text(json.dumps({**cfg, "sliding_window": None}))
     assert from_hf_config(p).sliding_window == 0

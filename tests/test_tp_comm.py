@@ -621,7 +621,7 @@ def test_parallel_residual_forward_reduces_once() -> None:
     gpt_j_residual); the backward keeps two (each branch's input copy), and a full recompute
     replays the forward's one."""
     from simtrain.costs.comm import tp_backward_block, tp_forward_block
-    from simtrain.costs.workload import tp_recompute_ns
+    from simtrain.costs.workload import tp_recompute_block
 
     seq = _runtime(scenario(8, sp=False), tp_comm_overlap=False)
     par = replace(seq, model=replace(seq.model, parallel_residual=True))
@@ -632,8 +632,8 @@ def test_parallel_residual_forward_reduces_once() -> None:
     assert tp_forward_block(par, step) == (ar, 0)
     assert tp_backward_block(par, step) == tp_backward_block(seq, step)
     full = replace(par, training=replace(par.training, recompute="full"))
-    assert tp_recompute_ns(full, 3, ar) == 3 * ar
-    assert tp_recompute_ns(replace(full, model=seq.model), 3, ar) == 6 * ar
+    assert tp_recompute_block(full, step, 3) == (3 * ar, 0)
+    assert tp_recompute_block(replace(full, model=seq.model), step, 3) == (6 * ar, 0)
     # with sequence parallelism the all-gather / reduce-scatter pairs stay per branch
     sp = _runtime(scenario(8, sp=True), tp_comm_overlap=False)
     sp_par = replace(sp, model=replace(sp.model, parallel_residual=True))
@@ -750,6 +750,7 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
     ag16, rs = tp_halves_ns(sc, step)
     ag8 = round(1e9 * _nccl(sc, "all_gather", values, 8, 8))
     assert ag8 < ag16
+    assert rs == round(1e9 * _nccl(sc, "reduce_scatter", 2 * values, 8, 8))  # bf16, 2 B a value
     for mlp in (False, True):
         assert tp_input_gather_ns(sc, step, mlp) == tp_grad_gather_ns(sc, step, mlp) == ag8
     assert tp_forward_block(sc, step) == (2 * (ag8 + rs), 0)

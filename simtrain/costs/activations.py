@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from simtrain.costs import op_sac
-from simtrain.costs.fp8 import fp8_copy_bytes, is_te
+from simtrain.costs.fp8 import fp8_copy_bytes, is_te, torchao_tp_float8
 from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
@@ -237,7 +237,7 @@ def _qk_norms(c: _Block) -> None:
     norms' dtype (an fp32 copy under autocast), and an fp32 rstd per row it normalises: per
     token and head (``qk_norm_width`` "head") or per token ("full")."""
     m = c.m
-    if not m.qk_norm or m.is_mla:
+    if not m.qk_norm:  # (none on MLA: spec.model refuses them)
         return
     sb, tp = c.sb, c.tp
     c.add("q / k norm inputs", c.en * sb * (m.q_dim + m.kv_dim) / tp, f"{c.en}·sb(q+kv)/t")
@@ -432,11 +432,11 @@ def tp_gathered_input_bytes(precision: str, tp_saves_gathered_input: bool) -> in
     on, and autograd saves, that whole b·s·h tensor. With torchao float8 tensorwise
     (``PrepareFloat8ModuleInput``, ``Float8ColwiseParallel``: 9dec370a l.147-160; 820504e
     ``enable_float8_tensorwise_tp`` only for tensorwise) the input is cast before the
-    all-gather and the float8 tensor is what is saved: 1 B; other precisions the activation
-    dtype."""
+    all-gather and the float8 tensor is what is saved: 1 B (``costs.fp8.torchao_tp_float8``);
+    other precisions the activation dtype."""
     if not tp_saves_gathered_input:
         return 0
-    return 1 if precision == "fp8_tensorwise" else PRECISIONS[precision].act_mm
+    return 1 if torchao_tp_float8(precision, True) else PRECISIONS[precision].act_mm
 
 
 def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
-from simtrain.costs.activations import tp_gathered_input_bytes
 from simtrain.costs.compute import (
     head_edge,
     head_flops,
@@ -21,12 +20,11 @@ from simtrain.costs.compute import (
     tp_linear_group_ns,
     tp_pairs_gemms,
 )
+from simtrain.costs.fp8 import fp8_copy_bytes, tp_gathers_fp8
 from simtrain.costs.group_comm import collective_ns
-from simtrain.costs.group_comm import pair_all_reduce_ns as pair_all_reduce_ns  # (re-exported)
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import ResolvedStep
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario, cp_rank_training
 
 #: More DDP buckets than this are merged into groups (see :func:`buckets`).
@@ -41,56 +39,31 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
 
 
-def _quantized_gather_ns(sc: Scenario, step: ResolvedStep) -> int:
-    """An all-gather of the b·s·h values of one micro-batch over the TP group in FP8 with a
-    per-tensor scale: 1 B per value (the one fp32 scale ignored)."""
+def tp_gather_ns(sc: Scenario, step: ResolvedStep, fp8: bool) -> int:
+    """The all-gather of one micro-batch's b·s·h values over the TP group: :func:`tp_halves_ns`'
+    in the activation dtype, or with ``fp8`` the quantized copy
+    (``costs.fp8.fp8_copy_bytes``: 1 B a value, the per-tensor scale ignored)."""
+    if not fp8:
+        return tp_halves_ns(sc, step)[0]
     g = step.groups
     values = step.boundary_bytes // step.precision.act_mm
-    return collective_ns(sc, step, "all_gather", values, g.tp, g.tp_stride)
-
-
-def _te_gathers_quantized(sc: Scenario, mlp: bool) -> bool:
-    """Transformer Engine with sequence parallelism all-gathers FP8 tensors: a LayerNormLinear
-    writes its norm's output in FP8 and gathers that, in the forward and again for the weight
-    gradient (TransformerEngine 0004dbd0 ``module/layernorm_linear.py``:
-    ``ln_out_dtype = torch.uint8 if (fp8 and not return_layernorm_output)``, then
-    ``gather_along_first_dim(ln_out, tp_group)``, and in the backward the same of the saved
-    ``ln_out``), and a row-parallel Linear casts its output gradient before gathering it
-    (``grad_output_preprocess``). The per-tensor recipes (delayed and current scaling) only:
-    how TE gathers MXFP8's and NVFP4's block-scaled copies is not read here (priced in the
-    activation dtype). Not an MoE block's MLP, whose tokens the dispatcher moves, nor an MLA
-    block's attention, whose down-projections are not these column-parallel linears (its
-    backward keeps two bf16 all-reduces' worth: :func:`tp_backward_block`)."""
-    recipe = PRECISIONS[sc.training.precision].fp8_recipe
-    m = sc.model
-    return (recipe in ("te_delayed", "te_current") and sc.parallelism.sequence_parallel
-            and not (m.is_moe if mlp else m.is_mla))  # fmt: skip
+    return collective_ns(sc, step, "all_gather", fp8_copy_bytes(values, step.precision), g.tp,
+                         g.tp_stride)  # fmt: skip
 
 
 def tp_input_gather_ns(sc: Scenario, step: ResolvedStep, mlp: bool = False) -> int:
     """The all-gather of a column-parallel linear group's input under sequence parallelism (the
-    attention's, or with ``mlp`` the MLP's): :func:`tp_halves_ns`' b·s·h all-gather, or its
-    FP8 form where the runtime gathers the quantized input: torchao's tensorwise float8 under
-    DTensor TP, whose float8 input the memory model saves
-    (``costs.activations.tp_gathered_input_bytes``; torchtitan 9dec370a
-    ``parallelize_llama.py`` l.147-160 ``PrepareFloat8ModuleInput`` and
-    ``Float8ColwiseParallel``, 820504e ``enable_float8_tensorwise_tp``), and Transformer
-    Engine's recipes (:func:`_te_gathers_quantized`). The gradients' reduce-scatters stay in
-    the activation dtype."""
-    torchao = tp_gathered_input_bytes(sc.training.precision, sc.runtime.tp_saves_gathered_input)
-    if torchao == 1 or _te_gathers_quantized(sc, mlp):
-        return _quantized_gather_ns(sc, step)
-    return tp_halves_ns(sc, step)[0]
+    attention's, or with ``mlp`` the MLP's), in FP8 where the runtime gathers the quantized
+    input (``costs.fp8.tp_gathers_fp8``; the gradients' reduce-scatters stay in the activation
+    dtype)."""
+    return tp_gather_ns(sc, step, tp_gathers_fp8(sc, mlp))
 
 
 def tp_grad_gather_ns(sc: Scenario, step: ResolvedStep, mlp: bool = False) -> int:
     """The backward all-gather of a row-parallel linear's output gradient under sequence
     parallelism (the attention's output projection, or with ``mlp`` the MLP's last linear): in
-    FP8 under Transformer Engine (:func:`_te_gathers_quantized`), else in the activation
-    dtype."""
-    if _te_gathers_quantized(sc, mlp):
-        return _quantized_gather_ns(sc, step)
-    return tp_halves_ns(sc, step)[0]
+    FP8 under Transformer Engine's per-tensor recipes (``costs.fp8.tp_gathers_fp8``)."""
+    return tp_gather_ns(sc, step, tp_gathers_fp8(sc, mlp, grad=True))
 
 
 def tp_allreduce_ns(sc: Scenario, step: ResolvedStep) -> int:

@@ -273,7 +273,7 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str, grad: 
         return None
     s = t.seq_len_effective
     rows = t.micro_batch * s * m.heads / sc.parallelism.tp
-    if sc.runtime.cp_attention == "a2a":  # one call of all s queries, heads/cp (costs.cp)
+    if sc.cp_all_to_all:  # one call of all s queries, heads/cp (costs.cp)
         s *= t.cp_shards
     peak = hw.compute_peak(dtype)
     d = m.head_dim
@@ -401,7 +401,8 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
         # reads two f-wide inputs and writes one
         per_token += (FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2) * f / tp
     per_token += FUSED_OP_ACCESSES["rotary"] * m.rotary_values(tp)  # (ModelSpec.rotary_values)
-    if m.qk_norm and not m.is_mla:  # the q and k norms: a read and a write of q and k
+    if m.qk_norm:  # the q and k norms (none on MLA: spec.model refuses them): q and k read
+        # and written once
         per_token += FUSED_OP_ACCESSES["rmsnorm"] * (m.q_dim + m.kv_dim) / tp
     fwd = e * b * s * per_token + attention_core_elementwise_bytes(m, t, tp)
     bwd = elementwise_backward_factor(e) * fwd
@@ -464,8 +465,10 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
 def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
     """Memory-bound bytes of one block's attention core for one micro-batch, without flash
     attention: scale, mask and softmax over the s x s scores (4 per score), the attention
-    dropout (+ 2.5) and soft-capping (+ 6: x/c, tanh, x·c), in the activation dtype, over the
-    GPU's heads/t; 0 with flash attention (which caps in the kernel: flash-attn's softcap)."""
+    dropout (+ 2.5) and soft-capping (+ 6: x/c, tanh, x·c, each a read and a write, as
+    transformers 4.46 Gemma2's eager_attention_forward runs them: counted from the code, not
+    measured), in the activation dtype, over the GPU's heads/t; 0 with flash attention (which
+    caps in the kernel: flash-attn's softcap)."""
     if m.flash_attention:
         return 0.0
     e = PRECISIONS[t.precision].act_mm
@@ -481,6 +484,8 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     one read and one write of a logit backward, in the matmul dtype. Gathered: the standard
     loss over the whole vocabulary on every TP rank."""
     # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
+    # (Gemma2ForCausalLM.forward, transformers 4.46: logits / cap, tanh, * cap; counted from the
+    # code, not measured)
     e = PRECISIONS[t.precision].act_mm
     cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
            / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
@@ -808,9 +813,9 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     # FLOPs counted as executed: the windowed layers' core is not computed whole
     skip = bf.attention_core * window_core_saving(m, t, sliding) if fa else 0.0
     if PRECISIONS[t.precision].gemm_dtype:
-        return _fp8_chunk_costs(
-            sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo, (e_f, e_i, e_w), fa, skip
-        )
+        fp8 = _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo,
+                               (e_f, e_i, e_w), fa)  # fmt: skip
+        return _as_executed(fp8, skip, t.recompute)
     g = bf.grouped  # the routed experts' grouped GEMMs: as many FLOPs in I and in W (if trained)
     fa_f, fa_i, fa_fns, fa_ins = astuple(fa or NO_FLASH)
     fwd_ns = matmul_ns(fwd_f - fa_f, hw, dtype, g, e_f) + fa_fns + memory_bound_ns(ew, hw)
@@ -840,17 +845,34 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
     # allocated and freed at one instant, which the trace never saw.
-    return StageCosts(
+    costs = StageCosts(
         forward_ns=math.ceil(fwd_ns),
         input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns),
         recompute_ns=math.ceil(rec_ns),
-        forward_flops=fwd_f - skip,
-        backward_flops=i_f + w_f - (2 * skip if i_f else 0.0),
-        recompute_flops=rec_f - (skip if rec_f and t.recompute != "selective_op" else 0.0),
+        forward_flops=fwd_f,
+        backward_flops=i_f + w_f,
+        recompute_flops=rec_f,
         ring_forward_ns=ring_ft,
         ring_backward_ns=ring_bt if grad else 0,
     )
+    return _as_executed(costs, skip, t.recompute)
+
+
+def _as_executed(c: StageCosts, skip: float, recompute: str) -> StageCosts:
+    """``c`` with its FLOPs as the kernels execute them: the windowed layers' core they do
+    not compute (``skip``: :func:`window_core_saving` of the chunk's core) out of the forward,
+    twice out of the backward (the input gradient's 2 x core) where gradients flow, and out
+    of a recompute that replays the attention (selective_op keeps SDPA's output)."""
+    if not skip:
+        return c
+    return replace(
+        c,
+        forward_flops=c.forward_flops - skip,
+        backward_flops=c.backward_flops - (2 * skip if c.backward_flops else 0.0),
+        recompute_flops=c.recompute_flops - (
+            skip if c.recompute_flops and recompute != "selective_op" else 0.0),
+    )  # fmt: skip
 
 
 def _chunk_cast_bytes(sc: Scenario, t: TrainingSpec, prec: Precision, layers: int,
@@ -888,7 +910,7 @@ def _selective_recompute_ns(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layer
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
                      ew: tuple[float, float], lo: int | None, edges: tuple[float, float, float],
-                     fa: FlashCore | None, skip: float = 0.0) -> StageCosts:  # fmt: skip
+                     fa: FlashCore | None) -> StageCosts:  # fmt: skip
     """:func:`chunk_costs` under an FP8 precision (costs.fp8), ``bf`` the chunk's blocks
     together (:func:`chunk_block_flops`), ``fa`` its attention core's FlashAttention kernels
     (:func:`flash_core`; None: GEMM-priced): the blocks' linear-layer GEMMs
@@ -947,12 +969,10 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
-    # (``skip``: the windowed layers' uncomputed core, chunk_costs' FLOPs as executed)
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns),
-        forward_flops=fwd_f - skip, backward_flops=i_f + w_f - (2 * skip if i_f else 0.0),
-        recompute_flops=rec_f - (skip if rec_f and t.recompute != "selective_op" else 0.0),
+        forward_flops=fwd_f, backward_flops=i_f + w_f, recompute_flops=rec_f,
         ring_forward_ns=ring_ft, ring_backward_ns=ring_bt if grad else 0,
     )  # fmt: skip
 

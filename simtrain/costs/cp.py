@@ -126,7 +126,8 @@ MIN_CP_TOKENS = 8192
 
 @dataclass(frozen=True, slots=True)
 class RingLayer:
-    """One layer's ring exchange on one GPU for one micro-batch (ns, fractional)."""
+    """One layer's context-parallel exchange on one GPU for one micro-batch (ns, fractional):
+    the ring's, PyTorch's all-gather or the all-to-all (the transfer and what is exposed)."""
 
     message_bytes: int  # K: one K/V chunk per TP rank
     forward_transfer_ns: float  # cp−1 messages of K
@@ -145,10 +146,15 @@ def ring_message_bytes(sc: Scenario) -> int:
     ``attention_repeat_kv`` every query head's (heads·head_dim). With multi-head latent
     attention K and V differ: K heads·(qk_nope + qk_rope), V heads·v_head_dim (TE's
     ``AttnFuncWithCPAndKVP2P`` sends ``torch.cat((k.view(-1), v.view(-1)))``)."""
+    return _rank_bytes(sc, sum(_kv_widths(sc)))
+
+
+def _rank_bytes(sc: Scenario, width: int) -> int:
+    """b·(s/cp)·width·e/tp: a tensor ``width`` values a token wide (over all TP ranks) of the
+    rank's s/cp tokens, on one TP rank, in the activation dtype around the matmuls (e)."""
     t, p = sc.training, sc.parallelism
     e = PRECISIONS[t.precision].act_mm
-    k, v = _kv_widths(sc)
-    return e * t.micro_batch * (t.seq_len // p.cp) * (k + v) // p.tp
+    return e * t.micro_batch * (t.seq_len // p.cp) * width // p.tp
 
 
 def _kv_widths(sc: Scenario) -> tuple[int, int]:
@@ -163,9 +169,7 @@ def _kv_widths(sc: Scenario) -> tuple[int, int]:
 def query_bytes(sc: Scenario) -> int:
     """Q = b·(s/cp)·heads·head_dim·e/tp: the rank's queries on one TP rank (and its attention
     output, and their 16-bit gradients)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
-    e = PRECISIONS[t.precision].act_mm
-    return e * t.micro_batch * (t.seq_len // p.cp) * m.q_dim // p.tp
+    return _rank_bytes(sc, sc.model.q_dim)
 
 
 def fp32_dkv_bytes(sc: Scenario) -> int:
@@ -178,9 +182,7 @@ def fp32_dkv_bytes(sc: Scenario) -> int:
 def attention_output_bytes(sc: Scenario) -> int:
     """O = b·(s/cp)·heads·v_head_dim·e/tp: the rank's attention output on one TP rank (the
     all-to-all's fourth tensor; ``ModelSpec.v_dim``)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
-    e = PRECISIONS[t.precision].act_mm
-    return e * t.micro_batch * (t.seq_len // p.cp) * m.v_dim // p.tp
+    return _rank_bytes(sc, sc.model.v_dim)
 
 
 def ring_link(sc: Scenario) -> coll.GroupLink:
@@ -201,7 +203,7 @@ def ring_layer(sc: Scenario, attention_forward_ns: float,
     backward = 2 * attention_forward_ns if attention_backward_ns is None else attention_backward_ns
     if sc.runtime.cp_attention == "torch_allgather":
         return _torch_allgather_layer(sc, attention_forward_ns, backward)
-    if sc.runtime.cp_attention == "a2a":
+    if sc.cp_all_to_all:
         return a2a_layer(sc)
     k = ring_message_bytes(sc)
     link = ring_link(sc)
@@ -250,8 +252,8 @@ def a2a_layer(sc: Scenario) -> RingLayer:
     p = sc.parallelism
     step = resolve(sc)
     k_w, v_w = _kv_widths(sc)
-    per_value = ring_message_bytes(sc) / (k_w + v_w)  # e·b·(s/cp)/tp
-    sizes = (query_bytes(sc), per_value * k_w, per_value * v_w, attention_output_bytes(sc))
+    sizes = (query_bytes(sc), _rank_bytes(sc, k_w), _rank_bytes(sc, v_w),
+             attention_output_bytes(sc))  # fmt: skip
     ns = float(sum(collective_ns(sc, step, "all_to_all", x, p.cp, step.groups.cp_stride)
                    for x in sizes))  # fmt: skip
     copies = 4.0 * sum(sizes)
@@ -264,6 +266,23 @@ def a2a_layer(sc: Scenario) -> RingLayer:
         forward_elementwise_bytes=copies,
         backward_elementwise_bytes=copies,
     )
+
+
+def exchange_labels(sc: Scenario) -> tuple[str, str]:
+    """The names of a forward's and of a backward's exchange in the timeline (the "cp" stream)."""
+    if sc.cp_all_to_all:
+        return "CP all-to-all Q, K, V, O", "CP all-to-all dO, dQ, dK, dV"
+    return "CP ring K/V", "CP ring K/V + dK/dV"
+
+
+def buffer_formula(sc: Scenario) -> str:
+    """:func:`cp_ring_buffer_bytes`' formula, as ``simtrain memory --explain`` prints it."""
+    if sc.runtime.cp_attention == "torch_allgather":
+        return (f"CP K/V all-gather and fp32 dQ, dK/dV buffers (costs.cp, "
+                f"K = {ring_message_bytes(sc):,} B)")  # fmt: skip
+    if sc.cp_all_to_all:
+        return "CP all-to-all copies of Q, K, V 2 x (Q + K)"
+    return f"CP ring K/V buffers max(cp, 4) x {ring_message_bytes(sc):,} B"
 
 
 def torch_elementwise_bytes(sc: Scenario) -> tuple[float, float]:
@@ -301,7 +320,7 @@ def cp_ring_buffer_bytes(sc: Scenario) -> int:
     if cp == 1:
         return 0
     k = ring_message_bytes(sc)
-    if sc.runtime.cp_attention == "a2a":
+    if sc.cp_all_to_all:
         return 2 * (query_bytes(sc) + k)
     if sc.runtime.cp_attention != "torch_allgather":
         return max(cp, 4) * k

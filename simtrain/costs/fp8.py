@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from math import ceil
 
 from simtrain.spec.model import ModelSpec, tp_split_shape
-from simtrain.spec.precision import Precision
+from simtrain.spec.precision import PRECISIONS, Precision
+from simtrain.spec.scenario import Scenario
 
 #: Bytes of a 16-bit operand read by a cast.
 _SRC = 2
@@ -120,6 +121,39 @@ def is_te(prec: Precision) -> bool:
     return prec.fp8_recipe.startswith("te_")
 
 
+#: Transformer Engine's recipes with one fp32 scale per tensor (delayed and current scaling).
+TE_PER_TENSOR = ("te_delayed", "te_current")
+
+
+def torchao_tp_float8(precision: str, tp_saves_gathered_input: bool) -> bool:
+    """torchao's tensorwise float8 under DTensor TP (runtime ``tp_saves_gathered_input``)
+    casts the norm's output before the all-gather: the gathered, saved input is float8
+    (torchtitan 9dec370a ``parallelize_llama.py`` l.147-160 ``PrepareFloat8ModuleInput``,
+    ``Float8ColwiseParallel``; 820504e ``enable_float8_tensorwise_tp`` only for tensorwise)."""
+    return tp_saves_gathered_input and precision == "fp8_tensorwise"
+
+
+def tp_gathers_fp8(sc: Scenario, mlp: bool = False, grad: bool = False) -> bool:
+    """Does a TP all-gather under sequence parallelism carry FP8 (the attention's, or with
+    ``mlp`` the MLP's; with ``grad`` a row-parallel linear's output-gradient gather)?
+    torchao's tensorwise TP its inputs (:func:`torchao_tp_float8`); Transformer Engine's
+    per-tensor recipes both: a LayerNormLinear writes its norm's output in FP8 and gathers
+    that, in the forward and again for the weight gradient (TransformerEngine 0004dbd0
+    ``module/layernorm_linear.py``: ``ln_out_dtype = torch.uint8 if (fp8 and not
+    return_layernorm_output)``, then ``gather_along_first_dim(ln_out, tp_group)``, and in the
+    backward the same of the saved ``ln_out``), and a row-parallel Linear casts its output
+    gradient before gathering it (``grad_output_preprocess``). How TE gathers MXFP8's and
+    NVFP4's block-scaled copies is not read here (the activation dtype). Not an MoE block's
+    MLP, whose tokens the dispatcher moves, nor an MLA block's attention, whose
+    down-projections are not these column-parallel linears (its backward keeps two bf16
+    all-reduces' worth: ``costs.comm.tp_backward_block``)."""
+    t, m, rt = sc.training, sc.model, sc.runtime
+    if not grad and torchao_tp_float8(t.precision, rt.tp_saves_gathered_input):
+        return True
+    return (PRECISIONS[t.precision].fp8_recipe in TE_PER_TENSOR
+            and sc.parallelism.sequence_parallel and not (m.is_moe if mlp else m.is_mla))  # fmt: skip
+
+
 def fp8_copy_bytes(n: int, prec: Precision, weight: bool = False) -> int:
     """One quantized copy (row- or column-wise) of ``n`` values: 1 B each (FP4: 1/2 B), plus
     one scale byte per block for block-scaled recipes (MX: E8M0 per 32; NVFP4: E4M3 per 16, a
@@ -141,7 +175,7 @@ def weight_copies(prec: Precision, gpu_arch: str) -> int:
     both directions on every GPU (different scale blocks). torchao keeps none."""
     if prec.fp8_recipe in ("te_mxfp8", "te_nvfp4"):
         return 2
-    if prec.fp8_recipe in ("te_delayed", "te_current"):
+    if prec.fp8_recipe in TE_PER_TENSOR:
         return 1 if gpu_arch == "blackwell" else 2
     return 0
 
@@ -183,8 +217,10 @@ def linear_io_per_token(m: ModelSpec, tp: int = 1) -> list[tuple[int, int, int]]
 
 #: Bytes per output element of torchao's rowwise rescale (:func:`rowwise_rescale_bytes`): under
 #: torch.compile Inductor fuses the outer product of the scale vectors into the multiply, one read
-#: and one write of the 16-bit output; eager, ``a_inverse_scale * b_inverse_scale`` is first
-#: materialised as an fp32 M x N tensor (written, then read by the multiply): 2 + 2 + 4 + 4.
+#: and one write of the 16-bit output; eager, ``a_inverse_scale * b_inverse_scale`` (an (M, 1)
+#: by a (1, N) fp32 vector: PyTorch broadcasting makes the product an M x N fp32 tensor) is first
+#: materialised (written, then read by the multiply): 2 + 2 + 4 + 4. Counted from the code
+#: (pytorch/ao 36027d82 float8_ops.py l.47-85), not measured.
 RESCALE_BYTES = {"fused": 2 * _SRC, "eager": 2 * _SRC + 2 * _FP32}
 
 

@@ -276,7 +276,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     load = moe_load(m, p.ep)
     gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
     rkv = sc.runtime.attention_repeat_kv
-    a2a = p.cp > 1 and sc.runtime.cp_attention == "a2a"
+    a2a = sc.cp_all_to_all
     per_layer = layer_activation_bytes(m, t, tp, sp, load=load, gathered_input=gathered,
                                        repeat_kv=rkv, cp_a2a=a2a)  # fmt: skip
     saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,

@@ -99,14 +99,14 @@ def block_matmuls(m: ModelSpec) -> tuple[BlockMatmul, ...]:
     the attention output are ``q_dim`` wide (= h unless ``head_size`` sets heads x head_dim,
     Qwen3's 32 x 128 on h = 2,560)."""
     h, kv, f, q = m.hidden, m.kv_dim, m.ffn_hidden, m.q_dim
-    qb = m.bias or m.qkv_bias
+    qb = m.linear_has_bias("q")
     if m.qkv_layout == "separate":
         attn = [BlockMatmul("q", h, q, False, qb), BlockMatmul("k", h, kv, False, qb),
                 BlockMatmul("v", h, kv, False, qb)]  # fmt: skip
     else:
         attn = [BlockMatmul("qkv", h, q + 2 * kv, False, qb)]
-    attn.append(BlockMatmul("o", q, h, True, m.bias))
-    mb = m.bias or m.mlp_bias
+    attn.append(BlockMatmul("o", q, h, True, m.linear_has_bias("o")))
+    mb = m.linear_has_bias("up")
     if m.mlp == "swiglu":
         mlp = [BlockMatmul("gate", h, f, False, mb), BlockMatmul("up", h, f, False, mb)]
     else:

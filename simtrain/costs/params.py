@@ -76,21 +76,17 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     if m.is_mla:  # q_a_layernorm, kv_a_layernorm
         out += [ParamTensor(f"{n}_layernorm.weight", w, 1, full) for n, w in
                 (("q_a", m.q_lora_rank), ("kv_a", m.kv_lora_rank)) if w]  # fmt: skip
-    if m.qk_norm and m.qk_norm_width == "full":  # (OLMo 2: over the rank's q / k shard)
-        out += [ParamTensor("q_norm.weight", m.q_dim // tp, 1, full),
-                ParamTensor("k_norm.weight", m.kv_dim // tp, 1, full)]  # fmt: skip
-    elif m.qk_norm:
-        out += [ParamTensor("q_norm.weight", m.head_dim, 1, full),
-                ParamTensor("k_norm.weight", m.head_dim, 1, full)]  # fmt: skip
+    if m.qk_norm:  # (a full-width norm, OLMo 2's, over the rank's q / k shard)
+        split = tp if m.qk_norm_width == "full" else 1
+        out += [ParamTensor(f"{n}_norm.weight", w // split, 1, full)
+                for n, w in zip("qk", m.qk_norm_widths, strict=True)]  # fmt: skip
     if m.attention_sinks:
         out.append(ParamTensor("sinks", m.heads // tp, 1, full))
     for name, (fan_in, fan_out) in shapes.items():
         rows, cols = tp_split_shape(name, fan_in, fan_out, tp)
         is_col = name not in TP_ROW_PARALLEL and name not in TP_REPLICATED
         out.append(ParamTensor(f"{name}.weight", rows, cols, full, nf4=qlora, matmul=True))
-        has_bias = (m.bias or (m.qkv_bias and name in ("q", "k", "v"))
-                    or (m.mlp_bias and name in ("gate", "up", "down")))  # fmt: skip
-        if has_bias:
+        if m.linear_has_bias(name):
             out.append(ParamTensor(f"{name}.bias", fan_out // tp if is_col else fan_out, 1,
                                    bias_trainable))  # fmt: skip
         if peft.method in ("lora", "qlora") and name in peft.target_modules:
@@ -101,9 +97,7 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
             out.append(ParamTensor(f"{name}.lora_A", a_rows, r, True, matmul=True))
             out.append(ParamTensor(f"{name}.lora_B", r, b_cols, True, matmul=True))
     norm_cols = 2 if m.norm == "layernorm" else 1
-    # (one with a shared norm, none without pre-norms)
-    norms = ("norm1", "norm2")[: (1 if m.shared_norm else 2) if m.pre_norms else 0]
-    for norm in (*norms, *(("post_norm1", "post_norm2") if m.post_norms else ())):
+    for norm in m.block_norm_names:
         out.append(ParamTensor(f"{norm}.weight", m.hidden, 1, full))
         if norm_cols == 2:
             out.append(ParamTensor(f"{norm}.bias", m.hidden, 1, bias_trainable))

@@ -17,7 +17,9 @@ from simtrain.costs.compute import (
     optimizer_step_ns,
     tp_pairs_gemms,
 )
+from simtrain.costs.cp import exchange_labels
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
+from simtrain.costs.group_comm import pair_all_reduce_ns
 from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
 from simtrain.costs.memory import (
     MemoryReport,
@@ -160,39 +162,24 @@ def with_tp(pooled: bool, compute_ns: int, tp_ns: int) -> int:
 
 
 def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[int, int]:
-    """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays
-    (:func:`tp_recompute_ns`): a full recompute's four collectives paired with the replayed
-    GEMMs as the forward's where ``costs.compute.tp_pairs_gemms``; a selective_op one's
-    all-gathers exposed (the k, o and up projections it replays, ``costs.op_sac``, are not the
-    whole GEMM groups those gathers feed)."""
-    ar, rs = comm.tp_allreduce_ns(sc, step), comm.tp_halves_ns(sc, step)[1]
-    # the mean of the attention's and the MLP's input gathers (either may be FP8)
-    ag = (comm.tp_input_gather_ns(sc, step) + comm.tp_input_gather_ns(sc, step, mlp=True)) / 2
-    plain = tp_recompute_ns(sc, layers, ar, ag, rs)
-    if not plain or sc.training.recompute != "full" or not tp_pairs_gemms(sc):
-        return plain, 0
-    e, h = comm.tp_forward_block(sc, step)
-    return layers * e, layers * h
-
-
-def tp_recompute_ns(sc: Scenario, layers: int, ar: int, ag: float | None = None,
-                    rs: float | None = None) -> int:  # fmt: skip
-    """TP collectives the recompute replays: full, the block's two all-reduces (``ar``), with
-    sequence parallelism their halves, two input all-gathers (``ag`` each, their mean:
-    ``comm.tp_input_gather_ns``, FP8 where the forward gathers FP8) and two
-    reduce-scatters (``rs``; both ``ar``/2 when not given); selective_op (costs.op_sac), the
-    same without sequence parallelism (all-reduce is not in torchtitan's ``_save_list``), and
-    with it only the two all-gathers (its reduce-scatter outputs are saved)."""
-    ag = ar / 2 if ag is None else ag
-    rs = ar / 2 if rs is None else rs
-    t, p = sc.training, sc.parallelism
-    if t.recompute == "full" and not p.sequence_parallel:  # the replayed forward's
-        return comm.forward_allreduces(sc) * layers * ar
-    if t.recompute == "selective_op" and not p.sequence_parallel:
-        return 2 * layers * ar
+    """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays: a full
+    recompute replays the forward's collectives as the forward runs them
+    (``comm.tp_forward_block``: paired with the replayed GEMMs where
+    ``costs.compute.tp_pairs_gemms``); a selective_op one (``costs.op_sac``) the block's two
+    all-reduces without sequence parallelism (all-reduce is not in torchtitan's
+    ``_save_list``), with it only the attention's and the MLP's input all-gathers (the
+    reduce-scatters' outputs are saved), exposed (the k, o and up projections it replays are
+    not the whole GEMM groups those gathers feed); none other."""
+    t = sc.training
     if t.recompute == "full":
-        return round(2 * layers * (ag + rs)) if ar else 0
-    return round(2 * layers * ag) if t.recompute == "selective_op" and ar else 0
+        e, h = comm.tp_forward_block(sc, step)
+        return layers * e, layers * h
+    if t.recompute != "selective_op" or step.groups.tp == 1:
+        return 0, 0
+    if not sc.parallelism.sequence_parallel:
+        return 2 * layers * comm.tp_allreduce_ns(sc, step), 0
+    gathers = comm.tp_input_gather_ns(sc, step) + comm.tp_input_gather_ns(sc, step, mlp=True)
+    return layers * gathers, 0
 
 
 def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
@@ -575,7 +562,7 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
     ``sync_tied_weights_gradients`` after the DP sync) and DeepSpeed's pipeline engine
     (38327e07f pipe/schedule.py l.239: ``ReduceTiedGrads`` just before ``ReduceGrads``, the
     same sum of two collectives before the step) all run it. Priced as a two-GPU all-reduce
-    (``comm.pair_all_reduce_ns``), not on the shared NIC."""
+    (``group_comm.pair_all_reduce_ns``), not on the shared NIC."""
     m, t = sc.model, sc.training
     shared = m.tied_embeddings or trained_mtp_modules(m, t) > 0
     if step.pp == 1 or not shared or not base_trainable(t.peft.method, t.peft.phase):
@@ -587,7 +574,7 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
         return None
     first, last = ends
     size = m.vocab // step.groups.tp * m.hidden * wire_grad_bytes(sc, step)
-    ns = comm.pair_all_reduce_ns(sc, step, size, first, last)
+    ns = pair_all_reduce_ns(sc, step, size, first, last)
     return (first, last, ns) if ns else None
 
 
@@ -680,7 +667,7 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          p2p_polled=polled,
                          recompute_gathers=sc.training.recompute != "selective",
                          tied_embedding_sync=tied_embedding_sync(sc, step),
-                         cp_a2a=sc.runtime.cp_attention == "a2a")  # fmt: skip
+                         cp_labels=exchange_labels(sc))  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

@@ -7,7 +7,7 @@ computes nothing of its own but the text.
 from __future__ import annotations
 
 from simtrain.costs import op_sac
-from simtrain.costs.cp import cp_ring_buffer_bytes, ring_message_bytes
+from simtrain.costs.cp import buffer_formula, cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
 from simtrain.costs.memory import (
     MemoryReport,
@@ -260,15 +260,9 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         lines.append(f"  NCCL connection buffers ({', '.join(sc.runtime.nccl_communicators)}; "
                      f"device-level memory) = {_gb(b.nccl_bytes)} of buffers")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
-    k = ring_message_bytes(sc) if ring else 0
-    mode = sc.runtime.cp_attention
-    cp_text = (f"; CP K/V all-gather and fp32 dQ, dK/dV buffers (costs.cp, K = {k:,} B) = "
-               f"{_gb(ring)}" if mode == "torch_allgather"
-               else f"; CP all-to-all copies of Q, K, V 2 x (Q + K) = {_gb(ring)}"
-               if mode == "a2a"
-               else f"; CP ring K/V buffers max(cp, 4) x {k:,} B = {_gb(ring)}")  # fmt: skip
+    cp_text = f"; {buffer_formula(sc)} = {_gb(ring)}" if ring else ""
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
-                 "communication" + (cp_text if ring else "") + ")")  # fmt: skip
+                 "communication" + cp_text + ")")  # fmt: skip
     lines.append(f"  CUDA context     = {_gb(hw.cuda_context_bytes)} ({hw.display_name} profile)")
     if b.loss_before_recompute:
         lines.append("  the loss working memory is freed before recompute re-materialises a "

@@ -256,18 +256,47 @@ class ModelSpec:
             return hi - lo
         return (hi - lo) - (hi // n - lo // n)  # minus the layers i with (i + 1) % n == 0
 
+    def layer_signature(self, lo: int, hi: int) -> tuple[int, ...]:
+        """What makes blocks lo .. hi-1 cost other than as many blocks elsewhere: their dense
+        (not MoE) blocks and their sliding-window ones. Two chunks of as many layers with the
+        same signature (and the same embedding / head) cost the same: the planner's cache key;
+        a new kind of per-layer difference belongs here."""
+        return self.dense_layers_in(lo, hi), self.sliding_layers_in(lo, hi)
+
+    @property
+    def qk_norm_widths(self) -> tuple[int, int]:
+        """The q and k norms' weights (``qk_norm``; (0, 0) without): head_dim each, applied per
+        head, or q_dim and kv_dim over the whole projections (``qk_norm_width`` "full")."""
+        if not self.qk_norm:
+            return 0, 0
+        if self.qk_norm_width == "full":
+            return self.q_dim, self.kv_dim
+        return self.head_dim, self.head_dim
+
     @property
     def qk_norm_params(self) -> int:
-        """The q and k norms' weights (``qk_norm``): head_dim each per head, or q_dim + kv_dim
-        over the whole projections (``qk_norm_width`` "full")."""
-        return self.q_dim + self.kv_dim if self.qk_norm_width == "full" else 2 * self.head_dim
+        """The q and k norms' weights together (:attr:`qk_norm_widths`)."""
+        return sum(self.qk_norm_widths)
+
+    @property
+    def block_norm_names(self) -> tuple[str, ...]:
+        """A block's norms: ``norm1``, ``norm2`` before the attention and the MLP (only
+        ``norm1`` with a ``shared_norm``, none without ``pre_norms``), ``post_norm1``,
+        ``post_norm2`` after them with ``post_norms``."""
+        pre = ("norm1",) if self.shared_norm else ("norm1", "norm2")
+        return (pre if self.pre_norms else ()) + (
+            ("post_norm1", "post_norm2") if self.post_norms else ())  # fmt: skip
 
     @property
     def norms_per_block(self) -> int:
-        """Norms in a block: 2 (before the attention and before the MLP), 1 with a
-        ``shared_norm``, none without ``pre_norms``; 2 more with ``post_norms``."""
-        pre = (1 if self.shared_norm else 2) if self.pre_norms else 0
-        return pre + (2 if self.post_norms else 0)
+        """Norms in a block (:attr:`block_norm_names`)."""
+        return len(self.block_norm_names)
+
+    def linear_has_bias(self, name: str) -> bool:
+        """Does the dense linear ``name`` (q, k, v, o, gate, up, down) carry a bias? Every one
+        with ``bias``; q, k, v with ``qkv_bias``; the MLP's with ``mlp_bias``."""
+        return (self.bias or (self.qkv_bias and name in ("q", "k", "v"))
+                or (self.mlp_bias and name in ("gate", "up", "down")))  # fmt: skip
 
     @property
     def norm_params(self) -> int:
@@ -288,8 +317,7 @@ class ModelSpec:
             biases = q + 2 * kv + h
         elif self.qkv_bias:
             biases = q + 2 * kv
-        extra = (self.qk_norm_params if self.qk_norm else 0) + (self.heads if self.attention_sinks
-                                                                else 0)  # fmt: skip
+        extra = self.qk_norm_params + (self.heads if self.attention_sinks else 0)
         return weights + biases + extra
 
     def _mla_params(self) -> int:
@@ -326,7 +354,7 @@ class ModelSpec:
         biases); f defaults to ``ffn_hidden`` (one expert: ``expert_ffn``)."""
         h = self.hidden
         f = self.ffn_hidden if f is None else f
-        biased = self.bias or self.mlp_bias
+        biased = self.linear_has_bias("up")
         if self.mlp == "swiglu":
             return 3 * h * f + ((2 * f + h) if biased else 0)
         return 2 * h * f + ((f + h) if biased else 0)
@@ -508,6 +536,13 @@ def _olmo2(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
     )
 
 
+def _phi(name: str, layers: int, hidden: int, rotary_fraction: float) -> ModelSpec:
+    """Phi-1.5 / Phi-2 (HF microsoft/phi-*, model_type phi): see the presets' comment."""
+    return ModelSpec(name, layers, hidden, 32, 32, 4 * hidden, 51200, 2048, positions="rotary",
+                     tied_embeddings=False, parallel_residual=True, shared_norm=True,
+                     head_bias=True, rotary_fraction=rotary_fraction)  # fmt: skip
+
+
 def _falcon(name: str, layers: int, hidden: int, heads: int, kv_heads: int,
             shared_norm: bool = False) -> ModelSpec:  # fmt: skip
     """Falcon (HF tiiuae/falcon-*, model_type falcon): see the presets' comment."""
@@ -588,11 +623,8 @@ PRESETS.update({
     # phi): GeLU 4h, biases (the LM head's too), one LayerNorm for attention and MLP in
     # parallel, rotary on half / 0.4 of each head, untied, vocab 51,200, sequence 2,048;
     # 1,418,270,720 / 2,779,683,840 parameters (transformers' PhiForCausalLM).
-    "phi-1.5": replace(_falcon("phi-1.5", 24, 2048, 32, 32, shared_norm=True), vocab=51200,
-                       bias=True, head_bias=True, tied_embeddings=False, rotary_fraction=0.5),
-    "phi-2": replace(_falcon("phi-2", 32, 2560, 32, 32, shared_norm=True), vocab=51200,
-                     bias=True, head_bias=True, tied_embeddings=False, rotary_fraction=0.4,
-                     dropout=0.1, attention_dropout=False),
+    "phi-1.5": _phi("phi-1.5", 24, 2048, 0.5),
+    "phi-2": replace(_phi("phi-2", 32, 2560, 0.4), dropout=0.1, attention_dropout=False),
     "falcon-7b": _falcon("falcon-7b", 32, 4544, 71, 1, shared_norm=True),
     "falcon-40b": _falcon("falcon-40b", 60, 8192, 128, 8),
     "falcon-180b": _falcon("falcon-180b", 80, 14848, 232, 8),
@@ -972,14 +1004,13 @@ def _hf_sliding(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, int]:
                               "model.full_attention_every puts full layers periodically",
                               True)  # fmt: skip
         return {}
+    if kind not in _SLIDING_KINDS:
+        return {}
     # (the configuration classes' defaults where the field is absent: MistralConfig's 4,096,
     # GptOssConfig's 128, none for the others; null: no window)
-    w = cfg.get("sliding_window", {"mistral": 4096, "gpt_oss": 128}.get(kind))
-    if kind not in _SLIDING_KINDS or w is None:
+    w = _hf_window(cfg, {"mistral": 4096, "gpt_oss": 128}.get(kind), path)
+    if w is None:
         return {}
-    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-        raise ConfigError(str(path), "sliding_window", "must be a positive integer (or null: "
-                          "no window)", w)  # fmt: skip
     if kind != "gpt_oss":
         return {"sliding_window": w}
     types = cfg.get("layer_types")
@@ -1016,12 +1047,9 @@ def _hf_gemma2(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if gemma3 and _hf_bool(cfg, "use_bidirectional_attention", False, path):
         raise ConfigError(str(path), "use_bidirectional_attention", "true (attention that is "
                           "not causal) is not expressible", True)  # fmt: skip
-    w = cfg.get("sliding_window", 4096)
+    w = _hf_window(cfg, 4096, path)
     if w is None:
         return out
-    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-        raise ConfigError(str(path), "sliding_window", "must be a positive integer (or "
-                          "null: no window)", w)  # fmt: skip
     every = 2
     if gemma3:
         every = cfg.get("sliding_window_pattern", 6)
@@ -1031,6 +1059,16 @@ def _hf_gemma2(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cfg.get("layer_types") is not None:  # Gemma2Config / Gemma3TextConfig (4.57) use it
         every = _full_every(cfg["layer_types"], int(cfg["num_hidden_layers"]), path)
     return {**out, "sliding_window": w, "full_attention_every": every}
+
+
+def _hf_window(cfg: dict[str, Any], default: int | None, path: Path) -> int | None:
+    """``sliding_window`` of a config: a positive integer, None where it is null (no window) or
+    absent with no ``default`` (the configuration class's)."""
+    w = cfg.get("sliding_window", default)
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+        raise ConfigError(str(path), "sliding_window", "must be a positive integer (or null: "
+                          "no window)", w)  # fmt: skip
+    return w
 
 
 def _full_every(types: Any, n_layers: int, path: Path) -> int:
@@ -1353,11 +1391,8 @@ def _hf_falcon(kind: str, cfg: dict[str, Any], path: Path, name: str, h: int,
     probs = att if alibi else 0.0
     resid = res if parallel else max(res, att)
     ffn = cfg.get("ffn_hidden_size")  # (null: 4 x hidden_size, as FalconConfig computes it
-    # from its hidden_size argument, which an n_embed does not set)
+    # from its hidden_size argument, which an n_embed does not set: its default, 4,544)
     ffn_default = 4 * int(cfg.get("hidden_size") or 4544)
-    if _hf_bool(cfg, "apply_residual_connection_post_layernorm", False, path):
-        raise ConfigError(str(path), "apply_residual_connection_post_layernorm", "true (the "
-                          "residual taken after the norm) is not expressible", True)  # fmt: skip
     spec = ModelSpec(
         name=name, layers=layers, hidden=h, heads=heads, kv_heads=kv_heads,
         ffn_hidden=ffn_default if ffn is None else int(ffn), vocab=int(cfg["vocab_size"]),

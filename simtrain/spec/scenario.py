@@ -349,6 +349,12 @@ class Scenario:
     def tokens_per_step(self) -> int:
         return self.training.global_batch * self.training.seq_len
 
+    @property
+    def cp_all_to_all(self) -> bool:
+        """Context parallelism runs as the all-to-all (cp > 1, runtime ``cp_attention: a2a``;
+        costs.cp), not as a ring."""
+        return self.parallelism.cp > 1 and self.runtime.cp_attention == "a2a"
+
 
 # ---------------------------------------------------------------------------------------------
 # Generic checks
@@ -816,7 +822,7 @@ def check_context_parallel(s: Scenario, file: str) -> None:
             "(Transformer Engine has no unfused context-parallel attention): set "
             "model.flash_attention: true, or cp: 1", p.cp,
         )  # fmt: skip
-    a2a = s.runtime.cp_attention == "a2a"
+    a2a = s.cp_all_to_all  # (cp > 1 here)
     if m.sliding_window and not a2a:
         raise ConfigError(
             file, "parallelism.cp", f"context parallelism with sliding-window attention runs "

@@ -159,12 +159,11 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     split = step.traits.split_backward  # I and W apart: the I action's collectives
     pooled = pooled_tp_overlap(sc, step)
     block = block_comm(sc, step)
-    cache: dict[tuple[int, bool, bool, int, int], _Rank] = {}
+    cache: dict[tuple, _Rank] = {}
 
-    def chunk(k: int) -> tuple[int, bool, bool, int, int]:
+    def chunk(k: int) -> tuple:
         b = step.chunks[k]
-        key = (b.layers, b.embedding, b.head, sc.model.dense_layers_in(b.lo, b.lo + b.layers),
-               sc.model.sliding_layers_in(b.lo, b.lo + b.layers))  # fmt: skip
+        key = (b.layers, b.embedding, b.head, *sc.model.layer_signature(b.lo, b.lo + b.layers))
         if key not in cache:
             cache[key] = _chunk_rank(chunk_duration(sc, step, k, block), pooled, split)
         return key

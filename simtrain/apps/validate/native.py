@@ -66,7 +66,7 @@ from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flag
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
 from simtrain.apps.validate.conventions import SourceConvention, runtime_of
-from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
 
@@ -94,15 +94,6 @@ _PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp32": [],
 #: Megatron FSDP's sharding strategy of each ZeRO stage (arguments.py
 #: --data-parallel-sharding-strategy; the importer's reading in reverse).
 _FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
-
-
-def _int_or_none(v: Any) -> int | None:
-    """An integer (or an integral float) of a record's section, None otherwise."""
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v if isinstance(v, int) else None
 
 
 def importer_of(rec: Record) -> str | None:
@@ -583,7 +574,7 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         config = deepspeed_config(rec, training, layout, batch, par)
         imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
-    ep = _int_or_none(par.get("ep")) or 1  # (experts laid over by overlay; their grid here;
+    ep = record_int(par.get("ep")) or 1  # (experts laid over by overlay; their grid here;
     # translate._layout checked it is an integer >= 1)
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
         sets.append(f"parallelism.ep={ep}")

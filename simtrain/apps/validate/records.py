@@ -14,6 +14,17 @@ from simtrain.errors import ConfigError
 from simtrain.spec.hardware import HARDWARE_DIR
 from simtrain.spec.yamlfile import load_yaml
 
+
+def record_int(v: Any) -> int | None:
+    """An integer (or an integral float) of a record's section, None otherwise (a bool, a
+    string, a fraction, absent)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v if isinstance(v, int) else None
+
+
 DEFAULT_PATH = Path("measured") / "published_runs.yaml"
 PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
 # The record files ``simtrain validate`` reads when given no PATH: every file of measured/ in this

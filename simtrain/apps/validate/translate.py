@@ -27,7 +27,7 @@ from simtrain.apps.validate.conventions import (
     runtime_for,
 )
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
-from simtrain.apps.validate.records import Record, SkipReason, skip
+from simtrain.apps.validate.records import Record, SkipReason, record_int, skip
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
@@ -322,7 +322,7 @@ SCHEDULE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("dualpipev",), "dualpipe_v"),
     (("dualpipe",), "dualpipe"),
     (("zbv", "zerobubblev", "vshape"), "zb_v"),
-    (("zbh2",), "zb_h2"),  # (not one simtrain has: ZB-H1 with a note, below)
+    (("zbh2",), "zb_h1"),  # (not one simtrain has: its stand-in, SCHEDULE_STAND_INS)
     (("zb", "zerobubble"), "zb_h1"),
     (("combined1f1b",), "combined_1f1b"),
     (("pipedreamflush",), "1f1b"),
@@ -335,37 +335,31 @@ SCHEDULE_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+#: Schedule words simtrain has no schedule of, with the note that says what stands in.
+SCHEDULE_STAND_INS = {"zbh2": "ZB-H2 is not simulated, ZB-H1 (its one-extra-micro-batch memory "
+                              "variant) is"}  # fmt: skip
+
+
 def map_schedule(text: str | None, pp: int, v: int, notes: list[str] | None = None) -> str:
     """simtrain's schedule for a record's ``schedule`` text (:data:`SCHEDULE_WORDS`): 1F1B where
     it says none, or where it names no schedule simtrain has (said in ``notes``); with
     ``virtual_stages`` > 1, interleaved 1F1B where it names 1F1B (or PipeDream-Flush, the same
-    order) or nothing (Megatron interleaves whenever vp > 1); ZB-H2 (not simulated) is ZB-H1,
-    said in ``notes``."""
+    order) or nothing (Megatron interleaves whenever vp > 1); a stand-in's note
+    (:data:`SCHEDULE_STAND_INS`) in ``notes``."""
     t = re.sub(r"[\s_\-]", "", str(text or "").lower())
     if pp == 1:
         return "1f1b"
-    found = next((name for words, name in SCHEDULE_WORDS if any(w in t for w in words)), None)
-    if found == "zb_h2":
-        found = "zb_h1"
-        if notes is not None:
-            notes.append(f"pipeline schedule {text!r}: ZB-H2 is not simulated, ZB-H1 (its "
-                         "one-extra-micro-batch memory variant) is")  # fmt: skip
-    out = "interleaved" if v > 1 and found in (None, "interleaved", "1f1b") else found
-    out = "1f1b" if out in (None, "interleaved") and v == 1 else out
+    word, found = next(((w, name) for words, name in SCHEDULE_WORDS for w in words if w in t),
+                       ("", None))  # fmt: skip
+    if word in SCHEDULE_STAND_INS and notes is not None:
+        notes.append(f"pipeline schedule {text!r}: {SCHEDULE_STAND_INS[word]}")
+    if found is not None and found not in ("interleaved", "1f1b"):
+        return found
+    out = "interleaved" if v > 1 else "1f1b"
     if found is None and t and notes is not None:
         shown = "interleaved 1F1B" if out == "interleaved" else "1F1B"
         notes.append(f"pipeline schedule {text!r} is not one simtrain simulates: {shown}")
-    return str(out)
-
-
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return None
+    return out
 
 
 #: The record ``model`` keys laid over the source's architecture as given: every ModelSpec field
@@ -402,7 +396,7 @@ def not_yet_expressible(rec: Record) -> list[str]:
     is read with its MoE flags), or expert parallelism without experts; a Blackwell GPU
     without a profile (B100). Listed together so a record's skip reason names all of them."""
     out = []
-    ep = _int(rec.parallelism.get("ep"))
+    ep = record_int(rec.parallelism.get("ep"))
     moe = [str(k) for k in rec.model if "expert" in str(k).lower() or "moe" in str(k).lower()]
     unread = [k for k in moe if k not in _MOE_KEYS]
     # (a record with its own arguments is read by its framework's importer, MoE flags and all)
@@ -457,7 +451,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"unknown kind {rec.kind!r}")
     layer_notes: list[str] = []
     if rec.kind == "layer_microbenchmark":
-        mb = _int(rec.training.get("micro_batch"))
+        mb = record_int(rec.training.get("micro_batch"))
         if not mb or mb < 1:
             return skip(rec, "layer timing without an integer training.micro_batch (what was "
                         "timed)")  # fmt: skip
@@ -539,7 +533,7 @@ def _scenario_data(
         finetune=rec.training.get("finetune") is not None,
         tp=tp,
     )
-    par = _implied_interleaving(par, conv, pp, _int(model.get("layers")), said)
+    par = _implied_interleaving(par, conv, pp, record_int(model.get("layers")), said)
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     if importer_of(rec) is not None:
         try:
@@ -559,7 +553,7 @@ def _scenario_data(
     }
     if cp > 1:
         data["parallelism"]["cp"] = cp
-    layers = _int(model.get("layers")) or _int(rec.model.get("layers"))
+    layers = record_int(model.get("layers")) or record_int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
     _deepspeed_buckets(data, notes)
@@ -646,7 +640,7 @@ def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
         return None
     spec = PRESETS[name]
     for field in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab"):
-        given = _int(m.get(field))
+        given = record_int(m.get(field))
         if given is not None and given != getattr(spec, field):
             return None
     pb = m.get("params_b")
@@ -665,14 +659,14 @@ def _model(
     shape over it. A record that names a known model (:func:`named_preset`) but leaves out
     its shape or vocabulary takes them from the preset, with the preset's architecture."""
     shape = ("layers", "hidden", "heads")
-    vocab = _int(m.get("vocab"))
-    absent = [k for k in shape if _int(m.get(k)) is None]
+    vocab = record_int(m.get("vocab"))
+    absent = [k for k in shape if record_int(m.get(k)) is None]
     named = named_preset(m) if absent or (vocab is None and conv.vocab_default is None) else None
     arch: dict[str, Any] = {}
     if named is not None:
         name, spec = named
         arch = {k: getattr(spec, k) for k in _PRESET_KEYS}
-        filled = [k for k in (*shape, "vocab") if _int(m.get(k)) is None]
+        filled = [k for k in (*shape, "vocab") if record_int(m.get(k)) is None]
         m = {**m, **{k: getattr(spec, k) for k in filled}}
         vocab = spec.vocab
         notes.append(f"model {m.get('name')!r}: preset {name} ({', '.join(filled)} not reported; "
@@ -680,7 +674,7 @@ def _model(
                      f"{spec.kv_heads} KV heads, ffn {spec.ffn_hidden}, vocab {spec.vocab}, "
                      f"{spec.mlp} MLP, {spec.positions} positions, before a framework's vocabulary "
                      "padding: spec/model.py's sources)")  # fmt: skip
-    missing = [k for k in (*shape, "seq_len") if _int(m.get(k)) is None]
+    missing = [k for k in (*shape, "seq_len") if record_int(m.get(k)) is None]
     if missing:
         raise _NotExpressible(f"model shape not reported: {', '.join(missing)}")
     if vocab is None:
@@ -697,7 +691,7 @@ def _model(
     for k in SHAPE_PASSTHROUGH:
         if k in m and m[k] is not None:
             model[k] = m[k]
-    model["max_positions"] = max(seq, _int(model.get("max_positions")) or 0)
+    model["max_positions"] = max(seq, record_int(model.get("max_positions")) or 0)
     if "ffn_hidden" not in m and not arch:
         notes.append("ffn_hidden not reported: 4·hidden")
     return model, seq
@@ -708,13 +702,13 @@ def _layout(p: Mapping[str, Any], hw: Mapping[str, Any],
     """(tp, pp, dp, cp); dp from ``hardware.num_gpus`` when the record does not give it. A
     degree the record gives must be an integer >= 1 (not read as 1)."""
     for key in ("tp", "pp", "cp", "dp", "virtual_stages", "ep"):
-        if p.get(key) is not None and (_int(p[key]) or 0) < 1:
+        if p.get(key) is not None and (record_int(p[key]) or 0) < 1:
             raise _NotExpressible(f"parallelism.{key}: {p[key]!r} is not an integer >= 1")
-    tp = _int(p.get("tp")) or 1
-    pp = _int(p.get("pp")) or 1
-    cp = _int(p.get("cp")) or 1
-    n = _int(hw.get("num_gpus"))
-    dp = _int(p.get("dp"))
+    tp = record_int(p.get("tp")) or 1
+    pp = record_int(p.get("pp")) or 1
+    cp = record_int(p.get("cp")) or 1
+    n = record_int(hw.get("num_gpus"))
+    dp = record_int(p.get("dp"))
     names, degrees = ("tp x pp", tp * pp) if cp == 1 else ("tp x pp x cp", tp * pp * cp)
     if dp is None:
         if n is None:
@@ -733,8 +727,8 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
            conv: SourceConvention) -> tuple[int, int]:  # fmt: skip
     """(global batch, micro-batch) in sequences; a pipeline's micro-batch where the record
     names none as the source's convention says (``pp_micro_batch``)."""
-    B = _int(t.get("global_batch"))
-    if B is None and _int(t.get("global_batch_tokens")) is not None:
+    B = record_int(t.get("global_batch"))
+    if B is None and record_int(t.get("global_batch_tokens")) is not None:
         tokens = int(t["global_batch_tokens"])
         binary = tokens // 10**6 * 2**20
         if tokens % seq == 0:
@@ -747,8 +741,8 @@ def _batch(t: Mapping[str, Any], seq: int, pp: int, dp: int, notes: list[str],
                          f"{binary:,} tokens = {B} sequences (papers' '2M', '4M', '16M' "
                          "batches: OPT's 1024 x 2048, LLaMA's 2048 x 2048, Llama 3's batch "
                          "per DP x DP x seq in every row of its Table 4)")  # fmt: skip
-    ga = _int(t.get("grad_accum"))
-    b = _int(t.get("micro_batch"))
+    ga = record_int(t.get("grad_accum"))
+    b = record_int(t.get("micro_batch"))
     if B is None and b is not None and ga is not None:
         B = b * ga * dp
         notes.append(f"global batch = micro_batch x grad_accum x dp = {B}")
@@ -997,7 +991,7 @@ def _zero_stage(value: Any, notes: list[str]) -> int | None:
     stated"); a text that names no sharding is not expressible, never a silent 0."""
     if value is None or isinstance(value, str) and _NOT_STATED.search(value):
         return None
-    n = _int(value)
+    n = record_int(value)
     if n is None and isinstance(value, str) and value.strip().isdigit():
         n = int(value.strip())
     if n is not None:
@@ -1057,7 +1051,7 @@ def _read_parallelism(p: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
                               f"of {', '.join(_FSDP_SHARDING)}")  # fmt: skip
     fsdp = p.get("fsdp")
     if zero is None and fsdp is not None and not isinstance(fsdp, str):
-        if fsdp is True or (_int(fsdp) or 0) > 1:
+        if fsdp is True or (record_int(fsdp) or 0) > 1:
             zero = 3
             notes.append(f"fsdp {fsdp}: parameters, gradients and optimizer states sharded "
                          "(ZeRO-3)")  # fmt: skip
@@ -1082,7 +1076,7 @@ def _parallelism(
     """The scenario's ``parallelism`` section: the layout, ZeRO or FSDP sharding, the pipeline
     schedule and the data-parallel gradient reduction."""
     zero = int(p.get("zero_stage") or 0)  # (read by _read_parallelism)
-    v = _int(p.get("virtual_stages")) or 1
+    v = record_int(p.get("virtual_stages")) or 1
     schedule = map_schedule(p.get("schedule"), pp, v, notes)
     if pp > 1 and p.get("schedule") is None:
         notes.append("pipeline schedule not reported: 1F1B")
@@ -1103,7 +1097,7 @@ def _parallelism(
     }  # fmt: skip
     if ddp == "local":  # one bucket: the whole gradient buffer, reduced after the backward
         out["bucket_mb"] = ONE_BUCKET_MB
-    ep = _int(p.get("ep"))
+    ep = record_int(p.get("ep"))
     if ep is not None and ep > 1:  # expert parallelism (ParallelSpec.ep: experts over dp·cp)
         out["ep"] = ep
     return out

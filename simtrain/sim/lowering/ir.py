@@ -237,9 +237,9 @@ class LoweringInput:
     # the embedding and the output layer before their optimizer steps
     # (costs.workload.tied_embedding_sync); None: no such reduction
     tied_embedding_sync: tuple[int, int, int] | None = None
-    # Context parallelism as the all-to-all (spec.runtime cp_attention "a2a"): the "cp"
-    # stream's ops are labelled as its exchanges, not a ring's
-    cp_a2a: bool = False
+    # The "cp" stream's op names in a forward and in a backward (costs.cp.exchange_labels:
+    # the ring's K/V, the all-to-all's Q, K, V, O)
+    cp_labels: tuple[str, str] = ("CP ring K/V", "CP ring K/V + dK/dV")
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""

@@ -356,11 +356,9 @@ def cp_pass(ir: StepIR) -> None:
     ring exchange of an action's layers (K/V forward and in a recompute, K/V and dK/dV
     backward) on the "cp" stream, starting with the action's compute. It overlaps the
     attention steps; what a step's transfer takes beyond that step's attention is already in
-    the compute durations, so the ring ends within its action and nothing waits for it. The
-    all-to-all (``cp_attention: a2a``) is all exposed: its time is in the compute durations
-    too, and its op shows when it moves Q, K, V and O (their gradients backward)."""
-    a2a = ir.inp.cp_a2a
-    kind = "all-to-all" if a2a else "ring"
+    the compute durations, so the ring ends within its action and nothing waits for it (the
+    all-to-all's time is all in them: its op shows when it runs; names: ``cp_labels``)."""
+    forward_label, backward_label = ir.inp.cp_labels
     for r in ir.ranks.values():
         for g in r.groups:
             a = g.action
@@ -368,15 +366,15 @@ def cp_pass(ir: StepIR) -> None:
                 continue
             c = ir.inp.chunks[a.stage]
             if a.kind == "F":
-                ns, what = c.cp_forward_ns, ("Q, K, V, O" if a2a else "K/V")
+                ns, what = c.cp_forward_ns, forward_label
             else:
                 ns = c.cp_backward_ns + c.cp_recompute_ns  # a recompute replays the forward's
-                what = "dO, dQ, dK, dV" if a2a else "K/V + dK/dV"
+                what = backward_label
             if not ns:
                 continue
             compute = [op for op in g.ops if op.stream == "compute"]
-            ring = Op(r.rank, "cp", "CP", f"CP {kind} {what} {g.label}", ns,
-                      list(compute[0].deps), microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+            ring = Op(r.rank, "cp", "CP", f"{what} {g.label}", ns, list(compute[0].deps),
+                      microbatch=a.microbatch, stage=a.stage)  # fmt: skip
             g.ops.append(ring)
 
 
