@@ -8,9 +8,12 @@ replays CUDA graphs pays none of it (``spec.runtime.RuntimeProfile.host_s_per_op
 
 Host time of an action = dispatched ops × the runtime's host seconds per op. The op counts are
 those of simtrain's reference decoder block (``simtrain.torchref``), counted with
-``torch.utils._python_dispatch.TorchDispatchMode`` by ``benchmarks/count_ops.py`` (every op,
-views included: a view costs host time but launches no kernel), per layer and micro-batch;
-``tests/test_host.py`` recounts them with torch.
+``torch.utils._python_dispatch.TorchDispatchMode`` (``benchmarks/count_ops.py``; every op,
+views included: a view costs host time but launches no kernel), per layer and micro-batch, part
+by part (:func:`layer_ops`); ``tests/test_host_ops.py`` recounts every part with torch and checks
+their sums against whole blocks. Not counted: an MoE block's router and per-expert loop and
+multi-latent attention's extra projections (charged as the dense block of their MLP kind), and
+the casts of autocast (counted in bf16).
 """
 
 from __future__ import annotations
@@ -26,36 +29,86 @@ from simtrain.spec.scenario import Scenario
 
 @dataclass(frozen=True, slots=True)
 class LayerOps:
-    """Dispatched ATen ops of one decoder block for one micro-batch."""
+    """Dispatched ATen ops of one decoder block (or of one part of it) for one micro-batch."""
 
     forward: int
     backward: int  # without recompute
     recompute_full: int  # extra backward ops under full recompute (the replayed forward)
 
+    def __add__(self, other: LayerOps) -> LayerOps:
+        return LayerOps(self.forward + other.forward, self.backward + other.backward,
+                        self.recompute_full + other.recompute_full)  # fmt: skip
 
-#: (mlp, flash attention) -> ops per block, counted by benchmarks/count_ops.py on
-#: scenarios/3d_128gpu.yaml (torch 2.13, CPU; counts do not depend on sizes or device):
-#: gpt3-13b (GeLU, LayerNorm) and llama3-8b (SwiGLU, RMSNorm, rotary) presets, recompute none
-#: and full; the ReLU and squared-ReLU blocks on gpt3-13b's architecture with that MLP
-#: (count_dispatched_ops, torch 2.13: ReLU's saved output adds a detach; squared ReLU runs relu
-#: and pow, and pow, mul, mul and threshold_backward backward). Selective recompute replays
-#: only the attention core (a handful of ops): counted as none. tests/test_runtime.py recounts
-#: every entry.
-LAYER_OPS: dict[tuple[str, bool], LayerOps] = {
-    ("gelu", True): LayerOps(forward=61, backward=129, recompute_full=98),
-    ("gelu", False): LayerOps(forward=77, backward=148, recompute_full=116),
-    ("swiglu", True): LayerOps(forward=72, backward=127, recompute_full=117),
-    ("swiglu", False): LayerOps(forward=96, backward=151, recompute_full=143),
-    ("relu", True): LayerOps(forward=62, backward=130, recompute_full=97),
-    ("relu", False): LayerOps(forward=78, backward=149, recompute_full=115),
-    ("relu2", True): LayerOps(forward=63, backward=133, recompute_full=100),
-    ("relu2", False): LayerOps(forward=79, backward=152, recompute_full=118),
+    def __mul__(self, n: int) -> LayerOps:
+        return LayerOps(n * self.forward, n * self.backward, n * self.recompute_full)
+
+
+# A block's ops, part by part. Each part was counted on simtrain's reference block
+# (``simtrain.torchref``) with ``count_dispatched_ops`` (torch 2.13, CPU, bf16; counts do not
+# depend on sizes or device) as the difference between two blocks that differ by that part
+# alone: layers 2 minus layers 1 of a narrow model, recompute none and full. The parts add up to
+# the reference's count within 2 ops a phase over every combination of them
+# (tests/test_host_ops.py recounts each part and checks the sums on a grid of blocks), and
+# exactly on the GPT-3 / Llama blocks the host constant was fitted with.
+
+#: (mlp, flash attention) -> a bare block: multi-head attention (K/V heads = heads) with its
+#: four bias-free linears and no position op, the MLP, two residual adds, no norm.
+BARE_BLOCK_OPS: dict[tuple[str, bool], LayerOps] = {
+    ("gelu", True): LayerOps(forward=37, backward=69, recompute_full=66),
+    ("gelu", False): LayerOps(forward=53, backward=88, recompute_full=84),
+    ("swiglu", True): LayerOps(forward=42, backward=81, recompute_full=79),
+    ("swiglu", False): LayerOps(forward=58, backward=100, recompute_full=97),
+    ("relu", True): LayerOps(forward=38, backward=70, recompute_full=65),
+    ("relu", False): LayerOps(forward=54, backward=89, recompute_full=83),
+    ("relu2", True): LayerOps(forward=39, backward=73, recompute_full=68),
+    ("relu2", False): LayerOps(forward=55, backward=92, recompute_full=86),
 }
+#: One norm's ops (its statistics, scale, dtype casts); a q / k norm is an RMSNorm.
+NORM_OPS: dict[str, LayerOps] = {
+    "rmsnorm": LayerOps(forward=9, backward=15, recompute_full=13),
+    "layernorm": LayerOps(forward=12, backward=21, recompute_full=16),
+}
+#: A norm after a sublayer (``post_norms``) replays one op more than one before it.
+POST_NORM_EXTRA_OPS = LayerOps(forward=0, backward=0, recompute_full=1)
+#: A per-head q / k norm whose output rotary takes: one backward op fewer (each of q and k).
+QK_HEAD_NORM_ROTARY_OPS = LayerOps(forward=0, backward=-1, recompute_full=0)
+#: Rotary embedding on q and k (with flash attention; without it, 2 backward ops fewer).
+ROTARY_OPS = LayerOps(forward=12, backward=16, recompute_full=12)
+ROTARY_EAGER_ATTENTION_OPS = LayerOps(forward=12, backward=14, recompute_full=12)
+#: Eager attention with fewer K/V heads than heads repeats K and V to every head.
+REPEAT_KV_OPS = LayerOps(forward=8, backward=7, recompute_full=8)
+#: Eager attention's score soft-capping (c·tanh(x/c)); a flash kernel does it in the kernel.
+SOFTCAP_EAGER_OPS = LayerOps(forward=4, backward=4, recompute_full=4)
+#: The bias gradient of one linear (a sum over tokens and its views).
+BIAS_OPS = LayerOps(forward=0, backward=3, recompute_full=0)
+#: A parallel block (attention and MLP on the same input) replays one op fewer.
+PARALLEL_RESIDUAL_OPS = LayerOps(forward=0, backward=0, recompute_full=-1)
 
 
 def layer_ops(m: ModelSpec) -> LayerOps:
-    """Ops of one block of ``m`` (its MLP kind, with or without flash attention)."""
-    return LAYER_OPS[(m.mlp, m.flash_attention)]
+    """Ops of one block of ``m``: the bare block of its MLP kind and attention kernel, plus one
+    part for each norm (before / after each sublayer, on q and k), its rotary embedding, each
+    biased linear, eager attention's K/V repeat and soft-capping, a parallel block's replay.
+    ALiBi and learned positions add no per-block op (a bias built once, the embedding)."""
+    flash = m.flash_attention
+    ops = BARE_BLOCK_OPS[(m.mlp, flash)]
+    ops += NORM_OPS[m.norm] * m.norms_per_block
+    ops += POST_NORM_EXTRA_OPS * (2 if m.post_norms else 0)
+    rotary = m.positions == "rotary"
+    if m.qk_norm:
+        ops += NORM_OPS["rmsnorm"] * 2
+        if rotary and m.qk_norm_width == "head":
+            ops += QK_HEAD_NORM_ROTARY_OPS * 2
+    if rotary:
+        ops += ROTARY_OPS if flash else ROTARY_EAGER_ATTENTION_OPS
+    if not flash and m.kv_heads < m.heads:
+        ops += REPEAT_KV_OPS
+    if not flash and m.attention_softcap:
+        ops += SOFTCAP_EAGER_OPS
+    if m.parallel_residual:
+        ops += PARALLEL_RESIDUAL_OPS
+    mlp = ("gate", "up", "down") if m.mlp == "swiglu" else ("up", "down")
+    return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in ("q", "k", "v", "o", *mlp))
 
 
 def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
