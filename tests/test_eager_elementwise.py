@@ -102,6 +102,21 @@ def test_llama3_8b_by_hand() -> None:
     assert bwd == pytest.approx(2 * H * 91.6 + (H + KV) * 15.6 + F * 11.4)
 
 
+def test_qk_norms_run_the_eager_rmsnorm_chain() -> None:
+    """Qwen3's q / k norms (RMSNorms over each head, whatever the block's norm) run the same
+    eager chain over the rank's q and k: (q_dim + kv_dim)/tp x (36 - 4) forward, x (96 - 4.4)
+    backward, beside the block's. (Before, the chain left them out.)"""
+    m = preset("llama3-8b")
+    qk = replace(m, qk_norm=True)
+    for tp in (1, 4):
+        (f0, b0), (f1, b1) = (eager_elementwise_bytes_per_token(x, 2, tp) for x in (m, qk))
+        assert f1 - f0 == (m.q_dim + m.kv_dim) / tp * 32
+        assert b1 - b0 == pytest.approx((m.q_dim + m.kv_dim) / tp * 91.6)
+    ln = replace(qk, norm="layernorm")  # a LayerNorm block: only the q / k norms' chain
+    assert eager_elementwise_bytes_per_token(ln, 2)[0] == (
+        (m.q_dim + m.kv_dim) * 32 + (H + KV) * 16 + F * 4)  # fmt: skip
+
+
 def test_the_block_moves_them_per_token(tmp_path: Path) -> None:
     sc = _titan(tmp_path, "")
     t = sc.training

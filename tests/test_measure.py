@@ -314,3 +314,43 @@ def test_measure_refuses_fp8_instead_of_running_bf16() -> None:
         measure_step(GPT, TrainingSpec(seq_len=16, global_batch=1, micro_batch=1,
                                        precision="fp8_delayed"))  # fmt: skip
     assert "training.precision" in str(info.value) and "FP8" in str(info.value)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
+@pytest.mark.parametrize("qk", [None, "head", "full"])
+def test_head_size_is_built_and_measured(precision: str, qk: str | None) -> None:
+    """A head wider than hidden / heads (HF head_dim: Qwen3, Gemma): q is heads·head_size wide and
+    o takes it back to hidden. The reference builds it (it crashed with a RuntimeError before),
+    its parameters are the spec's to the byte, and its saved bytes move by exactly as much as
+    the model's when the head widens (q, k, v, the attention output and the q/k norms)."""
+    from reference_pairs import measure_and_estimate
+
+    t = TrainingSpec(seq_len=S, global_batch=B, micro_batch=B, precision=precision)
+    norms = {"qk_norm": True, "qk_norm_width": qk} if qk else {}
+    base = replace(LLAMA, flash_attention=True, **norms)
+    wide = replace(base, head_size=2 * LLAMA.hidden // LLAMA.heads)
+    assert wide.q_dim == 2 * LLAMA.hidden
+    (r0, m0), (r1, m1) = measure_and_estimate(base, t), measure_and_estimate(wide, t)
+    assert r1.parameter_bytes == m1["parameters"] > r0.parameter_bytes == m0["parameters"]
+    measured = r1.activation_bytes - r0.activation_bytes
+    assert measured == m1["activations"] - m0["activations"] > 0
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"num_experts": 4, "experts_per_token": 2}, "model.num_experts"),
+    ({"kv_lora_rank": 16, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16},
+     "model.kv_lora_rank"),
+    ({"attention_sinks": True}, "model.attention_sinks"),
+    ({"embedding_norm": True}, "model.embedding_norm"),
+    ({"qkv_layout": "fused_kv_copy", "kv_heads": 4}, "model.qkv_layout"),
+    ({"rotary_fraction": 0.5}, "model.rotary_fraction"),
+])  # fmt: skip
+def test_measure_refuses_what_the_reference_does_not_build(change: dict, key: str) -> None:
+    """A mechanism the reference decoder lacks is a one-line error naming its key, never a
+    measurement of another model (a dense MLP for a mixture of experts: before, `simtrain
+    measure` printed a dense step's bytes beside the MoE estimate, 150 % off)."""
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        measure_step(replace(LLAMA, **change), training(), steps=1)
+    assert info.value.key == key and "reference model has no" in str(info.value)

@@ -107,6 +107,31 @@ def test_measured_without_pre_norms_under_lora(precision: str) -> None:
     assert measured == m1["activations"] - m0["activations"] != 0
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("width", ["head", "full"])
+@pytest.mark.parametrize(("method", "targets"), [
+    ("lora", ("q", "v")), ("lora", ("o",)), ("qlora", ("k", "v")), ("adapter", ()),
+    ("prefix", ()),
+])  # fmt: skip
+def test_frozen_first_block_q_k_norms(precision: str, width: str, method: str, targets) -> None:
+    """Frozen embeddings: block 0's q (k) norm saves nothing unless LoRA adapts q (k), since its
+    input, the frozen projection of a frozen input, needs no gradient (a review of 2026-12-05:
+    the model kept them, 34,816 B too many in fp32 with LoRA on q and v). PyTorch's saved bytes
+    and the model's move by exactly as much when the q / k norms are added."""
+    pytest.importorskip("torch")
+    from reference_pairs import measure_and_estimate
+
+    from simtrain.spec.scenario import PeftSpec
+
+    peft = PeftSpec(method=method, rank=8, target_modules=targets, prefix_length=8)
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision, peft=peft)
+    a = replace(LLAMA, flash_attention=True)
+    b = replace(a, qk_norm=True, qk_norm_width=width)
+    (r0, m0), (r1, m1) = measure_and_estimate(a, t), measure_and_estimate(b, t)
+    measured = r1.activation_bytes - r0.activation_bytes
+    assert measured == m1["activations"] - m0["activations"] != 0
+
+
 def test_full_width_qk_norm_needs_tp_1_and_mla_has_none() -> None:
     """OLMo 2's norm over all of q spans every TP rank's heads (OLMo-core all-to-alls q and k
     around it): not modelled, so tp > 1 is an error naming the key; per head it splits."""

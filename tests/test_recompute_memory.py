@@ -308,6 +308,25 @@ def test_the_rematerialised_block_shares_its_input_with_the_checkpoint(
     assert full.category("activations") - 8 * 2 * 128 - A == got["live"][0] - 8
 
 
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
+def test_a_block_without_pre_norms_rematerialises_its_linears_input(precision: str) -> None:
+    """OLMo 2's block (no pre-norms, post-norms): the q / k / v linears save their input, which
+    is the checkpointed block input itself in fp32 and bf16 but a cast copy under autocast (a
+    storage of its own). Measured: what the re-materialised block keeps moves by exactly as
+    much as the model's working set from the sandwich block (pre- and post-norms) to OLMo 2's
+    (a review of 2026-12-05 found the model 4·sbh short under amp_bf16: it took the block input
+    off as if a norm had saved it). Compared as differences: under autocast both blocks also
+    re-cast their weights (one block's bf16 copies, which the model counts under buffers)."""
+    pytest.importorskip("torch")
+    t = _training("full", precision)
+    sandwich = replace(LLAMA, flash_attention=True, layers=3, post_norms=True)
+    olmo = replace(sandwich, pre_norms=False)
+    got = [_measure_backward(m, t)["remat"] for m in (sandwich, olmo)]
+    assert got[0] == [got[0][0]] * 3 and got[1] == [got[1][0]] * 3
+    ws = [recompute_working_set_bytes(m, t, 3, False, False) for m in (sandwich, olmo)]
+    assert got[1][0] - got[0][0] == ws[1] - ws[0]
+
+
 def test_lora_first_block_rematerialises_no_norm_input() -> None:
     """Under LoRA the first block's input needs no gradient: its first norm saves neither input
     nor statistics, so its recompute keeps S - L - stats (the other blocks S - L)."""

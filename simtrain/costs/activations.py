@@ -409,7 +409,28 @@ def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = 
     nothing is saved."""
     if t.recompute in ("full", "selective_op"):
         return 0
-    return _frozen_first_norm_bytes(m, t, tp, sp)
+    return _frozen_first_norm_bytes(m, t, tp, sp) + _frozen_first_qk_norm_bytes(m, t, tp)
+
+
+def _frozen_first_qk_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int) -> int:
+    """The first block's q / k norms (``qk_norm``, frozen) save nothing when their input needs no
+    gradient: the q (k) projection's output on frozen embeddings, unless LoRA adapts that
+    projection (its adapter's output needs one). Each dropped norm's input (q_dim or kv_dim
+    wide, /tp) and statistics (a row per token and head, or per token with ``qk_norm_width``
+    full), as :func:`_qk_norms` counts them. Measured with simtrain.torchref (a review,
+    2026-12-05: 34,816 B too many on the tiny Llama with LoRA on q and v, fp32)."""
+    method = t.peft.method
+    if not m.qk_norm or method not in ("lora", "qlora", "adapter", "prefix"):
+        return 0
+    adapted = t.peft.target_modules if method in ("lora", "qlora") else ()
+    prec = PRECISIONS[t.precision]
+    sb = t.seq_len_effective * t.micro_batch
+    full = m.qk_norm_width == "full"
+    dropped = 0
+    for name, width, heads in (("q", m.q_dim, m.heads), ("k", m.kv_dim, m.kv_heads)):
+        if name not in adapted:
+            dropped += prec.act_norm * sb * width // tp + (4 * sb if full else 4 * sb * heads // tp)
+    return dropped
 
 
 def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -> int:
@@ -473,15 +494,28 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)
-    not_held = block_input
+    not_held = block_input if _first_saved_is_block_input(m, t) else 0
     if t.recompute == "selective_op":
         not_held += op_sac.held_by_recompute(m, t, tp)
     if embedding and layers == 1:
-        not_held = max(block_input, _frozen_first_norm_bytes(m, t, tp, sp))
+        not_held = max(not_held, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
         ws += block_input - head_saved_bytes(m, t, tp, sp, gathered_input)
     return max(ws, 0)
+
+
+def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:
+    """Is the block's first saved tensor its input's own storage, which the checkpoint holds
+    already? The first norm's input is (the norm runs in the residual's dtype); without
+    pre-norms (OLMo 2) the q / k / v linears save their input, the block input itself only
+    when they run in its dtype: autocast (and FP8) saves a cast copy, a storage of its own
+    (measured with simtrain.torchref: amp_bf16's re-materialised OLMo 2 block keeps 4·sbh
+    more than its pre-norm twin's accounting gave)."""
+    if m.pre_norms:
+        return True
+    prec = PRECISIONS[t.precision]
+    return prec.act_mm == prec.act_norm and not prec.gemm_dtype
 
 
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:

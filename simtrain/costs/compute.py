@@ -442,15 +442,18 @@ def eager_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, sp: boo
     """(forward, backward) bytes per token that one block's element-wise ops move beyond
     :func:`block_elementwise_bytes`' fused count (:data:`FUSED_OP_ACCESSES`) when they run as
     eager kernels (:func:`eager_op_bytes`; runtime ``eager_elementwise``): two RMSNorms over h (one shared)
-    (outside the TP region: /tp with sequence parallelism), rotary over ``ModelSpec.rotary_values``,
+    (outside the TP region: /tp with sequence parallelism), q / k norms over (q_dim + kv_dim)/tp,
+    rotary over ``ModelSpec.rotary_values``,
     SwiGLU over f/t (not a block's routed experts), for what the model has. Versions: torchtitan
     before 3b39d7ab0 (2025-03-19) ran this RMSNorm; after it nn.RMSNorm, whose eager
     ``F.rms_norm`` runs the same chain up to torch 2.8 and one fused CUDA kernel from 2.9."""
     k = elementwise_backward_factor(e)
+    block_norms = m.norms_per_block * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0
+    # the q and k norms, RMSNorms whatever the block's norm (torchtitan Qwen3's q_norm, k_norm:
+    # nn.RMSNorm over each head), over the rank's heads
+    qk_norms = (m.q_dim + m.kv_dim) / tp if m.qk_norm else 0
     widths = {
-        "rmsnorm": (
-            m.norms_per_block * m.hidden / (tp if sp else 1) if m.norm == "rmsnorm" else 0
-        ),  # fmt: skip
+        "rmsnorm": block_norms + qk_norms,
         "rotary": m.rotary_values(tp),
         "swiglu": m.ffn_hidden / tp if m.mlp == "swiglu" and not moe else 0,
     }

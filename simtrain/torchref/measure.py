@@ -157,8 +157,38 @@ def measure_step(
                           "soft-capping flash kernel: measure flash_attention: false (the "
                           "math attention caps the scores) or attention_softcap: false",
                           spec.attention_softcap)  # fmt: skip
+    unbuilt = reference_lacks(spec)
+    if unbuilt is not None:
+        key, what, instead = unbuilt
+        raise ConfigError(None, key, f"simtrain measure's reference model has no {what}: "
+                          f"measure {instead}", getattr(spec, key.removeprefix("model.")))  # fmt: skip
     with torch_threads(threads):
         return _measure_step(spec, training, batch, device, seed, steps, warmup)
+
+
+def reference_lacks(spec: ModelSpec) -> tuple[str, str, str] | None:
+    """The first model key whose mechanism the reference decoder does not build, as (key, what
+    it lacks, what to measure instead); None when it builds the whole model. Measuring without
+    this check would time and weigh a different model under the scenario's name (a dense MLP
+    for a mixture of experts, say)."""
+    if spec.is_moe:
+        return ("model.num_experts", "mixture of experts (router, experts, token dispatch)",
+                "num_experts: 0, a dense block of ffn_hidden")  # fmt: skip
+    if spec.is_mla:
+        return ("model.kv_lora_rank", "multi-latent attention",
+                "kv_lora_rank: 0 (multi-head attention)")  # fmt: skip
+    if spec.attention_sinks:
+        return ("model.attention_sinks", "attention sinks (a learned logit per head)",
+                "attention_sinks: false")  # fmt: skip
+    if spec.embedding_norm:
+        return ("model.embedding_norm", "embedding norm", "embedding_norm: false")
+    if spec.qkv_layout != "separate":
+        return ("model.qkv_layout", f"{spec.qkv_layout!r} Q/K/V layout (it keeps q, k and v "
+                "as three tensors)", "qkv_layout: separate")  # fmt: skip
+    if spec.positions == "rotary" and spec.rotary_fraction != 1.0:
+        return ("model.rotary_fraction", "partial rotary embedding (it rotates whole heads)",
+                "rotary_fraction: 1 (the same parameters and saved tensors)")  # fmt: skip
+    return None
 
 
 @contextmanager

@@ -80,13 +80,15 @@ from simtrain.torchref.precision import PARAM_DTYPE
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, training: TrainingSpec, method: str) -> None:
         super().__init__()
-        h, kv = spec.hidden, spec.kv_dim
+        # q_dim = heads·head_dim: hidden unless head_size says otherwise (Qwen3, Gemma)
+        h, q_dim, kv = spec.hidden, spec.q_dim, spec.kv_dim
         qkv_bias = spec.bias or spec.qkv_bias
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
-        self.q = nn.Linear(h, h, bias=qkv_bias)
+        self.q_dim = q_dim
+        self.q = nn.Linear(h, q_dim, bias=qkv_bias)
         self.k = nn.Linear(h, kv, bias=qkv_bias)
         self.v = nn.Linear(h, kv, bias=qkv_bias)
-        self.o = nn.Linear(h, h, bias=spec.bias)
+        self.o = nn.Linear(q_dim, h, bias=spec.bias)
         self.attn_drop = Dropout(spec.dropout if spec.attention_dropout else 0.0)
         self.flash = spec.flash_attention
         self.softcap = spec.attention_softcap
@@ -95,7 +97,7 @@ class Attention(nn.Module):
         self.qk_full = spec.qk_norm_width == "full"
         self.q_norm = self.k_norm = None
         if spec.qk_norm:
-            qw, kw = (h, kv) if self.qk_full else (self.head_dim, self.head_dim)
+            qw, kw = (q_dim, kv) if self.qk_full else (self.head_dim, self.head_dim)
             self.q_norm, self.k_norm = RMSNorm(qw, eps=1e-5), RMSNorm(kw, eps=1e-5)
         self.selective = training.recompute == "selective"
         self.prefix_k: nn.Parameter | None = None
@@ -137,7 +139,7 @@ class Attention(nn.Module):
         sin: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        b, s, h = x.shape
+        b, s, _ = x.shape
         d = self.head_dim
         q, k = self.q(x), self.k(x)
         if self.q_norm is not None and self.k_norm is not None and self.qk_full:
@@ -160,7 +162,7 @@ class Attention(nn.Module):
             y = checkpoint(self.core, q, k, v, mask, use_reentrant=False)
         else:
             y = self.core(q, k, v, mask)
-        y = y.transpose(1, 2).contiguous().view(b, s, h)
+        y = y.transpose(1, 2).contiguous().view(b, s, self.q_dim)
         return self.o(y)
 
 
