@@ -55,7 +55,14 @@ def test_qk_norm_pass() -> None:
 def test_checks() -> None:
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["llama3-8b"], pre_norms=False), "s.yaml")
-    assert ei.value.key == "model.pre_norms"
+    assert ei.value.key == "model.post_norms" and "pre_norms: false" in str(ei.value)
+    # the OLMo 2 preset with an override: the error names the overridden key
+    olmo = PRESETS["olmo-2-1b"]
+    for change, k in (({"post_norms": False}, "post_norms"),
+                      ({"parallel_residual": True}, "parallel_residual")):  # fmt: skip
+        with pytest.raises(ConfigError) as ei:
+            validate_model(replace(olmo, **change), "s.yaml")
+        assert ei.value.key == f"model.{k}" and "pre_norms: false" in str(ei.value)
     with pytest.raises(ConfigError) as ei:
         validate_model(replace(PRESETS["llama3-8b"], qk_norm_width="diagonal"), "s.yaml")
     assert ei.value.key == "model.qk_norm_width"

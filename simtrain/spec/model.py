@@ -1445,9 +1445,16 @@ def validate_model(spec: ModelSpec, file: str | None = None, prefix: str = "mode
         raise ConfigError(file, f"{prefix}.name", "must be a string", spec.name)
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(file, key("dropout"), "must be in [0, 1)", spec.dropout)
-    if not spec.pre_norms and (spec.parallel_residual or not spec.post_norms):
-        raise ConfigError(file, key("pre_norms"), f"false needs {bare('post_norms')} (OLMo 2's "
-                          "block) and a sequential block", spec.pre_norms)  # fmt: skip
+    # (each names the key that breaks the pair: a preset's pre_norms: false with an override of
+    # post_norms or parallel_residual is reported at the override)
+    if not spec.pre_norms and not spec.post_norms:
+        raise ConfigError(file, key("post_norms"), f"false with {bare('pre_norms')}: false "
+                          "leaves the block without a norm: a block without pre-norms (OLMo "
+                          "2's) needs post_norms: true", spec.post_norms)  # fmt: skip
+    if not spec.pre_norms and spec.parallel_residual:
+        raise ConfigError(file, key("parallel_residual"), f"with {bare('pre_norms')}: false "
+                          "is not a layout simtrain has (OLMo 2's block is sequential)",
+                          spec.parallel_residual)  # fmt: skip
     if spec.qk_norm and spec.is_mla:  # (its q_a / kv_a latent norms are modelled: mla_*)
         raise ConfigError(file, key("qk_norm"), "q / k norms apply to q and k projections, "
                           "not multi-latent attention's latents (whose RMSNorms simtrain "
