@@ -343,7 +343,6 @@ def test_head_size_is_built_and_measured(precision: str, qk: str | None) -> None
     ({"attention_sinks": True}, "model.attention_sinks"),
     ({"embedding_norm": True}, "model.embedding_norm"),
     ({"qkv_layout": "fused_kv_copy", "kv_heads": 4}, "model.qkv_layout"),
-    ({"rotary_fraction": 0.5}, "model.rotary_fraction"),
 ])  # fmt: skip
 def test_measure_refuses_what_the_reference_does_not_build(change: dict, key: str) -> None:
     """A mechanism the reference decoder lacks is a one-line error naming its key, never a
@@ -354,3 +353,12 @@ def test_measure_refuses_what_the_reference_does_not_build(change: dict, key: st
     with pytest.raises(ConfigError) as info:
         measure_step(replace(LLAMA, **change), training(), steps=1)
     assert info.value.key == key and "reference model has no" in str(info.value)
+
+
+@pytest.mark.parametrize("change", [{"optimizer_state_dtype": "bf16"}, {"master_weights": "none"}])
+def test_measure_refuses_an_optimizer_storage_it_does_not_keep(change: dict) -> None:
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        measure_step(LLAMA, training(precision="bf16", **change), steps=1)
+    assert info.value.key == f"training.{next(iter(change))}"

@@ -146,3 +146,31 @@ def test_rotary_values_closed_forms(tp: int) -> None:
     dsv3 = PRESETS["deepseek-v3"]
     assert dsv3.rotary_values(tp) == 128 * 64 / tp + 64
     assert PRESETS["gpt2"].rotary_values(tp) == 0.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+def test_the_reference_rotates_the_fraction_and_saves_the_same(precision: str) -> None:
+    """The PyTorch reference rotates int(head_dim x fraction) dimensions of each head and passes
+    the rest through (transformers GPT-NeoX's rotary_ndims); as the model says, PyTorch saves
+    exactly the same bytes as with whole-head rotary, and so does the model."""
+    torch = pytest.importorskip("torch")
+    from reference_pairs import LLAMA_TINY, measure_and_estimate
+
+    from simtrain.torchref.reference_model import Attention, build_reference_model
+
+    t = TrainingSpec(seq_len=64, global_batch=2, micro_batch=2, precision=precision)
+    quarter = replace(LLAMA_TINY, rotary_fraction=0.25)
+    model = build_reference_model(quarter, t)
+    assert model.rope_cos.shape[-1] == int(LLAMA_TINY.head_dim * 0.25) == 4
+    # the pass-through dimensions of q leave the attention's rotation untouched
+    attn = next(m for m in model.modules() if isinstance(m, Attention))
+    seen = {}
+    attn.core = lambda q, k, v, mask: seen.setdefault("q", q) * 0 + v.repeat_interleave(2, 1)
+    x = torch.randn(1, 8, LLAMA_TINY.hidden, dtype=next(model.parameters()).dtype)
+    cos, sin = model.rope_cos[:8], model.rope_sin[:8]
+    attn(x, cos, sin, None)
+    plain = attn.q(x).view(1, 8, LLAMA_TINY.heads, -1).transpose(1, 2)
+    assert torch.equal(seen["q"][..., 4:], plain[..., 4:])
+    assert not torch.allclose(seen["q"][..., :4], plain[..., :4])
+    (r1, m1), (rq, mq) = measure_and_estimate(LLAMA_TINY, t), measure_and_estimate(quarter, t)
+    assert rq.activation_bytes == r1.activation_bytes and mq["activations"] == m1["activations"]

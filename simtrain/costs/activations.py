@@ -94,7 +94,7 @@ def layer_saved_tensors(
     """
     if not grad_flows_through_blocks(t):
         return []
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     lora = t.peft.method in ("lora", "qlora")
     c = _Block(
         m=m, t=t, tp=tp, b=micro_batch if micro_batch is not None else t.micro_batch,
@@ -393,7 +393,7 @@ def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     where no gradient flows through the blocks."""
     if m.flash_attention or not grad_flows_through_blocks(t):
         return 0
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     bas = t.micro_batch * m.heads * t.seq_len_effective * t.kv_len // tp
     held = prec.act_softmax * bas  # the scores' gradient beside the saved probabilities
     if t.recompute == "selective":  # the re-run core's probabilities and dropout mask
@@ -423,7 +423,7 @@ def _frozen_first_qk_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int) -> int:
     if not m.qk_norm or method not in ("lora", "qlora", "adapter", "prefix"):
         return 0
     adapted = t.peft.target_modules if method in ("lora", "qlora") else ()
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     sb = t.seq_len_effective * t.micro_batch
     full = m.qk_norm_width == "full"
     dropped = 0
@@ -438,7 +438,7 @@ def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -
     input needs no gradient (:func:`frozen_input_savings`), 0 when it does."""
     if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or not m.pre_norms:
         return 0  # (no first norm without pre-norms: OLMo 2's block saves none to drop)
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     sb = t.seq_len_effective * t.micro_batch
     stats = norm_stats_per_token(m) * sb
     return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
@@ -462,7 +462,7 @@ def tp_gathered_input_bytes(precision: str, tp_saves_gathered_input: bool) -> in
 
 def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """The checkpoint a fully recomputed block keeps: its input, b·s·h in the residual dtype."""
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     s = t.seq_len_effective
     return prec.act_norm * t.micro_batch * s * m.hidden // (tp if sp else 1)
 
@@ -514,7 +514,7 @@ def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:
     more than its pre-norm twin's accounting gave)."""
     if m.pre_norms:
         return True
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     return prec.act_mm == prec.act_norm and not prec.gemm_dtype
 
 
@@ -526,9 +526,9 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
     # (the logits' dtype, split like them; measured with simtrain.torchref)
     shards = loss_vocab_shards(t.cross_entropy, tp)  # (gathered: every rank holds all of V)
-    cap = PRECISIONS[t.precision].act_mm * sb * m.vocab // shards if m.logit_softcap else 0
+    cap = t.precision_spec.act_mm * sb * m.vocab // shards if m.logit_softcap else 0
     if t.cross_entropy == "fused":
-        return cap + PRECISIONS[t.precision].act_mm * sb * m.vocab // tp + 4 * sb
+        return cap + t.precision_spec.act_mm * sb * m.vocab // tp + 4 * sb
     return cap + 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
@@ -542,7 +542,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     ``ColwiseParallel(input_layouts=Shard(1))`` linear (torchtitan 9dec370a
     ``parallelize_llama.py`` l.136-140) that saves its all-gathered input whole, in the
     activation dtype (torchtitan's float8 converter skips ``output``)."""
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     s = t.seq_len_effective
     sb = s * t.micro_batch
     div = tp if sp else 1
@@ -567,7 +567,7 @@ def mtp_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False
     n = trained_mtp_modules(m, t)  # full training only: gradients flow through every block
     if not n:
         return 0
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     sb = t.seq_len_effective * t.micro_batch
     div = tp if sp else 1
     stats = norm_stats_per_token(m) * sb
@@ -584,7 +584,7 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     backward, not in place)."""
     s = t.seq_len_effective
     if t.cross_entropy == "fused":
-        return PRECISIONS[t.precision].act_mm * t.micro_batch * s * m.vocab // tp
+        return t.precision_spec.act_mm * t.micro_batch * s * m.vocab // tp
     if t.cross_entropy == "loss_parallel":
         # PyTorch loss_parallel (torch/distributed/tensor/parallel/loss.py
         # _nll_loss_and_log_softmax_backward, the fused backward of nll_loss and log_softmax):
@@ -606,7 +606,7 @@ def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int
     if grad_flows_through_blocks(t):
         if m.embedding_norm:
             stats = norm_stats_per_token(m) * sb
-            total += (PRECISIONS[t.precision].act_norm * sb * m.hidden + stats) // sp_div
+            total += (t.precision_spec.act_norm * sb * m.hidden + stats) // sp_div
         if m.dropout > 0:
             total += sb * m.hidden // sp_div
     return total

@@ -45,7 +45,7 @@ from simtrain.costs.params import base_trainable
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import FlashClass, HardwareProfile
 from simtrain.spec.model import ModelSpec, tp_split_shape
-from simtrain.spec.precision import OPTIMIZER_STATES, PRECISIONS, Precision
+from simtrain.spec.precision import OPTIMIZER_STATES, Precision
 from simtrain.spec.scenario import (
     ParallelSpec,
     Scenario,
@@ -249,7 +249,7 @@ def flash_class_for(sc: Scenario, dtype: str | None = None) -> FlashClass | str:
     dtype FlashAttention does not run in, no class of the kernel on this GPU).
     :func:`flash_core`'s decision, and ``simtrain run``'s line."""
     kernel = sc.runtime.attention_kernel
-    dtype = dtype or PRECISIONS[sc.training.precision].compute_dtype
+    dtype = dtype or sc.training.precision_spec.compute_dtype
     if not sc.model.flash_attention:
         return "no flash attention"
     if dtype not in FLASH_DTYPES:
@@ -390,7 +390,7 @@ def block_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: boo
     b = t.micro_batch
     s = t.seq_len_effective
     h, f = m.hidden, m.ffn_hidden
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     # (a LayerNorm's accesses are an RMSNorm's; one norm with a shared_norm)
     norms = m.norms_per_block * FUSED_OP_ACCESSES["rmsnorm"] * h
     outside = norms + 2 * 3 * h + (2 * 2.5 * h if m.dropout > 0 else 0.0)
@@ -474,7 +474,7 @@ def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     caps in the kernel: flash-attn's softcap)."""
     if m.flash_attention:
         return 0.0
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     # (+ soft-capping's division, tanh and product, each a read and a write of the scores)
     per_score = 4 + (2.5 if m.drops_attention else 0) + (6 if m.attention_softcap else 0)
     return e * t.micro_batch * m.heads * t.seq_len_effective * t.kv_len * per_score / tp
@@ -489,7 +489,7 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
     # (Gemma2ForCausalLM.forward, transformers 4.46: logits / cap, tanh, * cap; counted from the
     # code, not measured)
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
            / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
     cap_bwd = elementwise_backward_factor(e) * cap
@@ -552,7 +552,7 @@ def mtp_costs(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> M
     eh = 2.0 * tokens * 2 * h * (h / tp)
     hf, hi, hw = head_flops(m, t, tp)
     head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     div = tp if sp else 1
     own = e * tokens * h * (EMBEDDING_ACCESSES + (3 * FUSED_OP_ACCESSES["rmsnorm"] + 2 * 2) / div)
     edge = gemm_edge(tokens, max(1, h // tp), 2 * h) + head_edge(m, t, tp)
@@ -727,7 +727,7 @@ def tp_linear_group_ns(sc: Scenario) -> dict[str, float]:
     weight-gradient GEMMs have its FLOPs."""
     m, p, rt = sc.model, sc.parallelism, sc.runtime
     t = cp_rank_training(sc.training, p.cp)
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     dtype = prec.gemm_dtype or prec.compute_dtype
     tokens = t.micro_batch * t.seq_len_effective
     gemms = dense_linear_gemms(m, p.tp, fused=(rt.fused_qkv, rt.fused_gate_up))
@@ -778,14 +778,14 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     m, hw = sc.model, sc.hardware
     t = cp_rank_training(sc.training, sc.parallelism.cp)
     tp = sc.parallelism.tp
-    dtype = PRECISIONS[t.precision].compute_dtype
+    dtype = t.precision_spec.compute_dtype
     bf = chunk_block_flops(sc, layers, lo)
     fwd_f = bf.forward
     i_f = bf.input_grad
     w_f = bf.weight_grad
     ew = bf.elementwise_bytes_fwd
     ew_bwd = bf.elementwise_bytes_bwd
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     s = t.seq_len_effective
     grad = grad_flows_through_blocks(t)
     if first:  # embedding lookup: write b·s·h (+ positions read/add)
@@ -815,7 +815,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     fa = flash_core(sc, t, bf, dtype, grad, sliding)
     # FLOPs counted as executed: the windowed layers' core is not computed whole
     skip = bf.attention_core * window_core_saving(m, t, sliding) if fa else 0.0
-    if PRECISIONS[t.precision].gemm_dtype:
+    if t.precision_spec.gemm_dtype:
         fp8 = _fp8_chunk_costs(sc, layers, bf, (fwd_f, i_f, w_f), (ew, ew_bwd), lo,
                                (e_f, e_i, e_w), fa)  # fmt: skip
         return _as_executed(fp8, skip, t.recompute)
@@ -924,7 +924,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     whose GEMM it follows; recompute replays the same split."""
     m, hw = sc.model, sc.hardware
     t = cp_rank_training(sc.training, sc.parallelism.cp)
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     dtype, gemm = prec.compute_dtype, prec.gemm_dtype
     fwd_f, i_f, w_f = flops
     grad = grad_flows_through_blocks(t)
@@ -1009,10 +1009,15 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     the (master) weight and each state, and write the 16-bit weight after a master update
     (Adam in mixed precision: 2 + 2·4 + 2·2·4 + 2 = 28 B; fp32 AdamW: 4 + 8 + 16 = 28 B). With
     an fp32 gradient-accumulation buffer (bf16_fp32_grads) the step reads that buffer (4 B)
-    instead of the 16-bit gradient: 30 B."""
-    prec = PRECISIONS[t.precision]
-    per_param = prec.optimizer_grad_read + 2 * (prec.master or prec.param)
-    per_param += 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
+    instead of the 16-bit gradient: 30 B. The optimizer's storage (``training.master_weights``,
+    ``optimizer_state_dtype``): bf16 states 2 B each; without a master copy the step reads and
+    writes the 16-bit weight (bf16 Adam, no master: 2 + 2·2 + 2·2·2 = 14 B); a 16-bit remainder
+    is read and written with the 16-bit weight it completes (2 + 2·(2 + 2) + 16 = 26 B)."""
+    prec = t.precision_spec
+    states = 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
+    if 0 < prec.master < 4:  # a remainder: fp32 master = the 16-bit weight + its low 16 bits
+        return prec.optimizer_grad_read + 2 * (prec.param + prec.master) + states
+    per_param = prec.optimizer_grad_read + 2 * (prec.master or prec.param) + states
     return per_param + (prec.param if prec.master else 0)
 
 

@@ -114,7 +114,6 @@ from dataclasses import dataclass
 from simtrain.costs import collectives as coll
 from simtrain.costs.group_comm import collective_ns
 from simtrain.layout.step import resolve
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
 
 #: Fewest tokens of a sequence per GPU for which the planner and ``simtrain memory``'s fit
@@ -153,7 +152,7 @@ def _rank_bytes(sc: Scenario, width: int) -> int:
     """b·(s/cp)·width·e/tp: a tensor ``width`` values a token wide (over all TP ranks) of the
     rank's s/cp tokens, on one TP rank, in the activation dtype around the matmuls (e)."""
     t, p = sc.training, sc.parallelism
-    e = PRECISIONS[t.precision].act_mm
+    e = t.precision_spec.act_mm
     return e * t.micro_batch * (t.seq_len // p.cp) * width // p.tp
 
 
@@ -175,7 +174,7 @@ def query_bytes(sc: Scenario) -> int:
 def fp32_dkv_bytes(sc: Scenario) -> int:
     """D = K·4/e: the rank's dK and dV in fp32, as PyTorch's ring backward accumulates and
     passes them (``convert_to_f32``; module docstring)."""
-    e = PRECISIONS[sc.training.precision].act_mm
+    e = sc.training.precision_spec.act_mm
     return ring_message_bytes(sc) * 4 // e
 
 
@@ -324,7 +323,7 @@ def cp_ring_buffer_bytes(sc: Scenario) -> int:
         return 2 * (query_bytes(sc) + k)
     if sc.runtime.cp_attention != "torch_allgather":
         return max(cp, 4) * k
-    e = PRECISIONS[sc.training.precision].act_mm
+    e = sc.training.precision_spec.act_mm
     q = query_bytes(sc)
     forward = (cp + 1) * k
     backward = forward + q * 4 // e + 4 * fp32_dkv_bytes(sc) + q + k

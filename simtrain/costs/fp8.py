@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from math import ceil
 
 from simtrain.spec.model import ModelSpec, tp_split_shape
-from simtrain.spec.precision import PRECISIONS, Precision
+from simtrain.spec.precision import Precision
 from simtrain.spec.scenario import Scenario
 
 #: Bytes of a 16-bit operand read by a cast.
@@ -150,7 +150,7 @@ def tp_gathers_fp8(sc: Scenario, mlp: bool = False, grad: bool = False) -> bool:
     t, m, rt = sc.training, sc.model, sc.runtime
     if not grad and torchao_tp_float8(t.precision, rt.tp_saves_gathered_input):
         return True
-    return (PRECISIONS[t.precision].fp8_recipe in TE_PER_TENSOR
+    return (t.precision_spec.fp8_recipe in TE_PER_TENSOR
             and sc.parallelism.sequence_parallel and not (m.is_moe if mlp else m.is_mla))  # fmt: skip
 
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.spec.model import ModelSpec
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import TrainingSpec
 
 #: The source read, for messages and docstrings.
@@ -131,7 +130,7 @@ def saved_tensors(
     m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False
 ) -> list[tuple[str, int, str]]:
     """(name, bytes, formula) of what one block keeps per micro-batch under the policy."""
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     e, en = prec.act_mm, prec.act_norm
     b, s = t.micro_batch, t.seq_len_effective
     sb, h = s * b, m.hidden
@@ -157,7 +156,7 @@ def held_by_recompute(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     its mm (gate, or up for GeLU) is saved. The block input is the caller's."""
     if not m.flash_attention:
         return 0
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     e = prec.act_mm
     b, s = t.micro_batch, t.seq_len_effective
     sb = s * b

@@ -17,7 +17,6 @@ from simtrain.spec.precision import (
     ADAM8BIT_BLOCK,
     NF4_BITS,
     PAGED_MIN_NUMEL,
-    PRECISIONS,
     STATES_PER_PARAM,
 )
 from simtrain.spec.scenario import TrainingSpec, trained_mtp_modules
@@ -260,7 +259,7 @@ def model_state_bytes(tensors: list[ParamTensor], t: TrainingSpec,
     NF4 (:func:`nf4_bytes`); its LoRA weights stay 16-bit with no master copy (Dettmers et al.
     2023 §3: "BFloat16 computation data type", paged fp32 optimizer states).
     """
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     qlora = t.peft.method == "qlora"
     params = grads = master = states = copies = 0
     n = n_train = 0
@@ -296,7 +295,7 @@ def paged_state_bytes(tensors: list[ParamTensor], t: TrainingSpec) -> int:
     ``peft.paged_optimizer`` is off."""
     if not t.peft.paged_optimizer:
         return 0
-    state_bytes = 4 if t.peft.method == "qlora" else PRECISIONS[t.precision].state
+    state_bytes = 4 if t.peft.method == "qlora" else t.precision_spec.state
     out = 0
     for p in tensors:
         if not p.trainable or p.numel < PAGED_MIN_NUMEL:
@@ -345,7 +344,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     DeepSpeed's flat ZeRO-1/2 step is ``costs.memory.flat_step_allocations``."""
     if t.offload.optimizer:
         return 0
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     master_grads = 0
     if prec.master and not prec.grad_accum and not fp32_grad_buffer:
         # Mixed precision with fp32 master weights: before the update every 16-bit gradient is

@@ -24,7 +24,7 @@ from simtrain.schedules import (
     traits,
 )
 from simtrain.spec.model import ModelSpec
-from simtrain.spec.precision import PRECISIONS, Precision
+from simtrain.spec.precision import Precision
 from simtrain.spec.scenario import (
     ParallelSpec,
     Scenario,
@@ -141,7 +141,7 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         # docs/user-guide/features/multi_token_prediction.md at d98e8a64): each module's
         # transformer block is block m.layers + k of the head's chunk
         split = {k: replace(c, hi=c.hi + mtp) if c.head else c for k, c in split.items()}
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     all_warmup = all_warmup_order(all_warmup_at_pp, name, p.virtual_stages) and mb == p.pp
     return ResolvedStep(
         microbatches=mb,

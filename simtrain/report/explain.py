@@ -19,7 +19,7 @@ from simtrain.costs.memory import (
 )
 from simtrain.costs.params import adam_temporaries
 from simtrain.layout.step import resolve
-from simtrain.spec.precision import PRECISIONS, STATES_PER_PARAM
+from simtrain.spec.precision import STATES_PER_PARAM
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
 
@@ -93,7 +93,7 @@ def _per_param_states(optimizer: str, state_bytes: int, trainable: int, z: int, 
 
 def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     t, p = sc.training, sc.parallelism
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     ms, tp, dp, z = b.states, p.tp, p.dp_cp, p.zero_stage
     dp_name = f"dp x cp {p.dp} x {p.cp} = {dp}" if p.cp > 1 else f"dp {dp}"
     ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
@@ -205,7 +205,7 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
 
 def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     t, p, hw = sc.training, sc.parallelism, sc.hardware
-    prec = PRECISIONS[t.precision]
+    prec = t.precision_spec
     lines = []
     if b.optimizer_working_bytes:
         step = resolve(sc)

@@ -8,7 +8,6 @@ from typing import Any
 from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_class_for, head_dim_factor
 from simtrain.costs.memory import MemoryReport
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
 
@@ -230,7 +229,7 @@ def mfu_peak_text(sc: Any) -> str:
     """The dense peak MFU divides by: the compute dtype's ("the bf16 peak 312 TFLOP/s"), or,
     where the GPU has no rate for it, fp32's, said so (``HardwareProfile.compute_peak``)."""
     hw = sc.hardware
-    dtype = PRECISIONS[sc.training.precision].compute_dtype
+    dtype = sc.training.precision_spec.compute_dtype
     peak = f"{hw.compute_peak(dtype) / 1e12:,.4g} TFLOP/s"
     if hw.peak(dtype):
         return f"the {dtype} peak {peak}"

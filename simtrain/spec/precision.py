@@ -130,3 +130,28 @@ NF4_BITS = 4
 # State tensors the optimizer step reads and writes per parameter (8-bit Adam keeps two
 # quantised states, Adafactor about one factored one).
 OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
+
+
+#: The optimizer's own storage, beside the precision (``training.optimizer_state_dtype``,
+#: ``training.master_weights``). Apex's DistributedFusedAdam, which NeMo 1.x trains with
+#: (apex/contrib/optimizers/distributed_fused_adam.py at f9f19d5c: ``dtype`` is "datatype for
+#: optimizer state", l.310-315; its exp_avg / exp_avg_sq shards are allocated in it, l.449-476),
+#: and NeMo's setup_optimization (nemo/collections/nlp/models/language_modeling/
+#: megatron_base_model.py at r2.0.0rc1 l.775-807): a bf16 state dtype equal to the bf16 model's
+#: keeps no master copy (``store_params=False``: the optimizer updates the 16-bit weights), an
+#: fp32 one with a bf16 model keeps only the low 16 bits of each fp32 master weight
+#: (``store_param_remainders=True``: 2 B, the high 16 bits are the bf16 weight itself).
+OPTIMIZER_STATE_DTYPES = ("fp32", "bf16")
+MASTER_WEIGHTS = ("precision", "remainder", "none")
+
+
+def with_optimizer_storage(prec: Precision, state_dtype: str = "fp32",
+                           master: str = "precision") -> Precision:  # fmt: skip
+    """``prec`` with the optimizer's storage: states of 2 B under a bf16 state dtype; the master
+    copy the precision's ("precision"), its 16-bit remainder (2 B where the precision keeps a
+    master copy) or none."""
+    state = 2 if state_dtype == "bf16" else prec.state
+    kept = {"precision": prec.master, "remainder": 2 if prec.master else 0, "none": 0}[master]
+    if (state, kept) == (prec.state, prec.master):
+        return prec
+    return replace(prec, state=state, master=kept)

@@ -32,7 +32,13 @@ from simtrain.spec.limits import (
 )
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.moe_layout import check_moe_layout
-from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.precision import (
+    MASTER_WEIGHTS,
+    OPTIMIZER_STATE_DTYPES,
+    PRECISIONS,
+    Precision,
+    with_optimizer_storage,
+)
 from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
 from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_keys
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
@@ -79,7 +85,8 @@ PAGED_OPTIMIZERS = ("adam", "adamw", "adam8bit")
 #: ``apps.schema`` publishes them (one table, so the JSON Schema cannot drift from the parser).
 TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {
     "precision": tuple(PRECISIONS), "optimizer": OPTIMIZERS, "recompute": RECOMPUTE,
-    "cross_entropy": CROSS_ENTROPY,
+    "cross_entropy": CROSS_ENTROPY, "optimizer_state_dtype": OPTIMIZER_STATE_DTYPES,
+    "master_weights": MASTER_WEIGHTS,
 }  # fmt: skip
 PEFT_CHOICES: dict[str, tuple[Any, ...]] = {
     "method": PEFT_METHODS, "target_modules": LORA_TARGETS, "phase": PEFT_PHASES,
@@ -214,12 +221,23 @@ class TrainingSpec:
     optimizer: str = "adamw"
     recompute: str = "none"
     cross_entropy: str = "standard"  # CROSS_ENTROPY
+    # The optimizer's storage (spec.precision.with_optimizer_storage): its states' dtype and
+    # whether it keeps the precision's fp32 master copy, a 16-bit remainder of it, or none.
+    optimizer_state_dtype: str = "fp32"
+    master_weights: str = "precision"
     peft: PeftSpec = PeftSpec()
     offload: OffloadSpec = OffloadSpec()
     # Not a YAML key. On one context-parallel rank's view of the step (:func:`cp_rank_training`)
     # ``seq_len`` is the rank's 1/cp of each sequence and its queries attend to the keys of all
     # ``cp_shards`` shards (``kv_len``): ring attention moves the other ranks' K/V to them.
     cp_shards: int = 1
+
+    @property
+    def precision_spec(self) -> Precision:
+        """Bytes per element of every tensor kind: the precision's, with the optimizer's storage
+        (``optimizer_state_dtype``, ``master_weights``)."""
+        return with_optimizer_storage(PRECISIONS[self.precision], self.optimizer_state_dtype,
+                                      self.master_weights)  # fmt: skip
 
     @property
     def seq_len_effective(self) -> int:
@@ -558,6 +576,34 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
+def check_optimizer_storage(t: TrainingSpec, file: str) -> None:
+    """``optimizer_state_dtype: bf16`` stores an optimizer's fp32 states (Adam's moments, SGD's
+    momentum, Adafactor's factors) in 16 bits: not plain SGD's (none), 8-bit Adam's (its own
+    blocks) or QLoRA's paged fp32 states; ``master_weights: remainder`` keeps the low half of an
+    fp32 master copy beside 16-bit weights, so the precision must have both."""
+    if t.optimizer_state_dtype == "bf16":
+        if t.optimizer in ("sgd", "adam8bit"):
+            raise ConfigError(
+                file, "training.optimizer_state_dtype", f"bf16 stores fp32 optimizer states in 16 "
+                f"bits: training.optimizer {t.optimizer} has "
+                f"{'none' if t.optimizer == 'sgd' else '8-bit ones'}", t.optimizer_state_dtype,
+                "fp32",
+            )  # fmt: skip
+        if t.peft.method == "qlora":
+            raise ConfigError(
+                file, "training.optimizer_state_dtype", "QLoRA's paged optimizer keeps fp32 "
+                "states (Dettmers et al. 2023 §3)", t.optimizer_state_dtype, "fp32",
+            )  # fmt: skip
+    prec = PRECISIONS[t.precision]
+    if t.master_weights == "remainder" and not (prec.master == 4 and prec.param == 2):
+        raise ConfigError(
+            file, "training.master_weights", f"remainder keeps the low 16 bits of an fp32 master "
+            f"copy of 16-bit weights: training.precision {t.precision} has "
+            f"{'no master copy' if not prec.master else f'{prec.param}-byte weights'}",
+            t.master_weights, "precision | none",
+        )  # fmt: skip
+
+
 def check_combined_1f1b(s: Scenario, file: str) -> None:
     """Megatron-Core's EP all-to-all overlap (``--overlap-moe-expert-parallel-comm``) and what
     it asserts (NVIDIA/Megatron-LM d98e8a64 core/transformer/transformer_config.py l.3002-3032):
@@ -760,6 +806,7 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if t.peft.paged_optimizer:
         check_paged_optimizer(s, file)
+    check_optimizer_storage(t, file)
     if t.recompute == "selective_op" and t.peft.method != "none":
         raise ConfigError(
             file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "

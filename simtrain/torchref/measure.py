@@ -157,6 +157,13 @@ def measure_step(
                           "soft-capping flash kernel: measure flash_attention: false (the "
                           "math attention caps the scores) or attention_softcap: false",
                           spec.attention_softcap)  # fmt: skip
+    if (training.optimizer_state_dtype, training.master_weights) != ("fp32", "precision"):
+        # The reference trainer keeps torch's fp32 states and the precision's master copy.
+        key = ("training.optimizer_state_dtype" if training.optimizer_state_dtype != "fp32"
+               else "training.master_weights")  # fmt: skip
+        raise ConfigError(None, key, "simtrain measure's trainer keeps fp32 optimizer states and "
+                          "the precision's master copy: measure optimizer_state_dtype fp32, "
+                          "master_weights precision", getattr(training, key.split(".")[1]))  # fmt: skip
     unbuilt = reference_lacks(spec)
     if unbuilt is not None:
         key, what, instead = unbuilt
@@ -185,9 +192,6 @@ def reference_lacks(spec: ModelSpec) -> tuple[str, str, str] | None:
     if spec.qkv_layout != "separate":
         return ("model.qkv_layout", f"{spec.qkv_layout!r} Q/K/V layout (it keeps q, k and v "
                 "as three tensors)", "qkv_layout: separate")  # fmt: skip
-    if spec.positions == "rotary" and spec.rotary_fraction != 1.0:
-        return ("model.rotary_fraction", "partial rotary embedding (it rotates whole heads)",
-                "rotary_fraction: 1 (the same parameters and saved tensors)")  # fmt: skip
     return None
 
 

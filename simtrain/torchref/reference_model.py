@@ -77,6 +77,13 @@ from simtrain.torchref.peft import Adapter, LoRALinear, NF4Linear
 from simtrain.torchref.precision import PARAM_DTYPE
 
 
+def rotary_dims(spec: ModelSpec) -> int:
+    """Dimensions of each head that RoPE rotates: int(head_dim x rotary_fraction), as
+    transformers' GPT-NeoX (rotary_ndims = int(head_size * rotary_pct)) and Phi
+    (int(partial_rotary_factor * head_dim)) take them."""
+    return int(spec.head_dim * spec.rotary_fraction)
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, training: TrainingSpec, method: str) -> None:
         super().__init__()
@@ -151,7 +158,12 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v(x).view(b, s, self.kv_heads, d).transpose(1, 2)
         if cos is not None and sin is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            r = cos.shape[-1]  # rotary_dims: the first r of each head's dimensions
+            if r == d:
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            else:  # partial rotary (GPT-NeoX rotary_pct, Phi partial_rotary_factor, GPT-J)
+                q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
+                k = torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
         if self.prefix_k is not None and self.prefix_v is not None:
             p = self.prefix_k.shape[0]
             pk = self.prefix_k.view(p, self.kv_heads, d).transpose(0, 1).to(k.dtype)
@@ -291,7 +303,7 @@ class ReferenceGPT(nn.Module):
         if self.wpe is not None:
             self.register_buffer("pos_ids", torch.arange(t), persistent=False)
         if spec.positions == "rotary":
-            d = spec.head_dim
+            d = rotary_dims(spec)
             inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
             freqs = torch.outer(torch.arange(t, dtype=torch.float32), inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)

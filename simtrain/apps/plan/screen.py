@@ -17,7 +17,6 @@ from simtrain.costs.memory import StageMemory, stage_memory
 from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError, SimtrainError
 from simtrain.layout.step import resolve
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
 from simtrain.units import GIB
 
@@ -149,7 +148,7 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     step = max(closed_form_step_s(sc, stages), 1e-9)  # durations are whole ns: never 0
     tps = sc.tokens_per_step / step
     hw = sc.hardware
-    peak_flops = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
+    peak_flops = hw.compute_peak(sc.training.precision_spec.compute_dtype)
     mfu = model_flops_per_step(sc) / (step * layout.gpus * peak_flops)
     try:
         run = run_estimate(ctx.tokens, tps, layout.gpus, ctx.prices[layout.hardware],

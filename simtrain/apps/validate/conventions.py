@@ -83,6 +83,12 @@ class SourceConvention:
     # ... for a LoRA record, when the source's LoRA launcher differs (None: launch_flags), and why
     lora_launch_flags: tuple[str, ...] | None = None
     lora_launch_note: str = ""
+    # The optimizer's storage where the source's optimizer is not a plain fp32 one
+    # (training.optimizer_state_dtype, training.master_weights, why), but for LoRA records
+    # (whose recipes may use another optimizer); per model name (regex from its start, ignoring
+    # case; the first match wins), as ``named_architectures``.
+    optimizer_storage: tuple[str, str, str] | None = None
+    named_optimizer_storage: tuple[tuple[str, tuple[str, str, str]], ...] = ()
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -231,6 +237,24 @@ def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note
                             lora_launch_note=lora_launch_note)  # fmt: skip
 
 
+# NeMo 24.07 (NeMo 1.x under NeMo-Framework-Launcher 24.07, 8325688d) trains with Apex's
+# DistributedFusedAdam (launcher conf/training/*/*.yaml optim.name distributed_fused_adam; the
+# SFT config too, conf/peft/llama/sft.yaml): NeMo's setup_optimization
+# (nemo/collections/nlp/models/language_modeling/megatron_base_model.py at r2.0.0rc1 l.775-807)
+# keeps no fp32 master copy when the optimizer's dtype is the bf16 model's (store_params=False)
+# and only each master weight's low 16 bits otherwise (store_param_remainders=True); Apex
+# (apex/contrib/optimizers/distributed_fused_adam.py at f9f19d5c l.449-476) allocates exp_avg
+# and exp_avg_sq in that dtype (spec.precision.with_optimizer_storage).
+_NEMO_DFA = ("fp32", "remainder", "NeMo 24.07 trains with Apex DistributedFusedAdam (launcher "
+             "optim.name distributed_fused_adam, dtype fp32 by default): fp32 states and each "
+             "fp32 master weight's low 16 bits beside the bf16 weight (megatron_base_model.py "
+             "r2.0.0rc1 l.775-807 store_param_remainders=True)")  # fmt: skip
+_NEMO_DFA_BF16 = ("bf16", "none", "NeMo-Framework-Launcher 24.07 conf/training/nemotron/"
+                  "nemotron_340b.yaml l.158-165: distributed_fused_adam with dtype bf16: bf16 "
+                  "Adam states and no master copy (store_params=False: megatron_base_model.py "
+                  "r2.0.0rc1 l.775-807; apex distributed_fused_adam.py f9f19d5c l.449-476)")  # fmt: skip
+
+
 SOURCES: dict[str, SourceConvention] = {
     "megatron_sc21": _MEGATRON_LM,
     "megatron_sc21_zero3": SourceConvention(
@@ -357,33 +381,37 @@ SOURCES: dict[str, SourceConvention] = {
     # 00b7660b, "Only half of the attention matrix is non-zero". Models differ per row (GPT-3,
     # Llama 2/3, Nemotron): the Llama rows get the frameworks' Llama config by model name
     # (_NEMO_LLAMA); the GPT-3 and Nemotron rows are skipped (shape not on the page).
-    "nemo": _nemo_family(
-        "megatron_core",
-        # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
-        # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
-        # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
-        # The 24.07 performance runs are NeMo-Framework-Launcher's (6a76374e, 2024-07-31):
-        # launcher_scripts/conf/training/llama/llama2_70b.yaml sequence_parallel: true (l.126),
-        # ub_tp_comm_overlap: true (l.136), distributed_fused_adam overlap_grad_sync and
-        # overlap_param_sync: true (l.151-159; llama2_13b.yaml at tp 1 the same, l.150-158),
-        # launched by examples/training/llama/h100/llama2_{13b,70b}_fp8.sh with
-        # +training.model.optim.grad_sync_dtype=bf16; fine-tuning: conf/peft/llama/sft.yaml
-        # sequence_parallel: False (l.106), the same optimizer overlaps and bf16 (l.250-260).
-        "NeMo's recipes use Megatron-Core's distributed optimizer "
-        "(recipes/optim/adam.py use_distributed_optimizer=True); NeMo-Framework-Launcher's "
-        "pretraining configs turn on sequence parallelism with tp > 1 "
-        "(conf/training/llama/llama2_70b.yaml)",
-        "NeMo-Framework-Launcher 6a76374e: conf/training/llama/llama2_*.yaml (ub_tp_comm_overlap, "
-        "distributed_fused_adam overlap_grad_sync / overlap_param_sync) and "
-        "examples/training/llama/h100/llama2_*_fp8.sh (optim.grad_sync_dtype=bf16)",
-        finetune_note="NeMo-Framework-Launcher's fine-tuning config (conf/peft/llama/sft.yaml: "
-        "distributed_fused_adam, sequence_parallel False; the H100 examples at these rows' "
-        "layouts, 7b_1node.sh at tp 1 and 70b_1node_lora.sh at tp 2, leave it off; "
-        "70b_2node.sh at tp 4 turns it on)",
-        lora_launch_note="NeMo-Framework-Launcher's LoRA example "
-        "(examples/peft/llama/h100/70b_1node_lora.sh: optim fused_adam, the overlaps and "
-        "grad_sync_dtype removed; ub_tp_comm_overlap needs sequence parallelism, which it "
-        "leaves off): no launcher flags",
+    "nemo": replace(
+        _nemo_family(
+            "megatron_core",
+            # NeMo's recipes train with Megatron-Core's distributed optimizer (ZeRO-1):
+            # nemo/collections/llm/recipes/optim/adam.py distributed_fused_adam_with_cosine_annealing
+            # use_distributed_optimizer=True (NVIDIA/NeMo 8cfedd72); only LoRA turns it off.
+            # The 24.07 performance runs are NeMo-Framework-Launcher's (6a76374e, 2024-07-31):
+            # launcher_scripts/conf/training/llama/llama2_70b.yaml sequence_parallel: true (l.126),
+            # ub_tp_comm_overlap: true (l.136), distributed_fused_adam overlap_grad_sync and
+            # overlap_param_sync: true (l.151-159; llama2_13b.yaml at tp 1 the same, l.150-158),
+            # launched by examples/training/llama/h100/llama2_{13b,70b}_fp8.sh with
+            # +training.model.optim.grad_sync_dtype=bf16; fine-tuning: conf/peft/llama/sft.yaml
+            # sequence_parallel: False (l.106), the same optimizer overlaps and bf16 (l.250-260).
+            "NeMo's recipes use Megatron-Core's distributed optimizer "
+            "(recipes/optim/adam.py use_distributed_optimizer=True); NeMo-Framework-Launcher's "
+            "pretraining configs turn on sequence parallelism with tp > 1 "
+            "(conf/training/llama/llama2_70b.yaml)",
+            "NeMo-Framework-Launcher 6a76374e: conf/training/llama/llama2_*.yaml (ub_tp_comm_overlap, "
+            "distributed_fused_adam overlap_grad_sync / overlap_param_sync) and "
+            "examples/training/llama/h100/llama2_*_fp8.sh (optim.grad_sync_dtype=bf16)",
+            finetune_note="NeMo-Framework-Launcher's fine-tuning config (conf/peft/llama/sft.yaml: "
+            "distributed_fused_adam, sequence_parallel False; the H100 examples at these rows' "
+            "layouts, 7b_1node.sh at tp 1 and 70b_1node_lora.sh at tp 2, leave it off; "
+            "70b_2node.sh at tp 4 turns it on)",
+            lora_launch_note="NeMo-Framework-Launcher's LoRA example "
+            "(examples/peft/llama/h100/70b_1node_lora.sh: optim fused_adam, the overlaps and "
+            "grad_sync_dtype removed; ub_tp_comm_overlap needs sequence parallelism, which it "
+            "leaves off): no launcher flags",
+        ),
+        optimizer_storage=_NEMO_DFA,
+        named_optimizer_storage=((r"nemotron-340b", _NEMO_DFA_BF16),),
     ),
     # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
     # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
@@ -582,6 +610,10 @@ def convention_for(rec: Record) -> SourceConvention:
         if re.match(pattern, name, re.IGNORECASE):
             conv = replace(conv, architecture={**conv.architecture, **arch},
                            architecture_note=why)  # fmt: skip
+            break
+    for pattern, storage in conv.named_optimizer_storage:
+        if re.match(pattern, name, re.IGNORECASE):
+            conv = replace(conv, optimizer_storage=storage)
             break
     if rec.source_key == "torchtitan":
         conv = _torchtitan_commit(rec, conv)

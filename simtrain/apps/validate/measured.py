@@ -11,7 +11,6 @@ from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convent
 from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.translate import Translation
-from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GIB, MIB
 
@@ -146,7 +145,7 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
     blocks = pr.block_times(sc) if any(k in meas for k in LAYER_METRICS) else None
     n = sc.parallelism.gpus
     hw = sc.hardware
-    peak = hw.compute_peak(PRECISIONS[sc.training.precision].compute_dtype)
+    peak = hw.compute_peak(sc.training.precision_spec.compute_dtype)
     if sc.training.precision.startswith(("fp8", "mxfp8")) and conv.fp8_mfu_peak == "fp8":
         peak = hw.peak("fp8") or peak
     for metric in METRICS:

@@ -474,6 +474,9 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
             sets.append(f"training.{key}={training[key]}")
     for key, value in training.get("peft", {}).items():  # no framework flag of ours says it
         sets.append(f"training.peft.{key}={json.dumps(value)}")
+    for key in ("optimizer_state_dtype", "master_weights"):  # (no framework flag says it)
+        if key in training:
+            sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
         sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
     name = runtime_of(rec.source_key)

@@ -814,6 +814,10 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
     peft = read_finetune(t.get("finetune"), conv, notes)
     if peft is not None:
         out["peft"] = peft
+    lora = peft is not None and peft.get("method") in ("lora", "qlora")
+    if conv.optimizer_storage is not None and not lora:
+        out["optimizer_state_dtype"], out["master_weights"], why = conv.optimizer_storage
+        notes.append(why)
     return out
 
 

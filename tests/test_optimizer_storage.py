@@ -1,0 +1,122 @@
+"""The optimizer's own storage (``training.optimizer_state_dtype``, ``training.master_weights``;
+``spec.precision.with_optimizer_storage``): Apex DistributedFusedAdam's state dtype and NeMo's
+master-copy choice (store_params / store_param_remainders), against closed forms written out
+here, and the NeMo 24.07 Nemotron-4-340B run that fits only with them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from simtrain.apps.validate.records import load_records
+from simtrain.apps.validate.translate import translate
+from simtrain.costs.compute import optimizer_bytes_per_param
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError
+from simtrain.spec.precision import PRECISIONS, with_optimizer_storage
+from simtrain.spec.scenario import load_scenario
+
+GIB = 2**30
+
+
+def _sc(**training):
+    sc = load_scenario("scenarios/gpipe_8gpu.yaml")
+    return replace(sc, training=replace(sc.training, **training))
+
+
+@pytest.mark.parametrize(("state", "master", "master_b", "state_b"), [
+    ("fp32", "precision", 4, 4), ("bf16", "none", 0, 2), ("fp32", "remainder", 2, 4),
+    ("bf16", "precision", 4, 2), ("fp32", "none", 0, 4),
+])  # fmt: skip
+def test_model_states_per_parameter(state, master, master_b, state_b) -> None:
+    """bf16 mixed precision with Adam: 2 B weights and gradients beside master_b B of master
+    copy and 2 x state_b B of moments per trainable parameter, exactly."""
+    base = estimate_memory(_sc()).stages[0].breakdown.states
+    got = estimate_memory(_sc(optimizer_state_dtype=state, master_weights=master))
+    st = got.stages[0].breakdown.states
+    n = base.trainable
+    assert (st.parameters, st.gradients) == (base.parameters, base.gradients) == (2 * n, 2 * n)
+    assert st.master_weights == master_b * n
+    assert st.optimizer_states == 2 * state_b * n
+
+
+def test_storage_is_sharded_like_the_optimizer() -> None:
+    """ZeRO-1 over dp 8 shards the master remainders and the bf16 moments: each category / 8."""
+    sets = ["parallelism.pp=1", "parallelism.dp=8", "training.optimizer_state_dtype=bf16",
+            "training.master_weights=remainder"]  # fmt: skip
+    z0 = load_scenario("scenarios/gpipe_8gpu.yaml", overrides=sets)
+    z1 = replace(z0, parallelism=replace(z0.parallelism, zero_stage=1))
+    (a, b) = (dict(estimate_memory(x).stages[0].memory_bytes) for x in (z0, z1))
+    n = estimate_memory(z0).stages[0].breakdown.states.trainable
+    assert (a["master_weights"], a["optimizer_states"]) == (2 * n, 2 * 2 * n)
+    assert b["master_weights"] == pytest.approx(2 * n / 8, abs=8)
+    assert b["optimizer_states"] == pytest.approx(2 * 2 * n / 8, abs=8)
+
+
+@pytest.mark.parametrize(("state", "master", "per_param"), [
+    ("fp32", "precision", 2 + 2 * 4 + 2 * 2 * 4 + 2),  # 28 B: the mixed-precision step
+    ("bf16", "none", 2 + 2 * 2 + 2 * 2 * 2),  # 14 B: bf16 weights and moments in place
+    ("fp32", "remainder", 2 + 2 * (2 + 2) + 2 * 2 * 4),  # 26 B: weight + remainder, both ways
+])  # fmt: skip
+def test_optimizer_step_bytes(state, master, per_param) -> None:
+    t = _sc(optimizer_state_dtype=state, master_weights=master).training
+    assert optimizer_bytes_per_param(t) == per_param
+
+
+def test_defaults_are_the_precision() -> None:
+    for name, prec in PRECISIONS.items():
+        assert with_optimizer_storage(prec) is prec, name
+
+
+@pytest.mark.parametrize(("sets", "key"), [
+    (["training.master_weights=remainder", "training.precision=fp32"], "training.master_weights"),
+    (["training.master_weights=remainder", "training.precision=bf16_pure"],
+     "training.master_weights"),
+    (["training.optimizer_state_dtype=bf16", "training.optimizer=sgd"],
+     "training.optimizer_state_dtype"),
+    (["training.optimizer_state_dtype=bf16", "training.optimizer=adam8bit"],
+     "training.optimizer_state_dtype"),
+    (["training.optimizer_state_dtype=fp16"], "training.optimizer_state_dtype"),
+    (["training.master_weights=fp16"], "training.master_weights"),
+])  # fmt: skip
+def test_bad_storage_is_a_clear_error(sets, key) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_scenario("scenarios/gpipe_8gpu.yaml", overrides=sets)
+    assert ei.value.key == key
+
+
+def _nemo(name: str):
+    recs = [r for r in load_records("measured/more_runs_2026-12.yaml") if name in r.id]
+    assert len(recs) == 1
+    return translate(recs[0])
+
+
+def test_nemotron_340b_fits_with_apex_bf16_adam() -> None:
+    """NeMo 24.07's Nemotron-4-340B run (tp 8, pp 8, vp 12, 128 H100s; it ran): the launcher's
+    distributed_fused_adam with dtype bf16 keeps no master copy and bf16 moments. Stage 0 with
+    fp32 ones would need 85.6 GiB of 79.2; with the run's optimizer 64.1 GiB, each category as
+    the closed form of 5.77e9 parameters a GPU, dp 2: 2 B weights, 2 B gradients, 0 B master,
+    2 x 2 B / 2 of moments."""
+    tr = _nemo("Nemotron-340B")
+    t = tr.scenario.training
+    assert (t.optimizer_state_dtype, t.master_weights) == ("bf16", "none")
+    st = estimate_memory(tr.scenario).stages[0]
+    n, cats = st.breakdown.states.trainable, dict(st.memory_bytes)
+    assert cats["master_weights"] == 0
+    assert cats["optimizer_states"] == pytest.approx(2 * 2 * n / 2, abs=2)
+    assert cats["parameters"] == cats["gradients"] == 2 * n
+    assert st.fits and 60 * GIB < st.peak_memory_bytes < 70 * GIB
+    fp32 = replace(tr.scenario, training=replace(t, optimizer_state_dtype="fp32",
+                                                 master_weights="precision"))  # fmt: skip
+    assert not estimate_memory(fp32).stages[0].fits
+
+
+@pytest.mark.parametrize(("name", "storage"), [
+    ("LLAMA2-70B_64gpu", ("fp32", "remainder")),  # distributed_fused_adam, dtype fp32
+    ("SFT_LLAMA2-7B", ("fp32", "remainder")),  # the SFT config's optimizer is the same
+    ("LoRA_LLAMA2-70B", ("fp32", "precision")),  # the LoRA example's fused_adam
+])  # fmt: skip
+def test_nemo_rows_take_their_launchers_optimizer(name, storage) -> None:
+    t = _nemo(name).scenario.training
+    assert (t.optimizer_state_dtype, t.master_weights) == storage
