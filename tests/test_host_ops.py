@@ -86,6 +86,20 @@ def test_rotary_and_the_eager_kernel_parts():
     assert minus(rot_qk, rot) == parts
 
 
+def test_partial_rotary_and_dropout():
+    rot = counted(block(positions="rotary"))
+    rot_eager = counted(block(positions="rotary", flash_attention=False))
+    half = counted(block(positions="rotary", rotary_fraction=0.5))
+    assert minus(half, rot) == host.PARTIAL_ROTARY_OPS
+    eager_quarter = counted(block(positions="rotary", flash_attention=False, rotary_fraction=0.25))
+    assert minus(eager_quarter, rot_eager) == host.PARTIAL_ROTARY_EAGER_ATTENTION_OPS
+    bare, eager = counted(block()), counted(block(flash_attention=False))
+    residual = counted(block(dropout=0.1, attention_dropout=False))
+    assert minus(residual, bare) == host.DROPOUT_OPS
+    both = counted(block(dropout=0.1, flash_attention=False))
+    assert minus(both, eager) == host.DROPOUT_OPS + host.ATTENTION_DROPOUT_EAGER_OPS
+
+
 def test_biases_and_the_parallel_block():
     bare = counted(block())
     assert minus(counted(block(bias=True)), bare) == host.BIAS_OPS * 7  # q k v o gate up down
@@ -122,7 +136,8 @@ ARRANGEMENTS = [
 
 def grid():
     """A deterministic sweep of the grid: every arrangement with each MLP, norm kind, attention
-    kernel, position kind and K/V grouping, the biases and soft-capping turned by turns."""
+    kernel, position kind and K/V grouping, the biases, soft-capping, partial rotary and the
+    dropouts turned by turns."""
     out = []
     for i, (arr, mlp, norm, flash, pos, kv) in enumerate(itertools.product(
             ARRANGEMENTS, ("swiglu", "gelu"), ("rmsnorm", "layernorm"), (True, False),
@@ -133,7 +148,9 @@ def grid():
         out.append(block(mlp=mlp, norm=norm, flash_attention=flash, positions=pos, kv_heads=kv,
                          pre_norms=pre, shared_norm=shared, parallel_residual=shared,
                          post_norms=post, qk_norm=qk is not None, qk_norm_width=qk or "head",
-                         bias=i % 2 == 0, attention_softcap=not flash and i % 4 == 0))  # fmt: skip
+                         bias=i % 2 == 0, attention_softcap=not flash and i % 4 == 0,
+                         rotary_fraction=0.5 if pos == "rotary" and i % 5 == 0 else 1.0,
+                         dropout=0.1 if i % 7 == 0 else 0.0))  # fmt: skip
     return out
 
 
@@ -148,20 +165,20 @@ def test_parts_add_up_on_a_grid_of_blocks():
     assert worst > 0  # (the tolerance is needed: if every block counted exactly, tighten it)
 
 
-@pytest.mark.parametrize(
-    "name", ["olmo-2-1b", "gemma-3-1b", "gemma-2-2b", "falcon-7b", "qwen3-30b-a3b"]
-)
+@pytest.mark.parametrize("name", ["olmo-2-1b", "gemma-3-1b", "gemma-2-2b", "falcon-7b",
+                                  "qwen3-30b-a3b", "pythia-1b", "phi-2", "opt-1.3b"])  # fmt: skip
 def test_presets_with_extra_norms_count_their_norms(name):
-    """The review's finding: OLMo 2 and Gemma were charged a Llama block's 72 / 127 ops."""
+    """The review's finding: OLMo 2 and Gemma were charged a Llama block's 72 / 127 ops; the
+    second review's: Pythia's and Phi's partial rotary and OPT's dropouts were counted nowhere
+    (6-13 ops a phase short)."""
     p = preset(name)
     m = block(mlp=p.mlp, norm=p.norm, positions=p.positions, kv_heads=2 if p.kv_heads < p.heads else 4,
               pre_norms=p.pre_norms, post_norms=p.post_norms, qk_norm=p.qk_norm,
               qk_norm_width=p.qk_norm_width, bias=p.bias, qkv_bias=p.qkv_bias,
               mlp_bias=p.mlp_bias, shared_norm=p.shared_norm, parallel_residual=p.parallel_residual,
-              flash_attention=p.flash_attention,
+              flash_attention=p.flash_attention, rotary_fraction=p.rotary_fraction,
+              dropout=p.dropout, attention_dropout=p.attention_dropout,
               attention_softcap=p.attention_softcap and not p.flash_attention)  # fmt: skip
     assert layer_ops(p) == layer_ops(m)
-    want = counted(m)
-    got = layer_ops(m)
-    assert abs(got.forward - want.forward) <= TOLERANCE_OPS
-    assert abs(got.backward - want.backward) <= TOLERANCE_OPS
+    d = minus(layer_ops(m), counted(m))
+    assert max(abs(d.forward), abs(d.backward), abs(d.recompute_full)) <= TOLERANCE_OPS, d

@@ -139,6 +139,27 @@ def test_frozen_first_block_q_k_norms(precision: str, width: str, method: str, t
     assert measured == m1["activations"] - m0["activations"] != 0
 
 
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("width", ["head", "full"])
+@pytest.mark.parametrize("precision", ["amp_bf16", "bf16", "fp32"])
+def test_selective_recompute_keeps_the_q_k_norms_dtype(precision: str, width: str,
+                                                       flash: bool) -> None:  # fmt: skip
+    """Selective recompute checkpoints the attention core, which keeps its inputs as given:
+    under autocast the q / k norms hand it fp32 q and k (their fp32 weight times the 16-bit
+    normalised input), 2·sb(q + kv) B a block more than the 16-bit casts the kernel saves
+    without recompute (a review of 2026-12-05: 98,304 B short on this model). Measured."""
+    pytest.importorskip("torch")
+    from reference_pairs import measure_and_estimate
+
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision=precision,
+                     recompute="selective")  # fmt: skip
+    a = replace(LLAMA, flash_attention=flash)
+    b = replace(a, qk_norm=True, qk_norm_width=width)
+    (r0, m0), (r1, m1) = measure_and_estimate(a, t), measure_and_estimate(b, t)
+    measured = r1.activation_bytes - r0.activation_bytes
+    assert measured == m1["activations"] - m0["activations"] != 0
+
+
 def test_full_width_qk_norm_needs_tp_1_and_mla_has_none() -> None:
     """OLMo 2's norm over all of q spans every TP rank's heads (OLMo-core all-to-alls q and k
     around it): not modelled, so tp > 1 is an error naming the key; per head it splits."""

@@ -79,11 +79,67 @@ def test_defaults_are_the_precision() -> None:
      "training.optimizer_state_dtype"),
     (["training.optimizer_state_dtype=fp16"], "training.optimizer_state_dtype"),
     (["training.master_weights=fp16"], "training.master_weights"),
+    (["training.master_weights=none", "training.precision=amp_bf16"], "training.master_weights"),
 ])  # fmt: skip
 def test_bad_storage_is_a_clear_error(sets, key) -> None:
     with pytest.raises(ConfigError) as ei:
         load_scenario("scenarios/gpipe_8gpu.yaml", overrides=sets)
     assert ei.value.key == key
+
+
+@pytest.mark.parametrize(("sets", "key"), [
+    (["training.peft.method=lora", "training.optimizer_state_dtype=bf16"],
+     "training.optimizer_state_dtype"),  # bitsandbytes' 32-bit paged AdamW: fp32 states
+    (["training.optimizer_state_dtype=bf16"], "training.optimizer_state_dtype"),  # QLoRA
+    (["training.master_weights=none"], "training.master_weights"),  # QLoRA keeps no master
+])  # fmt: skip
+def test_paged_and_qlora_storage_is_fixed(sets, key) -> None:
+    """A review of 2026-12-05: bf16 states halved the paged-out bytes of bitsandbytes' paged
+    AdamW, which keeps fp32 states; a master setting under QLoRA did nothing."""
+    with pytest.raises(ConfigError) as ei:
+        load_scenario("scenarios/qlora_paged_13b_4090.yaml", overrides=sets)
+    assert ei.value.key == key
+
+
+@pytest.mark.parametrize(("file", "sets", "key", "says"), [
+    ("zero1_8gpu", ["runtime=deepspeed", "training.master_weights=remainder"],
+     "training.master_weights", "flat ZeRO-1"),
+    ("zero1_8gpu", ["runtime=deepspeed", "training.optimizer_state_dtype=bf16"],
+     "training.optimizer_state_dtype", "flat ZeRO-1"),
+    ("zero3_64gpu", ["training.offload.optimizer=true", "training.optimizer_state_dtype=bf16"],
+     "training.optimizer_state_dtype", "CPU Adam"),
+    ("zero3_64gpu", ["runtime=torchtitan", "training.master_weights=remainder"],
+     "training.master_weights", "bf16_pure"),
+    ("zero3_64gpu", ["runtime=torchtitan", "training.master_weights=none"],
+     "training.master_weights", "bf16_pure"),
+])  # fmt: skip
+def test_storage_the_optimizer_cannot_have_is_refused(file, sets, key, says) -> None:
+    """A review of 2026-12-05: DeepSpeed's flat partitions, its CPU Adam and FSDP's fp32 shard
+    took the keys silently and read the changed bytes as something else (a 2-byte "fp32 cast")."""
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(f"scenarios/{file}.yaml", overrides=sets)
+    assert ei.value.key == key and says in str(ei.value)
+    # FSDP with bf16 moments (torchao's AdamW) is a storage it can have
+    sc = load_scenario("scenarios/zero3_64gpu.yaml",
+                       overrides=["runtime=torchtitan", "training.optimizer_state_dtype=bf16"])  # fmt: skip
+    assert sc.training.precision_spec.state == 2
+
+
+def test_remainders_and_none_step_from_16_bit_gradients() -> None:
+    """Without a full fp32 master copy there is no fp32 master gradient: the optimizer step's
+    working memory and the master-copy passes are 0 for them, 4 B / param of the shard with the
+    precision's master (a review of 2026-12-05: remainders made it a 2-byte "fp32" gradient)."""
+    from simtrain.costs.workload import master_copy_bytes_per_param
+    from simtrain.layout.step import resolve
+
+    base = load_scenario("scenarios/llama3_70b_tp_overlap.yaml")
+    ws = {}
+    for master in ("precision", "remainder", "none"):
+        sc = replace(base, training=replace(base.training, master_weights=master))
+        ws[master] = estimate_memory(sc).stages[0].optimizer_working_bytes
+        copies = master_copy_bytes_per_param(sc, resolve(sc))
+        assert (copies > 0) == (master == "precision")
+    assert ws["remainder"] == ws["none"] < ws["precision"]
 
 
 def _nemo(name: str):

@@ -83,6 +83,23 @@ def test_every_required_runtime_is_shipped_and_loads():
         assert set(runtime_settings(rt)) <= set(KEYS)
 
 
+def test_every_field_is_a_key_of_its_type():
+    """Each profile field is a YAML key in the one table of its type (a new int or float field
+    needs its range in INTS / FLOATS; a new str field its CHOICES): nothing is settable in
+    Python but not in a profile, nothing is parsed as another type."""
+    from dataclasses import fields
+
+    from simtrain.spec.runtime import BOOLS, CHOICES, FLOATS, INTS, LISTS, RuntimeProfile
+
+    table = {"bool": set(BOOLS), "int": set(INTS), "float": set(FLOATS), "str": set(CHOICES),
+             "tuple[str, ...]": set(LISTS)}  # fmt: skip
+    for f in fields(RuntimeProfile):
+        if f.name in ("name", "display_name", "source_file"):
+            continue
+        homes = [t for t, keys in table.items() if f.name in keys]
+        assert homes == [f.type], (f.name, f.type, homes)
+
+
 def test_every_profile_value_names_its_source():
     """Each profile cites its sources in a header: at least one [tag] defined there."""
     from simtrain.spec.runtime import RUNTIMES_DIR

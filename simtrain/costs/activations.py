@@ -265,6 +265,15 @@ def _attention(c: _Block) -> None:
         stats = 4 * sb * (2 if m.q_lora_rank else 1)
         c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
               f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
+    if m.qk_norm and t.recompute == "selective" and c.en > e:
+        # Under autocast a q / k norm's output is fp32 (its fp32 weight times the normalised
+        # 16-bit input: transformers' Qwen3 / OLMo 2 / Gemma 3 RMSNorm, the reference's), and
+        # rotary keeps it; selective recompute's checkpoint keeps the core's inputs as given,
+        # q and k in fp32, where without it the kernel saves its own 16-bit casts (measured
+        # with simtrain.torchref: 2·sb(q + kv) B a block more under amp_bf16; a review of
+        # 2026-12-05)
+        c.add("q, k in the q / k norms' fp32 (selective recompute's checkpoint)",
+              (c.en - e) * sb * (m.q_dim + m.kv_dim) / tp, f"{c.en - e}·sb(q+kv)/t")  # fmt: skip
     if m.flash_attention:
         # K and V with the prefix's keys (prefix tuning: s + p; the kernel saves what it is
         # given; measured, a review of 2026-12-05). Context parallelism's other shards are not

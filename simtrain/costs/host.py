@@ -47,7 +47,7 @@ class LayerOps:
 # (``simtrain.torchref``) with ``count_dispatched_ops`` (torch 2.13, CPU, bf16; counts do not
 # depend on sizes or device) as the difference between two blocks that differ by that part
 # alone: layers 2 minus layers 1 of a narrow model, recompute none and full. The parts add up to
-# the reference's count within 2 ops a phase over every combination of them
+# the reference's count within 2 ops a phase on every block of the tested grid
 # (tests/test_host_ops.py recounts each part and checks the sums on a grid of blocks), and
 # exactly on the GPT-3 / Llama blocks the host constant was fitted with.
 
@@ -75,6 +75,14 @@ QK_HEAD_NORM_ROTARY_OPS = LayerOps(forward=0, backward=-1, recompute_full=0)
 #: Rotary embedding on q and k (with flash attention; without it, 2 backward ops fewer).
 ROTARY_OPS = LayerOps(forward=12, backward=16, recompute_full=12)
 ROTARY_EAGER_ATTENTION_OPS = LayerOps(forward=12, backward=14, recompute_full=12)
+#: Rotary on a fraction of each head (``rotary_fraction`` < 1: GPT-NeoX / Pythia, Phi, GPT-J):
+#: the rotated slice and the pass-through joined again (slices and a cat on q and k).
+PARTIAL_ROTARY_OPS = LayerOps(forward=7, backward=10, recompute_full=7)
+PARTIAL_ROTARY_EAGER_ATTENTION_OPS = LayerOps(forward=6, backward=10, recompute_full=6)
+#: The dropouts on the two residual branches (``dropout`` > 0; a replay draws their masks again).
+DROPOUT_OPS = LayerOps(forward=2, backward=2, recompute_full=4)
+#: Eager attention's dropout on the probabilities (a flash kernel drops inside the kernel).
+ATTENTION_DROPOUT_EAGER_OPS = LayerOps(forward=1, backward=1, recompute_full=1)
 #: Eager attention with fewer K/V heads than heads repeats K and V to every head.
 REPEAT_KV_OPS = LayerOps(forward=8, backward=7, recompute_full=8)
 #: Eager attention's score soft-capping (c·tanh(x/c)); a flash kernel does it in the kernel.
@@ -88,7 +96,8 @@ PARALLEL_RESIDUAL_OPS = LayerOps(forward=0, backward=0, recompute_full=-1)
 def layer_ops(m: ModelSpec) -> LayerOps:
     """Ops of one block of ``m``: the bare block of its MLP kind and attention kernel, plus one
     part for each norm (before / after each sublayer, on q and k), its rotary embedding, each
-    biased linear, eager attention's K/V repeat and soft-capping, a parallel block's replay.
+    biased linear, partial rotary's slices, the dropouts, eager attention's K/V repeat and
+    soft-capping, a parallel block's replay.
     ALiBi and learned positions add no per-block op (a bias built once, the embedding)."""
     flash = m.flash_attention
     ops = BARE_BLOCK_OPS[(m.mlp, flash)]
@@ -101,6 +110,12 @@ def layer_ops(m: ModelSpec) -> LayerOps:
             ops += QK_HEAD_NORM_ROTARY_OPS * 2
     if rotary:
         ops += ROTARY_OPS if flash else ROTARY_EAGER_ATTENTION_OPS
+        if m.rotary_fraction < 1:
+            ops += PARTIAL_ROTARY_OPS if flash else PARTIAL_ROTARY_EAGER_ATTENTION_OPS
+    if m.dropout > 0:
+        ops += DROPOUT_OPS
+        if not flash and m.drops_attention:
+            ops += ATTENTION_DROPOUT_EAGER_OPS
     if not flash and m.kv_heads < m.heads:
         ops += REPEAT_KV_OPS
     if not flash and m.attention_softcap:

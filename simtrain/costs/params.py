@@ -346,7 +346,14 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         return 0
     prec = t.precision_spec
     master_grads = 0
-    if prec.master and not prec.grad_accum and not fp32_grad_buffer:
+    # (a master copy kept as 16-bit remainders, or none, is stepped from the 16-bit gradients:
+    # Apex DistributedFusedAdam's fused kernel, no fp32 gradient copy)
+    if (
+        prec.master
+        and t.master_weights == "precision"
+        and not prec.grad_accum
+        and not fp32_grad_buffer
+    ):
         # Mixed precision with fp32 master weights: before the update every 16-bit gradient is
         # cast to an fp32 master gradient, all of them at once (Megatron
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),

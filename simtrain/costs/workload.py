@@ -382,7 +382,7 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     elem = grad_buffer_elem_bytes(sc, step)
     # the norm reads the optimizer's main gradients: fp32 under master weights (Megatron's
     # mixed-precision optimizers keep fp32 main grads: a view of an fp32 buffer, else a copy)
-    main = 4 if prec.master else elem
+    main = 4 if prec.master and sc.training.master_weights == "precision" else elem
     n_bytes = full * trainable * elem + (rt.clip_grad_norm * main + copies) * shard
     return math.ceil(memory_bound_ns(n_bytes, sc.hardware))
 
@@ -396,9 +396,12 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
     buffer, 2 + 4 B (a view of an fp32 one: 0); the update then reads those fp32 main grads
     where :func:`costs.compute.optimizer_bytes_per_param` charges the precision's gradient
     bytes: 4 - 2 B more for a 16-bit gradient; the unscale under fp16's loss scaling, 4 + 4 B;
-    the master weights' read for the 16-bit copy, 4 B. 0 without master weights."""
+    the master weights' read for the 16-bit copy, 4 B. 0 without a full fp32 master copy
+    (``training.master_weights`` remainder or none: Apex DistributedFusedAdam's fused kernel
+    steps from the 16-bit gradients and writes the weights itself)."""
     prec = step.precision
-    if not sc.runtime.master_copies or not prec.master:
+    full_master = prec.master and sc.training.master_weights == "precision"
+    if not sc.runtime.master_copies or not full_master:
         return 0
     elem = grad_buffer_elem_bytes(sc, step)
     grad_copy = elem + 4 if elem < 4 else 0

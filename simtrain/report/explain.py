@@ -108,8 +108,10 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         ),
     ]
     if ms.master_weights:
-        lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B (fp32 "
-                     f"copy) = {_gb(ms.master_weights)}")  # fmt: skip
+        kind = ("the low 16 bits of each fp32 master weight, beside the 16-bit one"
+                if t.master_weights == "remainder" else "fp32 copy")  # fmt: skip
+        lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B ({kind}) "
+                     f"= {_gb(ms.master_weights)}")  # fmt: skip
     lines.append(
         f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B"
         + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
@@ -218,7 +220,7 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
             over = f"{over} (routed experts' / (dp{' x cp' if p.cp > 1 else ''} / ep))"
         what = "" if fused else (f"2 x {prec.state} B x trainable{over} of Adam temporaries"
                                  if flat else "2 temporaries of the largest tensor")  # fmt: skip
-        if prec.master and not prec.grad_accum:
+        if prec.master and t.master_weights == "precision" and not prec.grad_accum:
             grads = ("a flat 16-bit copy of the gradient partition and its fp32 cast, "
                      f"{prec.grad} + {prec.master} B" if flat else f"fp32 master gradients, "
                      f"{prec.master} B")  # fmt: skip

@@ -298,17 +298,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
     "cp_attention": CP_ATTENTIONS, "attention_kernel": ATTENTION_KERNELS,
 }  # fmt: skip
-BOOLS = ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward", "overlap_grad_reduce",
-         "overlap_param_gather", "zero3_per_gpu_nic", "grads_in_reduce_buffer", "fused_optimizer",
-         "moe_fp8_dispatch", "ddp_grad_buckets", "grads_freed_per_microbatch",
-         "pipeline_grads_unsharded", "fsdp_root_unsharded",
-         "pipeline_recv_buffers_per_microbatch", "attention_repeat_kv", "sliding_window_kernel",
-         "tp_saves_gathered_input", "pipeline_keeps_stage_outputs",
-         "pipeline_keeps_last_outputs", "fused_qkv", "fused_gate_up",
-         "interleaved_all_warmup_at_pp",
-         "flat_optimizer_buffers", "zero_grad_buffer", "check_nan_in_grad",
-         "scale_grads_before_reduce", "clip_grad_norm", "zero3_gather_copy_out",
-         "master_copies", "scale_grads_at_dp1", "eager_elementwise")  # fmt: skip
+#: Every true / false key: the profile's bool fields (a new one is a YAML key by being one).
+BOOLS = tuple(f.name for f in fields(RuntimeProfile) if f.type == "bool")
 #: p2p_messages_*: a transfer of a few metadata messages and tensors; host_us_per_op up to
 #: 10 ms (a slow interpreter; eager PyTorch on a server CPU is ~5-30 us).
 #: tp_gather_buffers: a few cached gather buffers (nanotron: 1, 2 with async TP).

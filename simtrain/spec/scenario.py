@@ -576,11 +576,30 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
-def check_optimizer_storage(t: TrainingSpec, file: str) -> None:
+def check_optimizer_storage(s: Scenario, file: str) -> None:
     """``optimizer_state_dtype: bf16`` stores an optimizer's fp32 states (Adam's moments, SGD's
     momentum, Adafactor's factors) in 16 bits: not plain SGD's (none), 8-bit Adam's (its own
     blocks) or QLoRA's paged fp32 states; ``master_weights: remainder`` keeps the low half of an
-    fp32 master copy beside 16-bit weights, so the precision must have both."""
+    fp32 master copy beside 16-bit weights, so the precision must have both. Neither applies
+    where the optimizer is one whose storage is fixed: DeepSpeed's flat ZeRO-1/2 partitions and
+    its CPU Adam (fp32 master and states), and a master other than the precision's not under
+    ZeRO-3 / FSDP, which gathers the 16-bit weights from the fp32 shard (16-bit parameters there
+    are ``precision: bf16_pure``)."""
+    t, p = s.training, s.parallelism
+    changed = [(k, v) for k, v, d in (("optimizer_state_dtype", t.optimizer_state_dtype, "fp32"),
+                                       ("master_weights", t.master_weights, "precision"))
+               if v != d]  # fmt: skip
+    for key, value in changed:
+        why = ("training.offload.optimizer (DeepSpeed's CPU Adam keeps fp32 master weights and "
+               "states)" if t.offload.optimizer else
+               f"runtime {s.runtime.name}'s flat ZeRO-{p.zero_stage} partitions (fp32 master and "
+               "states)" if s.runtime.flat_optimizer_buffers and 1 <= p.zero_stage <= 2 else
+               "parallelism.zero_stage 3 (ZeRO-3 / FSDP gathers 16-bit weights from the fp32 "
+               "shard; 16-bit parameters there are training.precision bf16_pure)"
+               if key == "master_weights" and p.zero_stage >= 3 else "")  # fmt: skip
+        if why:
+            raise ConfigError(file, f"training.{key}", f"{value} does not apply with {why}",
+                              value, {"optimizer_state_dtype": "fp32"}.get(key, "precision"))  # fmt: skip
     if t.optimizer_state_dtype == "bf16":
         if t.optimizer in ("sgd", "adam8bit"):
             raise ConfigError(
@@ -589,12 +608,20 @@ def check_optimizer_storage(t: TrainingSpec, file: str) -> None:
                 f"{'none' if t.optimizer == 'sgd' else '8-bit ones'}", t.optimizer_state_dtype,
                 "fp32",
             )  # fmt: skip
-        if t.peft.method == "qlora":
+        if t.peft.method == "qlora" or t.peft.paged_optimizer:
             raise ConfigError(
-                file, "training.optimizer_state_dtype", "QLoRA's paged optimizer keeps fp32 "
-                "states (Dettmers et al. 2023 §3)", t.optimizer_state_dtype, "fp32",
+                file, "training.optimizer_state_dtype", "bitsandbytes' paged optimizer keeps "
+                "fp32 states (QLoRA, Dettmers et al. 2023 §3; training.peft.paged_optimizer)",
+                t.optimizer_state_dtype, "fp32",
             )  # fmt: skip
     prec = PRECISIONS[t.precision]
+    if t.master_weights != "precision" and (not prec.master or t.peft.method == "qlora"):
+        raise ConfigError(
+            file, "training.master_weights", f"{t.master_weights} changes a master copy that "
+            f"training.precision {t.precision} does not keep"
+            + (" (QLoRA keeps none)" if t.peft.method == "qlora" else ""), t.master_weights,
+            "precision",
+        )  # fmt: skip
     if t.master_weights == "remainder" and not (prec.master == 4 and prec.param == 2):
         raise ConfigError(
             file, "training.master_weights", f"remainder keeps the low 16 bits of an fp32 master "
@@ -806,7 +833,7 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if t.peft.paged_optimizer:
         check_paged_optimizer(s, file)
-    check_optimizer_storage(t, file)
+    check_optimizer_storage(s, file)
     if t.recompute == "selective_op" and t.peft.method != "none":
         raise ConfigError(
             file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "

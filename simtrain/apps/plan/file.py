@@ -40,6 +40,7 @@ TOP_KEYS = (
 )  # fmt: skip
 TRAINING_KEYS = (
     "seq_len", "global_batch", "precision", "optimizer", "cross_entropy", "peft", "offload",
+    "optimizer_state_dtype", "master_weights",
 )  # fmt: skip
 HARDWARE_KEYS = ("name", "price_per_gpu_hour")
 GPUS_KEYS = ("min", "max")
