@@ -52,7 +52,7 @@ from simtrain.apps.compare.variants import BUILTIN_VARIANTS
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.hardware import HARDWARE_DIR
 from simtrain.spec.model import ALIASES, MLP_KINDS, POSITION_KINDS, PRESETS
-from simtrain.spec.precision import PRECISIONS
+from simtrain.spec.precision import MASTER_WEIGHTS, OPTIMIZER_STATE_DTYPES, PRECISIONS
 from simtrain.spec.scenario import (
     CROSS_ENTROPY,
     DP_MODES,
@@ -713,6 +713,10 @@ def training_section(draw: Drawer, lay: Layout, max_pos: int) -> dict[str, Any]:
                         ("cross_entropy", CROSS_ENTROPY)):  # fmt: skip
         if coin(draw, 0.7):
             t[key] = choose(draw, *values)
+    for key, values in (("optimizer_state_dtype", OPTIMIZER_STATE_DTYPES),
+                        ("master_weights", MASTER_WEIGHTS)):  # fmt: skip
+        if coin(draw, 0.15):
+            t[key] = choose(draw, *values)
     if coin(draw, 0.5):
         method = choose(draw, *PEFT_METHODS)
         if method == "qlora" and precision == "fp32":
@@ -839,7 +843,8 @@ SCENARIO_KEYS = (
     "training.precision", "training.optimizer", "training.recompute", "training.cross_entropy",
     "training.peft.method", "training.peft.rank", "training.peft.alpha",
     "training.peft.target_modules", "training.peft.prefix_length", "training.peft.prompt_length",
-    "training.offload.optimizer", "parallelism.dp", "parallelism.tp", "parallelism.pp",
+    "training.offload.optimizer", "training.optimizer_state_dtype", "training.master_weights",
+    "parallelism.dp", "parallelism.tp", "parallelism.pp",
     "parallelism.schedule", "parallelism.virtual_stages", "parallelism.zero_stage",
     "parallelism.dp_mode", "parallelism.bucket_mb", "parallelism.zero3_max_live_params",
     "parallelism.layer_split", "parallelism.sequence_parallel", "runtime", "runtime.name",
@@ -1121,7 +1126,9 @@ def plan_doc(draw: Drawer) -> tuple[dict[str, Any], dict[str, Any] | None]:
         gb = {"min": lo, "max": lo + 3 * step, "step": step}
     training: dict[str, Any] = {"seq_len": choose(draw, 1, 64, 512, 2048), "global_batch": gb}
     for key, values in (("precision", tuple(PRECISIONS)), ("optimizer", OPTIMIZERS),
-                        ("cross_entropy", CROSS_ENTROPY)):  # fmt: skip
+                        ("cross_entropy", CROSS_ENTROPY),
+                        ("optimizer_state_dtype", OPTIMIZER_STATE_DTYPES),
+                        ("master_weights", MASTER_WEIGHTS)):  # fmt: skip
         if coin(draw, 0.5):
             training[key] = choose(draw, *values)
     if coin(draw, 0.2):
