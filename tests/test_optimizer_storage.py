@@ -80,6 +80,8 @@ def test_defaults_are_the_precision() -> None:
     (["training.optimizer_state_dtype=fp16"], "training.optimizer_state_dtype"),
     (["training.master_weights=fp16"], "training.master_weights"),
     (["training.master_weights=none", "training.precision=amp_bf16"], "training.master_weights"),
+    # an fp32 value's high 16 bits are a bf16 value, not an fp16 one
+    (["training.master_weights=remainder", "training.precision=fp16"], "training.master_weights"),
 ])  # fmt: skip
 def test_bad_storage_is_a_clear_error(sets, key) -> None:
     with pytest.raises(ConfigError) as ei:
@@ -103,15 +105,23 @@ def test_paged_and_qlora_storage_is_fixed(sets, key) -> None:
 
 @pytest.mark.parametrize(("file", "sets", "key", "says"), [
     ("zero1_8gpu", ["runtime=deepspeed", "training.master_weights=remainder"],
-     "training.master_weights", "flat ZeRO-1"),
+     "training.master_weights", "runtime deepspeed"),
     ("zero1_8gpu", ["runtime=deepspeed", "training.optimizer_state_dtype=bf16"],
-     "training.optimizer_state_dtype", "flat ZeRO-1"),
+     "training.optimizer_state_dtype", "runtime deepspeed"),
     ("zero3_64gpu", ["training.offload.optimizer=true", "training.optimizer_state_dtype=bf16"],
      "training.optimizer_state_dtype", "CPU Adam"),
     ("zero3_64gpu", ["runtime=torchtitan", "training.master_weights=remainder"],
      "training.master_weights", "bf16_pure"),
     ("zero3_64gpu", ["runtime=torchtitan", "training.master_weights=none"],
      "training.master_weights", "bf16_pure"),
+    # FSDP2's ZeRO-2 still gathers from the fp32 shard (a second review of 2026-12-05)
+    ("zero3_64gpu", ["runtime=torchtitan", "parallelism.zero_stage=2",
+                     "training.master_weights=none"], "training.master_weights", "bf16_pure"),
+    # DeepSpeed keeps fp32 master weights and states at every stage
+    ("zero1_8gpu", ["runtime=deepspeed", "parallelism.zero_stage=0",
+                    "training.master_weights=remainder"], "training.master_weights", "runtime deepspeed"),
+    ("zero3_64gpu", ["runtime=deepspeed", "training.optimizer_state_dtype=bf16"],
+     "training.optimizer_state_dtype", "runtime deepspeed"),
 ])  # fmt: skip
 def test_storage_the_optimizer_cannot_have_is_refused(file, sets, key, says) -> None:
     """A review of 2026-12-05: DeepSpeed's flat partitions, its CPU Adam and FSDP's fp32 shard
@@ -140,6 +150,11 @@ def test_remainders_and_none_step_from_16_bit_gradients() -> None:
         copies = master_copy_bytes_per_param(sc, resolve(sc))
         assert (copies > 0) == (master == "precision")
     assert ws["remainder"] == ws["none"] < ws["precision"]
+    # with an fp32 gradient buffer the fused step reads 4 B where the update counted 2
+    fp32 = load_scenario("scenarios/llama3_70b_tp_overlap.yaml",
+                         overrides=["runtime.grad_reduce_dtype=fp32",
+                                    "training.master_weights=remainder"])  # fmt: skip
+    assert master_copy_bytes_per_param(fp32, resolve(fp32)) == 4 - 2
 
 
 def _nemo(name: str):
@@ -176,3 +191,40 @@ def test_nemotron_340b_fits_with_apex_bf16_adam() -> None:
 def test_nemo_rows_take_their_launchers_optimizer(name, storage) -> None:
     t = _nemo(name).scenario.training
     assert (t.optimizer_state_dtype, t.master_weights) == storage
+
+
+@pytest.mark.parametrize(("flags", "storage"), [
+    ([], ("fp32", "precision")),
+    (["--use-precision-aware-optimizer"], ("fp32", "remainder")),
+    (["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"],
+     ("bf16", "remainder")),
+    (["--use-precision-aware-optimizer", "--no-store-param-remainders"], ("fp32", "precision")),
+    (["--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"], ("fp32", "precision")),
+])  # fmt: skip
+def test_megatron_precision_aware_optimizer(flags, storage) -> None:
+    """Megatron-Core's precision-aware optimizer (OptimizerConfig at d98e8a64: store_param_remainders
+    on by default with --bf16; --exp-avg-dtype / --exp-avg-sq-dtype) as the two keys; the moments'
+    dtypes do nothing without it (a second review of 2026-12-05: the flags were unknown)."""
+    from simtrain.apps.importers.megatron import import_megatron_flags
+
+    words = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+             "--seq-length", "128", "--max-position-embeddings", "128", "--micro-batch-size", "1",
+             "--global-batch-size", "8", "--bf16", "--use-distributed-optimizer", *flags]  # fmt: skip
+    imp = import_megatron_flags(words, gpus=8)
+    t = imp.data["training"]
+    got = (t.get("optimizer_state_dtype", "fp32"), t.get("master_weights", "precision"))
+    assert got == storage
+    assert not any("exp-avg" in u or "remainders" in u for u in imp.unsupported)
+
+
+def test_compare_resets_the_storage_a_variant_replaces() -> None:
+    """`simtrain compare` on the Nemotron-340B scenario (bf16 moments, no master): the offload and
+    QLoRA variants bring their own optimizer; they run with the default storage and say so,
+    instead of aborting the whole comparison (a second review of 2026-12-05)."""
+    from simtrain.apps.compare.run import compare
+
+    res = compare("scenarios/nemotron_340b_nemo.yaml", ["offload", "lora"])
+    rows = {r.name: r for r in res.rows}
+    assert "training.master_weights=precision" in rows["offload"].overrides
+    assert "optimizer's storage back to its default" in rows["offload"].note
+    assert not any("master_weights" in o for o in rows["lora"].overrides)

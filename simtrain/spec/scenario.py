@@ -580,23 +580,27 @@ def check_optimizer_storage(s: Scenario, file: str) -> None:
     """``optimizer_state_dtype: bf16`` stores an optimizer's fp32 states (Adam's moments, SGD's
     momentum, Adafactor's factors) in 16 bits: not plain SGD's (none), 8-bit Adam's (its own
     blocks) or QLoRA's paged fp32 states; ``master_weights: remainder`` keeps the low half of an
-    fp32 master copy beside 16-bit weights, so the precision must have both. Neither applies
-    where the optimizer is one whose storage is fixed: DeepSpeed's flat ZeRO-1/2 partitions and
-    its CPU Adam (fp32 master and states), and a master other than the precision's not under
-    ZeRO-3 / FSDP, which gathers the 16-bit weights from the fp32 shard (16-bit parameters there
-    are ``precision: bf16_pure``)."""
+    fp32 master copy beside bf16 weights, so the precision must have both. Neither applies
+    where the optimizer is one whose storage is fixed: DeepSpeed's (fp32 master and states at
+    every ZeRO stage) and its CPU Adam, and a master other than the precision's not where the
+    parameters live sharded in fp32 (ZeRO-3; FSDP2's ZeRO-2), gathered to 16 bits from the
+    shard (16-bit parameters there are ``precision: bf16_pure``)."""
     t, p = s.training, s.parallelism
+    # the parameters live sharded in fp32: ZeRO-3, and FSDP2's ZeRO-2 (reshard_after_forward
+    # False: its gathers still cast from the fp32 shard; runtime zero3_gather_copy_out)
+    sharded_params = p.zero_stage >= 3 or (p.zero_stage == 2 and s.runtime.zero3_gather_copy_out)
     changed = [(k, v) for k, v, d in (("optimizer_state_dtype", t.optimizer_state_dtype, "fp32"),
                                        ("master_weights", t.master_weights, "precision"))
                if v != d]  # fmt: skip
     for key, value in changed:
         why = ("training.offload.optimizer (DeepSpeed's CPU Adam keeps fp32 master weights and "
                "states)" if t.offload.optimizer else
-               f"runtime {s.runtime.name}'s flat ZeRO-{p.zero_stage} partitions (fp32 master and "
-               "states)" if s.runtime.flat_optimizer_buffers and 1 <= p.zero_stage <= 2 else
-               "parallelism.zero_stage 3 (ZeRO-3 / FSDP gathers 16-bit weights from the fp32 "
-               "shard; 16-bit parameters there are training.precision bf16_pure)"
-               if key == "master_weights" and p.zero_stage >= 3 else "")  # fmt: skip
+               f"runtime {s.runtime.name} (DeepSpeed keeps fp32 master weights and states at "
+               "every ZeRO stage; bf16 ones together: precision bf16_pure)"
+               if s.runtime.flat_optimizer_buffers else
+               f"parallelism.zero_stage {p.zero_stage} (FSDP / ZeRO-3 gathers 16-bit weights from "
+               "the fp32 shard; 16-bit parameters there are training.precision bf16_pure)"
+               if key == "master_weights" and sharded_params else "")  # fmt: skip
         if why:
             raise ConfigError(file, f"training.{key}", f"{value} does not apply with {why}",
                               value, {"optimizer_state_dtype": "fp32"}.get(key, "precision"))  # fmt: skip
@@ -622,11 +626,12 @@ def check_optimizer_storage(s: Scenario, file: str) -> None:
             + (" (QLoRA keeps none)" if t.peft.method == "qlora" else ""), t.master_weights,
             "precision",
         )  # fmt: skip
-    if t.master_weights == "remainder" and not (prec.master == 4 and prec.param == 2):
+    if t.master_weights == "remainder" and prec.compute_dtype != "bf16":
+        # (an fp32 value's high 16 bits are a bf16 value, not an fp16 one: Megatron-Core and TE's
+        # FusedAdam keep remainders for bf16 parameters only, Apex's for a bf16 model)
         raise ConfigError(
-            file, "training.master_weights", f"remainder keeps the low 16 bits of an fp32 master "
-            f"copy of 16-bit weights: training.precision {t.precision} has "
-            f"{'no master copy' if not prec.master else f'{prec.param}-byte weights'}",
+            file, "training.master_weights", "remainder keeps the low 16 bits of an fp32 master "
+            f"weight beside its bf16 weight: training.precision {t.precision} has no bf16 weights",
             t.master_weights, "precision | none",
         )  # fmt: skip
 

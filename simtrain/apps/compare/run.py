@@ -82,11 +82,17 @@ def _at_peak(res: SimulationResult, gpu: int) -> tuple[tuple[str, int], ...]:
     return tuple(zip(MEMORY_CATEGORIES, rows[i], strict=True))
 
 
+#: The optimizer-storage keys and their defaults (a variant that cannot keep them resets them).
+STORAGE_KEYS = {"training.optimizer_state_dtype": "fp32", "training.master_weights": "precision"}
+
+
 def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
     t, p = sc.training, sc.parallelism
     return (
         ("precision", t.precision),
         ("optimizer", t.optimizer),
+        ("optimizer_state_dtype", t.optimizer_state_dtype),
+        ("master_weights", t.master_weights),
         ("recompute", t.recompute),
         ("peft", t.peft.method),
         ("offload_optimizer", t.offload.optimizer),
@@ -217,7 +223,19 @@ def compare(
         ov, note = v.overrides(ref)
         cumulative = ref_ov + ov
         try:
-            sc = load_scenario(scenario_path, cumulative)
+            try:
+                sc = load_scenario(scenario_path, cumulative)
+            except ConfigError as exc:
+                # A variant that brings its own optimizer (CPU Adam, QLoRA's paged one, FSDP's
+                # fp32 shard, a precision without a master) replaces the scenario's optimizer
+                # storage (training.optimizer_state_dtype, master_weights) with its default.
+                if exc.key not in STORAGE_KEYS:
+                    raise
+                ov = ov + tuple(f"{k}={d}" for k, d in STORAGE_KEYS.items())
+                cumulative = ref_ov + ov
+                sc = load_scenario(scenario_path, cumulative)
+                note = "; ".join(x for x in (note, f"the optimizer's storage back to its default "
+                                             f"({exc.key}: {exc.message})") if x)  # fmt: skip
         except ConfigError as exc:
             raise ConfigError(
                 None,

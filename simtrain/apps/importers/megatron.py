@@ -628,6 +628,7 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
         if bf16:
             r.assume("--bf16: gradients accumulated and reduced in fp32 (Megatron forces it for "
                      "bf16): an fp32 main-gradient buffer, 4 B/param (runtime megatron_core)")  # fmt: skip
+    _optimizer_storage(f, r, training, bf16)
     opt = f.value("--optimizer") or "adam"
     if opt == "adam":
         training["optimizer"] = "adamw"
@@ -813,6 +814,39 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
             r.assume("--overlap-param-gather with full sharding: FSDP gathers per layer anyway")
     _gradient_passes(f, r, runtime)
     return par
+
+
+def _optimizer_storage(f: Flags, r: Reading, training: dict[str, Any], bf16: bool) -> None:
+    """Megatron-Core's precision-aware optimizer (--use-precision-aware-optimizer; OptimizerConfig
+    at d98e8a64 l.187-206, 433-438, TE's FusedAdam): with --bf16 it keeps each fp32 master
+    weight's low 16 bits beside the bf16 weight (store_param_remainders, on by default,
+    --no-store-param-remainders off; master_weights: remainder), its moments in --exp-avg-dtype
+    / --exp-avg-sq-dtype (both bf16: optimizer_state_dtype bf16). Without the optimizer flag
+    those dtypes do nothing."""
+    flags = ("--exp-avg-dtype", "--exp-avg-sq-dtype", "--main-params-dtype")
+    dtypes = {x: f.value(x) or "fp32" for x in flags}
+    no_remainders = f.bool_("--no-store-param-remainders")
+    if not f.bool_("--use-precision-aware-optimizer"):
+        for x in flags:
+            if dtypes[x] != "fp32":
+                r.assume(f"{x} {dtypes[x]} without --use-precision-aware-optimizer: no effect")
+        return
+    avg, sq = dtypes["--exp-avg-dtype"], dtypes["--exp-avg-sq-dtype"]
+    if avg == sq == "bf16":
+        training["optimizer_state_dtype"] = "bf16"
+        r.assume("--exp-avg-dtype / --exp-avg-sq-dtype bf16: Adam's moments in bf16 "
+                 "(optimizer_state_dtype: bf16)")  # fmt: skip
+    elif (avg, sq) != ("fp32", "fp32"):
+        r.unsupported_(f"--exp-avg-dtype {avg} --exp-avg-sq-dtype {sq}", "simulated with fp32 "
+                       "moments (both bf16 is what simtrain stores in 16 bits)")  # fmt: skip
+    if dtypes["--main-params-dtype"] != "fp32":
+        r.unsupported_(f"--main-params-dtype {dtypes['--main-params-dtype']}",
+                       "simulated with fp32 master weights")  # fmt: skip
+    elif bf16 and not no_remainders:
+        training["master_weights"] = "remainder"
+        r.assume("--use-precision-aware-optimizer with --bf16: the fp32 master weights' low 16 "
+                 "bits beside the bf16 weights (store_param_remainders, Megatron-Core's default; "
+                 "master_weights: remainder)")  # fmt: skip
 
 
 def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:
