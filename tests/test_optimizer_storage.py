@@ -223,8 +223,10 @@ def test_compare_resets_the_storage_a_variant_replaces() -> None:
     instead of aborting the whole comparison (a second review of 2026-12-05)."""
     from simtrain.apps.compare.run import compare
 
-    res = compare("scenarios/nemotron_340b_nemo.yaml", ["offload", "lora"])
+    res = compare("scenarios/nemotron_340b_nemo.yaml", ["offload", "lora", "zero3"])
     rows = {r.name: r for r in res.rows}
     assert "training.master_weights=precision" in rows["offload"].overrides
     assert "optimizer's storage back to its default" in rows["offload"].note
     assert not any("master_weights" in o for o in rows["lora"].overrides)
+    # ZeRO-3 has no post-step parameter all-gather: the scenario's overlap of it goes too
+    assert "runtime.overlap_param_gather=false" in rows["zero3"].overrides

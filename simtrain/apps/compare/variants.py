@@ -130,6 +130,12 @@ def _zero(stage: int) -> OverrideFn:
                      f"{t.micro_batch}, so the global batch is {t.global_batch} -> {gb}")  # fmt: skip
         if p.dp_mode != "ddp":
             ov.append("parallelism.dp_mode=ddp")
+        if stage == 3 and sc.runtime.overlap_param_gather:
+            # (ZeRO-1/2's post-step all-gather of the updated parameters, which ZeRO-3 has not:
+            # it gathers each layer's before use)
+            ov.append("runtime.overlap_param_gather=false")
+            note = "; ".join(x for x in (note, "runtime.overlap_param_gather off: ZeRO-3 has no "
+                                         "post-step parameter all-gather to overlap") if x)  # fmt: skip
         return tuple(ov), note
 
     return fn
