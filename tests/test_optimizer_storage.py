@@ -230,3 +230,26 @@ def test_compare_resets_the_storage_a_variant_replaces() -> None:
     assert not any("master_weights" in o for o in rows["lora"].overrides)
     # ZeRO-3 has no post-step parameter all-gather: the scenario's overlap of it goes too
     assert "runtime.overlap_param_gather=false" in rows["zero3"].overrides
+
+
+def test_the_fit_advisor_offers_the_lossless_remainder() -> None:
+    """`simtrain memory`'s changes that make it fit: an fp32 master of bf16 weights kept as
+    16-bit remainders is lossless (the bf16 weight and its remainder are the fp32 value) and
+    saves 2 B a parameter of the optimizer shard: on the Nemotron-340B layout at 3,072 tokens
+    with Megatron-Core's fp32 storage (80.3 GiB of 79.2) it fits first, at no cost; never where
+    the runtime refuses it (DeepSpeed) or without bf16 weights (fp16)."""
+    from simtrain.apps.fit import fit_changes
+
+    sets = ["training.optimizer_state_dtype=fp32", "training.master_weights=precision",
+            "training.seq_len=3072"]  # fmt: skip
+    advice = fit_changes("scenarios/nemotron_340b_nemo.yaml", sets)
+    assert not advice.fits
+    best = advice.fixes[0]
+    assert best.overrides == ("training.master_weights=remainder",)
+    assert best.fits and best.cost <= 1.0
+    fp16 = fit_changes(
+        "scenarios/nemotron_340b_nemo.yaml",
+        [*sets[:2], "training.precision=fp16", "training.seq_len=8192"],
+    )
+    assert not fp16.fits and fp16.fixes
+    assert all("master_weights" not in o for f in fp16.fixes for o in f.overrides)

@@ -10,6 +10,10 @@ every layout check runs, and a change the scenario rejects is skipped), then che
 
 - ``micro_batch``: a smaller micro-batch (each divisor of it), more micro-batches per step;
 - ``zero``: ZeRO stage 1, 2 or 3 above the current one, when dp > 1 (and ``dp_mode: ddp``);
+- ``master_remainder``: the fp32 master weights kept as their low 16 bits beside the bf16
+  weights (``training.master_weights: remainder``, Megatron-Core's precision-aware optimizer,
+  Apex DistributedFusedAdam), when the precision keeps an fp32 master of bf16 weights: lossless
+  (the bf16 weight and the remainder are the fp32 value), 2 B a parameter of the shard less;
 - ``recompute``: selective (the attention core), then full activation checkpointing;
 - ``sequence_parallel``: Megatron sequence parallelism, when tp > 1;
 - ``offload``: optimizer states and master weights in CPU memory (CPU Adam), when the node's
@@ -139,6 +143,16 @@ def _zero(sc: Scenario) -> list[Change]:
             for s in range(p.zero_stage + 1, 4)]  # fmt: skip
 
 
+def _master_remainder(sc: Scenario) -> list[Change]:
+    t = sc.training
+    prec = t.precision_spec
+    if t.master_weights != "precision" or prec.master != 4 or prec.compute_dtype != "bf16":
+        return []
+    return [Change("master_remainder", "fp32 master weights kept as 16-bit remainders beside the "
+                   "bf16 weights (lossless; Megatron-Core's precision-aware optimizer)",
+                   ("training.master_weights=remainder",))]  # fmt: skip
+
+
 def _recompute(sc: Scenario) -> list[Change]:
     labels = {"selective": "recompute selective (the attention core)",
               "full": "recompute full (activation checkpointing)"}  # fmt: skip
@@ -235,6 +249,7 @@ def _more_gpus(kind: str) -> Callable[[Scenario], list[Change]]:
 FAMILIES: dict[str, Callable[[Scenario], list[Change]]] = {
     "micro_batch": _micro_batch,
     "zero": _zero,
+    "master_remainder": _master_remainder,
     "recompute": _recompute,
     "sequence_parallel": _sequence_parallel,
     "offload": _offload,
