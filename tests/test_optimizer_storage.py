@@ -253,3 +253,37 @@ def test_the_fit_advisor_offers_the_lossless_remainder() -> None:
     )
     assert not fp16.fits and fp16.fixes
     assert all("master_weights" not in o for f in fp16.fixes for o in f.overrides)
+
+
+def test_explain_says_what_the_cost_model_counts() -> None:
+    """`memory --explain` takes the gradients' bytes and the master-gradient rule from the cost
+    model (costs.memory.buffer_grad_bytes, costs.params.keeps_master_gradients): with an fp32
+    reduction buffer the gradients are 4 B and the step casts no master gradient (a read-through
+    of 2026-12-05: it printed 2 B and 'fp32 master gradients' beside a 0.08 GB working set)."""
+    from simtrain.report.explain import explain_memory
+
+    sets = ["runtime.name=megatron_core", "runtime.fused_optimizer=false",
+            "runtime.grad_reduce_dtype=fp32"]  # fmt: skip
+    sc = load_scenario("scenarios/zero1_8gpu.yaml", overrides=sets)
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    assert "x 4 B (the reduction buffer's dtype)" in text
+    assert "fp32 master gradients" not in text
+    sc16 = load_scenario("scenarios/zero1_8gpu.yaml",
+                         overrides=[*sets[:2], "runtime.grad_reduce_dtype=grad"])  # fmt: skip
+    assert "fp32 master gradients" in "\n".join(explain_memory(sc16, estimate_memory(sc16)))
+
+
+def test_a_variant_keeps_its_own_storage_choice_and_zero3_drops_what_it_has_not() -> None:
+    """compare's storage reset is for variants that bring their own optimizer: a user's variant
+    that sets a refused storage key stays an error (it was relabelled baseline); and a ZeRO-3
+    change drops the scenario's ZeRO-1/2 parameter-gather overlap (spec.scenario
+    .runtime_off_overrides), in compare and in the fit advisor, which skipped ZeRO-3 unsaid."""
+    from simtrain.apps.compare.run import compare
+    from simtrain.apps.fit import fit_changes
+
+    with pytest.raises(ConfigError):
+        compare("scenarios/zero3_64gpu.yaml", ["training.master_weights=remainder"])
+    sets = ["training.optimizer_state_dtype=fp32", "training.master_weights=precision"]
+    advice = fit_changes("scenarios/nemotron_340b_nemo.yaml", sets)
+    zero3 = [f for f in advice.fixes if "parallelism.zero_stage=3" in f.overrides]
+    assert zero3 and "runtime.overlap_param_gather=false" in zero3[0].overrides

@@ -50,7 +50,7 @@ from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
-from simtrain.spec.scenario import Scenario, load_scenario
+from simtrain.spec.scenario import Scenario, load_scenario, runtime_off_overrides
 from simtrain.units import GIB
 
 MAX_GPU_FACTOR = 4  # a suggestion uses at most this many times the scenario's GPUs
@@ -139,14 +139,16 @@ def _zero(sc: Scenario) -> list[Change]:
     if p.dp == 1:
         return []
     mode = ("parallelism.dp_mode=ddp",) if p.dp_mode != "ddp" else ()
-    return [Change("zero", f"ZeRO-{s} over dp {p.dp}", (f"parallelism.zero_stage={s}", *mode))
-            for s in range(p.zero_stage + 1, 4)]  # fmt: skip
+    # (with the runtime options ZeRO-s has nothing for turned off: ZeRO-3 has no post-step
+    # parameter all-gather to overlap)
+    return [Change("zero", f"ZeRO-{s} over dp {p.dp}", (f"parallelism.zero_stage={s}", *mode,
+                   *runtime_off_overrides(sc, p.tp, s, p.ep))) for s in range(p.zero_stage + 1, 4)]  # fmt: skip
 
 
 def _master_remainder(sc: Scenario) -> list[Change]:
-    t = sc.training
-    prec = t.precision_spec
-    if t.master_weights != "precision" or prec.master != 4 or prec.compute_dtype != "bf16":
+    # (where the scenario refuses it, an fp16 or no-master precision, DeepSpeed, ZeRO-3, the
+    # evaluation skips it)
+    if sc.training.master_weights != "precision":
         return []
     return [Change("master_remainder", "fp32 master weights kept as 16-bit remainders beside the "
                    "bf16 weights (lossless; Megatron-Core's precision-aware optimizer)",

@@ -239,12 +239,21 @@ def _qk_norms(c: _Block) -> None:
     m = c.m
     if not m.qk_norm:  # (none on MLA: spec.model refuses them)
         return
-    sb, tp = c.sb, c.tp
-    c.add("q / k norm inputs", c.en * sb * (m.q_dim + m.kv_dim) / tp, f"{c.en}·sb(q+kv)/t")
-    if m.qk_norm_width == "full":
-        c.add("q / k norm statistics", 4 * sb * 2, "4·sb·2")
-    else:
-        c.add("q / k norm statistics", 4 * sb * (m.heads + m.kv_heads) / tp, "4·sb(a+a_kv)/t")
+    parts = qk_norm_bytes(m, c.en, c.sb, c.tp).values()
+    c.add("q / k norm inputs", sum(x for x, _ in parts), f"{c.en}·sb(q+kv)/t")
+    full = m.qk_norm_width == "full"
+    c.add("q / k norm statistics", sum(st for _, st in parts),
+          "4·sb·2" if full else "4·sb(a+a_kv)/t")  # fmt: skip
+
+
+def qk_norm_bytes(m: ModelSpec, en: int, sb: int, tp: int) -> dict[str, tuple[float, float]]:
+    """What each q / k norm keeps, {"q": (input, statistics), "k": ...}: its input, the
+    projection's output in the norms' dtype ``en`` (q_dim or kv_dim wide, /tp), and an fp32
+    rstd per row it normalises: per token and head (``qk_norm_width`` "head", heads/tp rows)
+    or per token ("full")."""
+    full = m.qk_norm_width == "full"
+    return {name: (en * sb * width / tp, 4 * sb if full else 4 * sb * heads / tp)
+            for name, width, heads in (("q", m.q_dim, m.heads), ("k", m.kv_dim, m.kv_heads))}  # fmt: skip
 
 
 def _attention(c: _Block) -> None:
@@ -265,15 +274,6 @@ def _attention(c: _Block) -> None:
         stats = 4 * sb * (2 if m.q_lora_rank else 1)
         c.add("MLA latents (norm inputs, q_b / kv_b inputs)", e * sb * lat + stats,
               f"{e}·sb·2(q_lora + kv_lora) + 4·sb·2")  # fmt: skip
-    if m.qk_norm and t.recompute == "selective" and c.en > e:
-        # Under autocast a q / k norm's output is fp32 (its fp32 weight times the normalised
-        # 16-bit input: transformers' Qwen3 / OLMo 2 / Gemma 3 RMSNorm, the reference's), and
-        # rotary keeps it; selective recompute's checkpoint keeps the core's inputs as given,
-        # q and k in fp32, where without it the kernel saves its own 16-bit casts (measured
-        # with simtrain.torchref: 2·sb(q + kv) B a block more under amp_bf16; a review of
-        # 2026-12-05)
-        c.add("q, k in the q / k norms' fp32 (selective recompute's checkpoint)",
-              (c.en - e) * sb * (m.q_dim + m.kv_dim) / tp, f"{c.en - e}·sb(q+kv)/t")  # fmt: skip
     if m.flash_attention:
         # K and V with the prefix's keys (prefix tuning: s + p; the kernel saves what it is
         # given; measured, a review of 2026-12-05). Context parallelism's other shards are not
@@ -388,7 +388,22 @@ def layer_activation_bytes(
         core = ("softmax output", "attention dropout", "attention probabilities",
                 "attention output", "attention logsumexp")  # fmt: skip
         saved = [x for x in saved if not x.name.startswith(core)]
+        return sum(x.bytes for x in saved) + selective_qk_fp32_bytes(m, t, tp)
     return sum(x.bytes for x in saved)
+
+
+def selective_qk_fp32_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """What selective recompute keeps more with q / k norms under autocast: a norm's output is
+    fp32 there (its fp32 weight times the normalised 16-bit input: transformers' Qwen3 / OLMo 2
+    / Gemma 3 RMSNorm, the reference's), rotary keeps it, and the checkpointed core keeps its
+    inputs as given, q and k in fp32, where without recompute the kernel saves its own 16-bit
+    casts: (act_norm − act_mm)·sb(q + kv)/t. Measured with simtrain.torchref (a review of
+    2026-12-05: 2·sb(q + kv) B a block short under amp_bf16)."""
+    prec = t.precision_spec
+    if not m.qk_norm or prec.act_norm <= prec.act_mm:
+        return 0
+    sb = t.seq_len_effective * t.micro_batch
+    return (prec.act_norm - prec.act_mm) * sb * (m.q_dim + m.kv_dim) // tp
 
 
 def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
@@ -428,24 +443,25 @@ def _frozen_first_qk_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int) -> int:
     wide, /tp) and statistics (a row per token and head, or per token with ``qk_norm_width``
     full), as :func:`_qk_norms` counts them. Measured with simtrain.torchref (a review,
     2026-12-05: 34,816 B too many on the tiny Llama with LoRA on q and v, fp32)."""
-    method = t.peft.method
-    if not m.qk_norm or method not in ("lora", "qlora", "adapter", "prefix"):
+    if not m.qk_norm or not embeddings_frozen(t):
         return 0
-    adapted = t.peft.target_modules if method in ("lora", "qlora") else ()
-    prec = t.precision_spec
+    adapted = t.peft.target_modules if t.peft.method in ("lora", "qlora") else ()
     sb = t.seq_len_effective * t.micro_batch
-    full = m.qk_norm_width == "full"
-    dropped = 0
-    for name, width, heads in (("q", m.q_dim, m.heads), ("k", m.kv_dim, m.kv_heads)):
-        if name not in adapted:
-            dropped += prec.act_norm * sb * width // tp + (4 * sb if full else 4 * sb * heads // tp)
-    return dropped
+    parts = qk_norm_bytes(m, t.precision_spec.act_norm, sb, tp)
+    return int(sum(x + st for name, (x, st) in parts.items() if name not in adapted))
+
+
+def embeddings_frozen(t: TrainingSpec) -> bool:
+    """Does the first block's input need no gradient? Under LoRA, QLoRA, adapters and prefix
+    tuning the embeddings are frozen (prompt tuning's soft tokens train, linear probing has
+    no gradient through the blocks at all)."""
+    return t.peft.method in ("lora", "qlora", "adapter", "prefix")
 
 
 def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -> int:
     """The first norm's input and statistics, which the first block does not save when its
     input needs no gradient (:func:`frozen_input_savings`), 0 when it does."""
-    if t.peft.method not in ("lora", "qlora", "adapter", "prefix") or not m.pre_norms:
+    if not embeddings_frozen(t) or not m.pre_norms:
         return 0  # (no first norm without pre-norms: OLMo 2's block saves none to drop)
     prec = t.precision_spec
     sb = t.seq_len_effective * t.micro_batch

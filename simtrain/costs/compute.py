@@ -1015,7 +1015,7 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
     is read and written with the 16-bit weight it completes (2 + 2·(2 + 2) + 16 = 26 B)."""
     prec = t.precision_spec
     states = 2 * OPTIMIZER_STATES[t.optimizer] * prec.state
-    if 0 < prec.master < 4:  # a remainder: fp32 master = the 16-bit weight + its low 16 bits
+    if prec.master_remainder:  # fp32 master = the 16-bit weight + its low 16 bits
         return prec.optimizer_grad_read + 2 * (prec.param + prec.master) + states
     per_param = prec.optimizer_grad_read + 2 * (prec.master or prec.param) + states
     return per_param + (prec.param if prec.master else 0)

@@ -122,8 +122,7 @@ def layer_ops(m: ModelSpec) -> LayerOps:
         ops += SOFTCAP_EAGER_OPS
     if m.parallel_residual:
         ops += PARALLEL_RESIDUAL_OPS
-    mlp = ("gate", "up", "down") if m.mlp == "swiglu" else ("up", "down")
-    return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in ("q", "k", "v", "o", *mlp))
+    return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in m.linear_weight_shapes())
 
 
 def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from simtrain.spec.precision import (
     NF4_BITS,
     PAGED_MIN_NUMEL,
     STATES_PER_PARAM,
+    Precision,
 )
 from simtrain.spec.scenario import TrainingSpec, trained_mtp_modules
 
@@ -346,14 +347,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         return 0
     prec = t.precision_spec
     master_grads = 0
-    # (a master copy kept as 16-bit remainders, or none, is stepped from the 16-bit gradients:
-    # Apex DistributedFusedAdam's fused kernel, no fp32 gradient copy)
-    if (
-        prec.master
-        and t.master_weights == "precision"
-        and not prec.grad_accum
-        and not fp32_grad_buffer
-    ):
+    if keeps_master_gradients(prec, fp32_grad_buffer):
         # Mixed precision with fp32 master weights: before the update every 16-bit gradient is
         # cast to an fp32 master gradient, all of them at once (Megatron
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
@@ -367,6 +361,14 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
                    for p in tensors if p.trainable), default=0)  # fmt: skip
     state = 4 if t.peft.method == "qlora" else prec.state
     return master_grads + 2 * state * largest
+
+
+def keeps_master_gradients(prec: Precision, fp32_grad_buffer: bool = False) -> bool:
+    """Does the step cast every 16-bit gradient to an fp32 master gradient first? Only with a
+    whole fp32 master copy (not a 16-bit remainder or none, whose fused step reads the gradient
+    buffer: Apex DistributedFusedAdam, TE FusedAdam), no fp32 accumulation buffer and a 16-bit
+    gradient buffer (an fp32 one is its own master gradient)."""
+    return prec.full_master and not prec.grad_accum and not fp32_grad_buffer
 
 
 def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:

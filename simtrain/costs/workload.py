@@ -382,7 +382,7 @@ def grad_passes_ns(sc: Scenario, step: ResolvedStep, trainable: int, shard: int)
     elem = grad_buffer_elem_bytes(sc, step)
     # the norm reads the optimizer's main gradients: fp32 under master weights (Megatron's
     # mixed-precision optimizers keep fp32 main grads: a view of an fp32 buffer, else a copy)
-    main = 4 if prec.master and sc.training.master_weights == "precision" else elem
+    main = 4 if prec.full_master else elem
     n_bytes = full * trainable * elem + (rt.clip_grad_norm * main + copies) * shard
     return math.ceil(memory_bound_ns(n_bytes, sc.hardware))
 
@@ -396,20 +396,18 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
     buffer, 2 + 4 B (a view of an fp32 one: 0); the update then reads those fp32 main grads
     where :func:`costs.compute.optimizer_bytes_per_param` charges the precision's gradient
     bytes: 4 - 2 B more for a 16-bit gradient; the unscale under fp16's loss scaling, 4 + 4 B;
-    the master weights' read for the 16-bit copy, 4 B. 0 without master weights; with a master
-    kept as remainders or none (``training.master_weights``: Apex DistributedFusedAdam's or
-    TE FusedAdam's fused kernel steps from the gradient buffer and writes the weights itself)
-    only the wider read of an fp32 gradient buffer, 4 - 2 B."""
+    the master weights' read for the 16-bit copy, 4 B. Without a whole fp32 master (none, or
+    kept as remainders: Apex DistributedFusedAdam's or TE FusedAdam's fused kernel steps from
+    the gradient buffer and writes the weights itself) only the wider read of an fp32 gradient
+    buffer, 4 - 2 B."""
     prec = step.precision
     if not sc.runtime.master_copies:
         return 0
     elem = grad_buffer_elem_bytes(sc, step)
-    if sc.training.master_weights != "precision":
-        # the fused step reads the gradient buffer itself: an fp32 one's 4 B where
-        # optimizer_bytes_per_param charged the 16-bit gradient
+    if not prec.full_master:
+        # the step reads the gradient buffer itself: an fp32 one's 4 B where
+        # optimizer_bytes_per_param charged a 16-bit gradient
         return max(0, elem - prec.optimizer_grad_read)
-    if not prec.master:
-        return 0
     grad_copy = elem + 4 if elem < 4 else 0
     adam_read = max(0, 4 - prec.optimizer_grad_read)
     unscale = 8 if prec.compute_dtype == "fp16" else 0

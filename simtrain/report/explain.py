@@ -13,11 +13,12 @@ from simtrain.costs.memory import (
     MemoryReport,
     StageBreakdown,
     StageMemory,
+    buffer_grad_bytes,
     flat_step_buffers,
     reduce_copy_bytes,
     wire_grad_bytes,
 )
-from simtrain.costs.params import adam_temporaries
+from simtrain.costs.params import adam_temporaries, keeps_master_gradients
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import STATES_PER_PARAM
 from simtrain.spec.scenario import Scenario
@@ -109,14 +110,18 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     ]
     if ms.master_weights:
         kind = ("the low 16 bits of each fp32 master weight, beside the 16-bit one"
-                if t.master_weights == "remainder" else "fp32 copy")  # fmt: skip
+                if prec.master_remainder else "fp32 copy")  # fmt: skip
         lines.append(f"  master weights   = {ms.trainable:,} trainable x {prec.master} B ({kind}) "
                      f"= {_gb(ms.master_weights)}")  # fmt: skip
+    # (a runtime that keeps the gradients in its reduction buffer: that buffer's dtype)
+    buffer = buffer_grad_bytes(sc, resolve(sc))
     lines.append(
-        f"  gradients        = {ms.trainable:,} trainable x {prec.grad} B"
-        + (f" + {prec.grad_accum} B (fp32 accumulation buffer)" if prec.grad_accum else "")
+        f"  gradients        = {ms.trainable:,} trainable x "
+        + (f"{buffer} B (the reduction buffer's dtype)" if buffer is not None else
+           f"{prec.grad} B" + (f" + {prec.grad_accum} B (fp32 accumulation buffer)"
+                               if prec.grad_accum else ""))
         + f" = {_gb(ms.gradients)}"
-    )
+    )  # fmt: skip
     lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable"
                  + _per_param_states(t.optimizer, ms.optimizer_states, ms.trainable, z, dp)
                  + f" = {_gb(ms.optimizer_states)}")  # fmt: skip
@@ -220,7 +225,14 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
             over = f"{over} (routed experts' / (dp{' x cp' if p.cp > 1 else ''} / ep))"
         what = "" if fused else (f"2 x {prec.state} B x trainable{over} of Adam temporaries"
                                  if flat else "2 temporaries of the largest tensor")  # fmt: skip
-        if prec.master and t.master_weights == "precision" and not prec.grad_accum:
+        # (the cost model's rule: costs.params.keeps_master_gradients; DeepSpeed's flat step
+        # always casts its 16-bit gradient partition)
+        fp32_buffer = buffer_grad_bytes(sc, step) == 4
+        if (
+            (prec.master and not prec.grad_accum)
+            if flat
+            else keeps_master_gradients(prec, fp32_buffer)
+        ):
             grads = ("a flat 16-bit copy of the gradient partition and its fp32 cast, "
                      f"{prec.grad} + {prec.master} B" if flat else f"fp32 master gradients, "
                      f"{prec.master} B")  # fmt: skip

@@ -195,6 +195,13 @@ class ModelSpec:
         """Width of Q: heads * head_dim (= hidden unless ``head_size`` or MLA says otherwise)."""
         return self.heads * self.head_dim if self.head_size or self.is_mla else self.hidden
 
+    @property
+    def rotary_dims(self) -> int:
+        """Dimensions of each head RoPE rotates: int(head_dim x rotary_fraction), as transformers'
+        GPT-NeoX (rotary_ndims = int(head_size * rotary_pct)) and Phi
+        (int(partial_rotary_factor * head_dim)) take them."""
+        return int(self.head_dim * self.rotary_fraction)
+
     def rotary_values(self, tp: int = 1) -> float:
         """Values per token that RoPE rotates on one TP rank: ``rotary_fraction`` of q and k
         (their heads split by ``tp``); multi-latent attention rotates only each query head's
@@ -205,7 +212,7 @@ class ModelSpec:
             return 0.0
         if self.is_mla:
             return self.heads * self.qk_rope_head_dim / tp + self.qk_rope_head_dim
-        return self.rotary_fraction * (self.q_dim + self.kv_dim) / tp
+        return self.rotary_dims * (self.heads + self.kv_heads) / tp
 
     @property
     def v_dim(self) -> int:

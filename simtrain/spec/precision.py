@@ -52,6 +52,17 @@ class Precision:
         (``costs.compute.optimizer_bytes_per_param``)."""
         return self.grad_accum or self.grad
 
+    @property
+    def full_master(self) -> bool:
+        """A whole fp32 master copy, stepped through fp32 master gradients (mixed precision's;
+        not a 16-bit remainder, :func:`with_optimizer_storage`)."""
+        return self.master >= 4
+
+    @property
+    def master_remainder(self) -> bool:
+        """The master copy kept as each fp32 weight's low 16 bits beside the bf16 weight."""
+        return 0 < self.master < 4
+
 
 _BF16 = Precision("bf16", 2, 2, 4, 4, 2, 2, 2, compute_dtype="bf16")
 
@@ -143,6 +154,8 @@ OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
 #: (``store_param_remainders=True``: 2 B, the high 16 bits are the bf16 weight itself).
 OPTIMIZER_STATE_DTYPES = ("fp32", "bf16")
 MASTER_WEIGHTS = ("precision", "remainder", "none")
+#: The ``training`` keys of the optimizer's storage and their defaults (the precision's own).
+STORAGE_DEFAULTS = {"optimizer_state_dtype": "fp32", "master_weights": "precision"}
 
 
 def with_optimizer_storage(prec: Precision, state_dtype: str = "fp32",

@@ -36,10 +36,16 @@ from simtrain.spec.precision import (
     MASTER_WEIGHTS,
     OPTIMIZER_STATE_DTYPES,
     PRECISIONS,
+    STORAGE_DEFAULTS,
     Precision,
     with_optimizer_storage,
 )
-from simtrain.spec.runtime import RuntimeProfile, default_runtime, parse_scenario_runtime
+from simtrain.spec.runtime import (
+    RuntimeProfile,
+    default_runtime,
+    load_runtime,
+    parse_scenario_runtime,
+)
 from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_keys
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 from simtrain.units import MIB
@@ -238,6 +244,10 @@ class TrainingSpec:
         (``optimizer_state_dtype``, ``master_weights``)."""
         return with_optimizer_storage(PRECISIONS[self.precision], self.optimizer_state_dtype,
                                       self.master_weights)  # fmt: skip
+
+    def changed_storage(self) -> list[tuple[str, str]]:
+        """The optimizer-storage keys set to other than their defaults, as (key, value)."""
+        return [(k, getattr(self, k)) for k, d in STORAGE_DEFAULTS.items() if getattr(self, k) != d]
 
     @property
     def seq_len_effective(self) -> int:
@@ -576,6 +586,26 @@ def parse_parallelism(data: Any, file: str) -> ParallelSpec:
     return replace(base, layer_split=parse_split_list(split, file, LAYER_SPLITS))
 
 
+def _fixed_storage(s: Scenario, key: str) -> str:
+    """Why the scenario's optimizer keeps ``key`` (an optimizer-storage key) at its default:
+    the setting that fixes it, and how; "" when nothing does."""
+    t, p = s.training, s.parallelism
+    if t.offload.optimizer:
+        return (
+            "training.offload.optimizer (DeepSpeed's CPU Adam keeps fp32 master weights and states)"
+        )
+    if s.runtime.flat_optimizer_buffers:
+        return (f"runtime {s.runtime.name} (DeepSpeed keeps fp32 master weights and states at "
+                "every ZeRO stage; bf16 ones together: precision bf16_pure)")  # fmt: skip
+    # the parameters live sharded in fp32: ZeRO-3, and FSDP2's ZeRO-2 (reshard_after_forward
+    # False: its gathers still cast from the fp32 shard; runtime zero3_gather_copy_out)
+    sharded = p.zero_stage >= 3 or (p.zero_stage == 2 and s.runtime.zero3_gather_copy_out)
+    if key == "master_weights" and sharded:
+        return (f"parallelism.zero_stage {p.zero_stage} (FSDP / ZeRO-3 gathers 16-bit weights "
+                "from the fp32 shard; 16-bit parameters there are training.precision bf16_pure)")  # fmt: skip
+    return ""
+
+
 def check_optimizer_storage(s: Scenario, file: str) -> None:
     """``optimizer_state_dtype: bf16`` stores an optimizer's fp32 states (Adam's moments, SGD's
     momentum, Adafactor's factors) in 16 bits: not plain SGD's (none), 8-bit Adam's (its own
@@ -585,25 +615,12 @@ def check_optimizer_storage(s: Scenario, file: str) -> None:
     every ZeRO stage) and its CPU Adam, and a master other than the precision's not where the
     parameters live sharded in fp32 (ZeRO-3; FSDP2's ZeRO-2), gathered to 16 bits from the
     shard (16-bit parameters there are ``precision: bf16_pure``)."""
-    t, p = s.training, s.parallelism
-    # the parameters live sharded in fp32: ZeRO-3, and FSDP2's ZeRO-2 (reshard_after_forward
-    # False: its gathers still cast from the fp32 shard; runtime zero3_gather_copy_out)
-    sharded_params = p.zero_stage >= 3 or (p.zero_stage == 2 and s.runtime.zero3_gather_copy_out)
-    changed = [(k, v) for k, v, d in (("optimizer_state_dtype", t.optimizer_state_dtype, "fp32"),
-                                       ("master_weights", t.master_weights, "precision"))
-               if v != d]  # fmt: skip
-    for key, value in changed:
-        why = ("training.offload.optimizer (DeepSpeed's CPU Adam keeps fp32 master weights and "
-               "states)" if t.offload.optimizer else
-               f"runtime {s.runtime.name} (DeepSpeed keeps fp32 master weights and states at "
-               "every ZeRO stage; bf16 ones together: precision bf16_pure)"
-               if s.runtime.flat_optimizer_buffers else
-               f"parallelism.zero_stage {p.zero_stage} (FSDP / ZeRO-3 gathers 16-bit weights from "
-               "the fp32 shard; 16-bit parameters there are training.precision bf16_pure)"
-               if key == "master_weights" and sharded_params else "")  # fmt: skip
+    t = s.training
+    for key, value in t.changed_storage():
+        why = _fixed_storage(s, key)
         if why:
             raise ConfigError(file, f"training.{key}", f"{value} does not apply with {why}",
-                              value, {"optimizer_state_dtype": "fp32"}.get(key, "precision"))  # fmt: skip
+                              value, STORAGE_DEFAULTS[key])  # fmt: skip
     if t.optimizer_state_dtype == "bf16":
         if t.optimizer in ("sgd", "adam8bit"):
             raise ConfigError(
@@ -988,6 +1005,17 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
                                    f"> 1 and an FP8 training.precision (got ep {ep}, "
                                    f"{precision})")  # fmt: skip
     return out
+
+
+def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int) -> tuple[str, ...]:
+    """``--set`` lines turning off the runtime options that ``s`` has on and a new layout of
+    ``tp``, ``zero_stage`` and ``ep`` has nothing for (:func:`inapplicable_runtime_options`),
+    where the scenario turned them on over its profile (:func:`check_runtime_options` refuses
+    those): what a change of layout (``simtrain compare``'s, the fit advisor's) must also set."""
+    why = inapplicable_runtime_options(tp, zero_stage, ep, s.training.precision)
+    profile = load_runtime(s.runtime.name)
+    return tuple(f"runtime.{k}={getattr(profile, k)}".replace("=False", "=false")
+                 for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k))  # fmt: skip
 
 
 def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:

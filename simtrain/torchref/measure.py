@@ -137,33 +137,11 @@ def measure_step(
         # would run a 16-bit step and report it under an FP8 name.
         raise ConfigError(None, "training.precision", "simtrain measure has no FP8 kernels: "
                           "measure a 16-bit or fp32 precision", training.precision)  # fmt: skip
-    if spec.positions == "alibi":
-        # PyTorch's SDPA takes ALiBi only as a float mask, which leaves the flash kernel and
-        # holds an a x s x s bias the frameworks' kernels (flash-attn's alibi_slopes,
-        # Megatron-DeepSpeed's baddbmm input) do not: the measurement would not be theirs.
-        raise ConfigError(None, "model.positions", "simtrain measure has no ALiBi kernel: "
-                          "measure positions: none (the same parameters and saved tensors)",
-                          spec.positions)  # fmt: skip
-    if spec.sliding_window and spec.flash_attention:
-        # The reference's flash path is SDPA's causal kernel: no window.
-        raise ConfigError(None, "model.sliding_window", "simtrain measure has no "
-                          "sliding-window flash kernel: measure flash_attention: false or "
-                          "sliding_window: 0 (the same saved tensors)",
-                          spec.sliding_window)  # fmt: skip
-    if spec.attention_softcap and spec.flash_attention:
-        # SDPA has no soft-capping (flash-attn's softcap does it in the kernel): the flash
-        # reference would measure uncapped attention under a capped name.
-        raise ConfigError(None, "model.attention_softcap", "simtrain measure has no "
-                          "soft-capping flash kernel: measure flash_attention: false (the "
-                          "math attention caps the scores) or attention_softcap: false",
-                          spec.attention_softcap)  # fmt: skip
-    if (training.optimizer_state_dtype, training.master_weights) != ("fp32", "precision"):
+    for key, value in training.changed_storage()[:1]:
         # The reference trainer keeps torch's fp32 states and the precision's master copy.
-        key = ("training.optimizer_state_dtype" if training.optimizer_state_dtype != "fp32"
-               else "training.master_weights")  # fmt: skip
-        raise ConfigError(None, key, "simtrain measure's trainer keeps fp32 optimizer states and "
-                          "the precision's master copy: measure optimizer_state_dtype fp32, "
-                          "master_weights precision", getattr(training, key.split(".")[1]))  # fmt: skip
+        raise ConfigError(None, f"training.{key}", "simtrain measure's trainer keeps fp32 "
+                          "optimizer states and the precision's master copy: measure "
+                          "optimizer_state_dtype fp32, master_weights precision", value)  # fmt: skip
     unbuilt = reference_lacks(spec)
     if unbuilt is not None:
         key, what, instead = unbuilt
@@ -178,6 +156,19 @@ def reference_lacks(spec: ModelSpec) -> tuple[str, str, str] | None:
     it lacks, what to measure instead); None when it builds the whole model. Measuring without
     this check would time and weigh a different model under the scenario's name (a dense MLP
     for a mixture of experts, say)."""
+    if spec.positions == "alibi":
+        # PyTorch's SDPA takes ALiBi only as a float mask, which leaves the flash kernel and
+        # holds an a x s x s bias the frameworks' kernels (flash-attn's alibi_slopes,
+        # Megatron-DeepSpeed's baddbmm input) do not: the measurement would not be theirs.
+        return ("model.positions", "ALiBi kernel",
+                "positions: none (the same parameters and saved tensors)")  # fmt: skip
+    if spec.sliding_window and spec.flash_attention:  # (its flash path: SDPA's causal kernel)
+        return ("model.sliding_window", "sliding-window flash kernel",
+                "flash_attention: false or sliding_window: 0 (the same saved tensors)")  # fmt: skip
+    if spec.attention_softcap and spec.flash_attention:
+        # SDPA has no soft-capping (flash-attn's softcap does it in the kernel)
+        return ("model.attention_softcap", "soft-capping flash kernel", "flash_attention: "
+                "false (the math attention caps the scores) or attention_softcap: false")  # fmt: skip
     if spec.is_moe:
         return ("model.num_experts", "mixture of experts (router, experts, token dispatch)",
                 "num_experts: 0, a dense block of ffn_hidden")  # fmt: skip

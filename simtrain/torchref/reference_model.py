@@ -77,13 +77,6 @@ from simtrain.torchref.peft import Adapter, LoRALinear, NF4Linear
 from simtrain.torchref.precision import PARAM_DTYPE
 
 
-def rotary_dims(spec: ModelSpec) -> int:
-    """Dimensions of each head that RoPE rotates: int(head_dim x rotary_fraction), as
-    transformers' GPT-NeoX (rotary_ndims = int(head_size * rotary_pct)) and Phi
-    (int(partial_rotary_factor * head_dim)) take them."""
-    return int(spec.head_dim * spec.rotary_fraction)
-
-
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, training: TrainingSpec, method: str) -> None:
         super().__init__()
@@ -303,7 +296,7 @@ class ReferenceGPT(nn.Module):
         if self.wpe is not None:
             self.register_buffer("pos_ids", torch.arange(t), persistent=False)
         if spec.positions == "rotary":
-            d = rotary_dims(spec)
+            d = spec.rotary_dims
             inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
             freqs = torch.outer(torch.arange(t, dtype=torch.float32), inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)

@@ -13,6 +13,7 @@ from simtrain.errors import MAX_ECHO, ConfigError, one_line
 from simtrain.report.tables import mfu_peak_text
 from simtrain.report.trace import memory_steps
 from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.precision import STORAGE_DEFAULTS
 from simtrain.spec.scenario import Scenario, load_scenario
 
 SCHEMA_VERSION = 1
@@ -83,7 +84,7 @@ def _at_peak(res: SimulationResult, gpu: int) -> tuple[tuple[str, int], ...]:
 
 
 #: The optimizer-storage keys and their defaults (a variant that cannot keep them resets them).
-STORAGE_KEYS = {"training.optimizer_state_dtype": "fp32", "training.master_weights": "precision"}
+STORAGE_KEYS = {f"training.{k}": d for k, d in STORAGE_DEFAULTS.items()}
 
 
 def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
@@ -229,7 +230,9 @@ def compare(
                 # A variant that brings its own optimizer (CPU Adam, QLoRA's paged one, FSDP's
                 # fp32 shard, a precision without a master) replaces the scenario's optimizer
                 # storage (training.optimizer_state_dtype, master_weights) with its default.
-                if exc.key not in STORAGE_KEYS:
+                # (a key the variant sets itself stays its choice: its error stands)
+                mine = {o.split("=", 1)[0] for o in ov}
+                if exc.key not in STORAGE_KEYS or exc.key in mine:
                     raise
                 ov = ov + tuple(f"{k}={d}" for k, d in STORAGE_KEYS.items())
                 cumulative = ref_ov + ov

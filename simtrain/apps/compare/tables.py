@@ -52,7 +52,7 @@ def table(comp: VariantComparison) -> str:
     head += "".join(f"{_SHORT[c]:>8}" for c in _SHORT) + f"{'other':>7}"
     head += f"{'host':>7}" if any_host else ""
     head += f"{'peak':>8}{'Δpeak':>8} {'fits':<5}{'step s':>9}{'Δstep':>8}{'tokens/s':>10}"
-    head += f"{'MFU %':>7}{'trainable':>15}"
+    head += f"{'MFU %':>7}{'trainable':>19}"
     lines += [head, "-" * len(head)]
     for i, r in enumerate(rows):
         ref = comp.reference(i) if i else r
@@ -67,7 +67,7 @@ def table(comp: VariantComparison) -> str:
         line += f"{dpeak:>+8.2f} " if i else f"{'':>8} "
         line += f"{'yes' if r.fits else 'NO':<5}{r.step_time_s:>9.3f}"
         line += f"{dstep:>+7.0f}%" if i else f"{'':>8}"
-        line += f"{r.tokens_per_s:>10,.0f}{100 * r.mfu:>7.1f}{r.trainable_params:>15,}"
+        line += f"{r.tokens_per_s:>10,.0f}{100 * r.mfu:>7.1f}{r.trainable_params:>19,}"
         lines.append(line)
     lines.append("")
     lines.append("other = CUDA context + buffers (loss working memory, casts, communication); "

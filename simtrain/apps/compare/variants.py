@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simtrain.errors import ConfigError
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.scenario import Scenario, runtime_off_overrides
 
 ZERO_GPUS_FOR_ONE_GPU = 8  # a 1-GPU scenario gets ZeRO over one node of this many GPUs
 
@@ -130,12 +130,13 @@ def _zero(stage: int) -> OverrideFn:
                      f"{t.micro_batch}, so the global batch is {t.global_batch} -> {gb}")  # fmt: skip
         if p.dp_mode != "ddp":
             ov.append("parallelism.dp_mode=ddp")
-        if stage == 3 and sc.runtime.overlap_param_gather:
-            # (ZeRO-1/2's post-step all-gather of the updated parameters, which ZeRO-3 has not:
-            # it gathers each layer's before use)
-            ov.append("runtime.overlap_param_gather=false")
-            note = "; ".join(x for x in (note, "runtime.overlap_param_gather off: ZeRO-3 has no "
-                                         "post-step parameter all-gather to overlap") if x)  # fmt: skip
+        # the runtime options the new layout has nothing for (ZeRO-3's no post-step parameter
+        # all-gather; tp 1's no TP collectives)
+        off = runtime_off_overrides(sc, 1 if p.dp_cp == 1 else p.tp, stage, p.ep)
+        if off:
+            ov += off
+            note = "; ".join(x for x in (note, "off, as the layout has nothing for them: "
+                                         + ", ".join(o.split("=")[0] for o in off)) if x)  # fmt: skip
         return tuple(ov), note
 
     return fn

@@ -7,7 +7,7 @@ so that a plan and a scenario file reject the same values with the same messages
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.scenario import (
+    INTERNAL_FIELDS,
     MAX_NAME,
     RECOMPUTE,
     SCHEDULES,
+    TrainingSpec,
     _mapping,
     _no_unknown,
     check_description,
@@ -38,10 +40,9 @@ TOP_KEYS = (
     "name", "description", "model", "tokens", "training", "hardware", "runtime", "gpus",
     "constraints", "fixed", "parallelism", "failures", "objective", "top",
 )  # fmt: skip
-TRAINING_KEYS = (
-    "seq_len", "global_batch", "precision", "optimizer", "cross_entropy", "peft", "offload",
-    "optimizer_state_dtype", "master_weights",
-)  # fmt: skip
+#: A scenario's training keys but those the planner searches (micro_batch, recompute: fixed.*).
+TRAINING_KEYS = tuple(f.name for f in fields(TrainingSpec)
+                      if f.name not in (*INTERNAL_FIELDS, "micro_batch", "recompute"))  # fmt: skip
 HARDWARE_KEYS = ("name", "price_per_gpu_hour")
 GPUS_KEYS = ("min", "max")
 CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")

@@ -69,6 +69,7 @@ from simtrain.apps.validate.conventions import SourceConvention, runtime_of
 from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
+from simtrain.spec.precision import STORAGE_DEFAULTS
 
 #: The importer each family's records go through (source key -> importer kind).
 IMPORTER_OF: dict[str, str] = {
@@ -474,8 +475,8 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
             sets.append(f"training.{key}={training[key]}")
     for key, value in training.get("peft", {}).items():  # no framework flag of ours says it
         sets.append(f"training.peft.{key}={json.dumps(value)}")
-    for key in ("optimizer_state_dtype", "master_weights"):  # (no framework flag says it)
-        if key in training:
+    for key, default in STORAGE_DEFAULTS.items():  # (the convention's, over the importer's)
+        if training.get(key, default) != t.get(key, default):
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
         sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
