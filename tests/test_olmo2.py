@@ -7,17 +7,15 @@ reference's saved bytes, measured on the CPU."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from hf_configs import HF
 from reference_pairs import LLAMA_TINY
 
 from simtrain.costs.compute import FUSED_OP_ACCESSES, block_elementwise_bytes
 from simtrain.errors import ConfigError
 from simtrain.spec.model import PRESETS, from_hf_config, validate_model
 from simtrain.spec.scenario import TrainingSpec
-
-HF = Path(__file__).parent / "data" / "hf"
 
 
 @pytest.mark.parametrize(("name", "total"), [
@@ -114,7 +112,7 @@ def test_measured_without_pre_norms_under_lora(precision: str) -> None:
     assert measured == m1["activations"] - m0["activations"] != 0
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
 @pytest.mark.parametrize("width", ["head", "full"])
 @pytest.mark.parametrize(("method", "targets"), [
     ("lora", ("q", "v")), ("lora", ("o",)), ("qlora", ("k", "v")), ("adapter", ()),
@@ -123,7 +121,7 @@ def test_measured_without_pre_norms_under_lora(precision: str) -> None:
 def test_frozen_first_block_q_k_norms(precision: str, width: str, method: str, targets) -> None:
     """Frozen embeddings: block 0's q (k) norm saves nothing unless LoRA adapts q (k), since its
     input, the frozen projection of a frozen input, needs no gradient (a review of 2026-12-05:
-    the model kept them, 34,816 B too many in fp32 with LoRA on q and v). PyTorch's saved bytes
+    the model kept them, 34,816 B too many in fp32 with per-head norms and LoRA on q and v). PyTorch's saved bytes
     and the model's move by exactly as much when the q / k norms are added."""
     pytest.importorskip("torch")
     from reference_pairs import measure_and_estimate
@@ -147,7 +145,7 @@ def test_selective_recompute_keeps_the_q_k_norms_dtype(precision: str, width: st
     """Selective recompute checkpoints the attention core, which keeps its inputs as given:
     under autocast the q / k norms hand it fp32 q and k (their fp32 weight times the 16-bit
     normalised input), 2·sb(q + kv) B a block more than the 16-bit casts the kernel saves
-    without recompute (a review of 2026-12-05: 98,304 B short on this model). Measured."""
+    without recompute (a review of 2026-12-05: 98,304 B short on this two-block model). Measured."""
     pytest.importorskip("torch")
     from reference_pairs import measure_and_estimate
 

@@ -231,12 +231,12 @@ def test_pytorch_eager_masks_the_window() -> None:
 
 def test_measure_refuses_a_windowed_flash_kernel() -> None:
     pytest.importorskip("torch")
-    from simtrain.spec.model import ModelSpec
+    from reference_pairs import LLAMA_TINY
+
     from simtrain.spec.scenario import TrainingSpec
     from simtrain.torchref.measure import measure_step
 
-    m = ModelSpec("t", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu", positions="rotary",
-                  norm="rmsnorm", bias=False, flash_attention=True, sliding_window=16)  # fmt: skip
+    m = replace(LLAMA_TINY, flash_attention=True, sliding_window=16)
     t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32")
     with pytest.raises(ConfigError) as ei:
         measure_step(m, t, steps=1)

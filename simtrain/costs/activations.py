@@ -442,7 +442,7 @@ def _frozen_first_qk_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int) -> int:
     projection (its adapter's output needs one). Each dropped norm's input (q_dim or kv_dim
     wide, /tp) and statistics (a row per token and head, or per token with ``qk_norm_width``
     full), as :func:`_qk_norms` counts them. Measured with simtrain.torchref (a review,
-    2026-12-05: 34,816 B too many on the tiny Llama with LoRA on q and v, fp32)."""
+    2026-12-05: 34,816 B too many on the tiny Llama with per-head norms and LoRA on q and v, fp32)."""
     if not m.qk_norm or not embeddings_frozen(t):
         return 0
     adapted = t.peft.target_modules if t.peft.method in ("lora", "qlora") else ()
