@@ -274,6 +274,8 @@ def test_nanotron_tiny_llama() -> None:
     rt = sc.runtime
     assert rt.name == "nanotron" and rt.tp_backward_overlap and not rt.tp_comm_overlap
     assert rt.tp_regather_backward
+    # optimizer_factory.torch_adam_is_fused: true -> torch's fused AdamW, no step temporaries
+    assert rt.fused_optimizer
     assert imp.unsupported == ()
     with pytest.raises(ConfigError, match=r"dp x tp x pp = 4 x 2 x 1 = 8 GPUs, but --gpus 16"):
         import_config("nanotron", NANOTRON, gpus=16)
@@ -285,6 +287,17 @@ def test_nanotron_tiny_llama() -> None:
     imp2 = _import_yaml("nanotron", cfg)
     sc2 = load_imported(imp2)
     assert sc2.model.vocab == 128260
+    # torch_adam_is_fused false -> the single-tensor step's temporaries; a string is refused
+    # with the key
+    assert sc2.runtime.fused_optimizer  # the fixture's true
+    cfg["optimizer"]["optimizer_factory"]["torch_adam_is_fused"] = False
+    assert not load_imported(_import_yaml("nanotron", cfg)).runtime.fused_optimizer
+    del cfg["optimizer"]["optimizer_factory"]["torch_adam_is_fused"]
+    imp3 = _import_yaml("nanotron", cfg)  # absent: the profile's (nanotron's examples: true)
+    assert load_imported(imp3).runtime.fused_optimizer
+    cfg["optimizer"]["optimizer_factory"]["torch_adam_is_fused"] = "sometimes"
+    with pytest.raises(ConfigError, match="torch_adam_is_fused"):
+        _import_yaml("nanotron", cfg)
     assert (sc2.parallelism.schedule, sc2.parallelism.layer_split) == ("gpipe", "compute_balanced")
 
 

@@ -152,6 +152,11 @@ class StageMemory:
     # FSDP2's all-gather pool in a reserved or device-level figure (:func:`fsdp2_gather_pool_bytes`,
     # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
     gather_pool_bytes: int = 0
+    # Allocated at the optimizer step's moment (after the last backward: the model states, the
+    # step's working memory or ZeRO's gather copies, what the activation walk keeps), CUDA
+    # context included as in ``peak_memory_bytes``: a peak-allocated figure whose counter is
+    # reset after the forward / backward sees this (nanotron's sweep: 'Mem Alloc (GB)').
+    step_memory_bytes: int = 0
 
     @property
     def allocator_buffer_growth_bytes(self) -> int:
@@ -370,6 +375,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     # DeepSpeed's reduction copy (after the last backward, freed before the step): the same
     # moment as the step's (activations gone, gradients all there), the larger of the two
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
+    # the post-step parameter all-gather's flat copies: after the step, beside its state
+    opt_ws = max(opt_ws, zero_gather_copy_bytes(sc, step, ms.trainable))
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
@@ -621,6 +628,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     freed_b = max(coming_and_going, 0) if freed else 0
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
+    step_b = sum(
+        _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)[1].values()
+    )
     pageable = _pageable_bytes(sc, step, stage)
     paged = cached = cached_act = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
@@ -701,6 +711,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         allocator_cached_bytes=cached,
         allocator_cached_activation_bytes=cached_act,
         gather_pool_bytes=pool,
+        step_memory_bytes=step_b,
     )
 
 
@@ -710,6 +721,18 @@ def cache_buffer_growth(cached: int, cached_activations: int, loss: int) -> int:
     moment does not hold; the cache's buffer part (``cached`` - ``cached_activations``) beyond
     that ``loss`` grows it."""
     return max(0, cached - cached_activations - loss)
+
+
+def zero_gather_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The flat copies ZeRO-1/2's post-step all-gather of the updated 16-bit parameters makes
+    (runtime ``zero_gather_flat_copies``; nanotron's ``all_gather_coalesced``): one of the
+    rank's ``trainable`` parameters (each data-parallel rank's output slices flattened) and one
+    of its shard, param_bytes x (N + ceil(N / dp)), over more than one data-parallel rank; 0
+    otherwise. Live after the step's update, so the step's moment holds the larger of the two."""
+    p = sc.parallelism
+    if not sc.runtime.zero_gather_flat_copies or p.zero_stage not in (1, 2) or p.dp_cp <= 1:
+        return 0
+    return step.precision.param * (trainable + ceil(trainable / p.dp_cp))
 
 
 def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:

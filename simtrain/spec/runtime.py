@@ -114,6 +114,14 @@ class RuntimeProfile:
     # backward to the end of that add, never at a forward's peak nor at the optimizer step, and
     # the add costs each backward 10 B per parameter at the memory-bound rate ("ACC").
     grads_freed_per_microbatch: bool = False
+    # ZeRO-1/2's all-gather of the updated 16-bit parameters after the optimizer step goes
+    # through flat copies (nanotron ZeroDistributedOptimizer._all_gather_params ->
+    # distributed.all_gather_coalesced, optim/zero.py l.217-248 and distributed.py l.196-199 at
+    # 67c5ebb6: ``_flatten_dense_tensors`` of the rank's input shards and of each rank's output
+    # slices): a flat copy of the rank's trainable parameters and of its shard, in the
+    # parameters' dtype, live together at the step's end (beside the step's state, not the
+    # activations). Megatron-Core and DeepSpeed gather into their persistent buffers in place.
+    zero_gather_flat_copies: bool = False
     # Memory-bound passes the framework's step makes over the gradients besides the optimizer's
     # update (Megatron-Core: training.py zero_grad_buffer() each iteration, ``grad_data.zero_()``;
     # start_grad_sync's NaN check, a norm of each bucket, and its ``grad_data *= 1/dp``;

@@ -243,8 +243,16 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
                 r.ignore(f"optimizer.{k}")
         elif k not in ("zero_stage", "accumulate_grad_in_fp32"):
             r.unsupported_(f"optimizer.{k}", "not a key this importer knows")
+    fused = factory.get("torch_adam_is_fused")
+    if fused is not None and optimizer in ("adam", "adamw"):
+        # helpers.py basic_optimizer_builder: torch.optim.AdamW(..., fused=torch_adam_is_fused)
+        # (l.325-339 at 67c5ebb6): the fused kernel updates every tensor in place, no
+        # per-tensor temporaries (costs.params.optimizer_working_bytes)
+        runtime["fused_optimizer"] = _flag(factory, "torch_adam_is_fused", file,
+                                           "optimizer.optimizer_factory")  # fmt: skip
+        r.origin("runtime.fused_optimizer", "optimizer.optimizer_factory.torch_adam_is_fused")
     for k in factory:
-        if k != "name":
+        if k not in ("name", "torch_adam_is_fused"):
             r.ignore(f"optimizer.optimizer_factory.{k}")
     training = {"seq_len": seq, "global_batch": micro * acc * dp, "micro_batch": micro,
                 "precision": precision, "optimizer": optimizer,

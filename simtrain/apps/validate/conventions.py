@@ -304,9 +304,11 @@ SOURCES: dict[str, SourceConvention] = {
     "nanotron": SourceConvention(
         "nanotron",
         {},
-        memory_note="nanotron 'GPU memory' = helpers.log_throughput's 'Mem Alloc (GB)', "
-        "torch.cuda.max_memory_allocated() / 1024**3 on world rank 0 (GiB, first pipeline "
-        "stage), compared with stage 0's peak without the CUDA context",
+        memory_note="nanotron 'GPU memory' = helpers.log_throughput's 'Mem Res (GB)', "
+        "torch.cuda.max_memory_reserved() / 1024**3 on world rank 0 (GiB, first pipeline "
+        "stage; the sweep's CSV, measured/README.md), compared with stage 0's peak without the "
+        "CUDA context; its 'Mem Alloc (GB)' (max_memory_allocated after log_memory's reset that "
+        "follows the forward / backward) with stage 0's allocated bytes at the optimizer step",
         memory_gb_unit=GIB,
         memory_stage=0,
         layer_split="compute_balanced",

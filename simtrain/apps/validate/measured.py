@@ -27,6 +27,7 @@ METRICS = (
     "layer_forward_s",
     "layer_backward_s",
     "peak_memory_bytes",
+    "step_memory_bytes",
     "fits",
     "crash_or_oom",
 )
@@ -37,6 +38,10 @@ TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "
 #: One transformer block's forward / backward (a per-layer timer, kind layer_microbenchmark:
 #: ``costs.workload.block_times_ns``), from the record's milliseconds.
 LAYER_METRICS = {"layer_forward_s": "layer_forward_ms", "layer_backward_s": "layer_backward_ms"}
+#: Memory metrics, in bytes: the peak, and the allocated peak from the end of the last backward
+#: to the end of the optimizer step (a peak counter reset after the forward / backward:
+#: nanotron's sweep logs 'Mem Alloc (GB)' so), record key ``step_peak_mem_gb`` / ``_gib``.
+MEMORY_METRICS = ("peak_memory_bytes", "step_memory_bytes")
 STEP_METRICS = tuple(m for m in TIME_METRICS if m not in LAYER_METRICS)
 #: :func:`read_outcome`'s readings: out of memory, a failed run whose source does not say
 #: whether it ran out of memory, and a run that fit.
@@ -111,10 +116,11 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
         if (v := num(k)) is not None and v > 0:
             out[k] = v
     gb = conv.memory_gb_unit
-    for key, unit in (("peak_mem_gb", gb), ("peak_mem_gib", GIB), ("peak_mem_mib", MIB)):
-        if (v := num(key)) is not None and v > 0:
-            out["peak_memory_bytes"] = v * unit
-            break
+    for metric, prefix in zip(MEMORY_METRICS, ("peak_mem", "step_peak_mem"), strict=True):
+        for suffix, unit in (("_gb", gb), ("_gib", GIB), ("_mib", MIB)):
+            if (v := num(prefix + suffix)) is not None and v > 0:
+                out[metric] = v * unit
+                break
     outcome = read_outcome(x.get("outcome"))
     if outcome == CRASHED_OR_OOM:
         # measured: the run failed; predicted: simtrain says it does not fit (the cause it can
@@ -140,7 +146,7 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
         meas.pop("crash_or_oom", None)
     out: list[Comparison] = []
     mem = (pr.memory_report(sc)
-           if any(k in meas for k in ("peak_memory_bytes", *VERDICT_METRICS)) else None)  # fmt: skip
+           if any(k in meas for k in (*MEMORY_METRICS, *VERDICT_METRICS)) else None)  # fmt: skip
     T = pr.step_time(sc) if any(k in meas for k in STEP_METRICS) else None
     blocks = pr.block_times(sc) if any(k in meas for k in LAYER_METRICS) else None
     n = sc.parallelism.gpus
@@ -159,12 +165,13 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
             out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,
                                   0.0 if pred == x else 100.0))  # fmt: skip
             continue
-        if metric == "peak_memory_bytes":
+        if metric in MEMORY_METRICS:
             assert mem is not None
+            at = "peak_memory_bytes" if metric == "peak_memory_bytes" else "step_memory_bytes"
             if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
-                pred = float(mem.stages[conv.memory_stage].peak_memory_bytes)
+                pred = float(getattr(mem.stages[conv.memory_stage], at))
             else:
-                pred = float(mem.peak_memory_bytes)
+                pred = float(max(getattr(s, at) for s in mem.gpus))
             if not conv.memory_includes_context:
                 pred -= sc.hardware.cuda_context_bytes
         elif metric in LAYER_METRICS:

@@ -280,7 +280,12 @@ def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str
         "optimizer": {
             "zero_stage": int(par.get("zero_stage") or 0),
             "accumulate_grad_in_fp32": fp32_grads,
-            "optimizer_factory": {"name": _NANOTRON_OPTIMIZER.get(training["optimizer"], "adamW")},
+            # the sweep's base config sets torch_adam_is_fused: true (nouamane/bench2
+            # examples/config_tiny_llama_bench.yaml l.65-70 at 67c5ebb6); records say "(fused)"
+            "optimizer_factory": {
+                "name": _NANOTRON_OPTIMIZER.get(training["optimizer"], "adamW"),
+                "torch_adam_is_fused": "fused" in str(rec.training.get("optimizer", "")).lower(),
+            },
         },  # fmt: skip
     }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.fitted import format_constant_reports
-from simtrain.apps.validate.measured import METRICS, VERDICT_METRICS
+from simtrain.apps.validate.measured import MEMORY_METRICS, METRICS, VERDICT_METRICS
 from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
 from simtrain.errors import ConfigError
 from simtrain.units import GIB
@@ -23,7 +23,7 @@ _VERDICT_WORD = {"fits": "correct", "crash_or_oom": "pred. OOM"}
 def _fmt(metric: str, v: float | bool) -> str:
     if isinstance(v, bool):
         return "fits" if v else "OOM"
-    if metric == "peak_memory_bytes":
+    if metric in MEMORY_METRICS:
         return f"{v / GIB:,.2f} GiB"
     if metric in ("mfu", "hfu"):
         return f"{100 * v:.1f} %"
@@ -188,6 +188,7 @@ METRIC_LABELS = {
     "layer_forward_s": "one layer's forward (s)",
     "layer_backward_s": "one layer's backward (s)",
     "peak_memory_bytes": "peak memory (GiB)",
+    "step_memory_bytes": "allocated at the optimizer step (GiB)",
 }
 
 
@@ -210,7 +211,7 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        scale = 1 / GIB if metric == "peak_memory_bytes" else 1.0
+        scale = 1 / GIB if metric in MEMORY_METRICS else 1.0
         pts = [c for c in res.comparisons if c.metric == metric]
         lo = min(min(c.measured, c.predicted) for c in pts) * scale  # type: ignore[type-var]
         hi = max(max(c.measured, c.predicted) for c in pts) * scale  # type: ignore[type-var]
