@@ -124,20 +124,22 @@ def test_nanotron_allocated_at_the_step(result) -> None:
 
 def test_nanotron_throughput_regression_bound(result) -> None:
     """Not met (issue targets: MAPE <= 35 %, median <= 15 %): regression bounds 1 point above the
-    figures reached. The records run under runtimes/nanotron_bench.yaml, the bench branch the
-    sweep's script reads its files from, whose host polls each pipeline metadata message every
-    0.1 s (tests/test_polling.py): tokens/s MAPE 53.1 % (median -7.4 %, median |error| 33.9 %),
-    MFU 52.6 % (51.3 and 51.1 % before sequence parallelism split the norms' and residual adds'
-    work by tp: the tp 16/32 rows, already too fast, gained most). Under main's nanotron profile (no polling) the same records gave 349.8 % (median
-    +65.9 %) and 307.2 %: the pp > 1 rows that lose >= 0.4 s per pipeline slot polled. The
-    rest of the error is the pp > 1 rows that ran an earlier version without polling (84 of
-    154, predicted too slow; not told apart in the source) and TP across nodes (tp 16/32)."""
+    figures reached. Since 2026-12-05 each run is compared under the code it ran, from the
+    sweep's CSV (record key ``runtime``): jobs before 14097150, whose pp > 1 layouts the sweep's
+    script re-ran after its "pp fix", under runtimes/nanotron_bench.yaml (the bench branch's
+    0.1 s polling p2p, 67c5ebb6; its pp > 1 rows at tp <= 8: MAPE 11.5 %), the later ones under
+    main's nanotron profile (no polling): its 96 pp > 1 rows lose a median 0.4 / 3.1 / 8.1 / 16.6 /
+    38.7 ms per layer per micro-batch at tp 1 / 2 / 4 / 8 / 16 that simtrain does not model
+    (+66 % median at tp <= 8). Tokens/s MAPE 97.3 % (median +26.4 %, median |error| 28.0 %),
+    MFU 87.0 %; with every run under the polling profile it read 52.8 % (median -6.8 %, median
+    |error| 34.1 %), the post-fix rows' -82 % there offsetting the rest."""
     tok = _summary(result, "nanotron", "tokens_per_s")
-    assert tok.n == 234 and tok.mape_pct <= 54.1
+    assert tok.n == 234 and tok.mape_pct <= 98.3
     fam = next(f for f in result.by_family if (f.family, f.metric) == ("nanotron", "tokens_per_s"))
-    assert abs(fam.all.median_error_pct) <= 8.4
+    assert abs(fam.all.median_error_pct) <= 27.4
+    assert fam.all.median_abs_error_pct <= 29.0
     mfu = _summary(result, "nanotron", "mfu")
-    assert mfu.n == 233 and mfu.mape_pct <= 53.6
+    assert mfu.n == 233 and mfu.mape_pct <= 88.0
 
 
 def test_the_playbook_records_run_the_bench_branch() -> None:
@@ -146,6 +148,35 @@ def test_the_playbook_records_run_the_bench_branch() -> None:
     from simtrain.apps.validate.conventions import runtime_of
 
     assert runtime_of("nanotron") == "nanotron_bench"
+
+
+def test_a_record_names_the_code_version_it_ran(published_records: dict, tmp_path) -> None:
+    """Record key ``runtime``: the sweep's CSV tells each run's job; scaling_benchmarks.py
+    (e24d2483 l.512-518) re-ran the pp > 1 layouts of jobs before 14097150 after its "pp fix".
+    A run before it polls its pipeline messages (nanotron_bench), one after it does not
+    (nanotron): the same layout's runtime differs by the record, and the polling costs a
+    pipeline run whole seconds a step."""
+    from simtrain.apps.validate.conventions import runtime_for
+    from simtrain.apps.validate.predict import predicted_step_time
+    from simtrain.apps.validate.records import load_records
+
+    before = published_records["usp_1B_n8_dp1_tp32_pp2_mbs8_ga32_z0"]  # job 14018419
+    after = published_records["usp_1B_n16_dp8_tp8_pp2_mbs1_ga32_z1"]  # job 14099003
+    assert "14097150" in before.notes and "14097150" in after.notes
+    assert runtime_for(before)[0] == before.runtime == "nanotron_bench"
+    assert runtime_for(after) == ("nanotron", "runtime nanotron: the record's (the code "
+                                  "version it ran; notes)")  # fmt: skip
+    sb, sa = translate(before).scenario, translate(after).scenario
+    assert sb.runtime.p2p_poll_interval_s == 0.1 and sa.runtime.p2p_poll_interval_s == 0
+    polled = replace(sa, runtime_profile=replace(sa.runtime, p2p_poll_interval_s=0.1,
+                                         p2p_polled_messages_forward=4,
+                                         p2p_polled_messages_backward=2))  # fmt: skip
+    assert predicted_step_time(polled) > predicted_step_time(sa) + 1.0
+    # an unknown profile is an error naming the record, the key and the allowed names
+    bad = tmp_path / "r.yaml"
+    bad.write_text("- id: x\n  runtime: nanotron_v2\n")
+    with pytest.raises(ConfigError, match=r"x\.runtime.*nanotron_bench"):
+        load_records(bad)
 
 
 def test_omni_path_records_use_the_jean_zay_profile(published_records: dict) -> None:

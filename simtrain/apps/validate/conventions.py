@@ -516,7 +516,8 @@ RUNTIMES: dict[str, str] = {
     "megatron_bridge": "megatron_core",  # Megatron-Bridge (NeMo 25.11, Megatron-Core underneath)
     "simumax_b200": "megatron_core",  # Megatron-LM 23e00ed0 (SimuMax's B200 runs)
     # Ultra-Scale Playbook sweep: nanotron's bench branch, whose files its script reads
-    # (runtimes/nanotron_bench.yaml; some pp > 1 rows ran an earlier version: README)
+    # (runtimes/nanotron_bench.yaml); a record of a pipeline run after the sweep's "pp fix"
+    # names main's (runtime: nanotron; measured/README.md, the sweep's CSV)
     "nanotron": "nanotron_bench",
     "mosaicml": "llm_foundry",  # llm-foundry on Composer (PyTorch FSDP)
     "torchtitan": "torchtitan",
@@ -543,9 +544,17 @@ def runtime_of(source_key: str) -> str:
 
 
 def runtime_for(rec: Record) -> tuple[str, str]:
-    """(runtime, why) of one record: its source's (:func:`runtime_of`, why ""), or for a source
-    without an entry the framework its own text names (:func:`inferred_runtime`), else
-    ``pytorch_eager`` (why "")."""
+    """(runtime, why) of one record: the profile the record names (its ``runtime`` key: a run of
+    its source on another code version), else its source's (:func:`runtime_of`, why ""), or
+    for a source without an entry the framework its own text names (:func:`inferred_runtime`),
+    else ``pytorch_eager`` (why "")."""
+    if rec.runtime:
+        why = (
+            ""
+            if rec.runtime == RUNTIMES.get(rec.source_key)
+            else (f"runtime {rec.runtime}: the record's (the code version it ran; notes)")
+        )
+        return rec.runtime, why
     if rec.source_key in RUNTIMES:
         return RUNTIMES[rec.source_key], ""
     found = inferred_runtime(rec.source, rec.notes, (rec.training, rec.parallelism,

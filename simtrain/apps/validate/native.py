@@ -65,7 +65,7 @@ from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
-from simtrain.apps.validate.conventions import SourceConvention, runtime_of
+from simtrain.apps.validate.conventions import SourceConvention, runtime_for, runtime_of
 from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
@@ -485,7 +485,7 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
         sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
-    name = runtime_of(rec.source_key)
+    name = runtime_for(rec)[0]
     if imp.data["runtime"]["name"] != name:
         notes.append(f"runtime {name}: the framework the source ran "
                      f"({imp.data['runtime']['name']} flags)")  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import HARDWARE_DIR
+from simtrain.spec.runtime import available_runtimes
 from simtrain.spec.yamlfile import load_yaml
 
 
@@ -36,8 +37,8 @@ DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.
                  "torchtitan_2506_asynctp.yaml")  # fmt: skip
 
 RECORD_KEYS = (
-    "id", "kind", "source", "source_key", "model", "training", "parallelism", "hardware",
-    "measured", "notes", "native",
+    "id", "kind", "source", "source_key", "runtime", "model", "training", "parallelism",
+    "hardware", "measured", "notes", "native",
 )  # fmt: skip
 
 
@@ -58,6 +59,10 @@ class Record:
     # The run's own configuration where the source gives it (``{kind: megatron, args: "..."}``:
     # the Megatron-LM arguments it was launched with), read by that framework's importer as is
     native: Mapping[str, Any] = field(default_factory=dict)
+    # The runtime profile (runtimes/*.yaml) this run ran where it is not its source's
+    # (conventions.runtime_for): one sweep run on two code versions, told apart by the run's own
+    # provenance (the Ultra-Scale Playbook's pipeline runs before and after its "pp fix")
+    runtime: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,17 @@ def _native(raw: dict[str, Any], file: str, where: str) -> Mapping[str, Any]:
     return nat
 
 
+def _runtime_name(raw: dict[str, Any], file: str, where: str) -> str:
+    """``runtime``: a runtime profile's name (runtimes/*.yaml), or absent."""
+    v = raw.get("runtime")
+    if v is None:
+        return ""
+    names = available_runtimes()
+    if v not in names:
+        raise ConfigError(file, f"{where}.runtime", "unknown runtime profile", v, ", ".join(names))
+    return str(v)
+
+
 def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[str, Any]:
     v = raw.get(key)
     if v is None:
@@ -174,6 +190,7 @@ def load_records(path: str | Path) -> list[Record]:
                 measured=_section(raw, "measured", file, where),
                 notes=str(raw.get("notes", "") or ""),
                 native=_native(raw, file, where),
+                runtime=_runtime_name(raw, file, where),
             )
         )
     return out
