@@ -1,0 +1,152 @@
+"""The Ultra-Scale Playbook sweep's whole CSV, beyond the chart rows in measured/: every run
+put through validate's translation as a nanotron record (the chart records' sources and
+conventions, the row's model shape, layout, batch and ZeRO stage), and simtrain's error per
+group. Nothing is added to measured/ and nothing is fitted: a held-out check.
+
+The CSV is the one the sweep's runs wrote (nanotron's helpers.log_throughput columns, plus
+``status`` / ``oom_error`` from each job's log); a copy is in eyao600/Rapid-LLM
+(validation_scripts/huggingface_data/bench_final2_mod_add.csv at 9a8d0a10; measured/README.md).
+Per run: tokens/s ('tok/s/gpu' x GPUs), the reserved peak ('Mem Res (GB)', GiB: the chart's
+"GPU memory"), the allocated peak after the backward ('Mem Alloc (GB)': the optimizer step's),
+and the fit verdict (a run that completed fits; status OOM with oom_error true does not;
+'Other' failures are left out). Each run under the code it ran: job id >= 14097150 (after the
+sweep's "pp fix", scaling_benchmarks.py l.512-518 at e24d2483) main's ``nanotron`` profile,
+earlier jobs the bench branch's ``nanotron_bench`` (``--one-runtime`` puts every run on the
+source's default). Run:
+    python benchmarks/playbook_csv_rows.py PATH/TO/bench_final2_mod_add.csv [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import statistics
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+from simtrain.apps.validate.measured import compare_record
+from simtrain.apps.validate.records import Record, load_record_files, resolve_paths
+from simtrain.apps.validate.translate import translate
+
+#: the sweep's pp fix: its script re-ran the pp > 1 layouts of earlier jobs (e24d2483 l.512-518)
+FIX_JOB = 14097150
+#: the chart record whose source, notes and conventions every run takes (its shape is replaced)
+TEMPLATE = "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"
+
+
+def _num(v: str) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def row_record(row: dict[str, str], template: Record, one_runtime: bool) -> Record | None:
+    """A CSV row as a nanotron record (None: a crash that is not out of memory, or a row
+    without its shape)."""
+    status, oom = row["status"], row["oom_error"] == "True"
+    if status not in ("Success", "OOM") or (status == "OOM" and not oom):
+        return None
+    need = ("dp", "tp", "pp", "mbs", "batch_accum", "zero_stage", "hidden_size", "num_layers",
+            "num_heads", "seq_len", "vocab_size")  # fmt: skip
+    if any(_num(row[k]) is None for k in need):
+        return None
+    dp, tp, pp, mbs, acc, z, h, layers, heads, seq, vocab = (int(_num(row[k])) for k in need)
+    ffn = int(_num(row["interm_dim"]) or 4 * h)
+    kv = int(_num(row["num_kv_heads"]) or heads)  # the script's NUM_KEY_VALUE_HEADS None
+    model = {"name": f"nanotron Llama-like h{h} L{layers}", "layers": layers, "hidden": h,
+             "heads": heads, "kv_heads": kv, "ffn_hidden": ffn, "seq_len": seq, "vocab": vocab,
+             "tied_embeddings": ffn < 10_000}  # scaling_benchmarks.py create_config  # fmt: skip
+    training = {**template.training, "global_batch": mbs * acc * dp, "micro_batch": mbs,
+                "grad_accum": acc}  # fmt: skip
+    # every run: tp_mode REDUCE_SCATTER (sequence parallelism), the 1F1B engine
+    parallelism = {**template.parallelism, "tp": tp, "pp": pp, "dp": dp, "zero_stage": z,
+                   "schedule": "1f1b" if pp > 1 else "none",
+                   "sequence_parallel": True}  # fmt: skip
+    hardware = {**template.hardware, "num_gpus": dp * tp * pp}
+    measured: dict[str, object] = {}
+    if status == "Success":
+        tok = _num(row["tok/s/gpu"])
+        if tok:
+            measured["tokens_per_s"] = tok * dp * tp * pp
+        for key, col in (("peak_mem_gb", "Mem Res (GB)"), ("step_peak_mem_gb", "Mem Alloc (GB)")):
+            if (v := _num(row[col])) is not None and v > 0:
+                measured[key] = v
+    else:
+        measured["outcome"] = "oom"
+    job = int(_num(row["job_id"]) or 0)
+    runtime = "" if one_runtime else ("nanotron" if job >= FIX_JOB else "nanotron_bench")
+    return replace(template, id=f"csv_{job}", model=model, training=training,
+                   parallelism=parallelism, hardware=hardware, measured=measured,
+                   runtime=runtime, notes=f"job {job}")  # fmt: skip
+
+
+def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
+    """(group, metric, measured, predicted, error %) of one run; [] when it is not expressible."""
+    tr = translate(rec)
+    if not hasattr(tr, "scenario"):
+        return []
+    p = rec.parallelism
+    after = int(rec.id.split("_")[1]) >= FIX_JOB
+    group = "pp 1" if p["pp"] == 1 else f"pp > 1, {'after' if after else 'before'} the fix"
+    return [(group, c.metric, float(c.measured), float(c.predicted), c.error_pct)
+            for c in compare_record(tr)]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv", help="the sweep's CSV (bench_final2_mod_add.csv)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--one-runtime",
+        action="store_true",
+        help="every run under the source's default profile (nanotron_bench)",
+    )
+    ap.add_argument("--limit", type=int, default=0, help="only the first N rows (a quick look)")
+    args = ap.parse_args(argv)
+    records = {r.id: r for r in load_record_files(resolve_paths(None))}
+    template = records[TEMPLATE]
+    shipped = {int(t) for r in records.values() if r.source_key == "nanotron"
+               for t in re.findall(r"job (\d+)", r.notes)}  # fmt: skip
+    with open(args.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if args.limit:
+        rows = rows[: args.limit]
+    recs = [r for row in rows if (r := row_record(row, template, args.one_runtime))]
+    if args.workers > 1:
+        with ProcessPoolExecutor(max_workers=args.workers) as ex:
+            results = list(ex.map(compare, recs, chunksize=16))
+    else:
+        results = [compare(r) for r in recs]
+    stats: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for rec, res in zip(recs, results, strict=True):
+        held = "held out" if int(rec.id.split("_")[1]) not in shipped else "in measured/"
+        for group, metric, _meas, _pred, err in res:
+            for g in (group, "all"):
+                stats[(held, g, metric)].append(err)
+                stats[("all runs", g, metric)].append(err)
+    print(f"{len(rows)} CSV rows, {len(recs)} runs compared (completed or out of memory)")
+    print(f"{'set':<13}{'group':<26}{'metric':<19}{'n':>6}{'MAPE %':>9}{'median %':>10}"
+          f"{'|median| %':>11}")  # fmt: skip
+    for (held, group, metric), errs in sorted(stats.items()):
+        if metric in ("fits",):
+            right = sum(e == 0 for e in errs)
+            print(
+                f"{held:<13}{group:<26}{metric:<19}{len(errs):>6}  {100 * right / len(errs):.1f} % right"
+            )
+            continue
+        if metric not in ("tokens_per_s", "peak_memory_bytes", "step_memory_bytes"):
+            continue
+        print(f"{held:<13}{group:<26}{metric:<19}{len(errs):>6}"
+              f"{statistics.fmean(map(abs, errs)):>9.1f}{statistics.median(errs):>+10.1f}"
+              f"{statistics.median(map(abs, errs)):>11.1f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

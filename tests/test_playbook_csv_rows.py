@@ -1,0 +1,93 @@
+"""benchmarks/playbook_csv_rows.py: the Ultra-Scale Playbook sweep's CSV rows as nanotron
+records, checked against the chart records shipped in measured/ (the same run, read both ways,
+gives the same scenario and the same errors)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.validate.measured import compare_record
+from simtrain.apps.validate.translate import translate
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "playbook_csv_rows.py"
+# Two rows of the sweep's CSV (eyao600/Rapid-LLM validation_scripts/huggingface_data/
+# bench_final2_mod_add.csv at 9a8d0a10), the columns the script reads: a pipeline run after the
+# "pp fix" that is in measured/ (usp_1B_n16_dp8_tp8_pp2_mbs1_ga32_z1) and an out-of-memory one.
+HEADER = ("job_id,status,oom_error,dp,tp,pp,mbs,batch_accum,zero_stage,hidden_size,num_layers,"
+          "num_heads,num_kv_heads,interm_dim,seq_len,vocab_size,tok/s/gpu,Mem Alloc (GB),"
+          "Mem Res (GB)")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("playbook_csv_rows", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_csv_row_is_its_chart_record(script, published_records: dict) -> None:
+    shipped = published_records["usp_1B_n16_dp8_tp8_pp2_mbs1_ga32_z1"]
+    row = {"job_id": "14099003", "status": "Success", "oom_error": "False", "dp": "8",
+           "tp": "8", "pp": "2", "mbs": "1", "batch_accum": "32", "zero_stage": "1",
+           "hidden_size": "2048", "num_layers": "16", "num_heads": "32", "num_kv_heads": "32.0",
+           "interm_dim": "8192", "seq_len": "4096", "vocab_size": "131072",
+           "tok/s/gpu": str(shipped.measured["tokens_per_s_per_gpu"]),
+           "Mem Alloc (GB)": str(shipped.measured["step_peak_mem_gb"]),
+           "Mem Res (GB)": str(shipped.measured["peak_mem_gb"])}  # fmt: skip
+    rec = script.row_record(row, published_records[script.TEMPLATE], one_runtime=False)
+    assert rec.runtime == shipped.runtime == "nanotron"  # job >= 14097150: after the fix
+    a, b = translate(shipped).scenario, translate(rec).scenario
+    assert (a.model.layers, a.model.hidden, a.model.ffn_hidden, a.model.tied_embeddings) == (
+        b.model.layers,
+        b.model.hidden,
+        b.model.ffn_hidden,
+        b.model.tied_embeddings,
+    )
+    assert a.parallelism == b.parallelism and a.runtime == b.runtime
+    assert a.training == b.training
+    got = {c.metric: c.error_pct for c in compare_record(translate(rec))}
+    want = {c.metric: c.error_pct for c in compare_record(translate(shipped))}
+    for metric in ("tokens_per_s", "step_memory_bytes", "fits"):
+        assert got[metric] == pytest.approx(want[metric], abs=1e-6), metric
+    # the same row before the fix, or under --one-runtime: the source's polling profile
+    early = script.row_record({**row, "job_id": "14018419"}, published_records[script.TEMPLATE],
+                              one_runtime=False)  # fmt: skip
+    assert early.runtime == "nanotron_bench"
+    one = script.row_record(row, published_records[script.TEMPLATE], one_runtime=True)
+    assert translate(one).scenario.runtime.name == "nanotron_bench"
+
+
+def test_out_of_memory_and_other_failures(script, published_records: dict) -> None:
+    tmpl = published_records[script.TEMPLATE]
+    base = dict.fromkeys(HEADER.split(","), "")
+    base.update({"job_id": "14000000", "dp": "8", "tp": "1", "pp": "1", "mbs": "64",
+                 "batch_accum": "1", "zero_stage": "0", "hidden_size": "8192",
+                 "num_layers": "80", "num_heads": "64", "seq_len": "4096",
+                 "vocab_size": "131072", "interm_dim": "28672"})  # fmt: skip
+    oom = script.row_record({**base, "status": "OOM", "oom_error": "True"}, tmpl, False)
+    assert oom.measured == {"outcome": "oom"}
+    assert not oom.model["tied_embeddings"] and oom.model["kv_heads"] == 64  # kv: heads
+    assert {c.metric: c.predicted for c in compare_record(translate(oom))} == {"fits": False}
+    # a crash the log does not call out of memory is no verdict; a row without its shape none
+    assert script.row_record({**base, "status": "Other", "oom_error": "False"}, tmpl, False) is None
+    assert script.row_record({**base, "status": "OOM", "oom_error": "True", "tp": ""}, tmpl,
+                             False) is None  # fmt: skip
+
+
+def test_the_whole_table(script, tmp_path, capsys) -> None:
+    """main() reads a CSV and prints the groups (two rows: no worker pool needed)."""
+    path = tmp_path / "bench.csv"
+    rows = [
+        "14099003,Success,False,8,8,2,1,32,1,2048,16,32,32.0,8192,4096,131072,9000,7.6,14.4",
+        "13500000,OOM,True,1,8,1,64,4,0,8192,80,64,,28672,4096,131072,,,",
+        "13500001,Other,False,1,8,1,1,4,0,2048,16,32,,8192,4096,131072,,,",
+    ]
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 CSV rows, 2 runs compared" in out
+    assert "pp > 1, after the fix" in out and "100.0 % right" in out
