@@ -202,3 +202,25 @@ def test_the_timeline_names_the_all_to_all() -> None:
     names = {s.name.split(" mb")[0] for s in res.timeline.spans if s.stream == "cp"}
     assert any(n.startswith("CP all-to-all Q, K, V, O") for n in names), names
     assert any(n.startswith("CP all-to-all dO, dQ, dK, dV") for n in names), names
+
+
+def test_cached_blocks_of_a_reserved_figure_are_one_gpus_tokens() -> None:
+    """DeepSpeed's flat ZeRO-1 step in a reserved figure reuses the blocks the backward freed
+    (costs.memory.cached_activation_blocks): a layer's largest saved tensor and the head's loss
+    of the GPU's s/cp tokens with the runtime's flags (costs.memory.save_flags), the tensors the
+    stage's walk holds; they were sized for the whole sequence without the flags (4x here)."""
+    from simtrain.costs.activations import loss_saved_bytes
+    from simtrain.costs.memory import cached_activation_blocks, flat_step_buffers
+    from simtrain.layout.step import resolve
+
+    sc = scenario(cp=4, runtime={"name": "deepspeed", "memory_reported": "reserved"},
+                  parallelism={"dp": 2, "zero_stage": 1}, training={"global_batch": 8},
+                  cluster={"nodes": 1, "gpus_per_node": 8})  # fmt: skip
+    step = resolve(sc)
+    assert flat_step_buffers(sc, step)
+    stage = estimate_memory(sc).stages[0]
+    blocks = cached_activation_blocks(sc, step, 4, True, 2)
+    largest = max(x.bytes for x in stage.breakdown.saved)
+    t = cp_rank_training(sc.training, 4)
+    assert blocks == (largest, largest, loss_saved_bytes(sc.model, t, 1))
+    assert largest == 234_881_024  # SiLU and up outputs, 2 x 2 B x (s/cp 4,096) x ffn 14,336

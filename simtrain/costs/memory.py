@@ -269,6 +269,31 @@ class _Activations:
     states: ActivationStates | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SaveFlags:
+    """What a scenario's runtime and layout tell ``costs.activations.layer_saved_tensors``
+    beyond the model and batch: the routed experts' load per rank (``costs.moe.moe_load``), the
+    bytes per value of a saved all-gathered input (``tp_gathered_input_bytes``; 0: Megatron's
+    rule), K and V repeated to the query heads before SDPA, and context parallelism's
+    all-to-all. One reading, for every caller that sizes one block's saved tensors."""
+
+    load: float
+    gathered_input: int
+    repeat_kv: bool
+    cp_a2a: bool
+
+
+def save_flags(sc: Scenario) -> SaveFlags:
+    """:class:`SaveFlags` of ``sc`` (the precision's: the per-rank training spec has the same)."""
+    return SaveFlags(
+        load=moe_load(sc.model, sc.parallelism.ep),
+        gathered_input=tp_gathered_input_bytes(sc.training.precision,
+                                               sc.runtime.tp_saves_gathered_input),
+        repeat_kv=sc.runtime.attention_repeat_kv,
+        cp_a2a=sc.cp_all_to_all,
+    )  # fmt: skip
+
+
 def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                        loss_override: int | None = None) -> _Activations:  # fmt: skip
     """Bytes per chunk and micro-batch, walked through the rank's schedule; with context
@@ -278,17 +303,15 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     m, p = sc.model, sc.parallelism
     t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
-    load = moe_load(m, p.ep)
-    gathered = tp_gathered_input_bytes(t.precision, sc.runtime.tp_saves_gathered_input)
-    rkv = sc.runtime.attention_repeat_kv
-    a2a = sc.cp_all_to_all
-    per_layer = layer_activation_bytes(m, t, tp, sp, load=load, gathered_input=gathered,
-                                       repeat_kv=rkv, cp_a2a=a2a)  # fmt: skip
-    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
-                                      gathered_input=gathered, repeat_kv=rkv,
-                                      cp_a2a=a2a))  # fmt: skip
-    per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False, gathered_input=gathered,
-                                        repeat_kv=rkv, cp_a2a=a2a)
+    f = save_flags(sc)
+    per_layer = layer_activation_bytes(m, t, tp, sp, load=f.load, gathered_input=f.gathered_input,
+                                       repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)  # fmt: skip
+    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=f.load,
+                                      gathered_input=f.gathered_input, repeat_kv=f.repeat_kv,
+                                      cp_a2a=f.cp_a2a))  # fmt: skip
+    per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False,
+                                        gathered_input=f.gathered_input,
+                                        repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)
                  if m.is_moe else per_layer)  # fmt: skip
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
@@ -309,7 +332,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             # the chunk's output, kept for its backward (runtime pipeline_keeps_stage_outputs)
             c += layer_input_bytes(m, t, tp, sp)
         if ch.head:
-            c += head_saved_bytes(m, t, tp, sp, gathered) + mtp_saved_bytes(m, t, tp, sp, gathered)
+            c += (head_saved_bytes(m, t, tp, sp, f.gathered_input)
+                  + mtp_saved_bytes(m, t, tp, sp, f.gathered_input))  # fmt: skip
             if loss_override is not None:  # DataParallel: the loss and what it saves on GPU 0
                 c -= loss_saved_bytes(m, t, tp)
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
@@ -320,8 +344,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, load, gathered,
-                                                         rkv, a2a)  # fmt: skip
+                                                         tp, sp, f.load, f.gathered_input,
+                                                         f.repeat_kv, f.cp_a2a)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
@@ -811,8 +835,12 @@ def cached_activation_blocks(
     without flash attention), one block per layer (``requests`` of them stand for the stage's
     layers, enough for every request that follows; none without ``layers``), and on the head's
     stage what the loss saves (``costs.activations.loss_saved_bytes``: the fp32 logits)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
-    saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel)
+    m, p = sc.model, sc.parallelism
+    t = cp_rank_training(sc.training, p.cp)  # one GPU's s/cp tokens, as the walk's
+    f = save_flags(sc)
+    saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel,
+                                load=f.load, gathered_input=f.gathered_input,
+                                repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)  # fmt: skip
     largest = max((x.bytes for x in saved), default=0)  # (a frozen probe saves nothing)
     blocks = [largest] * requests if layers and largest else []
     if head:
