@@ -138,16 +138,13 @@ def test_gemma3(name: str, total: int, non_embedding_m: int) -> None:
 
 
 def test_gemma3_layer_types_and_refusals(tmp_path: Path) -> None:
-    cfg = json.loads((HF / "gemma-3-1b.json").read_text())
     types = ["sliding_attention" if (i + 1) % 3 else "full_attention" for i in range(26)]
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps({**cfg, "layer_types": types}))
+    p = write_config(tmp_path, "gemma-3-1b.json", {"layer_types": types})
     assert from_hf_config(p).full_attention_every == 3
     for change, key in (({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
                         ({"model_type": "gemma3"}, "model_type")):  # fmt: skip
-        p.write_text(json.dumps({**cfg, **change}))
         with pytest.raises(ConfigError) as ei:
-            from_hf_config(p)
+            from_hf_config(write_config(tmp_path, "gemma-3-1b.json", change))
         assert ei.value.key == key
 
 
@@ -171,30 +168,24 @@ def test_attention_bias_where_transformers_builds_it(tmp_path: Path) -> None:
     Gemma's attention_bias (q, k, v and o_proj, no MLP biases to go with them) is an error
     that says the MLP has none; a null tie_word_embeddings unties the head (transformers reads
     the stored None as false)."""
-    mistral = json.loads((Path(__file__).parent / "data" / "mistral_config.json").read_text())
-    p = tmp_path / "config.json"
-    p.write_text(json.dumps({**mistral, "attention_bias": True}))
-    a = from_hf_config(p)
+    mistral = Path(__file__).parent / "data" / "mistral_config.json"
+    a = from_hf_config(write_config(tmp_path, mistral, {"attention_bias": True}))
     assert (a.bias, a.qkv_bias) == (False, False)
-    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()),
-                             "attention_bias": True, "mlp_bias": True}))  # fmt: skip
     with pytest.raises(ConfigError) as ei:
-        from_hf_config(p)
+        from_hf_config(write_config(tmp_path, "gemma-2-2b.json",
+                                    {"attention_bias": True, "mlp_bias": True}))  # fmt: skip
     assert ei.value.key == "attention_bias" and "MLP has no biases" in ei.value.message
-    p.write_text(json.dumps({**json.loads((HF / "gemma-2-2b.json").read_text()),
-                             "tie_word_embeddings": None}))  # fmt: skip
+    p = write_config(tmp_path, "gemma-2-2b.json", {"tie_word_embeddings": None})
     assert from_hf_config(p).tied_embeddings is False
 
 
 def test_gemma2_reads_layer_types(tmp_path: Path) -> None:
     """transformers 4.57's Gemma2Attention windows the layers its config's ``layer_types``
     names (a review of 2026-12-05: simtrain windowed every even layer whatever it said)."""
-    cfg = json.loads((HF / "gemma-2-2b.json").read_text())
-    p = tmp_path / "config.json"
-    n = cfg["num_hidden_layers"]
-    p.write_text(json.dumps({**cfg, "layer_types": ["full_attention"] * n}))
-    m = from_hf_config(p)
+    n = json.loads((HF / "gemma-2-2b.json").read_text())["num_hidden_layers"]
+    m = from_hf_config(write_config(tmp_path, "gemma-2-2b.json",
+                                    {"layer_types": ["full_attention"] * n}))  # fmt: skip
     assert m.sliding_layers_in(0, n) == 0
-    p.write_text(json.dumps({**cfg, "layer_types": ["sliding_attention" if i % 2 == 0 else
-                                                    "full_attention" for i in range(n)]}))  # fmt: skip
+    alternate = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+    p = write_config(tmp_path, "gemma-2-2b.json", {"layer_types": alternate})
     assert from_hf_config(p).sliding_layers_in(0, n) == n // 2 == 13
