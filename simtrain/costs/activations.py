@@ -51,6 +51,13 @@ def norm_stats_per_token(m: ModelSpec) -> int:
     return 4 * (2 if m.norm == "layernorm" else 1)
 
 
+def norm_saved_bytes(m: ModelSpec, t: TrainingSpec, tokens: int, div: int = 1) -> int:
+    """What one norm outside the blocks saves over ``tokens`` (b·s): its input, h values each in
+    the norm's activation dtype, and its statistics (:func:`norm_stats_per_token`), split over
+    ``div`` ranks (sequence parallelism's tp, else 1)."""
+    return (t.precision_spec.act_norm * tokens * m.hidden + norm_stats_per_token(m) * tokens) // div
+
+
 def layer_saved_tensors(
     m: ModelSpec,
     t: TrainingSpec,
@@ -463,10 +470,7 @@ def _frozen_first_norm_bytes(m: ModelSpec, t: TrainingSpec, tp: int, sp: bool) -
     input needs no gradient (:func:`frozen_input_savings`), 0 when it does."""
     if not embeddings_frozen(t) or not m.pre_norms:
         return 0  # (no first norm without pre-norms: OLMo 2's block saves none to drop)
-    prec = t.precision_spec
-    sb = t.seq_len_effective * t.micro_batch
-    stats = norm_stats_per_token(m) * sb
-    return (prec.act_norm * sb * m.hidden + stats) // (tp if sp else 1)
+    return norm_saved_bytes(m, t, t.seq_len_effective * t.micro_batch, tp if sp else 1)
 
 
 def tp_gathered_input_bytes(precision: str, tp_saves_gathered_input: bool) -> int:
@@ -573,7 +577,7 @@ def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fals
     div = tp if sp else 1
     total = loss_saved_bytes(m, t, tp)
     if grad_flows_through_blocks(t):
-        total += (prec.act_norm * sb * m.hidden + norm_stats_per_token(m) * sb) // div
+        total += norm_saved_bytes(m, t, sb, div)
     probe = t.peft.method == "linear_probe" or (
         t.peft.method == "lp_ft" and t.peft.phase == "probe"
     )
@@ -595,8 +599,7 @@ def mtp_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False
     prec = t.precision_spec
     sb = t.seq_len_effective * t.micro_batch
     div = tp if sp else 1
-    stats = norm_stats_per_token(m) * sb
-    own = (prec.act_mm * sb * 2 * m.hidden + 2 * (prec.act_norm * sb * m.hidden + stats)) // div
+    own = (prec.act_mm * sb * 2 * m.hidden + 2 * norm_saved_bytes(m, t, sb)) // div
     return n * (head_saved_bytes(m, t, tp, sp, gathered_input) + own)
 
 
@@ -630,8 +633,7 @@ def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int
     total = 8 * t.micro_batch * t.seq_len
     if grad_flows_through_blocks(t):
         if m.embedding_norm:
-            stats = norm_stats_per_token(m) * sb
-            total += (t.precision_spec.act_norm * sb * m.hidden + stats) // sp_div
+            total += norm_saved_bytes(m, t, sb, sp_div)
         if m.dropout > 0:
             total += sb * m.hidden // sp_div
     return total
