@@ -38,6 +38,19 @@ FIX_JOB = 14097150
 TEMPLATE = "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"
 
 
+#: the columns the script reads
+COLUMNS = ("job_id", "status", "oom_error", "dp", "tp", "pp", "mbs", "batch_accum", "zero_stage",
+           "hidden_size", "num_layers", "num_heads", "num_kv_heads", "interm_dim", "seq_len",
+           "vocab_size", "tok/s/gpu", "Mem Alloc (GB)", "Mem Res (GB)")  # fmt: skip
+
+
+def layout_key(rec: Record) -> tuple:
+    """What tells two runs of one job apart: the layout, batch, ZeRO stage and shape."""
+    p, t, m = rec.parallelism, rec.training, rec.model
+    return (p.get("dp"), p.get("tp"), p.get("pp"), t.get("micro_batch"), t.get("grad_accum"),
+            p.get("zero_stage"), m.get("hidden"), m.get("layers"))  # fmt: skip
+
+
 def _num(v: str) -> float | None:
     try:
         x = float(v)
@@ -111,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     records = {r.id: r for r in load_record_files(resolve_paths(None))}
     template = records[TEMPLATE]
-    shipped = {int(t) for r in records.values() if r.source_key == "nanotron"
-               for t in re.findall(r"job (\d+)", r.notes)}  # fmt: skip
+    shipped = {(int(j), *layout_key(r)) for r in records.values() if r.source_key == "nanotron"
+               for j in re.findall(r"job (\d+)", r.notes)}  # fmt: skip
     with open(args.csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            print(f"{args.csv}: not the sweep's CSV: no column {', '.join(missing)} "
+                  f"(needs {', '.join(COLUMNS)})", file=sys.stderr)  # fmt: skip
+            return 2
+        rows = list(reader)
     if args.limit:
         rows = rows[: args.limit]
     recs = [r for row in rows if (r := row_record(row, template, args.one_runtime))]
@@ -125,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         results = [compare(r) for r in recs]
     stats: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
-        held = "held out" if int(rec.id.split("_")[1]) not in shipped else "in measured/"
+        job = int(rec.id.split("_")[1])
+        held = "in measured/" if (job, *layout_key(rec)) in shipped else "held out"
         for group, metric, _meas, _pred, err in res:
             for g in (group, "all"):
                 stats[(held, g, metric)].append(err)

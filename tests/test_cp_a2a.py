@@ -224,3 +224,13 @@ def test_cached_blocks_of_a_reserved_figure_are_one_gpus_tokens() -> None:
     t = cp_rank_training(sc.training, 4)
     assert blocks == (largest, largest, loss_saved_bytes(sc.model, t, 1))
     assert largest == 234_881_024  # SiLU and up outputs, 2 x 2 B x (s/cp 4,096) x ffn 14,336
+    # a runtime flag that changes the largest tensor: DTensor TP's saved all-gathered input
+    # (b·(s/cp)·h whole: 2 B x 8,192 x 4,096) over a narrow MLP's SiLU and up outputs (/tp)
+    rt = {"name": "deepspeed", "memory_reported": "reserved", "tp_saves_gathered_input": True}
+    sc = scenario(cp=2, tp=4, runtime=rt, model={"ffn_hidden": 4096},
+                  parallelism={"dp": 2, "zero_stage": 1, "sequence_parallel": True},
+                  training={"global_batch": 8}, cluster={"nodes": 2, "gpus_per_node": 8})  # fmt: skip
+    stage = estimate_memory(sc).stages[0]
+    largest = max(x.bytes for x in stage.breakdown.saved)
+    assert largest == 2 * (S // 2) * 4096 == 67_108_864
+    assert cached_activation_blocks(sc, resolve(sc), 4, False, 2) == (largest, largest)

@@ -7,7 +7,12 @@ import pytest
 
 from simtrain.apps.validate import measured_values, translate
 from simtrain.costs.memory import estimate_memory, zero_gather_copy_bytes
-from simtrain.costs.params import full_model_param_tensors, model_state_bytes
+from simtrain.costs.params import (
+    EXPERT_PREFIX,
+    full_model_param_tensors,
+    layer_param_tensors,
+    model_state_bytes,
+)
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import compute_balanced_stages
 from simtrain.layout.step import resolve
@@ -132,10 +137,29 @@ def test_nanotron_record_conventions(published_records: dict) -> None:
     assert got["step_memory_bytes"] == pytest.approx(14.76 * GIB)
 
 
+def test_zero1_gather_shard_splits_experts_over_their_group() -> None:
+    """Routed experts' parameters are ZeRO-sharded over the expert-data-parallel group
+    (dp / ep), the rest over dp, as costs.memory._zero_shard does their states: the gather's
+    shard copy is ceil((N - E) / dp) + ceil(E / (dp / ep)) (Mixtral 8x7B, dp 16, ep 8)."""
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml",
+                       ["runtime.zero_gather_flat_copies=true"])  # fmt: skip
+    st = estimate_memory(sc).stages[0]
+    n = st.trainable
+    per_layer = sum(x.numel for x in layer_param_tensors(sc.model, sc.training, 1, ep=8)
+                    if x.trainable and x.name.startswith(EXPERT_PREFIX))  # fmt: skip
+    e = per_layer * sum(hi - lo for lo, hi in st.layers)  # every Mixtral block is MoE
+    assert 0 < e < n
+    want = 2 * (n + -(-(n - e) // 16) + -(-e // 2))
+    assert zero_gather_copy_bytes(sc, resolve(sc), n, e) == want
+    assert st.optimizer_working_bytes >= want
+
+
 def test_zero1_gather_flat_copies_at_the_step() -> None:
     """nanotron's ZeRO-1 step ends with ZeroDistributedOptimizer._all_gather_params ->
     all_gather_coalesced, which flattens the rank's shard and every rank's output slices
-    (distributed.py l.196-199 at 67c5ebb6): 2 B x (N + N / dp) at the step's moment, with the
+    (distributed.py l.201-203 at 67c5ebb6): 2 B x (N + N / dp) at the step's moment, with the
     states (2 B params, 4 B fp32 accumulation, 2 B DDP buckets, 12 B / dp master and Adam
     moments; the fused AdamW has no temporaries; the bf16 gradients were freed): the sweep's
     1B dp8 row logged 14.76 GiB 'Mem Alloc' (measured/published_runs.yaml)."""
@@ -151,7 +175,11 @@ def test_zero1_gather_flat_copies_at_the_step() -> None:
     states = 2 * n + 4 * n + 2 * n + -(-12 * n // 8)
     assert abs(b.step_memory_bytes - ctx - states) <= 64  # per-tensor ZeRO rounding only
     assert (a.step_memory_bytes - ctx) / GIB == pytest.approx(14.76, rel=0.01)
-    # no gather without ZeRO-1/2 or data parallelism, nor under a runtime that gathers in place
+    # ZeRO-1 only (nanotron's only stage); no gather without data parallelism, nor under a
+    # runtime that gathers in place
+    for z in (2, 3):
+        zs = _with_runtime(fused, dp=8, zero_stage=z)
+        assert zero_gather_copy_bytes(zs, resolve(zs), N_1B) == 0
     for rt, par in ((fused, {"dp": 8}), (fused, {"zero_stage": 1}),
                     ("megatron_core", {"dp": 8, "zero_stage": 1})):  # fmt: skip
         s = estimate_memory(_with_runtime(rt, **par)).stages[0]

@@ -79,7 +79,8 @@ def test_out_of_memory_and_other_failures(script, published_records: dict) -> No
 
 
 def test_the_whole_table(script, tmp_path, capsys) -> None:
-    """main() reads a CSV and prints the groups (two rows: no worker pool needed)."""
+    """main() reads a CSV and prints the groups (three rows, two of them compared: no worker
+    pool needed)."""
     path = tmp_path / "bench.csv"
     rows = [
         "14099003,Success,False,8,8,2,1,32,1,2048,16,32,32.0,8192,4096,131072,9000,7.6,14.4",
@@ -90,4 +91,36 @@ def test_the_whole_table(script, tmp_path, capsys) -> None:
     assert script.main([str(path), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "3 CSV rows, 2 runs compared" in out
-    assert "pp > 1, after the fix" in out and "100.0 % right" in out
+    table = {(x[:13].strip(), x[13:39].strip(), x[39:58].strip()): x[58:].split()
+             for x in out.splitlines()[2:]}  # fmt: skip
+    # the 1B run fits, the 80B one at tp 8 on 8 GPUs does not: both verdicts right
+    assert table[("all runs", "all", "fits")] == ["2", "100.0", "%", "right"]
+    assert table[("all runs", "pp 1", "fits")] == ["1", "100.0", "%", "right"]
+    assert table[("all runs", "pp > 1, after the fix", "tokens_per_s")][0] == "1"
+    # a CSV without the sweep's columns is refused, naming them
+    bad = tmp_path / "other.csv"
+    bad.write_text("job_id,dp\n1,2\n")
+    assert script.main([str(bad)]) == 2
+    assert "no column status, oom_error" in capsys.readouterr().err
+
+
+def test_an_out_of_memory_row_is_its_chart_record(script, published_records: dict) -> None:
+    """An out-of-memory run read both ways (the chart's record and its CSV row, job 13848093)
+    is the same scenario, fused AdamW included (the sweep's one base config; the record has no
+    optimizer text), and the same verdict."""
+    shipped = published_records["usp_fail_1B_n1_dp2_tp2_pp2_mbs64_ga2_z1"]
+    row = dict.fromkeys(HEADER.split(","), "")
+    row.update({"job_id": "13848093", "status": "OOM", "oom_error": "True", "dp": "2", "tp": "2",
+                "pp": "2", "mbs": "64", "batch_accum": "2", "zero_stage": "1",
+                "hidden_size": "2048", "num_layers": "16", "num_heads": "32",
+                "interm_dim": "8192", "seq_len": "4096", "vocab_size": "131072"})  # fmt: skip
+    rec = script.row_record(row, published_records[script.TEMPLATE], one_runtime=False)
+    a, b = translate(shipped).scenario, translate(rec).scenario
+    assert (
+        a.runtime == b.runtime and a.runtime.fused_optimizer and a.runtime.name == "nanotron_bench"
+    )
+    assert a.parallelism == b.parallelism
+    assert (a.training.precision, a.training.micro_batch) == (b.training.precision, 64)
+    got = {c.metric: c.predicted for c in compare_record(translate(rec))}
+    want = {c.metric: c.predicted for c in compare_record(translate(shipped))}
+    assert got == want == {"fits": False}

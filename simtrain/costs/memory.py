@@ -384,13 +384,13 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
+    # the routed experts' part of the rank's trainable parameters, sharded over dp x cp / ep
+    moe_layers = n_layers - dense_layers
+    experts = moe_layers * sum(x.numel for x in tensors
+                               if x.trainable and x.name.startswith(EXPERT_PREFIX))  # fmt: skip
     if flat_step_buffers(sc, step):
         opt_ws = sum(flat_step_allocations(sc, step, ms.trainable))
     else:
-        # the routed experts' part of the rank's trainable parameters, sharded over dp x cp / ep
-        moe_layers = n_layers - dense_layers
-        experts = moe_layers * sum(x.numel for x in tensors
-                                   if x.trainable and x.name.startswith(EXPERT_PREFIX))  # fmt: skip
         opt_ws = optimizer_working_bytes(tensors, t, dp if z >= 1 else 1, trainable=ms.trainable,
                                          fused=sc.runtime.fused_optimizer,
                                          fp32_grad_buffer=buffer_grad_bytes(sc, step) == 4,
@@ -400,7 +400,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     # moment as the step's (activations gone, gradients all there), the larger of the two
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
     # the post-step parameter all-gather's flat copies: after the step, beside its state
-    opt_ws = max(opt_ws, zero_gather_copy_bytes(sc, step, ms.trainable))
+    opt_ws = max(opt_ws, zero_gather_copy_bytes(sc, step, ms.trainable, experts))
     buffers = opt_ws
     if prec.weight_copy:
         buffers += ms.weight_copies
@@ -747,16 +747,21 @@ def cache_buffer_growth(cached: int, cached_activations: int, loss: int) -> int:
     return max(0, cached - cached_activations - loss)
 
 
-def zero_gather_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
-    """The flat copies ZeRO-1/2's post-step all-gather of the updated 16-bit parameters makes
-    (runtime ``zero_gather_flat_copies``; nanotron's ``all_gather_coalesced``): one of the
-    rank's ``trainable`` parameters (each data-parallel rank's output slices flattened) and one
-    of its shard, param_bytes x (N + ceil(N / dp)), over more than one data-parallel rank; 0
-    otherwise. Live after the step's update, so the step's moment holds the larger of the two."""
+def zero_gather_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int,
+                           experts: int = 0) -> int:  # fmt: skip
+    """The flat copies ZeRO-1's post-step all-gather of the updated 16-bit parameters makes
+    (runtime ``zero_gather_flat_copies``; nanotron's ``all_gather_coalesced``, whose
+    ZeroDistributedOptimizer is its only ZeRO stage): one of the rank's ``trainable`` parameters
+    (each data-parallel rank's output slices flattened) and one of its shard, param_bytes x
+    (N + ceil((N - E) / dp) + ceil(E / expert_dp)) with ``experts`` E of them routed experts'
+    (sharded over the expert-data-parallel group, as ``_zero_shard`` does their states), over
+    more than one data-parallel rank; 0 otherwise. Live after the step's update, so the step's
+    moment holds the larger of the two."""
     p = sc.parallelism
-    if not sc.runtime.zero_gather_flat_copies or p.zero_stage not in (1, 2) or p.dp_cp <= 1:
+    if not sc.runtime.zero_gather_flat_copies or p.zero_stage != 1 or p.dp_cp <= 1:
         return 0
-    return step.precision.param * (trainable + ceil(trainable / p.dp_cp))
+    shard = ceil((trainable - experts) / p.dp_cp) + ceil(experts / p.expert_dp)
+    return step.precision.param * (trainable + shard)
 
 
 def flat_step_buffers(sc: Scenario, step: ResolvedStep) -> bool:

@@ -114,9 +114,9 @@ class RuntimeProfile:
     # backward to the end of that add, never at a forward's peak nor at the optimizer step, and
     # the add costs each backward 10 B per parameter at the memory-bound rate ("ACC").
     grads_freed_per_microbatch: bool = False
-    # ZeRO-1/2's all-gather of the updated 16-bit parameters after the optimizer step goes
+    # ZeRO-1's all-gather of the updated 16-bit parameters after the optimizer step goes
     # through flat copies (nanotron ZeroDistributedOptimizer._all_gather_params ->
-    # distributed.all_gather_coalesced, optim/zero.py l.217-248 and distributed.py l.196-199 at
+    # distributed.all_gather_coalesced, optim/zero.py l.217-248 and distributed.py l.201-203 at
     # 67c5ebb6: ``_flatten_dense_tensors`` of the rank's input shards and of each rank's output
     # slices): a flat copy of the rank's trainable parameters and of its shard, in the
     # parameters' dtype, live together at the step's end (beside the step's state, not the

@@ -243,14 +243,19 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
                 r.ignore(f"optimizer.{k}")
         elif k not in ("zero_stage", "accumulate_grad_in_fp32"):
             r.unsupported_(f"optimizer.{k}", "not a key this importer knows")
-    fused = factory.get("torch_adam_is_fused")
-    if fused is not None and optimizer in ("adam", "adamw"):
-        # helpers.py basic_optimizer_builder: torch.optim.AdamW(..., fused=torch_adam_is_fused)
-        # (l.325-339 at 67c5ebb6): the fused kernel updates every tensor in place, no
-        # per-tensor temporaries (costs.params.optimizer_working_bytes)
-        runtime["fused_optimizer"] = _flag(factory, "torch_adam_is_fused", file,
-                                           "optimizer.optimizer_factory")  # fmt: skip
-        r.origin("runtime.fused_optimizer", "optimizer.optimizer_factory.torch_adam_is_fused")
+    # helpers.py basic_optimizer_builder: torch.optim.AdamW(..., fused=torch_adam_is_fused)
+    # (l.325-339 at 67c5ebb6): the fused kernel updates every tensor in place, no per-tensor
+    # temporaries (costs.params.optimizer_working_bytes); SGD does not read the key
+    if factory.get("torch_adam_is_fused") is not None:
+        fused = _flag(factory, "torch_adam_is_fused", file, "optimizer.optimizer_factory")
+        if optimizer in ("adam", "adamw"):
+            runtime["fused_optimizer"] = fused
+            r.origin("runtime.fused_optimizer", "optimizer.optimizer_factory.torch_adam_is_fused")
+        else:
+            r.ignore("optimizer.optimizer_factory.torch_adam_is_fused")
+    elif optimizer in ("adam", "adamw"):
+        r.assume("optimizer.optimizer_factory.torch_adam_is_fused not set (nanotron requires it): "
+                 "the profile's fused AdamW, as nanotron's examples set it")  # fmt: skip
     for k in factory:
         if k not in ("name", "torch_adam_is_fused"):
             r.ignore(f"optimizer.optimizer_factory.{k}")

@@ -66,9 +66,11 @@ all records and with the records of noisy pairs left out: two records of the sam
 2x apart (``noisy_pairs``, listed in the table and the JSON).
 
 **Runtimes.** :func:`runtime_of` names the training runtime (framework) a source's runs ran on,
-one of :data:`RUNTIME_PROFILES` (``measured/README.md`` lists each source's); a record of a
-source without an entry runs under the framework its own text names
-(``conventions.runtime_for``), else ``pytorch_eager``. Defaults used where a source omits a setting are listed per record
+one of :data:`RUNTIME_PROFILES` (``measured/README.md`` lists each source's); a record's own
+``runtime`` key (any profile of runtimes/) overrides it for a run on another code version (the
+Playbook's pipeline runs after its "pp fix": ``nanotron``); a record of a source without an
+entry runs under the framework its own text names (``conventions.runtime_for``), else
+``pytorch_eager``. Defaults used where a source omits a setting are listed per record
 (:attr:`Translation.assumptions`) and printed with the table.
 
 **Modules.** ``records`` (the YAML schema), ``conventions`` (each source's defaults and its way

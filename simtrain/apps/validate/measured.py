@@ -165,15 +165,25 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
             out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,
                                   0.0 if pred == x else 100.0))  # fmt: skip
             continue
-        if metric in MEMORY_METRICS:
+        if metric == "peak_memory_bytes":
             assert mem is not None
-            at = "peak_memory_bytes" if metric == "peak_memory_bytes" else "step_memory_bytes"
             if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
-                pred = float(getattr(mem.stages[conv.memory_stage], at))
+                pred = float(mem.stages[conv.memory_stage].peak_memory_bytes)
             else:
-                pred = float(max(getattr(s, at) for s in mem.gpus))
+                pred = float(mem.peak_memory_bytes)
             if not conv.memory_includes_context:
                 pred -= sc.hardware.cuda_context_bytes
+        elif metric == "step_memory_bytes":
+            # torch's allocated counter: never the CUDA context nor NCCL's own cudaMalloc'ed
+            # buffers (which a device-level runtime adds to the buffers), whatever the source's
+            # peak figure includes
+            assert mem is not None
+            if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
+                gpus: tuple = (mem.stages[conv.memory_stage],)
+            else:
+                gpus = mem.gpus
+            pred = float(max(g.step_memory_bytes - (g.breakdown.nccl_bytes if g.breakdown else 0)
+                             for g in gpus) - sc.hardware.cuda_context_bytes)  # fmt: skip
         elif metric in LAYER_METRICS:
             assert blocks is not None
             pred = blocks[0] if metric == "layer_forward_s" else blocks[1]

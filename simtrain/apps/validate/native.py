@@ -53,6 +53,7 @@ Llama 3, LoRA / QLoRA, torchao: all skipped today).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
-from simtrain.apps.validate.conventions import SourceConvention, runtime_for, runtime_of
+from simtrain.apps.validate.conventions import SourceConvention, runtime_for
 from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
@@ -116,7 +117,8 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     ``--checkpoint-activations``), which is how the importer tells the two apart."""
     tp, pp, dp, cp = layout
     B, b = batch
-    legacy = runtime_of(rec.source_key) in ("megatron_lm_2021", "megatron_lm_2022")
+    era = runtime_for(rec)[0]  # the record's runtime, else its source's
+    legacy = era in ("megatron_lm_2021", "megatron_lm_2022")
     w: list[str] = ["--num-layers", model["layers"], "--hidden-size", model["hidden"],
                     "--num-attention-heads", model["heads"], "--seq-length", training["seq_len"],
                     "--max-position-embeddings", model["max_positions"],
@@ -138,8 +140,7 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
     # Megatron-LM 2022 replaced --checkpoint-activations by --recompute-granularity (arguments.py
     # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
-    w += _recompute_flags(training["recompute"], legacy and runtime_of(rec.source_key)
-                          == "megatron_lm_2021")  # fmt: skip
+    w += _recompute_flags(training["recompute"], era == "megatron_lm_2021")
     v = int(par.get("virtual_stages") or 1)
     if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower():
         w += ["--num-virtual-stages-per-pipeline-rank", v]
@@ -242,6 +243,9 @@ _NANOTRON_DTYPE = {"bf16": ("bfloat16", False), "bf16_fp32_grads": ("bfloat16", 
 _NANOTRON_OPTIMIZER = {"adamw": "adamW", "adam": "adam", "sgd": "sgd"}
 
 
+_UNFUSED = re.compile(r"\bunfused\b|\bnot fused\b|fused\s*=\s*false", re.I)
+
+
 def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str, Any],
                     layout: tuple[int, int, int, int], batch: tuple[int, int],
                     par: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -280,11 +284,12 @@ def nanotron_config(rec: Record, model: Mapping[str, Any], training: Mapping[str
         "optimizer": {
             "zero_stage": int(par.get("zero_stage") or 0),
             "accumulate_grad_in_fp32": fp32_grads,
-            # the sweep's base config sets torch_adam_is_fused: true (nouamane/bench2
-            # examples/config_tiny_llama_bench.yaml l.65-70 at 67c5ebb6); records say "(fused)"
+            # the sweep's base config sets torch_adam_is_fused: true for every job (nouamane/
+            # bench2 examples/config_tiny_llama_bench.yaml l.70 at 67c5ebb6), whether or not a
+            # record says "(fused)"; one that says it was not is not
             "optimizer_factory": {
                 "name": _NANOTRON_OPTIMIZER.get(training["optimizer"], "adamW"),
-                "torch_adam_is_fused": "fused" in str(rec.training.get("optimizer", "")).lower(),
+                "torch_adam_is_fused": not _UNFUSED.search(str(rec.training.get("optimizer", ""))),
             },
         },  # fmt: skip
     }
@@ -485,7 +490,9 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
             sets.append(f"training.{key}={training[key]}")
     if conv.layer_split != "uniform" and imp.data["parallelism"].get("virtual_stages", 1) == 1:
         sets.append(f"parallelism.layer_split={json.dumps(conv.layer_split)}")
-    name = runtime_for(rec)[0]
+    name, why = runtime_for(rec)
+    if why:
+        notes.append(why)
     if imp.data["runtime"]["name"] != name:
         notes.append(f"runtime {name}: the framework the source ran "
                      f"({imp.data['runtime']['name']} flags)")  # fmt: skip
