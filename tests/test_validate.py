@@ -1020,3 +1020,17 @@ def test_a_named_model_without_its_shape_takes_the_preset(model: dict, expect: d
 def test_a_name_that_does_not_fit_a_preset_stays_unexpressible(model: dict) -> None:
     out = translate(_record(model=model))
     assert isinstance(out, SkipReason) and "model shape not reported" in out.reason
+
+
+@pytest.mark.parametrize("value", ["14.76", True, [1.0], {"gb": 1}])
+def test_a_measured_number_that_is_not_one_is_a_skip_naming_the_key(value) -> None:
+    """A key validate reads as a number (records.NUMERIC_MEASURED_KEYS) holding a string, a
+    bool, a list or a mapping is a skip that names it (it was dropped unsaid: the record then
+    compared nothing for it); a key validate does not read stays free text."""
+    from simtrain.apps.validate.records import SkipReason
+
+    for key in ("step_peak_mem_gb", "tokens_per_s", "mfu"):
+        got = translate(_record(measured={"step_time_s": 1.0, key: value}))
+        assert isinstance(got, SkipReason) and f"measured.{key}" in got.reason
+    free = translate(_record(measured={"step_time_s": 1.0, "job": value}))
+    assert not isinstance(free, SkipReason)

@@ -36,6 +36,14 @@ DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.
                  "torchao_float8.yaml", "torchtitan_2412.yaml",
                  "torchtitan_2506_asynctp.yaml")  # fmt: skip
 
+#: The measured keys validate reads as numbers (``measured.measured_values``; a record's other
+#: measured keys are free): a value of another type there is a skip with the key, not dropped.
+NUMERIC_MEASURED_KEYS = frozenset({
+    "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "samples_per_s", "tflops_per_gpu",
+    "model_tflops_per_gpu", "mfu", "hfu", "layer_forward_ms", "layer_backward_ms",
+    *(f"{p}{u}" for p in ("peak_mem", "step_peak_mem") for u in ("_gb", "_gib", "_mib")),
+})  # fmt: skip
+
 RECORD_KEYS = (
     "id", "kind", "source", "source_key", "runtime", "model", "training", "parallelism",
     "hardware", "measured", "notes", "native",

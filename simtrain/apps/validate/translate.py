@@ -27,7 +27,13 @@ from simtrain.apps.validate.conventions import (
     runtime_for,
 )
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
-from simtrain.apps.validate.records import Record, SkipReason, record_int, skip
+from simtrain.apps.validate.records import (
+    NUMERIC_MEASURED_KEYS,
+    Record,
+    SkipReason,
+    record_int,
+    skip,
+)
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
@@ -429,10 +435,13 @@ MIN_MEASURED = 1e-30
 
 def _unusable_measurements(rec: Record) -> str:
     """The first numeric measured value that is not finite and 0 or in [MIN_MEASURED,
-    MAX_MEASURED], or "" (a source rounds a tiny MFU or rate to 0; such a value is left to the
-    comparison)."""
+    MAX_MEASURED], or the first key the comparison reads as a number that holds something else
+    (``records.NUMERIC_MEASURED_KEYS``: a quoted "14.76" was dropped unsaid), or "" (a source
+    rounds a tiny MFU or rate to 0; such a value is left to the comparison)."""
     for key, v in rec.measured.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
+            if key in NUMERIC_MEASURED_KEYS and v is not None:
+                return str(key)
             continue
         try:
             x = float(v)
