@@ -1077,3 +1077,33 @@ def test_zero2_closed_form_follows_the_simulation(changes: dict) -> None:
         closed_1 = closed_form_step_s(one, estimate_memory(one).stages)
         assert sim - sim_1 > 0.1 * sim  # (the reduction every micro-batch, not hidden)
         assert (closed - closed_1) == pytest.approx(sim - sim_1, rel=0.1)
+
+
+def test_memory_headroom_turns_a_near_full_layout_away(small_result: Any) -> None:
+    """constraints.memory_headroom h: a layout whose peak leaves less than h of the GPU free is
+    ``no_fit`` with the share it leaves, at screening and after the full simulation; one with
+    more room keeps its status. Out of (0, 0.9] is an error naming the key."""
+    fitting = [r for r in small_result.rows if r.fits and r.capacity_bytes]
+    ratios = sorted(r.peak_memory_bytes / r.capacity_bytes for r in fitting)
+    h = 1 - ratios[len(ratios) // 2]  # half of the fitting layouts leave less free than this
+    plan = _plan(SMALL, constraints={**SMALL["constraints"], "memory_headroom": round(h, 3)})
+    assert plan.constraints.memory_headroom == round(h, 3)
+    ctx = build_context(plan)
+    turned = kept = 0
+    for r in fitting:
+        row = screen_layout(ctx, r.layout)
+        free = 1 - row.peak_memory_bytes / row.capacity_bytes
+        if free < round(h, 3):
+            assert row.status == "no_fit" and "memory_headroom" in row.reason, row
+            assert f"leaves {100 * free:.1f} % of the GPU's memory free" in row.reason
+            turned += 1
+        else:
+            assert row.status == "estimated"
+            kept += 1
+    assert turned and kept
+    res = run_plan(plan, LocalExecutor(2))
+    for r in res.best:
+        assert r.peak_memory_bytes <= (1 - round(h, 3)) * r.capacity_bytes
+    for value in (0, 0.95, "a", True):
+        with pytest.raises(ConfigError, match="constraints.memory_headroom"):
+            _plan(SMALL, constraints={"memory_headroom": value})

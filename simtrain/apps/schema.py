@@ -320,6 +320,9 @@ def plan_schema() -> dict[str, Any]:
         "max_gpus": {
             "anyOf": [_plan_number("constraints.max_gpus", integer=True), {"type": "null"}]
         },  # fmt: skip
+        "memory_headroom": {
+            "anyOf": [_plan_number("constraints.memory_headroom"), {"type": "null"}]
+        },  # fmt: skip
     }
     gpu = _plan_number("gpus", integer=True)
     props: dict[str, Any] = {

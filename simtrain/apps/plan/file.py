@@ -45,7 +45,7 @@ TRAINING_KEYS = tuple(f.name for f in fields(TrainingSpec)
                       if f.name not in (*INTERNAL_FIELDS, "micro_batch", "recompute"))  # fmt: skip
 HARDWARE_KEYS = ("name", "price_per_gpu_hour")
 GPUS_KEYS = ("min", "max")
-CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus")
+CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus", "memory_headroom")
 FIXED_KEYS = (
     "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
     "sequence_parallel", "cp", "ep", "precision",
@@ -74,7 +74,7 @@ MAX_TOP = 1000
 MAXIMA = {
     "price_per_gpu_hour": 1e6, "deadline_days": 1e6, "budget": 1e15, "mtbf_gpu_hours": 1e12,
     "checkpoint_interval": 1e12, "checkpoint_s": 1e12, "restart_s": 1e12, "relaunch_s": 1e12,
-    "checkpoint_write_gb_per_s_per_gpu": 1e6,
+    "checkpoint_write_gb_per_s_per_gpu": 1e6, "memory_headroom": 0.9,
 }  # fmt: skip
 # The plan's fixed choices share the scenario keys' ranges.
 FIXED_RANGES = {
@@ -97,6 +97,9 @@ class Constraints:
     deadline_days: float | None = None
     budget: float | None = None
     max_gpus: int | None = None
+    # The share of each GPU's memory a layout must leave free (0 < h < 1): PyTorch's caching
+    # allocator needs room beyond what is allocated (report.tables.NEAR_CAPACITY's evidence)
+    memory_headroom: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +349,8 @@ def _constraints(value: Any, file: str) -> Constraints:
         if c.get("budget") is not None else None,
         max_gpus=int(_num(c["max_gpus"], file, "constraints.max_gpus", integer=True))
         if c.get("max_gpus") is not None else None,
+        memory_headroom=_num(c["memory_headroom"], file, "constraints.memory_headroom")
+        if c.get("memory_headroom") is not None else None,
     )  # fmt: skip
 
 

@@ -119,6 +119,17 @@ def meets(c: Constraints, days: float, cost: float) -> bool:
     return not (c.budget is not None and not cost <= c.budget)
 
 
+def headroom_short(c: Constraints, peak: int, capacity: int) -> str:
+    """Why a fitting peak leaves less than ``constraints.memory_headroom`` of the GPU free, or
+    ""."""
+    h = c.memory_headroom
+    if h is None or peak <= (1 - h) * capacity:
+        return ""
+    return (f"leaves {100 * (capacity - peak) / capacity:.1f} % of the GPU's memory free "
+            f"(peak {peak / GIB:,.2f} of {capacity / GIB:,.2f} GiB), under constraints."
+            f"memory_headroom {100 * h:g} %")  # fmt: skip
+
+
 def violations(c: Constraints, days: float, cost: float) -> str:
     out = []
     if c.deadline_days is not None and not days <= c.deadline_days:
@@ -145,6 +156,8 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     cap = stages[0].capacity_bytes
     if not all(s.fits for s in stages):
         return Row(layout, "no_fit", fit_message(sc, stages), peak, cap)
+    if short := headroom_short(ctx.constraints, peak, cap):
+        return Row(layout, "no_fit", short, peak, cap)
     step = max(closed_form_step_s(sc, stages), 1e-9)  # durations are whole ns: never 0
     tps = sc.tokens_per_step / step
     hw = sc.hardware

@@ -13,7 +13,14 @@ from simtrain.apps.plan.layouts import Layout, enumerate_layouts, scenario_data
 from simtrain.apps.plan.progress import Progress
 from simtrain.apps.plan.rank import rank_rows, select_candidates
 from simtrain.apps.plan.result import PlanResult, Row
-from simtrain.apps.plan.screen import ScreenContext, build_context, meets, screen_chunk, violations
+from simtrain.apps.plan.screen import (
+    ScreenContext,
+    build_context,
+    headroom_short,
+    meets,
+    screen_chunk,
+    violations,
+)
 from simtrain.apps.plan.simulate import SimOutcome, indexed_simulate
 from simtrain.errors import ConfigError
 from simtrain.units import GIB
@@ -123,6 +130,11 @@ def _finish(plan: Plan, ctx: ScreenContext, rows: list[Row], sims: dict[Layout, 
                 reason=f"does not fit in the full simulation: peak "
                 f"{max(s.peak_memory_bytes, s.timeline_peak_bytes) / GIB:,.2f} of "
                 f"{s.capacity_bytes / GIB:,.2f} GiB", meets_constraints=False))  # fmt: skip
+            continue
+        peak = max(s.peak_memory_bytes, s.timeline_peak_bytes)
+        if short := headroom_short(ctx.constraints, peak, s.capacity_bytes):
+            out.append(r._replace(status="no_fit", peak_memory_bytes=peak, reason=short,
+                                  meets_constraints=False))  # fmt: skip
             continue
         try:
             run = run_estimate(ctx.tokens, s.tokens_per_s, r.layout.gpus,
