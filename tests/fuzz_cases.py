@@ -1159,7 +1159,8 @@ def plan_doc(draw: Drawer) -> tuple[dict[str, Any], dict[str, Any] | None]:
         doc["constraints"] = {
             k: v for k, v in (("deadline_days", choose(draw, None, 0.001, 30, 1e6)),
                               ("budget", choose(draw, None, 0.01, 1e6)),
-                              ("max_gpus", choose(draw, None, 1, 4)))
+                              ("max_gpus", choose(draw, None, 1, 4)),
+                              ("memory_headroom", choose(draw, None, 0.1, 0.9, 0.95)))
             if v is not None
         }  # fmt: skip
     if coin(draw, 0.5):
