@@ -45,6 +45,7 @@ from simtrain.apps.plan import (
     pareto_front,
     parse_plan,
     plan_command,
+    plan_table,
     run_plan,
     scenario_data,
     screen_layout,
@@ -1081,8 +1082,9 @@ def test_zero2_closed_form_follows_the_simulation(changes: dict) -> None:
 
 def test_memory_headroom_turns_a_near_full_layout_away(small_result: Any) -> None:
     """constraints.memory_headroom h: a layout whose peak leaves less than h of the GPU free is
-    ``no_fit`` with the share it leaves, at screening and after the full simulation; one with
-    more room keeps its status. Out of (0, 0.9] is an error naming the key."""
+    ``no_fit`` at screening with the share it leaves (rounded down); one with more room keeps
+    its status; the table names the constraint and counts those it turned away; a fitting row
+    at >= 85 % of the GPU is flagged. Out of (0, 0.9] is an error naming the key."""
     fitting = [r for r in small_result.rows if r.fits and r.capacity_bytes]
     ratios = sorted(r.peak_memory_bytes / r.capacity_bytes for r in fitting)
     h = 1 - ratios[len(ratios) // 2]  # half of the fitting layouts leave less free than this
@@ -1095,7 +1097,8 @@ def test_memory_headroom_turns_a_near_full_layout_away(small_result: Any) -> Non
         free = 1 - row.peak_memory_bytes / row.capacity_bytes
         if free < round(h, 3):
             assert row.status == "no_fit" and "memory_headroom" in row.reason, row
-            assert f"leaves {100 * free:.1f} % of the GPU's memory free" in row.reason
+            shown = math.floor(1000 * free) / 10  # rounded down: never the limit itself
+            assert f"leaves {shown:.1f} % of the GPU's memory free" in row.reason
             turned += 1
         else:
             assert row.status == "estimated"
@@ -1104,6 +1107,36 @@ def test_memory_headroom_turns_a_near_full_layout_away(small_result: Any) -> Non
     res = run_plan(plan, LocalExecutor(2))
     for r in res.best:
         assert r.peak_memory_bytes <= (1 - round(h, 3)) * r.capacity_bytes
+    text = plan_table(res)
+    assert f"{100 * round(h, 3):g} % of each GPU's memory left free" in text.splitlines()[0]
+    n = sum(1 for r in res.rows if r.status == "no_fit" and "memory_headroom" in r.reason)
+    assert n >= turned and f"({n:,} of them only for the memory headroom)" in text
+    plain = plan_table(small_result)
+    near = [i for i, r in enumerate(small_result.best[:10], 1)
+            if r.peak_memory_bytes >= 0.85 * r.capacity_bytes]  # fmt: skip
+    assert ("! #" in plain) == bool(near) and "memory_headroom" not in plain.splitlines()[0]
     for value in (0, 0.95, "a", True):
         with pytest.raises(ConfigError, match="constraints.memory_headroom"):
             _plan(SMALL, constraints={"memory_headroom": value})
+
+
+def test_memory_headroom_after_the_full_simulation(small_result: Any) -> None:
+    """The full simulation's peak (the timeline's, if higher) is held to the headroom too
+    (search._finish): a simulated layout whose timeline peak crosses it becomes no_fit."""
+    from simtrain.apps.plan.search import _finish
+    from simtrain.apps.plan.simulate import SimOutcome
+
+    plan = _plan(SMALL, constraints={**SMALL["constraints"], "memory_headroom": 0.2})
+    ctx = build_context(plan)
+    row = next(r for r in small_result.rows if r.status == "simulated"
+               and r.peak_memory_bytes < 0.5 * r.capacity_bytes)  # fmt: skip
+    screened = screen_layout(ctx, row.layout)
+    assert screened.status == "estimated"
+    cap = screened.capacity_bytes
+    for timeline, status in ((int(0.5 * cap), "simulated"), (int(0.9 * cap), "no_fit")):
+        sim = SimOutcome(row.step_time_s, row.tokens_per_s, row.mfu, row.tflops_per_gpu,
+                         screened.peak_memory_bytes, timeline, cap, True)  # fmt: skip
+        res = _finish(plan, ctx, [screened], {row.layout: sim}, False, "", 0.0)
+        assert res.rows[0].status == status, res.rows[0]
+        if status == "no_fit":
+            assert "leaves 10.0 % of the GPU's memory free" in res.rows[0].reason

@@ -97,7 +97,7 @@ class Constraints:
     deadline_days: float | None = None
     budget: float | None = None
     max_gpus: int | None = None
-    # The share of each GPU's memory a layout must leave free (0 < h < 1): PyTorch's caching
+    # The share of each GPU's memory a layout must leave free (0 < h <= 0.9): PyTorch's caching
     # allocator needs room beyond what is allocated (report.tables.NEAR_CAPACITY's evidence)
     memory_headroom: float | None = None
 

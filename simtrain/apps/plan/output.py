@@ -11,7 +11,8 @@ from typing import Any
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
-from simtrain.report.tables import estimate_note
+from simtrain.apps.plan.screen import HEADROOM_KEY
+from simtrain.report.tables import NEAR_CAPACITY, estimate_note
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 
@@ -82,7 +83,12 @@ def write_pareto(result: PlanResult, path: Path) -> None:
         ax.text(
             0.5,
             0.5,
-            "no layout fits in memory" if checked else "no layout passes the layout checks",
+            (
+                "no layout fits in memory"
+                + (" with the headroom" if result.plan.constraints.memory_headroom else "")
+            )
+            if checked
+            else "no layout passes the layout checks",
             transform=ax.transAxes,
             ha="center",
         )
@@ -157,14 +163,19 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         cons.append(f"budget ${c.budget:,.0f}")
     if c.max_gpus is not None:
         cons.append(f"at most {c.max_gpus} GPUs")
+    if c.memory_headroom is not None:
+        cons.append(f"{100 * c.memory_headroom:g} % of each GPU's memory left free")
     model = p.model.get("preset") or p.model.get("hf_config") or "custom model"
     counts = result.counts
+    # layouts that fit in memory but not with the headroom are counted apart
+    n = sum(1 for r in result.rows if r.status == "no_fit" and HEADROOM_KEY in r.reason)
+    by_headroom = f" ({n:,} of them only for the memory headroom)" if n else ""
     lines = [
         f"plan {p.name}: {model}, {p.tokens:.3g} tokens, global batch {gb} x {seq}; "
         f"{len(p.hardware)} hardware option(s); {', '.join(cons) or 'no constraints'}",
         f"{result.evaluated:,} layouts in {result.elapsed_s:.1f} s: "
         f"{counts.get('rejected', 0):,} rejected by layout checks, "
-        f"{counts.get('no_fit', 0):,} do not fit, "
+        f"{counts.get('no_fit', 0):,} do not fit{by_headroom}, "
         f"{counts.get('estimated', 0) + counts.get('simulated', 0):,} fit "
         f"({result.simulated} simulated in full); {result.feasible:,} feasible",
     ]
@@ -189,7 +200,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
                          f"({n:,} of {counts['rejected']:,}): {reason}")  # fmt: skip
             lines.append("see plan.csv for every layout's reason")
             return "\n".join(lines)
-        lines.append("no layout fits: see plan.csv for the reasons")
+        lines.append("no layout fits" + (" with the memory headroom" if c.memory_headroom else "")
+                     + ": see plan.csv for the reasons")  # fmt: skip
         if misses:
             r = min(misses, key=lambda r: r.peak_memory_bytes / r.capacity_bytes)  # first of ties
             lay = r.layout
@@ -231,6 +243,12 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         lines.append(difference_line(shown[0], shown[1]))
     if any(r.status != "simulated" for r in shown):
         lines.append("~ closed-form estimate (not simulated)")
+    near = [i for i, r in enumerate(shown, 1)
+            if r.capacity_bytes and r.peak_memory_bytes >= NEAR_CAPACITY * r.capacity_bytes]  # fmt: skip
+    if near:
+        lines.append(f"! #{', #'.join(map(str, near))} within {100 * (1 - NEAR_CAPACITY):.0f} % "
+                     "of the GPU's memory: the caching allocator's fragmentation (not modelled) "
+                     "can still run them out of it (constraints.memory_headroom)")  # fmt: skip
     if guessed_hw:
         lines.append(f"* {estimate_note(guessed_hw)}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ run (:mod:`simtrain.apps.goodput`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -119,15 +120,19 @@ def meets(c: Constraints, days: float, cost: float) -> bool:
     return not (c.budget is not None and not cost <= c.budget)
 
 
+#: What a layout turned away by the memory headroom says (plan.csv, the table's counts).
+HEADROOM_KEY = "constraints.memory_headroom"
+
+
 def headroom_short(c: Constraints, peak: int, capacity: int) -> str:
     """Why a fitting peak leaves less than ``constraints.memory_headroom`` of the GPU free, or
-    ""."""
+    "" (the share it leaves rounded down: 14.96 % is "14.9 %", never the limit itself)."""
     h = c.memory_headroom
     if h is None or peak <= (1 - h) * capacity:
         return ""
-    return (f"leaves {100 * (capacity - peak) / capacity:.1f} % of the GPU's memory free "
-            f"(peak {peak / GIB:,.2f} of {capacity / GIB:,.2f} GiB), under constraints."
-            f"memory_headroom {100 * h:g} %")  # fmt: skip
+    free = math.floor(1000 * (capacity - peak) / capacity) / 10
+    return (f"leaves {free:.1f} % of the GPU's memory free (peak {peak / GIB:,.2f} of "
+            f"{capacity / GIB:,.2f} GiB), under {HEADROOM_KEY} {100 * h:g} %")  # fmt: skip
 
 
 def violations(c: Constraints, days: float, cost: float) -> str:

@@ -481,6 +481,9 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"not expressible: {'; '.join(later)}")
     bad = _unusable_measurements(rec)
     if bad:
+        v = rec.measured[bad]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return skip(rec, f"measured.{bad}: must be a number, not {v!r}")
         span = f"[{MIN_MEASURED:g}, {MAX_MEASURED:g}]"
         return skip(rec, f"measured.{bad}: not 0 or a finite number in {span}")
     notes: list[str] = layer_notes
