@@ -91,6 +91,14 @@ def memory_table(rep: MemoryReport) -> str:
 #: the 137 whose verdict simtrain gets wrong ran out of memory where it predicted a peak of 85 /
 #: 92 / 97 % of the GPU (quartiles).
 NEAR_CAPACITY = 0.85
+#: What a fit that close is told (``simtrain memory`` / ``run``, the planner's table).
+NEAR_CAPACITY_NOTE = (f"within {100 * (1 - NEAR_CAPACITY):.0f} % of the GPU's memory, where the "
+                      "caching allocator's fragmentation (not modelled) can still run out of it")  # fmt: skip
+
+
+def near_capacity(peak_bytes: int, capacity_bytes: int) -> bool:
+    """Whether a peak is at or above :data:`NEAR_CAPACITY` of the GPU's memory."""
+    return peak_bytes >= NEAR_CAPACITY * capacity_bytes
 
 
 def fit_verdict(rep: MemoryReport) -> str:
@@ -100,9 +108,8 @@ def fit_verdict(rep: MemoryReport) -> str:
     if rep.fits:
         head = worst.capacity_bytes - worst.peak_memory_bytes
         near = ""
-        if worst.peak_memory_bytes >= NEAR_CAPACITY * worst.capacity_bytes:
-            near = (f"; within {100 * (1 - NEAR_CAPACITY):.0f} % of the GPU's memory, where the "
-                    "caching allocator's fragmentation (not modelled) can still run out of it")  # fmt: skip
+        if near_capacity(worst.peak_memory_bytes, worst.capacity_bytes):
+            near = f"; {NEAR_CAPACITY_NOTE}"
         return (f"fits: peak {gib(rep.peak_memory_bytes)} GiB of {gib(worst.capacity_bytes)} GiB "
                 f"(headroom {gib(head)} GiB on {_where(worst)}){near}"
                 + paging_note(rep))  # fmt: skip

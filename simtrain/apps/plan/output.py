@@ -11,8 +11,7 @@ from typing import Any
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
-from simtrain.apps.plan.screen import HEADROOM_KEY
-from simtrain.report.tables import NEAR_CAPACITY, estimate_note
+from simtrain.report.tables import NEAR_CAPACITY_NOTE, estimate_note, near_capacity
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 
@@ -167,8 +166,11 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
         cons.append(f"{100 * c.memory_headroom:g} % of each GPU's memory left free")
     model = p.model.get("preset") or p.model.get("hf_config") or "custom model"
     counts = result.counts
-    # layouts that fit in memory but not with the headroom are counted apart
-    n = sum(1 for r in result.rows if r.status == "no_fit" and HEADROOM_KEY in r.reason)
+    # layouts that fit in memory but not with the headroom (a no_fit row within the GPU's
+    # memory: apps.plan.screen.headroom_short) are counted apart
+    n = sum(
+        1 for r in result.rows if r.status == "no_fit" and r.peak_memory_bytes <= r.capacity_bytes
+    )
     by_headroom = f" ({n:,} of them only for the memory headroom)" if n else ""
     lines = [
         f"plan {p.name}: {model}, {p.tokens:.3g} tokens, global batch {gb} x {seq}; "
@@ -244,11 +246,10 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     if any(r.status != "simulated" for r in shown):
         lines.append("~ closed-form estimate (not simulated)")
     near = [i for i, r in enumerate(shown, 1)
-            if r.capacity_bytes and r.peak_memory_bytes >= NEAR_CAPACITY * r.capacity_bytes]  # fmt: skip
+            if r.capacity_bytes and near_capacity(r.peak_memory_bytes, r.capacity_bytes)]  # fmt: skip
     if near:
-        lines.append(f"! #{', #'.join(map(str, near))} within {100 * (1 - NEAR_CAPACITY):.0f} % "
-                     "of the GPU's memory: the caching allocator's fragmentation (not modelled) "
-                     "can still run them out of it (constraints.memory_headroom)")  # fmt: skip
+        lines.append(f"! #{', #'.join(map(str, near))}: {NEAR_CAPACITY_NOTE} "
+                     "(constraints.memory_headroom)")  # fmt: skip
     if guessed_hw:
         lines.append(f"* {estimate_note(guessed_hw)}")
     return "\n".join(lines)

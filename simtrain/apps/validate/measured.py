@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
-from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.records import NUMERIC_MEASURED_KEYS, Record
 from simtrain.apps.validate.translate import Translation
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GIB, MIB
@@ -87,6 +87,8 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
     out: dict[str, float | bool] = {}
 
     def num(key: str) -> float | None:
+        # (translate refuses a non-number under these keys: the list must name every one read)
+        assert key in NUMERIC_MEASURED_KEYS, key
         v = x.get(key)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             return None
@@ -165,25 +167,23 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
             out.append(Comparison(rec.id, rec.source_key, metric, bool(x), pred,
                                   0.0 if pred == x else 100.0))  # fmt: skip
             continue
-        if metric == "peak_memory_bytes":
+        if metric in MEMORY_METRICS:
             assert mem is not None
-            if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
-                pred = float(mem.stages[conv.memory_stage].peak_memory_bytes)
+            # the source's stage, else every distinct GPU's largest
+            gpus = ((mem.stages[conv.memory_stage],)
+                    if conv.memory_stage is not None and conv.memory_stage < len(mem.stages)
+                    else mem.gpus)  # fmt: skip
+            if metric == "peak_memory_bytes":
+                pred = float(max(g.peak_memory_bytes for g in gpus))
+                if not conv.memory_includes_context:
+                    pred -= sc.hardware.cuda_context_bytes
             else:
-                pred = float(mem.peak_memory_bytes)
-            if not conv.memory_includes_context:
-                pred -= sc.hardware.cuda_context_bytes
-        elif metric == "step_memory_bytes":
-            # torch's allocated counter: never the CUDA context nor NCCL's own cudaMalloc'ed
-            # buffers (which a device-level runtime adds to the buffers), whatever the source's
-            # peak figure includes
-            assert mem is not None
-            if conv.memory_stage is not None and conv.memory_stage < len(mem.stages):
-                gpus: tuple = (mem.stages[conv.memory_stage],)
-            else:
-                gpus = mem.gpus
-            pred = float(max(g.step_memory_bytes - (g.breakdown.nccl_bytes if g.breakdown else 0)
-                             for g in gpus) - sc.hardware.cuda_context_bytes)  # fmt: skip
+                # torch's allocated counter: never the CUDA context nor NCCL's own
+                # cudaMalloc'ed buffers (which a device-level runtime adds to the buffers),
+                # whatever the source's peak figure includes
+                pred = float(max(g.step_memory_bytes - (g.breakdown.nccl_bytes if g.breakdown
+                                                        else 0) for g in gpus)
+                             - sc.hardware.cuda_context_bytes)  # fmt: skip
         elif metric in LAYER_METRICS:
             assert blocks is not None
             pred = blocks[0] if metric == "layer_forward_s" else blocks[1]
