@@ -153,7 +153,9 @@ def test_zero1_gather_shard_splits_experts_over_their_group() -> None:
     assert 0 < e < n
     want = 2 * (n + -(-(n - e) // 16) + -(-e // 2))
     assert zero_gather_copy_bytes(sc, resolve(sc), n, e) == want
-    assert st.optimizer_working_bytes >= want
+    # after the step: the larger of its working memory and the copies, not their sum
+    off = estimate_memory(load_scenario("scenarios/mixtral_8x7b_ep8.yaml")).stages[0]
+    assert st.optimizer_working_bytes == max(off.optimizer_working_bytes, want)
 
 
 def test_zero1_gather_flat_copies_at_the_step() -> None:
@@ -171,10 +173,11 @@ def test_zero1_gather_flat_copies_at_the_step() -> None:
     gather = 2 * (n + -(-n // 8))
     assert a.optimizer_working_bytes == gather and b.optimizer_working_bytes == 0
     assert a.step_memory_bytes - b.step_memory_bytes == gather
-    ctx = sc.hardware.cuda_context_bytes
+    # torch's allocated counter: no CUDA context (it is in the peak's categories)
     states = 2 * n + 4 * n + 2 * n + -(-12 * n // 8)
-    assert abs(b.step_memory_bytes - ctx - states) <= 64  # per-tensor ZeRO rounding only
-    assert (a.step_memory_bytes - ctx) / GIB == pytest.approx(14.76, rel=0.01)
+    assert abs(b.step_memory_bytes - states) <= 64  # per-tensor ZeRO rounding only
+    assert a.step_memory_bytes / GIB == pytest.approx(14.76, rel=0.01)
+    assert a.category("cuda_context") == sc.hardware.cuda_context_bytes > 0
     # ZeRO-1 only (nanotron's only stage); no gather without data parallelism, nor under a
     # runtime that gathers in place
     for z in (2, 3):

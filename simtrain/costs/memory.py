@@ -152,10 +152,11 @@ class StageMemory:
     # FSDP2's all-gather pool in a reserved or device-level figure (:func:`fsdp2_gather_pool_bytes`,
     # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
     gather_pool_bytes: int = 0
-    # Allocated at the optimizer step's moment (after the last backward: the model states, the
-    # step's working memory or ZeRO's gather copies, what the activation walk keeps), CUDA
-    # context included as in ``peak_memory_bytes``: a peak-allocated figure whose counter is
-    # reset after the forward / backward sees this (nanotron's sweep: 'Mem Alloc (GB)').
+    # What torch's allocator holds at the optimizer step's moment (after the last backward: the
+    # model states, the step's working memory or ZeRO's gather copies, what the activation walk
+    # keeps), as torch.cuda.max_memory_allocated counts it: without the CUDA context and NCCL's
+    # own cudaMalloc'ed buffers. A peak-allocated figure whose counter is reset after the
+    # forward / backward sees this (nanotron's sweep: 'Mem Alloc (GB)').
     step_memory_bytes: int = 0
 
     @property
@@ -269,6 +270,20 @@ class _Activations:
     states: ActivationStates | None = None
 
 
+#: A fitting peak at or above this share of the GPU's memory is near it: PyTorch's caching
+#: allocator needs room beyond what is allocated (fragmentation, not modelled). Evidence, not a
+#: fit: of the Ultra-Scale Playbook sweep's 3,445 runs (benchmarks/playbook_csv_rows.py prints
+#: them), 136 of the 137 whose verdict simtrain gets wrong ran out of memory where it predicted
+#: a peak of 85 / 92 / 97 % of the GPU (quartiles). Read by ``simtrain memory`` / ``run``'s
+#: verdict and the planner's table (report.tables.NEAR_CAPACITY_NOTE).
+NEAR_CAPACITY = 0.85
+
+
+def near_capacity(peak_bytes: int, capacity_bytes: int) -> bool:
+    """Whether a peak is at or above :data:`NEAR_CAPACITY` of the GPU's memory."""
+    return peak_bytes >= NEAR_CAPACITY * capacity_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class SaveFlags:
     """What a scenario's runtime and layout tell ``costs.activations.layer_saved_tensors``
@@ -281,6 +296,11 @@ class SaveFlags:
     gathered_input: int
     repeat_kv: bool
     cp_a2a: bool
+
+    def kwargs(self) -> dict[str, float | int | bool]:
+        """The flags as keyword arguments of ``layer_saved_tensors`` and ``layer_activation_bytes``."""
+        return {"load": self.load, "gathered_input": self.gathered_input,
+                "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a}  # fmt: skip
 
 
 def save_flags(sc: Scenario) -> SaveFlags:
@@ -304,14 +324,9 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     t = cp_rank_training(sc.training, p.cp)
     tp, sp = p.tp, p.sequence_parallel
     f = save_flags(sc)
-    per_layer = layer_activation_bytes(m, t, tp, sp, load=f.load, gathered_input=f.gathered_input,
-                                       repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)  # fmt: skip
-    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=f.load,
-                                      gathered_input=f.gathered_input, repeat_kv=f.repeat_kv,
-                                      cp_a2a=f.cp_a2a))  # fmt: skip
-    per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False,
-                                        gathered_input=f.gathered_input,
-                                        repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)
+    per_layer = layer_activation_bytes(m, t, tp, sp, **f.kwargs())
+    saved = tuple(layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, **f.kwargs()))
+    per_dense = (layer_activation_bytes(m, t, tp, sp, moe=False, **f.kwargs())
                  if m.is_moe else per_layer)  # fmt: skip
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
@@ -652,9 +667,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     freed_b = max(coming_and_going, 0) if freed else 0
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
-    step_b = sum(
-        _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)[1].values()
-    )
+    at_step = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)[1]
+    step_b = sum(at_step.values()) - at_step["cuda_context"] - nccl_b
     pageable = _pageable_bytes(sc, step, stage)
     paged = cached = cached_act = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
@@ -844,8 +858,7 @@ def cached_activation_blocks(
     t = cp_rank_training(sc.training, p.cp)  # one GPU's s/cp tokens, as the walk's
     f = save_flags(sc)
     saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel,
-                                load=f.load, gathered_input=f.gathered_input,
-                                repeat_kv=f.repeat_kv, cp_a2a=f.cp_a2a)  # fmt: skip
+                                **f.kwargs())  # fmt: skip
     largest = max((x.bytes for x in saved), default=0)  # (a frozen probe saves nothing)
     blocks = [largest] * requests if layers and largest else []
     if head:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from simtrain.costs.compute import REFERENCE_HEAD_DIM, flash_class_for, head_dim_factor
-from simtrain.costs.memory import MemoryReport
+from simtrain.costs.memory import NEAR_CAPACITY, MemoryReport, near_capacity
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.runtime import runtime_settings
 from simtrain.units import GIB
@@ -85,20 +85,10 @@ def memory_table(rep: MemoryReport) -> str:
     return "\n".join(lines)
 
 
-#: A fitting peak at or above this share of the GPU's memory gets a warning: PyTorch's caching
-#: allocator needs room beyond what is allocated (fragmentation, not modelled). Evidence, not a
-#: fit: of the Ultra-Scale Playbook sweep's 3,445 runs (benchmarks/playbook_csv_rows.py), 136 of
-#: the 137 whose verdict simtrain gets wrong ran out of memory where it predicted a peak of 85 /
-#: 92 / 97 % of the GPU (quartiles).
-NEAR_CAPACITY = 0.85
-#: What a fit that close is told (``simtrain memory`` / ``run``, the planner's table).
+#: What a fit near the GPU's memory (costs.memory.near_capacity) is told: ``simtrain memory`` /
+#: ``run`` and the planner's table.
 NEAR_CAPACITY_NOTE = (f"within {100 * (1 - NEAR_CAPACITY):.0f} % of the GPU's memory, where the "
                       "caching allocator's fragmentation (not modelled) can still run out of it")  # fmt: skip
-
-
-def near_capacity(peak_bytes: int, capacity_bytes: int) -> bool:
-    """Whether a peak is at or above :data:`NEAR_CAPACITY` of the GPU's memory."""
-    return peak_bytes >= NEAR_CAPACITY * capacity_bytes
 
 
 def fit_verdict(rep: MemoryReport) -> str:

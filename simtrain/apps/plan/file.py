@@ -98,7 +98,8 @@ class Constraints:
     budget: float | None = None
     max_gpus: int | None = None
     # The share of each GPU's memory a layout must leave free (0 < h <= 0.9): PyTorch's caching
-    # allocator needs room beyond what is allocated (report.tables.NEAR_CAPACITY's evidence)
+    # allocator needs room beyond what is allocated (costs.memory.NEAR_CAPACITY's evidence); an
+    # input bound, not a measurement: above 0.9 free no real model's layout would remain
     memory_headroom: float | None = None
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
-from simtrain.report.tables import NEAR_CAPACITY_NOTE, estimate_note, near_capacity
+from simtrain.costs.memory import near_capacity
+from simtrain.report.tables import NEAR_CAPACITY_NOTE, estimate_note
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 

@@ -177,13 +177,8 @@ def compare_record(tr: Translation, predictor: Predictor | None = None) -> list[
                 pred = float(max(g.peak_memory_bytes for g in gpus))
                 if not conv.memory_includes_context:
                     pred -= sc.hardware.cuda_context_bytes
-            else:
-                # torch's allocated counter: never the CUDA context nor NCCL's own
-                # cudaMalloc'ed buffers (which a device-level runtime adds to the buffers),
-                # whatever the source's peak figure includes
-                pred = float(max(g.step_memory_bytes - (g.breakdown.nccl_bytes if g.breakdown
-                                                        else 0) for g in gpus)
-                             - sc.hardware.cuda_context_bytes)  # fmt: skip
+            else:  # torch's allocated counter (StageMemory.step_memory_bytes)
+                pred = float(max(g.step_memory_bytes for g in gpus))
         elif metric in LAYER_METRICS:
             assert blocks is not None
             pred = blocks[0] if metric == "layer_forward_s" else blocks[1]
