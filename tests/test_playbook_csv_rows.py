@@ -13,12 +13,20 @@ from simtrain.apps.validate.measured import compare_record
 from simtrain.apps.validate.translate import translate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "playbook_csv_rows.py"
+
+
 # Two rows of the sweep's CSV (eyao600/Rapid-LLM validation_scripts/huggingface_data/
 # bench_final2_mod_add.csv at 9a8d0a10), the columns the script reads: a pipeline run after the
 # "pp fix" that is in measured/ (usp_1B_n16_dp8_tp8_pp2_mbs1_ga32_z1) and an out-of-memory one.
-HEADER = ("job_id,status,oom_error,dp,tp,pp,mbs,batch_accum,zero_stage,hidden_size,num_layers,"
-          "num_heads,num_kv_heads,interm_dim,seq_len,vocab_size,tok/s/gpu,Mem Alloc (GB),"
-          "Mem Res (GB)")  # fmt: skip
+def _header() -> str:
+    """The script's columns (benchmarks/playbook_csv_rows.py COLUMNS), as the CSV's header."""
+    spec = importlib.util.spec_from_file_location("playbook_csv_rows_cols", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return ",".join(mod.COLUMNS)
+
+
+HEADER = _header()
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +65,9 @@ def test_a_csv_row_is_its_chart_record(script, published_records: dict) -> None:
     early = script.row_record({**row, "job_id": "14018419"}, published_records[script.TEMPLATE],
                               one_runtime=False)  # fmt: skip
     assert early.runtime == "nanotron_bench"
+    at_fix = script.row_record({**row, "job_id": "14097150"}, published_records[script.TEMPLATE],
+                               one_runtime=False)  # fmt: skip
+    assert at_fix.runtime == "nanotron"  # the script re-ran jobs below 14097150
     one = script.row_record(row, published_records[script.TEMPLATE], one_runtime=True)
     assert translate(one).scenario.runtime.name == "nanotron_bench"
 
