@@ -31,6 +31,7 @@ from dataclasses import replace
 from simtrain.apps.validate.measured import compare_record
 from simtrain.apps.validate.records import Record, load_record_files, resolve_paths
 from simtrain.apps.validate.translate import translate
+from simtrain.costs.memory import estimate_memory
 
 #: the sweep's pp fix: its script re-ran the pp > 1 layouts of earlier jobs (e24d2483 l.512-518)
 FIX_JOB = 14097150
@@ -100,15 +101,23 @@ def row_record(row: dict[str, str], template: Record, one_runtime: bool) -> Reco
 
 
 def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
-    """(group, metric, measured, predicted, error %) of one run; [] when it is not expressible."""
+    """(group, metric, measured, predicted, error %) of one run; [] when it is not expressible.
+    A wrong fit verdict adds ("missed", "peak_share", measured fit, predicted fit, the predicted
+    peak as a share of the GPU's memory)."""
     tr = translate(rec)
     if not hasattr(tr, "scenario"):
         return []
     p = rec.parallelism
     after = int(rec.id.split("_")[1]) >= FIX_JOB
     group = "pp 1" if p["pp"] == 1 else f"pp > 1, {'after' if after else 'before'} the fix"
-    return [(group, c.metric, float(c.measured), float(c.predicted), c.error_pct)
-            for c in compare_record(tr)]  # fmt: skip
+    out = [(group, c.metric, float(c.measured), float(c.predicted), c.error_pct)
+           for c in compare_record(tr)]  # fmt: skip
+    for _g, metric, meas, pred, err in list(out):
+        if metric == "fits" and err:
+            rep = estimate_memory(tr.scenario)
+            share = max(s.peak_memory_bytes / s.capacity_bytes for s in rep.gpus)
+            out.append(("missed", "peak_share", meas, pred, share))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [compare(r) for r in recs]
     stats: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    # the wrong fit verdicts' predicted peak / GPU memory: (ran out of memory?) -> shares
+    missed: dict[bool, list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
         job = int(rec.id.split("_")[1])
         held = "in measured/" if (job, *layout_key(rec)) in shipped else "held out"
-        for group, metric, _meas, _pred, err in res:
+        for group, metric, meas, _pred, err in res:
+            if metric == "peak_share":
+                missed[not meas].append(err)
+                continue
             for g in (group, "all"):
                 stats[(held, g, metric)].append(err)
                 stats[("all runs", g, metric)].append(err)
@@ -165,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{held:<13}{group:<26}{metric:<19}{len(errs):>6}"
               f"{statistics.fmean(map(abs, errs)):>9.1f}{statistics.median(errs):>+10.1f}"
               f"{statistics.median(map(abs, errs)):>11.1f}")  # fmt: skip
+    for oom, shares in sorted(missed.items()):
+        q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
+        print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "
+              f"{'to fit' if oom else 'not to'}: {len(shares)}; predicted peak / GPU memory "
+              f"quartiles {' / '.join(f'{100 * x:.0f}' for x in q)} %")  # fmt: skip
     return 0
 
 

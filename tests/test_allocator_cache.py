@@ -115,7 +115,12 @@ def test_reserved_figure_is_the_cached_walk_plus_new_segments():
     shard = -(-alloc.trainable // 8)
     logits = 4 * 2048 * 8192 * 4  # b·s·V x 4 B (> the MLP's b·s·ffn x 2 B)
     mlp = 4 * 2048 * 8192 * 2  # b·s·ffn x 2 B, one per layer
-    assert cached_activation_blocks(sc_r, step, 8, True, 3) == (mlp, mlp, mlp, logits)
+    assert cached_activation_blocks(sc_r, res.breakdown.saved, 8, True, 3) == (
+        mlp,
+        mlp,
+        mlp,
+        logits,
+    )
     bucket = reduce_copy_bytes(sc_r, step, alloc.trainable)
     assert bucket == min(10**9, alloc.trainable * 2)  # bucket_mb 1,000: DeepSpeed's 5e8 x 2 B
     assert reduce_copy_bytes(_scenario("reserved", bucket_mb=25), step, alloc.trainable) == 25e6
@@ -303,7 +308,8 @@ def test_a_linear_probe_saves_no_layer_block():
            "parallelism": {"dp": 1, "tp": 1, "pp": 1, "zero_stage": 1},
            "runtime": {"name": "deepspeed", "memory_reported": "reserved"}}  # fmt: skip
     sc = parse_scenario(doc, "probe.yaml")
-    assert cached_activation_blocks(sc, resolve(sc), 1, True, 3) == (4 * 64 * 8192,)
+    saved = estimate_memory(sc).stages[0].breakdown.saved
+    assert cached_activation_blocks(sc, saved, 1, True, 3) == (4 * 64 * 8192,)
     assert estimate_memory(sc).stages[0].peak_memory_bytes > 0
 
 

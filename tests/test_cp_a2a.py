@@ -206,9 +206,11 @@ def test_the_timeline_names_the_all_to_all() -> None:
 
 def test_cached_blocks_of_a_reserved_figure_are_one_gpus_tokens() -> None:
     """DeepSpeed's flat ZeRO-1 step in a reserved figure reuses the blocks the backward freed
-    (costs.memory.cached_activation_blocks): a layer's largest saved tensor and the head's loss
-    of the GPU's s/cp tokens with the runtime's flags (costs.memory.save_flags), the tensors the
-    stage's walk holds; they were sized for the whole sequence without the flags (4x here)."""
+    (costs.memory.cached_activation_blocks): the largest tensor one layer of the stage's walk
+    saves (its own list since the read-through: a second derivation had drifted, whole
+    sequence and no runtime flags, 4x here) and the head's loss over the GPU's s/cp tokens;
+    the walk's largest tensors against their closed forms, with and without a flag that
+    changes which one it is."""
     from simtrain.costs.activations import loss_saved_bytes
     from simtrain.costs.memory import cached_activation_blocks, flat_step_buffers
     from simtrain.layout.step import resolve
@@ -219,7 +221,7 @@ def test_cached_blocks_of_a_reserved_figure_are_one_gpus_tokens() -> None:
     step = resolve(sc)
     assert flat_step_buffers(sc, step)
     stage = estimate_memory(sc).stages[0]
-    blocks = cached_activation_blocks(sc, step, 4, True, 2)
+    blocks = cached_activation_blocks(sc, stage.breakdown.saved, 4, True, 2)
     largest = max(x.bytes for x in stage.breakdown.saved)
     t = cp_rank_training(sc.training, 4)
     assert blocks == (largest, largest, loss_saved_bytes(sc.model, t, 1))
@@ -233,4 +235,4 @@ def test_cached_blocks_of_a_reserved_figure_are_one_gpus_tokens() -> None:
     stage = estimate_memory(sc).stages[0]
     largest = max(x.bytes for x in stage.breakdown.saved)
     assert largest == 2 * (S // 2) * 4096 == 67_108_864
-    assert cached_activation_blocks(sc, resolve(sc), 4, False, 2) == (largest, largest)
+    assert cached_activation_blocks(sc, stage.breakdown.saved, 4, False, 2) == (largest, largest)

@@ -135,3 +135,18 @@ def test_an_out_of_memory_row_is_its_chart_record(script, published_records: dic
     got = {c.metric: c.predicted for c in compare_record(translate(rec))}
     want = {c.metric: c.predicted for c in compare_record(translate(shipped))}
     assert got == want == {"fits": False}
+
+
+def test_wrong_verdicts_print_their_predicted_share_of_the_gpu(script, tmp_path, capsys) -> None:
+    """A run that ran out of memory where simtrain predicts a fit (the 1B model, tp 8, one
+    micro-batch of 4,096 tokens) is counted with its predicted peak as a share of the GPU: the
+    line behind costs.memory.NEAR_CAPACITY's quartiles."""
+    path = tmp_path / "bench.csv"
+    row = "13500002,OOM,True,1,8,1,1,4,0,2048,16,32,,8192,4096,131072,,,"
+    path.write_text("\n".join([HEADER, row]) + "\n")
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("wrong fit verdicts"))
+    assert line.startswith("wrong fit verdicts, ran out of memory where predicted to fit: 1;")
+    share = int(line.split("quartiles ")[1].split(" / ")[0])
+    assert 0 < share < 85  # far from the GPU's memory: a miss the warning would not catch

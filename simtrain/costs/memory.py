@@ -682,7 +682,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b,
                                       freed_b)  # fmt: skip
         reported = min(hw.memory_bytes, sum(at_walk.values()) + flat_segment_bytes(
-            sc, step, n_layers, any(c.head for c in mine), ms.trainable))  # fmt: skip
+            sc, step, act.saved, n_layers, any(c.head for c in mine), ms.trainable))  # fmt: skip
         if reported > peak:  # (peak >= the step's moment: the cache is > 0)
             cache_b = reported - sum(at_opt.values())
             # the freed activations' blocks stay reserved (as activations), the rest: buffers
@@ -835,34 +835,31 @@ def flat_step_allocations(sc: Scenario, step: ResolvedStep, trainable: int) -> t
     return flats
 
 
-def flat_segment_bytes(sc: Scenario, step: ResolvedStep, layers: int, head: bool,
-                       trainable: int) -> int:  # fmt: skip
+def flat_segment_bytes(sc: Scenario, step: ResolvedStep, saved: tuple[SavedTensor, ...],
+                       layers: int, head: bool, trainable: int) -> int:  # fmt: skip
     """New segments of a stage's flat reduction and step buffers
     (:func:`flat_buffer_segment_bytes`): the reduction's copy (:func:`reduce_copy_bytes`),
-    then the step's (:func:`flat_step_allocations`)."""
+    then the step's (:func:`flat_step_allocations`); ``saved``: what one of the stage's layers
+    saves (the walk's)."""
     flats = flat_step_allocations(sc, step, trainable)
-    blocks = cached_activation_blocks(sc, step, layers, head, len(flats) + 1)
+    blocks = cached_activation_blocks(sc, saved, layers, head, len(flats) + 1)
     return flat_buffer_segment_bytes(blocks, reduce_copy_bytes(sc, step, trainable), flats)
 
 
 def cached_activation_blocks(
-    sc: Scenario, step: ResolvedStep, layers: int, head: bool, requests: int
+    sc: Scenario, saved: tuple[SavedTensor, ...], layers: int, head: bool, requests: int
 ) -> tuple[int, ...]:
     """The largest blocks the caching allocator holds once the backward has freed one
-    micro-batch's activations: each layer's largest saved tensor
-    (``costs.activations.layer_saved_tensors``: the MLP's inner activation, or the scores
-    without flash attention), one block per layer (``requests`` of them stand for the stage's
-    layers, enough for every request that follows; none without ``layers``), and on the head's
-    stage what the loss saves (``costs.activations.loss_saved_bytes``: the fp32 logits)."""
-    m, p = sc.model, sc.parallelism
-    t = cp_rank_training(sc.training, p.cp)  # one GPU's s/cp tokens, as the walk's
-    f = save_flags(sc)
-    saved = layer_saved_tensors(m, t, tp=p.tp, sequence_parallel=p.sequence_parallel,
-                                **f.kwargs())  # fmt: skip
+    micro-batch's activations: each layer's largest saved tensor (``saved``, what one layer of
+    the stage's walk saves: the MLP's inner activation, or the scores without flash attention),
+    one block per layer (``requests`` of them stand for the stage's layers, enough for every
+    request that follows; none without ``layers``), and on the head's stage what the loss saves
+    over one GPU's s/cp tokens (``costs.activations.loss_saved_bytes``: the fp32 logits)."""
+    p = sc.parallelism
     largest = max((x.bytes for x in saved), default=0)  # (a frozen probe saves nothing)
     blocks = [largest] * requests if layers and largest else []
     if head:
-        blocks.append(loss_saved_bytes(m, t, p.tp))
+        blocks.append(loss_saved_bytes(sc.model, cp_rank_training(sc.training, p.cp), p.tp))
     return tuple(blocks)
 
 

@@ -116,7 +116,7 @@ class RuntimeProfile:
     grads_freed_per_microbatch: bool = False
     # ZeRO-1's all-gather of the updated 16-bit parameters after the optimizer step goes
     # through flat copies (nanotron ZeroDistributedOptimizer._all_gather_params ->
-    # distributed.all_gather_coalesced, optim/zero.py l.217-248 and distributed.py l.201-203 at
+    # distributed.all_gather_coalesced, optim/zero.py l.217-251 and distributed.py l.201-203 at
     # 67c5ebb6: ``_flatten_dense_tensors`` of the rank's input shards and of each rank's output
     # slices): a flat copy of the rank's trainable parameters and of its shard, in the
     # parameters' dtype, live together at the step's end (beside the step's state, not the
