@@ -12,7 +12,9 @@ and the fit verdict (a run that completed fits; status OOM with oom_error true d
 'Other' failures are left out). Each run under the code it ran: job id >= 14097150 (after the
 sweep's "pp fix", scaling_benchmarks.py l.512-518 at e24d2483) main's ``nanotron`` profile,
 earlier jobs the bench branch's ``nanotron_bench`` (``--one-runtime`` puts every run on the
-source's default). Run:
+source's default). Each run's network is the one its job measured before training (the
+'AllGather / ReduceScatter (GB/s)' columns, simtrain/apps/validate/job_network.py;
+``--no-job-network``: the EFA profile's for every run). Run:
     python benchmarks/playbook_csv_rows.py PATH/TO/bench_final2_mod_add.csv [--workers 2]
 """
 
@@ -42,7 +44,13 @@ TEMPLATE = "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"
 #: the columns the script reads
 COLUMNS = ("job_id", "status", "oom_error", "dp", "tp", "pp", "mbs", "batch_accum", "zero_stage",
            "hidden_size", "num_layers", "num_heads", "num_kv_heads", "interm_dim", "seq_len",
-           "vocab_size", "tok/s/gpu", "Mem Alloc (GB)", "Mem Res (GB)")  # fmt: skip
+           "vocab_size", "tok/s/gpu", "Mem Alloc (GB)", "Mem Res (GB)", "AllGather (GB/s)",
+           "ReduceScatter (GB/s)", "AllReduce (GB/s)")  # fmt: skip
+#: the job's own bandwidth test (nanotron measure_bandwidth: 1 GiB over the job's GPUs) ->
+#: the record's hardware.network_measured keys (simtrain/apps/validate/job_network.py)
+NETWORK_COLUMNS = {"AllGather (GB/s)": "all_gather_busbw_gb_per_s",
+                   "ReduceScatter (GB/s)": "reduce_scatter_busbw_gb_per_s",
+                   "AllReduce (GB/s)": "all_reduce_busbw_gb_per_s"}  # fmt: skip
 
 
 def layout_key(rec: Record) -> tuple:
@@ -60,9 +68,11 @@ def _num(v: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def row_record(row: dict[str, str], template: Record, one_runtime: bool) -> Record | None:
+def row_record(row: dict[str, str], template: Record, one_runtime: bool,
+               job_network: bool = True) -> Record | None:  # fmt: skip
     """A CSV row as a nanotron record (None: a crash that is not out of memory, or a row
-    without its shape)."""
+    without its shape). ``job_network``: the row's own bandwidth test is the record's
+    ``hardware.network_measured`` (the template's is never carried over)."""
     status, oom = row["status"], row["oom_error"] == "True"
     if status not in ("Success", "OOM") or (status == "OOM" and not oom):
         return None
@@ -82,7 +92,13 @@ def row_record(row: dict[str, str], template: Record, one_runtime: bool) -> Reco
     parallelism = {**template.parallelism, "tp": tp, "pp": pp, "dp": dp, "zero_stage": z,
                    "schedule": "1f1b" if pp > 1 else "none",
                    "sequence_parallel": True}  # fmt: skip
-    hardware = {**template.hardware, "num_gpus": dp * tp * pp}
+    hardware = {k: v for k, v in template.hardware.items() if k != "network_measured"}
+    hardware["num_gpus"] = dp * tp * pp
+    net = {key: v for col, key in NETWORK_COLUMNS.items() if (v := _num(row[col])) and v > 0}
+    if job_network and (
+        "all_gather_busbw_gb_per_s" in net or "reduce_scatter_busbw_gb_per_s" in net
+    ):
+        hardware["network_measured"] = {**net, "size_bytes": 2**30}
     measured: dict[str, object] = {}
     if status == "Success":
         tok = _num(row["tok/s/gpu"])
@@ -129,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="every run under the source's default profile (nanotron_bench)",
     )
+    ap.add_argument(
+        "--no-job-network",
+        action="store_true",
+        help="every run on the EFA profile's network, not on its job's own bandwidth test",
+    )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows (a quick look)")
     args = ap.parse_args(argv)
     records = {r.id: r for r in load_record_files(resolve_paths(None))}
@@ -145,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(reader)
     if args.limit:
         rows = rows[: args.limit]
-    recs = [r for row in rows if (r := row_record(row, template, args.one_runtime))]
+    recs = [
+        r
+        for row in rows
+        if (r := row_record(row, template, args.one_runtime, not args.no_job_network))
+    ]
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as ex:
             results = list(ex.map(compare, recs, chunksize=16))

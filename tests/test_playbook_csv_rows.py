@@ -45,9 +45,21 @@ def test_a_csv_row_is_its_chart_record(script, published_records: dict) -> None:
            "interm_dim": "8192", "seq_len": "4096", "vocab_size": "131072",
            "tok/s/gpu": str(shipped.measured["tokens_per_s_per_gpu"]),
            "Mem Alloc (GB)": str(shipped.measured["step_peak_mem_gb"]),
-           "Mem Res (GB)": str(shipped.measured["peak_mem_gb"])}  # fmt: skip
+           "Mem Res (GB)": str(shipped.measured["peak_mem_gb"]),
+           **{col: str(shipped.hardware["network_measured"][key])
+              for col, key in script.NETWORK_COLUMNS.items()}}  # fmt: skip
     rec = script.row_record(row, published_records[script.TEMPLATE], one_runtime=False)
     assert rec.runtime == shipped.runtime == "nanotron"  # job >= 14097150: after the fix
+    # the row's own bandwidth test is the record's network (job_network.py), as shipped
+    assert rec.hardware["network_measured"] == shipped.hardware["network_measured"]
+    bare = script.row_record(row, published_records[script.TEMPLATE], one_runtime=False,
+                             job_network=False)  # fmt: skip
+    assert "network_measured" not in bare.hardware  # --no-job-network: the EFA profile's
+    untested = {**row, **dict.fromkeys(script.NETWORK_COLUMNS, "")}
+    rec_u = script.row_record(untested, published_records[script.TEMPLATE], one_runtime=False)
+    # the template's own (one-node) test is never carried over to a row without one
+    assert "network_measured" in published_records[script.TEMPLATE].hardware
+    assert "network_measured" not in rec_u.hardware
     a, b = translate(shipped).scenario, translate(rec).scenario
     assert (a.model.layers, a.model.hidden, a.model.ffn_hidden, a.model.tied_embeddings) == (
         b.model.layers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from simtrain.costs import collectives as coll
 from simtrain.layout.step import ResolvedStep
+from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.scenario import Scenario
 
 
@@ -39,10 +40,20 @@ def _collective_ns(sc: Scenario, op: str, size_bytes: float, n: int, g: int) -> 
     """:func:`collective_ns` of a group with ``g`` members on each node it spans."""
     if n <= 1 or size_bytes <= 0:
         return 0
-    hw = sc.hardware
+    return round(1e9 * hardware_collective_s(sc.hardware, sc.runtime.collective_algorithm, op,
+                                             size_bytes, n, g))  # fmt: skip
+
+
+def hardware_collective_s(hw: HardwareProfile, algorithm: str, op: str, size_bytes: float,
+                          n: int, g: int) -> float:  # fmt: skip
+    """Seconds of one collective ``op`` of ``size_bytes`` over ``n`` GPUs, ``g`` on each node
+    they span, on ``hw``'s links: NCCL's pick (``collectives.nccl_time_s`` with the profile's
+    algorithms, protocols and NVLS) when ``algorithm`` is ``"nccl"``, else the ring."""
+    if n <= 1 or size_bytes <= 0:
+        return 0.0
     intra, inter = coll.node_links(hw)
-    if sc.runtime.collective_algorithm == "nccl":
-        t = coll.nccl_time_s(
+    if algorithm == "nccl":
+        return coll.nccl_time_s(
             op,
             size_bytes,
             n,
@@ -56,7 +67,5 @@ def _collective_ns(sc: Scenario, op: str, size_bytes: float, n: int, g: int) -> 
             intra_hw="pci" if hw.intra_node_kind == "pcie" else "nvlink",
             tree_pipelined=hw.nccl_tree_pipelined,
         ).time_s
-    else:
-        t = coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
-                                   inter=inter, gpus_per_node=g)  # fmt: skip
-    return round(1e9 * t)
+    return coll.collective_time_s(op, size_bytes, n, algorithm="ring", intra=intra,
+                                  inter=inter, gpus_per_node=g)  # fmt: skip

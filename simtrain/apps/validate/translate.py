@@ -26,6 +26,12 @@ from simtrain.apps.validate.conventions import (
     convention_for,
     runtime_for,
 )
+from simtrain.apps.validate.job_network import (
+    job_network_note,
+    network_slowdown,
+    read_job_network,
+    with_network_slowdown,
+)
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import (
     NUMERIC_MEASURED_KEYS,
@@ -501,6 +507,14 @@ def translate(rec: Record) -> Translation | SkipReason:
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
     except SimtrainError as exc:
         return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
+    try:
+        net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
+    except ValueError as exc:
+        return skip(rec, str(exc))
+    k = network_slowdown(sc.hardware, sc.runtime.collective_algorithm, net) if net else None
+    if net and k is not None:
+        notes.append(job_network_note(sc.hardware, net, k))
+        sc = replace(sc, hardware=with_network_slowdown(sc.hardware, k))
     conv = convention_for(rec)
     if conv.cuda_context_mib is not None:  # the source measured its stack's context
         hw = replace(sc.hardware, cuda_context_bytes=int(conv.cuda_context_mib * MIB))
