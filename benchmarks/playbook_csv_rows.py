@@ -12,8 +12,9 @@ and the fit verdict (a run that completed fits; status OOM with oom_error true d
 'Other' failures are left out). Each run under the code it ran: job id >= 14097150 (after the
 sweep's "pp fix", scaling_benchmarks.py l.512-518 at e24d2483) main's ``nanotron`` profile,
 earlier jobs the bench branch's ``nanotron_bench`` (``--one-runtime`` puts every run on the
-source's default). Each run's network is the one its job measured before training (the
-'AllGather / ReduceScatter (GB/s)' columns, simtrain/apps/validate/job_network.py;
+source's default). Each run's links are the ones its job measured before training (the
+'AllGather / ReduceScatter (GB/s)' columns and their 'Intra-node' ones,
+simtrain/apps/validate/job_network.py;
 ``--no-job-network``: the EFA profile's for every run). Run:
     python benchmarks/playbook_csv_rows.py PATH/TO/bench_final2_mod_add.csv [--workers 2]
 """
@@ -45,12 +46,17 @@ TEMPLATE = "usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"
 COLUMNS = ("job_id", "status", "oom_error", "dp", "tp", "pp", "mbs", "batch_accum", "zero_stage",
            "hidden_size", "num_layers", "num_heads", "num_kv_heads", "interm_dim", "seq_len",
            "vocab_size", "tok/s/gpu", "Mem Alloc (GB)", "Mem Res (GB)", "AllGather (GB/s)",
-           "ReduceScatter (GB/s)", "AllReduce (GB/s)")  # fmt: skip
-#: the job's own bandwidth test (nanotron measure_bandwidth: 1 GiB over the job's GPUs) ->
+           "ReduceScatter (GB/s)", "AllReduce (GB/s)", "AG Intra-node (GB/s)",
+           "RS Intra-node (GB/s)", "AR Intra-node (GB/s)")  # fmt: skip
+#: the job's own bandwidth tests (nanotron measure_bandwidth: 1 GiB over the job's GPUs and over
+#: one node's) ->
 #: the record's hardware.network_measured keys (simtrain/apps/validate/job_network.py)
 NETWORK_COLUMNS = {"AllGather (GB/s)": "all_gather_busbw_gb_per_s",
                    "ReduceScatter (GB/s)": "reduce_scatter_busbw_gb_per_s",
-                   "AllReduce (GB/s)": "all_reduce_busbw_gb_per_s"}  # fmt: skip
+                   "AllReduce (GB/s)": "all_reduce_busbw_gb_per_s",
+                   "AG Intra-node (GB/s)": "intra_node_all_gather_busbw_gb_per_s",
+                   "RS Intra-node (GB/s)": "intra_node_reduce_scatter_busbw_gb_per_s",
+                   "AR Intra-node (GB/s)": "intra_node_all_reduce_busbw_gb_per_s"}  # fmt: skip
 
 
 def layout_key(rec: Record) -> tuple:
@@ -95,9 +101,7 @@ def row_record(row: dict[str, str], template: Record, one_runtime: bool,
     hardware = {k: v for k, v in template.hardware.items() if k != "network_measured"}
     hardware["num_gpus"] = dp * tp * pp
     net = {key: v for col, key in NETWORK_COLUMNS.items() if (v := _num(row[col])) and v > 0}
-    if job_network and (
-        "all_gather_busbw_gb_per_s" in net or "reduce_scatter_busbw_gb_per_s" in net
-    ):
+    if job_network and any("all_gather" in k or "reduce_scatter" in k for k in net):
         hardware["network_measured"] = {**net, "size_bytes": 2**30}
     measured: dict[str, object] = {}
     if status == "Success":
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-job-network",
         action="store_true",
-        help="every run on the EFA profile's network, not on its job's own bandwidth test",
+        help="every run on the EFA profile's links, not on its job's own bandwidth tests",
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows (a quick look)")
     args = ap.parse_args(argv)

@@ -18,11 +18,7 @@ from simtrain.apps.importers import import_config
 from simtrain.apps.importers.common import load_imported
 from simtrain.apps.importers.deepspeed import import_deepspeed_config
 from simtrain.apps.validate import SkipReason, translate
-from simtrain.apps.validate.job_network import (
-    network_slowdown,
-    read_job_network,
-    with_network_slowdown,
-)
+from simtrain.apps.validate.job_network import job_hardware, read_job_network
 from simtrain.apps.validate.native import IMPORTER_OF, NativeConfig, importer_of
 from simtrain.apps.validate.records import load_record_files, resolve_paths
 from simtrain.apps.validate.translate import Translation
@@ -102,11 +98,10 @@ def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
         assert len(warned) <= 1 and all("compile.enable" in w for w in warned), r.stderr
     imported = load_scenario(out)
     net = read_job_network(tr.record.hardware, tr.record.hardware.get("num_gpus"))
-    if net is not None:  # a job's own network test (job_network): the one change validate makes
-        k = network_slowdown(imported.hardware, imported.runtime.collective_algorithm, net)
-        assert (k is not None) == any("own bandwidth test" in a for a in tr.assumptions)
-        if k is not None:  # (a job inside one node tested NVLink: the profile is kept)
-            imported = replace(imported, hardware=with_network_slowdown(imported.hardware, k))
+    if net is not None:  # a job's own bandwidth tests (job_network): the one change validate makes
+        hw, notes = job_hardware(imported.hardware, imported.runtime.collective_algorithm, net)
+        assert notes and all(n in tr.assumptions for n in notes)
+        imported = replace(imported, hardware=hw)
     assert replace(imported, source="") == replace(tr.scenario, source="")
 
 

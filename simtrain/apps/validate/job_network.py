@@ -12,49 +12,75 @@ every GPU of the job, 10 timed calls after 5 warm-ups, bus bandwidth = factor ·
 (huggingface/nanotron 67c5ebb6 ``src/nanotron/trainer.py`` ``measure_bandwidth`` l.1074-1175,
 called from ``DistributedTrainer.pre_init`` l.260), and logs the three with the step's throughput
 (``helpers.create_table_log`` l.609-611: 'AllReduce (GB/s)', 'AllGather (GB/s)',
-'ReduceScatter (GB/s)'). A record that carries them is simulated on its hardware profile with the
-inter-node link k times slower: NIC rate / k and per-step latency · k, where
+'ReduceScatter (GB/s)'). It measures the same three over the GPUs of one node (``local_pg``: the intra-node link;
+l.1093, 1110, 1177-1223), logged as 'AR / AG / RS Intra-node (GB/s)'. A record that carries them
+is simulated on its hardware profile with each link k times slower (intra-node: NVLink rate / k
+and latency · k; inter-node: NIC rate / k and per-step latency · k), where
 
-    k = simtrain's bus bandwidth of the same collective (S, the job's GPUs, the runtime's
-        algorithm choice) on the profile / the measured bus bandwidth,
+    k: the factor at which simtrain's time of the same test on the scaled profile (the
+       collective of S over the job's GPUs under the runtime's algorithm choice, plus the
+       S-byte device copy torch's list-form collectives add: :func:`list_collective_copy_s`) equals the
+       measured time, factor · S / bus bandwidth,
 
-the geometric mean over the ring collectives the record gives (all-gather and reduce-scatter:
-NCCL runs them only as rings, NVIDIA/nccl #545, so they measure the ring the profile's NIC rate
-and latency were fitted on; the all-reduce, whose tree / NVLS-tree choice is not a ring, is kept
-in the record for reference and not used). Scaling the rate and the latency together scales
-every multi-node ring's time by exactly k, so the job's own test is reproduced (under NCCL's
-model, whose fixed base latencies do not scale, k is refined until it is); a single test
+over the ring collectives the record gives (the geometric mean of their time ratios is 1;
+all-gather and reduce-scatter: NCCL runs them only as rings, NVIDIA/nccl #545, so they measure
+the ring the profile's NIC rate and latency were fitted on; the all-reduce, whose tree /
+NVLS-tree choice is not a ring, is kept in the record for reference and not used). Scaling the
+rate and the latency together scales every multi-node ring's time by exactly k; the copy and
+NCCL's fixed base latencies do not scale, so k is found by fixed-point steps. A single test
 cannot split rate from latency. Only the network changes: no throughput or memory of the run is
-read, and a job inside one node keeps the profile (its test measured NVLink).
+read. The node's link is solved first, then the network's on the node-scaled profile (a ring
+across nodes runs at min(NVLink, 8 NICs)); a job inside one node has no network to solve (its
+job-wide test measured NVLink: the node's figures are used, or the job-wide ones when absent).
+The node test is node 0's only (rank 0 logs it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from simtrain.costs.collectives import nccl_bus_bandwidth
+from simtrain.costs.collectives import bus_factor
+from simtrain.costs.compute import memory_bound_ns
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.spec.hardware import HardwareProfile
 
 #: the record's key (in its ``hardware`` section)
 KEY = "network_measured"
-#: the ring collectives k is taken from: record key -> collective
+#: the ring collectives k is taken from: record key -> collective (job-wide test; the node
+#: test's keys are these with the prefix ``intra_node_``)
 RING_KEYS = {"all_gather_busbw_gb_per_s": "all_gather",
              "reduce_scatter_busbw_gb_per_s": "reduce_scatter"}  # fmt: skip
-#: every key the section may hold (the all-reduce is kept for reference, not used)
-ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "size_bytes", "gpus")
+NODE = "intra_node_"
+#: every key the section may hold (the all-reduces are kept for reference, not used)
+ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus",
+           *(NODE + k for k in (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus")),
+           "size_bytes")  # fmt: skip
+#: refinement steps of :func:`_solve` (the ring needs a few; the copy slows convergence)
+_REFINE_STEPS = 40
+#: the k it returns: a test faster than the links allow (a ring through the NICs is capped by
+#: NVLink) or slower than any link would run k to 0 or infinity; the sweep's are 0.71-9.0
+#: (network) and 1.2-9.7 (NVLink) over its CSV's completed runs
+K_BOUNDS = (1e-2, 1e3)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTest:
+    """The bus bandwidths (bytes/s) one test measured over ``gpus`` GPUs (None: one node's)."""
+
+    busbw_bytes_per_s: Mapping[str, float]  # collective -> measured bus bandwidth
+    gpus: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class JobNetwork:
-    """The bus bandwidths (bytes/s) a job measured for ``size_bytes`` over ``gpus`` GPUs."""
+    """A job's bandwidth tests of ``size_bytes``: over all its GPUs and over one node's."""
 
-    busbw_bytes_per_s: Mapping[str, float]  # collective -> measured bus bandwidth
     size_bytes: int
-    gpus: int
+    world: LinkTest | None
+    node: LinkTest | None
 
 
 def read_job_network(hw: Mapping[str, Any], num_gpus: int | None) -> JobNetwork | None:
@@ -71,34 +97,64 @@ def read_job_network(hw: Mapping[str, Any], num_gpus: int | None) -> JobNetwork 
             raise ValueError(f"hardware.{KEY}.{key}: unknown key; allowed: {', '.join(ALLOWED)}")
         if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
             raise ValueError(f"hardware.{KEY}.{key}: must be a positive number, not {v!r}")
-    ring = {op: float(sec[key]) * 1e9 for key, op in RING_KEYS.items() if key in sec}
-    if not ring:
-        raise ValueError(f"hardware.{KEY}: needs {' or '.join(RING_KEYS)} (the ring "
-                         "collectives k is taken from)")  # fmt: skip
-    size, gpus = sec.get("size_bytes"), sec.get("gpus", num_gpus)
-    for key, v in (("size_bytes", size), ("gpus", gpus)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"hardware.{KEY}.{key}: a positive integer is needed, not {v!r}"
-                             + (" (hardware.num_gpus is its default)" if key == "gpus" else ""))  # fmt: skip
-    return JobNetwork(ring, int(size), int(gpus))
+    for key in ("size_bytes", "gpus", NODE + "gpus"):
+        v = sec.get(key)
+        if key in sec and not isinstance(v, int):
+            raise ValueError(f"hardware.{KEY}.{key}: a positive integer is needed, not {v!r}")
+    if "size_bytes" not in sec:
+        raise ValueError(f"hardware.{KEY}.size_bytes: the tests' message size is needed")
+
+    def test(prefix: str, gpus: int | None) -> LinkTest | None:
+        ring = {op: float(sec[prefix + key]) * 1e9 for key, op in RING_KEYS.items()
+                if prefix + key in sec}  # fmt: skip
+        return LinkTest(ring, gpus) if ring else None
+
+    gpus = sec.get("gpus", num_gpus)
+    world, node = test("", gpus), test(NODE, sec.get(NODE + "gpus"))
+    if world is None and node is None:
+        raise ValueError(f"hardware.{KEY}: needs {' or '.join(RING_KEYS)} (or their "
+                         f"{NODE} forms): the ring collectives k is taken from")  # fmt: skip
+    if world is not None and (not isinstance(gpus, int) or gpus < 1):
+        raise ValueError(f"hardware.{KEY}.gpus: a positive integer is needed, not {gpus!r} "
+                         "(hardware.num_gpus is its default)")  # fmt: skip
+    return JobNetwork(int(sec["size_bytes"]), world, node)
 
 
-def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
-    """k (above): how many times slower than ``hw``'s inter-node link the job's own test found
-    its network; None when the test's GPUs fit in one node (no inter-node link in it). Under
-    the ring k is one ratio; NCCL's model adds fixed base latencies that do not scale, so k is
-    refined until the scaled profile gives the measured bus bandwidth (geometric mean over the
-    collectives; a few steps, each the ratio on the profile scaled by the last)."""
-    g = min(hw.gpus_per_node, net.gpus)
-    if net.gpus <= g:
-        return None
+def list_collective_copy_s(hw: HardwareProfile, size_bytes: int) -> float:
+    """The device copy inside the test's timing: torch's list-form ``all_gather`` /
+    ``reduce_scatter`` (which ``measure_bandwidth`` calls) gather into / reduce from one flat
+    buffer and copy the S bytes out of / into the list on the NCCL stream, after / before the
+    collective (PyTorch ``ProcessGroupNCCL::allgather``: "Copy the flattened output tensors to
+    the outputs"; ``::reduce_scatter``: "Copy the input tensors to the flattened inputs"):
+    S read + S written at the profile's memory-bound rate (1 GiB on an H100: 0.80 ms)."""
+    return memory_bound_ns(2 * size_bytes, hw) / 1e9
 
-    def ratio(k: float) -> float:  # simtrain's bus bandwidth on hw scaled by k / the measured
-        slow = with_network_slowdown(hw, k)
-        logs = [math.log(nccl_bus_bandwidth(
-                    op, net.size_bytes, net.gpus,
-                    hardware_collective_s(slow, algorithm, op, net.size_bytes, net.gpus, g))
-                / measured) for op, measured in sorted(net.busbw_bytes_per_s.items())]  # fmt: skip
+
+def with_network_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
+    """``hw`` with its inter-node link k times slower: NIC rate / k, per-step latency · k."""
+    return replace(hw, nic_bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s / k,
+                   inter_node_latency_s=hw.inter_node_latency_s * k)  # fmt: skip
+
+
+def with_node_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
+    """``hw`` with its intra-node link k times slower: NVLink rate / k, latency · k."""
+    return replace(hw, intra_node_bandwidth_bytes_per_s=hw.intra_node_bandwidth_bytes_per_s / k,
+                   intra_node_latency_s=hw.intra_node_latency_s * k)  # fmt: skip
+
+
+def _solve(hw: HardwareProfile, scaled: Callable[[HardwareProfile, float], HardwareProfile],
+           algorithm: str, test: LinkTest, gpus: int, size: int) -> float:  # fmt: skip
+    """k at which simtrain's time of ``test`` (collective + copy) on ``scaled(hw, k)`` equals
+    the measured, in the geometric mean over its collectives: fixed-point steps k <- k · ratio,
+    within :data:`K_BOUNDS`."""
+    g = min(hw.gpus_per_node, gpus)
+    copy_s = list_collective_copy_s(hw, size)
+
+    def ratio(k: float) -> float:  # the measured test's time / simtrain's on hw scaled by k
+        slow = scaled(hw, k)
+        logs = [math.log(bus_factor(op, gpus) * size / measured
+                         / (hardware_collective_s(slow, algorithm, op, size, gpus, g) + copy_s))
+                for op, measured in sorted(test.busbw_bytes_per_s.items())]  # fmt: skip
         return math.exp(sum(logs) / len(logs))
 
     k = 1.0
@@ -111,27 +167,51 @@ def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> fl
     return k
 
 
-#: refinement steps of :func:`network_slowdown` (the ring needs one; NCCL's model 3-4)
-_REFINE_STEPS = 20
-#: the k it returns: a test faster than the links allow (a ring through the NICs is capped by
-#: NVLink) or slower than any network would run k to 0 or infinity; the sweep's are
-#: 0.96-9.1 (its CSV's 1,696 completed multi-node runs)
-K_BOUNDS = (1e-2, 1e3)
-
-
-def with_network_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
-    """``hw`` with its inter-node link k times slower: NIC rate / k, per-step latency · k."""
-    return replace(hw, nic_bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s / k,
-                   inter_node_latency_s=hw.inter_node_latency_s * k)  # fmt: skip
-
-
-def job_network_note(hw: HardwareProfile, net: JobNetwork, k: float) -> str:
-    """The assumption line of a record simulated on its job's own network."""
-    measured = ", ".join(f"{op.replace('_', '-')} {b / 1e9:.1f}"
-                         for op, b in sorted(net.busbw_bytes_per_s.items()))  # fmt: skip
+def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
+    """k of the intra-node link: from the node test, or from the job-wide one when the job is
+    one node (None: neither)."""
+    test = net.node
+    if test is None and net.world is not None and net.world.gpus <= hw.gpus_per_node:
+        test = net.world
+    if test is None:
+        return None
+    gpus = test.gpus or min(hw.gpus_per_node, net.world.gpus if net.world else hw.gpus_per_node)
     return (
-        f"network: the job's own bandwidth test ({measured} GB/s bus bandwidth, "
-        f"{net.size_bytes / 2**30:.3g} GiB over {net.gpus} GPUs; nanotron measure_bandwidth): "
-        f"{hw.name}'s inter-node NIC rate / {k:.2f} and per-step latency x {k:.2f}, which "
-        "reproduce it"
+        _solve(hw, with_node_slowdown, algorithm, test, gpus, net.size_bytes) if gpus > 1 else None
     )
+
+
+def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
+    """k of the inter-node link (on ``hw`` as given: pass the node-scaled profile); None when
+    the job-wide test fits in one node or is absent."""
+    if net.world is None or net.world.gpus <= hw.gpus_per_node:
+        return None
+    return _solve(hw, with_network_slowdown, algorithm, net.world, net.world.gpus, net.size_bytes)
+
+
+def job_hardware(hw: HardwareProfile, algorithm: str,
+                 net: JobNetwork) -> tuple[HardwareProfile, list[str]]:  # fmt: skip
+    """``hw`` on the job's own links (the node's first, then the network's on it) and the
+    assumption lines that say so."""
+    notes = []
+    k_node = node_slowdown(hw, algorithm, net)
+    if k_node is not None:
+        test = net.node or net.world
+        notes.append(f"intra-node link: the job's own test ({_figures(test)} GB/s bus bandwidth, "
+                     f"{net.size_bytes / 2**30:.3g} GiB over one node; nanotron "
+                     f"measure_bandwidth): {hw.name}'s NVLink rate / {k_node:.2f} and latency "
+                     f"x {k_node:.2f}, which reproduce it")  # fmt: skip
+        hw = with_node_slowdown(hw, k_node)
+    k_net = network_slowdown(hw, algorithm, net)
+    if k_net is not None:
+        notes.append(f"network: the job's own bandwidth test ({_figures(net.world)} GB/s bus "
+                     f"bandwidth, {net.size_bytes / 2**30:.3g} GiB over {net.world.gpus} GPUs; "
+                     f"nanotron measure_bandwidth): {hw.name}'s inter-node NIC rate / "
+                     f"{k_net:.2f} and per-step latency x {k_net:.2f}, which reproduce it")  # fmt: skip
+        hw = with_network_slowdown(hw, k_net)
+    return hw, notes
+
+
+def _figures(test: LinkTest) -> str:
+    return ", ".join(f"{op.replace('_', '-')} {b / 1e9:.1f}"
+                     for op, b in sorted(test.busbw_bytes_per_s.items()))  # fmt: skip

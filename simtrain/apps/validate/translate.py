@@ -26,12 +26,7 @@ from simtrain.apps.validate.conventions import (
     convention_for,
     runtime_for,
 )
-from simtrain.apps.validate.job_network import (
-    job_network_note,
-    network_slowdown,
-    read_job_network,
-    with_network_slowdown,
-)
+from simtrain.apps.validate.job_network import job_hardware, read_job_network
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import (
     NUMERIC_MEASURED_KEYS,
@@ -511,10 +506,10 @@ def translate(rec: Record) -> Translation | SkipReason:
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
     except ValueError as exc:
         return skip(rec, str(exc))
-    k = network_slowdown(sc.hardware, sc.runtime.collective_algorithm, net) if net else None
-    if net and k is not None:
-        notes.append(job_network_note(sc.hardware, net, k))
-        sc = replace(sc, hardware=with_network_slowdown(sc.hardware, k))
+    if net is not None:
+        hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+        sc = replace(sc, hardware=hw)
+        notes.extend(net_notes)
     conv = convention_for(rec)
     if conv.cuda_context_mib is not None:  # the source measured its stack's context
         hw = replace(sc.hardware, cuda_context_bytes=int(conv.cuda_context_mib * MIB))
