@@ -922,3 +922,14 @@ def test_the_two_parameter_counts_agree_on_every_preset(name: str) -> None:
     m = PRESETS[name]
     t = TrainingSpec(seq_len=128, global_batch=1, micro_batch=1)
     assert total_params(m, t) == m.total_params()
+
+
+def test_zero_shard_is_the_papers_division() -> None:
+    """ZeRO (Rajbhandari et al. 2020 §5) divides a state over the data-parallel ranks, the routed
+    experts' part over the expert-data-parallel group: ceil((N - E) / dp) + ceil(E / edp)."""
+    from simtrain.costs.params import zero_shard
+
+    assert zero_shard(10, 0, 4, 1) == 3  # ceil(10 / 4)
+    assert zero_shard(100, 60, 8, 2) == 5 + 30
+    assert zero_shard(7, 0, 1, 1) == 7
+    assert zero_shard(12, 12, 8, 4) == 3  # every parameter an expert's

@@ -59,6 +59,7 @@ from simtrain.costs.params import (
     scale_states,
     total_params,
     trainable_params,
+    zero_shard,
 )
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
@@ -577,12 +578,7 @@ def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
     for cat, stage in (("parameters", 3), ("master_weights", 1), ("gradients", 2),
                        ("optimizer_states", 1)):  # fmt: skip
         total, exp = getattr(ms, cat), getattr(experts, cat)
-        if z < stage or dp <= 1:
-            out[cat] = total
-        elif not exp:
-            out[cat] = ceil(total / dp)
-        else:
-            out[cat] = ceil((total - exp) / dp) + ceil(exp / max(edp, 1))
+        out[cat] = total if z < stage or dp <= 1 else zero_shard(total, exp, dp, edp)
     return out
 
 
@@ -768,13 +764,13 @@ def zero_gather_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int,
     ZeroDistributedOptimizer is its only ZeRO stage): one of the rank's ``trainable`` parameters
     (each data-parallel rank's output slices flattened) and one of its shard, param_bytes x
     (N + ceil((N - E) / dp) + ceil(E / expert_dp)) with ``experts`` E of them routed experts'
-    (sharded over the expert-data-parallel group, as ``_zero_shard`` does their states), over
+    (sharded over the expert-data-parallel group: ``params.zero_shard``), over
     more than one data-parallel rank; 0 otherwise. Live after the step's update, so the step's
     moment holds the larger of the two."""
     p = sc.parallelism
     if not sc.runtime.zero_gather_flat_copies or p.zero_stage != 1 or p.dp_cp <= 1:
         return 0
-    shard = ceil((trainable - experts) / p.dp_cp) + ceil(experts / p.expert_dp)
+    shard = zero_shard(trainable, experts, p.dp_cp, p.expert_dp)
     return step.precision.param * (trainable + shard)
 
 

@@ -341,7 +341,7 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
     of an fp32 tensor (megatron/core/optimizer/distrib_optimizer.py l.2782-2792), no copy.
     ``expert_trainable`` of the ``trainable`` parameters are routed experts' (tensors named
     :data:`EXPERT_PREFIX`...), which ZeRO shards over ``expert_shards`` ranks (the
-    expert-data-parallel group, as ``costs.memory._zero_shard`` does their states).
+    expert-data-parallel group: :func:`zero_shard`).
     DeepSpeed's flat ZeRO-1/2 step is ``costs.memory.flat_step_allocations``."""
     if t.offload.optimizer:
         return 0
@@ -353,14 +353,21 @@ def optimizer_working_bytes(tensors: list[ParamTensor], t: TrainingSpec, shards:
         # Float16OptimizerWithFloat16Params._copy_model_grads_to_main_grads; apex amp O2),
         # 4 B per trainable parameter (of the shard with ZeRO). Measured on an H200: GPT-2 XL
         # bf16 + full recompute peaks at the step, 30.22 GiB (benchmarks/measure_cuda.py).
-        master_grads = prec.master * (ceil((trainable - expert_trainable) / shards)
-                                      + ceil(expert_trainable / expert_shards))  # fmt: skip
+        master_grads = prec.master * zero_shard(trainable, expert_trainable, shards, expert_shards)
     if not adam_temporaries(t, fused):
         return master_grads
     largest = max((ceil(p.numel / (expert_shards if p.name.startswith(EXPERT_PREFIX) else shards))
                    for p in tensors if p.trainable), default=0)  # fmt: skip
     state = 4 if t.peft.method == "qlora" else prec.state
     return master_grads + 2 * state * largest
+
+
+def zero_shard(total: int, experts: int, dp: int, expert_dp: int) -> int:
+    """One data-parallel rank's share of ``total`` elements (or bytes) under ZeRO sharding
+    (Rajbhandari et al. 2020 §5): ceil((total - experts) / dp) + ceil(experts / expert_dp), the
+    ``experts`` of them routed experts', which are sharded over the expert-data-parallel group
+    of dp / ep ranks (Megatron-Core's distributed optimizer: ``expert_data_parallel_group``)."""
+    return ceil((total - experts) / max(dp, 1)) + ceil(experts / max(expert_dp, 1))
 
 
 def keeps_master_gradients(prec: Precision, fp32_grad_buffer: bool = False) -> bool:

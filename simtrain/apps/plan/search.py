@@ -124,14 +124,13 @@ def _finish(plan: Plan, ctx: ScreenContext, rows: list[Row], sims: dict[Layout, 
             out.append(r._replace(status="rejected", reason=f"simulation failed: {s.error}",
                                   meets_constraints=False))  # fmt: skip
             continue
+        peak = max(s.peak_memory_bytes, s.timeline_peak_bytes)  # the estimate's or the trace's
         if not s.fits:
             out.append(r._replace(
-                status="no_fit", peak_memory_bytes=max(s.peak_memory_bytes, s.timeline_peak_bytes),
-                reason=f"does not fit in the full simulation: peak "
-                f"{max(s.peak_memory_bytes, s.timeline_peak_bytes) / GIB:,.2f} of "
+                status="no_fit", peak_memory_bytes=peak,
+                reason=f"does not fit in the full simulation: peak {peak / GIB:,.2f} of "
                 f"{s.capacity_bytes / GIB:,.2f} GiB", meets_constraints=False))  # fmt: skip
             continue
-        peak = max(s.peak_memory_bytes, s.timeline_peak_bytes)
         if short := headroom_short(ctx.constraints, peak, s.capacity_bytes):
             out.append(r._replace(status="no_fit", peak_memory_bytes=peak, reason=short,
                                   meets_constraints=False))  # fmt: skip
