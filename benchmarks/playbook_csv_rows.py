@@ -208,6 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{held:<13}{group:<26}{metric:<19}{len(errs):>6}"
               f"{statistics.fmean(map(abs, errs)):>9.1f}{statistics.median(errs):>+10.1f}"
               f"{statistics.median(map(abs, errs)):>11.1f}")  # fmt: skip
+    # what the post-fix pipeline runs lose against the model, per layer per micro-batch:
+    # (measured - simulated step time) / (micro-batches x layers per stage), median per tp
+    lost: dict[int, list[float]] = defaultdict(list)
+    for rec, res in zip(recs, results, strict=True):
+        p, t = rec.parallelism, rec.training
+        if p["pp"] == 1 or int(rec.id.split("_")[1]) < FIX_JOB:
+            continue
+        for _g, metric, meas, pred, _err in res:
+            if metric == "tokens_per_s" and meas > 0 and pred > 0:
+                tokens = t["global_batch"] * rec.model["seq_len"]
+                per = t["grad_accum"] * rec.model["layers"] / p["pp"]
+                lost[p["tp"]].append((tokens / meas - tokens / pred) / per)
+    if lost:
+        print("pp > 1 after the fix, (measured - simulated step) per layer per micro-batch, "
+              "median: " + ", ".join(f"tp {tp} {1e3 * statistics.median(v):+.1f} ms (n {len(v)})"
+                                     for tp, v in sorted(lost.items())))  # fmt: skip
     for oom, shares in sorted(missed.items()):
         q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
         print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from simtrain.costs import collectives as c
 from simtrain.costs.collectives import ALGORITHMS, OPS, GroupLink, collective_time_s
+from simtrain.costs.link_fit import list_collective_copy_s
 from simtrain.spec.hardware import load_hardware
 
 GB = 1e9
@@ -216,13 +217,17 @@ def test_group_link_keeps_its_semantics() -> None:
 # ----------------------------------------------------------------- calibration
 
 
-def sim_busbw(hw_name: str, op: str, size: float, nodes: int, algorithm: str = "ring") -> float:
-    """Simulated nccl-tests busbw (bytes/s) of ``op`` on ``nodes`` full nodes of a profile."""
+def sim_busbw(hw_name: str, op: str, size: float, nodes: int, algorithm: str = "ring",
+              copy: bool = False) -> float:  # fmt: skip
+    """Simulated nccl-tests busbw (bytes/s) of ``op`` on ``nodes`` full nodes of a profile;
+    ``copy``: the test timed torch's list-form call (an S-byte device copy added)."""
     hw = load_hardware(hw_name)
     intra, inter = c.node_links(hw)
     n = nodes * hw.gpus_per_node
     t = collective_time_s(op, size, n, algorithm=algorithm, intra=intra, inter=inter,
                           gpus_per_node=hw.gpus_per_node)  # fmt: skip
+    if copy:
+        t += list_collective_copy_s(hw, size)
     return c.nccl_bus_bandwidth(op, size, n, t)
 
 
@@ -255,31 +260,35 @@ def test_one_node_all_reduce_bus_bandwidth_matches_published(hw_name: str, size:
 # Ultra-Scale Playbook, figure "Communication Bandwidth by Number of Nodes (size=256MB)"
 # (assets/data/benchmarks/pp_comm_bandwidth.html, mean line; H100 nodes of 8 GPUs on AWS EFA);
 # formulas.md §5.6; the 64-node point is published_runs.yaml usp_collective_AllReduce_64nodes_256MB.
+# The figure is the mean of the sweep's jobs' own test, nanotron measure_bandwidth (67c5ebb6
+# trainer.py l.1074-1223): 256 Mi fp32 elements, S = 1 GiB; all-gather and reduce-scatter through
+# torch's list-form calls, with a 1 GiB device copy in each timing (link_fit.list_collective_copy_s).
 USP_ALL_REDUCE = {1: 435.97, 2: 361.75, 4: 160.14, 8: 99.56, 16: 84.74, 32: 64.93, 64: 32.94}
 USP_ALL_GATHER = {1: 249.85, 2: 184.61, 4: 118.97, 8: 69.00, 16: 54.97, 32: 27.97, 64: 11.04}
 USP_REDUCE_SCATTER = {1: 249.73, 2: 181.55, 4: 115.76, 8: 68.55, 16: 54.52, 32: 27.94, 64: 11.07}
 
 
 def test_ultrascale_playbook_all_reduce_by_node_count(capsys: pytest.CaptureFixture[str]) -> None:
-    """Reports simulated vs measured busbw for 1-64 nodes (h100_sxm5_80gb profile, 256 MiB).
+    """Reports simulated vs measured busbw for 1-64 nodes (h100_sxm5_80gb profile, 1 GiB).
 
     What the model defends:
     * 1 node: within 15% (the calibration target; ring == hierarchical on one node).
     * 2 nodes: within 15% for the ring: the 8 NICs of a node (8x 400 Gbit/s; AWS p5 has the same
       3200 Gbit/s per node over EFA) bound it, as in the model.
     * 4-64 nodes: OUTSIDE. Measured busbw falls 4.9x from 4 to 64 nodes; the alpha-beta ring
-      with 5 us per step falls 3.7x (the shape is right: latency 2(n−1)·α grows with n) but stays
-      1.9-2.6x above the measurement at every size: the EFA fabric (SRD over a multi-tier
+      with 5 us per step falls 1.8x (the shape is right: latency 2(n−1)·α grows with n) but stays
+      2.2-6.0x above the measurement (1 GiB) at every size: the EFA fabric (SRD over a multi-tier
       Ethernet fabric, per-step latency well above InfiniBand's) and NCCL's algorithm switches
       are not in the model. Only what an upper-bound model guarantees is asserted: never below
       the measurement, and busbw non-increasing with the node count.
     * The playbook's cluster has its own profile, h100_sxm5_80gb_efa, fitted to these figures
       (test_efa_profile_* below); this test keeps the InfiniBand profile's behaviour.
-    * all-gather (reported, not asserted): +61% already on one node. efficiency.collective is set
+    * all-gather (reported, not asserted): +66% already on one node (the test's 1 GiB copy, not
+      modelled here, is part of it: test_efa_profile_bus_bandwidth_vs_the_playbook). efficiency.collective is set
       by the all-reduce, which NCCL runs with NVLink SHARP on H100; all-gather is ring-only
       (~370 GB/s peak per nccl-tests #212), and the playbook's 256 MB all-gather reaches 250.
     """
-    size = 256 * MIB
+    size = GIB
     rows, ring = [], {}
     for nodes, measured in USP_ALL_REDUCE.items():
         sims = {a: sim_busbw("h100_sxm5_80gb", "all_reduce", size, nodes, a) / GB
@@ -292,7 +301,7 @@ def test_ultrascale_playbook_all_reduce_by_node_count(capsys: pytest.CaptureFixt
         rows.append(f"{nodes:>3} nodes  all_gather measured {measured:6.1f}  ring {v:6.1f} "
                     f"({v / measured - 1:+6.0%})")  # fmt: skip
     with capsys.disabled():
-        print("\nall_reduce busbw GB/s, 256 MiB, h100_sxm5_80gb vs Ultra-Scale Playbook:")
+        print("\nall_reduce busbw GB/s, 1 GiB, h100_sxm5_80gb vs Ultra-Scale Playbook:")
         print("\n".join(rows))
     for nodes in (1, 2):
         assert abs(ring[nodes] / USP_ALL_REDUCE[nodes] - 1) <= 0.15, nodes
@@ -306,7 +315,9 @@ def test_ultrascale_playbook_all_reduce_by_node_count(capsys: pytest.CaptureFixt
 
 
 def test_playbook_64_node_figure_matches_the_shared_record() -> None:
-    """The hard-coded 64-node value is the one in ../shared/measured/published_runs.yaml."""
+    """The hard-coded 64-node value is the one in ../shared/measured/published_runs.yaml (whose
+    message_bytes, read from the figure's "size=256MB", is 256 Mi fp32 elements: 1 GiB, as
+    measured/published_runs.yaml says since 2026-12-05)."""
     path = Path(__file__).resolve().parents[2] / "shared" / "measured" / "published_runs.yaml"
     if not path.is_file():
         pytest.skip("shared/measured/published_runs.yaml not present")
@@ -332,20 +343,21 @@ def test_calibration_lives_in_the_profiles() -> None:
 # ----------------------------------------------------------------- the playbook's EFA cluster
 
 EFA = "h100_sxm5_80gb_efa"
-USP_SIZE = 256 * MIB
+USP_SIZE = GIB  # 256 Mi fp32 elements (nanotron measure_bandwidth)
 USP_MULTI_NODE = (2, 4, 8, 16, 32, 64)
 
 
-def _ring_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+def _ring_fit(points: list[tuple[int, float]], copy_s: float) -> tuple[float, float]:
     """(B_ring bytes/s, alpha s): least squares of the relative residual measured/model − 1 for
-    the multi-node ring's busbw = 1/(1/B_ring + n·α/S) over (GPUs n, busbw bytes/s) points.
-    y·(x0 + n·x1/S) − 1 is linear in (x0, x1) = (1/B_ring, α): normal equations, closed form."""
-    rows = [(y, y * n / USP_SIZE) for n, y in points]
-    a11 = sum(u * u for u, _ in rows)
-    a12 = sum(u * v for u, v in rows)
-    a22 = sum(v * v for _, v in rows)
-    b1 = sum(u for u, _ in rows)
-    b2 = sum(v for _, v in rows)
+    the multi-node ring's busbw with the test's copy time c, 1/(1/B_ring + n·α/S + c·n/((n−1)·S)),
+    over (GPUs n, busbw bytes/s) points. y·(x0 + n·x1/S) − (1 − y·c·n/((n−1)·S)) is linear in
+    (x0, x1) = (1/B_ring, α): normal equations, closed form."""
+    rows = [(y, y * n / USP_SIZE, 1 - y * copy_s * n / ((n - 1) * USP_SIZE)) for n, y in points]
+    a11 = sum(u * u for u, _, _ in rows)
+    a12 = sum(u * v for u, v, _ in rows)
+    a22 = sum(v * v for _, v, _ in rows)
+    b1 = sum(u * b for u, _, b in rows)
+    b2 = sum(v * b for _, v, b in rows)
     det = a11 * a22 - a12 * a12
     x0, x1 = (b1 * a22 - b2 * a12) / det, (a11 * b2 - a12 * b1) / det
     return 1 / x0, x1
@@ -356,21 +368,25 @@ def test_efa_profile_is_the_least_squares_fit_of_the_playbook_ring_collectives()
     over the 12 multi-node all-gather and reduce-scatter points, rounded as written."""
     pts = [(8 * k, table[k] * GB) for table in (USP_ALL_GATHER, USP_REDUCE_SCATTER)
            for k in USP_MULTI_NODE]  # fmt: skip
-    b_ring, alpha = _ring_fit(pts)
-    assert b_ring / GB == pytest.approx(284.96, abs=0.01)
-    assert alpha * 1e6 == pytest.approx(37.17, abs=0.01)
     hw = load_hardware(EFA)
+    copy_s = list_collective_copy_s(hw, USP_SIZE)
+    b_ring, alpha = _ring_fit(pts, copy_s)
+    assert b_ring / GB == pytest.approx(368.05, abs=0.01)
+    assert alpha * 1e6 == pytest.approx(148.95, abs=0.01)
+    # the fit before 2026-12-05 read the figure as 256 MiB without the copy: 4x less latency
+    assert _ring_fit(pts, 0.0)[0] / GB == pytest.approx(284.96, abs=0.01)
     assert hw.gpus_per_node == 8
     intra, inter = c.node_links(hw)
     profile_ring = min(intra.bandwidth_bytes_per_s, 8 * inter.bandwidth_bytes_per_s)
-    assert profile_ring == pytest.approx(b_ring, rel=2e-3)  # 306.4 Gbit/s rounds 306.41
-    assert hw.inter_node_latency_s == pytest.approx(alpha, abs=0.05e-6)  # 37.2 us rounds 37.17
+    assert profile_ring == pytest.approx(b_ring, rel=2e-4)  # 395.75 Gbit/s
+    assert hw.inter_node_latency_s == pytest.approx(alpha, abs=0.005e-6)  # 148.95 us
 
 
 def test_efa_profile_bus_bandwidth_vs_the_playbook(capsys: pytest.CaptureFixture[str]) -> None:
-    """Simulated busbw (ring, 256 MiB, h100_sxm5_80gb_efa) vs the Ultra-Scale Playbook's own
-    measurements on that EFA cluster, per node count. Reached (simulated/measured − 1):
-    all-gather −14..+22 %, reduce-scatter −14..+21 % (the fitted points), all-reduce −19..−61 %.
+    """Simulated busbw (ring, 1 GiB, h100_sxm5_80gb_efa; all-gather and reduce-scatter with the
+    test's 1 GiB copy) vs the Ultra-Scale Playbook's own measurements on that EFA cluster, per
+    node count. Reached (simulated/measured − 1): all-gather −14..+22 %, reduce-scatter
+    −14..+21 % (the fitted points), all-reduce (simtrain's plain ring) −13..−60 %.
 
     * all-gather / reduce-scatter, 2-64 nodes: within 25 % (the fit; NCCL runs them as rings).
     * all-reduce, 2-64 nodes: at or below the measurement. NCCL's multi-node all-reduce uses
@@ -381,20 +397,20 @@ def test_efa_profile_bus_bandwidth_vs_the_playbook(capsys: pytest.CaptureFixture
         line = f"{nodes:>3} nodes"
         for op, table in (("all_gather", USP_ALL_GATHER), ("reduce_scatter", USP_REDUCE_SCATTER),
                           ("all_reduce", USP_ALL_REDUCE)):  # fmt: skip
-            sim = sim_busbw(EFA, op, USP_SIZE, nodes) / GB
+            sim = sim_busbw(EFA, op, USP_SIZE, nodes, copy=op != "all_reduce") / GB
             errs[op, nodes] = sim / table[nodes] - 1
             line += f"  {op} {sim:6.1f} vs {table[nodes]:6.1f} ({errs[op, nodes]:+5.0%})"
         rows.append(line)
     with capsys.disabled():
-        print(f"\nbusbw GB/s, 256 MiB, {EFA} (simulated vs measured, Ultra-Scale Playbook):")
+        print(f"\nbusbw GB/s, 1 GiB, {EFA} (simulated vs measured, Ultra-Scale Playbook):")
         print("\n".join(rows))
     for nodes in USP_MULTI_NODE:
         assert abs(errs["all_gather", nodes]) <= 0.25, nodes
         assert abs(errs["reduce_scatter", nodes]) <= 0.25, nodes
-        assert -0.65 <= errs["all_reduce", nodes] <= 0.0, nodes
+        assert -0.75 <= errs["all_reduce", nodes] <= 0.0, nodes
     assert abs(errs["all_reduce", 1]) <= 0.15
     assert max(abs(errs[op, k]) for op in ("all_gather", "reduce_scatter")
-               for k in USP_MULTI_NODE) == pytest.approx(0.218, abs=0.005)  # fmt: skip
+               for k in USP_MULTI_NODE) == pytest.approx(0.216, abs=0.005)  # fmt: skip
 
 
 def test_efa_profile_keeps_the_node_and_slows_only_the_network() -> None:

@@ -85,7 +85,8 @@ def test_profile_is_physically_plausible(name: str) -> None:
     # 8 per HGX/DGX/OAM node; 72 in an NVL72 rack (one NVLink domain).
     assert 1 <= hw.gpus_per_node <= 16 or hw.gpus_per_node == 72
     assert 0 < hw.intra_node_latency_s < 1e-4
-    assert 0 < hw.inter_node_latency_s < 1e-4
+    # an effective per-step latency may be a fitted cluster mean (EFA: 149 us, its [fit])
+    assert 0 < hw.inter_node_latency_s < 1e-3
     assert hw.oversubscription >= 1.0
     assert 256 * MIB <= hw.cuda_context_bytes <= 4096 * MIB
     assert hw.host_memory_bytes >= hw.memory_bytes
@@ -173,8 +174,8 @@ def test_efa_profile_differs_from_h100_only_in_the_network() -> None:
     assert efa.nccl_protocols == ("simple",)
     assert efa.nccl_algorithms == ("ring", "tree", "nvls_tree", "pairwise")
     assert efa.nccl_tree_pipelined is False and h100.nccl_tree_pipelined is True
-    assert efa.nic_bandwidth_bytes_per_s == approx(306.4e9 / 8)
-    assert efa.inter_node_latency_s == approx(37.2e-6)
+    assert efa.nic_bandwidth_bytes_per_s == approx(395.75e9 / 8)
+    assert efa.inter_node_latency_s == approx(148.95e-6)
     assert efa.oversubscription == 1.0
 
 

@@ -46,8 +46,13 @@ def test_a_csv_row_is_its_chart_record(script, published_records: dict) -> None:
            "tok/s/gpu": str(shipped.measured["tokens_per_s_per_gpu"]),
            "Mem Alloc (GB)": str(shipped.measured["step_peak_mem_gb"]),
            "Mem Res (GB)": str(shipped.measured["peak_mem_gb"]),
-           **{col: str(shipped.hardware["network_measured"][key])
-              for col, key in script.NETWORK_COLUMNS.items()}}  # fmt: skip
+           **{col: str(shipped.hardware["network_measured"][key]) for col, key in (
+               ("AllGather (GB/s)", "all_gather_busbw_gb_per_s"),  # the CSV's own headers
+               ("ReduceScatter (GB/s)", "reduce_scatter_busbw_gb_per_s"),
+               ("AllReduce (GB/s)", "all_reduce_busbw_gb_per_s"),
+               ("AG Intra-node (GB/s)", "intra_node_all_gather_busbw_gb_per_s"),
+               ("RS Intra-node (GB/s)", "intra_node_reduce_scatter_busbw_gb_per_s"),
+               ("AR Intra-node (GB/s)", "intra_node_all_reduce_busbw_gb_per_s"))}}  # fmt: skip
     rec = script.row_record(row, published_records[script.TEMPLATE], one_runtime=False)
     assert rec.runtime == shipped.runtime == "nanotron"  # job >= 14097150: after the fix
     # the row's own bandwidth test is the record's network (job_network.py), as shipped
@@ -120,6 +125,9 @@ def test_the_whole_table(script, tmp_path, capsys) -> None:
     assert table[("all runs", "all", "fits")] == ["2", "100.0", "%", "right"]
     assert table[("all runs", "pp 1", "fits")] == ["1", "100.0", "%", "right"]
     assert table[("all runs", "pp > 1, after the fix", "tokens_per_s")][0] == "1"
+    # what that post-fix pipeline run loses per layer per micro-batch: one tp-8 run
+    lost = next(x for x in out.splitlines() if "per layer per micro-batch" in x)
+    assert "tp 8 " in lost and "(n 1)" in lost and "tp 1 " not in lost
     # a CSV without the sweep's columns is refused, naming them
     bad = tmp_path / "other.csv"
     bad.write_text("job_id,dp\n1,2\n")

@@ -131,19 +131,20 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     0.1 s polling p2p, 67c5ebb6; its pp > 1 rows at tp <= 8: MAPE 11.5 %), the later ones under
     main's nanotron profile (no polling): its 96 pp > 1 rows lose a median 0.4 / 3.1 / 8.1 / 16.6 /
     38.7 ms per layer per micro-batch at tp 1 / 2 / 4 / 8 / 16 that simtrain does not model
-    (+66 % median at tp <= 8). Since the same day each record also runs on the links its own job
-    measured before training (hardware.network_measured, apps/validate/job_network): tokens/s
-    MAPE 97.3 -> 47.6 %, median +26.4 -> +1.0 %, median |error| 28.0 -> 22.1 %, MFU
-    87.0 -> 45.3 %. With every run under the polling profile and the EFA profile's network it
+    (+66 % median at tp <= 8). Since the same day the EFA profile is refitted to the Playbook's
+    figure read at its true 1 GiB with torch's list-form copy (tokens/s MAPE 97.3 -> 67.4 %), and
+    each record runs on the links its own job measured before training
+    (hardware.network_measured, apps/validate/job_network): MAPE 48.5 %, median +3.9 %, median
+    |error| 15.5 %, MFU 45.7 %. With every run under the polling profile and the EFA profile's network it
     read 52.8 % (median -6.8 %, median |error| 34.1 %), the post-fix rows' -71 % there (-82 % at
     tp <= 8) offsetting the rest."""
     tok = _summary(result, "nanotron", "tokens_per_s")
-    assert tok.n == 234 and tok.mape_pct <= 48.6
+    assert tok.n == 234 and tok.mape_pct <= 49.5
     fam = next(f for f in result.by_family if (f.family, f.metric) == ("nanotron", "tokens_per_s"))
-    assert abs(fam.all.median_error_pct) <= 2.0
-    assert fam.all.median_abs_error_pct <= 23.1
+    assert abs(fam.all.median_error_pct) <= 4.9
+    assert fam.all.median_abs_error_pct <= 16.5
     mfu = _summary(result, "nanotron", "mfu")
-    assert mfu.n == 233 and mfu.mape_pct <= 46.3
+    assert mfu.n == 233 and mfu.mape_pct <= 46.7
 
 
 def test_the_playbook_records_run_the_bench_branch() -> None:

@@ -400,7 +400,7 @@ def tree_network_s(size_bytes: float, g: int, nodes: int, inter: GroupLink,
 
     ``pipelined=False`` (a hardware profile's ``collectives.tree_pipelined: false``): the
     tree's ⌊log2 N⌋ levels do not overlap, each costs the whole network term again, as on the
-    Ultra-Scale Playbook's EFA cluster, whose measured all-reduce time at 256 MB grows with the
+    Ultra-Scale Playbook's EFA cluster, whose measured all-reduce time at 1 GiB grows with the
     tree's depth (hardware/h100_sxm5_80gb_efa.yaml [tree])."""
     if nodes == 1:
         return 0.0

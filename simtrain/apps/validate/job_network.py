@@ -19,7 +19,7 @@ and latency · k; inter-node: NIC rate / k and per-step latency · k), where
 
     k: the factor at which simtrain's time of the same test on the scaled profile (the
        collective of S over the job's GPUs under the runtime's algorithm choice, plus the
-       S-byte device copy torch's list-form collectives add: :func:`list_collective_copy_s`) equals the
+       S-byte device copy torch's list-form collectives add: ``link_fit.list_collective_copy_s``) equals the
        measured time, factor · S / bus bandwidth,
 
 over the ring collectives the record gives (the geometric mean of their time ratios is 1;
@@ -37,14 +37,17 @@ The node test is node 0's only (rank 0 logs it).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from simtrain.costs.collectives import bus_factor
-from simtrain.costs.compute import memory_bound_ns
-from simtrain.costs.group_comm import hardware_collective_s
+from simtrain.costs.link_fit import (
+    K_BOUNDS,
+    link_slowdown,
+    list_collective_copy_s,
+    with_network_slowdown,
+    with_node_slowdown,
+)
 from simtrain.spec.hardware import HardwareProfile
 
 #: the record's key (in its ``hardware`` section)
@@ -54,16 +57,15 @@ KEY = "network_measured"
 RING_KEYS = {"all_gather_busbw_gb_per_s": "all_gather",
              "reduce_scatter_busbw_gb_per_s": "reduce_scatter"}  # fmt: skip
 NODE = "intra_node_"
+#: bounds of the section's values: a bus bandwidth (GB/s; NVLink 5 is 900 per direction), the
+#: message (1 PiB) and the GPUs of a test
+MAX_BUSBW_GB_PER_S = 1e5
+MAX_SIZE_BYTES = 2**50
+MAX_GPUS = 1 << 20
 #: every key the section may hold (the all-reduces are kept for reference, not used)
 ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus",
            *(NODE + k for k in (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus")),
            "size_bytes")  # fmt: skip
-#: refinement steps of :func:`_solve` (the ring needs a few; the copy slows convergence)
-_REFINE_STEPS = 40
-#: the k it returns: a test faster than the links allow (a ring through the NICs is capped by
-#: NVLink) or slower than any link would run k to 0 or infinity; the sweep's are 0.71-9.0
-#: (network) and 1.2-9.7 (NVLink) over its CSV's completed runs
-K_BOUNDS = (1e-2, 1e3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +97,12 @@ def read_job_network(hw: Mapping[str, Any], num_gpus: int | None) -> JobNetwork 
     for key, v in sec.items():
         if key not in ALLOWED:
             raise ValueError(f"hardware.{KEY}.{key}: unknown key; allowed: {', '.join(ALLOWED)}")
-        if isinstance(v, bool) or not isinstance(v, int | float) or not (0 < v < math.inf):
-            raise ValueError(f"hardware.{KEY}.{key}: must be a positive number, not {v!r}")
-    for key in ("size_bytes", "gpus", NODE + "gpus"):
-        v = sec.get(key)
-        if key in sec and not isinstance(v, int):
-            raise ValueError(f"hardware.{KEY}.{key}: a positive integer is needed, not {v!r}")
+        integer = key in ("size_bytes", "gpus", NODE + "gpus")
+        top = MAX_SIZE_BYTES if key == "size_bytes" else MAX_GPUS if integer else MAX_BUSBW_GB_PER_S
+        if (isinstance(v, bool) or not isinstance(v, int if integer else int | float)
+                or not (0 < v <= top)):  # fmt: skip
+            what = "an integer" if integer else "a number"
+            raise ValueError(f"hardware.{KEY}.{key}: must be {what} in (0, {top:g}], not {v!r}")
     if "size_bytes" not in sec:
         raise ValueError(f"hardware.{KEY}.size_bytes: the tests' message size is needed")
 
@@ -120,53 +122,6 @@ def read_job_network(hw: Mapping[str, Any], num_gpus: int | None) -> JobNetwork 
     return JobNetwork(int(sec["size_bytes"]), world, node)
 
 
-def list_collective_copy_s(hw: HardwareProfile, size_bytes: int) -> float:
-    """The device copy inside the test's timing: torch's list-form ``all_gather`` /
-    ``reduce_scatter`` (which ``measure_bandwidth`` calls) gather into / reduce from one flat
-    buffer and copy the S bytes out of / into the list on the NCCL stream, after / before the
-    collective (PyTorch ``ProcessGroupNCCL::allgather``: "Copy the flattened output tensors to
-    the outputs"; ``::reduce_scatter``: "Copy the input tensors to the flattened inputs"):
-    S read + S written at the profile's memory-bound rate (1 GiB on an H100: 0.80 ms)."""
-    return memory_bound_ns(2 * size_bytes, hw) / 1e9
-
-
-def with_network_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
-    """``hw`` with its inter-node link k times slower: NIC rate / k, per-step latency · k."""
-    return replace(hw, nic_bandwidth_bytes_per_s=hw.nic_bandwidth_bytes_per_s / k,
-                   inter_node_latency_s=hw.inter_node_latency_s * k)  # fmt: skip
-
-
-def with_node_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
-    """``hw`` with its intra-node link k times slower: NVLink rate / k, latency · k."""
-    return replace(hw, intra_node_bandwidth_bytes_per_s=hw.intra_node_bandwidth_bytes_per_s / k,
-                   intra_node_latency_s=hw.intra_node_latency_s * k)  # fmt: skip
-
-
-def _solve(hw: HardwareProfile, scaled: Callable[[HardwareProfile, float], HardwareProfile],
-           algorithm: str, test: LinkTest, gpus: int, size: int) -> float:  # fmt: skip
-    """k at which simtrain's time of ``test`` (collective + copy) on ``scaled(hw, k)`` equals
-    the measured, in the geometric mean over its collectives: fixed-point steps k <- k · ratio,
-    within :data:`K_BOUNDS`."""
-    g = min(hw.gpus_per_node, gpus)
-    copy_s = list_collective_copy_s(hw, size)
-
-    def ratio(k: float) -> float:  # the measured test's time / simtrain's on hw scaled by k
-        slow = scaled(hw, k)
-        logs = [math.log(bus_factor(op, gpus) * size / measured
-                         / (hardware_collective_s(slow, algorithm, op, size, gpus, g) + copy_s))
-                for op, measured in sorted(test.busbw_bytes_per_s.items())]  # fmt: skip
-        return math.exp(sum(logs) / len(logs))
-
-    k = 1.0
-    for _ in range(_REFINE_STEPS):
-        r = ratio(k)
-        k_next = min(max(k * r, K_BOUNDS[0]), K_BOUNDS[1])
-        if abs(math.log(r)) < 1e-12 or k_next == k:
-            break
-        k = k_next
-    return k
-
-
 def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
     """k of the intra-node link: from the node test, or from the job-wide one when the job is
     one node (None: neither)."""
@@ -176,9 +131,10 @@ def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float
     if test is None:
         return None
     gpus = test.gpus or min(hw.gpus_per_node, net.world.gpus if net.world else hw.gpus_per_node)
-    return (
-        _solve(hw, with_node_slowdown, algorithm, test, gpus, net.size_bytes) if gpus > 1 else None
-    )
+    if gpus <= 1:
+        return None
+    return link_slowdown(hw, "node", algorithm, test.busbw_bytes_per_s, gpus, net.size_bytes,
+                         list_collective_copy_s(hw, net.size_bytes))  # fmt: skip
 
 
 def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
@@ -186,16 +142,18 @@ def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> fl
     the job-wide test fits in one node or is absent."""
     if net.world is None or net.world.gpus <= hw.gpus_per_node:
         return None
-    return _solve(hw, with_network_slowdown, algorithm, net.world, net.world.gpus, net.size_bytes)
+    return link_slowdown(hw, "network", algorithm, net.world.busbw_bytes_per_s, net.world.gpus,
+                         net.size_bytes, list_collective_copy_s(hw, net.size_bytes))  # fmt: skip
 
 
 def job_hardware(hw: HardwareProfile, algorithm: str,
                  net: JobNetwork) -> tuple[HardwareProfile, list[str]]:  # fmt: skip
     """``hw`` on the job's own links (the node's first, then the network's on it) and the
-    assumption lines that say so."""
+    assumption lines that say so; a ValueError when a test cannot be reproduced."""
     notes = []
     k_node = node_slowdown(hw, algorithm, net)
     if k_node is not None:
+        _reachable(hw, k_node, "intra-node", net.node or net.world)
         test = net.node or net.world
         notes.append(f"intra-node link: the job's own test ({_figures(test)} GB/s bus bandwidth, "
                      f"{net.size_bytes / 2**30:.3g} GiB over one node; nanotron "
@@ -204,12 +162,21 @@ def job_hardware(hw: HardwareProfile, algorithm: str,
         hw = with_node_slowdown(hw, k_node)
     k_net = network_slowdown(hw, algorithm, net)
     if k_net is not None:
+        _reachable(hw, k_net, "job-wide", net.world)
         notes.append(f"network: the job's own bandwidth test ({_figures(net.world)} GB/s bus "
                      f"bandwidth, {net.size_bytes / 2**30:.3g} GiB over {net.world.gpus} GPUs; "
                      f"nanotron measure_bandwidth): {hw.name}'s inter-node NIC rate / "
                      f"{k_net:.2f} and per-step latency x {k_net:.2f}, which reproduce it")  # fmt: skip
         hw = with_network_slowdown(hw, k_net)
     return hw, notes
+
+
+def _reachable(hw: HardwareProfile, k: float, which: str, test: LinkTest) -> None:
+    """A ValueError when k stopped at a bound (``link_fit.K_BOUNDS``): scaling the link cannot
+    reproduce the test (faster than the links allow, or implausibly slow)."""
+    if k in K_BOUNDS:
+        raise ValueError(f"hardware.{KEY}: the {which} test ({_figures(test)} GB/s) is beyond "
+                         f"what scaling {hw.name}'s link reproduces (k stopped at {k:g})")  # fmt: skip
 
 
 def _figures(test: LinkTest) -> str:

@@ -188,7 +188,7 @@ NETWORK_PROFILES = (
     ("h100_sxm5_80gb", "EFA", "h100_sxm5_80gb_efa",
      "inter_node EFA: h100_sxm5_80gb_efa, whose NIC rate and per-step latency are fitted to the "
      "Ultra-Scale Playbook's all-gather/reduce-scatter bus bandwidths on its EFA cluster (2-64 "
-     "nodes, 256 MB) instead of the DGX InfiniBand figures"),
+     "nodes, 1 GiB) instead of the DGX InfiniBand figures"),
     *(("a100_sxm4_80gb", word, "a100_sxm4_80gb_opa",
        "inter_node Omni-Path (Jean Zay): a100_sxm4_80gb_opa, whose NIC rate is fitted to "
        "BigScience's all-reduce benchmark on those nodes (experiments/bandwidth/"
@@ -507,7 +507,10 @@ def translate(rec: Record) -> Translation | SkipReason:
     except ValueError as exc:
         return skip(rec, str(exc))
     if net is not None:
-        hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+        try:
+            hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+        except ValueError as exc:
+            return skip(rec, str(exc))
         sc = replace(sc, hardware=hw)
         notes.extend(net_notes)
     conv = convention_for(rec)
