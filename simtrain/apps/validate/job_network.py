@@ -1,10 +1,10 @@
 """A record's network as its own job measured it (``hardware.network_measured``).
 
 One cluster is not one network: the Ultra-Scale Playbook sweep's jobs, all on the same AWS EFA
-cluster, measured their own all-gather bus bandwidth over the job's GPUs at up to 7x apart for the
-same node count (64 nodes: 6 or 44 GB/s; 4 nodes: 40 or 98), and the same layout ran 2-5x slower
-on the slow network (CSV jobs 13502087 / 14113395: 6,078 / 1,212 tokens/s per GPU, world
-all-gather 76 / 13 GB/s). A profile fitted to the cluster's mean cannot stand for both.
+cluster, measured their own all-gather bus bandwidth over the job's GPUs up to 12x apart for the
+same node count (32 nodes: 6.4-79 GB/s; 64 nodes: 5.8-46), and 24 of them their node's NVLink at
+41 GB/s instead of ~240-263. The EFA profile is fitted to the mean of these tests (its [usp]
+table); a job far from the mean ran on other links.
 
 nanotron's benchmark branch measures that network before it builds the model: an all-reduce, a
 reduce-scatter and an all-gather of 256 Mi fp32 elements (S = 1 GiB, nccl-tests convention) over
