@@ -464,6 +464,20 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
     click.echo(calibrate_command(device, out, threads=threads), nl=False)
 
 
+@main.command("fit-network")
+@click.argument("base")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
+@click.option("--name", default=None, help="The profile's name [the --out file's stem].")
+@_errors
+def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) -> None:
+    """Fit a hardware profile's NVLink and network to your cluster's nccl-tests logs (largest
+    message of each; logs inside one node fit NVLink, across nodes the network) and write it."""
+    from simtrain.apps.network_fit import fit_network_command
+
+    click.echo(fit_network_command(base, list(logs), out, name), nl=False)
+
+
 @main.command("import")
 @click.argument("kind", type=click.Choice(IMPORT_KINDS))
 @click.argument("file", type=click.Path(dir_okay=False))

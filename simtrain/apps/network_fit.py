@@ -1,0 +1,208 @@
+"""``simtrain fit-network``: a hardware profile whose links are fitted to a cluster's own
+nccl-tests logs.
+
+A shipped profile's network is one cluster's (a DGX SuperPOD's InfiniBand, the Ultra-Scale
+Playbook's EFA); yours may run 1.5x or 7x slower (the Playbook's own jobs spread 12x on one
+cluster: apps/validate/job_network.py). Run nccl-tests on it (``all_gather_perf``,
+``reduce_scatter_perf``; ``all_reduce_perf`` too, though NCCL's tree / NVLS choice makes it a
+weaker witness of the links) inside one node and across the nodes you will train on, and give
+the logs: each log's largest message sets how much slower (or faster) than the base profile
+its link is, ``costs.link_fit.link_slowdown`` (rate / k, latency · k; simtrain's own time of
+the same collective equals the measured one). Logs inside one node fit NVLink; logs across
+nodes fit the network, on the node-fitted profile. The profile is written as the base's YAML
+with those four numbers replaced and a header naming the logs.
+
+The log format is nccl-tests' (``doc/PERFORMANCE.md``): ``#  Rank  N Group ... on HOST device``
+lines (ranks and hosts), a header line with ``size`` and ``busbw`` columns, and one row per
+message size; the out-of-place ``busbw`` (GB/s = 1e9 B/s) of the largest size is used. The
+collective comes from the log's ``# Collective test starting: NAME_perf`` line or the file's name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from simtrain.costs.link_fit import (
+    K_BOUNDS,
+    link_slowdown,
+    with_network_slowdown,
+    with_node_slowdown,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import HARDWARE_DIR, HardwareProfile, load_hardware
+
+#: nccl-tests binaries -> simtrain's collectives
+OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
+       "reducescatter": "reduce_scatter", "all_reduce": "all_reduce", "allreduce": "all_reduce"}  # fmt: skip
+_RANK = re.compile(r"^#\s*Rank\s+(\d+)\s.*?\bon\s+(\S+)")
+_STARTING = re.compile(r"Collective test starting:\s*(\w+?)_perf")
+
+
+@dataclass(frozen=True, slots=True)
+class NcclTestsLog:
+    """What one nccl-tests log measured: the largest message's out-of-place bus bandwidth."""
+
+    path: str
+    op: str  # simtrain's collective name
+    ranks: int
+    hosts: int
+    size_bytes: int
+    busbw_bytes_per_s: float
+
+
+def _op_of(text: str, path: str) -> str:
+    m = _STARTING.search(text)
+    name = m.group(1) if m else Path(path).name.lower()
+    for key, op in OPS.items():
+        if key in name.replace("-", "_").lower():
+            return op
+    raise ConfigError(path, "collective", "no nccl-tests collective named in the log ('# Collective "
+                      "test starting: ...') or the file name; give a log of",
+                      name, ", ".join(sorted(set(OPS.values()))))  # fmt: skip
+
+
+def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
+    """One nccl-tests log (format above); a ConfigError naming the file when it is not one."""
+    ranks: dict[int, str] = {}
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if m := _RANK.match(line):
+            ranks[int(m.group(1))] = m.group(2)
+        elif line.startswith("#") and "busbw" in line and "size" in line and header is None:
+            header = line.lstrip("#").split()
+        elif header and line.strip() and not line.startswith("#"):
+            words = line.split()
+            if words[0].isdigit() and len(words) >= header.index("busbw") + 1:
+                rows.append(words)
+    if header is None or not rows:
+        raise ConfigError(path, "rows", "not an nccl-tests log: no table with size and busbw "
+                          "columns", text[:60], "the output of all_gather_perf, ... (nccl-tests "
+                          "doc/PERFORMANCE.md)")  # fmt: skip
+    if not ranks:
+        raise ConfigError(path, "ranks", "no '#  Rank N Group ... on HOST device ...' lines: the "
+                          "GPU count is unknown", text[:60], "a full nccl-tests log")  # fmt: skip
+    col = header.index("busbw")
+    best = max(rows, key=lambda w: int(w[0]))
+    try:
+        busbw = float(best[col])
+    except ValueError:
+        raise ConfigError(path, "busbw", "not a number in the largest message's row", best[col],
+                          "a bus bandwidth in GB/s") from None  # fmt: skip
+    if not (0 < busbw < math.inf):
+        raise ConfigError(path, "busbw", "must be a positive number of GB/s", busbw)
+    return NcclTestsLog(path, _op_of(text, path), len(ranks), len(set(ranks.values())),
+                        int(best[0]), busbw * 1e9)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFit:
+    """One link's fit: its k and the logs that set it."""
+
+    link: str  # "node" or "network"
+    k: float
+    logs: tuple[NcclTestsLog, ...]
+
+
+def fit_links(hw: HardwareProfile, logs: list[NcclTestsLog],
+              algorithm: str = "nccl") -> tuple[HardwareProfile, list[LinkFit]]:  # fmt: skip
+    """``hw`` with its intra-node link fitted to the logs inside one node, then its network to
+    the logs across nodes (on the node-fitted profile); k of each link is the geometric mean
+    over its logs (each log's own k: ``link_slowdown`` on its collective and GPU count)."""
+    fits = []
+    for link, scale in (("node", with_node_slowdown), ("network", with_network_slowdown)):
+        mine = [g for g in logs if (g.hosts > 1) == (link == "network")]
+        if not mine:
+            continue
+        ks = []
+        for g in mine:
+            if g.ranks != g.hosts * min(hw.gpus_per_node, g.ranks):
+                raise ConfigError(g.path, "ranks", f"{g.ranks} GPUs on {g.hosts} hosts, not "
+                                  f"{hw.name}'s full nodes of {hw.gpus_per_node}: fit with a log "
+                                  "on whole nodes", g.ranks)  # fmt: skip
+            if g.ranks < 2:
+                continue
+            k = link_slowdown(hw, link, algorithm, {g.op: g.busbw_bytes_per_s}, g.ranks,
+                              g.size_bytes)  # fmt: skip
+            if k in K_BOUNDS:
+                raise ConfigError(g.path, "busbw", f"{g.busbw_bytes_per_s / 1e9:.4g} GB/s over "
+                                  f"{g.ranks} GPUs is beyond what scaling {hw.name}'s {link} link "
+                                  "reproduces", g.busbw_bytes_per_s / 1e9)  # fmt: skip
+            ks.append(k)
+        if ks:
+            k = math.exp(sum(map(math.log, ks)) / len(ks))
+            hw = scale(hw, k)
+            fits.append(LinkFit(link, k, tuple(mine)))
+    return hw, fits
+
+
+def profile_text(base_path: Path, fitted: HardwareProfile, fits: list[LinkFit],
+                 name: str) -> str:  # fmt: skip
+    """The base profile's YAML with its name, and the fitted links' rates and latencies
+    replaced, each line naming the fit; a header lists the logs."""
+    text = base_path.read_text(encoding="utf-8")
+    k = {f.link: f.k for f in fits}
+    tag = "[nccl-fit] simtrain fit-network"
+    subs = [(r"^name:.*$", f"name: {name}"),
+            (r"^display_name:(.*)$", r"display_name:\1 (links fitted to nccl-tests)")]  # fmt: skip
+    if "node" in k:
+        subs += [(r"^(  bandwidth_gb_per_s:)\s*\S+.*$",
+                  rf"\1 {fitted.intra_node_bandwidth_bytes_per_s / 1e9:.6g}  # {tag}: the base / {k['node']:.4g}"),
+                 (r"^(  latency_us:)\s*\S+.*$",
+                  rf"\1 {fitted.intra_node_latency_s * 1e6:.6g}  # {tag}: the base x {k['node']:.4g}")]  # fmt: skip
+    if "network" in k:
+        subs += [(r"^(nic_bandwidth_gbit_per_s:)\s*\S+.*$",
+                  rf"\1 {fitted.nic_bandwidth_bytes_per_s * 8 / 1e9:.6g}  # {tag}: the base / {k['network']:.4g}"),
+                 (r"^(inter_node_latency_us:)\s*\S+.*$",
+                  rf"\1 {fitted.inter_node_latency_s * 1e6:.6g}  # {tag}: the base x {k['network']:.4g}")]  # fmt: skip
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text, count=1, flags=re.MULTILINE)
+        if n != 1:
+            key = re.sub(r"[^a-z_]", "", pattern.split(":")[0])
+            raise ConfigError(str(base_path), key, "not found as one line of the base profile's "
+                              "text (a profile written by hand with each key on its own line "
+                              "is needed)")  # fmt: skip
+    head = [f"# {name}: {base_path.name} with its links fitted to nccl-tests logs ({tag};",
+            "# costs/link_fit.py: the link k times slower, rate / k and latency x k, where",
+            "# simtrain's time of each log's largest message equals the measured one):"]  # fmt: skip
+    for f in fits:
+        for g in f.logs:
+            head.append(f"#   {f.link:<7} k {f.k:.4g}: {g.path}: {g.op} {g.size_bytes} B over {g.ranks} "
+                        f"GPUs on {g.hosts} host(s), busbw {g.busbw_bytes_per_s / 1e9:.4g} GB/s")  # fmt: skip
+    return "\n".join(head) + "\n" + text
+
+
+def fit_network_command(base: str, paths: list[str], out: str, name: str | None) -> str:
+    """Fit ``base`` to the logs at ``paths``, write the profile to ``out`` and return the
+    table the CLI prints."""
+    hw = load_hardware(base)
+    base_path = Path(base) if base.endswith((".yaml", ".yml")) else HARDWARE_DIR / f"{base}.yaml"
+    logs = []
+    for p in paths:
+        try:
+            text = Path(p).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ConfigError(p, "log", f"cannot read: {exc.strerror or exc}") from None
+        logs.append(parse_nccl_tests(text, p))
+    fitted, fits = fit_links(hw, logs)
+    if not fits:
+        raise ConfigError(paths[0], "ranks", "no log with 2 or more GPUs: nothing to fit (give "
+                          "a log inside one node, for NVLink, or across nodes, for the network)")  # fmt: skip
+    name = name or Path(out).stem
+    Path(out).write_text(profile_text(base_path, fitted, fits, name), encoding="utf-8")
+    load_hardware(out)  # the written profile loads (a bad base text is caught here)
+    lines = [f"{'link':<8}{'k':>7}  {'collective':<15}{'GPUs':>6}{'hosts':>6}{'MiB':>8}"
+             f"{'busbw GB/s':>12}  log"]  # fmt: skip
+    for f in fits:
+        for g in f.logs:
+            lines.append(f"{f.link:<8}{f.k:>7.3f}  {g.op:<15}{g.ranks:>6}{g.hosts:>6}"
+                         f"{g.size_bytes / 2**20:>8.0f}{g.busbw_bytes_per_s / 1e9:>12.4g}  {g.path}")  # fmt: skip
+    lines.append(
+        f"wrote {out} ({name}: {hw.name} with "
+        + ", ".join(f"its {f.link} link {f.k:.3g}x slower" for f in fits)
+        + ")"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""``simtrain fit-network`` (apps/network_fit.py): a profile's links fitted to nccl-tests logs,
+checked by reading the written profile back and pricing the logged collective on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simtrain.apps.network_fit import fit_links, fit_network_command, parse_nccl_tests
+from simtrain.cli import main
+from simtrain.costs.collectives import nccl_bus_bandwidth
+from simtrain.costs.group_comm import hardware_collective_s
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import load_hardware
+
+GIB = 2**30
+
+
+def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bool = True) -> str:
+    """An nccl-tests log in its own format (nccl-tests doc/PERFORMANCE.md; the columns of
+    all_gather_perf / reduce_scatter_perf / all_reduce_perf since v2.13)."""
+    lines = [f"# Collective test starting: {op}_perf"] if starting else []
+    lines += ["# nThread 1 nGpus 1 minBytes 1048576 maxBytes 1073741824 step: 2(factor) warmup "
+              "iters: 5 iters: 20 agg iters: 1 validation: 1 graph: 0", "#", "# Using devices"]  # fmt: skip
+    for r in range(hosts * per_host):
+        lines.append(f"#  Rank {r:>2} Group  0 Pid {100 + r:>5} on node-{r // per_host} device "
+                     f"{r % per_host:>2} [0x18] NVIDIA H100 80GB HBM3")  # fmt: skip
+    redop = "none" if op == "all_gather" else "sum"
+    lines += [
+        "#",
+        "#                                                              out-of-place"
+        "                       in-place",
+        "#       size         count      type   redop    root     time   algbw   busbw #wrong"
+        "     time   algbw   busbw #wrong",
+        "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)"
+        "            (us)  (GB/s)  (GB/s)",
+        f"     1048576        262144     float    {redop}      -1    120.5    8.70    3.00      0"
+        "    118.2    8.87    3.10      0",
+        f"  1073741824     268435456     float    {redop}      -1  11500.3   93.37 {busbw_gbps:7.2f}"
+        "      0  11480.2   93.53   87.69      0",
+        "# Out of bounds values : 0 OK",
+        "# Avg bus bandwidth    : 60.8",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _busbw(hw, op: str, n: int) -> float:
+    t = hardware_collective_s(hw, "nccl", op, GIB, n, min(8, n))
+    return nccl_bus_bandwidth(op, GIB, n, t) / 1e9
+
+
+def test_a_log_is_read_as_nccl_tests_prints_it() -> None:
+    log = parse_nccl_tests(nccl_log("all_gather", 2, 8, 87.53), "ag.txt")
+    assert (log.op, log.ranks, log.hosts, log.size_bytes) == ("all_gather", 16, 2, GIB)
+    assert log.busbw_bytes_per_s == pytest.approx(87.53e9)  # the largest message, out-of-place
+    # the collective from the file's name when the log does not say
+    bare = parse_nccl_tests(nccl_log("reduce_scatter", 1, 8, 300, starting=False),
+                            "runs/reduce_scatter_perf_8gpu.log")  # fmt: skip
+    assert bare.op == "reduce_scatter" and bare.hosts == 1
+
+
+def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:
+    """Two logs, NVLink (one node) and the network (4 nodes): the written profile, read back,
+    gives each log's bus bandwidth (to the 6 significant digits it is written with)."""
+    node = tmp_path / "all_gather_1n.txt"
+    net = tmp_path / "reduce_scatter_4n.txt"
+    node.write_text(nccl_log("all_gather", 1, 8, 330.0))
+    net.write_text(nccl_log("reduce_scatter", 4, 8, 41.0))
+    out = tmp_path / "mine.yaml"
+    table = fit_network_command("h100_sxm5_80gb", [str(node), str(net)], str(out), None)
+    assert "wrote" in table and "node" in table and "network" in table
+    hw, base = load_hardware(str(out)), load_hardware("h100_sxm5_80gb")
+    assert hw.name == "mine"
+    assert _busbw(hw, "all_gather", 8) == pytest.approx(330.0, rel=1e-4)
+    assert _busbw(hw, "reduce_scatter", 32) == pytest.approx(41.0, rel=1e-4)
+    # the node is slower than the base's NVLink ring (418 GB/s), the network far slower
+    assert hw.intra_node_bandwidth_bytes_per_s < base.intra_node_bandwidth_bytes_per_s
+    assert hw.nic_bandwidth_bytes_per_s < base.nic_bandwidth_bytes_per_s / 3
+    # nothing else moved: the GPU, its memory, the NCCL settings
+    assert (hw.peak_flops_per_s, hw.memory_bytes, hw.nvls) == (base.peak_flops_per_s,
+                                                               base.memory_bytes, base.nvls)  # fmt: skip
+    text = out.read_text()
+    assert text.count("[nccl-fit]") >= 5 and str(net) in text
+
+
+def test_each_link_is_the_geometric_mean_of_its_logs() -> None:
+    hw = load_hardware("h100_sxm5_80gb")
+    one = [parse_nccl_tests(nccl_log("all_gather", 2, 8, 60.0), "a.txt")]
+    two = [*one, parse_nccl_tests(nccl_log("all_gather", 2, 8, 240.0), "b.txt")]
+    (_, [f1]), (_, [f2]) = fit_links(hw, one), fit_links(hw, two)
+    k_b = fit_links(hw, two[1:])[1][0].k
+    assert f2.k == pytest.approx((f1.k * k_b) ** 0.5, rel=1e-9) and f2.link == "network"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("hello\n", "not an nccl-tests log"),
+        (nccl_log("all_gather", 2, 8, 80.0).replace("#  Rank", "# Dev"), "no '#  Rank N"),
+        (nccl_log("broadcast", 2, 8, 80.0), "no nccl-tests collective"),
+        (nccl_log("all_gather", 2, 4, 80.0), "8 GPUs on 2 hosts, not h100_sxm5_80gb's full nodes"),
+        (nccl_log("all_gather", 2, 8, 9e4), "beyond what scaling"),
+        (nccl_log("all_gather", 2, 8, 0.0), "must be a positive number"),
+    ],
+)
+def test_bad_logs_name_the_file(tmp_path: Path, text: str, says: str) -> None:
+    bad = tmp_path / "run.txt"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=str(bad)) as exc:
+        fit_network_command("h100_sxm5_80gb", [str(bad)], str(tmp_path / "x.yaml"), None)
+    assert says in str(exc.value)
+
+
+def test_the_cli(tmp_path: Path) -> None:
+    log = tmp_path / "all_gather_perf.txt"
+    log.write_text(nccl_log("all_gather", 2, 8, 87.53, starting=False))
+    out = tmp_path / "cluster.yaml"
+    r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(out),
+                                  "--name", "my_cluster"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "its network link" in r.output and load_hardware(str(out)).name == "my_cluster"
+    r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(tmp_path / "none.txt"),
+                                  "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 2 and "cannot read" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["fit-network", "no_such_gpu", str(log), "--out", str(out)])
+    assert r.exit_code == 2 and "hardware profile" in r.output
