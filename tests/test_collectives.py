@@ -241,8 +241,9 @@ PUBLISHED_ONE_NODE = [
      "NVIDIA/nccl-tests issue #212, S. Jeaugey: 8 GPUs with NVLink SHARP, peak busBw ~480 GB/s"),
     ("h100_sxm5_80gb", 4 * GIB, 370.0,
      "NVIDIA/nccl-tests #212 and NVIDIA/nccl #1455: NCCL_ALGO=RING busbw 365-370 GB/s on 8x H100"),
-    ("h100_sxm5_80gb", 256 * MIB, 435.97,
-     "Ultra-Scale Playbook pp_comm_bandwidth figure: AllReduce 1 node (8x H100), 256MB"),
+    ("h100_sxm5_80gb", GIB, 435.97,
+     "Ultra-Scale Playbook pp_comm_bandwidth figure: AllReduce 1 node (8x H100), '256MB' = 256 Mi "
+     "fp32 elements, 1 GiB (nanotron measure_bandwidth)"),
 ]  # fmt: skip
 
 
@@ -286,7 +287,7 @@ def test_ultrascale_playbook_all_reduce_by_node_count(capsys: pytest.CaptureFixt
     * all-gather (reported, not asserted): +66% already on one node (the test's 1 GiB copy, not
       modelled here, is part of it: test_efa_profile_bus_bandwidth_vs_the_playbook). efficiency.collective is set
       by the all-reduce, which NCCL runs with NVLink SHARP on H100; all-gather is ring-only
-      (~370 GB/s peak per nccl-tests #212), and the playbook's 256 MB all-gather reaches 250.
+      (~370 GB/s peak per nccl-tests #212), and the playbook's 1 GiB all-gather reaches 250.
     """
     size = GIB
     rows, ring = [], {}
@@ -373,8 +374,12 @@ def test_efa_profile_is_the_least_squares_fit_of_the_playbook_ring_collectives()
     b_ring, alpha = _ring_fit(pts, copy_s)
     assert b_ring / GB == pytest.approx(368.05, abs=0.01)
     assert alpha * 1e6 == pytest.approx(148.95, abs=0.01)
-    # the fit before 2026-12-05 read the figure as 256 MiB without the copy: 4x less latency
-    assert _ring_fit(pts, 0.0)[0] / GB == pytest.approx(284.96, abs=0.01)
+    # without the copy the rate is the old fit's (284.96 GB/s; it also read S as 256 MiB,
+    # whence its 37.17 us, a quarter of the 148.68 us the same fit gives at 1 GiB)
+    b0, a0 = _ring_fit(pts, 0.0)
+    assert b0 / GB == pytest.approx(284.96, abs=0.01) and a0 * 1e6 == pytest.approx(
+        148.68, abs=0.01
+    )
     assert hw.gpus_per_node == 8
     intra, inter = c.node_links(hw)
     profile_ring = min(intra.bandwidth_bytes_per_s, 8 * inter.bandwidth_bytes_per_s)

@@ -18,7 +18,8 @@ from simtrain.spec.hardware import load_hardware
 GIB = 2**30
 
 
-def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bool = True) -> str:
+def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bool = True,
+             size: int = GIB, largest_first: bool = False) -> str:  # fmt: skip
     """An nccl-tests log in its own format (nccl-tests doc/PERFORMANCE.md; the columns of
     all_gather_perf / reduce_scatter_perf / all_reduce_perf since v2.13)."""
     lines = [f"# Collective test starting: {op}_perf"] if starting else []
@@ -28,6 +29,10 @@ def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bo
         lines.append(f"#  Rank {r:>2} Group  0 Pid {100 + r:>5} on node-{r // per_host} device "
                      f"{r % per_host:>2} [0x18] NVIDIA H100 80GB HBM3")  # fmt: skip
     redop = "none" if op == "all_gather" else "sum"
+    small = (f"     1048576        262144     float    {redop}      -1    120.5    8.70    3.00"
+             "      0    118.2    8.87    3.10      0")  # fmt: skip
+    big = (f"  {size:>10}     {size // 4:>9}     float    {redop}      -1  11500.3   93.37 "
+           f"{busbw_gbps:7.2f}      0  11480.2   93.53   87.69      0")  # fmt: skip
     lines += [
         "#",
         "#                                                              out-of-place"
@@ -36,10 +41,7 @@ def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bo
         "     time   algbw   busbw #wrong",
         "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)"
         "            (us)  (GB/s)  (GB/s)",
-        f"     1048576        262144     float    {redop}      -1    120.5    8.70    3.00      0"
-        "    118.2    8.87    3.10      0",
-        f"  1073741824     268435456     float    {redop}      -1  11500.3   93.37 {busbw_gbps:7.2f}"
-        "      0  11480.2   93.53   87.69      0",
+        *((big, small) if largest_first else (small, big)),
         "# Out of bounds values : 0 OK",
         "# Avg bus bandwidth    : 60.8",
     ]
@@ -47,7 +49,7 @@ def nccl_log(op: str, hosts: int, per_host: int, busbw_gbps: float, starting: bo
 
 
 def _busbw(hw, op: str, n: int) -> float:
-    t = hardware_collective_s(hw, "nccl", op, GIB, n, min(8, n))
+    t = hardware_collective_s(hw, "nccl", op, GIB, n, min(hw.gpus_per_node, n))
     return nccl_bus_bandwidth(op, GIB, n, t) / 1e9
 
 
@@ -59,6 +61,9 @@ def test_a_log_is_read_as_nccl_tests_prints_it() -> None:
     bare = parse_nccl_tests(nccl_log("reduce_scatter", 1, 8, 300, starting=False),
                             "runs/reduce_scatter_perf_8gpu.log")  # fmt: skip
     assert bare.op == "reduce_scatter" and bare.hosts == 1
+    # the largest message, wherever its row is
+    first = parse_nccl_tests(nccl_log("all_gather", 2, 8, 87.53, largest_first=True), "ag.txt")
+    assert first.size_bytes == GIB and first.busbw_bytes_per_s == pytest.approx(87.53e9)
 
 
 def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:
@@ -74,6 +79,9 @@ def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:
     hw, base = load_hardware(str(out)), load_hardware("h100_sxm5_80gb")
     assert hw.name == "mine"
     assert _busbw(hw, "all_gather", 8) == pytest.approx(330.0, rel=1e-4)
+    # rate and latency both scaled: a small message (latency-bound) moves by the same k
+    k_node = base.intra_node_bandwidth_bytes_per_s / hw.intra_node_bandwidth_bytes_per_s
+    assert hw.intra_node_latency_s == pytest.approx(base.intra_node_latency_s * k_node, rel=1e-4)
     assert _busbw(hw, "reduce_scatter", 32) == pytest.approx(41.0, rel=1e-4)
     # the node is slower than the base's NVLink ring (418 GB/s), the network far slower
     assert hw.intra_node_bandwidth_bytes_per_s < base.intra_node_bandwidth_bytes_per_s
@@ -100,9 +108,16 @@ def test_each_link_is_the_geometric_mean_of_its_logs() -> None:
         ("hello\n", "not an nccl-tests log"),
         (nccl_log("all_gather", 2, 8, 80.0).replace("#  Rank", "# Dev"), "no '#  Rank N"),
         (nccl_log("broadcast", 2, 8, 80.0), "no nccl-tests collective"),
-        (nccl_log("all_gather", 2, 4, 80.0), "8 GPUs on 2 hosts, not h100_sxm5_80gb's full nodes"),
+        (nccl_log("all_gather", 3, 4, 80.0), "12 GPUs are not whole nodes of h100_sxm5_80gb"),
         (nccl_log("all_gather", 2, 8, 9e4), "beyond what scaling"),
-        (nccl_log("all_gather", 2, 8, 0.0), "must be a positive number"),
+        (nccl_log("all_gather", 2, 8, 0.0), "must be a number of GB/s in (0, 100000]"),
+        (nccl_log("all_gather", 2, 8, 1e308), "must be a number of GB/s"),
+        (nccl_log("all_gather", 2, 8, 80.0, size=2**20), "the largest message must be"),
+        (nccl_log("all_gather", 2, 8, 80.0, size=10**30), "the largest message must be"),
+        (
+            nccl_log("all_gather", 1, 8, 300.0) + nccl_log("all_gather", 2, 8, 60.0),
+            "2 runs or tables in one log",
+        ),
     ],
 )
 def test_bad_logs_name_the_file(tmp_path: Path, text: str, says: str) -> None:
@@ -111,6 +126,18 @@ def test_bad_logs_name_the_file(tmp_path: Path, text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=str(bad)) as exc:
         fit_network_command("h100_sxm5_80gb", [str(bad)], str(tmp_path / "x.yaml"), None)
     assert says in str(exc.value)
+
+
+def test_one_nvlink_domain_of_many_hosts_is_the_node(tmp_path: Path) -> None:
+    """An NVL72 rack's log (72 GPUs on 18 trays of 4) measures its NVLink domain, the profile's
+    node: it fits NVLink, not the network."""
+    log = tmp_path / "ag_rack.txt"
+    log.write_text(nccl_log("all_gather", 18, 4, 600.0))
+    out = tmp_path / "rack.yaml"
+    fit_network_command("gb200_nvl72", [str(log)], str(out), None)
+    hw, base = load_hardware(str(out)), load_hardware("gb200_nvl72")
+    assert hw.nic_bandwidth_bytes_per_s == base.nic_bandwidth_bytes_per_s
+    assert _busbw(hw, "all_gather", 72) == pytest.approx(600.0, rel=1e-4)
 
 
 def test_the_cli(tmp_path: Path) -> None:
@@ -126,3 +153,6 @@ def test_the_cli(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "cannot read" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["fit-network", "no_such_gpu", str(log), "--out", str(out)])
     assert r.exit_code == 2 and "hardware profile" in r.output
+    txt = tmp_path / "cluster.txt"
+    r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(txt)])
+    assert r.exit_code == 2 and ".yaml file" in r.output and not txt.exists()

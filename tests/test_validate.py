@@ -129,13 +129,15 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     sweep's CSV (record key ``runtime``): jobs before 14097150, whose pp > 1 layouts the sweep's
     script re-ran after its "pp fix", under runtimes/nanotron_bench.yaml (the bench branch's
     0.1 s polling p2p, 67c5ebb6; its pp > 1 rows at tp <= 8: MAPE 11.5 %), the later ones under
-    main's nanotron profile (no polling): its 96 pp > 1 rows lose a median 0.4 / 3.1 / 8.1 / 16.6 /
+    main's nanotron profile (no polling): its 96 pp > 1 rows lost a median 0.4 / 3.1 / 8.1 / 16.6 /
     38.7 ms per layer per micro-batch at tp 1 / 2 / 4 / 8 / 16 that simtrain does not model
-    (+66 % median at tp <= 8). Since the same day the EFA profile is refitted to the Playbook's
+    (+66 % median at tp <= 8; on the EFA profile as fitted before the refit below; on each job's
+    links after it the CSV's post-fix runs lose -0.6 / +1.1 / +7.6 / +16.8 / -3.4 ms:
+    benchmarks/playbook_csv_rows.py). Since the same day the EFA profile is refitted to the Playbook's
     figure read at its true 1 GiB with torch's list-form copy (tokens/s MAPE 97.3 -> 67.4 %), and
     each record runs on the links its own job measured before training
     (hardware.network_measured, apps/validate/job_network): MAPE 48.5 %, median +3.9 %, median
-    |error| 15.5 %, MFU 45.7 %. With every run under the polling profile and the EFA profile's network it
+    |error| 15.5 %, MFU 45.7 % (the 52.8 % below is on the old profile). With every run under the polling profile and the EFA profile's network it
     read 52.8 % (median -6.8 %, median |error| 34.1 %), the post-fix rows' -71 % there (-82 % at
     tp <= 8) offsetting the rest."""
     tok = _summary(result, "nanotron", "tokens_per_s")

@@ -38,6 +38,13 @@ from simtrain.spec.hardware import HARDWARE_DIR, HardwareProfile, load_hardware
 OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
        "reducescatter": "reduce_scatter", "all_reduce": "all_reduce", "allreduce": "all_reduce"}  # fmt: skip
 _RANK = re.compile(r"^#\s*Rank\s+(\d+)\s.*?\bon\s+(\S+)")
+#: a run's first line (nccl-tests prints it once per run)
+_RUN = re.compile(r"^#\s*nThread\b")
+#: bounds of a log's figures: a bus bandwidth (GB/s) and a message; and the smallest largest
+#: message whose time is bandwidth- rather than latency-bound enough to fit a link's rate
+MAX_BUSBW_GB_PER_S = 1e5
+MAX_SIZE_BYTES = 2**50
+MIN_SIZE_BYTES = 64 * 2**20
 _STARTING = re.compile(r"Collective test starting:\s*(\w+?)_perf")
 
 
@@ -51,6 +58,11 @@ class NcclTestsLog:
     hosts: int
     size_bytes: int
     busbw_bytes_per_s: float
+
+
+def echo_int(digits: str) -> str:
+    """A size column as the message shows it (a very long one cut)."""
+    return digits if len(digits) <= 20 else digits[:17] + "..."
 
 
 def _op_of(text: str, path: str) -> str:
@@ -69,11 +81,14 @@ def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
     ranks: dict[int, str] = {}
     header: list[str] | None = None
     rows: list[list[str]] = []
+    runs = tables = 0
     for line in text.splitlines():
+        runs += bool(_RUN.match(line))
         if m := _RANK.match(line):
             ranks[int(m.group(1))] = m.group(2)
-        elif line.startswith("#") and "busbw" in line and "size" in line and header is None:
-            header = line.lstrip("#").split()
+        elif line.startswith("#") and "busbw" in line and "size" in line:
+            tables += 1
+            header = header or line.lstrip("#").split()
         elif header and line.strip() and not line.startswith("#"):
             words = line.split()
             if words[0].isdigit() and len(words) >= header.index("busbw") + 1:
@@ -82,18 +97,26 @@ def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
         raise ConfigError(path, "rows", "not an nccl-tests log: no table with size and busbw "
                           "columns", text[:60], "the output of all_gather_perf, ... (nccl-tests "
                           "doc/PERFORMANCE.md)")  # fmt: skip
+    if runs > 1 or tables > 1:
+        raise ConfigError(path, "rows", f"{max(runs, tables)} runs or tables in one log: give one "
+                          "nccl-tests run of one data type per file")  # fmt: skip
     if not ranks:
         raise ConfigError(path, "ranks", "no '#  Rank N Group ... on HOST device ...' lines: the "
                           "GPU count is unknown", text[:60], "a full nccl-tests log")  # fmt: skip
     col = header.index("busbw")
     best = max(rows, key=lambda w: int(w[0]))
+    if not (MIN_SIZE_BYTES <= int(best[0]) <= MAX_SIZE_BYTES):
+        raise ConfigError(path, "size", f"the largest message must be {MIN_SIZE_BYTES} to "
+                          f"{MAX_SIZE_BYTES} bytes: a smaller one is latency-bound (run nccl-tests "
+                          "up to 1 GiB: -e 1G)", echo_int(best[0]))  # fmt: skip
     try:
         busbw = float(best[col])
     except ValueError:
         raise ConfigError(path, "busbw", "not a number in the largest message's row", best[col],
                           "a bus bandwidth in GB/s") from None  # fmt: skip
-    if not (0 < busbw < math.inf):
-        raise ConfigError(path, "busbw", "must be a positive number of GB/s", busbw)
+    if not (0 < busbw <= MAX_BUSBW_GB_PER_S):
+        raise ConfigError(path, "busbw", f"must be a number of GB/s in (0, {MAX_BUSBW_GB_PER_S:g}]",
+                          busbw)  # fmt: skip
     return NcclTestsLog(path, _op_of(text, path), len(ranks), len(set(ranks.values())),
                         int(best[0]), busbw * 1e9)  # fmt: skip
 
@@ -109,20 +132,22 @@ class LinkFit:
 
 def fit_links(hw: HardwareProfile, logs: list[NcclTestsLog],
               algorithm: str = "nccl") -> tuple[HardwareProfile, list[LinkFit]]:  # fmt: skip
-    """``hw`` with its intra-node link fitted to the logs inside one node, then its network to
-    the logs across nodes (on the node-fitted profile); k of each link is the geometric mean
-    over its logs (each log's own k: ``link_slowdown`` on its collective and GPU count)."""
+    """``hw`` with its intra-node link fitted to the logs within one of its nodes (NVLink
+    domain: ``gpus_per_node`` GPUs, whatever the hosts, as an NVL72 rack's 18 trays of 4), then
+    its network to the logs over whole nodes (on the node-fitted profile); k of each link is the
+    geometric mean over its logs (each log's own k: ``link_slowdown`` on its collective and GPU
+    count)."""
     fits = []
     for link, scale in (("node", with_node_slowdown), ("network", with_network_slowdown)):
-        mine = [g for g in logs if (g.hosts > 1) == (link == "network")]
+        mine = [g for g in logs if (g.ranks > hw.gpus_per_node) == (link == "network")]
         if not mine:
             continue
         ks = []
         for g in mine:
-            if g.ranks != g.hosts * min(hw.gpus_per_node, g.ranks):
-                raise ConfigError(g.path, "ranks", f"{g.ranks} GPUs on {g.hosts} hosts, not "
-                                  f"{hw.name}'s full nodes of {hw.gpus_per_node}: fit with a log "
-                                  "on whole nodes", g.ranks)  # fmt: skip
+            if link == "network" and g.ranks % hw.gpus_per_node:
+                raise ConfigError(g.path, "ranks", f"{g.ranks} GPUs are not whole nodes of "
+                                  f"{hw.name} ({hw.gpus_per_node} per node): fit with a log on "
+                                  "whole nodes", g.ranks)  # fmt: skip
             if g.ranks < 2:
                 continue
             k = link_slowdown(hw, link, algorithm, {g.op: g.busbw_bytes_per_s}, g.ranks,
@@ -178,6 +203,8 @@ def profile_text(base_path: Path, fitted: HardwareProfile, fits: list[LinkFit],
 def fit_network_command(base: str, paths: list[str], out: str, name: str | None) -> str:
     """Fit ``base`` to the logs at ``paths``, write the profile to ``out`` and return the
     table the CLI prints."""
+    if not out.endswith((".yaml", ".yml")):
+        raise ConfigError(None, "--out", "a hardware profile is a .yaml file", out)
     hw = load_hardware(base)
     base_path = Path(base) if base.endswith((".yaml", ".yml")) else HARDWARE_DIR / f"{base}.yaml"
     logs = []
