@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
-from simtrain.apps.validate.records import NUMERIC_MEASURED_KEYS, Record
+from simtrain.apps.validate.records import (
+    MEMORY_KEY_PREFIXES,
+    MEMORY_KEY_UNITS,
+    NUMERIC_MEASURED_KEYS,
+    Record,
+)
 from simtrain.apps.validate.translate import Translation
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GIB, MIB
@@ -118,8 +123,8 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
         if (v := num(k)) is not None and v > 0:
             out[k] = v
     gb = conv.memory_gb_unit
-    for metric, prefix in zip(MEMORY_METRICS, ("peak_mem", "step_peak_mem"), strict=True):
-        for suffix, unit in (("_gb", gb), ("_gib", GIB), ("_mib", MIB)):
+    for metric, prefix in zip(MEMORY_METRICS, MEMORY_KEY_PREFIXES, strict=True):
+        for suffix, unit in zip(MEMORY_KEY_UNITS, (gb, GIB, MIB), strict=True):
             if (v := num(prefix + suffix)) is not None and v > 0:
                 out[metric] = v * unit
                 break

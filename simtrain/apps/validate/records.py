@@ -36,12 +36,17 @@ DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.
                  "torchao_float8.yaml", "torchtitan_2412.yaml",
                  "torchtitan_2506_asynctp.yaml")  # fmt: skip
 
+#: A measured memory key is a prefix (the peak's reading: the whole step's; the optimizer step's
+#: allocated, ``measured.MEMORY_METRICS`` in this order) and a unit suffix (GB as the source's
+#: convention says, GiB, MiB).
+MEMORY_KEY_PREFIXES = ("peak_mem", "step_peak_mem")
+MEMORY_KEY_UNITS = ("_gb", "_gib", "_mib")
 #: The measured keys validate reads as numbers (``measured.measured_values``; a record's other
 #: measured keys are free): a value of another type there is a skip with the key, not dropped.
 NUMERIC_MEASURED_KEYS = frozenset({
     "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "samples_per_s", "tflops_per_gpu",
     "model_tflops_per_gpu", "mfu", "hfu", "layer_forward_ms", "layer_backward_ms",
-    *(f"{p}{u}" for p in ("peak_mem", "step_peak_mem") for u in ("_gb", "_gib", "_mib")),
+    *(f"{p}{u}" for p in MEMORY_KEY_PREFIXES for u in MEMORY_KEY_UNITS),
 })  # fmt: skip
 
 RECORD_KEYS = (
