@@ -663,7 +663,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     freed_b = max(coming_and_going, 0) if freed else 0
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
     peak = unpaged = sum(at_peak.values())
-    at_step = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)[1]
+    # (walk, optimizer step, reduction) moments; the paged path reads them without the reduction
+    moments = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
+    at_step = moments[1]
     step_b = sum(at_step.values()) - at_step["cuda_context"] - nccl_b
     pageable = _pageable_bytes(sc, step, stage)
     paged = cached = cached_act = 0
@@ -675,8 +677,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         flat_step_buffers(sc, step) or bf16_optimizer_reduce(sc, step)
     ):
         # a reserved / device-level figure: the step's flat buffers beside the cached walk
-        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b,
-                                      freed_b)  # fmt: skip
+        at_walk, at_opt, _ = moments
         reported = min(hw.memory_bytes, sum(at_walk.values()) + flat_segment_bytes(
             sc, step, act.saved, n_layers, any(c.head for c in mine), ms.trainable))  # fmt: skip
         if reported > peak:  # (peak >= the step's moment: the cache is > 0)
