@@ -69,11 +69,19 @@ def test_slowdown_against_the_rings_closed_form(efa, n: int, k: float) -> None:
     assert slow.memory_bytes == efa.memory_bytes and slow.peak_flops_per_s == efa.peak_flops_per_s
 
 
-def test_a_test_faster_than_the_links_allow_stops_at_the_bound(efa) -> None:
+def test_a_test_no_scaling_reproduces_is_an_error(efa) -> None:
     """A ring through the NICs cannot beat NVLink (B_ring = min(B_intra, 8·NIC)): a measured
-    bus bandwidth above that cap would run k to 0; it stops at the lower bound."""
-    assert network_slowdown(efa, "ring", _world({"all_gather": 2e12}, 16)) == K_BOUNDS[0]
-    assert network_slowdown(efa, "nccl", _world({"all_gather": 1e3}, 16)) == K_BOUNDS[1]
+    bus bandwidth above that cap would run k to 0, one of 1 kB/s to infinity; k stops at 1/100
+    or 1,000 (the sweep's k: 0.18-9.7) and the fit is refused, naming the figure."""
+    assert K_BOUNDS == (1e-2, 1e3)
+    for busbw, algorithm in ((2e12, "ring"), (1e3, "nccl")):
+        with pytest.raises(ValueError, match="beyond what scaling h100_sxm5_80gb_efa's network"):
+            network_slowdown(efa, algorithm, _world({"all_gather": busbw}, 16))
+    # just inside: a network 900x slower than the profile's mean is fitted, not refused
+    n, copy = 16, list_collective_copy_s(efa, GIB)
+    t = (n - 1) / n * GIB / _closed_form_busbw(efa, n)
+    slow = _world({"all_gather": (n - 1) / n * GIB / (900 * t + copy)}, n)
+    assert network_slowdown(efa, "ring", slow) == pytest.approx(900, rel=1e-6)
 
 
 def test_geometric_mean_of_the_ring_collectives(efa) -> None:

@@ -8,12 +8,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from simtrain.apps.network_fit import fit_links, fit_network_command, parse_nccl_tests
+from simtrain.apps.network_fit import (
+    MIN_SIZE_BYTES,
+    fit_links,
+    fit_network_command,
+    parse_nccl_tests,
+)
 from simtrain.cli import main
-from simtrain.costs.collectives import nccl_bus_bandwidth
+from simtrain.costs.collectives import collective_time_s, nccl_bus_bandwidth, node_links, steps
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.errors import ConfigError
-from simtrain.spec.hardware import load_hardware
+from simtrain.spec.hardware import cited_lines, defined_tags, load_hardware
 
 GIB = 2**30
 
@@ -90,7 +95,32 @@ def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:
     assert (hw.peak_flops_per_s, hw.memory_bytes, hw.nvls) == (base.peak_flops_per_s,
                                                                base.memory_bytes, base.nvls)  # fmt: skip
     text = out.read_text()
-    assert text.count("[nccl-fit]") >= 5 and str(net) in text
+    assert text.count("[fitnet]") >= 5 and str(net) in text
+    # every number of the written profile cites a source its header defines (the house's check
+    # of the shipped profiles, tests/test_hardware.py)
+    defined = defined_tags(text)
+    numbers = [ln for ln in cited_lines(text) if ln.numeric]
+    assert not [ln for ln in numbers if not ln.tags or set(ln.tags) - defined]
+    assert "fitnet" in defined
+
+
+def test_the_smallest_message_a_log_may_fit() -> None:
+    """MIN_SIZE_BYTES' reason (its comment): per-step latency's share of a DGX H100 ring
+    all-gather's time on 1-8 nodes is >= 0.9 at 1 MiB, <= 0.65 at 64 MiB, <= 0.1 at 1 GiB."""
+    hw = load_hardware("h100_sxm5_80gb")
+    intra, inter = node_links(hw)
+    assert MIN_SIZE_BYTES == 64 * 2**20
+
+    def share(size: int, nodes: int) -> float:
+        n = 8 * nodes
+        t = collective_time_s("all_gather", size, n, intra=intra,
+                              inter=inter if nodes > 1 else None, gpus_per_node=8)  # fmt: skip
+        return steps("all_gather", n) * (inter if nodes > 1 else intra).latency_s / t
+
+    for nodes in (1, 2, 8):
+        assert share(2**20, nodes) >= 0.9
+        assert share(MIN_SIZE_BYTES, nodes) <= 0.65
+        assert share(GIB, nodes) <= 0.1
 
 
 def test_each_link_is_the_geometric_mean_of_its_logs() -> None:

@@ -27,11 +27,20 @@ from simtrain.costs.compute import memory_bound_ns
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.spec.hardware import HardwareProfile
 
-#: fixed-point steps (a ring needs a few; a large fixed time slows convergence)
+#: fixed-point steps: each multiplies the error of k by extra_s / t_measured (the fixed time's
+#: share, under 0.4 for the sweep's 1 GiB tests on 2+ nodes), so a ring converges to 1e-12 in
+#: under 40
 _STEPS = 40
-#: the k returned: a measurement faster than the links allow (a ring through the NICs is
-#: capped by NVLink) or slower than any link would run k to 0 or infinity
+#: the k a fit may reach: a measurement faster than the links allow (a ring through the NICs is
+#: capped by NVLink) or slower than any link would run k to 0 or infinity. The sweep's tests give
+#: network k 0.18-2.19 and NVLink k 1.2-9.7 (apps/validate/job_network.py): the bounds sit 18x
+#: and 100x outside them.
 K_BOUNDS = (1e-2, 1e3)
+#: bounds of a measured figure before it is fitted: a bus bandwidth of 1e5 GB/s is over 100x
+#: NVLink 5's 900 GB/s per direction (a unit slip, not a link), a message of 2^50 B (1 PiB) more
+#: than any GPU holds
+MAX_BUSBW_GB_PER_S = 1e5
+MAX_SIZE_BYTES = 2**50
 
 
 def list_collective_copy_s(hw: HardwareProfile, size_bytes: float) -> float:
@@ -69,7 +78,8 @@ def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
                   extra_s: float = 0.0) -> float:  # fmt: skip
     """k of ``link`` ("network" or "node"; :data:`SCALERS`) from the measured bus bandwidths
     (collective -> bytes/s) of ``size_bytes`` over ``gpus`` GPUs (``hw.gpus_per_node`` of them
-    per node, or all when fewer), within :data:`K_BOUNDS`."""
+    per node, or all when fewer). A ValueError when k stops at :data:`K_BOUNDS`: no scaling of
+    the link reproduces the measurement."""
     scaled = SCALERS[link]
     g = min(hw.gpus_per_node, gpus)
 
@@ -88,4 +98,9 @@ def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
         if abs(math.log(r)) < 1e-12 or k_next == k:
             break
         k = k_next
+    if k in K_BOUNDS:
+        figures = ", ".join(f"{op.replace('_', '-')} {b / 1e9:.4g}"
+                            for op, b in sorted(busbw_bytes_per_s.items()))  # fmt: skip
+        raise ValueError(f"{figures} GB/s over {gpus} GPUs is beyond what scaling {hw.name}'s "
+                         f"{link} link reproduces (k stopped at {k:g})")  # fmt: skip
     return k

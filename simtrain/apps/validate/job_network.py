@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from simtrain.costs.link_fit import (
-    K_BOUNDS,
+    MAX_BUSBW_GB_PER_S,
+    MAX_SIZE_BYTES,
     link_slowdown,
     list_collective_copy_s,
     with_network_slowdown,
@@ -57,10 +58,7 @@ KEY = "network_measured"
 RING_KEYS = {"all_gather_busbw_gb_per_s": "all_gather",
              "reduce_scatter_busbw_gb_per_s": "reduce_scatter"}  # fmt: skip
 NODE = "intra_node_"
-#: bounds of the section's values: a bus bandwidth (GB/s; NVLink 5 is 900 per direction), the
-#: message (1 PiB) and the GPUs of a test
-MAX_BUSBW_GB_PER_S = 1e5
-MAX_SIZE_BYTES = 2**50
+#: the GPUs of a test at most (the busbw and message bounds are link_fit's)
 MAX_GPUS = 1 << 20
 #: every key the section may hold (the all-reduces are kept for reference, not used)
 ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus",
@@ -151,32 +149,28 @@ def job_hardware(hw: HardwareProfile, algorithm: str,
     """``hw`` on the job's own links (the node's first, then the network's on it) and the
     assumption lines that say so; a ValueError when a test cannot be reproduced."""
     notes = []
-    k_node = node_slowdown(hw, algorithm, net)
+    try:
+        k_node = node_slowdown(hw, algorithm, net)
+    except ValueError as exc:
+        raise ValueError(f"hardware.{KEY}: the intra-node test: {exc}") from None
     if k_node is not None:
-        _reachable(hw, k_node, "intra-node", net.node or net.world)
         test = net.node or net.world
         notes.append(f"intra-node link: the job's own test ({_figures(test)} GB/s bus bandwidth, "
                      f"{net.size_bytes / 2**30:.3g} GiB over one node; nanotron "
                      f"measure_bandwidth): {hw.name}'s NVLink rate / {k_node:.2f} and latency "
                      f"x {k_node:.2f}, which reproduce it")  # fmt: skip
         hw = with_node_slowdown(hw, k_node)
-    k_net = network_slowdown(hw, algorithm, net)
+    try:
+        k_net = network_slowdown(hw, algorithm, net)
+    except ValueError as exc:
+        raise ValueError(f"hardware.{KEY}: the job-wide test: {exc}") from None
     if k_net is not None:
-        _reachable(hw, k_net, "job-wide", net.world)
         notes.append(f"network: the job's own bandwidth test ({_figures(net.world)} GB/s bus "
                      f"bandwidth, {net.size_bytes / 2**30:.3g} GiB over {net.world.gpus} GPUs; "
                      f"nanotron measure_bandwidth): {hw.name}'s inter-node NIC rate / "
                      f"{k_net:.2f} and per-step latency x {k_net:.2f}, which reproduce it")  # fmt: skip
         hw = with_network_slowdown(hw, k_net)
     return hw, notes
-
-
-def _reachable(hw: HardwareProfile, k: float, which: str, test: LinkTest) -> None:
-    """A ValueError when k stopped at a bound (``link_fit.K_BOUNDS``): scaling the link cannot
-    reproduce the test (faster than the links allow, or implausibly slow)."""
-    if k in K_BOUNDS:
-        raise ValueError(f"hardware.{KEY}: the {which} test ({_figures(test)} GB/s) is beyond "
-                         f"what scaling {hw.name}'s link reproduces (k stopped at {k:g})")  # fmt: skip
 
 
 def _figures(test: LinkTest) -> str:
