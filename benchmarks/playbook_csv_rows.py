@@ -31,6 +31,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
+from simtrain.apps.validate.job_network import NANOTRON_TEST_BYTES, has_ring_test
 from simtrain.apps.validate.measured import compare_record
 from simtrain.apps.validate.records import Record, load_record_files, resolve_paths
 from simtrain.apps.validate.translate import translate
@@ -101,8 +102,8 @@ def row_record(row: dict[str, str], template: Record, one_runtime: bool,
     hardware = {k: v for k, v in template.hardware.items() if k != "network_measured"}
     hardware["num_gpus"] = dp * tp * pp
     net = {key: v for col, key in NETWORK_COLUMNS.items() if (v := _num(row[col])) and v > 0}
-    if job_network and any("all_gather" in k or "reduce_scatter" in k for k in net):
-        hardware["network_measured"] = {**net, "size_bytes": 2**30}
+    if job_network and has_ring_test(net):
+        hardware["network_measured"] = {**net, "size_bytes": NANOTRON_TEST_BYTES}
     measured: dict[str, object] = {}
     if status == "Success":
         tok = _num(row["tok/s/gpu"])

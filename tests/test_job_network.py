@@ -233,3 +233,14 @@ def test_a_degraded_node_is_simulated_as_measured(published_records: dict) -> No
         ok.intra_node_bandwidth_bytes_per_s / bad.scenario.hardware.intra_node_bandwidth_bytes_per_s
     )
     assert 6 < ratio < 12
+
+
+def test_the_sweeps_records_carry_nanotrons_test_message(published_records: dict) -> None:
+    """nanotron's measure_bandwidth times 256 Mi fp32 elements: 1,073,741,824 B, the size of
+    every record's test (and the one benchmarks/playbook_csv_rows.py gives each CSV row)."""
+    from simtrain.apps.validate.job_network import NANOTRON_TEST_BYTES
+
+    assert NANOTRON_TEST_BYTES == 1_073_741_824
+    sizes = {r.hardware["network_measured"]["size_bytes"] for r in published_records.values()
+             if "network_measured" in r.hardware}  # fmt: skip
+    assert sizes == {1_073_741_824}

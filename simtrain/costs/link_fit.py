@@ -27,9 +27,9 @@ from simtrain.costs.compute import memory_bound_ns
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.spec.hardware import HardwareProfile
 
-#: fixed-point steps: each multiplies the error of k by extra_s / t_measured (the fixed time's
-#: share, under 0.4 for the sweep's 1 GiB tests on 2+ nodes), so a ring converges to 1e-12 in
-#: under 40
+#: fixed-point steps: each multiplies the error of k by about extra_s / t_measured (the fixed
+#: time's share: at most 0.23 over the sweep's 1 GiB tests, job-wide and node), so a ring
+#: converges to 1e-12 in under 20
 _STEPS = 40
 #: the k a fit may reach: a measurement faster than the links allow (a ring through the NICs is
 #: capped by NVLink) or slower than any link would run k to 0 or infinity. The sweep's tests give

@@ -58,6 +58,9 @@ KEY = "network_measured"
 RING_KEYS = {"all_gather_busbw_gb_per_s": "all_gather",
              "reduce_scatter_busbw_gb_per_s": "reduce_scatter"}  # fmt: skip
 NODE = "intra_node_"
+#: nanotron's test message: "size = 256 * 1024 * 1024  # Number of elements" of fp32
+#: (measure_bandwidth, 67c5ebb6 trainer.py l.1086-1089), the size_bytes of the sweep's records
+NANOTRON_TEST_BYTES = 256 * 2**20 * 4
 #: the GPUs of a test at most (the busbw and message bounds are link_fit's)
 MAX_GPUS = 1 << 20
 #: every key the section may hold (the all-reduces are kept for reference, not used)
@@ -111,13 +114,19 @@ def read_job_network(hw: Mapping[str, Any], num_gpus: int | None) -> JobNetwork 
 
     gpus = sec.get("gpus", num_gpus)
     world, node = test("", gpus), test(NODE, sec.get(NODE + "gpus"))
-    if world is None and node is None:
+    if not has_ring_test(sec):
         raise ValueError(f"hardware.{KEY}: needs {' or '.join(RING_KEYS)} (or their "
                          f"{NODE} forms): the ring collectives k is taken from")  # fmt: skip
     if world is not None and (not isinstance(gpus, int) or gpus < 1):
         raise ValueError(f"hardware.{KEY}.gpus: a positive integer is needed, not {gpus!r} "
                          "(hardware.num_gpus is its default)")  # fmt: skip
     return JobNetwork(int(sec["size_bytes"]), world, node)
+
+
+def has_ring_test(section: Mapping[str, Any]) -> bool:
+    """Does a ``network_measured`` section hold a ring collective (job-wide or node) that k
+    can be taken from (:data:`RING_KEYS`)?"""
+    return any(key.removeprefix(NODE) in RING_KEYS for key in section)
 
 
 def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:

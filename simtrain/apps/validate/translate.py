@@ -435,21 +435,23 @@ MIN_MEASURED = 1e-30
 
 
 def _unusable_measurements(rec: Record) -> str:
-    """The first numeric measured value that is not finite and 0 or in [MIN_MEASURED,
-    MAX_MEASURED], or the first key the comparison reads as a number that holds something else
-    (``records.NUMERIC_MEASURED_KEYS``: a quoted "14.76" was dropped unsaid), or "" (a source
-    rounds a tiny MFU or rate to 0; such a value is left to the comparison)."""
+    """Why the record's measurements cannot be compared, or "": the first numeric measured
+    value that is not finite and 0 or in [MIN_MEASURED, MAX_MEASURED], or the first key the
+    comparison reads as a number that holds something else (``records.NUMERIC_MEASURED_KEYS``: a
+    quoted "14.76" was dropped unsaid). A source rounds a tiny MFU or rate to 0; such a value is
+    left to the comparison."""
+    span = f"[{MIN_MEASURED:g}, {MAX_MEASURED:g}]"
     for key, v in rec.measured.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
             if key in NUMERIC_MEASURED_KEYS and v is not None:
-                return str(key)
+                return f"measured.{key}: must be a number, not {v!r}"
             continue
         try:
             x = float(v)
         except OverflowError:
-            return str(key)
+            x = math.inf
         if not (math.isfinite(x) and (x == 0 or MIN_MEASURED <= x <= MAX_MEASURED)):
-            return str(key)
+            return f"measured.{key}: not 0 or a finite number in {span}"
     return ""
 
 
@@ -480,13 +482,8 @@ def translate(rec: Record) -> Translation | SkipReason:
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible: {'; '.join(later)}")
-    bad = _unusable_measurements(rec)
-    if bad:
-        v = rec.measured[bad]
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            return skip(rec, f"measured.{bad}: must be a number, not {v!r}")
-        span = f"[{MIN_MEASURED:g}, {MAX_MEASURED:g}]"
-        return skip(rec, f"measured.{bad}: not 0 or a finite number in {span}")
+    if bad := _unusable_measurements(rec):
+        return skip(rec, bad)
     notes: list[str] = layer_notes
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
@@ -502,17 +499,14 @@ def translate(rec: Record) -> Translation | SkipReason:
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
     except SimtrainError as exc:
         return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
-    try:
+    try:  # the job's own bandwidth tests (job_network): its links
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
+        if net is not None:
+            hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+            sc = replace(sc, hardware=hw)
+            notes.extend(net_notes)
     except ValueError as exc:
         return skip(rec, str(exc))
-    if net is not None:
-        try:
-            hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
-        except ValueError as exc:
-            return skip(rec, str(exc))
-        sc = replace(sc, hardware=hw)
-        notes.extend(net_notes)
     conv = convention_for(rec)
     if conv.cuda_context_mib is not None:  # the source measured its stack's context
         hw = replace(sc.hardware, cuda_context_bytes=int(conv.cuda_context_mib * MIB))
