@@ -3,6 +3,7 @@ checked by reading the written profile back and pricing the logged collective on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from simtrain.apps.network_fit import (
     MIN_SIZE_BYTES,
-    fit_links,
+    fit_logs,
     fit_network_command,
     parse_nccl_tests,
 )
@@ -123,13 +124,18 @@ def test_the_smallest_message_a_log_may_fit() -> None:
         assert share(GIB, nodes) <= 0.1
 
 
-def test_each_link_is_the_geometric_mean_of_its_logs() -> None:
+def test_each_link_is_fitted_to_all_its_logs() -> None:
+    """Two logs of one link: the fitted profile's times of both, against the measured, are off
+    by reciprocal factors (their log ratios sum to 0); a 1-GPU log measures no link and is
+    neither fitted nor credited."""
     hw = load_hardware("h100_sxm5_80gb")
-    one = [parse_nccl_tests(nccl_log("all_gather", 2, 8, 60.0), "a.txt")]
-    two = [*one, parse_nccl_tests(nccl_log("all_gather", 2, 8, 240.0), "b.txt")]
-    (_, [f1]), (_, [f2]) = fit_links(hw, one), fit_links(hw, two)
-    k_b = fit_links(hw, two[1:])[1][0].k
-    assert f2.k == pytest.approx((f1.k * k_b) ** 0.5, rel=1e-9) and f2.link == "network"
+    a = parse_nccl_tests(nccl_log("all_gather", 2, 8, 60.0), "a.txt")
+    b = parse_nccl_tests(nccl_log("reduce_scatter", 4, 8, 240.0), "b.txt")
+    lone = parse_nccl_tests(nccl_log("all_gather", 1, 1, 10.0), "one.txt")
+    fitted, [fit] = fit_logs(hw, [a, b, lone])
+    assert fit.link == "network" and fit.logs == (a, b)
+    ratios = [math.log(_busbw(fitted, g.op, g.ranks) * 1e9 / g.busbw_bytes_per_s) for g in (a, b)]
+    assert sum(ratios) == pytest.approx(0, abs=1e-9) and ratios[0] > 0.3
 
 
 @pytest.mark.parametrize(
@@ -180,9 +186,19 @@ def test_the_cli(tmp_path: Path) -> None:
     assert "its network link" in r.output and load_hardware(str(out)).name == "my_cluster"
     r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(tmp_path / "none.txt"),
                                   "--out", str(out)])  # fmt: skip
-    assert r.exit_code == 2 and "cannot read" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "nccl-tests log not found" in r.output
+    assert "Traceback" not in r.output
     r = CliRunner().invoke(main, ["fit-network", "no_such_gpu", str(log), "--out", str(out)])
     assert r.exit_code == 2 and "hardware profile" in r.output
+    # a quoted display name stays valid YAML: the written profile loads
+    quoted_base = tmp_path / "quoted.yaml"
+    quoted_base.write_text(Path(load_hardware("h100_sxm5_80gb").source_file).read_text()
+                           .replace("display_name: NVIDIA", 'display_name: "NVIDIA', 1)
+                           .replace("(DGX H100)\n", '(DGX H100)"\n', 1))  # fmt: skip
+    assert load_hardware(str(quoted_base)).display_name.startswith("NVIDIA")
+    r = CliRunner().invoke(main, ["fit-network", str(quoted_base), str(log), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert load_hardware(str(out)).display_name.endswith("(links fitted to nccl-tests)")
     txt = tmp_path / "cluster.txt"
     r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(txt)])
     assert r.exit_code == 2 and ".yaml file" in r.output and not txt.exists()

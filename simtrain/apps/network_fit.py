@@ -20,7 +20,7 @@ collective comes from the log's ``# Collective test starting: NAME_perf`` line o
 
 from __future__ import annotations
 
-import math
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +28,19 @@ from pathlib import Path
 from simtrain.costs.link_fit import (
     MAX_BUSBW_GB_PER_S,
     MAX_SIZE_BYTES,
-    link_slowdown,
-    with_network_slowdown,
-    with_node_slowdown,
+    Measured,
+    fit_links,
+    link_of,
 )
 from simtrain.errors import ConfigError
-from simtrain.spec.hardware import HardwareProfile, load_hardware
+from simtrain.spec.hardware import HardwareProfile, load_hardware, parse_hardware
+from simtrain.spec.yamlfile import parse_yaml, read_text_file
 
 #: the source tag of the numbers a fit writes (defined in the written profile's header, as the
 #: house's citation check wants: spec.hardware.defined_tags)
 SOURCE_TAG = "fitnet"
 #: nccl-tests binaries -> simtrain's collectives
-OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
+NCCL_TESTS_OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
        "reducescatter": "reduce_scatter", "all_reduce": "all_reduce", "allreduce": "all_reduce"}  # fmt: skip
 _RANK = re.compile(r"^#\s*Rank\s+(\d+)\s.*?\bon\s+(\S+)")
 #: a run's first line (nccl-tests prints it once per run)
@@ -64,7 +65,7 @@ class NcclTestsLog:
     busbw_bytes_per_s: float
 
 
-def echo_int(digits: str) -> str:
+def _echo_int(digits: str) -> str:
     """A size column as the message shows it (a very long one cut)."""
     return digits if len(digits) <= 20 else digits[:17] + "..."
 
@@ -72,12 +73,12 @@ def echo_int(digits: str) -> str:
 def _op_of(text: str, path: str) -> str:
     m = _STARTING.search(text)
     name = m.group(1) if m else Path(path).name.lower()
-    for key, op in OPS.items():
+    for key, op in NCCL_TESTS_OPS.items():
         if key in name.replace("-", "_").lower():
             return op
     raise ConfigError(path, "collective", "no nccl-tests collective named in the log ('# Collective "
                       "test starting: ...') or the file name; give a log of",
-                      name, ", ".join(sorted(set(OPS.values()))))  # fmt: skip
+                      name, ", ".join(sorted(set(NCCL_TESTS_OPS.values()))))  # fmt: skip
 
 
 def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
@@ -112,7 +113,7 @@ def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
     if not (MIN_SIZE_BYTES <= int(best[0]) <= MAX_SIZE_BYTES):
         raise ConfigError(path, "size", f"the largest message must be {MIN_SIZE_BYTES} to "
                           f"{MAX_SIZE_BYTES} bytes: a smaller one is latency-bound (run nccl-tests "
-                          "up to 1 GiB: -e 1G)", echo_int(best[0]))  # fmt: skip
+                          "up to 1 GiB: -e 1G)", _echo_int(best[0]))  # fmt: skip
     try:
         busbw = float(best[col])
     except ValueError:
@@ -134,36 +135,27 @@ class LinkFit:
     logs: tuple[NcclTestsLog, ...]
 
 
-def fit_links(hw: HardwareProfile, logs: list[NcclTestsLog],
-              algorithm: str = "nccl") -> tuple[HardwareProfile, list[LinkFit]]:  # fmt: skip
-    """``hw`` with its intra-node link fitted to the logs within one of its nodes (NVLink
-    domain: ``gpus_per_node`` GPUs, whatever the hosts, as an NVL72 rack's 18 trays of 4), then
-    its network to the logs over whole nodes (on the node-fitted profile); k of each link is the
-    geometric mean over its logs (each log's own k: ``link_slowdown`` on its collective and GPU
-    count)."""
-    fits = []
-    for link, scale in (("node", with_node_slowdown), ("network", with_network_slowdown)):
-        mine = [g for g in logs if (g.ranks > hw.gpus_per_node) == (link == "network")]
-        if not mine:
+def fit_logs(hw: HardwareProfile, logs: list[NcclTestsLog],
+             algorithm: str = "nccl") -> tuple[HardwareProfile, list[LinkFit]]:  # fmt: skip
+    """``hw`` fitted to the logs (``link_fit.fit_links``: the node's link to those within one
+    NVLink domain, then the network to those over whole nodes; a log of one GPU measures no
+    link and is left out), and each link's fit. ConfigErrors name the log."""
+    used: dict[str, list[NcclTestsLog]] = {}
+    for g in logs:
+        if g.ranks < 2:
             continue
-        ks = []
-        for g in mine:
-            if link == "network" and g.ranks % hw.gpus_per_node:
-                raise ConfigError(g.path, "ranks", f"{g.ranks} GPUs are not whole nodes of "
-                                  f"{hw.name} ({hw.gpus_per_node} per node): fit with a log on "
-                                  "whole nodes", g.ranks)  # fmt: skip
-            if g.ranks < 2:
-                continue
-            try:
-                ks.append(link_slowdown(hw, link, algorithm, {g.op: g.busbw_bytes_per_s}, g.ranks,
-                                        g.size_bytes))  # fmt: skip
-            except ValueError as exc:
-                raise ConfigError(g.path, "busbw", str(exc)) from None
-        if ks:
-            k = math.exp(sum(map(math.log, ks)) / len(ks))
-            hw = scale(hw, k)
-            fits.append(LinkFit(link, k, tuple(mine)))
-    return hw, fits
+        try:
+            used.setdefault(link_of(hw, g.ranks), []).append(g)
+        except ValueError as exc:
+            raise ConfigError(g.path, "ranks", str(exc), g.ranks) from None
+    tests = [Measured(g.op, g.ranks, g.size_bytes, g.busbw_bytes_per_s)
+             for mine in used.values() for g in mine]  # fmt: skip
+    try:
+        fitted, ks = fit_links(hw, algorithm, tests)
+    except ValueError as exc:
+        first = next(iter(used.values()))[0]
+        raise ConfigError(first.path, "busbw", str(exc)) from None
+    return fitted, [LinkFit(link, k, tuple(used[link])) for link, k in ks.items()]
 
 
 def profile_text(base_path: Path, fitted: HardwareProfile, fits: list[LinkFit],
@@ -173,8 +165,13 @@ def profile_text(base_path: Path, fitted: HardwareProfile, fits: list[LinkFit],
     text = base_path.read_text(encoding="utf-8")
     k = {f.link: f.k for f in fits}
     tag = f"[{SOURCE_TAG}]"
-    subs = [(r"^name:.*$", f"name: {name}"),
-            (r"^display_name:(.*)$", r"display_name:\1 (links fitted to nccl-tests)")]  # fmt: skip
+
+    def quoted(text: str) -> str:  # a YAML (JSON) string, escaped for re.sub's replacement
+        return json.dumps(text).replace("\\", "\\\\")
+
+    subs = [(r"^name:.*$", f"name: {quoted(name)}"),
+            (r"^display_name:.*$",
+             f"display_name: {quoted(fitted.display_name + ' (links fitted to nccl-tests)')}")]  # fmt: skip
     if "node" in k:
         subs += [(r"^(  bandwidth_gb_per_s:)\s*\S+.*$",
                   rf"\1 {fitted.intra_node_bandwidth_bytes_per_s / 1e9:.6g}  # {tag}: the base / {k['node']:.4g}"),
@@ -212,18 +209,15 @@ def fit_network_command(base: str, paths: list[str], out: str, name: str | None)
     base_path = Path(hw.source_file)  # the file the loader read
     logs = []
     for p in paths:
-        try:
-            text = Path(p).read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise ConfigError(p, "log", f"cannot read: {exc.strerror or exc}") from None
-        logs.append(parse_nccl_tests(text, p))
-    fitted, fits = fit_links(hw, logs)
+        logs.append(parse_nccl_tests(read_text_file(p, what="nccl-tests log"), p))
+    fitted, fits = fit_logs(hw, logs)
     if not fits:
         raise ConfigError(paths[0], "ranks", "no log with 2 or more GPUs: nothing to fit (give "
                           "a log inside one node, for NVLink, or across nodes, for the network)")  # fmt: skip
     name = name or Path(out).stem
-    Path(out).write_text(profile_text(base_path, fitted, fits, name), encoding="utf-8")
-    load_hardware(out)  # the written profile loads (a bad base text is caught here)
+    text = profile_text(base_path, fitted, fits, name)
+    parse_hardware(parse_yaml(text, out), out)  # the profile loads before it is written
+    Path(out).write_text(text, encoding="utf-8")
     lines = [f"{'link':<8}{'k':>7}  {'collective':<15}{'GPUs':>6}{'hosts':>6}{'MiB':>8}"
              f"{'busbw GB/s':>12}  log"]  # fmt: skip
     for f in fits:

@@ -746,6 +746,11 @@ def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
 
 
+def device_copy_ns(n_bytes: float, hw: HardwareProfile) -> float:
+    """A device-to-device copy of ``n_bytes``: a read and a write at the memory-bound rate."""
+    return memory_bound_ns(2 * n_bytes, hw)
+
+
 def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> BlockFlops:
     """:class:`BlockFlops` of ``layers`` blocks together (each field x layers). Of a model with
     experts, blocks ``lo`` .. ``lo + layers − 1`` (``lo`` None: all MoE blocks) are dense or

@@ -19,18 +19,16 @@ carry their job's own bandwidth test (``apps/validate/job_network.py``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from simtrain.costs.collectives import bus_factor
-from simtrain.costs.compute import memory_bound_ns
+from simtrain.costs.compute import device_copy_ns
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.spec.hardware import HardwareProfile
 
-#: fixed-point steps: each multiplies the error of k by about extra_s / t_measured (the fixed
-#: time's share: at most 0.23 over the sweep's 1 GiB tests, job-wide and node), so a ring
-#: converges to 1e-12 in under 20
-_STEPS = 40
+#: bisection steps on log k over K_BOUNDS (ln 1e5 = 11.5 wide): 60 halve it below 1e-16
+_STEPS = 60
 #: the k a fit may reach: a measurement faster than the links allow (a ring through the NICs is
 #: capped by NVLink) or slower than any link would run k to 0 or infinity. The sweep's tests give
 #: network k 0.18-2.19 and NVLink k 1.2-9.7 (apps/validate/job_network.py): the bounds sit 18x
@@ -51,7 +49,7 @@ def list_collective_copy_s(hw: HardwareProfile, size_bytes: float) -> float:
     to the outputs"; ``::reduce_scatter``: "Copy the input tensors to the flattened inputs"):
     S read + S written at the profile's memory-bound rate (1 GiB on an H100: 0.80 ms).
     ``all_reduce`` on one tensor and nccl-tests copy nothing."""
-    return memory_bound_ns(2 * size_bytes, hw) / 1e9
+    return device_copy_ns(size_bytes, hw) / 1e9
 
 
 def with_network_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
@@ -67,40 +65,82 @@ def with_node_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
 
 
 #: which link a fit scales: "network" (inter-node) or "node" (intra-node)
-SCALERS: dict[str, Callable[[HardwareProfile, float], HardwareProfile]] = {
+_SCALERS: dict[str, Callable[[HardwareProfile, float], HardwareProfile]] = {
     "network": with_network_slowdown,
     "node": with_node_slowdown,
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One measured collective: ``op`` of ``size_bytes`` over ``gpus`` GPUs at a bus bandwidth
+    (bytes/s), with ``extra_s`` of fixed time inside its timing (a benchmark's copy)."""
+
+    op: str
+    gpus: int
+    size_bytes: float
+    busbw_bytes_per_s: float
+    extra_s: float = 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.op.replace('_', '-')} {self.busbw_bytes_per_s / 1e9:.4g} GB/s over "
+                f"{self.gpus} GPUs")  # fmt: skip
+
+
+def link_of(hw: HardwareProfile, gpus: int) -> str:
+    """The link a collective over ``gpus`` GPUs measures: one node's NVLink domain ("node", up to
+    ``gpus_per_node``, whatever the hosts: an NVL72 rack's 18 trays of 4) or the network, over
+    whole nodes (a ValueError otherwise)."""
+    if gpus <= hw.gpus_per_node:
+        return "node"
+    if gpus % hw.gpus_per_node:
+        raise ValueError(f"{gpus} GPUs are not whole nodes of {hw.name} ({hw.gpus_per_node} "
+                         "per node): fit with a measurement on whole nodes")  # fmt: skip
+    return "network"
+
+
 def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
-                  busbw_bytes_per_s: Mapping[str, float], gpus: int, size_bytes: float,
-                  extra_s: float = 0.0) -> float:  # fmt: skip
-    """k of ``link`` ("network" or "node"; :data:`SCALERS`) from the measured bus bandwidths
-    (collective -> bytes/s) of ``size_bytes`` over ``gpus`` GPUs (``hw.gpus_per_node`` of them
-    per node, or all when fewer). A ValueError when k stops at :data:`K_BOUNDS`: no scaling of
-    the link reproduces the measurement."""
-    scaled = SCALERS[link]
-    g = min(hw.gpus_per_node, gpus)
+                  tests: Sequence[Measured]) -> float:  # fmt: skip
+    """k of ``link`` ("network" or "node") from ``tests``: the geometric mean of their time
+    ratios measured / simtrain's on ``hw`` with the link k times slower is 1. The ratio falls
+    with k (rate / k, latency · k lengthen every collective), so k is bisected on log k within
+    :data:`K_BOUNDS`; a ValueError when the tests lie outside them (no scaling of the link
+    reproduces them: faster than the links allow, or slower than any link)."""
+    scaled = _SCALERS[link]
 
-    def ratio(k: float) -> float:  # the measured time / simtrain's on hw scaled by k
-        slow = scaled(hw, k)
-        logs = [math.log(bus_factor(op, gpus) * size_bytes / measured
-                         / (hardware_collective_s(slow, algorithm, op, size_bytes, gpus, g)
-                            + extra_s))
-                for op, measured in sorted(busbw_bytes_per_s.items())]  # fmt: skip
-        return math.exp(sum(logs) / len(logs))
+    def log_ratio(log_k: float) -> float:
+        slow = scaled(hw, math.exp(log_k))
+        return sum(math.log(bus_factor(m.op, m.gpus) * m.size_bytes / m.busbw_bytes_per_s
+                            / (hardware_collective_s(slow, algorithm, m.op, m.size_bytes, m.gpus,
+                                                     min(hw.gpus_per_node, m.gpus)) + m.extra_s))
+                   for m in tests) / len(tests)  # fmt: skip
 
-    k = 1.0
+    lo, hi = math.log(K_BOUNDS[0]), math.log(K_BOUNDS[1])
+    if log_ratio(lo) < 0 or log_ratio(hi) > 0:
+        raise ValueError(f"{'; '.join(map(str, tests))}: beyond what scaling {hw.name}'s {link} "
+                         f"link within k {K_BOUNDS[0]:g}-{K_BOUNDS[1]:g} reproduces")  # fmt: skip
     for _ in range(_STEPS):
-        r = ratio(k)
-        k_next = min(max(k * r, K_BOUNDS[0]), K_BOUNDS[1])
-        if abs(math.log(r)) < 1e-12 or k_next == k:
-            break
-        k = k_next
-    if k in K_BOUNDS:
-        figures = ", ".join(f"{op.replace('_', '-')} {b / 1e9:.4g}"
-                            for op, b in sorted(busbw_bytes_per_s.items()))  # fmt: skip
-        raise ValueError(f"{figures} GB/s over {gpus} GPUs is beyond what scaling {hw.name}'s "
-                         f"{link} link reproduces (k stopped at {k:g})")  # fmt: skip
-    return k
+        mid = (lo + hi) / 2
+        r = log_ratio(mid)
+        if abs(r) < 1e-13:
+            return math.exp(mid)
+        lo, hi = (mid, hi) if r > 0 else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def fit_links(hw: HardwareProfile, algorithm: str,
+              tests: Sequence[Measured]) -> tuple[HardwareProfile, dict[str, float]]:  # fmt: skip
+    """``hw`` with its links fitted to ``tests``: the node's (the tests within one NVLink
+    domain) first, then the network's on the node-fitted profile (a ring across nodes runs at
+    min(NVLink, the node's NICs)); the k of each link fitted. A ValueError as
+    :func:`link_of` and :func:`link_slowdown` raise it."""
+    ks: dict[str, float] = {}
+    by_link = {"node": [], "network": []}
+    for m in tests:
+        if m.gpus > 1:
+            by_link[link_of(hw, m.gpus)].append(m)
+    for link, mine in by_link.items():
+        if mine:
+            ks[link] = link_slowdown(hw, link, algorithm, mine)
+            hw = _SCALERS[link](hw, ks[link])
+    return hw, ks

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from simtrain.costs import comm, offload
 from simtrain.costs.compute import (
     chunk_costs,
+    device_copy_ns,
     memory_bound_ns,
     optimizer_shard,
     optimizer_step_ns,
@@ -288,7 +289,7 @@ def gather_copy_out_ns(sc: Scenario, layer_param_bytes: int) -> int:
     write at the memory-bound rate; 0 when the runtime gathers in place."""
     if not sc.runtime.zero3_gather_copy_out:
         return 0
-    return math.ceil(memory_bound_ns(2 * layer_param_bytes, sc.hardware))
+    return math.ceil(device_copy_ns(layer_param_bytes, sc.hardware))
 
 
 def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,

@@ -44,12 +44,14 @@ from typing import Any
 from simtrain.costs.link_fit import (
     MAX_BUSBW_GB_PER_S,
     MAX_SIZE_BYTES,
+    Measured,
+    fit_links,
+    link_of,
     link_slowdown,
     list_collective_copy_s,
-    with_network_slowdown,
-    with_node_slowdown,
 )
 from simtrain.spec.hardware import HardwareProfile
+from simtrain.spec.limits import MAX_GPUS
 
 #: the record's key (in its ``hardware`` section)
 KEY = "network_measured"
@@ -61,8 +63,6 @@ NODE = "intra_node_"
 #: nanotron's test message: "size = 256 * 1024 * 1024  # Number of elements" of fp32
 #: (measure_bandwidth, 67c5ebb6 trainer.py l.1086-1089), the size_bytes of the sweep's records
 NANOTRON_TEST_BYTES = 256 * 2**20 * 4
-#: the GPUs of a test at most (the busbw and message bounds are link_fit's)
-MAX_GPUS = 1 << 20
 #: every key the section may hold (the all-reduces are kept for reference, not used)
 ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus",
            *(NODE + k for k in (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus")),
@@ -129,59 +129,60 @@ def has_ring_test(section: Mapping[str, Any]) -> bool:
     return any(key.removeprefix(NODE) in RING_KEYS for key in section)
 
 
+def measurements(hw: HardwareProfile, net: JobNetwork) -> list[Measured]:
+    """The job's tests as ``link_fit`` measurements, each with the copy in its timing: the node
+    test over one node's GPUs (its own count, else the node's or the job's when smaller), the
+    job-wide one over the job's GPUs, unless that is one node and the node test is there."""
+    copy_s = list_collective_copy_s(hw, net.size_bytes)
+    tests = []
+    if net.node is not None:
+        jobs = net.world.gpus if net.world is not None else hw.gpus_per_node
+        gpus = net.node.gpus or min(hw.gpus_per_node, jobs)
+        tests.append((gpus, net.node))
+    if net.world is not None and not (net.node is not None
+                                      and net.world.gpus <= hw.gpus_per_node):  # fmt: skip
+        tests.append((net.world.gpus, net.world))
+    return [Measured(op, gpus, net.size_bytes, b, copy_s)
+            for gpus, test in tests for op, b in sorted(test.busbw_bytes_per_s.items())]  # fmt: skip
+
+
+def _slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork, link: str) -> float | None:
+    mine = [m for m in measurements(hw, net) if m.gpus > 1 and link_of(hw, m.gpus) == link]
+    return link_slowdown(hw, link, algorithm, mine) if mine else None
+
+
 def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
-    """k of the intra-node link: from the node test, or from the job-wide one when the job is
-    one node (None: neither)."""
-    test = net.node
-    if test is None and net.world is not None and net.world.gpus <= hw.gpus_per_node:
-        test = net.world
-    if test is None:
-        return None
-    gpus = test.gpus or min(hw.gpus_per_node, net.world.gpus if net.world else hw.gpus_per_node)
-    if gpus <= 1:
-        return None
-    return link_slowdown(hw, "node", algorithm, test.busbw_bytes_per_s, gpus, net.size_bytes,
-                         list_collective_copy_s(hw, net.size_bytes))  # fmt: skip
+    """k of the intra-node link (None: no test within one node)."""
+    return _slowdown(hw, algorithm, net, "node")
 
 
 def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
-    """k of the inter-node link (on ``hw`` as given: pass the node-scaled profile); None when
-    the job-wide test fits in one node or is absent."""
-    if net.world is None or net.world.gpus <= hw.gpus_per_node:
-        return None
-    return link_slowdown(hw, "network", algorithm, net.world.busbw_bytes_per_s, net.world.gpus,
-                         net.size_bytes, list_collective_copy_s(hw, net.size_bytes))  # fmt: skip
+    """k of the inter-node link on ``hw`` as given (``job_hardware`` passes the node-fitted
+    profile); None when no test spans nodes."""
+    return _slowdown(hw, algorithm, net, "network")
 
 
 def job_hardware(hw: HardwareProfile, algorithm: str,
                  net: JobNetwork) -> tuple[HardwareProfile, list[str]]:  # fmt: skip
-    """``hw`` on the job's own links (the node's first, then the network's on it) and the
-    assumption lines that say so; a ValueError when a test cannot be reproduced."""
+    """``hw`` on the job's own links (``link_fit.fit_links``: the node's first, then the
+    network's on it) and the assumption lines that say so; a ValueError naming the section when
+    a test cannot be reproduced."""
+    tests = measurements(hw, net)
+    try:
+        fitted, ks = fit_links(hw, algorithm, tests)
+    except ValueError as exc:
+        raise ValueError(f"hardware.{KEY}: {exc}") from None
+    size = f"{net.size_bytes / 2**30:.3g} GiB"
+    what = {"node": ("intra-node link: the job's own test", "NVLink rate", "latency"),
+            "network": ("network: the job's own bandwidth test", "inter-node NIC rate",
+                        "per-step latency")}  # fmt: skip
     notes = []
-    try:
-        k_node = node_slowdown(hw, algorithm, net)
-    except ValueError as exc:
-        raise ValueError(f"hardware.{KEY}: the intra-node test: {exc}") from None
-    if k_node is not None:
-        test = net.node or net.world
-        notes.append(f"intra-node link: the job's own test ({_figures(test)} GB/s bus bandwidth, "
-                     f"{net.size_bytes / 2**30:.3g} GiB over one node; nanotron "
-                     f"measure_bandwidth): {hw.name}'s NVLink rate / {k_node:.2f} and latency "
-                     f"x {k_node:.2f}, which reproduce it")  # fmt: skip
-        hw = with_node_slowdown(hw, k_node)
-    try:
-        k_net = network_slowdown(hw, algorithm, net)
-    except ValueError as exc:
-        raise ValueError(f"hardware.{KEY}: the job-wide test: {exc}") from None
-    if k_net is not None:
-        notes.append(f"network: the job's own bandwidth test ({_figures(net.world)} GB/s bus "
-                     f"bandwidth, {net.size_bytes / 2**30:.3g} GiB over {net.world.gpus} GPUs; "
-                     f"nanotron measure_bandwidth): {hw.name}'s inter-node NIC rate / "
-                     f"{k_net:.2f} and per-step latency x {k_net:.2f}, which reproduce it")  # fmt: skip
-        hw = with_network_slowdown(hw, k_net)
-    return hw, notes
-
-
-def _figures(test: LinkTest) -> str:
-    return ", ".join(f"{op.replace('_', '-')} {b / 1e9:.1f}"
-                     for op, b in sorted(test.busbw_bytes_per_s.items()))  # fmt: skip
+    for link, k in ks.items():
+        mine = [m for m in tests if m.gpus > 1 and link_of(hw, m.gpus) == link]
+        figures = ", ".join(f"{m.op.replace('_', '-')} {m.busbw_bytes_per_s / 1e9:.1f}"
+                            for m in mine)  # fmt: skip
+        head, rate, latency = what[link]
+        notes.append(f"{head} ({figures} GB/s bus bandwidth, {size} over {mine[0].gpus} GPUs; "
+                     f"nanotron measure_bandwidth): {hw.name}'s {rate} / {k:.2f} and {latency} "
+                     f"x {k:.2f}, which reproduce it")  # fmt: skip
+    return fitted, notes
