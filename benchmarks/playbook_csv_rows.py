@@ -67,6 +67,15 @@ def layout_key(rec: Record) -> tuple:
             p.get("zero_stage"), m.get("hidden"), m.get("layers"))  # fmt: skip
 
 
+#: the model keys a record in measured/ must share with its CSV row
+SHAPE_KEYS = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "tied_embeddings")
+
+
+def job_of(rec: Record) -> int:
+    """The job id of a record row_record made (its id is ``csv_<job>``)."""
+    return int(rec.id.split("_")[1])
+
+
 def _num(v: str) -> float | None:
     try:
         x = float(v)
@@ -129,7 +138,7 @@ def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     if not hasattr(tr, "scenario"):
         return []
     p = rec.parallelism
-    after = int(rec.id.split("_")[1]) >= FIX_JOB
+    after = job_of(rec) >= FIX_JOB
     group = "pp 1" if p["pp"] == 1 else f"pp > 1, {'after' if after else 'before'} the fix"
     out = [(group, c.metric, float(c.measured), float(c.predicted), c.error_pct)
            for c in compare_record(tr)]  # fmt: skip
@@ -159,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     records = {r.id: r for r in load_record_files(resolve_paths(None))}
     template = records[TEMPLATE]
-    shipped = {(int(j), *layout_key(r)) for r in records.values() if r.source_key == "nanotron"
-               for j in re.findall(r"job (\d+)", r.notes)}  # fmt: skip
+    shipped = {(int(j), *layout_key(r)): r for r in records.values()
+               if r.source_key == "nanotron" for j in re.findall(r"job (\d+)", r.notes)}  # fmt: skip
     with open(args.csv, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
@@ -185,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     # the wrong fit verdicts' predicted peak / GPU memory: (ran out of memory?) -> shares
     missed: dict[bool, list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
-        job = int(rec.id.split("_")[1])
-        held = "in measured/" if (job, *layout_key(rec)) in shipped else "held out"
+        held = "in measured/" if (job_of(rec), *layout_key(rec)) in shipped else "held out"
         for group, metric, meas, _pred, err in res:
             if metric == "peak_share":
                 missed[not meas].append(err)
@@ -195,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                 stats[(held, g, metric)].append(err)
                 stats[("all runs", g, metric)].append(err)
     print(f"{len(rows)} CSV rows, {len(recs)} runs compared (completed or out of memory)")
+    # the records in measured/ against their own CSV rows: the shape each was simulated with
+    differ = sorted(ship.id for rec in recs
+                    if (ship := shipped.get((job_of(rec), *layout_key(rec)))) is not None
+                    and any(ship.model.get(k) != rec.model[k] for k in SHAPE_KEYS))  # fmt: skip
+    print(f"records in measured/ whose shape differs from their CSV row ({', '.join(SHAPE_KEYS)}): "
+          f"{len(differ)}" + (f": {', '.join(differ)}" if differ else ""))  # fmt: skip
     print(f"{'set':<13}{'group':<26}{'metric':<19}{'n':>6}{'MAPE %':>9}{'median %':>10}"
           f"{'|median| %':>11}")  # fmt: skip
     for (held, group, metric), errs in sorted(stats.items()):
@@ -214,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     lost: dict[int, list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
         p, t = rec.parallelism, rec.training
-        if p["pp"] == 1 or int(rec.id.split("_")[1]) < FIX_JOB:
+        if p["pp"] == 1 or job_of(rec) < FIX_JOB:
             continue
         for _g, metric, meas, pred, _err in res:
             if metric == "tokens_per_s" and meas > 0 and pred > 0:

@@ -244,3 +244,35 @@ def test_the_sweeps_records_carry_nanotrons_test_message(published_records: dict
     sizes = {r.hardware["network_measured"]["size_bytes"] for r in published_records.values()
              if "network_measured" in r.hardware}  # fmt: skip
     assert sizes == {1_073_741_824}
+
+
+def test_a_test_near_the_nvlink_cap_is_reproduced(efa) -> None:
+    """Near the NVLink cap (B_ring = min(B_intra, 8·NIC)) the time barely moves with the NIC:
+    fixed-point steps stopped short there (+0.85 % at 16 GPUs / 300 GB/s with the copy);
+    the bisection reproduces the test."""
+    from simtrain.costs.link_fit import Measured, link_slowdown
+
+    copy = list_collective_copy_s(efa, GIB)
+    for gpus, busbw, extra in ((16, 300e9, copy), (32, 400e9, 0.0)):
+        m = Measured("all_gather", gpus, GIB, busbw, extra)
+        k = link_slowdown(efa, "network", "nccl", [m])
+        t = hardware_collective_s(with_network_slowdown(efa, k), "nccl", "all_gather", GIB,
+                                  gpus, 8) + extra  # fmt: skip
+        assert nccl_bus_bandwidth("all_gather", GIB, gpus, t) == pytest.approx(busbw, rel=1e-9)
+
+
+def test_the_network_is_fitted_on_the_node_fitted_profile(published_records: dict) -> None:
+    """A ring across nodes runs at min(NVLink, the node's NICs): a job whose node measured NVLink
+    at 42 GB/s (a sixth of the rest) has its network fitted on that NVLink, not the profile's."""
+    rec = published_records["usp_8B_n4_dp4_tp1_pp8_mbs2_ga32_z1"]
+    net = read_job_network(rec.hardware, rec.hardware["num_gpus"])
+    base = load_hardware("h100_sxm5_80gb_efa")
+    hw, notes = job_hardware(base, "nccl", net)
+    k_node = base.intra_node_bandwidth_bytes_per_s / hw.intra_node_bandwidth_bytes_per_s
+    k_net = base.nic_bandwidth_bytes_per_s / hw.nic_bandwidth_bytes_per_s
+    assert k_node > 9
+    from simtrain.costs.link_fit import with_node_slowdown
+
+    assert k_net == pytest.approx(network_slowdown(with_node_slowdown(base, k_node), "nccl", net))
+    assert abs(k_net - network_slowdown(base, "nccl", net)) > 1  # 0.28 vs 3.3 on the profile
+    assert len(notes) == 2

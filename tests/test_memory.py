@@ -933,3 +933,5 @@ def test_zero_shard_is_the_papers_division() -> None:
     assert zero_shard(100, 60, 8, 2) == 5 + 30
     assert zero_shard(7, 0, 1, 1) == 7
     assert zero_shard(12, 12, 8, 4) == 3  # every parameter an expert's
+    assert zero_shard(9, 5, 4, 2) == 1 + 3  # ceil(4 / 4) + ceil(5 / 2): each part rounds up
+    assert zero_shard(10, 1, 4, 1) == 3 + 1  # ceil(9 / 4) + 1

@@ -170,3 +170,39 @@ def test_wrong_verdicts_print_their_predicted_share_of_the_gpu(script, tmp_path,
     assert line.startswith("wrong fit verdicts, ran out of memory where predicted to fit: 1;")
     share = int(line.split("quartiles ")[1].split(" / ")[0])
     assert 0 < share < 85  # far from the GPU's memory: a miss the warning would not catch
+
+
+def test_the_groups_the_shapes_and_the_lost_time(script, tmp_path, capsys) -> None:
+    """The script's own figures: a row that is a record in measured/ counts there, two others
+    held out; a row whose shape differs from its record (kv heads 8, not 32) is named; the
+    held-out runs, one 100x too slow for the model and one 100x too fast, give a MAPE above
+    |median| (errors of both signs); the slow post-fix pipeline run loses time (> 0)."""
+    cols = HEADER.split(",")
+
+    def row(**kw: str) -> str:
+        base = {"job_id": "14099003", "status": "Success", "oom_error": "False", "dp": "8",
+                "tp": "8", "pp": "2", "mbs": "1", "batch_accum": "32", "zero_stage": "1",
+                "hidden_size": "2048", "num_layers": "16", "num_heads": "32",
+                "num_kv_heads": "32.0", "interm_dim": "8192", "seq_len": "4096",
+                "vocab_size": "131072", "tok/s/gpu": "9000"}  # fmt: skip
+        base.update(kw)
+        return ",".join(base.get(c, "") for c in cols)
+
+    path = tmp_path / "bench.csv"
+    path.write_text("\n".join([HEADER, row(num_kv_heads="8.0", **{"tok/s/gpu": "30"}),
+                               row(job_id="14099901", dp="4", **{"tok/s/gpu": "30"}),
+                               row(job_id="14099902", dp="2", **{"tok/s/gpu": "3000000"})])
+                    + "\n")  # fmt: skip
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "shape differs from their CSV row" in out
+    shapes = next(x for x in out.splitlines() if "shape differs" in x)
+    assert shapes.endswith("): 1: usp_1B_n16_dp8_tp8_pp2_mbs1_ga32_z1")
+    table = {(x[:13].strip(), x[13:39].strip(), x[39:58].strip()): x[58:].split()
+             for x in out.splitlines()[3:] if x[:13].strip()}  # fmt: skip
+    assert table[("in measured/", "all", "tokens_per_s")][0] == "1"
+    n, mape, median, abs_median = table[("held out", "all", "tokens_per_s")]
+    assert n == "2" and float(mape) > abs(float(median)) + 50 and float(mape) > 90
+    lost = next(x for x in out.splitlines() if "per layer per micro-batch" in x)
+    # the median of the three runs (two 300x below the chart record's rate): slower than the model
+    assert lost.split("tp 8 ")[1].startswith("+") and "(n 3)" in lost

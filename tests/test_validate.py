@@ -113,7 +113,7 @@ def test_nanotron_allocated_at_the_step(result) -> None:
     log_memory's reset after the forward / backward (trainer.py l.492-513, logging.py l.250-259
     at 67c5ebb6), i.e. the model states, DDP's buckets and the optimizer step with ZeRO-1's
     gather copies, no activations: each record's stage 0 at the step's moment
-    (StageMemory.step_memory_bytes). Reached MAPE 2.2 % (median |error| 1.1 %, 97 % within
+    (StageMemory.step_memory_bytes). Reached MAPE 2.1 % (median |error| 1.0 %, 98 % within
     10 %) on 234 records after nanotron's fused AdamW (no temporaries) and its ZeRO-1 gather's
     flat copies (runtime zero_gather_flat_copies; 11.9 % / median -12.2 % before this stop, 12.1 % /
     -15.4 % now with only the gather copies off); a
@@ -134,10 +134,10 @@ def test_nanotron_throughput_regression_bound(result) -> None:
     (+66 % median at tp <= 8; on the EFA profile as fitted before the refit below; on each job's
     links after it the CSV's post-fix runs lose -0.6 / +1.1 / +7.6 / +16.8 / -3.4 ms:
     benchmarks/playbook_csv_rows.py). Since the same day the EFA profile is refitted to the Playbook's
-    figure read at its true 1 GiB with torch's list-form copy (tokens/s MAPE 97.3 -> 67.4 %), and
+    figure read at its true 1 GiB with torch's list-form copy (tokens/s MAPE 97.3 -> 67.7 %), and
     each record runs on the links its own job measured before training
-    (hardware.network_measured, apps/validate/job_network): MAPE 48.5 %, median +3.9 %, median
-    |error| 15.5 %, MFU 45.7 % (the 52.8 % below is on the old profile). With every run under the polling profile and the EFA profile's network it
+    (hardware.network_measured, apps/validate/job_network): MAPE 48.7 %, median +3.9 %, median
+    |error| 15.5 %, MFU 45.6 % (the 52.8 % below is on the old profile). With every run under the polling profile and the EFA profile's network it
     read 52.8 % (median -6.8 %, median |error| 34.1 %), the post-fix rows' -71 % there (-82 % at
     tp <= 8) offsetting the rest."""
     tok = _summary(result, "nanotron", "tokens_per_s")
