@@ -446,3 +446,21 @@ def test_efa_bucket_all_reduce_is_the_unpipelined_tree() -> None:
     ring = nccl_time_s("all_reduce", 25e6, 128, **{**kw, "algorithms": ("ring",)})
     assert got.algorithm in ("tree", "nvls_tree")
     assert piped.time_s < got.time_s < ring.time_s / 5  # 2.1 vs 1.5 and 53 ms
+
+
+def test_the_playbook_all_reduce_in_tree_network_terms() -> None:
+    """hardware/h100_sxm5_80gb_efa.yaml [tree]: the Playbook's mean all-reduce time at 1 GiB is
+    1.91 / 2.23 / 3.64 / 4.31 / 5.65 / 11.15 x one pipelined tree level's network term at 2-64 nodes
+    (busbw 361.75 ... 32.94 GB/s, nccl-tests' all-reduce factor 2(n-1)/n), growing with the
+    levels floor(log2 N) = 1..6: the reason tree_pipelined is false."""
+    from test_collectives import USP_ALL_REDUCE
+
+    hw = load_hardware("h100_sxm5_80gb_efa")
+    _, inter = c.node_links(hw)
+    size = 2**30
+    got = []
+    for nodes in (2, 4, 8, 16, 32, 64):
+        n = 8 * nodes
+        t = 2 * (n - 1) / n * size / (USP_ALL_REDUCE[nodes] * GB)
+        got.append(t / c.tree_network_s(size, 8, nodes, inter, pipelined=True))
+    assert got == pytest.approx([1.91, 2.23, 3.64, 4.31, 5.65, 11.15], abs=0.005)

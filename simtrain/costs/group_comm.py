@@ -38,8 +38,6 @@ def pair_all_reduce_ns(sc: Scenario, step: ResolvedStep, size_bytes: float, rank
 
 def _collective_ns(sc: Scenario, op: str, size_bytes: float, n: int, g: int) -> int:
     """:func:`collective_ns` of a group with ``g`` members on each node it spans."""
-    if n <= 1 or size_bytes <= 0:
-        return 0
     return round(1e9 * hardware_collective_s(sc.hardware, sc.runtime.collective_algorithm, op,
                                              size_bytes, n, g))  # fmt: skip
 
