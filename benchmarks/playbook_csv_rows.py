@@ -31,11 +31,19 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
-from simtrain.apps.validate.job_network import NANOTRON_TEST_BYTES, has_ring_test
+from simtrain.apps.validate.job_network import (
+    NANOTRON_TEST_BYTES,
+    has_ring_test,
+    job_hardware,
+    measurements,
+    read_job_network,
+)
 from simtrain.apps.validate.measured import compare_record
 from simtrain.apps.validate.records import Record, load_record_files, resolve_paths
 from simtrain.apps.validate.translate import translate
+from simtrain.costs.link_fit import measured_time_s
 from simtrain.costs.memory import estimate_memory
+from simtrain.spec.hardware import load_hardware
 
 #: the sweep's pp fix: its script re-ran the pp > 1 layouts of earlier jobs (e24d2483 l.512-518)
 FIX_JOB = 14097150
@@ -150,6 +158,37 @@ def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     return out
 
 
+def print_issue_costs(recs: list[Record]) -> None:
+    """The jobs' own tests across nodes, one per job, by how validate reads them
+    (``job_network.job_hardware``): slower than the EFA profile's links (NVLink fitted to the
+    job's node test), as the host's cost of
+    issuing a collective (the test's time / its GPUs), else as faster links. Per node count,
+    the median time per GPU of each kind: constant for a cost per rank, falling with the GPUs
+    for a link."""
+    efa = load_hardware("h100_sxm5_80gb_efa")
+    seen: dict[int, tuple[bool, int, float]] = {}
+    for rec in recs:
+        net = read_job_network(rec.hardware, rec.hardware["num_gpus"])
+        if net is None or job_of(rec) in seen:
+            continue
+        tests = [m for m in measurements(efa, net) if m.gpus > efa.gpus_per_node]
+        if not tests:
+            continue
+        per_gpu = statistics.geometric_mean(measured_time_s(m) for m in tests) / tests[0].gpus
+        issue = job_hardware(efa, "nccl", net).collective_issue_us_per_rank > 0
+        seen[job_of(rec)] = (issue, tests[0].gpus // efa.gpus_per_node, per_gpu)
+    for issue in (True, False):
+        by_nodes: dict[int, list[float]] = defaultdict(list)
+        for kind, nodes, per_gpu in seen.values():
+            if kind == issue:
+                by_nodes[nodes].append(per_gpu)
+        print(f"jobs whose test across nodes ran {'slower' if issue else 'no slower'} than the "
+              f"EFA profile's links ({'an issue cost' if issue else 'their links'}): "
+              f"{sum(map(len, by_nodes.values()))}; the test's time per GPU, median by nodes: "
+              + ", ".join(f"{n} {1e3 * statistics.median(v):.3f} ms (n {len(v)})"
+                          for n, v in sorted(by_nodes.items())))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("csv", help="the sweep's CSV (bench_final2_mod_add.csv)")
@@ -253,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print("reserved peak at pp 1, tp >= 16, by the job's node all-gather test: "
               + ", ".join(f"{'>=' if hi else '<'} 250 GB/s median {statistics.median(v):+.1f} % "
                           f"(n {len(v)})" for hi, v in sorted(regime.items(), reverse=True) if v))  # fmt: skip
+    print_issue_costs(recs)
     for oom, shares in sorted(missed.items()):
         q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
         print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "

@@ -123,30 +123,28 @@ def test_nanotron_allocated_at_the_step(result) -> None:
     assert s.mape_pct <= 3.2
 
 
-def test_nanotron_throughput_regression_bound(result) -> None:
-    """Not met (issue targets: MAPE <= 35 %, median <= 15 %): regression bounds 1 point above the
-    figures reached. Since 2026-12-05 each run is compared under the code it ran, from the
-    sweep's CSV (record key ``runtime``): jobs before 14097150, whose pp > 1 layouts the sweep's
-    script re-ran after its "pp fix", under runtimes/nanotron_bench.yaml (the bench branch's
-    0.1 s polling p2p, 67c5ebb6; its pp > 1 rows at tp <= 8: MAPE 11.5 %), the later ones under
-    main's nanotron profile (no polling): its 96 pp > 1 rows lost a median 0.4 / 3.1 / 8.1 / 16.6 /
-    38.7 ms per layer per micro-batch at tp 1 / 2 / 4 / 8 / 16 that simtrain does not model
-    (+66 % median at tp <= 8; on the EFA profile as fitted before the refit below; on each job's
-    links after it the CSV's post-fix runs lose -0.6 / +1.1 / +7.6 / +16.8 / -3.4 ms:
-    benchmarks/playbook_csv_rows.py). Since the same day the EFA profile is refitted to the Playbook's
-    figure read at its true 1 GiB with torch's list-form copy (tokens/s MAPE 97.3 -> 67.7 %), and
-    each record runs on the links its own job measured before training
-    (hardware.network_measured, apps/validate/job_network): MAPE 48.7 %, median +3.9 %, median
-    |error| 15.5 %, MFU 45.6 % (the 52.8 % below is on the old profile). With every run under the polling profile and the EFA profile's network it
-    read 52.8 % (median -6.8 %, median |error| 34.1 %), the post-fix rows' -71 % there (-82 % at
-    tp <= 8) offsetting the rest."""
-    tok = _summary(result, "nanotron", "tokens_per_s")
-    assert tok.n == 234 and tok.mape_pct <= 49.5
+def test_nanotron_throughput_meets_target(result) -> None:
+    """Issue targets: MAPE <= 35 %, median |error| <= 15 %, with the records of noisy pairs left
+    out; met since 2026-12-06 (30.9 / 13.8 %), with regression bounds 1 point above the figures
+    reached (all records: 30.3 / 13.8 %, signed median -6.5 %). The history: since 2026-12-05
+    each run is compared under the code it ran (record key ``runtime``: jobs before 14097150,
+    whose pp > 1 layouts the sweep's script re-ran after its "pp fix", under
+    runtimes/nanotron_bench.yaml's 0.1 s polling p2p, the later ones under main's profile), on
+    the EFA profile refitted to the Playbook's figure read at its true 1 GiB with torch's
+    list-form copy (97.3 -> 67.7 %), on the links its own job measured
+    (hardware.network_measured: 48.7 %, median +3.9 %, median |error| 15.5 %); since 2026-12-06
+    with the host's per-rank cost of issuing a collective where that job's test across nodes
+    ran slower than the profile's links (runtime collective_issue_us_per_rank, read by
+    apps/validate/job_network.job_hardware): the post-fix pipelines' loss of ~3 ms x tp per
+    layer per micro-batch was that cost (README, "Two kinds of job")."""
     fam = next(f for f in result.by_family if (f.family, f.metric) == ("nanotron", "tokens_per_s"))
-    assert abs(fam.all.median_error_pct) <= 4.9
-    assert fam.all.median_abs_error_pct <= 16.5
+    assert fam.all.n == 234 and fam.all.mape_pct <= 31.3
+    assert fam.all.median_abs_error_pct <= 14.8 and abs(fam.all.median_error_pct) <= 7.5
+    kept = fam.without_noisy
+    assert fam.noisy_left_out == 8 and kept is not None
+    assert kept.n == 226 and kept.mape_pct <= 35 and kept.median_abs_error_pct <= 15
     mfu = _summary(result, "nanotron", "mfu")
-    assert mfu.n == 233 and mfu.mape_pct <= 46.7
+    assert mfu.n == 233 and mfu.mape_pct <= 33.3
 
 
 def test_the_playbook_records_run_the_bench_branch() -> None:

@@ -99,9 +99,9 @@ def test_validate_scenario_is_simtrain_import_of_the_records_flags(rid: str,
     imported = load_scenario(out)
     net = read_job_network(tr.record.hardware, tr.record.hardware.get("num_gpus"))
     if net is not None:  # a job's own bandwidth tests (job_network): the one change validate makes
-        hw, notes = job_hardware(imported.hardware, imported.runtime.collective_algorithm, net)
-        assert notes and all(n in tr.assumptions for n in notes)
-        imported = replace(imported, hardware=hw)
+        links = job_hardware(imported.hardware, imported.runtime.collective_algorithm, net)
+        assert links.notes and all(n in tr.assumptions for n in links.notes)
+        imported = links.on(imported)
     assert replace(imported, source="") == replace(tr.scenario, source="")
 
 

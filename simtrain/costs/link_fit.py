@@ -99,6 +99,26 @@ def link_of(hw: HardwareProfile, gpus: int) -> str:
     return "network"
 
 
+def measured_time_s(m: Measured) -> float:
+    """The time the measurement stands for: bus_factor · S / busbw (nccl-tests convention)."""
+    return bus_factor(m.op, m.gpus) * m.size_bytes / m.busbw_bytes_per_s
+
+
+def simulated_time_s(hw: HardwareProfile, algorithm: str, m: Measured) -> float:
+    """simtrain's time of the measured collective on ``hw`` (its GPUs on as few nodes as hold
+    them), plus the fixed time inside the measurement (``extra_s``)."""
+    return hardware_collective_s(hw, algorithm, m.op, m.size_bytes, m.gpus,
+                                 min(hw.gpus_per_node, m.gpus)) + m.extra_s  # fmt: skip
+
+
+def measured_over_simulated(hw: HardwareProfile, algorithm: str,
+                            tests: Sequence[Measured]) -> float:  # fmt: skip
+    """The geometric mean over ``tests`` of measured time / simtrain's on ``hw``: above 1 the
+    measurements ran slower than ``hw``'s links would."""
+    return math.exp(sum(math.log(measured_time_s(m) / simulated_time_s(hw, algorithm, m))
+                        for m in tests) / len(tests))  # fmt: skip
+
+
 def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
                   tests: Sequence[Measured]) -> float:  # fmt: skip
     """k of ``link`` ("network" or "node") from ``tests``: the geometric mean of their time
@@ -109,11 +129,7 @@ def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
     scaled = _SCALERS[link]
 
     def log_ratio(log_k: float) -> float:
-        slow = scaled(hw, math.exp(log_k))
-        return sum(math.log(bus_factor(m.op, m.gpus) * m.size_bytes / m.busbw_bytes_per_s
-                            / (hardware_collective_s(slow, algorithm, m.op, m.size_bytes, m.gpus,
-                                                     min(hw.gpus_per_node, m.gpus)) + m.extra_s))
-                   for m in tests) / len(tests)  # fmt: skip
+        return math.log(measured_over_simulated(scaled(hw, math.exp(log_k)), algorithm, tests))
 
     lo, hi = math.log(K_BOUNDS[0]), math.log(K_BOUNDS[1])
     if log_ratio(lo) < 0 or log_ratio(hi) > 0:

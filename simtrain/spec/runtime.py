@@ -199,6 +199,15 @@ class RuntimeProfile:
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0
+    # Host time to issue one collective, per rank of its group, microseconds (0: none beyond
+    # host_us_per_op): a host-side cost linear in the group's size, which the GPU hides when it
+    # is the slower side (the host runs ahead) and which sets the pace when it is not
+    # (costs.host.collective_issue_ns). The environment's, not the framework's: the Ultra-Scale
+    # Playbook sweep ran some of its jobs where every collective cost ~320 us per rank (their
+    # own bandwidth tests: bus bandwidth x GPUs constant from 32 to 512 GPUs;
+    # apps/validate/job_network.py), the rest where it cost no measurable time. Validate sets
+    # it from a record's own test; a planner sets it for a cluster whose launcher is slow.
+    collective_issue_us_per_rank: float = 0.0
     # "eager": every op dispatched from Python each step; "cuda_graphs": the step is replayed
     # from a captured graph, one launch per graph (host cost per op not paid).
     dispatch: str = "eager"
@@ -297,6 +306,12 @@ class RuntimeProfile:
         """Host seconds per dispatched op on the step's critical path (0 with CUDA graphs)."""
         return 0.0 if self.dispatch == "cuda_graphs" else self.host_us_per_op * 1e-6
 
+    @property
+    def collective_issue_s_per_rank(self) -> float:
+        """Host seconds to issue one collective, per rank of its group (0 with CUDA graphs,
+        whose replay issues nothing from the host)."""
+        return 0.0 if self.dispatch == "cuda_graphs" else self.collective_issue_us_per_rank * 1e-6
+
 
 #: Profile keys a YAML file or a scenario's ``runtime:`` may set, with their allowed values
 #: (a tuple of strings), their type (bool, int) or a float range.
@@ -318,7 +333,12 @@ INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
 #: p2p_poll_interval_s: a sleep between looks, 0 or 1 ms to 10 s (finer is a busy wait, which
 #: p2p: blocking without polling already is).
 MIN_POLL_INTERVAL_S = 1e-3
-FLOATS = {"host_us_per_op": (0.0, 1e4), "p2p_poll_interval_s": (0.0, 10.0)}
+#: collective_issue_us_per_rank up to 10 ms a rank (the sweep's slow jobs: ~320 us).
+FLOATS = {
+    "host_us_per_op": (0.0, 1e4),
+    "p2p_poll_interval_s": (0.0, 10.0),
+    "collective_issue_us_per_rank": (0.0, 1e4),
+}
 #: Keys whose value is a list of distinct allowed strings.
 LISTS = {"nccl_communicators": NCCL_COMMUNICATORS}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS, *LISTS)

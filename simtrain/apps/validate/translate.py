@@ -502,9 +502,9 @@ def translate(rec: Record) -> Translation | SkipReason:
     try:  # the job's own bandwidth tests (job_network): its links
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
         if net is not None:
-            hw, net_notes = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
-            sc = replace(sc, hardware=hw)
-            notes.extend(net_notes)
+            links = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+            sc = links.on(sc)
+            notes.extend(links.notes)
     except ValueError as exc:
         return skip(rec, str(exc))
     conv = convention_for(rec)

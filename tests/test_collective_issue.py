@@ -1,0 +1,241 @@
+"""The host's cost of issuing a collective, per rank of its group (runtime
+``collective_issue_us_per_rank``, ``costs.host.collective_issue_ns``), and validate's reading of
+it from a job's own bandwidth test (``apps.validate.job_network.issue_cost_us_per_rank``).
+
+Checked against counts written out here from the frameworks' code, closed forms of the host
+stream (a host-bound step is the sum of its host times), and the sweep's own tests (a cost per
+rank: bus bandwidth x GPUs constant)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from simtrain.apps.simulate import build_lowering_input, simulate_scenario
+from simtrain.apps.validate.job_network import (
+    JobNetwork,
+    LinkTest,
+    issue_cost_us_per_rank,
+    job_hardware,
+    measurements,
+    read_job_network,
+)
+from simtrain.costs.host import action_host_ns, collective_issue_ns, tp_block_collectives
+from simtrain.costs.link_fit import measured_over_simulated, measured_time_s, simulated_time_s
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError
+from simtrain.spec.hardware import load_hardware
+from simtrain.spec.scenario import parse_scenario
+
+GIB = 2**30
+TINY = {"layers": 4, "hidden": 256, "heads": 8, "kv_heads": 8, "ffn_hidden": 1024,
+        "vocab": 1024, "max_positions": 512}  # fmt: skip
+
+
+def scenario(runtime: dict, micro_batch: int = 1, model: dict = TINY, **par):
+    data = {
+        "name": "issue",
+        "model": model,
+        "hardware": "h100_sxm5_80gb",
+        "training": {
+            "seq_len": 128,
+            "global_batch": 4 * micro_batch * par.get("dp", 1),
+            "micro_batch": micro_batch,
+            "precision": "bf16",
+        },  # fmt: skip
+        "parallelism": {"dp": 1, "tp": 1, "pp": 1, **par},
+        "runtime": runtime,
+    }
+    return parse_scenario(data, "test.yaml")
+
+
+def step_ns(sc) -> int:
+    return simulate_scenario(sc).timeline.makespan_ns
+
+
+# ---------------------------------------------------------------------------------------------
+# Which collectives a block issues
+
+
+@pytest.mark.parametrize(
+    ("runtime", "par", "recompute", "want"),
+    [
+        # nanotron, tp_mode REDUCE_SCATTER (tensor_parallel/functional.py at 2411b022): forward
+        # the qkv and gate_up inputs all-gathered, the o_proj and down outputs reduce-scattered;
+        # backward each column linear's input re-gathered and its input gradient
+        # reduce-scattered, each row linear's output gradient all-gathered: 4 + 6
+        ({"name": "nanotron"}, {"sequence_parallel": True}, "none", (4, 6)),
+        # without the re-gather (tp_recompute_allgather false: the gathered input kept)
+        ({"name": "nanotron", "tp_regather_backward": False}, {"sequence_parallel": True},
+         "none", (4, 4)),
+        # Megatron without sequence parallelism: f and g, twice each (Narayanan et al. §3.2)
+        ({"name": "megatron_lm_2021"}, {}, "none", (2, 2)),
+        # a full recompute replays the forward's collectives in the backward
+        ({"name": "megatron_lm_2021"}, {}, "full", (2, 4)),
+        ({"name": "nanotron"}, {"sequence_parallel": True}, "full", (4, 10)),
+    ],
+)  # fmt: skip
+def test_tp_collectives_a_block_issues(runtime, par, recompute, want) -> None:
+    sc = scenario(runtime, tp=4, **par)
+    from dataclasses import replace
+
+    sc = replace(sc, training=replace(sc.training, recompute=recompute))
+    assert tp_block_collectives(sc) == want
+
+
+def test_no_tp_no_tp_collectives() -> None:
+    assert tp_block_collectives(scenario({"name": "nanotron"})) == (0, 0)
+
+
+def test_issue_cost_is_count_x_group_x_cost_per_rank() -> None:
+    sc = scenario({"name": "nanotron", "collective_issue_us_per_rank": 320}, tp=8)
+    assert collective_issue_ns(sc, 8, 10) == 10 * 8 * 320_000
+    assert collective_issue_ns(sc, 1, 10) == 0  # a group of one issues nothing to wait for
+    graphs = scenario({"name": "nanotron", "collective_issue_us_per_rank": 320,
+                       "dispatch": "cuda_graphs"}, tp=8)  # fmt: skip
+    assert collective_issue_ns(graphs, 8, 10) == 0  # a replayed graph issues from no host
+    assert collective_issue_ns(scenario({"name": "nanotron"}, tp=8), 8, 10) == 0
+
+
+def test_a_blocks_host_time_adds_its_collectives_issue() -> None:
+    """action_host_ns: the ops' host time plus layers x (4, 6) x tp x the cost per rank."""
+    base = scenario({"name": "nanotron"}, tp=8, sequence_parallel=True)
+    slow = scenario({"name": "nanotron", "collective_issue_us_per_rank": 250}, tp=8,
+                    sequence_parallel=True)  # fmt: skip
+    for layers in (1, 3):
+        f0, b0 = action_host_ns(base, layers)
+        f1, b1 = action_host_ns(slow, layers)
+        assert (f1 - f0, b1 - b0) == (layers * 4 * 8 * 250_000, layers * 6 * 8 * 250_000)
+
+
+def test_an_issue_cost_alone_still_models_the_host() -> None:
+    """A runtime with no per-op host time but an issue cost has a host stream: the cost is paid."""
+    sc = scenario({"name": "megatron_lm_2021", "collective_issue_us_per_rank": 100}, tp=4)
+    assert sc.runtime.host_us_per_op == 0
+    f, b = action_host_ns(sc, 2)
+    assert (f, b) == (2 * 2 * 4 * 100_000, 2 * 2 * 4 * 100_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# In the step: host-side, so hidden under a slower GPU and the pace where the host is slower
+
+
+def test_a_host_bound_step_is_the_sum_of_its_host_times() -> None:
+    """10 ms a rank: every action's issue outlasts its kernels, so the step is the host's sum
+    (runtime test_host_bound_step_is_the_sum_of_host_times_plus_the_optimizer's closed form)."""
+    sc = scenario({"name": "nanotron", "collective_issue_us_per_rank": 10_000}, tp=8,
+                  sequence_parallel=True)  # fmt: skip
+    inp = build_lowering_input(sc, estimate_memory(sc))
+    c = inp.chunks[0]
+    assert (
+        c.forward_ns < c.host_forward_ns and c.input_grad_ns + c.weight_grad_ns < c.host_backward_ns
+    )
+    issue = sc.model.layers * 10 * 8 * 10_000_000  # ns per micro-batch
+    assert c.host_forward_ns + c.host_backward_ns - issue == sum(
+        action_host_ns(
+            scenario({"name": "nanotron"}, tp=8, sequence_parallel=True), sc.model.layers
+        )  # fmt: skip
+    )
+    m = sc.num_microbatches
+    total = m * (c.host_forward_ns + c.host_backward_ns + c.host_accum_ns)
+    assert total <= step_ns(sc) <= total + inp.ranks[0].optimizer_ns + 10**6
+
+
+def test_a_gpu_bound_step_hides_a_small_issue_cost() -> None:
+    """1 us a rank beside blocks of hidden 2048 and 8 sequences (no other host time): the host
+    runs ahead, the step moves by at most the first action's issue."""
+    wide = {**TINY, "hidden": 2048, "heads": 16, "kv_heads": 16, "ffn_hidden": 8192}
+    par = {"tp": 8, "sequence_parallel": True}
+    base = scenario({"name": "nanotron", "host_us_per_op": 0}, 8, wide, **par)
+    small = scenario({"name": "nanotron", "host_us_per_op": 0, "collective_issue_us_per_rank": 1},
+                     8, wide, **par)  # fmt: skip
+    inp = build_lowering_input(small, estimate_memory(small))
+    c = inp.chunks[0]
+    assert c.host_forward_ns < c.forward_ns  # the GPU is the slower side
+    assert c.host_backward_ns < c.input_grad_ns + c.weight_grad_ns
+    first = small.model.layers * 4 * 8 * 1000
+    assert step_ns(base) <= step_ns(small) <= step_ns(base) + first
+
+
+@pytest.mark.parametrize(("value", "words"), [(-1, ">="), (1e5, "<="), ("fast", "number")])
+def test_a_bad_issue_cost_is_one_line_naming_the_key(value, words) -> None:
+    with pytest.raises(ConfigError) as e:
+        scenario({"name": "nanotron", "collective_issue_us_per_rank": value})
+    msg = str(e.value)
+    assert "\n" not in msg and "runtime.collective_issue_us_per_rank" in msg and words in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Read from a job's own test
+
+
+@pytest.fixture(scope="module")
+def efa():
+    return load_hardware("h100_sxm5_80gb_efa")
+
+
+@pytest.mark.parametrize("gpus", [32, 128, 512])
+def test_a_test_slower_than_the_links_is_an_issue_cost_that_reproduces_it(efa, gpus) -> None:
+    """A test 3x slower than the profile's links: the cost per rank is its time / n, and the
+    benchmark's collectives, issued back to back, take max(GPU, n x cost) = its time."""
+    net = JobNetwork(GIB, LinkTest({}, gpus), None)
+    sim = {op: simulated_time_s(efa, "nccl", m)
+           for m in measurements(efa, JobNetwork(GIB, LinkTest({"all_gather": 1e9,
+                                                                "reduce_scatter": 1e9}, gpus),
+                                                 None))
+           for op in (m.op,)}  # fmt: skip
+    busbw = {op: (gpus - 1) / gpus * GIB / (3 * t) for op, t in sim.items()}
+    net = JobNetwork(GIB, LinkTest(busbw, gpus), None)
+    tests = measurements(efa, net)
+    assert measured_over_simulated(efa, "nccl", tests) == pytest.approx(3, rel=1e-9)
+    us = issue_cost_us_per_rank(efa, "nccl", tests)
+    want = math.sqrt(math.prod(measured_time_s(m) for m in tests)) / gpus
+    assert us == pytest.approx(1e6 * want, rel=1e-12)
+    for m in tests:  # each within the geometric mean's spread of max(GPU, n x cost)
+        took = max(simulated_time_s(efa, "nccl", m), gpus * us * 1e-6)
+        assert took == pytest.approx(measured_time_s(m), rel=0.05)
+    links = job_hardware(efa, "nccl", net)
+    assert links.collective_issue_us_per_rank == us
+    assert links.hardware.nic_bandwidth_bytes_per_s == efa.nic_bandwidth_bytes_per_s
+
+
+def test_a_test_faster_than_the_links_fits_the_link_and_no_issue_cost(efa) -> None:
+    net = JobNetwork(GIB, LinkTest({"all_gather": 200e9, "reduce_scatter": 200e9}, 64), None)
+    tests = measurements(efa, net)
+    assert measured_over_simulated(efa, "nccl", tests) < 1
+    assert issue_cost_us_per_rank(efa, "nccl", tests) == 0
+    links = job_hardware(efa, "nccl", net)
+    assert links.collective_issue_us_per_rank == 0
+    assert links.hardware.nic_bandwidth_bytes_per_s > efa.nic_bandwidth_bytes_per_s
+
+
+def test_the_sweeps_slow_jobs_cost_the_same_per_rank_at_every_size(published_records) -> None:
+    """The reading's ground: the sweep's records whose own test ran slower than the profile took
+    a time proportional to their GPUs (a cost per rank, not a link's rate, which would give a
+    bus bandwidth flat in n): from 4 to 64 nodes the cost per rank stays within 15 % of its
+    median (~0.32 ms) while the GPUs grow 16x; the faster jobs' time per rank falls with n."""
+    efa = load_hardware("h100_sxm5_80gb_efa")
+    slow, fast = {}, {}
+    for rec in published_records.values():
+        if not rec.id.startswith("usp_") or "network_measured" not in rec.hardware:
+            continue
+        net = read_job_network(rec.hardware, rec.hardware["num_gpus"])
+        tests = [m for m in measurements(efa, net) if m.gpus > 8]
+        if not tests:
+            continue
+        per_rank = math.sqrt(math.prod(measured_time_s(m) for m in tests)) ** (2 / len(tests))
+        per_rank /= tests[0].gpus
+        nodes = tests[0].gpus // 8
+        slow_one = issue_cost_us_per_rank(efa, "nccl", tests) > 0
+        (slow if slow_one else fast).setdefault(nodes, []).append(per_rank)
+    sizes = sorted(n for n in slow if n >= 4)
+    assert sizes == [4, 8, 16, 32, 64]
+    medians = {n: statistics.median(slow[n]) for n in sizes}
+    middle = statistics.median(medians.values())
+    assert 0.28e-3 < middle < 0.36e-3
+    assert all(abs(v / middle - 1) < 0.15 for v in medians.values()), medians
+    fast_medians = [statistics.median(fast[n]) for n in sorted(fast) if n >= 4]
+    assert fast_medians == sorted(fast_medians, reverse=True)  # a link: falls with n
+    assert fast_medians[-1] < fast_medians[0] / 2
