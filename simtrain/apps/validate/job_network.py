@@ -67,6 +67,12 @@ NODE = "intra_node_"
 #: nanotron's test message: "size = 256 * 1024 * 1024  # Number of elements" of fp32
 #: (measure_bandwidth, 67c5ebb6 trainer.py l.1086-1089), the size_bytes of the sweep's records
 NANOTRON_TEST_BYTES = 256 * 2**20 * 4
+#: nanotron measure_bandwidth's timed region, for each collective and group (67c5ebb6
+#: trainer.py l.1131-1139, likewise l.1148-1219): ``tic``, 10 calls ("iters = 10"),
+#: ``torch.cuda.synchronize()``, ``dist.barrier(group=...)``, ``toc``; the bus bandwidth is
+#: factor x S x 10 / (toc - tic). The barrier is one collective more for the host to issue.
+TEST_CALLS = 10
+TEST_BARRIERS = 1
 #: every key the section may hold (the all-reduces are kept for reference, not used)
 ALLOWED = (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus",
            *(NODE + k for k in (*RING_KEYS, "all_reduce_busbw_gb_per_s", "gpus")),
@@ -191,18 +197,18 @@ def job_hardware(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> JobLin
 
     The node's link is fitted first (``link_fit.fit_links``). A job-wide test across nodes that
     ran slower than the node-fitted profile's links would run it is read as the host's cost of
-    issuing the collective, per rank (:func:`issue_cost_us_per_rank`), the links kept; one that
+    issuing a collective, per rank (:func:`issue_cost_us_per_rank`), the links kept; one that
     ran faster fits the network's link (k < 1: a job faster than the cluster's mean, which the
     profile is). Why: over the Ultra-Scale Playbook sweep the jobs slower than the profile
     took a time proportional to their GPUs, ~0.32 ms a GPU from 32 to 512 GPUs (bus bandwidth
-    x nodes constant within 3 %: 98 x 4 = 392, 52.7 x 8 = 422, 26.9 x 16 = 430, 13.2 x 32 =
-    422, 6.4 x 64 = 410 GB/s; benchmarks/playbook_csv_rows.py prints it), a cost per rank,
+    x nodes 392-430 GB/s: 97.9 x 4 = 392, 52.7 x 8 = 422, 26.9 x 16 = 430, 13.2 x 32 = 422,
+    6.4 x 64 = 410, medians; benchmarks/playbook_csv_rows.py prints it), a cost per rank,
     not a link's rate (a ring's bus bandwidth does not fall as 1/n); and the same per-rank
     cost is what their blocks' TP collectives lose (~25 ms a layer at tp 8 inside a node,
     whose 1 GiB test barely shows it: 242 vs 263 GB/s, since the GPU's 3.6 ms hides a
     host's 2.6). A single test cannot tell a slow host from a slow link: this is the rule, and
-    jobs near the profile are where it can err (the sweep's 2-node jobs of the slow kind sit
-    at 0.93-1.11 x the profile's time; 4-64 nodes at 0.87-2.85)."""
+    jobs near the profile are where it errs (of the sweep's slow-kind jobs, 54 of the 84 on 2
+    nodes and 18 on 4-8 test no slower than the node-fitted profile: read as links)."""
     tests = measurements(hw, net)
     node = [m for m in tests if m.gpus > 1 and link_of(hw, m.gpus) == "node"]
     world = [m for m in tests if m.gpus > 1 and link_of(hw, m.gpus) == "network"]
@@ -243,10 +249,15 @@ def issue_cost_us_per_rank(hw: HardwareProfile, algorithm: str,
     """The host's cost per rank of issuing a collective that makes ``tests`` (over whole nodes)
     take their measured time on ``hw``'s links, in microseconds; 0 when they ran no slower
     than those links (a host that runs ahead of the GPU costs nothing while the GPU is the
-    slower side). The benchmark issues its collectives back to back, so each takes the longer
-    of the GPU's time and the host's, n x the cost per rank (costs.host.collective_issue_ns):
-    the cost is the measured time / n, in the geometric mean over the tests."""
+    slower side). The benchmark issues its :data:`TEST_CALLS` collectives back to back, so each
+    takes the longer of the GPU's time and the host's, n x the cost per rank
+    (costs.host.collective_issue_ns), and its timed region ends with a barrier, one collective
+    more to issue (:data:`TEST_BARRIERS`): the region, TEST_CALLS x the measured time t, is
+    (TEST_CALLS + TEST_BARRIERS) x n x the cost, which is 10 t / (11 n), in the geometric mean
+    over the tests (the last call's GPU time after its issue is left out: under 1/11 of one
+    call's time when the host is the slower side)."""
     if measured_over_simulated(hw, algorithm, tests) <= 1:
         return 0.0
-    per_rank = [measured_time_s(m) / m.gpus for m in tests]
+    issues = TEST_CALLS + TEST_BARRIERS
+    per_rank = [TEST_CALLS * measured_time_s(m) / (issues * m.gpus) for m in tests]
     return 1e6 * math.exp(sum(map(math.log, per_rank)) / len(per_rank))
