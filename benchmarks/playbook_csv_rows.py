@@ -189,6 +189,30 @@ def print_issue_costs(recs: list[Record]) -> None:
                           for n, v in sorted(by_nodes.items())))  # fmt: skip
 
 
+def print_layer_floors(recs: list[Record], results: list) -> None:
+    """What a layer costs per micro-batch, measured (the run's step / (micro-batches x layers
+    per stage)), at micro-batch <= 2 (little GPU work to hide a host's), for the runs that do
+    not poll (pp 1, and pipelines after the fix), median by tp and by the kind of job its node
+    test tells (all-gather >= 250 GB/s or below: runtimes/nanotron.yaml [ppfix])."""
+    floors: dict[tuple[bool, int], list[float]] = defaultdict(list)
+    for rec, res in zip(recs, results, strict=True):
+        p, t = rec.parallelism, rec.training
+        node = rec.hardware.get("network_measured", {}).get("intra_node_all_gather_busbw_gb_per_s")
+        if not node or t["micro_batch"] > 2 or (p["pp"] > 1 and job_of(rec) < FIX_JOB):
+            continue
+        for _g, metric, meas, _pred, _err in res:
+            if metric == "tokens_per_s" and meas > 0:
+                step = t["global_batch"] * rec.model["seq_len"] / meas
+                floors[(node >= 250, p["tp"])].append(
+                    step / (t["grad_accum"] * rec.model["layers"] / p["pp"])
+                )
+    for fast in (True, False):
+        print(f"measured s per layer per micro-batch at micro-batch <= 2, pp 1 and post-fix "
+              f"pipelines, node all-gather {'>=' if fast else '<'} 250 GB/s, median: "
+              + ", ".join(f"tp {tp} {1e3 * statistics.median(v):.1f} ms (n {len(v)})"
+                          for (kind, tp), v in sorted(floors.items()) if kind == fast))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("csv", help="the sweep's CSV (bench_final2_mod_add.csv)")
@@ -293,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{'>=' if hi else '<'} 250 GB/s median {statistics.median(v):+.1f} % "
                           f"(n {len(v)})" for hi, v in sorted(regime.items(), reverse=True) if v))  # fmt: skip
     print_issue_costs(recs)
+    print_layer_floors(recs, results)
     for oom, shares in sorted(missed.items()):
         q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
         print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "

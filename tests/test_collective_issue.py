@@ -85,6 +85,31 @@ def test_tp_collectives_a_block_issues(runtime, par, recompute, want) -> None:
     assert tp_block_collectives(sc) == want
 
 
+@pytest.mark.parametrize(
+    ("sp", "model", "recompute", "want"),
+    [
+        # selective_op replays the two all-reduces without SP, the two input all-gathers with it
+        # (costs.workload.tp_recompute_block)
+        (False, {}, "selective_op", (2, 4)),
+        # (megatron_lm_2021 does not re-gather: 4 backward, + 2)
+        (True, {}, "selective_op", (4, 6)),
+        # a parallel-residual block reduces once forward (comm.forward_allreduces), twice back
+        (False, {"parallel_residual": True}, "none", (1, 2)),
+        # an MLA block's backward: two all-reduces, each an all-gather and a reduce-scatter
+        # under SP (comm.tp_backward_block)
+        (False, {"kv_lora_rank": 16}, "none", (2, 2)),
+        (True, {"kv_lora_rank": 16}, "none", (4, 4)),
+    ],
+)  # fmt: skip
+def test_tp_collectives_of_other_blocks(sp, model, recompute, want) -> None:
+    from dataclasses import replace
+
+    sc = scenario({"name": "megatron_lm_2021"}, tp=4, sequence_parallel=sp)
+    sc = replace(sc, model=replace(sc.model, **model),
+                 training=replace(sc.training, recompute=recompute))  # fmt: skip
+    assert tp_block_collectives(sc) == want
+
+
 def test_no_tp_no_tp_collectives() -> None:
     assert tp_block_collectives(scenario({"name": "nanotron"})) == (0, 0)
 
@@ -212,6 +237,36 @@ def test_a_test_faster_than_the_links_fits_the_link_and_no_issue_cost(efa) -> No
     links = job_hardware(efa, "nccl", net)
     assert links.collective_issue_us_per_rank == 0
     assert links.hardware.nic_bandwidth_bytes_per_s > efa.nic_bandwidth_bytes_per_s
+
+
+def _scaled_test(efa, gpus: int, ratio: float) -> JobNetwork:
+    """A job-wide test of all-gather and reduce-scatter taking ``ratio`` x the profile's time."""
+    probe = JobNetwork(GIB, LinkTest({"all_gather": 1e9, "reduce_scatter": 1e9}, gpus), None)
+    busbw = {m.op: (gpus - 1) / gpus * GIB / (ratio * simulated_time_s(efa, "nccl", m))
+             for m in measurements(efa, probe)}  # fmt: skip
+    return JobNetwork(GIB, LinkTest(busbw, gpus), None)
+
+
+def test_the_reading_changes_at_the_profiles_time(efa) -> None:
+    """The rule's edge: 0.1 % slower than the profile's links is an issue cost (links kept),
+    0.1 % faster is a link k just under 1 (no issue cost); a CUDA-graph runtime, whose host
+    issues nothing, fits the link either way."""
+    slower = job_hardware(efa, "nccl", _scaled_test(efa, 64, 1.001))
+    assert slower.collective_issue_us_per_rank > 0
+    assert slower.hardware.nic_bandwidth_bytes_per_s == efa.nic_bandwidth_bytes_per_s
+    faster = job_hardware(efa, "nccl", _scaled_test(efa, 64, 0.999))
+    assert faster.collective_issue_us_per_rank == 0
+    k = efa.nic_bandwidth_bytes_per_s / faster.hardware.nic_bandwidth_bytes_per_s
+    assert 0.99 < k < 1
+    graphs = job_hardware(efa, "nccl", _scaled_test(efa, 64, 3.0), issue_applies=False)
+    assert graphs.collective_issue_us_per_rank == 0
+    assert graphs.hardware.nic_bandwidth_bytes_per_s < efa.nic_bandwidth_bytes_per_s / 2
+
+
+def test_a_test_on_part_of_a_node_is_an_error_naming_the_section(efa) -> None:
+    net = JobNetwork(GIB, LinkTest({"all_gather": 50e9}, 12), None)
+    with pytest.raises(ValueError, match=r"^hardware\.network_measured: 12 GPUs are not whole"):
+        job_hardware(efa, "nccl", net)
 
 
 def test_the_sweeps_slow_jobs_cost_the_same_per_rank_at_every_size(published_records) -> None:

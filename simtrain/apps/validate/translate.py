@@ -502,7 +502,8 @@ def translate(rec: Record) -> Translation | SkipReason:
     try:  # the job's own bandwidth tests (job_network): its links
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
         if net is not None:
-            links = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net)
+            links = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net,
+                                 issue_applies=sc.runtime.dispatch != "cuda_graphs")  # fmt: skip
             sc = links.on(sc)
             notes.extend(links.notes)
     except ValueError as exc:
