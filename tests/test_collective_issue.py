@@ -22,7 +22,12 @@ from simtrain.apps.validate.job_network import (
     measurements,
     read_job_network,
 )
-from simtrain.costs.host import action_host_ns, collective_issue_ns, tp_block_collectives
+from simtrain.costs.host import (
+    action_host_ns,
+    collective_issue_ns,
+    tp_block_collectives,
+    tp_edge_collectives,
+)
 from simtrain.costs.link_fit import measured_over_simulated, measured_time_s, simulated_time_s
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
@@ -110,6 +115,35 @@ def test_tp_collectives_of_other_blocks(sp, model, recompute, want) -> None:
     assert tp_block_collectives(sc) == want
 
 
+def test_tp_collectives_of_the_edges() -> None:
+    """nanotron with sequence parallelism (tensor_parallel/nn.py TensorParallelEmbedding and the
+    column-parallel lm_head, functional.py _ShardedCrossEntropy at 2411b022): the embedding's
+    reduce-scatter and its gradient's all-gather; the head's input all-gather and the loss's 3
+    all-reduces, back its input gradient's reduce-scatter and its input's re-gather."""
+    sc = scenario({"name": "nanotron"}, tp=4, sequence_parallel=True)
+    assert tp_edge_collectives(sc, embedding=True, head=False) == (1, 1)
+    assert tp_edge_collectives(sc, embedding=False, head=True) == (4, 2)
+    assert tp_edge_collectives(sc, embedding=True, head=True) == (5, 3)
+    assert tp_edge_collectives(sc, embedding=False, head=False) == (0, 0)
+    # Megatron without SP: the embedding's all-reduce, the loss's 3, the head's input-gradient one
+    mg = scenario({"name": "megatron_lm_2021"}, tp=4)
+    assert tp_edge_collectives(mg, embedding=True, head=True) == (4, 1)
+    assert tp_edge_collectives(scenario({"name": "nanotron"}), True, True) == (0, 0)
+
+
+def test_a_single_stage_pays_its_blocks_and_edges_issue() -> None:
+    """One stage (pp 1) holds the embedding, the blocks and the head: its host times grow by
+    (layers x (4, 6) + (5, 3)) x tp x the cost per rank."""
+    par = {"tp": 8, "sequence_parallel": True}
+    base = scenario({"name": "nanotron"}, **par)
+    slow = scenario({"name": "nanotron", "collective_issue_us_per_rank": 200}, **par)
+    c0 = build_lowering_input(base, estimate_memory(base)).chunks[0]
+    c1 = build_lowering_input(slow, estimate_memory(slow)).chunks[0]
+    layers = base.model.layers
+    assert c1.host_forward_ns - c0.host_forward_ns == (layers * 4 + 5) * 8 * 200_000
+    assert c1.host_backward_ns - c0.host_backward_ns == (layers * 6 + 3) * 8 * 200_000
+
+
 def test_no_tp_no_tp_collectives() -> None:
     assert tp_block_collectives(scenario({"name": "nanotron"})) == (0, 0)
 
@@ -157,11 +191,12 @@ def test_a_host_bound_step_is_the_sum_of_its_host_times() -> None:
     assert (
         c.forward_ns < c.host_forward_ns and c.input_grad_ns + c.weight_grad_ns < c.host_backward_ns
     )
-    issue = sc.model.layers * 10 * 8 * 10_000_000  # ns per micro-batch
-    assert c.host_forward_ns + c.host_backward_ns - issue == sum(
-        action_host_ns(
-            scenario({"name": "nanotron"}, tp=8, sequence_parallel=True), sc.model.layers
-        )  # fmt: skip
+    # ns per micro-batch: the blocks' 4 + 6 collectives and the edges' 5 + 3 (one stage)
+    issue = (sc.model.layers * 10 + 8) * 8 * 10_000_000
+    base = scenario({"name": "nanotron"}, tp=8, sequence_parallel=True)
+    c0 = build_lowering_input(base, estimate_memory(base)).chunks[0]
+    assert (
+        c.host_forward_ns + c.host_backward_ns - issue == c0.host_forward_ns + c0.host_backward_ns
     )
     m = sc.num_microbatches
     total = m * (c.host_forward_ns + c.host_backward_ns + c.host_accum_ns)
@@ -169,18 +204,18 @@ def test_a_host_bound_step_is_the_sum_of_its_host_times() -> None:
 
 
 def test_a_gpu_bound_step_hides_a_small_issue_cost() -> None:
-    """1 us a rank beside blocks of hidden 2048 and 8 sequences (no other host time): the host
-    runs ahead, the step moves by at most the first action's issue."""
+    """0.5 us a rank beside blocks of hidden 2048 and 8 sequences (no other host time): the
+    host runs ahead, the step moves by at most the first action's issue."""
     wide = {**TINY, "hidden": 2048, "heads": 16, "kv_heads": 16, "ffn_hidden": 8192}
     par = {"tp": 8, "sequence_parallel": True}
     base = scenario({"name": "nanotron", "host_us_per_op": 0}, 8, wide, **par)
-    small = scenario({"name": "nanotron", "host_us_per_op": 0, "collective_issue_us_per_rank": 1},
+    small = scenario({"name": "nanotron", "host_us_per_op": 0, "collective_issue_us_per_rank": 0.5},
                      8, wide, **par)  # fmt: skip
     inp = build_lowering_input(small, estimate_memory(small))
     c = inp.chunks[0]
     assert c.host_forward_ns < c.forward_ns  # the GPU is the slower side
     assert c.host_backward_ns < c.input_grad_ns + c.weight_grad_ns
-    first = small.model.layers * 4 * 8 * 1000
+    first = (small.model.layers * 4 + 5) * 8 * 500
     assert step_ns(base) <= step_ns(small) <= step_ns(base) + first
 
 

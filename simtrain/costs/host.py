@@ -21,9 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simtrain.costs import comm
-from simtrain.costs.compute import fused_linear_names
+from simtrain.costs.compute import fused_linear_names, head_flops
 from simtrain.costs.data_parallel import is_data_parallel
-from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
+from simtrain.costs.params import (
+    base_trainable,
+    embedding_param_tensors,
+    head_param_tensors,
+    layer_param_tensors,
+)
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
 
@@ -154,6 +159,32 @@ def tp_block_collectives(sc: Scenario) -> tuple[int, int]:
     elif sc.training.recompute == "selective_op":
         backward += 2
     return forward, backward
+
+
+def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]:
+    """(forward, backward) TP collectives a chunk's embedding and output layer issue per
+    micro-batch, as ``costs.comm.tp_edges_ns`` prices them: the embedding's all-reduce (with
+    sequence parallelism a reduce-scatter, and its gradient's all-gather where the embedding
+    trains); the output layer's input all-gather under sequence parallelism, the loss's
+    vocabulary-parallel all-reduces (``comm.VOCAB_PARALLEL_LOSS_ALLREDUCES``) or the gathered
+    logits' all-gather, and in the backward its input gradient's reduction where the gradient
+    flows on and, under ``tp_regather_backward``, its input's re-gather where its weight
+    trains. (0, 0) at tp 1 or on a chunk with neither."""
+    p, t = sc.parallelism, sc.training
+    if p.tp <= 1 or not (embedding or head):
+        return 0, 0
+    sp = p.sequence_parallel
+    fwd = bwd = 0
+    if embedding:
+        fwd += 1
+        bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
+    if head:
+        _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
+        fwd += (1 if sp else 0) + (1 if t.cross_entropy == "gathered" else 0)
+        fwd += comm.VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
+        bwd += 1 if input_grad else 0
+        bwd += 1 if sp and sc.runtime.tp_regather_backward and weight_grad else 0
+    return fwd, bwd
 
 
 def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
