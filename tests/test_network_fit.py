@@ -72,6 +72,29 @@ def test_a_log_is_read_as_nccl_tests_prints_it() -> None:
     assert first.size_bytes == GIB and first.busbw_bytes_per_s == pytest.approx(87.53e9)
 
 
+def test_an_early_nccl_tests_header_is_read() -> None:
+    """nccl-tests before 2.x printed "bytes N type" where later versions print "size count type
+    redop root" (and "error" for "#wrong"): the same table, the same out-of-place busbw."""
+    ranks = [f"#   Rank {r:>2} Pid {100 + r:>6} on     node-{r // 8} device {r % 8:>2} [0x18] "
+             "Tesla V100-SXM2-32GB" for r in range(16)]  # fmt: skip
+    early = "\n".join([
+        "# nThread 1 nGpus 1 minBytes 1048576 maxBytes 1073741824 step: 2(factor) warmup iters: 5 "
+        "iters: 20 validation: 1",
+        "#", "# Using devices", *ranks, "#",
+        "#                                                     out-of-place                       "
+        "in-place",
+        "#       bytes    N    type      time   algbw   busbw  error      time   algbw   busbw  "
+        "error",
+        "     1048576   262144   float    120.50    8.70   16.31  0e+00    118.20    8.87   16.63  "
+        "0e+00",
+        f"  {GIB:>10} 268435456   float  11500.30   93.37   87.53  0e+00  11480.20   93.53   87.69  "
+        "0e+00",
+        "# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 51.9", ""])  # fmt: skip
+    log = parse_nccl_tests(early, "all_reduce_perf.log")
+    assert (log.op, log.ranks, log.hosts, log.size_bytes) == ("all_reduce", 16, 2, GIB)
+    assert log.busbw_bytes_per_s == pytest.approx(87.53e9)
+
+
 def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:
     """Two logs, NVLink (one node) and the network (4 nodes): the written profile, read back,
     gives each log's bus bandwidth (to the 6 significant digits it is written with)."""

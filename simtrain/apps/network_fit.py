@@ -13,7 +13,8 @@ nodes fit the network, on the node-fitted profile. The profile is written as the
 with those four numbers replaced and a header naming the logs.
 
 The log format is nccl-tests' (``doc/PERFORMANCE.md``): ``#  Rank  N Group ... on HOST device``
-lines (ranks and hosts), a header line with ``size`` and ``busbw`` columns, and one row per
+lines (ranks and hosts), a header line with ``size`` (``bytes`` in early versions) and
+``busbw`` columns, and one row per
 message size; the out-of-place ``busbw`` (GB/s = 1e9 B/s) of the largest size is used. The
 collective comes from the log's ``# Collective test starting: NAME_perf`` line or the file's name.
 """
@@ -43,6 +44,9 @@ SOURCE_TAG = "fitnet"
 NCCL_TESTS_OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
        "reducescatter": "reduce_scatter", "all_reduce": "all_reduce", "allreduce": "all_reduce"}  # fmt: skip
 _RANK = re.compile(r"^#\s*Rank\s+(\d+)\s.*?\bon\s+(\S+)")
+#: the size column's name in a table's header: ``size`` since nccl-tests 2.x's "size count
+#: type redop root", ``bytes`` in its earlier "bytes N type" header
+_SIZE_COLUMNS = {"size", "bytes"}
 #: a run's first line (nccl-tests prints it once per run)
 _RUN = re.compile(r"^#\s*nThread\b")
 #: the smallest largest message a log may fit: at 1 MiB 91-99 % of a DGX H100 ring all-gather's
@@ -91,7 +95,7 @@ def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
         runs += bool(_RUN.match(line))
         if m := _RANK.match(line):
             ranks[int(m.group(1))] = m.group(2)
-        elif line.startswith("#") and "busbw" in line and "size" in line:
+        elif line.startswith("#") and "busbw" in line.split() and _SIZE_COLUMNS & {*line.split()}:
             tables += 1
             header = header or line.lstrip("#").split()
         elif header and line.strip() and not line.startswith("#"):
