@@ -332,3 +332,23 @@ def test_the_sweeps_slow_jobs_cost_the_same_per_rank_at_every_size(published_rec
     fast_medians = [statistics.median(fast[n]) for n in sorted(fast) if n >= 4]
     assert fast_medians == sorted(fast_medians, reverse=True)  # a link: falls with n
     assert fast_medians[-1] < fast_medians[0] / 2
+
+
+def test_the_run_table_says_the_issue_cost(tmp_path) -> None:
+    """`simtrain run` names a non-zero issue cost on its runtime line, and nothing otherwise."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    from pathlib import Path
+
+    scenario_path = str(Path(__file__).parents[1] / "scenarios" / "nanotron_playbook_polling.yaml")
+    lines = {}
+    for us in (0, 300):
+        r = CliRunner().invoke(main, ["run", scenario_path, "--no-plots", "--out",
+                                      str(tmp_path / str(us)), "--set",
+                                      f"runtime.collective_issue_us_per_rank={us}"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        lines[us] = next(x for x in r.output.splitlines() if x.startswith("runtime "))
+    assert lines[300].endswith("; the host issues each collective at 300 us per rank of its group")
+    assert "issues each collective" not in lines[0]

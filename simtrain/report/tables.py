@@ -310,7 +310,13 @@ def run_table(res: Any, phased: Any = None) -> str:
         f"{mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
         f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
-        f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]",
+        f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]"
+        + (
+            f"; the host issues each collective at {sc.runtime.collective_issue_us_per_rank:g} us "
+            "per rank of its group"
+            if sc.runtime.collective_issue_s_per_rank
+            else ""
+        ),
         *([attention_line(sc)] if sc.model.flash_attention else []),
         *([line] if (line := estimate_line(sc.hardware)) else []),
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
