@@ -336,11 +336,11 @@ def test_the_sweeps_slow_jobs_cost_the_same_per_rank_at_every_size(published_rec
 
 def test_the_run_table_says_the_issue_cost(tmp_path) -> None:
     """`simtrain run` names a non-zero issue cost on its runtime line, and nothing otherwise."""
+    from pathlib import Path
+
     from click.testing import CliRunner
 
     from simtrain.cli import main
-
-    from pathlib import Path
 
     scenario_path = str(Path(__file__).parents[1] / "scenarios" / "nanotron_playbook_polling.yaml")
     lines = {}
