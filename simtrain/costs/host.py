@@ -192,11 +192,11 @@ def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
     the runtime's ``collective_issue_us_per_rank`` (0 when it is 0, with CUDA graphs, or for a
     group of one). A cost linear in the group's size, measured, not derived: the Ultra-Scale
     Playbook sweep's slow jobs timed each 1 GiB all-gather / reduce-scatter of their own test at
-    ~0.32 ms per GPU from 32 to 512 GPUs (bus bandwidth x GPUs constant; the fast jobs' fall
-    as a ring's does), and their blocks' TP collectives cost the same per rank (the per-layer
-    floor of their small micro-batches: ~25 ms a layer at tp 8, ~95 at tp 32;
-    apps/validate/job_network.py, benchmarks/playbook_csv_rows.py). Its source in their
-    software is not known."""
+    0.31-0.33 ms per GPU from 32 to 512 GPUs (bus bandwidth x GPUs constant; the fast jobs' fall
+    as a ring's does), and their blocks' TP collectives cost the same order per rank (a layer
+    per micro-batch at micro-batch <= 2: 27.2 ms at tp 8, 99.0 at tp 32, medians, against 4.8 /
+    16.6 on the other jobs; apps/validate/job_network.py, benchmarks/playbook_csv_rows.py).
+    Its source in their software is not known."""
     per = sc.runtime.collective_issue_s_per_rank
     if per <= 0 or group <= 1 or count <= 0:
         return 0
