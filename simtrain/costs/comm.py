@@ -295,6 +295,63 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
     return fwd, bwd
 
 
+def tp_block_collectives(sc: Scenario) -> tuple[int, int]:
+    """(forward, backward) TP collectives one block issues per micro-batch, as
+    the pricers beside it count them (:func:`tp_forward_block`, :func:`tp_backward_block`, ``costs.workload.tp_recompute_block``: tests/test_collective_issue.py checks the count against them, each collective priced at one unit): without sequence
+    parallelism the forward's all-reduces (:func:`forward_allreduces`: 2, or 1 for a
+    parallel-residual block) and the backward's two; with it the forward's two all-gathers and
+    two reduce-scatters, the backward's two output-gradient all-gathers, two input-gradient
+    reduce-scatters and, with runtime ``tp_regather_backward``, two re-gathers (nanotron
+    tensor_parallel/functional.py at 2411b022: 4 + 6 a block); an MLA block's backward two
+    all-reduces (each an all-gather and a reduce-scatter under sequence parallelism). A full
+    recompute replays the forward's; a selective_op one the two all-reduces, or under
+    sequence parallelism the two input all-gathers (``costs.workload.tp_recompute_block``).
+    (0, 0) at tp 1. A split backward's host time counts the whole backward's, shared between
+    its I and W actions by GPU time (``ChunkDurations.host_ns``), re-gathers included."""
+    p, rt = sc.parallelism, sc.runtime
+    if p.tp <= 1:
+        return 0, 0
+    sp = p.sequence_parallel
+    forward = 4 if sp else forward_allreduces(sc)
+    if sc.model.is_mla:
+        backward = 4 if sp else 2
+    elif sp:
+        backward = 4 + (2 if rt.tp_regather_backward else 0)
+    else:
+        backward = 2
+    if sc.training.recompute == "full":
+        backward += forward
+    elif sc.training.recompute == "selective_op":
+        backward += 2
+    return forward, backward
+
+
+def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]:
+    """(forward, backward) TP collectives a chunk's embedding and output layer issue per
+    micro-batch, as :func:`tp_edges_ns` prices them (checked against it as the blocks' are): the embedding's all-reduce (with
+    sequence parallelism a reduce-scatter, and its gradient's all-gather where the embedding
+    trains); the output layer's input all-gather under sequence parallelism, the loss's
+    vocabulary-parallel all-reduces (:data:`VOCAB_PARALLEL_LOSS_ALLREDUCES`) or the gathered
+    logits' all-gather, and in the backward its input gradient's reduction where the gradient
+    flows on and, under ``tp_regather_backward``, its input's re-gather where its weight
+    trains. (0, 0) at tp 1 or on a chunk with neither."""
+    p, t = sc.parallelism, sc.training
+    if p.tp <= 1 or not (embedding or head):
+        return 0, 0
+    sp = p.sequence_parallel
+    fwd = bwd = 0
+    if embedding:
+        fwd += 1
+        bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
+    if head:
+        _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
+        fwd += (1 if sp else 0) + (1 if t.cross_entropy == "gathered" else 0)
+        fwd += VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
+        bwd += 1 if input_grad else 0
+        bwd += 1 if sp and sc.runtime.tp_regather_backward and weight_grad else 0
+    return fwd, bwd
+
+
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:
     """One dispatch (or combine) all-to-all of an MoE layer over the expert-parallel group:
     ep GPUs tp ids apart (Megatron-Core's expert grid orders tp-ep-dp-pp and has no CP

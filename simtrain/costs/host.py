@@ -20,15 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simtrain.costs import comm
-from simtrain.costs.compute import fused_linear_names, head_flops
+from simtrain.costs.comm import tp_block_collectives, tp_edge_collectives
+from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.data_parallel import is_data_parallel
-from simtrain.costs.params import (
-    base_trainable,
-    embedding_param_tensors,
-    head_param_tensors,
-    layer_param_tensors,
-)
+from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
 
@@ -131,98 +126,45 @@ def layer_ops(m: ModelSpec) -> LayerOps:
     return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in m.linear_weight_shapes())
 
 
-def tp_block_collectives(sc: Scenario) -> tuple[int, int]:
-    """(forward, backward) TP collectives one block issues per micro-batch, as
-    ``costs.comm.tp_forward_block`` / ``tp_backward_block`` price them: without sequence
-    parallelism the forward's all-reduces (``comm.forward_allreduces``: 2, or 1 for a
-    parallel-residual block) and the backward's two; with it the forward's two all-gathers and
-    two reduce-scatters, the backward's two output-gradient all-gathers, two input-gradient
-    reduce-scatters and, with runtime ``tp_regather_backward``, two re-gathers (nanotron
-    tensor_parallel/functional.py at 2411b022: 4 + 6 a block); an MLA block's backward two
-    all-reduces (each an all-gather and a reduce-scatter under sequence parallelism). A full
-    recompute replays the forward's; a selective_op one the two all-reduces, or under
-    sequence parallelism the two input all-gathers (``costs.workload.tp_recompute_block``).
-    (0, 0) at tp 1."""
-    p, rt = sc.parallelism, sc.runtime
-    if p.tp <= 1:
-        return 0, 0
-    sp = p.sequence_parallel
-    forward = 4 if sp else comm.forward_allreduces(sc)
-    if sc.model.is_mla:
-        backward = 4 if sp else 2
-    elif sp:
-        backward = 4 + (2 if rt.tp_regather_backward else 0)
-    else:
-        backward = 2
-    if sc.training.recompute == "full":
-        backward += forward
-    elif sc.training.recompute == "selective_op":
-        backward += 2
-    return forward, backward
-
-
-def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]:
-    """(forward, backward) TP collectives a chunk's embedding and output layer issue per
-    micro-batch, as ``costs.comm.tp_edges_ns`` prices them: the embedding's all-reduce (with
-    sequence parallelism a reduce-scatter, and its gradient's all-gather where the embedding
-    trains); the output layer's input all-gather under sequence parallelism, the loss's
-    vocabulary-parallel all-reduces (``comm.VOCAB_PARALLEL_LOSS_ALLREDUCES``) or the gathered
-    logits' all-gather, and in the backward its input gradient's reduction where the gradient
-    flows on and, under ``tp_regather_backward``, its input's re-gather where its weight
-    trains. (0, 0) at tp 1 or on a chunk with neither."""
-    p, t = sc.parallelism, sc.training
-    if p.tp <= 1 or not (embedding or head):
-        return 0, 0
-    sp = p.sequence_parallel
-    fwd = bwd = 0
-    if embedding:
-        fwd += 1
-        bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
-    if head:
-        _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
-        fwd += (1 if sp else 0) + (1 if t.cross_entropy == "gathered" else 0)
-        fwd += comm.VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
-        bwd += 1 if input_grad else 0
-        bwd += 1 if sp and sc.runtime.tp_regather_backward and weight_grad else 0
-    return fwd, bwd
-
-
 def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
     """Host ns of issuing ``count`` collectives over a group of ``group`` ranks: count x group x
     the runtime's ``collective_issue_us_per_rank`` (0 when it is 0, with CUDA graphs, or for a
-    group of one). A cost linear in the group's size, measured, not derived: the Ultra-Scale
-    Playbook sweep's slow jobs timed each 1 GiB all-gather / reduce-scatter of their own test at
-    0.31-0.33 ms per GPU from 32 to 512 GPUs (bus bandwidth x GPUs constant; the fast jobs' fall
-    as a ring's does), and their blocks' TP collectives cost the same order per rank (a layer
-    per micro-batch at micro-batch <= 2: 27.2 ms at tp 8, 99.0 at tp 32, medians, against 4.8 /
-    16.6 on the other jobs; apps/validate/job_network.py, benchmarks/playbook_csv_rows.py).
-    Its source in their software is not known."""
+    group of one). A cost linear in the group's size, measured, not derived: the evidence
+    (the Ultra-Scale Playbook sweep's slow jobs, their own tests and their blocks' per-layer
+    floors) is in runtimes/nanotron.yaml [issue], printed by benchmarks/playbook_csv_rows.py;
+    its source in their software is not known."""
     per = sc.runtime.collective_issue_s_per_rank
     if per <= 0 or group <= 1 or count <= 0:
         return 0
     return round(1e9 * per * group * count)
 
 
-def action_host_ns(sc: Scenario, layers: int) -> tuple[int, int]:
-    """(forward, backward) host ns of one micro-batch through ``layers`` blocks: the backward
-    includes the replayed forward under full recompute and under selective_op (which replays
-    the whole forward op by op, cached outputs included); one interpreter issues every
-    data-parallel replica's forward (GIL, ``torch.nn.DataParallel``); the blocks' TP
-    collectives add their issue cost (:func:`collective_issue_ns`). 0 when the runtime models
-    neither. The simulation's and the planner's."""
+def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
+                   head: bool = False) -> tuple[int, int]:  # fmt: skip
+    """(forward, backward) host ns of one micro-batch through ``layers`` blocks (and the
+    chunk's embedding and output layer where it holds them): the backward includes the
+    replayed forward under full recompute and under selective_op (which replays the whole
+    forward op by op, cached outputs included); one interpreter issues every data-parallel
+    replica's forward (GIL, ``torch.nn.DataParallel``); the TP collectives of the blocks and
+    of the embedding, output layer and loss add their issue cost (:func:`collective_issue_ns`;
+    ``comm.tp_block_collectives``, ``comm.tp_edge_collectives``), on a chunk without blocks
+    too. 0 when the runtime models neither. The simulation's and the planner's."""
     per_op = sc.runtime.host_s_per_op
-    if (per_op <= 0 and sc.runtime.collective_issue_s_per_rank <= 0) or layers <= 0:
-        return 0, 0
-    ops = layer_ops(sc.model)
-    replay = sc.training.recompute in ("full", "selective_op")
-    bwd = ops.backward + (ops.recompute_full if replay else 0)
-    forward = round(1e9 * per_op * layers * ops.forward)
-    if is_data_parallel(sc):
-        forward *= sc.parallelism.dp
-    tp_f, tp_b = tp_block_collectives(sc)
+    ops_f = ops_b = 0
+    if per_op > 0 and layers > 0:
+        ops = layer_ops(sc.model)
+        replay = sc.training.recompute in ("full", "selective_op")
+        ops_f = round(1e9 * per_op * layers * ops.forward)
+        if is_data_parallel(sc):
+            ops_f *= sc.parallelism.dp
+        ops_b = round(
+            1e9 * per_op * layers * (ops.backward + (ops.recompute_full if replay else 0))
+        )
+    block_f, block_b = tp_block_collectives(sc)
+    edge_f, edge_b = tp_edge_collectives(sc, embedding, head)
     tp = sc.parallelism.tp
-    return (forward + collective_issue_ns(sc, tp, layers * tp_f),
-            round(1e9 * per_op * layers * bwd) + collective_issue_ns(sc, tp, layers * tp_b))  # fmt: skip
+    return (ops_f + collective_issue_ns(sc, tp, max(layers, 0) * block_f + edge_f),
+            ops_b + collective_issue_ns(sc, tp, max(layers, 0) * block_b + edge_b))  # fmt: skip
 
 
 def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head: bool) -> int:

@@ -21,13 +21,7 @@ from simtrain.costs.compute import (
 from simtrain.costs.cp import exchange_labels
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.group_comm import pair_all_reduce_ns
-from simtrain.costs.host import (
-    accumulation_host_ns,
-    action_host_ns,
-    collective_issue_ns,
-    tp_edge_collectives,
-    trainable_tensor_count,
-)
+from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
@@ -76,11 +70,7 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     n = ch.layers
     tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
     ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * block.alltoall_ns  # dispatch + combine
-    host_f, host_b = action_host_ns(sc, n)
-    if host_f or host_b:  # the edges' TP collectives' issue (costs.host.tp_edge_collectives)
-        issue_f, issue_b = tp_edge_collectives(sc, ch.embedding, ch.head)
-        host_f += collective_issue_ns(sc, sc.parallelism.tp, issue_f)
-        host_b += collective_issue_ns(sc, sc.parallelism.tp, issue_b)
+    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head)
     edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head)
     edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, input_grad_only=True)[1]
     grads = c.input_grad_ns or c.weight_grad_ns
