@@ -11,18 +11,37 @@ from simtrain.apps.validate.job_network import (
     JobNetwork,
     LinkTest,
     job_hardware,
-    network_slowdown,
-    node_slowdown,
+    measurements,
     read_job_network,
 )
 from simtrain.apps.validate.records import SkipReason
 from simtrain.apps.validate.translate import translate
 from simtrain.costs.collectives import nccl_bus_bandwidth
 from simtrain.costs.group_comm import hardware_collective_s
-from simtrain.costs.link_fit import K_BOUNDS, list_collective_copy_s, with_network_slowdown
+from simtrain.costs.link_fit import (
+    K_BOUNDS,
+    by_link,
+    link_slowdown,
+    list_collective_copy_s,
+    with_network_slowdown,
+)
 from simtrain.spec.hardware import load_hardware
 
 GIB = 2**30
+
+
+def _slowdown(hw, algorithm: str, net: JobNetwork, link: str) -> float | None:
+    """k of ``link`` from the job's tests of it on ``hw`` as given (None: no test of it)."""
+    mine = by_link(hw, measurements(hw, net))[link]
+    return link_slowdown(hw, link, algorithm, mine) if mine else None
+
+
+def node_slowdown(hw, algorithm: str, net: JobNetwork) -> float | None:
+    return _slowdown(hw, algorithm, net, "node")
+
+
+def network_slowdown(hw, algorithm: str, net: JobNetwork) -> float | None:
+    return _slowdown(hw, algorithm, net, "network")
 
 
 def _world(busbw: dict, n: int) -> JobNetwork:

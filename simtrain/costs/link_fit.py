@@ -144,6 +144,16 @@ def link_slowdown(hw: HardwareProfile, link: str, algorithm: str,
     return math.exp((lo + hi) / 2)
 
 
+def by_link(hw: HardwareProfile, tests: Sequence[Measured]) -> dict[str, list[Measured]]:
+    """``tests`` by the link each measures (:func:`link_of`): "node" first, then "network", the
+    order :func:`fit_links` fits them in; a test over one GPU measures no link."""
+    out: dict[str, list[Measured]] = {"node": [], "network": []}
+    for m in tests:
+        if m.gpus > 1:
+            out[link_of(hw, m.gpus)].append(m)
+    return out
+
+
 def fit_links(hw: HardwareProfile, algorithm: str,
               tests: Sequence[Measured]) -> tuple[HardwareProfile, dict[str, float]]:  # fmt: skip
     """``hw`` with its links fitted to ``tests``: the node's (the tests within one NVLink
@@ -151,11 +161,7 @@ def fit_links(hw: HardwareProfile, algorithm: str,
     min(NVLink, the node's NICs)); the k of each link fitted. A ValueError as
     :func:`link_of` and :func:`link_slowdown` raise it."""
     ks: dict[str, float] = {}
-    by_link = {"node": [], "network": []}
-    for m in tests:
-        if m.gpus > 1:
-            by_link[link_of(hw, m.gpus)].append(m)
-    for link, mine in by_link.items():
+    for link, mine in by_link(hw, tests).items():
         if mine:
             ks[link] = link_slowdown(hw, link, algorithm, mine)
             hw = _SCALERS[link](hw, ks[link])

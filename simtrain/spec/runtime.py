@@ -199,14 +199,16 @@ class RuntimeProfile:
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0
-    # Host time to issue one collective, per rank of its group, microseconds (0: none beyond
+    # Host time to issue one TP collective, per rank of its group, microseconds (0: none beyond
     # host_us_per_op): a host-side cost linear in the group's size, which the GPU hides when it
     # is the slower side (the host runs ahead) and which sets the pace when it is not
-    # (costs.host.collective_issue_ns). The environment's, not the framework's: the Ultra-Scale
-    # Playbook sweep ran some of its jobs where every collective cost ~320 us per rank (their
-    # own bandwidth tests: bus bandwidth x GPUs constant from 32 to 512 GPUs;
-    # apps/validate/job_network.py), the rest where it cost no measurable time. Validate sets
-    # it from a record's own test; a planner sets it for a cluster whose launcher is slow.
+    # (costs.host.collective_issue_ns), charged on the TP collectives of the blocks, the
+    # embedding, the output layer and the loss (the evidence is of those), not on pipeline
+    # sends, DDP's buckets (issued by torch's C++ reducer: charged, the sweep's slow tp-1
+    # pipelines went -0.4 -> -48 %), ZeRO's once-a-step gathers or all-to-alls (no evidence).
+    # The environment's, not the framework's: runtimes/nanotron.yaml [issue] gives the
+    # Ultra-Scale Playbook sweep's figures; validate sets it from a record's own test
+    # (apps/validate/job_network.py); a planner sets it for a cluster whose launcher is slow.
     collective_issue_us_per_rank: float = 0.0
     # "eager": every op dispatched from Python each step; "cuda_graphs": the step is replayed
     # from a captured graph, one launch per graph (host cost per op not paid).
@@ -302,15 +304,20 @@ class RuntimeProfile:
     source_file: str = ""
 
     @property
+    def host_dispatches(self) -> bool:
+        """Does the host dispatch the step's kernels and collectives one by one (eager)? Not
+        under CUDA graphs, whose replay issues them all from one launch."""
+        return self.dispatch != "cuda_graphs"
+
+    @property
     def host_s_per_op(self) -> float:
         """Host seconds per dispatched op on the step's critical path (0 with CUDA graphs)."""
-        return 0.0 if self.dispatch == "cuda_graphs" else self.host_us_per_op * 1e-6
+        return self.host_us_per_op * 1e-6 if self.host_dispatches else 0.0
 
     @property
     def collective_issue_s_per_rank(self) -> float:
-        """Host seconds to issue one collective, per rank of its group (0 with CUDA graphs,
-        whose replay issues nothing from the host)."""
-        return 0.0 if self.dispatch == "cuda_graphs" else self.collective_issue_us_per_rank * 1e-6
+        """Host seconds to issue one TP collective, per rank of its group (0 with CUDA graphs)."""
+        return self.collective_issue_us_per_rank * 1e-6 if self.host_dispatches else 0.0
 
 
 #: Profile keys a YAML file or a scenario's ``runtime:`` may set, with their allowed values
@@ -333,7 +340,7 @@ INTS = {"p2p_messages_forward": (1, 64), "p2p_messages_backward": (1, 64),
 #: p2p_poll_interval_s: a sleep between looks, 0 or 1 ms to 10 s (finer is a busy wait, which
 #: p2p: blocking without polling already is).
 MIN_POLL_INTERVAL_S = 1e-3
-#: collective_issue_us_per_rank up to 10 ms a rank (the sweep's slow jobs: ~320 us).
+#: collective_issue_us_per_rank up to 10 ms a rank (the sweep's slow jobs: 259-378 us).
 FLOATS = {
     "host_us_per_op": (0.0, 1e4),
     "p2p_poll_interval_s": (0.0, 10.0),

@@ -46,9 +46,8 @@ from simtrain.costs.link_fit import (
     MAX_BUSBW_GB_PER_S,
     MAX_SIZE_BYTES,
     Measured,
+    by_link,
     fit_links,
-    link_of,
-    link_slowdown,
     list_collective_copy_s,
     measured_over_simulated,
     measured_time_s,
@@ -156,22 +155,6 @@ def measurements(hw: HardwareProfile, net: JobNetwork) -> list[Measured]:
             for gpus, test in tests for op, b in sorted(test.busbw_bytes_per_s.items())]  # fmt: skip
 
 
-def _slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork, link: str) -> float | None:
-    mine = [m for m in measurements(hw, net) if m.gpus > 1 and link_of(hw, m.gpus) == link]
-    return link_slowdown(hw, link, algorithm, mine) if mine else None
-
-
-def node_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
-    """k of the intra-node link (None: no test within one node)."""
-    return _slowdown(hw, algorithm, net, "node")
-
-
-def network_slowdown(hw: HardwareProfile, algorithm: str, net: JobNetwork) -> float | None:
-    """k of the inter-node link on ``hw`` as given (``job_hardware`` passes the node-fitted
-    profile); None when no test spans nodes."""
-    return _slowdown(hw, algorithm, net, "network")
-
-
 @dataclass(frozen=True, slots=True)
 class JobLinks:
     """A job's links as its tests give them: the profile with its links fitted, the assumption
@@ -201,22 +184,21 @@ def job_hardware(hw: HardwareProfile, algorithm: str, net: JobNetwork,
     ran slower than the node-fitted profile's links would run it is read as the host's cost of
     issuing a collective, per rank (:func:`issue_cost_us_per_rank`), the links kept; one that
     ran faster fits the network's link (k < 1: a job faster than the cluster's mean, which the
-    profile is). Why: over the Ultra-Scale Playbook sweep the jobs slower than the profile
-    took a time proportional to their GPUs, ~0.31-0.33 ms a GPU from 32 to 512 GPUs (bus
-    bandwidth x nodes 392-430 GB/s: 97.9 x 4 = 392, 52.7 x 8 = 422, 26.9 x 16 = 430, 13.2 x
-    32 = 422, 6.4 x 64 = 410, medians; benchmarks/playbook_csv_rows.py prints it), a cost per
-    rank, not a link's rate (a ring's bus bandwidth does not fall as 1/n); and a per-rank cost
-    of that order is what their blocks' TP collectives lose (27 ms a layer per micro-batch at
-    tp 8 inside a node against 4.8 for the other jobs, medians at micro-batch <= 2), which
-    their node's 1 GiB test barely shows (242 vs 263 GB/s: the GPU's 3.6 ms hides a host's
-    2.6). A single test cannot tell a slow host from a slow link: this is the rule, and jobs
-    near the profile are where it errs (of the sweep's slow-kind jobs, 54 of the 84 on 2
-    nodes and 18 on 4-8 test no slower than the node-fitted profile: read as links); the
-    reading jumps there (0.1 % slower: a ~0.3 ms cost; 0.1 % faster: none)."""
+    profile is). Why (runtimes/nanotron.yaml [ppfix] / [issue], figures printed by
+    benchmarks/playbook_csv_rows.py): over the Ultra-Scale Playbook sweep the jobs slower
+    than the profile took a time proportional to their GPUs from 32 to 512 GPUs (bus
+    bandwidth x nodes constant), a cost per rank, not a link's rate (a ring's bus bandwidth
+    does not fall as 1/n), and their blocks' TP collectives lose a cost of that order per
+    rank, which their node's 1 GiB test barely shows (the GPU's time hides the host's). A
+    single test cannot tell a slow host from a slow link: this is the rule, and jobs near the
+    profile are where it errs (some slow-kind jobs on 2-8 nodes test no slower than the
+    node-fitted profile: read as links); the reading jumps there (0.1 % slower: 0.33 ms a rank
+    at 16 GPUs to 0.14 at 512; 0.1 % faster: none; tests/test_collective_issue.py). ``simtrain fit-network``
+    reads a slow nccl-tests log as a slow link, by design (``apps.network_fit``)."""
     tests = measurements(hw, net)
     try:
-        node = [m for m in tests if m.gpus > 1 and link_of(hw, m.gpus) == "node"]
-        world = [m for m in tests if m.gpus > 1 and link_of(hw, m.gpus) == "network"]
+        tests_of = by_link(hw, tests)
+        node, world = tests_of["node"], tests_of["network"]
         fitted, ks = fit_links(hw, algorithm, node)
         issue_us = (issue_cost_us_per_rank(fitted, algorithm, world)
                     if world and issue_applies else 0.0)  # fmt: skip

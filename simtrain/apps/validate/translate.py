@@ -503,7 +503,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
         if net is not None:
             links = job_hardware(sc.hardware, sc.runtime.collective_algorithm, net,
-                                 issue_applies=sc.runtime.dispatch != "cuda_graphs")  # fmt: skip
+                                 issue_applies=sc.runtime.host_dispatches)  # fmt: skip
             sc = links.on(sc)
             notes.extend(links.notes)
     except ValueError as exc:
