@@ -43,6 +43,8 @@ from simtrain.apps.validate.records import Record, load_record_files, resolve_pa
 from simtrain.apps.validate.translate import translate
 from simtrain.costs.link_fit import measured_time_s
 from simtrain.costs.memory import estimate_memory
+from simtrain.costs.workload import chunk_durations
+from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
 
 #: the sweep's pp fix: its script re-ran the pp > 1 layouts of earlier jobs (e24d2483 l.512-518)
@@ -158,42 +160,90 @@ def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     return out
 
 
+#: the node test's all-gather (GB/s) that tells the sweep's two kinds of job apart: 241-243
+#: (quartiles) on the slow kind, 263-264 on the other (runtimes/nanotron.yaml [ppfix])
+FAST_NODE_AG_GB_PER_S = 250
+
+
 def print_issue_costs(recs: list[Record]) -> None:
     """The jobs' own tests across nodes, one per job, by how validate reads them
     (``job_network.job_hardware``): slower than the EFA profile's links (NVLink fitted to the
-    job's node test), as the host's cost of
-    issuing a collective (the test's time / its GPUs), else as faster links. Per node count,
-    the median time per GPU of each kind: constant for a cost per rank, falling with the GPUs
-    for a link."""
+    job's node test) as the host's cost of issuing a collective, else as faster links; per
+    node count, the median time per GPU of each (constant for a cost per rank, falling with
+    the GPUs for a link). Then by the kind the node test tells (:data:`FAST_NODE_AG_GB_PER_S`):
+    the median all-gather bus bandwidth, that x nodes (constant for a cost per rank), and how
+    many of the kind validate reads as an issue cost."""
     efa = load_hardware("h100_sxm5_80gb_efa")
-    seen: dict[int, tuple[bool, int, float]] = {}
+    # job -> (read as an issue cost, nodes, test time per GPU, fast kind, all-gather GB/s)
+    seen: dict[int, tuple[bool, int, float, bool, float]] = {}
     for rec in recs:
         net = read_job_network(rec.hardware, rec.hardware["num_gpus"])
-        if net is None or job_of(rec) in seen:
+        if net is None or net.node is None or job_of(rec) in seen:
             continue
         tests = [m for m in measurements(efa, net) if m.gpus > efa.gpus_per_node]
         if not tests:
             continue
         per_gpu = statistics.geometric_mean(measured_time_s(m) for m in tests) / tests[0].gpus
         issue = job_hardware(efa, "nccl", net).collective_issue_us_per_rank > 0
-        seen[job_of(rec)] = (issue, tests[0].gpus // efa.gpus_per_node, per_gpu)
+        node_ag = net.node.busbw_bytes_per_s.get("all_gather", 0) / 1e9
+        ag = next((m.busbw_bytes_per_s / 1e9 for m in tests if m.op == "all_gather"), 0.0)
+        seen[job_of(rec)] = (issue, tests[0].gpus // efa.gpus_per_node, per_gpu,
+                             node_ag >= FAST_NODE_AG_GB_PER_S, ag)  # fmt: skip
     for issue in (True, False):
         by_nodes: dict[int, list[float]] = defaultdict(list)
-        for kind, nodes, per_gpu in seen.values():
-            if kind == issue:
+        for read, nodes, per_gpu, _fast, _ag in seen.values():
+            if read == issue:
                 by_nodes[nodes].append(per_gpu)
         print(f"jobs whose test across nodes ran {'slower' if issue else 'no slower'} than the "
               f"EFA profile's links ({'an issue cost' if issue else 'their links'}): "
               f"{sum(map(len, by_nodes.values()))}; the test's time per GPU, median by nodes: "
               + ", ".join(f"{n} {1e3 * statistics.median(v):.3f} ms (n {len(v)})"
                           for n, v in sorted(by_nodes.items())))  # fmt: skip
+    # the kinds by the node test of every job that has one, their medians and their order
+    node_tests: dict[int, tuple[float, float | None]] = {}  # job -> node all-gather, all-reduce
+    for rec in recs:
+        sec = rec.hardware.get("network_measured", {})
+        if ag := sec.get("intra_node_all_gather_busbw_gb_per_s"):
+            node_tests[job_of(rec)] = (ag, sec.get("intra_node_all_reduce_busbw_gb_per_s"))
+    fast_of = {j: ag >= FAST_NODE_AG_GB_PER_S for j, (ag, _ar) in node_tests.items()}
+    for fast in (True, False):
+        mine = [node_tests[j] for j, f in fast_of.items() if f == fast]
+        if not mine:
+            continue
+        ars = [ar for _ag, ar in mine if ar]
+        print(f"node test {'>=' if fast else '<'} {FAST_NODE_AG_GB_PER_S} GB/s: {len(mine)} jobs, "
+              f"median all-gather {statistics.median(ag for ag, _ar in mine):.1f}, all-reduce "
+              f"{statistics.median(ars) if ars else float('nan'):.1f} GB/s")  # fmt: skip
+    # in job order: the leading fast jobs, the span from the first slow job to the last fast
+    # one (both kinds), the trailing slow jobs
+    jobs = sorted(fast_of)
+    order = [fast_of[j] for j in jobs]
+    if False in order and True in order:
+        first = order.index(False)
+        last = max(first - 1, len(order) - 1 - order[::-1].index(True))
+        span = order[first : last + 1]
+        mixed = (f"{span.count(False)} slow with {span.count(True)} fast among them (jobs "
+                 f"{jobs[first]}-{jobs[last]}), " if span else "")  # fmt: skip
+        print(f"in job order: the first {first} fast, then {mixed}the last "
+              f"{len(order) - last - 1} slow")  # fmt: skip
+    for fast in (False, True):
+        kind: dict[int, list[tuple[bool, float]]] = defaultdict(list)
+        for read, nodes, _per_gpu, is_fast, ag in seen.values():
+            if is_fast == fast:
+                kind[nodes].append((read, ag))
+        print(f"jobs whose node all-gather test is {'>=' if fast else '<'} "
+              f"{FAST_NODE_AG_GB_PER_S} GB/s, by nodes: median all-gather GB/s, x nodes, read "
+              "as an issue cost: "
+              + ", ".join(f"{n} {(a := statistics.median(ag for _r, ag in v)):.1f} x {n} = "
+                          f"{a * n:.0f}, {sum(r for r, _ag in v)} of {len(v)}"
+                          for n, v in sorted(kind.items())))  # fmt: skip
 
 
 def print_layer_floors(recs: list[Record], results: list) -> None:
     """What a layer costs per micro-batch, measured (the run's step / (micro-batches x layers
     per stage)), at micro-batch <= 2 (little GPU work to hide a host's), for the runs that do
     not poll (pp 1, and pipelines after the fix), median by tp and by the kind of job its node
-    test tells (all-gather >= 250 GB/s or below: runtimes/nanotron.yaml [ppfix])."""
+    test tells (:data:`FAST_NODE_AG_GB_PER_S`)."""
     floors: dict[tuple[bool, int], list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
         p, t = rec.parallelism, rec.training
@@ -203,14 +253,72 @@ def print_layer_floors(recs: list[Record], results: list) -> None:
         for _g, metric, meas, _pred, _err in res:
             if metric == "tokens_per_s" and meas > 0:
                 step = t["global_batch"] * rec.model["seq_len"] / meas
-                floors[(node >= 250, p["tp"])].append(
+                floors[(node >= FAST_NODE_AG_GB_PER_S, p["tp"])].append(
                     step / (t["grad_accum"] * rec.model["layers"] / p["pp"])
                 )
+    errors: dict[tuple[bool, str, str], list[float]] = defaultdict(list)
+    for rec, res in zip(recs, results, strict=True):
+        p = rec.parallelism
+        node = rec.hardware.get("network_measured", {}).get("intra_node_all_gather_busbw_gb_per_s")
+        if not node or (p["pp"] > 1 and job_of(rec) < FIX_JOB):
+            continue
+        group = ("pp 1" if p["pp"] == 1 else "pp > 1 after the fix",
+                 "tp 1" if p["tp"] == 1 else "tp 2-8" if p["tp"] <= 8 else "tp 16-32")  # fmt: skip
+        errors[(node >= FAST_NODE_AG_GB_PER_S, *group)] += [
+            err for _g, metric, _m, _p, err in res if metric == "tokens_per_s"
+        ]
     for fast in (True, False):
-        print(f"measured s per layer per micro-batch at micro-batch <= 2, pp 1 and post-fix "
-              f"pipelines, node all-gather {'>=' if fast else '<'} 250 GB/s, median: "
+        print(f"tokens/s error, node all-gather {'>=' if fast else '<'} {FAST_NODE_AG_GB_PER_S} "
+              "GB/s, median: " + ", ".join(f"{pp} {tp} {statistics.median(v):+.1f} % (n {len(v)})"
+                                           for (f, pp, tp), v in sorted(errors.items())
+                                           if f == fast and v))  # fmt: skip
+    for fast in (True, False):
+        print(f"measured time per layer per micro-batch at micro-batch <= 2, pp 1 and post-fix "
+              f"pipelines, node all-gather {'>=' if fast else '<'} {FAST_NODE_AG_GB_PER_S} GB/s, "
+              "median: "
               + ", ".join(f"tp {tp} {1e3 * statistics.median(v):.1f} ms (n {len(v)})"
                           for (kind, tp), v in sorted(floors.items()) if kind == fast))  # fmt: skip
+
+
+def print_reserved_lead(recs: list[Record], results: list) -> None:
+    """The reserved-memory lead (runtimes/nanotron.yaml [gap]): at pp 1 and tp > 1, the
+    reserved peak's excess over simtrain's in units of two full b·s·h bf16 tensors per layer on
+    the rank (each layer's two row-parallel outputs, the NCCL reduce-scatters' inputs), median
+    by kind of job; the CSV's reserved MAPE were that excess added on the fast kind's runs; and
+    the share of those runs whose host, in simtrain's model, issues a micro-batch faster than
+    the GPU runs it (the trigger a mechanism would need)."""
+    ratio: dict[bool, list[float]] = defaultdict(list)
+    before, after = [], []
+    ahead = []
+    for rec, res in zip(recs, results, strict=True):
+        p, t, m = rec.parallelism, rec.training, rec.model
+        node = rec.hardware.get("network_measured", {}).get("intra_node_all_gather_busbw_gb_per_s")
+        lead = bool(node) and p["pp"] == 1 and p["tp"] > 1
+        unit = 2 * t["micro_batch"] * m["seq_len"] * m["hidden"] * 2 * m["layers"] / p["pp"]
+        for _g, metric, meas, pred, err in res:
+            if metric != "peak_memory_bytes":
+                continue
+            fast = lead and node >= FAST_NODE_AG_GB_PER_S
+            if lead:
+                ratio[fast].append((meas - pred) / unit)
+            before.append(abs(err))
+            after.append(abs(100 * (pred + (unit if fast else 0) - meas) / meas))
+            if fast:
+                sc = translate(rec).scenario
+                c = chunk_durations(sc, resolve(sc))[0]
+                host = c.host_forward_ns + c.host_backward_ns + c.host_accum_ns
+                gpu = (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.tp_forward_ns
+                       + c.tp_backward_ns)  # fmt: skip
+                ahead.append(host < gpu)
+    for fast, v in sorted(ratio.items(), reverse=True):
+        print(f"reserved excess at pp 1, tp > 1, node all-gather {'>=' if fast else '<'} "
+              f"{FAST_NODE_AG_GB_PER_S} GB/s: {statistics.median(v):.2f} x two b.s.h per layer "
+              f"(median, n {len(v)})")  # fmt: skip
+    if before:
+        print(f"reserved peak MAPE {statistics.fmean(before):.1f} %; with that excess on the fast "
+              f"kind's pp-1 tp > 1 runs {statistics.fmean(after):.1f} % (not modelled); of those "
+              f"runs, the host ahead of the GPU in simtrain's model: "
+              f"{100 * sum(ahead) / max(len(ahead), 1):.0f} % of {len(ahead)}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,21 +411,22 @@ def main(argv: list[str] | None = None) -> int:
               "median: " + ", ".join(f"tp {tp} {1e3 * statistics.median(v):+.1f} ms (n {len(v)})"
                                      for tp, v in sorted(lost.items())))  # fmt: skip
     # the reserved peak's miss at pp 1, tp >= 16, by the software the job ran: its node test's
-    # all-gather (>= 250 GB/s: the sweep's earlier jobs; runtimes/nanotron.yaml [gap])
+    # all-gather (the kind of job, FAST_NODE_AG_GB_PER_S; runtimes/nanotron.yaml [gap])
     regime: dict[bool, list[float]] = defaultdict(list)
     for rec, res in zip(recs, results, strict=True):
         node_ag = rec.hardware.get("network_measured", {}).get(
             "intra_node_all_gather_busbw_gb_per_s"
         )
         if rec.parallelism["pp"] == 1 and rec.parallelism["tp"] >= 16 and node_ag:
-            regime[node_ag >= 250].extend(err for _g, m, _a, _b, err in res
+            regime[node_ag >= FAST_NODE_AG_GB_PER_S].extend(err for _g, m, _a, _b, err in res
                                           if m == "peak_memory_bytes")  # fmt: skip
     if regime:
         print("reserved peak at pp 1, tp >= 16, by the job's node all-gather test: "
-              + ", ".join(f"{'>=' if hi else '<'} 250 GB/s median {statistics.median(v):+.1f} % "
+              + ", ".join(f"{'>=' if hi else '<'} {FAST_NODE_AG_GB_PER_S} GB/s median {statistics.median(v):+.1f} % "
                           f"(n {len(v)})" for hi, v in sorted(regime.items(), reverse=True) if v))  # fmt: skip
     print_issue_costs(recs)
     print_layer_floors(recs, results)
+    print_reserved_lead(recs, results)
     for oom, shares in sorted(missed.items()):
         q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
         print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "

@@ -3,6 +3,8 @@ compute-balanced pipeline split; each checked against a closed form from its sou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from simtrain.apps.validate import measured_values, translate
@@ -25,6 +27,8 @@ from simtrain.units import GIB
 MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
             "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
             "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _scenario(precision: str = "bf16_fp32_grads", **par) -> object:
@@ -143,7 +147,7 @@ def test_zero1_gather_shard_splits_experts_over_their_group() -> None:
     shard copy is ceil((N - E) / dp) + ceil(E / (dp / ep)) (Mixtral 8x7B, dp 16, ep 8)."""
     from simtrain.spec.scenario import load_scenario
 
-    sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml",
+    sc = load_scenario(ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml",
                        ["runtime.zero_gather_flat_copies=true"])  # fmt: skip
     st = estimate_memory(sc).stages[0]
     n = st.trainable
@@ -154,7 +158,7 @@ def test_zero1_gather_shard_splits_experts_over_their_group() -> None:
     want = 2 * (n + -(-(n - e) // 16) + -(-e // 2))
     assert zero_gather_copy_bytes(sc, resolve(sc), n, e) == want
     # after the step: the larger of its working memory and the copies, not their sum
-    off = estimate_memory(load_scenario("scenarios/mixtral_8x7b_ep8.yaml")).stages[0]
+    off = estimate_memory(load_scenario(ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml")).stages[0]
     assert st.optimizer_working_bytes == max(off.optimizer_working_bytes, want)
 
 

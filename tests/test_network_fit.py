@@ -93,6 +93,9 @@ def test_an_early_nccl_tests_header_is_read() -> None:
     log = parse_nccl_tests(early, "all_reduce_perf.log")
     assert (log.op, log.ranks, log.hosts, log.size_bytes) == ("all_reduce", 16, 2, GIB)
     assert log.busbw_bytes_per_s == pytest.approx(87.53e9)
+    # the columns are matched as words: "msgbytes" names no size column
+    with pytest.raises(ConfigError, match="no table with size and busbw"):
+        parse_nccl_tests(early.replace("#       bytes ", "#    msgbytes "), "all_reduce_perf.log")
 
 
 def test_the_written_profile_reproduces_the_logs(tmp_path: Path) -> None:

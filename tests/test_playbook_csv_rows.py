@@ -206,3 +206,52 @@ def test_the_groups_the_shapes_and_the_lost_time(script, tmp_path, capsys) -> No
     lost = next(x for x in out.splitlines() if "per layer per micro-batch" in x)
     # the median of the three runs (two 300x below the chart record's rate): slower than the model
     assert lost.split("tp 8 ")[1].startswith("+") and "(n 3)" in lost
+
+
+def test_the_two_kinds_of_job_it_prints(script, tmp_path, capsys) -> None:
+    """The figures runtimes/nanotron.yaml [ppfix] / [issue] / [gap] quote, on two jobs of 32
+    GPUs (4 nodes) written here: a slow-kind one (node all-gather 242 GB/s, job-wide 97.9) and
+    a fast-kind one (263, 226.4). Each line is checked against values computed here: the test's
+    time per GPU, (n - 1) / n x 1 GiB / busbw / n; bus bandwidth x nodes; the reading (only
+    the slow job's test is slower than the EFA profile's links); the kinds' order; the time per
+    layer per micro-batch, tokens / (tokens/s) / (micro-batches x layers)."""
+    cols = HEADER.split(",")
+    gib = 2**30
+
+    def row(job: str, node_ag: str, world_ag: str, tok_per_gpu: str) -> str:
+        base = {"job_id": job, "status": "Success", "oom_error": "False", "dp": "4", "tp": "8",
+                "pp": "1", "mbs": "1", "batch_accum": "8", "zero_stage": "1",
+                "hidden_size": "2048", "num_layers": "16", "num_heads": "32",
+                "num_kv_heads": "32.0", "interm_dim": "8192", "seq_len": "4096",
+                "vocab_size": "131072", "tok/s/gpu": tok_per_gpu, "Mem Res (GB)": "40",
+                "AllGather (GB/s)": world_ag, "ReduceScatter (GB/s)": world_ag,
+                "AG Intra-node (GB/s)": node_ag, "RS Intra-node (GB/s)": node_ag}  # fmt: skip
+        return ",".join(base.get(c, "") for c in cols)
+
+    path = tmp_path / "bench.csv"
+    path.write_text("\n".join([HEADER, row("14000001", "263.0", "226.4", "9000"),
+                               row("14200001", "242.0", "97.9", "3000")]) + "\n")  # fmt: skip
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+
+    def line(start: str) -> str:
+        return next(x for x in out if x.startswith(start))
+
+    per_gpu = 31 / 32 * gib / 97.9e9 / 32
+    assert line("jobs whose test across nodes ran slower").endswith(
+        f"4 {1e3 * per_gpu:.3f} ms (n 1)"
+    )
+    assert ": 1;" in line("jobs whose test across nodes ran no slower")
+    assert line("node test < 250").startswith("node test < 250 GB/s: 1 jobs, median all-gather "
+                                              "242.0")  # fmt: skip
+    assert line("in job order") == "in job order: the first 1 fast, then the last 1 slow"
+    assert line("jobs whose node all-gather test is < 250").endswith("4 97.9 x 4 = 392, 1 of 1")
+    assert line("jobs whose node all-gather test is >= 250").endswith("4 226.4 x 4 = 906, 0 of 1")
+    tokens = 4 * 8 * 4096
+    for fast, tok_s in ((True, 9000 * 32), (False, 3000 * 32)):
+        floor = 1e3 * tokens / tok_s / (8 * 16)
+        kind = ">= 250" if fast else "< 250"
+        assert line(f"measured time per layer per micro-batch at micro-batch <= 2, pp 1 and "
+                    f"post-fix pipelines, node all-gather {kind}").endswith(
+            f"tp 8 {floor:.1f} ms (n 1)")  # fmt: skip
+    assert "(median, n 1)" in line("reserved excess at pp 1, tp > 1, node all-gather >= 250")

@@ -17,6 +17,9 @@ lines (ranks and hosts), a header line with ``size`` (``bytes`` in early version
 ``busbw`` columns, and one row per
 message size; the out-of-place ``busbw`` (GB/s = 1e9 B/s) of the largest size is used. The
 collective comes from the log's ``# Collective test starting: NAME_perf`` line or the file's name.
+A log slower than the base profile is read as a slower link, never as a host's cost of issuing
+collectives (validate's reading of a job's own test, ``apps.validate.job_network``): nccl-tests
+runs one C loop per GPU, and a cluster's planner fits its links here.
 """
 
 from __future__ import annotations

@@ -312,7 +312,7 @@ def run_table(res: Any, phased: Any = None) -> str:
         f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]"
         + (
-            f"; the host issues each collective at {sc.runtime.collective_issue_us_per_rank:g} us "
+            f"; the host issues each TP collective at {sc.runtime.collective_issue_us_per_rank:g} us "
             "per rank of its group"
             if sc.runtime.collective_issue_s_per_rank
             else ""
