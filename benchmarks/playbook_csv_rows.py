@@ -220,7 +220,7 @@ def print_issue_costs(recs: list[Record]) -> None:
     order = [fast_of[j] for j in jobs]
     if False in order and True in order:
         first = order.index(False)
-        last = max(first - 1, len(order) - 1 - order[::-1].index(True))
+        last = len(order) - 1 - order[::-1].index(True)  # the last fast job
         span = order[first : last + 1]
         mixed = (f"{span.count(False)} slow with {span.count(True)} fast among them (jobs "
                  f"{jobs[first]}-{jobs[last]}), " if span else "")  # fmt: skip
