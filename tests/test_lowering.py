@@ -414,6 +414,49 @@ def test_data_parallel_traffic_matches_ring_closed_forms(sc):
             assert total("DP") == sum(bucket_group_ns(sc, resolve(sc), "all_reduce", g_bytes))
 
 
+@pytest.mark.parametrize("zero", [2, 3])
+@pytest.mark.parametrize(("pp", "v", "schedule"), [(2, 1, "1f1b"), (2, 2, "interleaved")])
+def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero, pp, v, schedule):
+    """PyTorch pipelining over FSDP2 (runtime ``pipeline_grads_unsharded``) turns the gradient
+    sync off in every backward (torch 2.13.0 pipelining/stage.py backward_maybe_with_nosync:
+    ``set_requires_gradient_sync(False)``) and reduce-scatters each stage's whole gradients in
+    its REDUCE_GRAD action after the last micro-batch (``perform_reduce_grad``,
+    schedules.py ``_add_reduce_grad``): one ring reduce-scatter of the rank's 4-byte gradients
+    (``grad_reduce_dtype`` fp32) per rank, after its last backward, not one per layer per
+    micro-batch as ZeRO-2/3 elsewhere. The memory already holds those whole gradients."""
+    m, dp = 2 * pp, 2
+    data = {
+        "name": "deferred",
+        "model": {"layers": L, "hidden": H, "heads": HEADS, "vocab": V},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": SEQ, "global_batch": m * dp, "micro_batch": 1},
+        "parallelism": {"pp": pp, "virtual_stages": v, "dp": dp, "zero_stage": zero,
+                        "schedule": schedule},
+        "runtime": {"name": "torchtitan", "collective_algorithm": "ring"},  # the closed form's
+    }  # fmt: skip
+    sc = parse_scenario(data, "test_lowering")
+    assert sc.runtime.pipeline_grads_unsharded and sc.runtime.grad_reduce_dtype == "fp32"
+    tasks = lowered(sc)
+    ids = by_id(tasks)
+    link = intra_link(sc)
+    for r in range(pp):
+        mine = [x for x in tasks if x.rank == r]
+        rs = [x for x in mine if x.kind == "RS" or x.name.startswith("REDUCE_GRAD")]
+        assert [x.name for x in rs] == ["REDUCE_GRAD reduce-scatter"]
+        want = ring_half_ns(4 * rank_params(sc, r), dp, link)
+        assert abs(rs[0].duration_ns - want) <= 0.5
+        backwards = [x for x in mine if x.kind in ("B", "W")]
+        last = max(backwards, key=lambda x: x.id)
+        assert last.id in rs[0].deps or any(last.id in ids[d].deps for d in rs[0].deps)
+    # the rule off: ZeRO-2/3 reduce-scatter every layer's gradients in every backward
+    off = parse_scenario({**data, "runtime": {**data["runtime"],
+                                              "pipeline_grads_unsharded": False}},
+                         "test_lowering")  # fmt: skip
+    for r in range(pp):
+        rs = [x for x in lowered(off) if x.rank == r and x.kind == "RS"]
+        assert len(rs) == m * L // pp
+
+
 def test_a_one_stage_pipedream_lowers_as_gradient_accumulation():
     """With pp = 1 every schedule is plain gradient accumulation (the resolved step's
     schedule_name), so ``schedule: pipedream`` must give 1F1B's tasks, DDP buckets included."""

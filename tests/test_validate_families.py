@@ -82,7 +82,7 @@ def test_default_reads_every_published_run_file() -> None:
     names = [p.name for p in resolve_paths(None)]
     assert names == ["published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml",
                      "torchao_float8.yaml", "torchtitan_2412.yaml",
-                     "torchtitan_2506_asynctp.yaml"]  # fmt: skip
+                     "torchtitan_2506_asynctp.yaml", "llama3_table4.yaml"]  # fmt: skip
     assert "simtrain_h200.yaml" not in names
 
 
@@ -211,6 +211,25 @@ def test_later_issue_features_are_named_together(new_records: dict) -> None:
     assert not_yet_expressible(new_records["mtnlg530b_2240gpu"]) == []
 
 
+def test_a_moe_preset_named_by_the_record_is_expressible(new_records: dict) -> None:
+    """A row that names a mixture-of-experts model the presets hold ("DeepSeekV3" at 671 B,
+    "Qwen3_30B_a3B", "GPT OSS 120B": Megatron-Bridge's performance tables give names, not
+    shapes) takes the preset's experts, so its expert parallelism is expressible; a name no
+    preset holds still says what is missing. Llama 3.1's names find Llama 3's shapes."""
+    from simtrain.spec.model import find_preset
+
+    base = new_records["mbridge2511_B200_LLAMA3_8B_8gpu"]
+    for name, params_b in (("DeepSeekV3", 671), ("Qwen3_30B_a3B", None), ("GPT OSS 120B", 117)):
+        model = {"name": name, "seq_len": 4096, **({"params_b": params_b} if params_b else {})}
+        rec = replace(base, model=model, parallelism={**base.parallelism, "ep": 8})
+        assert not_yet_expressible(rec) == [], name
+    odd = replace(base, model={"name": "SomeMoE 50B", "seq_len": 4096},
+                  parallelism={**base.parallelism, "ep": 8})  # fmt: skip
+    assert not_yet_expressible(odd) == ["expert parallelism (ep 8) without model.num_experts"]
+    assert [find_preset(n, loose=True) for n in ("LLAMA3.1_405B", "Llama-3.1-8B", "llama3.1-70b")] == [
+        "llama3-405b", "llama3-8b", "llama3-70b"]  # fmt: skip
+
+
 def test_source_convention_overrides_the_runtime(new_records: dict) -> None:
     """Meta's Llama 3 rows run under torchtitan's profile (conventions.RUNTIMES) with the
     element-wise ops fused (its convention's runtime_overrides), unlike torchtitan's eager
@@ -227,6 +246,38 @@ def test_source_convention_overrides_the_runtime(new_records: dict) -> None:
     from simtrain.spec.runtime import load_runtime
 
     assert load_runtime("torchtitan").eager_elementwise is True
+
+
+def test_llama3_pipeline_is_its_papers_interleaved_split(default_records: dict) -> None:
+    """Dubey et al. 2024 §3.3.2: "we reduce one Transformer layer each from the first and the
+    last stages ... This means that the first model chunk on the first stage has only the
+    embedding, and the last model chunk on the last stage has only output projection and
+    loss", under an interleaved schedule: one layer per model chunk, so 126 + 2 slots over pp 16
+    are v = 8 chunks per rank, chunk 0 (rank 0's first) and chunk 127 (rank 15's last) without
+    a decoder layer. The stages' input and output tensors are freed once used (its
+    runtime_overrides). The two rows: measured/llama3_table4.yaml."""
+    for gpus, dp, m in ((8192, 64, 32), (16384, 128, 16)):
+        out = translate(default_records[f"llama3_405b_t4_{gpus}gpu_seq8192"])
+        assert not isinstance(out, SkipReason), out
+        p = out.scenario.parallelism
+        assert (p.tp, p.pp, p.dp, p.schedule, p.virtual_stages) == (8, 16, dp, "interleaved", 8)
+        assert p.layer_split == (0, *[1] * 126, 0)
+        assert out.scenario.num_microbatches == m and out.scenario.training.recompute == "none"
+        rt = out.scenario.runtime
+        assert not (rt.pipeline_keeps_stage_outputs or rt.pipeline_keeps_last_outputs
+                    or rt.pipeline_recv_buffers_per_microbatch or rt.tp_saves_gathered_input)  # fmt: skip
+        assert any("virtual stages not reported: 8" in a for a in out.assumptions)
+    # A source without the convention, or a record that says non-interleaved, keeps v = 1.
+    rec = default_records["llama3_405b_t4_8192gpu_seq8192"]
+    said = replace(rec, parallelism={**rec.parallelism, "schedule": "1F1B (non-interleaved); "
+                                     "first/last stage one layer fewer"})  # fmt: skip
+    p = translate(said).scenario.parallelism
+    assert (p.schedule, p.virtual_stages, p.first_stage_layers, p.last_stage_layers) == (
+        "1f1b",
+        1,
+        7,
+        7,
+    )
 
 
 def test_fp16_and_bf16_predict_alike_on_a100() -> None:
@@ -600,7 +651,7 @@ def default_result():
 
 def test_every_record_of_the_files_is_compared_or_skipped(default_result, all_records) -> None:
     ids = {r.id for r in all_records}
-    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7  # + torchtitan_2412.yaml, _2506_asynctp
+    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7 + 2  # + torchtitan_2412, _2506_asynctp, llama3
     compared = {c.id for c in default_result.comparisons}
     skipped = {s.id for s in default_result.skipped}
     assert not compared & skipped and compared | skipped == ids

@@ -1115,15 +1115,24 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
 
 
+def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:
+    """Whether a pipeline schedule over sharded data parallelism reduces the gradients once,
+    after every micro-batch's backward, instead of in each backward
+    (``runtime.pipeline_grads_unsharded``: PyTorch pipelining over FSDP2 turns the gradient
+    sync off for every backward, ``stage.py backward_maybe_with_nosync``:
+    ``set_requires_gradient_sync(False)``, and reduce-scatters in its REDUCE_GRAD action after
+    the stage's last backward, ``perform_reduce_grad``, torch 2.13.0): ZeRO-2/3 over more than
+    one data-parallel rank, pp > 1."""
+    p = sc.parallelism
+    return sc.runtime.pipeline_grads_unsharded and pp > 1 and p.zero_stage >= 2 and p.dp_cp > 1
+
+
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
-    """The stage's gradients under a pipeline schedule with sharded data parallelism when the
-    runtime reduces them only after the last micro-batch (``runtime.pipeline_grads_unsharded``:
-    PyTorch pipelining over FSDP2): every trainable parameter's whole gradient, in the
+    """The stage's gradients where the pipeline defers the reduction
+    (:func:`pipeline_defers_reduction`): every trainable parameter's whole gradient, in the
     reduction's dtype (4 bytes with ``grad_reduce_dtype: fp32``), held from its first backward
     to the reduction; 0 where the rule does not apply (the ZeRO shard stands)."""
-    p = sc.parallelism
-    if not (sc.runtime.pipeline_grads_unsharded and step.pp > 1 and p.zero_stage >= 2
-            and p.dp_cp > 1):  # fmt: skip
+    if not pipeline_defers_reduction(sc, step.pp):
         return 0
     return trainable * wire_grad_bytes(sc, step)
 

@@ -26,6 +26,7 @@ from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
     grad_buffer_elem_bytes,
+    pipeline_defers_reduction,
     wire_grad_bytes,
 )
 from simtrain.costs.params import EXPERT_PREFIX, base_trainable, moe_param_tensors
@@ -226,7 +227,19 @@ def zero2_every_microbatch(sc: Scenario) -> bool:
     p = sc.parallelism
     return (p.zero_stage == 2 and p.dp_cp > 1 and p.ep == 1 and p.dp_mode == "ddp"
             and sc.runtime.zero_grad_reduction == "reduce_scatter"
-            and not sc.training.offload.optimizer)  # fmt: skip
+            and not sc.training.offload.optimizer
+            and not pipeline_defers_reduction(sc, p.pp))  # fmt: skip
+
+
+def deferred_reduction_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """Where the pipeline defers the gradient reduction (``memory.pipeline_defers_reduction``:
+    PyTorch pipelining over FSDP2), the one reduce-scatter of a rank's ``trainable`` whole
+    gradients in the reduction's dtype after its last backward (torch 2.13.0
+    pipelining/stage.py ``perform_reduce_grad``: every FSDP parameter group's
+    ``post_backward`` at once, none overlapped with that backward); 0 elsewhere."""
+    if not pipeline_defers_reduction(sc, step.pp):
+        return 0
+    return comm.dp_ns(sc, step, "reduce_scatter", trainable * wire_grad_bytes(sc, step))
 
 
 def zero2_microbatch_rs_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
@@ -268,6 +281,8 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         rank = step.chunk_rank(stage)
         sm = mem.stages[rank]
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, _rank_layers(step, rank))
+        if pipeline_defers_reduction(sc, step.pp):  # reduced once after the last backward
+            reduce_scatter = 0
         out[stage] = replace(
             ch,
             gather_ns_per_layer=gather,
@@ -514,7 +529,8 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     or a runtime that does not overlap the reduction: ``runtime.overlap_grad_reduce`` false).
     ZeRO-3's per-layer traffic lives on the chunks (:func:`_zero3_chunks`), and so does
     ZeRO-2's reduce-scatter where it runs every micro-batch (:func:`_zero2_chunks`); here only
-    its all-gather of the updated shards."""
+    its all-gather of the updated shards. Where the pipeline defers the reduction
+    (:func:`deferred_reduction_ns`) ZeRO-2/3 reduce-scatter once, after the last backward."""
     p, t, prec, rt = sc.parallelism, sc.training, step.precision, sc.runtime
     grad_bytes = trainable * wire_grad_bytes(sc, step)
     work = RankWork(optimizer_ns=optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node))
@@ -523,6 +539,9 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     if p.dp_mode == "naive":
         ns, name = comm.naive_dp_ns(sc, step, grad_bytes, params * prec.param)
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
+    deferred = deferred_reduction_ns(sc, step, trainable)
+    if deferred:  # the pipeline's one reduce-scatter after the rank's last backward
+        work = replace(work, grad_sync_ns=deferred, grad_sync_name="REDUCE_GRAD reduce-scatter")
     if p.zero_stage == 3:
         return work
     op = grad_reduction_op(sc)
@@ -535,7 +554,7 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
             n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
             first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
             work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
-        if zero2_every_microbatch(sc):  # reduced in every backward (_zero2_chunks)
+        if zero2_every_microbatch(sc) or deferred:  # _zero2_chunks, or REDUCE_GRAD above
             return work
         if op == "reduce_scatter" and rt.overlap_grad_reduce:  # DeepSpeed overlap_comm
             return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes),

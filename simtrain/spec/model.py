@@ -678,7 +678,12 @@ PRESETS.update({
 })  # fmt: skip
 ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b",
            "nemotron-15b": "nemotron-4-15b", "nemotron-340b": "nemotron-4-340b",
-           "bloom": "bloom-176b"}  # fmt: skip
+           "bloom": "bloom-176b",
+           # Llama 3.1 keeps Llama 3's shapes (meta-llama/Llama-3.1-8B, -70B, -405B config.json:
+           # the same layers, widths, heads and vocabulary; rope_scaling "llama3" to 131,072
+           # positions, which rotary positions hold no parameters for)
+           "llama3.1-8b": "llama3-8b", "llama3.1-70b": "llama3-70b",
+           "llama3.1-405b": "llama3-405b"}  # fmt: skip
 
 
 def _letters_digits(name: str) -> str:

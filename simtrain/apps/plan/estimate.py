@@ -17,6 +17,7 @@ from simtrain.costs.memory import StageMemory, wire_grad_bytes
 from simtrain.costs.workload import (
     block_comm,
     chunk_duration,
+    deferred_reduction_ns,
     gather_copy_out_ns,
     grad_passes_ns,
     grad_reduction_op,
@@ -248,12 +249,15 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     grad_bytes = s0.trainable * wire_grad_bytes(sc, step)  # in the reduction's dtype
     if not (p.dp_cp > 1 and grad_bytes):  # gradients are reduced over dp x cp
         return 0.0
+    deferred = deferred_reduction_ns(sc, step, s0.trainable)  # after the last backward
     if p.zero_stage == 3:
         layers_here = max(step.rank_layers(0), 1)
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)
         gathers = 3 if t.recompute == "full" else 2
-        comm = layers_here * (gathers * gather + reduce_scatter)
-        return step.microbatches * max(0.0, comm - r0.total)
+        comm = layers_here * (gathers * gather + (0 if deferred else reduce_scatter))
+        return step.microbatches * max(0.0, comm - r0.total) + deferred
+    if deferred:
+        return deferred + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     if zero2_every_microbatch(sc):  # every backward's reduce-scatter (workload._zero2_chunks)
         m = step.microbatches
         # a micro-batch's backward reduces the gradients of the chunks it passes through: all

@@ -447,16 +447,41 @@ SOURCES: dict[str, SourceConvention] = {
     "simumax_b200": SourceConvention("megatron_core_causal", {}),
     # Llama 3 (Llama Team 2024, Table 4): the paper states TFLOPs/GPU and BF16 MFU but not its
     # FLOP formula; simtrain's model FLOPs stand in (the one row is skipped: context parallel).
+    # Its framework as §3.3.2 describes it, where torchtitan's profile differs: "we proactively
+    # deallocate tensors that will not be used for future computation, including the input and
+    # output tensors of each pipeline stage" (torchtitan's pipelining keeps each chunk's output
+    # to its backward, the last stage's logits to the step's end and a receive buffer per
+    # micro-batch: runtimes/torchtitan.yaml [ppo] [ppl] [ppb]); its TP is the cited Korthikanti et al. 2023 sequence parallelism, which
+    # saves each linear's input shard and all-gathers it again in the backward (§4.2.2), not
+    # DTensor's gathered input ([tpg]). "To balance the pipeline, we reduce one Transformer
+    # layer each from the first and the last stages ... This means that the first model chunk
+    # on the first stage has only the embedding": one layer per model chunk of its interleaved
+    # schedule (the layers + 2 slots over pp ranks: v = 128 / 16 = 8 for the 405B's 126).
     "llama3": SourceConvention(
         "simtrain",
         LLAMA3,
-        runtime_overrides=(("eager_elementwise", False),),
-        runtime_overrides_note="Meta's production framework: its element-wise ops fused, not "
-        "torchtitan's eager default",
+        runtime_overrides=(
+            ("eager_elementwise", False),
+            ("pipeline_keeps_stage_outputs", False),
+            ("pipeline_keeps_last_outputs", False),
+            ("pipeline_recv_buffers_per_microbatch", False),
+            ("tp_saves_gathered_input", False),
+            ("tp_regather_backward", True),
+        ),
+        runtime_overrides_note="Meta's production framework (Dubey et al. 2024 §3.3.2): its "
+        "element-wise ops fused, not torchtitan's eager default; each pipeline stage's input and "
+        "output tensors freed once used; Korthikanti's sequence-parallel TP (the input shard "
+        "saved and all-gathered again in the backward)",
         parallel_defaults={"sequence_parallel": True},
         parallel_note="TP as torchtitan, its open kin, runs it (4a950ea "
         "models/llama3/infra/parallelize.py apply_tp l.181-233: the norms SequenceParallel, every TP "
         "run), the paper's Megatron-style TP (Dubey et al. 2024 §3.3.2)",
+        pp_interleaved=(
+            1,
+            "Dubey et al. 2024 §3.3.2: the first and last stages one layer fewer leave the "
+            "first model chunk of the first stage only the embedding: one layer per chunk of "
+            "its interleaved schedule",
+        ),
     ),  # fmt: skip
     # torchtitan benchmarks (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md, run
     # at torchtitan 9dec370a): "Memory(GiB)" is the logged "memory:" =

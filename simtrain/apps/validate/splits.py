@@ -32,20 +32,37 @@ _ENDS_ONE_FEWER = re.compile(
 )
 
 
+def ends_one_fewer(rec: Record) -> bool:
+    """Whether the record says its first and last pipeline stages hold one layer fewer."""
+    return bool(_ENDS_ONE_FEWER.search(f"{rec.parallelism.get('schedule', '')} {rec.notes}"))
+
+
 def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                    notes: list[str]) -> dict[str, Any]:  # fmt: skip
     """The parallelism keys that give ``rec`` the split its framework made (empty: the
-    translation's own, an even split or the source convention's ``layer_split``)."""
+    translation's own, an even split or the source convention's ``layer_split``). Under the
+    interleaved schedule the layer the first and the last stages lack is their first and
+    last model chunk's: k - 1 there, k on every other chunk (Dubey et al. 2024 §3.3.2: "the
+    first model chunk on the first stage has only the embedding, and the last model chunk on
+    the last stage has only output projection and loss")."""
     pp, v = int(par.get("pp") or 1), int(par.get("virtual_stages") or 1)
     if pp == 1 or not layers:
         return {}
     key = rec.source_key
-    said = f"{rec.parallelism.get('schedule', '')} {rec.notes}"
-    if v == 1 and _ENDS_ONE_FEWER.search(said) and (layers + 2) % pp == 0 and pp > 2:
+    if v == 1 and ends_one_fewer(rec) and (layers + 2) % pp == 0 and pp > 2:
         k = (layers + 2) // pp
         notes.append(f"pipeline split: the record's first and last stages one layer fewer: "
                      f"{k - 1}, {k} x {pp - 2}, {k - 1} layers per stage")  # fmt: skip
         return {"first_stage_layers": k - 1, "last_stage_layers": k - 1}
+    if v > 1 and ends_one_fewer(rec) and (layers + 2) % (pp * v) == 0:
+        k = (layers + 2) // (pp * v)
+        split = [k] * (pp * v)
+        split[0] -= 1
+        split[-1] -= 1
+        notes.append(f"pipeline split: the record's first and last stages one layer fewer, "
+                     f"on their first and last model chunk: "
+                     f"{_short(split).removesuffix(' per stage')} per chunk (chunk j·pp + r)")  # fmt: skip
+        return {"layer_split": split}
     if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
         notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B recipe counts the "
                      "embedding and the loss as a layer each (account_for_embedding/"

@@ -35,7 +35,7 @@ from simtrain.apps.validate.records import (
     record_int,
     skip,
 )
-from simtrain.apps.validate.splits import pipeline_split
+from simtrain.apps.validate.splits import ends_one_fewer, pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
@@ -413,13 +413,21 @@ def not_yet_expressible(rec: Record) -> list[str]:
                 f"mixture of experts described by keys simtrain does not read "
                 f"({', '.join(unread)}; it reads {', '.join(sorted(_MOE_KEYS))})"
             )
-        elif "num_experts" not in rec.model:
+        elif "num_experts" not in rec.model and not _names_moe_preset(rec.model):
             what = ", ".join(moe) if moe else f"expert parallelism (ep {ep})"
             out.append(f"{what} without model.num_experts")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
     return out
+
+
+def _names_moe_preset(m: Mapping[str, Any]) -> bool:
+    """Whether the record's model is a mixture-of-experts preset by its name
+    (:func:`named_preset`: "DeepSeekV3", "Qwen3_30B_a3B", "GPT OSS 120B"), whose experts the
+    preset gives."""
+    found = named_preset(m)
+    return found is not None and found[1].num_experts > 0
 
 
 class _NotExpressible(Exception):
@@ -552,7 +560,9 @@ def _scenario_data(
         finetune=rec.training.get("finetune") is not None,
         tp=tp,
     )
-    par = _implied_interleaving(par, conv, pp, record_int(model.get("layers")), said)
+    par = _implied_interleaving(
+        par, conv, pp, record_int(model.get("layers")), said, 2 if ends_one_fewer(rec) else 0
+    )
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     if importer_of(rec) is not None:
         try:
@@ -938,18 +948,27 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: li
     return p
 
 
+#: A schedule text that names the interleaved schedule ("interleaved 1F1B"), not "non-interleaved".
+_NAMES_INTERLEAVED = re.compile(r"(?<!non-)(?<!non )\binterleav", re.IGNORECASE)
+
+
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
-                          layers: int | None, notes: list[str]) -> Mapping[str, Any]:  # fmt: skip
-    """``conv.pp_interleaved``: a pipeline-parallel record that names no schedule and no
-    virtual stages ran the interleaved schedule with k layers per virtual stage
-    (v = layers / (pp·k)), when that splits evenly into v >= 2."""
-    said = p.get("virtual_stages") is not None or p.get("schedule") is not None
+                          layers: int | None, notes: list[str],
+                          ends: int = 0) -> Mapping[str, Any]:  # fmt: skip
+    """``conv.pp_interleaved``: a pipeline-parallel record that names no virtual stages, and no
+    schedule or the interleaved one, ran the interleaved schedule with k layers per virtual
+    stage (v = (layers + ends) / (pp·k), ``ends`` 2 where its first and last stages hold one
+    layer fewer: ``splits.ends_one_fewer``), when that splits evenly into v >= 2."""
+    sched = p.get("schedule")
+    said = p.get("virtual_stages") is not None or (
+        sched is not None and not _NAMES_INTERLEAVED.search(str(sched))
+    )
     if conv.pp_interleaved is None or pp <= 1 or said:
         return p
     k, why = conv.pp_interleaved
-    if not layers or layers % (pp * k):
+    if not layers or (layers + ends) % (pp * k):
         return p
-    v = layers // (pp * k)
+    v = (layers + ends) // (pp * k)
     if v < 2:
         return p
     notes.append(f"virtual stages not reported: {v} ({why})")
