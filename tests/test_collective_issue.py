@@ -400,3 +400,28 @@ def test_the_run_table_says_the_issue_cost(tmp_path) -> None:
         "; the host issues each TP collective at 300 us per rank of its group"
     )
     assert "issues each TP collective" not in lines[0]
+
+
+def test_translate_reads_the_issue_cost_only_where_the_host_dispatches(published_records,
+                                                                       monkeypatch) -> None:  # fmt: skip
+    """The wiring of validate's translation (translate.translate -> job_hardware's
+    ``issue_applies``): a slow-kind sweep record's runtime dispatches from the host, so its own
+    test reads as an issue cost; the same record under a runtime whose host issues nothing
+    (``host_dispatches`` false: CUDA graphs) keeps no issue cost and fits its links instead."""
+    from simtrain.apps.validate.records import SkipReason
+    from simtrain.apps.validate.translate import translate
+    from simtrain.spec.runtime import RuntimeProfile
+
+    def issue(rec) -> tuple[float, float]:
+        sc = translate(rec).scenario
+        return sc.runtime.collective_issue_us_per_rank, sc.hardware.nic_bandwidth_bytes_per_s
+
+    slow = next(r for r in published_records.values()
+                if r.source_key == "nanotron" and r.hardware.get("network_measured")
+                and not isinstance(translate(r), SkipReason)
+                and issue(r)[0] > 0)  # fmt: skip
+    cost, nic = issue(slow)
+    monkeypatch.setattr(RuntimeProfile, "host_dispatches", property(lambda self: False))
+    graphs_cost, graphs_nic = issue(slow)
+    assert cost > 0 and graphs_cost == 0
+    assert graphs_nic < nic  # the slow test fitted as a slower link

@@ -352,6 +352,44 @@ def test_megatron_core_overlap_flags(tmp_path: Path) -> None:
     assert sc.training.recompute == "selective" and imp.unsupported == ()
 
 
+def test_megatron_layout_string_is_megatrons_parse() -> None:
+    """Megatron-Core's own examples of its layout grammar (d98e8a64
+    megatron/core/transformer/pipeline_parallel_layer_layout.py parse_str_to_list: "Ettt|(tt|)*29,m|L"
+    is [E,t,t,t] + [t,t] x 29 + [m], [L]; "(ab|cd|ef)*2" unrolls the group, "x*n" the letter)."""
+    from simtrain.apps.importers.megatron import layout_decoder_counts, parse_layout
+
+    assert parse_layout("Ettt|(tt|)*29,m|L") == ["Ettt"] + ["tt"] * 29 + ["m", "L"]
+    assert parse_layout("Et*2|(tt|)*2,mL") == ["Ett", "tt", "tt", "mL"]
+    # DeepSeek-V3's 61 layers on pp 16 (Megatron-Bridge's layout_map): E + 4, 4 x 14, 1 + m + L
+    assert layout_decoder_counts("Et*4|(t*4|)*14tmL", 16, 61, 1) == ([4] * 15 + [1], 1)
+    assert layout_decoder_counts("Et|(tt|)*30mL", 8, 61, 1) == ([1] + [2] * 30 + [0], 4)
+    for text, why in (
+        ("Et*4|(t*4|)*14tmL", "MTP"),
+        ("Et*4|(t*4|)*14tL", "decoder layers"),
+        ("t*4E|(t*4|)*14tmL", "embedding"),
+        ("Et*4|(t*4|)*14tLm", "loss"),
+        ("Et*4|(t*4|)*13tmL", "not a multiple"),
+        ("Ex*4|(t*4|)*14tmL", "unknown"),
+    ):
+        mtp = 0 if why == "MTP" else 1
+        layers = 61 if why != "decoder layers" else 62
+        assert why in layout_decoder_counts(text, 16, layers, mtp), text
+
+
+def test_megatron_layout_flag_gives_the_chunks(tmp_path: Path) -> None:
+    """--pipeline-model-parallel-layout sets the chunks' decoder layers (parallelism.layer_split)
+    and the virtual stages (Megatron takes them from the layout); a layout that does not fit
+    the model is one line naming the flag."""
+    flags = BASE + "--bf16 --pipeline-model-parallel-size 4 "
+    sc = load_imported(megatron_flags(tmp_path, flags + "--pipeline-model-parallel-layout "
+                                      "'Et*5|(t*3|)*6,t*1L'", gpus=8))  # fmt: skip
+    p = sc.parallelism
+    assert (p.pp, p.virtual_stages, p.schedule) == (4, 2, "interleaved")
+    assert p.layer_split == (5, 3, 3, 3, 3, 3, 3, 1)
+    with pytest.raises(ConfigError, match="pipeline-model-parallel-layout.*23 decoder layers"):
+        megatron_flags(tmp_path, flags + "--pipeline-model-parallel-layout 'Et*5|(t*3|)*6,L'")
+
+
 @pytest.mark.parametrize(
     ("flags", "off"),
     [("", ()), ("--clip-grad 0.0 ", ("clip_grad_norm",)),

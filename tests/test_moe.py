@@ -29,6 +29,10 @@ TOTALS = {
     "mixtral-8x7b": 46_702_792_704,
     "qwen1.5-moe-a2.7b": 14_315_784_192,
     "qwen3-30b-a3b": 30_532_122_624,
+    # by hand: 94 x (q 4096·8192 + k, v 2·4096·512 + o 8192·4096 + q/k norms 2·128 + norms
+    # 2·4096 + router 4096·128 + 128 experts 3·4096·1536) + embedding and head 2·151936·4096
+    # + final norm 4096
+    "qwen3-235b-a22b": 235_093_634_560,
     "gpt-oss-20b": 20_914_757_184,
     "gpt-oss-120b": 116_829_156_672,
 }
@@ -55,6 +59,7 @@ def test_mixtral_active_parameters_by_hand() -> None:
     [
         ("qwen1.5-moe-a2.7b", 2.7, False),  # HF card: 2.7B activated
         ("qwen3-30b-a3b", 3.3, False),  # HF card: 3.3B activated
+        ("qwen3-235b-a22b", 22, False),  # HF card: 22B activated (22.19)
         ("gpt-oss-20b", 3.61, True),  # OpenAI card: active, unembedding but no embedding
         ("gpt-oss-120b", 5.13, True),
     ],
@@ -64,7 +69,7 @@ def test_moe_active_parameters_match_the_model_cards(name: str, published_b: flo
     m = PRESETS[name]
     n = m.active_params() - (m.vocab * m.hidden if less_embedding else 0)
     # Cards round (2.69 -> 2.7) or truncate (3.35 -> 3.3): within one unit of the last digit.
-    unit = 10.0 ** -len(str(published_b).split(".")[1])
+    unit = 10.0 ** -len(str(published_b).split(".")[1]) if "." in str(published_b) else 1.0
     assert abs(n / 1e9 - published_b) < unit
 
 

@@ -652,6 +652,13 @@ PRESETS.update({
     "qwen3-30b-a3b": replace(
         _llama("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960), head_size=128,
         qk_norm=True, num_experts=128, experts_per_token=8, moe_ffn_hidden=768),
+    # Qwen3-235B-A22B: HF Qwen/Qwen3-235B-A22B config.json (qwen3_moe: 94 layers, hidden 4096,
+    # 64 heads of 128, 4 KV heads, 128 experts of 1536, top-8, q/k norms, vocab 151,936; as
+    # THUDM/slime scripts/models/qwen3-235B-A22B.sh writes it for Megatron); model card 235B
+    # total, 22B activated.
+    "qwen3-235b-a22b": replace(
+        _llama("qwen3-235b-a22b", 94, 4096, 64, 4, 12288, 151936, 40960), head_size=128,
+        qk_norm=True, num_experts=128, experts_per_token=8, moe_ffn_hidden=1536),
     # gpt-oss: HF openai/gpt-oss-20b and -120b config.json (gpt_oss: hidden 2880, 64 heads of
     # 64, 8 KV heads, experts of 2880 with biases, router bias, attention biases and sinks,
     # a 128-token sliding window on every other layer);

@@ -118,8 +118,7 @@ OVERLAP_FLAGS = {
     "--overlap-grad-reduce": "overlap_grad_reduce",
     "--overlap-param-gather": "overlap_param_gather",
 }
-# Read into parallelism.first/last_stage_layers and account_for_embedding/loss (_parallel); the
-# layout string is not.
+# Read into parallelism.layer_split (_parallel, :func:`layout_decoder_counts`).
 UNEVEN_PIPELINE = ("--pipeline-model-parallel-layout",)
 LAUNCH_PROCS = ("--nproc_per_node", "--nproc-per-node", "--num_gpus", "--num-gpus")
 LAUNCH_NODES = ("--nnodes", "--num_nodes", "--num-nodes")
@@ -212,7 +211,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
     _dispatcher(f, r, runtime, bool(model.get("num_experts")), ep)
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
-    par = _parallel(f, r, tp, pp, layers, runtime)
+    par = _parallel(f, r, tp, pp, layers, runtime, int(model.get("mtp_layers") or 0))
     dp = world_and_dp(r, world, world_from, gpus, tp * pp * cp,
                       "--tensor-model-parallel-size x --pipeline-model-parallel-size"
                       + (" x --context-parallel-size" if cp > 1 else ""))  # fmt: skip
@@ -698,8 +697,53 @@ def _fp8(f: Flags, r: Reading, precision: str) -> str:
     return name
 
 
+_LAYOUT_CHARS = {"E": "embedding", "L": "loss", "t": "decoder", "m": "mtp"}
+
+
+def parse_layout(text: str) -> list[str]:
+    """Megatron-Core's ``--pipeline-model-parallel-layout`` string as its stages, each a string
+    of layer characters (E embedding, t decoder layer, m MTP module, L output layer and loss),
+    by Megatron's own rules (d98e8a64 megatron/core/transformer/pipeline_parallel_layer_layout.py
+    ``parse_str_to_list``: commas dropped, ``(...)*n`` then ``x*n`` unrolled, stages split on
+    ``|``), in virtual-stage order (stage ``j·pp + r``: chunk j of pipeline rank r).
+    ``"Et*2|(tt|)*2,mL"`` -> ``["Ett", "tt", "tt", "mL"]``."""
+    t = text.strip().strip("'\"").replace(",", "")
+    t = re.sub(r"\(([^)]+)\)\*(\d+)", lambda x: x.group(1) * int(x.group(2)), t)
+    t = re.sub(r"(.)\*(\d+)", lambda x: x.group(1) * int(x.group(2)), t)
+    return t.split("|")
+
+
+def layout_decoder_counts(text: str, pp: int, layers: int,
+                          mtp: int) -> tuple[list[int], int] | str:  # fmt: skip
+    """(decoder layers per chunk, virtual stages) of a layout string (:func:`parse_layout`),
+    or why simtrain cannot take it: an unknown character, a stage count that ``pp`` does not
+    divide (Megatron's check), decoder layers that do not sum to ``--num-layers``, the
+    embedding anywhere but the first stage's start, the loss anywhere but the last stage's
+    end, or MTP modules other than the model's ``mtp`` on the last stage."""
+    stages = parse_layout(text)
+    bad = sorted({c for st in stages for c in st if c not in _LAYOUT_CHARS})
+    if bad:
+        return f"unknown layer character(s) {', '.join(bad)} (Megatron's: E, t, m, L)"
+    if len(stages) % pp:
+        return f"{len(stages)} stages, not a multiple of --pipeline-model-parallel-size {pp}"
+    counts = [st.count("t") for st in stages]
+    if sum(counts) != layers:
+        return f"{sum(counts)} decoder layers (t), but --num-layers {layers}"
+    joined = "|".join(stages)
+    if joined.count("E") != 1 or not stages[0].startswith("E"):
+        return "the embedding (E) must open the first stage, once"
+    if joined.count("L") != 1 or not stages[-1].endswith("L"):
+        return "the loss (L) must close the last stage, once"
+    if joined.count("m") != mtp or (mtp and "m" * mtp not in stages[-1]):
+        return (
+            f"{joined.count('m')} MTP module(s) (m); simtrain puts the model's {mtp} on "
+            "the last stage"
+        )
+    return counts, len(stages) // pp
+
+
 def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
-              runtime: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+              runtime: dict[str, Any], mtp: int = 0) -> dict[str, Any]:  # fmt: skip
     file = r.file
     par: dict[str, Any] = {"tp": tp, "pp": pp}
     v = 1
@@ -764,8 +808,21 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         r.assume("--overlap-p2p-comm: asynchronous pipeline sends (runtimes/megatron_core.yaml "
                  "[p2p]: interleaved schedules with it use isend/irecv without a sync)")  # fmt: skip
     if f.has(*UNEVEN_PIPELINE):
-        r.unsupported_(", ".join(x for x in UNEVEN_PIPELINE if x in f), "a custom layer layout "
-                       "string: simulated as an even split")  # fmt: skip
+        flag = UNEVEN_PIPELINE[0]
+        text = f.value(flag) or ""
+        got = layout_decoder_counts(text, pp, layers, mtp)
+        if isinstance(got, str):
+            raise ConfigError(file, flag, got, text)
+        counts, lv = got
+        if v > 1 and lv != v:
+            raise ConfigError(file, flag, f"has {lv * pp} stages: {lv} per pipeline rank, but "
+                              f"the virtual stages flag says {v}", text)  # fmt: skip
+        v = lv  # Megatron takes the virtual stages from the layout (TransformerConfig)
+        par["schedule"] = "interleaved" if v > 1 else par["schedule"]
+        par["virtual_stages"] = v
+        par["layer_split"] = counts
+        r.origin("parallelism.layer_split", flag)
+        r.assume(f"{flag} {text}: decoder layers per chunk {counts}")
     if "--microbatch-group-size-per-vp-stage" in f:
         g = f.int_("--microbatch-group-size-per-vp-stage")
         if g != pp:

@@ -89,6 +89,12 @@ class SourceConvention:
     # case; the first match wins), as ``named_architectures``.
     optimizer_storage: tuple[str, str, str] | None = None
     named_optimizer_storage: tuple[tuple[str, tuple[str, str, str]], ...] = ()
+    # Megatron-Core's FLOP count weighs a gated MLP 3/2 only when its activation is SiLU
+    # (Megatron-Bridge flop_utils.py gated_linear_multiplier): the model names (regex from its
+    # start, ignoring case) whose framework builds their gated MLP with another activation,
+    # counted at 1 (``flops_glu``, megatron_core_flops' ``glu``).
+    plain_glu_names: tuple[str, ...] = ()
+    flops_glu: float = 1.5  # the gated MLP's weight in the count (1.0: a plain_glu_names model)
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -253,6 +259,14 @@ _NEMO_DFA_BF16 = ("bf16", "none", "NeMo-Framework-Launcher 24.07 conf/training/n
                   "nemotron_340b.yaml l.158-165: distributed_fused_adam with dtype bf16: bf16 "
                   "Adam states and no master copy (store_params=False: megatron_base_model.py "
                   "r2.0.0rc1 l.775-807; apex distributed_fused_adam.py f9f19d5c l.449-476)")  # fmt: skip
+
+
+# Megatron-Bridge's DeepSeek-V3 recipe (00b7660b src/megatron/bridge/recipes/deepseek/
+# deepseek_v3.py l.272-276): Megatron-Core's precision-aware optimizer with fp32 main parameters
+# and bf16 moments.
+_MBRIDGE_DSV3_OPT = ("bf16", "precision", "Megatron-Bridge's DeepSeek-V3 recipe: the "
+                     "precision-aware optimizer, exp_avg / exp_avg_sq in bf16, fp32 main "
+                     "parameters (recipes/deepseek/deepseek_v3.py l.272-276 at 00b7660b)")  # fmt: skip
 
 
 SOURCES: dict[str, SourceConvention] = {
@@ -430,15 +444,21 @@ SOURCES: dict[str, SourceConvention] = {
     # GPUs, tp 4 pp 16 vp 4) is not the GB200 FP8-CS base config at 00b7660b
     # (llama31_workload_base_configs.py: 128 GPUs, tp 2, Megatron FSDP, 92 layers offloaded),
     # so it came from an earlier config; its settings here are the recipe's, not confirmed.
-    "megatron_bridge": _nemo_family(
-        "megatron_core_causal",
-        "Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
-        "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True); its "
-        "performance scripts turn on sequence parallelism whenever tp > 1 "
-        "(scripts/performance/utils/utils.py WorkloadBaseConfig.sequence_parallel)",
-        "Megatron-Bridge's Llama 3 recipes (recipes/llama/llama3.py: DDP overlap_grad_reduce "
-        "and overlap_param_gather; the 70B and 405B recipes' tp_comm_overlap) and performance "
-        "configs (grad_reduce_in_fp32 = False) at 00b7660b",
+    "megatron_bridge": replace(
+        _nemo_family(
+            "megatron_core_causal",
+            "Megatron-Bridge's Llama 3 pretraining recipe uses Megatron-Core's "
+            "distributed optimizer (recipes/llama/llama3.py use_distributed_optimizer=True); its "
+            "performance scripts turn on sequence parallelism whenever tp > 1 "
+            "(scripts/performance/utils/utils.py WorkloadBaseConfig.sequence_parallel)",
+            "Megatron-Bridge's Llama 3 recipes (recipes/llama/llama3.py: DDP overlap_grad_reduce "
+            "and overlap_param_gather; the 70B and 405B recipes' tp_comm_overlap) and performance "
+            "configs (grad_reduce_in_fp32 = False) at 00b7660b",
+        ),
+        named_optimizer_storage=((r"deepseek-?v3", _MBRIDGE_DSV3_OPT),),
+        # GPTOSSProvider: gated_linear_unit with activation_func quick_gelu
+        # (src/megatron/bridge/models/gpt_oss/gpt_oss_provider.py l.50 and l.79 at 00b7660b)
+        plain_glu_names=(r"gpt[-_ ]?oss",),
     ),
     # SimuMax's B200 runs (measured/simumax_b200.yaml): Megatron-LM 23e00ed0 launched with the
     # arguments each record carries (read by the Megatron importer as they are); the memory is
@@ -651,6 +671,8 @@ def convention_for(rec: Record) -> SourceConvention:
         if re.match(pattern, name, re.IGNORECASE):
             conv = replace(conv, optimizer_storage=storage)
             break
+    if any(re.match(p, name, re.IGNORECASE) for p in conv.plain_glu_names):
+        conv = replace(conv, flops_glu=1.0)
     if rec.source_key == "torchtitan":
         conv = _torchtitan_commit(rec, conv)
     if rec.source_key == "bloom_chronicles":
@@ -724,9 +746,9 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
     if f == "nanotron":
         return nanotron_flops(sc)
     if f == "megatron_core":
-        return megatron_core_flops(sc)
+        return megatron_core_flops(sc, glu=conv.flops_glu)
     if f == "megatron_core_causal":
-        return megatron_core_flops(sc, causal=True)
+        return megatron_core_flops(sc, causal=True, glu=conv.flops_glu)
     if f == "torchtitan":
         return torchtitan_flops(sc)
     if f == "megatron_ds_2021":
@@ -736,21 +758,63 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
     return model_flops_per_step(sc) if kind == "model" else hardware_flops_per_step(sc)
 
 
-def megatron_core_flops(sc: Scenario, causal: bool = False) -> float:
+def megatron_core_flops(sc: Scenario, causal: bool = False, glu: float = 1.5) -> float:
     """Megatron-Core's FLOPs per step (Megatron-LM 937571cfd4, megatron/training/training.py
     ``num_floating_point_operations``; NeMo 24.07 reports the same): model FLOPs, no recompute,
     ``12·B·s·l·h²·((1 + g/a + s/h)·(a·d/h) + (f/h)·k·(3/2 with SwiGLU) + V/(2·l·h))`` with g KV
     groups, d the head size and k = 1 (dense): for a GPT with a 4h MLP, Korthikanti Eq. 7.
     ``causal``: s/(2h) for the attention scores, Megatron-Bridge's count (flop_utils.py at
-    00b7660b)."""
+    00b7660b). A mixture of experts, multi-latent attention and MTP modules as
+    :func:`_moe_mla_mtp_flops` (that flop_utils.py's transformer_flops). ``glu``: a SwiGLU
+    MLP's weight, 3/2 (1 where the framework's gated activation is not SiLU)."""
     m, t = sc.model, sc.training
+    if m.is_moe or m.is_mla or m.mtp_layers:
+        return _moe_mla_mtp_flops(sc, causal, glu)
     B, s, L, h, a = t.global_batch, t.seq_len, m.layers, m.hidden, m.heads
     q_ratio = a * m.head_dim / h
-    glu = 1.5 if m.mlp == "swiglu" else 1.0
+    glu = glu if m.mlp == "swiglu" else 1.0
     scores = s / (2 * h) if causal else s / h
     return (12 * B * s * L * h * h
             * ((1 + m.kv_heads / a + scores) * q_ratio + (m.ffn_hidden / h) * glu
                + m.vocab / (2 * L * h)))  # fmt: skip
+
+
+def _moe_mla_mtp_flops(sc: Scenario, causal: bool, glu: float = 1.5) -> float:
+    """Megatron-Bridge's ``transformer_flops`` (NVIDIA-NeMo/Megatron-Bridge 00b7660b
+    src/megatron/bridge/training/utils/flop_utils.py l.136-320) for a mixture of experts,
+    multi-latent attention or MTP modules, per step of B·s tokens:
+
+    - MLP: 12·l'·h·(f·g·n_dense/l' + (f_e·k + f_sh)·g·n_moe/l'), l' = l + MTP modules (each
+      counted as the last layer's kind), g 3/2 with SwiGLU, f_sh all shared experts' width;
+    - attention, MHA/GQA: 12·l'·h²·(1 + G/a + s/(2h) or s/h)·(a·d/h); MLA: 6·l'·(q_lora·(h +
+      a·(d_nope + d_rope) + 1) (or h·a·(d_nope + d_rope) without it) + kv_lora·(h + a·(d_nope
+      + d_v) + 1) + h·d_rope + a·d_v·h + s·a·(d_nope + d_rope)/2 + s·a·d_v/2);
+    - MTP: 6·n_mtp·(3h + 2h²); logits 6·h·V·(n_mtp + 1)."""
+    m, t = sc.model, sc.training
+    B, s, h, a = t.global_batch, t.seq_len, m.hidden, m.heads
+    mtp = m.mtp_layers
+    n_moe = m.moe_layers + (mtp if m.is_moe else 0)  # the last layer is an MoE one
+    n_layers = m.layers + mtp
+    n_dense = n_layers - n_moe
+    glu = glu if m.mlp == "swiglu" else 1.0
+    shared = m.shared_experts * m.shared_ffn if m.is_moe else 0
+    mlp = 12 * n_layers * h * (m.ffn_hidden * glu * n_dense / n_layers
+                               + (m.expert_ffn * m.experts_per_token + shared) * glu
+                               * n_moe / n_layers) if m.is_moe else (
+        12 * n_layers * h * m.ffn_hidden * glu)  # fmt: skip
+    if m.is_mla:
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        q = m.q_lora_rank * (h + a * qk + 1) if m.q_lora_rank else h * a * qk
+        attn = 6 * n_layers * (q + m.kv_lora_rank * (h + a * (m.qk_nope_head_dim + m.v_head_dim)
+                                                     + 1)
+                               + h * m.qk_rope_head_dim + a * m.v_head_dim * h
+                               + s * a * qk / 2 + s * a * m.v_head_dim / 2)  # fmt: skip
+    else:
+        scores = s / (2 * h) if causal else s / h
+        attn = 12 * n_layers * h * h * (1 + m.kv_heads / a + scores) * (a * m.head_dim / h)
+    mtp_terms = 6 * mtp * (3 * h + 2 * h * h)
+    logits = 6 * h * m.vocab * (mtp + 1)
+    return float(B * s * (mlp + attn + mtp_terms + logits))
 
 
 def torchtitan_flops(sc: Scenario) -> float:

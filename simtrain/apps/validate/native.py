@@ -70,6 +70,7 @@ from simtrain.apps.validate.conventions import SourceConvention, runtime_for
 from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
+from simtrain.spec.hardware import load_hardware
 from simtrain.spec.precision import STORAGE_DEFAULTS
 
 #: The importer each family's records go through (source key -> importer kind).
@@ -149,6 +150,11 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
                       ("account_for_loss", "--account-for-loss-in-pipeline-split")):  # fmt: skip
         if split.get(key):
             w.append(flag)
+    if isinstance(split.get("layer_split"), list):  # a recipe's layout (Megatron's string)
+        counts = split["layer_split"]
+        w += ["--pipeline-model-parallel-layout",
+              "|".join(("E" if i == 0 else "") + "t" * n + ("L" if i == len(counts) - 1 else "")
+                       for i, n in enumerate(counts))]  # fmt: skip
     if par.get("sequence_parallel"):
         w.append("--sequence-parallel")
     zero = int(par.get("zero_stage") or 0)
@@ -507,6 +513,41 @@ def _base_sets(rec: Record, profile: str) -> list[str]:
     return [f"name={json.dumps(rec.id)}", f"hardware={profile}"]
 
 
+#: Megatron-Bridge's launcher for 4-GPU trays (GB200 / GB300) asks Slurm for segments of
+#: ``segment`` nodes, each within one NVLink domain: all the nodes up to 18, else the largest
+#: divisor of the node count up to 18 (NVIDIA-NeMo/Megatron-Bridge 00b7660b
+#: scripts/performance/utils/executors.py l.113-121, "add --segment flag to sbatch if job uses
+#: GB200"; ntasks_per_node = GPUs per node, 4 on these trays).
+MBRIDGE_TRAY_GPUS = 4
+MBRIDGE_MAX_SEGMENT = 18
+
+
+def mbridge_nvlink_domain(gpus: int) -> int:
+    """The GPUs of one NVLink domain a Megatron-Bridge job of ``gpus`` GPUs on 4-GPU trays
+    runs in: 4 x its Slurm segment (256 GPUs: 64 nodes, segments of 16, domains of 64)."""
+    nodes = -(-gpus // MBRIDGE_TRAY_GPUS)
+    if nodes <= MBRIDGE_MAX_SEGMENT:
+        return nodes * MBRIDGE_TRAY_GPUS
+    segment = next(c for c in range(MBRIDGE_MAX_SEGMENT, 0, -1) if nodes % c == 0)
+    return segment * MBRIDGE_TRAY_GPUS
+
+
+def _cluster_sets(rec: Record, profile: str, gpus: int, notes: list[str]) -> list[str]:
+    """A Megatron-Bridge record on a rack-scale NVLink profile (more GPUs per node than a tray
+    holds: gb200_nvl72, gb300_nvl72) runs in NVLink domains of its Slurm segment
+    (:func:`mbridge_nvlink_domain`), not of the profile's 72 GPUs; [] otherwise."""
+    if rec.source_key != "megatron_bridge":
+        return []
+    per_node = load_hardware(profile).gpus_per_node
+    domain = mbridge_nvlink_domain(gpus)
+    if per_node <= MBRIDGE_TRAY_GPUS * 2 or gpus <= domain or domain >= per_node or gpus % domain:
+        return []
+    notes.append(f"cluster: {gpus // domain} NVLink domains of {domain} GPUs, Megatron-Bridge's "
+                 f"Slurm segments of {domain // MBRIDGE_TRAY_GPUS} four-GPU trays "
+                 "(scripts/performance/utils/executors.py l.113-121 at 00b7660b)")  # fmt: skip
+    return [f"cluster.nodes={gpus // domain}", f"cluster.gpus_per_node={domain}"]
+
+
 def _importer_notes(imp: Imported, notes: list[str]) -> None:
     """The importer's readings and what it did not simulate, as the record's assumptions."""
     notes.extend(f"{imp.kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
@@ -590,6 +631,7 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         config = deepspeed_config(rec, training, layout, batch, par)
         imp = import_deepspeed_config(config, dict(model), gpus=gpus, file=rec.id)
     sets = overlay(rec, imp, profile, conv, model, training, notes)
+    sets += _cluster_sets(rec, profile, gpus, notes)
     ep = record_int(par.get("ep")) or 1  # (experts laid over by overlay; their grid here;
     # translate._layout checked it is an integer >= 1)
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:

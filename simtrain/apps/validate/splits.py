@@ -11,13 +11,31 @@ from typing import Any
 
 from simtrain.apps.validate.records import Record
 from simtrain.layout.partition import deepspeed_balanced_2022, torchtitan_split_2412
+from simtrain.spec.model import find_preset
 
 #: Megatron-Bridge's Llama 3.1 405B recipe counts the embedding and the loss as a layer each
 #: (NVIDIA-NeMo/Megatron-Bridge 00b7660b, the NeMo 25.11 records' commit:
 #: src/megatron/bridge/recipes/llama/llama3.py llama31_405b_pretrain_config,
 #: account_for_embedding_in_pipeline_split / account_for_loss_in_pipeline_split True; the
 #: performance configs build on it, scripts/performance/configs/llama/llama31_llm_pretrain.py).
-MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B",)
+#: Its Qwen3-235B-A22B pretraining recipe does the same (recipes/qwen/qwen3_moe.py
+#: qwen3_235b_a22b_pretrain_config l.160-161 at 00b7660b): 94 + 2 over pp x vp.
+MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B", "QWEN3_235B_A22B")
+
+
+#: Megatron-Bridge's DeepSeek-V3 recipe lays its 61 layers out by (pp, vp)
+#: (NVIDIA-NeMo/Megatron-Bridge 00b7660b src/megatron/bridge/recipes/deepseek/deepseek_v3.py
+#: l.235-247 layout_map): decoder layers per chunk in virtual-stage order, the embedding before
+#: the first chunk's, the MTP module and the loss after the last chunk's. (pp, vp) pairs the
+#: map does not hold have no layout there (an even split, which 61 layers refuse).
+MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
+    (4, 1): [16, 16, 16, 13],
+    (8, 1): [8] * 7 + [5],
+    (4, 2): [8] * 7 + [5],
+    (16, 1): [4] * 15 + [1],
+    (8, 2): [4] * 15 + [1],
+    (4, 4): [4] * 15 + [1],
+}
 
 
 #: A record that says its first and last stages hold one layer fewer than the others (Llama 3,
@@ -63,10 +81,18 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                      f"on their first and last model chunk: "
                      f"{_short(split).removesuffix(' per stage')} per chunk (chunk j·pp + r)")  # fmt: skip
         return {"layer_split": split}
+    if (key == "megatron_bridge" and (pp, v) in MBRIDGE_DEEPSEEK_V3_LAYOUTS
+            and find_preset(str(rec.model.get("name", "")), loose=True) == "deepseek-v3"):  # fmt: skip
+        split = MBRIDGE_DEEPSEEK_V3_LAYOUTS[(pp, v)]
+        notes.append(f"pipeline split: Megatron-Bridge's DeepSeek-V3 layout for pp {pp}, vp {v} "
+                     f"(recipes/deepseek/deepseek_v3.py layout_map at 00b7660b): "
+                     f"{_short(split).removesuffix(' per stage')} per chunk")  # fmt: skip
+        return {"layer_split": split}
     if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
-        notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B recipe counts the "
-                     "embedding and the loss as a layer each (account_for_embedding/"
-                     "loss_in_pipeline_split, recipes/llama/llama3.py at 00b7660b)")  # fmt: skip
+        notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B and Qwen3-235B-A22B "
+                     "recipes count the embedding and the loss as a layer each "
+                     "(account_for_embedding/loss_in_pipeline_split, recipes/llama/llama3.py, "
+                     "recipes/qwen/qwen3_moe.py at 00b7660b)")  # fmt: skip
         return {"account_for_embedding": True, "account_for_loss": True}
     if key == "bloom_chronicles" and pp > 1:
         text = f"{rec.source} {rec.notes}"
