@@ -125,3 +125,26 @@ def test_the_planner_counts_the_copies_as_the_simulation_does(pp: int) -> None:
     (plan_on, sim_on), (plan_off, sim_off) = steps(True), steps(False)
     assert sim_on - sim_off > 0.1
     assert plan_on - plan_off == pytest.approx(sim_on - sim_off, rel=0.01)
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+def test_the_planner_defers_the_reduction_as_the_simulation_does(pp: int) -> None:
+    """PyTorch pipelining over FSDP2 (runtime ``pipeline_grads_unsharded``) reduce-scatters each
+    chunk's gradients once after its last backward instead of in every backward (ZeRO-2):
+    switching the rule on moves the planner's closed form and the simulation by the same time
+    within 1 % (Llama-2 13B on 64 A100s under torchtitan's profile: +0.152 s at pp 2, +0.071 s
+    at pp 4, both; the reduce-scatter no longer hides behind the backwards). Under ZeRO-3 the
+    planner's figure is rougher (+0.16 vs +0.09 s at pp 2): its gathers are per micro-batch."""
+    from simtrain.apps.plan.estimate import closed_form_step_s
+
+    def steps(on: bool) -> tuple[float, float]:
+        sc = load_scenario(ZERO3, ["runtime.name=torchtitan", "parallelism.zero_stage=2",
+                                   f"runtime.pipeline_grads_unsharded={str(on).lower()}",
+                                   "training.global_batch=128", f"parallelism.pp={pp}",
+                                   f"parallelism.dp={64 // pp}"])  # fmt: skip
+        sim = simulate_scenario(sc, detail=False).metrics.step_time_s
+        return closed_form_step_s(sc, estimate_memory(sc).stages), sim
+
+    (plan_on, sim_on), (plan_off, sim_off) = steps(True), steps(False)
+    assert sim_on - sim_off > 0.05
+    assert plan_on - plan_off == pytest.approx(sim_on - sim_off, rel=0.01)

@@ -363,17 +363,12 @@ def test_megatron_layout_string_is_megatrons_parse() -> None:
     # DeepSeek-V3's 61 layers on pp 16 (Megatron-Bridge's layout_map): E + 4, 4 x 14, 1 + m + L
     assert layout_decoder_counts("Et*4|(t*4|)*14tmL", 16, 61, 1) == ([4] * 15 + [1], 1)
     assert layout_decoder_counts("Et|(tt|)*30mL", 8, 61, 1) == ([1] + [2] * 30 + [0], 4)
-    for text, why in (
-        ("Et*4|(t*4|)*14tmL", "MTP"),
-        ("Et*4|(t*4|)*14tL", "decoder layers"),
-        ("t*4E|(t*4|)*14tmL", "embedding"),
-        ("Et*4|(t*4|)*14tLm", "loss"),
-        ("Et*4|(t*4|)*13tmL", "not a multiple"),
-        ("Ex*4|(t*4|)*14tmL", "unknown"),
-    ):
-        mtp = 0 if why == "MTP" else 1
-        layers = 61 if why != "decoder layers" else 62
-        assert why in layout_decoder_counts(text, 16, layers, mtp), text
+    assert layout_decoder_counts("Et*8|t*8|t*8|L", 4, 24, 0) == ([8, 8, 8, 0], 1)
+    assert "MTP" in layout_decoder_counts("Et*6|t*6|t*6|t*5mtL", 4, 24, 1)  # decoder after m
+    assert "embedding" in layout_decoder_counts("Et*12|E|t*12|L", 4, 24, 0)
+    assert "loss" in layout_decoder_counts("Et*12|t*12|L|L", 4, 24, 0)
+    assert "MTP" in layout_decoder_counts("Et*12|m|t*11|tL", 4, 24, 1)
+    assert "empty stage" in layout_decoder_counts("Et*8|t*8||t*8L", 4, 24, 0)
 
 
 def test_megatron_layout_flag_gives_the_chunks(tmp_path: Path) -> None:
@@ -388,6 +383,25 @@ def test_megatron_layout_flag_gives_the_chunks(tmp_path: Path) -> None:
     assert p.layer_split == (5, 3, 3, 3, 3, 3, 3, 1)
     with pytest.raises(ConfigError, match="pipeline-model-parallel-layout.*23 decoder layers"):
         megatron_flags(tmp_path, flags + "--pipeline-model-parallel-layout 'Et*5|(t*3|)*6,L'")
+    # the layout gives the virtual stages: --overlap-p2p-comm applies, and MoE overlap keeps
+    # its own schedule (Megatron needs VPP for it)
+    p2p = load_imported(
+        megatron_flags(
+            tmp_path,
+            flags + "--overlap-p2p-comm --pipeline-model-parallel-layout 'Et*5|(t*3|)*6,t*1L'",
+        )
+    )
+    assert p2p.runtime.p2p == "async"
+    for bad, words in (("'Et*5|(t*3|)*6,t*1L' --num-virtual-stages-per-pipeline-rank 2",
+                        "cannot be combined with --num-virtual-stages"),
+                       ("'Et*5|(t*3|)*6,t*1L' --decoder-first-pipeline-num-layers 5",
+                        "cannot be combined with --decoder-first"),
+                       ("'Et*8|t*8||t*8L'", "an empty stage"),
+                       ("'Et*12|t*12|L|L'", "loss"),
+                       ("'Et*12|t*12||t*0L'", "empty"),
+                       ("'Et*12||t*12|L'", "empty")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"pipeline-model-parallel-layout.*{words}"):
+            megatron_flags(tmp_path, flags + "--pipeline-model-parallel-layout " + bad)
 
 
 @pytest.mark.parametrize(

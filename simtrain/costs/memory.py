@@ -436,12 +436,16 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
     if z >= 3 and (dp > 1 or t.offload.parameters):
-        # gathered (or, offloaded, fetched) 16-bit parameters of the current and prefetched layer
+        # gathered (or, offloaded, fetched) 16-bit parameters of the current and prefetched
+        # layer; under PyTorch pipelining all of them, which a backward leaves gathered
+        # (pipeline_defers_reduction: stage.py set_reshard_after_backward(False))
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)
         root = fsdp_root_bytes(sc, tensors, ms, n_layers)
-        if root is not None:  # FSDP2: two blocks, and the root group whole
+        if pipeline_defers_reduction(sc, step.pp):  # (its gradients: the whole stage's already)
+            live = ms.params
+        elif root is not None:  # FSDP2: two blocks, and the root group whole
             live, root_grads = root
             buffers += prec.grad * root_grads
         buffers += prec.param * live

@@ -29,7 +29,14 @@ from simtrain.costs.memory import (
     pipeline_defers_reduction,
     wire_grad_bytes,
 )
-from simtrain.costs.params import EXPERT_PREFIX, base_trainable, moe_param_tensors
+from simtrain.costs.params import (
+    EXPERT_PREFIX,
+    base_trainable,
+    embedding_param_tensors,
+    head_param_tensors,
+    layer_param_tensors,
+    moe_param_tensors,
+)
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.spec.scenario import Scenario, trained_mtp_modules
@@ -233,13 +240,70 @@ def zero2_every_microbatch(sc: Scenario) -> bool:
 
 def deferred_reduction_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
     """Where the pipeline defers the gradient reduction (``memory.pipeline_defers_reduction``:
-    PyTorch pipelining over FSDP2), the one reduce-scatter of a rank's ``trainable`` whole
-    gradients in the reduction's dtype after its last backward (torch 2.13.0
-    pipelining/stage.py ``perform_reduce_grad``: every FSDP parameter group's
-    ``post_backward`` at once, none overlapped with that backward); 0 elsewhere."""
+    PyTorch pipelining over FSDP2), the reduce-scatter of ``trainable`` whole gradients in the
+    reduction's dtype after their last backward (torch 2.13.0 pipelining/stage.py
+    ``perform_reduce_grad``: every FSDP parameter group of the stage's ``post_backward`` at
+    once, none overlapped with that backward; one per chunk, :func:`_deferred_chunks`); 0
+    elsewhere."""
     if not pipeline_defers_reduction(sc, step.pp):
         return 0
     return comm.dp_ns(sc, step, "reduce_scatter", trainable * wire_grad_bytes(sc, step))
+
+
+def pipelined_gather_layers(step: ResolvedStep, rank: int) -> int:
+    """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2, which leaves a
+    chunk's parameters gathered after its backward (``passes.zero3_pass``): the decoder
+    layers of each of the rank's actions that finds its chunk sharded (the chunk's first
+    action, or one after a forward of it). 1F1B: m + 1 per layer, against 2m elsewhere."""
+    gathered: set[int] = set()
+    n = 0
+    for a in step.schedule[rank]:
+        if a.kind not in ("F", "B", "I", "W"):
+            continue
+        if a.stage not in gathered and a.kind != "W":
+            n += step.chunks[a.stage].layers
+        if a.kind in ("B", "I", "W"):
+            gathered.add(a.stage)
+        else:
+            gathered.discard(a.stage)
+    return n
+
+
+def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
+    """Trainable parameters one GPU holds of chunk ``stage``: its blocks (dense and MoE), and
+    the embedding's and the head's where it holds them."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    c = step.chunks[stage]
+
+    def per_layer(moe: bool) -> int:
+        return sum(x.numel for x in layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
+                   if x.trainable)  # fmt: skip
+
+    moe = c.layers - m.dense_layers_in(c.lo, c.hi)
+    n = (c.layers - moe) * per_layer(False) + (moe * per_layer(True) if moe else 0)
+    if c.embedding:
+        n += sum(x.numel for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
+    if c.head:
+        n += sum(x.numel for x in head_param_tensors(m, t, p.tp, p.pp) if x.trainable)
+    return n
+
+
+def _deferred_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
+                     chunks: dict[int, ChunkDurations]) -> dict[int, ChunkDurations]:  # fmt: skip
+    """Pipelining over FSDP2 (:func:`deferred_reduction_ns`): each chunk's REDUCE_GRAD, its
+    share of the rank's trainable gradients (by the chunks' parameters:
+    :func:`chunk_param_count`), reduce-scattered after its last backward
+    (``passes.final_reduce_pass``)."""
+    out = dict(chunks)
+    for rank in range(step.pp):
+        ids = step.rank_chunk_ids(rank)
+        counts = {k: chunk_param_count(sc, k, step) for k in ids}
+        total = sum(counts.values()) or 1
+        trainable = mem.stages[rank].trainable
+        for k in ids:
+            share = math.ceil(trainable * counts[k] / total)
+            out[k] = replace(chunks[k], final_reduce_ns=deferred_reduction_ns(sc, step, share))
+    return out
 
 
 def zero2_microbatch_rs_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
@@ -281,12 +345,12 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
         rank = step.chunk_rank(stage)
         sm = mem.stages[rank]
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, sm, _rank_layers(step, rank))
-        if pipeline_defers_reduction(sc, step.pp):  # reduced once after the last backward
-            reduce_scatter = 0
+        deferred = pipeline_defers_reduction(sc, step.pp)  # _deferred_chunks reduces them
         out[stage] = replace(
             ch,
             gather_ns_per_layer=gather,
-            reduce_scatter_ns_per_layer=reduce_scatter,
+            reduce_scatter_ns_per_layer=0 if deferred else reduce_scatter,
+            unsharded_after_backward=deferred,
             gather_copy_ns_per_layer=gather_copy_out_ns(sc, zero3_layer_bytes(step, sm)),
         )
     return out
@@ -539,9 +603,7 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     if p.dp_mode == "naive":
         ns, name = comm.naive_dp_ns(sc, step, grad_bytes, params * prec.param)
         return replace(work, grad_sync_ns=ns, grad_sync_name=name)
-    deferred = deferred_reduction_ns(sc, step, trainable)
-    if deferred:  # the pipeline's one reduce-scatter after the rank's last backward
-        work = replace(work, grad_sync_ns=deferred, grad_sync_name="REDUCE_GRAD reduce-scatter")
+    deferred = pipeline_defers_reduction(sc, step.pp)  # reduced per chunk: _deferred_chunks
     if p.zero_stage == 3:
         return work
     op = grad_reduction_op(sc)
@@ -554,7 +616,7 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
             n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
             first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
             work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
-        if zero2_every_microbatch(sc) or deferred:  # _zero2_chunks, or REDUCE_GRAD above
+        if zero2_every_microbatch(sc) or deferred:  # _zero2_chunks, or _deferred_chunks
             return work
         if op == "reduce_scatter" and rt.overlap_grad_reduce:  # DeepSpeed overlap_comm
             return replace(work, bucket_ns=comm.bucket_group_ns(sc, step, op, grad_bytes),
@@ -654,6 +716,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
         chunks = _zero3_chunks(sc, step, mem, chunks)
     elif zero2_every_microbatch(sc):
         chunks = _zero2_chunks(sc, step, mem, chunks)
+    if pipeline_defers_reduction(sc, step.pp):
+        chunks = _deferred_chunks(sc, step, mem, chunks)
     if offload.offload_per_layer(sc) and (
         sc.training.offload.optimizer or sc.training.offload.parameters
     ):

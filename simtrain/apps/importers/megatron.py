@@ -734,11 +734,11 @@ def layout_decoder_counts(text: str, pp: int, layers: int,
         return "the embedding (E) must open the first stage, once"
     if joined.count("L") != 1 or not stages[-1].endswith("L"):
         return "the loss (L) must close the last stage, once"
-    if joined.count("m") != mtp or (mtp and "m" * mtp not in stages[-1]):
-        return (
-            f"{joined.count('m')} MTP module(s) (m); simtrain puts the model's {mtp} on "
-            "the last stage"
-        )
+    if joined.count("m") != mtp or not re.fullmatch(r"E?t*" + "m" * mtp + "L", stages[-1]):
+        return (f"{joined.count('m')} MTP module(s) (m); simtrain puts the model's {mtp} on "
+                "the last stage, after its decoder layers and before the loss")  # fmt: skip
+    if any(not st for st in stages):  # (a middle stage holds decoder layers, or is empty)
+        return "an empty stage (every stage holds a layer, the embedding or the loss)"
     return counts, len(stages) // pp
 
 
@@ -798,6 +798,32 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         v = f.pos_("--virtual-pipeline-model-parallel-size", 1,
                    LIMIT["parallelism.virtual_stages"])  # fmt: skip
         r.origin("parallelism.virtual_stages", "--virtual-pipeline-model-parallel-size")
+    if f.has(*UNEVEN_PIPELINE):
+        flag = UNEVEN_PIPELINE[0]
+        text = f.value(flag) or ""
+        clash = [x for x in ("--decoder-first-pipeline-num-layers",
+                             "--decoder-last-pipeline-num-layers",
+                             "--account-for-embedding-in-pipeline-split",
+                             "--account-for-loss-in-pipeline-split",
+                             "--num-layers-per-virtual-pipeline-stage",
+                             "--num-virtual-stages-per-pipeline-rank",
+                             "--virtual-pipeline-model-parallel-size") if x in f]  # fmt: skip
+        if clash:  # Megatron's arguments.py: the layout gives the split and the virtual stages
+            raise ConfigError(
+                file,
+                flag,
+                f"cannot be combined with {', '.join(clash)} (the "
+                "layout gives every chunk's layers and the virtual stages)",
+                text,
+            )
+        got = layout_decoder_counts(text, pp, layers, mtp)
+        if isinstance(got, str):
+            raise ConfigError(file, flag, got, text)
+        counts, v = got  # Megatron takes the virtual stages from the layout (TransformerConfig)
+        par["layer_split"] = counts
+        r.origin("parallelism.layer_split", flag)
+        r.origin("parallelism.virtual_stages", flag)
+        r.assume(f"{flag} {text}: decoder layers per chunk {counts}")
     par["schedule"] = "interleaved" if v > 1 else "1f1b"
     if f.bool_("--overlap-moe-expert-parallel-comm"):
         par["schedule"] = "combined_1f1b"  # pipeline_parallel/combined_1f1b.py
@@ -807,22 +833,6 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         runtime["p2p"] = "async"
         r.assume("--overlap-p2p-comm: asynchronous pipeline sends (runtimes/megatron_core.yaml "
                  "[p2p]: interleaved schedules with it use isend/irecv without a sync)")  # fmt: skip
-    if f.has(*UNEVEN_PIPELINE):
-        flag = UNEVEN_PIPELINE[0]
-        text = f.value(flag) or ""
-        got = layout_decoder_counts(text, pp, layers, mtp)
-        if isinstance(got, str):
-            raise ConfigError(file, flag, got, text)
-        counts, lv = got
-        if v > 1 and lv != v:
-            raise ConfigError(file, flag, f"has {lv * pp} stages: {lv} per pipeline rank, but "
-                              f"the virtual stages flag says {v}", text)  # fmt: skip
-        v = lv  # Megatron takes the virtual stages from the layout (TransformerConfig)
-        par["schedule"] = "interleaved" if v > 1 else par["schedule"]
-        par["virtual_stages"] = v
-        par["layer_split"] = counts
-        r.origin("parallelism.layer_split", flag)
-        r.assume(f"{flag} {text}: decoder layers per chunk {counts}")
     if "--microbatch-group-size-per-vp-stage" in f:
         g = f.int_("--microbatch-group-size-per-vp-stage")
         if g != pp:

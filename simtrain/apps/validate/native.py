@@ -143,14 +143,15 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
     w += _recompute_flags(training["recompute"], era == "megatron_lm_2021")
     v = int(par.get("virtual_stages") or 1)
-    if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower():
-        w += ["--num-virtual-stages-per-pipeline-rank", v]
     split = pipeline_split(rec, dict(par), int(model["layers"]), [])  # splits.py's rules
+    layout = isinstance(split.get("layer_split"), list)  # (which gives the virtual stages)
+    if pp > 1 and v > 1 and "gpipe" not in str(par.get("schedule", "")).lower() and not layout:
+        w += ["--num-virtual-stages-per-pipeline-rank", v]
     for key, flag in (("account_for_embedding", "--account-for-embedding-in-pipeline-split"),
                       ("account_for_loss", "--account-for-loss-in-pipeline-split")):  # fmt: skip
         if split.get(key):
             w.append(flag)
-    if isinstance(split.get("layer_split"), list):  # a recipe's layout (Megatron's string)
+    if layout:  # a recipe's layout (Megatron's string)
         counts = split["layer_split"]
         w += ["--pipeline-model-parallel-layout",
               "|".join(("E" if i == 0 else "") + "t" * n + ("L" if i == len(counts) - 1 else "")

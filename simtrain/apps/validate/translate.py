@@ -948,8 +948,22 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: li
     return p
 
 
-#: A schedule text that names the interleaved schedule ("interleaved 1F1B"), not "non-interleaved".
-_NAMES_INTERLEAVED = re.compile(r"(?<!non-)(?<!non )\binterleav", re.IGNORECASE)
+#: A schedule text that names the interleaved schedule ("interleaved 1F1B", "Interleaved1F1B"),
+#: not a negation ("non-interleaved", "not interleaved", "without interleaving",
+#: "interleaved: no") or another schedule that interleaves ("InterleavedZeroBubble").
+_INTERLEAVING = re.compile(r"(?<![a-z])interleav", re.IGNORECASE)
+_NOT_INTERLEAVED_1F1B = re.compile(
+    r"\b(?:non|not|no|without)[\s\-\u2010-\u2015]*interleav"
+    r"|interleav\w*\s*[:=]\s*(?:no|false|off|none)\b"
+    r"|interleaved\s*(?:zero|zb)",
+    re.IGNORECASE,
+)
+
+
+def _names_interleaved(text: str) -> bool:
+    """Whether a schedule text names the interleaved 1F1B schedule (:data:`_INTERLEAVING`,
+    none of :data:`_NOT_INTERLEAVED_1F1B`)."""
+    return bool(_INTERLEAVING.search(text)) and not _NOT_INTERLEAVED_1F1B.search(text)
 
 
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
@@ -961,7 +975,7 @@ def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
     layer fewer: ``splits.ends_one_fewer``), when that splits evenly into v >= 2."""
     sched = p.get("schedule")
     said = p.get("virtual_stages") is not None or (
-        sched is not None and not _NAMES_INTERLEAVED.search(str(sched))
+        sched is not None and not _names_interleaved(str(sched))
     )
     if conv.pp_interleaved is None or pp <= 1 or said:
         return p

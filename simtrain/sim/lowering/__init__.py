@@ -5,7 +5,9 @@ action into compute ops (``pieces``: recompute, bucket slices, ZeRO-3 per-layer 
 fusion); ``zero3_pass`` adds per-layer parameter gathers and gradient reduce-scatters;
 ``bucket_pass`` the DDP / ZeRO-1/2 bucket reductions; ``offload_pass`` optimizer offload's
 gradient copies to the host (PCIe "d2h" / "h2d" streams; the CPU optimizer step on "cpu");
-``tp_pass`` the TP all-reduces;
+``tp_pass`` the TP all-reduces; ``ep_pass`` the expert-parallel all-to-alls;
+``final_reduce_pass`` pipelining-over-FSDP2's one reduce-scatter of each chunk's gradients after
+its last backward;
 ``host_pass`` the host's eager dispatch and blocking receives (when the runtime models them);
 ``activation_offload_pass`` the checkpoints' copies to the host and back (cpu_checkpointing);
 ``cp_pass`` the context-parallel ring exchange;
@@ -39,6 +41,7 @@ from simtrain.sim.lowering.passes import (
     cp_pass,
     data_parallel_pass,
     ep_pass,
+    final_reduce_pass,
     host_pass,
     offload_pass,
     optimizer_pass,
@@ -88,7 +91,8 @@ def lower(inp: LoweringInput, fuse_tp: bool = False, merge_recompute: bool = Fal
     assert not (overlap_spans and merge_recompute), "overlap_spans needs unmerged recompute"
     ir = compute_pass(inp, fuse_tp, merge_recompute)
     ir.overlap_spans = overlap_spans
-    for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass, host_pass,
+    for lowering_pass in (zero3_pass, bucket_pass, offload_pass, tp_pass, ep_pass,
+                          final_reduce_pass, host_pass,
                           activation_offload_pass, cp_pass, p2p_pass, optimizer_pass, paging_pass,
                           data_parallel_pass, tp_overlap_span_pass):  # fmt: skip
         lowering_pass(ir)

@@ -38,6 +38,15 @@ class ChunkDurations:
     # ZeRO-2 under a runtime that does not overlap the reduction: the next compute slice
     # waits for each reduce-scatter (costs.workload._zero2_chunks)
     reduce_scatter_blocking: bool = False
+    # Pipelining over FSDP2 (costs.workload.deferred_reduction_ns): the chunk's whole gradients
+    # reduce-scattered once, after its last backward, the rank's compute waiting for it
+    # (``passes.final_reduce_pass``)
+    final_reduce_ns: int = 0
+    # ... and FSDP2 there leaves the chunk's parameters unsharded after each backward
+    # (stage.py backward_maybe_with_nosync: set_reshard_after_backward(False)): an action of the
+    # chunk after one of its backwards gathers nothing; a forward reshards them again
+    # (reshard_after_forward) (``passes.zero3_pass``)
+    unsharded_after_backward: bool = False
     # FSDP2's copy of each gather's output into the unsharded parameters, on the compute stream
     # between the all-gather and the layer's compute (runtime zero3_gather_copy_out)
     gather_copy_ns_per_layer: int = 0

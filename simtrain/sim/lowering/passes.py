@@ -82,16 +82,26 @@ def zero3_pass(ir: StepIR) -> None:
     window, and the all-gather (or, alone on one GPU, the slice) waits for it. FSDP2 copies the
     gathered parameters out on the compute stream ("CPY") before the slice runs. A recompute
     slice that uses no weights (selective recompute: the attention core,
-    ``LoweringInput.recompute_gathers``) gathers nothing."""
+    ``LoweringInput.recompute_gathers``) gathers nothing. Under PyTorch pipelining
+    (``ChunkDurations.unsharded_after_backward``) a chunk's action after one of its backwards
+    gathers nothing: the backward left its parameters gathered."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         blocking: Op | None = None  # a reduce-scatter the next compute slice waits for
+        unsharded: set[int] = set()  # chunks left gathered by a backward (FSDP2 pipelining)
         for g in r.groups:
             if g.action is None:
                 continue
             c = ir.inp.chunks[g.action.stage]
             out: list[Op] = []
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
+            if c.unsharded_after_backward:
+                if g.action.stage in unsharded:
+                    fetch = 0  # still gathered since its last backward
+                if g.action.kind in ("B", "W", "I"):
+                    unsharded.add(g.action.stage)
+                else:  # a forward reshards them after each layer (reshard_after_forward)
+                    unsharded.discard(g.action.stage)
             for slice_no, op in enumerate(g.ops):
                 if blocking is not None and op.stream == "compute":
                     op.deps.append(blocking)
@@ -135,6 +145,36 @@ def zero3_pass(ir: StepIR) -> None:
                     if c.reduce_scatter_blocking:
                         blocking = rs
             g.ops = out
+
+
+def final_reduce_pass(ir: StepIR) -> None:
+    """PyTorch pipelining over FSDP2 (``ChunkDurations.final_reduce_ns``): after the last
+    backward (B or W) of each of the rank's chunks, that chunk's REDUCE_GRAD reduce-scatter on
+    the "dp" stream (torch 2.13.0 pipelining/schedules.py ``_add_reduce_grad``: one per stage,
+    after its last backward), and the rank's next compute waits for it (stage.py
+    ``perform_reduce_grad`` -> FSDP2 ``finalize_backward``: the current stream waits for the
+    reduce-scatter's event); the optimizer step waits for the last."""
+    for r in ir.ranks.values():
+        last: dict[int, int] = {}  # chunk -> index of its last backward group
+        for i, g in enumerate(r.groups):
+            if g.action is not None and g.action.kind in ("B", "W"):
+                last[g.action.stage] = i
+        blocking: Op | None = None
+        for i, g in enumerate(r.groups):
+            if blocking is not None:
+                first = next((op for op in g.ops if op.stream == "compute"), None)
+                if first is not None:
+                    first.deps.append(blocking)
+                    blocking = None
+            if g.action is None or last.get(g.action.stage) != i:
+                continue
+            ns = ir.inp.chunks[g.action.stage].final_reduce_ns
+            if not ns:
+                continue
+            rs = Op(r.rank, "dp", "RS", f"REDUCE_GRAD chunk {g.action.stage}", ns, [g.done],
+                    stage=g.action.stage)  # fmt: skip
+            g.ops.append(rs)
+            r.grads_ready = blocking = rs
 
 
 def bucket_pass(ir: StepIR) -> None:
