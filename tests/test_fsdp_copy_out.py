@@ -108,21 +108,26 @@ def test_zero3_keeps_the_overlapped_pairs_order() -> None:
     assert one and one == three
 
 
+def _plan_and_simulation(pp: int, sets: list[str]) -> tuple[float, float]:
+    """(the planner's closed-form step, the simulated step) of ``ZERO3`` at 128 sequences, pp
+    stages of 64 // pp data-parallel ranks, with ``sets``."""
+    from simtrain.apps.plan.estimate import closed_form_step_s
+
+    sc = load_scenario(ZERO3, [*sets, "training.global_batch=128", f"parallelism.pp={pp}",
+                               f"parallelism.dp={64 // pp}"])  # fmt: skip
+    sim = simulate_scenario(sc, detail=False).metrics.step_time_s
+    return closed_form_step_s(sc, estimate_memory(sc).stages), sim
+
+
 @pytest.mark.parametrize("pp", [1, 4])
 def test_the_planner_counts_the_copies_as_the_simulation_does(pp: int) -> None:
     """The planner's closed form adds the copies where the simulation lowers them: switching
     them on moves both steps by the same time within 1 % (pp 1: 127.7 ms each; pp 4: 178.8 vs
     178.4 ms, the planner's uniform-stage figure for the middle ranks)."""
-    from simtrain.apps.plan.estimate import closed_form_step_s
-
-    def steps(copy_out: bool) -> tuple[float, float]:
-        sc = load_scenario(ZERO3, [f"runtime.zero3_gather_copy_out={str(copy_out).lower()}",
-                                   "training.global_batch=128", f"parallelism.pp={pp}",
-                                   f"parallelism.dp={64 // pp}"])  # fmt: skip
-        sim = simulate_scenario(sc, detail=False).metrics.step_time_s
-        return closed_form_step_s(sc, estimate_memory(sc).stages), sim
-
-    (plan_on, sim_on), (plan_off, sim_off) = steps(True), steps(False)
+    (plan_on, sim_on), (plan_off, sim_off) = (
+        _plan_and_simulation(pp, [f"runtime.zero3_gather_copy_out={on}"])
+        for on in ("true", "false")
+    )
     assert sim_on - sim_off > 0.1
     assert plan_on - plan_off == pytest.approx(sim_on - sim_off, rel=0.01)
 
@@ -135,16 +140,9 @@ def test_the_planner_defers_the_reduction_as_the_simulation_does(pp: int) -> Non
     within 1 % (Llama-2 13B on 64 A100s under torchtitan's profile: +0.152 s at pp 2, +0.071 s
     at pp 4, both; the reduce-scatter no longer hides behind the backwards). Under ZeRO-3 the
     planner's figure is rougher (+0.16 vs +0.09 s at pp 2): its gathers are per micro-batch."""
-    from simtrain.apps.plan.estimate import closed_form_step_s
-
-    def steps(on: bool) -> tuple[float, float]:
-        sc = load_scenario(ZERO3, ["runtime.name=torchtitan", "parallelism.zero_stage=2",
-                                   f"runtime.pipeline_grads_unsharded={str(on).lower()}",
-                                   "training.global_batch=128", f"parallelism.pp={pp}",
-                                   f"parallelism.dp={64 // pp}"])  # fmt: skip
-        sim = simulate_scenario(sc, detail=False).metrics.step_time_s
-        return closed_form_step_s(sc, estimate_memory(sc).stages), sim
-
-    (plan_on, sim_on), (plan_off, sim_off) = steps(True), steps(False)
+    (plan_on, sim_on), (plan_off, sim_off) = (
+        _plan_and_simulation(pp, ["runtime.name=torchtitan", "parallelism.zero_stage=2",
+                                  f"runtime.pipeline_grads_unsharded={on}"])
+        for on in ("true", "false"))  # fmt: skip
     assert sim_on - sim_off > 0.05
     assert plan_on - plan_off == pytest.approx(sim_on - sim_off, rel=0.01)
