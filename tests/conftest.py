@@ -24,6 +24,15 @@ def default_records() -> dict[str, Record]:
     return {r.id: r for r in load_record_files(resolve_paths(None))}
 
 
+@pytest.fixture(scope="session")
+def default_result():
+    """``simtrain validate``'s result on its default files (records.DEFAULT_FILES), computed once
+    per session: the golden test and the families' tests read the same run."""
+    from simtrain.apps.validate import validate
+
+    return validate()
+
+
 # No test asserts on wall time (issue 15, item 4). Hypothesis' own defaults do: a 200 ms deadline
 # per example and the too_slow health check, which fail on a busy machine. Off for every test;
 # a test's own @settings(...) keeps these unless it names them.

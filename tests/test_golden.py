@@ -37,9 +37,14 @@ def test_scenario_outputs_unchanged(path: Path) -> None:
     assert digests == DIGESTS[path.stem]
 
 
-def test_validate_output_unchanged() -> None:
+def test_validate_output_unchanged(default_result) -> None:
+    """``simtrain validate --json`` prints ``dumps(result.to_json())`` (apps/validate/output.py;
+    the CLI path itself: tests/test_validate.py test_validate_command_outputs): compared from
+    the session's one validate run (conftest ``default_result``)."""
+    from simtrain.report.tables import dumps
+
     expected = (golden.GOLDEN / "validate.json").read_text()
-    actual = golden.validate_output()
+    actual = dumps(default_result.to_json())
     assert actual == expected, _diff(expected, actual, "validate.json")
 
 

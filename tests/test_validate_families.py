@@ -27,7 +27,6 @@ from simtrain.apps.validate import (
     read_precision,
     runtime_of,
     translate,
-    validate,
     validate_command,
 )
 from simtrain.apps.validate.conventions import (
@@ -743,11 +742,6 @@ def test_by_family_outputs(tmp_path: Path) -> None:
     assert fam["without_noisy"]["n"] == 1
     with pytest.raises(ConfigError, match="--by"):
         validate_command(str(recs), False, None, str(tmp_path), by="source")
-
-
-@pytest.fixture(scope="module")
-def default_result():
-    return validate()
 
 
 def test_every_record_of_the_files_is_compared_or_skipped(default_result, all_records) -> None:
