@@ -415,7 +415,8 @@ def test_data_parallel_traffic_matches_ring_closed_forms(sc):
 
 
 @pytest.mark.parametrize("zero", [2, 3])
-@pytest.mark.parametrize(("pp", "v", "schedule"), [(2, 1, "1f1b"), (2, 2, "interleaved")])
+@pytest.mark.parametrize(("pp", "v", "schedule"),
+                         [(2, 1, "1f1b"), (2, 2, "interleaved"), (2, 1, "zb_h1")])  # fmt: skip
 def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero, pp, v, schedule):
     """PyTorch pipelining over FSDP2 (runtime ``pipeline_grads_unsharded``) turns the gradient
     sync off in every backward (torch 2.13.0 pipelining/stage.py backward_maybe_with_nosync:
@@ -443,17 +444,23 @@ def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero,
     tasks = lowered(sc)
     ids = by_id(tasks)
     link = intra_link(sc)
+    backward = ("B", "W")  # a split backward's weight half ends it (zb_h1)
+    per_chunk = L // (pp * v) * LAYER_PARAMS
     for r in range(pp):
         mine = [x for x in tasks if x.rank == r]
         rs = [x for x in mine if x.kind == "RS"]
-        chunks = sorted({x.stage for x in mine if x.kind == "B"})
+        chunks = sorted({x.stage for x in mine if x.kind in backward})
         assert sorted(x.name for x in rs) == [f"REDUCE_GRAD chunk {k}" for k in chunks]
         bw, lat = link
         want = ring_half_ns(4 * rank_params(sc, r), dp, link) + (v - 1) * (dp - 1) * lat * 1e9
         assert abs(sum(x.duration_ns for x in rs) - want) <= v
+        for x in rs:  # each chunk's own gradients: its blocks, the embedding, the head's copy
+            n = per_chunk + (V + POSITIONS) * H * (x.stage == 0)
+            n += (2 * H + V * H) * (x.stage == pp * v - 1)
+            assert abs(x.duration_ns - ring_half_ns(4 * n, dp, link)) <= 1, x
         for x in rs:  # after its chunk's last backward; the rank's next compute waits for it
             (dep,) = x.deps
-            last_b = max((y for y in mine if y.kind == "B" and y.stage == x.stage),
+            last_b = max((y for y in mine if y.kind in backward and y.stage == x.stage),
                          key=lambda y: y.id)  # fmt: skip
             assert dep == last_b.id or last_b.id in ids[dep].deps
             nxt = next((y for y in mine if y.stream == "compute" and y.id > x.id), None)
@@ -465,9 +472,14 @@ def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero,
                         seen.add(d)
                         todo += ids[d].deps
                 assert x.id in seen, (x, nxt)
-        if zero == 3 and v == 1:
+        if zero == 3 and schedule == "1f1b":
             ag = [x for x in mine if x.kind == "AG"]
             assert len(ag) == (m + 1) * (L // pp)
+    if zero == 3:  # a backward leaves the whole stage gathered: no less than ZeRO-2's peak
+        two = parse_scenario({**data, "parallelism": {**data["parallelism"], "zero_stage": 2}},
+                             "test_lowering")  # fmt: skip
+        for s3, s2 in zip(estimate_memory(sc).stages, estimate_memory(two).stages, strict=True):
+            assert s3.peak_memory_bytes >= s2.peak_memory_bytes
     # the rule off: ZeRO-2/3 reduce-scatter every layer's gradients in every backward
     off = parse_scenario({**data, "runtime": {**data["runtime"],
                                               "pipeline_grads_unsharded": False}},
@@ -475,8 +487,35 @@ def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero,
     for r in range(pp):
         mine = [x for x in lowered(off) if x.rank == r]
         assert len([x for x in mine if x.kind == "RS"]) == m * L // pp
-        if zero == 3 and v == 1:
+        if zero == 3 and schedule == "1f1b":
             assert len([x for x in mine if x.kind == "AG"]) == 2 * m * (L // pp)
+
+
+@pytest.mark.parametrize(("v", "schedule", "recompute"),
+                         [(1, "1f1b", "full"), (2, "interleaved", "full"), (1, "zb_h1", "none"),
+                          (2, "interleaved", "none")])  # fmt: skip
+def test_the_planners_gather_count_is_the_simulations(v, schedule, recompute):
+    """Under pipelining over FSDP2 a ZeRO-3 chunk gathers only when a forward resharded it
+    (passes.zero3_pass); the planner's count of those gathers
+    (workload.pipelined_gather_layers, a replayed forward's gathers included) is the lowered
+    all-gathers' count on every rank."""
+    from simtrain.costs.workload import pipelined_gather_layers
+
+    data = {
+        "name": "gathers",
+        "model": {"layers": L, "hidden": H, "heads": HEADS, "vocab": V},
+        "hardware": "a100_sxm4_80gb",
+        "training": {"seq_len": SEQ, "global_batch": 8, "micro_batch": 1, "recompute": recompute},
+        "parallelism": {"pp": 2, "virtual_stages": v, "dp": 2, "zero_stage": 3,
+                        "schedule": schedule},
+        "runtime": {"name": "torchtitan"},
+    }  # fmt: skip
+    sc = parse_scenario(data, "test_lowering")
+    step = resolve(sc)
+    tasks = lowered(sc)
+    for r in range(2):
+        ag = [x for x in tasks if x.rank == r and x.kind == "AG" and "params" in x.name]
+        assert len(ag) == pipelined_gather_layers(step, r, recompute == "full")
 
 
 def test_a_one_stage_pipedream_lowers_as_gradient_accumulation():

@@ -370,6 +370,8 @@ def test_llama3_pipeline_is_its_papers_interleaved_split(default_records: dict) 
     ("not interleaved", False), ("1F1B without interleaving", False),
     ("1F1B (no interleaving)", False), ("Interleaved: no", False),
     ("InterleavedZeroBubble", False), ("1F1B", False),
+    ("Interleaved 1F1B (vs. a non-interleaved baseline)", True),
+    ("Interleaved (v=2), no-interleaving ablation", True),
 ])  # fmt: skip
 def test_a_schedule_text_names_interleaving_only_when_it_does(text: str, interleaved: bool) -> None:
     """The schedule texts that let a convention imply its virtual stages

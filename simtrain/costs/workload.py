@@ -250,18 +250,21 @@ def deferred_reduction_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> i
     return comm.dp_ns(sc, step, "reduce_scatter", trainable * wire_grad_bytes(sc, step))
 
 
-def pipelined_gather_layers(step: ResolvedStep, rank: int) -> int:
+def pipelined_gather_layers(step: ResolvedStep, rank: int, recompute: bool = False) -> int:
     """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2, which leaves a
     chunk's parameters gathered after its backward (``passes.zero3_pass``): the decoder
     layers of each of the rank's actions that finds its chunk sharded (the chunk's first
-    action, or one after a forward of it). 1F1B: m + 1 per layer, against 2m elsewhere."""
+    action, or one after a forward of it), twice for such a backward that replays its forward
+    (``recompute``: the simulation gathers for the replay too). 1F1B: m + 1 per layer, against
+    2m elsewhere."""
     gathered: set[int] = set()
     n = 0
     for a in step.schedule[rank]:
         if a.kind not in ("F", "B", "I", "W"):
             continue
         if a.stage not in gathered and a.kind != "W":
-            n += step.chunks[a.stage].layers
+            replays = recompute and a.kind in ("B", "I")
+            n += step.chunks[a.stage].layers * (2 if replays else 1)
         if a.kind in ("B", "I", "W"):
             gathered.add(a.stage)
         else:

@@ -256,8 +256,8 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)
         gathers = 3 if t.recompute == "full" else 2
         if deferred:  # gathered again only after a forward (workload.pipelined_gather_layers)
-            per_mb = pipelined_gather_layers(step, 0) / (step.microbatches * layers_here)
-            gathers = per_mb + (t.recompute == "full")
+            n = pipelined_gather_layers(step, 0, t.recompute == "full")
+            gathers = n / (step.microbatches * layers_here)
         comm = layers_here * (gathers * gather + (0 if deferred else reduce_scatter))
         return step.microbatches * max(0.0, comm - r0.total) + deferred
     if deferred:

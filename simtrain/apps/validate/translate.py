@@ -948,22 +948,29 @@ def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: li
     return p
 
 
-#: A schedule text that names the interleaved schedule ("interleaved 1F1B", "Interleaved1F1B"),
-#: not a negation ("non-interleaved", "not interleaved", "without interleaving",
-#: "interleaved: no") or another schedule that interleaves ("InterleavedZeroBubble").
+#: A schedule text that names the interleaved schedule ("interleaved 1F1B", "Interleaved1F1B"):
+#: a mention of it not negated just before ("non-interleaved", "not interleaved", "without
+#: interleaving") nor just after ("interleaved: no"), and not another schedule that interleaves
+#: ("InterleavedZeroBubble"). Each mention is read on its own: "Interleaved 1F1B (vs. a
+#: non-interleaved baseline)" names it.
 _INTERLEAVING = re.compile(r"(?<![a-z])interleav", re.IGNORECASE)
-_NOT_INTERLEAVED_1F1B = re.compile(
-    r"\b(?:non|not|no|without)[\s\-\u2010-\u2015]*interleav"
-    r"|interleav\w*\s*[:=]\s*(?:no|false|off|none)\b"
-    r"|interleaved\s*(?:zero|zb)",
-    re.IGNORECASE,
+_NEGATED_BEFORE_INTERLEAVING = re.compile(
+    r"\b(?:non|not|no|without)[\s\-\u2010-\u2015]*$", re.IGNORECASE
+)
+_NOT_1F1B_AFTER = re.compile(
+    r"interleav\w*\s*(?:[:=]\s*(?:no|false|off|none)\b|zero|zb)", re.IGNORECASE
 )
 
 
 def _names_interleaved(text: str) -> bool:
-    """Whether a schedule text names the interleaved 1F1B schedule (:data:`_INTERLEAVING`,
-    none of :data:`_NOT_INTERLEAVED_1F1B`)."""
-    return bool(_INTERLEAVING.search(text)) and not _NOT_INTERLEAVED_1F1B.search(text)
+    """Whether a schedule text names the interleaved 1F1B schedule (see :data:`_INTERLEAVING`)."""
+    for m in _INTERLEAVING.finditer(text):
+        if _NEGATED_BEFORE_INTERLEAVING.search(text[max(0, m.start() - 16) : m.start()]):
+            continue
+        if _NOT_1F1B_AFTER.match(text, m.start()):
+            continue
+        return True
+    return False
 
 
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
