@@ -356,10 +356,19 @@ def test_megatron_layout_string_is_megatrons_parse() -> None:
     """Megatron-Core's own examples of its layout grammar (d98e8a64
     megatron/core/transformer/pipeline_parallel_layer_layout.py parse_str_to_list: "Ettt|(tt|)*29,m|L"
     is [E,t,t,t] + [t,t] x 29 + [m], [L]; "(ab|cd|ef)*2" unrolls the group, "x*n" the letter)."""
-    from simtrain.apps.importers.megatron import layout_decoder_counts, parse_layout
+    from simtrain.apps.importers.megatron import (
+        layout_decoder_counts,
+        layout_string,
+        parse_layout,
+    )
 
     assert parse_layout("Ettt|(tt|)*29,m|L") == ["Ettt"] + ["tt"] * 29 + ["m", "L"]
     assert parse_layout("Et*2|(tt|)*2,mL") == ["Ett", "tt", "tt", "mL"]
+    # the writer validate's recipes use reads back
+    for counts in ([4] * 15 + [1], [0, 1, 1, 0], [16, 16, 16, 13]):
+        text = layout_string(counts)
+        assert layout_decoder_counts(text, 4, sum(counts), 0) == (counts, len(counts) // 4)
+    assert layout_string([4, 4, 1]) == "Etttt|tttt|tL"
     # DeepSeek-V3's 61 layers on pp 16 (Megatron-Bridge's layout_map): E + 4, 4 x 14, 1 + m + L
     assert layout_decoder_counts("Et*4|(t*4|)*14tmL", 16, 61, 1) == ([4] * 15 + [1], 1)
     assert layout_decoder_counts("Et|(tt|)*30mL", 8, 61, 1) == ([1] + [2] * 30 + [0], 4)

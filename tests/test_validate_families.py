@@ -794,7 +794,7 @@ def test_new_family_regression_bounds(default_result) -> None:
         # the Slurm segments' 64-GPU NVLink domains (GB200 DeepSeek-V3 -65 -> +3 %, Qwen3-235B
         # -68 -> -2 %): the MoE rows of B200 / H100 too fast (+29 to +172 %), GB300 -9 to -22 %
         ("megatron_bridge", "tokens_per_s"): (28, 25.0),
-        ("megatron_bridge", "tflops_per_gpu"): (28, 28.0),  # was 21.4: the GeLU model's FLOPs
+        ("megatron_bridge", "tflops_per_gpu"): (28, 25.6),  # was 21.4: the GeLU model's FLOPs
         # the same (was 10.0; 9.6 with GeLU); + GPT3-175B (+3.8 %) and Nemotron-340B (-0.1 %)
         # by their presets (the records name the model, not its shape)
         ("nemo", "tokens_per_s"): (6, 8.0),

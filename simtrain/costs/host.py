@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from simtrain.costs.comm import tp_block_collectives, tp_edge_collectives
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.data_parallel import is_data_parallel
-from simtrain.costs.params import embedding_param_tensors, head_param_tensors, layer_param_tensors
+from simtrain.costs.params import chunk_tensor_groups
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import Scenario
 
@@ -179,17 +179,8 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
         *owner, part, kind = ["", *name.split(".")]
         return ".".join([*owner, fused.get(part, part), kind])
 
-    def per_layer(moe: bool) -> int:
-        tensors = layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
-        return len({fuse(x.name) for x in tensors if x.trainable})
-
-    moe = hi - lo - m.dense_layers_in(lo, hi)
-    n = (hi - lo - moe) * per_layer(False) + (moe * per_layer(True) if moe else 0)
-    if embedding:
-        n += sum(1 for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
-    if head:
-        n += sum(1 for x in head_param_tensors(m, t, p.tp, p.pp) if x.trainable)
-    return n
+    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, lo, hi, embedding, head)
+    return sum(n * len({fuse(x.name) for x in ts if x.trainable}) for n, ts in groups)
 
 
 def accumulation_host_ns(sc: Scenario, tensors: int) -> int:

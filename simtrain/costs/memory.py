@@ -50,10 +50,10 @@ from simtrain.costs.params import (
     adam_temporaries,
     add_states,
     embedding_param_tensors,
+    end_param_tensors,
     head_param_tensors,
     layer_param_tensors,
     model_state_bytes,
-    mtp_param_tensors,
     optimizer_working_bytes,
     paged_state_bytes,
     scale_states,
@@ -523,12 +523,8 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
     layer = layer_param_tensors(m, t, tp, ep=p.ep)
-    ends: list[ParamTensor] = []
-    if any(c.embedding for c in mine):
-        ends += embedding_param_tensors(m, t, tp)
-    if any(c.head for c in mine):
-        ends += head_param_tensors(m, t, tp, p.pp)
-        ends += mtp_param_tensors(m, t, tp, embedding=not any(c.embedding for c in mine))
+    ends = end_param_tensors(m, t, tp, p.pp, any(c.embedding for c in mine),
+                             any(c.head for c in mine))  # fmt: skip
     n_layers = step.rank_layers(stage)
     gb = buffer_grad_bytes(sc, step)
 

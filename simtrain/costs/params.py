@@ -217,6 +217,35 @@ def mtp_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1,
     return out + (embedding_param_tensors(m, t, tp) if embedding else [])
 
 
+def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding: bool,
+                      head: bool, own_embedding: bool | None = None) -> list[ParamTensor]:  # fmt: skip
+    """The tensors of a chunk (or a rank) outside its blocks: the embedding's where it holds
+    the embedding, the head's and the MTP modules' where it holds the head (the MTP modules
+    with a token embedding of their own where ``own_embedding`` is false: by default where the
+    chunk holds no embedding)."""
+    out: list[ParamTensor] = []
+    if embedding:
+        out += embedding_param_tensors(m, t, tp)
+    if head:
+        mine = embedding if own_embedding is None else own_embedding
+        out += head_param_tensors(m, t, tp, pp)
+        out += mtp_param_tensors(m, t, tp, embedding=not mine)
+    return out
+
+
+def chunk_tensor_groups(m: ModelSpec, t: TrainingSpec, tp: int, ep: int, pp: int, lo: int,
+                        hi: int, embedding: bool,
+                        head: bool) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
+    """A chunk's parameter tensors on one GPU, as (copies, tensors) groups: its dense blocks
+    (of blocks [lo, hi): ``ModelSpec.dense_layers_in``), its MoE blocks (E/ep local experts
+    each), and once :func:`end_param_tensors`."""
+    moe = (hi - lo) - m.dense_layers_in(lo, hi)
+    groups = [(hi - lo - moe, layer_param_tensors(m, t, tp, moe=False, ep=ep))]
+    if moe:
+        groups.append((moe, layer_param_tensors(m, t, tp, moe=True, ep=ep)))
+    return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head))]
+
+
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:
     """All parameters of the model on one GPU (no parallelism)."""
     dense = m.layers - m.moe_layers

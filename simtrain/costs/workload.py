@@ -32,13 +32,12 @@ from simtrain.costs.memory import (
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     base_trainable,
-    embedding_param_tensors,
-    head_param_tensors,
-    layer_param_tensors,
+    chunk_tensor_groups,
     moe_param_tensors,
 )
 from simtrain.layout.step import ResolvedStep
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
+from simtrain.sim.lowering.passes import sharded_at_start
 from simtrain.spec.scenario import Scenario, trained_mtp_modules
 
 
@@ -251,44 +250,24 @@ def deferred_reduction_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> i
 
 
 def pipelined_gather_layers(step: ResolvedStep, rank: int, recompute: bool = False) -> int:
-    """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2, which leaves a
-    chunk's parameters gathered after its backward (``passes.zero3_pass``): the decoder
-    layers of each of the rank's actions that finds its chunk sharded (the chunk's first
-    action, or one after a forward of it), twice for such a backward that replays its forward
-    (``recompute``: the simulation gathers for the replay too). 1F1B: m + 1 per layer, against
-    2m elsewhere."""
-    gathered: set[int] = set()
-    n = 0
-    for a in step.schedule[rank]:
-        if a.kind not in ("F", "B", "I", "W"):
-            continue
-        if a.stage not in gathered and a.kind != "W":
-            replays = recompute and a.kind in ("B", "I")
-            n += step.chunks[a.stage].layers * (2 if replays else 1)
-        if a.kind in ("B", "I", "W"):
-            gathered.add(a.stage)
-        else:
-            gathered.discard(a.stage)
-    return n
+    """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2
+    (``passes.sharded_at_start``, the simulation's rule): the decoder layers of each of the
+    rank's forwards and backwards that finds its chunk sharded, twice for such a backward that
+    replays its forward (``recompute``: the simulation gathers for the replay too). 1F1B: m + 1
+    per layer, against 2m elsewhere."""
+    acts = [a for a in step.schedule[rank] if a.kind in ("F", "B", "I", "W")]
+    sharded = sharded_at_start([(a.stage, a.kind) for a in acts])
+    return sum(step.chunks[a.stage].layers * (2 if recompute and a.kind in ("B", "I") else 1)
+               for a, at_start in zip(acts, sharded, strict=True)
+               if at_start and a.kind != "W")  # fmt: skip
 
 
 def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
-    """Trainable parameters one GPU holds of chunk ``stage``: its blocks (dense and MoE), and
-    the embedding's and the head's where it holds them."""
+    """Trainable parameters one GPU holds of chunk ``stage`` (``params.chunk_tensor_groups``)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     c = step.chunks[stage]
-
-    def per_layer(moe: bool) -> int:
-        return sum(x.numel for x in layer_param_tensors(m, t, p.tp, moe=moe, ep=p.ep)
-                   if x.trainable)  # fmt: skip
-
-    moe = c.layers - m.dense_layers_in(c.lo, c.hi)
-    n = (c.layers - moe) * per_layer(False) + (moe * per_layer(True) if moe else 0)
-    if c.embedding:
-        n += sum(x.numel for x in embedding_param_tensors(m, t, p.tp) if x.trainable)
-    if c.head:
-        n += sum(x.numel for x in head_param_tensors(m, t, p.tp, p.pp) if x.trainable)
-    return n
+    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head)
+    return sum(n * sum(x.numel for x in ts if x.trainable) for n, ts in groups)
 
 
 def _deferred_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,

@@ -713,6 +713,15 @@ def parse_layout(text: str) -> list[str]:
     return t.split("|")
 
 
+def layout_string(counts: list[int]) -> str:
+    """The ``--pipeline-model-parallel-layout`` string of decoder layers per chunk (virtual-stage
+    order): the embedding before the first chunk's layers, the loss after the last's
+    (:func:`layout_decoder_counts` reads it back). ``[4, 4, 1]`` -> ``"Etttt|tttt|tL"``."""
+    last = len(counts) - 1
+    return "|".join(("E" if i == 0 else "") + "t" * n + ("L" if i == last else "")
+                    for i, n in enumerate(counts))  # fmt: skip
+
+
 def layout_decoder_counts(text: str, pp: int, layers: int,
                           mtp: int) -> tuple[list[int], int] | str:  # fmt: skip
     """(decoder layers per chunk, virtual stages) of a layout string (:func:`parse_layout`),

@@ -63,7 +63,7 @@ import yaml
 
 from simtrain.apps.importers.common import Imported, with_overrides
 from simtrain.apps.importers.deepspeed import import_deepspeed_config
-from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags
+from simtrain.apps.importers.megatron import OVERLAP_FLAGS, import_megatron_flags, layout_string
 from simtrain.apps.importers.nanotron import import_nanotron_config
 from simtrain.apps.importers.torchtitan import LLAMA3_FLAVORS, import_torchtitan_config
 from simtrain.apps.validate.conventions import SourceConvention, runtime_for
@@ -152,10 +152,7 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
         if split.get(key):
             w.append(flag)
     if layout:  # a recipe's layout (Megatron's string)
-        counts = split["layer_split"]
-        w += ["--pipeline-model-parallel-layout",
-              "|".join(("E" if i == 0 else "") + "t" * n + ("L" if i == len(counts) - 1 else "")
-                       for i, n in enumerate(counts))]  # fmt: skip
+        w += ["--pipeline-model-parallel-layout", layout_string(split["layer_split"])]
     if par.get("sequence_parallel"):
         w.append("--sequence-parallel")
     zero = int(par.get("zero_stage") or 0)
@@ -521,6 +518,8 @@ def _base_sets(rec: Record, profile: str) -> list[str]:
 #: GB200"; ntasks_per_node = GPUs per node, 4 on these trays).
 MBRIDGE_TRAY_GPUS = 4
 MBRIDGE_MAX_SEGMENT = 18
+#: GPUs of one HGX / DGX server (the profiles with more per node are NVLink racks).
+SERVER_GPUS = 8
 
 
 def mbridge_nvlink_domain(gpus: int) -> int:
@@ -541,7 +540,8 @@ def _cluster_sets(rec: Record, profile: str, gpus: int, notes: list[str]) -> lis
         return []
     per_node = load_hardware(profile).gpus_per_node
     domain = mbridge_nvlink_domain(gpus)
-    if per_node <= MBRIDGE_TRAY_GPUS * 2 or gpus <= domain or domain >= per_node or gpus % domain:
+    rack = per_node > SERVER_GPUS  # an NVLink rack of trays (72), not one server's 8 GPUs
+    if not rack or gpus <= domain or domain >= per_node or gpus % domain:
         return []
     notes.append(f"cluster: {gpus // domain} NVLink domains of {domain} GPUs, Megatron-Bridge's "
                  f"Slurm segments of {domain // MBRIDGE_TRAY_GPUS} four-GPU trays "

@@ -79,14 +79,14 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
         split[-1] -= 1
         notes.append(f"pipeline split: the record's first and last stages one layer fewer, "
                      f"on their first and last model chunk: "
-                     f"{_short(split).removesuffix(' per stage')} per chunk (chunk j·pp + r)")  # fmt: skip
+                     f"{_short(split, 'chunk')} (chunk j·pp + r)")  # fmt: skip
         return {"layer_split": split}
     if (key == "megatron_bridge" and (pp, v) in MBRIDGE_DEEPSEEK_V3_LAYOUTS
             and find_preset(str(rec.model.get("name", "")), loose=True) == "deepseek-v3"):  # fmt: skip
         split = MBRIDGE_DEEPSEEK_V3_LAYOUTS[(pp, v)]
         notes.append(f"pipeline split: Megatron-Bridge's DeepSeek-V3 layout for pp {pp}, vp {v} "
                      f"(recipes/deepseek/deepseek_v3.py layout_map at 00b7660b): "
-                     f"{_short(split).removesuffix(' per stage')} per chunk")  # fmt: skip
+                     f"{_short(split, 'chunk')}")  # fmt: skip
         return {"layer_split": split}
     if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
         notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B and Qwen3-235B-A22B "
@@ -116,12 +116,12 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
     return {}
 
 
-def _short(split: list[int]) -> str:
-    """[7, 8, 8, 8, 7] -> '7, 8 x 3, 7' (runs of equal counts)."""
+def _short(split: list[int], unit: str = "stage") -> str:
+    """[7, 8, 8, 8, 7] -> '7, 8 x 3, 7 layers per stage' (runs of equal counts)."""
     runs: list[list[int]] = []
     for n in split:
         if runs and runs[-1][0] == n:
             runs[-1][1] += 1
         else:
             runs.append([n, 1])
-    return ", ".join(f"{n}" if c == 1 else f"{n} x {c}" for n, c in runs) + " layers per stage"
+    return ", ".join(f"{n}" if c == 1 else f"{n} x {c}" for n, c in runs) + f" layers per {unit}"

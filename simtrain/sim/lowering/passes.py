@@ -70,6 +70,24 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
     return StepIR(inp, ranks, {})
 
 
+def sharded_at_start(actions: list[tuple[int, str]]) -> list[bool]:
+    """For a rank's actions in order, as (chunk, kind), whether each finds its chunk's
+    parameters sharded when it starts, under PyTorch pipelining over FSDP2: a backward (B, I,
+    W) leaves them gathered (stage.py backward_maybe_with_nosync:
+    ``set_reshard_after_backward(False)``), a forward reshards them after each layer
+    (reshard_after_forward); sharded before the chunk's first action. The gathers of
+    :func:`zero3_pass` and of the planner (``costs.workload.pipelined_gather_layers``)."""
+    gathered: set[int] = set()
+    out = []
+    for chunk, kind in actions:
+        out.append(chunk not in gathered)
+        if kind in ("B", "I", "W"):
+            gathered.add(chunk)
+        else:
+            gathered.discard(chunk)
+    return out
+
+
 def zero3_pass(ir: StepIR) -> None:
     """ZeRO-3 / FSDP (Rajbhandari et al. 2020 §5.3): before each per-layer compute slice, its
     layer's parameter all-gather on the "gather" stream, prefetched one slice ahead (it may
@@ -88,20 +106,14 @@ def zero3_pass(ir: StepIR) -> None:
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         blocking: Op | None = None  # a reduce-scatter the next compute slice waits for
-        unsharded: set[int] = set()  # chunks left gathered by a backward (FSDP2 pipelining)
-        for g in r.groups:
-            if g.action is None:
-                continue
+        acting = [g for g in r.groups if g.action is not None]
+        sharded = sharded_at_start([(g.action.stage, g.action.kind) for g in acting])
+        for g, at_start in zip(acting, sharded, strict=True):
             c = ir.inp.chunks[g.action.stage]
             out: list[Op] = []
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
-            if c.unsharded_after_backward:
-                if g.action.stage in unsharded:
-                    fetch = 0  # still gathered since its last backward
-                if g.action.kind in ("B", "W", "I"):
-                    unsharded.add(g.action.stage)
-                else:  # a forward reshards them after each layer (reshard_after_forward)
-                    unsharded.discard(g.action.stage)
+            if c.unsharded_after_backward and not at_start:
+                fetch = 0  # still gathered since its last backward (FSDP2 pipelining)
             for slice_no, op in enumerate(g.ops):
                 if blocking is not None and op.stream == "compute":
                     op.deps.append(blocking)
