@@ -772,3 +772,34 @@ def test_ep_divides_dp_times_cp():
     with pytest.raises(ConfigError) as ei:
         load_scenario(path, [*base, "parallelism.ep=32", "model.num_experts=32"])
     assert ei.value.key == "parallelism.ep" and "dp x cp = 16" in ei.value.message
+
+
+def test_te_fp8_experts_save_quantized_inputs() -> None:
+    """Under Transformer Engine FP8 an MoE block saves what TE's GroupedLinear and Megatron's
+    router keep (TE grouped_linear.py l.896-936 at d0067d0d: each expert split's column-wise
+    quantized input; Megatron moe_utils.py l.1382: the router's 16-bit input). Qwen3-30B-A3B's
+    block at b·s = 4096, tp 1, MXFP8 against bf16, written out here: fc1 input k·sb·h and fc2
+    input k·sb·f_e go from 2 B to 1 B + 1/32 B (an E8M0 scale per 32 values); the MLP input
+    the bf16 block keeps once (2·sbh, one storage for router and experts) stays the router's
+    2·sbh; fc1's output (the activation's input) stays 16-bit."""
+    from simtrain.costs.activations import layer_saved_tensors
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["qwen3-30b-a3b"]
+    sb, k, h, f = 4096, m.experts_per_token, m.hidden, m.expert_ffn
+    bf16 = TrainingSpec(micro_batch=1, global_batch=8, seq_len=sb, precision="bf16")
+    mx = replace(bf16, precision="mxfp8")
+
+    def saved(t: TrainingSpec) -> dict[str, int]:
+        return {x.name: x.bytes for x in layer_saved_tensors(m, t)}
+
+    a, b = saved(bf16), saved(mx)
+    assert b["expert fc1 input (permuted tokens), FP8"] == k * sb * h + k * sb * h // 32
+    assert b["expert fc2 input, FP8"] == k * sb * f + k * sb * f // 32
+    assert b["mlp input (router)"] == a["mlp input (gate, up)"] == 2 * sb * h
+    name = "expert fc1 output (activation input)"
+    assert b[name] == a[name] == 2 * 2 * k * sb * f
+    # nothing else in the MoE part changes; the attention's inputs are TE's FP8 copies too
+    moe_a = sum(v for n, v in a.items() if "expert" in n or "rout" in n or "mlp input" in n)
+    moe_b = sum(v for n, v in b.items() if "expert" in n or "rout" in n or "mlp input" in n)
+    assert moe_a - moe_b == (k * sb * h + k * sb * f) - (k * sb * h + k * sb * f) // 32

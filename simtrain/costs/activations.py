@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from simtrain.costs import op_sac
-from simtrain.costs.fp8 import fp8_copy_bytes, is_te, torchao_tp_float8
+from simtrain.costs.fp8 import copy_formula, fp8_copy_bytes, is_te, torchao_tp_float8
 from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
@@ -118,12 +118,13 @@ def layer_saved_tensors(
             ("mlp input", ("gate", "up") if m.mlp == "swiglu" else ("up",)),
         )
     ):
-        _norm_and_input(c, i, lin_in, mods)
+        _norm_and_input(c, i, lin_in, mods, moe=i == 1 and m.is_moe and moe is not False)
         if i == 0:
             _attention(c)
             _post_norm(c, 1)
         elif m.is_moe and moe is not False:
-            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load):
+            quant = c.quant if c.te_fp8 else None
+            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load, quant=quant):
                 c.add(name, n_bytes, formula)
             if m.dropout > 0:
                 c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, c.seq("1·sbh"))
@@ -174,12 +175,8 @@ class _Block:
         return fp8_copy_bytes(int(n), self.quant) + (0 if self.quant.mx_block else 4)
 
     def lin_formula(self, what: str) -> str:
-        q = self.quant
-        assert q is not None
-        v = f"{what}/{q.values_per_byte}" if q.values_per_byte > 1 else f"1·{what}"
-        if not q.mx_block:
-            return f"{v} + 4"
-        return f"{v} + {what}/{q.mx_block}" + (" + 4" if q.values_per_byte > 1 else "")
+        assert self.quant is not None
+        return copy_formula(what, self.quant)
 
     @property
     def sb(self) -> int:
@@ -196,11 +193,15 @@ class _Block:
         return self.full or module in self.targets
 
 
-def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> None:
+def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...],
+                    moe: bool = False) -> None:  # fmt: skip
     """A norm's input and statistics, and its output as the input the next linears save. With
     a ``shared_norm`` the MLP's linears take the first norm's output: no second norm, and the
     output is saved once (a 16-bit tensor is the same storage for both branches; autocast casts
-    an fp32 one once per linear, FP8 and all-gathered copies are per linear as before)."""
+    an fp32 one once per linear, FP8 and all-gathered copies are per linear as before).
+    An MoE block's (``moe``) under TE FP8: the router keeps its 16-bit input (Megatron-Core
+    ``RouterGatingLinearFunction.forward``: ``ctx.save_for_backward(inp, weight, bias)``,
+    moe/moe_utils.py l.1382 at d98e8a64), the shared experts' fc1 its FP8 copy."""
     sb, h, e = c.sb, c.m.hidden, c.e
     stats = norm_stats_per_token(c.m)
     users = [mod for mod in mods if c.saves_input(mod)]
@@ -212,7 +213,12 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...]) -> No
         if i == 0 or not c.m.parallel_residual:  # (parallel: norm2's input is the block's)
             c.add(f"norm{i + 1} input", c.en * sb * h / c.seq_div, c.seq(f"{c.en}·sbh"))
         c.add(f"norm{i + 1} statistics", stats * sb / c.seq_div, c.seq(f"{stats}·sb"))
-    if users and c.te_fp8:
+    if users and c.te_fp8 and moe:
+        c.add(f"{lin_in} (router)", e * sb * h / c.seq_div, c.seq(f"{e}·sbh"))
+        if c.m.shared_experts:
+            c.add(f"{lin_in} (shared experts), FP8", c.fp8(sb * h / c.seq_div),
+                  c.lin_formula(c.seq("sbh")))  # fmt: skip
+    elif users and c.te_fp8:
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
               c.lin_formula(c.seq("sbh")))  # fmt: skip
     elif users and c.gathered:

@@ -168,6 +168,17 @@ def fp8_copy_bytes(n: int, prec: Precision, weight: bool = False) -> int:
     return values + ceil(n / prec.mx_block)
 
 
+def copy_formula(what: str, prec: Precision, per_tensor_scale: bool = True) -> str:
+    """The formula of :func:`fp8_copy_bytes` of ``what`` values (a formula itself), as the
+    saved-tensor tables print it: ``1·what`` (FP4: ``what/2``), ``+ what/block`` for a block-
+    scaled recipe, ``+ 4`` for the fp32 ``scale_inv`` of a per-tensor recipe (and NVFP4's
+    per-tensor scale) where ``per_tensor_scale``."""
+    v = f"{what}/{prec.values_per_byte}" if prec.values_per_byte > 1 else f"1·{what}"
+    if not prec.mx_block:
+        return f"{v} + 4" if per_tensor_scale else v
+    return f"{v} + {what}/{prec.mx_block}" + (" + 4" if prec.values_per_byte > 1 else "")
+
+
 def weight_copies(prec: Precision, gpu_arch: str) -> int:
     """FP8 copies TE keeps of each weight (and writes per activation cast): row-wise and
     column-wise, which on a GPU without non-TN FP8 GEMMs is a second, transposed copy; on

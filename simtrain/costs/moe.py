@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import math
 
+from simtrain.costs.fp8 import copy_formula, fp8_copy_bytes
 from simtrain.spec.model import ModelSpec
+from simtrain.spec.precision import Precision
 
 
 def moe_load(m: ModelSpec, ep: int) -> float:
@@ -89,36 +91,55 @@ def moe_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, load: flo
 
 
 def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 1.0,
-                      saves_weights_input: bool = True) -> list[tuple[str, int, str]]:  # fmt: skip
+                      saves_weights_input: bool = True, quant: Precision | None = None
+                      ) -> list[tuple[str, int, str]]:  # fmt: skip
     """(name, bytes, formula) of what one MoE layer's FFN saves for backward per micro-batch of
     ``sb`` tokens on one TP rank, beyond the MLP input the dense MLP saves too (Megatron-Core
     ``TEGroupedMLP`` and ``topk_softmax_with_capacity``; module docstring). The router works on
     the rank's sequence-parallel share sb/t; the dispatcher all-gathers the expert inputs over
     the (expert-)TP group, so fc1's input and the probabilities are the whole k·sb·load
-    expert-token pairs, fc1's output and fc2's input their f_e/t columns."""
+    expert-token pairs, fc1's output and fc2's input their f_e/t columns.
+
+    Under Transformer Engine FP8 (``quant``: the recipe's precision) the experts' GEMM inputs
+    are saved as TE's Linear saves them: one column-wise quantized copy
+    (:func:`costs.fp8.fp8_copy_bytes`). ``_GroupedLinear.forward`` quantizes each expert's
+    split (``_split_quantize``) and, for the weight gradient, keeps only the column-wise usage
+    of each (``inputmat.update_usage(rowwise_usage=False, columnwise_usage=True)`` before
+    ``ctx.save_for_backward(*inputmats, ...)``; NVIDIA/TransformerEngine
+    transformer_engine/pytorch/module/grouped_linear.py l.896-936 at d0067d0d), for fc1's
+    input and fc2's (the activation's output, which the activation itself does not keep); the
+    activation keeps its 16-bit input. Not counted: a per-tensor recipe's 4-B ``scale_inv``
+    per local expert. The shared experts' fc2 (TE ``Linear``) likewise."""
     k, h, f = m.experts_per_token, m.hidden, m.expert_ffn
     kt = k * sb * load
     n_fc1 = 2 if m.mlp == "swiglu" else 1
+
+    def gemm_input(name: str, n: float, what: str) -> tuple[str, int, str]:
+        if quant is None:
+            return name, int(e * n), f"{e}·{what}"
+        return (f"{name}, FP8", fp8_copy_bytes(int(n), quant),
+                copy_formula(what, quant, per_tensor_scale=False))  # fmt: skip
+
     out = [
         ("router softmax output (fp32)", 4 * sb * m.num_experts // tp, "4·sbE/t"),
         ("routing indices (int64)", 8 * k * sb // tp, "8·k·sb/t"),
         ("routing probabilities (fp32)", int(4 * kt), "4·k·sb·load"),
     ]
     if saves_weights_input:
-        out.append(("expert fc1 input (permuted tokens)", int(e * kt * h), f"{e}·k·sb·h·load"))
+        out.append(gemm_input("expert fc1 input (permuted tokens)", kt * h, "k·sb·h·load"))
     # ReLU keeps its output, which is fc2's input: one tensor (costs.activations._mlp)
     relu = m.mlp == "relu"
     act = "activation output = fc2 input" if relu else "activation input"
     out.append((f"expert fc1 output ({act})", int(n_fc1 * e * kt * f / tp),
                 f"{n_fc1 * e}·k·sb·f_e·load/t"))  # fmt: skip
     if saves_weights_input and not relu:
-        out.append(("expert fc2 input", int(e * kt * f / tp), f"{e}·k·sb·f_e·load/t"))
+        out.append(gemm_input("expert fc2 input", kt * f / tp, "k·sb·f_e·load/t"))
     if m.shared_experts:
         fs = m.shared_experts * m.shared_ffn
         out.append(("shared experts fc1 output", n_fc1 * e * sb * fs // tp,
                     f"{n_fc1 * e}·sb·S·f_s/t"))  # fmt: skip
         if saves_weights_input and not relu:
-            out.append(("shared experts fc2 input", e * sb * fs // tp, f"{e}·sb·S·f_s/t"))
+            out.append(gemm_input("shared experts fc2 input", sb * fs / tp, "sb·S·f_s/t"))
     return out
 
 
