@@ -124,6 +124,7 @@ class StageMemory:
     breakdown: StageBreakdown | None = None
     pinned_host_memory_bytes: int = 0  # of host_memory_bytes, page-locked (costs.offload)
     # activation offload: virtual stage -> checkpoint bytes per micro-batch copied each way
+    # (DeepSpeed's), or the offloaded blocks' saved tensors (Megatron-Core's layer offload)
     offloaded_activation_bytes: tuple[tuple[int, int], ...] = ()
     # What the peak is made of, in MEMORY_CATEGORIES order: sums to peak_memory_bytes exactly.
     # ``memory_bytes`` lists every category at its own largest (transients that never coexist,
@@ -269,6 +270,9 @@ class _Activations:
     # checkpointed block inputs, what activation offload moves)
     block_bytes: dict[int, int] = field(default_factory=dict)
     states: ActivationStates | None = None
+    # virtual stage -> the blocks' bytes Megatron-Core's layer offload sends to the host per
+    # micro-batch (training.offload.activation_layers; not in chunk_bytes)
+    layer_offload_bytes: dict[int, int] = field(default_factory=dict)
 
 
 #: A fitting peak at or above this share of the GPU's memory is near it: PyTorch's caching
@@ -333,12 +337,24 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     working_set: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
     blocks: dict[int, int] = {}
+    offloaded: dict[int, int] = {}
+    n_off = sc.training.offload.activation_layers
     for stage in step.rank_chunk_ids(rank):
         ch = step.chunks[stage]
         c = per_layer * ch.layers
         if m.is_moe:  # MoE blocks and the first dense ones (ModelSpec.first_dense_layers)
             dense = m.dense_layers_in(ch.lo, ch.hi)
             c = per_layer * (ch.layers - dense) + per_dense * dense
+        if n_off:
+            # Megatron-Core's layer offload (pp 1: the one chunk holds blocks 0 .. L-1): TE's
+            # DefaultOffloadSynchronizer offloads blocks 0 .. N-1 and frees each on the GPU
+            # before block L-N+i runs, reloading it after block L-1-N+i's backward starts, so
+            # that "peak memory usage of saving activations is (num_layers -
+            # num_offloaded_layers) * T" (transformer_engine/pytorch/cpu_offload.py
+            # l.602-626 at d0067d0d): the first N blocks' bytes leave the chunk's
+            dense_off = m.dense_layers_in(0, n_off) if m.is_moe else n_off
+            offloaded[stage] = per_layer * (n_off - dense_off) + per_dense * dense_off
+            c -= offloaded[stage]
         blocks[stage] = c
         if ch.embedding:
             c += embedding_saved_bytes(m, t, tp if sp else 1)
@@ -368,7 +384,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                                     step.all_warmup_at_pp)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
-                        max(working_set.values(), default=0), walk, blocks, states)  # fmt: skip
+                        max(working_set.values(), default=0), walk, blocks, states,
+                        offloaded)  # fmt: skip
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
@@ -610,6 +627,12 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         act, on_host = _offloaded_activations(act)
         host += on_host
         pinned += on_host
+    if act.layer_offload_bytes:
+        # TE's offload buffers are pinned (cpu_offload.py OffloadableLayerState.start_offload:
+        # torch.empty(..., pin_memory=True)); one micro-batch's at a time without pipelining
+        on_host = max(act.layer_offload_bytes.values())
+        host += on_host
+        pinned += on_host
     # The category is the most activations at any point of the walk: saved, plus a recompute
     # working set during a backward (it used to add the largest working set to the saved peak,
     # two moments that need not coexist); the loss working memory is listed under buffers.
@@ -734,7 +757,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         chunk_activation_bytes=tuple(sorted(act.chunk_bytes.items())),
         offloaded_activation_bytes=tuple(sorted(act.block_bytes.items()))
         if sc.training.offload.activations
-        else (),
+        else tuple(sorted(act.layer_offload_bytes.items())),
         recompute_working_set_bytes=tuple(sorted(act.working_set.items())),
         breakdown=breakdown,
         peak_memory_bytes_by_category=tuple((c, at_peak[c]) for c in MEMORY_CATEGORIES),

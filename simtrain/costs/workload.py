@@ -718,6 +718,11 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
         chunks = {k: replace(c, act_copy_bytes=ckpt[k],
                              act_copy_ns=offload.pcie_ns(ckpt[k], sc.hardware))
                   for k, c in chunks.items()}  # fmt: skip
+    elif sc.training.offload.activation_layers:  # Megatron-Core: the first N blocks', beside
+        off = {k: b for sm in mem.stages for k, b in sm.offloaded_activation_bytes}
+        chunks = {k: replace(c, act_copy_bytes=off.get(k, 0), act_copy_beside=True,
+                             act_copy_ns=offload.pcie_ns(off.get(k, 0), sc.hardware))
+                  for k, c in chunks.items()}  # fmt: skip
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1

@@ -148,6 +148,13 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         ]
         lines.append(f"  offload: {', '.join(what)} ({_gb(b.host_bytes)} with DeepSpeed's "
                      "buffers) live in host memory")  # fmt: skip
+    if t.offload.activation_layers:
+        n = t.offload.activation_layers
+        off = sum(x for _, x in sm.offloaded_activation_bytes)
+        lines.append(f"  offload: the saved activations of blocks 0 .. {n - 1} ({_gb(off)} per "
+                     f"micro-batch, in pinned host memory) leave the GPU during the forward and "
+                     f"come back during the backward (Megatron-Core cpu_offloading_num_layers "
+                     f"{n}): the GPU holds {sc.model.layers - n} blocks'")  # fmt: skip
     return lines
 
 

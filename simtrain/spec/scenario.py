@@ -211,11 +211,18 @@ class OffloadSpec:
     DeepSpeed ``offload_param``, ZeRO-3 only): each GPU's parameter partition lives in host
     memory and is copied up layer by layer before its gather, one layer ahead.
     ``activations``: DeepSpeed ``cpu_checkpointing`` (needs ``recompute: full``): each chunk's
-    checkpoints are copied to the host after its forward and back before its backward."""
+    checkpoints are copied to the host after its forward and back before its backward.
+    ``activation_layers``: Megatron-Core's ``cpu_offloading_num_layers`` (Transformer Engine's
+    ``get_cpu_offload_context``, activations only): the saved tensors of the first N blocks go
+    to pinned host memory during the forward and come back during the backward, so that the
+    GPU holds (L - N) blocks' (TE ``DefaultOffloadSynchronizer``; ``costs.memory``,
+    ``passes.activation_offload_pass``). Megatron allows it without pipelining and without
+    recompute (transformer_config.py l.1884-1899 at d98e8a64)."""
 
     optimizer: bool = False
     parameters: bool = False
     activations: bool = False
+    activation_layers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,7 +432,7 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
 INTERNAL_FIELDS = ("last_node_gpus", "cp_shards")
 NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
-                   "last_stage_layers")  # fmt: skip
+                   "last_stage_layers", "activation_layers")  # fmt: skip
 
 
 def _build(
@@ -783,6 +790,8 @@ def check_layout(s: Scenario, file: str) -> None:
             f"after the gradients reach the host; parallelism.schedule = {p.schedule} steps after "
             "every micro-batch (DeepSpeed has no such pipeline): use a flushing schedule", True,
         )  # fmt: skip
+    if t.offload.activation_layers:
+        check_layer_offload(s, file)
     if t.offload.activations and t.recompute != "full":
         raise ConfigError(
             file, "training.offload.activations", "activation offload moves the checkpoints of "
@@ -869,6 +878,28 @@ def check_layout(s: Scenario, file: str) -> None:
             "fp8_tensorwise or fp8_rowwise", t.recompute,
         )  # fmt: skip
     check_size(s, file)
+
+
+def check_layer_offload(s: Scenario, file: str) -> None:
+    """Megatron-Core's activation offload (``training.offload.activation_layers``): what its
+    TransformerConfig.__post_init__ accepts (l.1884-1899 at d98e8a64): 0 <= N < the model's
+    layers, no pipeline parallelism, no activation recompute; and not beside DeepSpeed's
+    checkpoint offload (``training.offload.activations``), another mechanism."""
+    t, p, key = s.training, s.parallelism, "training.offload.activation_layers"
+    n, layers = t.offload.activation_layers, s.model.layers
+    if t.offload.activations:
+        raise ConfigError(file, key, "conflicts with training.offload.activations (DeepSpeed's "
+                          "checkpoint offload): one of the two", n)  # fmt: skip
+    if n < 0 or n >= layers:
+        raise ConfigError(file, key, f"Megatron-Core offloads fewer layers than the model's "
+                          f"{layers}: 0 .. {layers - 1}", n)  # fmt: skip
+    if p.pp > 1:
+        raise ConfigError(file, key, "Megatron-Core has no CPU offloading with pipeline "
+                          f"parallelism (parallelism.pp = {p.pp}): use pp 1", n)  # fmt: skip
+    if t.recompute != "none":
+        raise ConfigError(file, key, "Megatron-Core's CPU offloading does not work with "
+                          f"activation recompute (training.recompute = {t.recompute}): use "
+                          "none", n)  # fmt: skip
 
 
 def check_data_parallel(s: Scenario, file: str) -> None:

@@ -646,6 +646,13 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
         if frac != 1.0:
             r.unsupported_(f"--optimizer-offload-fraction {frac}", "a partial optimizer offload "
                            "is simulated as a whole one")  # fmt: skip
+    n_off = f.int_("--cpu-offloading-num-layers", 0)
+    if n_off:
+        # TransformerConfig.cpu_offloading_num_layers (arguments.py l.1950 at d98e8a64: > 0
+        # turns cpu_offloading on), activations only (cpu_offloading_weights off by default)
+        offload = training.setdefault("offload", {})
+        offload["activation_layers"] = n_off
+        r.origin("training.offload.activation_layers", "--cpu-offloading-num-layers")
     if f.bool_("--cross-entropy-loss-fusion"):
         training["cross_entropy"] = "fused"
         f.has("--cross-entropy-fusion-impl")

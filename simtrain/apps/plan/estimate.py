@@ -127,7 +127,8 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
     every layer's under every backward), at least the last one; the copies up (parameter
     fetches, accumulators) beyond the step's compute (``step_ns``); then the updated 16-bit
     partition's copy up after the CPU step; with activation offload, every backward's wait for
-    its checkpoints."""
+    its checkpoints; with Megatron-Core's layer offload, each forward's and backward's copy
+    beyond its compute."""
     t, p, hw, prec = sc.training, sc.parallelism, sc.hardware, step.precision
     m = step.microbatches
     backward = r0.input_ns + r0.weight_ns
@@ -149,6 +150,9 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
     out = max(down_ns, up_ns - step_ns, 0.0)
     if t.offload.activations:  # each backward waits for its checkpoints to come back up
         out += m * sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
+    if t.offload.activation_layers:  # Megatron-Core: each copy beside its forward / backward
+        copy = sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
+        out += m * (max(copy - r0.forward_ns, 0.0) + max(copy - backward, 0.0))
     if t.offload.optimizer and offload.updated_params_cross_pcie(sc):
         out += offload.pcie_ns(shard * prec.param, hw)
     return out

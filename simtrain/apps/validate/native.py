@@ -163,6 +163,9 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     ddp = str(par.get("ddp_impl") or conv.ddp_default)
     if legacy or ddp == "local":
         w += ["--DDP-impl", ddp]
+    offloaded = mbridge_offload_layers(rec, zero, pp)
+    if offloaded:
+        w += ["--cpu-offloading-num-layers", offloaded]
     text = _record_text(rec)
     for flag in OVERLAP_FLAGS:
         if flag in text and (flag != "--overlap-param-gather" or zero):
@@ -522,6 +525,35 @@ MBRIDGE_MAX_SEGMENT = 18
 SERVER_GPUS = 8
 
 
+#: Megatron-Bridge's performance configs that offload activations to the host
+#: (NVIDIA-NeMo/Megatron-Bridge 00b7660b, the NeMo 25.11 records' commit:
+#: scripts/performance/configs/llama/llama3_workload_base_configs.py l.35-112 and
+#: llama31_workload_base_configs.py l.27-87, ``cpu_offloading_num_layers``; utils/overrides.py
+#: _set_recompute_overrides turns on cpu_offloading, activations only): (model, system,
+#: precision) -> layers, for the configs' own layout, Megatron FSDP without pipelining.
+MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
+    ("LLAMA3_70B", "GB300", "BF16"): 30,
+    ("LLAMA3_70B", "GB300", "FP8-CS"): 20,
+    ("LLAMA3_70B", "GB200", "BF16"): 20,
+    ("LLAMA3_70B", "GB200", "FP8-CS"): 40,
+    ("LLAMA3_70B", "B200", "FP8-CS"): 5,
+    ("LLAMA3.1_405B", "GB300", "BF16"): 40,
+    ("LLAMA3.1_405B", "GB300", "FP8-CS"): 10,
+    ("LLAMA3.1_405B", "GB200", "FP8-CS"): 92,
+}
+
+
+def mbridge_offload_layers(rec: Record, zero: int, pp: int) -> int:
+    """The layers a Megatron-Bridge record's performance config offloads
+    (:data:`MBRIDGE_CPU_OFFLOAD_LAYERS`), 0 where it names none or the record's layout is not
+    that config's (FSDP, pp 1)."""
+    if rec.source_key != "megatron_bridge" or zero != 3 or pp != 1:
+        return 0
+    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    key = (str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper(), prec)
+    return MBRIDGE_CPU_OFFLOAD_LAYERS.get(key, 0)
+
+
 def mbridge_nvlink_domain(gpus: int) -> int:
     """The GPUs of one NVLink domain a Megatron-Bridge job of ``gpus`` GPUs on 4-GPU trays
     runs in: 4 x its Slurm segment (256 GPUs: 64 nodes, segments of 16, domains of 64)."""
@@ -620,6 +652,12 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         launched = [f for f in config if f in ours and f not in said]
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
+        if "--cpu-offloading-num-layers" in config:
+            n = config[config.index("--cpu-offloading-num-layers") + 1]
+            notes.append(f"--cpu-offloading-num-layers {n}: Megatron-Bridge's performance config "
+                         "for this model, system and precision offloads that many layers' "
+                         "activations (scripts/performance/configs/llama/*_workload_base_"
+                         "configs.py cpu_offloading_num_layers at 00b7660b)")  # fmt: skip
         elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
             notes.append(conv.lora_launch_note)
     elif kind == "nanotron":

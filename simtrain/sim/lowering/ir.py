@@ -78,6 +78,11 @@ class ChunkDurations:
     # chunk copied down after its forward and up before its backward, each way.
     act_copy_ns: int = 0
     act_copy_bytes: int = 0
+    # ... or Megatron-Core's layer offload (training.offload.activation_layers): the copies run
+    # beside the forward and the backward they belong to, which end when both have; the bytes
+    # are not in the chunk's activations at all (costs.memory: TE's schedule keeps L - N
+    # blocks' on the GPU)
+    act_copy_beside: bool = False
     # 16-bit gradients freed after every backward (runtime grads_freed_per_microbatch): a
     # backward's gradients exist from its end while they are added into the fp32 accumulation
     # buffer (``accum_ns``), then are freed (``pieces.action_pieces``'s "ACC" piece).

@@ -303,7 +303,15 @@ def activation_offload_pass(ir: StepIR) -> None:
     Per chunk and micro-batch: the checkpoints go down on the "d2h" stream alongside the
     forward (same dependencies, so the copy overlaps it) and leave the GPU when the copy ends;
     they come back up on the "h2d" stream when the backward (B, or I) would start, allocating
-    them again, and the backward waits for them (no prefetch: the restore is exposed)."""
+    them again, and the backward waits for them (no prefetch: the restore is exposed).
+
+    Megatron-Core's layer offload (``ChunkDurations.act_copy_beside``; Transformer Engine's
+    ``DefaultOffloadSynchronizer``, cpu_offload.py l.602-654 at d0067d0d): block i's tensors
+    go down from block i+1's forward on and must be gone before block L-N+i's; they come back
+    from block L-1-N+i's backward on, before block i's. At the action's grain: the copy down
+    starts with the forward, the copy up with the backward, each action ends when its compute
+    and its copy have (a zero-length "OFFLOAD_WAIT" on the compute stream), and nothing is
+    allocated or freed by them (the chunk's activations already leave those blocks out)."""
     down: dict[tuple[int, int], Op] = {}
     for r in ir.ranks.values():
         for g in r.groups:
@@ -315,6 +323,9 @@ def activation_offload_pass(ir: StepIR) -> None:
                 continue
             act = c.act_copy_bytes
             first = next(op for op in g.ops if op.stream == "compute")
+            if c.act_copy_beside:
+                _copy_beside(r.rank, g, first, c.act_copy_ns, a)
+                continue
             if a.kind == "F":
                 op = Op(r.rank, "d2h", "D2H", f"D2H checkpoints {g.label}", c.act_copy_ns,
                         list(first.deps), free=(("activations", act),),
@@ -328,6 +339,22 @@ def activation_offload_pass(ir: StepIR) -> None:
                         stage=a.stage)  # fmt: skip
                 first.deps.append(op)
                 g.ops.insert(g.ops.index(first), op)
+
+
+def _copy_beside(rank: int, g: Group, first: Op, copy_ns: int, a: Action) -> None:
+    """Megatron-Core's layer offload for one action (:func:`activation_offload_pass`): the copy
+    on "d2h" (a forward) or "h2d" (a backward) from the action's start, and a zero-length op on
+    the compute stream after the action's end that waits for it."""
+    fwd = a.kind == "F"
+    stream, kind = ("d2h", "D2H") if fwd else ("h2d", "H2D")
+    what = "offloaded blocks" if fwd else "reloaded blocks"
+    copy = Op(rank, stream, kind, f"{kind} {what} {g.label}", copy_ns, list(first.deps),
+              microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+    wait = Op(rank, "compute", "OFFLOAD_WAIT", f"wait {what} {g.label}", 0, [g.done, copy],
+              microbatch=a.microbatch, stage=a.stage)  # fmt: skip
+    g.ops.insert(g.ops.index(first), copy)
+    g.ops.append(wait)
+    g.done = wait
 
 
 def tp_pass(ir: StepIR) -> None:
