@@ -803,3 +803,103 @@ def test_te_fp8_experts_save_quantized_inputs() -> None:
     moe_a = sum(v for n, v in a.items() if "expert" in n or "rout" in n or "mlp input" in n)
     moe_b = sum(v for n, v in b.items() if "expert" in n or "rout" in n or "mlp input" in n)
     assert moe_a - moe_b == (k * sb * h + k * sb * f) - (k * sb * h + k * sb * f) // 32
+
+
+def _folded(*overrides: str):
+    """Qwen3-235B-A22B over 256 H100s as Megatron-Bridge's H100 recipe lays it out: tp 2,
+    pp 8 x vp 4 (embedding and loss counted as layers), dp 16, ep over tp x dp."""
+    from simtrain.spec.scenario import parse_scenario
+
+    data = {
+        "name": "folded", "model": {"preset": "qwen3-235b-a22b"},
+        "hardware": "h100_sxm5_80gb", "runtime": "megatron_core",
+        "cluster": {"nodes": 32, "gpus_per_node": 8},
+        "training": {"seq_len": 4096, "global_batch": 1024, "micro_batch": 1,
+                     "precision": "bf16", "recompute": "none"},
+        "parallelism": {"dp": 16, "tp": 2, "pp": 8, "virtual_stages": 4,
+                        "schedule": "interleaved", "zero_stage": 1, "sequence_parallel": True,
+                        "ep": 16, "account_for_embedding": True, "account_for_loss": True},
+    }  # fmt: skip
+    for o in overrides:
+        key, value = o.split("=")
+        data["parallelism"][key] = int(value)
+    return parse_scenario(data, "folded.yaml")
+
+
+def test_whole_experts_fold_the_ep_group_over_tp() -> None:
+    """Megatron-Core's expert grid (parallel_state.py l.887-896 at d98e8a64) is etp x ep x
+    expert-dp x pp: with expert_tensor_parallel_size 1 ("MoE parallel folding") the EP group
+    may span the TP ranks. At etp·ep = 32 either way a GPU holds the same expert bytes (16
+    local experts split in two, or 4 whole ones ... here 8 / 2 and 4 / 1), the expert-dp group
+    is tp·dp / (etp·ep), and the EP group's members are etp GPUs apart."""
+    from simtrain.costs import comm
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.params import EXPERT_PREFIX, moe_param_tensors
+    from simtrain.layout.step import resolve
+
+    split, whole = _folded(), _folded("expert_tp=1", "ep=32")
+    m = split.model
+    assert (split.parallelism.etp, whole.parallelism.etp) == (2, 1)
+    assert split.parallelism.expert_dp == whole.parallelism.expert_dp == 1
+    assert _folded("expert_tp=1").parallelism.expert_dp == 2  # 32 / (1 x 16)
+
+    def experts(sc) -> int:
+        p = sc.parallelism
+        return sum(x.numel for x in moe_param_tensors(m, p.tp, p.ep, True, p.etp)
+                   if x.name.startswith(EXPERT_PREFIX))  # fmt: skip
+
+    # 8 local experts of 3 x 4096 x 1536 / 2, or 4 whole ones
+    assert experts(split) == experts(whole) == 4 * 3 * 4096 * 1536
+    assert (estimate_memory(split).stages[0].category("parameters")
+            == estimate_memory(whole).stages[0].category("parameters"))  # fmt: skip
+    # the dispatch all-to-all: ep 16 GPUs 2 apart (4 nodes of 8), or 32 consecutive (4 nodes)
+    for sc, stride in ((split, 2), (whole, 1)):
+        step = resolve(sc)
+        size = m.experts_per_token * 4096 // 2 * m.hidden * 2
+        assert comm.ep_alltoall_ns(sc, step) == comm.collective_ns(
+            sc, step, "all_to_all", size, sc.parallelism.ep, stride
+        )
+
+
+def test_whole_experts_keep_their_own_sequence_shard() -> None:
+    """With whole experts nothing is all-gathered over TP before them: fc1's input (and the
+    probabilities) are the rank's own s/t share of the expert-token pairs, half of what the
+    expert-TP group's gather leaves at tp 2; fc1's output and fc2's input are as many bytes
+    (half the pairs, twice the columns)."""
+    from simtrain.costs.moe import moe_saved_tensors
+
+    m = PRESETS["qwen3-235b-a22b"]
+    sb, k, h, f = 4096, m.experts_per_token, m.hidden, m.expert_ffn
+    split = {n: b for n, b, _ in moe_saved_tensors(m, sb, 2, tp=2)}
+    whole = {n: b for n, b, _ in moe_saved_tensors(m, sb, 2, tp=2, etp=1)}
+    name = "expert fc1 input (permuted tokens)"
+    assert split[name] == 2 * k * sb * h and whole[name] == 2 * k * sb * h // 2
+    assert whole["routing probabilities (fp32)"] == 4 * k * sb // 2
+    for n in ("expert fc1 output (activation input)", "expert fc2 input"):
+        assert split[n] == whole[n] == (4 if "fc1" in n else 2) * k * sb * f // 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (("expert_tp=3",), "parallelism.expert_tp", "0 | 1 | 2"),
+        (("expert_tp=1", "ep=1"), "parallelism.expert_tp", "parallelism.ep"),
+        (("expert_tp=1", "ep=64"), "parallelism.ep", "tp x dp x cp / expert_tp = 32"),
+    ],
+)  # fmt: skip
+def test_expert_tp_errors_name_the_key(overrides: tuple[str, ...], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _folded(*overrides)
+    assert key in str(e.value) and words in str(e.value)
+
+
+def test_megatron_importer_reads_expert_tensor_parallel_size() -> None:
+    from simtrain.apps.importers.megatron import import_megatron_flags
+
+    words = ("--num-layers 4 --hidden-size 1024 --num-attention-heads 8 --seq-length 1024 "
+             "--micro-batch-size 1 --global-batch-size 16 --bf16 --vocab-size 32000 "
+             "--num-experts 16 --moe-router-topk 2 --expert-model-parallel-size 8 "
+             "--tensor-model-parallel-size 2 --sequence-parallel").split()  # fmt: skip
+    assert "expert_tp" not in import_megatron_flags(words, gpus=16).data["parallelism"]
+    folded = import_megatron_flags([*words, "--expert-tensor-parallel-size", "1"], gpus=16)
+    assert folded.data["parallelism"]["expert_tp"] == 1

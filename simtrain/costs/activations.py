@@ -69,6 +69,7 @@ def layer_saved_tensors(
     gathered_input: int = 0,
     repeat_kv: bool = False,
     cp_a2a: bool = False,
+    etp: int = 0,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -124,7 +125,8 @@ def layer_saved_tensors(
             _post_norm(c, 1)
         elif m.is_moe and moe is not False:
             quant = c.quant if c.te_fp8 else None
-            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load, quant=quant):
+            for name, n_bytes, formula in moe_saved_tensors(m, c.sb, c.e, tp, load, quant=quant,
+                                                            etp=etp):  # fmt: skip
                 c.add(name, n_bytes, formula)
             if m.dropout > 0:
                 c.add("mlp dropout mask", c.sb * m.hidden / c.seq_div, c.seq("1·sbh"))
@@ -378,6 +380,7 @@ def layer_activation_bytes(
     gathered_input: int = 0,
     repeat_kv: bool = False,
     cp_a2a: bool = False,
+    etp: int = 0,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied: the sum of
     :func:`layer_saved_tensors` (with the runtime's ``gathered_input``, ``repeat_kv`` and
@@ -390,7 +393,7 @@ def layer_activation_bytes(
     """
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
                                 load=load, gathered_input=gathered_input,
-                                repeat_kv=repeat_kv, cp_a2a=cp_a2a)  # fmt: skip
+                                repeat_kv=repeat_kv, cp_a2a=cp_a2a, etp=etp)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -505,7 +508,8 @@ def layer_input_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = Fal
 def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embedding: bool,
                                 head: bool, tp: int = 1, sp: bool = False,
                                 load: float = 1.0, gathered_input: int = 0,
-                                repeat_kv: bool = False, cp_a2a: bool = False) -> int:  # fmt: skip
+                                repeat_kv: bool = False, cp_a2a: bool = False,
+                                etp: int = 0) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -525,7 +529,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
                                 gathered_input=gathered_input, repeat_kv=repeat_kv,
-                                cp_a2a=cp_a2a)  # fmt: skip
+                                cp_a2a=cp_a2a, etp=etp)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

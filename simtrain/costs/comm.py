@@ -354,7 +354,7 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
 
 def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> int:
     """One dispatch (or combine) all-to-all of an MoE layer over the expert-parallel group:
-    ep GPUs tp ids apart (Megatron-Core's expert grid orders tp-ep-dp-pp and has no CP
+    ep GPUs etp ids apart (tp, or 1 with whole experts: ``ParallelSpec.etp``) (Megatron-Core's expert grid orders tp-ep-dp-pp and has no CP
     dimension, ``ParallelSpec.expert_dp``: with cp > 1 the group spans CP ranks too), each
     sending its :func:`costs.moe.a2a_bytes` (the busiest rank's, scaled by
     the imbalance), of which (ep−1)/ep leaves the GPU (nccl-tests all-to-all bus bandwidth
@@ -373,7 +373,7 @@ def ep_alltoall_ns(sc: Scenario, step: ResolvedStep, combine: bool = False) -> i
     if sc.runtime.moe_dispatcher == "deepep":
         return deepep_alltoall_ns(sc, step, tokens, e)
     size = a2a_bytes(m, tokens, e, p.tp, moe_load(m, p.ep))
-    return collective_ns(sc, step, "all_to_all", size, p.ep, step.groups.tp)
+    return collective_ns(sc, step, "all_to_all", size, p.ep, p.etp)
 
 
 def ep_layer_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
@@ -399,7 +399,7 @@ def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_byte
     them), plus a latency per other node and one NVLink latency."""
     m, p = sc.model, sc.parallelism
     intra, inter = coll.node_links(sc.hardware)
-    g = step.placement.group_gpus_per_node(p.ep, step.groups.tp)  # (the EP group: tp apart)
+    g = step.placement.group_gpus_per_node(p.ep, p.etp)  # (the EP group: etp apart)
     nodes = p.ep // g
     ib, nvl = deepep_a2a_bytes(m, tokens, value_bytes, p.ep, nodes, p.tp, moe_load(m, p.ep))
     t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
@@ -483,14 +483,14 @@ def bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int) 
 
 
 def edp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float) -> int:
-    """A collective over the expert-data-parallel group: the dp·cp / ep ranks that hold the
-    same experts, GPU ids tp·ep apart (Megatron-Core ``parallel_state``: the expert grid has no
-    CP dimension, ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1,
-    order="tp-ep-dp-pp")`` with expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp;
+    """A collective over the expert-data-parallel group: the tp·dp·cp / (etp·ep) ranks that
+    hold the same experts, GPU ids etp·ep apart (Megatron-Core ``parallel_state``: the expert
+    grid has no CP dimension, ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1,
+    order="tp-ep-dp-pp")`` with expert-dp = world / (etp·ep·pp); ``ParallelSpec.expert_dp``;
     expert gradients are reduced there and the distributed optimizer shards expert states over
     it, as ``costs.memory`` does)."""
     p = sc.parallelism
-    return collective_ns(sc, step, op, size_bytes, p.expert_dp, step.groups.tp * p.ep)
+    return collective_ns(sc, step, op, size_bytes, p.expert_dp, p.etp * p.ep)
 
 
 def expert_bucket_group_ns(sc: Scenario, step: ResolvedStep, op: str,

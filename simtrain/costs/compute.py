@@ -894,7 +894,7 @@ def _chunk_cast_bytes(sc: Scenario, t: TrainingSpec, prec: Precision, layers: in
     df, db = cast_bytes(*args)
     if dense == layers:
         return layers * df, layers * db
-    mf, mb = cast_bytes(*args, moe=True, ep=p.ep, load=moe_load(m, p.ep))
+    mf, mb = cast_bytes(*args, moe=True, ep=p.ep, load=moe_load(m, p.ep), etp=p.etp)
     return dense * df + (layers - dense) * mf, dense * db + (layers - dense) * mb
 
 

@@ -96,11 +96,13 @@ def _group(shapes: dict[str, tuple[int, int]], g: tuple[str, ...], tp: int,
 
 
 def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
-                load: float = 1.0) -> list[Gemm]:  # fmt: skip
+                load: float = 1.0, etp: int = 0) -> list[Gemm]:  # fmt: skip
     """The TE GEMM groups of one block (:func:`te_gemm_groups`) on one TP rank. An MoE block
     (``moe``) has, in place of fc1 and fc2, the routed experts' (TE ``GroupedLinear``: the
-    rank's E/ep local experts' weights, k·load token copies per token) and the shared
-    experts' (one fused MLP of S·f_s)."""
+    rank's E/ep local experts' weights split over the expert-TP size ``etp``, 0: tp; k·load
+    token copies per token of the TP group's, etp/tp of them on this rank: with etp = tp the
+    dispatcher all-gathers them, with whole experts each rank keeps its own sequence shard's)
+    and the shared experts' (one fused MLP of S·f_s)."""
     shapes = m.linear_weight_shapes()
     groups = te_gemm_groups(m)
     out = [_group(shapes, g, tp) for g in groups[:-2]]
@@ -109,8 +111,9 @@ def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
     fc1, fc2 = groups[-2], groups[-1]
     expert = m.mlp_shapes(m.expert_ffn)
     local = m.num_experts // ep
-    k = m.experts_per_token * load
-    out += [_group(expert, fc1, tp, k, local), _group(expert, fc2, tp, k, local)]
+    etp = etp or tp
+    k = m.experts_per_token * load * etp / tp
+    out += [_group(expert, fc1, etp, k, local), _group(expert, fc2, etp, k, local)]
     if m.shared_experts:
         shared = m.mlp_shapes(m.shared_experts * m.shared_ffn)
         out += [_group(shared, fc1, tp), _group(shared, fc2, tp)]
@@ -192,7 +195,7 @@ def weight_copies(prec: Precision, gpu_arch: str) -> int:
 
 
 def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1,
-                       moe: bool = False, ep: int = 1) -> int:  # fmt: skip
+                       moe: bool = False, ep: int = 1, etp: int = 0) -> int:  # fmt: skip
     """FP8 weight workspaces of one block on one TP rank: each GEMM group's weight in
     :func:`weight_copies` copies plus its fp32 ``scale_inv`` (per-tensor recipes; a routed
     experts' group one per local expert, TE ``GroupedLinear`` keeps a quantizer per GEMM)."""
@@ -201,7 +204,7 @@ def weight_cache_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tp: int = 1
     copies = weight_copies(prec, gpu_arch)
     inv = 0 if prec.mx_block else _FP32
     return sum(copies * fp8_copy_bytes(g.weights, prec, weight=True) + inv * g.gemms
-               for g in block_gemms(m, tp, moe, ep))  # fmt: skip
+               for g in block_gemms(m, tp, moe, ep, etp=etp))  # fmt: skip
 
 
 def scaling_state_bytes(m: ModelSpec, prec: Precision, moe: bool = False, ep: int = 1) -> int:
@@ -253,7 +256,7 @@ def rowwise_rescale_bytes(m: ModelSpec, prec: Precision, tokens: int, tp: int = 
 
 def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: int = 1,
                microbatches: int = 1, moe: bool = False, ep: int = 1,
-               load: float = 1.0) -> tuple[float, float]:  # fmt: skip
+               load: float = 1.0, etp: int = 0) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes of the FP8 casts of one block for one micro-batch of ``tokens``.
 
     TE: each GEMM group's input in forward and its output gradient in backward are read once
@@ -271,7 +274,7 @@ def cast_bytes(m: ModelSpec, prec: Precision, gpu_arch: str, tokens: int, tp: in
         # amax before the cast
         src = _SRC * (2 if prec.fp8_recipe in ("te_current", "te_nvfp4") else 1)
         fwd = bwd = 0.0
-        for g in block_gemms(m, tp, moe, ep, load):
+        for g in block_gemms(m, tp, moe, ep, load, etp):
             n_in, n_out = tokens * g.tokens * g.width_in, tokens * g.tokens * g.width_out
             fwd += n_in * src + c * fp8_copy_bytes(n_in, prec)
             bwd += n_out * src + c * fp8_copy_bytes(n_out, prec)

@@ -179,7 +179,7 @@ def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head
         *owner, part, kind = ["", *name.split(".")]
         return ".".join([*owner, fused.get(part, part), kind])
 
-    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, lo, hi, embedding, head)
+    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, lo, hi, embedding, head, p.etp)
     return sum(n * len({fuse(x.name) for x in ts if x.trainable}) for n, ts in groups)
 
 

@@ -301,11 +301,12 @@ class SaveFlags:
     gathered_input: int
     repeat_kv: bool
     cp_a2a: bool
+    etp: int = 0  # the expert-TP size (ParallelSpec.etp; 0: tp)
 
     def kwargs(self) -> dict[str, float | int | bool]:
         """The flags as keyword arguments of ``layer_saved_tensors`` and ``layer_activation_bytes``."""
         return {"load": self.load, "gathered_input": self.gathered_input,
-                "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a}  # fmt: skip
+                "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a, "etp": self.etp}  # fmt: skip
 
 
 def save_flags(sc: Scenario) -> SaveFlags:
@@ -316,6 +317,7 @@ def save_flags(sc: Scenario) -> SaveFlags:
                                                sc.runtime.tp_saves_gathered_input),
         repeat_kv=sc.runtime.attention_repeat_kv,
         cp_a2a=sc.cp_all_to_all,
+        etp=sc.parallelism.etp,
     )  # fmt: skip
 
 
@@ -377,7 +379,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
                                                          tp, sp, f.load, f.gathered_input,
-                                                         f.repeat_kv, f.cp_a2a)  # fmt: skip
+                                                         f.repeat_kv, f.cp_a2a,
+                                                         etp=f.etp)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
@@ -443,7 +446,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         m, arch = sc.model, sc.hardware.gpu_arch
         moe = n_layers - dense_layers  # the MoE blocks: routed and shared experts' GEMMs
         cache = weight_cache_bytes(m, prec, arch, p.tp) if dense_layers else 0
-        cache_moe = weight_cache_bytes(m, prec, arch, p.tp, True, p.ep) if moe else 0
+        cache_moe = weight_cache_bytes(m, prec, arch, p.tp, True, p.ep, p.etp) if moe else 0
         if z >= 3 and dp > 1:
             buffers += max(cache, cache_moe)
         else:
@@ -539,7 +542,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     mine = step.rank_chunks(stage)
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
-    layer = layer_param_tensors(m, t, tp, ep=p.ep)
+    layer = layer_param_tensors(m, t, tp, ep=p.ep, etp=p.etp)
     ends = end_param_tensors(m, t, tp, p.pp, any(c.embedding for c in mine),
                              any(c.head for c in mine))  # fmt: skip
     n_layers = step.rank_layers(stage)
@@ -928,7 +931,9 @@ def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
     mine = step.rank_chunks(stage)
     n_layers = step.rank_layers(stage)
     dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine) if m.is_moe else 0
-    out = paged_state_bytes(layer_param_tensors(m, t, p.tp, ep=p.ep), t) * (n_layers - dense)
+    out = paged_state_bytes(layer_param_tensors(m, t, p.tp, ep=p.ep, etp=p.etp), t) * (
+        n_layers - dense
+    )
     if dense:
         out += paged_state_bytes(layer_param_tensors(m, t, p.tp, moe=False), t) * dense
     if any(c.embedding for c in mine):
@@ -1106,7 +1111,8 @@ def fsdp_groups(sc: Scenario, ms: ModelStateBytes, n_layers: int) -> tuple[int, 
 def fsdp_block_params(sc: Scenario) -> int:
     """Parameters of one decoder block on a GPU (its TP shard): FSDP2's per-block group."""
     p = sc.parallelism
-    return sum(x.numel for x in layer_param_tensors(sc.model, sc.training, p.tp, ep=p.ep))
+    return sum(x.numel for x in layer_param_tensors(sc.model, sc.training, p.tp, ep=p.ep,
+                                                    etp=p.etp))  # fmt: skip
 
 
 def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateBytes,

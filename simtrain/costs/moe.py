@@ -91,14 +91,17 @@ def moe_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, load: flo
 
 
 def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 1.0,
-                      saves_weights_input: bool = True, quant: Precision | None = None
-                      ) -> list[tuple[str, int, str]]:  # fmt: skip
+                      saves_weights_input: bool = True, quant: Precision | None = None,
+                      etp: int = 0) -> list[tuple[str, int, str]]:  # fmt: skip
     """(name, bytes, formula) of what one MoE layer's FFN saves for backward per micro-batch of
     ``sb`` tokens on one TP rank, beyond the MLP input the dense MLP saves too (Megatron-Core
     ``TEGroupedMLP`` and ``topk_softmax_with_capacity``; module docstring). The router works on
     the rank's sequence-parallel share sb/t; the dispatcher all-gathers the expert inputs over
     the (expert-)TP group, so fc1's input and the probabilities are the whole k·sb·load
-    expert-token pairs, fc1's output and fc2's input their f_e/t columns.
+    expert-token pairs, fc1's output and fc2's input their f_e/t columns. With whole experts
+    (expert-TP size ``etp`` 1, 0: tp) nothing is gathered: each rank keeps its own sequence
+    shard's k·sb/t·load pairs (fc1's input and the probabilities etp/t of the above) and their
+    f_e columns (fc1's output and fc2's input as many bytes as above).
 
     Under Transformer Engine FP8 (``quant``: the recipe's precision) the experts' GEMM inputs
     are saved as TE's Linear saves them: one column-wise quantized copy
@@ -112,6 +115,7 @@ def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 
     per local expert. The shared experts' fc2 (TE ``Linear``) likewise."""
     k, h, f = m.experts_per_token, m.hidden, m.expert_ffn
     kt = k * sb * load
+    share = (etp or tp) / tp  # the TP group's expert-token pairs this rank's experts see
     n_fc1 = 2 if m.mlp == "swiglu" else 1
 
     def gemm_input(name: str, n: float, what: str) -> tuple[str, int, str]:
@@ -123,10 +127,15 @@ def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 
     out = [
         ("router softmax output (fp32)", 4 * sb * m.num_experts // tp, "4·sbE/t"),
         ("routing indices (int64)", 8 * k * sb // tp, "8·k·sb/t"),
-        ("routing probabilities (fp32)", int(4 * kt), "4·k·sb·load"),
+        (
+            "routing probabilities (fp32)",
+            int(4 * kt * share),
+            "4·k·sb·load" if share == 1 else "4·k·sb·load/t",
+        ),
     ]
     if saves_weights_input:
-        out.append(gemm_input("expert fc1 input (permuted tokens)", kt * h, "k·sb·h·load"))
+        out.append(gemm_input("expert fc1 input (permuted tokens)", kt * h * share,
+                              "k·sb·h·load" if share == 1 else "k·sb·h·load/t"))  # fmt: skip
     # ReLU keeps its output, which is fc2's input: one tensor (costs.activations._mlp)
     relu = m.mlp == "relu"
     act = "activation output = fc2 input" if relu else "activation input"

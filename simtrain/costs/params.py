@@ -54,14 +54,15 @@ def base_trainable(peft: str, phase: str) -> bool:
 
 
 def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | None = None,
-                        ep: int = 1) -> list[ParamTensor]:  # fmt: skip
+                        ep: int = 1, etp: int = 0) -> list[ParamTensor]:  # fmt: skip
     """Parameter tensors of one transformer block on one TP rank.
 
     Megatron TP (Shoeybi et al. 2019 §3): Q, K, V, gate, up are column-parallel (weights and
     biases split by t), O and down are row-parallel (weights split, biases replicated), norms
     replicated. PEFT adds LoRA A/B (Hu et al. 2021 §4.1), adapters (Houlsby et al. 2019 §2.1),
     prefixes (Li & Liang 2021 §4.2). An MoE block (``moe``: default, every block of a model
-    with experts) has :func:`moe_param_tensors` in place of the MLP.
+    with experts) has :func:`moe_param_tensors` in place of the MLP (its routed experts split
+    over ``etp``, 0: tp).
     """
     peft = t.peft
     full = base_trainable(peft.method, peft.phase)
@@ -72,7 +73,7 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     is_moe = m.is_moe and moe is not False
     if is_moe:
         shapes = {k: v for k, v in shapes.items() if k in m.attention_shapes()}
-        out += moe_param_tensors(m, tp, ep, full)
+        out += moe_param_tensors(m, tp, ep, full, etp)
     if m.is_mla:  # q_a_layernorm, kv_a_layernorm
         out += [ParamTensor(f"{n}_layernorm.weight", w, 1, full) for n, w in
                 (("q_a", m.q_lora_rank), ("kv_a", m.kv_lora_rank)) if w]  # fmt: skip
@@ -120,20 +121,23 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
 EXPERT_PREFIX = "expert"
 
 
-def moe_param_tensors(m: ModelSpec, tp: int, ep: int, trainable: bool) -> list[ParamTensor]:
+def moe_param_tensors(m: ModelSpec, tp: int, ep: int, trainable: bool,
+                      etp: int = 0) -> list[ParamTensor]:  # fmt: skip
     """An MoE block's FFN on one rank: the router (h x E, replicated over TP: Megatron-Core
     ``TopKRouter``; + E bias on GPT-OSS, + E ``e_score_correction_bias`` on DeepSeek-V3), the
-    E/ep local experts, each split over TP like the dense MLP (expert TP = TP, Megatron's
-    default ``expert_tensor_parallel_size``), one tensor per expert and matrix as
-    ``TEGroupedMLP``'s ``weight{i}``, and the shared experts (TP-split) with Qwen2-MoE's gate."""
+    E/ep local experts, each split over the expert-TP size ``etp`` like the dense MLP over TP
+    (0: etp = tp, Megatron's default ``expert_tensor_parallel_size``; 1: whole experts, MoE
+    parallel folding), one tensor per expert and matrix as ``TEGroupedMLP``'s ``weight{i}``,
+    and the shared experts (TP-split) with Qwen2-MoE's gate."""
     h = m.hidden
+    etp = etp or tp
     out = [ParamTensor("router.weight", h, m.num_experts, trainable, matmul=True)]
     if m.router_bias:
         out.append(ParamTensor("router.bias", m.num_experts, 1, trainable))
     if m.router_score_bias:
         out.append(ParamTensor("router.e_score_correction_bias", m.num_experts, 1, trainable))
 
-    def mlp(prefix: str, f: int) -> list[ParamTensor]:
+    def mlp(prefix: str, f: int, tp: int) -> list[ParamTensor]:
         mats = [("gate", h, f // tp), ("up", h, f // tp)] if m.mlp == "swiglu" else []
         mats = mats or [("up", h, f // tp)]
         ts = [ParamTensor(f"{prefix}.{n}.weight", r, c, trainable, matmul=True) for n, r, c in mats]
@@ -144,9 +148,9 @@ def moe_param_tensors(m: ModelSpec, tp: int, ep: int, trainable: bool) -> list[P
         return ts
 
     for i in range(m.num_experts // ep):
-        out += mlp(f"{EXPERT_PREFIX}{i}", m.expert_ffn)
+        out += mlp(f"{EXPERT_PREFIX}{i}", m.expert_ffn, etp)
     for i in range(m.shared_experts):
-        out += mlp(f"shared_expert{i}", m.shared_ffn)
+        out += mlp(f"shared_expert{i}", m.shared_ffn, tp)
     if m.shared_expert_gate:
         out.append(ParamTensor("shared_expert_gate.weight", h, 1, trainable, matmul=True))
     return out
@@ -234,15 +238,15 @@ def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding
 
 
 def chunk_tensor_groups(m: ModelSpec, t: TrainingSpec, tp: int, ep: int, pp: int, lo: int,
-                        hi: int, embedding: bool,
-                        head: bool) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
+                        hi: int, embedding: bool, head: bool,
+                        etp: int = 0) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
     """A chunk's parameter tensors on one GPU, as (copies, tensors) groups: its dense blocks
     (of blocks [lo, hi): ``ModelSpec.dense_layers_in``), its MoE blocks (E/ep local experts
     each), and once :func:`end_param_tensors`."""
     moe = (hi - lo) - m.dense_layers_in(lo, hi)
     groups = [(hi - lo - moe, layer_param_tensors(m, t, tp, moe=False, ep=ep))]
     if moe:
-        groups.append((moe, layer_param_tensors(m, t, tp, moe=True, ep=ep)))
+        groups.append((moe, layer_param_tensors(m, t, tp, moe=True, ep=ep, etp=etp)))
     return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head))]
 
 

@@ -266,7 +266,7 @@ def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
     """Trainable parameters one GPU holds of chunk ``stage`` (``params.chunk_tensor_groups``)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     c = step.chunks[stage]
-    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head)
+    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp)
     return sum(n * sum(x.numel for x in ts if x.trainable) for n, ts in groups)
 
 
@@ -381,11 +381,11 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
 
 def expert_params(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     """Routed-expert parameters one GPU of pipeline rank ``rank`` holds: E/ep experts, split
-    over TP, in each of its MoE blocks (costs.params.moe_param_tensors)."""
+    over the expert-TP size, in each of its MoE blocks (costs.params.moe_param_tensors)."""
     m, p = sc.model, sc.parallelism
     if not m.is_moe:
         return 0
-    per_layer = sum(x.numel for x in moe_param_tensors(m, p.tp, p.ep, True)
+    per_layer = sum(x.numel for x in moe_param_tensors(m, p.tp, p.ep, True, p.etp)
                     if x.name.startswith(EXPERT_PREFIX))  # fmt: skip
     mine = step.rank_chunks(rank)
     return per_layer * sum(c.layers - m.dense_layers_in(c.lo, c.hi) for c in mine)
@@ -686,7 +686,9 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         tp_latency_s=2 * (g.tp - 1) * lat,
         cp_crosses=pl.cp_crosses_nodes,
         cp_latency_s=(g.cp - 1) * lat,
-        ep_crosses=sc.parallelism.ep > 1 and pl.group_crosses_nodes(sc.parallelism.ep, g.tp),
+        ep_crosses=(
+            sc.parallelism.ep > 1 and pl.group_crosses_nodes(sc.parallelism.ep, sc.parallelism.etp)
+        ),
         ep_latency_s=(sc.parallelism.ep - 1) * lat,
     )
 

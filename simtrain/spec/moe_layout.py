@@ -15,10 +15,13 @@ from simtrain.spec.precision import PRECISIONS
 
 def check_moe_layout(s: Any, file: str) -> None:
     """Expert parallelism (Megatron-Core d98e8a64 ``parallel_state.py`` l.870-896: the expert
-    grid is tp x ep x expert-dp x pp with expert-dp = world / (tp·ep·pp) = dp·cp / ep, a
-    RuntimeError where that does not divide, so ep must divide dp·cp
+    grid is etp x ep x expert-dp x pp with expert-dp = world / (etp·ep·pp) = tp·dp·cp /
+    (etp·ep), a RuntimeError where that does not divide, so etp·ep must divide tp·dp·cp
     (``ParallelSpec.expert_dp``); ``arguments.py``: num_experts % expert_model_parallel_size
-    == 0; with tp > 1, ``model_parallel_config.py``: "sequence parallelism must be used")."""
+    == 0; with tp > 1, ``model_parallel_config.py``: "sequence parallelism must be used").
+    The expert-TP size is tp (Megatron's default) or 1 (whole experts: the MoE parallel
+    folding of Megatron-Bridge's recipes, expert_tensor_parallel_size=1); simtrain models no
+    other."""
     m, t, p = s.model, s.training, s.parallelism
     if (m.is_moe or m.is_mla) and t.recompute == "selective_op":
         raise ConfigError(file, "training.recompute", "torchtitan's per-op policy is modelled "
@@ -27,12 +30,24 @@ def check_moe_layout(s: Any, file: str) -> None:
     if p.ep > 1 and not m.is_moe:
         raise ConfigError(file, "parallelism.ep", "expert parallelism needs a model with "
                           "experts (model.num_experts > 0); use 1", p.ep)  # fmt: skip
+    if p.expert_tp and (not m.is_moe or p.expert_tp not in (1, p.tp)):
+        raise ConfigError(file, "parallelism.expert_tp", "the expert-TP size is tp or 1 (whole "
+                          "experts) on a model with experts" + ("" if m.is_moe else
+                          ": this one has none"), p.expert_tp,
+                          " | ".join(sorted({"0", "1", str(p.tp)})))  # fmt: skip
     if not m.is_moe:
         return
-    if m.num_experts % p.ep or p.dp_cp % p.ep:
-        ok = [d for d in range(1, p.dp_cp + 1) if p.dp_cp % d == 0 and m.num_experts % d == 0]
+    if p.etp != p.tp and p.ep == 1:
+        raise ConfigError(file, "parallelism.expert_tp", "whole experts replicated over the TP "
+                          "group without expert parallelism are not modelled: parallelism.ep "
+                          "> 1, or expert_tp 0 (= tp)", p.expert_tp, f"0 | {p.tp}")  # fmt: skip
+    fold = p.tp * p.dp_cp // p.etp  # the ranks an EP group is taken from
+    if m.num_experts % p.ep or fold % p.ep:
+        ok = [d for d in range(1, fold + 1) if fold % d == 0 and m.num_experts % d == 0]
+        what = ("parallelism.dp x cp" if p.etp == p.tp else
+                "parallelism.tp x dp x cp / expert_tp")  # fmt: skip
         raise ConfigError(file, "parallelism.ep", f"must divide model.num_experts = "
-                          f"{m.num_experts} and parallelism.dp x cp = {p.dp_cp}", p.ep,
+                          f"{m.num_experts} and {what} = {fold}", p.ep,
                           " | ".join(map(str, ok)))  # fmt: skip
     if p.ep > 1 and p.tp > 1 and not p.sequence_parallel:
         raise ConfigError(

@@ -312,6 +312,10 @@ class ParallelSpec:
     # Expert parallelism (MoE models): the experts split over ep data-parallel ranks
     # (costs.moe, spec.scenario.check_moe_layout).
     ep: int = 1
+    # Expert tensor parallelism (Megatron-Core --expert-tensor-parallel-size): 0 = tp (its
+    # default), or 1: whole experts on each rank and the EP group folded over tp x dp x cp
+    # ("MoE parallel folding", Liu et al. 2025, arXiv 2504.14960; ``etp``)
+    expert_tp: int = 0
 
     @property
     def gpus(self) -> int:
@@ -325,15 +329,21 @@ class ParallelSpec:
         return self.dp * self.cp
 
     @property
+    def etp(self) -> int:
+        """The expert-tensor-parallel size: ``expert_tp``, or tp when 0 (Megatron-Core's
+        default: expert_tensor_parallel_size = tensor_model_parallel_size)."""
+        return self.expert_tp or self.tp
+
+    @property
     def expert_dp(self) -> int:
-        """The expert-data-parallel group: the dp x cp / ep ranks that hold the same routed
-        experts (Megatron-Core d98e8a64 ``parallel_state.py`` l.887-896: the expert grid
+        """The expert-data-parallel group: the tp·dp·cp / (etp·ep) ranks that hold the same
+        routed experts (Megatron-Core d98e8a64 ``parallel_state.py`` l.887-896: the expert grid
         ``RankGenerator(tp=etp, ep=ep, dp=expert-dp, pp=pp, cp=1, order="tp-ep-dp-pp")``,
-        expert-dp = world / (etp·ep·pp) = dp·cp / ep at etp = tp). Its members are tp·ep GPU
-        ids apart and an EP group's tp apart (``costs.comm``); expert gradients are reduced
-        over it and ZeRO shards expert states over it (``spec.moe_layout``: ep divides dp·cp).
-        dp·cp without expert parallelism."""
-        return self.dp_cp // self.ep
+        expert-dp = world / (etp·ep·pp); dp·cp / ep at etp = tp). Its members are etp·ep GPU
+        ids apart and an EP group's etp apart (``costs.comm``); expert gradients are reduced
+        over it and ZeRO shards expert states over it (``spec.moe_layout``: ep divides
+        tp·dp·cp / etp). dp·cp without expert parallelism."""
+        return self.tp * self.dp_cp // (self.etp * self.ep)
 
 
 def microbatches(t: TrainingSpec, p: ParallelSpec) -> int:
@@ -432,7 +442,7 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
 INTERNAL_FIELDS = ("last_node_gpus", "cp_shards")
 NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
-                   "last_stage_layers", "activation_layers")  # fmt: skip
+                   "last_stage_layers", "activation_layers", "expert_tp")  # fmt: skip
 
 
 def _build(
@@ -991,14 +1001,14 @@ def check_deepep(s: Scenario, file: str) -> None:
     rt, p = s.runtime, s.parallelism
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         return
-    stride, gpn = p.tp, s.cluster.gpus_per_node  # the expert grid's EP stride
+    stride, gpn = p.etp, s.cluster.gpus_per_node  # the expert grid's EP stride
     per_node = group_gpus_per_node(p.ep, stride, gpn)
     # whole nodes: that many on every node any EP group touches (group_span: none straddles a
     # node boundary with fewer, as a pipeline stage that is not whole nodes would make it)
     if p.ep % per_node or group_span(p.ep, stride, p.dp * p.tp * p.cp, p.pp, gpn)[1] != per_node:
         raise ConfigError(file, "runtime.moe_dispatcher", f"deepep needs the expert-parallel "
                           f"group in whole nodes: parallelism.ep = {p.ep} puts {per_node} ranks "
-                          f"on a node ({gpn} GPUs, tp = {stride} apart)", "deepep",
+                          f"on a node ({gpn} GPUs, expert-tp = {stride} apart)", "deepep",
                           "alltoall")  # fmt: skip
     sms = s.hardware.sm_count
     if sms and rt.moe_dispatch_sms >= sms:

@@ -227,6 +227,10 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         par["cp"] = cp
     if ep > 1:
         par["ep"] = ep
+    etp = f.pos_("--expert-tensor-parallel-size", tp, MAX_GPUS)
+    if etp != tp:  # (Megatron's default is tp: parallel_state / arguments.py)
+        par["expert_tp"] = etp
+        r.origin("parallelism.expert_tp", "--expert-tensor-parallel-size")
     par = parallel_section(par)
     return r.scenario(
         f"Imported from Megatron-LM flags ({Path(file).name})",

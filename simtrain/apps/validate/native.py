@@ -675,6 +675,13 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     # translate._layout checked it is an integer >= 1)
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
         sets.append(f"parallelism.ep={ep}")
+    if ep > 1 and tp > 1 and rec.source_key == "megatron_bridge":
+        # every MoE performance config sets expert_tensor_parallel_size=1 (scripts/performance/
+        # configs/{deepseek,gpt_oss,qwen}/*_workload_base_configs.py at 00b7660b)
+        sets.append("parallelism.expert_tp=1")
+        notes.append("expert_tensor_parallel_size 1: Megatron-Bridge's MoE performance configs "
+                     "(scripts/performance/configs/*/*_workload_base_configs.py at 00b7660b): "
+                     "whole experts, the EP group folded over tp x dp")  # fmt: skip
     if kind == "torchtitan":
         sets += _torchtitan_sets(rec, imp, model, notes)
     native = NativeConfig(kind, config, gpus, tuple(sets),
