@@ -742,6 +742,11 @@ def training_section(draw: Drawer, lay: Layout, max_pos: int) -> dict[str, Any]:
         t["peft"] = peft
     if coin(draw, 0.3):
         t["offload"] = {"optimizer": coin(draw, 0.5)}
+    if lay.pp == 1 and lay.layers > 1 and t.get("recompute", "none") == "none" and coin(draw, 0.1):
+        # Megatron-Core's layer offload of 1 .. L-1 blocks (pp 1, no recompute)
+        t.setdefault("offload", {})["activation_layers"] = choose(
+            draw, *range(1, min(lay.layers, 5))
+        )
     return t
 
 
@@ -843,8 +848,9 @@ SCENARIO_KEYS = (
     "training.precision", "training.optimizer", "training.recompute", "training.cross_entropy",
     "training.peft.method", "training.peft.rank", "training.peft.alpha",
     "training.peft.target_modules", "training.peft.prefix_length", "training.peft.prompt_length",
-    "training.offload.optimizer", "training.optimizer_state_dtype", "training.master_weights",
-    "parallelism.dp", "parallelism.tp", "parallelism.pp",
+    "training.offload.optimizer", "training.offload.activation_layers",
+    "training.optimizer_state_dtype", "training.master_weights",
+    "parallelism.dp", "parallelism.tp", "parallelism.pp", "parallelism.ep", "parallelism.expert_tp",
     "parallelism.schedule", "parallelism.virtual_stages", "parallelism.zero_stage",
     "parallelism.dp_mode", "parallelism.bucket_mb", "parallelism.zero3_max_live_params",
     "parallelism.layer_split", "parallelism.sequence_parallel", "runtime", "runtime.name",

@@ -128,3 +128,71 @@ def test_megatron_bridge_recipe_offloads() -> None:
     assert mbridge_offload_layers(gb300, zero=3, pp=1) == 20
     assert mbridge_offload_layers(gb300, zero=1, pp=1) == 0
     assert mbridge_offload_layers(gb300, zero=3, pp=2) == 0
+
+
+def test_runtime_and_dp_mode_that_have_no_such_offload_are_errors() -> None:
+    """The knob is Megatron-Core's (Transformer Engine's CPU offload context in its
+    TransformerBlock): another runtime, or torch.nn.DataParallel / the lecture's naive DP, is
+    refused naming the key."""
+    for data in ({**BASE, "runtime": "pytorch_eager"},
+                 {**BASE, "cluster": {"nodes": 1, "gpus_per_node": 2},
+                  "parallelism": {**BASE["parallelism"], "dp": 2, "dp_mode": "naive"}}):  # fmt: skip
+        data = {**data, "training": {**BASE["training"], "global_batch": 4,
+                                     "offload": {"activation_layers": 4}}}  # fmt: skip
+        with pytest.raises(ConfigError, match="training.offload.activation_layers"):
+            parse_scenario(data, "offload.yaml")
+    with pytest.raises(ConfigError, match="recompute"):
+        scenario(4, recompute="selective")
+
+
+def test_moe_dense_first_blocks_and_frozen_embedding() -> None:
+    """The first N blocks are what leaves: with DeepSeek-style dense first blocks, those at
+    their own (dense) size; under LoRA with a frozen embedding, block 0 without the norm input
+    it does not save (``costs.activations.frozen_input_savings``): counted once."""
+    from simtrain.costs.activations import frozen_input_savings, layer_activation_bytes
+
+    moe = {"name": "m", "layers": 6, "hidden": 256, "heads": 4, "ffn_hidden": 1024,
+           "vocab": 1000, "max_positions": 4096, "mlp": "swiglu", "positions": "rotary",
+           "norm": "rmsnorm", "num_experts": 8, "experts_per_token": 2, "moe_ffn_hidden": 128,
+           "first_dense_layers": 2}  # fmt: skip
+    data = {**BASE, "model": moe}
+    base = parse_scenario(data, "moe.yaml")
+    off = parse_scenario({**data, "training": {**BASE["training"],
+                                               "offload": {"activation_layers": 3}}}, "moe.yaml")  # fmt: skip
+    m, t = base.model, base.training
+    dense = layer_activation_bytes(m, t, moe=False)
+    sparse = layer_activation_bytes(m, t, moe=True)
+    a, b = estimate_memory(base).stages[0], estimate_memory(off).stages[0]
+    assert dict(b.offloaded_activation_bytes) == {0: 2 * dense + sparse}
+    assert a.category("activations") - b.category("activations") == 2 * dense + sparse
+    lora = {"method": "lora", "rank": 8, "target_modules": ["q", "v"]}
+    plain = scenario(0, peft=lora)
+    one = scenario(1, peft=lora)
+    t0 = estimate_memory(plain).stages[0].breakdown.per_layer_bytes
+    spared = frozen_input_savings(plain.model, plain.training, 1, False)
+    assert spared > 0
+    x, y = estimate_memory(plain).stages[0], estimate_memory(one).stages[0]
+    assert x.category("activations") - y.category("activations") == t0 - spared
+    assert y.host_memory_bytes == t0 - spared
+
+
+def test_megatron_bridge_table_is_its_recipes() -> None:
+    """native.MBRIDGE_CPU_OFFLOAD_LAYERS against Megatron-Bridge 00b7660b's performance configs,
+    written out here from scripts/performance/configs/llama/llama3_workload_base_configs.py
+    l.35-112 and llama31_workload_base_configs.py l.27-87 (each an FSDP, pp 1 config); a
+    translated 25.11 row carries its count."""
+    from simtrain.apps.validate.native import MBRIDGE_CPU_OFFLOAD_LAYERS
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    assert MBRIDGE_CPU_OFFLOAD_LAYERS == {
+        ("LLAMA3_70B", "GB300", "BF16"): 30, ("LLAMA3_70B", "GB300", "FP8-CS"): 20,
+        ("LLAMA3_70B", "GB200", "BF16"): 20, ("LLAMA3_70B", "GB200", "FP8-CS"): 40,
+        ("LLAMA3_70B", "B200", "FP8-CS"): 5, ("LLAMA3.1_405B", "GB300", "BF16"): 40,
+        ("LLAMA3.1_405B", "GB300", "FP8-CS"): 10, ("LLAMA3.1_405B", "GB200", "FP8-CS"): 92,
+    }  # fmt: skip
+    recs = {r.id: r for r in load_records("measured/mbridge_2511.yaml")}
+    sc = translate(recs["mbridge2511_GB300_LLAMA3_70B_FP8CS_64gpu"]).scenario
+    assert sc.training.offload.activation_layers == 20
+    sc = translate(recs["mbridge2511_GB300_LLAMA3_8B_FP8CS_8gpu"]).scenario
+    assert sc.training.offload.activation_layers == 0

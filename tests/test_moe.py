@@ -903,3 +903,36 @@ def test_megatron_importer_reads_expert_tensor_parallel_size() -> None:
     assert "expert_tp" not in import_megatron_flags(words, gpus=16).data["parallelism"]
     folded = import_megatron_flags([*words, "--expert-tensor-parallel-size", "1"], gpus=16)
     assert folded.data["parallelism"]["expert_tp"] == 1
+
+
+def test_te_fp8_moe_block_at_tp2_with_shared_experts() -> None:
+    """Qwen1.5-MoE-A2.7B (4 shared experts of 1,408 = one of 5,632, gated) at tp 2 with
+    sequence parallelism, FP8 current scaling, b·s = 4096, written out: the router keeps its
+    sequence shard in 16 bits (2·sb·h/t), the shared experts' fc1 its FP8 copy (sb·h/t + the
+    tensor's 4-B scale), the experts' fc1 input the whole gathered k·sb·h in FP8 (no per-tensor
+    scale counted), fc2's inputs per TP rank (k·sb·f_e/t, sb·S·f_s/t) in FP8; with ReLU experts
+    fc2 keeps its FP8 copy beside the activation's 16-bit output."""
+    from simtrain.costs.activations import layer_saved_tensors
+    from simtrain.spec.scenario import TrainingSpec
+
+    m = PRESETS["qwen1.5-moe-a2.7b"]
+    sb, k, h, f, tp = 4096, m.experts_per_token, m.hidden, m.expert_ffn, 2
+    fs = m.shared_experts * m.shared_ffn
+    t = TrainingSpec(micro_batch=1, global_batch=8, seq_len=sb, precision="fp8_current")
+
+    def saved(mm) -> dict[str, tuple[int, str]]:
+        return {x.name: (x.bytes, x.formula)
+                for x in layer_saved_tensors(mm, t, tp=tp, sequence_parallel=True)}  # fmt: skip
+
+    s = saved(m)
+    assert s["mlp input (router)"][0] == 2 * sb * h // tp
+    assert s["mlp input (shared experts), FP8"][0] == sb * h // tp + 4
+    assert s["expert fc1 input (permuted tokens), FP8"] == (k * sb * h, "1·k·sb·h·load")
+    assert s["expert fc2 input, FP8"][0] == k * sb * f // tp
+    assert s["shared experts fc2 input, FP8"][0] == sb * fs // tp
+    relu = saved(replace(m, mlp="relu"))
+    assert relu["expert fc2 input, FP8"][0] == k * sb * f // tp
+    assert relu["expert fc1 output (activation output = fc2 input)"][0] == 2 * k * sb * f // tp
+    # a dense first block of an MoE model keeps the dense MLP's FP8 input
+    ds = {x.name for x in layer_saved_tensors(PRESETS["deepseek-v3"], t, moe=False)}
+    assert "mlp input (gate, up), FP8" in ds and "mlp input (router)" not in ds

@@ -1095,3 +1095,16 @@ def test_a_key_the_framework_config_sets_is_noted(new_records: dict) -> None:
     assert not isinstance(tr, SkipReason), tr
     assert tr.scenario.model.norm == "rmsnorm"
     assert any(a.startswith("model.norm: the record's 'layernorm'") for a in tr.assumptions)
+
+
+def test_megatron_bridge_26x_layouts_and_folding(default_records: dict) -> None:
+    """The 26.x GB300 DeepSeek-V3 rows run their recipe's pp 2 vp 8 layout (perf_recipes/
+    deepseek/gb300/deepseek_v3.py l.154 at 067f987d: "Et*4|(t*4|)*14tmL"); the H100
+    Qwen3-235B rows (tp 2, ep 32) the MoE configs' whole experts (expert_tensor_parallel_size
+    1), the EP group over tp x dp."""
+    ds = translate(default_records["mbridge2604_GB300_DeepSeekV3_FP8MX_256gpu"]).scenario
+    assert (ds.parallelism.pp, ds.parallelism.virtual_stages) == (2, 8)
+    assert ds.parallelism.layer_split == (*[4] * 15, 1)
+    qw = translate(default_records["mbridge2604_H100_Qwen3_235B_a22B_FP8CS_256gpu"]).scenario
+    p = qw.parallelism
+    assert (p.tp, p.ep, p.etp, p.expert_dp) == (2, 32, 1, 1)

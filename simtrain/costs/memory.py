@@ -356,6 +356,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             # l.602-626 at d0067d0d): the first N blocks' bytes leave the chunk's
             dense_off = m.dense_layers_in(0, n_off) if m.is_moe else n_off
             offloaded[stage] = per_layer * (n_off - dense_off) + per_dense * dense_off
+            if ch.embedding:  # block 0 (offloaded) without what a frozen embedding spares it
+                offloaded[stage] -= frozen_input_savings(m, t, tp, sp)
             c -= offloaded[stage]
         blocks[stage] = c
         if ch.embedding:

@@ -136,18 +136,20 @@ def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 
     if saves_weights_input:
         out.append(gemm_input("expert fc1 input (permuted tokens)", kt * h * share,
                               "k·sb·h·load" if share == 1 else "k·sb·h·load/t"))  # fmt: skip
-    # ReLU keeps its output, which is fc2's input: one tensor (costs.activations._mlp)
+    # ReLU keeps its output, which is fc2's input: one tensor (costs.activations._mlp); under
+    # TE FP8 fc2 keeps its own quantized copy beside it
     relu = m.mlp == "relu"
+    fc2_saved = saves_weights_input and (not relu or quant is not None)
     act = "activation output = fc2 input" if relu else "activation input"
     out.append((f"expert fc1 output ({act})", int(n_fc1 * e * kt * f / tp),
                 f"{n_fc1 * e}·k·sb·f_e·load/t"))  # fmt: skip
-    if saves_weights_input and not relu:
+    if fc2_saved:
         out.append(gemm_input("expert fc2 input", kt * f / tp, "k·sb·f_e·load/t"))
     if m.shared_experts:
         fs = m.shared_experts * m.shared_ffn
         out.append(("shared experts fc1 output", n_fc1 * e * sb * fs // tp,
                     f"{n_fc1 * e}·sb·S·f_s/t"))  # fmt: skip
-        if saves_weights_input and not relu:
+        if fc2_saved:
             out.append(gemm_input("shared experts fc2 input", sb * fs / tp, "sb·S·f_s/t"))
     return out
 

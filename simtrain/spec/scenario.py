@@ -894,12 +894,20 @@ def check_layer_offload(s: Scenario, file: str) -> None:
     """Megatron-Core's activation offload (``training.offload.activation_layers``): what its
     TransformerConfig.__post_init__ accepts (l.1884-1899 at d98e8a64): 0 <= N < the model's
     layers, no pipeline parallelism, no activation recompute; and not beside DeepSpeed's
-    checkpoint offload (``training.offload.activations``), another mechanism."""
+    checkpoint offload (``training.offload.activations``), another mechanism; and only under
+    the megatron_core runtime with DDP (the knob is Megatron-Core's and Transformer Engine's)."""
     t, p, key = s.training, s.parallelism, "training.offload.activation_layers"
     n, layers = t.offload.activation_layers, s.model.layers
     if t.offload.activations:
         raise ConfigError(file, key, "conflicts with training.offload.activations (DeepSpeed's "
                           "checkpoint offload): one of the two", n)  # fmt: skip
+    if s.runtime.name != "megatron_core":
+        raise ConfigError(file, key, "is Megatron-Core's layer offload (Transformer Engine's CPU "
+                          "offload context, transformer_block.py l.304-325): needs runtime "
+                          f"megatron_core, not {s.runtime.name}", n)  # fmt: skip
+    if p.dp_mode != "ddp":
+        raise ConfigError(file, key, "is Megatron-Core's, which runs DDP: parallelism.dp_mode "
+                          f"= {p.dp_mode} has no such offload", n)  # fmt: skip
     if n < 0 or n >= layers:
         raise ConfigError(file, key, f"Megatron-Core offloads fewer layers than the model's "
                           f"{layers}: 0 .. {layers - 1}", n)  # fmt: skip

@@ -36,7 +36,8 @@ MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
     (8, 2): [4] * 15 + [1],
     (4, 4): [4] * 15 + [1],
     # the 26.x GB300 recipe's own layout for pp 2, vp 8 (perf_recipes/deepseek/gb300/
-    # deepseek_v3.py l.54 at 067f987d: "Et*4|(t*4|)*14tmL", the same 16 chunks)
+    # deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
+    # same 16 chunks)
     (2, 8): [4] * 15 + [1],
 }
 
