@@ -936,3 +936,31 @@ def test_te_fp8_moe_block_at_tp2_with_shared_experts() -> None:
     # a dense first block of an MoE model keeps the dense MLP's FP8 input
     ds = {x.name for x in layer_saved_tensors(PRESETS["deepseek-v3"], t, moe=False)}
     assert "mlp input (gate, up), FP8" in ds and "mlp input (router)" not in ds
+
+
+def test_moe_block_tp_collectives_by_expert_tp() -> None:
+    """Under sequence parallelism an MoE block's TP collectives are the attention's pair and
+    its FFN's (comm.moe_tp_pairs): at expert-TP = tp the alltoall dispatcher's all-gather and
+    reduce-scatter of the k·load token copies (token_dispatcher.py dispatch_postprocess /
+    combine_preprocess over the expert-TP group), with whole experts none; shared experts add
+    a dense pair. A dense block (or a dense model) keeps the dense MLP's pair."""
+    from simtrain.costs import comm
+    from simtrain.costs.workload import chunk_durations
+    from simtrain.layout.step import resolve
+
+    split, whole = _folded(), _folded("expert_tp=1", "ep=32")
+    for sc in (split, whole):
+        step = resolve(sc)
+        g, size = step.groups, step.boundary_bytes
+        ag = comm.collective_ns(sc, step, "all_gather", size, g.tp, 1)
+        rs = comm.collective_ns(sc, step, "reduce_scatter", size, g.tp, 1)
+        k = sc.model.experts_per_token
+        ffn = (comm.collective_ns(sc, step, "all_gather", size * k, g.tp, 1)
+               + comm.collective_ns(sc, step, "reduce_scatter", size * k, g.tp, 1)
+               if sc.parallelism.etp == 2 else 0)  # fmt: skip
+        assert comm.tp_forward_block(sc, step, moe=True) == (ag + rs + ffn, 0)
+        assert comm.tp_forward_block(sc, step) == (2 * ag + 2 * rs, 0)
+        # every block of Qwen3-235B is an MoE block: the chunks' forward TP is the MoE one's
+        c = chunk_durations(sc, step)[1]
+        assert c.tp_forward_ns == (c.layers[1] - c.layers[0]) * (ag + rs + ffn)
+    assert comm.moe_tp_pairs(whole, resolve(whole)) == ()

@@ -31,12 +31,33 @@ from simtrain.spec.scenario import Scenario, cp_rank_training
 MAX_BUCKET_GROUPS = 16
 
 
-def tp_halves_ns(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
-    """(all-gather, reduce-scatter) of one b·s·h activation over the TP group: sequence
-    parallelism's two halves of Megatron's all-reduce (Korthikanti et al. 2022 §4.2.2)."""
-    g, size = step.groups, step.boundary_bytes
+def tp_halves_ns(sc: Scenario, step: ResolvedStep, scale: float = 1.0) -> tuple[int, int]:
+    """(all-gather, reduce-scatter) of one b·s·h activation (``scale`` of them) over the TP
+    group: sequence parallelism's two halves of Megatron's all-reduce (Korthikanti et al. 2022
+    §4.2.2)."""
+    g, size = step.groups, step.boundary_bytes * scale
     return (collective_ns(sc, step, "all_gather", size, g.tp, g.tp_stride),
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
+
+
+def moe_tp_pairs(sc: Scenario, step: ResolvedStep) -> tuple[tuple[str, int, int], ...]:
+    """(whose, all-gather, reduce-scatter) of an MoE block's FFN over the TP group under sequence
+    parallelism, in place of the dense MLP's one pair. At expert-TP = tp the alltoall
+    dispatcher all-gathers the tokens the EP all-to-all brought (k·load per token of the
+    sequence shard) over the expert-TP group before the experts and reduce-scatters their
+    output before the combine (Megatron-Core token_dispatcher.py
+    ``MoEAlltoAllTokenDispatcher.dispatch_postprocess`` / ``combine_preprocess``:
+    ``gather_from_sequence_parallel_region`` / ``reduce_scatter_to_sequence_parallel_region``
+    over ``tp_group`` when ``tp_size > 1``, d98e8a64): b·s·h·k·load each; with whole experts
+    (etp 1) none ("dispatcher"). Shared experts are a TP-split MLP of their own ("shared"):
+    the dense pair (its all-gather in FP8 where the runtime gathers FP8)."""
+    m, p = sc.model, sc.parallelism
+    out = []
+    if p.etp == p.tp > 1:
+        out.append(("dispatcher", *tp_halves_ns(sc, step, m.experts_per_token * moe_load(m, p.ep))))
+    if m.shared_experts:
+        out.append(("shared", tp_input_gather_ns(sc, step, mlp=True), tp_halves_ns(sc, step)[1]))
+    return tuple(out)
 
 
 def tp_gather_ns(sc: Scenario, step: ResolvedStep, fp8: bool) -> int:
@@ -100,7 +121,7 @@ def forward_allreduces(sc: Scenario) -> int:
     return 1 if sc.model.parallel_residual else 2
 
 
-def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
+def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
     halves, the all-gathers :func:`tp_input_gather_ns`, FP8 where the runtime gathers FP8), all
@@ -108,10 +129,15 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
     their GEMMs overlaps the sum with the whole action: ``sim.lowering.passes.tp_pass``). Where
     :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
-    GEMM group (``costs.compute.tp_linear_group_ns``)."""
+    GEMM group (``costs.compute.tp_linear_group_ns``). An MoE block (``moe``, of a model with
+    experts) under sequence parallelism: the attention's pair and :func:`moe_tp_pairs`."""
     sp = sc.parallelism.sequence_parallel and step.groups.tp > 1
     if not tp_pairs_gemms(sc) and not sp:
         return forward_allreduces(sc) * tp_allreduce_ns(sc, step), 0
+    if moe and sc.model.is_moe and sp:  # (tp_pairs_gemms: never with experts)
+        pairs = moe_tp_pairs(sc, step)
+        attn = tp_input_gather_ns(sc, step) + tp_halves_ns(sc, step)[1]
+        return attn + sum(a + r for _, a, r in pairs), 0
     ag, ag_mlp = tp_input_gather_ns(sc, step), tp_input_gather_ns(sc, step, mlp=True)
     rs = tp_halves_ns(sc, step)[1]
     if not tp_pairs_gemms(sc):
@@ -149,8 +175,8 @@ def tp_backward_block_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool
     return tp_backward_block(sc, step, input_grad_only)[0]
 
 
-def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False
-                      ) -> tuple[int, int]:  # fmt: skip
+def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False,
+                      moe: bool = False) -> tuple[int, int]:  # fmt: skip
     """(exposed, hidden) TP communication of one block's backward (Megatron-LM
     core/tensor_parallel/layers.py LinearWithGradAccumulationAndAsyncCommunication.backward,
     d98e8a64 l.637-708;
@@ -177,7 +203,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     Without either flag this is two all-reduces' worth, 2·:func:`tp_allreduce_ns`. nanotron's
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
-    these column-parallel linears)."""
+    these column-parallel linears). An MoE block (``moe``) under sequence parallelism: the
+    attention's as above, then the backward of :func:`moe_tp_pairs`, exposed (no expert GEMM
+    hides them): the dispatcher's reduce-scatter and all-gather swapped (no re-gather: fc1
+    keeps the gathered tokens), the shared experts' as a dense MLP's."""
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0, 0
@@ -205,6 +234,18 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         shown = sum(exposed(ar, w) for w in wgrad)
         return shown, len(wgrad) * ar - shown
     rs = tp_halves_ns(sc, step)[1]
+    if moe and sc.model.is_moe:  # the attention's collectives, then the FFN's, exposed
+        regather = rt.tp_regather_backward and not input_grad_only
+        again = tp_input_gather_ns(sc, step) if regather else 0
+        column = exposed(again, gemms[0]) + exposed(rs, wgrad[0])
+        ffn = 0
+        for whose, a, r in moe_tp_pairs(sc, step):
+            if whose == "shared":
+                again_mlp = tp_input_gather_ns(sc, step, mlp=True) if regather else 0
+                ffn += tp_grad_gather_ns(sc, step, mlp=True) + r + again_mlp
+            else:
+                ffn += a + r
+        return (tp_grad_gather_ns(sc, step) + column + ffn, again + rs - column)
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     grads = (tp_grad_gather_ns(sc, step), tp_grad_gather_ns(sc, step, mlp=True))
     if paired and input_grad_only:  # no weight gradient: each row linear's gather before its

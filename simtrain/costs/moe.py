@@ -11,9 +11,10 @@ Sources (NVIDIA/Megatron-LM at d98e8a64ddf34856e74b24714e3bedb2f5a39553):
 * ``token_dispatcher.py`` ``MoEAlltoAllTokenDispatcher``: permute the local tokens (each
   repeated for its k experts), all-to-all over the EP group (dispatch), the experts, all-to-all
   back (combine), un-permute; with tensor parallelism the expert inputs are all-gathered over
-  the expert-TP group after the dispatch and reduce-scattered before the combine (the same
-  traffic as the dense MLP's sequence-parallel all-gather / reduce-scatter). Its backward runs
-  the two all-to-alls again in reverse: 4 per MoE layer per micro-batch.
+  the expert-TP group after the dispatch and reduce-scattered before the combine (k·load times
+  the dense MLP's sequence-parallel all-gather / reduce-scatter: ``costs.comm.moe_tp_pairs``;
+  none with whole experts, expert-TP 1). Its backward runs the two all-to-alls again in
+  reverse: 4 per MoE layer per micro-batch.
 * ``experts.py`` ``TEGroupedMLP``: fc1 (h -> 2f for SwiGLU) as a grouped GEMM over the local
   experts, the activation multiplied by the routing probabilities (``weighted_bias_swiglu``),
   fc2 (f -> h). Saved for backward: fc1's input (the permuted tokens), fc1's output, the

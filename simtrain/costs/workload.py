@@ -44,19 +44,31 @@ from simtrain.spec.scenario import Scenario, trained_mtp_modules
 @dataclass(frozen=True, slots=True)
 class BlockComm:
     """One block's communication for one micro-batch, the same for every chunk: (exposed,
-    hidden) TP of the forward, the backward and an input-gradient-only backward, and an MoE
-    layer's all-to-alls (dispatch + combine)."""
+    hidden) TP of the forward, the backward and an input-gradient-only backward, of a dense
+    block and of an MoE block (``comm.moe_tp_pairs``: the same for a dense model), and an
+    MoE layer's all-to-alls (dispatch + combine)."""
 
     tp_forward: tuple[int, int]
     tp_backward: tuple[int, int]
     tp_input_grad: tuple[int, int]
     alltoall_ns: int
+    moe_tp_forward: tuple[int, int] = (0, 0)
+    moe_tp_backward: tuple[int, int] = (0, 0)
+    moe_tp_input_grad: tuple[int, int] = (0, 0)
 
 
 def block_comm(sc: Scenario, step: ResolvedStep) -> BlockComm:
     return BlockComm(comm.tp_forward_block(sc, step), comm.tp_backward_block(sc, step),
                      comm.tp_backward_block(sc, step, input_grad_only=True),
-                     comm.ep_layer_alltoall_ns(sc, step))  # fmt: skip
+                     comm.ep_layer_alltoall_ns(sc, step),
+                     comm.tp_forward_block(sc, step, moe=True),
+                     comm.tp_backward_block(sc, step, moe=True),
+                     comm.tp_backward_block(sc, step, input_grad_only=True, moe=True))  # fmt: skip
+
+
+def _per_kind(dense: int, moe: int, d: tuple[int, int], e: tuple[int, int]) -> tuple[int, int]:
+    """(exposed, hidden) of ``dense`` dense and ``moe`` MoE blocks."""
+    return dense * d[0] + moe * e[0], dense * d[1] + moe * e[1]
 
 
 def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDurations]:
@@ -70,13 +82,17 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     """Durations of virtual stage ``stage``'s work for one micro-batch: the simulation's (via
     :func:`chunk_durations`) and the planner's (``apps.plan.estimate``)."""
     t = sc.training
-    (tp_fwd, tp_fwd_hidden), (tp_bwd, tp_bwd_hidden) = block.tp_forward, block.tp_backward
-    tp_i, tp_i_hidden = block.tp_input_grad
     ch = step.chunks[stage]
     c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
     n = ch.layers
-    tp_r, tp_r_hidden = tp_recompute_block(sc, step, n) if c.recompute_ns else (0, 0)
-    ep = (n - sc.model.dense_layers_in(ch.lo, ch.hi)) * block.alltoall_ns  # dispatch + combine
+    n_moe = n - sc.model.dense_layers_in(ch.lo, ch.hi)  # (the dense count of a dense model)
+    kinds = (n - n_moe, n_moe)
+    tp_fwd, tp_fwd_hidden = _per_kind(*kinds, block.tp_forward, block.moe_tp_forward)
+    tp_bwd, tp_bwd_hidden = _per_kind(*kinds, block.tp_backward, block.moe_tp_backward)
+    tp_i, tp_i_hidden = _per_kind(*kinds, block.tp_input_grad, block.moe_tp_input_grad)
+    tp_r, tp_r_hidden = (tp_recompute_block(sc, step, n, n_moe) if c.recompute_ns
+                         else (0, 0))  # fmt: skip
+    ep = n_moe * block.alltoall_ns  # dispatch + combine
     host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head)
     edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head)
     edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, input_grad_only=True)[1]
@@ -86,12 +102,12 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
         input_grad_ns=c.input_grad_ns,
         weight_grad_ns=c.weight_grad_ns,
         recompute_ns=c.recompute_ns,
-        tp_forward_ns=n * tp_fwd + edge_f,
-        tp_backward_ns=(n * tp_bwd if c.input_grad_ns else 0) + (edge_b if grads else 0),
-        tp_input_grad_ns=(n * tp_i if c.input_grad_ns else 0) + (edge_i if grads else 0),
-        tp_backward_hidden_ns=n * tp_bwd_hidden if c.input_grad_ns else 0,
-        tp_forward_hidden_ns=n * tp_fwd_hidden,
-        tp_input_grad_hidden_ns=n * tp_i_hidden if c.input_grad_ns else 0,
+        tp_forward_ns=tp_fwd + edge_f,
+        tp_backward_ns=(tp_bwd if c.input_grad_ns else 0) + (edge_b if grads else 0),
+        tp_input_grad_ns=(tp_i if c.input_grad_ns else 0) + (edge_i if grads else 0),
+        tp_backward_hidden_ns=tp_bwd_hidden if c.input_grad_ns else 0,
+        tp_forward_hidden_ns=tp_fwd_hidden,
+        tp_input_grad_hidden_ns=tp_i_hidden if c.input_grad_ns else 0,
         tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
         tp_recompute_ns=tp_r,
         send_forward_ns=_send_ns(sc, step, stage, stage + 1),
@@ -125,11 +141,12 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     if not 0 <= layer < m.layers:
         raise ValueError(f"layer {layer}: the model has blocks 0 .. {m.layers - 1}")
     c = chunk_costs(sc, 1, False, False, layer)
-    tp_f, _ = comm.tp_forward_block(sc, step)
-    tp_bwd, _ = comm.tp_backward_block(sc, step)
-    a2a = comm.ep_layer_alltoall_ns(sc, step) if m.is_moe_layer(layer) else 0
+    moe = m.is_moe_layer(layer)
+    tp_f, _ = comm.tp_forward_block(sc, step, moe=moe)
+    tp_bwd, _ = comm.tp_backward_block(sc, step, moe=moe)
+    a2a = comm.ep_layer_alltoall_ns(sc, step) if moe else 0
     tp_b = tp_bwd if c.input_grad_ns else 0
-    tp_r = tp_recompute_block(sc, step, 1)[0] if c.recompute_ns else 0
+    tp_r = tp_recompute_block(sc, step, 1, int(moe))[0] if c.recompute_ns else 0
     backward = c.input_grad_ns + c.weight_grad_ns + c.recompute_ns
     pooled = pooled_tp_overlap(sc, step)
     forward, backward = with_tp(pooled, c.forward_ns, tp_f), with_tp(pooled, backward, tp_b + tp_r)
@@ -169,7 +186,8 @@ def with_tp(pooled: bool, compute_ns: int, tp_ns: int) -> int:
     return max(compute_ns, tp_ns) if pooled else compute_ns + tp_ns
 
 
-def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[int, int]:
+def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
+                       moe_layers: int = 0) -> tuple[int, int]:  # fmt: skip
     """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays: a full
     recompute replays the forward's collectives as the forward runs them
     (``comm.tp_forward_block``: paired with the replayed GEMMs where
@@ -177,11 +195,12 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int) -> tuple[i
     all-reduces without sequence parallelism (all-reduce is not in torchtitan's
     ``_save_list``), with it only the attention's and the MLP's input all-gathers (the
     reduce-scatters' outputs are saved), exposed (the k, o and up projections it replays are
-    not the whole GEMM groups those gathers feed); none other."""
+    not the whole GEMM groups those gathers feed); none other. ``moe_layers`` of the
+    ``layers`` are MoE blocks (their forward's: ``comm.tp_forward_block`` with ``moe``)."""
     t = sc.training
     if t.recompute == "full":
-        e, h = comm.tp_forward_block(sc, step)
-        return layers * e, layers * h
+        return _per_kind(layers - moe_layers, moe_layers, comm.tp_forward_block(sc, step),
+                         comm.tp_forward_block(sc, step, moe=True))  # fmt: skip
     if t.recompute != "selective_op" or step.groups.tp == 1:
         return 0, 0
     if not sc.parallelism.sequence_parallel:
