@@ -801,6 +801,10 @@ def valid_scenario(draw: Drawer, size: str = "normal") -> ScenarioDraw:
     doc["parallelism"] = parallelism_section(draw, lay)
     if coin(draw, 0.4):
         doc["runtime"] = runtime_section(draw, lay, doc["parallelism"].get("zero_stage", 0))
+    if doc["training"].get("offload", {}).get("activation_layers"):
+        # Megatron-Core's layer offload: its runtime and DDP (else an error, not a valid case)
+        doc["runtime"] = "megatron_core"
+        doc["parallelism"].pop("dp_mode", None)
     return ScenarioDraw(doc, hw_doc, cfg, lay)
 
 
