@@ -367,3 +367,63 @@ def test_current_scaling_saves_as_delayed_without_history() -> None:
     sc = scenario("fp8_current")
     assert layer_activation_bytes(sc.model, sc.training) == _te_layer_bytes(delayed_copy)
     assert scaling_state_bytes(sc.model, PRECISIONS["fp8_current"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("precision", "hardware", "copies"),
+    [("fp8_current", "b200_180gb", 1), ("fp8_current", "h100_sxm5_80gb", 2),
+     ("mxfp8", "b200_180gb", 2)],
+)  # fmt: skip
+def test_fp8_primary_weights_replace_the_16_bit_ones(precision: str, hardware: str,
+                                                     copies: int) -> None:  # fmt: skip
+    """Megatron-Core --fp8-param-gather (training.fp8_params): the blocks' linear weights
+    exist only as TE's quantized copies, which the GEMMs read in place of a workspace. Written
+    out for this model's four blocks: the parameters gain the copies (1 B a value, row- and
+    column-wise where the GPU needs both, an MX block scale per 32) and lose 2 B a weight,
+    the buffers lose the workspaces: the peak falls by 2 B x the weights, exactly."""
+    weights = L * sum(W_GROUPS)
+    # (a per-tensor recipe's fp32 scale_inv: one a tensor, shared by its data and transpose)
+    per = {"fp8_current": lambda n: copies * n + 4,
+           "mxfp8": lambda n: copies * (n + n // 32)}[precision]  # fmt: skip
+    stored = L * sum(per(w) for w in W_GROUPS)
+    plain = estimate_memory(scenario(precision, hardware)).stages[0]
+    fp8 = estimate_memory(scenario(precision, hardware, training={"fp8_params": True})).stages[0]
+    assert fp8.category("parameters") - plain.category("parameters") == stored - 2 * weights
+    assert plain.category("buffers") - fp8.category("buffers") == stored
+    assert plain.peak_memory_bytes - fp8.peak_memory_bytes == 2 * weights
+
+
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [({"training": {"fp8_params": True}}, "fp8_delayed | fp8_current | mxfp8"),
+     ({"training": {"fp8_params": True, "precision": "fp8_current", "global_batch": 4},
+       "parallelism": {"dp": 2, "zero_stage": 3}, "cluster": {"nodes": 1, "gpus_per_node": 2}},
+      "zero_stage <= 2")],
+)  # fmt: skip
+def test_fp8_params_errors(over: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        scenario("bf16", **over)
+    assert "training.fp8_params" in str(e.value) and words in str(e.value)
+
+
+def test_megatron_fp8_param_gather_is_read() -> None:
+    """The importer reads --fp8-param-gather with an FP8 recipe; under Megatron FSDP it is
+    listed as not simulated. Megatron-Bridge's FP8 rows carry it (mixed_precision.py
+    fp8_param_gather = True at 00b7660b) unless they are FSDP runs."""
+    from simtrain.apps.importers.megatron import import_megatron_flags
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    words = ("--num-layers 4 --hidden-size 1024 --num-attention-heads 16 --seq-length 2048 "
+             "--micro-batch-size 1 --global-batch-size 8 --bf16 --vocab-size 32000 "
+             "--fp8-format hybrid --fp8-recipe tensorwise --fp8-param-gather").split()  # fmt: skip
+    imp = import_megatron_flags(words, gpus=8)
+    assert imp.data["training"]["fp8_params"] is True
+    fsdp = import_megatron_flags([*words, "--use-megatron-fsdp", "--data-parallel-sharding-strategy",
+                                  "optim_grads_params"], gpus=8)  # fmt: skip
+    assert "fp8_params" not in fsdp.data["training"]
+    assert any("--fp8-param-gather" in u for u in fsdp.unsupported)
+    recs = {r.id: r for r in load_records("measured/mbridge_2511.yaml")}
+    fsdp_row = translate(recs["mbridge2511_GB300_LLAMA3_70B_FP8CS_64gpu"]).scenario
+    plain_row = translate(recs["mbridge2511_GB300_LLAMA3_8B_FP8MX_8gpu"]).scenario
+    assert (fsdp_row.training.fp8_params, plain_row.training.fp8_params) == (False, True)

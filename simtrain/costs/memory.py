@@ -40,7 +40,7 @@ from simtrain.costs.activations import (
 from simtrain.costs.comm import ddp_buckets
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
-from simtrain.costs.fp8 import scaling_state_bytes, weight_cache_bytes
+from simtrain.costs.fp8 import block_gemms, scaling_state_bytes, weight_cache_bytes
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -444,14 +444,15 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += ms.weight_copies
     if prec.gemm_dtype and n_layers:
         # FP8 weight workspaces and scaling state, per block for the whole step (costs.fp8);
-        # under ZeRO-3 TE caches none (FSDP: quantized per use), one block's at a time.
+        # under ZeRO-3 TE caches none (FSDP: quantized per use), one block's at a time. With
+        # FP8 primary weights they are the parameters (fp8_weight_storage).
         m, arch = sc.model, sc.hardware.gpu_arch
         moe = n_layers - dense_layers  # the MoE blocks: routed and shared experts' GEMMs
         cache = weight_cache_bytes(m, prec, arch, p.tp) if dense_layers else 0
         cache_moe = weight_cache_bytes(m, prec, arch, p.tp, True, p.ep, p.etp) if moe else 0
         if z >= 3 and dp > 1:
             buffers += max(cache, cache_moe)
-        else:
+        elif not t.fp8_params:
             buffers += cache * dense_layers + cache_moe * moe
         buffers += scaling_state_bytes(m, prec) * dense_layers
         buffers += scaling_state_bytes(m, prec, True, p.ep) * moe
@@ -489,6 +490,32 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
     return buffers, opt_ws, gather
+
+
+def fp8_weight_storage(sc: Scenario, n_layers: int, dense_layers: int) -> tuple[int, int]:
+    """(elements, bytes) of the Transformer Engine linears' weights in a rank's ``n_layers``
+    blocks (``dense_layers`` of them dense) stored as FP8 primary weights (training
+    ``fp8_params``, Megatron-Core ``--fp8-param-gather``): the GEMM groups' weights
+    (``costs.fp8.block_gemms``) and their quantized copies as TE keeps them
+    (``costs.fp8.weight_cache_bytes``: row- and column-wise where the GPU needs both, with
+    their scales). Megatron-Core builds the model under TE's quantized model init and its DDP
+    maps each quantized weight's storage into the parameter buffer
+    (distributed/param_and_grad_buffer.py l.1235-1275 at d98e8a64: "remap TE quantized
+    storage"; MXFP8 gathers through the gradient buffer and copies back into the quantized
+    storage, ``_post_param_sync`` l.301-330): no 16-bit weight exists beside the FP8 one, and TE
+    runs the GEMMs on the parameter itself (no workspace). Embeddings, norms, the router and
+    the output layer keep their 16-bit parameters. (0, 0) without it."""
+    t, p = sc.training, sc.parallelism
+    if not t.fp8_params or not n_layers:
+        return 0, 0
+    m, prec, arch = sc.model, t.precision_spec, sc.hardware.gpu_arch
+    moe = n_layers - dense_layers
+    elems = dense_layers * sum(g.weights for g in block_gemms(m, p.tp)) if dense_layers else 0
+    stored = weight_cache_bytes(m, prec, arch, p.tp) * dense_layers if dense_layers else 0
+    if moe:
+        elems += moe * sum(g.weights for g in block_gemms(m, p.tp, True, p.ep, etp=p.etp))
+        stored += moe * weight_cache_bytes(m, prec, arch, p.tp, True, p.ep, p.etp)
+    return elems, stored
 
 
 def device_nccl_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
@@ -645,10 +672,12 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # Weight versions kept beside the live ones (PipeDream p - s, PipeDream-2BW 2): their own
     # category, each a copy of the stage's parameters in their dtype (Harlap et al. 2018 §3.3;
     # Narayanan et al. 2021 ICML §3.1).
-    versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
-    extra = (versions - 1) * params_b
     dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(stage))
              if sc.model.is_moe else n_layers)  # fmt: skip
+    fp8_elems, fp8_stored = fp8_weight_storage(sc, n_layers, dense)
+    params_b += fp8_stored - fp8_elems * step.precision.param  # FP8 in place of 16-bit
+    versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
+    extra = (versions - 1) * params_b
     buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0

@@ -15,6 +15,7 @@ from simtrain.costs.memory import (
     StageMemory,
     buffer_grad_bytes,
     flat_step_buffers,
+    fp8_weight_storage,
     reduce_copy_bytes,
     wire_grad_bytes,
 )
@@ -108,6 +109,16 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
             else f"  parameters       = {ms.params:,} x {prec.param} B = {_gb(ms.parameters)}"
         ),
     ]
+    if t.fp8_params:
+        step = resolve(sc)
+        n = step.rank_layers(sm.stage)
+        dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(sm.stage))
+                 if sc.model.is_moe else n)  # fmt: skip
+        elems, stored = fp8_weight_storage(sc, n, dense)
+        lines.append(f"    of which the linears' {elems:,} weights are FP8 primary weights "
+                     f"(--fp8-param-gather): {_gb(stored)} as TE keeps them, in place of "
+                     f"{_gb(elems * prec.param)} in {prec.param} B, so parameters = "
+                     f"{_gb(ms.parameters + stored - elems * prec.param)} before sharding")  # fmt: skip
     if ms.master_weights:
         kind = ("the low 16 bits of each fp32 master weight, beside the 16-bit one"
                 if prec.master_remainder else "fp32 copy")  # fmt: skip

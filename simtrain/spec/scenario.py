@@ -240,6 +240,10 @@ class TrainingSpec:
     master_weights: str = "precision"
     peft: PeftSpec = PeftSpec()
     offload: OffloadSpec = OffloadSpec()
+    # Megatron-Core --fp8-param-gather (TE quantized primary weights): the linears' weights are
+    # stored only as their FP8 copies, no 16-bit weight beside them (costs.memory
+    # fp8_weight_storage). Transformer Engine FP8 recipes, without ZeRO-3.
+    fp8_params: bool = False
     # Not a YAML key. On one context-parallel rank's view of the step (:func:`cp_rank_training`)
     # ``seq_len`` is the rank's 1/cp of each sequence and its queries attend to the keys of all
     # ``cp_shards`` shards (``kv_len``): ring attention moves the other ranks' K/V to them.
@@ -802,6 +806,16 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if t.offload.activation_layers:
         check_layer_offload(s, file)
+    if t.fp8_params:
+        recipe = PRECISIONS[t.precision].fp8_recipe
+        if recipe not in ("te_delayed", "te_current", "te_mxfp8"):
+            raise ConfigError(file, "training.fp8_params", "FP8 primary weights are Transformer "
+                              f"Engine's FP8 recipes' (training.precision = {t.precision})",
+                              True, "fp8_delayed | fp8_current | mxfp8")  # fmt: skip
+        if p.zero_stage >= 3:
+            raise ConfigError(file, "training.fp8_params", "FP8 primary weights under ZeRO-3 / "
+                              "FSDP are not modelled: parallelism.zero_stage <= 2, or false",
+                              True)  # fmt: skip
     if t.offload.activations and t.recompute != "full":
         raise ConfigError(
             file, "training.offload.activations", "activation offload moves the checkpoints of "

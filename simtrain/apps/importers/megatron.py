@@ -105,6 +105,8 @@ NO_EFFECT_PREFIXES = (
     "--straggler", "--rerun-", "--inprocess-", "--ft-", "--record-memory", "--memory-snapshot",
     "--use-pytorch-profiler", "--mmap-", "--object-storage",
 )  # fmt: skip
+#: The precisions whose weights --fp8-param-gather keeps in FP8 (training.fp8_params).
+FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
              "--fp4", "--fp4-recipe", "--fp4-param-gather", "--fp8-margin",
              "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
@@ -623,6 +625,20 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     if precision == "fp32":
         r.assume("neither --fp16 nor --bf16: fp32")
     training["precision"] = _fp8(f, r, precision)
+    if "--fp8-param-gather" in f and training["precision"] in FP8_PARAM_PRECISIONS:
+        # TE quantized primary weights (costs.memory.fp8_weight_storage); their all-gathers
+        # in FP8 are not modelled (16-bit gathers)
+        if f.bool_("--use-megatron-fsdp") or "--data-parallel-sharding-strategy" in f:
+            r.unsupported_("--fp8-param-gather", "FP8 primary weights under Megatron FSDP: "
+                           "simulated with 16-bit weights")  # fmt: skip
+        else:
+            training["fp8_params"] = True
+            r.origin("training.fp8_params", "--fp8-param-gather")
+            r.assume("--fp8-param-gather: FP8 primary weights (no 16-bit copy of the linears' "
+                     "weights); their all-gathers priced in 16 bits")  # fmt: skip
+    elif "--fp8-param-gather" in f:
+        r.unsupported_("--fp8-param-gather", "FP8 parameters without an FP8 recipe simtrain "
+                       "models: simulated with 16-bit weights")  # fmt: skip
     grad_fp32 = f.bool_("--accumulate-allreduce-grads-in-fp32")
     if bf16 and not f.bool_("--grad-reduce-in-bf16"):
         grad_fp32 = True
@@ -702,9 +718,6 @@ def _fp8(f: Flags, r: Reading, precision: str) -> str:
     r.origin("training.precision", "--fp8-recipe")
     r.assume(f"--fp8-format {fmt} --fp8-recipe {recipe}: {name} (the linear layers' GEMMs in "
              f"FP8 on {precision} mixed precision)")  # fmt: skip
-    for x in ("--fp8-param-gather",):
-        if x in f:
-            r.unsupported_(x, "FP8 parameters all-gathered: simulated with 16-bit gathers")
     return name
 
 

@@ -166,6 +166,9 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     offloaded = mbridge_offload_layers(rec, zero, pp)
     if offloaded:
         w += ["--cpu-offloading-num-layers", offloaded]
+    if (rec.source_key == "megatron_bridge" and zero != 3
+            and training["precision"] in MBRIDGE_FP8_PARAM_PRECISIONS):  # fmt: skip
+        w.append("--fp8-param-gather")
     text = _record_text(rec)
     for flag in OVERLAP_FLAGS:
         if flag in text and (flag != "--overlap-param-gather" or zero):
@@ -543,6 +546,14 @@ MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
 }
 
 
+#: Megatron-Bridge's FP8 precision configs keep the weights in FP8 (src/megatron/bridge/
+#: training/mixed_precision.py at 00b7660b: bf16_with_mxfp8_mixed l.251 and
+#: bf16_with_fp8_current_scaling_mixed l.289, ``fp8_param_gather = True``; the performance
+#: scripts take them, scripts/performance/utils/precision.py): simulated where the run is not
+#: FSDP (training.fp8_params has no ZeRO-3 model).
+MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_current", "mxfp8")
+
+
 def mbridge_offload_layers(rec: Record, zero: int, pp: int) -> int:
     """The layers a Megatron-Bridge record's performance config offloads
     (:data:`MBRIDGE_CPU_OFFLOAD_LAYERS`), 0 where it names none or the record's layout is not
@@ -652,6 +663,10 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         launched = [f for f in config if f in ours and f not in said]
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
+        if "--fp8-param-gather" in config:
+            notes.append("--fp8-param-gather: Megatron-Bridge's FP8 precision configs keep the "
+                         "weights in FP8 (training/mixed_precision.py fp8_param_gather = True, "
+                         "l.251 / l.289 at 00b7660b)")  # fmt: skip
         if "--cpu-offloading-num-layers" in config:
             n = config[config.index("--cpu-offloading-num-layers") + 1]
             notes.append(f"--cpu-offloading-num-layers {n}: Megatron-Bridge's performance config "
