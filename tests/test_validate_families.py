@@ -1108,3 +1108,13 @@ def test_megatron_bridge_26x_layouts_and_folding(default_records: dict) -> None:
     qw = translate(default_records["mbridge2604_H100_Qwen3_235B_a22B_FP8CS_256gpu"]).scenario
     p = qw.parallelism
     assert (p.tp, p.ep, p.etp, p.expert_dp) == (2, 32, 1, 1)
+
+
+def test_megatron_bridge_deepep_config(default_records: dict) -> None:
+    """The B200 DeepSeek-V3 row at pp 8 vp 2 ep 32 (EP over four 8-GPU nodes) runs its config's
+    DeepEP dispatcher (perf_recipes/deepseek/b200/deepseek_v3.py l.124-188 at 067f987d:
+    moe_flex_dispatcher_backend "deepep"); the pp 16 ep 8 rows keep the alltoall one."""
+    far = translate(default_records["mbridge260401_B200_DeepSeekV3_FP8MX_256gpu"]).scenario
+    near = translate(default_records["mbridge2604_B200_DeepSeekV3_FP8MX_256gpu"]).scenario
+    assert (far.parallelism.ep, far.runtime.moe_dispatcher) == (32, "deepep")
+    assert (near.parallelism.ep, near.runtime.moe_dispatcher) == (8, "alltoall")

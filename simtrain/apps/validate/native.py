@@ -554,6 +554,27 @@ MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
 MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_current", "mxfp8")
 
 
+#: Megatron-Bridge performance configs that run the flex dispatcher with DeepEP, by (model,
+#: system, pp, vp, ep): the B200 DeepSeek-V3 MXFP8 / NVFP4 configs at pp 8 x vp 2 with EP 32
+#: over four nodes (src/megatron/bridge/perf_recipes/deepseek/b200/deepseek_v3.py l.124-188 at
+#: 067f987d: moe_flex_dispatcher_backend = "deepep"), the 26.x rows' layout.
+MBRIDGE_DEEPEP_LAYOUTS = {("DEEPSEEKV3", "B200", 8, 2, 32)}
+
+
+def mbridge_dispatcher_sets(rec: Record, layout: tuple[int, int, int, int], v: int, ep: int,
+                            notes: list[str]) -> list[str]:  # fmt: skip
+    """The runtime override of a Megatron-Bridge row whose performance config runs DeepEP
+    (:data:`MBRIDGE_DEEPEP_LAYOUTS`, simtrain's ``moe_dispatcher: deepep``), else []."""
+    key = (str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper(),
+           layout[1], v, ep)  # fmt: skip
+    if rec.source_key != "megatron_bridge" or key not in MBRIDGE_DEEPEP_LAYOUTS:
+        return []
+    notes.append("moe_flex_dispatcher_backend deepep: Megatron-Bridge's B200 DeepSeek-V3 config "
+                 "at pp 8 vp 2 ep 32 (perf_recipes/deepseek/b200/deepseek_v3.py l.124-188 at "
+                 "067f987d)")  # fmt: skip
+    return ["runtime.moe_dispatcher=deepep"]
+
+
 def mbridge_offload_layers(rec: Record, zero: int, pp: int) -> int:
     """The layers a Megatron-Bridge record's performance config offloads
     (:data:`MBRIDGE_CPU_OFFLOAD_LAYERS`), 0 where it names none or the record's layout is not
@@ -690,6 +711,8 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     # translate._layout checked it is an integer >= 1)
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
         sets.append(f"parallelism.ep={ep}")
+    v = record_int(par.get("virtual_stages")) or 1
+    sets += mbridge_dispatcher_sets(rec, layout, v, ep, notes)
     if ep > 1 and tp > 1 and rec.source_key == "megatron_bridge":
         # every MoE performance config sets expert_tensor_parallel_size=1 (scripts/performance/
         # configs/{deepseek,gpt_oss,qwen}/*_workload_base_configs.py at 00b7660b)
