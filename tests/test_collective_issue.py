@@ -425,3 +425,38 @@ def test_translate_reads_the_issue_cost_only_where_the_host_dispatches(published
     graphs_cost, graphs_nic = issue(slow)
     assert cost > 0 and graphs_cost == 0
     assert graphs_nic < nic  # the slow test fitted as a slower link
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+@pytest.mark.parametrize("regather", [False, True])
+@pytest.mark.parametrize(
+    "moe",
+    [{"expert_tp": 0, "shared": 0, "mla": False}, {"expert_tp": 1, "shared": 0, "mla": False},
+     {"expert_tp": 0, "shared": 1, "mla": False}, {"expert_tp": 1, "shared": 1, "mla": True}],
+)  # fmt: skip
+def test_an_moe_blocks_counts_are_what_the_pricers_price(monkeypatch, recompute, regather,
+                                                        moe) -> None:  # fmt: skip
+    """The same two enumerations for an MoE block under sequence parallelism (comm's
+    moe_tp_pairs: the dispatcher's pair at expert-TP = tp, none with whole experts, the shared
+    experts' dense pair; an MLA block's attention one all-reduce in backward)."""
+    from dataclasses import replace
+
+    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.layout.step import resolve
+
+    unit = 10**12
+    monkeypatch.setattr(comm, "collective_ns", lambda *a, **k: unit)
+    rt = {"name": "megatron_core", "tp_regather_backward": regather,
+          "tp_backward_overlap": False, "tp_comm_overlap": False}  # fmt: skip
+    sc = scenario(rt, tp=2, sequence_parallel=True)
+    m = replace(sc.model, num_experts=8, experts_per_token=2, moe_ffn_hidden=64,
+                shared_experts=moe["shared"],
+                kv_lora_rank=16 if moe["mla"] else 0)  # fmt: skip
+    par = replace(sc.parallelism, ep=2 if moe["expert_tp"] else 1, expert_tp=moe["expert_tp"])
+    sc = replace(sc, model=m, parallelism=par,
+                 training=replace(sc.training, recompute=recompute))  # fmt: skip
+    step = resolve(sc)
+    forward = comm.tp_forward_block(sc, step, moe=True)[0]
+    backward = (comm.tp_backward_block(sc, step, moe=True)[0]
+                + tp_recompute_block(sc, step, 1, 1)[0])  # fmt: skip
+    assert (forward // unit, backward // unit) == tp_block_collectives(sc, moe=True)

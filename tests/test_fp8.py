@@ -386,8 +386,11 @@ def test_fp8_primary_weights_replace_the_16_bit_ones(precision: str, hardware: s
     per = {"fp8_current": lambda n: copies * n + 4,
            "mxfp8": lambda n: copies * (n + n // 32)}[precision]  # fmt: skip
     stored = L * sum(per(w) for w in W_GROUPS)
-    plain = estimate_memory(scenario(precision, hardware)).stages[0]
-    fp8 = estimate_memory(scenario(precision, hardware, training={"fp8_params": True})).stages[0]
+    mc = {"runtime": "megatron_core"}
+    plain = estimate_memory(scenario(precision, hardware, **mc)).stages[0]
+    fp8 = estimate_memory(
+        scenario(precision, hardware, training={"fp8_params": True}, **mc)
+    ).stages[0]
     assert fp8.category("parameters") - plain.category("parameters") == stored - 2 * weights
     assert plain.category("buffers") - fp8.category("buffers") == stored
     assert plain.peak_memory_bytes - fp8.peak_memory_bytes == 2 * weights
@@ -395,8 +398,11 @@ def test_fp8_primary_weights_replace_the_16_bit_ones(precision: str, hardware: s
 
 @pytest.mark.parametrize(
     ("over", "words"),
-    [({"training": {"fp8_params": True}}, "fp8_delayed | fp8_current | mxfp8"),
+    [({"training": {"fp8_params": True}, "runtime": "megatron_core"},
+      "fp8_delayed | fp8_current | mxfp8"),
+     ({"training": {"fp8_params": True, "precision": "fp8_current"}}, "runtime megatron_core"),
      ({"training": {"fp8_params": True, "precision": "fp8_current", "global_batch": 4},
+       "runtime": "megatron_core",
        "parallelism": {"dp": 2, "zero_stage": 3}, "cluster": {"nodes": 1, "gpus_per_node": 2}},
       "zero_stage <= 2")],
 )  # fmt: skip

@@ -964,3 +964,29 @@ def test_moe_block_tp_collectives_by_expert_tp() -> None:
         c = chunk_durations(sc, step)[1]
         assert c.tp_forward_ns == (c.layers[1] - c.layers[0]) * (ag + rs + ffn)
     assert comm.moe_tp_pairs(whole, resolve(whole)) == ()
+
+
+def test_whole_experts_strides_and_fp8_copies() -> None:
+    """The expert-dp group of whole experts at ep 16 (tp 2 x dp 16 / 16 = 2 ranks) has members
+    etp·ep = 16 GPUs apart; TE's FP8 copies of the experts follow the expert bytes: at etp·ep
+    fixed the same, at etp 1 and ep 16 twice the split ones (8 whole experts, not 8 halves)."""
+    from simtrain.costs import comm
+    from simtrain.costs.fp8 import weight_cache_bytes
+    from simtrain.layout.step import resolve
+    from simtrain.spec.precision import PRECISIONS
+
+    sc = _folded("expert_tp=1")
+    step = resolve(sc)
+    assert sc.parallelism.expert_dp == 2
+    size = 1e9
+    assert comm.edp_ns(sc, step, "all_reduce", size) == comm.collective_ns(
+        sc, step, "all_reduce", size, 2, 16
+    )
+    m, mx = sc.model, PRECISIONS["mxfp8"]
+    split = weight_cache_bytes(m, mx, "blackwell", 2, True, 16)
+    folded = weight_cache_bytes(m, mx, "blackwell", 2, True, 32, 1)
+    whole = weight_cache_bytes(m, mx, "blackwell", 2, True, 16, 1)
+    # the extra 4 whole experts' weights (3 x 4096 x 1536 each), row- and column-wise MXFP8
+    # on Blackwell (1 B a value + an E8M0 scale per 32)
+    assert split == folded
+    assert whole - split == 2 * (4 * 3 * 4096 * 1536) * 33 // 32

@@ -40,6 +40,13 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep, scale: float = 1.0) -> tuple[
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
 
 
+def _moe_pair_kinds(sc: Scenario) -> list[tuple[str, int, int]]:
+    """:func:`moe_tp_pairs`' kinds without their prices (for the collective counts)."""
+    m, p = sc.model, sc.parallelism
+    return ([("dispatcher", 0, 0)] if p.etp == p.tp > 1 else []) + (
+        [("shared", 0, 0)] if m.shared_experts else [])  # fmt: skip
+
+
 def moe_tp_pairs(sc: Scenario, step: ResolvedStep) -> tuple[tuple[str, int, int], ...]:
     """(whose, all-gather, reduce-scatter) of an MoE block's FFN over the TP group under sequence
     parallelism, in place of the dense MLP's one pair. At expert-TP = tp the alltoall
@@ -210,8 +217,11 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0, 0
-    if sc.model.is_mla:  # its projections are not these column-parallel linears
+    moe_sp = moe and sc.model.is_moe and sc.parallelism.sequence_parallel
+    if sc.model.is_mla and not moe_sp:  # its projections are not these column-parallel linears
         return 2 * tp_allreduce_ns(sc, step), 0
+    if sc.model.is_mla:  # an MLA MoE block: the attention's all-reduce, then the FFN's
+        return tp_allreduce_ns(sc, step) + moe_ffn_backward_ns(sc, step, input_grad_only), 0
     group = tp_linear_group_ns(sc)
     # the column-parallel groups (Q/K/V and the MLP's first linear(s)); each one's input- and
     # weight-gradient GEMMs have its forward FLOPs; with experts the MLP's first linear is the
@@ -234,17 +244,11 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         shown = sum(exposed(ar, w) for w in wgrad)
         return shown, len(wgrad) * ar - shown
     rs = tp_halves_ns(sc, step)[1]
-    if moe and sc.model.is_moe:  # the attention's collectives, then the FFN's, exposed
+    if moe_sp:  # the attention's collectives, then the FFN's, exposed
         regather = rt.tp_regather_backward and not input_grad_only
         again = tp_input_gather_ns(sc, step) if regather else 0
         column = exposed(again, gemms[0]) + exposed(rs, wgrad[0])
-        ffn = 0
-        for whose, a, r in moe_tp_pairs(sc, step):
-            if whose == "shared":
-                again_mlp = tp_input_gather_ns(sc, step, mlp=True) if regather else 0
-                ffn += tp_grad_gather_ns(sc, step, mlp=True) + r + again_mlp
-            else:
-                ffn += a + r
+        ffn = moe_ffn_backward_ns(sc, step, input_grad_only)
         return (tp_grad_gather_ns(sc, step) + column + ffn, again + rs - column)
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     grads = (tp_grad_gather_ns(sc, step), tp_grad_gather_ns(sc, step, mlp=True))
@@ -264,6 +268,23 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
                  for r, d, w in zip(regathers, gemms, wgrad, strict=True))  # fmt: skip
     return (row_gathers + column,
             sum(regathers) + len(gemms) * rs - column + sum(grads) - row_gathers)  # fmt: skip
+
+
+def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
+    """The backward of an MoE block's FFN collectives (:func:`moe_tp_pairs`), exposed (no
+    expert GEMM hides them): the dispatcher's reduce-scatter and all-gather swapped (no
+    re-gather: fc1 keeps the gathered tokens); the shared experts' as a dense MLP's (the
+    output-gradient gather, the input-gradient reduce-scatter and, with runtime
+    ``tp_regather_backward`` and a weight gradient, the input's re-gather)."""
+    regather = sc.runtime.tp_regather_backward and not input_grad_only
+    ns = 0
+    for whose, a, r in moe_tp_pairs(sc, step):
+        if whose == "shared":
+            again = tp_input_gather_ns(sc, step, mlp=True) if regather else 0
+            ns += tp_grad_gather_ns(sc, step, mlp=True) + r + again
+        else:
+            ns += a + r
+    return ns
 
 
 #: All-reduces of b·s fp32 values a vocabulary-parallel cross-entropy's forward runs over the TP
@@ -336,7 +357,7 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
     return fwd, bwd
 
 
-def tp_block_collectives(sc: Scenario) -> tuple[int, int]:
+def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     """(forward, backward) TP collectives one block issues per micro-batch, as
     the pricers beside it count them (:func:`tp_forward_block`, :func:`tp_backward_block`, ``costs.workload.tp_recompute_block``: tests/test_collective_issue.py checks the count against them, each collective priced at one unit): without sequence
     parallelism the forward's all-reduces (:func:`forward_allreduces`: 2, or 1 for a
@@ -348,13 +369,22 @@ def tp_block_collectives(sc: Scenario) -> tuple[int, int]:
     recompute replays the forward's; a selective_op one the two all-reduces, or under
     sequence parallelism the two input all-gathers (``costs.workload.tp_recompute_block``).
     (0, 0) at tp 1. A split backward's host time counts the whole backward's, shared between
-    its I and W actions by GPU time (``ChunkDurations.host_ns``), re-gathers included."""
+    its I and W actions by GPU time (``ChunkDurations.host_ns``), re-gathers included. An MoE
+    block (``moe``) under sequence parallelism: the attention's (an MLA block's one all-reduce
+    in backward) and its FFN's (:func:`moe_tp_pairs`: the dispatcher's pair each way, the
+    shared experts' as a dense MLP's)."""
     p, rt = sc.parallelism, sc.runtime
     if p.tp <= 1:
         return 0, 0
     sp = p.sequence_parallel
     forward = 4 if sp else forward_allreduces(sc)
-    if sc.model.is_mla:
+    if moe and sc.model.is_moe and sp:
+        kinds = [k for k, _, _ in _moe_pair_kinds(sc)]
+        regather = 1 if rt.tp_regather_backward else 0
+        forward = 2 + 2 * len(kinds)
+        backward = 2 if sc.model.is_mla else 2 + regather
+        backward += sum(2 + (regather if k == "shared" else 0) for k in kinds)
+    elif sc.model.is_mla:
         backward = 4 if sp else 2
     elif sp:
         backward = 4 + (2 if rt.tp_regather_backward else 0)

@@ -140,7 +140,7 @@ def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
 
 
 def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
-                   head: bool = False) -> tuple[int, int]:  # fmt: skip
+                   head: bool = False, moe_layers: int = 0) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) host ns of one micro-batch through ``layers`` blocks (and the
     chunk's embedding and output layer where it holds them): the backward includes the
     replayed forward under full recompute and under selective_op (which replays the whole
@@ -148,7 +148,8 @@ def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
     replica's forward (GIL, ``torch.nn.DataParallel``); the TP collectives of the blocks and
     of the embedding, output layer and loss add their issue cost (:func:`collective_issue_ns`;
     ``comm.tp_block_collectives``, ``comm.tp_edge_collectives``), on a chunk without blocks
-    too. 0 when the runtime models neither. The simulation's and the planner's."""
+    too (``moe_layers`` of the ``layers`` counted as MoE blocks). 0 when the runtime models
+    neither. The simulation's and the planner's."""
     per_op = sc.runtime.host_s_per_op
     ops_f = ops_b = 0
     if per_op > 0 and layers > 0:
@@ -160,11 +161,14 @@ def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
         ops_b = round(
             1e9 * per_op * layers * (ops.backward + (ops.recompute_full if replay else 0))
         )
+    dense = max(layers - moe_layers, 0)
     block_f, block_b = tp_block_collectives(sc)
+    moe_f, moe_b = tp_block_collectives(sc, moe=True) if moe_layers else (0, 0)
     edge_f, edge_b = tp_edge_collectives(sc, embedding, head)
     tp = sc.parallelism.tp
-    return (ops_f + collective_issue_ns(sc, tp, max(layers, 0) * block_f + edge_f),
-            ops_b + collective_issue_ns(sc, tp, max(layers, 0) * block_b + edge_b))  # fmt: skip
+    return (ops_f + collective_issue_ns(sc, tp, dense * block_f + moe_layers * moe_f + edge_f),
+            ops_b + collective_issue_ns(sc, tp, dense * block_b + moe_layers * moe_b
+                                        + edge_b))  # fmt: skip
 
 
 def trainable_tensor_count(sc: Scenario, lo: int, hi: int, embedding: bool, head: bool) -> int:

@@ -422,7 +422,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
     prec, dp, z = step.precision, p.dp_cp, p.zero_stage
-    # the routed experts' part of the rank's trainable parameters, sharded over dp x cp / ep
+    # the routed experts' part of the rank's trainable parameters, sharded over expert-dp
     moe_layers = n_layers - dense_layers
     experts = moe_layers * sum(x.numel for x in tensors
                                if x.trainable and x.name.startswith(EXPERT_PREFIX))  # fmt: skip
@@ -621,7 +621,7 @@ def _zero_shard(ms: ModelStateBytes, experts: ModelStateBytes, z: int, dp: int,
     """Bytes per model-state category after ZeRO stage ``z`` (Rajbhandari et al. 2020 §5):
     optimizer states and master weights (1), + gradients (2), + parameters (3) divided over the
     data-parallel group; the routed experts' part (``experts``, within ``ms``) over the
-    expert-data-parallel group of dp / ep ranks (Megatron-Core's distributed optimizer shards
+    expert-data-parallel group of ParallelSpec.expert_dp ranks (Megatron-Core's distributed optimizer shards
     expert parameters over ``expert_data_parallel_group``)."""
     out = {}
     for cat, stage in (("parameters", 3), ("master_weights", 1), ("gradients", 2),

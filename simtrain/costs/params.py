@@ -399,7 +399,7 @@ def zero_shard(total: int, experts: int, dp: int, expert_dp: int) -> int:
     """One data-parallel rank's share of ``total`` elements (or bytes) under ZeRO sharding
     (Rajbhandari et al. 2020 §5): ceil((total - experts) / dp) + ceil(experts / expert_dp), the
     ``experts`` of them routed experts', which are sharded over the expert-data-parallel group
-    of dp / ep ranks (Megatron-Core's distributed optimizer: ``expert_data_parallel_group``)."""
+    of tp·dp·cp / (etp·ep) ranks (``ParallelSpec.expert_dp``; Megatron-Core's distributed optimizer: ``expert_data_parallel_group``)."""
     return ceil((total - experts) / max(dp, 1)) + ceil(experts / max(expert_dp, 1))
 
 

@@ -93,7 +93,7 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     tp_r, tp_r_hidden = (tp_recompute_block(sc, step, n, n_moe) if c.recompute_ns
                          else (0, 0))  # fmt: skip
     ep = n_moe * block.alltoall_ns  # dispatch + combine
-    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head)
+    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head, n_moe)
     edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head)
     edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, input_grad_only=True)[1]
     grads = c.input_grad_ns or c.weight_grad_ns
@@ -414,9 +414,9 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
               trainable: int) -> RankWork:  # fmt: skip
     """:func:`dense_rank_work`; with expert parallelism, the routed experts' gradients are
     reduced (and, under ZeRO-1/2, their updated shards gathered) over the expert-data-parallel
-    group of dp / ep ranks instead (Megatron-Core DDP and distributed optimizer: expert
+    group of ParallelSpec.expert_dp ranks instead (Megatron-Core DDP and distributed optimizer: expert
     parameters in buckets of their own, reduced over ``expert_data_parallel_group``), and the
-    optimizer updates their 1/(dp/ep) shard."""
+    optimizer updates their 1/expert-dp shard."""
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
     shard = rank_optimizer_shard(sc, step, rank, trainable)
@@ -433,7 +433,7 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
 def rank_optimizer_shard(sc: Scenario, step: ResolvedStep, rank: int, trainable: int) -> int:
     """Trainable parameters pipeline rank ``rank``'s GPU updates: ``optimizer_shard`` of the
     dense ones (ZeRO-1/2/3 over dp x cp); with expert parallelism its routed experts' over the
-    dp x cp / ep ranks that hold the same experts, as ``costs.memory`` shards their states."""
+    expert-dp ranks that hold the same experts, as ``costs.memory`` shards their states."""
     p = sc.parallelism
     exp = expert_params(sc, step, rank) if p.ep > 1 else 0
     edp = p.expert_dp if p.zero_stage >= 1 else 1

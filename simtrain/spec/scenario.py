@@ -812,6 +812,10 @@ def check_layout(s: Scenario, file: str) -> None:
             raise ConfigError(file, "training.fp8_params", "FP8 primary weights are Transformer "
                               f"Engine's FP8 recipes' (training.precision = {t.precision})",
                               True, "fp8_delayed | fp8_current | mxfp8")  # fmt: skip
+        if s.runtime.name != "megatron_core":
+            raise ConfigError(file, "training.fp8_params", "FP8 primary weights are "
+                              "Megatron-Core's (--fp8-param-gather): needs runtime megatron_core, "
+                              f"not {s.runtime.name}", True)  # fmt: skip
         if p.zero_stage >= 3:
             raise ConfigError(file, "training.fp8_params", "FP8 primary weights under ZeRO-3 / "
                               "FSDP are not modelled: parallelism.zero_stage <= 2, or false",
