@@ -1145,3 +1145,22 @@ def test_memory_headroom_after_the_full_simulation(small_result: Any) -> None:
         assert res.rows[0].status == status, res.rows[0]
         if status == "no_fit":
             assert "leaves 10.0 % of the GPU's memory free" in res.rows[0].reason
+
+
+def test_a_plan_with_whole_experts_searches_the_folded_ep_group() -> None:
+    """parallelism.expert_tp: 1 (whole experts, Megatron-Bridge's MoE recipes): the planner
+    searches ep over the divisors of tp x dp (and the experts), so at tp 2 an EP group larger
+    than dp is a candidate, never ep 1 at tp 2; each candidate is a valid scenario."""
+    from simtrain.spec.scenario import parse_scenario
+
+    fixed = {**MIXTRAL_PLAN["fixed"], "tp": [2], "pp": [8], "schedule": ["1f1b"],
+             "precision": ["bf16"]}  # fmt: skip
+    plan = _plan(MIXTRAL_PLAN, fixed=fixed, parallelism={"expert_tp": 1})
+    layouts = enumerate_layouts(plan, 32, 32, experts=8)
+    # 64 GPUs / (tp 2 x pp 8): dp 4; tp x dp = 8, the divisors of the 8 experts but 1
+    assert {x.dp for x in layouts} == {4} and {x.ep for x in layouts} == {2, 4, 8}
+    folded = next(x for x in layouts if x.ep == 8)  # an EP group twice dp
+    sc = parse_scenario(scenario_data(plan, folded), "plan.yaml")
+    assert (sc.parallelism.etp, sc.parallelism.ep, sc.parallelism.expert_dp) == (1, 8, 1)
+    default = enumerate_layouts(_plan(MIXTRAL_PLAN, fixed=fixed), 32, 32, experts=8)
+    assert {x.ep for x in default} == {1, 2, 4}  # divisors of dp 4

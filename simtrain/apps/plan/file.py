@@ -52,8 +52,10 @@ FIXED_KEYS = (
 )  # fmt: skip
 # Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
 # "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
-# implementation and the pipeline layer split.
-PARALLEL_SETTING_KEYS = ("bucket_mb", "dp_mode", "layer_split", "zero3_max_live_params")
+# implementation, the pipeline layer split and the expert-TP size (1: whole experts, the EP
+# group searched over tp x dp x cp: apps.plan.layouts).
+PARALLEL_SETTING_KEYS = ("bucket_mb", "dp_mode", "layer_split", "zero3_max_live_params",
+                         "expert_tp")  # fmt: skip
 FAILURE_KEYS = (
     "enabled", "mtbf_gpu_hours", "checkpoint_interval", "checkpoint_s", "restart_s",
     "relaunch_s", "checkpoint_write_gb_per_s_per_gpu",

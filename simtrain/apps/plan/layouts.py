@@ -53,7 +53,8 @@ class Layout(NamedTuple):
     global_batch: int
     sequence_parallel: bool = False
     cp: int = 1
-    ep: int = 1  # expert parallelism (models with experts): a divisor of dp and the experts
+    ep: int = 1  # expert parallelism (models with experts): a divisor of dp (with whole
+    # experts, of tp x dp x cp) and of the experts
     precision: str = ""  # fixed.precision's choice; "": the plan's training.precision
 
 
@@ -152,8 +153,8 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int,
         raise _too_large(plan, f"{combinations:,} (global batch, GPUs, tp, pp) combinations: at "
                          f"most {MAX_COMBINATIONS:,}")  # fmt: skip
     groups = list(_groups(plan, grids))
-    total = sum(_group_size(plan, gb, pp, dp, sp_opts, experts, tp)
-                for _, gb, _, tp, pp, dp, _ in groups)  # fmt: skip
+    total = sum(_group_size(plan, gb, pp, dp, sp_opts, experts, tp, cp)
+                for _, gb, _, tp, pp, dp, cp in groups)  # fmt: skip
     if total > MAX_LAYOUTS:  # counted first: building a million tuples alone takes seconds
         raise _too_large(plan, f"{total:,} candidate layouts: at most {MAX_LAYOUTS:,}")
     for hw_name, gb, g, tp, pp, dp, cp in groups:
@@ -209,11 +210,17 @@ def _group_options(plan: Plan, gb: int, pp: int, dp: int,
 
 
 def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
-                   experts: int) -> list[tuple[int, bool]]:  # fmt: skip
+                   experts: int, cp: int = 1) -> list[tuple[int, bool]]:  # fmt: skip
     """(ep, sequence_parallel) pairs of a group: ep 1 with every sp option; with experts, each
     ep > 1 dividing dp and the experts (or the fixed ones), with sequence parallelism when
-    tp > 1 (Megatron-Core needs it: spec.moe_layout)."""
-    eps = plan.fixed.get("ep") or tuple(d for d in _divisors(dp) if experts and not experts % d)
+    tp > 1 (Megatron-Core needs it: spec.moe_layout). With whole experts
+    (``parallelism.expert_tp: 1``) the EP group is folded over tp x dp x cp: each divisor of
+    that and of the experts, and no ep 1 at tp > 1 (whole experts replicated over TP are not
+    modelled)."""
+    whole = plan.parallelism.get("expert_tp") == 1
+    fold = tp * dp * cp if whole else dp
+    eps = plan.fixed.get("ep") or tuple(d for d in _divisors(fold) if experts and not experts % d
+                                        and not (whole and tp > 1 and d == 1))  # fmt: skip
     out = []
     for ep in eps or (1,):
         for sp in sp_opts:
@@ -226,13 +233,13 @@ def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
 
 
 def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...],
-                experts: int = 0, tp: int = 1) -> int:  # fmt: skip
+                experts: int = 0, tp: int = 1, cp: int = 1) -> int:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp, experts)
     if opts is None:
         return 1
     scheds, vs, mbs, zeros, rcs, precs = opts
     per_sched = (len(mbs) * len(zeros) * len(rcs) * len(precs)
-                 * len(_ep_sp_options(plan, tp, dp, sp_opts, experts)))  # fmt: skip
+                 * len(_ep_sp_options(plan, tp, dp, sp_opts, experts, cp)))  # fmt: skip
     return sum(per_sched * (len(vs) if sched in VIRTUAL_STAGE_SCHEDULES else 1)
                for sched in scheds)  # fmt: skip
 
@@ -247,7 +254,7 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
         rc0 = fx.get("recompute", DEFAULT_RECOMPUTE)[0]
         return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0], cp)]
     scheds, vs, mbs, zeros, rcs, precs = opts
-    ep_sp = _ep_sp_options(plan, tp, dp, sp_opts, experts)
+    ep_sp = _ep_sp_options(plan, tp, dp, sp_opts, experts, cp)
     out = []
     for sched in scheds:
         for v in vs if sched in VIRTUAL_STAGE_SCHEDULES else (1,):
