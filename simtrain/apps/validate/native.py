@@ -547,11 +547,12 @@ MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
 
 
 #: Megatron-Bridge's FP8 precision configs keep the weights in FP8 (src/megatron/bridge/
-#: training/mixed_precision.py at 00b7660b: bf16_with_mxfp8_mixed l.251 and
-#: bf16_with_fp8_current_scaling_mixed l.289, ``fp8_param_gather = True``; the performance
-#: scripts take them, scripts/performance/utils/precision.py): simulated where the run is not
-#: FSDP (training.fp8_params has no ZeRO-3 model).
-MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_current", "mxfp8")
+#: training/mixed_precision.py at 00b7660b: bf16_with_fp8_delayed_scaling_mixed l.218,
+#: bf16_with_mxfp8_mixed l.251 and bf16_with_fp8_current_scaling_mixed l.289,
+#: ``fp8_param_gather = True``; the performance scripts take them,
+#: scripts/performance/utils/precision.py): simulated where the run is not FSDP
+#: (training.fp8_params has no ZeRO-3 model).
+MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
 
 
 #: Megatron-Bridge performance configs that run the flex dispatcher with DeepEP, by (model,
