@@ -990,3 +990,63 @@ def test_whole_experts_strides_and_fp8_copies() -> None:
     # on Blackwell (1 B a value + an E8M0 scale per 32)
     assert split == folded
     assert whole - split == 2 * (4 * 3 * 4096 * 1536) * 33 // 32
+
+
+def test_moe_tp_pairs_scale_the_dispatcher_not_the_shared_experts() -> None:
+    """comm.moe_tp_pairs at expert-TP = tp: the dispatcher's all-gather and reduce-scatter
+    carry k·load b·s·h (the busiest EP rank's load), the shared experts' pair one b·s·h, as a
+    dense MLP's (Qwen1.5-MoE-A2.7B, 4 of 60 experts a token, a shared expert; tp 2, ep 2)."""
+    from simtrain.costs import comm
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import parse_scenario
+
+    def sc(imbalance: float):
+        return parse_scenario({
+            "name": "q", "model": {"preset": "qwen1.5-moe-a2.7b",
+                                   "moe_load_imbalance": imbalance},
+            "hardware": "h100_sxm5_80gb", "runtime": "megatron_core",
+            "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "training": {"seq_len": 2048, "global_batch": 8, "micro_batch": 1},
+            "parallelism": {"dp": 4, "tp": 2, "pp": 1, "ep": 2, "sequence_parallel": True},
+        }, "q.yaml")  # fmt: skip
+
+    for imbalance in (1.0, 1.5):
+        s = sc(imbalance)
+        step = resolve(s)
+        g, size = step.groups, step.boundary_bytes
+        k = s.model.experts_per_token * imbalance
+        want = (("dispatcher",
+                 comm.collective_ns(s, step, "all_gather", size * k, g.tp, 1),
+                 comm.collective_ns(s, step, "reduce_scatter", size * k, g.tp, 1)),
+                ("shared", comm.tp_input_gather_ns(s, step, mlp=True),
+                 comm.collective_ns(s, step, "reduce_scatter", size, g.tp, 1)))  # fmt: skip
+        assert comm.moe_tp_pairs(s, step) == want
+
+
+def test_deepep_spans_the_nodes_of_its_expert_tp_stride() -> None:
+    """DeepEP's EP group has its members etp GPUs apart (comm.deepep_alltoall_ns): Qwen3-235B
+    on 8-GPU nodes at tp 2, ep 16 is 16 GPUs 2 apart, over 4 nodes (4 a node); with whole
+    experts, 16 consecutive GPUs over 2 nodes: the InfiniBand part of a dispatch sends the
+    token to (nodes - 1)/nodes of its destination nodes (costs.moe.deepep_a2a_bytes)."""
+    from simtrain.costs import collectives as coll
+    from simtrain.costs import comm, moe
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import parse_scenario
+
+    def sc(**par: int):
+        return parse_scenario({
+            "name": "d", "model": {"preset": "qwen3-235b-a22b"}, "hardware": "h100_sxm5_80gb",
+            "runtime": {"name": "megatron_core", "moe_dispatcher": "deepep"},
+            "cluster": {"nodes": 32, "gpus_per_node": 8},
+            "training": {"seq_len": 4096, "global_batch": 1024, "micro_batch": 1},
+            "parallelism": {"dp": 16, "tp": 2, "pp": 8, "virtual_stages": 4,
+                            "schedule": "interleaved", "zero_stage": 1,
+                            "sequence_parallel": True, "ep": 16, "account_for_embedding": True,
+                            "account_for_loss": True, **par}}, "d.yaml")  # fmt: skip
+
+    for s, nodes in ((sc(), 4), (sc(expert_tp=1), 2)):
+        intra, inter = coll.node_links(s.hardware)
+        ib, nvl = moe.deepep_a2a_bytes(s.model, 4096, 2, 16, nodes, 2)
+        t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
+        want = round(1e9 * (t + (nodes - 1) * inter.latency_s + intra.latency_s))
+        assert comm.deepep_alltoall_ns(s, resolve(s), 4096, 2) == want
