@@ -1050,3 +1050,16 @@ def test_deepep_spans_the_nodes_of_its_expert_tp_stride() -> None:
         t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
         want = round(1e9 * (t + (nodes - 1) * inter.latency_s + intra.latency_s))
         assert comm.deepep_alltoall_ns(s, resolve(s), 4096, 2) == want
+
+
+def test_whole_experts_shrink_the_stage_activations() -> None:
+    """Through the stage memory (costs.memory.SaveFlags carries the expert-TP size): at tp 2
+    with whole experts each MoE layer keeps half the expert-token pairs' fc1 input and
+    probabilities of the expert-TP gather's, 2·k·sb·h/2 + 4·k·sb/2 bytes less a layer (Qwen3-
+    235B, b·s = 4096, bf16, k = 8, h = 4096)."""
+    from simtrain.costs.memory import estimate_memory
+
+    split = estimate_memory(_folded()).stages[1].breakdown.per_layer_bytes
+    whole = estimate_memory(_folded("expert_tp=1", "ep=32")).stages[1].breakdown.per_layer_bytes
+    k, sb, h = 8, 4096, 4096
+    assert split - whole == 2 * k * sb * h // 2 + 4 * k * sb // 2
