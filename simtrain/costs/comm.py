@@ -40,11 +40,13 @@ def tp_halves_ns(sc: Scenario, step: ResolvedStep, scale: float = 1.0) -> tuple[
             collective_ns(sc, step, "reduce_scatter", size, g.tp, g.tp_stride))  # fmt: skip
 
 
-def _moe_pair_kinds(sc: Scenario) -> list[tuple[str, int, int]]:
-    """:func:`moe_tp_pairs`' kinds without their prices (for the collective counts)."""
+def moe_tp_pair_kinds(sc: Scenario) -> tuple[str, ...]:
+    """Whose (all-gather, reduce-scatter) pairs an MoE block's FFN runs over the TP group
+    (:func:`moe_tp_pairs` prices them, :func:`tp_block_collectives` counts them): the
+    dispatcher's at expert-TP = tp > 1, the shared experts' when the model has them."""
     m, p = sc.model, sc.parallelism
-    return ([("dispatcher", 0, 0)] if p.etp == p.tp > 1 else []) + (
-        [("shared", 0, 0)] if m.shared_experts else [])  # fmt: skip
+    return (("dispatcher",) if p.etp == p.tp > 1 else ()) + (("shared",) if m.shared_experts
+                                                            else ())  # fmt: skip
 
 
 def moe_tp_pairs(sc: Scenario, step: ResolvedStep) -> tuple[tuple[str, int, int], ...]:
@@ -59,12 +61,13 @@ def moe_tp_pairs(sc: Scenario, step: ResolvedStep) -> tuple[tuple[str, int, int]
     (etp 1) none ("dispatcher"). Shared experts are a TP-split MLP of their own ("shared"):
     the dense pair (its all-gather in FP8 where the runtime gathers FP8)."""
     m, p = sc.model, sc.parallelism
-    out = []
-    if p.etp == p.tp > 1:
-        out.append(("dispatcher", *tp_halves_ns(sc, step, m.experts_per_token * moe_load(m, p.ep))))
-    if m.shared_experts:
-        out.append(("shared", tp_input_gather_ns(sc, step, mlp=True), tp_halves_ns(sc, step)[1]))
-    return tuple(out)
+
+    def priced(whose: str) -> tuple[str, int, int]:
+        if whose == "dispatcher":
+            return whose, *tp_halves_ns(sc, step, m.experts_per_token * moe_load(m, p.ep))
+        return whose, tp_input_gather_ns(sc, step, mlp=True), tp_halves_ns(sc, step)[1]
+
+    return tuple(priced(k) for k in moe_tp_pair_kinds(sc))
 
 
 def tp_gather_ns(sc: Scenario, step: ResolvedStep, fp8: bool) -> int:
@@ -379,7 +382,7 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     sp = p.sequence_parallel
     forward = 4 if sp else forward_allreduces(sc)
     if moe and sc.model.is_moe and sp:
-        kinds = [k for k, _, _ in _moe_pair_kinds(sc)]
+        kinds = moe_tp_pair_kinds(sc)
         regather = 1 if rt.tp_regather_backward else 0
         forward = 2 + 2 * len(kinds)
         backward = 2 if sc.model.is_mla else 2 + regather

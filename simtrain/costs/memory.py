@@ -492,9 +492,17 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     return buffers, opt_ws, gather
 
 
-def fp8_weight_storage(sc: Scenario, n_layers: int, dense_layers: int) -> tuple[int, int]:
-    """(elements, bytes) of the Transformer Engine linears' weights in a rank's ``n_layers``
-    blocks (``dense_layers`` of them dense) stored as FP8 primary weights (training
+def rank_dense_layers(sc: Scenario, step: ResolvedStep, rank: int) -> int:
+    """The dense blocks pipeline rank ``rank`` holds: a model with experts' first dense ones
+    (``ModelSpec.dense_layers_in``), every block of a dense model."""
+    if not sc.model.is_moe:
+        return step.rank_layers(rank)
+    return sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(rank))
+
+
+def fp8_weight_storage(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int, int]:
+    """(elements, bytes) of the Transformer Engine linears' weights in pipeline rank
+    ``rank``'s blocks (:func:`rank_dense_layers` of them dense) stored as FP8 primary weights (training
     ``fp8_params``, Megatron-Core ``--fp8-param-gather``): the GEMM groups' weights
     (``costs.fp8.block_gemms``) and their quantized copies as TE keeps them
     (``costs.fp8.weight_cache_bytes``: row- and column-wise where the GPU needs both, with
@@ -506,9 +514,11 @@ def fp8_weight_storage(sc: Scenario, n_layers: int, dense_layers: int) -> tuple[
     runs the GEMMs on the parameter itself (no workspace). Embeddings, norms, the router and
     the output layer keep their 16-bit parameters. (0, 0) without it."""
     t, p = sc.training, sc.parallelism
+    n_layers = step.rank_layers(rank)
     if not t.fp8_params or not n_layers:
         return 0, 0
     m, prec, arch = sc.model, t.precision_spec, sc.hardware.gpu_arch
+    dense_layers = rank_dense_layers(sc, step, rank)
     moe = n_layers - dense_layers
     elems = dense_layers * sum(g.weights for g in block_gemms(m, p.tp)) if dense_layers else 0
     stored = weight_cache_bytes(m, prec, arch, p.tp) * dense_layers if dense_layers else 0
@@ -672,9 +682,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     # Weight versions kept beside the live ones (PipeDream p - s, PipeDream-2BW 2): their own
     # category, each a copy of the stage's parameters in their dtype (Harlap et al. 2018 §3.3;
     # Narayanan et al. 2021 ICML §3.1).
-    dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(stage))
-             if sc.model.is_moe else n_layers)  # fmt: skip
-    fp8_elems, fp8_stored = fp8_weight_storage(sc, n_layers, dense)
+    dense = rank_dense_layers(sc, step, stage)
+    fp8_elems, fp8_stored = fp8_weight_storage(sc, step, stage)
     params_b += fp8_stored - fp8_elems * step.precision.param  # FP8 in place of 16-bit
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b

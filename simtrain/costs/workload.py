@@ -52,9 +52,9 @@ class BlockComm:
     tp_backward: tuple[int, int]
     tp_input_grad: tuple[int, int]
     alltoall_ns: int
-    moe_tp_forward: tuple[int, int] = (0, 0)
-    moe_tp_backward: tuple[int, int] = (0, 0)
-    moe_tp_input_grad: tuple[int, int] = (0, 0)
+    moe_tp_forward: tuple[int, int]
+    moe_tp_backward: tuple[int, int]
+    moe_tp_input_grad: tuple[int, int]
 
 
 def block_comm(sc: Scenario, step: ResolvedStep) -> BlockComm:

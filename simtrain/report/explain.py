@@ -110,11 +110,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         ),
     ]
     if t.fp8_params:
-        step = resolve(sc)
-        n = step.rank_layers(sm.stage)
-        dense = (sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(sm.stage))
-                 if sc.model.is_moe else n)  # fmt: skip
-        elems, stored = fp8_weight_storage(sc, n, dense)
+        elems, stored = fp8_weight_storage(sc, resolve(sc), sm.stage)
         lines.append(f"    of which the linears' {elems:,} weights are FP8 primary weights "
                      f"(--fp8-param-gather): {_gb(stored)} as TE keeps them, in place of "
                      f"{_gb(elems * prec.param)} in {prec.param} B, so parameters = "
