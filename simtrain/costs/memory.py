@@ -49,7 +49,7 @@ from simtrain.costs.params import (
     ParamTensor,
     adam_temporaries,
     add_states,
-    embedding_param_tensors,
+    chunk_tensor_groups,
     end_param_tensors,
     head_param_tensors,
     layer_param_tensors,
@@ -354,7 +354,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             # that "peak memory usage of saving activations is (num_layers -
             # num_offloaded_layers) * T" (transformer_engine/pytorch/cpu_offload.py
             # l.602-626 at d0067d0d): the first N blocks' bytes leave the chunk's
-            dense_off = m.dense_layers_in(0, n_off) if m.is_moe else n_off
+            dense_off = m.dense_layers_in(0, n_off)
             offloaded[stage] = per_layer * (n_off - dense_off) + per_dense * dense_off
             if ch.embedding:  # block 0 (offloaded) without what a frozen embedding spares it
                 offloaded[stage] -= frozen_input_savings(m, t, tp, sp)
@@ -592,7 +592,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
 
     experts = states([x for x in layer if x.name.startswith(EXPERT_PREFIX)])
     if m.is_moe:  # the first dense blocks, the MoE ones with their E/ep local experts
-        dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine)
+        dense = rank_dense_layers(sc, step, stage)
         dense_layer = layer_param_tensors(m, t, tp, moe=False)
         ms = add_states(add_states(scale_states(states(layer), n_layers - dense),
                                    scale_states(states(dense_layer), dense)),
@@ -964,23 +964,14 @@ def flat_buffer_segment_bytes(cached: tuple[int, ...], bucket: int,
 
 def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
     """The stage's optimizer-state bytes in unified memory (``costs.params.paged_state_bytes``
-    of its blocks and ends; 0 without a paged optimizer)."""
+    of its chunks' tensors, ``costs.params.chunk_tensor_groups``: the model states' own; 0
+    without a paged optimizer)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     if not t.peft.paged_optimizer:
         return 0
-    mine = step.rank_chunks(stage)
-    n_layers = step.rank_layers(stage)
-    dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine) if m.is_moe else 0
-    out = paged_state_bytes(layer_param_tensors(m, t, p.tp, ep=p.ep, etp=p.etp), t) * (
-        n_layers - dense
-    )
-    if dense:
-        out += paged_state_bytes(layer_param_tensors(m, t, p.tp, moe=False), t) * dense
-    if any(c.embedding for c in mine):
-        out += paged_state_bytes(embedding_param_tensors(m, t, p.tp), t)
-    if any(c.head for c in mine):
-        out += paged_state_bytes(head_param_tensors(m, t, p.tp, p.pp), t)
-    return out
+    return sum(n * paged_state_bytes(ts, t) for c in step.rank_chunks(stage)
+               for n, ts in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding,
+                                                c.head, p.etp))  # fmt: skip
 
 
 def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
