@@ -734,15 +734,14 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
             ranks[sm.stage] = replace(ranks[sm.stage], paged_bytes=sm.paged_bytes,
                                       page_out_ns=ns, page_in_ns=ns)  # fmt: skip
     activation = {k: b for sm in mem.stages for k, b in sm.chunk_activation_bytes}
-    if sc.training.offload.activations:  # cpu_checkpointing: each chunk's checkpoints, each way
-        ckpt = {k: b for sm in mem.stages for k, b in sm.offloaded_activation_bytes}
-        chunks = {k: replace(c, act_copy_bytes=ckpt[k],
-                             act_copy_ns=offload.pcie_ns(ckpt[k], sc.hardware))
-                  for k, c in chunks.items()}  # fmt: skip
-    elif sc.training.offload.activation_layers:  # Megatron-Core: the first N blocks', beside
+    off_spec = sc.training.offload
+    if off_spec.activations or off_spec.activation_layers:
+        # each chunk's offloaded bytes, each way: DeepSpeed cpu_checkpointing's checkpoints, or
+        # Megatron-Core's first N blocks' saved tensors, copied beside their action
         off = {k: b for sm in mem.stages for k, b in sm.offloaded_activation_bytes}
-        chunks = {k: replace(c, act_copy_bytes=off.get(k, 0), act_copy_beside=True,
-                             act_copy_ns=offload.pcie_ns(off.get(k, 0), sc.hardware))
+        chunks = {k: replace(c, act_copy_bytes=off.get(k, 0),
+                             act_copy_ns=offload.pcie_ns(off.get(k, 0), sc.hardware),
+                             act_copy_beside=bool(off_spec.activation_layers))
                   for k, c in chunks.items()}  # fmt: skip
     working = {k: b for sm in mem.stages for k, b in sm.recompute_working_set_bytes}
     loss = {k: b for sm in mem.stages for k, b in sm.loss_bytes}

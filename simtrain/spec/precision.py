@@ -121,6 +121,11 @@ PRECISIONS: dict[str, Precision] = {
     "fp8_tensorwise": _fp8("fp8_tensorwise", "fp8", "torchao"),
     "fp8_rowwise": _fp8("fp8_rowwise", "fp8", "torchao", axiswise_scales=True),
 }
+#: The precisions whose linear weights can be Transformer Engine's quantized primary weights
+#: (training.fp8_params, Megatron-Core --fp8-param-gather): TE's FP8 recipes (delayed, current
+#: scaling, MXFP8; Megatron's FP4 weights are --fp4-param-gather, not modelled).
+FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
+
 
 # Optimizer state elements per trainable parameter (Adafactor and 8-bit Adam are counted by shape
 # in costs.memory; OPTIMIZER_STATES below gives the tensors the step reads and writes).

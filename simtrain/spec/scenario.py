@@ -33,6 +33,7 @@ from simtrain.spec.limits import (
 from simtrain.spec.model import ModelSpec, from_hf_config, preset, validate_model
 from simtrain.spec.moe_layout import check_moe_layout
 from simtrain.spec.precision import (
+    FP8_PARAM_PRECISIONS,
     MASTER_WEIGHTS,
     OPTIMIZER_STATE_DTYPES,
     PRECISIONS,
@@ -807,11 +808,10 @@ def check_layout(s: Scenario, file: str) -> None:
     if t.offload.activation_layers:
         check_layer_offload(s, file)
     if t.fp8_params:
-        recipe = PRECISIONS[t.precision].fp8_recipe
-        if recipe not in ("te_delayed", "te_current", "te_mxfp8"):
+        if t.precision not in FP8_PARAM_PRECISIONS:
             raise ConfigError(file, "training.fp8_params", "FP8 primary weights are Transformer "
                               f"Engine's FP8 recipes' (training.precision = {t.precision})",
-                              True, "fp8_delayed | fp8_current | mxfp8")  # fmt: skip
+                              True, " | ".join(FP8_PARAM_PRECISIONS))  # fmt: skip
         if s.runtime.name != "megatron_core":
             raise ConfigError(file, "training.fp8_params", "FP8 primary weights are "
                               "Megatron-Core's (--fp8-param-gather): needs runtime megatron_core, "

@@ -45,6 +45,7 @@ from simtrain.apps.importers.flags import Flags
 from simtrain.apps.importers.shell import flag_words, parse_flags, read_command
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS
+from simtrain.spec.precision import FP8_PARAM_PRECISIONS
 from simtrain.spec.yamlfile import read_text_file
 
 #: Flags of Megatron-LM before Megatron-Core (2019-2022): a script with one runs under the
@@ -105,8 +106,6 @@ NO_EFFECT_PREFIXES = (
     "--straggler", "--rerun-", "--inprocess-", "--ft-", "--record-memory", "--memory-snapshot",
     "--use-pytorch-profiler", "--mmap-", "--object-storage",
 )  # fmt: skip
-#: The precisions whose weights --fp8-param-gather keeps in FP8 (training.fp8_params).
-FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
              "--fp4", "--fp4-recipe", "--fp4-param-gather", "--fp8-margin",
              "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip

@@ -71,7 +71,7 @@ from simtrain.apps.validate.records import Record, record_int
 from simtrain.apps.validate.splits import pipeline_split
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import load_hardware
-from simtrain.spec.precision import STORAGE_DEFAULTS
+from simtrain.spec.precision import FP8_PARAM_PRECISIONS, STORAGE_DEFAULTS
 
 #: The importer each family's records go through (source key -> importer kind).
 IMPORTER_OF: dict[str, str] = {
@@ -167,7 +167,7 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     if offloaded:
         w += ["--cpu-offloading-num-layers", offloaded]
     if (rec.source_key == "megatron_bridge" and zero != 3
-            and training["precision"] in MBRIDGE_FP8_PARAM_PRECISIONS):  # fmt: skip
+            and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
         w.append("--fp8-param-gather")
     text = _record_text(rec)
     for flag in OVERLAP_FLAGS:
@@ -524,7 +524,9 @@ def _base_sets(rec: Record, profile: str) -> list[str]:
 #: GB200"; ntasks_per_node = GPUs per node, 4 on these trays).
 MBRIDGE_TRAY_GPUS = 4
 MBRIDGE_MAX_SEGMENT = 18
-#: GPUs of one HGX / DGX server (the profiles with more per node are NVLink racks).
+#: GPUs of one HGX / DGX server (NVIDIA DGX H100 / B200 datasheets: 8 GPUs, hardware/
+#: h100_sxm5_80gb.yaml and b200_180gb.yaml [dgx]); the profiles with more per node are NVLink
+#: racks.
 SERVER_GPUS = 8
 
 
@@ -550,9 +552,8 @@ MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
 #: training/mixed_precision.py at 00b7660b: bf16_with_fp8_delayed_scaling_mixed l.218,
 #: bf16_with_mxfp8_mixed l.251 and bf16_with_fp8_current_scaling_mixed l.289,
 #: ``fp8_param_gather = True``; the performance scripts take them,
-#: scripts/performance/utils/precision.py): simulated where the run is not FSDP
-#: (training.fp8_params has no ZeRO-3 model).
-MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
+#: scripts/performance/utils/precision.py): spec.precision.FP8_PARAM_PRECISIONS, simulated where
+#: the run is not FSDP (training.fp8_params has no ZeRO-3 model).
 
 
 #: Megatron-Bridge performance configs that run the flex dispatcher with DeepEP, by (model,
@@ -562,13 +563,18 @@ MBRIDGE_FP8_PARAM_PRECISIONS = ("fp8_delayed", "fp8_current", "mxfp8")
 MBRIDGE_DEEPEP_LAYOUTS = {("DEEPSEEKV3", "B200", 8, 2, 32)}
 
 
-def mbridge_dispatcher_sets(rec: Record, layout: tuple[int, int, int, int], v: int, ep: int,
+def _mbridge_row(rec: Record) -> tuple[str, str]:
+    """(model, system) of a Megatron-Bridge row as its tables print them, upper case: the
+    keys of the performance-config tables above."""
+    return str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper()
+
+
+def mbridge_dispatcher_sets(rec: Record, pp: int, v: int, ep: int,
                             notes: list[str]) -> list[str]:  # fmt: skip
     """The runtime override of a Megatron-Bridge row whose performance config runs DeepEP
     (:data:`MBRIDGE_DEEPEP_LAYOUTS`, simtrain's ``moe_dispatcher: deepep``), else []."""
-    key = (str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper(),
-           layout[1], v, ep)  # fmt: skip
-    if rec.source_key != "megatron_bridge" or key not in MBRIDGE_DEEPEP_LAYOUTS:
+    if (rec.source_key != "megatron_bridge"
+            or (*_mbridge_row(rec), pp, v, ep) not in MBRIDGE_DEEPEP_LAYOUTS):  # fmt: skip
         return []
     notes.append("moe_flex_dispatcher_backend deepep: Megatron-Bridge's B200 DeepSeek-V3 config "
                  "at pp 8 vp 2 ep 32 (perf_recipes/deepseek/b200/deepseek_v3.py l.124-188 at "
@@ -583,8 +589,7 @@ def mbridge_offload_layers(rec: Record, zero: int, pp: int) -> int:
     if rec.source_key != "megatron_bridge" or zero != 3 or pp != 1:
         return 0
     prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
-    key = (str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper(), prec)
-    return MBRIDGE_CPU_OFFLOAD_LAYERS.get(key, 0)
+    return MBRIDGE_CPU_OFFLOAD_LAYERS.get((*_mbridge_row(rec), prec), 0)
 
 
 def mbridge_nvlink_domain(gpus: int) -> int:
@@ -685,6 +690,8 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
         launched = [f for f in config if f in ours and f not in said]
         if launched:
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
+        elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
+            notes.append(conv.lora_launch_note)
         if "--fp8-param-gather" in config:
             notes.append("--fp8-param-gather: Megatron-Bridge's FP8 precision configs keep the "
                          "weights in FP8 (training/mixed_precision.py fp8_param_gather = True, "
@@ -695,8 +702,6 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
                          "for this model, system and precision offloads that many layers' "
                          "activations (scripts/performance/configs/llama/*_workload_base_"
                          "configs.py cpu_offloading_num_layers at 00b7660b)")  # fmt: skip
-        elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
-            notes.append(conv.lora_launch_note)
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
@@ -713,7 +718,7 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
     if ep > 1 and int(imp.data["parallelism"].get("ep") or 1) != ep:
         sets.append(f"parallelism.ep={ep}")
     v = record_int(par.get("virtual_stages")) or 1
-    sets += mbridge_dispatcher_sets(rec, layout, v, ep, notes)
+    sets += mbridge_dispatcher_sets(rec, pp, v, ep, notes)
     if ep > 1 and tp > 1 and rec.source_key == "megatron_bridge":
         # every MoE performance config sets expert_tensor_parallel_size=1 (scripts/performance/
         # configs/{deepseek,gpt_oss,qwen}/*_workload_base_configs.py at 00b7660b)

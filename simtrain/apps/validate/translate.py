@@ -965,7 +965,7 @@ _NOT_1F1B_AFTER = re.compile(
 def _names_interleaved(text: str) -> bool:
     """Whether a schedule text names the interleaved 1F1B schedule (see :data:`_INTERLEAVING`)."""
     for m in _INTERLEAVING.finditer(text):
-        if _NEGATED_BEFORE_INTERLEAVING.search(text[max(0, m.start() - 16) : m.start()]):
+        if _NEGATED_BEFORE_INTERLEAVING.search(text[: m.start()]):  # (anchored at its end)
             continue
         if _NOT_1F1B_AFTER.match(text, m.start()):
             continue
