@@ -144,5 +144,7 @@ def test_the_planner_defers_the_reduction_as_the_simulation_does(pp: int) -> Non
         _plan_and_simulation(pp, ["runtime.name=torchtitan", "parallelism.zero_stage=2",
                                   f"runtime.pipeline_grads_unsharded={on}"])
         for on in ("true", "false"))  # fmt: skip
-    assert sim_on - sim_off > 0.05
+    # the figures the docstring quotes, as measured when the rule landed (a golden: a change
+    # of the reduction's pricing moves them on purpose)
+    assert sim_on - sim_off == pytest.approx({2: 0.1521, 4: 0.0707}[pp], abs=5e-4)
     assert plan_on - plan_off == pytest.approx(sim_on - sim_off, rel=0.01)

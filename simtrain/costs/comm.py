@@ -214,8 +214,8 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     async row-parallel backward also overlaps its output-gradient gather with 1/tp of a GEMM:
     left exposed here. MLA models keep 2·:func:`tp_allreduce_ns` (their projections are not
     these column-parallel linears). An MoE block (``moe``) under sequence parallelism: the
-    attention's as above, then the backward of :func:`moe_tp_pairs`, exposed (no expert GEMM
-    hides them): the dispatcher's reduce-scatter and all-gather swapped (no re-gather: fc1
+    attention's as above, then the backward of :func:`moe_tp_pairs` (:func:`moe_ffn_backward_ns`):
+    the dispatcher's reduce-scatter and all-gather swapped (no re-gather: fc1
     keeps the gathered tokens), the shared experts' as a dense MLP's."""
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
@@ -274,8 +274,11 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
 
 
 def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
-    """The backward of an MoE block's FFN collectives (:func:`moe_tp_pairs`), exposed (no
-    expert GEMM hides them): the dispatcher's reduce-scatter and all-gather swapped (no
+    """The backward of an MoE block's FFN collectives (:func:`moe_tp_pairs`), all exposed: an
+    assumption, not read from a source (the dispatcher's collectives sit between the
+    all-to-alls and the experts' GEMMs, which need their output; whether Transformer Engine
+    overlaps the shared experts' with a GEMM, as ``tp_backward_overlap`` does for a dense MLP,
+    is not modelled): the dispatcher's reduce-scatter and all-gather swapped (no
     re-gather: fc1 keeps the gathered tokens); the shared experts' as a dense MLP's (the
     output-gradient gather, the input-gradient reduce-scatter and, with runtime
     ``tp_regather_backward`` and a weight gradient, the input's re-gather)."""

@@ -112,6 +112,7 @@ def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
     expert = m.mlp_shapes(m.expert_ffn)
     local = m.num_experts // ep
     etp = etp or tp
+    # (the dispatcher gathers over the expert-TP group only when etp > 1: comm.moe_tp_pairs)
     k = m.experts_per_token * load * etp / tp
     out += [_group(expert, fc1, etp, k, local), _group(expert, fc2, etp, k, local)]
     if m.shared_experts:

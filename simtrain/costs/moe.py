@@ -116,7 +116,9 @@ def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 
     per local expert. The shared experts' fc2 (TE ``Linear``) likewise."""
     k, h, f = m.experts_per_token, m.hidden, m.expert_ffn
     kt = k * sb * load
-    share = (etp or tp) / tp  # the TP group's expert-token pairs this rank's experts see
+    # the TP group's expert-token pairs this rank's experts see: the dispatcher gathers them
+    # over the expert-TP group only when its tp_size (= etp) > 1 (costs.comm.moe_tp_pairs)
+    share = (etp or tp) / tp
     n_fc1 = 2 if m.mlp == "swiglu" else 1
 
     def gemm_input(name: str, n: float, what: str) -> tuple[str, int, str]:

@@ -36,8 +36,8 @@ from simtrain.costs.params import (
     moe_param_tensors,
 )
 from simtrain.layout.step import ResolvedStep
+from simtrain.schedules.analysis import sharded_at_start
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
-from simtrain.sim.lowering.passes import sharded_at_start
 from simtrain.spec.scenario import Scenario, trained_mtp_modules
 
 
@@ -270,7 +270,7 @@ def deferred_reduction_ns(sc: Scenario, step: ResolvedStep, trainable: int) -> i
 
 def pipelined_gather_layers(step: ResolvedStep, rank: int, recompute: bool = False) -> int:
     """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2
-    (``passes.sharded_at_start``, the simulation's rule): the decoder layers of each of the
+    (``schedules.analysis.sharded_at_start``, the simulation's rule): the decoder layers of each of the
     rank's forwards and backwards that finds its chunk sharded, twice for such a backward that
     replays its forward (``recompute``: the simulation gathers for the replay too). 1F1B: m + 1
     per layer, against 2m elsewhere."""

@@ -113,8 +113,8 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         elems, stored = fp8_weight_storage(sc, resolve(sc), sm.stage)
         lines.append(f"    of which the linears' {elems:,} weights are FP8 primary weights "
                      f"(--fp8-param-gather): {_gb(stored)} as TE keeps them, in place of "
-                     f"{_gb(elems * prec.param)} in {prec.param} B, so parameters = "
-                     f"{_gb(ms.parameters + stored - elems * prec.param)} before sharding")  # fmt: skip
+                     f"{_gb(elems * prec.param)} in {prec.param} B (the parameters category "
+                     f"holds the FP8 bytes)")  # fmt: skip
     if ms.master_weights:
         kind = ("the low 16 bits of each fp32 master weight, beside the 16-bit one"
                 if prec.master_remainder else "fp32 copy")  # fmt: skip
@@ -157,9 +157,8 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
                      "buffers) live in host memory")  # fmt: skip
     if t.offload.activation_layers:
         n = t.offload.activation_layers
-        off = sum(x for _, x in sm.offloaded_activation_bytes)
-        lines.append(f"  offload: the saved activations of blocks 0 .. {n - 1} ({_gb(off)} per "
-                     f"micro-batch, in pinned host memory) leave the GPU during the forward and "
+        lines.append(f"  offload: the saved activations of blocks 0 .. {n - 1} "
+                     f"({_gb(b.host_bytes)} in pinned host memory) leave the GPU during the forward and "
                      f"come back during the backward (Megatron-Core cpu_offloading_num_layers "
                      f"{n}): the GPU holds {sc.model.layers - n} blocks'")  # fmt: skip
     return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from simtrain.schedules import Action
+from simtrain.schedules.analysis import sharded_at_start
 from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, RankWork, StepIR
 from simtrain.sim.lowering.pieces import action_pieces, slice_layer
 
@@ -68,24 +69,6 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
             groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label, a == last_backward))
         ranks[rank] = RankIR(rank, groups, [])
     return StepIR(inp, ranks, {})
-
-
-def sharded_at_start(actions: list[tuple[int, str]]) -> list[bool]:
-    """For a rank's actions in order, as (chunk, kind), whether each finds its chunk's
-    parameters sharded when it starts, under PyTorch pipelining over FSDP2: a backward (B, I,
-    W) leaves them gathered (stage.py backward_maybe_with_nosync:
-    ``set_reshard_after_backward(False)``), a forward reshards them after each layer
-    (reshard_after_forward); sharded before the chunk's first action. The gathers of
-    :func:`zero3_pass` and of the planner (``costs.workload.pipelined_gather_layers``)."""
-    gathered: set[int] = set()
-    out = []
-    for chunk, kind in actions:
-        out.append(chunk not in gathered)
-        if kind in ("B", "I", "W"):
-            gathered.add(chunk)
-        else:
-            gathered.discard(chunk)
-    return out
 
 
 def zero3_pass(ir: StepIR) -> None:
