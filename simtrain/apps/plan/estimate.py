@@ -148,10 +148,10 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
         down_ns = max(down / buckets, down - backward)
         up_ns += (m - 1) * acc if offload.accumulates_through_host(sc) else 0
     out = max(down_ns, up_ns - step_ns, 0.0)
+    copy = sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
     if t.offload.activations:  # each backward waits for its checkpoints to come back up
-        out += m * sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
+        out += m * copy
     if t.offload.activation_layers:  # Megatron-Core: each copy beside its forward / backward
-        copy = sum(offload.pcie_ns(b, hw) for _, b in s0.offloaded_activation_bytes)
         out += m * (max(copy - r0.forward_ns, 0.0) + max(copy - backward, 0.0))
     if t.offload.optimizer and offload.updated_params_cross_pcie(sc):
         out += offload.pcie_ns(shard * prec.param, hw)
