@@ -56,39 +56,16 @@ def test_expert_parallel_peak_memory_within_10_percent(rec: dict, tmp_path: Path
     assert abs(_peak_allocated_error(rec, tmp_path)) <= 0.10
 
 
-#: Rows past the 10 % bound, each a strict xfail below (a known miss, not a tuned bound).
-MEMORY_MISSES = {
-    # The 131,072-token CP rows were already over-predicted under the ring (+7.6 %, +5.4 %);
-    # they ran --cp-comm-type a2a, whose output saved on both sides of the all-to-all (TE's
-    # out_part and the out-projection's input: costs/cp.py) adds 268 MB a layer: +10.6 %.
-    # That copy is read from TE's code (save_for_backward(out_part) beside the returned out_),
-    # not measured: of the seven CP rows it moved, three of the four at 32,768 tokens came
-    # closer (-0.7 -> +0.1, -4.0 -> -3.2, -5.6 -> -5.2 %; +1.1 -> +2.3 %), the three at 131,072
-    # went further (+7.6 -> +10.6, +5.4 -> +7.5, +1.1 -> +3.5 %).
-    "simumax_b200_llama3_70b_l12_tp2_cp4_pp1_dp1_seq131072_mbc4_cef":
-        "over-predicted at 131,072 tokens (+10.6 %): an s-proportional excess not found",
-}  # fmt: skip
-
-
 def test_every_row_peak_memory_within_10_percent(tmp_path: Path):
-    """42 of the 43 rows (dense tp 1-8, pp 1-2, cp 4-8 up to 131,072 tokens), the 43rd a known
-    miss (:data:`MEMORY_MISSES`, a strict xfail below):
-    measured -6.4 .. +7.6 % when written (-6.4 .. +7.5 % since the CP rows run the all-to-all
-    they ran); before the gradient buffer was fp32 and Adam fused, -28 .. +18 %."""
-    errors = {r["id"]: _peak_allocated_error(r, tmp_path) for r in RECORDS
-              if r["id"] not in MEMORY_MISSES}  # fmt: skip
+    """All 43 rows (dense tp 1-8, pp 1-2, cp 4-8 up to 131,072 tokens): measured -6.4 .. +7.6 %
+    when written (before the gradient buffer was fp32 and Adam fused, -28 .. +18 %); the
+    131,072-token tp-2 cp-4 row then went to +10.6 % under the all-to-all CP it ran (TE's
+    out_part saved beside the out-projection's input, costs/cp.py), a known miss until the loss
+    became the one the runs ran (--cross-entropy-loss-fusion --cross-entropy-fusion-impl te:
+    the gradient written into the 16-bit logits, no fp32 copies): -5.9 .. +7.1 %."""
+    errors = {r["id"]: _peak_allocated_error(r, tmp_path) for r in RECORDS}
     worst = max(errors, key=lambda k: abs(errors[k]))
     assert abs(errors[worst]) <= 0.10, (worst, errors[worst])
-
-
-@pytest.mark.parametrize(
-    "rec",
-    [pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=MEMORY_MISSES[r["id"]]))
-     for r in RECORDS if r["id"] in MEMORY_MISSES],
-    ids=lambda r: r["id"].removeprefix("simumax_b200_"),
-)  # fmt: skip
-def test_known_memory_misses_stay_visible(rec: dict, tmp_path: Path):
-    assert abs(_peak_allocated_error(rec, tmp_path)) <= 0.10
 
 
 def test_imported_deepseek_layout(tmp_path: Path):

@@ -518,6 +518,8 @@ def _edges_by_hand(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]
         bwd += reduction + regather
         if sc.training.cross_entropy == "gathered":
             fwd += c("all_gather", logits)
+        elif sc.training.cross_entropy == "te":  # TE: every rank's max, sum, target logit
+            fwd += c("all_gather", 3 * tokens * g.tp)
         else:  # max, target logit, sum of exponentials
             fwd += 3 * c("all_reduce", tokens)
     return fwd, bwd
@@ -525,7 +527,7 @@ def _edges_by_hand(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]
 
 @pytest.mark.parametrize("sp", [False, True])
 @pytest.mark.parametrize("tp", [8, 16])
-@pytest.mark.parametrize("cross_entropy", ["standard", "gathered"])
+@pytest.mark.parametrize("cross_entropy", ["standard", "gathered", "vocab_parallel", "te"])
 def test_edges_collectives_by_hand(tp: int, sp: bool, cross_entropy: str) -> None:
     sc = scenario(tp, sp=sp, training={"cross_entropy": cross_entropy})
     step = resolve(sc)

@@ -557,17 +557,38 @@ def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:
     return prec.act_mm == prec.act_norm and not prec.gemm_dtype
 
 
+#: Bytes per token of the per-row tensors Megatron's vocab-parallel cross-entropy saves beside
+#: the softmax: ``target_mask`` (bool) and ``masked_target_1d`` (int64)
+#: (core/tensor_parallel/cross_entropy.py calculate_predicted_logits and
+#: _VocabParallelCrossEntropy.forward's save_for_backward, d98e8a64).
+VOCAB_PARALLEL_ROW_SAVED_BYTES = 1 + 8
+
+
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     """What cross-entropy saves for backward, per micro-batch (:func:`head_saved_bytes`):
-    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb; with ``logit_softcap`` the tanh's output
+    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32 softmax
+    4·sbV/t and 9·sb of row tensors; te (Transformer Engine through 2.17) the 16-bit logits the
+    kernel overwrote with their gradient, act_mm·sbV/t; with ``logit_softcap`` the tanh's output
     act_mm·sbV/t more."""
     sb = t.seq_len_effective * t.micro_batch
     # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
     # (the logits' dtype, split like them; measured with simtrain.torchref)
     shards = loss_vocab_shards(t.cross_entropy, tp)  # (gathered: every rank holds all of V)
-    cap = t.precision_spec.act_mm * sb * m.vocab // shards if m.logit_softcap else 0
+    act = t.precision_spec.act_mm
+    cap = act * sb * m.vocab // shards if m.logit_softcap else 0
     if t.cross_entropy == "fused":
-        return cap + t.precision_spec.act_mm * sb * m.vocab // tp + 4 * sb
+        return cap + act * sb * m.vocab // tp + 4 * sb
+    if t.cross_entropy == "te":
+        # TransformerEngine transformer_engine/pytorch/cross_entropy.py CrossEntropyFunction:
+        # ``ctx.save_for_backward(inp)`` after triton/cross_entropy.py cross_entropy_forward
+        # wrote the gradient into ``_input`` (``return loss, _input``; TE 36f2dfd28, through
+        # v2.17). From v2.18 (01bbe3eea, 2026-07-09) the gradient is a new fp32 tensor, whose
+        # memory is vocab_parallel's.
+        return cap + act * sb * m.vocab // tp
+    if t.cross_entropy == "vocab_parallel":
+        # ``ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)``: exp_logits is
+        # the fp32 copy (``vocab_parallel_logits.float()``), exp'd and divided in place
+        return cap + 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
     return cap + 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
@@ -619,10 +640,23 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     gradient of the log-softmax output and of the logits in backward: about 2 fp32 b·s·V/t
     tensors at once; PyTorch's loss_parallel three. Fused: the forward keeps only the saved
     logits; the backward writes one logit gradient in the matmul dtype (flash-attn ``xentropy``
-    backward, not in place)."""
+    backward, not in place). vocab_parallel (Megatron): the 16-bit logits beside the saved fp32
+    copy, act_mm·sbV/t (0 in fp32). te: row tensors only (the gradient is written in place)."""
     s = t.seq_len_effective
+    act = t.precision_spec.act_mm
     if t.cross_entropy == "fused":
-        return t.precision_spec.act_mm * t.micro_batch * s * m.vocab // tp
+        return act * t.micro_batch * s * m.vocab // tp
+    if t.cross_entropy == "vocab_parallel":
+        # Megatron: the caller's 16-bit logits beside their fp32 copy through the forward (the
+        # copy is the saved softmax), then in the backward the gradient (the softmax, in place)
+        # cast back to the logits' dtype by autograd; fp32 logits: ``.float()`` is the tensor
+        # itself, nothing beside it
+        return 0 if act == 4 else act * t.micro_batch * s * m.vocab // tp
+    if t.cross_entropy == "te":
+        # TE triton/cross_entropy.py cross_entropy_forward: loss_1d (4 B a row), m_d_X_y (3 x 4)
+        # and, over a TP group, its all-gathered copy (x tp); the gradient is written in place
+        rows = t.micro_batch * s
+        return 16 * rows + (12 * rows * tp if tp > 1 else 0)
     if t.cross_entropy == "loss_parallel":
         # PyTorch loss_parallel (torch/distributed/tensor/parallel/loss.py
         # _nll_loss_and_log_softmax_backward, the fused backward of nll_loss and log_softmax):

@@ -298,8 +298,16 @@ def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool 
 #: core/tensor_parallel/cross_entropy.py _VocabParallelCrossEntropy.forward, d98e8a64 l.130,
 #: l.146, l.150; nanotron tensor_parallel/functional.py _ShardedCrossEntropy, 2411b022
 #: l.41-76; PyTorch's loss_parallel likewise); the fused kernel two (Megatron
-#: fusions/fused_cross_entropy.py l.94, l.112). Its backward has none.
-VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0}
+#: fusions/fused_cross_entropy.py l.94, l.112). Its backward has none. ``vocab_parallel`` is
+#: the unfused kernel's three (the native fusion's two are not told apart); ``te`` none: it
+#: all-gathers each rank's 3 fp32 values a row instead (:data:`TE_LOSS_ROW_GATHER_BYTES`).
+VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0,
+                                  "vocab_parallel": 3, "te": 0}  # fmt: skip
+#: Bytes per token per TP rank Transformer Engine's parallel_cross_entropy all-gathers in its
+#: forward: m_d_X_y, the row's max, sum and target logit in fp32 (TransformerEngine
+#: transformer_engine/pytorch/triton/cross_entropy.py cross_entropy_forward,
+#: ``dist.all_gather_into_tensor(m_d_X_y_gathered, m_d_X_y)``).
+TE_LOSS_ROW_GATHER_BYTES = 3 * 4
 
 
 def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
@@ -322,7 +330,8 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
       :func:`column_backward_overlaps`, beside the head's other GEMM, as a block's
       column-parallel linears (:func:`tp_backward_block`);
     - the loss: :data:`VOCAB_PARALLEL_LOSS_ALLREDUCES` all-reduces of b·s fp32 values, or under
-      ``cross_entropy: gathered`` the all-gather of the b·s·V logits to every TP rank
+      ``cross_entropy: gathered`` the all-gather of the b·s·V logits to every TP rank, under
+      ``te`` the all-gather of each rank's 12 B a row (:data:`TE_LOSS_ROW_GATHER_BYTES`)
       (torchtitan without loss parallel: the output layer's ``Replicate()`` output,
       torchtitan a33d0e36 llama3/infra/parallelize.py apply_tp l.182-186)."""
     g, m = step.groups, sc.model
@@ -358,6 +367,9 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
         if t.cross_entropy == "gathered":
             logits = step.boundary_bytes * m.vocab // m.hidden
             fwd += collective_ns(sc, step, "all_gather", logits, g.tp, g.tp_stride)
+        if t.cross_entropy == "te":
+            rows = TE_LOSS_ROW_GATHER_BYTES * tokens * g.tp
+            fwd += collective_ns(sc, step, "all_gather", rows, g.tp, g.tp_stride)
         reduces = VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
         fwd += reduces * collective_ns(sc, step, "all_reduce", 4 * tokens, g.tp, g.tp_stride)
     return fwd, bwd
@@ -409,7 +421,7 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
     sequence parallelism a reduce-scatter, and its gradient's all-gather where the embedding
     trains); the output layer's input all-gather under sequence parallelism, the loss's
     vocabulary-parallel all-reduces (:data:`VOCAB_PARALLEL_LOSS_ALLREDUCES`) or the gathered
-    logits' all-gather, and in the backward its input gradient's reduction where the gradient
+    logits' all-gather (Transformer Engine's loss: its rows' all-gather), and in the backward its input gradient's reduction where the gradient
     flows on and, under ``tp_regather_backward``, its input's re-gather where its weight
     trains. (0, 0) at tp 1 or on a chunk with neither."""
     p, t = sc.parallelism, sc.training
@@ -422,7 +434,7 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
         bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
     if head:
         _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
-        fwd += (1 if sp else 0) + (1 if t.cross_entropy == "gathered" else 0)
+        fwd += (1 if sp else 0) + (1 if t.cross_entropy in ("gathered", "te") else 0)
         fwd += VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
         bwd += 1 if input_grad else 0
         bwd += 1 if sp and sc.runtime.tp_regather_backward and weight_grad else 0

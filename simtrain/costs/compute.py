@@ -485,7 +485,12 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     Standard: fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
     :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
     one read and one write of a logit backward, in the matmul dtype. Gathered: the standard
-    loss over the whole vocabulary on every TP rank."""
+    loss over the whole vocabulary on every TP rank. vocab_parallel (Megatron's, in place):
+    forward the ``.float()`` cast (e + 4; none in fp32), max (4), ``sub_`` (8), ``exp`` (8),
+    sum (4) and ``div_`` (8); backward ``mul_`` (8) and autograd's cast back (4 + e; none in
+    fp32) (core/tensor_parallel/cross_entropy.py, d98e8a64). te: two reads of the logits and
+    one in-place write forward (online_softmax_kernel, cross_entropy_kernel), one in-place
+    scaling backward (element_mul_kernel; TransformerEngine triton/cross_entropy.py)."""
     # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
     # (Gemma2ForCausalLM.forward, transformers 4.46: logits / cap, tanh, * cap; counted from the
     # code, not measured)
@@ -493,9 +498,15 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
            / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
     cap_bwd = elementwise_backward_factor(e) * cap
+    logits = t.micro_batch * t.seq_len_effective * m.vocab / tp
     if t.cross_entropy == "fused":
-        fwd = e * t.micro_batch * t.seq_len_effective * m.vocab / tp
+        fwd = e * logits
         return cap + fwd, cap_bwd + 2 * fwd
+    if t.cross_entropy == "vocab_parallel":
+        cast = 0 if e == 4 else e + 4
+        return cap + (cast + 32) * logits, cap_bwd + (8 + cast) * logits
+    if t.cross_entropy == "te":
+        return cap + 3 * e * logits, cap_bwd + 2 * e * logits
     fwd = (
         4
         * 4

@@ -65,8 +65,14 @@ RECOMPUTE = ("none", "selective", "full", "selective_op")
 #: standard: over the vocabulary shard V/t (Megatron's vocab-parallel cross-entropy); fused:
 #: flash-attn's; loss_parallel: PyTorch's loss_parallel over the shard; gathered: the logits
 #: all-gathered to the whole vocabulary on every TP rank, then a standard cross-entropy over V
-#: (torchtitan without loss parallel: the output layer's Replicate() output).
-CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered")
+#: (torchtitan without loss parallel: the output layer's Replicate() output); vocab_parallel:
+#: Megatron's (core/tensor_parallel/cross_entropy.py, and its native fusion
+#: fusions/fused_cross_entropy.py): an fp32 copy of the shard, worked on in place, saved as the
+#: softmax and turned into the gradient in place; te: Transformer Engine's parallel_cross_entropy
+#: (Megatron-Core ``--cross-entropy-fusion-impl te``, Megatron-Bridge's performance runs): a
+#: Triton kernel writing the gradient into the 16-bit logits in place
+#: (costs.activations.loss_saved_bytes).
+CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered", "vocab_parallel", "te")
 
 
 def loss_vocab_shards(cross_entropy: str, tp: int) -> int:

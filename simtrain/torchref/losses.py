@@ -1,4 +1,4 @@
-"""The fused cross-entropy of ``cross_entropy: fused`` (needs torch)."""
+"""The loss kernels of ``cross_entropy: fused | vocab_parallel | te`` (needs torch)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,96 @@ class _FusedCrossEntropyFn(torch.autograd.Function):
             p *= scale * valid[rows].unsqueeze(1)
             grad[rows] = p.to(logits.dtype)
         return grad, None
+
+
+class _VocabParallelCrossEntropyFn(torch.autograd.Function):
+    """Megatron-LM's vocab-parallel cross-entropy on one TP rank (``cross_entropy:
+    vocab_parallel``), ported line by line from core/tensor_parallel/cross_entropy.py
+    (_VocabParallelCrossEntropy, VocabParallelCrossEntropy at d98e8a64) with the vocabulary
+    range the whole of V (the TP all-reduces are identities): an fp32 copy of the logits
+    (``.float()``) is shifted, exponentiated and normalised in place and saved as the softmax
+    with the target mask and masked targets; the backward subtracts the one-hot in place,
+    scales in place and returns the fp32 gradient, which autograd casts to the logits' dtype.
+    Returns the per-token loss (Megatron masks and averages it outside)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        vocab_parallel_logits = logits.float()
+        logits_max = torch.max(vocab_parallel_logits, dim=-1)[0]
+        vocab_parallel_logits -= logits_max.unsqueeze(dim=-1)
+        target_mask = (targets < 0) | (targets >= logits.shape[-1])
+        masked_target = targets.clone()
+        masked_target[target_mask] = 0
+        logits_2d = vocab_parallel_logits.view(-1, logits.shape[-1])
+        masked_target_1d = masked_target.view(-1)
+        arange_1d = torch.arange(start=0, end=logits_2d.size()[0], device=logits_2d.device)
+        predicted_logits = logits_2d[arange_1d, masked_target_1d].clone().contiguous()
+        predicted_logits[target_mask] = 0.0
+        exp_logits = vocab_parallel_logits
+        torch.exp(vocab_parallel_logits, out=exp_logits)
+        sum_exp_logits = exp_logits.sum(dim=-1)
+        loss = torch.log(sum_exp_logits) - predicted_logits
+        exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
+        ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
+        _label_next_saved("vocab_parallel_cross_entropy", "softmax", "target_mask",
+                          "masked_target_1d")  # fmt: skip
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        softmax, target_mask, masked_target_1d = ctx.saved_tensors
+        grad_input = softmax
+        grad_2d = grad_input.view(-1, softmax.size()[-1])
+        arange_1d = torch.arange(start=0, end=grad_2d.size()[0], device=grad_2d.device)
+        softmax_update = 1.0 - target_mask.view(-1).float()
+        grad_2d[arange_1d, masked_target_1d] -= softmax_update
+        grad_input.mul_(grad_output.unsqueeze(dim=-1))
+        return grad_input, None
+
+
+class _TECrossEntropyFn(torch.autograd.Function):
+    """Transformer Engine's ``parallel_cross_entropy`` on one rank (``cross_entropy: te``),
+    with the memory behaviour of its Triton kernels through TE v2.17
+    (transformer_engine/pytorch/triton/cross_entropy.py at 36f2dfd28): per-row fp32 ``loss_1d``
+    and ``m_d_X_y`` (max, sum of exponentials, target logit), the gradient softmax - one-hot
+    written into the logits in place (``return loss, _input``) and saved; the backward scales
+    it in place (element_mul_kernel) and returns it. Rows of ``ignore_idx`` (-100) get loss
+    and gradient 0. The row-wise fp32 work runs in blocks of :data:`FUSED_CE_ROWS` rows (the
+    kernel keeps a row in registers). Returns the per-token loss."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n = logits.shape[0]
+        loss_1d = torch.zeros(n, dtype=torch.float32, device=logits.device)
+        m_d_x_y = torch.zeros(n * 3, dtype=torch.float32, device=logits.device)
+        valid = targets != -100
+        for i in range(0, n, FUSED_CE_ROWS):
+            rows = slice(i, i + FUSED_CE_ROWS)
+            x = logits[rows].float()
+            lse = torch.logsumexp(x, -1)
+            t = targets[rows].clamp(min=0)
+            picked = x.gather(1, t.unsqueeze(1)).squeeze(1)
+            m_d_x_y[3 * i : 3 * i + 3 * x.shape[0]] = torch.stack(
+                (x.amax(-1), torch.exp(lse - x.amax(-1)), picked), 1
+            ).reshape(-1)
+            loss_1d[rows] = (lse - picked) * valid[rows]
+            p = x.sub_(lse.unsqueeze(1)).exp_()
+            p[torch.arange(p.shape[0]), t] -= 1.0
+            p *= valid[rows].unsqueeze(1)
+            logits[rows] = p.to(logits.dtype)
+        ctx.save_for_backward(logits)
+        _label_next_saved("te_cross_entropy", "logits (their gradient, in place)")
+        return loss_1d
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        (grad_input,) = ctx.saved_tensors
+        grad_input.mul_(grad_output.unsqueeze(1))
+        return grad_input, None
+
+
+#: The per-token loss kernels by ``training.cross_entropy`` (the model masks and averages).
+PER_TOKEN_LOSSES: dict[str, type[torch.autograd.Function]] = {
+    "vocab_parallel": _VocabParallelCrossEntropyFn,
+    "te": _TECrossEntropyFn,
+}

@@ -11,7 +11,9 @@ Conventions (the analytical model counts what *this* implementation saves for ba
   (``build_reference_model`` refuses it); learned positions, rotary (``rotate_half``) on q
   and k, or none; attention dropout only where ``attention_dropout``; tied or untied LM head; loss
   ``cross_entropy(logits.float().view(-1, V), targets.view(-1))``, or with ``cross_entropy:
-  fused`` a block-wise kernel that saves only the logits and an fp32 log-sum-exp per row.
+  fused`` a block-wise kernel that saves only the logits and an fp32 log-sum-exp per row, with
+  ``vocab_parallel`` Megatron's in-place kernel, with ``te`` Transformer Engine's
+  (``torchref.losses``).
 * ``flash_attention`` -> ``F.scaled_dot_product_attention(is_causal=True, enable_gqa=...)``
   with ``dropout_p=0`` (attention dropout is *not* applied on this path); otherwise the explicit
   math path (``repeat_interleave`` for GQA, masked_fill with a causal-mask buffer, softmax,
@@ -71,7 +73,7 @@ from simtrain.torchref.layers import (
     apply_rope,
     make_norm,
 )
-from simtrain.torchref.losses import _FusedCrossEntropyFn
+from simtrain.torchref.losses import PER_TOKEN_LOSSES, _FusedCrossEntropyFn
 from simtrain.torchref.op_sac import op_sac_context
 from simtrain.torchref.peft import Adapter, LoRALinear, NF4Linear
 from simtrain.torchref.precision import PARAM_DTYPE
@@ -363,6 +365,12 @@ class ReferenceGPT(nn.Module):
         v = logits.shape[-1]
         if self.cross_entropy == "fused":
             return _FusedCrossEntropyFn.apply(logits.reshape(-1, v), targets.reshape(-1))
+        if self.cross_entropy in PER_TOKEN_LOSSES:
+            # Megatron's loss mask and average over the per-token losses (the -100 targets out)
+            flat = targets.reshape(-1)
+            per_token = PER_TOKEN_LOSSES[self.cross_entropy].apply(logits.reshape(-1, v), flat)
+            mask = (flat != -100).float()
+            return (per_token * mask).sum() / mask.sum().clamp(min=1)
         return F.cross_entropy(logits.float().view(-1, v), targets.reshape(-1), ignore_index=-100)
 
 

@@ -672,9 +672,20 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
         offload = training.setdefault("offload", {})
         offload["activation_layers"] = n_off
         r.origin("training.offload.activation_layers", "--cpu-offloading-num-layers")
+    # The loss: Megatron's vocab-parallel cross-entropy (core/tensor_parallel/cross_entropy.py),
+    # or with --cross-entropy-loss-fusion its native fusion (fusions/fused_cross_entropy.py, the
+    # same fp32 copy worked on in place) or Transformer Engine's kernel
+    # (--cross-entropy-fusion-impl te: language_module.py compute_language_model_loss,
+    # d98e8a64 l.172-198; arguments.py choices native | te, default native).
+    training["cross_entropy"] = "vocab_parallel"
     if f.bool_("--cross-entropy-loss-fusion"):
-        training["cross_entropy"] = "fused"
-        f.has("--cross-entropy-fusion-impl")
+        impl = f.value("--cross-entropy-fusion-impl") or "native"
+        if impl not in ("native", "te"):
+            raise ConfigError(file, "--cross-entropy-fusion-impl", "must be native or te", impl)
+        training["cross_entropy"] = "te" if impl == "te" else "vocab_parallel"
+        r.origin("training.cross_entropy", "--cross-entropy-loss-fusion")
+    else:
+        f.has("--cross-entropy-fusion-impl")  # (no fusion: the impl does not apply)
     return training, grad_bytes
 
 

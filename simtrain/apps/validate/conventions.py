@@ -139,11 +139,17 @@ HF_BERT = {"mlp": "gelu", "positions": "learned", "bias": True, "norm": "layerno
 _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which counts the "
                   "recompute forward)")  # fmt: skip
 
+# The loss of every Megatron-LM and Megatron-DeepSpeed run (and NeMo's on Megatron-Core): the
+# vocab-parallel cross-entropy (Megatron-LM mpu/cross_entropy.py since 2019, the same in place
+# fp32 kernel at d98e8a64 core/tensor_parallel/cross_entropy.py; Megatron-DeepSpeed keeps
+# mpu/cross_entropy.py), not PyTorch's (spec.scenario.CROSS_ENTROPY).
+_MEGATRON_LOSS = "vocab_parallel"
+
 # Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
 # Their architecture is Megatron's GPT defaults, which the Megatron importer gives to flags that
 # do not change it (validate's Megatron records go through it: apps/validate/native.py).
 _MEGATRON_LM = SourceConvention("megatron_eq3", {}, "full", _EQ3_RECOMPUTE, 51200,
-                                ddp_default="local")  # fmt: skip
+                                ddp_default="local", cross_entropy=_MEGATRON_LOSS)  # fmt: skip
 
 # DeepSpeed's pipeline engine reduces the gradients once, after the last micro-batch's backward
 # (deepspeed/runtime/pipe/schedule.py TrainSchedule.steps: ReduceTiedGrads, ReduceGrads,
@@ -184,6 +190,7 @@ _BLOOM_CHRONICLES = SourceConvention(
     "full",
     _EQ3_RECOMPUTE,
     250880,
+    cross_entropy=_MEGATRON_LOSS,
     memory_includes_context=True,
     memory_note="BLOOM chronicles 'Mem' = nvidia-smi memory of the first/last stage's GPUs "
     "(chronicles-prequel.md: 'max memory used by the first (last) nodes with the word embedding "
@@ -233,7 +240,7 @@ def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note
     LoRA recipe; the FLOP convention (``flops``) and the sources of the implied settings
     (``parallel_note``, ``launch_note``) differ."""
     return SourceConvention(flops, {"flash_attention": True, "dropout": 0.0},
-                            named_architectures=_NEMO_LLAMA,
+                            cross_entropy=_MEGATRON_LOSS, named_architectures=_NEMO_LLAMA,
                             parallel_defaults={"zero_stage": 1, "sequence_parallel": True},
                             parallel_note=parallel_note,
                             finetune_parallel_defaults={"zero_stage": 1} if finetune_note else None,
@@ -277,18 +284,22 @@ SOURCES: dict[str, SourceConvention] = {
         "full",
         _EQ3_RECOMPUTE,
         51200,
+        cross_entropy=_MEGATRON_LOSS,
         # the ZeRO-3 config is not reported: DeepSpeed's defaults (stage3_max_live_parameters 1e9,
         # reduce_bucket_size, overlap_comm), from the DeepSpeed importer (apps/validate/native.py)
     ),  # fmt: skip
     "megatron_readme": _MEGATRON_LM,
     "megatron_v1_blog": _MEGATRON_LM,
-    "korthikanti2022": SourceConvention("korthikanti", {}, "full", "", 51200, ddp_default="local"),
+    "korthikanti2022": SourceConvention(
+        "korthikanti", {}, "full", "", 51200, ddp_default="local", cross_entropy=_MEGATRON_LOSS
+    ),
     "bloom": SourceConvention(
         "megatron_eq3",
         _TR11_ARCH,
         "full",
         _EQ3_RECOMPUTE,
         250880,
+        cross_entropy=_MEGATRON_LOSS,
         # Megatron-DeepSpeed --partition-method type:transformer|embedding (the records' notes:
         # embedding + 5 layers on the first and last stage, 6 elsewhere)
         layer_split="embedding_as_layer",
@@ -352,6 +363,7 @@ SOURCES: dict[str, SourceConvention] = {
         "full",
         _EQ3_RECOMPUTE,
         51200,
+        cross_entropy=_MEGATRON_LOSS,
         ddp_default="local",
         ddp_note=_DS_PIPE_DDP,
         precision_unstated=(
@@ -368,6 +380,7 @@ SOURCES: dict[str, SourceConvention] = {
         "none",
         "none (Megatron-LM's default: no --recompute-granularity)",
         131072,  # the README: "All models use a vocabulary size of 131,072"
+        cross_entropy=_MEGATRON_LOSS,
         # The README's runs overlap "pipeline-parallel communication (enabled by default)", which
         # Megatron runs only under the interleaved schedule (megatron/training/arguments.py
         # l.254-277 at 937571cfd4: without --num-layers-per-virtual-pipeline-stage it sets
@@ -456,6 +469,14 @@ SOURCES: dict[str, SourceConvention] = {
             "configs (grad_reduce_in_fp32 = False) at 00b7660b",
         ),
         named_optimizer_storage=((r"deepseek-?v3", _MBRIDGE_DSV3_OPT),),
+        # Megatron-Bridge's performance runs: utils/overrides.py _set_common_perf_overrides
+        # (00b7660b l.55) cross_entropy_fusion_impl = "te" over GPTModelProvider's
+        # cross_entropy_loss_fusion = True (models/gpt_provider.py l.180)
+        cross_entropy="te",
+        cross_entropy_note="loss: Transformer Engine's parallel_cross_entropy, the gradient "
+        "written into the 16-bit logits (Megatron-Bridge scripts/performance/utils/overrides.py "
+        "l.55 cross_entropy_fusion_impl 'te' at 00b7660b; TE through v2.17: a release on "
+        "TE 2.18 keeps an fp32 gradient, vocab_parallel's memory)",
         # GPTOSSProvider: gated_linear_unit with activation_func quick_gelu
         # (src/megatron/bridge/models/gpt_oss/gpt_oss_provider.py l.50 and l.79 at 00b7660b)
         plain_glu_names=(r"gpt[-_ ]?oss",),
