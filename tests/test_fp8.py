@@ -433,3 +433,36 @@ def test_megatron_fp8_param_gather_is_read() -> None:
     fsdp_row = translate(recs["mbridge2511_GB300_LLAMA3_70B_FP8CS_64gpu"]).scenario
     plain_row = translate(recs["mbridge2511_GB300_LLAMA3_8B_FP8MX_8gpu"]).scenario
     assert (fsdp_row.training.fp8_params, plain_row.training.fp8_params) == (False, True)
+
+
+@pytest.mark.parametrize(("precision", "hardware", "fp8_bytes"), [
+    ("fp8_current", "h100_sxm5_80gb", 1),  # per-tensor: a uint8 parameter buffer
+    ("fp8_delayed", "h100_sxm5_80gb", 1),
+    ("mxfp8", "b200_180gb", 2),  # gathered in bf16 through the gradient buffer
+])  # fmt: skip
+def test_fp8_primary_weights_all_gather_in_their_byte(precision: str, hardware: str,
+                                                      fp8_bytes: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The distributed optimizer's all-gather of the updated parameters (ZeRO-1, dp 8): with
+    FP8 primary weights Megatron-Core's DDP gathers each per-tensor FP8 weight's uint8 buffer
+    (param_and_grad_buffer.py l.921-923 at d98e8a64), MXFP8 ones in bf16 through the shared
+    gradient buffer (l.1160-1178). Bytes by hand: the blocks' linear weights at fp8_bytes
+    each, every other parameter (embeddings, norms, output layer) at 2 B."""
+    from simtrain.costs import comm
+    from simtrain.costs.workload import rank_work
+    from simtrain.layout.step import resolve
+
+    monkeypatch.setattr(comm, "dp_ns", lambda sc, step, op, size, *a, **k: int(size))
+    over = {"runtime": "megatron_core", "parallelism": {"dp": 8, "zero_stage": 1},
+            "training": {"global_batch": 8 * B}}  # fmt: skip
+    plain = scenario(precision, hardware, **over)
+    fp8 = scenario(precision, hardware, **{**over, "training": {"global_batch": 8 * B,
+                                                                  "fp8_params": True}})  # fmt: skip
+    gathered = {}
+    for name, sc in (("plain", plain), ("fp8", fp8)):
+        sm = estimate_memory(sc).stages[0]
+        gathered[name] = rank_work(sc, resolve(sc), 0, sm.params, sm.trainable).post_opt_ns
+    weights = L * sum(W_GROUPS)
+    params = estimate_memory(plain).stages[0].params
+    assert gathered["plain"] == 2 * params
+    assert gathered["fp8"] == 2 * params - (2 - fp8_bytes) * weights

@@ -121,6 +121,14 @@ def block_gemms(m: ModelSpec, tp: int = 1, moe: bool = False, ep: int = 1,
     return out
 
 
+def routed_expert_gemm_weights(m: ModelSpec, tp: int, ep: int, etp: int = 0) -> int:
+    """Weight elements on one rank of one MoE block's routed experts (:func:`block_gemms`'
+    GroupedLinear fc1 and fc2 groups: the E/ep local experts split over the expert-TP size)."""
+    first = len(te_gemm_groups(m)) - 2
+    gemms = block_gemms(m, tp, True, ep, etp=etp)
+    return gemms[first].weights + gemms[first + 1].weights
+
+
 def is_te(prec: Precision) -> bool:
     return prec.fp8_recipe.startswith("te_")
 

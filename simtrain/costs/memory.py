@@ -40,7 +40,13 @@ from simtrain.costs.activations import (
 from simtrain.costs.comm import ddp_buckets
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
-from simtrain.costs.fp8 import block_gemms, scaling_state_bytes, weight_cache_bytes
+from simtrain.costs.fp8 import (
+    TE_PER_TENSOR,
+    block_gemms,
+    routed_expert_gemm_weights,
+    scaling_state_bytes,
+    weight_cache_bytes,
+)
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -526,6 +532,26 @@ def fp8_weight_storage(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int
         elems += moe * sum(g.weights for g in block_gemms(m, p.tp, True, p.ep, etp=p.etp))
         stored += moe * weight_cache_bytes(m, prec, arch, p.tp, True, p.ep, p.etp)
     return elems, stored
+
+
+def fp8_gathered_params(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int, int]:
+    """(dense, routed-expert) elements of pipeline rank ``rank``'s FP8 primary weights
+    (:func:`fp8_weight_storage`) that the distributed optimizer's all-gather of the updated
+    parameters carries in 1 byte: Megatron-Core's DDP gives an FP8 parameter a uint8 buffer
+    (distributed/param_and_grad_buffer.py l.921-923 at d98e8a64: "torch.uint8 for FP8/NVFP4
+    parameters") and gathers that buffer. Per-tensor recipes only (delayed, current scaling):
+    an MXFP8 weight's buffer is the gradient buffer's, gathered in 16 bits and re-quantized
+    (l.1160-1178: a shared buffer "for param AG and grad RS", "to store params in bf16"). The routed experts' are apart where expert
+    parallelism reduces them over their own group (ep > 1). (0, 0) without FP8 weights."""
+    t, p = sc.training, sc.parallelism
+    if not t.fp8_params or t.precision_spec.fp8_recipe not in TE_PER_TENSOR:
+        return 0, 0
+    elems, _ = fp8_weight_storage(sc, step, rank)
+    if p.ep <= 1:
+        return elems, 0
+    moe = step.rank_layers(rank) - rank_dense_layers(sc, step, rank)
+    expert = moe * routed_expert_gemm_weights(sc.model, p.tp, p.ep, p.etp)
+    return elems - expert, expert
 
 
 def device_nccl_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:

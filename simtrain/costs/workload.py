@@ -25,6 +25,7 @@ from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
+    fp8_gathered_params,
     grad_buffer_elem_bytes,
     pipeline_defers_reduction,
     wire_grad_bytes,
@@ -507,7 +508,8 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
         return work
     op = grad_reduction_op(sc)
     if z in (1, 2):
-        ag = comm.edp_ns(sc, step, "all_gather", exp * prec.param)
+        fp8 = fp8_gathered_params(sc, step, rank)[1]  # FP8 expert weights: 1 B each
+        ag = comm.edp_ns(sc, step, "all_gather", exp * prec.param - fp8 * (prec.param - 1))
         if work.pre_gather_ns != (0, 0):
             first, rest = work.pre_gather_ns
             work = replace(work, pre_gather_ns=(first, rest + ag))
@@ -610,12 +612,14 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     op = grad_reduction_op(sc)
     if p.zero_stage in (1, 2):
         # ZeRO-1/2: the updated shards are all-gathered after the step, or (overlapped) during
-        # the next forward; nanotron reduces with an all-reduce (optim/zero.py).
-        ag = comm.dp_ns(sc, step, "all_gather", params * prec.param)
+        # the next forward; nanotron reduces with an all-reduce (optim/zero.py). FP8 primary
+        # weights travel in their byte (memory.fp8_gathered_params).
+        gathered = params * prec.param - fp8_gathered_params(sc, step, rank)[0] * (prec.param - 1)
+        ag = comm.dp_ns(sc, step, "all_gather", gathered)
         work = replace(work, post_opt_ns=ag, post_opt_name="AG updated params")
         if rt.overlap_param_gather:
-            n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
-            first = comm.dp_ns(sc, step, "all_gather", params * prec.param / n)
+            n = comm.ddp_buckets(p.bucket_mb, gathered)[0]
+            first = comm.dp_ns(sc, step, "all_gather", gathered / n)
             work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
         if zero2_every_microbatch(sc) or deferred:  # _zero2_chunks, or _deferred_chunks
             return work

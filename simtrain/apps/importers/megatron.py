@@ -625,8 +625,8 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
         r.assume("neither --fp16 nor --bf16: fp32")
     training["precision"] = _fp8(f, r, precision)
     if "--fp8-param-gather" in f and training["precision"] in FP8_PARAM_PRECISIONS:
-        # TE quantized primary weights (costs.memory.fp8_weight_storage); their all-gathers
-        # in FP8 are not modelled (16-bit gathers)
+        # TE quantized primary weights (costs.memory.fp8_weight_storage), all-gathered in
+        # their byte under the per-tensor recipes (costs.memory.fp8_gathered_params)
         if f.bool_("--use-megatron-fsdp") or "--data-parallel-sharding-strategy" in f:
             r.unsupported_("--fp8-param-gather", "FP8 primary weights under Megatron FSDP: "
                            "simulated with 16-bit weights")  # fmt: skip
@@ -634,7 +634,8 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
             training["fp8_params"] = True
             r.origin("training.fp8_params", "--fp8-param-gather")
             r.assume("--fp8-param-gather: FP8 primary weights (no 16-bit copy of the linears' "
-                     "weights); their all-gathers priced in 16 bits")  # fmt: skip
+                     "weights), all-gathered in 1 byte each (MXFP8: in bf16, through the "
+                     "gradient buffer)")  # fmt: skip
     elif "--fp8-param-gather" in f:
         r.unsupported_("--fp8-param-gather", "FP8 parameters without an FP8 recipe simtrain "
                        "models: simulated with 16-bit weights")  # fmt: skip
