@@ -831,6 +831,9 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("scale_grads_before_reduce", (True, False)), ("clip_grad_norm", (True, False)),
         ("master_copies", (True, False)), ("scale_grads_at_dp1", (True, False)),
         ("eager_elementwise", (True, False)),
+        ("moe_implementation", ("reference", "megatron_core")),
+        ("cuda_graph_scope", ([], ["attn"], ["mlp", "moe"], ["attn", "moe_router", "moe_preprocess"],
+                              ["moe_router"])),
     ):  # fmt: skip
         if coin(draw, 0.3):
             out[key] = choose(draw, *values)

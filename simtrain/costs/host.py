@@ -11,9 +11,12 @@ those of simtrain's reference decoder block (``simtrain.torchref``), counted wit
 ``torch.utils._python_dispatch.TorchDispatchMode`` (``benchmarks/count_ops.py``; every op,
 views included: a view costs host time but launches no kernel), per layer and micro-batch, part
 by part (:func:`layer_ops`); ``tests/test_host_ops.py`` recounts every part with torch and checks
-their sums against whole blocks. Not counted: an MoE block's router and per-expert loop and
-multi-latent attention's extra projections (charged as the dense block of their MLP kind), and
-the casts of autocast (counted in bf16).
+their sums against whole blocks. An MoE block is the dense block of its MLP kind (its routed
+experts dispatch as one MLP: a grouped GEMM pair) plus, under Megatron-Core
+(``runtime.moe_implementation``), Megatron's router and token dispatcher, counted on
+megatron-core itself (:data:`MEGATRON_MOE_ROUTER_OPS`); the parts of a block a per-layer CUDA
+graph captures (``runtime.cuda_graph_scope``) leave the count (:func:`block_ops`). Not counted:
+multi-latent attention's extra projections, and the casts of autocast (counted in bf16).
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class LayerOps:
 
     def __mul__(self, n: int) -> LayerOps:
         return LayerOps(n * self.forward, n * self.backward, n * self.recompute_full)
+
+    def __sub__(self, other: LayerOps) -> LayerOps:
+        return LayerOps(self.forward - other.forward, self.backward - other.backward,
+                        self.recompute_full - other.recompute_full)  # fmt: skip
+
+
+NO_OPS = LayerOps(0, 0, 0)
 
 
 # A block's ops, part by part. Each part was counted on simtrain's reference block
@@ -92,6 +102,39 @@ SOFTCAP_EAGER_OPS = LayerOps(forward=4, backward=4, recompute_full=4)
 BIAS_OPS = LayerOps(forward=0, backward=3, recompute_full=0)
 #: A parallel block (attention and MLP on the same input) replays one op fewer.
 PARALLEL_RESIDUAL_OPS = LayerOps(forward=0, backward=0, recompute_full=-1)
+#: The reference block's MLP by kind, its linears and activation alone (``MLP`` of
+#: simtrain.torchref.reference_model in bf16, counted with its input's gradient, less the
+#: counting harness's 2 forward and 4 backward ops; tests/test_host_ops.py recounts it): the
+#: part a CUDA graph of a dense block's MLP takes out of the host's count, and an MoE block's
+#: routed experts (one grouped GEMM pair).
+MLP_OPS: dict[str, LayerOps] = {
+    "swiglu": LayerOps(forward=14, backward=31, recompute_full=14),
+    "gelu": LayerOps(forward=9, backward=19, recompute_full=9),
+    "relu": LayerOps(forward=10, backward=20, recompute_full=10),
+    "relu2": LayerOps(forward=11, backward=23, recompute_full=11),
+}
+#: The residual add that closes a sublayer.
+RESIDUAL_ADD_OPS = LayerOps(forward=1, backward=0, recompute_full=1)
+#: Megatron-Core's MoE layer beyond its experts (``runtime.moe_implementation: megatron_core``),
+#: counted on megatron-core 0.16.1 on the CPU (benchmarks/megatron_moe_ops.py: an MoELayer with
+#: the alltoall token dispatcher and the aux-loss softmax top-k router, bf16; its SequentialMLP
+#: experts at 2 and 4 local experts, taken out by difference, and the harness's ops), by the
+#: regions Megatron's CUDA graph scopes name: the router (TopKRouter.forward: the gating GEMM,
+#: top-k, softmax, the aux loss and its scatter; backward with the aux loss's), the
+#: dispatcher's preprocess (MoELayer.preprocess: the token counts, with expert parallelism or
+#: expert TP their all-gather over the EP x TP group and split sizes, the first permutation; no
+#: backward) and the rest (the all-to-alls, the split sizes' host reads, the chunk sort, the
+#: unpermutation, and their backward). Counted with moe_permute_fusion off (Transformer
+#: Engine's fused permute, which Megatron-Bridge's runs use, is not on the CPU: its custom ops
+#: and Triton launches replace about 10 of the preprocess's forward ops and 4 of the rest's).
+MEGATRON_MOE_ROUTER_OPS = LayerOps(forward=33, backward=26, recompute_full=33)
+#: (by whether the EP x expert-TP group has more than one rank)
+MEGATRON_MOE_PREPROCESS_OPS = {False: LayerOps(forward=14, backward=0, recompute_full=14),
+                               True: LayerOps(forward=25, backward=0, recompute_full=25)}  # fmt: skip
+MEGATRON_MOE_DISPATCH_OPS = {False: LayerOps(forward=20, backward=18, recompute_full=20),
+                             True: LayerOps(forward=36, backward=33, recompute_full=36)}  # fmt: skip
+#: The launch of one captured per-layer CUDA graph, forward and backward (one Python call).
+GRAPH_REPLAY_OPS = LayerOps(forward=1, backward=1, recompute_full=1)
 
 
 def layer_ops(m: ModelSpec) -> LayerOps:
@@ -126,6 +169,50 @@ def layer_ops(m: ModelSpec) -> LayerOps:
     return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in m.linear_weight_shapes())
 
 
+def _mlp_sublayer_ops(m: ModelSpec) -> LayerOps:
+    """The MLP sublayer of a block: its pre-MLP norm (where it has its own), the MLP and the
+    residual add (Megatron's TransformerLayer._forward_mlp)."""
+    norm = NORM_OPS[m.norm] if m.pre_norms and not m.shared_norm else NO_OPS
+    return norm + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS
+
+
+def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
+    """Host ops of one block under the scenario's runtime: the reference block
+    (:func:`layer_ops`); an MoE block (``moe``) under ``moe_implementation: megatron_core``
+    adds Megatron-Core's router, dispatcher preprocess and the rest of its token dispatch
+    (:data:`MEGATRON_MOE_ROUTER_OPS`; the larger preprocess and dispatch where the EP x
+    expert-TP group has more than one rank: Megatron's ``if self.ep_size > 1 or self.tp_size >
+    1``). The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
+    transformer_layer.py _get_submodules_under_cudagraphs at 0.16.1) leave the count: attn the
+    block but its MLP sublayer, mlp a dense block's MLP sublayer, moe an MoE block's whole, and
+    moe_router the pre-MLP norm and the router (moe_preprocess the preprocess too); one graph
+    launch (:data:`GRAPH_REPLAY_OPS`) a block where anything is captured."""
+    m, rt, p = sc.model, sc.runtime, sc.parallelism
+    ops = layer_ops(m)
+    router = preprocess = dispatch = NO_OPS
+    if moe and rt.moe_implementation == "megatron_core":
+        grouped = p.ep > 1 or (p.etp or p.tp) > 1
+        router, preprocess = MEGATRON_MOE_ROUTER_OPS, MEGATRON_MOE_PREPROCESS_OPS[grouped]
+        dispatch = MEGATRON_MOE_DISPATCH_OPS[grouped]
+    whole = ops + router + preprocess + dispatch
+    scope = set(rt.cuda_graph_scope)
+    if not scope:
+        return whole
+    mlp = _mlp_sublayer_ops(m)
+    captured = NO_OPS
+    if "attn" in scope:
+        captured += ops - mlp
+    if ("mlp" in scope and not moe) or ("moe" in scope and moe):
+        captured += mlp + router + preprocess + dispatch
+    elif moe and "moe_router" in scope:
+        captured += mlp - MLP_OPS[m.mlp] - RESIDUAL_ADD_OPS + router
+        if "moe_preprocess" in scope:
+            captured += preprocess
+    if captured == NO_OPS:
+        return whole
+    return whole - captured + GRAPH_REPLAY_OPS
+
+
 def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
     """Host ns of issuing ``count`` collectives over a group of ``group`` ranks: count x group x
     the runtime's ``collective_issue_us_per_rank`` (0 when it is 0, with CUDA graphs, or for a
@@ -152,16 +239,18 @@ def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
     neither. The simulation's and the planner's."""
     per_op = sc.runtime.host_s_per_op
     ops_f = ops_b = 0
+    dense = max(layers - moe_layers, 0)
     if per_op > 0 and layers > 0:
-        ops = layer_ops(sc.model)
         replay = sc.training.recompute in ("full", "selective_op")
-        ops_f = round(1e9 * per_op * layers * ops.forward)
+        fwd = bwd = 0.0
+        for n, ops in ((dense, block_ops(sc)), (moe_layers, block_ops(sc, moe=True))):
+            if n:
+                fwd += 1e9 * per_op * n * ops.forward
+                bwd += 1e9 * per_op * n * (ops.backward + (ops.recompute_full if replay else 0))
+        ops_f = round(fwd)
         if is_data_parallel(sc):
             ops_f *= sc.parallelism.dp
-        ops_b = round(
-            1e9 * per_op * layers * (ops.backward + (ops.recompute_full if replay else 0))
-        )
-    dense = max(layers - moe_layers, 0)
+        ops_b = round(bwd)
     block_f, block_b = tp_block_collectives(sc)
     moe_f, moe_b = tp_block_collectives(sc, moe=True) if moe_layers else (0, 0)
     edge_f, edge_b = tp_edge_collectives(sc, embedding, head)

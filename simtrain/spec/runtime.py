@@ -40,6 +40,16 @@ MOE_DISPATCHERS = ("alltoall", "deepep")
 #: neighbouring stage), embedding (first and last stage, tied embeddings), world.
 NCCL_COMMUNICATORS = ("tp", "dp", "model_parallel", "pipeline", "pp_pairs", "embedding", "world")
 CP_ATTENTIONS = ("te_p2p", "torch_allgather", "a2a")
+#: Whose MoE layer runs (its host ops, costs.host.block_ops): "reference" (the experts as one
+#: dense MLP, nothing more) or "megatron_core" (Megatron-Core's MoELayer: its router, the
+#: alltoall dispatcher's preprocess, all-to-alls and unpermutation besides the experts).
+MOE_IMPLEMENTATIONS = ("reference", "megatron_core")
+#: The parts of a block Megatron-Core captures in per-layer CUDA graphs (--cuda-graph-scope,
+#: later --cuda-graph-modules; transformer/enums.py CudaGraphScope at megatron-core 0.16.1):
+#: attn (the input norm and attention), mlp (a dense block's MLP), moe (an MoE block's whole
+#: MoE), moe_router (the pre-MLP norm and the router), moe_preprocess (the token dispatcher's
+#: preprocess; needs moe_router). transformer_layer.py _get_submodules_under_cudagraphs.
+CUDA_GRAPH_SCOPES = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +223,13 @@ class RuntimeProfile:
     # "eager": every op dispatched from Python each step; "cuda_graphs": the step is replayed
     # from a captured graph, one launch per graph (host cost per op not paid).
     dispatch: str = "eager"
+    # Parts of each block replayed from per-layer CUDA graphs under eager dispatch (one of
+    # CUDA_GRAPH_SCOPES each; Megatron-Core --cuda-graph-impl transformer_engine with
+    # --cuda-graph-scope): their ops leave the host's count, one graph launch in their place
+    # (costs.host.block_ops).
+    cuda_graph_scope: tuple[str, ...] = ()
+    # The MoE layer's implementation, for its host ops (one of MOE_IMPLEMENTATIONS).
+    moe_implementation: str = "reference"
     # The memory figure the framework's logs report: torch.cuda.max_memory_allocated
     # ("allocated"), max_memory_reserved ("reserved") or the device total ("nvidia_smi").
     memory_reported: str = "allocated"
@@ -327,6 +344,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory_reported": MEMORY_REPORTED, "grad_reduce_dtype": GRAD_REDUCE_DTYPES,
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
     "cp_attention": CP_ATTENTIONS, "attention_kernel": ATTENTION_KERNELS,
+    "moe_implementation": MOE_IMPLEMENTATIONS,
 }  # fmt: skip
 #: Every true / false key: the profile's bool fields (a new one is a YAML key by being one).
 BOOLS = tuple(f.name for f in fields(RuntimeProfile) if f.type == "bool")
@@ -347,7 +365,7 @@ FLOATS = {
     "collective_issue_us_per_rank": (0.0, 1e4),
 }
 #: Keys whose value is a list of distinct allowed strings.
-LISTS = {"nccl_communicators": NCCL_COMMUNICATORS}
+LISTS = {"nccl_communicators": NCCL_COMMUNICATORS, "cuda_graph_scope": CUDA_GRAPH_SCOPES}
 KEYS = ("name", "display_name", *CHOICES, *BOOLS, *INTS, *FLOATS, *LISTS)
 
 
@@ -444,7 +462,23 @@ def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
                           f"{prefix}tp_saves_gathered_input: true (the gathered input is saved, "
                           "nothing is gathered again)", True)  # fmt: skip
     _check_polling(rt, file, prefix)
+    _check_graph_scope(rt, file, prefix)
     return rt
+
+
+def _check_graph_scope(rt: RuntimeProfile, file: str, prefix: str) -> None:
+    """Megatron-Core's own rules (transformer_config.py l.1743-1750 at megatron-core 0.16.1): the
+    preprocess is captured with the router, and an MoE block is captured either whole (moe)
+    or in part (moe_router), not both."""
+    scope = set(rt.cuda_graph_scope)
+    if "moe_preprocess" in scope and "moe_router" not in scope:
+        raise ConfigError(file, f"{prefix}cuda_graph_scope", "moe_preprocess is captured with "
+                          "the router: add moe_router", list(rt.cuda_graph_scope),
+                          " | ".join(CUDA_GRAPH_SCOPES))  # fmt: skip
+    if "moe" in scope and "moe_router" in scope:
+        raise ConfigError(file, f"{prefix}cuda_graph_scope", "moe captures the whole MoE, "
+                          "moe_router a part of it: give one", list(rt.cuda_graph_scope),
+                          " | ".join(CUDA_GRAPH_SCOPES))  # fmt: skip
 
 
 def _check_polling(rt: RuntimeProfile, file: str, prefix: str) -> None:

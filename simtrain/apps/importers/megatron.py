@@ -210,6 +210,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
 
     model = _model(f, r, tp, legacy, flash)
     _dispatcher(f, r, runtime, bool(model.get("num_experts")), ep)
+    _cuda_graphs(f, r, runtime, file)
     layers = model["layers"]
     training, prec_grad_bytes = _training(f, r, model)
     par = _parallel(f, r, tp, pp, layers, runtime, int(model.get("mtp_layers") or 0))
@@ -958,6 +959,44 @@ def _optimizer_storage(f: Flags, r: Reading, training: dict[str, Any], bf16: boo
         r.assume("--use-precision-aware-optimizer with --bf16: the fp32 master weights' low 16 "
                  "bits beside the bf16 weights (store_param_remainders, Megatron-Core's default; "
                  "master_weights: remainder)")  # fmt: skip
+
+
+def _cuda_graphs(f: Flags, r: Reading, runtime: dict[str, Any], file: str) -> None:
+    """Megatron-Core's CUDA graphs: ``--cuda-graph-impl`` (none | local | transformer_engine)
+    with ``--cuda-graph-scope`` (megatron-core 0.14-0.16; later the hidden alias of
+    ``--cuda-graph-modules``, arguments.py l.2047-2056 at d98e8a64). ``full_iteration`` (the
+    local implementation's whole step) is the runtime's ``dispatch: cuda_graphs``; named
+    scopes are its ``cuda_graph_scope``; an implementation with no scope captures each whole
+    layer (attn, mlp, moe: transformer_layer.py _get_submodules_under_cudagraphs)."""
+    impl = f.value("--cuda-graph-impl") or "none"
+    scopes = []
+    for flag in ("--cuda-graph-scope", "--cuda-graph-modules"):
+        text = f.value(flag)
+        if text:
+            scopes += [x for x in text.replace(",", " ").split() if x]
+    if impl not in ("none", "local", "transformer_engine"):
+        raise ConfigError(file, "--cuda-graph-impl", "must be none, local or transformer_engine",
+                          impl)  # fmt: skip
+    if impl == "none":
+        if scopes:
+            r.assume("--cuda-graph-scope without --cuda-graph-impl: no CUDA graphs (Megatron's "
+                     "default implementation is none)")  # fmt: skip
+        return
+    if scopes in (["full_iteration"], ["full"]):
+        runtime["dispatch"] = "cuda_graphs"
+        r.origin("runtime.dispatch", "--cuda-graph-impl")
+        return
+    allowed = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
+    for x in scopes:
+        if x not in allowed:
+            raise ConfigError(file, "--cuda-graph-scope", "not a scope simtrain models (the "
+                              "block's parts; full_iteration alone is the whole step)", x,
+                              " | ".join((*allowed, "full_iteration")))  # fmt: skip
+    if impl == "local" and "moe_router" in scopes and "moe_preprocess" not in scopes:
+        # the local implementation captures both (transformer_config.py l.1725-1735 at 0.16.1)
+        scopes.append("moe_preprocess")
+    runtime["cuda_graph_scope"] = list(dict.fromkeys(scopes or ["attn", "mlp", "moe"]))
+    r.origin("runtime.cuda_graph_scope", "--cuda-graph-scope")
 
 
 def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:

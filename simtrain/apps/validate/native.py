@@ -57,6 +57,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 
 import yaml
@@ -166,6 +167,7 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     offloaded = mbridge_offload_layers(rec, zero, pp)
     if offloaded:
         w += ["--cpu-offloading-num-layers", offloaded]
+    w += mbridge_cuda_graph_flags(rec)
     if (rec.source_key == "megatron_bridge" and zero != 3
             and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
         w.append("--fp8-param-gather")
@@ -563,6 +565,55 @@ MBRIDGE_CPU_OFFLOAD_LAYERS: dict[tuple[str, str, str], int] = {
 MBRIDGE_DEEPEP_LAYOUTS = {("DEEPSEEKV3", "B200", 8, 2, 32)}
 
 
+_ROUTER = ("moe_router", "moe_preprocess")
+_ATTN_ROUTER = ("attn", "moe_router", "moe_preprocess")
+_WHOLE_STEP = ("full_iteration",)
+_MBRIDGE_PRECISIONS = ("BF16", "FP8-CS", "FP8-MX", "NVFP4")
+
+#: Megatron-Bridge's performance configs that capture CUDA graphs, by (model, system,
+#: precision): Transformer Engine's per-layer graphs of the named scopes, or the local
+#: implementation's whole iteration (``full_iteration``: the runtime's dispatch cuda_graphs).
+#: NVIDIA-NeMo/Megatron-Bridge 00b7660b scripts/performance/configs/*/
+#: *_workload_base_configs.py ``cuda_graph_impl`` / ``cuda_graph_scope``: qwen3 l.42-219,
+#: deepseek l.27-57, gpt_oss l.33-38, llama3 l.57-211, llama31 l.57-110 (the configs of
+#: every other row capture nothing; the 26.x releases are read with these, as their other
+#: knobs; no B300 config at 00b7660b).
+MBRIDGE_CUDA_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
+    **{("QWEN3_235B_A22B", "GB300", x): _ROUTER for x in _MBRIDGE_PRECISIONS[:3]},
+    **{("QWEN3_235B_A22B", "GB200", x): _ATTN_ROUTER for x in _MBRIDGE_PRECISIONS[:3]},
+    **{("QWEN3_30B_A3B", "GB300", x): _ROUTER for x in _MBRIDGE_PRECISIONS[:3]},
+    ("QWEN3_30B_A3B", "GB200", "BF16"): _ATTN_ROUTER,
+    ("QWEN3_30B_A3B", "GB200", "FP8-CS"): _ATTN_ROUTER,
+    ("QWEN3_30B_A3B", "GB200", "FP8-MX"): _ROUTER,
+    **{("QWEN3_30B_A3B", "B200", x): _ROUTER for x in _MBRIDGE_PRECISIONS[:3]},
+    ("QWEN3_30B_A3B", "H100", "BF16"): _ROUTER,
+    **{("DEEPSEEKV3", "GB300", x): _ATTN_ROUTER for x in _MBRIDGE_PRECISIONS},
+    **{("DEEPSEEKV3", "GB200", x): _ROUTER for x in _MBRIDGE_PRECISIONS[:3]},
+    ("GPT OSS 120B", "GB300", "BF16"): _ATTN_ROUTER,
+    **{("LLAMA3_8B", s, x): _WHOLE_STEP for s in ("GB300", "GB200") for x in _MBRIDGE_PRECISIONS},
+    **{("LLAMA3_8B", "B200", x): _WHOLE_STEP for x in _MBRIDGE_PRECISIONS[:3]},
+    ("LLAMA3_70B", "GB300", "NVFP4"): _WHOLE_STEP,
+    ("LLAMA3_70B", "GB200", "NVFP4"): _WHOLE_STEP,
+    ("LLAMA3_70B", "B200", "BF16"): _WHOLE_STEP,
+    ("LLAMA3.1_405B", "GB300", "NVFP4"): _WHOLE_STEP,
+    ("LLAMA3.1_405B", "GB200", "NVFP4"): _WHOLE_STEP,
+}  # fmt: skip
+
+
+def mbridge_cuda_graph_flags(rec: Record) -> list[str]:
+    """Megatron's CUDA graph flags of a Megatron-Bridge row's performance config
+    (:data:`MBRIDGE_CUDA_GRAPHS`), which the importer reads (``runtime.cuda_graph_scope``, or
+    ``dispatch: cuda_graphs`` for the whole iteration); [] for a config without."""
+    if rec.source_key != "megatron_bridge":
+        return []
+    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    scopes = MBRIDGE_CUDA_GRAPHS.get((*_mbridge_row(rec), prec))
+    if not scopes:
+        return []
+    impl = "local" if scopes == _WHOLE_STEP else "transformer_engine"
+    return ["--cuda-graph-impl", impl, "--cuda-graph-scope", *scopes]
+
+
 def _mbridge_row(rec: Record) -> tuple[str, str]:
     """(model, system) of a Megatron-Bridge row as its tables print them, upper case: the
     keys of the performance-config tables above."""
@@ -702,6 +753,14 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
                          "for this model, system and precision offloads that many layers' "
                          "activations (scripts/performance/configs/llama/*_workload_base_"
                          "configs.py cpu_offloading_num_layers at 00b7660b)")  # fmt: skip
+        if "--cuda-graph-impl" in config:
+            i = config.index("--cuda-graph-scope") + 1
+            scopes = " ".join(takewhile(lambda x: not x.startswith("--"), config[i:]))
+            notes.append(f"--cuda-graph-impl {config[config.index('--cuda-graph-impl') + 1]} "
+                         f"--cuda-graph-scope {scopes}: Megatron-Bridge's "
+                         "performance config for this model, system and precision captures "
+                         "CUDA graphs (scripts/performance/configs/*/*_workload_base_configs.py "
+                         "cuda_graph_impl / cuda_graph_scope at 00b7660b)")  # fmt: skip
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)

@@ -1,0 +1,185 @@
+"""The host ops of Megatron-Core's MoE layer and of per-layer CUDA graphs
+(``costs.host.block_ops``; ``runtime.moe_implementation``, ``runtime.cuda_graph_scope``): the
+composition rules in closed form, the reference MLP's count recounted with torch, the runtime's
+and the Megatron importer's checks, and the scopes validate reads from Megatron-Bridge's
+performance configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.importers.megatron import import_megatron_flags
+from simtrain.costs import host
+from simtrain.costs.host import (
+    GRAPH_REPLAY_OPS,
+    MEGATRON_MOE_DISPATCH_OPS,
+    MEGATRON_MOE_ROUTER_OPS,
+    MLP_OPS,
+    NORM_OPS,
+    RESIDUAL_ADD_OPS,
+    LayerOps,
+    action_host_ns,
+    block_ops,
+    layer_ops,
+)
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import load_scenario
+
+MIXTRAL = Path(__file__).resolve().parents[1] / "scenarios" / "mixtral_8x7b_ep8.yaml"
+
+
+def _sc(*sets: str):
+    return load_scenario(MIXTRAL, ["runtime.name=megatron_core", *sets])
+
+
+def test_megatron_moe_block_adds_router_preprocess_and_dispatch() -> None:
+    """Under Megatron-Core an MoE block (EP 8) dispatches the dense block's ops plus 33 + 25 + 36
+    forward and 26 + 0 + 33 backward (counted on megatron-core 0.16.1); the reference MoE
+    layer none; a dense block never."""
+    sc = _sc()
+    dense = layer_ops(sc.model)
+    assert block_ops(sc) == dense
+    assert block_ops(sc, moe=True) == dense + LayerOps(33 + 25 + 36, 26 + 0 + 33, 33 + 25 + 36)
+    ref = _sc("runtime.moe_implementation=reference")
+    assert block_ops(ref, moe=True) == dense
+    # without expert parallelism or expert TP: the smaller preprocess and dispatch
+    one = _sc("parallelism.ep=1")
+    assert block_ops(one, moe=True) == dense + MEGATRON_MOE_ROUTER_OPS + LayerOps(
+        14 + 20, 0 + 18, 14 + 20
+    )
+
+
+def test_graph_scopes_leave_what_megatron_runs_eagerly() -> None:
+    """attn + moe_router + moe_preprocess (Megatron-Bridge's GB200 Qwen3 configs): an MoE block
+    keeps eager only its experts, their residual add and the token dispatch, plus one graph
+    launch; a dense block only its MLP sublayer (norm, MLP, add) and the launch. mlp alone: a
+    dense block keeps its attention part; moe alone: an MoE block keeps its attention part."""
+    scopes = "runtime.cuda_graph_scope=[attn, moe_router, moe_preprocess]"
+    sc = _sc(scopes)
+    m = sc.model
+    mlp_sublayer = NORM_OPS[m.norm] + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS
+    assert block_ops(sc, moe=True) == (
+        MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS + MEGATRON_MOE_DISPATCH_OPS[True] + GRAPH_REPLAY_OPS
+    )
+    assert block_ops(sc) == mlp_sublayer + GRAPH_REPLAY_OPS
+    attention_part = layer_ops(m) - mlp_sublayer
+    dense_graphed = _sc("runtime.cuda_graph_scope=[mlp]")
+    assert block_ops(dense_graphed) == attention_part + GRAPH_REPLAY_OPS
+    assert block_ops(dense_graphed, moe=True) == block_ops(_sc(), moe=True)  # (dense only)
+    moe_graphed = _sc("runtime.cuda_graph_scope=[moe]")
+    assert block_ops(moe_graphed, moe=True) == attention_part + GRAPH_REPLAY_OPS
+    # the router alone: its norm and the router leave, the preprocess stays
+    router = _sc("runtime.cuda_graph_scope=[moe_router]")
+    assert block_ops(router, moe=True) == (
+        block_ops(_sc(), moe=True) - NORM_OPS[m.norm] - MEGATRON_MOE_ROUTER_OPS + GRAPH_REPLAY_OPS
+    )
+
+
+def test_host_time_of_an_moe_action_by_hand() -> None:
+    """An action's host time is 26 us a dispatched op (megatron_core's host_us_per_op): two
+    MoE blocks forward, eager, = 2 x (dense block + 94) ops x 26 us (no TP: no collective's
+    issue cost)."""
+    sc = _sc()
+    fwd, bwd = action_host_ns(sc, 2, moe_layers=2)
+    ops = layer_ops(sc.model) + LayerOps(94, 59, 94)
+    assert fwd == round(2 * ops.forward * 26e3)
+    assert bwd == round(2 * ops.backward * 26e3)
+
+
+@pytest.mark.parametrize(("scopes", "words"), [
+    ("[moe_preprocess]", "add moe_router"),
+    ("[moe, moe_router, moe_preprocess]", "give one"),
+    ("[attn, router]", "attn | mlp | moe | moe_router | moe_preprocess"),
+])  # fmt: skip
+def test_bad_graph_scopes_are_one_line_errors(scopes: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _sc(f"runtime.cuda_graph_scope={scopes}")
+    assert "runtime.cuda_graph_scope" in str(e.value) and words in str(e.value)
+
+
+_FLAGS = ("--num-layers 4 --hidden-size 1024 --num-attention-heads 16 --seq-length 2048 "
+          "--micro-batch-size 1 --global-batch-size 8 --bf16 --vocab-size 32000").split()  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "key", "value"), [
+    (("--cuda-graph-impl", "transformer_engine", "--cuda-graph-scope", "attn", "moe_router",
+      "moe_preprocess"), "cuda_graph_scope", ["attn", "moe_router", "moe_preprocess"]),
+    (("--cuda-graph-impl", "transformer_engine", "--cuda-graph-modules", "moe_router"),
+     "cuda_graph_scope", ["moe_router"]),
+    (("--cuda-graph-impl", "local", "--cuda-graph-scope", "moe_router"),
+     "cuda_graph_scope", ["moe_router", "moe_preprocess"]),  # local captures both
+    (("--cuda-graph-impl", "transformer_engine"), "cuda_graph_scope", ["attn", "mlp", "moe"]),
+    (("--cuda-graph-impl", "local", "--cuda-graph-scope", "full_iteration"), "dispatch",
+     "cuda_graphs"),
+    (("--cuda-graph-scope", "attn"), "cuda_graph_scope", None),  # no implementation: none
+])  # fmt: skip
+def test_megatron_importer_reads_cuda_graphs(extra, key, value) -> None:
+    rt = import_megatron_flags([*_FLAGS, *extra], gpus=8).data["runtime"]
+    assert rt.get(key) == value
+
+
+def test_megatron_importer_refuses_unknown_graph_settings() -> None:
+    with pytest.raises(ConfigError, match=r"--cuda-graph-impl.*none, local or transformer_engine"):
+        import_megatron_flags([*_FLAGS, "--cuda-graph-impl", "cudnn"], gpus=8)
+    with pytest.raises(ConfigError, match=r"--cuda-graph-scope.*mamba.*full_iteration"):
+        import_megatron_flags([*_FLAGS, "--cuda-graph-impl", "transformer_engine",
+                               "--cuda-graph-scope", "mamba"], gpus=8)  # fmt: skip
+
+
+def test_validate_reads_megatron_bridge_graph_configs() -> None:
+    """The 25.11 table's B200 Qwen3-30B run: its config captures the router and the
+    preprocess (qwen3_workload_base_configs.py l.203-219 at 00b7660b); the B200 Qwen3-235B
+    run's captures nothing; the GB300 Llama 3 8B run's the whole iteration."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records("measured/mbridge_2511.yaml")}
+    small = translate(rows["mbridge2511_B200_Qwen3_30B_a3B_FP8MX_8gpu"])
+    assert small.scenario.runtime.cuda_graph_scope == ("moe_router", "moe_preprocess")
+    assert any("--cuda-graph-scope moe_router moe_preprocess" in a for a in small.assumptions)
+    big = translate(rows["mbridge2511_B200_Qwen3_235B_a22B_FP8MX_64gpu"]).scenario
+    assert big.runtime.cuda_graph_scope == () and big.runtime.dispatch == "eager"
+    llama = translate(rows["mbridge2511_GB300_LLAMA3_8B_FP8CS_8gpu"]).scenario
+    assert llama.runtime.dispatch == "cuda_graphs"
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("kind", sorted(MLP_OPS))
+def test_mlp_ops_recounted_with_torch(kind: str) -> None:
+    """The reference MLP alone, in bf16, forward and backward with its input's gradient, less
+    the harness's own ops (the same pass over an identity)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from simtrain.spec.model import ModelSpec
+    from simtrain.torchref.reference_model import MLP
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(fn) -> tuple[int, int]:
+        x = torch.randn(2, 16, 64, dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(2):  # the second pass, warm
+            with Count() as f:
+                loss = fn(x).float().sum()
+            with Count() as b:
+                loss.backward()
+            x.grad = None
+        return f.n, b.n
+
+    spec = ModelSpec("ops", 2, 64, 4, 4, 256, 256, 256, mlp=kind, bias=False)
+    mlp_f, mlp_b = count(MLP(spec).to(torch.bfloat16))
+    harness_f, harness_b = count(lambda t: t)
+    assert (mlp_f - harness_f, mlp_b - harness_b) == (MLP_OPS[kind].forward, MLP_OPS[kind].backward)
+
+
+def test_host_module_names_every_table() -> None:
+    """(The tables' keys are the MLP kinds the reference block has.)"""
+    assert set(MLP_OPS) == {k for k, _ in host.BARE_BLOCK_OPS}
