@@ -466,3 +466,14 @@ def test_fp8_primary_weights_all_gather_in_their_byte(precision: str, hardware: 
     params = estimate_memory(plain).stages[0].params
     assert gathered["plain"] == 2 * params
     assert gathered["fp8"] == 2 * params - (2 - fp8_bytes) * weights
+    # under overlap_param_gather the buckets split the same elements as the 16-bit ones'
+    # (one bucketing of the param and grad buffers): the first, exposed gather is 1/n of the
+    # FP8 bytes with n the 16-bit bucket count
+    over_overlap = {**over, "runtime": {"name": "megatron_core", "overlap_param_gather": True}}
+    sc = scenario(precision, hardware, **{**over_overlap, "training": {"global_batch": 8 * B,
+                                                                         "fp8_params": True}})  # fmt: skip
+    sm = estimate_memory(sc).stages[0]
+    first, rest = rank_work(sc, resolve(sc), 0, sm.params, sm.trainable).pre_gather_ns
+    n = comm.ddp_buckets(sc.parallelism.bucket_mb, 2 * params)[0]
+    assert first == int(gathered["fp8"] / n)
+    assert first + rest == gathered["fp8"]

@@ -114,6 +114,11 @@ _FLAGS = ("--num-layers 4 --hidden-size 1024 --num-attention-heads 16 --seq-leng
     (("--cuda-graph-impl", "local", "--cuda-graph-scope", "full_iteration"), "dispatch",
      "cuda_graphs"),
     (("--cuda-graph-scope", "attn"), "cuda_graph_scope", None),  # no implementation: none
+    (("--cuda-graph-impl", "local", "--cuda-graph-scope", "full"), "cuda_graph_scope",
+     ["attn", "mlp", "moe"]),  # the deprecated "full": every whole layer, not the step
+    (("--cuda-graph-impl", "full_iteration"), "dispatch", "cuda_graphs"),  # d98e8a64's impl
+    (("--cuda-graph-impl", "local", "--cuda-graph-scope", "moe_preprocess"),
+     "cuda_graph_scope", ["moe_preprocess", "moe_router"]),  # local: both, either way
 ])  # fmt: skip
 def test_megatron_importer_reads_cuda_graphs(extra, key, value) -> None:
     rt = import_megatron_flags([*_FLAGS, *extra], gpus=8).data["runtime"]
@@ -121,11 +126,18 @@ def test_megatron_importer_reads_cuda_graphs(extra, key, value) -> None:
 
 
 def test_megatron_importer_refuses_unknown_graph_settings() -> None:
-    with pytest.raises(ConfigError, match=r"--cuda-graph-impl.*none, local or transformer_engine"):
+    with pytest.raises(
+        ConfigError, match=r"--cuda-graph-impl.*none \| local \| transformer_engine"
+    ):
         import_megatron_flags([*_FLAGS, "--cuda-graph-impl", "cudnn"], gpus=8)
+    te = [*_FLAGS, "--cuda-graph-impl", "transformer_engine", "--cuda-graph-scope"]
     with pytest.raises(ConfigError, match=r"--cuda-graph-scope.*mamba.*full_iteration"):
+        import_megatron_flags([*te, "mamba"], gpus=8)
+    with pytest.raises(ConfigError, match=r"--cuda-graph-scope.*add moe_router"):
+        import_megatron_flags([*te, "moe_preprocess"], gpus=8)
+    with pytest.raises(ConfigError, match=r"--cuda-graph-modules.*give one"):
         import_megatron_flags([*_FLAGS, "--cuda-graph-impl", "transformer_engine",
-                               "--cuda-graph-scope", "mamba"], gpus=8)  # fmt: skip
+                               "--cuda-graph-modules", "moe", "moe_router"], gpus=8)  # fmt: skip
 
 
 def test_validate_reads_megatron_bridge_graph_configs() -> None:

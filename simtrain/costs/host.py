@@ -113,6 +113,9 @@ MLP_OPS: dict[str, LayerOps] = {
     "relu": LayerOps(forward=10, backward=20, recompute_full=10),
     "relu2": LayerOps(forward=11, backward=23, recompute_full=11),
 }
+#: The MLP's linears by kind (their biases' backward ops, BIAS_OPS, are the MLP's too).
+MLP_LINEARS = {"swiglu": ("gate", "up", "down"), "gelu": ("up", "down"), "relu": ("up", "down"),
+               "relu2": ("up", "down")}  # fmt: skip
 #: The residual add that closes a sublayer.
 RESIDUAL_ADD_OPS = LayerOps(forward=1, backward=0, recompute_full=1)
 #: Megatron-Core's MoE layer beyond its experts (``runtime.moe_implementation: megatron_core``),
@@ -173,7 +176,8 @@ def _mlp_sublayer_ops(m: ModelSpec) -> LayerOps:
     """The MLP sublayer of a block: its pre-MLP norm (where it has its own), the MLP and the
     residual add (Megatron's TransformerLayer._forward_mlp)."""
     norm = NORM_OPS[m.norm] if m.pre_norms and not m.shared_norm else NO_OPS
-    return norm + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS
+    biases = sum(m.linear_has_bias(x) for x in ("gate", "up", "down") if x in MLP_LINEARS[m.mlp])
+    return norm + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS + BIAS_OPS * biases
 
 
 def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:

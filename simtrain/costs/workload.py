@@ -618,7 +618,9 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
         ag = comm.dp_ns(sc, step, "all_gather", gathered)
         work = replace(work, post_opt_ns=ag, post_opt_name="AG updated params")
         if rt.overlap_param_gather:
-            n = comm.ddp_buckets(p.bucket_mb, gathered)[0]
+            # the buckets split the parameters at the same elements whatever their dtype
+            # (param_and_grad_buffer.py: one bucketing for the param and grad buffers)
+            n = comm.ddp_buckets(p.bucket_mb, params * prec.param)[0]
             first = comm.dp_ns(sc, step, "all_gather", gathered / n)
             work = replace(work, post_opt_ns=0, pre_gather_ns=(first, max(ag - first, 0)))
         if zero2_every_microbatch(sc) or deferred:  # _zero2_chunks, or _deferred_chunks

@@ -62,7 +62,8 @@ RECOMPUTE = ("none", "selective", "full", "selective_op")
 # fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written) or
 # "loss_parallel" (PyTorch's loss_parallel over vocabulary-sharded logits: the standard loss's
 # saved fp32 log-softmax, a larger backward working set: costs.activations.loss_transient_bytes).
-#: standard: over the vocabulary shard V/t (Megatron's vocab-parallel cross-entropy); fused:
+#: standard: PyTorch's, over the vocabulary shard V/t (the scenario default, whatever the
+#: runtime: a Megatron run says vocab_parallel or te, as the importer and validate do); fused:
 #: flash-attn's; loss_parallel: PyTorch's loss_parallel over the shard; gathered: the logits
 #: all-gathered to the whole vocabulary on every TP rank, then a standard cross-entropy over V
 #: (torchtitan without loss parallel: the output layer's Replicate() output); vocab_parallel:

@@ -686,6 +686,10 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
             raise ConfigError(file, "--cross-entropy-fusion-impl", "must be native or te", impl)
         training["cross_entropy"] = "te" if impl == "te" else "vocab_parallel"
         r.origin("training.cross_entropy", "--cross-entropy-loss-fusion")
+        if impl == "native":
+            r.assume("--cross-entropy-loss-fusion (native): Megatron's fused vocab-parallel "
+                     "loss, the unfused one's memory; priced with its 3 TP all-reduces of b·s "
+                     "fp32 values where the fusion runs 2")  # fmt: skip
     else:
         f.has("--cross-entropy-fusion-impl")  # (no fusion: the impl does not apply)
     return training, grad_bytes
@@ -962,41 +966,57 @@ def _optimizer_storage(f: Flags, r: Reading, training: dict[str, Any], bf16: boo
 
 
 def _cuda_graphs(f: Flags, r: Reading, runtime: dict[str, Any], file: str) -> None:
-    """Megatron-Core's CUDA graphs: ``--cuda-graph-impl`` (none | local | transformer_engine)
-    with ``--cuda-graph-scope`` (megatron-core 0.14-0.16; later the hidden alias of
-    ``--cuda-graph-modules``, arguments.py l.2047-2056 at d98e8a64). ``full_iteration`` (the
-    local implementation's whole step) is the runtime's ``dispatch: cuda_graphs``; named
-    scopes are its ``cuda_graph_scope``; an implementation with no scope captures each whole
-    layer (attn, mlp, moe: transformer_layer.py _get_submodules_under_cudagraphs)."""
+    """Megatron-Core's CUDA graphs: ``--cuda-graph-impl`` (none | local | transformer_engine |
+    full_iteration) with ``--cuda-graph-scope`` (megatron-core 0.14-0.16; later the hidden
+    alias of ``--cuda-graph-modules``, arguments.py l.2047-2056 at d98e8a64). The whole
+    iteration (the ``full_iteration`` implementation of d98e8a64, transformer_config.py
+    l.1075-1084, or the older ``--cuda-graph-scope full_iteration``) is the runtime's
+    ``dispatch: cuda_graphs``; named scopes are its ``cuda_graph_scope``; an implementation
+    with no scope, or the deprecated ``full`` (l.1104-1105: "transformed to an empty list"),
+    captures each whole layer (attn, mlp, moe: transformer_layer.py
+    _get_submodules_under_cudagraphs)."""
     impl = f.value("--cuda-graph-impl") or "none"
-    scopes = []
+    scopes: list[str] = []
+    read = []
     for flag in ("--cuda-graph-scope", "--cuda-graph-modules"):
         text = f.value(flag)
         if text:
             scopes += [x for x in text.replace(",", " ").split() if x]
-    if impl not in ("none", "local", "transformer_engine"):
-        raise ConfigError(file, "--cuda-graph-impl", "must be none, local or transformer_engine",
-                          impl)  # fmt: skip
+            read.append(flag)
+    impls = ("none", "local", "transformer_engine", "full_iteration")
+    if impl not in impls:
+        raise ConfigError(file, "--cuda-graph-impl", "not a CUDA graph implementation", impl,
+                          " | ".join(impls))  # fmt: skip
     if impl == "none":
         if scopes:
-            r.assume("--cuda-graph-scope without --cuda-graph-impl: no CUDA graphs (Megatron's "
-                     "default implementation is none)")  # fmt: skip
+            r.assume(f"{read[0]} without --cuda-graph-impl: no CUDA graphs (Megatron's default "
+                     "implementation is none)")  # fmt: skip
         return
-    if scopes in (["full_iteration"], ["full"]):
+    if impl == "full_iteration" or scopes == ["full_iteration"]:
         runtime["dispatch"] = "cuda_graphs"
         r.origin("runtime.dispatch", "--cuda-graph-impl")
         return
+    if scopes == ["full"]:
+        scopes = []
     allowed = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
     for x in scopes:
         if x not in allowed:
-            raise ConfigError(file, "--cuda-graph-scope", "not a scope simtrain models (the "
-                              "block's parts; full_iteration alone is the whole step)", x,
-                              " | ".join((*allowed, "full_iteration")))  # fmt: skip
-    if impl == "local" and "moe_router" in scopes and "moe_preprocess" not in scopes:
+            raise ConfigError(file, read[0], "not a scope simtrain models (the block's parts; "
+                              "full alone is every whole layer, full_iteration the whole step)",
+                              x, " | ".join((*allowed, "full", "full_iteration")))  # fmt: skip
+    router = {"moe_router", "moe_preprocess"} & set(scopes)
+    if impl == "transformer_engine" and router == {"moe_preprocess"}:
+        raise ConfigError(file, read[0], "moe_preprocess is captured with the router "
+                          "(Megatron's own check, transformer_config.py l.1747-1750 at "
+                          "0.16.1): add moe_router", " ".join(scopes))  # fmt: skip
+    if "moe" in scopes and router:
+        raise ConfigError(file, read[0], "moe captures the whole MoE, moe_router and "
+                          "moe_preprocess a part of it: give one", " ".join(scopes))  # fmt: skip
+    if impl == "local" and router:
         # the local implementation captures both (transformer_config.py l.1725-1735 at 0.16.1)
-        scopes.append("moe_preprocess")
+        scopes += sorted({"moe_router", "moe_preprocess"} - router, reverse=True)
     runtime["cuda_graph_scope"] = list(dict.fromkeys(scopes or ["attn", "mlp", "moe"]))
-    r.origin("runtime.cuda_graph_scope", "--cuda-graph-scope")
+    r.origin("runtime.cuda_graph_scope", read[0] if read else "--cuda-graph-impl")
 
 
 def _gradient_passes(f: Flags, r: Reading, runtime: dict[str, Any]) -> None:

@@ -574,7 +574,7 @@ _MBRIDGE_PRECISIONS = ("BF16", "FP8-CS", "FP8-MX", "NVFP4")
 #: precision): Transformer Engine's per-layer graphs of the named scopes, or the local
 #: implementation's whole iteration (``full_iteration``: the runtime's dispatch cuda_graphs).
 #: NVIDIA-NeMo/Megatron-Bridge 00b7660b scripts/performance/configs/*/
-#: *_workload_base_configs.py ``cuda_graph_impl`` / ``cuda_graph_scope``: qwen3 l.42-219,
+#: *_workload_base_configs.py ``cuda_graph_impl`` / ``cuda_graph_scope``: qwen3 l.42-229,
 #: deepseek l.27-57, gpt_oss l.33-38, llama3 l.57-211, llama31 l.57-110 (the configs of
 #: every other row capture nothing; the 26.x releases are read with these, as their other
 #: knobs; no B300 config at 00b7660b).
