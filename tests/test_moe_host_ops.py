@@ -65,9 +65,11 @@ def test_graph_scopes_leave_what_megatron_runs_eagerly() -> None:
     )
     assert block_ops(sc) == mlp_sublayer + GRAPH_REPLAY_OPS
     attention_part = layer_ops(m) - mlp_sublayer
-    dense_graphed = _sc("runtime.cuda_graph_scope=[mlp]")
-    assert block_ops(dense_graphed) == attention_part + GRAPH_REPLAY_OPS
-    assert block_ops(dense_graphed, moe=True) == block_ops(_sc(), moe=True)  # (dense only)
+    # a dense model (Llama 3 8B, the same block kinds): mlp captures its MLP sublayer
+    dense = ("model.preset=llama3-8b", "parallelism.ep=1")
+    dense_graphed = _sc("runtime.cuda_graph_scope=[mlp]", *dense)
+    assert block_ops(dense_graphed) == layer_ops(dense_graphed.model) - (
+        NORM_OPS[m.norm] + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS) + GRAPH_REPLAY_OPS  # fmt: skip
     moe_graphed = _sc("runtime.cuda_graph_scope=[moe]")
     assert block_ops(moe_graphed, moe=True) == attention_part + GRAPH_REPLAY_OPS
     # the router alone: its norm and the router leave, the preprocess stays
@@ -195,3 +197,18 @@ def test_mlp_ops_recounted_with_torch(kind: str) -> None:
 def test_host_module_names_every_table() -> None:
     """(The tables' keys are the MLP kinds the reference block has.)"""
     assert set(MLP_OPS) == {k for k, _ in host.BARE_BLOCK_OPS}
+
+
+@pytest.mark.parametrize(("scopes", "sets", "words"), [
+    ("[moe_router, moe_preprocess]", ["model.preset=llama3-8b", "parallelism.ep=1"],
+     "has none (model.num_experts)"),
+    ("[mlp]", [], "every block of model"),
+    ("[attn]", ["training.recompute=full"], "whole-iteration graph"),
+])  # fmt: skip
+def test_graph_scopes_checked_against_the_model_and_recompute(scopes, sets, words) -> None:
+    """Megatron-Core's own assertions (transformer_config.py l.2825-2858 at d98e8a64): MoE
+    scopes on a dense model, the mlp scope on an all-MoE model, per-layer graphs with full
+    recompute are one-line errors naming runtime.cuda_graph_scope."""
+    with pytest.raises(ConfigError) as e:
+        _sc(f"runtime.cuda_graph_scope={scopes}", *sets)
+    assert "runtime.cuda_graph_scope" in str(e.value) and words in str(e.value)

@@ -1103,6 +1103,29 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     for key, text in why.items():
         if runtime.get(key) == _ON[key]:
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
+    if runtime.get("cuda_graph_scope"):
+        _check_graph_scope_fits(s, file)
+
+
+def _check_graph_scope_fits(s: Scenario, file: str) -> None:
+    """Megatron-Core's checks of per-layer CUDA graph scopes against the model and the
+    recompute (megatron/core/transformer/transformer_config.py l.2825-2858 at d98e8a64): MoE
+    scopes need an MoE model, the mlp scope a dense block, and full recompute the
+    whole-iteration graph."""
+    m, scope = s.model, s.runtime.cuda_graph_scope
+    key = "runtime.cuda_graph_scope"
+    moe = [x for x in scope if x.startswith("moe")]
+    if moe and not m.is_moe:
+        raise ConfigError(file, key, f"{', '.join(moe)} capture an MoE block's parts and "
+                          f"model {m.name} has none (model.num_experts)", list(scope),
+                          "attn | mlp")  # fmt: skip
+    if "mlp" in scope and m.is_moe and not m.dense_layers_in(0, m.layers):
+        raise ConfigError(file, key, f"mlp captures a dense block's MLP and every block of "
+                          f"model {m.name} is MoE (use moe or moe_router)", list(scope))  # fmt: skip
+    if s.training.recompute == "full":
+        raise ConfigError(file, key, "per-layer CUDA graphs with training.recompute full: "
+                          "Megatron captures full recompute only in a whole-iteration graph "
+                          "(runtime.dispatch: cuda_graphs)", list(scope))  # fmt: skip
 
 
 def check_size(s: Scenario, file: str) -> None:
