@@ -872,6 +872,24 @@ def test_layout_scenarios_drop_runtime_options_they_have_nothing_for() -> None:
             check_runtime_options(sc, rt, "best.yaml")
 
 
+def test_layout_scenarios_drop_graph_scopes_under_full_recompute() -> None:
+    """A plan's per-layer CUDA graphs (runtime.cuda_graph_scope) on a full-recompute layout:
+    Megatron captures full recompute only in a whole-iteration graph, so the layout's scenario
+    leaves the scopes out and passes the check a scenario file gets; the other layouts keep
+    them."""
+    from simtrain.spec.scenario import check_runtime_options, parse_scenario
+
+    rt = {"name": "megatron_core", "cuda_graph_scope": ["attn", "moe_router", "moe_preprocess"]}
+    fixed = {**MIXTRAL_PLAN["fixed"], "schedule": ["1f1b"], "recompute": ["none", "full"]}
+    plan = _plan(MIXTRAL_PLAN, fixed=fixed, runtime=rt)
+    layouts = enumerate_layouts(plan, 32, 32, experts=8)
+    assert {lay.recompute for lay in layouts} == {"none", "full"}
+    for lay in layouts:
+        data = scenario_data(plan, lay)
+        assert ("cuda_graph_scope" in data["runtime"]) == (lay.recompute != "full")
+        check_runtime_options(parse_scenario(data, "plan.yaml"), data["runtime"], "best.yaml")
+
+
 @pytest.mark.parametrize(("sp", "pp", "schedule", "tp"), [
     (True, 1, "1f1b", 16), (False, 1, "1f1b", 16),
     (True, 2, "zb_h1", 16), (False, 2, "zb_h1", 32),  # I and W apart: the I action's collectives

@@ -195,7 +195,7 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
     ops = layer_ops(m)
     router = preprocess = dispatch = NO_OPS
     if moe and rt.moe_implementation == "megatron_core":
-        grouped = p.ep > 1 or (p.etp or p.tp) > 1
+        grouped = p.ep > 1 or p.etp > 1
         router, preprocess = MEGATRON_MOE_ROUTER_OPS, MEGATRON_MOE_PREPROCESS_OPS[grouped]
         dispatch = MEGATRON_MOE_DISPATCH_OPS[grouped]
     whole = ops + router + preprocess + dispatch

@@ -94,10 +94,14 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
 
 def _layout_runtime(runtime: Any, layout: Layout, precision: str) -> Any:
     """The plan's ``runtime:`` without the options this layout has nothing for (a scenario file
-    setting them is an error: ``spec.scenario.inapplicable_runtime_options``)."""
+    setting them is an error: ``spec.scenario.inapplicable_runtime_options``), and without
+    per-layer CUDA graphs under full recompute, which Megatron captures only in a
+    whole-iteration graph (``spec.scenario`` checks a scenario file's)."""
     if not isinstance(runtime, dict):
         return runtime
-    drop = inapplicable_runtime_options(layout.tp, layout.zero_stage, layout.ep, precision)
+    drop = set(inapplicable_runtime_options(layout.tp, layout.zero_stage, layout.ep, precision))
+    if layout.recompute == "full":
+        drop.add("cuda_graph_scope")
     return {k: v for k, v in runtime.items() if k not in drop}
 
 
