@@ -97,3 +97,30 @@ def test_validate_runs_each_framework_with_its_loss() -> None:
     assert any("parallel_cross_entropy" in n for n in tr.assumptions)
     res = simulate_scenario(tr.scenario, detail=False)
     assert res.memory.fits
+
+
+@pytest.mark.parametrize("ce", ["vocab_parallel", "te"])
+def test_ported_losses_compute_cross_entropy(ce: str) -> None:
+    """The PyTorch ports (simtrain.torchref.losses) are losses, not only memory models: in
+    fp32 their masked mean loss and its logit gradient equal ``F.cross_entropy``'s with
+    ignore_index -100 (to 1e-5), targets -100 included."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from simtrain.torchref.losses import PER_TOKEN_LOSSES
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 50, generator=g)
+    targets = torch.randint(0, 50, (37,), generator=g)
+    targets[::5] = -100
+    ref_x = logits.clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_x, targets, ignore_index=-100)
+    ref.backward()
+    x = logits.clone().requires_grad_(True)
+    mask = (targets != -100).float()
+    # (the TE kernel writes into its input: hand it a copy that is not a leaf)
+    per_token = PER_TOKEN_LOSSES[ce].apply(x * 1.0, targets)
+    loss = (per_token * mask).sum() / mask.sum()
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-6)

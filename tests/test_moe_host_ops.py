@@ -15,6 +15,7 @@ from simtrain.costs import host
 from simtrain.costs.host import (
     GRAPH_REPLAY_OPS,
     MEGATRON_MOE_DISPATCH_OPS,
+    MEGATRON_MOE_PREPROCESS_OPS,
     MEGATRON_MOE_ROUTER_OPS,
     MLP_OPS,
     NORM_OPS,
@@ -72,11 +73,21 @@ def test_graph_scopes_leave_what_megatron_runs_eagerly() -> None:
         NORM_OPS[m.norm] + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS) + GRAPH_REPLAY_OPS  # fmt: skip
     moe_graphed = _sc("runtime.cuda_graph_scope=[moe]")
     assert block_ops(moe_graphed, moe=True) == attention_part + GRAPH_REPLAY_OPS
-    # the router alone: its norm and the router leave, the preprocess stays
-    router = _sc("runtime.cuda_graph_scope=[moe_router]")
-    assert block_ops(router, moe=True) == (
-        block_ops(_sc(), moe=True) - NORM_OPS[m.norm] - MEGATRON_MOE_ROUTER_OPS + GRAPH_REPLAY_OPS
-    )
+    # the router alone: its norm and the router leave, the preprocess and (on a biased model)
+    # the MLP linears' bias gradients stay
+    for bias in ("false", "true"):
+        router = _sc("runtime.cuda_graph_scope=[moe_router]", f"model.bias={bias}")
+        eager = _sc(f"model.bias={bias}")
+        assert block_ops(router, moe=True) == (
+            block_ops(eager, moe=True) - NORM_OPS[m.norm] - MEGATRON_MOE_ROUTER_OPS
+            + GRAPH_REPLAY_OPS
+        ), bias  # fmt: skip
+    # a biased dense block's mlp graph takes its three MLP bias gradients with it
+    biased = ("model.preset=llama3-8b", "parallelism.ep=1", "model.bias=true")
+    assert block_ops(_sc(*biased)) - block_ops(_sc("runtime.cuda_graph_scope=[mlp]", *biased)) == (
+        NORM_OPS[m.norm] + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS + host.BIAS_OPS * 3
+        - GRAPH_REPLAY_OPS
+    )  # fmt: skip
 
 
 def test_host_time_of_an_moe_action_by_hand() -> None:
@@ -212,3 +223,49 @@ def test_graph_scopes_checked_against_the_model_and_recompute(scopes, sets, word
     with pytest.raises(ConfigError) as e:
         _sc(f"runtime.cuda_graph_scope={scopes}", *sets)
     assert "runtime.cuda_graph_scope" in str(e.value) and words in str(e.value)
+
+
+def _megatron_core_path() -> str | None:
+    """Where megatron-core can be imported from: MCORE_PATH (a ``pip install --target``
+    directory), or the environment; None where it is not installed (CI: simtrain does not
+    depend on it)."""
+    import importlib.util
+    import os
+
+    path = os.environ.get("MCORE_PATH")
+    if path and os.path.isdir(os.path.join(path, "megatron", "core")):
+        return path
+    try:
+        return "" if importlib.util.find_spec("megatron.core") else None
+    except ModuleNotFoundError:  # (no "megatron" package at all)
+        return None
+
+
+@pytest.mark.parametrize("ep", [1, 2])
+def test_megatron_moe_ops_recounted_on_megatron_core(ep: int) -> None:
+    """The MEGATRON_MOE_* tables against megatron-core itself, recounted by
+    benchmarks/megatron_moe_ops.py (its MoELayer on the CPU; EP 2 on two gloo ranks). Runs
+    only where megatron-core is installed (MCORE_PATH; see the script's docstring for the
+    two pip commands): skipped in CI."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    path = _megatron_core_path()
+    if path is None:
+        pytest.skip("megatron-core not installed (set MCORE_PATH)")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "megatron_moe_ops.py"
+    out = subprocess.run([sys.executable, str(script), str(ep)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "MCORE_PATH": path}).stdout  # fmt: skip
+    got = re.search(r"router (\d+) / (\d+), preprocess (\d+) / 0, rest (\d+) / (\d+)", out)
+    assert got, out
+    router_f, router_b, pre_f, rest_f, rest_b = map(int, got.groups())
+    grouped = ep > 1
+    assert (router_f, router_b) == (
+        MEGATRON_MOE_ROUTER_OPS.forward,
+        MEGATRON_MOE_ROUTER_OPS.backward,
+    )
+    assert pre_f == MEGATRON_MOE_PREPROCESS_OPS[grouped].forward
+    assert (rest_f, rest_b) == (MEGATRON_MOE_DISPATCH_OPS[grouped].forward,
+                                MEGATRON_MOE_DISPATCH_OPS[grouped].backward)  # fmt: skip

@@ -562,6 +562,12 @@ def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:
 #: (core/tensor_parallel/cross_entropy.py calculate_predicted_logits and
 #: _VocabParallelCrossEntropy.forward's save_for_backward, d98e8a64).
 VOCAB_PARALLEL_ROW_SAVED_BYTES = 1 + 8
+#: Bytes per token of Transformer Engine's parallel_cross_entropy row tensors
+#: (transformer_engine/pytorch/triton/cross_entropy.py cross_entropy_forward): ``loss_1d``
+#: (fp32) and ``m_d_X_y``, the row's max, sum of exponentials and target logit in fp32, which
+#: a TP group all-gathers (``m_d_X_y_gathered``, x tp; costs.comm prices that gather).
+TE_LOSS_ROW_BYTES = 4
+TE_LOSS_ROW_STATS_BYTES = 3 * 4
 
 
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
@@ -653,10 +659,11 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # itself, nothing beside it
         return 0 if act == 4 else act * t.micro_batch * s * m.vocab // tp
     if t.cross_entropy == "te":
-        # TE triton/cross_entropy.py cross_entropy_forward: loss_1d (4 B a row), m_d_X_y (3 x 4)
-        # and, over a TP group, its all-gathered copy (x tp); the gradient is written in place
+        # loss_1d, m_d_X_y and, over a TP group, its all-gathered copy (x tp); the gradient is
+        # written in place
         rows = t.micro_batch * s
-        return 16 * rows + (12 * rows * tp if tp > 1 else 0)
+        stats = TE_LOSS_ROW_STATS_BYTES * rows
+        return TE_LOSS_ROW_BYTES * rows + stats + (stats * tp if tp > 1 else 0)
     if t.cross_entropy == "loss_parallel":
         # PyTorch loss_parallel (torch/distributed/tensor/parallel/loss.py
         # _nll_loss_and_log_softmax_backward, the fused backward of nll_loss and log_softmax):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from simtrain.costs import collectives as coll
+from simtrain.costs.activations import TE_LOSS_ROW_STATS_BYTES
 from simtrain.costs.compute import (
     head_edge,
     head_flops,
@@ -300,14 +301,10 @@ def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool 
 #: l.41-76; PyTorch's loss_parallel likewise); the fused kernel two (Megatron
 #: fusions/fused_cross_entropy.py l.94, l.112). Its backward has none. ``vocab_parallel`` is
 #: the unfused kernel's three (the native fusion's two are not told apart); ``te`` none: it
-#: all-gathers each rank's 3 fp32 values a row instead (:data:`TE_LOSS_ROW_GATHER_BYTES`).
+#: all-gathers each rank's 3 fp32 values a row instead (``activations.TE_LOSS_ROW_STATS_BYTES``:
+#: ``dist.all_gather_into_tensor(m_d_X_y_gathered, m_d_X_y)``).
 VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0,
                                   "vocab_parallel": 3, "te": 0}  # fmt: skip
-#: Bytes per token per TP rank Transformer Engine's parallel_cross_entropy all-gathers in its
-#: forward: m_d_X_y, the row's max, sum and target logit in fp32 (TransformerEngine
-#: transformer_engine/pytorch/triton/cross_entropy.py cross_entropy_forward,
-#: ``dist.all_gather_into_tensor(m_d_X_y_gathered, m_d_X_y)``).
-TE_LOSS_ROW_GATHER_BYTES = 3 * 4
 
 
 def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
@@ -331,7 +328,8 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
       column-parallel linears (:func:`tp_backward_block`);
     - the loss: :data:`VOCAB_PARALLEL_LOSS_ALLREDUCES` all-reduces of b·s fp32 values, or under
       ``cross_entropy: gathered`` the all-gather of the b·s·V logits to every TP rank, under
-      ``te`` the all-gather of each rank's 12 B a row (:data:`TE_LOSS_ROW_GATHER_BYTES`)
+      ``te`` the all-gather of each rank's 12 B a row
+      (``activations.TE_LOSS_ROW_STATS_BYTES``)
       (torchtitan without loss parallel: the output layer's ``Replicate()`` output,
       torchtitan a33d0e36 llama3/infra/parallelize.py apply_tp l.182-186)."""
     g, m = step.groups, sc.model
@@ -368,7 +366,7 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
             logits = step.boundary_bytes * m.vocab // m.hidden
             fwd += collective_ns(sc, step, "all_gather", logits, g.tp, g.tp_stride)
         if t.cross_entropy == "te":
-            rows = TE_LOSS_ROW_GATHER_BYTES * tokens * g.tp
+            rows = TE_LOSS_ROW_STATS_BYTES * tokens * g.tp
             fwd += collective_ns(sc, step, "all_gather", rows, g.tp, g.tp_stride)
         reduces = VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
         fwd += reduces * collective_ns(sc, step, "all_reduce", 4 * tokens, g.tp, g.tp_stride)

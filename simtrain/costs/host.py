@@ -113,9 +113,9 @@ MLP_OPS: dict[str, LayerOps] = {
     "relu": LayerOps(forward=10, backward=20, recompute_full=10),
     "relu2": LayerOps(forward=11, backward=23, recompute_full=11),
 }
-#: The MLP's linears by kind (their biases' backward ops, BIAS_OPS, are the MLP's too).
-MLP_LINEARS = {"swiglu": ("gate", "up", "down"), "gelu": ("up", "down"), "relu": ("up", "down"),
-               "relu2": ("up", "down")}  # fmt: skip
+#: The MLP's linears among ``ModelSpec.linear_weight_shapes`` (their biases' backward ops,
+#: BIAS_OPS, are the MLP sublayer's).
+MLP_LINEAR_NAMES = ("gate", "up", "down")
 #: The residual add that closes a sublayer.
 RESIDUAL_ADD_OPS = LayerOps(forward=1, backward=0, recompute_full=1)
 #: Megatron-Core's MoE layer beyond its experts (``runtime.moe_implementation: megatron_core``),
@@ -172,12 +172,17 @@ def layer_ops(m: ModelSpec) -> LayerOps:
     return ops + BIAS_OPS * sum(m.linear_has_bias(x) for x in m.linear_weight_shapes())
 
 
+def _pre_mlp_norm_ops(m: ModelSpec) -> LayerOps:
+    """The MLP sublayer's own norm (none without pre-norms or with a norm shared by both
+    sublayers)."""
+    return NORM_OPS[m.norm] if m.pre_norms and not m.shared_norm else NO_OPS
+
+
 def _mlp_sublayer_ops(m: ModelSpec) -> LayerOps:
-    """The MLP sublayer of a block: its pre-MLP norm (where it has its own), the MLP and the
+    """The MLP sublayer of a block: its pre-MLP norm, the MLP with its linears' biases and the
     residual add (Megatron's TransformerLayer._forward_mlp)."""
-    norm = NORM_OPS[m.norm] if m.pre_norms and not m.shared_norm else NO_OPS
-    biases = sum(m.linear_has_bias(x) for x in ("gate", "up", "down") if x in MLP_LINEARS[m.mlp])
-    return norm + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS + BIAS_OPS * biases
+    biases = sum(m.linear_has_bias(x) for x in m.linear_weight_shapes() if x in MLP_LINEAR_NAMES)
+    return _pre_mlp_norm_ops(m) + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS + BIAS_OPS * biases
 
 
 def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
@@ -209,7 +214,7 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
     if ("mlp" in scope and not moe) or ("moe" in scope and moe):
         captured += mlp + router + preprocess + dispatch
     elif moe and "moe_router" in scope:
-        captured += mlp - MLP_OPS[m.mlp] - RESIDUAL_ADD_OPS + router
+        captured += _pre_mlp_norm_ops(m) + router
         if "moe_preprocess" in scope:
             captured += preprocess
     if captured == NO_OPS:

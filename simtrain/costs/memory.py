@@ -554,6 +554,17 @@ def fp8_gathered_params(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[in
     return elems - expert, expert
 
 
+def gathered_param_bytes(sc: Scenario, step: ResolvedStep, rank: int, params: int,
+                         experts: bool = False) -> int:  # fmt: skip
+    """Bytes of the distributed optimizer's all-gather of pipeline rank ``rank``'s ``params``
+    updated parameters (its dense ones, or with ``experts`` its routed experts'): the
+    precision's parameter bytes each, 1 B for the FP8 primary weights among them
+    (:func:`fp8_gathered_params`)."""
+    param = step.precision.param
+    fp8 = fp8_gathered_params(sc, step, rank)[1 if experts else 0]
+    return params * param - fp8 * (param - 1)
+
+
 def device_nccl_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
     """NCCL's connection buffers on a GPU of ``stage`` (``costs.nccl_memory``), counted only
     where the memory figure is the device's (runtime ``memory_reported`` "nvidia_smi"): they are

@@ -25,7 +25,7 @@ from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
-    fp8_gathered_params,
+    gathered_param_bytes,
     grad_buffer_elem_bytes,
     pipeline_defers_reduction,
     wire_grad_bytes,
@@ -499,7 +499,7 @@ def master_copy_bytes_per_param(sc: Scenario, step: ResolvedStep) -> int:
 def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, trainable: int,
                       exp: int, shard: int) -> RankWork:  # fmt: skip
     """:func:`rank_work` with ``exp`` routed-expert parameters on the rank."""
-    p, prec = sc.parallelism, step.precision
+    p = sc.parallelism
     work = dense_rank_work(sc, step, rank, params - exp, trainable - exp, shard)
     edp = p.expert_dp  # comm.edp_ns's group
     z = p.zero_stage
@@ -508,8 +508,8 @@ def _expert_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, 
         return work
     op = grad_reduction_op(sc)
     if z in (1, 2):
-        fp8 = fp8_gathered_params(sc, step, rank)[1]  # FP8 expert weights: 1 B each
-        ag = comm.edp_ns(sc, step, "all_gather", exp * prec.param - fp8 * (prec.param - 1))
+        gathered = gathered_param_bytes(sc, step, rank, exp, experts=True)
+        ag = comm.edp_ns(sc, step, "all_gather", gathered)
         if work.pre_gather_ns != (0, 0):
             first, rest = work.pre_gather_ns
             work = replace(work, pre_gather_ns=(first, rest + ag))
@@ -613,8 +613,8 @@ def dense_rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int, tr
     if p.zero_stage in (1, 2):
         # ZeRO-1/2: the updated shards are all-gathered after the step, or (overlapped) during
         # the next forward; nanotron reduces with an all-reduce (optim/zero.py). FP8 primary
-        # weights travel in their byte (memory.fp8_gathered_params).
-        gathered = params * prec.param - fp8_gathered_params(sc, step, rank)[0] * (prec.param - 1)
+        # weights travel in their byte (memory.gathered_param_bytes).
+        gathered = gathered_param_bytes(sc, step, rank, params)
         ag = comm.dp_ns(sc, step, "all_gather", gathered)
         work = replace(work, post_opt_ns=ag, post_opt_name="AG updated params")
         if rt.overlap_param_gather:

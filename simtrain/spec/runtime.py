@@ -13,6 +13,7 @@ the model simtrain had before profiles existed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
@@ -466,18 +467,23 @@ def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
     return rt
 
 
-def _check_graph_scope(rt: RuntimeProfile, file: str, prefix: str) -> None:
-    """Megatron-Core's own rules (transformer_config.py l.1743-1750 at megatron-core 0.16.1): the
-    preprocess is captured with the router, and an MoE block is captured either whole (moe)
-    or in part (moe_router), not both."""
-    scope = set(rt.cuda_graph_scope)
+def graph_scope_problem(scopes: Sequence[str]) -> str | None:
+    """Why Megatron-Core refuses a set of CUDA graph scopes (transformer_config.py l.1743-1750
+    at megatron-core 0.16.1), or None: the preprocess is captured with the router, and an MoE
+    block is captured either whole (moe) or in part (moe_router), not both. The runtime's
+    check and the Megatron importer's (naming its flag) share it."""
+    scope = set(scopes)
     if "moe_preprocess" in scope and "moe_router" not in scope:
-        raise ConfigError(file, f"{prefix}cuda_graph_scope", "moe_preprocess is captured with "
-                          "the router: add moe_router", list(rt.cuda_graph_scope),
-                          " | ".join(CUDA_GRAPH_SCOPES))  # fmt: skip
-    if "moe" in scope and "moe_router" in scope:
-        raise ConfigError(file, f"{prefix}cuda_graph_scope", "moe captures the whole MoE, "
-                          "moe_router a part of it: give one", list(rt.cuda_graph_scope),
+        return "moe_preprocess is captured with the router: add moe_router"
+    if "moe" in scope and scope & {"moe_router", "moe_preprocess"}:
+        return "moe captures the whole MoE, moe_router and moe_preprocess a part of it: give one"
+    return None
+
+
+def _check_graph_scope(rt: RuntimeProfile, file: str, prefix: str) -> None:
+    why = graph_scope_problem(rt.cuda_graph_scope)
+    if why:
+        raise ConfigError(file, f"{prefix}cuda_graph_scope", why, list(rt.cuda_graph_scope),
                           " | ".join(CUDA_GRAPH_SCOPES))  # fmt: skip
 
 

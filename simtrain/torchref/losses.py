@@ -116,8 +116,9 @@ class _TECrossEntropyFn(torch.autograd.Function):
             lse = torch.logsumexp(x, -1)
             t = targets[rows].clamp(min=0)
             picked = x.gather(1, t.unsqueeze(1)).squeeze(1)
+            row_max = x.amax(-1)  # m, d = sum(exp(x - m)), X_y
             m_d_x_y[3 * i : 3 * i + 3 * x.shape[0]] = torch.stack(
-                (x.amax(-1), torch.exp(lse - x.amax(-1)), picked), 1
+                (row_max, torch.exp(lse - row_max), picked), 1
             ).reshape(-1)
             loss_1d[rows] = (lse - picked) * valid[rows]
             p = x.sub_(lse.unsqueeze(1)).exp_()

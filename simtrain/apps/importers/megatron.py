@@ -46,6 +46,7 @@ from simtrain.apps.importers.shell import flag_words, parse_flags, read_command
 from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.precision import FP8_PARAM_PRECISIONS
+from simtrain.spec.runtime import CUDA_GRAPH_SCOPES, graph_scope_problem
 from simtrain.spec.yamlfile import read_text_file
 
 #: Flags of Megatron-LM before Megatron-Core (2019-2022): a script with one runs under the
@@ -998,23 +999,18 @@ def _cuda_graphs(f: Flags, r: Reading, runtime: dict[str, Any], file: str) -> No
         return
     if scopes == ["full"]:
         scopes = []
-    allowed = ("attn", "mlp", "moe", "moe_router", "moe_preprocess")
     for x in scopes:
-        if x not in allowed:
+        if x not in CUDA_GRAPH_SCOPES:
             raise ConfigError(file, read[0], "not a scope simtrain models (the block's parts; "
                               "full alone is every whole layer, full_iteration the whole step)",
-                              x, " | ".join((*allowed, "full", "full_iteration")))  # fmt: skip
+                              x, " | ".join((*CUDA_GRAPH_SCOPES, "full", "full_iteration")))  # fmt: skip
     router = {"moe_router", "moe_preprocess"} & set(scopes)
-    if impl == "transformer_engine" and router == {"moe_preprocess"}:
-        raise ConfigError(file, read[0], "moe_preprocess is captured with the router "
-                          "(Megatron's own check, transformer_config.py l.1747-1750 at "
-                          "0.16.1): add moe_router", " ".join(scopes))  # fmt: skip
-    if "moe" in scopes and router:
-        raise ConfigError(file, read[0], "moe captures the whole MoE, moe_router and "
-                          "moe_preprocess a part of it: give one", " ".join(scopes))  # fmt: skip
     if impl == "local" and router:
         # the local implementation captures both (transformer_config.py l.1725-1735 at 0.16.1)
         scopes += sorted({"moe_router", "moe_preprocess"} - router, reverse=True)
+    why = graph_scope_problem(scopes)
+    if why:
+        raise ConfigError(file, read[0], why, " ".join(scopes))
     runtime["cuda_graph_scope"] = list(dict.fromkeys(scopes or ["attn", "mlp", "moe"]))
     r.origin("runtime.cuda_graph_scope", read[0] if read else "--cuda-graph-impl")
 

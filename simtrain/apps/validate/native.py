@@ -57,7 +57,6 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import takewhile
 from typing import Any
 
 import yaml
@@ -753,14 +752,12 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
                          "for this model, system and precision offloads that many layers' "
                          "activations (scripts/performance/configs/llama/*_workload_base_"
                          "configs.py cpu_offloading_num_layers at 00b7660b)")  # fmt: skip
-        if "--cuda-graph-impl" in config:
-            i = config.index("--cuda-graph-scope") + 1
-            scopes = " ".join(takewhile(lambda x: not x.startswith("--"), config[i:]))
-            notes.append(f"--cuda-graph-impl {config[config.index('--cuda-graph-impl') + 1]} "
-                         f"--cuda-graph-scope {scopes}: Megatron-Bridge's "
-                         "performance config for this model, system and precision captures "
-                         "CUDA graphs (scripts/performance/configs/*/*_workload_base_configs.py "
-                         "cuda_graph_impl / cuda_graph_scope at 00b7660b)")  # fmt: skip
+        graphs = mbridge_cuda_graph_flags(rec)
+        if graphs:
+            notes.append(f"{' '.join(graphs)}: Megatron-Bridge's performance config for this "
+                         "model, system and precision captures CUDA graphs (scripts/performance/"
+                         "configs/*/*_workload_base_configs.py cuda_graph_impl / "
+                         "cuda_graph_scope at 00b7660b)")  # fmt: skip
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
