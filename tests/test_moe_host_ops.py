@@ -215,6 +215,8 @@ def test_host_module_names_every_table() -> None:
      "has none (model.num_experts)"),
     ("[mlp]", [], "every block of model"),
     ("[attn]", ["training.recompute=full"], "whole-iteration graph"),
+    ("[attn]", ["parallelism.pp=1", "parallelism.dp=64", "training.offload.activation_layers=4"],
+     "no CUDA graphs with CPU offloading"),
 ])  # fmt: skip
 def test_graph_scopes_checked_against_the_model_and_recompute(scopes, sets, words) -> None:
     """Megatron-Core's own assertions (transformer_config.py l.2825-2858 at d98e8a64): MoE

@@ -1110,8 +1110,8 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
 def _check_graph_scope_fits(s: Scenario, file: str) -> None:
     """Megatron-Core's checks of per-layer CUDA graph scopes against the model and the
     recompute (megatron/core/transformer/transformer_config.py l.2825-2858 at d98e8a64): MoE
-    scopes need an MoE model, the mlp scope a dense block, and full recompute the
-    whole-iteration graph."""
+    scopes need an MoE model, the mlp scope a dense block, activation offload no graphs, and
+    full recompute the whole-iteration graph."""
     m, scope = s.model, s.runtime.cuda_graph_scope
     key = "runtime.cuda_graph_scope"
     moe = [x for x in scope if x.startswith("moe")]
@@ -1122,6 +1122,11 @@ def _check_graph_scope_fits(s: Scenario, file: str) -> None:
     if "mlp" in scope and m.is_moe and not m.dense_layers_in(0, m.layers):
         raise ConfigError(file, key, f"mlp captures a dense block's MLP and every block of "
                           f"model {m.name} is MoE (use moe or moe_router)", list(scope))  # fmt: skip
+    if s.training.offload.activation_layers:
+        # (transformer_config.py l.1722-1723 at megatron-core 0.16.1)
+        raise ConfigError(file, key, "per-layer CUDA graphs with training.offload."
+                          "activation_layers: Megatron has no CUDA graphs with CPU offloading",
+                          list(scope))  # fmt: skip
     if s.training.recompute == "full":
         raise ConfigError(file, key, "per-layer CUDA graphs with training.recompute full: "
                           "Megatron captures full recompute only in a whole-iteration graph "
