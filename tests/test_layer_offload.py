@@ -160,8 +160,9 @@ def test_moe_dense_first_blocks_and_frozen_embedding() -> None:
     off = parse_scenario({**data, "training": {**BASE["training"],
                                                "offload": {"activation_layers": 3}}}, "moe.yaml")  # fmt: skip
     m, t = base.model, base.training
-    dense = layer_activation_bytes(m, t, moe=False)
-    sparse = layer_activation_bytes(m, t, moe=True)
+    fused = base.runtime.fused_swiglu  # Megatron-Core's SwiGLU saves its input only
+    dense = layer_activation_bytes(m, t, moe=False, fused_swiglu=fused)
+    sparse = layer_activation_bytes(m, t, moe=True, fused_swiglu=fused)
     a, b = estimate_memory(base).stages[0], estimate_memory(off).stages[0]
     assert dict(b.offloaded_activation_bytes) == {0: 2 * dense + sparse}
     assert a.category("activations") - b.category("activations") == 2 * dense + sparse

@@ -70,6 +70,7 @@ def layer_saved_tensors(
     repeat_kv: bool = False,
     cp_a2a: bool = False,
     etp: int = 0,
+    fused_swiglu: bool = False,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -80,6 +81,8 @@ def layer_saved_tensors(
     are expanded to every query head before SDPA, which saves them at the query's width.
     ``cp_a2a`` (runtime ``cp_attention: a2a`` with cp > 1): the flash kernel's output and the
     out-projection's input are different storages, either side of the all-to-all (costs.cp).
+    ``fused_swiglu`` (runtime ``fused_swiglu``, Megatron-Core's ``bias_swiglu_impl``): a SwiGLU
+    MLP's activation saves only its input, the fc1 output (gate and up), not silu's output.
 
     Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
     GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
@@ -111,7 +114,7 @@ def layer_saved_tensors(
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
         out=[], te_fp8=is_te(prec), quant=prec,
         gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
-        cp_a2a=cp_a2a,
+        cp_a2a=cp_a2a, fused_swiglu=fused_swiglu,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -168,6 +171,7 @@ class _Block:
     gathered: int = 0
     repeat_kv: bool = False  # K and V expanded to every query head before SDPA
     cp_a2a: bool = False  # context parallelism's all-to-all around the attention call
+    fused_swiglu: bool = False  # SwiGLU as one function saving its input (runtime fused_swiglu)
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -349,6 +353,10 @@ def _mlp(c: _Block) -> None:
         c.add("fc1 output (activation input)", n_fc1 * e * sb * f / tp, f"{n_fc1 * e}·sbf/t")
         if c.saves_input("down"):
             c.add("down-projection input, FP8", c.fp8(sb * f / tp), c.lin_formula("sbf/t"))
+    elif m.mlp == "swiglu" and c.fused_swiglu:
+        # Megatron-Core's SwiGLUFunction saves its input, the fc1 output (gate and up in one
+        # tensor), and recomputes silu in the backward (core/fusions/fused_bias_swiglu.py)
+        c.add("fc1 output (SwiGLU input: gate, up)", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
     elif m.mlp == "swiglu":
         c.add("gate output (SiLU input)", e * sb * f / tp, f"{e}·sbf/t")
         c.add("SiLU output and up output", 2 * e * sb * f / tp, f"{2 * e}·sbf/t")
@@ -381,10 +389,11 @@ def layer_activation_bytes(
     repeat_kv: bool = False,
     cp_a2a: bool = False,
     etp: int = 0,
+    fused_swiglu: bool = False,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied: the sum of
-    :func:`layer_saved_tensors` (with the runtime's ``gathered_input``, ``repeat_kv`` and
-    ``cp_a2a``) that the recompute keeps.
+    :func:`layer_saved_tensors` (with the runtime's ``gathered_input``, ``repeat_kv``,
+    ``cp_a2a`` and ``fused_swiglu``) that the recompute keeps.
 
     full: only the block input is kept (Chen et al. 2016; Korthikanti 2022 §4.3: 2sbh in 16 bit);
     selective: the attention core is recomputed, so its s² tensors are dropped (Korthikanti §4.3);
@@ -393,7 +402,8 @@ def layer_activation_bytes(
     """
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
                                 load=load, gathered_input=gathered_input,
-                                repeat_kv=repeat_kv, cp_a2a=cp_a2a, etp=etp)  # fmt: skip
+                                repeat_kv=repeat_kv, cp_a2a=cp_a2a, etp=etp,
+                                fused_swiglu=fused_swiglu)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -509,7 +519,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
                                 head: bool, tp: int = 1, sp: bool = False,
                                 load: float = 1.0, gathered_input: int = 0,
                                 repeat_kv: bool = False, cp_a2a: bool = False,
-                                etp: int = 0) -> int:  # fmt: skip
+                                etp: int = 0, fused_swiglu: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -529,7 +539,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
                                 gathered_input=gathered_input, repeat_kv=repeat_kv,
-                                cp_a2a=cp_a2a, etp=etp)  # fmt: skip
+                                cp_a2a=cp_a2a, etp=etp, fused_swiglu=fused_swiglu)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

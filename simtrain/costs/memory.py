@@ -38,6 +38,7 @@ from simtrain.costs.activations import (
     walk_peak_of_states,
 )
 from simtrain.costs.comm import ddp_buckets
+from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import (
@@ -308,11 +309,13 @@ class SaveFlags:
     repeat_kv: bool
     cp_a2a: bool
     etp: int = 0  # the expert-TP size (ParallelSpec.etp; 0: tp)
+    fused_swiglu: bool = False  # runtime fused_swiglu: the SwiGLU saves its input only
 
     def kwargs(self) -> dict[str, float | int | bool]:
         """The flags as keyword arguments of ``layer_saved_tensors`` and ``layer_activation_bytes``."""
         return {"load": self.load, "gathered_input": self.gathered_input,
-                "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a, "etp": self.etp}  # fmt: skip
+                "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a, "etp": self.etp,
+                "fused_swiglu": self.fused_swiglu}  # fmt: skip
 
 
 def save_flags(sc: Scenario) -> SaveFlags:
@@ -324,6 +327,7 @@ def save_flags(sc: Scenario) -> SaveFlags:
         repeat_kv=sc.runtime.attention_repeat_kv,
         cp_a2a=sc.cp_all_to_all,
         etp=sc.parallelism.etp,
+        fused_swiglu=sc.runtime.fused_swiglu,
     )  # fmt: skip
 
 
@@ -388,7 +392,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
                                                          tp, sp, f.load, f.gathered_input,
                                                          f.repeat_kv, f.cp_a2a,
-                                                         etp=f.etp)  # fmt: skip
+                                                         etp=f.etp,
+                                                         fused_swiglu=f.fused_swiglu)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
@@ -487,6 +492,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         # p2p send/receive buffers: one b·s·h activation and one gradient
         buffers += 2 * p2p_buffer_bytes(sc, step)
     buffers += ddp_bucket_bytes(sc, step, ms.trainable) + tp_gather_buffer_bytes(sc, step)
+    buffers += te_dummy_wgrad_bytes(sc, step, tensors)
     if p.cp > 1 and n_layers:
         buffers += cp_ring_buffer_bytes(sc)
     if sc.model.is_moe and n_layers:
@@ -496,6 +502,38 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         tokens = t.micro_batch * step.seq_len_effective // p.cp  # one GPU's s/cp of each
         buffers += ceil(2 * a2a_bytes(sc.model, tokens, prec.act_mm, p.tp, load))
     return buffers, opt_ws, gather
+
+
+#: The module names a linear's weight has where Megatron-Core builds it from Transformer Engine
+#: modules (a routed or shared expert's own gate, up and down under its prefix): the decoder's
+#: linears, not the embedding, the output layer or the router (Megatron's own modules).
+_TE_LINEARS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b", "gate", "up", "down")
+
+
+def te_dummy_wgrad_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor]) -> int:
+    """Transformer Engine's cached dummy weight gradients (runtime ``te_dummy_wgrad``): under
+    gradient-accumulation fusion each TE linear's backward returns ``get_dummy_wgrad(weight
+    .shape, weight.dtype)`` (transformer_engine/pytorch/module/base.py at d0067d0d), one
+    tensor per distinct (shape, dtype) kept for the process's life: Σ rows·cols over the
+    rank's distinct trainable TE weight shapes (Q, K, V as one ``linear_qkv`` and gate, up as
+    one ``linear_fc1`` where the runtime fuses them; a routed expert's ``GroupedLinear``
+    weights one shape each), in the 16-bit dtype the weights report (a Float8Tensor weight's
+    nominal one). 0 with the runtime flag off or no decoder layer on the rank."""
+    rt = sc.runtime
+    if not rt.te_dummy_wgrad:
+        return 0
+    fused = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
+    modules: dict[tuple[str, str], list[ParamTensor]] = {}
+    for x in tensors:
+        parts = x.name.split(".")
+        if not x.trainable or not x.matmul or parts[-1] != "weight" or len(parts) > 3:
+            continue
+        prefix, lin = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
+        if lin not in _TE_LINEARS:
+            continue
+        modules.setdefault((prefix, fused.get(lin, lin)), []).append(x)
+    shapes = {(ts[0].rows, sum(x.cols for x in ts)) for ts in modules.values()}
+    return max(step.precision.param, 2) * sum(r * c for r, c in shapes)
 
 
 def rank_dense_layers(sc: Scenario, step: ResolvedStep, rank: int) -> int:

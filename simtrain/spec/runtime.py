@@ -300,6 +300,24 @@ class RuntimeProfile:
     # costs.compute.dense_linear_gemms) prices each GEMM.
     fused_qkv: bool = True
     fused_gate_up: bool = True
+    # A gated (SwiGLU) MLP's activation is one autograd function that saves only its input, the
+    # fc1 output (gate and up, 2·f values a token), and recomputes silu in its backward
+    # (Megatron-Core megatron/core/fusions/fused_bias_swiglu.py ``SwiGLUFunction.forward``:
+    # ``ctx.save_for_backward(input_for_backward)``, called by core/transformer/mlp.py with
+    # ``bias_activation_fusion``, which Megatron-LM's ``--no-bias-swiglu-fusion`` turns off and
+    # Megatron-Bridge's Llama providers turn on); the down-projection keeps its own input (f):
+    # 3·f values a token. False: eager ``silu(gate) * up``, whose autograd saves gate, silu's
+    # output, up and the product (4·f; costs.activations).
+    fused_swiglu: bool = False
+    # Transformer Engine (v2.3 on, with Megatron-Core's gradient-accumulation fusion, whose
+    # wgrad GEMM accumulates into the fp32 ``main_grad``) returns autograd a dummy weight
+    # gradient from a module-global cache, one tensor per distinct weight shape and dtype,
+    # allocated at the first backward and never freed (transformer_engine/pytorch/module/base.py
+    # ``get_dummy_wgrad``, called by linear.py, layernorm_linear.py and, from v2.10,
+    # grouped_linear.py; TE ba5dc5dde 2025-04, d2945c6a5 2025-10): the rank's distinct TE
+    # linear shapes in the parameters' 16-bit dtype, under buffers (costs.memory
+    # .te_dummy_wgrad_bytes).
+    te_dummy_wgrad: bool = False
     # DeepSpeed's optimizers reduce and step on flat gradient buffers (costs.memory
     # .reduce_copy_bytes, flat_step_buffers): ZeRO-1/2's (DeepSpeedZeroOptimizer, 16-bit
     # gradients) flattens each reduction bucket (parallelism.bucket_mb) into a new copy, then

@@ -136,3 +136,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if cos.dtype != x.dtype:
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """Megatron-Core's fused SwiGLU (megatron/core/fusions/fused_bias_swiglu.py ``SwiGLUFunction``
+    at d98e8a64, without bias, clamp or FP8 input store): ``silu(a) * b`` of the fc1 output
+    ``y = [a, b]``, saving only ``y`` and recomputing silu in the backward (``swiglu_back``,
+    in fp32 there as here). Autograd's eager ``silu(a) * b`` saves a, silu's output and b."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(y)
+        _label_next_saved("swiglu", "input")
+        a, b = torch.chunk(y, 2, -1)
+        return torch.nn.functional.silu(a) * b
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        a, b = (t.float() for t in torch.chunk(y, 2, -1))
+        sig = torch.sigmoid(a)
+        gf = g.float()
+        da = gf * b * sig * (1 + a * (1 - sig))
+        db = gf * a * sig
+        return torch.cat((da, db), -1).to(y.dtype)

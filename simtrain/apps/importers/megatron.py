@@ -210,6 +210,7 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
         r.origin("parallelism.ep", "--expert-model-parallel-size")
 
     model = _model(f, r, tp, legacy, flash)
+    _fusion_flags(f, r, runtime, model, legacy)
     _dispatcher(f, r, runtime, bool(model.get("num_experts")), ep)
     _cuda_graphs(f, r, runtime, file)
     layers = model["layers"]
@@ -462,6 +463,30 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
         r.unsupported_("--moe-pad-expert-input-to-capacity", f"experts padded to capacity "
                        f"factor {cap}: simulated at the routed tokens")  # fmt: skip
     return out
+
+
+def _fusion_flags(f: Flags, r: Reading, runtime: dict[str, Any], model: dict[str, Any],
+                  legacy: bool) -> None:  # fmt: skip
+    """Two Megatron-Core fusions that set memory (Megatron-LM before Megatron-Core had neither):
+    ``--no-bias-swiglu-fusion`` runs the SwiGLU as eager ops, silu's output saved beside the fc1
+    output (runtime ``fused_swiglu`` false; the flag's default, training/argument_utils.py l.317
+    at d98e8a64: ``bias_activation_fusion = args.bias_swiglu_fusion``); Transformer Engine's
+    cached dummy weight gradients (runtime ``te_dummy_wgrad``) need its linears and the
+    gradient-accumulation fusion that writes their wgrad into ``main_grad``: off with
+    ``--no-gradient-accumulation-fusion`` (arguments.py l.2944) or ``--transformer-impl local``."""
+    flags = (("--no-bias-swiglu-fusion", "fused_swiglu", model.get("mlp") == "swiglu"),
+             ("--no-gradient-accumulation-fusion", "te_dummy_wgrad", True))  # fmt: skip
+    for flag, key, applies in flags:
+        if not f.bool_(flag):
+            continue
+        if legacy or not applies:
+            r.ignore(flag)
+        else:
+            runtime[key] = False
+            r.origin(f"runtime.{key}", flag)
+    if not legacy and f.value("--transformer-impl") == "local" and "te_dummy_wgrad" not in runtime:
+        runtime["te_dummy_wgrad"] = False
+        r.origin("runtime.te_dummy_wgrad", "--transformer-impl")
 
 
 def _dispatcher(f: Flags, r: Reading, runtime: dict[str, Any], moe: bool, ep: int) -> None:

@@ -144,6 +144,10 @@ _EQ3_RECOMPUTE = ("full (the source's TFLOP/s follow Narayanan Eq. 3, which coun
 # fp32 kernel at d98e8a64 core/tensor_parallel/cross_entropy.py; Megatron-DeepSpeed keeps
 # mpu/cross_entropy.py), not PyTorch's (spec.scenario.CROSS_ENTROPY).
 _MEGATRON_LOSS = "vocab_parallel"
+# Megatron-Core r0.8 and NeMo 24.07 (2024) ran Transformer Engine 1.x, before its cached dummy
+# weight gradients (get_dummy_wgrad: TE ba5dc5dde, 2025-04, release 2.3; runtime te_dummy_wgrad).
+_TE1_NOTE = ("Transformer Engine 1.x (2024), before its cached dummy weight gradients "
+             "(module/base.py get_dummy_wgrad, TE 2.3)")  # fmt: skip
 
 # Megatron-LM's own runs: Eq. 3 TFLOP/s, full recompute, vocabulary padded to 51,200, "local" DDP.
 # Their architecture is Megatron's GPT defaults, which the Megatron importer gives to flags that
@@ -381,6 +385,8 @@ SOURCES: dict[str, SourceConvention] = {
         "none (Megatron-LM's default: no --recompute-granularity)",
         131072,  # the README: "All models use a vocabulary size of 131,072"
         cross_entropy=_MEGATRON_LOSS,
+        runtime_overrides=(("te_dummy_wgrad", False),),
+        runtime_overrides_note=_TE1_NOTE,
         # The README's runs overlap "pipeline-parallel communication (enabled by default)", which
         # Megatron runs only under the interleaved schedule (megatron/training/arguments.py
         # l.254-277 at 937571cfd4: without --num-layers-per-virtual-pipeline-stage it sets
@@ -441,6 +447,8 @@ SOURCES: dict[str, SourceConvention] = {
         ),
         optimizer_storage=_NEMO_DFA,
         named_optimizer_storage=((r"nemotron-340b", _NEMO_DFA_BF16),),
+        runtime_overrides=(("te_dummy_wgrad", False),),
+        runtime_overrides_note=_TE1_NOTE,
     ),
     # Megatron-Bridge's Llama 3 pretraining recipe (00b7660b
     # src/megatron/bridge/recipes/llama/llama3.py _llama3_common, l.553-561):
