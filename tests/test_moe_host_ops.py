@@ -170,6 +170,34 @@ def test_validate_reads_megatron_bridge_graph_configs() -> None:
     assert llama.runtime.dispatch == "cuda_graphs"
 
 
+def test_validate_reads_the_26x_per_gpu_recipes() -> None:
+    """From NeMo 26.06 on, the rows ran Megatron-Bridge's per-GPU recipes (perf_recipes at
+    067f987d): the MXFP8 MoE ones on GB200 / GB300 capture the whole iteration and overlap the
+    expert all-to-alls (Megatron-Core's combined 1F1B); the B300 DeepSeek-V3 one keeps TE's
+    per-layer graphs; the Llama 3.1 405B NVFP4 one captures nothing (its full_iteration scope
+    cleared by _benchmark_common), where the 00b7660b config it replaced captured the whole
+    iteration. A 26.04 row of the same model reads the old config."""
+    from simtrain.apps.validate.native import mbridge_release
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records("measured/mbridge_26x.yaml")}
+    assert mbridge_release(rows["mbridge260601_GB300_Qwen3_30B_a3B_FP8MX_8gpu"]) == (26, 6, 1)
+    for rid in ("mbridge2608_GB300_Qwen3_30B_a3B_FP8MX_8gpu",
+                "mbridge2606_GB200_DeepSeekV3_FP8MX_256gpu"):  # fmt: skip
+        sc = translate(rows[rid]).scenario
+        assert sc.runtime.dispatch == "cuda_graphs", rid
+        assert sc.parallelism.schedule == "combined_1f1b", rid
+    b300 = translate(rows["mbridge2606_B300_DeepSeekV3_FP8MX_256gpu"]).scenario
+    assert b300.runtime.cuda_graph_scope == ("attn", "moe_router", "moe_preprocess")
+    assert b300.parallelism.schedule != "combined_1f1b"
+    nvfp4 = translate(rows["mbridge2606_GB300_LLAMA3.1_405B_NVFP4_256gpu"]).scenario
+    assert nvfp4.runtime.dispatch == "eager" and nvfp4.runtime.cuda_graph_scope == ()
+    old = translate(rows["mbridge2604_GB300_Qwen3_30B_a3B_FP8MX_8gpu"]).scenario
+    assert old.runtime.cuda_graph_scope == ("moe_router", "moe_preprocess")
+    assert old.parallelism.schedule != "combined_1f1b"
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -762,6 +762,23 @@ def _frozen(rows: list, width: int) -> np.ndarray:
     return a
 
 
+def merged_pairs_backward_first(actions: list) -> list:
+    """Combined 1F1B without pipelining runs each steady-state forward merged with the previous
+    micro-batch's backward layer by layer: forward layer i beside backward layer L − 1 − i,
+    whose saved tensors are released before the next pair (Megatron-Core
+    models/common/model_chunk_schedule_plan.py ``run``: "Phase 1: forward_layer[0] +
+    backward_layer[3]", ``b_layer.release_state()`` after each, at d98e8a64), so a merged pair
+    holds one micro-batch and one layer, not two micro-batches. The walk (whole chunks) takes
+    each such backward before its forward: exact but for that one layer (1/L of a micro-batch).
+    ``actions``: one rank's compute actions in schedule order (F(i+1) directly before B(i))."""
+    out = list(actions)
+    for i in range(len(out) - 1):
+        a, b = out[i], out[i + 1]
+        if a.kind == "F" and b.kind == "B" and a.microbatch != b.microbatch:
+            out[i], out[i + 1] = b, a
+    return out
+
+
 @lru_cache(maxsize=1024)
 def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
                            all_warmup: bool = False) -> ActivationStates:  # fmt: skip
@@ -771,6 +788,8 @@ def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
     occurrence of the largest forward state is where the walk's strict "greater than" last
     fires (tested with hypothesis for every schedule and any bytes)."""
     actions = rank_schedule(name, pp, m, v, rank, all_warmup)
+    if name == "combined_1f1b" and pp == 1:
+        actions = merged_pairs_backward_first(actions)
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)

@@ -153,8 +153,13 @@ def _dualpipe_in_flight(p: int, m: int, stage: int, v: int) -> float:
 
 def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
     """Combined 1F1B with one chunk per rank: one warm-up forward more than 1F1B's,
-    min(m, p − s + 1) (pp = 1: two micro-batches once m ≥ 2); with v > 1 the interleaved
-    order's, like ``interleaved``'s entry, not a closed form."""
+    min(m, p − s + 1); without pipelining (pp = 1) one micro-batch: each forward runs merged
+    with the previous micro-batch's backward layer by layer, which releases a layer as the
+    forward stores one (Megatron-Core model_chunk_schedule_plan.py ``run``; the memory walk's
+    ``costs.activations.merged_pairs_backward_first``, exact but for that one layer); with
+    v > 1 the interleaved order's, like ``interleaved``'s entry, not a closed form."""
+    if p == 1:
+        return 1.0
     return float(min(m, p - stage + 1))
 
 

@@ -166,7 +166,7 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     offloaded = mbridge_offload_layers(rec, zero, pp)
     if offloaded:
         w += ["--cpu-offloading-num-layers", offloaded]
-    w += mbridge_cuda_graph_flags(rec)
+    w += mbridge_cuda_graph_flags(rec) + mbridge_recipe_flags(rec)
     if (rec.source_key == "megatron_bridge" and zero != 3
             and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
         w.append("--fp8-param-gather")
@@ -599,14 +599,87 @@ MBRIDGE_CUDA_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
 }  # fmt: skip
 
 
+#: The first NeMo container whose Megatron-Bridge runs took their knobs from the per-GPU
+#: performance recipes (src/megatron/bridge/perf_recipes, first at aad7d9ce2, 2026-06-25; read
+#: at 067f987d, whose docs/performance-summary.md is the 26.08 table), not from
+#: scripts/performance/configs (00b7660b), which validate reads for the releases before.
+MBRIDGE_RECIPE_RELEASE = (26, 6)
+
+#: Megatron-Bridge's per-GPU recipes that pretrain an MoE model in MXFP8 with full-iteration
+#: CUDA graphs and Megatron-Core's expert-parallel all-to-all overlap, by (model, system), from
+#: :data:`MBRIDGE_RECIPE_RELEASE` on: perf_recipes/deepseek/common.py
+#: _enable_deepseek_full_iteration_mxfp8 (l.49-77: cuda_graph_impl "full_iteration", scope [],
+#: overlap_moe_expert_parallel_comm, delay_wgrad_compute), called by deepseek/gb300/
+#: deepseek_v3.py l.157 and gb200/deepseek_v3.py l.160; qwen/common.py
+#: _enable_hybridep_full_iteration_mxfp8 (l.22-46, the same knobs), called by qwen/{gb300,gb200,
+#: b300}/qwen3_moe.py's 30B-A3B 8-GPU and 235B-A22B 256-GPU MXFP8 recipes; gpt_oss/common.py
+#: _apply_gpt_oss_120b_full_iter_fp8mx_configs, called by gpt_oss/{gb300,gb200}/gpt_oss.py (all
+#: at 067f987d; the B300 DeepSeek-V3 and GPT-OSS recipes keep Transformer Engine's per-layer
+#: graphs; the recipes' HybridEP dispatcher, paged stash, FP8 attention and fused grouped MLP
+#: are not simulated).
+MBRIDGE_FULL_ITERATION_MOE = {
+    ("DEEPSEEKV3", "GB300"), ("DEEPSEEKV3", "GB200"),
+    ("QWEN3_30B_A3B", "GB300"), ("QWEN3_30B_A3B", "GB200"), ("QWEN3_30B_A3B", "B300"),
+    ("QWEN3_235B_A22B", "GB300"), ("QWEN3_235B_A22B", "GB200"),
+    ("GPT OSS 120B", "GB300"), ("GPT OSS 120B", "GB200"),
+}  # fmt: skip
+
+
+#: The per-layer CUDA graphs of the other per-GPU recipes (:data:`MBRIDGE_RECIPE_RELEASE` on) by
+#: (model, system, precision): Transformer Engine's attn, moe_router and moe_preprocess scopes
+#: in gpt_oss/b300/gpt_oss.py l.288-289 at 067f987d and in deepseek/b300/deepseek_v3.py before
+#: ecfcd8460 (2026-07-23; l.153 _enable_deepseek_transformer_engine_graph: the version whose
+#: micro-batch 2 and no virtual stages the 26.06 row ran). Every other recipe of these rows
+#: captures nothing: Kimi K2 and Llama 3.1 405B keep cuda_graph_impl "none" (the NVFP4 ones'
+#: full_iteration scope cleared by _benchmark_common, perf_recipes/_common.py l.83-84), and
+#: Qwen3 30B on the H100 had none before b6f644609 (2026-08-06).
+MBRIDGE_RECIPE_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("DEEPSEEKV3", "B300", "FP8-MX"): _ATTN_ROUTER,
+    ("GPT OSS 120B", "B300", "FP8-MX"): _ATTN_ROUTER,
+}
+
+
+def mbridge_release(rec: Record) -> tuple[int, ...] | None:
+    """The NeMo container a Megatron-Bridge row ran ("NeMo 26.06.01 container" in its source:
+    (26, 6, 1)), None where the source names none."""
+    m = re.search(r"NeMo (\d+(?:\.\d+)+) container", rec.source)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def _recipe_era(rec: Record) -> bool:
+    """Whether a Megatron-Bridge row ran from the per-GPU recipes (:data:`MBRIDGE_RECIPE_RELEASE`)."""
+    release = mbridge_release(rec)
+    return release is not None and release >= MBRIDGE_RECIPE_RELEASE
+
+
+def mbridge_recipe_flags(rec: Record) -> list[str]:
+    """Megatron flags of a Megatron-Bridge row's per-GPU recipe beyond its CUDA graphs: the
+    expert-parallel all-to-all overlap of :data:`MBRIDGE_FULL_ITERATION_MOE` (Megatron-Core's
+    combined 1F1B), [] for any other row."""
+    if rec.source_key != "megatron_bridge" or not _recipe_era(rec):
+        return []
+    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    if prec == "FP8-MX" and _mbridge_row(rec) in MBRIDGE_FULL_ITERATION_MOE:
+        return ["--overlap-moe-expert-parallel-comm"]
+    return []
+
+
 def mbridge_cuda_graph_flags(rec: Record) -> list[str]:
     """Megatron's CUDA graph flags of a Megatron-Bridge row's performance config
-    (:data:`MBRIDGE_CUDA_GRAPHS`), which the importer reads (``runtime.cuda_graph_scope``, or
-    ``dispatch: cuda_graphs`` for the whole iteration); [] for a config without."""
+    (:data:`MBRIDGE_CUDA_GRAPHS`; from :data:`MBRIDGE_RECIPE_RELEASE` on the per-GPU recipes:
+    :data:`MBRIDGE_FULL_ITERATION_MOE`'s whole iteration, and nothing for the others, whose
+    Llama 3.1 405B NVFP4 recipes set cuda_graph_impl "none", which _benchmark_common
+    (perf_recipes/_common.py l.83-84 at 067f987d) makes clear the scope), which the importer
+    reads (``runtime.cuda_graph_scope``, or ``dispatch: cuda_graphs`` for the whole iteration);
+    [] for a config without."""
     if rec.source_key != "megatron_bridge":
         return []
     prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
-    scopes = MBRIDGE_CUDA_GRAPHS.get((*_mbridge_row(rec), prec))
+    if _recipe_era(rec):
+        full = prec == "FP8-MX" and _mbridge_row(rec) in MBRIDGE_FULL_ITERATION_MOE
+        scopes = _WHOLE_STEP if full else MBRIDGE_RECIPE_GRAPHS.get((*_mbridge_row(rec), prec))
+    else:
+        scopes = MBRIDGE_CUDA_GRAPHS.get((*_mbridge_row(rec), prec))
     if not scopes:
         return []
     impl = "local" if scopes == _WHOLE_STEP else "transformer_engine"
@@ -753,11 +826,26 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
                          "activations (scripts/performance/configs/llama/*_workload_base_"
                          "configs.py cpu_offloading_num_layers at 00b7660b)")  # fmt: skip
         graphs = mbridge_cuda_graph_flags(rec)
-        if graphs:
+        if graphs and _recipe_era(rec):
+            notes.append(f"{' '.join(graphs)}: Megatron-Bridge's per-GPU performance recipe "
+                         "for this model, system and precision captures CUDA graphs "
+                         "(src/megatron/bridge/perf_recipes at 067f987d)")  # fmt: skip
+        elif graphs:
             notes.append(f"{' '.join(graphs)}: Megatron-Bridge's performance config for this "
                          "model, system and precision captures CUDA graphs (scripts/performance/"
                          "configs/*/*_workload_base_configs.py cuda_graph_impl / "
                          "cuda_graph_scope at 00b7660b)")  # fmt: skip
+        if mbridge_recipe_flags(rec):
+            notes.append("--overlap-moe-expert-parallel-comm: the recipe's full-iteration "
+                         "helper overlaps the expert all-to-alls (perf_recipes/{deepseek,qwen,"
+                         "gpt_oss}/common.py overlap_moe_expert_parallel_comm at 067f987d; its "
+                         "HybridEP dispatcher, paged stash, delayed wgrad, FP8 attention and "
+                         "fused grouped MLP not simulated)")  # fmt: skip
+        elif graphs == [] and _recipe_era(rec) and rec.source_key == "megatron_bridge":
+            notes.append(
+                "no CUDA graphs: Megatron-Bridge's per-GPU recipe for this model, "
+                "system and precision captures none (perf_recipes at 067f987d)"
+            )
     elif kind == "nanotron":
         config = nanotron_config(rec, model, training, layout, batch, par)
         imp = import_nanotron_config(config, gpus=gpus, file=rec.id)
