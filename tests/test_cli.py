@@ -49,8 +49,8 @@ def test_memory_table() -> None:
 def test_a_fit_near_the_gpus_memory_is_flagged() -> None:
     """A peak that fits at >= 85 % of the GPU (report.tables.NEAR_CAPACITY) says the
     allocator's fragmentation can still run it out of memory; one with room does not."""
-    near = invoke("memory", str(ROOT / "scenarios/llama3_8b_cp.yaml")).stdout  # 70.77 of 79.19
-    assert re.search(r"^fits: peak 70\.77 GiB .*; within 15 % of the GPU's memory", near, re.M)
+    near = invoke("memory", str(ROOT / "scenarios/llama3_8b_cp.yaml")).stdout  # 71.75 of 79.19
+    assert re.search(r"^fits: peak 71\.75 GiB .*; within 15 % of the GPU's memory", near, re.M)
     roomy = invoke("memory", GPIPE).stdout  # 58.23 of 79.35 GiB: 73 %
     assert re.search(r"^fits: peak 58\.23 GiB", roomy, re.M) and "within 15 %" not in roomy
     assert "within 15 %" not in invoke("memory", FP32).stdout  # does not fit: no such note

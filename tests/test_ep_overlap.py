@@ -74,8 +74,34 @@ def test_one_microbatch_in_flight_without_pipelining():
     assert a.category("activations") == b.category("activations")
     order = [(x.kind, x.microbatch) for x in build_schedule("combined_1f1b", 1, M)[0][:4]]
     assert order == [("F", 0), ("F", 1), ("B", 0), ("F", 2)]
-    walked = merged_pairs_backward_first(build_schedule("combined_1f1b", 1, M)[0])
+    walked = merged_pairs_backward_first(build_schedule("combined_1f1b", 1, M)[0], 1)
     assert [(x.kind, x.microbatch) for x in walked[:4]] == [("F", 0), ("B", 0), ("F", 1), ("B", 1)]
+
+
+@pytest.mark.parametrize("pp", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 16])
+def test_walk_and_closed_form_agree(pp: int, m: int):
+    """The compressed walk of combined 1F1B (its merged pairs backward first) gives the peak
+    the reference walk gives on that order, with unit chunk bytes the closed form's
+    micro-batches in flight, 1F1B's min(m, p − s) (v = 1); only the steady-state pairs move:
+    with m at most the warm-up, F(last) then B0 are not merged and count whole."""
+    from simtrain.costs.activations import (
+        activation_peak,
+        activation_peak_of_states,
+        rank_activation_states,
+    )
+    from simtrain.layout.step import rank_schedule
+    from simtrain.schedules.generators import interleaved_warmup
+
+    for rank in range(pp):
+        actions = rank_schedule("combined_1f1b", pp, m, 1, rank)
+        order = merged_pairs_backward_first(actions, interleaved_warmup(rank, pp, m, 1, 1))
+        assert sorted(map(str, order)) == sorted(map(str, actions))  # a reordering only
+        states = rank_activation_states("combined_1f1b", pp, m, 1, rank)
+        unit = {rank: 1}
+        got = activation_peak_of_states(states, unit, {rank: 0}, {})
+        assert got == activation_peak(order, unit, {rank: 0}, {})
+        assert got[0] == microbatches_in_flight("combined_1f1b", pp, m, rank) == min(m, pp - rank)
 
 
 @pytest.mark.parametrize(

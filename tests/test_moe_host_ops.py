@@ -196,6 +196,16 @@ def test_validate_reads_the_26x_per_gpu_recipes() -> None:
     old = translate(rows["mbridge2604_GB300_Qwen3_30B_a3B_FP8MX_8gpu"]).scenario
     assert old.runtime.cuda_graph_scope == ("moe_router", "moe_preprocess")
     assert old.parallelism.schedule != "combined_1f1b"
+    b300 = translate(rows["mbridge2606_B300_Qwen3_30B_a3B_FP8MX_8gpu"]).scenario
+    assert b300.runtime.dispatch == "cuda_graphs" and b300.parallelism.schedule == "combined_1f1b"
+    oss = translate(rows["mbridge2606_B300_GPT_OSS_120B_FP8MX_64gpu"]).scenario
+    assert oss.runtime.cuda_graph_scope == ("attn", "moe_router", "moe_preprocess")
+    assert oss.parallelism.schedule != "combined_1f1b"
+    h100 = translate(rows["mbridge2606_H100_Qwen3_30B_a3B_FP8CS_16gpu"]).scenario
+    assert h100.runtime.dispatch == "eager" and h100.runtime.cuda_graph_scope == ()
+    # every Megatron-Bridge row names its container (a row without would read the old tables)
+    for f in ("measured/mbridge_2511.yaml", "measured/mbridge_26x.yaml"):
+        assert all(mbridge_release(r) for r in load_records(f) if r.source_key == "megatron_bridge")
 
 
 torch = pytest.importorskip("torch")

@@ -56,20 +56,20 @@ def test_expert_parallel_peak_memory_within_10_percent(rec: dict, tmp_path: Path
     assert abs(_peak_allocated_error(rec, tmp_path)) <= 0.10
 
 
-def test_every_row_peak_memory_within_5_percent(tmp_path: Path):
+def test_every_row_peak_memory_within_2_percent(tmp_path: Path):
     """All 43 rows (dense tp 1-8, pp 1-2, cp 4-8 up to 131,072 tokens): measured -6.4 .. +7.6 %
     when written (before the gradient buffer was fp32 and Adam fused, -28 .. +18 %); the
     131,072-token tp-2 cp-4 row then went to +10.6 % under the all-to-all CP it ran (TE's
     out_part saved beside the out-projection's input, costs/cp.py), a known miss until the loss
     became the one the runs ran (--cross-entropy-loss-fusion --cross-entropy-fusion-impl te:
     the gradient written into the 16-bit logits, no fp32 copies): -5.9 .. +7.1 %. With
-    Megatron-Core's fused SwiGLU (its input saved, not silu's output) and Transformer Engine's
-    cached dummy weight gradients (runtime fused_swiglu, te_dummy_wgrad;
-    tests/test_megatron_mlp_memory.py): -2.9 .. -0.6 %, 5 % held here (the fused
-    SwiGLU alone -8.3 .. -2.0 %)."""
+    Megatron-Core's fused SwiGLU (its input saved, not silu's output) and the cached dummy
+    weight gradients of Transformer Engine's linears and of Megatron's output layer (runtime
+    fused_swiglu, te_dummy_wgrad; tests/test_megatron_mlp_memory.py): -1.2 .. +0.2 %, 2 % held
+    here (the fused SwiGLU alone -8.3 .. -2.0 %; with the decoder's dummies only -2.9 .. -0.6 %)."""
     errors = {r["id"]: _peak_allocated_error(r, tmp_path) for r in RECORDS}
     worst = max(errors, key=lambda k: abs(errors[k]))
-    assert abs(errors[worst]) <= 0.05, (worst, errors[worst])
+    assert abs(errors[worst]) <= 0.02, (worst, errors[worst])
 
 
 def test_imported_deepseek_layout(tmp_path: Path):

@@ -20,6 +20,7 @@ from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
 from simtrain.layout.step import rank_schedule
 from simtrain.schedules import Action
+from simtrain.schedules.generators import interleaved_warmup
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
 from simtrain.spec.scenario import TrainingSpec, loss_vocab_shards, trained_mtp_modules
@@ -103,8 +104,33 @@ def layer_saved_tensors(
     the experts' and the shared experts' tensors in place of the MLP's
     (:func:`costs.moe.moe_saved_tensors`, the busiest EP rank's ``load``).
     """
+    return list(
+        _layer_saved_tensors(
+            m,
+            t,
+            micro_batch,
+            tp,
+            sequence_parallel,
+            moe,
+            load,
+            gathered_input,
+            repeat_kv,
+            cp_a2a,
+            etp,
+            fused_swiglu,
+        )
+    )
+
+
+@lru_cache(maxsize=4096)
+def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None, tp: int,
+                         sequence_parallel: bool, moe: bool | None, load: float,
+                         gathered_input: int, repeat_kv: bool, cp_a2a: bool, etp: int,
+                         fused_swiglu: bool) -> tuple[SavedTensor, ...]:  # fmt: skip
+    """:func:`layer_saved_tensors`, cached: the planner sizes the same block for every layout
+    that shares its model, micro-batch, TP and runtime flags (pure: the specs are frozen)."""
     if not grad_flows_through_blocks(t):
-        return []
+        return ()
     prec = t.precision_spec
     lora = t.peft.method in ("lora", "qlora")
     c = _Block(
@@ -142,7 +168,7 @@ def layer_saved_tensors(
         for where in ("attn", "mlp"):
             c.add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w),
                   f"{e}·sb(h+2m)")  # fmt: skip
-    return c.out
+    return tuple(c.out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +404,7 @@ def _mlp(c: _Block) -> None:
         c.add("mlp dropout mask", sb * m.hidden / c.seq_div, c.seq("1·sbh"))
 
 
+@lru_cache(maxsize=4096)
 def layer_activation_bytes(
     m: ModelSpec,
     t: TrainingSpec,
@@ -762,20 +789,22 @@ def _frozen(rows: list, width: int) -> np.ndarray:
     return a
 
 
-def merged_pairs_backward_first(actions: list) -> list:
-    """Combined 1F1B without pipelining runs each steady-state forward merged with the previous
-    micro-batch's backward layer by layer: forward layer i beside backward layer L − 1 − i,
-    whose saved tensors are released before the next pair (Megatron-Core
+def merged_pairs_backward_first(actions: list, warmup: int) -> list:
+    """Combined 1F1B runs each steady-state forward merged with another micro-batch's backward
+    layer by layer: forward layer i of its model chunk beside backward layer L − 1 − i of the
+    other's, whose saved tensors are released before the next pair (Megatron-Core
     models/common/model_chunk_schedule_plan.py ``run``: "Phase 1: forward_layer[0] +
-    backward_layer[3]", ``b_layer.release_state()`` after each, at d98e8a64), so a merged pair
-    holds one micro-batch and one layer, not two micro-batches. The walk (whole chunks) takes
-    each such backward before its forward: exact but for that one layer (1/L of a micro-batch).
-    ``actions``: one rank's compute actions in schedule order (F(i+1) directly before B(i))."""
+    backward_layer[3]", ``b_layer.release_state()`` after each, at d98e8a64; with or without
+    pipelining), so a merged pair adds one layer to what was held, not a chunk. The walk
+    (whole chunks) takes each such backward before its forward: exact but for that one layer
+    (the warm-up forwards, alone, count whole). ``actions``: one rank's compute actions in
+    schedule order, ``warmup`` forwards (``schedules.generators.interleaved_warmup``) and then
+    the steady-state pairs, each an F directly before its B."""
     out = list(actions)
-    for i in range(len(out) - 1):
-        a, b = out[i], out[i + 1]
-        if a.kind == "F" and b.kind == "B" and a.microbatch != b.microbatch:
-            out[i], out[i + 1] = b, a
+    i = warmup
+    while i + 1 < len(out) and out[i].kind == "F" and out[i + 1].kind == "B":
+        out[i], out[i + 1] = out[i + 1], out[i]
+        i += 2
     return out
 
 
@@ -786,10 +815,11 @@ def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
     :func:`activation_peak_of_states` on them gives exactly what :func:`activation_peak` gives
     on the whole action list: a repeated state adds nothing to a maximum, and the first
     occurrence of the largest forward state is where the walk's strict "greater than" last
-    fires (tested with hypothesis for every schedule and any bytes)."""
+    fires (tested with hypothesis for every schedule and any bytes). Combined 1F1B's list is
+    walked with each merged pair's backward first (:func:`merged_pairs_backward_first`)."""
     actions = rank_schedule(name, pp, m, v, rank, all_warmup)
-    if name == "combined_1f1b" and pp == 1:
-        actions = merged_pairs_backward_first(actions)
+    if name == "combined_1f1b":
+        actions = merged_pairs_backward_first(actions, interleaved_warmup(rank, pp, m, v, 1))
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)

@@ -506,8 +506,13 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
 
 #: The module names a linear's weight has where Megatron-Core builds it from Transformer Engine
 #: modules (a routed or shared expert's own gate, up and down under its prefix): the decoder's
-#: linears, not the embedding, the output layer or the router (Megatron's own modules).
+#: linears, not the embedding or the router (a plain matmul of its own).
 _TE_LINEARS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b", "gate", "up", "down")
+#: Megatron's own linears whose gradient-accumulation-fused backward returns TE's dummy too
+#: (tensor_parallel/layers.py l.733-762 at d98e8a64, since e7c55de99, 2025-08-01, where TE is
+#: installed): the output layer (its own weight, the tied copy, or the embedding it shares) and
+#: the MTP modules' eh_proj.
+_MEGATRON_LINEARS = ("lm_head", "lm_head(tied copy)", "mtp.eh_proj")
 
 
 def te_dummy_wgrad_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor]) -> int:
@@ -518,21 +523,40 @@ def te_dummy_wgrad_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTe
     rank's distinct trainable TE weight shapes (Q, K, V as one ``linear_qkv`` and gate, up as
     one ``linear_fc1`` where the runtime fuses them; a routed expert's ``GroupedLinear``
     weights one shape each), in the 16-bit dtype the weights report (a Float8Tensor weight's
-    nominal one). 0 with the runtime flag off or no decoder layer on the rank."""
+    nominal one); and Megatron's own linears' where TE is installed (:data:`_MEGATRON_LINEARS`:
+    the output layer, also where it uses the tied embedding on its rank, and eh_proj). 0 with
+    the runtime flag off."""
     rt = sc.runtime
     if not rt.te_dummy_wgrad:
         return 0
     fused = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
-    modules: dict[tuple[str, str], list[ParamTensor]] = {}
+    # (prefix, module) -> its member linears by name (an MoE rank's dense and MoE blocks list
+    # the attention's linears twice: one module each)
+    modules: dict[tuple[str, str], dict[str, ParamTensor]] = {}
+    names = {x.name for x in tensors}
     for x in tensors:
         parts = x.name.split(".")
-        if not x.trainable or not x.matmul or parts[-1] != "weight" or len(parts) > 3:
+        if not x.trainable:
+            continue
+        if x.name in _MEGATRON_LINEARS or (
+            x.name == "wte" and "norm_f.weight" in names and not names & set(_MEGATRON_LINEARS[:2])
+        ):
+            # (a tied head on the embedding's rank: the output layer's matmul on wte, whose
+            # V/t x h table is the head's h -> V/t weight)
+            head = x.name in ("wte", "lm_head", "lm_head(tied copy)")
+            w = replace(x, rows=x.cols, cols=x.rows) if x.name == "wte" else x
+            modules[("", "lm_head" if head else x.name)] = {x.name: w}
+            continue
+        if not x.matmul or parts[-1] != "weight" or len(parts) > 3:
             continue
         prefix, lin = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
         if lin not in _TE_LINEARS:
             continue
-        modules.setdefault((prefix, fused.get(lin, lin)), []).append(x)
-    shapes = {(ts[0].rows, sum(x.cols for x in ts)) for ts in modules.values()}
+        modules.setdefault((prefix, fused.get(lin, lin)), {})[lin] = x
+    shapes = set()
+    for members in modules.values():
+        ts = list(members.values())
+        shapes.add((ts[0].rows, sum(x.cols for x in ts)))
     return max(step.precision.param, 2) * sum(r * c for r, c in shapes)
 
 

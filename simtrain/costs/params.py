@@ -10,6 +10,7 @@ prompts). Parameter counts are exact integers, tested against the model cards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import ceil
 
 from simtrain.spec.model import TP_REPLICATED, TP_ROW_PARALLEL, ModelSpec, tp_split_shape
@@ -64,6 +65,14 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
     with experts) has :func:`moe_param_tensors` in place of the MLP (its routed experts split
     over ``etp``, 0: tp).
     """
+    return list(_layer_param_tensors(m, t, tp, moe, ep, etp))
+
+
+@lru_cache(maxsize=4096)
+def _layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, moe: bool | None, ep: int,
+                         etp: int) -> tuple[ParamTensor, ...]:  # fmt: skip
+    """:func:`layer_param_tensors`, cached (the planner builds the same block for every layout
+    that shares its model, TP and EP; the specs are frozen)."""
     peft = t.peft
     full = base_trainable(peft.method, peft.phase)
     qlora = peft.method == "qlora"
@@ -113,7 +122,7 @@ def layer_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1, moe: bool | 
             ]
     if peft.method == "prefix":
         out.append(ParamTensor("prefix_kv", 2 * peft.prefix_length, m.kv_dim // tp, True))
-    return out
+    return tuple(out)
 
 
 #: Name prefix of the routed experts' tensors: their gradients are reduced over the

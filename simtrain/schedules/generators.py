@@ -123,6 +123,14 @@ def interleaved_all_warmup(pp: int, m: int, v: int = 1) -> Schedule:
     return {r: [*_interleaved_rank(r, pp, m, v, m * v), _opt(r)] for r in range(pp)}
 
 
+def interleaved_warmup(r: int, pp: int, m: int, v: int, extra: int = 0) -> int:
+    """Rank ``r``'s warm-up forwards in the interleaved order (v = 1: 1F1B's p − r − 1; v > 1:
+    2(p − r − 1) + (v − 1)·p, Megatron's), plus ``extra`` (combined 1F1B's one), at most m·v;
+    the steady-state (F, B) pairs follow them."""
+    base = 2 * (pp - r - 1) + (v - 1) * pp if v > 1 else pp - r - 1
+    return min(base + extra, m * v)
+
+
 def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Action]:
     """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's)."""
     total = m * v
@@ -136,8 +144,7 @@ def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Actio
     def bwd(k: int) -> Action:
         return Action((v - 1 - (k // pp) % v) * pp + r, B, microbatch(k))
 
-    base = 2 * (pp - r - 1) + (v - 1) * pp if v > 1 else pp - r - 1
-    warmup = min(base + extra, total)
+    warmup = interleaved_warmup(r, pp, m, v, extra)
     ops = [fwd(k) for k in range(warmup)]
     for k in range(total - warmup):
         ops += [fwd(warmup + k), bwd(k)]

@@ -152,15 +152,14 @@ def _dualpipe_in_flight(p: int, m: int, stage: int, v: int) -> float:
 
 
 def _combined_in_flight(p: int, m: int, stage: int, v: int) -> float:
-    """Combined 1F1B with one chunk per rank: one warm-up forward more than 1F1B's,
-    min(m, p − s + 1); without pipelining (pp = 1) one micro-batch: each forward runs merged
-    with the previous micro-batch's backward layer by layer, which releases a layer as the
-    forward stores one (Megatron-Core model_chunk_schedule_plan.py ``run``; the memory walk's
-    ``costs.activations.merged_pairs_backward_first``, exact but for that one layer); with
-    v > 1 the interleaved order's, like ``interleaved``'s entry, not a closed form."""
-    if p == 1:
-        return 1.0
-    return float(min(m, p - stage + 1))
+    """Combined 1F1B with one chunk per rank: 1F1B's min(m, p − s). Its one extra warm-up
+    forward is held whole, but every steady-state forward then runs merged with a backward
+    that releases a layer as the forward stores one (Megatron-Core
+    model_chunk_schedule_plan.py ``run``; the memory walk's
+    ``costs.activations.merged_pairs_backward_first``, exact but for that one layer), where
+    1F1B's steady forward adds a micro-batch before its backward; with v > 1 the interleaved
+    order's, like ``interleaved``'s entry, not a closed form."""
+    return float(min(m, p - stage))
 
 
 def _naive_bubble(p: int, m: int, v: int) -> float:

@@ -314,9 +314,10 @@ class RuntimeProfile:
     # gradient from a module-global cache, one tensor per distinct weight shape and dtype,
     # allocated at the first backward and never freed (transformer_engine/pytorch/module/base.py
     # ``get_dummy_wgrad``, called by linear.py, layernorm_linear.py and, from v2.10,
-    # grouped_linear.py; TE ba5dc5dde 2025-04, d2945c6a5 2025-10): the rank's distinct TE
-    # linear shapes in the parameters' 16-bit dtype, under buffers (costs.memory
-    # .te_dummy_wgrad_bytes).
+    # grouped_linear.py; TE ba5dc5dde 2025-04, d2945c6a5 2025-10); Megatron's own linears (the
+    # output layer, eh_proj) take TE's since e7c55de99 (2025-08-01, tensor_parallel/layers.py):
+    # the rank's distinct linear shapes in the parameters' 16-bit dtype, under buffers
+    # (costs.memory.te_dummy_wgrad_bytes).
     te_dummy_wgrad: bool = False
     # DeepSpeed's optimizers reduce and step on flat gradient buffers (costs.memory
     # .reduce_copy_bytes, flat_step_buffers): ZeRO-1/2's (DeepSpeedZeroOptimizer, 16-bit

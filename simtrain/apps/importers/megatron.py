@@ -471,9 +471,11 @@ def _fusion_flags(f: Flags, r: Reading, runtime: dict[str, Any], model: dict[str
     ``--no-bias-swiglu-fusion`` runs the SwiGLU as eager ops, silu's output saved beside the fc1
     output (runtime ``fused_swiglu`` false; the flag's default, training/argument_utils.py l.317
     at d98e8a64: ``bias_activation_fusion = args.bias_swiglu_fusion``); Transformer Engine's
-    cached dummy weight gradients (runtime ``te_dummy_wgrad``) need its linears and the
-    gradient-accumulation fusion that writes their wgrad into ``main_grad``: off with
-    ``--no-gradient-accumulation-fusion`` (arguments.py l.2944) or ``--transformer-impl local``."""
+    cached dummy weight gradients (runtime ``te_dummy_wgrad``) need the gradient-accumulation
+    fusion that writes the wgrad into ``main_grad``: off with
+    ``--no-gradient-accumulation-fusion`` (arguments.py l.2944). Megatron's own linears return
+    TE's dummy too where TE is installed (tensor_parallel/layers.py l.733-762), so
+    ``--transformer-impl local`` keeps them."""
     flags = (("--no-bias-swiglu-fusion", "fused_swiglu", model.get("mlp") == "swiglu"),
              ("--no-gradient-accumulation-fusion", "te_dummy_wgrad", True))  # fmt: skip
     for flag, key, applies in flags:
@@ -484,9 +486,6 @@ def _fusion_flags(f: Flags, r: Reading, runtime: dict[str, Any], model: dict[str
         else:
             runtime[key] = False
             r.origin(f"runtime.{key}", flag)
-    if not legacy and f.value("--transformer-impl") == "local" and "te_dummy_wgrad" not in runtime:
-        runtime["te_dummy_wgrad"] = False
-        r.origin("runtime.te_dummy_wgrad", "--transformer-impl")
 
 
 def _dispatcher(f: Flags, r: Reading, runtime: dict[str, Any], moe: bool, ep: int) -> None:

@@ -160,6 +160,10 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
         w.append("--use-distributed-optimizer")
     elif zero in _FSDP_STRATEGY:
         w += ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", _FSDP_STRATEGY[zero]]
+        if rec.source_key == "megatron_bridge":
+            # Megatron-Bridge turns gradient-accumulation fusion off under Megatron FSDP
+            # (training/config.py l.1316-1318 at 00b7660b): no TE dummy wgrads
+            w.append("--no-gradient-accumulation-fusion")
     ddp = str(par.get("ddp_impl") or conv.ddp_default)
     if legacy or ddp == "local":
         w += ["--DDP-impl", ddp]
@@ -632,7 +636,7 @@ MBRIDGE_FULL_ITERATION_MOE = {
 #: micro-batch 2 and no virtual stages the 26.06 row ran). Every other recipe of these rows
 #: captures nothing: Kimi K2 and Llama 3.1 405B keep cuda_graph_impl "none" (the NVFP4 ones'
 #: full_iteration scope cleared by _benchmark_common, perf_recipes/_common.py l.83-84), and
-#: Qwen3 30B on the H100 had none before b6f644609 (2026-08-06).
+#: Qwen3 30B on the H100 had none before b6f644609 (2026-08-06), after the 26.06 row it ran.
 MBRIDGE_RECIPE_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("DEEPSEEKV3", "B300", "FP8-MX"): _ATTN_ROUTER,
     ("GPT OSS 120B", "B300", "FP8-MX"): _ATTN_ROUTER,
