@@ -212,3 +212,19 @@ def test_fused_swiglu_port_matches_pytorch(dtype: torch.dtype) -> None:
         predicted = _mlp_bytes(layer_saved_tensors(m, t, fused_swiglu=flag))
         assert measured == predicted, (fn.__name__, measured, predicted)
         assert measured == e * b * s * (h + (3 if flag else 4) * f)
+
+
+def test_explain_names_the_dummy_wgrads() -> None:
+    """`simtrain memory --explain` names the dummies' share of buffers, the closed form's."""
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.report.explain import explain_memory
+    from simtrain.units import GIB
+
+    sc = _scenario(tp=8, pp=7)
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    h, f, kv = LLAMA405.hidden, LLAMA405.ffn_hidden, LLAMA405.kv_dim
+    want = 2 * (h * (h + 2 * kv) + h * h + 3 * f * h) // 8
+    assert (
+        f"dummy weight gradients (one per distinct linear shape, kept; runtime te_dummy_wgrad) = {want / 1e9:,.2f} GB ({want / GIB:,.2f} GiB)"
+        in text
+    )

@@ -104,6 +104,7 @@ class StageBreakdown:
     ddp_bucket_bytes: int = 0  # torch DDP's bucket gradients (runtime ddp_grad_buckets)
     tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
     nccl_bytes: int = 0  # NCCL's connection buffers (device-level memory only; nccl_memory)
+    te_dummy_wgrad_bytes: int = 0  # TE's cached dummy weight gradients (runtime te_dummy_wgrad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,6 +877,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         naive_dp_gather_bytes=gather, buffers=buffers,
         ddp_bucket_bytes=ddp_bucket_bytes(sc, step, ms.trainable),
         tp_gather_bytes=tp_gather_buffer_bytes(sc, step), nccl_bytes=nccl_b,
+        te_dummy_wgrad_bytes=te_dummy_wgrad_bytes(sc, step, tensors),
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient, gradients_freed_after_backward=freed,
     )  # fmt: skip

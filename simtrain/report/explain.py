@@ -286,6 +286,10 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if b.nccl_bytes:
         lines.append(f"  NCCL connection buffers ({', '.join(sc.runtime.nccl_communicators)}; "
                      f"device-level memory) = {_gb(b.nccl_bytes)} of buffers")  # fmt: skip
+    if b.te_dummy_wgrad_bytes:
+        lines.append(f"  Transformer Engine's cached dummy weight gradients (one per distinct linear "
+                     f"shape, kept; runtime te_dummy_wgrad) = {_gb(b.te_dummy_wgrad_bytes)} of "
+                     "buffers")  # fmt: skip
     ring = cp_ring_buffer_bytes(sc) if b.n_layers else 0
     cp_text = f"; {buffer_formula(sc)} = {_gb(ring)}" if ring else ""
     lines.append(f"  buffers          = {_gb(b.buffers)} (loss working memory, casts, "
