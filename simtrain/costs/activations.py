@@ -438,11 +438,45 @@ def layer_activation_bytes(
     if t.recompute == "selective_op":
         return sum(n for _, n, _ in op_sac.saved_tensors(m, t, tp, sequence_parallel))
     if t.recompute == "selective":
-        core = ("softmax output", "attention dropout", "attention probabilities",
-                "attention output", "attention logsumexp")  # fmt: skip
-        saved = [x for x in saved if not x.name.startswith(core)]
-        return sum(x.bytes for x in saved) + selective_qk_fp32_bytes(m, t, tp)
+        drop = selective_dropped(m, t, moe)
+        saved = [x for x in saved if not x.name.startswith(drop)]
+        qk = selective_qk_fp32_bytes(m, t, tp) if "core_attn" in t.selective_modules else 0
+        return sum(x.bytes for x in saved) + qk
     return sum(x.bytes for x in saved)
+
+
+#: The saved tensors (by name prefix, :func:`layer_saved_tensors`) each module of Megatron's
+#: selective recompute drops: core_attn the attention core's (Korthikanti et al. 2022 §4.3);
+#: moe_act the experts' activation output, fc2's input (experts.py: the activation under
+#: CheckpointWithoutOutput, its output discarded once fc2 has run); mla_up_proj the up-projected
+#: and rotated q, k, v (multi_latent_attention.py, the up projections and RoPE); layernorm the
+#: outputs of the norms that are modules of their own, which the following linears saved (an MoE
+#: block's pre-MLP norm, MLA's input norm; the others are fused into TE's LayerNormLinear and
+#: stay: transformer_layer.py recompute_input_layernorm / recompute_pre_mlp_layernorm only where
+#: the norm is no IdentityOp, gpt_layer_specs.py at d98e8a64).
+_SELECTIVE_DROPS = {
+    "core_attn": ("softmax output", "attention dropout", "attention probabilities",
+                  "attention output", "attention logsumexp"),
+    "moe_act": ("expert fc2 input",),
+    "mla_up_proj": ("q, k, v",),
+}  # fmt: skip
+
+
+def selective_dropped(m: ModelSpec, t: TrainingSpec, moe: bool | None = None) -> tuple[str, ...]:
+    """Name prefixes of the saved tensors selective recompute drops from one block
+    (``moe``: as :func:`layer_saved_tensors`), :data:`_SELECTIVE_DROPS` by
+    ``TrainingSpec.selective_modules``. Not counted: the recomputed outputs of the one block
+    whose backward runs (at most its dropped bytes, beside the walk's backward state)."""
+    mods = t.selective_modules
+    out: tuple[str, ...] = ()
+    for mod in mods:
+        out += _SELECTIVE_DROPS.get(mod, ())
+    if "layernorm" in mods:
+        if m.is_mla:
+            out += ("attention input",)
+        if m.is_moe and moe is not False:
+            out += ("mlp input",)
+    return out
 
 
 def selective_qk_fp32_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
@@ -473,7 +507,7 @@ def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     prec = t.precision_spec
     bas = t.micro_batch * m.heads * t.seq_len_effective * t.kv_len // tp
     held = prec.act_softmax * bas  # the scores' gradient beside the saved probabilities
-    if t.recompute == "selective":  # the re-run core's probabilities and dropout mask
+    if "core_attn" in t.selective_modules:  # the re-run core's probabilities and dropout mask
         held += prec.act_softmax * bas + (bas if m.drops_attention else 0)
     return held
 

@@ -849,7 +849,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
         rec_ns = (matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge) + fa_fns
                   + memory_bound_ns(bf.elementwise_bytes_fwd, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
-        rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
+        rec_f, rec_ns = selective_recompute(sc, t, bf, layers, lo, dtype, fa)
     elif grad and t.recompute == "selective_op":
         rec_f = layers * op_sac_recompute_flops(m, t, tp)
         rec_ns = matmul_ns(
@@ -859,7 +859,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     # recomputed attention replays the forward ring (selective_op keeps SDPA's output)
-    rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
+    rec_ns += ring_f if rec_f and _replays_core(t) else 0.0
     # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
@@ -909,6 +909,13 @@ def _chunk_cast_bytes(sc: Scenario, t: TrainingSpec, prec: Precision, layers: in
     return dense * df + (layers - dense) * mf, dense * db + (layers - dense) * mb
 
 
+def _replays_core(t: TrainingSpec) -> bool:
+    """Whether the recompute runs the attention core again (and so its context-parallel ring):
+    full recompute, and selective with core_attn; not torchtitan's per-op policy (SDPA's output
+    kept)."""
+    return t.recompute == "full" or "core_attn" in t.selective_modules
+
+
 def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
     """Dense blocks among blocks ``lo`` .. ``lo + layers − 1`` (all of a dense model's; of a
     model with experts, ``lo`` None: all MoE blocks; ``ModelSpec.first_dense_layers``)."""
@@ -917,14 +924,43 @@ def _dense_blocks(m: ModelSpec, layers: int, lo: int | None) -> int:
     return m.dense_layers_in(lo, lo + layers) if lo is not None else 0
 
 
-def _selective_recompute_ns(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: int,
-                            dtype: str, fa: FlashCore | None) -> float:  # fmt: skip
-    """Megatron's selective recompute of ``layers`` blocks (``bf`` together): the attention core
-    again, as its FlashAttention forward kernel where ``fa`` prices it, else its matmuls at
-    ``dtype``'s rate with its passes over the scores."""
-    core = fa.forward_ns if fa else matmul_ns(bf.attention_core, sc.hardware, dtype)
-    scores = layers * attention_core_elementwise_bytes(sc.model, t, sc.parallelism.tp)
-    return core + memory_bound_ns(scores, sc.hardware)
+def selective_recompute(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: int,
+                        lo: int | None, dtype: str, fa: FlashCore | None,
+                        gemm: str | None = None) -> tuple[float, float]:  # fmt: skip
+    """(FLOPs, ns) of Megatron's selective recompute of ``layers`` blocks (``bf`` together,
+    ``lo`` the first: :func:`_dense_blocks`), by ``TrainingSpec.selective_modules``:
+    core_attn the attention core again, as its FlashAttention forward kernel where ``fa``
+    prices it, else its matmuls at ``dtype``'s rate with its passes over the scores;
+    mla_up_proj the q and kv up-projections' GEMMs (2·T·(q_lora·q_b_out + kv_lora·kv_b_out)/t,
+    at ``gemm``'s rate, the FP8 one under FP8; the RoPE it re-applies left out); moe_act the
+    experts' activation (read fc1's 2·f_e outputs, write f_e, each expert-token pair of the
+    busiest rank); layernorm the separate norms (MLA's input norm, an MoE block's pre-MLP
+    norm) on the rank's tokens (read and write h values, s/t under sequence parallelism)."""
+    m, hw, p = sc.model, sc.hardware, sc.parallelism
+    mods = t.selective_modules
+    flops = ns = 0.0
+    if "core_attn" in mods:
+        core = fa.forward_ns if fa else matmul_ns(bf.attention_core, hw, dtype)
+        scores = layers * attention_core_elementwise_bytes(m, t, p.tp)
+        flops += bf.attention_core
+        ns += core + memory_bound_ns(scores, hw)
+    tokens = t.micro_batch * t.seq_len_effective
+    e = t.precision_spec.act_mm
+    n_moe = layers - _dense_blocks(m, layers, lo) if m.is_moe else 0
+    if "mla_up_proj" in mods and m.is_mla:
+        shapes = m.attention_shapes()
+        up = sum(fi * fo for name, (fi, fo) in shapes.items() if name in ("q_b", "kv_b"))
+        f = layers * 2.0 * tokens * up / p.tp
+        flops += f
+        ns += matmul_ns(f, hw, gemm or dtype)
+    if "moe_act" in mods and n_moe:
+        pairs = tokens * m.experts_per_token * moe_load(m, p.ep)
+        ns += memory_bound_ns(n_moe * pairs * 3 * e * m.expert_ffn / p.etp, hw)
+    if "layernorm" in mods:
+        norms = (layers if m.is_mla else 0) + n_moe
+        seq = tokens / p.tp if p.sequence_parallel else tokens
+        ns += memory_bound_ns(norms * seq * m.hidden * (t.precision_spec.act_norm + e), hw)
+    return flops, ns
 
 
 def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[float, float, float],
@@ -973,7 +1009,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
                   + matmul_ns(lin_f, hw, gemm, edge=le)
                   + memory_bound_ns(bf.elementwise_bytes_fwd + cast_f, hw))  # fmt: skip
     elif grad and t.recompute == "selective":
-        rec_f, rec_ns = bf.attention_core, _selective_recompute_ns(sc, t, bf, layers, dtype, fa)
+        rec_f, rec_ns = selective_recompute(sc, t, bf, layers, lo, dtype, fa, gemm)
     elif grad and t.recompute == "selective_op":
         # The recomputed projections (and the casts of their inputs, their share of the
         # block's) at the FP8 rate; a non-flash attention core at compute_dtype's.
@@ -987,7 +1023,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
-    rec_ns += ring_f if rec_f and t.recompute != "selective_op" else 0.0
+    rec_ns += ring_f if rec_f and _replays_core(t) else 0.0
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns),

@@ -174,7 +174,9 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
             f"  activations per layer per micro-batch (b={t.micro_batch}, "
             f"s={t.seq_len_effective // p.cp}, h={m.hidden}): {b.per_layer_bytes:,} B"
             + (
-                f" (recompute {t.recompute}: of {full_layer:,} B saved without it)"
+                f" (recompute {t.recompute}"
+                + (f" of {', '.join(t.selective_modules)}" if t.recompute == "selective" else "")
+                + f": of {full_layer:,} B saved without it)"
                 if t.recompute != "none"
                 else ""
             )  # fmt: skip
@@ -206,7 +208,8 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     if not sc.model.flash_attention and b.recompute_working_set_bytes:
         parts.append("a non-flash attention core's backward: the scores' gradient beside the "
                      "saved probabilities" + (", and the re-run probabilities and dropout mask"
-                                              if t.recompute == "selective" else ""))  # fmt: skip
+                                              if "core_attn" in t.selective_modules
+                                              else ""))  # fmt: skip
     lines.append(
         f"  activations      = {per_mb} ({sched_name}, stage {sm.stage})"
         + (

@@ -57,6 +57,13 @@ OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
 # selective_ac_option = "op": every other matmul, SDPA and reduce-scatter outputs kept, the rest
 # recomputed; costs.op_sac); full: every block checkpointed whole.
 RECOMPUTE = ("none", "selective", "full", "selective_op")
+# Megatron-Core's selective recompute by module (--recompute-modules; transformer_config.py
+# recompute_modules at d98e8a64, default ["core_attn"]): the attention core; the MoE experts'
+# activation, the MLA up-projections with RoPE and the separate norms (an MoE block's pre-MLP
+# norm, MLA's input norm: the others are fused into TE's LayerNormLinear) with their outputs
+# discarded after the forward and recomputed before the backward (CheckpointWithoutOutput).
+# Not simulated: mlp, moe, shared_experts (whole submodules) and the hybrid models' ones.
+RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj")
 # Cross-entropy over the logits: "standard" (PyTorch's, over an fp32 copy of the logits: the
 # fp32 log-softmax is saved for backward) or "fused" (flash-attn's / Liger's kernel: row-wise
 # fp32 in registers, only the 16-bit logits saved and one 16-bit logit gradient written) or
@@ -99,7 +106,7 @@ PAGED_OPTIMIZERS = ("adam", "adamw", "adam8bit")
 #: ``apps.schema`` publishes them (one table, so the JSON Schema cannot drift from the parser).
 TRAINING_CHOICES: dict[str, tuple[Any, ...]] = {
     "precision": tuple(PRECISIONS), "optimizer": OPTIMIZERS, "recompute": RECOMPUTE,
-    "cross_entropy": CROSS_ENTROPY, "optimizer_state_dtype": OPTIMIZER_STATE_DTYPES,
+    "recompute_modules": RECOMPUTE_MODULES, "cross_entropy": CROSS_ENTROPY, "optimizer_state_dtype": OPTIMIZER_STATE_DTYPES,
     "master_weights": MASTER_WEIGHTS,
 }  # fmt: skip
 PEFT_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -241,6 +248,9 @@ class TrainingSpec:
     precision: str = "bf16"
     optimizer: str = "adamw"
     recompute: str = "none"
+    # with recompute selective, Megatron-Core's --recompute-modules (RECOMPUTE_MODULES; empty:
+    # its default, the attention core)
+    recompute_modules: tuple[str, ...] = ()
     cross_entropy: str = "standard"  # CROSS_ENTROPY
     # The optimizer's storage (spec.precision.with_optimizer_storage): its states' dtype and
     # whether it keeps the precision's fp32 master copy, a 16-bit remainder of it, or none.
@@ -267,6 +277,14 @@ class TrainingSpec:
     def changed_storage(self) -> list[tuple[str, str]]:
         """The optimizer-storage keys set to other than their defaults, as (key, value)."""
         return [(k, getattr(self, k)) for k, d in STORAGE_DEFAULTS.items() if getattr(self, k) != d]
+
+    @property
+    def selective_modules(self) -> tuple[str, ...]:
+        """What selective recompute recomputes: ``recompute_modules``, by default the attention
+        core (Korthikanti et al. 2022 §4.3; Megatron-Core's default); () without it."""
+        if self.recompute != "selective":
+            return ()
+        return self.recompute_modules or ("core_attn",)
 
     @property
     def seq_len_effective(self) -> int:
@@ -682,6 +700,27 @@ def check_optimizer_storage(s: Scenario, file: str) -> None:
         )  # fmt: skip
 
 
+def check_recompute_modules(s: Scenario, file: str) -> None:
+    """``training.recompute_modules`` needs ``recompute: selective`` (Megatron reads
+    --recompute-modules only with --recompute-granularity selective); moe_act needs experts and
+    mla_up_proj multi-latent attention (transformer_config.py l.1960-1970 at d98e8a64)."""
+    t, m = s.training, s.model
+    mods = t.recompute_modules
+    if mods and t.recompute != "selective":
+        raise ConfigError(
+            file, "training.recompute_modules", "needs training.recompute: selective (Megatron's "
+            f"--recompute-modules with --recompute-granularity selective), not {t.recompute}",
+            ", ".join(mods),
+        )  # fmt: skip
+    for mod, ok, what in (("moe_act", m.is_moe, "experts (model.num_experts)"),
+                          ("mla_up_proj", m.is_mla, "multi-latent attention (model.kv_lora_rank)")):  # fmt: skip
+        if mod in mods and not ok:
+            raise ConfigError(
+                file, "training.recompute_modules", f"{mod} needs a model with {what}; this one "
+                f"has none", ", ".join(mods), " | ".join(RECOMPUTE_MODULES),
+            )  # fmt: skip
+
+
 def check_combined_1f1b(s: Scenario, file: str) -> None:
     """Megatron-Core's EP all-to-all overlap (``--overlap-moe-expert-parallel-comm``) and what
     it asserts (NVIDIA/Megatron-LM d98e8a64 core/transformer/transformer_config.py l.3002-3032):
@@ -900,6 +939,7 @@ def check_layout(s: Scenario, file: str) -> None:
     if t.peft.paged_optimizer:
         check_paged_optimizer(s, file)
     check_optimizer_storage(s, file)
+    check_recompute_modules(s, file)
     if t.recompute == "selective_op" and t.peft.method != "none":
         raise ConfigError(
             file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "

@@ -137,6 +137,11 @@ def measure_step(
         # would run a 16-bit step and report it under an FP8 name.
         raise ConfigError(None, "training.precision", "simtrain measure has no FP8 kernels: "
                           "measure a 16-bit or fp32 precision", training.precision)  # fmt: skip
+    if training.recompute_modules not in ((), ("core_attn",)):
+        # The reference model's selective recompute is the attention core's (Korthikanti).
+        raise ConfigError(None, "training.recompute_modules", "simtrain measure's reference "
+                          "model recomputes the attention core only: measure recompute_modules "
+                          "[core_attn]", ", ".join(training.recompute_modules))  # fmt: skip
     for key, value in training.changed_storage()[:1]:
         # The reference trainer keeps torch's fp32 states and the precision's master copy.
         raise ConfigError(None, f"training.{key}", "simtrain measure's trainer keeps fp32 "

@@ -47,6 +47,7 @@ from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.precision import FP8_PARAM_PRECISIONS
 from simtrain.spec.runtime import CUDA_GRAPH_SCOPES, graph_scope_problem
+from simtrain.spec.scenario import RECOMPUTE_MODULES
 from simtrain.spec.yamlfile import read_text_file
 
 #: Flags of Megatron-LM before Megatron-Core (2019-2022): a script with one runs under the
@@ -1110,10 +1111,25 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
         return
     if gran == "selective":
         training["recompute"] = "selective"
-        mods = f.value("--recompute-modules")
-        if mods is not None and mods.split() != ["core_attn"]:
-            r.unsupported_(f"--recompute-modules {mods}", "simtrain's selective recompute is "
-                           "the attention core only")  # fmt: skip
+        if "--recompute-modules" not in f:
+            return
+        # nargs='*': the flag alone is an empty list
+        mods = "" if f.flags["--recompute-modules"] is True else f.value("--recompute-modules")
+        f.has("--recompute-modules")
+        given = (mods or "").split()
+        known = [x for x in given if x in RECOMPUTE_MODULES]
+        other = [x for x in given if x not in RECOMPUTE_MODULES]
+        if other:
+            r.unsupported_(f"--recompute-modules {' '.join(other)}", "recomputed as "
+                           + (" ".join(known) if known else "nothing") + " ("
+                           + " | ".join(RECOMPUTE_MODULES) + " simulated)")  # fmt: skip
+        if not known:  # selective over no module it simulates: nothing recomputed
+            training["recompute"] = "none"
+            r.assume(f"--recompute-modules {mods or '(none)'}: selective recompute of no "
+                     "module simtrain simulates, run as no recompute")  # fmt: skip
+        elif known != ["core_attn"]:
+            training["recompute_modules"] = known
+            r.origin("training.recompute_modules", "--recompute-modules")
         return
     if gran != "full":
         raise ConfigError(r.file, "--recompute-granularity", "unknown value", gran,

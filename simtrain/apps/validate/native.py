@@ -141,7 +141,8 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
     # Megatron-LM 2022 replaced --checkpoint-activations by --recompute-granularity (arguments.py
     # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
-    w += _recompute_flags(training["recompute"], era == "megatron_lm_2021")
+    recompute = mbridge_recompute_flags(rec) if training["recompute"] == "none" else []
+    w += recompute or _recompute_flags(training["recompute"], era == "megatron_lm_2021")
     v = int(par.get("virtual_stages") or 1)
     split = pipeline_split(rec, dict(par), int(model["layers"]), [])  # splits.py's rules
     layout = isinstance(split.get("layer_split"), list)  # (which gives the virtual stages)
@@ -641,6 +642,34 @@ MBRIDGE_RECIPE_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
     ("DEEPSEEKV3", "B300", "FP8-MX"): _ATTN_ROUTER,
     ("GPT OSS 120B", "B300", "FP8-MX"): _ATTN_ROUTER,
 }
+
+
+#: Megatron-Bridge's DeepSeek-V3 performance configs recompute these modules selectively, by
+#: system: scripts/performance/configs/deepseek/deepseek_workload_base_configs.py l.38, 55, 70,
+#: 86 at 00b7660b (every precision of a system shares its base config; deepseek_llm_pretrain.py
+#: l.48 sets the selective granularity); the other models' configs name modules without the
+#: granularity (GPT-OSS: its recipe leaves recompute_granularity None, so Megatron recomputes
+#: nothing) or none. From :data:`MBRIDGE_RECIPE_RELEASE` on (perf_recipes at 067f987d):
+#: deepseek/gb300/deepseek_v3.py l.148 [] (nothing), gb200 l.149 and b300 (before ecfcd8460)
+#: ["mla_up_proj"]. "mlp" (H100) is not simulated: the importer lists it.
+MBRIDGE_RECOMPUTE_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "configs": {"GB300": ("moe_act",), "GB200": ("mla_up_proj",), "B200": ("mla_up_proj",),
+                "H100": ("mla_up_proj", "mlp")},
+    "recipes": {"GB300": (), "GB200": ("mla_up_proj",), "B300": ("mla_up_proj",)},
+}  # fmt: skip
+
+
+def mbridge_recompute_flags(rec: Record) -> list[str]:
+    """Megatron's selective recompute flags of a Megatron-Bridge DeepSeek-V3 row's config or
+    recipe (:data:`MBRIDGE_RECOMPUTE_MODULES`); [] for any other row (and for a recipe that
+    recomputes nothing)."""
+    model, system = _mbridge_row(rec)
+    if rec.source_key != "megatron_bridge" or model != "DEEPSEEKV3":
+        return []
+    mods = MBRIDGE_RECOMPUTE_MODULES["recipes" if _recipe_era(rec) else "configs"].get(system)
+    if not mods:
+        return []
+    return ["--recompute-granularity", "selective", "--recompute-modules", *mods]
 
 
 def mbridge_release(rec: Record) -> tuple[int, ...] | None:
