@@ -151,3 +151,163 @@ def test_megatron_importer_reads_recompute_modules(mods, recompute, modules, uns
     assert tr["recompute"] == recompute
     assert tr.get("recompute_modules") == modules
     assert any("--recompute-modules" in u for u in imp.unsupported) == unsupported
+
+
+def test_moe_act_recompute_with_whole_experts_over_tp() -> None:
+    """With whole experts over TP (expert_tp 1 < tp 2) a rank holds k·T/t·load pairs of f_e
+    columns: the activation's recompute reads and writes 1.5x the fc1 output the rank saves
+    (costs.moe.moe_saved_tensors), not tp/etp times that."""
+    sc = parse_scenario({
+        "model": {"preset": "deepseek-v3", "layers": 4, "flash_attention": True},
+        "training": {"seq_len": S, "global_batch": 16, "micro_batch": 1, "precision": "bf16",
+                     "recompute": "selective", "recompute_modules": ["moe_act"]},
+        "parallelism": {"tp": 2, "pp": 1, "dp": 8, "ep": 8, "expert_tp": 1, "zero_stage": 1,
+                        "sequence_parallel": True},
+        "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 2, "gpus_per_node": 8},
+        "runtime": "megatron_core",
+    }, "etp.yaml")  # fmt: skip
+    t = sc.training
+    bf = chunk_block_flops(sc, 4, 0)
+    _, ns = selective_recompute(sc, t, bf, 4, 0, "bf16", flash_core(sc, t, bf, "bf16", True))
+    saved = layer_saved_tensors(DSV3, t, tp=2, sequence_parallel=True, etp=1)
+    fc1 = sum(x.bytes for x in saved if x.name.startswith("expert fc1 output"))
+    assert ns == pytest.approx(memory_bound_ns(1.5 * fc1, sc.hardware))
+
+
+def test_context_parallel_ring_replays_only_with_the_core() -> None:
+    """The context-parallel ring runs again in the backward only when the recompute runs the
+    attention core: with mla_up_proj (FLOPs, no core) or moe_act, no replay."""
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.costs.workload import lowering_input
+    from simtrain.layout.step import resolve
+
+    got = {}
+    for mods in (["mla_up_proj"], ["moe_act"], ["core_attn"]):
+        sc = parse_scenario({
+            "model": {"preset": "deepseek-v3", "layers": 4, "flash_attention": True},
+            "training": {"seq_len": S, "global_batch": 16, "micro_batch": 1,
+                         "precision": "bf16", "recompute": "selective",
+                         "recompute_modules": mods},
+            "parallelism": {"tp": 1, "pp": 1, "dp": 4, "cp": 2, "ep": 8, "zero_stage": 1},
+            "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "runtime": "megatron_core",
+        }, "cp.yaml")  # fmt: skip
+        c = lowering_input(sc, resolve(sc), estimate_memory(sc)).chunks[0]
+        got[mods[0]] = (c.cp_recompute_ns, c.cp_forward_ns)
+    assert got["mla_up_proj"][0] == got["moe_act"][0] == 0
+    assert got["core_attn"][0] == got["core_attn"][1] > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"training.precision": "fp8_delayed"}, "delayed-scaling FP8"),
+        ({"runtime": "megatron_lm_2022"}, "needs runtime megatron_core"),
+    ],
+)
+def test_megatron_refusals(changes, words) -> None:
+    """Megatron refuses moe_act and layernorm under delayed-scaling FP8
+    (transformer_config.py l.2000-2011); the modules are Megatron-Core's (TE layer spec)."""
+    from simtrain.spec.scenario import apply_override
+
+    data = {
+        "model": {"preset": "deepseek-v3", "layers": 4, "flash_attention": True},
+        "training": {"seq_len": S, "global_batch": 16, "micro_batch": 1, "precision": "bf16",
+                     "recompute": "selective", "recompute_modules": ["moe_act"]},
+        "parallelism": {"tp": 1, "pp": 1, "dp": 8, "ep": 8, "zero_stage": 1},
+        "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 8},
+        "runtime": "megatron_core",
+    }  # fmt: skip
+    for k, v in changes.items():
+        apply_override(data, f"{k}={v}")
+    with pytest.raises(ConfigError, match=words) as ei:
+        parse_scenario(data, "r.yaml")
+    assert ei.value.key == "training.recompute_modules"
+
+
+def test_an_empty_list_is_refused_and_null_is_the_default() -> None:
+    """Megatron's [] recomputes nothing, simtrain's absent key the attention core: an explicit
+    empty list is an error that says so; null is the default."""
+    with pytest.raises(ConfigError, match="no recompute") as ei:
+        _scenario([])
+    assert ei.value.key == "training.recompute_modules"
+    data = _scenario(None).training
+    assert data.selective_modules == ("core_attn",)
+
+
+def test_importer_ignores_the_modules_outside_selective() -> None:
+    """Megatron reads --recompute-modules with the selective granularity only: under full it is
+    an assumption (ignored), not an unknown flag; a module named twice counts once."""
+    args = [a for a in ARGS if a != "selective"]
+    args[args.index("--recompute-granularity") + 1:1 + args.index("--recompute-granularity")] = [
+        "full"]  # fmt: skip
+    imp = import_megatron_flags([*args, "--recompute-method", "uniform",
+                                 "--recompute-modules", "moe_act"], gpus=8)  # fmt: skip
+    assert imp.data["training"]["recompute"] == "full"
+    assert not any("--recompute-modules" in u for u in imp.unsupported)
+    assert any("--recompute-modules: ignored" in a for a in imp.assumptions)
+    twice = import_megatron_flags([*ARGS, "--recompute-modules", "moe_act", "moe_act"], gpus=8)
+    assert twice.data["training"]["recompute_modules"] == ["moe_act"]
+
+
+def test_planner_and_fit_keep_the_modules_to_selective(tmp_path) -> None:
+    """A plan's recompute_modules are its selective layouts' (the others drop them), and the
+    memory advice's "recompute full" clears them."""
+    from pathlib import Path
+
+    from simtrain.apps.fit import _recompute
+    from simtrain.apps.plan import build_context, enumerate_layouts, parse_plan, screen_layout
+    from simtrain.apps.plan.screen import layout_scenario
+    from simtrain.spec.scenario import load_scenario
+
+    plan = parse_plan({
+        "name": "moe", "model": {"preset": "mixtral-8x7b", "layers": 4, "flash_attention": True},
+        "tokens": 1e9, "gpus": 8,
+        "training": {"seq_len": 2048, "global_batch": 16, "precision": "bf16",
+                     "recompute_modules": ["moe_act"]},
+        "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 2.0}],
+        "runtime": "megatron_core",
+        "fixed": {"tp": [1], "pp": [1], "ep": [8], "zero_stage": [1],
+                  "recompute": ["none", "selective"]},
+    }, "plan.yaml", Path("."))  # fmt: skip
+    ctx = build_context(plan)
+    assert ctx.recompute_modules == ("moe_act",)
+    rows = [screen_layout(ctx, lay) for lay in enumerate_layouts(plan, 4, 32, 8)]
+    assert {r.layout.recompute for r in rows if r.status != "rejected"} == {"none", "selective"}
+    for lay in {r.layout for r in rows if r.status != "rejected"}:
+        sc = layout_scenario(ctx.bases[(lay.hardware, lay.global_batch)], lay, ctx.file,
+                             ctx.recompute_modules)  # fmt: skip
+        want = ("moe_act",) if lay.recompute == "selective" else ()
+        assert sc.training.recompute_modules == want
+    path = tmp_path / "moe.yaml"
+    path.write_text(
+        "model: {preset: mixtral-8x7b, layers: 4, flash_attention: true}\n"
+        "training: {seq_len: 2048, global_batch: 8, micro_batch: 1, precision: bf16,\n"
+        "           recompute: selective, recompute_modules: [moe_act]}\n"
+        "parallelism: {dp: 8, ep: 8, zero_stage: 1}\nhardware: h100_sxm5_80gb\n"
+        "cluster: {nodes: 1, gpus_per_node: 8}\nruntime: megatron_core\n"
+    )
+    sc = load_scenario(path)
+    (full,) = _recompute(sc)
+    assert load_scenario(path, full.overrides).training.recompute == "full"
+
+
+def test_validate_reads_deepseek_v3_modules_by_era() -> None:
+    """25.11: 00b7660b's configs (GB300 moe_act); 26.02-26.04.01: Bridge r0.3.0's V1 configs
+    (GB300 MXFP8 mla_up_proj, the pp 2 vp 8 layout those rows ran; B300 mla_up_proj); 26.06 on:
+    the recipes (GB300 MXFP8 nothing, GB200 mla_up_proj)."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for f in ("measured/mbridge_2511.yaml", "measured/mbridge_26x.yaml")
+            for r in load_records(f)}  # fmt: skip
+
+    def mods(rid: str) -> tuple[str, tuple[str, ...]]:
+        t = translate(rows[rid]).scenario.training
+        return t.recompute, t.selective_modules
+
+    assert mods("mbridge2604_GB300_DeepSeekV3_FP8MX_256gpu") == ("selective", ("mla_up_proj",))
+    assert mods("mbridge2604_B300_DeepSeekV3_FP8MX_256gpu") == ("selective", ("mla_up_proj",))
+    assert mods("mbridge2608_GB300_DeepSeekV3_FP8MX_256gpu") == ("none", ())
+    assert mods("mbridge2608_GB200_DeepSeekV3_FP8MX_256gpu") == ("selective", ("mla_up_proj",))
+    assert mods("mbridge2511_GB200_DeepSeekV3_BF16_256gpu") == ("selective", ("mla_up_proj",))

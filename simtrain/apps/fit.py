@@ -162,7 +162,10 @@ def _recompute(sc: Scenario) -> list[Change]:
     # selective_op keeps more than selective and less than full: full is the next step.
     rc = "selective" if sc.training.recompute == "selective_op" else sc.training.recompute
     now = order.index(rc) if rc in order else len(order)
-    return [Change("recompute", labels[r], (f"training.recompute={r}",)) for r in order[now + 1 :]]
+    # a module list belongs to selective: the other recomputes drop it (null: the default)
+    clear = ("training.recompute_modules=null",) if sc.training.recompute_modules else ()
+    return [Change("recompute", labels[r], (f"training.recompute={r}", *clear))
+            for r in order[now + 1 :]]  # fmt: skip
 
 
 def _sequence_parallel(sc: Scenario) -> list[Change]:

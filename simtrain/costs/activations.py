@@ -453,7 +453,10 @@ def layer_activation_bytes(
 #: outputs of the norms that are modules of their own, which the following linears saved (an MoE
 #: block's pre-MLP norm, MLA's input norm; the others are fused into TE's LayerNormLinear and
 #: stay: transformer_layer.py recompute_input_layernorm / recompute_pre_mlp_layernorm only where
-#: the norm is no IdentityOp, gpt_layer_specs.py at d98e8a64).
+#: the norm is no IdentityOp, gpt_layer_specs.py at d98e8a64). Not modelled: mla_up_proj also
+#: drops the normed latents where Megatron fuses the latent norms into the up-projections
+#: (DeepSeek-V3's spec: ~3-12 % of what it drops, kept here), and Megatron keeps the MoE
+#: pre-MLP norm's output where the router is in a per-layer CUDA graph without the preprocess.
 _SELECTIVE_DROPS = {
     "core_attn": ("softmax output", "attention dropout", "attention probabilities",
                   "attention output", "attention logsumexp"),

@@ -859,7 +859,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
     # recomputed attention replays the forward ring (selective_op keeps SDPA's output)
-    rec_ns += ring_f if rec_f and _replays_core(t) else 0.0
+    rec_ns += ring_f if rec_f and replays_core(t) else 0.0
     # Whole nanoseconds rounded up: work never takes less than its FLOPs and bytes at the
     # achievable rates. Rounded to the nearest, sub-nanosecond work took 0 ns and a few-ns task
     # up to 0.5 ns less: hardware FLOP utilisation above 1, stages with bubble 1.0, and memory
@@ -909,8 +909,9 @@ def _chunk_cast_bytes(sc: Scenario, t: TrainingSpec, prec: Precision, layers: in
     return dense * df + (layers - dense) * mf, dense * db + (layers - dense) * mb
 
 
-def _replays_core(t: TrainingSpec) -> bool:
-    """Whether the recompute runs the attention core again (and so its context-parallel ring):
+def replays_core(t: TrainingSpec) -> bool:
+    """Whether the recompute runs the attention core again (and so its context-parallel ring;
+    costs.workload's cp_recompute_ns too):
     full recompute, and selective with core_attn; not torchtitan's per-op policy (SDPA's output
     kept)."""
     return t.recompute == "full" or "core_attn" in t.selective_modules
@@ -955,7 +956,9 @@ def selective_recompute(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: i
         ns += matmul_ns(f, hw, gemm or dtype)
     if "moe_act" in mods and n_moe:
         pairs = tokens * m.experts_per_token * moe_load(m, p.ep)
-        ns += memory_bound_ns(n_moe * pairs * 3 * e * m.expert_ffn / p.etp, hw)
+        # the rank's k·T/t·load pairs of whole experts (etp < tp) or its f_e/etp columns of the
+        # T pairs (etp = tp): k·T·load·f_e/t values either way (costs.moe.moe_saved_tensors)
+        ns += memory_bound_ns(n_moe * pairs * 3 * e * m.expert_ffn / p.tp, hw)
     if "layernorm" in mods:
         norms = (layers if m.is_mla else 0) + n_moe
         seq = tokens / p.tp if p.sequence_parallel else tokens
@@ -1023,7 +1026,7 @@ def _fp8_chunk_costs(sc: Scenario, layers: int, bf: BlockFlops, flops: tuple[flo
     ring_f, ring_b, ring_ft, ring_bt = _ring(sc, bf, layers, dtype, fa)
     fwd_ns += ring_f
     i_ns += ring_b if grad else 0.0
-    rec_ns += ring_f if rec_f and _replays_core(t) else 0.0
+    rec_ns += ring_f if rec_f and replays_core(t) else 0.0
     return StageCosts(
         forward_ns=math.ceil(fwd_ns), input_grad_ns=math.ceil(i_ns),
         weight_grad_ns=math.ceil(w_ns), recompute_ns=math.ceil(rec_ns),

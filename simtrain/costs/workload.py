@@ -16,6 +16,7 @@ from simtrain.costs.compute import (
     memory_bound_ns,
     optimizer_shard,
     optimizer_step_ns,
+    replays_core,
     tp_pairs_gemms,
 )
 from simtrain.costs.cp import exchange_labels
@@ -118,7 +119,9 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
         host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
         cp_forward_ns=c.ring_forward_ns,
         cp_backward_ns=c.ring_backward_ns,
-        cp_recompute_ns=c.ring_forward_ns if c.recompute_flops else 0,
+        # a recompute that runs the attention core again replays its ring (costs.compute
+        # .replays_core: not mla_up_proj's, moe_act's or layernorm's, nor selective_op's)
+        cp_recompute_ns=c.ring_forward_ns if c.recompute_flops and replays_core(t) else 0,
         ep_forward_ns=ep,
         ep_backward_ns=ep if c.input_grad_ns else 0,
         ep_recompute_ns=ep if t.recompute == "full" else 0,

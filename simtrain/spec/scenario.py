@@ -566,6 +566,14 @@ def parse_training(data: Any, file: str) -> TrainingSpec:
     peft = _build(PeftSpec, peft_raw, file, "training.peft.", PEFT_CHOICES)
     check_lp_ft_keys(peft, peft_raw, file)
     offload = _build(OffloadSpec, offload_raw, file, "training.offload.", {})
+    if "recompute_modules" in data and data["recompute_modules"] is None:
+        del data["recompute_modules"]  # null: the default (what --set ...=null gives)
+    if data.get("recompute_modules") in ([], ""):
+        # Megatron's empty list recomputes nothing; simtrain's absent key is its default
+        raise ConfigError(file, "training.recompute_modules", "an empty list: selective "
+                          "recompute of no module is no recompute (training.recompute: none); "
+                          "leave the key out for the default, core_attn", "[]",
+                          " | ".join(RECOMPUTE_MODULES))  # fmt: skip
     base = _build(TrainingSpec, {k: v for k, v in data.items()}, file, "training.",
                   TRAINING_CHOICES)  # fmt: skip
     return TrainingSpec(**{**{f.name: getattr(base, f.name) for f in fields(base)},
@@ -706,6 +714,12 @@ def check_recompute_modules(s: Scenario, file: str) -> None:
     mla_up_proj multi-latent attention (transformer_config.py l.1960-1970 at d98e8a64)."""
     t, m = s.training, s.model
     mods = t.recompute_modules
+    if mods and s.runtime.name != "megatron_core":
+        raise ConfigError(
+            file, "training.recompute_modules", "Megatron-Core's --recompute-modules: needs "
+            f"runtime megatron_core (its TE layer spec, whose norms are fused into the "
+            f"linears but MLA's and the MoE blocks'), not {s.runtime.name}", ", ".join(mods),
+        )  # fmt: skip
     if mods and t.recompute != "selective":
         raise ConfigError(
             file, "training.recompute_modules", "needs training.recompute: selective (Megatron's "
@@ -719,6 +733,14 @@ def check_recompute_modules(s: Scenario, file: str) -> None:
                 file, "training.recompute_modules", f"{mod} needs a model with {what}; this one "
                 f"has none", ", ".join(mods), " | ".join(RECOMPUTE_MODULES),
             )  # fmt: skip
+    delayed = PRECISIONS[t.precision].fp8_recipe == "te_delayed"
+    if delayed and ({"moe_act", "layernorm"} & set(mods)):
+        raise ConfigError(
+            file, "training.recompute_modules", "Megatron-Core refuses moe_act and layernorm "
+            f"recompute under delayed-scaling FP8 (transformer_config.py l.2000-2011 at "
+            f"d98e8a64; training.precision {t.precision}): use core_attn or mla_up_proj, or a "
+            "current-scaling or MX recipe", ", ".join(mods),
+        )  # fmt: skip
 
 
 def check_combined_1f1b(s: Scenario, file: str) -> None:

@@ -1106,6 +1106,10 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
         gran = "full"
         r.assume("--activations-checkpoint-method without a granularity: full recompute "
                  "(Megatron-LM 2021 checkpoints whenever a method is set)")  # fmt: skip
+    if gran != "selective" and "--recompute-modules" in f:
+        f.has("--recompute-modules")  # Megatron reads it with the selective granularity only
+        r.assume("--recompute-modules: ignored, as Megatron-Core ignores it without "
+                 "--recompute-granularity selective")  # fmt: skip
     if gran is None:
         training["recompute"] = "none"
         return
@@ -1116,13 +1120,13 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
         # nargs='*': the flag alone is an empty list
         mods = "" if f.flags["--recompute-modules"] is True else f.value("--recompute-modules")
         f.has("--recompute-modules")
-        given = (mods or "").split()
+        given = list(dict.fromkeys((mods or "").split()))  # (a module named twice: once)
         known = [x for x in given if x in RECOMPUTE_MODULES]
         other = [x for x in given if x not in RECOMPUTE_MODULES]
         if other:
-            r.unsupported_(f"--recompute-modules {' '.join(other)}", "recomputed as "
-                           + (" ".join(known) if known else "nothing") + " ("
-                           + " | ".join(RECOMPUTE_MODULES) + " simulated)")  # fmt: skip
+            r.unsupported_(f"--recompute-modules {' '.join(other)}", "not simulated: simtrain "
+                           "recomputes " + (" ".join(known) if known else "nothing") + " of the "
+                           "list (it simulates " + " | ".join(RECOMPUTE_MODULES) + ")")  # fmt: skip
         if not known:  # selective over no module it simulates: nothing recomputed
             training["recompute"] = "none"
             r.assume(f"--recompute-modules {mods or '(none)'}: selective recompute of no "

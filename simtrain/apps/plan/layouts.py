@@ -86,6 +86,10 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         },
         "parallelism": par,
     }
+    if layout.recompute != "selective":
+        # the plan's recompute_modules are its selective layouts' (Megatron's
+        # --recompute-modules with --recompute-granularity selective)
+        data["training"].pop("recompute_modules", None)
     if plan.runtime is not None:
         precision = data["training"].get("precision", TrainingSpec().precision)
         data["runtime"] = _layout_runtime(plan.runtime, layout, precision)

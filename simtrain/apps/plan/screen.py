@@ -18,7 +18,13 @@ from simtrain.costs.memory import StageMemory, stage_memory
 from simtrain.costs.params import full_model_param_tensors, model_state_bytes
 from simtrain.errors import ConfigError, SimtrainError
 from simtrain.layout.step import resolve
-from simtrain.spec.scenario import ClusterSpec, Scenario, check_layout, parse_scenario
+from simtrain.spec.scenario import (
+    ClusterSpec,
+    Scenario,
+    check_layout,
+    parse_scenario,
+    parse_training,
+)
 from simtrain.units import GIB
 
 
@@ -34,6 +40,8 @@ class ScreenContext:
     checkpoint_bytes: float
     failures: FailureModel
     constraints: Constraints
+    # the plan's training.recompute_modules, its selective layouts' (validated once here)
+    recompute_modules: tuple[str, ...] = ()
 
 
 def build_context(plan: Plan) -> ScreenContext:
@@ -53,11 +61,17 @@ def build_context(plan: Plan) -> ScreenContext:
                 ms = model_state_bytes(full_model_param_tensors(sc.model, sc.training),
                                        sc.training)  # fmt: skip
                 ckpt = float(ms.parameters + ms.master_weights + ms.optimizer_states)
+    modules: tuple[str, ...] = ()
+    if "recompute_modules" in plan.training:
+        raw = {"recompute": "selective", "recompute_modules": plan.training["recompute_modules"]}
+        modules = parse_training(raw, plan.file).recompute_modules
     return ScreenContext(plan.file, bases, {h.name: h.price_per_gpu_hour for h in plan.hardware},
-                         plan.tokens, ckpt, plan.failures, plan.constraints)  # fmt: skip
+                         plan.tokens, ckpt, plan.failures, plan.constraints,
+                         modules)  # fmt: skip
 
 
-def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
+def layout_scenario(base: Scenario, layout: Layout, file: str,
+                    recompute_modules: tuple[str, ...] = ()) -> Scenario:  # fmt: skip
     """The layout's scenario from its (hardware, global batch) base: the same object
     ``parse_scenario(scenario_data(...))`` builds (tested), without re-reading the hardware
     file, validated by the same ``check_layout`` (raises ConfigError)."""
@@ -67,6 +81,8 @@ def layout_scenario(base: Scenario, layout: Layout, file: str) -> Scenario:
         cluster=ClusterSpec(nodes=-(-layout.gpus // gpn), gpus_per_node=gpn),
         training=replace(base.training, micro_batch=layout.micro_batch,
                          recompute=layout.recompute,
+                         recompute_modules=(recompute_modules
+                                            if layout.recompute == "selective" else ()),
                          precision=layout.precision or base.training.precision),  # fmt: skip
         parallelism=replace(
             base.parallelism, dp=layout.dp, tp=layout.tp, pp=layout.pp,
@@ -148,7 +164,7 @@ def screen_layout(ctx: ScreenContext, layout: Layout) -> Row:
     """Validate, check memory and estimate one layout (never raises on a bad layout)."""
     base = ctx.bases[(layout.hardware, layout.global_batch)]
     try:
-        sc = layout_scenario(base, layout, ctx.file)
+        sc = layout_scenario(base, layout, ctx.file, ctx.recompute_modules)
     except ConfigError as exc:
         text = str(exc)
         prefix = f"{ctx.file}: "
