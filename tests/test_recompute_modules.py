@@ -293,9 +293,9 @@ def test_planner_and_fit_keep_the_modules_to_selective(tmp_path) -> None:
 
 
 def test_validate_reads_deepseek_v3_modules_by_era() -> None:
-    """25.11: 00b7660b's configs (GB300 moe_act); 26.02-26.04.01: Bridge r0.3.0's V1 configs
-    (GB300 MXFP8 mla_up_proj, the pp 2 vp 8 layout those rows ran; B300 mla_up_proj); 26.06 on:
-    the recipes (GB300 MXFP8 nothing, GB200 mla_up_proj)."""
+    """25.11: 00b7660b's configs (GB300 moe_act); 26.02-26.04.01: Bridge 0.3's configs (GB300
+    MXFP8 mla_up_proj, the pp 2 vp 8 layout those rows ran; B300 mla_up_proj); 26.06 on: the
+    recipes (GB300 MXFP8 nothing, GB200 mla_up_proj)."""
     from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
@@ -311,3 +311,9 @@ def test_validate_reads_deepseek_v3_modules_by_era() -> None:
     assert mods("mbridge2608_GB300_DeepSeekV3_FP8MX_256gpu") == ("none", ())
     assert mods("mbridge2608_GB200_DeepSeekV3_FP8MX_256gpu") == ("selective", ("mla_up_proj",))
     assert mods("mbridge2511_GB200_DeepSeekV3_BF16_256gpu") == ("selective", ("mla_up_proj",))
+    # GPT-OSS: 00b7660b names modules without the granularity (nothing recomputed); Bridge
+    # 0.3.0's overrides.py l.143 sets it with them (GB200, B200, H100 BF16; GB300 none)
+    assert mods("mbridge2511_GB200_GPT_OSS_120B_BF16_64gpu") == ("none", ())
+    assert mods("mbridge2602_GB200_GPT_OSS_120B_BF16_64gpu") == ("selective",
+                                                               ("layernorm", "moe_act"))  # fmt: skip
+    assert mods("mbridge2602_GB300_GPT_OSS_120B_BF16_64gpu") == ("none", ())

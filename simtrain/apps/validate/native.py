@@ -644,47 +644,52 @@ MBRIDGE_RECIPE_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
 }
 
 
-#: Megatron-Bridge's DeepSeek-V3 runs recompute these modules selectively, by (system,
-#: precision) in each era of its configs (deepseek_llm_pretrain.py l.48 sets the selective
-#: granularity): ``"configs"`` 25.11, scripts/performance/configs/deepseek/
-#: deepseek_workload_base_configs.py l.38, 55, 70, 86 at 00b7660b (every precision of a system
-#: alike); ``"r0.3"`` 26.02 to 26.04.01, the same file on Bridge's r0.3.0 branch (d4ef39dfb,
-#: v0.3.0, its V1 configs l.53, 65, 81, 96, 111, 128: the GB300 MXFP8 one is the pp 2 vp 8 ep 32
-#: layout those rows ran); ``"recipes"`` from :data:`MBRIDGE_RECIPE_RELEASE`, perf_recipes at
-#: 067f987d (deepseek/gb300/deepseek_v3.py l.148 [] for MXFP8, gb200 l.149 and b300 before
-#: ecfcd8460 ["mla_up_proj"]). "mlp" (H100) is not simulated: the importer lists it. The other
-#: models' configs of these eras name no module with the selective granularity (GPT-OSS's name
-#: layernorm and moe_act but leave recompute_granularity None at 00b7660b; the 067f987d B200,
-#: H100 and GB200-BF16 GPT-OSS recipes that set it have no row here).
+#: Megatron-Bridge's DeepSeek-V3 and GPT-OSS runs recompute these modules selectively, by
+#: (model, system, precision) in each era of its configs: ``"configs"`` 25.11,
+#: scripts/performance/configs/*/*_workload_base_configs.py at 00b7660b (DeepSeek-V3 l.38, 55,
+#: 70, 86, every precision of a system alike, deepseek_llm_pretrain.py l.48 setting the selective
+#: granularity; GPT-OSS's name layernorm and moe_act but leave the granularity None there, so
+#: Megatron recomputes nothing); ``"r0.3"`` from 26.02, the configs of Bridge 0.3.0 (26.02) and
+#: 0.3.1 (26.02.01; docs/versions1.json at v0.4.2), read at v0.3.0 (d4ef39dfb) with the
+#: launcher's default config variant V2 (argument_parser.py l.694-700): DeepSeek-V3's GB300
+#: MXFP8 mla_up_proj (the pp 2 vp 8 ep 32 layout those rows ran), GPT-OSS's GB200, B200 and H100
+#: BF16 layernorm and moe_act (utils/overrides.py l.143 now sets the selective granularity with
+#: them). The 26.04 and 26.04.01 rows (Bridge 0.4.x, not read) take these too: their
+#: DeepSeek-V3 GB300 layout is v0.3's. ``"recipes"`` from :data:`MBRIDGE_RECIPE_RELEASE`,
+#: perf_recipes at 067f987d (deepseek/gb300/deepseek_v3.py l.148 [] for MXFP8, gb200 l.149 and
+#: b300 before ecfcd8460 ["mla_up_proj"]; the GPT-OSS MXFP8 rows' none). "mlp" (H100) is not
+#: simulated: the importer lists it.
 _ALL = ("BF16", "FP8-CS", "FP8-MX", "NVFP4")
-MBRIDGE_RECOMPUTE_MODULES: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {
+_DSV3, _OSS = "DEEPSEEKV3", "GPT OSS 120B"
+_OSS_MODULES = {(_OSS, s, "BF16"): ("layernorm", "moe_act") for s in ("GB200", "B200", "H100")}
+MBRIDGE_RECOMPUTE_MODULES: dict[str, dict[tuple[str, str, str], tuple[str, ...]]] = {
     "configs": {
-        **{("GB300", x): ("moe_act",) for x in _ALL},
-        **{(s, x): ("mla_up_proj",) for s in ("GB200", "B200") for x in _ALL},
-        **{("H100", x): ("mla_up_proj", "mlp") for x in _ALL},
+        **{(_DSV3, "GB300", x): ("moe_act",) for x in _ALL},
+        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B200") for x in _ALL},
+        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _ALL},
     },
     "r0.3": {
-        ("GB300", "BF16"): ("moe_act",),
-        **{("GB300", x): ("mla_up_proj",) for x in _ALL[1:]},
-        **{(s, x): ("mla_up_proj",) for s in ("GB200", "B300", "B200") for x in _ALL},
-        **{("H100", x): ("mla_up_proj", "mlp") for x in _ALL},
+        (_DSV3, "GB300", "BF16"): ("moe_act",),
+        **{(_DSV3, "GB300", x): ("mla_up_proj",) for x in _ALL[1:]},
+        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B300", "B200") for x in _ALL},
+        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _ALL},
+        **_OSS_MODULES,
     },
-    "recipes": {("GB300", "FP8-MX"): (), ("GB200", "FP8-MX"): ("mla_up_proj",),
-                ("B300", "FP8-MX"): ("mla_up_proj",)},
+    "recipes": {(_DSV3, "GB300", "FP8-MX"): (), (_DSV3, "GB200", "FP8-MX"): ("mla_up_proj",),
+                (_DSV3, "B300", "FP8-MX"): ("mla_up_proj",)},
 }  # fmt: skip
 
 
 def mbridge_recompute_flags(rec: Record) -> list[str]:
-    """Megatron's selective recompute flags of a Megatron-Bridge DeepSeek-V3 row's config or
-    recipe (:data:`MBRIDGE_RECOMPUTE_MODULES`, by its release's era); [] for any other row
-    (and for a recipe that recomputes nothing)."""
-    model, system = _mbridge_row(rec)
-    if rec.source_key != "megatron_bridge" or model != "DEEPSEEKV3":
+    """Megatron's selective recompute flags of a Megatron-Bridge row's config or recipe
+    (:data:`MBRIDGE_RECOMPUTE_MODULES`, by its release's era); [] for any other row (and for
+    one that recomputes nothing)."""
+    if rec.source_key != "megatron_bridge":
         return []
     release = mbridge_release(rec) or ()
     era = "recipes" if _recipe_era(rec) else "r0.3" if release >= (26, 2) else "configs"
     prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
-    mods = MBRIDGE_RECOMPUTE_MODULES[era].get((system, prec))
+    mods = MBRIDGE_RECOMPUTE_MODULES[era].get((*_mbridge_row(rec), prec))
     if not mods:
         return []
     return ["--recompute-granularity", "selective", "--recompute-modules", *mods]
