@@ -99,6 +99,20 @@ class Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _in_region(c, region, orig):
+    """``orig`` wrapped so the counter ``c`` files its ops under ``region``, then back to the
+    rest."""
+
+    def wrapped(*a, **k):
+        c.region = region
+        try:
+            return orig(*a, **k)
+        finally:
+            c.region = "rest"
+
+    return wrapped
+
+
 def run(rank, world, q, local_experts_list, topk):
     warnings.filterwarnings("ignore")
     sys.path.insert(0, os.environ.get("MCORE_PATH", ""))
@@ -187,21 +201,8 @@ def run(rank, world, q, local_experts_list, topk):
             c = Counter()
             orig_route, orig_pre = moe.route, moe.preprocess
 
-            def route(*a, c=c, orig=orig_route, **k):
-                c.region = "router"
-                try:
-                    return orig(*a, **k)
-                finally:
-                    c.region = "rest"
-
-            def pre(*a, c=c, orig=orig_pre, **k):
-                c.region = "preprocess"
-                try:
-                    return orig(*a, **k)
-                finally:
-                    c.region = "rest"
-
-            moe.route, moe.preprocess = route, pre
+            moe.route = _in_region(c, "router", orig_route)
+            moe.preprocess = _in_region(c, "preprocess", orig_pre)
             with c:
                 y = moe(x)
                 y = y[0] if isinstance(y, tuple) else y

@@ -177,12 +177,18 @@ def test_validate_reads_the_26x_per_gpu_recipes() -> None:
     per-layer graphs; the Llama 3.1 405B NVFP4 one captures nothing (its full_iteration scope
     cleared by _benchmark_common), where the 00b7660b config it replaced captured the whole
     iteration. A 26.04 row of the same model reads the old config."""
-    from simtrain.apps.validate.native import mbridge_release
+    from simtrain.apps.validate.native import mbridge_era, mbridge_release
     from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
     rows = {r.id: r for r in load_records("measured/mbridge_26x.yaml")}
     assert mbridge_release(rows["mbridge260601_GB300_Qwen3_30B_a3B_FP8MX_8gpu"]) == (26, 6, 1)
+    # the eras: 25.11 00b7660b's configs, 26.02-26.04.01 Bridge 0.3's, 26.06 on the recipes
+    eras = {rid.split("_")[0]: mbridge_era(r) for rid, r in rows.items()}
+    assert (eras["mbridge2602"], eras["mbridge260401"], eras["mbridge2606"],
+            eras["mbridge2608"]) == ("r0.3", "r0.3", "recipes", "recipes")  # fmt: skip
+    old_rows = load_records("measured/mbridge_2511.yaml")
+    assert {mbridge_era(r) for r in old_rows if r.source_key == "megatron_bridge"} == {"configs"}
     for rid in ("mbridge2608_GB300_Qwen3_30B_a3B_FP8MX_8gpu",
                 "mbridge2606_GB200_DeepSeekV3_FP8MX_256gpu"):  # fmt: skip
         sc = translate(rows[rid]).scenario

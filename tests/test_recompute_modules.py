@@ -317,3 +317,19 @@ def test_validate_reads_deepseek_v3_modules_by_era() -> None:
     assert mods("mbridge2602_GB200_GPT_OSS_120B_BF16_64gpu") == ("selective",
                                                                ("layernorm", "moe_act"))  # fmt: skip
     assert mods("mbridge2602_GB300_GPT_OSS_120B_BF16_64gpu") == ("none", ())
+
+
+def test_moe_act_of_ungated_experts_reads_and_writes_f_e() -> None:
+    """An ungated (GeLU) expert's activation reads and writes f_e values a pair, SwiGLU's reads
+    2·f_e and writes f_e (costs.compute.FUSED_OP_ACCESSES, as the forward's element-wise
+    traffic counts them): 2/3 of the gated recompute's time."""
+    got = {}
+    for mlp in ("swiglu", "gelu"):
+        sc = _scenario(["moe_act"], mlp=mlp)
+        t = sc.training
+        bf = chunk_block_flops(sc, 4, 0)
+        got[mlp] = selective_recompute(sc, t, bf, 4, 0, "bf16", None)[1]
+    pairs = S * DSV3.experts_per_token
+    hw = _scenario(["moe_act"]).hardware
+    assert got["gelu"] == memory_bound_ns(pairs * 2 * 2 * DSV3.expert_ffn, hw)
+    assert got["swiglu"] == memory_bound_ns(pairs * 3 * 2 * DSV3.expert_ffn, hw)

@@ -934,9 +934,11 @@ def selective_recompute(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: i
     prices it, else its matmuls at ``dtype``'s rate with its passes over the scores;
     mla_up_proj the q and kv up-projections' GEMMs (2·T·(q_lora·q_b_out + kv_lora·kv_b_out)/t,
     at ``gemm``'s rate, the FP8 one under FP8; the RoPE it re-applies left out); moe_act the
-    experts' activation (read fc1's 2·f_e outputs, write f_e, each expert-token pair of the
-    busiest rank); layernorm the separate norms (MLA's input norm, an MoE block's pre-MLP
-    norm) on the rank's tokens (read and write h values, s/t under sequence parallelism)."""
+    experts' activation (SwiGLU: read fc1's 2·f_e outputs, write f_e; else read and write f_e:
+    :data:`FUSED_OP_ACCESSES`, as :func:`block_elementwise_bytes` counts it, each expert-token
+    pair of the busiest rank); layernorm the separate norms (MLA's input norm, an MoE block's
+    pre-MLP norm) on the rank's tokens (read and write h values, s/t under sequence
+    parallelism)."""
     m, hw, p = sc.model, sc.hardware, sc.parallelism
     mods = t.selective_modules
     flops = ns = 0.0
@@ -958,11 +960,12 @@ def selective_recompute(sc: Scenario, t: TrainingSpec, bf: BlockFlops, layers: i
         pairs = tokens * m.experts_per_token * moe_load(m, p.ep)
         # the rank's k·T/t·load pairs of whole experts (etp < tp) or its f_e/etp columns of the
         # T pairs (etp = tp): k·T·load·f_e/t values either way (costs.moe.moe_saved_tensors)
-        ns += memory_bound_ns(n_moe * pairs * 3 * e * m.expert_ffn / p.tp, hw)
+        act = FUSED_OP_ACCESSES["swiglu"] if m.mlp == "swiglu" else 2  # block_elementwise_bytes'
+        ns += memory_bound_ns(n_moe * pairs * act * e * m.expert_ffn / p.tp, hw)
     if "layernorm" in mods:
         norms = (layers if m.is_mla else 0) + n_moe
         seq = tokens / p.tp if p.sequence_parallel else tokens
-        ns += memory_bound_ns(norms * seq * m.hidden * (t.precision_spec.act_norm + e), hw)
+        ns += memory_bound_ns(norms * seq * FUSED_OP_ACCESSES["rmsnorm"] * e * m.hidden, hw)
     return flops, ns
 
 

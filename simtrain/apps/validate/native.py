@@ -609,6 +609,10 @@ MBRIDGE_CUDA_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
 #: at 067f987d, whose docs/performance-summary.md is the 26.08 table), not from
 #: scripts/performance/configs (00b7660b), which validate reads for the releases before.
 MBRIDGE_RECIPE_RELEASE = (26, 6)
+#: The first NeMo container with Megatron-Bridge 0.3 (26.02; 0.3.1 26.02.01, 0.4.0 26.04:
+#: docs/versions1.json at v0.4.2), whose configs validate reads for recompute modules
+#: (:data:`MBRIDGE_RECOMPUTE_MODULES`), 26.04.01 included.
+MBRIDGE_R03_RELEASE = (26, 2)
 
 #: Megatron-Bridge's per-GPU recipes that pretrain an MoE model in MXFP8 with full-iteration
 #: CUDA graphs and Megatron-Core's expert-parallel all-to-all overlap, by (model, system), from
@@ -659,20 +663,19 @@ MBRIDGE_RECIPE_GRAPHS: dict[tuple[str, str, str], tuple[str, ...]] = {
 #: perf_recipes at 067f987d (deepseek/gb300/deepseek_v3.py l.148 [] for MXFP8, gb200 l.149 and
 #: b300 before ecfcd8460 ["mla_up_proj"]; the GPT-OSS MXFP8 rows' none). "mlp" (H100) is not
 #: simulated: the importer lists it.
-_ALL = ("BF16", "FP8-CS", "FP8-MX", "NVFP4")
 _DSV3, _OSS = "DEEPSEEKV3", "GPT OSS 120B"
 _OSS_MODULES = {(_OSS, s, "BF16"): ("layernorm", "moe_act") for s in ("GB200", "B200", "H100")}
 MBRIDGE_RECOMPUTE_MODULES: dict[str, dict[tuple[str, str, str], tuple[str, ...]]] = {
     "configs": {
-        **{(_DSV3, "GB300", x): ("moe_act",) for x in _ALL},
-        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B200") for x in _ALL},
-        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _ALL},
+        **{(_DSV3, "GB300", x): ("moe_act",) for x in _MBRIDGE_PRECISIONS},
+        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B200") for x in _MBRIDGE_PRECISIONS},
+        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _MBRIDGE_PRECISIONS},
     },
     "r0.3": {
         (_DSV3, "GB300", "BF16"): ("moe_act",),
-        **{(_DSV3, "GB300", x): ("mla_up_proj",) for x in _ALL[1:]},
-        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B300", "B200") for x in _ALL},
-        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _ALL},
+        **{(_DSV3, "GB300", x): ("mla_up_proj",) for x in _MBRIDGE_PRECISIONS[1:]},
+        **{(_DSV3, s, x): ("mla_up_proj",) for s in ("GB200", "B300", "B200") for x in _MBRIDGE_PRECISIONS},
+        **{(_DSV3, "H100", x): ("mla_up_proj", "mlp") for x in _MBRIDGE_PRECISIONS},
         **_OSS_MODULES,
     },
     "recipes": {(_DSV3, "GB300", "FP8-MX"): (), (_DSV3, "GB200", "FP8-MX"): ("mla_up_proj",),
@@ -686,10 +689,8 @@ def mbridge_recompute_flags(rec: Record) -> list[str]:
     one that recomputes nothing)."""
     if rec.source_key != "megatron_bridge":
         return []
-    release = mbridge_release(rec) or ()
-    era = "recipes" if _recipe_era(rec) else "r0.3" if release >= (26, 2) else "configs"
-    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
-    mods = MBRIDGE_RECOMPUTE_MODULES[era].get((*_mbridge_row(rec), prec))
+    prec = _mbridge_precision(rec)
+    mods = MBRIDGE_RECOMPUTE_MODULES[mbridge_era(rec)].get((*_mbridge_row(rec), prec))
     if not mods:
         return []
     return ["--recompute-granularity", "selective", "--recompute-modules", *mods]
@@ -702,10 +703,19 @@ def mbridge_release(rec: Record) -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
+def mbridge_era(rec: Record) -> str:
+    """The configs a Megatron-Bridge row ran, by its container: "recipes" from
+    :data:`MBRIDGE_RECIPE_RELEASE`, "r0.3" from :data:`MBRIDGE_R03_RELEASE`, else "configs"
+    (00b7660b's, 25.11; a row naming no container too)."""
+    release = mbridge_release(rec) or ()
+    if release >= MBRIDGE_RECIPE_RELEASE:
+        return "recipes"
+    return "r0.3" if release >= MBRIDGE_R03_RELEASE else "configs"
+
+
 def _recipe_era(rec: Record) -> bool:
     """Whether a Megatron-Bridge row ran from the per-GPU recipes (:data:`MBRIDGE_RECIPE_RELEASE`)."""
-    release = mbridge_release(rec)
-    return release is not None and release >= MBRIDGE_RECIPE_RELEASE
+    return mbridge_era(rec) == "recipes"
 
 
 def mbridge_recipe_flags(rec: Record) -> list[str]:
@@ -714,7 +724,7 @@ def mbridge_recipe_flags(rec: Record) -> list[str]:
     combined 1F1B), [] for any other row."""
     if rec.source_key != "megatron_bridge" or not _recipe_era(rec):
         return []
-    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    prec = _mbridge_precision(rec)
     if prec == "FP8-MX" and _mbridge_row(rec) in MBRIDGE_FULL_ITERATION_MOE:
         return ["--overlap-moe-expert-parallel-comm"]
     return []
@@ -730,7 +740,7 @@ def mbridge_cuda_graph_flags(rec: Record) -> list[str]:
     [] for a config without."""
     if rec.source_key != "megatron_bridge":
         return []
-    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    prec = _mbridge_precision(rec)
     if _recipe_era(rec):
         full = prec == "FP8-MX" and _mbridge_row(rec) in MBRIDGE_FULL_ITERATION_MOE
         scopes = _WHOLE_STEP if full else MBRIDGE_RECIPE_GRAPHS.get((*_mbridge_row(rec), prec))
@@ -746,6 +756,12 @@ def _mbridge_row(rec: Record) -> tuple[str, str]:
     """(model, system) of a Megatron-Bridge row as its tables print them, upper case: the
     keys of the performance-config tables above."""
     return str(rec.model.get("name", "")).upper(), str(rec.hardware.get("gpu", "")).upper()
+
+
+def _mbridge_precision(rec: Record) -> str:
+    """A Megatron-Bridge row's precision as its tables print it ("FP8-MX (MXFP8)": "FP8-MX"),
+    the third key of the tables above."""
+    return str(rec.training.get("precision") or "").split(" ")[0].upper()
 
 
 def mbridge_dispatcher_sets(rec: Record, pp: int, v: int, ep: int,
@@ -767,7 +783,7 @@ def mbridge_offload_layers(rec: Record, zero: int, pp: int) -> int:
     that config's (FSDP, pp 1)."""
     if rec.source_key != "megatron_bridge" or zero != 3 or pp != 1:
         return 0
-    prec = str(rec.training.get("precision") or "").split(" ")[0].upper()
+    prec = _mbridge_precision(rec)
     return MBRIDGE_CPU_OFFLOAD_LAYERS.get((*_mbridge_row(rec), prec), 0)
 
 
@@ -897,7 +913,7 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
                          "gpt_oss}/common.py overlap_moe_expert_parallel_comm at 067f987d; its "
                          "HybridEP dispatcher, paged stash, delayed wgrad, FP8 attention and "
                          "fused grouped MLP not simulated)")  # fmt: skip
-        elif graphs == [] and _recipe_era(rec) and rec.source_key == "megatron_bridge":
+        elif graphs == [] and _recipe_era(rec):
             notes.append(
                 "no CUDA graphs: Megatron-Bridge's per-GPU recipe for this model, "
                 "system and precision captures none (perf_recipes at 067f987d)"
