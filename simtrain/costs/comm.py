@@ -497,9 +497,23 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
           per_gpu_nic: bool = False) -> int:  # fmt: skip
     """A collective over the data-parallel group (GPU ids tp apart): dp x cp GPUs with context
     parallelism, which reduces gradients and shards ZeRO over the CP ranks too (Megatron-Core
-    ``param_and_grad_buffer.py``: ``dp_cp_group``)."""
-    g = step.groups
-    return collective_ns(sc, step, op, size_bytes, g.dp_cp, g.tp, per_gpu_nic)
+    ``param_and_grad_buffer.py``: ``dp_cp_group``). With hybrid sharding
+    (``ParallelSpec.zero_replicas`` R > 1) ZeRO's collectives run over its groups of
+    S = dp·cp / R: a parameter all-gather over the group of S alone, a gradient reduce-scatter
+    over the group and then an all-reduce of its 1/S shard across the R replicas, GPU ids
+    tp·S apart (FSDP ``_runtime_utils.py`` ``_reduce_grad``: reduce-scatter in the process
+    group, all-reduce of the shard in ``_inter_node_pg`` under HYBRID_SHARD; Megatron-Core's
+    distributed optimizer instances: the intra-instance reduce-scatter, then the
+    inter-instance all-reduce). An all-reduce (DDP's, nanotron's ZeRO-1) spans dp x cp."""
+    g, p = step.groups, sc.parallelism
+    if p.zero_replicas == 1 or op == "all_reduce":
+        return collective_ns(sc, step, op, size_bytes, g.dp_cp, g.tp, per_gpu_nic)
+    s = p.zero_shards
+    ns = collective_ns(sc, step, op, size_bytes, s, g.tp, per_gpu_nic)
+    if op == "reduce_scatter":
+        ns += collective_ns(sc, step, "all_reduce", size_bytes / s, p.zero_replicas, g.tp * s,
+                            per_gpu_nic)  # fmt: skip
+    return ns
 
 
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:

@@ -1083,7 +1083,7 @@ def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
     """Trainable parameters one GPU updates: ZeRO-1/2/3 shard the optimizer over the DP group
     (Rajbhandari et al. 2020 §5.1), dp x cp GPUs with context parallelism (Megatron-Core's
     distributed optimizer shards over ``intra_dp_cp_group``)."""
-    return trainable // (p.dp_cp if p.zero_stage >= 1 else 1)
+    return trainable // (p.zero_shards if p.zero_stage >= 1 else 1)
 
 
 def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: HardwareProfile,

@@ -433,7 +433,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     gradients and TP gather buffers included); ``dense_layers`` of the rank's ``n_layers``
     blocks are dense (all of a dense model's)."""
     t, p = sc.training, sc.parallelism
-    prec, dp, z = step.precision, p.dp_cp, p.zero_stage
+    prec, dp, z = step.precision, p.zero_shards, p.zero_stage
     # the routed experts' part of the rank's trainable parameters, sharded over expert-dp
     moe_layers = n_layers - dense_layers
     experts = moe_layers * sum(x.numel for x in tensors
@@ -677,7 +677,8 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     category after ZeRO (Rajbhandari et al. 2020 §5) and offload, (host bytes, of which
     pinned))."""
     m, t, p = sc.model, sc.training, sc.parallelism
-    tp, dp, z = p.tp, p.dp_cp, p.zero_stage  # ZeRO shards over dp x cp (ParallelSpec.dp_cp)
+    # ZeRO shards over dp x cp, or its hybrid-sharding groups (ParallelSpec.zero_shards)
+    tp, dp, z = p.tp, p.zero_shards, p.zero_stage
     mine = step.rank_chunks(stage)
     # Every block is identical: count one and multiply (the planner calls this thousands of
     # times); embeddings and head are counted as they are.
@@ -936,9 +937,9 @@ def zero_gather_copy_bytes(sc: Scenario, step: ResolvedStep, trainable: int,
     more than one data-parallel rank; 0 otherwise. Live after the step's update, so the step's
     moment holds the larger of the two."""
     p = sc.parallelism
-    if not sc.runtime.zero_gather_flat_copies or p.zero_stage != 1 or p.dp_cp <= 1:
+    if not sc.runtime.zero_gather_flat_copies or p.zero_stage != 1 or p.zero_shards <= 1:
         return 0
-    shard = zero_shard(trainable, experts, p.dp_cp, p.expert_dp)
+    shard = zero_shard(trainable, experts, p.zero_shards, p.expert_dp)
     return step.precision.param * (trainable + shard)
 
 
@@ -992,7 +993,7 @@ def flat_step_allocations(sc: Scenario, step: ResolvedStep, trainable: int) -> t
     if not flat_step_buffers(sc, step):
         return ()
     t, prec = sc.training, step.precision
-    shard = ceil(trainable / sc.parallelism.dp_cp)
+    shard = ceil(trainable / sc.parallelism.zero_shards)
     flats = (prec.grad * shard, prec.master * shard)
     if adam_temporaries(t, sc.runtime.fused_optimizer):
         flats += (prec.state * shard,) * 2
@@ -1266,14 +1267,14 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     MoE stages (expert groups not modelled)."""
     m, p, rt = sc.model, sc.parallelism, sc.runtime
     if (rt.memory_reported == "allocated" or not rt.zero3_gather_copy_out or p.zero_stage < 2
-            or p.dp_cp <= 1 or m.is_moe or sc.training.offload.parameters):  # fmt: skip
+            or p.zero_shards <= 1 or m.is_moe or sc.training.offload.parameters):  # fmt: skip
         return 0
     root, block = fsdp_groups(sc, ms, n_layers)
     groups = ([root] if root > 0 and rt.fsdp_root_unsharded else []) + [block] * n_layers
     # the cast shard is staged only where param_dtype differs from the sharded parameters: fp32
     # masters sharded, 16-bit gathered (not under bf16_pure, whose shards are already 16-bit)
     prec = step.precision
-    cast = 1 / p.dp_cp if prec.master > prec.param else 0
+    cast = 1 / p.zero_shards if prec.master > prec.param else 0
     return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
 
 

@@ -707,6 +707,11 @@ def nic_plan(sc: Scenario, step: ResolvedStep) -> NicPlan:
         send_backward_crosses=tuple(_hop_crosses(step, s, s - 1) for s in stages),
         p2p_latency_s=lat,
         dp_crosses=pl.group_crosses_nodes(g.dp_cp, g.tp),
+        ag_crosses=(
+            pl.group_crosses_nodes(sc.parallelism.zero_shards, g.tp)
+            if sc.parallelism.zero_replicas > 1
+            else None
+        ),
         dp_latency_s=_dp_latency_s(sc, step, grad_reduction_op(sc)),
         ag_latency_s=_dp_latency_s(sc, step, "all_gather"),
         rs_latency_s=_dp_latency_s(sc, step, "reduce_scatter"),

@@ -96,8 +96,12 @@ def _per_param_states(optimizer: str, state_bytes: int, trainable: int, z: int, 
 def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     t, p = sc.training, sc.parallelism
     prec = t.precision_spec
-    ms, tp, dp, z = b.states, p.tp, p.dp_cp, p.zero_stage
+    ms, tp, dp, z = b.states, p.tp, p.zero_shards, p.zero_stage
     dp_name = f"dp x cp {p.dp} x {p.cp} = {dp}" if p.cp > 1 else f"dp {dp}"
+    if p.zero_replicas > 1:
+        whole = f"dp x cp = {p.dp_cp}" if p.cp > 1 else f"dp {p.dp_cp}"
+        dp_name = (f"its hybrid-sharding group of {dp} GPUs ({whole} in {p.zero_replicas} "
+                   f"replicas)")  # fmt: skip
     ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
     lines = [
         f"{_label(sm)}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"

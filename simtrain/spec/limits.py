@@ -106,6 +106,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.first_stage_layers": (0, 1024),  # at most model.layers; 0 = unset
     "parallelism.last_stage_layers": (0, 1024),
     "parallelism.zero3_max_live_params": (0, 2**50),
+    "parallelism.zero_replicas": (1, MAX_GPUS),
     "cluster.nodes": (1, MAX_GPUS),
     "cluster.gpus_per_node": (1, 1024),
 }

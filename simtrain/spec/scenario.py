@@ -346,6 +346,14 @@ class ParallelSpec:
     # default), or 1: whole experts on each rank and the EP group folded over tp x dp x cp
     # ("MoE parallel folding", Liu et al. 2025, arXiv 2504.14960; ``etp``)
     expert_tp: int = 0
+    # Hybrid sharding: ZeRO shards over groups of dp·cp / zero_replicas consecutive
+    # data-parallel ranks and keeps zero_replicas copies, one per group (1: one group, all of
+    # dp x cp). FSDP's HYBRID_SHARD (torch/distributed/fsdp/api.py ShardingStrategy: "shard
+    # within a node, replicate across nodes"), torchtitan's data_parallel_replicate_degree
+    # (HSDP), Megatron-Core's --num-distributed-optimizer-instances: the gradients
+    # reduce-scattered within the group, then all-reduced across the replicas (``zero_shards``;
+    # costs.comm.dp_ns).
+    zero_replicas: int = 1
 
     @property
     def gpus(self) -> int:
@@ -357,6 +365,14 @@ class ParallelSpec:
         ``get_data_parallel_group(with_context_parallel=True)``: DDP's buckets and the
         distributed optimizer reduce and shard over it)."""
         return self.dp * self.cp
+
+    @property
+    def zero_shards(self) -> int:
+        """The ZeRO sharding group: dp x cp / ``zero_replicas`` GPUs (all of dp x cp without
+        hybrid sharding), over which optimizer states (ZeRO-1), gradients (2) and parameters (3)
+        are divided; its members are tp GPU ids apart (placement tp-cp-dp-pp), the replicas of
+        one shard tp·zero_shards apart."""
+        return self.dp_cp // self.zero_replicas
 
     @property
     def etp(self) -> int:
@@ -931,6 +947,7 @@ def check_layout(s: Scenario, file: str) -> None:
     check_moe_layout(s, file)
     check_deepep(s, file)
     check_data_parallel(s, file)
+    check_zero_replicas(s, file)
     if p.zero_stage and p.dp_mode == "naive":
         raise ConfigError(file, "parallelism.zero_stage", "ZeRO needs dp_mode: ddp", p.zero_stage)
     if t.seq_len > m.max_positions and m.positions == "learned":
@@ -1027,6 +1044,39 @@ def check_data_parallel(s: Scenario, file: str) -> None:
             f"replicating the model over one node's GPUs) does not apply with {keys}",
             p.dp_mode, ", ".join(f"{k}: {ok}" for k, _, ok in bad) + " (or dp_mode: ddp)",
         )  # fmt: skip
+
+
+def check_zero_replicas(s: Scenario, file: str) -> None:
+    """``zero_replicas`` > 1 (hybrid sharding) splits the data-parallel ranks into that many
+    groups, each sharding ZeRO over its dp·cp / zero_replicas consecutive GPUs of the dp x cp
+    group (Megatron-Core ``parallel_state.py`` l.922-929 and 984-992 at d98e8a64: slices of
+    the dp-cp ranks): it needs ZeRO (stage 1-3) under dp_mode ddp, groups of equal size
+    (``zero_replicas`` divides dp x cp) of at least 2 GPUs (one GPU a group is plain data
+    parallelism: zero_stage 0). Not modelled with it: models with experts (their states shard
+    over the expert-data-parallel group) and offload."""
+    p, t, key = s.parallelism, s.training, "parallelism.zero_replicas"
+    r = p.zero_replicas
+    if r == 1:
+        return
+    if not p.zero_stage or p.dp_mode != "ddp":
+        raise ConfigError(file, key, f"replicates ZeRO's shards (hybrid sharding): needs "
+                          f"parallelism.zero_stage 1, 2 or 3 with dp_mode ddp (got zero_stage "
+                          f"{p.zero_stage}, dp_mode {p.dp_mode})", r, "1")  # fmt: skip
+    if p.dp_cp % r:
+        divisors = [d for d in range(1, p.dp_cp + 1) if p.dp_cp % d == 0]
+        raise ConfigError(file, key, f"must divide dp x cp = {p.dp_cp} (groups of equal size)",
+                          r, " | ".join(map(str, divisors)))  # fmt: skip
+    if p.zero_shards < 2:
+        raise ConfigError(file, key, f"leaves {p.zero_shards} GPU per ZeRO group (dp x cp = "
+                          f"{p.dp_cp}): nothing is sharded; use parallelism.zero_stage 0, or "
+                          f"at most {p.dp_cp // 2} replicas", r)  # fmt: skip
+    if s.model.is_moe:
+        raise ConfigError(file, key, "hybrid sharding of a model with experts is not modelled "
+                          "(their states shard over the expert-data-parallel group)", r, "1")  # fmt: skip
+    off = t.offload
+    if off.optimizer or off.parameters or off.activations:
+        raise ConfigError(file, key, "hybrid sharding with training.offload is not modelled",
+                          r, "1")  # fmt: skip
 
 
 def _degrees(p: ParallelSpec) -> str:

@@ -938,6 +938,19 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         f.has("--data-parallel-sharding-strategy")
         r.assume("--data-parallel-sharding-strategy without --use-megatron-fsdp: no effect")
     par["zero_stage"] = zero
+    if "--num-distributed-optimizer-instances" in f:
+        n = f.int_("--num-distributed-optimizer-instances")
+        if n > 1 and zero == 1:
+            par["zero_replicas"] = n
+            r.origin("parallelism.zero_replicas", "--num-distributed-optimizer-instances")
+            r.assume(f"--num-distributed-optimizer-instances {n}: the distributed optimizer "
+                     f"sharded within {n} groups of the data-parallel ranks, gradients "
+                     "reduce-scattered within a group and all-reduced across them "
+                     "(param_and_grad_buffer.py at d98e8a64)")  # fmt: skip
+        elif n > 1:
+            r.unsupported_(f"--num-distributed-optimizer-instances {n}", "needs "
+                           "--use-distributed-optimizer (without Megatron FSDP): simulated "
+                           "with one instance")  # fmt: skip
     # runtime overlap flags, where the layout has something for them to overlap
     if f.bool_("--tp-comm-overlap"):
         if tp > 1:

@@ -286,12 +286,18 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         zero = 3 if reshard else 2
         r.assume(f"FSDP2 over dp_shard x cp = {shard * cp} GPUs, reshard after forward "
                  f"{str(reshard).lower()} (fsdp_reshard_after_forward {policy}): ZeRO-{zero}")  # fmt: skip
-        if rep > 1:
-            r.unsupported_(f"parallelism.data_parallel_replicate_degree {rep}", f"HSDP (shards "
-                           f"within groups of {shard}, replicas across): simulated as sharding "
-                           f"over all {dp}")  # fmt: skip
     par: dict[str, Any] = {"dp": dp, "tp": tp, "pp": pp, "schedule": "1f1b", "virtual_stages": 1,
                            "zero_stage": zero, "sequence_parallel": tp > 1}  # fmt: skip
+    if rep > 1 and zero:
+        # HSDP: FSDP2 over the (dp_replicate, dp_shard_cp) mesh shards within each replica
+        # (parallelize.py apply_fsdp's dp_mesh; fully_shard with a 2-D mesh: HYBRID_SHARD)
+        par["zero_replicas"] = rep
+        r.origin("parallelism.zero_replicas", "parallelism.data_parallel_replicate_degree")
+        r.assume(f"HSDP: FSDP2 shards within groups of dp_shard x cp = {shard * cp} GPUs, "
+                 f"{rep} replicas (gradients reduce-scattered within a group, all-reduced "
+                 "across)")  # fmt: skip
+    elif rep > 1:
+        r.assume(f"data_parallel_replicate_degree {rep} with nothing sharded: DDP over {dp}")
     if cp > 1:  # PyTorch context_parallel: ring attention; FSDP shards over dp_shard x cp
         par["cp"] = cp
     if tp > 1:

@@ -551,6 +551,19 @@ SOURCES: dict[str, SourceConvention] = {
     ),  # fmt: skip
     # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).
     "torchao": SourceConvention("simtrain", {}),
+    # IBM's fms-fsdp (measured/fms_fsdp.yaml): PyTorch FSDP over the foundation-model-stack LLaMA,
+    # eager (no compile: README "It is recommended to NOT use compile at this stage"), SDPA's
+    # flash attention, Llama 2's architecture (fms/models/llama.py LLaMAConfig: SwiGLU,
+    # RMSNorm, rotary, no biases, untied head).
+    "fms_fsdp": SourceConvention(
+        "simtrain",
+        LLAMA3,
+        runtime_overrides=(("eager_elementwise", True),),
+        runtime_overrides_note="fms's norm is a Python chain (fms/modules/layernorm.py "
+        "LayerNormParameterized: pow, mean, rsqrt and products) and its rotary a complex product "
+        "(the PyTorch blog 'Maximizing training throughput': 'The typical RoPE implementation "
+        "uses complex numbers'), eager as torchtitan's uncompiled model",
+    ),  # fmt: skip
 }
 GENERIC = SourceConvention("simtrain", {})
 
@@ -597,6 +610,7 @@ RUNTIMES: dict[str, str] = {
     "torchtitan": "torchtitan",
     "llama3": "torchtitan",  # Meta's own 4D-parallel PyTorch framework; torchtitan is its open kin
     "hf_transformers": "pytorch_eager",  # HF Trainer
+    "fms_fsdp": "pytorch_eager",  # IBM fms-fsdp: a plain PyTorch FSDP loop (main_training.py)
     "lora": "pytorch_eager",  # HF PEFT
     "qlora": "pytorch_eager",  # HF PEFT + bitsandbytes
     "torchao": "pytorch_eager",  # eager PyTorch loop with torchao / DeepSpeed offload

@@ -582,6 +582,9 @@ def _scenario_data(
     }
     if cp > 1:
         data["parallelism"]["cp"] = cp
+    replicas = _hybrid_replicas(rec, data["parallelism"], profile, notes)
+    if replicas > 1:
+        data["parallelism"]["zero_replicas"] = replicas
     layers = record_int(model.get("layers")) or record_int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
@@ -1094,6 +1097,36 @@ def _flag(key: str, value: Any) -> bool | None:
     if _TRUE_WORDS.search(text):
         return True
     raise _NotExpressible(f"{key} {value!r}: not a yes/no setting (true, false, not stated)")
+
+
+#: FSDP's hybrid strategies: shard within a node, replicate across nodes (torch
+#: distributed/fsdp/api.py ShardingStrategy HYBRID_SHARD and _HYBRID_SHARD_ZERO2;
+#: _init_utils.py _init_intra_and_inter_node_groups: the intra-node group is the node's
+#: local GPUs).
+_FSDP_HYBRID = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+
+
+def _hybrid_replicas(rec: Record, par: Mapping[str, Any], profile: str,
+                     notes: list[str]) -> int:  # fmt: skip
+    """The ZeRO replicas (``parallelism.zero_replicas``) of a record whose FSDP strategy is
+    hybrid: one per node of its data-parallel GPUs (the record's gpus_per_node, else the
+    profile's); 1 for any other record. A hybrid record with tensor, pipeline or context
+    parallelism (a device mesh the record does not give) is not expressible."""
+    sharding = str(rec.parallelism.get("fsdp_sharding") or "").upper().replace(" ", "_")
+    if sharding not in _FSDP_HYBRID:
+        return 1
+    node = record_int(rec.hardware.get("gpus_per_node")) or load_hardware(profile).gpus_per_node
+    dp = int(par["dp"])
+    if (par.get("tp", 1), par.get("pp", 1), par.get("cp", 1)) != (1, 1, 1) or dp % node:
+        raise _NotExpressible(f"parallelism.fsdp_sharding {sharding}: its groups of {node} GPUs "
+                              f"(one node) over dp {dp}, tp {par.get('tp', 1)}, pp "
+                              f"{par.get('pp', 1)}, cp {par.get('cp', 1)}: a mesh the record "
+                              "does not give")  # fmt: skip
+    if dp == node:
+        return 1
+    notes.append(f"FSDP {sharding}: shards within each node's {node} GPUs, {dp // node} "
+                 "replicas across the nodes (parallelism.zero_replicas)")  # fmt: skip
+    return dp // node
 
 
 def _read_parallelism(p: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:

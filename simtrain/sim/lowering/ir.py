@@ -189,6 +189,9 @@ class NicPlan:
     # is the "DP" tasks', the gradient reduction's)
     ag_latency_s: float = 0.0
     rs_latency_s: float = 0.0
+    # ZeRO's all-gathers leave the node: the sharding group's (dp x cp, or a hybrid-sharding
+    # group of ParallelSpec.zero_shards, which may sit inside one node); None: dp_crosses
+    ag_crosses: bool | None = None
 
     def crossing(self, kind: str, stage: int | None) -> tuple[bool, float]:
         """(leaves the node, latency in s) of a communication task of ``kind``; a pipeline
@@ -197,6 +200,8 @@ class NicPlan:
             return self.send_forward_crosses[stage or 0], self.p2p_latency_s
         if kind == "SEND_B":
             return self.send_backward_crosses[stage or 0], self.p2p_latency_s
+        if kind == "AG" and self.ag_crosses is not None:
+            return self.ag_crosses, self.ag_latency_s if self.ag_crosses else 0.0
         if kind in ("DP", "AG", "RS") and self.dp_crosses:
             lat = {"AG": self.ag_latency_s, "RS": self.rs_latency_s}.get(kind, self.dp_latency_s)
             return True, lat

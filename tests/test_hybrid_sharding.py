@@ -1,0 +1,192 @@
+"""Hybrid sharding (``parallelism.zero_replicas``): ZeRO over groups of dp·cp / R GPUs, R copies.
+
+FSDP's HYBRID_SHARD, torchtitan's HSDP (data_parallel_replicate_degree) and Megatron-Core's
+--num-distributed-optimizer-instances shard the model states within each group and keep one
+copy per group: a GPU holds 1/S of them (S = dp·cp / R), its parameter all-gathers run over its
+group, its gradients are reduce-scattered in the group and then all-reduced across the R
+replicas of its 1/S shard (FSDP _runtime_utils.py _reduce_grad; Megatron-Core
+param_and_grad_buffer.py l.730-760 at d98e8a64). Checked against closed forms: the model states
+of a hybrid layout equal those of the full-shard layout of dp = S, and each collective is the
+sum of its parts over the two groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.importers import import_config
+from simtrain.apps.importers.common import load_imported
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs import comm
+from simtrain.costs.group_comm import collective_ns
+from simtrain.costs.memory import estimate_memory
+from simtrain.costs.workload import nic_plan
+from simtrain.errors import ConfigError
+from simtrain.layout.step import resolve
+from simtrain.spec.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+ZERO3 = str(ROOT / "scenarios" / "zero3_64gpu.yaml")  # Llama-2 13B, dp 64 on 8 x 8 A100, ZeRO-3
+ZERO1 = str(ROOT / "scenarios" / "zero1_8gpu.yaml")
+TORCHTITAN = ROOT / "tests" / "fixtures" / "importers" / "torchtitan_llama3_8b.toml"
+STATES = ("parameters", "master_weights", "gradients", "optimizer_states")
+
+
+def _zero3(replicas: int, *more: str):
+    return load_scenario(ZERO3, [f"parallelism.zero_replicas={replicas}", *more])
+
+
+def _states(sc) -> dict[str, int]:
+    by_category = dict(estimate_memory(sc).stages[0].memory_bytes)
+    return {k: by_category[k] for k in STATES}
+
+
+def test_a_hybrid_group_holds_what_a_full_shard_of_its_size_holds() -> None:
+    """dp 64 in 8 replicas: each GPU holds 1/8 of every ZeRO-3 state, byte for byte what dp 8
+    with full sharding holds (the same 13B model on the same GPU)."""
+    hybrid = _zero3(8)
+    assert hybrid.parallelism.zero_shards == 8
+    full_of_eight = load_scenario(ZERO3, ["parallelism.dp=8", "cluster.nodes=1",
+                                          "training.global_batch=32"])  # fmt: skip
+    assert _states(hybrid) == _states(full_of_eight)
+    # and 8 x what the full 64-way shard holds, to the rounding of a 1/64 shard
+    full = _states(_zero3(1))
+    for k in STATES:
+        assert abs(_states(hybrid)[k] - 8 * full[k]) <= 8 * 64, k
+
+
+def test_zero1_replicas_shard_only_the_optimizer() -> None:
+    """ZeRO-1 in 2 replicas of 4: the optimizer states and master weights / 4, the gradients and
+    parameters whole, as ZeRO-1 over dp 4."""
+    base = load_scenario(ZERO1)
+    assert base.parallelism.dp == 8 and base.parallelism.zero_stage == 1
+    hybrid = load_scenario(ZERO1, ["parallelism.zero_replicas=2"])
+    four = load_scenario(ZERO1, ["parallelism.dp=4", "cluster.gpus_per_node=4",
+                                 f"training.global_batch={base.training.global_batch // 2}"])  # fmt: skip
+    assert _states(hybrid) == _states(four)
+    assert _states(hybrid)["gradients"] == _states(base)["gradients"]
+
+
+def test_collectives_run_over_the_group_and_across_the_replicas() -> None:
+    """The all-gather spans the group of S (tp apart); the reduce-scatter is the group's plus an
+    all-reduce of the 1/S shard over the R replicas (tp·S apart); an all-reduce spans dp x cp."""
+    sc = _zero3(8)
+    step = resolve(sc)
+    size = 650_000_000.0
+    assert comm.dp_ns(sc, step, "all_gather", size) == collective_ns(sc, step, "all_gather",
+                                                                     size, 8, 1)  # fmt: skip
+    rs = (collective_ns(sc, step, "reduce_scatter", size, 8, 1)
+          + collective_ns(sc, step, "all_reduce", size / 8, 8, 8))  # fmt: skip
+    assert comm.dp_ns(sc, step, "reduce_scatter", size) == rs
+    assert comm.dp_ns(sc, step, "all_reduce", size) == collective_ns(sc, step, "all_reduce",
+                                                                     size, 64, 1)  # fmt: skip
+    # one replica: the whole dp x cp group, as before
+    one = _zero3(1)
+    assert comm.dp_ns(one, resolve(one), "all_gather", size) == collective_ns(
+        one, resolve(one), "all_gather", size, 64, 1
+    )
+
+
+def test_a_group_of_one_node_gathers_over_nvlink() -> None:
+    """Groups of 8 on 8-GPU nodes: the gathers stay inside the node (no NIC share), the
+    gradient reduction leaves it (the replicas' all-reduce); one NVLink all-gather is faster
+    than the 64-GPU one over the NICs."""
+    sc = _zero3(8)
+    step = resolve(sc)
+    plan = nic_plan(sc, step)
+    assert plan.crossing("AG", 0) == (False, 0.0)
+    assert plan.crossing("RS", 0)[0] and plan.crossing("DP", 0)[0]
+    full = _zero3(1)
+    assert nic_plan(full, resolve(full)).crossing("AG", 0)[0]
+    size = 650_000_000.0
+    assert comm.dp_ns(sc, step, "all_gather", size) < comm.dp_ns(full, resolve(full),
+                                                                 "all_gather", size)  # fmt: skip
+
+
+def test_hybrid_sharding_moves_fewer_bytes_and_holds_more() -> None:
+    """The step: less communication time in all (gathers on NVLink), more memory per GPU."""
+    hybrid, full = simulate_scenario(_zero3(8)), simulate_scenario(_zero3(1))
+    br_h, br_f = dict(hybrid.metrics.time_breakdown_s), dict(full.metrics.time_breakdown_s)
+    assert br_h["communication_total"] < br_f["communication_total"]
+    assert (hybrid.memory.stages[0].peak_memory_bytes
+            > full.memory.stages[0].peak_memory_bytes)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["parallelism.zero_stage=0"], "needs parallelism.zero_stage 1, 2 or 3"),
+        (["parallelism.zero_replicas=3"], "must divide dp x cp = 64"),
+        (["parallelism.zero_replicas=64"], "leaves 1 GPU per ZeRO group"),
+        (["training.offload.optimizer=true"], "offload is not modelled"),
+    ],
+)
+def test_bad_layouts_are_named(overrides: list[str], words: str) -> None:
+    with pytest.raises(ConfigError, match="parallelism.zero_replicas") as exc:
+        load_scenario(ZERO3, ["parallelism.zero_replicas=8", *overrides]
+                      if "zero_replicas" not in overrides[0] else overrides)  # fmt: skip
+    assert words in str(exc.value)
+
+
+def test_models_with_experts_are_refused() -> None:
+    with pytest.raises(ConfigError, match="parallelism.zero_replicas") as exc:
+        load_scenario(str(ROOT / "scenarios" / "mixtral_8x7b_ep8.yaml"),
+                      ["parallelism.zero_stage=1", "parallelism.zero_replicas=2"])  # fmt: skip
+    assert "experts" in str(exc.value)
+
+
+def test_torchtitan_hsdp_imports_as_replicas(tmp_path: Path) -> None:
+    """data_parallel_replicate_degree 4 x shard 2 on 8 GPUs: FSDP2 over groups of 2, 4 copies."""
+    text = TORCHTITAN.read_text().replace("data_parallel_replicate_degree = 1",
+                                          "data_parallel_replicate_degree = 4")  # fmt: skip
+    f = tmp_path / "job.toml"
+    f.write_text(text)
+    p = load_imported(import_config("torchtitan", f, gpus=8)).parallelism
+    assert (p.dp, p.zero_stage, p.zero_replicas, p.zero_shards) == (8, 3, 4, 2)
+
+
+def test_megatron_distributed_optimizer_instances(tmp_path: Path) -> None:
+    base = ("--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 "
+            "--max-position-embeddings 2048 --micro-batch-size 2 --global-batch-size 64 "
+            "--vocab-size 50000 --bf16 --use-distributed-optimizer ")  # fmt: skip
+    f = tmp_path / "flags.txt"
+    f.write_text(base + "--num-distributed-optimizer-instances 2")
+    p = load_imported(import_config("megatron", f, gpus=16)).parallelism
+    assert (p.dp, p.zero_stage, p.zero_replicas, p.zero_shards) == (16, 1, 2, 8)
+    f.write_text(base.replace("--use-distributed-optimizer ", "")
+                 + "--num-distributed-optimizer-instances 2")  # fmt: skip
+    imp = import_config("megatron", f, gpus=16)
+    assert load_imported(imp).parallelism.zero_replicas == 1
+    assert any("--num-distributed-optimizer-instances" in u for u in imp.unsupported)
+
+
+def test_fms_fsdp_rows_read_hybrid_shard_as_one_group_per_node() -> None:
+    """IBM fms-fsdp's README rows (measured/fms_fsdp.yaml): HSDP = FSDP's HYBRID_SHARD, groups
+    of one node's 8 GPUs, 128 / 8 = 16 replicas; FULL_SHARD one group of 128."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "fms_fsdp.yaml"))}
+    assert len(rows) == 4
+    for rid, rec in rows.items():
+        tr = translate(rec)
+        p = tr.scenario.parallelism
+        assert (p.dp, p.zero_stage) == (128, 3), rid
+        assert p.zero_replicas == (16 if "hsdp" in rid else 1), rid
+        assert tr.scenario.runtime.eager_elementwise, rid
+        assert not any("differs from params_b" in n for n in tr.assumptions), rid
+
+
+def test_hybrid_shard_with_tensor_parallelism_is_named_not_guessed() -> None:
+    """A HYBRID_SHARD record with tp > 1 gives no device mesh: a skip with the reason."""
+    from simtrain.apps.validate.records import SkipReason, load_records
+    from simtrain.apps.validate.translate import translate
+
+    rec = load_records(str(ROOT / "measured" / "fms_fsdp.yaml"))[0]
+    par = {**rec.parallelism, "tp": 2, "dp": 64}
+    tr = translate(replace(rec, parallelism=par))
+    assert isinstance(tr, SkipReason)
+    assert "HYBRID_SHARD" in tr.reason and "mesh" in tr.reason
