@@ -190,3 +190,69 @@ def test_hybrid_shard_with_tensor_parallelism_is_named_not_guessed() -> None:
     tr = translate(replace(rec, parallelism=par))
     assert isinstance(tr, SkipReason)
     assert "HYBRID_SHARD" in tr.reason and "mesh" in tr.reason
+
+
+def _llama_plan(**fixed: object):
+    from simtrain.apps.plan.file import parse_plan
+    from simtrain.apps.plan.layouts import enumerate_layouts
+
+    data = {"name": "hsdp", "model": {"preset": "llama3-8b", "flash_attention": True},
+            "tokens": 1e12, "training": {"seq_len": 8192, "global_batch": 512,
+                                         "precision": "bf16", "optimizer": "adamw"},
+            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0}],
+            "gpus": 64, "fixed": {"pp": 1, "tp": 1, "sequence_parallel": False, **fixed}}  # fmt: skip
+    plan = parse_plan(data, "plan.yaml", ROOT)
+    return plan, enumerate_layouts(plan, 32, 32)
+
+
+def test_the_planner_offers_zero3_with_a_copy_per_node() -> None:
+    """64 GPUs on 8-GPU nodes, dp 64: each ZeRO-3 layout also as HSDP, 8 copies of groups of
+    8 (one node each), and no other stage hybrid; fixed.zero_replicas [1] turns it off."""
+    _, layouts = _llama_plan()
+    hybrid = [x for x in layouts if x.zero_replicas > 1]
+    assert hybrid and all(x.zero_stage == 3 and x.zero_replicas == 8 for x in hybrid)
+    full3 = [x for x in layouts if x.zero_stage == 3 and x.zero_replicas == 1]
+    assert len(hybrid) == len(full3)
+    _, off = _llama_plan(zero_replicas=[1])
+    assert not [x for x in off if x.zero_replicas > 1]
+    assert len(off) == len(layouts) - len(hybrid)
+    # a number asks for that many copies, ZeRO-1 and 2 included
+    _, two = _llama_plan(zero_replicas=[2], zero_stage=[1, 3])
+    assert {(x.zero_stage, x.zero_replicas) for x in two} == {(1, 2), (3, 2)}
+
+
+def test_a_planned_hybrid_layout_is_the_scenario_it_names(tmp_path: Path) -> None:
+    """best.yaml's scenario of a hybrid layout carries parallelism.zero_replicas."""
+    from simtrain.apps.plan.layouts import scenario_data
+    from simtrain.spec.scenario import parse_scenario
+
+    plan, layouts = _llama_plan(zero_stage=[3], zero_replicas=["node"], micro_batch=[1],
+                                recompute=["full"])  # fmt: skip
+    lay = next(x for x in layouts if x.zero_replicas > 1)
+    sc = parse_scenario(scenario_data(plan, lay), "best.yaml")
+    assert (sc.parallelism.zero_stage, sc.parallelism.zero_replicas) == (3, 8)
+
+
+def test_a_bad_fixed_zero_replicas_names_the_words() -> None:
+    with pytest.raises(ConfigError, match="fixed.zero_replicas") as exc:
+        _llama_plan(zero_replicas=["rack"])
+    assert "node" in str(exc.value)
+
+
+def test_deepspeed_mics_imports_as_replicas(tmp_path: Path) -> None:
+    """DeepSpeed's MiCS (zero_optimization.mics_shard_size, ZeRO-3): groups of that size, one
+    copy each; a size that leaves the groups unequal is an error naming the key."""
+    import json
+
+    fixture = ROOT / "tests" / "fixtures" / "importers" / "deepspeed_zero3_bf16.json"
+    cfg = json.loads(fixture.read_text())
+    cfg["zero_optimization"]["mics_shard_size"] = 4
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(cfg))
+    imp = import_config("deepspeed", f, "llama3-8b", 16)
+    p = load_imported(imp, ["training.seq_len=2048"]).parallelism
+    assert (p.dp, p.zero_stage, p.zero_replicas, p.zero_shards) == (16, 3, 4, 4)
+    cfg["zero_optimization"]["mics_shard_size"] = 3
+    f.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="mics_shard_size"):
+        import_config("deepspeed", f, "llama3-8b", 16)

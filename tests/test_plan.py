@@ -723,7 +723,8 @@ def test_layout_count_is_the_layouts_built() -> None:
     grids = [(hw, list(range(8, 65)), (1, 2, 4), (1, 2, 4)) for hw in plan.hardware]
     for hw_name, gb, g, tp, pp, dp, cp in _groups(plan, grids):
         built = _group_layouts(plan, hw_name, gb, g, tp, pp, dp, (False,), cp)
-        assert len(built) == _group_size(plan, gb, pp, dp, (False,))
+        gpn = next(h.gpus_per_node for h in plan.hardware if h.name == hw_name)
+        assert len(built) == _group_size(plan, gb, pp, dp, (False,), 0, tp, cp, gpn)
     layouts = enumerate_layouts(plan, 24, 16)
     assert len(layouts) == len(set(layouts)) > 0
 

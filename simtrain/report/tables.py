@@ -296,7 +296,9 @@ def run_table(res: Any, phased: Any = None) -> str:
     lines = [
         f"{sc.name}: {sc.model.name} on {p.gpus} x {sc.hardware.display_name} "
         f"(dp {p.dp} x tp {p.tp} x pp {p.pp}{f' x cp {p.cp}' if p.cp > 1 else ''}"
-        f"{f', ep {p.ep}' if p.ep > 1 else ''}, {p.schedule}, {sc.num_microbatches} micro-batches"
+        f"{f', ep {p.ep}' if p.ep > 1 else ''}"
+        f"{f', ZeRO-{p.zero_stage} in {p.zero_replicas} replicas of {p.zero_shards}' if p.zero_replicas > 1 else ''}"
+        f", {p.schedule}, {sc.num_microbatches} micro-batches"
         f" of {sc.training.micro_batch}){'; LP-FT finetune phase' if phased is not None else ''}",
         f"step time        {mt.step_time_s * 1e3:,.1f} ms"
         + (

@@ -320,6 +320,20 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
         elif k == "reduce_scatter":
             if not as_bool(v, file, key) and stage in (1, 2):
                 runtime["zero_grad_reduction"] = "all_reduce"
+        elif k == "mics_shard_size":
+            # MiCS (runtime/zero/mics.py): ZeRO-3 within groups of mics_shard_size GPUs,
+            # replicated across; gradients reduce-scattered in the group, then all-reduced
+            # across the replicas (MiCS_Optimizer.allreduce_mics_shard_grads): simtrain's
+            # parallelism.zero_replicas, set once dp is known
+            mics = whole_number(v, file, key, -1, MAX_GPUS)
+            if mics > 0 and stage == 3:
+                par["_mics_shard_size"] = mics
+            elif mics > 0:
+                r.ignore(f"{key} {mics} (a ZeRO-3 setting; stage {stage})")
+        elif k == "mics_hierarchical_params_gather":
+            if as_bool(v, file, key):
+                r.unsupported_(key, "the two-level (intra-node, then inter-node) parameter "
+                               "gather: simulated as one all-gather over the group")  # fmt: skip
         elif k in ZERO_TUNING:
             r.ignore(f"{key} (a tuning simtrain does not model)")
         else:
@@ -389,6 +403,15 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     r.origin("training.global_batch", "train_batch_size")
     r.origin("training.micro_batch", "train_micro_batch_size_per_gpu")
     par["dp"] = dp
+    mics = par.pop("_mics_shard_size", 0)
+    if mics and mics < dp:
+        if dp % mics:
+            raise ConfigError(file, "zero_optimization.mics_shard_size", f"must divide the "
+                              f"data-parallel GPUs ({dp})", mics)  # fmt: skip
+        par["zero_replicas"] = dp // mics
+        r.origin("parallelism.zero_replicas", "zero_optimization.mics_shard_size")
+        r.assume(f"zero_optimization.mics_shard_size {mics}: MiCS, ZeRO-3 within groups of "
+                 f"{mics} GPUs, {dp // mics} replicas (parallelism.zero_replicas)")  # fmt: skip
     if mbs is not None:
         batch = {"micro_batch": mbs, "global_batch": tbs}
         for k in ("train_batch_size", "train_micro_batch_size_per_gpu",

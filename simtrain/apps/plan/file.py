@@ -48,7 +48,7 @@ GPUS_KEYS = ("min", "max")
 CONSTRAINT_KEYS = ("deadline_days", "budget", "max_gpus", "memory_headroom")
 FIXED_KEYS = (
     "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule", "virtual_stages",
-    "sequence_parallel", "cp", "ep", "precision",
+    "sequence_parallel", "cp", "ep", "precision", "zero_replicas",
 )  # fmt: skip
 # Settings every layout shares (not searched): the DP gradient bucket (Megatron-LM 2021's
 # "local" DDP is one bucket reduced after the backward: bucket_mb >= the gradient), the DP
@@ -82,7 +82,7 @@ MAXIMA = {
 FIXED_RANGES = {
     "tp": "parallelism.tp", "pp": "parallelism.pp", "dp": "parallelism.dp", "cp": "parallelism.cp",
     "virtual_stages": "parallelism.virtual_stages", "micro_batch": "training.micro_batch",
-    "ep": "parallelism.ep",
+    "ep": "parallelism.ep", "zero_replicas": "parallelism.zero_replicas",
 }  # fmt: skip
 
 
@@ -204,6 +204,11 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
         elif key == "zero_stage":
             if v not in (0, 1, 2, 3) or isinstance(v, bool):
                 raise unknown_value(file, f"fixed.{key}", v, (0, 1, 2, 3))
+        elif key == "zero_replicas" and isinstance(v, str):
+            if v != "node":  # (layouts.NODE_REPLICAS)
+                raise ConfigError(file, f"fixed.{key}", "a number of copies of the ZeRO states "
+                                  "(1: none, sharded over all of dp x cp) or node (one per "
+                                  "node: HSDP)", v, "1 | 2 | ... | node")  # fmt: skip
         else:
             top = INT_RANGES[FIXED_RANGES[key]][1]
             v = int(_num(v, file, f"fixed.{key}", integer=True, maximum=top))

@@ -15,6 +15,8 @@ from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 #: replica's share of the global batch (3 and 6 too: a batch of 12 per replica fits at 6).
 DEFAULT_MICRO_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
+#: ``fixed.zero_replicas``' word for one copy of the ZeRO-3 states per node (HSDP).
+NODE_REPLICAS = "node"
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 #: A model with experts also tries the schedules that hide the expert all-to-alls behind
@@ -56,6 +58,9 @@ class Layout(NamedTuple):
     ep: int = 1  # expert parallelism (models with experts): a divisor of dp (with whole
     # experts, of tp x dp x cp) and of the experts
     precision: str = ""  # fixed.precision's choice; "": the plan's training.precision
+    # hybrid sharding (parallelism.zero_replicas): ZeRO-3 within one node's share of the
+    # dp x cp group, a copy per node (FSDP's HYBRID_SHARD); 1: sharded over all of it
+    zero_replicas: int = 1
 
 
 def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         par["cp"] = layout.cp
     if layout.ep > 1:
         par["ep"] = layout.ep
+    if layout.zero_replicas > 1:
+        par["zero_replicas"] = layout.zero_replicas
     data: dict[str, Any] = {
         "name": name or plan.name,
         "model": dict(plan.model),
@@ -161,8 +168,9 @@ def enumerate_layouts(plan: Plan, model_layers: int, heads: int,
         raise _too_large(plan, f"{combinations:,} (global batch, GPUs, tp, pp) combinations: at "
                          f"most {MAX_COMBINATIONS:,}")  # fmt: skip
     groups = list(_groups(plan, grids))
-    total = sum(_group_size(plan, gb, pp, dp, sp_opts, experts, tp, cp)
-                for _, gb, _, tp, pp, dp, cp in groups)  # fmt: skip
+    total = sum(_group_size(plan, gb, pp, dp, sp_opts, experts, tp, cp,
+                            _gpus_per_node(plan, hw_name))
+                for hw_name, gb, _, tp, pp, dp, cp in groups)  # fmt: skip
     if total > MAX_LAYOUTS:  # counted first: building a million tuples alone takes seconds
         raise _too_large(plan, f"{total:,} candidate layouts: at most {MAX_LAYOUTS:,}")
     for hw_name, gb, g, tp, pp, dp, cp in groups:
@@ -240,13 +248,39 @@ def _ep_sp_options(plan: Plan, tp: int, dp: int, sp_opts: tuple[Any, ...],
     return out
 
 
+def zero_options(plan: Plan, zeros: tuple[int, ...], tp: int, dp: int, cp: int, gpn: int,
+                 experts: int = 0) -> list[tuple[int, int]]:  # fmt: skip
+    """(ZeRO stage, replicas) of a group: every stage unsharded into replicas, and ZeRO-3 also
+    hybrid (FSDP's HYBRID_SHARD: a group per node, the node's gpn / tp GPUs of the dp x cp
+    group, one copy per node) where that group spans more than one node; ``fixed.
+    zero_replicas`` lists the replica counts ("node": the per-node one) instead. Not for
+    models with experts or under offload (spec.scenario.check_zero_replicas)."""
+    asked = plan.fixed.get("zero_replicas", (1, NODE_REPLICAS))
+    group = dp * cp
+    per_node = gpn // tp if gpn % tp == 0 else 0
+    node = group // per_node if per_node >= 2 and group % per_node == 0 else 1
+    off = plan.training.get("offload") or {}
+    hybrid_ok = not experts and not any(bool(v) for k, v in off.items()
+                                        if k != "activation_layers")  # fmt: skip
+    out = []
+    for z in zeros:
+        for r in asked:
+            r = node if r == NODE_REPLICAS else r
+            if r == 1:
+                out.append((z, 1))
+            elif (z == 3 or "zero_replicas" in plan.fixed) and z and hybrid_ok and r > 1:
+                out.append((z, r))
+    return list(dict.fromkeys(out))
+
+
 def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...],
-                experts: int = 0, tp: int = 1, cp: int = 1) -> int:  # fmt: skip
+                experts: int = 0, tp: int = 1, cp: int = 1, gpn: int = 8) -> int:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp, experts)
     if opts is None:
         return 1
     scheds, vs, mbs, zeros, rcs, precs = opts
-    per_sched = (len(mbs) * len(zeros) * len(rcs) * len(precs)
+    per_sched = (len(mbs) * len(zero_options(plan, zeros, tp, dp, cp, gpn, experts))
+                 * len(rcs) * len(precs)
                  * len(_ep_sp_options(plan, tp, dp, sp_opts, experts, cp)))  # fmt: skip
     return sum(per_sched * (len(vs) if sched in VIRTUAL_STAGE_SCHEDULES else 1)
                for sched in scheds)  # fmt: skip
@@ -263,14 +297,15 @@ def _group_layouts(plan: Plan, hw: str, gb: int, g: int, tp: int, pp: int, dp: i
         return [Layout(hw, g, tp, pp, dp, 0, mb0, rc0, "1f1b", 1, gb, sp_opts[0], cp)]
     scheds, vs, mbs, zeros, rcs, precs = opts
     ep_sp = _ep_sp_options(plan, tp, dp, sp_opts, experts, cp)
+    zs = zero_options(plan, zeros, tp, dp, cp, _gpus_per_node(plan, hw), experts)
     out = []
     for sched in scheds:
         for v in vs if sched in VIRTUAL_STAGE_SCHEDULES else (1,):
             for mb in mbs:
-                for z in zeros:
+                for z, r in zs:
                     for rc in rcs:
                         for ep, sp in ep_sp:
                             for prec in precs:
                                 out.append(Layout(hw, g, tp, pp, dp, z, mb, rc, sched, v, gb,
-                                                  sp, cp, ep, prec))  # fmt: skip
+                                                  sp, cp, ep, prec, r))  # fmt: skip
     return out

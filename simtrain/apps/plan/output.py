@@ -271,10 +271,12 @@ def _cp(lay: Any) -> str:
 
 
 def _schedule_text(lay: Layout, batches: int = 1) -> str:
-    """The schedule column: schedule, virtual stages, cp, sequence parallelism (sp), a searched
-    precision and, where the plan searches more than one, the global batch (gb)."""
+    """The schedule column: schedule, virtual stages, cp, sequence parallelism (sp), hybrid
+    sharding's copies of the ZeRO states (hsdp x R), a searched precision and, where the plan
+    searches more than one, the global batch (gb)."""
     out = lay.schedule + (f" v{lay.virtual_stages}" if lay.virtual_stages > 1 else "")
     out += f" cp{lay.cp}" if lay.cp > 1 else ""
+    out += f" hsdp x{lay.zero_replicas}" if lay.zero_replicas > 1 else ""
     out += " sp" if lay.sequence_parallel else ""
     out += f" {lay.precision}" if lay.precision else ""
     return out + (f" gb{lay.global_batch}" if batches > 1 else "")

@@ -14,8 +14,8 @@ SCHEMA_VERSION = 1
 
 # The public row of a ranked layout (``--json`` "best" entries), in this order.
 BEST_KEYS = (
-    "hardware", "gpus", "tp", "pp", "dp", "zero_stage", "micro_batch", "recompute", "schedule",
-    "step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "days", "cost", "virtual_stages",
+    "hardware", "gpus", "tp", "pp", "dp", "zero_stage", "zero_replicas", "micro_batch",
+    "recompute", "schedule", "step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "days", "cost", "virtual_stages",
     "sequence_parallel", "global_batch",
 )  # fmt: skip
 
@@ -90,7 +90,8 @@ def best_row(r: Row) -> dict[str, Any]:
     lay = r.layout
     row = {
         "hardware": lay.hardware, "gpus": lay.gpus, "tp": lay.tp, "pp": lay.pp, "dp": lay.dp,
-        "zero_stage": lay.zero_stage, "micro_batch": lay.micro_batch,
+        "zero_stage": lay.zero_stage, "zero_replicas": lay.zero_replicas,
+        "micro_batch": lay.micro_batch,
         "recompute": lay.recompute, "schedule": lay.schedule, "step_time_s": r.step_time_s,
         "tokens_per_s": r.tokens_per_s, "mfu": r.mfu, "peak_memory_bytes": r.peak_memory_bytes,
         "days": r.days, "cost": r.cost, **({"cp": lay.cp} if lay.cp > 1 else {}),

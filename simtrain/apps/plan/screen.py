@@ -90,6 +90,7 @@ def layout_scenario(base: Scenario, layout: Layout, file: str,
             zero_stage=layout.zero_stage, sequence_parallel=layout.sequence_parallel,
             cp=layout.cp,
             ep=layout.ep,
+            zero_replicas=layout.zero_replicas,
         ),
     )  # fmt: skip
     check_layout(sc, file)
