@@ -799,6 +799,13 @@ def valid_scenario(draw: Drawer, size: str = "normal") -> ScenarioDraw:
         doc["cluster"] = {"nodes": gpus // gpn, "gpus_per_node": gpn}
     doc["training"] = training_section(draw, lay, max_pos)
     doc["parallelism"] = parallelism_section(draw, lay)
+    par, off = doc["parallelism"], doc["training"].get("offload", {})
+    if (par.get("zero_stage", 0) >= 1 and par.get("dp_mode", "ddp") == "ddp"
+            and not any(off.values()) and coin(draw, 0.3)):  # fmt: skip
+        # hybrid sharding: groups of at least 2 GPUs (spec.scenario.check_zero_replicas)
+        reps = [r for r in range(2, lay.dp + 1) if lay.dp % r == 0 and lay.dp // r >= 2]
+        if reps:
+            par["zero_replicas"] = choose(draw, *reps)
     if coin(draw, 0.4):
         doc["runtime"] = runtime_section(draw, lay, doc["parallelism"].get("zero_stage", 0))
     if doc["training"].get("offload", {}).get("activation_layers"):

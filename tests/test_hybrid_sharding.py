@@ -121,7 +121,7 @@ def test_hybrid_sharding_moves_fewer_bytes_and_holds_more() -> None:
         (["parallelism.zero_stage=0"], "needs parallelism.zero_stage 1, 2 or 3"),
         (["parallelism.zero_replicas=3"], "must divide dp x cp = 64"),
         (["parallelism.zero_replicas=64"], "leaves 1 GPU per ZeRO group"),
-        (["training.offload.optimizer=true"], "offload is not modelled"),
+        (["training.offload.optimizer=true"], "(the states in host memory) is not modelled"),
     ],
 )
 def test_bad_layouts_are_named(overrides: list[str], words: str) -> None:
@@ -256,3 +256,125 @@ def test_deepspeed_mics_imports_as_replicas(tmp_path: Path) -> None:
     f.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="mics_shard_size"):
         import_config("deepspeed", f, "llama3-8b", 16)
+
+
+def test_groups_with_tensor_and_context_parallelism() -> None:
+    """tp 2, cp 2, dp 16 in 8 replicas on 8-GPU nodes: a shard group is dp x cp / 8 = 4 GPUs,
+    2 apart (one node); its replicas are 8 GPUs 2 x 4 = 8 apart, one per node. The collectives
+    run over those groups and the gathers stay in the node."""
+    sc = load_scenario(ZERO3, ["parallelism.tp=2", "parallelism.cp=2", "parallelism.dp=16",
+                               "parallelism.zero_replicas=8"])  # fmt: skip
+    step = resolve(sc)
+    p, pl = sc.parallelism, step.placement
+    assert (p.dp_cp, p.zero_shards) == (32, 4)
+    assert pl.group_gpus_per_node(4, 2) == 4 and not pl.group_crosses_nodes(4, 2)
+    assert pl.group_crosses_nodes(8, 8) and pl.group_gpus_per_node(8, 8) == 1
+    size = 100_000_000.0
+    assert comm.dp_ns(sc, step, "all_gather", size) == collective_ns(sc, step, "all_gather",
+                                                                     size, 4, 2)  # fmt: skip
+    assert comm.dp_ns(sc, step, "reduce_scatter", size) == (
+        collective_ns(sc, step, "reduce_scatter", size, 4, 2)
+        + collective_ns(sc, step, "all_reduce", size / 4, 8, 8)
+    )
+    assert nic_plan(sc, step).crossing("AG", 0) == (False, 0.0)
+
+
+def test_mics_all_reduces_the_replicas_once_a_step() -> None:
+    """DeepSpeed's MiCS all-reduces the gradient shards across the replicas at the accumulation
+    boundary only (runtime replica_reduce_at_boundary): over m micro-batches each layer's
+    reduce-scatters carry one all-reduce in all, FSDP's HYBRID_SHARD one each."""
+    from simtrain.costs.workload import zero3_layer_comm_ns
+
+    def rs(runtime: str) -> tuple[int, int, int]:
+        sc = _zero3(8, f"runtime={runtime}")
+        step = resolve(sc)
+        sm = estimate_memory(sc).stages[0]
+        layers = step.rank_layers(0)
+        one = comm.dp_ns(sc, step, "reduce_scatter", sm.trainable * 2 // layers)
+        return zero3_layer_comm_ns(sc, step, sm, layers)[1], one, step.microbatches
+
+    fsdp, fsdp_full, m = rs("pytorch_eager")
+    assert m == 4 and fsdp == fsdp_full
+    mics, _, _ = rs("deepspeed")
+    sc = _zero3(8, "runtime=deepspeed")
+    step = resolve(sc)
+    sm = estimate_memory(sc).stages[0]
+    b = sm.trainable * 2 // step.rank_layers(0)
+    rs_group = collective_ns(sc, step, "reduce_scatter", b, 8, 1, True)
+    ar = collective_ns(sc, step, "all_reduce", b / 8, 8, 8, True)
+    assert abs(mics - (rs_group + ar / m)) <= 1
+
+
+def test_importers_fall_back_where_hybrid_sharding_is_not_modelled(tmp_path: Path) -> None:
+    """An MoE Megatron config with distributed-optimizer instances, and MiCS with offload,
+    still import: the setting listed as not simulated, one copy."""
+    import json
+
+    f = tmp_path / "moe.txt"
+    f.write_text("--num-layers 16 --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 "
+                 "--max-position-embeddings 2048 --micro-batch-size 1 --global-batch-size 64 "
+                 "--vocab-size 50000 --bf16 --use-distributed-optimizer --num-experts 8 "
+                 "--moe-router-topk 2 --expert-model-parallel-size 4 --ffn-hidden-size 4096 "
+                 "--num-distributed-optimizer-instances 2")  # fmt: skip
+    imp = import_config("megatron", f, gpus=16)
+    assert load_imported(imp).parallelism.zero_replicas == 1
+    assert any("--num-distributed-optimizer-instances" in u for u in imp.unsupported)
+    fixture = ROOT / "tests" / "fixtures" / "importers" / "deepspeed_zero3_bf16.json"
+    cfg = json.loads(fixture.read_text())
+    cfg["zero_optimization"].update({"mics_shard_size": 4, "offload_optimizer": {"device": "cpu"}})
+    g = tmp_path / "ds.json"
+    g.write_text(json.dumps(cfg))
+    imp = import_config("deepspeed", g, "llama3-8b", 16)
+    assert load_imported(imp, ["training.seq_len=2048"]).parallelism.zero_replicas == 1
+    assert any("mics_shard_size" in u for u in imp.unsupported)
+
+
+def test_a_hybrid_record_through_an_importer_is_read_or_named() -> None:
+    """torchtitan writes it as data_parallel_replicate_degree; the other importers' configs
+    have none: a skip with the reason, not a silent full shard."""
+    from simtrain.apps.validate.records import SkipReason, load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = load_records(str(ROOT / "measured" / "torchtitan_2412.yaml"))
+    rec = next(r for r in rows if r.id == "torchtitan_2412_t3_8b_128gpu_FSDP")
+    hybrid = replace(rec, parallelism={**rec.parallelism, "fsdp_sharding": "HYBRID_SHARD"})
+    p = translate(hybrid).scenario.parallelism
+    assert (p.dp, p.zero_stage, p.zero_replicas) == (128, 3, 16)
+    sc21 = next(r for r in load_records(str(ROOT / "measured" / "published_runs.yaml"))
+                if r.id == "megatron_sc21_t1_1.7B")  # fmt: skip
+    tr = translate(replace(sc21, parallelism={**sc21.parallelism, "fsdp_sharding": "HYBRID_SHARD"}))
+    assert isinstance(tr, SkipReason) and "HYBRID_SHARD" in tr.reason
+
+
+def test_the_allowed_replicas_leave_two_gpus_a_group() -> None:
+    with pytest.raises(ConfigError) as exc:
+        _zero3(3)
+    assert "1 | 2 | 4 | 8 | 16 | 32" in str(exc.value) and "| 64" not in str(exc.value)
+    # activation offload is not the states': allowed
+    assert _zero3(8, "training.offload.activations=true").parallelism.zero_replicas == 8
+
+
+def test_a_fixed_replica_count_the_model_cannot_take_is_rejected_with_the_reason() -> None:
+    """fixed.zero_replicas [2] on a plan with the optimizer offloaded: the layouts are built
+    and the layout check names why (not 'no GPU count ...')."""
+    from simtrain.apps.plan.file import parse_plan
+    from simtrain.apps.plan.layouts import enumerate_layouts, zero_options
+
+    data = {"name": "x", "model": {"preset": "llama3-8b", "flash_attention": True},
+            "tokens": 1e12, "training": {"seq_len": 8192, "global_batch": 512,
+                                         "precision": "bf16", "optimizer": "adamw",
+                                         "offload": {"optimizer": True}},
+            "hardware": [{"name": "h100_sxm5_80gb", "price_per_gpu_hour": 4.0}],
+            "gpus": 64, "fixed": {"pp": 1, "tp": 1, "zero_replicas": [2], "zero_stage": [3]}}  # fmt: skip
+    plan = parse_plan(data, "plan.yaml", ROOT)
+    layouts = enumerate_layouts(plan, 32, 32)
+    assert layouts and all(x.zero_replicas == 2 for x in layouts)
+    with pytest.raises(ConfigError, match="zero_replicas"):
+        load_scenario(ZERO3, ["parallelism.zero_replicas=2", "training.offload.optimizer=true"])
+    # the default search leaves them out, and "node" is ZeRO-3's only
+    default = {**data, "fixed": {"pp": 1, "tp": 1}}
+    assert not [x for x in enumerate_layouts(parse_plan(default, "plan.yaml", ROOT), 32, 32)
+                if x.zero_replicas > 1]  # fmt: skip
+    plain = parse_plan({**default, "training": {**data["training"], "offload": {}}}, "p.yaml",
+                       ROOT)  # fmt: skip
+    assert zero_options(plain, (1, 2, 3), 1, 64, 1, 8) == [(1, 1), (2, 1), (3, 1), (3, 8)]

@@ -494,7 +494,7 @@ def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_byte
 
 
 def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
-          per_gpu_nic: bool = False) -> int:  # fmt: skip
+          per_gpu_nic: bool = False, replicas_share: float = 1.0) -> int:  # fmt: skip
     """A collective over the data-parallel group (GPU ids tp apart): dp x cp GPUs with context
     parallelism, which reduces gradients and shards ZeRO over the CP ranks too (Megatron-Core
     ``param_and_grad_buffer.py``: ``dp_cp_group``). With hybrid sharding
@@ -504,15 +504,18 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
     tp·S apart (FSDP ``_runtime_utils.py`` ``_reduce_grad``: reduce-scatter in the process
     group, all-reduce of the shard in ``_inter_node_pg`` under HYBRID_SHARD; Megatron-Core's
     distributed optimizer instances: the intra-instance reduce-scatter, then the
-    inter-instance all-reduce). An all-reduce (DDP's, nanotron's ZeRO-1) spans dp x cp."""
+    inter-instance all-reduce). An all-reduce (DDP's, nanotron's ZeRO-1) spans dp x cp.
+    ``replicas_share``: the part of the replicas' all-reduce this reduce-scatter pays (1/m per
+    micro-batch where the runtime all-reduces at the accumulation boundary only:
+    ``runtime.replica_reduce_at_boundary``; the step's total is then one all-reduce)."""
     g, p = step.groups, sc.parallelism
     if p.zero_replicas == 1 or op == "all_reduce":
         return collective_ns(sc, step, op, size_bytes, g.dp_cp, g.tp, per_gpu_nic)
     s = p.zero_shards
     ns = collective_ns(sc, step, op, size_bytes, s, g.tp, per_gpu_nic)
     if op == "reduce_scatter":
-        ns += collective_ns(sc, step, "all_reduce", size_bytes / s, p.zero_replicas, g.tp * s,
-                            per_gpu_nic)  # fmt: skip
+        ns += round(replicas_share * collective_ns(sc, step, "all_reduce", size_bytes / s,
+                                                   p.zero_replicas, g.tp * s, per_gpu_nic))  # fmt: skip
     return ns
 
 

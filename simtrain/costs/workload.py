@@ -221,8 +221,11 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
     GPU's own NIC under ``runtime.zero3_per_gpu_nic``. The simulation's and the planner's."""
     flat = sc.runtime.zero3_per_gpu_nic
     rs_bytes = sm.trainable * wire_grad_bytes(sc, step) // layers
+    # hybrid sharding all-reducing at the accumulation boundary only (MiCS): the layer's
+    # replica all-reduce, once a step, spread over the step's m reduce-scatters of it
+    share = 1 / step.microbatches if sc.runtime.replica_reduce_at_boundary else 1.0
     return (comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat),
-            comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat))  # fmt: skip
+            comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat, share))  # fmt: skip
 
 
 def grad_reduction_op(sc: Scenario) -> str:

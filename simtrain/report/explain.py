@@ -241,6 +241,8 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         # torch's unfused Adam: two temporaries of the largest tensor it steps, on DeepSpeed's
         # flat buffers the whole fp32 partition (costs.memory.flat_step_allocations)
         over = " / dp x cp" if p.cp > 1 else " / dp"  # the ZeRO shard (optimizer_shard)
+        if p.zero_replicas > 1:  # hybrid sharding: its group's GPUs
+            over = f" / the {p.zero_shards}-GPU hybrid-sharding group"
         if sc.model.is_moe and p.ep > 1 and not flat:  # routed experts over the expert-dp group
             over = f"{over} (routed experts' / (dp{' x cp' if p.cp > 1 else ''} / ep))"
         what = "" if fused else (f"2 x {prec.state} B x trainable{over} of Adam temporaries"

@@ -183,6 +183,8 @@ def run_summary(res: Any, phased: Any = None) -> dict[str, Any]:
                 "zero_stage": p.zero_stage,
                 "microbatches": sc.num_microbatches,
                 **({"cp": p.cp} if p.cp > 1 else {}),  # context parallelism, when there is any
+                # hybrid sharding's copies of the ZeRO states, when more than one
+                **({"zero_replicas": p.zero_replicas} if p.zero_replicas > 1 else {}),
             },  # fmt: skip
             "step_time_s": mt.step_time_s,
             "tokens_per_s": mt.tokens_per_s,

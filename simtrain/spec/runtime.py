@@ -207,6 +207,12 @@ class RuntimeProfile:
     # memory-bound rate. FSDP1's flat parameter and DeepSpeed gather into the parameters'
     # own storage (no copy).
     zero3_gather_copy_out: bool = False
+    # Under hybrid sharding (parallelism.zero_replicas) the gradient shards are all-reduced
+    # across the replicas only at the gradient-accumulation boundary, not after every
+    # micro-batch's reduce-scatter (DeepSpeed MiCS: MiCS_Optimizer.allreduce_mics_shard_grads
+    # returns unless is_gradient_accumulation_boundary, runtime/zero/mics.py); False: after
+    # every reduce-scatter (FSDP's HYBRID_SHARD _reduce_grad, FSDP2 HSDP).
+    replica_reduce_at_boundary: bool = False
     # Host time per dispatched op (Python, ATen dispatcher, kernel launch), microseconds; 0 = not
     # modelled (the host always runs ahead of the GPU).
     host_us_per_op: float = 0.0

@@ -1053,7 +1053,7 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
     the dp-cp ranks): it needs ZeRO (stage 1-3) under dp_mode ddp, groups of equal size
     (``zero_replicas`` divides dp x cp) of at least 2 GPUs (one GPU a group is plain data
     parallelism: zero_stage 0). Not modelled with it: models with experts (their states shard
-    over the expert-data-parallel group) and offload."""
+    over the expert-data-parallel group) and the states offloaded to the host."""
     p, t, key = s.parallelism, s.training, "parallelism.zero_replicas"
     r = p.zero_replicas
     if r == 1:
@@ -1063,9 +1063,9 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
                           f"parallelism.zero_stage 1, 2 or 3 with dp_mode ddp (got zero_stage "
                           f"{p.zero_stage}, dp_mode {p.dp_mode})", r, "1")  # fmt: skip
     if p.dp_cp % r:
-        divisors = [d for d in range(1, p.dp_cp + 1) if p.dp_cp % d == 0]
-        raise ConfigError(file, key, f"must divide dp x cp = {p.dp_cp} (groups of equal size)",
-                          r, " | ".join(map(str, divisors)))  # fmt: skip
+        ok = [d for d in range(1, p.dp_cp // 2 + 1) if p.dp_cp % d == 0]
+        raise ConfigError(file, key, f"must divide dp x cp = {p.dp_cp} (groups of equal size, "
+                          "at least 2 GPUs each)", r, " | ".join(map(str, ok)))  # fmt: skip
     if p.zero_shards < 2:
         raise ConfigError(file, key, f"leaves {p.zero_shards} GPU per ZeRO group (dp x cp = "
                           f"{p.dp_cp}): nothing is sharded; use parallelism.zero_stage 0, or "
@@ -1073,10 +1073,9 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
     if s.model.is_moe:
         raise ConfigError(file, key, "hybrid sharding of a model with experts is not modelled "
                           "(their states shard over the expert-data-parallel group)", r, "1")  # fmt: skip
-    off = t.offload
-    if off.optimizer or off.parameters or off.activations:
-        raise ConfigError(file, key, "hybrid sharding with training.offload is not modelled",
-                          r, "1")  # fmt: skip
+    if t.offload.optimizer or t.offload.parameters:
+        raise ConfigError(file, key, "hybrid sharding with training.offload.optimizer or "
+                          "parameters (the states in host memory) is not modelled", r, "1")  # fmt: skip
 
 
 def _degrees(p: ParallelSpec) -> str:

@@ -404,7 +404,14 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     r.origin("training.micro_batch", "train_micro_batch_size_per_gpu")
     par["dp"] = dp
     mics = par.pop("_mics_shard_size", 0)
-    if mics and mics < dp:
+    off = training.get("offload") or {}
+    if mics >= dp:
+        r.assume(f"zero_optimization.mics_shard_size {mics} >= the {dp} data-parallel GPUs: one "
+                 "group, ZeRO-3 over all of them")  # fmt: skip
+    elif mics and (off.get("optimizer") or off.get("parameters")):
+        r.unsupported_(f"zero_optimization.mics_shard_size {mics}", "MiCS with offload is not "
+                       "modelled: simulated as ZeRO-3 over all the data-parallel GPUs")  # fmt: skip
+    elif mics:
         if dp % mics:
             raise ConfigError(file, "zero_optimization.mics_shard_size", f"must divide the "
                               f"data-parallel GPUs ({dp})", mics)  # fmt: skip

@@ -940,7 +940,12 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     par["zero_stage"] = zero
     if "--num-distributed-optimizer-instances" in f:
         n = f.int_("--num-distributed-optimizer-instances")
-        if n > 1 and zero == 1:
+        unmodelled = [x for x in ("--num-experts", "--optimizer-cpu-offload") if x in f]
+        if n > 1 and zero == 1 and unmodelled:
+            r.unsupported_(f"--num-distributed-optimizer-instances {n}", f"hybrid sharding with "
+                           f"{' and '.join(unmodelled)} is not modelled: simulated with one "
+                           "instance")  # fmt: skip
+        elif n > 1 and zero == 1:
             par["zero_replicas"] = n
             r.origin("parallelism.zero_replicas", "--num-distributed-optimizer-instances")
             r.assume(f"--num-distributed-optimizer-instances {n}: the distributed optimizer "

@@ -252,23 +252,26 @@ def zero_options(plan: Plan, zeros: tuple[int, ...], tp: int, dp: int, cp: int, 
                  experts: int = 0) -> list[tuple[int, int]]:  # fmt: skip
     """(ZeRO stage, replicas) of a group: every stage unsharded into replicas, and ZeRO-3 also
     hybrid (FSDP's HYBRID_SHARD: a group per node, the node's gpn / tp GPUs of the dp x cp
-    group, one copy per node) where that group spans more than one node; ``fixed.
-    zero_replicas`` lists the replica counts ("node": the per-node one) instead. Not for
-    models with experts or under offload (spec.scenario.check_zero_replicas)."""
+    group, one copy per node) where that group spans more than one node. ``fixed.
+    zero_replicas`` lists the copies instead: a number at any ZeRO stage, "node" ZeRO-3's per
+    node (the default is (1, "node")). By default not for models with experts or with the
+    states offloaded (spec.scenario.check_zero_replicas); a fixed number is kept for them, so
+    that the layout check rejects it with its reason."""
+    fixed = "zero_replicas" in plan.fixed
     asked = plan.fixed.get("zero_replicas", (1, NODE_REPLICAS))
     group = dp * cp
     per_node = gpn // tp if gpn % tp == 0 else 0
     node = group // per_node if per_node >= 2 and group % per_node == 0 else 1
     off = plan.training.get("offload") or {}
-    hybrid_ok = not experts and not any(bool(v) for k, v in off.items()
-                                        if k != "activation_layers")  # fmt: skip
+    hybrid_ok = not experts and not (off.get("optimizer") or off.get("parameters"))
     out = []
     for z in zeros:
         for r in asked:
-            r = node if r == NODE_REPLICAS else r
-            if r == 1:
+            if r == 1 or (r == NODE_REPLICAS and (z != 3 or node == 1)):
                 out.append((z, 1))
-            elif (z == 3 or "zero_replicas" in plan.fixed) and z and hybrid_ok and r > 1:
+            elif r == NODE_REPLICAS and (hybrid_ok or fixed):
+                out.append((z, node))
+            elif r != NODE_REPLICAS and z and (hybrid_ok or fixed):
                 out.append((z, r))
     return list(dict.fromkeys(out))
 

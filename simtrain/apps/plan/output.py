@@ -211,7 +211,9 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             lines.append(
                 f"closest: {lay.gpus} x {lay.hardware}, tp {lay.tp} x pp {lay.pp} x dp {lay.dp}"
                 f"{_cp(lay)}, "
-                f"ZeRO {lay.zero_stage}, mb {lay.micro_batch}, recompute {lay.recompute}, "
+                f"ZeRO {lay.zero_stage}"
+                f"{f' hsdp x{lay.zero_replicas}' if lay.zero_replicas > 1 else ''}, "
+                f"mb {lay.micro_batch}, recompute {lay.recompute}, "
                 f"{lay.schedule}: {r.reason}"
             )
         return "\n".join(lines)

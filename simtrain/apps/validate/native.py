@@ -347,8 +347,9 @@ def torchtitan_config(rec: Record, conv: SourceConvention, model: Mapping[str, A
     tp, pp, dp, cp = layout
     B, b = batch
     zero = int(par.get("zero_stage") or 0)
-    p: dict[str, Any] = {"data_parallel_replicate_degree": 1 if zero or dp == 1 else dp,
-                         "data_parallel_shard_degree": dp if zero or dp == 1 else 1,
+    rep = int(par.get("zero_replicas") or 1) if zero else 1  # HSDP (translate._hybrid_replicas)
+    p: dict[str, Any] = {"data_parallel_replicate_degree": rep if zero or dp == 1 else dp,
+                         "data_parallel_shard_degree": dp // rep if zero or dp == 1 else 1,
                          "tensor_parallel_degree": tp, "pipeline_parallel_degree": pp,
                          "context_parallel_degree": cp}  # fmt: skip
     if zero:

@@ -564,6 +564,13 @@ def _scenario_data(
         par, conv, pp, record_int(model.get("layers")), said, 2 if ends_one_fewer(rec) else 0
     )
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
+    replicas = _hybrid_replicas(rec, {"dp": dp, "tp": tp, "pp": pp, "cp": cp}, profile, said)
+    if replicas > 1:
+        if importer_of(rec) not in (None, "torchtitan"):
+            raise _NotExpressible(f"parallelism.fsdp_sharding {rec.parallelism['fsdp_sharding']}: "
+                                  f"the {importer_of(rec)} configuration validate writes has no "
+                                  "hybrid sharding")  # fmt: skip
+        par = {**par, "zero_replicas": replicas}  # torchtitan: data_parallel_replicate_degree
     if importer_of(rec) is not None:
         try:
             data, native = through_importer(rec, conv, profile, model, training,
@@ -582,7 +589,6 @@ def _scenario_data(
     }
     if cp > 1:
         data["parallelism"]["cp"] = cp
-    replicas = _hybrid_replicas(rec, data["parallelism"], profile, notes)
     if replicas > 1:
         data["parallelism"]["zero_replicas"] = replicas
     layers = record_int(model.get("layers")) or record_int(rec.model.get("layers"))
@@ -1116,7 +1122,7 @@ def _hybrid_replicas(rec: Record, par: Mapping[str, Any], profile: str,
     if sharding not in _FSDP_HYBRID:
         return 1
     node = record_int(rec.hardware.get("gpus_per_node")) or load_hardware(profile).gpus_per_node
-    dp = int(par["dp"])
+    dp = int(par["dp"])  # (called before the parallelism section is built: the layout's)
     if (par.get("tp", 1), par.get("pp", 1), par.get("cp", 1)) != (1, 1, 1) or dp % node:
         raise _NotExpressible(f"parallelism.fsdp_sharding {sharding}: its groups of {node} GPUs "
                               f"(one node) over dp {dp}, tp {par.get('tp', 1)}, pp "
