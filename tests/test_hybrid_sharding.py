@@ -378,3 +378,46 @@ def test_a_fixed_replica_count_the_model_cannot_take_is_rejected_with_the_reason
     plain = parse_plan({**default, "training": {**data["training"], "offload": {}}}, "p.yaml",
                        ROOT)  # fmt: skip
     assert zero_options(plain, (1, 2, 3), 1, 64, 1, 8) == [(1, 1), (2, 1), (3, 1), (3, 8)]
+
+
+def test_gradient_sync_in_the_last_micro_batch_only() -> None:
+    """runtime grad_sync_last_microbatch (KempnerForge's loop: FSDP2's gradient sync off but in
+    the last micro-batch): under ZeRO-3 with 4 micro-batches each GPU holds its whole gradient
+    in the reduction's dtype (fp32 under torchtitan's profile: 4 B a parameter), and each
+    layer's reduce-scatter happens once a step (1/m of it a micro-batch); one micro-batch, or
+    the flag off, leaves the 1/dp shard."""
+    from simtrain.costs.workload import zero3_layer_comm_ns
+
+    on = load_scenario(ZERO3, ["runtime={name: torchtitan, grad_sync_last_microbatch: true}"])
+    off = load_scenario(ZERO3, ["runtime=torchtitan"])
+    step = resolve(on)
+    assert step.microbatches == 4
+    mem_on, mem_off = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
+    grads_on = dict(mem_on.memory_bytes)["gradients"]
+    assert grads_on == mem_on.trainable * 4
+    assert dict(mem_off.memory_bytes)["gradients"] < grads_on // 32
+    layers = step.rank_layers(0)
+    rs_on = zero3_layer_comm_ns(on, step, mem_on, layers)[1]
+    rs_off = zero3_layer_comm_ns(off, resolve(off), mem_off, layers)[1]
+    assert rs_on == -(-rs_off // 4)
+    one = load_scenario(ZERO3, ["runtime={name: torchtitan, grad_sync_last_microbatch: true}",
+                                "training.global_batch=64"])  # fmt: skip
+    assert resolve(one).microbatches == 1
+    assert dict(estimate_memory(one).stages[0].memory_bytes)["gradients"] < grads_on // 32
+
+
+def test_kempnerforge_rows_read_its_loop_and_its_loss() -> None:
+    """measured/kempnerforge.yaml: sequence-parallel TP, the gathered full-vocabulary loss,
+    the gradient sync in the last micro-batch, torch.compile where the row says so."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    assert len(rows) == 33
+    sc = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"]).scenario
+    assert (sc.parallelism.tp, sc.parallelism.sequence_parallel) == (4, True)
+    assert sc.training.cross_entropy == "gathered"
+    assert sc.runtime.grad_sync_last_microbatch and not sc.runtime.eager_elementwise
+    assert sc.runtime.memory_reported == "allocated"
+    eager = translate(rows["kempner_mfu_13b_8gpu_fsdp8"]).scenario  # compile off
+    assert eager.runtime.eager_elementwise

@@ -82,7 +82,8 @@ def test_default_reads_every_published_run_file() -> None:
     assert names == ["published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml",
                      "torchao_float8.yaml", "torchtitan_2412.yaml",
                      "torchtitan_2506_asynctp.yaml", "llama3_table4.yaml",
-                     "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml"]  # fmt: skip
+                     "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml",
+                     "kempnerforge.yaml"]  # fmt: skip
     assert "simtrain_h200.yaml" not in names
 
 
@@ -752,8 +753,9 @@ def test_by_family_outputs(tmp_path: Path) -> None:
 
 def test_every_record_of_the_files_is_compared_or_skipped(default_result, all_records) -> None:
     ids = {r.id for r in all_records}
-    # + torchtitan_2412, _2506_asynctp, llama3_table4, mbridge_2511, mbridge_26x, fms_fsdp
-    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7 + 2 + 27 + 168 + 4
+    # + torchtitan_2412, _2506_asynctp, llama3_table4, mbridge_2511, mbridge_26x, fms_fsdp,
+    # kempnerforge
+    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7 + 2 + 27 + 168 + 4 + 33
     compared = {c.id for c in default_result.comparisons}
     skipped = {s.id for s in default_result.skipped}
     assert not compared & skipped and compared | skipped == ids

@@ -482,7 +482,8 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
             live = ms.params
         elif root is not None:  # FSDP2: two blocks, and the root group whole
             live, root_grads = root
-            buffers += prec.grad * root_grads
+            if not accumulation_defers_reduction(sc, step):  # (else counted whole already)
+                buffers += prec.grad * root_grads
         buffers += prec.param * live
     gather = 0
     if p.dp_mode == "naive" and p.dp > 1:
@@ -1290,12 +1291,22 @@ def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:
     return sc.runtime.pipeline_grads_unsharded and pp > 1 and p.zero_stage >= 2 and p.dp_cp > 1
 
 
+def accumulation_defers_reduction(sc: Scenario, step: ResolvedStep) -> bool:
+    """Whether a ZeRO-3 run without a pipeline reduces its gradients only in the last
+    micro-batch's backward (``runtime.grad_sync_last_microbatch``: FSDP2's gradient sync off
+    for the others), holding them whole until then: more than one micro-batch, more than one
+    GPU a shard group."""
+    p = sc.parallelism
+    return (sc.runtime.grad_sync_last_microbatch and step.pp == 1 and step.microbatches > 1
+            and p.zero_stage == 3 and p.zero_shards > 1)  # fmt: skip
+
+
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
     """The stage's gradients where the pipeline defers the reduction
     (:func:`pipeline_defers_reduction`): every trainable parameter's whole gradient, in the
     reduction's dtype (4 bytes with ``grad_reduce_dtype: fp32``), held from its first backward
     to the reduction; 0 where the rule does not apply (the ZeRO shard stands)."""
-    if not pipeline_defers_reduction(sc, step.pp):
+    if not (pipeline_defers_reduction(sc, step.pp) or accumulation_defers_reduction(sc, step)):
         return 0
     return trainable * wire_grad_bytes(sc, step)
 

@@ -26,6 +26,7 @@ from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
+    accumulation_defers_reduction,
     gathered_param_bytes,
     grad_buffer_elem_bytes,
     pipeline_defers_reduction,
@@ -224,8 +225,11 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
     # hybrid sharding all-reducing at the accumulation boundary only (MiCS): the layer's
     # replica all-reduce, once a step, spread over the step's m reduce-scatters of it
     share = 1 / step.microbatches if sc.runtime.replica_reduce_at_boundary else 1.0
-    return (comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat),
-            comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat, share))  # fmt: skip
+    rs = comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat, share)
+    if accumulation_defers_reduction(sc, step):
+        # reduced in the last micro-batch's backward only: one a step, spread over the m
+        rs = math.ceil(rs / step.microbatches)
+    return comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat), rs
 
 
 def grad_reduction_op(sc: Scenario) -> str:

@@ -177,6 +177,14 @@ class RuntimeProfile:
     # self.reduce_grads ... to_accumulated_grad_if_needed()"; _fsdp_param.py
     # to_accumulated_grad_if_needed: ``unsharded_grad.to(self.reduce_dtype)``).
     pipeline_grads_unsharded: bool = False
+    # Without a pipeline, the training loop turns FSDP2's gradient sync off for every
+    # micro-batch but the last (``model.set_requires_gradient_sync(is_last)``), so under ZeRO-3
+    # with gradient accumulation each GPU keeps its whole unsharded gradient in reduce_dtype
+    # (FSDP2 post_backward's to_accumulated_grad_if_needed, as above) from the first backward
+    # to the last micro-batch's, which reduce-scatters the blocks as it goes: one reduction a
+    # step (KempnerForge scripts/train.py l.293 and training/grad.py l.30-40 at 01b461a7).
+    # torchtitan reduces every micro-batch (False).
+    grad_sync_last_microbatch: bool = False
     # ZeRO-3 as FSDP2 wraps it (fully_shard on each block, then on the root): the root's group,
     # the parameters outside the blocks (embedding, final norm, output), is not resharded after
     # forward (fsdp/_fully_shard/_fsdp_state.py _lazy_init: "For the root, do not reshard after

@@ -551,6 +551,27 @@ SOURCES: dict[str, SourceConvention] = {
     ),  # fmt: skip
     # torchao low-bit optimizer README: eager PyTorch on a consumer GPU (no simtrain profile).
     "torchao": SourceConvention("simtrain", {}),
+    # KempnerForge (measured/kempnerforge.yaml): FSDP2 (fully_shard per transformer block,
+    # reshard after forward, bf16 parameters, fp32 reduction: distributed/parallel.py), Llama 3
+    # blocks, its memory figure torch.cuda.max_memory_allocated (metrics/memory.py).
+    "kempnerforge": SourceConvention(
+        "simtrain",
+        LLAMA3,
+        runtime_overrides=(("memory_reported", "allocated"), ("grad_sync_last_microbatch", True)),
+        runtime_overrides_note="KempnerForge logs torch.cuda.max_memory_allocated "
+        "(kempnerforge/metrics/memory.py l.30-36), not torchtitan's reserved peak; its loop "
+        "turns FSDP2's gradient sync off but in the last micro-batch (scripts/train.py l.293, "
+        "training/grad.py l.30-40 at 01b461a7): the gradients accumulate whole in fp32",
+        cross_entropy="gathered",
+        cross_entropy_note="KempnerForge's output layer gathers its logits to the whole "
+        "vocabulary on every TP rank (distributed/tensor_parallel.py l.157-164 at 01b461a7) and "
+        "its loss is plain cross-entropy (scripts/train.py l.295; no loss_parallel, no chunks)",
+        memory_gb_unit=GIB,
+        parallel_defaults={"sequence_parallel": True},
+        parallel_note="KempnerForge's tensor parallelism is sequence-parallel "
+        "(distributed/tensor_parallel.py l.6-13; its logs: 'Applied tensor parallelism: ... "
+        "sequence_parallel=True')",
+    ),  # fmt: skip
     # IBM's fms-fsdp (measured/fms_fsdp.yaml): PyTorch FSDP over the foundation-model-stack LLaMA,
     # eager (no compile: README "It is recommended to NOT use compile at this stage"), SDPA's
     # flash attention, Llama 2's architecture (fms/models/llama.py LLaMAConfig: SwiGLU,
@@ -611,6 +632,7 @@ RUNTIMES: dict[str, str] = {
     "llama3": "torchtitan",  # Meta's own 4D-parallel PyTorch framework; torchtitan is its open kin
     "hf_transformers": "pytorch_eager",  # HF Trainer
     "fms_fsdp": "pytorch_eager",  # IBM fms-fsdp: a plain PyTorch FSDP loop (main_training.py)
+    "kempnerforge": "torchtitan",  # KempnerForge: FSDP2 fully_shard per block, torchtitan's kin
     "lora": "pytorch_eager",  # HF PEFT
     "qlora": "pytorch_eager",  # HF PEFT + bitsandbytes
     "torchao": "pytorch_eager",  # eager PyTorch loop with torchao / DeepSpeed offload

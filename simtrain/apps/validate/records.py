@@ -35,7 +35,8 @@ PACKAGED_PATH = HARDWARE_DIR.parent / "measured" / "published_runs.yaml"
 DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.yaml",
                  "torchao_float8.yaml", "torchtitan_2412.yaml",
                  "torchtitan_2506_asynctp.yaml", "llama3_table4.yaml",
-                 "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml")  # fmt: skip
+                 "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml",
+                 "kempnerforge.yaml")  # fmt: skip
 
 #: A measured memory key is a prefix (the peak's reading: the whole step's; the optimizer step's
 #: allocated, ``measured.MEMORY_METRICS`` in this order) and a unit suffix (GB as the source's
@@ -103,6 +104,7 @@ SOURCE_PREFIXES = (
     ("nemo", "nemo"),  # NeMo docs/source/performance/performance_summary.md
     ("torchao_", "torchao"),
     ("fms_fsdp_", "fms_fsdp"),  # IBM foundation-model-stack/fms-fsdp README
+    ("kempner_", "kempnerforge"),  # KempnerInstitute/KempnerForge benchmark reports
     ("torchtitan_", "torchtitan"),
     ("megatron_sc21", "megatron_sc21"),
     ("megatron_readme", "megatron_readme"),

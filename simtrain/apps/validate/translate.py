@@ -631,6 +631,11 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
             out[key] = True
             notes.append(f"runtime {name}: {flag} (the record's notes)")
     conv = convention_for(rec)
+    if rec.training.get("compile") is True and not rec.native:
+        # torch.compile: inductor fuses the element-wise chains (runtime eager_elementwise)
+        out["eager_elementwise"] = False
+        notes.append(f"runtime {name}: torch.compile (the record's training.compile): the "
+                     "element-wise ops fused (eager_elementwise false)")  # fmt: skip
     if conv.runtime_overrides:
         out.update(conv.runtime_overrides)
         keys = ", ".join(f"{k} {v}" for k, v in conv.runtime_overrides)
