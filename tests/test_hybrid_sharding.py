@@ -416,7 +416,7 @@ def test_kempnerforge_rows_read_its_loop_and_its_loss() -> None:
     assert len(rows) == 33
     sc = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"]).scenario
     assert (sc.parallelism.tp, sc.parallelism.sequence_parallel) == (4, True)
-    assert sc.training.cross_entropy == "gathered"
+    assert sc.training.cross_entropy == "gathered" and not sc.training.loss_upcast
     assert sc.runtime.grad_sync_last_microbatch and not sc.runtime.eager_elementwise
     assert sc.runtime.memory_reported == "allocated"
     eager = translate(rows["kempner_mfu_13b_8gpu_fsdp8"]).scenario  # compile off

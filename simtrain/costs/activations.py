@@ -646,7 +646,8 @@ TE_LOSS_ROW_STATS_BYTES = 3 * 4
 
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     """What cross-entropy saves for backward, per micro-batch (:func:`head_saved_bytes`):
-    standard 4·sbV/t, fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32 softmax
+    standard 4·sbV/t (the log-softmax on the fp32 copy; without ``loss_upcast`` in the logits'
+    dtype: :func:`loss_value_bytes`), fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32 softmax
     4·sbV/t and 9·sb of row tensors; te (Transformer Engine through 2.17) the 16-bit logits the
     kernel overwrote with their gradient, act_mm·sbV/t; with ``logit_softcap`` the tanh's output
     act_mm·sbV/t more."""
@@ -669,7 +670,7 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # ``ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)``: exp_logits is
         # the fp32 copy (``vocab_parallel_logits.float()``), exp'd and divided in place
         return cap + 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
-    return cap + 4 * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+    return cap + loss_value_bytes(t) * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
@@ -738,14 +739,22 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         rows = t.micro_batch * s
         stats = TE_LOSS_ROW_STATS_BYTES * rows
         return TE_LOSS_ROW_BYTES * rows + stats + (stats * tp if tp > 1 else 0)
+    lb = loss_value_bytes(t)
     if t.cross_entropy == "loss_parallel":
         # PyTorch loss_parallel (torch/distributed/tensor/parallel/loss.py
         # _nll_loss_and_log_softmax_backward, the fused backward of nll_loss and log_softmax):
         # ``grad_input = torch.zeros_like(x)``, then ``(grad_input + torch.exp(x)) *
         # grad_output``: zeros, exp(x) and their sum, then the sum and the product, three fp32
         # b·s·V/t tensors beside the saved log-softmax x (ATen's backward holds two)
-        return 3 * 4 * t.micro_batch * s * m.vocab // tp
-    return 2 * 4 * t.micro_batch * s * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+        return 3 * lb * t.micro_batch * s * m.vocab // tp
+    return 2 * lb * t.micro_batch * s * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+
+
+def loss_value_bytes(t: TrainingSpec) -> int:
+    """Bytes of one logit as PyTorch's cross-entropy holds it (its log-softmax output, the
+    gradients of the backward): 4 on the caller's fp32 copy (``loss_upcast``), else the
+    logits' own dtype (act_mm)."""
+    return 4 if t.loss_upcast else t.precision_spec.act_mm
 
 
 def embedding_saved_bytes(m: ModelSpec, t: TrainingSpec, sp_div: int = 1) -> int:

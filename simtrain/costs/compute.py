@@ -31,7 +31,7 @@ import math
 from dataclasses import astuple, dataclass, replace
 
 from simtrain.costs import op_sac
-from simtrain.costs.activations import grad_flows_through_blocks
+from simtrain.costs.activations import grad_flows_through_blocks, loss_value_bytes
 from simtrain.costs.cp import ring_layer
 from simtrain.costs.fp8 import cast_bytes, rowwise_rescale_bytes
 from simtrain.costs.moe import (
@@ -507,15 +507,10 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
         return cap + (cast + 32) * logits, cap_bwd + (8 + cast) * logits
     if t.cross_entropy == "te":
         return cap + 3 * e * logits, cap_bwd + 2 * e * logits
-    fwd = (
-        4
-        * 4
-        * t.micro_batch
-        * t.seq_len_effective
-        * m.vocab
-        / loss_vocab_shards(t.cross_entropy, tp)
-    )
-    return cap + fwd, cap_bwd + elementwise_backward_factor(4) * fwd
+    lb = loss_value_bytes(t)  # the fp32 copy's 4 B, or without loss_upcast the logits' own
+    fwd = 4 * lb * t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(
+        t.cross_entropy, tp)  # fmt: skip
+    return cap + fwd, cap_bwd + elementwise_backward_factor(lb) * fwd
 
 
 def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:

@@ -83,6 +83,11 @@ RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj")
 CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered", "vocab_parallel", "te")
 
 
+#: The losses that are PyTorch's cross-entropy over logits the caller hands it (fp32 or not:
+#: ``TrainingSpec.loss_upcast``).
+PYTORCH_LOSSES = ("standard", "gathered", "loss_parallel")
+
+
 def loss_vocab_shards(cross_entropy: str, tp: int) -> int:
     """The TP ranks a loss's logits are split over: 1 when they are gathered to the whole
     vocabulary (``cross_entropy: gathered``), else tp (each rank's shard V/t)."""
@@ -252,6 +257,10 @@ class TrainingSpec:
     # its default, the attention core)
     recompute_modules: tuple[str, ...] = ()
     cross_entropy: str = "standard"  # CROSS_ENTROPY
+    # PyTorch's cross-entropy (standard, gathered, loss_parallel) on fp32 logits: the caller's
+    # ``logits.float()`` (Hugging Face's ForCausalLMLoss, torchtitan's loss); false: in the
+    # logits' dtype, no fp32 copy (KempnerForge scripts/train.py l.295)
+    loss_upcast: bool = True
     # The optimizer's storage (spec.precision.with_optimizer_storage): its states' dtype and
     # whether it keeps the precision's fp32 master copy, a 16-bit remainder of it, or none.
     optimizer_state_dtype: str = "fp32"
@@ -979,6 +988,12 @@ def check_layout(s: Scenario, file: str) -> None:
         check_paged_optimizer(s, file)
     check_optimizer_storage(s, file)
     check_recompute_modules(s, file)
+    if not t.loss_upcast and t.cross_entropy not in PYTORCH_LOSSES:
+        raise ConfigError(
+            file, "training.loss_upcast", f"false applies to PyTorch's cross-entropy "
+            f"({', '.join(PYTORCH_LOSSES)}); training.cross_entropy {t.cross_entropy} is its "
+            "own kernel", False, "true",
+        )  # fmt: skip
     if t.recompute == "selective_op" and t.peft.method != "none":
         raise ConfigError(
             file, "training.recompute", f"selective_op (torchtitan's per-op checkpointing) is "

@@ -33,6 +33,7 @@ class SourceConvention:
     layer_split: str = "uniform"  # how the source's code splits layers over pipeline stages
     cross_entropy: str = "standard"  # the loss kernel (config.CROSS_ENTROPY)
     cross_entropy_note: str = ""
+    loss_upcast: bool = True  # the loss on an fp32 copy of the logits (TrainingSpec.loss_upcast)
     # (precision, why) when the record names no number format (absent or "mixed precision")
     precision_unstated: tuple[str, str] | None = None
     # parallelism keys the source's runs imply where the record is silent, and why
@@ -565,7 +566,9 @@ SOURCES: dict[str, SourceConvention] = {
         cross_entropy="gathered",
         cross_entropy_note="KempnerForge's output layer gathers its logits to the whole "
         "vocabulary on every TP rank (distributed/tensor_parallel.py l.157-164 at 01b461a7) and "
-        "its loss is plain cross-entropy (scripts/train.py l.295; no loss_parallel, no chunks)",
+        "its loss is plain cross-entropy on the bf16 logits (scripts/train.py l.295; no "
+        "loss_parallel, no chunks, no fp32 copy)",
+        loss_upcast=False,
         memory_gb_unit=GIB,
         parallel_defaults={"sequence_parallel": True},
         parallel_note="KempnerForge's tensor parallelism is sequence-parallel "

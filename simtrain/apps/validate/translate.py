@@ -854,6 +854,8 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
         raise _NotExpressible("activation CPU offload is not modelled")
     out = {"precision": precision, "optimizer": optimizer, "recompute": recompute,
            "cross_entropy": conv.cross_entropy}  # fmt: skip
+    if not conv.loss_upcast:
+        out["loss_upcast"] = False
     peft = read_finetune(t.get("finetune"), conv, notes)
     if peft is not None:
         out["peft"] = peft

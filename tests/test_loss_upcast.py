@@ -1,0 +1,51 @@
+"""training.loss_upcast: PyTorch's cross-entropy on an fp32 copy of the logits (the caller's
+``logits.float()``: Hugging Face, torchtitan) or, false, in the logits' own dtype (KempnerForge
+scripts/train.py l.295). Closed forms per logit: saved log-softmax 4 B or 2 B (bf16), the
+backward's two gradients 2 x 4 B or 2 x 2 B, the forward's passes 4 x 4 B or 4 x 2 B."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs.activations import loss_saved_bytes, loss_transient_bytes
+from simtrain.costs.compute import head_elementwise_bytes
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = str(ROOT / "scenarios" / "zero3_64gpu.yaml")  # Llama-2 13B, bf16, vocab 32,000
+
+
+def test_the_loss_in_the_logits_dtype_holds_half_the_bytes_of_the_fp32_copy() -> None:
+    sc = load_scenario(SCENARIO)
+    m, t = sc.model, sc.training
+    assert t.loss_upcast and t.precision_spec.act_mm == 2 and t.cross_entropy == "standard"
+    logits = t.micro_batch * t.seq_len * m.vocab  # b·s·V, tp 1
+    native = replace(t, loss_upcast=False)
+    assert loss_saved_bytes(m, t) == 4 * logits and loss_saved_bytes(m, native) == 2 * logits
+    assert loss_transient_bytes(m, t) == 8 * logits
+    assert loss_transient_bytes(m, native) == 4 * logits
+    assert head_elementwise_bytes(m, t)[0] == 16 * logits
+    assert head_elementwise_bytes(m, native)[0] == 8 * logits
+    # gathered: the whole vocabulary on each of tp 4 ranks, in either dtype
+    g = replace(native, cross_entropy="gathered")
+    assert loss_transient_bytes(m, g, 4) == 4 * logits
+
+
+def test_the_scenario_peak_drops_by_those_bytes() -> None:
+    up = load_scenario(SCENARIO, ["parallelism.dp=64"])
+    down = load_scenario(SCENARIO, ["training.loss_upcast=false"])
+    from simtrain.costs.memory import estimate_memory
+
+    assert (estimate_memory(down).stages[0].peak_memory_bytes
+            < estimate_memory(up).stages[0].peak_memory_bytes)  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", ["te", "vocab_parallel", "fused"])
+def test_its_own_kernel_refuses_the_switch(kernel: str) -> None:
+    with pytest.raises(ConfigError, match="training.loss_upcast") as exc:
+        load_scenario(SCENARIO, [f"training.cross_entropy={kernel}", "training.loss_upcast=false"])
+    assert "standard" in str(exc.value) and kernel in str(exc.value)
