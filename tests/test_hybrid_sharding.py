@@ -421,3 +421,26 @@ def test_kempnerforge_rows_read_its_loop_and_its_loss() -> None:
     assert sc.runtime.memory_reported == "allocated"
     eager = translate(rows["kempner_mfu_13b_8gpu_fsdp8"]).scenario  # compile off
     assert eager.runtime.eager_elementwise
+
+
+def test_deferred_reduction_with_mics_pays_one_all_reduce_a_step() -> None:
+    """grad_sync_last_microbatch with replica_reduce_at_boundary (the DeepSpeed profile) under
+    hybrid sharding: the layer's reduce-scatter and its replicas' all-reduce once a step, spread
+    over the m micro-batches (not the all-reduce divided by m twice)."""
+    from simtrain.costs.workload import zero3_layer_comm_ns
+
+    sc = _zero3(8, "runtime={name: deepspeed, grad_sync_last_microbatch: true}")
+    step = resolve(sc)
+    sm = estimate_memory(sc).stages[0]
+    layers = step.rank_layers(0)
+    b = sm.trainable * 2 // layers
+    whole = (collective_ns(sc, step, "reduce_scatter", b, 8, 1, True)
+             + collective_ns(sc, step, "all_reduce", b / 8, 8, 8, True))  # fmt: skip
+    assert zero3_layer_comm_ns(sc, step, sm, layers)[1] == -(-whole // step.microbatches)
+
+
+def test_gradient_sync_in_the_last_micro_batch_needs_zero3() -> None:
+    with pytest.raises(ConfigError, match="grad_sync_last_microbatch") as exc:
+        load_scenario(ZERO3, ["parallelism.zero_stage=2",
+                              "runtime={name: torchtitan, grad_sync_last_microbatch: true}"])  # fmt: skip
+    assert "parallelism.zero_stage" in str(exc.value)

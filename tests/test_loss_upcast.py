@@ -49,3 +49,41 @@ def test_its_own_kernel_refuses_the_switch(kernel: str) -> None:
     with pytest.raises(ConfigError, match="training.loss_upcast") as exc:
         load_scenario(SCENARIO, [f"training.cross_entropy={kernel}", "training.loss_upcast=false"])
     assert "standard" in str(exc.value) and kernel in str(exc.value)
+
+
+def test_autocast_upcasts_whatever_the_switch_says() -> None:
+    """torch.autocast runs cross-entropy on fp32 logits: loss_upcast false under amp_* is an
+    error naming both keys."""
+    with pytest.raises(ConfigError, match="training.loss_upcast") as exc:
+        load_scenario(SCENARIO, ["training.precision=amp_bf16", "training.loss_upcast=false"])
+    assert "amp_bf16" in str(exc.value)
+
+
+def test_the_reference_model_follows_the_switch() -> None:
+    """simtrain.torchref's loss takes the fp32 copy only with loss_upcast (what `simtrain
+    measure` runs is what the model prices)."""
+    torch = pytest.importorskip("torch")
+    from simtrain.spec.model import ModelSpec
+    from simtrain.spec.scenario import TrainingSpec
+    from simtrain.torchref.reference_model import ReferenceGPT
+
+    spec = ModelSpec(name="t", layers=1, hidden=16, heads=2, kv_heads=2, ffn_hidden=32, vocab=50,
+                     max_positions=8)  # fmt: skip
+    seen = []
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, *a, **k):
+        seen.append(logits.dtype)
+        return real(logits, *a, **k)
+
+    for upcast in (True, False):
+        t = TrainingSpec(seq_len=8, global_batch=1, micro_batch=1, precision="bf16_pure",
+                         loss_upcast=upcast)  # fmt: skip
+        model = ReferenceGPT(spec, t).to(torch.bfloat16)
+        idx = torch.zeros(1, 8, dtype=torch.long)
+        torch.nn.functional.cross_entropy = spy
+        try:
+            model(idx, idx)
+        finally:
+            torch.nn.functional.cross_entropy = real
+    assert seen == [torch.float32, torch.bfloat16]

@@ -482,8 +482,8 @@ def attention_core_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
 
 def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
     """(forward, backward) memory-bound bytes of the loss over the logits, per micro-batch.
-    Standard: fp32 cast, log-softmax and loss, 4 x 4 B per logit; backward
-    :func:`elementwise_backward_factor` (fp32) x that. Fused: one read of the logits forward,
+    Standard: fp32 cast, log-softmax and loss, 4 x 4 B per logit (4 x the logits' bytes
+    without ``loss_upcast``); backward :func:`elementwise_backward_factor` x that. Fused: one read of the logits forward,
     one read and one write of a logit backward, in the matmul dtype. Gathered: the standard
     loss over the whole vocabulary on every TP rank. vocab_parallel (Megatron's, in place):
     forward the ``.float()`` cast (e + 4; none in fp32), max (4), ``sub_`` (8), ``exp`` (8),
@@ -1077,7 +1077,8 @@ def optimizer_bytes_per_param(t: TrainingSpec) -> float:
 def optimizer_shard(trainable: int, p: ParallelSpec) -> int:
     """Trainable parameters one GPU updates: ZeRO-1/2/3 shard the optimizer over the DP group
     (Rajbhandari et al. 2020 §5.1), dp x cp GPUs with context parallelism (Megatron-Core's
-    distributed optimizer shards over ``intra_dp_cp_group``)."""
+    distributed optimizer shards over ``intra_dp_cp_group``), or a hybrid-sharding group of
+    ``ParallelSpec.zero_shards``."""
     return trainable // (p.zero_shards if p.zero_stage >= 1 else 1)
 
 

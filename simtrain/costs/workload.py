@@ -224,10 +224,12 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
     rs_bytes = sm.trainable * wire_grad_bytes(sc, step) // layers
     # hybrid sharding all-reducing at the accumulation boundary only (MiCS): the layer's
     # replica all-reduce, once a step, spread over the step's m reduce-scatters of it
-    share = 1 / step.microbatches if sc.runtime.replica_reduce_at_boundary else 1.0
+    deferred = accumulation_defers_reduction(sc, step)
+    share = 1 / step.microbatches if sc.runtime.replica_reduce_at_boundary and not deferred else 1.0
     rs = comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat, share)
-    if accumulation_defers_reduction(sc, step):
-        # reduced in the last micro-batch's backward only: one a step, spread over the m
+    if deferred:
+        # reduced (the replicas' all-reduce with it) in the last micro-batch's backward only:
+        # one a step, spread over the m (the last one's exposure is understated)
         rs = math.ceil(rs / step.microbatches)
     return comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat), rs
 

@@ -988,6 +988,12 @@ def check_layout(s: Scenario, file: str) -> None:
         check_paged_optimizer(s, file)
     check_optimizer_storage(s, file)
     check_recompute_modules(s, file)
+    if not t.loss_upcast and t.precision.startswith("amp_"):
+        raise ConfigError(
+            file, "training.loss_upcast", f"false does not apply under training.precision "
+            f"{t.precision}: autocast runs cross-entropy on an fp32 copy of the logits", False,
+            "true",
+        )  # fmt: skip
     if not t.loss_upcast and t.cross_entropy not in PYTORCH_LOSSES:
         raise ConfigError(
             file, "training.loss_upcast", f"false applies to PyTorch's cross-entropy "
@@ -1179,7 +1185,7 @@ def check_deepep(s: Scenario, file: str) -> None:
 #: A value of a runtime option that only applies where the layout has its communication.
 _ON = {"tp_comm_overlap": True, "tp_backward_overlap": True, "tp_regather_backward": True,
        "overlap_param_gather": True, "moe_dispatcher": "deepep",
-       "moe_fp8_dispatch": True}  # fmt: skip
+       "moe_fp8_dispatch": True, "grad_sync_last_microbatch": True}  # fmt: skip
 
 
 def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
@@ -1197,6 +1203,10 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
         out["overlap_param_gather"] = ("overlaps the all-gather of ZeRO-1/2's updated "
                                        f"parameters, but parallelism.zero_stage = {zero_stage} "
                                        "has none (use 1 or 2)")  # fmt: skip
+    if zero_stage != 3:
+        out["grad_sync_last_microbatch"] = ("holds ZeRO-3's unsharded gradients until the last "
+                                            "micro-batch, but parallelism.zero_stage = "
+                                            f"{zero_stage} (use 3)")  # fmt: skip
     if ep == 1:
         out["moe_dispatcher"] = ("dispatches tokens over expert parallelism, but "
                                  "parallelism.ep = 1 has none")  # fmt: skip

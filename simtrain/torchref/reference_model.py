@@ -268,6 +268,7 @@ class ReferenceGPT(nn.Module):
         method = _effective_method(training)
         self.spec, self.method = spec, method
         self.cross_entropy = training.cross_entropy
+        self.loss_upcast = training.loss_upcast  # (spec.scenario.TrainingSpec.loss_upcast)
         self.prompt_length = peft.prompt_length if method == "prompt" else 0
         self.prefix_length = prefix = peft.prefix_length if method == "prefix" else 0
         t = training.seq_len + self.prompt_length
@@ -371,7 +372,8 @@ class ReferenceGPT(nn.Module):
             per_token = PER_TOKEN_LOSSES[self.cross_entropy].apply(logits.reshape(-1, v), flat)
             mask = (flat != -100).float()
             return (per_token * mask).sum() / mask.sum().clamp(min=1)
-        return F.cross_entropy(logits.float().view(-1, v), targets.reshape(-1), ignore_index=-100)
+        logits = logits.float() if self.loss_upcast else logits
+        return F.cross_entropy(logits.view(-1, v), targets.reshape(-1), ignore_index=-100)
 
 
 def _effective_method(training: TrainingSpec) -> str:

@@ -570,6 +570,7 @@ SOURCES: dict[str, SourceConvention] = {
         "loss_parallel, no chunks, no fp32 copy)",
         loss_upcast=False,
         memory_gb_unit=GIB,
+        memory_stage=0,  # rank 0's figure (metrics/memory.py: torch.cuda.max_memory_allocated(0))
         parallel_defaults={"sequence_parallel": True},
         parallel_note="KempnerForge's tensor parallelism is sequence-parallel "
         "(distributed/tensor_parallel.py l.6-13; its logs: 'Applied tensor parallelism: ... "
