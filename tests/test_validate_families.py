@@ -810,6 +810,11 @@ def test_new_family_regression_bounds(default_result) -> None:
         # Table 4's 8K rows (llama3_table4.yaml) as §3.3.2 describes the pipeline (v = 8): -8.2 /
         # -9.1 % (plain 1F1B: -31.9 / -50.6 %)
         ("llama3", "tflops_per_gpu"): (2, 10.0),
+        # held out (issue 13): 36.8 % when added; its pipeline rows without sequence
+        # parallelism 33.2; its per-linear TP redistribution (tp_input_redistribution) 28.7
+        ("kempnerforge", "tokens_per_s"): (33, 30.0),
+        ("kempnerforge", "peak_memory_bytes"): (33, 12.0),  # 11.2 % (51.1 % when added)
+        ("fms_fsdp", "tokens_per_s"): (4, 13.0),  # 12.2 % (hybrid sharding, zero_replicas)
     }
     for key, (n, mape) in bounds.items():
         assert by[key].n == n and by[key].mape_pct <= mape, (key, by[key])

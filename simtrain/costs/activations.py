@@ -72,6 +72,7 @@ def layer_saved_tensors(
     cp_a2a: bool = False,
     etp: int = 0,
     fused_swiglu: bool = False,
+    gathered_per_linear: bool = False,
 ) -> list[SavedTensor]:
     """Tensors one transformer block saves for backward, for one micro-batch (no recompute).
 
@@ -84,6 +85,9 @@ def layer_saved_tensors(
     out-projection's input are different storages, either side of the all-to-all (costs.cp).
     ``fused_swiglu`` (runtime ``fused_swiglu``, Megatron-Core's ``bias_swiglu_impl``): a SwiGLU
     MLP's activation saves only its input, the fc1 output (gate and up), not silu's output.
+    ``gathered_per_linear`` (runtime ``tp_input_redistribution: per_linear``, eager DTensor):
+    each column-parallel linear all-gathers the input itself and saves its own whole copy (q,
+    k, v three; gate and up two), not one shared.
 
     Rules (PyTorch autograd): a linear saves its input only if its weight is trainable; norms,
     GeLU/SiLU and attention save their inputs (or outputs) whenever gradients flow through them;
@@ -118,6 +122,7 @@ def layer_saved_tensors(
             cp_a2a,
             etp,
             fused_swiglu,
+            gathered_per_linear,
         )
     )
 
@@ -126,7 +131,8 @@ def layer_saved_tensors(
 def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None, tp: int,
                          sequence_parallel: bool, moe: bool | None, load: float,
                          gathered_input: int, repeat_kv: bool, cp_a2a: bool, etp: int,
-                         fused_swiglu: bool) -> tuple[SavedTensor, ...]:  # fmt: skip
+                         fused_swiglu: bool,
+                         gathered_per_linear: bool = False) -> tuple[SavedTensor, ...]:  # fmt: skip
     """:func:`layer_saved_tensors`, cached: the planner sizes the same block for every layout
     that shares its model, micro-batch, TP and runtime flags (pure: the specs are frozen)."""
     if not grad_flows_through_blocks(t):
@@ -140,7 +146,7 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
         e=prec.act_mm, en=prec.act_norm, esm=prec.act_softmax, amp=prec.weight_copy > 0,
         out=[], te_fp8=is_te(prec), quant=prec,
         gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
-        cp_a2a=cp_a2a, fused_swiglu=fused_swiglu,
+        cp_a2a=cp_a2a, fused_swiglu=fused_swiglu, gathered_per_linear=gathered_per_linear,
     )  # fmt: skip
     for i, (lin_in, mods) in enumerate(
         (
@@ -198,6 +204,7 @@ class _Block:
     repeat_kv: bool = False  # K and V expanded to every query head before SDPA
     cp_a2a: bool = False  # context parallelism's all-to-all around the attention call
     fused_swiglu: bool = False  # SwiGLU as one function saving its input (runtime fused_swiglu)
+    gathered_per_linear: bool = False  # each linear saves its own all-gathered copy
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -254,9 +261,11 @@ def _norm_and_input(c: _Block, i: int, lin_in: str, mods: tuple[str, ...],
         c.add(f"{lin_in} ({', '.join(users)}), FP8", c.fp8(sb * h / c.seq_div),
               c.lin_formula(c.seq("sbh")))  # fmt: skip
     elif users and c.gathered:
-        # DTensor TP (tp_gathered_input_bytes): the Replicate input the linears share, whole
-        c.add(f"{lin_in} ({', '.join(users)}), all-gathered", c.gathered * sb * h,
-              f"{c.gathered}·sbh")  # fmt: skip
+        # DTensor TP (tp_gathered_input_bytes): the Replicate input the linears share, whole;
+        # under per-linear redistribution each linear's own gathered copy
+        copies = len(users) if c.gathered_per_linear else 1
+        c.add(f"{lin_in} ({', '.join(users)}), all-gathered", copies * c.gathered * sb * h,
+              f"{copies * c.gathered}·sbh")  # fmt: skip
     elif users:
         # autocast casts the fp32 norm output once per linear that uses it.
         copies = len(users) if c.amp else 1
@@ -417,6 +426,7 @@ def layer_activation_bytes(
     cp_a2a: bool = False,
     etp: int = 0,
     fused_swiglu: bool = False,
+    gathered_per_linear: bool = False,
 ) -> int:
     """Bytes one block keeps for backward per micro-batch, with recompute applied: the sum of
     :func:`layer_saved_tensors` (with the runtime's ``gathered_input``, ``repeat_kv``,
@@ -430,7 +440,8 @@ def layer_activation_bytes(
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sequence_parallel, moe=moe,
                                 load=load, gathered_input=gathered_input,
                                 repeat_kv=repeat_kv, cp_a2a=cp_a2a, etp=etp,
-                                fused_swiglu=fused_swiglu)  # fmt: skip
+                                fused_swiglu=fused_swiglu,
+                                gathered_per_linear=gathered_per_linear)  # fmt: skip
     if not saved:
         return 0
     if t.recompute == "full":
@@ -583,7 +594,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
                                 head: bool, tp: int = 1, sp: bool = False,
                                 load: float = 1.0, gathered_input: int = 0,
                                 repeat_kv: bool = False, cp_a2a: bool = False,
-                                etp: int = 0, fused_swiglu: bool = False) -> int:  # fmt: skip
+                                etp: int = 0, fused_swiglu: bool = False,
+                                gathered_per_linear: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -603,7 +615,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
                                 gathered_input=gathered_input, repeat_kv=repeat_kv,
-                                cp_a2a=cp_a2a, etp=etp, fused_swiglu=fused_swiglu)  # fmt: skip
+                                cp_a2a=cp_a2a, etp=etp, fused_swiglu=fused_swiglu,
+                                gathered_per_linear=gathered_per_linear)  # fmt: skip
     if not saved:
         return 0
     block_input = layer_input_bytes(m, t, tp, sp)

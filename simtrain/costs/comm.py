@@ -132,6 +132,31 @@ def forward_allreduces(sc: Scenario) -> int:
     return 1 if sc.model.parallel_residual else 2
 
 
+def column_linears(sc: Scenario) -> tuple[int, int]:
+    """(attention, MLP) column-parallel linears that reduce their own input gradient in a dense
+    block's backward: one each under runtime ``tp_input_redistribution: per_block`` (Megatron's
+    fused QKV and fc1, torchtitan's PrepareModuleInput) and for MLA models; per linear, q, k and
+    v, and the MLP's gate and up (a gated MLP) or its up projection (KempnerForge's plan: each a
+    ColwiseParallel of its own, distributed/tensor_parallel.py l.59-78 at 01b461a7). Their
+    weight-gradient GEMMs share the group's time equally (GQA's k and v are smaller: not told
+    apart). A model with experts or MLA keeps one each (their blocks' collectives are priced
+    apart: not modelled per linear)."""
+    m = sc.model
+    if sc.runtime.tp_input_redistribution == "per_block" or m.is_mla or m.is_moe:
+        return 1, 1
+    return 3, 2 if sc.model.mlp == "swiglu" else 1
+
+
+def column_gathers(sc: Scenario) -> tuple[int, int]:
+    """(attention, MLP) input all-gathers of a dense block's forward under sequence
+    parallelism: :func:`column_linears` under ``per_linear`` (eager DTensor: each linear
+    redistributes the same Shard(1) input), one each otherwise (``per_linear_compiled``: the
+    AOT autograd CSE keeps one of identical all-gathers, ``spec.runtime``)."""
+    if sc.runtime.tp_input_redistribution != "per_linear":
+        return 1, 1
+    return column_linears(sc)
+
+
 def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tuple[int, int]:
     """(exposed, hidden) TP communication of one block's forward: two all-reduces
     (:func:`tp_allreduce_ns`; with sequence parallelism their all-gather and reduce-scatter
@@ -141,7 +166,9 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tup
     :func:`tp_pairs_gemms`: the all-gathers before the attention's and the MLP's input GEMMs and
     the reduce-scatters after their output GEMMs, each :func:`pipelined_exposed_ns` with its
     GEMM group (``costs.compute.tp_linear_group_ns``). An MoE block (``moe``, of a model with
-    experts) under sequence parallelism: the attention's pair and :func:`moe_tp_pairs`."""
+    experts) under sequence parallelism: the attention's pair and :func:`moe_tp_pairs`. Under
+    runtime ``tp_input_redistribution: per_linear`` :func:`column_gathers` all-gathers each
+    (none without sequence parallelism: the input is already whole)."""
     sp = sc.parallelism.sequence_parallel and step.groups.tp > 1
     if not tp_pairs_gemms(sc) and not sp:
         return forward_allreduces(sc) * tp_allreduce_ns(sc, step), 0
@@ -152,7 +179,8 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tup
     ag, ag_mlp = tp_input_gather_ns(sc, step), tp_input_gather_ns(sc, step, mlp=True)
     rs = tp_halves_ns(sc, step)[1]
     if not tp_pairs_gemms(sc):
-        return ag + ag_mlp + 2 * rs, 0
+        n_attn, n_mlp = column_gathers(sc)
+        return n_attn * ag + n_mlp * ag_mlp + 2 * rs, 0
     pairs = ((ag, "attn_in"), (rs, "attn_out"), (ag_mlp, "mlp_in"), (rs, "mlp_out"))
     return paired_ns(tp_linear_group_ns(sc), step.groups.tp, pairs)
 
@@ -217,7 +245,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     these column-parallel linears). An MoE block (``moe``) under sequence parallelism: the
     attention's as above, then the backward of :func:`moe_tp_pairs` (:func:`moe_ffn_backward_ns`):
     the dispatcher's reduce-scatter and all-gather swapped (no re-gather: fc1
-    keeps the gathered tokens), the shared experts' as a dense MLP's."""
+    keeps the gathered tokens), the shared experts' as a dense MLP's. Under runtime
+    ``tp_input_redistribution: per_linear`` (and ``per_linear_compiled``) each of a dense
+    block's :func:`column_linears` reduces (and re-gathers) on its own, beside its share of the
+    group's GEMMs."""
     g, rt = step.groups, sc.runtime
     if g.tp <= 1:
         return 0, 0
@@ -243,10 +274,12 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
     def exposed(collective_ns_: int, gemm_ns: float) -> int:
         return beside_ns(collective_ns_, gemm_ns) if overlap else collective_ns_
 
+    # the column-parallel linears of each group (attention, MLP), each beside its share
+    linears = column_linears(sc)
     if not sc.parallelism.sequence_parallel:  # each column linear's input-gradient all-reduce
         ar = tp_allreduce_ns(sc, step)
-        shown = sum(exposed(ar, w) for w in wgrad)
-        return shown, len(wgrad) * ar - shown
+        shown = sum(n * exposed(ar, w / n) for n, w in zip(linears, wgrad, strict=True))
+        return shown, sum(linears) * ar - shown
     rs = tp_halves_ns(sc, step)[1]
     if moe_sp:  # the attention's collectives, then the FFN's, exposed
         regather = rt.tp_regather_backward and not input_grad_only
@@ -268,10 +301,10 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
                           for a, k in zip(grads, ("attn_out", "mlp_out"), strict=True))  # fmt: skip
     else:
         row_gathers = sum(grads)
-    column = sum(exposed(r, d) + exposed(rs, w)
-                 for r, d, w in zip(regathers, gemms, wgrad, strict=True))  # fmt: skip
-    return (row_gathers + column,
-            sum(regathers) + len(gemms) * rs - column + sum(grads) - row_gathers)  # fmt: skip
+    column = sum(n * (exposed(r, d / n) + exposed(rs, w / n))
+                 for n, r, d, w in zip(linears, regathers, gemms, wgrad, strict=True))  # fmt: skip
+    issued = sum(n * (r + rs) for n, r in zip(linears, regathers, strict=True))
+    return row_gathers + column, issued - column + sum(grads) - row_gathers
 
 
 def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool = False) -> int:
@@ -388,12 +421,15 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     its I and W actions by GPU time (``ChunkDurations.host_ns``), re-gathers included. An MoE
     block (``moe``) under sequence parallelism: the attention's (an MLA block's one all-reduce
     in backward) and its FFN's (:func:`moe_tp_pairs`: the dispatcher's pair each way, the
-    shared experts' as a dense MLP's)."""
+    shared experts' as a dense MLP's). Under runtime ``tp_input_redistribution`` per linear a
+    dense block's forward all-gathers :func:`column_gathers`, and its backward reduces (and
+    re-gathers) for each of :func:`column_linears`."""
     p, rt = sc.parallelism, sc.runtime
     if p.tp <= 1:
         return 0, 0
     sp = p.sequence_parallel
-    forward = 4 if sp else forward_allreduces(sc)
+    linears, gathers = sum(column_linears(sc)), sum(column_gathers(sc))
+    forward = 2 + gathers if sp else forward_allreduces(sc)
     if moe and sc.model.is_moe and sp:
         kinds = moe_tp_pair_kinds(sc)
         regather = 1 if rt.tp_regather_backward else 0
@@ -403,13 +439,13 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     elif sc.model.is_mla:
         backward = 4 if sp else 2
     elif sp:
-        backward = 4 + (2 if rt.tp_regather_backward else 0)
+        backward = 2 + linears * (2 if rt.tp_regather_backward else 1)
     else:
-        backward = 2
+        backward = linears
     if sc.training.recompute == "full":
         backward += forward
     elif sc.training.recompute == "selective_op":
-        backward += 2
+        backward += gathers if sp else 2
     return forward, backward
 
 

@@ -311,12 +311,15 @@ class SaveFlags:
     cp_a2a: bool
     etp: int = 0  # the expert-TP size (ParallelSpec.etp; 0: tp)
     fused_swiglu: bool = False  # runtime fused_swiglu: the SwiGLU saves its input only
+    # runtime tp_input_redistribution per_linear (eager): each linear's own gathered copy
+    gathered_per_linear: bool = False
 
     def kwargs(self) -> dict[str, float | int | bool]:
         """The flags as keyword arguments of ``layer_saved_tensors`` and ``layer_activation_bytes``."""
         return {"load": self.load, "gathered_input": self.gathered_input,
                 "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a, "etp": self.etp,
-                "fused_swiglu": self.fused_swiglu}  # fmt: skip
+                "fused_swiglu": self.fused_swiglu,
+                "gathered_per_linear": self.gathered_per_linear}  # fmt: skip
 
 
 def save_flags(sc: Scenario) -> SaveFlags:
@@ -329,6 +332,8 @@ def save_flags(sc: Scenario) -> SaveFlags:
         cp_a2a=sc.cp_all_to_all,
         etp=sc.parallelism.etp,
         fused_swiglu=sc.runtime.fused_swiglu,
+        gathered_per_linear=(sc.runtime.tp_input_redistribution == "per_linear"
+                             and not sc.model.is_moe and not sc.model.is_mla),  # fmt: skip
     )  # fmt: skip
 
 
@@ -394,7 +399,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                                                          tp, sp, f.load, f.gathered_input,
                                                          f.repeat_kv, f.cp_a2a,
                                                          etp=f.etp,
-                                                         fused_swiglu=f.fused_swiglu)  # fmt: skip
+                                                         fused_swiglu=f.fused_swiglu,
+                                                         gathered_per_linear=f.gathered_per_linear)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,

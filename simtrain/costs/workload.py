@@ -199,7 +199,7 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
     ``costs.compute.tp_pairs_gemms``); a selective_op one (``costs.op_sac``) the block's two
     all-reduces without sequence parallelism (all-reduce is not in torchtitan's
     ``_save_list``), with it only the attention's and the MLP's input all-gathers (the
-    reduce-scatters' outputs are saved), exposed (the k, o and up projections it replays are
+    reduce-scatters' outputs are saved; ``comm.column_gathers`` of them), exposed (the k, o and up projections it replays are
     not the whole GEMM groups those gathers feed); none other. ``moe_layers`` of the
     ``layers`` are MoE blocks (their forward's: ``comm.tp_forward_block`` with ``moe``)."""
     t = sc.training
@@ -210,7 +210,9 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
         return 0, 0
     if not sc.parallelism.sequence_parallel:
         return 2 * layers * comm.tp_allreduce_ns(sc, step), 0
-    gathers = comm.tp_input_gather_ns(sc, step) + comm.tp_input_gather_ns(sc, step, mlp=True)
+    n_attn, n_mlp = comm.column_gathers(sc)
+    gathers = (n_attn * comm.tp_input_gather_ns(sc, step)
+               + n_mlp * comm.tp_input_gather_ns(sc, step, mlp=True))  # fmt: skip
     return layers * gathers, 0
 
 

@@ -45,6 +45,8 @@ CP_ATTENTIONS = ("te_p2p", "torch_allgather", "a2a")
 #: dense MLP, nothing more) or "megatron_core" (Megatron-Core's MoELayer: its router, the
 #: alltoall dispatcher's preprocess, all-to-alls and unpermutation besides the experts).
 MOE_IMPLEMENTATIONS = ("reference", "megatron_core")
+#: Where a column-parallel linear's input changes TP layout (``tp_input_redistribution``).
+TP_INPUT_REDISTRIBUTIONS = ("per_block", "per_linear", "per_linear_compiled")
 #: The parts of a block Megatron-Core captures in per-layer CUDA graphs (--cuda-graph-scope,
 #: later --cuda-graph-modules; transformer/enums.py CudaGraphScope at megatron-core 0.16.1):
 #: attn (the input norm and attention), mlp (a dense block's MLP), moe (an MoE block's whole
@@ -96,6 +98,20 @@ class RuntimeProfile:
     # d98e8a64; nanotron tp_recompute_allgather, default true, functional.py l.394-410): two
     # more all-gathers per block's backward (attention and MLP inputs).
     tp_regather_backward: bool = False
+    # Where the TP plan moves a column-parallel linear's input between layouts (tp > 1, dense
+    # non-MLA blocks): "per_block", once per column-parallel group (Megatron's f / g of §3.2,
+    # torchtitan's PrepareModuleInput on attention and feed_forward: one all-gather of the
+    # attention's and of the MLP's input in forward, one reduction of each one's gradient in
+    # backward); "per_linear", each projection its own DTensor ColwiseParallel (KempnerForge
+    # distributed/tensor_parallel.py l.59-78 at 01b461a7: q, k, v, gate and up each with
+    # input_layouts Shard(1), no PrepareModuleInput): under sequence parallelism each
+    # all-gathers the input in forward, and each reduce-scatters its own input gradient in
+    # backward (without sequence parallelism each all-reduces it); "per_linear_compiled", as
+    # per_linear under torch.compile, whose AOT autograd CSE merges the forward's identical
+    # functional all-gathers of one input into one (torch/_functorch/partitioners.py
+    # min_cut_rematerialization_partition -> compile_utils.py fx_graph_cse, torch 2.13.0) but
+    # not the backward's reductions of different gradients (costs.comm.column_linears).
+    tp_input_redistribution: str = "per_block"
     # Data-parallel gradient reduction in buckets during the last backward (PyTorch DDP,
     # Megatron-Core --overlap-grad-reduce, DeepSpeed overlap_comm), or one reduction after it.
     overlap_grad_reduce: bool = True
@@ -379,6 +395,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "zero_grad_reduction": ZERO_GRAD_REDUCTIONS, "moe_dispatcher": MOE_DISPATCHERS,
     "cp_attention": CP_ATTENTIONS, "attention_kernel": ATTENTION_KERNELS,
     "moe_implementation": MOE_IMPLEMENTATIONS,
+    "tp_input_redistribution": TP_INPUT_REDISTRIBUTIONS,
 }  # fmt: skip
 #: Every true / false key: the profile's bool fields (a new one is a YAML key by being one).
 BOOLS = tuple(f.name for f in fields(RuntimeProfile) if f.type == "bool")
@@ -495,6 +512,11 @@ def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
         raise ConfigError(file, f"{prefix}tp_regather_backward", "cannot be true with "
                           f"{prefix}tp_saves_gathered_input: true (the gathered input is saved, "
                           "nothing is gathered again)", True)  # fmt: skip
+    if rt.tp_input_redistribution != "per_block" and rt.tp_comm_overlap:
+        raise ConfigError(file, f"{prefix}tp_input_redistribution", "cannot be "
+                          f"{rt.tp_input_redistribution!r} with {prefix}tp_comm_overlap: true "
+                          "(the overlap gathers each GEMM group's input once)",
+                          rt.tp_input_redistribution, "per_block")  # fmt: skip
     _check_polling(rt, file, prefix)
     _check_graph_scope(rt, file, prefix)
     return rt

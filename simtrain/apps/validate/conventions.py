@@ -558,11 +558,18 @@ SOURCES: dict[str, SourceConvention] = {
     "kempnerforge": SourceConvention(
         "simtrain",
         LLAMA3,
-        runtime_overrides=(("memory_reported", "allocated"), ("grad_sync_last_microbatch", True)),
+        runtime_overrides=(
+            ("memory_reported", "allocated"),
+            ("grad_sync_last_microbatch", True),
+            ("tp_input_redistribution", "per_linear"),
+        ),
         runtime_overrides_note="KempnerForge logs torch.cuda.max_memory_allocated "
         "(kempnerforge/metrics/memory.py l.30-36), not torchtitan's reserved peak; its loop "
         "turns FSDP2's gradient sync off but in the last micro-batch (scripts/train.py l.293, "
-        "training/grad.py l.30-40 at 01b461a7): the gradients accumulate whole in fp32",
+        "training/grad.py l.30-40 at 01b461a7): the gradients accumulate whole in fp32; its TP "
+        "plan makes q, k, v, gate and up each a ColwiseParallel of its own, no "
+        "PrepareModuleInput (distributed/tensor_parallel.py l.59-78): each gathers its input "
+        "and reduces its input gradient itself",
         cross_entropy="gathered",
         cross_entropy_note="KempnerForge's output layer gathers its logits to the whole "
         "vocabulary on every TP rank (distributed/tensor_parallel.py l.157-164 at 01b461a7) and "

@@ -640,6 +640,12 @@ def _runtime(rec: Record, par: Mapping[str, Any], notes: list[str]) -> dict[str,
         out.update(conv.runtime_overrides)
         keys = ", ".join(f"{k} {v}" for k, v in conv.runtime_overrides)
         notes.append(f"runtime {name}: {conv.runtime_overrides_note} ({keys})")
+    if rec.training.get("compile") is True and out.get("tp_input_redistribution") == "per_linear":
+        # AOT autograd's CSE merges the forward's identical all-gathers (spec.runtime)
+        out["tp_input_redistribution"] = "per_linear_compiled"
+        notes.append(f"runtime {name}: torch.compile merges the linears' identical forward "
+                     "all-gathers (AOT autograd's fx_graph_cse), not their backward reductions "
+                     "(tp_input_redistribution per_linear_compiled)")  # fmt: skip
     if conv.memory_includes_context:
         # a device-level figure (nvidia-smi, NVML): NCCL's buffers count (costs.nccl_memory)
         out["memory_reported"] = "nvidia_smi"

@@ -1,0 +1,154 @@
+"""Two PyTorch DTensor tensor-parallel plans of a Llama block, run on a fake process group to
+count the collectives they issue and the bytes autograd saves (runtime
+``tp_input_redistribution``: ``costs.comm.column_linears``, ``costs.activations``).
+
+* ``per_block``: torchtitan's plan (9dec370a torchtitan/parallelisms/parallelize_llama.py
+  l.172-192): ``PrepareModuleInput`` redistributes the attention's and the feed-forward's input
+  to Replicate once, the projections are plain ``ColwiseParallel``.
+* ``per_linear``: KempnerForge's (distributed/tensor_parallel.py l.59-78 at 01b461a7): q, k, v,
+  gate and up each ``ColwiseParallel(input_layouts=Shard(1))`` (with sequence parallelism;
+  ``Replicate()`` without), no ``PrepareModuleInput``.
+
+The fake process group (``torch.testing._internal.distributed.fake_pg``) issues every
+collective through ``c10d_functional`` without moving data; ``CommDebugMode`` counts them. No
+GPU and no second process are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+PLANS = ("per_block", "per_linear")
+COLUMN_LINEARS = ("attention.q", "attention.k", "attention.v", "mlp.gate", "mlp.up")
+
+
+class _Attention(nn.Module):
+    """q, k, v and the output projection around a causal SDPA (MHA)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden, bias=False) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q, k, v = (p(x).view(b, s, -1, x.shape[-1] // self.heads).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))  # fmt: skip
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class _MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) · up(x))."""
+
+    def __init__(self, hidden: int, ffn: int) -> None:
+        super().__init__()
+        self.gate, self.up = nn.Linear(hidden, ffn, bias=False), nn.Linear(hidden, ffn, bias=False)
+        self.down = nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class LlamaBlock(nn.Module):
+    """A pre-norm Llama block (RMSNorm, attention, RMSNorm, SwiGLU MLP)."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.attention_norm, self.ffn_norm = nn.RMSNorm(hidden), nn.RMSNorm(hidden)
+        self.attention, self.mlp = _Attention(hidden, heads), _MLP(hidden, ffn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.mlp(self.ffn_norm(x))
+
+
+def tp_plan(plan: str, sequence_parallel: bool) -> dict:
+    """The ``parallelize_module`` plan of :class:`LlamaBlock` (``plan`` in :data:`PLANS`)."""
+    seq = Shard(1) if sequence_parallel else Replicate()
+    out: dict = {"attention.o": RowwiseParallel(output_layouts=seq),
+                 "mlp.down": RowwiseParallel(output_layouts=seq)}  # fmt: skip
+    if sequence_parallel:
+        out |= {"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel()}
+    for name in COLUMN_LINEARS:
+        out[name] = (
+            ColwiseParallel(input_layouts=seq) if plan == "per_linear" else ColwiseParallel()
+        )
+    if plan == "per_block":
+        for name in ("attention", "mlp"):
+            out[name] = PrepareModuleInput(
+                input_layouts=(seq,), desired_input_layouts=(Replicate(),)
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class BlockComm:
+    """What one forward and backward of a TP block issued and saved: collectives by kind
+    (``all_gather``, ``reduce_scatter``, ``all_reduce``) and the bytes of the distinct storages
+    autograd saved during the forward."""
+
+    forward: dict[str, int]
+    backward: dict[str, int]
+    saved_bytes: int
+
+
+def _counts(mode: CommDebugMode) -> dict[str, int]:
+    names = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter",
+             "all_reduce": "all_reduce"}  # fmt: skip
+    out: dict[str, int] = {}
+    for op, n in mode.get_comm_counts().items():
+        key = names.get(str(op).rsplit(".", 1)[-1], str(op))
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int = 2,
+                  seq_len: int = 16, hidden: int = 64, heads: int = 4,
+                  ffn: int = 128) -> BlockComm:  # fmt: skip
+    """Run one bf16 forward and backward of a :class:`LlamaBlock` under ``plan`` over a fake
+    ``tp``-rank group and count (:class:`BlockComm`). Initialises and destroys the default
+    process group."""
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
+    try:
+        mesh = init_device_mesh("cpu", (tp,))
+        torch.manual_seed(0)
+        block = parallelize_module(LlamaBlock(hidden, heads, ffn).to(torch.bfloat16), mesh,
+                                   tp_plan(plan, sequence_parallel))  # fmt: skip
+        s = seq_len // tp if sequence_parallel else seq_len
+        x = torch.randn(micro_batch, s, hidden, dtype=torch.bfloat16, requires_grad=True)
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            local = t._local_tensor if isinstance(t, DTensor) else t
+            st = local.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        forward = CommDebugMode()
+        with forward, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = block(x)
+        backward = CommDebugMode()
+        with backward:
+            y.float().sum().backward()
+        # the block's input is the checkpoint any recompute keeps, not counted as saved
+        storages.pop(x.untyped_storage().data_ptr(), None)
+        return BlockComm(_counts(forward), _counts(backward), sum(storages.values()))
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,202 @@
+"""Where a column-parallel linear's input changes TP layout (runtime
+``tp_input_redistribution``): once per block (torchtitan's ``PrepareModuleInput``, Megatron's
+f / g) or at each projection (KempnerForge's plan: q, k, v, gate and up each a
+``ColwiseParallel(input_layouts=Shard(1))``).
+
+Checked against the counts read from the plans' code, against PyTorch itself (the two plans run
+on a fake process group, ``simtrain.torchref.tp_plans``: the collectives ``CommDebugMode``
+counts and the bytes autograd saves), and the pricers against the counts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs import comm
+from simtrain.costs.activations import layer_saved_tensors
+from simtrain.costs.comm import tp_block_collectives
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import parse_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 4, "ffn_hidden": 128, "vocab": 1024,
+        "max_positions": 512, "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary",
+        "bias": False, "tied_embeddings": False}  # fmt: skip
+
+
+def scenario(redistribution: str = "per_block", sp: bool = True, recompute: str = "none",
+             model: dict | None = None, **runtime):  # fmt: skip
+    data = {
+        "name": "redistribution",
+        "model": {**TINY, **(model or {})},
+        "hardware": "h100_sxm5_80gb",
+        "training": {
+            "seq_len": 16,
+            "global_batch": 4,
+            "micro_batch": 2,
+            "precision": "bf16",
+            "recompute": recompute,
+        },  # fmt: skip
+        "parallelism": {"dp": 1, "tp": 4, "pp": 1, "sequence_parallel": sp},
+        "runtime": {"name": "torchtitan", "tp_input_redistribution": redistribution, **runtime},
+    }
+    return parse_scenario(data, "test.yaml")
+
+
+@pytest.mark.parametrize(
+    ("redistribution", "sp", "recompute", "model", "want"),
+    [
+        # torchtitan: PrepareModuleInput gathers the attention's and the MLP's input once, and
+        # reduce-scatters each one's gradient once; the row linears' output gradients gathered
+        ("per_block", True, "none", {}, (4, 4)),
+        # KempnerForge, eager: q, k, v, gate, up each gather (5) + 2 reduce-scatters; backward
+        # 2 output-gradient gathers + 5 input-gradient reduce-scatters
+        ("per_linear", True, "none", {}, (7, 7)),
+        # ... compiled: the forward's gathers of one input merged (fx_graph_cse), not the
+        # backward's reductions of five gradients
+        ("per_linear_compiled", True, "none", {}, (4, 7)),
+        # a full recompute replays the forward's: KempnerForge's 13B eager profile counts
+        # 12.1 all-gathers and 8.0 reduce-scatters a layer and micro-batch (5 + 5 + 2, and
+        # 2 + 1 + 5: the non-reentrant checkpoint stops before the last reduce-scatter, which
+        # this replays: 21 here, 20.1 measured)
+        ("per_linear", True, "full", {}, (7, 14)),
+        ("per_linear_compiled", True, "full", {}, (4, 11)),
+        # selective_op replays the input all-gathers, one per linear when eager
+        ("per_linear", True, "selective_op", {}, (7, 12)),
+        # without sequence parallelism the input is whole: no forward gather, and each column
+        # linear all-reduces its input gradient (its pipeline rows)
+        ("per_linear", False, "none", {}, (2, 5)),
+        ("per_linear_compiled", False, "none", {}, (2, 5)),
+        # a GeLU MLP has one input linear
+        ("per_linear", True, "none", {"mlp": "gelu"}, (6, 6)),
+        # MLA and experts keep the block's count (not modelled per linear)
+        ("per_linear", True, "none", {"kv_lora_rank": 16}, (4, 4)),
+    ],
+)  # fmt: skip
+def test_collectives_a_block_issues(redistribution, sp, recompute, model, want) -> None:
+    sc = scenario(redistribution, sp, recompute)
+    sc = replace(sc, model=replace(sc.model, **model))
+    assert tp_block_collectives(sc) == want
+
+
+@pytest.mark.parametrize("redistribution", ["per_block", "per_linear", "per_linear_compiled"])
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("recompute", ["none", "full", "selective_op"])
+@pytest.mark.parametrize("mlp", ["swiglu", "gelu"])
+@pytest.mark.parametrize("regather", [False, True])
+def test_the_pricers_price_the_counts(monkeypatch, redistribution, sp, recompute, mlp,
+                                      regather) -> None:  # fmt: skip
+    """Each collective priced at one unit, no overlap: the forward's, the backward's and the
+    recompute's times are the counts (comm.tp_forward_block, tp_backward_block,
+    workload.tp_recompute_block against tp_block_collectives)."""
+    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.layout.step import resolve
+
+    unit = 10**12
+    monkeypatch.setattr(comm, "collective_ns", lambda *a, **k: unit)
+    sc = scenario(redistribution, sp, recompute, {"mlp": mlp}, tp_saves_gathered_input=False,
+                  tp_regather_backward=regather)  # fmt: skip
+    step = resolve(sc)
+    forward = comm.tp_forward_block(sc, step)[0]
+    backward = comm.tp_backward_block(sc, step)[0] + tp_recompute_block(sc, step, 1)[0]
+    assert (forward // unit, backward // unit) == tp_block_collectives(sc)
+
+
+def test_overlapped_reductions_hide_behind_their_own_linear() -> None:
+    """With ``tp_backward_overlap`` each of the five reductions runs beside its own linear's
+    weight-gradient GEMM (its share of the group's): exposed + hidden is still the sum of what
+    is issued, and the row linears' output-gradient gathers stay exposed."""
+    from simtrain.layout.step import resolve
+
+    for redistribution in ("per_block", "per_linear_compiled"):
+        sc = scenario(redistribution, tp_backward_overlap=True)
+        step = resolve(sc)
+        exposed, hidden = comm.tp_backward_block(sc, step)
+        rs = comm.tp_halves_ns(sc, step)[1]
+        grads = comm.tp_grad_gather_ns(sc, step) + comm.tp_grad_gather_ns(sc, step, mlp=True)
+        assert exposed + hidden == grads + sum(comm.column_linears(sc)) * rs
+        assert exposed >= grads
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch's own count (needs torch)
+
+
+@pytest.mark.parametrize("sp", [True, False])
+@pytest.mark.parametrize("plan", ["per_block", "per_linear"])
+def test_pytorch_issues_what_the_count_says(plan, sp) -> None:
+    """The two DTensor plans on a fake 4-rank group: CommDebugMode's all-gathers,
+    reduce-scatters and all-reduces of a forward and a backward are the block's counts."""
+    pytest.importorskip("torch")
+    from simtrain.torchref.tp_plans import measure_block
+
+    got = measure_block(plan, tp=4, sequence_parallel=sp)
+    assert (sum(got.forward.values()), sum(got.backward.values())) == tp_block_collectives(
+        scenario(plan, sp)
+    )
+    if sp:  # the forward gathers one input per column linear, the backward reduce-scatters
+        assert got.forward == {"all_gather": 5 if plan == "per_linear" else 2,
+                               "reduce_scatter": 2}  # fmt: skip
+        assert got.backward["reduce_scatter"] == sum(comm.column_linears(scenario(plan, sp)))
+
+
+def test_pytorch_saves_a_gathered_copy_per_linear() -> None:
+    """Eager per-linear redistribution: q, k and v each save their own all-gathered input, and
+    gate and up theirs: 3 b·s·h bf16 copies more than torchtitan's plan, measured as distinct
+    storages autograd saved (b 2, s 16, h 64: 12,288 bytes)."""
+    pytest.importorskip("torch")
+    from simtrain.torchref.tp_plans import measure_block
+
+    measured = (measure_block("per_linear", 4, True).saved_bytes
+                - measure_block("per_block", 4, True).saved_bytes)  # fmt: skip
+
+    def saved(redistribution: str) -> int:
+        sc = scenario(redistribution)
+        return sum(t.bytes for t in layer_saved_tensors(
+            sc.model, sc.training, tp=4, sequence_parallel=True, gathered_input=2,
+            gathered_per_linear=redistribution == "per_linear"))  # fmt: skip
+
+    assert measured == saved("per_linear") - saved("per_block") == 3 * 2 * 16 * 64 * 2
+
+
+def test_the_memory_estimate_counts_the_copies_only_when_eager() -> None:
+    from simtrain.costs.memory import save_flags
+
+    assert save_flags(scenario("per_linear")).gathered_per_linear
+    assert not save_flags(scenario("per_linear_compiled")).gathered_per_linear
+    sc = scenario("per_linear")
+    mla = replace(sc, model=replace(sc.model, kv_lora_rank=16))
+    assert not save_flags(mla).gathered_per_linear
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input, and validate's reading of KempnerForge
+
+
+def test_a_bad_value_names_the_key_and_the_allowed_values() -> None:
+    with pytest.raises(ConfigError) as e:
+        scenario("per_layer")
+    text = str(e.value)
+    assert "runtime.tp_input_redistribution" in text and "per_linear_compiled" in text
+
+
+def test_per_linear_refuses_the_gemm_overlap() -> None:
+    with pytest.raises(ConfigError) as e:
+        scenario("per_linear", tp_comm_overlap=True)
+    assert "runtime.tp_input_redistribution" in str(e.value) and "per_block" in str(e.value)
+
+
+def test_kempnerforge_rows_redistribute_per_linear() -> None:
+    """Its compiled rows merge the forward's gathers; its eager pipeline rows do not."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    compiled = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"])
+    assert compiled.scenario.runtime.tp_input_redistribution == "per_linear_compiled"
+    assert any("fx_graph_cse" in n for n in compiled.assumptions)
+    eager = translate(rows["kempner_cfgval_70b_32gpu_tp4_pp4"]).scenario
+    assert eager.runtime.tp_input_redistribution == "per_linear"
+    assert not eager.parallelism.sequence_parallel
