@@ -18,6 +18,7 @@ from simtrain.costs.compute import (
     head_edge,
     head_flops,
     matmul_ns,
+    recompute_stops_early,
     tp_linear_group_ns,
     tp_pairs_gemms,
 )
@@ -183,6 +184,22 @@ def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tup
         return n_attn * ag + n_mlp * ag_mlp + 2 * rs, 0
     pairs = ((ag, "attn_in"), (rs, "attn_out"), (ag_mlp, "mlp_in"), (rs, "mlp_out"))
     return paired_ns(tp_linear_group_ns(sc), step.groups.tp, pairs)
+
+
+def tp_last_reduction(sc: Scenario, step: ResolvedStep) -> tuple[int, int]:
+    """(exposed, hidden) of a dense block's last forward TP collective, after the MLP's
+    row-parallel linear (its reduce-scatter under sequence parallelism, its all-reduce
+    without; pipelined with that linear's GEMM where :func:`tp_pairs_gemms`), as
+    :func:`tp_forward_block` prices it: what an early-stopped full recompute does not replay
+    (``costs.compute.recompute_stops_early``); (0, 0) at tp 1."""
+    if step.groups.tp <= 1:
+        return 0, 0
+    if not sc.parallelism.sequence_parallel:
+        return tp_allreduce_ns(sc, step), 0
+    rs = tp_halves_ns(sc, step)[1]
+    if tp_pairs_gemms(sc):
+        return paired_ns(tp_linear_group_ns(sc), step.groups.tp, ((rs, "mlp_out"),))
+    return rs, 0
 
 
 def paired_ns(gemm_ns: dict[str, float], tp: int, pairs: tuple[tuple[int, str], ...]
@@ -442,8 +459,8 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
         backward = 2 + linears * (2 if rt.tp_regather_backward else 1)
     else:
         backward = linears
-    if sc.training.recompute == "full":
-        backward += forward
+    if sc.training.recompute == "full":  # (an early stop leaves the block's last one out)
+        backward += forward - (1 if recompute_stops_early(sc) else 0)
     elif sc.training.recompute == "selective_op":
         backward += gathers if sp else 2
     return forward, backward

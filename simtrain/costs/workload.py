@@ -16,6 +16,7 @@ from simtrain.costs.compute import (
     memory_bound_ns,
     optimizer_shard,
     optimizer_step_ns,
+    recompute_stops_early,
     replays_core,
     tp_pairs_gemms,
 )
@@ -196,7 +197,8 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
     """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays: a full
     recompute replays the forward's collectives as the forward runs them
     (``comm.tp_forward_block``: paired with the replayed GEMMs where
-    ``costs.compute.tp_pairs_gemms``); a selective_op one (``costs.op_sac``) the block's two
+    ``costs.compute.tp_pairs_gemms``), but for the block's last (``comm.tp_last_reduction``)
+    where it stops early (``costs.compute.recompute_stops_early``); a selective_op one (``costs.op_sac``) the block's two
     all-reduces without sequence parallelism (all-reduce is not in torchtitan's
     ``_save_list``), with it only the attention's and the MLP's input all-gathers (the
     reduce-scatters' outputs are saved; ``comm.column_gathers`` of them), exposed (the k, o and up projections it replays are
@@ -204,7 +206,11 @@ def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
     ``layers`` are MoE blocks (their forward's: ``comm.tp_forward_block`` with ``moe``)."""
     t = sc.training
     if t.recompute == "full":
-        return _per_kind(layers - moe_layers, moe_layers, comm.tp_forward_block(sc, step),
+        dense = comm.tp_forward_block(sc, step)
+        if recompute_stops_early(sc):  # the block's last reduction is not replayed
+            dense = tuple(a - b for a, b in zip(dense, comm.tp_last_reduction(sc, step),
+                                                strict=True))  # fmt: skip
+        return _per_kind(layers - moe_layers, moe_layers, dense,
                          comm.tp_forward_block(sc, step, moe=True))  # fmt: skip
     if t.recompute != "selective_op" or step.groups.tp == 1:
         return 0, 0

@@ -120,7 +120,7 @@ NO_EFFECT_KEYS = {
     "optimizer": ("lr", "eps", "weight_decay", "implementation", "beta1", "beta2"),
     "training": ("steps", "max_norm", "dataset", "dataset_path", "gc_freq", "gc_debug",
                  "dataloader", "warmup_steps", "deterministic", "seed", "mixed_precision_reduce"),
-    "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug", "early_stop"),
+    "activation_checkpoint": ("preserve_rng_state", "determinism_check", "debug"),
     "compile": ("backend",),
 }  # fmt: skip
 
@@ -422,6 +422,17 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
     training: dict[str, Any] = {"seq_len": seq, "global_batch": gb, "micro_batch": micro,
                                 "precision": precision, "optimizer": optimizer,
                                 "recompute": _recompute(ac, r)}  # fmt: skip
+    # activation_checkpoint.early_stop (25413d22 .. 9810191b's TOML, default false; earlier
+    # torchtitan ran PyTorch's default, true): the full recompute stops at the block's last
+    # saved tensor; so does a compiled model's, whose partitioner recomputes only what the
+    # backward reads (costs.compute.recompute_stops_early)
+    early_stop = _flag(ac, "early_stop", file, "activation_checkpoint")
+    if training["recompute"] == "full" and (early_stop or (compile_on and "model" in components)):
+        runtime["recompute_early_stop"] = True
+        r.origin("runtime.recompute_early_stop", "activation_checkpoint.early_stop" if early_stop
+                 else "compile.enable")  # fmt: skip
+    elif "early_stop" in ac:
+        r.ignore(f"activation_checkpoint.early_stop (recompute {training['recompute']})")
     if compiled_loss:
         training["cross_entropy"] = "fused"
     elif tp > 1 and not _flag(p, "disable_loss_parallel", file, "parallelism"):

@@ -562,6 +562,7 @@ SOURCES: dict[str, SourceConvention] = {
             ("memory_reported", "allocated"),
             ("grad_sync_last_microbatch", True),
             ("tp_input_redistribution", "per_linear"),
+            ("recompute_early_stop", True),
         ),
         runtime_overrides_note="KempnerForge logs torch.cuda.max_memory_allocated "
         "(kempnerforge/metrics/memory.py l.30-36), not torchtitan's reserved peak; its loop "
@@ -569,7 +570,9 @@ SOURCES: dict[str, SourceConvention] = {
         "training/grad.py l.30-40 at 01b461a7): the gradients accumulate whole in fp32; its TP "
         "plan makes q, k, v, gate and up each a ColwiseParallel of its own, no "
         "PrepareModuleInput (distributed/tensor_parallel.py l.59-78): each gathers its input "
-        "and reduces its input gradient itself",
+        "and reduces its input gradient itself; its activation checkpointing is PyTorch's "
+        "NO_REENTRANT checkpoint_wrapper (distributed/parallel.py l.89), whose recompute stops "
+        "early",
         cross_entropy="gathered",
         cross_entropy_note="KempnerForge's output layer gathers its logits to the whole "
         "vocabulary on every TP rank (distributed/tensor_parallel.py l.157-164 at 01b461a7) and "
@@ -590,11 +593,13 @@ SOURCES: dict[str, SourceConvention] = {
     "fms_fsdp": SourceConvention(
         "simtrain",
         LLAMA3,
-        runtime_overrides=(("eager_elementwise", True),),
+        runtime_overrides=(("eager_elementwise", True), ("recompute_early_stop", True)),
         runtime_overrides_note="fms's norm is a Python chain (fms/modules/layernorm.py "
         "LayerNormParameterized: pow, mean, rsqrt and products) and its rotary a complex product "
         "(the PyTorch blog 'Maximizing training throughput': 'The typical RoPE implementation "
-        "uses complex numbers'), eager as torchtitan's uncompiled model",
+        "uses complex numbers'), eager as torchtitan's uncompiled model; its activation "
+        "checkpointing is PyTorch's NO_REENTRANT checkpoint_wrapper (fms_fsdp/policies/"
+        "ac_handler.py), whose recompute stops early",
     ),  # fmt: skip
 }
 GENERIC = SourceConvention("simtrain", {})

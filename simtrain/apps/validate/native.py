@@ -853,6 +853,13 @@ def _torchtitan_sets(rec: Record, imp: Imported, model: Mapping[str, Any],
     sets.append("runtime.attention_repeat_kv=true")
     notes.append("torchtitan before ff0829c1: K and V repeated to every query head before SDPA "
                  "(llama3 repeat_kv)")  # fmt: skip
+    # ... and before 25413d22 (2025-08-29), whose full checkpointing passes early_stop=False:
+    # ptd_checkpoint_wrapper(module, preserve_rng_state=False) ran PyTorch's default early stop
+    # (9dec370a parallelisms/parallelize_llama.py _apply_ac_to_transformer_block)
+    if imp.data["training"].get("recompute") == "full":
+        sets.append("runtime.recompute_early_stop=true")
+        notes.append("torchtitan before 25413d22: its full checkpointing stops the recompute "
+                     "early (PyTorch's default): the MLP's last linear is not replayed")  # fmt: skip
     return sets
 
 

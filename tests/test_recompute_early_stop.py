@@ -1,0 +1,230 @@
+"""A full recompute that stops early (runtime ``recompute_early_stop``,
+``costs.compute.recompute_stops_early``): PyTorch's non-reentrant checkpoint stops replaying a
+block once it has re-saved the block's last saved tensor, the input of the MLP's last linear,
+so that GEMM and the TP reduction after it are not run again.
+
+Checked against PyTorch itself (``torch.utils.checkpoint`` on a Llama block: the backward's
+matmul FLOPs with and without early stop, ``torch.utils.flop_counter``), the closed form
+2·T·f·h of the skipped GEMM, and the TP counts against their pricing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simtrain.costs import comm
+from simtrain.costs.comm import tp_block_collectives
+from simtrain.costs.compute import chunk_costs, recompute_stops_early
+from simtrain.spec.scenario import parse_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN, FFN, HEADS, MICRO, SEQ = 64, 128, 4, 2, 16
+TINY = {"layers": 4, "hidden": HIDDEN, "heads": HEADS, "kv_heads": HEADS, "ffn_hidden": FFN,
+        "vocab": 1024, "max_positions": 512, "mlp": "swiglu", "norm": "rmsnorm",
+        "positions": "rotary", "bias": False, "tied_embeddings": False}  # fmt: skip
+
+
+def scenario(early_stop: bool = True, recompute: str = "full", tp: int = 1, sp: bool = False,
+             model: dict | None = None, precision: str = "bf16", **runtime):  # fmt: skip
+    data = {
+        "name": "early_stop",
+        "model": {**TINY, **(model or {})},
+        "hardware": "h100_sxm5_80gb",
+        "training": {
+            "seq_len": SEQ,
+            "global_batch": 4,
+            "micro_batch": MICRO,
+            "precision": precision,
+            "recompute": recompute,
+        },  # fmt: skip
+        "parallelism": {"dp": 1, "tp": tp, "pp": 1, "sequence_parallel": sp},
+        "runtime": {"name": "torchtitan", "recompute_early_stop": early_stop, **runtime},
+    }
+    return parse_scenario(data, "test.yaml")
+
+
+def recompute_flops(sc) -> float:
+    return chunk_costs(sc, 1, first=False, last=False).recompute_flops
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch's own recompute (needs torch)
+
+
+def _backward_flops(early_stop: bool | None, dropout: float = 0.0) -> tuple[int, int]:
+    """(matmul FLOPs, mm calls) of one backward of a checkpointed Llama block (None: no
+    checkpoint)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.checkpoint import checkpoint
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from simtrain.torchref.tp_plans import LlamaBlock
+
+    class Matmuls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket is torch.ops.aten.mm
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    block = LlamaBlock(HIDDEN, HEADS, FFN)
+
+    def run(x):
+        y = block(x)
+        return torch.nn.functional.dropout(y, dropout) if dropout else y
+
+    x = torch.randn(MICRO, SEQ, HIDDEN, requires_grad=True)
+    y = run(x) if early_stop is None else checkpoint(run, x, use_reentrant=False,
+                                                     early_stop=early_stop)  # fmt: skip
+    flops, mm = FlopCounterMode(display=False), Matmuls()
+    with flops, mm:
+        y.sum().backward()
+    by_op = flops.get_flop_counts()["Global"]
+    return sum(n for op, n in by_op.items() if "mm" in str(op)), mm.n
+
+
+def test_pytorch_skips_the_mlps_last_gemm_when_it_stops_early() -> None:
+    """Early stop leaves out exactly the down projection's 2·T·f·h FLOPs (one of its 15
+    matmuls); a full replay adds the whole forward's 7 linears."""
+    pytest.importorskip("torch")
+    plain, plain_mm = _backward_flops(None)
+    stop, stop_mm = _backward_flops(True)
+    full, full_mm = _backward_flops(False)
+    down = 2 * MICRO * SEQ * FFN * HIDDEN
+    assert full - stop == down and (full_mm, stop_mm) == (plain_mm + 7, plain_mm + 6)
+    # simtrain: the recompute's FLOPs differ by the same GEMM
+    assert recompute_flops(scenario(False)) - recompute_flops(scenario(True)) == down
+    assert stop - plain == pytest.approx(recompute_flops(scenario(True)) - _core_flops(), rel=0)
+
+
+def _core_flops() -> float:
+    """The attention core's forward FLOPs that simtrain counts in a recompute and the flop
+    counter files under SDPA, not mm: 4·b·s²·h (causal not halved by either)."""
+    from simtrain.costs.compute import chunk_block_flops
+
+    return chunk_block_flops(scenario(True), 1).attention_core
+
+
+def test_pytorch_replays_the_gemm_when_a_dropout_follows_it() -> None:
+    """A dropout after the MLP saves its mask after the down projection ran: nothing skipped,
+    and simtrain does not skip it either."""
+    pytest.importorskip("torch")
+    assert _backward_flops(True, dropout=0.1) == _backward_flops(False, dropout=0.1)
+    assert not recompute_stops_early(scenario(model={"dropout": 0.1}))
+
+
+@pytest.mark.parametrize(
+    ("change", "stops"),
+    [
+        ({}, True),
+        ({"runtime": False}, False),  # Megatron, DeepSpeed: their own checkpointing replays all
+        ({"recompute": "selective_op"}, False),
+        ({"model": {"post_norms": True}}, False),  # the post-norm saves after the linear
+        ({"model": {"parallel_residual": True}}, False),
+        ({"precision": "fp8_tensorwise"}, False),  # a quantizing autograd Function saves late
+    ],
+)  # fmt: skip
+def test_where_the_recompute_stops_early(change, stops) -> None:
+    sc = scenario(change.get("runtime", True), change.get("recompute", "full"),
+                  model=change.get("model"), precision=change.get("precision", "bf16"))  # fmt: skip
+    assert recompute_stops_early(sc) is stops
+
+
+# ---------------------------------------------------------------------------------------------
+# TP: the block's last reduction is not replayed
+
+
+@pytest.mark.parametrize(
+    ("sp", "redistribution", "want"),
+    [
+        (False, "per_block", (2, 2 + 1)),  # the attention's all-reduce replayed, not the MLP's
+        (True, "per_block", (4, 4 + 3)),  # 2 all-gathers and the attention's reduce-scatter
+        (True, "per_linear", (7, 7 + 6)),  # 5 all-gathers and one reduce-scatter
+    ],
+)  # fmt: skip
+def test_the_recompute_leaves_the_last_reduction_out(sp, redistribution, want) -> None:
+    sc = scenario(tp=4, sp=sp, tp_input_redistribution=redistribution)
+    assert tp_block_collectives(sc) == want
+    # a full replay: the whole forward's again, one more
+    replay = scenario(False, tp=4, sp=sp, tp_input_redistribution=redistribution)
+    assert tp_block_collectives(replay) == (want[0], want[1] + 1)
+
+
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_the_recompute_prices_its_count(monkeypatch, sp, early_stop) -> None:
+    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.layout.step import resolve
+
+    unit = 10**12
+    monkeypatch.setattr(comm, "collective_ns", lambda *a, **k: unit)
+    sc = scenario(early_stop, tp=4, sp=sp)
+    step = resolve(sc)
+    forward = comm.tp_forward_block(sc, step)[0]
+    backward = comm.tp_backward_block(sc, step)[0] + tp_recompute_block(sc, step, 1)[0]
+    assert (forward // unit, backward // unit) == tp_block_collectives(sc)
+
+
+def test_an_overlapped_recompute_leaves_out_the_last_pair() -> None:
+    """Async TP (tp_comm_overlap, paired with the GEMMs): the replay's exposed and hidden parts
+    are the forward's less the MLP output's reduce-scatter pair."""
+    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.layout.step import resolve
+
+    on = scenario(True, tp=4, sp=True, tp_comm_overlap=True)
+    step = resolve(on)
+    fwd, last = comm.tp_forward_block(on, step), comm.tp_last_reduction(on, step)
+    assert last[0] + last[1] == comm.tp_halves_ns(on, step)[1]
+    assert tp_recompute_block(on, step, 3) == (3 * (fwd[0] - last[0]), 3 * (fwd[1] - last[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the flag comes from
+
+
+def _titan(tmp_path: Path, ac: str, compile_on: bool = False):
+    from simtrain.apps.importers import import_config
+
+    src = (ROOT / "tests" / "fixtures" / "importers" / "torchtitan_llama3_8b.toml").read_text()
+    src = src.replace('mode = "selective"\nselective_ac_option = "op"', ac)
+    if compile_on:
+        src = src.replace("[compile]\nenable = false", "[compile]\nenable = true")
+    f = tmp_path / "job.toml"
+    f.write_text(src)
+    return import_config("torchtitan", f).data
+
+
+@pytest.mark.parametrize(
+    ("ac", "compile_on", "want"),
+    [
+        ('mode = "full"\nearly_stop = true', False, True),
+        ('mode = "full"\nearly_stop = false', False, None),
+        ('mode = "full"', False, None),  # torchtitan's default since 25413d22: false
+        ('mode = "full"', True, True),  # a compiled graph recomputes only what backward reads
+        ('mode = "selective"\nselective_ac_option = "op"\nearly_stop = true', False, None),
+    ],
+)  # fmt: skip
+def test_the_torchtitan_importer_reads_early_stop(tmp_path, ac, compile_on, want) -> None:
+    data = _titan(tmp_path, ac, compile_on)
+    assert data["runtime"].get("recompute_early_stop") is want
+
+
+def test_validate_reads_it_from_the_frameworks() -> None:
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    def rows(name: str) -> dict:
+        return {r.id: r for r in load_records(str(ROOT / "measured" / name))}
+
+    titan = translate(rows("torchtitan_2506_asynctp.yaml")[
+        "torchtitan_2506_asynctp_70B_256gpu_bf16_vanillaTP"])  # fmt: skip
+    assert recompute_stops_early(titan.scenario)
+    assert any("25413d22" in n for n in titan.assumptions)
+    fp8 = translate(rows("torchtitan_2412.yaml")["torchtitan_2412_t4_70b_256gpu_2D"]).scenario
+    assert fp8.runtime.recompute_early_stop and not recompute_stops_early(fp8)
+    kf = translate(rows("kempnerforge.yaml")["kempner_mfu_7b_4gpu_fsdp4"]).scenario
+    fms = translate(rows("fms_fsdp.yaml")["fms_fsdp_llama2_34b_128gpu_fsdp_ac_bs8"]).scenario
+    assert recompute_stops_early(kf) and recompute_stops_early(fms)
