@@ -234,11 +234,9 @@ def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,
     # replica all-reduce, once a step, spread over the step's m reduce-scatters of it
     deferred = accumulation_defers_reduction(sc, step)
     share = 1 / step.microbatches if sc.runtime.replica_reduce_at_boundary and not deferred else 1.0
+    # (deferred: the whole, reduced with the replicas' all-reduce in the last micro-batch's
+    # backward only: ChunkDurations.reduce_scatter_last_backward_only)
     rs = comm.dp_ns(sc, step, "reduce_scatter", rs_bytes, flat, share)
-    if deferred:
-        # reduced (the replicas' all-reduce with it) in the last micro-batch's backward only:
-        # one a step, spread over the m (the last one's exposure is understated)
-        rs = math.ceil(rs / step.microbatches)
     return comm.dp_ns(sc, step, "all_gather", zero3_layer_bytes(step, sm), flat), rs
 
 
@@ -372,6 +370,7 @@ def _zero3_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
             ch,
             gather_ns_per_layer=gather,
             reduce_scatter_ns_per_layer=0 if deferred else reduce_scatter,
+            reduce_scatter_last_backward_only=accumulation_defers_reduction(sc, step),
             unsharded_after_backward=deferred,
             gather_copy_ns_per_layer=gather_copy_out_ns(sc, zero3_layer_bytes(step, sm)),
         )

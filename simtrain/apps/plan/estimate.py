@@ -13,7 +13,7 @@ from simtrain.costs.comm import (
     p2p_send_ns,
 )
 from simtrain.costs.compute import optimizer_step_ns
-from simtrain.costs.memory import StageMemory, wire_grad_bytes
+from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
 from simtrain.costs.workload import (
     block_comm,
     chunk_duration,
@@ -262,7 +262,13 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         if deferred:  # gathered again only after a forward (workload.pipelined_gather_layers)
             n = pipelined_gather_layers(step, 0, t.recompute == "full")
             gathers = n / (step.microbatches * layers_here)
-        comm = layers_here * (gathers * gather + (0 if deferred else reduce_scatter))
+        gathered = layers_here * gathers * gather
+        if accumulation_defers_reduction(sc, step):
+            # the reduce-scatters in the last micro-batch's backward only (workload._zero3_chunks)
+            m = step.microbatches
+            last = max(0.0, gathered + layers_here * reduce_scatter - r0.total)
+            return (m - 1) * max(0.0, gathered - r0.total) + last + deferred
+        comm = gathered + (0 if deferred else layers_here * reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total) + deferred
     if deferred:
         return deferred + dp_ns(sc, step, "all_gather", s0.params * prec.param)

@@ -38,6 +38,10 @@ class ChunkDurations:
     # ZeRO-2 under a runtime that does not overlap the reduction: the next compute slice
     # waits for each reduce-scatter (costs.workload._zero2_chunks)
     reduce_scatter_blocking: bool = False
+    # ZeRO-3 with the gradient sync off but in the last micro-batch (runtime
+    # grad_sync_last_microbatch): the per-layer reduce-scatters follow the chunk's last backward
+    # only (``passes.zero3_pass``)
+    reduce_scatter_last_backward_only: bool = False
     # Pipelining over FSDP2 (costs.workload.deferred_reduction_ns): the chunk's whole gradients
     # reduce-scattered once, after its last backward, the rank's compute waiting for it
     # (``passes.final_reduce_pass``)

@@ -85,14 +85,18 @@ def zero3_pass(ir: StepIR) -> None:
     slice that uses no weights (selective recompute: the attention core,
     ``LoweringInput.recompute_gathers``) gathers nothing. Under PyTorch pipelining
     (``ChunkDurations.unsharded_after_backward``) a chunk's action after one of its backwards
-    gathers nothing: the backward left its parameters gathered."""
+    gathers nothing: the backward left its parameters gathered. With the gradient sync in the
+    last micro-batch only (``ChunkDurations.reduce_scatter_last_backward_only``) only a chunk's
+    last backward reduce-scatters."""
     for r in ir.ranks.values():
         seen: list[Op] = []  # the rank's compute slices so far (prefetch window)
         blocking: Op | None = None  # a reduce-scatter the next compute slice waits for
         acting = [g for g in r.groups if g.action is not None]
         sharded = sharded_at_start([(g.action.stage, g.action.kind) for g in acting])
-        for g, at_start in zip(acting, sharded, strict=True):
+        last = {g.action.stage: i for i, g in enumerate(acting) if g.action.kind in ("B", "W")}
+        for i, (g, at_start) in enumerate(zip(acting, sharded, strict=True)):
             c = ir.inp.chunks[g.action.stage]
+            reduces = not c.reduce_scatter_last_backward_only or last.get(g.action.stage) == i
             out: list[Op] = []
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
             if c.unsharded_after_backward and not at_start:
@@ -131,7 +135,7 @@ def zero3_pass(ir: StepIR) -> None:
                         op.deps.append(ag)
                 out.append(op)
                 seen.append(op)
-                if c.reduce_scatter_ns_per_layer and op.kind in ("B", "W"):
+                if c.reduce_scatter_ns_per_layer and op.kind in ("B", "W") and reduces:
                     rs = Op(r.rank, "dp", "RS", f"RS grads {g.label}",
                             c.reduce_scatter_ns_per_layer, [op],
                             microbatch=op.microbatch, stage=op.stage)  # fmt: skip
