@@ -369,7 +369,8 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
       where the embedding trains (Megatron-LM core/tensor_parallel/layers.py
       VocabParallelEmbedding.forward, d98e8a64 l.378-383; mappings.py l.372-380; nanotron
       src/nanotron/parallel/tensor_parallel/nn.py TensorParallelEmbedding.forward, 2411b022
-      l.301-306);
+      l.301-306); none forward for an embedding kept whole on every rank (runtime
+      ``tp_replicated_embedding``);
     - the column-parallel output layer: its input gradient's all-reduce in the backward, or with
       sequence parallelism its input's all-gather in the forward and its input gradient's
       reduce-scatter in the backward (plus the re-gather for its weight gradient under
@@ -391,7 +392,8 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
     ar = 0 if sp else tp_allreduce_ns(sc, step)
     fwd = bwd = 0
     if embedding:
-        fwd += rs if sp else ar
+        # (none for an embedding kept whole on every rank: runtime tp_replicated_embedding)
+        fwd += 0 if sc.runtime.tp_replicated_embedding else rs if sp else ar
         trains = base_trainable(t.peft.method, t.peft.phase)
         bwd += ag if sp and trains else 0
     if head:
@@ -481,7 +483,7 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
     sp = p.sequence_parallel
     fwd = bwd = 0
     if embedding:
-        fwd += 1
+        fwd += 0 if sc.runtime.tp_replicated_embedding else 1
         bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
     if head:
         _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)

@@ -57,6 +57,7 @@ from simtrain.costs.params import (
     adam_temporaries,
     add_states,
     chunk_tensor_groups,
+    embedding_tp,
     end_param_tensors,
     head_param_tensors,
     layer_param_tensors,
@@ -691,7 +692,8 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     # times); embeddings and head are counted as they are.
     layer = layer_param_tensors(m, t, tp, ep=p.ep, etp=p.etp)
     ends = end_param_tensors(m, t, tp, p.pp, any(c.embedding for c in mine),
-                             any(c.head for c in mine))  # fmt: skip
+                             any(c.head for c in mine),
+                             emb_tp=embedding_tp(tp, sc.runtime.tp_replicated_embedding))  # fmt: skip
     n_layers = step.rank_layers(stage)
     gb = buffer_grad_bytes(sc, step)
 
@@ -1080,7 +1082,8 @@ def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
         return 0
     return sum(n * paged_state_bytes(ts, t) for c in step.rank_chunks(stage)
                for n, ts in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding,
-                                                c.head, p.etp))  # fmt: skip
+                                                c.head, p.etp, emb_tp=embedding_tp(
+                                                    p.tp, sc.runtime.tp_replicated_embedding)))  # fmt: skip
 
 
 def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,

@@ -166,7 +166,8 @@ def moe_param_tensors(m: ModelSpec, tp: int, ep: int, trainable: bool,
 
 
 def embedding_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> list[ParamTensor]:
-    """Token embedding (vocab-parallel, V/t rows per rank), learned positions (replicated),
+    """Token embedding (vocab-parallel, V/t rows per rank; ``tp`` 1 where the runtime keeps it
+    whole on every TP rank, :func:`embedding_tp`), learned positions (replicated),
     prompt-tuning soft tokens."""
     full = base_trainable(t.peft.method, t.peft.phase)
     out = [ParamTensor("wte", m.vocab // tp, m.hidden, full)]
@@ -230,15 +231,22 @@ def mtp_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1,
     return out + (embedding_param_tensors(m, t, tp) if embedding else [])
 
 
+def embedding_tp(tp: int, replicated: bool) -> int:
+    """The TP degree that splits the token embedding: ``tp`` (vocab-parallel), or 1 where the
+    runtime keeps it whole on every TP rank (runtime ``tp_replicated_embedding``)."""
+    return 1 if replicated else tp
+
+
 def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding: bool,
-                      head: bool, own_embedding: bool | None = None) -> list[ParamTensor]:  # fmt: skip
+                      head: bool, own_embedding: bool | None = None,
+                      emb_tp: int | None = None) -> list[ParamTensor]:  # fmt: skip
     """The tensors of a chunk (or a rank) outside its blocks: the embedding's where it holds
-    the embedding, the head's and the MTP modules' where it holds the head (the MTP modules
-    with a token embedding of their own where ``own_embedding`` is false: by default where the
-    chunk holds no embedding)."""
+    the embedding (split over ``emb_tp``, :func:`embedding_tp`; default ``tp``), the head's and
+    the MTP modules' where it holds the head (the MTP modules with a token embedding of their
+    own where ``own_embedding`` is false: by default where the chunk holds no embedding)."""
     out: list[ParamTensor] = []
     if embedding:
-        out += embedding_param_tensors(m, t, tp)
+        out += embedding_param_tensors(m, t, tp if emb_tp is None else emb_tp)
     if head:
         mine = embedding if own_embedding is None else own_embedding
         out += head_param_tensors(m, t, tp, pp)
@@ -247,16 +255,16 @@ def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding
 
 
 def chunk_tensor_groups(m: ModelSpec, t: TrainingSpec, tp: int, ep: int, pp: int, lo: int,
-                        hi: int, embedding: bool, head: bool,
-                        etp: int = 0) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
+                        hi: int, embedding: bool, head: bool, etp: int = 0,
+                        emb_tp: int | None = None) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
     """A chunk's parameter tensors on one GPU, as (copies, tensors) groups: its dense blocks
     (of blocks [lo, hi): ``ModelSpec.dense_layers_in``), its MoE blocks (E/ep local experts
-    each), and once :func:`end_param_tensors`."""
+    each), and once :func:`end_param_tensors` (the embedding over ``emb_tp``)."""
     moe = (hi - lo) - m.dense_layers_in(lo, hi)
     groups = [(hi - lo - moe, layer_param_tensors(m, t, tp, moe=False, ep=ep))]
     if moe:
         groups.append((moe, layer_param_tensors(m, t, tp, moe=True, ep=ep, etp=etp)))
-    return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head))]
+    return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head, emb_tp=emb_tp))]
 
 
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:

@@ -37,6 +37,7 @@ from simtrain.costs.params import (
     EXPERT_PREFIX,
     base_trainable,
     chunk_tensor_groups,
+    embedding_tp,
     moe_param_tensors,
 )
 from simtrain.layout.step import ResolvedStep
@@ -304,7 +305,8 @@ def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
     """Trainable parameters one GPU holds of chunk ``stage`` (``params.chunk_tensor_groups``)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     c = step.chunks[stage]
-    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp)
+    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp,
+                                 emb_tp=embedding_tp(p.tp, sc.runtime.tp_replicated_embedding))  # fmt: skip
     return sum(n * sum(x.numel for x in ts if x.trainable) for n, ts in groups)
 
 

@@ -122,6 +122,14 @@ class RuntimeProfile:
     # KempnerForge's and fms-fsdp's NO_REENTRANT wrappers; Megatron's and DeepSpeed's own
     # checkpointing replay the whole forward (false).
     recompute_early_stop: bool = False
+    # The token embedding stays whole on every TP rank (KempnerForge distributed/
+    # tensor_parallel.py l.99-132 at 01b461a7: "Token embedding stays replicated", only its
+    # output wrapped as a Replicate DTensor): its weights, gradients and optimizer states are
+    # not split by tp (ZeRO still shards them over the data-parallel group), and the forward
+    # has no collective for it (the first block's SequenceParallel norm takes its sequence
+    # shard of the whole output; under sequence parallelism the backward all-gathers the
+    # gradient, as a vocab-parallel embedding's) (costs.params.embedding_tp, costs.comm.tp_edges_ns).
+    tp_replicated_embedding: bool = False
     # Data-parallel gradient reduction in buckets during the last backward (PyTorch DDP,
     # Megatron-Core --overlap-grad-reduce, DeepSpeed overlap_comm), or one reduction after it.
     overlap_grad_reduce: bool = True

@@ -16,6 +16,7 @@ GPU and no second process are needed.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -150,5 +151,56 @@ def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int 
         # the block's input is the checkpoint any recompute keeps, not counted as saved
         storages.pop(x.untyped_storage().data_ptr(), None)
         return BlockComm(_counts(forward), _counts(backward), sum(storages.values()))
+    finally:
+        dist.destroy_process_group()
+
+
+class _EmbeddingStem(nn.Module):
+    """The token embedding and the first block's norm (where a sequence-parallel block takes
+    its input)."""
+
+    def __init__(self, vocab: int, hidden: int) -> None:
+        super().__init__()
+        self.token_embedding, self.norm = nn.Embedding(vocab, hidden), nn.RMSNorm(hidden)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.token_embedding(tokens))
+
+
+def measure_embedding(replicated: bool, tp: int, micro_batch: int = 2, seq_len: int = 16,
+                      vocab: int = 256, hidden: int = 64) -> BlockComm:  # fmt: skip
+    """One forward and backward of a token embedding feeding a SequenceParallel norm over a
+    fake ``tp``-rank group: torchtitan's vocab-parallel embedding (``RowwiseParallel(
+    input_layouts=Replicate(), output_layouts=Shard(1))``, 9dec370a parallelize_llama.py) or
+    KempnerForge's ``replicated`` one (the whole table, its output wrapped as a Replicate
+    DTensor: distributed/tensor_parallel.py l.122-132 at 01b461a7). ``saved_bytes``: the
+    embedding weight's local bytes."""
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
+    try:
+        mesh = init_device_mesh("cpu", (tp,))
+        torch.manual_seed(0)
+        stem = _EmbeddingStem(vocab, hidden)
+        if replicated:
+            stem.token_embedding.register_forward_hook(
+                lambda _m, _i, out: DTensor.from_local(out, mesh, [Replicate()])
+            )
+            plan: dict = {"norm": SequenceParallel()}
+        else:
+            plan = {"token_embedding": RowwiseParallel(input_layouts=Replicate(),
+                                                       output_layouts=Shard(1)),
+                    "norm": SequenceParallel()}  # fmt: skip
+        stem = parallelize_module(stem, mesh, plan)
+        tokens = torch.randint(0, vocab, (micro_batch, seq_len))
+        forward = CommDebugMode()
+        with forward:
+            y = stem(tokens)
+        backward = CommDebugMode()
+        with backward, warnings.catch_warnings():
+            # (the norm's input, the embedding's output, is what needs a gradient here)
+            warnings.filterwarnings("ignore", "Full backward hook is firing")
+            (y.to_local() if isinstance(y, DTensor) else y).float().sum().backward()
+        w = stem.token_embedding.weight
+        local = w.to_local() if isinstance(w, DTensor) else w
+        return BlockComm(_counts(forward), _counts(backward), local.numel() * local.element_size())
     finally:
         dist.destroy_process_group()

@@ -563,6 +563,7 @@ SOURCES: dict[str, SourceConvention] = {
             ("grad_sync_last_microbatch", True),
             ("tp_input_redistribution", "per_linear"),
             ("recompute_early_stop", True),
+            ("tp_replicated_embedding", True),
         ),
         runtime_overrides_note="KempnerForge logs torch.cuda.max_memory_allocated "
         "(kempnerforge/metrics/memory.py l.30-36), not torchtitan's reserved peak; its loop "
@@ -572,7 +573,8 @@ SOURCES: dict[str, SourceConvention] = {
         "PrepareModuleInput (distributed/tensor_parallel.py l.59-78): each gathers its input "
         "and reduces its input gradient itself; its activation checkpointing is PyTorch's "
         "NO_REENTRANT checkpoint_wrapper (distributed/parallel.py l.89), whose recompute stops "
-        "early",
+        "early; its token embedding stays whole on every TP rank (tensor_parallel.py "
+        "l.99-132)",
         cross_entropy="gathered",
         cross_entropy_note="KempnerForge's output layer gathers its logits to the whole "
         "vocabulary on every TP rank (distributed/tensor_parallel.py l.157-164 at 01b461a7) and "
