@@ -477,3 +477,18 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() ->
                      simulate_scenario(one, detail=False).metrics.step_time_s)  # fmt: skip
     assert steps[True][0] == pytest.approx(steps[True][1], rel=0.05)
     assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
+
+
+def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
+    """FSDP2 over a shard group of one GPU (KempnerForge's TP-only runs: a size-1 dp_shard
+    dim, setup.py l.153-159 at 01b461a7) still keeps the accumulated gradient upcast to fp32
+    until the last micro-batch: 4 B a parameter, against 2 B (bf16) without the flag."""
+    sets = ["cluster.nodes=1", "parallelism.dp=1", "parallelism.tp=8", "training.global_batch=16"]
+    on = load_scenario(
+        ZERO3, [*sets, "runtime={name: torchtitan, grad_sync_last_microbatch: true}"]
+    )
+    off = load_scenario(ZERO3, [*sets, "runtime=torchtitan"])
+    assert resolve(on).microbatches > 1 and on.parallelism.zero_shards == 1
+    sm_on, sm_off = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
+    assert dict(sm_on.memory_bytes)["gradients"] == 4 * sm_on.trainable
+    assert dict(sm_off.memory_bytes)["gradients"] == 2 * sm_off.trainable

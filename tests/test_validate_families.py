@@ -814,8 +814,9 @@ def test_new_family_regression_bounds(default_result) -> None:
         # parallelism 33.2; its per-linear TP redistribution (tp_input_redistribution) 28.7;
         # its early-stopped recompute (recompute_early_stop) 33.2: its TP rows too fast already
         ("kempnerforge", "tokens_per_s"): (33, 34.0),
-        # 51.1 % when added; 11.2 %; its embedding whole on every TP rank 5.2 %
-        ("kempnerforge", "peak_memory_bytes"): (33, 6.0),
+        # 51.1 % when added; 11.2 %; its embedding whole on every TP rank 5.2 %; its TP-only
+        # rows as ZeRO-3 over one GPU 4.4 %
+        ("kempnerforge", "peak_memory_bytes"): (33, 5.0),
         # 12.2 % (hybrid sharding, zero_replicas); 9.6 % with the early-stopped recompute
         ("fms_fsdp", "tokens_per_s"): (4, 10.5),
     }

@@ -1303,11 +1303,11 @@ def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:
 def accumulation_defers_reduction(sc: Scenario, step: ResolvedStep) -> bool:
     """Whether a ZeRO-3 run without a pipeline reduces its gradients only in the last
     micro-batch's backward (``runtime.grad_sync_last_microbatch``: FSDP2's gradient sync off
-    for the others), holding them whole until then: more than one micro-batch, more than one
-    GPU a shard group."""
-    p = sc.parallelism
+    for the others), holding them whole until then in the reduction's dtype: more than one
+    micro-batch (a shard group of one GPU too: FSDP2 still keeps the upcast accumulated
+    gradient, ``_fsdp_param.py to_accumulated_grad_if_needed``)."""
     return (sc.runtime.grad_sync_last_microbatch and step.pp == 1 and step.microbatches > 1
-            and p.zero_stage == 3 and p.zero_shards > 1)  # fmt: skip
+            and sc.parallelism.zero_stage == 3)  # fmt: skip
 
 
 def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
