@@ -459,8 +459,10 @@ def test_gradient_sync_in_the_last_micro_batch_needs_zero3() -> None:
 def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() -> None:
     """KempnerForge's 70B row on 160 H200s (TP 4 x FSDP 40, 4 micro-batches, the gradient
     sync in the last one): the planner's closed form puts the whole reduce-scatter in the last
-    backward as the simulation does, within 5 % of its step (8.78 vs 9.20 s), and both are
-    faster than with the sync every micro-batch (8.86 vs 9.48 s)."""
+    backward as the simulation does, within 10 % of its step (12.79 vs 14.02 s on its 4-GPU
+    nodes: the closed form overlaps each phase's gathers with the phase as a whole, the
+    simulation one layer ahead), and both are faster than with the sync every micro-batch
+    (18.23 vs 18.53 s)."""
     from dataclasses import replace
 
     from simtrain.apps.plan.estimate import closed_form_step_s
@@ -475,7 +477,7 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() ->
         one = replace(sc, runtime_profile=replace(sc.runtime, grad_sync_last_microbatch=on))
         steps[on] = (closed_form_step_s(one, estimate_memory(one).stages),
                      simulate_scenario(one, detail=False).metrics.step_time_s)  # fmt: skip
-    assert steps[True][0] == pytest.approx(steps[True][1], rel=0.05)
+    assert steps[True][0] == pytest.approx(steps[True][1], rel=0.10)
     assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
 
 
@@ -492,3 +494,25 @@ def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
     sm_on, sm_off = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
     assert dict(sm_on.memory_bytes)["gradients"] == 4 * sm_on.trainable
     assert dict(sm_off.memory_bytes)["gradients"] == 2 * sm_off.trainable
+
+
+def test_a_record_on_smaller_nodes_runs_on_them() -> None:
+    """KempnerForge's nodes hold 4 H200s (hardware.gpus_per_node 4), the profile's 8: its
+    32-GPU rows run on 8 nodes of 4, so each FSDP group of 8 crosses 8 NICs, not 4 nodes'
+    NVLink pairs; a record saying nothing, or more GPUs a node than the profile holds (the
+    DGX-2 rows' 16 V100s), keeps the profile's."""
+    from simtrain.apps.validate.records import load_records
+    from simtrain.apps.validate.translate import translate
+
+    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    tr = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"])
+    c = tr.scenario.cluster
+    assert (c.nodes, c.gpus_per_node) == (8, 4)
+    assert any("hardware.gpus_per_node" in a for a in tr.assumptions)
+    one_node = translate(rows["kempner_mfu_7b_4gpu_tp4"]).scenario.cluster
+    assert (one_node.nodes, one_node.gpus_per_node) == (1, 4)
+    published = load_records(str(ROOT / "measured" / "published_runs.yaml"))
+    dgx2 = [translate(r) for r in published if r.hardware.get("gpus_per_node") == 16]
+    kept = [t.scenario for t in dgx2 if hasattr(t, "scenario")]
+    assert len(kept) == 4 and all(sc.cluster.gpus_per_node == min(8, sc.cluster.gpus)
+                                  for sc in kept)  # fmt: skip

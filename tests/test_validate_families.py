@@ -812,8 +812,9 @@ def test_new_family_regression_bounds(default_result) -> None:
         ("llama3", "tflops_per_gpu"): (2, 10.0),
         # held out (issue 13): 36.8 % when added; its pipeline rows without sequence
         # parallelism 33.2; its per-linear TP redistribution (tp_input_redistribution) 28.7;
-        # its early-stopped recompute (recompute_early_stop) 33.2: its TP rows too fast already
-        ("kempnerforge", "tokens_per_s"): (33, 34.0),
+        # its early-stopped recompute (recompute_early_stop) 33.2: its TP rows too fast already;
+        # its 4-GPU nodes (the record's gpus_per_node) 18.7
+        ("kempnerforge", "tokens_per_s"): (33, 20.0),
         # 51.1 % when added; 11.2 %; its embedding whole on every TP rank 5.2 %; its TP-only
         # rows as ZeRO-3 over one GPU 4.4 %
         ("kempnerforge", "peak_memory_bytes"): (33, 5.0),

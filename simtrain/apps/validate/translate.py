@@ -595,7 +595,26 @@ def _scenario_data(
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
     _deepspeed_buckets(data, notes)
+    cluster = _record_cluster(rec, profile, tp * pp * dp * cp, notes)
+    if cluster:
+        data["cluster"] = cluster
     return data, capacity_known, None
+
+
+def _record_cluster(rec: Record, profile: str, gpus: int,
+                    notes: list[str]) -> dict[str, int] | None:  # fmt: skip
+    """The record's nodes where its ``hardware.gpus_per_node`` is fewer than the profile's
+    (KempnerForge's 4-GPU H200 nodes on the 8-GPU profile): which groups cross nodes, and so
+    which collectives go through the NICs, follows it (the NIC bandwidth is the profile's per
+    GPU); None where the record says nothing or as many (more than the profile holds: the
+    profile's), or the job is not whole nodes of them."""
+    per_node = record_int(rec.hardware.get("gpus_per_node"))
+    if (not per_node or per_node >= load_hardware(profile).gpus_per_node or gpus <= per_node
+            or gpus % per_node):  # fmt: skip
+        return None
+    notes.append(f"cluster: {per_node} GPUs a node (the record's hardware.gpus_per_node; the "
+                 f"profile's NIC bandwidth per GPU)")  # fmt: skip
+    return {"nodes": gpus // per_node, "gpus_per_node": per_node}
 
 
 def _deepspeed_buckets(data: dict[str, Any], notes: list[str]) -> None:
