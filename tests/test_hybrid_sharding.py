@@ -457,12 +457,13 @@ def test_gradient_sync_in_the_last_micro_batch_needs_zero3() -> None:
 
 
 def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() -> None:
-    """KempnerForge's 70B row on 160 H200s (TP 4 x FSDP 40, 4 micro-batches, the gradient
-    sync in the last one): the planner's closed form puts the whole reduce-scatter in the last
-    backward as the simulation does, within 10 % of its step (12.79 vs 14.02 s on its 4-GPU
-    nodes: the closed form overlaps each phase's gathers with the phase as a whole, the
-    simulation one layer ahead), and both are faster than with the sync every micro-batch
-    (18.23 vs 18.53 s)."""
+    """KempnerForge's rows on 160 H200s (TP 4 x FSDP 40 on its 4-GPU nodes, 4 micro-batches,
+    the gradient sync in the last one): the planner's closed form puts the whole
+    reduce-scatter in the last backward as the simulation does. It overlaps each phase's
+    gathers with the phase as a whole, the simulation one layer ahead, so it is under the
+    simulation where the gathers outlast the compute: 70B 12.79 vs 14.02 s (within 10 %),
+    13B 4.18 vs 4.34 s (within 5 %); and both are faster than with the sync every
+    micro-batch (70B 18.23 vs 18.53 s)."""
     from dataclasses import replace
 
     from simtrain.apps.plan.estimate import closed_form_step_s
@@ -471,14 +472,16 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() ->
     from simtrain.apps.validate.translate import translate
 
     rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
-    sc = translate(rows["kempner_weak_70b_160gpu_tp4_fsdp40"]).scenario
-    steps = {}
-    for on in (True, False):
-        one = replace(sc, runtime_profile=replace(sc.runtime, grad_sync_last_microbatch=on))
-        steps[on] = (closed_form_step_s(one, estimate_memory(one).stages),
-                     simulate_scenario(one, detail=False).metrics.step_time_s)  # fmt: skip
-    assert steps[True][0] == pytest.approx(steps[True][1], rel=0.10)
-    assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
+    for rid, bound in (("kempner_weak_70b_160gpu_tp4_fsdp40", 0.10),
+                       ("kempner_weak_13b_160gpu_tp4_fsdp40", 0.05)):  # fmt: skip
+        sc = translate(rows[rid]).scenario
+        steps = {}
+        for on in (True, False):
+            one = replace(sc, runtime_profile=replace(sc.runtime, grad_sync_last_microbatch=on))
+            steps[on] = (closed_form_step_s(one, estimate_memory(one).stages),
+                         simulate_scenario(one, detail=False).metrics.step_time_s)  # fmt: skip
+        assert steps[True][0] == pytest.approx(steps[True][1], rel=bound)
+        assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
 
 
 def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
@@ -494,6 +497,13 @@ def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
     sm_on, sm_off = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
     assert dict(sm_on.memory_bytes)["gradients"] == 4 * sm_on.trainable
     assert dict(sm_off.memory_bytes)["gradients"] == 2 * sm_off.trainable
+    # ... and gathers each layer into buffers of its own (torch 2.13 _fsdp_param_group.py:
+    # init_all_gather_outputs at world size 1): the gathered layers ZeRO-0 does not hold
+    plain = load_scenario(ZERO3, [*sets, "parallelism.zero_stage=0", "runtime=torchtitan"])
+    sm_plain = estimate_memory(plain).stages[0]
+    gathered = dict(sm_off.memory_bytes)["buffers"] - dict(sm_plain.memory_bytes)["buffers"]
+    layers = resolve(off).rank_layers(0)
+    assert gathered >= 2 * 2 * (sm_off.params // layers)  # two 16-bit layers at least
 
 
 def test_a_record_on_smaller_nodes_runs_on_them() -> None:

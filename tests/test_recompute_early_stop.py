@@ -15,7 +15,7 @@ import pytest
 
 from simtrain.costs import comm
 from simtrain.costs.comm import tp_block_collectives
-from simtrain.costs.compute import chunk_costs, recompute_stops_early
+from simtrain.costs.compute import chunk_costs, recompute_skips_last_gemm, recompute_stops_early
 from simtrain.spec.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,20 +117,60 @@ def test_pytorch_replays_the_gemm_when_a_dropout_follows_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "stops"),
+    ("change", "stops", "skips_gemm"),
     [
-        ({}, True),
-        ({"runtime": False}, False),  # Megatron, DeepSpeed: their own checkpointing replays all
-        ({"recompute": "selective_op"}, False),
-        ({"model": {"post_norms": True}}, False),  # the post-norm saves after the linear
-        ({"model": {"parallel_residual": True}}, False),
-        ({"precision": "fp8_tensorwise"}, False),  # a quantizing autograd Function saves late
+        ({}, True, True),
+        ({"runtime": False}, False, False),  # Megatron, DeepSpeed: their checkpointing replays
+        ({"recompute": "selective_op"}, False, False),
+        ({"model": {"post_norms": True}}, False, False),  # the post-norm saves after the linear
+        ({"model": {"parallel_residual": True}}, False, False),
+        # a quantizing autograd Function packs its saved tensors after its forward: the GEMM
+        # replayed, the reduction after it not
+        ({"precision": "fp8_tensorwise"}, True, False),
     ],
 )  # fmt: skip
-def test_where_the_recompute_stops_early(change, stops) -> None:
+def test_where_the_recompute_stops_early(change, stops, skips_gemm) -> None:
     sc = scenario(change.get("runtime", True), change.get("recompute", "full"),
                   model=change.get("model"), precision=change.get("precision", "bf16"))  # fmt: skip
     assert recompute_stops_early(sc) is stops
+    assert recompute_skips_last_gemm(sc) is skips_gemm
+
+
+def test_pytorch_replays_a_functions_gemm_but_not_the_reduction_after_it() -> None:
+    """An autograd Function as the last linear (torchao float8's matmul): PyTorch's early stop
+    replays its GEMM, which packs its saved tensors after running, and stops there, before
+    the reduction the output hook would run; without early stop it replays both."""
+    pytest.importorskip("torch")
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    calls = {"gemm": 0, "after": 0}
+
+    class Linear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            calls["gemm"] += 1
+            ctx.save_for_backward(x, w)
+            return x @ w.t()
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g @ w, g.t() @ x
+
+    w1, w2 = (torch.randn(8, 8, requires_grad=True) for _ in range(2))
+
+    def block(x):
+        y = Linear.apply(torch.relu(x @ w1.t()), w2)
+        calls["after"] += 1  # where RowwiseParallel's output reduction runs
+        return y * 1.0
+
+    for early_stop, replayed in ((True, (1, 0)), (False, (1, 1))):
+        out = checkpoint(block, torch.randn(4, 8, requires_grad=True), use_reentrant=False,
+                         early_stop=early_stop)  # fmt: skip
+        calls.update(gemm=0, after=0)
+        out.sum().backward()
+        assert (calls["gemm"], calls["after"]) == replayed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +264,7 @@ def test_validate_reads_it_from_the_frameworks() -> None:
     assert recompute_stops_early(titan.scenario)
     assert any("25413d22" in n for n in titan.assumptions)
     fp8 = translate(rows("torchtitan_2412.yaml")["torchtitan_2412_t4_70b_256gpu_2D"]).scenario
-    assert fp8.runtime.recompute_early_stop and not recompute_stops_early(fp8)
+    assert recompute_stops_early(fp8) and not recompute_skips_last_gemm(fp8)
     kf = translate(rows("kempnerforge.yaml")["kempner_mfu_7b_4gpu_fsdp4"]).scenario
     fms = translate(rows("fms_fsdp.yaml")["fms_fsdp_llama2_34b_128gpu_fsdp_ac_bs8"]).scenario
     assert recompute_stops_early(kf) and recompute_stops_early(fms)

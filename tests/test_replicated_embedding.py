@@ -53,7 +53,7 @@ def test_its_forward_issues_no_collective(monkeypatch, sp) -> None:
     monkeypatch.setattr(comm, "collective_ns", lambda *a, **k: unit)
     for replicated in (True, False):
         sc = scenario(replicated, sp=sp)
-        want = (0 if replicated else 1, 1 if sp else 0)
+        want = (0 if replicated else 1, (2 if replicated else 1) if sp else 0)
         assert tp_edge_collectives(sc, embedding=True, head=False) == want
         ns = comm.tp_edges_ns(sc, resolve(sc), embedding=True, head=False)
         assert tuple(x // unit for x in ns) == want
@@ -61,9 +61,10 @@ def test_its_forward_issues_no_collective(monkeypatch, sp) -> None:
 
 @pytest.mark.parametrize("replicated", [True, False])
 def test_pytorch_issues_and_holds_what_the_model_says(replicated) -> None:
-    """DTensor on a fake 4-rank group: the vocab-parallel embedding reduce-scatters forward and
-    all-gathers back; the replicated one only all-gathers back; its weight is 4x the
-    shard."""
+    """DTensor on a fake 4-rank group, the embedding's output into the first block's norm and
+    residual: the vocab-parallel embedding reduce-scatters forward and all-gathers back; the
+    replicated one all-gathers back twice (the norm's and the residual's Replicate -> Shard(1));
+    its weight is 4x the shard."""
     pytest.importorskip("torch")
     from simtrain.torchref.tp_plans import measure_embedding
 
@@ -71,5 +72,34 @@ def test_pytorch_issues_and_holds_what_the_model_says(replicated) -> None:
     sc = scenario(replicated)
     assert (sum(got.forward.values()), sum(got.backward.values())) == tp_edge_collectives(
         sc, embedding=True, head=False)  # fmt: skip
-    assert got.backward == {"all_gather": 1}
+    assert got.backward == {"all_gather": 2 if replicated else 1}
     assert got.saved_bytes == 4 * 256 * 64 // (1 if replicated else 4)
+
+
+def test_refused_with_tied_embeddings_or_without_tp(tmp_path) -> None:
+    """A tied output layer shares the embedding's weight and is vocab-parallel; at tp 1 there
+    is nothing to replicate: each is one error naming the key."""
+    from simtrain.errors import ConfigError
+
+    data = {
+        "name": "embedding", "model": {**TINY, "tied_embeddings": True},
+        "hardware": "h100_sxm5_80gb",
+        "training": {"seq_len": 16, "global_batch": 4, "micro_batch": 2, "precision": "bf16"},
+        "parallelism": {"dp": 1, "tp": 4, "pp": 1, "sequence_parallel": True},
+        "runtime": {"name": "torchtitan", "tp_replicated_embedding": True},
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(data, "tied.yaml")
+    assert "runtime.tp_replicated_embedding" in str(e.value)
+    assert "model.tied_embeddings" in str(e.value)
+    import json
+
+    from simtrain.spec.scenario import load_scenario
+
+    data["model"]["tied_embeddings"] = False
+    data["parallelism"] = {"dp": 1, "tp": 1, "pp": 1}
+    f = tmp_path / "tp1.yaml"
+    f.write_text(json.dumps(data))  # (JSON is YAML)
+    with pytest.raises(ConfigError) as e:
+        load_scenario(str(f))
+    assert "runtime.tp_replicated_embedding" in str(e.value) and "tp = 1" in str(e.value)

@@ -9,6 +9,7 @@ counts and the bytes autograd saves), and the pricers against the counts."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,19 +106,24 @@ def test_the_pricers_price_the_counts(monkeypatch, redistribution, sp, recompute
 
 
 def test_overlapped_reductions_hide_behind_their_own_linear() -> None:
-    """With ``tp_backward_overlap`` each of the five reductions runs beside its own linear's
-    weight-gradient GEMM (its share of the group's): exposed + hidden is still the sum of what
-    is issued, and the row linears' output-gradient gathers stay exposed."""
+    """With ``tp_backward_overlap`` each column linear's input-gradient reduce-scatter runs
+    beside its own weight-gradient GEMM, its 1/n share of its group's (n = 3 for q, k, v; 2
+    for gate and up): exposed = the row linears' gathers + sum over the groups of
+    n·max(0, RS − W_group/n), written out here from the group GEMM times."""
+    from simtrain.costs.compute import tp_linear_group_ns
     from simtrain.layout.step import resolve
 
-    for redistribution in ("per_block", "per_linear_compiled"):
-        sc = scenario(redistribution, tp_backward_overlap=True)
-        step = resolve(sc)
-        exposed, hidden = comm.tp_backward_block(sc, step)
-        rs = comm.tp_halves_ns(sc, step)[1]
-        grads = comm.tp_grad_gather_ns(sc, step) + comm.tp_grad_gather_ns(sc, step, mlp=True)
-        assert exposed + hidden == grads + sum(comm.column_linears(sc)) * rs
-        assert exposed >= grads
+    sc = scenario("per_linear_compiled", tp_backward_overlap=True)
+    step = resolve(sc)
+    rs = comm.tp_halves_ns(sc, step)[1]
+    grads = comm.tp_grad_gather_ns(sc, step) + comm.tp_grad_gather_ns(sc, step, mlp=True)
+    group = tp_linear_group_ns(sc)
+    want = grads + sum(
+        n * math.ceil(max(0.0, rs - group[k] / n)) for n, k in ((3, "attn_in"), (2, "mlp_in"))
+    )
+    exposed, hidden = comm.tp_backward_block(sc, step)
+    assert exposed == want
+    assert exposed + hidden == grads + 5 * rs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +186,15 @@ def test_a_bad_value_names_the_key_and_the_allowed_values() -> None:
         scenario("per_layer")
     text = str(e.value)
     assert "runtime.tp_input_redistribution" in text and "per_linear_compiled" in text
+
+
+@pytest.mark.parametrize("fused", ["fused_qkv", "fused_gate_up"])
+def test_per_linear_refuses_fused_linears(fused) -> None:
+    """One fused Q/K/V (or gate/up) linear redistributes its input once: per linear needs the
+    projections apart (megatron_core's profile fuses both)."""
+    with pytest.raises(ConfigError) as e:
+        scenario("per_linear", **{fused: True})
+    assert "runtime.tp_input_redistribution" in str(e.value) and fused in str(e.value)
 
 
 def test_per_linear_refuses_the_gemm_overlap() -> None:

@@ -357,6 +357,17 @@ VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2,
                                   "vocab_parallel": 3, "te": 0}  # fmt: skip
 
 
+def embedding_backward_gathers(sc: Scenario) -> int:
+    """All-gathers of the embedding output's gradient under sequence parallelism: one, the
+    backward of the vocab-parallel embedding's reduce-scatter; two for an embedding kept whole
+    on every rank (runtime ``tp_replicated_embedding``), whose Replicate output the first block
+    takes twice, its norm's input and its residual stream, each a Replicate -> Shard(1)
+    redistribution whose backward all-gathers (KempnerForge model/transformer.py l.58
+    ``x = x + self.attention(self.attention_norm(x))``; counted by PyTorch in
+    tests/test_replicated_embedding.py)."""
+    return 2 if sc.runtime.tp_replicated_embedding else 1
+
+
 def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
                 input_grad_only: bool = False) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) exposed TP communication of a chunk's embedding and output layer,
@@ -392,10 +403,11 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
     ar = 0 if sp else tp_allreduce_ns(sc, step)
     fwd = bwd = 0
     if embedding:
-        # (none for an embedding kept whole on every rank: runtime tp_replicated_embedding)
+        # (none for an embedding kept whole on every rank: runtime tp_replicated_embedding,
+        # whose backward all-gathers two gradients, :func:`embedding_backward_gathers`)
         fwd += 0 if sc.runtime.tp_replicated_embedding else rs if sp else ar
         trains = base_trainable(t.peft.method, t.peft.phase)
-        bwd += ag if sp and trains else 0
+        bwd += embedding_backward_gathers(sc) * ag if sp and trains else 0
     if head:
         # the output layer's backward: its input gradient's reduction where the gradient goes
         # on into the blocks, its input's re-gather where its weight trains; with the
@@ -484,7 +496,8 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
     fwd = bwd = 0
     if embedding:
         fwd += 0 if sc.runtime.tp_replicated_embedding else 1
-        bwd += 1 if sp and base_trainable(t.peft.method, t.peft.phase) else 0
+        trains = base_trainable(t.peft.method, t.peft.phase)
+        bwd += embedding_backward_gathers(sc) if sp and trains else 0
     if head:
         _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
         fwd += (1 if sp else 0) + (1 if t.cross_entropy in ("gathered", "te") else 0)

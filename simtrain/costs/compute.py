@@ -779,25 +779,35 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
 
 
 def recompute_stops_early(sc: Scenario) -> bool:
-    """Does a full recompute skip the MLP's last linear (runtime ``recompute_early_stop``)?
-    Where that linear's input is the block's last saved tensor: a dense block (no experts)
-    with pre-norms, no post-norms, no parallel residual and no dropout after it (each saves
-    after the linear has run), whole weights (PEFT's adapters save after it), and a 16-bit
-    GEMM (a quantizing linear is an autograd Function, which saves after its forward).
-    Measured: PyTorch's checkpoint of a Llama block runs 14 matmuls in its backward with early
-    stop, 15 without; with dropout after the MLP 15 either way (tests/test_recompute_early_stop.py)."""
+    """Does a full recompute stop before the block's last TP reduction (runtime
+    ``recompute_early_stop``)? Where nothing after the MLP's last linear saves a tensor: a
+    dense block (no experts) with pre-norms, no post-norms, no parallel residual and no
+    dropout after it (each saves after the linear has run). Its GEMM is skipped too where
+    :func:`recompute_skips_last_gemm`. Measured: PyTorch's checkpoint of a Llama block runs
+    14 matmuls in its backward with early stop, 15 without; with dropout after the MLP 15
+    either way (tests/test_recompute_early_stop.py)."""
     m, t = sc.model, sc.training
     return (t.recompute == "full" and sc.runtime.recompute_early_stop and not m.is_moe
             and m.pre_norms and not m.post_norms and not m.parallel_residual
-            and m.dropout == 0 and t.peft.method == "none"
+            and m.dropout == 0)  # fmt: skip
+
+
+def recompute_skips_last_gemm(sc: Scenario) -> bool:
+    """Does an early-stopped recompute (:func:`recompute_stops_early`) skip the MLP's last GEMM
+    too? Where that linear saves its input before running (autograd's own matmul): whole
+    weights (PEFT's adapters save after the base GEMM) and a 16-bit GEMM (a quantizing linear
+    is an autograd Function, whose saved tensors are packed after its forward has run: the
+    GEMM replayed, the reduction after it not)."""
+    t = sc.training
+    return (recompute_stops_early(sc) and t.peft.method == "none"
             and not t.precision_spec.gemm_dtype)  # fmt: skip
 
 
 def skipped_recompute_gemm(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
     """(FLOPs, :func:`gemm_edge`) of the GEMM one block's early-stopped recompute does not run
-    (:func:`recompute_stops_early`): the MLP's last linear on one TP rank, 2·T·f·h/tp over
+    (:func:`recompute_skips_last_gemm`): the MLP's last linear on one TP rank, 2·T·f·h/tp over
     T = b·s tokens (``t``: one GPU's, s/cp); (0, 0) where the recompute replays it."""
-    if not recompute_stops_early(sc):
+    if not recompute_skips_last_gemm(sc):
         return 0.0, 0.0
     fused = (sc.runtime.fused_qkv, sc.runtime.fused_gate_up)
     n, k = dense_linear_gemms(sc.model, sc.parallelism.tp, fused=fused)["down"]
@@ -867,7 +877,7 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
     rec_f = 0.0
     rec_ns = 0.0
     if grad and t.recompute == "full":
-        # less the MLP's last linear where the recompute stops early (recompute_stops_early)
+        # less the MLP's last linear where the recompute skips it (recompute_skips_last_gemm)
         skip_f, skip_edge = (layers * x for x in skipped_recompute_gemm(sc, t))
         rec_f = bf.forward - skip_f
         rec_ns = (matmul_ns(rec_f - fa_f, hw, dtype, g, bf.projections_edge - skip_edge)

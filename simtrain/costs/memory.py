@@ -469,7 +469,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         moe = n_layers - dense_layers  # the MoE blocks: routed and shared experts' GEMMs
         cache = weight_cache_bytes(m, prec, arch, p.tp) if dense_layers else 0
         cache_moe = weight_cache_bytes(m, prec, arch, p.tp, True, p.ep, p.etp) if moe else 0
-        if z >= 3 and dp > 1:
+        if z >= 3:
             buffers += max(cache, cache_moe)
         elif not t.fp8_params:
             buffers += cache * dense_layers + cache_moe * moe
@@ -477,10 +477,12 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
         buffers += scaling_state_bytes(m, prec, True, p.ep) * moe
     if t.peft.method == "qlora":  # one dequantised 16-bit weight at a time
         buffers += 2 * max((x.numel for x in tensors if x.nf4), default=0)
-    if z >= 3 and (dp > 1 or t.offload.parameters):
+    if z >= 3:
         # gathered (or, offloaded, fetched) 16-bit parameters of the current and prefetched
         # layer; under PyTorch pipelining all of them, which a backward leaves gathered
-        # (pipeline_defers_reduction: stage.py set_reshard_after_backward(False))
+        # (pipeline_defers_reduction: stage.py set_reshard_after_backward(False)). A shard
+        # group of one GPU too: FSDP2 all-gathers into buffers of its own at world size 1
+        # (torch 2.13 _fsdp_param_group.py: init_all_gather_outputs, then copy_)
         live = 2 * (ms.params // max(n_layers, 1))
         if p.zero3_max_live_params:  # DeepSpeed releases parameters beyond its live cap
             live = min(live, p.zero3_max_live_params)

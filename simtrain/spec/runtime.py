@@ -530,6 +530,13 @@ def _checked(rt: RuntimeProfile, file: str, prefix: str) -> RuntimeProfile:
         raise ConfigError(file, f"{prefix}tp_regather_backward", "cannot be true with "
                           f"{prefix}tp_saves_gathered_input: true (the gathered input is saved, "
                           "nothing is gathered again)", True)  # fmt: skip
+    if rt.tp_input_redistribution != "per_block" and (rt.fused_qkv or rt.fused_gate_up):
+        fused = "fused_qkv" if rt.fused_qkv else "fused_gate_up"
+        raise ConfigError(file, f"{prefix}tp_input_redistribution", f"cannot be "
+                          f"{rt.tp_input_redistribution!r} with {prefix}{fused}: true (one fused "
+                          "linear redistributes its input once; per linear is q, k, v, gate "
+                          "and up apart)", rt.tp_input_redistribution,
+                          f"per_block, or {prefix}fused_qkv and fused_gate_up false")  # fmt: skip
     if rt.tp_input_redistribution != "per_block" and rt.tp_comm_overlap:
         raise ConfigError(file, f"{prefix}tp_input_redistribution", "cannot be "
                           f"{rt.tp_input_redistribution!r} with {prefix}tp_comm_overlap: true "

@@ -955,6 +955,7 @@ def check_layout(s: Scenario, file: str) -> None:
         )
     check_moe_layout(s, file)
     check_deepep(s, file)
+    check_replicated_embedding(s, file)
     check_data_parallel(s, file)
     check_zero_replicas(s, file)
     if p.zero_stage and p.dp_mode == "naive":
@@ -1158,6 +1159,18 @@ def check_context_parallel(s: Scenario, file: str) -> None:
         )  # fmt: skip
 
 
+def check_replicated_embedding(s: Scenario, file: str) -> None:
+    """An embedding kept whole on every TP rank (runtime ``tp_replicated_embedding``) cannot be
+    tied to a vocab-parallel output layer: the one weight would be whole at one end and split
+    at the other (KempnerForge leaves the head unparallelized when tied, tensor_parallel.py
+    l.116-120 at 01b461a7: not modelled)."""
+    if s.runtime.tp_replicated_embedding and s.model.tied_embeddings and s.parallelism.tp > 1:
+        raise ConfigError(file, "runtime.tp_replicated_embedding", "cannot be true with "
+                          "model.tied_embeddings: true at parallelism.tp > 1 (the output layer "
+                          "shares the embedding's weight and is vocab-parallel)", True,
+                          "false, or model.tied_embeddings: false")  # fmt: skip
+
+
 def check_deepep(s: Scenario, file: str) -> None:
     """DeepEP (runtime ``moe_dispatcher: deepep``) with expert parallelism: the EP group (ep
     GPUs tp apart, ``ParallelSpec.expert_dp``) fills whole nodes, or fits in one (DeepEP's internode
@@ -1185,7 +1198,8 @@ def check_deepep(s: Scenario, file: str) -> None:
 #: A value of a runtime option that only applies where the layout has its communication.
 _ON = {"tp_comm_overlap": True, "tp_backward_overlap": True, "tp_regather_backward": True,
        "overlap_param_gather": True, "moe_dispatcher": "deepep",
-       "moe_fp8_dispatch": True, "grad_sync_last_microbatch": True}  # fmt: skip
+       "moe_fp8_dispatch": True, "grad_sync_last_microbatch": True,
+       "tp_replicated_embedding": True}  # fmt: skip
 
 
 def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
@@ -1199,6 +1213,8 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
     if tp == 1:
         for key in ("tp_comm_overlap", "tp_backward_overlap", "tp_regather_backward"):
             out[key] = "times tensor-parallel collectives, but parallelism.tp = 1 has none"
+        out["tp_replicated_embedding"] = ("keeps the embedding whole on every tensor-parallel "
+                                          "rank, but parallelism.tp = 1 has one")  # fmt: skip
     if zero_stage not in (1, 2):
         out["overlap_param_gather"] = ("overlaps the all-gather of ZeRO-1/2's updated "
                                        f"parameters, but parallelism.zero_stage = {zero_stage} "

@@ -156,15 +156,20 @@ def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int 
 
 
 class _EmbeddingStem(nn.Module):
-    """The token embedding and the first block's norm (where a sequence-parallel block takes
-    its input)."""
+    """The token embedding and what the first block does with its output: its norm (where a
+    sequence-parallel block takes its input) and its residual add (a branch's output, here the
+    norm's, added to it)."""
 
     def __init__(self, vocab: int, hidden: int) -> None:
         super().__init__()
         self.token_embedding, self.norm = nn.Embedding(vocab, hidden), nn.RMSNorm(hidden)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.token_embedding(tokens))
+        x = self.token_embedding(tokens)
+        h = self.norm(x)
+        if isinstance(h, DTensor) and not isinstance(x, DTensor):
+            h = h.to_local()  # torchtitan: the sharded residual stream is a local tensor
+        return x + h  # KempnerForge: the Replicate output plus a Shard(1) branch
 
 
 def measure_embedding(replicated: bool, tp: int, micro_batch: int = 2, seq_len: int = 16,

@@ -431,7 +431,7 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
         runtime["recompute_early_stop"] = True
         r.origin("runtime.recompute_early_stop", "activation_checkpoint.early_stop" if early_stop
                  else "compile.enable")  # fmt: skip
-    elif "early_stop" in ac:
+    elif "early_stop" in ac and training["recompute"] != "full":  # (full: it decided false)
         r.ignore(f"activation_checkpoint.early_stop (recompute {training['recompute']})")
     if compiled_loss:
         training["cross_entropy"] = "fused"
