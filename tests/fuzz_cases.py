@@ -837,7 +837,7 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
         ("zero_grad_buffer", (True, False)), ("check_nan_in_grad", (True, False)),
         ("scale_grads_before_reduce", (True, False)), ("clip_grad_norm", (True, False)),
         ("master_copies", (True, False)), ("scale_grads_at_dp1", (True, False)),
-        ("eager_elementwise", (True, False)),
+        ("eager_elementwise", (True, False)), ("recompute_early_stop", (True, False)),
         ("moe_implementation", ("reference", "megatron_core")),
         ("cuda_graph_scope", ([], ["attn"], ["mlp", "moe"], ["attn", "moe_router", "moe_preprocess"],
                               ["moe_router"])),
@@ -846,6 +846,9 @@ def runtime_section(draw: Drawer, lay: Layout, zero: int) -> Any:
             out[key] = choose(draw, *values)
     if lay.tp > 1 and coin(draw, 0.3):
         out["tp_comm_overlap"] = True
+    elif coin(draw, 0.2):  # per-linear TP redistribution: the projections apart, no TP overlap
+        out["tp_input_redistribution"] = choose(draw, "per_linear", "per_linear_compiled")
+        out["fused_qkv"] = out["fused_gate_up"] = False
     if zero in (1, 2) and coin(draw, 0.3):
         out["overlap_param_gather"] = True
     return out

@@ -188,7 +188,9 @@ def test_parameter_offload_fetches_every_layer_before_its_gather() -> None:
 
 def test_parameter_offload_moves_the_partition_to_pinned_host_memory() -> None:
     """Parameters leave the GPU for the host (pinned); the GPU keeps two layers' 16-bit
-    parameters (the current and the prefetched one) as a buffer."""
+    parameters (the current and the prefetched one) as a buffer, as ZeRO-3 without offload
+    gathers them on one GPU too (into buffers of their own: DeepSpeed's ``ds_tensor``
+    partition and the gathered ``param.data``; FSDP2's all-gather outputs)."""
 
     def stage(parameters: bool):  # noqa: ANN202
         return estimate_memory(scenario(zero=3, parameters=parameters)).stages[0]
@@ -199,7 +201,7 @@ def test_parameter_offload_moves_the_partition_to_pinned_host_memory() -> None:
     assert c_off["parameters"] == 2 * off.params and c_on["parameters"] == 0
     assert on.host_memory_bytes - off.host_memory_bytes == c_off["parameters"]
     assert on.pinned_host_memory_bytes - off.pinned_host_memory_bytes == c_off["parameters"]
-    assert c_on["buffers"] - c_off["buffers"] == 2 * 2 * (off.params // layers)
+    assert c_on["buffers"] == c_off["buffers"] >= 2 * 2 * (off.params // layers)
     for k in ("gradients", "activations", "master_weights", "optimizer_states"):
         assert c_on[k] == c_off[k]
 
