@@ -11,6 +11,8 @@
   one training step under them;
 * :mod:`~simtrain.torchref.instrument`: storage tracker and saved-tensor recorder;
 * :mod:`~simtrain.torchref.opcount`: dispatched ATen ops per step;
+* :mod:`~simtrain.torchref.tp_plans`: DTensor tensor-parallel plans (per block, per linear, the
+  embedding vocab-parallel or whole) on a fake process group: the collectives and saved bytes;
 * :mod:`~simtrain.torchref.calibrate`: ``simtrain calibrate``, with the timed measurements in
   :mod:`~simtrain.torchref.microbench` and the profile text in
   :mod:`~simtrain.torchref.profile_writer`.
