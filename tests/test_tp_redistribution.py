@@ -148,6 +148,24 @@ def test_pytorch_issues_what_the_count_says(plan, sp) -> None:
         assert got.backward["reduce_scatter"] == sum(comm.column_linears(scenario(plan, sp)))
 
 
+@pytest.mark.parametrize(("plan", "modelled"), [("per_linear", "per_linear_compiled"),
+                                               ("per_block", "per_block")])  # fmt: skip
+def test_torch_compile_merges_the_forward_gathers_not_the_backward_reductions(
+    plan, modelled
+) -> None:
+    """torch.compile's AOT autograd (the min-cut partitioner, which runs fx_graph_cse on the
+    joint graph) on the two plans: KempnerForge's per-linear forward all-gathers merge into
+    one per input (2 + 2 forward), its five input-gradient reduce-scatters stay (2 + 5
+    backward): per_linear_compiled's count."""
+    pytest.importorskip("torch")
+    from simtrain.torchref.tp_plans import measure_block_compiled
+
+    got = measure_block_compiled(plan, tp=4)
+    assert (sum(got.forward.values()), sum(got.backward.values())) == tp_block_collectives(
+        scenario(modelled))  # fmt: skip
+    assert got.backward["reduce_scatter"] == sum(comm.column_linears(scenario(modelled)))
+
+
 def test_pytorch_saves_a_gathered_copy_per_linear() -> None:
     """Eager per-linear redistribution: q, k and v each save their own all-gathered input, and
     gate and up theirs: 3 b·s·h bf16 copies more than torchtitan's plan, measured as distinct
