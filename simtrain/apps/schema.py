@@ -289,8 +289,8 @@ def _plan_fixed(training: dict[str, Any], parallel: dict[str, Any]) -> dict[str,
         if k in planfile.FIXED_RANGES:
             item = _plan_number(f"fixed.{k}", integer=True,
                                 maximum=INT_RANGES[planfile.FIXED_RANGES[k]][1])  # fmt: skip
-            if k == "zero_replicas":  # or one copy per node (apps.plan.layouts.NODE_REPLICAS)
-                item = {"anyOf": [item, {"enum": ["node"]}]}
+            if k == "zero_replicas":  # or one copy per node
+                item = {"anyOf": [item, {"enum": [planfile.NODE_REPLICAS]}]}
         elif k in ("recompute", "precision"):
             item = {"enum": list(TRAINING_CHOICES[k])}
         else:  # schedule, sequence_parallel, zero_stage: the scenario key's values

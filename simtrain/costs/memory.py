@@ -37,7 +37,7 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
-from simtrain.costs.comm import ddp_buckets
+from simtrain.costs.comm import column_gathers, ddp_buckets
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
@@ -333,8 +333,7 @@ def save_flags(sc: Scenario) -> SaveFlags:
         cp_a2a=sc.cp_all_to_all,
         etp=sc.parallelism.etp,
         fused_swiglu=sc.runtime.fused_swiglu,
-        gathered_per_linear=(sc.runtime.tp_input_redistribution == "per_linear"
-                             and not sc.model.is_moe and not sc.model.is_mla),  # fmt: skip
+        gathered_per_linear=column_gathers(sc) != (1, 1),  # each linear gathers its own
     )  # fmt: skip
 
 
@@ -695,7 +694,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
     layer = layer_param_tensors(m, t, tp, ep=p.ep, etp=p.etp)
     ends = end_param_tensors(m, t, tp, p.pp, any(c.embedding for c in mine),
                              any(c.head for c in mine),
-                             emb_tp=embedding_tp(tp, sc.runtime.tp_replicated_embedding))  # fmt: skip
+                             emb_tp=embedding_tp(sc))  # fmt: skip
     n_layers = step.rank_layers(stage)
     gb = buffer_grad_bytes(sc, step)
 
@@ -1084,8 +1083,7 @@ def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
         return 0
     return sum(n * paged_state_bytes(ts, t) for c in step.rank_chunks(stage)
                for n, ts in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding,
-                                                c.head, p.etp, emb_tp=embedding_tp(
-                                                    p.tp, sc.runtime.tp_replicated_embedding)))  # fmt: skip
+                                                c.head, p.etp, emb_tp=embedding_tp(sc)))  # fmt: skip
 
 
 def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,

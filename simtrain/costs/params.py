@@ -21,7 +21,7 @@ from simtrain.spec.precision import (
     STATES_PER_PARAM,
     Precision,
 )
-from simtrain.spec.scenario import TrainingSpec, trained_mtp_modules
+from simtrain.spec.scenario import Scenario, TrainingSpec, trained_mtp_modules
 
 
 def nf4_bytes(n: int, block: int = 64) -> int:
@@ -231,10 +231,10 @@ def mtp_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int = 1,
     return out + (embedding_param_tensors(m, t, tp) if embedding else [])
 
 
-def embedding_tp(tp: int, replicated: bool) -> int:
-    """The TP degree that splits the token embedding: ``tp`` (vocab-parallel), or 1 where the
-    runtime keeps it whole on every TP rank (runtime ``tp_replicated_embedding``)."""
-    return 1 if replicated else tp
+def embedding_tp(sc: Scenario) -> int:
+    """The TP degree that splits ``sc``'s token embedding: ``parallelism.tp`` (vocab-parallel),
+    or 1 where the runtime keeps it whole on every TP rank (runtime ``tp_replicated_embedding``)."""
+    return 1 if sc.runtime.tp_replicated_embedding else sc.parallelism.tp
 
 
 def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding: bool,

@@ -306,7 +306,7 @@ def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
     m, t, p = sc.model, sc.training, sc.parallelism
     c = step.chunks[stage]
     groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp,
-                                 emb_tp=embedding_tp(p.tp, sc.runtime.tp_replicated_embedding))  # fmt: skip
+                                 emb_tp=embedding_tp(sc))  # fmt: skip
     return sum(n * sum(x.numel for x in ts if x.trainable) for n, ts in groups)
 
 

@@ -113,11 +113,12 @@ class RuntimeProfile:
     # not the backward's reductions of different gradients (costs.comm.column_linears).
     tp_input_redistribution: str = "per_block"
     # A full recompute stops once it has re-saved the block's last saved tensor (PyTorch's
-    # non-reentrant torch.utils.checkpoint with early stop, its default:
-    # ``_enable_checkpoint_early_stop = True``, torch 2.13 utils/checkpoint.py; a compiled graph
-    # likewise recomputes only what the backward reads): the input of the MLP's last linear is
-    # that tensor (autograd saves a matmul's input before running it), so that GEMM and the
-    # TP reduction after it are not replayed (costs.compute.recompute_stops_early).
+    # non-reentrant torch.utils.checkpoint with early stop: ``_enable_checkpoint_early_stop =
+    # True`` in torch 2.13 utils/checkpoint.py, the default since pytorch/pytorch#96866,
+    # 2023-03; a compiled graph likewise recomputes only what the backward reads): the input of
+    # the MLP's last linear is that tensor, so the TP reduction after it is not replayed, nor
+    # its GEMM where autograd saves the input before running it (costs.compute
+    # .recompute_stops_early, recompute_skips_last_gemm).
     # torchtitan's checkpoint_wrapper before 25413d22 (2025-08-29; early_stop=False since),
     # KempnerForge's and fms-fsdp's NO_REENTRANT wrappers; Megatron's and DeepSpeed's own
     # checkpointing replay the whole forward (false).

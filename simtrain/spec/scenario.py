@@ -744,12 +744,13 @@ def check_recompute_modules(s: Scenario, file: str) -> None:
             file, "training.recompute_modules", "Megatron-Core's --recompute-modules: needs "
             f"runtime megatron_core (its TE layer spec, whose norms are fused into the "
             f"linears but MLA's and the MoE blocks'), not {s.runtime.name}", ", ".join(mods),
+            "runtime megatron_core, or leave training.recompute_modules out",
         )  # fmt: skip
     if mods and t.recompute != "selective":
         raise ConfigError(
             file, "training.recompute_modules", "needs training.recompute: selective (Megatron's "
             f"--recompute-modules with --recompute-granularity selective), not {t.recompute}",
-            ", ".join(mods),
+            ", ".join(mods), "training.recompute: selective",
         )  # fmt: skip
     for mod, ok, what in (("moe_act", m.is_moe, "experts (model.num_experts)"),
                           ("mla_up_proj", m.is_mla, "multi-latent attention (model.kv_lora_rank)")):  # fmt: skip
@@ -989,7 +990,7 @@ def check_layout(s: Scenario, file: str) -> None:
         check_paged_optimizer(s, file)
     check_optimizer_storage(s, file)
     check_recompute_modules(s, file)
-    if not t.loss_upcast and t.precision.startswith("amp_"):
+    if not t.loss_upcast and t.precision_spec.weight_copy:  # autocast (its 16-bit copies)
         raise ConfigError(
             file, "training.loss_upcast", f"false does not apply under training.precision "
             f"{t.precision}: autocast runs cross-entropy on an fp32 copy of the logits", False,
@@ -1091,7 +1092,9 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
     if p.zero_shards < 2:
         raise ConfigError(file, key, f"leaves {p.zero_shards} GPU per ZeRO group (dp x cp = "
                           f"{p.dp_cp}): nothing is sharded; use parallelism.zero_stage 0, or "
-                          f"at most {p.dp_cp // 2} replicas", r)  # fmt: skip
+                          f"at most {p.dp_cp // 2} replicas", r,
+                          " | ".join(str(d) for d in range(1, p.dp_cp // 2 + 1)
+                                     if p.dp_cp % d == 0))  # fmt: skip
     if s.model.is_moe:
         raise ConfigError(file, key, "hybrid sharding of a model with experts is not modelled "
                           "(their states shard over the expert-data-parallel group)", r, "1")  # fmt: skip

@@ -17,13 +17,15 @@ GPU and no second process are needed.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.parallel import (
@@ -110,14 +112,28 @@ class BlockComm:
     saved_bytes: int
 
 
+#: The ``c10d_functional`` ops counted, by the name :class:`BlockComm` files them under.
+_COLLECTIVES = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter",
+                "all_reduce": "all_reduce"}  # fmt: skip
+
+
 def _counts(mode: CommDebugMode) -> dict[str, int]:
-    names = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter",
-             "all_reduce": "all_reduce"}  # fmt: skip
     out: dict[str, int] = {}
     for op, n in mode.get_comm_counts().items():
-        key = names.get(str(op).rsplit(".", 1)[-1], str(op))
+        key = _COLLECTIVES.get(str(op).rsplit(".", 1)[-1], str(op))
         out[key] = out.get(key, 0) + n
     return out
+
+
+@contextmanager
+def _fake_group(tp: int) -> Iterator[DeviceMesh]:
+    """A 1-D mesh of ``tp`` ranks on PyTorch's fake process group (the default group,
+    destroyed on exit)."""
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
+    try:
+        yield init_device_mesh("cpu", (tp,))
+    finally:
+        dist.destroy_process_group()
 
 
 def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int = 2,
@@ -126,9 +142,7 @@ def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int 
     """Run one bf16 forward and backward of a :class:`LlamaBlock` under ``plan`` over a fake
     ``tp``-rank group and count (:class:`BlockComm`). Initialises and destroys the default
     process group."""
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
-    try:
-        mesh = init_device_mesh("cpu", (tp,))
+    with _fake_group(tp) as mesh:
         torch.manual_seed(0)
         block = parallelize_module(LlamaBlock(hidden, heads, ffn).to(torch.bfloat16), mesh,
                                    tp_plan(plan, sequence_parallel))  # fmt: skip
@@ -151,8 +165,6 @@ def measure_block(plan: str, tp: int, sequence_parallel: bool, micro_batch: int 
         # the block's input is the checkpoint any recompute keeps, not counted as saved
         storages.pop(x.untyped_storage().data_ptr(), None)
         return BlockComm(_counts(forward), _counts(backward), sum(storages.values()))
-    finally:
-        dist.destroy_process_group()
 
 
 class _EmbeddingStem(nn.Module):
@@ -180,9 +192,7 @@ def measure_embedding(replicated: bool, tp: int, micro_batch: int = 2, seq_len: 
     KempnerForge's ``replicated`` one (the whole table, its output wrapped as a Replicate
     DTensor: distributed/tensor_parallel.py l.122-132 at 01b461a7). ``saved_bytes``: the
     embedding weight's local bytes."""
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
-    try:
-        mesh = init_device_mesh("cpu", (tp,))
+    with _fake_group(tp) as mesh:
         torch.manual_seed(0)
         stem = _EmbeddingStem(vocab, hidden)
         if replicated:
@@ -207,8 +217,6 @@ def measure_embedding(replicated: bool, tp: int, micro_batch: int = 2, seq_len: 
         w = stem.token_embedding.weight
         local = w.to_local() if isinstance(w, DTensor) else w
         return BlockComm(_counts(forward), _counts(backward), local.numel() * local.element_size())
-    finally:
-        dist.destroy_process_group()
 
 
 def measure_block_compiled(plan: str, tp: int, micro_batch: int = 2, seq_len: int = 16,
@@ -224,8 +232,6 @@ def measure_block_compiled(plan: str, tp: int, micro_batch: int = 2, seq_len: in
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
-    names = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter",
-             "all_reduce": "all_reduce"}  # fmt: skip
     graphs: dict[str, dict[str, int]] = {}
 
     def counting(which: str):  # noqa: ANN202
@@ -233,26 +239,24 @@ def measure_block_compiled(plan: str, tp: int, micro_batch: int = 2, seq_len: in
             found = collections.Counter()
             for node in gm.graph.nodes:
                 op = str(node.target).split(".")
-                if len(op) > 1 and op[0] == "_c10d_functional" and op[1] in names:
-                    found[names[op[1]]] += 1
+                if len(op) > 1 and op[0] == "_c10d_functional" and op[1] in _COLLECTIVES:
+                    found[_COLLECTIVES[op[1]]] += 1
             graphs[which] = dict(found)
             return gm.forward
 
         return compiler
 
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
-    try:
-        mesh = init_device_mesh("cpu", (tp,))
+    with _fake_group(tp) as mesh:
         torch.manual_seed(0)
         block = parallelize_module(LlamaBlock(hidden, heads, ffn), mesh, tp_plan(plan, True))
         backend = aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward"),
                                partition_fn=min_cut_rematerialization_partition)  # fmt: skip
         x = torch.randn(micro_batch, seq_len // tp, hidden, requires_grad=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            y = torch.compile(block, backend=backend)(x)
-            (y.to_local() if isinstance(y, DTensor) else y).sum().backward()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                y = torch.compile(block, backend=backend)(x)
+                (y.to_local() if isinstance(y, DTensor) else y).sum().backward()
+        finally:
+            torch._dynamo.reset()
         return BlockComm(graphs.get("forward", {}), graphs.get("backward", {}), 0)
-    finally:
-        torch._dynamo.reset()
-        dist.destroy_process_group()

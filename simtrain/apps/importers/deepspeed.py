@@ -263,6 +263,7 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     training: dict[str, Any] = {}
     live_auto = False
     hidden: list[int | None] = []  # the model's hidden size, looked up for an "auto"
+    mics = 0  # MiCS's shard group (zero_optimization.mics_shard_size), ZeRO-3 only
     for k, v in zero.items():
         key = f"zero_optimization.{k}"
         if k == "stage":
@@ -325,11 +326,11 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
             # replicated across; gradients reduce-scattered in the group, then all-reduced
             # across the replicas (MiCS_Optimizer.allreduce_mics_shard_grads): simtrain's
             # parallelism.zero_replicas, set once dp is known
-            mics = whole_number(v, file, key, -1, MAX_GPUS)
-            if mics > 0 and stage == 3:
-                par["_mics_shard_size"] = mics
-            elif mics > 0:
-                r.ignore(f"{key} {mics} (a ZeRO-3 setting; stage {stage})")
+            shard = whole_number(v, file, key, -1, MAX_GPUS)
+            if shard > 0 and stage == 3:
+                mics = shard
+            elif shard > 0:
+                r.ignore(f"{key} {shard} (a ZeRO-3 setting; stage {stage})")
         elif k == "mics_hierarchical_params_gather":
             if as_bool(v, file, key):
                 r.unsupported_(key, "the two-level (intra-node, then inter-node) parameter "
@@ -403,7 +404,6 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     r.origin("training.global_batch", "train_batch_size")
     r.origin("training.micro_batch", "train_micro_batch_size_per_gpu")
     par["dp"] = dp
-    mics = par.pop("_mics_shard_size", 0)
     off = training.get("offload") or {}
     if mics >= dp:
         r.assume(f"zero_optimization.mics_shard_size {mics} >= the {dp} data-parallel GPUs: one "
@@ -413,8 +413,9 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                        "modelled: simulated as ZeRO-3 over all the data-parallel GPUs")  # fmt: skip
     elif mics:
         if dp % mics:
+            divisors = " | ".join(str(d) for d in range(1, dp) if dp % d == 0)
             raise ConfigError(file, "zero_optimization.mics_shard_size", f"must divide the "
-                              f"data-parallel GPUs ({dp})", mics)  # fmt: skip
+                              f"data-parallel GPUs ({dp})", mics, divisors)  # fmt: skip
         par["zero_replicas"] = dp // mics
         r.origin("parallelism.zero_replicas", "zero_optimization.mics_shard_size")
         r.assume(f"zero_optimization.mics_shard_size {mics}: MiCS, ZeRO-3 within groups of "

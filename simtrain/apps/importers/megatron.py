@@ -939,7 +939,7 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         r.assume("--data-parallel-sharding-strategy without --use-megatron-fsdp: no effect")
     par["zero_stage"] = zero
     if "--num-distributed-optimizer-instances" in f:
-        n = f.int_("--num-distributed-optimizer-instances")
+        n = f.pos_("--num-distributed-optimizer-instances", hi=MAX_GPUS)
         unmodelled = [x for x in ("--num-experts", "--optimizer-cpu-offload") if x in f]
         if n > 1 and zero == 1 and unmodelled:
             r.unsupported_(f"--num-distributed-optimizer-instances {n}", f"hybrid sharding with "

@@ -266,13 +266,14 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         if accumulation_defers_reduction(sc, step):
             # the reduce-scatters in the last micro-batch's backward only (workload._zero3_chunks):
             # each phase's gathers beside its own compute (the forward's one a layer, the
-            # backward's the rest), the reduce-scatters beside the last backward
+            # backward's the rest), the reduce-scatters beside the last backward (no pipeline:
+            # nothing ``deferred``)
             m, fwd = step.microbatches, layers_here * gather
             back = r0.input_ns + r0.weight_ns
             forward = max(0.0, fwd - r0.forward_ns)
             backward = max(0.0, gathered - fwd - back)
             last = max(0.0, gathered - fwd + layers_here * reduce_scatter - back)
-            return m * forward + (m - 1) * backward + last + deferred
+            return m * forward + (m - 1) * backward + last
         comm = gathered + (0 if deferred else layers_here * reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total) + deferred
     if deferred:

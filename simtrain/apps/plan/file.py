@@ -85,6 +85,9 @@ FIXED_RANGES = {
     "ep": "parallelism.ep", "zero_replicas": "parallelism.zero_replicas",
 }  # fmt: skip
 
+#: ``fixed.zero_replicas``'s word for ZeRO-3's one copy per node (apps.plan.layouts.zero_options).
+NODE_REPLICAS = "node"
+
 
 @dataclass(frozen=True, slots=True)
 class HardwareOption:
@@ -205,7 +208,7 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
             if v not in (0, 1, 2, 3) or isinstance(v, bool):
                 raise unknown_value(file, f"fixed.{key}", v, (0, 1, 2, 3))
         elif key == "zero_replicas" and isinstance(v, str):
-            if v != "node":  # (layouts.NODE_REPLICAS)
+            if v != NODE_REPLICAS:
                 raise ConfigError(file, f"fixed.{key}", "a number of copies of the ZeRO states "
                                   "(1: none, sharded over all of dp x cp) or node (one per "
                                   "node: HSDP)", v, "1 | 2 | ... | node")  # fmt: skip

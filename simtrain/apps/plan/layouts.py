@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from simtrain.apps.plan.file import Plan
+from simtrain.apps.plan.file import NODE_REPLICAS, Plan
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
@@ -16,7 +16,6 @@ from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 DEFAULT_MICRO_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
 #: ``fixed.zero_replicas``' word for one copy of the ZeRO-3 states per node (HSDP).
-NODE_REPLICAS = "node"
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 #: A model with experts also tries the schedules that hide the expert all-to-alls behind
@@ -277,7 +276,7 @@ def zero_options(plan: Plan, zeros: tuple[int, ...], tp: int, dp: int, cp: int, 
 
 
 def _group_size(plan: Plan, gb: int, pp: int, dp: int, sp_opts: tuple[Any, ...],
-                experts: int = 0, tp: int = 1, cp: int = 1, gpn: int = 8) -> int:  # fmt: skip
+                experts: int, tp: int, cp: int, gpn: int) -> int:  # fmt: skip
     opts = _group_options(plan, gb, pp, dp, experts)
     if opts is None:
         return 1

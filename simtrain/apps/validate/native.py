@@ -141,7 +141,8 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip
     # Megatron-LM 2022 replaced --checkpoint-activations by --recompute-granularity (arguments.py
     # l.107-118 at d898a8991d), which is how the importer tells 2022 from 2021
-    recompute = mbridge_recompute_flags(rec) if training["recompute"] == "none" else []
+    # (the config table's recompute where the record states none of its own)
+    recompute = mbridge_recompute_flags(rec) if rec.training.get("recompute") is None else []
     w += recompute or _recompute_flags(training["recompute"], era == "megatron_lm_2021")
     v = int(par.get("virtual_stages") or 1)
     split = pipeline_split(rec, dict(par), int(model["layers"]), [])  # splits.py's rules

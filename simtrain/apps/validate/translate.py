@@ -564,7 +564,8 @@ def _scenario_data(
         par, conv, pp, record_int(model.get("layers")), said, 2 if ends_one_fewer(rec) else 0
     )
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
-    replicas = _hybrid_replicas(rec, {"dp": dp, "tp": tp, "pp": pp, "cp": cp}, profile, said)
+    gpus = tp * pp * dp * cp
+    replicas = _hybrid_replicas(rec, (tp, pp, dp, cp), _node_gpus(rec, profile, gpus), said)
     if replicas > 1:
         if importer_of(rec) not in (None, "torchtitan"):
             raise _NotExpressible(f"parallelism.fsdp_sharding {rec.parallelism['fsdp_sharding']}: "
@@ -595,22 +596,32 @@ def _scenario_data(
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
     _deepspeed_buckets(data, notes)
-    cluster = _record_cluster(rec, profile, tp * pp * dp * cp, notes)
+    cluster = _record_cluster(rec, profile, gpus, notes)
     if cluster:
         data["cluster"] = cluster
     return data, capacity_known, None
 
 
+def _node_gpus(rec: Record, profile: str, gpus: int) -> int:
+    """The GPUs of one simulated node: the record's ``hardware.gpus_per_node`` where it is fewer
+    than the profile's and the job is whole nodes of it (KempnerForge's 4-GPU H200 nodes on the
+    8-GPU profile), else the profile's (a record saying nothing, or more than the profile holds:
+    the DGX-2 rows' 16)."""
+    per_node = record_int(rec.hardware.get("gpus_per_node"))
+    profile_node = load_hardware(profile).gpus_per_node
+    if not per_node or per_node >= profile_node or gpus % per_node:
+        return profile_node
+    return per_node
+
+
 def _record_cluster(rec: Record, profile: str, gpus: int,
                     notes: list[str]) -> dict[str, int] | None:  # fmt: skip
-    """The record's nodes where its ``hardware.gpus_per_node`` is fewer than the profile's
-    (KempnerForge's 4-GPU H200 nodes on the 8-GPU profile): which groups cross nodes, and so
-    which collectives go through the NICs, follows it (the NIC bandwidth is the profile's per
-    GPU); None where the record says nothing or as many (more than the profile holds: the
-    profile's), or the job is not whole nodes of them."""
-    per_node = record_int(rec.hardware.get("gpus_per_node"))
-    if (not per_node or per_node >= load_hardware(profile).gpus_per_node or gpus <= per_node
-            or gpus % per_node):  # fmt: skip
+    """The record's nodes where they are smaller than the profile's (:func:`_node_gpus`): which
+    groups cross nodes, and so which collectives go through the NICs, follows them (the NIC
+    bandwidth is the profile's per GPU); None where the profile's nodes stand, or the job fits
+    in one node."""
+    per_node = _node_gpus(rec, profile, gpus)
+    if per_node == load_hardware(profile).gpus_per_node or gpus <= per_node:
         return None
     notes.append(f"cluster: {per_node} GPUs a node (the record's hardware.gpus_per_node; the "
                  f"profile's NIC bandwidth per GPU)")  # fmt: skip
@@ -1144,27 +1155,31 @@ def _flag(key: str, value: Any) -> bool | None:
 _FSDP_HYBRID = ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
 
 
-def _hybrid_replicas(rec: Record, par: Mapping[str, Any], profile: str,
+def _hybrid_replicas(rec: Record, layout: tuple[int, int, int, int], node: int,
                      notes: list[str]) -> int:  # fmt: skip
     """The ZeRO replicas (``parallelism.zero_replicas``) of a record whose FSDP strategy is
-    hybrid: one per node of its data-parallel GPUs (the record's gpus_per_node, else the
-    profile's); 1 for any other record. A hybrid record with tensor, pipeline or context
+    hybrid: one per ``node`` (:func:`_node_gpus`) of its data-parallel GPUs; 1 for any other
+    record. ``layout`` (tp, pp, dp, cp): a hybrid record with tensor, pipeline or context
     parallelism (a device mesh the record does not give) is not expressible."""
-    sharding = str(rec.parallelism.get("fsdp_sharding") or "").upper().replace(" ", "_")
+    sharding = _fsdp_strategy(rec.parallelism)
     if sharding not in _FSDP_HYBRID:
         return 1
-    node = record_int(rec.hardware.get("gpus_per_node")) or load_hardware(profile).gpus_per_node
-    dp = int(par["dp"])  # (called before the parallelism section is built: the layout's)
-    if (par.get("tp", 1), par.get("pp", 1), par.get("cp", 1)) != (1, 1, 1) or dp % node:
+    tp, pp, dp, cp = layout
+    if (tp, pp, cp) != (1, 1, 1) or dp % node:
         raise _NotExpressible(f"parallelism.fsdp_sharding {sharding}: its groups of {node} GPUs "
-                              f"(one node) over dp {dp}, tp {par.get('tp', 1)}, pp "
-                              f"{par.get('pp', 1)}, cp {par.get('cp', 1)}: a mesh the record "
-                              "does not give")  # fmt: skip
+                              f"(one node) over dp {dp}, tp {tp}, pp {pp}, cp {cp}: a mesh the "
+                              "record does not give")  # fmt: skip
     if dp == node:
         return 1
     notes.append(f"FSDP {sharding}: shards within each node's {node} GPUs, {dp // node} "
                  "replicas across the nodes (parallelism.zero_replicas)")  # fmt: skip
     return dp // node
+
+
+def _fsdp_strategy(p: Mapping[str, Any]) -> str:
+    """A record's ``fsdp_sharding`` as PyTorch spells the strategy ("hybrid shard" ->
+    HYBRID_SHARD; "" where it says none)."""
+    return str(p.get("fsdp_sharding") or "").upper().replace(" ", "_")
 
 
 def _read_parallelism(p: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -1175,7 +1190,7 @@ def _read_parallelism(p: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     defaults apply)."""
     out = dict(p)
     zero = _zero_stage(p.get("zero_stage"), notes)
-    sharding = str(p.get("fsdp_sharding") or "").upper().replace(" ", "_")
+    sharding = _fsdp_strategy(p)
     if sharding in _FSDP_SHARDING:
         zero = _FSDP_SHARDING[sharding]
         if sharding != "FULL_SHARD":  # (the name says ZeRO-3)
