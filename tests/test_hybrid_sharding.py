@@ -163,13 +163,12 @@ def test_megatron_distributed_optimizer_instances(tmp_path: Path) -> None:
     assert any("--num-distributed-optimizer-instances" in u for u in imp.unsupported)
 
 
-def test_fms_fsdp_rows_read_hybrid_shard_as_one_group_per_node() -> None:
+def test_fms_fsdp_rows_read_hybrid_shard_as_one_group_per_node(default_records) -> None:
     """IBM fms-fsdp's README rows (measured/fms_fsdp.yaml): HSDP = FSDP's HYBRID_SHARD, groups
     of one node's 8 GPUs, 128 / 8 = 16 replicas; FULL_SHARD one group of 128."""
-    from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
-    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "fms_fsdp.yaml"))}
+    rows = {i: r for i, r in default_records.items() if r.source_key == "fms_fsdp"}
     assert len(rows) == 4
     for rid, rec in rows.items():
         tr = translate(rec)
@@ -416,14 +415,13 @@ def test_gradient_sync_in_the_last_micro_batch_only() -> None:
     assert dict(estimate_memory(one).stages[0].memory_bytes)["gradients"] < grads_on // 32
 
 
-def test_kempnerforge_rows_read_its_loop_and_its_loss() -> None:
+def test_kempnerforge_rows_read_its_loop_and_its_loss(default_records) -> None:
     """measured/kempnerforge.yaml: sequence-parallel TP, the gathered full-vocabulary loss,
     the gradient sync in the last micro-batch, torch.compile where the row says so."""
-    from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
-    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
-    assert len(rows) == 33
+    rows = default_records
+    assert sum(r.source_key == "kempnerforge" for r in rows.values()) == 33
     sc = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"]).scenario
     assert (sc.parallelism.tp, sc.parallelism.sequence_parallel) == (4, True)
     assert sc.training.cross_entropy == "gathered" and not sc.training.loss_upcast
@@ -456,7 +454,9 @@ def test_gradient_sync_in_the_last_micro_batch_needs_zero3() -> None:
     assert "parallelism.zero_stage" in str(exc.value)
 
 
-def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() -> None:
+def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does(
+    default_records,
+) -> None:
     """KempnerForge's rows on 160 H200s (TP 4 x FSDP 40 on its 4-GPU nodes, 4 micro-batches,
     the gradient sync in the last one): the planner's closed form puts the whole
     reduce-scatter in the last backward as the simulation does. It overlaps each phase's
@@ -468,10 +468,9 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does() ->
 
     from simtrain.apps.plan.estimate import closed_form_step_s
     from simtrain.apps.simulate import simulate_scenario
-    from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
-    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    rows = default_records
     for rid, bound in (("kempner_weak_70b_160gpu_tp4_fsdp40", 0.10),
                        ("kempner_weak_13b_160gpu_tp4_fsdp40", 0.05)):  # fmt: skip
         sc = translate(rows[rid]).scenario
@@ -498,15 +497,16 @@ def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
     assert dict(sm_on.memory_bytes)["gradients"] == 4 * sm_on.trainable
     assert dict(sm_off.memory_bytes)["gradients"] == 2 * sm_off.trainable
     # ... and gathers each layer into buffers of its own (torch 2.13 _fsdp_param_group.py:
-    # init_all_gather_outputs at world size 1): the gathered layers ZeRO-0 does not hold
-    plain = load_scenario(ZERO3, [*sets, "parallelism.zero_stage=0", "runtime=torchtitan"])
-    sm_plain = estimate_memory(plain).stages[0]
-    gathered = dict(sm_off.memory_bytes)["buffers"] - dict(sm_plain.memory_bytes)["buffers"]
-    layers = resolve(off).rank_layers(0)
-    assert gathered >= 2 * 2 * (sm_off.params // layers)  # two 16-bit layers at least
+    # init_all_gather_outputs at world size 1): the two 16-bit layers (current and prefetched)
+    # ZeRO-0 does not hold (FSDP2's whole root group left out, fsdp_root_unsharded false)
+    rt = "runtime={name: torchtitan, fsdp_root_unsharded: false}"
+    z3 = estimate_memory(load_scenario(ZERO3, [*sets, rt])).stages[0]
+    z0 = estimate_memory(load_scenario(ZERO3, [*sets, "parallelism.zero_stage=0", rt])).stages[0]
+    gathered = dict(z3.memory_bytes)["buffers"] - dict(z0.memory_bytes)["buffers"]
+    assert gathered == 2 * 2 * (z3.params // resolve(off).rank_layers(0))
 
 
-def test_a_record_on_smaller_nodes_runs_on_them() -> None:
+def test_a_record_on_smaller_nodes_runs_on_them(default_records) -> None:
     """KempnerForge's nodes hold 4 H200s (hardware.gpus_per_node 4), the profile's 8: its
     32-GPU rows run on 8 nodes of 4, so each FSDP group of 8 crosses 8 NICs, not 4 nodes'
     NVLink pairs; a record saying nothing, or more GPUs a node than the profile holds (the
@@ -514,7 +514,7 @@ def test_a_record_on_smaller_nodes_runs_on_them() -> None:
     from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
-    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    rows = default_records
     tr = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"])
     c = tr.scenario.cluster
     assert (c.nodes, c.gpus_per_node) == (8, 4)

@@ -97,15 +97,10 @@ def test_pytorch_skips_the_mlps_last_gemm_when_it_stops_early() -> None:
     assert full - stop == down and (full_mm, stop_mm) == (plain_mm + 7, plain_mm + 6)
     # simtrain: the recompute's FLOPs differ by the same GEMM
     assert recompute_flops(scenario(False)) - recompute_flops(scenario(True)) == down
-    assert stop - plain == pytest.approx(recompute_flops(scenario(True)) - _core_flops(), rel=0)
-
-
-def _core_flops() -> float:
-    """The attention core's forward FLOPs that simtrain counts in a recompute and the flop
-    counter files under SDPA, not mm: 4·b·s²·h (causal not halved by either)."""
-    from simtrain.costs.compute import chunk_block_flops
-
-    return chunk_block_flops(scenario(True), 1).attention_core
+    # ... and its linears' replayed FLOPs are the flop counter's matmuls: the recompute less
+    # the attention core, which the counter files under SDPA, 4·b·s²·h (causal not halved)
+    core = 4 * MICRO * SEQ**2 * HIDDEN
+    assert stop - plain == recompute_flops(scenario(True)) - core
 
 
 def test_pytorch_replays_the_gemm_when_a_dropout_follows_it() -> None:
@@ -209,16 +204,21 @@ def test_the_recompute_prices_its_count(monkeypatch, sp, early_stop) -> None:
 
 
 def test_an_overlapped_recompute_leaves_out_the_last_pair() -> None:
-    """Async TP (tp_comm_overlap, paired with the GEMMs): the replay's exposed and hidden parts
-    are the forward's less the MLP output's reduce-scatter pair."""
+    """Async TP (tp_comm_overlap, each collective pipelined with its GEMM group): the replay is
+    the forward's first three pairs, the attention's input gather and output reduce-scatter and
+    the MLP's input gather, written out here; the MLP output's reduce-scatter, pipelined with
+    the down projection, is not replayed."""
+    from simtrain.costs.compute import tp_linear_group_ns
     from simtrain.costs.workload import tp_recompute_block
     from simtrain.layout.step import resolve
 
     on = scenario(True, tp=4, sp=True, tp_comm_overlap=True)
     step = resolve(on)
-    fwd, last = comm.tp_forward_block(on, step), comm.tp_last_reduction(on, step)
-    assert last[0] + last[1] == comm.tp_halves_ns(on, step)[1]
-    assert tp_recompute_block(on, step, 3) == (3 * (fwd[0] - last[0]), 3 * (fwd[1] - last[1]))
+    ag, rs = comm.tp_halves_ns(on, step)
+    group = tp_linear_group_ns(on)
+    first_three = comm.paired_ns(group, 4, ((ag, "attn_in"), (rs, "attn_out"), (ag, "mlp_in")))
+    assert tp_recompute_block(on, step, 3) == tuple(3 * x for x in first_three)
+    assert comm.tp_last_reduction(on, step)[0] == comm.pipelined_exposed_ns(rs, group["mlp_out"], 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,19 +252,17 @@ def test_the_torchtitan_importer_reads_early_stop(tmp_path, ac, compile_on, want
     assert data["runtime"].get("recompute_early_stop") is want
 
 
-def test_validate_reads_it_from_the_frameworks() -> None:
-    from simtrain.apps.validate.records import load_records
+def test_validate_reads_it_from_the_frameworks(default_records) -> None:
     from simtrain.apps.validate.translate import translate
 
-    def rows(name: str) -> dict:
-        return {r.id: r for r in load_records(str(ROOT / "measured" / name))}
+    def scenario_of(rid: str):  # noqa: ANN202
+        return translate(default_records[rid])
 
-    titan = translate(rows("torchtitan_2506_asynctp.yaml")[
-        "torchtitan_2506_asynctp_70B_256gpu_bf16_vanillaTP"])  # fmt: skip
+    titan = scenario_of("torchtitan_2506_asynctp_70B_256gpu_bf16_vanillaTP")
     assert recompute_stops_early(titan.scenario)
     assert any("25413d22" in n for n in titan.assumptions)
-    fp8 = translate(rows("torchtitan_2412.yaml")["torchtitan_2412_t4_70b_256gpu_2D"]).scenario
+    fp8 = scenario_of("torchtitan_2412_t4_70b_256gpu_2D").scenario
     assert recompute_stops_early(fp8) and not recompute_skips_last_gemm(fp8)
-    kf = translate(rows("kempnerforge.yaml")["kempner_mfu_7b_4gpu_fsdp4"]).scenario
-    fms = translate(rows("fms_fsdp.yaml")["fms_fsdp_llama2_34b_128gpu_fsdp_ac_bs8"]).scenario
+    kf = scenario_of("kempner_mfu_7b_4gpu_fsdp4").scenario
+    fms = scenario_of("fms_fsdp_llama2_34b_128gpu_fsdp_ac_bs8").scenario
     assert recompute_stops_early(kf) and recompute_stops_early(fms)

@@ -43,9 +43,13 @@ def test_each_module_drops_its_tensors(tp: int) -> None:
     sb = S
     expert_fc2 = 2 * DSV3.experts_per_token * sb * DSV3.expert_ffn // tp
     assert _bytes("expert fc2 input", tp) == expert_fc2
+    # the up-projected, rotated q and k (qk_nope + qk_rope wide each) and v, per head, in bf16
+    qk = DSV3.qk_nope_head_dim + DSV3.qk_rope_head_dim
+    qkv = 2 * sb * DSV3.heads * (2 * qk + DSV3.v_head_dim) // tp
+    assert _bytes("q, k, v", tp) == qkv
     for mods, dropped in (
         (("moe_act",), expert_fc2),
-        (("mla_up_proj",), _bytes("q, k, v", tp)),
+        (("mla_up_proj",), qkv),
         (("layernorm",), 2 * 2 * sb * DSV3.hidden),
     ):
         assert base - layer_activation_bytes(DSV3, _t(mods), tp) == dropped, mods
@@ -60,7 +64,7 @@ def test_each_module_drops_its_tensors(tp: int) -> None:
         DSV3, _t(("core_attn",)), tp)  # fmt: skip
     core = base - layer_activation_bytes(DSV3, _t(("core_attn",)), tp)
     every = _t(("core_attn", "moe_act", "mla_up_proj", "layernorm"))
-    total = expert_fc2 + _bytes("q, k, v", tp) + 4 * sb * DSV3.hidden + core
+    total = expert_fc2 + qkv + 4 * sb * DSV3.hidden + core
     assert base - layer_activation_bytes(DSV3, every, tp) == total
 
 

@@ -58,10 +58,7 @@ def scenario(redistribution: str = "per_block", sp: bool = True, recompute: str 
         # ... compiled: the forward's gathers of one input merged (fx_graph_cse), not the
         # backward's reductions of five gradients
         ("per_linear_compiled", True, "none", {}, (4, 7)),
-        # a full recompute replays the forward's: KempnerForge's 13B eager profile counts
-        # 12.1 all-gathers and 8.0 reduce-scatters a layer and micro-batch (5 + 5 + 2, and
-        # 2 + 1 + 5: the non-reentrant checkpoint stops before the last reduce-scatter, which
-        # this replays: 21 here, 20.1 measured)
+        # a full recompute replays the forward's (torchtitan's profile: no early stop)
         ("per_linear", True, "full", {}, (7, 14)),
         ("per_linear_compiled", True, "full", {}, (4, 11)),
         # selective_op replays the input all-gathers, one per linear when eager
@@ -80,6 +77,16 @@ def test_collectives_a_block_issues(redistribution, sp, recompute, model, want) 
     sc = scenario(redistribution, sp, recompute)
     sc = replace(sc, model=replace(sc.model, **model))
     assert tp_block_collectives(sc) == want
+
+
+def test_kempnerforges_profile_counts_what_its_block_issues() -> None:
+    """Its eager 13B profile (benchmarks/profiling/13b_24gpu_profiling.md at a7f8346: 9,679
+    all-gathers and 6,420 bf16 reduce-scatters over 800 layer-micro-batches) counts 12.1 and
+    8.0 a layer and micro-batch. Per-linear, sequence-parallel, full recompute stopping early
+    (its NO_REENTRANT checkpoint): 5 + 5 + 2 all-gathers and 2 + 1 + 5 reduce-scatters."""
+    sc = scenario("per_linear", True, "full", recompute_early_stop=True)
+    assert tp_block_collectives(sc) == (7, 13)
+    assert round(9679 / 800) + round(6420 / 800) == sum(tp_block_collectives(sc))
 
 
 @pytest.mark.parametrize("redistribution", ["per_block", "per_linear", "per_linear_compiled"])
@@ -221,12 +228,11 @@ def test_per_linear_refuses_the_gemm_overlap() -> None:
     assert "runtime.tp_input_redistribution" in str(e.value) and "per_block" in str(e.value)
 
 
-def test_kempnerforge_rows_redistribute_per_linear() -> None:
+def test_kempnerforge_rows_redistribute_per_linear(default_records) -> None:
     """Its compiled rows merge the forward's gathers; its eager pipeline rows do not."""
-    from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
-    rows = {r.id: r for r in load_records(str(ROOT / "measured" / "kempnerforge.yaml"))}
+    rows = default_records
     compiled = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"])
     assert compiled.scenario.runtime.tp_input_redistribution == "per_linear_compiled"
     assert any("fx_graph_cse" in n for n in compiled.assumptions)
