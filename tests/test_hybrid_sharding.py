@@ -161,6 +161,10 @@ def test_megatron_distributed_optimizer_instances(tmp_path: Path) -> None:
     imp = import_config("megatron", f, gpus=16)
     assert load_imported(imp).parallelism.zero_replicas == 1
     assert any("--num-distributed-optimizer-instances" in u for u in imp.unsupported)
+    for bad in ("0", "-3"):  # refused, naming the flag (they were dropped without a word)
+        f.write_text(base + f"--num-distributed-optimizer-instances {bad}")
+        with pytest.raises(ConfigError, match="--num-distributed-optimizer-instances"):
+            import_config("megatron", f, gpus=16)
 
 
 def test_fms_fsdp_rows_read_hybrid_shard_as_one_group_per_node(default_records) -> None:
@@ -253,8 +257,9 @@ def test_deepspeed_mics_imports_as_replicas(tmp_path: Path) -> None:
     assert (p.dp, p.zero_stage, p.zero_replicas, p.zero_shards) == (16, 3, 4, 4)
     cfg["zero_optimization"]["mics_shard_size"] = 3
     f.write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match="mics_shard_size"):
+    with pytest.raises(ConfigError, match="mics_shard_size") as e:
         import_config("deepspeed", f, "llama3-8b", 16)
+    assert "allowed: 1 | 2 | 4 | 8" in str(e.value)  # the divisors of dp 16
 
 
 def test_groups_with_tensor_and_context_parallelism() -> None:
