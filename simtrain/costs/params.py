@@ -428,10 +428,28 @@ def keeps_master_gradients(prec: Precision, fp32_grad_buffer: bool = False) -> b
     return prec.full_master and not prec.grad_accum and not fp32_grad_buffer
 
 
+#: Tensors Megatron-Core marks ``is_embedding_or_output_parameter`` (the word and position
+#: embeddings, the output layer) and the PEFT prompt and prefix tables, embeddings too: Muon
+#: leaves them to its scalar optimizer (costs.muon).
+NOT_MUON = ("wte", "wpe", "lm_head", "lm_head(tied copy)", "prompt", "prefix_kv")
+
+
+def muon_managed(p: ParamTensor) -> bool:
+    """Whether Muon (not its scalar Adam) updates ``p``: a matrix, not an embedding or the
+    output layer (NVIDIA/Megatron-LM d98e8a64 megatron/core/optimizer/emerging_optimizers.py
+    l.140-147 ``_is_nonlinear_or_embedding``: ``is_embedding_or_output_parameter`` or
+    ``len(param.shape) != 2``)."""
+    return p.rows > 1 and p.cols > 1 and p.name not in NOT_MUON
+
+
 def optimizer_state_elements(p: ParamTensor, optimizer: str) -> int:
     """State elements of one tensor. SGD 0; momentum 1·n; Adam/AdamW 2·n (Kingma & Ba 2015);
     Adafactor (Shazeer & Stern 2018 §3, no first moment as in its default beta1=None): factored
-    second moment rows + cols for matrices, n for vectors; 8-bit Adam counted in bytes apart."""
+    second moment rows + cols for matrices, n for vectors; Muon (costs.muon) its momentum, 1·n,
+    for a matrix it orthogonalises (:func:`muon_managed`) and its scalar Adam's 2·n for every
+    other tensor; 8-bit Adam counted in bytes apart."""
+    if optimizer == "muon":
+        return (1 if muon_managed(p) else 2) * p.numel
     if optimizer in STATES_PER_PARAM:
         return STATES_PER_PARAM[optimizer] * p.numel
     if optimizer == "adafactor":

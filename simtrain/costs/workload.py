@@ -33,6 +33,7 @@ from simtrain.costs.memory import (
     pipeline_defers_reduction,
     wire_grad_bytes,
 )
+from simtrain.costs.muon import rank_muon_ns
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     base_trainable,
@@ -446,7 +447,7 @@ def rank_work(sc: Scenario, step: ResolvedStep, rank: int, params: int,
         work = dense_rank_work(sc, step, rank, params, trainable, shard)
     else:
         work = _expert_rank_work(sc, step, rank, params, trainable, exp, shard)
-    passes = grad_passes_ns(sc, step, trainable, shard)
+    passes = grad_passes_ns(sc, step, trainable, shard) + rank_muon_ns(sc, step, rank)
     if passes:
         work = replace(work, optimizer_ns=work.optimizer_ns + passes)
     return offload_work(sc, step, rank, work, trainable, shard)

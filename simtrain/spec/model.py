@@ -18,7 +18,7 @@ from typing import Any
 
 from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.limits import INT_RANGES, MAX_PARAMS, check_range
-from simtrain.spec.moe_layout import ZERO_OK_FIELDS, hf_moe_fields, validate_moe
+from simtrain.spec.moe_layout import DEEPSEEK_KINDS, ZERO_OK_FIELDS, hf_moe_fields, validate_moe
 from simtrain.spec.yamlfile import read_text_file
 
 #: gelu: up, GeLU, down (GPT-2/3, Megatron GPT); swiglu: SiLU(gate)·up, down (Llama; also any
@@ -682,6 +682,16 @@ PRESETS.update({
         router_score_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
         qk_rope_head_dim=64, v_head_dim=128, mtp_layers=1, router_groups=8,
         router_group_topk=4),
+    # Kimi K2: HF moonshotai/Kimi-K2-Instruct config.json (model_type kimi_k2, DeepSeek-V3's
+    # architecture: 61 layers, first_k_dense_replace 1, 384 routed experts of 2048, top-8, 1
+    # shared expert, 64 heads, MLA as DeepSeek-V3's, vocab 163840, untied, n_group 1, no MTP
+    # module: num_nextn_predict_layers 0). Kimi K2 report (Kimi Team 2025, arXiv 2507.20534
+    # §2.3, Table 2): 1.04T total, 32.6B activated parameters.
+    "kimi-k2": replace(
+        _llama("kimi-k2", 61, 7168, 64, 64, 18432, 163840, 131072), num_experts=384,
+        experts_per_token=8, moe_ffn_hidden=2048, shared_experts=1, first_dense_layers=1,
+        router_score_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128),
 })  # fmt: skip
 ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "gpt3": "gpt3-175b",
            "nemotron-15b": "nemotron-4-15b", "nemotron-340b": "nemotron-4-340b",
@@ -756,7 +766,7 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
 #: gate times up) has SwiGLU's matrices, FLOPs and saved tensors, its RMSNorm scales by (1 + w)
 #: (the same h parameters) and its embeddings by sqrt(h) (no parameters).
 LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                     "gpt_oss", "deepseek_v2", "deepseek_v3", "phi3", "gemma",
+                     "gpt_oss", *DEEPSEEK_KINDS, "phi3", "gemma",
                      "gemma2", "gemma3_text", "olmo2")  # fmt: skip
 #: Other decoders, each read by :func:`_hf_other` (its docstring gives their tensors).
 #: Falcon's model_type, with the legacy names of its first releases' configs (RefinedWebModel:
@@ -816,7 +826,7 @@ def _hf_names(kind: str, cfg: dict[str, Any]) -> dict[str, str]:
     }  # fmt: skip
     if kind in ("qwen2_moe", "qwen3_moe"):
         names["num_experts"] = "num_experts"
-    elif kind in ("deepseek_v2", "deepseek_v3"):
+    elif kind in DEEPSEEK_KINDS:
         names.update(num_experts="n_routed_experts", shared_experts="n_shared_experts",
                      shared_expert_ffn_hidden="n_shared_experts")  # fmt: skip
     elif kind == "gpt_oss" and "num_experts_per_tok" not in cfg and "experts_per_token" in cfg:
@@ -928,7 +938,7 @@ def from_hf_config(
             heads = int(cfg["num_attention_heads"])
             kv = cfg.get("num_key_value_heads")  # null: heads (MHA), as transformers
             fields = hf_moe_fields(kind, cfg, str(path))
-            if kind not in ("deepseek_v2", "deepseek_v3"):  # MLA: the *_head_dim fields
+            if kind not in DEEPSEEK_KINDS:  # MLA: the *_head_dim fields
                 # (GemmaConfig's head_dim defaults to 256, whatever hidden / heads is)
                 fields.setdefault(
                     "head_size",

@@ -12,6 +12,11 @@ from simtrain.errors import ConfigError
 from simtrain.spec.limits import INT_RANGES, check_range
 from simtrain.spec.precision import PRECISIONS
 
+#: model_type values of DeepSeek's MLA + MoE decoder (configuration_deepseek_v3.py's fields):
+#: Kimi K2's ``kimi_k2`` (moonshotai/Kimi-K2-Instruct config.json: ``architectures``
+#: DeepseekV3ForCausalLM, the same fields) with them.
+DEEPSEEK_KINDS = ("deepseek_v2", "deepseek_v3", "kimi_k2")
+
 
 def check_moe_layout(s: Any, file: str) -> None:
     """Expert parallelism (Megatron-Core d98e8a64 ``parallel_state.py`` l.870-896: the expert
@@ -96,7 +101,7 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
         if shared:
             out.update(shared_experts=1, shared_expert_ffn_hidden=shared,
                        shared_expert_gate=True)  # fmt: skip
-    elif kind in ("deepseek_v2", "deepseek_v3"):
+    elif kind in DEEPSEEK_KINDS:
         # configuration_deepseek_v3.py: n_routed_experts, n_shared_experts (one MLP of
         # moe_intermediate_size x n_shared_experts: DeepseekV3MoE.shared_experts),
         # first_k_dense_replace, q_lora_rank (null: q_proj), kv_lora_rank, qk_nope_head_dim,
@@ -117,7 +122,7 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
                 cfg["num_experts_per_tok"]), moe_ffn_hidden=f_e, shared_experts=1 if shared else 0,
             shared_expert_ffn_hidden=f_e * shared,
             first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
-            router_score_bias=kind == "deepseek_v3" or cfg.get("topk_method") == "noaux_tc",
+            router_score_bias=kind in ("deepseek_v3", "kimi_k2") or cfg.get("topk_method") == "noaux_tc",
             q_lora_rank=int(cfg.get("q_lora_rank") or 0), kv_lora_rank=int(cfg["kv_lora_rank"]),
             qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
             qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),

@@ -144,8 +144,10 @@ PAGED_MIN_NUMEL = 100_000
 NF4_BITS = 4
 
 # State tensors the optimizer step reads and writes per parameter (8-bit Adam keeps two
-# quantised states, Adafactor about one factored one).
-OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1}
+# quantised states, Adafactor about one factored one, Muon one momentum per matrix element:
+# its scalar Adam's second state on the embeddings, the output layer and the vectors is not
+# counted in this traffic estimate).
+OPTIMIZER_STATES = {**STATES_PER_PARAM, "adam8bit": 2, "adafactor": 1, "muon": 1}
 
 
 #: The optimizer's own storage, beside the precision (``training.optimizer_state_dtype``,

@@ -51,7 +51,7 @@ from simtrain.spec.stage_split import parse_split_list, split_problem, uneven_ke
 from simtrain.spec.yamlfile import MAX_DEPTH, exists, load_yaml, parse_yaml
 from simtrain.units import MIB
 
-OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adam8bit", "adafactor", "muon")
 # selective: Megatron's attention-core recompute (Korthikanti et al. 2022 §4.3); selective_op:
 # torchtitan's per-op selective checkpointing (activation_checkpoint.mode = "selective",
 # selective_ac_option = "op": every other matmul, SDPA and reduce-scatter outputs kept, the rest

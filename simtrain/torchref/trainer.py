@@ -16,10 +16,51 @@ from simtrain.torchref.precision import (
 )
 from simtrain.torchref.reference_model import ReferenceGPT, build_reference_model
 
+#: Reference parameter names Megatron-Core's Muon leaves to its scalar Adam besides the vectors:
+#: the embeddings and the output layer (costs.params.NOT_MUON; ReferenceGPT's ``wte``,
+#: ``wpe``, ``lm_head``, ``prompt``).
+_NOT_MUON_PREFIXES = ("wte.", "wpe.", "lm_head.", "prompt")
 
-def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """torch.optim optimizers with ``foreach=False`` (no multi-tensor temporaries)."""
+
+class _MuonWithAdam(torch.optim.Optimizer):
+    """Muon on the matrices and AdamW on the rest (Megatron-Core's split: costs.muon):
+    ``torch.optim.Muon`` (PyTorch >= 2.9: one ``momentum_buffer`` per matrix, 5 Newton-Schulz
+    steps) beside ``torch.optim.AdamW``, stepped together."""
+
+    def __init__(self, matrices: list[torch.Tensor], rest: list[torch.Tensor], lr: float) -> None:
+        self.parts = [torch.optim.Muon(matrices, lr=lr)] if matrices else []
+        if rest:
+            self.parts.append(torch.optim.AdamW(rest, lr=lr, weight_decay=0.01, foreach=False))
+        super().__init__([*matrices, *rest], {"lr": lr})
+        self.state = _ChainedState(self.parts)
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
+        for part in self.parts:
+            part.step()
+
+
+class _ChainedState(dict):
+    """The parts' ``state`` dicts read as one (``_Trainer.state_tensors``)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def values(self):  # noqa: ANN201
+        return [v for part in self.parts for v in part.state.values()]
+
+
+def make_optimizer(name: str, params: list[torch.Tensor],
+                   names: list[str] | None = None) -> torch.optim.Optimizer:  # fmt: skip
+    """torch.optim optimizers with ``foreach=False`` (no multi-tensor temporaries). Muon needs
+    the parameters' ``names`` (the embeddings and the output layer go to AdamW)."""
     lr = 1e-4
+    if name == "muon":
+        names = names or [""] * len(params)
+        mats = [p for p, n in zip(params, names, strict=True)
+                if p.ndim == 2 and not n.startswith(_NOT_MUON_PREFIXES)]  # fmt: skip
+        ids = {id(p) for p in mats}
+        return _MuonWithAdam(mats, [p for p in params if id(p) not in ids], lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.0, foreach=False)
     if name == "sgd_momentum":
@@ -40,7 +81,8 @@ class _Trainer:
 
     def __init__(self, model: ReferenceGPT, training: TrainingSpec, device: torch.device) -> None:
         self.model, self.device = model, device
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
         self.autocast = AUTOCAST_DTYPE.get(training.precision)
         fp16 = PRECISIONS[training.precision].compute_dtype == "fp16"
         self.scale = FP16_LOSS_SCALE if fp16 else 1.0
@@ -50,7 +92,8 @@ class _Trainer:
         self.accum: list[torch.Tensor] = []
         if training.precision in FP32_GRAD_ACCUMULATION:
             self.accum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        self.opt = make_optimizer(training.optimizer, self.masters or self.params)
+        self.opt = make_optimizer(training.optimizer, self.masters or self.params,
+                                  [n for n, _ in named])  # fmt: skip
 
     def zero_grad(self) -> None:
         for p in self.params + self.masters:

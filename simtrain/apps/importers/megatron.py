@@ -678,6 +678,10 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     opt = f.value("--optimizer") or "adam"
     if opt == "adam":
         training["optimizer"] = "adamw"
+    elif opt in ("muon", "dist_muon"):
+        # Megatron-LM d98e8a64 arguments.py l.1724-1736: dist_muon is muon with the layer-wise
+        # distributed optimizer (as --use-distributed-optimizer with muon): ZeRO-1 below
+        training["optimizer"] = "muon"
     elif opt == "sgd":
         momentum = f.float_("--sgd-momentum", 0.9)
         training["optimizer"] = "sgd_momentum" if momentum else "sgd"
@@ -924,6 +928,11 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         zero = 1
         r.assume("--use-distributed-optimizer: ZeRO-1 (optimizer states and fp32 master "
                  "weights sharded over data parallel)")  # fmt: skip
+    elif f.value("--optimizer") == "dist_muon":
+        zero = 1
+        r.assume("--optimizer dist_muon: Muon with the layer-wise distributed optimizer "
+                 "(Megatron-LM arguments.py), its states and Newton-Schulz work shared over "
+                 "data parallel as ZeRO-1's")  # fmt: skip
     if f.bool_("--use-torch-fsdp2"):
         zero = 3
         runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out

@@ -14,6 +14,7 @@ from simtrain.costs.comm import (
 )
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
+from simtrain.costs.muon import rank_muon_ns
 from simtrain.costs.workload import (
     block_comm,
     chunk_duration,
@@ -95,7 +96,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     s0 = stages[0]
     shard = rank_optimizer_shard(sc, step, 0, s0.trainable)  # as the simulated step's
     opt_ns = optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node)
-    opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
+    opt_ns += grad_passes_ns(sc, step, s0.trainable, shard) + rank_muon_ns(sc, step, 0)
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns, shard)
     tied = tied_embedding_sync(sc, step)  # between the reduction and the optimizer step

@@ -90,6 +90,10 @@ class SourceConvention:
     # case; the first match wins), as ``named_architectures``.
     optimizer_storage: tuple[str, str, str] | None = None
     named_optimizer_storage: tuple[tuple[str, tuple[str, str, str]], ...] = ()
+    # The optimizer the source's recipe trains a model with where the record does not say it
+    # (training.optimizer, why), per model name as ``named_optimizer_storage``.
+    named_optimizer: tuple[tuple[str, tuple[str, str]], ...] = ()
+    optimizer: tuple[str, str] | None = None
     # Megatron-Core's FLOP count weighs a gated MLP 3/2 only when its activation is SiLU
     # (Megatron-Bridge flop_utils.py gated_linear_multiplier): the model names (regex from its
     # start, ignoring case) whose framework builds their gated MLP with another activation,
@@ -279,6 +283,18 @@ _NEMO_DFA_BF16 = ("bf16", "none", "NeMo-Framework-Launcher 24.07 conf/training/n
 _MBRIDGE_DSV3_OPT = ("bf16", "precision", "Megatron-Bridge's DeepSeek-V3 recipe: the "
                      "precision-aware optimizer, exp_avg / exp_avg_sq in bf16, fp32 main "
                      "parameters (recipes/deepseek/deepseek_v3.py l.272-276 at 00b7660b)")  # fmt: skip
+
+
+# Megatron-Bridge's Kimi K2 recipes train with Muon: recipes/kimi/h100/kimi_k2.py (067f987d)
+# l.200 ``_apply_kimi_k2_optimizer(cfg, "muon")`` -> recipes/utils/optimizer_utils.py
+# ``distributed_muon_with_cosine_annealing``: optimizer "dist_muon" (the layer-wise distributed
+# optimizer), 5 Newton-Schulz steps, tp_mode blockwise, Adam for the embeddings, the output
+# layer and the vectors; the perf recipes (perf_recipes/kimi/*/kimi_k2.py) build on it. The
+# performance page: "Muon optimizer was used for pre-training Kimi-K2".
+_MBRIDGE_KIMI_MUON = ("muon", "optimizer not reported: Muon, Megatron-Bridge's Kimi K2 recipe "
+                      "(recipes/kimi/h100/kimi_k2.py l.200 at 067f987d: dist_muon, 5 "
+                      "Newton-Schulz steps, blockwise TP; Adam for the embeddings, the output "
+                      "layer and the vectors)")  # fmt: skip
 
 
 SOURCES: dict[str, SourceConvention] = {
@@ -478,6 +494,7 @@ SOURCES: dict[str, SourceConvention] = {
             "configs (grad_reduce_in_fp32 = False) at 00b7660b",
         ),
         named_optimizer_storage=((r"deepseek-?v3", _MBRIDGE_DSV3_OPT),),
+        named_optimizer=((r"kimi[-_ ]?k2", _MBRIDGE_KIMI_MUON),),
         # Megatron-Bridge's performance runs: utils/overrides.py _set_common_perf_overrides
         # (00b7660b l.55) cross_entropy_fusion_impl = "te" over GPTModelProvider's
         # cross_entropy_loss_fusion = True (models/gpt_provider.py l.180)
@@ -753,6 +770,10 @@ def convention_for(rec: Record) -> SourceConvention:
     for pattern, storage in conv.named_optimizer_storage:
         if re.match(pattern, name, re.IGNORECASE):
             conv = replace(conv, optimizer_storage=storage)
+            break
+    for pattern, optimizer in conv.named_optimizer:
+        if re.match(pattern, name, re.IGNORECASE):
+            conv = replace(conv, optimizer=optimizer)
             break
     if any(re.match(p, name, re.IGNORECASE) for p in conv.plain_glu_names):
         conv = replace(conv, flops_glu=1.0)

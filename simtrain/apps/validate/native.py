@@ -136,6 +136,8 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
         w += ["--ffn-hidden-size", 4 * int(model["hidden"])]
     w += _architecture_flags(model, legacy)
     w += _PRECISION_FLAGS.get(training["precision"], ["--bf16"])
+    if training["optimizer"] == "muon":
+        w += ["--optimizer", "muon"]
     if training["optimizer"] in ("sgd", "sgd_momentum"):
         w += ["--optimizer", "sgd", "--sgd-momentum",
               "0.9" if training["optimizer"] == "sgd_momentum" else "0"]  # fmt: skip

@@ -42,6 +42,32 @@ MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
 }
 
 
+#: Megatron-Bridge's Kimi K2 recipe lays its 61 layers out by (pp, vp) as DeepSeek-V3's, with
+#: the loss alone after the last chunk's layers (no MTP module): recipes/kimi/h100/kimi_k2.py
+#: ``_get_kimi_k2_pipeline_layout`` l.16-40 at 067f987d, which the perf recipes call
+#: (perf_recipes/kimi/gb300/kimi_k2.py: ``_get_kimi_k2_pipeline_layout(4, 4)``).
+MBRIDGE_KIMI_K2_LAYOUTS: dict[tuple[int, int], list[int]] = {
+    (4, 1): [16, 16, 16, 13],
+    (8, 1): [8] * 7 + [5],
+    (4, 2): [8] * 7 + [5],
+    (16, 1): [4] * 15 + [1],
+    (8, 2): [4] * 15 + [1],
+    (4, 4): [4] * 15 + [1],
+    (2, 8): [4] * 15 + [1],
+}
+#: The Megatron-Bridge recipes' own layouts by preset, and where they are read.
+MBRIDGE_LAYOUTS = {
+    "deepseek-v3": (
+        MBRIDGE_DEEPSEEK_V3_LAYOUTS,
+        "recipes/deepseek/deepseek_v3.py layout_map at 00b7660b",
+    ),
+    "kimi-k2": (
+        MBRIDGE_KIMI_K2_LAYOUTS,
+        "recipes/kimi/h100/kimi_k2.py _get_kimi_k2_pipeline_layout at 067f987d",
+    ),
+}
+
+
 #: A record that says its first and last stages hold one layer fewer than the others (Llama 3,
 #: Dubey et al. 2024 §3.3.2: "we reduce one Transformer layer each from the first and the last
 #: stages"; its Table 4 row: "first/last stage one layer fewer").
@@ -85,12 +111,16 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
                      f"on their first and last model chunk: "
                      f"{_short(split, 'chunk')} (chunk j·pp + r)")  # fmt: skip
         return {"layer_split": split}
-    if (key == "megatron_bridge" and (pp, v) in MBRIDGE_DEEPSEEK_V3_LAYOUTS
-            and find_preset(str(rec.model.get("name", "")), loose=True) == "deepseek-v3"):  # fmt: skip
-        split = MBRIDGE_DEEPSEEK_V3_LAYOUTS[(pp, v)]
-        notes.append(f"pipeline split: Megatron-Bridge's DeepSeek-V3 layout for pp {pp}, vp {v} "
-                     f"(recipes/deepseek/deepseek_v3.py layout_map at 00b7660b): "
-                     f"{_short(split, 'chunk')}")  # fmt: skip
+    preset = (
+        find_preset(str(rec.model.get("name", "")), loose=True)
+        if key == "megatron_bridge"
+        else None
+    )
+    if preset in MBRIDGE_LAYOUTS and (pp, v) in MBRIDGE_LAYOUTS[preset][0]:
+        layouts, where = MBRIDGE_LAYOUTS[preset]
+        split = layouts[(pp, v)]
+        notes.append(f"pipeline split: Megatron-Bridge's {preset} layout for pp {pp}, vp {v} "
+                     f"({where}): {_short(split, 'chunk')}")  # fmt: skip
         return {"layer_split": split}
     if key == "megatron_bridge" and str(rec.model.get("name", "")).upper() in MBRIDGE_ACCOUNT_FOR:
         notes.append("pipeline split: Megatron-Bridge's Llama 3.1 405B and Qwen3-235B-A22B "

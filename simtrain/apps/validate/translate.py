@@ -314,6 +314,8 @@ def map_optimizer(text: str | None) -> str:
         return "adam8bit"
     if "adafactor" in t:
         return "adafactor"
+    if "muon" in t:
+        return "muon"
     if "adamw" in t:
         return "adamw"
     if "sgd" in t:
@@ -882,7 +884,10 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
     if str(t.get("recompute", "")).lower().startswith("none (assumed"):
         notes.append("recompute none assumed by the record")
     optimizer = map_optimizer(t.get("optimizer"))
-    if t.get("optimizer") is None:
+    if t.get("optimizer") is None and conv.optimizer is not None:
+        optimizer, why = conv.optimizer
+        notes.append(why)
+    elif t.get("optimizer") is None:
         notes.append("optimizer not reported: Adam")
     if conv.cross_entropy_note:
         notes.append(conv.cross_entropy_note)
