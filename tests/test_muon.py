@@ -20,6 +20,7 @@ from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import estimate_memory
 from simtrain.costs.muon import NS_STEPS, Matrix, muon_matrices, rank_muon_ns
 from simtrain.costs.params import ParamTensor, layer_param_tensors
+from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
 from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config
 from simtrain.spec.scenario import Scenario, TrainingSpec, parse_scenario
@@ -192,3 +193,24 @@ def test_megatron_importer_reads_muon(flags: str, zero: int) -> None:
     assert imp.data["training"]["optimizer"] == "muon"
     assert int(imp.data["parallelism"].get("zero_stage", 0)) == zero
     assert not [u for u in imp.unsupported if "optimizer" in u]
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"parallelism": {"zero_stage": 2}}, "parallelism.zero_stage"),
+     ({"parallelism": {"zero_stage": 3}}, "parallelism.zero_stage"),
+     ({"training": {"offload": {"optimizer": True}}}, "training.offload.optimizer")],
+)  # fmt: skip
+def test_refused_where_not_modelled(change: dict[str, Any], key: str) -> None:
+    """ZeRO-2/3 (sharded gradients, every matrix gathered first) and the host step: clear
+    errors naming the key and the allowed values."""
+    data = {"name": "m", "model": {"preset": "gpt2"}, "hardware": "a100_sxm4_80gb",
+            "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "training": {"seq_len": 128, "global_batch": 8, "micro_batch": 1,
+                         "optimizer": "muon"},
+            "parallelism": {"dp": 8, "tp": 1, "pp": 1, "zero_stage": 1}}  # fmt: skip
+    for section, values in change.items():
+        data[section] = {**data[section], **values}
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(data, "m.yaml")
+    assert key in str(e.value) and "muon" in str(e.value)

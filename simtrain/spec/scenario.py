@@ -686,6 +686,24 @@ def _fixed_storage(s: Scenario, key: str) -> str:
     return ""
 
 
+def check_muon(s: Scenario, file: str) -> None:
+    """Muon (costs.muon) orthogonalises whole matrices on the GPU: simtrain models Megatron-Core's
+    runs of it, each matrix on one data-parallel rank (ZeRO 0 or 1: the layer-wise distributed
+    optimizer). Its Newton-Schulz iterations on the host (DeepSpeed's CPU offload runs its CPU
+    Adam) and on sharded gradients or parameters (ZeRO-2/3: every matrix gathered first;
+    Megatron-Core refuses FSDP with Muon, arguments.py l.1738-1739 at d98e8a64) are not."""
+    t, p = s.training, s.parallelism
+    if t.offload.optimizer:
+        raise ConfigError(file, "training.offload.optimizer", "runs DeepSpeed's CPU Adam on the "
+                          "host: training.optimizer muon has no host step simtrain models", True,
+                          "false")  # fmt: skip
+    if p.zero_stage >= 2:
+        raise ConfigError(file, "parallelism.zero_stage", "shards the gradients Muon "
+                          "orthogonalises as whole matrices (training.optimizer muon: modelled "
+                          "as Megatron-Core's layer-wise distributed optimizer)", p.zero_stage,
+                          "0 | 1")  # fmt: skip
+
+
 def check_optimizer_storage(s: Scenario, file: str) -> None:
     """``optimizer_state_dtype: bf16`` stores an optimizer's fp32 states (Adam's moments, SGD's
     momentum, Adafactor's factors) in 16 bits: not plain SGD's (none), 8-bit Adam's (its own
@@ -989,6 +1007,8 @@ def check_layout(s: Scenario, file: str) -> None:
     if t.peft.paged_optimizer:
         check_paged_optimizer(s, file)
     check_optimizer_storage(s, file)
+    if t.optimizer == "muon":
+        check_muon(s, file)
     check_recompute_modules(s, file)
     if not t.loss_upcast and t.precision_spec.weight_copy:  # autocast (its 16-bit copies)
         raise ConfigError(
