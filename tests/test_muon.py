@@ -6,6 +6,7 @@ parameter count from its config.json fields by hand."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from simtrain.costs.muon import NS_STEPS, Matrix, muon_matrices, rank_muon_ns
 from simtrain.costs.params import ParamTensor, layer_param_tensors
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
+from simtrain.report.explain import explain_memory
 from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config
 from simtrain.spec.scenario import Scenario, TrainingSpec, parse_scenario
 
@@ -214,3 +216,16 @@ def test_refused_where_not_modelled(change: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_scenario(data, "m.yaml")
     assert key in str(e.value) and "muon" in str(e.value)
+
+
+def test_explain_names_the_split() -> None:
+    """``simtrain memory --explain``: the matrix and other elements it prints weigh 4 B and
+    8 B into the optimizer states, and the matrices are Llama 3 8B's block linears."""
+    sc = scenario(zero=0, dp=1)
+    rep = estimate_memory(sc)
+    line = next(x for x in explain_memory(sc, rep) if x.strip().startswith("Muon:"))
+    mats, rest = (int(n.replace(",", "")) for n in re.findall(r"the (?:other )?([\d,]+)", line))
+    m = PRESETS["llama3-8b"]
+    h, f, kv = m.hidden, m.ffn_hidden, m.kv_dim
+    assert mats == m.layers * (2 * h * h + 2 * h * kv + 3 * h * f)
+    assert 4 * mats + 8 * rest == dict(rep.stages[0].memory_bytes)["optimizer_states"]

@@ -120,3 +120,20 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
                 share = expert_share if x.expert else dense_share
                 total += copies * share * matrix_ns(x, sc)
     return round(total)
+
+
+def rank_muon_elements(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int, int]:
+    """(matrix elements Muon updates, other trainable elements its scalar Adam updates) of
+    pipeline rank ``rank``'s GPU, before ZeRO sharding (``simtrain memory --explain``)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    mats = rest = 0
+    for c in step.rank_chunks(rank):
+        for copies, tensors in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi,
+                                                   c.embedding, c.head, p.etp):  # fmt: skip
+            for x in tensors:
+                if x.trainable:
+                    if muon_managed(x):
+                        mats += copies * x.numel
+                    else:
+                        rest += copies * x.numel
+    return mats, rest

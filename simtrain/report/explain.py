@@ -19,6 +19,7 @@ from simtrain.costs.memory import (
     reduce_copy_bytes,
     wire_grad_bytes,
 )
+from simtrain.costs.muon import rank_muon_elements
 from simtrain.costs.params import adam_temporaries, keeps_master_gradients
 from simtrain.layout.step import resolve
 from simtrain.spec.precision import STATES_PER_PARAM
@@ -136,6 +137,11 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     lines.append(f"  optimizer states = {t.optimizer} on {ms.trainable:,} trainable"
                  + _per_param_states(t.optimizer, ms.optimizer_states, ms.trainable, z, dp)
                  + f" = {_gb(ms.optimizer_states)}")  # fmt: skip
+    if t.optimizer == "muon":
+        mats, rest = rank_muon_elements(sc, resolve(sc), sm.stage)
+        lines.append(f"    Muon: a momentum on the {mats:,} elements of the matrices it "
+                     f"orthogonalises, Adam's m and v on the other {rest:,} (embeddings, head, "
+                     f"vectors), {prec.state} B each")  # fmt: skip
     if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
         lines.append(
             f"  routed experts ({sc.parallelism.ep}-way expert parallel): their ZeRO "
