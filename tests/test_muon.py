@@ -19,13 +19,13 @@ from simtrain.apps.validate.records import load_records
 from simtrain.apps.validate.translate import record_to_scenario
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.muon import NS_STEPS, Matrix, muon_matrices, rank_muon_ns
-from simtrain.costs.params import ParamTensor, layer_param_tensors
+from simtrain.costs.muon import NS_STEPS, Matrix, muon_matrices, rank_muon_elements, rank_muon_ns
+from simtrain.costs.params import ParamTensor, layer_param_tensors, mtp_param_tensors
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
 from simtrain.report.explain import explain_memory
 from simtrain.spec.model import PRESETS, ModelSpec, from_hf_config
-from simtrain.spec.scenario import Scenario, TrainingSpec, parse_scenario
+from simtrain.spec.scenario import PeftSpec, Scenario, TrainingSpec, load_scenario, parse_scenario
 
 torch = pytest.importorskip("torch")
 
@@ -53,22 +53,31 @@ def scenario(optimizer: str = "muon", zero: int = 1, dp: int = 8, tp: int = 1,
 # --- memory: one momentum per matrix element, Adam's two elsewhere --------------------------
 
 
-@pytest.mark.parametrize("spec", [GPT, LLAMA], ids=["gpt", "llama"])
-def test_states_equal_pytorch_muon(spec: ModelSpec) -> None:
+@pytest.mark.parametrize(("spec", "peft"), [(GPT, "none"), (LLAMA, "none"), (GPT, "prefix"),
+                                           (LLAMA, "lora")], ids=["gpt", "llama", "gpt-prefix",
+                                                                 "llama-lora"])  # fmt: skip
+def test_states_equal_pytorch_muon(spec: ModelSpec, peft: str) -> None:
     """PyTorch's Muon (one fp32 ``momentum_buffer`` per matrix) beside AdamW (two fp32 moments)
-    on the embeddings, the head and the vectors: the measured state bytes equal the model's
-    byte for byte, and neither Adam's (8 B a parameter) nor momentum's (4 B)."""
+    on the embeddings, the head, the vectors and prefix tuning's tables: the measured state
+    bytes equal the model's byte for byte, and neither Adam's (8 B a parameter) nor momentum's
+    (4 B); with LoRA only the adapters' (the base frozen)."""
     t = TrainingSpec(seq_len=16, micro_batch=2, precision="fp32", optimizer="muon")
+    if peft != "none":
+        t = replace(t, peft=PeftSpec(method=peft, prefix_length=4, rank=4,
+                                     target_modules=("q", "v")))  # fmt: skip
     measured = measure_step(spec, t, steps=1).optimizer_state_bytes
     sc = parse_scenario({"name": "t", "model": {"preset": "gpt2"}, "hardware": "a100_sxm4_80gb",
                          "training": {"seq_len": 16, "global_batch": 2, "micro_batch": 2,
                                       "precision": "fp32", "optimizer": "muon"},
                          "parallelism": {"dp": 1, "tp": 1, "pp": 1}}, "t.yaml")  # fmt: skip
-    sc = replace(sc, model=spec)
+    sc = replace(sc, model=spec, training=t)
     modelled = dict(estimate_memory(sc).stages[0].memory_bytes)["optimizer_states"]
-    n = spec.total_params()
+    n = estimate_memory(sc).stages[0].trainable
     assert modelled == measured
-    assert 4 * n < measured < 8 * n
+    if peft == "none":  # matrices and the rest
+        assert 4 * n < measured < 8 * n
+    else:  # prefix tables: Adam's only; LoRA's A and B: matrices only
+        assert measured == {"prefix": 8, "lora": 4}[peft] * n
 
 
 def test_states_closed_form_llama() -> None:
@@ -109,19 +118,73 @@ def test_fused_linears_are_one_matrix() -> None:
     assert not muon_matrices([ParamTensor("wte", 100, 8, True), ParamTensor("n", 8, 1, True)], {})
 
 
-def test_work_shared_over_the_zero_group() -> None:
-    """The layer-wise distributed optimizer: each of dp ranks orthogonalises 1/dp of the work
-    under ZeRO-1; without it every replica all of it; Adam none."""
-    sc1, sc0 = scenario(zero=1), scenario(zero=0)
-    one, zero = rank_muon_ns(sc1, resolve(sc1), 0), rank_muon_ns(sc0, resolve(sc0), 0)
-    assert one > 0
-    assert zero == pytest.approx(8 * one, rel=1e-6)
+def _gemm_ns(a: int, b: int, c: int, hw) -> float:  # noqa: ANN001
+    """2abc FLOPs at the profile's bf16 rate with the GEMM shape term, by hand."""
+    eff, L = hw.efficiency.matmul, hw.efficiency.gemm_edge_elements
+    return 1e9 * 2 * a * b * c * (1 + L / a + L / b + L / c) / (989.4e12 * eff)  # H100 bf16 peak
+
+
+def _ns_by_hand(rows: int, cols: int, hw) -> float:  # noqa: ANN001
+    m, n = sorted((rows, cols))
+    return 5 * (2 * _gemm_ns(m, m, n, hw) + _gemm_ns(m, m, m, hw))
+
+
+def _adam_traffic_ns(elements: float, hw) -> float:  # noqa: ANN001
+    """The scalar Adam's second fp32 state read and written, at the optimizer's HBM rate."""
+    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound
+    return 1e9 * elements * 2 * 4 / (hw.hbm_bandwidth_bytes_per_s * eff)
+
+
+def test_llama_iterations_by_hand() -> None:
+    """Llama 3 8B on 8 H100s, ZeRO-1 (Megatron-LM's runtime: gate and up one fc1; Q, K, V
+    apart, muon_split_qkv): 32 x (q, k, v, o, fc1, down) Newton-Schulz times, 4 of each per
+    rank, plus Adam's second state on the embeddings, head and norms / 8."""
+    sc = scenario()
+    hw, m = sc.hardware, PRESETS["llama3-8b"]
+    h, f, kv = m.hidden, m.ffn_hidden, m.kv_dim
+    mats = [(h, h), (h, kv), (h, kv), (h, h), (h, 2 * f), (f, h)]
+    ns = 32 * sum(_ns_by_hand(r, c, hw) for r, c in mats) / 8
+    rest = m.total_params() - 32 * sum(r * c for r, c in mats)
+    got = rank_muon_ns(sc, resolve(sc), 0)
+    assert got == pytest.approx(ns + _adam_traffic_ns(rest / 8, hw), abs=1)  # ns, rounded
     assert rank_muon_ns(scenario("adamw"), resolve(scenario("adamw")), 0) == 0
 
 
+def test_whole_matrices_bound_the_share() -> None:
+    """The layer-wise optimizer hands out whole matrices: with more ZeRO ranks (256) than
+    matrices (192) the busiest rank does the largest one, fc1's, not 1/256 of the total; ZeRO
+    0 does all of them."""
+    hw, m = scenario().hardware, PRESETS["llama3-8b"]
+    h, f = m.hidden, m.ffn_hidden
+    big = scenario(dp=256)
+    rest = m.total_params() - 32 * (2 * h * h + 2 * h * m.kv_dim + 3 * h * f)
+    want = _ns_by_hand(h, 2 * f, hw) + _adam_traffic_ns(rest / 256, hw)
+    assert rank_muon_ns(big, resolve(big), 0) == pytest.approx(want, abs=1)
+    one, zero = scenario(zero=1), scenario(zero=0)
+    assert rank_muon_ns(zero, resolve(zero), 0) > 7.9 * rank_muon_ns(one, resolve(one), 0)
+
+
+def test_experts_over_the_expert_data_parallel_group() -> None:
+    """An MoE model: the routed experts' matrices over the expert-dp ranks (dp / ep), the rest
+    over dp; each expert's gate + up one fc1 (h x 2f) and its down (f x h)."""
+    sc = scenario(model={"preset": "qwen3-30b-a3b"}, dp=8)
+    sc = replace(sc, parallelism=replace(sc.parallelism, ep=4))
+    step = resolve(sc)
+    m, p = sc.model, sc.parallelism
+    assert p.expert_dp == 2
+    experts = m.moe_layers * (m.num_experts // 4) * (
+        _ns_by_hand(m.hidden, 2 * m.expert_ffn, sc.hardware)
+        + _ns_by_hand(m.expert_ffn, m.hidden, sc.hardware))  # fmt: skip
+    dense_only = replace(sc, model=replace(m, num_experts=0, experts_per_token=0))
+    got = rank_muon_ns(sc, step, 0)
+    # the experts' share is theirs over expert-dp 2; the rest at least the dense ranks' share
+    assert got > experts / 2
+    assert got < experts / 2 + rank_muon_ns(dense_only, resolve(dense_only), 0) * 2
+
+
 def test_step_pays_the_iterations() -> None:
-    """The simulated optimizer time grows by the rank's Newton-Schulz time (the momentum's
-    traffic is one state's, below Adam's two)."""
+    """The simulated optimizer time grows by :func:`rank_muon_ns` less the one state's traffic
+    Muon's matrices do not pay (the one-state update is every optimizer's)."""
     mu, ad = scenario(), scenario("adamw")
     t_mu = dict(simulate_scenario(mu).metrics.time_breakdown_s)["optimizer"]
     t_ad = dict(simulate_scenario(ad).metrics.time_breakdown_s)["optimizer"]
@@ -130,6 +193,22 @@ def test_step_pays_the_iterations() -> None:
     traffic = [optimizer_step_ns(shard, x.training, x.hardware) / 1e9 for x in (mu, ad)]
     assert traffic[0] < traffic[1]
     assert t_mu - t_ad == pytest.approx(ns + traffic[0] - traffic[1], abs=2e-6)
+
+
+def test_mtp_modules_and_lora_matrices_apart() -> None:
+    """Each MTP module's eh_proj is its own matrix (two modules: two); LoRA's A and B are
+    matrices of their own, gate's and up's never merged as their fused weights are, and the
+    frozen base weights none."""
+    m = replace(PRESETS["deepseek-v3"], mtp_layers=2)
+    t = TrainingSpec(optimizer="muon")
+    mats = muon_matrices(mtp_param_tensors(m, t), {"gate": "fc1", "up": "fc1"})
+    assert [(x.rows, x.cols) for x in mats] == [(2 * m.hidden, m.hidden)] * 2
+    lora = replace(t, peft=PeftSpec(method="lora", rank=8, target_modules=("q", "gate", "up")))
+    got = muon_matrices(layer_param_tensors(PRESETS["llama3-8b"], lora),
+                        {"gate": "fc1", "up": "fc1"})  # fmt: skip
+    h, f = 4096, PRESETS["llama3-8b"].ffn_hidden
+    assert sorted((x.rows, x.cols) for x in got) == sorted(
+        [(h, 8), (8, h), (h, 8), (8, f), (h, 8), (8, f)])  # fmt: skip
 
 
 # --- Kimi K2 ---------------------------------------------------------------------------------
@@ -195,17 +274,35 @@ def test_megatron_importer_reads_muon(flags: str, zero: int) -> None:
     assert imp.data["training"]["optimizer"] == "muon"
     assert int(imp.data["parallelism"].get("zero_stage", 0)) == zero
     assert not [u for u in imp.unsupported if "optimizer" in u]
+    aware = import_megatron_flags(
+        [
+            *base.split(),
+            *flags.split(),
+            "--use-precision-aware-optimizer",
+            "--exp-avg-dtype",
+            "bf16",
+            "--exp-avg-sq-dtype",
+            "bf16",
+        ],
+        gpus=8,
+    )
+    assert "optimizer_state_dtype" not in aware.data["training"]
+    assert any("--use-precision-aware-optimizer" in u for u in aware.unsupported)
 
 
 @pytest.mark.parametrize(
     ("change", "key"),
     [({"parallelism": {"zero_stage": 2}}, "parallelism.zero_stage"),
      ({"parallelism": {"zero_stage": 3}}, "parallelism.zero_stage"),
-     ({"training": {"offload": {"optimizer": True}}}, "training.offload.optimizer")],
+     ({"training": {"offload": {"optimizer": True}}}, "training.offload.optimizer"),
+     ({"training": {"optimizer_state_dtype": "bf16"}}, "training.optimizer_state_dtype"),
+     ({"training": {"precision": "bf16", "master_weights": "remainder"}},
+      "training.master_weights")],
 )  # fmt: skip
 def test_refused_where_not_modelled(change: dict[str, Any], key: str) -> None:
-    """ZeRO-2/3 (sharded gradients, every matrix gathered first) and the host step: clear
-    errors naming the key and the allowed values."""
+    """ZeRO-2/3 (sharded gradients, every matrix gathered first), the host step and
+    Megatron-Core's precision-aware storage (Adam's only): clear errors naming the key and the
+    allowed values."""
     data = {"name": "m", "model": {"preset": "gpt2"}, "hardware": "a100_sxm4_80gb",
             "cluster": {"nodes": 1, "gpus_per_node": 8},
             "training": {"seq_len": 128, "global_batch": 8, "micro_batch": 1,
@@ -229,3 +326,15 @@ def test_explain_names_the_split() -> None:
     h, f, kv = m.hidden, m.ffn_hidden, m.kv_dim
     assert mats == m.layers * (2 * h * h + 2 * h * kv + 3 * h * f)
     assert 4 * mats + 8 * rest == dict(rep.stages[0].memory_bytes)["optimizer_states"]
+
+
+def test_explain_counts_what_memory_counts() -> None:
+    """The explain line's matrix and other elements sum to the stage's trainable parameters,
+    also where a chunk of the V holds the head without the embedding (DeepSeek-V3's DualPipeV,
+    its MTP module sharing rank 0's embedding)."""
+    sc = load_scenario(ROOT / "scenarios" / "deepseek_v3_2048gpu.yaml")
+    sc = replace(sc, training=replace(sc.training, optimizer="muon"))
+    rep = estimate_memory(sc)
+    for sm in rep.stages[:2]:
+        mats, rest = rank_muon_elements(sc, resolve(sc), sm.stage)
+        assert mats + rest == sm.trainable

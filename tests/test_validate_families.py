@@ -803,7 +803,7 @@ def test_new_family_regression_bounds(default_result) -> None:
         # DeepSeek-V3 recipe's pp 2 vp 8 layout and the H100 Qwen3-235B rows' whole experts,
         # expert_tp 1): 192 rows, 20.2 % (dense 9.6 %, MoE 27 %), median |e| 12.7 %
         # + the four Kimi K2 rows (its preset, the recipe's Muon and layout): 196 rows,
-        # 17.7 -> 17.5 % (the Kimi rows +2.3 to +8.3 %)
+        # 17.7 -> 17.5 % (the Kimi rows +2.0 to +8.1 %)
         ("megatron_bridge", "tokens_per_s"): (196, 21.5),
         ("megatron_bridge", "tflops_per_gpu"): (196, 21.0),  # was 21.4: the GeLU model's FLOPs
         # the same (was 10.0; 9.6 with GeLU); + GPT3-175B (+3.8 %) and Nemotron-340B (-0.1 %)

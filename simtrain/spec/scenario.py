@@ -702,6 +702,14 @@ def check_muon(s: Scenario, file: str) -> None:
                           "orthogonalises as whole matrices (training.optimizer muon: modelled "
                           "as Megatron-Core's layer-wise distributed optimizer)", p.zero_stage,
                           "0 | 1")  # fmt: skip
+    # Megatron-Core's precision-aware optimizer (bf16 states, master remainders) is Adam's only:
+    # OptimizerConfig.__post_init__ "--use-precision-aware-optimizer only supported with adam"
+    # (optimizer_config.py l.433-436 at d98e8a64)
+    for key, value in t.changed_storage():
+        raise ConfigError(file, f"training.{key}", f"{value}: Megatron-Core's precision-aware "
+                          "optimizer, which stores the states or the master weights otherwise, "
+                          "runs Adam only (training.optimizer muon)", value,
+                          STORAGE_DEFAULTS[key])  # fmt: skip
 
 
 def check_optimizer_storage(s: Scenario, file: str) -> None:

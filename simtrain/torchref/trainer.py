@@ -3,6 +3,8 @@ optimizer, fp32 master weights and gradient accumulation, the fp16 loss scale.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from simtrain.spec.model import ModelSpec
@@ -17,9 +19,11 @@ from simtrain.torchref.precision import (
 from simtrain.torchref.reference_model import ReferenceGPT, build_reference_model
 
 #: Reference parameter names Megatron-Core's Muon leaves to its scalar Adam besides the vectors:
-#: the embeddings and the output layer (costs.params.NOT_MUON; ReferenceGPT's ``wte``,
-#: ``wpe``, ``lm_head``, ``prompt``).
+#: the embeddings and the output layer, and the PEFT prompt and prefix tables
+#: (costs.params.NOT_MUON; ReferenceGPT's ``wte``, ``wpe``, ``lm_head``, ``prompt``,
+#: ``blocks.N.attn.prefix_k`` / ``prefix_v``).
 _NOT_MUON_PREFIXES = ("wte.", "wpe.", "lm_head.", "prompt")
+_NOT_MUON_PARTS = ("prefix_",)
 
 
 class _MuonWithAdam(torch.optim.Optimizer):
@@ -39,15 +43,23 @@ class _MuonWithAdam(torch.optim.Optimizer):
             part.step()
 
 
-class _ChainedState(dict):
-    """The parts' ``state`` dicts read as one (``_Trainer.state_tensors``)."""
+class _ChainedState(Mapping):
+    """The parts' ``state`` dicts read as one mapping (``_Trainer.state_tensors``)."""
 
     def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
-        super().__init__()
         self.parts = parts
 
-    def values(self):  # noqa: ANN201
-        return [v for part in self.parts for v in part.state.values()]
+    def _merged(self) -> dict:
+        return {k: v for part in self.parts for k, v in part.state.items()}
+
+    def __getitem__(self, key):  # noqa: ANN001, ANN204
+        return self._merged()[key]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._merged())
+
+    def __len__(self) -> int:
+        return sum(len(part.state) for part in self.parts)
 
 
 def make_optimizer(name: str, params: list[torch.Tensor],
@@ -58,7 +70,8 @@ def make_optimizer(name: str, params: list[torch.Tensor],
     if name == "muon":
         names = names or [""] * len(params)
         mats = [p for p, n in zip(params, names, strict=True)
-                if p.ndim == 2 and not n.startswith(_NOT_MUON_PREFIXES)]  # fmt: skip
+                if p.ndim == 2 and not n.startswith(_NOT_MUON_PREFIXES)
+                and not any(x in n for x in _NOT_MUON_PARTS)]  # fmt: skip
         ids = {id(p) for p in mats}
         return _MuonWithAdam(mats, [p for p in params if id(p) not in ids], lr)
     if name == "sgd":

@@ -1000,6 +1000,10 @@ def _optimizer_storage(f: Flags, r: Reading, training: dict[str, Any], bf16: boo
             if dtypes[x] != "fp32":
                 r.assume(f"{x} {dtypes[x]} without --use-precision-aware-optimizer: no effect")
         return
+    if f.value("--optimizer") in ("muon", "dist_muon"):  # OptimizerConfig asserts adam
+        r.unsupported_("--use-precision-aware-optimizer", "Megatron-Core runs it with adam only "
+                       "(optimizer_config.py l.433-436): simulated with Muon's fp32 states")  # fmt: skip
+        return
     avg, sq = dtypes["--exp-avg-dtype"], dtypes["--exp-avg-sq-dtype"]
     if avg == sq == "bf16":
         training["optimizer_state_dtype"] = "bf16"
