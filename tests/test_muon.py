@@ -19,7 +19,14 @@ from simtrain.apps.validate.records import load_records
 from simtrain.apps.validate.translate import record_to_scenario
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.muon import NS_STEPS, Matrix, muon_matrices, rank_muon_elements, rank_muon_ns
+from simtrain.costs.muon import (
+    NS_STEPS,
+    Matrix,
+    matrix_ns,
+    muon_matrices,
+    rank_muon_elements,
+    rank_muon_ns,
+)
 from simtrain.costs.params import ParamTensor, layer_param_tensors, mtp_param_tensors
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
@@ -96,13 +103,17 @@ def test_states_closed_form_llama() -> None:
 # --- compute: the Newton-Schulz iterations --------------------------------------------------
 
 
-def test_newton_schulz_flops() -> None:
-    """Per iteration X·Xᵀ (2m²n), A·A (2m³) and B·X (2m²n), m the smaller side; 5 iterations."""
+def test_newton_schulz_gemms() -> None:
+    """Per iteration X·Xᵀ (2m²n), A·A (2m³) and B·X (2m²n), m the smaller side, 5 iterations:
+    a square matrix is three m³ GEMMs a step, a tall one costs what its transpose does, a wide
+    one by hand."""
+    hw = scenario().hardware
     assert NS_STEPS == 5
-    assert Matrix(4096, 4096, False).flops == 5 * (2 + 2 + 2) * 4096**3
-    wide = Matrix(1024, 8192, False).flops
-    assert wide == 5 * (2 * 1024**2 * 8192 * 2 + 2 * 1024**3)
-    assert Matrix(8192, 1024, False).flops == wide  # a tall matrix is transposed
+    assert matrix_ns(Matrix(4096, 4096, False), scenario()) == pytest.approx(
+        5 * 3 * _gemm_ns(4096, 4096, 4096, hw), rel=1e-12)  # fmt: skip
+    wide = matrix_ns(Matrix(1024, 8192, False), scenario())
+    assert wide == pytest.approx(_ns_by_hand(1024, 8192, hw), rel=1e-12)
+    assert matrix_ns(Matrix(8192, 1024, False), scenario()) == wide
 
 
 def test_fused_linears_are_one_matrix() -> None:

@@ -81,12 +81,6 @@ class Matrix:
     cols: int
     expert: bool
 
-    @property
-    def flops(self) -> float:
-        """One update's Newton-Schulz FLOPs: steps x (4·m²·n + 2·m³), m <= n."""
-        m, n = sorted((self.rows, self.cols))
-        return NS_STEPS * (4.0 * m * m * n + 2.0 * m**3)
-
 
 def fused_matrices(sc: Scenario) -> dict[str, str]:
     """The linears Muon orthogonalises as one matrix: gate and up as ``fc1`` where the runtime
@@ -122,9 +116,9 @@ def muon_matrices(tensors: Iterable[ParamTensor], fused: dict[str, str]) -> list
 
 
 def matrix_ns(x: Matrix, sc: Scenario) -> float:
-    """One update's Newton-Schulz time of ``x`` in ns: per iteration the m x n x m, m x m x m
-    and m x m x n GEMMs at the dense GEMM rate with their shape terms, in bf16 (their FLOPs
-    are ``Matrix.flops``)."""
+    """One update's Newton-Schulz time of ``x`` in ns, m <= n its sides: per iteration the
+    X·Xᵀ (2·m²·n FLOPs), A·A (2·m³) and B·X (2·m²·n) GEMMs at the dense GEMM rate with their
+    shape terms, in bf16; :data:`NS_STEPS` iterations."""
     m, n = sorted((x.rows, x.cols))
     hw = sc.hardware
     one = (matmul_ns(2.0 * m * m * n, hw, "bf16", edge=gemm_edge(m, m, n)) * 2

@@ -691,7 +691,9 @@ def check_muon(s: Scenario, file: str) -> None:
     runs of it, each matrix on one data-parallel rank (ZeRO 0 or 1: the layer-wise distributed
     optimizer). Its Newton-Schulz iterations on the host (DeepSpeed's CPU offload runs its CPU
     Adam) and on sharded gradients or parameters (ZeRO-2/3: every matrix gathered first;
-    Megatron-Core refuses FSDP with Muon, arguments.py l.1738-1739 at d98e8a64) are not."""
+    Megatron-Core refuses FSDP with Muon, arguments.py l.1738-1739 at d98e8a64; torchtitan
+    b5bcd76c torchtitan/distributed/flex_shard/dist_muon.py redistributes each FSDP shard to
+    the matrix's owner) are not."""
     t, p = s.training, s.parallelism
     if t.offload.optimizer:
         raise ConfigError(file, "training.offload.optimizer", "runs DeepSpeed's CPU Adam on the "
@@ -700,8 +702,9 @@ def check_muon(s: Scenario, file: str) -> None:
     if p.zero_stage >= 2:
         raise ConfigError(file, "parallelism.zero_stage", "shards the gradients Muon "
                           "orthogonalises as whole matrices (training.optimizer muon: modelled "
-                          "as Megatron-Core's layer-wise distributed optimizer)", p.zero_stage,
-                          "0 | 1")  # fmt: skip
+                          "as Megatron-Core's layer-wise distributed optimizer; torchtitan's "
+                          "DistMuon, which moves each FSDP-sharded matrix to one owner, is not)",
+                          p.zero_stage, "0 | 1")  # fmt: skip
     # Megatron-Core's precision-aware optimizer (bf16 states, master remainders) is Adam's only:
     # OptimizerConfig.__post_init__ "--use-precision-aware-optimizer only supported with adam"
     # (optimizer_config.py l.433-436 at d98e8a64)
