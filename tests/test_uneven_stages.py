@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from simtrain.apps.importers import import_config
 from simtrain.apps.importers.common import load_imported
 from simtrain.apps.simulate import simulate_scenario
+from simtrain.apps.validate.records import Record
+from simtrain.apps.validate.splits import pipeline_split
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import (
@@ -397,3 +399,25 @@ def test_extrapolated_interleaved_step_with_uneven_chunks_is_the_simulated_one(
         f"parallelism.layer_split={split}"])  # fmt: skip
     full = simulate_scenario(sc).metrics.step_time_s
     assert predicted_step_time(sc) == pytest.approx(full, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("name", "pp", "vp", "source"),
+    [("Kimi_K2", 4, 4, "recipes/kimi/h100/kimi_k2.py _get_kimi_k2_pipeline_layout"),
+     ("Kimi_K2", 16, 2, "perf_recipes/kimi/h100/kimi_k2.py"),
+     ("DeepSeekV3", 8, 4, "perf_recipes/deepseek/h100/deepseek_v3.py")],
+)  # fmt: skip
+def test_bridge_recipe_layouts(name: str, pp: int, vp: int, source: str) -> None:
+    """Megatron-Bridge's 61-layer layouts by (pp, vp): the recipe maps, and the H100 perf
+    recipes' own strings "Et|(tt|)*30L" (Kimi K2) and "Et|(tt|)*30mL" (DeepSeek-V3): the
+    embedding and one block, 30 chunks of two, the loss (and the MTP module) alone; each sums
+    to the 61 blocks and names where it is read."""
+    rec = Record(id="r", kind="training_run", source="s", source_key="megatron_bridge",
+                 model={"name": name}, training={}, hardware={}, measured={},
+                 parallelism={"pp": pp, "virtual_stages": vp})  # fmt: skip
+    notes: list[str] = []
+    split = pipeline_split(rec, dict(rec.parallelism), 61, notes)["layer_split"]
+    assert len(split) == pp * vp and sum(split) == 61
+    if (pp, vp) != (4, 4):
+        assert split == [1] + [2] * 30 + [0]
+    assert source in notes[0]

@@ -138,12 +138,12 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
             through += 1
     # megatron_sc21 16, korthikanti2022 8 (+ 5 Table 4 layer timings), megatron_readme 13,
     # mtnlg 1, megatron_core 3, nemo 6 (GPT3-175B and Nemotron-340B by their presets),
-    # megatron_bridge 4 + 24 (mbridge_2511.yaml; its 3 DeepSeek-V3 rows without a recipe
-    # layout are skipped), simumax_b200 43 (their own arguments), nanotron 417, torchtitan 11 + 3
+    # megatron_bridge 4 + 25 (mbridge_2511.yaml; its 2 GB300 DeepSeek-V3 rows at pp 2 vp 4,
+    # which no recipe lays out, are skipped), simumax_b200 43 (their own arguments), nanotron 417, torchtitan 11 + 3
     # (torchao's float8 table) + 13 (torchtitan_2412.yaml) + 7 (torchtitan_2506_asynctp.yaml),
     # megatron_sc21_zero3 6; megatron_bridge's 26.x rows 168 (mbridge_26x.yaml, Kimi K2's
     # four with its preset and the recipe's Muon)
-    assert through == 51 + 5 + 24 + 43 + 417 + 34 + 6 + 168
+    assert through == 51 + 5 + 25 + 43 + 417 + 34 + 6 + 168
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,9 @@ MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
     # deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
     # same 16 chunks)
     (2, 8): [4] * 15 + [1],
+    # the 26.x H100 recipe's (perf_recipes/deepseek/h100/deepseek_v3.py, 1,024 GPUs, pp 8 vp 4,
+    # at 067f987d): "Et|(tt|)*30mL", the MTP module and the loss a chunk of their own
+    (8, 4): [1] + [2] * 30 + [0],
 }
 
 
@@ -54,6 +57,9 @@ MBRIDGE_KIMI_K2_LAYOUTS: dict[tuple[int, int], list[int]] = {
     (8, 2): [4] * 15 + [1],
     (4, 4): [4] * 15 + [1],
     (2, 8): [4] * 15 + [1],
+    # its H100 perf recipe (perf_recipes/kimi/h100/kimi_k2.py l.47, 1,024 GPUs, pp 16 vp 2,
+    # at 067f987d): "Et|(tt|)*30L", the loss a chunk of its own
+    (16, 2): [1] + [2] * 30 + [0],
 }
 #: The Megatron-Bridge recipes' own layouts by preset, and where they are read.
 MBRIDGE_LAYOUTS = {
@@ -65,6 +71,12 @@ MBRIDGE_LAYOUTS = {
         MBRIDGE_KIMI_K2_LAYOUTS,
         "recipes/kimi/h100/kimi_k2.py _get_kimi_k2_pipeline_layout at 067f987d",
     ),
+}
+#: The (preset, (pp, vp)) layouts a per-system perf recipe sets itself (the comments above).
+MBRIDGE_RECIPE_LAYOUTS = {
+    ("deepseek-v3", (2, 8)): "perf_recipes/deepseek/gb300/deepseek_v3.py at 067f987d",
+    ("deepseek-v3", (8, 4)): "perf_recipes/deepseek/h100/deepseek_v3.py at 067f987d",
+    ("kimi-k2", (16, 2)): "perf_recipes/kimi/h100/kimi_k2.py at 067f987d",
 }
 
 
@@ -118,6 +130,7 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
     )
     if preset in MBRIDGE_LAYOUTS and (pp, v) in MBRIDGE_LAYOUTS[preset][0]:
         layouts, where = MBRIDGE_LAYOUTS[preset]
+        where = MBRIDGE_RECIPE_LAYOUTS.get((preset, (pp, v)), where)
         split = layouts[(pp, v)]
         notes.append(f"pipeline split: Megatron-Bridge's {preset} layout for pp {pp}, vp {v} "
                      f"({where}): {_short(split, 'chunk')}")  # fmt: skip
