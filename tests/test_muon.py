@@ -23,7 +23,7 @@ from simtrain.costs.muon import (
     NS_STEPS,
     Matrix,
     matrix_ns,
-    muon_matrices,
+    muon_params,
     rank_muon_elements,
     rank_muon_ns,
 )
@@ -109,24 +109,27 @@ def test_newton_schulz_gemms() -> None:
     one by hand."""
     hw = scenario().hardware
     assert NS_STEPS == 5
-    assert matrix_ns(Matrix(4096, 4096, False), scenario()) == pytest.approx(
+    assert matrix_ns(Matrix(4096, 4096), scenario()) == pytest.approx(
         5 * 3 * _gemm_ns(4096, 4096, 4096, hw), rel=1e-12)  # fmt: skip
-    wide = matrix_ns(Matrix(1024, 8192, False), scenario())
+    wide = matrix_ns(Matrix(1024, 8192), scenario())
     assert wide == pytest.approx(_ns_by_hand(1024, 8192, hw), rel=1e-12)
-    assert matrix_ns(Matrix(8192, 1024, False), scenario()) == wide
+    assert matrix_ns(Matrix(8192, 1024), scenario()) == wide
 
 
-def test_fused_linears_are_one_matrix() -> None:
-    """Q, K, V fused as linear_qkv (h x (q + 2kv)) and gate/up as linear_fc1 (h x 2f): one
-    matrix each, as Megatron-Core orthogonalises them; apart without fusion."""
+def test_fused_parameters() -> None:
+    """Megatron-Core's parameters: a fused linear_qkv is one parameter of three matrices
+    (muon_split_qkv), a fused linear_fc1 one parameter of one h x 2f matrix; unfused, each
+    linear its own; embeddings and vectors none; a block's tensors twice over, twice the
+    parameters."""
     m = PRESETS["llama3-8b"]
+    h, f, q, kv = m.hidden, m.ffn_hidden, m.q_dim, m.kv_dim
     ts = layer_param_tensors(m, TrainingSpec(optimizer="muon"))
-    fused = muon_matrices(ts, {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"})
-    shapes = sorted((x.rows, x.cols) for x in fused)
-    h, f = m.hidden, m.ffn_hidden
-    assert shapes == sorted([(h, h + 2 * m.kv_dim), (h, h), (h, 2 * f), (f, h)])
-    assert len(muon_matrices(ts, {})) == 7
-    assert not muon_matrices([ParamTensor("wte", 100, 8, True), ParamTensor("n", 8, 1, True)], {})
+    fused = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "fc1", "up": "fc1"}
+    got = [[(x.rows, x.cols) for x in p.matrices] for p in muon_params(ts, fused)]
+    assert sorted(got) == sorted([[(h, q), (h, kv), (h, kv)], [(q, h)], [(h, 2 * f)], [(f, h)]])
+    assert len(muon_params(ts, {})) == 7
+    assert len(muon_params(ts + ts, fused)) == 8
+    assert not muon_params([ParamTensor("wte", 100, 8, True), ParamTensor("n", 8, 1, True)], {})
 
 
 def _gemm_ns(a: int, b: int, c: int, hw) -> float:  # noqa: ANN001
@@ -176,21 +179,61 @@ def test_whole_matrices_bound_the_share() -> None:
 
 
 def test_experts_over_the_expert_data_parallel_group() -> None:
-    """An MoE model: the routed experts' matrices over the expert-dp ranks (dp / ep), the rest
-    over dp; each expert's gate + up one fc1 (h x 2f) and its down (f x h)."""
+    """An MoE model (Qwen3-30B-A3B, 48 MoE blocks, ep 4 over dp 8: expert-dp 2), by hand: the
+    dense parameters (q/k/v, o, the router) over the 8 ZeRO ranks, the 32 local experts' fc1
+    (h x 2f) and down (f x h) over the 2 expert-dp ranks, Adam's second state on the
+    embeddings and norms over 8."""
     sc = scenario(model={"preset": "qwen3-30b-a3b"}, dp=8)
     sc = replace(sc, parallelism=replace(sc.parallelism, ep=4))
-    step = resolve(sc)
-    m, p = sc.model, sc.parallelism
-    assert p.expert_dp == 2
-    experts = m.moe_layers * (m.num_experts // 4) * (
-        _ns_by_hand(m.hidden, 2 * m.expert_ffn, sc.hardware)
-        + _ns_by_hand(m.expert_ffn, m.hidden, sc.hardware))  # fmt: skip
-    dense_only = replace(sc, model=replace(m, num_experts=0, experts_per_token=0))
-    got = rank_muon_ns(sc, step, 0)
-    # the experts' share is theirs over expert-dp 2; the rest at least the dense ranks' share
-    assert got > experts / 2
-    assert got < experts / 2 + rank_muon_ns(dense_only, resolve(dense_only), 0) * 2
+    m, hw = sc.model, sc.hardware
+    assert sc.parallelism.expert_dp == 2 and m.moe_layers == m.layers == 48
+    h, q, kv, e, f = m.hidden, m.q_dim, m.kv_dim, m.num_experts, m.expert_ffn
+    dense = (_ns_by_hand(h, q, hw) + 2 * _ns_by_hand(h, kv, hw) + _ns_by_hand(q, h, hw)
+             + _ns_by_hand(h, e, hw))  # fmt: skip
+    experts = (e // 4) * (_ns_by_hand(h, 2 * f, hw) + _ns_by_hand(f, h, hw))
+    rest = 2 * m.vocab * h + 48 * (2 * h + 2 * m.head_dim) + h  # untied; norms, q/k norms
+    want = 48 * dense / 8 + 48 * experts / 2 + _adam_traffic_ns(rest / 8, hw)
+    assert rank_muon_ns(sc, resolve(sc), 0) == pytest.approx(want, abs=1)
+
+
+def test_each_model_chunk_assigned_apart() -> None:
+    """Megatron-Core lays each model chunk's parameters out apart: Llama 3 8B at pp 4 x vp 4
+    over dp 64 has 8 parameters a chunk (2 blocks x q/k/v, o, fc1, down) for 64 ranks, so the
+    busiest rank of every chunk does its fc1, and a middle rank's 4 chunks add up to 4 fc1s
+    (not its 32 parameters spread over 64 ranks); Adam's second state on its 8 blocks' norms."""
+    sc = parse_scenario({
+        "name": "chunks", "model": {"preset": "llama3-8b"}, "hardware": "h100_sxm5_80gb",
+        "cluster": {"nodes": 32, "gpus_per_node": 8},
+        "training": {"seq_len": 2048, "global_batch": 256, "micro_batch": 1,
+                     "precision": "bf16", "optimizer": "muon"},
+        "parallelism": {"dp": 64, "tp": 1, "pp": 4, "virtual_stages": 4,
+                        "schedule": "interleaved", "zero_stage": 1},
+    }, "chunks.yaml")  # fmt: skip
+    m, hw = sc.model, sc.hardware
+    want = 4 * _ns_by_hand(m.hidden, 2 * m.ffn_hidden, hw) + _adam_traffic_ns(
+        8 * 2 * m.hidden / 64, hw)  # fmt: skip
+    assert rank_muon_ns(sc, resolve(sc), 1) == pytest.approx(want, abs=1)
+
+
+def test_expert_vectors_over_expert_dp() -> None:
+    """GPT-OSS's biases are Adam's: the routed experts' over the 2 expert-dp ranks, as their
+    matrices, the rest over the 8 ZeRO ranks. Removing the biases removes exactly that
+    traffic (the matrices, and so the iterations, stay)."""
+    sc = scenario(model={"preset": "gpt-oss-20b"}, dp=8)
+    sc = replace(sc, parallelism=replace(sc.parallelism, ep=4))
+    no_bias = replace(sc, model=replace(sc.model, bias=False))
+
+    def vectors(model: ModelSpec) -> tuple[int, int]:  # (experts', the rest's) per block
+        ts = [x for x in layer_param_tensors(model, sc.training, ep=4) if x.cols == 1]
+        exp = sum(x.numel for x in ts if x.name.startswith("expert"))
+        return exp, sum(x.numel for x in ts) - exp
+
+    (e1, d1), (e0, d0) = vectors(sc.model), vectors(no_bias.model)
+    assert e1 > e0 and d1 > d0
+    layers = sc.model.layers
+    want = _adam_traffic_ns(layers * ((e1 - e0) / 2 + (d1 - d0) / 8), sc.hardware)
+    got = rank_muon_ns(sc, resolve(sc), 0) - rank_muon_ns(no_bias, resolve(no_bias), 0)
+    assert got == pytest.approx(want, abs=2)
 
 
 def test_step_pays_the_iterations() -> None:
@@ -212,13 +255,13 @@ def test_mtp_modules_and_lora_matrices_apart() -> None:
     frozen base weights none."""
     m = replace(PRESETS["deepseek-v3"], mtp_layers=2)
     t = TrainingSpec(optimizer="muon")
-    mats = muon_matrices(mtp_param_tensors(m, t), {"gate": "fc1", "up": "fc1"})
-    assert [(x.rows, x.cols) for x in mats] == [(2 * m.hidden, m.hidden)] * 2
+    got = muon_params(mtp_param_tensors(m, t), {"gate": "fc1", "up": "fc1"})
+    assert [[(x.rows, x.cols) for x in p.matrices] for p in got] == [[(2 * m.hidden, m.hidden)]] * 2
     lora = replace(t, peft=PeftSpec(method="lora", rank=8, target_modules=("q", "gate", "up")))
-    got = muon_matrices(layer_param_tensors(PRESETS["llama3-8b"], lora),
-                        {"gate": "fc1", "up": "fc1"})  # fmt: skip
+    got = muon_params(layer_param_tensors(PRESETS["llama3-8b"], lora),
+                      {"gate": "fc1", "up": "fc1"})  # fmt: skip
     h, f = 4096, PRESETS["llama3-8b"].ffn_hidden
-    assert sorted((x.rows, x.cols) for x in got) == sorted(
+    assert sorted((x.rows, x.cols) for p in got for x in p.matrices) == sorted(
         [(h, 8), (8, h), (h, 8), (8, f), (h, 8), (8, f)])  # fmt: skip
 
 
@@ -256,6 +299,8 @@ def test_kimi_k2_preset_and_config(tmp_path: Path) -> None:
     p.write_text(json.dumps(KIMI_K2))
     assert PRESETS["kimi-k2"].total_params() == _kimi_by_hand() == 1_026_408_232_448
     assert from_hf_config(p).total_params() == _kimi_by_hand()
+    read, preset = from_hf_config(p), PRESETS["kimi-k2"]  # n_group 1: no group limit
+    assert (read.router_groups, read.router_group_topk) == (preset.router_groups, 0) == (0, 0)
 
 
 def test_bridge_kimi_rows_run_muon_on_the_recipe_layout() -> None:
@@ -285,6 +330,13 @@ def test_megatron_importer_reads_muon(flags: str, zero: int) -> None:
     assert imp.data["training"]["optimizer"] == "muon"
     assert int(imp.data["parallelism"].get("zero_stage", 0)) == zero
     assert not [u for u in imp.unsupported if "optimizer" in u]
+    for extra, flag in (("--use-megatron-fsdp --data-parallel-sharding-strategy optim",
+                         "--use-megatron-fsdp"),
+                        ("--use-distributed-optimizer --num-distributed-optimizer-instances 2",
+                         "--num-distributed-optimizer-instances")):  # fmt: skip
+        other = import_megatron_flags([*base.split(), *flags.split(), *extra.split()], gpus=8)
+        assert any(flag in u for u in other.unsupported), extra
+        assert int(other.data["parallelism"].get("zero_replicas", 1)) == 1
     aware = import_megatron_flags(
         [
             *base.split(),
@@ -308,7 +360,8 @@ def test_megatron_importer_reads_muon(flags: str, zero: int) -> None:
      ({"training": {"offload": {"optimizer": True}}}, "training.offload.optimizer"),
      ({"training": {"optimizer_state_dtype": "bf16"}}, "training.optimizer_state_dtype"),
      ({"training": {"precision": "bf16", "master_weights": "remainder"}},
-      "training.master_weights")],
+      "training.master_weights"),
+        ({"parallelism": {"zero_replicas": 2}}, "parallelism.zero_replicas")],
 )  # fmt: skip
 def test_refused_where_not_modelled(change: dict[str, Any], key: str) -> None:
     """ZeRO-2/3 (sharded gradients, every matrix gathered first), the host step and

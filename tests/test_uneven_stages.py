@@ -405,7 +405,7 @@ def test_extrapolated_interleaved_step_with_uneven_chunks_is_the_simulated_one(
     ("name", "pp", "vp", "source"),
     [("Kimi_K2", 4, 4, "recipes/kimi/h100/kimi_k2.py _get_kimi_k2_pipeline_layout"),
      ("Kimi_K2", 16, 2, "perf_recipes/kimi/h100/kimi_k2.py"),
-     ("DeepSeekV3", 8, 4, "perf_recipes/deepseek/h100/deepseek_v3.py")],
+     ("DeepSeekV3", 8, 4, "deepseek_llm_pretrain.py l.175 at 00b7660b")],
 )  # fmt: skip
 def test_bridge_recipe_layouts(name: str, pp: int, vp: int, source: str) -> None:
     """Megatron-Bridge's 61-layer layouts by (pp, vp): the recipe maps, and the H100 perf

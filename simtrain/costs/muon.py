@@ -22,10 +22,10 @@ Megatron-Core's rules, which simtrain follows:
   ``muon_scalar_optimizer="adam"``, src/megatron/bridge/recipes/utils/optimizer_utils.py at
   067f987d). So a Muon run keeps 1 state per matrix element and Adam's 2 per other element.
 - Which matrices: gate and up are one, ``linear_fc1`` (where the runtime fuses them,
-  ``runtime.fused_gate_up``); Q, K and V three, orthogonalised apart even where
-  ``linear_qkv`` holds them (``OptimizerConfig.muon_split_qkv = True``, optimizer_config.py
-  l.263); each routed expert's matrices apart (``TEGroupedLinear``'s ``weight{i}``); a LoRA
-  adapter's A and B each their own.
+  ``runtime.fused_gate_up``); Q, K and V three, orthogonalised apart even where one
+  ``linear_qkv`` parameter holds them (``OptimizerConfig.muon_split_qkv = True``,
+  optimizer_config.py l.263); each routed expert's matrices apart (``TEGroupedLinear``'s
+  ``weight{i}``); a LoRA adapter's A and B each their own.
 - Tensor parallelism: Megatron-Bridge's Muon default ``muon_tp_mode="blockwise"``
   orthogonalises each TP rank's shard as it is, no communication (``orthogonalize``:
   ``partition_dim = None`` for blockwise, l.396-398). ``duplicated`` / ``distributed`` (an
@@ -34,12 +34,12 @@ Megatron-Core's rules, which simtrain follows:
   ``--use-distributed-optimizer``: ``LayerWiseDistributedOptimizer``) gives each
   data-parallel rank whole parameters to update, largest Newton-Schulz cost first to the
   least loaded rank (``_compute_per_buffer_param_layout``: "Compute-balanced LPT",
-  layer_wise_optimizer.py l.196-330), and all-gathers them afterwards. With
-  ``parallelism.zero_stage`` 1 simtrain assigns a GPU's matrices so over its S ZeRO ranks
-  (the routed experts' over the expert-data-parallel group, as
-  ``costs.workload.rank_optimizer_shard`` shards the update) and takes the most loaded
-  rank's share: total / S where the matrices are many, the largest matrix where they are
-  few. With ZeRO 0 every replica orthogonalises all of its matrices.
+  layer_wise_optimizer.py l.196-330), per model chunk and buffer (the routed experts' apart),
+  and all-gathers them afterwards. With ``parallelism.zero_stage`` 1 simtrain assigns each
+  of a GPU's chunks so over its S ZeRO ranks (the routed experts' over the
+  expert-data-parallel group, as ``costs.workload.rank_optimizer_shard`` shards the update)
+  and adds up the busiest rank's shares: total / S where the parameters are many, the
+  largest one where they are few. With ZeRO 0 every replica updates all of them.
 - The scalar Adam's second state: the step's memory-bound update is priced at one state per
   parameter (``spec.precision.OPTIMIZER_STATES``); the elements Adam updates read and write
   a second one, added here.
@@ -59,6 +59,7 @@ from simtrain.costs.compute import gemm_edge, matmul_ns
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     ParamTensor,
+    chunk_tensor_groups,
     embedding_tp,
     end_param_tensors,
     layer_param_tensors,
@@ -74,27 +75,44 @@ NS_STEPS = 5
 
 @dataclass(frozen=True, slots=True)
 class Matrix:
-    """One matrix Muon orthogonalises on one GPU: ``rows`` x ``cols``, a routed expert's or
-    not (whose work the expert-data-parallel group shares)."""
+    """One matrix Muon orthogonalises on one GPU: ``rows`` x ``cols``."""
 
     rows: int
     cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class MuonParam:
+    """One parameter Muon updates, whole on one data-parallel rank under the layer-wise
+    distributed optimizer: its matrices, orthogonalised apart (a fused ``linear_qkv``'s Q, K
+    and V: ``muon_split_qkv``), and whether it is a routed expert's (whose work the
+    expert-data-parallel group shares)."""
+
+    matrices: tuple[Matrix, ...]
     expert: bool
 
 
-def fused_matrices(sc: Scenario) -> dict[str, str]:
-    """The linears Muon orthogonalises as one matrix: gate and up as ``fc1`` where the runtime
-    fuses them (Q, K and V stay apart: ``muon_split_qkv``)."""
-    return {"gate": "fc1", "up": "fc1"} if sc.runtime.fused_gate_up else {}
+def fused_params(sc: Scenario) -> tuple[dict[str, str], frozenset[str]]:
+    """(linears one parameter holds, by the parameter's name; those of them Muon
+    orthogonalises as one matrix) under the runtime: ``fc1`` (gate and up, one matrix) where
+    it fuses them (``runtime.fused_gate_up``), ``qkv`` (Q, K and V apart: Megatron-Core's
+    ``muon_split_qkv = True``) where it fuses those (``runtime.fused_qkv``)."""
+    rt = sc.runtime
+    names = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
+             **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
+    return names, frozenset({"fc1"})
 
 
-def muon_matrices(tensors: Iterable[ParamTensor], fused: dict[str, str]) -> list[Matrix]:
-    """The matrices of ``tensors`` Muon orthogonalises (trainable, :func:`muon_managed`), the
-    weights of the linears ``fused`` names as one matrix each: their input width (rows, which
-    they share) and the sum of their output widths. A name that comes again (an MTP module's
-    copy of a block) starts a new matrix."""
-    out: list[list] = []
-    open_fused: dict[tuple[str, str], int] = {}  # (owner, fused name) -> index in out
+def muon_params(tensors: Iterable[ParamTensor], fused: dict[str, str],
+                one_matrix: frozenset[str] = frozenset({"fc1"})) -> list[MuonParam]:  # fmt: skip
+    """The parameters of ``tensors`` Muon updates (trainable, :func:`muon_managed`): the
+    weights of the linears ``fused`` maps to one name form one parameter (a module's
+    ``linear_qkv`` or ``linear_fc1``), one matrix where its name is in ``one_matrix`` (their
+    input width, rows, which they share, by the sum of their output widths), else one matrix
+    each; every other tensor its own parameter. A linear that comes again (a second copy of a
+    block's tensors) starts a new parameter."""
+    out: list[tuple[list[Matrix], bool, str]] = []
+    open_: dict[tuple[str, str], tuple[int, set[str]]] = {}  # (owner, name) -> (index, parts)
     for p in tensors:
         if not p.trainable or not muon_managed(p):
             continue
@@ -103,16 +121,20 @@ def muon_matrices(tensors: Iterable[ParamTensor], fused: dict[str, str]) -> list
         expert = who.startswith(EXPERT_PREFIX)
         if kind == "weight" and part in fused:
             key = (who, fused[part])
-            i = open_fused.get(key)
-            if i is not None and part not in out[i][3]:
-                out[i][1] += p.cols
-                out[i][3].add(part)
+            i, parts = open_.get(key, (-1, set()))
+            if i >= 0 and part not in parts:
+                parts.add(part)
+                mats, _, name = out[i]
+                if name in one_matrix:
+                    mats[0] = Matrix(mats[0].rows, mats[0].cols + p.cols)
+                else:
+                    mats.append(Matrix(p.rows, p.cols))
                 continue
-            open_fused[key] = len(out)
-            out.append([p.rows, p.cols, expert, {part}])
+            open_[key] = (len(out), {part})
+            out.append(([Matrix(p.rows, p.cols)], expert, fused[part]))
         else:
-            out.append([p.rows, p.cols, expert, set()])
-    return [Matrix(r, c, e) for r, c, e, _ in out]
+            out.append(([Matrix(p.rows, p.cols)], expert, ""))
+    return [MuonParam(tuple(mats), expert) for mats, expert, _ in out]
 
 
 def matrix_ns(x: Matrix, sc: Scenario) -> float:
@@ -161,28 +183,36 @@ def _busiest_share(loads: list[float], shards: int) -> float:
 def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     """Pipeline rank ``rank``'s GPU's Muon work in one optimizer step beyond the one-state
     update every optimizer pays (0 unless the optimizer is Muon): the Newton-Schulz iterations
-    of its matrices (:func:`muon_matrices`), under ZeRO >= 1 the busiest of its ZeRO ranks'
-    shares (the routed experts' over the expert-data-parallel group), and the scalar Adam's
-    second state read and written for the other trainable elements (module docstring)."""
+    of its parameters (:func:`muon_params`); under ZeRO >= 1 each model chunk's parameters are
+    assigned apart, its dense ones over the ZeRO ranks and its routed experts' over the
+    expert-data-parallel group, and the busiest rank's shares add up (Megatron-Core builds the
+    layer-wise layout per model chunk and buffer, each assignment from zero loads, ties to the
+    first rank: ``_compute_per_buffer_param_layout``); and the scalar Adam's second state read
+    and written for the other trainable elements (module docstring)."""
     if sc.training.optimizer != "muon":
         return 0
-    p, prec = sc.parallelism, sc.training.precision_spec
+    m, t, p = sc.model, sc.training, sc.parallelism
     sharded = p.zero_stage >= 1
-    fused = fused_matrices(sc)
-    dense: list[float] = []
-    experts: list[float] = []
-    rest = 0.0
+    dense_shards, expert_shards = (p.zero_shards, p.expert_dp) if sharded else (1, 1)
+    fused, one_matrix = fused_params(sc)
+    ns = 0.0
+    for c in step.rank_chunks(rank):
+        dense: list[float] = []
+        experts: list[float] = []
+        for copies, tensors in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi,
+                                                   c.embedding, c.head, p.etp):  # fmt: skip
+            for x in muon_params(tensors, fused, one_matrix):
+                cost = sum(matrix_ns(mat, sc) for mat in x.matrices)
+                (experts if x.expert else dense).extend([cost] * copies)
+        ns += _busiest_share(dense, dense_shards) + _busiest_share(experts, expert_shards)
+    rest = 0.0  # the elements the scalar Adam updates, on this GPU after sharding
     for copies, tensors in rank_tensor_groups(sc, step, rank):
-        for x in muon_matrices(tensors, fused):
-            (experts if x.expert else dense).extend([matrix_ns(x, sc)] * copies)
-        for t in tensors:
-            if t.trainable and not muon_managed(t):
-                share = p.expert_dp if t.name.startswith(EXPERT_PREFIX) else p.zero_shards
-                rest += copies * t.numel / (share if sharded else 1)
-    ns = (_busiest_share(dense, p.zero_shards if sharded else 1)
-          + _busiest_share(experts, p.expert_dp if sharded else 1))  # fmt: skip
+        for x in tensors:
+            if x.trainable and not muon_managed(x):
+                rest += copies * x.numel / (expert_shards if x.name.startswith(EXPERT_PREFIX)
+                                            else dense_shards)  # fmt: skip
     eff = sc.hardware.efficiency.optimizer or sc.hardware.efficiency.memory_bound  # the step's
-    ns += 1e9 * rest * 2 * prec.state / (sc.hardware.hbm_bandwidth_bytes_per_s * eff)
+    ns += 1e9 * rest * 2 * t.precision_spec.state / (sc.hardware.hbm_bandwidth_bytes_per_s * eff)
     return round(ns)
 
 

@@ -428,10 +428,12 @@ def keeps_master_gradients(prec: Precision, fp32_grad_buffer: bool = False) -> b
     return prec.full_master and not prec.grad_accum and not fp32_grad_buffer
 
 
-#: Tensors Megatron-Core marks ``is_embedding_or_output_parameter`` (the word and position
-#: embeddings, the output layer) and the PEFT prompt and prefix tables, embeddings too: Muon
-#: leaves them to its scalar optimizer (costs.muon).
-NOT_MUON = ("wte", "wpe", "lm_head", "lm_head(tied copy)", "prompt", "prefix_kv")
+#: Tensors Megatron-Core marks ``is_embedding_or_output_parameter`` (the word embeddings and
+#: the output layer: megatron/core/models/common/language_module/language_module.py
+#: l.222-236 at d98e8a64; learned position embeddings are not marked, a matrix Muon updates)
+#: and the PEFT prompt and prefix tables, embeddings too: Muon leaves them to its scalar
+#: optimizer (costs.muon).
+NOT_MUON = ("wte", "lm_head", "lm_head(tied copy)", "prompt", "prefix_kv")
 
 
 def muon_managed(p: ParamTensor) -> bool:

@@ -140,7 +140,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     if t.optimizer == "muon":
         mats, rest = rank_muon_elements(sc, resolve(sc), sm.stage)
         lines.append(f"    Muon: a momentum on the {mats:,} elements of the matrices it "
-                     f"orthogonalises, Adam's m and v on the other {rest:,} (embeddings, head, "
+                     f"orthogonalises, Adam's m and v on the other {rest:,} (word embedding, head, "
                      f"vectors), {prec.state} B each")  # fmt: skip
     if z >= 1 and dp > 1 and sc.parallelism.ep > 1:
         lines.append(

@@ -128,8 +128,10 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
             qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
             mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
         )  # fmt: skip
-        if cfg.get("topk_method") in ("group_limited_greedy", "noaux_tc") and cfg.get("n_group"):
-            # DeepseekV3TopkRouter: topk_group of n_group groups (V2: device-limited greedy)
+        if (cfg.get("topk_method") in ("group_limited_greedy", "noaux_tc")
+                and int(cfg.get("n_group") or 0) > 1):  # fmt: skip
+            # DeepseekV3TopkRouter: topk_group of n_group groups (V2: device-limited greedy);
+            # one group (Kimi K2's n_group 1) limits nothing: router_groups 0, as its preset
             out.update(router_groups=int(cfg["n_group"]), router_group_topk=int(cfg["topk_group"]))
     elif kind == "gpt_oss":
         k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token", 4))

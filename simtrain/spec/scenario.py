@@ -705,13 +705,18 @@ def check_muon(s: Scenario, file: str) -> None:
                           "as Megatron-Core's layer-wise distributed optimizer; torchtitan's "
                           "DistMuon, which moves each FSDP-sharded matrix to one owner, is not)",
                           p.zero_stage, "0 | 1")  # fmt: skip
+    if p.zero_replicas > 1:
+        raise ConfigError(file, "parallelism.zero_replicas", "hybrid sharding is not run with "
+                          "training.optimizer muon: Megatron-Core's layer-wise distributed optimizer asserts one "
+                          "instance (num_distributed_optimizer_instances 1)", p.zero_replicas,
+                          "1")  # fmt: skip
     # Megatron-Core's precision-aware optimizer (bf16 states, master remainders) is Adam's only:
     # OptimizerConfig.__post_init__ "--use-precision-aware-optimizer only supported with adam"
     # (optimizer_config.py l.433-436 at d98e8a64)
     for key, value in t.changed_storage():
-        raise ConfigError(file, f"training.{key}", f"{value}: Megatron-Core's precision-aware "
-                          "optimizer, which stores the states or the master weights otherwise, "
-                          "runs Adam only (training.optimizer muon)", value,
+        raise ConfigError(file, f"training.{key}", "needs Megatron-Core's precision-aware "
+                          "optimizer, which stores the states or the master weights otherwise "
+                          "and runs Adam only (training.optimizer muon)", value,
                           STORAGE_DEFAULTS[key])  # fmt: skip
 
 

@@ -19,10 +19,10 @@ from simtrain.torchref.precision import (
 from simtrain.torchref.reference_model import ReferenceGPT, build_reference_model
 
 #: Reference parameter names Megatron-Core's Muon leaves to its scalar Adam besides the vectors:
-#: the embeddings and the output layer, and the PEFT prompt and prefix tables
-#: (costs.params.NOT_MUON; ReferenceGPT's ``wte``, ``wpe``, ``lm_head``, ``prompt``,
-#: ``blocks.N.attn.prefix_k`` / ``prefix_v``).
-_NOT_MUON_PREFIXES = ("wte.", "wpe.", "lm_head.", "prompt")
+#: the word embeddings and the output layer, and the PEFT prompt and prefix tables
+#: (costs.params.NOT_MUON; ReferenceGPT's ``wte``, ``lm_head``, ``prompt``,
+#: ``blocks.N.attn.prefix_k`` / ``prefix_v``; its learned positions ``wpe`` are a matrix).
+_NOT_MUON_PREFIXES = ("wte.", "lm_head.", "prompt")
 _NOT_MUON_PARTS = ("prefix_",)
 
 

@@ -936,7 +936,13 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     if f.bool_("--use-torch-fsdp2"):
         zero = 3
         runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
-    if f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
+    muon = f.value("--optimizer") in ("muon", "dist_muon")
+    if (f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp")) and muon:
+        # arguments.py l.1738-1739 at d98e8a64: "Emerging optimizer does not support
+        # Megatron-FSDP for now."
+        r.unsupported_("--use-megatron-fsdp", "Megatron-LM refuses it with Muon: simulated "
+                       "without Megatron FSDP")  # fmt: skip
+    elif f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
         strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
         stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
         if strategy not in stages:
@@ -950,7 +956,11 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     if "--num-distributed-optimizer-instances" in f:
         n = f.pos_("--num-distributed-optimizer-instances", hi=MAX_GPUS)
         unmodelled = [x for x in ("--num-experts", "--optimizer-cpu-offload") if x in f]
-        if n > 1 and zero == 1 and unmodelled:
+        if n > 1 and muon:  # LayerWiseDistributedOptimizer asserts one instance
+            r.unsupported_(f"--num-distributed-optimizer-instances {n}", "Megatron-Core's "
+                           "layer-wise distributed optimizer (Muon) runs one instance: "
+                           "simulated with one")  # fmt: skip
+        elif n > 1 and zero == 1 and unmodelled:
             r.unsupported_(f"--num-distributed-optimizer-instances {n}", f"hybrid sharding with "
                            f"{' and '.join(unmodelled)} is not modelled: simulated with one "
                            "instance")  # fmt: skip

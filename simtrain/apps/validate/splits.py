@@ -39,8 +39,11 @@ MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
     # deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
     # same 16 chunks)
     (2, 8): [4] * 15 + [1],
-    # the 26.x H100 recipe's (perf_recipes/deepseek/h100/deepseek_v3.py, 1,024 GPUs, pp 8 vp 4,
-    # at 067f987d): "Et|(tt|)*30mL", the MTP module and the loss a chunk of their own
+    # the H100 configs' (25.11: scripts/performance/configs/deepseek/deepseek_llm_pretrain.py
+    # l.175 at 00b7660b; 26.x: perf_recipes/deepseek/h100/deepseek_v3.py at 067f987d; 1,024
+    # GPUs, pp 8 vp 4): "Et|(tt|)*30mL", the MTP module and the loss a chunk of their own; the
+    # only pp 8 vp 4 layout Megatron-Bridge's scripts have, so the one a row of another GPU at
+    # pp 8 vp 4 is read with (25.11's GB200 MXFP8 row: an assumption its note states)
     (8, 4): [1] + [2] * 30 + [0],
 }
 
@@ -75,7 +78,9 @@ MBRIDGE_LAYOUTS = {
 #: The (preset, (pp, vp)) layouts a per-system perf recipe sets itself (the comments above).
 MBRIDGE_RECIPE_LAYOUTS = {
     ("deepseek-v3", (2, 8)): "perf_recipes/deepseek/gb300/deepseek_v3.py at 067f987d",
-    ("deepseek-v3", (8, 4)): "perf_recipes/deepseek/h100/deepseek_v3.py at 067f987d",
+    ("deepseek-v3", (8, 4)): "the H100 config's, scripts/performance/configs/deepseek/"
+    "deepseek_llm_pretrain.py l.175 at 00b7660b, the only pp 8 vp 4 layout of its scripts, "
+    "assumed for any GPU",
     ("kimi-k2", (16, 2)): "perf_recipes/kimi/h100/kimi_k2.py at 067f987d",
 }
 
