@@ -689,11 +689,14 @@ def _fixed_storage(s: Scenario, key: str) -> str:
 def check_muon(s: Scenario, file: str) -> None:
     """Muon (costs.muon) orthogonalises whole matrices on the GPU: simtrain models Megatron-Core's
     runs of it, each matrix on one data-parallel rank (ZeRO 0 or 1: the layer-wise distributed
-    optimizer). Its Newton-Schulz iterations on the host (DeepSpeed's CPU offload runs its CPU
-    Adam) and on sharded gradients or parameters (ZeRO-2/3: every matrix gathered first;
-    Megatron-Core refuses FSDP with Muon, arguments.py l.1738-1739 at d98e8a64; torchtitan
-    b5bcd76c torchtitan/distributed/flex_shard/dist_muon.py redistributes each FSDP shard to
-    the matrix's owner) are not."""
+    optimizer, one instance), its states in fp32. Not modelled, so refused: its iterations on
+    the host (DeepSpeed's CPU offload runs its CPU Adam); on sharded gradients or parameters
+    (ZeRO-2/3: every matrix gathered first; Megatron-Core refuses FSDP with Muon, arguments.py
+    l.1738-1739 at d98e8a64; torchtitan b5bcd76c torchtitan/distributed/flex_shard/dist_muon.py
+    redistributes each FSDP shard to the matrix's owner); hybrid sharding
+    (``LayerWiseDistributedOptimizer`` asserts one instance); bf16 states or master remainders
+    (Megatron-Core's precision-aware optimizer runs Adam only: OptimizerConfig.__post_init__,
+    optimizer_config.py l.433-436)."""
     t, p = s.training, s.parallelism
     if t.offload.optimizer:
         raise ConfigError(file, "training.offload.optimizer", "runs DeepSpeed's CPU Adam on the "
@@ -707,13 +710,11 @@ def check_muon(s: Scenario, file: str) -> None:
                           p.zero_stage, "0 | 1")  # fmt: skip
     if p.zero_replicas > 1:
         raise ConfigError(file, "parallelism.zero_replicas", "hybrid sharding is not run with "
-                          "training.optimizer muon: Megatron-Core's layer-wise distributed optimizer asserts one "
-                          "instance (num_distributed_optimizer_instances 1)", p.zero_replicas,
-                          "1")  # fmt: skip
-    # Megatron-Core's precision-aware optimizer (bf16 states, master remainders) is Adam's only:
-    # OptimizerConfig.__post_init__ "--use-precision-aware-optimizer only supported with adam"
-    # (optimizer_config.py l.433-436 at d98e8a64)
-    for key, value in t.changed_storage():
+                          "training.optimizer muon: Megatron-Core's layer-wise distributed "
+                          "optimizer asserts one instance", p.zero_replicas, "1")  # fmt: skip
+    changed = t.changed_storage()
+    if changed:
+        key, value = changed[0]
         raise ConfigError(file, f"training.{key}", "needs Megatron-Core's precision-aware "
                           "optimizer, which stores the states or the master weights otherwise "
                           "and runs Adam only (training.optimizer muon)", value,
