@@ -20,7 +20,10 @@ the machine is:
   (``time.process_time``, one thread: the time spent waiting for a core under load is not
   counted), predicted ratio / measured ratio within 20 %. On the busy 2-core development machine
   (load 3.5-5, other test suites running) predicted / measured was 0.97-1.09 in CPU time, where
-  the same ratio in wall time ranged 0.96-1.57 and the absolute step time 1.01-1.53.
+  the same ratio in wall time ranged 0.96-1.57 and the absolute step time 1.01-1.53. CPU time
+  still counts the slowdown a busy sibling hyperthread or shared cache puts on a step's own
+  instructions: where one model's identical steps differ by more than ``MAX_STEP_SPREAD`` the
+  test skips, saying so, rather than compare (a CI run saw 1.40 / 1.29 / 1.09 s for one model).
 
 The absolute closed loop (calibrate, simulate, measure, predicted / measured step time) is
 ``benchmarks/closed_loop_cpu.py``; it prints its figures and asserts nothing.
@@ -225,6 +228,9 @@ def test_closed_loop_memory_within_5pct(calibrated) -> None:
 
 RATIO_LAYERS = (2, 4)  # the closed-loop GPT with 2 and with 4 blocks
 RATIO_PAIRS = 3  # timed steps of each, alternated
+#: The most the CPU times of one model's identical steps may differ (max / min - 1) for the
+#: ratio to be a measurement: quiet, they agree within a few per cent.
+MAX_STEP_SPREAD = 0.10
 
 
 def interleaved_cpu_times(scenarios: list[Scenario], pairs: int) -> list[list[float]]:
@@ -258,6 +264,15 @@ def test_closed_loop_step_time_ratio_within_20pct(calibrated) -> None:
     steps = [[round(t, 3) for t in ts] for ts in times]
     print(f"predicted {pred[0]:.3f} / {pred[1]:.3f} s = {r_pred:.3f}; measured {meas[0]:.3f} / "
           f"{meas[1]:.3f} s = {r_meas:.3f} (steps {steps}); ratio {r_pred / r_meas:.3f}")  # fmt: skip
+    spread = max(max(ts) / min(ts) - 1 for ts in times)
+    if spread > MAX_STEP_SPREAD:
+        # Identical steps whose CPU times differ this much are not a measurement (a busy
+        # sibling hyperthread or cache slows a step's instructions, which CPU time counts: CI
+        # saw 1.395 / 1.288 / 1.086 s for one model's identical steps, and its 4 blocks "faster"
+        # than its 2): the ratio is not checked on such a machine, and says so.
+        pytest.skip(f"repeated identical steps vary by {spread:.0%} in CPU time (> "
+                    f"{MAX_STEP_SPREAD:.0%}): the machine is too busy to measure a ratio; "
+                    "benchmarks/closed_loop_cpu.py prints it")  # fmt: skip
     assert r_meas > 1  # twice the blocks take longer, whatever the load
     assert r_pred / r_meas == pytest.approx(1, abs=0.20)
 
