@@ -515,6 +515,27 @@ def test_users_own_runs(tmp_path: Path) -> None:
     assert mfu.predicted == pytest.approx(flops / (step.predicted * 4 * 312e12), rel=1e-6)
 
 
+@pytest.mark.parametrize(("key", "unit"), [("peak_memory_gib", 2**30), ("peak_mem_gib", 2**30),
+                                           ("peak_memory_mib", 2**20)])  # fmt: skip
+def test_memory_key_spellings(tmp_path: Path, key: str, unit: int) -> None:
+    """A record's peak memory under ``peak_memory_<unit>`` is read as ``peak_mem_<unit>``:
+    compared, in bytes, not left unread."""
+    f = tmp_path / "runs.yaml"
+    f.write_text(f"""
+- id: lab_a100_gpt_mem
+  kind: training_run
+  source: our cluster, 2026-01-01
+  model: {{layers: 12, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}}
+  training: {{global_batch: 32, micro_batch: 8, precision: bf16, recompute: none}}
+  parallelism: {{tp: 1, pp: 1, dp: 4}}
+  hardware: {{gpu: A100-SXM4-40GB, num_gpus: 4}}
+  measured: {{{key}: 20.0}}
+""")
+    res = validate(f, workers=1)
+    mem = [c for c in res.comparisons if c.metric == "peak_memory_bytes"]
+    assert len(mem) == 1 and mem[0].measured == 20.0 * unit
+
+
 def test_load_records_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- id: a\n  model: 3\n")

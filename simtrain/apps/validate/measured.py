@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import (
+    MEMORY_KEY_ALIASES,
     MEMORY_KEY_PREFIXES,
     MEMORY_KEY_UNITS,
     NUMERIC_MEASURED_KEYS,
@@ -124,8 +125,10 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             out[k] = v
     gb = conv.memory_gb_unit
     for metric, prefix in zip(MEMORY_METRICS, MEMORY_KEY_PREFIXES, strict=True):
-        for suffix, unit in zip(MEMORY_KEY_UNITS, (gb, GIB, MIB), strict=True):
-            if (v := num(prefix + suffix)) is not None and v > 0:
+        keys = [(a + suffix, unit) for a in (prefix, *MEMORY_KEY_ALIASES[prefix])
+                for suffix, unit in zip(MEMORY_KEY_UNITS, (gb, GIB, MIB), strict=True)]  # fmt: skip
+        for key, unit in keys:
+            if (v := num(key)) is not None and v > 0:
                 out[metric] = v * unit
                 break
     outcome = read_outcome(x.get("outcome"))

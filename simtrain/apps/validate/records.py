@@ -43,12 +43,16 @@ DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.
 #: convention says, GiB, MiB).
 MEMORY_KEY_PREFIXES = ("peak_mem", "step_peak_mem")
 MEMORY_KEY_UNITS = ("_gb", "_gib", "_mib")
+#: Other spellings of a prefix a record may use, read the same (``peak_memory_gib`` is
+#: ``peak_mem_gib``): a memory figure under them is compared, not left unread.
+MEMORY_KEY_ALIASES = {"peak_mem": ("peak_memory",), "step_peak_mem": ("step_peak_memory",)}
 #: The measured keys validate reads as numbers (``measured.measured_values``; a record's other
 #: measured keys are free): a value of another type there is a skip with the key, not dropped.
 NUMERIC_MEASURED_KEYS = frozenset({
     "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "samples_per_s", "tflops_per_gpu",
     "model_tflops_per_gpu", "mfu", "hfu", "layer_forward_ms", "layer_backward_ms",
-    *(f"{p}{u}" for p in MEMORY_KEY_PREFIXES for u in MEMORY_KEY_UNITS),
+    *(f"{a}{u}" for p in MEMORY_KEY_PREFIXES for a in (p, *MEMORY_KEY_ALIASES[p])
+      for u in MEMORY_KEY_UNITS),
 })  # fmt: skip
 
 RECORD_KEYS = (
