@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from simtrain.apps.importers import import_config
 from simtrain.apps.importers.common import load_imported
+from simtrain.apps.importers.megatron import layout_decoder_counts
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.records import Record
 from simtrain.apps.validate.splits import pipeline_split
@@ -402,22 +403,21 @@ def test_extrapolated_interleaved_step_with_uneven_chunks_is_the_simulated_one(
 
 
 @pytest.mark.parametrize(
-    ("name", "pp", "vp", "source"),
-    [("Kimi_K2", 4, 4, "recipes/kimi/h100/kimi_k2.py _get_kimi_k2_pipeline_layout"),
-     ("Kimi_K2", 16, 2, "perf_recipes/kimi/h100/kimi_k2.py"),
-     ("DeepSeekV3", 8, 4, "deepseek_llm_pretrain.py l.175 at 00b7660b")],
+    ("name", "pp", "vp", "layout", "mtp", "source"),
+    [("Kimi_K2", 4, 4, "Etttt|(tttt|)*14tL", 0, "_get_kimi_k2_pipeline_layout"),
+     ("Kimi_K2", 16, 2, "Et|(tt|)*30L", 0, "perf_recipes/kimi/h100/kimi_k2.py"),
+     ("DeepSeekV3", 2, 8, "Et*4|(t*4|)*14tmL", 1, "perf_recipes/deepseek/gb300"),
+     ("DeepSeekV3", 8, 4, "Et|(tt|)*30mL", 1, "deepseek_llm_pretrain.py l.175 at 00b7660b")],
 )  # fmt: skip
-def test_bridge_recipe_layouts(name: str, pp: int, vp: int, source: str) -> None:
-    """Megatron-Bridge's 61-layer layouts by (pp, vp): the recipe maps, and the H100 perf
-    recipes' own strings "Et|(tt|)*30L" (Kimi K2) and "Et|(tt|)*30mL" (DeepSeek-V3): the
-    embedding and one block, 30 chunks of two, the loss (and the MTP module) alone; each sums
-    to the 61 blocks and names where it is read."""
+def test_bridge_recipe_layouts(name: str, pp: int, vp: int, layout: str, mtp: int,
+                               source: str) -> None:  # fmt: skip
+    """Megatron-Bridge's 61-layer layouts equal the recipes' own layout strings (copied from
+    the recipes, Kimi K2's (4, 4) written from its list form), read by Megatron-Core's rules
+    (the importer's ``layout_decoder_counts``), and the note names where each is read."""
     rec = Record(id="r", kind="training_run", source="s", source_key="megatron_bridge",
                  model={"name": name}, training={}, hardware={}, measured={},
                  parallelism={"pp": pp, "virtual_stages": vp})  # fmt: skip
     notes: list[str] = []
     split = pipeline_split(rec, dict(rec.parallelism), 61, notes)["layer_split"]
-    assert len(split) == pp * vp and sum(split) == 61
-    if (pp, vp) != (4, 4):
-        assert split == [1] + [2] * 30 + [0]
+    assert layout_decoder_counts(layout, pp, 61, mtp) == (split, vp)
     assert source in notes[0]

@@ -1131,8 +1131,14 @@ def optimizer_step_ns(trainable_params_per_gpu: int, t: TrainingSpec, hw: Hardwa
     n = trainable_params_per_gpu
     if t.offload.optimizer:
         return cpu_adam_ns(n, hw, host_ranks)
-    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound  # rounded up: chunk_costs
-    return math.ceil(1e9 * n * optimizer_bytes_per_param(t) / (hw.hbm_bandwidth_bytes_per_s * eff))
+    return math.ceil(optimizer_traffic_ns(n * optimizer_bytes_per_param(t), hw))  # as chunk_costs
+
+
+def optimizer_traffic_ns(n_bytes: float, hw: HardwareProfile) -> float:
+    """The optimizer step's memory-bound work: ``n_bytes`` at HBM bandwidth x
+    ``efficiency.optimizer`` (the profile's measured step, else ``memory_bound``), in ns."""
+    eff = hw.efficiency.optimizer or hw.efficiency.memory_bound
+    return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * eff)
 
 
 def hardware_flops_per_step(sc: Scenario) -> float:

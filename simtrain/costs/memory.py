@@ -316,7 +316,8 @@ class SaveFlags:
     gathered_per_linear: bool = False
 
     def kwargs(self) -> dict[str, float | int | bool]:
-        """The flags as keyword arguments of ``layer_saved_tensors`` and ``layer_activation_bytes``."""
+        """The flags as keyword arguments of ``layer_saved_tensors``, ``layer_activation_bytes``
+        and ``recompute_working_set_bytes``."""
         return {"load": self.load, "gathered_input": self.gathered_input,
                 "repeat_kv": self.repeat_kv, "cp_a2a": self.cp_a2a, "etp": self.etp,
                 "fused_swiglu": self.fused_swiglu,
@@ -396,11 +397,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, f.load, f.gathered_input,
-                                                         f.repeat_kv, f.cp_a2a,
-                                                         etp=f.etp,
-                                                         fused_swiglu=f.fused_swiglu,
-                                                         gathered_per_linear=f.gathered_per_linear)  # fmt: skip
+                                                         tp, sp, **f.kwargs())  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
@@ -714,7 +711,7 @@ def _model_states(sc: Scenario, step: ResolvedStep, stage: int
         ms = add_states(scale_states(states(layer), n_layers),
                         states(ends))  # fmt: skip
     b = _zero_shard(ms, experts, z, dp, p.expert_dp)
-    unsharded = pipeline_unsharded_gradient_bytes(sc, step, ms.trainable)
+    unsharded = deferred_gradient_bytes(sc, step, ms.trainable)
     if unsharded:
         b["gradients"] = unsharded
     host = pinned = 0
@@ -1310,11 +1307,12 @@ def accumulation_defers_reduction(sc: Scenario, step: ResolvedStep) -> bool:
             and sc.parallelism.zero_stage == 3)  # fmt: skip
 
 
-def pipeline_unsharded_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
-    """The stage's gradients where the pipeline defers the reduction
-    (:func:`pipeline_defers_reduction`): every trainable parameter's whole gradient, in the
+def deferred_gradient_bytes(sc: Scenario, step: ResolvedStep, trainable: int) -> int:
+    """The stage's gradients where the reduction is deferred, by the pipeline
+    (:func:`pipeline_defers_reduction`) or to the last micro-batch's backward
+    (:func:`accumulation_defers_reduction`): every trainable parameter's whole gradient, in the
     reduction's dtype (4 bytes with ``grad_reduce_dtype: fp32``), held from its first backward
-    to the reduction; 0 where the rule does not apply (the ZeRO shard stands)."""
+    to the reduction; 0 where neither rule applies (the ZeRO shard stands)."""
     if not (pipeline_defers_reduction(sc, step.pp) or accumulation_defers_reduction(sc, step)):
         return 0
     return trainable * wire_grad_bytes(sc, step)

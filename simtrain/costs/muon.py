@@ -55,15 +55,14 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from simtrain.costs.compute import gemm_edge, matmul_ns
+from simtrain.costs.compute import gemm_edge, matmul_ns, optimizer_traffic_ns
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     ParamTensor,
     chunk_tensor_groups,
-    embedding_tp,
-    end_param_tensors,
-    layer_param_tensors,
     muon_managed,
+    rank_tensor_groups,
+    zero_shard,
 )
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario
@@ -148,23 +147,6 @@ def matrix_ns(x: Matrix, sc: Scenario) -> float:
     return NS_STEPS * one
 
 
-def rank_tensor_groups(sc: Scenario, step: ResolvedStep, rank: int
-                       ) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
-    """Pipeline rank ``rank``'s GPU's parameter tensors as (copies, tensors), as
-    ``costs.memory`` counts its model states: its MoE blocks, its dense blocks, and once the
-    embedding's (over ``embedding_tp``), head's and MTP modules' tensors of its chunks."""
-    m, t, p = sc.model, sc.training, sc.parallelism
-    mine = step.rank_chunks(rank)
-    dense = sum(m.dense_layers_in(c.lo, c.hi) for c in mine) if m.is_moe else step.rank_layers(rank)
-    moe = step.rank_layers(rank) - dense
-    groups = [(dense, layer_param_tensors(m, t, p.tp, moe=False, ep=p.ep))]
-    if moe:
-        groups.append((moe, layer_param_tensors(m, t, p.tp, moe=True, ep=p.ep, etp=p.etp)))
-    ends = end_param_tensors(m, t, p.tp, p.pp, any(c.embedding for c in mine),
-                             any(c.head for c in mine), emb_tp=embedding_tp(sc))  # fmt: skip
-    return [*groups, (1, ends)]
-
-
 def _busiest_share(loads: list[float], shards: int) -> float:
     """The most loaded of ``shards`` ranks' work when the items ``loads`` are handed out
     largest first to the least loaded rank (LPT, Megatron-Core's layer-wise assignment)."""
@@ -205,14 +187,14 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
                 cost = sum(matrix_ns(mat, sc) for mat in x.matrices)
                 (experts if x.expert else dense).extend([cost] * copies)
         ns += _busiest_share(dense, dense_shards) + _busiest_share(experts, expert_shards)
-    rest = 0.0  # the elements the scalar Adam updates, on this GPU after sharding
-    for copies, tensors in rank_tensor_groups(sc, step, rank):
+    rest = expert_rest = 0  # the elements the scalar Adam updates, before sharding
+    for copies, tensors in rank_tensor_groups(sc, step.rank_chunks(rank)):
         for x in tensors:
             if x.trainable and not muon_managed(x):
-                rest += copies * x.numel / (expert_shards if x.name.startswith(EXPERT_PREFIX)
-                                            else dense_shards)  # fmt: skip
-    eff = sc.hardware.efficiency.optimizer or sc.hardware.efficiency.memory_bound  # the step's
-    ns += 1e9 * rest * 2 * t.precision_spec.state / (sc.hardware.hbm_bandwidth_bytes_per_s * eff)
+                rest += copies * x.numel
+                expert_rest += copies * x.numel if x.name.startswith(EXPERT_PREFIX) else 0
+    shard = zero_shard(rest, expert_rest, dense_shards, expert_shards)
+    ns += optimizer_traffic_ns(shard * 2 * t.precision_spec.state, sc.hardware)
     return round(ns)
 
 
@@ -220,7 +202,7 @@ def rank_muon_elements(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int
     """(matrix elements Muon updates, other trainable elements its scalar Adam updates) of
     pipeline rank ``rank``'s GPU, before ZeRO sharding (``simtrain memory --explain``)."""
     mats = rest = 0
-    for copies, tensors in rank_tensor_groups(sc, step, rank):
+    for copies, tensors in rank_tensor_groups(sc, step.rank_chunks(rank)):
         for x in tensors:
             if x.trainable:
                 if muon_managed(x):

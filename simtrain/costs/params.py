@@ -9,9 +9,11 @@ prompts). Parameter counts are exact integers, tested against the model cards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
+from typing import TYPE_CHECKING
 
 from simtrain.spec.model import TP_REPLICATED, TP_ROW_PARALLEL, ModelSpec, tp_split_shape
 from simtrain.spec.precision import (
@@ -22,6 +24,9 @@ from simtrain.spec.precision import (
     Precision,
 )
 from simtrain.spec.scenario import Scenario, TrainingSpec, trained_mtp_modules
+
+if TYPE_CHECKING:
+    from simtrain.layout.partition import StageBlocks
 
 
 def nf4_bytes(n: int, block: int = 64) -> int:
@@ -265,6 +270,25 @@ def chunk_tensor_groups(m: ModelSpec, t: TrainingSpec, tp: int, ep: int, pp: int
     if moe:
         groups.append((moe, layer_param_tensors(m, t, tp, moe=True, ep=ep, etp=etp)))
     return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head, emb_tp=emb_tp))]
+
+
+def rank_tensor_groups(sc: Scenario, chunks: Sequence[StageBlocks]
+                       ) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
+    """A pipeline rank's parameter tensors on one GPU (its ``chunks``), as (copies, tensors)
+    groups and as ``costs.memory`` counts the rank's model states: its MoE blocks, its dense
+    blocks (``ModelSpec.dense_layers_in``), and once the embedding's (over
+    :func:`embedding_tp`), head's and MTP modules' tensors (unlike :func:`chunk_tensor_groups`
+    summed over chunks, one embedding where a chunk of the rank holds it and the head another)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    layers = sum(c.layers for c in chunks)
+    dense = sum(m.dense_layers_in(c.lo, c.hi) for c in chunks) if m.is_moe else layers
+    groups = [(dense, layer_param_tensors(m, t, p.tp, moe=False, ep=p.ep))]
+    if layers > dense:
+        groups.append((layers - dense, layer_param_tensors(m, t, p.tp, moe=True, ep=p.ep,
+                                                           etp=p.etp)))  # fmt: skip
+    ends = end_param_tensors(m, t, p.tp, p.pp, any(c.embedding for c in chunks),
+                             any(c.head for c in chunks), emb_tp=embedding_tp(sc))  # fmt: skip
+    return [*groups, (1, ends)]
 
 
 def full_model_param_tensors(m: ModelSpec, t: TrainingSpec) -> list[ParamTensor]:

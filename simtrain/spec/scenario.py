@@ -1122,16 +1122,15 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
         raise ConfigError(file, key, f"replicates ZeRO's shards (hybrid sharding): needs "
                           f"parallelism.zero_stage 1, 2 or 3 with dp_mode ddp (got zero_stage "
                           f"{p.zero_stage}, dp_mode {p.dp_mode})", r, "1")  # fmt: skip
+    # the replica counts that leave equal groups of at least 2 GPUs
+    ok = " | ".join(str(d) for d in range(1, p.dp_cp // 2 + 1) if p.dp_cp % d == 0)
     if p.dp_cp % r:
-        ok = [d for d in range(1, p.dp_cp // 2 + 1) if p.dp_cp % d == 0]
         raise ConfigError(file, key, f"must divide dp x cp = {p.dp_cp} (groups of equal size, "
-                          "at least 2 GPUs each)", r, " | ".join(map(str, ok)))  # fmt: skip
+                          "at least 2 GPUs each)", r, ok)  # fmt: skip
     if p.zero_shards < 2:
         raise ConfigError(file, key, f"leaves {p.zero_shards} GPU per ZeRO group (dp x cp = "
                           f"{p.dp_cp}): nothing is sharded; use parallelism.zero_stage 0, or "
-                          f"at most {p.dp_cp // 2} replicas", r,
-                          " | ".join(str(d) for d in range(1, p.dp_cp // 2 + 1)
-                                     if p.dp_cp % d == 0))  # fmt: skip
+                          f"at most {p.dp_cp // 2} replicas", r, ok)  # fmt: skip
     if s.model.is_moe:
         raise ConfigError(file, key, "hybrid sharding of a model with experts is not modelled "
                           "(their states shard over the expert-data-parallel group)", r, "1")  # fmt: skip

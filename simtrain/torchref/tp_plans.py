@@ -84,6 +84,8 @@ class LlamaBlock(nn.Module):
 
 def tp_plan(plan: str, sequence_parallel: bool) -> dict:
     """The ``parallelize_module`` plan of :class:`LlamaBlock` (``plan`` in :data:`PLANS`)."""
+    if plan not in PLANS:
+        raise ValueError(f"unknown TP plan {plan!r}: {' | '.join(PLANS)}")
     seq = Shard(1) if sequence_parallel else Replicate()
     out: dict = {"attention.o": RowwiseParallel(output_layouts=seq),
                  "mlp.down": RowwiseParallel(output_layouts=seq)}  # fmt: skip

@@ -145,6 +145,11 @@ def _launcher_world(launcher: tuple[str, ...]) -> tuple[int | None, str]:
     return per_node * n, label
 
 
+#: Megatron-LM's --optimizer values that are Muon (arguments.py l.2913-2917 at d98e8a64;
+#: dist_muon: Muon with the layer-wise distributed optimizer, l.1724-1736).
+MUON_OPTIMIZERS = ("muon", "dist_muon")
+
+
 def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
     """A Megatron-LM launch script or flags file as a scenario document: the file's
     ``pretrain_gpt.py`` flags through :func:`import_megatron_flags`, the GPU count from the
@@ -678,7 +683,7 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     opt = f.value("--optimizer") or "adam"
     if opt == "adam":
         training["optimizer"] = "adamw"
-    elif opt in ("muon", "dist_muon"):
+    elif opt in MUON_OPTIMIZERS:
         # Megatron-LM d98e8a64 arguments.py l.1724-1736: dist_muon is muon with the layer-wise
         # distributed optimizer (as --use-distributed-optimizer with muon): ZeRO-1 below
         training["optimizer"] = "muon"
@@ -936,7 +941,7 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
     if f.bool_("--use-torch-fsdp2"):
         zero = 3
         runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
-    muon = f.value("--optimizer") in ("muon", "dist_muon")
+    muon = f.value("--optimizer") in MUON_OPTIMIZERS
     if (f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp")) and muon:
         # arguments.py l.1738-1739 at d98e8a64: "Emerging optimizer does not support
         # Megatron-FSDP for now."
@@ -1010,7 +1015,7 @@ def _optimizer_storage(f: Flags, r: Reading, training: dict[str, Any], bf16: boo
             if dtypes[x] != "fp32":
                 r.assume(f"{x} {dtypes[x]} without --use-precision-aware-optimizer: no effect")
         return
-    if f.value("--optimizer") in ("muon", "dist_muon"):  # OptimizerConfig asserts adam
+    if f.value("--optimizer") in MUON_OPTIMIZERS:  # OptimizerConfig asserts adam
         r.unsupported_("--use-precision-aware-optimizer", "Megatron-Core runs it with adam only "
                        "(optimizer_config.py l.433-436): simulated with Muon's fp32 states")  # fmt: skip
         return

@@ -15,7 +15,6 @@ from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 #: replica's share of the global batch (3 and 6 too: a batch of 12 per replica fits at 6).
 DEFAULT_MICRO_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8)
 DEFAULT_ZERO_STAGES = (0, 1, 2, 3)
-#: ``fixed.zero_replicas``' word for one copy of the ZeRO-3 states per node (HSDP).
 DEFAULT_RECOMPUTE = ("none", "selective", "full")
 DEFAULT_SCHEDULES = ("1f1b", "interleaved", "zb_h1", "gpipe")
 #: A model with experts also tries the schedules that hide the expert all-to-alls behind

@@ -757,6 +757,12 @@ def convention(key: str) -> SourceConvention:
 _CHRONICLE_DATE = re.compile(r"^bloom_prequel_(\d\d-\d\d)_")
 
 
+def _named(pairs: tuple[tuple[str, Any], ...], name: str) -> Any:
+    """The value of the first (pattern, value) whose regex matches ``name`` from its start,
+    ignoring case (a convention's ``named_*`` lists); None if none does."""
+    return next((v for pattern, v in pairs if re.match(pattern, name, re.IGNORECASE)), None)
+
+
 def convention_for(rec: Record) -> SourceConvention:
     """The source's convention for this record: the BLOOM chronicles' changed within the
     chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``)."""
@@ -767,14 +773,10 @@ def convention_for(rec: Record) -> SourceConvention:
             conv = replace(conv, architecture={**conv.architecture, **arch},
                            architecture_note=why)  # fmt: skip
             break
-    for pattern, storage in conv.named_optimizer_storage:
-        if re.match(pattern, name, re.IGNORECASE):
-            conv = replace(conv, optimizer_storage=storage)
-            break
-    for pattern, optimizer in conv.named_optimizer:
-        if re.match(pattern, name, re.IGNORECASE):
-            conv = replace(conv, optimizer=optimizer)
-            break
+    if (storage := _named(conv.named_optimizer_storage, name)) is not None:
+        conv = replace(conv, optimizer_storage=storage)
+    if (optimizer := _named(conv.named_optimizer, name)) is not None:
+        conv = replace(conv, optimizer=optimizer)
     if any(re.match(p, name, re.IGNORECASE) for p in conv.plain_glu_names):
         conv = replace(conv, flops_glu=1.0)
     if rec.source_key == "torchtitan":

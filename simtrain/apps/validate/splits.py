@@ -23,36 +23,17 @@ from simtrain.spec.model import find_preset
 MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B", "QWEN3_235B_A22B")
 
 
-#: Megatron-Bridge's DeepSeek-V3 recipe lays its 61 layers out by (pp, vp)
-#: (NVIDIA-NeMo/Megatron-Bridge 00b7660b src/megatron/bridge/recipes/deepseek/deepseek_v3.py
-#: l.235-247 layout_map): decoder layers per chunk in virtual-stage order, the embedding before
-#: the first chunk's, the MTP module and the loss after the last chunk's. (pp, vp) pairs the
-#: map does not hold have no layout there (an even split, which 61 layers refuse).
-MBRIDGE_DEEPSEEK_V3_LAYOUTS: dict[tuple[int, int], list[int]] = {
-    (4, 1): [16, 16, 16, 13],
-    (8, 1): [8] * 7 + [5],
-    (4, 2): [8] * 7 + [5],
-    (16, 1): [4] * 15 + [1],
-    (8, 2): [4] * 15 + [1],
-    (4, 4): [4] * 15 + [1],
-    # the 26.x GB300 recipe's own layout for pp 2, vp 8 (perf_recipes/deepseek/gb300/
-    # deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
-    # same 16 chunks)
-    (2, 8): [4] * 15 + [1],
-    # the H100 configs' (25.11: scripts/performance/configs/deepseek/deepseek_llm_pretrain.py
-    # l.175 at 00b7660b; 26.x: perf_recipes/deepseek/h100/deepseek_v3.py at 067f987d; 1,024
-    # GPUs, pp 8 vp 4): "Et|(tt|)*30mL", the MTP module and the loss a chunk of their own; the
-    # only pp 8 vp 4 layout Megatron-Bridge's scripts have, so the one a row of another GPU at
-    # pp 8 vp 4 is read with (25.11's GB200 MXFP8 row: an assumption its note states)
-    (8, 4): [1] + [2] * 30 + [0],
-}
-
-
-#: Megatron-Bridge's Kimi K2 recipe lays its 61 layers out by (pp, vp) as DeepSeek-V3's, with
-#: the loss alone after the last chunk's layers (no MTP module): recipes/kimi/h100/kimi_k2.py
-#: ``_get_kimi_k2_pipeline_layout`` l.16-40 at 067f987d, which the perf recipes call
-#: (perf_recipes/kimi/gb300/kimi_k2.py: ``_get_kimi_k2_pipeline_layout(4, 4)``).
-MBRIDGE_KIMI_K2_LAYOUTS: dict[tuple[int, int], list[int]] = {
+#: Megatron-Bridge's 61-layer recipes lay their layers out by (pp, vp), the same decoder layers
+#: per chunk for DeepSeek-V3 (NVIDIA-NeMo/Megatron-Bridge 00b7660b src/megatron/bridge/recipes/
+#: deepseek/deepseek_v3.py l.235-247 layout_map) and Kimi K2 (recipes/kimi/h100/kimi_k2.py
+#: ``_get_kimi_k2_pipeline_layout`` l.16-40 at 067f987d, which the perf recipes call):
+#: decoder layers per chunk in virtual-stage order, the embedding before the first chunk's, the
+#: loss (and DeepSeek-V3's MTP module) after the last chunk's. (pp, vp) pairs a map does not
+#: hold have no layout there (an even split, which 61 layers refuse). (2, 8): Kimi K2's map,
+#: and the 26.x DeepSeek-V3 GB300 recipe's own layout (perf_recipes/deepseek/gb300/
+#: deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
+#: same 16 chunks).
+_MBRIDGE_61_LAYER_LAYOUTS: dict[tuple[int, int], list[int]] = {
     (4, 1): [16, 16, 16, 13],
     (8, 1): [8] * 7 + [5],
     (4, 2): [8] * 7 + [5],
@@ -60,10 +41,19 @@ MBRIDGE_KIMI_K2_LAYOUTS: dict[tuple[int, int], list[int]] = {
     (8, 2): [4] * 15 + [1],
     (4, 4): [4] * 15 + [1],
     (2, 8): [4] * 15 + [1],
-    # its H100 perf recipe (perf_recipes/kimi/h100/kimi_k2.py l.47, 1,024 GPUs, pp 16 vp 2,
-    # at 067f987d): "Et|(tt|)*30L", the loss a chunk of its own
-    (16, 2): [1] + [2] * 30 + [0],
 }
+#: The H100 configs' "Et|(tt|)*30mL" / "Et|(tt|)*30L": the embedding and one block, 30 chunks of
+#: two, the loss (and the MTP module) a chunk of its own.
+_EMBEDDING_ONE_30_TWOS_LOSS = [1] + [2] * 30 + [0]
+#: DeepSeek-V3: (8, 4) the H100 configs' (25.11: scripts/performance/configs/deepseek/
+#: deepseek_llm_pretrain.py l.175 at 00b7660b; 26.x: perf_recipes/deepseek/h100/deepseek_v3.py at
+#: 067f987d; 1,024 GPUs), the only pp 8 vp 4 layout Megatron-Bridge's scripts have, so the one
+#: a row of another GPU at pp 8 vp 4 is read with (25.11's GB200 MXFP8 row: an assumption its
+#: note states).
+MBRIDGE_DEEPSEEK_V3_LAYOUTS = {**_MBRIDGE_61_LAYER_LAYOUTS, (8, 4): _EMBEDDING_ONE_30_TWOS_LOSS}
+#: Kimi K2: (16, 2) its H100 perf recipe's (perf_recipes/kimi/h100/kimi_k2.py l.47 at 067f987d,
+#: 1,024 GPUs).
+MBRIDGE_KIMI_K2_LAYOUTS = {**_MBRIDGE_61_LAYER_LAYOUTS, (16, 2): _EMBEDDING_ONE_30_TWOS_LOSS}
 #: The Megatron-Bridge recipes' own layouts by preset, and where they are read.
 MBRIDGE_LAYOUTS = {
     "deepseek-v3": (

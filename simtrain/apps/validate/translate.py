@@ -567,7 +567,9 @@ def _scenario_data(
     )
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     gpus = tp * pp * dp * cp
-    replicas = _hybrid_replicas(rec, (tp, pp, dp, cp), _node_gpus(rec, profile, gpus), said)
+    profile_node = load_hardware(profile).gpus_per_node
+    node = _node_gpus(rec, profile_node, gpus)
+    replicas = _hybrid_replicas(rec, (tp, pp, dp, cp), node, said)
     if replicas > 1:
         if importer_of(rec) not in (None, "torchtitan"):
             raise _NotExpressible(f"parallelism.fsdp_sharding {rec.parallelism['fsdp_sharding']}: "
@@ -598,32 +600,30 @@ def _scenario_data(
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
     _deepspeed_buckets(data, notes)
-    cluster = _record_cluster(rec, profile, gpus, notes)
+    cluster = _record_cluster(node, profile_node, gpus, notes)
     if cluster:
         data["cluster"] = cluster
     return data, capacity_known, None
 
 
-def _node_gpus(rec: Record, profile: str, gpus: int) -> int:
+def _node_gpus(rec: Record, profile_node: int, gpus: int) -> int:
     """The GPUs of one simulated node: the record's ``hardware.gpus_per_node`` where it is fewer
-    than the profile's and the job is whole nodes of it (KempnerForge's 4-GPU H200 nodes on the
-    8-GPU profile), else the profile's (a record saying nothing, or more than the profile holds:
-    the DGX-2 rows' 16)."""
+    than the profile's ``profile_node`` and the job is whole nodes of it (KempnerForge's 4-GPU
+    H200 nodes on the 8-GPU profile), else the profile's (a record saying nothing, or more than
+    the profile holds: the DGX-2 rows' 16)."""
     per_node = record_int(rec.hardware.get("gpus_per_node"))
-    profile_node = load_hardware(profile).gpus_per_node
     if not per_node or per_node >= profile_node or gpus % per_node:
         return profile_node
     return per_node
 
 
-def _record_cluster(rec: Record, profile: str, gpus: int,
+def _record_cluster(per_node: int, profile_node: int, gpus: int,
                     notes: list[str]) -> dict[str, int] | None:  # fmt: skip
-    """The record's nodes where they are smaller than the profile's (:func:`_node_gpus`): which
-    groups cross nodes, and so which collectives go through the NICs, follows them (the NIC
-    bandwidth is the profile's per GPU); None where the profile's nodes stand, or the job fits
-    in one node."""
-    per_node = _node_gpus(rec, profile, gpus)
-    if per_node == load_hardware(profile).gpus_per_node or gpus <= per_node:
+    """The record's nodes of ``per_node`` GPUs (:func:`_node_gpus`) where they are smaller than
+    the profile's ``profile_node``: which groups cross nodes, and so which collectives go
+    through the NICs, follows them (the NIC bandwidth is the profile's per GPU); None where the
+    profile's nodes stand, or the job fits in one node."""
+    if per_node == profile_node or gpus <= per_node:
         return None
     notes.append(f"cluster: {per_node} GPUs a node (the record's hardware.gpus_per_node; the "
                  f"profile's NIC bandwidth per GPU)")  # fmt: skip
