@@ -47,8 +47,8 @@ def check_outputs(sc: Scenario, *, rerun: bool = True) -> None:
     """Run ``simtrain memory --json`` and ``simtrain run`` (summary.json, trace.json) on ``sc``
     and assert every output invariant; an ``AssertionError`` names the one that broke.
 
-    1. **No empty stage.** Every pipeline chunk holds a decoder layer, the embedding or the
-       head. A layer split that would leave one empty is instead a ``ConfigError`` naming
+    1. **No empty stage.** Every pipeline chunk holds a decoder layer, the embedding, the
+       head or a part of the loss (nanotron's split: ``StageBlocks.tail``). A layer split that would leave one empty is instead a ``ConfigError`` naming
        ``parallelism.layer_split`` and ``parallelism.pp``, on one line (then nothing else is
        checked: there is no output).
     2. **Bubble in [0, 1)**, per stage and overall (the mean over stages): every stage computes
@@ -79,7 +79,7 @@ def check_outputs(sc: Scenario, *, rerun: bool = True) -> None:
         _check_empty_stage_error(sc, exc)
         return
     for k, ch in enumerate(step.chunks):
-        assert ch.layers > 0 or ch.embedding or ch.head, f"1. chunk {k} is empty: {ch}"
+        assert ch.layers > 0 or ch.embedding or ch.head or ch.tail, f"1. chunk {k} is empty: {ch}"
     res = simulate_scenario(sc)
     mem = estimate_memory(sc)
     texts = _outputs(res, mem)
@@ -328,8 +328,9 @@ def test_generated_scenarios_keep_every_invariant(data: dict[str, Any]) -> None:
 def test_compute_balanced_empty_stage_is_an_error_naming_the_key() -> None:
     """nanotron's split of 4 layers of a 128k-vocabulary model over 4 stages puts every layer
     and the LM head on stage 0, then the fp32 cast on stage 1, the loss on stage 2 and nothing
-    on stage 3 (models/base.py build_model). simtrain computes the cast and the loss with the
-    head, so those stages had no work (simulated bubble 1.0): now an error naming the key."""
+    on stage 3 (models/base.py build_model). simtrain models the cast's and the loss's stages
+    (StageBlocks.tail); a stage with no block at all would have no work (simulated bubble
+    1.0, and nanotron counts it in every rank's warm-up): an error naming the key."""
     data = {
         "model": {"layers": 4, "hidden": 256, "heads": 4, "vocab": 128000},
         "hardware": "a100_sxm4_80gb", "cluster": {"nodes": 1, "gpus_per_node": 4},
@@ -340,9 +341,18 @@ def test_compute_balanced_empty_stage_is_an_error_naming_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         resolve(sc)
     assert e.value.key == "parallelism.layer_split"
-    assert "stage(s) 1-3 of parallelism.pp = 4" in str(e.value)
-    assert "(only: fp32 cast; loss; no block)" in str(e.value)
+    assert "stage(s) 3 of parallelism.pp = 4 with no block" in str(e.value)
+    assert "(the LM head lands on stage 0, the loss on 2)" in str(e.value)
     check_outputs(sc)  # the error is the output: invariant 1 accepts it
+    # on 3 stages the same model is the head's stage, the cast's and the loss's
+    three = parse_scenario({**data, "cluster": {"nodes": 1, "gpus_per_node": 3},
+                            "parallelism": {"pp": 3, "layer_split": "compute_balanced"}},
+                           "s.yaml")  # fmt: skip
+    chunks = resolve(three).chunks
+    assert [(c.layers, c.embedding, c.head, c.tail, c.loss_apart) for c in chunks] == [
+        (4, True, True, (), True), (0, False, False, ("fp32 cast",), False),
+        (0, False, False, ("loss",), False)]  # fmt: skip
+    check_outputs(three)
 
 
 # The fastest rates the hardware schema allows (spec/hardware.py), so that tiny models make

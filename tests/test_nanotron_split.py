@@ -101,12 +101,12 @@ def test_a_tie_in_exact_arithmetic_goes_as_numpys_float64(layers: int, hidden: i
 @settings(max_examples=300, deadline=None)
 @given(models())
 def test_every_stage_works_or_the_split_is_an_error(mp: tuple[ModelSpec, int]) -> None:
-    """Invariant 1 (issue 15): no stage without a decoder layer, the embedding or the LM head;
-    nanotron's split that would make one is a ConfigError naming parallelism.layer_split and
+    """Invariant 1 (issue 15): every stage holds one of nanotron's blocks (a decoder layer, the
+    embedding, the LM head, the fp32 cast or the loss), each as nanotron places it; a split
+    that leaves a rank with no block at all is a ConfigError naming parallelism.layer_split and
     parallelism.pp, on one line, exactly when nanotron leaves such a rank."""
     m, pp = mp
     ranks, _ = nanotron_build_model_ranks(m, pp)
-    layer_or_head = {0, ranks[m.layers + 2], *ranks[1 : m.layers + 1]}
     # With pp <= layers (a layout check) no block is heavier than a stage's share C/pp, so
     # the final norm always sits with the LM head, as simtrain computes it.
     assert ranks[m.layers + 1] == ranks[m.layers + 2]
@@ -116,28 +116,35 @@ def test_every_stage_works_or_the_split_is_an_error(mp: tuple[ModelSpec, int]) -
         text = str(e)
         assert e.key == "parallelism.layer_split" and "parallelism.pp" in text and "\n" not in text
         assert len(text) < 400
-        assert set(range(pp)) - layer_or_head
+        assert set(range(pp)) - set(ranks)
         assert compute_balanced_problem(m, pp) in text
         return
-    assert layer_or_head == set(range(pp))
+    assert set(ranks) == set(range(pp))
     assert not compute_balanced_problem(m, pp)
+    head, cast, loss = ranks[m.layers + 2 :]
     for k, s in enumerate(stages):
-        assert s.layers or s.embedding or s.head, (k, s)
+        assert s.layers or s.embedding or s.head or s.tail, (k, s)
         assert s.layers == sum(1 for r in ranks[1 : m.layers + 1] if r == k)
-    # Nothing is refused that simtrain models: the cast and the loss sit with the LM head
-    # (which is then on the last rank), the final norm too.
-    assert ranks[m.layers + 1 :] == [pp - 1] * 4
-    assert [s.head for s in stages] == [False] * (pp - 1) + [True]
+        assert s.head == (k == head) and s.loss_apart == (k == head and loss != head)
+        held = tuple(n for n, r in (("fp32 cast", cast), ("loss", loss)) if r == k)
+        assert s.loss_parts == held and s.tail == (() if k == head else held)
+    # the loss's two parts, each on one stage, in model order; the stages after the head
+    # hold nothing else (and the head is on one of the last three stages)
+    assert [p for s in stages for p in s.loss_parts] == ["fp32 cast", "loss"]
+    assert all(not (s.layers or s.embedding) for s in stages[head + 1 :])
+    assert head >= pp - 3
 
 
-def test_published_nanotron_layouts_refused() -> None:
-    """The Ultra-Scale Playbook sweep records with a stage holding only the cast and the loss
-    (or nothing: 16 layers, h 2048 on pp 16 leaves rank 15 with no block; it is nanotron's
-    output_pp_rank and only sends the labels): 49 records, which validate skips with the
-    error's text."""
+def test_published_nanotron_layouts() -> None:
+    """The Ultra-Scale Playbook sweep records whose split puts the fp32 cast and the loss after
+    the LM head: the last stage holds both (33 records) or each of the two last stages one
+    (6); with 16 layers of h 2048 on pp 16 the LM head lands on rank 12, the cast on 13, the
+    loss on 14 and nothing on rank 15 (nanotron's output_pp_rank, which only sends the labels):
+    10 records, which validate skips with the error's text."""
     from simtrain.apps.validate.records import load_records, resolve_path
 
     refused: collections.Counter[str] = collections.Counter()
+    tails: collections.Counter[tuple[tuple[str, ...], ...]] = collections.Counter()
     kept = 0
     for rec in load_records(resolve_path(None)):
         if rec.source_key != "nanotron":
@@ -149,11 +156,14 @@ def test_published_nanotron_layouts_refused() -> None:
             refused[why[why.index("stage(s)") : why.index(" with no")]] += 1
         elif not isinstance(tr, SkipReason):
             kept += 1
-    assert refused == {"stage(s) 7 of parallelism.pp = 8": 12,
-                       "stage(s) 15 of parallelism.pp = 16": 21,
-                       "stage(s) 13-15 of parallelism.pp = 16": 10,
-                       "stage(s) 30, 31 of parallelism.pp = 32": 6}  # fmt: skip
-    assert kept == 417
+            if tr.parallelism.layer_split == "compute_balanced":
+                stages = compute_balanced_stages(tr.model, tr.parallelism.pp)
+                tail = tuple(s.tail for s in stages if s.tail)
+                if tail:
+                    tails[tail] += 1
+    assert refused == {"stage(s) 15 of parallelism.pp = 16": 10}
+    assert tails == {(("fp32 cast", "loss"),): 33, (("fp32 cast",), ("loss",)): 6}
+    assert kept == 456
     m = ModelSpec("m", 16, 2048, 32, 32, 8192, 131072, 256)
     ranks, output_rank = nanotron_build_model_ranks(m, 16)
     assert ranks[17:] == [12, 12, 13, 14] and output_rank == 15  # rank 15: no block at all

@@ -143,7 +143,7 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
     # (torchao's float8 table) + 13 (torchtitan_2412.yaml) + 7 (torchtitan_2506_asynctp.yaml),
     # megatron_sc21_zero3 6; megatron_bridge's 26.x rows 168 (mbridge_26x.yaml, Kimi K2's
     # four with its preset and the recipe's Muon)
-    assert through == 51 + 5 + 25 + 43 + 417 + 34 + 6 + 168
+    assert through == 51 + 5 + 25 + 43 + 456 + 34 + 6 + 168
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:

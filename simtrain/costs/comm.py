@@ -587,18 +587,22 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
     return ns
 
 
-def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1) -> int:
-    """Rank ``rank``'s send of a b·s·h activation (or its gradient) to rank ``rank +
+def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1,
+                n_bytes: int | None = None) -> int:  # fmt: skip
+    """Rank ``rank``'s send of a b·s·h activation (or its gradient; ``n_bytes``: another
+    tensor's bytes, all TP ranks together, ``ResolvedStep.hop_bytes``) to rank ``rank +
     direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
-    §4.1), over the intra-node link or the NIC when the hop leaves the node; a runtime that
-    sends metadata or more tensors (``runtime.p2p_messages_forward`` / ``_backward`` > 1) pays
-    the link's latency per message."""
+    §4.1; nanotron's TP ranks each send their own shard of it), over the intra-node link or
+    the NIC when the hop leaves the node; a runtime that sends metadata or more tensors
+    (``runtime.p2p_messages_forward`` / ``_backward`` > 1) pays the link's latency per
+    message."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     rt = sc.runtime
     messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
-    return round(1e9 * (coll.p2p_time_s(step.boundary_bytes / step.groups.tp, link) + extra))
+    size = step.boundary_bytes if n_bytes is None else n_bytes
+    return round(1e9 * (coll.p2p_time_s(size / step.groups.tp, link) + extra))
 
 
 def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int, str]:

@@ -42,11 +42,13 @@ from simtrain.costs.moe import (
 )
 from simtrain.costs.offload import cpu_adam_ns
 from simtrain.costs.params import base_trainable
+from simtrain.layout.partition import LOSS_PARTS
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import FlashClass, HardwareProfile
 from simtrain.spec.model import ModelSpec, tp_split_shape
 from simtrain.spec.precision import OPTIMIZER_STATES, Precision
 from simtrain.spec.scenario import (
+    PYTORCH_LOSSES,
     ParallelSpec,
     Scenario,
     TrainingSpec,
@@ -491,13 +493,8 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     fp32) (core/tensor_parallel/cross_entropy.py, d98e8a64). te: two reads of the logits and
     one in-place write forward (online_softmax_kernel, cross_entropy_kernel), one in-place
     scaling backward (element_mul_kernel; TransformerEngine triton/cross_entropy.py)."""
-    # Gemma-2's final c·tanh(logits/c): three passes (read + write) over the logits' shard
-    # (Gemma2ForCausalLM.forward, transformers 4.46: logits / cap, tanh, * cap; counted from the
-    # code, not measured)
     e = t.precision_spec.act_mm
-    cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
-           / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
-    cap_bwd = elementwise_backward_factor(e) * cap
+    cap, cap_bwd = softcap_bytes(m, t, tp)
     logits = t.micro_batch * t.seq_len_effective * m.vocab / tp
     if t.cross_entropy == "fused":
         fwd = e * logits
@@ -511,6 +508,38 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     fwd = 4 * lb * t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(
         t.cross_entropy, tp)  # fmt: skip
     return cap + fwd, cap_bwd + elementwise_backward_factor(lb) * fwd
+
+
+def softcap_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
+    """(forward, backward) bytes of Gemma-2's final c·tanh(logits/c) (0 without
+    ``logit_softcap``): three passes (read + write) over the logits' shard
+    (Gemma2ForCausalLM.forward, transformers 4.46: logits / cap, tanh, * cap; counted from the
+    code, not measured); x :func:`elementwise_backward_factor` backward."""
+    e = t.precision_spec.act_mm
+    cap = (3 * 2 * e * t.micro_batch * t.seq_len_effective * m.vocab
+           / loss_vocab_shards(t.cross_entropy, tp) if m.logit_softcap else 0)  # fmt: skip
+    return cap, elementwise_backward_factor(e) * cap
+
+
+def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
+                    parts: tuple[str, ...]) -> tuple[float, float]:  # fmt: skip
+    """(forward, backward) bytes of the loss's ``parts`` ("fp32 cast", "loss") on a chunk that
+    holds them apart from the LM head (nanotron's ``cast_to_fp32`` and ``loss`` PipelineBlocks,
+    models/llama.py l.899 and l.1044 at 2411b022): :func:`head_elementwise_bytes` without the
+    soft-capping, the cast's share being a read of the 16-bit logit and a write of its fp32
+    copy each way (e + 4 B: ``x.float()``, whose backward casts the fp32 gradient back) where
+    a PyTorch loss upcasts 16-bit logits (``loss_upcast``), none otherwise; the cross-entropy
+    the rest."""
+    f, b = head_elementwise_bytes(m, t, tp)
+    cap_f, cap_b = softcap_bytes(m, t, tp)
+    f, b = f - cap_f, b - cap_b
+    e = t.precision_spec.act_mm
+    upcast = t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast and e < 4
+    logits = t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(t.cross_entropy, tp)
+    cast = (e + 4) * logits if upcast else 0.0
+    fwd = (cast if "fp32 cast" in parts else 0.0) + (f - cast if "loss" in parts else 0.0)
+    bwd = (cast if "fp32 cast" in parts else 0.0) + (b - cast if "loss" in parts else 0.0)
+    return fwd, bwd
 
 
 def head_edge(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> float:
@@ -816,13 +845,15 @@ def skipped_recompute_gemm(sc: Scenario, t: TrainingSpec) -> tuple[float, float]
 
 
 def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
-                lo: int | None = None) -> StageCosts:  # fmt: skip
+                lo: int | None = None, loss: tuple[str, ...] | None = None) -> StageCosts:  # fmt: skip
     """Costs of ``layers`` blocks (plus embeddings / head when the chunk holds them), on one
     GPU; ``lo``: the first block's index (which blocks of an MoE model are dense:
-    :func:`chunk_block_flops`). With context parallelism its s/cp tokens of each sequence
-    (every GEMM, norm and element-wise op, the head and the loss), their queries attending to
-    all s keys, so the attention core is the whole sequence's / cp
-    (``spec.scenario.cp_rank_training``)."""
+    :func:`chunk_block_flops`); ``loss``: the parts of the loss the chunk computes
+    (``StageBlocks.loss_parts``; None: both with the head, ``last``), priced apart from the
+    head by :func:`loss_part_bytes` where they are not both with it. With context parallelism
+    its s/cp tokens of each sequence (every GEMM, norm and element-wise op, the head and the
+    loss), their queries attending to all s keys, so the attention core is the whole
+    sequence's / cp (``spec.scenario.cp_rank_training``)."""
     m, hw = sc.model, sc.hardware
     t = cp_rank_training(sc.training, sc.parallelism.cp)
     tp = sc.parallelism.tp
@@ -854,9 +885,15 @@ def chunk_costs(sc: Scenario, layers: int, first: bool, last: bool,
             e_i + (he if hi else 0.0) + x.edge,
             e_w + (he if hwf else 0.0) + x.edge,
         )
-        head_fwd, head_bwd = head_elementwise_bytes(m, t, tp)
+        parts = LOSS_PARTS if loss is None else loss
+        head_fwd, head_bwd = (head_elementwise_bytes(m, t, tp) if parts == LOSS_PARTS
+                              else softcap_bytes(m, t, tp))  # fmt: skip
         ew += head_fwd + x.elementwise_fwd
         ew_bwd += (head_bwd + x.elementwise_bwd) if grad else 0.0
+    if loss and not (last and loss == LOSS_PARTS):  # the loss's parts apart from the LM head
+        part_fwd, part_bwd = loss_part_bytes(m, t, tp, loss)
+        ew += part_fwd
+        ew_bwd += part_bwd if grad else 0.0
     # the attention core as FlashAttention kernels (its sliding-window layers' share too,
     # where the runtime's kernel skips the blocks outside the window)
     sliding = sliding_share(m, layers, lo) if sc.runtime.sliding_window_kernel else 0.0
@@ -1150,7 +1187,7 @@ def hardware_flops_per_step(sc: Scenario) -> float:
     if sc.model.is_moe:  # every rank at the mean expert load: the FLOPs all GPUs execute
         mean = replace(sc, model=replace(sc.model, moe_load_imbalance=1.0, capacity_factor=0.0))
     for ch in step.chunks:
-        c = chunk_costs(mean, ch.layers, ch.embedding, ch.head, ch.lo)
+        c = chunk_costs(mean, ch.layers, ch.embedding, ch.head, ch.lo, ch.loss_parts)
         total += c.forward_flops + c.backward_flops + c.recompute_flops
     # per TP rank -> whole TP group; per micro-batch -> step; DP replicas; CP ranks. DualPipe
     # holds every stage twice and runs each micro-batch through one of the copies

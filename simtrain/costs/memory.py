@@ -69,6 +69,7 @@ from simtrain.costs.params import (
     trainable_params,
     zero_shard,
 )
+from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
@@ -383,7 +384,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                 c -= frozen_input_savings(m, t, tp, sp)
         if step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs and not ch.head:
             # the chunk's output, kept for its backward (runtime pipeline_keeps_stage_outputs)
-            c += layer_input_bytes(m, t, tp, sp)
+            c += layer_input_bytes(m, t, tp, sp) if not ch.tail else 0
         if ch.head:
             c += (head_saved_bytes(m, t, tp, sp, f.gathered_input)
                   + mtp_saved_bytes(m, t, tp, sp, f.gathered_input))  # fmt: skip
@@ -392,6 +393,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             loss_bytes[stage] = loss_transient_bytes(m, t, tp)
             if loss_override is not None:  # DataParallel: GPU 0 the whole batch, replicas none
                 loss_bytes[stage] = loss_override
+        if ch.loss_apart or ch.tail:
+            c, loss_bytes[stage] = _loss_apart_bytes(sc, step, ch, c)
         chunk_bytes[stage] = c
         blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
@@ -406,6 +409,30 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,
                         offloaded)  # fmt: skip
+
+
+def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
+                      saved: int) -> tuple[int, int]:  # fmt: skip
+    """(saved bytes per micro-batch, the loss's working bytes) of a chunk whose split puts the
+    loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
+    from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
+    its working memory leave; its output, the logits (e B each), is kept for the backward
+    where the runtime keeps stage outputs (nanotron's ``microbatches_activations_requiring_
+    backward``, parallel/pipeline_parallel/state.py). A tail chunk: the fp32 cast saves
+    nothing (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise
+    when the loss is on the next chunk; the loss saves and works as on the head's chunk
+    (:func:`loss_saved_bytes`, :func:`loss_transient_bytes`). The received logits are not
+    kept (the cast is their only reader). Per TP rank: b·(s/cp)·V/t logits."""
+    m, p = sc.model, sc.parallelism
+    t = cp_rank_training(sc.training, p.cp)
+    keeps = step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs
+    logits = step.logits_bytes // p.tp
+    if ch.loss_apart:
+        return saved - loss_saved_bytes(m, t, p.tp) + (logits if keeps else 0), 0
+    if "loss" in ch.tail:
+        return saved + loss_saved_bytes(m, t, p.tp), loss_transient_bytes(m, t, p.tp)
+    fp32 = logits // step.precision.act_mm * 4  # the cast's output, to the loss's chunk
+    return saved + (fp32 if keeps else 0), logits + fp32
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:

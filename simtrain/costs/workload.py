@@ -89,7 +89,7 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     :func:`chunk_durations`) and the planner's (``apps.plan.estimate``)."""
     t = sc.training
     ch = step.chunks[stage]
-    c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo)
+    c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo, ch.loss_parts)
     n = ch.layers
     n_moe = n - sc.model.dense_layers_in(ch.lo, ch.hi)  # (the dense count of a dense model)
     kinds = (n - n_moe, n_moe)
@@ -175,9 +175,10 @@ def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | Non
 
 
 def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent)."""
+    """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent) of what
+    crosses that boundary (``ResolvedStep.hop_bytes``)."""
     hop = _hop(step, stage, to_stage)
-    return comm.p2p_send_ns(sc, step, *hop) if hop else 0
+    return comm.p2p_send_ns(sc, step, *hop, step.hop_bytes(stage, to_stage)) if hop else 0
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:

@@ -22,6 +22,15 @@ def chunk_layers(layers: int, pp: int, v: int = 1) -> dict[int, tuple[int, int]]
     return {k: (k * per, (k + 1) * per) for k in range(pp * v)}
 
 
+#: nanotron's pipeline blocks after the decoder layers, in model order (models/llama.py:
+#: LlamaModel ``final_layer_norm``, ``lm_head``, ``cast_to_fp32``; LlamaForTraining ``loss``).
+NANOTRON_TAIL = ("final norm", "LM head", "fp32 cast", "loss")
+#: The loss's two parts, as nanotron's two pipeline blocks after the LM head hold them: the
+#: logits' cast to fp32 and the cross-entropy (simtrain computes both with the LM head unless
+#: a split puts them on later chunks).
+LOSS_PARTS = NANOTRON_TAIL[2:]
+
+
 @dataclass(frozen=True, slots=True)
 class StageBlocks:
     """What one chunk (virtual stage) holds: decoder layers [lo, hi) (possibly none under a
@@ -34,15 +43,34 @@ class StageBlocks:
     hi: int
     embedding: bool
     head: bool
+    # nanotron's blocks after the LM head that this chunk holds while the LM head sits on an
+    # earlier chunk (:func:`compute_balanced_stages`): "fp32 cast" and / or "loss", in order
+    tail: tuple[str, ...] = ()
+    # on the LM head's chunk: its fp32 cast and loss run on later chunks (their ``tail``)
+    loss_apart: bool = False
 
     @property
     def layers(self) -> int:
         return self.hi - self.lo
 
+    @property
+    def loss_parts(self) -> tuple[str, ...]:
+        """The parts of the loss this chunk computes (:data:`LOSS_PARTS`): both on the head's
+        chunk, none there when they run apart (``loss_apart``), a tail chunk's own."""
+        if self.head and not self.loss_apart:
+            return LOSS_PARTS
+        return self.tail
 
-#: nanotron's pipeline blocks after the decoder layers, in model order (models/llama.py:
-#: LlamaModel ``final_layer_norm``, ``lm_head``, ``cast_to_fp32``; LlamaForTraining ``loss``).
-NANOTRON_TAIL = ("final norm", "LM head", "fp32 cast", "loss")
+    @property
+    def output_kind(self) -> str:
+        """What the chunk sends the next one, forward (the gradient of it comes back): "hidden"
+        (a b·s·h activation), "logits" (the LM head's, in the activation dtype) or
+        "fp32_logits" (the fp32 cast's, to a chunk holding only the loss)."""
+        if self.head and self.loss_apart:
+            return "logits"
+        if self.tail == ("fp32 cast",):
+            return "fp32_logits"
+        return "hidden"
 
 
 def nanotron_block_ranks(m: ModelSpec, pp: int) -> list[int]:
@@ -74,43 +102,44 @@ def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
     head counts as ``V·h / (4h² + 3fh)`` layers, so the last rank gets that many fewer; the 1B
     sweep model (h 2048, f 8192, V 131072) on pp = 2 puts 11 of 16 layers on rank 0.
 
-    simtrain computes the final norm, the fp32 cast and the loss with the LM head. nanotron
-    puts them elsewhere only when some rank would then hold no decoder layer, no embedding and
-    no LM head (only the fp32 cast, the loss, the final norm, or no block at all: a vocabulary
-    large against the blocks puts the LM head before the last rank). simtrain does not model
-    such a rank (a rank that only casts or only computes the loss receives the b·s·V/t logits
-    over p2p; a rank with no block idles): that is a ConfigError naming
-    ``parallelism.layer_split`` (:func:`compute_balanced_problem`)."""
+    simtrain computes the final norm with the LM head (with pp <= layers nanotron never parts
+    them). When the LM head lands before the last rank, the fp32 cast and the loss go to the
+    ranks after it: the last rank alone holds both ("fp32 cast + loss"), or the two last ranks
+    one each; such a chunk's ``tail`` names them and the head's chunk is ``loss_apart``
+    (the logits then cross the pipeline: :meth:`StageBlocks.output_kind`). A rank with no
+    block at all (a vocabulary large enough to put the LM head three or more ranks before the
+    last) is a ConfigError naming ``parallelism.layer_split``
+    (:func:`compute_balanced_problem`): nanotron's engine still counts it in every rank's
+    warm-up, which simtrain's schedules do not."""
     why = compute_balanced_problem(m, pp)
     if why:
         raise ConfigError(None, "parallelism.layer_split", why, "compute_balanced")
     rank_of = nanotron_block_ranks(m, pp)
+    head_rank = rank_of[m.layers + 2]
     out = []
     for k in range(pp):
         layers = [i for i in range(m.layers) if rank_of[1 + i] == k]
+        tail = tuple(name for name, r in zip(LOSS_PARTS, rank_of[m.layers + 3 :], strict=True)
+                     if r == k and k != head_rank)  # fmt: skip
         lo = layers[0] if layers else 0
         hi = layers[-1] + 1 if layers else 0
-        out.append(StageBlocks(lo, hi, k == 0, rank_of[m.layers + 2] == k))
+        out.append(StageBlocks(lo, hi, k == 0, head_rank == k, tail,
+                               loss_apart=head_rank == k and head_rank < pp - 1))  # fmt: skip
     return out
 
 
 def compute_balanced_problem(m: ModelSpec, pp: int) -> str:
     """Why simtrain cannot model nanotron's split of ``m`` over ``pp`` ranks (empty: it can):
-    the ranks that would hold no decoder layer, no embedding and no LM head, and what they
-    would hold. One line of bounded length whatever ``pp``."""
+    the ranks that would hold no block at all (no decoder layer, embedding, LM head, fp32 cast
+    or loss). One line of bounded length whatever ``pp``."""
     rank_of = nanotron_block_ranks(m, pp)
-    held: dict[int, list[str]] = {r: [] for r in range(pp)}
-    for name, r in zip(NANOTRON_TAIL, rank_of[m.layers + 1 :], strict=True):
-        held[r].append(name)
-    working = {0, rank_of[m.layers + 2]} | set(rank_of[1 : m.layers + 1])
-    bad = [r for r in range(pp) if r not in working]
+    bad = [r for r in range(pp) if r not in set(rank_of)]
     if not bad:
         return ""
-    kinds = list(dict.fromkeys(" + ".join(held[r]) or "no block" for r in bad))
     return (f"nanotron's split (models/base.py build_model) leaves stage(s) {_ranges(bad)} of "
-            f"parallelism.pp = {pp} with no decoder layer or LM head (only: "
-            f"{'; '.join(kinds)}), which simtrain does not model: use fewer stages or "
-            "layer_split: uniform")  # fmt: skip
+            f"parallelism.pp = {pp} with no block (the LM head lands on stage "
+            f"{rank_of[m.layers + 2]}, the loss on {rank_of[-1]}), which simtrain does not "
+            "model: use fewer stages or layer_split: uniform")  # fmt: skip
 
 
 def _ranges(xs: list[int]) -> str:
@@ -258,9 +287,10 @@ def torchtitan_split_2412(layers: int, stages: int) -> list[int]:
 
 
 def empty_stages(chunks: dict[int, StageBlocks] | tuple[StageBlocks, ...]) -> list[int]:
-    """Chunks that hold no decoder layer, no embedding and no head: a GPU with no work for the
-    whole step (bubble 1.0). No split makes one: ``uniform`` and ``embedding_as_layer`` give
-    every chunk a layer or an end, and ``compute_balanced`` raises instead
+    """Chunks that hold no decoder layer, no embedding, no head and no part of the loss: a GPU
+    with no work for the whole step (bubble 1.0). No split makes one: ``uniform`` and
+    ``embedding_as_layer`` give every chunk a layer or an end, and ``compute_balanced`` raises
+    instead
     (:func:`compute_balanced_problem`). Kept for the invariant checks."""
     items = chunks.items() if isinstance(chunks, dict) else enumerate(chunks)
-    return [k for k, c in sorted(items) if not (c.layers or c.embedding or c.head)]
+    return [k for k, c in sorted(items) if not (c.layers or c.embedding or c.head or c.tail)]

@@ -53,6 +53,9 @@ class ResolvedStep:
     # per context-parallel rank.
     boundary_bytes: int
     gradients_transient: bool
+    # One micro-batch's logits b·(s/cp)·V in the activation dtype: what an LM head sends a
+    # later chunk holding the loss (StageBlocks.loss_apart; 4 B each after the fp32 cast)
+    logits_bytes: int = 0
     # the interleaved schedule as Megatron-LM 2021-2024 ran it at m = pp (runtime
     # interleaved_all_warmup_at_pp): every forward first (schedules.interleaved_all_warmup)
     all_warmup_at_pp: bool = False
@@ -99,6 +102,20 @@ class ResolvedStep:
 
     def rank_chunks(self, rank: int) -> list[StageBlocks]:
         return [self.chunks[s] for s in self.rank_chunk_ids(rank)]
+
+    def hop_bytes(self, stage: int, to_stage: int) -> int:
+        """Bytes of one micro-batch's p2p transfer from chunk ``stage`` to its neighbour
+        ``to_stage``, all TP ranks together: forward the chunk's output, backward the gradient
+        of its input (the previous chunk's output), each as :meth:`StageBlocks.output_kind`
+        says: a b·s·h activation (:attr:`boundary_bytes`), the LM head's logits
+        (:attr:`logits_bytes`) or their fp32 cast (and its fp32 gradient) to a loss-only
+        chunk."""
+        kind = self.chunks[min(stage, to_stage)].output_kind
+        if kind == "logits":
+            return self.logits_bytes
+        if kind == "fp32_logits":
+            return self.logits_bytes // self.precision.act_mm * 4
+        return self.boundary_bytes
 
     def rank_layers(self, rank: int) -> int:
         """Decoder layers held by ``rank``, all its chunks together."""
@@ -158,6 +175,7 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         seq_len_effective=t.seq_len_effective,
         kv_len=t.kv_len,
         boundary_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective // p.cp * m.hidden,
+        logits_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective // p.cp * m.vocab,
         gradients_transient=p.pp == 1 and p.dp_cp == 1 and mb == 1,
         all_warmup_at_pp=all_warmup,
     )

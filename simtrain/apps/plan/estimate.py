@@ -172,7 +172,8 @@ def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
 
     def chunk(k: int) -> tuple:
         b = step.chunks[k]
-        key = (b.layers, b.embedding, b.head, *sc.model.layer_signature(b.lo, b.lo + b.layers))
+        key = (b.layers, b.embedding, b.head, b.tail, b.loss_apart,
+               *sc.model.layer_signature(b.lo, b.lo + b.layers))  # fmt: skip
         if key not in cache:
             cache[key] = _chunk_rank(chunk_duration(sc, step, k, block), pooled, split)
         return key
@@ -238,7 +239,7 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         # fill and drain: each hop between consecutive chunks once each way (DualPipe: its
         # two pipelines' at once, one pipeline's)
         hops = sum(
-            p2p_send_ns(sc, step, step.chunk_rank(k))
+            p2p_send_ns(sc, step, step.chunk_rank(k), n_bytes=step.hop_bytes(k, k + 1))
             for k in range(step.pipeline(0)[-1])
             if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
         )

@@ -1,0 +1,168 @@
+"""nanotron's stages after the LM head (``StageBlocks.tail``): the fp32 cast and the loss on
+stages of their own, as nanotron's compute-balanced split puts them when the LM head lands
+before the last rank (models/base.py ``build_model``, models/llama.py ``cast_to_fp32`` and
+``loss`` PipelineBlocks at huggingface/nanotron@2411b022).
+
+Checked against independent values: the logits' bytes from the shapes (e·b·s·V, 4 B after the
+cast), the loss's bytes split so that its parts add up to the head's own count
+(conservation), the p2p time of a hop from the link's closed form, and each tail stage's
+saved bytes from the activations module's per-tensor rules.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs import collectives as coll
+from simtrain.costs.activations import (
+    head_saved_bytes,
+    loss_saved_bytes,
+    loss_transient_bytes,
+)
+from simtrain.costs.comm import p2p_send_ns
+from simtrain.costs.compute import (
+    chunk_costs,
+    head_elementwise_bytes,
+    loss_part_bytes,
+    softcap_bytes,
+)
+from simtrain.costs.memory import estimate_memory
+from simtrain.costs.workload import chunk_durations
+from simtrain.layout.partition import LOSS_PARTS
+from simtrain.layout.step import resolve
+from simtrain.spec.scenario import Scenario, parse_scenario
+
+B, S, V, H = 2, 256, 32000, 256
+
+
+def _scenario(pp: int, tp: int = 1, vocab: int = V,
+              runtime: str | dict[str, object] = "nanotron") -> Scenario:  # fmt: skip
+    """6 blocks of h 256 and a 32,000-token vocabulary under nanotron's split: on 3 stages 5
+    layers, then 1 layer with the LM head, then the fp32 cast and the loss; on 4 stages the
+    cast and the loss on one stage each."""
+    return parse_scenario({
+        "model": {"layers": 6, "hidden": H, "heads": 4, "ffn_hidden": 4 * H, "vocab": vocab,
+                  "mlp": "swiglu", "norm": "rmsnorm"},
+        "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": pp * tp},
+        "training": {"seq_len": S, "global_batch": 8 * B, "micro_batch": B,
+                     "precision": "bf16"},
+        "parallelism": {"pp": pp, "tp": tp, "layer_split": "compute_balanced",
+                        "sequence_parallel": tp > 1},
+        "runtime": runtime,
+    }, "tail.yaml")  # fmt: skip
+
+
+def test_the_split_puts_the_loss_apart() -> None:
+    three = resolve(_scenario(3)).chunks
+    assert [(c.layers, c.head, c.tail, c.loss_apart) for c in three] == [
+        (5, False, (), False), (1, True, (), True), (0, False, LOSS_PARTS, False)]  # fmt: skip
+    four = resolve(_scenario(4)).chunks
+    assert [c.tail for c in four] == [(), (), ("fp32 cast",), ("loss",)]
+    assert [c.loss_parts for c in four] == [(), (), ("fp32 cast",), ("loss",)]
+    assert [c.output_kind for c in four] == ["hidden", "logits", "fp32_logits", "hidden"]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_hop_bytes_are_the_logits(tp: int) -> None:
+    """The LM head sends its b·s·V/t logits shard per TP rank in the activation dtype (2 B),
+    the cast its fp32 copy (4 B); each gradient comes back the same size; the decoder
+    stages' hop stays b·s·h."""
+    step = resolve(_scenario(4, tp))
+    assert step.logits_bytes == 2 * B * S * V
+    assert step.hop_bytes(0, 1) == step.hop_bytes(1, 0) == 2 * B * S * H == step.boundary_bytes
+    assert step.hop_bytes(1, 2) == step.hop_bytes(2, 1) == 2 * B * S * V
+    assert step.hop_bytes(2, 3) == step.hop_bytes(3, 2) == 4 * B * S * V
+    # the head's loss on its own stage (pp 1): nothing crosses
+    assert resolve(_scenario(1)).chunks[0].loss_parts == LOSS_PARTS
+
+
+def test_p2p_time_of_a_logits_hop() -> None:
+    """p2p_send_ns of the hop's bytes: the link's closed form on each TP rank's shard, plus the
+    runtime's per-message latencies; without n_bytes the b·s·h activation as before."""
+    sc = _scenario(4, tp=2)
+    step = resolve(sc)
+    intra, _ = coll.node_links(sc.hardware)
+    extra = (sc.runtime.p2p_messages_forward - 1) * intra.latency_s
+    want = round(1e9 * (coll.p2p_time_s(2 * B * S * V / 2, intra) + extra))
+    assert p2p_send_ns(sc, step, 1, 1, step.hop_bytes(1, 2)) == want
+    assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes)
+    d = chunk_durations(sc, step)
+    assert d[1].send_forward_ns == want
+    assert d[2].send_forward_ns > want  # the fp32 copy: twice the bytes
+    assert d[3].send_forward_ns == 0  # the last stage sends nothing on
+
+
+@pytest.mark.parametrize("vocab", [V, 50257])
+def test_loss_parts_add_up_to_the_heads_count(vocab: int) -> None:
+    """The cast's share is a 16-bit read and an fp32 write of each logit shard (6 B) each way;
+    the two parts add up to head_elementwise_bytes without the soft-capping."""
+    sc = _scenario(4, tp=2, vocab=vocab)
+    m, t, tp = sc.model, sc.training, 2
+    assert t.loss_upcast and t.cross_entropy == "standard"
+    cast = loss_part_bytes(m, t, tp, ("fp32 cast",))
+    loss = loss_part_bytes(m, t, tp, ("loss",))
+    assert cast == (6 * B * S * vocab / tp, 6 * B * S * vocab / tp)
+    total = head_elementwise_bytes(m, t, tp)
+    cap = softcap_bytes(m, t, tp)
+    assert cast[0] + loss[0] == pytest.approx(total[0] - cap[0], rel=1e-12)
+    assert cast[1] + loss[1] == pytest.approx(total[1] - cap[1], rel=1e-12)
+    assert loss_part_bytes(m, t, tp, LOSS_PARTS) == pytest.approx(
+        (total[0] - cap[0], total[1] - cap[1]), rel=1e-12)  # fmt: skip
+
+
+def test_chunk_times_are_conserved() -> None:
+    """The LM head without its loss, the cast's stage and the loss's stage take the time the
+    head with its loss takes (to the rounding up of each to whole nanoseconds)."""
+    sc = _scenario(4, tp=2)
+    whole = chunk_costs(sc, 0, False, True)
+    parts = [chunk_costs(sc, 0, False, True, None, ()),
+             chunk_costs(sc, 0, False, False, None, ("fp32 cast",)),
+             chunk_costs(sc, 0, False, False, None, ("loss",))]  # fmt: skip
+    for field in ("forward_ns", "input_grad_ns", "weight_grad_ns"):
+        got = sum(getattr(c, field) for c in parts)
+        assert abs(got - getattr(whole, field)) <= 3, field
+    assert parts[1].forward_flops == parts[2].forward_flops == 0
+    assert parts[0].forward_flops == whole.forward_flops
+
+
+@pytest.mark.parametrize("keeps", [False, True])
+def test_tail_stages_memory(keeps: bool) -> None:
+    """Per micro-batch: the head's stage saves the head's tensors less the loss's; the cast's
+    stage saves nothing (``x.float()``'s backward needs no tensor) and holds the received
+    logits and its fp32 copy while it runs; the loss's stage saves what the loss saves and
+    holds its working memory. nanotron drops a sent output once sent (its pipeline state
+    keeps a CPU dummy: parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer);
+    a runtime that keeps each stage's output (``pipeline_keeps_stage_outputs``) keeps the
+    logits on the head's stage and the fp32 copy on the cast's."""
+    runtime = {"name": "nanotron", "pipeline_keeps_stage_outputs": keeps}
+    sc = _scenario(4, tp=2, runtime=runtime)  # type: ignore[arg-type]
+    m, t, tp = sc.model, sc.training, 2
+    mem = estimate_memory(sc)
+    logits = 2 * B * S * V // tp
+    head = mem.stages[1]
+    assert head.layers == ((4, 6),) and head.breakdown is not None
+    assert head.activation_bytes_per_microbatch == (
+        2 * head.breakdown.per_layer_bytes + head_saved_bytes(m, t, tp, True)
+        - loss_saved_bytes(m, t, tp) + (logits if keeps else 0))  # fmt: skip
+    assert dict(head.loss_bytes) == {1: 0}
+    cast, loss = mem.stages[2], mem.stages[3]
+    assert cast.activation_bytes_per_microbatch == (2 * logits if keeps else 0)
+    assert dict(cast.loss_bytes) == {2: logits + 2 * logits}
+    assert loss.activation_bytes_per_microbatch == loss_saved_bytes(m, t, tp)
+    assert dict(loss.loss_bytes) == {3: loss_transient_bytes(m, t, tp)}
+    assert loss_saved_bytes(m, t, tp) == 4 * B * S * V // tp  # the fp32 log-softmax
+
+
+def test_simulated_step_sends_the_logits() -> None:
+    """The simulated step's SEND_F spans of the LM head's stage last the logits hop, and a
+    larger vocabulary (more logits to send and a longer loss) makes the step longer."""
+    sc = _scenario(4, tp=2)
+    res = simulate_scenario(sc)
+    step = resolve(sc)
+    want = chunk_durations(sc, step)[1].send_forward_ns
+    sends = [s for s in res.timeline.spans if s.kind == "SEND_F" and s.rank == 1]
+    assert sends and all(s.duration_ns == want for s in sends)
+    assert not [s for s in res.timeline.spans if s.kind == "SEND_F" and s.rank == 3]
+    assert simulate_scenario(_scenario(4, tp=2, vocab=2 * V)).metrics.step_time_s > (
+        res.metrics.step_time_s)  # fmt: skip
