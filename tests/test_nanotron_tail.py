@@ -11,6 +11,8 @@ saved bytes from the activations module's per-tensor rules.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from simtrain.apps.simulate import simulate_scenario
@@ -29,6 +31,7 @@ from simtrain.costs.compute import (
 )
 from simtrain.costs.memory import estimate_memory
 from simtrain.costs.workload import chunk_durations
+from simtrain.errors import ConfigError
 from simtrain.layout.partition import LOSS_PARTS
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import Scenario, parse_scenario
@@ -166,3 +169,26 @@ def test_simulated_step_sends_the_logits() -> None:
     assert not [s for s in res.timeline.spans if s.kind == "SEND_F" and s.rank == 3]
     assert simulate_scenario(_scenario(4, tp=2, vocab=2 * V)).metrics.step_time_s > (
         res.metrics.step_time_s)  # fmt: skip
+
+
+def test_a_loss_that_does_not_upcast_still_pays_the_cast() -> None:
+    """nanotron's cast block converts the logits whatever the loss reads: under a loss whose
+    own count holds no cast (flash-attn's fused kernel on 16-bit logits) the cast's stage
+    still reads 2 B and writes 4 B per logit, and the loss part is the head's whole count."""
+    sc = _scenario(4, tp=2)
+    t = replace(sc.training, cross_entropy="fused")
+    m = sc.model
+    assert loss_part_bytes(m, t, 2, ("fp32 cast",)) == (6 * B * S * V / 2, 6 * B * S * V / 2)
+    assert loss_part_bytes(m, t, 2, ("loss",)) == head_elementwise_bytes(m, t, 2)
+
+
+def test_a_cast_only_stage_in_fp32_is_an_error() -> None:
+    """In fp32 training ``x.float()`` returns its input: a stage holding only the cast would
+    have no work (bubble 1.0), so the split is refused naming the key and the stage."""
+    sc = _scenario(4)
+    fp32 = replace(sc, training=replace(sc.training, precision="fp32"))
+    with pytest.raises(ConfigError) as e:
+        resolve(fp32)
+    assert e.value.key == "parallelism.layer_split"
+    assert "stage 2 of parallelism.pp = 4 with only the fp32 cast" in str(e.value)
+    resolve(replace(fp32, parallelism=replace(fp32.parallelism, pp=3)))  # cast + loss: work

@@ -525,20 +525,23 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
                     parts: tuple[str, ...]) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) bytes of the loss's ``parts`` ("fp32 cast", "loss") on a chunk that
     holds them apart from the LM head (nanotron's ``cast_to_fp32`` and ``loss`` PipelineBlocks,
-    models/llama.py l.899 and l.1044 at 2411b022): :func:`head_elementwise_bytes` without the
-    soft-capping, the cast's share being a read of the 16-bit logit and a write of its fp32
-    copy each way (e + 4 B: ``x.float()``, whose backward casts the fp32 gradient back) where
-    a PyTorch loss upcasts 16-bit logits (``loss_upcast``), none otherwise; the cross-entropy
-    the rest."""
+    models/llama.py l.899 and l.1044 at 2411b022). The cast, ``x.float()``, reads each 16-bit
+    logit of the shard and writes its fp32 copy, and its backward casts the fp32 gradient
+    back: e + 4 B each way (none in fp32 training, where it returns its input). The loss:
+    :func:`head_elementwise_bytes` without the soft-capping, less that cast where the head's
+    count holds one (a PyTorch loss that upcasts, ``loss_upcast``, and Megatron's
+    vocab_parallel ``.float()``), so that the two parts add up to the head's own count then."""
     f, b = head_elementwise_bytes(m, t, tp)
     cap_f, cap_b = softcap_bytes(m, t, tp)
     f, b = f - cap_f, b - cap_b
     e = t.precision_spec.act_mm
-    upcast = t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast and e < 4
     logits = t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(t.cross_entropy, tp)
-    cast = (e + 4) * logits if upcast else 0.0
-    fwd = (cast if "fp32 cast" in parts else 0.0) + (f - cast if "loss" in parts else 0.0)
-    bwd = (cast if "fp32 cast" in parts else 0.0) + (b - cast if "loss" in parts else 0.0)
+    cast = (e + 4) * logits if e < 4 else 0.0
+    counted = (t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast
+               or t.cross_entropy == "vocab_parallel")  # fmt: skip
+    inside = cast if counted else 0.0  # the cast the head's count already holds
+    fwd = (cast if "fp32 cast" in parts else 0.0) + (f - inside if "loss" in parts else 0.0)
+    bwd = (cast if "fp32 cast" in parts else 0.0) + (b - inside if "loss" in parts else 0.0)
     return fwd, bwd
 
 

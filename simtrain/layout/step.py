@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from simtrain.errors import ConfigError
 from simtrain.layout.partition import StageBlocks, split_layers
 from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules import (
@@ -159,6 +160,13 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         # transformer block is block m.layers + k of the head's chunk
         split = {k: replace(c, hi=c.hi + mtp) if c.head else c for k, c in split.items()}
     prec = t.precision_spec
+    idle = [k for k, c in split.items() if c.tail == ("fp32 cast",)] if prec.act_mm >= 4 else []
+    if idle:  # x.float() returns an fp32 tensor itself: the stage would have no work
+        raise ConfigError(None, "parallelism.layer_split",
+                          f"nanotron's split leaves stage {idle[0]} of parallelism.pp = {p.pp} "
+                          f"with only the fp32 cast, which does nothing in {t.precision} "
+                          "training: use fewer stages or layer_split: uniform",
+                          p.layer_split)  # fmt: skip
     all_warmup = all_warmup_order(all_warmup_at_pp, name, p.virtual_stages) and mb == p.pp
     return ResolvedStep(
         microbatches=mb,
