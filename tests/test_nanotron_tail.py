@@ -192,3 +192,15 @@ def test_a_cast_only_stage_in_fp32_is_an_error() -> None:
     assert e.value.key == "parallelism.layer_split"
     assert "stage 2 of parallelism.pp = 4 with only the fp32 cast" in str(e.value)
     resolve(replace(fp32, parallelism=replace(fp32.parallelism, pp=3)))  # cast + loss: work
+
+
+def test_memory_explain_names_the_loss_stages() -> None:
+    """``simtrain memory --explain`` says where the loss went: the head's stage holds the head
+    with its loss on a later stage, the tail stages the cast and the loss."""
+    from simtrain.report.explain import explain_memory
+
+    sc = _scenario(4, tp=2)
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    assert "(2 layers, head (its loss on a later stage), TP 2)" in text
+    assert "stage 2: 0 parameters on each GPU (0 layers, the fp32 cast, TP 2)" in text
+    assert "stage 3: 0 parameters on each GPU (0 layers, the loss, TP 2)" in text

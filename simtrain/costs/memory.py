@@ -107,6 +107,10 @@ class StageBreakdown:
     tp_gather_bytes: int = 0  # cached full-sequence gather buffers (runtime tp_gather_buffers)
     nccl_bytes: int = 0  # NCCL's connection buffers (device-level memory only; nccl_memory)
     te_dummy_wgrad_bytes: int = 0  # TE's cached dummy weight gradients (runtime te_dummy_wgrad)
+    # nanotron's split: the loss's parts this stage runs apart from the LM head (StageBlocks.tail)
+    # and whether its LM head's loss runs on a later stage (StageBlocks.loss_apart)
+    loss_tail: tuple[str, ...] = ()
+    loss_apart: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -913,6 +917,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         ddp_bucket_bytes=ddp_bucket_bytes(sc, step, ms.trainable),
         tp_gather_bytes=tp_gather_buffer_bytes(sc, step), nccl_bytes=nccl_b,
         te_dummy_wgrad_bytes=te_dummy_wgrad_bytes(sc, step, tensors),
+        loss_tail=tuple(part for c in mine for part in c.tail),
+        loss_apart=any(c.loss_apart for c in mine),
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient, gradients_freed_after_backward=freed,
     )  # fmt: skip

@@ -103,7 +103,9 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
         whole = f"dp x cp = {p.dp_cp}" if p.cp > 1 else f"dp {p.dp_cp}"
         dp_name = (f"its hybrid-sharding group of {dp} GPUs ({whole} in {p.zero_replicas} "
                    f"replicas)")  # fmt: skip
-    ends = f"{', embeddings' if b.first else ''}{', head' if b.last else ''}"
+    head = ", head (its loss on a later stage)" if b.loss_apart else ", head" if b.last else ""
+    tail = "".join(f", the {part}" for part in b.loss_tail)  # nanotron's cast / loss stage
+    ends = f"{', embeddings' if b.first else ''}{head}{tail}"
     lines = [
         f"{_label(sm)}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
         f"{f', TP {tp}' if tp > 1 else ''}), {ms.trainable:,} trainable",
