@@ -421,8 +421,10 @@ def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
     loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
     from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
     its working memory leave; its output, the logits (e B each), is kept for the backward
-    where the runtime keeps stage outputs (nanotron's ``microbatches_activations_requiring_
-    backward``, parallel/pipeline_parallel/state.py). A tail chunk: the fp32 cast saves
+    where the runtime keeps stage outputs (``pipeline_keeps_stage_outputs``; nanotron does
+    not: its pipeline state keeps a CPU dummy for the backward and drops the sent tensor,
+    parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer at 2411b022).
+    A tail chunk: the fp32 cast saves
     nothing (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise
     when the loss is on the next chunk; the loss saves and works as on the head's chunk
     (:func:`loss_saved_bytes`, :func:`loss_transient_bytes`). The received logits are not

@@ -124,7 +124,7 @@ def compute_balanced_stages(m: ModelSpec, pp: int) -> list[StageBlocks]:
         lo = layers[0] if layers else 0
         hi = layers[-1] + 1 if layers else 0
         out.append(StageBlocks(lo, hi, k == 0, head_rank == k, tail,
-                               loss_apart=head_rank == k and head_rank < pp - 1))  # fmt: skip
+                               loss_apart=head_rank == k != rank_of[-1]))  # fmt: skip
     return out
 
 
