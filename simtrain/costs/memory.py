@@ -56,7 +56,6 @@ from simtrain.costs.params import (
     ParamTensor,
     adam_temporaries,
     add_states,
-    chunk_tensor_groups,
     embedding_tp,
     end_param_tensors,
     head_param_tensors,
@@ -65,6 +64,7 @@ from simtrain.costs.params import (
     optimizer_working_bytes,
     paged_state_bytes,
     scale_states,
+    scenario_chunk_groups,
     total_params,
     trainable_params,
     zero_shard,
@@ -1108,14 +1108,13 @@ def flat_buffer_segment_bytes(cached: tuple[int, ...], bucket: int,
 
 def _pageable_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
     """The stage's optimizer-state bytes in unified memory (``costs.params.paged_state_bytes``
-    of its chunks' tensors, ``costs.params.chunk_tensor_groups``: the model states' own; 0
+    of its chunks' tensors, ``costs.params.scenario_chunk_groups``: the model states' own; 0
     without a paged optimizer)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
+    t = sc.training
     if not t.peft.paged_optimizer:
         return 0
     return sum(n * paged_state_bytes(ts, t) for c in step.rank_chunks(stage)
-               for n, ts in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding,
-                                                c.head, p.etp, emb_tp=embedding_tp(sc)))  # fmt: skip
+               for n, ts in scenario_chunk_groups(sc, c))  # fmt: skip
 
 
 def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,

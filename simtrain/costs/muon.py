@@ -59,9 +59,9 @@ from simtrain.costs.compute import gemm_edge, matmul_ns, optimizer_traffic_ns
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     ParamTensor,
-    chunk_tensor_groups,
     muon_managed,
     rank_tensor_groups,
+    scenario_chunk_groups,
     zero_shard,
 )
 from simtrain.layout.step import ResolvedStep
@@ -173,7 +173,7 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     and written for the other trainable elements (module docstring)."""
     if sc.training.optimizer != "muon":
         return 0
-    m, t, p = sc.model, sc.training, sc.parallelism
+    t, p = sc.training, sc.parallelism
     sharded = p.zero_stage >= 1
     dense_shards, expert_shards = (p.zero_shards, p.expert_dp) if sharded else (1, 1)
     fused, one_matrix = fused_params(sc)
@@ -181,8 +181,7 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     for c in step.rank_chunks(rank):
         dense: list[float] = []
         experts: list[float] = []
-        for copies, tensors in chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi,
-                                                   c.embedding, c.head, p.etp):  # fmt: skip
+        for copies, tensors in scenario_chunk_groups(sc, c):
             for x in muon_params(tensors, fused, one_matrix):
                 cost = sum(matrix_ns(mat, sc) for mat in x.matrices)
                 (experts if x.expert else dense).extend([cost] * copies)

@@ -272,6 +272,14 @@ def chunk_tensor_groups(m: ModelSpec, t: TrainingSpec, tp: int, ep: int, pp: int
     return [*groups, (1, end_param_tensors(m, t, tp, pp, embedding, head, emb_tp=emb_tp))]
 
 
+def scenario_chunk_groups(sc: Scenario, c: StageBlocks) -> list[tuple[int, list[ParamTensor]]]:
+    """:func:`chunk_tensor_groups` of ``sc``'s chunk ``c``, its embedding split as the runtime
+    splits it (:func:`embedding_tp`)."""
+    m, t, p = sc.model, sc.training, sc.parallelism
+    return chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp,
+                               emb_tp=embedding_tp(sc))  # fmt: skip
+
+
 def rank_tensor_groups(sc: Scenario, chunks: Sequence[StageBlocks]
                        ) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
     """A pipeline rank's parameter tensors on one GPU (its ``chunks``), as (copies, tensors)

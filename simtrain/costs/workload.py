@@ -37,9 +37,8 @@ from simtrain.costs.muon import rank_muon_ns
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     base_trainable,
-    chunk_tensor_groups,
-    embedding_tp,
     moe_param_tensors,
+    scenario_chunk_groups,
 )
 from simtrain.layout.step import ResolvedStep
 from simtrain.schedules.analysis import sharded_at_start
@@ -304,11 +303,8 @@ def pipelined_gather_layers(step: ResolvedStep, rank: int, recompute: bool = Fal
 
 
 def chunk_param_count(sc: Scenario, stage: int, step: ResolvedStep) -> int:
-    """Trainable parameters one GPU holds of chunk ``stage`` (``params.chunk_tensor_groups``)."""
-    m, t, p = sc.model, sc.training, sc.parallelism
-    c = step.chunks[stage]
-    groups = chunk_tensor_groups(m, t, p.tp, p.ep, p.pp, c.lo, c.hi, c.embedding, c.head, p.etp,
-                                 emb_tp=embedding_tp(sc))  # fmt: skip
+    """Trainable parameters one GPU holds of chunk ``stage`` (``params.scenario_chunk_groups``)."""
+    groups = scenario_chunk_groups(sc, step.chunks[stage])
     return sum(n * sum(x.numel for x in ts if x.trainable) for n, ts in groups)
 
 
