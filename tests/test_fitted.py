@@ -57,31 +57,75 @@ def test_report_splits_fitted_from_held_out_families_by_scope():
         ("megatron_sc21_zero3", "tflops_per_gpu", True, 1, 20.0)]  # fmt: skip
 
 
+def _entries(field: str) -> list[dict]:
+    """fitted_constants.yaml's entries of ``efficiency.<field>``."""
+    return [d for d in load_yaml(FITTED_PATH)
+            if d["constant"].startswith(f"efficiency.{field} ")]  # fmt: skip
+
+
 def _matmul_entries() -> list[dict]:
-    return [d for d in load_yaml(FITTED_PATH) if d["constant"].startswith("efficiency.matmul")]
+    return _entries("matmul")
+
+
+def _fits(field: str) -> list[tuple[str, float, list[str]]]:
+    """(profile, shipped value, record patterns) of each fitted ``efficiency.<field>`` that
+    names its records."""
+    return [(d["scope"]["hardware"], getattr(load_hardware(d["scope"]["hardware"]).efficiency,
+                                             field), list(d["records"]))
+            for d in _entries(field) if "records" in d]  # fmt: skip
 
 
 def _matmul_fits() -> list[tuple[str, float, list[str]]]:
-    """(profile, shipped value, record patterns) of each fitted efficiency.matmul that names
-    its records."""
-    return [(d["scope"]["hardware"], load_hardware(d["scope"]["hardware"]).efficiency.matmul,
-             list(d["records"])) for d in _matmul_entries() if "records" in d]  # fmt: skip
+    return _fits("matmul")
 
 
-def test_fitted_matmul_entries_state_the_shipped_values() -> None:
-    """Each efficiency.matmul entry of fitted_constants.yaml states the value its profile ships;
-    one without ``records`` is the same GPU as a fitted profile and ships that value."""
-    fitted = {p: v for p, v, _ in _matmul_fits()}
-    assert len(fitted) >= 4
-    for d in _matmul_entries():
+@pytest.mark.parametrize("field,least", [("matmul", 3), ("memory_bound", 1)])
+def test_fitted_entries_state_the_shipped_values(field: str, least: int) -> None:
+    """Each efficiency.matmul / memory_bound entry of fitted_constants.yaml states the value
+    its profile ships; one without ``records`` is the same GPU as a fitted profile and ships
+    that value."""
+    fitted = {p: v for p, v, _ in _fits(field)}
+    assert len(fitted) >= least
+    for d in _entries(field):
         profile = d["scope"]["hardware"]
-        value = load_hardware(profile).efficiency.matmul
+        value = getattr(load_hardware(profile).efficiency, field)
         stated = float(d["constant"].split("=", 1)[1].split()[0])
         assert stated == value, (d["constant"], profile, value)
         if "records" not in d:
             same = next(c.same_gpu for c in load_fitted_constants() if c.constant == d["constant"]
                         and dict(c.scope)["hardware"] == profile)  # fmt: skip
             assert same and fitted[same] == value, (profile, same)
+
+
+def test_a_gemm_table_rate_is_not_also_fitted() -> None:
+    """A profile whose efficiency.matmul is the large-GEMM rate of its measured GEMM table
+    (measured/gemm_tables.yaml: the shape fit's e∞ at the profile's L, to the 0.01 grid) has no
+    fitted matmul entry; its element-wise rate is the fitted one. The A100 80GB: 0.79 against
+    the SimuMax table's 0.788 (Vidur's 0.794 at its own L = 100)."""
+    from simtrain.costs.gemm_shape import fit_gemm_edge
+
+    tables = {t["id"]: t for t in load_yaml(FITTED_PATH.parent / "gemm_tables.yaml")}
+    fit = fit_gemm_edge(tuple(tuple(x) for x in tables["simumax_a100"]["shapes"]))
+    eff = load_hardware("a100_sxm4_80gb").efficiency
+    assert fit.edge == eff.gemm_edge_elements == 140
+    assert round(fit.efficiency, 2) == eff.matmul == 0.79
+    assert "a100_sxm4_80gb" not in {p for p, _, _ in _matmul_fits()}
+    assert "a100_sxm4_80gb" in {p for p, _, _ in _fits("memory_bound")}
+
+
+@pytest.mark.parametrize("profile,value,patterns", _fits("memory_bound"),
+                         ids=[f[0] for f in _fits("memory_bound")])  # fmt: skip
+def test_fitted_memory_bound_is_still_a_grid_minimum(profile, value, patterns) -> None:
+    """Each [val] efficiency.memory_bound minimises, on the 0.01 grid and with the profile's
+    shipped matmul (its GEMM table's rate), the MAPE of the records it names: no 0.01 step
+    either way lowers it (benchmarks/fit_matmul.py PROFILE M M --memory-bound LO HI prints the
+    grid)."""
+    trs = fit_records(profile, patterns)
+    assert len(trs) >= 4
+    matmul = load_hardware(profile).efficiency.matmul
+    here = matmul_fit_mape(trs, matmul, memory_bound=value)[0]
+    for other in (round(value - 0.01, 2), round(value + 0.01, 2)):
+        assert here <= matmul_fit_mape(trs, matmul, memory_bound=other)[0], (profile, other)
 
 
 @pytest.mark.parametrize("profile,value,patterns", _matmul_fits(),

