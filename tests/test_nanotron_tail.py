@@ -19,6 +19,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs import collectives as coll
 from simtrain.costs.activations import (
     head_saved_bytes,
+    layer_input_bytes,
     loss_saved_bytes,
     loss_transient_bytes,
 )
@@ -82,11 +83,14 @@ def test_hop_bytes_are_the_logits(tp: int) -> None:
 
 def test_p2p_time_of_a_logits_hop() -> None:
     """p2p_send_ns of the hop's bytes: the link's closed form on each TP rank's shard, plus the
-    runtime's per-message latencies; without n_bytes the b·s·h activation as before."""
+    runtime's per-message latencies, a logits hop's as one tensor's (nanotron's lm_head ->
+    cast_to_fp32 -> loss blocks take one input each: the backward's message count, not the
+    decoder blocks' two tensors); without n_bytes the b·s·h activation as before."""
     sc = _scenario(4, tp=2)
     step = resolve(sc)
     intra, _ = coll.node_links(sc.hardware)
-    extra = (sc.runtime.p2p_messages_forward - 1) * intra.latency_s
+    assert sc.runtime.p2p_messages_forward == 6 and sc.runtime.p2p_messages_backward == 3
+    extra = (sc.runtime.p2p_messages_backward - 1) * intra.latency_s
     want = round(1e9 * (coll.p2p_time_s(2 * B * S * V / 2, intra) + extra))
     assert p2p_send_ns(sc, step, 1, 1, step.hop_bytes(1, 2)) == want
     assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes)
@@ -148,7 +152,7 @@ def test_tail_stages_memory(keeps: bool) -> None:
     assert head.activation_bytes_per_microbatch == (
         2 * head.breakdown.per_layer_bytes + head_saved_bytes(m, t, tp, True)
         - loss_saved_bytes(m, t, tp) + (logits if keeps else 0))  # fmt: skip
-    assert dict(head.loss_bytes) == {1: 0}
+    assert dict(head.loss_bytes) == {1: logits}  # the logits until sent, their gradient
     cast, loss = mem.stages[2], mem.stages[3]
     assert cast.activation_bytes_per_microbatch == (2 * logits if keeps else 0)
     assert dict(cast.loss_bytes) == {2: logits + 2 * logits}
@@ -204,3 +208,66 @@ def test_memory_explain_names_the_loss_stages() -> None:
     assert "(2 layers, head (its loss on a later stage), TP 2)" in text
     assert "stage 2: 0 parameters on each GPU (0 layers, the fp32 cast, TP 2)" in text
     assert "stage 3: 0 parameters on each GPU (0 layers, the loss, TP 2)" in text
+
+
+def test_full_recompute_working_set_on_the_heads_stage() -> None:
+    """Under full recompute the head's stage re-materialises its block as any stage does: the
+    head's saved tensors, freed by its backward first, are the head's without the loss's
+    (which its later stage holds); the working set is then the block's, never clamped to 0."""
+    from simtrain.costs.activations import recompute_working_set_bytes
+
+    sc = _scenario(3, tp=2)
+    full = replace(sc, training=replace(sc.training, recompute="full"))
+    m, t = full.model, full.training
+    apart = recompute_working_set_bytes(m, t, 1, False, True, 2, True, loss_apart=True)
+    together = recompute_working_set_bytes(m, t, 1, False, True, 2, True)
+    block = recompute_working_set_bytes(m, t, 1, False, False, 2, True)  # a middle chunk's
+    head_own = head_saved_bytes(m, t, 2, True) - loss_saved_bytes(m, t, 2)
+    assert apart == block + layer_input_bytes(m, t, 2, True) - head_own > 0
+    assert together == 0  # the loss's 32.8 MB counted as the head's: clamped away
+    mem = estimate_memory(full)
+    assert dict(mem.stages[1].recompute_working_set_bytes)[1] >= apart
+
+
+def test_the_loss_collectives_run_where_the_loss_runs() -> None:
+    """nanotron's sharded cross-entropy (three all-reduces of b·s fp32 values over TP) runs in
+    its loss block: on the loss's stage, not the LM head's; the LM head keeps its input's
+    all-gather and its backward's collectives."""
+    from simtrain.costs import comm
+
+    sc = _scenario(4, tp=2)
+    step = resolve(sc)
+    assert comm.tp_edge_collectives(sc, False, True) == (1 + 3, 2)  # head with its loss
+    assert comm.tp_edge_collectives(sc, False, True, loss=False) == (1, 2)
+    assert comm.tp_edge_collectives(sc, False, False, loss=True) == (3, 0)
+    head_only = comm.tp_edges_ns(sc, step, False, True, loss=False)
+    both = comm.tp_edges_ns(sc, step, False, True)
+    loss_only = comm.tp_edges_ns(sc, step, False, False, loss=True)
+    assert loss_only[0] > 0 and loss_only[1] == 0
+    assert both == (head_only[0] + loss_only[0], head_only[1])
+    d = chunk_durations(sc, step)
+    assert d[3].tp_forward_ns == loss_only[0] and d[2].tp_forward_ns == 0
+    assert step.chunks[1].layers == 2
+    assert d[1].tp_forward_ns == 2 * comm.tp_forward_block(sc, step)[0] + head_only[0]
+
+
+def test_the_soft_capping_stays_with_the_lm_head() -> None:
+    """A model that soft-caps its logits (Gemma-2's c·tanh(logits/c)) caps them in the LM head's
+    stage: that stage keeps the tanh's output (e B a logit) and the loss's stage saves the
+    cross-entropy's own, in time and in memory alike."""
+    from simtrain.costs.activations import softcap_saved_bytes
+
+    plain = _scenario(4, tp=2)
+    sc = replace(plain, model=replace(plain.model, logit_softcap=True))
+    m, t = sc.model, sc.training
+    cap = softcap_saved_bytes(m, t, 2)
+    assert cap == 2 * B * S * V // 2 and softcap_saved_bytes(plain.model, t, 2) == 0
+    mem, base = estimate_memory(sc), estimate_memory(plain)
+    assert (mem.stages[1].activation_bytes_per_microbatch
+            - base.stages[1].activation_bytes_per_microbatch) == cap  # fmt: skip
+    assert mem.stages[3].activation_bytes_per_microbatch == (
+        base.stages[3].activation_bytes_per_microbatch)  # fmt: skip
+    head_cap = chunk_costs(sc, 0, False, True, None, ()).forward_ns
+    assert head_cap > chunk_costs(plain, 0, False, True, None, ()).forward_ns
+    assert chunk_costs(sc, 0, False, False, None, ("loss",)).forward_ns == chunk_costs(
+        plain, 0, False, False, None, ("loss",)).forward_ns  # fmt: skip

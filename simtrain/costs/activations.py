@@ -595,7 +595,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
                                 load: float = 1.0, gathered_input: int = 0,
                                 repeat_kv: bool = False, cp_a2a: bool = False,
                                 etp: int = 0, fused_swiglu: bool = False,
-                                gathered_per_linear: bool = False) -> int:  # fmt: skip
+                                gathered_per_linear: bool = False,
+                                loss_apart: bool = False) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -606,7 +607,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     first block's norm saves neither input nor statistics, so a one-block chunk
     re-materialises less. On the chunk holding the head, the gradient of the last block's
     output (shaped like a block input) is alive too, and the head's saved tensors
-    (:func:`head_saved_bytes`) were freed by the head's backward before the first block is
+    (:func:`head_saved_bytes`; without the loss's where it runs on a later chunk,
+    ``loss_apart``) were freed by the head's backward before the first block is
     re-materialised; on any other chunk that gradient is the p2p receive buffer, counted under
     buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward).
     Per-op selective (:mod:`costs.op_sac`): the same, less what autograd saves in the recomputed
@@ -627,7 +629,9 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         not_held = max(not_held, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
-        ws += block_input - head_saved_bytes(m, t, tp, sp, gathered_input)
+        head_saved = head_saved_bytes(m, t, tp, sp, gathered_input)
+        loss_saved = loss_saved_bytes(m, t, tp) - softcap_saved_bytes(m, t, tp)
+        ws += block_input - head_saved + (loss_saved if loss_apart else 0)
     return max(ws, 0)
 
 
@@ -684,6 +688,17 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # the fp32 copy (``vocab_parallel_logits.float()``), exp'd and divided in place
         return cap + 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
     return cap + loss_value_bytes(t) * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+
+
+def softcap_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """The tanh output Gemma-2's final soft-capping keeps for its backward, per micro-batch
+    (:func:`loss_saved_bytes` counts it with the loss; 0 without ``logit_softcap``): the logits'
+    dtype, split like them. With the LM head (which runs the capping) on its own stage it stays
+    there (``costs.memory._loss_apart_bytes``)."""
+    if not m.logit_softcap:
+        return 0
+    sb = t.seq_len_effective * t.micro_batch
+    return t.precision_spec.act_mm * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def head_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,

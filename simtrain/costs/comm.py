@@ -369,7 +369,7 @@ def embedding_backward_gathers(sc: Scenario) -> int:
 
 
 def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
-                input_grad_only: bool = False) -> tuple[int, int]:  # fmt: skip
+                input_grad_only: bool = False, loss: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) exposed TP communication of a chunk's embedding and output layer,
     outside its blocks (0 at tp 1); ``input_grad_only``: the backward of an I/W split's I
     action (no weight-gradient GEMM to hide the reduction behind; the re-gather waits for W,
@@ -395,7 +395,8 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
       (torchtitan without loss parallel: the output layer's ``Replicate()`` output,
       torchtitan a33d0e36 llama3/infra/parallelize.py apply_tp l.182-186)."""
     g, m = step.groups, sc.model
-    if g.tp <= 1 or not (embedding or head):
+    loss = head if loss is None else loss  # the loss's collectives: where it runs
+    if g.tp <= 1 or not (embedding or head or loss):
         return 0, 0
     t = cp_rank_training(sc.training, sc.parallelism.cp)  # the rank's s/cp tokens
     sp = sc.parallelism.sequence_parallel
@@ -425,6 +426,7 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
                 regather = beside_ns(regather, matmul_ns(input_grad, hw, dtype, edge=edge))
         fwd += ag if sp else 0
         bwd += reduction + regather
+    if loss:  # (nanotron's loss block on a later stage: StageBlocks.loss_parts)
         tokens = t.micro_batch * t.seq_len_effective
         if t.cross_entropy == "gathered":
             logits = step.boundary_bytes * m.vocab // m.hidden
@@ -480,7 +482,8 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     return forward, backward
 
 
-def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]:
+def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool,
+                        loss: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) TP collectives a chunk's embedding and output layer issue per
     micro-batch, as :func:`tp_edges_ns` prices them (checked against it as the blocks' are): the embedding's all-reduce (with
     sequence parallelism a reduce-scatter, and its gradient's all-gather where the embedding
@@ -488,9 +491,11 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
     vocabulary-parallel all-reduces (:data:`VOCAB_PARALLEL_LOSS_ALLREDUCES`) or the gathered
     logits' all-gather (Transformer Engine's loss: its rows' all-gather), and in the backward its input gradient's reduction where the gradient
     flows on and, under ``tp_regather_backward``, its input's re-gather where its weight
-    trains. (0, 0) at tp 1 or on a chunk with neither."""
+    trains. ``loss``: whether the chunk runs the loss (default: where it holds the head;
+    nanotron's split may put it on a later stage). (0, 0) at tp 1 or on a chunk with none."""
     p, t = sc.parallelism, sc.training
-    if p.tp <= 1 or not (embedding or head):
+    loss = head if loss is None else loss
+    if p.tp <= 1 or not (embedding or head or loss):
         return 0, 0
     sp = p.sequence_parallel
     fwd = bwd = 0
@@ -500,10 +505,12 @@ def tp_edge_collectives(sc: Scenario, embedding: bool, head: bool) -> tuple[int,
         bwd += embedding_backward_gathers(sc) if sp and trains else 0
     if head:
         _, input_grad, weight_grad = head_flops(sc.model, t, p.tp)
-        fwd += (1 if sp else 0) + (1 if t.cross_entropy in ("gathered", "te") else 0)
-        fwd += VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
+        fwd += 1 if sp else 0
         bwd += 1 if input_grad else 0
         bwd += 1 if sp and sc.runtime.tp_regather_backward and weight_grad else 0
+    if loss:
+        fwd += 1 if t.cross_entropy in ("gathered", "te") else 0
+        fwd += VOCAB_PARALLEL_LOSS_ALLREDUCES[t.cross_entropy]
     return fwd, bwd
 
 
@@ -600,6 +607,10 @@ def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1,
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     rt = sc.runtime
     messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
+    if n_bytes is not None and n_bytes != step.boundary_bytes:
+        # a hop of logits (ResolvedStep.hop_bytes) carries one tensor each way, as a gradient
+        # does (nanotron's lm_head -> cast_to_fp32 -> loss blocks: one input each)
+        messages = rt.p2p_messages_backward
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
     size = step.boundary_bytes if n_bytes is None else n_bytes
     return round(1e9 * (coll.p2p_time_s(size / step.groups.tp, link) + extra))

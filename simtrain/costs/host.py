@@ -236,7 +236,8 @@ def collective_issue_ns(sc: Scenario, group: int, count: int = 1) -> int:
 
 
 def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
-                   head: bool = False, moe_layers: int = 0) -> tuple[int, int]:  # fmt: skip
+                   head: bool = False, moe_layers: int = 0,
+                   loss: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) host ns of one micro-batch through ``layers`` blocks (and the
     chunk's embedding and output layer where it holds them): the backward includes the
     replayed forward under full recompute and under selective_op (which replays the whole
@@ -262,7 +263,7 @@ def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
         ops_b = round(bwd)
     block_f, block_b = tp_block_collectives(sc)
     moe_f, moe_b = tp_block_collectives(sc, moe=True) if moe_layers else (0, 0)
-    edge_f, edge_b = tp_edge_collectives(sc, embedding, head)
+    edge_f, edge_b = tp_edge_collectives(sc, embedding, head, loss)
     tp = sc.parallelism.tp
     return (ops_f + collective_issue_ns(sc, tp, dense * block_f + moe_layers * moe_f + edge_f),
             ops_b + collective_issue_ns(sc, tp, dense * block_b + moe_layers * moe_b

@@ -34,6 +34,7 @@ from simtrain.costs.activations import (
     mtp_saved_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
+    softcap_saved_bytes,
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
@@ -404,7 +405,8 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
         working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, **f.kwargs())  # fmt: skip
+                                                         tp, sp, **f.kwargs(),
+                                                         loss_apart=ch.loss_apart)  # fmt: skip
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
@@ -420,7 +422,9 @@ def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
     """(saved bytes per micro-batch, the loss's working bytes) of a chunk whose split puts the
     loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
     from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
-    its working memory leave; its output, the logits (e B each), is kept for the backward
+    its working memory leave, the logits (e B each) take their place as working memory (held
+    until sent; in the backward their gradient arrives the same size); they are kept for the
+    backward
     where the runtime keeps stage outputs (``pipeline_keeps_stage_outputs``; nanotron does
     not: its pipeline state keeps a CPU dummy for the backward and drops the sent tensor,
     parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer at 2411b022).
@@ -433,10 +437,13 @@ def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
     t = cp_rank_training(sc.training, p.cp)
     keeps = step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs
     logits = step.logits_bytes // p.tp
-    if ch.loss_apart:
-        return saved - loss_saved_bytes(m, t, p.tp) + (logits if keeps else 0), 0
+    # the cross-entropy's own saved tensors (the soft-capping's, where the model caps, stay with
+    # the LM head that runs it)
+    loss_saved = loss_saved_bytes(m, t, p.tp) - softcap_saved_bytes(m, t, p.tp)
+    if ch.loss_apart:  # working: the logits until sent, their received gradient after
+        return saved - loss_saved + (logits if keeps else 0), logits
     if "loss" in ch.tail:
-        return saved + loss_saved_bytes(m, t, p.tp), loss_transient_bytes(m, t, p.tp)
+        return saved + loss_saved, loss_transient_bytes(m, t, p.tp)
     fp32 = logits // step.precision.act_mm * 4  # the cast's output, to the loss's chunk
     return saved + (fp32 if keeps else 0), logits + fp32
 

@@ -98,9 +98,10 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
     tp_r, tp_r_hidden = (tp_recompute_block(sc, step, n, n_moe) if c.recompute_ns
                          else (0, 0))  # fmt: skip
     ep = n_moe * block.alltoall_ns  # dispatch + combine
-    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head, n_moe)
-    edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head)
-    edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, input_grad_only=True)[1]
+    loss = "loss" in ch.loss_parts  # the loss's collectives where it runs (nanotron's split)
+    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head, n_moe, loss)
+    edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, loss=loss)
+    edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, True, loss)[1]
     grads = c.input_grad_ns or c.weight_grad_ns
     return ChunkDurations(
         forward_ns=c.forward_ns,
