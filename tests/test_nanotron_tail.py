@@ -76,7 +76,7 @@ def test_hop_bytes_are_the_logits(tp: int) -> None:
     assert step.logits_bytes == 2 * B * S * V
     assert step.hop_bytes(0, 1) == step.hop_bytes(1, 0) == 2 * B * S * H == step.boundary_bytes
     assert step.hop_bytes(1, 2) == step.hop_bytes(2, 1) == 2 * B * S * V
-    assert step.hop_bytes(2, 3) == step.hop_bytes(3, 2) == 4 * B * S * V
+    assert step.hop_bytes(2, 3) == step.hop_bytes(3, 2) == 4 * B * S * V == step.fp32_logits_bytes
     # the head's loss on its own stage (pp 1): nothing crosses
     assert resolve(_scenario(1)).chunks[0].loss_parts == LOSS_PARTS
 
@@ -92,8 +92,11 @@ def test_p2p_time_of_a_logits_hop() -> None:
     assert sc.runtime.p2p_messages_forward == 6 and sc.runtime.p2p_messages_backward == 3
     extra = (sc.runtime.p2p_messages_backward - 1) * intra.latency_s
     want = round(1e9 * (coll.p2p_time_s(2 * B * S * V / 2, intra) + extra))
-    assert p2p_send_ns(sc, step, 1, 1, step.hop_bytes(1, 2)) == want
-    assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes)
+    assert p2p_send_ns(sc, step, 1, 1, step.hop_bytes(1, 2), one_tensor=True) == want
+    hidden_extra = (sc.runtime.p2p_messages_forward - 1) * intra.latency_s  # two tensors
+    hidden = round(1e9 * (coll.p2p_time_s(2 * B * S * H / 2, intra) + hidden_extra))
+    assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes) == hidden
+    assert [step.hop_kind(k, k + 1) for k in range(3)] == ["hidden", "logits", "fp32_logits"]
     d = chunk_durations(sc, step)
     assert d[1].send_forward_ns == want
     assert d[2].send_forward_ns > want  # the fp32 copy: twice the bytes

@@ -671,9 +671,8 @@ def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     sb = t.seq_len_effective * t.micro_batch
     # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
     # (the logits' dtype, split like them; measured with simtrain.torchref)
-    shards = loss_vocab_shards(t.cross_entropy, tp)  # (gathered: every rank holds all of V)
     act = t.precision_spec.act_mm
-    cap = act * sb * m.vocab // shards if m.logit_softcap else 0
+    cap = softcap_saved_bytes(m, t, tp)
     if t.cross_entropy == "fused":
         return cap + act * sb * m.vocab // tp + 4 * sb
     if t.cross_entropy == "te":

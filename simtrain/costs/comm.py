@@ -371,7 +371,9 @@ def embedding_backward_gathers(sc: Scenario) -> int:
 def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
                 input_grad_only: bool = False, loss: bool | None = None) -> tuple[int, int]:  # fmt: skip
     """(forward, backward) exposed TP communication of a chunk's embedding and output layer,
-    outside its blocks (0 at tp 1); ``input_grad_only``: the backward of an I/W split's I
+    outside its blocks (0 at tp 1); ``loss``: whether the chunk runs the loss, whose
+    collectives are priced there (default: where it holds the head; nanotron's split may put
+    it on a later chunk, ``StageBlocks.loss_parts``); ``input_grad_only``: the backward of an I/W split's I
     action (no weight-gradient GEMM to hide the reduction behind; the re-gather waits for W,
     as a block's, :func:`tp_backward_block`):
 
@@ -595,22 +597,21 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
 
 
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1,
-                n_bytes: int | None = None) -> int:  # fmt: skip
+                n_bytes: int | None = None, one_tensor: bool = False) -> int:  # fmt: skip
     """Rank ``rank``'s send of a b·s·h activation (or its gradient; ``n_bytes``: another
     tensor's bytes, all TP ranks together, ``ResolvedStep.hop_bytes``) to rank ``rank +
     direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
     §4.1; nanotron's TP ranks each send their own shard of it), over the intra-node link or
     the NIC when the hop leaves the node; a runtime that sends metadata or more tensors
     (``runtime.p2p_messages_forward`` / ``_backward`` > 1) pays the link's latency per
-    message."""
+    message. ``one_tensor``: a hop that carries one tensor each way, as a gradient does, at
+    the backward's message count (``ResolvedStep.hop_kind`` not "hidden": nanotron's lm_head
+    -> cast_to_fp32 -> loss blocks take one input each, a decoder block two)."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     rt = sc.runtime
-    messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
-    if n_bytes is not None and n_bytes != step.boundary_bytes:
-        # a hop of logits (ResolvedStep.hop_bytes) carries one tensor each way, as a gradient
-        # does (nanotron's lm_head -> cast_to_fp32 -> loss blocks: one input each)
-        messages = rt.p2p_messages_backward
+    forward = direction > 0 and not one_tensor
+    messages = rt.p2p_messages_forward if forward else rt.p2p_messages_backward
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
     size = step.boundary_bytes if n_bytes is None else n_bytes
     return round(1e9 * (coll.p2p_time_s(size / step.groups.tp, link) + extra))

@@ -444,7 +444,7 @@ def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
         return saved - loss_saved + (logits if keeps else 0), logits
     if "loss" in ch.tail:
         return saved + loss_saved, loss_transient_bytes(m, t, p.tp)
-    fp32 = logits // step.precision.act_mm * 4  # the cast's output, to the loss's chunk
+    fp32 = step.fp32_logits_bytes // p.tp  # the cast's output, to the loss's chunk
     return saved + (fp32 if keeps else 0), logits + fp32
 
 

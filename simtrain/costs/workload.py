@@ -178,7 +178,10 @@ def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int
     """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent) of what
     crosses that boundary (``ResolvedStep.hop_bytes``)."""
     hop = _hop(step, stage, to_stage)
-    return comm.p2p_send_ns(sc, step, *hop, step.hop_bytes(stage, to_stage)) if hop else 0
+    if hop is None:
+        return 0
+    one = step.hop_kind(stage, to_stage) != "hidden"
+    return comm.p2p_send_ns(sc, step, *hop, step.hop_bytes(stage, to_stage), one)
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:

@@ -104,18 +104,26 @@ class ResolvedStep:
     def rank_chunks(self, rank: int) -> list[StageBlocks]:
         return [self.chunks[s] for s in self.rank_chunk_ids(rank)]
 
+    @property
+    def fp32_logits_bytes(self) -> int:
+        """:attr:`logits_bytes` at 4 B a logit (nanotron's ``cast_to_fp32`` output)."""
+        return self.logits_bytes // self.precision.act_mm * 4
+
+    def hop_kind(self, stage: int, to_stage: int) -> str:
+        """What one micro-batch's p2p transfer between chunk ``stage`` and its neighbour
+        ``to_stage`` carries: forward the lower chunk's output, backward its gradient
+        (:meth:`StageBlocks.output_kind`)."""
+        return self.chunks[min(stage, to_stage)].output_kind
+
     def hop_bytes(self, stage: int, to_stage: int) -> int:
-        """Bytes of one micro-batch's p2p transfer from chunk ``stage`` to its neighbour
-        ``to_stage``, all TP ranks together: forward the chunk's output, backward the gradient
-        of its input (the previous chunk's output), each as :meth:`StageBlocks.output_kind`
-        says: a b·s·h activation (:attr:`boundary_bytes`), the LM head's logits
-        (:attr:`logits_bytes`) or their fp32 cast (and its fp32 gradient) to a loss-only
-        chunk."""
-        kind = self.chunks[min(stage, to_stage)].output_kind
+        """Bytes of that transfer (:meth:`hop_kind`), all TP ranks together: a b·s·h
+        activation (:attr:`boundary_bytes`), the LM head's logits (:attr:`logits_bytes`) or
+        their fp32 cast (:attr:`fp32_logits_bytes`, its gradient fp32 too)."""
+        kind = self.hop_kind(stage, to_stage)
         if kind == "logits":
             return self.logits_bytes
         if kind == "fp32_logits":
-            return self.logits_bytes // self.precision.act_mm * 4
+            return self.fp32_logits_bytes
         return self.boundary_bytes
 
     def rank_layers(self, rank: int) -> int:

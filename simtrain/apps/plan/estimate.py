@@ -239,7 +239,13 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         # fill and drain: each hop between consecutive chunks once each way (DualPipe: its
         # two pipelines' at once, one pipeline's)
         hops = sum(
-            p2p_send_ns(sc, step, step.chunk_rank(k), n_bytes=step.hop_bytes(k, k + 1))
+            p2p_send_ns(
+                sc,
+                step,
+                step.chunk_rank(k),
+                n_bytes=step.hop_bytes(k, k + 1),
+                one_tensor=step.hop_kind(k, k + 1) != "hidden",
+            )
             for k in range(step.pipeline(0)[-1])
             if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
         )

@@ -128,7 +128,8 @@ def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
     profile as it is), one comparison per record: the first of ``metrics`` it measured (a
     per-layer timing: its forward and backward, ``measured.LAYER_METRICS``). How the
     profiles' [val] ``efficiency.matmul`` values were set (``benchmarks/fit_matmul.py`` prints
-    it over a grid; its ``--memory-bound`` pair fit is an experiment: no profile ships it)."""
+    it over a grid; with ``--memory-bound`` the element-wise rate too, how the A100 80GB's
+    ``efficiency.memory_bound`` was set with its matmul held at its GEMM table's rate)."""
     errs: list[float] = []
     for tr in trs:
         hw = tr.scenario.hardware
