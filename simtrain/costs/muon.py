@@ -91,22 +91,24 @@ class MuonParam:
     expert: bool
 
 
-def fused_params(sc: Scenario) -> tuple[dict[str, str], frozenset[str]]:
-    """(linears one parameter holds, by the parameter's name; those of them Muon
-    orthogonalises as one matrix) under the runtime: ``fc1`` (gate and up, one matrix) where
-    it fuses them (``runtime.fused_gate_up``), ``qkv`` (Q, K and V apart: Megatron-Core's
-    ``muon_split_qkv = True``) where it fuses those (``runtime.fused_qkv``)."""
+#: The fused parameter Muon orthogonalises as one matrix: gate and up's ``linear_fc1``; a
+#: fused ``linear_qkv`` is split into Q, K and V (Megatron-Core's ``muon_split_qkv = True``).
+ONE_MATRIX = "fc1"
+
+
+def fused_params(sc: Scenario) -> dict[str, str]:
+    """The linears one parameter holds, by the parameter's name, under the runtime: ``fc1``
+    (gate and up) where it fuses them (``runtime.fused_gate_up``), ``qkv`` (Q, K and V) where
+    it fuses those (``runtime.fused_qkv``); :data:`ONE_MATRIX` says which Muon keeps whole."""
     rt = sc.runtime
-    names = {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
-             **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
-    return names, frozenset({"fc1"})
+    return {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
+            **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
 
 
-def muon_params(tensors: Iterable[ParamTensor], fused: dict[str, str],
-                one_matrix: frozenset[str] = frozenset({"fc1"})) -> list[MuonParam]:  # fmt: skip
+def muon_params(tensors: Iterable[ParamTensor], fused: dict[str, str]) -> list[MuonParam]:
     """The parameters of ``tensors`` Muon updates (trainable, :func:`muon_managed`): the
     weights of the linears ``fused`` maps to one name form one parameter (a module's
-    ``linear_qkv`` or ``linear_fc1``), one matrix where its name is in ``one_matrix`` (their
+    ``linear_qkv`` or ``linear_fc1``), one matrix where its name is :data:`ONE_MATRIX` (their
     input width, rows, which they share, by the sum of their output widths), else one matrix
     each; every other tensor its own parameter. A linear that comes again (a second copy of a
     block's tensors) starts a new parameter."""
@@ -124,7 +126,7 @@ def muon_params(tensors: Iterable[ParamTensor], fused: dict[str, str],
             if i >= 0 and part not in parts:
                 parts.add(part)
                 mats, _, name = out[i]
-                if name in one_matrix:
+                if name == ONE_MATRIX:
                     mats[0] = Matrix(mats[0].rows, mats[0].cols + p.cols)
                 else:
                     mats.append(Matrix(p.rows, p.cols))
@@ -176,13 +178,13 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     t, p = sc.training, sc.parallelism
     sharded = p.zero_stage >= 1
     dense_shards, expert_shards = (p.zero_shards, p.expert_dp) if sharded else (1, 1)
-    fused, one_matrix = fused_params(sc)
+    fused = fused_params(sc)
     ns = 0.0
     for c in step.rank_chunks(rank):
         dense: list[float] = []
         experts: list[float] = []
         for copies, tensors in scenario_chunk_groups(sc, c):
-            for x in muon_params(tensors, fused, one_matrix):
+            for x in muon_params(tensors, fused):
                 cost = sum(matrix_ns(mat, sc) for mat in x.matrices)
                 (experts if x.expert else dense).extend([cost] * copies)
         ns += _busiest_share(dense, dense_shards) + _busiest_share(experts, expert_shards)

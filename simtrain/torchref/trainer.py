@@ -34,7 +34,7 @@ class _MuonWithAdam(torch.optim.Optimizer):
     def __init__(self, matrices: list[torch.Tensor], rest: list[torch.Tensor], lr: float) -> None:
         self.parts = [torch.optim.Muon(matrices, lr=lr)] if matrices else []
         if rest:
-            self.parts.append(torch.optim.AdamW(rest, lr=lr, weight_decay=0.01, foreach=False))
+            self.parts.append(make_optimizer("adamw", rest))
         super().__init__([*matrices, *rest], {"lr": lr})
         self.state = _ChainedState(self.parts)
 
@@ -44,7 +44,10 @@ class _MuonWithAdam(torch.optim.Optimizer):
 
 
 class _ChainedState(Mapping):
-    """The parts' ``state`` dicts read as one mapping (``_Trainer.state_tensors``)."""
+    """The parts' ``state`` dicts read as one mapping (``_Trainer.state_tensors``). Not a
+    ``collections.ChainMap``: torch keeps each optimizer's state in a ``defaultdict``, so a
+    ChainMap's lookup of the second part's key would create an empty entry in the first and
+    return it."""
 
     def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
         self.parts = parts
@@ -68,7 +71,9 @@ def make_optimizer(name: str, params: list[torch.Tensor],
     the parameters' ``names`` (the embeddings and the output layer go to AdamW)."""
     lr = 1e-4
     if name == "muon":
-        names = names or [""] * len(params)
+        if names is None or len(names) != len(params):
+            raise ValueError("muon needs every parameter's name (the embeddings and the "
+                             "output layer go to AdamW)")  # fmt: skip
         mats = [p for p, n in zip(params, names, strict=True)
                 if p.ndim == 2 and not n.startswith(_NOT_MUON_PREFIXES)
                 and not any(x in n for x in _NOT_MUON_PARTS)]  # fmt: skip

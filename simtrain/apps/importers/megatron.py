@@ -938,25 +938,31 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         r.assume("--optimizer dist_muon: Muon with the layer-wise distributed optimizer "
                  "(Megatron-LM arguments.py), its states and Newton-Schulz work shared over "
                  "data parallel as ZeRO-1's")  # fmt: skip
-    if f.bool_("--use-torch-fsdp2"):
-        zero = 3
-        runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
     muon = f.value("--optimizer") in MUON_OPTIMIZERS
-    if (f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp")) and muon:
+    fsdp = [x for x in ("--use-torch-fsdp2", "--use-megatron-fsdp", "--use-custom-fsdp")
+            if f.bool_(x)]  # fmt: skip
+    if fsdp and muon:
         # arguments.py l.1738-1739 at d98e8a64: "Emerging optimizer does not support
-        # Megatron-FSDP for now."
-        r.unsupported_("--use-megatron-fsdp", "Megatron-LM refuses it with Muon: simulated "
-                       "without Megatron FSDP")  # fmt: skip
-    elif f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
-        strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
-        stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
-        if strategy not in stages:
-            raise ConfigError(file, "--data-parallel-sharding-strategy", "unknown value",
-                              strategy, " | ".join(stages))  # fmt: skip
-        zero = stages[strategy]
-    elif "--data-parallel-sharding-strategy" in f:
-        f.has("--data-parallel-sharding-strategy")
-        r.assume("--data-parallel-sharding-strategy without --use-megatron-fsdp: no effect")
+        # Torch-FSDP2 / Megatron-FSDP for now."
+        for x in fsdp:
+            r.unsupported_(x, "Megatron-LM refuses FSDP with Muon: simulated without it")
+        if "--data-parallel-sharding-strategy" in f:
+            f.has("--data-parallel-sharding-strategy")
+            r.assume("--data-parallel-sharding-strategy: no effect without FSDP")
+    else:
+        if f.bool_("--use-torch-fsdp2"):
+            zero = 3
+            runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
+        if f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
+            strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
+            stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
+            if strategy not in stages:
+                raise ConfigError(file, "--data-parallel-sharding-strategy", "unknown value",
+                                  strategy, " | ".join(stages))  # fmt: skip
+            zero = stages[strategy]
+        elif "--data-parallel-sharding-strategy" in f:
+            f.has("--data-parallel-sharding-strategy")
+            r.assume("--data-parallel-sharding-strategy without --use-megatron-fsdp: no effect")
     par["zero_stage"] = zero
     if "--num-distributed-optimizer-instances" in f:
         n = f.pos_("--num-distributed-optimizer-instances", hi=MAX_GPUS)

@@ -97,8 +97,8 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     shard = rank_optimizer_shard(sc, step, 0, s0.trainable)  # as the simulated step's
     opt_ns = optimizer_step_ns(shard, t, sc.hardware, sc.cluster.gpus_per_node)
     opt_ns += grad_passes_ns(sc, step, s0.trainable, shard)
-    if sc.training.optimizer == "muon":  # each rank's own step: the slowest one's
-        opt_ns += max(rank_muon_ns(sc, step, r) for r in range(step.pp))
+    # Muon's Newton-Schulz iterations, each rank's own: the slowest one's (0 without Muon)
+    opt_ns += max(rank_muon_ns(sc, step, r) for r in range(step.pp))
     dp_exposed = _dp_exposed_ns(sc, step, s0, ranks[0], first_chunk)
     offload_ns = _offload_exposed_ns(sc, step, s0, ranks[0], step_ns, shard)
     tied = tied_embedding_sync(sc, step)  # between the reduction and the optimizer step
