@@ -239,8 +239,13 @@ def measure(scenario: str, as_json: bool, device: str, threads: int | None,
               default=1, show_default=True,
               help="Model chunks per GPU, interleaved (at most "
               f"{MAX_SCHEDULE_VIRTUAL_STAGES}).")  # fmt: skip
+@click.option("--microbatch-group", "-n", type=click.IntRange(0, MAX_SCHEDULE_MICROBATCHES),
+              default=0, show_default=True,
+              help="Interleaved schedules: micro-batches per model chunk in a row, N "
+              "(Megatron's --microbatch-group-size-per-virtual-pipeline-stage; 0: pp).")  # fmt: skip
 @_errors
-def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None:
+def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
+             microbatch_group: int) -> None:  # fmt: skip
     """Print a pipeline schedule as a GPU x step grid (e.g. gpipe, 1f1b, interleaved, zb_h1),
     then the same schedule played with unit times ('.' = idle) and its bubble ratio."""
     from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
@@ -248,7 +253,7 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int) -> None
 
     virtual_stages = schedule_traits(name).chunks(virtual_stages)  # ZB-V, DualPipeV: 2
     place = schedule_traits(name).placement  # DualPipe: two pipelines ("dual")
-    sched = build_schedule(name, pp, microbatches, virtual_stages)
+    sched = build_schedule(name, pp, microbatches, virtual_stages, microbatch_group)
     click.echo("order of actions per GPU (stage, kind, micro-batch):")
     click.echo(format_grid(sched))
     click.echo("\nplayed in time, one cell per action ('.' is idle):")

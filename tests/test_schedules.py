@@ -96,7 +96,7 @@ def test_interleaved_bubble_exact(pp, v):
 
 def test_interleaved_v1_is_1f1b_and_bad_m_rejected():
     assert interleaved(4, 6, 1) == one_f_one_b(4, 6)
-    with pytest.raises(ScheduleError, match="multiple of pp"):
+    with pytest.raises(ScheduleError, match="last group of 2 .* groups that work for m = 6: 6"):
         interleaved(4, 6, 2)
 
 

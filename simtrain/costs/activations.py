@@ -883,16 +883,17 @@ def merged_pairs_backward_first(actions: list, warmup: int) -> list:
 
 @lru_cache(maxsize=1024)
 def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
-                           all_warmup: bool = False) -> ActivationStates:  # fmt: skip
+                           all_warmup: bool = False, group: int = 0) -> ActivationStates:  # fmt: skip
     """One rank's walk reduced to its distinct states (cached per schedule and rank).
     :func:`activation_peak_of_states` on them gives exactly what :func:`activation_peak` gives
     on the whole action list: a repeated state adds nothing to a maximum, and the first
     occurrence of the largest forward state is where the walk's strict "greater than" last
     fires (tested with hypothesis for every schedule and any bytes). Combined 1F1B's list is
     walked with each merged pair's backward first (:func:`merged_pairs_backward_first`)."""
-    actions = rank_schedule(name, pp, m, v, rank, all_warmup)
+    actions = rank_schedule(name, pp, m, v, rank, all_warmup, group)
     if name == "combined_1f1b":
-        actions = merged_pairs_backward_first(actions, interleaved_warmup(rank, pp, m, v, 1))
+        actions = merged_pairs_backward_first(actions,
+                                              interleaved_warmup(rank, pp, m, v, 1, group))  # fmt: skip
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)

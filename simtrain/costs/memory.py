@@ -410,7 +410,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
             working_set[stage] += attention_backward_working_bytes(m, t, tp)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
-                                    step.all_warmup_at_pp)  # fmt: skip
+                                    step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,

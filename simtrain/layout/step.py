@@ -18,6 +18,7 @@ from simtrain.layout.placement import Groups, Placement
 from simtrain.schedules import (
     Schedule,
     ScheduleTraits,
+    build_schedule,
     interleaved_all_warmup,
     pipeline_of,
     rank_stages,
@@ -60,6 +61,9 @@ class ResolvedStep:
     # the interleaved schedule as Megatron-LM 2021-2024 ran it at m = pp (runtime
     # interleaved_all_warmup_at_pp): every forward first (schedules.interleaved_all_warmup)
     all_warmup_at_pp: bool = False
+    # the interleaved schedules' micro-batches per chunk group, N (parallelism.
+    # microbatch_group_size; 0: pp, Megatron's default; schedules.generators.check_group)
+    microbatch_group: int = 0
 
     @property
     def groups(self) -> Groups:
@@ -176,13 +180,14 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
                           "training: use fewer stages or layer_split: uniform",
                           p.layer_split)  # fmt: skip
     all_warmup = all_warmup_order(all_warmup_at_pp, name, p.virtual_stages) and mb == p.pp
+    group = p.microbatch_group_size if tr.grouped and p.virtual_stages > 1 else 0
     return ResolvedStep(
         microbatches=mb,
         micro_batch=t.micro_batch,
         global_batch=t.global_batch,
         schedule_name=name,
         traits=tr,
-        schedule=_schedule(name, p.pp, mb, p.virtual_stages, all_warmup),
+        schedule=_schedule(name, p.pp, mb, p.virtual_stages, all_warmup, group),
         v=p.virtual_stages,
         chunks=tuple(split[k] for k in range(len(split))),
         placement=Placement(Groups(p.dp, p.tp, p.pp, p.cp), gpus_per_node),
@@ -194,19 +199,23 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
         logits_bytes=prec.act_mm * t.micro_batch * t.seq_len_effective // p.cp * m.vocab,
         gradients_transient=p.pp == 1 and p.dp_cp == 1 and mb == 1,
         all_warmup_at_pp=all_warmup,
+        microbatch_group=group,
     )
 
 
 @lru_cache(maxsize=64)
-def _schedule(name: str, pp: int, m: int, v: int, all_warmup: bool = False) -> Schedule:
-    """Schedules are pure functions of (name, pp, m, v): build each once (callers never mutate).
-    ``all_warmup``: the interleaved order's Megatron-LM 2021-2024 variant at m = pp
-    (:func:`~simtrain.schedules.generators.interleaved_all_warmup`)."""
+def _schedule(name: str, pp: int, m: int, v: int, all_warmup: bool = False, group: int = 0
+              ) -> Schedule:  # fmt: skip
+    """Schedules are pure functions of (name, pp, m, v, group): build each once (callers never
+    mutate). ``all_warmup``: the interleaved order's Megatron-LM 2021-2024 variant at m = pp
+    (:func:`~simtrain.schedules.generators.interleaved_all_warmup`); ``group``: the grouped
+    schedules' micro-batches per chunk (0: pp)."""
     if all_warmup:
         return interleaved_all_warmup(pp, m, v)
-    return traits(name).generator(pp, m, v)
+    return build_schedule(name, pp, m, v, group)
 
 
-def rank_schedule(name: str, pp: int, m: int, v: int, rank: int, all_warmup: bool = False) -> list:
+def rank_schedule(name: str, pp: int, m: int, v: int, rank: int, all_warmup: bool = False,
+                  group: int = 0) -> list:  # fmt: skip
     """One rank's compute actions of schedule ``name`` (the memory walk's input)."""
-    return _schedule(name, pp, m, v, all_warmup)[rank]
+    return _schedule(name, pp, m, v, all_warmup, group)[rank]

@@ -90,24 +90,70 @@ def one_f_one_b(pp: int, m: int, v: int = 1) -> Schedule:
     }
 
 
-def interleaved(pp: int, m: int, v: int) -> Schedule:
+def interleaved(pp: int, m: int, v: int, group: int = 0) -> Schedule:
     """Megatron interleaved 1F1B: rank r holds chunks r, r+p, ..., r+(v-1)p.
 
-    Forwards run depth-first in groups of p micro-batches per chunk; warm-up is
-    min(2(p-r-1) + (v-1)p, v·m) forwards, then 1F1B, then cool-down backwards. Requires
-    m % p == 0. With chunk times t_F/v and t_B/v the bubble is (p-1)/(v·m+p-1) of total time,
-    i.e. (1/v)·(p-1)/m of ideal (Narayanan et al. 2021 §2.2.2, Fig. 4 bottom; Megatron-LM
-    ``forward_backward_pipelining_with_interleaving``). v == 1 is plain :func:`one_f_one_b`.
+    Forwards run depth-first in groups of N = ``group`` micro-batches per chunk (0: N = p,
+    Megatron's default, model_parallel_config.py ``microbatch_group_size_per_vp_stage``;
+    :func:`schedule_table`); warm-up is min(2(p-r-1) + (v-1)N, v·m) forwards, then 1F1B, then
+    cool-down backwards. With N = p, m % p == 0 is required (the last group would be short);
+    any N with m % N == 0 or m % N >= p (:func:`check_group`). With N >= p and chunk times
+    t_F/v and t_B/v the bubble is (p-1)/(v·m+p-1) of total time, i.e. (1/v)·(p-1)/m of ideal
+    (Narayanan et al. 2021 §2.2.2, Fig. 4 bottom; Megatron-LM
+    ``forward_backward_pipelining_with_interleaving``); N < p (the Llama 3 schedule's "fewer
+    micro-batches than the number of stages", Dubey et al. 2024 §3.3.2) waits on its own
+    dependencies (only as one group of all m < p micro-batches, torch's). v == 1 is plain
+    :func:`one_f_one_b`.
     """
     _check("interleaved", pp, m, v, virtual=True)
     if v == 1:
         return one_f_one_b(pp, m)
-    if m % pp != 0:
+    n = check_group("interleaved", pp, m, group)
+    return {r: [*_interleaved_rank(r, pp, m, v, 0, n), _opt(r)] for r in range(pp)}
+
+
+def check_group(name: str, pp: int, m: int, group: int) -> int:
+    """The contiguous micro-batches per chunk, N (``group``; 0: pp, Megatron's default), checked
+    as Megatron-Core checks it (schedules.py ``forward_backward_pipelining_with_interleaving``
+    at d98e8a64): N <= m, and the last group, m % N, either empty or at least pp ("Otherwise,
+    it introduces dependency bubbles in the pipeline"), and N >= pp, or N = m < pp: torch's
+    ScheduleInterleaved1F1B runs m < pp micro-batches as one group (schedules.py, torch 2.13:
+    ``number_of_rounds = max(1, n_microbatches // pp_group_size)``). Any other N < pp
+    deadlocks in this order (its warm-up waits on a backward that its own later forwards
+    feed; tests/test_schedules.py)."""
+    if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+        raise ScheduleError(f"{name}: microbatch group must be an integer >= 1 (got {group!r})")
+    n = group or pp
+    if n > m:
         raise ScheduleError(
-            f"interleaved: microbatches ({m}) must be a multiple of pp ({pp}) when v > 1 "
-            f"(Narayanan et al. 2021 §2.2.2); try {((m + pp - 1) // pp) * pp}"
+            f"{name}: microbatch group ({n}) must not exceed the micro-batches ({m})"
+            + ("" if group else f"; with the default group of pp = {pp}, use m >= pp")
         )
-    return {r: [*_interleaved_rank(r, pp, m, v, 0), _opt(r)] for r in range(pp)}
+    if n < pp and n != m:
+        raise ScheduleError(
+            f"{name}: a microbatch group of {n} (< pp = {pp}) must hold every micro-batch "
+            f"(m = {m}); Megatron-Core asks group >= pp (a smaller one deadlocks this order)"
+        )
+    if 0 < m % n < pp:
+        ok = [k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp]
+        raise ScheduleError(
+            f"{name}: microbatches ({m}) leave a last group of {m % n} (< pp = {pp}) in groups "
+            f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); "
+            + (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
+               f"try m = {((m + pp - 1) // pp) * pp}")
+        )  # fmt: skip
+    return n
+
+
+def schedule_table(m: int, v: int, group: int) -> list[tuple[int, int]]:
+    """(micro-batch, chunk) of each virtual micro-batch in order: groups of ``group``
+    micro-batches, chunk-major within a group, the last group taking the rest (Megatron-Core
+    schedules.py ``get_schedule_table`` at d98e8a64)."""
+    table = []
+    for lo in range(0, m, group):
+        hi = m if lo + group >= m else lo + group
+        table += [(mb, chunk) for chunk in range(v) for mb in range(lo, hi)]
+    return table
 
 
 def interleaved_all_warmup(pp: int, m: int, v: int = 1) -> Schedule:
@@ -123,28 +169,30 @@ def interleaved_all_warmup(pp: int, m: int, v: int = 1) -> Schedule:
     return {r: [*_interleaved_rank(r, pp, m, v, m * v), _opt(r)] for r in range(pp)}
 
 
-def interleaved_warmup(r: int, pp: int, m: int, v: int, extra: int = 0) -> int:
+def interleaved_warmup(r: int, pp: int, m: int, v: int, extra: int = 0, group: int = 0) -> int:
     """Rank ``r``'s warm-up forwards in the interleaved order (v = 1: 1F1B's p − r − 1; v > 1:
-    2(p − r − 1) + (v − 1)·p, Megatron's), plus ``extra`` (combined 1F1B's one), at most m·v;
-    the steady-state (F, B) pairs follow them."""
-    base = 2 * (pp - r - 1) + (v - 1) * pp if v > 1 else pp - r - 1
+    2(p − r − 1) + (v − 1)·N, Megatron's, N = ``group`` or p), plus ``extra`` (combined 1F1B's
+    one), at most m·v; the steady-state (F, B) pairs follow them."""
+    base = 2 * (pp - r - 1) + (v - 1) * (group or pp) if v > 1 else pp - r - 1
     return min(base + extra, m * v)
 
 
-def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Action]:
-    """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's)."""
+def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int, group: int = 0
+                      ) -> list[Action]:  # fmt: skip
+    """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's), in
+    groups of ``group`` micro-batches (0: pp; :func:`schedule_table`)."""
     total = m * v
-
-    def microbatch(k: int) -> int:
-        return (k // (pp * v)) * pp + k % pp
+    table = schedule_table(m, v, group or pp)
 
     def fwd(k: int) -> Action:
-        return Action(((k // pp) % v) * pp + r, F, microbatch(k))
+        mb, chunk = table[k]
+        return Action(chunk * pp + r, F, mb)
 
     def bwd(k: int) -> Action:
-        return Action((v - 1 - (k // pp) % v) * pp + r, B, microbatch(k))
+        mb, chunk = table[k]
+        return Action((v - 1 - chunk) * pp + r, B, mb)
 
-    warmup = interleaved_warmup(r, pp, m, v, extra)
+    warmup = interleaved_warmup(r, pp, m, v, extra, group)
     ops = [fwd(k) for k in range(warmup)]
     for k in range(total - warmup):
         ops += [fwd(warmup + k), bwd(k)]
@@ -152,7 +200,7 @@ def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int) -> list[Actio
     return ops
 
 
-def combined_1f1b(pp: int, m: int, v: int = 1) -> Schedule:
+def combined_1f1b(pp: int, m: int, v: int = 1, group: int = 0) -> Schedule:
     """Megatron-Core's combined 1F1B (``--overlap-moe-expert-parallel-comm``): the interleaved
     order with one more warm-up forward on every rank, "to ensure the forward and backward
     computations are independent in all 1f1b steps" (NVIDIA/Megatron-LM d98e8a64
@@ -161,15 +209,13 @@ def combined_1f1b(pp: int, m: int, v: int = 1) -> Schedule:
     hidden by the attention/mlp computation in the backward step, and vice versa"). Without
     pipelining (pp = 1, ``combined_1f1b_schedule_for_no_pipelining``): F0, F1 B0, F2 B1, ...,
     B(m−1). With pp > 1 Megatron requires virtual stages (transformer_config.py l.3007-3011;
-    the scenario check enforces it, the order exists for any v), and m % pp == 0 when v > 1. Unit-time bubble: interleaved's, (p−1)/(v·m+p−1): the
-    extra forward moves work earlier, never later (tests/test_schedules.py)."""
+    the scenario check enforces it, the order exists for any v), and, when v > 1, groups of
+    ``group`` micro-batches as :func:`interleaved` takes them (:func:`check_group`). Unit-time
+    bubble: interleaved's, (p−1)/(v·m+p−1): the extra forward moves work earlier, never later
+    (tests/test_schedules.py)."""
     _check("combined_1f1b", pp, m, v, virtual=True)
-    if v > 1 and m % pp != 0:
-        raise ScheduleError(
-            f"combined_1f1b: microbatches ({m}) must be a multiple of pp ({pp}) when v > 1; "
-            f"try {((m + pp - 1) // pp) * pp}"
-        )
-    return {r: [*_interleaved_rank(r, pp, m, v, 1), _opt(r)] for r in range(pp)}
+    n = check_group("combined_1f1b", pp, m, group) if v > 1 else 0
+    return {r: [*_interleaved_rank(r, pp, m, v, 1, n), _opt(r)] for r in range(pp)}
 
 
 def pipedream(pp: int, m: int, v: int = 1) -> Schedule:

@@ -52,6 +52,7 @@ class ScheduleTraits:
     affine_in_m: bool = False
     asynchronous: bool = False
     virtual: bool = False  # takes v > 1 model chunks per rank
+    grouped: bool = False  # runs its micro-batches in groups of N per chunk (generator's ``group``)
     placement: str = "loop"  # chunks on ranks: "loop" (stage % pp) or "v" (actions.PLACEMENTS)
     chunks_per_rank: int = 0  # a fixed number of chunks per rank (ZB-V: 2); 0 = virtual_stages
     mixed_backward: bool = False  # both full backwards (B) and split ones (I, W): DualPipeV
@@ -217,6 +218,7 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             _one_f_one_b_in_flight,
             affine_in_m=True,
             virtual=True,
+            grouped=True,
         ),  # fmt: skip
         ScheduleTraits(
             "combined_1f1b",
@@ -225,6 +227,7 @@ SCHEDULES: dict[str, ScheduleTraits] = {
             _combined_in_flight,
             affine_in_m=True,
             virtual=True,
+            grouped=True,
             overlapped_fb=True,
         ),  # fmt: skip
         ScheduleTraits(
@@ -286,10 +289,18 @@ def traits(name: str) -> ScheduleTraits:
     return SCHEDULES[name]
 
 
-def build_schedule(name: str, pp: int, m: int, v: int = 1) -> Schedule:
+def build_schedule(name: str, pp: int, m: int, v: int = 1, group: int = 0) -> Schedule:
     """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank (a schedule with a
-    fixed number of chunks per rank, ZB-V's 2, takes its own)."""
+    fixed number of chunks per rank, ZB-V's 2, takes its own), ``group`` micro-batches per
+    chunk where it runs them in groups (:attr:`ScheduleTraits.grouped`; 0: its default, pp)."""
     tr = traits(name)
+    if group and not tr.grouped:
+        from simtrain.errors import ScheduleError
+
+        raise ScheduleError(f"{name} runs no micro-batch groups: only "
+                            f"{', '.join(n for n, t in SCHEDULES.items() if t.grouped)} do")  # fmt: skip
+    if tr.grouped:
+        return tr.generator(pp, m, tr.chunks(v), group)  # type: ignore[call-arg]
     return tr.generator(pp, m, tr.chunks(v))
 
 

@@ -103,6 +103,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "parallelism.cp": (1, MAX_GPUS),
     "parallelism.ep": (1, MAX_GPUS),
     "parallelism.virtual_stages": (1, 1024),
+    # micro-batches per model chunk in a row (interleaved schedules; 0 = pp): at most m
+    "parallelism.microbatch_group_size": (0, 2**24),
     "parallelism.first_stage_layers": (0, 1024),  # at most model.layers; 0 = unset
     "parallelism.last_stage_layers": (0, 1024),
     "parallelism.zero3_max_live_params": (0, 2**50),

@@ -15,10 +15,12 @@ from typing import Any
 from simtrain.errors import (
     MAX_ECHO,
     ConfigError,
+    ScheduleError,
     one_line,
     unknown_key,
     unknown_value,
 )
+from simtrain.schedules.generators import check_group
 from simtrain.schedules.registry import SCHEDULES
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
@@ -324,6 +326,13 @@ class ParallelSpec:
     pp: int = 1
     schedule: str = "1f1b"
     virtual_stages: int = 1
+    # The interleaved schedules' contiguous micro-batches per model chunk, N (Megatron-Core
+    # --microbatch-group-size-per-virtual-pipeline-stage; torch ScheduleInterleaved1F1B's
+    # microbatches_per_round; Llama 3's "N", Dubey et al. 2024 §3.3.2): 0 = pp, Megatron's
+    # default. A rank warms up with 2(pp − r − 1) + (v − 1)·N forwards: a larger N holds more
+    # activations and lets the micro-batches be any count with m % N = 0 or >= pp
+    # (schedules.generators.check_group).
+    microbatch_group_size: int = 0
     zero_stage: int = 0
     dp_mode: str = "ddp"
     sequence_parallel: bool = False
@@ -497,7 +506,8 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 # Fields that are not YAML keys (set by the parser) and numeric fields that may be <= 0.
 INTERNAL_FIELDS = ("last_node_gpus", "cp_shards")
 NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
-                   "last_stage_layers", "activation_layers", "expert_tp")  # fmt: skip
+                   "last_stage_layers", "activation_layers", "expert_tp",
+                   "microbatch_group_size")  # fmt: skip
 
 
 def _build(
@@ -978,13 +988,7 @@ def check_layout(s: Scenario, file: str) -> None:
             file, "parallelism.virtual_stages", "only the interleaved and combined_1f1b "
             "schedules have virtual stages > 1", p.virtual_stages,
         )  # fmt: skip
-    groups = p.schedule == "interleaved" or (looped_virtual and p.virtual_stages > 1)
-    if groups and s.num_microbatches % p.pp:
-        raise ConfigError(
-            file, "training.global_batch", f"the {p.schedule} schedule needs micro-batches "
-            f"(global_batch / (micro_batch x dp) = {s.num_microbatches}) to be a multiple of "
-            f"pp = {p.pp}", t.global_batch,
-        )  # fmt: skip
+    check_microbatch_groups(s, file)
     if p.sequence_parallel and p.tp == 1:
         raise ConfigError(
             file, "parallelism.sequence_parallel", "needs tp > 1", p.sequence_parallel
@@ -1137,6 +1141,45 @@ def check_zero_replicas(s: Scenario, file: str) -> None:
     if t.offload.optimizer or t.offload.parameters:
         raise ConfigError(file, key, "hybrid sharding with training.offload.optimizer or "
                           "parameters (the states in host memory) is not modelled", r, "1")  # fmt: skip
+
+
+def check_microbatch_groups(s: Scenario, file: str | None) -> None:
+    """The interleaved schedules run the micro-batches in groups of N per model chunk
+    (``parallelism.microbatch_group_size``, 0: pp): only with virtual stages > 1, and N and m
+    as Megatron-Core takes them (``schedules.generators.check_group``: N <= m, m % N = 0 or
+    >= pp, N >= pp unless one group holds all m < pp)."""
+    p, t = s.parallelism, s.training
+    n = p.microbatch_group_size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(file, "parallelism.microbatch_group_size",
+                          "must be an integer >= 1 (0 or absent: pp)", n)  # fmt: skip
+    grouped = (p.schedule in SCHEDULES and schedule_traits(p.schedule).grouped
+               and p.virtual_stages > 1 and p.pp > 1)  # fmt: skip
+    if n and not grouped:
+        allowed = " or ".join(k for k, v in SCHEDULES.items() if v.grouped)
+        raise ConfigError(
+            file, "parallelism.microbatch_group_size", "groups micro-batches per model chunk: "
+            f"it needs parallelism.schedule {allowed} with parallelism.virtual_stages > 1 and "
+            f"pp > 1 (got schedule {p.schedule}, virtual_stages {p.virtual_stages}, pp {p.pp})",
+            n,
+        )  # fmt: skip
+    if p.schedule == "interleaved" and not grouped and s.num_microbatches % p.pp:
+        raise ConfigError(
+            file, "training.global_batch", f"the {p.schedule} schedule needs micro-batches "
+            f"(global_batch / (micro_batch x dp) = {s.num_microbatches}) to be a multiple of "
+            f"pp = {p.pp}", t.global_batch,
+        )  # fmt: skip
+    if not grouped:
+        return
+    try:
+        check_group(p.schedule, p.pp, s.num_microbatches, n)
+    except ScheduleError as e:
+        key = "parallelism.microbatch_group_size" if n else "training.global_batch"
+        raise ConfigError(
+            file, key, f"{e} (micro-batches = global_batch / (micro_batch x dp) = "
+            f"{s.num_microbatches}; parallelism.microbatch_group_size = {n or 'pp'})",
+            n if n else t.global_batch,
+        ) from None  # fmt: skip
 
 
 def _degrees(p: ParallelSpec) -> str:

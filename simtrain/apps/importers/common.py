@@ -148,6 +148,7 @@ def world_and_dp(r: Reading, world: int | None, world_from: str, gpus: int | Non
 
 #: The ``parallelism`` keys an importer writes, in the order the scenario file shows them.
 PARALLEL_KEYS = ("dp", "tp", "pp", "cp", "ep", "expert_tp", "schedule", "virtual_stages",
+                 "microbatch_group_size",
                  "zero_stage", "zero_replicas", "sequence_parallel", "bucket_mb",
                  "zero3_max_live_params",
                  "first_stage_layers",

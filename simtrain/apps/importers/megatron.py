@@ -917,11 +917,18 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         runtime["p2p"] = "async"
         r.assume("--overlap-p2p-comm: asynchronous pipeline sends (runtimes/megatron_core.yaml "
                  "[p2p]: interleaved schedules with it use isend/irecv without a sync)")  # fmt: skip
-    if "--microbatch-group-size-per-vp-stage" in f:
-        g = f.int_("--microbatch-group-size-per-vp-stage")
-        if g != pp:
-            r.unsupported_(f"--microbatch-group-size-per-vp-stage {g}", "simtrain's interleaved "
-                           "schedule groups pp micro-batches")  # fmt: skip
+    group_flag = "--microbatch-group-size-per-virtual-pipeline-stage"  # model_parallel_config.py
+    if group_flag in f:
+        g = f.pos_(group_flag, 1, LIMIT["parallelism.microbatch_group_size"])
+        if v == 1:
+            r.assume(f"{group_flag} {g}: no virtual stages, so no micro-batch groups (Megatron's "
+                     "non-interleaved schedule does not read it)")  # fmt: skip
+        elif g < pp:  # schedules.py forward_backward_pipelining_with_interleaving's ValueError
+            raise ConfigError(file, group_flag, f"Megatron-Core takes groups of pp = {pp} to M "
+                              "micro-batches ('should range in [PP, M]')", g)  # fmt: skip
+        elif g != pp:
+            par["microbatch_group_size"] = g
+            r.origin("parallelism.microbatch_group_size", group_flag)
     sp = f.bool_("--sequence-parallel")
     if sp and tp == 1:
         r.assume("--sequence-parallel with tp 1: off (nothing to split)")

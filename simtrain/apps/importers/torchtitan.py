@@ -362,6 +362,8 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
                                   f"{stages} stages over pp {pp}")  # fmt: skip
             par["virtual_stages"] = stages // pp
             _stage_split(r, par, fl.n_layers, stages, first, last)
+            if sched == "Interleaved1F1B" and stages > pp:
+                _torch_rounds(r, par, file, gb // (micro * dp) if micro * dp else 0, pp)
         else:
             first, last = _less_layers(p, file)
             if sched not in LOOPED:
@@ -497,6 +499,27 @@ def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
         r.unsupported_("float8.enable_fsdp_float8_all_gather", "FSDP's all-gathers of float8 "
                        "weights (half the bytes): simulated in bf16")  # fmt: skip
     return name
+
+
+def _torch_rounds(r: Reading, par: dict[str, Any], file: str, m: int, pp: int) -> None:
+    """torch's ScheduleInterleaved1F1B runs m micro-batches in ``number_of_rounds = max(1, m //
+    pp)`` rounds of ``microbatches_per_round = m // number_of_rounds`` per stage and refuses an
+    m the rounds do not divide (torch/distributed/pipelining/schedules.py, torch 2.13): simtrain's
+    micro-batch group N (parallelism.microbatch_group_size), pp when pp divides m."""
+    if m < 1:
+        return
+    rounds = max(1, m // pp)
+    if m % rounds:
+        raise ConfigError(file, "training.global_batch_size", f"torch's Interleaved1F1B needs "
+                          f"the micro-batches ({m}) to be a multiple of its rounds, max(1, m // "
+                          f"pp) = {rounds}")  # fmt: skip
+    group = m // rounds
+    if group != pp:
+        par["microbatch_group_size"] = group
+        r.assume(
+            f"Interleaved1F1B with {m} micro-batches over pp {pp}: torch's {rounds} "
+            f"round(s) of {group} micro-batches per stage (microbatch_group_size {group})"
+        )
 
 
 def _less_layers(p: dict[str, Any], file: str) -> tuple[int, int]:

@@ -124,7 +124,8 @@ def predicted_step_time(sc: Scenario) -> float:
     unequal chunks are affine from 3·p at v = 2 and at v = 3; ``tests/test_uneven_stages.py``
     checks the extrapolation against the full simulation). A runtime whose interleaved order
     differs at m = pp (``interleaved_all_warmup_at_pp``: every forward first) is on the line
-    from m₁ = 2·pp."""
+    from m₁ = 2·pp. An explicit micro-batch group (``parallelism.microbatch_group_size``)
+    is simulated whole."""
     step = resolve(sc)
     m = step.microbatches
     m1 = step.traits.affine_from(step.pp)
@@ -134,7 +135,9 @@ def predicted_step_time(sc: Scenario) -> float:
                                           step.schedule_name, step.v):  # fmt: skip
         m1 = 2 * step.pp
     m2 = 2 * m1
-    if m <= m2 or not step.traits.affine_in_m:
+    # an explicit micro-batch group (parallelism.microbatch_group_size) fixes which m are
+    # valid orders: simulated whole
+    if m <= m2 or not step.traits.affine_in_m or step.microbatch_group:
         return simulate_scenario(sc).metrics.step_time_s
     t1 = simulate_scenario(_with_microbatches(sc, m1)).metrics.step_time_s
     t2 = simulate_scenario(_with_microbatches(sc, m2)).metrics.step_time_s

@@ -1,0 +1,213 @@
+"""The interleaved schedules' micro-batch groups (``parallelism.microbatch_group_size``, N):
+Megatron-Core's ``microbatch_group_size_per_vp_stage`` and torch's ScheduleInterleaved1F1B
+rounds. Checked against Megatron's own documented examples, torch 2.13's per-rank orders
+action for action, the closed-form bubble and warm-up, and the scenario's errors."""
+
+from __future__ import annotations
+
+import types
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.importers import import_config
+from simtrain.costs.memory import estimate_memory
+from simtrain.errors import ConfigError, ScheduleError
+from simtrain.schedules import interleaved, peak_in_flight, validate_schedule
+from simtrain.schedules.actions import Action
+from simtrain.schedules.generators import check_group, combined_1f1b, schedule_table
+from simtrain.schedules.unit_time import simulate_unit
+from simtrain.spec.scenario import load_scenario
+
+SCENARIO = "scenarios/interleaved_8gpu.yaml"  # pp 8, v 2, micro_batch 8, dp 1
+
+
+def test_schedule_table_is_megatrons_documented_example() -> None:
+    """Megatron-Core model_parallel_config.py (d98e8a64) documents the forward order of rank 0
+    at PP 2, VP 2: N 2, M 4 -> 0 1 0 1 2 3 2 3; N 3, M 5 -> 0 1 2 0 1 2 3 4 3 4."""
+    assert [mb for mb, _ in schedule_table(4, 2, 2)] == [0, 1, 0, 1, 2, 3, 2, 3]
+    assert [mb for mb, _ in schedule_table(5, 2, 3)] == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
+    assert [c for _, c in schedule_table(5, 2, 3)] == [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+    forwards = [a.microbatch for a in interleaved(2, 5, 2, 3)[0] if a.kind == "F"]
+    assert forwards == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
+
+
+def _torch_interleaved(pp: int, m: int, v: int) -> tuple[dict[int, list[Action]], int] | None:
+    """torch 2.13's ScheduleInterleaved1F1B per-rank order (its planner run without building
+    stages; None entries, idle slots, dropped) and its rounds' size N; None where torch refuses
+    m (not a multiple of its rounds)."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    rounds = max(1, m // pp)
+    if m % rounds:
+        return None
+    fake = types.SimpleNamespace(pp_group_size=pp, n_local_stages=v, _n_microbatches=m,
+                                 number_of_rounds=rounds, microbatches_per_round=m // rounds)  # fmt: skip
+    plan = schedules.ScheduleInterleaved1F1B._calculate_single_rank_operations
+    kinds = {"FORWARD": "F", "FULL_BACKWARD": "B"}
+    order = {
+        r: [
+            Action(a.stage_index, kinds[a.computation_type.name], a.microbatch_index)
+            for a in plan(fake, r)
+            if a is not None
+        ]  # fmt: skip
+        for r in range(pp)
+    }
+    return order, m // rounds
+
+
+@pytest.mark.parametrize("pp", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("v", [2, 3, 4])
+def test_groups_are_torchs_interleaved_order(pp: int, v: int) -> None:
+    """With torch's group (N = m // max(1, m // pp)) the order is torch's, action for action,
+    for every m up to 24 torch accepts: m not a multiple of pp, and m < pp (one round)."""
+    seen = 0
+    for m in range(1, 25):
+        got = _torch_interleaved(pp, m, v)
+        if got is None:
+            continue
+        theirs, n = got
+        ours = interleaved(pp, m, v, n)
+        assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, v, m, n)
+        seen += 1
+    assert seen >= 12  # (pp 2: 14 of the 24 m; torch refuses m that its rounds do not divide)
+
+
+@pytest.mark.parametrize("pp", [2, 3, 4, 8])
+@pytest.mark.parametrize("v", [2, 3])
+def test_every_accepted_group_is_a_valid_step_with_the_closed_form_bubble(pp: int, v: int) -> None:
+    """Every N that :func:`check_group` accepts gives a deadlock-free order; with N >= pp and
+    unit chunk times (F 1/v, B 2/v) the makespan is 3m + 3(p - 1)/v, the bubble
+    (p - 1)/(v·m + p - 1) of Narayanan et al. 2021 §2.2.2, whatever N; each rank's activation
+    peak is Megatron's warm-up plus one, min(2(p - r - 1) + (v - 1)·N + 1, v·m). Groups that
+    are refused are exactly the N < pp that do not hold every micro-batch (those deadlock) and
+    the short last groups."""
+    durations = {"F": Fraction(1, v), "B": Fraction(2, v)}
+    for m in range(1, 21):
+        for n in range(1, m + 1):
+            try:
+                check_group("interleaved", pp, m, n)
+            except ScheduleError:
+                assert (n < pp and n != m) or 0 < m % n < pp
+                continue
+            order = interleaved(pp, m, v, n)
+            validate_schedule(order, pp, m, v)
+            assert combined_1f1b(pp, m, v, n)  # the same groups, one more warm-up forward
+            if n < pp:
+                continue
+            makespan, _ = simulate_unit(order, pp, v, durations)
+            assert makespan == 3 * m + Fraction(3 * (pp - 1), v), (pp, v, m, n)
+            expected = {r: min(2 * (pp - r - 1) + (v - 1) * n + 1, v * m) for r in range(pp)}
+            assert peak_in_flight(order) == expected, (pp, v, m, n)
+
+
+def test_default_group_is_pp() -> None:
+    assert interleaved(4, 8, 2) == interleaved(4, 8, 2, 4)
+    with pytest.raises(ScheduleError, match="last group of 2"):
+        interleaved(4, 6, 2)
+    with pytest.raises(ScheduleError, match="must not exceed"):
+        interleaved(4, 6, 2, 7)
+    with pytest.raises(ScheduleError, match="must hold every micro-batch"):
+        interleaved(4, 6, 2, 3)
+    assert interleaved(4, 6, 2, 6)  # one group of 6
+    assert interleaved(4, 3, 2, 3)  # torch's m < pp: one round of 3
+
+
+def test_scenario_group_moves_memory_not_time() -> None:
+    """pp 8, v 2, m 16: N 16 instead of 8 holds (v - 1)·8 = 8 more chunk micro-batches on
+    rank 0 (warm-up 14 + N, capped at v·m = 32), so more activation memory; the step time
+    moves by less than 0.1 % (the bubble does not depend on N)."""
+    base = load_scenario(SCENARIO, ["training.global_batch=128"])
+    wide = load_scenario(SCENARIO, ["training.global_batch=128",
+                                    "parallelism.microbatch_group_size=16"])  # fmt: skip
+    a, b = estimate_memory(base), estimate_memory(wide)
+    assert b.stages[0].peak_memory_bytes > a.stages[0].peak_memory_bytes
+    # in whole-stage units: (14 + N + 1) / v chunk micro-batches on rank 0, v·m / v on rank 7
+    assert a.stages[0].microbatches_in_flight == (14 + 8 + 1) / 2
+    assert b.stages[0].microbatches_in_flight == min(14 + 16 + 1, 32) / 2
+    assert a.stages[-1].microbatches_in_flight == b.stages[-1].microbatches_in_flight - 4
+    from simtrain.apps.simulate import simulate_scenario
+
+    ta = simulate_scenario(base, detail=False).metrics.step_time_s
+    tb = simulate_scenario(wide, detail=False).metrics.step_time_s
+    assert abs(tb - ta) / ta < 1e-3
+
+
+def test_scenario_allows_microbatches_pp_does_not_divide() -> None:
+    """m = 12 over pp 8: refused with Megatron's default group (the last group, 4, is short of
+    pp), accepted as one group of 12."""
+    with pytest.raises(ConfigError) as e:
+        load_scenario(SCENARIO, ["training.global_batch=96"])
+    assert e.value.key == "training.global_batch" and "groups that work for m = 12: 12" in str(
+        e.value
+    )
+    sc = load_scenario(SCENARIO, ["training.global_batch=96",
+                                  "parallelism.microbatch_group_size=12"])  # fmt: skip
+    assert sc.num_microbatches == 12 and estimate_memory(sc).stages
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (["parallelism.microbatch_group_size=9", "training.global_batch=96"], "last group of 3"),
+        (["parallelism.microbatch_group_size=4"], "must hold every micro-batch"),
+        (["parallelism.microbatch_group_size=9"], "must not exceed"),
+        (["parallelism.microbatch_group_size=8", "parallelism.virtual_stages=1"],
+         "virtual_stages > 1"),
+        (["parallelism.microbatch_group_size=8", "parallelism.schedule=1f1b",
+          "parallelism.virtual_stages=1"], "interleaved or combined_1f1b"),
+        (["parallelism.microbatch_group_size=-1"], ">= 0"),
+    ],
+)  # fmt: skip
+def test_scenario_errors_name_the_key(sets: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_scenario(SCENARIO, sets)
+    assert e.value.key == "parallelism.microbatch_group_size"
+    assert needle in str(e.value)
+
+
+def _megatron(tmp_path: Path, extra: str) -> object:
+    f = tmp_path / "train.sh"
+    f.write_text(
+        "torchrun pretrain_gpt.py --num-layers 16 --hidden-size 1024 --num-attention-heads 16 "
+        "--seq-length 1024 --max-position-embeddings 1024 --micro-batch-size 1 "
+        "--global-batch-size 12 --pipeline-model-parallel-size 4 --bf16 " + extra
+    )
+    return import_config("megatron", f, model=None, gpus=4)
+
+
+def test_megatron_importer_reads_the_group(tmp_path: Path) -> None:
+    """--microbatch-group-size-per-virtual-pipeline-stage (model_parallel_config.py): 12
+    micro-batches over pp 4, v 2 in one group of 6 (12 % 6 = 0); below pp Megatron raises;
+    without virtual stages the flag has no effect."""
+    flag = "--microbatch-group-size-per-virtual-pipeline-stage"
+    imp = _megatron(tmp_path, f"--num-virtual-stages-per-pipeline-rank 2 {flag} 6")
+    assert imp.data["parallelism"]["microbatch_group_size"] == 6
+    with pytest.raises(ConfigError) as e:
+        _megatron(tmp_path, f"--num-virtual-stages-per-pipeline-rank 2 {flag} 3")
+    assert e.value.key == flag
+    imp = _megatron(tmp_path, f"{flag} 6")
+    assert "microbatch_group_size" not in imp.data["parallelism"]
+
+
+def _torchtitan(tmp_path: Path, local_batch: int) -> object:
+    f = tmp_path / "job.toml"
+    f.write_text(
+        '[model]\nname = "llama3"\nflavor = "debugmodel"\n'
+        f"[training]\nlocal_batch_size = {local_batch}\nseq_len = 2048\n"
+        '[parallelism]\npipeline_parallel_degree = 4\npipeline_parallel_schedule = "Interleaved1F1B"\n'
+        "pipeline_parallel_layers_per_stage = 1\n"
+    )
+    return import_config("torchtitan", f)
+
+
+@pytest.mark.parametrize(("local_batch", "group"), [(8, None), (10, 5), (6, 6), (3, 3)])
+def test_torchtitan_importer_takes_torchs_rounds(tmp_path: Path, local_batch: int,
+                                                 group: int | None) -> None:  # fmt: skip
+    """torch's rounds: m = 8 -> 2 rounds of 4 = pp (no key); 10 -> 2 of 5; 6 -> 1 of 6;
+    3 < pp -> 1 of 3; m = 9 -> 2 rounds do not divide 9, torch's ValueError."""
+    imp = _torchtitan(tmp_path, local_batch)
+    assert imp.data["parallelism"].get("microbatch_group_size") == group
+    with pytest.raises(ConfigError) as e:
+        _torchtitan(tmp_path, 9)
+    assert e.value.key == "training.global_batch_size"
