@@ -79,38 +79,64 @@ def test_every_accepted_group_is_a_valid_step_with_the_closed_form_bubble(pp: in
     """Every N that :func:`check_group` accepts gives a deadlock-free order; with N >= pp and
     unit chunk times (F 1/v, B 2/v) the makespan is 3m + 3(p - 1)/v, the bubble
     (p - 1)/(v·m + p - 1) of Narayanan et al. 2021 §2.2.2, whatever N; each rank's activation
-    peak is Megatron's warm-up plus one, min(2(p - r - 1) + (v - 1)·N + 1, v·m). Groups that
-    are refused are exactly the N < pp that do not hold every micro-batch (those deadlock) and
-    the short last groups."""
+    peak is Megatron's warm-up plus one, min(2(p - r - 1) + (v - 1)·N + 1, v·m), and combined
+    1F1B's one more. Groups that are refused are exactly those outside Megatron-Core's [pp, m]
+    (but torch's one group of m < pp for interleaved) and the short last groups."""
     durations = {"F": Fraction(1, v), "B": Fraction(2, v)}
     for m in range(1, 21):
         for n in range(1, m + 1):
             try:
                 check_group("interleaved", pp, m, n)
             except ScheduleError:
-                assert (n < pp and n != m) or 0 < m % n < pp
+                assert (n < pp and not n == m < pp) or 0 < m % n < pp
                 continue
             order = interleaved(pp, m, v, n)
             validate_schedule(order, pp, m, v)
-            assert combined_1f1b(pp, m, v, n)  # the same groups, one more warm-up forward
-            if n < pp:
+            if n < pp:  # torch's one round of m < pp: Megatron-Core's combined 1F1B refuses it
+                with pytest.raises(ScheduleError, match=r"\[pp = "):
+                    combined_1f1b(pp, m, v, n)
                 continue
+            combined = combined_1f1b(pp, m, v, n)
+            validate_schedule(combined, pp, m, v)
+            assert peak_in_flight(combined) == {
+                r: min(2 * (pp - r - 1) + (v - 1) * n + 2, v * m) for r in range(pp)
+            }, (pp, v, m, n)
             makespan, _ = simulate_unit(order, pp, v, durations)
             assert makespan == 3 * m + Fraction(3 * (pp - 1), v), (pp, v, m, n)
             expected = {r: min(2 * (pp - r - 1) + (v - 1) * n + 1, v * m) for r in range(pp)}
             assert peak_in_flight(order) == expected, (pp, v, m, n)
 
 
-def test_default_group_is_pp() -> None:
+def test_default_group_is_pp_and_errors_list_what_works() -> None:
     assert interleaved(4, 8, 2) == interleaved(4, 8, 2, 4)
-    with pytest.raises(ScheduleError, match="last group of 2"):
+    with pytest.raises(ScheduleError, match="last group of 2 .*work for m = 6: 6"):
         interleaved(4, 6, 2)
-    with pytest.raises(ScheduleError, match="must not exceed"):
+    with pytest.raises(ScheduleError, match="must not exceed .*work for m = 6: 6"):
         interleaved(4, 6, 2, 7)
-    with pytest.raises(ScheduleError, match="must hold every micro-batch"):
-        interleaved(4, 6, 2, 3)
-    assert interleaved(4, 6, 2, 6)  # one group of 6
-    assert interleaved(4, 3, 2, 3)  # torch's m < pp: one round of 3
+    with pytest.raises(ScheduleError, match=r"\[pp = 4, m = 6\].*work for m = 6: 6"):
+        interleaved(4, 6, 2, 3)  # (N = 3 adds bubbles, N = 2 deadlocks: Megatron refuses both)
+    with pytest.raises(ScheduleError, match=r"work for m = 3: 3"):
+        interleaved(4, 3, 2)  # m < pp: the default group pp is too big, torch's m is offered
+    with pytest.raises(ScheduleError, match="needs v > 1"):
+        interleaved(4, 8, 1, 4)
+    validate_schedule(interleaved(4, 6, 2, 6), 4, 6, 2)  # one group of 6
+    validate_schedule(interleaved(4, 3, 2, 3), 4, 3, 2)  # torch's m < pp: one round of 3
+
+
+def test_groups_below_pp_are_what_megatron_refuses() -> None:
+    """Megatron-Core's [pp, m] range is not arbitrary: built regardless of the check, N = 2 at
+    pp 4 deadlocks (its warm-up waits on a backward its own later forwards feed) and N = 3
+    runs, slower than the closed form."""
+    from simtrain.schedules.generators import _interleaved_rank
+
+    def raw(pp: int, m: int, v: int, n: int) -> dict[int, list[Action]]:
+        return {r: [*_interleaved_rank(r, pp, m, v, 0, n), Action(r, "OPT")] for r in range(pp)}
+
+    with pytest.raises(ScheduleError, match="deadlock"):
+        validate_schedule(raw(4, 6, 2, 2), 4, 6, 2)
+    validate_schedule(raw(4, 6, 2, 3), 4, 6, 2)
+    makespan, _ = simulate_unit(raw(4, 6, 2, 3), 4, 2, {"F": Fraction(1, 2), "B": Fraction(1)})
+    assert makespan > 3 * 6 + Fraction(3 * 3, 2)
 
 
 def test_scenario_group_moves_memory_not_time() -> None:
@@ -127,10 +153,13 @@ def test_scenario_group_moves_memory_not_time() -> None:
     assert b.stages[0].microbatches_in_flight == min(14 + 16 + 1, 32) / 2
     assert a.stages[-1].microbatches_in_flight == b.stages[-1].microbatches_in_flight - 4
     from simtrain.apps.simulate import simulate_scenario
+    from simtrain.layout.step import resolve
 
+    assert resolve(wide).schedule == interleaved(8, 16, 2, 16)  # the simulation plays N = 16
+    assert resolve(base).schedule == interleaved(8, 16, 2)
     ta = simulate_scenario(base, detail=False).metrics.step_time_s
     tb = simulate_scenario(wide, detail=False).metrics.step_time_s
-    assert abs(tb - ta) / ta < 1e-3
+    assert ta != tb and abs(tb - ta) / ta < 1e-3
 
 
 def test_scenario_allows_microbatches_pp_does_not_divide() -> None:
@@ -150,7 +179,7 @@ def test_scenario_allows_microbatches_pp_does_not_divide() -> None:
     ("sets", "needle"),
     [
         (["parallelism.microbatch_group_size=9", "training.global_batch=96"], "last group of 3"),
-        (["parallelism.microbatch_group_size=4"], "must hold every micro-batch"),
+        (["parallelism.microbatch_group_size=4"], "must be in [pp = 8, m = 8]"),
         (["parallelism.microbatch_group_size=9"], "must not exceed"),
         (["parallelism.microbatch_group_size=8", "parallelism.virtual_stages=1"],
          "virtual_stages > 1"),
@@ -190,24 +219,75 @@ def test_megatron_importer_reads_the_group(tmp_path: Path) -> None:
     assert "microbatch_group_size" not in imp.data["parallelism"]
 
 
-def _torchtitan(tmp_path: Path, local_batch: int) -> object:
+def _torchtitan(tmp_path: Path, local_batch: int, global_batch: int = -1) -> object:
     f = tmp_path / "job.toml"
     f.write_text(
         '[model]\nname = "llama3"\nflavor = "debugmodel"\n'
-        f"[training]\nlocal_batch_size = {local_batch}\nseq_len = 2048\n"
+        f"[training]\nlocal_batch_size = {local_batch}\nglobal_batch_size = {global_batch}\n"
+        "seq_len = 2048\n"
         '[parallelism]\npipeline_parallel_degree = 4\npipeline_parallel_schedule = "Interleaved1F1B"\n'
         "pipeline_parallel_layers_per_stage = 1\n"
     )
     return import_config("torchtitan", f)
 
 
-@pytest.mark.parametrize(("local_batch", "group"), [(8, None), (10, 5), (6, 6), (3, 3)])
+@pytest.mark.parametrize(
+    ("local_batch", "global_batch", "group"),
+    [(8, -1, None), (10, -1, 5), (6, -1, 6), (3, -1, 3), (10, 20, 5), (6, 18, 6)],
+)
 def test_torchtitan_importer_takes_torchs_rounds(tmp_path: Path, local_batch: int,
-                                                 group: int | None) -> None:  # fmt: skip
-    """torch's rounds: m = 8 -> 2 rounds of 4 = pp (no key); 10 -> 2 of 5; 6 -> 1 of 6;
-    3 < pp -> 1 of 3; m = 9 -> 2 rounds do not divide 9, torch's ValueError."""
-    imp = _torchtitan(tmp_path, local_batch)
+                                                 global_batch: int, group: int | None) -> None:  # fmt: skip
+    """torch's rounds of each pass's m = local_batch_size // pipeline_parallel_microbatch_size
+    micro-batches (torchtitan runs the schedule once per gradient-accumulation step): m = 8 ->
+    2 rounds of 4 = pp (no key); 10 -> 2 of 5; 6 -> 1 of 6; 3 < pp -> 1 of 3; the same with 2
+    or 3 accumulation steps (global 20, 18), whose simulated m stays a multiple of the group;
+    m = 9 -> 2 rounds do not divide 9, torch's ValueError, named on local_batch_size."""
+    imp = _torchtitan(tmp_path, local_batch, global_batch)
     assert imp.data["parallelism"].get("microbatch_group_size") == group
     with pytest.raises(ConfigError) as e:
-        _torchtitan(tmp_path, 9)
-    assert e.value.key == "training.global_batch_size"
+        _torchtitan(tmp_path, 9, 36)
+    assert e.value.key == "training.local_batch_size" and "10" in str(e.value)
+
+
+def test_fit_advice_offers_the_smaller_group() -> None:
+    """pp 8, v 2, micro-batch 9, m 16 in groups of 16 needs 87.2 GiB on rank 0 of an 80 GB GPU;
+    groups of 8 (pp) hold (v - 1)·8 = 8 chunk micro-batches fewer and fit (66.1 GiB) at the
+    same closed-form step time, so the advice lists that change, cost x1.00; a pp change resets
+    the group to pp (an explicit 16 would be refused at pp 16)."""
+    from simtrain.apps.fit import fit_changes
+
+    sets = ["training.micro_batch=9", "training.global_batch=144",
+            "parallelism.microbatch_group_size=16"]  # fmt: skip
+    advice = fit_changes(SCENARIO, sets)
+    assert not advice.fits
+    group = [f for f in advice.fixes if f.changes[0].family == "microbatch_group"]
+    assert len(group) == 1 and group[0].overrides == ("parallelism.microbatch_group_size=8",)
+    assert group[0].fits and round(group[0].cost, 3) == 1.0
+    assert "8 fewer chunk micro-batches" in group[0].label
+    for f in advice.fixes:
+        if f.changes[0].family in ("pp", "pp_gpus"):
+            assert "parallelism.microbatch_group_size=0" in f.overrides
+
+
+def test_validate_translation_takes_torchs_rounds() -> None:
+    """A record on a torch-pipelining runtime (torchtitan) with interleaving and micro-batches
+    pp does not divide: validate reads torch's rounds (6 over pp 4: one round of 6); the same
+    record on Megatron-Core is refused, its group being the user's unstated setting."""
+    from simtrain.apps.validate.records import Record
+    from simtrain.apps.validate.translate import SkipReason, translate
+
+    def record(runtime: str) -> Record:
+        return Record(id="r", kind="training_run", source="mine", source_key="mine",  # type: ignore[call-arg]
+                      runtime=runtime,
+                      model={"layers": 16, "hidden": 1024, "heads": 16, "seq_len": 1024,
+                             "vocab": 32000},
+                      training={"global_batch": 6, "micro_batch": 1, "precision": "bf16"},
+                      parallelism={"tp": 1, "pp": 4, "dp": 1, "virtual_stages": 2,
+                                   "schedule": "interleaved 1F1B"},
+                      hardware={"gpu": "H100-SXM5-80GB", "num_gpus": 4},
+                      measured={"step_time_s": 1.0}, notes="")  # fmt: skip
+
+    tr = translate(record("torchtitan"))
+    assert not isinstance(tr, SkipReason), tr
+    assert tr.scenario.parallelism.microbatch_group_size == 6
+    assert isinstance(translate(record("megatron_core")), SkipReason)

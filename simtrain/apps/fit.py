@@ -9,6 +9,8 @@ every layout check runs, and a change the scenario rejects is skipped), then che
 :func:`simtrain.costs.memory.estimate_memory`. By family, in the order that breaks ties:
 
 - ``micro_batch``: a smaller micro-batch (each divisor of it), more micro-batches per step;
+- ``microbatch_group``: an interleaved micro-batch group above pp down to the smallest the
+  micro-batches allow (fewer warm-up forwards in flight, the same bubble);
 - ``zero``: ZeRO stage 1, 2 or 3 above the current one, when dp > 1 (and ``dp_mode: ddp``);
 - ``master_remainder``: the fp32 master weights kept as their low 16 bits beside the bf16
   weights (``training.master_weights: remainder``, Megatron-Core's precision-aware optimizer,
@@ -183,6 +185,30 @@ def _offload(sc: Scenario) -> list[Change]:
                    ("training.offload.optimizer=true",))]  # fmt: skip
 
 
+def _microbatch_group(sc: Scenario) -> list[Change]:
+    """An interleaved micro-batch group above pp (``parallelism.microbatch_group_size``) down to
+    the smallest that still takes the scenario's micro-batches (Megatron-Core's rule,
+    ``schedules.generators.check_group``): each rank's warm-up, 2(p − r − 1) + (v − 1)·N
+    forwards, holds (v − 1)·(N − N') fewer chunk micro-batches; the bubble is the same."""
+    p = sc.parallelism
+    n, m = p.microbatch_group_size, sc.num_microbatches
+    if not n or n <= p.pp:
+        return []
+    for k in range(p.pp, n):
+        if m % k == 0 or m % k >= p.pp:
+            return [Change("microbatch_group", f"micro-batch group {n} -> {k} ("
+                           f"{(p.virtual_stages - 1) * (n - k)} fewer chunk micro-batches in "
+                           "each rank's warm-up)",
+                           (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip
+    return []
+
+
+def _group_reset(sc: Scenario) -> tuple[str, ...]:
+    """A new pp takes Megatron's default micro-batch group (pp) again: an explicit group below
+    the new pp would be refused."""
+    return ("parallelism.microbatch_group_size=0",) if sc.parallelism.microbatch_group_size else ()
+
+
 def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
     """pp or tp x2, x4 on the same GPUs, dp divided by as much."""
 
@@ -193,9 +219,10 @@ def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
         for k in (2, 4):
             if p.dp % k or (kind == "tp" and now * k > sc.cluster.gpus_per_node):
                 continue
+            reset = _group_reset(sc) if kind == "pp" else ()
             out.append(Change(kind, f"{kind} {now} -> {now * k}, dp {p.dp} -> {p.dp // k} (same "
                               f"{p.gpus} GPUs)", (f"parallelism.{kind}={now * k}",
-                                                  f"parallelism.dp={p.dp // k}")))  # fmt: skip
+                                                  f"parallelism.dp={p.dp // k}", *reset)))  # fmt: skip
         return out
 
     return fn
@@ -244,7 +271,9 @@ def _more_gpus(kind: str) -> Callable[[Scenario], list[Change]]:
             if cluster is None or (kind == "tp" and now * k > sc.hardware.gpus_per_node):
                 continue
             label = f"{kind} {now} -> {now * k} on {gpus} GPUs (+{gpus - p.gpus})"
-            out.append(Change(f"{kind}_gpus", label, (f"parallelism.{kind}={now * k}", *cluster)))
+            reset = _group_reset(sc) if kind == "pp" else ()
+            out.append(Change(f"{kind}_gpus", label,
+                              (f"parallelism.{kind}={now * k}", *cluster, *reset)))  # fmt: skip
         return out
 
     return fn
@@ -253,6 +282,7 @@ def _more_gpus(kind: str) -> Callable[[Scenario], list[Change]]:
 #: The families in the order that breaks cost ties (module docstring).
 FAMILIES: dict[str, Callable[[Scenario], list[Change]]] = {
     "micro_batch": _micro_batch,
+    "microbatch_group": _microbatch_group,
     "zero": _zero,
     "master_remainder": _master_remainder,
     "recompute": _recompute,

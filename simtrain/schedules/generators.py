@@ -100,13 +100,14 @@ def interleaved(pp: int, m: int, v: int, group: int = 0) -> Schedule:
     any N with m % N == 0 or m % N >= p (:func:`check_group`). With N >= p and chunk times
     t_F/v and t_B/v the bubble is (p-1)/(v·m+p-1) of total time, i.e. (1/v)·(p-1)/m of ideal
     (Narayanan et al. 2021 §2.2.2, Fig. 4 bottom; Megatron-LM
-    ``forward_backward_pipelining_with_interleaving``); N < p (the Llama 3 schedule's "fewer
-    micro-batches than the number of stages", Dubey et al. 2024 §3.3.2) waits on its own
-    dependencies (only as one group of all m < p micro-batches, torch's). v == 1 is plain
+    ``forward_backward_pipelining_with_interleaving``); N = m < p (torch's one round of fewer
+    micro-batches than stages) waits on its own dependencies. v == 1 is plain
     :func:`one_f_one_b`.
     """
     _check("interleaved", pp, m, v, virtual=True)
     if v == 1:
+        if group:
+            raise ScheduleError("interleaved: a microbatch group needs v > 1 model chunks per rank")
         return one_f_one_b(pp, m)
     n = check_group("interleaved", pp, m, group)
     return {r: [*_interleaved_rank(r, pp, m, v, 0, n), _opt(r)] for r in range(pp)}
@@ -115,33 +116,30 @@ def interleaved(pp: int, m: int, v: int, group: int = 0) -> Schedule:
 def check_group(name: str, pp: int, m: int, group: int) -> int:
     """The contiguous micro-batches per chunk, N (``group``; 0: pp, Megatron's default), checked
     as Megatron-Core checks it (schedules.py ``forward_backward_pipelining_with_interleaving``
-    at d98e8a64): N <= m, and the last group, m % N, either empty or at least pp ("Otherwise,
-    it introduces dependency bubbles in the pipeline"), and N >= pp, or N = m < pp: torch's
-    ScheduleInterleaved1F1B runs m < pp micro-batches as one group (schedules.py, torch 2.13:
-    ``number_of_rounds = max(1, n_microbatches // pp_group_size)``). Any other N < pp
-    deadlocks in this order (its warm-up waits on a backward that its own later forwards
-    feed; tests/test_schedules.py)."""
+    at d98e8a64): pp <= N <= m ("should range in [PP, M]"), and the last group, m % N, either
+    empty or at least pp ("Otherwise, it introduces dependency bubbles in the pipeline"). One
+    exception, for ``interleaved`` only: torch's ScheduleInterleaved1F1B runs m < pp
+    micro-batches as one group, N = m (schedules.py, torch 2.13: ``number_of_rounds = max(1,
+    n_microbatches // pp_group_size)``). Other groups below pp add bubbles or deadlock this
+    order (N = 2 at pp = 4; tests/test_microbatch_groups.py)."""
     if isinstance(group, bool) or not isinstance(group, int) or group < 0:
         raise ScheduleError(f"{name}: microbatch group must be an integer >= 1 (got {group!r})")
     n = group or pp
-    if n > m:
-        raise ScheduleError(
-            f"{name}: microbatch group ({n}) must not exceed the micro-batches ({m})"
-            + ("" if group else f"; with the default group of pp = {pp}, use m >= pp")
-        )
-    if n < pp and n != m:
-        raise ScheduleError(
-            f"{name}: a microbatch group of {n} (< pp = {pp}) must hold every micro-batch "
-            f"(m = {m}); Megatron-Core asks group >= pp (a smaller one deadlocks this order)"
-        )
+    torch_round = name == "interleaved" and m < pp
+    ok = [k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp] + ([m] if torch_round else [])
+    works = (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
+             f"no group works for m = {m} micro-batches: use m >= pp = {pp}")  # fmt: skip
+    if n > m and not torch_round:
+        raise ScheduleError(f"{name}: microbatch group ({n}) must not exceed the micro-batches "
+                            f"({m}); {works}")  # fmt: skip
+    if n < pp and not (torch_round and n == m) or n > m:
+        raise ScheduleError(f"{name}: microbatch group ({n}) must be in [pp = {pp}, m = {m}] "
+                            f"(Megatron-Core's range{', or = m < pp as torch runs it' if torch_round else ''}); {works}")  # fmt: skip
     if 0 < m % n < pp:
-        ok = [k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp]
         raise ScheduleError(
             f"{name}: microbatches ({m}) leave a last group of {m % n} (< pp = {pp}) in groups "
-            f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); "
-            + (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
-               f"try m = {((m + pp - 1) // pp) * pp}")
-        )  # fmt: skip
+            f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); {works}"
+        )
     return n
 
 
@@ -214,6 +212,8 @@ def combined_1f1b(pp: int, m: int, v: int = 1, group: int = 0) -> Schedule:
     bubble: interleaved's, (p−1)/(v·m+p−1): the extra forward moves work earlier, never later
     (tests/test_schedules.py)."""
     _check("combined_1f1b", pp, m, v, virtual=True)
+    if v == 1 and group:
+        raise ScheduleError("combined_1f1b: a microbatch group needs v > 1 model chunks per rank")
     n = check_group("combined_1f1b", pp, m, group) if v > 1 else 0
     return {r: [*_interleaved_rank(r, pp, m, v, 1, n), _opt(r)] for r in range(pp)}
 

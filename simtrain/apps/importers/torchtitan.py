@@ -363,7 +363,7 @@ def import_torchtitan_config(cfg: Any, gpus: int | None = None,
             par["virtual_stages"] = stages // pp
             _stage_split(r, par, fl.n_layers, stages, first, last)
             if sched == "Interleaved1F1B" and stages > pp:
-                _torch_rounds(r, par, file, gb // (micro * dp) if micro * dp else 0, pp)
+                _torch_rounds(r, par, file, local // micro, pp)
         else:
             first, last = _less_layers(p, file)
             if sched not in LOOPED:
@@ -502,17 +502,24 @@ def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
 
 
 def _torch_rounds(r: Reading, par: dict[str, Any], file: str, m: int, pp: int) -> None:
-    """torch's ScheduleInterleaved1F1B runs m micro-batches in ``number_of_rounds = max(1, m //
+    """torch's ScheduleInterleaved1F1B runs the m = local_batch_size //
+    pipeline_parallel_microbatch_size micro-batches of each pipeline pass (torchtitan's
+    ``n_microbatches``, once per gradient-accumulation step) in ``number_of_rounds = max(1, m //
     pp)`` rounds of ``microbatches_per_round = m // number_of_rounds`` per stage and refuses an
     m the rounds do not divide (torch/distributed/pipelining/schedules.py, torch 2.13): simtrain's
-    micro-batch group N (parallelism.microbatch_group_size), pp when pp divides m."""
+    micro-batch group N (parallelism.microbatch_group_size), pp when pp divides m; a whole
+    number of such passes keeps every group whole."""
     if m < 1:
         return
     rounds = max(1, m // pp)
     if m % rounds:
-        raise ConfigError(file, "training.global_batch_size", f"torch's Interleaved1F1B needs "
-                          f"the micro-batches ({m}) to be a multiple of its rounds, max(1, m // "
-                          f"pp) = {rounds}")  # fmt: skip
+        near = [k for k in range(max(1, m - pp), m + pp + 1) if k % max(1, k // pp) == 0]
+        raise ConfigError(
+            file, "training.local_batch_size", f"torch's Interleaved1F1B needs the micro-batches "
+            f"of a pass, local_batch_size // pipeline_parallel_microbatch_size = {m}, to be a "
+            f"multiple of its rounds, max(1, m // pp) = {rounds}; micro-batch counts near {m} "
+            f"that work: {', '.join(map(str, near))}",
+        )  # fmt: skip
     group = m // rounds
     if group != pp:
         par["microbatch_group_size"] = group

@@ -599,11 +599,36 @@ def _scenario_data(
     layers = record_int(model.get("layers")) or record_int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
+    _torch_rounds(data, notes)
     _deepspeed_buckets(data, notes)
     cluster = _record_cluster(node, profile_node, gpus, notes)
     if cluster:
         data["cluster"] = cluster
     return data, capacity_known, None
+
+
+#: Runtimes whose interleaved schedule is torch's ScheduleInterleaved1F1B (rounds of m // max(1,
+#: m // pp) micro-batches: apps/importers/torchtitan._torch_rounds)
+TORCH_PIPELINING_RUNTIMES = ("torchtitan",)
+
+
+def _torch_rounds(data: dict[str, Any], notes: list[str]) -> None:
+    """A torch-pipelining record's interleaved schedule whose micro-batches pp does not divide:
+    torch's rounds (max(1, m // pp) of m // rounds micro-batches), simtrain's micro-batch group;
+    Megatron's own records say their group or are refused (it is the user's setting there)."""
+    par, t = data["parallelism"], data["training"]
+    if (data["runtime"].get("name") not in TORCH_PIPELINING_RUNTIMES
+            or par.get("schedule") != "interleaved" or par.get("virtual_stages", 1) < 2):  # fmt: skip
+        return
+    pp = par.get("pp", 1)
+    m = t["global_batch"] // (t["micro_batch"] * par.get("dp", 1))
+    rounds = max(1, m // pp)
+    if m % pp and not m % rounds:
+        par["microbatch_group_size"] = m // rounds
+        notes.append(
+            f"{m} micro-batches over pp {pp}: torch's Interleaved1F1B runs {rounds} "
+            f"round(s) of {m // rounds} (parallelism.microbatch_group_size)"
+        )
 
 
 def _node_gpus(rec: Record, profile_node: int, gpus: int) -> int:
