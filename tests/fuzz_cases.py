@@ -767,6 +767,9 @@ def parallelism_section(draw: Drawer, lay: Layout) -> dict[str, Any]:
         p["bucket_mb"] = odd_number(draw, 1e-3, 1e5)
     if coin(draw, 0.15):
         p["zero3_max_live_params"] = choose(draw, 1, 1000, 10**9, 10**12)
+    if lay.v > 1 and coin(draw, 0.15):
+        # the default (0 = pp) or pp itself keep the case valid; others may be refused
+        p["microbatch_group_size"] = choose(draw, 0, lay.pp, lay.pp, 2 * lay.pp, 1, 10**9)
     return p
 
 
@@ -868,7 +871,8 @@ SCENARIO_KEYS = (
     "training.offload.optimizer", "training.offload.activation_layers",
     "training.optimizer_state_dtype", "training.master_weights",
     "parallelism.dp", "parallelism.tp", "parallelism.pp", "parallelism.ep", "parallelism.expert_tp",
-    "parallelism.schedule", "parallelism.virtual_stages", "parallelism.zero_stage",
+    "parallelism.schedule", "parallelism.virtual_stages", "parallelism.microbatch_group_size",
+    "parallelism.zero_stage",
     "parallelism.dp_mode", "parallelism.bucket_mb", "parallelism.zero3_max_live_params",
     "parallelism.layer_split", "parallelism.sequence_parallel", "runtime", "runtime.name",
     "runtime.p2p", "runtime.host_us_per_op", "runtime.tp_comm_overlap",
@@ -1093,9 +1097,16 @@ def schedule_case(draw: Any, valid_pct: float, size: str) -> Case:
     pp = integer(draw, 1, {"small": 8, "normal": 16, "big": 64}[size])
     m = integer(draw, 1, {"small": 16, "normal": 32, "big": 256}[size])
     v = choose(draw, 1, 1, 2, 3, 4) if name == "interleaved" else 1
-    if name == "interleaved":
+    group = 0
+    if name == "interleaved" and v > 1 and coin(draw, 0.3):
+        # Megatron-Core's micro-batch groups: one group of all m >= pp (m % m = 0), any m
+        m = max(m, pp)
+        group = m
+    elif name == "interleaved":
         m = pp * max(1, m // pp)
     args = {"name": name, "--pp": str(pp), "--microbatches": str(m), "--virtual-stages": str(v)}
+    if group:
+        args["--microbatch-group"] = str(group)
     what = ""
     if not valid:
         key = choose(draw, "name", "--pp", "--microbatches", "--virtual-stages", "--pp")

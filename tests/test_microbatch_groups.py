@@ -291,3 +291,29 @@ def test_validate_translation_takes_torchs_rounds() -> None:
     assert not isinstance(tr, SkipReason), tr
     assert tr.scenario.parallelism.microbatch_group_size == 6
     assert isinstance(translate(record("megatron_core")), SkipReason)
+
+
+def test_planner_gives_interleaved_layouts_their_smallest_group() -> None:
+    """The planner's interleaved layouts whose micro-batches pp does not divide run in the
+    smallest group Megatron-Core takes, as a user would pass it: GPT-3 175B on 1,024 GPUs,
+    tp 1 x pp 16 x dp 64, micro-batch 1 -> m = 24, groups of 24 (24 % 16..23 all leave a last
+    group under 16); pp 8, m 20 -> 10; a layout pp divides keeps the default. The fast path
+    and a scenario file build the same scenario."""
+    from simtrain.apps.plan.file import load_plan
+    from simtrain.apps.plan.layouts import Layout, layout_group, scenario_data
+    from simtrain.apps.plan.screen import build_context, layout_scenario
+    from simtrain.schedules.generators import smallest_group
+    from simtrain.spec.scenario import parse_scenario
+
+    assert (smallest_group(16, 24), smallest_group(8, 20), smallest_group(8, 12)) == (24, 10, 12)
+    assert (smallest_group(8, 16), smallest_group(8, 5)) == (0, 0)
+    plan = load_plan("plans/gpt3_175b_megatron2021.yaml")
+    lay = Layout("a100_sxm4_80gb", 1024, 1, 16, 64, 0, 1, "full", "interleaved", 2, 1536)
+    assert layout_group(lay) == 24
+    assert layout_group(lay._replace(schedule="1f1b", virtual_stages=1)) == 0
+    assert layout_group(lay._replace(dp=32, micro_batch=3)) == 0  # m = 16: pp divides it
+    data = scenario_data(plan, lay)
+    assert data["parallelism"]["microbatch_group_size"] == 24
+    fast = layout_scenario(build_context(plan).bases[(lay.hardware, 1536)], lay, plan.file)
+    assert fast == parse_scenario(data, plan.file, Path("."))
+    assert fast.parallelism.microbatch_group_size == 24

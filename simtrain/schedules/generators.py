@@ -143,6 +143,15 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
     return n
 
 
+def smallest_group(pp: int, m: int) -> int:
+    """The micro-batch group a Megatron-Core user gives micro-batches that pp does not divide:
+    the smallest N in [pp, m] that :func:`check_group` takes (m % N = 0 or >= pp), the fewest
+    warm-up forwards in flight; 0 where pp divides m (the default works) or no N does (m < pp)."""
+    if m % pp == 0 or m < pp:
+        return 0
+    return next(k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp)
+
+
 def schedule_table(m: int, v: int, group: int) -> list[tuple[int, int]]:
     """(micro-batch, chunk) of each virtual micro-batch in order: groups of ``group``
     micro-batches, chunk-major within a group, the last group taking the rest (Megatron-Core

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 from simtrain.apps.plan.file import NODE_REPLICAS, Plan
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
+from simtrain.schedules.generators import smallest_group
+from simtrain.schedules.registry import SCHEDULES
 from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 
 #: Micro-batches searched when ``fixed.micro_batch`` is not given: each of 1-8 that divides the
@@ -77,6 +79,9 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         par["ep"] = layout.ep
     if layout.zero_replicas > 1:
         par["zero_replicas"] = layout.zero_replicas
+    group = layout_group(layout)
+    if group:
+        par["microbatch_group_size"] = group
     data: dict[str, Any] = {
         "name": name or plan.name,
         "model": dict(plan.model),
@@ -99,6 +104,20 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
         precision = data["training"].get("precision", TrainingSpec().precision)
         data["runtime"] = _layout_runtime(plan.runtime, layout, precision)
     return data
+
+
+def layout_group(layout: Layout) -> int:
+    """The micro-batch group of an interleaved layout whose micro-batches its pp does not
+    divide: the smallest Megatron-Core takes (``schedules.generators.smallest_group``), as a
+    user would pass --microbatch-group-size-per-virtual-pipeline-stage; 0 otherwise (the
+    default, pp)."""
+    grouped = layout.schedule in SCHEDULES and SCHEDULES[layout.schedule].grouped
+    if layout.virtual_stages < 2 or layout.pp < 2 or not grouped:
+        return 0
+    per_replica = layout.global_batch // layout.dp
+    if per_replica % layout.micro_batch:
+        return 0
+    return smallest_group(layout.pp, per_replica // layout.micro_batch)
 
 
 def _layout_runtime(runtime: Any, layout: Layout, precision: str) -> Any:

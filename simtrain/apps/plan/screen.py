@@ -11,7 +11,7 @@ from pathlib import Path
 from simtrain.apps.goodput import FailureModel, run_estimate
 from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.apps.plan.file import Constraints, Plan
-from simtrain.apps.plan.layouts import Layout, scenario_data
+from simtrain.apps.plan.layouts import Layout, layout_group, scenario_data
 from simtrain.apps.plan.result import Row
 from simtrain.costs.compute import model_flops_per_step
 from simtrain.costs.memory import StageMemory, stage_memory
@@ -91,6 +91,7 @@ def layout_scenario(base: Scenario, layout: Layout, file: str,
             cp=layout.cp,
             ep=layout.ep,
             zero_replicas=layout.zero_replicas,
+            microbatch_group_size=layout_group(layout),
         ),
     )  # fmt: skip
     check_layout(sc, file)
