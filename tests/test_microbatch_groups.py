@@ -317,3 +317,16 @@ def test_planner_gives_interleaved_layouts_their_smallest_group() -> None:
     fast = layout_scenario(build_context(plan).bases[(lay.hardware, 1536)], lay, plan.file)
     assert fast == parse_scenario(data, plan.file, Path("."))
     assert fast.parallelism.microbatch_group_size == 24
+
+
+def test_memory_explain_names_the_group() -> None:
+    """``simtrain memory --explain`` says which group the warm-up counts: N = 12 for m = 12 over
+    pp 8, and the default pp."""
+    from simtrain.report.explain import explain_memory
+
+    sc = load_scenario(SCENARIO, ["training.global_batch=96",
+                                  "parallelism.microbatch_group_size=12"])  # fmt: skip
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    assert "groups of 12 micro-batches per chunk: warm-up 2(pp - r - 1) + (v - 1)·12" in text
+    base = load_scenario(SCENARIO)
+    assert "groups of 8 micro-batches" in "\n".join(explain_memory(base, estimate_memory(base)))

@@ -204,6 +204,11 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
+    if p.pp > 1 and p.virtual_stages > 1 and p.schedule in ("interleaved", "combined_1f1b"):
+        # rank r's warm-up: 2(p - r - 1) + (v - 1)·N forwards (schedules.generators)
+        n = p.microbatch_group_size or p.pp
+        sched_name += (f", groups of {n} micro-batches per chunk: warm-up 2(pp - r - 1) + "
+                       f"(v - 1)·{n} forwards")  # fmt: skip
     sizes = sorted({n for _, n in sm.chunk_activation_bytes})
     per_mb = (f"{b.activation_bytes_per_microbatch:,} B per micro-batch x {b.in_flight:g} in "
               "flight at the peak"
