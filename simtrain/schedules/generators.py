@@ -125,16 +125,17 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
     if isinstance(group, bool) or not isinstance(group, int) or group < 0:
         raise ScheduleError(f"{name}: microbatch group must be an integer >= 1 (got {group!r})")
     n = group or pp
-    torch_round = name == "interleaved" and m < pp
+    torch_round = name == "interleaved" and m < pp  # torch's one round of m < pp micro-batches
     ok = [k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp] + ([m] if torch_round else [])
     works = (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
              f"no group works for m = {m} micro-batches: use m >= pp = {pp}")  # fmt: skip
-    if n > m and not torch_round:
+    if n > m:
         raise ScheduleError(f"{name}: microbatch group ({n}) must not exceed the micro-batches "
                             f"({m}); {works}")  # fmt: skip
-    if n < pp and not (torch_round and n == m) or n > m:
+    if n < pp and not (torch_round and n == m):
+        also = ", or m itself when m < pp, as torch runs it" if torch_round else ""
         raise ScheduleError(f"{name}: microbatch group ({n}) must be in [pp = {pp}, m = {m}] "
-                            f"(Megatron-Core's range{', or = m < pp as torch runs it' if torch_round else ''}); {works}")  # fmt: skip
+                            f"(Megatron-Core's range{also}); {works}")  # fmt: skip
     if 0 < m % n < pp:
         raise ScheduleError(
             f"{name}: microbatches ({m}) leave a last group of {m % n} (< pp = {pp}) in groups "
