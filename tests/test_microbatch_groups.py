@@ -5,18 +5,23 @@ action for action, the closed-form bubble and warm-up, and the scenario's errors
 
 from __future__ import annotations
 
-import types
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from torch_pipelining import interleaved_1f1b
 
 from simtrain.apps.importers import import_config
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError, ScheduleError
 from simtrain.schedules import interleaved, peak_in_flight, validate_schedule
 from simtrain.schedules.actions import Action
-from simtrain.schedules.generators import check_group, combined_1f1b, schedule_table
+from simtrain.schedules.generators import (
+    check_group,
+    combined_1f1b,
+    schedule_table,
+    torch_rounds_group,
+)
 from simtrain.schedules.unit_time import simulate_unit
 from simtrain.spec.scenario import load_scenario
 
@@ -33,40 +38,21 @@ def test_schedule_table_is_megatrons_documented_example() -> None:
     assert forwards == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4]
 
 
-def _torch_interleaved(pp: int, m: int, v: int) -> tuple[dict[int, list[Action]], int] | None:
-    """torch 2.13's ScheduleInterleaved1F1B per-rank order (its planner run without building
-    stages; None entries, idle slots, dropped) and its rounds' size N; None where torch refuses
-    m (not a multiple of its rounds)."""
-    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
-    rounds = max(1, m // pp)
-    if m % rounds:
-        return None
-    fake = types.SimpleNamespace(pp_group_size=pp, n_local_stages=v, _n_microbatches=m,
-                                 number_of_rounds=rounds, microbatches_per_round=m // rounds)  # fmt: skip
-    plan = schedules.ScheduleInterleaved1F1B._calculate_single_rank_operations
-    kinds = {"FORWARD": "F", "FULL_BACKWARD": "B"}
-    order = {
-        r: [
-            Action(a.stage_index, kinds[a.computation_type.name], a.microbatch_index)
-            for a in plan(fake, r)
-            if a is not None
-        ]  # fmt: skip
-        for r in range(pp)
-    }
-    return order, m // rounds
-
-
 @pytest.mark.parametrize("pp", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("v", [2, 3, 4])
 def test_groups_are_torchs_interleaved_order(pp: int, v: int) -> None:
-    """With torch's group (N = m // max(1, m // pp)) the order is torch's, action for action,
-    for every m up to 24 torch accepts: m not a multiple of pp, and m < pp (one round)."""
+    """torch's ScheduleInterleaved1F1B, built by its own __init__ (tests/torch_pipelining.py),
+    accepts exactly the m :func:`torch_rounds_group` gives a group for, with that group as its
+    rounds; with it simtrain's order is torch's, action for action, for every m up to 24 torch
+    accepts: m not a multiple of pp, and m < pp (one round)."""
     seen = 0
     for m in range(1, 25):
-        got = _torch_interleaved(pp, m, v)
+        got = interleaved_1f1b(pp, m, v)
+        assert (got is None) == (torch_rounds_group(pp, m) is None), (pp, v, m)
         if got is None:
             continue
         theirs, n = got
+        assert n == torch_rounds_group(pp, m), (pp, v, m)
         ours = interleaved(pp, m, v, n)
         assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, v, m, n)
         seen += 1
@@ -250,10 +236,10 @@ def test_torchtitan_importer_takes_torchs_rounds(tmp_path: Path, local_batch: in
 
 
 def test_fit_advice_offers_the_smaller_group() -> None:
-    """pp 8, v 2, micro-batch 9, m 16 in groups of 16 needs 87.2 GiB on rank 0 of an 80 GB GPU;
-    groups of 8 (pp) hold (v - 1)·8 = 8 chunk micro-batches fewer and fit (66.1 GiB) at the
-    same closed-form step time, so the advice lists that change, cost x1.00; a pp change resets
-    the group to pp (an explicit 16 would be refused at pp 16)."""
+    """pp 8, v 2, micro-batch 9, m 16 in groups of 16 does not fit an 80 GB GPU; groups of 8
+    (pp) hold (v - 1)·8 = 8 chunk micro-batches fewer on every rank and fit at the same
+    closed-form step time, so the advice lists that change, cost x1.00; a pp change resets the
+    group to pp (an explicit 16 would be refused at pp 16)."""
     from simtrain.apps.fit import fit_changes
 
     sets = ["training.micro_batch=9", "training.global_batch=144",

@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch_pipelining import planned_orders, torch_schedules
 
 from simtrain.errors import ScheduleError
 from simtrain.schedules import (
@@ -353,22 +354,10 @@ def test_format_timeline_shows_bubbles():
 
 
 def _torch_zbv_order(pp: int, m: int) -> dict[int, list[Action]]:
-    """torch 2.13's ``ScheduleZBVZeroBubble`` per-rank order (its planner, run without
-    building stages), None (idle) entries dropped as its runtime skips them."""
-    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
-    import types
-
-    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
-    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
-    plan = schedules.ScheduleZBVZeroBubble._calculate_single_rank_operations
-    return {
-        r: [
-            Action(a.stage_index, kinds[a.computation_type.name], a.microbatch_index)
-            for a in plan(fake, r)
-            if a is not None
-        ]  # fmt: skip
-        for r in range(pp)
-    }
+    """torch 2.13's ``ScheduleZBVZeroBubble`` per-rank order (its planner, run without building
+    stages; tests/torch_pipelining.py)."""
+    cls = torch_schedules().ScheduleZBVZeroBubble
+    return planned_orders(cls, pp, num_stages=2 * pp, _n_microbatches=m)
 
 
 @pytest.mark.parametrize("pp", PPS)
@@ -408,23 +397,9 @@ def test_zb_v_placement_and_peak():
 
 def _torch_dualpipe_v_order(pp: int, m: int) -> dict[int, list[Action]]:
     """torch 2.13's ``ScheduleDualPipeV`` per-rank order, each ``OVERLAP_F_B`` flattened into
-    its sub-actions (F then B) as its runtime executes them."""
-    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
-    import types
-
-    kinds = {"FORWARD": "F", "BACKWARD_INPUT": "I", "BACKWARD_WEIGHT": "W", "FULL_BACKWARD": "B"}
-    fake = types.SimpleNamespace(pp_group_size=pp, num_stages=2 * pp, _n_microbatches=m)
-    out: dict[int, list[Action]] = {}
-    for r in range(pp):
-        acts: list[Action] = []
-        for a in schedules.ScheduleDualPipeV._calculate_single_rank_operations(fake, r):
-            if a is None:
-                continue
-            subs = a.sub_actions if a.computation_type.name == "OVERLAP_F_B" else (a,)
-            acts += [Action(x.stage_index, kinds[x.computation_type.name], x.microbatch_index)
-                     for x in subs]  # fmt: skip
-        out[r] = acts
-    return out
+    its sub-actions (F then B) as its runtime executes them (tests/torch_pipelining.py)."""
+    cls = torch_schedules().ScheduleDualPipeV
+    return planned_orders(cls, pp, num_stages=2 * pp, _n_microbatches=m)
 
 
 @pytest.mark.parametrize("pp", PPS)

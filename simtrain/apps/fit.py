@@ -52,6 +52,7 @@ from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
+from simtrain.schedules.generators import smallest_group
 from simtrain.spec.scenario import Scenario, load_scenario, runtime_off_overrides
 from simtrain.units import GIB
 
@@ -191,16 +192,13 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
     ``schedules.generators.check_group``): each rank's warm-up, 2(p − r − 1) + (v − 1)·N
     forwards, holds (v − 1)·(N − N') fewer chunk micro-batches; the bubble is the same."""
     p = sc.parallelism
-    n, m = p.microbatch_group_size, sc.num_microbatches
-    if not n or n <= p.pp:
+    n = p.microbatch_group_size
+    k = smallest_group(p.pp, sc.num_microbatches) or p.pp
+    if not n or k >= n:
         return []
-    for k in range(p.pp, n):
-        if m % k == 0 or m % k >= p.pp:
-            return [Change("microbatch_group", f"micro-batch group {n} -> {k} ("
-                           f"{(p.virtual_stages - 1) * (n - k)} fewer chunk micro-batches in "
-                           "each rank's warm-up)",
-                           (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip
-    return []
+    return [Change("microbatch_group", f"micro-batch group {n} -> {k} ({(p.virtual_stages - 1) * (n - k)} "
+                   "fewer chunk micro-batches in each rank's warm-up)",
+                   (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip
 
 
 def _group_reset(sc: Scenario) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from simtrain.schedules import (
     interleaved_all_warmup,
     pipeline_of,
     rank_stages,
+    runs_groups,
     stage_to_rank,
     traits,
 )
@@ -180,7 +181,9 @@ def _resolve(m: ModelSpec, t: TrainingSpec, p: ParallelSpec, gpus_per_node: int,
                           "training: use fewer stages or layer_split: uniform",
                           p.layer_split)  # fmt: skip
     all_warmup = all_warmup_order(all_warmup_at_pp, name, p.virtual_stages) and mb == p.pp
-    group = p.microbatch_group_size if tr.grouped and p.virtual_stages > 1 else 0
+    # the group the order runs, 0 for Megatron's default pp (the same order, one cache entry)
+    group = (p.microbatch_group_size if runs_groups(name, p.pp, p.virtual_stages)
+             and p.microbatch_group_size != p.pp else 0)  # fmt: skip
     return ResolvedStep(
         microbatches=mb,
         micro_batch=t.micro_batch,

@@ -22,6 +22,7 @@ from simtrain.costs.memory import (
 from simtrain.costs.muon import rank_muon_elements
 from simtrain.costs.params import adam_temporaries, keeps_master_gradients
 from simtrain.layout.step import resolve
+from simtrain.schedules.registry import runs_groups
 from simtrain.spec.precision import STATES_PER_PARAM
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
@@ -204,7 +205,7 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     else:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
-    if p.pp > 1 and p.virtual_stages > 1 and p.schedule in ("interleaved", "combined_1f1b"):
+    if runs_groups(p.schedule, p.pp, p.virtual_stages):
         # rank r's warm-up: 2(p - r - 1) + (v - 1)·N forwards (schedules.generators)
         n = p.microbatch_group_size or p.pp
         sched_name += (f", groups of {n} micro-batches per chunk: warm-up 2(pp - r - 1) + "

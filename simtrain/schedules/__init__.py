@@ -38,6 +38,7 @@ from simtrain.schedules.registry import (
     ScheduleTraits,
     build_schedule,
     microbatches_in_flight,
+    runs_groups,
     traits,
 )
 from simtrain.schedules.unit_time import format_timeline, simulate_spans, simulate_unit
@@ -74,6 +75,7 @@ __all__ = [
     "pipedream_weight_versions",
     "pipeline_of",
     "rank_stages",
+    "runs_groups",
     "simulate_spans",
     "simulate_unit",
     "stage_to_rank",

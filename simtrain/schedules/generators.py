@@ -126,7 +126,7 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
         raise ScheduleError(f"{name}: microbatch group must be an integer >= 1 (got {group!r})")
     n = group or pp
     torch_round = name == "interleaved" and m < pp  # torch's one round of m < pp micro-batches
-    ok = [k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp] + ([m] if torch_round else [])
+    ok = [k for k in range(pp, m + 1) if megatron_group_ok(pp, m, k)] + ([m] if torch_round else [])
     works = (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
              f"no group works for m = {m} micro-batches: use m >= pp = {pp}")  # fmt: skip
     if n > m:
@@ -136,7 +136,7 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
         also = ", or m itself when m < pp, as torch runs it" if torch_round else ""
         raise ScheduleError(f"{name}: microbatch group ({n}) must be in [pp = {pp}, m = {m}] "
                             f"(Megatron-Core's range{also}); {works}")  # fmt: skip
-    if 0 < m % n < pp:
+    if not megatron_group_ok(pp, m, n) and not torch_round:
         raise ScheduleError(
             f"{name}: microbatches ({m}) leave a last group of {m % n} (< pp = {pp}) in groups "
             f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); {works}"
@@ -144,13 +144,28 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
     return n
 
 
+def megatron_group_ok(pp: int, m: int, n: int) -> bool:
+    """Megatron-Core's rule for m micro-batches in groups of n (schedules.py at d98e8a64): pp <=
+    n <= m, and the last group, m % n, empty or at least pp."""
+    return pp <= n <= m and (m % n == 0 or m % n >= pp)
+
+
 def smallest_group(pp: int, m: int) -> int:
     """The micro-batch group a Megatron-Core user gives micro-batches that pp does not divide:
-    the smallest N in [pp, m] that :func:`check_group` takes (m % N = 0 or >= pp), the fewest
-    warm-up forwards in flight; 0 where pp divides m (the default works) or no N does (m < pp)."""
+    the smallest N that :func:`megatron_group_ok` takes, the fewest warm-up forwards in flight;
+    0 where pp divides m (the default works) or no N does (m < pp)."""
     if m % pp == 0 or m < pp:
         return 0
-    return next(k for k in range(pp, m + 1) if m % k == 0 or m % k >= pp)
+    return next(k for k in range(pp, m + 1) if megatron_group_ok(pp, m, k))
+
+
+def torch_rounds_group(pp: int, m: int) -> int | None:
+    """The group torch's ScheduleInterleaved1F1B runs m micro-batches in over pp ranks:
+    ``number_of_rounds = max(1, m // pp)`` rounds of ``m // number_of_rounds`` micro-batches
+    (torch/distributed/pipelining/schedules.py, torch 2.13), pp when pp divides m; None when the
+    rounds do not divide m (torch's ValueError)."""
+    rounds = max(1, m // pp)
+    return None if m % rounds else m // rounds
 
 
 def schedule_table(m: int, v: int, group: int) -> list[tuple[int, int]]:

@@ -289,6 +289,13 @@ def traits(name: str) -> ScheduleTraits:
     return SCHEDULES[name]
 
 
+def runs_groups(name: str, pp: int, v: int) -> bool:
+    """Whether schedule ``name`` at pp ranks and v chunks per rank runs its micro-batches in
+    groups per chunk (:attr:`ScheduleTraits.grouped`, interleaved: v > 1 and pp > 1), so that
+    ``parallelism.microbatch_group_size`` applies; an unknown name runs none."""
+    return name in SCHEDULES and SCHEDULES[name].grouped and v > 1 and pp > 1
+
+
 def build_schedule(name: str, pp: int, m: int, v: int = 1, group: int = 0) -> Schedule:
     """Schedule ``name`` for pp ranks, m micro-batches, v chunks per rank (a schedule with a
     fixed number of chunks per rank, ZB-V's 2, takes its own), ``group`` micro-batches per

@@ -21,7 +21,7 @@ from simtrain.errors import (
     unknown_value,
 )
 from simtrain.schedules.generators import check_group
-from simtrain.schedules.registry import SCHEDULES
+from simtrain.schedules.registry import SCHEDULES, runs_groups
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
 from simtrain.spec.limits import (
@@ -1153,8 +1153,7 @@ def check_microbatch_groups(s: Scenario, file: str | None) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(file, "parallelism.microbatch_group_size",
                           "must be an integer >= 1 (0 or absent: pp)", n)  # fmt: skip
-    grouped = (p.schedule in SCHEDULES and schedule_traits(p.schedule).grouped
-               and p.virtual_stages > 1 and p.pp > 1)  # fmt: skip
+    grouped = runs_groups(p.schedule, p.pp, p.virtual_stages)
     if n and not grouped:
         allowed = " or ".join(k for k, v in SCHEDULES.items() if v.grouped)
         raise ConfigError(

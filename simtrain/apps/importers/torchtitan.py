@@ -32,6 +32,7 @@ from simtrain.apps.importers.common import (
 )
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import torchtitan_split
+from simtrain.schedules.generators import torch_rounds_group
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.yamlfile import read_text_file
 
@@ -504,23 +505,22 @@ def _float8(cfg: dict[str, Any], low: list[str], r: Reading) -> str:
 def _torch_rounds(r: Reading, par: dict[str, Any], file: str, m: int, pp: int) -> None:
     """torch's ScheduleInterleaved1F1B runs the m = local_batch_size //
     pipeline_parallel_microbatch_size micro-batches of each pipeline pass (torchtitan's
-    ``n_microbatches``, once per gradient-accumulation step) in ``number_of_rounds = max(1, m //
-    pp)`` rounds of ``microbatches_per_round = m // number_of_rounds`` per stage and refuses an
-    m the rounds do not divide (torch/distributed/pipelining/schedules.py, torch 2.13): simtrain's
-    micro-batch group N (parallelism.microbatch_group_size), pp when pp divides m; a whole
-    number of such passes keeps every group whole."""
+    ``n_microbatches``, once per gradient-accumulation step) in its rounds
+    (``schedules.generators.torch_rounds_group``): simtrain's micro-batch group N
+    (parallelism.microbatch_group_size); a whole number of such passes keeps every group
+    whole."""
     if m < 1:
         return
+    group = torch_rounds_group(pp, m)
     rounds = max(1, m // pp)
-    if m % rounds:
-        near = [k for k in range(max(1, m - pp), m + pp + 1) if k % max(1, k // pp) == 0]
+    if group is None:
+        near = [k for k in range(max(1, m - pp), m + pp + 1) if torch_rounds_group(pp, k)]
         raise ConfigError(
             file, "training.local_batch_size", f"torch's Interleaved1F1B needs the micro-batches "
             f"of a pass, local_batch_size // pipeline_parallel_microbatch_size = {m}, to be a "
             f"multiple of its rounds, max(1, m // pp) = {rounds}; micro-batch counts near {m} "
             f"that work: {', '.join(map(str, near))}",
         )  # fmt: skip
-    group = m // rounds
     if group != pp:
         par["microbatch_group_size"] = group
         r.assume(

@@ -10,7 +10,7 @@ from simtrain.apps.plan.file import NODE_REPLICAS, Plan
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 from simtrain.schedules.generators import smallest_group
-from simtrain.schedules.registry import SCHEDULES
+from simtrain.schedules.registry import runs_groups
 from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
 
 #: Micro-batches searched when ``fixed.micro_batch`` is not given: each of 1-8 that divides the
@@ -111,8 +111,7 @@ def layout_group(layout: Layout) -> int:
     divide: the smallest Megatron-Core takes (``schedules.generators.smallest_group``), as a
     user would pass --microbatch-group-size-per-virtual-pipeline-stage; 0 otherwise (the
     default, pp)."""
-    grouped = layout.schedule in SCHEDULES and SCHEDULES[layout.schedule].grouped
-    if layout.virtual_stages < 2 or layout.pp < 2 or not grouped:
+    if not runs_groups(layout.schedule, layout.pp, layout.virtual_stages):
         return 0
     per_replica = layout.global_batch // layout.dp
     if per_replica % layout.micro_batch:

@@ -12,7 +12,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.costs.workload import block_times_ns
-from simtrain.layout.step import ResolvedStep, all_warmup_order, resolve
+from simtrain.layout.step import all_warmup_order, resolve
 from simtrain.report.progress import Progress
 from simtrain.spec.scenario import Scenario
 
@@ -99,16 +99,9 @@ def _simulation_cost(sc: Scenario) -> int:
     """Relative cost of :func:`predicted_step_time` (a sort key for load balance): chunks x the
     micro-batches simulated x the layers of the fullest rank."""
     step = resolve(sc)
-    m = step.microbatches if explicit_group(step) else step.traits.affine_from(step.pp)
+    m = step.microbatches if step.microbatch_group else step.traits.affine_from(step.pp)
     layers = max(step.rank_layers(r) for r in range(step.pp))
     return step.pp * step.v * m * (1 + layers)
-
-
-def explicit_group(step: ResolvedStep) -> bool:
-    """An interleaved micro-batch group other than Megatron's default pp (parallelism.
-    microbatch_group_size): it fixes which m are valid orders, so the step is simulated
-    whole, not extrapolated from m = pp and 2·pp."""
-    return step.microbatch_group not in (0, step.pp)
 
 
 def _with_microbatches(sc: Scenario, m: int) -> Scenario:
@@ -142,9 +135,9 @@ def predicted_step_time(sc: Scenario) -> float:
                                           step.schedule_name, step.v):  # fmt: skip
         m1 = 2 * step.pp
     m2 = 2 * m1
-    # an explicit micro-batch group (parallelism.microbatch_group_size) fixes which m are
+    # a micro-batch group other than pp (ResolvedStep.microbatch_group) fixes which m are
     # valid orders: simulated whole
-    if m <= m2 or not step.traits.affine_in_m or explicit_group(step):
+    if m <= m2 or not step.traits.affine_in_m or step.microbatch_group:
         return simulate_scenario(sc).metrics.step_time_s
     t1 = simulate_scenario(_with_microbatches(sc, m1)).metrics.step_time_s
     t2 = simulate_scenario(_with_microbatches(sc, m2)).metrics.step_time_s

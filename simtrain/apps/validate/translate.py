@@ -38,6 +38,7 @@ from simtrain.apps.validate.records import (
 from simtrain.apps.validate.splits import ends_one_fewer, pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
+from simtrain.schedules.generators import torch_rounds_group
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import PRESETS, ModelSpec, find_preset
 from simtrain.spec.precision import PRECISIONS
@@ -607,28 +608,26 @@ def _scenario_data(
     return data, capacity_known, None
 
 
-#: Runtimes whose interleaved schedule is torch's ScheduleInterleaved1F1B (rounds of m // max(1,
-#: m // pp) micro-batches: apps/importers/torchtitan._torch_rounds)
+#: Runtimes whose interleaved schedule is torch's ScheduleInterleaved1F1B
+#: (schedules.generators.torch_rounds_group; the torchtitan importer reads it alike)
 TORCH_PIPELINING_RUNTIMES = ("torchtitan",)
 
 
 def _torch_rounds(data: dict[str, Any], notes: list[str]) -> None:
     """A torch-pipelining record's interleaved schedule whose micro-batches pp does not divide:
-    torch's rounds (max(1, m // pp) of m // rounds micro-batches), simtrain's micro-batch group;
-    Megatron's own records say their group or are refused (it is the user's setting there)."""
+    torch's rounds as simtrain's micro-batch group; Megatron's own records say their group or
+    are refused (it is the user's setting there)."""
     par, t = data["parallelism"], data["training"]
     if (data["runtime"].get("name") not in TORCH_PIPELINING_RUNTIMES
             or par.get("schedule") != "interleaved" or par.get("virtual_stages", 1) < 2):  # fmt: skip
         return
     pp = par.get("pp", 1)
     m = t["global_batch"] // (t["micro_batch"] * par.get("dp", 1))
-    rounds = max(1, m // pp)
-    if m % pp and not m % rounds:
-        par["microbatch_group_size"] = m // rounds
-        notes.append(
-            f"{m} micro-batches over pp {pp}: torch's Interleaved1F1B runs {rounds} "
-            f"round(s) of {m // rounds} (parallelism.microbatch_group_size)"
-        )
+    group = torch_rounds_group(pp, m)
+    if m % pp and group:
+        par["microbatch_group_size"] = group
+        notes.append(f"{m} micro-batches over pp {pp}: torch's Interleaved1F1B runs them in "
+                     f"rounds of {group} (parallelism.microbatch_group_size)")  # fmt: skip
 
 
 def _node_gpus(rec: Record, profile_node: int, gpus: int) -> int:
