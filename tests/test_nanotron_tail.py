@@ -23,7 +23,7 @@ from simtrain.costs.activations import (
     loss_saved_bytes,
     loss_transient_bytes,
 )
-from simtrain.costs.comm import p2p_send_ns
+from simtrain.costs.comm import hop_send_ns, p2p_send_ns
 from simtrain.costs.compute import (
     chunk_costs,
     head_elementwise_bytes,
@@ -92,7 +92,7 @@ def test_p2p_time_of_a_logits_hop() -> None:
     assert sc.runtime.p2p_messages_forward == 6 and sc.runtime.p2p_messages_backward == 3
     extra = (sc.runtime.p2p_messages_backward - 1) * intra.latency_s
     want = round(1e9 * (coll.p2p_time_s(2 * B * S * V / 2, intra) + extra))
-    assert p2p_send_ns(sc, step, 1, 1, step.hop_bytes(1, 2), one_tensor=True) == want
+    assert hop_send_ns(sc, step, 1, 2) == want
     hidden_extra = (sc.runtime.p2p_messages_forward - 1) * intra.latency_s  # two tensors
     hidden = round(1e9 * (coll.p2p_time_s(2 * B * S * H / 2, intra) + hidden_extra))
     assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes) == hidden
@@ -274,3 +274,28 @@ def test_the_soft_capping_stays_with_the_lm_head() -> None:
     assert head_cap > chunk_costs(plain, 0, False, True, None, ()).forward_ns
     assert chunk_costs(sc, 0, False, False, None, ("loss",)).forward_ns == chunk_costs(
         plain, 0, False, False, None, ("loss",)).forward_ns  # fmt: skip
+
+
+def test_polled_logits_hops_poll_one_tensors_metadata() -> None:
+    """Under the polling code (nanotron_bench: 2 tensors x 2 metadata messages forward, 1
+    gradient x 2 backward) a hop that carries the logits or their fp32 copy polls one tensor's
+    2 messages each way, a decoder hop 4 forward. pp 4 (blocks | head | cast | loss), 8
+    micro-batches, hand counts per rank: sends 8x4, 8x2 + 8x2, 8x2 + 8x2, 8x2; receives
+    8x2, 8x4 + 8x2, 8x2 + 8x2, 8x2."""
+    from collections import Counter
+
+    from simtrain.apps.simulate import lower_scenario
+    from simtrain.costs.memory import estimate_memory
+
+    sc = _scenario(4, tp=2, runtime="nanotron_bench")
+    assert (sc.runtime.p2p_polled_messages_forward, sc.runtime.p2p_polled_messages_backward) == (
+        4,
+        2,
+    )
+    tasks, _ = lower_scenario(sc, estimate_memory(sc))
+    sends = Counter(t.rank for t in tasks if t.kind == "META")
+    receives = Counter(
+        t.rank for t in tasks if t.kind == "POLL" and t.name.startswith("poll metadata")
+    )
+    assert [sends[r] for r in range(4)] == [32, 32, 32, 16]
+    assert [receives[r] for r in range(4)] == [16, 48, 32, 16]

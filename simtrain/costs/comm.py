@@ -596,22 +596,43 @@ def dp_ns(sc: Scenario, step: ResolvedStep, op: str, size_bytes: float,
     return ns
 
 
+def hop_messages(counts: tuple[int, int], forward: bool, kind: str) -> int:
+    """A runtime's messages (``counts``: its forward and backward transfer's, e.g.
+    ``runtime.p2p_messages_forward`` / ``_backward`` or the polled ones) for one micro-batch's
+    hop carrying ``kind`` (``ResolvedStep.hop_kind``): the forward count only for a decoder
+    block's output ("hidden"); a hop carrying one tensor takes the backward's, as a gradient
+    does (nanotron's lm_head -> cast_to_fp32 -> loss blocks take one input each, a decoder
+    block two: models/llama.py l.866-867, 899, 1044 at 2411b022)."""
+    return counts[0] if forward and kind == "hidden" else counts[1]
+
+
+def hop_send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
+    """Chunk ``stage``'s send of one micro-batch to the neighbouring chunk ``to_stage`` on
+    another rank: what crosses that boundary (``ResolvedStep.hop_bytes``) at the runtime's
+    message count for it (:func:`hop_messages`; forward when ``to_stage`` is the later chunk,
+    whichever rank holds it)."""
+    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
+    rt = sc.runtime
+    messages = hop_messages((rt.p2p_messages_forward, rt.p2p_messages_backward),
+                            to_stage > stage, step.hop_kind(stage, to_stage))  # fmt: skip
+    return p2p_send_ns(sc, step, rank, other - rank, step.hop_bytes(stage, to_stage), messages)
+
+
 def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1,
-                n_bytes: int | None = None, one_tensor: bool = False) -> int:  # fmt: skip
+                n_bytes: int | None = None, messages: int | None = None) -> int:  # fmt: skip
     """Rank ``rank``'s send of a b·s·h activation (or its gradient; ``n_bytes``: another
     tensor's bytes, all TP ranks together, ``ResolvedStep.hop_bytes``) to rank ``rank +
     direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
     §4.1; nanotron's TP ranks each send their own shard of it), over the intra-node link or
     the NIC when the hop leaves the node; a runtime that sends metadata or more tensors
-    (``runtime.p2p_messages_forward`` / ``_backward`` > 1) pays the link's latency per
-    message. ``one_tensor``: a hop that carries one tensor each way, as a gradient does, at
-    the backward's message count (``ResolvedStep.hop_kind`` not "hidden": nanotron's lm_head
-    -> cast_to_fp32 -> loss blocks take one input each, a decoder block two)."""
+    (``messages``, by default ``runtime.p2p_messages_forward`` for direction > 0, else
+    ``_backward``; :func:`hop_send_ns` gives a chunk's) pays the link's latency per
+    message beyond the first."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     rt = sc.runtime
-    forward = direction > 0 and not one_tensor
-    messages = rt.p2p_messages_forward if forward else rt.p2p_messages_backward
+    if messages is None:
+        messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
     size = step.boundary_bytes if n_bytes is None else n_bytes
     return round(1e9 * (coll.p2p_time_s(size / step.groups.tp, link) + extra))

@@ -177,11 +177,7 @@ def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | Non
 def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
     """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent) of what
     crosses that boundary (``ResolvedStep.hop_bytes``)."""
-    hop = _hop(step, stage, to_stage)
-    if hop is None:
-        return 0
-    one = step.hop_kind(stage, to_stage) != "hidden"
-    return comm.p2p_send_ns(sc, step, *hop, step.hop_bytes(stage, to_stage), one)
+    return 0 if _hop(step, stage, to_stage) is None else comm.hop_send_ns(sc, step, stage, to_stage)
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
@@ -782,7 +778,10 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     blocking = sc.runtime.p2p == "blocking" and step.pp > 1
     rt = sc.runtime
     poll_ns = round(rt.p2p_poll_interval_s * 1e9) if blocking else 0
-    polled = (rt.p2p_polled_messages_forward, rt.p2p_polled_messages_backward)
+    counts = (rt.p2p_polled_messages_forward, rt.p2p_polled_messages_backward)
+    # each chunk's polled messages sending forward (what its hop carries) and backward
+    polled = {k: (comm.hop_messages(counts, True, step.hop_kind(k, k + 1)), counts[1])
+              for k in range(len(step.chunks))}  # fmt: skip
     # (validated: 0 or >= 1 ms, spec.runtime MIN_POLL_INTERVAL_S, so never rounded to 0 ns)
     plan = None
     if is_data_parallel(sc):  # GPU 0's loss memory is allocated by the pass's gather and loss

@@ -10,7 +10,7 @@ from simtrain.costs import comm, offload
 from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
-    p2p_send_ns,
+    hop_send_ns,
 )
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
@@ -76,7 +76,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
       Pipeline Parallelism", §3: the 1F1B bubble less the deferred weight gradients); ZB-V and
       DualPipeV half that (their executed orders with two chunks per rank); asynchronous
       PipeDream none (its steady state); plus the
-      p2p hops of filling and draining the pipeline (``costs.comm.p2p_send_ns``, each hop
+      p2p hops of filling and draining the pipeline (``costs.comm.hop_send_ns``, each hop
       over the link its placement gives).
     - Data parallelism on stage 0 (whose last backward ends the step): DDP / ZeRO-1/2 buckets
       overlapped with the last backward (:func:`_bucketed_exposed_ns`), ZeRO-1/2's parameter
@@ -239,13 +239,7 @@ def _pipeline_ns(sc: Scenario, step: ResolvedStep, ranks: list[_Rank]) -> float:
         # fill and drain: each hop between consecutive chunks once each way (DualPipe: its
         # two pipelines' at once, one pipeline's)
         hops = sum(
-            p2p_send_ns(
-                sc,
-                step,
-                step.chunk_rank(k),
-                n_bytes=step.hop_bytes(k, k + 1),
-                one_tensor=step.hop_kind(k, k + 1) != "hidden",
-            )
+            hop_send_ns(sc, step, k, k + 1)
             for k in range(step.pipeline(0)[-1])
             if step.chunk_rank(k) != step.chunk_rank(k + 1)  # the turn of a V is local
         )

@@ -250,9 +250,10 @@ class LoweringInput:
     # pipelines, stages 0..pp-1 and pp..2pp-1, with no hop between them
     placement: str = "loop"
     # Blocking p2p whose host polls each metadata message (spec.runtime p2p_poll_interval_s):
-    # the interval, and the polled messages of a forward and of a backward transfer.
+    # the interval, and by sending chunk the polled messages of its forward and of its backward
+    # transfer (costs.comm.hop_messages: what the hop carries).
     p2p_poll_ns: int = 0
-    p2p_polled: tuple[int, int] = (0, 0)
+    p2p_polled: dict[int, tuple[int, int]] = field(default_factory=dict)
     # A recompute slice needs its layer's parameters (ZeRO-3 gathers them again): false for
     # Megatron's selective recompute, which replays only the attention core (no weights)
     recompute_gathers: bool = True

@@ -633,7 +633,8 @@ def _polled_sends(ir: StepIR, g: Group, kind: str, deps: list) -> list:
     isend is never complete when first checked; a few bytes fit the NCCL connection's FIFO, so
     the send completes without waiting for the receive). The tensor follows the last
     message. Message k of send ``(kind.lower(), stage, mb)`` is ``ir.metas[(that key, k)]``."""
-    a, n = g.action, ir.inp.p2p_polled[0 if kind == "SEND_F" else 1]
+    a = g.action
+    n = ir.inp.p2p_polled[a.stage][0 if kind == "SEND_F" else 1]
     for k in range(n):
         issue = Op(g.done.rank, "host", "META", f"send metadata {k + 1}/{n} {g.label}", 0, deps,
                    microbatch=a.microbatch, stage=a.stage)  # fmt: skip
@@ -664,7 +665,7 @@ def _polled_receives(ir: StepIR, owner: dict[int, int]) -> None:
                 kind, peer, mb = data[:3]
                 if kind == "done" or owner[peer] == r.rank:  # a V's turn: one rank, no hop
                     continue
-                n = inp.p2p_polled[0 if kind == "send_f" else 1]
+                n = inp.p2p_polled[peer][0 if kind == "send_f" else 1]
                 polls = [Op(r.rank, "host", "POLL", f"poll metadata {k + 1}/{n} {g.label}", 0,
                             [], microbatch=mb, stage=g.action.stage, poll_ns=inp.p2p_poll_ns,
                             polled=[("meta", data, k)])
