@@ -63,20 +63,12 @@ def _entries(field: str) -> list[dict]:
             if d["constant"].startswith(f"efficiency.{field} ")]  # fmt: skip
 
 
-def _matmul_entries() -> list[dict]:
-    return _entries("matmul")
-
-
 def _fits(field: str) -> list[tuple[str, float, list[str]]]:
     """(profile, shipped value, record patterns) of each fitted ``efficiency.<field>`` that
     names its records."""
     return [(d["scope"]["hardware"], getattr(load_hardware(d["scope"]["hardware"]).efficiency,
                                              field), list(d["records"]))
             for d in _entries(field) if "records" in d]  # fmt: skip
-
-
-def _matmul_fits() -> list[tuple[str, float, list[str]]]:
-    return _fits("matmul")
 
 
 @pytest.mark.parametrize("field,least", [("matmul", 3), ("memory_bound", 1)])
@@ -99,17 +91,9 @@ def test_fitted_entries_state_the_shipped_values(field: str, least: int) -> None
 
 def test_a_gemm_table_rate_is_not_also_fitted() -> None:
     """A profile whose efficiency.matmul is the large-GEMM rate of its measured GEMM table
-    (measured/gemm_tables.yaml: the shape fit's e∞ at the profile's L, to the 0.01 grid) has no
-    fitted matmul entry; its element-wise rate is the fitted one. The A100 80GB: 0.79 against
-    the SimuMax table's 0.788 (Vidur's 0.794 at its own L = 100)."""
-    from simtrain.costs.gemm_shape import fit_gemm_edge
-
-    tables = {t["id"]: t for t in load_yaml(FITTED_PATH.parent / "gemm_tables.yaml")}
-    fit = fit_gemm_edge(tuple(tuple(x) for x in tables["simumax_a100"]["shapes"]))
-    eff = load_hardware("a100_sxm4_80gb").efficiency
-    assert fit.edge == eff.gemm_edge_elements == 140
-    assert round(fit.efficiency, 2) == eff.matmul == 0.79
-    assert "a100_sxm4_80gb" not in {p for p, _, _ in _matmul_fits()}
+    (tests/test_gemm_tables.py checks the rates) has no fitted matmul entry; its element-wise
+    rate is the fitted one (the A100 80GB)."""
+    assert "a100_sxm4_80gb" not in {p for p, _, _ in _fits("matmul")}
     assert "a100_sxm4_80gb" in {p for p, _, _ in _fits("memory_bound")}
 
 
@@ -128,8 +112,8 @@ def test_fitted_memory_bound_is_still_a_grid_minimum(profile, value, patterns) -
         assert here <= matmul_fit_mape(trs, matmul, memory_bound=other)[0], (profile, other)
 
 
-@pytest.mark.parametrize("profile,value,patterns", _matmul_fits(),
-                         ids=[f[0] for f in _matmul_fits()])  # fmt: skip
+@pytest.mark.parametrize("profile,value,patterns", _fits("matmul"),
+                         ids=[f[0] for f in _fits("matmul")])  # fmt: skip
 def test_fitted_matmul_is_still_a_grid_minimum(profile, value, patterns) -> None:
     """Each [val] efficiency.matmul minimises, on the 0.01 grid, the MAPE of the records it
     names (one throughput metric per record; benchmarks/fit_matmul.py prints the whole grid):

@@ -134,6 +134,17 @@ def test_table4_sequence_parallelism_forward_saving(table4) -> None:
     assert 0.4e-3 <= predicted <= 0.6e-3, predicted
 
 
+def test_table4_known_misses_stay_as_documented(table4) -> None:
+    """The three strict xfails above, pinned where their reasons say they are, so that a
+    change cannot move them unseen: the forward +11.3 % at worst (rows without sequence
+    parallelism, +4.8 % with it), sequence parallelism saving 0.33 ms of the backward and
+    1.03 ms of the forward."""
+    worst = max(fp / fm - 1 for fm, fp in (g["layer_forward_s"] for g in table4.values()))
+    assert 0.105 < worst < 0.12, worst
+    assert 0.30e-3 < _sp_saving(table4, "layer_backward_s")[1] < 0.36e-3
+    assert 0.98e-3 < _sp_saving(table4, "layer_forward_s")[1] < 1.08e-3
+
+
 def test_block_times_name_a_block_of_the_model() -> None:
     sc = load_scenario(GPT3)
     step = resolve(sc)

@@ -55,7 +55,12 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from simtrain.costs.compute import gemm_edge, matmul_ns, optimizer_traffic_ns
+from simtrain.costs.compute import (
+    fused_linear_names,
+    gemm_edge,
+    matmul_ns,
+    optimizer_traffic_ns,
+)
 from simtrain.costs.params import (
     EXPERT_PREFIX,
     ParamTensor,
@@ -94,15 +99,6 @@ class MuonParam:
 #: The fused parameter Muon orthogonalises as one matrix: gate and up's ``linear_fc1``; a
 #: fused ``linear_qkv`` is split into Q, K and V (Megatron-Core's ``muon_split_qkv = True``).
 ONE_MATRIX = "fc1"
-
-
-def fused_params(sc: Scenario) -> dict[str, str]:
-    """The linears one parameter holds, by the parameter's name, under the runtime: ``fc1``
-    (gate and up) where it fuses them (``runtime.fused_gate_up``), ``qkv`` (Q, K and V) where
-    it fuses those (``runtime.fused_qkv``); :data:`ONE_MATRIX` says which Muon keeps whole."""
-    rt = sc.runtime
-    return {**({"q": "qkv", "k": "qkv", "v": "qkv"} if rt.fused_qkv else {}),
-            **({"gate": "fc1", "up": "fc1"} if rt.fused_gate_up else {})}  # fmt: skip
 
 
 def muon_params(tensors: Iterable[ParamTensor], fused: dict[str, str]) -> list[MuonParam]:
@@ -178,7 +174,7 @@ def rank_muon_ns(sc: Scenario, step: ResolvedStep, rank: int) -> int:
     t, p = sc.training, sc.parallelism
     sharded = p.zero_stage >= 1
     dense_shards, expert_shards = (p.zero_shards, p.expert_dp) if sharded else (1, 1)
-    fused = fused_params(sc)
+    fused = fused_linear_names(sc.runtime.fused_qkv, sc.runtime.fused_gate_up)
     ns = 0.0
     for c in step.rank_chunks(rank):
         dense: list[float] = []
