@@ -630,7 +630,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     ws = sum(x.bytes for x in saved) - not_held
     if head:
         head_saved = head_saved_bytes(m, t, tp, sp, gathered_input)
-        loss_saved = loss_saved_bytes(m, t, tp) - softcap_saved_bytes(m, t, tp)
+        loss_saved = cross_entropy_saved_bytes(m, t, tp)
         ws += block_input - head_saved + (loss_saved if loss_apart else 0)
     return max(ws, 0)
 
@@ -662,31 +662,37 @@ TE_LOSS_ROW_STATS_BYTES = 3 * 4
 
 
 def loss_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
-    """What cross-entropy saves for backward, per micro-batch (:func:`head_saved_bytes`):
-    standard 4·sbV/t (the log-softmax on the fp32 copy; without ``loss_upcast`` in the logits'
-    dtype: :func:`loss_value_bytes`), fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32 softmax
-    4·sbV/t and 9·sb of row tensors; te (Transformer Engine through 2.17) the 16-bit logits the
-    kernel overwrote with their gradient, act_mm·sbV/t; with ``logit_softcap`` the tanh's output
-    act_mm·sbV/t more."""
+    """What the loss saves for backward, per micro-batch (:func:`head_saved_bytes`): the
+    cross-entropy's (:func:`cross_entropy_saved_bytes`) and, with ``logit_softcap``, Gemma-2's
+    final soft-capping c·tanh(logits/c), whose tanh keeps its output (:func:`softcap_saved_bytes`;
+    measured with simtrain.torchref)."""
+    return softcap_saved_bytes(m, t, tp) + cross_entropy_saved_bytes(m, t, tp)
+
+
+def cross_entropy_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """What cross-entropy itself saves for backward, per micro-batch: standard 4·sbV/t (the
+    log-softmax on the fp32 copy; without ``loss_upcast`` in the logits' dtype:
+    :func:`loss_value_bytes`), fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32
+    softmax 4·sbV/t and 9·sb of row tensors; te (Transformer Engine through 2.17) the 16-bit
+    logits the kernel overwrote with their gradient, act_mm·sbV/t. Where the loss runs on a
+    later chunk than the LM head (nanotron's split), this moves with it; the soft-capping stays
+    with the head."""
     sb = t.seq_len_effective * t.micro_batch
-    # Gemma-2's final soft-capping c·tanh(logits/c) before the loss: the tanh keeps its output
-    # (the logits' dtype, split like them; measured with simtrain.torchref)
     act = t.precision_spec.act_mm
-    cap = softcap_saved_bytes(m, t, tp)
     if t.cross_entropy == "fused":
-        return cap + act * sb * m.vocab // tp + 4 * sb
+        return act * sb * m.vocab // tp + 4 * sb
     if t.cross_entropy == "te":
         # TransformerEngine transformer_engine/pytorch/cross_entropy.py CrossEntropyFunction:
         # ``ctx.save_for_backward(inp)`` after triton/cross_entropy.py cross_entropy_forward
         # wrote the gradient into ``_input`` (``return loss, _input``; TE 36f2dfd28, through
         # v2.17). From v2.18 (01bbe3eea, 2026-07-09) the gradient is a new fp32 tensor, whose
         # memory is vocab_parallel's.
-        return cap + act * sb * m.vocab // tp
+        return act * sb * m.vocab // tp
     if t.cross_entropy == "vocab_parallel":
         # ``ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)``: exp_logits is
         # the fp32 copy (``vocab_parallel_logits.float()``), exp'd and divided in place
-        return cap + 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
-    return cap + loss_value_bytes(t) * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+        return 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
+    return loss_value_bytes(t) * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
 
 def softcap_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:

@@ -431,8 +431,7 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
     if loss:  # (nanotron's loss block on a later stage: StageBlocks.loss_parts)
         tokens = t.micro_batch * t.seq_len_effective
         if t.cross_entropy == "gathered":
-            logits = step.boundary_bytes * m.vocab // m.hidden
-            fwd += collective_ns(sc, step, "all_gather", logits, g.tp, g.tp_stride)
+            fwd += collective_ns(sc, step, "all_gather", step.logits_bytes, g.tp, g.tp_stride)
         if t.cross_entropy == "te":
             rows = TE_LOSS_ROW_STATS_BYTES * tokens * g.tp
             fwd += collective_ns(sc, step, "all_gather", rows, g.tp, g.tp_stride)

@@ -500,7 +500,7 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
         fwd = e * logits
         return cap + fwd, cap_bwd + 2 * fwd
     if t.cross_entropy == "vocab_parallel":
-        cast = 0 if e == 4 else e + 4
+        cast = logits_cast_bytes(e)
         return cap + (cast + 32) * logits, cap_bwd + (8 + cast) * logits
     if t.cross_entropy == "te":
         return cap + 3 * e * logits, cap_bwd + 2 * e * logits
@@ -508,6 +508,14 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     fwd = 4 * lb * t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(
         t.cross_entropy, tp)  # fmt: skip
     return cap + fwd, cap_bwd + elementwise_backward_factor(lb) * fwd
+
+
+def logits_cast_bytes(e: int) -> int:
+    """Bytes per logit of its cast to fp32, ``x.float()`` (Megatron's vocab_parallel loss,
+    nanotron's ``cast_to_fp32`` block): a read of the e-byte logit and a write of its 4-byte
+    copy, e + 4; none in fp32, where ``.float()`` returns its input. Its backward casts the
+    gradient back, the same bytes."""
+    return 0 if e >= 4 else e + 4
 
 
 def softcap_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[float, float]:
@@ -536,7 +544,7 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
     f, b = f - cap_f, b - cap_b
     e = t.precision_spec.act_mm
     logits = t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(t.cross_entropy, tp)
-    cast = (e + 4) * logits if e < 4 else 0.0
+    cast = logits_cast_bytes(e) * logits
     counted = (t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast
                or t.cross_entropy == "vocab_parallel")  # fmt: skip
     inside = cast if counted else 0.0  # the cast the head's count already holds

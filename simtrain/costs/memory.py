@@ -23,6 +23,7 @@ from simtrain.costs.activations import (
     SavedTensor,
     WalkPeak,
     attention_backward_working_bytes,
+    cross_entropy_saved_bytes,
     embedding_saved_bytes,
     frozen_input_savings,
     head_saved_bytes,
@@ -34,7 +35,6 @@ from simtrain.costs.activations import (
     mtp_saved_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
-    softcap_saved_bytes,
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
@@ -439,7 +439,7 @@ def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
     logits = step.logits_bytes // p.tp
     # the cross-entropy's own saved tensors (the soft-capping's, where the model caps, stay with
     # the LM head that runs it)
-    loss_saved = loss_saved_bytes(m, t, p.tp) - softcap_saved_bytes(m, t, p.tp)
+    loss_saved = cross_entropy_saved_bytes(m, t, p.tp)
     if ch.loss_apart:  # working: the logits until sent, their received gradient after
         return saved - loss_saved + (logits if keeps else 0), logits
     if "loss" in ch.tail:

@@ -22,13 +22,11 @@ def chunk_layers(layers: int, pp: int, v: int = 1) -> dict[int, tuple[int, int]]
     return {k: (k * per, (k + 1) * per) for k in range(pp * v)}
 
 
-#: nanotron's pipeline blocks after the decoder layers, in model order (models/llama.py:
-#: LlamaModel ``final_layer_norm``, ``lm_head``, ``cast_to_fp32``; LlamaForTraining ``loss``).
-NANOTRON_TAIL = ("final norm", "LM head", "fp32 cast", "loss")
-#: The loss's two parts, as nanotron's two pipeline blocks after the LM head hold them: the
-#: logits' cast to fp32 and the cross-entropy (simtrain computes both with the LM head unless
-#: a split puts them on later chunks).
-LOSS_PARTS = NANOTRON_TAIL[2:]
+#: The loss's two parts, as nanotron's two pipeline blocks after the LM head hold them
+#: (models/llama.py LlamaModel ``cast_to_fp32``, LlamaForTraining ``loss``): the logits' cast
+#: to fp32 and the cross-entropy (simtrain computes both with the LM head unless a split puts
+#: them on later chunks).
+LOSS_PARTS = ("fp32 cast", "loss")
 
 
 @dataclass(frozen=True, slots=True)
