@@ -33,18 +33,18 @@ MBRIDGE_ACCOUNT_FOR = ("LLAMA3.1_405B", "QWEN3_235B_A22B")
 #: and the 26.x DeepSeek-V3 GB300 recipe's own layout (perf_recipes/deepseek/gb300/
 #: deepseek_v3.py l.154, its MXFP8 pp 2 vp 8 config, at 067f987d: "Et*4|(t*4|)*14tmL", the
 #: same 16 chunks).
-_MBRIDGE_61_LAYER_LAYOUTS: dict[tuple[int, int], list[int]] = {
-    (4, 1): [16, 16, 16, 13],
-    (8, 1): [8] * 7 + [5],
-    (4, 2): [8] * 7 + [5],
-    (16, 1): [4] * 15 + [1],
-    (8, 2): [4] * 15 + [1],
-    (4, 4): [4] * 15 + [1],
-    (2, 8): [4] * 15 + [1],
+_MBRIDGE_61_LAYER_LAYOUTS: dict[tuple[int, int], tuple[int, ...]] = {
+    (4, 1): (16, 16, 16, 13),
+    (8, 1): (8,) * 7 + (5,),
+    (4, 2): (8,) * 7 + (5,),
+    (16, 1): (4,) * 15 + (1,),
+    (8, 2): (4,) * 15 + (1,),
+    (4, 4): (4,) * 15 + (1,),
+    (2, 8): (4,) * 15 + (1,),
 }
 #: The H100 configs' "Et|(tt|)*30mL" / "Et|(tt|)*30L": the embedding and one block, 30 chunks of
 #: two, the loss (and the MTP module) a chunk of its own.
-_EMBEDDING_ONE_30_TWOS_LOSS = [1] + [2] * 30 + [0]
+_EMBEDDING_ONE_30_TWOS_LOSS = (1,) + (2,) * 30 + (0,)
 #: DeepSeek-V3: (8, 4) the H100 configs' (25.11: scripts/performance/configs/deepseek/
 #: deepseek_llm_pretrain.py l.175 at 00b7660b; 26.x: perf_recipes/deepseek/h100/deepseek_v3.py at
 #: 067f987d; 1,024 GPUs), the only pp 8 vp 4 layout Megatron-Bridge's scripts have, so the one
@@ -126,7 +126,7 @@ def pipeline_split(rec: Record, par: dict[str, Any], layers: int | None,
     if preset in MBRIDGE_LAYOUTS and (pp, v) in MBRIDGE_LAYOUTS[preset][0]:
         layouts, where = MBRIDGE_LAYOUTS[preset]
         where = MBRIDGE_RECIPE_LAYOUTS.get((preset, (pp, v)), where)
-        split = layouts[(pp, v)]
+        split = list(layouts[(pp, v)])  # (a copy: the scenario data is the caller's to change)
         notes.append(f"pipeline split: Megatron-Bridge's {preset} layout for pp {pp}, vp {v} "
                      f"({where}): {_short(split, 'chunk')}")  # fmt: skip
         return {"layer_split": split}
