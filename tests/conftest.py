@@ -25,12 +25,21 @@ def default_records() -> dict[str, Record]:
 
 
 @pytest.fixture(scope="session")
-def default_result():
+def predictions():
+    """One :class:`~simtrain.apps.validate.predict.Predictor` for the session's validate runs: a
+    scenario simulated for one run is not simulated again for another."""
+    from simtrain.apps.validate.predict import Predictor
+
+    return Predictor()
+
+
+@pytest.fixture(scope="session")
+def default_result(predictions):
     """``simtrain validate``'s result on its default files (records.DEFAULT_FILES), computed once
     per session: the golden test and the families' tests read the same run."""
     from simtrain.apps.validate import validate
 
-    return validate()
+    return validate(predictor=predictions)
 
 
 # No test asserts on wall time (issue 15, item 4). Hypothesis' own defaults do: a 200 ms deadline

@@ -76,7 +76,14 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     return doc
 
 
-DELETE = object()
+class _Delete:
+    """The key is removed (its repr is stable, so that test ids are the same in every process)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 BAD_SCENARIOS = [
     ("training.precision", "fp8"),  # not in spec.precision.PRECISIONS
     ("training.micro_batch", 0),  # spec.limits: >= 1

@@ -45,8 +45,10 @@ RECORDS = PACKAGED_PATH
 
 
 @pytest.fixture(scope="module")
-def result():
-    return validate(RECORDS)
+def result(predictions, default_result):
+    """The packaged file's records, validated with the session's predictions (``default_result``
+    simulated their scenarios first)."""
+    return validate(RECORDS, predictor=predictions)
 
 
 def _summary(res, source: str, metric: str):

@@ -288,12 +288,15 @@ def validate(
     only_source: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    predictor: Predictor | None = None,
 ) -> ValidationResult:
     """Validate every record of ``path`` (default: the published-run files of ``measured/``,
     :data:`~simtrain.apps.validate.records.DEFAULT_FILES`); ``only_source`` keeps the records of
     one source key. Step times are simulated in ``workers`` processes (default:
     ``SIMTRAIN_WORKERS`` or the CPU count, at most 4). ``progress(phase, done, total)`` hears of
-    the phases: translating and comparing (records), simulating (:func:`validate_later`)."""
+    the phases: translating and comparing (records), simulating (:func:`validate_later`).
+    ``predictor``: the predictions of an earlier call, to reuse (a scenario's prediction does
+    not depend on the other records; default: a new one)."""
     t0 = time.perf_counter()
     paths = resolve_paths(path)
     records = load_record_files(paths)
@@ -303,7 +306,7 @@ def validate(
         if not records:
             raise ConfigError("--only", "source", "no record of this source", only_source,
                               ", ".join(keys))  # fmt: skip
-    pr = Predictor()
+    pr = predictor if predictor is not None else Predictor()
     report = progress or (lambda phase, done, total: None)
     translated = []
     for i, rec in enumerate(records):
