@@ -269,6 +269,8 @@ def test_nanotron_tiny_llama() -> None:
         12,
         "bf16_fp32_grads",
     )
+    # nanotron's Llama loss: the cast_to_fp32 block, then sharded_cross_entropy
+    assert t.cross_entropy == "sharded"
     # tp_linear_async_communication: the column-parallel backward's collectives beside its
     # GEMMs, not Megatron-Core's whole-action overlap
     rt = sc.runtime

@@ -1,5 +1,5 @@
-"""The loss kernels of Megatron-LM and Transformer Engine (``training.cross_entropy:
-vocab_parallel | te``): their saved bytes, working memory and memory traffic in closed form,
+"""The loss kernels of Megatron-LM, Transformer Engine and nanotron (``training.cross_entropy:
+vocab_parallel | te | sharded``): their saved bytes, working memory and memory traffic in closed form,
 counted from the code independently of simtrain's functions, and how the Megatron importer and
 validate choose them. (The PyTorch ports are measured in tests/test_memory_vs_measure.py.)"""
 
@@ -44,6 +44,12 @@ def test_saved_and_working_bytes_in_closed_form(tp: int) -> None:
     assert standard == 12 * v
     # fp32 logits: .float() is the tensor itself, nothing beside the saved softmax
     assert loss_transient_bytes(LLAMA70, _t("vocab_parallel", "fp32"), tp) == 0
+    # nanotron (tensor_parallel/functional.py _ShardedCrossEntropy, 2411b022): Megatron's saved
+    # tensors; ``sharded_logits - logits_max`` is a new tensor, so its fp32 input (the
+    # cast_to_fp32 block's output; in fp32 the logits themselves) stays beside it
+    for precision in ("bf16", "fp32"):
+        assert loss_saved_bytes(LLAMA70, _t("sharded", precision), tp) == 4 * v + 9 * SB
+        assert loss_transient_bytes(LLAMA70, _t("sharded", precision), tp) == 4 * v
 
 
 def test_memory_traffic_per_logit() -> None:
@@ -53,6 +59,8 @@ def test_memory_traffic_per_logit() -> None:
     backward: (6, 4) B a bf16 logit."""
     for ce, prec, per_logit in (("vocab_parallel", "bf16", (38, 14)),
                                 ("vocab_parallel", "fp32", (32, 8)),
+                                ("sharded", "bf16", (38, 14)),  # the same passes, its cast a block
+                                ("sharded", "fp32", (32, 8)),
                                 ("te", "bf16", (6, 4))):  # fmt: skip
         fwd, bwd = head_elementwise_bytes(LLAMA70, _t(ce, prec))
         assert (fwd / SBV, bwd / SBV) == pytest.approx(per_logit), (ce, prec)
@@ -97,9 +105,12 @@ def test_validate_runs_each_framework_with_its_loss() -> None:
     assert any("parallel_cross_entropy" in n for n in tr.assumptions)
     res = simulate_scenario(tr.scenario, detail=False)
     assert res.memory.fits
+    usp = next(r for r in load_records("measured/published_runs.yaml")
+               if r.source_key == "nanotron")  # fmt: skip
+    assert translate(usp).scenario.training.cross_entropy == "sharded"
 
 
-@pytest.mark.parametrize("ce", ["vocab_parallel", "te"])
+@pytest.mark.parametrize("ce", ["vocab_parallel", "te", "sharded"])
 def test_ported_losses_compute_cross_entropy(ce: str) -> None:
     """The PyTorch ports (simtrain.torchref.losses) are losses, not only memory models: in
     fp32 their masked mean loss and its logit gradient equal ``F.cross_entropy``'s with

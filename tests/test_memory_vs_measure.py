@@ -179,15 +179,17 @@ def test_fused_cross_entropy_memory_matches_pytorch(precision: str) -> None:
     assert saved_pred == pytest.approx(saved_meas, rel=0.01)
 
 
-@pytest.mark.parametrize("ce", ["vocab_parallel", "te"])
+@pytest.mark.parametrize("ce", ["vocab_parallel", "te", "sharded"])
 def test_in_place_cross_entropy_memory_matches_pytorch(ce: str) -> None:
     """Megatron's vocab-parallel cross-entropy (the fp32 copy worked on in place and saved as
-    the softmax) and Transformer Engine's (the gradient written into the bf16 logits), both
-    ported to ``simtrain.torchref.losses``: saved activations within 1 %, the bf16 step's peak
-    within 1 %, and what each saves against the standard loss within 1 % of the measured
-    saving (standard's loss peak is 12 B a logit: the fp32 log-softmax saved and two fp32
-    working copies; vocab_parallel's 6, the saved fp32 softmax and the bf16 logits; te's 2, the
-    bf16 logits; with te the step's peak moves off the loss)."""
+    the softmax), Transformer Engine's (the gradient written into the bf16 logits) and
+    nanotron's (its fp32 cast block, then Megatron's kernel with the max subtracted out of
+    place), all ported to ``simtrain.torchref.losses``: saved activations within 1 %, the bf16
+    step's peak within 1 %, and what each saves against the standard loss within 1 % of the
+    measured saving (standard's loss peak is 12 B a logit: the fp32 log-softmax saved and two
+    fp32 working copies; vocab_parallel's 6, the saved fp32 softmax and the bf16 logits;
+    sharded's 8, the saved fp32 softmax and its fp32 input; te's 2, the bf16 logits; with te
+    the step's peak moves off the loss)."""
     peaks = {}
     for kind in ("standard", ce):
         t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="bf16",
@@ -202,8 +204,23 @@ def test_in_place_cross_entropy_memory_matches_pytorch(ce: str) -> None:
     saved_pred = peaks["standard"][0] - peaks[ce][0]
     saved_meas = peaks["standard"][1] - peaks[ce][1]
     logits_fp32 = 4 * 2 * 128 * BIG_VOCAB.vocab
-    assert saved_pred > {"vocab_parallel": 1.45, "te": 2.0}[ce] * logits_fp32
+    assert saved_pred > {"vocab_parallel": 1.45, "te": 2.0, "sharded": 0.95}[ce] * logits_fp32
     assert saved_pred == pytest.approx(saved_meas, rel=0.01)
+
+
+def test_nanotron_loss_fp32_peak_is_its_input_beside_the_softmax() -> None:
+    """In fp32 nanotron's cast returns the logits themselves, but its loss still subtracts the
+    max out of place: the logits stay beside the saved softmax, 4 B a logit more than
+    Megatron's in-place kernel holds (whose fp32 peak moves to the output layer's backward,
+    below). Saved bytes and the step's peak within 1 % of the port's measurement."""
+    t = TrainingSpec(seq_len=128, global_batch=2, micro_batch=2, precision="fp32",
+                     optimizer="adamw", cross_entropy="sharded")  # fmt: skip
+    measured = measure_step(BIG_VOCAB, t, steps=1)
+    st = estimate_stage(BIG_VOCAB, t)
+    c = dict(st.memory_bytes)
+    assert c["activations"] == pytest.approx(measured.activation_bytes, rel=0.01)
+    assert st.peak_memory_bytes - c["cuda_context"] == pytest.approx(measured.peak_bytes,
+                                                                     rel=0.01)  # fmt: skip
 
 
 @pytest.mark.parametrize("ce", ["vocab_parallel", "te"])

@@ -21,7 +21,6 @@ from simtrain.costs.activations import (
     head_saved_bytes,
     layer_input_bytes,
     loss_saved_bytes,
-    loss_transient_bytes,
 )
 from simtrain.costs.comm import hop_send_ns, p2p_send_ns
 from simtrain.costs.compute import (
@@ -41,16 +40,17 @@ B, S, V, H = 2, 256, 32000, 256
 
 
 def _scenario(pp: int, tp: int = 1, vocab: int = V,
-              runtime: str | dict[str, object] = "nanotron") -> Scenario:  # fmt: skip
+              runtime: str | dict[str, object] = "nanotron",
+              cross_entropy: str = "sharded") -> Scenario:  # fmt: skip
     """6 blocks of h 256 and a 32,000-token vocabulary under nanotron's split: on 3 stages 5
     layers, then 1 layer with the LM head, then the fp32 cast and the loss; on 4 stages the
-    cast and the loss on one stage each."""
+    cast and the loss on one stage each. nanotron's own loss (``sharded``) unless named."""
     return parse_scenario({
         "model": {"layers": 6, "hidden": H, "heads": 4, "ffn_hidden": 4 * H, "vocab": vocab,
                   "mlp": "swiglu", "norm": "rmsnorm"},
         "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": pp * tp},
         "training": {"seq_len": S, "global_batch": 8 * B, "micro_batch": B,
-                     "precision": "bf16"},
+                     "precision": "bf16", "cross_entropy": cross_entropy},
         "parallelism": {"pp": pp, "tp": tp, "layer_split": "compute_balanced",
                         "sequence_parallel": tp > 1},
         "runtime": runtime,
@@ -103,13 +103,14 @@ def test_p2p_time_of_a_logits_hop() -> None:
     assert d[3].send_forward_ns == 0  # the last stage sends nothing on
 
 
+@pytest.mark.parametrize("loss", ["standard", "sharded"])
 @pytest.mark.parametrize("vocab", [V, 50257])
-def test_loss_parts_add_up_to_the_heads_count(vocab: int) -> None:
+def test_loss_parts_add_up_to_the_heads_count(vocab: int, loss: str) -> None:
     """The cast's share is a 16-bit read and an fp32 write of each logit shard (6 B) each way;
     the two parts add up to head_elementwise_bytes without the soft-capping."""
-    sc = _scenario(4, tp=2, vocab=vocab)
+    sc = _scenario(4, tp=2, vocab=vocab, cross_entropy=loss)
     m, t, tp = sc.model, sc.training, 2
-    assert t.loss_upcast and t.cross_entropy == "standard"
+    assert t.loss_upcast and t.cross_entropy == loss
     cast = loss_part_bytes(m, t, tp, ("fp32 cast",))
     loss = loss_part_bytes(m, t, tp, ("loss",))
     assert cast == (6 * B * S * vocab / tp, 6 * B * S * vocab / tp)
@@ -119,6 +120,19 @@ def test_loss_parts_add_up_to_the_heads_count(vocab: int) -> None:
     assert cast[1] + loss[1] == pytest.approx(total[1] - cap[1], rel=1e-12)
     assert loss_part_bytes(m, t, tp, LOSS_PARTS) == pytest.approx(
         (total[0] - cap[0], total[1] - cap[1]), rel=1e-12)  # fmt: skip
+
+
+def test_nanotron_loss_passes_counted_from_its_code() -> None:
+    """nanotron's loss stage (``sharded``), its passes over the fp32 logit shard counted by
+    hand from tensor_parallel/functional.py _ShardedCrossEntropy (2411b022): forward torch.max
+    (read 4), ``sharded_logits - logits_max`` (read 4, write 4), torch.exp(out=) (4 + 4), .sum
+    (4) and div_ (4 + 4): 32 B a logit; backward mul_ (4 + 4): 8 B (the one-hot subtraction
+    touches a logit a row). The cast block before it: 2 + 4 B each way."""
+    sc = _scenario(4, tp=2)
+    m, t, tp = sc.model, sc.training, 2
+    logits = B * S * V / tp
+    assert loss_part_bytes(m, t, tp, ("loss",)) == pytest.approx((32 * logits, 8 * logits))
+    assert loss_part_bytes(m, t, tp, ("fp32 cast",)) == (6 * logits, 6 * logits)
 
 
 def test_chunk_times_are_conserved() -> None:
@@ -159,9 +173,10 @@ def test_tail_stages_memory(keeps: bool) -> None:
     cast, loss = mem.stages[2], mem.stages[3]
     assert cast.activation_bytes_per_microbatch == (2 * logits if keeps else 0)
     assert dict(cast.loss_bytes) == {2: logits + 2 * logits}
-    assert loss.activation_bytes_per_microbatch == loss_saved_bytes(m, t, tp)
-    assert dict(loss.loss_bytes) == {3: loss_transient_bytes(m, t, tp)}
-    assert loss_saved_bytes(m, t, tp) == 4 * B * S * V // tp  # the fp32 log-softmax
+    # nanotron's _ShardedCrossEntropy saves the fp32 softmax of the shard, a bool mask and an
+    # int64 target a token, and works beside its fp32 input (the cast's output, received)
+    assert loss.activation_bytes_per_microbatch == 4 * B * S * V // tp + 9 * B * S
+    assert dict(loss.loss_bytes) == {3: 4 * B * S * V // tp}
 
 
 def test_simulated_step_sends_the_logits() -> None:

@@ -674,7 +674,8 @@ def cross_entropy_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int
     log-softmax on the fp32 copy; without ``loss_upcast`` in the logits' dtype:
     :func:`loss_value_bytes`), fused act_mm·sbV/t + 4·sb; vocab_parallel (Megatron) the fp32
     softmax 4·sbV/t and 9·sb of row tensors; te (Transformer Engine through 2.17) the 16-bit
-    logits the kernel overwrote with their gradient, act_mm·sbV/t. Where the loss runs on a
+    logits the kernel overwrote with their gradient, act_mm·sbV/t; sharded (nanotron) as
+    vocab_parallel, its shifted copy of the fp32 input. Where the loss runs on a
     later chunk than the LM head (nanotron's split), this moves with it; the soft-capping stays
     with the head."""
     sb = t.seq_len_effective * t.micro_batch
@@ -688,9 +689,10 @@ def cross_entropy_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int
         # v2.17). From v2.18 (01bbe3eea, 2026-07-09) the gradient is a new fp32 tensor, whose
         # memory is vocab_parallel's.
         return act * sb * m.vocab // tp
-    if t.cross_entropy == "vocab_parallel":
+    if t.cross_entropy in ("vocab_parallel", "sharded"):
         # ``ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)``: exp_logits is
-        # the fp32 copy (``vocab_parallel_logits.float()``), exp'd and divided in place
+        # the fp32 copy (Megatron: ``vocab_parallel_logits.float()``; nanotron:
+        # ``sharded_logits - logits_max``), exp'd and divided in place
         return 4 * sb * m.vocab // tp + VOCAB_PARALLEL_ROW_SAVED_BYTES * sb
     return loss_value_bytes(t) * sb * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
 
@@ -755,7 +757,12 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     tensors at once; PyTorch's loss_parallel three. Fused: the forward keeps only the saved
     logits; the backward writes one logit gradient in the matmul dtype (flash-attn ``xentropy``
     backward, not in place). vocab_parallel (Megatron): the 16-bit logits beside the saved fp32
-    copy, act_mm·sbV/t (0 in fp32). te: row tensors only (the gradient is written in place)."""
+    copy, act_mm·sbV/t (0 in fp32). sharded (nanotron): its fp32 input, 4·sbV/t, beside the
+    shifted copy it saves (``sharded_logits - logits_max`` out of place; the 16-bit logits are
+    gone by then: the cast block's output is the loss block's input, models/llama.py
+    LlamaModel.forward_with_hidden_states returns it alone; in the backward the gradient, the
+    saved copy, is cast to act_mm beside it, which is less). te: row tensors only (the gradient
+    is written in place)."""
     s = t.seq_len_effective
     act = t.precision_spec.act_mm
     if t.cross_entropy == "fused":
@@ -766,6 +773,8 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # cast back to the logits' dtype by autograd; fp32 logits: ``.float()`` is the tensor
         # itself, nothing beside it
         return 0 if act == 4 else act * t.micro_batch * s * m.vocab // tp
+    if t.cross_entropy == "sharded":
+        return 4 * t.micro_batch * s * m.vocab // tp
     if t.cross_entropy == "te":
         # loss_1d, m_d_X_y and, over a TP group, its all-gathered copy (x tp); the gradient is
         # written in place

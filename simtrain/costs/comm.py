@@ -354,7 +354,7 @@ def moe_ffn_backward_ns(sc: Scenario, step: ResolvedStep, input_grad_only: bool 
 #: all-gathers each rank's 3 fp32 values a row instead (``activations.TE_LOSS_ROW_STATS_BYTES``:
 #: ``dist.all_gather_into_tensor(m_d_X_y_gathered, m_d_X_y)``).
 VOCAB_PARALLEL_LOSS_ALLREDUCES = {"standard": 3, "loss_parallel": 3, "fused": 2, "gathered": 0,
-                                  "vocab_parallel": 3, "te": 0}  # fmt: skip
+                                  "vocab_parallel": 3, "te": 0, "sharded": 3}  # fmt: skip
 
 
 def embedding_backward_gathers(sc: Scenario) -> int:

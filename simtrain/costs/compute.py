@@ -490,7 +490,10 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     loss over the whole vocabulary on every TP rank. vocab_parallel (Megatron's, in place):
     forward the ``.float()`` cast (e + 4; none in fp32), max (4), ``sub_`` (8), ``exp`` (8),
     sum (4) and ``div_`` (8); backward ``mul_`` (8) and autograd's cast back (4 + e; none in
-    fp32) (core/tensor_parallel/cross_entropy.py, d98e8a64). te: two reads of the logits and
+    fp32) (core/tensor_parallel/cross_entropy.py, d98e8a64); sharded (nanotron's) the same
+    passes, its subtraction out of place (8 B either way; tensor_parallel/functional.py
+    _ShardedCrossEntropy at 2411b022), the cast in nanotron's ``cast_to_fp32`` block before
+    it (:func:`loss_part_bytes` parts it from the loss). te: two reads of the logits and
     one in-place write forward (online_softmax_kernel, cross_entropy_kernel), one in-place
     scaling backward (element_mul_kernel; TransformerEngine triton/cross_entropy.py)."""
     e = t.precision_spec.act_mm
@@ -499,7 +502,7 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     if t.cross_entropy == "fused":
         fwd = e * logits
         return cap + fwd, cap_bwd + 2 * fwd
-    if t.cross_entropy == "vocab_parallel":
+    if t.cross_entropy in ("vocab_parallel", "sharded"):
         cast = logits_cast_bytes(e)
         return cap + (cast + 32) * logits, cap_bwd + (8 + cast) * logits
     if t.cross_entropy == "te":
@@ -537,8 +540,8 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
     logit of the shard and writes its fp32 copy, and its backward casts the fp32 gradient
     back: e + 4 B each way (none in fp32 training, where it returns its input). The loss:
     :func:`head_elementwise_bytes` without the soft-capping, less that cast where the head's
-    count holds one (a PyTorch loss that upcasts, ``loss_upcast``, and Megatron's
-    vocab_parallel ``.float()``), so that the two parts add up to the head's own count then."""
+    count holds one (a PyTorch loss that upcasts, ``loss_upcast``, Megatron's
+    vocab_parallel ``.float()`` and nanotron's own, sharded), so that the two parts add up to the head's own count then."""
     f, b = head_elementwise_bytes(m, t, tp)
     cap_f, cap_b = softcap_bytes(m, t, tp)
     f, b = f - cap_f, b - cap_b
@@ -546,7 +549,7 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
     logits = t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(t.cross_entropy, tp)
     cast = logits_cast_bytes(e) * logits
     counted = (t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast
-               or t.cross_entropy == "vocab_parallel")  # fmt: skip
+               or t.cross_entropy in ("vocab_parallel", "sharded"))  # fmt: skip
     inside = cast if counted else 0.0  # the cast the head's count already holds
     fwd = (cast if "fp32 cast" in parts else 0.0) + (f - inside if "loss" in parts else 0.0)
     bwd = (cast if "fp32 cast" in parts else 0.0) + (b - inside if "loss" in parts else 0.0)

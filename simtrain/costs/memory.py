@@ -1259,7 +1259,7 @@ def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> 
     if not any(c.head for c in step.rank_chunks(rank)):
         return 0
     t = cp_rank_training(sc.training, sc.parallelism.cp)
-    sharded = t.cross_entropy in ("loss_parallel", "vocab_parallel", "te")  # the output's V/tp
+    sharded = t.cross_entropy in ("loss_parallel", "vocab_parallel", "te", "sharded")  # V/tp
     vocab = sc.model.vocab // (sc.parallelism.tp if sharded else 1)
     one = step.precision.act_mm * t.micro_batch * t.seq_len_effective * vocab
     return step.microbatches * one

@@ -81,8 +81,12 @@ RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj")
 #: softmax and turned into the gradient in place; te: Transformer Engine's parallel_cross_entropy
 #: (Megatron-Core ``--cross-entropy-fusion-impl te``, Megatron-Bridge's performance runs): a
 #: Triton kernel writing the gradient into the 16-bit logits in place
-#: (costs.activations.loss_saved_bytes).
-CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered", "vocab_parallel", "te")
+#: (costs.activations.loss_saved_bytes); sharded: nanotron's ``sharded_cross_entropy``
+#: (parallel/tensor_parallel/functional.py _ShardedCrossEntropy at 2411b022), Megatron's
+#: algorithm on the fp32 logits nanotron's ``cast_to_fp32`` block made, the max subtracted out
+#: of place: the fp32 input beside its saved shifted copy.
+CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered", "vocab_parallel", "te",
+                 "sharded")  # fmt: skip
 
 
 #: The losses that are PyTorch's cross-entropy over logits the caller hands it (fp32 or not:

@@ -1,4 +1,4 @@
-"""The loss kernels of ``cross_entropy: fused | vocab_parallel | te`` (needs torch)."""
+"""The loss kernels of ``cross_entropy: fused | vocab_parallel | te | sharded`` (needs torch)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,52 @@ class _VocabParallelCrossEntropyFn(torch.autograd.Function):
         return grad_input, None
 
 
+class _ShardedCrossEntropyFn(torch.autograd.Function):
+    """nanotron's ``sharded_cross_entropy`` on one TP rank (``cross_entropy: sharded``), ported
+    line by line from parallel/tensor_parallel/functional.py _ShardedCrossEntropy (l.31-89 at
+    huggingface/nanotron 2411b022) with the shard the whole of V (the TP all-reduces are
+    identities). Its input is already fp32 (nanotron's ``cast_to_fp32`` block, and
+    ``sharded_cross_entropy``'s ``.to(torch.float)`` returns it): the max is subtracted out of
+    place, the copy exponentiated and normalised in place and saved with the target mask and
+    masked targets; the backward is Megatron's, in place. Returns the per-token loss (nanotron's
+    ``masked_mean`` outside)."""
+
+    @staticmethod
+    def forward(ctx: Any, sharded_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits_max = torch.max(sharded_logits, dim=-1)[0]
+        sharded_logits = sharded_logits - logits_max.unsqueeze(dim=-1)
+        sharded_hidden_size = sharded_logits.shape[-1]
+        target_mask = (target < 0) | (target >= sharded_hidden_size)
+        masked_target = target.clone()
+        masked_target[target_mask] = 0
+        logits_2d = sharded_logits.view(-1, sharded_hidden_size)
+        masked_target_1d = masked_target.view(-1)
+        arange_1d = torch.arange(start=0, end=logits_2d.shape[0], device=logits_2d.device)
+        predicted_logits_1d = logits_2d[arange_1d, masked_target_1d]
+        predicted_logits_1d = predicted_logits_1d.clone()
+        predicted_logits = predicted_logits_1d.view_as(target)
+        predicted_logits[target_mask] = 0.0
+        exp_logits = sharded_logits
+        torch.exp(sharded_logits, out=exp_logits)
+        sum_exp_logits = exp_logits.sum(dim=-1)
+        loss = torch.log(sum_exp_logits) - predicted_logits
+        exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
+        ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
+        _label_next_saved("sharded_cross_entropy", "softmax", "target_mask", "masked_target_1d")
+        return loss.view_as(target)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        softmax, target_mask, masked_target_1d = ctx.saved_tensors
+        grad_input = softmax
+        sharded_hidden_size = softmax.size()[-1]
+        grad_2d = grad_input.view(-1, sharded_hidden_size)
+        arange_1d = torch.arange(start=0, end=grad_2d.size()[0], device=grad_2d.device)
+        grad_2d[arange_1d, masked_target_1d] -= 1.0 - target_mask.view(-1).float()
+        grad_input.mul_(grad_output.unsqueeze(dim=-1))
+        return grad_input, None
+
+
 class _TECrossEntropyFn(torch.autograd.Function):
     """Transformer Engine's ``parallel_cross_entropy`` on one rank (``cross_entropy: te``),
     with the memory behaviour of its Triton kernels through TE v2.17
@@ -140,4 +186,5 @@ class _TECrossEntropyFn(torch.autograd.Function):
 PER_TOKEN_LOSSES: dict[str, type[torch.autograd.Function]] = {
     "vocab_parallel": _VocabParallelCrossEntropyFn,
     "te": _TECrossEntropyFn,
+    "sharded": _ShardedCrossEntropyFn,
 }

@@ -12,8 +12,8 @@ Conventions (the analytical model counts what *this* implementation saves for ba
   and k, or none; attention dropout only where ``attention_dropout``; tied or untied LM head; loss
   ``cross_entropy(logits.float().view(-1, V), targets.view(-1))``, or with ``cross_entropy:
   fused`` a block-wise kernel that saves only the logits and an fp32 log-sum-exp per row, with
-  ``vocab_parallel`` Megatron's in-place kernel, with ``te`` Transformer Engine's
-  (``torchref.losses``).
+  ``vocab_parallel`` Megatron's in-place kernel, with ``te`` Transformer Engine's, with
+  ``sharded`` nanotron's after its fp32 cast (``torchref.losses``).
 * ``flash_attention`` -> ``F.scaled_dot_product_attention(is_causal=True, enable_gqa=...)``
   with ``dropout_p=0`` (attention dropout is *not* applied on this path); otherwise the explicit
   math path (``repeat_interleave`` for GQA, masked_fill with a causal-mask buffer, softmax,
@@ -366,8 +366,13 @@ class ReferenceGPT(nn.Module):
         v = logits.shape[-1]
         if self.cross_entropy == "fused":
             return _FusedCrossEntropyFn.apply(logits.reshape(-1, v), targets.reshape(-1))
+        if self.cross_entropy == "sharded":
+            # nanotron's cast_to_fp32 block; its LM head's output is gone by the loss block
+            # (LlamaModel.forward_with_hidden_states returns the fp32 copy alone)
+            logits = logits.float()
         if self.cross_entropy in PER_TOKEN_LOSSES:
-            # Megatron's loss mask and average over the per-token losses (the -100 targets out)
+            # Megatron's (and nanotron's masked_mean's) loss mask and average over the per-token
+            # losses (the -100 targets out)
             flat = targets.reshape(-1)
             per_token = PER_TOKEN_LOSSES[self.cross_entropy].apply(logits.reshape(-1, v), flat)
             mask = (flat != -100).float()

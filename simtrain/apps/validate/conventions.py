@@ -358,6 +358,10 @@ SOURCES: dict[str, SourceConvention] = {
         memory_gb_unit=GIB,
         memory_stage=0,
         layer_split="compute_balanced",
+        cross_entropy="sharded",
+        cross_entropy_note="loss: nanotron's cast_to_fp32 block, then sharded_cross_entropy "
+        "(Megatron's kernel on the fp32 copy, the max subtracted out of place: "
+        "tensor_parallel/functional.py _ShardedCrossEntropy at 2411b022)",
         precision_map={
             "bf16": (
                 "bf16_fp32_grads",
