@@ -13,6 +13,7 @@ from simtrain.apps.validate.fitted import (
     matmul_fit_mape,
 )
 from simtrain.apps.validate.measured import Comparison
+from simtrain.errors import ConfigError
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.scenario import parse_scenario
 from simtrain.spec.yamlfile import load_yaml
@@ -33,6 +34,20 @@ def test_every_fitted_constant_names_known_families_and_an_existing_file():
         for fam in k.fitted_on:
             assert fam in RUNTIMES, (k.constant, fam)  # a known source key
         assert k.path.is_file(), k.file
+
+
+def test_a_remark_in_the_file_key_is_refused(tmp_path):
+    """``file`` is a path; a remark after it (as the A100 entry once carried) names the key."""
+    p = tmp_path / "fitted.yaml"
+    p.write_text("- constant: efficiency.matmul = 0.61\n"
+                 "  file: hardware/a100_sxm4_40gb.yaml (a remark)\n"
+                 "  scope: {hardware: a100_sxm4_40gb}\n  fitted_on: [mosaicml]\n")  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        load_fitted_constants(p)
+    assert e.value.key == "[0].file" and "note:" in str(e.value)
+    p.write_text(p.read_text().replace(" (a remark)", "\n  note: a remark"))
+    (k,) = load_fitted_constants(p)
+    assert k.where == "hardware/a100_sxm4_40gb.yaml (a remark)" and k.path.is_file()
 
 
 def test_report_splits_fitted_from_held_out_families_by_scope():

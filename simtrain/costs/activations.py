@@ -18,12 +18,19 @@ from simtrain.costs import op_sac
 from simtrain.costs.fp8 import copy_formula, fp8_copy_bytes, is_te, torchao_tp_float8
 from simtrain.costs.moe import moe_saved_tensors
 from simtrain.costs.params import base_trainable
-from simtrain.layout.step import rank_schedule
+from simtrain.layout.partition import StageBlocks
+from simtrain.layout.step import ResolvedStep, rank_schedule
 from simtrain.schedules import Action
 from simtrain.schedules.generators import interleaved_warmup
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
-from simtrain.spec.scenario import TrainingSpec, loss_vocab_shards, trained_mtp_modules
+from simtrain.spec.scenario import (
+    Scenario,
+    TrainingSpec,
+    cp_rank_training,
+    loss_vocab_shards,
+    trained_mtp_modules,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Activations: the tensors saved for backward
@@ -701,7 +708,7 @@ def softcap_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
     """The tanh output Gemma-2's final soft-capping keeps for its backward, per micro-batch
     (:func:`loss_saved_bytes` counts it with the loss; 0 without ``logit_softcap``): the logits'
     dtype, split like them. With the LM head (which runs the capping) on its own stage it stays
-    there (``costs.memory._loss_apart_bytes``)."""
+    there (:func:`loss_apart_bytes`)."""
     if not m.logit_softcap:
         return 0
     sb = t.seq_len_effective * t.micro_batch
@@ -790,6 +797,37 @@ def loss_transient_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
         # b·s·V/t tensors beside the saved log-softmax x (ATen's backward holds two)
         return 3 * lb * t.micro_batch * s * m.vocab // tp
     return 2 * lb * t.micro_batch * s * m.vocab // loss_vocab_shards(t.cross_entropy, tp)
+
+
+def loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
+                      saved: int) -> tuple[int, int]:  # fmt: skip
+    """(saved bytes per micro-batch, the loss's working bytes) of a chunk whose split puts the
+    loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
+    from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
+    its working memory leave, the logits (e B each) take their place as working memory (held
+    until sent; in the backward their gradient arrives the same size); they are kept for the
+    backward
+    where the runtime keeps stage outputs (``pipeline_keeps_stage_outputs``; nanotron does
+    not: its pipeline state keeps a CPU dummy for the backward and drops the sent tensor,
+    parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer at 2411b022).
+    A tail chunk: the fp32 cast saves
+    nothing (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise
+    when the loss is on the next chunk; the loss saves and works as on the head's chunk
+    (:func:`loss_saved_bytes`, :func:`loss_transient_bytes`). The received logits are not
+    kept (the cast is their only reader). Per TP rank: b·(s/cp)·V/t logits."""
+    m, p = sc.model, sc.parallelism
+    t = cp_rank_training(sc.training, p.cp)
+    keeps = step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs
+    logits = step.logits_bytes // p.tp
+    # the cross-entropy's own saved tensors (the soft-capping's, where the model caps, stay with
+    # the LM head that runs it)
+    loss_saved = cross_entropy_saved_bytes(m, t, p.tp)
+    if ch.loss_apart:  # working: the logits until sent, their received gradient after
+        return saved - loss_saved + (logits if keeps else 0), logits
+    if "loss" in ch.tail:
+        return saved + loss_saved, loss_transient_bytes(m, t, p.tp)
+    fp32 = step.fp32_logits_bytes // p.tp  # the cast's output, to the loss's chunk
+    return saved + (fp32 if keeps else 0), logits + fp32
 
 
 def loss_value_bytes(t: TrainingSpec) -> int:

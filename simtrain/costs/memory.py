@@ -23,13 +23,13 @@ from simtrain.costs.activations import (
     SavedTensor,
     WalkPeak,
     attention_backward_working_bytes,
-    cross_entropy_saved_bytes,
     embedding_saved_bytes,
     frozen_input_savings,
     head_saved_bytes,
     layer_activation_bytes,
     layer_input_bytes,
     layer_saved_tensors,
+    loss_apart_bytes,
     loss_saved_bytes,
     loss_transient_bytes,
     mtp_saved_bytes,
@@ -57,6 +57,7 @@ from simtrain.costs.params import (
     ParamTensor,
     adam_temporaries,
     add_states,
+    dense_layers_of,
     embedding_tp,
     end_param_tensors,
     head_param_tensors,
@@ -70,7 +71,6 @@ from simtrain.costs.params import (
     trainable_params,
     zero_shard,
 )
-from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
@@ -399,7 +399,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             if loss_override is not None:  # DataParallel: GPU 0 the whole batch, replicas none
                 loss_bytes[stage] = loss_override
         if ch.loss_apart or ch.tail:
-            c, loss_bytes[stage] = _loss_apart_bytes(sc, step, ch, c)
+            c, loss_bytes[stage] = loss_apart_bytes(sc, step, ch, c)
         chunk_bytes[stage] = c
         blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
@@ -415,37 +415,6 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,
                         offloaded)  # fmt: skip
-
-
-def _loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
-                      saved: int) -> tuple[int, int]:  # fmt: skip
-    """(saved bytes per micro-batch, the loss's working bytes) of a chunk whose split puts the
-    loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
-    from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
-    its working memory leave, the logits (e B each) take their place as working memory (held
-    until sent; in the backward their gradient arrives the same size); they are kept for the
-    backward
-    where the runtime keeps stage outputs (``pipeline_keeps_stage_outputs``; nanotron does
-    not: its pipeline state keeps a CPU dummy for the backward and drops the sent tensor,
-    parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer at 2411b022).
-    A tail chunk: the fp32 cast saves
-    nothing (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise
-    when the loss is on the next chunk; the loss saves and works as on the head's chunk
-    (:func:`loss_saved_bytes`, :func:`loss_transient_bytes`). The received logits are not
-    kept (the cast is their only reader). Per TP rank: b·(s/cp)·V/t logits."""
-    m, p = sc.model, sc.parallelism
-    t = cp_rank_training(sc.training, p.cp)
-    keeps = step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs
-    logits = step.logits_bytes // p.tp
-    # the cross-entropy's own saved tensors (the soft-capping's, where the model caps, stay with
-    # the LM head that runs it)
-    loss_saved = cross_entropy_saved_bytes(m, t, p.tp)
-    if ch.loss_apart:  # working: the logits until sent, their received gradient after
-        return saved - loss_saved + (logits if keeps else 0), logits
-    if "loss" in ch.tail:
-        return saved + loss_saved, loss_transient_bytes(m, t, p.tp)
-    fp32 = step.fp32_logits_bytes // p.tp  # the cast's output, to the loss's chunk
-    return saved + (fp32 if keeps else 0), logits + fp32
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
@@ -608,11 +577,8 @@ def te_dummy_wgrad_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTe
 
 
 def rank_dense_layers(sc: Scenario, step: ResolvedStep, rank: int) -> int:
-    """The dense blocks pipeline rank ``rank`` holds: a model with experts' first dense ones
-    (``ModelSpec.dense_layers_in``), every block of a dense model."""
-    if not sc.model.is_moe:
-        return step.rank_layers(rank)
-    return sum(sc.model.dense_layers_in(c.lo, c.hi) for c in step.rank_chunks(rank))
+    """The dense blocks pipeline rank ``rank`` holds (``costs.params.dense_layers_of``)."""
+    return dense_layers_of(sc.model, step.rank_chunks(rank))
 
 
 def fp8_weight_storage(sc: Scenario, step: ResolvedStep, rank: int) -> tuple[int, int]:

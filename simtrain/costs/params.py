@@ -280,6 +280,14 @@ def scenario_chunk_groups(sc: Scenario, c: StageBlocks) -> list[tuple[int, list[
                                emb_tp=embedding_tp(sc))  # fmt: skip
 
 
+def dense_layers_of(m: ModelSpec, chunks: Sequence[StageBlocks]) -> int:
+    """The dense blocks ``chunks`` hold: a model with experts' first dense ones
+    (``ModelSpec.dense_layers_in``), every block of a dense model."""
+    if not m.is_moe:
+        return sum(c.layers for c in chunks)
+    return sum(m.dense_layers_in(c.lo, c.hi) for c in chunks)
+
+
 def rank_tensor_groups(sc: Scenario, chunks: Sequence[StageBlocks]
                        ) -> list[tuple[int, list[ParamTensor]]]:  # fmt: skip
     """A pipeline rank's parameter tensors on one GPU (its ``chunks``), as (copies, tensors)
@@ -289,7 +297,7 @@ def rank_tensor_groups(sc: Scenario, chunks: Sequence[StageBlocks]
     summed over chunks, one embedding where a chunk of the rank holds it and the head another)."""
     m, t, p = sc.model, sc.training, sc.parallelism
     layers = sum(c.layers for c in chunks)
-    dense = sum(m.dense_layers_in(c.lo, c.hi) for c in chunks) if m.is_moe else layers
+    dense = dense_layers_of(m, chunks)
     groups = [(dense, layer_param_tensors(m, t, p.tp, moe=False, ep=p.ep))]
     if layers > dense:
         groups.append((layers - dense, layer_param_tensors(m, t, p.tp, moe=True, ep=p.ep,

@@ -957,10 +957,10 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
             f.has("--data-parallel-sharding-strategy")
             r.assume("--data-parallel-sharding-strategy: no effect without FSDP")
     else:
-        if f.bool_("--use-torch-fsdp2"):
+        if "--use-torch-fsdp2" in fsdp:
             zero = 3
             runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
-        if f.bool_("--use-megatron-fsdp") or f.bool_("--use-custom-fsdp"):
+        if "--use-megatron-fsdp" in fsdp or "--use-custom-fsdp" in fsdp:
             strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
             stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
             if strategy not in stages:

@@ -37,14 +37,20 @@ SCOPE_KEYS = ("hardware", "runtime", "host", "zero_stage")
 @dataclass(frozen=True, slots=True)
 class FittedConstant:
     constant: str
-    file: str
+    file: str  # the profile that holds it, from the repository root
     scope: tuple[tuple[str, Any], ...]
     fitted_on: tuple[str, ...]
+    note: str = ""  # a remark on the file (``note:``), printed beside it
 
     @property
     def path(self) -> Path:
-        """The file that holds the constant (``file`` may add a remark after a space)."""
-        return FITTED_PATH.parents[1] / self.file.split(" ")[0]
+        """The file that holds the constant."""
+        return FITTED_PATH.parents[1] / self.file
+
+    @property
+    def where(self) -> str:
+        """The file, and the note on it in parentheses where there is one."""
+        return f"{self.file} ({self.note})" if self.note else self.file
 
     @property
     def same_gpu(self) -> str:
@@ -96,8 +102,12 @@ def load_fitted_constants(path: Path = FITTED_PATH) -> tuple[FittedConstant, ...
         if not isinstance(scope, dict) or any(k not in SCOPE_KEYS for k in scope):
             raise ConfigError(file, f"[{i}].scope", "unknown scope key", scope,
                               " | ".join(SCOPE_KEYS))  # fmt: skip
+        if any(c.isspace() for c in str(d["file"])):
+            raise ConfigError(file, f"[{i}].file", "a path, without a remark (the remark goes in "
+                              "note:)", d["file"])  # fmt: skip
         out.append(FittedConstant(str(d["constant"]), str(d["file"]),
-                                  tuple(sorted(scope.items())), tuple(d["fitted_on"])))  # fmt: skip
+                                  tuple(sorted(scope.items())), tuple(d["fitted_on"]),
+                                  str(d.get("note", ""))))  # fmt: skip
     return tuple(out)
 
 
@@ -175,7 +185,7 @@ def format_constant_reports(reports: Sequence[ConstantReport]) -> str:
              "(measured/fitted_constants.yaml)"]  # fmt: skip
     for r in reports:
         k = r.constant
-        lines.append(f"  {k.constant}  [{k.file}; fitted on {', '.join(k.fitted_on)}]")
+        lines.append(f"  {k.constant}  [{k.where}; fitted on {', '.join(k.fitted_on)}]")
         if not r.rows:
             lines.append("    (no comparison in its scope)")
         for row in r.rows:

@@ -171,7 +171,7 @@ class ValidationResult:
             "fitted_constants": [
                 {
                     "constant": r.constant.constant,
-                    "file": r.constant.file,
+                    "file": r.constant.where,
                     "fitted_on": list(r.constant.fitted_on),
                     "families": [
                         {
