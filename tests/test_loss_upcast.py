@@ -49,7 +49,7 @@ def test_the_scenario_peak_drops_by_those_bytes() -> None:
     ) == 6 * logits
 
 
-@pytest.mark.parametrize("kernel", ["te", "vocab_parallel", "fused"])
+@pytest.mark.parametrize("kernel", ["te", "vocab_parallel", "fused", "sharded"])
 def test_its_own_kernel_refuses_the_switch(kernel: str) -> None:
     with pytest.raises(ConfigError, match="training.loss_upcast") as exc:
         load_scenario(SCENARIO, [f"training.cross_entropy={kernel}", "training.loss_upcast=false"])

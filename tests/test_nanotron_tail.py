@@ -150,8 +150,19 @@ def test_chunk_times_are_conserved() -> None:
     assert parts[0].forward_flops == whole.forward_flops
 
 
+#: The loss-only stage's (saved, working) bytes per micro-batch, counted from each kernel's code:
+#: nanotron's _ShardedCrossEntropy saves the fp32 softmax of the shard, a bool mask and an int64
+#: target a token, and works beside its fp32 input (the cast's output, received); PyTorch's
+#: standard loss saves the fp32 log-softmax and works with two fp32 copies beside it.
+LOSS_STAGE_BYTES = {
+    "sharded": (4 * B * S * V // 2 + 9 * B * S, 4 * B * S * V // 2),
+    "standard": (4 * B * S * V // 2, 8 * B * S * V // 2),
+}
+
+
+@pytest.mark.parametrize("loss_kind", sorted(LOSS_STAGE_BYTES))
 @pytest.mark.parametrize("keeps", [False, True])
-def test_tail_stages_memory(keeps: bool) -> None:
+def test_tail_stages_memory(keeps: bool, loss_kind: str) -> None:
     """Per micro-batch: the head's stage saves the head's tensors less the loss's; the cast's
     stage saves nothing (``x.float()``'s backward needs no tensor) and holds the received
     logits and its fp32 copy while it runs; the loss's stage saves what the loss saves and
@@ -160,7 +171,7 @@ def test_tail_stages_memory(keeps: bool) -> None:
     a runtime that keeps each stage's output (``pipeline_keeps_stage_outputs``) keeps the
     logits on the head's stage and the fp32 copy on the cast's."""
     runtime = {"name": "nanotron", "pipeline_keeps_stage_outputs": keeps}
-    sc = _scenario(4, tp=2, runtime=runtime)  # type: ignore[arg-type]
+    sc = _scenario(4, tp=2, runtime=runtime, cross_entropy=loss_kind)  # type: ignore[arg-type]
     m, t, tp = sc.model, sc.training, 2
     mem = estimate_memory(sc)
     logits = 2 * B * S * V // tp
@@ -173,10 +184,9 @@ def test_tail_stages_memory(keeps: bool) -> None:
     cast, loss = mem.stages[2], mem.stages[3]
     assert cast.activation_bytes_per_microbatch == (2 * logits if keeps else 0)
     assert dict(cast.loss_bytes) == {2: logits + 2 * logits}
-    # nanotron's _ShardedCrossEntropy saves the fp32 softmax of the shard, a bool mask and an
-    # int64 target a token, and works beside its fp32 input (the cast's output, received)
-    assert loss.activation_bytes_per_microbatch == 4 * B * S * V // tp + 9 * B * S
-    assert dict(loss.loss_bytes) == {3: 4 * B * S * V // tp}
+    saved, working = LOSS_STAGE_BYTES[loss_kind]
+    assert loss.activation_bytes_per_microbatch == saved
+    assert dict(loss.loss_bytes) == {3: working}
 
 
 def test_simulated_step_sends_the_logits() -> None:

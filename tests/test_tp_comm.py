@@ -527,7 +527,8 @@ def _edges_by_hand(sc: Scenario, embedding: bool, head: bool) -> tuple[int, int]
 
 @pytest.mark.parametrize("sp", [False, True])
 @pytest.mark.parametrize("tp", [8, 16])
-@pytest.mark.parametrize("cross_entropy", ["standard", "gathered", "vocab_parallel", "te"])
+@pytest.mark.parametrize("cross_entropy",
+                         ["standard", "gathered", "vocab_parallel", "te", "sharded"])  # fmt: skip
 def test_edges_collectives_by_hand(tp: int, sp: bool, cross_entropy: str) -> None:
     sc = scenario(tp, sp=sp, training={"cross_entropy": cross_entropy})
     step = resolve(sc)
@@ -644,8 +645,8 @@ def test_parallel_residual_forward_reduces_once() -> None:
 
 def test_vocab_parallel_loss_reduces_per_kernel() -> None:
     """The loss's all-reduces of b·s fp32 values over TP: three for Megatron's
-    _VocabParallelCrossEntropy and PyTorch's loss_parallel (max, target logit, sum of
-    exponentials), two for the fused kernel, none when the logits are gathered (which pays
+    _VocabParallelCrossEntropy, nanotron's _ShardedCrossEntropy (functional.py l.41, l.73, l.78
+    at 2411b022) and PyTorch's loss_parallel (max, target logit, sum of exponentials), two for the fused kernel, none when the logits are gathered (which pays
     the b·s·V all-gather instead); the embedding's side has no loss."""
     from simtrain.costs.comm import tp_edges_ns
 
@@ -664,6 +665,7 @@ def test_vocab_parallel_loss_reduces_per_kernel() -> None:
     assert one > 0
     assert head_fwd("standard") - head_fwd("fused") == one
     assert head_fwd("loss_parallel") == head_fwd("standard")
+    assert head_fwd("sharded") - head_fwd("fused") == one
     assert head_fwd("standard") - head_fwd("gathered") == 3 * one - gather
     embed = tp_edges_ns(sc, step, True, False)
     for kind in ("fused", "gathered"):

@@ -266,6 +266,10 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
                 # nanotron's Llama loss: the cast_to_fp32 block, then sharded_cross_entropy
                 # (models/llama.py Loss, tensor_parallel/functional.py at 2411b022)
                 "cross_entropy": "sharded"}  # fmt: skip
+    r.assume(
+        "loss: nanotron's Llama loss, its cast_to_fp32 block and sharded_cross_entropy "
+        "(training.cross_entropy sharded)"
+    )
     r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
              f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
     return r.scenario(
