@@ -1026,6 +1026,22 @@ def test_a_framework_key_outranks_other_frameworks_the_text_names() -> None:
     assert found is not None and found[0] == "megatron_core"
 
 
+@pytest.mark.parametrize(("notes", "loss"), [
+    ("trained with nanotron", "sharded"),
+    ("Megatron-Core r0.9", "vocab_parallel"),
+    ("Megatron-LM, 2021", "vocab_parallel"),
+    ("our own PyTorch loop", "standard"),
+])  # fmt: skip
+def test_a_source_without_a_convention_gets_its_frameworks_loss(notes: str, loss: str) -> None:
+    """A user's record of a source simtrain has no convention for runs the loss of the framework
+    its words name (conventions.FRAMEWORK_LOSSES), as that framework's own sources do."""
+    out = translate(_record(notes=notes))
+    assert isinstance(out, Translation), out
+    assert out.scenario.training.cross_entropy == loss
+    assert (loss == "standard") != any("framework the record names" in n
+                                       for n in out.assumptions)  # fmt: skip
+
+
 @pytest.mark.parametrize("said", [
     "we reduce one Transformer layer each from the first and the last stages",
     "the first and last stages have one layer fewer",

@@ -767,10 +767,27 @@ def _named(pairs: tuple[tuple[str, Any], ...], name: str) -> Any:
     return next((v for pattern, v in pairs if re.match(pattern, name, re.IGNORECASE)), None)
 
 
+#: The loss kernel of a framework whose own loss is not PyTorch's standard one, for a record of
+#: a source without a convention of its own (whose runtime :func:`runtime_for` infers from its
+#: words): Megatron's vocab-parallel cross-entropy (as :data:`_MEGATRON_LOSS`), nanotron's
+#: cast block and sharded_cross_entropy (as the nanotron convention).
+FRAMEWORK_LOSSES: dict[str, tuple[str, str]] = {
+    **{rt: (_MEGATRON_LOSS, "loss: Megatron's vocab-parallel cross-entropy (the framework the "
+            "record names)") for rt in ("megatron_lm_2021", "megatron_lm_2022", "megatron_core")},
+    **{rt: ("sharded", "loss: nanotron's cast_to_fp32 block and sharded_cross_entropy (the "
+            "framework the record names)") for rt in ("nanotron", "nanotron_bench")},
+}  # fmt: skip
+
+
 def convention_for(rec: Record) -> SourceConvention:
     """The source's convention for this record: the BLOOM chronicles' changed within the
-    chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``)."""
+    chronicle, by the section date in the record id (see ``_BLOOM_CHRONICLES``); for a source
+    without one, the loss of the framework the record names (:data:`FRAMEWORK_LOSSES`)."""
     conv = convention(rec.source_key)
+    if rec.source_key not in SOURCES:
+        loss = FRAMEWORK_LOSSES.get(runtime_for(rec)[0])
+        if loss is not None:
+            conv = replace(conv, cross_entropy=loss[0], cross_entropy_note=loss[1])
     name = str(rec.model.get("name") or "")
     for pattern, arch, why in conv.named_architectures:
         if re.match(pattern, name, re.IGNORECASE):
