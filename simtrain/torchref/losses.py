@@ -128,16 +128,9 @@ class _ShardedCrossEntropyFn(torch.autograd.Function):
         _label_next_saved("sharded_cross_entropy", "softmax", "target_mask", "masked_target_1d")
         return loss.view_as(target)
 
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor):
-        softmax, target_mask, masked_target_1d = ctx.saved_tensors
-        grad_input = softmax
-        sharded_hidden_size = softmax.size()[-1]
-        grad_2d = grad_input.view(-1, sharded_hidden_size)
-        arange_1d = torch.arange(start=0, end=grad_2d.size()[0], device=grad_2d.device)
-        grad_2d[arange_1d, masked_target_1d] -= 1.0 - target_mask.view(-1).float()
-        grad_input.mul_(grad_output.unsqueeze(dim=-1))
-        return grad_input, None
+    # nanotron's backward (functional.py l.91-108) is Megatron's line for line: the one-hot
+    # subtracted from the saved softmax in place, scaled in place, returned
+    backward = staticmethod(_VocabParallelCrossEntropyFn.backward)
 
 
 class _TECrossEntropyFn(torch.autograd.Function):
