@@ -315,3 +315,67 @@ def test_megatron_moe_ops_recounted_on_megatron_core(ep: int) -> None:
     assert pre_f == MEGATRON_MOE_PREPROCESS_OPS[grouped].forward
     assert (rest_f, rest_b) == (MEGATRON_MOE_DISPATCH_OPS[grouped].forward,
                                 MEGATRON_MOE_DISPATCH_OPS[grouped].backward)  # fmt: skip
+
+
+def _megatron_apply_bias(intermediate_parallel, bias_parallel, tokens_per_expert, permuted_probs):
+    """Megatron-Core's ``TEGroupedMLP._apply_bias`` (megatron/core/transformer/moe/experts.py at
+    a329dd6da5, the eager path at d98e8a64), transcribed: the fc2 bias added expert by
+    expert, weighted by the routing probabilities."""
+    import torch
+
+    shape = intermediate_parallel.shape
+    return (
+        torch.cat(
+            [
+                t + b * p
+                for t, b, p in zip(
+                    torch.split(intermediate_parallel.view(-1, shape[-1]), tokens_per_expert),
+                    bias_parallel,
+                    torch.split(permuted_probs, tokens_per_expert),
+                    strict=True,
+                )
+            ]
+        )
+        .view(shape)
+        .to(intermediate_parallel.dtype)
+    )
+
+
+@pytest.mark.parametrize("experts", [1, 2, 4, 16])
+def test_expert_bias_ops_recounted_with_torch(experts: int) -> None:
+    """The fc2 bias loop dispatches 6 + 2E ops forward and 9 + 9E backward on E local experts
+    (bf16 output, fp32 probabilities, as Megatron routes), counted here on the transcription
+    with the harness simtrain.torchref.opcount counts blocks with."""
+    torch = pytest.importorskip("torch")
+    from simtrain.torchref.opcount import _OpCounter
+
+    tokens, h = [3] * experts, 8
+    out = torch.randn(sum(tokens), h, dtype=torch.bfloat16, requires_grad=True) * 1.0
+    biases = [torch.randn(h, dtype=torch.bfloat16, requires_grad=True) for _ in tokens]
+    probs = torch.rand(sum(tokens), 1, requires_grad=True) * 1.0
+    with _OpCounter() as fwd:
+        y = _megatron_apply_bias(out, biases, tokens, probs)
+    grad = torch.ones_like(y)
+    with _OpCounter() as bwd:
+        y.backward(grad)
+    want = host.expert_bias_ops(experts)
+    assert (fwd.ops, bwd.ops) == (want.forward, want.backward)
+    assert want.recompute_full == want.forward
+
+
+def test_biased_experts_add_their_bias_loop() -> None:
+    """Biased experts (GPT-OSS's, model.bias) add the fc2 bias loop over the rank's experts to
+    an MoE block: Mixtral's 8 experts at ep 8 (one a rank) and ep 2 (four), beside the seven
+    linears' bias gradients; a CUDA graph of the MoE takes the loop with the rest."""
+    for ep, local in ((8, 1), (2, 4)):
+        biased = _sc("model.bias=true", f"parallelism.ep={ep}")
+        plain = _sc("model.bias=false", f"parallelism.ep={ep}")
+        assert block_ops(biased, moe=True) - block_ops(plain, moe=True) == (
+            host.BIAS_OPS * 7 + LayerOps(6 + 2 * local, 9 + 9 * local, 6 + 2 * local)
+        ), ep  # fmt: skip
+        assert block_ops(biased) - block_ops(plain) == host.BIAS_OPS * 7  # dense blocks: none
+    graphed = _sc("model.bias=true", "runtime.cuda_graph_scope=[moe]")
+    m = graphed.model
+    attention_part = layer_ops(m) - (NORM_OPS[m.norm] + MLP_OPS[m.mlp] + RESIDUAL_ADD_OPS
+                                     + host.BIAS_OPS * 3)  # fmt: skip
+    assert block_ops(graphed, moe=True) == attention_part + GRAPH_REPLAY_OPS

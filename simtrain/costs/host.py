@@ -136,6 +136,26 @@ MEGATRON_MOE_PREPROCESS_OPS = {False: LayerOps(forward=14, backward=0, recompute
                                True: LayerOps(forward=25, backward=0, recompute_full=25)}  # fmt: skip
 MEGATRON_MOE_DISPATCH_OPS = {False: LayerOps(forward=20, backward=18, recompute_full=20),
                              True: LayerOps(forward=36, backward=33, recompute_full=36)}  # fmt: skip
+#: Megatron-Core's fc2 bias of grouped experts (``TEGroupedMLP._apply_bias``, megatron/core/
+#: transformer/moe/experts.py, from a329dd6da5 "Enable bias in expert mlp [gpt-oss 5/5]",
+#: 2025-09-22, through d98e8a64's eager path): TE's grouped fc2 returns its bias apart
+#: (``skip_bias_add=True``) and Python adds it expert by expert, ``torch.cat([t + b * p for t,
+#: b, p in zip(torch.split(out, tokens_per_expert), biases, torch.split(probs, ...))])``, then a
+#: cast: (fixed, per local expert) dispatched ops, forward and backward, counted with torch
+#: 2.13 on the CPU (tests/test_host_ops.py recounts them at 1, 2, 4 and 16 experts): 6 + 2E
+#: forward, 9 + 9E backward. (Megatron-Core's packed path, ``_apply_packed_bias`` with TE's
+#: single grouped bias, has no per-expert loop: from 883533e049, 2026-08-14, after every
+#: container the measured runs used.)
+MEGATRON_EXPERT_BIAS_OPS = (LayerOps(forward=6, backward=9, recompute_full=6),
+                            LayerOps(forward=2, backward=9, recompute_full=2))  # fmt: skip
+
+
+def expert_bias_ops(local_experts: int) -> LayerOps:
+    """:data:`MEGATRON_EXPERT_BIAS_OPS` for ``local_experts`` experts on the rank."""
+    fixed, per = MEGATRON_EXPERT_BIAS_OPS
+    return fixed + per * local_experts
+
+
 #: The launch of one captured per-layer CUDA graph, forward and backward (one Python call).
 GRAPH_REPLAY_OPS = LayerOps(forward=1, backward=1, recompute_full=1)
 
@@ -191,7 +211,8 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
     adds Megatron-Core's router, dispatcher preprocess and the rest of its token dispatch
     (:data:`MEGATRON_MOE_ROUTER_OPS`; the larger preprocess and dispatch where the EP x
     expert-TP group has more than one rank: Megatron's ``if self.ep_size > 1 or self.tp_size >
-    1``). The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
+    1``), and with biased experts (GPT-OSS) their fc2 bias's loop over the rank's experts
+    (:func:`expert_bias_ops`, counted with the dispatch: a CUDA graph of the MoE takes it). The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
     transformer_layer.py _get_submodules_under_cudagraphs at 0.16.1) leave the count: attn the
     block but its MLP sublayer, mlp a dense block's MLP sublayer, moe an MoE block's whole, and
     moe_router the pre-MLP norm and the router (moe_preprocess the preprocess too); one graph
@@ -203,6 +224,8 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
         grouped = p.ep > 1 or p.etp > 1
         router, preprocess = MEGATRON_MOE_ROUTER_OPS, MEGATRON_MOE_PREPROCESS_OPS[grouped]
         dispatch = MEGATRON_MOE_DISPATCH_OPS[grouped]
+        if m.linear_has_bias("down"):  # the experts' fc2 bias, added expert by expert
+            dispatch += expert_bias_ops(m.num_experts // p.ep)
     whole = ops + router + preprocess + dispatch
     scope = set(rt.cuda_graph_scope)
     if not scope:
