@@ -142,12 +142,14 @@ MEGATRON_MOE_DISPATCH_OPS = {False: LayerOps(forward=20, backward=18, recompute_
 #: (``skip_bias_add=True``) and Python adds it expert by expert, ``torch.cat([t + b * p for t,
 #: b, p in zip(torch.split(out, tokens_per_expert), biases, torch.split(probs, ...))])``, then a
 #: cast: (fixed, per local expert) dispatched ops, forward and backward, counted with torch
-#: 2.13 on the CPU (tests/test_host_ops.py recounts them at 1, 2, 4 and 16 experts): 6 + 2E
-#: forward, 9 + 9E backward. (Megatron-Core's packed path, ``_apply_packed_bias`` with TE's
-#: single grouped bias, has no per-expert loop: from 883533e049, 2026-08-14, after every
-#: container the measured runs used.)
-MEGATRON_EXPERT_BIAS_OPS = (LayerOps(forward=6, backward=9, recompute_full=6),
-                            LayerOps(forward=2, backward=9, recompute_full=2))  # fmt: skip
+#: 2.13 on the CPU (tests/test_moe_host_ops.py recounts them at 1, 2, 4 and 16 experts) with
+#: the routing probabilities in the logits' dtype (moe_utils.py ``probs.type_as(logits)``; bf16
+#: without ``moe_router_dtype``, which no GPT-OSS recipe sets): 5 + 2E forward, 8 + 7E
+#: backward (fp32 probabilities would add the cast: 6 + 2E, 9 + 9E). (Megatron-Core's packed
+#: path, ``_apply_packed_bias`` with TE's single grouped bias, has no per-expert loop: from
+#: 883533e049, 2026-08-14, after every container the measured runs used.)
+MEGATRON_EXPERT_BIAS_OPS = (LayerOps(forward=5, backward=8, recompute_full=5),
+                            LayerOps(forward=2, backward=7, recompute_full=2))  # fmt: skip
 
 
 def expert_bias_ops(local_experts: int) -> LayerOps:
