@@ -49,38 +49,51 @@ class _FusedCrossEntropyFn(torch.autograd.Function):
         return grad, None
 
 
+def _shifted_softmax_loss(ctx: Any, shifted: torch.Tensor, targets: torch.Tensor,
+                          label: str) -> torch.Tensor:  # fmt: skip
+    """The rest of Megatron's vocab-parallel cross-entropy on the fp32 logits ``shifted`` by
+    their row max (core/tensor_parallel/cross_entropy.py calculate_predicted_logits and
+    _VocabParallelCrossEntropy.forward at d98e8a64; nanotron's _ShardedCrossEntropy.forward
+    l.48-87 at 2411b022 is the same): the target mask and masked targets, the target logit,
+    ``shifted`` exponentiated and normalised in place and saved as the softmax with the mask
+    and targets. Returns the per-token loss."""
+    vocab = shifted.shape[-1]
+    target_mask = (targets < 0) | (targets >= vocab)
+    masked_target = targets.clone()
+    masked_target[target_mask] = 0
+    logits_2d = shifted.view(-1, vocab)
+    masked_target_1d = masked_target.view(-1)
+    arange_1d = torch.arange(start=0, end=logits_2d.size()[0], device=logits_2d.device)
+    predicted_logits = logits_2d[arange_1d, masked_target_1d].clone().contiguous()
+    predicted_logits[target_mask.view(-1)] = 0.0
+    exp_logits = shifted
+    torch.exp(shifted, out=exp_logits)
+    sum_exp_logits = exp_logits.sum(dim=-1)
+    loss = torch.log(sum_exp_logits) - predicted_logits.view_as(sum_exp_logits)
+    exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
+    ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
+    _label_next_saved(label, "softmax", "target_mask", "masked_target_1d")
+    return loss
+
+
 class _VocabParallelCrossEntropyFn(torch.autograd.Function):
     """Megatron-LM's vocab-parallel cross-entropy on one TP rank (``cross_entropy:
     vocab_parallel``), ported line by line from core/tensor_parallel/cross_entropy.py
     (_VocabParallelCrossEntropy, VocabParallelCrossEntropy at d98e8a64) with the vocabulary
     range the whole of V (the TP all-reduces are identities): an fp32 copy of the logits
-    (``.float()``) is shifted, exponentiated and normalised in place and saved as the softmax
-    with the target mask and masked targets; the backward subtracts the one-hot in place,
-    scales in place and returns the fp32 gradient, which autograd casts to the logits' dtype.
-    Returns the per-token loss (Megatron masks and averages it outside)."""
+    (``.float()``) is shifted in place, then exponentiated and normalised in place and saved as
+    the softmax with the target mask and masked targets (:func:`_shifted_softmax_loss`); the
+    backward subtracts the one-hot in place, scales in place and returns the fp32 gradient,
+    which autograd casts to the logits' dtype. Returns the per-token loss (Megatron masks and
+    averages it outside)."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         vocab_parallel_logits = logits.float()
         logits_max = torch.max(vocab_parallel_logits, dim=-1)[0]
         vocab_parallel_logits -= logits_max.unsqueeze(dim=-1)
-        target_mask = (targets < 0) | (targets >= logits.shape[-1])
-        masked_target = targets.clone()
-        masked_target[target_mask] = 0
-        logits_2d = vocab_parallel_logits.view(-1, logits.shape[-1])
-        masked_target_1d = masked_target.view(-1)
-        arange_1d = torch.arange(start=0, end=logits_2d.size()[0], device=logits_2d.device)
-        predicted_logits = logits_2d[arange_1d, masked_target_1d].clone().contiguous()
-        predicted_logits[target_mask] = 0.0
-        exp_logits = vocab_parallel_logits
-        torch.exp(vocab_parallel_logits, out=exp_logits)
-        sum_exp_logits = exp_logits.sum(dim=-1)
-        loss = torch.log(sum_exp_logits) - predicted_logits
-        exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
-        ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
-        _label_next_saved("vocab_parallel_cross_entropy", "softmax", "target_mask",
-                          "masked_target_1d")  # fmt: skip
-        return loss
+        return _shifted_softmax_loss(ctx, vocab_parallel_logits, targets,
+                                     "vocab_parallel_cross_entropy")  # fmt: skip
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
@@ -95,41 +108,22 @@ class _VocabParallelCrossEntropyFn(torch.autograd.Function):
 
 
 class _ShardedCrossEntropyFn(torch.autograd.Function):
-    """nanotron's ``sharded_cross_entropy`` on one TP rank (``cross_entropy: sharded``), ported
-    line by line from parallel/tensor_parallel/functional.py _ShardedCrossEntropy (l.31-89 at
+    """nanotron's ``sharded_cross_entropy`` on one TP rank (``cross_entropy: sharded``), from
+    parallel/tensor_parallel/functional.py _ShardedCrossEntropy (l.31-108 at
     huggingface/nanotron 2411b022) with the shard the whole of V (the TP all-reduces are
     identities). Its input is already fp32 (nanotron's ``cast_to_fp32`` block, and
-    ``sharded_cross_entropy``'s ``.to(torch.float)`` returns it): the max is subtracted out of
-    place, the copy exponentiated and normalised in place and saved with the target mask and
-    masked targets; the backward is Megatron's, in place. Returns the per-token loss (nanotron's
-    ``masked_mean`` outside)."""
+    ``sharded_cross_entropy``'s ``.to(torch.float)`` returns it). The one difference from
+    Megatron's: the max is subtracted out of place (``sharded_logits - logits_max``, l.43), so
+    the fp32 input stays beside the copy; the rest of the forward and the backward are
+    Megatron's line for line. Returns the per-token loss (nanotron's ``masked_mean``
+    outside)."""
 
     @staticmethod
     def forward(ctx: Any, sharded_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits_max = torch.max(sharded_logits, dim=-1)[0]
-        sharded_logits = sharded_logits - logits_max.unsqueeze(dim=-1)
-        sharded_hidden_size = sharded_logits.shape[-1]
-        target_mask = (target < 0) | (target >= sharded_hidden_size)
-        masked_target = target.clone()
-        masked_target[target_mask] = 0
-        logits_2d = sharded_logits.view(-1, sharded_hidden_size)
-        masked_target_1d = masked_target.view(-1)
-        arange_1d = torch.arange(start=0, end=logits_2d.shape[0], device=logits_2d.device)
-        predicted_logits_1d = logits_2d[arange_1d, masked_target_1d]
-        predicted_logits_1d = predicted_logits_1d.clone()
-        predicted_logits = predicted_logits_1d.view_as(target)
-        predicted_logits[target_mask] = 0.0
-        exp_logits = sharded_logits
-        torch.exp(sharded_logits, out=exp_logits)
-        sum_exp_logits = exp_logits.sum(dim=-1)
-        loss = torch.log(sum_exp_logits) - predicted_logits
-        exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
-        ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
-        _label_next_saved("sharded_cross_entropy", "softmax", "target_mask", "masked_target_1d")
-        return loss.view_as(target)
+        shifted = sharded_logits - logits_max.unsqueeze(dim=-1)
+        return _shifted_softmax_loss(ctx, shifted, target, "sharded_cross_entropy")
 
-    # nanotron's backward (functional.py l.91-108) is Megatron's line for line: the one-hot
-    # subtracted from the saved softmax in place, scaled in place, returned
     backward = staticmethod(_VocabParallelCrossEntropyFn.backward)
 
 
