@@ -25,6 +25,7 @@ from simtrain.schedules.generators import interleaved_warmup
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
 from simtrain.spec.scenario import (
+    MEGATRON_KERNEL_LOSSES,
     Scenario,
     TrainingSpec,
     cp_rank_training,
@@ -696,7 +697,7 @@ def cross_entropy_saved_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int
         # v2.17). From v2.18 (01bbe3eea, 2026-07-09) the gradient is a new fp32 tensor, whose
         # memory is vocab_parallel's.
         return act * sb * m.vocab // tp
-    if t.cross_entropy in ("vocab_parallel", "sharded"):
+    if t.cross_entropy in MEGATRON_KERNEL_LOSSES:
         # ``ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)``: exp_logits is
         # the fp32 copy (Megatron: ``vocab_parallel_logits.float()``; nanotron:
         # ``sharded_logits - logits_max``), exp'd and divided in place

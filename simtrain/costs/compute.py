@@ -48,6 +48,7 @@ from simtrain.spec.hardware import FlashClass, HardwareProfile
 from simtrain.spec.model import ModelSpec, tp_split_shape
 from simtrain.spec.precision import OPTIMIZER_STATES, Precision
 from simtrain.spec.scenario import (
+    MEGATRON_KERNEL_LOSSES,
     PYTORCH_LOSSES,
     ParallelSpec,
     Scenario,
@@ -502,7 +503,7 @@ def head_elementwise_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> tuple[
     if t.cross_entropy == "fused":
         fwd = e * logits
         return cap + fwd, cap_bwd + 2 * fwd
-    if t.cross_entropy in ("vocab_parallel", "sharded"):
+    if t.cross_entropy in MEGATRON_KERNEL_LOSSES:
         cast = logits_cast_bytes(e)
         return cap + (cast + 32) * logits, cap_bwd + (8 + cast) * logits
     if t.cross_entropy == "te":
@@ -540,8 +541,9 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
     logit of the shard and writes its fp32 copy, and its backward casts the fp32 gradient
     back: e + 4 B each way (none in fp32 training, where it returns its input). The loss:
     :func:`head_elementwise_bytes` without the soft-capping, less that cast where the head's
-    count holds one (a PyTorch loss that upcasts, ``loss_upcast``, Megatron's
-    vocab_parallel ``.float()`` and nanotron's own, sharded), so that the two parts add up to the head's own count then."""
+    count holds one (a PyTorch loss that upcasts, ``loss_upcast``, and the Megatron kernel's
+    ``.float()``, ``MEGATRON_KERNEL_LOSSES``), so that the two parts add up to the head's own
+    count then."""
     f, b = head_elementwise_bytes(m, t, tp)
     cap_f, cap_b = softcap_bytes(m, t, tp)
     f, b = f - cap_f, b - cap_b
@@ -549,7 +551,7 @@ def loss_part_bytes(m: ModelSpec, t: TrainingSpec, tp: int,
     logits = t.micro_batch * t.seq_len_effective * m.vocab / loss_vocab_shards(t.cross_entropy, tp)
     cast = logits_cast_bytes(e) * logits
     counted = (t.cross_entropy in PYTORCH_LOSSES and t.loss_upcast
-               or t.cross_entropy in ("vocab_parallel", "sharded"))  # fmt: skip
+               or t.cross_entropy in MEGATRON_KERNEL_LOSSES)  # fmt: skip
     inside = cast if counted else 0.0  # the cast the head's count already holds
     fwd = (cast if "fp32 cast" in parts else 0.0) + (f - inside if "loss" in parts else 0.0)
     bwd = (cast if "fp32 cast" in parts else 0.0) + (b - inside if "loss" in parts else 0.0)

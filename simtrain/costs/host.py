@@ -214,7 +214,8 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
     (:data:`MEGATRON_MOE_ROUTER_OPS`; the larger preprocess and dispatch where the EP x
     expert-TP group has more than one rank: Megatron's ``if self.ep_size > 1 or self.tp_size >
     1``), and with biased experts (GPT-OSS) their fc2 bias's loop over the rank's experts
-    (:func:`expert_bias_ops`, counted with the dispatch: a CUDA graph of the MoE takes it). The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
+    (:func:`expert_bias_ops`, counted with the dispatch: a CUDA graph of the MoE takes it).
+    The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
     transformer_layer.py _get_submodules_under_cudagraphs at 0.16.1) leave the count: attn the
     block but its MLP sublayer, mlp a dense block's MLP sublayer, moe an MoE block's whole, and
     moe_router the pre-MLP norm and the router (moe_preprocess the preprocess too); one graph

@@ -74,7 +74,7 @@ from simtrain.costs.params import (
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
-from simtrain.spec.scenario import Scenario, cp_rank_training
+from simtrain.spec.scenario import MEGATRON_KERNEL_LOSSES, Scenario, cp_rank_training
 
 
 @dataclass(frozen=True, slots=True)
@@ -1225,7 +1225,7 @@ def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> 
     if not any(c.head for c in step.rank_chunks(rank)):
         return 0
     t = cp_rank_training(sc.training, sc.parallelism.cp)
-    sharded = t.cross_entropy in ("loss_parallel", "vocab_parallel", "te", "sharded")  # V/tp
+    sharded = t.cross_entropy in ("loss_parallel", "te", *MEGATRON_KERNEL_LOSSES)  # V/tp
     vocab = sc.model.vocab // (sc.parallelism.tp if sharded else 1)
     one = step.precision.act_mm * t.micro_batch * t.seq_len_effective * vocab
     return step.microbatches * one

@@ -89,6 +89,9 @@ CROSS_ENTROPY = ("standard", "fused", "loss_parallel", "gathered", "vocab_parall
                  "sharded")  # fmt: skip
 
 
+#: The losses that run Megatron's vocab-parallel kernel (its saved fp32 softmax, its passes):
+#: Megatron's own and nanotron's port of it (``sharded``, its max subtracted out of place).
+MEGATRON_KERNEL_LOSSES = ("vocab_parallel", "sharded")
 #: The losses that are PyTorch's cross-entropy over logits the caller hands it (fp32 or not:
 #: ``TrainingSpec.loss_upcast``).
 PYTORCH_LOSSES = ("standard", "gathered", "loss_parallel")

@@ -769,13 +769,13 @@ def _named(pairs: tuple[tuple[str, Any], ...], name: str) -> Any:
 
 #: The loss kernel of a framework whose own loss is not PyTorch's standard one, for a record of
 #: a source without a convention of its own (whose runtime :func:`runtime_for` infers from its
-#: words): Megatron's vocab-parallel cross-entropy (as :data:`_MEGATRON_LOSS`), nanotron's
-#: cast block and sharded_cross_entropy (as the nanotron convention).
+#: words): Megatron's vocab-parallel cross-entropy (:data:`_MEGATRON_LOSS`), nanotron's the
+#: nanotron convention's.
 FRAMEWORK_LOSSES: dict[str, tuple[str, str]] = {
     **{rt: (_MEGATRON_LOSS, "loss: Megatron's vocab-parallel cross-entropy (the framework the "
             "record names)") for rt in ("megatron_lm_2021", "megatron_lm_2022", "megatron_core")},
-    **{rt: ("sharded", "loss: nanotron's cast_to_fp32 block and sharded_cross_entropy (the "
-            "framework the record names)") for rt in ("nanotron", "nanotron_bench")},
+    **{rt: (SOURCES["nanotron"].cross_entropy, SOURCES["nanotron"].cross_entropy_note)
+       for rt in ("nanotron", "nanotron_bench")},
 }  # fmt: skip
 
 
