@@ -425,10 +425,11 @@ def test_megatron_fp8_param_gather_is_read() -> None:
              "--fp8-format hybrid --fp8-recipe tensorwise --fp8-param-gather").split()  # fmt: skip
     imp = import_megatron_flags(words, gpus=8)
     assert imp.data["training"]["fp8_params"] is True
-    fsdp = import_megatron_flags([*words, "--use-megatron-fsdp", "--data-parallel-sharding-strategy",
-                                  "optim_grads_params"], gpus=8)  # fmt: skip
-    assert "fp8_params" not in fsdp.data["training"]
-    assert any("--fp8-param-gather" in u for u in fsdp.unsupported)
+    for flag in ("--use-megatron-fsdp", "--use-custom-fsdp"):  # its two names
+        fsdp = import_megatron_flags([*words, flag], gpus=8)
+        assert "fp8_params" not in fsdp.data["training"], flag
+        assert any("--fp8-param-gather" in u for u in fsdp.unsupported), flag
+        assert fsdp.data["parallelism"]["zero_stage"] == 3, flag
     recs = {r.id: r for r in load_records("measured/mbridge_2511.yaml")}
     fsdp_row = translate(recs["mbridge2511_GB300_LLAMA3_70B_FP8CS_64gpu"]).scenario
     plain_row = translate(recs["mbridge2511_GB300_LLAMA3_8B_FP8MX_8gpu"]).scenario

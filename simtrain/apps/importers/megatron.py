@@ -148,6 +148,10 @@ def _launcher_world(launcher: tuple[str, ...]) -> tuple[int | None, str]:
 #: Megatron-LM's --optimizer values that are Muon (arguments.py l.2913-2917 at d98e8a64;
 #: dist_muon: Muon with the layer-wise distributed optimizer, l.1724-1736).
 MUON_OPTIMIZERS = ("muon", "dist_muon")
+#: Megatron-LM's two names for Megatron FSDP: --use-custom-fsdp from d165a8548b (2025-02-26)
+#: until af28b5a559 (2025-08-21) renamed it --use-megatron-fsdp (at d98e8a64 only
+#: ``args.use_custom_fsdp`` is left, set from the new flag, arguments.py l.1118-1122).
+MEGATRON_FSDP_FLAGS = ("--use-megatron-fsdp", "--use-custom-fsdp")
 
 
 def import_megatron(path: str | Path, gpus: int | None = None) -> Imported:
@@ -659,7 +663,7 @@ def _training(f: Flags, r: Reading, model: dict[str, Any]) -> tuple[dict[str, An
     if "--fp8-param-gather" in f and training["precision"] in FP8_PARAM_PRECISIONS:
         # TE quantized primary weights (costs.memory.fp8_weight_storage), all-gathered in
         # their byte under the per-tensor recipes (costs.memory.fp8_gathered_params)
-        if f.bool_("--use-megatron-fsdp") or "--data-parallel-sharding-strategy" in f:
+        if any(f.bool_(x) for x in MEGATRON_FSDP_FLAGS) or "--data-parallel-sharding-strategy" in f:
             r.unsupported_("--fp8-param-gather", "FP8 primary weights under Megatron FSDP: "
                            "simulated with 16-bit weights")  # fmt: skip
         else:
@@ -946,8 +950,7 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
                  "(Megatron-LM arguments.py), its states and Newton-Schulz work shared over "
                  "data parallel as ZeRO-1's")  # fmt: skip
     muon = f.value("--optimizer") in MUON_OPTIMIZERS
-    fsdp = [x for x in ("--use-torch-fsdp2", "--use-megatron-fsdp", "--use-custom-fsdp")
-            if f.bool_(x)]  # fmt: skip
+    fsdp = [x for x in ("--use-torch-fsdp2", *MEGATRON_FSDP_FLAGS) if f.bool_(x)]
     if fsdp and muon:
         # arguments.py l.1738-1739 at d98e8a64: "Emerging optimizer does not support
         # Torch-FSDP2 / Megatron-FSDP for now."
@@ -960,7 +963,7 @@ def _parallel(f: Flags, r: Reading, tp: int, pp: int, layers: int,
         if "--use-torch-fsdp2" in fsdp:
             zero = 3
             runtime["zero3_gather_copy_out"] = True  # PyTorch's FSDP2 copies each gather out
-        if "--use-megatron-fsdp" in fsdp or "--use-custom-fsdp" in fsdp:
+        if any(x in fsdp for x in MEGATRON_FSDP_FLAGS):
             strategy = f.value("--data-parallel-sharding-strategy") or "optim_grads_params"
             stages = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
             if strategy not in stages:
