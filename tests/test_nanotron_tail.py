@@ -22,7 +22,7 @@ from simtrain.costs.activations import (
     layer_input_bytes,
     loss_saved_bytes,
 )
-from simtrain.costs.comm import hop_send_ns, p2p_send_ns
+from simtrain.costs.comm import hop_send_ns
 from simtrain.costs.compute import (
     chunk_costs,
     head_elementwise_bytes,
@@ -82,10 +82,10 @@ def test_hop_bytes_are_the_logits(tp: int) -> None:
 
 
 def test_p2p_time_of_a_logits_hop() -> None:
-    """p2p_send_ns of the hop's bytes: the link's closed form on each TP rank's shard, plus the
+    """hop_send_ns of the hop's bytes: the link's closed form on each TP rank's shard, plus the
     runtime's per-message latencies, a logits hop's as one tensor's (nanotron's lm_head ->
     cast_to_fp32 -> loss blocks take one input each: the backward's message count, not the
-    decoder blocks' two tensors); without n_bytes the b·s·h activation as before."""
+    decoder blocks' two tensors); a decoder hop the b·s·h activation in the forward's count."""
     sc = _scenario(4, tp=2)
     step = resolve(sc)
     intra, _ = coll.node_links(sc.hardware)
@@ -95,7 +95,7 @@ def test_p2p_time_of_a_logits_hop() -> None:
     assert hop_send_ns(sc, step, 1, 2) == want
     hidden_extra = (sc.runtime.p2p_messages_forward - 1) * intra.latency_s  # two tensors
     hidden = round(1e9 * (coll.p2p_time_s(2 * B * S * H / 2, intra) + hidden_extra))
-    assert p2p_send_ns(sc, step, 0) == p2p_send_ns(sc, step, 0, 1, step.boundary_bytes) == hidden
+    assert hop_send_ns(sc, step, 0, 1) == hidden  # a decoder block's output: two tensors
     assert [step.hop_kind(k, k + 1) for k in range(3)] == ["hidden", "logits", "fp32_logits"]
     d = chunk_durations(sc, step)
     assert d[1].send_forward_ns == want

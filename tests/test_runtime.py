@@ -17,7 +17,7 @@ import pytest
 
 from simtrain.apps.simulate import build_lowering_input, simulate_scenario
 from simtrain.costs import collectives as coll
-from simtrain.costs.comm import p2p_send_ns
+from simtrain.costs.comm import hop_send_ns
 from simtrain.costs.host import layer_ops
 from simtrain.costs.memory import estimate_memory
 from simtrain.errors import ConfigError
@@ -207,10 +207,10 @@ def test_metadata_messages_cost_one_latency_each():
     intra, _ = coll.node_links(one.hardware)
     lat_ns = 1e9 * intra.latency_s
     s1, s6 = resolve(one), resolve(six)
-    assert p2p_send_ns(six, s6, 0, 1) - p2p_send_ns(one, s1, 0, 1) == pytest.approx(
+    assert hop_send_ns(six, s6, 0, 1) - hop_send_ns(one, s1, 0, 1) == pytest.approx(
         5 * lat_ns, abs=1
     )
-    assert p2p_send_ns(six, s6, 1, -1) - p2p_send_ns(one, s1, 1, -1) == pytest.approx(
+    assert hop_send_ns(six, s6, 1, 0) - hop_send_ns(one, s1, 1, 0) == pytest.approx(
         2 * lat_ns, abs=1
     )
 

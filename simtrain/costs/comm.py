@@ -617,24 +617,18 @@ def hop_send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> 
     return p2p_send_ns(sc, step, rank, other - rank, step.hop_bytes(stage, to_stage), messages)
 
 
-def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int = 1,
-                n_bytes: int | None = None, messages: int | None = None) -> int:  # fmt: skip
-    """Rank ``rank``'s send of a b·s·h activation (or its gradient; ``n_bytes``: another
-    tensor's bytes, all TP ranks together, ``ResolvedStep.hop_bytes``) to rank ``rank +
-    direction``: Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021
-    §4.1; nanotron's TP ranks each send their own shard of it), over the intra-node link or
-    the NIC when the hop leaves the node; a runtime that sends metadata or more tensors
-    (``messages``, by default ``runtime.p2p_messages_forward`` for direction > 0, else
-    ``_backward``; :func:`hop_send_ns` gives a chunk's) pays the link's latency per
+def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int, n_bytes: int,
+                messages: int) -> int:  # fmt: skip
+    """Rank ``rank``'s send of ``n_bytes`` (all TP ranks together, ``ResolvedStep.hop_bytes``)
+    to rank ``rank + direction`` in ``messages`` messages (:func:`hop_send_ns` gives a chunk's):
+    Megatron's scatter/gather sends b·s·h/t per TP rank (Narayanan et al. 2021 §4.1; nanotron's
+    TP ranks each send their own shard of it), over the intra-node link or the NIC when the hop
+    leaves the node; a runtime that sends metadata or more tensors pays the link's latency per
     message beyond the first."""
     intra, inter = coll.node_links(sc.hardware)
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
-    rt = sc.runtime
-    if messages is None:
-        messages = rt.p2p_messages_forward if direction > 0 else rt.p2p_messages_backward
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
-    size = step.boundary_bytes if n_bytes is None else n_bytes
-    return round(1e9 * (coll.p2p_time_s(size / step.groups.tp, link) + extra))
+    return round(1e9 * (coll.p2p_time_s(n_bytes / step.groups.tp, link) + extra))
 
 
 def grad_sync_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int) -> tuple[int, str]:

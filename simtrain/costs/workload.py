@@ -780,7 +780,8 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
     poll_ns = round(rt.p2p_poll_interval_s * 1e9) if blocking else 0
     counts = (rt.p2p_polled_messages_forward, rt.p2p_polled_messages_backward)
     # each chunk's polled messages sending forward (what its hop carries) and backward
-    polled = {k: (comm.hop_messages(counts, True, step.hop_kind(k, k + 1)), counts[1])
+    polled = {k: tuple(comm.hop_messages(counts, forward, step.hop_kind(k, k + 1))
+                       for forward in (True, False))
               for k in range(len(step.chunks))}  # fmt: skip
     # (validated: 0 or >= 1 ms, spec.runtime MIN_POLL_INTERVAL_S, so never rounded to 0 ns)
     plan = None
