@@ -306,13 +306,23 @@ def test_planner_gives_interleaved_layouts_their_smallest_group() -> None:
 
 
 def test_memory_explain_names_the_group() -> None:
-    """``simtrain memory --explain`` says which group the warm-up counts: N = 12 for m = 12 over
-    pp 8, and the default pp."""
+    """``simtrain memory --explain`` says which group the warm-up counts and each stage's
+    warm-up: N = 12 for m = 12 over pp 8, v 2: stage r 2(7 - r) + 12, at most v·m = 24 (stage 0
+    24, not 26; stage 7 12); Mixtral's combined 1F1B at pp 4, v 2, N = pp: one more,
+    2(3 - r) + 4 + 1 (stage 0 11, stage 3 5); and the default pp."""
     from simtrain.report.explain import explain_memory
 
     sc = load_scenario(SCENARIO, ["training.global_batch=96",
                                   "parallelism.microbatch_group_size=12"])  # fmt: skip
     text = "\n".join(explain_memory(sc, estimate_memory(sc)))
-    assert "groups of 12 micro-batches per chunk: warm-up 2(pp - r - 1) + (v - 1)·12" in text
+    for warmup in (24, 22, 12):  # stages 0, 2, 7
+        assert f"groups of 12 micro-batches per chunk: {warmup} warm-up forwards" in text
+    assert "(2(pp - r - 1) + (v - 1)·12, at most v·m)" in text
+    moe = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", ["parallelism.schedule=combined_1f1b",
+                                                            "parallelism.virtual_stages=2"])  # fmt: skip
+    text = "\n".join(explain_memory(moe, estimate_memory(moe)))
+    for warmup in (11, 9, 7, 5):
+        assert f"groups of 4 micro-batches per chunk: {warmup} warm-up forwards" in text
+    assert "(2(pp - r - 1) + (v - 1)·4 + 1, at most v·m)" in text
     base = load_scenario(SCENARIO)
     assert "groups of 8 micro-batches" in "\n".join(explain_memory(base, estimate_memory(base)))
