@@ -255,6 +255,26 @@ def test_fit_advice_offers_the_smaller_group() -> None:
             assert "parallelism.microbatch_group_size=0" in f.overrides
 
 
+def test_a_pp_change_takes_the_smallest_group_of_its_micro_batches() -> None:
+    """pp 4, dp 2, m 10 in groups of 5 -> pp 8, dp 1 (same GPUs): m 20, which pp 8 does not
+    divide; Megatron takes N in [8, 20] with 20 % N 0 or >= 8: 8 (rest 4) and 9 (rest 2) no,
+    10 yes. The advice's overrides give 10 (a reset to the default pp would be refused), and
+    the scenario they make loads."""
+    from simtrain.apps.fit import _group_reset
+
+    sets = ["parallelism.pp=4", "parallelism.dp=2", "training.micro_batch=4",
+            "training.global_batch=80", "parallelism.microbatch_group_size=5"]  # fmt: skip
+    sc = load_scenario(SCENARIO, sets)
+    assert sc.num_microbatches == 10
+    reset = _group_reset(sc, 8, 1)
+    assert reset == ("parallelism.microbatch_group_size=10",)
+    moved = load_scenario(SCENARIO, [*sets, "parallelism.pp=8", "parallelism.dp=1", *reset])
+    assert moved.num_microbatches == 20
+    with pytest.raises(ConfigError):
+        load_scenario(SCENARIO, [*sets, "parallelism.pp=8", "parallelism.dp=1",
+                                 "parallelism.microbatch_group_size=0"])  # fmt: skip
+
+
 def test_validate_translation_takes_torchs_rounds() -> None:
     """A record on a torch-pipelining runtime (torchtitan) with interleaving and micro-batches
     pp does not divide: validate reads torch's rounds (6 over pp 4: one round of 6); the same

@@ -201,10 +201,16 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
                    (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip
 
 
-def _group_reset(sc: Scenario) -> tuple[str, ...]:
-    """A new pp takes Megatron's default micro-batch group (pp) again: an explicit group below
-    the new pp would be refused."""
-    return ("parallelism.microbatch_group_size=0",) if sc.parallelism.microbatch_group_size else ()
+def _group_reset(sc: Scenario, pp: int, dp: int) -> tuple[str, ...]:
+    """The micro-batch group of a scenario given an explicit one, at a new pp and dp: the
+    smallest Megatron-Core takes for the new micro-batch count (``schedules.generators.
+    smallest_group``, as the planner's ``layout_group`` picks it), 0 (the default, pp) where
+    the new pp divides it; nothing to change without an explicit group."""
+    if not sc.parallelism.microbatch_group_size:
+        return ()
+    t = sc.training
+    m = t.global_batch // (t.micro_batch * dp)
+    return (f"parallelism.microbatch_group_size={smallest_group(pp, m)}",)
 
 
 def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
@@ -217,7 +223,7 @@ def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
         for k in (2, 4):
             if p.dp % k or (kind == "tp" and now * k > sc.cluster.gpus_per_node):
                 continue
-            reset = _group_reset(sc) if kind == "pp" else ()
+            reset = _group_reset(sc, now * k, p.dp // k) if kind == "pp" else ()
             out.append(Change(kind, f"{kind} {now} -> {now * k}, dp {p.dp} -> {p.dp // k} (same "
                               f"{p.gpus} GPUs)", (f"parallelism.{kind}={now * k}",
                                                   f"parallelism.dp={p.dp // k}", *reset)))  # fmt: skip
@@ -269,7 +275,7 @@ def _more_gpus(kind: str) -> Callable[[Scenario], list[Change]]:
             if cluster is None or (kind == "tp" and now * k > sc.hardware.gpus_per_node):
                 continue
             label = f"{kind} {now} -> {now * k} on {gpus} GPUs (+{gpus - p.gpus})"
-            reset = _group_reset(sc) if kind == "pp" else ()
+            reset = _group_reset(sc, now * k, p.dp) if kind == "pp" else ()
             out.append(Change(f"{kind}_gpus", label,
                               (f"parallelism.{kind}={now * k}", *cluster, *reset)))  # fmt: skip
         return out
