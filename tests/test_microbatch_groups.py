@@ -282,12 +282,13 @@ def test_validate_translation_takes_torchs_rounds() -> None:
     from simtrain.apps.validate.records import Record
     from simtrain.apps.validate.translate import SkipReason, translate
 
-    def record(runtime: str) -> Record:
+    def record(runtime: str, **training: int) -> Record:
         return Record(id="r", kind="training_run", source="mine", source_key="mine",  # type: ignore[call-arg]
                       runtime=runtime,
                       model={"layers": 16, "hidden": 1024, "heads": 16, "seq_len": 1024,
                              "vocab": 32000},
-                      training={"global_batch": 6, "micro_batch": 1, "precision": "bf16"},
+                      training={"global_batch": 6, "micro_batch": 1, "precision": "bf16",
+                                **training},
                       parallelism={"tp": 1, "pp": 4, "dp": 1, "virtual_stages": 2,
                                    "schedule": "interleaved 1F1B"},
                       hardware={"gpu": "H100-SXM5-80GB", "num_gpus": 4},
@@ -297,6 +298,13 @@ def test_validate_translation_takes_torchs_rounds() -> None:
     assert not isinstance(tr, SkipReason), tr
     assert tr.scenario.parallelism.microbatch_group_size == 6
     assert isinstance(translate(record("megatron_core")), SkipReason)
+    # torch runs the schedule once a gradient-accumulation pass: a local batch of 10 in two
+    # passes (global 20) is rounds of 10 // 2 = 5 over pp 4, as the torchtitan importer reads
+    # it (test_torchtitan_importer_takes_torchs_rounds: (10, 20) -> 5), not the step's m = 20
+    # (which pp divides: no group)
+    acc = translate(record("torchtitan", global_batch=20, local_batch=10))
+    assert not isinstance(acc, SkipReason), acc
+    assert acc.scenario.parallelism.microbatch_group_size == 5
 
 
 def test_planner_gives_interleaved_layouts_their_smallest_group() -> None:

@@ -39,6 +39,7 @@ from simtrain.apps.validate.splits import ends_one_fewer, pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.schedules.generators import torch_rounds_group
+from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import PRESETS, ModelSpec, find_preset
 from simtrain.spec.precision import PRECISIONS
@@ -600,7 +601,7 @@ def _scenario_data(
     layers = record_int(model.get("layers")) or record_int(rec.model.get("layers"))
     data["parallelism"].update(pipeline_split(rec, data["parallelism"], layers, notes))
     data["runtime"] = _runtime(rec, data["parallelism"], notes)
-    _torch_rounds(data, notes)
+    _torch_rounds(data, record_int(rec.training.get("local_batch")), notes)
     _deepspeed_buckets(data, notes)
     cluster = _record_cluster(node, profile_node, gpus, notes)
     if cluster:
@@ -613,16 +614,19 @@ def _scenario_data(
 TORCH_PIPELINING_RUNTIMES = ("torchtitan",)
 
 
-def _torch_rounds(data: dict[str, Any], notes: list[str]) -> None:
+def _torch_rounds(data: dict[str, Any], local_batch: int | None, notes: list[str]) -> None:
     """A torch-pipelining record's interleaved schedule whose micro-batches pp does not divide:
-    torch's rounds as simtrain's micro-batch group; Megatron's own records say their group or
-    are refused (it is the user's setting there)."""
+    torch's rounds of each pass's micro-batches (``local_batch`` // micro-batch where the record
+    gives its local batch, as the torchtitan importer reads ``local_batch_size``; else the
+    step's) as simtrain's micro-batch group; Megatron's own records say their group or are
+    refused (it is the user's setting there)."""
     par, t = data["parallelism"], data["training"]
-    if (data["runtime"].get("name") not in TORCH_PIPELINING_RUNTIMES
-            or par.get("schedule") != "interleaved" or par.get("virtual_stages", 1) < 2):  # fmt: skip
-        return
     pp = par.get("pp", 1)
-    m = t["global_batch"] // (t["micro_batch"] * par.get("dp", 1))
+    if (data["runtime"].get("name") not in TORCH_PIPELINING_RUNTIMES
+            or par.get("schedule") != "interleaved"
+            or not runs_groups("interleaved", pp, par.get("virtual_stages", 1))):  # fmt: skip
+        return
+    m = (local_batch or t["global_batch"] // par.get("dp", 1)) // t["micro_batch"]
     group = torch_rounds_group(pp, m)
     if m % pp and group:
         par["microbatch_group_size"] = group
