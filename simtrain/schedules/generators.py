@@ -7,6 +7,7 @@ communication; ``p`` = pp, ``m`` = micro-batches, ``v`` = virtual stages (model 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from simtrain.errors import ScheduleError
@@ -126,20 +127,25 @@ def check_group(name: str, pp: int, m: int, group: int) -> int:
         raise ScheduleError(f"{name}: microbatch group must be an integer >= 1 (got {group!r})")
     n = group or pp
     torch_round = name == "interleaved" and m < pp  # torch's one round of m < pp micro-batches
-    ok = [k for k in range(pp, m + 1) if megatron_group_ok(pp, m, k)] + ([m] if torch_round else [])
-    works = (f"groups that work for m = {m}: {', '.join(map(str, ok[:8]))}" if ok else
-             f"no group works for m = {m} micro-batches: use m >= pp = {pp}")  # fmt: skip
+
+    def works() -> str:
+        """The first groups that do work, for the error (built only when there is one)."""
+        ok = [m] if torch_round else list(itertools.islice(
+            (k for k in range(pp, m + 1) if megatron_group_ok(pp, m, k)), 8))  # fmt: skip
+        return (f"groups that work for m = {m}: {', '.join(map(str, ok))}" if ok else
+                f"no group works for m = {m} micro-batches: use m >= pp = {pp}")  # fmt: skip
+
     if n > m:
         raise ScheduleError(f"{name}: microbatch group ({n}) must not exceed the micro-batches "
-                            f"({m}); {works}")  # fmt: skip
+                            f"({m}); {works()}")  # fmt: skip
     if n < pp and not (torch_round and n == m):
         also = ", or m itself when m < pp, as torch runs it" if torch_round else ""
         raise ScheduleError(f"{name}: microbatch group ({n}) must be in [pp = {pp}, m = {m}] "
-                            f"(Megatron-Core's range{also}); {works}")  # fmt: skip
+                            f"(Megatron-Core's range{also}); {works()}")  # fmt: skip
     if not megatron_group_ok(pp, m, n) and not torch_round:
         raise ScheduleError(
             f"{name}: microbatches ({m}) leave a last group of {m % n} (< pp = {pp}) in groups "
-            f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); {works}"
+            f"of {n} (Megatron-Core's rule: m % group must be 0 or >= pp); {works()}"
         )
     return n
 
