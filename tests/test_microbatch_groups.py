@@ -354,3 +354,17 @@ def test_memory_explain_names_the_group() -> None:
     assert "(2(pp - r - 1) + (v - 1)·4 + 1, at most v·m)" in text
     base = load_scenario(SCENARIO)
     assert "groups of 8 micro-batches" in "\n".join(explain_memory(base, estimate_memory(base)))
+
+
+def test_interleaved_with_one_chunk_is_1f1b_whatever_m() -> None:
+    """schedule interleaved with virtual_stages 1 runs 1F1B (generators.interleaved, v == 1),
+    which takes any m: m = 12 over pp 8 loads and steps exactly as schedule 1f1b does (the
+    scenario check had refused it, a rule left from before the micro-batch groups)."""
+    from simtrain.apps.simulate import simulate_scenario
+
+    sets = ["parallelism.virtual_stages=1", "training.global_batch=96"]
+    one = load_scenario(SCENARIO, sets)
+    assert one.num_microbatches == 12
+    plain = load_scenario(SCENARIO, [*sets, "parallelism.schedule=1f1b"])
+    assert (simulate_scenario(one, detail=False).metrics.step_time_s
+            == simulate_scenario(plain, detail=False).metrics.step_time_s)  # fmt: skip

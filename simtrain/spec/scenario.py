@@ -1156,10 +1156,7 @@ def check_microbatch_groups(s: Scenario, file: str | None) -> None:
     as Megatron-Core takes them (``schedules.generators.check_group``: N <= m, m % N = 0 or
     >= pp, N >= pp unless one group holds all m < pp)."""
     p, t = s.parallelism, s.training
-    n = p.microbatch_group_size
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ConfigError(file, "parallelism.microbatch_group_size",
-                          "must be an integer >= 1 (0 or absent: pp)", n)  # fmt: skip
+    n = p.microbatch_group_size  # (an integer >= 0: spec.limits.INT_RANGES)
     grouped = runs_groups(p.schedule, p.pp, p.virtual_stages)
     if n and not grouped:
         allowed = " or ".join(k for k, v in SCHEDULES.items() if v.grouped)
@@ -1168,12 +1165,6 @@ def check_microbatch_groups(s: Scenario, file: str | None) -> None:
             f"it needs parallelism.schedule {allowed} with parallelism.virtual_stages > 1 and "
             f"pp > 1 (got schedule {p.schedule}, virtual_stages {p.virtual_stages}, pp {p.pp})",
             n,
-        )  # fmt: skip
-    if p.schedule == "interleaved" and not grouped and s.num_microbatches % p.pp:
-        raise ConfigError(
-            file, "training.global_batch", f"the {p.schedule} schedule needs micro-batches "
-            f"(global_batch / (micro_batch x dp) = {s.num_microbatches}) to be a multiple of "
-            f"pp = {p.pp}", t.global_batch,
         )  # fmt: skip
     if not grouped:
         return
