@@ -52,7 +52,7 @@ from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
-from simtrain.schedules.generators import smallest_group
+from simtrain.schedules.generators import interleaved_warmup, smallest_group
 from simtrain.spec.scenario import Scenario, load_scenario, runtime_off_overrides
 from simtrain.units import GIB
 
@@ -190,14 +190,17 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
     """An interleaved micro-batch group above pp (``parallelism.microbatch_group_size``) down to
     the smallest that still takes the scenario's micro-batches (Megatron-Core's rule,
     ``schedules.generators.check_group``): each rank's warm-up, 2(p − r − 1) + (v − 1)·N
-    forwards, holds (v − 1)·(N − N') fewer chunk micro-batches; the bubble is the same."""
+    forwards at most v·m (``generators.interleaved_warmup``), holds up to (v − 1)·(N − N')
+    fewer chunk micro-batches (the label gives rank 0's); the bubble is the same."""
     p = sc.parallelism
-    n = p.microbatch_group_size
-    k = smallest_group(p.pp, sc.num_microbatches) or p.pp
+    n, m = p.microbatch_group_size, sc.num_microbatches
+    k = smallest_group(p.pp, m) or p.pp
     if not n or k >= n:
         return []
-    return [Change("microbatch_group", f"micro-batch group {n} -> {k} ({(p.virtual_stages - 1) * (n - k)} "
-                   "fewer chunk micro-batches in each rank's warm-up)",
+    fewer = (interleaved_warmup(0, p.pp, m, p.virtual_stages, group=n)
+             - interleaved_warmup(0, p.pp, m, p.virtual_stages, group=k))  # fmt: skip
+    return [Change("microbatch_group", f"micro-batch group {n} -> {k} ({fewer} fewer chunk "
+                   "micro-batches in rank 0's warm-up)",
                    (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip
 
 
