@@ -145,7 +145,7 @@ def test_scenario_group_moves_memory_not_time() -> None:
     assert resolve(base).schedule == interleaved(8, 16, 2)
     ta = simulate_scenario(base, detail=False).metrics.step_time_s
     tb = simulate_scenario(wide, detail=False).metrics.step_time_s
-    assert ta != tb and abs(tb - ta) / ta < 1e-3
+    assert abs(tb - ta) / ta < 1e-3  # (the orders differ: the two schedule checks above)
 
 
 def test_scenario_allows_microbatches_pp_does_not_divide() -> None:
