@@ -56,9 +56,9 @@ def is_data_parallel(sc: Scenario) -> bool:
 
 def gathered_logits_bytes(sc: Scenario, step: ResolvedStep) -> int:
     """The outputs ``Gather`` concatenates on GPU 0 for one forward: every replica's logits,
-    n·b·s·V elements in the matmul dtype (the LM head's output under autocast)."""
-    n = sc.parallelism.dp
-    return n * step.micro_batch * step.seq_len_effective * sc.model.vocab * step.precision.act_mm
+    n·b·s·V elements in the matmul dtype (the LM head's output under autocast;
+    ``ResolvedStep.logits_bytes`` each)."""
+    return sc.parallelism.dp * step.logits_bytes
 
 
 def gpu0_loss_bytes(sc: Scenario, step: ResolvedStep) -> int:
