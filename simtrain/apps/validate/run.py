@@ -171,7 +171,8 @@ class ValidationResult:
             "fitted_constants": [
                 {
                     "constant": r.constant.constant,
-                    "file": r.constant.where,
+                    "file": r.constant.file,
+                    "note": r.constant.note,
                     "fitted_on": list(r.constant.fitted_on),
                     "families": [
                         {
