@@ -43,8 +43,6 @@ from simtrain.apps.validate.records import Record, load_record_files, resolve_pa
 from simtrain.apps.validate.translate import translate
 from simtrain.costs.link_fit import measured_time_s
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.workload import chunk_durations
-from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
 
 #: the sweep's pp fix: its script re-ran the pp > 1 layouts of earlier jobs (e24d2483 l.512-518)
@@ -281,15 +279,14 @@ def print_layer_floors(recs: list[Record], results: list) -> None:
 
 
 def print_reserved_lead(recs: list[Record], results: list) -> None:
-    """The reserved-memory lead (runtimes/nanotron.yaml [gap]): at pp 1 and tp > 1, the
-    reserved peak's excess over simtrain's in units of two full b·s·h bf16 tensors per layer on
-    the rank (each layer's two row-parallel outputs, the NCCL reduce-scatters' inputs), median
-    by kind of job; the CSV's reserved MAPE were that excess added on the fast kind's runs; and
-    the share of those runs whose host, in simtrain's model, issues a micro-batch faster than
-    the GPU runs it (the trigger a mechanism would need)."""
+    """The reserved-memory residual (runtimes/nanotron.yaml [gap], [rstr]): at pp 1 and tp > 1,
+    the reserved peak's excess over simtrain's in units of two full b·s·h bf16 tensors per
+    layer on the rank (each layer's two row-parallel outputs, the NCCL reduce-scatters'
+    inputs), median by kind of job, after the modelled pending reduce-scatter inputs
+    (costs.memory.pending_reduce_scatter_bytes); the CSV's reserved MAPE; and, on the fast kind's
+    runs, the share the model holds some back for and the median held back in those units."""
     ratio: dict[bool, list[float]] = defaultdict(list)
-    before, after = [], []
-    ahead = []
+    errors, held = [], []
     for rec, res in zip(recs, results, strict=True):
         p, t, m = rec.parallelism, rec.training, rec.model
         node = rec.hardware.get("network_measured", {}).get("intra_node_all_gather_busbw_gb_per_s")
@@ -301,24 +298,22 @@ def print_reserved_lead(recs: list[Record], results: list) -> None:
             fast = lead and node >= FAST_NODE_AG_GB_PER_S
             if lead:
                 ratio[fast].append((meas - pred) / unit)
-            before.append(abs(err))
-            after.append(abs(100 * (pred + (unit if fast else 0) - meas) / meas))
+            errors.append(abs(err))
             if fast:
-                sc = translate(rec).scenario
-                c = chunk_durations(sc, resolve(sc))[0]
-                host = c.host_forward_ns + c.host_backward_ns + c.host_accum_ns
-                gpu = (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.tp_forward_ns
-                       + c.tp_backward_ns)  # fmt: skip
-                ahead.append(host < gpu)
+                rep = estimate_memory(translate(rec).scenario)
+                held.append(max(g.pending_collective_bytes for g in rep.gpus) / unit)
     for fast, v in sorted(ratio.items(), reverse=True):
-        print(f"reserved excess at pp 1, tp > 1, node all-gather {'>=' if fast else '<'} "
+        print(f"reserved excess left at pp 1, tp > 1, node all-gather {'>=' if fast else '<'} "
               f"{FAST_NODE_AG_GB_PER_S} GB/s: {statistics.median(v):.2f} x two b.s.h per layer "
               f"(median, n {len(v)})")  # fmt: skip
-    if before:
-        print(f"reserved peak MAPE {statistics.fmean(before):.1f} %; with that excess on the fast "
-              f"kind's pp-1 tp > 1 runs {statistics.fmean(after):.1f} % (not modelled); of those "
-              f"runs, the host ahead of the GPU in simtrain's model: "
-              f"{100 * sum(ahead) / max(len(ahead), 1):.0f} % of {len(ahead)}")  # fmt: skip
+    if errors:
+        some = [h for h in held if h > 0]
+        print(
+            f"reserved peak MAPE {statistics.fmean(errors):.1f} %; of the fast kind's pp-1 tp > 1 "
+            f"runs the model holds back pending reduce-scatter inputs for "
+            f"{100 * len(some) / max(len(held), 1):.0f} % of {len(held)}"
+            + (f", median {statistics.median(some):.2f} x two b.s.h per layer" if some else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,11 +110,15 @@ def test_peak_memory(result) -> None:
     from -10.2 to -15.6 % (median). Its 'GB' is max_memory_reserved / 1024**3 of world rank 0
     (pipeline stage 0; the sweep's CSV), which simtrain models as the allocated peak: the rest
     is the caching allocator's fragmentation, mostly tp > 1 (not modelled). Pinned where it
-    stands, so that it cannot drift unseen."""
+    stands, so that it cannot drift unseen. Met again since 2026-12-06 at 11.6 % (median
+    -8.6 %): the row-parallel outputs a sequence-parallel TP block reduce-scatters stay
+    reserved while their collective is pending (runtime nccl_record_streams,
+    costs.memory.pending_reduce_scatter_bytes; runtimes/nanotron.yaml [rstr]); issue 13's
+    <= 10 % is still missed (pp > 1 still -10 %). A regression bound half a point above."""
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 230 and 15.0 < nt.mape_pct < 15.2
+    assert nt.n >= 230 and nt.mape_pct < 12.1
 
 
 def test_nanotron_allocated_at_the_step(result) -> None:

@@ -169,6 +169,10 @@ class StageMemory:
     # FSDP2's all-gather pool in a reserved or device-level figure (:func:`fsdp2_gather_pool_bytes`,
     # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
     gather_pool_bytes: int = 0
+    # Row-parallel outputs the allocator holds back behind their pending NCCL reduce-scatter at
+    # a forward's end, in a reserved or device-level figure (:func:`pending_reduce_scatter_bytes`,
+    # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
+    pending_collective_bytes: int = 0
     # What torch's allocator holds at the optimizer step's moment (after the last backward: the
     # model states, the step's working memory or ZeRO's gather copies, what the activation walk
     # keeps), as torch.cuda.max_memory_allocated counts it: without the CUDA context and NCCL's
@@ -881,6 +885,21 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         cats["buffers"] += pool
         buffers += pool
         peak += pool
+    pending = 0 if pageable or cached else pending_reduce_scatter_bytes(sc, step, stage)
+    if pending:
+        # the pending blocks stay reserved beside the forward's end (the walk's moment) and,
+        # cached, serve the step's later allocations: the figure's peak is the larger of the
+        # two; where the GPU runs out the allocator waits for their events and frees its cache
+        # (at most the capacity: the fit verdict is the allocated one's)
+        walk = dict(moments[0], buffers=moments[0]["buffers"] + pool)
+        held = sum(walk.values())
+        reserved = min(held + pending, max(hw.memory_bytes, held))
+        pending = reserved - held if reserved > peak else 0
+        if pending:
+            at_peak = dict(walk, buffers=walk["buffers"] + pending)
+            peak = reserved
+            cats["buffers"] = max(cats["buffers"], at_peak["buffers"])
+            buffers = cats["buffers"]
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -929,6 +948,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         allocator_cached_bytes=cached,
         allocator_cached_activation_bytes=cached_act,
         gather_pool_bytes=pool,
+        pending_collective_bytes=pending,
         step_memory_bytes=step_b,
     )
 
@@ -1290,6 +1310,64 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     prec = step.precision
     cast = 1 / p.zero_shards if prec.master > prec.param else 0
     return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
+
+
+def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lead_ns: int) -> float:
+    """Share of a forward's row-parallel outputs whose reduce-scatter the GPU has not run yet
+    when the host has issued the whole forward: the host issues the forward's kernels evenly
+    over ``forward_host_ns``, the GPU runs them ``lead_ns`` behind and over
+    ``forward_gpu_ns``, so those issued after ``(h - lead) / g`` of the forward are pending:
+    1 - max(0, h - lead) / g, within [0, 1]; a host that costs nothing (h = 0) leaves all of
+    them pending, a forward without GPU time none."""
+    if forward_gpu_ns <= 0:
+        return 0.0
+    if forward_host_ns <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lead_ns) / forward_gpu_ns))
+
+
+def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
+    """Row-parallel outputs held back by PyTorch's caching allocator while the NCCL
+    reduce-scatter that reads them is still queued (runtime ``nccl_record_streams``), at the
+    end of a forward, in a reserved or device-level memory figure (``memory_reported``).
+
+    Sequence-parallel TP (tp > 1) reduce-scatters the attention's output projection and a dense
+    MLP's down projection, each a full b x s/cp x h output (``step.boundary_bytes``; an MoE
+    layer: the attention's only), and frees it as soon as the collective is issued. c10d marks
+    a collective's tensors as used on its NCCL stream (ProcessGroupNCCL ``recordStream``,
+    unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the allocator records an event there at the
+    free and reuses the block only once the event has completed (c10/cuda/
+    CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while the host runs
+    ahead of the GPU the next layers' allocations cannot use it and take new segments. The
+    forward's pending share is :func:`pending_fraction` of its GPU time (compute and TP
+    collectives) and host time (``costs.host``), the GPU lagging, at the forward's start,
+    (m - 1) x (its micro-batch's GPU time - host time) when that is positive (the last of the
+    step's m micro-batches; the lag grows by that each micro-batch), or not at all behind a
+    blocking pipeline p2p (the host waits for the GPU at every transfer). The largest chunk of
+    the rank counts. 0 for an allocated figure, tp 1, no sequence parallelism or the key
+    off."""
+    p, rt = sc.parallelism, sc.runtime
+    if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
+            or not p.sequence_parallel):  # fmt: skip
+        return 0
+    # (costs.workload imports this module: the chunk's timing is read here, lazily)
+    from simtrain.costs.workload import block_comm, chunk_duration
+
+    block = block_comm(sc, step)
+    blocking = p.pp > 1 and rt.p2p == "blocking"
+    most = 0
+    for k in step.rank_chunk_ids(stage):
+        ch, d = step.chunks[k], chunk_duration(sc, step, k, block)
+        g_f = d.forward_ns + d.tp_forward_ns
+        g_mb = (g_f + d.input_grad_ns + d.weight_grad_ns + d.recompute_ns + d.tp_backward_ns
+                + d.tp_recompute_ns)  # fmt: skip
+        h_mb = d.host_forward_ns + d.host_backward_ns + d.host_accum_ns
+        lead = 0 if blocking else (step.microbatches - 1) * max(0, g_mb - h_mb)
+        dense = sc.model.dense_layers_in(ch.lo, ch.hi)
+        rows = 2 * dense + (ch.layers - dense)
+        share = pending_fraction(g_f, d.host_forward_ns, lead)
+        most = max(most, int(rows * step.boundary_bytes * share))
+    return most
 
 
 def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:

@@ -302,6 +302,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      + (" and a cast shard" if prec.param < 4 else "")
                      + " (at most what the capacity leaves), cached on the copy-in stream, "
                      "which the compute stream cannot reuse")  # fmt: skip
+    if sm.pending_collective_bytes:
+        lines.append(f"  row-parallel outputs pending their NCCL reduce-scatter at a forward's end (a "
+                     f"{sc.runtime.memory_reported} figure) = {_gb(sm.pending_collective_bytes)} "
+                     "of buffers: freed by the host ahead of the GPU, held by the allocator until "
+                     "the collective has run (c10d recordStream)")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip

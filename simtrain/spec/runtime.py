@@ -202,6 +202,12 @@ class RuntimeProfile:
     # column-parallel linear's gathered input and the async row-parallel linear's gathered output
     # gradient). Counted when tp > 1 with sequence parallelism; 0: none kept.
     tp_gather_buffers: int = 0
+    # The framework's collectives run under c10d's recordStream (TORCH_NCCL_AVOID_RECORD_STREAMS
+    # unset, its default before it was turned on): a tensor an NCCL collective reads goes back
+    # to the caching allocator only once the collective has run, so a reserved or device-level
+    # memory figure holds the sequence-parallel reduce-scatters' row-parallel outputs the host
+    # freed ahead of the GPU (costs.memory.pending_reduce_scatter_bytes).
+    nccl_record_streams: bool = False
     # Under a pipeline schedule the sharded data parallelism (ZeRO-2/3, FSDP2) reduces the
     # gradients once, after the last micro-batch, and holds each parameter's whole (unsharded)
     # gradient until then, in the reduction's dtype (``grad_reduce_dtype``):

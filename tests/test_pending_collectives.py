@@ -1,0 +1,123 @@
+"""Row-parallel outputs held back behind their pending NCCL reduce-scatter in a reserved memory
+figure (runtime ``nccl_record_streams``; ``costs.memory.pending_reduce_scatter_bytes``;
+runtimes/nanotron.yaml [rstr]): c10d's recordStream keeps a freed collective input out of the
+caching allocator until the collective has run, so while the host runs ahead of the GPU each
+forward's attention out-projection and MLP down-projection outputs (full b x s x h each) stay
+reserved. Checked against the closed form: with a host that costs nothing every row output of
+the forward is pending, 2 x layers x b·s·h x 2 B."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.memory import estimate_memory, pending_fraction
+from simtrain.spec.scenario import parse_scenario
+
+# The Ultra-Scale Playbook sweep's 1B model (nanotron scripts/scaling_benchmarks.py).
+MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
+            "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
+            "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip
+ROW_OUTPUT = 1 * 4096 * 2048 * 2  # b x s x h in bf16: 16,777,216 B
+
+
+def _scenario(tp: int = 8, pp: int = 1, sp: bool = True, micro: int = 8, mb: int = 1,
+              **runtime):  # fmt: skip
+    rt = {"name": "nanotron", "host_us_per_op": 0.0, **runtime}
+    return parse_scenario({
+        "name": "rs", "model": MODEL_1B, "hardware": "h100_sxm5_80gb", "runtime": rt,
+        "cluster": {"nodes": 1, "gpus_per_node": tp * pp},
+        "training": {"seq_len": 4096, "global_batch": micro * mb, "micro_batch": mb,
+                     "precision": "bf16_fp32_grads", "optimizer": "adamw",
+                     "cross_entropy": "sharded"},
+        "parallelism": {"tp": tp, "pp": pp, "dp": 1, "sequence_parallel": sp},
+    }, "rs.yaml")  # fmt: skip
+
+
+def test_fraction_closed_forms() -> None:
+    """1 - max(0, h - lead) / g: a GPU twice the host's time leaves half the forward pending;
+    a lag as long as the host's forward, all of it; a free host, all; no GPU time, none."""
+    assert pending_fraction(10, 5, 0) == 0.5
+    assert pending_fraction(10, 5, 5) == 1.0
+    assert pending_fraction(10, 5, 2) == 0.7
+    assert pending_fraction(10, 0, 0) == 1.0
+    assert pending_fraction(0, 5, 0) == 0.0
+    assert pending_fraction(4, 10, 0) == 0.0  # the host behind: nothing pending
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9),
+       st.integers(0, 10**9))  # fmt: skip
+def test_fraction_is_a_share_monotone_in_the_lag(g: int, h: int, lead: int, more: int) -> None:
+    f = pending_fraction(g, h, lead)
+    assert 0.0 <= f <= 1.0
+    assert pending_fraction(g, h, lead + more) >= f  # a longer lag, more pending
+    assert pending_fraction(g, h + more, lead) <= f  # a slower host, less
+
+
+def test_a_free_host_leaves_every_row_output_pending() -> None:
+    """Host cost 0: all 16 layers' two row outputs, 2 x 16 x 16,777,216 = 536,870,912 B, on
+    top of the allocated figure's peak, under buffers; the other categories are unchanged."""
+    res = estimate_memory(_scenario()).stages[0]
+    alloc = estimate_memory(_scenario(memory_reported="allocated")).stages[0]
+    assert res.pending_collective_bytes == 2 * 16 * ROW_OUTPUT == 536_870_912
+    assert alloc.pending_collective_bytes == 0
+    assert res.peak_memory_bytes - alloc.peak_memory_bytes == 536_870_912
+    cr, ca = dict(res.memory_bytes), dict(alloc.memory_bytes)
+    assert cr["buffers"] - ca["buffers"] == 536_870_912
+    assert {k: v for k, v in cr.items() if k != "buffers"} == {
+        k: v for k, v in ca.items() if k != "buffers"}  # fmt: skip
+
+
+def test_no_pending_inputs_without_the_mechanism() -> None:
+    """tp 1 (no collective), no sequence parallelism (an in-place all-reduce: the output lives
+    on), the key off (TORCH_NCCL_AVOID_RECORD_STREAMS=1) or an allocated figure: nothing."""
+    for sc in (_scenario(tp=1, sp=False), _scenario(sp=False), _scenario(nccl_record_streams=False),
+               _scenario(memory_reported="allocated")):  # fmt: skip
+        assert estimate_memory(sc).stages[0].pending_collective_bytes == 0
+
+
+def test_a_host_slower_than_the_gpu_holds_nothing() -> None:
+    """10 ms an op: the host issues every micro-batch slower than the GPU runs it, never ahead."""
+    sc = _scenario(host_us_per_op=10_000.0)
+    assert estimate_memory(sc).stages[0].pending_collective_bytes == 0
+
+
+def test_a_blocking_pipeline_pends_only_within_a_forward() -> None:
+    """nanotron's p2p is blocking: the host waits for the GPU at every transfer, so no lag builds
+    over the micro-batches; with a host that costs nothing the forward's own row outputs are
+    all pending (8 layers a stage at pp 2), with a real host at most that."""
+    free = estimate_memory(_scenario(tp=4, pp=2)).stages
+    assert [s.pending_collective_bytes for s in free][0] == 2 * 8 * ROW_OUTPUT
+    real = estimate_memory(_scenario(tp=4, pp=2, host_us_per_op=26.0)).stages
+    assert all(0 <= s.pending_collective_bytes <= 2 * 8 * ROW_OUTPUT for s in real)
+
+
+def test_the_fit_verdict_is_the_allocated_ones() -> None:
+    """The allocator waits for the pending events and frees its cache before it fails: the
+    reported peak stops at the GPU's memory, the verdict does not change. tp 4, micro-batch 24:
+    67.2 GiB allocated, 2 x 16 layers x 24 b·s·h = 12 GiB pending, of which
+    79.19 - 67.2 fit; micro-batch 32 does not fit either way (87.4 GiB allocated)."""
+    res = estimate_memory(_scenario(tp=4, mb=24)).stages[0]
+    alloc = estimate_memory(_scenario(tp=4, mb=24, memory_reported="allocated")).stages[0]
+    assert alloc.fits and res.fits
+    assert res.peak_memory_bytes == res.capacity_bytes
+    assert res.pending_collective_bytes == res.capacity_bytes - alloc.peak_memory_bytes
+    assert 0 < res.pending_collective_bytes < 2 * 16 * 24 * ROW_OUTPUT
+    over = estimate_memory(_scenario(tp=4, mb=32)).stages[0]
+    assert not over.fits and over.pending_collective_bytes == 0
+
+
+def test_explain_names_the_pending_outputs() -> None:
+    from simtrain.report.explain import explain_memory
+
+    sc = _scenario()
+    text = "\n".join(explain_memory(sc, estimate_memory(sc)))
+    assert "pending their NCCL reduce-scatter" in text and "0.54 GB" in text
+
+
+def test_the_simulation_reports_the_same_peak() -> None:
+    """The step's result carries the memory report the estimate gives (one figure, one place)."""
+    sc = _scenario()
+    assert (simulate_scenario(sc).memory.stages[0].pending_collective_bytes
+            == estimate_memory(sc).stages[0].pending_collective_bytes)  # fmt: skip
