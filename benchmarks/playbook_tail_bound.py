@@ -7,7 +7,7 @@ build_model at 2411b022) puts the LM head before the last rank when the vocabula
 the logits (bf16) then cross to the cast's rank and its fp32 copy to the loss's, every
 micro-batch, and their gradients come back. Each rank that sends or receives them moves,
 per micro-batch, its forward send and backward send out and the neighbours' sends in,
-priced as simtrain prices each hop (costs.workload.chunk_durations: the hop's bytes on the
+priced as simtrain prices each hop (costs.chunk_time.chunk_durations: the hop's bytes on the
 link between the two ranks). Even with every send beside every receive (full duplex) and no
 other work, the step takes at least m x the larger of the two directions on the busiest rank.
 A measured step below that bound ran a split, or links, other than the ones simulated.

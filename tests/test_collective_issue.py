@@ -91,7 +91,7 @@ def test_tp_collectives_a_block_issues(runtime, par, recompute, want) -> None:
     ("sp", "model", "recompute", "want"),
     [
         # selective_op replays the two all-reduces without SP, the two input all-gathers with it
-        # (costs.workload.tp_recompute_block)
+        # (costs.chunk_time.tp_recompute_block)
         (False, {}, "selective_op", (2, 4)),
         # (megatron_lm_2021 does not re-gather: 4 backward, + 2)
         (True, {}, "selective_op", (4, 6)),
@@ -151,12 +151,12 @@ def test_a_single_stage_pays_its_blocks_and_edges_issue() -> None:
 def test_the_counts_are_what_the_pricers_price(monkeypatch, runtime, sp, recompute, model,
                                                cross_entropy, regather, peft) -> None:  # fmt: skip
     """The counts and the pricing are two enumerations of the same collectives (comm's
-    tp_forward_block, tp_backward_block, tp_edges_ns and workload.tp_recompute_block): with
+    tp_forward_block, tp_backward_block, tp_edges_ns and chunk_time.tp_recompute_block): with
     every collective priced at one unit and no overlap, each pricer's time is its count
     (a frozen embedding or head, under LoRA or LP-FT's probe, included)."""
     from dataclasses import replace
 
-    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.layout.step import resolve
 
     unit = 10**12
@@ -441,7 +441,7 @@ def test_an_moe_blocks_counts_are_what_the_pricers_price(monkeypatch, recompute,
     experts' dense pair; an MLA block's attention one all-reduce in backward)."""
     from dataclasses import replace
 
-    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.layout.step import resolve
 
     unit = 10**12

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from simtrain.costs import comm
+from simtrain.costs.chunk_time import tp_recompute_block
 from simtrain.costs.compute import chunk_costs
-from simtrain.costs.workload import tp_recompute_block
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.scenario import parse_scenario

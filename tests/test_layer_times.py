@@ -1,4 +1,4 @@
-"""One transformer block's forward and backward (``costs.workload.block_times_ns``) and the
+"""One transformer block's forward and backward (``costs.chunk_time.block_times_ns``) and the
 element-wise work sequence parallelism splits, against closed forms and Korthikanti et al.
 2022 Table 4 (time per transformer layer of the 22B model, tp 8, micro-batch 4, A100-SXM4-80GB)."""
 
@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from simtrain.apps.validate import compare_record, translate
+from simtrain.costs.chunk_time import block_times_ns, chunk_durations
 from simtrain.costs.compute import block_elementwise_bytes
-from simtrain.costs.workload import block_times_ns, chunk_durations
 from simtrain.layout.step import resolve
 from simtrain.spec.scenario import load_scenario
 

@@ -946,7 +946,7 @@ def test_moe_block_tp_collectives_by_expert_tp(monkeypatch: pytest.MonkeyPatch) 
     bytes (collective_ns returning the message size), written out: Qwen3-235B, b·s·h =
     4096 x 4096 in bf16 = 33,554,432 B a pair member, k = 8. The chunks sum MoE blocks."""
     from simtrain.costs import comm
-    from simtrain.costs.workload import chunk_durations
+    from simtrain.costs.chunk_time import chunk_durations
     from simtrain.layout.step import resolve
 
     monkeypatch.setattr(comm, "collective_ns", lambda sc, step, op, size, *a, **k: int(size))

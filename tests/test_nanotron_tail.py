@@ -22,6 +22,7 @@ from simtrain.costs.activations import (
     layer_input_bytes,
     loss_saved_bytes,
 )
+from simtrain.costs.chunk_time import chunk_durations
 from simtrain.costs.comm import hop_send_ns
 from simtrain.costs.compute import (
     chunk_costs,
@@ -30,7 +31,6 @@ from simtrain.costs.compute import (
     softcap_bytes,
 )
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.workload import chunk_durations
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import LOSS_PARTS
 from simtrain.layout.step import resolve

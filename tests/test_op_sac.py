@@ -12,9 +12,9 @@ import pytest
 
 from simtrain.costs import comm, op_sac
 from simtrain.costs.activations import layer_activation_bytes, recompute_working_set_bytes
+from simtrain.costs.chunk_time import tp_recompute_block
 from simtrain.costs.compute import block_flops, chunk_costs
 from simtrain.costs.memory import estimate_memory
-from simtrain.costs.workload import tp_recompute_block
 from simtrain.errors import ConfigError
 from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware

@@ -90,7 +90,8 @@ def test_pipeline_sends_go_on_the_nic_exactly_when_their_hop_leaves_the_node(sch
     leaves the node exactly when its sender's and receiver's ranks are on different nodes, which
     down a V's second leg (ZB-V, DualPipeV: stage k > pp - 1 on rank 2pp - 1 - k) is the hop to
     the rank before; the NIC plan and the send's price agree on every stage and direction."""
-    from simtrain.costs.workload import _send_ns, nic_plan
+    from simtrain.costs.chunk_time import _send_ns
+    from simtrain.costs.workload import nic_plan
     from simtrain.layout.step import resolve
 
     v = 1 if schedule == "1f1b" else 2

@@ -191,7 +191,7 @@ def test_the_recompute_leaves_the_last_reduction_out(sp, redistribution, want) -
 @pytest.mark.parametrize("sp", [False, True])
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_the_recompute_prices_its_count(monkeypatch, sp, early_stop) -> None:
-    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.layout.step import resolve
 
     unit = 10**12
@@ -208,8 +208,8 @@ def test_an_overlapped_recompute_leaves_out_the_last_pair() -> None:
     the forward's first three pairs, the attention's input gather and output reduce-scatter and
     the MLP's input gather, written out here; the MLP output's reduce-scatter, pipelined with
     the down projection, is not replayed."""
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.costs.compute import tp_linear_group_ns
-    from simtrain.costs.workload import tp_recompute_block
     from simtrain.layout.step import resolve
 
     on = scenario(True, tp=4, sp=True, tp_comm_overlap=True)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from simtrain.costs import collectives as coll
+from simtrain.costs.chunk_time import chunk_durations
 from simtrain.costs.comm import collective_ns, tp_allreduce_ns, tp_backward_block_ns, tp_edges_ns
 from simtrain.costs.compute import tp_linear_group_ns
-from simtrain.costs.workload import chunk_durations
 from simtrain.layout.step import resolve
 from simtrain.sim.lowering.pieces import base_pieces
 from simtrain.spec.scenario import Scenario, parse_scenario
@@ -307,7 +307,7 @@ def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     nosp = _runtime(scenario(tp, sp=False), tp_comm_overlap=True)
     step_n = resolve(nosp)
     assert tp_forward_block(nosp, step_n) == (2 * tp_allreduce_ns(nosp, step_n), 0)
-    from simtrain.costs.workload import pooled_tp_overlap
+    from simtrain.costs.chunk_time import pooled_tp_overlap
 
     assert pooled_tp_overlap(nosp, step_n) and not pooled_tp_overlap(sc, step)
 
@@ -445,7 +445,7 @@ def test_selective_op_recompute_gathers_stay_exposed_under_the_paired_overlap() 
     """selective_op replays k, o and up only (costs.op_sac), not the whole GEMM groups its two
     all-gathers feed: under the paired overlap they stay exposed (hidden 0), as without it;
     a full recompute's four collectives pair as the forward's."""
-    from simtrain.costs.workload import tp_recompute_block
+    from simtrain.costs.chunk_time import tp_recompute_block
 
     sc = scenario(16, sp=True, runtime={"tp_comm_overlap": True},
                   training={"recompute": "selective_op"})  # fmt: skip
@@ -623,8 +623,8 @@ def test_parallel_residual_forward_reduces_once() -> None:
     before one all-reduce in the forward (gpt-neox ce9bee3b ParallelTransformerLayer.forward,
     gpt_j_residual); the backward keeps two (each branch's input copy), and a full recompute
     replays the forward's one."""
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.costs.comm import tp_backward_block, tp_forward_block
-    from simtrain.costs.workload import tp_recompute_block
 
     seq = _runtime(scenario(8, sp=False), tp_comm_overlap=False)
     par = replace(seq, model=replace(seq.model, parallel_residual=True))
@@ -699,8 +699,8 @@ def test_torchao_tensorwise_tp_gathers_the_float8_input() -> None:
     costs.activations.tp_gathered_input_bytes), the reduce-scatters stay bf16, and a full
     recompute replays the float8 gathers (selective_op only them). Rowwise gathers bf16, and a
     runtime that does not run DTensor's TP (Megatron-Core) is untouched."""
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.costs.comm import tp_forward_block, tp_halves_ns, tp_input_gather_ns
-    from simtrain.costs.workload import tp_recompute_block
 
     def titan(precision: str, recompute: str = "none") -> Scenario:
         return scenario(8, sp=True, runtime={"name": "torchtitan", "tp_comm_overlap": False},
@@ -735,6 +735,7 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
     dense block moves 1 B per value (per-tensor recipes: MXFP8's block-scaled gathers are priced
     in bf16), the reduce-scatters stay bf16, and an MoE block's MLP gathers (the dispatcher's)
     stay bf16."""
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.costs.comm import (
         tp_backward_block,
         tp_forward_block,
@@ -742,7 +743,6 @@ def test_transformer_engine_gathers_fp8_under_sequence_parallelism() -> None:
         tp_halves_ns,
         tp_input_gather_ns,
     )
-    from simtrain.costs.workload import tp_recompute_block
 
     def te(precision: str, hardware: str = "h100_sxm5_80gb") -> Scenario:
         sc = scenario(8, sp=True, training={"precision": precision}, hardware=hardware)

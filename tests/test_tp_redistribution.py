@@ -98,8 +98,8 @@ def test_the_pricers_price_the_counts(monkeypatch, redistribution, sp, recompute
                                       regather) -> None:  # fmt: skip
     """Each collective priced at one unit, no overlap: the forward's, the backward's and the
     recompute's times are the counts (comm.tp_forward_block, tp_backward_block,
-    workload.tp_recompute_block against tp_block_collectives)."""
-    from simtrain.costs.workload import tp_recompute_block
+    chunk_time.tp_recompute_block against tp_block_collectives)."""
+    from simtrain.costs.chunk_time import tp_recompute_block
     from simtrain.layout.step import resolve
 
     unit = 10**12

@@ -442,7 +442,7 @@ def tp_edges_ns(sc: Scenario, step: ResolvedStep, embedding: bool, head: bool,
 
 def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     """(forward, backward) TP collectives one block issues per micro-batch, as
-    the pricers beside it count them (:func:`tp_forward_block`, :func:`tp_backward_block`, ``costs.workload.tp_recompute_block``: tests/test_collective_issue.py checks the count against them, each collective priced at one unit): without sequence
+    the pricers beside it count them (:func:`tp_forward_block`, :func:`tp_backward_block`, ``costs.chunk_time.tp_recompute_block``: tests/test_collective_issue.py checks the count against them, each collective priced at one unit): without sequence
     parallelism the forward's all-reduces (:func:`forward_allreduces`: 2, or 1 for a
     parallel-residual block) and the backward's two; with it the forward's two all-gathers and
     two reduce-scatters, the backward's two output-gradient all-gathers, two input-gradient
@@ -450,7 +450,7 @@ def tp_block_collectives(sc: Scenario, moe: bool = False) -> tuple[int, int]:
     tensor_parallel/functional.py at 2411b022: 4 + 6 a block); an MLA block's backward two
     all-reduces (each an all-gather and a reduce-scatter under sequence parallelism). A full
     recompute replays the forward's; a selective_op one the two all-reduces, or under
-    sequence parallelism the two input all-gathers (``costs.workload.tp_recompute_block``).
+    sequence parallelism the two input all-gathers (``costs.chunk_time.tp_recompute_block``).
     (0, 0) at tp 1. A split backward's host time counts the whole backward's, shared between
     its I and W actions by GPU time (``ChunkDurations.host_ns``), re-gathers included. An MoE
     block (``moe``) under sequence parallelism: the attention's (an MLA block's one all-reduce

@@ -38,6 +38,7 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
+from simtrain.costs.chunk_time import block_comm, chunk_duration
 from simtrain.costs.comm import column_gathers, ddp_buckets
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
@@ -1350,9 +1351,6 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int) -
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
             or not p.sequence_parallel):  # fmt: skip
         return 0
-    # (costs.workload imports this module: the chunk's timing is read here, lazily)
-    from simtrain.costs.workload import block_comm, chunk_duration
-
     block = block_comm(sc, step)
     blocking = p.pp > 1 and rt.p2p == "blocking"
     most = 0

@@ -7,23 +7,20 @@ Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from simtrain.costs import comm, offload
+from simtrain.costs.chunk_time import _hop, chunk_durations, pooled_tp_overlap
 from simtrain.costs.compute import (
-    chunk_costs,
     device_copy_ns,
     memory_bound_ns,
     optimizer_shard,
     optimizer_step_ns,
-    recompute_stops_early,
-    replays_core,
-    tp_pairs_gemms,
 )
 from simtrain.costs.cp import exchange_labels
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.group_comm import pair_all_reduce_ns
-from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
+from simtrain.costs.host import accumulation_host_ns, trainable_tensor_count
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
@@ -44,184 +41,6 @@ from simtrain.layout.step import ResolvedStep
 from simtrain.schedules.analysis import sharded_at_start
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, NicPlan, RankWork
 from simtrain.spec.scenario import Scenario, trained_mtp_modules
-
-
-@dataclass(frozen=True, slots=True)
-class BlockComm:
-    """One block's communication for one micro-batch, the same for every chunk: (exposed,
-    hidden) TP of the forward, the backward and an input-gradient-only backward, of a dense
-    block and of an MoE block (``comm.moe_tp_pairs``: the same for a dense model), and an
-    MoE layer's all-to-alls (dispatch + combine)."""
-
-    tp_forward: tuple[int, int]
-    tp_backward: tuple[int, int]
-    tp_input_grad: tuple[int, int]
-    alltoall_ns: int
-    moe_tp_forward: tuple[int, int]
-    moe_tp_backward: tuple[int, int]
-    moe_tp_input_grad: tuple[int, int]
-
-
-def block_comm(sc: Scenario, step: ResolvedStep) -> BlockComm:
-    return BlockComm(comm.tp_forward_block(sc, step), comm.tp_backward_block(sc, step),
-                     comm.tp_backward_block(sc, step, input_grad_only=True),
-                     comm.ep_layer_alltoall_ns(sc, step),
-                     comm.tp_forward_block(sc, step, moe=True),
-                     comm.tp_backward_block(sc, step, moe=True),
-                     comm.tp_backward_block(sc, step, input_grad_only=True, moe=True))  # fmt: skip
-
-
-def _per_kind(dense: int, moe: int, d: tuple[int, int], e: tuple[int, int]) -> tuple[int, int]:
-    """(exposed, hidden) of ``dense`` dense and ``moe`` MoE blocks."""
-    return dense * d[0] + moe * e[0], dense * d[1] + moe * e[1]
-
-
-def chunk_durations(sc: Scenario, step: ResolvedStep) -> dict[int, ChunkDurations]:
-    """Virtual stage -> durations of its work for one micro-batch."""
-    block = block_comm(sc, step)
-    return {stage: chunk_duration(sc, step, stage, block) for stage in range(len(step.chunks))}
-
-
-def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockComm
-                   ) -> ChunkDurations:  # fmt: skip
-    """Durations of virtual stage ``stage``'s work for one micro-batch: the simulation's (via
-    :func:`chunk_durations`) and the planner's (``apps.plan.estimate``)."""
-    t = sc.training
-    ch = step.chunks[stage]
-    c = chunk_costs(sc, ch.layers, ch.embedding, ch.head, ch.lo, ch.loss_parts)
-    n = ch.layers
-    n_moe = n - sc.model.dense_layers_in(ch.lo, ch.hi)  # (the dense count of a dense model)
-    kinds = (n - n_moe, n_moe)
-    tp_fwd, tp_fwd_hidden = _per_kind(*kinds, block.tp_forward, block.moe_tp_forward)
-    tp_bwd, tp_bwd_hidden = _per_kind(*kinds, block.tp_backward, block.moe_tp_backward)
-    tp_i, tp_i_hidden = _per_kind(*kinds, block.tp_input_grad, block.moe_tp_input_grad)
-    tp_r, tp_r_hidden = (tp_recompute_block(sc, step, n, n_moe) if c.recompute_ns
-                         else (0, 0))  # fmt: skip
-    ep = n_moe * block.alltoall_ns  # dispatch + combine
-    loss = "loss" in ch.loss_parts  # the loss's collectives where it runs (nanotron's split)
-    host_f, host_b = action_host_ns(sc, n, ch.embedding, ch.head, n_moe, loss)
-    edge_f, edge_b = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, loss=loss)
-    edge_i = comm.tp_edges_ns(sc, step, ch.embedding, ch.head, True, loss)[1]
-    grads = c.input_grad_ns or c.weight_grad_ns
-    return ChunkDurations(
-        forward_ns=c.forward_ns,
-        input_grad_ns=c.input_grad_ns,
-        weight_grad_ns=c.weight_grad_ns,
-        recompute_ns=c.recompute_ns,
-        tp_forward_ns=tp_fwd + edge_f,
-        tp_backward_ns=(tp_bwd if c.input_grad_ns else 0) + (edge_b if grads else 0),
-        tp_input_grad_ns=(tp_i if c.input_grad_ns else 0) + (edge_i if grads else 0),
-        tp_backward_hidden_ns=tp_bwd_hidden if c.input_grad_ns else 0,
-        tp_forward_hidden_ns=tp_fwd_hidden,
-        tp_input_grad_hidden_ns=tp_i_hidden if c.input_grad_ns else 0,
-        tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
-        tp_recompute_ns=tp_r,
-        send_forward_ns=_send_ns(sc, step, stage, stage + 1),
-        send_backward_ns=_send_ns(sc, step, stage, stage - 1),
-        layers=(ch.lo, ch.hi),
-        host_forward_ns=host_f,
-        host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
-        cp_forward_ns=c.ring_forward_ns,
-        cp_backward_ns=c.ring_backward_ns,
-        # a recompute that runs the attention core again replays its ring (costs.compute
-        # .replays_core: not mla_up_proj's, moe_act's or layernorm's, nor selective_op's)
-        cp_recompute_ns=c.ring_forward_ns if c.recompute_flops and replays_core(t) else 0,
-        ep_forward_ns=ep,
-        ep_backward_ns=ep if c.input_grad_ns else 0,
-        ep_recompute_ns=ep if t.recompute == "full" else 0,
-    )
-
-
-def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[int, int]:
-    """(forward, backward) of transformer block ``layer`` for one micro-batch on one GPU, as a
-    framework's per-layer timer reads them (Korthikanti et al. 2022 Table 4: "time per
-    transformer layer"): the forward's compute and the TP collectives it exposes (two
-    all-reduces, or their reduce-scatter / all-gather halves with sequence parallelism); the
-    backward's input and weight gradients with its recompute and the collectives they expose
-    (those the runtime overlaps with the weight-gradient GEMMs, ``tp_backward_overlap``, only
-    where they outlast it; with a ``tp_comm_overlap`` that pairs them with their GEMMs,
-    ``costs.comm.tp_forward_block``'s and ``tp_backward_block``'s exposed parts; with one that
-    does not, the longer of compute and collectives, as ``passes.tp_pass`` runs them), and an
-    MoE block's all-to-alls. The same terms
-    :func:`chunk_durations` gives a chunk of blocks, for one block without the embedding or the
-    head."""
-    t, m = sc.training, sc.model
-    if not 0 <= layer < m.layers:
-        raise ValueError(f"layer {layer}: the model has blocks 0 .. {m.layers - 1}")
-    c = chunk_costs(sc, 1, False, False, layer)
-    moe = m.is_moe_layer(layer)
-    tp_f, _ = comm.tp_forward_block(sc, step, moe=moe)
-    tp_bwd, _ = comm.tp_backward_block(sc, step, moe=moe)
-    a2a = comm.ep_layer_alltoall_ns(sc, step) if moe else 0
-    tp_b = tp_bwd if c.input_grad_ns else 0
-    tp_r = tp_recompute_block(sc, step, 1, int(moe))[0] if c.recompute_ns else 0
-    backward = c.input_grad_ns + c.weight_grad_ns + c.recompute_ns
-    pooled = pooled_tp_overlap(sc, step)
-    forward, backward = with_tp(pooled, c.forward_ns, tp_f), with_tp(pooled, backward, tp_b + tp_r)
-    a2a_r = a2a if c.recompute_ns and t.recompute == "full" else 0
-    return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
-
-
-def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | None:
-    """(sending rank, rank step) of stage ``stage``'s send to the neighbouring stage
-    ``to_stage``: none past either end of its pipeline (DualPipe: of its direction's) or when
-    both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1); otherwise a
-    hop to the neighbour's rank (+1 or −1: down the V's second leg the next stage sits on the
-    rank before)."""
-    if to_stage not in step.pipeline(stage):
-        return None  # p2p_pass sends nothing from a first stage back or a last stage on
-    rank, other = step.chunk_rank(stage), step.chunk_rank(to_stage)
-    return None if rank == other else (rank, other - rank)
-
-
-def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent) of what
-    crosses that boundary (``ResolvedStep.hop_bytes``)."""
-    return 0 if _hop(step, stage, to_stage) is None else comm.hop_send_ns(sc, step, stage, to_stage)
-
-
-def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:
-    """A ``tp_comm_overlap`` that overlaps an action's TP collectives with all of its compute
-    (``passes.tp_pass``: max instead of the sum), where they are not paired GEMM by GEMM
-    (``costs.compute.tp_pairs_gemms``: without sequence parallelism, MLA or experts)."""
-    return sc.runtime.tp_comm_overlap and step.groups.tp > 1 and not tp_pairs_gemms(sc)
-
-
-def with_tp(pooled: bool, compute_ns: int, tp_ns: int) -> int:
-    """An action's time with the TP collectives it exposes: the longer of the two where the
-    runtime runs them beside all of its compute (:func:`pooled_tp_overlap`, as
-    ``passes.tp_pass`` does), their sum otherwise (``tp_ns`` then the exposed parts only)."""
-    return max(compute_ns, tp_ns) if pooled else compute_ns + tp_ns
-
-
-def tp_recompute_block(sc: Scenario, step: ResolvedStep, layers: int,
-                       moe_layers: int = 0) -> tuple[int, int]:  # fmt: skip
-    """(exposed, hidden) TP communication a recompute of ``layers`` blocks replays: a full
-    recompute replays the forward's collectives as the forward runs them
-    (``comm.tp_forward_block``: paired with the replayed GEMMs where
-    ``costs.compute.tp_pairs_gemms``), but for the block's last (``comm.tp_last_reduction``)
-    where it stops early (``costs.compute.recompute_stops_early``); a selective_op one (``costs.op_sac``) the block's two
-    all-reduces without sequence parallelism (all-reduce is not in torchtitan's
-    ``_save_list``), with it only the attention's and the MLP's input all-gathers (the
-    reduce-scatters' outputs are saved; ``comm.column_gathers`` of them), exposed (the k, o and up projections it replays are
-    not the whole GEMM groups those gathers feed); none other. ``moe_layers`` of the
-    ``layers`` are MoE blocks (their forward's: ``comm.tp_forward_block`` with ``moe``)."""
-    t = sc.training
-    if t.recompute == "full":
-        dense = comm.tp_forward_block(sc, step)
-        if recompute_stops_early(sc):  # the block's last reduction is not replayed
-            dense = tuple(a - b for a, b in zip(dense, comm.tp_last_reduction(sc, step),
-                                                strict=True))  # fmt: skip
-        return _per_kind(layers - moe_layers, moe_layers, dense,
-                         comm.tp_forward_block(sc, step, moe=True))  # fmt: skip
-    if t.recompute != "selective_op" or step.groups.tp == 1:
-        return 0, 0
-    if not sc.parallelism.sequence_parallel:
-        return 2 * layers * comm.tp_allreduce_ns(sc, step), 0
-    n_attn, n_mlp = comm.column_gathers(sc)
-    gathers = (n_attn * comm.tp_input_gather_ns(sc, step)
-               + n_mlp * comm.tp_input_gather_ns(sc, step, mlp=True))  # fmt: skip
-    return layers * gathers, 0
 
 
 def zero3_layer_comm_ns(sc: Scenario, step: ResolvedStep, sm: StageMemory,

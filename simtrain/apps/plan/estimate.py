@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from simtrain.costs import comm, offload
+from simtrain.costs.chunk_time import block_comm, chunk_duration, pooled_tp_overlap, with_tp
 from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
@@ -16,18 +17,14 @@ from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
 from simtrain.costs.muon import rank_muon_ns
 from simtrain.costs.workload import (
-    block_comm,
-    chunk_duration,
     deferred_reduction_ns,
     gather_copy_out_ns,
     grad_passes_ns,
     grad_reduction_op,
     grads_bucketable,
     pipelined_gather_layers,
-    pooled_tp_overlap,
     rank_optimizer_shard,
     tied_embedding_sync,
-    with_tp,
     zero2_every_microbatch,
     zero2_microbatch_rs_ns,
     zero3_layer_bytes,
@@ -66,7 +63,7 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
 
     - Per micro-batch and rank: ``costs.chunk_costs`` of each of its chunks (forward,
       recompute, input and weight gradients) plus Megatron's TP all-reduces
-      (``costs.comm.tp_forward_block``'s exposed part after F, ``costs.workload.tp_recompute_block``'s
+      (``costs.comm.tp_forward_block``'s exposed part after F, ``costs.chunk_time.tp_recompute_block``'s
       with a recompute, ``costs.comm.tp_backward_block_ns`` after B), as ``costs.workload``
       lowers them (with a tp_comm_overlap that is not paired GEMM by GEMM, the longer of an
       action's compute and its collectives, as ``passes.tp_pass``).
@@ -164,7 +161,7 @@ def _offload_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _
 def _rank_costs(sc: Scenario, step: ResolvedStep) -> tuple[list[_Rank], _Rank]:
     """Per micro-batch: the costs of each pipeline rank (the sum over the chunks it holds) and
     those of stage 0's first chunk, from the simulation's own per-chunk durations
-    (``costs.workload.chunk_duration``) with its TP overlap (:func:`with_tp`) and host bound."""
+    (``costs.chunk_time.chunk_duration``) with its TP overlap (:func:`with_tp`) and host bound."""
     split = step.traits.split_backward  # I and W apart: the I action's collectives
     pooled = pooled_tp_overlap(sc, step)
     block = block_comm(sc, step)

@@ -6,7 +6,7 @@ and compares per metric with the measurement:
 
 ``step_time_s``, ``tokens_per_s``, ``tflops_per_gpu``, ``mfu``, ``hfu``, ``layer_forward_s`` and
 ``layer_backward_s`` (records of kind ``layer_microbenchmark``: one transformer block's times,
-``costs.workload.block_times_ns``), ``peak_memory_bytes``,
+``costs.chunk_time.block_times_ns``), ``peak_memory_bytes``,
 ``fits`` (booleans: a measured run fitted unless its ``outcome`` says it ran out of memory) and
 ``crash_or_oom`` (a run whose source says only that it failed, ``crashed_or_oom`` / ``crashed``:
 no fit verdict; true when simtrain predicts it does not fit, the one cause it can name).

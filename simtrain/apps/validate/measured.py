@@ -42,7 +42,7 @@ VERDICT_METRICS = ("fits", "crash_or_oom")
 TIME_METRICS = ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "layer_forward_s",
                 "layer_backward_s")  # fmt: skip
 #: One transformer block's forward / backward (a per-layer timer, kind layer_microbenchmark:
-#: ``costs.workload.block_times_ns``), from the record's milliseconds.
+#: ``costs.chunk_time.block_times_ns``), from the record's milliseconds.
 LAYER_METRICS = {"layer_forward_s": "layer_forward_ms", "layer_backward_s": "layer_backward_ms"}
 #: Memory metrics, in bytes: the peak, and the allocated peak from the end of the last backward
 #: to the end of the optimizer step (a peak counter reset after the forward / backward:

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
+from simtrain.costs.chunk_time import block_times_ns
 from simtrain.costs.memory import MemoryReport, estimate_memory
-from simtrain.costs.workload import block_times_ns
 from simtrain.layout.step import all_warmup_order, resolve
 from simtrain.report.progress import Progress
 from simtrain.spec.scenario import Scenario
@@ -40,7 +40,7 @@ class Predictor:
 
     def block_times(self, sc: Scenario) -> tuple[float, float]:
         """(forward, backward) seconds of one transformer block for one micro-batch
-        (``costs.workload.block_times_ns``): the first, or of a model with experts the first
+        (``costs.chunk_time.block_times_ns``): the first, or of a model with experts the first
         MoE block."""
         m = sc.model
         fwd, bwd = block_times_ns(sc, resolve(sc), m.first_dense_layers if m.is_moe else 0)

@@ -232,7 +232,7 @@ class LoweringInput:
     # host before receiving the tensor: spec.runtime "blocking" p2p).
     blocking_p2p: bool = False
     # TP collectives overlapped with all of the action's compute (spec.runtime tp_comm_overlap
-    # where it does not pair them with their GEMMs: costs.workload.pooled_tp_overlap).
+    # where it does not pair them with their GEMMs: costs.chunk_time.pooled_tp_overlap).
     pooled_tp_overlap: bool = False
     # Adjacent F/B actions of different micro-batches run as one unit whose expert
     # all-to-alls hide behind each other's compute (ScheduleTraits.overlapped_fb).
