@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from simtrain.apps.validate.records import load_record_files, resolve_paths  # noqa: E402
 from simtrain.apps.validate.translate import Translation, translate  # noqa: E402
-from simtrain.costs.workload import chunk_durations  # noqa: E402
+from simtrain.costs.chunk_time import chunk_durations  # noqa: E402
 from simtrain.layout.step import resolve  # noqa: E402
 
 

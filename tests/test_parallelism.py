@@ -90,7 +90,7 @@ def test_pipeline_sends_go_on_the_nic_exactly_when_their_hop_leaves_the_node(sch
     leaves the node exactly when its sender's and receiver's ranks are on different nodes, which
     down a V's second leg (ZB-V, DualPipeV: stage k > pp - 1 on rank 2pp - 1 - k) is the hop to
     the rank before; the NIC plan and the send's price agree on every stage and direction."""
-    from simtrain.costs.chunk_time import _send_ns
+    from simtrain.costs.chunk_time import chunk_send_ns
     from simtrain.costs.workload import nic_plan
     from simtrain.layout.step import resolve
 
@@ -110,7 +110,7 @@ def test_pipeline_sends_go_on_the_nic_exactly_when_their_hop_leaves_the_node(sch
             sends = to in step.pipeline(s) and step.chunk_rank(s) != step.chunk_rank(to)
             crosses = sends and node[step.chunk_rank(s)] != node[step.chunk_rank(to)]
             assert plan.crossing(kind, s)[0] == crosses, (kind, s)
-            assert (_send_ns(sc, step, s, to) > 0) == sends
+            assert (chunk_send_ns(sc, step, s, to) > 0) == sends
             hops += crosses
     assert hops > 0
 

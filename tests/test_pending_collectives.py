@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simtrain.apps.simulate import simulate_scenario
+from simtrain.costs.chunk_time import chunk_durations
 from simtrain.costs.memory import estimate_memory, pending_fraction
+from simtrain.layout.step import resolve
 from simtrain.spec.scenario import parse_scenario
 
 # The Ultra-Scale Playbook sweep's 1B model (nanotron scripts/scaling_benchmarks.py).
@@ -85,12 +87,38 @@ def test_a_host_slower_than_the_gpu_holds_nothing() -> None:
 
 def test_a_blocking_pipeline_pends_only_within_a_forward() -> None:
     """nanotron's p2p is blocking: the host waits for the GPU at every transfer, so no lag builds
-    over the micro-batches; with a host that costs nothing the forward's own row outputs are
-    all pending (8 layers a stage at pp 2), with a real host at most that."""
+    over the micro-batches; with a host that costs nothing each stage's forward leaves all its
+    row outputs pending (8 layers a stage at pp 2), with eager PyTorch's 26 us an op a share
+    strictly between none and all (micro-batch 8): 1 - h / g of the forward's host and GPU
+    times (costs.chunk_time), the same with 8 micro-batches or 64."""
     free = estimate_memory(_scenario(tp=4, pp=2)).stages
-    assert [s.pending_collective_bytes for s in free][0] == 2 * 8 * ROW_OUTPUT
-    real = estimate_memory(_scenario(tp=4, pp=2, host_us_per_op=26.0)).stages
-    assert all(0 <= s.pending_collective_bytes <= 2 * 8 * ROW_OUTPUT for s in real)
+    assert [s.pending_collective_bytes for s in free] == [2 * 8 * ROW_OUTPUT] * 2
+    sc = _scenario(tp=4, pp=2, mb=8, host_us_per_op=26.0)  # micro-batch 8: g 34 ms, h 15 ms
+    step = resolve(sc)
+    d = chunk_durations(sc, step)[0]
+    g, h = d.forward_ns + d.tp_forward_ns, d.host_forward_ns
+    assert 0 < h < g
+    got = estimate_memory(sc).stages[0].pending_collective_bytes
+    assert got == int(2 * 8 * 8 * ROW_OUTPUT * (1 - h / g))
+    assert 0 < got < 2 * 8 * 8 * ROW_OUTPUT
+    more = _scenario(tp=4, pp=2, mb=8, host_us_per_op=26.0, micro=64)
+    assert estimate_memory(more).stages[0].pending_collective_bytes == got
+
+
+def test_the_lag_grows_with_the_micro_batches() -> None:
+    """Without a pipeline the host's lead grows by the micro-batch's surplus of GPU time each
+    micro-batch: a single micro-batch pends 1 - h / g of its forward (the lag 0), two with a
+    lag of (GPU - host) per micro-batch more, and enough of them all of it; never less with
+    more micro-batches."""
+    full = 2 * 16 * 8 * ROW_OUTPUT  # micro-batch 8: g 59 ms, h 30 ms a forward
+    got = [estimate_memory(_scenario(tp=8, mb=8, micro=m, host_us_per_op=26.0)).stages[0]
+           .pending_collective_bytes for m in (1, 2, 4, 8, 32)]  # fmt: skip
+    assert got == sorted(got)
+    sc = _scenario(tp=8, mb=8, micro=1, host_us_per_op=26.0)
+    d = chunk_durations(sc, resolve(sc))[0]
+    g, h = d.forward_ns + d.tp_forward_ns, d.host_forward_ns
+    assert 0 < h < g and got[0] == int(full * (1 - h / g))
+    assert got[-1] == full > got[0]
 
 
 def test_the_fit_verdict_is_the_allocated_ones() -> None:
@@ -116,8 +144,10 @@ def test_explain_names_the_pending_outputs() -> None:
     assert "pending their NCCL reduce-scatter" in text and "0.54 GB" in text
 
 
-def test_the_simulation_reports_the_same_peak() -> None:
-    """The step's result carries the memory report the estimate gives (one figure, one place)."""
-    sc = _scenario()
-    assert (simulate_scenario(sc).memory.stages[0].pending_collective_bytes
-            == estimate_memory(sc).stages[0].pending_collective_bytes)  # fmt: skip
+def test_the_timeline_holds_the_pending_outputs() -> None:
+    """The simulated trace keeps the pending blocks for the step, under buffers, as the
+    reserved figure's cache does: its peak is the allocated figure's trace peak plus the
+    pending bytes (a free host: 2 x 16 x b·s·h x 2 B)."""
+    res, alloc = _scenario(), _scenario(memory_reported="allocated")
+    tr, ta = simulate_scenario(res).timeline, simulate_scenario(alloc).timeline
+    assert tr.peak_memory_bytes(0) - ta.peak_memory_bytes(0) == 2 * 16 * ROW_OUTPUT

@@ -88,8 +88,8 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
         tp_input_grad_hidden_ns=tp_i_hidden if c.input_grad_ns else 0,
         tp_recompute_hidden_ns=tp_r_hidden,  # (a recompute only where gradients flow)
         tp_recompute_ns=tp_r,
-        send_forward_ns=_send_ns(sc, step, stage, stage + 1),
-        send_backward_ns=_send_ns(sc, step, stage, stage - 1),
+        send_forward_ns=chunk_send_ns(sc, step, stage, stage + 1),
+        send_backward_ns=chunk_send_ns(sc, step, stage, stage - 1),
         layers=(ch.lo, ch.hi),
         host_forward_ns=host_f,
         host_backward_ns=host_b if c.input_grad_ns or c.weight_grad_ns else 0,
@@ -134,7 +134,7 @@ def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[in
     return forward + a2a, backward + (a2a if c.input_grad_ns else 0) + a2a_r
 
 
-def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | None:
+def pipeline_hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | None:
     """(sending rank, rank step) of stage ``stage``'s send to the neighbouring stage
     ``to_stage``: none past either end of its pipeline (DualPipe: of its direction's) or when
     both live on one rank (the turn of ZB-V's V: stages p−1 and p share rank p−1); otherwise a
@@ -146,10 +146,14 @@ def _hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, int] | Non
     return None if rank == other else (rank, other - rank)
 
 
-def _send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to ``to_stage`` (:func:`_hop`; 0 where nothing is sent) of what
+def chunk_send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
+    """Stage ``stage``'s send to ``to_stage`` (:func:`pipeline_hop`; 0 where nothing is sent) of what
     crosses that boundary (``ResolvedStep.hop_bytes``)."""
-    return 0 if _hop(step, stage, to_stage) is None else comm.hop_send_ns(sc, step, stage, to_stage)
+    return (
+        0
+        if pipeline_hop(step, stage, to_stage) is None
+        else comm.hop_send_ns(sc, step, stage, to_stage)
+    )
 
 
 def pooled_tp_overlap(sc: Scenario, step: ResolvedStep) -> bool:

@@ -40,7 +40,7 @@ from simtrain.costs.activations import (
 )
 from simtrain.costs.chunk_time import block_comm, chunk_duration
 from simtrain.costs.comm import column_gathers, ddp_buckets
-from simtrain.costs.compute import fused_linear_names
+from simtrain.costs.compute import fused_linear_names, memory_bound_ns
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import (
@@ -50,6 +50,7 @@ from simtrain.costs.fp8 import (
     scaling_state_bytes,
     weight_cache_bytes,
 )
+from simtrain.costs.host import accumulation_host_ns, trainable_tensor_count
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -171,8 +172,9 @@ class StageMemory:
     # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
     gather_pool_bytes: int = 0
     # Row-parallel outputs the allocator holds back behind their pending NCCL reduce-scatter at
-    # a forward's end, in a reserved or device-level figure (:func:`pending_reduce_scatter_bytes`,
-    # at most what the capacity leaves), within buffers and ``peak_memory_bytes``; 0 otherwise.
+    # a forward's end and keeps cached for the rest of the step, in a reserved or device-level
+    # figure (:func:`pending_reduce_scatter_bytes`, at most what the capacity leaves), within
+    # buffers and ``peak_memory_bytes`` and held by the simulated timeline; 0 otherwise.
     pending_collective_bytes: int = 0
     # What torch's allocator holds at the optimizer step's moment (after the last backward: the
     # model states, the step's working memory or ZeRO's gather copies, what the activation walk
@@ -886,21 +888,22 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         cats["buffers"] += pool
         buffers += pool
         peak += pool
-    pending = 0 if pageable or cached else pending_reduce_scatter_bytes(sc, step, stage)
+    # (not combined with a paged optimizer's or DeepSpeed's flat-buffer cache, neither of which
+    # a runtime with nccl_record_streams has)
+    pending = 0
+    if not (pageable or cached):
+        accum = accumulation_times(sc, step, stage, ms.trainable) if freed_b else (0, 0)
+        pending = pending_reduce_scatter_bytes(sc, step, stage, accum)
     if pending:
-        # the pending blocks stay reserved beside the forward's end (the walk's moment) and,
-        # cached, serve the step's later allocations: the figure's peak is the larger of the
-        # two; where the GPU runs out the allocator waits for their events and frees its cache
-        # (at most the capacity: the fit verdict is the allocated one's)
-        walk = dict(moments[0], buffers=moments[0]["buffers"] + pool)
-        held = sum(walk.values())
-        reserved = min(held + pending, max(hw.memory_bytes, held))
-        pending = reserved - held if reserved > peak else 0
-        if pending:
-            at_peak = dict(walk, buffers=walk["buffers"] + pending)
-            peak = reserved
-            cats["buffers"] = max(cats["buffers"], at_peak["buffers"])
-            buffers = cats["buffers"]
+        # the pending blocks, once freed, stay in the allocator's cache for the rest of the step
+        # (reserved never shrinks), under buffers, as FSDP2's pool; where the GPU runs out the
+        # allocator waits for their events and frees its cache (the fit verdict is the allocated
+        # one's): at most what the capacity leaves
+        pending = min(pending, max(0, hw.memory_bytes - peak))
+        at_peak["buffers"] += pending
+        cats["buffers"] += pending
+        buffers += pending
+        peak += pending
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -1327,7 +1330,23 @@ def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lead_ns: int) ->
     return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lead_ns) / forward_gpu_ns))
 
 
-def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int) -> int:
+def accumulation_times(sc: Scenario, step: ResolvedStep, stage: int,
+                       trainable: int) -> tuple[int, int]:  # fmt: skip
+    """(GPU ns, host ns) of the fp32 gradient adds after one micro-batch's backward on rank
+    ``stage`` where the runtime frees the 16-bit gradients after every backward
+    (``grads_freed_per_microbatch``: nanotron's FP32GradientAccumulator): a memory-bound pass
+    reading the 16-bit gradient and reading and writing the fp32 one, and one dispatched add a
+    trainable tensor (``costs.host.accumulation_host_ns``); the same terms
+    ``costs.workload`` puts on the simulated backward."""
+    prec = step.precision
+    moved = trainable * (prec.grad + 2 * prec.grad_accum)
+    tensors = sum(trainable_tensor_count(sc, c.lo, c.hi, c.embedding, c.head)
+                  for c in step.rank_chunks(stage))  # fmt: skip
+    return round(memory_bound_ns(moved, sc.hardware)), accumulation_host_ns(sc, tensors)
+
+
+def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
+                                 accumulation: tuple[int, int] = (0, 0)) -> int:  # fmt: skip
     """Row-parallel outputs held back by PyTorch's caching allocator while the NCCL
     reduce-scatter that reads them is still queued (runtime ``nccl_record_streams``), at the
     end of a forward, in a reserved or device-level memory figure (``memory_reported``).
@@ -1339,31 +1358,36 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int) -
     unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the allocator records an event there at the
     free and reuses the block only once the event has completed (c10/cuda/
     CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while the host runs
-    ahead of the GPU the next layers' allocations cannot use it and take new segments. The
-    forward's pending share is :func:`pending_fraction` of its GPU time (compute and TP
-    collectives) and host time (``costs.host``), the GPU lagging, at the forward's start,
-    (m - 1) x (its micro-batch's GPU time - host time) when that is positive (the last of the
-    step's m micro-batches; the lag grows by that each micro-batch), or not at all behind a
-    blocking pipeline p2p (the host waits for the GPU at every transfer). The largest chunk of
-    the rank counts. 0 for an allocated figure, tp 1, no sequence parallelism or the key
-    off."""
+    ahead of the GPU the next layers' allocations cannot use it and take new segments, which
+    the cache keeps. Each chunk's pending share is :func:`pending_fraction` of its forward's
+    GPU time (compute and TP collectives) and host time (``costs.host``), the GPU lagging, at
+    the forward's start, (m - 1) x the surplus of the rank's GPU time over its host time per
+    micro-batch (all its chunks' forwards and backwards, and ``accumulation``, the (GPU, host)
+    ns of the gradient adds after each backward: :func:`accumulation_times`) where that is
+    positive (the last of the step's m micro-batches: the lag grows by it each micro-batch),
+    or not at all behind a blocking pipeline p2p (the host waits for the GPU at every
+    transfer). The chunk with the most counts. 0 for an allocated figure, tp 1, no sequence
+    parallelism or the key off."""
     p, rt = sc.parallelism, sc.runtime
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
             or not p.sequence_parallel):  # fmt: skip
         return 0
     block = block_comm(sc, step)
+    ids = step.rank_chunk_ids(stage)
+    durations = [chunk_duration(sc, step, k, block) for k in ids]
+    gpu_mb, host_mb = accumulation
+    for d in durations:
+        gpu_mb += (d.forward_ns + d.tp_forward_ns + d.input_grad_ns + d.weight_grad_ns
+                   + d.recompute_ns + d.tp_backward_ns + d.tp_recompute_ns)  # fmt: skip
+        host_mb += d.host_forward_ns + d.host_backward_ns
     blocking = p.pp > 1 and rt.p2p == "blocking"
+    lag = 0 if blocking else (step.microbatches - 1) * max(0, gpu_mb - host_mb)
     most = 0
-    for k in step.rank_chunk_ids(stage):
-        ch, d = step.chunks[k], chunk_duration(sc, step, k, block)
-        g_f = d.forward_ns + d.tp_forward_ns
-        g_mb = (g_f + d.input_grad_ns + d.weight_grad_ns + d.recompute_ns + d.tp_backward_ns
-                + d.tp_recompute_ns)  # fmt: skip
-        h_mb = d.host_forward_ns + d.host_backward_ns + d.host_accum_ns
-        lead = 0 if blocking else (step.microbatches - 1) * max(0, g_mb - h_mb)
+    for k, d in zip(ids, durations, strict=True):
+        ch = step.chunks[k]
         dense = sc.model.dense_layers_in(ch.lo, ch.hi)
         rows = 2 * dense + (ch.layers - dense)
-        share = pending_fraction(g_f, d.host_forward_ns, lead)
+        share = pending_fraction(d.forward_ns + d.tp_forward_ns, d.host_forward_ns, lag)
         most = max(most, int(rows * step.boundary_bytes * share))
     return most
 

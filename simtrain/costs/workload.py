@@ -10,7 +10,7 @@ import math
 from dataclasses import replace
 
 from simtrain.costs import comm, offload
-from simtrain.costs.chunk_time import _hop, chunk_durations, pooled_tp_overlap
+from simtrain.costs.chunk_time import chunk_durations, pipeline_hop, pooled_tp_overlap
 from simtrain.costs.compute import (
     device_copy_ns,
     memory_bound_ns,
@@ -20,11 +20,11 @@ from simtrain.costs.compute import (
 from simtrain.costs.cp import exchange_labels
 from simtrain.costs.data_parallel import data_parallel_plan, is_data_parallel
 from simtrain.costs.group_comm import pair_all_reduce_ns
-from simtrain.costs.host import accumulation_host_ns, trainable_tensor_count
 from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
     accumulation_defers_reduction,
+    accumulation_times,
     gathered_param_bytes,
     grad_buffer_elem_bytes,
     pipeline_defers_reduction,
@@ -222,18 +222,15 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     with one chunk frees them, ``StageMemory.freed_gradient_bytes``). The host dispatches one
     add per trainable tensor after the backward's kernels (``costs.host.accumulation_host_ns``,
     on the backward's host op)."""
-    prec = step.precision
     out = dict(chunks)
     for stage, ch in chunks.items():
-        sm = mem.stages[step.chunk_rank(stage)]
+        rank = step.chunk_rank(stage)
+        sm = mem.stages[rank]
         if not sm.freed_gradient_bytes:
             continue
-        moved = sm.trainable * (prec.grad + 2 * prec.grad_accum)
-        blocks = step.chunks[stage]
-        tensors = trainable_tensor_count(sc, blocks.lo, blocks.hi, blocks.embedding, blocks.head)
-        out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes,
-                             accum_ns=round(memory_bound_ns(moved, sc.hardware)),
-                             host_accum_ns=accumulation_host_ns(sc, tensors))  # fmt: skip
+        gpu, host = accumulation_times(sc, step, rank, sm.trainable)  # (the rank's one chunk)
+        out[stage] = replace(ch, accum_bytes=sm.freed_gradient_bytes, accum_ns=gpu,
+                             host_accum_ns=host)  # fmt: skip
     return out
 
 
@@ -513,9 +510,9 @@ def tied_embedding_sync(sc: Scenario, step: ResolvedStep) -> tuple[int, int, int
 
 
 def _hop_crosses(step: ResolvedStep, stage: int, to_stage: int) -> bool:
-    """Does stage ``stage``'s send to ``to_stage`` (:func:`_hop`, the one :func:`_send_ns`
+    """Does stage ``stage``'s send to ``to_stage`` (``costs.chunk_time.pipeline_hop``, the one ``chunk_send_ns``
     prices) leave the node? False where nothing is sent."""
-    hop = _hop(step, stage, to_stage)
+    hop = pipeline_hop(step, stage, to_stage)
     return hop is not None and step.placement.hop_crosses_nodes(*hop)
 
 

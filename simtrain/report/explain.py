@@ -306,7 +306,7 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
         lines.append(f"  row-parallel outputs pending their NCCL reduce-scatter at a forward's end (a "
                      f"{sc.runtime.memory_reported} figure) = {_gb(sm.pending_collective_bytes)} "
                      "of buffers: freed by the host ahead of the GPU, held by the allocator until "
-                     "the collective has run (c10d recordStream)")  # fmt: skip
+                     "the collective has run (c10d recordStream), then kept in its cache")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip
