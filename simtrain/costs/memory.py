@@ -76,6 +76,7 @@ from simtrain.costs.params import (
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
+from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.scenario import MEGATRON_KERNEL_LOSSES, Scenario, cp_rank_training
 
 
@@ -878,32 +879,23 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
             grow = cache_buffer_growth(cache_b, cached_act, loss_b)
             cats["buffers"] += grow
             buffers += grow
-    pool = fsdp2_gather_pool_bytes(sc, step, ms, n_layers)
-    if pool:
-        # FSDP2's all-gather pool stays reserved the whole step, under buffers; where the GPU
-        # runs out the allocator frees its cache and retries (the fit verdict is the
-        # allocated one's): at most the capacity
-        pool = min(pool, max(0, hw.memory_bytes - peak))
-        at_peak["buffers"] += pool
-        cats["buffers"] += pool
-        buffers += pool
-        peak += pool
-    # (not combined with a paged optimizer's or DeepSpeed's flat-buffer cache, neither of which
-    # a runtime with nccl_record_streams has)
+    # Blocks a reserved figure's cache keeps for the whole step, under buffers: FSDP2's
+    # all-gather pool, and the row-parallel outputs held back behind their pending NCCL
+    # reduce-scatter (freed, they stay cached: reserved never shrinks). Where the GPU runs out
+    # the allocator waits for their events, frees its cache and retries, so each is at most
+    # what the capacity leaves (the fit verdict is the allocated one's). The pending outputs
+    # are not combined with a paged optimizer's or DeepSpeed's flat-buffer cache, neither of
+    # which a runtime with nccl_record_streams has.
+    pool = _within_capacity(fsdp2_gather_pool_bytes(sc, step, ms, n_layers), hw, peak)
+    peak += pool
     pending = 0
     if not (pageable or cached):
         accum = accumulation_times(sc, step, stage, ms.trainable) if freed_b else (0, 0)
-        pending = pending_reduce_scatter_bytes(sc, step, stage, accum)
-    if pending:
-        # the pending blocks, once freed, stay in the allocator's cache for the rest of the step
-        # (reserved never shrinks), under buffers, as FSDP2's pool; where the GPU runs out the
-        # allocator waits for their events and frees its cache (the fit verdict is the allocated
-        # one's): at most what the capacity leaves
-        pending = min(pending, max(0, hw.memory_bytes - peak))
-        at_peak["buffers"] += pending
-        cats["buffers"] += pending
-        buffers += pending
-        peak += pending
+        pending = _within_capacity(pending_reduce_scatter_bytes(sc, step, stage, accum), hw, peak)
+    peak += pending
+    at_peak["buffers"] += pool + pending
+    cats["buffers"] += pool + pending
+    buffers += pool + pending
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -955,6 +947,12 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         pending_collective_bytes=pending,
         step_memory_bytes=step_b,
     )
+
+
+def _within_capacity(extra: int, hw: HardwareProfile, peak: int) -> int:
+    """What of ``extra`` cached bytes a reserved figure can hold beside ``peak``: at most the
+    GPU's memory (the allocator frees its cache and retries before it fails)."""
+    return min(extra, max(0, hw.memory_bytes - peak))
 
 
 def cache_buffer_growth(cached: int, cached_activations: int, loss: int) -> int:
