@@ -14,6 +14,7 @@ through the rank's schedule. ``report.explain`` writes the arithmetic out from
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from itertools import pairwise
 from math import ceil
 
@@ -38,7 +39,7 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
-from simtrain.costs.chunk_time import block_comm, chunk_duration
+from simtrain.costs.chunk_time import BlockComm, block_comm, chunk_duration
 from simtrain.costs.comm import column_gathers, ddp_buckets
 from simtrain.costs.compute import fused_linear_names, memory_bound_ns
 from simtrain.costs.cp import cp_ring_buffer_bytes
@@ -1343,6 +1344,13 @@ def accumulation_times(sc: Scenario, step: ResolvedStep, stage: int,
     return round(memory_bound_ns(moved, sc.hardware)), accumulation_host_ns(sc, tensors)
 
 
+@lru_cache(maxsize=64)
+def _block_comm(sc: Scenario) -> BlockComm:
+    """One block's communication under ``sc`` (``costs.chunk_time.block_comm``), the same for
+    every stage: read once per scenario, not per stage (a pipeline's stages each ask)."""
+    return block_comm(sc, resolve(sc))
+
+
 def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
                                  accumulation: tuple[int, int] = (0, 0)) -> int:  # fmt: skip
     """Row-parallel outputs held back by PyTorch's caching allocator while the NCCL
@@ -1370,7 +1378,7 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
             or not p.sequence_parallel):  # fmt: skip
         return 0
-    block = block_comm(sc, step)
+    block = _block_comm(sc)
     ids = step.rank_chunk_ids(stage)
     durations = [chunk_duration(sc, step, k, block) for k in ids]
     gpu_mb, host_mb = accumulation
