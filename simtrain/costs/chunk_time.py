@@ -9,11 +9,18 @@ reserved figure depends on how far the host runs ahead of the GPU
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from simtrain.costs import comm
-from simtrain.costs.compute import chunk_costs, recompute_stops_early, replays_core, tp_pairs_gemms
-from simtrain.costs.host import action_host_ns
-from simtrain.layout.step import ResolvedStep
+from simtrain.costs.compute import (
+    chunk_costs,
+    memory_bound_ns,
+    recompute_stops_early,
+    replays_core,
+    tp_pairs_gemms,
+)
+from simtrain.costs.host import accumulation_host_ns, action_host_ns, trainable_tensor_count
+from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.sim.lowering import ChunkDurations
 from simtrain.spec.scenario import Scenario
 
@@ -41,6 +48,13 @@ def block_comm(sc: Scenario, step: ResolvedStep) -> BlockComm:
                      comm.tp_forward_block(sc, step, moe=True),
                      comm.tp_backward_block(sc, step, moe=True),
                      comm.tp_backward_block(sc, step, input_grad_only=True, moe=True))  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def scenario_block_comm(sc: Scenario) -> BlockComm:
+    """:func:`block_comm` of ``sc``'s resolved step, once per scenario (the memory model asks for
+    it on every pipeline stage)."""
+    return block_comm(sc, resolve(sc))
 
 
 def _per_kind(dense: int, moe: int, d: tuple[int, int], e: tuple[int, int]) -> tuple[int, int]:
@@ -102,6 +116,33 @@ def chunk_duration(sc: Scenario, step: ResolvedStep, stage: int, block: BlockCom
         ep_backward_ns=ep if c.input_grad_ns else 0,
         ep_recompute_ns=ep if t.recompute == "full" else 0,
     )
+
+
+def chunk_gpu_ns(d: ChunkDurations, pooled: bool) -> tuple[int, int]:
+    """(forward, backward) GPU time of one micro-batch through a chunk: its compute with the TP
+    it exposes (``pooled``: the longer of the two, ``passes.tp_pass``) and its all-to-alls; the
+    backward's recompute, input and weight gradients as one action. The planner's
+    (``apps.plan.estimate``) and the memory model's host-ahead lag."""
+    forward = with_tp(pooled, d.forward_ns, d.tp_forward_ns) + d.ep_forward_ns
+    grads = d.recompute_ns + d.input_grad_ns + d.weight_grad_ns
+    backward = (with_tp(pooled, grads, d.tp_backward_ns + d.tp_recompute_ns) + d.ep_backward_ns
+                + d.ep_recompute_ns)  # fmt: skip
+    return forward, backward
+
+
+def accumulation_times(sc: Scenario, step: ResolvedStep, rank: int,
+                       trainable: int) -> tuple[int, int]:  # fmt: skip
+    """(GPU ns, host ns) of the fp32 gradient adds after one micro-batch's backward on ``rank``
+    where the runtime frees the 16-bit gradients after every backward
+    (``grads_freed_per_microbatch``: nanotron's FP32GradientAccumulator.backward,
+    optim/gradient_accumulator.py l.206-226 at 2411b022): a memory-bound pass reading each of the
+    rank's ``trainable`` 16-bit gradients and reading and writing its fp32 one, and one
+    dispatched add a trainable tensor (``costs.host.accumulation_host_ns``)."""
+    prec = step.precision
+    moved = trainable * (prec.grad + 2 * prec.grad_accum)
+    tensors = sum(trainable_tensor_count(sc, c.lo, c.hi, c.embedding, c.head)
+                  for c in step.rank_chunks(rank))  # fmt: skip
+    return round(memory_bound_ns(moved, sc.hardware)), accumulation_host_ns(sc, tensors)
 
 
 def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[int, int]:

@@ -14,7 +14,6 @@ through the rank's schedule. ``report.explain`` writes the arithmetic out from
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from itertools import pairwise
 from math import ceil
 
@@ -39,9 +38,15 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
-from simtrain.costs.chunk_time import BlockComm, block_comm, chunk_duration
+from simtrain.costs.chunk_time import (
+    accumulation_times,
+    chunk_duration,
+    chunk_gpu_ns,
+    pooled_tp_overlap,
+    scenario_block_comm,
+)
 from simtrain.costs.comm import column_gathers, ddp_buckets
-from simtrain.costs.compute import fused_linear_names, memory_bound_ns
+from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
 from simtrain.costs.fp8 import (
@@ -51,7 +56,6 @@ from simtrain.costs.fp8 import (
     scaling_state_bytes,
     weight_cache_bytes,
 )
-from simtrain.costs.host import accumulation_host_ns, trainable_tensor_count
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -1315,40 +1319,18 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
 
 
-def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lead_ns: int) -> float:
+def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lag_ns: int) -> float:
     """Share of a forward's row-parallel outputs whose reduce-scatter the GPU has not run yet
     when the host has issued the whole forward: the host issues the forward's kernels evenly
-    over ``forward_host_ns``, the GPU runs them ``lead_ns`` behind and over
-    ``forward_gpu_ns``, so those issued after ``(h - lead) / g`` of the forward are pending:
-    1 - max(0, h - lead) / g, within [0, 1]; a host that costs nothing (h = 0) leaves all of
+    over ``forward_host_ns``, the GPU runs them ``lag_ns`` behind and over
+    ``forward_gpu_ns``, so those issued after ``(h - lag) / g`` of the forward are pending:
+    1 - max(0, h - lag) / g, within [0, 1]; a host that costs nothing (h = 0) leaves all of
     them pending, a forward without GPU time none."""
     if forward_gpu_ns <= 0:
         return 0.0
     if forward_host_ns <= 0:
         return 1.0
-    return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lead_ns) / forward_gpu_ns))
-
-
-def accumulation_times(sc: Scenario, step: ResolvedStep, stage: int,
-                       trainable: int) -> tuple[int, int]:  # fmt: skip
-    """(GPU ns, host ns) of the fp32 gradient adds after one micro-batch's backward on rank
-    ``stage`` where the runtime frees the 16-bit gradients after every backward
-    (``grads_freed_per_microbatch``: nanotron's FP32GradientAccumulator): a memory-bound pass
-    reading the 16-bit gradient and reading and writing the fp32 one, and one dispatched add a
-    trainable tensor (``costs.host.accumulation_host_ns``); the same terms
-    ``costs.workload`` puts on the simulated backward."""
-    prec = step.precision
-    moved = trainable * (prec.grad + 2 * prec.grad_accum)
-    tensors = sum(trainable_tensor_count(sc, c.lo, c.hi, c.embedding, c.head)
-                  for c in step.rank_chunks(stage))  # fmt: skip
-    return round(memory_bound_ns(moved, sc.hardware)), accumulation_host_ns(sc, tensors)
-
-
-@lru_cache(maxsize=64)
-def _block_comm(sc: Scenario) -> BlockComm:
-    """One block's communication under ``sc`` (``costs.chunk_time.block_comm``), the same for
-    every stage: read once per scenario, not per stage (a pipeline's stages each ask)."""
-    return block_comm(sc, resolve(sc))
+    return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lag_ns) / forward_gpu_ns))
 
 
 def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
@@ -1369,7 +1351,7 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     GPU time (compute and TP collectives) and host time (``costs.host``), the GPU lagging, at
     the forward's start, (m - 1) x the surplus of the rank's GPU time over its host time per
     micro-batch (all its chunks' forwards and backwards, and ``accumulation``, the (GPU, host)
-    ns of the gradient adds after each backward: :func:`accumulation_times`) where that is
+    ns of the gradient adds after each backward: :func:`costs.chunk_time.accumulation_times`) where that is
     positive (the last of the step's m micro-batches: the lag grows by it each micro-batch),
     or not at all behind a blocking pipeline p2p (the host waits for the GPU at every
     transfer). The chunk with the most counts. 0 for an allocated figure, tp 1, no sequence
@@ -1378,14 +1360,13 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
             or not p.sequence_parallel):  # fmt: skip
         return 0
-    block = _block_comm(sc)
+    block, pooled = scenario_block_comm(sc), pooled_tp_overlap(sc, step)
     ids = step.rank_chunk_ids(stage)
     durations = [chunk_duration(sc, step, k, block) for k in ids]
     gpu_mb, host_mb = accumulation
     for d in durations:
-        gpu_mb += (d.forward_ns + d.tp_forward_ns + d.input_grad_ns + d.weight_grad_ns
-                   + d.recompute_ns + d.tp_backward_ns + d.tp_recompute_ns)  # fmt: skip
-        host_mb += d.host_forward_ns + d.host_backward_ns
+        gpu_mb += sum(chunk_gpu_ns(d, pooled))
+        host_mb += d.host_ns("F") + d.host_ns("B")
     blocking = p.pp > 1 and rt.p2p == "blocking"
     lag = 0 if blocking else (step.microbatches - 1) * max(0, gpu_mb - host_mb)
     most = 0
@@ -1393,7 +1374,7 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
         ch = step.chunks[k]
         dense = sc.model.dense_layers_in(ch.lo, ch.hi)
         rows = 2 * dense + (ch.layers - dense)
-        share = pending_fraction(d.forward_ns + d.tp_forward_ns, d.host_forward_ns, lag)
+        share = pending_fraction(chunk_gpu_ns(d, pooled)[0], d.host_ns("F"), lag)
         most = max(most, int(rows * step.boundary_bytes * share))
     return most
 

@@ -10,7 +10,12 @@ import math
 from dataclasses import replace
 
 from simtrain.costs import comm, offload
-from simtrain.costs.chunk_time import chunk_durations, pipeline_hop, pooled_tp_overlap
+from simtrain.costs.chunk_time import (
+    accumulation_times,
+    chunk_durations,
+    pipeline_hop,
+    pooled_tp_overlap,
+)
 from simtrain.costs.compute import (
     device_copy_ns,
     memory_bound_ns,
@@ -24,7 +29,6 @@ from simtrain.costs.memory import (
     MemoryReport,
     StageMemory,
     accumulation_defers_reduction,
-    accumulation_times,
     gathered_param_bytes,
     grad_buffer_elem_bytes,
     pipeline_defers_reduction,

@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from simtrain.costs import comm, offload
-from simtrain.costs.chunk_time import block_comm, chunk_duration, pooled_tp_overlap, with_tp
+from simtrain.costs.chunk_time import (
+    block_comm,
+    chunk_duration,
+    chunk_gpu_ns,
+    pooled_tp_overlap,
+    with_tp,
+)
 from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
@@ -194,14 +200,14 @@ def _chunk_rank(d: ChunkDurations, pooled: bool, split: bool) -> _Rank:
     all-to-alls, each action no shorter than the host's time to issue it (the simulation's host
     stream; a split backward's host time shared between I and W as ``ChunkDurations.host_ns``
     shares it). Not here: nanotron's per-tensor gradient adds."""
-    w = 0 if split else d.weight_grad_ns  # in the same action as the input gradient
-    tp_b = d.tp_input_grad_ns if split else d.tp_backward_ns
-    bwd = with_tp(pooled, d.recompute_ns + d.input_grad_ns + w, tp_b + d.tp_recompute_ns) - w
-    f = max(with_tp(pooled, d.forward_ns, d.tp_forward_ns) + d.ep_forward_ns, d.host_ns("F"))
-    i = bwd + d.ep_backward_ns + d.ep_recompute_ns
-    if split:
+    forward, backward = chunk_gpu_ns(d, pooled)
+    f = max(forward, d.host_ns("F"))
+    if split:  # the I action's own collectives, W apart
+        grads = d.recompute_ns + d.input_grad_ns
+        i = (with_tp(pooled, grads, d.tp_input_grad_ns + d.tp_recompute_ns) + d.ep_backward_ns
+             + d.ep_recompute_ns)  # fmt: skip
         return _Rank(f, max(i, d.host_ns("I")), max(d.weight_grad_ns, d.host_ns("W")))
-    b = max(i + d.weight_grad_ns, d.host_ns("B"))
+    b = max(backward, d.host_ns("B"))
     return _Rank(f, b - d.weight_grad_ns, d.weight_grad_ns)
 
 
