@@ -238,8 +238,7 @@ def test_torchtitan_importer_takes_torchs_rounds(tmp_path: Path, local_batch: in
 def test_fit_advice_offers_the_smaller_group() -> None:
     """pp 8, v 2, micro-batch 9, m 16 in groups of 16 does not fit an 80 GB GPU; groups of 8
     (pp) hold (v - 1)·8 = 8 chunk micro-batches fewer on every rank and fit at the same
-    closed-form step time, so the advice lists that change, cost x1.00; a pp change resets the
-    group to pp (an explicit 16 would be refused at pp 16)."""
+    closed-form step time, so the advice lists that change, cost x1.00."""
     from simtrain.apps.fit import fit_changes
 
     sets = ["training.micro_batch=9", "training.global_batch=144",
@@ -250,9 +249,6 @@ def test_fit_advice_offers_the_smaller_group() -> None:
     assert len(group) == 1 and group[0].overrides == ("parallelism.microbatch_group_size=8",)
     assert group[0].fits and round(group[0].cost, 3) == 1.0
     assert "8 fewer chunk micro-batches in rank 0" in group[0].label  # 30 - 22
-    for f in advice.fixes:
-        if f.changes[0].family in ("pp", "pp_gpus"):
-            assert "parallelism.microbatch_group_size=0" in f.overrides
 
 
 def test_a_pp_change_takes_the_smallest_group_of_its_micro_batches() -> None:
@@ -273,6 +269,25 @@ def test_a_pp_change_takes_the_smallest_group_of_its_micro_batches() -> None:
     with pytest.raises(ConfigError):
         load_scenario(SCENARIO, [*sets, "parallelism.pp=8", "parallelism.dp=1",
                                  "parallelism.microbatch_group_size=0"])  # fmt: skip
+
+
+def test_a_pp_change_sets_a_group_the_scenario_never_set() -> None:
+    """No explicit group, m = 24 (global 192, micro-batch 8, dp 1): pp 8 divides it, pp 16 does
+    not, and Megatron refuses the default group 16 (a last group of 8 < pp); the smallest it
+    takes is 24 (24 % N = 0 or >= 16 for N in 16..24: only 24). The advice's pp change carries
+    it and its scenario loads; at pp 8 (the default works) nothing changes."""
+    from simtrain.apps.fit import _group_reset
+
+    sets = ["training.global_batch=192", "model.layers=64"]
+    sc = load_scenario(SCENARIO, sets)
+    assert sc.num_microbatches == 24 and not sc.parallelism.microbatch_group_size
+    reset = _group_reset(sc, 16, 1)
+    assert reset == ("parallelism.microbatch_group_size=24",)
+    with pytest.raises(ConfigError, match="last group of 8"):
+        load_scenario(SCENARIO, [*sets, "parallelism.pp=16", "cluster.nodes=2"])
+    moved = load_scenario(SCENARIO, [*sets, "parallelism.pp=16", "cluster.nodes=2", *reset])
+    assert moved.parallelism.microbatch_group_size == 24
+    assert _group_reset(sc, 8, 1) == ()
 
 
 def test_validate_translation_takes_torchs_rounds() -> None:

@@ -45,7 +45,7 @@ above, then to the smaller change. Per family only the cheapest change that fits
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simtrain.apps.plan.estimate import closed_form_step_s
@@ -53,7 +53,8 @@ from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
 from simtrain.schedules.generators import interleaved_warmup, smallest_group
-from simtrain.spec.scenario import Scenario, load_scenario, runtime_off_overrides
+from simtrain.schedules.registry import runs_groups
+from simtrain.spec.scenario import Scenario, load_scenario, microbatches, runtime_off_overrides
 from simtrain.units import GIB
 
 MAX_GPU_FACTOR = 4  # a suggestion uses at most this many times the scenario's GPUs
@@ -205,15 +206,18 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
 
 
 def _group_reset(sc: Scenario, pp: int, dp: int) -> tuple[str, ...]:
-    """The micro-batch group of a scenario given an explicit one, at a new pp and dp: the
+    """The micro-batch group of the scenario's interleaved schedule at a new pp and dp: the
     smallest Megatron-Core takes for the new micro-batch count (``schedules.generators.
-    smallest_group``, as the planner's ``layout_group`` picks it), 0 (the default, pp) where
-    the new pp divides it; nothing to change without an explicit group."""
-    if not sc.parallelism.microbatch_group_size:
+    smallest_group``, as the planner's ``layout_group`` picks it); 0 (the default, pp) where
+    the new pp divides it and the scenario had set a group; nothing where the default works
+    and none was set, or the schedule runs no groups (``registry.runs_groups``)."""
+    p = sc.parallelism
+    if not runs_groups(p.schedule, pp, p.virtual_stages):
         return ()
-    t = sc.training
-    m = t.global_batch // (t.micro_batch * dp)
-    return (f"parallelism.microbatch_group_size={smallest_group(pp, m)}",)
+    k = smallest_group(pp, microbatches(sc.training, replace(p, dp=dp)))
+    if not k and not p.microbatch_group_size:
+        return ()
+    return (f"parallelism.microbatch_group_size={k}",)
 
 
 def _from_dp(kind: str) -> Callable[[Scenario], list[Change]]:
