@@ -52,7 +52,7 @@ from simtrain.apps.plan.estimate import closed_form_step_s
 from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.errors import SimtrainError
-from simtrain.schedules.generators import interleaved_warmup, smallest_group
+from simtrain.schedules.generators import rank_warmup, smallest_group
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.scenario import Scenario, load_scenario, microbatches, runtime_off_overrides
 from simtrain.units import GIB
@@ -191,15 +191,15 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
     """An interleaved micro-batch group above pp (``parallelism.microbatch_group_size``) down to
     the smallest that still takes the scenario's micro-batches (Megatron-Core's rule,
     ``schedules.generators.check_group``): each rank's warm-up, 2(p − r − 1) + (v − 1)·N
-    forwards at most v·m (``generators.interleaved_warmup``), holds up to (v − 1)·(N − N')
+    forwards (one more under combined 1F1B) at most v·m (``generators.rank_warmup``), holds up to (v − 1)·(N − N')
     fewer chunk micro-batches (the label gives rank 0's); the bubble is the same."""
     p = sc.parallelism
     n, m = p.microbatch_group_size, sc.num_microbatches
     k = smallest_group(p.pp, m) or p.pp
     if not n or k >= n:
         return []
-    fewer = (interleaved_warmup(0, p.pp, m, p.virtual_stages, group=n)
-             - interleaved_warmup(0, p.pp, m, p.virtual_stages, group=k))  # fmt: skip
+    fewer = (rank_warmup(p.schedule, 0, p.pp, m, p.virtual_stages, n)
+             - rank_warmup(p.schedule, 0, p.pp, m, p.virtual_stages, k))  # fmt: skip
     return [Change("microbatch_group", f"micro-batch group {n} -> {k} ({fewer} fewer chunk "
                    "micro-batches in rank 0's warm-up)",
                    (f"parallelism.microbatch_group_size={k}",))]  # fmt: skip

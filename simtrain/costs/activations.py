@@ -21,7 +21,7 @@ from simtrain.costs.params import base_trainable
 from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep, rank_schedule
 from simtrain.schedules import Action
-from simtrain.schedules.generators import interleaved_warmup
+from simtrain.schedules.generators import rank_warmup
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS, Precision
 from simtrain.spec.scenario import (
@@ -925,7 +925,7 @@ def merged_pairs_backward_first(actions: list, warmup: int) -> list:
     pipelining), so a merged pair adds one layer to what was held, not a chunk. The walk
     (whole chunks) takes each such backward before its forward: exact but for that one layer
     (the warm-up forwards, alone, count whole). ``actions``: one rank's compute actions in
-    schedule order, ``warmup`` forwards (``schedules.generators.interleaved_warmup``) and then
+    schedule order, ``warmup`` forwards (``schedules.generators.rank_warmup``) and then
     the steady-state pairs, each an F directly before its B."""
     out = list(actions)
     i = warmup
@@ -946,8 +946,7 @@ def rank_activation_states(name: str, pp: int, m: int, v: int, rank: int,
     walked with each merged pair's backward first (:func:`merged_pairs_backward_first`)."""
     actions = rank_schedule(name, pp, m, v, rank, all_warmup, group)
     if name == "combined_1f1b":
-        actions = merged_pairs_backward_first(actions,
-                                              interleaved_warmup(rank, pp, m, v, 1, group))  # fmt: skip
+        actions = merged_pairs_backward_first(actions, rank_warmup(name, rank, pp, m, v, group))
     chunks = tuple(sorted({a.stage for a in actions}))
     index = {c: i for i, c in enumerate(chunks)}
     held = [0] * len(chunks)

@@ -22,8 +22,8 @@ from simtrain.costs.memory import (
 from simtrain.costs.muon import rank_muon_elements
 from simtrain.costs.params import adam_temporaries, keeps_master_gradients
 from simtrain.layout.step import resolve
-from simtrain.schedules.generators import interleaved_warmup
-from simtrain.schedules.registry import runs_groups, traits
+from simtrain.schedules.generators import COMBINED_1F1B_EXTRA_FORWARDS, rank_warmup
+from simtrain.schedules.registry import runs_groups
 from simtrain.spec.precision import STATES_PER_PARAM
 from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
@@ -207,14 +207,14 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         lines.append("  activations: no gradient flows through the blocks: nothing is saved")
     sched_name = p.schedule if p.pp > 1 else "gradient accumulation"
     if runs_groups(p.schedule, p.pp, p.virtual_stages):
-        # the stage's warm-up as the schedule's generator runs it (combined 1F1B one forward
-        # more: traits.overlapped_fb; at most v·m)
+        # the stage's warm-up as the schedule's generator runs it (combined 1F1B's extra
+        # forwards: generators.rank_warmup; at most v·m)
         n = p.microbatch_group_size or p.pp
-        extra = 1 if traits(p.schedule).overlapped_fb else 0
-        warmup = interleaved_warmup(sm.stage, p.pp, resolve(sc).microbatches, p.virtual_stages,
-                                    extra, n)  # fmt: skip
+        warmup = rank_warmup(p.schedule, sm.stage, p.pp, resolve(sc).microbatches,
+                             p.virtual_stages, n)  # fmt: skip
+        extra = f" + {COMBINED_1F1B_EXTRA_FORWARDS}" if p.schedule == "combined_1f1b" else ""
         sched_name += (f", groups of {n} micro-batches per chunk: {warmup} warm-up forwards "
-                       f"(2(pp - r - 1) + (v - 1)·{n}{' + 1' if extra else ''}, at most v·m)")  # fmt: skip
+                       f"(2(pp - r - 1) + (v - 1)·{n}{extra}, at most v·m)")  # fmt: skip
     sizes = sorted({n for _, n in sm.chunk_activation_bytes})
     per_mb = (f"{b.activation_bytes_per_microbatch:,} B per micro-batch x {b.in_flight:g} in "
               "flight at the peak"

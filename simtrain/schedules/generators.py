@@ -206,6 +206,19 @@ def interleaved_warmup(r: int, pp: int, m: int, v: int, extra: int = 0, group: i
     return min(base + extra, m * v)
 
 
+#: Combined 1F1B's warm-up runs one forward more than interleaved's, which its first steady
+#: (F, B) pair overlaps (:func:`combined_1f1b`).
+COMBINED_1F1B_EXTRA_FORWARDS = 1
+
+
+def rank_warmup(name: str, r: int, pp: int, m: int, v: int, group: int = 0) -> int:
+    """Rank ``r``'s warm-up forwards under schedule ``name`` in the interleaved order
+    (:func:`interleaved_warmup`), with combined 1F1B's extra one: the count the generator runs,
+    for the memory walk, ``memory --explain`` and the fit advice alike."""
+    extra = COMBINED_1F1B_EXTRA_FORWARDS if name == "combined_1f1b" else 0
+    return interleaved_warmup(r, pp, m, v, extra, group)
+
+
 def _interleaved_rank(r: int, pp: int, m: int, v: int, extra: int, group: int = 0
                       ) -> list[Action]:  # fmt: skip
     """Rank ``r``'s interleaved order with ``extra`` more warm-up forwards (v = 1: 1F1B's), in
@@ -246,7 +259,8 @@ def combined_1f1b(pp: int, m: int, v: int = 1, group: int = 0) -> Schedule:
     if v == 1 and group:
         raise ScheduleError("combined_1f1b: a microbatch group needs v > 1 model chunks per rank")
     n = check_group("combined_1f1b", pp, m, group) if v > 1 else 0
-    return {r: [*_interleaved_rank(r, pp, m, v, 1, n), _opt(r)] for r in range(pp)}
+    extra = COMBINED_1F1B_EXTRA_FORWARDS
+    return {r: [*_interleaved_rank(r, pp, m, v, extra, n), _opt(r)] for r in range(pp)}
 
 
 def pipedream(pp: int, m: int, v: int = 1) -> Schedule:
