@@ -20,6 +20,7 @@ from simtrain.schedules.generators import (
     check_group,
     combined_1f1b,
     schedule_table,
+    torch_group_override,
     torch_rounds_group,
 )
 from simtrain.schedules.unit_time import simulate_unit
@@ -57,6 +58,13 @@ def test_groups_are_torchs_interleaved_order(pp: int, v: int) -> None:
         assert {r: acts[:-1] for r, acts in ours.items()} == theirs, (pp, v, m, n)
         seen += 1
     assert seen >= 12  # (pp 2: 14 of the 24 m; torch refuses m that its rounds do not divide)
+
+
+def test_the_group_override_by_hand() -> None:
+    """What a torch-pipelining record or config sets: pp 4, m 8 -> two rounds of 4, the default
+    (0); m 10 -> two rounds of 5; m 3 -> one round of 3; m 9 -> two rounds do not divide 9,
+    torch refuses (None)."""
+    assert [torch_group_override(4, m) for m in (8, 10, 3, 9)] == [0, 5, 3, None]
 
 
 @pytest.mark.parametrize("pp", [2, 3, 4, 8])

@@ -174,6 +174,15 @@ def torch_rounds_group(pp: int, m: int) -> int | None:
     return None if m % rounds else m // rounds
 
 
+def torch_group_override(pp: int, m: int) -> int | None:
+    """``parallelism.microbatch_group_size`` for torch's rounds of m micro-batches
+    (:func:`torch_rounds_group`): 0 where they are groups of pp (the default), the round's size
+    otherwise, None where torch refuses m. The torchtitan importer and validate's translation
+    of a torch-pipelining record set it alike."""
+    group = torch_rounds_group(pp, m)
+    return None if group is None else (0 if group == pp else group)
+
+
 def schedule_table(m: int, v: int, group: int) -> list[tuple[int, int]]:
     """(micro-batch, chunk) of each virtual micro-batch in order: groups of ``group``
     micro-batches, chunk-major within a group, the last group taking the rest (Megatron-Core

@@ -32,7 +32,7 @@ from simtrain.apps.importers.common import (
 )
 from simtrain.errors import ConfigError
 from simtrain.layout.partition import torchtitan_split
-from simtrain.schedules.generators import torch_rounds_group
+from simtrain.schedules.generators import torch_group_override
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS
 from simtrain.spec.yamlfile import read_text_file
 
@@ -506,22 +506,23 @@ def _torch_rounds(r: Reading, par: dict[str, Any], file: str, m: int, pp: int) -
     """torch's ScheduleInterleaved1F1B runs the m = local_batch_size //
     pipeline_parallel_microbatch_size micro-batches of each pipeline pass (torchtitan's
     ``n_microbatches``, once per gradient-accumulation step) in its rounds
-    (``schedules.generators.torch_rounds_group``): simtrain's micro-batch group N
+    (``schedules.generators.torch_group_override``): simtrain's micro-batch group N
     (parallelism.microbatch_group_size); a whole number of such passes keeps every group
     whole."""
     if m < 1:
         return
-    group = torch_rounds_group(pp, m)
+    group = torch_group_override(pp, m)
     rounds = max(1, m // pp)
     if group is None:
-        near = [k for k in range(max(1, m - pp), m + pp + 1) if torch_rounds_group(pp, k)]
+        near = [k for k in range(max(1, m - pp), m + pp + 1)
+                if torch_group_override(pp, k) is not None]  # fmt: skip
         raise ConfigError(
             file, "training.local_batch_size", f"torch's Interleaved1F1B needs the micro-batches "
             f"of a pass, local_batch_size // pipeline_parallel_microbatch_size = {m}, to be a "
             f"multiple of its rounds, max(1, m // pp) = {rounds}; micro-batch counts near {m} "
             f"that work: {', '.join(map(str, near))}",
         )  # fmt: skip
-    if group != pp:
+    if group:
         par["microbatch_group_size"] = group
         r.assume(
             f"Interleaved1F1B with {m} micro-batches over pp {pp}: torch's {rounds} "

@@ -38,7 +38,7 @@ from simtrain.apps.validate.records import (
 from simtrain.apps.validate.splits import ends_one_fewer, pipeline_split
 from simtrain.errors import SimtrainError
 from simtrain.layout.step import resolve
-from simtrain.schedules.generators import torch_rounds_group
+from simtrain.schedules.generators import torch_group_override
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import PRESETS, ModelSpec, find_preset
@@ -610,7 +610,7 @@ def _scenario_data(
 
 
 #: Runtimes whose interleaved schedule is torch's ScheduleInterleaved1F1B
-#: (schedules.generators.torch_rounds_group; the torchtitan importer reads it alike)
+#: (schedules.generators.torch_group_override; the torchtitan importer reads it alike)
 TORCH_PIPELINING_RUNTIMES = ("torchtitan",)
 
 
@@ -627,8 +627,8 @@ def _torch_rounds(data: dict[str, Any], local_batch: int | None, notes: list[str
             or not runs_groups("interleaved", pp, par.get("virtual_stages", 1))):  # fmt: skip
         return
     m = (local_batch or t["global_batch"] // par.get("dp", 1)) // t["micro_batch"]
-    group = torch_rounds_group(pp, m)
-    if m % pp and group:
+    group = torch_group_override(pp, m)
+    if group:  # (torch refusing m, None, leaves the schedule's own check to say so)
         par["microbatch_group_size"] = group
         notes.append(f"{m} micro-batches over pp {pp}: torch's Interleaved1F1B runs them in "
                      f"rounds of {group} (parallelism.microbatch_group_size)")  # fmt: skip
