@@ -64,7 +64,6 @@ def test_selective_recompute_costs_what_table_4_measures() -> None:
     element-wise rate carries time of the small models' steps that is not element-wise
     (README, "where it is wrong"). Strict: a change that brings it back is noticed."""
     extra = backward_ms("megatron_lm_2022", "selective") - backward_ms("megatron_lm_2022", "none")
-    assert extra > 3 * _core_matmuls_ms()  # the element-wise passes are most of it
     assert extra == pytest.approx(1.3, rel=0.1)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from simtrain.apps.importers.nanotron import LOSS_NOTE as NANOTRON_LOSS_NOTE
 from simtrain.apps.validate import measured_values, translate
 from simtrain.costs.memory import estimate_memory, zero_gather_copy_bytes
 from simtrain.costs.params import (
@@ -129,10 +130,13 @@ def test_nanotron_record_conventions(published_records: dict) -> None:
     ACCUMULATE_GRAD_IN_FP32 = True), compute-balanced split, fused AdamW (the bench config's
     torch_adam_is_fused), 'GPU memory 24.2 GB' read as helpers.log_throughput's
     max_memory_reserved() / 1024**3 = 24.2 GiB ('Mem Res (GB)' of the sweep's CSV) and its
-    'Mem Alloc (GB)' 14.76 as the allocated peak at the optimizer step."""
+    'Mem Alloc (GB)' 14.76 as the allocated peak at the optimizer step; nanotron's own loss,
+    said once (the convention and the importer it goes through say it in the same words)."""
     rec = published_records["usp_1B_n1_dp8_tp1_pp1_mbs1_ga32_z1"]
     tr = translate(rec)
     sc = tr.scenario
+    assert sc.training.cross_entropy == "sharded"
+    assert [a for a in tr.assumptions if "sharded_cross_entropy" in a] == [NANOTRON_LOSS_NOTE]
     assert sc.training.precision == "bf16_fp32_grads"
     assert sc.parallelism.layer_split == "compute_balanced"
     assert sc.runtime.fused_optimizer and sc.runtime.memory_reported == "reserved"

@@ -103,14 +103,15 @@ def test_p2p_time_of_a_logits_hop() -> None:
     assert d[3].send_forward_ns == 0  # the last stage sends nothing on
 
 
-@pytest.mark.parametrize("loss", ["standard", "sharded"])
 @pytest.mark.parametrize("vocab", [V, 50257])
-def test_loss_parts_add_up_to_the_heads_count(vocab: int, loss: str) -> None:
+def test_loss_parts_add_up_to_the_heads_count(vocab: int) -> None:
     """The cast's share is a 16-bit read and an fp32 write of each logit shard (6 B) each way;
-    the two parts add up to head_elementwise_bytes without the soft-capping."""
-    sc = _scenario(4, tp=2, vocab=vocab, cross_entropy=loss)
+    the two parts add up to head_elementwise_bytes without the soft-capping. (Under the
+    sharded loss the loss's part is defined as the head's count less the cast, so that sum
+    holds by construction; its own bytes are counted by hand below.)"""
+    sc = _scenario(4, tp=2, vocab=vocab, cross_entropy="standard")
     m, t, tp = sc.model, sc.training, 2
-    assert t.loss_upcast and t.cross_entropy == loss
+    assert t.loss_upcast
     cast = loss_part_bytes(m, t, tp, ("fp32 cast",))
     loss = loss_part_bytes(m, t, tp, ("loss",))
     assert cast == (6 * B * S * vocab / tp, 6 * B * S * vocab / tp)

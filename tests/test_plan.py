@@ -63,6 +63,10 @@ from simtrain.spec.limits import MAX_GPUS
 from simtrain.spec.scenario import load_scenario, parse_scenario
 from simtrain.spec.yamlfile import load_yaml
 
+#: The layout Narayanan et al. 2021 ran GPT-3 175B with on 1,024 A100s (tp 8 x pp 16 x dp 8,
+#: 1F1B, full recompute, global batch 1536; megatron_readme2021_gpt3_175B_1024gpu).
+NARAYANAN_2021_LAYOUT = Layout("a100_sxm4_80gb", 1024, 8, 16, 8, 0, 1, "full", "1f1b", 1, 1536)
+
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "plans"
 
@@ -485,7 +489,7 @@ def test_megatron2021_plan_pins_what_validate_assumes(published_records: dict) -
     rec = published_records["megatron_readme2021_gpt3_175B_1024gpu"]
     tr = translate(rec)
     assert not isinstance(tr, SkipReason)
-    lay = Layout("a100_sxm4_80gb", 1024, 8, 16, 8, 0, 1, "full", "1f1b", 1, 1536)  # theirs
+    lay = NARAYANAN_2021_LAYOUT
     ours = parse_scenario(scenario_data(plan, lay), "plan", ROOT)
     m, v = ours.model, tr.scenario.model
     assert (m.dropout, m.vocab, m.layers, m.hidden) == (v.dropout, v.vocab, v.layers, v.hidden)
@@ -510,7 +514,7 @@ def test_gpt3_1024_a100_2021_features_against_the_published_layout(
     # With full recompute Eq. 3 counts exactly the FLOPs executed: the simulator's own figure.
     assert tflops == pytest.approx(best.tflops_per_gpu, rel=0.01)
     measured = published_records["megatron_readme2021_gpt3_175B_1024gpu"].measured["step_time_s"]
-    theirs = Layout("a100_sxm4_80gb", 1024, 8, 16, 8, 0, 1, "full", "1f1b", 1, 1536)
+    theirs = NARAYANAN_2021_LAYOUT
     pub = parse_scenario(scenario_data(res.plan, theirs), "theirs", ROOT)
     t_pub = simulate_scenario(pub, detail=False).metrics.step_time_s
     assert t_pub == pytest.approx(measured, rel=0.10), t_pub

@@ -646,8 +646,9 @@ def test_parallel_residual_forward_reduces_once() -> None:
 def test_vocab_parallel_loss_reduces_per_kernel() -> None:
     """The loss's all-reduces of b·s fp32 values over TP: three for Megatron's
     _VocabParallelCrossEntropy, nanotron's _ShardedCrossEntropy (functional.py l.41, l.73, l.78
-    at 2411b022) and PyTorch's loss_parallel (max, target logit, sum of exponentials), two for the fused kernel, none when the logits are gathered (which pays
-    the b·s·V all-gather instead); the embedding's side has no loss."""
+    at 2411b022) and PyTorch's loss_parallel (max, target logit, sum of exponentials), two for
+    the fused kernel, none when the logits are gathered (the b·s·V all-gather instead); the
+    embedding's side has no loss."""
     from simtrain.costs.comm import tp_edges_ns
 
     sc = _runtime(scenario(8, sp=False), tp_comm_overlap=False)

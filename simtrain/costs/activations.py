@@ -804,18 +804,18 @@ def loss_apart_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks,
                       saved: int) -> tuple[int, int]:  # fmt: skip
     """(saved bytes per micro-batch, the loss's working bytes) of a chunk whose split puts the
     loss's parts apart from the LM head (nanotron, ``StageBlocks.loss_apart`` / ``tail``),
-    from ``saved`` as the head's rule counted it. The head's chunk: what the loss saves and
-    its working memory leave, the logits (e B each) take their place as working memory (held
-    until sent; in the backward their gradient arrives the same size); they are kept for the
-    backward
-    where the runtime keeps stage outputs (``pipeline_keeps_stage_outputs``; nanotron does
-    not: its pipeline state keeps a CPU dummy for the backward and drops the sent tensor,
-    parallel/pipeline_parallel/functional.py send_to_pipeline_state_buffer at 2411b022).
-    A tail chunk: the fp32 cast saves
-    nothing (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise
-    when the loss is on the next chunk; the loss saves and works as on the head's chunk
-    (:func:`loss_saved_bytes`, :func:`loss_transient_bytes`). The received logits are not
-    kept (the cast is their only reader). Per TP rank: b·(s/cp)·V/t logits."""
+    from ``saved`` as the head's rule counted it. The head's chunk: what the cross-entropy
+    saves (:func:`cross_entropy_saved_bytes`; a soft-capping's saved tensors stay with the head
+    that runs it) and the loss's working memory leave, the logits (e B each) take their place as
+    working memory (held until sent; in the backward their gradient arrives the same size);
+    they are kept for the backward where the runtime keeps stage outputs
+    (``pipeline_keeps_stage_outputs``; nanotron does not: its pipeline state keeps a CPU dummy
+    for the backward and drops the sent tensor, parallel/pipeline_parallel/functional.py
+    send_to_pipeline_state_buffer at 2411b022). A tail chunk: the fp32 cast saves nothing
+    (``x.float()``'s backward needs no tensor) and its fp32 output is kept likewise when the
+    loss is on the next chunk; the loss saves what the head's chunk gave up and works as it
+    would there (:func:`cross_entropy_saved_bytes`, :func:`loss_transient_bytes`). The received
+    logits are not kept (the cast is their only reader). Per TP rank: b·(s/cp)·V/t logits."""
     m, p = sc.model, sc.parallelism
     t = cp_rank_training(sc.training, p.cp)
     keeps = step.pp > 1 and sc.runtime.pipeline_keeps_stage_outputs

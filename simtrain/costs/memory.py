@@ -1252,8 +1252,8 @@ def pipeline_output_chunk_bytes(sc: Scenario, step: ResolvedStep, rank: int) -> 
     if not any(c.head for c in step.rank_chunks(rank)):
         return 0
     t = cp_rank_training(sc.training, sc.parallelism.cp)
-    sharded = t.cross_entropy in ("loss_parallel", "te", *MEGATRON_KERNEL_LOSSES)  # V/tp
-    vocab = sc.model.vocab // (sc.parallelism.tp if sharded else 1)
+    vocab_split = t.cross_entropy in ("loss_parallel", "te", *MEGATRON_KERNEL_LOSSES)  # V/tp
+    vocab = sc.model.vocab // (sc.parallelism.tp if vocab_split else 1)
     one = step.precision.act_mm * t.micro_batch * t.seq_len_effective * vocab
     return step.microbatches * one
 

@@ -52,6 +52,13 @@ OPTIMIZER_NO_EFFECT = ("clip_grad", "learning_rate_scheduler", "weight_decay",
                        "weight_decay_exclude_named_params")  # fmt: skip
 
 
+#: What the importer (and validate's nanotron convention, in the same words) says of the loss.
+LOSS_NOTE = ("loss: nanotron's cast_to_fp32 block, then sharded_cross_entropy (training."
+             "cross_entropy sharded: Megatron's kernel on the fp32 copy, the max subtracted out "
+             "of place; models/llama.py Loss, tensor_parallel/functional.py _ShardedCrossEntropy "
+             "at 2411b022)")  # fmt: skip
+
+
 def _sec(cfg: dict[str, Any], key: str, file: str, where: str = "") -> dict[str, Any]:
     """The mapping ``key`` of ``cfg`` (``where``: the path of ``cfg``, for the error)."""
     v = cfg.get(key) or {}
@@ -266,10 +273,7 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
                 # nanotron's Llama loss: the cast_to_fp32 block, then sharded_cross_entropy
                 # (models/llama.py Loss, tensor_parallel/functional.py at 2411b022)
                 "cross_entropy": "sharded"}  # fmt: skip
-    r.assume(
-        "loss: nanotron's Llama loss, its cast_to_fp32 block and sharded_cross_entropy "
-        "(training.cross_entropy sharded)"
-    )
+    r.assume(LOSS_NOTE)
     r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
              f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
     return r.scenario(

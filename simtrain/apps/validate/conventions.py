@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from simtrain.apps.importers.nanotron import LOSS_NOTE as NANOTRON_LOSS_NOTE
 from simtrain.apps.validate.records import Record
 from simtrain.costs.compute import eq3_flops, eq7_flops, eq8_flops, mosaicml_flops, nanotron_flops
 from simtrain.spec.scenario import Scenario
@@ -359,9 +360,7 @@ SOURCES: dict[str, SourceConvention] = {
         memory_stage=0,
         layer_split="compute_balanced",
         cross_entropy="sharded",
-        cross_entropy_note="loss: nanotron's cast_to_fp32 block, then sharded_cross_entropy "
-        "(Megatron's kernel on the fp32 copy, the max subtracted out of place: "
-        "tensor_parallel/functional.py _ShardedCrossEntropy at 2411b022)",
+        cross_entropy_note=NANOTRON_LOSS_NOTE,
         precision_map={
             "bf16": (
                 "bf16_fp32_grads",
@@ -769,13 +768,15 @@ def _named(pairs: tuple[tuple[str, Any], ...], name: str) -> Any:
 
 #: The loss kernel of a framework whose own loss is not PyTorch's standard one, for a record of
 #: a source without a convention of its own (whose runtime :func:`runtime_for` infers from its
-#: words): Megatron's vocab-parallel cross-entropy (:data:`_MEGATRON_LOSS`), nanotron's the
-#: nanotron convention's.
+#: words): Megatron's vocab-parallel cross-entropy (:data:`_MEGATRON_LOSS`); nanotron's and
+#: llm-foundry's as their own sources' conventions run them. (The ``deepspeed`` runtime stands
+#: for plain DeepSpeed as for Megatron-DeepSpeed, whose losses differ: none.)
 FRAMEWORK_LOSSES: dict[str, tuple[str, str]] = {
     **{rt: (_MEGATRON_LOSS, "loss: Megatron's vocab-parallel cross-entropy (the framework the "
             "record names)") for rt in ("megatron_lm_2021", "megatron_lm_2022", "megatron_core")},
-    **{rt: (SOURCES["nanotron"].cross_entropy, SOURCES["nanotron"].cross_entropy_note)
-       for rt in ("nanotron", "nanotron_bench")},
+    **{rt: (SOURCES[source].cross_entropy, SOURCES[source].cross_entropy_note)
+       for rt, source in (("nanotron", "nanotron"), ("nanotron_bench", "nanotron"),
+                          ("llm_foundry", "mosaicml"))},
 }  # fmt: skip
 
 

@@ -819,8 +819,10 @@ def _cluster_sets(rec: Record, profile: str, gpus: int, notes: list[str]) -> lis
 
 
 def _importer_notes(imp: Imported, notes: list[str]) -> None:
-    """The importer's readings and what it did not simulate, as the record's assumptions."""
-    notes.extend(f"{imp.kind}: {a}" for a in imp.assumptions if not a.startswith("hardware "))
+    """The importer's readings and what it did not simulate, as the record's assumptions (a
+    reading the source's convention already stated in the same words once)."""
+    notes.extend(f"{imp.kind}: {a}" for a in imp.assumptions
+                 if not a.startswith("hardware ") and a not in notes)  # fmt: skip
     notes.extend(f"{imp.kind}, not simulated: {u}" for u in imp.unsupported)
 
 
