@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from simtrain.apps.caches import clear_caches
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.costs.activations import layer_input_bytes
 from simtrain.costs.memory import MemoryReport, estimate_memory
@@ -90,7 +90,7 @@ def check_outputs(sc: Scenario, *, rerun: bool = True) -> None:
     for name, text in texts.items():
         _check_finite(json.loads(text), name)
     if rerun:
-        _clear_caches()
+        clear_caches()
         again = _outputs(simulate_scenario(sc), estimate_memory(sc))
         for name, text in texts.items():
             assert again[name] == text, f"7. a rerun changed {name}"
@@ -192,18 +192,6 @@ def _check_finite(doc: Any, name: str, path: str = "") -> None:
             _check_finite(v, name, f"{path}[]")
     elif isinstance(doc, float):
         assert math.isfinite(doc), f"6. {name}{path} = {doc}"
-
-
-def _clear_caches() -> None:
-    """Clear every ``functools`` cache in simtrain, so that a rerun recomputes everything."""
-    for mod_name, mod in list(sys.modules.items()):
-        if not mod_name.startswith("simtrain") or mod is None:
-            continue
-        for obj in list(vars(mod).values()):
-            if callable(getattr(obj, "cache_clear", None)) and getattr(obj, "__module__", "") == (
-                mod_name
-            ):
-                obj.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------
