@@ -136,6 +136,7 @@ def test_nanotron_record_conventions(published_records: dict) -> None:
     tr = translate(rec)
     sc = tr.scenario
     assert sc.training.cross_entropy == "sharded"
+    assert sc.runtime.nccl_record_streams  # the sweep's PyTorch 2.1 (nanotron.yaml [rstr])
     assert [a for a in tr.assumptions if "sharded_cross_entropy" in a] == [NANOTRON_LOSS_NOTE]
     assert sc.training.precision == "bf16_fp32_grads"
     assert sc.parallelism.layer_split == "compute_balanced"

@@ -15,6 +15,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs.chunk_time import chunk_durations
 from simtrain.costs.memory import estimate_memory, pending_fraction
 from simtrain.layout.step import resolve
+from simtrain.spec.runtime import load_runtime
 from simtrain.spec.scenario import parse_scenario
 
 # The Ultra-Scale Playbook sweep's 1B model (nanotron scripts/scaling_benchmarks.py).
@@ -26,7 +27,7 @@ ROW_OUTPUT = 1 * 4096 * 2048 * 2  # b x s x h in bf16: 16,777,216 B
 
 def _scenario(tp: int = 8, pp: int = 1, sp: bool = True, micro: int = 8, mb: int = 1,
               **runtime):  # fmt: skip
-    rt = {"name": "nanotron", "host_us_per_op": 0.0, **runtime}
+    rt = {"name": "nanotron", "host_us_per_op": 0.0, "nccl_record_streams": True, **runtime}
     return parse_scenario({
         "name": "rs", "model": MODEL_1B, "hardware": "h100_sxm5_80gb", "runtime": rt,
         "cluster": {"nodes": 1, "gpus_per_node": tp * pp},
@@ -73,7 +74,11 @@ def test_a_free_host_leaves_every_row_output_pending() -> None:
 
 def test_no_pending_inputs_without_the_mechanism() -> None:
     """tp 1 (no collective), no sequence parallelism (an in-place all-reduce: the output lives
-    on), the key off (TORCH_NCCL_AVOID_RECORD_STREAMS=1) or an allocated figure: nothing."""
+    on), the key off (TORCH_NCCL_AVOID_RECORD_STREAMS=1, the nanotron profile's default: an
+    environment's setting, which validate turns on for the sweep's PyTorch 2.1) or an allocated
+    figure: nothing."""
+    assert not load_runtime("nanotron").nccl_record_streams
+    assert load_runtime("nanotron_bench").nccl_record_streams
     for sc in (_scenario(tp=1, sp=False), _scenario(sp=False), _scenario(nccl_record_streams=False),
                _scenario(memory_reported="allocated")):  # fmt: skip
         assert estimate_memory(sc).stages[0].pending_collective_bytes == 0

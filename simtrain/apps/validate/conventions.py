@@ -361,6 +361,10 @@ SOURCES: dict[str, SourceConvention] = {
         layer_split="compute_balanced",
         cross_entropy="sharded",
         cross_entropy_note=NANOTRON_LOSS_NOTE,
+        runtime_overrides=(("nccl_record_streams", True),),
+        runtime_overrides_note="the sweep's environment, PyTorch 2.1 (run_multinode.sh at "
+        "67c5ebb6: its conda env '2-1-cu121', no TORCH_NCCL_AVOID_RECORD_STREAMS), calls "
+        "recordStream on the NCCL collectives' inputs (runtimes/nanotron.yaml [rstr])",
         precision_map={
             "bf16": (
                 "bf16_fp32_grads",

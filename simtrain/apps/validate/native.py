@@ -517,6 +517,10 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
         notes.append(f"runtime {name}: the framework the source ran "
                      f"({imp.data['runtime']['name']} flags)")  # fmt: skip
         sets.append(f"runtime.name={name}")
+    if conv.runtime_overrides:  # as translate._runtime applies them off the importers' path
+        sets += [f"runtime.{k}={json.dumps(v)}" for k, v in conv.runtime_overrides]
+        keys = ", ".join(f"{k} {v}" for k, v in conv.runtime_overrides)
+        notes.append(f"runtime {name}: {conv.runtime_overrides_note} ({keys})")
     _importer_notes(imp, notes)
     return sets
 
