@@ -7,7 +7,7 @@ build_model at 2411b022) puts the LM head before the last rank when the vocabula
 the logits (bf16) then cross to the cast's rank and its fp32 copy to the loss's, every
 micro-batch, and their gradients come back. Each rank that sends or receives them moves,
 per micro-batch, its forward send and backward send out and the neighbours' sends in,
-priced as simtrain prices each hop (costs.chunk_time.chunk_durations: the hop's bytes on the
+priced as simtrain prices each hop (costs.chunk_time.chunk_send_ns: the hop's bytes on the
 link between the two ranks). Even with every send beside every receive (full duplex) and no
 other work, the step takes at least m x the larger of the two directions on the busiest rank.
 A measured step below that bound ran a split, or links, other than the ones simulated.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from simtrain.apps.validate.records import load_record_files, resolve_paths  # noqa: E402
 from simtrain.apps.validate.translate import Translation, translate  # noqa: E402
-from simtrain.costs.chunk_time import chunk_durations  # noqa: E402
+from simtrain.costs.chunk_time import chunk_send_ns  # noqa: E402
 from simtrain.layout.step import resolve  # noqa: E402
 
 
@@ -39,15 +39,14 @@ def tail_bound(sc) -> tuple[int, float, float] | None:
     step = resolve(sc)
     if step.v != 1 or not any(c.tail for c in step.chunks):
         return None
-    d = chunk_durations(sc, step)
-    last = step.pp - 1
     best = None
     for k, ch in enumerate(step.chunks):
         if not (ch.tail or ch.loss_apart):
             continue
-        out_ns = d[k].send_forward_ns + d[k].send_backward_ns
-        in_ns = (d[k - 1].send_forward_ns if k > 0 else 0) + (
-            d[k + 1].send_backward_ns if k < last else 0)  # fmt: skip
+        # (chunk_send_ns: 0 past either end of the pipeline; the senders k -/+ 1 must exist)
+        out_ns = chunk_send_ns(sc, step, k, k + 1) + chunk_send_ns(sc, step, k, k - 1)
+        in_ns = sum(chunk_send_ns(sc, step, j, k) for j in (k - 1, k + 1)
+                    if 0 <= j < len(step.chunks))  # fmt: skip
         if best is None or max(out_ns, in_ns) > max(best[1], best[2]):
             best = (k, out_ns, in_ns)
     return None if best is None else (best[0], best[1] / 1e6, best[2] / 1e6)
@@ -67,10 +66,9 @@ def main() -> None:
         if found is None:
             continue
         rank, out_ms, in_ms = found
-        m = resolve(sc).microbatches
+        m = sc.num_microbatches
         bound_s = m * max(out_ms, in_ms) / 1e3
-        t = sc.training
-        measured_s = t.global_batch * t.seq_len / float(rec.measured["tokens_per_s"])
+        measured_s = sc.tokens_per_step / float(rec.measured["tokens_per_s"])
         print(f"{rec.id:46s} {rec.runtime or '':15s} {rank:4d} {out_ms:7.2f} {in_ms:7.2f} "
               f"{m:4d} {bound_s:8.2f} {measured_s:10.2f} {measured_s / bound_s:10.2f}")  # fmt: skip
 
