@@ -141,7 +141,8 @@ def row_record(row: dict[str, str], template: Record, one_runtime: bool,
 def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     """(group, metric, measured, predicted, error %) of one run; [] when it is not expressible.
     A wrong fit verdict adds ("missed", "peak_share", measured fit, predicted fit, the predicted
-    peak as a share of the GPU's memory)."""
+    peak as a share of the GPU's memory); a run with a reserved peak adds ("held", "pending_bytes",
+    0, the row-parallel outputs its reserved figure holds back, 0)."""
     tr = translate(rec)
     if not hasattr(tr, "scenario"):
         return []
@@ -150,11 +151,14 @@ def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     group = "pp 1" if p["pp"] == 1 else f"pp > 1, {'after' if after else 'before'} the fix"
     out = [(group, c.metric, float(c.measured), float(c.predicted), c.error_pct)
            for c in compare_record(tr)]  # fmt: skip
+    rep = estimate_memory(tr.scenario)
     for _g, metric, meas, pred, err in list(out):
         if metric == "fits" and err:
-            rep = estimate_memory(tr.scenario)
             share = max(s.peak_memory_bytes / s.capacity_bytes for s in rep.gpus)
             out.append(("missed", "peak_share", meas, pred, share))
+        if metric == "peak_memory_bytes":
+            pending = max(g.pending_collective_bytes for g in rep.gpus)
+            out.append(("held", "pending_bytes", 0.0, float(pending), 0.0))
     return out
 
 
@@ -291,17 +295,16 @@ def print_reserved_lead(recs: list[Record], results: list) -> None:
         p, t, m = rec.parallelism, rec.training, rec.model
         node = rec.hardware.get("network_measured", {}).get("intra_node_all_gather_busbw_gb_per_s")
         lead = bool(node) and p["pp"] == 1 and p["tp"] > 1
+        fast = lead and node >= FAST_NODE_AG_GB_PER_S
         unit = 2 * t["micro_batch"] * m["seq_len"] * m["hidden"] * 2 * m["layers"] / p["pp"]
         for _g, metric, meas, pred, err in res:
+            if metric == "pending_bytes" and fast:
+                held.append(pred / unit)
             if metric != "peak_memory_bytes":
                 continue
-            fast = lead and node >= FAST_NODE_AG_GB_PER_S
             if lead:
                 ratio[fast].append((meas - pred) / unit)
             errors.append(abs(err))
-            if fast:
-                rep = estimate_memory(translate(rec).scenario)
-                held.append(max(g.pending_collective_bytes for g in rep.gpus) / unit)
     for fast, v in sorted(ratio.items(), reverse=True):
         print(f"reserved excess left at pp 1, tp > 1, node all-gather {'>=' if fast else '<'} "
               f"{FAST_NODE_AG_GB_PER_S} GB/s: {statistics.median(v):.2f} x two b.s.h per layer "
@@ -364,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         for group, metric, meas, _pred, err in res:
             if metric == "peak_share":
                 missed[not meas].append(err)
+                continue
+            if metric == "pending_bytes":  # (print_reserved_lead reads it)
                 continue
             for g in (group, "all"):
                 stats[(held, g, metric)].append(err)

@@ -257,3 +257,25 @@ def test_the_two_kinds_of_job_it_prints(script, tmp_path, capsys) -> None:
     assert "(median, n 1)" in line("reserved excess left at pp 1, tp > 1, node all-gather >= 250")
     # its host (26 us an op) issues a micro-batch slower than its GPU runs it: nothing held back
     assert line("reserved peak MAPE").endswith("pending reduce-scatter inputs for 0 % of 1")
+
+
+def test_a_fast_kind_run_holds_back_its_row_outputs(script, tmp_path, capsys) -> None:
+    """One fast-kind run (node all-gather 263 GB/s, no issue cost) whose GPU outlasts its host:
+    the 1B model at tp 8, micro-batch 8, 8 micro-batches. At m = 1 the model's host (26 us an
+    op) issues a forward in 30 ms that its GPU runs in 59 (tests/test_pending_collectives.py),
+    and the surplus of 7 more micro-batches puts the host past the whole forward: all 16
+    layers' two outputs held, 1.00 x two b.s.h per layer, on 1 of 1 runs."""
+    cols = HEADER.split(",")
+    base = {"job_id": "14000001", "status": "Success", "oom_error": "False", "dp": "4",
+            "tp": "8", "pp": "1", "mbs": "8", "batch_accum": "8", "zero_stage": "1",
+            "hidden_size": "2048", "num_layers": "16", "num_heads": "32", "num_kv_heads": "32.0",
+            "interm_dim": "8192", "seq_len": "4096", "vocab_size": "131072", "tok/s/gpu": "9000",
+            "Mem Res (GB)": "40", "AllGather (GB/s)": "226.4", "ReduceScatter (GB/s)": "226.4",
+            "AG Intra-node (GB/s)": "263.0", "RS Intra-node (GB/s)": "263.0"}  # fmt: skip
+    path = tmp_path / "bench.csv"
+    path.write_text(HEADER + "\n" + ",".join(base.get(c, "") for c in cols) + "\n")
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if x.startswith("reserved peak MAPE"))
+    assert line.endswith("pending reduce-scatter inputs for 100 % of 1, median 1.00 x two "
+                         "b.s.h per layer")  # fmt: skip
