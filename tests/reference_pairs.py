@@ -29,3 +29,10 @@ def measure_and_estimate(m: ModelSpec, t: TrainingSpec) -> tuple[Any, dict[str, 
     from simtrain.torchref.measure import measure_step
 
     return measure_step(m, t, steps=1), dict(estimate_stage(m, t).memory_bytes)
+
+
+#: The Ultra-Scale Playbook sweep's 1B model (nanotron scripts/scaling_benchmarks.py): 16
+#: layers of h 2048, 32 heads, SwiGLU f 8192, vocabulary 131,072, tied embeddings.
+PLAYBOOK_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
+               "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
+               "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from reference_pairs import PLAYBOOK_1B
 
 from simtrain.apps.importers.nanotron import LOSS_NOTE as NANOTRON_LOSS_NOTE
 from simtrain.apps.validate import measured_values, translate
@@ -24,11 +25,6 @@ from simtrain.spec.precision import PRECISIONS as CONFIG_PRECISIONS
 from simtrain.spec.scenario import PeftSpec, parse_scenario
 from simtrain.units import GIB
 
-# The 1B model of the Ultra-Scale Playbook sweep (nanotron scripts/scaling_benchmarks.py).
-MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
-            "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
-            "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,7 +33,7 @@ def _scenario(precision: str = "bf16_fp32_grads", **par) -> object:
     return parse_scenario(
         {
             "name": "nt",
-            "model": MODEL_1B,
+            "model": PLAYBOOK_1B,
             "hardware": "h100_sxm5_80gb",
             "cluster": {"nodes": 1, "gpus_per_node": p["dp"] * p["tp"] * p["pp"]},
             "training": {
@@ -233,7 +229,7 @@ def test_nanotron_records_use_the_fused_qkv_layout(published_records: dict) -> N
 def test_unknown_qkv_layout_is_rejected() -> None:
     with pytest.raises(ConfigError) as e:
         parse_scenario(
-            {"name": "nt", "model": {**MODEL_1B, "qkv_layout": "fused"}, "hardware": "h100_sxm5_80gb",
+            {"name": "nt", "model": {**PLAYBOOK_1B, "qkv_layout": "fused"}, "hardware": "h100_sxm5_80gb",
              "cluster": {"nodes": 1, "gpus_per_node": 1},
              "training": {"seq_len": 4096, "global_batch": 1, "micro_batch": 1}},
             "nt",
@@ -326,7 +322,7 @@ def _with_runtime(runtime: object, seq_len: int = 4096, **par) -> object:
     return parse_scenario(
         {
             "name": "nt",
-            "model": MODEL_1B,
+            "model": PLAYBOOK_1B,
             "hardware": "h100_sxm5_80gb",
             "cluster": {"nodes": 1, "gpus_per_node": sc.parallelism.gpus},
             "training": {

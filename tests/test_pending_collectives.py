@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_pairs import PLAYBOOK_1B
 
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs.chunk_time import chunk_durations
@@ -18,10 +19,6 @@ from simtrain.layout.step import resolve
 from simtrain.spec.runtime import load_runtime
 from simtrain.spec.scenario import parse_scenario
 
-# The Ultra-Scale Playbook sweep's 1B model (nanotron scripts/scaling_benchmarks.py).
-MODEL_1B = {"layers": 16, "hidden": 2048, "heads": 32, "ffn_hidden": 8192, "vocab": 131072,
-            "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
-            "tied_embeddings": True, "flash_attention": True, "dropout": 0.0}  # fmt: skip
 ROW_OUTPUT = 1 * 4096 * 2048 * 2  # b x s x h in bf16: 16,777,216 B
 
 
@@ -29,7 +26,7 @@ def _scenario(tp: int = 8, pp: int = 1, sp: bool = True, micro: int = 8, mb: int
               **runtime):  # fmt: skip
     rt = {"name": "nanotron", "host_us_per_op": 0.0, "nccl_record_streams": True, **runtime}
     return parse_scenario({
-        "name": "rs", "model": MODEL_1B, "hardware": "h100_sxm5_80gb", "runtime": rt,
+        "name": "rs", "model": PLAYBOOK_1B, "hardware": "h100_sxm5_80gb", "runtime": rt,
         "cluster": {"nodes": 1, "gpus_per_node": tp * pp},
         "training": {"seq_len": 4096, "global_batch": micro * mb, "micro_batch": mb,
                      "precision": "bf16_fp32_grads", "optimizer": "adamw",

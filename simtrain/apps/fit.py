@@ -191,8 +191,9 @@ def _microbatch_group(sc: Scenario) -> list[Change]:
     """An interleaved micro-batch group above pp (``parallelism.microbatch_group_size``) down to
     the smallest that still takes the scenario's micro-batches (Megatron-Core's rule,
     ``schedules.generators.check_group``): each rank's warm-up, 2(p − r − 1) + (v − 1)·N
-    forwards (one more under combined 1F1B) at most v·m (``generators.rank_warmup``), holds up to (v − 1)·(N − N')
-    fewer chunk micro-batches (the label gives rank 0's); the bubble is the same."""
+    forwards (one more under combined 1F1B) at most v·m (``generators.rank_warmup``), holds up
+    to (v − 1)·(N − N') fewer chunk micro-batches (the label gives rank 0's); the bubble is the
+    same."""
     p = sc.parallelism
     n, m = p.microbatch_group_size, sc.num_microbatches
     k = smallest_group(p.pp, m) or p.pp

@@ -188,8 +188,8 @@ def pipeline_hop(step: ResolvedStep, stage: int, to_stage: int) -> tuple[int, in
 
 
 def chunk_send_ns(sc: Scenario, step: ResolvedStep, stage: int, to_stage: int) -> int:
-    """Stage ``stage``'s send to ``to_stage`` (:func:`pipeline_hop`; 0 where nothing is sent) of what
-    crosses that boundary (``ResolvedStep.hop_bytes``)."""
+    """Stage ``stage``'s send to ``to_stage`` (:func:`pipeline_hop`; 0 where nothing is sent) of
+    what crosses that boundary (``ResolvedStep.hop_bytes``)."""
     return (
         0
         if pipeline_hop(step, stage, to_stage) is None

@@ -1348,13 +1348,14 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while the host runs
     ahead of the GPU the next layers' allocations cannot use it and take new segments, which
     the cache keeps. Each chunk's pending share is :func:`pending_fraction` of its forward's
-    GPU time (compute and TP collectives) and host time (``costs.host``), the GPU lagging, at
-    the forward's start, (m - 1) x the surplus of the rank's GPU time over its host time per
-    micro-batch (all its chunks' forwards and backwards, and ``accumulation``, the (GPU, host)
-    ns of the gradient adds after each backward: :func:`costs.chunk_time.accumulation_times`) where that is
-    positive (the last of the step's m micro-batches: the lag grows by it each micro-batch),
-    or not at all behind a blocking pipeline p2p (the host waits for the GPU at every
-    transfer). The chunk with the most counts. 0 for an allocated figure, tp 1, no sequence
+    GPU time (compute and TP collectives, ``costs.chunk_time.chunk_gpu_ns``) and host time
+    (``costs.host``), the GPU lagging, at the forward's start, (m - 1) x the surplus of the
+    rank's GPU time over its host time per micro-batch (all its chunks' forwards and
+    backwards, and ``accumulation``, the (GPU, host) ns of the gradient adds after each
+    backward: ``costs.chunk_time.accumulation_times``) where that is positive (the last of the
+    step's m micro-batches: the lag grows by it each micro-batch), or not at all behind a
+    blocking pipeline p2p (the host waits for the GPU at every transfer). The chunk with the
+    most counts. 0 for an allocated figure, tp 1, no sequence
     parallelism or the key off."""
     p, rt = sc.parallelism, sc.runtime
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
