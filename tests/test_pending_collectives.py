@@ -153,3 +153,27 @@ def test_the_timeline_holds_the_pending_outputs() -> None:
     res, alloc = _scenario(), _scenario(memory_reported="allocated")
     tr, ta = simulate_scenario(res).timeline, simulate_scenario(alloc).timeline
     assert tr.peak_memory_bytes(0) - ta.peak_memory_bytes(0) == 2 * 16 * ROW_OUTPUT
+
+
+def test_an_moe_block_pends_what_its_ffn_reduce_scatters() -> None:
+    """An MoE block's attention output projection, plus its FFN's sequence-parallel
+    reduce-scatters as costs.comm prices them: none with whole experts (expert-TP 1, the
+    dispatcher's all-to-alls instead: EP 8), k·load b·s·h where the experts are split over the TP
+    group (expert-TP = tp: Megatron-Core's dispatcher reduce-scatters its output). Mixtral's
+    shape, 4 layers, top-2, balanced load, free host: 4 x (1 or 1 + 2) b·s·h x 2 B."""
+
+    def pending(ep: int, etp: int) -> int:
+        sc = parse_scenario({
+            "name": "moe", "model": {"preset": "mixtral-8x7b", "layers": 4},
+            "hardware": "h100_sxm5_80gb", "cluster": {"nodes": 1, "gpus_per_node": 8},
+            "runtime": {"name": "nanotron", "host_us_per_op": 0.0, "nccl_record_streams": True},
+            "training": {"seq_len": 4096, "global_batch": 8, "micro_batch": 1,
+                         "precision": "bf16_fp32_grads", "optimizer": "adamw"},
+            "parallelism": {"tp": 8, "dp": 1, "ep": ep, "expert_tp": etp,
+                            "sequence_parallel": True},
+        }, "moe.yaml")  # fmt: skip
+        return estimate_memory(sc).stages[0].pending_collective_bytes
+
+    row = 4096 * 4096 * 2  # b x s x h in bf16, Mixtral's h 4096
+    assert pending(8, 1) == 4 * row  # whole experts over EP 8 (folded over the TP group)
+    assert pending(1, 8) == 4 * (1 + 2) * row  # experts split over the 8 TP ranks

@@ -45,7 +45,7 @@ from simtrain.costs.chunk_time import (
     pooled_tp_overlap,
     scenario_block_comm,
 )
-from simtrain.costs.comm import column_gathers, ddp_buckets
+from simtrain.costs.comm import column_gathers, ddp_buckets, moe_tp_pair_kinds
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
@@ -78,6 +78,7 @@ from simtrain.costs.params import (
     trainable_params,
     zero_shard,
 )
+from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
@@ -1340,10 +1341,10 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     end of a forward, in a reserved or device-level memory figure (``memory_reported``).
 
     Sequence-parallel TP (tp > 1) reduce-scatters the attention's output projection and a dense
-    MLP's down projection, each a full b x s/cp x h output (``step.boundary_bytes``; an MoE
-    layer: the attention's only), and frees it as soon as the collective is issued. c10d marks
-    a collective's tensors as used on its NCCL stream (ProcessGroupNCCL ``recordStream``,
-    unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the allocator records an event there at the
+    MLP's down projection, each a full b x s/cp x h output (:func:`reduce_scatter_input_bytes`,
+    an MoE block's as ``costs.comm`` prices its FFN), and frees it once the collective is
+    issued. c10d marks a collective's tensors as used on its NCCL stream (ProcessGroupNCCL
+    ``recordStream``, unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the allocator records an event there at the
     free and reuses the block only once the event has completed (c10/cuda/
     CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while the host runs
     ahead of the GPU the next layers' allocations cannot use it and take new segments, which
@@ -1372,12 +1373,22 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     lag = 0 if blocking else (step.microbatches - 1) * max(0, gpu_mb - host_mb)
     most = 0
     for k, d in zip(ids, durations, strict=True):
-        ch = step.chunks[k]
-        dense = sc.model.dense_layers_in(ch.lo, ch.hi)
-        rows = 2 * dense + (ch.layers - dense)
         share = pending_fraction(chunk_gpu_ns(d, pooled)[0], d.host_ns("F"), lag)
-        most = max(most, int(rows * step.boundary_bytes * share))
+        most = max(most, int(reduce_scatter_input_bytes(sc, step, step.chunks[k]) * share))
     return most
+
+
+def reduce_scatter_input_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks) -> float:
+    """The bytes one micro-batch's forward through chunk ``ch`` hands to sequence-parallel
+    reduce-scatters, as ``costs.comm`` prices them: each block's attention output projection, a
+    full b x s/cp x h (``step.boundary_bytes``); a dense MLP's down projection, another; an MoE
+    block's FFN, its pairs of ``comm.moe_tp_pair_kinds`` (the dispatcher's k·load b·s·h at
+    expert-TP = tp, the shared experts' one b·s·h; none with whole experts)."""
+    m, p = sc.model, sc.parallelism
+    dense = m.dense_layers_in(ch.lo, ch.hi)
+    ffn = sum(m.experts_per_token * moe_load(m, p.ep) if kind == "dispatcher" else 1
+              for kind in moe_tp_pair_kinds(sc)) if m.is_moe else 0  # fmt: skip
+    return step.boundary_bytes * (2 * dense + (1 + ffn) * (ch.layers - dense))
 
 
 def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:
