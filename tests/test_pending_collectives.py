@@ -36,7 +36,7 @@ def _scenario(tp: int = 8, pp: int = 1, sp: bool = True, micro: int = 8, mb: int
 
 
 def test_fraction_closed_forms() -> None:
-    """1 - max(0, h - lead) / g: a GPU twice the host's time leaves half the forward pending;
+    """1 - max(0, h - lag) / g: a GPU twice the host's time leaves half the forward pending;
     a lag as long as the host's forward, all of it; a free host, all; no GPU time, none."""
     assert pending_fraction(10, 5, 0) == 0.5
     assert pending_fraction(10, 5, 5) == 1.0
@@ -48,11 +48,11 @@ def test_fraction_closed_forms() -> None:
 
 @given(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9),
        st.integers(0, 10**9))  # fmt: skip
-def test_fraction_is_a_share_monotone_in_the_lag(g: int, h: int, lead: int, more: int) -> None:
-    f = pending_fraction(g, h, lead)
+def test_fraction_is_a_share_monotone_in_the_lag(g: int, h: int, lag: int, more: int) -> None:
+    f = pending_fraction(g, h, lag)
     assert 0.0 <= f <= 1.0
-    assert pending_fraction(g, h, lead + more) >= f  # a longer lag, more pending
-    assert pending_fraction(g, h + more, lead) <= f  # a slower host, less
+    assert pending_fraction(g, h, lag + more) >= f  # a longer lag, more pending
+    assert pending_fraction(g, h + more, lag) <= f  # a slower host, less
 
 
 def test_a_free_host_leaves_every_row_output_pending() -> None:
