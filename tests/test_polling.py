@@ -168,13 +168,17 @@ def test_polling_nothing_but_one_message_each_way_costs_two_sleeps_per_microbatc
 
 def test_the_bench_profile_polls_what_its_block_sends():
     """2 tensors forward (hidden_states, sequence_mask), 1 gradient backward, 2 metadata
-    messages each, every 0.1 s; all else as main's nanotron."""
+    messages each, every 0.1 s; all else as main's nanotron but the environment the bench
+    profile fixes (the sweep's PyTorch 2.1: nccl_record_streams on; main's profile off, set per
+    record by validate: runtimes/nanotron.yaml [rstr])."""
     bench, main = load_runtime("nanotron_bench"), load_runtime("nanotron")
     assert bench.p2p_poll_interval_s == 0.1
     assert (bench.p2p_polled_messages_forward, bench.p2p_polled_messages_backward) == (4, 2)
     assert main.p2p_poll_interval_s == 0
+    assert bench.nccl_record_streams and not main.nccl_record_streams
     skip = {"name", "display_name", "source_file", "p2p_poll_interval_s",
-            "p2p_polled_messages_forward", "p2p_polled_messages_backward"}  # fmt: skip
+            "p2p_polled_messages_forward", "p2p_polled_messages_backward",
+            "nccl_record_streams"}  # fmt: skip
     for f in bench.__dataclass_fields__:
         if f not in skip:
             assert getattr(bench, f) == getattr(main, f), f
