@@ -32,6 +32,7 @@ from simtrain.costs.activations import (
     head_saved_bytes,
     layer_input_bytes,
     layer_saved_tensors,
+    mlp_backward_working_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
     walk_peak_of_states,
@@ -301,11 +302,13 @@ def test_the_rematerialised_block_shares_its_input_with_the_checkpoint(
     # The model's walk at that backward: the chunk's bytes and the working set, less the token
     # ids (the measurement leaves the batch out).
     full = estimate_memory(_scenario(m, t)).stages[0]
-    # (measured when the backward starts: a non-flash core's backward temporaries come later)
+    # (measured when the backward starts: a non-flash core's backward temporaries, or the
+    # MLP backward's, the larger of which the working set adds, come later)
     e = 4 if precision == "fp32" else 2  # the softmax's element size (bf16: 2 B)
     A = 0 if flash else e * 2 * m.heads * 128 * 128  # b·a·s² of the scores' gradient
     assert attention_backward_working_bytes(m, t) == A
-    assert full.category("activations") - 8 * 2 * 128 - A == got["live"][0] - 8
+    W = max(A, mlp_backward_working_bytes(m, t))
+    assert full.category("activations") - 8 * 2 * 128 - W == got["live"][0] - 8
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp_bf16", "bf16"])
@@ -391,7 +394,9 @@ def test_the_checkpoint_keeps_a_frozen_first_blocks_input(peft: str) -> None:
     L = layer_input_bytes(m, runs["full"])
     if peft == "none":
         assert torch_max["full"] <= torch_max["none"]
-        assert model["full"] < model["none"]
+        # (at the block's backward both hold its saved tensors, its output's gradient and its
+        # MLP backward's temporaries: equal; PyTorch's full is at most none's too)
+        assert model["full"] <= model["none"]
     else:
         assert torch_max["full"] - torch_max["none"] == L
         assert 0 < model["full"] - model["none"] <= L

@@ -87,7 +87,9 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
     (no verdict: metric crash_or_oom). Reached 95.2 % of 393 (the 234 that ran: 100 %; the
     OOM ones: 140 of 159, the 19 misses predicted at 36-79 GiB of 79.2, 16 of them over 62);
     95.3 % of 422 with the layouts whose fp32 cast and loss sit on stages of their own
-    (2026-12-06: StageBlocks.tail; 25 more that ran, 4 more that ran out of memory)."""
+    (2026-12-06: StageBlocks.tail; 25 more that ran, 4 more that ran out of memory); 95.0 %
+    (401) since the block backward's MLP temporaries (2026-12-07): usp_8B_n4_dp4_tp1_pp8_mbs2_ga32,
+    which ran at 77.1 GiB reserved and was predicted at 79.13 of 79.19 GiB, is now over."""
     s = _summary(result, "nanotron", "fits")
     assert s.n >= 390  # the runs that completed and those that ran out of memory
     assert s.share_correct >= 0.95
@@ -101,8 +103,10 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
 
 def test_peak_memory(result) -> None:
     """Issue targets: peak-memory MAPE <= 15 % where the source reports memory (issue 12), <= 10 %
-    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.3 %. nanotron: 11.6 % (median
-    -8.6 %), MISSES the <= 10 %. Its 'GB' is max_memory_reserved / 1024**3 of world rank 0
+    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.3 %. nanotron: 11.4 % (median
+    -8.1 %; 11.6 %, -8.6 % before the block backward's MLP temporaries were counted,
+    costs.activations.mlp_backward_working_bytes), MISSES the <= 10 %. Its 'GB' is
+    max_memory_reserved / 1024**3 of world rank 0
     (pipeline stage 0; the sweep's CSV): simtrain's allocated peak plus the row-parallel outputs
     held back behind their pending NCCL reduce-scatter (runtime nccl_record_streams,
     costs.memory.pending_reduce_scatter_bytes; runtimes/nanotron.yaml [rstr]); the rest of the
@@ -111,7 +115,7 @@ def test_peak_memory(result) -> None:
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 230 and 11.5 < nt.mape_pct < 11.7
+    assert nt.n >= 230 and 11.3 < nt.mape_pct < 11.5
 
 
 def test_nanotron_allocated_at_the_step(result) -> None:

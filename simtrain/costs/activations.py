@@ -534,6 +534,40 @@ def attention_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1)
     return held
 
 
+#: Tensors of b·s·f/t values a dense MLP's backward holds beyond what its block saved, at its
+#: fullest (the activation function's backward), by ``ModelSpec.mlp``. Counted from PyTorch
+#: autograd's rules, each saved tensor freed when the last node that saved it has run:
+#: GeLU: the down-projection's backward writes the gradient of its input and frees that input
+#: (only it saved GeLU's output), then GeLU's backward writes the gradient of its input while
+#: that gradient is alive: 1. SwiGLU: the down-projection frees the product silu(g)·u, whose
+#: gradient stays alive while the product's backward writes the gradients of silu(g) and of u:
+#: 2 (Megatron's fused SwiGLU writes the two as one 2f-wide tensor: 2 as well). ReLU: its output
+#: is also the down-projection's saved input, so nothing is freed before ReLU's backward writes
+#: the gradient of its input beside the output's: 2. Squared ReLU: the square's backward
+#: (aten pow_backward: grad · 2 · x, two intermediates) writes beside the down-projection
+#: input's gradient: 3 at its fullest. One more where the down-projection saves no input (its
+#: weight frozen and not adapted: LoRA elsewhere), so that nothing is freed before the
+#: activation's backward (but under ReLU, whose output ReLU keeps itself). Measured with
+#: simtrain.torchref (tests/test_memory_vs_measure.py, full recompute: the step's peak is
+#: inside a re-materialised block's MLP backward).
+MLP_BACKWARD_TEMPORARIES = {"gelu": 1, "swiglu": 2, "relu": 2, "relu2": 3}
+
+
+def mlp_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> int:
+    """What a dense block's MLP backward holds beside the block's saved tensors: the
+    :data:`MLP_BACKWARD_TEMPORARIES` gradients of b·s·f/t values in the activations' dtype,
+    at the activation function's backward. 0 where no gradient flows through the blocks and
+    for a model with routed experts (their grouped backward is not modelled here: its
+    temporaries are those of the routed tokens, not b·s·f)."""
+    if m.is_moe or not grad_flows_through_blocks(t):
+        return 0
+    k = MLP_BACKWARD_TEMPORARIES[m.mlp]
+    adapted = t.peft.target_modules if t.peft.method in ("lora", "qlora") else ()
+    if m.mlp != "relu" and not (base_trainable(t.peft.method, t.peft.phase) or "down" in adapted):
+        k += 1  # the down-projection saved no input: nothing freed before the activation's
+    return k * t.precision_spec.act_mm * t.micro_batch * t.seq_len_effective * m.ffn_hidden // tp
+
+
 def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
@@ -604,7 +638,7 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
                                 repeat_kv: bool = False, cp_a2a: bool = False,
                                 etp: int = 0, fused_swiglu: bool = False,
                                 gathered_per_linear: bool = False,
-                                loss_apart: bool = False) -> int:  # fmt: skip
+                                loss_apart: bool = False, floor: bool = True) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -618,7 +652,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     (:func:`head_saved_bytes`; without the loss's where it runs on a later chunk,
     ``loss_apart``) were freed by the head's backward before the first block is
     re-materialised; on any other chunk that gradient is the p2p receive buffer, counted under
-    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward).
+    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward)
+    unless ``floor`` is false (a caller that adds the backward's temporaries first).
     Per-op selective (:mod:`costs.op_sac`): the same, less what autograd saves in the recomputed
     forward that is a kept storage (:func:`costs.op_sac.held_by_recompute`)."""
     if t.recompute not in ("full", "selective_op") or not layers:
@@ -637,10 +672,19 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         not_held = max(not_held, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
-        head_saved = head_saved_bytes(m, t, tp, sp, gathered_input)
-        loss_saved = cross_entropy_saved_bytes(m, t, tp)
-        ws += block_input - head_saved + (loss_saved if loss_apart else 0)
-    return max(ws, 0)
+        ws += head_backward_delta(m, t, tp, sp, gathered_input, loss_apart)
+    return max(ws, 0) if floor else ws
+
+
+def head_backward_delta(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
+                        gathered_input: int = 0, loss_apart: bool = False) -> int:  # fmt: skip
+    """What the head's chunk holds less, once the head's backward has run, than at the end of
+    its forward: the head's saved tensors (:func:`head_saved_bytes`; without the loss's where
+    it runs on a later chunk, ``loss_apart``) are freed and the gradient of the last block's
+    output (shaped like a block input) is alive."""
+    head_saved = head_saved_bytes(m, t, tp, sp, gathered_input)
+    loss_saved = cross_entropy_saved_bytes(m, t, tp)
+    return layer_input_bytes(m, t, tp, sp) - head_saved + (loss_saved if loss_apart else 0)
 
 
 def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:

@@ -25,6 +25,7 @@ from simtrain.costs.activations import (
     attention_backward_working_bytes,
     embedding_saved_bytes,
     frozen_input_savings,
+    head_backward_delta,
     head_saved_bytes,
     layer_activation_bytes,
     layer_input_bytes,
@@ -32,6 +33,7 @@ from simtrain.costs.activations import (
     loss_apart_bytes,
     loss_saved_bytes,
     loss_transient_bytes,
+    mlp_backward_working_bytes,
     mtp_saved_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
@@ -65,6 +67,7 @@ from simtrain.costs.params import (
     adam_temporaries,
     add_states,
     dense_layers_of,
+    embedding_param_tensors,
     embedding_tp,
     end_param_tensors,
     head_param_tensors,
@@ -165,6 +168,10 @@ class StageMemory:
     # replica's and each replica's, from backward to ``ReduceAddCoalesced``), within
     # ``memory_bytes``' gradients; "gpu0" / "replica" under DataParallel, "" otherwise.
     reduce_gradient_bytes: int = 0
+    # What a block's backward holds beyond the walk's chunk and working set where the
+    # gradients are transient (transient_backward_moment), as gradients: the trace allocates
+    # it with the backward and frees it at its end.
+    backward_moment_bytes: int = 0
     role: str = ""
     # A reserved or device-level memory figure (runtime ``memory_reported``) with flat step
     # buffers (:func:`flat_step_buffers`), when its moment is the peak: what the caching
@@ -302,6 +309,10 @@ class _Activations:
     # virtual stage -> the blocks' bytes Megatron-Core's layer offload sends to the host per
     # micro-batch (training.offload.activation_layers; not in chunk_bytes)
     layer_offload_bytes: dict[int, int] = field(default_factory=dict)
+    # virtual stage -> what its last block's backward holds beside the chunk's saved bytes,
+    # before the walk's floor at 0 (working_set): negative where the head's freed saved
+    # tensors outweigh the backward's temporaries (:func:`transient_backward_moment`)
+    backward_delta: dict[int, int] = field(default_factory=dict)
 
 
 #: A fitting peak at or above this share of the GPU's memory is near it: PyTorch's caching
@@ -374,6 +385,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
                  if m.is_moe else per_layer)  # fmt: skip
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
+    delta: dict[int, int] = {}
     loss_bytes: dict[int, int] = {}
     blocks: dict[int, int] = {}
     offloaded: dict[int, int] = {}
@@ -418,17 +430,30 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
-        working_set[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head,
-                                                         tp, sp, **f.kwargs(),
-                                                         loss_apart=ch.loss_apart)  # fmt: skip
-        if ch.layers:  # a non-flash core's backward temporaries, on top of what is saved
-            working_set[stage] += attention_backward_working_bytes(m, t, tp)
+        delta[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head, tp, sp,
+                                                   **f.kwargs(), loss_apart=ch.loss_apart,
+                                                   floor=False)  # fmt: skip
+        if ch.layers:
+            # The backward's temporaries beside what the block saved, at its fullest: the MLP's
+            # (activations.mlp_backward_working_bytes) or a non-flash core's, whichever is
+            # more. Without a re-materialised block the MLP's run after the head's backward,
+            # which freed the head's saved tensors (the gradient of its input alive). The
+            # core's run after the MLP half's tensors are freed, but its moment taken beside
+            # everything saved (the rule before the MLP's were counted) is what matches
+            # PyTorch (simtrain.torchref) under Megatron's selective recompute, where taking
+            # the MLP half or the head off under-predicts the measured peak by 8-12 %; the
+            # non-flash, fully recomputed steps are then 1-4 % over.
+            mlp = mlp_backward_working_bytes(m, t, tp)
+            if ch.head and t.recompute not in ("full", "selective_op"):
+                mlp += head_backward_delta(m, t, tp, sp, f.gathered_input, ch.loss_apart)
+            delta[stage] += max(mlp, attention_backward_working_bytes(m, t, tp))
+        working_set[stage] = max(delta[stage], 0)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
                                     step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,
-                        offloaded)  # fmt: skip
+                        offloaded, delta)  # fmt: skip
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
@@ -855,16 +880,24 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         freed and not transient and len(mine) == 1 and sc.parallelism.zero_stage <= 1 and not role
     )
     freed_b = max(coming_and_going, 0) if freed else 0
-    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
+    backward = transient_backward_moment(sc, step, stage, act, transient_b, ms)
+    moment_b = 0
+    if backward is not None:  # (one chunk: its B holds the chunk and its working set)
+        (cid,) = step.rank_chunk_ids(stage)
+        held = act.chunk_bytes[cid] + act.working_set[cid]
+        moment_b = max(0, backward[0] + backward[1] - backward[2] - held)
+    at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b,
+                                backward)  # fmt: skip
     peak = unpaged = sum(at_peak.values())
     # (walk, optimizer step, reduction) moments; the paged path reads them without the reduction
-    moments = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b)
+    moments = _moments(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b, backward)
     at_step = moments[1]
     step_b = sum(at_step.values()) - at_step["cuda_context"] - nccl_b
     pageable = _pageable_bytes(sc, step, stage)
     paged = cached = cached_act = 0
     if pageable:  # (a paged optimizer is refused under torch.nn.DataParallel: no reduce_b)
-        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, 0, freed_b)
+        at_walk, at_opt, _ = _moments(cats, act.walk, loss_b, opt_ws, transient_b, 0, freed_b,
+                                      backward)  # fmt: skip
         at_peak, paged = paged_peak(at_walk, at_opt, pageable, hw.memory_bytes)
         peak = sum(at_peak.values())
     elif sc.runtime.memory_reported != "allocated" and (
@@ -946,6 +979,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         paged_bytes=paged,
         peak_memory_bytes_unpaged=unpaged if pageable else 0,
         reduce_gradient_bytes=reduce_b,
+        backward_moment_bytes=moment_b,
         role=role,
         allocator_cached_bytes=cached,
         allocator_cached_activation_bytes=cached_act,
@@ -953,6 +987,56 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         pending_collective_bytes=pending,
         step_memory_bytes=step_b,
     )
+
+
+def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act: _Activations,
+                              transient_b: int, ms: ModelStateBytes) -> tuple[int, int, int] | None:  # fmt: skip
+    """(activations, transient gradients, autocast weight copies no longer held) inside a
+    block's backward, at the fuller of its two ends, where the gradients are transient (one GPU,
+    one micro-batch: ``transient_b`` > 0; None otherwise).
+
+    The backward runs the blocks last to first; while it runs block i's MLP backward (the
+    working set's moment) the gradients of the head, of blocks i+1 .. L-1 and of block i's
+    down-projection exist, and the saved tensors (or checkpoints) of blocks 0 .. i. Both sums
+    are linear in i, so the fullest moment is at an end: the last block (every block's saved
+    tensors; the head's gradients, and the token embedding's when tied to the head, which
+    writes it first) or the first block (one block's; every gradient but the first block's and
+    those of the embeddings, written after it). Autocast's 16-bit weight copies (buffers all
+    step: the forward's cast cache) are by then those the blocks' backwards still hold: a
+    re-materialised block's own under recompute, at the first block its own. Under full
+    recompute the first block's end holds the step's peak wherever a block's gradients
+    outweigh its checkpoint: it made a single-GPU checkpointed step's measured peak
+    (simtrain.torchref, tests/test_memory_vs_measure.py) 16-27 % above max(activations,
+    gradients), the rule for a step without recompute."""
+    ids = step.rank_chunk_ids(stage)
+    if not transient_b or len(ids) != 1 or not step.chunks[ids[0]].layers or not ms.trainable:
+        return None
+    m, t, p = sc.model, sc.training, sc.parallelism
+    cid = ids[0]
+    ch = step.chunks[cid]
+
+    def trained(ts: list[ParamTensor]) -> int:
+        return sum(x.numel for x in ts if x.trainable)
+
+    layer = layer_param_tensors(m, t, p.tp, ep=p.ep, etp=p.etp)
+    block = trained(layer)
+    down = trained([x for x in layer if x.name.startswith("down.")])
+    late = 0  # the embeddings' gradients, written after the first block's backward
+    if ch.embedding:
+        emb = embedding_param_tensors(m, t, embedding_tp(sc))
+        late = trained([x for x in emb if not (x.name == "wte" and m.tied_embeddings and ch.head)])
+    copy = step.precision.weight_copy * sum(x.numel for x in layer if x.matmul and not x.nf4)
+    n = ch.layers
+    recompute = t.recompute in ("full", "selective_op")
+
+    def grads(elements: int) -> int:  # transient gradient bytes of that many trainable elements
+        return transient_b * max(elements, 0) // ms.trainable
+
+    first = (act.chunk_bytes[cid] + act.backward_delta[cid] - (n - 1) * act.per_layer,
+             grads(ms.trainable - block + down - late), ms.weight_copies - copy)  # fmt: skip
+    last = (first[0] + (n - 1) * act.per_layer, grads(ms.trainable - n * block + down - late),
+            ms.weight_copies - copy * (1 if recompute else n))  # fmt: skip
+    return max(last, first, key=lambda x: x[0] + x[1] - x[2])
 
 
 def _within_capacity(extra: int, hw: HardwareProfile, peak: int) -> int:
@@ -1136,8 +1220,8 @@ def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
 
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
-                      transient_b: int, reduce_b: int = 0,
-                      freed_b: int = 0) -> dict[str, int]:  # fmt: skip
+                      transient_b: int, reduce_b: int = 0, freed_b: int = 0,
+                      backward: tuple[int, int, int] | None = None) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
     Everything static is there all step: model states, the CUDA context and the buffers but
@@ -1153,25 +1237,32 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
     When ``freed_b`` of the gradients (the 16-bit ones, runtime grads_freed_per_microbatch) are
     freed after every backward, they are at neither moment but at the end of a backward, with
     the activations still saved then (``walk.after_backward_saved``); ties go to the walk.
+    Where the gradients are transient, a block's backward holds those produced before it
+    (``backward``, :func:`transient_backward_moment`): the walk's moment where that holds more.
     """
     at_walk, at_opt, at_reduce = _moments(cats, walk, loss_b, opt_ws, transient_b, reduce_b,
-                                          freed_b)  # fmt: skip
+                                          freed_b, backward)  # fmt: skip
     if freed_b:  # the 16-bit gradients exist only from a backward to its end
         at_bwd = dict(at_opt, activations=walk.after_backward_saved,
                       gradients=cats["gradients"] - transient_b - reduce_b,
                       buffers=cats["buffers"] - loss_b - opt_ws)  # fmt: skip
         return max((at_walk, at_opt, at_bwd), key=lambda d: sum(d.values()))
-    if walk.peak >= walk.optimizer_saved + max(opt_ws + transient_b, reduce_b):
+    walk_b, opt_b, reduce_sum = (sum(d.values()) for d in (at_walk, at_opt, at_reduce))
+    if walk_b >= max(opt_b, reduce_sum):
         return at_walk
-    return at_opt if opt_ws + transient_b >= reduce_b else at_reduce
+    return at_opt if opt_b >= reduce_sum else at_reduce
 
 
 def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, transient_b: int,
-             reduce_b: int = 0,
-             freed_b: int = 0) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
+             reduce_b: int = 0, freed_b: int = 0,
+             backward: tuple[int, int, int] | None = None
+             ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
     """The stage's memory by category at the activation walk's peak, at the optimizer step
     and at a DataParallel reduction onto GPU 0 (:func:`_peak_by_category`); ``freed_b``
-    gradients, freed after every backward, are at neither of the first two."""
+    gradients, freed after every backward, are at neither of the first two. ``backward``
+    (activations, transient gradients, autocast weight copies gone) of a block's backward where
+    the gradients are transient (:func:`transient_backward_moment`): the walk's moment where
+    it holds more."""
     base_buffers = cats["buffers"] - loss_b - opt_ws
     at_walk = dict(
         cats,
@@ -1179,6 +1270,12 @@ def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, tra
         activations=walk.saved + walk.working_set,
         buffers=base_buffers + walk.loss,
     )
+    if backward is not None:
+        acts, grads, copies_gone = backward
+        at_bwd = dict(at_walk, activations=acts, gradients=at_walk["gradients"] + grads,
+                      buffers=base_buffers - copies_gone)  # fmt: skip
+        if sum(at_bwd.values()) > sum(at_walk.values()):
+            at_walk = at_bwd
     at_opt = dict(
         cats,
         gradients=cats["gradients"] - reduce_b - freed_b,

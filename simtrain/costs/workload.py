@@ -619,7 +619,10 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          p2p_polled=polled,
                          recompute_gathers=sc.training.recompute != "selective",
                          tied_embedding_sync=tied_embedding_sync(sc, step),
-                         cp_labels=exchange_labels(sc))  # fmt: skip
+                         cp_labels=exchange_labels(sc),
+                         backward_extra_bytes={k: sm.backward_moment_bytes for sm in mem.stages
+                                               for k in step.rank_chunk_ids(sm.stage)
+                                               if sm.backward_moment_bytes})  # fmt: skip
 
 
 def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:

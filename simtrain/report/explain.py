@@ -7,6 +7,7 @@ computes nothing of its own but the text.
 from __future__ import annotations
 
 from simtrain.costs import op_sac
+from simtrain.costs.activations import attention_backward_working_bytes, mlp_backward_working_bytes
 from simtrain.costs.cp import buffer_formula, cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
 from simtrain.costs.memory import (
@@ -25,7 +26,7 @@ from simtrain.layout.step import resolve
 from simtrain.schedules.generators import COMBINED_1F1B_EXTRA_FORWARDS, rank_warmup
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.precision import STATES_PER_PARAM
-from simtrain.spec.scenario import Scenario
+from simtrain.spec.scenario import Scenario, cp_rank_training
 from simtrain.units import GB, GIB
 
 
@@ -228,11 +229,17 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         parts.append("re-materialising one block: its saved tensors less its checkpointed input"
                      + (" and the outputs the policy keeps" if t.recompute == "selective_op"
                         else "") + head_note)  # fmt: skip
-    if not sc.model.flash_attention and b.recompute_working_set_bytes:
+    mlp = mlp_backward_working_bytes(sc.model, cp_rank_training(t, p.cp), p.tp)
+    core = attention_backward_working_bytes(sc.model, cp_rank_training(t, p.cp), p.tp)
+    if core > mlp and b.recompute_working_set_bytes:
         parts.append("a non-flash attention core's backward: the scores' gradient beside the "
                      "saved probabilities" + (", and the re-run probabilities and dropout mask"
                                               if "core_attn" in t.selective_modules
                                               else ""))  # fmt: skip
+    elif mlp and b.recompute_working_set_bytes:
+        parts.append(f"the MLP backward's gradients of b·s·f/t values beside the saved ones "
+                     f"({mlp:,} B)" + ("" if full or not b.last else
+                                       ", the head's saved tensors freed by then"))  # fmt: skip
     lines.append(
         f"  activations      = {per_mb} ({sched_name}, stage {sm.stage})"
         + (
@@ -338,7 +345,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      "of gradients at the peak)")  # fmt: skip
     if b.gradients_transient:
         lines.append("  gradients appear as backward frees activations (one micro-batch, no "
-                     "DP/PP): peak counts the larger of the two")  # fmt: skip
+                     "DP/PP): the peak is the fullest of the forward's end, the optimizer step "
+                     "(every gradient) and a block's backward, first or last (the gradients "
+                     "written before it beside the blocks' saved tensors"
+                     + (f": {_gb(sm.backward_moment_bytes)} more than the walk's chunk)"
+                        if sm.backward_moment_bytes else ")"))  # fmt: skip
     if sm.pageable_bytes:
         lines.append(
             f"  paged optimizer: {_gb(sm.pageable_bytes)} of states in unified memory (tensors of "

@@ -264,6 +264,10 @@ class LoweringInput:
     # The "cp" stream's op names in a forward and in a backward (costs.cp.exchange_labels:
     # the ring's K/V, the all-to-all's Q, K, V, O)
     cp_labels: tuple[str, str] = ("CP ring K/V", "CP ring K/V + dK/dV")
+    # virtual stage -> what its B holds beyond its activations and working set, as gradients
+    # (one GPU, one micro-batch: the transient gradients produced before a block's backward,
+    # costs.memory.transient_backward_moment), allocated with the B and freed at its end
+    backward_extra_bytes: dict[int, int] = field(default_factory=dict)
 
     def pipeline(self, stage: int) -> range:
         """The stages a micro-batch through ``stage`` visits, in order."""

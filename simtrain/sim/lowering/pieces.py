@@ -33,14 +33,17 @@ def base_pieces(a: Action, c: ChunkDurations, inp: LoweringInput) -> tuple[list[
         return [("W", c.weight_grad_ns, (), (("activations", act),))], 0
     pieces: list[Piece] = []
     # the working set: a recompute's re-materialised block (allocated by its R piece), or
-    # without one a non-flash core's backward temporaries (allocated as the backward starts:
-    # no R piece, which would gather ZeRO-3 parameters for nothing)
-    own = (("activations", ws),) if ws and not c.recompute_ns else ()
+    # without one the backward's temporaries (allocated as the backward starts: no R piece,
+    # which would gather ZeRO-3 parameters for nothing); with transient gradients, those a
+    # block's backward holds (LoweringInput.backward_extra_bytes) beside them until B ends
+    extra = inp.backward_extra_bytes.get(a.stage, 0) if a.kind == "B" else 0
+    held = tuple((k, v) for k, v in (("activations", ws), ("gradients", extra)) if v)
+    own = held if not c.recompute_ns else ()
     if c.recompute_ns:
-        pieces.append(("R", c.recompute_ns, (("activations", ws),) if ws else (), ()))
+        pieces.append(("R", c.recompute_ns, held, ()))
     if a.kind == "B":
-        pieces.append(("B", c.input_grad_ns + c.weight_grad_ns, own,
-                       (("activations", act + ws),)))  # fmt: skip
+        freed = (("activations", act + ws),) + ((("gradients", extra),) if extra else ())
+        pieces.append(("B", c.input_grad_ns + c.weight_grad_ns, own, freed))
     else:  # I
         pieces.append(("I", c.input_grad_ns, own, (("activations", ws),) if ws else ()))
     tp = c.tp_backward_ns if a.kind == "B" else c.tp_input_grad_ns

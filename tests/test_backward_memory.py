@@ -1,0 +1,92 @@
+"""What a block's backward holds beside the saved activations: the MLP's temporaries
+(costs.activations.mlp_backward_working_bytes) and, where the gradients are transient (one GPU,
+one micro-batch), the gradients already produced (costs.memory.transient_backward_moment).
+The PyTorch measurements of both are in tests/test_memory_vs_measure.py; these pin the closed
+forms and the invariants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_pairs import LLAMA_TINY, estimate_stage
+
+from simtrain.costs.activations import MLP_BACKWARD_TEMPORARIES, mlp_backward_working_bytes
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import PeftSpec, TrainingSpec
+
+GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, flash_attention=True)
+
+
+def _t(**kw) -> TrainingSpec:
+    base = {"seq_len": 128, "global_batch": 2, "micro_batch": 2, "precision": "fp32",
+            "optimizer": "adamw", "recompute": "full"}  # fmt: skip
+    return TrainingSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize(("mlp", "k"), [("gelu", 1), ("swiglu", 2), ("relu", 2), ("relu2", 3)])
+def test_mlp_temporaries_closed_form(mlp: str, k: int) -> None:
+    """k tensors of b·s·f/t values at the activation's element size (fp32: 4 B; bf16: 2 B)."""
+    m = replace(GPT, mlp=mlp)
+    assert MLP_BACKWARD_TEMPORARIES[mlp] == k
+    assert mlp_backward_working_bytes(m, _t()) == k * 4 * 2 * 128 * 256
+    assert mlp_backward_working_bytes(m, _t(precision="bf16"), tp=4) == k * 2 * 2 * 128 * 256 // 4
+
+
+def test_mlp_temporaries_frozen_down_projection() -> None:
+    """LoRA that leaves the down-projection alone: it saved no input, so nothing is freed before
+    the activation's backward (one tensor more), except under ReLU (its output is ReLU's own);
+    LoRA on 'down' saves the input again; linear probing has no gradient through the blocks."""
+    lora_qv = _t(peft=PeftSpec(method="lora"))
+    lora_down = _t(peft=PeftSpec(method="lora", target_modules=("q", "v", "down")))
+    bsf = 4 * 2 * 128 * 256
+    assert mlp_backward_working_bytes(GPT, lora_qv) == 2 * bsf
+    assert mlp_backward_working_bytes(GPT, lora_down) == bsf
+    assert mlp_backward_working_bytes(replace(GPT, mlp="relu"), lora_qv) == 2 * bsf
+    assert mlp_backward_working_bytes(GPT, _t(peft=PeftSpec(method="linear_probe"))) == 0
+
+
+def test_no_backward_moment_where_gradients_persist() -> None:
+    """With gradient accumulation the gradients exist all step (counted in the category), so
+    there is no transient moment to add; with one micro-batch on one GPU there is."""
+    accumulated = estimate_stage(LLAMA_TINY, _t(global_batch=4))
+    single = estimate_stage(LLAMA_TINY, _t())
+    assert accumulated.backward_moment_bytes == 0
+    assert single.transient_gradient_bytes > 0
+    assert single.backward_moment_bytes > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layers=st.integers(1, 6),
+    mlp=st.sampled_from(["gelu", "swiglu", "relu", "relu2"]),
+    precision=st.sampled_from(["fp32", "amp_bf16", "bf16"]),
+    recompute=st.sampled_from(["none", "full", "selective_op"]),
+    tied=st.booleans(),
+    mb=st.integers(1, 4),
+)
+def test_transient_peak_between_bounds(layers, mlp, precision, recompute, tied, mb) -> None:
+    """With transient gradients the peak is at least the old rule's, rest + max(walk,
+    gradients at the step) (every moment it took is still a candidate), and at most what
+    holds if everything coexisted: rest + every activation and working set + every gradient
+    + the loss and step working memory."""
+    m = replace(GPT, layers=layers, mlp=mlp, tied_embeddings=tied)
+    if recompute == "selective_op" and mlp != "swiglu":
+        m = replace(m, mlp="swiglu")
+    t = _t(precision=precision, recompute=recompute, global_batch=mb, micro_batch=mb)
+    s = estimate_stage(m, t)
+    c = dict(s.memory_bytes)
+    at = dict(s.peak_memory_bytes_by_category)
+    assert sum(at.values()) == s.peak_memory_bytes
+    assert all(v >= 0 for v in at.values())
+    for k in c:
+        assert at[k] <= c[k], k
+    upper = sum(c.values()) + sum(b for _, b in s.recompute_working_set_bytes)
+    assert s.peak_memory_bytes <= upper
+    no_moment = dict(c, activations=0, buffers=c["buffers"] - s.optimizer_working_bytes
+                     - sum(b for _, b in s.loss_bytes), gradients=c["gradients"]
+                     - s.transient_gradient_bytes)  # fmt: skip
+    rest = sum(no_moment.values())
+    assert s.peak_memory_bytes >= rest + max(c["activations"], s.transient_gradient_bytes)
