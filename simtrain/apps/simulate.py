@@ -9,7 +9,13 @@ from dataclasses import dataclass, replace
 from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 from simtrain.costs.data_parallel import is_data_parallel
 from simtrain.costs.memory import MemoryReport, estimate_memory
-from simtrain.costs.workload import initial_memory, lowering_input, nic_plan, optimizer_memory
+from simtrain.costs.workload import (
+    autocast_copies,
+    initial_memory,
+    lowering_input,
+    nic_plan,
+    optimizer_memory,
+)
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.report.metrics import PhaseCost, StepMetrics, phase_cost, step_metrics, total_cost
 from simtrain.sim.engine import Task, gc_paused, simulate
@@ -31,7 +37,9 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     step = resolve(sc)
     inp = lowering_input(sc, step, mem)
     opt = optimizer_memory(step, mem)
-    ranks = {r: replace(w, optimizer_alloc=opt[r][0], optimizer_free=opt[r][1])
+    copies = autocast_copies(mem)
+    ranks = {r: replace(w, optimizer_alloc=opt[r][0], optimizer_free=opt[r][1],
+                        autocast_copy_bytes=copies.get(r, 0))
              for r, w in inp.ranks.items()}  # fmt: skip
     return replace(inp, ranks=ranks)
 

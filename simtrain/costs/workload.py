@@ -633,8 +633,9 @@ def _fb_pairs(step: ResolvedStep) -> dict[int, frozenset] | None:
 
 def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str, int]]:
     """Static memory per rank: every category but activations, which the tasks allocate (and
-    the 16-bit gradients, when they only exist from backward to the optimizer step, or from
-    each backward's end through its fp32 add; an fp32 accumulation buffer stays). The loss
+    autocast's weight copies, which the rank's first forward allocates and its last backward
+    frees; and the 16-bit gradients, when they only exist from backward to the optimizer step,
+    or from each backward's end through its fp32 add; an fp32 accumulation buffer stays). The loss
     working memory is allocated by the last chunk's forward, the optimizer's working memory by
     the optimizer step, a paged optimizer's evicted
     states by their prefetch. Under torch.nn.DataParallel a replica is rank 1, and the
@@ -646,12 +647,20 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
         cats["gradients"] -= (sm.transient_gradient_bytes + sm.reduce_gradient_bytes
                               + sm.freed_gradient_bytes)  # fmt: skip
         cats["buffers"] -= (sum(b for _, b in sm.loss_bytes) + sm.optimizer_working_bytes
-                            + sm.allocator_buffer_growth_bytes)  # fmt: skip
+                            + sm.allocator_buffer_growth_bytes
+                            + sm.autocast_copy_bytes)  # fmt: skip
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
         cats["optimizer_states"] -= sm.paged_bytes
         out[sm.stage if mem.replica is None else rank] = cats
     return out
+
+
+def autocast_copies(mem: MemoryReport) -> dict[int, int]:
+    """Rank -> autocast's weight copies (``StageMemory.autocast_copy_bytes``), which its first
+    forward allocates and its last backward frees (keyed as :func:`initial_memory`)."""
+    return {(sm.stage if mem.replica is None else rank): sm.autocast_copy_bytes
+            for rank, sm in enumerate(mem.gpus) if sm.autocast_copy_bytes}  # fmt: skip
 
 
 def optimizer_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, tuple[tuple, tuple]]:

@@ -67,6 +67,12 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
                 ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
                               a.microbatch, a.stage))  # fmt: skip
             groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label, a == last_backward))
+        if work.autocast_copy_bytes and groups:  # the forward's casts, gone after the backward
+            copies = (("buffers", work.autocast_copy_bytes),)
+            first = next(g for g in groups if g.action is not None).ops[0]
+            first.alloc = tuple(first.alloc) + copies
+            last = next((g for g in reversed(groups) if g.last_backward), groups[-1]).ops[-1]
+            last.free = tuple(last.free) + copies
         ranks[rank] = RankIR(rank, groups, [])
     return StepIR(inp, ranks, {})
 
