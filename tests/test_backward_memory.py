@@ -90,3 +90,53 @@ def test_transient_peak_between_bounds(layers, mlp, precision, recompute, tied, 
                      - s.transient_gradient_bytes)  # fmt: skip
     rest = sum(no_moment.values())
     assert s.peak_memory_bytes >= rest + max(c["activations"], s.transient_gradient_bytes)
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_pipedream_keeps_autocast_copies_through_its_steps(recompute: str) -> None:
+    """PipeDream steps after every micro-batch while others hold their forwards' autocast
+    copies: the copies stay in the step's buffers, and the trace's peak is the estimate's (a
+    review of 2026-12-07 found them 42 MB apart on stage 0 while the step dropped them)."""
+    from test_invariants import check_outputs
+
+    from simtrain.spec.scenario import parse_scenario
+
+    data = {"model": {"preset": "gpt2"}, "hardware": "a100_sxm4_80gb",
+            "cluster": {"nodes": 1, "gpus_per_node": 4},
+            "training": {"seq_len": 256, "global_batch": 8, "micro_batch": 1,
+                         "precision": "amp_bf16", "optimizer": "adamw", "recompute": recompute},
+            "parallelism": {"pp": 4, "schedule": "pipedream"}}  # fmt: skip
+    sc = parse_scenario(data, "pipedream_amp.yaml")
+    check_outputs(sc, rerun=False)
+    from simtrain.costs.memory import estimate_memory
+
+    assert all(s.autocast_copy_bytes == 0 for s in estimate_memory(sc).stages)
+
+
+@pytest.mark.parametrize("first_dense", [0, 1, 3])
+def test_transient_moment_counts_dense_and_moe_blocks_apart(first_dense: int) -> None:
+    """An MoE model's first dense blocks have fewer parameters than its MoE blocks: at the last
+    block's backward (all blocks' gradients still to come) the head's gradients are there
+    whatever the mix (a review of 2026-12-07: 0 of the head's 131 MB with 3 dense blocks of 4
+    while every block was counted as an MoE one)."""
+    from simtrain.costs import memory as M
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import parse_scenario
+
+    data = {"model": {"layers": 4, "hidden": 1024, "heads": 8, "vocab": 32000, "mlp": "swiglu",
+                      "norm": "rmsnorm", "positions": "rotary", "num_experts": 8,
+                      "experts_per_token": 2, "moe_ffn_hidden": 1024, "ffn_hidden": 2048,
+                      "first_dense_layers": first_dense, "flash_attention": True},
+            "hardware": "a100_sxm4_80gb", "cluster": {"nodes": 1, "gpus_per_node": 1},
+            "training": {"seq_len": 4096, "global_batch": 4, "micro_batch": 4,
+                         "precision": "fp32", "optimizer": "sgd", "recompute": "none"},
+            "parallelism": {}}  # fmt: skip
+    sc = parse_scenario(data, "moe.yaml")
+    step = resolve(sc)
+    sm = M.stage_memory(sc, 0)
+    ms = M._model_states(sc, step, 0)[0]
+    act = M._stage_activations(sc, step, 0)
+    acts, grads, _ = M.transient_backward_moment(sc, step, 0, act, sm.transient_gradient_bytes, ms)
+    head = 4 * (1024 * 32000 + 1024)  # lm_head and the final norm, fp32
+    assert grads >= head
+    assert acts >= 0

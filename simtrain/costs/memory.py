@@ -25,6 +25,7 @@ from simtrain.costs.activations import (
     attention_backward_working_bytes,
     embedding_saved_bytes,
     frozen_input_savings,
+    grad_flows_through_blocks,
     head_backward_delta,
     head_saved_bytes,
     layer_activation_bytes,
@@ -317,6 +318,9 @@ class _Activations:
     # before the walk's floor at 0 (working_set): negative where the head's freed saved
     # tensors outweigh the backward's temporaries (:func:`transient_backward_moment`)
     backward_delta: dict[int, int] = field(default_factory=dict)
+    # bytes a dense block saves per micro-batch in a model with routed experts (per_layer is an
+    # MoE block's there); 0: per_layer
+    per_dense_layer: int = 0
 
 
 #: A fitting peak at or above this share of the GPU's memory is near it: PyTorch's caching
@@ -457,7 +461,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,
-                        offloaded, delta)  # fmt: skip
+                        offloaded, delta, per_dense if m.is_moe else 0)  # fmt: skip
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
@@ -583,13 +587,17 @@ def autocast_copy_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateBytes,
     recompute a frozen weight's copy (LoRA's base) is neither: made per use and freed in the
     forward, made again by its block's re-materialisation, so one block's frozen copies at a
     time (measured with simtrain.torchref: Llama, LoRA, autocast, full recompute, 6 blocks:
-    +17.9 % of the peak while every block's were counted)."""
+    +17.9 % of the peak while every block's were counted). Where no gradient flows through the
+    blocks (linear probing) no block's copy is kept at all (a review of 2026-12-07: +39.8 %
+    of the peak of a 6-block probe without recompute while they were)."""
     t, p = sc.training, sc.parallelism
-    if t.recompute not in ("full", "selective_op") or n_layers <= 1:
-        return ms.weight_copies
     layer = layer_param_tensors(sc.model, t, p.tp, ep=p.ep, etp=p.etp)
     frozen = step.precision.weight_copy * sum(x.numel for x in layer
                                               if x.matmul and not x.nf4 and not x.trainable)  # fmt: skip
+    if not grad_flows_through_blocks(t):
+        return ms.weight_copies - n_layers * frozen
+    if t.recompute not in ("full", "selective_op") or n_layers <= 1:
+        return ms.weight_copies
     return ms.weight_copies - (n_layers - 1) * frozen
 
 
@@ -903,7 +911,11 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         freed and not transient and len(mine) == 1 and sc.parallelism.zero_stage <= 1 and not role
     )
     freed_b = max(coming_and_going, 0) if freed else 0
-    copies_b = autocast_copy_bytes(sc, step, ms, n_layers) if step.precision.weight_copy else 0
+    # autocast's copies, made by each forward and gone after its backward; a schedule that
+    # steps after every micro-batch (PipeDream) holds other micro-batches' through its steps
+    copies_b = (autocast_copy_bytes(sc, step, ms, n_layers)
+                if step.precision.weight_copy and not step.traits.steps_every_microbatch
+                else 0)  # fmt: skip
     backward = transient_backward_moment(sc, step, stage, act, transient_b, ms)
     moment_b = 0
     if backward is not None:  # (one chunk: its B holds the chunk and its working set)
@@ -1044,25 +1056,39 @@ def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act:
     def trained(ts: list[ParamTensor]) -> int:
         return sum(x.numel for x in ts if x.trainable)
 
+    # the chunk's blocks: its first ``dense`` are dense (an MoE model's first_dense_layers),
+    # the rest hold routed experts
+    n = ch.layers
+    dense = m.dense_layers_in(ch.lo, ch.hi) if m.is_moe else n
     layer = layer_param_tensors(m, t, p.tp, ep=p.ep, etp=p.etp)
-    block = trained(layer)
-    down = trained([x for x in layer if x.name.startswith("down.")])
+    dense_layer = layer_param_tensors(m, t, p.tp, moe=False) if m.is_moe else layer
+    block = {True: trained(dense_layer), False: trained(layer)}  # by "dense"
+    saved = {True: act.per_dense_layer or act.per_layer, False: act.per_layer}
+    first_dense = dense > 0  # the chunk's first block (the dense ones come first)
+    last_dense = dense == n
+    down = {d: trained([x for x in ts if x.name.startswith("down.")])
+            for d, ts in ((True, dense_layer), (False, layer))}  # fmt: skip
     late = 0  # the embeddings' gradients, written after the first block's backward
     if ch.embedding:
         emb = embedding_param_tensors(m, t, embedding_tp(sc))
         late = trained([x for x in emb if not (x.name == "wte" and m.tied_embeddings and ch.head)])
-    copy = step.precision.weight_copy * sum(x.numel for x in layer if x.matmul and not x.nf4)
-    n = ch.layers
+    all_blocks = dense * block[True] + (n - dense) * block[False]
+    others_saved = dense * saved[True] + (n - dense) * saved[False] - saved[first_dense]
+    # autocast's copies a block's backward holds (none where no gradient flows through it)
+    copy = 0
+    if grad_flows_through_blocks(t):
+        copy = step.precision.weight_copy * sum(x.numel for x in layer if x.matmul and not x.nf4)
     recompute = t.recompute in ("full", "selective_op")
-
-    held = autocast_copy_bytes(sc, step, ms, n) if copy else 0  # (buffers' copies, all step)
+    held = autocast_copy_bytes(sc, step, ms, n) if step.precision.weight_copy else 0
 
     def grads(elements: int) -> int:  # transient gradient bytes of that many trainable elements
         return transient_b * max(elements, 0) // ms.trainable
 
-    first = (act.chunk_bytes[cid] + act.backward_delta[cid] - (n - 1) * act.per_layer,
-             grads(ms.trainable - block + down - late), max(held - copy, 0))  # fmt: skip
-    last = (first[0] + (n - 1) * act.per_layer, grads(ms.trainable - n * block + down - late),
+    top = act.chunk_bytes[cid] + act.backward_delta[cid]  # the last block's moment
+    first = (max(top - others_saved, 0),
+             grads(ms.trainable - block[first_dense] + down[first_dense] - late),
+             max(held - copy, 0))  # fmt: skip
+    last = (top, grads(ms.trainable - all_blocks + down[last_dense] - late),
             max(held - copy * (1 if recompute else n), 0))  # fmt: skip
     return max(last, first, key=lambda x: x[0] + x[1] - x[2])
 

@@ -7,7 +7,11 @@ computes nothing of its own but the text.
 from __future__ import annotations
 
 from simtrain.costs import op_sac
-from simtrain.costs.activations import attention_backward_working_bytes, mlp_backward_working_bytes
+from simtrain.costs.activations import (
+    attention_backward_working_bytes,
+    head_backward_delta,
+    mlp_backward_working_bytes,
+)
 from simtrain.costs.cp import buffer_formula, cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
 from simtrain.costs.memory import (
@@ -18,6 +22,7 @@ from simtrain.costs.memory import (
     flat_step_buffers,
     fp8_weight_storage,
     reduce_copy_bytes,
+    save_flags,
     wire_grad_bytes,
 )
 from simtrain.costs.muon import rank_muon_elements
@@ -229,9 +234,14 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         parts.append("re-materialising one block: its saved tensors less its checkpointed input"
                      + (" and the outputs the policy keeps" if t.recompute == "selective_op"
                         else "") + head_note)  # fmt: skip
-    mlp = mlp_backward_working_bytes(sc.model, cp_rank_training(t, p.cp), p.tp)
-    core = attention_backward_working_bytes(sc.model, cp_rank_training(t, p.cp), p.tp)
-    if core > mlp and b.recompute_working_set_bytes:
+    tr = cp_rank_training(t, p.cp)
+    mlp = mlp_backward_working_bytes(sc.model, tr, p.tp)
+    core = attention_backward_working_bytes(sc.model, tr, p.tp)
+    mlp_moment = mlp  # (costs.memory._stage_activations: the head's chunk without recompute)
+    if b.last and t.recompute not in ("full", "selective_op"):
+        mlp_moment += head_backward_delta(sc.model, tr, p.tp, p.sequence_parallel,
+                                          save_flags(sc).gathered_input, b.loss_apart)  # fmt: skip
+    if core > mlp_moment and b.recompute_working_set_bytes:
         parts.append("a non-flash attention core's backward: the scores' gradient beside the "
                      "saved probabilities" + (", and the re-run probabilities and dropout mask"
                                               if "core_attn" in t.selective_modules
