@@ -268,3 +268,28 @@ def test_zero3_gathers_no_parameters_for_a_weightless_recompute() -> None:
 
     none, selective, full = gathers("none"), gathers("selective"), gathers("full")
     assert selective == none < full
+
+
+def test_gpu0_head_backward_frees_only_what_its_chunk_holds() -> None:
+    """GPU 0's chunk does not hold its rows' loss saved tensors (the whole batch's loss is in
+    its buffers), so the head's backward frees that much less of it: with flash attention its
+    backward working set is the MLP backward's temporaries plus a block input (the head's input
+    gradient) less the head's saved tensors but the loss's; its DDP twin's stays at 0, the head
+    freeing more than the MLP holds (a review of 2026-12-07: GPU 0's was 0 too)."""
+    from simtrain.costs.activations import (
+        head_saved_bytes,
+        layer_input_bytes,
+        loss_saved_bytes,
+        mlp_backward_working_bytes,
+    )
+
+    flash = ["model.flash_attention=true"]
+    sc = load_scenario(SCN, flash)
+    m, t = sc.model, sc.training
+    ws = dict(estimate_memory(sc).gpus[0].recompute_working_set_bytes)[0]
+    twin = estimate_memory(load_scenario(SCN, [*flash, "parallelism.dp_mode=ddp"]))
+    expected = (mlp_backward_working_bytes(m, t) + layer_input_bytes(m, t)
+                - head_saved_bytes(m, t) + loss_saved_bytes(m, t))  # fmt: skip
+    assert expected > 0
+    assert ws == expected
+    assert dict(twin.stages[0].recompute_working_set_bytes)[0] == 0

@@ -441,6 +441,11 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         delta[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head, tp, sp,
                                                    **f.kwargs(), loss_apart=ch.loss_apart,
                                                    floor=False)  # fmt: skip
+        # (DataParallel's GPU 0: the loss's saved tensors are not in its chunk, so the head's
+        # backward frees that much less of it)
+        kept_loss = loss_saved_bytes(m, t, tp) if ch.head and loss_override is not None else 0
+        if t.recompute in ("full", "selective_op") and ch.layers and grad_flows_through_blocks(t):
+            delta[stage] += kept_loss
         if ch.layers:
             # The backward's temporaries beside what the block saved, at its fullest: the MLP's
             # (activations.mlp_backward_working_bytes) or a non-flash core's, whichever is
@@ -454,6 +459,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             mlp = mlp_backward_working_bytes(m, t, tp)
             if ch.head and t.recompute not in ("full", "selective_op"):
                 mlp += head_backward_delta(m, t, tp, sp, f.gathered_input, ch.loss_apart)
+                mlp += kept_loss
             delta[stage] += max(mlp, attention_backward_working_bytes(m, t, tp))
         working_set[stage] = max(delta[stage], 0)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
