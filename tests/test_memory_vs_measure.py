@@ -37,6 +37,8 @@ CASES = [
     (GPT, "bf16", True, "none", "none", "adamw"),  # 16-bit weights + fp32 master
     (GPT, "bf16_fp32_grads", True, "none", "none", "adamw"),  # + fp32 grad buffer (nanotron)
     (GPT, "fp32", True, "full", "none", "adamw"),  # full checkpointing: the block backward
+    (GPT, "fp32", False, "full", "none", "adamw"),  # a non-flash core in a re-materialised block
+    (LLAMA, "fp32", False, "full", "none", "adamw"),
     (GPT, "fp32", True, "full", "lora", "adamw"),  # a frozen down-projection frees nothing
     (GPT, "fp32", True, "none", "lora", "adamw"),
     (GPT, "fp32", True, "none", "linear_probe", "adamw"),

@@ -568,6 +568,17 @@ def mlp_backward_working_bytes(m: ModelSpec, t: TrainingSpec, tp: int = 1) -> in
     return k * t.precision_spec.act_mm * t.micro_batch * t.seq_len_effective * m.ffn_hidden // tp
 
 
+def mlp_half_saved_bytes(saved: tuple[SavedTensor, ...] | list[SavedTensor]) -> int:
+    """The MLP half of a block's saved tensors (:func:`layer_saved_tensors` lists the attention
+    half first, then from the second norm's entry, or the MLP input's without pre-norms, the
+    MLP's; adapters apart): what the MLP's and the second norm's backwards have freed when the
+    attention core's backward runs. 0 where the list has no such entry (a parallel block)."""
+    names = [x.name for x in saved]
+    start = next((i for i, n in enumerate(names) if n.startswith(("norm2", "mlp input"))),
+                 len(names))  # fmt: skip
+    return sum(x.bytes for x in saved[start:] if not x.name.startswith("adapter"))
+
+
 def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False) -> int:
     """With frozen embeddings (LoRA, QLoRA, adapters, prefix tuning) the first block's input needs
     no gradient, so its first norm (frozen too) saves nothing: its input and statistics are not
