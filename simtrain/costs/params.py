@@ -10,7 +10,7 @@ prompts). Parameter counts are exact integers, tested against the model cards.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import ceil
 from typing import TYPE_CHECKING
@@ -251,7 +251,15 @@ def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding
     own where ``own_embedding`` is false: by default where the chunk holds no embedding)."""
     out: list[ParamTensor] = []
     if embedding:
-        out += embedding_param_tensors(m, t, tp if emb_tp is None else emb_tp)
+        emb = embedding_param_tensors(m, t, tp if emb_tp is None else emb_tp)
+        if head and m.tied_embeddings and not any(x.name.startswith("lm_head") for x in
+                                                  head_param_tensors(m, t, tp, pp)):  # fmt: skip
+            # the tied head's matmul runs on the token embedding's table: a matmul weight
+            # (autocast casts it: a 16-bit copy, costs.params.model_state_bytes' weight_copies;
+            # measured with simtrain.torchref: a tied 8,192 x 128 table's 2 MB copy was missing
+            # from an autocast step's peak, -5.0 %)
+            emb = [replace(x, matmul=True) if x.name == "wte" else x for x in emb]
+        out += emb
     if head:
         mine = embedding if own_embedding is None else own_embedding
         out += head_param_tensors(m, t, tp, pp)
