@@ -140,3 +140,39 @@ def test_transient_moment_counts_dense_and_moe_blocks_apart(first_dense: int) ->
     head = 4 * (1024 * 32000 + 1024)  # lm_head and the final norm, fp32
     assert grads >= head
     assert acts >= 0
+
+
+def test_explain_names_the_temporaries_memory_chose() -> None:
+    """``memory --explain`` names the backward temporaries that set the working set as memory
+    chose them (costs.memory records it: StageBreakdown.backward_part), not by a rule of its
+    own: a non-flash GPT block under full recompute, where the core's moment comes after the
+    MLP half is freed, is set by the MLP's (a review of 2026-12-07 found explain naming the
+    core)."""
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.report.explain import explain_memory
+    from simtrain.spec.hardware import load_hardware
+    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
+
+    m = replace(GPT, flash_attention=False)
+    sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), _t(),
+                  ParallelSpec())  # fmt: skip
+    rep = estimate_memory(sc)
+    assert rep.stages[0].breakdown.backward_part == "mlp"
+    text = "\n".join(explain_memory(sc, rep))
+    assert "the MLP backward's gradients" in text
+    assert "a non-flash attention core's backward" not in text
+
+
+def test_a_tied_head_with_a_bias_still_runs_on_the_token_table() -> None:
+    """A tied head's matmul runs on the token embedding's table even where the head has a bias
+    of its own: under autocast its 16-bit copy, V·h·2 B, is counted (the review's case: a
+    prefix test on 'lm_head' had taken the bias for a table of the head's own)."""
+    from simtrain.costs.params import end_param_tensors, model_state_bytes
+
+    t = _t(precision="amp_bf16")
+    copies = {}
+    for bias in (False, True):
+        m = replace(GPT, tied_embeddings=True, head_bias=bias)
+        ends = end_param_tensors(m, t, 1, 1, True, True)
+        copies[bias] = model_state_bytes(ends, t).weight_copies
+    assert copies[False] == copies[True] == 2 * GPT.vocab * GPT.hidden

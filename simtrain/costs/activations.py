@@ -46,6 +46,13 @@ class SavedTensor:
     formula: str
 
 
+def rematerialises(t: TrainingSpec) -> bool:
+    """Does the backward re-run each block's forward (full recompute, or torchtitan's per-op
+    selective recompute, which checkpoints every block with a policy)? Megatron's selective
+    recompute re-runs only the attention core and is not one."""
+    return t.recompute in ("full", "selective_op")
+
+
 def grad_flows_through_blocks(t: TrainingSpec) -> bool:
     """Does the gradient flow back through the transformer blocks? Not for linear probing, where
     only the head is trained (autograd saves nothing for frozen inputs)."""
@@ -572,7 +579,9 @@ def mlp_half_saved_bytes(saved: tuple[SavedTensor, ...] | list[SavedTensor]) -> 
     """The MLP half of a block's saved tensors (:func:`layer_saved_tensors` lists the attention
     half first, then from the second norm's entry, or the MLP input's without pre-norms, the
     MLP's; adapters apart): what the MLP's and the second norm's backwards have freed when the
-    attention core's backward runs. 0 where the list has no such entry (a parallel block)."""
+    attention core's backward runs. 0 where the list has no such entry (a parallel block with
+    one shared norm, whose MLP input is the attention's: the core's moment is then taken beside
+    everything saved, an over-count)."""
     names = [x.name for x in saved]
     start = next((i for i, n in enumerate(names) if n.startswith(("norm2", "mlp input"))),
                  len(names))  # fmt: skip
@@ -585,7 +594,7 @@ def frozen_input_savings(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = 
     kept (autograd saves only what a gradient needs; measured with simtrain.torchref.measure).
     Under full (or per-op selective) recompute the block keeps its checkpointed input, so
     nothing is saved."""
-    if t.recompute in ("full", "selective_op"):
+    if rematerialises(t):
         return 0
     return _frozen_first_norm_bytes(m, t, tp, sp) + _frozen_first_qk_norm_bytes(m, t, tp)
 
@@ -649,7 +658,8 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
                                 repeat_kv: bool = False, cp_a2a: bool = False,
                                 etp: int = 0, fused_swiglu: bool = False,
                                 gathered_per_linear: bool = False,
-                                loss_apart: bool = False, floor: bool = True) -> int:  # fmt: skip
+                                loss_apart: bool = False,
+                                loss_in_chunk: bool = True) -> int:  # fmt: skip
     """What full recompute adds, during a chunk's backward, to the activations its chunk holds
     (0: no recompute, or no decoder layer to re-materialise). Measured on the reference model
     (simtrain.torchref, ``torch.utils.checkpoint`` non-reentrant): one block at a time is
@@ -663,11 +673,13 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
     (:func:`head_saved_bytes`; without the loss's where it runs on a later chunk,
     ``loss_apart``) were freed by the head's backward before the first block is
     re-materialised; on any other chunk that gradient is the p2p receive buffer, counted under
-    buffers (``costs.memory._buffers``). Never below 0 (the walk's peak is then at a forward)
-    unless ``floor`` is false (a caller that adds the backward's temporaries first).
+    buffers (``costs.memory._buffers``). Negative where the head's freed tensors outweigh the
+    re-materialised block (the walk's floor at 0 is the caller's, after it adds the backward's
+    temporaries: ``costs.memory._stage_activations``). ``loss_in_chunk``: see
+    :func:`head_backward_delta`.
     Per-op selective (:mod:`costs.op_sac`): the same, less what autograd saves in the recomputed
     forward that is a kept storage (:func:`costs.op_sac.held_by_recompute`)."""
-    if t.recompute not in ("full", "selective_op") or not layers:
+    if not rematerialises(t) or not layers:
         return 0
     saved = layer_saved_tensors(m, t, tp=tp, sequence_parallel=sp, load=load,
                                 gathered_input=gathered_input, repeat_kv=repeat_kv,
@@ -683,19 +695,25 @@ def recompute_working_set_bytes(m: ModelSpec, t: TrainingSpec, layers: int, embe
         not_held = max(not_held, _frozen_first_norm_bytes(m, t, tp, sp))
     ws = sum(x.bytes for x in saved) - not_held
     if head:
-        ws += head_backward_delta(m, t, tp, sp, gathered_input, loss_apart)
-    return max(ws, 0) if floor else ws
+        ws += head_backward_delta(m, t, tp, sp, gathered_input, loss_apart, loss_in_chunk)
+    return ws
 
 
 def head_backward_delta(m: ModelSpec, t: TrainingSpec, tp: int = 1, sp: bool = False,
-                        gathered_input: int = 0, loss_apart: bool = False) -> int:  # fmt: skip
-    """What the head's chunk holds less, once the head's backward has run, than at the end of
-    its forward: the head's saved tensors (:func:`head_saved_bytes`; without the loss's where
-    it runs on a later chunk, ``loss_apart``) are freed and the gradient of the last block's
-    output (shaped like a block input) is alive."""
-    head_saved = head_saved_bytes(m, t, tp, sp, gathered_input)
-    loss_saved = cross_entropy_saved_bytes(m, t, tp)
-    return layer_input_bytes(m, t, tp, sp) - head_saved + (loss_saved if loss_apart else 0)
+                        gathered_input: int = 0, loss_apart: bool = False,
+                        loss_in_chunk: bool = True) -> int:  # fmt: skip
+    """The change in what the head's chunk holds from the end of its forward to after the
+    head's backward (usually negative): the head's saved tensors (:func:`head_saved_bytes`)
+    are freed, but the loss's where the chunk does not hold them (it runs on a later chunk,
+    ``loss_apart``: its cross-entropy's; or DataParallel's GPU 0 keeps the whole batch's loss
+    apart, ``loss_in_chunk`` false: :func:`loss_saved_bytes`), and the gradient of the last
+    block's output (shaped like a block input) is alive."""
+    freed = head_saved_bytes(m, t, tp, sp, gathered_input)
+    if not loss_in_chunk:
+        freed -= loss_saved_bytes(m, t, tp)
+    elif loss_apart:
+        freed -= cross_entropy_saved_bytes(m, t, tp)
+    return layer_input_bytes(m, t, tp, sp) - freed
 
 
 def _first_saved_is_block_input(m: ModelSpec, t: TrainingSpec) -> bool:

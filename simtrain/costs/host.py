@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simtrain.costs.activations import rematerialises
 from simtrain.costs.comm import tp_block_collectives, tp_edge_collectives
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.data_parallel import is_data_parallel
@@ -277,7 +278,7 @@ def action_host_ns(sc: Scenario, layers: int, embedding: bool = False,
     ops_f = ops_b = 0
     dense = max(layers - moe_layers, 0)
     if per_op > 0 and layers > 0:
-        replay = sc.training.recompute in ("full", "selective_op")
+        replay = rematerialises(sc.training)
         fwd = bwd = 0.0
         for n, ops in ((dense, block_ops(sc)), (moe_layers, block_ops(sc, moe=True))):
             if n:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from math import ceil
+from typing import NamedTuple
 
 from simtrain.costs import offload
 from simtrain.costs.activations import (
@@ -39,6 +40,7 @@ from simtrain.costs.activations import (
     mtp_saved_bytes,
     rank_activation_states,
     recompute_working_set_bytes,
+    rematerialises,
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
@@ -77,6 +79,7 @@ from simtrain.costs.params import (
     model_state_bytes,
     optimizer_working_bytes,
     paged_state_bytes,
+    rank_tensor_groups,
     scale_states,
     scenario_chunk_groups,
     total_params,
@@ -105,7 +108,8 @@ class StageBreakdown:
     activation_bytes_per_microbatch: int
     in_flight: float
     # what a backward adds to the saved peak (the category): a recompute's re-materialised
-    # block and a non-flash attention core's backward temporaries (the name is the JSON's)
+    # block and the backward's temporaries, the MLP's or a non-flash attention core's (the
+    # name is the JSON's)
     recompute_working_set_bytes: int
     activations: int
     weight_versions: int  # weight versions kept, the live one included (1: no stashing)
@@ -126,6 +130,8 @@ class StageBreakdown:
     # and whether its LM head's loss runs on a later stage (StageBlocks.loss_apart)
     loss_tail: tuple[str, ...] = ()
     loss_apart: bool = False
+    # which backward temporaries set the largest working set: "mlp", "core" or ""
+    backward_part: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +308,9 @@ class MemoryReport:
 @dataclass(frozen=True, slots=True)
 class _Activations:
     chunk_bytes: dict[int, int]  # virtual stage -> bytes per micro-batch
-    working_set: dict[int, int]  # virtual stage -> backward working set (recompute, non-flash core)
+    # virtual stage -> backward working set: a re-materialised block and the backward's
+    # temporaries (the MLP's or a non-flash core's), floored at 0 (backward_delta unfloored)
+    working_set: dict[int, int]
     loss_bytes: dict[int, int]  # virtual stage -> loss working memory during its forward
     per_layer: int
     saved: tuple[SavedTensor, ...]
@@ -319,9 +327,12 @@ class _Activations:
     # before the walk's floor at 0 (working_set): negative where the head's freed saved
     # tensors outweigh the backward's temporaries (:func:`transient_backward_moment`)
     backward_delta: dict[int, int] = field(default_factory=dict)
-    # bytes a dense block saves per micro-batch in a model with routed experts (per_layer is an
-    # MoE block's there); 0: per_layer
+    # bytes a dense block saves per micro-batch (per_layer is an MoE block's in a model with
+    # routed experts)
     per_dense_layer: int = 0
+    # virtual stage -> which backward temporaries set its working set: "mlp", "core" (a
+    # non-flash attention core's) or "" (none)
+    backward_part: dict[int, str] = field(default_factory=dict)
 
 
 #: A fitting peak at or above this share of the GPU's memory is near it: PyTorch's caching
@@ -395,6 +406,7 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
     chunk_bytes: dict[int, int] = {}
     working_set: dict[int, int] = {}
     delta: dict[int, int] = {}
+    part: dict[int, str] = {}  # which backward temporaries set the working set
     loss_bytes: dict[int, int] = {}
     blocks: dict[int, int] = {}
     offloaded: dict[int, int] = {}
@@ -439,14 +451,11 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
         blocks[stage] = min(blocks[stage], c)
         # Only a chunk with decoder layers re-materialises a block (a head-only chunk has
         # nothing to recompute).
+        # (DataParallel's GPU 0 holds its rows' loss tensors apart: the head frees less)
+        own_loss = loss_override is None
         delta[stage] = recompute_working_set_bytes(m, t, ch.layers, ch.embedding, ch.head, tp, sp,
                                                    **f.kwargs(), loss_apart=ch.loss_apart,
-                                                   floor=False)  # fmt: skip
-        # (DataParallel's GPU 0: the loss's saved tensors are not in its chunk, so the head's
-        # backward frees that much less of it)
-        kept_loss = loss_saved_bytes(m, t, tp) if ch.head and loss_override is not None else 0
-        if t.recompute in ("full", "selective_op") and ch.layers and grad_flows_through_blocks(t):
-            delta[stage] += kept_loss
+                                                   loss_in_chunk=own_loss)  # fmt: skip
         if ch.layers:
             # The backward's temporaries beside what the block saved, at its fullest: the MLP's
             # (activations.mlp_backward_working_bytes) or a non-flash core's, whichever is
@@ -460,19 +469,20 @@ def _stage_activations(sc: Scenario, step: ResolvedStep, rank: int,
             # off there under-predicts the measured peak by 8-12 %.
             mlp = mlp_backward_working_bytes(m, t, tp)
             core = attention_backward_working_bytes(m, t, tp)
-            if ch.head and t.recompute not in ("full", "selective_op"):
-                mlp += head_backward_delta(m, t, tp, sp, f.gathered_input, ch.loss_apart)
-                mlp += kept_loss
-            elif core and t.recompute in ("full", "selective_op"):
+            if ch.head and not rematerialises(t):
+                mlp += head_backward_delta(m, t, tp, sp, f.gathered_input, ch.loss_apart,
+                                           own_loss)  # fmt: skip
+            elif core and rematerialises(t):
                 core -= mlp_half_saved_bytes(saved)  # a re-materialised block's, freed by then
             delta[stage] += max(mlp, core)
+            part[stage] = "core" if core > mlp else "mlp" if mlp > 0 else ""
         working_set[stage] = max(delta[stage], 0)
     states = rank_activation_states(step.schedule_name, step.pp, step.microbatches, step.v, rank,
                                     step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     walk = walk_peak_of_states(states, chunk_bytes, working_set, loss_bytes)
     return _Activations(chunk_bytes, working_set, loss_bytes, per_layer, saved,
                         max(working_set.values(), default=0), walk, blocks, states,
-                        offloaded, delta, per_dense if m.is_moe else 0)  # fmt: skip
+                        offloaded, delta, per_dense, part)  # fmt: skip
 
 
 def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
@@ -496,8 +506,8 @@ def _offloaded_activations(act: _Activations) -> tuple[_Activations, int]:
 
 
 def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: ModelStateBytes,
-             n_layers: int, grads_b: int,
-             dense_layers: int) -> tuple[int, int, int]:  # fmt: skip
+             n_layers: int, grads_b: int, dense_layers: int,
+             copies: int) -> tuple[int, int, int]:  # fmt: skip
     """(buffers without the loss working memory, optimizer working bytes, naive-DP gather):
     working memory of casts, dequantisation, ZeRO-3 gathers and communication (DDP bucket
     gradients and TP gather buffers included); ``dense_layers`` of the rank's ``n_layers``
@@ -521,9 +531,7 @@ def _buffers(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor], ms: M
     opt_ws = max(opt_ws, reduce_copy_bytes(sc, step, ms.trainable))
     # the post-step parameter all-gather's flat copies: after the step, beside its state
     opt_ws = max(opt_ws, zero_gather_copy_bytes(sc, step, ms.trainable, experts))
-    buffers = opt_ws
-    if prec.weight_copy:
-        buffers += autocast_copy_bytes(sc, step, ms, n_layers)
+    buffers = opt_ws + copies  # autocast's weight copies (autocast_copy_bytes)
     if prec.gemm_dtype and n_layers:
         # FP8 weight workspaces and scaling state, per block for the whole step (costs.fp8);
         # under ZeRO-3 TE caches none (FSDP: quantized per use), one block's at a time. With
@@ -589,27 +597,31 @@ _TE_LINEARS = ("q", "k", "v", "o", "q_a", "q_b", "kv_a", "kv_b", "gate", "up", "
 _MEGATRON_LINEARS = ("lm_head", "lm_head(tied copy)", "mtp.eh_proj")
 
 
-def autocast_copy_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateBytes,
-                        n_layers: int) -> int:  # fmt: skip
+def autocast_copy_bytes(sc: Scenario, step: ResolvedStep, stage: int,
+                        ms: ModelStateBytes) -> int:  # fmt: skip
     """Autocast's 16-bit copies of the matmul weights a step holds (counted under buffers for
-    the step): the forward's cast cache keeps a trainable weight's copy (torch caches only the
-    casts of leaf tensors that require a gradient: ``autocast_mode.cpp`` ``cached_cast``), and
-    a linear saves its weight's copy for the input's gradient. Under full or per-op selective
-    recompute a frozen weight's copy (LoRA's base) is neither: made per use and freed in the
-    forward, made again by its block's re-materialisation, so one block's frozen copies at a
-    time (measured with simtrain.torchref: Llama, LoRA, autocast, full recompute, 6 blocks:
-    +17.9 % of the peak while every block's were counted). Where no gradient flows through the
-    blocks (linear probing) no block's copy is kept at all (a review of 2026-12-07: +39.8 %
-    of the peak of a 6-block probe without recompute while they were)."""
-    t, p = sc.training, sc.parallelism
-    layer = layer_param_tensors(sc.model, t, p.tp, ep=p.ep, etp=p.etp)
-    frozen = step.precision.weight_copy * sum(x.numel for x in layer
-                                              if x.matmul and not x.nf4 and not x.trainable)  # fmt: skip
+    the step; ``ModelStateBytes.weight_copies`` where every one is kept): the forward's cast
+    cache keeps a trainable weight's copy (torch caches only the casts of leaf tensors that
+    require a gradient: ``autocast_mode.cpp`` ``cached_cast``), and a linear saves its weight's
+    copy for the input's gradient. Under full or per-op selective recompute a frozen weight's
+    copy (LoRA's base) is neither: made per use and freed in the forward, made again by its
+    block's re-materialisation, so one block's frozen copies at a time (measured with
+    simtrain.torchref: Llama, LoRA, autocast, full recompute, 6 blocks: +17.9 % of the peak
+    while every block's were counted). Where no gradient flows through the blocks (linear
+    probing) no block's copy is kept at all (+39.8 % of the peak of a 6-block probe without
+    recompute while they were)."""
+    t = sc.training
+    if not step.precision.weight_copy:
+        return 0
+    blocks = rank_tensor_groups(sc, step.rank_chunks(stage))[:-1]  # (count, one block's tensors)
+    frozen = [(k, model_state_bytes([x for x in ts if not x.trainable], t).weight_copies)
+              for k, ts in blocks if k]  # fmt: skip
+    all_frozen = sum(k * c for k, c in frozen)
     if not grad_flows_through_blocks(t):
-        return ms.weight_copies - n_layers * frozen
-    if t.recompute not in ("full", "selective_op") or n_layers <= 1:
+        return ms.weight_copies - all_frozen
+    if not rematerialises(t):
         return ms.weight_copies
-    return ms.weight_copies - (n_layers - 1) * frozen
+    return ms.weight_copies - all_frozen + max((c for _, c in frozen), default=0)
 
 
 def te_dummy_wgrad_bytes(sc: Scenario, step: ResolvedStep, tensors: list[ParamTensor]) -> int:
@@ -882,7 +894,9 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     params_b += fp8_stored - fp8_elems * step.precision.param  # FP8 in place of 16-bit
     versions = stashed_weight_versions(step.schedule_name, p.pp, stage)
     extra = (versions - 1) * params_b
-    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense)
+    held_copies = autocast_copy_bytes(sc, step, stage, ms)
+    buffers, opt_ws, gather = _buffers(sc, step, tensors, ms, n_layers, grads_b, dense,
+                                       held_copies)  # fmt: skip
     if role == "replica":  # no optimizer step on a replica
         buffers, opt_ws = buffers - opt_ws, 0
     buffers += pipeline_recv_buffer_bytes(sc, step, stage, dict(act.walk.held_at_saved_peak))
@@ -924,15 +938,13 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     freed_b = max(coming_and_going, 0) if freed else 0
     # autocast's copies, made by each forward and gone after its backward; a schedule that
     # steps after every micro-batch (PipeDream) holds other micro-batches' through its steps
-    copies_b = (autocast_copy_bytes(sc, step, ms, n_layers)
-                if step.precision.weight_copy and not step.traits.steps_every_microbatch
-                else 0)  # fmt: skip
-    backward = transient_backward_moment(sc, step, stage, act, transient_b, ms)
+    copies_b = 0 if step.traits.steps_every_microbatch else held_copies
+    backward = transient_backward_moment(sc, step, stage, act, transient_b, ms, held_copies)
     moment_b = 0
     if backward is not None:  # (one chunk: its B holds the chunk and its working set)
         (cid,) = step.rank_chunk_ids(stage)
         held = act.chunk_bytes[cid] + act.working_set[cid]
-        moment_b = max(0, backward[0] + backward[1] - backward[2] - held)
+        moment_b = max(0, backward.total - held)
     at_peak = _peak_by_category(cats, act.walk, loss_b, opt_ws, transient_b, reduce_b, freed_b,
                                 backward, copies_b)  # fmt: skip
     peak = unpaged = sum(at_peak.values())
@@ -998,6 +1010,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         loss_apart=any(c.loss_apart for c in mine),
         loss_before_recompute=bool(loss_b) and act.walk.peak < activations + loss_b,
         gradients_transient=transient, gradients_freed_after_backward=freed,
+        backward_part=act.backward_part.get(max(act.working_set, key=act.working_set.get), "")
+        if act.working_set else "",
     )  # fmt: skip
     return StageMemory(
         stage=stage,
@@ -1038,21 +1052,34 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
     )
 
 
+class BackwardMoment(NamedTuple):
+    """A block's backward moment where the gradients are transient
+    (:func:`transient_backward_moment`)."""
+
+    activations: int
+    gradients: int  # the transient gradients already written
+    copies_gone: int  # autocast's weight copies of the buffers no longer held
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.gradients - self.copies_gone
+
+
 def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act: _Activations,
-                              transient_b: int, ms: ModelStateBytes) -> tuple[int, int, int] | None:  # fmt: skip
-    """(activations, transient gradients, autocast weight copies no longer held) inside a
-    block's backward, at the fuller of its two ends, where the gradients are transient (one GPU,
-    one micro-batch: ``transient_b`` > 0; None otherwise).
+                              transient_b: int, ms: ModelStateBytes,
+                              held_copies: int = 0) -> BackwardMoment | None:  # fmt: skip
+    """Inside a block's backward, at the fuller of its two ends, where the gradients are
+    transient (one GPU, one micro-batch: ``transient_b`` > 0; None otherwise).
 
     The backward runs the blocks last to first; while it runs block i's MLP backward (the
     working set's moment) the gradients of the head, of blocks i+1 .. L-1 and of block i's
     down-projection exist, and the saved tensors (or checkpoints) of blocks 0 .. i. Both sums
     are linear in i, so the fullest moment is at an end: the last block (every block's saved
-    tensors; the head's gradients, and the token embedding's when tied to the head, which
-    writes it first) or the first block (one block's; every gradient but the first block's and
-    those of the embeddings, written after it). Autocast's 16-bit weight copies (buffers all
-    step: the forward's cast cache) are by then those the blocks' backwards still hold: a
-    re-materialised block's own under recompute, at the first block its own. Under full
+    tensors; the head's gradients, and the token embedding's when the head's matmul runs on it,
+    written first) or the first block (one block's; every gradient but the first block's and
+    those of the embeddings, written after it). An MoE model's first dense blocks come first.
+    Of autocast's weight copies (``held_copies`` in the buffers) the blocks' backwards still
+    hold a re-materialised block's own under recompute, at the first block its own. Under full
     recompute the first block's end holds the step's peak wherever a block's gradients
     outweigh its checkpoint: it made a single-GPU checkpointed step's measured peak
     (simtrain.torchref, tests/test_memory_vs_measure.py) 16-27 % above max(activations,
@@ -1060,48 +1087,39 @@ def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act:
     ids = step.rank_chunk_ids(stage)
     if not transient_b or len(ids) != 1 or not step.chunks[ids[0]].layers or not ms.trainable:
         return None
-    m, t, p = sc.model, sc.training, sc.parallelism
+    t = sc.training
     cid = ids[0]
     ch = step.chunks[cid]
+    *groups, (_, ends) = scenario_chunk_groups(sc, ch)  # dense blocks, MoE blocks, the rest
 
     def trained(ts: list[ParamTensor]) -> int:
         return sum(x.numel for x in ts if x.trainable)
 
-    # the chunk's blocks: its first ``dense`` are dense (an MoE model's first_dense_layers),
-    # the rest hold routed experts
-    n = ch.layers
-    dense = m.dense_layers_in(ch.lo, ch.hi) if m.is_moe else n
-    layer = layer_param_tensors(m, t, p.tp, ep=p.ep, etp=p.etp)
-    dense_layer = layer_param_tensors(m, t, p.tp, moe=False) if m.is_moe else layer
-    block = {True: trained(dense_layer), False: trained(layer)}  # by "dense"
-    saved = {True: act.per_dense_layer or act.per_layer, False: act.per_layer}
-    first_dense = dense > 0  # the chunk's first block (the dense ones come first)
-    last_dense = dense == n
-    down = {d: trained([x for x in ts if x.name.startswith("down.")])
-            for d, ts in ((True, dense_layer), (False, layer))}  # fmt: skip
-    late = 0  # the embeddings' gradients, written after the first block's backward
-    if ch.embedding:
-        emb = embedding_param_tensors(m, t, embedding_tp(sc))
-        late = trained([x for x in emb if not (x.name == "wte" and m.tied_embeddings and ch.head)])
-    all_blocks = dense * block[True] + (n - dense) * block[False]
-    others_saved = dense * saved[True] + (n - dense) * saved[False] - saved[first_dense]
-    # autocast's copies a block's backward holds (none where no gradient flows through it)
-    copy = 0
-    if grad_flows_through_blocks(t):
-        copy = step.precision.weight_copy * sum(x.numel for x in layer if x.matmul and not x.nf4)
-    recompute = t.recompute in ("full", "selective_op")
-    held = autocast_copy_bytes(sc, step, ms, n) if step.precision.weight_copy else 0
-
     def grads(elements: int) -> int:  # transient gradient bytes of that many trainable elements
         return transient_b * max(elements, 0) // ms.trainable
 
+    # per kind of block present (dense first): count, trainable elements, the down
+    # projection's (a dense MLP's; an MoE block's experts are not "down."), saved bytes, copies
+    saved_of = (act.per_dense_layer or act.per_layer, act.per_layer)
+    kinds = [(k, trained(ts), trained([x for x in ts if x.name.startswith("down.")]),
+              saved_of[i], model_state_bytes(ts, t).weight_copies)
+             for i, (k, ts) in enumerate(groups) if k]  # fmt: skip
+    first, last = kinds[0], kinds[-1]
+    all_blocks = sum(k * tr for k, tr, *_ in kinds)
+    others_saved = sum(k * sv for k, _, _, sv, _ in kinds) - first[3]
+    emb = {x.name for x in embedding_param_tensors(sc.model, t)} if ch.embedding else set()
+    late = trained([x for x in ends if x.name in emb and not x.matmul])  # (a head's table: early)
+    # the copies the blocks' backwards hold there (none where no gradient flows through them)
+    flows = grad_flows_through_blocks(t)
+    kept_first = first[4] if flows else 0
+    kept_last = (last[4] if rematerialises(t) else sum(k * c for k, *_, c in kinds)) if flows else 0
     top = act.chunk_bytes[cid] + act.backward_delta[cid]  # the last block's moment
-    first = (max(top - others_saved, 0),
-             grads(ms.trainable - block[first_dense] + down[first_dense] - late),
-             max(held - copy, 0))  # fmt: skip
-    last = (top, grads(ms.trainable - all_blocks + down[last_dense] - late),
-            max(held - copy * (1 if recompute else n), 0))  # fmt: skip
-    return max(last, first, key=lambda x: x[0] + x[1] - x[2])
+    at_first = BackwardMoment(max(top - others_saved, 0),
+                              grads(ms.trainable - first[1] + first[2] - late),
+                              max(held_copies - kept_first, 0))  # fmt: skip
+    at_last = BackwardMoment(top, grads(ms.trainable - all_blocks + last[2] - late),
+                             max(held_copies - kept_last, 0))  # fmt: skip
+    return max(at_last, at_first, key=lambda b: b.total)
 
 
 def _within_capacity(extra: int, hw: HardwareProfile, peak: int) -> int:
@@ -1286,7 +1304,7 @@ def paged_peak(at_walk: dict[str, int], at_opt: dict[str, int], pageable: int,
 
 def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int,
                       transient_b: int, reduce_b: int = 0, freed_b: int = 0,
-                      backward: tuple[int, int, int] | None = None,
+                      backward: BackwardMoment | None = None,
                       copies_b: int = 0) -> dict[str, int]:  # fmt: skip
     """The stage's memory at its peak, by category; the values sum to the peak.
 
@@ -1323,7 +1341,7 @@ def _peak_by_category(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws:
 
 def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, transient_b: int,
              reduce_b: int = 0, freed_b: int = 0,
-             backward: tuple[int, int, int] | None = None, copies_b: int = 0
+             backward: BackwardMoment | None = None, copies_b: int = 0
              ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:  # fmt: skip
     """The stage's memory by category at the activation walk's peak, at the optimizer step
     and at a DataParallel reduction onto GPU 0 (:func:`_peak_by_category`); ``freed_b``
@@ -1341,9 +1359,9 @@ def _moments(cats: dict[str, int], walk: WalkPeak, loss_b: int, opt_ws: int, tra
         buffers=base_buffers + walk.loss,
     )
     if backward is not None:
-        acts, grads, copies_gone = backward
-        at_bwd = dict(at_walk, activations=acts, gradients=at_walk["gradients"] + grads,
-                      buffers=base_buffers - copies_gone)  # fmt: skip
+        at_bwd = dict(at_walk, activations=backward.activations,
+                      gradients=at_walk["gradients"] + backward.gradients,
+                      buffers=base_buffers - backward.copies_gone)  # fmt: skip
         if sum(at_bwd.values()) > sum(at_walk.values()):
             at_walk = at_bwd
     at_opt = dict(

@@ -252,7 +252,7 @@ def end_param_tensors(m: ModelSpec, t: TrainingSpec, tp: int, pp: int, embedding
     out: list[ParamTensor] = []
     if embedding:
         emb = embedding_param_tensors(m, t, tp if emb_tp is None else emb_tp)
-        if head and m.tied_embeddings and not any(x.name.startswith("lm_head") for x in
+        if head and m.tied_embeddings and not any(x.matmul for x in
                                                   head_param_tensors(m, t, tp, pp)):  # fmt: skip
             # the tied head's matmul runs on the token embedding's table: a matmul weight
             # (autocast casts it: a 16-bit copy, costs.params.model_state_bytes' weight_copies;

@@ -7,11 +7,7 @@ computes nothing of its own but the text.
 from __future__ import annotations
 
 from simtrain.costs import op_sac
-from simtrain.costs.activations import (
-    attention_backward_working_bytes,
-    head_backward_delta,
-    mlp_backward_working_bytes,
-)
+from simtrain.costs.activations import rematerialises
 from simtrain.costs.cp import buffer_formula, cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gathered_logits_bytes, gpu0_loss_bytes
 from simtrain.costs.memory import (
@@ -22,7 +18,6 @@ from simtrain.costs.memory import (
     flat_step_buffers,
     fp8_weight_storage,
     reduce_copy_bytes,
-    save_flags,
     wire_grad_bytes,
 )
 from simtrain.costs.muon import rank_muon_elements
@@ -31,7 +26,7 @@ from simtrain.layout.step import resolve
 from simtrain.schedules.generators import COMBINED_1F1B_EXTRA_FORWARDS, rank_warmup
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.precision import STATES_PER_PARAM
-from simtrain.spec.scenario import Scenario, cp_rank_training
+from simtrain.spec.scenario import Scenario
 from simtrain.units import GB, GIB
 
 
@@ -187,7 +182,7 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
 def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
     m, t, p = sc.model, sc.training, sc.parallelism
     lines = []
-    full = t.recompute in ("full", "selective_op") and b.saved
+    full = rematerialises(t) and b.saved
     if b.saved:
         full_layer = sum(x.bytes for x in b.saved)
         lines.append(
@@ -234,22 +229,14 @@ def _activations(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]:
         parts.append("re-materialising one block: its saved tensors less its checkpointed input"
                      + (" and the outputs the policy keeps" if t.recompute == "selective_op"
                         else "") + head_note)  # fmt: skip
-    tr = cp_rank_training(t, p.cp)
-    mlp = mlp_backward_working_bytes(sc.model, tr, p.tp)
-    core = attention_backward_working_bytes(sc.model, tr, p.tp)
-    mlp_moment = mlp  # (costs.memory._stage_activations: the head's chunk without recompute)
-    if b.last and t.recompute not in ("full", "selective_op"):
-        mlp_moment += head_backward_delta(sc.model, tr, p.tp, p.sequence_parallel,
-                                          save_flags(sc).gathered_input, b.loss_apart)  # fmt: skip
-    if core > mlp_moment and b.recompute_working_set_bytes:
+    if b.backward_part == "core" and b.recompute_working_set_bytes:
         parts.append("a non-flash attention core's backward: the scores' gradient beside the "
                      "saved probabilities" + (", and the re-run probabilities and dropout mask"
                                               if "core_attn" in t.selective_modules
                                               else ""))  # fmt: skip
-    elif mlp and b.recompute_working_set_bytes:
-        parts.append(f"the MLP backward's gradients of b·s·f/t values beside the saved ones "
-                     f"({mlp:,} B)" + ("" if full or not b.last else
-                                       ", the head's saved tensors freed by then"))  # fmt: skip
+    elif b.backward_part == "mlp" and b.recompute_working_set_bytes:
+        parts.append("the MLP backward's gradients of b·s·f/t values beside the saved ones"
+                     + ("" if full or not b.last else ", the head's saved tensors freed by then"))  # fmt: skip
     lines.append(
         f"  activations      = {per_mb} ({sched_name}, stage {sm.stage})"
         + (
