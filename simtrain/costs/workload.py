@@ -1,5 +1,6 @@
-"""The workload handed to lowering: per-chunk durations, per-rank work, memory deltas and the
-links transfers share, from the resolved step, the cost model and the memory model.
+"""The workload handed to lowering: per-chunk durations (``costs.chunk_time``), per-rank work,
+memory deltas and the links transfers share, from the resolved step, the cost model and the
+memory model.
 
 Nothing here knows the engine's internals: it fills ``sim.lowering``'s input dataclasses.
 """
@@ -221,11 +222,10 @@ def _accumulation_chunks(sc: Scenario, step: ResolvedStep, mem: MemoryReport,
     optim/gradient_accumulator.py l.206-226 at 2411b022: after ``loss.backward()`` each
     parameter's bf16 ``.grad`` is added into its fp32 buffer, then set to None): each chunk's
     backward is followed by that add, which reads the 16-bit gradient and reads and writes the
-    fp32 one (grad + 2·grad_accum bytes per trainable parameter, at the memory-bound rate), and
-    holds the rank's 16-bit gradients meanwhile (``costs.memory``'s third moment; only a rank
-    with one chunk frees them, ``StageMemory.freed_gradient_bytes``). The host dispatches one
-    add per trainable tensor after the backward's kernels (``costs.host.accumulation_host_ns``,
-    on the backward's host op)."""
+    fp32 one and holds the rank's 16-bit gradients meanwhile (``costs.memory``'s third moment;
+    only a rank with one chunk frees them, ``StageMemory.freed_gradient_bytes``), its GPU and
+    host times from ``costs.chunk_time.accumulation_times`` (the host's on the backward's host
+    op)."""
     out = dict(chunks)
     for stage, ch in chunks.items():
         rank = step.chunk_rank(stage)
@@ -652,14 +652,20 @@ def initial_memory(step: ResolvedStep, mem: MemoryReport) -> dict[int, dict[str,
         # A paged optimizer's evicted states are in host memory until their prefetch before
         # the optimizer step allocates them again (sim.lowering.passes.paging_pass).
         cats["optimizer_states"] -= sm.paged_bytes
-        out[sm.stage if mem.replica is None else rank] = cats
+        out[_rank_key(mem, rank, sm)] = cats
     return out
+
+
+def _rank_key(mem: MemoryReport, rank: int, sm: StageMemory) -> int:
+    """The simulated rank a memory row stands for: its stage, or under torch.nn.DataParallel
+    its row (GPU 0, a replica)."""
+    return sm.stage if mem.replica is None else rank
 
 
 def autocast_copies(mem: MemoryReport) -> dict[int, int]:
     """Rank -> autocast's weight copies (``StageMemory.autocast_copy_bytes``), which its first
     forward allocates and its last backward frees (keyed as :func:`initial_memory`)."""
-    return {(sm.stage if mem.replica is None else rank): sm.autocast_copy_bytes
+    return {_rank_key(mem, rank, sm): sm.autocast_copy_bytes
             for rank, sm in enumerate(mem.gpus) if sm.autocast_copy_bytes}  # fmt: skip
 
 

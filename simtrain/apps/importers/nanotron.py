@@ -266,13 +266,15 @@ def import_nanotron_config(cfg: Any, gpus: int | None = None, file: str = "<conf
     for k in factory:
         if k not in ("name", "torch_adam_is_fused"):
             r.ignore(f"optimizer.optimizer_factory.{k}")
-    training = {"seq_len": seq, "global_batch": micro * acc * dp, "micro_batch": micro,
-                "precision": precision, "optimizer": optimizer,
-                "recompute": "full" if _flag(par_raw, "recompute_layer", file, "parallelism")
-                else "none",
-                # nanotron's Llama loss: the cast_to_fp32 block, then sharded_cross_entropy
-                # (models/llama.py Loss, tensor_parallel/functional.py at 2411b022)
-                "cross_entropy": "sharded"}  # fmt: skip
+    training = {
+        "seq_len": seq,
+        "global_batch": micro * acc * dp,
+        "micro_batch": micro,
+        "precision": precision,
+        "optimizer": optimizer,
+        "recompute": "full" if _flag(par_raw, "recompute_layer", file, "parallelism") else "none",
+        "cross_entropy": "sharded",  # nanotron's own loss: LOSS_NOTE
+    }
     r.assume(LOSS_NOTE)
     r.assume(f"global batch = micro_batch_size x batch_accumulation_per_replica x dp = {micro} x "
              f"{acc} x {dp} = {training['global_batch']}")  # fmt: skip
