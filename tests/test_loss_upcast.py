@@ -52,7 +52,8 @@ def test_the_scenario_peak_drops_by_those_bytes() -> None:
     t, m = load_scenario(SCENARIO).training, load_scenario(SCENARIO).model
     logits = t.micro_batch * t.seq_len * m.vocab
     assert drop("training.recompute=none") == 6 * logits
-    assert 0 < drop() < 6 * logits
+    # (a pin: 4.89 B a logit, the native run's peak a block backward's, not its loss's)
+    assert drop() == 641_056_768 < 6 * logits
 
 
 @pytest.mark.parametrize("kernel", ["te", "vocab_parallel", "fused", "sharded"])

@@ -1099,9 +1099,10 @@ def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act:
         return transient_b * max(elements, 0) // ms.trainable
 
     # per kind of block present (dense first): count, trainable elements, the down
-    # projection's (a dense MLP's; an MoE block's experts are not "down."), saved bytes, copies
+    # projections' (a dense MLP's; an MoE block's experts' and shared experts', which its
+    # grouped backward writes together), saved bytes, copies
     saved_of = (act.per_dense_layer or act.per_layer, act.per_layer)
-    kinds = [(k, trained(ts), trained([x for x in ts if x.name.startswith("down.")]),
+    kinds = [(k, trained(ts), trained([x for x in ts if "down" in x.name.split(".")[:-1]]),
               saved_of[i], model_state_bytes(ts, t).weight_copies)
              for i, (k, ts) in enumerate(groups) if k]  # fmt: skip
     first, last = kinds[0], kinds[-1]
