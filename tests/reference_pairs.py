@@ -8,6 +8,10 @@ from typing import Any
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import TrainingSpec
 
+#: The tiny GPT-2 the measured pairs use: GeLU MLP, LayerNorm, learned positions, MHA (4 heads),
+#: tied embeddings; each test sets its attention kernel and dropout (dataclasses.replace).
+GPT_TINY = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256)
+
 #: The tiny Llama the measured pairs use: SwiGLU, RMSNorm, rotary, GQA (4 heads, 2 K/V), untied.
 LLAMA_TINY = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
                        tied_embeddings=False, positions="rotary", bias=False,

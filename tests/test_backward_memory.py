@@ -11,13 +11,12 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_pairs import LLAMA_TINY, estimate_stage
+from reference_pairs import GPT_TINY, LLAMA_TINY, estimate_stage
 
 from simtrain.costs.activations import MLP_BACKWARD_TEMPORARIES, mlp_backward_working_bytes
-from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import PeftSpec, TrainingSpec
 
-GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, flash_attention=True)
+GPT = replace(GPT_TINY, flash_attention=True)
 
 
 def _t(**kw) -> TrainingSpec:

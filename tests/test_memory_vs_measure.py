@@ -12,14 +12,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reference_pairs import LLAMA_TINY, estimate_stage, measure_and_estimate  # noqa: E402
+from reference_pairs import (  # noqa: E402
+    GPT_TINY,
+    LLAMA_TINY,
+    estimate_stage,
+    measure_and_estimate,
+)
 
 from simtrain.spec.model import ModelSpec  # noqa: E402
 from simtrain.spec.scenario import PeftSpec, TrainingSpec  # noqa: E402
 from simtrain.torchref.losses import FUSED_CE_ROWS  # noqa: E402
 from simtrain.torchref.measure import measure_step  # noqa: E402
 
-GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, dropout=0.1)
+GPT = replace(GPT_TINY, dropout=0.1)
 LLAMA = LLAMA_TINY
 
 # Under full recompute the step's peak is inside a re-materialised block's backward, where

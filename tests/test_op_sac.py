@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 import pytest
+from reference_pairs import GPT_TINY, LLAMA_TINY
 
 from simtrain.costs import comm, op_sac
 from simtrain.costs.activations import layer_activation_bytes, recompute_working_set_bytes
@@ -31,11 +32,8 @@ from simtrain.spec.scenario import (
 )
 
 LLAMA3_8B = replace(preset("llama3-8b"), flash_attention=True)  # torchtitan: SDPA flash
-GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, flash_attention=True)
-LLAMA = ModelSpec(
-    "llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu", tied_embeddings=False,
-    positions="rotary", bias=False, norm="rmsnorm", flash_attention=True,
-)  # fmt: skip
+GPT = replace(GPT_TINY, flash_attention=True)
+LLAMA = replace(LLAMA_TINY, flash_attention=True)
 
 
 def _t(rec: str = "selective_op", **kw) -> TrainingSpec:

@@ -13,8 +13,13 @@ from hypothesis import strategies as st
 from reference_pairs import PLAYBOOK_1B
 
 from simtrain.apps.simulate import simulate_scenario
-from simtrain.costs.chunk_time import chunk_durations
-from simtrain.costs.memory import estimate_memory, pending_fraction
+from simtrain.costs.chunk_time import (
+    accumulation_times,
+    chunk_durations,
+    host_lead_ns,
+    pending_fraction,
+)
+from simtrain.costs.memory import estimate_memory
 from simtrain.layout.step import resolve
 from simtrain.spec.runtime import load_runtime
 from simtrain.spec.scenario import parse_scenario
@@ -121,6 +126,41 @@ def test_the_lag_grows_with_the_micro_batches() -> None:
     g, h = d.forward_ns + d.tp_forward_ns, d.host_forward_ns
     assert 0 < h < g and got[0] == int(full * (1 - h / g))
     assert got[-1] == full > got[0]
+
+
+def test_host_lead_closed_forms() -> None:
+    """(m - 1) x max(0, g - h): two micro-batches whose GPU time is 10 and host time 4 leave the
+    GPU 6 behind when the second starts, three 12; one micro-batch, a host slower than the
+    GPU or a blocking pipeline p2p (the host waits at every transfer), none."""
+    assert host_lead_ns(2, 10, 4, blocking=False) == 6
+    assert host_lead_ns(3, 10, 4, blocking=False) == 12
+    assert host_lead_ns(1, 10, 4, blocking=False) == 0
+    assert host_lead_ns(2, 4, 10, blocking=False) == 0
+    assert host_lead_ns(2, 10, 4, blocking=True) == 0
+
+
+def test_two_micro_batches_by_hand() -> None:
+    """m = 2, no pipeline, micro-batch 4, 20 us an op: the second micro-batch's forward starts
+    with the GPU behind by one micro-batch's surplus, lag = (F + B GPU time) - (F + B host
+    time) of the chunk, with the fp32 gradient adds after its backward (nanotron frees the
+    16-bit gradients after each: their GPU and host time count), and pends 1 - (h_F - lag) / g_F of its row outputs (all of them where
+    the lag covers the host's forward), written out here from the chunk's durations."""
+    sc = _scenario(tp=8, mb=4, micro=2, host_us_per_op=20.0)  # g_F 31 ms, h_F 23, lag 15
+    step = resolve(sc)
+    d = chunk_durations(sc, step)[0]
+    stage = estimate_memory(sc).stages[0]
+    assert stage.freed_gradient_bytes > 0
+    add_g, add_h = accumulation_times(sc, step, 0, stage.trainable)
+    g_f = d.forward_ns + d.tp_forward_ns  # no pooled overlap and no EP in this scenario
+    g_b = d.recompute_ns + d.input_grad_ns + d.weight_grad_ns + d.tp_backward_ns + d.tp_recompute_ns
+    h_f, h_b = d.host_forward_ns, d.host_ns("B")
+    lag = g_f + g_b + add_g - h_f - h_b - add_h
+    assert 0 < lag < h_f < g_f  # a share strictly between the one-micro-batch one and all
+    full = 2 * 16 * 4 * ROW_OUTPUT
+    got = stage.pending_collective_bytes
+    assert got == int(full * (1 - (h_f - lag) / g_f))
+    one = estimate_memory(_scenario(tp=8, mb=4, micro=1, host_us_per_op=20.0)).stages[0]
+    assert one.pending_collective_bytes < got < full
 
 
 def test_the_fit_verdict_is_the_allocated_ones() -> None:

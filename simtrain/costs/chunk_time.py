@@ -145,6 +145,51 @@ def accumulation_times(sc: Scenario, step: ResolvedStep, rank: int,
     return round(memory_bound_ns(moved, sc.hardware)), accumulation_host_ns(sc, tensors)
 
 
+def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lag_ns: int) -> float:
+    """Share of a forward's row-parallel outputs whose reduce-scatter the GPU has not run yet
+    when the host has issued the whole forward: the host issues the forward's kernels evenly
+    over ``forward_host_ns``, the GPU runs them ``lag_ns`` behind and over
+    ``forward_gpu_ns``, so those issued after ``(h - lag) / g`` of the forward are pending:
+    1 - max(0, h - lag) / g, within [0, 1]; a host that costs nothing (h = 0) leaves all of
+    them pending, a forward without GPU time none."""
+    if forward_gpu_ns <= 0:
+        return 0.0
+    if forward_host_ns <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lag_ns) / forward_gpu_ns))
+
+
+def host_lead_ns(microbatches: int, gpu_ns: int, host_ns: int, blocking: bool) -> int:
+    """How far the GPU lags behind the host when the last of a step's ``microbatches`` starts:
+    each micro-batch whose GPU time ``gpu_ns`` (all the rank's chunks' forwards and backwards)
+    exceeds its host time ``host_ns`` lets the host run that much further ahead, so
+    (m - 1) x max(0, g - h); none behind a ``blocking`` pipeline p2p, where the host waits for
+    the GPU at every transfer. Example: m = 2, g = 10, h = 4: 6."""
+    return 0 if blocking else (microbatches - 1) * max(0, gpu_ns - host_ns)
+
+
+def forward_issue_shares(sc: Scenario, step: ResolvedStep, rank: int,
+                         accumulation: tuple[int, int] = (0, 0)) -> list[tuple[int, float]]:  # fmt: skip
+    """(chunk id, :func:`pending_fraction`) of each of ``rank``'s chunks: the share of the
+    chunk's forward the GPU has not run when the host has issued all of it, at the step's last
+    micro-batch. The forward's GPU time is :func:`chunk_gpu_ns`', its host time
+    ``ChunkDurations.host_ns``, the lag :func:`host_lead_ns` of the rank's per-micro-batch GPU
+    and host time (every chunk's forward and backward, plus ``accumulation``: the gradient
+    adds' (GPU, host) ns, :func:`accumulation_times`). The memory model's pending reduce-scatter
+    outputs (``costs.memory.pending_reduce_scatter_bytes``)."""
+    block, pooled = scenario_block_comm(sc), pooled_tp_overlap(sc, step)
+    ids = step.rank_chunk_ids(rank)
+    durations = [chunk_duration(sc, step, k, block) for k in ids]
+    gpu_mb, host_mb = accumulation
+    for d in durations:
+        gpu_mb += sum(chunk_gpu_ns(d, pooled))
+        host_mb += d.host_ns("F") + d.host_ns("B")
+    blocking = step.pp > 1 and sc.runtime.p2p == "blocking"
+    lag = host_lead_ns(step.microbatches, gpu_mb, host_mb, blocking)
+    return [(k, pending_fraction(chunk_gpu_ns(d, pooled)[0], d.host_ns("F"), lag))
+            for k, d in zip(ids, durations, strict=True)]  # fmt: skip
+
+
 def block_times_ns(sc: Scenario, step: ResolvedStep, layer: int = 0) -> tuple[int, int]:
     """(forward, backward) of transformer block ``layer`` for one micro-batch on one GPU, as a
     framework's per-layer timer reads them (Korthikanti et al. 2022 Table 4: "time per

@@ -26,6 +26,7 @@ from simtrain.costs.fp8 import fp8_copy_bytes, tp_gathers_fp8
 from simtrain.costs.group_comm import collective_ns
 from simtrain.costs.moe import FP8_DISPATCH_BYTES, a2a_bytes, deepep_a2a_bytes, moe_load
 from simtrain.costs.params import base_trainable
+from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep
 from simtrain.spec.scenario import Scenario, cp_rank_training
 
@@ -70,6 +71,21 @@ def moe_tp_pairs(sc: Scenario, step: ResolvedStep) -> tuple[tuple[str, int, int]
         return whose, tp_input_gather_ns(sc, step, mlp=True), tp_halves_ns(sc, step)[1]
 
     return tuple(priced(k) for k in moe_tp_pair_kinds(sc))
+
+
+def reduce_scatter_input_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks) -> float:
+    """The bytes one micro-batch's forward through chunk ``ch`` hands to sequence-parallel
+    reduce-scatters, as :func:`tp_halves_ns` and :func:`moe_tp_pairs` price them: each block's
+    attention output projection, a full b x s/cp x h (``step.boundary_bytes``); a dense MLP's
+    down projection, another; an MoE block's FFN, its pairs of :func:`moe_tp_pair_kinds` (the
+    dispatcher's k·load b·s·h at expert-TP = tp, the shared experts' one b·s·h; none with
+    whole experts). The memory model's pending outputs
+    (``costs.memory.pending_reduce_scatter_bytes``)."""
+    m, p = sc.model, sc.parallelism
+    dense = m.dense_layers_in(ch.lo, ch.hi)
+    ffn = sum(m.experts_per_token * moe_load(m, p.ep) if kind == "dispatcher" else 1
+              for kind in moe_tp_pair_kinds(sc)) if m.is_moe else 0  # fmt: skip
+    return step.boundary_bytes * (2 * dense + (1 + ffn) * (ch.layers - dense))
 
 
 def tp_gather_ns(sc: Scenario, step: ResolvedStep, fp8: bool) -> int:

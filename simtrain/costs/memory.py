@@ -44,14 +44,8 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
-from simtrain.costs.chunk_time import (
-    accumulation_times,
-    chunk_duration,
-    chunk_gpu_ns,
-    pooled_tp_overlap,
-    scenario_block_comm,
-)
-from simtrain.costs.comm import column_gathers, ddp_buckets, moe_tp_pair_kinds
+from simtrain.costs.chunk_time import accumulation_times, forward_issue_shares
+from simtrain.costs.comm import column_gathers, ddp_buckets, reduce_scatter_input_bytes
 from simtrain.costs.compute import fused_linear_names
 from simtrain.costs.cp import cp_ring_buffer_bytes
 from simtrain.costs.data_parallel import gpu0_extra_loss_bytes, is_data_parallel
@@ -86,7 +80,6 @@ from simtrain.costs.params import (
     trainable_params,
     zero_shard,
 )
-from simtrain.layout.partition import StageBlocks
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
@@ -1506,20 +1499,6 @@ def fsdp2_gather_pool_bytes(sc: Scenario, step: ResolvedStep, ms: ModelStateByte
     return ceil(prec.param * max((a + a * cast + b for a, b in pairwise([*groups, 0])), default=0))
 
 
-def pending_fraction(forward_gpu_ns: int, forward_host_ns: int, lag_ns: int) -> float:
-    """Share of a forward's row-parallel outputs whose reduce-scatter the GPU has not run yet
-    when the host has issued the whole forward: the host issues the forward's kernels evenly
-    over ``forward_host_ns``, the GPU runs them ``lag_ns`` behind and over
-    ``forward_gpu_ns``, so those issued after ``(h - lag) / g`` of the forward are pending:
-    1 - max(0, h - lag) / g, within [0, 1]; a host that costs nothing (h = 0) leaves all of
-    them pending, a forward without GPU time none."""
-    if forward_gpu_ns <= 0:
-        return 0.0
-    if forward_host_ns <= 0:
-        return 1.0
-    return min(1.0, max(0.0, 1.0 - max(0, forward_host_ns - lag_ns) / forward_gpu_ns))
-
-
 def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
                                  accumulation: tuple[int, int] = (0, 0)) -> int:  # fmt: skip
     """Row-parallel outputs held back by PyTorch's caching allocator while the NCCL
@@ -1527,54 +1506,31 @@ def pending_reduce_scatter_bytes(sc: Scenario, step: ResolvedStep, stage: int,
     end of a forward, in a reserved or device-level memory figure (``memory_reported``).
 
     Sequence-parallel TP (tp > 1) reduce-scatters the attention's output projection and a dense
-    MLP's down projection, each a full b x s/cp x h output (:func:`reduce_scatter_input_bytes`,
-    an MoE block's as ``costs.comm`` prices its FFN), and frees it once the collective is
-    issued. c10d marks a collective's tensors as used on its NCCL stream (ProcessGroupNCCL
-    ``recordStream``, unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the allocator records an event there at the
-    free and reuses the block only once the event has completed (c10/cuda/
-    CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while the host runs
-    ahead of the GPU the next layers' allocations cannot use it and take new segments, which
-    the cache keeps. Each chunk's pending share is :func:`pending_fraction` of its forward's
-    GPU time (compute and TP collectives, ``costs.chunk_time.chunk_gpu_ns``) and host time
-    (``costs.host``), the GPU lagging, at the forward's start, (m - 1) x the surplus of the
-    rank's GPU time over its host time per micro-batch (all its chunks' forwards and
-    backwards, and ``accumulation``, the (GPU, host) ns of the gradient adds after each
-    backward: ``costs.chunk_time.accumulation_times``) where that is positive (the last of the
-    step's m micro-batches: the lag grows by it each micro-batch), or not at all behind a
-    blocking pipeline p2p (the host waits for the GPU at every transfer). The chunk with the
-    most counts. 0 for an allocated figure, tp 1, no sequence
+    MLP's down projection, each a full b x s/cp x h output (``costs.comm.
+    reduce_scatter_input_bytes``, an MoE block's FFN as ``costs.comm`` prices it), and frees it
+    once the collective is issued. c10d marks a collective's tensors as used on its NCCL stream
+    (ProcessGroupNCCL ``recordStream``, unless TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the
+    allocator records an event there at the free and reuses the block only once the event has
+    completed (c10/cuda/CUDACachingAllocator.cpp ``insert_events`` / ``process_events``): while
+    the host runs ahead of the GPU the next layers' allocations cannot use it and take new
+    segments, which the cache keeps. Each chunk's pending share is the part of its forward the
+    GPU has not run when the host has issued it all, at the step's last micro-batch
+    (``costs.chunk_time.forward_issue_shares``: ``pending_fraction`` of the forward's GPU and
+    host time, the GPU lagging ``host_lead_ns`` behind; ``accumulation``, the (GPU, host) ns
+    of the gradient adds after each backward, ``costs.chunk_time.accumulation_times``, counts
+    in the lag). The chunk with the most counts. 0 for an allocated figure, tp 1, no sequence
     parallelism or the key off."""
     p, rt = sc.parallelism, sc.runtime
     if (not rt.nccl_record_streams or rt.memory_reported == "allocated" or p.tp <= 1
             or not p.sequence_parallel):  # fmt: skip
         return 0
-    block, pooled = scenario_block_comm(sc), pooled_tp_overlap(sc, step)
-    ids = step.rank_chunk_ids(stage)
-    durations = [chunk_duration(sc, step, k, block) for k in ids]
-    gpu_mb, host_mb = accumulation
-    for d in durations:
-        gpu_mb += sum(chunk_gpu_ns(d, pooled))
-        host_mb += d.host_ns("F") + d.host_ns("B")
-    blocking = p.pp > 1 and rt.p2p == "blocking"
-    lag = 0 if blocking else (step.microbatches - 1) * max(0, gpu_mb - host_mb)
-    most = 0
-    for k, d in zip(ids, durations, strict=True):
-        share = pending_fraction(chunk_gpu_ns(d, pooled)[0], d.host_ns("F"), lag)
-        most = max(most, int(reduce_scatter_input_bytes(sc, step, step.chunks[k]) * share))
-    return most
-
-
-def reduce_scatter_input_bytes(sc: Scenario, step: ResolvedStep, ch: StageBlocks) -> float:
-    """The bytes one micro-batch's forward through chunk ``ch`` hands to sequence-parallel
-    reduce-scatters, as ``costs.comm`` prices them: each block's attention output projection, a
-    full b x s/cp x h (``step.boundary_bytes``); a dense MLP's down projection, another; an MoE
-    block's FFN, its pairs of ``comm.moe_tp_pair_kinds`` (the dispatcher's k·load b·s·h at
-    expert-TP = tp, the shared experts' one b·s·h; none with whole experts)."""
-    m, p = sc.model, sc.parallelism
-    dense = m.dense_layers_in(ch.lo, ch.hi)
-    ffn = sum(m.experts_per_token * moe_load(m, p.ep) if kind == "dispatcher" else 1
-              for kind in moe_tp_pair_kinds(sc)) if m.is_moe else 0  # fmt: skip
-    return step.boundary_bytes * (2 * dense + (1 + ffn) * (ch.layers - dense))
+    return max(
+        (
+            int(reduce_scatter_input_bytes(sc, step, step.chunks[k]) * share)
+            for k, share in forward_issue_shares(sc, step, stage, accumulation)
+        ),
+        default=0,
+    )
 
 
 def pipeline_defers_reduction(sc: Scenario, pp: int) -> bool:
