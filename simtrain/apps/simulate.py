@@ -10,7 +10,7 @@ from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 from simtrain.costs.data_parallel import is_data_parallel
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.costs.workload import (
-    autocast_copies,
+    held_through_backward,
     initial_memory,
     lowering_input,
     nic_plan,
@@ -37,9 +37,9 @@ def build_lowering_input(sc: Scenario, mem: MemoryReport) -> LoweringInput:
     step = resolve(sc)
     inp = lowering_input(sc, step, mem)
     opt = optimizer_memory(step, mem)
-    copies = autocast_copies(mem)
+    held = held_through_backward(mem)
     ranks = {r: replace(w, optimizer_alloc=opt[r][0], optimizer_free=opt[r][1],
-                        autocast_copy_bytes=copies.get(r, 0))
+                        step_held=held.get(r, ()))
              for r, w in inp.ranks.items()}  # fmt: skip
     return replace(inp, ranks=ranks)
 

@@ -662,10 +662,11 @@ def _rank_key(mem: MemoryReport, rank: int, sm: StageMemory) -> int:
     return sm.stage if mem.replica is None else rank
 
 
-def autocast_copies(mem: MemoryReport) -> dict[int, int]:
-    """Rank -> autocast's weight copies (``StageMemory.autocast_copy_bytes``), which its first
-    forward allocates and its last backward frees (keyed as :func:`initial_memory`)."""
-    return {_rank_key(mem, rank, sm): sm.autocast_copy_bytes
+def held_through_backward(mem: MemoryReport) -> dict[int, tuple[tuple[str, int], ...]]:
+    """Rank -> the memory (category, bytes) its first forward allocates and its last backward
+    frees (``sim.lowering.RankWork.step_held``; keyed as :func:`initial_memory`): autocast's
+    weight copies (``StageMemory.autocast_copy_bytes``), under buffers."""
+    return {_rank_key(mem, rank, sm): (("buffers", sm.autocast_copy_bytes),)
             for rank, sm in enumerate(mem.gpus) if sm.autocast_copy_bytes}  # fmt: skip
 
 

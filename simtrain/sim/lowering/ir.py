@@ -128,9 +128,10 @@ class RankWork:
     # memory the optimizer step allocates at its start / frees at its end (category, bytes)
     optimizer_alloc: tuple[tuple[str, int], ...] = ()
     optimizer_free: tuple[tuple[str, int], ...] = ()
-    # autocast's weight copies (buffers): allocated with the rank's first compute op, freed
-    # after its last backward (costs.memory.autocast_copy_bytes; not at the optimizer step)
-    autocast_copy_bytes: int = 0
+    # memory (category, bytes) allocated with the rank's first compute op and freed after its
+    # last backward, not held at the optimizer step (autocast's weight copies:
+    # costs.workload.held_through_backward)
+    step_held: tuple[tuple[str, int], ...] = ()
     # A paged optimizer: ``paged_bytes`` of optimizer states evicted to host memory during the
     # step (``page_out_ns``, from its start) and prefetched back before the optimizer step
     # (``page_in_ns``), on a "paging" stream (``paging_pass``).

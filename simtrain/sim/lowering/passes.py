@@ -67,12 +67,11 @@ def compute_pass(inp: LoweringInput, fuse_tp: bool, merge_recompute: bool) -> St
                 ops.append(Op(rank, "compute", kind, f"{kind} {label}", dur, deps, alloc, free,
                               a.microbatch, a.stage))  # fmt: skip
             groups.append(Group(a, ops, ops[-1], tp_ns, bucketed, label, a == last_backward))
-        if work.autocast_copy_bytes and groups:  # the forward's casts, gone after the backward
-            copies = (("buffers", work.autocast_copy_bytes),)
+        if work.step_held and groups:  # from the first forward to the last backward
             first = next(g for g in groups if g.action is not None).ops[0]
-            first.alloc = tuple(first.alloc) + copies
+            first.alloc = tuple(first.alloc) + work.step_held
             last = next((g for g in reversed(groups) if g.last_backward), groups[-1]).ops[-1]
-            last.free = tuple(last.free) + copies
+            last.free = tuple(last.free) + work.step_held
         ranks[rank] = RankIR(rank, groups, [])
     return StepIR(inp, ranks, {})
 
