@@ -759,6 +759,38 @@ def test_a_run_that_never_finishes_is_a_config_error() -> None:
     assert exc.value.key == "failures" and "never finishes" in str(exc.value)
 
 
+def test_a_run_past_the_age_of_the_universe_never_finishes() -> None:
+    """A finite but astronomical expected time (Daly's e^(R/M): restarts of 700 s against a
+    system MTBF of 4.5 s, ~1e84 days) is refused as an infinite one is, the days named (a fuzz
+    campaign, 2026-12-07: such a plan offered 4.14e+84 days as its best layout, and its Pareto
+    chart crashed matplotlib's log axis past ~1e250); just under the bound, an answer."""
+    from simtrain.apps.goodput import NEVER_S
+
+    fm = FailureModel(mtbf_gpu_hours=0.01, restart_s=700.0)
+    wall = expected_wall_s(1e7, 30.0, 100.0, 700.0, 4.5)
+    assert math.isfinite(wall) and wall > NEVER_S
+    with pytest.raises(ConfigError) as exc:
+        run_estimate(1e12, 1e5, 8, 2.0, 1e12, fm)
+    assert exc.value.key == "failures" and "age of the universe" in str(exc.value)
+    assert "on 8 GPUs" in str(exc.value)
+    assert NEVER_S == pytest.approx(13.8e9 * 365.25 * 86400)  # 4.35e17 s
+    ok = run_estimate(1e12, 1e5, 8, 2.0, 1e12, FailureModel(mtbf_gpu_hours=1000.0))
+    assert ok.expected_s < NEVER_S
+
+
+def test_big_numbers_keep_a_space_between_columns() -> None:
+    """The plan table's days (9 wide) and cost (14 wide) cells switch to 3 significant digits
+    before they would touch the column before: 5,130,320.92 days printed as '5130320.92' ran
+    into the headroom ('9.405130320.92')."""
+    from simtrain.apps.plan.output import _big
+
+    assert _big(5130320.92, ".2f", 9) == "5.13e+06"
+    assert _big(12345.67, ".2f", 9) == "12345.67"  # 8 characters: a space left
+    assert _big(123456.78, ".2f", 9) == "1.23e+05"  # 9 would touch the column before
+    assert _big(3940086468.0, ",.0f", 14) == "3,940,086,468"
+    assert _big(39400864680.0, ",.0f", 14) == "3.94e+10"
+
+
 def test_free_gpus_cost_nothing_not_nan() -> None:
     run = run_estimate(1e12, 1e5, 64, 0.0, 1e12, FailureModel())
     assert run.cost == 0.0 and math.isfinite(run.days)
@@ -991,9 +1023,10 @@ def test_the_table_tells_searched_choices_apart() -> None:
 
 
 def test_a_gpu_count_the_run_never_finishes_on_is_one_rejected_layout(tmp_path) -> None:
-    """A failure model under which the run never finishes on 64 GPUs (mtbf 0.01 GPU-hours) rejects
-    those layouts, naming why, and the plan goes on with the 8-GPU ones (review: the first such
-    layout aborted the whole plan); their astronomical days print in one cell."""
+    """A failure model under which the run never finishes on 64 GPUs (mtbf 0.1 GPU-hours: past
+    the age of the universe) rejects those layouts, naming why, and the plan goes on with the
+    8-GPU ones (review: the first such layout aborted the whole plan); their astronomical days
+    (7.5e+10) print in one cell."""
     from click.testing import CliRunner
 
     from simtrain.cli import main
@@ -1003,7 +1036,7 @@ def test_a_gpu_count_the_run_never_finishes_on_is_one_rejected_layout(tmp_path) 
         "name: hopeless\nmodel: {preset: llama3-8b, flash_attention: true}\ntokens: 1.0e12\n"
         "training: {seq_len: 8192, global_batch: 512, precision: bf16, optimizer: adamw}\n"
         "hardware: [{name: h100_sxm5_80gb, price_per_gpu_hour: 4.0}]\ngpus: [8, 64]\n"
-        "failures: {mtbf_gpu_hours: 0.01}\n"
+        "failures: {mtbf_gpu_hours: 0.1}\n"
         "fixed: {tp: 1, pp: 1, zero_stage: 3, micro_batch: 1, recompute: none}\ntop: 2\n"
     )
     r = CliRunner().invoke(main, ["plan", str(plan), "--out", str(tmp_path / "out")])

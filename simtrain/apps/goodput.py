@@ -116,6 +116,12 @@ def optimal_interval_s(checkpoint_s: float, mtbf_s: float, rule: str = "young") 
     raise ValueError(f"unknown interval rule {rule!r}; allowed: {', '.join(INTERVAL_RULES)}")
 
 
+#: A run expected to last longer than the age of the universe (13.8e9 years, Planck 2018) never
+#: finishes: :func:`run_estimate` refuses it as it does an infinite one (the planner rejects the
+#: layout), rather than offer ~1e290 days as a plan.
+NEVER_S = 13.8e9 * 365.25 * 86400.0
+
+
 def _exp(x: float) -> float:
     """e^x, infinite (not an OverflowError) past ~709."""
     try:
@@ -178,13 +184,13 @@ def run_estimate(
         if tau is None:
             tau = optimal_interval_s(delta, mtbf_s, fm.interval_rule)
         wall = expected_wall_s(compute_s, tau, delta, restart, mtbf_s)
-    if not math.isfinite(wall):
+    if not wall <= NEVER_S:  # (an infinite or NaN wall too)
         raise ConfigError(
-            None, "failures", f"the run never finishes on {gpus:,} GPUs: restarts ({restart:.3g} s) "
-            f"and checkpoint intervals ({tau:.3g} s + {delta:.3g} s) are hundreds of times the "
+            None, "failures", f"the run never finishes on {gpus:,} GPU{'s' if gpus != 1 else ''}: restarts ({restart:.3g} s) "
+            f"and checkpoint intervals ({tau:.3g} s + {delta:.3g} s) are many times the "
             f"system MTBF ({mtbf_s:.3g} s = mtbf_gpu_hours x 3600 / GPUs), and the expected time "
-            "e^(R/M) overflows; raise failures.mtbf_gpu_hours or lower restart_s / "
-            "checkpoint_interval",
+            f"(Daly's e^(R/M) growth: {wall / 86400:.3g} days) is past the age of the universe; "
+            "raise failures.mtbf_gpu_hours or lower restart_s / checkpoint_interval",
         )  # fmt: skip
     return RunEstimate(
         compute_s, wall, compute_s / wall, mtbf_s, delta, tau, restart, wall / mtbf_s,

@@ -240,8 +240,8 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             f"{f'{lay.tp} x {lay.pp} x {lay.dp}' + (f' ep{lay.ep}' if lay.ep > 1 else ''):<13}"
             f"{lay.zero_stage:>5}{lay.micro_batch:>4}  "
             f"{lay.recompute:<10}{sched:<{width}}{mark + f'{step:.3f}':>9}{100 * mfu:>7.1f}"
-            f"{r.headroom_bytes / GIB:>14.2f}{_big(r.final_days, '.2f'):>9}"
-            f"{_big(r.final_cost, ',.0f'):>14}"
+            f"{r.headroom_bytes / GIB:>14.2f}{_big(r.final_days, '.2f', 9):>9}"
+            f"{_big(r.final_cost, ',.0f', 14):>14}"
         )
     if len(shown) >= 2:
         lines.append("")
@@ -261,10 +261,12 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _big(x: float, fmt: str) -> str:
-    """``x`` in ``fmt``, or in 3 significant digits past 10^9 (a run that failures keep from
-    finishing takes e^(R/M) times its compute: days like 9.4e+87 stay one short cell)."""
-    return format(x, ".3g" if abs(x) >= 1e9 else fmt)
+def _big(x: float, fmt: str, width: int) -> str:
+    """``x`` in ``fmt``, or in 3 significant digits where that would not leave a space in a
+    column ``width`` wide (a run that failures slow down takes e^(R/M) times its compute: days
+    like 7.5e+10 stay one short cell, apart from the column before)."""
+    text = format(x, fmt)
+    return format(x, ".3g") if len(text) >= width else text
 
 
 def _cp(lay: Any) -> str:
