@@ -143,6 +143,13 @@ def test_configs(file: str, want: tuple) -> None:
     ("moe/gpt_oss_20b_config.json",
      {"layer_types": ["full_attention"] * 2 + ["sliding_attention"] * 22}, "layer_types"),
     ("mistral_config.json", {"sliding_window": 0}, "sliding_window"),
+    # a list of another length than num_hidden_layers, refused before one that long is built
+    # (a fuzz campaign: 10^12 layers held the CLI for minutes)
+    ("moe/gpt_oss_20b_config.json", {"layer_types": ["full_attention"] * 23}, "layer_types"),
+    ("moe/gpt_oss_20b_config.json", {"num_hidden_layers": 10**12}, "num_hidden_layers"),
+    ("moe/gpt_oss_20b_config.json",
+     {"num_hidden_layers": 10**12, "layer_types": ["sliding_attention", "full_attention"] * 2},
+     "layer_types"),
 ])  # fmt: skip
 def test_config_windows(tmp_path: Path, file: str, change: dict, key) -> None:
     """layer_types every n-th full is read (all full: no window on any layer: n = 1); another

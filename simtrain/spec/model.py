@@ -1102,7 +1102,12 @@ def _hf_window(cfg: dict[str, Any], default: int | None, path: Path) -> int | No
 
 def _full_every(types: Any, n_layers: int, path: Path) -> int:
     """The n of a ``layer_types`` list whose every n-th entry is "full_attention" and the others
-    "sliding_attention" (0: none full); any other list is an error naming the field."""
+    "sliding_attention" (0: none full); any other list is an error naming the field, one of
+    another length than ``n_layers`` before a list of that many is built (a fuzz campaign:
+    num_hidden_layers 1e12 held the CLI for minutes)."""
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise ConfigError(str(path), "layer_types", f"one entry per layer (num_hidden_layers = "
+                          f"{n_layers:,})", str(types)[:80])  # fmt: skip
     full = (
         [i for i, t in enumerate(types) if t == "full_attention"] if isinstance(types, list) else []
     )
