@@ -379,11 +379,10 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
 
     sc = load_scenario(scenario, overrides)
     c = sc.cluster
-    click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node))
+    G = build_topology(sc.hardware, c.nodes, c.gpus_per_node)
+    click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node, G))
     folder = _out_dir(out, sc.name)
-    png = draw_topology(
-        build_topology(sc.hardware, c.nodes, c.gpus_per_node), folder / "topology.png"
-    )
+    png = draw_topology(G, folder / "topology.png")
     click.echo(f"\nwrote {png}")
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from simtrain.layout.topology import (
     MAX_DRAWN_SERVERS,
+    _bisection_full,
     _drawn_subgraph,
     bisection_bandwidth_bytes_per_s,
     bottleneck_bandwidth,
@@ -92,6 +93,27 @@ def test_oversubscription_two_halves_the_bisection(nodes: int, nodes_per_leaf: i
     assert bisection_bandwidth_bytes_per_s(half) == pytest.approx(
         bisection_bandwidth_bytes_per_s(full) / 2, rel=1e-9
     )
+
+
+@given(
+    hw=st.sampled_from(["a100_sxm4_80gb", "l4_24gb", "mi300x_192gb", "h100_sxm5_80gb_efa"]),
+    nodes=st.integers(1, 13),
+    gpn=st.integers(1, 8),
+    per_leaf=st.integers(1, 5),
+    spines=st.integers(1, 3),
+    oversub=st.sampled_from([1.0, 1.5, 3.0]),
+)
+@settings(max_examples=60, deadline=None)
+def test_reduced_bisection_equals_the_whole_graphs_flow(
+    hw: str, nodes: int, gpn: int, per_leaf: int, spines: int, oversub: float
+) -> None:
+    """The flow on the graph reduced to its switches and split servers is the whole graph's
+    max flow, on NVSwitch, PCIe and xGMI nodes, odd GPU counts (a server split by the halves),
+    one or many leaves, any spines and oversubscription."""
+    profile = replace(load_hardware(hw), oversubscription=oversub)
+    G = build_topology(profile, nodes, gpn, nodes_per_leaf=per_leaf,
+                       spines=spines if -(-nodes // per_leaf) > 1 else None)  # fmt: skip
+    assert bisection_bandwidth_bytes_per_s(G) == pytest.approx(_bisection_full(G), rel=1e-9)
 
 
 def test_one_node_bisection_counts_nvswitch_and_nics() -> None:
