@@ -451,3 +451,94 @@ def test_deepspeed_autocast_dtype_names_are_deepspeeds(tmp_path: Path, dtype: st
         err = _ds_error(tmp_path, {"train_micro_batch_size_per_gpu": 1,
                                    "torch_autocast": {"enabled": True, "dtype": bad}})  # fmt: skip
         assert err.key == "torch_autocast.dtype"
+
+
+# ----------------------------------------------------------- a fuzz campaign's finds (2026-12-07)
+
+
+def test_declare_keeps_its_arrays_dashed_items() -> None:
+    """``declare -a EXTRA=(--bf16 --use-distributed-optimizer)``: declare's options are dropped,
+    the array's items are not (they were: the distributed optimizer silently lost)."""
+    cmd = read_command("declare -a EXTRA=(--bf16 --use-distributed-optimizer)\n"
+                       "torchrun pretrain_gpt.py --num-layers 2 ${EXTRA[@]}\n", "t.sh")  # fmt: skip
+    assert cmd is not None and cmd.args == ("--num-layers", "2", "--bf16",
+                                            "--use-distributed-optimizer")  # fmt: skip
+    cmd = read_command("declare -x -r A=4\npython pretrain_gpt.py --x $A\n", "t.sh")
+    assert cmd is not None and cmd.args == ("--x", "4")
+
+
+def test_a_variable_that_doubles_itself_is_refused() -> None:
+    """``A=$A$A`` forty times grew to 2^41 characters (killed at 60 s): past MAX_VALUE, an
+    error naming the variable and the line."""
+    from simtrain.apps.importers.shell import MAX_VALUE
+
+    text = "A=xx\n" + "A=$A$A\n" * 40 + "python pretrain_gpt.py --x $A\n"
+    with pytest.raises(ConfigError) as info:
+        read_command(text, "t.sh")
+    assert info.value.key == "A" and f"{MAX_VALUE:,}" in info.value.message
+
+
+def test_a_long_open_quote_is_read_in_linear_time() -> None:
+    """An open quote followed by thousands of lines was re-read whole at every line (5,000 lines:
+    past 60 s); lines that cannot close it now join it unread. The string is the same: the
+    quote closes on the last line and the command after it is found."""
+    lines = "\n".join(f"--flag{i} {i}" for i in range(20_000))
+    cmd = read_command(f'X="{lines}"\npython pretrain_gpt.py --y $X\n', "t.sh")
+    assert cmd is not None and cmd.args[:3] == ("--y", "--flag0", "0")
+    assert len(cmd.args) == 1 + 2 * 20_000
+    arr = read_command("A=(\n" + lines + "\n)\npython pretrain_gpt.py ${A[@]}\n", "t.sh")
+    assert arr is not None and len(arr.args) == 2 * 20_000 and arr.args[-1] == "19999"
+
+
+@pytest.mark.parametrize("launcher", ["--nproc_per_node -8 --nnodes -1",
+                                      "--nproc_per_node 8 --nnodes -2"])  # fmt: skip
+def test_negative_launcher_counts_are_errors(tmp_path: Path, launcher: str) -> None:
+    """-8 GPUs a node x -1 nodes read as 8 GPUs: now an error naming the launcher's flag."""
+    f = tmp_path / "train.sh"
+    f.write_text(f"torchrun {launcher} pretrain_gpt.py --num-layers 2 --hidden-size 256 "
+                 "--num-attention-heads 8 --seq-length 128 --vocab-size 1000\n")  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        import_config("megatron", f)
+    assert info.value.key in ("--nproc_per_node", "--nnodes")
+
+
+@pytest.mark.parametrize(("layout", "count"), [("Et*999999999999|L", "999999999999"),
+                                                ("(tttt)*99999999999999|L", "99999999999999"),
+                                                ("Et*4097|L", "4097")])  # fmt: skip
+def test_megatron_layout_repeat_counts_are_bounded(tmp_path: Path, layout: str,
+                                                   count: str) -> None:  # fmt: skip
+    """A layout's ``*n`` past MAX_LAYOUT_REPEAT (4,096) is an error naming the flag, not a string
+    of 10^12 characters (MemoryError)."""
+    with pytest.raises(ConfigError) as info:
+        _mg(tmp_path, MG_BASE + f"--pipeline-model-parallel-size 2 "
+            f"--pipeline-model-parallel-layout {layout}")  # fmt: skip
+    assert info.value.key == "--pipeline-model-parallel-layout"
+    assert count[:12] in info.value.message
+
+
+@pytest.mark.parametrize("extra", ['[activation_checkpoint]\nmode = "selective"\n'
+                                   'selective_ac_option = "²"\n',
+                                   "[job]\nx = " + "[" * 600 + "]" * 600 + "\n",
+                                   "[job]\nx = 9" + "0" * 5000 + "\n"])  # fmt: skip
+def test_torchtitan_digit_look_alikes_and_deep_toml(tmp_path: Path, extra: str) -> None:
+    """ "²" passes str.isdigit but not int(); tomllib raises RecursionError on deep arrays and
+    ValueError on a 5,000-digit integer, neither a TOMLDecodeError: each a ConfigError."""
+    with pytest.raises(ConfigError):
+        _tt(tmp_path, extra=extra)
+
+
+def test_nccl_tests_size_look_alikes_are_not_rows(tmp_path: Path) -> None:
+    """A table row whose size is "²" or 5,000 digits is no row (int() refused it: a traceback);
+    a rank of 5,000 digits is no rank line."""
+    from simtrain.apps.network_fit import parse_nccl_tests
+
+    log = ("# nThread 1 nGpus 1 minBytes 8 maxBytes 1073741824 step: 2(factor) warmup iters: 5\n"
+           "#  Rank  0 Group  0 Pid 1 on node-0 device  0 [0x00] NVIDIA H100\n"
+           "#  Rank  1 Group  0 Pid 2 on node-0 device  1 [0x00] NVIDIA H100\n"
+           "#       size         count      type   redop    root     time   algbw   busbw #wrong\n"
+           "  1073741824     268435456     float    none      -1   5000.0  214.7  107.4    0\n"
+           "           ²             1     float    none      -1      1.0    1.0    1.0    0\n"
+           "  9" + "0" * 5000 + "   1  float  none  -1  1.0  1.0  1.0  0\n"
+           "#  Rank 9" + "0" * 5000 + " Group 0 Pid 3 on node-9 device 0\n")  # fmt: skip
+    parsed = parse_nccl_tests(log, "all_gather_perf.log")
+    assert parsed.size_bytes == 1073741824 and parsed.ranks == 2

@@ -46,7 +46,9 @@ SOURCE_TAG = "fitnet"
 #: nccl-tests binaries -> simtrain's collectives
 NCCL_TESTS_OPS = {"all_gather": "all_gather", "allgather": "all_gather", "reduce_scatter": "reduce_scatter",
        "reducescatter": "reduce_scatter", "all_reduce": "all_reduce", "allreduce": "all_reduce"}  # fmt: skip
-_RANK = re.compile(r"^#\s*Rank\s+(\d+)\s.*?\bon\s+(\S+)")
+_RANK = re.compile(r"^#\s*Rank\s+([0-9]{1,9})\s.*?\bon\s+(\S+)")
+#: a message size in bytes: ASCII digits, at most 19 (str.isdigit also takes "²", which int() refuses)
+_SIZE = re.compile(r"[0-9]{1,19}")
 #: the size column's name in a table's header: ``size`` since nccl-tests 2.x's "size count
 #: type redop root", ``bytes`` in its earlier "bytes N type" header
 _SIZE_COLUMNS = {"size", "bytes"}
@@ -103,7 +105,7 @@ def parse_nccl_tests(text: str, path: str) -> NcclTestsLog:
             header = header or line.lstrip("#").split()
         elif header and line.strip() and not line.startswith("#"):
             words = line.split()
-            if words[0].isdigit() and len(words) >= header.index("busbw") + 1:
+            if _SIZE.fullmatch(words[0]) and len(words) >= header.index("busbw") + 1:
                 rows.append(words)
     if header is None or not rows:
         raise ConfigError(path, "rows", "not an nccl-tests log: no table with size and busbw "

@@ -141,6 +141,9 @@ def _launcher_world(launcher: tuple[str, ...]) -> tuple[int | None, str]:
         n = int(str(lf[nodes])) if nodes else 1
     except ValueError:
         return None, ""
+    if per_node < 1 or n < 1:  # (-8 x -1 read as 8 GPUs: a fuzz campaign)
+        raise ConfigError(None, procs if per_node < 1 else str(nodes), "the launcher's count "
+                          "must be a positive integer", per_node if per_node < 1 else n)  # fmt: skip
     label = f"launcher {procs} {per_node}" + (f" x {nodes} {n}" if nodes else "")
     return per_node * n, label
 
@@ -787,9 +790,21 @@ def parse_layout(text: str) -> list[str]:
     ``|``), in virtual-stage order (stage ``j·pp + r``: chunk j of pipeline rank r).
     ``"Et*2|(tt|)*2,mL"`` -> ``["Ett", "tt", "tt", "mL"]``."""
     t = text.strip().strip("'\"").replace(",", "")
-    t = re.sub(r"\(([^)]+)\)\*(\d+)", lambda x: x.group(1) * int(x.group(2)), t)
-    t = re.sub(r"(.)\*(\d+)", lambda x: x.group(1) * int(x.group(2)), t)
+    t = re.sub(r"\(([^)]+)\)\*([0-9]+)", lambda x: x.group(1) * _repeat(x.group(2)), t)
+    t = re.sub(r"(.)\*([0-9]+)", lambda x: x.group(1) * _repeat(x.group(2)), t)
     return t.split("|")
+
+
+#: The largest repeat count a layout string may unroll (a fuzz campaign: "Et*999999999999|L"
+#: ran out of memory building the string): past any model's layers (spec: at most 1,024).
+MAX_LAYOUT_REPEAT = 4096
+
+
+def _repeat(count: str) -> int:
+    """A layout's ``*n``: n, or ValueError past :data:`MAX_LAYOUT_REPEAT`."""
+    if len(count) > 6 or int(count) > MAX_LAYOUT_REPEAT:
+        raise ValueError(f"a repeat count of {count[:12]} (at most {MAX_LAYOUT_REPEAT})")
+    return int(count)
 
 
 def layout_string(counts: list[int]) -> str:
@@ -808,7 +823,10 @@ def layout_decoder_counts(text: str, pp: int, layers: int,
     divide (Megatron's check), decoder layers that do not sum to ``--num-layers``, the
     embedding anywhere but the first stage's start, the loss anywhere but the last stage's
     end, or MTP modules other than the model's ``mtp`` on the last stage."""
-    stages = parse_layout(text)
+    try:
+        stages = parse_layout(text)
+    except ValueError as exc:
+        return str(exc)
     bad = sorted({c for st in stages for c in st if c not in _LAYOUT_CHARS})
     if bad:
         return f"unknown layer character(s) {', '.join(bad)} (Megatron's: E, t, m, L)"

@@ -33,6 +33,9 @@ DECLARE_WORDS = ("export", "local", "readonly", "declare")
 #: Longest arithmetic expression evaluated (characters): launch scripts multiply two or three
 #: numbers.
 MAX_ARITH = 200
+#: Longest value a shell variable may take (characters): a launch script's longest, a list of
+#: flags, is a few kilobytes.
+MAX_VALUE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,16 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     quoted string or an array that spans lines read whole."""
     out: list[tuple[int, str, list[str]]] = []
     buf, start = "", 0
+    # what keeps the buffer open: "quote" (a quoted string), "array" (NAME=( ... ) or "";
+    # a line that cannot close it (no quote character, no ")") joins it without re-reading
+    # the whole buffer: linear, where each line's re-read made a long open string quadratic
+    # (5,000 lines, 78 KB: past 60 s; a fuzz campaign)
+    pending = ""
     for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+        quiet = "'" not in raw and '"' not in raw and (pending == "quote" or ")" not in raw)
+        if pending and quiet:
+            buf += raw[:-1] + " " if raw.endswith("\\") else raw + "\n"
+            continue
         if raw.lstrip().startswith("#") and not _open_quote(buf):
             # a comment ends at its line, a backslash and all (bash does not continue it); in
             # a continued command it is left out and the command goes on
@@ -93,13 +105,15 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             words = list(lex)
         except ValueError:  # an open quote: the string goes on
             buf += "\n"
+            pending = "quote"
             continue
         m = _ASSIGN.match(buf)
         if m and m.group(2).lstrip().startswith("(") and not _array_closed(words):
             buf += "\n"
+            pending = "array"
             continue
         out.append((start, buf, words))
-        buf = ""
+        buf, pending = "", ""
     if buf:
         out.append((start, buf, _split(buf, file, start)))
     return out
@@ -223,7 +237,11 @@ def read_command(text: str, file: str) -> Command | None:
         m = _ASSIGN.match(line)
         ws = words
         if ws and ws[0] in DECLARE_WORDS:
-            ws = [w for w in ws[1:] if not w.startswith("-")]
+            # its options (declare -a, -x, ...) only: an array's own items keep their dashes
+            # (declare -a EXTRA=(--bf16 --use-distributed-optimizer): a fuzz campaign)
+            ws = ws[1:]
+            while ws and ws[0].startswith("-"):
+                ws = ws[1:]
         if m and ws and (ws[0].startswith(m.group(1) + "=")
                          or ws[0].startswith(m.group(1) + "+=")):  # fmt: skip
             name, rhs = m.group(1), m.group(2).strip()
@@ -243,6 +261,9 @@ def read_command(text: str, file: str) -> Command | None:
                 value = ws[0].split("=", 1)[1]
                 value = " ".join(expand(value, env, arrays)) if value else ""
                 env[name] = (env.get(name, "") + value) if append else value
+                if len(env[name]) > MAX_VALUE:  # (A=$A$A forty times: 2^41 characters)
+                    raise ConfigError(file, name, f"the variable grows past {MAX_VALUE:,} "
+                                      f"characters (line {n})", env[name][:40] + "...")  # fmt: skip
                 continue
             # NAME=value command ...: an environment prefix of a command
             while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:

@@ -18,6 +18,7 @@ per parameter with AdamW, as 4 + 4 + 8) under the torchtitan runtime (``grad_red
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +160,12 @@ def import_torchtitan(path: str | Path, gpus: int | None = None) -> Imported:
     text = read_text_file(path)
     try:
         cfg = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        # (tomllib recurses into nested arrays and inline tables, and int() refuses a number
+        # of more than 4,300 digits: neither is a TOMLDecodeError)
+        what = "nested too deep" if isinstance(exc, RecursionError) else str(exc)[:120]
         raise ConfigError(
-            file, "<file>", f"not a torchtitan job config: not TOML ({exc})"
+            file, "<file>", f"not a torchtitan job config: not TOML ({what})"
         ) from None
     return import_torchtitan_config(cfg, gpus, file)
 
@@ -574,7 +578,7 @@ def _recompute(ac: dict[str, Any], r: Reading) -> str:
             # torchtitan's per-op policy (_apply_ac_to_transformer_block, _save_list at
             # 9dec370a): simtrain's selective_op (costs.op_sac).
             return "selective_op"
-        if opt.isdigit() and int(opt) >= 1:
+        if re.fullmatch(r"[0-9]{1,9}", opt) and int(opt) >= 1:  # (isdigit takes "²")
             if int(opt) == 1:
                 return "full"
             r.unsupported_(f"activation_checkpoint.selective_ac_option {opt}", f"checkpoints "
