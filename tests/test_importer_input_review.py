@@ -542,3 +542,10 @@ def test_nccl_tests_size_look_alikes_are_not_rows(tmp_path: Path) -> None:
            "#  Rank 9" + "0" * 5000 + " Group 0 Pid 3 on node-9 device 0\n")  # fmt: skip
     parsed = parse_nccl_tests(log, "all_gather_perf.log")
     assert parsed.size_bytes == 1073741824 and parsed.ranks == 2
+
+
+def test_deepspeed_stage_as_a_float_is_written_as_an_integer(tmp_path: Path) -> None:
+    """``"stage": 3.0`` equals 3 and was written as ``zero_stage: 3.0``."""
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 3.0}})
+    stage = imp.data["parallelism"]["zero_stage"]
+    assert stage == 3 and type(stage) is int

@@ -201,6 +201,7 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(file, "zero_optimization.stage", "unknown value", stage, "0 | 1 | 2 | 3")
+    stage = int(stage)  # (3.0 equals 3: written as the integer, not zero_stage: 3.0)
     amp_on = _enabled(amp, "amp", file)
     if amp_on is None:
         amp_on = False
