@@ -228,3 +228,15 @@ def test_the_cli(tmp_path: Path) -> None:
     txt = tmp_path / "cluster.txt"
     r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(txt)])
     assert r.exit_code == 2 and ".yaml file" in r.output and not txt.exists()
+
+
+@pytest.mark.parametrize("name", ["a\nb: 3", "a\n#x", "", "   ", "tab\there"])
+def test_a_name_of_more_than_one_printable_line_is_refused(tmp_path: Path, name: str) -> None:
+    """A newline in --name went into the profile's header comment and the error blamed --out
+    (or, 'a\\n#x', was written as is): now one line naming --name (a fuzz campaign)."""
+    log = tmp_path / "all_gather_perf.txt"
+    log.write_text(nccl_log("all_gather", 2, 8, 87.53, starting=False))
+    out = tmp_path / "cluster.yaml"
+    r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(out),
+                                  "--name", name])  # fmt: skip
+    assert r.exit_code == 2 and "--name" in r.output and not out.exists()

@@ -214,6 +214,9 @@ def fit_network_command(base: str, paths: list[str], out: str, name: str | None)
     table the CLI prints."""
     if not out.endswith((".yaml", ".yml")):
         raise ConfigError(None, "--out", "a hardware profile is a .yaml file", out)
+    if name is not None and (not name.strip() or not name.isprintable()):
+        # (a newline went into the profile's header comment, and the error blamed --out)
+        raise ConfigError(None, "--name", "a profile name is one printable line", name)
     hw = load_hardware(base)
     base_path = Path(hw.source_file)  # the file the loader read
     logs = []
