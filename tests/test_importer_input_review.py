@@ -549,3 +549,13 @@ def test_deepspeed_stage_as_a_float_is_written_as_an_integer(tmp_path: Path) -> 
     imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": 3.0}})
     stage = imp.data["parallelism"]["zero_stage"]
     assert stage == 3 and type(stage) is int
+
+
+def test_megatron_unknown_transformer_impl_is_an_error(tmp_path: Path) -> None:
+    """``--transformer-impl banana`` was read as "not Transformer Engine" (no flash attention)
+    without a word: Megatron-Core's Literal allows transformer_engine, local and
+    inference_optimized."""
+    with pytest.raises(ConfigError) as info:
+        _mg(tmp_path, MG_BASE + "--transformer-impl banana")
+    assert info.value.key == "--transformer-impl" and "transformer_engine" in str(info.value)
+    assert _mg(tmp_path, MG_BASE + "--transformer-impl local").data["model"]["layers"] == 4

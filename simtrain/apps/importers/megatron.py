@@ -259,6 +259,11 @@ def import_megatron_flags(words: list[str], gpus: int | None = None, file: str =
     )
 
 
+#: Megatron-Core's ``TransformerConfig.transformer_impl`` values (d98e8a64
+#: core/transformer/transformer_config.py l.1314, a Literal).
+TRANSFORMER_IMPLS = ("transformer_engine", "local", "inference_optimized")
+
+
 def _attention(f: Flags, r: Reading, legacy: bool) -> tuple[bool, str | None]:
     """(flash attention, the kernel where the runtime's default does not hold). Megatron-LM
     before Megatron-Core had no Transformer Engine: its attention is the fused
@@ -268,6 +273,9 @@ def _attention(f: Flags, r: Reading, legacy: bool) -> tuple[bool, str | None]:
     attention is flash (its cuDNN FusedAttention, megatron_core's ``attention_kernel``) unless
     --attention-backend flash picks flash-attn's kernel (FlashAttention-2, or 3 where installed)."""
     impl = f.value("--transformer-impl") or ("local" if legacy else "transformer_engine")
+    if impl not in TRANSFORMER_IMPLS:  # (a fuzz campaign: "banana" read as not TE, silently)
+        raise ConfigError(r.file, "--transformer-impl", "unknown value", impl,
+                          " | ".join(TRANSFORMER_IMPLS))  # fmt: skip
     backend = f.value("--attention-backend") or "auto"
     use_flash = f.bool_("--use-flash-attn")
     te = impl == "transformer_engine"
