@@ -173,7 +173,7 @@ def _strict_exit(strict: bool, fits: bool) -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="torch CPU threads while measuring (use the value the profile was calibrated "
               "with) [torch's default]")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -193,7 +193,12 @@ def measure(scenario: str, as_json: bool, device: str, threads: int | None,
     from simtrain.costs.memory import estimate_memory
     from simtrain.report.tables import dumps
 
-    res = measure_step(sc.model, sc.training, device=device, threads=threads)
+    try:
+        res = measure_step(sc.model, sc.training, device=device, threads=threads)
+    except ConfigError as exc:  # the scenario's key: name its file
+        if exc.file is not None or exc.key == "--device":
+            raise
+        raise ConfigError(scenario, exc.key, exc.message, exc.value, exc.allowed) from None
     pred = estimate_memory(sc).stages[0]
     doc = {
         "schema_version": 1,

@@ -80,8 +80,13 @@ def test_adafactor_state_is_factored() -> None:
 
 
 def test_adam8bit_needs_cuda() -> None:
-    with pytest.raises(NotImplementedError, match="bitsandbytes"):
+    """A ConfigError naming the optimizer, before a model is built (was NotImplementedError
+    from the trainer: a traceback at the CLI)."""
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bitsandbytes") as info:
         measure_step(GPT, training(optimizer="adam8bit"))
+    assert info.value.key == "training.optimizer"
 
 
 @pytest.mark.parametrize("spec", [GPT, LLAMA], ids=["gpt", "llama"])
@@ -362,3 +367,44 @@ def test_measure_refuses_an_optimizer_storage_it_does_not_keep(change: dict) -> 
     with pytest.raises(ConfigError) as info:
         measure_step(LLAMA, training(precision="bf16", **change), steps=1)
     assert info.value.key == f"training.{next(iter(change))}"
+
+
+TINY_SCENARIO = """name: tiny
+model: {name: tiny, layers: 2, hidden: 64, heads: 4, kv_heads: 4, ffn_hidden: 256, vocab: 256,
+        max_positions: 128}
+hardware: a100_sxm4_80gb
+cluster: {nodes: 1, gpus_per_node: 1}
+training: {seq_len: 64, global_batch: 2, micro_batch: 1, precision: fp32, optimizer: adamw}
+"""
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--device", "foo"], "--device"),
+    (["--device", "meta"], "--device"),
+    (["--device", "cuda"], "--device"),  # no GPU on the test machine (skipped where there is)
+    (["--set", "training.optimizer=adam8bit"], "training.optimizer"),
+    (["--set", "training.peft.method=lora", "--set", "training.peft.target_modules=[gate]"],
+     "training.peft.target_modules"),
+    (["--set", "model.positions=rotary", "--set", "model.heads=2", "--set", "model.kv_heads=2",
+      "--set", "model.head_size=7"], "model.head_size"),
+])  # fmt: skip
+def test_measure_refuses_what_it_cannot_build(tmp_path, args: list[str], key: str) -> None:
+    """Each of these was a torch traceback (a fuzz campaign, 2026-12-07): an unknown or absent
+    device, adam8bit on the CPU (bitsandbytes needs CUDA), LoRA on modules the model lacks
+    (nothing to train), an odd rotated width (RoPE rotates channel pairs). Now one line naming
+    the key, and the scenario's file where the key is the scenario's."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    f = tmp_path / "tiny.yaml"
+    f.write_text(TINY_SCENARIO)
+    r = CliRunner().invoke(main, ["measure", str(f), *args])
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output
+    assert f"{key}:" in err
+    if not key.startswith("--"):
+        assert str(f) in err

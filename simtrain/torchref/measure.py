@@ -152,8 +152,44 @@ def measure_step(
         key, what, instead = unbuilt
         raise ConfigError(None, key, f"simtrain measure's reference model has no {what}: "
                           f"measure {instead}", getattr(spec, key.removeprefix("model.")))  # fmt: skip
+    _check_device(device, training)
+    if spec.positions == "rotary" and spec.rotary_dims % 2:
+        # rotate_half pairs the rotated channels: an odd width has one left over
+        raise ConfigError(None, "model.head_size", "simtrain measure's rotary embedding rotates "
+                          "channel pairs: the rotated width (head size x rotary_fraction) must "
+                          "be even", spec.rotary_dims)  # fmt: skip
     with torch_threads(threads):
-        return _measure_step(spec, training, batch, device, seed, steps, warmup)
+        try:
+            return _measure_step(spec, training, batch, device, seed, steps, warmup)
+        except ValueError as exc:
+            if "leaves no trainable parameter" not in str(exc):
+                raise
+            raise ConfigError(
+                None,
+                "training.peft.target_modules",
+                f"{exc}: name modules the model has",
+                ", ".join(training.peft.target_modules),
+            ) from None
+
+
+#: The devices ``simtrain measure`` runs on.
+DEVICES = ("cpu", "cuda")
+
+
+def _check_device(device: str, training: TrainingSpec) -> None:
+    """``device`` is cpu or cuda (cuda:N), available, and runs the optimizer: a ConfigError
+    naming ``--device`` (or the optimizer) otherwise, before a model is built (a fuzz campaign:
+    each was a torch traceback)."""
+    kind = device.split(":", 1)[0]
+    index = device.split(":", 1)[1] if ":" in device else "0"
+    if kind not in DEVICES or not index.isascii() or not index.isdigit():
+        raise ConfigError(None, "--device", "unknown device", device, "cpu | cuda | cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(None, "--device", "no CUDA device here (torch.cuda.is_available() is "
+                          "False)", device, "cpu")  # fmt: skip
+    if kind == "cpu" and training.optimizer == "adam8bit":
+        raise ConfigError(None, "training.optimizer", "adam8bit needs bitsandbytes on CUDA: "
+                          "measure it with --device cuda, or another optimizer", "adam8bit")  # fmt: skip
 
 
 def reference_lacks(spec: ModelSpec) -> tuple[str, str, str] | None:
