@@ -92,6 +92,15 @@ def test_written_profile_loads_with_measured_peaks(tmp_path: Path) -> None:
     assert "2026-01-01T00:00:00Z" in text
 
 
+@pytest.mark.parametrize(("name", "device"), [("a: [b #c", "Test CPU"), ("x", 'CPU "quoted" # 1')])
+def test_a_name_with_yaml_syntax_stays_a_string(tmp_path: Path, name: str, device: str) -> None:
+    """The profile's name (calibrate's --out stem) and display name are written as quoted
+    strings: 'a: [b #c' wrote a profile its own loader refused (a fuzz campaign)."""
+    p = write_profile(tmp_path / "p.yaml", _fake(name=name, device_name=device))
+    hw = load_hardware(str(p))
+    assert hw.name == name and hw.display_name == f"{device} (calibrated)"
+
+
 def test_measured_mixes_set_the_efficiencies(tmp_path: Path) -> None:
     """The GEMM and element-wise mixes become efficiency.matmul and memory_bound: their rate
     over the fp32 peak and the bandwidth (capped at 1)."""

@@ -3,6 +3,7 @@ number with its source tag), the efficiencies it derives, and the table it print
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,8 +125,10 @@ def _device_lines(cal: Calibration) -> list[str]:
     pcie_bw = (cal.pcie_bandwidth_bytes_per_s / 1e9) if not cpu else bw
     pcie_tag = "[meas] host -> device copy, pinned memory" if not cpu else "[na] no host link"
     lines = [
-        f"name: {cal.name}",
-        f'display_name: "{cal.device_name} (calibrated)"',
+        # JSON strings are YAML strings: a name or device with ': ', '#' or quotes stays valid
+        # YAML (a fuzz campaign: --out "a: [b #c.yaml" wrote a profile its loader refused)
+        f"name: {json.dumps(cal.name)}",
+        f"display_name: {json.dumps(cal.device_name + ' (calibrated)')}",
         f"memory_gib: {cal.memory_bytes / GIB:.6g}          # [sys] "
         + ("physical RAM" if cpu else "torch.cuda.get_device_properties total_memory"),
         "peak_tflops:                      # [meas] matmul rate at the largest n (0: not run)"
