@@ -193,12 +193,7 @@ def measure(scenario: str, as_json: bool, device: str, threads: int | None,
     from simtrain.costs.memory import estimate_memory
     from simtrain.report.tables import dumps
 
-    try:
-        res = measure_step(sc.model, sc.training, device=device, threads=threads)
-    except ConfigError as exc:  # the scenario's key: name its file
-        if exc.file is not None or exc.key == "--device":
-            raise
-        raise ConfigError(scenario, exc.key, exc.message, exc.value, exc.allowed) from None
+    res = measure_step(sc.model, sc.training, device=device, threads=threads, file=scenario)
     pred = estimate_memory(sc).stages[0]
     doc = {
         "schema_version": 1,

@@ -12,6 +12,11 @@ from simtrain.spec.scenario import TrainingSpec
 #: tied embeddings; each test sets its attention kernel and dropout (dataclasses.replace).
 GPT_TINY = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256)
 
+#: The tiny GPT-J: rotary on a quarter of each head, parallel residual, one shared norm.
+GPTJ_TINY = ModelSpec("gptj-tiny", 2, 64, 4, 4, 256, 256, 256, positions="rotary",
+                      rotary_fraction=0.25, parallel_residual=True, shared_norm=True, bias=False,
+                      tied_embeddings=False)  # fmt: skip
+
 #: The tiny Llama the measured pairs use: SwiGLU, RMSNorm, rotary, GQA (4 heads, 2 K/V), untied.
 LLAMA_TINY = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
                        tied_embeddings=False, positions="rotary", bias=False,

@@ -559,3 +559,20 @@ def test_megatron_unknown_transformer_impl_is_an_error(tmp_path: Path) -> None:
         _mg(tmp_path, MG_BASE + "--transformer-impl banana")
     assert info.value.key == "--transformer-impl" and "transformer_engine" in str(info.value)
     assert _mg(tmp_path, MG_BASE + "--transformer-impl local").data["model"]["layers"] == 4
+
+
+def test_megatron_layout_nested_repeats_are_bounded_in_total(tmp_path: Path) -> None:
+    """Each *n within bounds, the whole past them: (t*4096 x 4)*4096 is 33 characters that
+    unroll to 67,108,865 (a review of the bound above)."""
+    with pytest.raises(ConfigError) as info:
+        _mg(tmp_path, MG_BASE + "--pipeline-model-parallel-size 2 "
+            "--pipeline-model-parallel-layout (" + "t*4096" * 4 + ")*4096|L")  # fmt: skip
+    assert info.value.key == "--pipeline-model-parallel-layout" and "unrolls" in str(info.value)
+
+
+def test_a_comment_ending_in_a_backslash_inside_an_array_drops_only_itself() -> None:
+    """A comment line inside an array is dropped at its line end, backslash and all (bash): the
+    next item stays (the linear-time shortcut had joined them, losing --bf16; a review)."""
+    cmd = read_command("A=(\n  # note \\\n  --bf16\n  --x 1\n)\npython pretrain_gpt.py ${A[@]}\n",
+                       "t.sh")  # fmt: skip
+    assert cmd is not None and cmd.args == ("--bf16", "--x", "1")

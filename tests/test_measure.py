@@ -139,8 +139,11 @@ def test_lp_ft_phases() -> None:
 
 
 def test_bitfit_without_biases_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no trainable"):
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no trainable") as info:
         build_reference_model(LLAMA, training(peft=PeftSpec(method="bitfit")))
+    assert info.value.key == "training.peft.method"
 
 
 def test_fp32_flash_saved_bytes_match_formula() -> None:

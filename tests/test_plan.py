@@ -761,7 +761,7 @@ def test_a_run_that_never_finishes_is_a_config_error() -> None:
 
 def test_a_run_past_the_age_of_the_universe_never_finishes() -> None:
     """A finite but astronomical expected time (Daly's e^(R/M): restarts of 700 s against a
-    system MTBF of 4.5 s, ~1e84 days) is refused as an infinite one is, the days named (a fuzz
+    system MTBF of 4.5 s: 2.2e81 days) is refused as an infinite one is, the days named (a fuzz
     campaign, 2026-12-07: such a plan offered 4.14e+84 days as its best layout, and its Pareto
     chart crashed matplotlib's log axis past ~1e250); just under the bound, an answer."""
     from simtrain.apps.goodput import NEVER_S
@@ -773,7 +773,6 @@ def test_a_run_past_the_age_of_the_universe_never_finishes() -> None:
         run_estimate(1e12, 1e5, 8, 2.0, 1e12, fm)
     assert exc.value.key == "failures" and "age of the universe" in str(exc.value)
     assert "on 8 GPUs" in str(exc.value)
-    assert NEVER_S == pytest.approx(13.8e9 * 365.25 * 86400)  # 4.35e17 s
     ok = run_estimate(1e12, 1e5, 8, 2.0, 1e12, FailureModel(mtbf_gpu_hours=1000.0))
     assert ok.expected_s < NEVER_S
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from simtrain.layout.topology import (
     MAX_DRAWN_SERVERS,
-    _bisection_full,
     _drawn_subgraph,
     bisection_bandwidth_bytes_per_s,
     bottleneck_bandwidth,
@@ -93,6 +92,26 @@ def test_oversubscription_two_halves_the_bisection(nodes: int, nodes_per_leaf: i
     assert bisection_bandwidth_bytes_per_s(half) == pytest.approx(
         bisection_bandwidth_bytes_per_s(full) / 2, rel=1e-9
     )
+
+
+def _bisection_full(G: nx.Graph) -> float:
+    """The bisection's max flow on the whole graph, every edge an arc each way (the reference
+    the switch-reduced flow of bisection_bandwidth_bytes_per_s is checked against)."""
+    gpus = sorted(v for v, d in G.nodes(data=True) if d["kind"] == "gpu")
+    half = len(gpus) // 2
+    if half == 0:
+        return 0.0
+    D = nx.DiGraph()
+    for u, v, d in G.edges(data=True):
+        c = d["bandwidth_bytes_per_s"]
+        D.add_edge(u, v, capacity=c)
+        D.add_edge(v, u, capacity=c)
+    src, dst = ("source", -1), ("sink", -1)
+    for v in gpus[:half]:
+        D.add_edge(src, v)  # no capacity attribute: unbounded
+    for v in gpus[half:]:
+        D.add_edge(v, dst)
+    return float(nx.maximum_flow_value(D, src, dst, capacity="capacity"))
 
 
 @given(

@@ -9,7 +9,7 @@ for 16-bit training without flash attention this reproduces Korthikanti et al. 2
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -165,6 +165,7 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
         gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
         cp_a2a=cp_a2a, fused_swiglu=fused_swiglu, gathered_per_linear=gathered_per_linear,
     )  # fmt: skip
+    mlp_start = adapter_start = 1 << 62  # (no MLP half entries until the second norm's)
     for i, (lin_in, mods) in enumerate(
         (
             ("attention input", ("q", "k", "v")),
@@ -179,9 +180,7 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
             # adds none here: its MLP tensors stay with the attention half, where
             # mlp_half_saved_bytes does not take them off. Measured (simtrain.torchref, the tiny
             # GPT-J, non-flash fp32, full recompute): peak -2.6 % so; -9.1 % with them taken off.
-            c.part[0] = "mlp"
-            for k in range(before, len(c.out)):
-                c.out[k] = replace(c.out[k], part="mlp")
+            mlp_start = before
         if i == 0:
             _attention(c)
             _post_norm(c, 1)
@@ -196,13 +195,15 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
             _mlp(c)
         if i == 1:
             _post_norm(c, 2)
+    adapter_start = len(c.out)
     if t.peft.method == "adapter":
-        c.part[0] = "adapter"
         a_w, e, sb, h = t.peft.adapter_size, c.e, c.sb, m.hidden
         for where in ("attn", "mlp"):
             c.add(f"adapter {where}: input, GeLU in/out", e * sb * (h + 2 * a_w),
                   f"{e}·sb(h+2m)")  # fmt: skip
-    return tuple(c.out)
+    return tuple(replace(x, part="mlp" if mlp_start <= k < adapter_start else
+                         "adapter" if k >= adapter_start else "attention")
+                 for k, x in enumerate(c.out))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +234,6 @@ class _Block:
     cp_a2a: bool = False  # context parallelism's all-to-all around the attention call
     fused_swiglu: bool = False  # SwiGLU as one function saving its input (runtime fused_swiglu)
     gathered_per_linear: bool = False  # each linear saves its own all-gathered copy
-    # the part of the block being counted (SavedTensor.part): one mutable cell, set by
-    # _layer_saved_tensors as it moves from the attention half to the MLP half and the adapters
-    part: list = field(default_factory=lambda: ["attention"])
 
     def fp8(self, n: float) -> int:
         """Bytes of the FP8 (FP4) copy TE saves of a linear input of ``n`` values
@@ -253,7 +251,7 @@ class _Block:
         return self.t.seq_len_effective * self.b
 
     def add(self, name: str, n_bytes: float, formula: str) -> None:
-        self.out.append(SavedTensor(name, int(n_bytes), formula, self.part[0]))
+        self.out.append(SavedTensor(name, int(n_bytes), formula))
 
     def seq(self, formula: str) -> str:
         """``formula`` of a tensor outside the TP region: "/t" under sequence parallelism."""

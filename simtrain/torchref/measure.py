@@ -123,8 +123,10 @@ def measure_step(
     steps: int = 2,
     warmup: int = 1,
     threads: int | None = None,
+    file: str | None = None,
 ) -> MeasuredStep:
-    """Train the reference model on random tokens and measure one step exactly.
+    """Train the reference model on random tokens and measure one step exactly (``file``: the
+    scenario's, named by an error about one of its keys).
 
     Runs ``warmup`` (at least one) warm-up steps (the first creates the optimizer state), one
     instrumented step (saved tensors, gradients, storage-level peak; CUDA:
@@ -135,48 +137,41 @@ def measure_step(
     if PRECISIONS[training.precision].fp8_recipe:
         # The reference model has no FP8 kernels (Transformer Engine / torchao): measuring it
         # would run a 16-bit step and report it under an FP8 name.
-        raise ConfigError(None, "training.precision", "simtrain measure has no FP8 kernels: "
+        raise ConfigError(file, "training.precision", "simtrain measure has no FP8 kernels: "
                           "measure a 16-bit or fp32 precision", training.precision)  # fmt: skip
     if training.recompute_modules not in ((), ("core_attn",)):
         # The reference model's selective recompute is the attention core's (Korthikanti).
-        raise ConfigError(None, "training.recompute_modules", "simtrain measure's reference "
+        raise ConfigError(file, "training.recompute_modules", "simtrain measure's reference "
                           "model recomputes the attention core only: measure recompute_modules "
                           "[core_attn]", ", ".join(training.recompute_modules))  # fmt: skip
     for key, value in training.changed_storage()[:1]:
         # The reference trainer keeps torch's fp32 states and the precision's master copy.
-        raise ConfigError(None, f"training.{key}", "simtrain measure's trainer keeps fp32 "
+        raise ConfigError(file, f"training.{key}", "simtrain measure's trainer keeps fp32 "
                           "optimizer states and the precision's master copy: measure "
                           "optimizer_state_dtype fp32, master_weights precision", value)  # fmt: skip
     unbuilt = reference_lacks(spec)
     if unbuilt is not None:
         key, what, instead = unbuilt
-        raise ConfigError(None, key, f"simtrain measure's reference model has no {what}: "
+        raise ConfigError(file, key, f"simtrain measure's reference model has no {what}: "
                           f"measure {instead}", getattr(spec, key.removeprefix("model.")))  # fmt: skip
-    _check_device(device, training)
+    _check_device(device, training, file)
     if spec.positions == "rotary" and spec.rotary_dims % 2:
         # rotate_half pairs the rotated channels: an odd width has one left over
-        raise ConfigError(None, "model.head_size", "simtrain measure's rotary embedding rotates "
+        raise ConfigError(file, "model.head_size", "simtrain measure's rotary embedding rotates "
                           "channel pairs: the rotated width (head size x rotary_fraction) must "
                           "be even", spec.rotary_dims)  # fmt: skip
     with torch_threads(threads):
         try:
             return _measure_step(spec, training, batch, device, seed, steps, warmup)
-        except ValueError as exc:
-            if "leaves no trainable parameter" not in str(exc):
-                raise
-            raise ConfigError(
-                None,
-                "training.peft.target_modules",
-                f"{exc}: name modules the model has",
-                ", ".join(training.peft.target_modules),
-            ) from None
+        except ConfigError as exc:  # (the reference model's: name the scenario's file)
+            raise exc.blaming(file) from None
 
 
 #: The devices ``simtrain measure`` runs on.
 DEVICES = ("cpu", "cuda")
 
 
-def _check_device(device: str, training: TrainingSpec) -> None:
+def _check_device(device: str, training: TrainingSpec, file: str | None = None) -> None:
     """``device`` is cpu or cuda (cuda:N), available, and runs the optimizer: a ConfigError
     naming ``--device`` (or the optimizer) otherwise, before a model is built (a fuzz campaign:
     each was a torch traceback)."""
@@ -187,9 +182,9 @@ def _check_device(device: str, training: TrainingSpec) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(None, "--device", "no CUDA device here (torch.cuda.is_available() is "
                           "False)", device, "cpu")  # fmt: skip
-    if kind == "cpu" and training.optimizer == "adam8bit":
-        raise ConfigError(None, "training.optimizer", "adam8bit needs bitsandbytes on CUDA: "
-                          "measure it with --device cuda, or another optimizer", "adam8bit")  # fmt: skip
+    if training.optimizer == "adam8bit":  # (the trainer has no bitsandbytes path on any device)
+        raise ConfigError(file, "training.optimizer", "simtrain measure's trainer has no "
+                          "bitsandbytes optimizer: measure another optimizer", "adam8bit")  # fmt: skip
 
 
 def reference_lacks(spec: ModelSpec) -> tuple[str, str, str] | None:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from simtrain.errors import ConfigError
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.scenario import TrainingSpec
 from simtrain.torchref.layers import (
@@ -441,5 +442,9 @@ def build_reference_model(spec: ModelSpec, training: TrainingSpec) -> nn.Module:
         p.requires_grad_(_trainable(name, method))
         trainable += p.numel() if p.requires_grad else 0
     if trainable == 0:
-        raise ValueError(f"PEFT method {method!r} leaves no trainable parameter in this model")
+        lora = method in ("lora", "qlora")  # (else bitfit on a model without biases, ...)
+        raise ConfigError(None, "training.peft.target_modules" if lora else "training.peft.method",
+                          f"PEFT method {method!r} leaves no trainable parameter in this model"
+                          + (": name modules it has" if lora else ""),
+                          ", ".join(peft.target_modules) if lora else method)  # fmt: skip
     return model.train()

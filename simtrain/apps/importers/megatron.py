@@ -798,21 +798,32 @@ def parse_layout(text: str) -> list[str]:
     ``|``), in virtual-stage order (stage ``j·pp + r``: chunk j of pipeline rank r).
     ``"Et*2|(tt|)*2,mL"`` -> ``["Ett", "tt", "tt", "mL"]``."""
     t = text.strip().strip("'\"").replace(",", "")
-    t = re.sub(r"\(([^)]+)\)\*([0-9]+)", lambda x: x.group(1) * _repeat(x.group(2)), t)
-    t = re.sub(r"(.)\*([0-9]+)", lambda x: x.group(1) * _repeat(x.group(2)), t)
+    t = re.sub(r"\(([^)]+)\)\*([0-9]+)", lambda x: _unroll(x.group(1), x.group(2)), t)
+    t = re.sub(r"(.)\*([0-9]+)", lambda x: _unroll(x.group(1), x.group(2)), t)
+    if len(t) > MAX_LAYOUT_CHARS:
+        raise ValueError(f"unrolls to {len(t):,} characters (at most {MAX_LAYOUT_CHARS:,})")
     return t.split("|")
 
 
 #: The largest repeat count a layout string may unroll (a fuzz campaign: "Et*999999999999|L"
-#: ran out of memory building the string): past any model's layers (spec: at most 1,024).
-MAX_LAYOUT_REPEAT = 4096
+#: ran out of memory building the string): 4x the most layers a model may have
+#: (spec.limits INT_RANGES["model.layers"], 1,024), room for MTP and separators.
+MAX_LAYOUT_REPEAT = 4 * LIMIT["model.layers"]
 
 
-def _repeat(count: str) -> int:
-    """A layout's ``*n``: n, or ValueError past :data:`MAX_LAYOUT_REPEAT`."""
-    if len(count) > 6 or int(count) > MAX_LAYOUT_REPEAT:
+#: The longest string a layout may unroll to: every stage's layers, each a character, with
+#: room for separators; a nested (t*4096)*4096 is refused before it is built.
+MAX_LAYOUT_CHARS = 4 * MAX_LAYOUT_REPEAT
+
+
+def _unroll(unit: str, count: str) -> str:
+    """``unit`` x ``count``, or ValueError past :data:`MAX_LAYOUT_REPEAT` or where the result
+    would pass :data:`MAX_LAYOUT_CHARS`."""
+    if len(count) > 4 or int(count) > MAX_LAYOUT_REPEAT:
         raise ValueError(f"a repeat count of {count[:12]} (at most {MAX_LAYOUT_REPEAT})")
-    return int(count)
+    if len(unit) * int(count) > MAX_LAYOUT_CHARS:
+        raise ValueError(f"unrolls past {MAX_LAYOUT_CHARS:,} characters")
+    return unit * int(count)
 
 
 def layout_string(counts: list[int]) -> str:
