@@ -84,10 +84,10 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     # (5,000 lines, 78 KB: past 60 s; a fuzz campaign)
     pending = ""
     for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
-        # (an array's lines take the normal path: a comment line ending in a backslash must be
-        # dropped, not joined to the next flag)
         quiet = "'" not in raw and '"' not in raw
-        if pending == "quote" and quiet:
+        if pending == "array" and quiet and raw.lstrip().startswith("#"):
+            continue  # a comment in an array ends at its line, a backslash and all (bash)
+        if pending and quiet and (pending == "quote" or ")" not in raw):
             buf += raw[:-1] + " " if raw.endswith("\\") else raw + "\n"
             continue
         if raw.lstrip().startswith("#") and not _open_quote(buf):
