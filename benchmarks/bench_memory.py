@@ -3,8 +3,10 @@
 The planner screens thousands of layouts through it, and a runtime whose reserved figure holds
 the row-parallel outputs pending their NCCL reduce-scatter (``nccl_record_streams``: the
 Playbook sweep's nanotron) reads each chunk's host and GPU times there too
-(``costs.chunk_time``). Prints, for each shipped scenario (and nanotron_playbook_polling again
-with that key off), the best of ``--repeats`` timings of ``--n`` calls, in ms per call: warm
+(``costs.chunk_time``), and one whose reserved figure holds the caching allocator's
+fragmentation (``allocator_replay``) replays the rank's allocations of three steps
+(``costs.fragmentation``). Prints, for each shipped scenario (and nanotron_playbook_polling again
+with each of those keys off), the best of ``--repeats`` timings of ``--n`` calls, in ms per call: warm
 (the same scenario again, everything simtrain memoises cached) and cold
 (``apps.caches.clear_caches`` before each call: a planner's next, unseen layout).
 
@@ -48,6 +50,8 @@ def main() -> None:
     polling = ROOT / "scenarios" / "nanotron_playbook_polling.yaml"
     cases.append((f"{polling.stem}, nccl_record_streams false",
                   load_scenario(polling, ["runtime.nccl_record_streams=false"])))  # fmt: skip
+    cases.append((f"{polling.stem}, allocator_replay false",
+                  load_scenario(polling, ["runtime.allocator_replay=false"])))  # fmt: skip
     width = max(len(name) for name, _ in cases)
     print(f"{'scenario':<{width}}  ms per estimate_memory call, warm / cold "
           f"(best of {args.repeats} x {args.n})")  # fmt: skip

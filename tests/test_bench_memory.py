@@ -1,5 +1,6 @@
 """benchmarks/bench_memory.py runs and prints a warm and a cold time for every shipped scenario,
-and for nanotron_playbook_polling with the pending reduce-scatter term off (its speed is
+and for nanotron_playbook_polling with the pending reduce-scatter term and the allocator replay
+each off (its speed is
 measured there, never asserted here: no test may assert on wall time)."""
 
 from __future__ import annotations
@@ -25,4 +26,5 @@ def test_it_prints_every_scenario_warm_and_cold(capsys, monkeypatch) -> None:
     names = {m.group(1) for m in rows}
     assert {p.stem for p in (ROOT / "scenarios").glob("*.yaml")} <= names
     assert "nanotron_playbook_polling, nccl_record_streams false" in names
+    assert "nanotron_playbook_polling, allocator_replay false" in names
     assert all(float(m.group(2)) > 0 and float(m.group(3)) > 0 for m in rows)

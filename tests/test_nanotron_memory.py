@@ -343,14 +343,17 @@ def _with_runtime(runtime: object, seq_len: int = 4096, **par) -> object:
 # SwiGLU 3 h ffn and two RMSNorm weights, the final norm.
 H, FFN, V, L = 2048, 8192, 131072, 16
 N_1B = V * H + L * (4 * H * H + 3 * H * FFN + 2 * H) + H
+#: nanotron without the caching allocator's replay (costs.fragmentation), for tests of one term
+NO_REPLAY = {"name": "nanotron", "allocator_replay": False}
 
 
 def test_ddp_bucket_gradients_are_two_bytes_per_parameter_when_data_parallel() -> None:
     """torch DDP's Reducer allocates every bucket's flat gradient tensor in the parameters'
     dtype (reducer.cpp Reducer::initialize_buckets), which nanotron wraps when dp > 1
     (trainer.py make_ddp): 2 B x N of buffers more, unsharded by ZeRO-1; none at dp = 1."""
-    on = _with_runtime("nanotron", dp=8, zero_stage=1)
-    off = _with_runtime({"name": "nanotron", "ddp_grad_buckets": False}, dp=8, zero_stage=1)
+    # (the allocator replay off: its fragmentation depends on the buffers' order)
+    on = _with_runtime(NO_REPLAY, dp=8, zero_stage=1)
+    off = _with_runtime({**NO_REPLAY, "ddp_grad_buckets": False}, dp=8, zero_stage=1)
     a, b = estimate_memory(on).stages[0], estimate_memory(off).stages[0]
     assert a.params == N_1B
     assert a.category("buffers") - b.category("buffers") == 2 * N_1B
@@ -420,9 +423,9 @@ def test_bf16_gradients_are_freed_after_every_micro_batch() -> None:
     """FP32GradientAccumulator adds each bf16 .grad into the fp32 buffer after the backward and
     sets it to None (gradient_accumulator.py l.206-226): at a forward's peak only the fp32
     buffer (4 B/param) is there; the bf16 gradients (2 B/param) only at a backward's end."""
-    on = estimate_memory(_with_runtime("nanotron", dp=8, zero_stage=1)).stages[0]
+    on = estimate_memory(_with_runtime(NO_REPLAY, dp=8, zero_stage=1)).stages[0]
     off = estimate_memory(
-        _with_runtime({"name": "nanotron", "grads_freed_per_microbatch": False}, dp=8, zero_stage=1)
+        _with_runtime({**NO_REPLAY, "grads_freed_per_microbatch": False}, dp=8, zero_stage=1)
     ).stages[0]
     assert on.category("gradients") == off.category("gradients") == 6 * N_1B
     assert dict(on.peak_memory_bytes_by_category)["gradients"] == 4 * N_1B
@@ -435,3 +438,24 @@ def test_bf16_gradients_are_freed_after_every_micro_batch() -> None:
     st = estimate_memory(short).stages[0]
     at = dict(st.peak_memory_bytes_by_category)
     assert at["gradients"] == 6 * N_1B and at["activations"] == 0
+
+
+def test_allocator_replay_adds_its_fragmentation_to_the_reserved_peak() -> None:
+    """The reserved figure (nanotron's 'Mem Res') holds what the caching allocator fragments
+    (runtime allocator_replay, costs.fragmentation): the replay's cache beyond its allocated
+    peak joins buffers and the peak, and nothing else moves; the step's allocated figure and
+    an 'allocated' memory figure have none."""
+    for par in ({"dp": 8, "zero_stage": 1}, {"tp": 4, "sequence_parallel": True}):
+        on = estimate_memory(_with_runtime("nanotron", **par)).stages[0]
+        off = estimate_memory(_with_runtime(NO_REPLAY, **par)).stages[0]
+        assert on.fragmentation_bytes > 0
+        assert on.peak_memory_bytes - off.peak_memory_bytes == on.fragmentation_bytes
+        assert on.category("buffers") - off.category("buffers") == on.fragmentation_bytes
+        assert on.step_memory_bytes == off.step_memory_bytes
+        # at most what the GPU leaves
+        assert on.peak_memory_bytes <= max(on.capacity_bytes, off.peak_memory_bytes)
+    alloc = {"name": "nanotron", "memory_reported": "allocated"}
+    assert estimate_memory(_with_runtime(alloc)).stages[0].fragmentation_bytes == 0
+    # ZeRO-3's gathers are not in the replay's order: none
+    z3 = estimate_memory(_with_runtime("nanotron", dp=8, zero_stage=3)).stages[0]
+    assert z3.fragmentation_bytes == 0

@@ -29,7 +29,9 @@ ROW_OUTPUT = 1 * 4096 * 2048 * 2  # b x s x h in bf16: 16,777,216 B
 
 def _scenario(tp: int = 8, pp: int = 1, sp: bool = True, micro: int = 8, mb: int = 1,
               **runtime):  # fmt: skip
-    rt = {"name": "nanotron", "host_us_per_op": 0.0, "nccl_record_streams": True, **runtime}
+    # (the allocator replay off: these tests isolate the pending outputs)
+    rt = {"name": "nanotron", "host_us_per_op": 0.0, "nccl_record_streams": True,
+          "allocator_replay": False, **runtime}  # fmt: skip
     return parse_scenario({
         "name": "rs", "model": PLAYBOOK_1B, "hardware": "h100_sxm5_80gb", "runtime": rt,
         "cluster": {"nodes": 1, "gpus_per_node": tp * pp},

@@ -103,19 +103,21 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
 
 def test_peak_memory(result) -> None:
     """Issue targets: peak-memory MAPE <= 15 % where the source reports memory (issue 12), <= 10 %
-    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.1 %. nanotron: 11.4 % (median
-    -8.1 %; 11.6 %, -8.6 % before the block backward's MLP temporaries were counted,
-    costs.activations.mlp_backward_working_bytes), MISSES the <= 10 %. Its 'GB' is
+    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.1 %. nanotron: 9.9 % (median
+    -4.1 %), meets the <= 10 % by a hair (11.4 %, -8.1 % before the caching allocator's replay;
+    11.6 %, -8.6 % before the block backward's MLP temporaries were counted,
+    costs.activations.mlp_backward_working_bytes). Its 'GB' is
     max_memory_reserved / 1024**3 of world rank 0
     (pipeline stage 0; the sweep's CSV): simtrain's allocated peak plus the row-parallel outputs
     held back behind their pending NCCL reduce-scatter (runtime nccl_record_streams,
-    costs.memory.pending_reduce_scatter_bytes; runtimes/nanotron.yaml [rstr]); the rest of the
-    caching allocator's excess is not modelled (pp > 1 rows still -10 % median). Pinned where
-    it stands (the history is in runtimes/nanotron.yaml [gap], [loss], [rstr])."""
+    costs.memory.pending_reduce_scatter_bytes; runtimes/nanotron.yaml [rstr]) plus what the
+    caching allocator fragments in a replay of the rank's allocations (runtime
+    allocator_replay, costs.fragmentation; [frag]). Pinned where it stands (the history is in
+    runtimes/nanotron.yaml [gap], [loss], [rstr], [frag])."""
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 230 and 11.3 < nt.mape_pct < 11.5
+    assert nt.n >= 230 and 9.8 < nt.mape_pct < 10.0
 
 
 def test_nanotron_allocated_at_the_step(result) -> None:

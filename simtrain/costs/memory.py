@@ -56,6 +56,7 @@ from simtrain.costs.fp8 import (
     scaling_state_bytes,
     weight_cache_bytes,
 )
+from simtrain.costs.fragmentation import StageAllocations, fragmentation_bytes
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -80,7 +81,7 @@ from simtrain.costs.params import (
     trainable_params,
     zero_shard,
 )
-from simtrain.layout.step import ResolvedStep, resolve
+from simtrain.layout.step import ResolvedStep, rank_schedule, resolve
 from simtrain.schedules import stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.hardware import HardwareProfile
@@ -201,6 +202,10 @@ class StageMemory:
     # own cudaMalloc'ed buffers. A peak-allocated figure whose counter is reset after the
     # forward / backward sees this (nanotron's sweep: 'Mem Alloc (GB)').
     step_memory_bytes: int = 0
+    # What PyTorch's caching allocator reserves beyond the allocated peak in a replay of the
+    # rank's allocations (runtime ``allocator_replay``, :func:`stage_allocations`), at most
+    # what the capacity leaves: within buffers and ``peak_memory_bytes``; 0 otherwise.
+    fragmentation_bytes: int = 0
 
     @property
     def allocator_buffer_growth_bytes(self) -> int:
@@ -985,9 +990,21 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         accum = accumulation_times(sc, step, stage, ms.trainable) if freed_b else (0, 0)
         pending = _within_capacity(pending_reduce_scatter_bytes(sc, step, stage, accum), hw, peak)
     peak += pending
-    at_peak["buffers"] += pool + pending
-    cats["buffers"] += pool + pending
-    buffers += pool + pending
+    # What the caching allocator fragments, in a reserved figure (runtime allocator_replay)
+    frag = 0
+    if (
+        sc.runtime.allocator_replay
+        and sc.runtime.memory_reported != "allocated"
+        and not (pageable or cached or role)
+    ):
+        alloc = stage_allocations(sc, step, stage, tensors, states, act, opt_ws, freed)
+        if alloc is not None:
+            room = hw.memory_bytes - hw.cuda_context_bytes - nccl_b
+            frag = _within_capacity(fragmentation_bytes(alloc, room), hw, peak)
+    peak += frag
+    at_peak["buffers"] += pool + pending + frag
+    cats["buffers"] += pool + pending + frag
+    buffers += pool + pending + frag
     breakdown = StageBreakdown(
         n_layers=n_layers, first=any(c.embedding for c in mine),
         last=any(c.head for c in mine), states=ms, host_bytes=host,
@@ -1042,6 +1059,7 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         gather_pool_bytes=pool,
         pending_collective_bytes=pending,
         step_memory_bytes=step_b,
+        fragmentation_bytes=frag,
     )
 
 
@@ -1570,6 +1588,67 @@ def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:
     """The part of a stage's gradients that exists for the whole step even when the 16-bit
     gradients are transient: an fp32 accumulation buffer (``bf16_fp32_grads``)."""
     return trainable * step.precision.grad_accum
+
+
+def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: list[ParamTensor],
+                      states: dict[str, int], act: _Activations, opt_ws: int,
+                      grads_freed: bool) -> StageAllocations | None:  # fmt: skip
+    """The rank's tensors for the allocator replay (:mod:`simtrain.costs.fragmentation`): its
+    parameter tensors; at start-up its persistent gradient buffer (one flat tensor: nanotron's
+    contiguous fp32 buffer), master weights (each tensor's share), DDP's buckets and cached
+    gather buffers; per micro-batch each block's saved tensors, what the embedding / head save
+    and the loss working memory; the blocks' 16-bit gradients; the optimizer's states (each
+    tensor's two shares) and its step working memory. None where the replay's order does not
+    hold: more than one chunk on the rank, a schedule with split backward actions, routed
+    experts, or ZeRO-2/3 and FSDP (sharded gradients; gathers per block, not in the order)."""
+    mine = step.rank_chunk_ids(stage)
+    if len(mine) != 1 or sc.model.is_moe or sc.parallelism.zero_stage >= 2:
+        return None
+    (cid,) = mine
+    ch = step.chunks[cid]
+    p, prec = sc.parallelism, step.precision
+    actions = rank_schedule(step.schedule_name, p.pp, min(step.microbatches, 2 * p.pp + 2),
+                            step.v, stage, step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
+    kinds = tuple(a.kind for a in actions if a.kind != "OPT")
+    if set(kinds) - {"F", "B"}:
+        return None
+    n_layers = ch.layers
+    layer = layer_param_tensors(sc.model, sc.training, p.tp, ep=p.ep, etp=p.etp) if n_layers else []
+    ends = tensors[len(layer) :]
+    numel = sum(t.numel for t in layer) * n_layers + sum(t.numel for t in ends)
+
+    def share(total: int, t: ParamTensor) -> int:  # a tensor's part of a category's bytes
+        return total * t.numel // numel if numel else 0
+
+    order = [t for _ in range(n_layers) for t in layer] + list(ends)
+    grad_b = prec.grad if prec.grad else prec.param
+    persistent_grads = persistent_gradient_bytes(step, sum(t.numel for t in order if t.trainable))
+    bucket = max(1, int(sc.parallelism.bucket_mb * 1e6))
+    ddp = ddp_bucket_bytes(sc, step, sum(t.numel for t in order if t.trainable))
+    persistent = (
+        *((persistent_grads,) if persistent_grads else ()),
+        *(share(states["master_weights"], t) for t in order if states["master_weights"]),
+        *((bucket,) * (ddp // bucket) + ((ddp % bucket,) if ddp % bucket else ())),
+        *((step.boundary_bytes,) * (tp_gather_buffer_bytes(sc, step) // step.boundary_bytes)
+          if tp_gather_buffer_bytes(sc, step) else ()),
+    )  # fmt: skip
+    per_layer_saved = tuple(t.bytes for t in act.saved)
+    end_saved = max(0, act.chunk_bytes[cid] - n_layers * sum(per_layer_saved))
+    return StageAllocations(
+        parameters=tuple(t.numel * prec.param for t in order),
+        persistent=tuple(b for b in persistent if b > 0),
+        layers=n_layers,
+        layer_saved=per_layer_saved,
+        layer_gradients=tuple(t.numel * grad_b for t in layer if t.trainable),
+        end_saved=end_saved,
+        end_gradients=tuple(t.numel * grad_b for t in ends if t.trainable),
+        loss=act.loss_bytes.get(cid, 0),
+        gradients_per_microbatch=grads_freed,
+        optimizer_states=tuple(b for t in order for b in (share(states["optimizer_states"], t),) * 2
+                               if b > 0 and t.trainable),
+        step_working=(opt_ws,) if opt_ws else (),
+        actions=kinds,
+    )  # fmt: skip
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:

@@ -311,6 +311,11 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
                      f"{sc.runtime.memory_reported} figure) = {_gb(sm.pending_collective_bytes)} "
                      "of buffers: freed by the host ahead of the GPU, held by the allocator until "
                      "the collective has run (c10d recordStream), then kept in its cache")  # fmt: skip
+    if sm.fragmentation_bytes:
+        lines.append(f"  caching allocator fragmentation (a {sc.runtime.memory_reported} figure) = "
+                     f"{_gb(sm.fragmentation_bytes)} of buffers: what the allocator reserves "
+                     "beyond the allocated peak when the rank's allocations of three steps are "
+                     "replayed through its rules (costs.fragmentation)")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
                      f"{_gb(b.naive_dp_gather_bytes)} of buffers")  # fmt: skip

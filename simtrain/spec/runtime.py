@@ -208,6 +208,14 @@ class RuntimeProfile:
     # memory figure holds the sequence-parallel reduce-scatters' row-parallel outputs the host
     # freed ahead of the GPU (costs.memory.pending_reduce_scatter_bytes).
     nccl_record_streams: bool = False
+    # A reserved or device-level memory figure (``memory_reported``) holds what PyTorch's
+    # caching allocator fragments: the rank's allocations and frees, in the framework's order,
+    # replayed through the allocator's rules (costs.fragmentation, costs.caching_allocator),
+    # add what it reserves beyond their allocated peak. Set for a framework whose order
+    # costs.fragmentation.stage_allocation_events follows (one chunk per rank, forward and
+    # backward actions); the other cached blocks a runtime models (nccl_record_streams'
+    # pending outputs, FSDP2's pool, flat step buffers) are counted apart.
+    allocator_replay: bool = False
     # Under a pipeline schedule the sharded data parallelism (ZeRO-2/3, FSDP2) reduces the
     # gradients once, after the last micro-batch, and holds each parameter's whole (unsharded)
     # gradient until then, in the reduction's dtype (``grad_reduce_dtype``):

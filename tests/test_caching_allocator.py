@@ -1,0 +1,190 @@
+"""The caching allocator replay against the rules of c10/cuda/CUDACachingAllocator.cpp, each
+case worked out by hand from them, and the fragmentation replay's invariants."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtrain.costs.caching_allocator import (
+    AllocatorOutOfMemory,
+    CachingAllocator,
+    replay,
+    round_size,
+    segment_size,
+)
+from simtrain.costs.fragmentation import STEPS, StageAllocations, stage_allocation_events
+
+MIB = 1 << 20
+
+
+def test_round_size_is_512_multiples():
+    assert round_size(1) == 512
+    assert round_size(512) == 512
+    assert round_size(513) == 1024
+    assert round_size(10 * MIB + 1) == 10 * MIB + 512
+
+
+def test_segment_sizes():
+    """kSmallBuffer for <= 1 MiB, kLargeBuffer for < 10 MiB, else rounded up to 2 MiB."""
+    assert segment_size(512) == 2 * MIB
+    assert segment_size(MIB) == 2 * MIB
+    assert segment_size(MIB + 512) == 20 * MIB
+    assert segment_size(10 * MIB - 512) == 20 * MIB
+    assert segment_size(10 * MIB) == 10 * MIB
+    assert segment_size(11 * MIB) == 12 * MIB
+
+
+def test_small_requests_share_a_2mib_segment():
+    a = CachingAllocator()
+    for _ in range(4):
+        a.malloc(512 * 1024)  # four 0.5 MiB requests fill one 2 MiB segment
+    assert a.reserved_bytes == 2 * MIB
+    a.malloc(1)
+    assert a.reserved_bytes == 4 * MIB
+
+
+def test_mid_requests_split_a_20mib_segment():
+    """Requests of 1-10 MiB are carved from 20 MiB segments: four of 5 MiB take one."""
+    a = CachingAllocator()
+    for _ in range(4):
+        a.malloc(5 * MIB)
+    assert a.reserved_bytes == 20 * MIB
+    assert a.allocated_bytes == 20 * MIB
+
+
+def test_large_pool_keeps_a_remainder_of_1mib_unsplit():
+    """should_split: the large pool splits only when more than 1 MiB would be left, so a
+    12 MiB block serving an 11.5 MiB request stays whole (0.5 MiB left inside it)."""
+    a = CachingAllocator()
+    h = a.malloc(12 * MIB)
+    a.free(h)
+    a.malloc(11 * MIB + 512 * 1024)
+    assert a.allocated_bytes == 12 * MIB
+    assert a.reserved_bytes == 12 * MIB
+
+
+def test_fragmentation_from_a_split_block():
+    """The allocator's classic case: a freed 100 MiB block serves a 10 MiB request (best fit,
+    split), and the 100 MiB request after it no longer fits in the 90 MiB left: a new
+    segment, 200 MiB reserved for 110 MiB allocated."""
+    a = CachingAllocator()
+    a.free(a.malloc(100 * MIB))
+    a.malloc(10 * MIB)
+    a.malloc(100 * MIB)
+    assert a.reserved_bytes == 200 * MIB
+    assert a.allocated_bytes == 110 * MIB
+
+
+def test_best_fit_takes_the_smallest_block_that_holds_the_request():
+    a = CachingAllocator()
+    big, small = a.malloc(100 * MIB), a.malloc(30 * MIB)
+    a.free(big)
+    a.free(small)
+    a.malloc(20 * MIB)  # from the 30 MiB block
+    a.malloc(100 * MIB)  # the 100 MiB block is still whole
+    assert a.reserved_bytes == 130 * MIB
+
+
+def test_freed_neighbours_merge():
+    """Three blocks split from one segment, freed in any order, merge back into it: a request
+    of the whole segment then needs no new one."""
+    a = CachingAllocator()
+    a.free(a.malloc(60 * MIB))
+    hs = [a.malloc(20 * MIB) for _ in range(3)]
+    assert a.reserved_bytes == 60 * MIB
+    for h in (hs[0], hs[2], hs[1]):
+        a.free(h)
+    a.malloc(60 * MIB)
+    assert a.reserved_bytes == 60 * MIB
+
+
+def test_out_of_memory_releases_free_segments_first():
+    a = CachingAllocator(capacity_bytes=100 * MIB)
+    a.free(a.malloc(60 * MIB))
+    a.malloc(80 * MIB)  # 60 + 80 > 100: the free 60 MiB segment goes back, then it fits
+    assert a.reserved_bytes == 80 * MIB
+    with pytest.raises(AllocatorOutOfMemory):
+        a.malloc(30 * MIB)
+
+
+def test_double_free_is_refused():
+    a = CachingAllocator()
+    h = a.malloc(MIB)
+    a.free(h)
+    with pytest.raises(ValueError, match="twice"):
+        a.free(h)
+
+
+def test_replay_peaks_after_reset():
+    events = [("alloc", 40 * MIB), ("free", 0), ("reset", 0), ("alloc", 10 * MIB)]
+    peaks = replay(events)
+    assert peaks.reserved_bytes == 40 * MIB  # the segment stays reserved
+    assert peaks.allocated_bytes == 10 * MIB
+    assert peaks.cache_bytes == 30 * MIB
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 64 * MIB)), max_size=60))
+def test_reserved_covers_allocated_and_frees_restore(ops):
+    """Invariants: allocated <= reserved at every point; each block is at least the request;
+    freeing everything leaves 0 allocated and every cached block whole again (one per
+    segment, so a request of a segment's size needs no new segment)."""
+    a = CachingAllocator()
+    live = []
+    for do_free, n in ops:
+        if do_free and live:
+            a.free(live.pop(n % len(live)))
+        else:
+            live.append(a.malloc(n))
+        assert 0 <= a.allocated_bytes <= a.reserved_bytes
+    for h in live:
+        a.free(h)
+    assert a.allocated_bytes == 0
+    assert sorted(s for p in a._pools.values() for s, _ in p) == sorted(
+        b.size for b in a._blocks.values()
+    )
+    assert all(b.prev is None and b.next is None for b in a._blocks.values())
+
+
+def _stage(**kw):
+    base = dict(parameters=(64 * MIB, 64 * MIB), persistent=(256 * MIB,), layers=2,
+                layer_saved=(16 * MIB, 48 * MIB, 8 * MIB), layer_gradients=(64 * MIB,),
+                end_saved=32 * MIB, end_gradients=(), loss=40 * MIB,
+                gradients_per_microbatch=True, optimizer_states=(128 * MIB,) * 2,
+                step_working=(96 * MIB,), actions=("F", "F", "B", "F", "B", "B"))  # fmt: skip
+    base.update(kw)
+    return StageAllocations(**base)
+
+
+def test_stage_events_balance():
+    """Every allocation of a step is freed by its end but the start-up tensors, the optimizer
+    states and (gradients kept) the gradients made once."""
+    for per_mb in (True, False):
+        a = _stage(gradients_per_microbatch=per_mb)
+        events = list(stage_allocation_events(a))
+        allocs = [e for e in events if e[0] == "alloc"]
+        frees = {e[1] for e in events if e[0] == "free"}
+        assert len(frees) == sum(1 for e in events if e[0] == "free")  # each freed once
+        kept = len(allocs) - len(frees)
+        grads = 0 if per_mb else a.layers * len(a.layer_gradients)
+        assert kept == len(a.parameters) + len(a.persistent) + len(a.optimizer_states) + grads
+        assert sum(1 for e in events if e[0] == "reset") == 1
+        micro = sum(1 for x in a.actions if x == "F")
+        per_forward = a.layers * len(a.layer_saved) + 2  # + the end's saved, the loss
+        forwards = sum(1 for e in allocs if e[1] == a.loss)
+        assert forwards == STEPS * micro
+        assert len(allocs) >= STEPS * micro * per_forward
+
+
+def test_stage_replay_holds_the_walk_peak():
+    """The replay's allocated peak is the start-up tensors, the optimizer states and two
+    micro-batches in flight (the 1F1B order above) with one block's gradients at the
+    backward's fullest: a bound from below, from the sum of its parts."""
+    a = _stage()
+    peaks = replay(stage_allocation_events(a))
+    start = sum(a.parameters) + sum(a.persistent) + sum(a.optimizer_states)
+    micro = a.layers * sum(a.layer_saved) + a.end_saved
+    assert peaks.allocated_bytes >= start + 2 * micro
+    assert peaks.reserved_bytes >= peaks.allocated_bytes
