@@ -89,22 +89,24 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
     95.3 % of 422 with the layouts whose fp32 cast and loss sit on stages of their own
     (2026-12-06: StageBlocks.tail; 25 more that ran, 4 more that ran out of memory); 95.0 %
     (401) since the block backward's MLP temporaries (2026-12-07): usp_8B_n4_dp4_tp1_pp8_mbs2_ga32,
-    which ran at 77.1 GiB reserved and was predicted at 79.13 of 79.19 GiB, is now over."""
+    which ran at 77.1 GiB reserved and was predicted at 79.13 of 79.19 GiB, is now over; 95.5 %
+    (403 of 422) since a replay of the caching allocator that runs out of memory is a step that does
+    not fit (runtime allocator_replay, costs.fragmentation.replay_stage; 2026-12-07)."""
     s = _summary(result, "nanotron", "fits")
     assert s.n >= 390  # the runs that completed and those that ran out of memory
-    assert s.share_correct >= 0.95
+    assert s.share_correct >= 0.954  # 403 of 422
     # runs that crashed for another reason: no fit verdict, the share predicted not to fit
-    # reported apart (17 of 34; 19 before nanotron's own loss, cross_entropy sharded, whose
-    # peak is 4 B a logit below the standard loss's)
+    # reported apart (18 of 34, 17 before the allocator replay's verdict; 19 before nanotron's
+    # own loss, cross_entropy sharded, whose peak is 4 B a logit below the standard loss's)
     crash = _summary(result, "nanotron", "crash_or_oom")
     assert crash.n == 34
-    assert round(crash.share_correct * crash.n) == 17
+    assert round(crash.share_correct * crash.n) == 18
 
 
 def test_peak_memory(result) -> None:
     """Issue targets: peak-memory MAPE <= 15 % where the source reports memory (issue 12), <= 10 %
-    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.1 %. nanotron: 9.9 % (median
-    -4.1 %), meets the <= 10 % by a hair (11.4 %, -8.1 % before the caching allocator's replay;
+    for nanotron (issue 13). HF Transformers' single-GPU rows: 9.1 %. nanotron: 9.6 % (median
+    -3.5 %), meets the <= 10 % (11.4 %, -8.1 % before the caching allocator's replay;
     11.6 %, -8.6 % before the block backward's MLP temporaries were counted,
     costs.activations.mlp_backward_working_bytes). Its 'GB' is
     max_memory_reserved / 1024**3 of world rank 0
@@ -117,7 +119,7 @@ def test_peak_memory(result) -> None:
     hf = _summary(result, "hf_transformers", "peak_memory_bytes")
     assert hf.n == 9 and hf.mape_pct <= 15.0
     nt = _summary(result, "nanotron", "peak_memory_bytes")
-    assert nt.n >= 230 and 9.8 < nt.mape_pct < 10.0
+    assert nt.n >= 230 and 9.5 < nt.mape_pct < 9.7
 
 
 def test_nanotron_allocated_at_the_step(result) -> None:

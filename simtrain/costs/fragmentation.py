@@ -20,7 +20,9 @@ The order (:func:`stage_allocation_events`), from the workload's own tensors:
 The peaks are those of the last of :data:`STEPS` steps (a framework logs a later step: the
 allocator's cache then holds what the first steps left). What the replay reserves beyond its
 own allocated peak (:attr:`~simtrain.costs.caching_allocator.ReplayPeaks.cache_bytes`) is the
-fragmentation a reserved memory figure adds to the allocated model's peak.
+fragmentation a reserved memory figure adds to the allocated model's peak; a replay that runs
+out of the device's memory, after the allocator has released what it can, is a step that does
+not fit (:func:`replay_stage`).
 """
 
 from __future__ import annotations
@@ -122,11 +124,20 @@ def stage_allocation_events(a: StageAllocations) -> Iterator[tuple[str, int]]:
 
 
 @lru_cache(maxsize=256)
-def fragmentation_bytes(a: StageAllocations, capacity_bytes: int) -> int:
-    """What the allocator reserves beyond the allocated peak in the replay of ``a``'s steps on
-    a device of ``capacity_bytes`` for the allocator; where the replay runs out of memory, all
-    of it (the caller keeps the reserved figure within the GPU)."""
+def replay_stage(a: StageAllocations, allocated_bytes: int, room_bytes: int) -> tuple[int, bool]:
+    """(what the allocator reserves beyond the allocated peak in the replay of ``a``'s steps,
+    whether it runs out of memory). ``allocated_bytes``: the memory model's allocated peak,
+    whose surplus over the replay's own (the backward's working sets, which the replay does
+    not play) is held beside it; ``room_bytes``: the device's memory for the allocator. Near
+    the room the replay runs again within it less that surplus: the allocator releases its
+    free segments and retries before it fails (``release_cached_blocks``), so fragmentation
+    alone does not fail a step that fits, while one whose cache cannot be released does."""
+    free = replay(stage_allocation_events(a))
+    surplus = max(0, allocated_bytes - free.allocated_bytes)
+    if free.reserved_bytes + surplus <= room_bytes:
+        return free.cache_bytes, False
     try:
-        return replay(stage_allocation_events(a), capacity_bytes).cache_bytes
+        replay(stage_allocation_events(a), room_bytes - surplus)
     except AllocatorOutOfMemory:
-        return capacity_bytes
+        return free.cache_bytes, True
+    return free.cache_bytes, False

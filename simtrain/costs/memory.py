@@ -56,7 +56,7 @@ from simtrain.costs.fp8 import (
     scaling_state_bytes,
     weight_cache_bytes,
 )
-from simtrain.costs.fragmentation import StageAllocations, fragmentation_bytes
+from simtrain.costs.fragmentation import StageAllocations, replay_stage
 from simtrain.costs.moe import a2a_bytes, moe_load
 from simtrain.costs.nccl_memory import nccl_buffer_bytes, stage_communicators
 from simtrain.costs.params import (
@@ -204,7 +204,8 @@ class StageMemory:
     step_memory_bytes: int = 0
     # What PyTorch's caching allocator reserves beyond the allocated peak in a replay of the
     # rank's allocations (runtime ``allocator_replay``, :func:`stage_allocations`), at most
-    # what the capacity leaves: within buffers and ``peak_memory_bytes``; 0 otherwise.
+    # what the capacity leaves, or all of it where the replay runs out of the GPU's memory
+    # (the step does not fit): within buffers and ``peak_memory_bytes``; 0 otherwise.
     fragmentation_bytes: int = 0
 
     @property
@@ -1000,7 +1001,10 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         alloc = stage_allocations(sc, step, stage, tensors, states, act, opt_ws, freed)
         if alloc is not None:
             room = hw.memory_bytes - hw.cuda_context_bytes - nccl_b
-            frag = _within_capacity(fragmentation_bytes(alloc, room), hw, peak)
+            frag, oom = replay_stage(alloc, peak - pending - pool - hw.cuda_context_bytes - nccl_b,
+                                     room)  # fmt: skip
+            # a replay that runs out of memory does not fit: all of it, beyond the GPU
+            frag = frag if oom else _within_capacity(frag, hw, peak)
     peak += frag
     at_peak["buffers"] += pool + pending + frag
     cats["buffers"] += pool + pending + frag
@@ -1598,9 +1602,10 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     contiguous fp32 buffer), master weights (each tensor's share), DDP's buckets and cached
     gather buffers; per micro-batch each block's saved tensors, what the embedding / head save
     and the loss working memory; the blocks' 16-bit gradients; the optimizer's states (each
-    tensor's two shares) and its step working memory. None where the replay's order does not
-    hold: more than one chunk on the rank, a schedule with split backward actions, routed
-    experts, or ZeRO-2/3 and FSDP (sharded gradients; gathers per block, not in the order)."""
+    tensor's share, in two halves: Adam's exp_avg and exp_avg_sq) and its step working memory.
+    None where the replay's order does not hold: more than one chunk on the rank, a schedule
+    with split backward actions, routed experts, or ZeRO-2/3 and FSDP (sharded gradients;
+    gathers per block, not in the order)."""
     mine = step.rank_chunk_ids(stage)
     if len(mine) != 1 or sc.model.is_moe or sc.parallelism.zero_stage >= 2:
         return None
@@ -1644,8 +1649,8 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
         end_gradients=tuple(t.numel * grad_b for t in ends if t.trainable),
         loss=act.loss_bytes.get(cid, 0),
         gradients_per_microbatch=grads_freed,
-        optimizer_states=tuple(b for t in order for b in (share(states["optimizer_states"], t),) * 2
-                               if b > 0 and t.trainable),
+        optimizer_states=tuple(b for t in order if t.trainable
+                               for b in (share(states["optimizer_states"], t) // 2,) * 2 if b > 0),
         step_working=(opt_ws,) if opt_ws else (),
         actions=kinds,
     )  # fmt: skip
