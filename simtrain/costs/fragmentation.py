@@ -34,6 +34,8 @@ from functools import lru_cache
 from simtrain.costs.caching_allocator import AllocatorOutOfMemory, replay
 
 #: Steps replayed; the peaks are the last one's (the Ultra-Scale Playbook's sweep logs step 3).
+#: The cache is steady from the second: 2, 3 and 5 steps give the same bytes on 22 of the
+#: Playbook's records (checked 2026-12-07).
 STEPS = 3
 
 

@@ -1612,6 +1612,8 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     (cid,) = mine
     ch = step.chunks[cid]
     p, prec = sc.parallelism, step.precision
+    # 2·pp + 2 micro-batches: the warm-up, the steady state and the drain (the same bytes as
+    # 4·pp + 8 or all of them within 0.01 GiB on 34 of the Playbook's records, checked 2026-12-07)
     actions = rank_schedule(step.schedule_name, p.pp, min(step.microbatches, 2 * p.pp + 2),
                             step.v, stage, step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     kinds = tuple(a.kind for a in actions if a.kind != "OPT")
