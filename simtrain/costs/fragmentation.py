@@ -18,7 +18,7 @@ The order (:func:`stage_allocation_events`), from the workload's own tensors:
    (``torch.optim`` creates them lazily), and its working memory, allocated and freed.
 
 The peaks are those of the last of :data:`STEPS` steps (a framework logs a later step: the
-allocator's cache then holds what the first steps left). What the replay reserves beyond its
+allocator's cache then holds what the first step left). What the replay reserves beyond its
 own allocated peak (:attr:`~simtrain.costs.caching_allocator.ReplayPeaks.cache_bytes`) is the
 fragmentation a reserved memory figure adds to the allocated model's peak; a replay that runs
 out of the device's memory, after the allocator has released what it can, is a step that does
@@ -33,10 +33,10 @@ from functools import lru_cache
 
 from simtrain.costs.caching_allocator import AllocatorOutOfMemory, replay
 
-#: Steps replayed; the peaks are the last one's (the Ultra-Scale Playbook's sweep logs step 3).
-#: The cache is steady from the second: 2, 3 and 5 steps give the same bytes on 22 of the
-#: Playbook's records (checked 2026-12-07).
-STEPS = 3
+#: Steps replayed; the peaks are the last one's. The first makes the optimizer's states; the
+#: cache is steady from the second: 2, 3 and 5 steps give the same bytes on 22 of the
+#: Playbook's records (checked 2026-12-07; its sweep logs step 3).
+STEPS = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,7 +314,7 @@ def _buffers_and_peak(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[
     if sm.fragmentation_bytes:
         lines.append(f"  caching allocator fragmentation (a {sc.runtime.memory_reported} figure) = "
                      f"{_gb(sm.fragmentation_bytes)} of buffers: what the allocator reserves "
-                     "beyond the allocated peak when the rank's allocations of three steps are "
+                     "beyond the allocated peak when the rank's allocations of two steps are "
                      "replayed through its rules (costs.fragmentation)")  # fmt: skip
     if b.naive_dp_gather_bytes:
         lines.append(f"  naive DP: GPU 0 receives {p.dp - 1} gradient copies: + "
