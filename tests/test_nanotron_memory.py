@@ -479,8 +479,9 @@ def test_the_replay_allocates_what_the_memory_model_does() -> None:
         step = resolve(sc)
         _, tensors, states, _ = mem._model_states(sc, step, 0)
         act = mem._stage_activations(sc, step, 0)
-        a = mem.stage_allocations(sc, step, 0, tensors, states, act,
-                                  sm.optimizer_working_bytes, True)  # fmt: skip
+        stored = dict(states, parameters=sm.category("parameters"))
+        a = mem.stage_allocations(sc, step, 0, tensors, stored, act, sm.optimizer_working_bytes,
+                                  sm.breakdown.gradients_freed_after_backward)  # fmt: skip
         got = replay(stage_allocation_events(a)).allocated_bytes
         model = (sm.peak_memory_bytes - sm.fragmentation_bytes - sm.pending_collective_bytes
                  - sc.hardware.cuda_context_bytes - sm.breakdown.nccl_bytes)  # fmt: skip

@@ -70,8 +70,8 @@ class _Block:
 
 
 class CachingAllocator:
-    """One device's caching allocator on one stream. :meth:`malloc` returns a handle that
-    :meth:`free` takes back; ``reserved_bytes`` / ``allocated_bytes`` and their peaks are
+    """One device's caching allocator on one stream. :meth:`malloc` returns a handle (a
+    number never given out twice) that :meth:`free` takes back; ``reserved_bytes`` / ``allocated_bytes`` and their peaks are
     ``torch.cuda.memory_reserved`` / ``memory_allocated`` and their maxima (allocated counts the
     rounded block sizes, as PyTorch's ``allocated_bytes`` stat does)."""
 
@@ -80,6 +80,8 @@ class CachingAllocator:
         self._pools: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
         self._blocks: dict[int, _Block] = {}
         self._next_addr = 0
+        self._live: dict[int, _Block] = {}  # handle -> its block
+        self._handles = 0
         self.reserved_bytes = 0
         self.allocated_bytes = 0
         self.peak_reserved_bytes = 0
@@ -106,12 +108,14 @@ class CachingAllocator:
         self._blocks[block.addr] = block
         self.allocated_bytes += block.size
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
-        return block.addr
+        self._handles += 1
+        self._live[self._handles] = block
+        return self._handles
 
     def free(self, handle: int) -> None:
-        block = self._blocks[handle]
-        if block.free:
-            raise ValueError(f"block {handle} freed twice")
+        block = self._live.pop(handle, None)
+        if block is None:
+            raise ValueError(f"handle {handle} is not allocated (never, or freed already)")
         block.free = True
         self.allocated_bytes -= block.size
         prev, nxt = block.prev, block.next

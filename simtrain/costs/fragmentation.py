@@ -13,7 +13,8 @@ The order (:func:`stage_allocation_events`), from the workload's own tensors:
    the head's, then walks the blocks last to first, allocating the block's parameter
    gradients and, for each saved tensor from the last, a gradient of its size, freeing the
    saved tensor and then that gradient. Gradients freed after every micro-batch (nanotron's
-   FP32GradientAccumulator) go at the backward's end; others are made once and kept;
+   FP32GradientAccumulator) go at the backward's end; others are made by the step's first
+   backward and freed after its optimizer step (``zero_grad(set_to_none=True)``);
 3. after the last backward the optimizer step: its states, tensor by tensor, at the first step
    (``torch.optim`` creates them lazily), and its working memory, allocated and freed.
 
@@ -69,7 +70,7 @@ def stage_allocation_events(a: StageAllocations) -> Iterator[tuple[str, int]]:
 
     for b in (*a.parameters, *a.persistent):
         yield alloc(b)
-    kept_grads: list[int] | None = None
+    kept_grads: list[int] | None = None  # a step's gradients, made by its first backward
     pending: list[tuple[list[list[int]], int]] = []  # forwards not yet backward: (blocks, end)
     for step in range(STEPS):
         if step == STEPS - 1:
@@ -123,6 +124,9 @@ def stage_allocation_events(a: StageAllocations) -> Iterator[tuple[str, int]]:
             yield alloc(b)
         for i in range(first, n):
             yield ("free", i)
+        for i in kept_grads or ():  # zero_grad(set_to_none=True), PyTorch >= 2.0's default
+            yield ("free", i)
+        kept_grads = None
 
 
 @lru_cache(maxsize=256)
@@ -135,7 +139,9 @@ def replay_stage(a: StageAllocations, allocated_bytes: int, room_bytes: int) -> 
     free segments and retries before it fails (``release_cached_blocks``), so fragmentation
     alone does not fail a step that fits, while one whose cache cannot be released does."""
     free = replay(stage_allocation_events(a))
-    surplus = max(0, allocated_bytes - free.allocated_bytes)
+    # (signed: allocated + fragmentation = the replay's reserved + surplus, so a replay that
+    # runs out of memory is always a peak beyond the room)
+    surplus = allocated_bytes - free.allocated_bytes
     if free.reserved_bytes + surplus <= room_bytes:
         return free.cache_bytes, False
     try:

@@ -998,7 +998,8 @@ def stage_memory(sc: Scenario, stage: int, role: str = "") -> StageMemory:
         and sc.runtime.memory_reported != "allocated"
         and not (pageable or cached or role)
     ):
-        alloc = stage_allocations(sc, step, stage, tensors, states, act, opt_ws, freed)
+        stored = dict(states, parameters=params_b)  # (FP8 storage in place of 16-bit)
+        alloc = stage_allocations(sc, step, stage, tensors, stored, act, opt_ws, freed)
         if alloc is not None:
             room = hw.memory_bytes - hw.cuda_context_bytes - nccl_b
             frag, oom = replay_stage(alloc, peak - pending - pool - hw.cuda_context_bytes - nccl_b,
@@ -1598,64 +1599,91 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
                       states: dict[str, int], act: _Activations, opt_ws: int,
                       grads_freed: bool) -> StageAllocations | None:  # fmt: skip
     """The rank's tensors for the allocator replay (:mod:`simtrain.costs.fragmentation`): its
-    parameter tensors; at start-up its persistent gradient buffer (one flat tensor: nanotron's
-    contiguous fp32 buffer), master weights (each tensor's share), DDP's buckets and cached
-    gather buffers; per micro-batch each block's saved tensors, what the embedding / head save
-    and the loss working memory; the blocks' 16-bit gradients; the optimizer's states (each
-    tensor's share, in two halves: Adam's exp_avg and exp_avg_sq) and its step working memory.
-    None where the replay's order does not hold: more than one chunk on the rank, a schedule
-    with split backward actions, routed experts, or ZeRO-2/3 and FSDP (sharded gradients;
-    gathers per block, not in the order)."""
+    parameter tensors (each one's share of the stored parameters: 4-bit or FP8 storage
+    included); at start-up its persistent gradient buffer (one flat tensor: nanotron's
+    contiguous fp32 buffer, or a runtime's reduce buffer), master weights (each trainable
+    tensor's share), DDP's buckets and cached gather buffers; per micro-batch each block's
+    saved tensors, what the embedding / head save and the loss working memory; the trainable
+    tensors' 16-bit gradients; the optimizer's states (each trainable tensor's share, in two
+    halves: Adam's exp_avg and exp_avg_sq) and its step working memory. None where the order
+    does not hold: more than one chunk on the rank, a schedule with split backward actions or
+    an optimizer step per micro-batch, routed experts, ZeRO-2/3 and FSDP (sharded gradients;
+    gathers per block), or blocks that keep less than they save (recompute, offload: the
+    re-materialisation is not played)."""
     mine = step.rank_chunk_ids(stage)
-    if len(mine) != 1 or sc.model.is_moe or sc.parallelism.zero_stage >= 2:
+    p, prec = sc.parallelism, step.precision
+    if (len(mine) != 1 or sc.model.is_moe or p.zero_stage >= 2
+            or step.traits.steps_every_microbatch):  # fmt: skip
         return None
     (cid,) = mine
     ch = step.chunks[cid]
-    p, prec = sc.parallelism, step.precision
-    # 2·pp + 2 micro-batches: the warm-up, the steady state and the drain (the same bytes as
-    # 4·pp + 8 or all of them within 0.01 GiB on 34 of the Playbook's records, checked 2026-12-07)
-    actions = rank_schedule(step.schedule_name, p.pp, min(step.microbatches, 2 * p.pp + 2),
-                            step.v, stage, step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
+    per_layer_saved = tuple(t.bytes for t in act.saved)
+    if ch.layers and (sum(per_layer_saved) != act.per_layer or act.layer_offload_bytes
+                      or sc.training.offload.activations):  # fmt: skip
+        return None
+    # 2·pp + 2 micro-batches of a 1F1B order: the warm-up, the steady state and the drain (the
+    # same bytes as 4·pp + 8 or all of them within 0.01 GiB on 34 of the Playbook's records,
+    # checked 2026-12-07); the whole step where that holds fewer in flight (GPipe, naive)
+    m = min(step.microbatches, 2 * p.pp + 2)
+    actions = rank_schedule(step.schedule_name, p.pp, m, step.v, stage, step.all_warmup_at_pp,
+                            step.microbatch_group)  # fmt: skip
+    if m < step.microbatches and _in_flight(actions) != act.walk.in_flight:
+        actions = rank_schedule(step.schedule_name, p.pp, step.microbatches, step.v, stage,
+                                step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     kinds = tuple(a.kind for a in actions if a.kind != "OPT")
     if set(kinds) - {"F", "B"}:
         return None
     n_layers = ch.layers
     layer = layer_param_tensors(sc.model, sc.training, p.tp, ep=p.ep, etp=p.etp) if n_layers else []
     ends = tensors[len(layer) :]
-    numel = sum(t.numel for t in layer) * n_layers + sum(t.numel for t in ends)
-
-    def share(total: int, t: ParamTensor) -> int:  # a tensor's part of a category's bytes
-        return total * t.numel // numel if numel else 0
-
     order = [t for _ in range(n_layers) for t in layer] + list(ends)
+    trained = [t for t in order if t.trainable]
+    numel = sum(t.numel for t in order)
+    trainable = sum(t.numel for t in trained)
+
+    def share(total: int, t: ParamTensor, of: int) -> int:  # a tensor's part of a category
+        return total * t.numel // of if of else 0
+
     grad_b = prec.grad if prec.grad else prec.param
-    persistent_grads = persistent_gradient_bytes(step, sum(t.numel for t in order if t.trainable))
-    bucket = max(1, int(sc.parallelism.bucket_mb * 1e6))
-    ddp = ddp_bucket_bytes(sc, step, sum(t.numel for t in order if t.trainable))
+    in_buffer = sc.runtime.grads_in_reduce_buffer
+    flat_grads = persistent_gradient_bytes(step, trainable) + (grad_b * trainable if in_buffer
+                                                              else 0)  # fmt: skip
+    bucket = max(1, int(p.bucket_mb * 1e6))
+    ddp = ddp_bucket_bytes(sc, step, trainable)
+    gathers = tp_gather_buffer_bytes(sc, step) // step.boundary_bytes if step.boundary_bytes else 0
     persistent = (
-        *((persistent_grads,) if persistent_grads else ()),
-        *(share(states["master_weights"], t) for t in order if states["master_weights"]),
-        *((bucket,) * (ddp // bucket) + ((ddp % bucket,) if ddp % bucket else ())),
-        *((step.boundary_bytes,) * (tp_gather_buffer_bytes(sc, step) // step.boundary_bytes)
-          if tp_gather_buffer_bytes(sc, step) else ()),
-    )  # fmt: skip
-    per_layer_saved = tuple(t.bytes for t in act.saved)
+        flat_grads,
+        *(share(states["master_weights"], t, trainable) for t in trained),
+        *((bucket,) * (ddp // bucket) + (ddp % bucket,)),
+        *((step.boundary_bytes,) * gathers),
+    )
     end_saved = max(0, act.chunk_bytes[cid] - n_layers * sum(per_layer_saved))
     return StageAllocations(
-        parameters=tuple(t.numel * prec.param for t in order),
+        parameters=tuple(b for t in order if (b := share(params_bytes, t, numel)) > 0)
+        if (params_bytes := states["parameters"]) else (),
         persistent=tuple(b for b in persistent if b > 0),
         layers=n_layers,
         layer_saved=per_layer_saved,
-        layer_gradients=tuple(t.numel * grad_b for t in layer if t.trainable),
+        layer_gradients=() if in_buffer else tuple(t.numel * grad_b for t in layer if t.trainable),
         end_saved=end_saved,
-        end_gradients=tuple(t.numel * grad_b for t in ends if t.trainable),
+        end_gradients=() if in_buffer else tuple(t.numel * grad_b for t in ends if t.trainable),
         loss=act.loss_bytes.get(cid, 0),
         gradients_per_microbatch=grads_freed,
-        optimizer_states=tuple(b for t in order if t.trainable
-                               for b in (share(states["optimizer_states"], t) // 2,) * 2 if b > 0),
+        optimizer_states=tuple(b for t in trained
+                               for b in (share(states["optimizer_states"], t, trainable) // 2,) * 2
+                               if b > 0),
         step_working=(opt_ws,) if opt_ws else (),
         actions=kinds,
     )  # fmt: skip
+
+
+def _in_flight(actions: list) -> int:
+    """The most micro-batches a rank's action list holds forwarded and not yet backward."""
+    held = most = 0
+    for a in actions:
+        held += {"F": 1, "B": -1}.get(a.kind, 0)
+        most = max(most, held)
+    return most
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:
