@@ -106,8 +106,8 @@ def test_nanotron_fit_verdict_meets_target(result) -> None:
 def test_peak_memory(result) -> None:
     """Issue targets: peak-memory MAPE <= 15 % where the source reports memory (issue 12), <= 10 %
     for nanotron (issue 13). HF Transformers' single-GPU rows: 7.9 % (9.1 before the allocator
-    replay). nanotron: 9.6 % (median
-    -3.5 %), meets the <= 10 % (11.4 %, -8.1 % before the caching allocator's replay;
+    replay). nanotron: 9.6 % (median -3.5 %), meets the <= 10 % (11.4 %, -8.1 % before the
+    caching allocator's replay;
     11.6 %, -8.6 % before the block backward's MLP temporaries were counted,
     costs.activations.mlp_backward_working_bytes). Its 'GB' is
     max_memory_reserved / 1024**3 of world rank 0
