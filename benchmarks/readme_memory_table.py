@@ -11,14 +11,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_pairs import LLAMA_TINY, estimate_stage  # noqa: E402
-
-from simtrain.spec.model import ModelSpec  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simtrain.spec.scenario import PeftSpec, TrainingSpec  # noqa: E402
 from simtrain.torchref.measure import measure_step  # noqa: E402
+from simtrain.torchref.pairs import GPT_TINY, LLAMA_TINY, estimate_stage  # noqa: E402
 
-GPT = ModelSpec("gpt-tiny", 2, 64, 4, 4, 256, 256, 256, dropout=0.1)
+GPT = replace(GPT_TINY, dropout=0.1)
 ROWS = [
     ("GPT fp32, math attention, dropout 0.1", GPT, "fp32", False, "none", "none", "adamw"),
     ("GPT fp32, SDPA", GPT, "fp32", True, "none", "none", "adamw"),
