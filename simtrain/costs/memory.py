@@ -1114,29 +1114,39 @@ def transient_backward_moment(sc: Scenario, step: ResolvedStep, stage: int, act:
     def grads(elements: int) -> int:  # transient gradient bytes of that many trainable elements
         return transient_b * max(elements, 0) // ms.trainable
 
-    # per kind of block present (dense first): count, trainable elements, the down
-    # projections' (a dense MLP's; an MoE block's experts' and shared experts', which its
-    # grouped backward writes together), saved bytes, copies
+    # per kind of block present (dense first; an MoE block's down projections are its
+    # experts' and shared experts', which its grouped backward writes together)
     saved_of = (act.per_dense_layer or act.per_layer, act.per_layer)
-    kinds = [(k, trained(ts), trained([x for x in ts if "down" in x.name.split(".")[:-1]]),
-              saved_of[i], model_state_bytes(ts, t).weight_copies)
+    kinds = [_BlockKind(k, trained(ts), trained([x for x in ts if "down" in x.name.split(".")[:-1]]),
+                        saved_of[i], model_state_bytes(ts, t).weight_copies)
              for i, (k, ts) in enumerate(groups) if k]  # fmt: skip
     first, last = kinds[0], kinds[-1]
-    all_blocks = sum(k * tr for k, tr, *_ in kinds)
-    others_saved = sum(k * sv for k, _, _, sv, _ in kinds) - first[3]
+    all_blocks = sum(b.count * b.trainable for b in kinds)
+    others_saved = sum(b.count * b.saved for b in kinds) - first.saved
     emb = {x.name for x in embedding_param_tensors(sc.model, t)} if ch.embedding else set()
     late = trained([x for x in ends if x.name in emb and not x.matmul])  # (a head's table: early)
     # the copies the blocks' backwards hold there (none where no gradient flows through them)
     flows = grad_flows_through_blocks(t)
-    kept_first = first[4] if flows else 0
-    kept_last = (last[4] if rematerialises(t) else sum(k * c for k, *_, c in kinds)) if flows else 0
+    kept_first = first.copies if flows else 0
+    every_copy = sum(b.count * b.copies for b in kinds)
+    kept_last = (last.copies if rematerialises(t) else every_copy) if flows else 0
     top = act.chunk_bytes[cid] + act.backward_delta[cid]  # the last block's moment
     at_first = BackwardMoment(max(top - others_saved, 0),
-                              grads(ms.trainable - first[1] + first[2] - late),
+                              grads(ms.trainable - first.trainable + first.down - late),
                               max(held_copies - kept_first, 0))  # fmt: skip
-    at_last = BackwardMoment(top, grads(ms.trainable - all_blocks + last[2] - late),
+    at_last = BackwardMoment(top, grads(ms.trainable - all_blocks + last.down - late),
                              max(held_copies - kept_last, 0))  # fmt: skip
     return max(at_last, at_first, key=lambda b: b.total)
+
+
+class _BlockKind(NamedTuple):
+    """One kind of decoder block on a rank (dense or MoE), for the backward's moment."""
+
+    count: int  # blocks of the kind
+    trainable: int  # trainable elements of one block
+    down: int  # of them, the down projections'
+    saved: int  # bytes one block saves per micro-batch
+    copies: int  # autocast's weight-copy bytes of one block
 
 
 def _within_capacity(extra: int, hw: HardwareProfile, peak: int) -> int:
