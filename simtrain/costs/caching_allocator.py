@@ -88,7 +88,7 @@ class CachingAllocator:
         self.peak_allocated_bytes = 0
 
     def malloc(self, nbytes: int) -> int:
-        size = round_size(nbytes)
+        size = -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES or MIN_BLOCK_BYTES  # round_size
         small = size <= SMALL_SIZE_BYTES
         pool = self._pools[small]
         i = bisect.bisect_left(pool, (size, -1))
@@ -107,7 +107,8 @@ class CachingAllocator:
         block.free = False
         self._blocks[block.addr] = block
         self.allocated_bytes += block.size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        if self.allocated_bytes > self.peak_allocated_bytes:
+            self.peak_allocated_bytes = self.allocated_bytes
         self._handles += 1
         self._live[self._handles] = block
         return self._handles
@@ -194,11 +195,12 @@ def replay(events: Iterable[tuple[str, int]], capacity_bytes: int | None = None)
     ``capacity_bytes`` cannot hold a new segment."""
     a = CachingAllocator(capacity_bytes)
     handles: list[int] = []
+    malloc, free, keep = a.malloc, a.free, handles.append
     for kind, value in events:
         if kind == "alloc":
-            handles.append(a.malloc(value))
+            keep(malloc(value))
         elif kind == "free":
-            a.free(handles[value])
+            free(handles[value])
         elif kind == "reset":
             a.reset_peaks()
         else:
