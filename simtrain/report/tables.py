@@ -88,7 +88,8 @@ def memory_table(rep: MemoryReport) -> str:
 #: What a fit near the GPU's memory (costs.memory.near_capacity) is told: ``simtrain memory`` /
 #: ``run`` and the planner's table.
 NEAR_CAPACITY_NOTE = (f"within {100 * (1 - NEAR_CAPACITY):.0f} % of the GPU's memory, where the "
-                      "caching allocator's fragmentation (not modelled) can still run out of it")  # fmt: skip
+                      "caching allocator's fragmentation can still run out of it (replayed only "
+                      "for a reserved figure under runtime allocator_replay)")  # fmt: skip
 
 
 def fit_verdict(rep: MemoryReport) -> str:
