@@ -85,3 +85,15 @@ def test_a_replay_out_of_memory_does_not_fit() -> None:
     # with room for all of it, it fits
     roomy = replace(sc, hardware=replace(sc.hardware, memory_bytes=model + frag))
     assert mem.estimate_memory(roomy).stages[0].fits
+
+
+def test_the_json_names_the_fragmentation_only_where_it_is_replayed() -> None:
+    """``simtrain memory --json``: each stage's fragmentation bytes (within its buffers) where
+    the replay adds some; other scenarios' documents keep their keys."""
+    nt = mem.estimate_memory(load_scenario(ROOT / "scenarios" / "nanotron_playbook_polling.yaml"))
+    stages = nt.to_json()["stages"]
+    assert all(st["fragmentation_bytes"] == s.fragmentation_bytes > 0
+               for st, s in zip(stages, nt.stages, strict=True))  # fmt: skip
+    assert all(st["fragmentation_bytes"] <= st["memory_bytes"]["buffers"] for st in stages)
+    plain = mem.estimate_memory(load_scenario(ROOT / "scenarios" / "gpipe_8gpu.yaml"))
+    assert all("fragmentation_bytes" not in st for st in plain.to_json()["stages"])

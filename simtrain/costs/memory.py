@@ -294,6 +294,12 @@ class MemoryReport:
                     ),  # fmt: skip
                     "peak_memory_bytes": s.peak_memory_bytes,
                     "peak_memory_bytes_by_category": dict(s.peak_memory_bytes_by_category),
+                    # only with the allocator replay: what of the buffers is its fragmentation
+                    **(
+                        {"fragmentation_bytes": s.fragmentation_bytes}
+                        if s.fragmentation_bytes
+                        else {}
+                    ),  # fmt: skip
                     "capacity_bytes": s.capacity_bytes,
                     "fits": s.fits,
                 }
