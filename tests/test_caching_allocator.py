@@ -142,7 +142,14 @@ def test_reserved_covers_allocated_and_frees_restore(ops):
         if do_free and live:
             a.free(live.pop(n % len(live)))
         else:
+            before = a.allocated_bytes
             live.append(a.malloc(n))
+            # the block is the rounded request: a whole block when the rest is too small to
+            # split (large pool: <= 1 MiB), never less than the request
+            grown = a.allocated_bytes - before
+            assert grown >= round_size(n) >= n
+            assert grown == round_size(n) or grown - round_size(n) <= (
+                512 if round_size(n) <= MIB else MIB)  # fmt: skip
         assert 0 <= a.allocated_bytes <= a.reserved_bytes
     for h in live:
         a.free(h)
