@@ -82,7 +82,7 @@ from simtrain.costs.params import (
     zero_shard,
 )
 from simtrain.layout.step import ResolvedStep, rank_schedule, resolve
-from simtrain.schedules import stashed_weight_versions
+from simtrain.schedules import microbatches_in_flight, stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.hardware import HardwareProfile
 from simtrain.spec.scenario import MEGATRON_KERNEL_LOSSES, Scenario, cp_rank_training
@@ -1637,15 +1637,16 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     if ch.layers and (sum(per_layer_saved) != act.per_layer or act.layer_offload_bytes
                       or sc.training.offload.activations):  # fmt: skip
         return None
-    # 2·pp + 2 micro-batches of a 1F1B order: the warm-up, the steady state and the drain (the
-    # same bytes as 4·pp + 8 or all of them within 0.01 GiB on 34 of the Playbook's records,
-    # checked 2026-12-07); the whole step where that holds fewer in flight (GPipe, naive)
-    m = min(step.microbatches, 2 * p.pp + 2)
-    actions = rank_schedule(step.schedule_name, p.pp, m, step.v, stage, step.all_warmup_at_pp,
+    # 2·pp + 2 micro-batches of a 1F1B order: the warm-up, the steady state and the drain
+    # (benchmarks/replay_sensitivity.py); the whole step where that holds fewer in flight
+    # (GPipe, naive: min(m, p - s) only for 1F1B)
+    name, m = step.schedule_name, step.microbatches
+    short = min(m, 2 * p.pp + 2)
+    if microbatches_in_flight(name, p.pp, short, stage) != microbatches_in_flight(
+            name, p.pp, m, stage):  # fmt: skip
+        short = m
+    actions = rank_schedule(name, p.pp, short, step.v, stage, step.all_warmup_at_pp,
                             step.microbatch_group)  # fmt: skip
-    if m < step.microbatches and _in_flight(actions) != act.walk.in_flight:
-        actions = rank_schedule(step.schedule_name, p.pp, step.microbatches, step.v, stage,
-                                step.all_warmup_at_pp, step.microbatch_group)  # fmt: skip
     kinds = tuple(a.kind for a in actions if a.kind != "OPT")
     if set(kinds) - {"F", "B"}:
         return None
@@ -1664,13 +1665,13 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     in_buffer = sc.runtime.grads_in_reduce_buffer
     flat_grads = persistent_gradient_bytes(step, trainable) + (grad_b * trainable if in_buffer
                                                               else 0)  # fmt: skip
-    bucket = max(1, int(p.bucket_mb * 1e6))
     ddp = ddp_bucket_bytes(sc, step, trainable)
+    n_buckets, bucket, last_bucket = ddp_buckets(p.bucket_mb, ddp)
     gathers = tp_gather_buffer_bytes(sc, step) // step.boundary_bytes if step.boundary_bytes else 0
     persistent = (
         flat_grads,
         *(share(states["master_weights"], t, trainable) for t in trained),
-        *((bucket,) * (ddp // bucket) + (ddp % bucket,)),
+        *(((bucket,) * (n_buckets - 1) + (last_bucket,)) if ddp else ()),
         *((step.boundary_bytes,) * gathers),
     )
     end_saved = max(0, act.chunk_bytes[cid] - n_layers * sum(per_layer_saved))
@@ -1691,15 +1692,6 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
         step_working=(opt_ws,) if opt_ws else (),
         actions=kinds,
     )  # fmt: skip
-
-
-def _in_flight(actions: list) -> int:
-    """The most micro-batches a rank's action list holds forwarded and not yet backward."""
-    held = most = 0
-    for a in actions:
-        held += {"F": 1, "B": -1}.get(a.kind, 0)
-        most = max(most, held)
-    return most
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:
