@@ -216,11 +216,10 @@ def bisection_bandwidth_bytes_per_s(G: nx.Graph) -> float:
     side = {v: i < half for i, v in enumerate(gpus)}  # True: the source's half
     src, dst = ("source", -1), ("sink", -1)
     D = nx.DiGraph()
-    split: set[int] = set()
+    sides_of: dict[int, set[bool]] = {}  # server -> the halves its GPUs fall in
     for v in gpus:
-        server = G.nodes[v]["server"]
-        if any(side[u] != side[v] for u in _server_gpus(G, server)):
-            split.add(server)
+        sides_of.setdefault(G.nodes[v]["server"], set()).add(side[v])
+    split = {server for server, sides in sides_of.items() if len(sides) == 2}
     for u, v, d in G.edges(data=True):
         servers = {G.nodes[x].get("server") for x in (u, v)} - {None}
         if servers and not servers & split:
@@ -229,24 +228,17 @@ def bisection_bandwidth_bytes_per_s(G: nx.Graph) -> float:
         D.add_edge(u, v, capacity=c)
         D.add_edge(v, u, capacity=c)
     for v in gpus:
-        if G.nodes[v]["server"] in split:
-            D.add_edge(src, v) if side[v] else D.add_edge(v, dst)  # unbounded
+        if G.nodes[v]["server"] in split:  # unbounded arcs into the split server's GPUs
+            if side[v]:
+                D.add_edge(src, v)
+            else:
+                D.add_edge(v, dst)
             continue
-        nic = ("nic", v[1])
-        leaf = next(x for x in G.neighbors(nic) if G.nodes[x]["kind"] == "leaf")
-        c = min(
-            G.edges[v, nic]["bandwidth_bytes_per_s"], G.edges[nic, leaf]["bandwidth_bytes_per_s"]
-        )
+        leaf = next(x for x in G.neighbors(("nic", v[1])) if G.nodes[x]["kind"] == "leaf")
+        c = injection_bandwidth_bytes_per_s(G, v)
         a, b = (src, leaf) if side[v] else (leaf, dst)
         D.add_edge(a, b, capacity=D.edges[a, b]["capacity"] + c if D.has_edge(a, b) else c)
-    if src not in D or dst not in D:
-        return 0.0
     return float(nx.maximum_flow_value(D, src, dst, capacity="capacity"))
-
-
-def _server_gpus(G: nx.Graph, server: int) -> list[Node]:
-    gpn = G.graph["gpus_per_node"]
-    return [("gpu", server * gpn + j) for j in range(gpn)]
 
 
 # ---------------------------------------------------------------------------- drawing
