@@ -165,7 +165,7 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
         gathered=gathered_input if sequence_parallel and tp > 1 else 0, repeat_kv=repeat_kv,
         cp_a2a=cp_a2a, fused_swiglu=fused_swiglu, gathered_per_linear=gathered_per_linear,
     )  # fmt: skip
-    mlp_start = adapter_start = 1 << 62  # (no MLP half entries until the second norm's)
+    mlp_start: int | None = None  # the second norm's first entry, where the MLP half starts
     for i, (lin_in, mods) in enumerate(
         (
             ("attention input", ("q", "k", "v")),
@@ -196,6 +196,8 @@ def _layer_saved_tensors(m: ModelSpec, t: TrainingSpec, micro_batch: int | None,
         if i == 1:
             _post_norm(c, 2)
     adapter_start = len(c.out)
+    if mlp_start is None:  # (no MLP half entries: an empty range)
+        mlp_start = adapter_start
     if t.peft.method == "adapter":
         a_w, e, sb, h = t.peft.adapter_size, c.e, c.sb, m.hidden
         for where in ("attn", "mlp"):

@@ -819,7 +819,7 @@ MAX_LAYOUT_CHARS = 4 * MAX_LAYOUT_REPEAT
 def _unroll(unit: str, count: str) -> str:
     """``unit`` x ``count``, or ValueError past :data:`MAX_LAYOUT_REPEAT` or where the result
     would pass :data:`MAX_LAYOUT_CHARS`."""
-    if len(count) > 4 or int(count) > MAX_LAYOUT_REPEAT:
+    if len(count) > len(str(MAX_LAYOUT_REPEAT)) or int(count) > MAX_LAYOUT_REPEAT:
         raise ValueError(f"a repeat count of {count[:12]} (at most {MAX_LAYOUT_REPEAT})")
     if len(unit) * int(count) > MAX_LAYOUT_CHARS:
         raise ValueError(f"unrolls past {MAX_LAYOUT_CHARS:,} characters")
