@@ -49,7 +49,8 @@ def test_the_replay_allocates_what_the_memory_model_does(path: Path) -> None:
     """The replay's allocated peak is the model's allocated peak (without the CUDA context,
     NCCL's buffers, the pending outputs, FSDP2's pool and the replay's own fragmentation)
     within 6 % (it lacks the backward's working sets, the model lacks the replay's 512 B
-    rounding); on the Playbook's records -1.0 to +5.4 %, median +0.6 % (87 checked)."""
+    rounding); on 150 Playbook records -6.2 to +5.4 %, median +0.3 %
+    (benchmarks/replay_sensitivity.py)."""
     sc = load_scenario(path, REPLAYED)
     for sm in mem.estimate_memory(sc).gpus[:2]:
         if sm.role:  # torch.nn.DataParallel's GPU 0 and replicas: not played

@@ -464,9 +464,9 @@ def test_allocator_replay_adds_its_fragmentation_to_the_reserved_peak() -> None:
 def test_the_replay_allocates_what_the_memory_model_does() -> None:
     """The replay's order (costs.fragmentation) is built from the memory model's own tensors:
     its allocated peak is the model's allocated peak (without the CUDA context, NCCL's
-    buffers and the replay's own fragmentation) within 3 % (on the Playbook's records: -1.0 to
-    +5.4 %, median +0.6 %, 87 of them; it lacks the backward's working sets, the model lacks
-    the replay's 512 B rounding)."""
+    buffers and the replay's own fragmentation) within 3 % on these three layouts (on 150
+    Playbook records -6.2 to +5.4 %, median +0.3 %, benchmarks/replay_sensitivity.py; it lacks
+    the backward's working sets, the model lacks the replay's 512 B rounding)."""
     from simtrain.costs import memory as mem
     from simtrain.costs.caching_allocator import replay
     from simtrain.costs.fragmentation import stage_allocation_events

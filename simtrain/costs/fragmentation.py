@@ -35,8 +35,9 @@ from functools import lru_cache
 from simtrain.costs.caching_allocator import AllocatorOutOfMemory, replay
 
 #: Steps replayed; the peaks are the last one's. The first makes the optimizer's states; the
-#: cache is steady from the second: 2, 3 and 5 steps give the same bytes on 22 of the
-#: Playbook's records (checked 2026-12-07; its sweep logs step 3).
+#: cache is steady from the second: 3 or 5 steps give the same bytes within 0.01 GiB on 147 of
+#: 150 Playbook records (benchmarks/replay_sensitivity.py; the 3 others are runs that ran out of
+#: memory, up to 4 GiB apart, whose verdict is "does not fit" either way).
 STEPS = 2
 
 
