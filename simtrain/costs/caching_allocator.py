@@ -88,7 +88,7 @@ class CachingAllocator:
         self.peak_allocated_bytes = 0
 
     def malloc(self, nbytes: int) -> int:
-        size = -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES or MIN_BLOCK_BYTES  # round_size
+        size = round_size(nbytes)
         small = size <= SMALL_SIZE_BYTES
         pool = self._pools[small]
         i = bisect.bisect_left(pool, (size, -1))
