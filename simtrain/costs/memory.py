@@ -1663,10 +1663,9 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     def share(total: int, t: ParamTensor, of: int) -> int:  # a tensor's part of a category
         return total * t.numel // of if of else 0
 
-    grad_b = prec.grad if prec.grad else prec.param
-    in_buffer = sc.runtime.grads_in_reduce_buffer
-    flat_grads = persistent_gradient_bytes(step, trainable) + (grad_b * trainable if in_buffer
-                                                              else 0)  # fmt: skip
+    grad_b = prec.grad
+    in_buffer = buffer_grad_bytes(sc, step)  # a runtime's reduce buffer: its dtype, not .grad's
+    flat_grads = persistent_gradient_bytes(step, trainable) + (in_buffer or 0) * trainable
     ddp = ddp_bucket_bytes(sc, step, trainable)
     n_buckets, bucket, last_bucket = ddp_buckets(p.bucket_mb, ddp)
     gathers = tp_gather_buffer_bytes(sc, step) // step.boundary_bytes if step.boundary_bytes else 0
