@@ -164,6 +164,12 @@ def _warn(message: str) -> None:
     click.echo(message, err=True)
 
 
+#: ``--threads`` of measure and calibrate: torch.set_num_threads asks OpenMP for that many
+#: threads, which a count far above the machine's only oversubscribes and a huge one exhausts.
+#: 1,024 is above the hardware threads of a two-socket server of 2026 (2 x 192 cores x 2).
+MAX_TORCH_THREADS = 1024
+
+
 def _strict_exit(strict: bool, fits: bool) -> None:
     if strict and not fits:
         click.get_current_context().exit(EXIT_DOES_NOT_FIT)
@@ -173,7 +179,7 @@ def _strict_exit(strict: bool, fits: bool) -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while measuring (use the value the profile was calibrated "
               "with) [torch's default]")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -458,7 +464,7 @@ def validate(path: str | None, as_json: bool, only: str | None, by: str, out: st
 @main.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while calibrating [torch's default]")  # fmt: skip
 @_errors
 def calibrate(device: str, out: str, threads: int | None) -> None:

@@ -533,3 +533,30 @@ def test_a_calibrated_profile_is_not_flagged_as_an_estimate(tmp_path: Path) -> N
         assert hw.name == name and hw.matmul_tag == "meas"
         assert estimate_line(hw) == "", name
         assert matmul_source(hw, fitted) == "measured by simtrain calibrate", name
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda:１", "mps"])
+def test_calibrate_refuses_an_unknown_device_with_measures_check(device: str) -> None:
+    """calibrate checks its device with measure's check_device: a ConfigError naming
+    --device and the devices it takes, before torch parses the string (cuda:x was torch's
+    RuntimeError from the Python API)."""
+    from simtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("cpu | cuda | cuda:N")) as info:
+        calibrate(device)
+    assert info.value.key == "--device"
+
+
+@pytest.mark.parametrize("threads", ["0", "1025"])
+def test_calibrate_threads_have_measures_bounds(threads: str, tmp_path: Path) -> None:
+    """calibrate --threads takes 1..MAX_TORCH_THREADS, as measure does (it had no upper
+    bound): a click usage error naming the option, nothing measured, no profile written."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import MAX_TORCH_THREADS, main
+
+    assert MAX_TORCH_THREADS == 1024
+    out = tmp_path / "x.yaml"
+    r = CliRunner().invoke(main, ["calibrate", "--out", str(out), "--threads", threads])
+    assert r.exit_code == 2 and "--threads" in r.output, r.output
+    assert not out.exists()

@@ -79,9 +79,10 @@ def test_adafactor_state_is_factored() -> None:
     assert 0 < m.optimizer_state_bytes < GPT.total_params()  # far below 4 bytes per parameter
 
 
-def test_adam8bit_needs_cuda() -> None:
+def test_adam8bit_is_refused_on_any_device() -> None:
     """A ConfigError naming the optimizer, before a model is built (was NotImplementedError
-    from the trainer: a traceback at the CLI)."""
+    from the trainer: a traceback at the CLI). The trainer has no bitsandbytes path on any
+    device, so the refusal is the optimizer's, not the device's."""
     from simtrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match="bitsandbytes") as info:
@@ -393,7 +394,7 @@ training: {seq_len: 64, global_batch: 2, micro_batch: 1, precision: fp32, optimi
 ])  # fmt: skip
 def test_measure_refuses_what_it_cannot_build(tmp_path, args: list[str], key: str) -> None:
     """Each of these was a torch traceback (a fuzz campaign, 2026-12-07): an unknown or absent
-    device, adam8bit on the CPU (bitsandbytes needs CUDA), LoRA on modules the model lacks
+    device, adam8bit (the trainer has no bitsandbytes path), LoRA on modules the model lacks
     (nothing to train), an odd rotated width (RoPE rotates channel pairs). Now one line naming
     the key, and the scenario's file where the key is the scenario's."""
     from click.testing import CliRunner

@@ -68,7 +68,6 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.costs.gemm_shape import EdgeFit, fit_gemm_edge
-from simtrain.errors import SimtrainError
 from simtrain.torchref.microbench import (
     CPU_ELEMENTWISE_SHAPE,
     CPU_GEMM_EDGE_SIZES,
@@ -135,12 +134,11 @@ def calibrate(device: str = "cpu", name: str | None = None, *,
 def _calibrate(device: str, name: str | None, sizes: tuple[int, ...] | None, repeats: int,
                dtypes: tuple[str, ...] | None, elementwise_shape: tuple[int, ...] | None,
                gemm_edge_sizes: tuple[int, ...] | None) -> Calibration:  # fmt: skip
+    from simtrain.torchref.measure import check_device
+
+    check_device(device)
     torch = _torch()
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimtrainError("calibrate: --device cuda but torch.cuda.is_available() is False")
-    if dev.type not in ("cpu", "cuda"):
-        raise SimtrainError(f"calibrate: unsupported device {device!r}; use cpu or cuda")
     notes: list[str] = []
     by_size = _matmul_rates(device, dev.type == "cuda", sizes, repeats, dtypes, notes)
     best = {dt: r[max(r)] for dt, r in by_size.items()}  # the largest size measured

@@ -154,7 +154,8 @@ def measure_step(
         key, what, instead = unbuilt
         raise ConfigError(file, key, f"simtrain measure's reference model has no {what}: "
                           f"measure {instead}", getattr(spec, key.removeprefix("model.")))  # fmt: skip
-    _check_device(device, training, file)
+    check_device(device)
+    _check_optimizer(training, file)
     if spec.positions == "rotary" and spec.rotary_dims % 2:
         # rotate_half pairs the rotated channels: an odd width has one left over
         raise ConfigError(file, "model.head_size", "simtrain measure's rotary embedding rotates "
@@ -171,10 +172,10 @@ def measure_step(
 DEVICES = ("cpu", "cuda")
 
 
-def _check_device(device: str, training: TrainingSpec, file: str | None = None) -> None:
-    """``device`` is cpu or cuda (cuda:N), available, and runs the optimizer: a ConfigError
-    naming ``--device`` (or the optimizer) otherwise, before a model is built (a fuzz campaign:
-    each was a torch traceback)."""
+def check_device(device: str) -> None:
+    """``device`` is cpu or cuda (cuda:N) and available here: a ConfigError naming
+    ``--device`` otherwise, before anything is built (a fuzz campaign: each was a torch
+    traceback). ``simtrain measure`` and ``simtrain calibrate`` both check with it."""
     kind = device.split(":", 1)[0]
     index = device.split(":", 1)[1] if ":" in device else "0"
     if kind not in DEVICES or not index.isascii() or not index.isdigit():
@@ -182,7 +183,12 @@ def _check_device(device: str, training: TrainingSpec, file: str | None = None) 
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(None, "--device", "no CUDA device here (torch.cuda.is_available() is "
                           "False)", device, "cpu")  # fmt: skip
-    if training.optimizer == "adam8bit":  # (the trainer has no bitsandbytes path on any device)
+
+
+def _check_optimizer(training: TrainingSpec, file: str | None = None) -> None:
+    """The reference trainer builds the optimizer (torchref.trainer.make_optimizer): a
+    ConfigError naming ``training.optimizer`` for one it has no path for, on any device."""
+    if training.optimizer == "adam8bit":
         raise ConfigError(file, "training.optimizer", "simtrain measure's trainer has no "
                           "bitsandbytes optimizer: measure another optimizer", "adam8bit")  # fmt: skip
 

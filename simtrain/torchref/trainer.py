@@ -90,7 +90,7 @@ def make_optimizer(name: str, params: list[torch.Tensor],
     if name == "adafactor":
         return torch.optim.Adafactor(params, lr=1e-2, foreach=False)
     if name == "adam8bit":
-        raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
+        raise NotImplementedError("the reference trainer has no bitsandbytes path for adam8bit")
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -181,7 +181,7 @@ def _warm_trainer(spec: ModelSpec, training: TrainingSpec, dev: torch.device, ba
     """The reference model, its trainer and one batch of random tokens, after ``warmup`` (at
     least one) steps: the first creates the optimizer state."""
     if training.optimizer == "adam8bit":
-        raise NotImplementedError("adam8bit needs bitsandbytes on CUDA")
+        raise NotImplementedError("the reference trainer has no bitsandbytes path for adam8bit")
     torch.manual_seed(seed)
     model = build_reference_model(spec, training).to(dev)
     assert isinstance(model, ReferenceGPT)
