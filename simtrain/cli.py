@@ -429,7 +429,9 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<plan name>/].")
-@click.option("--workers", type=int, default=None, help="Processes for the full simulations.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes for the full simulations (more than the CPUs run as the CPUs) "
+              "[the CPU count].")  # fmt: skip
 @click.option(
     "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
 )

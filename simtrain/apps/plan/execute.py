@@ -3,11 +3,11 @@ tasks, results in completion order; the search sorts them by layout)."""
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from simtrain.apps.workers import local_workers
 from simtrain.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ class LocalExecutor:
     """A process pool on this machine (``workers`` processes; 1 = in this process)."""
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = max(1, workers if workers else (os.cpu_count() or 1))
+        self.workers = local_workers(workers)
         self._pool: Any = None
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
@@ -76,7 +76,7 @@ class DaskExecutor:
                 raise ConfigError(None, "--scheduler", f"cannot connect to the Dask scheduler "
                                   f"{scheduler!r}: {exc}") from None  # fmt: skip
         else:
-            self._cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
+            self._cluster = LocalCluster(n_workers=local_workers(workers),
                                          threads_per_worker=1)  # fmt: skip
             self.client = Client(self._cluster)
 

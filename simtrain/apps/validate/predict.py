@@ -4,12 +4,12 @@ scenario; long steps are simulated at one and two micro-batches and extrapolated
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
+from simtrain.apps.workers import env_workers, local_workers
 from simtrain.costs.chunk_time import block_times_ns
 from simtrain.costs.memory import MemoryReport, estimate_memory
 from simtrain.layout.step import all_warmup_order, resolve
@@ -63,7 +63,7 @@ class Predictor:
                 key = scenario_key(tr.scenario)
                 if key not in self.times and key not in keys:
                     keys.append(key)
-        n = workers if workers is not None else _default_workers()
+        n = local_workers(workers) if workers is not None else _default_workers()
         if n <= 1 or len(keys) < 8:
             return  # computed lazily, serially
         keys.sort(key=_simulation_cost, reverse=True)  # longest first: better load balance
@@ -89,10 +89,9 @@ TIMING_KEYS = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "samples_p
 
 
 def _default_workers() -> int:
-    env = os.environ.get("SIMTRAIN_WORKERS")
-    if env and env.isdigit():
-        return int(env)
-    return min(4, os.cpu_count() or 1)
+    """``SIMTRAIN_WORKERS``, else the CPU count, at most 4; never above the CPUs
+    (:mod:`simtrain.apps.workers`)."""
+    return local_workers(env_workers(), default_cap=4)
 
 
 def _simulation_cost(sc: Scenario) -> int:
