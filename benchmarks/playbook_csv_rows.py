@@ -282,6 +282,81 @@ def print_layer_floors(recs: list[Record], results: list) -> None:
                           for (kind, tp), v in sorted(floors.items()) if kind == fast))  # fmt: skip
 
 
+#: print_two_codes' odd runs: a node all-reduce test under a quarter of the jobs' medians (their
+#: kinds' 425 and 458 GB/s), and a reserved peak within 11.2 GiB of the H100's 79.2
+SLOW_NODE_AR_GB_PER_S = 100
+NEAR_FULL_GIB = 68
+
+
+def _tokens_error(rec: Record) -> float | None:
+    """simtrain's tokens/s error (%) on one run, or None where it has no tokens/s."""
+    return next((err for _g, m, _a, _b, err in compare(rec) if m == "tokens_per_s"), None)
+
+
+def print_two_codes(recs: list[Record], results: list, rows: list[dict[str, str]],
+                    workers: int) -> None:  # fmt: skip
+    """The post-fix pipeline runs by the code their time matches: each run simulated again
+    under the polling profile (nanotron_bench, the code before the fix) and put with the
+    profile whose tokens/s is nearer its own (|log| of the ratio); per side the count, the
+    median error under each profile, the measured loss per micro-batch against main's code
+    ((measured - simulated step) / micro-batches), the reserved peak's median error (the
+    same under both profiles) and how many runs measured an odd node test or a near-full GPU
+    (:data:`SLOW_NODE_AR_GB_PER_S`, :data:`NEAR_FULL_GIB`); then the CSV's jobs that logged two
+    rows of one layout (runtimes/nanotron.yaml [ppfix], TWO MODES)."""
+    post = [(rec, res) for rec, res in zip(recs, results, strict=True)
+            if rec.parallelism["pp"] > 1 and job_of(rec) >= FIX_JOB
+            and any(m == "tokens_per_s" for _g, m, _a, _b, _e in res)]  # fmt: skip
+    if not post:
+        return
+    polled = [replace(rec, runtime="nanotron_bench") for rec, _res in post]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            bench = list(ex.map(_tokens_error, polled, chunksize=16))
+    else:
+        bench = [_tokens_error(r) for r in polled]
+    sides: dict[bool, list[tuple[float, float, float, float | None]]] = defaultdict(list)
+    # per side: runs whose node all-reduce test read below SLOW_NODE_AR_GB_PER_S, and runs
+    # whose reserved peak was within NEAR_FULL_GIB of the GPU
+    odd: dict[bool, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (rec, res), b_err in zip(post, bench, strict=True):
+        d = {m: (meas, pred, err) for _g, m, meas, pred, err in res}
+        meas, pred, err = d["tokens_per_s"]
+        if b_err is None:
+            continue
+        tokens = rec.training["global_batch"] * rec.model["seq_len"]
+        loss = (tokens / meas - tokens / pred) / rec.training["grad_accum"]
+        polls = abs(math.log1p(b_err / 100)) < abs(math.log1p(err / 100))
+        res_err = d["peak_memory_bytes"][2] if "peak_memory_bytes" in d else None
+        sides[polls].append((err, b_err, loss, res_err))
+        node_ar = rec.hardware.get("network_measured", {}).get(
+            "intra_node_all_reduce_busbw_gb_per_s", 1e9
+        )
+        slow_node = node_ar < SLOW_NODE_AR_GB_PER_S
+        near_full = float(rec.measured.get("peak_mem_gb", 0)) >= NEAR_FULL_GIB
+        odd[polls][0] += slow_node
+        odd[polls][1] += near_full
+        odd[polls][2] += slow_node or near_full
+    for polls, v in sorted(sides.items()):
+        q = statistics.quantiles([x[2] for x in v], n=4) if len(v) > 1 else [v[0][2]] * 3
+        reserved = [x[3] for x in v if x[3] is not None]
+        print(f"post-fix pipelines nearer the {'polling' if polls else 'fixed'} code: {len(v)} of "
+              f"{sum(map(len, sides.values()))}; tokens/s median error under main's profile "
+              f"{statistics.median(x[0] for x in v):+.1f} %, under nanotron_bench "
+              f"{statistics.median(x[1] for x in v):+.1f} %; loss per micro-batch against main's "
+              f"code quartiles {' / '.join(f'{x:.2f}' for x in q)} s; reserved peak median "
+              f"{statistics.median(reserved) if reserved else float('nan'):+.1f} %; node "
+              f"all-reduce test < {SLOW_NODE_AR_GB_PER_S} GB/s: {odd[polls][0]}, reserved >= "
+              f"{NEAR_FULL_GIB} GiB: {odd[polls][1]}, either: {odd[polls][2]}")  # fmt: skip
+    by_job: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for row in rows:
+        if row["status"] == "Success" and row["tok/s/gpu"]:
+            by_job[(row["job_id"], row["name"])].append(row["tok/s/gpu"])
+    twice = {k: v for k, v in by_job.items() if len(v) > 1}
+    print(f"jobs that logged one layout twice: {len(twice)}"
+          + "".join(f"; job {j} {name.split('_seq')[0]}: {' and '.join(v)} tok/s/GPU"
+                    for (j, name), v in sorted(twice.items())))  # fmt: skip
+
+
 def print_reserved_lead(recs: list[Record], results: list) -> None:
     """The reserved-memory residual (runtimes/nanotron.yaml [gap], [rstr]): at pp 1 and tp > 1,
     the reserved peak's excess over simtrain's in units of two full b·s·h bf16 tensors per
@@ -427,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     print_issue_costs(recs)
     print_layer_floors(recs, results)
     print_reserved_lead(recs, results)
+    print_two_codes(recs, results, rows, args.workers)
     for oom, shares in sorted(missed.items()):
         q = statistics.quantiles(shares, n=4) if len(shares) > 1 else shares * 3
         print(f"wrong fit verdicts, {'ran out of memory' if oom else 'ran'} where predicted "
