@@ -286,6 +286,9 @@ def print_layer_floors(recs: list[Record], results: list) -> None:
 #: kinds' 425 and 458 GB/s), and a reserved peak within 11.2 GiB of the H100's 79.2
 SLOW_NODE_AR_GB_PER_S = 100
 NEAR_FULL_GIB = 68
+#: the CSV columns that tell a job's layouts apart (its ``name`` is not one the script needs)
+LAYOUT_COLUMNS = ("hidden_size", "num_layers", "dp", "tp", "pp", "mbs", "batch_accum",
+                  "zero_stage")  # fmt: skip
 
 
 def _tokens_error(rec: Record) -> float | None:
@@ -344,17 +347,18 @@ def print_two_codes(recs: list[Record], results: list, rows: list[dict[str, str]
               f"{statistics.median(x[0] for x in v):+.1f} %, under nanotron_bench "
               f"{statistics.median(x[1] for x in v):+.1f} %; loss per micro-batch against main's "
               f"code quartiles {' / '.join(f'{x:.2f}' for x in q)} s; reserved peak median "
-              f"{statistics.median(reserved) if reserved else float('nan'):+.1f} %; node "
+              f"{f'{statistics.median(reserved):+.1f} %' if reserved else 'none'}; node "
               f"all-reduce test < {SLOW_NODE_AR_GB_PER_S} GB/s: {odd[polls][0]}, reserved >= "
               f"{NEAR_FULL_GIB} GiB: {odd[polls][1]}, either: {odd[polls][2]}")  # fmt: skip
     by_job: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in rows:
         if row["status"] == "Success" and row["tok/s/gpu"]:
-            by_job[(row["job_id"], row["name"])].append(row["tok/s/gpu"])
+            layout = ", ".join(f"{c} {row[c]}" for c in LAYOUT_COLUMNS)
+            by_job[(row["job_id"], layout)].append(row["tok/s/gpu"])
     twice = {k: v for k, v in by_job.items() if len(v) > 1}
     print(f"jobs that logged one layout twice: {len(twice)}"
-          + "".join(f"; job {j} {name.split('_seq')[0]}: {' and '.join(v)} tok/s/GPU"
-                    for (j, name), v in sorted(twice.items())))  # fmt: skip
+          + "".join(f"; job {j} ({layout}): {' and '.join(v)} tok/s/GPU"
+                    for (j, layout), v in sorted(twice.items())))  # fmt: skip
 
 
 def print_reserved_lead(recs: list[Record], results: list) -> None:

@@ -5,6 +5,7 @@ gives the same scenario and the same errors)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,50 @@ def test_a_fast_kind_run_holds_back_its_row_outputs(script, tmp_path, capsys) ->
     line = next(x for x in out if x.startswith("reserved peak MAPE"))
     assert line.endswith("pending reduce-scatter inputs for 100 % of 1, median 1.00 x two "
                          "b.s.h per layer")  # fmt: skip
+
+
+def test_the_two_modes_it_prints(script, published_records: dict, tmp_path, capsys) -> None:
+    """print_two_codes (runtimes/nanotron.yaml [ppfix], TWO MODES): two post-fix pipeline
+    runs of one layout, one measured at main's profile's own prediction and one at the polling
+    profile's (nanotron_bench), each goes with that profile; the slow one's node test at 45
+    GB/s and its reserved 70 GiB are counted as odd; one job that logged its layout twice is
+    listed with both rows' tokens/s per GPU."""
+    cols = HEADER.split(",")
+    base = {**dict.fromkeys(cols, ""), "status": "Success", "oom_error": "False", "dp": "8",
+            "tp": "8", "pp": "2", "mbs": "1", "batch_accum": "32", "zero_stage": "1",
+            "hidden_size": "2048", "num_layers": "16", "num_heads": "32", "num_kv_heads": "32.0",
+            "interm_dim": "8192", "seq_len": "4096", "vocab_size": "131072"}  # fmt: skip
+    fast = {**base, "job_id": "14099003"}
+    slow = {
+        **base,
+        "job_id": "14099004",
+        "AR Intra-node (GB/s)": "45",
+        "Mem Res (GB)": "70",
+        "AG Intra-node (GB/s)": "42",
+        "RS Intra-node (GB/s)": "42",
+    }  # its node's tests
+    template = published_records[script.TEMPLATE]
+
+    def per_gpu(row: dict, runtime: str) -> float:
+        """The profile's own tokens/s per GPU for the row (its 128 GPUs)."""
+        rec = script.row_record({**row, "tok/s/gpu": "1000"}, template, one_runtime=False)
+        comps = compare_record(translate(script.replace(rec, runtime=runtime)))
+        return next(c.predicted for c in comps if c.metric == "tokens_per_s") / 128
+
+    fast["tok/s/gpu"] = f"{per_gpu(fast, 'nanotron'):.2f}"
+    slow["tok/s/gpu"] = f"{per_gpu(slow, 'nanotron_bench'):.2f}"
+    assert float(slow["tok/s/gpu"]) < per_gpu(slow, "nanotron") / 2  # what the polling costs
+    path = tmp_path / "bench.csv"
+    rows = [fast, slow, {**slow, "tok/s/gpu": "777"}]  # the slow job's layout logged again
+    path.write_text("\n".join([HEADER, *(",".join(r[c] for c in cols) for r in rows)]) + "\n")
+    assert script.main([str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    fixed = next(x for x in out if x.startswith("post-fix pipelines nearer the fixed code"))
+    polled = next(x for x in out if x.startswith("post-fix pipelines nearer the polling code"))
+    assert ": 1 of 3;" in fixed and ": 2 of 3;" in polled
+    assert re.search(r"under main's profile [+-]0\.0 %", fixed)  # at its own prediction
+    assert "either: 0" in fixed
+    assert "node all-reduce test < 100 GB/s: 2, reserved >= 68 GiB: 2, either: 2" in polled
+    twice = next(x for x in out if x.startswith("jobs that logged one layout twice"))
+    assert twice.startswith("jobs that logged one layout twice: 1; job 14099004 (hidden_size 2048")
+    assert twice.endswith(f": {slow['tok/s/gpu']} and 777 tok/s/GPU")

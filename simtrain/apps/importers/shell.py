@@ -34,7 +34,10 @@ DECLARE_WORDS = ("export", "local", "readonly", "declare")
 #: numbers.
 MAX_ARITH = 200
 #: Longest value a shell variable may take (characters): a launch script's longest, a list of
-#: flags, is a few kilobytes.
+#: flags, is a few kilobytes, and one the script exports or passes as one word cannot exceed
+#: Linux's MAX_ARG_STRLEN, 32 pages = 131,072 bytes (include/uapi/linux/binfmts.h: the
+#: longest single argument or environment string execve accepts). 8x that: a guard against a
+#: value that doubles itself (A=$A$A), not a limit a real script meets.
 MAX_VALUE = 1 << 20
 
 
