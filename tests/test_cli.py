@@ -285,3 +285,16 @@ def test_an_unreachable_dask_scheduler_names_the_option(monkeypatch) -> None:
     monkeypatch.setattr(dask.distributed, "Client", refuse)
     with pytest.raises(ConfigError, match="--scheduler: cannot connect to the Dask scheduler"):
         DaskExecutor("tcp://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("address", ["x", "tcp://127.0.0.1:x", "tcp://[::", "inproc://x",
+                                     "foo://127.0.0.1:1", "tls://127.0.0.1:1"])  # fmt: skip
+def test_a_malformed_dask_scheduler_names_the_option(address: str) -> None:
+    """Each of these addresses was dask's ValueError or TypeError traceback (a fuzz campaign,
+    2026-12-07): now one line naming --scheduler and the form it takes."""
+    pytest.importorskip("dask.distributed")
+    from simtrain.apps.plan.execute import DaskExecutor
+
+    with pytest.raises(ConfigError, match="--scheduler: not a Dask scheduler address") as info:
+        DaskExecutor(address)
+    assert info.value.allowed == "tcp://HOST:PORT"

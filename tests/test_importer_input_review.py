@@ -490,6 +490,76 @@ def test_a_long_open_quote_is_read_in_linear_time() -> None:
     assert arr is not None and len(arr.args) == 2 * 20_000 and arr.args[-1] == "19999"
 
 
+def _counting_lexes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count shell.py's shlex readings (the work of reading a script, not its wall time)."""
+    import shlex
+
+    from simtrain.apps.importers import shell
+
+    count = [0]
+    real = shlex.shlex
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shell.shlex, "shlex", counted)
+    return count
+
+
+@pytest.mark.parametrize("item", ['"--x"', "'--x'", "--it's-ok", '"a\\"b"'])
+def test_quoted_lines_in_an_open_array_or_string_are_read_alone(monkeypatch, item: str) -> None:
+    """An array of 10,000 quoted items, or a string of 10,000 lines that each hold a quote
+    character, were lexed whole at every line (10,000: past 60 s; a fuzz campaign): each line
+    is now read alone from the quote state it starts in (shell._scan), the buffer lexed once
+    where a line closes it. Counted in shlex readings: a handful, not one a line; the words
+    are the same."""
+    count = _counting_lexes(monkeypatch)
+    n = 2_000
+    if item in ('"--x"', "'--x'"):
+        arr = read_command("A=(\n" + "\n".join([item] * n) + "\n)\npython pretrain_gpt.py "
+                           "${A[@]}\n", "t.sh")  # fmt: skip
+        assert arr is not None and arr.args == ("--x",) * n
+    else:  # a string over n lines, each with a quote character of the other kind or escaped
+        from simtrain.apps.importers.shell import _logical_lines
+
+        body = "\n".join(["a'b"] * n) if item == "--it's-ok" else "\n".join(['x\\"y'] * n)
+        lines = _logical_lines(f'X="{body}"\npython pretrain_gpt.py --y 1\n', "t.sh")
+        assert [(start, text.count("\n")) for start, text, _w in lines[:2]] == [
+            (1, n - 1),
+            (n + 1, 0),
+        ]
+        assert lines[0][2] == ["X=" + body.replace('\\"', '"')]  # shlex's word, unchanged
+    assert count[0] < 10
+
+
+def test_an_array_that_doubles_itself_is_refused() -> None:
+    """``A=(${A[@]} ${A[@]})`` forty-five times ran out of memory (MemoryError, a fuzz
+    campaign): past MAX_VALUE characters, an error naming the array and the line."""
+    from simtrain.apps.importers.shell import MAX_VALUE
+
+    for grow in ("A=(${A[@]} ${A[@]})\n", "A+=(${A[@]})\n"):
+        text = "A=(x y)\n" + grow * 45 + "python pretrain_gpt.py ${A[@]}\n"
+        with pytest.raises(ConfigError) as info:
+            read_command(text, "t.sh")
+        assert info.value.key == "A" and f"{MAX_VALUE:,}" in info.value.message
+
+
+def test_a_word_that_would_grow_past_the_limit_is_not_built() -> None:
+    """A word of many references to a long variable or array ("$V$V..." or "${A[@]}..."): its
+    length is reckoned before it is built, an error naming the variable it is assigned to, or
+    the line."""
+    big = "v" * 600_000
+    for ref, setup in (("$V", f"V={big}\n"), ("${A[@]}", f"A=({big})\n")):
+        for line, key in ((f'W="{ref}{ref}"', "W"), (f'python pretrain_gpt.py --x "{ref}{ref}"',
+                                                     "line 2")):  # fmt: skip
+            with pytest.raises(ConfigError) as info:
+                read_command(setup + line + "\n", "t.sh")
+            assert info.value.key == key and "grows past" in info.value.message
+    ok = read_command(f"V={big}\npython pretrain_gpt.py --x $V\n", "t.sh")
+    assert ok is not None and ok.args == ("--x", big)
+
+
 @pytest.mark.parametrize("launcher", ["--nproc_per_node -8 --nnodes -1",
                                       "--nproc_per_node 8 --nnodes -2"])  # fmt: skip
 def test_negative_launcher_counts_are_errors(tmp_path: Path, launcher: str) -> None:

@@ -412,3 +412,56 @@ def test_measure_refuses_what_it_cannot_build(tmp_path, args: list[str], key: st
     assert f"{key}:" in err
     if not key.startswith("--"):
         assert str(f) in err
+
+
+def test_a_step_beyond_the_free_memory_is_refused_before_it_is_built(monkeypatch) -> None:
+    """simtrain's own one-device estimate against the device's free memory (a CPU measurement
+    of GPT-2 XL ran a 24 GiB host out of memory: a traceback, a fuzz campaign): refused with the
+    two figures, naming the model; with room, the same step runs."""
+    from simtrain.errors import ConfigError
+    from simtrain.torchref import measure as measure_mod
+    from simtrain.torchref.pairs import estimate_stage
+
+    st = estimate_stage(GPT, training())
+    need = st.peak_memory_bytes - dict(st.memory_bytes)["cuda_context"]
+    monkeypatch.setattr(measure_mod, "free_memory_bytes", lambda device: need - 1)
+    with pytest.raises(ConfigError, match="the step needs about .* GiB .* are free on cpu") as e:
+        measure_step(GPT, training(), steps=1, file="tiny.yaml")
+    assert e.value.key == "model" and e.value.file == "tiny.yaml"
+    monkeypatch.setattr(measure_mod, "free_memory_bytes", lambda device: need)
+    assert measure_step(GPT, training(), steps=1).trainable_params > 0
+
+
+def test_free_memory_is_the_hosts_available_memory() -> None:
+    from simtrain.torchref.measure import free_memory_bytes
+
+    with open("/proc/meminfo") as f:
+        avail = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemAvailable:"))
+    assert abs(free_memory_bytes("cpu") - avail) < 2**30  # read a moment apart
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. "
+                                              "DefaultCPUAllocator: can't allocate memory"),
+                                 MemoryError()])  # fmt: skip
+def test_running_out_of_memory_while_measuring_is_one_line(monkeypatch, exc) -> None:
+    from simtrain.errors import ConfigError
+    from simtrain.torchref import measure as measure_mod
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(measure_mod, "_measure_step", fail)
+    with pytest.raises(ConfigError, match="the step ran out of memory on cpu") as e:
+        measure_step(GPT, training(), steps=1)
+    assert e.value.key == "model"
+
+
+def test_other_runtime_errors_are_not_read_as_memory(monkeypatch) -> None:
+    from simtrain.torchref import measure as measure_mod
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(measure_mod, "_measure_step", fail)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        measure_step(GPT, training(), steps=1)

@@ -69,3 +69,23 @@ def test_plan_refuses_fewer_than_one_worker(workers: str) -> None:
     """--workers 0 and -3 were read as the default and as 1, silently."""
     r = CliRunner().invoke(main, ["plan", str(PLAN), "--workers", workers])
     assert r.exit_code == 2 and "--workers" in r.output, r.output
+
+
+def test_plan_top_has_the_plan_files_bound() -> None:
+    """--top 99,999,999,999 was accepted (every layout simulated in full) where a plan file's
+    top is at most MAX_TOP: the option takes the same bound."""
+    from simtrain.apps.plan.file import MAX_TOP
+
+    r = CliRunner().invoke(main, ["plan", str(PLAN), "--top", str(MAX_TOP + 1)])
+    assert r.exit_code == 2 and f"--top: must be 1 to {MAX_TOP:,}" in r.stderr, r.output
+
+
+def test_compare_takes_at_most_max_variants() -> None:
+    """150 variants of a 2,048-GPU scenario ran past a minute (a fuzz campaign): more than
+    MAX_VARIANTS is a one-line error naming --variants, before anything is simulated."""
+    from simtrain.apps.compare.command import MAX_VARIANTS
+
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "gpipe_8gpu.yaml"
+    many = ",".join(["amp"] * (MAX_VARIANTS + 1))
+    r = CliRunner().invoke(main, ["compare", str(scenario), "--variants", many])
+    assert r.exit_code == 2 and f"at most {MAX_VARIANTS} side by side" in r.stderr, r.output

@@ -161,11 +161,61 @@ def measure_step(
         raise ConfigError(file, "model.head_size", "simtrain measure's rotary embedding rotates "
                           "channel pairs: the rotated width (head size x rotary_fraction) must "
                           "be even", spec.rotary_dims)  # fmt: skip
+    _check_room(
+        spec, training if batch is None else replace(training, micro_batch=batch), device, file
+    )
     with torch_threads(threads):
         try:
             return _measure_step(spec, training, batch, device, seed, steps, warmup)
         except ConfigError as exc:  # (the reference model's: name the scenario's file)
             raise exc.blaming(file) from None
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise _no_room(file, device, str(exc).split("\n", 1)[0]) from None
+        except RuntimeError as exc:  # the CPU allocator's: "DefaultCPUAllocator: can't allocate"
+            if "allocate" not in str(exc):
+                raise
+            raise _no_room(file, device, str(exc).split("\n", 1)[0]) from None
+
+
+def free_memory_bytes(device: str) -> int:
+    """What ``device`` has free for a measurement: a CUDA device's free memory
+    (``torch.cuda.mem_get_info``), the host's MemAvailable (``/proc/meminfo``; the physical
+    memory where that file is absent)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_room(spec: ModelSpec, training: TrainingSpec, device: str, file: str | None) -> None:
+    """Refuse, before a model is built, a step that simtrain's own estimate of it on one
+    device (:func:`simtrain.torchref.pairs.estimate_stage`, its peak less the CUDA context)
+    puts beyond the device's free memory (:func:`free_memory_bytes`): a CPU measurement of
+    GPT-2 XL ran the host out of memory, a traceback, or the kernel's OOM killer without
+    one (a fuzz campaign)."""
+    from simtrain.torchref.pairs import estimate_stage
+
+    st = estimate_stage(spec, training)
+    need = st.peak_memory_bytes - dict(st.memory_bytes).get("cuda_context", 0)
+    free = free_memory_bytes(device)
+    if need > free:
+        raise ConfigError(file, "model", f"the step needs about {need / 2**30:.1f} GiB "
+                          f"(simtrain's estimate of it on one device), {free / 2**30:.1f} GiB "
+                          f"are free on {device}: measure a smaller model or micro-batch",
+                          spec.name)  # fmt: skip
+
+
+def _no_room(file: str | None, device: str, what: str) -> ConfigError:
+    return ConfigError(file, "model", f"the step ran out of memory on {device} ({what}): "
+                       "measure a smaller model or micro-batch")  # fmt: skip
 
 
 #: The devices ``simtrain measure`` runs on.

@@ -26,6 +26,11 @@ def write_outputs(comp: VariantComparison, out_dir: str | Path) -> list[Path]:
     ]
 
 
+#: Variants one comparison simulates side by side (each a whole simulation; there are 15
+#: built-in ones): a table of more is not read, and each costs a simulation.
+MAX_VARIANTS = 32
+
+
 def compare_command(
     scenario: str,
     variants: str,
@@ -40,6 +45,10 @@ def compare_command(
     if not specs:
         raise ConfigError(None, "--variants", "give at least one variant", variants,
                           ", ".join(BUILTIN_VARIANTS) + f", or {ADHOC_HELP}")  # fmt: skip
+    if len(specs) > MAX_VARIANTS:
+        # (150 variants of a 2,048-GPU scenario ran past a minute: a fuzz campaign)
+        raise ConfigError(None, "--variants", f"{len(specs)} variants: at most {MAX_VARIANTS} "
+                          "side by side", variants[:60] + "...")  # fmt: skip
     comp = compare(scenario, specs, ladder=ladder, overrides=overrides)
     folder = Path(out_dir) if out_dir else Path("plots") / comp.scenario / "compare"
     paths = write_outputs(comp, folder)

@@ -76,23 +76,39 @@ def _squeeze_arith(text: str) -> str:
     return _ARITH.sub(squeeze, text) if "$((" in text else text
 
 
+#: :func:`_logical_lines`' quote state where :func:`_scan` and shlex disagree
+UNKNOWN = "?"
+
+
 def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     """(first line number, text, words) of each logical line: continuations joined, and a
     quoted string or an array that spans lines read whole."""
     out: list[tuple[int, str, list[str]]] = []
     buf, start = "", 0
-    # what keeps the buffer open: "quote" (a quoted string), "array" (NAME=( ... ) or "";
-    # a line that cannot close it (no quote character, no ")") joins it without re-reading
-    # the whole buffer: linear, where each line's re-read made a long open string quadratic
-    # (5,000 lines, 78 KB: past 60 s; a fuzz campaign)
+    # what keeps the buffer open: "quote" (a quoted string), "array" (NAME=( ... ) or "".
+    # While it is open a line that cannot close it joins it without re-reading the whole
+    # buffer, which made long open strings quadratic: 5,000 lines, 78 KB, past 60 s, and an
+    # array of 10,000 quoted items or a string of 10,000 lines holding a "'" the same (fuzz
+    # campaigns). A line with quote characters is read alone from shlex's state at the
+    # buffer's end (:func:`_scan`), the buffer lexed whole only where that line closes it.
     pending = ""
+    quote, comment = "", False
     for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
         quiet = "'" not in raw and '"' not in raw
-        if pending == "array" and quiet and raw.lstrip().startswith("#"):
-            continue  # a comment in an array ends at its line, a backslash and all (bash)
-        if pending and quiet and (pending == "quote" or ")" not in raw):
-            buf += raw[:-1] + " " if raw.endswith("\\") else raw + "\n"
-            continue
+        scanned = None  # (quote, comment) after this line, where it is read alone
+        if pending:
+            piece = raw[:-1] + " " if raw.endswith("\\") else raw + "\n"
+            if quote == "" and raw.lstrip().startswith("#"):
+                continue  # a comment in an array ends at its line, a backslash and all (bash)
+            if quote != UNKNOWN:
+                after, closes, in_comment = _scan(piece, quote, comment)
+                if after or (pending == "array" and not closes):
+                    buf, quote, comment = buf + piece, after, in_comment
+                    continue
+                scanned = (after, in_comment)
+            elif quiet and (pending == "quote" or ")" not in raw):
+                buf += piece
+                continue
         if raw.lstrip().startswith("#") and not _open_quote(buf):
             # a comment ends at its line, a backslash and all (bash does not continue it); in
             # a continued command it is left out and the command goes on
@@ -101,6 +117,8 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             start = n
         if raw.endswith("\\"):
             buf += raw[:-1] + " "
+            if scanned is not None:
+                quote, comment = scanned
             continue
         buf = _squeeze_arith(buf + raw)
         try:
@@ -111,17 +129,53 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
         except ValueError:  # an open quote: the string goes on
             buf += "\n"
             pending = "quote"
+            quote, _closes, comment = _scan(buf, "", False)
+            if not quote:  # shlex and _scan read it apart: each next line read whole
+                quote = UNKNOWN
             continue
         m = _ASSIGN.match(buf)
         if m and m.group(2).lstrip().startswith("(") and not _array_closed(words):
             buf += "\n"
-            pending = "array"
+            pending, quote, comment = "array", "", False
             continue
         out.append((start, buf, words))
         buf, pending = "", ""
     if buf:
         out.append((start, buf, _split(buf, file, start)))
     return out
+
+
+def _scan(piece: str, quote: str, comment: bool) -> tuple[str, bool, bool]:
+    """shlex's reading (posix, ``#`` comments, as :func:`_logical_lines` lexes) of ``piece``
+    appended to a buffer that ends in ``quote`` ("", "'" or '"') and, if ``comment``, in a
+    comment: (the quote open after it, whether an unquoted ``)`` occurs in it, whether it ends
+    in a comment). A backslash escapes the next character outside single quotes (inside double
+    quotes only a quote or a backslash, the one that matters here); a comment runs to the
+    next line break. Linear in the piece."""
+    closes = False
+    i, n = 0, len(piece)
+    while i < n:
+        c = piece[i]
+        if comment:
+            comment = c != "\n"
+        elif quote == "'":
+            if c == "'":
+                quote = ""
+        elif quote == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = ""
+        elif c == "\\":
+            i += 1
+        elif c in "'\"":
+            quote = c
+        elif c == "#":
+            comment = True
+        elif c == ")":
+            closes = True
+        i += 1
+    return quote, closes, comment
 
 
 def _open_quote(buf: str) -> bool:
@@ -153,6 +207,25 @@ def _arith(expr: str, env: dict[str, str]) -> str | None:
         return None
 
 
+class ValueTooLong(Exception):
+    """A word or variable that would grow past :data:`MAX_VALUE` characters (its name)."""
+
+
+def _check_growth(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> None:
+    """Raise :class:`ValueTooLong` before expanding a ``word`` whose references would make it
+    longer than :data:`MAX_VALUE` (each reference at its value's length: "$A$A..." a
+    thousand times over a long A), so that the text is never built."""
+    size = len(word)
+    for m in _ARRAY_IN.finditer(word):
+        items = arrays.get(m.group(1), ())
+        size += sum(map(len, items)) + len(items)
+    for m in _VAR.finditer(word):
+        name = m.group(1) or m.group(3)
+        size += len(env.get(name, ""))
+    if size > MAX_VALUE:
+        raise ValueTooLong(word[:40])
+
+
 def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list[str]:
     """A word with its variables expanded; a word that was only a variable is split on white
     space (as an unquoted ``$ARGS`` is); an array reference is the array's words."""
@@ -161,6 +234,7 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
         if m.group(1) in arrays:
             return list(arrays[m.group(1)])
         return [word]
+    _check_growth(word, env, arrays)
     whole_var = _VAR.fullmatch(word) is not None
     # ``"... ${ARGS[@]}"`` inside a longer string: the array's words joined by spaces (bash)
     word = _ARRAY_IN.sub(lambda m: " ".join(arrays[m.group(1)]) if m.group(1) in arrays
@@ -238,53 +312,69 @@ def read_command(text: str, file: str) -> Command | None:
     env: dict[str, str] = {}
     arrays: dict[str, list[str]] = {}
     found: list[Command] = []
-    for n, line, words in _logical_lines(text, file):
+    n, line = 0, ""
+    try:
+        for n, line, words in _logical_lines(text, file):
+            m = _ASSIGN.match(line)
+            ws = words
+            if ws and ws[0] in DECLARE_WORDS:
+                # its options (declare -a, -x, ...) only: an array's own items keep their dashes
+                # (declare -a EXTRA=(--bf16 --use-distributed-optimizer): a fuzz campaign)
+                ws = ws[1:]
+                while ws and ws[0].startswith("-"):
+                    ws = ws[1:]
+            if m and ws and (ws[0].startswith(m.group(1) + "=")
+                             or ws[0].startswith(m.group(1) + "+=")):  # fmt: skip
+                name, rhs = m.group(1), m.group(2).strip()
+                append = ws[0].startswith(name + "+=")
+                if rhs.startswith("("):
+                    inner = ws[:]
+                    inner[0] = inner[0].split("=", 1)[1]
+                    items = [
+                        w for w in (x.strip("()") if x in ("(", ")") else x for x in inner) if w
+                    ]
+                    if items and items[0].startswith("("):
+                        items[0] = items[0][1:]
+                    if items and items[-1].endswith(")"):
+                        items[-1] = items[-1][:-1]
+                    values = [e for w in items if w for e in expand(w, env, arrays)]
+                    arrays[name] = (arrays.get(name, []) if append else []) + values
+                    if sum(map(len, arrays[name])) + len(arrays[name]) > MAX_VALUE:
+                        # (A=(${A[@]} ${A[@]}) forty-five times: 2^46 items, a MemoryError)
+                        raise ConfigError(file, name, f"the array grows past {MAX_VALUE:,} "
+                                          f"characters (line {n})", " ".join(arrays[name][:4])[:40]
+                                          + "...")  # fmt: skip
+                    continue
+                if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
+                    value = ws[0].split("=", 1)[1]
+                    value = " ".join(expand(value, env, arrays)) if value else ""
+                    env[name] = (env.get(name, "") + value) if append else value
+                    if len(env[name]) > MAX_VALUE:  # (A=$A$A forty times: 2^41 characters)
+                        raise ConfigError(file, name, f"the variable grows past {MAX_VALUE:,} "
+                                          f"characters (line {n})", env[name][:40] + "...")  # fmt: skip
+                    continue
+                # NAME=value command ...: an environment prefix of a command
+                while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
+                    ws = ws[1:]
+                words = ws
+            # each command of a list (``[ -d logs ] || mkdir logs; python pretrain_gpt.py ...``):
+            # a test or a print is not the launch, the command after it may be
+            for seg in _list_commands(words):
+                while seg and seg[0] in ("then", "do", "else", "{", "time"):  # a keyword before it
+                    seg = seg[1:]
+                if not seg or seg[0] in NOT_A_LAUNCH:
+                    continue
+                command = _launch(seg, env, arrays, file, n)
+                if command is not None:
+                    found.append(command)
+                    break
+    except ValueTooLong as exc:  # ("$A$A..." over a long A: the text is never built)
         m = _ASSIGN.match(line)
-        ws = words
-        if ws and ws[0] in DECLARE_WORDS:
-            # its options (declare -a, -x, ...) only: an array's own items keep their dashes
-            # (declare -a EXTRA=(--bf16 --use-distributed-optimizer): a fuzz campaign)
-            ws = ws[1:]
-            while ws and ws[0].startswith("-"):
-                ws = ws[1:]
-        if m and ws and (ws[0].startswith(m.group(1) + "=")
-                         or ws[0].startswith(m.group(1) + "+=")):  # fmt: skip
-            name, rhs = m.group(1), m.group(2).strip()
-            append = ws[0].startswith(name + "+=")
-            if rhs.startswith("("):
-                inner = ws[:]
-                inner[0] = inner[0].split("=", 1)[1]
-                items = [w for w in (x.strip("()") if x in ("(", ")") else x for x in inner) if w]
-                if items and items[0].startswith("("):
-                    items[0] = items[0][1:]
-                if items and items[-1].endswith(")"):
-                    items[-1] = items[-1][:-1]
-                values = [e for w in items if w for e in expand(w, env, arrays)]
-                arrays[name] = (arrays.get(name, []) if append else []) + values
-                continue
-            if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
-                value = ws[0].split("=", 1)[1]
-                value = " ".join(expand(value, env, arrays)) if value else ""
-                env[name] = (env.get(name, "") + value) if append else value
-                if len(env[name]) > MAX_VALUE:  # (A=$A$A forty times: 2^41 characters)
-                    raise ConfigError(file, name, f"the variable grows past {MAX_VALUE:,} "
-                                      f"characters (line {n})", env[name][:40] + "...")  # fmt: skip
-                continue
-            # NAME=value command ...: an environment prefix of a command
-            while ws and _ASSIGN.match(ws[0]) and "=" in ws[0]:
-                ws = ws[1:]
-            words = ws
-        # each command of a list (``[ -d logs ] || mkdir logs; python pretrain_gpt.py ...``):
-        # a test or a print is not the launch, the command after it may be
-        for seg in _list_commands(words):
-            while seg and seg[0] in ("then", "do", "else", "{", "time"):  # a keyword before it
-                seg = seg[1:]
-            if not seg or seg[0] in NOT_A_LAUNCH:
-                continue
-            command = _launch(seg, env, arrays, file, n)
-            if command is not None:
-                found.append(command)
-                break
+        if m:  # A=$A$A: the variable's error (A=$A$A forty times: 2^41 characters)
+            raise ConfigError(file, m.group(1), f"the variable grows past {MAX_VALUE:,} "
+                              f"characters (line {n})", f"{exc}...") from None  # fmt: skip
+        raise ConfigError(file, f"line {n}", f"a word grows past {MAX_VALUE:,} characters as "
+                          "its variables expand", f"{exc}...") from None  # fmt: skip
     for good in (
         lambda c: c.program.rsplit("/", 1)[-1].startswith("pretrain") or "--num-layers" in c.args,
         lambda c: any(a.startswith("--") for a in c.args),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simtrain.apps.plan.execute import DaskExecutor, make_executor
-from simtrain.apps.plan.file import load_plan
+from simtrain.apps.plan.file import MAX_TOP, load_plan
 from simtrain.apps.plan.output import plan_table, write_best_yaml, write_csv, write_pareto
 from simtrain.apps.plan.progress import Progress, ProgressBar, work_after
 from simtrain.apps.plan.search import run_plan
@@ -28,8 +28,9 @@ def plan_command(
     from simtrain.report.tables import dumps
 
     plan = load_plan(plan_path)
-    if top is not None and top < 1:
-        raise ConfigError(None, "--top", "must be >= 1", top)
+    if top is not None and not 1 <= top <= MAX_TOP:
+        # (the plan file's own top is bounded alike; 99,999,999,999 simulated every layout)
+        raise ConfigError(None, "--top", f"must be 1 to {MAX_TOP:,}", top)
     if executor == "dask" or scheduler:
         ex = DaskExecutor(scheduler, workers)
     else:

@@ -75,6 +75,13 @@ class DaskExecutor:
             except OSError as exc:  # no scheduler there (dask: "Timed out trying to connect")
                 raise ConfigError(None, "--scheduler", f"cannot connect to the Dask scheduler "
                                   f"{scheduler!r}: {exc}") from None  # fmt: skip
+            except (ValueError, TypeError) as exc:
+                # an address dask cannot parse or a scheme it cannot open without more setup
+                # ('x', 'tcp://h:x', 'foo://h:1', 'tls://h:1' without an SSL context: a fuzz
+                # campaign, each a traceback)
+                raise ConfigError(None, "--scheduler", f"not a Dask scheduler address dask "
+                                  f"can open ({exc})", scheduler,
+                                  "tcp://HOST:PORT") from None  # fmt: skip
         else:
             self._cluster = LocalCluster(n_workers=local_workers(workers),
                                          threads_per_worker=1)  # fmt: skip
