@@ -257,7 +257,12 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
     from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
     from simtrain.schedules import traits as schedule_traits
 
-    virtual_stages = schedule_traits(name).chunks(virtual_stages)  # ZB-V, DualPipeV: 2
+    fixed = schedule_traits(name).chunks_per_rank  # ZB-V, DualPipeV: 2
+    if fixed and virtual_stages not in (1, fixed):
+        # (dualpipe -v 8 was read as 2, silently: a fuzz campaign)
+        raise ConfigError(None, "--virtual-stages", f"{name} runs {fixed} model chunks per GPU",
+                          virtual_stages, f"1 or {fixed}")  # fmt: skip
+    virtual_stages = schedule_traits(name).chunks(virtual_stages)
     place = schedule_traits(name).placement  # DualPipe: two pipelines ("dual")
     sched = build_schedule(name, pp, microbatches, virtual_stages, microbatch_group)
     click.echo("order of actions per GPU (stage, kind, micro-batch):")

@@ -298,3 +298,18 @@ def test_a_malformed_dask_scheduler_names_the_option(address: str) -> None:
     with pytest.raises(ConfigError, match="--scheduler: not a Dask scheduler address") as info:
         DaskExecutor(address)
     assert info.value.allowed == "tcp://HOST:PORT"
+
+
+@pytest.mark.parametrize("name, v", [("dualpipe", "8"), ("zb_v", "3"), ("dualpipe_v", "4")])
+def test_schedule_refuses_a_chunk_count_its_schedule_does_not_run(name: str, v: str) -> None:
+    """A schedule of a fixed chunk count (two: ZB-V, DualPipe, DualPipeV) took any -v and ran
+    its own silently (a fuzz campaign): now a usage error naming -v and the counts it takes;
+    1 (the default) and its own count still run."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+
+    r = CliRunner().invoke(main, ["schedule", name, "-v", v])
+    assert r.exit_code == 2 and f"runs 2 model chunks per GPU (got {v})" in r.stderr, r.output
+    for ok in ("1", "2"):
+        assert CliRunner().invoke(main, ["schedule", name, "-v", ok]).exit_code == 0

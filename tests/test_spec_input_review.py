@@ -296,3 +296,14 @@ def test_scenario_shape_keys_still_name_model_keys(tmp_path: Path) -> None:
                "hardware: h100_sxm5_80gb\ntraining: {seq_len: 512, global_batch: 1}\n")  # fmt: skip
     err = _config_error(load_scenario, p)
     assert err.file == str(p) and err.key == "model.kv_heads"
+
+
+@pytest.mark.parametrize("path", ["training..micro_batch", ".training.micro_batch",
+                                  "training.micro_batch."])  # fmt: skip
+def test_an_empty_key_in_a_set_path_is_an_error(path: str) -> None:
+    """An empty key (two dots, a dot at an end) was dropped, the path read as
+    training.micro_batch (a fuzz campaign): now an error naming the path as given."""
+    d: dict = {"training": {"micro_batch": 1}}
+    err = _config_error(apply_override, d, f"{path}=2")
+    assert err.key == path and "empty key" in err.message
+    assert d == {"training": {"micro_batch": 1}}  # nothing set

@@ -1415,6 +1415,11 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
         raise ConfigError("--set", assignment, "empty key path")
+    if len(keys) != len(path.strip().split(".")):
+        # (training..micro_batch, .training.micro_batch and training.micro_batch. were read as
+        # training.micro_batch: a fuzz campaign)
+        raise ConfigError("--set", path.strip(), "an empty key in the path (two dots, or a dot "
+                          "at an end)", allowed="KEY.KEY=VALUE")  # fmt: skip
     if len(keys) > MAX_DEPTH:
         raise ConfigError("--set", path, f"key path deeper than {MAX_DEPTH} levels")
     dotted = ".".join(keys)
