@@ -413,3 +413,33 @@ def test_explain_counts_what_memory_counts() -> None:
     for sm in rep.stages[:2]:
         mats, rest = rank_muon_elements(sc, resolve(sc), sm.stage)
         assert mats + rest == sm.trainable
+
+
+@pytest.mark.parametrize("field, value", [("n_group", -1), ("n_group", True), ("n_group", 1.5),
+                                          ("n_group", []), ("topk_group", 1.5),
+                                          ("topk_group", -2), ("q_lora_rank", 1.5),
+                                          ("q_lora_rank", [])])  # fmt: skip
+def test_deepseek_group_and_latent_fields_must_be_whole(tmp_path: Path, field: str,
+                                                        value: object) -> None:  # fmt: skip
+    """n_group -1, [] or true became 0 (no group limit), q_lora_rank 1.5 became 1 and
+    topk_group 1.5 became 1 (int() of each; a fuzz campaign): an error naming the field."""
+    import json
+
+    from simtrain.errors import ConfigError
+
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**KIMI_K2, field: value}))
+    with pytest.raises(ConfigError) as info:
+        from_hf_config(p)
+    assert info.value.key == field
+
+
+def test_deepseek_null_latent_and_groups_are_still_read(tmp_path: Path) -> None:
+    """q_lora_rank and n_group may be null (transformers' defaults: q_proj straight from h, no
+    group limit)."""
+    import json
+
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**KIMI_K2, "q_lora_rank": None, "n_group": None}))
+    m = from_hf_config(p)
+    assert m.q_lora_rank == 0 and m.router_groups == 0

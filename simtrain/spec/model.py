@@ -759,6 +759,11 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "qk_rope_head_dim",
     "v_head_dim",
     "num_nextn_predict_layers",
+    # DeepSeek's: integers in configuration_deepseek_v3.py (q_lora_rank and n_group may be
+    # null); read with int() they took 1.5 as 1 and true as 1 (a fuzz campaign)
+    "q_lora_rank",
+    "n_group",
+    "topk_group",
 }
 #: model_type values read as a Llama-style decoder (RMSNorm, gated MLP, rotary, no biases but
 #: the Q/K/V biases some have): HF transformers' configuration_*.py field names. Phi-3 fuses

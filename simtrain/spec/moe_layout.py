@@ -128,6 +128,10 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
             qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
             mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
         )  # fmt: skip
+        for field in ("n_group", "topk_group"):
+            if (cfg.get(field) or 0) < 0:  # (-1 had turned the group limit off: a fuzz campaign)
+                raise ConfigError(path, field, "must be >= 0 (n_group 1 or none: no group "
+                                  "limit)", cfg[field])  # fmt: skip
         if (cfg.get("topk_method") in ("group_limited_greedy", "noaux_tc")
                 and int(cfg.get("n_group") or 0) > 1):  # fmt: skip
             # DeepseekV3TopkRouter: topk_group of n_group groups (V2: device-limited greedy);
