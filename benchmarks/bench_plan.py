@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import random
 import time
@@ -115,9 +114,9 @@ def simulation_rate(plan, rows, n_sims: int) -> tuple[list, list]:
 def pool_rate(plan, rows, n_sims: int) -> None:
     """The planner's own path: scenario mappings through the process pool (parse + simulate)."""
     cands = select_candidates(rows, "time", n_sims)[:n_sims]
-    workers = os.cpu_count() or 1
+    ex = LocalExecutor()  # its workers: the CPUs this process may run on
+    workers = ex.workers
     items = [(scenario_data(plan, r.layout), plan.file, str(ROOT)) for r in cands] * 2
-    ex = LocalExecutor(workers)
     list(ex.map_unordered(simulate_layout, items[:workers]))  # start the workers
     t0 = time.perf_counter()
     list(ex.map_unordered(simulate_layout, items))

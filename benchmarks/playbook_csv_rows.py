@@ -41,6 +41,7 @@ from simtrain.apps.validate.job_network import (
 from simtrain.apps.validate.measured import compare_record
 from simtrain.apps.validate.records import Record, load_record_files, resolve_paths
 from simtrain.apps.validate.translate import translate
+from simtrain.apps.workers import local_workers
 from simtrain.costs.link_fit import measured_time_s
 from simtrain.costs.memory import estimate_memory
 from simtrain.spec.hardware import load_hardware
@@ -286,8 +287,10 @@ def print_layer_floors(recs: list[Record], results: list) -> None:
 #: kinds' 425 and 458 GB/s), and a reserved peak within 11.2 GiB of the H100's 79.2
 SLOW_NODE_AR_GB_PER_S = 100
 NEAR_FULL_GIB = 68
-#: the CSV columns that tell a job's layouts apart (its ``name`` is not one the script needs)
-LAYOUT_COLUMNS = ("hidden_size", "num_layers", "dp", "tp", "pp", "mbs", "batch_accum",
+#: the CSV columns that tell a job's runs apart: the model shape and the layout the script
+#: reads (its ``name`` is not one the script needs)
+LAYOUT_COLUMNS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "interm_dim",
+                  "vocab_size", "seq_len", "dp", "tp", "pp", "mbs", "batch_accum",
                   "zero_stage")  # fmt: skip
 
 
@@ -313,7 +316,7 @@ def print_two_codes(recs: list[Record], results: list, rows: list[dict[str, str]
         return
     polled = [replace(rec, runtime="nanotron_bench") for rec, _res in post]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
+        with ProcessPoolExecutor(max_workers=local_workers(workers)) as ex:
             bench = list(ex.map(_tokens_error, polled, chunksize=16))
     else:
         bench = [_tokens_error(r) for r in polled]

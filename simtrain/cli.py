@@ -166,7 +166,8 @@ def _warn(message: str) -> None:
 
 #: ``--threads`` of measure and calibrate: torch.set_num_threads asks OpenMP for that many
 #: threads, which a count far above the machine's only oversubscribes and a huge one exhausts.
-#: 1,024 is above the hardware threads of a two-socket server of 2026 (2 x 192 cores x 2).
+#: 1,024 is above the hardware threads of a two-socket server of 2024-25 (AMD EPYC 9965:
+#: 2 x 192 cores x 2 threads = 768).
 MAX_TORCH_THREADS = 1024
 
 

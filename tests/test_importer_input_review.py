@@ -646,3 +646,51 @@ def test_a_comment_ending_in_a_backslash_inside_an_array_drops_only_itself() -> 
     cmd = read_command("A=(\n  # note \\\n  --bf16\n  --x 1\n)\npython pretrain_gpt.py ${A[@]}\n",
                        "t.sh")  # fmt: skip
     assert cmd is not None and cmd.args == ("--bf16", "--x", "1")
+
+
+def test_a_command_of_many_whole_array_references_is_refused() -> None:
+    """160 "${A[@]}" over an array of 262,144 items built 42 million arguments (1.3 GB; a
+    review of the fuzz fixes): the command's expanded words stop at MAX_VALUE characters, an
+    error naming the line; an environment prefix on that line is not the culprit named."""
+    text = ("A=(x)\n" + "A=(${A[@]} ${A[@]})\n" * 18
+            + "CUDA_DEVICE_MAX_CONNECTIONS=1 python pretrain_gpt.py "
+            + " ".join(["${A[@]}"] * 160) + "\n")  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        read_command(text, "t.sh")
+    assert info.value.key == "line 20" and "the command grows past" in info.value.message
+
+
+def test_a_variable_as_long_as_the_limit_may_be_copied() -> None:
+    """W=$V with V just under MAX_VALUE: W is as long as V, not longer (the reference's own
+    text is not counted on top of its value)."""
+    from simtrain.apps.importers.shell import MAX_VALUE
+
+    v = "v" * (MAX_VALUE - 100)
+    cmd = read_command(f"V={v}\nW=$V\npython pretrain_gpt.py --x $W\n", "t.sh")
+    assert cmd is not None and cmd.args == ("--x", v)
+
+
+def test_arrays_the_quote_scanner_reads_right() -> None:
+    """Balanced quotes the line-by-line reading settles (a review): a quoted ")" inside an
+    item does not close the array (the old reader closed it there and lost --num-layers); a
+    line that closes the array and opens a quote closed lines later ends the array all the
+    same; "$(nproc)x" (a ")" inside a word) closes nothing."""
+    a = read_command('A=(\n --name "run-$(date +%s)"\n --num-layers 2\n)\n'
+                     "python pretrain_gpt.py ${A[@]}\n", "t.sh")  # fmt: skip
+    assert a is not None and a.args == ("--name", "run-$(date +%s)", "--num-layers", "2")
+    b = read_command('OPTS=(\n --num-layers 2\n) && echo "set,\nlaunching"\n'
+                     "python pretrain_gpt.py ${OPTS[@]}\n", "t.sh")  # fmt: skip
+    assert b is not None and b.program == "pretrain_gpt.py" and b.args[:2] == ("--num-layers", "2")
+    c = read_command("A=(\n" + "--x=$(nproc)x\n" * 50 + ")\npython pretrain_gpt.py ${A[@]}\n",
+                     "t.sh")  # fmt: skip
+    assert c is not None and c.args == ("--x=$(nproc)x",) * 50
+
+
+def test_words_with_a_paren_inside_are_read_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array of 2,000 lines holding a ")" inside a word ($(nproc)x) was lexed whole at
+    every line (2,500: 18.6 s): a ")" closes the array only at a word's end. Counted in shlex
+    readings."""
+    count = _counting_lexes(monkeypatch)
+    c = read_command("A=(\n" + "--x=$(nproc)x\n" * 2_000 + ")\npython pretrain_gpt.py ${A[@]}\n",
+                     "t.sh")  # fmt: skip
+    assert c is not None and len(c.args) == 2_000 and count[0] < 10

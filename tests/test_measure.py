@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -425,13 +426,48 @@ def test_a_step_beyond_the_free_memory_is_refused_before_it_is_built(monkeypatch
     st = estimate_stage(GPT, training())
     need = st.peak_memory_bytes - dict(st.memory_bytes)["cuda_context"]
     monkeypatch.setattr(measure_mod, "free_memory_bytes", lambda device: need - 1)
+    built = []
+    real_build = measure_mod.build_reference_model
+    monkeypatch.setattr(measure_mod, "build_reference_model",
+                        lambda *a, **k: built.append(1) or real_build(*a, **k))  # fmt: skip
     with pytest.raises(ConfigError, match="the step needs about .* GiB .* are free on cpu") as e:
         measure_step(GPT, training(), steps=1, file="tiny.yaml")
+    assert not built  # refused before the model is built
     assert e.value.key == "model" and e.value.file == "tiny.yaml"
     monkeypatch.setattr(measure_mod, "free_memory_bytes", lambda device: need)
     assert measure_step(GPT, training(), steps=1).trainable_params > 0
 
 
+def test_a_batch_beyond_the_global_batch_is_still_measured() -> None:
+    """measure_step's batch override above the scenario's global batch: the estimate weighs
+    one micro-batch of it (it had raised ScheduleError: microbatches 0; a review)."""
+    m = measure_step(GPT, training(global_batch=2, micro_batch=1), batch=4, steps=1)
+    assert m.trainable_params > 0
+
+
+def test_the_cgroup_limit_bounds_the_free_memory(tmp_path, monkeypatch) -> None:
+    """A container's cgroup v2 limit, which MemAvailable does not see: memory.max less
+    memory.current; none (max) or no v2 cgroup: unlimited."""
+    from simtrain.torchref.measure import cgroup_room_bytes
+
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((x.strip().split("::", 1)[1] for x in f if x.startswith("0::")), None)
+    except OSError:
+        rel = None
+    if rel is None:
+        pytest.skip("no cgroup v2 line for this process")
+    base = tmp_path / rel.strip("/")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "memory.max").write_text("1000000\n")
+    (base / "memory.current").write_text("250000\n")
+    assert cgroup_room_bytes(str(tmp_path)) == 750_000
+    (base / "memory.max").write_text("max\n")
+    assert cgroup_room_bytes(str(tmp_path)) == 1 << 62
+    assert cgroup_room_bytes(str(tmp_path / "absent")) == 1 << 62
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux's /proc/meminfo")
 def test_free_memory_is_the_hosts_available_memory() -> None:
     from simtrain.torchref.measure import free_memory_bytes
 

@@ -20,6 +20,7 @@ from simtrain.errors import ConfigError
 PLAN = Path(__file__).resolve().parents[1] / "plans" / "llama3_8b.yaml"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's process affinity")
 def test_cpu_count_is_this_process_affinity() -> None:
     assert cpu_count() == len(os.sched_getaffinity(0)) >= 1
 
@@ -31,7 +32,8 @@ def test_a_request_is_clamped_to_the_cpus(requested: int) -> None:
 
 
 def test_the_default_is_the_cpus_under_its_cap() -> None:
-    assert local_workers(None) == cpu_count()
+    assert local_workers(None) == local_workers(0) == cpu_count()  # (0: the executors' default)
+    assert local_workers(-3) == 1
     assert local_workers(None, default_cap=1) == 1
     assert local_workers(None, default_cap=10**6) == cpu_count()
 
@@ -42,11 +44,13 @@ def test_env_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _default_workers() == min(4, cpu_count())
     monkeypatch.setenv(WORKERS_ENV, " 1 ")
     assert env_workers() == 1 and _default_workers() == 1
+    monkeypatch.setenv(WORKERS_ENV, "0")  # serial, as before
+    assert env_workers() == 1 and _default_workers() == 1
     monkeypatch.setenv(WORKERS_ENV, "100000")
     assert env_workers() == 100_000 and _default_workers() == cpu_count()
 
 
-@pytest.mark.parametrize("raw", ["0", "-2", "²", "1.5", "two", "3x"])
+@pytest.mark.parametrize("raw", ["-2", "²", "1.5", "two", "3x", "auto"])
 def test_env_workers_refuses_what_is_not_a_count(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
     monkeypatch.setenv(WORKERS_ENV, raw)
     with pytest.raises(ConfigError) as info:

@@ -2,7 +2,8 @@
 
 simtrain's simulations are CPU-bound Python: a process per CPU is as fast as it gets, and each
 process more costs memory without speed (``simtrain plan --workers 100000`` had the kernel kill
-a 24 GiB machine's run). A request is clamped to the CPUs here; 0 or fewer is an error.
+a 24 GiB machine's run). A request is clamped to the CPUs here. The CLI refuses 0 or fewer
+(``--workers``); here None and 0 mean the default, as the executors always read them.
 """
 
 from __future__ import annotations
@@ -25,21 +26,22 @@ def cpu_count() -> int:
 
 def local_workers(requested: int | None, default_cap: int | None = None) -> int:
     """Processes for a pool on this machine: ``requested`` clamped to 1..:func:`cpu_count`,
-    or (None) the CPU count, at most ``default_cap``."""
+    or (None or 0) the CPU count, at most ``default_cap``."""
     cpus = cpu_count()
-    if requested is None:
+    if not requested:
         return min(cpus, default_cap) if default_cap else cpus
     return max(1, min(requested, cpus))
 
 
 def env_workers() -> int | None:
-    """:data:`WORKERS_ENV` as a whole number of processes (None when unset or empty); a
-    ConfigError naming it for anything but ASCII digits giving at least 1 ("²" passes
-    ``str.isdigit`` and was int()'s ValueError)."""
+    """:data:`WORKERS_ENV` as a whole number of processes (None when unset or empty; 0 runs
+    serially, as it always did); a ConfigError naming it for anything but ASCII digits ("²"
+    passes ``str.isdigit`` and was int()'s ValueError; "-1" and "auto" had silently been the
+    default)."""
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()):
         raise ConfigError(None, WORKERS_ENV, "not a whole number of processes", raw,
-                          "1, 2, ... (more than the CPUs run as the CPUs)")  # fmt: skip
-    return int(raw)
+                          "0 (serial), 1, 2, ... (more than the CPUs run as the CPUs)")  # fmt: skip
+    return max(1, int(raw))

@@ -85,7 +85,8 @@ from simtrain.layout.step import ResolvedStep, rank_schedule, resolve
 from simtrain.schedules import microbatches_in_flight, stashed_weight_versions
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.hardware import HardwareProfile
-from simtrain.spec.scenario import MEGATRON_KERNEL_LOSSES, Scenario, cp_rank_training
+from simtrain.spec.model import ModelSpec
+from simtrain.spec.scenario import MEGATRON_KERNEL_LOSSES, Scenario, TrainingSpec, cp_rank_training
 
 
 @dataclass(frozen=True, slots=True)
@@ -1693,6 +1694,17 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
         step_working=(opt_ws,) if opt_ws else (),
         actions=kinds,
     )  # fmt: skip
+
+
+def one_device_stage(model: ModelSpec, training: TrainingSpec) -> StageMemory:
+    """simtrain's estimate of ``model`` under ``training`` on one GPU, no parallelism (the A100
+    80GB profile's: only the CUDA context depends on it): what ``simtrain measure`` weighs."""
+    from simtrain.spec.hardware import load_hardware
+    from simtrain.spec.scenario import ClusterSpec, ParallelSpec
+
+    hw = load_hardware("a100_sxm4_80gb")
+    sc = Scenario("one_device", model, hw, ClusterSpec(1, 1), training, ParallelSpec())
+    return estimate_memory(sc).stages[0]
 
 
 def estimate_memory(sc: Scenario) -> MemoryReport:

@@ -161,15 +161,15 @@ def measure_step(
         raise ConfigError(file, "model.head_size", "simtrain measure's rotary embedding rotates "
                           "channel pairs: the rotated width (head size x rotary_fraction) must "
                           "be even", spec.rotary_dims)  # fmt: skip
-    _check_room(
-        spec, training if batch is None else replace(training, micro_batch=batch), device, file
-    )
+    # (one micro-batch of ``batch`` for the estimate: its peak, whatever the global batch)
+    one = training if batch is None else replace(training, micro_batch=batch, global_batch=batch)
+    _check_room(spec, one, device, file)
     with torch_threads(threads):
         try:
             return _measure_step(spec, training, batch, device, seed, steps, warmup)
         except ConfigError as exc:  # (the reference model's: name the scenario's file)
             raise exc.blaming(file) from None
-        except (torch.OutOfMemoryError, MemoryError) as exc:
+        except (_TORCH_OOM, MemoryError) as exc:
             raise _no_room(file, device, str(exc).split("\n", 1)[0]) from None
         except RuntimeError as exc:  # the CPU allocator's: "DefaultCPUAllocator: can't allocate"
             if "allocate" not in str(exc):
@@ -177,33 +177,60 @@ def measure_step(
             raise _no_room(file, device, str(exc).split("\n", 1)[0]) from None
 
 
+#: torch's out-of-memory error: torch.OutOfMemoryError from torch 2.5, torch.cuda's before
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 def free_memory_bytes(device: str) -> int:
     """What ``device`` has free for a measurement: a CUDA device's free memory
-    (``torch.cuda.mem_get_info``), the host's MemAvailable (``/proc/meminfo``; the physical
-    memory where that file is absent)."""
+    (``torch.cuda.mem_get_info``); the host's MemAvailable (``/proc/meminfo``; the physical
+    memory where that file is absent), at most what this process's cgroup still allows."""
     if device.startswith("cuda"):
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover - not Linux
         pass
-    import os
+    if free is None:  # pragma: no cover - not Linux
+        import os
 
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(free, cgroup_room_bytes())
+
+
+def cgroup_room_bytes(root: str = "/sys/fs/cgroup") -> int:
+    """What this process's cgroup v2 still allows (memory.max less memory.current: a
+    container's limit, which MemAvailable does not see); 2^62 without a limit or a v2 cgroup."""
+    unlimited = 1 << 62
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((ln.strip().split("::", 1)[1] for ln in f if ln.startswith("0::")), None)
+        if rel is None:
+            return unlimited
+        base = root + rel.rstrip("/")
+        with open(base + "/memory.max") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return unlimited
+        with open(base + "/memory.current") as f:
+            return max(0, int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        return unlimited
 
 
 def _check_room(spec: ModelSpec, training: TrainingSpec, device: str, file: str | None) -> None:
     """Refuse, before a model is built, a step that simtrain's own estimate of it on one
-    device (:func:`simtrain.torchref.pairs.estimate_stage`, its peak less the CUDA context)
+    device (:func:`simtrain.costs.memory.one_device_stage`, its peak less the CUDA context)
     puts beyond the device's free memory (:func:`free_memory_bytes`): a CPU measurement of
     GPT-2 XL ran the host out of memory, a traceback, or the kernel's OOM killer without
     one (a fuzz campaign)."""
-    from simtrain.torchref.pairs import estimate_stage
+    from simtrain.costs.memory import one_device_stage
 
-    st = estimate_stage(spec, training)
+    st = one_device_stage(spec, training)
     need = st.peak_memory_bytes - dict(st.memory_bytes).get("cuda_context", 0)
     free = free_memory_bytes(device)
     if need > free:
@@ -233,6 +260,10 @@ def check_device(device: str) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError(None, "--device", "no CUDA device here (torch.cuda.is_available() is "
                           "False)", device, "cpu")  # fmt: skip
+    if kind == "cuda" and int(index) >= torch.cuda.device_count():
+        raise ConfigError(None, "--device", f"no such CUDA device (this machine has "
+                          f"{torch.cuda.device_count()})", device,
+                          f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")  # fmt: skip
 
 
 def _check_optimizer(training: TrainingSpec, file: str | None = None) -> None:

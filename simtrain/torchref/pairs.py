@@ -27,12 +27,9 @@ LLAMA_TINY = ModelSpec("llama-tiny", 2, 64, 4, 2, 160, 256, 256, mlp="swiglu",
 
 def estimate_stage(m: ModelSpec, t: TrainingSpec) -> Any:
     """simtrain's estimate (``costs.memory``'s StageMemory) of ``m`` under ``t`` on one GPU."""
-    from simtrain.costs.memory import estimate_memory
-    from simtrain.spec.hardware import load_hardware
-    from simtrain.spec.scenario import ClusterSpec, ParallelSpec, Scenario
+    from simtrain.costs.memory import one_device_stage
 
-    sc = Scenario("t", m, load_hardware("a100_sxm4_80gb"), ClusterSpec(1, 1), t, ParallelSpec())
-    return estimate_memory(sc).stages[0]
+    return one_device_stage(m, t)
 
 
 def measure_and_estimate(m: ModelSpec, t: TrainingSpec) -> tuple[Any, dict[str, int]]:

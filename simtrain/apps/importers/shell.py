@@ -92,7 +92,9 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     # campaigns). A line with quote characters is read alone from shlex's state at the
     # buffer's end (:func:`_scan`), the buffer lexed whole only where that line closes it.
     pending = ""
-    quote, comment = "", False
+    # closed: an unquoted ")" at a word's end has come since the array opened (a line that
+    # closes it may open a quote that later lines close)
+    quote, comment, closed = "", False, False
     for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
         quiet = "'" not in raw and '"' not in raw
         scanned = None  # (quote, comment) after this line, where it is read alone
@@ -102,7 +104,8 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
                 continue  # a comment in an array ends at its line, a backslash and all (bash)
             if quote != UNKNOWN:
                 after, closes, in_comment = _scan(piece, quote, comment)
-                if after or (pending == "array" and not closes):
+                closed = closed or closes
+                if after or (pending == "array" and not closed):
                     buf, quote, comment = buf + piece, after, in_comment
                     continue
                 scanned = (after, in_comment)
@@ -136,7 +139,7 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
         m = _ASSIGN.match(buf)
         if m and m.group(2).lstrip().startswith("(") and not _array_closed(words):
             buf += "\n"
-            pending, quote, comment = "array", "", False
+            pending, quote, comment, closed = "array", "", False, False
             continue
         out.append((start, buf, words))
         buf, pending = "", ""
@@ -148,8 +151,8 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
 def _scan(piece: str, quote: str, comment: bool) -> tuple[str, bool, bool]:
     """shlex's reading (posix, ``#`` comments, as :func:`_logical_lines` lexes) of ``piece``
     appended to a buffer that ends in ``quote`` ("", "'" or '"') and, if ``comment``, in a
-    comment: (the quote open after it, whether an unquoted ``)`` occurs in it, whether it ends
-    in a comment). A backslash escapes the next character outside single quotes (inside double
+    comment: (the quote open after it, whether an unquoted ``)`` ends a word in it, whether it
+    ends in a comment). A backslash escapes the next character outside single quotes (inside double
     quotes only a quote or a backslash, the one that matters here); a comment runs to the
     next line break. Linear in the piece."""
     closes = False
@@ -172,8 +175,8 @@ def _scan(piece: str, quote: str, comment: bool) -> tuple[str, bool, bool]:
             quote = c
         elif c == "#":
             comment = True
-        elif c == ")":
-            closes = True
+        elif c == ")" and (i + 1 == n or piece[i + 1] in " \t\n;&|#"):
+            closes = True  # at a word's end, as _array_closed reads it ($(nproc)x is not)
         i += 1
     return quote, closes, comment
 
@@ -215,15 +218,33 @@ def _check_growth(word: str, env: dict[str, str], arrays: dict[str, list[str]]) 
     """Raise :class:`ValueTooLong` before expanding a ``word`` whose references would make it
     longer than :data:`MAX_VALUE` (each reference at its value's length: "$A$A..." a
     thousand times over a long A), so that the text is never built."""
-    size = len(word)
+    size = len(word)  # each reference's text replaced by its value's
     for m in _ARRAY_IN.finditer(word):
-        items = arrays.get(m.group(1), ())
-        size += sum(map(len, items)) + len(items)
+        if m.group(1) in arrays:
+            items = arrays[m.group(1)]
+            size += sum(map(len, items)) + len(items) - 1 - len(m.group(0))
     for m in _VAR.finditer(word):
         name = m.group(1) or m.group(3)
-        size += len(env.get(name, ""))
+        if name in env:
+            size += len(env[name]) - len(m.group(0))
     if size > MAX_VALUE:
         raise ValueTooLong(word[:40])
+
+
+def expand_words(words: list[str], env: dict[str, str],
+                 arrays: dict[str, list[str]]) -> list[str]:  # fmt: skip
+    """The words, each expanded (:func:`expand`), stopped with :class:`ValueTooLong` once they
+    pass :data:`MAX_VALUE` characters together (a command of 160 "${A[@]}" over an array of
+    262,144 items built 42 million arguments: a review of the fuzz campaign's fixes)."""
+    out: list[str] = []
+    size = 0
+    for w in words:
+        for e in expand(w, env, arrays):
+            size += len(e) + 1
+            if size > MAX_VALUE:
+                raise ValueTooLong(w[:40])
+            out.append(e)
+    return out
 
 
 def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list[str]:
@@ -286,7 +307,7 @@ def _launch(words: list[str], env: dict[str, str], arrays: dict[str, list[str]],
             line: int) -> Command | None:  # fmt: skip
     """The ``*.py`` program one command runs, with its launcher words and arguments, after
     expansion; None when it runs none."""
-    expanded = [e for w in words for e in expand(w, env, arrays)]
+    expanded = expand_words(words, env, arrays)
     # ``bash -c "$LAUNCHER $CMD"`` (BigScience's tr11 slurm script): the command string's
     # own words
     at = next((i for i, w in enumerate(expanded[:-1]) if w == "-c" and i > 0
@@ -312,9 +333,11 @@ def read_command(text: str, file: str) -> Command | None:
     env: dict[str, str] = {}
     arrays: dict[str, list[str]] = {}
     found: list[Command] = []
-    n, line = 0, ""
+    n = 0
+    target: tuple[str, str] | None = None  # (name, "variable" / "array") being assigned
     try:
         for n, line, words in _logical_lines(text, file):
+            target = None
             m = _ASSIGN.match(line)
             ws = words
             if ws and ws[0] in DECLARE_WORDS:
@@ -337,15 +360,19 @@ def read_command(text: str, file: str) -> Command | None:
                         items[0] = items[0][1:]
                     if items and items[-1].endswith(")"):
                         items[-1] = items[-1][:-1]
-                    values = [e for w in items if w for e in expand(w, env, arrays)]
-                    arrays[name] = (arrays.get(name, []) if append else []) + values
-                    if sum(map(len, arrays[name])) + len(arrays[name]) > MAX_VALUE:
-                        # (A=(${A[@]} ${A[@]}) forty-five times: 2^46 items, a MemoryError)
-                        raise ConfigError(file, name, f"the array grows past {MAX_VALUE:,} "
-                                          f"characters (line {n})", " ".join(arrays[name][:4])[:40]
-                                          + "...")  # fmt: skip
+                    # (A=(${A[@]} ${A[@]}) forty-five times: 2^46 items, a MemoryError)
+                    target = (name, "array")
+                    kept = arrays.get(name, []) if append else []
+                    values = expand_words([w for w in items if w], env, arrays)
+                    if (
+                        sum(map(len, kept)) + len(kept) + sum(map(len, values)) + len(values)
+                        > MAX_VALUE
+                    ):
+                        raise ValueTooLong(" ".join(values[:4])[:40])
+                    arrays[name] = kept + values
                     continue
                 if len(ws) == 1 or words[0] in DECLARE_WORDS:  # NAME=value alone (or export ...)
+                    target = (name, "variable")
                     value = ws[0].split("=", 1)[1]
                     value = " ".join(expand(value, env, arrays)) if value else ""
                     env[name] = (env.get(name, "") + value) if append else value
@@ -369,12 +396,12 @@ def read_command(text: str, file: str) -> Command | None:
                     found.append(command)
                     break
     except ValueTooLong as exc:  # ("$A$A..." over a long A: the text is never built)
-        m = _ASSIGN.match(line)
-        if m:  # A=$A$A: the variable's error (A=$A$A forty times: 2^41 characters)
-            raise ConfigError(file, m.group(1), f"the variable grows past {MAX_VALUE:,} "
-                              f"characters (line {n})", f"{exc}...") from None  # fmt: skip
-        raise ConfigError(file, f"line {n}", f"a word grows past {MAX_VALUE:,} characters as "
-                          "its variables expand", f"{exc}...") from None  # fmt: skip
+        if target is not None:  # A=$A$A forty times: 2^41 characters
+            name, kind = target
+            raise ConfigError(file, name, f"the {kind} grows past {MAX_VALUE:,} characters "
+                              f"(line {n})", f"{exc}...") from None  # fmt: skip
+        raise ConfigError(file, f"line {n}", f"the command grows past {MAX_VALUE:,} characters "
+                          "as its variables expand", f"{exc}...") from None  # fmt: skip
     for good in (
         lambda c: c.program.rsplit("/", 1)[-1].startswith("pretrain") or "--num-layers" in c.args,
         lambda c: any(a.startswith("--") for a in c.args),
