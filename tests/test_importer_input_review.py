@@ -694,3 +694,20 @@ def test_words_with_a_paren_inside_are_read_alone(monkeypatch: pytest.MonkeyPatc
     c = read_command("A=(\n" + "--x=$(nproc)x\n" * 2_000 + ")\npython pretrain_gpt.py ${A[@]}\n",
                      "t.sh")  # fmt: skip
     assert c is not None and len(c.args) == 2_000 and count[0] < 10
+
+
+@pytest.mark.parametrize("flag, value", [("--attention-dropout", "-1"), ("--attention-dropout", "5"),
+                                         ("--hidden-dropout", "1"), ("--hidden-dropout", "1e9")])  # fmt: skip
+def test_a_dropout_rate_outside_0_1_is_refused(tmp_path: Path, flag: str, value: str) -> None:
+    """Megatron's dropout flags are probabilities: -1, 5 and 1e9 were read as rates (-1 as no
+    dropout; a fuzz campaign). An error naming the flag; 0 and 0.1 still import."""
+    f = tmp_path / "train.sh"
+    base = ("torchrun pretrain_gpt.py --num-layers 2 --hidden-size 256 --num-attention-heads 8 "
+            "--seq-length 128 --vocab-size 1000")  # fmt: skip
+    f.write_text(f"{base} {flag} {value}\n")
+    with pytest.raises(ConfigError) as info:
+        import_config("megatron", str(f), gpus=8)
+    assert info.value.key == flag and "[0, 1)" in info.value.message
+    for ok in ("0", "0.1"):
+        f.write_text(f"{base} {flag} {ok}\n")
+        assert import_config("megatron", str(f), gpus=8)

@@ -346,6 +346,9 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     vocab = _vocab(f, r, tp)
     dropout = f.float_("--hidden-dropout", 0.1)
     attn_dropout = f.float_("--attention-dropout", 0.1)
+    for flag, p in (("--hidden-dropout", dropout), ("--attention-dropout", attn_dropout)):
+        if not 0 <= p < 1:  # (-1, 5 and 1e9 were read as rates, -1 as none: a fuzz campaign)
+            raise ConfigError(f.r.file, flag, "a dropout probability must be in [0, 1)", p)
     if "--hidden-dropout" not in f:
         r.assume("--hidden-dropout absent: 0.1 (Megatron's default)")
     attention = attn_dropout > 0 or dropout == 0  # (model.attention_dropout)
