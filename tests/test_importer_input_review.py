@@ -545,17 +545,22 @@ def test_an_array_that_doubles_itself_is_refused() -> None:
         assert info.value.key == "A" and f"{MAX_VALUE:,}" in info.value.message
 
 
-def test_a_word_that_would_grow_past_the_limit_is_not_built() -> None:
+def test_a_word_that_would_grow_past_the_limit_is_not_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A word of many references to a long variable or array ("$V$V..." or "${A[@]}..."): its
     length is reckoned before it is built, an error naming the variable it is assigned to, or
-    the line."""
-    big = "v" * 600_000
+    the line. (MAX_VALUE set to 10,000 here: shlex reads a 1 MiB line in tens of seconds.)"""
+    from simtrain.apps.importers import shell
+
+    monkeypatch.setattr(shell, "MAX_VALUE", 10_000)
+    big = "v" * 6_000
     for ref, setup in (("$V", f"V={big}\n"), ("${A[@]}", f"A=({big})\n")):
         for line, key in ((f'W="{ref}{ref}"', "W"), (f'python pretrain_gpt.py --x "{ref}{ref}"',
                                                      "line 2")):  # fmt: skip
             with pytest.raises(ConfigError) as info:
                 read_command(setup + line + "\n", "t.sh")
-            assert info.value.key == key and "grows past" in info.value.message
+            assert info.value.key == key and "grows past 10,000" in info.value.message
     ok = read_command(f"V={big}\npython pretrain_gpt.py --x $V\n", "t.sh")
     assert ok is not None and ok.args == ("--x", big)
 
@@ -660,14 +665,17 @@ def test_a_command_of_many_whole_array_references_is_refused() -> None:
     assert info.value.key == "line 20" and "the command grows past" in info.value.message
 
 
-def test_a_variable_as_long_as_the_limit_may_be_copied() -> None:
-    """W=$V with V just under MAX_VALUE: W is as long as V, not longer (the reference's own
-    text is not counted on top of its value)."""
-    from simtrain.apps.importers.shell import MAX_VALUE
+def test_a_variable_as_long_as_the_limit_may_be_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W=$V with V just under MAX_VALUE (10,000 here): W is as long as V, not longer (the
+    reference's own text is not counted on top of its value)."""
+    from simtrain.apps.importers import shell
 
-    v = "v" * (MAX_VALUE - 100)
+    monkeypatch.setattr(shell, "MAX_VALUE", 10_000)
+    v = "v" * (10_000 - 100)
     cmd = read_command(f"V={v}\nW=$V\npython pretrain_gpt.py --x $W\n", "t.sh")
     assert cmd is not None and cmd.args == ("--x", v)
+    with pytest.raises(ConfigError):  # one more character over: refused
+        read_command(f"V={v}\nW=$V{'w' * 101}\n", "t.sh")
 
 
 def test_arrays_the_quote_scanner_reads_right() -> None:
