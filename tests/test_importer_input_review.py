@@ -675,7 +675,7 @@ def test_a_variable_as_long_as_the_limit_may_be_copied(monkeypatch: pytest.Monke
     cmd = read_command(f"V={v}\nW=$V\npython pretrain_gpt.py --x $W\n", "t.sh")
     assert cmd is not None and cmd.args == ("--x", v)
     with pytest.raises(ConfigError):  # one more character over: refused
-        read_command(f"V={v}\nW=$V{'w' * 101}\n", "t.sh")
+        read_command(f"V={v}\nW=${{V}}{'w' * 101}\n", "t.sh")
 
 
 def test_arrays_the_quote_scanner_reads_right() -> None:
