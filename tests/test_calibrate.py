@@ -35,6 +35,7 @@ machine a 2-thread step under load from other processes stalls on its deschedule
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from pathlib import Path
@@ -560,3 +561,32 @@ def test_calibrate_threads_have_measures_bounds(threads: str, tmp_path: Path) ->
     r = CliRunner().invoke(main, ["calibrate", "--out", str(out), "--threads", threads])
     assert r.exit_code == 2 and "--threads" in r.output, r.output
     assert not out.exists()
+
+
+def test_calibrate_checks_out_before_measuring(tmp_path: Path, monkeypatch) -> None:
+    """--out was checked only when the profile was written, after minutes of measuring (a
+    fuzz campaign): a path that is not .yaml, a folder or a place this process cannot write is
+    refused first, and nothing is measured."""
+    from click.testing import CliRunner
+
+    from simtrain.cli import main
+    from simtrain.torchref import calibrate as cal_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured before --out was checked")
+
+    monkeypatch.setattr(cal_mod, "calibrate", never)
+    (tmp_path / "folder.yaml").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [tmp_path / "x.txt", tmp_path / "folder.yaml", tmp_path / ".yaml"]
+    if os.geteuid() != 0:  # (root writes anywhere)
+        cases.append(locked / "sub" / "x.yaml")
+    for out in cases:
+        r = CliRunner().invoke(main, ["calibrate", "--out", str(out)])
+        assert r.exit_code == 2 and "--out" in r.stderr, (out, r.output)
+    monkeypatch.setattr(cal_mod, "calibrate", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("reached the measurement")))  # fmt: skip
+    r = CliRunner().invoke(main, ["calibrate", "--out", str(tmp_path / "new" / "mine.yaml")])
+    assert isinstance(r.exception, RuntimeError)  # a good path goes on to measure
