@@ -42,11 +42,7 @@ def main() -> None:
             continue
         sm = mem.stage_memory(sc, 0)
         step = resolve(sc)
-        _, tensors, states, _ = mem._model_states(sc, step, 0)
-        act = mem._stage_activations(sc, step, 0)
-        stored = dict(states, parameters=sm.category("parameters"))
-        a = mem.stage_allocations(sc, step, 0, tensors, stored, act, sm.optimizer_working_bytes,
-                                  sm.breakdown.gradients_freed_after_backward)  # fmt: skip
+        a = mem.stage_allocations_of(sc, sm)
         if a is None:
             continue
         pp, m = sc.parallelism.pp, step.microbatches

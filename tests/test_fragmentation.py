@@ -13,7 +13,6 @@ import pytest
 from simtrain.costs import memory as mem
 from simtrain.costs.caching_allocator import replay
 from simtrain.costs.fragmentation import stage_allocation_events
-from simtrain.layout.step import resolve
 from simtrain.spec.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,13 +34,7 @@ LOOSE = {"dp_naive_4gpu": 0.15}
 
 
 def _replay_of(sc, sm):  # noqa: ANN001, ANN202
-    step = resolve(sc)
-    _, tensors, states, _ = mem._model_states(sc, step, sm.stage)
-    act = mem._stage_activations(sc, step, sm.stage)
-    b = sm.breakdown
-    stored = dict(states, parameters=sm.category("parameters"))
-    return mem.stage_allocations(sc, step, sm.stage, tensors, stored, act,
-                                 sm.optimizer_working_bytes, b.gradients_freed_after_backward)  # fmt: skip
+    return mem.stage_allocations_of(sc, sm)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
@@ -101,3 +94,19 @@ def test_the_json_names_the_fragmentation_only_where_it_is_replayed() -> None:
         # the key names what the replay added to the buffers, nothing else
         grown = on_st["memory_bytes"]["buffers"] - off_st["memory_bytes"]["buffers"]
         assert grown == on_st["fragmentation_bytes"]
+
+
+def test_stage_allocations_of_is_what_stage_memory_replays() -> None:
+    """costs.memory.stage_allocations_of (the checks' and benchmarks' way in) rebuilds the
+    allocations stage_memory replays: on every stage of nanotron_playbook_polling (no stage
+    near its capacity) the replay's cache is the estimate's fragmentation_bytes, to the byte."""
+    from simtrain.costs.caching_allocator import replay
+    from simtrain.costs.fragmentation import stage_allocation_events
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios" / "nanotron_playbook_polling.yaml")
+    stages = mem.estimate_memory(sc).stages
+    assert all(sm.fragmentation_bytes > 0 for sm in stages)
+    for sm in stages:
+        events = stage_allocation_events(mem.stage_allocations_of(sc, sm))
+        assert replay(events).cache_bytes == sm.fragmentation_bytes

@@ -470,19 +470,12 @@ def test_the_replay_allocates_what_the_memory_model_does() -> None:
     from simtrain.costs import memory as mem
     from simtrain.costs.caching_allocator import replay
     from simtrain.costs.fragmentation import stage_allocation_events
-    from simtrain.layout.step import resolve
 
     for par in ({"dp": 8, "zero_stage": 1}, {"tp": 4, "sequence_parallel": True},
                 {"pp": 2, "dp": 2}):  # fmt: skip
         sc = _with_runtime("nanotron", **par)
         sm = estimate_memory(sc).stages[0]
-        step = resolve(sc)
-        _, tensors, states, _ = mem._model_states(sc, step, 0)
-        act = mem._stage_activations(sc, step, 0)
-        stored = dict(states, parameters=sm.category("parameters"))
-        a = mem.stage_allocations(sc, step, 0, tensors, stored, act, sm.optimizer_working_bytes,
-                                  sm.breakdown.gradients_freed_after_backward)  # fmt: skip
-        got = replay(stage_allocation_events(a)).allocated_bytes
+        got = replay(stage_allocation_events(mem.stage_allocations_of(sc, sm))).allocated_bytes
         model = (sm.peak_memory_bytes - sm.fragmentation_bytes - sm.pending_collective_bytes
                  - sc.hardware.cuda_context_bytes - sm.breakdown.nccl_bytes)  # fmt: skip
         assert abs(got / model - 1) < 0.03, (par, got, model)

@@ -1612,6 +1612,18 @@ def persistent_gradient_bytes(step: ResolvedStep, trainable: int) -> int:
     return trainable * step.precision.grad_accum
 
 
+def stage_allocations_of(sc: Scenario, sm: StageMemory) -> StageAllocations | None:
+    """:func:`stage_allocations` of the stage ``sm`` is the estimate of, from the same tensors
+    :func:`stage_memory` hands it (its stored parameters, optimizer working set and gradient
+    lifetime): what the replay plays, for the checks and benchmarks that replay it apart."""
+    step = resolve(sc)
+    _, tensors, states, _ = _model_states(sc, step, sm.stage)
+    act = _stage_activations(sc, step, sm.stage)
+    stored = dict(states, parameters=sm.category("parameters"))
+    return stage_allocations(sc, step, sm.stage, tensors, stored, act, sm.optimizer_working_bytes,
+                             sm.breakdown.gradients_freed_after_backward)  # fmt: skip
+
+
 def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: list[ParamTensor],
                       states: dict[str, int], act: _Activations, opt_ws: int,
                       grads_freed: bool) -> StageAllocations | None:  # fmt: skip
