@@ -68,7 +68,6 @@ from pathlib import Path
 from typing import Any
 
 from simtrain.costs.gemm_shape import EdgeFit, fit_gemm_edge
-from simtrain.errors import ConfigError
 from simtrain.torchref.microbench import (
     CPU_ELEMENTWISE_SHAPE,
     CPU_GEMM_EDGE_SIZES,
@@ -98,6 +97,7 @@ from simtrain.torchref.microbench import (
 from simtrain.torchref.profile_writer import (
     Calibration,
     calibration_table,
+    check_out_path,
     efficiencies,
     flash_fits,
     flash_head_dim_fits,
@@ -263,23 +263,6 @@ def _cpu_name() -> str:
     except OSError:  # pragma: no cover - non-Linux
         pass
     return device_name
-
-
-def check_out_path(out: str) -> None:
-    """``--out`` before anything is measured (a calibration takes minutes, and its path was
-    checked only when the profile was written: a fuzz campaign): a ``.yaml`` path, not a
-    folder, under a folder this process may write (the nearest one that exists)."""
-    p = Path(out)
-    allowed = "a path ending in .yaml in a folder you may write"
-    if p.suffix != ".yaml" or not p.stem:
-        raise ConfigError(None, "--out", "a hardware profile is a .yaml file", out, allowed)
-    if p.is_dir():
-        raise ConfigError(None, "--out", "is a folder", out, allowed)
-    parent = p.parent.resolve()
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(None, "--out", f"cannot write under {parent}", out, allowed)
 
 
 def calibrate_command(device: str, out: str, threads: int | None = None) -> str:

@@ -4,12 +4,14 @@ number with its source tag), the efficiencies it derives, and the table it print
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simtrain.costs.attention_shape import HEAD_DIM_GRID, fit_flash_edge, fit_head_dim_edge
 from simtrain.costs.compute import flash_time_factor
 from simtrain.costs.gemm_shape import EdgeFit, shape_factor
+from simtrain.errors import ConfigError
 from simtrain.spec.hardware import FLASH_DIRECTIONS
 from simtrain.torchref.microbench import (
     FLASH_HEAD_DIM,
@@ -331,6 +333,23 @@ def efficiencies(cal: Calibration) -> tuple[float, float, float | None]:
     if cal.adam_params_per_s:
         opt = min(1.0, cal.adam_params_per_s * adam_fp32_bytes_per_param() / bw)
     return mm, mem, opt
+
+
+def check_out_path(out: str) -> None:
+    """``--out`` before anything is measured (a calibration takes minutes, and its path was
+    checked only when the profile was written: a fuzz campaign): a ``.yaml`` path, not a
+    folder, under a folder this process may write (the nearest one that exists)."""
+    p = Path(out)
+    allowed = "a path ending in .yaml in a folder you may write"
+    if p.suffix != ".yaml" or not p.stem:
+        raise ConfigError(None, "--out", "a hardware profile is a .yaml file", out, allowed)
+    if p.is_dir():
+        raise ConfigError(None, "--out", "is a folder", out, allowed)
+    parent = p.parent.resolve()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(None, "--out", f"cannot write under {parent}", out, allowed)
 
 
 def write_profile(path: str | Path, cal: Calibration) -> Path:
