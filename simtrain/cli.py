@@ -258,9 +258,9 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
     from simtrain.schedules import build_schedule, format_grid, format_timeline, simulate_unit
     from simtrain.schedules import traits as schedule_traits
 
-    fixed = schedule_traits(name).chunks_per_rank  # ZB-V, DualPipeV: 2
-    if fixed and virtual_stages not in (1, fixed):
-        # (dualpipe -v 8 was read as 2, silently: a fuzz campaign)
+    traits = schedule_traits(name)
+    if not traits.takes_chunks(virtual_stages):  # (dualpipe -v 8 ran 2, silently: fuzzing)
+        fixed = traits.chunks_per_rank  # ZB-V, DualPipeV: 2
         raise ConfigError(None, "--virtual-stages", f"{name} runs {fixed} model chunks per GPU",
                           virtual_stages, f"1 or {fixed}")  # fmt: skip
     virtual_stages = schedule_traits(name).chunks(virtual_stages)

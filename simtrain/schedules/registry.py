@@ -75,6 +75,11 @@ class ScheduleTraits:
         on two ranks."""
         return self.placement == "dual"
 
+    def takes_chunks(self, v: int) -> bool:
+        """Whether ``v`` chunks per rank may be asked of this schedule: any, unless it runs a
+        fixed number (ZB-V, DualPipeV: 2), where 1 (left out) or that number."""
+        return not self.chunks_per_rank or v in (1, self.chunks_per_rank)
+
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
         the ``v`` asked for."""

@@ -853,16 +853,15 @@ def check_layout(s: Scenario, file: str) -> None:
             "would hold no layer)", p.pp,
         )  # fmt: skip
     # ZB-V, DualPipeV: a fixed V of chunks per rank (one stage: plain gradient accumulation)
-    fixed = (
-        schedule_traits(p.schedule).chunks_per_rank if p.schedule in SCHEDULES and p.pp > 1 else 0
-    )
-    if fixed and p.virtual_stages not in (1, fixed):
+    traits = schedule_traits(p.schedule) if p.schedule in SCHEDULES and p.pp > 1 else None
+    fixed = traits.chunks_per_rank if traits else 0
+    if traits and not traits.takes_chunks(p.virtual_stages):
         raise ConfigError(
             file, "parallelism.virtual_stages", f"{p.schedule} always runs {fixed} chunks per "
             f"rank (a V): leave virtual_stages out or set it to {fixed}", p.virtual_stages,
         )  # fmt: skip
     # DualPipe: two pipelines of pp stages in opposite directions, each stage held twice
-    dual = bool(fixed) and schedule_traits(p.schedule).bidirectional
+    dual = bool(fixed) and traits is not None and traits.bidirectional
     if dual and p.pp % 2:
         raise ConfigError(
             file, "parallelism.pp", f"{p.schedule} needs an even pp (DualPipe.step asserts "
