@@ -278,6 +278,14 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
     )
 
 
+def _nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--out ''`` (an unset shell variable, ``--out "$DIR"``) was taken as no --out: the
+    default folder, silently. Now a usage error."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty path (an unset shell variable?)")
+    return value
+
+
 def _out_dir(out: str | None, name: str) -> Path:
     """The output folder, created; one that cannot be (a name too long, under /proc, ...) is a
     one-line error naming --out."""
@@ -292,7 +300,12 @@ def _out_dir(out: str | None, name: str) -> Path:
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(file_okay=False),
+    help="Output folder [plots/<name>/].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
 @click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -381,7 +394,12 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/].")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(file_okay=False),
+    help="Output folder [plots/<name>/].",
+)
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
 def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None:
@@ -418,7 +436,10 @@ def hardware(name: str | None, as_json: bool) -> None:
 )
 @click.option("--ladder", is_flag=True, help="Apply the variants cumulatively.")
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Output folder [plots/<name>/compare/]."
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(file_okay=False),
+    help="Output folder [plots/<name>/compare/].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -434,7 +455,12 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
 @main.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [plots/<plan name>/].")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(file_okay=False),
+    help="Output folder [plots/<plan name>/].",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for the full simulations (more than the CPUs run as the CPUs) "
               "[the CPU count].")  # fmt: skip
@@ -459,7 +485,11 @@ def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, ex
 @click.option("--by", type=click.Choice(["record", "family"]), default="record", show_default=True,
               help="record: a row per record and metric; family: figures per source family.")  # fmt: skip
 @click.option(
-    "--out", type=click.Path(file_okay=False), default="plots/validate", show_default=True
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(file_okay=False),
+    default="plots/validate",
+    show_default=True,
 )
 @_errors
 def validate(path: str | None, as_json: bool, only: str | None, by: str, out: str) -> None:
@@ -471,7 +501,13 @@ def validate(path: str | None, as_json: bool, only: str | None, by: str, out: st
 
 @main.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="hardware/NAME.yaml",
+)
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while calibrating [torch's default]")  # fmt: skip
 @_errors
@@ -485,7 +521,13 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
 @main.command("fit-network")
 @click.argument("base")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="hardware/NAME.yaml")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="hardware/NAME.yaml",
+)
 @click.option("--name", default=None, help="The profile's name [the --out file's stem].")
 @_errors
 def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) -> None:
@@ -501,7 +543,12 @@ def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) ->
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the YAML here [stdout].")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(dir_okay=False),
+    help="Write the YAML here [stdout].",
+)
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help="Exit 2 when the file has a setting simtrain "
               "does not simulate (without it they are listed on stderr and in the YAML).")  # fmt: skip
@@ -526,7 +573,12 @@ def import_(kind: str, file: str, model: str | None, gpus: int | None, out: str 
 @main.command()
 @click.argument("kind", type=click.Choice(["scenario", "plan"]), default="scenario",
                 required=False)  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the schema here [stdout].")
+@click.option(
+    "--out",
+    callback=_nonempty_path,
+    type=click.Path(dir_okay=False),
+    help="Write the schema here [stdout].",
+)
 @_errors
 def schema(kind: str, out: str | None) -> None:
     """Print the JSON Schema (draft 2020-12) of scenario or plan files, generated from the

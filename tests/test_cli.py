@@ -325,3 +325,31 @@ def test_schedule_refuses_a_chunk_count_its_schedule_does_not_run(name: str, v: 
     assert r.exit_code == 2 and f"runs 2 model chunks per GPU (got {v})" in r.stderr, r.output
     for ok in ("1", "2"):
         assert CliRunner().invoke(main, ["schedule", name, "-v", ok]).exit_code == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "scenarios/gpipe_8gpu.yaml", "--no-plots"],
+    ["topology", "scenarios/gpipe_8gpu.yaml"],
+    ["compare", "scenarios/gpipe_8gpu.yaml", "--variants", "amp"],
+    ["plan", "plans/llama3_8b.yaml"],
+    ["validate"],
+    ["calibrate", "--device", "cpu"],
+    ["fit-network", "h100_sxm5_80gb", "x.txt"],
+    ["import", "megatron", "x.sh"],
+    ["schema"],
+])  # fmt: skip
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_out_is_a_usage_error(args: list[str], empty: str) -> None:
+    """``--out ''`` (an unset shell variable) was read as no --out: the default folder."""
+    r = CliRunner().invoke(main, [*args, "--out", empty])
+    assert r.exit_code == 2 and "an empty path" in r.output, r.output
+
+
+@pytest.mark.parametrize("text", ["", "[]\n", "# only a comment\n"])
+def test_validate_of_a_file_without_records_is_an_error(tmp_path: Path, text: str) -> None:
+    """A records file with no record printed an empty table and exited 0 (a fuzz campaign): a
+    script checking its exit code took it for a passed validation."""
+    p = tmp_path / "runs.yaml"
+    p.write_text(text)
+    r = CliRunner().invoke(main, ["validate", str(p), "--out", str(tmp_path / "v")])
+    assert r.exit_code == 2 and f"{p}: <root>: no records" in r.output, r.output

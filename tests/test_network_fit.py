@@ -19,7 +19,7 @@ from simtrain.cli import main
 from simtrain.costs.collectives import collective_time_s, nccl_bus_bandwidth, node_links, steps
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.errors import ConfigError
-from simtrain.spec.hardware import cited_lines, defined_tags, load_hardware
+from simtrain.spec.hardware import HARDWARE_DIR, cited_lines, defined_tags, load_hardware
 
 GIB = 2**30
 
@@ -240,3 +240,47 @@ def test_a_name_of_more_than_one_printable_line_is_refused(tmp_path: Path, name:
     r = CliRunner().invoke(main, ["fit-network", "h100_sxm5_80gb", str(log), "--out", str(out),
                                   "--name", name])  # fmt: skip
     assert r.exit_code == 2 and "--name" in r.output and not out.exists()
+
+
+@pytest.mark.parametrize(("hosts", "per_host", "says"), [
+    (2, 3, "crossed the network"),  # 6 <= 8 GPUs, but over 2 hosts: not NVLink
+    (2, 4, "crossed the network"),
+    (4, 4, "not whole hosts of 8"),  # 16 GPUs = 2 nodes, on 4 half-full hosts
+    (1, 16, "not whole hosts of 8"),  # 16 GPUs on one host: not 2 DGX H100s
+])  # fmt: skip
+def test_a_log_whose_hosts_are_not_the_link_it_would_fit(tmp_path: Path, hosts: int,
+                                                         per_host: int, says: str) -> None:  # fmt: skip
+    """2 hosts x 3 GPUs was fitted as a DGX H100's NVLink (6 <= 8 GPUs), though its traffic
+    crossed the network (a fuzz campaign); a network log must be on whole hosts."""
+    log = tmp_path / "ag.txt"
+    log.write_text(nccl_log("all_gather", hosts, per_host, 80.0))
+    out = tmp_path / "x.yaml"
+    with pytest.raises(ConfigError, match=says) as exc:
+        fit_network_command("h100_sxm5_80gb", [str(log)], str(out), None)
+    assert exc.value.file == str(log) and exc.value.key == "hosts" and not out.exists()
+
+
+def test_a_partial_rack_over_its_trays_is_nvlink(tmp_path: Path) -> None:
+    """On an NVL72 rack (trays of 4 GPUs, gpus_per_host) 2 trays x 4 GPUs is still NVLink, and
+    144 GPUs on 36 trays are 2 racks over the network; 2 trays x 3 GPUs is not whole hosts
+    across racks but within one rack NVLink."""
+    assert load_hardware("gb200_nvl72").host_gpus == 4
+    assert load_hardware("h100_sxm5_80gb").host_gpus == 8
+    log = tmp_path / "ag8.txt"
+    log.write_text(nccl_log("all_gather", 2, 4, 600.0))
+    fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "a.yaml"), None)
+    log.write_text(nccl_log("all_gather", 36, 4, 40.0))
+    fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "b.yaml"), None)
+    log.write_text(nccl_log("all_gather", 72, 2, 40.0))  # 144 GPUs on 72 hosts of 2
+    with pytest.raises(ConfigError, match="not whole hosts of 4"):
+        fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "c.yaml"), None)
+
+
+@pytest.mark.parametrize("value", [5, -4, True, 4.0, '"4"'])
+def test_gpus_per_host_must_divide_the_node(tmp_path: Path, value: object) -> None:
+    text = (HARDWARE_DIR / "gb200_nvl72.yaml").read_text()
+    p = tmp_path / "hw.yaml"
+    p.write_text(text.replace("gpus_per_host: 4 ", f"gpus_per_host: {value} ", 1))
+    with pytest.raises(ConfigError, match="gpus_per_host") as exc:
+        load_hardware(str(p))
+    assert exc.value.key == "gpus_per_host"

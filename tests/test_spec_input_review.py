@@ -307,3 +307,31 @@ def test_an_empty_key_in_a_set_path_is_an_error(path: str) -> None:
     err = _config_error(apply_override, d, f"{path}=2")
     assert err.key == path and "empty key" in err.message
     assert d == {"training": {"micro_batch": 1}}  # nothing set
+
+
+@pytest.mark.parametrize("raw", ["null", "~", "Null"])
+def test_set_null_on_a_mapping_the_file_sets_is_an_error(raw: str) -> None:
+    """``--set training=null`` dropped the file's whole training block for the defaults (the
+    scenario ran with another batch, precision and optimizer; a fuzz campaign)."""
+    d: dict = {"training": {"micro_batch": 1, "precision": "fp16"}}
+    err = _config_error(apply_override, d, f"training={raw}")
+    assert err.key == "training" and "micro_batch, precision" in err.message
+    assert d == {"training": {"micro_batch": 1, "precision": "fp16"}}  # nothing set
+    # a leaf, or a mapping the file does not set, may still be null
+    apply_override(d, "training.micro_batch=null")
+    apply_override(d, "cluster=null")
+    assert d == {"training": {"micro_batch": None, "precision": "fp16"}, "cluster": None}
+
+
+@pytest.mark.parametrize("assignment", ["model.capacity_factor=-1", "model.capacity_factor=1.5",
+                                        "model.moe_load_imbalance=0", "model.router_bias=true",
+                                        "model.router_score_bias=true",
+                                        "model.shared_expert_gate=true"])  # fmt: skip
+def test_routing_keys_on_a_dense_model_are_an_error(tmp_path: Path, assignment: str) -> None:
+    """A dense model (num_experts 0) took capacity_factor -1 and moe_load_imbalance 0 without a
+    word (an MoE model refuses them); now each MoE-only key names num_experts."""
+    p = _write(tmp_path / "s.yaml", SCENARIO)
+    err = _config_error(load_scenario, p, [assignment])
+    assert err.file == "--set" and err.key == assignment.split("=")[0]
+    assert "num_experts > 0" in err.message
+    load_scenario(p, ["model.capacity_factor=0", "model.moe_load_imbalance=1"])  # the defaults

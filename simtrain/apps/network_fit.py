@@ -144,6 +144,26 @@ class LinkFit:
     logs: tuple[NcclTestsLog, ...]
 
 
+def check_hosts(hw: HardwareProfile, g: NcclTestsLog, link: str) -> None:
+    """A log's GPUs sit on its hosts as the link it fits needs: NVLink ("node") within one node's
+    hosts (one host, but an NVL72 rack's 18), the network on whole hosts of
+    ``hw.host_gpus``. Otherwise its traffic did not cross what it would fit (2 hosts x 3 GPUs
+    crossed the network, yet 6 <= 8 GPUs read as one DGX's NVLink; a fuzz campaign)."""
+    hpn = hw.gpus_per_node // hw.host_gpus  # hosts in one node
+    if link == "node" and g.hosts > hpn:
+        raise ConfigError(g.path, "hosts", f"{g.ranks} GPUs on {g.hosts} hosts (the log's Rank "
+                          f"lines): their traffic crossed the network, yet {g.ranks} <= "
+                          f"{hw.gpus_per_node} GPUs would fit {hw.name}'s NVLink (its node is "
+                          f"{'one host' if hpn == 1 else f'{hpn} hosts'}); give a log inside "
+                          f"one node, or across whole nodes of {hw.gpus_per_node} GPUs",
+                          g.hosts)  # fmt: skip
+    if link == "network" and g.hosts * hw.host_gpus != g.ranks:
+        raise ConfigError(g.path, "hosts", f"{g.ranks} GPUs on {g.hosts} host(s) (the log's "
+                          f"Rank lines), not whole hosts of {hw.host_gpus} GPUs as on "
+                          f"{hw.name}: its network traffic per host is not the profile's; give "
+                          f"a log on {g.ranks // hw.host_gpus} full hosts", g.hosts)  # fmt: skip
+
+
 def fit_logs(hw: HardwareProfile, logs: list[NcclTestsLog],
              algorithm: str = "nccl") -> tuple[HardwareProfile, list[LinkFit]]:  # fmt: skip
     """``hw`` fitted to the logs (``link_fit.fit_links``: the node's link to those within one
@@ -154,9 +174,11 @@ def fit_logs(hw: HardwareProfile, logs: list[NcclTestsLog],
         if g.ranks < 2:
             continue
         try:
-            used.setdefault(link_of(hw, g.ranks), []).append(g)
+            link = link_of(hw, g.ranks)
         except ValueError as exc:
             raise ConfigError(g.path, "ranks", str(exc), g.ranks) from None
+        check_hosts(hw, g, link)
+        used.setdefault(link, []).append(g)
     tests = [Measured(g.op, g.ranks, g.size_bytes, g.busbw_bytes_per_s)
              for mine in used.values() for g in mine]  # fmt: skip
     try:

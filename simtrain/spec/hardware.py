@@ -128,6 +128,15 @@ class HardwareProfile:
     # FlashAttention kernel classes measured on this GPU, one per kernel (empty: none; the
     # attention core of a flash model is then priced as GEMM FLOPs at ``efficiency.matmul``).
     attention_kernels: tuple[FlashClass, ...] = ()
+    # GPUs in one host (one operating system, one hostname), where a node's NVLink domain spans
+    # several hosts (a GB200 NVL72 rack: 18 compute trays of 4 GPUs); 0: the node is one host.
+    # Only for reading measurements that name their hosts (apps.network_fit).
+    gpus_per_host: int = 0
+
+    @property
+    def host_gpus(self) -> int:
+        """GPUs per host: ``gpus_per_host``, or the whole node where the node is one host."""
+        return self.gpus_per_host or self.gpus_per_node
 
     def flash_class(self, kernel: str) -> FlashClass | None:
         """The class of ``kernel`` (one of :data:`ATTENTION_KERNELS`); None: not measured here."""
@@ -197,7 +206,7 @@ HW_KEYS = {
     "name", "display_name", "memory_gib", "peak_tflops", "hbm_bandwidth_gb_per_s", "gpus_per_node",
     "intra_node", "pcie_bandwidth_gb_per_s", "nic_bandwidth_gbit_per_s", "inter_node_latency_us",
     "oversubscription", "cuda_context_mib", "host_memory_gib", "cpu_adam_params_per_s",
-    "efficiency", "collectives", "sm_count", "attention_kernels",
+    "efficiency", "collectives", "sm_count", "attention_kernels", "gpus_per_host",
 }  # fmt: skip
 COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelined",
                     "nccl_channels_one_node")  # fmt: skip
@@ -386,6 +395,10 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
     if gpn > MAX_GPUS_PER_NODE:
         raise ConfigError(file, "gpus_per_node", f"must be <= {MAX_GPUS_PER_NODE:,}", gpn)
+    gph = data.get("gpus_per_host", 0)
+    if not isinstance(gph, int) or isinstance(gph, bool) or gph < 0 or (gph and gpn % gph):
+        raise ConfigError(file, "gpus_per_host", f"must be an integer dividing gpus_per_node = "
+                          f"{gpn} (0: the node is one host)", gph)  # fmt: skip
     sms = data.get("sm_count", 0)
     if not isinstance(sms, int) or isinstance(sms, bool) or not 0 <= sms <= 2**16:
         raise ConfigError(file, "sm_count", "must be an integer in 0 .. 65536 (0: not given)", sms)
@@ -417,6 +430,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         efficiency=efficiency,
         source_file=file,
         sm_count=sms,
+        gpus_per_host=gph if gph != gpn else 0,
         attention_kernels=_attention_kernels(data.get("attention_kernels"), file),
         **_collectives(data.get("collectives"), file),
     )

@@ -196,9 +196,16 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
                 "first_dense_layers",
                 "router_groups",
                 "router_group_topk",
+                "shared_expert_gate",
+                "router_bias",
+                "router_score_bias",
             )
             if getattr(spec, f)
         ]
+        # the routing's two rates at other than their defaults (0 = dropless, 1 = even) would
+        # be read and ignored on a dense model (a fuzz campaign: capacity_factor -1 passed)
+        moe_only += [f for f, off in (("capacity_factor", 0.0), ("moe_load_imbalance", 1.0))
+                     if getattr(spec, f) != off]  # fmt: skip
         if moe_only:
             raise ConfigError(file, f"{prefix}.{moe_only[0]}", "needs model.num_experts > 0 "
                               "(0 = a dense model)", getattr(spec, moe_only[0]))  # fmt: skip

@@ -1440,6 +1440,14 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
         if not isinstance(child, dict):
             raise ConfigError("--set", ".".join(keys[: i + 1]), "is not a mapping", child)
         node = child
+    old = node.get(keys[-1])
+    if value is None and isinstance(old, dict) and old:
+        # (--set training=null silently dropped the file's whole training block for the
+        # defaults: a fuzz campaign)
+        inner = ", ".join(sorted(str(k) for k in old)[:4]) + (", ..." if len(old) > 4 else "")
+        raise ConfigError("--set", dotted, f"null would drop the whole {dotted} mapping the "
+                          f"file sets ({inner}) for the defaults; set the keys inside it "
+                          f"({dotted}.KEY=VALUE)", raw.strip())  # fmt: skip
     node[keys[-1]] = value
 
 

@@ -301,6 +301,10 @@ def validate(
     t0 = time.perf_counter()
     paths = resolve_paths(path)
     records = load_record_files(paths)
+    if not records:  # (an empty file printed an empty table and exited 0: a fuzz campaign)
+        where = str(paths[0]) if len(paths) == 1 else "measured/"
+        raise ConfigError(where, "<root>", "no records: nothing to validate", None,
+                          "a YAML list of records (measured/README.md)")  # fmt: skip
     if only_source is not None:
         keys = sorted({r.source_key for r in records})
         records = [r for r in records if r.source_key == only_source]
