@@ -719,3 +719,30 @@ def test_a_dropout_rate_outside_0_1_is_refused(tmp_path: Path, flag: str, value:
     for ok in ("0", "0.1"):
         f.write_text(f"{base} {flag} {ok}\n")
         assert import_config("megatron", str(f), gpus=8)
+
+
+def test_an_array_ends_at_its_own_paren() -> None:
+    """An array's ``)`` is the one that balances its ``(`` (a review): a ``$(...)`` ending a word
+    inside it (``$(nvidia-smi -L | wc -l)``) closed it early and lost --nnodes; what follows
+    its ``)`` on the line (``) ; NOTE=x``) went into the array, and the ";" then ended the
+    launch command where the array was expanded, losing every flag after it; ``--x=$(nproc) )``
+    lost the item's own ")"."""
+    text = (
+        "DIST=(\n    --nproc_per_node $(nvidia-smi -L | wc -l)\n    --nnodes 1\n)\n"
+        "MODEL=(\n    --num-layers 24 # (the paper's)\n    --hidden-size $((2 * 512))\n) ; NOTE=x\n"
+        "TRAIN=( --micro-batch-size 2 --x=$(nproc) ) && B=(\n  --bf16\n)\n"
+        "torchrun ${DIST[@]} pretrain_gpt.py ${MODEL[@]} ${TRAIN[@]} ${B[@]} --seq-length 2048\n"
+    )
+    c = read_command(text, "t.sh")
+    assert c is not None and c.program == "pretrain_gpt.py"
+    assert c.launcher == ("torchrun", "--nproc_per_node", "$(nvidia-smi", "-L", "|", "wc", "-l)",
+                          "--nnodes", "1")  # fmt: skip
+    assert c.args == ("--num-layers", "24", "--hidden-size", "1024", "--micro-batch-size", "2",
+                      "--x=$(nproc)", "--bf16", "--seq-length", "2048")  # fmt: skip
+    assert c.variables["NOTE"] == "x"
+
+
+@pytest.mark.parametrize("item", ['"a)"', "'(b'", "\\)", "c # )"])
+def test_quoted_escaped_or_commented_parens_do_not_count(item: str) -> None:
+    c = read_command(f"A=(\n --x {item}\n --y 2\n)\npython pretrain_gpt.py ${{A[@]}}\n", "t.sh")
+    assert c is not None and c.args[-2:] == ("--y", "2")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections import deque
 from dataclasses import dataclass
 
 from simtrain.errors import ConfigError
@@ -82,7 +83,10 @@ UNKNOWN = "?"
 
 def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     """(first line number, text, words) of each logical line: continuations joined, and a
-    quoted string or an array that spans lines read whole."""
+    quoted string or an array that spans lines read whole. An array ends at the ``)`` that
+    balances its ``(`` (``$(...)`` and ``$((...))`` inside it count, quoted and commented
+    parentheses do not); what follows it on its line (``) ; NOTE=x``, ``) && python ...``)
+    is read as a line of its own, after a list operator."""
     out: list[tuple[int, str, list[str]]] = []
     buf, start = "", 0
     # what keeps the buffer open: "quote" (a quoted string), "array" (NAME=( ... ) or "".
@@ -92,10 +96,11 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     # campaigns). A line with quote characters is read alone from shlex's state at the
     # buffer's end (:func:`_scan`), the buffer lexed whole only where that line closes it.
     pending = ""
-    # closed: an unquoted ")" at a word's end has come since the array opened (a line that
-    # closes it may open a quote that later lines close)
-    quote, comment, closed = "", False, False
-    for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+    # depth: the open array's unbalanced "(" (it closes where a line brings it to 0)
+    quote, comment, depth = "", False, 0
+    lines = deque(enumerate(text.replace("\r\n", "\n").split("\n"), 1))
+    while lines:
+        n, raw = lines.popleft()
         quiet = "'" not in raw and '"' not in raw
         scanned = None  # (quote, comment) after this line, where it is read alone
         if pending:
@@ -103,10 +108,9 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             if quote == "" and raw.lstrip().startswith("#"):
                 continue  # a comment in an array ends at its line, a backslash and all (bash)
             if quote != UNKNOWN:
-                after, closes, in_comment = _scan(piece, quote, comment)
-                closed = closed or closes
-                if after or (pending == "array" and not closed):
-                    buf, quote, comment = buf + piece, after, in_comment
+                after, _end, in_comment, d = _scan(piece, quote, comment, depth)
+                if after or (pending == "array" and d > 0):
+                    buf, quote, comment, depth = buf + piece, after, in_comment, d
                     continue
                 scanned = (after, in_comment)
             elif quiet and (pending == "quote" or ")" not in raw):
@@ -125,22 +129,27 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             continue
         buf = _squeeze_arith(buf + raw)
         try:
-            lex = shlex.shlex(buf, posix=True)
-            lex.whitespace_split = True
-            lex.commenters = "#"
-            words = list(lex)
+            words = _lex(buf)
         except ValueError:  # an open quote: the string goes on
             buf += "\n"
             pending = "quote"
-            quote, _closes, comment = _scan(buf, "", False)
+            quote, _end, comment, _d = _scan(buf, "", False, 0)
             if not quote:  # shlex and _scan read it apart: each next line read whole
                 quote = UNKNOWN
             continue
         m = _ASSIGN.match(buf)
-        if m and m.group(2).lstrip().startswith("(") and not _array_closed(words):
-            buf += "\n"
-            pending, quote, comment, closed = "array", "", False, False
-            continue
+        if m and m.group(2).lstrip().startswith("("):
+            _q, end, _c, d = _scan(m.group(2), "", False, 0)
+            if end < 0:
+                buf += "\n"
+                pending, quote, comment, depth = "array", "", False, d
+                continue
+            cut = m.start(2) + end + 1
+            rest = _after_list_operator(buf[cut:])
+            if rest:  # (A=(...) ; NOTE=x put ";" and NOTE=x into A: a review)
+                buf = buf[:cut]
+                words = _lex(buf)
+                lines.appendleft((n, rest))
         out.append((start, buf, words))
         buf, pending = "", ""
     if buf:
@@ -148,14 +157,33 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     return out
 
 
-def _scan(piece: str, quote: str, comment: bool) -> tuple[str, bool, bool]:
+def _lex(text: str) -> list[str]:
+    """shlex's words of ``text`` (posix, ``#`` comments); a ValueError at an open quote."""
+    lex = shlex.shlex(text, posix=True)
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    return list(lex)
+
+
+def _after_list_operator(rest: str) -> str:
+    """What follows an array's ``)`` on its line, without the list operator before it
+    (``; NOTE=x`` -> ``NOTE=x``); "" when only blanks follow."""
+    rest = rest.strip()
+    for op in ("&&", "||", ";", "&", "|"):
+        if rest.startswith(op):
+            return rest[len(op) :].strip()
+    return rest
+
+
+def _scan(piece: str, quote: str, comment: bool, depth: int) -> tuple[str, int, bool, int]:
     """shlex's reading (posix, ``#`` comments, as :func:`_logical_lines` lexes) of ``piece``
-    appended to a buffer that ends in ``quote`` ("", "'" or '"') and, if ``comment``, in a
-    comment: (the quote open after it, whether an unquoted ``)`` ends a word in it, whether it
-    ends in a comment). A backslash escapes the next character outside single quotes (inside double
-    quotes only a quote or a backslash, the one that matters here); a comment runs to the
-    next line break. Linear in the piece."""
-    closes = False
+    appended to a buffer that ends in ``quote`` ("", "'" or '"'), if ``comment`` in a comment,
+    and ``depth`` unbalanced "(" deep: (the quote open after it, the index of the ")" that first
+    brings the depth from 1 to 0 (-1: none), whether it ends in a comment, the depth after
+    it). Parentheses count outside quotes and comments. A backslash escapes the next character
+    outside single quotes (inside double quotes only a quote or a backslash, the one that
+    matters here); a comment runs to the next line break. Linear in the piece."""
+    end = -1
     i, n = 0, len(piece)
     while i < n:
         c = piece[i]
@@ -175,10 +203,14 @@ def _scan(piece: str, quote: str, comment: bool) -> tuple[str, bool, bool]:
             quote = c
         elif c == "#":
             comment = True
-        elif c == ")" and (i + 1 == n or piece[i + 1] in " \t\n;&|#"):
-            closes = True  # at a word's end, as _array_closed reads it ($(nproc)x is not)
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0 and end < 0:
+                end = i
         i += 1
-    return quote, closes, comment
+    return quote, end, comment, depth
 
 
 def _open_quote(buf: str) -> bool:
@@ -193,10 +225,6 @@ def _open_quote(buf: str) -> bool:
     except ValueError:
         return True
     return False
-
-
-def _array_closed(words: list[str]) -> bool:
-    return any(w.endswith(")") for w in words)
 
 
 def _arith(expr: str, env: dict[str, str]) -> str | None:
@@ -353,13 +381,13 @@ def read_command(text: str, file: str) -> Command | None:
                 if rhs.startswith("("):
                     inner = ws[:]
                     inner[0] = inner[0].split("=", 1)[1]
-                    items = [
-                        w for w in (x.strip("()") if x in ("(", ")") else x for x in inner) if w
-                    ]
-                    if items and items[0].startswith("("):
-                        items[0] = items[0][1:]
-                    if items and items[-1].endswith(")"):
-                        items[-1] = items[-1][:-1]
+                    # the line ends at the array's own ")" (_logical_lines): one "(" off the
+                    # first word, one ")" off the last (A=(--x=$(nproc) ) lost the item's ")")
+                    if inner[0].startswith("("):
+                        inner[0] = inner[0][1:]
+                    if inner[-1].endswith(")"):
+                        inner[-1] = inner[-1][:-1]
+                    items = [w for w in inner if w]
                     # (A=(${A[@]} ${A[@]}) forty-five times: 2^46 items, a MemoryError)
                     target = (name, "array")
                     kept = arrays.get(name, []) if append else []
