@@ -409,6 +409,29 @@ def test_yaml_12_leading_dot_floats(text: str) -> None:
     assert parse_yaml(f"x: {text}", "f.yaml")["x"] == float(text)
 
 
+@pytest.mark.parametrize(("text", "value"), [("17:04", "17:04"), ("12:30.5", "12:30.5"),
+                                           ("010", "010"), ("-007", "-007"), ("0x10", 16),
+                                           ("0b11", 3), ("1_024", 1024), ("0", 0), ("-0", 0)])  # fmt: skip
+def test_yaml_11_base_60_and_octal_are_strings(text: str, value: object) -> None:
+    """YAML 1.1 read ``17:04`` as 1,024 (base 60) and ``010`` as 8 (octal): a clock time or a
+    zero-padded number became another number without a word (a fuzz campaign: seq_len 17:04
+    ran at 1,024 tokens). As in YAML 1.2 they are strings, refused where a number is wanted."""
+    assert parse_yaml(f"x: {text}", "f.yaml")["x"] == value
+
+
+@pytest.mark.parametrize("value", ["17:04", "010"])
+def test_a_clock_time_or_octal_seq_len_is_refused(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "e.yaml"
+    p.write_text("model: {preset: gpt2}\nhardware: a100_sxm4_80gb\n"
+                 f"training: {{global_batch: 8, micro_batch: 1, seq_len: {value}}}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as ei:
+        load_scenario(p)
+    assert ei.value.key == "training.seq_len" and value in str(ei.value)
+    with pytest.raises(ConfigError) as ei:
+        load_scenario("scenarios/gpipe_8gpu.yaml", [f"training.seq_len={value}"])
+    assert ei.value.file == "--set" and ei.value.key == "training.seq_len"
+
+
 def test_yaml_float_in_scenario(tmp_path: Path) -> None:
     p = tmp_path / "e.yaml"
     p.write_text(

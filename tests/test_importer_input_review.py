@@ -56,6 +56,30 @@ def test_deepspeed_hf_auto_buckets_resolved_from_the_hidden_size(tmp_path: Path)
     assert "10 x hidden_size = 40,960" in text
 
 
+@pytest.mark.parametrize("section", ["zero_optimization", "bf16", "optimizer"])
+@pytest.mark.parametrize("value", [[], 0, False, ""])
+def test_deepspeed_an_empty_non_object_section_is_an_error(tmp_path: Path, section: str,
+                                                           value: Any) -> None:  # fmt: skip
+    """ "zero_optimization": [] (or 0, false, "") was read as no section: ZeRO stage 0, without a
+    word (the peak doubled), and "bf16": [] as fp32 (a fuzz campaign)."""
+    err = _ds_error(tmp_path, {**DS_BASE, section: value})
+    assert err.key == section and "JSON object" in err.message
+
+
+@pytest.mark.parametrize(("key", "value"), [("stage3_param_persistence_threshold", -1),
+                                            ("stage3_prefetch_bucket_size", "x"),
+                                            ("contiguous_gradients", "x"),
+                                            ("round_robin_gradients", 1)])  # fmt: skip
+def test_deepspeed_tunings_are_typed(tmp_path: Path, key: str, value: Any) -> None:
+    """ZeRO tunings simtrain does not model were listed as read whatever their value (-1, "x");
+    DeepSpeed's config model refuses them."""
+    zero = {"stage": 3, key: value}
+    err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": zero})
+    assert err.key == f"zero_optimization.{key}"
+    zero[key] = True if key in ("contiguous_gradients", "round_robin_gradients") else 1e5
+    assert _ds(tmp_path, {**DS_BASE, "zero_optimization": zero})
+
+
 def test_deepspeed_hf_auto_bucket_from_a_config_json(tmp_path: Path) -> None:
     """The hidden size of a Hugging Face config.json (GPT-2's n_embd 768)."""
     hf = tmp_path / "config.json"

@@ -335,3 +335,45 @@ def test_routing_keys_on_a_dense_model_are_an_error(tmp_path: Path, assignment: 
     assert err.file == "--set" and err.key == assignment.split("=")[0]
     assert "num_experts > 0" in err.message
     load_scenario(p, ["model.capacity_factor=0", "model.moe_load_imbalance=1"])  # the defaults
+
+
+MIXTRAL = {**LLAMA, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}
+QWEN3_MOE = {**LLAMA, "model_type": "qwen3_moe", "num_experts": 128, "num_experts_per_tok": 8,
+             "moe_intermediate_size": 768}  # fmt: skip
+
+
+@pytest.mark.parametrize("field", ["num_local_experts", "num_experts", "n_routed_experts",
+                                   "moe_intermediate_size", "kv_lora_rank"])  # fmt: skip
+def test_a_config_without_model_type_but_with_experts_is_an_error(tmp_path: Path,
+                                                                  field: str) -> None:  # fmt: skip
+    """Mixtral's config.json without model_type was read as a dense Llama: 7.2B parameters
+    instead of 46.7B, the experts dropped without a word (a fuzz campaign)."""
+    untyped = {k: v for k, v in LLAMA.items() if k != "model_type"}
+    err = _config_error(from_hf_config, _cfg(tmp_path, {**untyped, field: 8}))
+    assert err.key == "model_type" and field in err.message and "mixtral" in str(err)
+    assert from_hf_config(_cfg(tmp_path, untyped)).num_experts == 0  # a plain one still reads
+
+
+@pytest.mark.parametrize(("base", "field", "value"), [
+    (QWEN3_MOE, "moe_intermediate_size", 0), (QWEN3_MOE, "num_experts", 0),
+    (QWEN3_MOE, "num_experts_per_tok", -1), (MIXTRAL, "num_local_experts", 0),
+    (MIXTRAL, "num_experts_per_tok", True),
+])  # fmt: skip
+def test_zero_experts_or_expert_width_is_an_error(tmp_path: Path, base: dict, field: str,
+                                                  value: object) -> None:  # fmt: skip
+    """moe_intermediate_size 0 made Qwen3-30B-A3B's 128 experts intermediate_size wide (233B
+    parameters), and num_experts 0 a dense model (a fuzz campaign)."""
+    err = _config_error(from_hf_config, _cfg(tmp_path, {**base, field: value}))
+    assert err.key == field
+    assert from_hf_config(_cfg(tmp_path, base)).num_experts > 0
+
+
+@pytest.mark.parametrize("value", [1.5, True])
+def test_deepseek_moe_layer_freq_must_be_an_integer(tmp_path: Path, value: object) -> None:
+    cfg = {**LLAMA, "model_type": "deepseek_v3", "n_routed_experts": 8, "num_experts_per_tok": 2,
+           "moe_intermediate_size": 256, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+           "qk_rope_head_dim": 16, "v_head_dim": 32, "moe_layer_freq": value}  # fmt: skip
+    err = _config_error(from_hf_config, _cfg(tmp_path, cfg))
+    assert err.key == "moe_layer_freq"
+    cfg["moe_layer_freq"] = 1
+    assert from_hf_config(_cfg(tmp_path, cfg)).num_experts == 8

@@ -764,6 +764,10 @@ _INT_FIELDS = _REQUIRED_INT_FIELDS | {
     "q_lora_rank",
     "n_group",
     "topk_group",
+    # (DeepSeek's moe_layer_freq 1.5 or true read as 1; GPT-OSS's experts_per_token beside
+    # num_experts_per_tok went unchecked: a fuzz campaign)
+    "moe_layer_freq",
+    "experts_per_token",
 }
 #: model_type values read as a Llama-style decoder (RMSNorm, gated MLP, rotary, no biases but
 #: the Q/K/V biases some have): HF transformers' configuration_*.py field names. Phi-3 fuses
@@ -778,6 +782,11 @@ LLAMA_STYLE_KINDS = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe
 #: Falcon-7B / Falcon-RW; RefinedWeb: Falcon-40B / 180B).
 FALCON_KINDS = ("falcon", "refinedwebmodel", "refinedweb")
 OTHER_HF_KINDS = ("opt", "gpt_neox", "bloom", "starcoder2", "nemotron", "phi", *FALCON_KINDS)
+#: config.json fields only a model type's own reader takes (experts, latent attention): a
+#: config without model_type that has one is not read as the dense Llama it would become.
+_KIND_ONLY_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts",
+                     "num_experts_per_tok", "moe_intermediate_size", "kv_lora_rank",
+                     "q_lora_rank", "shared_expert_intermediate_size")  # fmt: skip
 #: model_type values the importer reads.
 HF_KINDS = ("gpt2", "gpt_bigcode", "gptj", *LLAMA_STYLE_KINDS, *OTHER_HF_KINDS)
 #: tie_word_embeddings where config.json leaves it out (the configuration class's default, or
@@ -907,6 +916,11 @@ def from_hf_config(
         if field in _REQUIRED_INT_FIELDS and value is None:
             raise ConfigError(str(path), field, "must be an integer", value)
     kind = str(cfg.get("model_type", "")).lower()
+    if not kind and (typed := [f for f in _KIND_ONLY_FIELDS if f in cfg]):
+        # (read as a dense Llama, Mixtral's 46.7B parameters became 7.2B: a fuzz campaign)
+        raise ConfigError(str(path), "model_type", f"missing: {typed[0]} is read by the model "
+                          "type that has it (a config without model_type is read as GPT-2 or "
+                          "a dense Llama only)", None, ", ".join(HF_KINDS))  # fmt: skip
     name = str(cfg.get("_name_or_path") or p.parent.name or kind)
     names: dict[str, str] = {}
     try:

@@ -72,6 +72,17 @@ def check_moe_layout(s: Any, file: str) -> None:
                           t.precision, "fp8_delayed | fp8_current | mxfp8 | bf16")  # fmt: skip
 
 
+#: The expert counts and widths of each MoE model type's config.json, positive where given.
+_MOE_SIZE_FIELDS = {
+    "mixtral": ("num_local_experts", "num_experts_per_tok"),
+    **dict.fromkeys(("qwen2_moe", "qwen3_moe"),
+                    ("num_experts", "num_experts_per_tok", "moe_intermediate_size")),
+    **dict.fromkeys(DEEPSEEK_KINDS,
+                    ("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size")),
+    "gpt_oss": ("num_local_experts", "num_experts_per_tok", "experts_per_token"),
+}  # fmt: skip
+
+
 def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
     """MoE and attention-variant fields of a Hugging Face config (0 experts: dense). Field names
     from transformers ``configuration_mixtral.py`` (num_local_experts, num_experts_per_tok),
@@ -81,6 +92,12 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
     ``configuration_gpt_oss.py`` (num_local_experts, experts_per_token / num_experts_per_tok,
     head_dim; GptOssTopKRouter has a bias, GptOssAttention one sink per head)."""
     out: dict[str, Any] = {}
+    for field in _MOE_SIZE_FIELDS.get(kind, ()):
+        # (0 experts made a dense model, a moe_intermediate_size of 0 the experts ffn_hidden
+        # wide: Qwen3-30B-A3B at 233B parameters; a fuzz campaign)
+        if field in cfg and not (isinstance(cfg[field], int) and cfg[field] > 0):
+            raise ConfigError(path, field, f"must be a positive integer (a {kind} model's "
+                              "experts)", cfg[field])  # fmt: skip
     if kind in ("qwen3", "qwen3_moe", "gpt_oss") and cfg.get("head_dim"):
         out["head_size"] = int(cfg["head_dim"])
     if kind in ("qwen3", "qwen3_moe"):

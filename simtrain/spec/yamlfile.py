@@ -61,6 +61,17 @@ _FLOAT = re.compile(
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+#: YAML 1.2's integers (decimal, 0x hex, and 0b binary, which PyYAML's constructor reads): not
+#: YAML 1.1's base-60 ``17:04`` (1,024) or octal ``010`` (8), which read a clock time or a
+#: zero-padded number as another number without a word (a fuzz campaign: ``seq_len: 17:04``
+#: ran at 1,024 tokens). Those are strings now, refused where a number is wanted.
+_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 

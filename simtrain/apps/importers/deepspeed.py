@@ -78,13 +78,22 @@ ZERO_TUNING = frozenset({
     "stage3_module_granularity_threshold", "stage3_use_all_reduce_for_fetch_params",
     "stage3_allgather_sequential", "cpu_offload_use_pin_memory",
 })  # fmt: skip
+#: The ZERO_TUNING keys that are sizes (elements, bytes, a distance): a number >= 0 or the
+#: Hugging Face Trainer's "auto"; the others are switches (deepspeed/runtime/zero/config.py).
+ZERO_TUNING_SIZES = frozenset({
+    "allgather_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+    "stage3_model_persistence_threshold", "stage3_max_reuse_distance", "sub_group_size",
+    "stage3_module_granularity_threshold",
+})  # fmt: skip
 OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "fusedadam": "adamw", "cpuadam": "adamw",
               "deepspeedcpuadam": "adamw", "sgd": "sgd"}  # fmt: skip
 
 
 def _section(cfg: dict[str, Any], key: str, file: str) -> dict[str, Any]:
-    v = cfg.get(key) or {}
-    if not isinstance(v, dict):
+    v = cfg.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):  # ([], 0, false and "" were read as no section: a fuzz campaign)
         raise ConfigError(file, key, "must be a JSON object", v)
     return v
 
@@ -337,6 +346,13 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
                 r.unsupported_(key, "the two-level (intra-node, then inter-node) parameter "
                                "gather: simulated as one all-gather over the group")  # fmt: skip
         elif k in ZERO_TUNING:
+            # typed as DeepSpeed's config model types it (a number of elements or bytes, or a
+            # switch): -1, NaN and "x" were listed as read (a fuzz campaign)
+            if k in ZERO_TUNING_SIZES and not (isinstance(v, str) and v == "auto"):
+                if as_float(v, file, key) < 0:
+                    raise ConfigError(file, key, "must be >= 0", v)
+            elif k not in ZERO_TUNING_SIZES:
+                as_bool(v, file, key)
             r.ignore(f"{key} (a tuning simtrain does not model)")
         else:
             r.unsupported_(key, "not a key this importer knows")
