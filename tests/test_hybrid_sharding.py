@@ -242,6 +242,19 @@ def test_a_bad_fixed_zero_replicas_names_the_words() -> None:
     assert "node" in str(exc.value)
 
 
+@pytest.mark.parametrize(("replicas", "stages", "need"), [(["node"], [0], "zero_stage 3"),
+                                                          (["node", 1], [1, 2], "zero_stage 3"),
+                                                          ([4], [0], "1, 2 or 3")])  # fmt: skip
+def test_fixed_replicas_no_fixed_stage_can_have_are_an_error(replicas: list, stages: list,
+                                                             need: str) -> None:  # fmt: skip
+    """fixed.zero_replicas [node] with fixed.zero_stage [0] planned every layout with one copy
+    (the CSV's zero_replicas 1), the user's choice dropped without a word (a fuzz campaign)."""
+    with pytest.raises(ConfigError, match="fixed.zero_replicas") as exc:
+        _llama_plan(zero_replicas=replicas, zero_stage=stages)
+    assert need in exc.value.message and str(stages) in exc.value.message
+    _llama_plan(zero_replicas=["node", 1], zero_stage=[0, 3])  # 3 can have them
+
+
 def test_deepspeed_mics_imports_as_replicas(tmp_path: Path) -> None:
     """DeepSpeed's MiCS (zero_optimization.mics_shard_size, ZeRO-3): groups of that size, one
     copy each; a size that leaves the groups unequal is an error naming the key."""

@@ -770,3 +770,27 @@ def test_an_array_ends_at_its_own_paren() -> None:
 def test_quoted_escaped_or_commented_parens_do_not_count(item: str) -> None:
     c = read_command(f"A=(\n --x {item}\n --y 2\n)\npython pretrain_gpt.py ${{A[@]}}\n", "t.sh")
     assert c is not None and c.args[-2:] == ("--y", "2")
+
+
+MEG_BASE = ("torchrun pretrain_gpt.py --num-layers 8 --hidden-size 1024 --num-attention-heads 16 "
+            "--seq-length 2048 --max-position-embeddings 2048 --micro-batch-size 2 "
+            "--global-batch-size 64 --bf16 --vocab-size 32000")  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "flag"), [
+    ("--group-query-attention nan --num-query-groups 4", "--group-query-attention"),
+    ("--openai-gelu 1", "--openai-gelu"),
+    ("--recompute-granularity full --recompute-method uniform --recompute-num-layers 0",
+     "--recompute-num-layers"),
+])  # fmt: skip
+def test_megatron_values_argparse_would_refuse(tmp_path: Path, extra: str, flag: str) -> None:
+    """A value after an on/off flag (argparse: "unrecognized arguments") was dropped without a
+    word, and the uniform recompute method's chunks of 0 layers (which never advance) were
+    read as chunks of one (a fuzz campaign)."""
+    f = tmp_path / "train.sh"
+    f.write_text(f"{MEG_BASE} {extra}\n")
+    with pytest.raises(ConfigError) as info:
+        import_config("megatron", str(f), gpus=8)
+    assert info.value.key == flag
+    f.write_text(f"{MEG_BASE} {extra.replace(' nan', '').replace(' 1', '').replace(' 0', ' 1')}\n")
+    assert import_config("megatron", str(f), gpus=8)

@@ -211,7 +211,7 @@ def test_an_offloaded_optimizer_step_is_not_communication(runtime):
         "training.global_batch=4", "parallelism.dp=1", "parallelism.tp=1", "parallelism.pp=1",
         "parallelism.zero_stage=1", "parallelism.sequence_parallel=false",
         "training.offload.optimizer=true", f"runtime.name={runtime}", "parallelism.schedule=1f1b",
-        "runtime.tp_backward_overlap=false",
+        "runtime.tp_backward_overlap=false", "runtime.tp_gather_buffers=0",
     ])  # fmt: skip
     assert any(s.stream == "cpu" for s in simulate_scenario(sc).timeline.spans)
     check_step(sc)

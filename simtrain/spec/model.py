@@ -933,7 +933,7 @@ def from_hf_config(
             h = int(cfg["n_embd"])
             heads = int(cfg["n_head"])
             default_act = "gelu_pytorch_tanh" if kind == "gpt_bigcode" else "gelu_new"
-            act = str(cfg.get("activation_function", default_act))
+            act = _hf_act(cfg, "activation_function", default_act, path)
             inner = cfg.get("n_inner")  # null: 4 h (GPT2MLP)
             # GPTBigCode (StarCoder 1, SantaCoder): one K/V head with multi_query (its default)
             mqa = kind == "gpt_bigcode" and _hf_bool(cfg, "multi_query", True, path)
@@ -1139,6 +1139,17 @@ def _full_every(types: Any, n_layers: int, path: Path) -> int:
     return every
 
 
+def _hf_act(cfg: dict[str, Any], field: str, default: str, path: Path) -> str:
+    """An activation's name in config.json (HF ``ACT2FN``'s keys); absent: ``default``. A
+    value not a string (0, [], {}) is an error naming the field (it was read as GeLU: a fuzz
+    campaign)."""
+    v = cfg.get(field, default)
+    if not isinstance(v, str) or not v:
+        raise ConfigError(str(path), field, "must be an activation's name (transformers "
+                          "ACT2FN: gelu_new, relu, silu, ...)", v)  # fmt: skip
+    return v
+
+
 def _hf_mlp(act: str) -> str:
     """The MLP kind of a two-matrix MLP whose activation is ``act`` (HF ``ACT2FN`` names):
     relu, relu2 (squared ReLU), and gelu for every other element-wise activation (gelu_new,
@@ -1282,7 +1293,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         spec = ModelSpec(
             **common, ffn_hidden=int(cfg["ffn_dim"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)) + 2,
-            mlp=_hf_mlp(str(cfg.get("activation_function", "relu"))), positions="learned",
+            mlp=_hf_mlp(_hf_act(cfg, "activation_function", "relu", path)), positions="learned",
             bias=_hf_bool(cfg, "enable_bias", True, path),
             **_hf_dropouts(cfg, path, ("dropout", 0.1), ("attention_dropout", 0.0)),
         )  # fmt: skip
@@ -1293,7 +1304,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         spec = ModelSpec(
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 2048)),
-            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu"))), positions="rotary",
+            mlp=_hf_mlp(_hf_act(cfg, "hidden_act", "gelu", path)), positions="rotary",
             bias=attention_bias, mlp_bias=not attention_bias,
             parallel_residual=_hf_bool(cfg, "use_parallel_residual", True, path),
             rotary_fraction=_hf_fraction(cfg, "rotary_pct", 0.25, path),
@@ -1305,7 +1316,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
         spec = ModelSpec(
             **common, ffn_hidden=int(cfg["intermediate_size"]),
             max_positions=int(cfg.get("max_position_embeddings", 4096)),
-            mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_pytorch_tanh"))), positions="rotary",
+            mlp=_hf_mlp(_hf_act(cfg, "hidden_act", "gelu_pytorch_tanh", path)), positions="rotary",
             bias=_hf_bool(cfg, "use_bias", True, path), **_hf_sliding(kind, cfg, path),
             **_hf_dropouts(cfg, path, ("residual_dropout", 0.0), ("attention_dropout", 0.0)),
         )  # fmt: skip
@@ -1321,7 +1332,7 @@ def _hf_other(kind: str, cfg: dict[str, Any], path: Path,
     spec = ModelSpec(
         **common, ffn_hidden=int(cfg["intermediate_size"]),
         max_positions=int(cfg.get("max_position_embeddings", 4096)),
-        mlp=_hf_mlp(str(cfg.get("hidden_act", "relu2"))), positions="rotary", bias=bias,
+        mlp=_hf_mlp(_hf_act(cfg, "hidden_act", "relu2", path)), positions="rotary", bias=bias,
         mlp_bias=mlp_bias and not bias,
         dropout=_hf_rate(cfg, "attention_dropout", 0.0, path),
         head_size=_hf_head_size(cfg, path),
@@ -1356,7 +1367,7 @@ def _hf_gptj(cfg: dict[str, Any], path: Path, name: str) -> ModelSpec:
         name=name, layers=int(cfg["n_layer"]), hidden=h, heads=heads, kv_heads=heads,
         ffn_hidden=4 * h if inner is None else int(inner), vocab=int(cfg["vocab_size"]),
         max_positions=int(cfg.get("n_positions", 2048)),
-        mlp=_hf_mlp(str(cfg.get("activation_function", "gelu_new"))),
+        mlp=_hf_mlp(_hf_act(cfg, "activation_function", "gelu_new", path)),
         tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
         positions="rotary", rotary_fraction=rdim / head_dim,
         bias=False, mlp_bias=True, head_bias=True, norm="layernorm",
@@ -1387,7 +1398,7 @@ def _hf_phi(cfg: dict[str, Any], path: Path, name: str, h: int,
         kv_heads=heads if kv is None else int(kv), ffn_hidden=int(cfg["intermediate_size"]),
         vocab=int(cfg["vocab_size"]),
         max_positions=int(cfg.get("max_position_embeddings") or 2048),
-        mlp=_hf_mlp(str(cfg.get("hidden_act", "gelu_new"))),
+        mlp=_hf_mlp(_hf_act(cfg, "hidden_act", "gelu_new", path)),
         tied_embeddings=_hf_bool(cfg, "tie_word_embeddings", False, path),
         positions="rotary", rotary_fraction=rotary, bias=True, norm="layernorm",
         parallel_residual=True, shared_norm=True, head_bias=True,

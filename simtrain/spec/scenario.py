@@ -6,6 +6,7 @@ the value and what is allowed (``ConfigError``); the CLI prints it on one line a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -1311,15 +1312,81 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
     return out
 
 
-def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int) -> tuple[str, ...]:
+def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
+                           pp: int | None = None) -> dict[str, str]:  # fmt: skip
+    """The runtime options whose every value means the same for ``s`` (its layout, with
+    ``zero_stage`` and ``pp`` where given, and its model and hardware), each with why: the
+    option times or keeps something ``s`` does not have. A scenario that sets one to other than
+    its profile's value is refused (:func:`check_runtime_options`; a fuzz campaign found each
+    of them accepted without a word). Beside :func:`inapplicable_runtime_options`, whose
+    options are on/off switches of the layout's communication."""
+    p, m, rt = s.parallelism, s.model, s.runtime
+    zero = p.zero_stage if zero_stage is None else zero_stage
+    pp = p.pp if pp is None else pp
+    out = {}
+    if p.cp == 1:
+        out["cp_attention"] = ("chooses how context parallelism exchanges the attention's "
+                               "K/V, but parallelism.cp = 1 has no exchange")  # fmt: skip
+    if pp == 1:
+        for key in ("pipeline_keeps_stage_outputs", "pipeline_keeps_last_outputs"):
+            out[key] = "keeps pipeline stages' outputs, but parallelism.pp = 1 has no pipeline"
+    if pp == 1 or p.schedule != "interleaved" or p.virtual_stages == 1:
+        out["interleaved_all_warmup_at_pp"] = (
+            "orders the interleaved schedule's warm-up, but the layout runs no interleaved "
+            f"schedule (parallelism.schedule {p.schedule}, pp {pp}, virtual_stages "
+            f"{p.virtual_stages})")  # fmt: skip
+    if zero < 2:
+        for key in ("zero3_per_gpu_nic", "zero3_gather_copy_out"):
+            out[key] = (f"times or copies sharded parameters' gathers, but parallelism."
+                        f"zero_stage = {zero} gathers none (use 2 or 3)")  # fmt: skip
+    if not m.is_moe:
+        out["moe_implementation"] = (f"prices an MoE layer's host work, but model {m.name} has "
+                                     "no experts (model.num_experts 0)")  # fmt: skip
+    if rt.moe_dispatcher != "deepep" or p.ep == 1:
+        out["moe_dispatch_sms"] = ("sets DeepEP's SMs, but the layout dispatches no tokens "
+                                   f"through DeepEP (runtime.moe_dispatcher {rt.moe_dispatcher}, "
+                                   f"parallelism.ep {p.ep})")  # fmt: skip
+    if not m.sliding_window:
+        out["sliding_window_kernel"] = (f"prices a sliding window's attention, but model "
+                                        f"{m.name} has no window (model.sliding_window 0)")  # fmt: skip
+    if p.tp == 1 or not p.sequence_parallel:
+        out["tp_gather_buffers"] = ("keeps sequence-parallel all-gather buffers, but the layout "
+                                    f"has none (parallelism.tp {p.tp}, sequence_parallel "
+                                    f"{str(p.sequence_parallel).lower()})")  # fmt: skip
+    if not m.flash_attention:
+        out["attention_kernel"] = ("chooses the FlashAttention kernel, but model "
+                                   f"{m.name} does not use flash attention "
+                                   "(model.flash_attention false)")  # fmt: skip
+    elif rt.attention_kernel == "fa3" and s.hardware.gpu_arch != "hopper":
+        # (FlashAttention-3 is built for SM90 only: Dao-AILab/flash-attention README,
+        # "FlashAttention-3 ... Requirements: H100 / H800 GPU"; the hopper/ directory). Other
+        # kernels a profile has no class of are priced as GEMM FLOPs, as `simtrain run` says.
+        out["attention_kernel"] = (f"fa3 is FlashAttention-3, which runs on Hopper GPUs only, "
+                                   f"and hardware {s.hardware.name} is "
+                                   f"{s.hardware.gpu_arch} (collectives.gpu_arch)")  # fmt: skip
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    """A runtime value as ``--set`` writes it (JSON is YAML: true, "fa2", [1, 2])."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int,
+                          pp: int | None = None) -> tuple[str, ...]:  # fmt: skip
     """``--set`` lines turning off the runtime options that ``s`` has on and a new layout of
-    ``tp``, ``zero_stage`` and ``ep`` has nothing for (:func:`inapplicable_runtime_options`),
-    where the scenario turned them on over its profile (:func:`check_runtime_options` refuses
-    those): what a change of layout (``simtrain compare``'s, the fit advisor's) must also set."""
+    ``tp``, ``zero_stage``, ``ep`` (and ``pp``, where given) has nothing for
+    (:func:`inapplicable_runtime_options`, :func:`unused_runtime_options`), where the scenario
+    turned them on over its profile (:func:`check_runtime_options` refuses those): what a
+    change of layout (``simtrain compare``'s, the fit advisor's) must also set."""
     why = inapplicable_runtime_options(tp, zero_stage, ep, s.training.precision)
     profile = load_runtime(s.runtime.name)
-    return tuple(f"runtime.{k}={getattr(profile, k)}".replace("=False", "=false")
-                 for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k))  # fmt: skip
+    out = [f"runtime.{k}={getattr(profile, k)}".replace("=False", "=false")
+           for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k)]  # fmt: skip
+    unused = unused_runtime_options(s, zero_stage, pp)
+    out += [f"runtime.{k}={_yaml_value(getattr(profile, k))}" for k in unused
+            if k not in why and getattr(s.runtime, k) != getattr(profile, k)]  # fmt: skip
+    return tuple(out)
 
 
 def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
@@ -1332,6 +1399,12 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     why = inapplicable_runtime_options(p.tp, p.zero_stage, p.ep, s.training.precision)
     for key, text in why.items():
         if runtime.get(key) == _ON[key]:
+            raise ConfigError(file, f"runtime.{key}", text, runtime[key])
+    profile = load_runtime(s.runtime.name)
+    for key, text in unused_runtime_options(s).items():
+        # its profile's value, or the neutral one (off, none kept) may be written out
+        neutral = (getattr(profile, key), RuntimeProfile.__dataclass_fields__[key].default)
+        if key in runtime and getattr(s.runtime, key) not in neutral:
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
     if runtime.get("cuda_graph_scope"):
         _check_graph_scope_fits(s, file)
@@ -1363,6 +1436,12 @@ def _check_graph_scope_fits(s: Scenario, file: str) -> None:
                           "(runtime.dispatch: cuda_graphs)", list(scope))  # fmt: skip
 
 
+def ddp_buckets_bound(m: ModelSpec, bucket_mb: float) -> int:
+    """At most how many gradient buckets of ``bucket_mb`` MB a step reduces: every parameter's
+    gradient at 4 bytes (the widest), ceil(P·4 / bucket bytes)."""
+    return -(-m.total_params() * 4 // max(1, int(bucket_mb * 1e6)))
+
+
 def check_size(s: Scenario, file: str) -> None:
     """Limits across fields (spec.limits): GPUs, micro-batches x layers, activation bytes,
     gradient buckets."""
@@ -1390,7 +1469,7 @@ def check_size(s: Scenario, file: str) -> None:
             f"{MAX_ACTIVATION_BYTES:.3g} (the simulator counts them in 64-bit integers)",
         )  # fmt: skip
     if p.dp > 1 and p.dp_mode == "ddp":
-        buckets = -(-m.total_params() * 4 // max(1, int(p.bucket_mb * 1e6)))
+        buckets = ddp_buckets_bound(m, p.bucket_mb)
         if buckets > MAX_DDP_BUCKETS:
             raise ConfigError(
                 file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
@@ -1548,6 +1627,13 @@ def _parse_fields(data: Any, file: str, base_dir: Path | None) -> Scenario:
         # gradients' dtype (costs.comm.ddp_buckets counts bytes)
         mb = elements * PRECISIONS[training.precision].grad / 1e6
         parallelism = replace(parallelism, bucket_mb=mb)
+        if (parallelism.dp > 1 and parallelism.dp_mode == "ddp"
+                and ddp_buckets_bound(model, mb) > MAX_DDP_BUCKETS):  # fmt: skip
+            # (named parallelism.bucket_mb, a key the user never wrote: a fuzz campaign)
+            raise ConfigError(file, "runtime.reduce_bucket_elements", f"buckets of {elements:,} "
+                              f"elements cut {model.total_params():,} parameters' gradients "
+                              f"into up to {ddp_buckets_bound(model, mb):,} buckets: at most "
+                              f"{MAX_DDP_BUCKETS:,}", elements)  # fmt: skip
     return Scenario(
         name=name, model=model, hardware=hardware, cluster=cluster,
         training=training, parallelism=parallelism, source=file, runtime_profile=runtime,

@@ -305,7 +305,7 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
     r.origin("model.layers", "--num-layers")
     r.origin("model.hidden", "--hidden-size")
     r.origin("model.heads", "--num-attention-heads")
-    f.has("--group-query-attention")  # --num-query-groups gives the KV heads
+    f.bool_("--group-query-attention")  # --num-query-groups gives the KV heads
     kv = f.pos_("--num-query-groups", heads, LIMIT["model.kv_heads"])
     r.origin("model.kv_heads", "--num-query-groups")
     swiglu = f.bool_("--swiglu")
@@ -317,7 +317,7 @@ def _model(f: Flags, r: Reading, tp: int, legacy: bool, flash: bool) -> dict[str
         if swiglu:  # Megatron-Core's arguments.py asserts not both
             raise ConfigError(file, "--squared-relu", "contradicts --swiglu: give one of them")
         mlp = "relu2"
-    f.has("--openai-gelu")
+    f.bool_("--openai-gelu")
     ffn = f.pos_("--ffn-hidden-size", hi=LIMIT["model.ffn_hidden"])
     if ffn is None:
         ffn = int((4 * h * 2 / 3) / 64) * 64 if mlp == "swiglu" else 4 * h
@@ -470,6 +470,9 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
             r.unsupported_(f"--moe-layer-freq {freq}", "only a pattern of dense layers first, "
                            "then MoE, is simulated: every layer is MoE")  # fmt: skip
     cap = f.float_("--moe-expert-capacity-factor")
+    if cap is not None and cap <= 0:  # (-1 was read as dropless: a fuzz campaign)
+        raise ConfigError(r.file, "--moe-expert-capacity-factor", "must be > 0 (leave it out "
+                          "for dropless routing)", cap)  # fmt: skip
     if cap:
         out["capacity_factor"] = cap
     # group-limited routing (transformer_config.py l.780-796, d98e8a64)
@@ -582,7 +585,7 @@ def _positions(f: Flags, r: Reading) -> str:
     kind = f.value("--position-embedding-type") or "learned_absolute"
     if f.bool_("--use-rotary-position-embeddings"):
         kind = "rope"
-    if f.has("--no-position-embedding") and kind == "learned_absolute":
+    if f.bool_("--no-position-embedding") and kind == "learned_absolute":
         r.assume(
             "--no-position-embedding without rope: no positions (NoPE; Megatron-Core refuses it)"
         )
@@ -1240,6 +1243,11 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
     if gran != "full":
         raise ConfigError(r.file, "--recompute-granularity", "unknown value", gran,
                           "full | selective")  # fmt: skip
+    if method == "uniform" and n == 0:
+        # (transformer_block.py _checkpointed_forward: the uniform method steps through the
+        # layers in chunks of recompute_num_layers; 0 never advances: a fuzz campaign)
+        raise ConfigError(r.file, "--recompute-num-layers", "must be >= 1 with "
+                          "--recompute-method uniform (chunks of that many layers)", n)  # fmt: skip
     if method == "block" and n == 0:
         # core/transformer/transformer_block.py _checkpointed_forward: with the block method
         # the first recompute_num_layers layers of each stage are checkpointed; 0 = none.

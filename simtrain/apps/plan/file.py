@@ -219,6 +219,23 @@ def _choices(key: str, value: Any, file: str) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _check_fixed_replicas(fixed: dict[str, tuple[Any, ...]], file: str) -> None:
+    """``fixed.zero_replicas`` copies that no ``fixed.zero_stage`` can have: "node" is ZeRO-3's
+    per-node copy, a number of copies needs sharded states (stage 1-3). The planner had read
+    them as one copy (stage 0 with "node": a fuzz campaign) or laid out nothing."""
+    reps, stages = fixed.get("zero_replicas"), fixed.get("zero_stage")
+    if reps is None or stages is None:
+        return
+    for r in reps:
+        if r == NODE_REPLICAS and 3 not in stages or r != NODE_REPLICAS and r > 1 and not any(
+                stages):  # fmt: skip
+            what, need = (("node (ZeRO-3's one copy per node) needs", "3")
+                          if r == NODE_REPLICAS else
+                          (f"{r} copies of the ZeRO states need", "1, 2 or 3"))  # fmt: skip
+            raise ConfigError(file, "fixed.zero_replicas", f"{what} zero_stage {need}, and "
+                              f"fixed.zero_stage allows {list(stages)}", r)  # fmt: skip
+
+
 def _resolve_path(value: Any, base_dir: Path) -> Any:
     """Relative file paths in a plan are relative to the plan's folder; make them absolute so
     that best.yaml works from any folder."""
@@ -256,6 +273,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     fixed_raw = _mapping(data.get("fixed"), file, "fixed")
     _no_unknown(fixed_raw, FIXED_KEYS, file, "fixed.")
     fixed = {k: _choices(k, v, file) for k, v in fixed_raw.items()}
+    _check_fixed_replicas(fixed, file)
     par = _parallelism(data.get("parallelism"), file)
     fm = _failure_model(_mapping(data.get("failures"), file, "failures"), file)
     objective = data.get("objective", "time")

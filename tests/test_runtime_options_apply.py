@@ -1,0 +1,75 @@
+"""A runtime option that cannot apply to the scenario is an error naming both keys (issue 13:
+"an option that cannot apply (e.g. tp_comm_overlap with tp 1) is a clear error naming both
+keys"). A fuzz campaign found these accepted without a word on a dp-only scenario, the step
+time and peak unchanged: spec.scenario.unused_runtime_options."""
+
+from __future__ import annotations
+
+import pytest
+
+from simtrain.apps.compare.variants import BUILTIN_VARIANTS
+from simtrain.errors import ConfigError
+from simtrain.spec.scenario import load_scenario, unused_runtime_options
+
+DDP = "scenarios/ddp_8gpu.yaml"  # GPT-2 XL, dp 8 on A100s, no flash attention
+
+
+@pytest.mark.parametrize(("option", "names"), [
+    ("cp_attention=a2a", "parallelism.cp = 1"),
+    ("pipeline_keeps_stage_outputs=true", "parallelism.pp = 1"),
+    ("pipeline_keeps_last_outputs=true", "parallelism.pp = 1"),
+    ("zero3_per_gpu_nic=true", "parallelism.zero_stage = 0"),
+    ("zero3_gather_copy_out=true", "parallelism.zero_stage = 0"),
+    ("moe_implementation=megatron_core", "model.num_experts"),
+    ("moe_dispatch_sms=100", "parallelism.ep 1"),
+    ("sliding_window_kernel=false", "model.sliding_window"),
+    ("tp_gather_buffers=8", "parallelism.tp 1"),
+    ("attention_kernel=fa3", "model.flash_attention"),
+])  # fmt: skip
+def test_an_option_the_scenario_has_nothing_for_is_an_error(option: str, names: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(DDP, [f"runtime.{option}"])
+    assert exc.value.key == f"runtime.{option.split('=')[0]}" and names in exc.value.message
+
+
+def test_the_profiles_own_value_and_a_layout_that_uses_it_are_kept() -> None:
+    """The profile's value may be written out; the same options load where they apply."""
+    load_scenario(DDP, ["runtime.cp_attention=te_p2p", "runtime.tp_gather_buffers=0"])
+    load_scenario(DDP, ["parallelism.zero_stage=3", "runtime.zero3_per_gpu_nic=true"])
+    load_scenario("scenarios/zero3_64gpu.yaml", ["parallelism.dp=32", "parallelism.tp=2",
+                  "parallelism.zero_stage=0", "parallelism.sequence_parallel=true",
+                  "runtime.tp_gather_buffers=2"])  # fmt: skip
+    load_scenario("scenarios/llama3_8b_cp.yaml", ["runtime.cp_attention=a2a"])
+    load_scenario("scenarios/mixtral_8x7b_ep8.yaml", ["runtime.moe_implementation=megatron_core"])
+
+
+def test_fa3_off_hopper_is_an_error() -> None:
+    """FlashAttention-3 runs on Hopper only: on an A100 it is an error; fa2 or cudnn, whose
+    class a profile may lack, is priced as GEMM FLOPs instead (as `simtrain run` says)."""
+    sc = load_scenario(DDP, ["model.flash_attention=true"])
+    assert "attention_kernel" not in unused_runtime_options(sc)
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=fa3"])
+    assert "a100_sxm4_80gb is ampere" in exc.value.message
+    load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=cudnn"])
+    load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=fa3",
+                        "hardware=h100_sxm5_80gb"])  # fmt: skip
+
+
+def test_compare_turns_off_a_pipeline_option_when_a_variant_removes_the_pipeline() -> None:
+    """compare's ZeRO variants re-lay a dp-1 pipeline out as data parallelism (pp 1): the
+    scenario's pipeline option goes back to the profile's value, said in the note."""
+    base = ["runtime.pipeline_keeps_stage_outputs=true"]
+    sc = load_scenario("scenarios/gpipe_8gpu.yaml", base)
+    ov, note = BUILTIN_VARIANTS["zero1"][1](sc)
+    assert "runtime.pipeline_keeps_stage_outputs=false" in ov and "pipeline_keeps" in note
+    assert load_scenario("scenarios/gpipe_8gpu.yaml", [*base, *ov]).parallelism.pp == 1
+
+
+def test_tiny_runtime_buckets_name_the_runtime_key() -> None:
+    """runtime.reduce_bucket_elements 5 was refused as parallelism.bucket_mb 1e-05, a key and a
+    value the user never wrote (a fuzz campaign)."""
+    with pytest.raises(ConfigError) as exc:
+        load_scenario("scenarios/zero3_64gpu.yaml", ["runtime.reduce_bucket_elements=5"])
+    assert exc.value.key == "runtime.reduce_bucket_elements" and exc.value.file == "--set"
+    assert "4,194,304" in exc.value.message
