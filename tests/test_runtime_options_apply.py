@@ -73,3 +73,21 @@ def test_tiny_runtime_buckets_name_the_runtime_key() -> None:
         load_scenario("scenarios/zero3_64gpu.yaml", ["runtime.reduce_bucket_elements=5"])
     assert exc.value.key == "runtime.reduce_bucket_elements" and exc.value.file == "--set"
     assert "4,194,304" in exc.value.message
+
+
+@pytest.mark.parametrize("option", [{"moe_dispatcher": "deepep"}, {"moe_fp8_dispatch": True},
+                                    {"sliding_window_kernel": False}])  # fmt: skip
+def test_a_plans_runtime_option_its_model_rules_out_is_an_error(option: dict) -> None:
+    """A plan for a dense model with runtime moe_dispatcher deepep planned every layout without
+    it, the option dropped without a word (a fuzz campaign): no layout of the model can use it.
+    An option a layout may use (tp_comm_overlap) is left to each layout (apps.plan.layouts)."""
+    from simtrain.apps.plan.file import parse_plan
+    from simtrain.spec.yamlfile import load_yaml
+
+    data = load_yaml("plans/llama3_8b.yaml")
+    data["runtime"] = {"name": "megatron_core", **option}
+    with pytest.raises(ConfigError) as exc:
+        parse_plan(data, "plan.yaml")
+    assert exc.value.key == f"runtime.{next(iter(option))}" and "llama3" in exc.value.message
+    data["runtime"] = {"name": "megatron_core", "tp_comm_overlap": True}
+    parse_plan(data, "plan.yaml")

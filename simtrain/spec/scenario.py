@@ -1339,25 +1339,16 @@ def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
         for key in ("zero3_per_gpu_nic", "zero3_gather_copy_out"):
             out[key] = (f"times or copies sharded parameters' gathers, but parallelism."
                         f"zero_stage = {zero} gathers none (use 2 or 3)")  # fmt: skip
-    if not m.is_moe:
-        out["moe_implementation"] = (f"prices an MoE layer's host work, but model {m.name} has "
-                                     "no experts (model.num_experts 0)")  # fmt: skip
+    out.update(model_unused_runtime_options(m))
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         out["moe_dispatch_sms"] = ("sets DeepEP's SMs, but the layout dispatches no tokens "
                                    f"through DeepEP (runtime.moe_dispatcher {rt.moe_dispatcher}, "
                                    f"parallelism.ep {p.ep})")  # fmt: skip
-    if not m.sliding_window:
-        out["sliding_window_kernel"] = (f"prices a sliding window's attention, but model "
-                                        f"{m.name} has no window (model.sliding_window 0)")  # fmt: skip
     if p.tp == 1 or not p.sequence_parallel:
         out["tp_gather_buffers"] = ("keeps sequence-parallel all-gather buffers, but the layout "
                                     f"has none (parallelism.tp {p.tp}, sequence_parallel "
                                     f"{str(p.sequence_parallel).lower()})")  # fmt: skip
-    if not m.flash_attention:
-        out["attention_kernel"] = ("chooses the FlashAttention kernel, but model "
-                                   f"{m.name} does not use flash attention "
-                                   "(model.flash_attention false)")  # fmt: skip
-    elif rt.attention_kernel == "fa3" and s.hardware.gpu_arch != "hopper":
+    if m.flash_attention and rt.attention_kernel == "fa3" and s.hardware.gpu_arch != "hopper":
         # (FlashAttention-3 is built for SM90 only: Dao-AILab/flash-attention README,
         # "FlashAttention-3 ... Requirements: H100 / H800 GPU"; the hopper/ directory). Other
         # kernels a profile has no class of are priced as GEMM FLOPs, as `simtrain run` says.
@@ -1365,6 +1356,35 @@ def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
                                    f"and hardware {s.hardware.name} is "
                                    f"{s.hardware.gpu_arch} (collectives.gpu_arch)")  # fmt: skip
     return out
+
+
+def model_unused_runtime_options(m: ModelSpec) -> dict[str, str]:
+    """The runtime options of :func:`unused_runtime_options` that ``m`` alone rules out, whatever
+    the layout (a plan's check): experts' options on a dense model, the window's without one,
+    the FlashAttention kernel without flash attention."""
+    out = {}
+    if not m.is_moe:
+        none = f"model {m.name} has no experts (model.num_experts 0)"
+        out["moe_implementation"] = f"prices an MoE layer's host work, but {none}"
+        out["moe_dispatch_sms"] = f"sets DeepEP's SMs, but {none}"
+        out["moe_dispatcher"] = f"dispatches tokens to experts, but {none}"
+        out["moe_fp8_dispatch"] = f"sends FP8 activations to experts, but {none}"
+    if not m.sliding_window:
+        out["sliding_window_kernel"] = (f"prices a sliding window's attention, but model "
+                                        f"{m.name} has no window (model.sliding_window 0)")  # fmt: skip
+    if not m.flash_attention:
+        out["attention_kernel"] = ("chooses the FlashAttention kernel, but model "
+                                   f"{m.name} does not use flash attention "
+                                   "(model.flash_attention false)")  # fmt: skip
+    return out
+
+
+def unused_setting(runtime: dict[str, Any], key: str, value: Any, profile: RuntimeProfile) -> bool:
+    """Whether ``runtime`` (a scenario's or plan's ``runtime:`` mapping) sets ``key`` to
+    ``value`` other than its profile's and the neutral one (off, none kept), which may always
+    be written out."""
+    neutral = (getattr(profile, key), RuntimeProfile.__dataclass_fields__[key].default)
+    return key in runtime and value not in neutral
 
 
 def _yaml_value(value: Any) -> str:
@@ -1402,9 +1422,7 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
     profile = load_runtime(s.runtime.name)
     for key, text in unused_runtime_options(s).items():
-        # its profile's value, or the neutral one (off, none kept) may be written out
-        neutral = (getattr(profile, key), RuntimeProfile.__dataclass_fields__[key].default)
-        if key in runtime and getattr(s.runtime, key) not in neutral:
+        if unused_setting(runtime, key, getattr(s.runtime, key), profile):
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
     if runtime.get("cuda_graph_scope"):
         _check_graph_scope_fits(s, file)
