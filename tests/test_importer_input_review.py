@@ -515,19 +515,18 @@ def test_a_long_open_quote_is_read_in_linear_time() -> None:
 
 
 def _counting_lexes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count shell.py's shlex readings (the work of reading a script, not its wall time)."""
-    import shlex
-
+    """Count shell.py's word splits (shell.words: the work of reading a script, not its wall
+    time)."""
     from simtrain.apps.importers import shell
 
     count = [0]
-    real = shlex.shlex
+    real = shell.words
 
     def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shell.shlex, "shlex", counted)
+    monkeypatch.setattr(shell, "words", counted)
     return count
 
 
@@ -569,22 +568,20 @@ def test_an_array_that_doubles_itself_is_refused() -> None:
         assert info.value.key == "A" and f"{MAX_VALUE:,}" in info.value.message
 
 
-def test_a_word_that_would_grow_past_the_limit_is_not_built(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_word_that_would_grow_past_the_limit_is_not_built() -> None:
     """A word of many references to a long variable or array ("$V$V..." or "${A[@]}..."): its
     length is reckoned before it is built, an error naming the variable it is assigned to, or
-    the line. (MAX_VALUE set to 10,000 here: shlex reads a 1 MiB line in tens of seconds.)"""
-    from simtrain.apps.importers import shell
+    the line (at the real MAX_VALUE, 1 MiB: shell.words reads such a line in one pass, where
+    shlex took tens of seconds)."""
+    from simtrain.apps.importers.shell import MAX_VALUE
 
-    monkeypatch.setattr(shell, "MAX_VALUE", 10_000)
-    big = "v" * 6_000
+    big = "v" * (MAX_VALUE * 6 // 10)
     for ref, setup in (("$V", f"V={big}\n"), ("${A[@]}", f"A=({big})\n")):
         for line, key in ((f'W="{ref}{ref}"', "W"), (f'python pretrain_gpt.py --x "{ref}{ref}"',
                                                      "line 2")):  # fmt: skip
             with pytest.raises(ConfigError) as info:
                 read_command(setup + line + "\n", "t.sh")
-            assert info.value.key == key and "grows past 10,000" in info.value.message
+            assert info.value.key == key and f"grows past {MAX_VALUE:,}" in info.value.message
     ok = read_command(f"V={big}\npython pretrain_gpt.py --x $V\n", "t.sh")
     assert ok is not None and ok.args == ("--x", big)
 
@@ -689,13 +686,12 @@ def test_a_command_of_many_whole_array_references_is_refused() -> None:
     assert info.value.key == "line 20" and "the command grows past" in info.value.message
 
 
-def test_a_variable_as_long_as_the_limit_may_be_copied(monkeypatch: pytest.MonkeyPatch) -> None:
-    """W=$V with V just under MAX_VALUE (10,000 here): W is as long as V, not longer (the
-    reference's own text is not counted on top of its value)."""
-    from simtrain.apps.importers import shell
+def test_a_variable_as_long_as_the_limit_may_be_copied() -> None:
+    """W=$V with V just under MAX_VALUE: W is as long as V, not longer (the reference's own
+    text is not counted on top of its value)."""
+    from simtrain.apps.importers.shell import MAX_VALUE
 
-    monkeypatch.setattr(shell, "MAX_VALUE", 10_000)
-    v = "v" * (10_000 - 100)
+    v = "v" * (MAX_VALUE - 100)
     cmd = read_command(f"V={v}\nW=$V\npython pretrain_gpt.py --x $W\n", "t.sh")
     assert cmd is not None and cmd.args == ("--x", v)
     with pytest.raises(ConfigError):  # one more character over: refused

@@ -1,0 +1,77 @@
+"""shell.words is shlex's word split (posix, whitespace_split, '#' comments or none) in linear
+time: checked against shlex itself on random texts of the characters that steer it, and on
+every launch script of the repository."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simtrain.apps.importers import shell
+from simtrain.apps.importers.shell import words
+
+ROOT = Path(__file__).resolve().parents[1]
+#: every character shlex treats apart (blanks, quotes, the escape, the commenter) and two
+#: ordinary ones
+ALPHABET = " \t\r\n'\"\\#a$()"
+
+
+def _shlex(text: str, comments: bool) -> list[str] | str:
+    lex = shlex.shlex(text, posix=True)
+    lex.whitespace_split = True
+    lex.commenters = "#" if comments else ""
+    try:
+        return list(lex)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+def _ours(text: str, comments: bool) -> list[str] | str:
+    try:
+        return words(text, comments)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=ALPHABET, max_size=24), st.booleans())
+def test_the_words_are_shlexs(text: str, comments: bool) -> None:
+    assert _ours(text, comments) == _shlex(text, comments)
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "''", '""', "a''b", "'a b'c", '"a\\"b"', '"a\\b"', "'a\\b'", "a\\ b", "\\",
+    "'open", '"open', "a#b c", "'#' x # y\nz", "x\\\ny", '"$(date +%s)" --x=$(nproc)',
+    "A=(\n --a 1 # (c\n)\n", "é ü\u00a0x", "a\r\nb",
+])  # fmt: skip
+@pytest.mark.parametrize("comments", [True, False])
+def test_known_texts(text: str, comments: bool) -> None:
+    assert _ours(text, comments) == _shlex(text, comments)
+
+
+def test_launch_scripts_of_the_repository() -> None:
+    scripts = [p for p in ROOT.rglob("*.sh") if ".venv" not in p.parts]
+    for p in scripts:
+        text = p.read_text(errors="replace")
+        for comments in (True, False):
+            assert _ours(text, comments) == _shlex(text, comments), p
+
+
+def test_a_word_of_a_mebibyte_is_read_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shlex copies the word at each character (self.token += c): a 1 MiB word took ~40 s.
+    Counted, not timed: the text is indexed once per character."""
+    reads = [0]
+
+    class Counting(str):
+        def __getitem__(self, i):  # noqa: ANN001, ANN204
+            reads[0] += 1
+            return str.__getitem__(self, i)
+
+    text = Counting("x" * 2**20 + " y")
+    assert words(text) == ["x" * 2**20, "y"]
+    assert reads[0] <= len(text) + 1
+    assert shell.MAX_VALUE == 2**20
