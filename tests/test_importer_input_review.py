@@ -57,13 +57,23 @@ def test_deepspeed_hf_auto_buckets_resolved_from_the_hidden_size(tmp_path: Path)
 
 
 @pytest.mark.parametrize("section", ["zero_optimization", "bf16", "optimizer"])
-@pytest.mark.parametrize("value", [[], 0, False, ""])
+@pytest.mark.parametrize("value", [[], 0, "", "false"])
 def test_deepspeed_an_empty_non_object_section_is_an_error(tmp_path: Path, section: str,
                                                            value: Any) -> None:  # fmt: skip
-    """ "zero_optimization": [] (or 0, false, "") was read as no section: ZeRO stage 0, without a
+    """A "zero_optimization": [] (or 0, "") was read as no section: ZeRO stage 0, without a
     word (the peak doubled), and "bf16": [] as fp32 (a fuzz campaign)."""
     err = _ds_error(tmp_path, {**DS_BASE, section: value})
     assert err.key == section and "JSON object" in err.message
+
+
+@pytest.mark.parametrize(("on", "stage"), [(False, 0), (True, 1)])
+def test_deepspeed_zero_optimization_as_a_switch(tmp_path: Path, on: bool, stage: int) -> None:
+    """DeepSpeed still reads its deprecated "zero_optimization": true / false as stage 1 / 0
+    (runtime/zero/config.py read_zero_config_deprecated); the review of the change above found
+    false refused."""
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": on})
+    assert load_imported(imp, ["training.seq_len=2048"]).parallelism.zero_stage == stage
+    assert any("deprecated switch" in a for a in imp.assumptions)
 
 
 @pytest.mark.parametrize(("key", "value"), [("stage3_param_persistence_threshold", -1),
@@ -790,3 +800,31 @@ def test_megatron_values_argparse_would_refuse(tmp_path: Path, extra: str, flag:
     assert info.value.key == flag
     f.write_text(f"{MEG_BASE} {extra.replace(' nan', '').replace(' 1', '').replace(' 0', ' 1')}\n")
     assert import_config("megatron", str(f), gpus=8)
+
+
+@pytest.mark.parametrize("tail", [";", " ;", " &&", " # done", " ;  # done"])
+def test_an_array_closed_before_an_operator_keeps_its_last_item(tail: str) -> None:
+    """TRAIN=(... --bf16); kept "--bf16);" as an item, so the import ran in fp32 with only a
+    warning (the review): the ")" and the operator after it are cut off."""
+    c = read_command(f"A=(--x 1 --bf16){tail}\npython pretrain_gpt.py ${{A[@]}}\n", "t.sh")
+    assert c is not None and c.args == ("--x", "1", "--bf16")
+
+
+def test_megatron_negative_capacity_factor_is_dropless(tmp_path: Path) -> None:
+    """Megatron-Core sets a negative --moe-expert-capacity-factor to None, dropless
+    (transformer_config.py __post_init__); 0 is an error; the uniform recompute error names
+    the flag the script gives."""
+    moe = (f"{MEG_BASE} --num-experts 8 --moe-router-topk 2 --expert-model-parallel-size 1 "
+           "--moe-expert-capacity-factor")  # fmt: skip
+    f = tmp_path / "train.sh"
+    f.write_text(f"{moe} -1\n")
+    imp = import_config("megatron", str(f), gpus=8)
+    assert "capacity_factor" not in imp.data["model"]
+    assert any("dropless" in a for a in imp.assumptions)
+    f.write_text(f"{moe} 0\n")
+    with pytest.raises(ConfigError, match="--moe-expert-capacity-factor"):
+        import_config("megatron", str(f), gpus=8)
+    f.write_text(f"{MEG_BASE} --checkpoint-activations --checkpoint-num-layers 0\n")
+    with pytest.raises(ConfigError) as info:
+        import_config("megatron", str(f), gpus=8)
+    assert info.value.key == "--checkpoint-num-layers"

@@ -262,13 +262,15 @@ def test_a_log_whose_hosts_are_not_the_link_it_would_fit(tmp_path: Path, hosts: 
 
 def test_a_partial_rack_over_its_trays_is_nvlink(tmp_path: Path) -> None:
     """On an NVL72 rack (trays of 4 GPUs, gpus_per_host) 2 trays x 4 GPUs is still NVLink, and
-    144 GPUs on 36 trays are 2 racks over the network; 2 trays x 3 GPUs is not whole hosts
-    across racks but within one rack NVLink."""
+    144 GPUs on 36 trays are 2 racks over the network, and 2 trays x 3 GPUs within one rack
+    NVLink; 144 GPUs on 72 hosts of 2 are not whole trays."""
     assert load_hardware("gb200_nvl72").host_gpus == 4
     assert load_hardware("h100_sxm5_80gb").host_gpus == 8
     log = tmp_path / "ag8.txt"
     log.write_text(nccl_log("all_gather", 2, 4, 600.0))
     fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "a.yaml"), None)
+    log.write_text(nccl_log("all_gather", 2, 3, 600.0))  # 6 GPUs on 2 trays: NVLink too
+    fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "a3.yaml"), None)
     log.write_text(nccl_log("all_gather", 36, 4, 40.0))
     fit_network_command("gb200_nvl72", [str(log)], str(tmp_path / "b.yaml"), None)
     log.write_text(nccl_log("all_gather", 72, 2, 40.0))  # 144 GPUs on 72 hosts of 2

@@ -5,6 +5,8 @@ time and peak unchanged: spec.scenario.unused_runtime_options."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from simtrain.apps.compare.variants import BUILTIN_VARIANTS
@@ -50,7 +52,7 @@ def test_fa3_off_hopper_is_an_error() -> None:
     assert "attention_kernel" not in unused_runtime_options(sc)
     with pytest.raises(ConfigError) as exc:
         load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=fa3"])
-    assert "a100_sxm4_80gb is ampere" in exc.value.message
+    assert "a100_sxm4_80gb is not one" in exc.value.message
     load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=cudnn"])
     load_scenario(DDP, ["model.flash_attention=true", "runtime.attention_kernel=fa3",
                         "hardware=h100_sxm5_80gb"])  # fmt: skip
@@ -91,3 +93,48 @@ def test_a_plans_runtime_option_its_model_rules_out_is_an_error(option: dict) ->
     assert exc.value.key == f"runtime.{next(iter(option))}" and "llama3" in exc.value.message
     data["runtime"] = {"name": "megatron_core", "tp_comm_overlap": True}
     parse_plan(data, "plan.yaml")
+
+
+def test_compare_turns_off_tp_buffers_when_a_variant_removes_tp() -> None:
+    """A dp-1 nanotron layout with tp 4 and sequence parallelism re-laid out at tp 1 by the ZeRO
+    variants: the scenario file's tp_gather_buffers goes back to the profile's value (the
+    review found the variant refused)."""
+    base = ["parallelism.dp=1", "cluster.nodes=2"]
+    sc = load_scenario("scenarios/nanotron_playbook_polling.yaml", base)
+    assert sc.parallelism.tp > 1 and sc.parallelism.sequence_parallel
+    ov, note = BUILTIN_VARIANTS["zero1"][1](sc)
+    assert any(o.startswith("runtime.tp_gather_buffers=") for o in ov) and "tp_gather" in note
+    assert (
+        load_scenario("scenarios/nanotron_playbook_polling.yaml", [*base, *ov]).parallelism.tp == 1
+    )
+
+
+def test_zero3_nic_needs_stage_3_and_the_window_kernel_flash() -> None:
+    """zero3_per_gpu_nic is read by ZeRO-3's per-layer collectives only (stage 2 gave the same
+    step time either way), the window kernel by the flash attention path only (the review)."""
+    with pytest.raises(ConfigError, match="zero_stage = 2"):
+        load_scenario("scenarios/zero3_64gpu.yaml", ["parallelism.zero_stage=2",
+                                                     "runtime.zero3_per_gpu_nic=true"])  # fmt: skip
+    load_scenario("scenarios/zero3_64gpu.yaml", ["parallelism.zero_stage=2",
+                                                 "runtime.zero3_gather_copy_out=true"])  # fmt: skip
+    with pytest.raises(ConfigError, match="flash_attention false"):
+        load_scenario(DDP, ["model.sliding_window=512", "runtime.sliding_window_kernel=false"])
+
+
+def test_a_planned_best_yaml_runs_without_the_options_its_layout_cannot_use(tmp_path) -> None:
+    """A plan's runtime cp_attention a2a went into a cp-1 layout's best.yaml, which simtrain run
+    then refused (the review): each layout's scenario drops what it has nothing for."""
+    from simtrain.apps.plan.file import parse_plan
+    from simtrain.apps.plan.layouts import Layout, scenario_data
+    from simtrain.spec.yamlfile import load_yaml
+
+    data = load_yaml("plans/llama3_8b.yaml")
+    data["runtime"] = {"name": "megatron_core", "cp_attention": "a2a",
+                       "pipeline_keeps_stage_outputs": True, "tp_comm_overlap": True}  # fmt: skip
+    plan = parse_plan(data, "plan.yaml")
+    lay = Layout("h100_sxm5_80gb", 64, 1, 1, 64, 1, 1, "full", "1f1b", 1, 512)
+    sc_data = scenario_data(plan, lay)
+    assert sc_data["runtime"] == {"name": "megatron_core"}
+    path = tmp_path / "best.yaml"
+    path.write_text(json.dumps(sc_data))  # (JSON is YAML)
+    assert load_scenario(path).parallelism.cp == 1

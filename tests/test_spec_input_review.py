@@ -377,3 +377,14 @@ def test_deepseek_moe_layer_freq_must_be_an_integer(tmp_path: Path, value: objec
     assert err.key == "moe_layer_freq"
     cfg["moe_layer_freq"] = 1
     assert from_hf_config(_cfg(tmp_path, cfg)).num_experts == 8
+
+
+@pytest.mark.parametrize(("assignment", "says"), [("training={}", "training mapping"),
+                                                  ("runtime=null", "megatron_core"),
+                                                  ("runtime={}", "megatron_core")])  # fmt: skip
+def test_an_empty_mapping_or_a_null_runtime_is_refused_too(assignment: str, says: str) -> None:
+    """--set training={} dropped the training block as null did (54.47 s -> 1.40 s a step), and
+    runtime=null the runtime the file names for the default profile (the review)."""
+    err = _config_error(load_scenario, "scenarios/llama3_8b_cp.yaml", [assignment])
+    assert err.file == "--set" and says in err.message
+    assert load_scenario("scenarios/llama3_8b_cp.yaml", ["runtime=megatron_core"])

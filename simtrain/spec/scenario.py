@@ -1312,10 +1312,12 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
     return out
 
 
-def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
-                           pp: int | None = None) -> dict[str, str]:  # fmt: skip
+def unused_runtime_options(s: Scenario, zero_stage: int | None = None, pp: int | None = None,
+                           tp: int | None = None,
+                           sequence_parallel: bool | None = None) -> dict[str, str]:  # fmt: skip
     """The runtime options whose every value means the same for ``s`` (its layout, with
-    ``zero_stage`` and ``pp`` where given, and its model and hardware), each with why: the
+    ``zero_stage``, ``pp``, ``tp`` and ``sequence_parallel`` where given, and its model and
+    hardware), each with why: the
     option times or keeps something ``s`` does not have. A scenario that sets one to other than
     its profile's value is refused (:func:`check_runtime_options`; a fuzz campaign found each
     of them accepted without a word). Beside :func:`inapplicable_runtime_options`, whose
@@ -1323,6 +1325,8 @@ def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
     p, m, rt = s.parallelism, s.model, s.runtime
     zero = p.zero_stage if zero_stage is None else zero_stage
     pp = p.pp if pp is None else pp
+    tp = p.tp if tp is None else tp
+    sp = p.sequence_parallel if sequence_parallel is None else sequence_parallel
     out = {}
     if p.cp == 1:
         out["cp_attention"] = ("chooses how context parallelism exchanges the attention's "
@@ -1335,26 +1339,28 @@ def unused_runtime_options(s: Scenario, zero_stage: int | None = None,
             "orders the interleaved schedule's warm-up, but the layout runs no interleaved "
             f"schedule (parallelism.schedule {p.schedule}, pp {pp}, virtual_stages "
             f"{p.virtual_stages})")  # fmt: skip
-    if zero < 2:
-        for key in ("zero3_per_gpu_nic", "zero3_gather_copy_out"):
-            out[key] = (f"times or copies sharded parameters' gathers, but parallelism."
-                        f"zero_stage = {zero} gathers none (use 2 or 3)")  # fmt: skip
+    if zero < 3:  # (read by ZeRO-3's per-layer gathers only: costs.workload)
+        out["zero3_per_gpu_nic"] = ("times ZeRO-3's per-layer gathers and reductions, but "
+                                    f"parallelism.zero_stage = {zero} (use 3)")  # fmt: skip
+    if zero < 2:  # (FSDP2's copy-out also under its ZeRO-2 mode: costs.memory)
+        out["zero3_gather_copy_out"] = ("copies sharded parameters' gathers out, but "
+                                        f"parallelism.zero_stage = {zero} gathers none (use 2 "
+                                        "or 3)")  # fmt: skip
     out.update(model_unused_runtime_options(m))
     if rt.moe_dispatcher != "deepep" or p.ep == 1:
         out["moe_dispatch_sms"] = ("sets DeepEP's SMs, but the layout dispatches no tokens "
                                    f"through DeepEP (runtime.moe_dispatcher {rt.moe_dispatcher}, "
                                    f"parallelism.ep {p.ep})")  # fmt: skip
-    if p.tp == 1 or not p.sequence_parallel:
+    if tp == 1 or not sp:
         out["tp_gather_buffers"] = ("keeps sequence-parallel all-gather buffers, but the layout "
-                                    f"has none (parallelism.tp {p.tp}, sequence_parallel "
-                                    f"{str(p.sequence_parallel).lower()})")  # fmt: skip
+                                    f"has none (parallelism.tp {tp}, sequence_parallel "
+                                    f"{str(sp).lower()})")  # fmt: skip
     if m.flash_attention and rt.attention_kernel == "fa3" and s.hardware.gpu_arch != "hopper":
         # (FlashAttention-3 is built for SM90 only: Dao-AILab/flash-attention README,
         # "FlashAttention-3 ... Requirements: H100 / H800 GPU"; the hopper/ directory). Other
         # kernels a profile has no class of are priced as GEMM FLOPs, as `simtrain run` says.
-        out["attention_kernel"] = (f"fa3 is FlashAttention-3, which runs on Hopper GPUs only, "
-                                   f"and hardware {s.hardware.name} is "
-                                   f"{s.hardware.gpu_arch} (collectives.gpu_arch)")  # fmt: skip
+        out["attention_kernel"] = ("fa3 is FlashAttention-3, built for Hopper (SM90) GPUs "
+                                   f"only, and hardware {s.hardware.name} is not one")  # fmt: skip
     return out
 
 
@@ -1369,9 +1375,13 @@ def model_unused_runtime_options(m: ModelSpec) -> dict[str, str]:
         out["moe_dispatch_sms"] = f"sets DeepEP's SMs, but {none}"
         out["moe_dispatcher"] = f"dispatches tokens to experts, but {none}"
         out["moe_fp8_dispatch"] = f"sends FP8 activations to experts, but {none}"
-    if not m.sliding_window:
-        out["sliding_window_kernel"] = (f"prices a sliding window's attention, but model "
-                                        f"{m.name} has no window (model.sliding_window 0)")  # fmt: skip
+    if not m.sliding_window or not m.flash_attention:  # (costs.compute: flash kernels only)
+        out["sliding_window_kernel"] = ("prices a sliding window's flash attention, but model "
+                                        f"{m.name} has no window (model.sliding_window 0)"
+                                        if not m.sliding_window else
+                                        "prices a sliding window's flash attention, but model "
+                                        f"{m.name} does not use flash attention "
+                                        "(model.flash_attention false)")  # fmt: skip
     if not m.flash_attention:
         out["attention_kernel"] = ("chooses the FlashAttention kernel, but model "
                                    f"{m.name} does not use flash attention "
@@ -1392,10 +1402,10 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int,
-                          pp: int | None = None) -> tuple[str, ...]:  # fmt: skip
+def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int, pp: int | None = None,
+                          sequence_parallel: bool | None = None) -> tuple[str, ...]:  # fmt: skip
     """``--set`` lines turning off the runtime options that ``s`` has on and a new layout of
-    ``tp``, ``zero_stage``, ``ep`` (and ``pp``, where given) has nothing for
+    ``tp``, ``zero_stage``, ``ep`` (and ``pp``, ``sequence_parallel``, where given) has nothing for
     (:func:`inapplicable_runtime_options`, :func:`unused_runtime_options`), where the scenario
     turned them on over its profile (:func:`check_runtime_options` refuses those): what a
     change of layout (``simtrain compare``'s, the fit advisor's) must also set."""
@@ -1403,7 +1413,7 @@ def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int,
     profile = load_runtime(s.runtime.name)
     out = [f"runtime.{k}={getattr(profile, k)}".replace("=False", "=false")
            for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k)]  # fmt: skip
-    unused = unused_runtime_options(s, zero_stage, pp)
+    unused = unused_runtime_options(s, zero_stage, pp, tp, sequence_parallel)
     out += [f"runtime.{k}={_yaml_value(getattr(profile, k))}" for k in unused
             if k not in why and getattr(s.runtime, k) != getattr(profile, k)]  # fmt: skip
     return tuple(out)
@@ -1538,13 +1548,20 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
             raise ConfigError("--set", ".".join(keys[: i + 1]), "is not a mapping", child)
         node = child
     old = node.get(keys[-1])
-    if value is None and isinstance(old, dict) and old:
-        # (--set training=null silently dropped the file's whole training block for the
-        # defaults: a fuzz campaign)
-        inner = ", ".join(sorted(str(k) for k in old)[:4]) + (", ..." if len(old) > 4 else "")
-        raise ConfigError("--set", dotted, f"null would drop the whole {dotted} mapping the "
-                          f"file sets ({inner}) for the defaults; set the keys inside it "
-                          f"({dotted}.KEY=VALUE)", raw.strip())  # fmt: skip
+    if value is None or value == {}:
+        # (--set training=null, or training={}, silently dropped the file's whole training
+        # block for the defaults, and runtime=null a runtime named by the file: a fuzz
+        # campaign and its review)
+        if isinstance(old, dict) and old:
+            inner = ", ".join(sorted(str(k) for k in old)[:4]) + (", ..." if len(old) > 4
+                                                                 else "")  # fmt: skip
+            raise ConfigError("--set", dotted, f"{raw.strip() or 'null'} would drop the whole "
+                              f"{dotted} mapping the file sets ({inner}) for the defaults; set "
+                              f"the keys inside it ({dotted}.KEY=VALUE)", raw.strip())  # fmt: skip
+        if dotted == "runtime" and isinstance(old, str) and old:
+            raise ConfigError("--set", dotted, f"{raw.strip() or 'null'} would drop the runtime "
+                              f"the file names ({old}) for the default; name one "
+                              "(runtime=NAME)", raw.strip())  # fmt: skip
     node[keys[-1]] = value
 
 

@@ -132,8 +132,10 @@ def _zero(stage: int) -> OverrideFn:
             ov.append("parallelism.dp_mode=ddp")
         # the runtime options the new layout has nothing for (ZeRO-3's no post-step parameter
         # all-gather; tp 1's no TP collectives)
-        off = runtime_off_overrides(sc, 1 if p.dp_cp == 1 else p.tp, stage, p.ep,
-                                   1 if p.dp_cp == 1 else p.pp)  # fmt: skip
+        relaid = p.dp_cp == 1  # (tp 1, pp 1, no sequence parallelism: above)
+        off = runtime_off_overrides(sc, 1 if relaid else p.tp, stage, p.ep,
+                                    1 if relaid else p.pp,
+                                    False if relaid else p.sequence_parallel)  # fmt: skip
         if off:
             ov += off
             note = "; ".join(x for x in (note, "off, as the layout has nothing for them: "

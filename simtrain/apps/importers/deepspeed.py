@@ -206,7 +206,15 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     on16, onbf, auto_precision = _precision_switches(fp16, bf16, file, r)
     if on16 and onbf:
         raise ConfigError(file, "fp16.enabled", "contradicts bf16.enabled: enable one of them")
-    zero = _section(cfg, "zero_optimization", file)
+    if isinstance(cfg.get("zero_optimization"), bool):
+        # DeepSpeed's deprecated switch (runtime/zero/config.py read_zero_config_deprecated:
+        # stage 1 if true, 0 if false)
+        on = cfg["zero_optimization"]
+        zero = {"stage": 1 if on else 0}
+        r.assume(f"zero_optimization {str(on).lower()}: DeepSpeed's deprecated switch, stage "
+                 f"{zero['stage']}")  # fmt: skip
+    else:
+        zero = _section(cfg, "zero_optimization", file)
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(file, "zero_optimization.stage", "unknown value", stage, "0 | 1 | 2 | 3")

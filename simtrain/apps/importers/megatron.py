@@ -470,9 +470,15 @@ def _moe(f: Flags, r: Reading, ffn: int, layers: int) -> dict[str, Any]:
             r.unsupported_(f"--moe-layer-freq {freq}", "only a pattern of dense layers first, "
                            "then MoE, is simulated: every layer is MoE")  # fmt: skip
     cap = f.float_("--moe-expert-capacity-factor")
-    if cap is not None and cap <= 0:  # (-1 was read as dropless: a fuzz campaign)
-        raise ConfigError(r.file, "--moe-expert-capacity-factor", "must be > 0 (leave it out "
-                          "for dropless routing)", cap)  # fmt: skip
+    if cap is not None and cap < 0:
+        # (TransformerConfig.__post_init__, transformer_config.py l.1836-1838 at d98e8a64: a
+        # negative factor is set to None, dropless)
+        r.assume(f"--moe-expert-capacity-factor {cap:g}: negative, dropless (Megatron-Core "
+                 "sets it to None)")  # fmt: skip
+        cap = None
+    if cap == 0:  # (no token would reach an expert)
+        raise ConfigError(r.file, "--moe-expert-capacity-factor", "must not be 0 (a negative "
+                          "factor or none: dropless)", cap)  # fmt: skip
     if cap:
         out["capacity_factor"] = cap
     # group-limited routing (transformer_config.py l.780-796, d98e8a64)
@@ -1195,10 +1201,11 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
                v: int) -> None:  # fmt: skip
     gran = f.value("--recompute-granularity")
     method = f.value("--recompute-method") or f.value("--activations-checkpoint-method")
-    given = [f.pos_(k, None, LIMIT["model.layers"], 0) for k in (
-        "--recompute-num-layers", "--activations-checkpoint-num-layers",
-        "--checkpoint-num-layers")]  # fmt: skip
+    names = ("--recompute-num-layers", "--activations-checkpoint-num-layers",
+             "--checkpoint-num-layers")  # fmt: skip
+    given = [f.pos_(k, None, LIMIT["model.layers"], 0) for k in names]
     n = next((x for x in given if x is not None), 1)
+    n_flag = next((k for k, x in zip(names, given, strict=True) if x is not None), names[0])
     if f.bool_("--checkpoint-activations"):
         gran = gran or "full"
         method = method or "uniform"
@@ -1246,8 +1253,8 @@ def _recompute(f: Flags, r: Reading, training: dict[str, Any], layers: int, pp: 
     if method == "uniform" and n == 0:
         # (transformer_block.py _checkpointed_forward: the uniform method steps through the
         # layers in chunks of recompute_num_layers; 0 never advances: a fuzz campaign)
-        raise ConfigError(r.file, "--recompute-num-layers", "must be >= 1 with "
-                          "--recompute-method uniform (chunks of that many layers)", n)  # fmt: skip
+        raise ConfigError(r.file, n_flag, "must be >= 1 with the uniform recompute method "
+                          "(chunks of that many layers)", n)  # fmt: skip
     if method == "block" and n == 0:
         # core/transformer/transformer_block.py _checkpointed_forward: with the block method
         # the first recompute_num_layers layers of each stage are checkpointed; 0 = none.

@@ -202,11 +202,12 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
                 pending, quote, comment, depth = "array", "", False, d
                 continue
             cut = m.start(2) + end + 1
-            rest = _after_list_operator(buf[cut:])
-            if rest:  # (A=(...) ; NOTE=x put ";" and NOTE=x into A: a review)
+            if buf[cut:].strip():  # (A=(...) ; NOTE=x put ";" and NOTE=x into A: a review)
+                rest = _after_list_operator(buf[cut:])
                 buf = buf[:cut]
                 words = _lex(buf)
-                lines.appendleft((n, rest))
+                if rest:  # (A=(... --bf16); kept "--bf16);": a review)
+                    lines.appendleft((n, rest))
         out.append((start, buf, words))
         buf, pending = "", ""
     if buf:

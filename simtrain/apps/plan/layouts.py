@@ -4,6 +4,7 @@ scenario mapping of each (:func:`scenario_data`)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from simtrain.apps.plan.file import NODE_REPLICAS, Plan
@@ -11,7 +12,14 @@ from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 from simtrain.schedules.generators import smallest_group
 from simtrain.schedules.registry import runs_groups
-from simtrain.spec.scenario import TrainingSpec, inapplicable_runtime_options
+from simtrain.spec.runtime import load_runtime
+from simtrain.spec.scenario import (
+    TrainingSpec,
+    inapplicable_runtime_options,
+    parse_scenario,
+    unused_runtime_options,
+    unused_setting,
+)
 
 #: Micro-batches searched when ``fixed.micro_batch`` is not given: each of 1-8 that divides the
 #: replica's share of the global batch (3 and 6 too: a batch of 12 per replica fits at 6).
@@ -103,7 +111,27 @@ def scenario_data(plan: Plan, layout: Layout, name: str | None = None) -> dict[s
     if plan.runtime is not None:
         precision = data["training"].get("precision", TrainingSpec().precision)
         data["runtime"] = _layout_runtime(plan.runtime, layout, precision)
+        data["runtime"] = _without_unused(plan, data)
     return data
+
+
+def _without_unused(plan: Plan, data: dict[str, Any]) -> Any:
+    """``data``'s runtime without the options its scenario has nothing for
+    (``spec.scenario.unused_runtime_options``: a scenario file setting them is an error, so a
+    plan's best.yaml must not; the planner had written cp_attention a2a into a cp-1 layout's,
+    which ``simtrain run`` then refused: a review). A layout that does not parse keeps it (its
+    caller meets the same error)."""
+    rt = data["runtime"]
+    if not isinstance(rt, dict):
+        return rt
+    try:
+        sc = parse_scenario(data, plan.file, Path(plan.base_dir))
+    except ConfigError:
+        return rt
+    profile = load_runtime(sc.runtime.name)
+    drop = {k for k in unused_runtime_options(sc)
+            if unused_setting(rt, k, getattr(sc.runtime, k), profile)}  # fmt: skip
+    return {k: v for k, v in rt.items() if k not in drop}
 
 
 def layout_group(layout: Layout) -> int:
