@@ -828,3 +828,15 @@ def test_megatron_negative_capacity_factor_is_dropless(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         import_config("megatron", str(f), gpus=8)
     assert info.value.key == "--checkpoint-num-layers"
+
+
+def test_an_array_holding_a_hash_inside_a_word_closes() -> None:
+    """A=(--n ${#B[@]} --y 2) never closed: its "#" was read as a comment (shlex's reading;
+    bash's comment starts a word), so the rest of the script went into the array and no
+    launch was found (the review). Lengths expand as bash's: ${#B[@]} the items, ${#V} the
+    characters; one of a name the script does not set stays as written (and is reported)."""
+    c = read_command("B=(a b c)\nV=hello\nA=(--n ${#B[@]} --y 2)\nNN=$(( ${#B[@]} * 8 ))\n"
+                     "python pretrain_gpt.py ${A[@]} --nn $NN --v ${#V} --u ${#U[@]}\n",
+                     "t.sh")  # fmt: skip
+    assert c is not None
+    assert c.args == ("--n", "3", "--y", "2", "--nn", "24", "--v", "5", "--u", "${#U[@]}")

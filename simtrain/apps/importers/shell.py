@@ -23,6 +23,7 @@ _ASSIGN = re.compile(r"^\s*(?:export\s+|local\s+|readonly\s+|declare\s+(?:-\w+\s
 NOT_A_LAUNCH = ("if", "elif", "while", "until", "[", "[[", "test", "echo", "printf", "ls", "cat")
 _ARRAY_REF = re.compile(r"^\$\{([A-Za-z_]\w*)\[[@*]\]\}$")
 _ARRAY_IN = re.compile(r"\$\{([A-Za-z_]\w*)\[[@*]\]\}")
+_LENGTH = re.compile(r"\$\{#([A-Za-z_]\w*)(\[[@*]\])?\}")
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::?-([^}]*))?\}|\$([A-Za-z_]\w*)")
 _ARITH = re.compile(r"\$\(\((.*?)\)\)")
 _ARITH_OK = re.compile(r"^[\d\s+\-*/%()]+$")
@@ -57,14 +58,16 @@ _QUOTES = ("'", '"')
 
 
 def words(text: str, comments: bool = True) -> list[str]:
-    """The words ``shlex`` gives of ``text`` in posix mode with ``whitespace_split`` and, with
-    ``comments``, ``#`` as its commenter (``shlex.split(text, comments)``), in time linear in
-    the text: shlex builds each word by ``self.token += c``, a copy per character, so one word
-    of 1 MiB took 17.0 s (0.17 s here; the 2-core dev machine, 2026-12-07). The same state machine as CPython's ``shlex.read_token`` (3.11):
-    outside quotes a backslash escapes the next character; inside double quotes only a quote
-    or a backslash (else both are kept); single quotes escape nothing; ``#`` starts a comment
-    to the line's end, also inside a word; an empty quoted word is a word. A ValueError at an
-    open quote or a trailing backslash, with shlex's messages
+    """The words of ``text`` as ``shlex`` splits it in posix mode with ``whitespace_split`` and,
+    with ``comments``, ``#`` as its commenter (``shlex.split(text, comments)``), but for one
+    thing, and in time linear in the text: shlex builds each word by ``self.token += c``, a
+    copy per character, so one word of 1 MiB took 17.0 s (0.17 s here; the 2-core dev machine,
+    2026-12-07). The state machine is CPython's ``shlex.read_token`` (3.11): outside quotes a
+    backslash escapes the next character; inside double quotes only a quote or a backslash
+    (else both are kept); single quotes escape nothing; an empty quoted word is a word. The one
+    difference is bash's: ``#`` starts a comment at a word's start only, and inside a word
+    (``${#HOSTS[@]}``, ``$#``, ``a#b``) it is a character, where shlex cut the line there. A
+    ValueError at an open quote or a trailing backslash, with shlex's messages
     (tests/test_shell_words.py checks it against shlex)."""
     out: list[str] = []
     tok: list[str] = []
@@ -79,8 +82,8 @@ def words(text: str, comments: bool = True) -> list[str]:
                 if tok or quoted:
                     out.append("".join(tok))
                 return out
-            if c in _BLANKS or (comments and c == "#"):
-                if c == "#":  # the rest of the line (shlex's readline)
+            if c in _BLANKS or (comments and c == "#" and state == " "):
+                if c == "#":  # at a word's start: the rest of the line (shlex's readline)
                     j = text.find("\n", i)
                     i = n if j < 0 else j + 1
                 if state == "a" and (tok or quoted):
@@ -231,39 +234,47 @@ def _after_list_operator(rest: str) -> str:
 
 
 def _scan(piece: str, quote: str, comment: bool, depth: int) -> tuple[str, int, bool, int]:
-    """shlex's reading (posix, ``#`` comments, as :func:`_logical_lines` lexes) of ``piece``
+    """:func:`words`' reading (posix, ``#`` comments at a word's start) of ``piece``
     appended to a buffer that ends in ``quote`` ("", "'" or '"'), if ``comment`` in a comment,
     and ``depth`` unbalanced "(" deep: (the quote open after it, the index of the ")" that first
     brings the depth from 1 to 0 (-1: none), whether it ends in a comment, the depth after
     it). Parentheses count outside quotes and comments. A backslash escapes the next character
     outside single quotes (inside double quotes only a quote or a backslash, the one that
-    matters here); a comment runs to the next line break. Linear in the piece."""
+    matters here); a comment starts at a word's start and runs to the next line break. Linear
+    in the piece."""
     end = -1
+    start = True  # at a word's start: the piece starts a line (or follows a joining blank)
     i, n = 0, len(piece)
     while i < n:
         c = piece[i]
         if comment:
             comment = c != "\n"
+            start = not comment
         elif quote == "'":
             if c == "'":
                 quote = ""
+            start = False
         elif quote == '"':
             if c == "\\":
                 i += 1
             elif c == '"':
                 quote = ""
+            start = False
         elif c == "\\":
             i += 1
+            start = False
         elif c in "'\"":
-            quote = c
-        elif c == "#":
+            quote, start = c, False
+        elif c == "#" and start:  # (inside a word a character, as :func:`words` reads it)
             comment = True
         elif c == "(":
-            depth += 1
+            depth, start = depth + 1, False
         elif c == ")":
-            depth -= 1
+            depth, start = depth - 1, False
             if depth == 0 and end < 0:
                 end = i
+        else:
+            start = c in _BLANKS
         i += 1
     return quote, end, comment, depth
 
@@ -327,6 +338,19 @@ def expand_words(words: list[str], env: dict[str, str],
     return out
 
 
+def _length(m: re.Match[str], env: dict[str, str], arrays: dict[str, list[str]]) -> str:
+    """bash's ``${#A[@]}`` (the array's items) and ``${#V}`` (the value's characters; of an
+    array, its first item's); a name the script does not set stays as written."""
+    name, whole = m.group(1), m.group(2) is not None
+    if whole:
+        return str(len(arrays[name])) if name in arrays else m.group(0)
+    if name in env:
+        return str(len(env[name]))
+    if name in arrays:
+        return str(len(arrays[name][0]) if arrays[name] else 0)
+    return m.group(0)
+
+
 def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list[str]:
     """A word with its variables expanded; a word that was only a variable is split on white
     space (as an unquoted ``$ARGS`` is); an array reference is the array's words."""
@@ -336,6 +360,8 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
             return list(arrays[m.group(1)])
         return [word]
     _check_growth(word, env, arrays)
+    if "${#" in word:  # lengths first: ``$(( ${#HOSTS[@]} * 8 ))`` is then arithmetic
+        word = _LENGTH.sub(lambda m: _length(m, env, arrays), word)
     whole_var = _VAR.fullmatch(word) is not None
     # ``"... ${ARGS[@]}"`` inside a longer string: the array's words joined by spaces (bash)
     word = _ARRAY_IN.sub(lambda m: " ".join(arrays[m.group(1)]) if m.group(1) in arrays
