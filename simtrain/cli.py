@@ -263,6 +263,13 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
         fixed = traits.chunks_per_rank  # ZB-V, DualPipeV: 2
         raise ConfigError(None, "--virtual-stages", f"{name} runs {fixed} model chunks per GPU",
                           virtual_stages, f"1 or {fixed}")  # fmt: skip
+    if virtual_stages > 1 and not (traits.virtual or traits.chunks_per_rank):
+        from simtrain.schedules.registry import SCHEDULES
+
+        chunked = [n for n in SCHEDULES if schedule_traits(n).virtual
+                   or schedule_traits(n).chunks_per_rank]  # fmt: skip
+        raise ConfigError(None, "--virtual-stages", f"{name} runs one model chunk per GPU; the "
+                          f"schedules with more: {', '.join(chunked)}", virtual_stages, "1")  # fmt: skip
     virtual_stages = schedule_traits(name).chunks(virtual_stages)
     place = schedule_traits(name).placement  # DualPipe: two pipelines ("dual")
     sched = build_schedule(name, pp, microbatches, virtual_stages, microbatch_group)
@@ -409,8 +416,8 @@ def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None
 
     sc = load_scenario(scenario, overrides)
     c = sc.cluster
-    G = build_topology(sc.hardware, c.nodes, c.gpus_per_node)
-    click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node, G))
+    G = build_topology(sc.hardware, c.nodes, c.gpus_per_node, last_node_gpus=c.last_node_gpus)
+    click.echo(topology_summary(sc.hardware, c.nodes, c.gpus_per_node, G, c.last_node_gpus))
     folder = _out_dir(out, sc.name)
     png = draw_topology(G, folder / "topology.png")
     click.echo(f"\nwrote {png}")

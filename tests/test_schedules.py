@@ -304,7 +304,7 @@ def test_registry_errors():
         "zb_h1, zb_v",
     ):
         build_schedule("chimera", 4, 8)
-    with pytest.raises(ScheduleError, match="only 'interleaved' takes v > 1"):
+    with pytest.raises(ScheduleError, match="runs one model chunk per rank"):
         build_schedule("gpipe", 4, 8, 2)
     with pytest.raises(ScheduleError, match="pp must be"):
         build_schedule("1f1b", 0, 8)

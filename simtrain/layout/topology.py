@@ -44,6 +44,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
 from simtrain.spec.hardware import HardwareProfile
 
 Node = tuple[str, int]
@@ -68,9 +69,11 @@ def _mesh_kind(intra_kind: str) -> str:
 
 
 def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
-                   nodes_per_leaf: int | None = None, spines: int | None = None) -> nx.Graph:  # fmt: skip
-    """Graph of ``nodes`` servers with ``gpus_per_node`` GPUs each (module docstring for the
-    structure and the meaning of every attribute).
+                   nodes_per_leaf: int | None = None, spines: int | None = None,
+                   last_node_gpus: int = 0) -> nx.Graph:  # fmt: skip
+    """Graph of ``nodes`` servers with ``gpus_per_node`` GPUs each, the last with
+    ``last_node_gpus`` where given (a scenario's 10 GPUs on 8-GPU servers: 8 + 2;
+    ``ClusterSpec``) (module docstring for the structure and the meaning of every attribute).
 
     ``nodes_per_leaf`` defaults to ``max(1, 32 // gpus_per_node)``; ``spines`` to
     ``min(leaves, 8)`` when there are two or more leaves, else 0."""
@@ -99,8 +102,11 @@ def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
     intra_bw, intra_lat = hw.intra_node_bandwidth_bytes_per_s, hw.intra_node_latency_s
     nic_bw, net_lat = hw.nic_bandwidth_bytes_per_s, hw.inter_node_latency_s
 
+    def node_gpus(n: int) -> int:
+        return last_node_gpus if last_node_gpus and n == nodes - 1 else gpus_per_node
+
     for n in range(nodes):
-        gpus = [n * gpus_per_node + j for j in range(gpus_per_node)]
+        gpus = [n * gpus_per_node + j for j in range(node_gpus(n))]
         for i in gpus:
             g.add_node(("gpu", i), kind="gpu", server=n)
         if hw.intra_node_kind in ("nvswitch", "pcie"):
@@ -130,8 +136,8 @@ def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
     for k in range(spines):
         g.add_node(("spine", k), kind="spine")
     for k in range(leaves if spines else 0):
-        served = min(nodes, (k + 1) * nodes_per_leaf) - k * nodes_per_leaf
-        downlink = served * gpus_per_node * nic_bw
+        served = range(k * nodes_per_leaf, min(nodes, (k + 1) * nodes_per_leaf))
+        downlink = sum(node_gpus(n) for n in served) * nic_bw
         up_each = downlink / hw.oversubscription / spines
         for s in range(spines):
             g.add_edge(("leaf", k), ("spine", s), bandwidth_bytes_per_s=up_each, latency_s=0.0,
@@ -305,7 +311,11 @@ def _layout(G: nx.Graph) -> dict[Node, tuple[float, float]]:
             pos[v] = (slot[d["server"]] * (gpn + gap) + i % gpn, _LAYER_Y[d["kind"]])
     for v, d in G.nodes(data=True):
         if d["kind"] in ("nvswitch", "pcie_switch"):
-            xs = [pos[("gpu", d["server"] * gpn + j)][0] for j in range(gpn)]
+            xs = [
+                x
+                for j in range(gpn)  # (the last node may hold fewer: last_node_gpus)
+                if (x := pos.get(("gpu", d["server"] * gpn + j), (None,))[0]) is not None
+            ]
             pos[v] = (sum(xs) / len(xs), _LAYER_Y[d["kind"]])
         elif d["kind"] == "leaf":
             xs = [pos[u][0] for u in G.neighbors(v) if G.nodes[u]["kind"] == "nic"]
@@ -432,19 +442,21 @@ _LINK_NAMES = {
 
 
 def topology_summary(hw: HardwareProfile, nodes: int, gpus_per_node: int,
-                     G: nx.Graph | None = None) -> str:  # fmt: skip
+                     G: nx.Graph | None = None, last_node_gpus: int = 0) -> str:  # fmt: skip
     """Text for ``simtrain topology``: sizes, per-GPU injection and bisection bandwidth (GB/s),
     switch and link counts, and two example paths; ``G``: the graph already built (else
     :func:`build_topology`'s)."""
     if G is None:
-        G = build_topology(hw, nodes, gpus_per_node)
-    n = nodes * gpus_per_node
+        G = build_topology(hw, nodes, gpus_per_node, last_node_gpus=last_node_gpus)
+    n = (nodes - 1) * gpus_per_node + last_node_gpus if last_node_gpus else nodes * gpus_per_node
     bis = bisection_bandwidth_bytes_per_s(G)
     inj = injection_bandwidth_bytes_per_s(G, 0)
     kinds = Counter(d["kind"] for _, d in G.nodes(data=True))
     links = Counter(d["kind"] for _, _, d in G.edges(data=True))
     lines = [
-        f"{hw.display_name}: {nodes} node(s) x {gpus_per_node} GPUs = {n} GPUs",
+        f"{hw.display_name}: {nodes} node(s) x {gpus_per_node} GPUs"
+        + (f", the last with {last_node_gpus}" if last_node_gpus else "")
+        + f" = {n} GPUs",
         f"  intra-node: {hw.intra_node_kind}, {hw.intra_node_bandwidth_bytes_per_s / GB:g} GB/s "
         f"per GPU per direction, {hw.intra_node_latency_s * 1e6:g} us",
         f"  network: {G.graph['leaves']} leaf + {G.graph['spines']} spine switch(es), "

@@ -32,6 +32,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import ScaledTranslation
 
+import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
 from simtrain.report.trace import (
     GIB,
     gpu_label,

@@ -33,7 +33,7 @@ def _check(name: str, pp: int, m: int, v: int, *, virtual: bool = False) -> None
             raise ScheduleError(f"{name}: {key} must be an integer >= 1 (got {value!r})")
     if v != 1 and not virtual:
         raise ScheduleError(
-            f"{name}: virtual stages v={v} not supported; only 'interleaved' takes v > 1"
+            f"{name}: virtual stages v={v} not supported; it runs one model chunk per rank"
         )
 
 

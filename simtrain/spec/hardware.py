@@ -507,12 +507,19 @@ def load_hardware(name_or_path: str, file: str | None = None, key: str = "hardwa
         if base_dir is not None and not p.is_absolute():
             candidates.append(base_dir / p)
         candidates.append(p)
+    elif "/" in name_or_path or "\\" in name_or_path or name_or_path in ("", ".", ".."):
+        # a name is a file of the hardware folder, never a path out of it (../hardware/x was
+        # resolved against the folder: a fuzz campaign)
+        raise ConfigError(file, key, "a profile name has no folder; give a path as a .yaml "
+                          "file", name_or_path, ", ".join(available_profiles()))  # fmt: skip
     else:
         candidates.append(HARDWARE_DIR / f"{name_or_path}.yaml")
     for c in candidates:
         if is_file(c):
             hw = parse_hardware(load_yaml(c), str(c))
             return replace(hw, matmul_tag=source_tag(c.read_text(encoding="utf-8"), "matmul"))
+    if is_path:  # (was "unknown hardware profile" for a path that is not there)
+        raise ConfigError(file, key, "hardware profile file not found", name_or_path)
     raise unknown_value(
         file,
         key,

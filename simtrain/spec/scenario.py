@@ -1501,7 +1501,9 @@ def check_size(s: Scenario, file: str) -> None:
         if buckets > MAX_DDP_BUCKETS:
             raise ConfigError(
                 file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
-                f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}", p.bucket_mb,
+                f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}; give buckets of "
+                f"at least {-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) / 1e4:g} MB (the "
+                "default is the framework's)", p.bucket_mb,
             )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextPath
 from matplotlib.ticker import FuncFormatter
 
+import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
 from simtrain.apps.compare.run import VariantComparison, VariantRow
 from simtrain.apps.compare.tables import biggest_change
 from simtrain.report.plot import CATEGORY_COLOURS, DPI, save_png

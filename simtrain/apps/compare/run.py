@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.compare.variants import parse_variant
+from simtrain.apps.compare.variants import check_keeps_base, parse_variant
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.errors import MAX_ECHO, ConfigError, one_line
 from simtrain.report.tables import mfu_peak_text
@@ -222,6 +222,7 @@ def compare(
     for v in parsed:
         ref, ref_ov = (current, applied) if ladder else (base, base_ov)
         ov, note = v.overrides(ref)
+        check_keeps_base(v, ov, base_ov)
         cumulative = ref_ov + ov
         try:
             try:

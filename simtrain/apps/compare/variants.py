@@ -4,11 +4,11 @@ the parsing of ``--variants`` (built-in names and ad-hoc ``KEY=VALUE`` lists).""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from simtrain.errors import ConfigError
-from simtrain.spec.scenario import Scenario, runtime_off_overrides
+from simtrain.spec.scenario import MAX_NAME, Scenario, runtime_off_overrides
 
 ZERO_GPUS_FOR_ONE_GPU = 8  # a 1-GPU scenario gets ZeRO over one node of this many GPUs
 
@@ -179,6 +179,7 @@ class Variant:
     name: str
     description: str
     overrides: OverrideFn
+    adhoc: bool = False  # the user's NAME:KEY=VALUE,... (not a built-in)
 
 
 _KEY_START = re.compile(r",\s*(?=[A-Za-z_][\w.]*\s*=)")
@@ -207,14 +208,38 @@ def parse_variant(spec: str) -> Variant:
         body = spec
         name = ",".join(a.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + a.split("=", 1)[1]
                         for a in _split_assignments(spec))  # fmt: skip
+        # (a name made of the values: cut, and printable)
+        name = _cut("".join(c if c.isprintable() else "?" for c in name), MAX_NAME)
     else:
         raise ConfigError(None, "--variants", "unknown variant", spec,
                           ", ".join(BUILTIN_VARIANTS) + f", or {ADHOC_HELP}")  # fmt: skip
+    if len(name) > MAX_NAME or not name.isprintable():
+        # (a name of 100,000 characters took 91 s to draw; a zero-width or $...$ one crashed
+        # the plots: a fuzz campaign)
+        raise ConfigError(None, "--variants", f"a variant's name must be at most {MAX_NAME} "
+                          "printable characters", _cut(name, 40))  # fmt: skip
     overrides = _split_assignments(body)
     if not overrides:
         raise ConfigError(None, "--variants", "empty variant", spec, ADHOC_HELP)
     _no_key_twice(name, overrides)
-    return Variant(name, "ad hoc: " + ", ".join(overrides), _fixed(*overrides))
+    return Variant(name, "ad hoc: " + ", ".join(overrides), _fixed(*overrides), adhoc=True)
+
+
+def check_keeps_base(v: Variant, overrides: tuple[str, ...], base: Sequence[str]) -> None:
+    """An ad-hoc variant's mapping (``training.peft={method: lora}``) replaces the whole of
+    it, so a baseline ``--set`` inside it (``training.peft.rank=4``) would be lost without a
+    word (a fuzz campaign: rank 8 trained instead of 4), as ``--set`` refuses the same pair;
+    a variant's own value for a baseline key is what it compares, and is kept."""
+    if not v.adhoc:
+        return
+    for a in overrides:
+        key = _key_path(a)
+        lost = [b for b in base if _key_path(b).startswith(key + ".")]
+        if lost:
+            raise ConfigError(None, "--variants", f"variant {_cut(v.name, 40)!r} sets "
+                              f"{_cut(a, 40)!r}, which replaces the whole of {_cut(key, 40)}, "
+                              f"so --set {_cut(lost[0], 40)!r} would be silently lost; set the "
+                              "keys inside it instead")  # fmt: skip
 
 
 def _cut(text: str, n: int = 60) -> str:

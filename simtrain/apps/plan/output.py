@@ -45,6 +45,8 @@ def write_pareto(result: PlanResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import simtrain.report.mpl  # noqa: F401  (no mathtext in names)
+
     pts = [r for r in result.rows if r.fits]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     colours = plt.get_cmap("tab10")

@@ -373,6 +373,16 @@ def map_schedule(text: str | None, pp: int, v: int, notes: list[str] | None = No
     return out
 
 
+def _without_file(exc: SimtrainError) -> str:
+    """An error about a record without its file (the record names it): ``KEY: message``; one
+    about the whole configuration (key ``<file>``), the message alone (a fuzz campaign found a
+    bare ``<file>`` printed)."""
+    text = str(exc).split(": ", 1)[-1]
+    if text.startswith("<file>: "):
+        return text[len("<file>: ") :]
+    return text
+
+
 #: The record ``model`` keys laid over the source's architecture as given: every ModelSpec field
 #: but the name and the shape :func:`_model` reads itself (so a record says what a scenario
 #: says: experts, multi-latent attention, parallel blocks, head size, ...; validate_model
@@ -446,6 +456,28 @@ MAX_MEASURED = 1e30
 MIN_MEASURED = 1e-30
 
 
+#: Record keys read as whole numbers (``records.record_int``), by section: a value of another
+#: type (``num_gpus: "6"``, ``micro_batch: "4"``) was read as absent and the layout or batch
+#: derived without a word (a fuzz campaign).
+INTEGER_KEYS = {
+    "hardware": ("num_gpus", "gpus_per_node"),
+    "training": ("micro_batch", "global_batch", "local_batch"),
+    "model": ("layers", "hidden", "heads", "vocab", "seq_len"),
+}  # (parallelism's degrees: _layout's own check, "not an integer")
+
+
+def _non_integer_counts(rec: Record) -> str:
+    """The first of :data:`INTEGER_KEYS` the record gives as something else than a whole
+    number, or ""."""
+    for section, keys in INTEGER_KEYS.items():
+        values = getattr(rec, section)
+        for key in keys:
+            v = values.get(key)
+            if v is not None and record_int(v) is None:
+                return f"{section}.{key}: must be a whole number, not {v!r}"
+    return ""
+
+
 def _unusable_measurements(rec: Record) -> str:
     """Why the record's measurements cannot be compared, or "": the first numeric measured
     value that is not finite and 0 or in [MIN_MEASURED, MAX_MEASURED], or the first key the
@@ -464,6 +496,8 @@ def _unusable_measurements(rec: Record) -> str:
             x = math.inf
         if not (math.isfinite(x) and (x == 0 or MIN_MEASURED <= x <= MAX_MEASURED)):
             return f"measured.{key}: not 0 or a finite number in {span}"
+        if key in ("mfu", "hfu") and x > 1:  # (40 was compared as 40x the peak: a fuzz campaign)
+            return f"measured.{key}: a fraction of the peak, at most 1 (got {v:g}: a percentage?)"
     return ""
 
 
@@ -494,7 +528,7 @@ def translate(rec: Record) -> Translation | SkipReason:
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible: {'; '.join(later)}")
-    if bad := _unusable_measurements(rec):
+    if bad := _unusable_measurements(rec) or _non_integer_counts(rec):
         return skip(rec, bad)
     notes: list[str] = layer_notes
     try:
@@ -510,7 +544,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         sc = parse_scenario(data, rec.id)
         resolve(sc)  # a layer split simtrain does not model (layout.partition) is an error
     except SimtrainError as exc:
-        return skip(rec, f"layout not expressible: {str(exc).split(': ', 1)[-1]}")
+        return skip(rec, f"layout not expressible: {_without_file(exc)}")
     try:  # the job's own bandwidth tests (job_network): its links
         net = read_job_network(rec.hardware, record_int(rec.hardware.get("num_gpus")))
         if net is not None:
@@ -583,9 +617,7 @@ def _scenario_data(
             data, native = through_importer(rec, conv, profile, model, training,
                                             (tp, pp, dp, cp), (B, b), par, notes)  # fmt: skip
         except SimtrainError as exc:
-            raise _NotExpressible(
-                f"layout not expressible: {str(exc).split(': ', 1)[-1]}"
-            ) from None
+            raise _NotExpressible(f"layout not expressible: {_without_file(exc)}") from None
         return data, capacity_known, native
     data = {
         "name": rec.id,

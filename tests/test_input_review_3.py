@@ -1,0 +1,105 @@
+"""Input a third fuzz campaign found crashing, misread or misreported (the schedule, compare,
+validate, topology and hardware commands). Each test failed before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from simtrain.apps.compare.run import compare
+from simtrain.apps.validate.run import validate
+from simtrain.cli import main
+from simtrain.errors import ConfigError
+from simtrain.layout.topology import build_topology, topology_summary
+from simtrain.spec.hardware import load_hardware
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = """- id: lab_gpt_1
+  source: test
+  hardware: {{gpu: A100-SXM4-80GB, num_gpus: {gpus}}}
+  model: {{layers: 12, hidden: 768, heads: 12, vocab: 50304, seq_len: 1024}}
+  training: {{global_batch: 32, micro_batch: {mb}, precision: bf16}}
+  parallelism: {{tp: 1, pp: 1, dp: 4}}
+  measured: {{step_time_s: 0.5, mfu: {mfu}}}
+"""
+
+
+def _skips(tmp_path: Path, **kw: object) -> list[str]:
+    p = tmp_path / "runs.yaml"
+    p.write_text(RECORD.format(**{"gpus": 4, "mb": 8, "mfu": 0.4, **kw}))
+    return [s.reason for s in validate(p).skipped]
+
+
+def test_a_name_with_dollars_is_drawn_as_text(tmp_path: Path) -> None:
+    """A scenario named $x^$ crashed the Gantt chart: matplotlib read it as a formula
+    (ParseSyntaxException). simtrain.report.mpl turns mathtext off for every plot."""
+    r = CliRunner().invoke(main, ["run", "scenarios/1f1b_8gpu.yaml", "--set", "name=$x^$",
+                                  "--out", str(tmp_path)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "gantt.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\ufeff", "a\x01b", "x" * 129])
+def test_a_variant_name_is_a_printable_line(name: str) -> None:
+    """A zero-width variant name crashed the plots (AttributeError), one of 100,000 characters
+    took 91 s to draw: names are at most 128 printable characters, as a scenario's."""
+    with pytest.raises(ConfigError, match="128 printable") as exc:
+        compare("scenarios/zero1_8gpu.yaml", [f"{name}:training.micro_batch=2"])
+    assert exc.value.key == "--variants"
+
+
+def test_a_variant_mapping_does_not_drop_a_baseline_key_inside_it() -> None:
+    """--set training.peft.rank=4 with a variant training.peft={method: lora} trained rank 8:
+    the variant's mapping replaced the baseline's rank without a word."""
+    with pytest.raises(ConfigError, match="training.peft.rank=4"):
+        compare("scenarios/zero1_8gpu.yaml", ["a:training.peft={method: lora}"],
+                overrides=["training.peft.rank=4"])  # fmt: skip
+    res = compare("scenarios/zero1_8gpu.yaml", ["b:training.peft.method=lora"],
+                  overrides=["training.peft.rank=4"])  # fmt: skip
+    assert len(res.rows) == 2
+
+
+def test_topology_draws_the_last_node_partial(tmp_path: Path) -> None:
+    """dp 10 on 8-GPU servers is 8 + 2 GPUs; topology printed 2 x 8 = 16 GPUs."""
+    hw = load_hardware("a100_sxm4_80gb")
+    g = build_topology(hw, 2, 8, last_node_gpus=2)
+    assert sum(1 for _, d in g.nodes(data=True) if d["kind"] == "gpu") == 10
+    assert "the last with 2 = 10 GPUs" in topology_summary(hw, 2, 8, g, 2)
+    scenario = ROOT / "tests" / "fixtures" / "dp10_no_cluster.yaml"
+    r = CliRunner().invoke(main, ["topology", str(scenario), "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "= 10 GPUs" in r.output, r.output
+
+
+def test_virtual_stages_on_a_one_chunk_schedule_name_the_option() -> None:
+    """gpipe -v 2 said "only 'interleaved' takes v > 1": five schedules do."""
+    r = CliRunner().invoke(main, ["schedule", "gpipe", "--pp", "4", "-m", "8", "-v", "2"])
+    assert r.exit_code == 2 and "--virtual-stages" in r.output
+    assert "interleaved, combined_1f1b, zb_v, dualpipe_v, dualpipe" in r.output
+
+
+def test_validate_refuses_counts_that_are_not_numbers_and_percent_mfu(tmp_path: Path) -> None:
+    """num_gpus "6" and micro_batch "4" were read as absent (the layout derived), mfu 40 was
+    compared as 40x the peak (-99 %)."""
+    assert _skips(tmp_path) == []
+    assert _skips(tmp_path, gpus='"6"') == ["hardware.num_gpus: must be a whole number, not '6'"]
+    assert _skips(tmp_path, mb='"4"') == ["training.micro_batch: must be a whole number, not '4'"]
+    assert "a fraction of the peak, at most 1" in _skips(tmp_path, mfu=40)[0]
+
+
+def test_a_native_record_error_shows_no_placeholder(tmp_path: Path) -> None:
+    p = tmp_path / "runs.yaml"
+    p.write_text(RECORD.format(gpus=4, mb=8, mfu=0.4)
+                 + "  native: {kind: megatron, args: '--tensor-model-parallel-size 2'}\n")  # fmt: skip
+    (reason,) = [s.reason for s in validate(p).skipped]
+    assert "<file>" not in reason and "not a Megatron-LM launch script" in reason
+
+
+@pytest.mark.parametrize(("name", "says"), [("/nonexistent.yaml", "file not found"),
+                                            ("../hardware/a100_sxm4_80gb", "no folder")])  # fmt: skip
+def test_hardware_paths_and_names(name: str, says: str) -> None:
+    """A missing .yaml path was an "unknown hardware profile"; a name with ../ was resolved
+    against the hardware folder."""
+    with pytest.raises(ConfigError, match=says):
+        load_hardware(name)
