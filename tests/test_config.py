@@ -828,6 +828,6 @@ def test_device_is_not_read() -> None:
 @pytest.mark.parametrize("bad", ["x" * 5000 + ".yaml", "a\0b.yaml"])
 def test_impossible_paths_are_config_errors(tmp_path: Path, bad: str) -> None:
     err = _error(tmp_path, _with("hardware", bad))
-    assert err.key == "hardware" and "unknown hardware profile" in _one_line(err)
+    assert err.key == "hardware" and "hardware profile file not found" in _one_line(err)
     err = _error(tmp_path, _with("model", {"hf_config": bad}))
     assert err.key == "model.hf_config"

@@ -103,3 +103,16 @@ def test_hardware_paths_and_names(name: str, says: str) -> None:
     against the hardware folder."""
     with pytest.raises(ConfigError, match=says):
         load_hardware(name)
+
+
+def test_a_preset_under_a_spelled_out_model_is_refused() -> None:
+    """--set model.preset=llama3-70b on a model spelled out key by key changed nothing (the
+    file's keys override a preset's), silently; on a preset's model it still applies."""
+    from simtrain.spec.scenario import load_scenario
+
+    with pytest.raises(ConfigError, match="would override it") as exc:
+        load_scenario("scenarios/nanotron_playbook_polling.yaml", ["model.preset=llama3-70b"])
+    assert exc.value.file == "--set" and exc.value.key == "model.preset"
+    sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", ["model.preset=llama3-8b",
+                                                           "parallelism.ep=1"])  # fmt: skip
+    assert sc.model.layers == 32 and not sc.model.is_moe and sc.model.flash_attention

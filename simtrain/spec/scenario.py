@@ -1510,6 +1510,13 @@ def check_size(s: Scenario, file: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Overrides and loading
 
+#: The model keys that override a preset's or a config.json's architecture (every ModelSpec
+#: field but the name and the run's choices: dropout, flash attention, positions' table, the
+#: routing's rates).
+PRESET_SHAPE_KEYS = frozenset(f.name for f in fields(ModelSpec)) - {
+    "name", "dropout", "attention_dropout", "flash_attention", "max_positions",
+    "capacity_factor", "moe_load_imbalance"}  # fmt: skip
+
 TOP_KEYS = ("name", "description", "model", "hardware", "runtime", "cluster", "training",
             "parallelism")  # fmt: skip
 
@@ -1564,6 +1571,15 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
             raise ConfigError("--set", dotted, f"{raw.strip() or 'null'} would drop the runtime "
                               f"the file names ({old}) for the default; name one "
                               "(runtime=NAME)", raw.strip())  # fmt: skip
+    if dotted in ("model.preset", "model.hf_config") and value is not None:
+        # (the file's shape keys override a preset: --set model.preset=llama3-70b on a model
+        # spelled out key by key changed nothing: a fuzz campaign)
+        shape = sorted(k for k in node if k in PRESET_SHAPE_KEYS)
+        if shape:
+            raise ConfigError("--set", dotted, f"the file's model keys ({', '.join(shape[:4])}"
+                              f"{', ...' if len(shape) > 4 else ''}) would override it; give "
+                              f"the whole model (model={{{keys[-1]}: ...}}) or set those keys",
+                              raw.strip())  # fmt: skip
     node[keys[-1]] = value
 
 
