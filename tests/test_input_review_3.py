@@ -116,3 +116,63 @@ def test_a_preset_under_a_spelled_out_model_is_refused() -> None:
     sc = load_scenario("scenarios/mixtral_8x7b_ep8.yaml", ["model.preset=llama3-8b",
                                                            "parallelism.ep=1"])  # fmt: skip
     assert sc.model.layers == 32 and not sc.model.is_moe and sc.model.flash_attention
+
+
+def test_log_axes_keep_their_mathtext_ticks() -> None:
+    """Names are plain text, but a log axis's ticks are mathtext on purpose: turning mathtext
+    off for the process printed $\\mathdefault{10^{5}}$ on validate's and plan's axes (the
+    review)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from simtrain.report.mpl import plain_text
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(1e3, 1e6)
+    ax.set_title("$x^$")
+    plain_text(fig)
+    fig.canvas.draw()
+    assert not ax.title.get_parse_math()
+    ticks = [t for t in ax.xaxis.get_major_ticks() if t.label1.get_text()]
+    assert ticks and all(t.label1.get_parse_math() for t in ticks)
+    assert any("mathdefault" in t.label1.get_text() for t in ticks)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("--bf16;# launch", ["--bf16;"]),
+                                                ("a &# in the background", ["a", "&"]),
+                                                ("a|#c", ["a|"]), ("(#c", ["("]),
+                                                ("a=#c", ["a=#c"]), ("a#b", ["a#b"])])  # fmt: skip
+def test_a_hash_after_an_operator_starts_a_comment(text: str, expected: list[str]) -> None:
+    """bash ends a word at ;&|()<>, so a "#" after one starts a comment: --bf16;# launch had
+    imported as fp32 (the review); after "=" it is a character."""
+    from simtrain.apps.importers.shell import words
+
+    assert words(text) == expected
+
+
+def test_lengths_of_unevaluated_values_stay_as_written() -> None:
+    """HOSTS=($(scontrol show hostnames ...)) counted its 4 words as 4 nodes (the review)."""
+    from simtrain.apps.importers.shell import read_command
+
+    c = read_command('HOSTS=($(scontrol show hostnames "$X"))\nV=$UNSET\nA=(x y)\n'
+                     "python pretrain_gpt.py --n ${#HOSTS[@]} --v ${#V} --a ${#A[@]}\n",
+                     "t.sh")  # fmt: skip
+    assert c is not None and c.args == ("--n", "${#HOSTS[@]}", "--v", "${#V}", "--a", "2")
+
+
+def test_validate_refuses_a_quoted_grad_accum(tmp_path: Path) -> None:
+    p = tmp_path / "runs.yaml"
+    p.write_text(RECORD.format(gpus=4, mb=8, mfu=0.4).replace("micro_batch: 8",
+                                                              'grad_accum: "4"'))  # fmt: skip
+    assert [s.reason for s in validate(p).skipped] == [
+        "training.grad_accum: must be a whole number, not '4'"
+    ]
+
+
+def test_a_variant_mapping_that_gives_the_baseline_key_is_kept() -> None:
+    res = compare("scenarios/zero1_8gpu.yaml", ["a:training.peft={method: lora, rank: 4}"],
+                  overrides=["training.peft.rank=4"])  # fmt: skip
+    assert len(res.rows) == 2

@@ -43,8 +43,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
-import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
 from simtrain.spec.hardware import HardwareProfile
 
 Node = tuple[str, int]
@@ -93,6 +93,7 @@ def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
         hardware=hw.name,
         nodes=nodes,
         gpus_per_node=gpus_per_node,
+        last_node_gpus=last_node_gpus,
         nodes_per_leaf=nodes_per_leaf,
         leaves=leaves,
         spines=spines,
@@ -408,7 +409,9 @@ def draw_topology(G: nx.Graph, path_png: str | Path, max_servers: int = MAX_DRAW
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     ax.set_ylim(-0.8, 4.6)
-    title = (f"{G.graph['hardware']}: {G.graph['nodes']} nodes x {gpn} GPUs, "
+    last = G.graph.get("last_node_gpus", 0)
+    title = (f"{G.graph['hardware']}: {G.graph['nodes']} nodes x {gpn} GPUs"
+             f"{f' (the last {last})' if last else ''}, "
              f"{G.graph['leaves']} leaf / {G.graph['spines']} spine, "
              f"oversubscription {G.graph['oversubscription']:g}:1")  # fmt: skip
     if subset:
@@ -416,6 +419,8 @@ def draw_topology(G: nx.Graph, path_png: str | Path, max_servers: int = MAX_DRAW
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     out = Path(path_png)
+    for text in fig.findobj(Text):  # a profile's name is never mathtext (as report.mpl's
+        text.set_parse_math(False)  # plain_text; this figure has no formatter that writes it)
     fig.savefig(out, dpi=110)
     return out
 

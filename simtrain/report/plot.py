@@ -32,7 +32,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 from matplotlib.transforms import ScaledTranslation
 
-import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
+from simtrain.report.mpl import plain_text
 from simtrain.report.trace import (
     GIB,
     gpu_label,
@@ -159,6 +159,7 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas = FigureCanvasAgg(fig)
+    plain_text(fig)  # names are never mathtext (report.mpl)
     if fig.get_dpi() != DPI:
         fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
         return path

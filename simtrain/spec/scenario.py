@@ -1502,7 +1502,7 @@ def check_size(s: Scenario, file: str) -> None:
             raise ConfigError(
                 file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
                 f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}; give buckets of "
-                f"at least {-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) / 1e4:g} MB (the "
+                f"at least {(-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) + 1) / 1e4:g} MB (the "
                 "default is the framework's)", p.bucket_mb,
             )  # fmt: skip
 
@@ -1576,8 +1576,9 @@ def apply_override(data: dict[str, Any], assignment: str, file: str = "--set") -
         # spelled out key by key changed nothing: a fuzz campaign)
         shape = sorted(k for k in node if k in PRESET_SHAPE_KEYS)
         if shape:
-            raise ConfigError("--set", dotted, f"the file's model keys ({', '.join(shape[:4])}"
-                              f"{', ...' if len(shape) > 4 else ''}) would override it; give "
+            raise ConfigError("--set", dotted, f"the model keys already given "
+                              f"({', '.join(shape[:4])}{', ...' if len(shape) > 4 else ''}, by "
+                              "the file or an earlier --set) would override it; give "
                               f"the whole model (model={{{keys[-1]}: ...}}) or set those keys",
                               raw.strip())  # fmt: skip
     node[keys[-1]] = value

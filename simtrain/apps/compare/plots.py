@@ -13,7 +13,6 @@ from matplotlib.patches import Patch
 from matplotlib.textpath import TextPath
 from matplotlib.ticker import FuncFormatter
 
-import simtrain.report.mpl  # noqa: F401  (no mathtext: before any figure)
 from simtrain.apps.compare.run import VariantComparison, VariantRow
 from simtrain.apps.compare.tables import biggest_change
 from simtrain.report.plot import CATEGORY_COLOURS, DPI, save_png
@@ -166,7 +165,9 @@ def _place_labels(
     placed: list[tuple[float, float, float, float]] = []
     for i in sorted(range(len(points)), key=lambda k: (pix[k][1], pix[k][0])):
         px, py = pix[i]
-        w = TextPath((0, 0), texts[i], size=fontsize).get_extents().width * DPI / 72 + 2
+        # (a name's "$" escaped: TextPath would read "$$" as a formula; report.mpl)
+        plain = texts[i].replace("$", r"\$")
+        w = TextPath((0, 0), plain, size=fontsize).get_extents().width * DPI / 72 + 2
         others = placed + [m for j, m in enumerate(markers) if j != i]
 
         def free(x: float, y: float, w: float = w, others: list = others) -> bool:

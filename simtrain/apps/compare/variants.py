@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.scenario import MAX_NAME, Scenario, runtime_off_overrides
+from simtrain.spec.yamlfile import parse_yaml
 
 ZERO_GPUS_FOR_ONE_GPU = 8  # a 1-GPU scenario gets ZeRO over one node of this many GPUs
 
@@ -225,6 +227,23 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name, "ad hoc: " + ", ".join(overrides), _fixed(*overrides), adhoc=True)
 
 
+def _mapping_value(assignment: str) -> Any:
+    """The value of ``KEY=VALUE`` as YAML (what ``--set`` reads), None if it does not parse."""
+    try:
+        return parse_yaml(assignment.split("=", 1)[1], "--variants")
+    except ConfigError:
+        return None
+
+
+def _holds(value: Any, path: str) -> bool:
+    """Whether mapping ``value`` has the dotted ``path`` (the variant gives it itself)."""
+    for k in path.split("."):
+        if not isinstance(value, dict) or k not in value:
+            return False
+        value = value[k]
+    return True
+
+
 def check_keeps_base(v: Variant, overrides: tuple[str, ...], base: Sequence[str]) -> None:
     """An ad-hoc variant's mapping (``training.peft={method: lora}``) replaces the whole of
     it, so a baseline ``--set`` inside it (``training.peft.rank=4``) would be lost without a
@@ -234,7 +253,9 @@ def check_keeps_base(v: Variant, overrides: tuple[str, ...], base: Sequence[str]
         return
     for a in overrides:
         key = _key_path(a)
-        lost = [b for b in base if _key_path(b).startswith(key + ".")]
+        given = _mapping_value(a)
+        lost = [b for b in base if _key_path(b).startswith(key + ".")
+                and not _holds(given, _key_path(b)[len(key) + 1 :])]  # fmt: skip
         if lost:
             raise ConfigError(None, "--variants", f"variant {_cut(v.name, 40)!r} sets "
                               f"{_cut(a, 40)!r}, which replaces the whole of {_cut(key, 40)}, "

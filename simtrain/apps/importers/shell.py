@@ -55,6 +55,8 @@ class Command:
 
 _BLANKS = frozenset(" \t\r\n")  # shlex's whitespace
 _QUOTES = ("'", '"')
+#: bash's metacharacters besides blanks: each ends a word, so a "#" after one starts a comment
+_OPERATORS = frozenset(";&|()<>")
 
 
 def words(text: str, comments: bool = True) -> list[str]:
@@ -65,14 +67,16 @@ def words(text: str, comments: bool = True) -> list[str]:
     2026-12-07). The state machine is CPython's ``shlex.read_token`` (3.11): outside quotes a
     backslash escapes the next character; inside double quotes only a quote or a backslash
     (else both are kept); single quotes escape nothing; an empty quoted word is a word. The one
-    difference is bash's: ``#`` starts a comment at a word's start only, and inside a word
-    (``${#HOSTS[@]}``, ``$#``, ``a#b``) it is a character, where shlex cut the line there. A
+    difference is bash's: ``#`` starts a comment at a word's start only (after a blank or one
+    of ``;&|()<>``), and inside a word (``${#HOSTS[@]}``, ``$#``, ``a#b``) it is a character,
+    where shlex cut the line there. A
     ValueError at an open quote or a trailing backslash, with shlex's messages
     (tests/test_shell_words.py checks it against shlex)."""
     out: list[str] = []
     tok: list[str] = []
     quoted = False
     state, after_escape = " ", " "
+    after_operator = False  # the last character an unquoted one of ;&|()<> (bash ends a word)
     i, n = 0, len(text)
     while True:
         c = text[i] if i < n else ""
@@ -82,7 +86,9 @@ def words(text: str, comments: bool = True) -> list[str]:
                 if tok or quoted:
                     out.append("".join(tok))
                 return out
-            if c in _BLANKS or (comments and c == "#" and state == " "):
+            word_start = state == " " or after_operator
+            after_operator = c in _OPERATORS
+            if c in _BLANKS or (comments and c == "#" and word_start):
                 if c == "#":  # at a word's start: the rest of the line (shlex's readline)
                     j = text.find("\n", i)
                     i = n if j < 0 else j + 1
@@ -98,7 +104,7 @@ def words(text: str, comments: bool = True) -> list[str]:
                 tok.append(c)
                 state = "a"
         elif state in _QUOTES:
-            quoted = True
+            quoted, after_operator = True, False
             if not c:
                 raise ValueError("No closing quotation")
             if c == state:
@@ -108,6 +114,7 @@ def words(text: str, comments: bool = True) -> list[str]:
             else:
                 tok.append(c)
         else:  # a backslash's next character
+            after_operator = False
             if not c:
                 raise ValueError("No escaped character")
             if after_escape in _QUOTES and c != "\\" and c != after_escape:
@@ -268,13 +275,13 @@ def _scan(piece: str, quote: str, comment: bool, depth: int) -> tuple[str, int, 
         elif c == "#" and start:  # (inside a word a character, as :func:`words` reads it)
             comment = True
         elif c == "(":
-            depth, start = depth + 1, False
+            depth, start = depth + 1, True  # (an operator: a "#" after it is a comment)
         elif c == ")":
-            depth, start = depth - 1, False
+            depth, start = depth - 1, True
             if depth == 0 and end < 0:
                 end = i
         else:
-            start = c in _BLANKS
+            start = c in _BLANKS or c in _OPERATORS
         i += 1
     return quote, end, comment, depth
 
@@ -342,6 +349,11 @@ def _length(m: re.Match[str], env: dict[str, str], arrays: dict[str, list[str]])
     """bash's ``${#A[@]}`` (the array's items) and ``${#V}`` (the value's characters; of an
     array, its first item's); a name the script does not set stays as written."""
     name, whole = m.group(1), m.group(2) is not None
+    # a value still holding what was not evaluated ($(scontrol ...), `...`, $UNSET) has no
+    # length here: HOSTS=($(scontrol show hostnames ...)) counted its 4 words (a review)
+    unevaluated = [*arrays.get(name, ()), env.get(name, "")]
+    if any("$" in v or "`" in v for v in unevaluated):
+        return m.group(0)
     if whole:
         return str(len(arrays[name])) if name in arrays else m.group(0)
     if name in env:

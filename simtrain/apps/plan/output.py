@@ -12,6 +12,7 @@ from simtrain.apps.plan.layouts import Layout, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
 from simtrain.costs.memory import near_capacity
+from simtrain.report.mpl import plain_text
 from simtrain.report.tables import NEAR_CAPACITY_NOTE, estimate_note
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
@@ -44,8 +45,6 @@ def write_pareto(result: PlanResult, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import simtrain.report.mpl  # noqa: F401  (no mathtext in names)
 
     pts = [r for r in result.rows if r.fits]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
@@ -101,6 +100,7 @@ def write_pareto(result: PlanResult, path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    plain_text(fig)  # the plan's name is never mathtext (report.mpl)
     fig.savefig(path)
     plt.close(fig)
 

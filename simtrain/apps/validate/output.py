@@ -199,7 +199,6 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    import simtrain.report.mpl  # noqa: F401  (no mathtext in record names)
     from simtrain.report.plot import save_png
 
     metrics = [m for m in METRICS

@@ -43,7 +43,13 @@ from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import PRESETS, ModelSpec, find_preset
 from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.scenario import LORA_TARGETS, RECOMPUTE, Scenario, parse_scenario
+from simtrain.spec.scenario import (
+    LORA_TARGETS,
+    PRESET_SHAPE_KEYS,
+    RECOMPUTE,
+    Scenario,
+    parse_scenario,
+)
 from simtrain.units import MIB
 
 
@@ -461,8 +467,8 @@ MIN_MEASURED = 1e-30
 #: derived without a word (a fuzz campaign).
 INTEGER_KEYS = {
     "hardware": ("num_gpus", "gpus_per_node"),
-    "training": ("micro_batch", "global_batch", "local_batch"),
-    "model": ("layers", "hidden", "heads", "vocab", "seq_len"),
+    "training": ("micro_batch", "global_batch", "local_batch", "grad_accum", "global_batch_tokens"),
+    "model": ("layers", "hidden", "heads", "vocab", "seq_len", "max_positions"),
 }  # (parallelism's degrees: _layout's own check, "not an integer")
 
 
@@ -760,11 +766,9 @@ def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
 
 
 #: The keys of a named preset a record without its shape takes (the architecture; dropout,
-#: flash attention and the positions' table size are the run's).
-_PRESET_KEYS = tuple(f.name for f in fields(ModelSpec)
-                     if f.name not in ("name", "dropout", "attention_dropout",
-                                       "flash_attention", "max_positions", "capacity_factor",
-                                       "moe_load_imbalance"))  # fmt: skip
+#: flash attention and the positions' table size are the run's): spec.scenario's
+#: PRESET_SHAPE_KEYS, in ModelSpec's order.
+_PRESET_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name in PRESET_SHAPE_KEYS)
 #: A size in a model name ("175B", "1.3b", "125M"): a name without one ("GPT-2", "BLOOM")
 #: names a family, and matches a preset only with a params_b that agrees.
 _SIZE = re.compile(r"\d(?:\.\d+)?\s*[bm]\b", re.IGNORECASE)
