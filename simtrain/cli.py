@@ -293,6 +293,16 @@ def _nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def _out_folder(**kw: Any) -> Callable[[Any], Any]:
+    """A command's ``--out`` folder: never an empty path (:func:`_nonempty_path`)."""
+    return click.option("--out", callback=_nonempty_path, type=click.Path(file_okay=False), **kw)
+
+
+def _out_file(**kw: Any) -> Callable[[Any], Any]:
+    """A command's ``--out`` file: never an empty path (:func:`_nonempty_path`)."""
+    return click.option("--out", callback=_nonempty_path, type=click.Path(dir_okay=False), **kw)
+
+
 def _out_dir(out: str | None, name: str) -> Path:
     """The output folder, created; one that cannot be (a name too long, under /proc, ...) is a
     one-line error naming --out."""
@@ -307,12 +317,7 @@ def _out_dir(out: str | None, name: str) -> Path:
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(file_okay=False),
-    help="Output folder [plots/<name>/].",
-)
+@_out_folder(help="Output folder [plots/<name>/].")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout.")
 @click.option("--no-plots", is_flag=True, help="Skip gantt.png and memory.png.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -401,12 +406,7 @@ def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(file_okay=False),
-    help="Output folder [plots/<name>/].",
-)
+@_out_folder(help="Output folder [plots/<name>/].")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
 def topology(scenario: str, out: str | None, overrides: tuple[str, ...]) -> None:
@@ -442,12 +442,7 @@ def hardware(name: str | None, as_json: bool) -> None:
     help="Comma-separated: amp,checkpointing,lora,... or key=value lists.",
 )
 @click.option("--ladder", is_flag=True, help="Apply the variants cumulatively.")
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(file_okay=False),
-    help="Output folder [plots/<name>/compare/].",
-)
+@_out_folder(help="Output folder [plots/<name>/compare/].")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @_errors
@@ -462,12 +457,7 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
 @main.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(file_okay=False),
-    help="Output folder [plots/<plan name>/].",
-)
+@_out_folder(help="Output folder [plots/<plan name>/].")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes for the full simulations (more than the CPUs run as the CPUs) "
               "[the CPU count].")  # fmt: skip
@@ -491,13 +481,7 @@ def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, ex
 @click.option("--only", default=None, help="Only records of this source key (e.g. megatron_sc21).")
 @click.option("--by", type=click.Choice(["record", "family"]), default="record", show_default=True,
               help="record: a row per record and metric; family: figures per source family.")  # fmt: skip
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(file_okay=False),
-    default="plots/validate",
-    show_default=True,
-)
+@_out_folder(default="plots/validate", show_default=True)
 @_errors
 def validate(path: str | None, as_json: bool, only: str | None, by: str, out: str) -> None:
     """Simulate measured runs (default: the published runs in measured/) and report the error."""
@@ -508,13 +492,7 @@ def validate(path: str | None, as_json: bool, only: str | None, by: str, out: st
 
 @main.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="hardware/NAME.yaml",
-)
+@_out_file(required=True, help="hardware/NAME.yaml")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while calibrating [torch's default]")  # fmt: skip
 @_errors
@@ -528,13 +506,7 @@ def calibrate(device: str, out: str, threads: int | None) -> None:
 @main.command("fit-network")
 @click.argument("base")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="hardware/NAME.yaml",
-)
+@_out_file(required=True, help="hardware/NAME.yaml")
 @click.option("--name", default=None, help="The profile's name [the --out file's stem].")
 @_errors
 def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) -> None:
@@ -550,12 +522,7 @@ def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) ->
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--model", default=None, help=MODEL_HELP)
 @click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(dir_okay=False),
-    help="Write the YAML here [stdout].",
-)
+@_out_file(help="Write the YAML here [stdout].")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help="Exit 2 when the file has a setting simtrain "
               "does not simulate (without it they are listed on stderr and in the YAML).")  # fmt: skip
@@ -580,12 +547,7 @@ def import_(kind: str, file: str, model: str | None, gpus: int | None, out: str 
 @main.command()
 @click.argument("kind", type=click.Choice(["scenario", "plan"]), default="scenario",
                 required=False)  # fmt: skip
-@click.option(
-    "--out",
-    callback=_nonempty_path,
-    type=click.Path(dir_okay=False),
-    help="Write the schema here [stdout].",
-)
+@_out_file(help="Write the schema here [stdout].")
 @_errors
 def schema(kind: str, out: str | None) -> None:
     """Print the JSON Schema (draft 2020-12) of scenario or plan files, generated from the
