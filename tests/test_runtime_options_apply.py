@@ -138,3 +138,22 @@ def test_a_planned_best_yaml_runs_without_the_options_its_layout_cannot_use(tmp_
     path = tmp_path / "best.yaml"
     path.write_text(json.dumps(sc_data))  # (JSON is YAML)
     assert load_scenario(path).parallelism.cp == 1
+
+
+def test_the_smallest_bucket_hint_is_accepted_and_is_the_smallest() -> None:
+    """The hint of the bucket-count error: Mixtral 8x7B with 65,536 experts, 369.4T parameters,
+    needs buckets of at least P·4 / 2^22 bytes = 352.3313 MB; the hint (352.3314) is accepted,
+    1e-4 MB less than that exact bound is not."""
+    from dataclasses import replace
+
+    from simtrain.spec.limits import MAX_DDP_BUCKETS
+    from simtrain.spec.model import preset
+    from simtrain.spec.scenario import ddp_buckets_bound, smallest_bucket_mb
+
+    m = replace(preset("mixtral-8x7b"), num_experts=65_536, experts_per_token=2)
+    p = m.total_params()
+    exact_mb = p * 4 / MAX_DDP_BUCKETS / 1e6
+    hint = smallest_bucket_mb(m)
+    assert exact_mb <= hint <= exact_mb + 2e-4
+    assert ddp_buckets_bound(m, hint) <= MAX_DDP_BUCKETS
+    assert ddp_buckets_bound(m, exact_mb - 1e-4) > MAX_DDP_BUCKETS

@@ -1317,11 +1317,11 @@ def unused_runtime_options(s: Scenario, zero_stage: int | None = None, pp: int |
                            sequence_parallel: bool | None = None) -> dict[str, str]:  # fmt: skip
     """The runtime options whose every value means the same for ``s`` (its layout, with
     ``zero_stage``, ``pp``, ``tp`` and ``sequence_parallel`` where given, and its model and
-    hardware), each with why: the
-    option times or keeps something ``s`` does not have. A scenario that sets one to other than
-    its profile's value is refused (:func:`check_runtime_options`; a fuzz campaign found each
-    of them accepted without a word). Beside :func:`inapplicable_runtime_options`, whose
-    options are on/off switches of the layout's communication."""
+    hardware), each with why: the option times or keeps something ``s`` does not have. A
+    scenario that sets one to other than its profile's or the neutral value is refused
+    (:func:`unused_settings`, :func:`check_runtime_options`; a fuzz campaign found each of them
+    accepted without a word). Beside :func:`inapplicable_runtime_options`, whose options are
+    on/off switches of the layout's communication."""
     p, m, rt = s.parallelism, s.model, s.runtime
     zero = p.zero_stage if zero_stage is None else zero_stage
     pp = p.pp if pp is None else pp
@@ -1369,6 +1369,7 @@ def model_unused_runtime_options(m: ModelSpec) -> dict[str, str]:
     the layout (a plan's check): experts' options on a dense model, the window's without one,
     the FlashAttention kernel without flash attention."""
     out = {}
+    no_flash = f"model {m.name} does not use flash attention (model.flash_attention false)"
     if not m.is_moe:
         none = f"model {m.name} has no experts (model.num_experts 0)"
         out["moe_implementation"] = f"prices an MoE layer's host work, but {none}"
@@ -1376,29 +1377,31 @@ def model_unused_runtime_options(m: ModelSpec) -> dict[str, str]:
         out["moe_dispatcher"] = f"dispatches tokens to experts, but {none}"
         out["moe_fp8_dispatch"] = f"sends FP8 activations to experts, but {none}"
     if not m.sliding_window or not m.flash_attention:  # (costs.compute: flash kernels only)
-        out["sliding_window_kernel"] = ("prices a sliding window's flash attention, but model "
-                                        f"{m.name} has no window (model.sliding_window 0)"
-                                        if not m.sliding_window else
-                                        "prices a sliding window's flash attention, but model "
-                                        f"{m.name} does not use flash attention "
-                                        "(model.flash_attention false)")  # fmt: skip
+        why = (f"model {m.name} has no window (model.sliding_window 0)" if not m.sliding_window
+               else no_flash)  # fmt: skip
+        out["sliding_window_kernel"] = f"prices a sliding window's flash attention, but {why}"
     if not m.flash_attention:
-        out["attention_kernel"] = ("chooses the FlashAttention kernel, but model "
-                                   f"{m.name} does not use flash attention "
-                                   "(model.flash_attention false)")  # fmt: skip
+        out["attention_kernel"] = f"chooses the FlashAttention kernel, but {no_flash}"
     return out
 
 
-def unused_setting(runtime: dict[str, Any], key: str, value: Any, profile: RuntimeProfile) -> bool:
-    """Whether ``runtime`` (a scenario's or plan's ``runtime:`` mapping) sets ``key`` to
-    ``value`` other than its profile's and the neutral one (off, none kept), which may always
-    be written out."""
-    neutral = (getattr(profile, key), RuntimeProfile.__dataclass_fields__[key].default)
-    return key in runtime and value not in neutral
+def unused_settings(options: dict[str, str], runtime: dict[str, Any],
+                    rt: RuntimeProfile) -> dict[str, str]:  # fmt: skip
+    """Of ``options`` (key -> why it cannot apply: :func:`unused_runtime_options`,
+    :func:`model_unused_runtime_options`), those the ``runtime:`` mapping (a scenario's or a
+    plan's, read as ``rt``) sets to other than its profile's value and the neutral one (off,
+    none kept), which may always be written out."""
+    profile = load_runtime(rt.name)
+    defaults = RuntimeProfile.__dataclass_fields__
+    return {k: why for k, why in options.items()
+            if k in runtime and getattr(rt, k) not in (getattr(profile, k), defaults[k].default)}  # fmt: skip
 
 
 def _yaml_value(value: Any) -> str:
-    """A runtime value as ``--set`` writes it (JSON is YAML: true, "fa2", [1, 2])."""
+    """A runtime value as ``--set`` writes it: a name as it is, anything else as JSON (which
+    is YAML: false, [1, 2])."""
+    if isinstance(value, str):
+        return value
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
@@ -1411,7 +1414,7 @@ def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int, pp: in
     change of layout (``simtrain compare``'s, the fit advisor's) must also set."""
     why = inapplicable_runtime_options(tp, zero_stage, ep, s.training.precision)
     profile = load_runtime(s.runtime.name)
-    out = [f"runtime.{k}={getattr(profile, k)}".replace("=False", "=false")
+    out = [f"runtime.{k}={_yaml_value(getattr(profile, k))}"
            for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k)]  # fmt: skip
     unused = unused_runtime_options(s, zero_stage, pp, tp, sequence_parallel)
     out += [f"runtime.{k}={_yaml_value(getattr(profile, k))}" for k in unused
@@ -1430,10 +1433,9 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     for key, text in why.items():
         if runtime.get(key) == _ON[key]:
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
-    profile = load_runtime(s.runtime.name)
-    for key, text in unused_runtime_options(s).items():
-        if unused_setting(runtime, key, getattr(s.runtime, key), profile):
-            raise ConfigError(file, f"runtime.{key}", text, runtime[key])
+    if bad := unused_settings(unused_runtime_options(s), runtime, s.runtime):
+        key = next(iter(bad))
+        raise ConfigError(file, f"runtime.{key}", bad[key], runtime[key])
     if runtime.get("cuda_graph_scope"):
         _check_graph_scope_fits(s, file)
 
@@ -1470,6 +1472,13 @@ def ddp_buckets_bound(m: ModelSpec, bucket_mb: float) -> int:
     return -(-m.total_params() * 4 // max(1, int(bucket_mb * 1e6)))
 
 
+def smallest_bucket_mb(m: ModelSpec) -> float:
+    """The smallest ``bucket_mb``, to 1e-4 MB, that :func:`ddp_buckets_bound` keeps within
+    :data:`MAX_DDP_BUCKETS`: ceil(P·4 / MAX) bytes, rounded up to a whole 100 bytes and one
+    step of 100 more (``int(mb * 1e6)`` of a printed 4-decimal value may land a byte short)."""
+    return (-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) + 1) / 1e4
+
+
 def check_size(s: Scenario, file: str) -> None:
     """Limits across fields (spec.limits): GPUs, micro-batches x layers, activation bytes,
     gradient buckets."""
@@ -1502,8 +1511,8 @@ def check_size(s: Scenario, file: str) -> None:
             raise ConfigError(
                 file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
                 f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}; give buckets of "
-                f"at least {(-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) + 1) / 1e4:g} MB (the "
-                "default is the framework's)", p.bucket_mb,
+                f"at least {smallest_bucket_mb(m):g} MB (the default is the framework's)",
+                p.bucket_mb,
             )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
 from simtrain.spec.precision import PRECISIONS
-from simtrain.spec.runtime import load_runtime, parse_scenario_runtime
+from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.scenario import (
     INTERNAL_FIELDS,
     MAX_NAME,
@@ -31,7 +31,7 @@ from simtrain.spec.scenario import (
     parse_model,
     parse_parallelism,
     parse_training,
-    unused_setting,
+    unused_settings,
 )
 from simtrain.spec.yamlfile import exists, load_yaml
 
@@ -286,11 +286,10 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     if runtime is not None:
         rt = parse_scenario_runtime(runtime, file)  # the same checks and messages as a scenario's
         if isinstance(runtime, dict):  # (deepep on a dense model was dropped: a fuzz campaign)
-            spec = parse_model(model, file, base)
-            profile = load_runtime(rt.name)
-            for key, text in model_unused_runtime_options(spec).items():
-                if unused_setting(runtime, key, getattr(rt, key), profile):
-                    raise ConfigError(file, f"runtime.{key}", text, runtime[key])
+            unusable = model_unused_runtime_options(parse_model(model, file, base))
+            if bad := unused_settings(unusable, runtime, rt):
+                key = next(iter(bad))
+                raise ConfigError(file, f"runtime.{key}", bad[key], runtime[key])
     return Plan(
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=options, gpu_counts=counts,

@@ -12,13 +12,12 @@ from simtrain.costs.cp import MIN_CP_TOKENS
 from simtrain.errors import ConfigError
 from simtrain.schedules.generators import smallest_group
 from simtrain.schedules.registry import runs_groups
-from simtrain.spec.runtime import load_runtime
 from simtrain.spec.scenario import (
     TrainingSpec,
     inapplicable_runtime_options,
     parse_scenario,
     unused_runtime_options,
-    unused_setting,
+    unused_settings,
 )
 
 #: Micro-batches searched when ``fixed.micro_batch`` is not given: each of 1-8 that divides the
@@ -128,9 +127,7 @@ def _without_unused(plan: Plan, data: dict[str, Any]) -> Any:
         sc = parse_scenario(data, plan.file, Path(plan.base_dir))
     except ConfigError:
         return rt
-    profile = load_runtime(sc.runtime.name)
-    drop = {k for k in unused_runtime_options(sc)
-            if unused_setting(rt, k, getattr(sc.runtime, k), profile)}  # fmt: skip
+    drop = unused_settings(unused_runtime_options(sc), rt, sc.runtime)
     return {k: v for k, v in rt.items() if k not in drop}
 
 
