@@ -525,18 +525,18 @@ def test_a_long_open_quote_is_read_in_linear_time() -> None:
 
 
 def _counting_lexes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count shell.py's word splits (shell.words: the work of reading a script, not its wall
+    """Count shell.py's word splits (shell.split_words: the work of reading a script, not its wall
     time)."""
     from simtrain.apps.importers import shell
 
     count = [0]
-    real = shell.words
+    real = shell.split_words
 
     def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         count[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shell, "words", counted)
+    monkeypatch.setattr(shell, "split_words", counted)
     return count
 
 
@@ -581,7 +581,7 @@ def test_an_array_that_doubles_itself_is_refused() -> None:
 def test_a_word_that_would_grow_past_the_limit_is_not_built() -> None:
     """A word of many references to a long variable or array ("$V$V..." or "${A[@]}..."): its
     length is reckoned before it is built, an error naming the variable it is assigned to, or
-    the line (at the real MAX_VALUE, 1 MiB: shell.words reads such a line in one pass, where
+    the line (at the real MAX_VALUE, 1 MiB: shell.split_words reads such a line in one pass, where
     shlex took tens of seconds)."""
     from simtrain.apps.importers.shell import MAX_VALUE
 

@@ -148,9 +148,9 @@ def test_log_axes_keep_their_mathtext_ticks() -> None:
 def test_a_hash_after_an_operator_starts_a_comment(text: str, expected: list[str]) -> None:
     """bash ends a word at ;&|()<>, so a "#" after one starts a comment: --bf16;# launch had
     imported as fp32 (the review); after "=" it is a character."""
-    from simtrain.apps.importers.shell import words
+    from simtrain.apps.importers.shell import split_words
 
-    assert words(text) == expected
+    assert split_words(text) == expected
 
 
 def test_lengths_of_unevaluated_values_stay_as_written() -> None:

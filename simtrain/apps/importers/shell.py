@@ -59,7 +59,7 @@ _QUOTES = ("'", '"')
 _OPERATORS = frozenset(";&|()<>")
 
 
-def words(text: str, comments: bool = True) -> list[str]:
+def split_words(text: str, comments: bool = True) -> list[str]:
     """The words of ``text`` as ``shlex`` splits it in posix mode with ``whitespace_split`` and,
     with ``comments``, ``#`` as its commenter (``shlex.split(text, comments)``), but for one
     thing, and in time linear in the text: shlex builds each word by ``self.token += c``, a
@@ -69,9 +69,8 @@ def words(text: str, comments: bool = True) -> list[str]:
     (else both are kept); single quotes escape nothing; an empty quoted word is a word. The one
     difference is bash's: ``#`` starts a comment at a word's start only (after a blank or one
     of ``;&|()<>``), and inside a word (``${#HOSTS[@]}``, ``$#``, ``a#b``) it is a character,
-    where shlex cut the line there. A
-    ValueError at an open quote or a trailing backslash, with shlex's messages
-    (tests/test_shell_words.py checks it against shlex)."""
+    where shlex cut the line there. A ValueError at an open quote or a trailing backslash,
+    with shlex's messages (tests/test_shell_words.py checks it against shlex)."""
     out: list[str] = []
     tok: list[str] = []
     quoted = False
@@ -125,7 +124,7 @@ def words(text: str, comments: bool = True) -> list[str]:
 
 def _split(text: str, file: str, line: int) -> list[str]:
     try:
-        return words(text)
+        return split_words(text)
     except ValueError as exc:
         raise ConfigError(file, f"line {line}", f"cannot read the shell line ({exc})") from None
 
@@ -144,7 +143,7 @@ def _squeeze_arith(text: str) -> str:
     return _ARITH.sub(squeeze, text) if "$((" in text else text
 
 
-#: :func:`_logical_lines`' quote state where :func:`_scan` and shlex disagree
+#: :func:`_logical_lines`' quote state where :func:`_scan` and :func:`split_words` disagree
 UNKNOWN = "?"
 
 
@@ -160,8 +159,8 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     # While it is open a line that cannot close it joins it without re-reading the whole
     # buffer, which made long open strings quadratic: 5,000 lines, 78 KB, past 60 s, and an
     # array of 10,000 quoted items or a string of 10,000 lines holding a "'" the same (fuzz
-    # campaigns). A line with quote characters is read alone from shlex's state at the
-    # buffer's end (:func:`_scan`), the buffer lexed whole only where that line closes it.
+    # campaigns). A line with quote characters is read alone from the lexer's state at the
+    # buffer's end (:func:`_scan`), the buffer split whole only where that line closes it.
     pending = ""
     # depth: the open array's unbalanced "(" (it closes where a line brings it to 0)
     quote, comment, depth = "", False, 0
@@ -196,12 +195,12 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             continue
         buf = _squeeze_arith(buf + raw)
         try:
-            words = _lex(buf)
+            words = split_words(buf)
         except ValueError:  # an open quote: the string goes on
             buf += "\n"
             pending = "quote"
             quote, _end, comment, _d = _scan(buf, "", False, 0)
-            if not quote:  # shlex and _scan read it apart: each next line read whole
+            if not quote:  # split_words and _scan read it apart: each next line read whole
                 quote = UNKNOWN
             continue
         m = _ASSIGN.match(buf)
@@ -215,7 +214,7 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
             if buf[cut:].strip():  # (A=(...) ; NOTE=x put ";" and NOTE=x into A: a review)
                 rest = _after_list_operator(buf[cut:])
                 buf = buf[:cut]
-                words = _lex(buf)
+                words = split_words(buf)
                 if rest:  # (A=(... --bf16); kept "--bf16);": a review)
                     lines.appendleft((n, rest))
         out.append((start, buf, words))
@@ -223,11 +222,6 @@ def _logical_lines(text: str, file: str) -> list[tuple[int, str, list[str]]]:
     if buf:
         out.append((start, buf, _split(buf, file, start)))
     return out
-
-
-def _lex(text: str) -> list[str]:
-    """shlex's words of ``text`` (posix, ``#`` comments); a ValueError at an open quote."""
-    return words(text)
 
 
 def _after_list_operator(rest: str) -> str:
@@ -241,7 +235,7 @@ def _after_list_operator(rest: str) -> str:
 
 
 def _scan(piece: str, quote: str, comment: bool, depth: int) -> tuple[str, int, bool, int]:
-    """:func:`words`' reading (posix, ``#`` comments at a word's start) of ``piece``
+    """:func:`split_words`' reading (posix, ``#`` comments at a word's start) of ``piece``
     appended to a buffer that ends in ``quote`` ("", "'" or '"'), if ``comment`` in a comment,
     and ``depth`` unbalanced "(" deep: (the quote open after it, the index of the ")" that first
     brings the depth from 1 to 0 (-1: none), whether it ends in a comment, the depth after
@@ -272,7 +266,7 @@ def _scan(piece: str, quote: str, comment: bool, depth: int) -> tuple[str, int, 
             start = False
         elif c in "'\"":
             quote, start = c, False
-        elif c == "#" and start:  # (inside a word a character, as :func:`words` reads it)
+        elif c == "#" and start:  # (inside a word a character, as :func:`split_words` reads it)
             comment = True
         elif c == "(":
             depth, start = depth + 1, True  # (an operator: a "#" after it is a comment)
@@ -291,7 +285,7 @@ def _open_quote(buf: str) -> bool:
     if not buf:
         return False
     try:
-        words(buf, comments=False)
+        split_words(buf, comments=False)
     except ValueError:
         return True
     return False
@@ -396,7 +390,7 @@ def expand(word: str, env: dict[str, str], arrays: dict[str, list[str]]) -> list
     out = _VAR.sub(var, _ARITH.sub(arith, word))
     if whole_var:
         try:
-            return words(out, comments=False)
+            return split_words(out, comments=False)
         except ValueError:
             return out.split()
     return [out]
