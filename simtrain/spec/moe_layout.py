@@ -169,6 +169,13 @@ ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidd
                   "router_group_topk", "sliding_window", "full_attention_every")  # fmt: skip
 
 
+#: The model keys a dense model (num_experts 0) leaves at their defaults.
+MOE_ONLY_FIELDS = ("experts_per_token", "moe_ffn_hidden", "shared_experts",
+                   "shared_expert_ffn_hidden", "first_dense_layers", "router_groups",
+                   "router_group_topk", "shared_expert_gate", "router_bias", "router_score_bias",
+                   "capacity_factor", "moe_load_imbalance")  # fmt: skip
+
+
 def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
     """The MoE fields: counts >= 0 within spec.limits, 1 <= experts_per_token <= num_experts,
     first_dense_layers < layers, capacity_factor 0 (dropless) or in (0, E/k], 1 <= imbalance
@@ -203,26 +210,11 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
             spec.mtp_layers,
         )
     if not e:
-        moe_only = [
-            f
-            for f in (
-                "experts_per_token",
-                "moe_ffn_hidden",
-                "shared_experts",
-                "shared_expert_ffn_hidden",
-                "first_dense_layers",
-                "router_groups",
-                "router_group_topk",
-                "shared_expert_gate",
-                "router_bias",
-                "router_score_bias",
-            )
-            if getattr(spec, f)
-        ]
-        # the routing's two rates at other than their defaults (0 = dropless, 1 = even) would
-        # be read and ignored on a dense model (a fuzz campaign: capacity_factor -1 passed)
-        moe_only += [f for f, off in (("capacity_factor", 0.0), ("moe_load_imbalance", 1.0))
-                     if getattr(spec, f) != off]  # fmt: skip
+        # each at other than its dense default (0, false; the routing's rates 0 = dropless and
+        # 1 = even) would be read and ignored on a dense model (a fuzz campaign:
+        # capacity_factor -1 passed)
+        defaults = type(spec).__dataclass_fields__
+        moe_only = [f for f in MOE_ONLY_FIELDS if getattr(spec, f) != defaults[f].default]
         if moe_only:
             raise ConfigError(file, f"{prefix}.{moe_only[0]}", "needs model.num_experts > 0 "
                               "(0 = a dense model)", getattr(spec, moe_only[0]))  # fmt: skip
