@@ -263,13 +263,12 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
         fixed = traits.chunks_per_rank  # ZB-V, DualPipeV: 2
         raise ConfigError(None, "--virtual-stages", f"{name} runs {fixed} model chunks per GPU",
                           virtual_stages, f"1 or {fixed}")  # fmt: skip
-    if virtual_stages > 1 and not (traits.virtual or traits.chunks_per_rank):
-        from simtrain.schedules.registry import SCHEDULES
+    if virtual_stages > 1 and not traits.multi_chunk:
+        from simtrain.schedules.registry import multi_chunk_schedules
 
-        chunked = [n for n in SCHEDULES if schedule_traits(n).virtual
-                   or schedule_traits(n).chunks_per_rank]  # fmt: skip
         raise ConfigError(None, "--virtual-stages", f"{name} runs one model chunk per GPU; the "
-                          f"schedules with more: {', '.join(chunked)}", virtual_stages, "1")  # fmt: skip
+                          f"schedules with more: {', '.join(multi_chunk_schedules())}",
+                          virtual_stages, "1")  # fmt: skip
     virtual_stages = schedule_traits(name).chunks(virtual_stages)
     place = schedule_traits(name).placement  # DualPipe: two pipelines ("dual")
     sched = build_schedule(name, pp, microbatches, virtual_stages, microbatch_group)

@@ -176,3 +176,19 @@ def test_a_variant_mapping_that_gives_the_baseline_key_is_kept() -> None:
     res = compare("scenarios/zero1_8gpu.yaml", ["a:training.peft={method: lora, rank: 4}"],
                   overrides=["training.peft.rank=4"])  # fmt: skip
     assert len(res.rows) == 2
+
+
+def test_the_multi_chunk_schedules_are_those_whose_generators_take_two_chunks() -> None:
+    """multi_chunk_schedules (the list --virtual-stages names) against the generators
+    themselves: a schedule is in it exactly when it builds with v = 2 (pp 4, m 8)."""
+    from simtrain.errors import ScheduleError
+    from simtrain.schedules.registry import SCHEDULES, build_schedule, multi_chunk_schedules
+
+    builds = []
+    for name in SCHEDULES:
+        try:
+            build_schedule(name, 4, 8, 2)
+        except ScheduleError:
+            continue
+        builds.append(name)
+    assert multi_chunk_schedules() == builds and len(builds) == 5
