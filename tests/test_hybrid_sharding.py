@@ -525,10 +525,14 @@ def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:
 
 
 def test_a_record_on_smaller_nodes_runs_on_them(default_records) -> None:
-    """KempnerForge's nodes hold 4 H200s (hardware.gpus_per_node 4), the profile's 8: its
-    32-GPU rows run on 8 nodes of 4, so each FSDP group of 8 crosses 8 NICs, not 4 nodes'
-    NVLink pairs; a record saying nothing, or more GPUs a node than the profile holds (the
-    DGX-2 rows' 16 V100s), keeps the profile's."""
+    """KempnerForge's nodes hold 4 H200s (hardware.gpus_per_node 4): the HGX H200 4-GPU
+    board's profile (tests/test_mesh_links.py), so its 32-GPU rows run on 8 nodes of 4 and each
+    FSDP group of 8 crosses 8 NICs. A GPU without such a board profile on nodes smaller than its
+    profile's runs on the record's nodes all the same (the H100 here, a note saying so); a
+    record saying nothing, or more GPUs a node than the profile holds (the DGX-2 rows' 16
+    V100s), keeps the profile's."""
+    from dataclasses import replace
+
     from simtrain.apps.validate.records import load_records
     from simtrain.apps.validate.translate import translate
 
@@ -536,7 +540,13 @@ def test_a_record_on_smaller_nodes_runs_on_them(default_records) -> None:
     tr = translate(rows["kempner_mfu_70b_32gpu_tp4_fsdp8"])
     c = tr.scenario.cluster
     assert (c.nodes, c.gpus_per_node) == (8, 4)
-    assert any("hardware.gpus_per_node" in a for a in tr.assumptions)
+    assert tr.scenario.hardware.name == "h200_141gb_hgx4"
+    assert any(a.startswith("4 GPUs a node: h200_141gb_hgx4") for a in tr.assumptions)
+    rec = rows["kempner_mfu_70b_32gpu_tp4_fsdp8"]
+    h100 = translate(replace(rec, hardware={**rec.hardware, "gpu": "H100 80GB"}))
+    assert h100.scenario.hardware.name == "h100_sxm5_80gb"
+    assert (h100.scenario.cluster.nodes, h100.scenario.cluster.gpus_per_node) == (8, 4)
+    assert any("hardware.gpus_per_node" in a for a in h100.assumptions)
     one_node = translate(rows["kempner_mfu_7b_4gpu_tp4"]).scenario.cluster
     assert (one_node.nodes, one_node.gpus_per_node) == (1, 4)
     published = load_records(str(ROOT / "measured" / "published_runs.yaml"))

@@ -263,7 +263,8 @@ def scenario_data(draw: st.DrawFn, schedule: str | None = None) -> dict[str, Any
     zero = draw(st.sampled_from([0, 1, 2, 3]))
     hidden = heads * draw(st.sampled_from([64, 128]))
     gpus = dp * tp * pp
-    gpn = max(g for g in range(1, 9) if gpus % g == 0)
+    top = min(8, load_hardware(hardware).gpus_per_node)  # the HGX 4-GPU board: 4
+    gpn = max(g for g in range(1, top + 1) if gpus % g == 0)
     return {
         "name": "hyp",
         "model": {

@@ -87,13 +87,16 @@ class GroupLink:
     crosses_nodes: bool
 
 
-def group_link(hw: HardwareProfile, gpus_per_node: int, span: int) -> GroupLink:
-    """A group of ``span`` consecutive GPU ids: inside one node it uses the intra-node link,
-    otherwise each GPU's NIC is the bottleneck (leaf-spine oversubscription divides it).
-    ``efficiency.collective`` scales the link to what NCCL achieves."""
+def group_link(hw: HardwareProfile, gpus_per_node: int, span: int, members: int = 0) -> GroupLink:
+    """A group of ``span`` consecutive GPU ids: inside one node it uses the intra-node link
+    (on a full mesh, the pair links among its ``members`` GPUs of the node:
+    ``HardwareProfile.intra_group_bandwidth``; 0: the whole node's), otherwise each GPU's NIC is
+    the bottleneck (leaf-spine oversubscription divides it). ``efficiency.collective`` scales
+    the link to what NCCL achieves."""
     eff = hw.efficiency.collective
     if span <= gpus_per_node:
-        return GroupLink(hw.intra_node_bandwidth_bytes_per_s * eff, hw.intra_node_latency_s, False)
+        bw = hw.intra_group_bandwidth(members or hw.gpus_per_node)
+        return GroupLink(bw * eff, hw.intra_node_latency_s, False)
     bw = hw.nic_bandwidth_bytes_per_s * eff / hw.oversubscription
     return GroupLink(bw, hw.inter_node_latency_s, True)
 
@@ -103,11 +106,13 @@ def p2p_time_s(size_bytes: float, link: GroupLink) -> float:
     return link.latency_s + size_bytes / link.bandwidth_bytes_per_s
 
 
-def node_links(hw: HardwareProfile) -> tuple[GroupLink, GroupLink]:
+def node_links(hw: HardwareProfile, members: int = 0) -> tuple[GroupLink, GroupLink]:
     """(intra, inter): the per-GPU link inside a node and the per-GPU NIC link across nodes, as
-    ``group_link`` gives them (both scaled by ``efficiency.collective``)."""
+    ``group_link`` gives them (both scaled by ``efficiency.collective``); the intra link of a
+    group with ``members`` GPUs on each node (0: the whole node; 2: one pair, a point-to-point
+    transfer), which on a full mesh reaches those members only."""
     gpn = hw.gpus_per_node
-    return group_link(hw, gpn, 1), group_link(hw, gpn, gpn + 1)
+    return group_link(hw, gpn, 1, members), group_link(hw, gpn, gpn + 1)
 
 
 def _check_op(op: str) -> None:

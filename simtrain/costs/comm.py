@@ -577,8 +577,8 @@ def deepep_alltoall_ns(sc: Scenario, step: ResolvedStep, tokens: int, value_byte
     part through the GPU's own NIC and the NVLink forwarding concurrently (DeepEP overlaps
     them), plus a latency per other node and one NVLink latency."""
     m, p = sc.model, sc.parallelism
-    intra, inter = coll.node_links(sc.hardware)
     g = step.placement.group_gpus_per_node(p.ep, p.etp)  # (the EP group: etp apart)
+    intra, inter = coll.node_links(sc.hardware, g)
     nodes = p.ep // g
     ib, nvl = deepep_a2a_bytes(m, tokens, value_bytes, p.ep, nodes, p.tp, moe_load(m, p.ep))
     t = max(ib / inter.bandwidth_bytes_per_s, nvl / intra.bandwidth_bytes_per_s)
@@ -641,7 +641,7 @@ def p2p_send_ns(sc: Scenario, step: ResolvedStep, rank: int, direction: int, n_b
     TP ranks each send their own shard of it), over the intra-node link or the NIC when the hop
     leaves the node; a runtime that sends metadata or more tensors pays the link's latency per
     message beyond the first."""
-    intra, inter = coll.node_links(sc.hardware)
+    intra, inter = coll.node_links(sc.hardware, 2)  # one pair's transfer
     link = inter if step.placement.hop_crosses_nodes(rank, direction) else intra
     extra = (messages - 1) * link.latency_s  # metadata messages and small tensors
     return round(1e9 * (coll.p2p_time_s(n_bytes / step.groups.tp, link) + extra))
@@ -727,7 +727,7 @@ def naive_dp_ns(sc: Scenario, step: ResolvedStep, grad_bytes: int,
     """The lecture's data parallelism: GPU 0 receives every other GPU's gradients through its
     own link ((n−1)·S), averages them, steps, and sends the parameters back to each ((n−1)·P)."""
     g = step.groups
-    link = coll.group_link(sc.hardware, step.placement.gpus_per_node, g.dp * g.tp)
+    link = coll.group_link(sc.hardware, step.placement.gpus_per_node, g.dp * g.tp, g.dp)
     n = g.dp
     t = (n - 1) * (grad_bytes + param_bytes) / link.bandwidth_bytes_per_s
     t += 2 * (n - 1) * link.latency_s

@@ -184,10 +184,12 @@ def attention_output_bytes(sc: Scenario) -> int:
     return _rank_bytes(sc, sc.model.v_dim)
 
 
-def ring_link(sc: Scenario) -> coll.GroupLink:
+def ring_link(sc: Scenario, members: int = 2) -> coll.GroupLink:
     """The ring's slowest hop: the intra-node link, or the NIC when the CP group (``tp``
-    apart) spans nodes (tp·cp > GPUs per node)."""
-    intra, inter = coll.node_links(sc.hardware)
+    apart) spans nodes (tp·cp > GPUs per node). Inside a node a hop is one pair's transfer
+    (``members`` 2: on a full mesh, one pair link); NCCL's all-gather spreads its rings over
+    the links among all the group's ``members`` (``collectives.node_links``)."""
+    intra, inter = coll.node_links(sc.hardware, members)
     return inter if resolve(sc).placement.cp_crosses_nodes else intra
 
 
@@ -225,10 +227,10 @@ def _torch_allgather_layer(sc: Scenario, attention_forward_ns: float,
     all-gather in forward and in backward, and cp fp32 dK/dV ring messages in backward."""
     cp = sc.parallelism.cp
     k = ring_message_bytes(sc)
-    link = ring_link(sc)
-    t_ag = 1e9 * coll.ring_time_s("all_gather", cp * k, cp, link.bandwidth_bytes_per_s,
-                                  link.latency_s)  # fmt: skip
-    t_d = 1e9 * coll.p2p_time_s(fp32_dkv_bytes(sc), link)
+    group = ring_link(sc, cp)
+    t_ag = 1e9 * coll.ring_time_s("all_gather", cp * k, cp, group.bandwidth_bytes_per_s,
+                                  group.latency_s)  # fmt: skip
+    t_d = 1e9 * coll.p2p_time_s(fp32_dkv_bytes(sc), ring_link(sc))
     a_f = attention_forward_ns / cp
     a_b = attention_backward_ns / cp
     ew_f, ew_b = torch_elementwise_bytes(sc)

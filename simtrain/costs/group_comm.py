@@ -49,7 +49,7 @@ def hardware_collective_s(hw: HardwareProfile, algorithm: str, op: str, size_byt
     algorithms, protocols and NVLS) when ``algorithm`` is ``"nccl"``, else the ring."""
     if n <= 1 or size_bytes <= 0:
         return 0.0
-    intra, inter = coll.node_links(hw)
+    intra, inter = coll.node_links(hw, g)
     if algorithm == "nccl":
         return coll.nccl_time_s(
             op,

@@ -11,9 +11,9 @@ direction, a ``latency_s`` and a ``kind``. Nodes are tuples ``(kind, index)``:
     crossbar; each GPU links to it with the per-GPU NVLink bandwidth (DGX A100: 300 GB/s,
     DGX H100: 450 GB/s per direction). Latency ``intra_node_latency_s / 2`` per hop, so a
     GPU-to-GPU path costs ``intra_node_latency_s``.
-  - ``nvlink`` / ``xgmi`` / ``infinity_fabric`` without a switch: a full mesh. Each GPU's
-    aggregate bandwidth is split over its ``hw.gpus_per_node − 1`` peers (MI300X: 7 xGMI links of
-    64 GB/s = 448 GB/s). The DGX-1 V100 hybrid cube-mesh (4 of 7 peers linked directly) is
+  - ``nvlink`` / ``xgmi`` / ``infinity_fabric`` without a switch: a full mesh. Each pair link
+    carries the profile's ``intra_node.pair_bandwidth_gb_per_s`` (MI300X: one xGMI link of
+    64 GB/s), or without one the GPU's aggregate split over its ``hw.gpus_per_node − 1`` peers. The DGX-1 V100 hybrid cube-mesh (4 of 7 peers linked directly) is
     approximated by the same full mesh with the aggregate spread evenly.
   - ``pcie``: GPUs hang off one host PCIe switch ``("pcie", n)`` per node, each with the
     profile's intra-node bandwidth (no NVLink; NCCL goes through PCIe or host memory).
@@ -118,7 +118,8 @@ def build_topology(hw: HardwareProfile, nodes: int, gpus_per_node: int, *,
                 g.add_edge(("gpu", i), hub, bandwidth_bytes_per_s=intra_bw,
                            latency_s=intra_lat / 2, kind=kind)  # fmt: skip
         else:
-            per_link = intra_bw / max(1, hw.gpus_per_node - 1)
+            per_link = (hw.intra_node_pair_bandwidth_bytes_per_s
+                        or intra_bw / max(1, hw.gpus_per_node - 1))  # fmt: skip
             kind = _mesh_kind(hw.intra_node_kind)
             for a in gpus:
                 for b in gpus:

@@ -132,11 +132,29 @@ class HardwareProfile:
     # several hosts (a GB200 NVL72 rack: 18 compute trays of 4 GPUs); 0: the node is one host.
     # Only for reading measurements that name their hosts (apps.network_fit).
     gpus_per_host: int = 0
+    # Per-direction bandwidth of the direct links between one pair of GPUs of a node without a
+    # switch (``intra_node.pair_bandwidth_gb_per_s``: a full mesh, as an HGX 4-GPU board's
+    # NVLink or MI300X's xGMI); 0: a switch serves any pair at the GPU's whole intra-node
+    # bandwidth (:meth:`intra_group_bandwidth`).
+    intra_node_pair_bandwidth_bytes_per_s: float = 0.0
 
     @property
     def host_gpus(self) -> int:
         """GPUs per host: ``gpus_per_host``, or the whole node where the node is one host."""
         return self.gpus_per_host or self.gpus_per_node
+
+    def intra_group_bandwidth(self, members: int) -> float:
+        """Bytes/s per GPU per direction inside a node for a group of ``members`` GPUs of it.
+        Through a switch (NVSwitch, a PCIe switch) any group gets the GPU's intra-node bandwidth
+        B. On a full mesh a GPU reaches the group's other members over their pair links only:
+        min(B, (members − 1)·b) with b the pair bandwidth, what rings spread over every pair
+        link of the group carry (NCCL opens several channels, each a ring, over the links it
+        finds: NVIDIA/nccl src/graph/search.cc). Two GPUs of an MI300X platform have one xGMI
+        link between them, 64 of the GPU's 448 GB/s."""
+        pair = self.intra_node_pair_bandwidth_bytes_per_s
+        if pair <= 0 or members < 2:
+            return self.intra_node_bandwidth_bytes_per_s
+        return min(self.intra_node_bandwidth_bytes_per_s, (members - 1) * pair)
 
     def flash_class(self, kernel: str) -> FlashClass | None:
         """The class of ``kernel`` (one of :data:`ATTENTION_KERNELS`); None: not measured here."""
@@ -170,6 +188,7 @@ FLASH_DIRECTIONS = ("forward", "backward")
 MAXIMA = {
     "memory_gib": 1e6, "peak_tflops": 1e6, "hbm_bandwidth_gb_per_s": 1e6,
     "bandwidth_gb_per_s": 1e6, "latency_us": 1e6, "pcie_bandwidth_gb_per_s": 1e6,
+    "pair_bandwidth_gb_per_s": 1e6,
     "nic_bandwidth_gbit_per_s": 1e7, "inter_node_latency_us": 1e6, "oversubscription": 1e3,
     "cuda_context_mib": 1e6, "host_memory_gib": 1e7, "cpu_adam_params_per_s": 1e15,
     "gemm_edge_elements": 1e6,
@@ -213,7 +232,9 @@ COLLECTIVES_KEYS = ("gpu_arch", "nvls", "protocols", "algorithms", "tree_pipelin
 NCCL_ALGORITHMS = ("ring", "tree", "nvls", "nvls_tree", "pat", "pairwise")
 GPU_ARCHS = ("volta", "ampere", "hopper", "blackwell")
 NCCL_PROTOCOLS = ("ll", "ll128", "simple")
-INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us")
+INTRA_KEYS = ("kind", "bandwidth_gb_per_s", "latency_us", "pair_bandwidth_gb_per_s")
+#: Intra-node link kinds without a switch: a full mesh of direct links between the GPUs.
+MESH_KINDS = ("nvlink", "xgmi", "infinity_fabric")
 EFFICIENCY_KEYS = ("matmul", "memory_bound", "collective", "optimizer", "grouped_matmul",
                    "gemm_edge_elements")  # fmt: skip
 #: The keys of one ``attention_kernels.<kernel>`` class: both rates, each with optional edges.
@@ -371,6 +392,26 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
     return out
 
 
+def _pair_bandwidth_gb(intra: dict[str, Any], file: str) -> float:
+    """``intra_node.pair_bandwidth_gb_per_s`` (0 when absent): only on a mesh kind, positive and
+    at most the GPU's ``intra_node.bandwidth_gb_per_s`` (a pair link is one of its links)."""
+    key = "pair_bandwidth_gb_per_s"
+    if key not in intra:
+        return 0.0
+    if intra["kind"] not in MESH_KINDS:
+        raise ConfigError(file, f"intra_node.{key}", f"applies only to a mesh without a switch "
+                          f"(intra_node.kind one of {', '.join(MESH_KINDS)}), not "
+                          f"intra_node.kind {intra['kind']}: a switch serves every pair at "
+                          "intra_node.bandwidth_gb_per_s")  # fmt: skip
+    pair = _num(intra, key, file, "intra_node.", 1e-9)
+    whole = _num(intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9)
+    if pair > whole:
+        raise ConfigError(file, f"intra_node.{key}", f"must be at most intra_node."
+                          f"bandwidth_gb_per_s = {whole:g} (one pair's links are some of the "
+                          "GPU's)", pair)  # fmt: skip
+    return pair
+
+
 def parse_hardware(data: Any, file: str) -> HardwareProfile:
     """Validate a hardware mapping (already parsed from YAML) into a profile."""
     if not isinstance(data, dict):
@@ -390,6 +431,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         if k not in INTRA_KEYS:
             raise unknown_key(file, k, "intra_node.", INTRA_KEYS)
     efficiency = _efficiency(data.get("efficiency", {}), file)
+    pair_gb = _pair_bandwidth_gb(intra, file)
     gpn = data.get("gpus_per_node")
     if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
@@ -405,6 +447,10 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
     for k in ("name", "display_name"):
         if k in data and (not isinstance(data[k], str) or not data[k].strip()):
             raise ConfigError(file, k, "must be a non-empty string", data[k])
+    nccl = _collectives(data.get("collectives"), file)
+    if nccl.get("nvls") and intra["kind"] != "nvswitch":
+        raise ConfigError(file, "collectives.nvls", "NVLink SHARP runs in an NVSwitch: true "
+                          f"needs intra_node.kind nvswitch, not {intra['kind']}", True)  # fmt: skip
     return HardwareProfile(
         name=str(data.get("name", Path(file).stem)),
         display_name=str(data.get("display_name", data.get("name", Path(file).stem))),
@@ -418,6 +464,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         )
         * GB,
         intra_node_latency_s=_num(intra, "latency_us", file, "intra_node.", default=2.0) * 1e-6,
+        intra_node_pair_bandwidth_bytes_per_s=pair_gb * GB,
         pcie_bandwidth_bytes_per_s=_num(data, "pcie_bandwidth_gb_per_s", file, minimum=1e-9) * GB,
         nic_bandwidth_bytes_per_s=_num(data, "nic_bandwidth_gbit_per_s", file, minimum=1e-9)
         * 1e9
@@ -432,7 +479,7 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         sm_count=sms,
         gpus_per_host=gph if gph != gpn else 0,
         attention_kernels=_attention_kernels(data.get("attention_kernels"), file),
-        **_collectives(data.get("collectives"), file),
+        **nccl,
     )
 
 

@@ -189,6 +189,25 @@ def gpu_profile(gpu: str) -> tuple[str, bool, str] | None:
                     (r"\bT4\b", "t4_16gb", False)))  # fmt: skip
 
 
+# Boards of fewer GPUs than the GPU profile's node, without its NVSwitch, which have a profile of
+# their own: (GPU profile, GPUs a node, board profile, why).
+BOARD_PROFILES = (
+    ("h200_141gb", 4, "h200_141gb_hgx4",
+     "4 GPUs a node: h200_141gb_hgx4, the HGX H200 4-GPU board (NVSwitch is on the 8-GPU "
+     "boards only): its GPUs linked directly, 150 GB/s a pair, no NVLink SHARP"),
+)  # fmt: skip
+
+
+def board_profile(profile: str, gpus_per_node: int | None, notes: list[str]) -> str:
+    """The profile of the record's board (:data:`BOARD_PROFILES`) where its
+    ``hardware.gpus_per_node`` names one, else ``profile``."""
+    for gpu, per_node, board, why in BOARD_PROFILES:
+        if profile == gpu and gpus_per_node == per_node:
+            notes.append(why)
+            return board
+    return profile
+
+
 # Clusters whose inter-node network differs from the GPU profile's default (DGX-style InfiniBand)
 # and has its own profile, fitted to that cluster's published collective benchmarks: (GPU profile,
 # word in hardware.inter_node, network profile, why).
@@ -759,6 +778,8 @@ def _hardware(hw: Mapping[str, Any], notes: list[str]) -> tuple[str, bool]:
     profile, capacity_known, hw_note = prof
     if hw_note:
         notes.append(hw_note)
+    else:  # an SXM part: its node's board
+        profile = board_profile(profile, record_int(hw.get("gpus_per_node")), notes)
     profile, net_note = network_profile(profile, hw.get("inter_node"))
     if net_note:
         notes.append(net_note)
