@@ -35,6 +35,9 @@ def test_json_rows_in_the_units_their_names_say() -> None:
     h100 = rows["h100_sxm5_80gb"]  # the H100 datasheet: 989.4 dense bf16, 3.35 TB/s, NDR 400 Gb/s
     assert (h100["bf16_tflops"], h100["memory_bandwidth_gb_per_s"]) == (989.4, 3350)
     assert h100["nic_gbit_per_s"] == 400 and h100["intra_node_gb_per_s"] == 450
+    assert h100["intra_node_pair_gb_per_s"] == 0  # NVSwitch: every pair at 450
+    assert rows["mi300x_192gb"]["intra_node_pair_gb_per_s"] == 64  # one xGMI link a pair
+    assert "nvlink 450/150" in _run().stdout  # the HGX H200 4-GPU board's row
     assert rows["a100_sxm4_40gb"]["memory_gib"] == round(40536 / 1024, 2)  # 40536 MiB visible
     assert rows["t4_16gb"]["bf16_tflops"] == 0  # no bf16 on Turing
 

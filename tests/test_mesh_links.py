@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from simtrain.costs import collectives as coll
 from simtrain.costs.group_comm import hardware_collective_s
 from simtrain.errors import ConfigError
 from simtrain.layout.topology import build_topology
 from simtrain.spec.hardware import load_hardware, parse_hardware
+from simtrain.spec.yamlfile import load_yaml
 
 GB = 1e9
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,9 @@ def test_a_group_reaches_its_own_members_only(name: str, pair: float, whole: flo
     assert hw.intra_group_bandwidth(hw.gpus_per_node) == pytest.approx(whole * GB)
 
 
-def test_a_switch_serves_every_group_at_the_whole_bandwidth() -> None:
+def test_a_profile_without_pair_links_serves_every_group_at_the_whole_bandwidth() -> None:
+    """The NVSwitch nodes, and the DGX-1's V100 hybrid cube-mesh, which is no full mesh (4 of
+    7 peers linked, some pairs by two links): left at the whole rate, as before."""
     for name in ("h200_141gb", "h100_sxm5_80gb", "a100_sxm4_80gb", "v100_sxm2_32gb"):
         hw = load_hardware(name)
         assert hw.intra_node_pair_bandwidth_bytes_per_s == 0
@@ -90,24 +92,39 @@ def test_tp2_on_the_mesh_is_slower_than_through_a_switch() -> None:
     sets = ["model.preset=llama3-8b", "hardware=h200_141gb_hgx4", "cluster.gpus_per_node=4", "parallelism.dp=2",
             "parallelism.tp=2", "training.global_batch=8", "training.micro_batch=4"]  # fmt: skip
     sc = load_scenario(ROOT / "scenarios" / "ddp_8gpu.yaml", sets)
-    mesh = simulate_scenario(sc, detail=False).metrics.step_time_s
     switch_hw = replace(sc.hardware, intra_node_pair_bandwidth_bytes_per_s=0.0)
-    switch = simulate_scenario(replace(sc, hardware=switch_hw), detail=False).metrics.step_time_s
-    assert mesh > switch
+
+    def step_s(s: Any) -> float:
+        return simulate_scenario(s, detail=False).metrics.step_time_s
+
+    assert step_s(sc) > step_s(replace(sc, hardware=switch_hw))
+    # data parallelism over all 4 GPUs (tp 1): every link of each GPU, as through a switch
+    dp4 = load_scenario(ROOT / "scenarios" / "ddp_8gpu.yaml",
+                        [*sets[:-3], "parallelism.dp=4", "training.global_batch=16",
+                         "training.micro_batch=4"])  # fmt: skip
+    assert step_s(dp4) == step_s(replace(dp4, hardware=switch_hw))
 
 
 def test_topology_mesh_edges_carry_the_pair_bandwidth() -> None:
-    g = build_topology(load_hardware("h200_141gb_hgx4"), 1, 4)
+    """A mesh with more pair links than the whole's even split (4 GPUs, 300 GB/s a GPU, 150 a
+    pair): each edge carries the pair's rate, not 300 / 3."""
+    hw = parse_hardware(_profile(bandwidth_gb_per_s=300, pair_bandwidth_gb_per_s=150), "b.yaml")
+    g = build_topology(hw, 1, 4)
     mesh = [d for a, b, d in g.edges(data=True) if a[0] == b[0] == "gpu"]
     assert len(mesh) == 6  # K4
     assert {d["bandwidth_bytes_per_s"] for d in mesh} == {150 * GB}
 
 
 def _profile(**intra: Any) -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "hardware" / "h200_141gb_hgx4.yaml").read_text())
-    data = copy.deepcopy(data)
+    """The board's profile as the loader reads it (YAML 1.2 numbers: ``1.5e9`` a float),
+    with ``intra`` changed in its intra_node section."""
+    data = copy.deepcopy(load_yaml(ROOT / "hardware" / "h200_141gb_hgx4.yaml"))
     data["intra_node"].update(intra)
     return data
+
+
+def test_the_board_profile_loads_as_written() -> None:
+    assert parse_hardware(_profile(), "board.yaml").intra_node_pair_bandwidth_bytes_per_s == 150e9
 
 
 @pytest.mark.parametrize(("change", "words"), [
@@ -116,6 +133,8 @@ def _profile(**intra: Any) -> dict[str, Any]:
     ({"pair_bandwidth_gb_per_s": 451}, ["must be at most intra_node.bandwidth_gb_per_s = 450"]),
     ({"pair_bandwidth_gb_per_s": 0}, ["intra_node.pair_bandwidth_gb_per_s"]),
     ({"pair_bandwidth_gb_per_s": "fast"}, ["intra_node.pair_bandwidth_gb_per_s"]),
+    # 3 peers x 100 GB/s cannot carry the GPU's 450: the whole node's group would not reach it
+    ({"pair_bandwidth_gb_per_s": 100}, ["x (gpus_per_node - 1) = 300 must reach", "= 450"]),
 ])  # fmt: skip
 def test_bad_pair_bandwidth_names_the_key(change: dict[str, Any], words: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
@@ -130,3 +149,76 @@ def test_nvls_needs_an_nvswitch() -> None:
     data["collectives"]["nvls"] = True
     with pytest.raises(ConfigError, match=r"collectives\.nvls.*intra_node\.kind nvswitch"):
         parse_hardware(data, "board.yaml")
+
+
+def test_point_to_point_and_ring_hops_take_one_pair() -> None:
+    """A pipeline send inside the board (pp 2, tp 1): alpha + S / (150 GB/s x efficiency); a
+    CP ring's hop on MI300X: one 64 GB/s link, PyTorch's K/V all-gather over the CP group of 4:
+    3 x 64 = 192 GB/s; the lecture's naive DP over 4 MI300X GPUs: GPU 0 reads the other 3
+    over their 3 links, (n - 1)(G + P) / 192 GB/s + 2(n - 1) alpha."""
+    from simtrain.costs.comm import naive_dp_ns, p2p_send_ns
+    from simtrain.costs.cp import ring_link
+    from simtrain.layout.step import resolve
+    from simtrain.spec.scenario import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios" / "gpipe_8gpu.yaml",
+                       ["hardware=h200_141gb_hgx4", "cluster.gpus_per_node=4",
+                        "parallelism.pp=2", "parallelism.dp=2"])  # fmt: skip
+    n = 64 * 2**20
+    eff = sc.hardware.efficiency.collective
+    assert sc.parallelism.tp == 1
+    want = round(1e9 * (3e-6 + n / (150 * GB * eff)))
+    assert p2p_send_ns(sc, resolve(sc), 0, 1, n, 1) == want
+
+    cp = load_scenario(ROOT / "scenarios" / "llama3_8b_cp.yaml",
+                       ["hardware=mi300x_192gb", "parallelism.cp=4", "parallelism.tp=1",
+                        "parallelism.dp=2", "cluster.gpus_per_node=8", "cluster.nodes=1"])  # fmt: skip
+    eff = cp.hardware.efficiency.collective
+    assert ring_link(cp).bandwidth_bytes_per_s == pytest.approx(64 * GB * eff)
+    assert ring_link(cp, 4).bandwidth_bytes_per_s == pytest.approx(192 * GB * eff)
+
+    dp = load_scenario(ROOT / "scenarios" / "dp_naive_4gpu.yaml", ["hardware=mi300x_192gb"])
+    eff = dp.hardware.efficiency.collective
+    grads, params = 10**9, 5 * 10**8
+    want = round(1e9 * (3 * (grads + params) / (192 * GB * eff) + 2 * 3 * 3e-6))
+    assert naive_dp_ns(dp, resolve(dp), grads, params)[0] == want
+
+
+def test_fit_network_scales_the_pair_links_with_the_node() -> None:
+    """fit-network on a mesh: one 2-GPU all-reduce at 45 GB/s bus bandwidth on MI300X (the
+    profile's pair rate x efficiency: 51.2) scales the pair links with the whole (k near
+    51.2 / 45, not the collapse of the whole node's rate to the pair's), the fitted profile
+    reproduces the test, and the profile written loads."""
+    from simtrain.apps.network_fit import LinkFit, profile_text
+    from simtrain.costs import link_fit as lf
+
+    hw = load_hardware("mi300x_192gb")
+    test = lf.Measured("all_reduce", 2, 2**30, 45e9)
+    fitted, ks = lf.fit_links(hw, "nccl", [test])
+    assert 1.0 < ks["node"] < 1.25
+    assert fitted.intra_node_pair_bandwidth_bytes_per_s == pytest.approx(64 * GB / ks["node"])
+    assert lf.measured_over_simulated(fitted, "nccl", [test]) == pytest.approx(1.0, rel=1e-3)
+    text = profile_text(ROOT / "hardware" / "mi300x_192gb.yaml", fitted,
+                        [LinkFit("node", ks["node"], ())], "mi300x_fitted")  # fmt: skip
+    again = parse_hardware(load_yaml_text(text), "fitted.yaml")
+    assert again.intra_node_pair_bandwidth_bytes_per_s == pytest.approx(
+        fitted.intra_node_pair_bandwidth_bytes_per_s, rel=1e-5)  # fmt: skip
+
+
+def load_yaml_text(text: str) -> Any:
+    from simtrain.spec.yamlfile import parse_yaml
+
+    return parse_yaml(text, "fitted.yaml")
+
+
+def test_only_an_h200_sxm_on_4_gpu_nodes_takes_the_board(default_records) -> None:
+    """validate's board rule: an H200 SXM record on 8-GPU nodes stays on the NVSwitch
+    profile; an H200 NVL on 4-GPU nodes (a PCIe card) keeps the SXM profile with its note."""
+    from simtrain.apps.validate.translate import translate
+
+    rec = default_records["kempner_mfu_70b_32gpu_tp4_fsdp8"]
+    for gpu, per_node, want in (("H200 141GB", 4, "h200_141gb_hgx4"),
+                                ("H200 141GB", 8, "h200_141gb"),
+                                ("H200 NVL 141GB", 4, "h200_141gb")):  # fmt: skip
+        hw = {**rec.hardware, "gpu": gpu, "gpus_per_node": per_node}
+        assert translate(replace(rec, hardware=hw)).scenario.hardware.name == want

@@ -51,6 +51,7 @@ class HardwareRow:
     memory_bandwidth_gb_per_s: float
     intra_node: str
     intra_node_gb_per_s: float  # per GPU and direction
+    intra_node_pair_gb_per_s: float  # between two GPUs of a switchless mesh; 0: a switch
     gpus_per_node: int
     nic_gbit_per_s: float  # per GPU and direction
     matmul_efficiency: float
@@ -79,6 +80,7 @@ def hardware_row(hw: HardwareProfile, fitted: tuple[FittedConstant, ...]) -> Har
         memory_bandwidth_gb_per_s=hw.hbm_bandwidth_bytes_per_s / 1e9,
         intra_node=hw.intra_node_kind,
         intra_node_gb_per_s=hw.intra_node_bandwidth_bytes_per_s / 1e9,
+        intra_node_pair_gb_per_s=hw.intra_node_pair_bandwidth_bytes_per_s / 1e9,
         gpus_per_node=hw.gpus_per_node, nic_gbit_per_s=hw.nic_bandwidth_bytes_per_s * 8 / 1e9,
         matmul_efficiency=hw.efficiency.matmul, matmul_source=matmul_source(hw, fitted),
     )  # fmt: skip
@@ -105,6 +107,8 @@ def hardware_table(rows: list[HardwareRow]) -> str:
     lines = [head, units, "-" * len(units)]
     for r in rows:
         link = f"{r.intra_node} {r.intra_node_gb_per_s:,.4g}"
+        if r.intra_node_pair_gb_per_s:
+            link += f"/{r.intra_node_pair_gb_per_s:,.4g}"
         lines.append(
             f"{r.name:<22}{r.memory_gib:>8.2f}{_num(r.fp16_tflops):>8}{_num(r.bf16_tflops):>8}"
             f"{_num(r.fp8_tflops):>8}{r.memory_bandwidth_gb_per_s:>8,.0f}  {link:<17}"
@@ -115,6 +119,8 @@ def hardware_table(rows: list[HardwareRow]) -> str:
         "",
         "dense peaks (no 2:4 sparsity); '-': no rate for that dtype (a step in it runs at the "
         "fp32 rate); memory: what CUDA can allocate (GiB = 2^30 bytes)",
+        "intra-node B/b: a mesh without a switch, B a GPU's links, b one pair's (a group of g "
+        "GPUs of a node reaches min(B, (g-1)·b))",
         "`simtrain hardware NAME` prints a profile with the source of every number; "
         "`--set hardware=NAME` simulates a scenario on it",
     ]

@@ -213,6 +213,10 @@ def profile_text(base_path: Path, fitted: HardwareProfile, fits: list[LinkFit],
                   rf"\1 {fitted.nic_bandwidth_bytes_per_s * 8 / 1e9:.6g}  # {tag}: the base / {k['network']:.4g}"),
                  (r"^(inter_node_latency_us:)\s*\S+.*$",
                   rf"\1 {fitted.inter_node_latency_s * 1e6:.6g}  # {tag}: the base x {k['network']:.4g}")]  # fmt: skip
+    if "node" in k and fitted.intra_node_pair_bandwidth_bytes_per_s:  # a mesh: its pair links
+        text = re.sub(r"^(  pair_bandwidth_gb_per_s:)\s*\S+.*$",
+                      rf"\1 {fitted.intra_node_pair_bandwidth_bytes_per_s / 1e9:.6g}  # {tag}: "
+                      rf"the base / {k['node']:.4g}", text, count=1, flags=re.MULTILINE)  # fmt: skip
     for pattern, repl in subs:
         text, n = re.subn(pattern, repl, text, count=1, flags=re.MULTILINE)
         if n != 1:

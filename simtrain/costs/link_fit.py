@@ -59,8 +59,11 @@ def with_network_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
 
 
 def with_node_slowdown(hw: HardwareProfile, k: float) -> HardwareProfile:
-    """``hw`` with its intra-node link k times slower: NVLink rate / k, latency · k."""
+    """``hw`` with its intra-node link k times slower: NVLink rate / k (on a mesh each pair's
+    too: a test over fewer GPUs than the node runs on pair links), latency · k."""
     return replace(hw, intra_node_bandwidth_bytes_per_s=hw.intra_node_bandwidth_bytes_per_s / k,
+                   intra_node_pair_bandwidth_bytes_per_s=(
+                       hw.intra_node_pair_bandwidth_bytes_per_s / k),
                    intra_node_latency_s=hw.intra_node_latency_s * k)  # fmt: skip
 
 

@@ -464,7 +464,13 @@ def topology_summary(hw: HardwareProfile, nodes: int, gpus_per_node: int,
         + (f", the last with {last_node_gpus}" if last_node_gpus else "")
         + f" = {n} GPUs",
         f"  intra-node: {hw.intra_node_kind}, {hw.intra_node_bandwidth_bytes_per_s / GB:g} GB/s "
-        f"per GPU per direction, {hw.intra_node_latency_s * 1e6:g} us",
+        f"per GPU per direction"
+        + (
+            f" ({hw.intra_node_pair_bandwidth_bytes_per_s / GB:g} GB/s between two GPUs: no switch)"
+            if hw.intra_node_pair_bandwidth_bytes_per_s
+            else ""
+        )
+        + f", {hw.intra_node_latency_s * 1e6:g} us",
         f"  network: {G.graph['leaves']} leaf + {G.graph['spines']} spine switch(es), "
         f"{G.graph['nodes_per_leaf']} node(s) per leaf, oversubscription "
         f"{hw.oversubscription:g}:1, {hw.inter_node_latency_s * 1e6:g} us",

@@ -437,6 +437,12 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
     if gpn > MAX_GPUS_PER_NODE:
         raise ConfigError(file, "gpus_per_node", f"must be <= {MAX_GPUS_PER_NODE:,}", gpn)
+    whole_gb = _num(intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9) if pair_gb else 0.0
+    if pair_gb and (gpn - 1) * pair_gb < whole_gb * (1 - 1e-5):  # 6 digits, as fit-network writes
+        raise ConfigError(file, "intra_node.pair_bandwidth_gb_per_s", f"x (gpus_per_node - 1) = "
+                          f"{(gpn - 1) * pair_gb:g} must reach intra_node.bandwidth_gb_per_s = "
+                          f"{whole_gb:g}: a group of the whole node uses every link of its GPUs "
+                          "(a mesh of gpus_per_node GPUs)", pair_gb)  # fmt: skip
     gph = data.get("gpus_per_host", 0)
     if not isinstance(gph, int) or isinstance(gph, bool) or gph < 0 or (gph and gpn % gph):
         raise ConfigError(file, "gpus_per_host", f"must be an integer dividing gpus_per_node = "
