@@ -52,35 +52,49 @@ class Predictor:
             self.times[key] = predicted_step_time(key)
         return self.times[key]
 
-    def precompute_times(self, translations: list[Translation], workers: int | None,
-                         progress: Progress | None = None) -> None:  # fmt: skip
-        """Simulate the distinct scenarios whose records measured a timing metric, in parallel
-        worker processes (results are identical to serial runs: the engine is deterministic).
-        ``progress("simulating", done, total)`` in units of :func:`_simulation_cost`."""
-        keys: list[Scenario] = []
+    def precompute(self, translations: list[Translation], workers: int | None,
+                   progress: Progress | None = None) -> None:  # fmt: skip
+        """Simulate the distinct scenarios whose records measured a timing metric, and estimate
+        the memory of every distinct scenario, in parallel worker processes (results are
+        identical to serial runs: the engine and the allocator replay are deterministic; a
+        memory report's replay is most of a validate run's time). ``progress("simulating",
+        done, total)`` in units of :func:`_simulation_cost`."""
+        jobs: dict[tuple[str, Scenario], int] = {}
         for tr in translations:
-            if any(k in tr.record.measured for k in TIMING_KEYS):
-                key = scenario_key(tr.scenario)
-                if key not in self.times and key not in keys:
-                    keys.append(key)
+            key = scenario_key(tr.scenario)
+            if key not in self.memory:
+                jobs[("memory", key)] = 0
+            if key not in self.times and any(k in tr.record.measured for k in TIMING_KEYS):
+                jobs[("time", key)] = 0
         n = local_workers(workers) if workers is not None else _default_workers()
-        if n <= 1 or len(keys) < 8:
+        if n <= 1 or len(jobs) < 8:
             return  # computed lazily, serially
-        keys.sort(key=_simulation_cost, reverse=True)  # longest first: better load balance
+        for job in jobs:
+            jobs[job] = _simulation_cost(job[1])
+        order = sorted(jobs, key=jobs.__getitem__, reverse=True)  # longest first: load balance
         if progress is not None:
             progress("simulating", 0.0, 1.0)
         try:
             ctx = multiprocessing.get_context("fork")
         except ValueError:  # pragma: no cover - platforms without fork
             return
-        costs = [_simulation_cost(k) for k in keys]
-        total, done = float(sum(costs)), 0.0
+        total, done = float(sum(jobs.values())), 0.0
         with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as ex:
-            for key, cost, t in zip(keys, costs, ex.map(predicted_step_time, keys), strict=True):
-                self.times[key] = t
-                done += cost
+            for job, result in zip(order, ex.map(_predict, order), strict=True):
+                kind, key = job
+                if kind == "time":
+                    self.times[key] = result
+                else:
+                    self.memory[key] = result
+                done += jobs[job]
                 if progress is not None:
                     progress("simulating", done, total)
+
+
+def _predict(job: tuple[str, Scenario]) -> float | MemoryReport:
+    """One worker's job of :meth:`Predictor.precompute`: a step time or a memory report."""
+    kind, key = job
+    return predicted_step_time(key) if kind == "time" else estimate_memory(key)
 
 
 # measured keys that need a simulated step time

@@ -317,8 +317,8 @@ def validate(
     for i, rec in enumerate(records):
         translated.append(translate(rec))
         report("translating", i + 1, len(records))
-    pr.precompute_times([tr for tr in translated if isinstance(tr, Translation)], workers,
-                        progress)  # fmt: skip
+    pr.precompute([tr for tr in translated if isinstance(tr, Translation)], workers,
+                  progress)  # fmt: skip
     comparisons: list[Comparison] = []
     skipped: list[SkipReason] = []
     assumptions: dict[str, tuple[str, ...]] = {}
