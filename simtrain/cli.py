@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -46,6 +47,21 @@ GPUS_HELP = "The job's GPU count, where the file gives none (or another)."
 MAX_SCHEDULE_PP = 32
 MAX_SCHEDULE_MICROBATCHES = 128
 MAX_SCHEDULE_VIRTUAL_STAGES = 8
+
+
+class WholeNumber(click.IntRange):
+    """click's IntRange on the digits 0-9 alone: Python's int() also reads "1_0" as 10 and
+    another script's digits ("٤" as 4), which a command line means as neither."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not _ASCII_INT.fullmatch(value.strip()):
+            self.fail(f"{value!r} is not a whole number written in the digits 0-9", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _quiet_stdout() -> None:
@@ -180,7 +196,7 @@ def _strict_exit(strict: bool, fits: bool) -> None:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
+@click.option("--threads", type=WholeNumber(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while measuring (use the value the profile was calibrated "
               "with) [torch's default]")  # fmt: skip
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
@@ -237,16 +253,16 @@ def measure(scenario: str, as_json: bool, device: str, threads: int | None,
 
 @main.command()
 @click.argument("name")
-@click.option("--pp", type=click.IntRange(1, MAX_SCHEDULE_PP), default=4, show_default=True,
+@click.option("--pp", type=WholeNumber(1, MAX_SCHEDULE_PP), default=4, show_default=True,
               help=f"Pipeline stages (at most {MAX_SCHEDULE_PP}).")  # fmt: skip
-@click.option("--microbatches", "-m", type=click.IntRange(1, MAX_SCHEDULE_MICROBATCHES),
+@click.option("--microbatches", "-m", type=WholeNumber(1, MAX_SCHEDULE_MICROBATCHES),
               default=8, show_default=True,
               help=f"Micro-batches (at most {MAX_SCHEDULE_MICROBATCHES}).")  # fmt: skip
-@click.option("--virtual-stages", "-v", type=click.IntRange(1, MAX_SCHEDULE_VIRTUAL_STAGES),
+@click.option("--virtual-stages", "-v", type=WholeNumber(1, MAX_SCHEDULE_VIRTUAL_STAGES),
               default=1, show_default=True,
               help="Model chunks per GPU, interleaved (at most "
               f"{MAX_SCHEDULE_VIRTUAL_STAGES}).")  # fmt: skip
-@click.option("--microbatch-group", "-n", type=click.IntRange(0, MAX_SCHEDULE_MICROBATCHES),
+@click.option("--microbatch-group", "-n", type=WholeNumber(0, MAX_SCHEDULE_MICROBATCHES),
               default=0, show_default=True,
               help="Interleaved schedules: micro-batches per model chunk in a row, N "
               "(Megatron's --microbatch-group-size-per-virtual-pipeline-stage; 0: pp).")  # fmt: skip
@@ -325,7 +341,7 @@ def _out_dir(out: str | None, name: str) -> Path:
               help="SCENARIO is a configuration of this framework, imported as `simtrain import` "
               "does (settings not simulated are listed on stderr).")  # fmt: skip
 @click.option("--model", "from_model", default=None, help=MODEL_HELP)
-@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
+@click.option("--gpus", type=WholeNumber(1, MAX_GPUS), default=None, help=GPUS_HELP)
 @_errors
 def run(scenario: str, out: str | None, as_json: bool, no_plots: bool, overrides: tuple[str, ...],
         strict: bool, from_kind: str | None, from_model: str | None,
@@ -457,14 +473,14 @@ def compare(scenario: str, variants: str, ladder: bool, out: str | None, as_json
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document.")
 @_out_folder(help="Output folder [plots/<plan name>/].")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=WholeNumber(min=1), default=None,
               help="Processes for the full simulations (more than the CPUs run as the CPUs) "
               "[the CPU count].")  # fmt: skip
 @click.option(
     "--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True
 )
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786.")
-@click.option("--top", type=int, default=None, help="Layouts simulated in full [32].")
+@click.option("--top", type=WholeNumber(), default=None, help="Layouts simulated in full [32].")
 @_errors
 def plan(plan_file: str, as_json: bool, out: str | None, workers: int | None, executor: str,
          scheduler: str | None, top: int | None) -> None:  # fmt: skip
@@ -492,7 +508,7 @@ def validate(path: str | None, as_json: bool, only: str | None, by: str, out: st
 @main.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @_out_file(required=True, help="hardware/NAME.yaml")
-@click.option("--threads", type=click.IntRange(min=1, max=MAX_TORCH_THREADS), default=None,
+@click.option("--threads", type=WholeNumber(min=1, max=MAX_TORCH_THREADS), default=None,
               help="torch CPU threads while calibrating [torch's default]")  # fmt: skip
 @_errors
 def calibrate(device: str, out: str, threads: int | None) -> None:
@@ -520,7 +536,7 @@ def fit_network(base: str, logs: tuple[str, ...], out: str, name: str | None) ->
 @click.argument("kind", type=click.Choice(IMPORT_KINDS))
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--model", default=None, help=MODEL_HELP)
-@click.option("--gpus", type=click.IntRange(1, MAX_GPUS), default=None, help=GPUS_HELP)
+@click.option("--gpus", type=WholeNumber(1, MAX_GPUS), default=None, help=GPUS_HELP)
 @_out_file(help="Write the YAML here [stdout].")
 @click.option("--set", "overrides", multiple=True, help=SET_HELP, callback=_set_once)
 @click.option("--strict", is_flag=True, help="Exit 2 when the file has a setting simtrain "

@@ -192,3 +192,22 @@ def test_the_multi_chunk_schedules_are_those_whose_generators_take_two_chunks() 
             continue
         builds.append(name)
     assert multi_chunk_schedules() == builds and len(builds) == 5
+
+
+@pytest.mark.parametrize("value", ["٤", "1_0", "²", "４", "4.0", ""])
+def test_a_count_on_the_command_line_is_ascii_digits(value: str) -> None:
+    """Python's int() reads "1_0" as 10 and other scripts' digits ("٤", "４") as 4: a command
+    line's count is refused unless written in 0-9 (cli.WholeNumber), naming the option."""
+    r = CliRunner().invoke(main, ["schedule", "1f1b", "--pp", value, "-m", "8"])
+    assert r.exit_code == 2
+    assert "'--pp'" in r.output and "digits 0-9" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_ascii_counts_still_read_as_before() -> None:
+    for value in ("4", " 4", "+4"):
+        r = CliRunner().invoke(main, ["schedule", "1f1b", "--pp", value, "-m", "8"])
+        assert r.exit_code == 0, r.output
+        assert "bubble ratio 0.273" in r.output  # (p - 1)/(m + p - 1) = 3/11
+    r = CliRunner().invoke(main, ["schedule", "1f1b", "--pp", "0", "-m", "8"])
+    assert r.exit_code == 2 and "1<=x<=32" in r.output  # the range, as click says it
