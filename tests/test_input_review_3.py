@@ -211,3 +211,17 @@ def test_ascii_counts_still_read_as_before() -> None:
         assert "bubble ratio 0.273" in r.output  # (p - 1)/(m + p - 1) = 3/11
     r = CliRunner().invoke(main, ["schedule", "1f1b", "--pp", "0", "-m", "8"])
     assert r.exit_code == 2 and "1<=x<=32" in r.output  # the range, as click says it
+
+
+def test_a_measured_zero_is_named_not_dropped_unsaid(default_records) -> None:
+    """A source's rate rounded to 0 (the Playbook sweep's MFU of one slow run, 0.000) is not
+    compared, and the record's notes say so; its other values are compared."""
+    from simtrain.apps.validate.measured import compare_record
+    from simtrain.apps.validate.translate import translate
+
+    tr = translate(default_records["usp_3B_n16_dp1_tp32_pp4_mbs1_ga256_z0"])
+    assert tr.record.measured["mfu"] == 0
+    assert "measured.mfu is 0 (a rate its source rounded to nothing?): not compared" in (
+        tr.assumptions)  # fmt: skip
+    metrics = {c.metric for c in compare_record(tr)}
+    assert "mfu" not in metrics and "tokens_per_s" in metrics
