@@ -48,6 +48,9 @@ MAX_SCHEDULE_PP = 32
 MAX_SCHEDULE_MICROBATCHES = 128
 MAX_SCHEDULE_VIRTUAL_STAGES = 8
 
+#: A count as a command line writes it: the ASCII digits, with an optional sign.
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
 
 class WholeNumber(click.IntRange):
     """click's IntRange on the digits 0-9 alone: Python's int() also reads "1_0" as 10 and
@@ -59,9 +62,6 @@ class WholeNumber(click.IntRange):
         if isinstance(value, str) and not _ASCII_INT.fullmatch(value.strip()):
             self.fail(f"{value!r} is not a whole number written in the digits 0-9", param, ctx)
         return super().convert(value, param, ctx)
-
-
-_ASCII_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _quiet_stdout() -> None:
