@@ -48,20 +48,28 @@ MAX_SCHEDULE_PP = 32
 MAX_SCHEDULE_MICROBATCHES = 128
 MAX_SCHEDULE_VIRTUAL_STAGES = 8
 
-#: A count as a command line writes it: the ASCII digits, with an optional sign.
-_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+#: A count as a command line writes it: the ASCII digits, with an optional sign (and ASCII
+#: blanks around them; str.strip() also takes an ideographic space).
+_ASCII_INT = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
 
 
 class WholeNumber(click.IntRange):
     """click's IntRange on the digits 0-9 alone: Python's int() also reads "1_0" as 10 and
-    another script's digits ("٤" as 4), which a command line means as neither."""
-
-    name = "integer"
+    another script's digits ("٤" as 4), which a command line means as neither. Without bounds
+    its help names no range (IntRange's would print "x<=None")."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not _ASCII_INT.fullmatch(value.strip()):
+        if isinstance(value, str) and not _ASCII_INT.fullmatch(value):
             self.fail(f"{value!r} is not a whole number written in the digits 0-9", param, ctx)
         return super().convert(value, param, ctx)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.min is None and self.max is None:
+            self.name = "integer"  # its metavar: INTEGER, as click.INT's
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
 
 
 def _quiet_stdout() -> None:

@@ -213,15 +213,33 @@ def test_ascii_counts_still_read_as_before() -> None:
     assert r.exit_code == 2 and "1<=x<=32" in r.output  # the range, as click says it
 
 
-def test_a_measured_zero_is_named_not_dropped_unsaid(default_records) -> None:
-    """A source's rate rounded to 0 (the Playbook sweep's MFU of one slow run, 0.000) is not
-    compared, and the record's notes say so; its other values are compared."""
-    from simtrain.apps.validate.measured import compare_record
+def test_a_measured_zero_is_named_not_dropped_unsaid(default_records, default_result) -> None:
+    """A value of 0 the comparison reads and finds nothing else for (the Playbook sweep's MFU
+    of one slow run, 0.000) is named in the record's notes and not compared; a 0 read past
+    (a samples_per_s of 0 beside a tokens_per_s) is no note; the other values are compared."""
+    from dataclasses import replace
+
+    from simtrain.apps.validate.measured import compare_record, zero_notes
     from simtrain.apps.validate.translate import translate
 
+    note = "measured.{} is 0: not compared (no error can be taken against 0)"
     tr = translate(default_records["usp_3B_n16_dp1_tp32_pp4_mbs1_ga256_z0"])
     assert tr.record.measured["mfu"] == 0
-    assert "measured.mfu is 0 (a rate its source rounded to nothing?): not compared" in (
-        tr.assumptions)  # fmt: skip
+    assert zero_notes(tr.record, tr.scenario) == (note.format("mfu"),)
     metrics = {c.metric for c in compare_record(tr)}
     assert "mfu" not in metrics and "tokens_per_s" in metrics
+    mpt = translate(default_records["mpt_a100_80gb_amp_bf16_3b_s65536_n8_mbs1_ga2_gbs16_acTrue"])
+    assert mpt.record.measured["samples_per_s"] == 0 and zero_notes(mpt.record, mpt.scenario) == ()
+    rec = tr.record
+    for measured, zero, read in (
+        ({"tokens_per_s": 0, "tokens_per_s_per_gpu": 17}, [], "tokens_per_s"),
+        ({"tokens_per_s": 0, "samples_per_s": 0}, ["tokens_per_s", "samples_per_s"], None),
+        ({"peak_mem_gb": 0, "peak_mem_gib": 1.4}, [], "peak_memory_bytes"),
+        ({"tflops_per_gpu": 0, "model_tflops_per_gpu": 100}, [], "tflops_per_gpu"),
+    ):
+        one = replace(rec, measured=measured)
+        assert zero_notes(one, tr.scenario) == tuple(note.format(k) for k in zero)
+        got = {c.metric for c in compare_record(replace(tr, record=one))}
+        assert read is None or read in got
+    # validate's notes for the record (the session's run: tests/conftest.py)
+    assert note.format("mfu") in default_result.assumptions["usp_3B_n16_dp1_tp32_pp4_mbs1_ga256_z0"]

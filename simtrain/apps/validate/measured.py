@@ -85,8 +85,11 @@ class Comparison:
     error_pct: float  # 100·(predicted − measured)/measured; fits: 0 (right) or 100 (wrong)
 
 
-def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
-    """The metrics of a record simtrain can predict, in its units (memory in bytes)."""
+def measured_values(rec: Record, sc: Scenario,
+                    zeros: list[str] | None = None) -> dict[str, float | bool]:  # fmt: skip
+    """The metrics of a record simtrain can predict, in its units (memory in bytes). Each
+    metric reads the first of its keys with a positive value; ``zeros`` (when given) gets the
+    keys read as 0 of a metric that found none (:func:`zero_notes`)."""
     x = rec.measured
     n = sc.parallelism.gpus
     seq = sc.training.seq_len
@@ -100,37 +103,44 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
             return None
         return float(v)
 
+    def first(*keys: str) -> tuple[str, float] | None:
+        """(key, value) of the first of ``keys`` with a positive value, else None."""
+        nil = []
+        for key in keys:
+            v = num(key)
+            if v is not None and v > 0:
+                return key, v
+            if v == 0:
+                nil.append(key)
+        if zeros is not None:
+            zeros.extend(nil)
+        return None
+
     if rec.kind == "layer_microbenchmark":  # one block's times; no step, no fit verdict
         for metric, key in LAYER_METRICS.items():
-            if (v := num(key)) is not None and v > 0:
-                out[metric] = v / 1e3
+            if got := first(key):
+                out[metric] = got[1] / 1e3
         return out
-    if (v := num("step_time_s")) is not None and v > 0:
-        out["step_time_s"] = v
-    if (v := num("tokens_per_s")) is not None and v > 0:
-        out["tokens_per_s"] = v
-    elif (v := num("tokens_per_s_per_gpu")) is not None and v > 0:
-        out["tokens_per_s"] = v * n
-    elif (v := num("samples_per_s")) is not None and v > 0:
-        out["tokens_per_s"] = v * seq
+    if got := first("step_time_s"):
+        out["step_time_s"] = got[1]
+    if got := first("tokens_per_s", "tokens_per_s_per_gpu", "samples_per_s"):
+        key, v = got
+        out["tokens_per_s"] = v * {"tokens_per_s": 1, "tokens_per_s_per_gpu": n}.get(key, seq)
     conv = record_convention(rec)
     # a PEFT row's TFLOP/s and MFU where the source's FLOP count has no rule for frozen weights
     unstated = sc.training.peft.method != "none" and conv.flops in NO_PEFT_FLOP_RULE
-    for key in () if unstated else ("tflops_per_gpu", "model_tflops_per_gpu"):
-        if (v := num(key)) is not None and v > 0:
-            out["tflops_per_gpu"] = v
-            break
-    for k in () if unstated else ("mfu", "hfu"):
-        if (v := num(k)) is not None and v > 0:
-            out[k] = v
+    if not unstated:
+        if got := first("tflops_per_gpu", "model_tflops_per_gpu"):
+            out["tflops_per_gpu"] = got[1]
+        for k in ("mfu", "hfu"):
+            if got := first(k):
+                out[k] = got[1]
     gb = conv.memory_gb_unit
     for metric, prefix in zip(MEMORY_METRICS, MEMORY_KEY_PREFIXES, strict=True):
-        keys = [(a + suffix, unit) for a in (prefix, *MEMORY_KEY_ALIASES[prefix])
-                for suffix, unit in zip(MEMORY_KEY_UNITS, (gb, GIB, MIB), strict=True)]  # fmt: skip
-        for key, unit in keys:
-            if (v := num(key)) is not None and v > 0:
-                out[metric] = v * unit
-                break
+        units = {a + suffix: unit for a in (prefix, *MEMORY_KEY_ALIASES[prefix])
+                 for suffix, unit in zip(MEMORY_KEY_UNITS, (gb, GIB, MIB), strict=True)}  # fmt: skip
+        if got := first(*units):
+            out[metric] = got[1] * units[got[0]]
     outcome = read_outcome(x.get("outcome"))
     if outcome == CRASHED_OR_OOM:
         # measured: the run failed; predicted: simtrain says it does not fit (the cause it can
@@ -139,6 +149,16 @@ def measured_values(rec: Record, sc: Scenario) -> dict[str, float | bool]:
     else:
         out["fits"] = outcome == FIT
     return out
+
+
+def zero_notes(rec: Record, sc: Scenario) -> tuple[str, ...]:
+    """A note for each measured value of 0 the comparison read and found nothing else for its
+    metric: no error can be taken against 0 (a source rounds a tiny value to 0, a sweep's MFU
+    of 0.0004 printed as 0.000), so that metric is not compared."""
+    zeros: list[str] = []
+    measured_values(rec, sc, zeros)
+    return tuple(f"measured.{k} is 0: not compared (no error can be taken against 0)"
+                 for k in zeros)  # fmt: skip
 
 
 def _error_pct(pred: float, meas: float) -> float:

@@ -19,6 +19,7 @@ from simtrain.apps.validate.measured import (
     VERDICT_METRICS,
     Comparison,
     compare_record,
+    zero_notes,
 )
 from simtrain.apps.validate.predict import Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
@@ -333,7 +334,7 @@ def validate(
             skipped.append(skip(rec, "no measured value simtrain predicts"))
             continue
         comparisons.extend(rows)
-        assumptions[rec.id] = tr.assumptions
+        assumptions[rec.id] = (*tr.assumptions, *zero_notes(rec, tr.scenario))
         scenarios[rec.id] = tr.scenario
     noisy = noisy_pairs(comparisons, scenarios)
     return ValidationResult(" + ".join(str(p) for p in paths), tuple(comparisons),

@@ -526,16 +526,6 @@ def _unusable_measurements(rec: Record) -> str:
     return ""
 
 
-def _zero_measurements(rec: Record) -> list[str]:
-    """A note for each measured value of 0 the comparison reads: a source rounds a tiny rate
-    to 0 (a sweep's MFU of 0.0004 printed as 0.000), and no error can be taken against 0, so
-    it is not compared; the record's other values are."""
-    return [f"measured.{k} is 0 (a rate its source rounded to nothing?): not compared"
-            for k, v in rec.measured.items()
-            if k in NUMERIC_MEASURED_KEYS and not isinstance(v, bool)
-            and isinstance(v, int | float) and v == 0]  # fmt: skip
-
-
 def translate(rec: Record) -> Translation | SkipReason:
     """The scenario of a record with the assumptions made, or why it cannot be expressed."""
     if rec.kind in UNEXPRESSIBLE_KINDS:
@@ -565,7 +555,7 @@ def translate(rec: Record) -> Translation | SkipReason:
         return skip(rec, f"not expressible: {'; '.join(later)}")
     if bad := _unusable_measurements(rec) or _non_integer_counts(rec):
         return skip(rec, bad)
-    notes: list[str] = [*layer_notes, *_zero_measurements(rec)]
+    notes: list[str] = layer_notes
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:
