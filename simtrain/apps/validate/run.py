@@ -24,6 +24,7 @@ from simtrain.apps.validate.measured import (
 from simtrain.apps.validate.predict import Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
+from simtrain.apps.workers import env_workers
 from simtrain.errors import ConfigError
 from simtrain.report.progress import Later, Progress
 from simtrain.spec.scenario import Scenario
@@ -300,6 +301,8 @@ def validate(
     ``predictor``: the predictions of an earlier call, to reuse (a scenario's prediction does
     not depend on the other records; default: a new one)."""
     t0 = time.perf_counter()
+    if workers is None:
+        env_workers()  # a bad SIMTRAIN_WORKERS is an error before any record is read
     paths = resolve_paths(path)
     records = load_record_files(paths)
     if not records:  # (an empty file printed an empty table and exited 0: a fuzz campaign)
