@@ -295,7 +295,7 @@ def validate(
 ) -> ValidationResult:
     """Validate every record of ``path`` (default: the published-run files of ``measured/``,
     :data:`~simtrain.apps.validate.records.DEFAULT_FILES`); ``only_source`` keeps the records of
-    one source key. Step times are simulated in ``workers`` processes (default:
+    one source key. Step times and memory reports are computed in ``workers`` processes (default:
     ``SIMTRAIN_WORKERS`` or the CPU count, at most 4). ``progress(phase, done, total)`` hears of
     the phases: translating and comparing (records), simulating (:func:`validate_later`).
     ``predictor``: the predictions of an earlier call, to reuse (a scenario's prediction does
