@@ -11,10 +11,11 @@ direction, a ``latency_s`` and a ``kind``. Nodes are tuples ``(kind, index)``:
     crossbar; each GPU links to it with the per-GPU NVLink bandwidth (DGX A100: 300 GB/s,
     DGX H100: 450 GB/s per direction). Latency ``intra_node_latency_s / 2`` per hop, so a
     GPU-to-GPU path costs ``intra_node_latency_s``.
-  - ``nvlink`` / ``xgmi`` / ``infinity_fabric`` without a switch: a full mesh. Each pair link
-    carries the profile's ``intra_node.pair_bandwidth_gb_per_s`` (MI300X: one xGMI link of
-    64 GB/s), or without one the GPU's aggregate split over its ``hw.gpus_per_node − 1`` peers. The DGX-1 V100 hybrid cube-mesh (4 of 7 peers linked directly) is
-    approximated by the same full mesh with the aggregate spread evenly.
+  - ``nvlink`` / ``xgmi`` / ``infinity_fabric`` without a switch (``spec.hardware.MESH_KINDS``):
+    a full mesh. Each pair link carries the profile's ``intra_node.pair_bandwidth_gb_per_s``
+    (MI300X: one xGMI link of 64 GB/s), or without one the GPU's aggregate split over its
+    ``hw.gpus_per_node − 1`` peers: the DGX-1 V100 hybrid cube-mesh (4 of 7 peers linked
+    directly) is approximated by that full mesh with the aggregate spread evenly.
   - ``pcie``: GPUs hang off one host PCIe switch ``("pcie", n)`` per node, each with the
     profile's intra-node bandwidth (no NVLink; NCCL goes through PCIe or host memory).
 

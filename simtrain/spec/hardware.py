@@ -392,9 +392,11 @@ def _collectives(data: Any, file: str) -> dict[str, Any]:
     return out
 
 
-def _pair_bandwidth_gb(intra: dict[str, Any], file: str) -> float:
-    """``intra_node.pair_bandwidth_gb_per_s`` (0 when absent): only on a mesh kind, positive and
-    at most the GPU's ``intra_node.bandwidth_gb_per_s`` (a pair link is one of its links)."""
+def _pair_bandwidth_gb(intra: dict[str, Any], gpus_per_node: int, file: str) -> float:
+    """``intra_node.pair_bandwidth_gb_per_s`` (0 when absent): only on a mesh kind, positive, at
+    most the GPU's ``intra_node.bandwidth_gb_per_s`` B (a pair's links are some of the GPU's),
+    and with (gpus_per_node − 1) pairs reaching B (a group of the whole node uses every link of
+    its GPUs; within 6 digits, as fit-network writes them)."""
     key = "pair_bandwidth_gb_per_s"
     if key not in intra:
         return 0.0
@@ -409,6 +411,11 @@ def _pair_bandwidth_gb(intra: dict[str, Any], file: str) -> float:
         raise ConfigError(file, f"intra_node.{key}", f"must be at most intra_node."
                           f"bandwidth_gb_per_s = {whole:g} (one pair's links are some of the "
                           "GPU's)", pair)  # fmt: skip
+    if (gpus_per_node - 1) * pair < whole * (1 - 1e-5):
+        raise ConfigError(file, f"intra_node.{key}", f"x (gpus_per_node - 1) = "
+                          f"{(gpus_per_node - 1) * pair:g} must reach intra_node.bandwidth_gb_per_s"
+                          f" = {whole:g}: a group of the whole node uses every link of its GPUs "
+                          "(a mesh of gpus_per_node GPUs)", pair)  # fmt: skip
     return pair
 
 
@@ -431,18 +438,12 @@ def parse_hardware(data: Any, file: str) -> HardwareProfile:
         if k not in INTRA_KEYS:
             raise unknown_key(file, k, "intra_node.", INTRA_KEYS)
     efficiency = _efficiency(data.get("efficiency", {}), file)
-    pair_gb = _pair_bandwidth_gb(intra, file)
     gpn = data.get("gpus_per_node")
     if not isinstance(gpn, int) or isinstance(gpn, bool) or gpn < 1:
         raise ConfigError(file, "gpus_per_node", "must be a positive integer", gpn)
     if gpn > MAX_GPUS_PER_NODE:
         raise ConfigError(file, "gpus_per_node", f"must be <= {MAX_GPUS_PER_NODE:,}", gpn)
-    whole_gb = _num(intra, "bandwidth_gb_per_s", file, "intra_node.", 1e-9) if pair_gb else 0.0
-    if pair_gb and (gpn - 1) * pair_gb < whole_gb * (1 - 1e-5):  # 6 digits, as fit-network writes
-        raise ConfigError(file, "intra_node.pair_bandwidth_gb_per_s", f"x (gpus_per_node - 1) = "
-                          f"{(gpn - 1) * pair_gb:g} must reach intra_node.bandwidth_gb_per_s = "
-                          f"{whole_gb:g}: a group of the whole node uses every link of its GPUs "
-                          "(a mesh of gpus_per_node GPUs)", pair_gb)  # fmt: skip
+    pair_gb = _pair_bandwidth_gb(intra, gpn, file)
     gph = data.get("gpus_per_host", 0)
     if not isinstance(gph, int) or isinstance(gph, bool) or gph < 0 or (gph and gpn % gph):
         raise ConfigError(file, "gpus_per_host", f"must be an integer dividing gpus_per_node = "

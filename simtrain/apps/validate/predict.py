@@ -59,18 +59,17 @@ class Predictor:
         identical to serial runs: the engine and the allocator replay are deterministic; a
         memory report's replay is most of a validate run's time). ``progress("simulating",
         done, total)`` in units of :func:`_simulation_cost`."""
-        jobs: dict[tuple[str, Scenario], int] = {}
+        wanted: dict[tuple[str, Scenario], None] = {}  # (an ordered set)
         for tr in translations:
             key = scenario_key(tr.scenario)
             if key not in self.memory:
-                jobs[("memory", key)] = 0
+                wanted[("memory", key)] = None
             if key not in self.times and any(k in tr.record.measured for k in TIMING_KEYS):
-                jobs[("time", key)] = 0
+                wanted[("time", key)] = None
         n = local_workers(workers) if workers is not None else _default_workers()
-        if n <= 1 or len(jobs) < 8:
+        if n <= 1 or len(wanted) < 8:
             return  # computed lazily, serially
-        for job in jobs:
-            jobs[job] = _simulation_cost(job[1])
+        jobs = {job: _simulation_cost(job[1]) for job in wanted}
         order = sorted(jobs, key=jobs.__getitem__, reverse=True)  # longest first: load balance
         if progress is not None:
             progress("simulating", 0.0, 1.0)
