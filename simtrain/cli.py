@@ -287,7 +287,7 @@ def schedule(name: str, pp: int, microbatches: int, virtual_stages: int,
         fixed = traits.chunks_per_rank  # ZB-V, DualPipeV: 2
         raise ConfigError(None, "--virtual-stages", f"{name} runs {fixed} model chunks per GPU",
                           virtual_stages, f"1 or {fixed}")  # fmt: skip
-    if virtual_stages > 1 and not traits.multi_chunk:
+    if virtual_stages > 1 and not traits.virtual:
         from simtrain.schedules.registry import multi_chunk_schedules
 
         raise ConfigError(None, "--virtual-stages", f"{name} runs one model chunk per GPU; the "

@@ -80,12 +80,6 @@ class ScheduleTraits:
         fixed number (ZB-V, DualPipeV: 2), where 1 (left out) or that number."""
         return not self.chunks_per_rank or v in (1, self.chunks_per_rank)
 
-    @property
-    def multi_chunk(self) -> bool:
-        """Whether the schedule runs more than one model chunk per rank: any v (interleaved)
-        or its fixed number (ZB-V, DualPipeV)."""
-        return self.virtual or bool(self.chunks_per_rank)
-
     def chunks(self, v: int) -> int:
         """Model chunks per rank this schedule runs: its fixed number (ZB-V, DualPipeV: 2) or
         the ``v`` asked for."""
@@ -301,9 +295,9 @@ def traits(name: str) -> ScheduleTraits:
 
 
 def multi_chunk_schedules() -> list[str]:
-    """The schedules that run more than one model chunk per rank
-    (:attr:`ScheduleTraits.multi_chunk`), in the registry's order."""
-    return [n for n, t in SCHEDULES.items() if t.multi_chunk]
+    """The schedules that run more than one model chunk per rank (``ScheduleTraits.virtual``:
+    any v, interleaved, or their fixed number, ZB-V and DualPipeV), in the registry's order."""
+    return [n for n, t in SCHEDULES.items() if t.virtual]
 
 
 def runs_groups(name: str, pp: int, v: int) -> bool:

@@ -1312,8 +1312,8 @@ def inapplicable_runtime_options(tp: int, zero_stage: int, ep: int,
     return out
 
 
-def unused_runtime_options(s: Scenario, zero_stage: int | None = None, pp: int | None = None,
-                           tp: int | None = None,
+def unused_runtime_options(s: Scenario, *, zero_stage: int | None = None,
+                           pp: int | None = None, tp: int | None = None,
                            sequence_parallel: bool | None = None) -> dict[str, str]:  # fmt: skip
     """The runtime options whose every value means the same for ``s`` (its layout, with
     ``zero_stage``, ``pp``, ``tp`` and ``sequence_parallel`` where given, and its model and
@@ -1397,6 +1397,14 @@ def unused_settings(options: dict[str, str], runtime: dict[str, Any],
             if k in runtime and getattr(rt, k) not in (getattr(profile, k), defaults[k].default)}  # fmt: skip
 
 
+def refuse_unused_settings(options: dict[str, str], runtime: dict[str, Any], rt: RuntimeProfile,
+                           file: str | None) -> None:  # fmt: skip
+    """The ConfigError naming the first of :func:`unused_settings`, where there is one."""
+    if bad := unused_settings(options, runtime, rt):
+        key = next(iter(bad))
+        raise ConfigError(file, f"runtime.{key}", bad[key], runtime[key])
+
+
 def _yaml_value(value: Any) -> str:
     """A runtime value as ``--set`` writes it: a name as it is, anything else as JSON (which
     is YAML: false, [1, 2])."""
@@ -1405,7 +1413,8 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int, pp: int | None = None,
+def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int, *,
+                          pp: int | None = None,
                           sequence_parallel: bool | None = None) -> tuple[str, ...]:  # fmt: skip
     """``--set`` lines turning off the runtime options that ``s`` has on and a new layout of
     ``tp``, ``zero_stage``, ``ep`` (and ``pp``, ``sequence_parallel``, where given) has nothing for
@@ -1416,7 +1425,9 @@ def runtime_off_overrides(s: Scenario, tp: int, zero_stage: int, ep: int, pp: in
     profile = load_runtime(s.runtime.name)
     out = [f"runtime.{k}={_yaml_value(getattr(profile, k))}"
            for k in why if getattr(s.runtime, k) == _ON[k] != getattr(profile, k)]  # fmt: skip
-    unused = unused_runtime_options(s, zero_stage, pp, tp, sequence_parallel)
+    unused = unused_runtime_options(
+        s, zero_stage=zero_stage, pp=pp, tp=tp, sequence_parallel=sequence_parallel
+    )
     out += [f"runtime.{k}={_yaml_value(getattr(profile, k))}" for k in unused
             if k not in why and getattr(s.runtime, k) != getattr(profile, k)]  # fmt: skip
     return tuple(out)
@@ -1433,9 +1444,7 @@ def check_runtime_options(s: Scenario, runtime: Any, file: str) -> None:
     for key, text in why.items():
         if runtime.get(key) == _ON[key]:
             raise ConfigError(file, f"runtime.{key}", text, runtime[key])
-    if bad := unused_settings(unused_runtime_options(s), runtime, s.runtime):
-        key = next(iter(bad))
-        raise ConfigError(file, f"runtime.{key}", bad[key], runtime[key])
+    refuse_unused_settings(unused_runtime_options(s), runtime, s.runtime, file)
     if runtime.get("cuda_graph_scope"):
         _check_graph_scope_fits(s, file)
 
@@ -1466,17 +1475,21 @@ def _check_graph_scope_fits(s: Scenario, file: str) -> None:
                           "(runtime.dispatch: cuda_graphs)", list(scope))  # fmt: skip
 
 
+#: The widest gradient a precision keeps, bytes per parameter (fp32: 4).
+WIDEST_GRAD_BYTES = max(p.grad for p in PRECISIONS.values())
+
+
 def ddp_buckets_bound(m: ModelSpec, bucket_mb: float) -> int:
     """At most how many gradient buckets of ``bucket_mb`` MB a step reduces: every parameter's
-    gradient at 4 bytes (the widest), ceil(P·4 / bucket bytes)."""
-    return -(-m.total_params() * 4 // max(1, int(bucket_mb * 1e6)))
+    gradient at the widest (:data:`WIDEST_GRAD_BYTES`, g), ceil(P·g / bucket bytes)."""
+    return -(-m.total_params() * WIDEST_GRAD_BYTES // max(1, int(bucket_mb * 1e6)))
 
 
 def smallest_bucket_mb(m: ModelSpec) -> float:
     """The smallest ``bucket_mb``, to 1e-4 MB, that :func:`ddp_buckets_bound` keeps within
-    :data:`MAX_DDP_BUCKETS`: ceil(P·4 / MAX) bytes, rounded up to a whole 100 bytes and one
+    :data:`MAX_DDP_BUCKETS`: ceil(P·g / MAX) bytes, rounded up to a whole 100 bytes and one
     step of 100 more (``int(mb * 1e6)`` of a printed 4-decimal value may land a byte short)."""
-    return (-(-m.total_params() * 4 // (MAX_DDP_BUCKETS * 100)) + 1) / 1e4
+    return (-(-m.total_params() * WIDEST_GRAD_BYTES // (MAX_DDP_BUCKETS * 100)) + 1) / 1e4
 
 
 def check_size(s: Scenario, file: str) -> None:

@@ -135,9 +135,14 @@ def _zero(stage: int) -> OverrideFn:
         # the runtime options the new layout has nothing for (ZeRO-3's no post-step parameter
         # all-gather; tp 1's no TP collectives)
         relaid = p.dp_cp == 1  # (tp 1, pp 1, no sequence parallelism: above)
-        off = runtime_off_overrides(sc, 1 if relaid else p.tp, stage, p.ep,
-                                    1 if relaid else p.pp,
-                                    False if relaid else p.sequence_parallel)  # fmt: skip
+        off = runtime_off_overrides(
+            sc,
+            1 if relaid else p.tp,
+            stage,
+            p.ep,
+            pp=1 if relaid else p.pp,
+            sequence_parallel=False if relaid else p.sequence_parallel,
+        )
         if off:
             ov += off
             note = "; ".join(x for x in (note, "off, as the layout has nothing for them: "

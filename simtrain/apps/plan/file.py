@@ -31,7 +31,7 @@ from simtrain.spec.scenario import (
     parse_model,
     parse_parallelism,
     parse_training,
-    unused_settings,
+    refuse_unused_settings,
 )
 from simtrain.spec.yamlfile import exists, load_yaml
 
@@ -287,9 +287,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
         rt = parse_scenario_runtime(runtime, file)  # the same checks and messages as a scenario's
         if isinstance(runtime, dict):  # (deepep on a dense model was dropped: a fuzz campaign)
             unusable = model_unused_runtime_options(parse_model(model, file, base))
-            if bad := unused_settings(unusable, runtime, rt):
-                key = next(iter(bad))
-                raise ConfigError(file, f"runtime.{key}", bad[key], runtime[key])
+            refuse_unused_settings(unusable, runtime, rt, file)
     return Plan(
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
         training=training, global_batches=batches, hardware=options, gpu_counts=counts,

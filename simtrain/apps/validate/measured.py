@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from simtrain.apps.validate.conventions import NO_PEFT_FLOP_RULE, record_convention, source_flops
 from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import (
+    FRACTION_METRICS,
     MEMORY_KEY_ALIASES,
     MEMORY_KEY_PREFIXES,
     MEMORY_KEY_UNITS,
@@ -132,7 +133,7 @@ def measured_values(rec: Record, sc: Scenario,
     if not unstated:
         if got := first("tflops_per_gpu", "model_tflops_per_gpu"):
             out["tflops_per_gpu"] = got[1]
-        for k in ("mfu", "hfu"):
+        for k in FRACTION_METRICS:
             if got := first(k):
                 out[k] = got[1]
     gb = conv.memory_gb_unit

@@ -11,6 +11,7 @@ from pathlib import Path
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.fitted import format_constant_reports
 from simtrain.apps.validate.measured import MEMORY_METRICS, METRICS, VERDICT_METRICS
+from simtrain.apps.validate.records import FRACTION_METRICS
 from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
 from simtrain.errors import ConfigError
 from simtrain.units import GIB
@@ -25,7 +26,7 @@ def _fmt(metric: str, v: float | bool) -> str:
         return "fits" if v else "OOM"
     if metric in MEMORY_METRICS:
         return f"{v / GIB:,.2f} GiB"
-    if metric in ("mfu", "hfu"):
+    if metric in FRACTION_METRICS:
         return f"{100 * v:.1f} %"
     if metric == "step_time_s":
         return f"{v:,.3f} s"

@@ -46,6 +46,8 @@ MEMORY_KEY_UNITS = ("_gb", "_gib", "_mib")
 #: Other spellings of a prefix a record may use, read the same (``peak_memory_gib`` is
 #: ``peak_mem_gib``): a memory figure under them is compared, not left unread.
 MEMORY_KEY_ALIASES = {"peak_mem": ("peak_memory",), "step_peak_mem": ("step_peak_memory",)}
+#: The measured keys that are a fraction of the GPU's peak (MFU, HFU): at most 1.
+FRACTION_METRICS = ("mfu", "hfu")
 #: The measured keys validate reads as numbers (``measured.measured_values``; a record's other
 #: measured keys are free): a value of another type there is a skip with the key, not dropped.
 NUMERIC_MEASURED_KEYS = frozenset({

@@ -29,6 +29,7 @@ from simtrain.apps.validate.conventions import (
 from simtrain.apps.validate.job_network import job_hardware, read_job_network
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import (
+    FRACTION_METRICS,
     NUMERIC_MEASURED_KEYS,
     Record,
     SkipReason,
@@ -36,12 +37,13 @@ from simtrain.apps.validate.records import (
     skip,
 )
 from simtrain.apps.validate.splits import ends_one_fewer, pipeline_split
-from simtrain.errors import SimtrainError
+from simtrain.errors import ConfigError, SimtrainError
 from simtrain.layout.step import resolve
 from simtrain.schedules.generators import torch_group_override
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.model import PRESETS, ModelSpec, find_preset
+from simtrain.spec.moe_layout import MOE_ONLY_FIELDS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import (
     LORA_TARGETS,
@@ -402,10 +404,10 @@ def _without_file(exc: SimtrainError) -> str:
     """An error about a record without its file (the record names it): ``KEY: message``; one
     about the whole configuration (key ``<file>``), the message alone (a fuzz campaign found a
     bare ``<file>`` printed)."""
-    text = str(exc).split(": ", 1)[-1]
-    if text.startswith("<file>: "):
-        return text[len("<file>: ") :]
-    return text
+    if not isinstance(exc, ConfigError):
+        return str(exc)
+    text = str(exc.blaming(None))
+    return text[len("<file>: ") :] if exc.key == "<file>" else text
 
 
 #: The record ``model`` keys laid over the source's architecture as given: every ModelSpec field
@@ -416,11 +418,7 @@ SHAPE_PASSTHROUGH = tuple(f.name for f in fields(ModelSpec)
                           if f.name not in ("name", "layers", "hidden", "heads",
                                             "vocab"))  # fmt: skip
 #: Record ``model`` keys of a mixture of experts that the model reads (ModelSpec's names).
-_MOE_KEYS = frozenset(k for k in SHAPE_PASSTHROUGH
-                      if "expert" in k or "moe" in k
-                      or k in ("capacity_factor", "first_dense_layers", "router_bias",
-                               "router_score_bias", "router_groups",
-                               "router_group_topk"))  # fmt: skip
+_MOE_KEYS = frozenset(MOE_ONLY_FIELDS) | {"num_experts"}
 UNEXPRESSIBLE_KINDS = {
     "training_run_relative": "relative throughput (normalised to another run of its table), "
     "not an absolute measurement",
@@ -521,7 +519,7 @@ def _unusable_measurements(rec: Record) -> str:
             x = math.inf
         if not (math.isfinite(x) and (x == 0 or MIN_MEASURED <= x <= MAX_MEASURED)):
             return f"measured.{key}: not 0 or a finite number in {span}"
-        if key in ("mfu", "hfu") and x > 1:  # (40 was compared as 40x the peak: a fuzz campaign)
+        if key in FRACTION_METRICS and x > 1:  # (40 was compared as 40x the peak: a fuzz campaign)
             return f"measured.{key}: a fraction of the peak, at most 1 (got {v:g}: a percentage?)"
     return ""
 
