@@ -56,8 +56,11 @@ def test_deepspeed_hf_auto_buckets_resolved_from_the_hidden_size(tmp_path: Path)
     assert "10 x hidden_size = 40,960" in text
 
 
-@pytest.mark.parametrize("section", ["zero_optimization", "bf16", "optimizer"])
-@pytest.mark.parametrize("value", [[], 0, "", "false"])
+@pytest.mark.parametrize(("section", "value"), [
+    *((s, v) for s in ("zero_optimization", "bf16", "optimizer") for v in ([], 0, "", "false")),
+    # a boolean false too, but for zero_optimization: DeepSpeed's deprecated switch (below)
+    ("bf16", False), ("optimizer", False),
+])  # fmt: skip
 def test_deepspeed_an_empty_non_object_section_is_an_error(tmp_path: Path, section: str,
                                                            value: Any) -> None:  # fmt: skip
     """A "zero_optimization": [] (or 0, "") was read as no section: ZeRO stage 0, without a

@@ -44,7 +44,8 @@ def test_a_name_with_dollars_is_drawn_as_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["\u200b", "\ufeff", "a\x01b", "x" * 129])
 def test_a_variant_name_is_a_printable_line(name: str) -> None:
     """A zero-width variant name crashed the plots (AttributeError), one of 100,000 characters
-    took 91 s to draw: names are at most 128 printable characters, as a scenario's."""
+    took 91 s to draw (a fuzz helper's run, 2026-12-07, not re-timed here): names are at most
+    128 printable characters, as a scenario's."""
     with pytest.raises(ConfigError, match="128 printable") as exc:
         compare("scenarios/zero1_8gpu.yaml", [f"{name}:training.micro_batch=2"])
     assert exc.value.key == "--variants"

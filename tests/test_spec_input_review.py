@@ -383,7 +383,8 @@ def test_deepseek_moe_layer_freq_must_be_an_integer(tmp_path: Path, value: objec
                                                   ("runtime=null", "megatron_core"),
                                                   ("runtime={}", "megatron_core")])  # fmt: skip
 def test_an_empty_mapping_or_a_null_runtime_is_refused_too(assignment: str, says: str) -> None:
-    """--set training={} dropped the training block as null did (54.47 s -> 1.40 s a step), and
+    """--set training={} dropped the training block as null did (a review's run, 2026-12-07:
+    54.47 s -> 1.40 s a step; the input is refused now, so not re-measurable), and
     runtime=null the runtime the file names for the default profile (the review)."""
     err = _config_error(load_scenario, "scenarios/llama3_8b_cp.yaml", [assignment])
     assert err.file == "--set" and says in err.message

@@ -60,8 +60,8 @@ def test_env_workers_refuses_what_is_not_a_count(monkeypatch: pytest.MonkeyPatch
 
 def test_validate_names_a_bad_env_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's one-line error, no traceback, before any record is read: it had come after
-    the translation, whose progress line (printed from 2 s on) then came first on a busy
-    machine (a CI run at 605 s failed so)."""
+    the translation, whose progress line (printed after report.progress's 2 s delay) then
+    came first on a busy machine (the CI run at 308d292, 605 s, failed so)."""
     monkeypatch.setenv(WORKERS_ENV, "²")
     r = CliRunner().invoke(main, ["validate", "--only", "megatron_sc21"])
     assert r.exit_code == 2, r.output

@@ -1524,7 +1524,7 @@ def check_size(s: Scenario, file: str) -> None:
             raise ConfigError(
                 file, "parallelism.bucket_mb", f"cuts {m.total_params():,} parameters' gradients "
                 f"into up to {buckets:,} buckets: at most {MAX_DDP_BUCKETS:,}; give buckets of "
-                f"at least {smallest_bucket_mb(m):g} MB (the default is the framework's)",
+                f"at least {smallest_bucket_mb(m):.4f} MB (the default is the framework's)",
                 p.bucket_mb,
             )  # fmt: skip
 

@@ -63,8 +63,8 @@ def split_words(text: str, comments: bool = True) -> list[str]:
     """The words of ``text`` as ``shlex`` splits it in posix mode with ``whitespace_split`` and,
     with ``comments``, ``#`` as its commenter (``shlex.split(text, comments)``), but for one
     thing, and in time linear in the text: shlex builds each word by ``self.token += c``, a
-    copy per character, so one word of 1 MiB took 17.0 s (0.17 s here; the 2-core dev machine,
-    2026-12-07). The state machine is CPython's ``shlex.read_token`` (3.11): outside quotes a
+    copy per character, so one word of 1 MiB takes 15.3 s (0.17 s here; the 2-core dev
+    machine, 2026-12-07, benchmarks/bench_shell_words.py). The state machine is CPython's ``shlex.read_token`` (3.11): outside quotes a
     backslash escapes the next character; inside double quotes only a quote or a backslash
     (else both are kept); single quotes escape nothing; an empty quoted word is a word. The one
     difference is bash's: ``#`` starts a comment at a word's start only (after a blank or one
