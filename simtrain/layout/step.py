@@ -26,6 +26,7 @@ from simtrain.schedules import (
     stage_to_rank,
     traits,
 )
+from simtrain.schedules.registry import all_warmup_order
 from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import Precision
 from simtrain.spec.scenario import (
@@ -134,14 +135,6 @@ class ResolvedStep:
     def rank_layers(self, rank: int) -> int:
         """Decoder layers held by ``rank``, all its chunks together."""
         return sum(c.layers for c in self.rank_chunks(rank))
-
-
-def all_warmup_order(all_warmup_at_pp: bool, schedule: str, v: int) -> bool:
-    """Whether the runtime runs the interleaved order's all-warm-up variant (every forward
-    first) where the micro-batches equal the stages (``interleaved_all_warmup_at_pp``,
-    Megatron-LM 2021-2024: ``schedules.interleaved_all_warmup``): its flag, the interleaved
-    schedule, more than one chunk per rank."""
-    return all_warmup_at_pp and schedule == "interleaved" and v > 1
 
 
 def resolve(sc: Scenario) -> ResolvedStep:

@@ -300,6 +300,14 @@ def multi_chunk_schedules() -> list[str]:
     return [n for n, t in SCHEDULES.items() if t.virtual]
 
 
+def all_warmup_order(all_warmup_at_pp: bool, schedule: str, v: int) -> bool:
+    """Whether the runtime runs the interleaved order's all-warm-up variant (every forward
+    first) where the micro-batches equal the stages (``interleaved_all_warmup_at_pp``,
+    Megatron-LM 2021-2024: ``schedules.interleaved_all_warmup``): its flag, the interleaved
+    schedule, more than one chunk per rank."""
+    return all_warmup_at_pp and schedule == "interleaved" and v > 1
+
+
 def runs_groups(name: str, pp: int, v: int) -> bool:
     """Whether schedule ``name`` at pp ranks and v chunks per rank runs its micro-batches in
     groups per chunk (:attr:`ScheduleTraits.grouped`, interleaved: v > 1 and pp > 1), so that

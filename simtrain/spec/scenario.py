@@ -22,7 +22,7 @@ from simtrain.errors import (
     unknown_value,
 )
 from simtrain.schedules.generators import check_group
-from simtrain.schedules.registry import SCHEDULES, runs_groups
+from simtrain.schedules.registry import SCHEDULES, all_warmup_order, runs_groups
 from simtrain.schedules.registry import traits as schedule_traits
 from simtrain.spec.hardware import HardwareProfile, load_hardware
 from simtrain.spec.limits import (
@@ -1334,7 +1334,7 @@ def unused_runtime_options(s: Scenario, *, zero_stage: int | None = None,
     if pp == 1:
         for key in ("pipeline_keeps_stage_outputs", "pipeline_keeps_last_outputs"):
             out[key] = "keeps pipeline stages' outputs, but parallelism.pp = 1 has no pipeline"
-    if pp == 1 or p.schedule != "interleaved" or p.virtual_stages == 1:
+    if pp == 1 or not all_warmup_order(True, p.schedule, p.virtual_stages):
         out["interleaved_all_warmup_at_pp"] = (
             "orders the interleaved schedule's warm-up, but the layout runs no interleaved "
             f"schedule (parallelism.schedule {p.schedule}, pp {pp}, virtual_stages "

@@ -15,6 +15,7 @@ from simtrain.apps.goodput import INTERVAL_RULES, FailureModel
 from simtrain.errors import ConfigError, unknown_value
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.limits import INT_RANGES, MAX_GPUS, as_float, check_range
+from simtrain.spec.model import ModelSpec
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.runtime import parse_scenario_runtime
 from simtrain.spec.scenario import (
@@ -266,7 +267,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
         raise ConfigError(file, "name", f"must be at most {MAX_NAME - len('_best')} characters",
                           name)  # fmt: skip
     description = check_description(data.get("description"), file)
-    model = _model(data["model"], file, base)
+    model, spec = _model(data["model"], file, base)
     tokens = _num(data["tokens"], file, "tokens", minimum=1.0, strict=False, maximum=MAX_TOKENS)
     training, batches = _training(data["training"], file)
     options = _hardware_options(data["hardware"], file, base)
@@ -286,7 +287,7 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     if runtime is not None:
         rt = parse_scenario_runtime(runtime, file)  # the same checks and messages as a scenario's
         if isinstance(runtime, dict):  # (deepep on a dense model was dropped: a fuzz campaign)
-            unusable = model_unused_runtime_options(parse_model(model, file, base))
+            unusable = model_unused_runtime_options(spec)
             refuse_unused_settings(unusable, runtime, rt, file)
     return Plan(
         name=str(name), file=file, base_dir=str(base), model=model, tokens=tokens,
@@ -297,13 +298,13 @@ def parse_plan(data: Any, file: str, base_dir: Path | None = None) -> Plan:
     )  # fmt: skip
 
 
-def _model(value: Any, file: str, base: Path) -> dict[str, Any]:
-    """The model mapping, ``hf_config`` made absolute, validated now (errors name the plan)."""
+def _model(value: Any, file: str, base: Path) -> tuple[dict[str, Any], ModelSpec]:
+    """The model mapping, ``hf_config`` made absolute, and its ModelSpec, parsed now (errors
+    name the plan file)."""
     model = dict(_mapping(value, file, "model"))
     if "hf_config" in model:
         model["hf_config"] = _resolve_path(model["hf_config"], base)
-    parse_model(model, file, base)  # validate now: errors name the plan file
-    return model
+    return model, parse_model(model, file, base)
 
 
 def _training(value: Any, file: str) -> tuple[dict[str, Any], tuple[int, ...]]:

@@ -12,8 +12,9 @@ from simtrain.apps.validate.translate import Translation
 from simtrain.apps.workers import env_workers, local_workers
 from simtrain.costs.chunk_time import block_times_ns
 from simtrain.costs.memory import MemoryReport, estimate_memory
-from simtrain.layout.step import all_warmup_order, resolve
+from simtrain.layout.step import resolve
 from simtrain.report.progress import Progress
+from simtrain.schedules.registry import all_warmup_order
 from simtrain.spec.scenario import Scenario
 
 # Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
