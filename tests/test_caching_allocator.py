@@ -154,7 +154,7 @@ def test_reserved_covers_allocated_and_frees_restore(ops):
     for h in live:
         a.free(h)
     assert a.allocated_bytes == 0
-    assert sorted(s for p in a._pools.values() for s, _ in p) == sorted(
+    assert sorted(s for small in (True, False) for s, _ in a.cached_blocks(small)) == sorted(
         b.size for b in a._blocks.values()
     )
     assert all(b.prev is None and b.next is None for b in a._blocks.values())

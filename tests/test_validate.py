@@ -37,6 +37,7 @@ from simtrain.apps.validate import (
 from simtrain.costs.collectives import nccl_time_s, node_links
 from simtrain.costs.compute import eq7_flops, nanotron_flops
 from simtrain.errors import ConfigError
+from simtrain.layout.step import resolve
 from simtrain.spec.hardware import load_hardware
 from simtrain.spec.scenario import parse_scenario
 
@@ -597,7 +598,11 @@ def test_flop_conventions_reproduce_the_sources(published_records: dict) -> None
 
 
 def _scenario(pp: int, m: int, **par) -> object:
-    data = {
+    return parse_scenario(_scenario_data(pp, m, **par), "test")
+
+
+def _scenario_data(pp: int, m: int, **par) -> dict:
+    return {
         "name": "x",
         "model": {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 32000},
         "hardware": "a100_sxm4_80gb",
@@ -605,7 +610,6 @@ def _scenario(pp: int, m: int, **par) -> object:
                      "micro_batch": 2, "precision": "bf16", "recompute": "full"},
         "parallelism": {"pp": pp, **par},
     }  # fmt: skip
-    return parse_scenario(data, "test")
 
 
 @pytest.mark.parametrize(
@@ -618,14 +622,62 @@ def _scenario(pp: int, m: int, **par) -> object:
         (1, 5, {"dp": 4, "zero_stage": 1}),
         (1, 4, {"dp": 2, "zero_stage": 3}),
         (2, 5, {"dp": 2, "tp": 2, "bucket_mb": 1e9}),
+        (4, 12, {"dp": 2, "tp": 2, "runtime": "nanotron"}),
+        (4, 13, {"dp": 2, "runtime": "nanotron_bench"}),
+        (4, 11, {"dp": 2, "tp": 2, "runtime": "megatron_core"}),
     ],
 )
 def test_step_time_extrapolation_is_exact(pp: int, m: int, par: dict) -> None:
-    """predicted_step_time simulates 1 and 2 micro-batches (pp and 2·pp interleaved) and
-    extrapolates: it must equal the full simulation."""
-    sc = _scenario(pp, m, **par)
+    """predicted_step_time simulates 1 and 2 micro-batches (pp and 2·pp interleaved or with
+    blocking p2p) and extrapolates: it must equal the full simulation."""
+    par = dict(par)
+    runtime = {"runtime": par.pop("runtime")} if "runtime" in par else {}
+    sc = parse_scenario({**_scenario_data(pp, m, **par), **runtime}, "test")
     full = simulate_scenario(sc).metrics.step_time_s
     assert predicted_step_time(sc) == pytest.approx(full, rel=1e-9)
+
+
+def test_a_step_time_off_the_line_is_simulated_whole(default_records: dict) -> None:
+    """A step whose time is not affine in the micro-batches (NeMo's LoRA 70B over blocking p2p:
+    each micro-batch adds 181, 194, 197, ... ms, tending to ~200) fails the three-point check and
+    is simulated whole: predicted_step_time is the full simulation, where the line through
+    m = pp and 2·pp was 0.36 % short of it (and through m = 1 and 2, before 2026-12-07, 8 %)."""
+    sc = translate(default_records["nemo2407_h100_fp8_finetune_LoRA_LLAMA2-70B_8gpu"]).scenario
+    step = resolve(sc)
+    m, pp = step.microbatches, step.pp
+    t, dp = sc.training, sc.parallelism.dp
+    t1, t2, t3 = (
+        simulate_scenario(
+            replace(sc, training=replace(t, global_batch=k * pp * t.micro_batch * dp))
+        ).metrics.step_time_s
+        for k in (1, 2, 3)
+    )
+    assert m > 3 * pp and (t3 - t2) - (t2 - t1) > 1e-4  # off the line by 0.1 ms and more
+    full = simulate_scenario(sc).metrics.step_time_s
+    assert predicted_step_time(sc) == full
+    assert abs(t1 + (m - pp) * (t2 - t1) / pp - full) > 0.02  # what the line would have said
+
+
+def test_step_time_without_the_allocator_replay_is_the_same() -> None:
+    """predicted_step_time simulates without the caching allocator's replay (runtime
+    allocator_replay: a reserved memory figure, which no time reads): the step time of the full
+    simulation with the replay, while the memory report it skips does differ (a scenario the
+    replay fragments)."""
+    data = {"name": "frag", "runtime": "nanotron",
+            "model": {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 32000},
+            "hardware": "h100_sxm5_80gb",
+            "training": {"seq_len": 1024, "global_batch": 24, "micro_batch": 2,
+                         "precision": "bf16"},
+            "parallelism": {"pp": 2, "dp": 2, "tp": 2}}  # fmt: skip
+    sc = parse_scenario(data, "test")
+    assert sc.runtime.allocator_replay
+    off = replace(sc, runtime_profile=replace(sc.runtime, allocator_replay=False))
+    replayed, not_replayed = simulate_scenario(sc), simulate_scenario(off)
+    assert any(s.fragmentation_bytes for s in replayed.memory.stages)
+    assert not any(s.fragmentation_bytes for s in not_replayed.memory.stages)
+    assert replayed.metrics.step_time_s == not_replayed.metrics.step_time_s
+    assert replayed.timeline.spans == not_replayed.timeline.spans  # every task, to the ns
+    assert predicted_step_time(sc) == predicted_step_time(off)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -69,16 +69,24 @@ class _Block:
         self.next: _Block | None = None
 
 
+#: A cached block's key in its pool: size << ADDRESS_BITS | address, so that one integer
+#: orders the pool by size, then address (``BlockComparatorSize``) and names the block.
+ADDRESS_BITS = 52
+_ADDRESS_MASK = (1 << ADDRESS_BITS) - 1
+
+
 class CachingAllocator:
     """One device's caching allocator on one stream. :meth:`malloc` returns a handle (a
-    number never given out twice) that :meth:`free` takes back; ``reserved_bytes`` / ``allocated_bytes`` and their peaks are
-    ``torch.cuda.memory_reserved`` / ``memory_allocated`` and their maxima (allocated counts the
-    rounded block sizes, as PyTorch's ``allocated_bytes`` stat does)."""
+    number never given out twice: the n-th allocation's is n) that :meth:`free` takes back;
+    ``reserved_bytes`` / ``allocated_bytes`` and their peaks are ``torch.cuda.memory_reserved``
+    / ``memory_allocated`` and their maxima (allocated counts the rounded block sizes, as
+    PyTorch's ``allocated_bytes`` stat does)."""
 
     def __init__(self, capacity_bytes: int | None = None) -> None:
         self.capacity_bytes = capacity_bytes
-        self._pools: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
-        self._blocks: dict[int, _Block] = {}
+        # each pool's cached blocks, sorted keys (ADDRESS_BITS); True: the small pool
+        self._pools: dict[bool, list[int]] = {True: [], False: []}
+        self._blocks: dict[int, _Block] = {}  # address -> block, cached or allocated
         self._next_addr = 0
         self._live: dict[int, _Block] = {}  # handle -> its block
         self._handles = 0
@@ -87,13 +95,19 @@ class CachingAllocator:
         self.peak_reserved_bytes = 0
         self.peak_allocated_bytes = 0
 
+    def cached_blocks(self, small: bool) -> list[tuple[int, int]]:
+        """The pool's cached blocks as (size, address), in the order a request searches them."""
+        return [(k >> ADDRESS_BITS, k & _ADDRESS_MASK) for k in self._pools[small]]
+
     def malloc(self, nbytes: int) -> int:
-        size = round_size(nbytes)
+        size = -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES  # round_size, inlined
+        if size < MIN_BLOCK_BYTES:
+            size = MIN_BLOCK_BYTES
         small = size <= SMALL_SIZE_BYTES
         pool = self._pools[small]
-        i = bisect.bisect_left(pool, (size, -1))
+        i = bisect.bisect_left(pool, size << ADDRESS_BITS)
         if i < len(pool):
-            block = self._blocks[pool.pop(i)[1]]
+            block = self._blocks[pool.pop(i) & _ADDRESS_MASK]
         else:
             block = self._new_segment(segment_size(size), small)
         rest = block.size - size
@@ -103,9 +117,9 @@ class CachingAllocator:
             if block.next is not None:
                 block.next.prev = tail
             block.next, block.size = tail, size
-            self._cache(tail)
+            self._blocks[tail.addr] = tail
+            bisect.insort(pool, rest << ADDRESS_BITS | tail.addr)
         block.free = False
-        self._blocks[block.addr] = block
         self.allocated_bytes += block.size
         if self.allocated_bytes > self.peak_allocated_bytes:
             self.peak_allocated_bytes = self.allocated_bytes
@@ -119,23 +133,24 @@ class CachingAllocator:
             raise ValueError(f"handle {handle} is not allocated (never, or freed already)")
         block.free = True
         self.allocated_bytes -= block.size
+        pool, blocks = self._pools[block.small], self._blocks
         prev, nxt = block.prev, block.next
         if prev is not None and prev.free:  # prev absorbs block
-            self._uncache(prev)
-            del self._blocks[block.addr]
+            pool.pop(bisect.bisect_left(pool, prev.size << ADDRESS_BITS | prev.addr))
+            del blocks[block.addr]
             prev.size += block.size
             prev.next = nxt
             if nxt is not None:
                 nxt.prev = prev
             block = prev
         if nxt is not None and nxt.free:  # block absorbs next
-            self._uncache(nxt)
-            del self._blocks[nxt.addr]
+            pool.pop(bisect.bisect_left(pool, nxt.size << ADDRESS_BITS | nxt.addr))
+            del blocks[nxt.addr]
             block.size += nxt.size
             block.next = nxt.next
             if nxt.next is not None:
                 nxt.next.prev = block
-        self._cache(block)
+        bisect.insort(pool, block.size << ADDRESS_BITS | block.addr)
 
     def reset_peaks(self) -> None:
         """``torch.cuda.reset_peak_memory_stats``: the peaks restart from what is held now."""
@@ -147,7 +162,10 @@ class CachingAllocator:
             self._release_free_segments()
             if self.reserved_bytes + size > self.capacity_bytes:
                 raise AllocatorOutOfMemory(size)
+        if self._next_addr + size > _ADDRESS_MASK:
+            raise ValueError(f"the replay's addresses passed 2^{ADDRESS_BITS} bytes")
         block = _Block(self._next_addr, size, small)
+        self._blocks[block.addr] = block
         self._next_addr += 2 * size  # a gap: segments never merge
         self.reserved_bytes += size
         self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
@@ -156,22 +174,14 @@ class CachingAllocator:
     def _release_free_segments(self) -> None:
         for small, pool in self._pools.items():
             keep = []
-            for size, addr in pool:
-                b = self._blocks[addr]
+            for key in pool:
+                b = self._blocks[key & _ADDRESS_MASK]
                 if b.prev is None and b.next is None:  # a whole segment, free
-                    self.reserved_bytes -= size
-                    del self._blocks[addr]
+                    self.reserved_bytes -= b.size
+                    del self._blocks[b.addr]
                 else:
-                    keep.append((size, addr))
+                    keep.append(key)
             self._pools[small] = keep
-
-    def _cache(self, block: _Block) -> None:
-        bisect.insort(self._pools[block.small], (block.size, block.addr))
-        self._blocks[block.addr] = block
-
-    def _uncache(self, block: _Block) -> None:
-        pool = self._pools[block.small]
-        pool.pop(bisect.bisect_left(pool, (block.size, block.addr)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +204,12 @@ def replay(events: Iterable[tuple[str, int]], capacity_bytes: int | None = None)
     ("reset", 0) resets the peaks. Raises :class:`AllocatorOutOfMemory` where the device's
     ``capacity_bytes`` cannot hold a new segment."""
     a = CachingAllocator(capacity_bytes)
-    handles: list[int] = []
-    malloc, free, keep = a.malloc, a.free, handles.append
+    malloc, free = a.malloc, a.free
     for kind, value in events:
         if kind == "alloc":
-            keep(malloc(value))
+            malloc(value)
         elif kind == "free":
-            free(handles[value])
+            free(value + 1)  # the allocation of index i has handle i + 1
         elif kind == "reset":
             a.reset_peaks()
         else:

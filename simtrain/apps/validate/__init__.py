@@ -47,10 +47,11 @@ Ultra-Scale Playbook's cluster, run on ``h100_sxm5_80gb_efa``, whose NIC rate an
 latency are fitted to that cluster's published collective bandwidths (the profile's comments).
 
 **Speed.** Fit verdicts and peak memory need :func:`~simtrain.costs.memory.estimate_memory` only;
-timing metrics run the engine. Step time is affine in the number of micro-batches m once
-m ≥ 1 for 1F1B, GPipe and gradient accumulation, and once m ≥ pp for the interleaved schedule
-(:func:`predicted_step_time`), so each step is simulated with one and two micro-batches (pp and
-2·pp when interleaved) and extrapolated: exact to the nanosecond in the engine, tested in
+timing metrics run the engine. Most steps' time is affine in the number of micro-batches m
+from a small m₁ on (1; pp interleaved or over blocking p2p; :func:`predicted_step_time`), so
+a long step is simulated with m₁, 2·m₁ and 3·m₁ micro-batches and, where the third time lies on
+the line through the first two to the nanosecond, extrapolated; a step off the line is
+simulated whole. The prediction is the full simulation's, tested in
 ``tests/test_validate.py``. Identical scenarios are simulated once.
 
 Records the simulator cannot express come back as :class:`SkipReason` with the reason; nothing
