@@ -114,7 +114,7 @@ def test_a_gemm_table_rate_is_not_also_fitted() -> None:
 
 @pytest.mark.parametrize("profile,value,patterns", _fits("memory_bound"),
                          ids=[f[0] for f in _fits("memory_bound")])  # fmt: skip
-def test_fitted_memory_bound_is_still_a_grid_minimum(profile, value, patterns) -> None:
+def test_fitted_memory_bound_is_still_a_grid_minimum(profile, value, patterns, predictions) -> None:
     """Each [val] efficiency.memory_bound minimises, on the 0.01 grid and with the profile's
     shipped matmul (its GEMM table's rate), the MAPE of the records it names: no 0.01 step
     either way lowers it (benchmarks/fit_matmul.py PROFILE M M --memory-bound LO HI prints the
@@ -122,14 +122,17 @@ def test_fitted_memory_bound_is_still_a_grid_minimum(profile, value, patterns) -
     trs = fit_records(profile, patterns)
     assert len(trs) >= 4
     matmul = load_hardware(profile).efficiency.matmul
-    here = matmul_fit_mape(trs, matmul, memory_bound=value)[0]
+    here = matmul_fit_mape(trs, matmul, memory_bound=value, predictor=predictions)[0]
     for other in (round(value - 0.01, 2), round(value + 0.01, 2)):
-        assert here <= matmul_fit_mape(trs, matmul, memory_bound=other)[0], (profile, other)
+        assert here <= matmul_fit_mape(trs, matmul, memory_bound=other, predictor=predictions)[0], (
+            profile,
+            other,
+        )
 
 
 @pytest.mark.parametrize("profile,value,patterns", _fits("matmul"),
                          ids=[f[0] for f in _fits("matmul")])  # fmt: skip
-def test_fitted_matmul_is_still_a_grid_minimum(profile, value, patterns) -> None:
+def test_fitted_matmul_is_still_a_grid_minimum(profile, value, patterns, predictions) -> None:
     """Each [val] efficiency.matmul minimises, on the 0.01 grid, the MAPE of the records it
     names (one throughput metric per record; benchmarks/fit_matmul.py prints the whole grid):
     no 0.01 step either way lowers it. A change of the cost model that moves the optimum fails
@@ -137,9 +140,9 @@ def test_fitted_matmul_is_still_a_grid_minimum(profile, value, patterns) -> None
     silently keeping a value fitted on another model."""
     trs = fit_records(profile, patterns)
     assert len(trs) >= 4
-    here = matmul_fit_mape(trs, value)[0]
+    here = matmul_fit_mape(trs, value, predictor=predictions)[0]
     for other in (round(value - 0.01, 2), round(value + 0.01, 2)):
-        assert here <= matmul_fit_mape(trs, other)[0], (profile, other)
+        assert here <= matmul_fit_mape(trs, other, predictor=predictions)[0], (profile, other)
 
 
 def test_the_fit_reads_a_layer_timing_twice_and_can_vary_memory_bound() -> None:

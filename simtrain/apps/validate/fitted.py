@@ -24,6 +24,7 @@ from simtrain.apps.validate.measured import (
     Comparison,
     compare_record,
 )
+from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import load_record_files, resolve_paths
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.errors import ConfigError
@@ -131,23 +132,31 @@ def fit_records(profile: str, patterns: Sequence[str]) -> list[Translation]:
 
 
 def matmul_fit_mape(trs: Sequence[Translation], matmul: float,
-                    metrics: Sequence[str] = FIT_METRICS,
-                    memory_bound: float | None = None) -> tuple[float, float]:  # fmt: skip
+                    metrics: Sequence[str] = FIT_METRICS, memory_bound: float | None = None,
+                    *, predictor: Predictor | None = None) -> tuple[float, float]:  # fmt: skip
     """(MAPE %, signed median %) of ``trs`` simulated with ``efficiency.matmul = matmul`` and,
     if given, ``efficiency.memory_bound = memory_bound`` (the rest of each record's hardware
     profile as it is), one comparison per record: the first of ``metrics`` it measured (a
     per-layer timing: its forward and backward, ``measured.LAYER_METRICS``). How the
     profiles' [val] ``efficiency.matmul`` values were set (``benchmarks/fit_matmul.py`` prints
     it over a grid; with ``--memory-bound`` the element-wise rate too, how the A100 80GB's
-    ``efficiency.memory_bound`` was set with its matmul held at its GEMM table's rate)."""
+    ``efficiency.memory_bound`` was set with its matmul held at its GEMM table's rate).
+    ``predictor``: simulate in its worker processes (``Predictor.precompute``) and keep what
+    it simulated (a scenario already simulated is not simulated again)."""
     errs: list[float] = []
+    fitted = []
     for tr in trs:
         hw = tr.scenario.hardware
         eff = replace(hw.efficiency, matmul=matmul)
         if memory_bound is not None:
             eff = replace(eff, memory_bound=memory_bound)
-        sc = replace(tr.scenario, hardware=replace(hw, efficiency=eff))
-        got = {c.metric: c.error_pct for c in compare_record(replace(tr, scenario=sc))}
+        fitted.append(
+            replace(tr, scenario=replace(tr.scenario, hardware=replace(hw, efficiency=eff)))
+        )
+    pr = predictor or Predictor()
+    pr.precompute(fitted, None)
+    for tr in fitted:
+        got = {c.metric: c.error_pct for c in compare_record(tr, pr)}
         metric = next((m for m in metrics if m in got), None)
         if metric is not None:
             errs.append(got[metric])
