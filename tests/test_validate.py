@@ -659,6 +659,26 @@ def test_a_step_time_off_the_line_is_simulated_whole(default_records: dict) -> N
     assert abs(t1 + (m - pp) * (t2 - t1) / pp - full) > 0.02  # what the line would have said
 
 
+def test_a_stage_with_slack_turns_the_step_onto_another_line(default_records: dict) -> None:
+    """nanotron's 8B over blocking p2p at pp 2: the last stage starts a forward every 852.0 ms
+    until its slack is spent, the first every 876.0 ms. m = 2, 4, 6 lie on one line to the
+    nanosecond, which is 1.1 % short of the step of 32 micro-batches: the stages' pace at
+    m = 6 sends it to a whole simulation, the full simulation's time."""
+    sc = translate(default_records["usp_8B_n2_dp8_tp1_pp2_mbs1_ga32_z1"]).scenario
+    t, dp = sc.training, sc.parallelism.dp
+    t1, t2, t3 = (
+        simulate_scenario(
+            replace(sc, training=replace(t, global_batch=k * t.micro_batch * dp))
+        ).metrics.step_time_s
+        for k in (2, 4, 6)
+    )
+    assert abs((t3 - t2) - (t2 - t1)) <= AFFINE_TOLERANCE_S  # on one line
+    full = simulate_scenario(sc).metrics.step_time_s
+    line = t1 + (resolve(sc).microbatches - 2) * (t2 - t1) / 2
+    assert full - line > 0.01 * full
+    assert predicted_step_time(sc) == full
+
+
 def test_step_time_without_the_allocator_replay_is_the_same() -> None:
     """predicted_step_time simulates without the caching allocator's replay (runtime
     allocator_replay: a reserved memory figure, which no time reads): the step time of the full
