@@ -704,8 +704,9 @@ def test_step_time_without_the_allocator_replay_is_the_same() -> None:
 # --------------------------------------------------------------------------- outputs
 
 
-def test_validate_command_outputs(tmp_path: Path) -> None:
-    text = validate_command(str(RECORDS), False, "megatron_readme", str(tmp_path))
+def test_validate_command_outputs(tmp_path: Path, predictions) -> None:
+    text = validate_command(str(RECORDS), False, "megatron_readme", str(tmp_path),
+                            predictor=predictions)  # fmt: skip
     assert "megatron_readme2021_gpt3_175B_1024gpu" in text
     assert "MAPE %" in text and "0 records skipped" in text
     with (tmp_path / "validate.csv").open() as fh:
@@ -713,7 +714,8 @@ def test_validate_command_outputs(tmp_path: Path) -> None:
     assert {r["metric"] for r in rows} == {"step_time_s", "tflops_per_gpu"}  # GPU memory unstated
     png = tmp_path / "validate_scatter.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    doc = json.loads(validate_command(str(RECORDS), True, "korthikanti2022", str(tmp_path)))
+    doc = json.loads(validate_command(str(RECORDS), True, "korthikanti2022", str(tmp_path),
+                                      predictor=predictions))  # fmt: skip
     assert doc["schema_version"] == 1
     assert {r["source"] for r in doc["records"]} == {"korthikanti2022"}
     with (tmp_path / "validate.csv").open() as fh:

@@ -11,6 +11,7 @@ from pathlib import Path
 from simtrain.apps.validate.conventions import SOURCES
 from simtrain.apps.validate.fitted import format_constant_reports
 from simtrain.apps.validate.measured import MEMORY_METRICS, METRICS, VERDICT_METRICS
+from simtrain.apps.validate.predict import Predictor
 from simtrain.apps.validate.records import FRACTION_METRICS
 from simtrain.apps.validate.run import NOISY_RATIO, ErrorStats, ValidationResult, validate
 from simtrain.errors import ConfigError
@@ -241,11 +242,13 @@ def scatter_plot(res: ValidationResult, path: str | Path) -> Path:
 
 
 def validate_command(
-    path: str | None, as_json: bool, only: str | None, out_dir: str, by: str = "record"
-) -> str:
+    path: str | None, as_json: bool, only: str | None, out_dir: str, by: str = "record",
+    *, predictor: Predictor | None = None,
+) -> str:  # fmt: skip
     """What ``simtrain validate [PATH] [--json] [--only SOURCE] [--by record|family] [--out
     DIR]`` prints; writes ``validate.csv`` and ``validate_scatter.png`` into ``out_dir``. The
-    JSON document holds both views."""
+    JSON document holds both views. ``predictor``: :func:`validate`'s (earlier predictions to
+    reuse)."""
     from simtrain.report.tables import dumps
 
     if by not in BY:
@@ -254,7 +257,7 @@ def validate_command(
     from simtrain.report.progress import ProgressBar
 
     bar = ProgressBar(later=validate_later())  # on stderr, after 2 s
-    res = validate(path, only, progress=bar)
+    res = validate(path, only, progress=bar, predictor=predictor)
     bar.close()
     out = Path(out_dir)
     csv_path = write_csv(res, out / "validate.csv")
