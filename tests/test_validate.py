@@ -629,8 +629,9 @@ def _scenario_data(pp: int, m: int, **par) -> dict:
     ],
 )
 def test_step_time_extrapolation_is_exact(pp: int, m: int, par: dict) -> None:
-    """predicted_step_time simulates 1 and 2 micro-batches (pp and 2·pp interleaved or with
-    blocking p2p) and extrapolates: it must equal the full simulation."""
+    """predicted_step_time simulates m₁, 2·m₁ and 3·m₁ micro-batches (m₁ = 1; pp interleaved or
+    with blocking p2p) and extrapolates, or simulates the step whole: it must equal the full
+    simulation."""
     par = dict(par)
     runtime = {"runtime": par.pop("runtime")} if "runtime" in par else {}
     sc = parse_scenario({**_scenario_data(pp, m, **par), **runtime}, "test")
@@ -642,7 +643,8 @@ def test_a_step_time_off_the_line_is_simulated_whole(default_records: dict) -> N
     """A step whose time is not affine in the micro-batches (NeMo's LoRA 70B over blocking p2p:
     each micro-batch adds 181, 194, 197, ... ms, tending to ~200) fails the three-point check and
     is simulated whole: predicted_step_time is the full simulation, where the line through
-    m = pp and 2·pp was 0.36 % short of it (and through m = 1 and 2, before 2026-12-07, 8 %)."""
+    m = pp and 2·pp was 0.36 % short of it (and through m = 1 and 2, before 2026-12-07,
+    7.6 %)."""
     sc = translate(default_records["nemo2407_h100_fp8_finetune_LoRA_LLAMA2-70B_8gpu"]).scenario
     step = resolve(sc)
     m, pp = step.microbatches, step.pp
