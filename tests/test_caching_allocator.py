@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simtrain.costs.caching_allocator import (
+    ADDRESS_BITS,
     AllocatorOutOfMemory,
     CachingAllocator,
     replay,
@@ -252,3 +253,16 @@ def test_a_stale_handle_is_refused_even_where_its_address_is_reused():
         a.free(p)  # merged back into one block
     with pytest.raises(ValueError, match="not allocated"):
         a.free(parts[1])
+
+
+def test_pool_keys_refuse_an_address_past_their_bits():
+    """A cached block's pool key is size << ADDRESS_BITS | address: an address that needs more
+    bits would order the pool wrongly, so the segment that would reach it is refused (two
+    segments of 2^(ADDRESS_BITS - 2) bytes fit, with their gaps; a third does not)."""
+    a = CachingAllocator()
+    big = 1 << (ADDRESS_BITS - 2)
+    a.malloc(big)
+    a.malloc(big)
+    with pytest.raises(ValueError, match="2\\^52"):
+        a.malloc(big)
+    assert a.cached_blocks(False) == []  # whole segments, nothing split off

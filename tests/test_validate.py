@@ -655,7 +655,7 @@ def test_a_step_time_off_the_line_is_simulated_whole(default_records: dict) -> N
         ).metrics.step_time_s
         for k in (1, 2, 3)
     )
-    assert m > 3 * pp and (t3 - t2) - (t2 - t1) > 1e6 * AFFINE_TOLERANCE_S  # off by a ms
+    assert m > 3 * pp and (t3 - t2) - (t2 - t1) > 1e-3  # 3.2 ms off the line (measured)
     full = simulate_scenario(sc).metrics.step_time_s
     assert predicted_step_time(sc) == full
     assert abs(t1 + (m - pp) * (t2 - t1) / pp - full) > 0.02  # what the line would have said
@@ -683,9 +683,8 @@ def test_a_stage_with_slack_turns_the_step_onto_another_line(default_records: di
 
 def test_step_time_without_the_allocator_replay_is_the_same() -> None:
     """predicted_step_time simulates without the caching allocator's replay (runtime
-    allocator_replay: a reserved memory figure, which no time reads): the step time of the full
-    simulation with the replay, while the memory report it skips does differ (a scenario the
-    replay fragments)."""
+    allocator_replay: a reserved memory figure): no task of the timeline moves by a nanosecond
+    without it, while the memory report does differ (a scenario the replay fragments)."""
     data = {"name": "frag", "runtime": "nanotron",
             "model": {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 32000},
             "hardware": "h100_sxm5_80gb",
@@ -700,7 +699,6 @@ def test_step_time_without_the_allocator_replay_is_the_same() -> None:
     assert not any(s.fragmentation_bytes for s in not_replayed.memory.stages)
     assert replayed.metrics.step_time_s == not_replayed.metrics.step_time_s
     assert replayed.timeline.spans == not_replayed.timeline.spans  # every task, to the ns
-    assert predicted_step_time(sc) == predicted_step_time(off)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -100,9 +100,7 @@ class CachingAllocator:
         return [(k >> ADDRESS_BITS, k & _ADDRESS_MASK) for k in self._pools[small]]
 
     def malloc(self, nbytes: int) -> int:
-        size = -(-nbytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES  # round_size, inlined
-        if size < MIN_BLOCK_BYTES:
-            size = MIN_BLOCK_BYTES
+        size = round_size(nbytes)
         small = size <= SMALL_SIZE_BYTES
         pool = self._pools[small]
         i = bisect.bisect_left(pool, size << ADDRESS_BITS)

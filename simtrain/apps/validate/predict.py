@@ -18,8 +18,6 @@ from simtrain.schedules.registry import all_warmup_order
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.scenario import Scenario
 
-# Schedules whose step time is affine in the number of micro-batches (predicted_step_time).
-
 
 def scenario_key(sc: Scenario) -> Scenario:
     """The scenario without its name and source: records with equal keys have the same layout
@@ -154,10 +152,9 @@ def predicted_step_time(sc: Scenario) -> float:
     (Megatron-Bridge's GB200 Llama 3.1 405B, pp 16 v 4: 112.024 ms a micro-batch from m = 16
     to 32, then 112.062, 112.071, 112.075, 112.077). Over blocking p2p every stage must keep
     the line's pace at m₃ too (:func:`_in_step`): a stage with slack turns the step onto
-    another line later. m₁: 1; pp for the interleaved schedule
-    (m must be a multiple of pp); with stages of unequal layer counts (an uneven split) pp, where the first
-    micro-batches fill the pipeline at the speed of every stage and only later at the slowest
-    one's, and with v > 1 chunks per rank (v + 1)·pp: rank 0's interleaved warm-up is
+    another line later. m₁: 1; pp for the interleaved schedule (m must be a multiple of pp);
+    with stages of unequal layer counts (an uneven split) pp, where the first micro-batches
+    fill the pipeline at the speed of every stage and only later at the slowest one's, and with v > 1 chunks per rank (v + 1)·pp: rank 0's interleaved warm-up is
     2(p − 1) + (v − 1)·p = (v + 1)·p − 2 forwards (``schedules.generators``; three splits with
     unequal chunks are affine from 3·p at v = 2 and at v = 3, ``tests/test_uneven_stages.py``);
     with blocking p2p (runtime ``p2p: blocking``: each send waits for its receive) pp, whose
@@ -165,8 +162,8 @@ def predicted_step_time(sc: Scenario) -> float:
     2, then 11.783, then 11.789 from m = 3 on); 2·pp for a runtime whose interleaved order
     differs at m = pp (``interleaved_all_warmup_at_pp``: every forward first). An explicit
     micro-batch group (``parallelism.microbatch_group_size``) is simulated whole. Before
-    2026-12-07 the line was taken from m₁ and m₂ alone, from m₁ = 1 under blocking p2p: up to
-    8 % off the full simulation (that LoRA record)."""
+    2026-12-07 the line was taken from m₁ and m₂ alone, from m₁ = 1 under blocking p2p: that LoRA
+    record's tokens/s 7.6 % above its full simulation's."""
     sc = _time_only(sc)
     step = resolve(sc)
     m = step.microbatches
