@@ -1,12 +1,15 @@
 """How ``simtrain validate`` finds its step times (``apps.validate.predict.predicted_step_time``),
 on one core: for each distinct timed scenario of the default records, whether it was simulated
-whole at once (a short step, a schedule not affine in m), taken from the line through m₁, 2·m₁
-and 3·m₁ micro-batches, or simulated whole after those three (off the line, or over blocking
-p2p a stage off the line's pace); counts per family and the seconds each way took. With
-``--check`` every line taken is compared with the whole simulation of its step: the largest
-differences are printed (2026-12-07: 273 lines, each within 18 ns).
+whole at once (a step of at most 6·m₁ micro-batches, a schedule not affine in m), taken from
+the line through m₁, 2·m₁ and 3·m₁ micro-batches, or simulated whole after those three (off the
+line, or over blocking p2p a stage off the line's pace); counts per family and the seconds each
+way took; ``--top N`` the N steps that took longest. With ``--check`` every line taken is
+compared with the whole simulation of its step: the largest differences are printed.
+2026-12-07, the line from m > 3·m₁: 209 whole at once 31.0 s, 273 lines 32.2 s (each within
+18 ns), 108 whole after the three 64.9 s; from m > 6·m₁: 351 whole 62.7 s, 169 lines 8.0 s
+(each within 18 ns), 70 whole after the three 25.7 s (96.4 s against 128.1 s).
 
-Run:  python benchmarks/bench_validate_steps.py [--only SOURCE] [--check]
+Run:  python benchmarks/bench_validate_steps.py [--only SOURCE] [--check] [--top N]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="records of this source key only")
     ap.add_argument("--check", action="store_true", help="simulate each line's step whole too")
+    ap.add_argument("--top", type=int, default=0, help="print the N steps that took longest")
     args = ap.parse_args()
     calls: list[float] = []
     simulate = predict.simulate_scenario
@@ -45,6 +49,7 @@ def main() -> None:
     counts: dict[str, Counter] = {w: Counter() for w in WAYS}
     seconds: Counter = Counter()
     off: list[tuple[float, str]] = []
+    slowest: list[tuple[float, str, str]] = []
     for rec in load_record_files(resolve_paths(None)):
         tr = translate(rec)
         if not isinstance(tr, Translation) or not any(
@@ -63,7 +68,9 @@ def main() -> None:
         got = predict.predicted_step_time(tr.scenario)
         way = WAYS[{1: 0, 3: 1, 4: 2}[len(calls)]]
         counts[way][family] += 1
-        seconds[way] += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        seconds[way] += took
+        slowest.append((took, way, rec.id))
         if args.check and way == "line":
             full = simulate(tr.scenario).metrics.step_time_s  # (the replay moves no time)
             off.append((abs(got - full), rec.id))
@@ -72,6 +79,10 @@ def main() -> None:
         fams = ", ".join(f"{f} {c}" for f, c in counts[way].most_common())
         print(f"{way:30s} {n:4d} steps {seconds[way]:7.1f} s   {fams}")
     print(f"{'distinct timed steps':30s} {len(seen):4d}")
+    if args.top:
+        print(f"the {args.top} steps that took longest:")
+        for took, way, rid in sorted(slowest, reverse=True)[: args.top]:
+            print(f"  {took:7.2f} s  {way:30s} {rid}")
     if args.check:
         off.sort(reverse=True)
         print(f"lines against their whole simulation: {len(off)}, largest differences:")

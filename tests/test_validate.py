@@ -617,26 +617,50 @@ def _scenario_data(pp: int, m: int, **par) -> dict:
     "pp,m,par",
     [
         (4, 12, {"dp": 2, "tp": 2}),
-        (4, 8, {"schedule": "interleaved", "virtual_stages": 2, "tp": 2}),
-        (2, 6, {"schedule": "gpipe", "dp": 2}),
-        (1, 6, {"dp": 4}),
-        (1, 5, {"dp": 4, "zero_stage": 1}),
-        (1, 4, {"dp": 2, "zero_stage": 3}),
-        (2, 5, {"dp": 2, "tp": 2, "bucket_mb": 1e9}),
-        (4, 12, {"dp": 2, "tp": 2, "runtime": "nanotron"}),
-        (4, 13, {"dp": 2, "runtime": "nanotron_bench"}),
-        (4, 11, {"dp": 2, "tp": 2, "runtime": "megatron_core"}),
+        (4, 52, {"schedule": "interleaved", "virtual_stages": 2, "tp": 2}),
+        (2, 7, {"schedule": "gpipe", "dp": 2}),
+        (1, 7, {"dp": 4}),
+        (1, 8, {"dp": 4, "zero_stage": 1}),
+        (1, 9, {"dp": 2, "zero_stage": 3}),
+        (2, 10, {"dp": 2, "tp": 2, "bucket_mb": 1e9}),
+        (4, 25, {"dp": 2, "tp": 2, "runtime": "nanotron"}),
+        (4, 26, {"dp": 2, "runtime": "nanotron_bench"}),
+        (4, 27, {"dp": 2, "tp": 2, "runtime": "megatron_core"}),
     ],
 )
-def test_step_time_extrapolation_is_exact(pp: int, m: int, par: dict) -> None:
-    """predicted_step_time simulates m₁, 2·m₁ and 3·m₁ micro-batches (m₁ = 1; pp interleaved or
-    with blocking p2p) and extrapolates, or simulates the step whole: it must equal the full
-    simulation."""
+def test_step_time_extrapolation_is_exact(pp: int, m: int, par: dict, monkeypatch) -> None:
+    """predicted_step_time simulates m₁, 2·m₁ and 3·m₁ micro-batches (m₁ = 1; pp with blocking
+    p2p; 2·pp for this interleaved order) and extrapolates: it must equal the full simulation.
+    Each m is above 6·m₁, so the line is taken (three simulations), not the whole step."""
     par = dict(par)
     runtime = {"runtime": par.pop("runtime")} if "runtime" in par else {}
     sc = parse_scenario({**_scenario_data(pp, m, **par), **runtime}, "test")
     full = simulate_scenario(sc).metrics.step_time_s
+    simulated: list[int] = []
+
+    def counting(s, *a, **k):
+        simulated.append(resolve(s).microbatches)
+        return simulate_scenario(s, *a, **k)
+
+    monkeypatch.setattr("simtrain.apps.validate.predict.simulate_scenario", counting)
     assert predicted_step_time(sc) == pytest.approx(full, rel=1e-9)
+    assert len(simulated) == 3 and max(simulated) < m, simulated
+
+
+def test_a_short_step_is_simulated_whole(monkeypatch) -> None:
+    """A step of at most 6·m₁ micro-batches, the three points' own count, is simulated whole
+    (one simulation, of all its micro-batches)."""
+    data = {**_scenario_data(4, 24, dp=2, tp=2), "runtime": "nanotron"}  # blocking: m₁ = pp
+    sc = parse_scenario(data, "test")
+    simulated: list[int] = []
+
+    def counting(s, *a, **k):
+        simulated.append(resolve(s).microbatches)
+        return simulate_scenario(s, *a, **k)
+
+    monkeypatch.setattr("simtrain.apps.validate.predict.simulate_scenario", counting)
+    predicted_step_time(sc)
+    assert simulated == [24]
 
 
 def test_a_step_time_off_the_line_is_simulated_whole(default_records: dict) -> None:

@@ -143,8 +143,11 @@ def predicted_step_time(sc: Scenario) -> float:
     """Simulated step time in seconds: the full simulation's, found with fewer micro-batches
     where it can be. The step time of the 1F1B, GPipe and interleaved schedules (and of plain
     gradient accumulation, pp = 1) is in most steps affine in the number of micro-batches m
-    from some m₁ on: T(m) = T(m₁) + (m − m₁)·(T(m₂) − T(m₁))/(m₂ − m₁). A long step is
-    simulated at m₁, m₂ = 2·m₁ and m₃ = 3·m₁; where T(m₃) lies on the line through the other
+    from some m₁ on: T(m) = T(m₁) + (m − m₁)·(T(m₂) − T(m₁))/(m₂ − m₁). A step of more than
+    m₁ + m₂ + m₃ = 6·m₁ micro-batches (fewer: simulated whole, for no more work; the
+    rule was m > 3·m₁ until 2026-12-07's second change: validate's timed steps took 128 s of
+    one core, now 96 s) is simulated at
+    m₁, m₂ = 2·m₁ and m₃ = 3·m₁; where T(m₃) lies on the line through the other
     two (to the engine's nanosecond, :data:`AFFINE_TOLERANCE_S`) the line gives T(m), else the
     step is simulated whole: a step whose micro-batches settle slowly (NeMo's LoRA 70B over
     blocking p2p adds 181, 194, 197, ... ms a micro-batch) is not on any line
@@ -179,7 +182,9 @@ def predicted_step_time(sc: Scenario) -> float:
     m2, m3 = 2 * m1, 3 * m1
     # a micro-batch group other than pp (ResolvedStep.microbatch_group) fixes which m are
     # valid orders: simulated whole
-    if m <= m3 or not step.traits.affine_in_m or step.microbatch_group:
+    # the line's three simulations play m₁ + m₂ + m₃ = 6·m₁ micro-batches: a step of no more
+    # is simulated whole, the exact answer for no more work
+    if m <= m1 + m2 + m3 or not step.traits.affine_in_m or step.microbatch_group:
         return simulate_scenario(sc).metrics.step_time_s
     t1, t2 = (simulate_scenario(_with_microbatches(sc, k)).metrics.step_time_s for k in (m1, m2))
     third = simulate_scenario(_with_microbatches(sc, m3))
