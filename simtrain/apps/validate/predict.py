@@ -12,7 +12,7 @@ from simtrain.apps.validate.translate import Translation
 from simtrain.apps.workers import env_workers, local_workers
 from simtrain.costs.chunk_time import block_times_ns
 from simtrain.costs.memory import MemoryReport, estimate_memory
-from simtrain.layout.step import resolve
+from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.report.progress import Progress
 from simtrain.schedules.registry import all_warmup_order
 from simtrain.sim.timeline import Timeline
@@ -109,9 +109,11 @@ def _default_workers() -> int:
 
 def _simulation_cost(sc: Scenario) -> int:
     """Relative cost of :func:`predicted_step_time` (a sort key for load balance): chunks x the
-    micro-batches simulated x the layers of the fullest rank."""
+    micro-batches simulated (the whole step's, or the line's three points', 6·m₁) x the layers
+    of the fullest rank."""
     step = resolve(sc)
-    m = step.microbatches if step.microbatch_group else step.traits.affine_from(step.pp)
+    m1 = _line_start(sc, step)
+    m = 6 * m1 if m1 else step.microbatches
     layers = max(step.rank_layers(r) for r in range(step.pp))
     return step.pp * step.v * m * (1 + layers)
 
@@ -144,12 +146,11 @@ def predicted_step_time(sc: Scenario) -> float:
     where it can be. The step time of the 1F1B, GPipe and interleaved schedules (and of plain
     gradient accumulation, pp = 1) is in most steps affine in the number of micro-batches m
     from some m₁ on: T(m) = T(m₁) + (m − m₁)·(T(m₂) − T(m₁))/(m₂ − m₁). A step of more than
-    m₁ + m₂ + m₃ = 6·m₁ micro-batches (fewer: simulated whole, for no more work; the
-    rule was m > 3·m₁ until 2026-12-07's second change: validate's timed steps took 128 s of
-    one core, now 96 s) is simulated at
-    m₁, m₂ = 2·m₁ and m₃ = 3·m₁; where T(m₃) lies on the line through the other
-    two (to the engine's nanosecond, :data:`AFFINE_TOLERANCE_S`) the line gives T(m), else the
-    step is simulated whole: a step whose micro-batches settle slowly (NeMo's LoRA 70B over
+    m₁ + m₂ + m₃ = 6·m₁ micro-batches (:func:`_line_start`; fewer: simulated whole, for no
+    more work; the rule was m > 3·m₁ until 2026-12-07's second change: validate's timed steps
+    took 128 s of one core, now 96 s) is simulated at m₁, m₂ = 2·m₁ and m₃ = 3·m₁; where
+    T(m₃) lies on the line through the other two (to the engine's nanosecond,
+    :data:`AFFINE_TOLERANCE_S`) the line gives T(m), else the step is simulated whole: a step whose micro-batches settle slowly (NeMo's LoRA 70B over
     blocking p2p adds 181, 194, 197, ... ms a micro-batch) is not on any line
     (``tests/test_validate.py``), and one that settles fast is on none exactly either
     (Megatron-Bridge's GB200 Llama 3.1 405B, pp 16 v 4: 112.024 ms a micro-batch from m = 16
@@ -169,23 +170,11 @@ def predicted_step_time(sc: Scenario) -> float:
     record's tokens/s 7.6 % above its full simulation's."""
     sc = _time_only(sc)
     step = resolve(sc)
-    m = step.microbatches
-    m1 = step.traits.affine_from(step.pp)
-    if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
-        m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
-    blocking = step.pp > 1 and sc.runtime.p2p == "blocking"
-    if blocking:
-        m1 = max(m1, step.pp)
-    if m1 == step.pp and all_warmup_order(sc.runtime.interleaved_all_warmup_at_pp,
-                                          step.schedule_name, step.v):  # fmt: skip
-        m1 = 2 * step.pp
-    m2, m3 = 2 * m1, 3 * m1
-    # a micro-batch group other than pp (ResolvedStep.microbatch_group) fixes which m are
-    # valid orders: simulated whole
-    # the line's three simulations play m₁ + m₂ + m₃ = 6·m₁ micro-batches: a step of no more
-    # is simulated whole, the exact answer for no more work
-    if m <= m1 + m2 + m3 or not step.traits.affine_in_m or step.microbatch_group:
+    m, m1 = step.microbatches, _line_start(sc, step)
+    if not m1:
         return simulate_scenario(sc).metrics.step_time_s
+    m2, m3 = 2 * m1, 3 * m1
+    blocking = step.pp > 1 and sc.runtime.p2p == "blocking"
     t1, t2 = (simulate_scenario(_with_microbatches(sc, k)).metrics.step_time_s for k in (m1, m2))
     third = simulate_scenario(_with_microbatches(sc, m3))
     t3 = third.metrics.step_time_s
@@ -193,6 +182,25 @@ def predicted_step_time(sc: Scenario) -> float:
     if abs((t3 - t2) - (t2 - t1)) > AFFINE_TOLERANCE_S or not paced:
         return simulate_scenario(sc).metrics.step_time_s  # not on a line: simulated whole
     return t1 + (m - m1) * (t2 - t1) / (m2 - m1)
+
+
+def _line_start(sc: Scenario, step: ResolvedStep) -> int:
+    """m₁ of :func:`predicted_step_time`'s line, or 0 where the step is simulated whole: a
+    schedule not affine in m, an explicit micro-batch group other than pp
+    (``ResolvedStep.microbatch_group``: it fixes which m are valid orders), or a step of no
+    more micro-batches than the line's three simulations play, m₁ + 2·m₁ + 3·m₁ (the whole
+    step is then the exact answer for no more work)."""
+    m1 = step.traits.affine_from(step.pp)
+    if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
+        m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
+    if step.pp > 1 and sc.runtime.p2p == "blocking":
+        m1 = max(m1, step.pp)
+    if m1 == step.pp and all_warmup_order(sc.runtime.interleaved_all_warmup_at_pp,
+                                          step.schedule_name, step.v):  # fmt: skip
+        m1 = 2 * step.pp
+    if step.microbatches <= 6 * m1 or not step.traits.affine_in_m or step.microbatch_group:
+        return 0
+    return m1
 
 
 def _in_step(tl: Timeline, m: int, lag: int, rise_s: float) -> bool:
