@@ -3,7 +3,6 @@ run, each computed once per test session (once across pytest-xdist's workers).""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 from typing import Any
@@ -65,6 +64,8 @@ def _validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     others reading its pickle; in the test process without xdist."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return _default_run()
+    import fcntl  # (POSIX; xdist's workers only)
+
     shared = tmp_path_factory.getbasetemp().parent  # one folder for all of the session's workers
     cache = shared / "validate_default_run.pickle"
     with open(shared / "validate_default_run.lock", "w") as lock:
