@@ -35,6 +35,7 @@ from simtrain.costs.activations import grad_flows_through_blocks, loss_value_byt
 from simtrain.costs.cp import ring_layer
 from simtrain.costs.fp8 import cast_bytes, rowwise_rescale_bytes
 from simtrain.costs.moe import (
+    megatron_expert_extra_bytes_per_token,
     moe_elementwise_bytes_per_token,
     moe_load,
     moe_mlp_flops,
@@ -818,6 +819,17 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)
     moe_bf = block_flops(m, t, tp, True, moe_load(m, ep), fused, sp, eager)
+    if sc.runtime.moe_implementation == "megatron_core":
+        # Megatron-Core's unfused GPT-OSS parts (costs.moe.megatron_expert_extra_bytes_per_token)
+        fwd, bwd = megatron_expert_extra_bytes_per_token(m, t.precision_spec.act_mm, tp,
+                                                         moe_load(m, ep))  # fmt: skip
+        tokens = t.micro_batch * t.seq_len_effective
+        bwd = bwd if grad_flows_through_blocks(t) else 0.0
+        moe_bf = replace(
+            moe_bf,
+            elementwise_bytes_fwd=moe_bf.elementwise_bytes_fwd + tokens * fwd,
+            elementwise_bytes_bwd=moe_bf.elementwise_bytes_bwd + tokens * bwd,
+        )
     dense_bf = block_flops(m, t, tp, False, fused=fused, sp=sp, eager=eager)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
                         for f in BlockFlops.__slots__))  # fmt: skip

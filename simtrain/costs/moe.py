@@ -91,6 +91,40 @@ def moe_elementwise_bytes_per_token(m: ModelSpec, e: int, tp: int = 1, load: flo
     return e * (act + permute) + router
 
 
+def megatron_expert_extra_bytes_per_token(m: ModelSpec, e: int, tp: int = 1,
+                                          load: float = 1.0) -> tuple[float, float]:  # fmt: skip
+    """(forward, backward) memory-bound bytes per token that Megatron-Core's expert layer moves
+    beyond :func:`moe_elementwise_bytes_per_token`'s fused activation, for the model's two
+    GPT-OSS features (runtime ``moe_implementation: megatron_core``; e: activation bytes; the
+    rank's k·load/tp expert-token pairs per token, as the activation's count):
+
+    - a clamped GLU (``ModelSpec.glu_clamp``): ``weighted_bias_quick_geglu_impl`` runs
+      ``chunk``, two ``clamp`` and a ``torch.cat`` before its compiled kernel
+      (megatron/core/fusions/fused_bias_geglu.py l.410-440 at core_v0.15.0, the same at
+      d98e8a64; Megatron-Bridge gpt_oss_provider.py l.79-84 at 00b7660b sets
+      ``activation_func_clamp_value`` 7.0): forward the two clamps read and write f_e each and
+      the cat 2·f_e, 8 accesses per f_e-element pair; backward each clamp's gradient reads the
+      gradient and the saved input and writes one (3 + 3) and the chunk's backward concatenates
+      the two halves' gradients (4): 10;
+    - fc2's bias (``linear_has_bias("down")``), added expert by expert with the routing
+      probabilities (megatron/core/transformer/moe/experts.py ``_apply_bias`` l.823-840 at
+      core_v0.15.0: ``torch.cat([t + b * p ...])``, fc2 built with skip_bias_add): forward
+      b·p written (1), the add (2 reads, 1 write), the cat (1 + 1), 6 accesses per
+      h-element of the expert output; backward the split's cat of the gradients (2) and the
+      products and sums of the bias's and the probabilities' gradients (6): 8.
+
+    fc1's bias costs nothing here: Transformer Engine adds it in the grouped GEMM."""
+    pairs = e * m.experts_per_token * load / tp
+    fwd = bwd = 0.0
+    if m.glu_clamp:
+        fwd += 8 * pairs * m.expert_ffn
+        bwd += 10 * pairs * m.expert_ffn
+    if m.linear_has_bias("down"):
+        fwd += 6 * pairs * m.hidden
+        bwd += 8 * pairs * m.hidden
+    return fwd, bwd
+
+
 def moe_saved_tensors(m: ModelSpec, sb: int, e: int, tp: int = 1, load: float = 1.0,
                       saves_weights_input: bool = True, quant: Precision | None = None,
                       etp: int = 0) -> list[tuple[str, int, str]]:  # fmt: skip

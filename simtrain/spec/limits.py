@@ -119,6 +119,7 @@ FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "model.rotary_fraction": (0.0, 1.0),  # and > 0 (validate_model)
     "model.capacity_factor": (0.0, 2**16),  # and <= experts / top-k (spec.model._validate_moe)
     "model.moe_load_imbalance": (1.0, 2**16),  # and <= experts / top-k
+    "model.glu_clamp": (0.0, 1e6),  # GPT-OSS 7.0; 0 = none
     # DDP bucket: 1e-6 MB is one byte (costs.comm.ddp_buckets: int(bucket_mb * 1e6) >= 1);
     # 1e12 MB covers validate's one-bucket 1e9 (apps.importers.common.ONE_BUCKET_MB).
     "parallelism.bucket_mb": (1e-6, 1e12),

@@ -103,6 +103,11 @@ class ModelSpec:
     router_score_bias: bool = False
     capacity_factor: float = 0.0
     moe_load_imbalance: float = 1.0
+    # GPT-OSS's clamped GLU in its experts: the gate clamped to at most glu_clamp and the
+    # linear half to [-glu_clamp, glu_clamp] (HF gpt_oss config ``swiglu_limit`` 7.0,
+    # modeling_gpt_oss GptOssExperts; Megatron-Core ``activation_func_clamp_value``, which
+    # Megatron-Bridge's GPT-OSS provider sets to 7.0); 0: none (costs.moe).
+    glu_clamp: float = 0.0
     # Group-limited routing (DeepSeek-V2 §2.1.3 device-limited, V3 §2.1.2 node-limited; HF
     # n_group / topk_group, Megatron-Core moe_router_num_groups / moe_router_group_topk,
     # transformer_config.py l.780-796 at d98e8a64): the experts form router_groups equal
@@ -661,16 +666,16 @@ PRESETS.update({
         qk_norm=True, num_experts=128, experts_per_token=8, moe_ffn_hidden=1536),
     # gpt-oss: HF openai/gpt-oss-20b and -120b config.json (gpt_oss: hidden 2880, 64 heads of
     # 64, 8 KV heads, experts of 2880 with biases, router bias, attention biases and sinks,
-    # a 128-token sliding window on every other layer);
+    # a 128-token sliding window on every other layer, swiglu_limit 7.0);
     # OpenAI gpt-oss model card Table 1: 20.91B / 116.83B total.
     "gpt-oss-20b": replace(
         _llama("gpt-oss-20b", 24, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
         attention_sinks=True, num_experts=32, experts_per_token=4, router_bias=True,
-        sliding_window=128, full_attention_every=2),
+        sliding_window=128, full_attention_every=2, glu_clamp=7.0),
     "gpt-oss-120b": replace(
         _llama("gpt-oss-120b", 36, 2880, 64, 8, 2880, 201088, 131072), bias=True, head_size=64,
         attention_sinks=True, num_experts=128, experts_per_token=4, router_bias=True,
-        sliding_window=128, full_attention_every=2),
+        sliding_window=128, full_attention_every=2, glu_clamp=7.0),
     # DeepSeek-V3: HF deepseek-ai/DeepSeek-V3 config.json (61 layers, first_k_dense_replace 3
     # with intermediate_size 18432, 256 routed experts of 2048, top-8, 1 shared expert, MLA:
     # q_lora_rank 1536, kv_lora_rank 512, qk 128 + 64, v 128; vocab 129280, untied;

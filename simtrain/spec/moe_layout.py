@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from simtrain.errors import ConfigError
-from simtrain.spec.limits import INT_RANGES, check_range
+from simtrain.spec.limits import FLOAT_RANGES, INT_RANGES, check_range
 from simtrain.spec.precision import PRECISIONS
 
 #: model_type values of DeepSeek's MLA + MoE decoder (configuration_deepseek_v3.py's fields):
@@ -157,7 +157,8 @@ def hf_moe_fields(kind: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
     elif kind == "gpt_oss":
         k = cfg.get("num_experts_per_tok", cfg.get("experts_per_token", 4))
         out.update(num_experts=int(cfg.get("num_local_experts", 32)), experts_per_token=int(k),
-                   router_bias=True, attention_sinks=True)  # fmt: skip
+                   router_bias=True, attention_sinks=True,
+                   glu_clamp=float(cfg.get("swiglu_limit", 7.0)))  # fmt: skip
     return out
 
 
@@ -166,14 +167,15 @@ ZERO_OK_FIELDS = ("head_size", "num_experts", "experts_per_token", "moe_ffn_hidd
                   "shared_experts", "shared_expert_ffn_hidden", "first_dense_layers",
                   "capacity_factor", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                   "qk_rope_head_dim", "v_head_dim", "mtp_layers", "router_groups",
-                  "router_group_topk", "sliding_window", "full_attention_every")  # fmt: skip
+                  "router_group_topk", "sliding_window", "full_attention_every",
+                  "glu_clamp")  # fmt: skip
 
 
 #: The model keys a dense model (num_experts 0) leaves at their defaults.
 MOE_ONLY_FIELDS = ("experts_per_token", "moe_ffn_hidden", "shared_experts",
                    "shared_expert_ffn_hidden", "first_dense_layers", "router_groups",
                    "router_group_topk", "shared_expert_gate", "router_bias", "router_score_bias",
-                   "capacity_factor", "moe_load_imbalance")  # fmt: skip
+                   "capacity_factor", "moe_load_imbalance", "glu_clamp")  # fmt: skip
 
 
 def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
@@ -183,7 +185,7 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
     average)."""
     for field in ZERO_OK_FIELDS:
         v = getattr(spec, field)
-        if field == "capacity_factor":
+        if field in ("capacity_factor", "glu_clamp"):  # floats, checked below
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(file, f"{prefix}.{field}", "must be an integer >= 0", v)
@@ -240,6 +242,13 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
                           f"dividing num_experts = {e} and 1 <= router_group_topk <= "
                           f"router_groups, with top-k = {k} experts in the chosen groups "
                           "(both 0: unlimited)", getattr(spec, key))  # fmt: skip
+    clamp, (_, clamp_max) = spec.glu_clamp, FLOAT_RANGES["model.glu_clamp"]
+    if not 0.0 <= clamp <= clamp_max:
+        raise ConfigError(file, f"{prefix}.glu_clamp", f"must be in [0, {clamp_max:g}] (0 = no "
+                          "clamp; GPT-OSS 7.0)", clamp)  # fmt: skip
+    if spec.glu_clamp and spec.mlp != "swiglu":
+        raise ConfigError(file, f"{prefix}.glu_clamp", "clamps a gated (GLU) MLP's two halves: "
+                          "needs model.mlp swiglu (0 = no clamp)", spec.glu_clamp)  # fmt: skip
     imb = spec.moe_load_imbalance
     if not 1.0 <= imb <= e / k:
         raise ConfigError(file, f"{prefix}.moe_load_imbalance", "busiest expert's tokens over "
