@@ -108,7 +108,9 @@ def megatron_expert_extra_bytes_per_token(m: ModelSpec, e: int, tp: int = 1,
       the two halves' gradients (4): 10;
     - fc2's bias (``linear_has_bias("down")``), added expert by expert with the routing
       probabilities (megatron/core/transformer/moe/experts.py ``_apply_bias`` l.823-840 at
-      core_v0.15.0: ``torch.cat([t + b * p ...])``, fc2 built with skip_bias_add): forward
+      core_v0.15.0: ``torch.cat([t + b * p ...])``, fc2 built with skip_bias_add; at d98e8a64
+      l.345-370, beside a packed path for CUDA graphs that adds a per-token fp32 bias, not
+      priced apart): forward
       b·p written (1), the add (2 reads, 1 write), the cat (1 + 1), 6 accesses per
       h-element of the expert output; backward the split's cat of the gradients (2) and the
       products and sums of the bias's and the probabilities' gradients (6): 8.
