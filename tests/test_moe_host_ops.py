@@ -364,6 +364,51 @@ def test_expert_bias_ops_recounted_with_torch(experts: int) -> None:
     assert want.recompute_full == want.forward
 
 
+def _megatron_glu_clamp(inp, clamp_value: float = 7.0):
+    """The clamp of megatron/core/fusions/fused_bias_geglu.py weighted_bias_quick_geglu_impl
+    (l.410-440 at d98e8a64), up to the compiled kernel it feeds."""
+    import torch
+
+    ori_shape = inp.shape
+    x_glu, x_linear = inp.chunk(2, -1)
+    inp = torch.cat((x_glu.clamp(min=None, max=clamp_value),
+                     x_linear.clamp(min=-clamp_value, max=clamp_value)), -1)  # fmt: skip
+    return inp.view(-1, ori_shape[-1])
+
+
+def test_glu_clamp_ops_recounted_with_torch() -> None:
+    """The clamp dispatches 4 ops forward and 11 backward beyond the view beside it."""
+    torch = pytest.importorskip("torch")
+    from simtrain.torchref.opcount import _OpCounter
+
+    def count(fn):
+        x = torch.randn(5, 16, dtype=torch.bfloat16, requires_grad=True) * 1.0
+        with _OpCounter() as fwd:
+            y = fn(x)
+        with _OpCounter() as bwd:
+            y.backward(torch.ones_like(y))
+        return fwd.ops, bwd.ops
+
+    clamped, plain = count(_megatron_glu_clamp), count(lambda x: x.view(-1, 16))
+    want = host.MEGATRON_GLU_CLAMP_OPS
+    assert (clamped[0] - plain[0], clamped[1] - plain[1]) == (want.forward, want.backward)
+    assert want.recompute_full == want.forward
+
+
+def test_a_clamped_glu_adds_its_clamp_to_megatron_moe_blocks() -> None:
+    """GPT-OSS's glu_clamp adds the clamp's ops to a Megatron-Core MoE block, nothing to the
+    reference MoE layer's."""
+    sets = ["model.mlp=swiglu", "parallelism.ep=8"]
+    clamped, plain = _sc(*sets, "model.glu_clamp=7.0"), _sc(*sets)
+    assert block_ops(clamped, moe=True) - block_ops(plain, moe=True) == (
+        host.MEGATRON_GLU_CLAMP_OPS
+    )
+    ref = ["runtime.moe_implementation=reference"]
+    assert block_ops(_sc(*sets, "model.glu_clamp=7.0", *ref), moe=True) == block_ops(
+        _sc(*sets, *ref), moe=True
+    )
+
+
 def test_biased_experts_add_their_bias_loop() -> None:
     """Biased experts (GPT-OSS's, model.bias) add the fc2 bias loop over the rank's experts to
     an MoE block: Mixtral's 8 experts at ep 8 (one a rank) and ep 2 (four), beside the seven

@@ -153,6 +153,15 @@ MEGATRON_EXPERT_BIAS_OPS = (LayerOps(forward=5, backward=8, recompute_full=5),
                             LayerOps(forward=2, backward=7, recompute_full=2))  # fmt: skip
 
 
+#: Megatron-Core's clamped GLU in the experts (GPT-OSS, ``ModelSpec.glu_clamp``):
+#: ``weighted_bias_quick_geglu_impl`` (megatron/core/fusions/fused_bias_geglu.py l.410-440 at
+#: core_v0.15.0 and d98e8a64) runs ``input.chunk(2, -1)``, two ``clamp`` and a ``torch.cat``
+#: before its compiled kernel: 4 dispatched ops forward and 11 backward more than the
+#: ``view`` beside them, counted with torch 2.13 on the CPU (tests/test_moe_host_ops.py recounts
+#: them on the transcription).
+MEGATRON_GLU_CLAMP_OPS = LayerOps(forward=4, backward=11, recompute_full=4)
+
+
 def expert_bias_ops(local_experts: int) -> LayerOps:
     """:data:`MEGATRON_EXPERT_BIAS_OPS` for ``local_experts`` experts on the rank."""
     fixed, per = MEGATRON_EXPERT_BIAS_OPS
@@ -215,7 +224,8 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
     (:data:`MEGATRON_MOE_ROUTER_OPS`; the larger preprocess and dispatch where the EP x
     expert-TP group has more than one rank: Megatron's ``if self.ep_size > 1 or self.tp_size >
     1``), and with biased experts (GPT-OSS) their fc2 bias's loop over the rank's experts
-    (:func:`expert_bias_ops`, counted with the dispatch: a CUDA graph of the MoE takes it).
+    (:func:`expert_bias_ops`) and with a clamped GLU its clamp (:data:`MEGATRON_GLU_CLAMP_OPS`),
+    counted with the dispatch: a CUDA graph of the MoE takes them.
     The parts a per-layer CUDA graph captures (``runtime.cuda_graph_scope``; Megatron-Core
     transformer_layer.py _get_submodules_under_cudagraphs at 0.16.1) leave the count: attn the
     block but its MLP sublayer, mlp a dense block's MLP sublayer, moe an MoE block's whole, and
@@ -230,6 +240,8 @@ def block_ops(sc: Scenario, moe: bool = False) -> LayerOps:
         dispatch = MEGATRON_MOE_DISPATCH_OPS[grouped]
         if m.linear_has_bias("down"):  # the experts' fc2 bias, added expert by expert
             dispatch += expert_bias_ops(m.num_experts // p.ep)
+        if m.glu_clamp:  # the clamp before the experts' compiled activation
+            dispatch += MEGATRON_GLU_CLAMP_OPS
     whole = ops + router + preprocess + dispatch
     scope = set(rt.cuda_graph_scope)
     if not scope:
