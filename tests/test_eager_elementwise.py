@@ -25,39 +25,11 @@ H, KV, F = 4096, 1024, 14336  # Llama 3 8B
 
 
 def _dispatch_bytes(fn, shapes, dtype):
-    """(forward, backward) bytes per element of the first input that ``fn``'s aten kernels
-    read and write: every non-view op's tensor arguments and results, leaving out the
-    row-sized ones (a row's statistic, the weight: < half the input's elements)."""
-    torch = pytest.importorskip("torch")
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
+    """``simtrain.torchref.opcount.dispatched_bytes`` (needs torch)."""
+    pytest.importorskip("torch")
+    from simtrain.torchref.opcount import dispatched_bytes
 
-    views = {"view", "_unsafe_view", "expand", "detach", "reshape", "view_as_complex",
-             "view_as_real", "t", "transpose", "alias", "unsqueeze", "squeeze", "slice",
-             "select", "as_strided", "empty_like", "zeros_like", "ones_like"}  # fmt: skip
-    n_el = 1
-    for d in shapes[0]:
-        n_el *= d
-
-    class Count(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if func._overloadpacket.__name__ not in views:
-                ts = [t for t in tree_flatten((args, kwargs, out))[0]
-                      if isinstance(t, torch.Tensor) and t.numel() >= n_el // 2]  # fmt: skip
-                self.total += sum(t.numel() * t.element_size() for t in ts)
-            return out
-
-    torch.manual_seed(0)
-    xs = [torch.randn(*sh, dtype=dtype, requires_grad=True) for sh in shapes]
-    with Count() as f:
-        y = fn(*xs)
-    g = torch.randn_like(y)
-    with Count() as b:
-        y.backward(g)
-    return f.total / n_el, b.total / n_el
+    return dispatched_bytes(fn, shapes, dtype)
 
 
 @pytest.mark.parametrize("e", [2, 4])

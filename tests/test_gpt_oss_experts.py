@@ -1,6 +1,7 @@
 """GPT-OSS's expert layer as Megatron-Core runs it (costs.moe.megatron_expert_extra_bytes_per_token):
 the clamped GLU's chunk, two clamps and cat outside the compiled kernel, and fc2's bias added
-expert by expert. The bytes are counted op by op here, independently of the closed form."""
+expert by expert. The bytes are measured with torch on transcriptions of the code
+(tests/megatron_snippets.py), independently of the closed form."""
 
 from __future__ import annotations
 
@@ -18,31 +19,36 @@ from simtrain.spec.scenario import parse_scenario
 MOE_DATA = Path(__file__).resolve().parent / "data" / "moe"
 
 
-def _op_bytes(f: int, h: int, e: int) -> tuple[int, int]:
-    """(forward, backward) bytes of one expert-token pair, op by op (e bytes an element):
-    Megatron-Core's fused_bias_geglu.py weighted_bias_quick_geglu_impl and experts.py
-    _apply_bias at core_v0.15.0."""
-    clamp_gate = 2 * f * e  # read the gate half, write the clamped copy
-    clamp_up = 2 * f * e  # read the linear half, write the clamped copy
-    cat = 2 * (2 * f) * e  # read both clamped halves, write the 2f-wide tensor
-    clamp_bwd = 2 * (3 * f * e)  # each: read the gradient and the saved input, write one
-    chunk_bwd = 2 * (2 * f) * e  # cat the halves' gradients: read 2f, write 2f
-    bias_mul = h * e  # b * p written (b: h, p: one value a row)
-    bias_add = 3 * h * e  # t + b*p: read both, write one
-    bias_cat = 2 * h * e  # the experts' rows concatenated: read and write
-    split_bwd = 2 * h * e  # the split's backward: its gradients concatenated
-    prod_bwd = 6 * h * e  # grad x p, grad x b and their sums (bias and probability gradients)
-    return (clamp_gate + clamp_up + cat + bias_mul + bias_add + bias_cat,
-            clamp_bwd + chunk_bwd + split_bwd + prod_bwd)  # fmt: skip
+def test_the_bytes_are_what_the_transcribed_kernels_move() -> None:
+    """Per expert-token pair, the bytes the ATen kernels of Megatron-Core's clamp and bias code
+    (tests/megatron_snippets.py) read and write on the CPU in bf16, counted with
+    simtrain.torchref.opcount.dispatched_bytes: the clamp 16 B forward and 30 B backward per
+    f_e-element pair, the bias 12 and 16 B per h-element (one expert: the per-expert pieces are
+    the whole output; the bytes per element do not depend on how the rows are split)."""
+    torch = pytest.importorskip("torch")
+    from megatron_snippets import megatron_apply_bias, megatron_glu_clamp
 
+    from simtrain.torchref.opcount import dispatched_bytes
 
-def test_the_bytes_are_the_ops_bytes() -> None:
+    rows, f, h = 64, 32, 48
+    clamp = dispatched_bytes(megatron_glu_clamp, [(rows, 2 * f)], torch.bfloat16)
+    clamp = (2 * clamp[0], 2 * clamp[1])  # per element of the 2f-wide input -> per pair
+
+    def bias(out, probs):
+        b = [torch.randn(h, dtype=torch.bfloat16, requires_grad=True)]
+        return megatron_apply_bias(out, b, [rows], probs)
+
+    biased = dispatched_bytes(bias, [(rows, h), (rows, 1)], torch.bfloat16)
     m = PRESETS["gpt-oss-120b"]
-    k, f, h = m.experts_per_token, m.expert_ffn, m.hidden
+    k, fe, he = m.experts_per_token, m.expert_ffn, m.hidden
+    got = megatron_expert_extra_bytes_per_token(m, 2)
+    assert got == (k * (clamp[0] * fe + biased[0] * he), k * (clamp[1] * fe + biased[1] * he))
+    assert (clamp, biased) == ((16.0, 30.0), (12.0, 16.0))
+
+
+def test_tp_and_the_load_scale_the_pairs() -> None:
+    m = PRESETS["gpt-oss-120b"]
     fwd, bwd = megatron_expert_extra_bytes_per_token(m, 2)
-    per_pair = _op_bytes(f, h, 2)
-    assert (fwd, bwd) == (k * per_pair[0], k * per_pair[1])
-    # tp and the busiest rank's load scale the pairs a rank sees
     fwd4, bwd4 = megatron_expert_extra_bytes_per_token(m, 2, tp=4, load=1.5)
     assert fwd4 == pytest.approx(fwd * 1.5 / 4) and bwd4 == pytest.approx(bwd * 1.5 / 4)
 
@@ -51,11 +57,11 @@ def test_without_the_clamp_or_the_bias_nothing_is_added() -> None:
     m = PRESETS["gpt-oss-120b"]
     plain = replace(m, glu_clamp=0.0, bias=False)
     assert megatron_expert_extra_bytes_per_token(plain, 2) == (0.0, 0.0)
-    f, h, k = m.expert_ffn, m.hidden, m.experts_per_token
-    only_clamp = megatron_expert_extra_bytes_per_token(replace(m, bias=False), 2)
-    assert only_clamp == (k * 8 * f * 2, k * 10 * f * 2)
-    only_bias = megatron_expert_extra_bytes_per_token(replace(m, glu_clamp=0.0), 2)
-    assert only_bias == (k * 6 * h * 2, k * 8 * h * 2)
+    clamp_only = megatron_expert_extra_bytes_per_token(replace(m, bias=False), 2)
+    bias_only = megatron_expert_extra_bytes_per_token(replace(m, glu_clamp=0.0), 2)
+    both = megatron_expert_extra_bytes_per_token(m, 2)
+    assert all(c > 0 and b > 0 for c, b in zip(clamp_only, bias_only, strict=True))
+    assert both == pytest.approx(tuple(c + b for c, b in zip(clamp_only, bias_only, strict=True)))
 
 
 def _scenario(runtime: str, **model) -> object:

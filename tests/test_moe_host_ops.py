@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from megatron_snippets import megatron_apply_bias, megatron_glu_clamp
 
 from simtrain.apps.importers.megatron import import_megatron_flags
 from simtrain.costs import host
@@ -317,30 +318,6 @@ def test_megatron_moe_ops_recounted_on_megatron_core(ep: int) -> None:
                                 MEGATRON_MOE_DISPATCH_OPS[grouped].backward)  # fmt: skip
 
 
-def _megatron_apply_bias(intermediate_parallel, bias_parallel, tokens_per_expert, permuted_probs):
-    """Megatron-Core's ``TEGroupedMLP._apply_bias`` (megatron/core/transformer/moe/experts.py at
-    a329dd6da5, the eager path at d98e8a64), transcribed: the fc2 bias added expert by
-    expert, weighted by the routing probabilities."""
-    import torch
-
-    shape = intermediate_parallel.shape
-    return (
-        torch.cat(
-            [
-                t + b * p
-                for t, b, p in zip(
-                    torch.split(intermediate_parallel.view(-1, shape[-1]), tokens_per_expert),
-                    bias_parallel,
-                    torch.split(permuted_probs, tokens_per_expert),
-                    strict=True,
-                )
-            ]
-        )
-        .view(shape)
-        .to(intermediate_parallel.dtype)
-    )
-
-
 @pytest.mark.parametrize("experts", [1, 2, 4, 16])
 def test_expert_bias_ops_recounted_with_torch(experts: int) -> None:
     """The fc2 bias loop dispatches 5 + 2E ops forward and 8 + 7E backward on E local experts
@@ -355,25 +332,13 @@ def test_expert_bias_ops_recounted_with_torch(experts: int) -> None:
     biases = [torch.randn(h, dtype=torch.bfloat16, requires_grad=True) for _ in tokens]
     probs = torch.rand(sum(tokens), 1, dtype=torch.bfloat16, requires_grad=True) * 1.0
     with _OpCounter() as fwd:
-        y = _megatron_apply_bias(out, biases, tokens, probs)
+        y = megatron_apply_bias(out, biases, tokens, probs)
     grad = torch.ones_like(y)
     with _OpCounter() as bwd:
         y.backward(grad)
     want = host.expert_bias_ops(experts)
     assert (fwd.ops, bwd.ops) == (want.forward, want.backward)
     assert want.recompute_full == want.forward
-
-
-def _megatron_glu_clamp(inp, clamp_value: float = 7.0):
-    """The clamp of megatron/core/fusions/fused_bias_geglu.py weighted_bias_quick_geglu_impl
-    (l.410-440 at d98e8a64), up to the compiled kernel it feeds."""
-    import torch
-
-    ori_shape = inp.shape
-    x_glu, x_linear = inp.chunk(2, -1)
-    inp = torch.cat((x_glu.clamp(min=None, max=clamp_value),
-                     x_linear.clamp(min=-clamp_value, max=clamp_value)), -1)  # fmt: skip
-    return inp.view(-1, ori_shape[-1])
 
 
 def test_glu_clamp_ops_recounted_with_torch() -> None:
@@ -389,7 +354,7 @@ def test_glu_clamp_ops_recounted_with_torch() -> None:
             y.backward(torch.ones_like(y))
         return fwd.ops, bwd.ops
 
-    clamped, plain = count(_megatron_glu_clamp), count(lambda x: x.view(-1, 16))
+    clamped, plain = count(megatron_glu_clamp), count(lambda x: x.view(-1, 16))
     want = host.MEGATRON_GLU_CLAMP_OPS
     assert (clamped[0] - plain[0], clamped[1] - plain[1]) == (want.forward, want.backward)
     assert want.recompute_full == want.forward

@@ -95,35 +95,39 @@ def megatron_expert_extra_bytes_per_token(m: ModelSpec, e: int, tp: int = 1,
                                           load: float = 1.0) -> tuple[float, float]:  # fmt: skip
     """(forward, backward) memory-bound bytes per token that Megatron-Core's expert layer moves
     beyond :func:`moe_elementwise_bytes_per_token`'s fused activation, for the model's two
-    GPT-OSS features (runtime ``moe_implementation: megatron_core``; e: activation bytes; the
-    rank's k·load/tp expert-token pairs per token, as the activation's count):
+    GPT-OSS features (runtime ``moe_implementation: megatron_core``; e: activation bytes), over
+    the k·load/tp expert-token pairs a token brings to the rank (the activation's count). The
+    bytes per element are those the ATen kernels of a transcription read and write on the
+    CPU (``simtrain.torchref.opcount.dispatched_bytes``, tests/test_gpt_oss_experts.py):
 
     - a clamped GLU (``ModelSpec.glu_clamp``): ``weighted_bias_quick_geglu_impl`` runs
       ``chunk``, two ``clamp`` and a ``torch.cat`` before its compiled kernel
       (megatron/core/fusions/fused_bias_geglu.py l.410-440 at core_v0.15.0, the same at
       d98e8a64; Megatron-Bridge gpt_oss_provider.py l.79-84 at 00b7660b sets
-      ``activation_func_clamp_value`` 7.0): forward the two clamps read and write f_e each and
-      the cat 2·f_e, 8 accesses per f_e-element pair; backward each clamp's gradient reads the
-      gradient and the saved input and writes one (3 + 3) and the chunk's backward concatenates
-      the two halves' gradients (4): 10;
+      ``activation_func_clamp_value`` 7.0). Per f_e-element pair (gate, linear): forward the
+      two clamps read and write one each, the cat reads and writes two, 8e; backward the
+      gate's clamp a ``le`` mask and a ``where`` (3e + 2 B of bool), the linear half's ``ge``,
+      ``le``, ``logical_and_`` and ``where`` (4e + 6 B), the chunk's cat of the two gradients
+      (4e): 11e + 8 B;
     - fc2's bias (``linear_has_bias("down")``), added expert by expert with the routing
       probabilities (megatron/core/transformer/moe/experts.py ``_apply_bias`` l.823-840 at
       core_v0.15.0: ``torch.cat([t + b * p ...])``, fc2 built with skip_bias_add; at d98e8a64
       l.345-370, beside a packed path for CUDA graphs that adds a per-token fp32 bias, not
-      priced apart): forward
-      b·p written (1), the add (2 reads, 1 write), the cat (1 + 1), 6 accesses per
-      h-element of the expert output; backward the split's cat of the gradients (2) and the
-      products and sums of the bias's and the probabilities' gradients (6): 8.
+      priced apart). Per h-element of the expert output: forward b·p written, the add (two
+      reads, a write), the cat (a read, a write), 6e; backward the gradient's products with b
+      and with p (a read, a write each), their sums over the columns (the probabilities'
+      gradient) and over the rows (the bias's: a read each) and the split's cat of the
+      gradients (a read, a write), 8e.
 
     fc1's bias costs nothing here: Transformer Engine adds it in the grouped GEMM."""
-    pairs = e * m.experts_per_token * load / tp
+    pairs = m.experts_per_token * load / tp
     fwd = bwd = 0.0
     if m.glu_clamp:
-        fwd += 8 * pairs * m.expert_ffn
-        bwd += 10 * pairs * m.expert_ffn
+        fwd += 8 * e * pairs * m.expert_ffn
+        bwd += (11 * e + 8) * pairs * m.expert_ffn
     if m.linear_has_bias("down"):
-        fwd += 6 * pairs * m.hidden
-        bwd += 8 * pairs * m.hidden
+        fwd += 6 * e * pairs * m.hidden
+        bwd += 8 * e * pairs * m.hidden
     return fwd, bwd
 
 

@@ -51,8 +51,9 @@ timing metrics run the engine. Most steps' time is affine in the number of micro
 from a small m₁ on (1; pp interleaved or over blocking p2p; :func:`predicted_step_time`), so
 a step of more than 6·m₁ micro-batches is simulated with m₁, 2·m₁ and 3·m₁ and, where the
 third time lies on the line through the first two to the nanosecond, extrapolated; a step off
-the line, or no longer than the three together, is simulated whole. The prediction is the full simulation's, tested in
-``tests/test_validate.py``. Identical scenarios are simulated once.
+the line, or no longer than the three together, is simulated whole. The prediction is the
+full simulation's, tested in ``tests/test_validate.py``. Identical scenarios are simulated
+once.
 
 Records the simulator cannot express come back as :class:`SkipReason` with the reason; nothing
 is dropped silently. A precision text maps to a simtrain precision or to a reason, never to a

@@ -113,7 +113,7 @@ def _simulation_cost(sc: Scenario) -> int:
     of the fullest rank."""
     step = resolve(sc)
     m1 = _line_start(sc, step)
-    m = 6 * m1 if m1 else step.microbatches
+    m = LINE_MICROBATCHES * m1 if m1 else step.microbatches
     layers = max(step.rank_layers(r) for r in range(step.pp))
     return step.pp * step.v * m * (1 + layers)
 
@@ -133,6 +133,10 @@ def _with_microbatches(sc: Scenario, m: int) -> Scenario:
     return replace(sc, training=replace(t, global_batch=m * t.micro_batch * p.dp))
 
 
+#: The micro-batches the line's three simulations play together, in units of m₁:
+#: m₁ + 2·m₁ + 3·m₁ (:func:`predicted_step_time`).
+LINE_MICROBATCHES = 1 + 2 + 3
+
 #: How far the third point may stray from the line through the first two: the engine's clock
 #: ticks in whole nanoseconds, and each of the three times rounds to one. (A relative
 #: tolerance does not bound the line's error: at 1e-4 of T(m₃) it let 22 of validate's steps
@@ -150,15 +154,17 @@ def predicted_step_time(sc: Scenario) -> float:
     more work; the rule was m > 3·m₁ until 2026-12-07's second change: validate's timed steps
     took 128 s of one core, now 96 s) is simulated at m₁, m₂ = 2·m₁ and m₃ = 3·m₁; where
     T(m₃) lies on the line through the other two (to the engine's nanosecond,
-    :data:`AFFINE_TOLERANCE_S`) the line gives T(m), else the step is simulated whole: a step whose micro-batches settle slowly (NeMo's LoRA 70B over
-    blocking p2p adds 181, 194, 197, ... ms a micro-batch) is not on any line
+    :data:`AFFINE_TOLERANCE_S`) the line gives T(m), else the step is simulated whole: a step
+    whose micro-batches settle slowly (NeMo's LoRA 70B over blocking p2p adds 181, 194, 197,
+    ... ms a micro-batch) is not on any line
     (``tests/test_validate.py``), and one that settles fast is on none exactly either
     (Megatron-Bridge's GB200 Llama 3.1 405B, pp 16 v 4: 112.024 ms a micro-batch from m = 16
     to 32, then 112.062, 112.071, 112.075, 112.077). Over blocking p2p every stage must keep
     the line's pace at m₃ too (:func:`_in_step`): a stage with slack turns the step onto
     another line later. m₁: 1; pp for the interleaved schedule (m must be a multiple of pp);
     with stages of unequal layer counts (an uneven split) pp, where the first micro-batches
-    fill the pipeline at the speed of every stage and only later at the slowest one's, and with v > 1 chunks per rank (v + 1)·pp: rank 0's interleaved warm-up is
+    fill the pipeline at the speed of every stage and only later at the slowest one's, and
+    with v > 1 chunks per rank (v + 1)·pp: rank 0's interleaved warm-up is
     2(p − 1) + (v − 1)·p = (v + 1)·p − 2 forwards (``schedules.generators``; three splits with
     unequal chunks are affine from 3·p at v = 2 and at v = 3, ``tests/test_uneven_stages.py``);
     with blocking p2p (runtime ``p2p: blocking``: each send waits for its receive) pp, whose
@@ -166,19 +172,18 @@ def predicted_step_time(sc: Scenario) -> float:
     2, then 11.783, then 11.789 from m = 3 on); 2·pp for a runtime whose interleaved order
     differs at m = pp (``interleaved_all_warmup_at_pp``: every forward first). An explicit
     micro-batch group (``parallelism.microbatch_group_size``) is simulated whole. Before
-    2026-12-07 the line was taken from m₁ and m₂ alone, from m₁ = 1 under blocking p2p: that LoRA
-    record's tokens/s 7.6 % above its full simulation's."""
+    2026-12-07 the line was taken from m₁ and m₂ alone, from m₁ = 1 under blocking p2p: that
+    LoRA record's tokens/s 7.6 % above its full simulation's."""
     sc = _time_only(sc)
     step = resolve(sc)
     m, m1 = step.microbatches, _line_start(sc, step)
     if not m1:
         return simulate_scenario(sc).metrics.step_time_s
     m2, m3 = 2 * m1, 3 * m1
-    blocking = step.pp > 1 and sc.runtime.p2p == "blocking"
     t1, t2 = (simulate_scenario(_with_microbatches(sc, k)).metrics.step_time_s for k in (m1, m2))
     third = simulate_scenario(_with_microbatches(sc, m3))
     t3 = third.metrics.step_time_s
-    paced = not blocking or _in_step(third.timeline, m3, m1, t3 - t2)
+    paced = not _blocking_p2p(sc, step) or _in_step(third.timeline, m3, m1, t3 - t2)
     if abs((t3 - t2) - (t2 - t1)) > AFFINE_TOLERANCE_S or not paced:
         return simulate_scenario(sc).metrics.step_time_s  # not on a line: simulated whole
     return t1 + (m - m1) * (t2 - t1) / (m2 - m1)
@@ -193,14 +198,21 @@ def _line_start(sc: Scenario, step: ResolvedStep) -> int:
     m1 = step.traits.affine_from(step.pp)
     if len({step.rank_layers(r) for r in range(step.pp)}) > 1:
         m1 = max(m1, step.pp * (step.v + 1 if step.v > 1 else 1))
-    if step.pp > 1 and sc.runtime.p2p == "blocking":
+    if _blocking_p2p(sc, step):
         m1 = max(m1, step.pp)
     if m1 == step.pp and all_warmup_order(sc.runtime.interleaved_all_warmup_at_pp,
                                           step.schedule_name, step.v):  # fmt: skip
         m1 = 2 * step.pp
-    if step.microbatches <= 6 * m1 or not step.traits.affine_in_m or step.microbatch_group:
+    if (step.microbatches <= LINE_MICROBATCHES * m1 or not step.traits.affine_in_m
+            or step.microbatch_group):  # fmt: skip
         return 0
     return m1
+
+
+def _blocking_p2p(sc: Scenario, step: ResolvedStep) -> bool:
+    """Does the pipeline's p2p block (runtime ``p2p: blocking``: each send waits for its
+    receive)?"""
+    return step.pp > 1 and sc.runtime.p2p == "blocking"
 
 
 def _in_step(tl: Timeline, m: int, lag: int, rise_s: float) -> bool:
