@@ -115,6 +115,22 @@ def test_out_of_memory_releases_free_segments_first():
         a.malloc(30 * MIB)
 
 
+def test_a_release_keeps_the_new_segments_remainder_cached():
+    """cudaMalloc fails, the free segments go back, the new segment is split: its remainder is
+    cached in the live pool, and freeing the request merges them into one free segment (the
+    release used to rebuild the pool list that malloc had in hand, and this free failed with
+    IndexError: found on the Playbook CSV's 80B and 469B rows)."""
+    a = CachingAllocator(capacity_bytes=21 * MIB)
+    a.free(a.malloc(1024))  # a small-pool segment of 2 MiB, wholly free
+    h = a.malloc(5 * MIB)  # a 20 MiB segment: 2 + 20 > 21, so the free 2 MiB goes back first
+    assert a.reserved_bytes == 20 * MIB
+    assert a.cached_blocks(small=True) == []
+    assert [s for s, _ in a.cached_blocks(small=False)] == [15 * MIB]
+    a.free(h)
+    assert [s for s, _ in a.cached_blocks(small=False)] == [20 * MIB]
+    assert a.allocated_bytes == 0 and a.reserved_bytes == 20 * MIB
+
+
 def test_double_free_is_refused():
     a = CachingAllocator()
     h = a.malloc(MIB)
@@ -132,19 +148,28 @@ def test_replay_peaks_after_reset():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(1, 64 * MIB)), max_size=60))
-def test_reserved_covers_allocated_and_frees_restore(ops):
-    """Invariants: allocated <= reserved at every point; each block is at least the request;
-    freeing everything leaves 0 allocated and every cached block whole again (one per
-    segment, so a request of a segment's size needs no new segment)."""
-    a = CachingAllocator()
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(1, 64 * MIB)), max_size=60),
+    st.one_of(st.none(), st.integers(20 * MIB, 256 * MIB)),
+)
+def test_reserved_covers_allocated_and_frees_restore(ops, capacity):
+    """Invariants: allocated <= reserved (<= the capacity, where there is one) at every point;
+    each block is at least the request; freeing everything leaves 0 allocated and every cached
+    block whole again (one per segment, so a request of a segment's size needs no new segment).
+    With a capacity, requests that do not fit raise AllocatorOutOfMemory after the free
+    segments are released, and the replay goes on."""
+    a = CachingAllocator(capacity)
     live = []
     for do_free, n in ops:
         if do_free and live:
             a.free(live.pop(n % len(live)))
         else:
             before = a.allocated_bytes
-            live.append(a.malloc(n))
+            try:
+                live.append(a.malloc(n))
+            except AllocatorOutOfMemory:
+                assert capacity is not None
+                continue
             # the block is the rounded request: a whole block when the rest is too small to
             # split (large pool: <= 1 MiB), never less than the request
             grown = a.allocated_bytes - before
@@ -152,6 +177,7 @@ def test_reserved_covers_allocated_and_frees_restore(ops):
             assert grown == round_size(n) or grown - round_size(n) <= (
                 512 if round_size(n) <= MIB else MIB)  # fmt: skip
         assert 0 <= a.allocated_bytes <= a.reserved_bytes
+        assert capacity is None or a.reserved_bytes <= capacity
     for h in live:
         a.free(h)
     assert a.allocated_bytes == 0

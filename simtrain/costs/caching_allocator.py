@@ -170,7 +170,12 @@ class CachingAllocator:
         return block
 
     def _release_free_segments(self) -> None:
-        for small, pool in self._pools.items():
+        """``release_cached_blocks``: every cached block that is a whole segment goes back.
+        Each pool is filtered in place: :meth:`malloc` holds its pool's list across the
+        :meth:`_new_segment` that calls this and inserts the new segment's remainder into it
+        (a rebuilt list left that remainder out of the pool, and a later merge with it
+        failed: found by benchmarks/playbook_csv_rows.py on the 80B and 469B rows)."""
+        for pool in self._pools.values():
             keep = []
             for key in pool:
                 b = self._blocks[key & _ADDRESS_MASK]
@@ -179,7 +184,7 @@ class CachingAllocator:
                     del self._blocks[b.addr]
                 else:
                     keep.append(key)
-            self._pools[small] = keep
+            pool[:] = keep
 
 
 @dataclass(frozen=True, slots=True)
