@@ -1209,3 +1209,43 @@ def test_a_measured_number_that_is_not_one_is_a_skip_naming_the_key(value) -> No
         assert got.reason.endswith(f"measured.{key}: must be a number, not {value!r}")
     free = translate(_record(measured={"step_time_s": 1.0, "job": value}))
     assert not isinstance(free, SkipReason)
+
+
+def test_a_record_simtrain_fails_on_is_a_skip_not_the_end_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error inside simtrain's own prediction for one record (here a stand-in: the memory
+    estimate of the 24-layer scenario raises) is that record's skip reason, naming the error;
+    the other records are still compared, serially and in worker processes alike (the
+    caching-allocator replay's IndexError on 9 of the Playbook CSV's rows ended whole runs)."""
+    import simtrain.apps.validate.predict as predict_module
+
+    real = predict_module.estimate_memory
+
+    def failing(sc):
+        if sc.model.layers == 24:
+            raise IndexError("pop from empty list")
+        return real(sc)
+
+    monkeypatch.setattr(predict_module, "estimate_memory", failing)
+    rows = "\n".join(
+        f"""- id: lab_{i}
+  kind: training_run
+  source: our cluster, 2026-01-01
+  model: {{layers: {layers}, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}}
+  training: {{global_batch: {8 * (i + 1)}, micro_batch: 8, precision: bf16, recompute: none,
+             optimizer: adamw}}
+  parallelism: {{tp: 1, pp: 1, dp: 1}}
+  hardware: {{gpu: A100-SXM4-40GB, num_gpus: 1}}
+  measured: {{step_time_s: 0.30, peak_mem_gib: 20.0, flops_convention: simtrain}}"""
+        for i, layers in enumerate([12, 24] * 5)
+    )
+    f = tmp_path / "runs.yaml"
+    f.write_text(rows + "\n")
+    for workers in (1, 2):  # 10 distinct scenarios: the worker pool runs from 8
+        res = validate(f, workers=workers)
+        failed = {s.id: s.reason for s in res.skipped}
+        assert sorted(failed) == [f"lab_{i}" for i in (1, 3, 5, 7, 9)]
+        assert all("simtrain failed" in r and "IndexError: pop from empty list" in r
+                   for r in failed.values())  # fmt: skip
+        assert {c.id for c in res.comparisons} == {f"lab_{i}" for i in (0, 2, 4, 6, 8)}

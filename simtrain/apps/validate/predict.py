@@ -4,8 +4,10 @@ scenario; long steps are simulated at one and two micro-batches and extrapolated
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from simtrain.apps.simulate import simulate_scenario
 from simtrain.apps.validate.translate import Translation
@@ -18,6 +20,36 @@ from simtrain.schedules.registry import all_warmup_order
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.scenario import Scenario
 
+_R = TypeVar("_R")
+
+
+class PredictionFailed(Exception):
+    """A record's scenario that simtrain could not simulate or estimate: an error of simtrain's
+    own (a bug), which validate reports as that record's skip reason instead of ending a run of
+    thousands of records with a traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """What a prediction raised, kept in the cache (and sent back from a worker process) in
+    place of its result."""
+
+    message: str
+
+
+def _attempt(fn: Callable[[Scenario], _R], key: Scenario) -> _R | _Failure:
+    """``fn(key)``, or the exception it raised as a :class:`_Failure`."""
+    try:
+        return fn(key)
+    except Exception as exc:  # noqa: BLE001 - any error of one record's prediction
+        return _Failure(f"{type(exc).__name__}: {exc}")
+
+
+def _result(value: _R | _Failure) -> _R:
+    if isinstance(value, _Failure):
+        raise PredictionFailed(value.message)
+    return value
+
 
 def scenario_key(sc: Scenario) -> Scenario:
     """The scenario without its name and source: records with equal keys have the same layout
@@ -29,28 +61,33 @@ class Predictor:
     """Memory reports and step times, each computed once per distinct scenario."""
 
     def __init__(self) -> None:
-        self.memory: dict[Scenario, MemoryReport] = {}
-        self.times: dict[Scenario, float] = {}
+        self.memory: dict[Scenario, MemoryReport | _Failure] = {}
+        self.times: dict[Scenario, float | _Failure] = {}
 
     def memory_report(self, sc: Scenario) -> MemoryReport:
+        """The scenario's memory report; :class:`PredictionFailed` where estimating it raised."""
         key = scenario_key(sc)
         if key not in self.memory:
-            self.memory[key] = estimate_memory(key)
-        return self.memory[key]
+            self.memory[key] = _attempt(estimate_memory, key)
+        return _result(self.memory[key])
 
     def block_times(self, sc: Scenario) -> tuple[float, float]:
         """(forward, backward) seconds of one transformer block for one micro-batch
         (``costs.chunk_time.block_times_ns``): the first, or of a model with experts the first
         MoE block."""
         m = sc.model
-        fwd, bwd = block_times_ns(sc, resolve(sc), m.first_dense_layers if m.is_moe else 0)
+        try:
+            fwd, bwd = block_times_ns(sc, resolve(sc), m.first_dense_layers if m.is_moe else 0)
+        except Exception as exc:  # noqa: BLE001 - as memory_report and step_time
+            raise PredictionFailed(f"{type(exc).__name__}: {exc}") from exc
         return fwd / 1e9, bwd / 1e9
 
     def step_time(self, sc: Scenario) -> float:
+        """The scenario's step time; :class:`PredictionFailed` where simulating it raised."""
         key = scenario_key(sc)
         if key not in self.times:
-            self.times[key] = predicted_step_time(key)
-        return self.times[key]
+            self.times[key] = _attempt(predicted_step_time, key)
+        return _result(self.times[key])
 
     def precompute(self, translations: list[Translation], workers: int | None,
                    progress: Progress | None = None) -> None:  # fmt: skip
@@ -90,10 +127,11 @@ class Predictor:
                     progress("simulating", done, total)
 
 
-def _predict(job: tuple[str, Scenario]) -> float | MemoryReport:
-    """One worker's job of :meth:`Predictor.precompute`: a step time or a memory report."""
+def _predict(job: tuple[str, Scenario]) -> float | MemoryReport | _Failure:
+    """One worker's job of :meth:`Predictor.precompute`: a step time or a memory report (or
+    what computing it raised)."""
     kind, key = job
-    return predicted_step_time(key) if kind == "time" else estimate_memory(key)
+    return _attempt(predicted_step_time if kind == "time" else estimate_memory, key)
 
 
 # measured keys that need a simulated step time

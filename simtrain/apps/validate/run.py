@@ -21,7 +21,7 @@ from simtrain.apps.validate.measured import (
     compare_record,
     zero_notes,
 )
-from simtrain.apps.validate.predict import Predictor, scenario_key
+from simtrain.apps.validate.predict import PredictionFailed, Predictor, scenario_key
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.apps.workers import env_workers
@@ -332,7 +332,12 @@ def validate(
         if isinstance(tr, SkipReason):
             skipped.append(tr)
             continue
-        rows = compare_record(tr, pr)
+        try:
+            rows = compare_record(tr, pr)
+        except PredictionFailed as exc:
+            skipped.append(skip(rec, f"simtrain failed on this scenario (a simtrain bug, please "
+                                f"report it with the record): {exc}"))  # fmt: skip
+            continue
         if not rows:
             skipped.append(skip(rec, "no measured value simtrain predicts"))
             continue
