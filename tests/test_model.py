@@ -36,6 +36,17 @@ PUBLISHED = {
     "llama3-8b": 8_030_261_248,
     "llama3-70b": 70_553_706_496,
     "llama3-405b": 405_853_388_800,
+    "llama3.2-1b": 1_235_814_400,
+    "llama3.2-3b": 3_212_749_824,
+    # HF safetensors totals (mistralai/Mistral-7B-v0.3, Qwen/Qwen2.5-*)
+    "mistral-7b": 7_248_023_552,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-3b": 3_085_938_688,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-14b": 14_770_033_664,
+    "qwen2.5-32b": 32_763_876_352,
+    "qwen2.5-72b": 72_706_203_648,
     # tests/test_hf_families.py gives each source: the BLOOM and bloom-560m model cards, the
     # Gemma-2B count (google/gemma-2b discussion 36), PyTorch sums of the loaded OPT, Pythia and
     # Phi-3 checkpoints

@@ -27,6 +27,7 @@ MOE_DATA = Path(__file__).parent / "data" / "moe"
 
 TOTALS = {
     "mixtral-8x7b": 46_702_792_704,
+    "mixtral-8x22b": 140_620_634_112,  # HF mistralai/Mixtral-8x22B-v0.1 safetensors total
     "qwen1.5-moe-a2.7b": 14_315_784_192,
     "qwen3-30b-a3b": 30_532_122_624,
     # by hand: 94 x (q 4096·8192 + k, v 2·4096·512 + o 8192·4096 + q/k norms 2·128 + norms
@@ -57,6 +58,7 @@ def test_mixtral_active_parameters_by_hand() -> None:
 @pytest.mark.parametrize(
     ("name", "published_b", "less_embedding"),
     [
+        ("mixtral-8x22b", 39, False),  # Mistral's Mixtral 8x22B announcement: 39B active
         ("qwen1.5-moe-a2.7b", 2.7, False),  # HF card: 2.7B activated
         ("qwen3-30b-a3b", 3.3, False),  # HF card: 3.3B activated
         ("qwen3-235b-a22b", 22, False),  # HF card: 22B activated (22.19)

@@ -498,7 +498,32 @@ PRESETS: dict[str, ModelSpec] = {
     "llama3-8b": _llama("llama3-8b", 32, 4096, 32, 8, 14336, 128256, 8192),
     "llama3-70b": _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192),
     "llama3-405b": _llama("llama3-405b", 126, 16384, 128, 8, 53248, 128256, 131072),
-}
+    # Llama 3.2 text models: HF meta-llama/Llama-3.2-1B and -3B config.json (head_dim 64 / 128,
+    # tie_word_embeddings true, 131,072 positions).
+    "llama3.2-1b": replace(_llama("llama3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072),
+                           tied_embeddings=True),
+    "llama3.2-3b": replace(_llama("llama3.2-3b", 28, 3072, 24, 8, 8192, 128256, 131072),
+                           tied_embeddings=True),
+    # Mistral 7B v0.3: HF mistralai/Mistral-7B-v0.3 config.json (vocab 32,768, no sliding
+    # window; v0.1 had a 32,000 vocabulary and a 4,096-token window: take its config.json).
+    "mistral-7b": _llama("mistral-7b", 32, 4096, 32, 8, 14336, 32768, 32768),
+    # Qwen2.5 base models: HF Qwen/Qwen2.5-*B config.json (qwen2: Q/K/V biases; the 0.5B, 1.5B
+    # and 3B tie their embeddings and have a 151,936 vocabulary, the larger ones 152,064).
+    "qwen2.5-0.5b": replace(_llama("qwen2.5-0.5b", 24, 896, 14, 2, 4864, 151936, 32768),
+                            qkv_bias=True, tied_embeddings=True),
+    "qwen2.5-1.5b": replace(_llama("qwen2.5-1.5b", 28, 1536, 12, 2, 8960, 151936, 32768),
+                            qkv_bias=True, tied_embeddings=True),
+    "qwen2.5-3b": replace(_llama("qwen2.5-3b", 36, 2048, 16, 2, 11008, 151936, 32768),
+                          qkv_bias=True, tied_embeddings=True),
+    "qwen2.5-7b": replace(_llama("qwen2.5-7b", 28, 3584, 28, 4, 18944, 152064, 131072),
+                          qkv_bias=True),
+    "qwen2.5-14b": replace(_llama("qwen2.5-14b", 48, 5120, 40, 8, 13824, 152064, 131072),
+                           qkv_bias=True),
+    "qwen2.5-32b": replace(_llama("qwen2.5-32b", 64, 5120, 40, 8, 27648, 152064, 131072),
+                           qkv_bias=True),
+    "qwen2.5-72b": replace(_llama("qwen2.5-72b", 80, 8192, 64, 8, 29568, 152064, 131072),
+                           qkv_bias=True),
+}  # fmt: skip
 
 
 def _opt(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
@@ -646,6 +671,10 @@ PRESETS.update({
     # num_experts_per_tok 2, intermediate_size 14336, rope, untied); 46,702,792,704 parameters.
     "mixtral-8x7b": replace(_llama("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768),
                             num_experts=8, experts_per_token=2),
+    # Mixtral-8x22B: HF mistralai/Mixtral-8x22B-v0.1 config.json (56 layers, hidden 6,144, 48
+    # heads, 8 KV heads, 8 experts of 16,384, top-2, vocab 32,000, 65,536 positions, untied).
+    "mixtral-8x22b": replace(_llama("mixtral-8x22b", 56, 6144, 48, 8, 16384, 32000, 65536),
+                             num_experts=8, experts_per_token=2),
     # Qwen1.5-MoE-A2.7B: HF Qwen/Qwen1.5-MoE-A2.7B config.json (qwen2_moe: 60 experts of 1408,
     # top-4, one shared expert of 5632 with its sigmoid gate, QKV biases); 14.3B / 2.7B active.
     "qwen1.5-moe-a2.7b": replace(
@@ -705,7 +734,10 @@ ALIASES = {"gpt2-small": "gpt2", "gpt2-124m": "gpt2", "gpt2-1.5b": "gpt2-xl", "g
            # the same layers, widths, heads and vocabulary; rope_scaling "llama3" to 131,072
            # positions, which rotary positions hold no parameters for)
            "llama3.1-8b": "llama3-8b", "llama3.1-70b": "llama3-70b",
-           "llama3.1-405b": "llama3-405b"}  # fmt: skip
+           "llama3.1-405b": "llama3-405b",
+           # Llama 3.3 70B keeps Llama 3.1 70B's config (meta-llama/Llama-3.3-70B-Instruct)
+           "llama3.3-70b": "llama3-70b",
+           "mistral-7b-v0.3": "mistral-7b", "mixtral-8x22b-v0.1": "mixtral-8x22b"}  # fmt: skip
 
 
 def _letters_digits(name: str) -> str:
