@@ -1249,3 +1249,44 @@ def test_a_record_simtrain_fails_on_is_a_skip_not_the_end_of_the_run(
         assert all("simtrain failed" in r and "IndexError: pop from empty list" in r
                    for r in failed.values())  # fmt: skip
         assert {c.id for c in res.comparisons} == {f"lab_{i}" for i in (0, 2, 4, 6, 8)}
+
+
+def test_a_record_simtrain_cannot_translate_is_a_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error raised inside the translation of one record (a stand-in: the reader of the
+    job's network section raises) is that record's skip reason, naming the error; the other
+    record is still compared."""
+    import importlib
+
+    # (the package exports the function translate under the submodule's name)
+    translate_module = importlib.import_module("simtrain.apps.validate.translate")
+    real = translate_module.read_job_network
+
+    def failing(hw, num_gpus):
+        if num_gpus == 2:
+            raise ZeroDivisionError("division by zero")
+        return real(hw, num_gpus)
+
+    monkeypatch.setattr(translate_module, "read_job_network", failing)
+    f = tmp_path / "runs.yaml"
+    f.write_text(
+        "\n".join(
+            f"""- id: lab_{n}
+  kind: training_run
+  source: our cluster, 2026-01-01
+  model: {{layers: 12, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}}
+  training: {{global_batch: {8 * n}, micro_batch: 8, precision: bf16, recompute: none,
+             optimizer: adamw}}
+  parallelism: {{tp: 1, pp: 1, dp: {n}}}
+  hardware: {{gpu: A100-SXM4-40GB, num_gpus: {n}}}
+  measured: {{step_time_s: 0.30, flops_convention: simtrain}}"""
+            for n in (1, 2)
+        )
+        + "\n"
+    )
+    res = validate(f, workers=1)
+    assert [s.id for s in res.skipped] == ["lab_2"]
+    assert "simtrain failed translating" in res.skipped[0].reason
+    assert "ZeroDivisionError: division by zero" in res.skipped[0].reason
+    assert {c.id for c in res.comparisons} == {"lab_1"}

@@ -319,7 +319,12 @@ def validate(
     report = progress or (lambda phase, done, total: None)
     translated = []
     for i, rec in enumerate(records):
-        translated.append(translate(rec))
+        try:
+            translated.append(translate(rec))
+        except Exception as exc:  # noqa: BLE001 - as a prediction's (PredictionFailed)
+            translated.append(skip(rec, f"simtrain failed translating this record (a simtrain "
+                                   f"bug, please report it with the record): "
+                                   f"{type(exc).__name__}: {exc}"))  # fmt: skip
         report("translating", i + 1, len(records))
     pr.precompute([tr for tr in translated if isinstance(tr, Translation)], workers,
                   progress)  # fmt: skip
