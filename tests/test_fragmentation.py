@@ -110,3 +110,31 @@ def test_stage_allocations_of_is_what_stage_memory_replays() -> None:
     for sm in stages:
         events = stage_allocation_events(mem.stage_allocations_of(sc, sm))
         assert replay(events).cache_bytes == sm.fragmentation_bytes
+
+
+def test_a_replay_that_releases_segments_completes_and_does_not_fit() -> None:
+    """The Ultra-Scale Playbook sweep's job 13848668 (its CSV, measured/README.md: nanotron's
+    80B shape at dp 2, tp 4, pp 8, micro-batch 2, ZeRO-1; status OOM): its replay releases the
+    free segments and then splits a new one, which crashed the replay with IndexError before
+    the allocator kept malloc's pool list (tests/test_caching_allocator.py has the rule). It
+    completes, and the step does not fit, as the job did not."""
+    from simtrain.costs.memory import estimate_memory
+    from simtrain.spec.scenario import parse_scenario
+
+    d = {
+        "name": "usp_80b_oom",
+        "model": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 64,
+                  "ffn_hidden": 28672, "vocab": 131072, "max_positions": 4096,
+                  "mlp": "swiglu", "norm": "rmsnorm", "positions": "rotary", "bias": False,
+                  "tied_embeddings": False, "flash_attention": True},
+        "hardware": "h100_sxm5_80gb_efa",
+        "runtime": "nanotron_bench",
+        "cluster": {"nodes": 8, "gpus_per_node": 8},
+        "training": {"seq_len": 4096, "global_batch": 256, "micro_batch": 2,
+                     "precision": "bf16_fp32_grads", "optimizer": "adamw", "recompute": "none",
+                     "cross_entropy": "sharded"},
+        "parallelism": {"dp": 2, "tp": 4, "pp": 8, "schedule": "1f1b", "zero_stage": 1,
+                        "sequence_parallel": True, "layer_split": "compute_balanced"},
+    }  # fmt: skip
+    rep = estimate_memory(parse_scenario(d, "usp_80b_oom.yaml"))
+    assert not rep.fits
