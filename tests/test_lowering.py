@@ -491,14 +491,16 @@ def test_pipelining_over_fsdp_reduce_scatters_once_after_the_last_backward(zero,
             assert len([x for x in mine if x.kind == "AG"]) == 2 * m * (L // pp)
 
 
+@pytest.mark.parametrize("reuse", [True, False])
 @pytest.mark.parametrize(("v", "schedule", "recompute"),
                          [(1, "1f1b", "full"), (2, "interleaved", "full"), (1, "zb_h1", "none"),
                           (2, "interleaved", "none")])  # fmt: skip
-def test_the_planners_gather_count_is_the_simulations(v, schedule, recompute):
+def test_the_planners_gather_count_is_the_simulations(v, schedule, recompute, reuse):
     """Under pipelining over FSDP2 a ZeRO-3 chunk gathers only when a forward resharded it
     (passes.zero3_pass); the planner's count of those gathers
     (workload.pipelined_gather_layers, a replayed forward's gathers included) is the lowered
-    all-gathers' count on every rank."""
+    all-gathers' count on every rank, with FSDP's one gather for a replayed forward and its
+    backward and without it."""
     from simtrain.costs.workload import pipelined_gather_layers
 
     data = {
@@ -508,14 +510,15 @@ def test_the_planners_gather_count_is_the_simulations(v, schedule, recompute):
         "training": {"seq_len": SEQ, "global_batch": 8, "micro_batch": 1, "recompute": recompute},
         "parallelism": {"pp": 2, "virtual_stages": v, "dp": 2, "zero_stage": 3,
                         "schedule": schedule},
-        "runtime": {"name": "torchtitan"},
+        "runtime": {"name": "torchtitan", "fsdp_recompute_reuses_gather": reuse},
     }  # fmt: skip
     sc = parse_scenario(data, "test_lowering")
     step = resolve(sc)
     tasks = lowered(sc)
     for r in range(2):
         ag = [x for x in tasks if x.rank == r and x.kind == "AG" and "params" in x.name]
-        assert len(ag) == pipelined_gather_layers(step, r, recompute == "full")
+        regathers = recompute == "full" and not sc.runtime.fsdp_recompute_reuses_gather
+        assert len(ag) == pipelined_gather_layers(step, r, regathers)
 
 
 def test_a_one_stage_pipedream_lowers_as_gradient_accumulation():

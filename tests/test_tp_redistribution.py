@@ -28,15 +28,15 @@ TINY = {"layers": 4, "hidden": 64, "heads": 4, "kv_heads": 4, "ffn_hidden": 128,
 
 
 def scenario(redistribution: str = "per_block", sp: bool = True, recompute: str = "none",
-             model: dict | None = None, **runtime):  # fmt: skip
+             model: dict | None = None, micro_batch: int = 2, **runtime):  # fmt: skip
     data = {
         "name": "redistribution",
         "model": {**TINY, **(model or {})},
         "hardware": "h100_sxm5_80gb",
         "training": {
             "seq_len": 16,
-            "global_batch": 4,
-            "micro_batch": 2,
+            "global_batch": 2 * micro_batch,
+            "micro_batch": micro_batch,
             "precision": "bf16",
             "recompute": recompute,
         },  # fmt: skip
@@ -239,3 +239,36 @@ def test_kempnerforge_rows_redistribute_per_linear(default_records) -> None:
     eager = translate(rows["kempner_cfgval_70b_32gpu_tp4_pp4"]).scenario
     assert eager.runtime.tp_input_redistribution == "per_linear"
     assert not eager.parallelism.sequence_parallel
+
+
+@pytest.mark.parametrize("plan", ["per_block", "per_linear"])
+@pytest.mark.parametrize("micro_batch", [1, 2])
+def test_dtensor_copies_around_sequence_shards_are_what_pytorch_writes(plan, micro_batch) -> None:
+    """runtime ``tp_shard_copies`` (``costs.compute.tp_shard_copy_bytes``): a read and a write
+    of every tensor PyTorch's own block copies with ``aten.cat`` under DTensor's functional
+    collectives (``simtrain.torchref.tp_plans.measure_shard_copies``: torchtitan's plan and
+    KempnerForge's, tp 4, sequence parallel): per_block 4 copies each way at micro-batch 2 and
+    2 at micro-batch 1 (the all-gather's output a view), per_linear 7 / 7 and 2 / 5."""
+    from simtrain.costs.compute import tp_shard_copy_bytes
+    from simtrain.torchref.tp_plans import measure_shard_copies
+
+    sc = scenario(plan, micro_batch=micro_batch, fused_qkv=False, fused_gate_up=False)
+    fwd, bwd = tp_shard_copy_bytes(sc, sc.training)
+    got_fwd, got_bwd = measure_shard_copies(plan, 4, micro_batch=micro_batch)
+    assert (fwd, bwd) == (2 * got_fwd, 2 * got_bwd)
+    whole = micro_batch * 16 * 64 * 2
+    copies = {("per_block", 2): (4, 4), ("per_block", 1): (2, 2),
+              ("per_linear", 2): (7, 7), ("per_linear", 1): (2, 5)}[(plan, micro_batch)]  # fmt: skip
+    assert (got_fwd // whole, got_bwd // whole) == copies
+
+
+def test_no_shard_copies_where_no_dtensor_sequence_shard() -> None:
+    """Nothing without the runtime flag, without sequence parallelism (all-reduces), under
+    async TP (tp_comm_overlap: the fused all-gather-matmuls) or at tp 1."""
+    from simtrain.costs.compute import tp_shard_copy_bytes
+
+    base = scenario()
+    assert tp_shard_copy_bytes(base, base.training) != (0.0, 0.0)
+    for sc in (scenario(tp_shard_copies=False), scenario(sp=False),
+               scenario(tp_comm_overlap=True)):  # fmt: skip
+        assert tp_shard_copy_bytes(sc, sc.training) == (0.0, 0.0)

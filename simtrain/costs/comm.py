@@ -15,6 +15,8 @@ import math
 from simtrain.costs import collectives as coll
 from simtrain.costs.activations import TE_LOSS_ROW_STATS_BYTES
 from simtrain.costs.compute import (
+    column_gathers,
+    column_linears,
     head_edge,
     head_flops,
     matmul_ns,
@@ -147,31 +149,6 @@ def forward_allreduces(sc: Scenario) -> int:
     The backward keeps two: each branch's column-parallel input is its own copy to the TP
     region."""
     return 1 if sc.model.parallel_residual else 2
-
-
-def column_linears(sc: Scenario) -> tuple[int, int]:
-    """(attention, MLP) column-parallel linears that reduce their own input gradient in a dense
-    block's backward: one each under runtime ``tp_input_redistribution: per_block`` (Megatron's
-    fused QKV and fc1, torchtitan's PrepareModuleInput) and for MLA models; per linear, q, k and
-    v, and the MLP's gate and up (a gated MLP) or its up projection (KempnerForge's plan: each a
-    ColwiseParallel of its own, distributed/tensor_parallel.py l.59-78 at 01b461a7). Their
-    weight-gradient GEMMs share the group's time equally (GQA's k and v are smaller: not told
-    apart). A model with experts or MLA keeps one each (their blocks' collectives are priced
-    apart: not modelled per linear)."""
-    m = sc.model
-    if sc.runtime.tp_input_redistribution == "per_block" or m.is_mla or m.is_moe:
-        return 1, 1
-    return 3, 2 if sc.model.mlp == "swiglu" else 1
-
-
-def column_gathers(sc: Scenario) -> tuple[int, int]:
-    """(attention, MLP) input all-gathers of a dense block's forward under sequence
-    parallelism: :func:`column_linears` under ``per_linear`` (eager DTensor: each linear
-    redistributes the same Shard(1) input), one each otherwise (``per_linear_compiled``: the
-    AOT autograd CSE keeps one of identical all-gathers, ``spec.runtime``)."""
-    if sc.runtime.tp_input_redistribution != "per_linear":
-        return 1, 1
-    return column_linears(sc)
 
 
 def tp_forward_block(sc: Scenario, step: ResolvedStep, moe: bool = False) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from dataclasses import astuple, dataclass, replace
 from simtrain.costs import op_sac
 from simtrain.costs.activations import grad_flows_through_blocks, loss_value_bytes
 from simtrain.costs.cp import ring_layer
-from simtrain.costs.fp8 import cast_bytes, rowwise_rescale_bytes
+from simtrain.costs.fp8 import cast_bytes, rowwise_rescale_bytes, tp_gathers_fp8
 from simtrain.costs.moe import (
     megatron_expert_extra_bytes_per_token,
     moe_elementwise_bytes_per_token,
@@ -803,6 +803,70 @@ def device_copy_ns(n_bytes: float, hw: HardwareProfile) -> float:
     return memory_bound_ns(2 * n_bytes, hw)
 
 
+def column_linears(sc: Scenario) -> tuple[int, int]:
+    """(attention, MLP) column-parallel linears that reduce their own input gradient in a dense
+    block's backward: one each under runtime ``tp_input_redistribution: per_block`` (Megatron's
+    fused QKV and fc1, torchtitan's PrepareModuleInput) and for MLA models; per linear, q, k and
+    v, and the MLP's gate and up (a gated MLP) or its up projection (KempnerForge's plan: each a
+    ColwiseParallel of its own, distributed/tensor_parallel.py l.59-78 at 01b461a7). Their
+    weight-gradient GEMMs share the group's time equally (GQA's k and v are smaller: not told
+    apart). A model with experts or MLA keeps one each (their blocks' collectives are priced
+    apart: not modelled per linear)."""
+    m = sc.model
+    if sc.runtime.tp_input_redistribution == "per_block" or m.is_mla or m.is_moe:
+        return 1, 1
+    return 3, 2 if sc.model.mlp == "swiglu" else 1
+
+
+def column_gathers(sc: Scenario) -> tuple[int, int]:
+    """(attention, MLP) input all-gathers of a dense block's forward under sequence
+    parallelism: :func:`column_linears` under ``per_linear`` (eager DTensor: each linear
+    redistributes the same Shard(1) input), one each otherwise (``per_linear_compiled``: the
+    AOT autograd CSE keeps one of identical all-gathers, ``spec.runtime``)."""
+    if sc.runtime.tp_input_redistribution != "per_linear":
+        return 1, 1
+    return column_linears(sc)
+
+
+def tp_shard_copy_bytes(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
+    """(forward, backward) bytes one dense block's sequence-parallel TP collectives copy under
+    runtime ``tp_shard_copies`` (DTensor's functional collectives on [b, s, h] sharded on s:
+    ``spec.runtime``), for one micro-batch of ``t`` on one GPU. Each copy reads and writes the
+    whole b·s·h tensor in the activation dtype e (FP8's 1 B where the all-gather carries the
+    quantized input, ``costs.fp8.tp_gathers_fp8``), 2·b·s·h·e bytes:
+
+    - forward: the two row-parallel outputs' reduce-scatters copy their inputs, and each input
+      all-gather (:func:`column_gathers`: one per group, or per linear) its output
+      unless b = 1 (a view then: ``torch/_utils.py _maybe_view_chunk_cat``);
+    - backward: each forward all-gather becomes a reduce-scatter of its gradient
+      (:func:`column_linears`: one per group, or per linear), copied, and each
+      forward reduce-scatter an all-gather, copied unless b = 1.
+
+    (0, 0) without the runtime flag, at tp 1, without sequence parallelism (the all-reduces
+    copy nothing), under ``tp_comm_overlap`` (async TP's fused all-gather-matmuls take the
+    shards as they are) and for a model with experts or MLA (their blocks' collectives are
+    priced apart). A full recompute replays the forward's (as every forward element-wise
+    byte; its early stop before the last reduce-scatter is not told apart)."""
+    m, p, rt = sc.model, sc.parallelism, sc.runtime
+    if (not rt.tp_shard_copies or p.tp <= 1 or not p.sequence_parallel or rt.tp_comm_overlap
+            or m.is_moe or m.is_mla):  # fmt: skip
+        return 0.0, 0.0
+    b = t.micro_batch
+    e = t.precision_spec.act_mm
+    whole = b * t.seq_len_effective * m.hidden  # elements of the gathered [b, s, h]
+    gathered = b > 1  # an all-gather's output is a view for one sequence
+    n_attn, n_mlp = column_gathers(sc)
+    fwd = 2 * 2 * whole * e  # the two reduce-scatters' inputs
+    if gathered:
+        fwd += sum(n * 2 * whole * (1 if tp_gathers_fp8(sc, mlp) else e)
+                   for n, mlp in ((n_attn, False), (n_mlp, True)))  # fmt: skip
+    bwd = 0.0
+    if grad_flows_through_blocks(t):
+        c_attn, c_mlp = column_linears(sc)
+        bwd = (c_attn + c_mlp) * 2 * whole * e + (2 * 2 * whole * e if gathered else 0.0)
+    return fwd, bwd
+
+
 def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> BlockFlops:
     """:class:`BlockFlops` of ``layers`` blocks together (each field x layers). Of a model with
     experts, blocks ``lo`` .. ``lo + layers − 1`` (``lo`` None: all MoE blocks) are dense or
@@ -815,6 +879,10 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     eager = sc.runtime.eager_elementwise
     bf = block_flops(m, t, tp, fused=fused, sp=sp, eager=eager)
     if not m.is_moe:
+        copy_f, copy_b = tp_shard_copy_bytes(sc, t)  # (runtime tp_shard_copies)
+        if copy_f or copy_b:
+            bf = replace(bf, elementwise_bytes_fwd=bf.elementwise_bytes_fwd + copy_f,
+                         elementwise_bytes_bwd=bf.elementwise_bytes_bwd + copy_b)  # fmt: skip
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)

@@ -117,8 +117,9 @@ def pipelined_gather_layers(step: ResolvedStep, rank: int, recompute: bool = Fal
     """Layer gathers of a ZeRO-3 rank under PyTorch pipelining over FSDP2
     (``schedules.analysis.sharded_at_start``, the simulation's rule): the decoder layers of each of the
     rank's forwards and backwards that finds its chunk sharded, twice for such a backward that
-    replays its forward (``recompute``: the simulation gathers for the replay too). 1F1B: m + 1
-    per layer, against 2m elsewhere."""
+    replays its forward and gathers again after the replay (``recompute``: a full recompute
+    without runtime ``fsdp_recompute_reuses_gather``). 1F1B: m + 1 per layer, against 2m
+    elsewhere."""
     acts = [a for a in step.schedule[rank] if a.kind in ("F", "B", "I", "W")]
     sharded = sharded_at_start([(a.stage, a.kind) for a in acts])
     return sum(step.chunks[a.stage].layers * (2 if recompute and a.kind in ("B", "I") else 1)
@@ -618,6 +619,9 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,
                          p2p_polled=polled,
                          recompute_gathers=sc.training.recompute != "selective",
+                         backward_reuses_recompute_gather=(
+                             sc.runtime.fsdp_recompute_reuses_gather
+                             and sc.training.recompute != "selective"),
                          tied_embedding_sync=tied_embedding_sync(sc, step),
                          cp_labels=exchange_labels(sc),
                          backward_extra_bytes={k: sm.backward_moment_bytes for sm in mem.stages

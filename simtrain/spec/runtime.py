@@ -110,8 +110,20 @@ class RuntimeProfile:
     # per_linear under torch.compile, whose AOT autograd CSE merges the forward's identical
     # functional all-gathers of one input into one (torch/_functorch/partitioners.py
     # min_cut_rematerialization_partition -> compile_utils.py fx_graph_cse, torch 2.13.0) but
-    # not the backward's reductions of different gradients (costs.comm.column_linears).
+    # not the backward's reductions of different gradients (costs.compute.column_linears).
     tp_input_redistribution: str = "per_block"
+    # Sequence-parallel TP through DTensor's functional collectives, whose NCCL calls gather and
+    # scatter along dim 0 while the activations are sharded on the sequence, dim 1 of
+    # [b, s, h]: each reduce-scatter to Shard(1) first copies its whole input into rank order
+    # (torch 2.13.0 distributed/_functional_collectives.py reduce_scatter_single l.276-277 ->
+    # torch/_utils.py _chunk_or_narrow_cat: ``torch.cat(torch.chunk(x, tp, dim=1), dim=0)``),
+    # and each all-gather from Shard(1) copies its whole output back (all_gather_single
+    # l.213-223 -> _maybe_view_chunk_cat: a view where the gathered dim 0 is the group, i.e. a
+    # micro-batch of one sequence, else the same chunk and cat); the backward's collectives
+    # (an all-gather's is a reduce-scatter, and the reverse) copy alike
+    # (costs.compute.tp_shard_copy_bytes). Megatron's and nanotron's collectives gather along
+    # their own first dimension, the sequence of [s, b, h]: no copy.
+    tp_shard_copies: bool = False
     # A full recompute stops once it has re-saved the block's last saved tensor (PyTorch's
     # non-reentrant torch.utils.checkpoint with early stop: ``_enable_checkpoint_early_stop =
     # True`` in torch 2.13 utils/checkpoint.py, the default since pytorch/pytorch#96866,
@@ -264,6 +276,16 @@ class RuntimeProfile:
     # memory-bound rate. FSDP1's flat parameter and DeepSpeed gather into the parameters'
     # own storage (no copy).
     zero3_gather_copy_out: bool = False
+    # Under a full recompute, FSDP gathers a layer's parameters once for its recompute and its
+    # backward: the pre-backward hook unshards them, and the recompute's forward skips its own
+    # unshard (torch 2.13.0 distributed/fsdp/_runtime_utils.py l.374-375 "recomputed
+    # forward": BACKWARD_PRE; FSDP2 _fully_shard/_fsdp_state.py l.293-301: PRE_BACKWARD, the
+    # parameters already unsharded). False: the recompute gathers and the backward gathers
+    # again, as the deepspeed profile keeps it: DeepSpeed ZeRO-3's module hooks re-fetch for
+    # the recompute, and whether its backward then reuses the parameters depends on its
+    # prefetch trace and stage3_max_reuse_distance (default 1e9, runtime/zero/config.py; 0
+    # releases after each use), not read here.
+    fsdp_recompute_reuses_gather: bool = False
     # Under hybrid sharding (parallelism.zero_replicas) the gradient shards are all-reduced
     # across the replicas only at the gradient-accumulation boundary, not after every
     # micro-batch's reduce-scatter (DeepSpeed MiCS: MiCS_Optimizer.allreduce_mics_shard_grads

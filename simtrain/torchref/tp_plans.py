@@ -1,6 +1,6 @@
 """Two PyTorch DTensor tensor-parallel plans of a Llama block, run on a fake process group to
 count the collectives they issue and the bytes autograd saves (runtime
-``tp_input_redistribution``: ``costs.comm.column_linears``, ``costs.activations``).
+``tp_input_redistribution``: ``costs.compute.column_linears``, ``costs.activations``).
 
 * ``per_block``: torchtitan's plan (9dec370a torchtitan/parallelisms/parallelize_llama.py
   l.172-192): ``PrepareModuleInput`` redistributes the attention's and the feed-forward's input
@@ -262,3 +262,38 @@ def measure_block_compiled(plan: str, tp: int, micro_batch: int = 2, seq_len: in
         finally:
             torch._dynamo.reset()
         return BlockComm(graphs.get("forward", {}), graphs.get("backward", {}), 0)
+
+
+def measure_shard_copies(plan: str, tp: int, micro_batch: int = 2, seq_len: int = 16,
+                         hidden: int = 64, heads: int = 4,
+                         ffn: int = 128) -> tuple[int, int]:  # fmt: skip
+    """(forward, backward) bytes the ``aten.cat`` calls of one bf16 :class:`LlamaBlock` under
+    ``plan`` with sequence parallelism write, counted with a ``TorchDispatchMode`` over a fake
+    ``tp``-rank group: the copies DTensor's functional collectives make around each
+    all-gather from and reduce-scatter to Shard(1) (runtime ``tp_shard_copies``,
+    ``costs.compute.tp_shard_copy_bytes``, which prices a read and a write of each)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Cats(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.cat.default:
+                self.bytes += out.numel() * out.element_size()
+            return out
+
+    with _fake_group(tp) as mesh:
+        torch.manual_seed(0)
+        block = parallelize_module(LlamaBlock(hidden, heads, ffn).to(torch.bfloat16), mesh,
+                                   tp_plan(plan, True))  # fmt: skip
+        x = torch.randn(micro_batch, seq_len // tp, hidden, dtype=torch.bfloat16,
+                        requires_grad=True)  # fmt: skip
+        forward, backward = _Cats(), _Cats()
+        with forward:
+            y = block(x)
+        with backward:
+            y.float().sum().backward()
+        return forward.bytes, backward.bytes

@@ -265,9 +265,12 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     if p.zero_stage == 3:
         layers_here = max(step.rank_layers(0), 1)
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)
-        gathers = 3 if t.recompute == "full" else 2
+        # a full recompute's gather serves its backward too under FSDP (runtime
+        # fsdp_recompute_reuses_gather, passes.zero3_pass)
+        regathers = t.recompute == "full" and not sc.runtime.fsdp_recompute_reuses_gather
+        gathers = 3 if regathers else 2
         if deferred:  # gathered again only after a forward (workload.pipelined_gather_layers)
-            n = pipelined_gather_layers(step, 0, t.recompute == "full")
+            n = pipelined_gather_layers(step, 0, regathers)
             gathers = n / (step.microbatches * layers_here)
         gathered = layers_here * gathers * gather
         if accumulation_defers_reduction(sc, step):

@@ -541,11 +541,13 @@ SOURCES: dict[str, SourceConvention] = {
             ("pipeline_recv_buffers_per_microbatch", False),
             ("tp_saves_gathered_input", False),
             ("tp_regather_backward", True),
+            ("tp_shard_copies", False),
         ),
         runtime_overrides_note="Meta's production framework (Dubey et al. 2024 §3.3.2): its "
         "element-wise ops fused, not torchtitan's eager default; each pipeline stage's input and "
         "output tensors freed once used; Korthikanti's sequence-parallel TP (the input shard "
-        "saved and all-gathered again in the backward)",
+        "saved and all-gathered again in the backward; its collectives on the sequence's own "
+        "dimension, not DTensor's dim-0 ones that copy around a Shard(1))",
         parallel_defaults={"sequence_parallel": True},
         parallel_note="TP as torchtitan, its open kin, runs it (4a950ea "
         "models/llama3/infra/parallelize.py apply_tp l.181-233: the norms SequenceParallel, every TP "

@@ -88,7 +88,9 @@ def zero3_pass(ir: StepIR) -> None:
     window, and the all-gather (or, alone on one GPU, the slice) waits for it. FSDP2 copies the
     gathered parameters out on the compute stream ("CPY") before the slice runs. A recompute
     slice that uses no weights (selective recompute: the attention core,
-    ``LoweringInput.recompute_gathers``) gathers nothing. Under PyTorch pipelining
+    ``LoweringInput.recompute_gathers``) gathers nothing; under FSDP
+    (``LoweringInput.backward_reuses_recompute_gather``) a full recompute's slice gathers its
+    layer once for the recompute and the backward after it. Under PyTorch pipelining
     (``ChunkDurations.unsharded_after_backward``) a chunk's action after one of its backwards
     gathers nothing: the backward left its parameters gathered. With the gradient sync in the
     last micro-batch only (``ChunkDurations.reduce_scatter_last_backward_only``) only a chunk's
@@ -106,13 +108,19 @@ def zero3_pass(ir: StepIR) -> None:
             fetch = c.gather_ns_per_layer or c.param_h2d_ns_per_layer
             if c.unsharded_after_backward and not at_start:
                 fetch = 0  # still gathered since its last backward (FSDP2 pipelining)
+            recomputed: set[int] = set()  # layers whose recompute gathered their parameters
             for slice_no, op in enumerate(g.ops):
                 if blocking is not None and op.stream == "compute":
                     op.deps.append(blocking)
                     blocking = None
-                needs = op.kind in ("F", "B", "I") or (op.kind == "R" and ir.inp.recompute_gathers)
+                layer = slice_layer(op.kind, slice_no, *c.layers)
+                if op.kind == "R" and ir.inp.recompute_gathers:
+                    needs = True
+                    recomputed.add(layer)
+                else:  # (FSDP: a backward after its layer's recompute uses its gather)
+                    reuses = ir.inp.backward_reuses_recompute_gather and layer in recomputed
+                    needs = op.kind == "F" or (op.kind in ("B", "I") and not reuses)
                 if fetch and needs:
-                    layer = slice_layer(op.kind, slice_no, *c.layers)
                     before = seen[-2:-1]
                     if c.param_h2d_ns_per_layer:
                         up = Op(r.rank, "h2d", "H2D", f"H2D params L{layer} {g.label}",
@@ -128,11 +136,11 @@ def zero3_pass(ir: StepIR) -> None:
                                 microbatch=op.microbatch, stage=op.stage)  # fmt: skip
                         out.append(ag)
                         # FSDP2: the copy-out (after what the slice waits for: its input, the
-                        # previous action), then the layer. A recompute runs under its backward's
-                        # unshard (_fsdp_state.py _pre_forward: PRE_BACKWARD): no copy before an
-                        # R slice. (Its all-gather stays, as DeepSpeed re-fetches for a
-                        # recompute; FSDP2 would not, and moving it moved no torchtitan figure.)
-                        if c.gather_copy_ns_per_layer and op.kind != "R":
+                        # previous action), then the layer. Without the reuse, a recompute runs
+                        # under its backward's unshard: no copy before the R slice
+                        if c.gather_copy_ns_per_layer and (
+                            op.kind != "R" or ir.inp.backward_reuses_recompute_gather
+                        ):
                             ag = Op(r.rank, "compute", "CPY", f"CPY params L{layer} {g.label}",
                                     c.gather_copy_ns_per_layer, [*op.deps, ag],
                                     microbatch=op.microbatch, stage=op.stage)  # fmt: skip
