@@ -479,9 +479,10 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does(
     the gradient sync in the last one): the planner's closed form puts the whole
     reduce-scatter in the last backward as the simulation does. It overlaps each phase's
     gathers with the phase as a whole, the simulation one layer ahead, so it is under the
-    simulation where the gathers outlast the compute: 70B 12.79 vs 14.02 s (within 10 %),
-    13B 4.18 vs 4.34 s (within 5 %); and both are faster than with the sync every
-    micro-batch (70B 18.23 vs 18.53 s)."""
+    simulation where the gathers outlast the compute: 70B 12.20 vs 13.21 s (within 10 %),
+    13B 4.39 vs 4.50 s (within 5 %); and both are faster than with the sync every
+    micro-batch where the communication is not hidden either way (70B 14.57 vs 14.98 s; 13B
+    the same: FSDP's one gather for a recompute and its backward leaves it all hidden)."""
     from dataclasses import replace
 
     from simtrain.apps.plan.estimate import closed_form_step_s
@@ -498,7 +499,9 @@ def test_the_planner_reduces_in_the_last_micro_batch_as_the_simulation_does(
             steps[on] = (closed_form_step_s(one, estimate_memory(one).stages),
                          simulate_scenario(one, detail=False).metrics.step_time_s)  # fmt: skip
         assert steps[True][0] == pytest.approx(steps[True][1], rel=bound)
-        assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
+        assert steps[True][0] <= steps[False][0] and steps[True][1] <= steps[False][1]
+        if "70b" in rid:
+            assert steps[True][0] < steps[False][0] and steps[True][1] < steps[False][1]
 
 
 def test_gradient_sync_in_the_last_micro_batch_over_one_gpu() -> None:

@@ -281,8 +281,14 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
             m, fwd = step.microbatches, layers_here * gather
             back = r0.input_ns + r0.weight_ns
             forward = max(0.0, fwd - r0.forward_ns)
-            backward = max(0.0, gathered - fwd - back)
-            last = max(0.0, gathered - fwd + layers_here * reduce_scatter - back)
+            if t.recompute == "full" and not regathers:
+                # FSDP: the backward's gathers come with the recompute, which replays the
+                # forward (passes.zero3_pass), the reduce-scatters with the backward after it
+                backward = max(0.0, gathered - fwd - r0.forward_ns)
+                last = backward + max(0.0, layers_here * reduce_scatter - (back - r0.forward_ns))
+            else:
+                backward = max(0.0, gathered - fwd - back)
+                last = max(0.0, gathered - fwd + layers_here * reduce_scatter - back)
             return m * forward + (m - 1) * backward + last
         comm = gathered + (0 if deferred else layers_here * reduce_scatter)
         return step.microbatches * max(0.0, comm - r0.total) + deferred
