@@ -851,20 +851,27 @@ def tp_shard_copy_bytes(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
     if (not rt.tp_shard_copies or p.tp <= 1 or not p.sequence_parallel or rt.tp_comm_overlap
             or m.is_moe or m.is_mla):  # fmt: skip
         return 0.0, 0.0
-    b = t.micro_batch
     e = t.precision_spec.act_mm
-    whole = b * t.seq_len_effective * m.hidden  # elements of the gathered [b, s, h]
-    gathered = b > 1  # an all-gather's output is a view for one sequence
-    n_attn, n_mlp = column_gathers(sc)
-    fwd = 2 * 2 * whole * e  # the two reduce-scatters' inputs
-    if gathered:
-        fwd += sum(n * 2 * whole * (1 if tp_gathers_fp8(sc, mlp) else e)
-                   for n, mlp in ((n_attn, False), (n_mlp, True)))  # fmt: skip
-    bwd = 0.0
-    if grad_flows_through_blocks(t):
-        c_attn, c_mlp = column_linears(sc)
-        bwd = (c_attn + c_mlp) * 2 * whole * e + (2 * 2 * whole * e if gathered else 0.0)
-    return fwd, bwd
+    copy = 2 * t.micro_batch * t.seq_len_effective * m.hidden  # a read and a write a byte
+    gathered = t.micro_batch > 1  # an all-gather's output is a view for one sequence
+    # forward: the two reduce-scatters' inputs, each all-gather's output (in FP8 where it
+    # carries the quantized input: torchao's Float8Tensor, not measured here)
+    fwd = 2 * copy * e + gathered * sum(
+        n * copy * (1 if tp_gathers_fp8(sc, mlp) else e)
+        for n, mlp in zip(column_gathers(sc), (False, True), strict=True)
+    )
+    if not grad_flows_through_blocks(t):
+        return fwd, 0.0
+    # backward: each input gradient's reduce-scatter, each output gradient's all-gather
+    return fwd, (sum(column_linears(sc)) + 2 * gathered) * copy * e
+
+
+def _plus_elementwise(bf: BlockFlops, fwd: float, bwd: float) -> BlockFlops:
+    """``bf`` with ``fwd`` / ``bwd`` more memory-bound bytes in its forward / backward."""
+    if not (fwd or bwd):
+        return bf
+    return replace(bf, elementwise_bytes_fwd=bf.elementwise_bytes_fwd + fwd,
+                   elementwise_bytes_bwd=bf.elementwise_bytes_bwd + bwd)  # fmt: skip
 
 
 def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> BlockFlops:
@@ -879,10 +886,7 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     eager = sc.runtime.eager_elementwise
     bf = block_flops(m, t, tp, fused=fused, sp=sp, eager=eager)
     if not m.is_moe:
-        copy_f, copy_b = tp_shard_copy_bytes(sc, t)  # (runtime tp_shard_copies)
-        if copy_f or copy_b:
-            bf = replace(bf, elementwise_bytes_fwd=bf.elementwise_bytes_fwd + copy_f,
-                         elementwise_bytes_bwd=bf.elementwise_bytes_bwd + copy_b)  # fmt: skip
+        bf = _plus_elementwise(bf, *tp_shard_copy_bytes(sc, t))  # (runtime tp_shard_copies)
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)
@@ -893,11 +897,7 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
                                                          moe_load(m, ep))  # fmt: skip
         tokens = t.micro_batch * t.seq_len_effective
         bwd = bwd if grad_flows_through_blocks(t) else 0.0
-        moe_bf = replace(
-            moe_bf,
-            elementwise_bytes_fwd=moe_bf.elementwise_bytes_fwd + tokens * fwd,
-            elementwise_bytes_bwd=moe_bf.elementwise_bytes_bwd + tokens * bwd,
-        )
+        moe_bf = _plus_elementwise(moe_bf, tokens * fwd, tokens * bwd)
     dense_bf = block_flops(m, t, tp, False, fused=fused, sp=sp, eager=eager)
     return BlockFlops(*(dense * getattr(dense_bf, f) + (layers - dense) * getattr(moe_bf, f)
                         for f in BlockFlops.__slots__))  # fmt: skip

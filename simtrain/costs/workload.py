@@ -619,9 +619,7 @@ def lowering_input(sc: Scenario, step: ResolvedStep, mem: MemoryReport) -> Lower
                          placement=step.traits.placement, p2p_poll_ns=poll_ns,
                          p2p_polled=polled,
                          recompute_gathers=sc.training.recompute != "selective",
-                         backward_reuses_recompute_gather=(
-                             sc.runtime.fsdp_recompute_reuses_gather
-                             and sc.training.recompute != "selective"),
+                         backward_reuses_recompute_gather=sc.runtime.fsdp_recompute_reuses_gather,
                          tied_embedding_sync=tied_embedding_sync(sc, step),
                          cp_labels=exchange_labels(sc),
                          backward_extra_bytes={k: sm.backward_moment_bytes for sm in mem.stages

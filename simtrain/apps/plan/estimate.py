@@ -267,7 +267,9 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
         gather, reduce_scatter = zero3_layer_comm_ns(sc, step, s0, layers_here)
         # a full recompute's gather serves its backward too under FSDP (runtime
         # fsdp_recompute_reuses_gather, passes.zero3_pass)
-        regathers = t.recompute == "full" and not sc.runtime.fsdp_recompute_reuses_gather
+        full = t.recompute == "full"
+        reuses = full and sc.runtime.fsdp_recompute_reuses_gather
+        regathers = full and not reuses
         gathers = 3 if regathers else 2
         if deferred:  # gathered again only after a forward (workload.pipelined_gather_layers)
             n = pipelined_gather_layers(step, 0, regathers)
@@ -281,7 +283,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
             m, fwd = step.microbatches, layers_here * gather
             back = r0.input_ns + r0.weight_ns
             forward = max(0.0, fwd - r0.forward_ns)
-            if t.recompute == "full" and not regathers:
+            if reuses:
                 # FSDP: the backward's gathers come with the recompute, which replays the
                 # forward (passes.zero3_pass), the reduce-scatters with the backward after it
                 backward = max(0.0, gathered - fwd - r0.forward_ns)

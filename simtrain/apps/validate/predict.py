@@ -37,6 +37,13 @@ class _Failure:
     message: str
 
 
+def failure_reason(what: str, exc: BaseException | str) -> str:
+    """A record's skip reason where simtrain itself raised while ``what`` (translating this
+    record, on this scenario): a simtrain bug, reported with the error."""
+    err = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return f"simtrain failed {what} (a simtrain bug, please report it with the record): {err}"
+
+
 def _attempt(fn: Callable[[Scenario], _R], key: Scenario) -> _R | _Failure:
     """``fn(key)``, or the exception it raised as a :class:`_Failure`."""
     try:
@@ -76,10 +83,8 @@ class Predictor:
         (``costs.chunk_time.block_times_ns``): the first, or of a model with experts the first
         MoE block."""
         m = sc.model
-        try:
-            fwd, bwd = block_times_ns(sc, resolve(sc), m.first_dense_layers if m.is_moe else 0)
-        except Exception as exc:  # noqa: BLE001 - as memory_report and step_time
-            raise PredictionFailed(f"{type(exc).__name__}: {exc}") from exc
+        first = m.first_dense_layers if m.is_moe else 0
+        fwd, bwd = _result(_attempt(lambda s: block_times_ns(s, resolve(s), first), sc))
         return fwd / 1e9, bwd / 1e9
 
     def step_time(self, sc: Scenario) -> float:

@@ -21,7 +21,12 @@ from simtrain.apps.validate.measured import (
     compare_record,
     zero_notes,
 )
-from simtrain.apps.validate.predict import PredictionFailed, Predictor, scenario_key
+from simtrain.apps.validate.predict import (
+    PredictionFailed,
+    Predictor,
+    failure_reason,
+    scenario_key,
+)
 from simtrain.apps.validate.records import SkipReason, load_record_files, resolve_paths, skip
 from simtrain.apps.validate.translate import Translation, translate
 from simtrain.apps.workers import env_workers
@@ -322,9 +327,7 @@ def validate(
         try:
             translated.append(translate(rec))
         except Exception as exc:  # noqa: BLE001 - as a prediction's (PredictionFailed)
-            translated.append(skip(rec, f"simtrain failed translating this record (a simtrain "
-                                   f"bug, please report it with the record): "
-                                   f"{type(exc).__name__}: {exc}"))  # fmt: skip
+            translated.append(skip(rec, failure_reason("translating this record", exc)))
         report("translating", i + 1, len(records))
     pr.precompute([tr for tr in translated if isinstance(tr, Translation)], workers,
                   progress)  # fmt: skip
@@ -340,8 +343,7 @@ def validate(
         try:
             rows = compare_record(tr, pr)
         except PredictionFailed as exc:
-            skipped.append(skip(rec, f"simtrain failed on this scenario (a simtrain bug, please "
-                                f"report it with the record): {exc}"))  # fmt: skip
+            skipped.append(skip(rec, failure_reason("on this scenario", str(exc))))
             continue
         if not rows:
             skipped.append(skip(rec, "no measured value simtrain predicts"))

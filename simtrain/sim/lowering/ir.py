@@ -261,8 +261,8 @@ class LoweringInput:
     # A recompute slice needs its layer's parameters (ZeRO-3 gathers them again): false for
     # Megatron's selective recompute, which replays only the attention core (no weights)
     recompute_gathers: bool = True
-    # ... and the backward of a layer whose recompute gathered uses that gather (FSDP:
-    # spec.runtime fsdp_recompute_reuses_gather); false: it gathers again
+    # ... and the backward of a layer whose recompute gathered (recompute_gathers) uses that
+    # gather (FSDP: spec.runtime fsdp_recompute_reuses_gather); false: it gathers again
     backward_reuses_recompute_gather: bool = False
     # (rank, rank, ns): the tied word embedding's gradient all-reduced between the ranks of
     # the embedding and the output layer before their optimizer steps
