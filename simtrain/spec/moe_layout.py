@@ -242,10 +242,7 @@ def validate_moe(spec: Any, file: str | None, prefix: str) -> None:
                           f"dividing num_experts = {e} and 1 <= router_group_topk <= "
                           f"router_groups, with top-k = {k} experts in the chosen groups "
                           "(both 0: unlimited)", getattr(spec, key))  # fmt: skip
-    clamp, (_, clamp_max) = spec.glu_clamp, FLOAT_RANGES["model.glu_clamp"]
-    if not 0.0 <= clamp <= clamp_max:
-        raise ConfigError(file, f"{prefix}.glu_clamp", f"must be in [0, {clamp_max:g}] (0 = no "
-                          "clamp; GPT-OSS 7.0)", clamp)  # fmt: skip
+    check_range(spec.glu_clamp, file, f"{prefix}.glu_clamp", *FLOAT_RANGES["model.glu_clamp"])
     if spec.glu_clamp and spec.mlp != "swiglu":
         raise ConfigError(file, f"{prefix}.glu_clamp", "clamps a gated (GLU) MLP's two halves: "
                           "needs model.mlp swiglu (0 = no clamp)", spec.glu_clamp)  # fmt: skip
