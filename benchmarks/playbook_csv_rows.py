@@ -163,6 +163,40 @@ def compare(rec: Record) -> list[tuple[str, str, float, float, float]]:
     return out
 
 
+def print_zero1_lead(recs: list[Record], results: list) -> None:
+    """runtimes/nanotron_bench.yaml [z1gap]: the pp-1 runs' tokens/s error by gradient
+    accumulation (1, 2, 4, >= 8 micro-batches), and the pp-1 jobs of one layout run at ZeRO-0
+    and ZeRO-1 (same shape, dp, tp, micro-batch, accumulation): ZeRO-1's step minus ZeRO-0's,
+    measured and simulated, by TP inside a node (tp <= 8) or across nodes."""
+    by_ga: dict[int, list[float]] = defaultdict(list)
+    steps: dict[tuple, dict[int, tuple[float, float]]] = defaultdict(dict)
+    for rec, res in zip(recs, results, strict=True):
+        p, t = rec.parallelism, rec.training
+        if p["pp"] != 1:
+            continue
+        for _g, metric, meas, pred, err in res:
+            if metric != "tokens_per_s" or not (meas > 0 and pred > 0):
+                continue
+            by_ga[min(t["grad_accum"], 8)].append(err)
+            tokens = t["global_batch"] * rec.model["seq_len"]
+            key = (rec.model["hidden"], rec.model["layers"], p["dp"], p["tp"],
+                   t["micro_batch"], t["grad_accum"])  # fmt: skip
+            steps[key][p["zero_stage"]] = (tokens / meas, tokens / pred)
+    if by_ga:
+        print("pp 1 tokens/s by gradient accumulation, median error: " + ", ".join(
+            f"ga {'>= 8' if ga == 8 else ga} {statistics.median(e):+.1f} % (n {len(e)})"
+            for ga, e in sorted(by_ga.items())))  # fmt: skip
+    for name, inside in (("tp <= 8", True), ("tp >= 16", False)):
+        pairs = [(z[1][0] - z[0][0], z[1][1] - z[0][1]) for k, z in steps.items()
+                 if 0 in z and 1 in z and (k[3] <= 8) == inside]  # fmt: skip
+        if pairs:
+            meas = [m for m, _ in pairs]
+            print(f"pp 1 ZeRO-1 minus ZeRO-0 step, {name}: {len(pairs)} pairs, ZeRO-1 slower in "
+                  f"{sum(m > 0 for m in meas)}; measured {min(meas):+.3f} .. {max(meas):+.3f} s "
+                  f"(median {statistics.median(meas):+.3f}), simulated median "
+                  f"{statistics.median(s for _, s in pairs):+.3f} s")  # fmt: skip
+
+
 #: the node test's all-gather (GB/s) that tells the sweep's two kinds of job apart: 241-243
 #: (quartiles) on the slow kind, 263-264 on the other (runtimes/nanotron.yaml [ppfix])
 FAST_NODE_AG_GB_PER_S = 250
@@ -507,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{'>=' if hi else '<'} {FAST_NODE_AG_GB_PER_S} GB/s median {statistics.median(v):+.1f} % "
                           f"(n {len(v)})" for hi, v in sorted(regime.items(), reverse=True) if v))  # fmt: skip
     print_issue_costs(recs)
+    print_zero1_lead(recs, results)
     print_layer_floors(recs, results)
     print_reserved_lead(recs, results)
     print_two_codes(recs, results, rows, args.workers)

@@ -327,3 +327,27 @@ def test_the_two_modes_it_prints(script, published_records: dict, tmp_path, caps
     twice = next(x for x in out if x.startswith("jobs that logged one layout twice"))
     assert twice.startswith("jobs that logged one layout twice: 1; job 14099004 (hidden_size 2048")
     assert twice.endswith(f": {slow['tok/s/gpu']} and 777 tok/s/GPU")
+
+
+def test_zero1_lead_pairs_and_accumulation(script, capsys) -> None:
+    """print_zero1_lead: the pp-1 errors by gradient accumulation and the ZeRO-1 minus ZeRO-0
+    step of one layout, from each run's measured and simulated tokens/s (worked by hand: 2^20
+    tokens at 1,048,576 and 524,288 tokens/s are steps of 1 and 2 s)."""
+    from types import SimpleNamespace
+
+    def run(tp, z, ga, meas, pred):
+        rec = SimpleNamespace(
+            parallelism={"pp": 1, "dp": 8, "tp": tp, "zero_stage": z},
+            training={"global_batch": 256, "grad_accum": ga, "micro_batch": 1},
+            model={"seq_len": 4096, "hidden": 2048, "layers": 16},
+        )
+        return rec, [("pp 1", "tokens_per_s", meas, pred, 100 * (pred - meas) / meas)]
+
+    runs = [run(8, 0, 1, 2**20, 2**20), run(8, 1, 1, 2**19, 2**20),  # ZeRO-1 1 s slower
+            run(16, 0, 16, 2**19, 2**20), run(16, 1, 16, 2**20, 2**20)]  # ZeRO-1 1 s faster  # fmt: skip
+    script.print_zero1_lead([r for r, _ in runs], [res for _, res in runs])
+    out = capsys.readouterr().out
+    assert "ga 1 +50.0 % (n 2), ga >= 8 +50.0 % (n 2)" in out
+    assert ("tp <= 8: 1 pairs, ZeRO-1 slower in 1; measured +1.000 .. +1.000 s (median +1.000), "
+            "simulated median +0.000 s") in out  # fmt: skip
+    assert "tp >= 16: 1 pairs, ZeRO-1 slower in 0; measured -1.000 .. -1.000 s" in out
