@@ -10,13 +10,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simtrain.apps.simulate import simulate_scenario
-from simtrain.costs.comm import deepep_sm_share
+from simtrain.costs.comm import deepep_sm_share, nccl_kernel_sms
 from simtrain.costs.compute import chunk_costs, hardware_flops_per_step, model_flops_per_step
 from simtrain.layout.step import resolve
 from simtrain.report.metrics import StepMetrics, step_metrics
 from simtrain.schedules import build_schedule, microbatch_stages
 from simtrain.sim.engine import simulate
 from simtrain.sim.lowering import ChunkDurations, LoweringInput, RankWork, lower
+from simtrain.sim.lowering.sms import HOLDING_STREAMS
 from simtrain.sim.timeline import Span, Timeline
 from simtrain.spec.scenario import Scenario, load_scenario, parse_scenario
 
@@ -173,12 +174,16 @@ def check_step(sc: Scenario) -> None:
                 runs = sum(stage in microbatch_stages(j, m, len(chunks), place) for j in range(m))
                 want += runs * (c.forward_ns + c.input_grad_ns + c.weight_grad_ns + c.recompute_ns)
         share = deepep_sm_share(sc)
-        if not share:
+        # the data-parallel collectives' NCCL kernels hold h of the S SMs (sim.lowering.sms):
+        # the compute they overlap lengthens by at most their time x h / S
+        nccl = nccl_kernel_sms(sc) / sc.hardware.sm_count if nccl_kernel_sms(sc) else 0.0
+        held = sum(s.duration_ns for s in tl.spans_of(g) if s.stream in HOLDING_STREAMS)
+        if not share and not (nccl and held):
             assert work == want
         else:  # DeepEP's kernels hold a share f of the SMs: compute lengthens by <= A·f
             a2a = sum(s.duration_ns for s in tl.spans_of(g) if s.kind == "A2A")
             ops = sum(1 for s in compute if s.kind not in ("OPT", "LOSS", "ACC"))
-            assert want <= work <= want + share * a2a + ops
+            assert want <= work <= want + share * a2a + nccl * held + ops
         assert 0 <= st_m.communication_exposed_s * 1e9 <= sum(s.duration_ns for s in comm) + 1e-3
         assert 0.0 <= st_m.bubble_ratio <= 1.0
         assert st_m.bubble_ratio == pytest.approx((step_ns - busy) / step_ns, abs=1e-9)

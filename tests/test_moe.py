@@ -353,10 +353,13 @@ def test_ep_alltoall_across_nodes_goes_through_each_gpus_nic() -> None:
     assert not nic_plan(_mixtral(), resolve(_mixtral())).crossing("A2A", 0)[0]
 
 
-def test_the_alltoalls_are_in_the_timeline() -> None:
+def test_the_alltoalls_are_in_the_timeline(monkeypatch) -> None:
     """Every forward and backward of a chunk with MoE layers is followed by one "A2A" op on the
     collective stream of 2 x its MoE layers x one all-to-all (dispatch + combine); 16
-    micro-batches x (F + B) x 4 pipeline ranks; none without EP."""
+    micro-batches x (F + B) x 4 pipeline ranks; none without EP. (Without EP every GPU reduces
+    all the experts' gradients over dp, whose NCCL kernels slow the backward they overlap,
+    sim.lowering.sms: held at 0 SMs here, so that the step compares the all-to-alls alone.)"""
+    monkeypatch.setattr("simtrain.apps.simulate.nccl_kernel_sms", lambda sc: 0)
     from simtrain.apps.simulate import simulate_scenario
     from simtrain.costs.comm import ep_alltoall_ns
     from simtrain.layout.step import resolve

@@ -289,7 +289,7 @@ def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     before QKV (N = 3·4096/tp) and before gate+up (2·11008/tp), the reduce-scatter after O
     (K = 4096/tp) and after down (K = 11008/tp), each pipelined with its GEMM; on one node
     (tp 8, NVLink) only gate+up's GEMM is long enough to hide its gather: QKV, O and down
-    leave 723, 61,117 and 10,160 ns exposed."""
+    leave 2,520, 61,816 and 11,785 ns exposed."""
     from simtrain.costs.comm import tp_forward_block
 
     sc = _runtime(scenario(tp, sp=True), tp_comm_overlap=True)
@@ -298,7 +298,7 @@ def test_forward_collectives_pair_with_their_gemms(tp: int) -> None:
     exposed, _ = tp_forward_block(sc, step)
     assert exposed == pytest.approx(sum(by_hand), abs=4)  # 1 ns rounding per pair
     if tp == 8:
-        assert by_hand == [723, 61_117, 0, 10_160]
+        assert by_hand == [2_520, 61_816, 0, 11_785]
     assert ag + rs == tp_allreduce_ns(sc, step)  # SP's halves of the all-reduces
     assert 0 < exposed < 2 * (ag + rs)
     # the plain forward exposes them all; so does an overlap without sequence parallelism,

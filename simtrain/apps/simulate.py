@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from simtrain.costs.comm import nccl_kernel_sms
 from simtrain.costs.compute import hardware_flops_per_step, model_flops_per_step
 from simtrain.costs.data_parallel import is_data_parallel
 from simtrain.costs.memory import MemoryReport, estimate_memory
@@ -20,6 +21,7 @@ from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.report.metrics import PhaseCost, StepMetrics, phase_cost, step_metrics, total_cost
 from simtrain.sim.engine import Task, gc_paused, simulate
 from simtrain.sim.lowering import LoweringInput, lower, share_nics
+from simtrain.sim.lowering.sms import hold_sms, rank_sm_counts
 from simtrain.sim.timeline import Timeline
 from simtrain.spec.scenario import Scenario
 
@@ -49,7 +51,8 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
     """The engine's tasks and shared links for one step of ``sc``. ``detail=False`` folds
     intra-node TP all-reduces into the compute they follow and each recompute into its backward
     (``sim.lowering.lower``'s ``fuse_tp`` and ``merge_recompute``): the same step time, FLOP
-    rates and peak memory with fewer tasks, but no TP or recompute spans (the planner)."""
+    rates and peak memory with fewer tasks, but no TP or recompute spans (the planner). The
+    data-parallel collectives hold their NCCL kernels' SMs (``sim.lowering.sms``)."""
     step = resolve(sc)
     tasks = lower(
         build_lowering_input(sc, mem),
@@ -59,7 +62,8 @@ def lower_scenario(sc: Scenario, mem: MemoryReport, detail: bool = True
         merge_recompute=not detail,
         overlap_spans=detail,
     )
-    return share_nics(tasks, nic_plan(sc, step))
+    tasks, links = share_nics(tasks, nic_plan(sc, step))
+    return hold_sms(tasks, nccl_kernel_sms(sc)), links
 
 
 def rank_labels(step: ResolvedStep, sc: Scenario | None = None) -> dict[int, str]:
@@ -78,7 +82,11 @@ def simulate_scenario(sc: Scenario, detail: bool = True) -> SimulationResult:
         mem = estimate_memory(sc)
         tasks, links = lower_scenario(sc, mem, detail)
         timeline = simulate(
-            tasks, initial_memory(step, mem), links, rank_labels=rank_labels(step, sc)
+            tasks,
+            initial_memory(step, mem),
+            links,
+            rank_labels=rank_labels(step, sc),
+            rank_sms=rank_sm_counts(tasks, sc.hardware.sm_count),
         )
         rows = None  # torch.nn.DataParallel: GPU 0 stands for 1 GPU, the replica row dp − 1
         if mem.replica is not None:

@@ -538,6 +538,22 @@ def ep_layer_alltoall_ns(sc: Scenario, step: ResolvedStep) -> int:
     return ep_alltoall_ns(sc, step) + ep_alltoall_ns(sc, step, combine=True)
 
 
+def nccl_kernel_sms(sc: Scenario) -> int:
+    """SMs one NCCL collective kernel takes from the compute it overlaps: a thread block per
+    channel, each on an SM of its own ("Demystifying NCCL", arXiv 2507.04786 §3: a channel is
+    a CUDA block on its own SM). The channels: the hardware profile's logged one-node count
+    (``collectives.nccl_channels_one_node``: 24 on an HGX A100, NVIDIA/nccl-tests #100), else
+    ``collectives.NCCL_CHANNELS`` (24 on 8x H100, NVIDIA/nccl #1367; an nsys trace of FSDP's
+    ncclAllGather on an H100 shows the same 24 blocks, NVIDIA developer forum thread 337991,
+    2025), applied to every data-parallel collective, inside a node or across; at most the
+    GPU's SMs less one. 0 where the profile gives no SM count (``hardware.sm_count``)."""
+    sms = sc.hardware.sm_count
+    if sms < 2:
+        return 0
+    channels = sc.hardware.nccl_channels_one_node or coll.NCCL_CHANNELS
+    return min(channels, sms - 1)
+
+
 def deepep_sm_share(sc: Scenario) -> float:
     """The share of SMs DeepEP's kernels take from the compute they overlap:
     ``moe_dispatch_sms / sm_count`` (DeepEP ``Buffer.num_sms``; spec.runtime); 0 without the

@@ -8,8 +8,8 @@ Semantics (see ``simulate``):
 - Each (gpu, stream) pair is a FIFO queue served by ONE long-lived SimPy process: its tasks run
   one at a time in the order they appear in the input, each once all its dependencies ended.
   A task starts at ``max(end of its stream predecessor, end of its dependencies)`` and, without a
-  link, ends ``duration_ns`` later. Without links this is a max-plus system, so makespan is
-  monotone in every duration and scales exactly with them.
+  link, ends ``duration_ns`` later. Without links and SM holds (below) this is a max-plus
+  system, so makespan is monotone in every duration and scales exactly with them.
 - Dependencies are SimPy events, created lazily (one per task at most, only when some stream
   actually has to wait for that task) and succeeded at the task's end. A dependency that is
   already finished is never waited on.
@@ -27,6 +27,12 @@ Semantics (see ``simulate``):
   issues a message and sleeps before looking: ``while not work.is_completed():
   time.sleep(interval)``); it ends at the first check that finds them all ended. Its end is
   quantised to its start, so polling tasks are outside the max-plus property above.
+- SMs: a task with ``sm_hold > 0`` takes that many of its GPU's SMs (``rank_sms``) while it
+  runs (an NCCL kernel's thread blocks, one per channel, each on an SM of its own). Meanwhile
+  the GPU's "compute" stream progresses at (S − H) / S of its rate, S the GPU's SMs and H the
+  SMs held (at most S − 1): a compute task of duration d needs d · S SM-ns of service, served
+  at S − H per ns; each completion is rounded UP to the next integer ns. Where no task holds
+  SMs, or ``rank_sms`` does not name the GPU, compute takes its duration.
 - After the run, any unfinished task is a deadlock: ``DeadlockError`` names each blocked stream's
   head task and its unfinished dependencies. A dependency cycle is such a deadlock.
 
@@ -81,6 +87,7 @@ class Task(NamedTuple):
     link_bytes: int = 0
     poll_ns: int = 0  # > 0: after its duration, check every poll_ns until ``polled`` ended
     polled: tuple[int, ...] = ()  # ids of tasks the poll waits for (not needed to start)
+    sm_hold: int = 0  # SMs of its GPU it takes from the "compute" stream while it runs
 
 
 @contextmanager
@@ -185,6 +192,57 @@ class _Link:
         self._reschedule()
 
 
+class _Throttle:
+    """One GPU's "compute" stream slowed by the SMs other streams' kernels hold: its task of
+    duration d needs ``d · sms`` SM-ns of service, served at ``sms − held`` per ns (``held`` at
+    most ``sms − 1``). One compute task runs at a time (the stream is FIFO), so one job; a
+    change of ``held`` re-times it (a new timer, older timers become stale). Integer SM-ns:
+    the end is rounded up to whole ns."""
+
+    __slots__ = ("env", "sms", "held", "left", "rate", "last_ns", "done", "gen")
+
+    def __init__(self, env: simpy.Environment, sms: int) -> None:
+        self.env = env
+        self.sms = sms
+        self.held = 0
+        self.left = 0  # SM-ns the running job still needs
+        self.rate = sms  # SM-ns served per ns since ``last_ns``
+        self.last_ns = 0
+        self.done: Event | None = None
+        self.gen = 0
+
+    def run(self, duration_ns: int) -> Event:
+        """Start a compute task of ``duration_ns`` (at full rate) now; its end event."""
+        self.left = duration_ns * self.sms
+        self.last_ns = self.env.now
+        self.done = Event(self.env)
+        self._time()
+        return self.done
+
+    def hold(self, sms: int) -> None:
+        """``sms`` more (or, negative, fewer) SMs held by other streams from now."""
+        if self.done is not None:
+            now = self.env.now
+            self.left -= (now - self.last_ns) * self.rate
+            self.last_ns = now
+        self.held += sms
+        if self.done is not None:
+            self._time()
+
+    def _time(self) -> None:
+        self.rate = self.sms - min(self.held, self.sms - 1)
+        self.gen += 1
+        gen = self.gen
+        timer = Timeout(self.env, max(0, -(-self.left // self.rate)))
+        timer.callbacks.append(lambda _ev: self._fire(gen))  # type: ignore[union-attr]
+
+    def _fire(self, gen: int) -> None:
+        if gen != self.gen or self.done is None:
+            return  # superseded by a later change of the SMs held
+        done, self.done = self.done, None
+        done.succeed()
+
+
 class _Look(Timeout):
     """A poll's next look: a timeout scheduled behind every event of its time (SimPy orders
     its queue by time, then priority, URGENT 0 and NORMAL 1, then insertion: ``simpy/core.py``
@@ -234,6 +292,8 @@ class _Run:
         "link_bytes",
         "poll",
         "polled",
+        "sm_hold",
+        "throttles",
         "sleeping",
         "done",
         "events",
@@ -267,6 +327,8 @@ class _Run:
         self.link_bytes: list[int] = []
         self.poll: list[int] = []
         self.polled: list[tuple[int, ...]] = []
+        self.sm_hold: list[int] = []
+        self.throttles: dict[int, _Throttle] = {}  # rank -> its compute stream's SM share
         self.sleeping: set[int] = set()  # polling tasks between two looks
         # Memory: one slot per (rank, category); samples as parallel lists.
         self.slot_rank: list[int] = []
@@ -349,9 +411,13 @@ class _Run:
                 self.s_key.append(slot)
                 self.s_bytes.append(total)
 
-    def stream(self, order: list[int]) -> Generator[Event, object, None]:
-        """The long-lived process of one (gpu, stream): runs ``order`` (task indices) FIFO."""
+    def stream(self, order: list[int], throttle: _Throttle | None = None,
+               holds: _Throttle | None = None) -> Generator[Event, object, None]:  # fmt: skip
+        """The long-lived process of one (gpu, stream): runs ``order`` (task indices) FIFO;
+        on a compute stream slowed by held SMs, each duration through ``throttle``; on a
+        stream whose tasks hold SMs, their holds on ``holds``."""
         env = self.env
+        sm_hold = self.sm_hold
         done = self.done
         events = self.events
         deps = self.deps
@@ -370,16 +436,21 @@ class _Run:
                         ev = events[d] = Event(env)
                     yield ev
             start[i] = env.now
+            held = sm_hold[i] if holds is not None else 0
+            if held:
+                holds.hold(held)  # type: ignore[union-attr]
             if alloc[i]:
                 self.change(alloc[i], 1, i)
             if dur[i]:
-                yield Timeout(env, dur[i])
+                yield Timeout(env, dur[i]) if throttle is None else throttle.run(dur[i])
             lk = link[i]
             if lk is not None:
                 yield lk.join(self.link_bytes[i])
             if poll[i] and not (yield from self.polling(i)):
                 return  # its polled tasks can never end: reported as a deadlock
             end[i] = env.now
+            if held:
+                holds.hold(-held)  # type: ignore[union-attr]
             if free[i]:
                 self.change(free[i], -1, i)
             done[i] = True
@@ -413,12 +484,15 @@ def simulate(
     initial_memory: Mapping[int, Mapping[str, int]] | None = None,
     link_bandwidth_bytes_per_s: Mapping[str, float] | None = None,
     rank_labels: Mapping[int, str] | None = None,
+    rank_sms: Mapping[int, int] | None = None,
 ) -> Timeline:
     """Run ``tasks`` and return their timeline.
 
     ``initial_memory[gpu][category]`` is static memory held from t=0 (sampled at t=0).
     ``link_bandwidth_bytes_per_s[link]`` enables bandwidth sharing on that link.
     ``rank_labels`` is copied into the timeline.
+    ``rank_sms[gpu]`` is the GPU's SM count, which tasks with ``sm_hold`` take from its compute
+    stream (module docstring); a GPU it does not name is not slowed.
 
     Output: spans sorted by (start_ns, gpu, stream order, task id), where stream order is the
     order of ``timeline.STREAMS`` followed by other streams in order of first appearance;
@@ -498,6 +572,14 @@ def simulate(
                 lk = links[t.link] = _Link(env, bandwidths[t.link])
         link_out.append(lk)
         link_bytes_out.append(lb)
+        h = t.sm_hold
+        if h and (type(h) is not int or h < 0):
+            h = _nonneg_int(h, "SMs", f"task {_task_ref(t)}: sm_hold")
+        run.sm_hold.append(h)
+        if h and rank_sms and t.rank in rank_sms and t.rank not in run.throttles:
+            sms = _nonneg_int(rank_sms[t.rank], "SMs", f"rank_sms[{t.rank}]")
+            if sms > 1:
+                run.throttles[t.rank] = _Throttle(env, sms)
         key = (t.rank, t.stream)
         q = queues.get(key)
         if q is None:
@@ -525,8 +607,13 @@ def _play(env: simpy.Environment, run: _Run, queues: dict[tuple[int, str], list[
                     streams_on.setdefault(id(lk), set()).add((gpu, stream))
         for lk in links.values():
             lk.max_sharing(len(streams_on.get(id(lk), ())))
-    for order in queues.values():
-        env.process(run.stream(order))
+    throttles = run.throttles
+    for (gpu, stream), order in queues.items():
+        thr = throttles.get(gpu)
+        if thr is None:
+            env.process(run.stream(order))
+        else:
+            env.process(run.stream(order, thr if stream == "compute" else None, thr))
     step = env.step
     steps = 0
     with gc_paused():  # many short-lived objects, all freed by reference counting

@@ -18,6 +18,7 @@ from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
     hop_send_ns,
+    nccl_kernel_sms,
 )
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
@@ -51,17 +52,37 @@ class _Rank(NamedTuple):
         return self.forward_ns + self.input_ns + self.weight_ns
 
 
+def _sm_share(sc: Scenario) -> float:
+    """The share of the SMs a data-parallel collective's NCCL kernel holds while it runs
+    (``costs.comm.nccl_kernel_sms`` of the profile's ``sm_count``; ``sim.lowering.sms``)."""
+    sms = nccl_kernel_sms(sc)
+    return sms / sc.hardware.sm_count if sms else 0.0
+
+
+def _beside(compute_ns: float, comm_ns: float, share: float) -> float:
+    """Time beyond ``compute_ns`` of compute launched with ``comm_ns`` of data-parallel
+    collectives whose kernels hold ``share`` of the SMs (the engine's throttle,
+    ``sim.engine``): the compute runs at 1 − share while they do, C + min(A·share,
+    C·share/(1 − share)), and both are done at max(that, A); less C. Without a share:
+    max(0, A − C)."""
+    slowed = compute_ns + min(comm_ns * share, compute_ns * share / (1.0 - share))
+    return max(slowed, comm_ns) - compute_ns
+
+
 def _bucketed_exposed_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int,
                          last_backward_ns: float) -> float:  # fmt: skip
     """Exposed time of DDP / ZeRO-1/2 gradient buckets launched as the last backward produces
     them (``costs.comm.bucket_group_ns``: buckets of ``bucket_mb``). Bucket
     i follows slice i of k; the collective stream runs them back to back, so the sync ends at
-    max(T_B + d_last, T_B/k + Σd)."""
+    max(T_B + d_last, T_B/k + Σd); the buckets before the last lengthen the backward they
+    overlap by their SM share (:func:`_beside`)."""
     k, cap, last = ddp_buckets(sc.parallelism.bucket_mb, grad_bytes)
     full = dp_ns(sc, step, op, cap) if k > 1 else 0
     d_last = dp_ns(sc, step, op, last)
     total = (k - 1) * full + d_last
-    return max(d_last, last_backward_ns / k + total - last_backward_ns)
+    share = _sm_share(sc)
+    slowed = _beside(last_backward_ns, total - d_last, share) if share else 0.0
+    return max(slowed + d_last, last_backward_ns / k + total - last_backward_ns)
 
 
 def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
@@ -84,8 +105,9 @@ def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
     - Data parallelism on stage 0 (whose last backward ends the step): DDP / ZeRO-1/2 buckets
       overlapped with the last backward (:func:`_bucketed_exposed_ns`), ZeRO-1/2's parameter
       all-gather after the step, ZeRO-3's per-layer gathers and reduce-scatters beyond the
-      compute they hide behind (``costs.comm.dp_ns``), FSDP2's copy-out of each gather on the
-      compute stream; the tied word embedding's gradient all-reduce between the first and
+      compute they hide behind (``costs.comm.dp_ns``), that compute lengthened by the SMs their
+      NCCL kernels hold (:func:`_beside`, ``sim.lowering.sms``), FSDP2's copy-out of each
+      gather on the compute stream; the tied word embedding's gradient all-reduce between the first and
       last ranks (``costs.workload.tied_embedding_sync``, on stage 0's path as the DP terms:
       where another rank ends the step, 0-7 ms too slow); the optimizer step
       (``costs.optimizer_step_ns``).
@@ -258,6 +280,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     parameter all-gather."""
     t, p = sc.training, sc.parallelism
     prec = step.precision
+    share = _sm_share(sc)  # of the SMs the collectives' kernels hold beside the compute
     grad_bytes = s0.trainable * wire_grad_bytes(sc, step)  # in the reduction's dtype
     if not (p.dp_cp > 1 and grad_bytes):  # gradients are reduced over dp x cp
         return 0.0
@@ -282,18 +305,18 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
             # nothing ``deferred``)
             m, fwd = step.microbatches, layers_here * gather
             back = r0.input_ns + r0.weight_ns
-            forward = max(0.0, fwd - r0.forward_ns)
+            forward = _beside(r0.forward_ns, fwd, share)
             if reuses:
                 # FSDP: the backward's gathers come with the recompute, which replays the
                 # forward (passes.zero3_pass), the reduce-scatters with the backward after it
-                backward = max(0.0, gathered - fwd - r0.forward_ns)
-                last = backward + max(0.0, layers_here * reduce_scatter - (back - r0.forward_ns))
+                backward = _beside(r0.forward_ns, gathered - fwd, share)
+                last = backward + _beside(back - r0.forward_ns, layers_here * reduce_scatter, share)
             else:
-                backward = max(0.0, gathered - fwd - back)
-                last = max(0.0, gathered - fwd + layers_here * reduce_scatter - back)
+                backward = _beside(back, gathered - fwd, share)
+                last = _beside(back, gathered - fwd + layers_here * reduce_scatter, share)
             return m * forward + (m - 1) * backward + last
         comm = gathered + (0 if deferred else layers_here * reduce_scatter)
-        return step.microbatches * max(0.0, comm - r0.total) + deferred
+        return step.microbatches * _beside(r0.total, comm, share) + deferred
     if deferred:
         return deferred + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     if zero2_every_microbatch(sc):  # every backward's reduce-scatter (workload._zero2_chunks)
@@ -305,7 +328,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
             exposed = m * rs
         else:  # beside the compute that follows, the last layer's piece after the last backward
             compute = m * r0.total / step.stage_copies  # (a rank's r0.total spans its copies)
-            exposed = max(0.0, m * rs - compute) + rs / max(step.rank_layers(0), 1)
+            exposed = _beside(compute, m * rs, share) + rs / max(step.rank_layers(0), 1)
         return exposed + dp_ns(sc, step, "all_gather", s0.params * prec.param)
     # stage 0's first chunk: its backward ends the step
     last_backward = first_chunk.input_ns + first_chunk.weight_ns
