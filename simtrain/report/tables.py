@@ -262,6 +262,37 @@ def estimate_note(names: Any) -> str:
             "--device cuda` on the GPU measures it")  # fmt: skip
 
 
+#: what kind of source a profile's efficiency.matmul line tag names: fitted on training runs
+#: (end to end: what the cost model leaves out of those runs is in the fraction), a GEMM
+#: measurement, or an estimate
+MATMUL_SOURCE_KIND = {"val": "training runs", "own": "training runs", "gemm": "GEMMs",
+                      "mm": "GEMMs", "meas": "GEMMs", "est": "an estimate"}  # fmt: skip
+
+
+def source_mix_note(gpus: Any) -> str:
+    """Where GPUs side by side take their large-GEMM efficiency from different kinds of source
+    (``gpus``: (name, efficiency.matmul, kind) with the kind of :data:`MATMUL_SOURCE_KIND`: a
+    fraction fitted on training runs carries whatever those runs lost beyond the modelled
+    costs, a GEMM benchmark's does not), a line naming each and saying that their step-time
+    ratio carries that difference too; "" where the kinds agree (or one GPU)."""
+    each = dict((name, (value, kind)) for name, value, kind in gpus)
+    if len({kind for _, kind in each.values()}) < 2:
+        return ""
+    named = "; ".join(f"{n} {v:g} from {k}" for n, (v, k) in sorted(each.items()))
+    return (
+        f"efficiency.matmul comes from different kinds of source ({named}): a fraction fitted "
+        "on training runs also carries what those runs lost beyond the modelled costs, so "
+        "the step-time ratio between these GPUs is not the hardware's alone (`simtrain "
+        "hardware NAME` gives each number's source)"
+    )
+
+
+def matmul_source_of(hw: Any) -> tuple[str, float, str]:
+    """(name, efficiency.matmul, kind of source) of a hardware profile, for
+    :func:`source_mix_note`."""
+    return hw.name, hw.efficiency.matmul, MATMUL_SOURCE_KIND.get(hw.matmul_tag, "not stated")
+
+
 def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step

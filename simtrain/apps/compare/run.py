@@ -10,7 +10,7 @@ from typing import Any
 from simtrain.apps.compare.variants import check_keeps_base, parse_variant
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.errors import MAX_ECHO, ConfigError, one_line
-from simtrain.report.tables import mfu_peak_text
+from simtrain.report.tables import MATMUL_SOURCE_KIND, mfu_peak_text
 from simtrain.report.trace import memory_steps
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.precision import STORAGE_DEFAULTS
@@ -108,6 +108,8 @@ def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
         ("hardware", sc.hardware.name),
         ("mfu_peak", mfu_peak_text(sc)),
         ("matmul_estimate", sc.hardware.matmul_is_estimate),
+        ("matmul_efficiency", sc.hardware.efficiency.matmul),
+        ("matmul_source", MATMUL_SOURCE_KIND.get(sc.hardware.matmul_tag, "not stated")),
     )
 
 
@@ -157,6 +159,8 @@ class VariantComparison:
     ladder: bool
     base_overrides: tuple[str, ...]
     rows: tuple[VariantRow, ...] = field(default_factory=tuple)  # rows[0] is the baseline
+    # built-in variants that do not apply to this scenario (side by side only): (name, why)
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def mode(self) -> str:
@@ -176,6 +180,7 @@ class VariantComparison:
             "mode": self.mode,
             "base_overrides": list(self.base_overrides),
             "rows": [r.to_json() for r in self.rows],
+            "skipped": [{"variant": n, "reason": why} for n, why in self.skipped],
         }
 
 
@@ -211,7 +216,10 @@ def compare(
     overrides: Sequence[str] = (),
 ) -> VariantComparison:
     """Simulate the baseline (the file with ``overrides``) and every variant, each alone against
-    the baseline or, with ``ladder``, each on top of the previous ones."""
+    the baseline or, with ``ladder``, each on top of the previous ones. Side by side, a
+    built-in variant that does not apply to the scenario (``half_batch`` at micro-batch 1, FP8
+    dispatch without FP8) is listed as skipped with its reason and the others compared; an
+    ad hoc variant, any variant of a ladder, or every variant failing is an error."""
     parsed = [parse_variant(v) for v in variants]  # unknown names fail before any simulation
     _unique_names(variants, [v.name for v in parsed])
     base_ov = tuple(overrides)
@@ -219,36 +227,20 @@ def compare(
     rows = [make_row(base, "baseline", "the scenario file" + (" with --set" if base_ov else ""),
                      cumulative=base_ov)]  # fmt: skip
     current, applied = base, base_ov
+    skipped: list[tuple[str, str]] = []
     for v in parsed:
         ref, ref_ov = (current, applied) if ladder else (base, base_ov)
-        ov, note = v.overrides(ref)
-        check_keeps_base(v, ov, base_ov)
-        cumulative = ref_ov + ov
         try:
-            try:
-                sc = load_scenario(scenario_path, cumulative)
-            except ConfigError as exc:
-                # A variant that brings its own optimizer (CPU Adam, QLoRA's paged one, FSDP's
-                # fp32 shard, a precision without a master) replaces the scenario's optimizer
-                # storage (training.optimizer_state_dtype, master_weights) with its default.
-                # (a key the variant sets itself stays its choice: its error stands)
-                mine = {o.split("=", 1)[0] for o in ov}
-                if exc.key not in STORAGE_KEYS or exc.key in mine:
-                    raise
-                ov = ov + tuple(f"{k}={d}" for k, d in STORAGE_KEYS.items())
-                cumulative = ref_ov + ov
-                sc = load_scenario(scenario_path, cumulative)
-                note = "; ".join(x for x in (note, f"the optimizer's storage back to its default "
-                                             f"({exc.key}: {exc.message})") if x)  # fmt: skip
+            ov, note = v.overrides(ref)
+            sc, row = _variant_row(scenario_path, v, ov, note, ref_ov, base_ov)
         except ConfigError as exc:
-            raise ConfigError(
-                None,
-                f"variant {v.name!r}",
-                f"gives an invalid scenario ({one_line(', '.join(ov), MAX_ECHO)}): {exc}",
-            ) from None
-        rows.append(make_row(sc, v.name, v.description, note, ov, cumulative))
+            if ladder or v.adhoc or len(skipped) + 1 == len(parsed):
+                raise
+            skipped.append((v.name, str(exc)))
+            continue
+        rows.append(row)
         if ladder:
-            current, applied = sc, cumulative
+            current, applied = sc, row.cumulative_overrides
     return VariantComparison(
         scenario=base.name,
         source=str(scenario_path),
@@ -257,4 +249,36 @@ def compare(
         ladder=ladder,
         base_overrides=base_ov,
         rows=tuple(rows),
+        skipped=tuple(skipped),
     )
+
+
+def _variant_row(scenario_path: str | Path, v: Any, ov: tuple[str, ...], note: str,
+                 ref_ov: tuple[str, ...], base_ov: tuple[str, ...]) -> tuple[Scenario, VariantRow]:  # fmt: skip
+    """Variant ``v``'s scenario and row: its ``ov`` on top of ``ref_ov`` (ConfigError where the
+    scenario that gives is invalid)."""
+    check_keeps_base(v, ov, base_ov)
+    cumulative = ref_ov + ov
+    try:
+        try:
+            sc = load_scenario(scenario_path, cumulative)
+        except ConfigError as exc:
+            # A variant that brings its own optimizer (CPU Adam, QLoRA's paged one, FSDP's
+            # fp32 shard, a precision without a master) replaces the scenario's optimizer
+            # storage (training.optimizer_state_dtype, master_weights) with its default.
+            # (a key the variant sets itself stays its choice: its error stands)
+            mine = {o.split("=", 1)[0] for o in ov}
+            if exc.key not in STORAGE_KEYS or exc.key in mine:
+                raise
+            ov = ov + tuple(f"{k}={d}" for k, d in STORAGE_KEYS.items())
+            cumulative = ref_ov + ov
+            sc = load_scenario(scenario_path, cumulative)
+            note = "; ".join(x for x in (note, f"the optimizer's storage back to its default "
+                                         f"({exc.key}: {exc.message})") if x)  # fmt: skip
+    except ConfigError as exc:
+        raise ConfigError(
+            None,
+            f"variant {v.name!r}",
+            f"gives an invalid scenario ({one_line(', '.join(ov), MAX_ECHO)}): {exc}",
+        ) from None
+    return sc, make_row(sc, v.name, v.description, note, ov, cumulative)

@@ -6,7 +6,7 @@ import csv
 import io
 
 from simtrain.apps.compare.run import VariantComparison, VariantRow
-from simtrain.report.tables import estimate_note
+from simtrain.report.tables import estimate_note, source_mix_note
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.units import GIB
 
@@ -82,12 +82,18 @@ def table(comp: VariantComparison) -> str:
                       if dict(r.setup).get("matmul_estimate")})  # fmt: skip
     if guessed:
         lines.append(f"estimated GPU efficiency: {estimate_note(guessed)}")
+    mixed = source_mix_note((d["hardware"], d["matmul_efficiency"], d["matmul_source"])
+                            for d in (dict(r.setup) for r in rows))  # fmt: skip
+    if mixed:
+        lines.append(mixed)
     below = [r.name for r in rows if r.peak_memory_bytes < sum(v for _, v in r.memory_bytes)]
     if below:
         lines.append(f"peak < sum of the categories ({', '.join(below)}): transient memory "
                      "(gradients with one micro-batch, loss working memory, recompute working "
                      "set, optimizer-step temporaries) is not all held at once; see `simtrain "
                      "memory --explain`")  # fmt: skip
+    for name, why in comp.skipped:
+        lines.append(f"not compared: {name}: {why}")
     lines.append("")
     lines.append("variants:")
     for r in rows[1:]:

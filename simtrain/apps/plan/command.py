@@ -11,6 +11,10 @@ from simtrain.apps.plan.progress import Progress, ProgressBar, work_after
 from simtrain.apps.plan.search import run_plan
 from simtrain.errors import ConfigError
 
+#: the table prints the plan's ``top`` (or --top) proposals, at most this many rows (every
+#: layout is in plan.csv)
+MAX_TABLE_ROWS = 50
+
 
 def plan_command(
     plan_path: str,
@@ -48,4 +52,5 @@ def plan_command(
     if as_json:
         return dumps(result.to_json())
     files = ["plan.csv", "pareto.png"] + (["best.yaml"] if wrote_best else [])
-    return plan_table(result) + f"\n\nwrote {folder}/" + ", ".join(files) + "\n"
+    table = plan_table(result, rows=min(n, MAX_TABLE_ROWS))
+    return table + f"\n\nwrote {folder}/" + ", ".join(files) + "\n"

@@ -8,12 +8,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.plan.layouts import Layout, scenario_data
+from simtrain.apps.plan.layouts import Layout, gpu_counts, scenario_data
 from simtrain.apps.plan.rank import pareto_front
 from simtrain.apps.plan.result import PlanResult, Row
 from simtrain.costs.memory import near_capacity
 from simtrain.report.mpl import plain_text
-from simtrain.report.tables import NEAR_CAPACITY_NOTE, estimate_note
+from simtrain.report.tables import (
+    NEAR_CAPACITY_NOTE,
+    estimate_note,
+    matmul_source_of,
+    source_mix_note,
+)
 from simtrain.spec.hardware import load_hardware
 from simtrain.units import GIB
 
@@ -154,6 +159,27 @@ def difference_line(a: Row, b: Row) -> str:
     return f"best vs runner-up: {what}: " + ", ".join(parts)
 
 
+def _no_layout_reason(p: Any) -> str:
+    """Why a plan had no layout to evaluate: the GPU counts it tries (``layouts.gpu_counts``:
+    whole nodes, or within one node) are none, or none of them is a multiple of tp x pp (x cp)
+    for the fixed choices."""
+    tried = {hw.name: gpu_counts(p, hw.gpus_per_node) for hw in p.hardware}
+    span = (f"gpus {p.gpus_min}..{p.gpus_max}" if p.gpu_counts is None
+            else f"gpus {list(p.gpu_counts)}")  # fmt: skip
+    if not any(tried.values()):
+        nodes = sorted({hw.gpus_per_node for hw in p.hardware})
+        return (
+            f"no GPU count in {span} fills whole nodes of {' or '.join(map(str, nodes))} "
+            "GPUs or fits in one node (the planner places a job on whole nodes); widen gpus"
+        )
+    counts = "; ".join(f"{name}: {', '.join(map(str, c)) or 'none'}" for name, c in tried.items())
+    return (
+        f"none of the GPU counts tried ({counts}: whole nodes, or within one node) is a "
+        "multiple of tp x pp (x cp) for the fixed choices (a fixed tp may also need to "
+        "divide the heads); widen gpus or fixed"
+    )
+
+
 def plan_table(result: PlanResult, rows: int = 10) -> str:
     p, c = result.plan, result.plan.constraints
     gb = "/".join(str(b) for b in p.global_batches)
@@ -194,8 +220,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     if not shown:
         misses = [r for r in result.rows if r.status == "no_fit" and r.capacity_bytes]
         if not result.evaluated and not result.interrupted:
-            lines.append("no layout to evaluate: no GPU count in the range is a multiple of "
-                         "tp x pp (x cp) for the fixed choices; widen gpus or fixed:")  # fmt: skip
+            lines.append(f"no layout to evaluate: {_no_layout_reason(p)}")
             return "\n".join(lines)
         if not misses and counts.get("rejected", 0):
             # nothing reached the memory check: say why the layouts were rejected
@@ -245,6 +270,9 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
             f"{r.headroom_bytes / GIB:>14.2f}{_big(r.final_days, '.2f', 9):>9}"
             f"{_big(r.final_cost, ',.0f', 14):>14}"
         )
+    more = len(result.best) - len(shown)
+    if more > 0:
+        lines.append(f"... {more:,} more simulated proposal(s) in plan.csv")
     if len(shown) >= 2:
         lines.append("")
         lines.append(difference_line(shown[0], shown[1]))
@@ -257,6 +285,10 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
                      "(constraints.memory_headroom)")  # fmt: skip
     if guessed_hw:
         lines.append(f"* {estimate_note(guessed_hw)}")
+    mixed = source_mix_note(matmul_source_of(load_hardware(h))
+                            for h in sorted({r.layout.hardware for r in shown}))  # fmt: skip
+    if mixed:
+        lines.append(f"! {mixed}")
     return "\n".join(lines)
 
 

@@ -4,13 +4,14 @@ simulator cannot express."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError
+from simtrain.errors import ConfigError, unknown_key
 from simtrain.spec.hardware import HARDWARE_DIR
 from simtrain.spec.runtime import available_runtimes
 from simtrain.spec.yamlfile import load_yaml
@@ -61,6 +62,30 @@ RECORD_KEYS = (
     "id", "kind", "source", "source_key", "runtime", "model", "training", "parallelism",
     "hardware", "measured", "notes", "native",
 )  # fmt: skip
+#: The keys of the sections validate reads (``measured/README.md``; a model section also takes
+#: every ``ModelSpec`` field, passed through to the scenario): another key there is a typo,
+#: an error naming the nearest, not a silently different run (a review, 2026-12-07:
+#: ``zero_stag: 3`` had run as ZeRO-0). ``measured`` is free (sources carry figures validate
+#: does not compare) but for a key near one it compares (:data:`NUMERIC_MEASURED_KEYS`).
+SECTION_KEYS = {
+    "model": ("name", "params_b", "seq_len", "layers", "hidden", "heads", "kv_heads",
+              "ffn_hidden", "vocab", "tied_embeddings", "max_positions", "mlp", "norm", "bias",
+              "qkv_bias", "dropout", "flash_attention", "positions", "num_experts",
+              "experts_per_token", "moe_ffn_hidden"),
+    "training": ("global_batch", "global_batch_tokens", "micro_batch", "micro_batches",
+                 "max_micro_batch", "local_batch", "grad_accum", "precision", "recompute",
+                 "optimizer", "finetune", "offload", "activation_cpu_offload", "compile",
+                 "techniques"),
+    "parallelism": ("tp", "pp", "dp", "cp", "ep", "virtual_stages", "schedule", "zero_stage",
+                    "sequence_parallel", "fsdp", "fsdp_sharding", "ddp_impl", "offload",
+                    "async_tp"),
+    "hardware": ("gpu", "num_gpus", "gpus_per_node", "intra_node", "inter_node",
+                 "network_measured"),
+}  # fmt: skip
+#: Section keys whose value is text (a number or a list there is a mistake, not a setting).
+TEXT_KEYS = {"hardware": ("gpu", "intra_node", "inter_node"),
+             "training": ("precision", "recompute", "optimizer"),
+             "parallelism": ("schedule",), "model": ("name",)}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,12 +190,55 @@ def _runtime_name(raw: dict[str, Any], file: str, where: str) -> str:
 
 
 def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[str, Any]:
+    """The record's section ``key`` (a mapping; {} when absent): an unknown key of a section
+    validate reads (:data:`SECTION_KEYS`, the model's also ``ModelSpec``'s fields), a text key
+    with another type (:data:`TEXT_KEYS`) and a measured key near a compared one that is not
+    it are errors naming the record and the key."""
     v = raw.get(key)
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise ConfigError(file, f"{where}.{key}", "must be a mapping", v)
+    if key in SECTION_KEYS:
+        allowed = _allowed(key)
+        for k in v:
+            if k not in allowed:
+                raise unknown_key(file, k, f"{where}.{key}.", allowed)
+        for k in TEXT_KEYS.get(key, ()):
+            if v.get(k) is not None and not isinstance(v[k], str):
+                raise ConfigError(file, f"{where}.{key}.{k}", "must be text", v[k])
+    elif key == "measured":
+        numeric = sorted(NUMERIC_MEASURED_KEYS)
+        for k in v:
+            if k in NUMERIC_MEASURED_KEYS or not isinstance(k, str):
+                continue
+            near = difflib.get_close_matches(k, numeric, n=1, cutoff=0.85)
+            if near and not k.startswith(_NEAR_BUT_OTHER):
+                raise ConfigError(file, f"{where}.measured.{k}", "not a compared key; did you "
+                                  f"mean {near[0]!r}? (other measured keys are kept, not "
+                                  "compared)", None, ", ".join(numeric))  # fmt: skip
     return v
+
+
+#: Measured keys the shipped records carry that read near a compared one but are other
+#: figures (a minimum, a maximum, a share): not typos.
+_NEAR_BUT_OTHER = (
+    "tflops_per_gpu_m",
+    "model_tflops",
+    "peak_mem_definition",
+    "mfu_",
+    "pct_of_peak",
+    "total_",
+)
+
+
+def _allowed(section: str) -> tuple[str, ...]:
+    if section != "model":
+        return SECTION_KEYS[section]
+    from simtrain.spec.model import ModelSpec  # (the spec, not the reader's dependency)
+
+    extra = tuple(f.name for f in fields(ModelSpec) if f.name not in SECTION_KEYS["model"])
+    return SECTION_KEYS["model"] + extra
 
 
 def load_records(path: str | Path) -> list[Record]:

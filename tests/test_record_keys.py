@@ -1,0 +1,62 @@
+"""A measured-runs file's typos inside a record's sections are errors, not a silently different
+run (a review, 2026-12-07: ``zero_stag: 3`` ran as ZeRO-0 and ``step_time_ms`` dropped the
+metric; ``recompute: true`` and a list for ``gpu`` were read as something else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simtrain.apps.validate.records import (
+    SECTION_KEYS,
+    load_record_files,
+    load_records,
+    resolve_paths,
+)
+from simtrain.errors import ConfigError
+
+GOOD = """- id: lab_a100_gpt_1
+  model: {layers: 12, hidden: 768, heads: 12, seq_len: 1024, vocab: 50304}
+  training: {global_batch: 32, micro_batch: 8, precision: bf16, optimizer: adamw}
+  parallelism: {tp: 1, pp: 1, dp: 4, zero_stage: 3}
+  hardware: {gpu: A100-SXM4-40GB, num_gpus: 4}
+  measured: {step_time_s: 0.3, tokens_per_s: 109000, note_of_mine: kept}
+"""
+
+
+def _load(tmp_path: Path, text: str):
+    f = tmp_path / "runs.yaml"
+    f.write_text(text)
+    return load_records(f)
+
+
+def test_a_record_in_the_schema_loads(tmp_path: Path) -> None:
+    (r,) = _load(tmp_path, GOOD)
+    assert r.parallelism["zero_stage"] == 3 and r.measured["note_of_mine"] == "kept"
+
+
+@pytest.mark.parametrize("old,new,key,hint", [
+    ("zero_stage: 3", "zero_stag: 3", "parallelism.zero_stag", "did you mean 'zero_stage'"),
+    ("optimizer: adamw", "optimzer: adamw", "training.optimzer", "did you mean 'optimizer'"),
+    ("heads: 12,", "head: 12,", "model.head", "did you mean 'heads'"),
+    ("step_time_s: 0.3", "step_time_ms: 300", "measured.step_time_ms", "'step_time_s'"),
+    ("tokens_per_s: 109000", "tokens_per_sec: 109000", "measured.tokens_per_sec",
+     "'tokens_per_s'"),
+    ("gpu: A100-SXM4-40GB", "gpu: [A100-SXM4-40GB]", "hardware.gpu", "must be text"),
+    ("optimizer: adamw}", "optimizer: adamw, recompute: true}", "training.recompute",
+     "must be text"),
+])  # fmt: skip
+def test_typos_and_wrong_types_name_the_record_and_key(tmp_path, old, new, key, hint) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, GOOD.replace(old, new))
+    text = str(e.value)
+    assert f"lab_a100_gpt_1.{key}" in text and hint in text and "runs.yaml" in text
+
+
+def test_every_shipped_record_is_in_the_schema() -> None:
+    records = load_record_files(resolve_paths(None))
+    assert len(records) > 1000
+    used = {k for r in records for k in r.parallelism}
+    assert used <= set(SECTION_KEYS["parallelism"])
