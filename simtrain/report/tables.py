@@ -293,6 +293,21 @@ def matmul_source_of(hw: Any) -> tuple[str, float, str]:
     return hw.name, hw.efficiency.matmul, MATMUL_SOURCE_KIND.get(hw.matmul_tag, "not stated")
 
 
+def _idle_parts(mt: Any) -> str:
+    """What the compute stream's idle time is made of, as shares of the step (the time
+    breakdown's bubble, exposed communication and exposed host time, which sum to the idle
+    fraction): ": pipeline bubble 5.3 %, exposed communication 13.4 %"; "" for a step with
+    no idle time."""
+    bd, step = dict(mt.time_breakdown_s), mt.step_time_s
+    if not step or mt.bubble_ratio <= 0:
+        return ""
+    parts = [("pipeline bubble", bd.get("bubble", 0.0)),
+             ("exposed communication", bd.get("communication_exposed", 0.0))]  # fmt: skip
+    if bd.get("host_exposed", 0.0) > 0:
+        parts.append(("exposed host time", bd["host_exposed"]))
+    return ": " + ", ".join(f"{name} {100 * v / step:.1f} %" for name, v in parts)
+
+
 def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step
@@ -345,7 +360,8 @@ def run_table(res: Any, phased: Any = None) -> str:
         f"MFU              {100 * mt.mfu:.1f} %   of {mfu_peak_text(sc)} (hardware "
         f"{mt.tflops_per_gpu:.1f} TFLOP/s per GPU"
         f"{'; MoE: active parameters FLOPs' if sc.model.is_moe else ''})",
-        f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute)",
+        f"bubble ratio     {100 * mt.bubble_ratio:.1f} % (average idle fraction of compute"
+        f"{_idle_parts(mt)})",
         f"runtime          {sc.runtime.display_name} [{sc.runtime.name}]"
         + (
             f"; the host issues each TP collective at {sc.runtime.collective_issue_us_per_rank:g} us "
