@@ -145,7 +145,12 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
     that would make it fit."""
     from simtrain.apps.simulate import probe_phase_memory
     from simtrain.costs.memory import estimate_memory
-    from simtrain.report.tables import dumps, memory_table, probe_phase_note
+    from simtrain.report.tables import (
+        dumps,
+        gradient_dtype_line,
+        memory_table,
+        probe_phase_note,
+    )
     from simtrain.spec.scenario import load_scenario
 
     sc = load_scenario(scenario, overrides)
@@ -165,6 +170,8 @@ def memory(scenario: str, as_json: bool, explain: bool, overrides: tuple[str, ..
             click.echo("\n".join(explain_memory(sc, rep)))
             click.echo("")
         click.echo(memory_table(rep))
+        if line := gradient_dtype_line(sc):
+            click.echo(line)
         if probe is not None:
             click.echo(probe_phase_note(probe))
         _fit_advice(scenario, overrides, fits)

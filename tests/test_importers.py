@@ -481,6 +481,14 @@ def test_megatron_fp8_recipes(tmp_path: Path, flags: str, precision: str) -> Non
     assert (precision == "bf16") == any(u.startswith("--fp8-recipe") for u in imp.unsupported)
 
 
+def test_megatron_fp8_format_outside_its_choices_is_an_error(tmp_path: Path) -> None:
+    """--fp8-format takes Megatron-Core's TransformerConfig.fp8 values, e4m3 | hybrid; another
+    is an error naming the flag (it had imported as fp8_delayed: a bad-input review)."""
+    with pytest.raises(ConfigError, match=r"--fp8-format: unknown value \(got 'e5m2x'\); "
+                       r"allowed: e4m3 \| hybrid"):  # fmt: skip
+        megatron_flags(tmp_path, BASE + "--bf16 --fp8-format e5m2x", gpus=8)
+
+
 def test_megatron_legacy_attention_is_not_flash(tmp_path: Path) -> None:
     """Megatron-LM before Megatron-Core had no Transformer Engine: a 2021 script's attention is
     the fused softmax over the s x s scores (no flash attention) unless --use-flash-attn; a

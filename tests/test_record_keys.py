@@ -60,3 +60,15 @@ def test_every_shipped_record_is_in_the_schema() -> None:
     assert len(records) > 1000
     used = {k for r in records for k in r.parallelism}
     assert used <= set(SECTION_KEYS["parallelism"])
+
+
+def test_a_null_or_a_value_of_the_wrong_type_in_a_scenario_says_what_it_got() -> None:
+    """``--set training.micro_batch=null`` named no value, ``training.recompute=yes`` (YAML's
+    true) no allowed values (a bad-input review, 2026-12-07)."""
+    from simtrain.spec.scenario import load_scenario
+
+    with pytest.raises(ConfigError, match=r"training.micro_batch: must be an integer \(got null\)"):
+        load_scenario("scenarios/ddp_8gpu.yaml", ["training.micro_batch=null"])
+    with pytest.raises(ConfigError, match=r"must be a string \(got True\); allowed: none \| "
+                       r"selective \| full"):  # fmt: skip
+        load_scenario("scenarios/ddp_8gpu.yaml", ["training.recompute=yes"])

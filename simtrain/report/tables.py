@@ -308,6 +308,27 @@ def _idle_parts(mt: Any) -> str:
     return ": " + ", ".join(f"{name} {100 * v / step:.1f} %" for name, v in parts)
 
 
+def gradient_dtype_line(sc: Any) -> str:
+    """Megatron-Core's DDP reduces 16-bit gradients in their own dtype by default
+    (``DistributedDataParallelConfig.grad_reduce_in_fp32`` False, the runtime profile's
+    ``grad_reduce_dtype: grad``), but Megatron-LM's training script forces fp32 for bf16
+    (training/arguments.py: "bfloat16 requires gradient accumulation and all-reduce to be done
+    in fp32"), 2 B per parameter more: where a scenario runs runtime megatron_core in bf16 with
+    the default, a line saying which it simulates and how to get the other; "" elsewhere."""
+    rt = sc.runtime
+    if (
+        rt.name != "megatron_core"
+        or rt.grad_reduce_dtype != "grad"
+        or sc.training.precision != "bf16"
+    ):
+        return ""
+    return (
+        "gradients        bf16, reduced in bf16 (Megatron-Core's DDP default); Megatron-LM's "
+        "--bf16 keeps an fp32 main-gradient buffer instead, 2 B/param more: --set "
+        "runtime.grad_reduce_dtype=fp32 (the Megatron importer sets it)"
+    )
+
+
 def estimate_line(hw: Any) -> str:
     """Where the GPU's large-GEMM efficiency is an estimate (its profile's matmul line tagged
     [est]: no GEMM or training run measured on it), a line saying how far to trust the step
@@ -371,6 +392,7 @@ def run_table(res: Any, phased: Any = None) -> str:
         ),
         *([attention_line(sc)] if sc.model.flash_attention else []),
         *([line] if (line := estimate_line(sc.hardware)) else []),
+        *([line] if (line := gradient_dtype_line(sc)) else []),
         "time breakdown per GPU (s): " + ", ".join(f"{k} {v:.4f}" for k, v in mt.time_breakdown_s),
         "",
         f"{'stage':>5} {'busy s':>10} {'bubble %':>9} {'exposed comm s':>15} {'peak GiB':>9}",

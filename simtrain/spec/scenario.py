@@ -483,17 +483,18 @@ def _type_name(t: type) -> str:
     )
 
 
-def _check(value: Any, typ: type, file: str, key: str) -> Any:
+def _check(value: Any, typ: type, file: str, key: str, allowed: tuple = ()) -> Any:
     """Type-check one scalar. ints are accepted where floats are expected; floats must be
-    finite (NaN, infinity and an int too large for a float are refused)."""
+    finite (NaN, infinity and an int too large for a float are refused). A wrong type names
+    the value (``null`` for YAML's null) and, for a key with ``allowed`` values, lists them."""
     if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
         return as_float(value, file, key)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if typ in (int, float) and isinstance(value, bool):
-        raise ConfigError(file, key, f"must be {_type_name(typ)}", value)
-    if not isinstance(value, typ):
-        raise ConfigError(file, key, f"must be {_type_name(typ)}", value)
+    if (typ in (int, float) and isinstance(value, bool)) or not isinstance(value, typ):
+        what = f"must be {_type_name(typ)}" + (" (got null)" if value is None else "")
+        listed = " | ".join(str(a) for a in allowed) if allowed else None
+        raise ConfigError(file, key, what, value, listed)
     return value
 
 
@@ -539,7 +540,7 @@ def _build(
                 raise ConfigError(file, key, "must be a list of strings", value)
             value = tuple(value)
         else:
-            value = _check(value, typ, file, key)
+            value = _check(value, typ, file, key, choices.get(f.name, ()))
         if f.name in choices:
             allowed = choices[f.name]
             bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in allowed]

@@ -108,6 +108,8 @@ NO_EFFECT_PREFIXES = (
     "--straggler", "--rerun-", "--inprocess-", "--ft-", "--record-memory", "--memory-snapshot",
     "--use-pytorch-profiler", "--mmap-", "--object-storage",
 )  # fmt: skip
+#: Megatron-Core's FP8 formats (TransformerConfig.fp8)
+FP8_FORMATS = ("e4m3", "hybrid")
 FP8_FLAGS = ("--fp8-format", "--fp8", "--fp8-recipe", "--fp8-param-gather", "--fp4-format",
              "--fp4", "--fp4-recipe", "--fp4-param-gather", "--fp8-margin",
              "--fp8-amax-history-len", "--fp8-amax-compute-algo")  # fmt: skip
@@ -785,6 +787,10 @@ def _fp8(f: Flags, r: Reading, precision: str) -> str:
                            "16-bit gathers")  # fmt: skip
         return "nvfp4"
     fmt = f.value("--fp8-format")
+    if fmt is not None and fmt not in FP8_FORMATS:
+        # TransformerConfig.fp8: Literal['e4m3', 'hybrid'] (transformer_config.py l.587 at
+        # d98e8a64; --fp8-format is generated from it): Megatron refuses another
+        raise ConfigError(r.file, "--fp8-format", "unknown value", fmt, " | ".join(FP8_FORMATS))
     recipe = f.value("--fp8-recipe") or "delayed"
     name = FP8_RECIPES.get(recipe)
     fp4 = [x for x in fp8 if x.startswith("--fp4")]
