@@ -183,7 +183,10 @@ def _sequence_parallel(sc: Scenario) -> list[Change]:
 def _offload(sc: Scenario) -> list[Change]:
     if sc.training.offload.optimizer:
         return []
-    return [Change("offload", "optimizer states and master weights offloaded to CPU (CPU Adam)",
+    # (a precision without an fp32 master, fp32 itself, offloads the states alone)
+    what = ("optimizer states and master weights" if sc.training.precision_spec.master
+            else "optimizer states")  # fmt: skip
+    return [Change("offload", f"{what} offloaded to CPU (CPU Adam)",
                    ("training.offload.optimizer=true",))]  # fmt: skip
 
 

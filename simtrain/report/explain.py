@@ -109,8 +109,10 @@ def _model_states(sc: Scenario, sm: StageMemory, b: StageBreakdown) -> list[str]
     head = ", head (its loss on a later stage)" if b.loss_apart else ", head" if b.last else ""
     tail = "".join(f", the {part}" for part in b.loss_tail)  # nanotron's cast / loss stage
     ends = f"{', embeddings' if b.first else ''}{head}{tail}"
+    # (ZeRO-3 shards them further, said below: the count is each GPU's before it)
+    before = " before ZeRO-3 shards them" if z >= 3 and dp > 1 else ""
     lines = [
-        f"{_label(sm)}: {ms.params:,} parameters on each GPU ({b.n_layers} layers{ends}"
+        f"{_label(sm)}: {ms.params:,} parameters on each GPU{before} ({b.n_layers} layers{ends}"
         f"{f', TP {tp}' if tp > 1 else ''}), {ms.trainable:,} trainable",
         (
             f"  parameters       = {ms.params:,}: the base weights in NF4 (4 bits + block "

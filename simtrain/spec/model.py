@@ -958,7 +958,10 @@ def from_hf_config(
         raise ConfigError(str(path), "model_type", f"missing: {typed[0]} is read by the model "
                           "type that has it (a config without model_type is read as GPT-2 or "
                           "a dense Llama only)", None, ", ".join(HF_KINDS))  # fmt: skip
-    name = str(cfg.get("_name_or_path") or p.parent.name or kind)
+    # (a Hugging Face model folder's config.json is named by its folder; a file of another
+    # name by itself: a review found sc/qwen25_7b_config.json called "sc")
+    folder_named = p.name == "config.json"
+    name = str(cfg.get("_name_or_path") or (p.parent.name if folder_named else p.stem) or kind)
     names: dict[str, str] = {}
     try:
         if kind == "gptj":

@@ -104,6 +104,10 @@ def megatron_split_problem(layers: int, pp: int, v: int, first: int, last: int,
     n = layers + embedding + loss
     if n % (pp * v):
         if not (embedding or loss):
+            # (virtual stages that pp alone would divide are the key at fault)
+            if v > 1 and layers % pp == 0:
+                return "parallelism.virtual_stages", (f"pp x virtual_stages = {pp} x {v} must "
+                                                      f"divide model.layers = {layers}"), v  # fmt: skip
             return "parallelism.pp", (f"pp x virtual_stages = {pp * v} must divide "
                                       f"model.layers = {layers}"), pp  # fmt: skip
         what = " + ".join(x for x, on in (("1 (embedding)", embedding), ("1 (loss)", loss)) if on)

@@ -186,7 +186,7 @@ def plan_table(result: PlanResult, rows: int = 10) -> str:
     seq = p.training.get("seq_len", "")
     cons = []
     if c.deadline_days is not None:
-        cons.append(f"deadline {c.deadline_days:g} days")
+        cons.append(f"deadline {c.deadline_days:g} day{'' if c.deadline_days == 1 else 's'}")
     if c.budget is not None:
         cons.append(f"budget ${c.budget:,.0f}")
     if c.max_gpus is not None:
