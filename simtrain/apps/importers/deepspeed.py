@@ -168,15 +168,55 @@ def _enabled(sec: dict[str, Any], name: str, file: str) -> bool | None:
     return as_bool(v, file, f"{name}.enabled")
 
 
+def relaxed_json(text: str) -> str:
+    """``text`` with what hjson accepts and JSON does not taken out, outside strings: a leading
+    BOM, ``//`` and ``#`` comments to the end of their line, ``/* */`` comments, and a comma
+    before a closing ``}`` or ``]`` (DeepSpeed loads its config with ``hjson.load``,
+    deepspeed/runtime/config.py, so a ds_config may carry them). hjson's other forms (quoteless
+    keys and strings, multi-line strings) stay errors."""
+    out: list[str] = []
+    i, n = (1 if text.startswith("\ufeff") else 0), len(text)
+    comma = -1  # index in ``out`` of a comma not yet followed by a value
+    while i < n:
+        c = text[i]
+        if c == '"':  # a string, escapes and all
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            comma, i = -1, j + 1
+        elif c == "#" or text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        else:
+            if c in "}]" and comma >= 0:
+                out[comma] = ""  # a trailing comma
+            if c == ",":
+                comma = len(out)
+            elif not c.isspace():
+                comma = -1
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
 def import_deepspeed(path: str | Path, model: str | None, gpus: int | None = None) -> Imported:
     """A DeepSpeed config (JSON) and a model as a scenario document."""
     file = str(path)
     text = read_text_file(path)
     try:
         cfg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise ConfigError(file, "<file>", f"not a DeepSpeed config: not JSON "
-                          f"({str(exc).splitlines()[0][:80]})") from None  # fmt: skip
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        try:  # DeepSpeed reads its config with hjson: comments, trailing commas, a BOM
+            cfg = json.loads(relaxed_json(text))
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+            raise ConfigError(file, "<file>", f"not a DeepSpeed config: not JSON, even with "
+                              "comments, trailing commas and a BOM taken out (DeepSpeed reads "
+                              "hjson; simtrain reads JSON with those) "
+                              f"({str(exc).splitlines()[0][:80]})") from None  # fmt: skip
     if model is None:
         raise ConfigError(file, "--model", "a DeepSpeed config names no model: give --model "
                           "CONFIG.json (Hugging Face) or a simtrain preset")  # fmt: skip
