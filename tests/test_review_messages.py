@@ -60,3 +60,17 @@ def test_zero3_explain_says_the_count_is_before_sharding() -> None:
     text = "\n".join(explain_memory(sc, estimate_memory(sc)))
     assert "parameters on each GPU before ZeRO-3 shards them" in text
     assert "ZeRO-3: parameters / dp 64" in text
+
+
+def test_a_name_the_font_cannot_draw_warns_nothing(tmp_path, recwarn) -> None:
+    """An emoji in the scenario's name is drawn as a box; matplotlib's glyph warning (which
+    quoted simtrain's plot.py on stderr) is not shown (a review, 2026-12-07)."""
+    import matplotlib.pyplot as plt
+
+    from simtrain.report.plot import save_png
+
+    fig = plt.figure()
+    fig.suptitle("лама \U0001f999")
+    save_png(fig, tmp_path / "x.png")
+    plt.close(fig)
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
