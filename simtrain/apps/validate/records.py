@@ -7,11 +7,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from simtrain.errors import ConfigError, unknown_key
+from simtrain.errors import ConfigError
 from simtrain.spec.hardware import HARDWARE_DIR
 from simtrain.spec.runtime import available_runtimes
 from simtrain.spec.yamlfile import load_yaml
@@ -109,6 +109,11 @@ class Record:
     # (conventions.runtime_for): one sweep run on two code versions, told apart by the run's own
     # provenance (the Ultra-Scale Playbook's pipeline runs before and after its "pp fix")
     runtime: str = ""
+    # Keys of its sections validate does not read (a typo, or a key of a later schema): each
+    # "section.key (why)", listed with the record's assumptions; the run is still compared
+    unread: tuple[str, ...] = ()
+    # A value of a type validate cannot read (a list where text goes): the record's skip reason
+    invalid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,34 +195,45 @@ def _runtime_name(raw: dict[str, Any], file: str, where: str) -> str:
 
 
 def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[str, Any]:
-    """The record's section ``key`` (a mapping; {} when absent): an unknown key of a section
-    validate reads (:data:`SECTION_KEYS`, the model's also ``ModelSpec``'s fields), a text key
-    with another type (:data:`TEXT_KEYS`) and a measured key near a compared one that is not
-    it are errors naming the record and the key."""
     v = raw.get(key)
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise ConfigError(file, f"{where}.{key}", "must be a mapping", v)
-    if key in SECTION_KEYS:
-        allowed = _allowed(key)
-        for k in v:
-            if k not in allowed:
-                raise unknown_key(file, k, f"{where}.{key}.", allowed)
-        for k in TEXT_KEYS.get(key, ()):
-            if v.get(k) is not None and not isinstance(v[k], str):
-                raise ConfigError(file, f"{where}.{key}.{k}", "must be text", v[k])
-    elif key == "measured":
-        numeric = sorted(NUMERIC_MEASURED_KEYS)
-        for k in v:
-            if k in NUMERIC_MEASURED_KEYS or not isinstance(k, str):
-                continue
-            near = difflib.get_close_matches(k, numeric, n=1, cutoff=0.85)
-            if near and not k.startswith(_NEAR_BUT_OTHER):
-                raise ConfigError(file, f"{where}.measured.{k}", "not a compared key; did you "
-                                  f"mean {near[0]!r}? (other measured keys are kept, not "
-                                  "compared)", None, ", ".join(numeric))  # fmt: skip
     return v
+
+
+def section_problems(rec_sections: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, ...], str]:
+    """(unread keys, invalid value) of a record's sections: a key of a section validate reads
+    (:data:`SECTION_KEYS`, the model's also ``ModelSpec``'s fields) that is none of its keys,
+    named with the nearest (a typo: ``zero_stag: 3`` had run as ZeRO-0 without a word), or a
+    measured key that reads like a compared one without being it (``step_time_ms``: not
+    compared); and the first text key holding another type (:data:`TEXT_KEYS`), "" for none.
+    Neither ends a run over a file: a record's unread keys are listed with its assumptions
+    (and it is compared), an invalid value is its skip reason (a later schema's records may
+    carry keys this one does not know)."""
+    unread: list[str] = []
+    invalid = ""
+    for key, v in rec_sections.items():
+        if key in SECTION_KEYS:
+            allowed = _allowed(key)
+            for k in v:
+                if k not in allowed:
+                    near = difflib.get_close_matches(str(k), allowed, n=1)
+                    hint = f"; did you mean {near[0]!r}?" if near else ""
+                    unread.append(f"{key}.{k} (not a key validate reads{hint})")
+            for k in TEXT_KEYS.get(key, ()):
+                if v.get(k) is not None and not isinstance(v[k], str) and not invalid:
+                    invalid = f"{key}.{k} must be text (got {v[k]!r})"
+        elif key == "measured":
+            numeric = sorted(NUMERIC_MEASURED_KEYS)
+            for k in v:
+                if k in NUMERIC_MEASURED_KEYS or not isinstance(k, str):
+                    continue
+                near = difflib.get_close_matches(k, numeric, n=1, cutoff=0.85)
+                if near and not k.startswith(_NEAR_BUT_OTHER):
+                    unread.append(f"measured.{k} (not compared; did you mean {near[0]!r}?)")
+    return tuple(unread), invalid
 
 
 #: Measured keys the shipped records carry that read near a compared one but are other
@@ -284,6 +300,11 @@ def load_records(path: str | Path) -> list[Record]:
                 runtime=_runtime_name(raw, file, where),
             )
         )
+        unread, invalid = section_problems({k: getattr(out[-1], k) for k in
+                                            ("model", "training", "parallelism", "hardware",
+                                             "measured")})  # fmt: skip
+        if unread or invalid:
+            out[-1] = replace(out[-1], unread=unread, invalid=invalid)
     return out
 
 

@@ -525,7 +525,15 @@ def _unusable_measurements(rec: Record) -> str:
 
 
 def translate(rec: Record) -> Translation | SkipReason:
-    """The scenario of a record with the assumptions made, or why it cannot be expressed."""
+    """The scenario of a record with the assumptions made, or why it cannot be expressed; a
+    skip names the record's unread keys too (``Record.unread``: a typo there may be why)."""
+    out = _translate(rec)
+    if isinstance(out, SkipReason) and rec.unread:
+        return replace(out, reason=f"{out.reason} (not read: {'; '.join(rec.unread)})")
+    return out
+
+
+def _translate(rec: Record) -> Translation | SkipReason:
     if rec.kind in UNEXPRESSIBLE_KINDS:
         return skip(rec, f"kind {rec.kind}: {UNEXPRESSIBLE_KINDS[rec.kind]}")
     if rec.kind not in ("training_run", "layer_microbenchmark"):
@@ -548,12 +556,14 @@ def translate(rec: Record) -> Translation | SkipReason:
             rec = replace(rec, training={**rec.training, "global_batch": n})
             layer_notes.append(f"layer timing: a step of global batch {n} (the layer's times "
                                "are per micro-batch)")  # fmt: skip
+    if rec.invalid:
+        return skip(rec, f"not readable: {rec.invalid}")
     later = not_yet_expressible(rec)
     if later:
         return skip(rec, f"not expressible: {'; '.join(later)}")
     if bad := _unusable_measurements(rec) or _non_integer_counts(rec):
         return skip(rec, bad)
-    notes: list[str] = layer_notes
+    notes: list[str] = layer_notes + [f"not read: {u}" for u in rec.unread]
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:
