@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from simtrain.apps.simulate import simulate_scenario
-from simtrain.costs.comm import deepep_sm_share, nccl_kernel_sms
+from simtrain.costs.comm import deepep_sm_share, nccl_sm_share
 from simtrain.costs.compute import chunk_costs, hardware_flops_per_step, model_flops_per_step
 from simtrain.layout.step import resolve
 from simtrain.report.metrics import StepMetrics, step_metrics
@@ -176,7 +176,7 @@ def check_step(sc: Scenario) -> None:
         share = deepep_sm_share(sc)
         # the data-parallel collectives' NCCL kernels hold h of the S SMs (sim.lowering.sms):
         # the compute they overlap lengthens by at most their time x h / S
-        nccl = nccl_kernel_sms(sc) / sc.hardware.sm_count if nccl_kernel_sms(sc) else 0.0
+        nccl = nccl_sm_share(sc)
         held = sum(s.duration_ns for s in tl.spans_of(g) if s.stream in HOLDING_STREAMS)
         if not share and not (nccl and held):
             assert work == want

@@ -37,4 +37,4 @@ def test_the_table_lists_the_plans_top(tmp_path: Path) -> None:
     text = _plan(tmp_path, "gpus: {min: 8, max: 16}\ntop: 12\n")
     rows = [line for line in text.splitlines() if line[:3].strip().isdigit()]
     assert len(rows) == 12
-    assert MAX_TABLE_ROWS == 50
+    assert len(rows) <= MAX_TABLE_ROWS

@@ -74,3 +74,20 @@ def test_a_name_the_font_cannot_draw_warns_nothing(tmp_path, recwarn) -> None:
     save_png(fig, tmp_path / "x.png")
     plt.close(fig)
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_the_bubble_line_splits_exactly_the_idle_fraction() -> None:
+    """run's bubble-ratio line: its parts (bubble, exposed communication, exposed host time,
+    each a share of the step) sum to the bubble ratio printed before them, to the rounding of
+    one decimal per part (the time breakdown's conservation, tests/test_metrics.py)."""
+    import re
+
+    from simtrain.apps.simulate import simulate_scenario
+    from simtrain.report.tables import run_table
+
+    for path in ("scenarios/gpipe_8gpu.yaml", "scenarios/gpt3_175b_1024gpu.yaml",
+                 "scenarios/zero3_64gpu.yaml"):  # fmt: skip
+        line = next(x for x in run_table(simulate_scenario(load_scenario(path))).splitlines()
+                    if x.startswith("bubble ratio"))  # fmt: skip
+        total, *parts = (float(v) for v in re.findall(r"([\d.]+) %", line))
+        assert parts and abs(sum(parts) - total) <= 0.05 * (len(parts) + 1), line

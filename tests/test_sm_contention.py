@@ -106,3 +106,15 @@ def test_zero3_gathers_hold_sms_and_slow_the_step_they_overlap():
     with_sms = simulate_scenario(sc).metrics.step_time_s
     without = simulate_scenario(replace(sc, hardware=replace(sc.hardware, sm_count=0)))
     assert with_sms > without.metrics.step_time_s
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 10_000), a=st.integers(1, 20_000), hold=st.integers(1, S - 1))
+def test_the_closed_form_the_planner_and_deepep_pairs_use_is_the_engines(c, a, hold) -> None:
+    """sim.lowering.sms.sm_shared_extra_ns (the planner's and the DeepEP pairs' pricing) is what
+    the engine's throttle does to compute and communication started together, to the ns the
+    engine rounds up."""
+    from simtrain.sim.lowering.sms import sm_shared_extra_ns
+
+    end = _compute_end(c, [(0, a, hold)])
+    assert end - 1 <= c + sm_shared_extra_ns(c, a, hold / S) <= end + 1e-6

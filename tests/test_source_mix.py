@@ -46,3 +46,12 @@ def test_compare_prints_it_beside_the_table(tmp_path: Path) -> None:
         "--variants", "h100:hardware=h100_sxm5_80gb,h800:hardware=h800_sxm5_80gb"])  # fmt: skip
     assert same.exit_code == 0, same.output
     assert "different kinds of source" not in same.output
+
+
+def test_every_shipped_profile_names_its_kind_of_source() -> None:
+    """Each shipped profile's matmul tag is one MATMUL_SOURCE_KINDS knows, so no note says
+    "not stated" for a shipped GPU."""
+    from simtrain.spec.hardware import HARDWARE_DIR, MATMUL_SOURCE_KINDS
+
+    tags = {load_hardware(str(f)).matmul_tag for f in sorted(HARDWARE_DIR.glob("*.yaml"))}
+    assert tags and tags <= set(MATMUL_SOURCE_KINDS), tags - set(MATMUL_SOURCE_KINDS)

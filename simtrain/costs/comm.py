@@ -554,6 +554,13 @@ def nccl_kernel_sms(sc: Scenario) -> int:
     return min(channels, sms - 1)
 
 
+def nccl_sm_share(sc: Scenario) -> float:
+    """The share of the GPU's SMs a data-parallel collective's kernel holds while it runs:
+    :func:`nccl_kernel_sms` over ``hardware.sm_count`` (0 without an SM count)."""
+    sms = nccl_kernel_sms(sc)
+    return sms / sc.hardware.sm_count if sms else 0.0
+
+
 def deepep_sm_share(sc: Scenario) -> float:
     """The share of SMs DeepEP's kernels take from the compute they overlap:
     ``moe_dispatch_sms / sm_count`` (DeepEP ``Buffer.num_sms``; spec.runtime); 0 without the

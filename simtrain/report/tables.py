@@ -262,16 +262,9 @@ def estimate_note(names: Any) -> str:
             "--device cuda` on the GPU measures it")  # fmt: skip
 
 
-#: what kind of source a profile's efficiency.matmul line tag names: fitted on training runs
-#: (end to end: what the cost model leaves out of those runs is in the fraction), a GEMM
-#: measurement, or an estimate
-MATMUL_SOURCE_KIND = {"val": "training runs", "own": "training runs", "gemm": "GEMMs",
-                      "mm": "GEMMs", "meas": "GEMMs", "est": "an estimate"}  # fmt: skip
-
-
 def source_mix_note(gpus: Any) -> str:
     """Where GPUs side by side take their large-GEMM efficiency from different kinds of source
-    (``gpus``: (name, efficiency.matmul, kind) with the kind of :data:`MATMUL_SOURCE_KIND`: a
+    (``gpus``: (name, efficiency.matmul, ``HardwareProfile.matmul_source_kind``): a
     fraction fitted on training runs carries whatever those runs lost beyond the modelled
     costs, a GEMM benchmark's does not), a line naming each and saying that their step-time
     ratio carries that difference too; "" where the kinds agree (or one GPU)."""
@@ -290,7 +283,7 @@ def source_mix_note(gpus: Any) -> str:
 def matmul_source_of(hw: Any) -> tuple[str, float, str]:
     """(name, efficiency.matmul, kind of source) of a hardware profile, for
     :func:`source_mix_note`."""
-    return hw.name, hw.efficiency.matmul, MATMUL_SOURCE_KIND.get(hw.matmul_tag, "not stated")
+    return hw.name, hw.efficiency.matmul, hw.matmul_source_kind
 
 
 def _idle_parts(mt: Any) -> str:

@@ -27,6 +27,14 @@ LINK_KINDS = ("nvswitch", "nvlink", "pcie", "xgmi", "infinity_fabric")
 HARDWARE_DIR = Path(__file__).resolve().parents[2] / "hardware"
 
 
+#: The kind of source each efficiency.matmul tag names (``HardwareProfile.matmul_source_kind``):
+#: [val] fitted on training runs, [own] another profile's value fitted so on the same die,
+#: [gemm] a measured GEMM table, [mm] a GEMM benchmark, [meas] ``simtrain calibrate``'s
+#: measurement, [est] an estimate.
+MATMUL_SOURCE_KINDS = {"val": "training runs", "own": "training runs", "gemm": "GEMMs",
+                       "mm": "GEMMs", "meas": "GEMMs", "est": "an estimate"}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Efficiency:
     """Achievable fractions of peak; calibration constants, documented in each profile."""
@@ -172,6 +180,14 @@ class HardwareProfile:
         """Whether the large-GEMM efficiency is an estimate (its line tagged [est]: no GEMM or
         training run measured on this GPU): what the tables, compare and plan caveat."""
         return self.matmul_tag == "est"
+
+    @property
+    def matmul_source_kind(self) -> str:
+        """The kind of source of the large-GEMM efficiency, from its line's tag
+        (:data:`MATMUL_SOURCE_KINDS`): "training runs" (fitted end to end, so it also carries
+        what those runs lost beyond the modelled costs), "GEMMs" (a GEMM measurement), "an
+        estimate", or "not stated"."""
+        return MATMUL_SOURCE_KINDS.get(self.matmul_tag, "not stated")
 
     def compute_peak(self, dtype: str) -> float:
         """The peak a step computing in ``dtype`` runs against: that dtype's, or fp32's where

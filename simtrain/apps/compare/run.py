@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simtrain.apps.compare.variants import check_keeps_base, parse_variant
+from simtrain.apps.compare.variants import Variant, check_keeps_base, parse_variant
 from simtrain.apps.simulate import SimulationResult, simulate_scenario
 from simtrain.errors import MAX_ECHO, ConfigError, one_line
-from simtrain.report.tables import MATMUL_SOURCE_KIND, mfu_peak_text
+from simtrain.report.tables import mfu_peak_text
 from simtrain.report.trace import memory_steps
 from simtrain.sim.timeline import MEMORY_CATEGORIES
 from simtrain.spec.precision import STORAGE_DEFAULTS
@@ -109,7 +109,7 @@ def _setup(sc: Scenario) -> tuple[tuple[str, Any], ...]:
         ("mfu_peak", mfu_peak_text(sc)),
         ("matmul_estimate", sc.hardware.matmul_is_estimate),
         ("matmul_efficiency", sc.hardware.efficiency.matmul),
-        ("matmul_source", MATMUL_SOURCE_KIND.get(sc.hardware.matmul_tag, "not stated")),
+        ("matmul_source", sc.hardware.matmul_source_kind),
     )
 
 
@@ -253,7 +253,7 @@ def compare(
     )
 
 
-def _variant_row(scenario_path: str | Path, v: Any, ov: tuple[str, ...], note: str,
+def _variant_row(scenario_path: str | Path, v: Variant, ov: tuple[str, ...], note: str,
                  ref_ov: tuple[str, ...], base_ov: tuple[str, ...]) -> tuple[Scenario, VariantRow]:  # fmt: skip
     """Variant ``v``'s scenario and row: its ``ov`` on top of ``ref_ov`` (ConfigError where the
     scenario that gives is invalid)."""

@@ -18,7 +18,7 @@ from simtrain.costs.comm import (
     ddp_buckets,
     dp_ns,
     hop_send_ns,
-    nccl_kernel_sms,
+    nccl_sm_share,
 )
 from simtrain.costs.compute import optimizer_step_ns
 from simtrain.costs.memory import StageMemory, accumulation_defers_reduction, wire_grad_bytes
@@ -39,6 +39,7 @@ from simtrain.costs.workload import (
 )
 from simtrain.layout.step import ResolvedStep, resolve
 from simtrain.sim.lowering import ChunkDurations
+from simtrain.sim.lowering.sms import sm_shared_extra_ns
 from simtrain.spec.scenario import Scenario
 
 
@@ -52,21 +53,12 @@ class _Rank(NamedTuple):
         return self.forward_ns + self.input_ns + self.weight_ns
 
 
-def _sm_share(sc: Scenario) -> float:
-    """The share of the SMs a data-parallel collective's NCCL kernel holds while it runs
-    (``costs.comm.nccl_kernel_sms`` of the profile's ``sm_count``; ``sim.lowering.sms``)."""
-    sms = nccl_kernel_sms(sc)
-    return sms / sc.hardware.sm_count if sms else 0.0
-
-
 def _beside(compute_ns: float, comm_ns: float, share: float) -> float:
     """Time beyond ``compute_ns`` of compute launched with ``comm_ns`` of data-parallel
-    collectives whose kernels hold ``share`` of the SMs (the engine's throttle,
-    ``sim.engine``): the compute runs at 1 − share while they do, C + min(A·share,
-    C·share/(1 − share)), and both are done at max(that, A); less C. Without a share:
-    max(0, A − C)."""
-    slowed = compute_ns + min(comm_ns * share, compute_ns * share / (1.0 - share))
-    return max(slowed, comm_ns) - compute_ns
+    collectives whose kernels hold ``share`` of the SMs: the compute lengthened by
+    ``sim.lowering.sms.sm_shared_extra_ns``, and both done at the later end; less C. Without a
+    share: max(0, A − C)."""
+    return max(compute_ns + sm_shared_extra_ns(compute_ns, comm_ns, share), comm_ns) - compute_ns
 
 
 def _bucketed_exposed_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: int,
@@ -75,14 +67,13 @@ def _bucketed_exposed_ns(sc: Scenario, step: ResolvedStep, op: str, grad_bytes: 
     them (``costs.comm.bucket_group_ns``: buckets of ``bucket_mb``). Bucket
     i follows slice i of k; the collective stream runs them back to back, so the sync ends at
     max(T_B + d_last, T_B/k + Σd); the buckets before the last lengthen the backward they
-    overlap by their SM share (:func:`_beside`)."""
+    overlap by their SM share (``sim.lowering.sms.sm_shared_extra_ns``)."""
     k, cap, last = ddp_buckets(sc.parallelism.bucket_mb, grad_bytes)
     full = dp_ns(sc, step, op, cap) if k > 1 else 0
     d_last = dp_ns(sc, step, op, last)
     total = (k - 1) * full + d_last
-    share = _sm_share(sc)
-    slowed = _beside(last_backward_ns, total - d_last, share) if share else 0.0
-    return max(slowed + d_last, last_backward_ns / k + total - last_backward_ns)
+    extra = sm_shared_extra_ns(last_backward_ns, total - d_last, nccl_sm_share(sc))
+    return max(extra + d_last, last_backward_ns / k + total - last_backward_ns)
 
 
 def closed_form_step_s(sc: Scenario, stages: tuple[StageMemory, ...]) -> float:
@@ -280,7 +271,7 @@ def _dp_exposed_ns(sc: Scenario, step: ResolvedStep, s0: StageMemory, r0: _Rank,
     parameter all-gather."""
     t, p = sc.training, sc.parallelism
     prec = step.precision
-    share = _sm_share(sc)  # of the SMs the collectives' kernels hold beside the compute
+    share = nccl_sm_share(sc)  # of the SMs the collectives' kernels hold beside the compute
     grad_bytes = s0.trainable * wire_grad_bytes(sc, step)  # in the reduction's dtype
     if not (p.dp_cp > 1 and grad_bytes):  # gradients are reduced over dp x cp
         return 0.0

@@ -7,12 +7,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from simtrain.errors import ConfigError
 from simtrain.spec.hardware import HARDWARE_DIR
+from simtrain.spec.model import ModelSpec
 from simtrain.spec.runtime import available_runtimes
 from simtrain.spec.yamlfile import load_yaml
 
@@ -62,16 +63,12 @@ RECORD_KEYS = (
     "id", "kind", "source", "source_key", "runtime", "model", "training", "parallelism",
     "hardware", "measured", "notes", "native",
 )  # fmt: skip
-#: The keys of the sections validate reads (``measured/README.md``; a model section also takes
-#: every ``ModelSpec`` field, passed through to the scenario): another key there is a typo,
-#: an error naming the nearest, not a silently different run (a review, 2026-12-07:
-#: ``zero_stag: 3`` had run as ZeRO-0). ``measured`` is free (sources carry figures validate
-#: does not compare) but for a key near one it compares (:data:`NUMERIC_MEASURED_KEYS`).
+#: The keys of the sections validate reads (``measured/README.md``): a model section's are the
+#: record's own (name, params_b, seq_len) and every ``ModelSpec`` field, passed through to the
+#: scenario. Another key there is listed as not read (:func:`section_problems`): a typo such as
+#: ``zero_stag: 3`` had run as ZeRO-0 without a word (a review, 2026-12-07).
 SECTION_KEYS = {
-    "model": ("name", "params_b", "seq_len", "layers", "hidden", "heads", "kv_heads",
-              "ffn_hidden", "vocab", "tied_embeddings", "max_positions", "mlp", "norm", "bias",
-              "qkv_bias", "dropout", "flash_attention", "positions", "num_experts",
-              "experts_per_token", "moe_ffn_hidden"),
+    "model": ("params_b", "seq_len", *(f.name for f in fields(ModelSpec))),
     "training": ("global_batch", "global_batch_tokens", "micro_batch", "micro_batches",
                  "max_micro_batch", "local_batch", "grad_accum", "precision", "recompute",
                  "optimizer", "finetune", "offload", "activation_cpu_offload", "compile",
@@ -82,6 +79,8 @@ SECTION_KEYS = {
     "hardware": ("gpu", "num_gpus", "gpus_per_node", "intra_node", "inter_node",
                  "network_measured"),
 }  # fmt: skip
+#: A record's sections, each a mapping (absent: empty).
+SECTIONS = ("model", "training", "parallelism", "hardware", "measured")
 #: Section keys whose value is text (a number or a list there is a mistake, not a setting).
 TEXT_KEYS = {"hardware": ("gpu", "intra_node", "inter_node"),
              "training": ("precision", "recompute", "optimizer"),
@@ -205,7 +204,7 @@ def _section(raw: dict[str, Any], key: str, file: str, where: str) -> Mapping[st
 
 def section_problems(rec_sections: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, ...], str]:
     """(unread keys, invalid value) of a record's sections: a key of a section validate reads
-    (:data:`SECTION_KEYS`, the model's also ``ModelSpec``'s fields) that is none of its keys,
+    (:data:`SECTION_KEYS`) that is none of its keys,
     named with the nearest (a typo: ``zero_stag: 3`` had run as ZeRO-0 without a word), or a
     measured key that reads like a compared one without being it (``step_time_ms``: not
     compared); and the first text key holding another type (:data:`TEXT_KEYS`), "" for none.
@@ -216,7 +215,7 @@ def section_problems(rec_sections: Mapping[str, Mapping[str, Any]]) -> tuple[tup
     invalid = ""
     for key, v in rec_sections.items():
         if key in SECTION_KEYS:
-            allowed = _allowed(key)
+            allowed = SECTION_KEYS[key]
             for k in v:
                 if k not in allowed:
                     near = difflib.get_close_matches(str(k), allowed, n=1)
@@ -230,31 +229,16 @@ def section_problems(rec_sections: Mapping[str, Mapping[str, Any]]) -> tuple[tup
             for k in v:
                 if k in NUMERIC_MEASURED_KEYS or not isinstance(k, str):
                     continue
-                near = difflib.get_close_matches(k, numeric, n=1, cutoff=0.85)
-                if near and not k.startswith(_NEAR_BUT_OTHER):
+                near = difflib.get_close_matches(k, numeric, n=1, cutoff=NEAR_MEASURED_KEY)
+                if near:
                     unread.append(f"measured.{k} (not compared; did you mean {near[0]!r}?)")
     return tuple(unread), invalid
 
 
-#: Measured keys the shipped records carry that read near a compared one but are other
-#: figures (a minimum, a maximum, a share): not typos.
-_NEAR_BUT_OTHER = (
-    "tflops_per_gpu_m",
-    "model_tflops",
-    "peak_mem_definition",
-    "mfu_",
-    "pct_of_peak",
-    "total_",
-)
-
-
-def _allowed(section: str) -> tuple[str, ...]:
-    if section != "model":
-        return SECTION_KEYS[section]
-    from simtrain.spec.model import ModelSpec  # (the spec, not the reader's dependency)
-
-    extra = tuple(f.name for f in fields(ModelSpec) if f.name not in SECTION_KEYS["model"])
-    return SECTION_KEYS["model"] + extra
+#: How near a measured key must read to a compared one to be listed as its typo (difflib's
+#: ratio): step_time_ms, tokens_per_sec and peak_mem_gbs reach 0.92-0.96; the shipped records'
+#: other measured keys at most 0.875 (tflops_per_gpu_max / _min against tflops_per_gpu).
+NEAR_MEASURED_KEY = 0.9
 
 
 def load_records(path: str | Path) -> list[Record]:
@@ -284,27 +268,22 @@ def load_records(path: str | Path) -> list[Record]:
         if rid in seen:
             raise ConfigError(file, f"{where}.id", "duplicate id", rid)
         seen.add(rid)
+        sections = {k: _section(raw, k, file, where) for k in SECTIONS}
+        unread, invalid = section_problems(sections)
         out.append(
             Record(
                 id=rid,
                 kind=str(raw.get("kind", "training_run")),
                 source=str(raw.get("source", "")),
                 source_key=source_key(rid, raw.get("source_key")),
-                model=_section(raw, "model", file, where),
-                training=_section(raw, "training", file, where),
-                parallelism=_section(raw, "parallelism", file, where),
-                hardware=_section(raw, "hardware", file, where),
-                measured=_section(raw, "measured", file, where),
+                **sections,
                 notes=str(raw.get("notes", "") or ""),
                 native=_native(raw, file, where),
                 runtime=_runtime_name(raw, file, where),
+                unread=unread,
+                invalid=invalid,
             )
         )
-        unread, invalid = section_problems({k: getattr(out[-1], k) for k in
-                                            ("model", "training", "parallelism", "hardware",
-                                             "measured")})  # fmt: skip
-        if unread or invalid:
-            out[-1] = replace(out[-1], unread=unread, invalid=invalid)
     return out
 
 

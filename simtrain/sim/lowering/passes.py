@@ -14,6 +14,7 @@ from simtrain.schedules import Action
 from simtrain.schedules.analysis import sharded_at_start
 from simtrain.sim.lowering.ir import Group, LoweringInput, Op, RankIR, RankWork, StepIR
 from simtrain.sim.lowering.pieces import action_pieces, slice_layer
+from simtrain.sim.lowering.sms import sm_shared_extra_ns
 
 COMPUTE = ("F", "B", "I", "W")
 
@@ -522,7 +523,7 @@ def _sm_shared(a: Group, b: Group, a2a_ns: int, share: float) -> None:
     c = sum(op.duration_ns for op in ops)
     if not c:
         return
-    extra = min(a2a_ns * share, c * share / (1.0 - share))
+    extra = sm_shared_extra_ns(c, a2a_ns, share)
     for op in ops:  # its share of the extra, to the ns above (a float's last bit is no ns)
         op.duration_ns += math.ceil(round(op.duration_ns * extra / c, 6))
 

@@ -26,6 +26,17 @@ def hold_sms(tasks: list[Task], sms: int) -> list[Task]:
             for t in tasks]  # fmt: skip
 
 
+def sm_shared_extra_ns(compute_ns: float, comm_ns: float, share: float) -> float:
+    """How much longer ``compute_ns`` of compute takes beside ``comm_ns`` of communication
+    whose kernels hold ``share`` of the SMs, both started together (the engine's throttle,
+    ``sim.engine``): it runs at 1 − share while they do, so it lengthens by A·share when the
+    communication ends first and by C·share/(1 − share) when it outlasts the compute:
+    min(A·share, C·share/(1 − share)). The DeepEP pairs (``passes._sm_shared``) and the
+    planner's closed form (``apps.plan.estimate``) price it so; ``tests/test_sm_contention.py``
+    checks it against the engine."""
+    return min(comm_ns * share, compute_ns * share / (1.0 - share))
+
+
 def rank_sm_counts(tasks: list[Task], sm_count: int) -> dict[int, int] | None:
     """The engine's ``rank_sms``: every simulated GPU's SM count, where some task holds SMs."""
     if not any(t.sm_hold for t in tasks):
