@@ -22,33 +22,17 @@ sys.path.insert(0, str(ROOT))
 from simtrain.apps.simulate import simulate_scenario  # noqa: E402
 from simtrain.apps.validate.records import load_record_files, resolve_paths  # noqa: E402
 from simtrain.apps.validate.translate import Translation, translate  # noqa: E402
+from simtrain.report.metrics import union_length  # noqa: E402
 from simtrain.sim.lowering.sms import HOLDING_STREAMS  # noqa: E402
 
 NOT_COMM = ("compute", "host", "h2d", "d2h", "cpu", "paging")
 
 
-def _merged(intervals: list[tuple[int, int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
 def overlap_ns(compute: list[tuple[int, int]], comm: list[tuple[int, int]]) -> int:
-    """Time the compute intervals spend inside the union of the communication intervals."""
-    merged = _merged(comm)
-    total = 0
-    for a, b in compute:
-        for c, d in merged:
-            if d <= a:
-                continue
-            if c >= b:
-                break
-            total += min(b, d) - max(a, c)
-    return total
+    """Time covered by both the compute and the communication intervals:
+    |compute| + |comm| − |compute ∪ comm| (``report.metrics.union_length``, the measure
+    the step's exposed-communication figure is taken with)."""
+    return union_length(compute) + union_length(comm) - union_length(compute + comm)
 
 
 def shares(tr: Translation) -> tuple[float, float]:

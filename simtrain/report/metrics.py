@@ -62,7 +62,8 @@ class StepMetrics:
     fill_drain_s: float  # window_s - step_time_s (0 for flushing schedules)
 
 
-def _union_length(intervals: list[tuple[int, int]]) -> int:
+def union_length(intervals: list[tuple[int, int]]) -> int:
+    """Length of time the (start, end) intervals cover, each instant once."""
     total = 0
     end = -1
     start = -1
@@ -80,7 +81,7 @@ def _union_length(intervals: list[tuple[int, int]]) -> int:
 
 def _exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]]) -> int:
     """Length of time covered by communication but not by compute."""
-    return _union_length(comm + compute) - _union_length(compute)
+    return union_length(comm + compute) - union_length(compute)
 
 
 def step_metrics(step: ResolvedStep, tl: Timeline, mf: float, hf: float, hw: HardwareProfile,
