@@ -143,7 +143,7 @@ def test_nanotron_allocated_at_the_step(result) -> None:
 
 def test_nanotron_throughput_target(result) -> None:
     """Issue targets: MAPE <= 35 %, median |error| <= 15 %, with the records of noisy pairs left
-    out; met on 2026-12-06 (29.6 / 11.0 %; all records 29.1 / 11.0 %, signed median -3.6 %),
+    out (none since 2026-12-08: the family's figures are all 259 records'); met on 2026-12-06 (29.6 / 11.0 %; all records 29.1 / 11.0 %, signed median -3.6 %),
     then MISSED by one record once the layouts whose fp32 cast and loss sit on stages of their
     own were expressed (StageBlocks.tail, 25 more records): 40.3 / 11.9 % (all 259: 39.5 / 11.9 %,
     signed median -4.6 %), of which usp_3B_n16_dp2_tp4_pp16_mbs1_ga128_z1 alone is +2,948 %:
@@ -165,9 +165,9 @@ def test_nanotron_throughput_target(result) -> None:
     fam = next(f for f in result.by_family if (f.family, f.metric) == ("nanotron", "tokens_per_s"))
     assert fam.all.n == 259 and fam.all.mape_pct <= 40.5
     assert fam.all.median_abs_error_pct <= 12.9 and abs(fam.all.median_error_pct) <= 5.6
-    kept = fam.without_noisy
-    assert fam.noisy_left_out == 8 and kept is not None
-    assert kept.n == 251 and kept.mape_pct <= 41.3 and kept.median_abs_error_pct <= 15
+    # No noisy pairs since 2026-12-08 (the ZeRO-0/ZeRO-1 twins ran under different code or on
+    # links measured apart: tests/test_validate_families.py); 251 records at 40.0 % before.
+    assert fam.noisy_left_out == 0 and fam.without_noisy == fam.all
     errors = {c.id: c.error_pct for c in result.comparisons
               if c.source == "nanotron" and c.metric == "tokens_per_s"}  # fmt: skip
     outlier = "usp_3B_n16_dp2_tp4_pp16_mbs1_ga128_z1"

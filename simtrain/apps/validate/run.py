@@ -220,18 +220,25 @@ def summarize(comparisons: list[Comparison] | tuple[Comparison, ...]) -> tuple[S
 
 def layout_key(sc: Scenario, metric: str) -> Hashable:
     """What makes two records "the same layout" for a metric. For timing metrics (issue 13):
-    model shape and architecture, hardware, GPU count, parallel layout (tp, pp, dp, schedule,
-    virtual stages), batch (sequence length, global and micro-batch), precision and recompute.
-    ZeRO stage, sequence parallelism, bucket size and optimizer are left out: none can change a
-    step by 2x (ZeRO-1/2 and sequence parallelism move the bytes of the all-reduces they replace,
-    Rajbhandari et al. 2020 §7, Korthikanti et al. 2022 §4.2.2; ZeRO-3 moves 1.5x DP's,
-    Rajbhandari et al. §7.2.2). For peak memory the whole scenario: ZeRO and sequence
-    parallelism divide memory by design."""
+    model shape and architecture, the hardware as the record describes it (its profile with any
+    links its own job measured, ``hardware.network_measured``), the runtime with its options
+    (the framework's code the run ran, and the per-job costs validate reads off the record), GPU
+    count, parallel layout (tp, pp, dp, schedule, virtual stages), batch (sequence length,
+    global and micro-batch), precision and recompute. ZeRO stage, sequence parallelism, bucket
+    size and optimizer are left out: none can change a step by 2x (ZeRO-1/2 and sequence
+    parallelism move the bytes of the all-reduces they replace, Rajbhandari et al. 2020 §7,
+    Korthikanti et al. 2022 §4.2.2; ZeRO-3 moves 1.5x DP's, Rajbhandari et al. §7.2.2). Two
+    records run under different code or on links measured apart are not one layout measured
+    twice: the simulator predicts each its own step (until 2026-12-08 the key held the
+    hardware's name alone and no runtime, and the Playbook's four ZeRO-0/ZeRO-1 twins, run
+    before and after the sweep's "pp fix" or on links their jobs measured 13 vs 168 GB/s, were
+    listed as noisy though each was predicted within 23 %). For peak memory the whole
+    scenario: ZeRO and sequence parallelism divide memory by design."""
     if metric not in TIME_METRICS:
         return scenario_key(sc)
     p, t = sc.parallelism, sc.training
-    return (replace(sc.model, name=""), sc.hardware.name, p.gpus, p.tp, p.pp, p.dp, p.schedule,
-            p.virtual_stages, t.seq_len, t.global_batch, t.micro_batch, t.precision,
+    return (replace(sc.model, name=""), sc.hardware, sc.runtime, p.gpus, p.tp, p.pp, p.dp,
+            p.schedule, p.virtual_stages, t.seq_len, t.global_batch, t.micro_batch, t.precision,
             t.recompute)  # fmt: skip
 
 
