@@ -224,3 +224,19 @@ def test_bad_values_name_their_field(tmp_path: Path, base: str, change: dict, ke
     with pytest.raises(ConfigError) as ei:
         from_hf_config(write_config(tmp_path, base, change))
     assert ei.value.key == key
+
+
+@pytest.mark.parametrize(("file", "field"), [("olmo-2-1b.json", "hidden_act"),
+                                             ("gemma-2b.json", "hidden_activation")])  # fmt: skip
+def test_llama_style_activation_is_checked_not_shape(tmp_path: Path, file: str,
+                                                      field: str) -> None:  # fmt: skip
+    """A Llama-style MLP is gated whatever its activation: another name keeps the shape, a name
+    that is not one is an error naming the field (it had been ignored)."""
+    base = from_hf_config(HF / file)
+    other = from_hf_config(write_config(tmp_path, file, {field: "relu"}))
+    assert other.mlp == base.mlp == "swiglu"
+    assert other.total_params() == base.total_params()
+    for bad in (0, [], ""):
+        with pytest.raises(ConfigError) as info:
+            from_hf_config(write_config(tmp_path, file, {field: bad}))
+        assert info.value.key == field

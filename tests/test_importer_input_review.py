@@ -843,3 +843,18 @@ def test_an_array_holding_a_hash_inside_a_word_closes() -> None:
                      "t.sh")  # fmt: skip
     assert c is not None
     assert c.args == ("--n", "3", "--y", "2", "--nn", "24", "--v", "5", "--u", "${#U[@]}")
+
+
+@pytest.mark.parametrize(("value", "stage"), [("3", 3), ("0", 0), (" 2", 2), (1.0, 1)])
+def test_deepspeed_stage_as_deepspeed_reads_it(tmp_path: Path, value: Any, stage: int) -> None:
+    """DeepSpeed validates zero_optimization with pydantic (ZeroStageEnum(int, Enum), lax): the
+    string "3" is stage 3 there, and so here."""
+    imp = _ds(tmp_path, {**DS_BASE, "zero_optimization": {"stage": value}})
+    sc = load_imported(imp, ["training.seq_len=2048"])
+    assert sc.parallelism.zero_stage == stage
+
+
+@pytest.mark.parametrize("value", ["three", "4", "-1", "", True, None, 2.5])
+def test_deepspeed_stage_bad(tmp_path: Path, value: Any) -> None:
+    err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": {"stage": value}})
+    assert err.key == "zero_optimization.stage" and "0 | 1 | 2 | 3" in str(err)

@@ -994,6 +994,12 @@ def from_hf_config(
             return _validate_hf(spec, path, names)
         if kind in LLAMA_STYLE_KINDS or (not kind and "hidden_size" in cfg):
             names = _hf_names(kind, cfg)
+            # Every Llama-style MLP is gated, down(act(gate(x)) * up(x)), whatever its
+            # activation (transformers LlamaMLP, GemmaMLP with gelu_pytorch_tanh, ...): three
+            # matrices and the same saved tensors, so the name only has to be one
+            for field in ("hidden_act", "hidden_activation"):
+                if cfg.get(field) is not None:
+                    _hf_act(cfg, field, "silu", path)
             heads = int(cfg["num_attention_heads"])
             kv = cfg.get("num_key_value_heads")  # null: heads (MHA), as transformers
             fields = hf_moe_fields(kind, cfg, str(path))
