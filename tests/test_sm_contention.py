@@ -96,6 +96,17 @@ def test_nccl_kernel_sms_from_the_profile_or_ncclS_default():
     assert nccl_kernel_sms(replace(sc, hardware=replace(h100, sm_count=16))) == 15
 
 
+def test_every_nvidia_datacenter_profile_has_its_sms():
+    """The Blackwell Ultra profiles carry their 160 SMs (NVIDIA's Blackwell Ultra blog, 2025):
+    without them the NCCL kernels held none and the compute beside the collectives ran at its
+    full rate there, where every other profile it shares a model with slows it."""
+    for name in ("b300_288gb", "gb300_nvl72"):
+        hw = load_hardware(name)
+        assert hw.sm_count == 160
+        sc = load_scenario("scenarios/zero3_64gpu.yaml")
+        assert nccl_kernel_sms(replace(sc, hardware=hw)) == coll.NCCL_CHANNELS
+
+
 def test_zero3_gathers_hold_sms_and_slow_the_step_they_overlap():
     sc = load_scenario("scenarios/zero3_64gpu.yaml")
     tasks, _ = lower_scenario(sc, estimate_memory(sc))
