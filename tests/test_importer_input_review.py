@@ -854,7 +854,9 @@ def test_deepspeed_stage_as_deepspeed_reads_it(tmp_path: Path, value: Any, stage
     assert sc.parallelism.zero_stage == stage
 
 
-@pytest.mark.parametrize("value", ["three", "4", "-1", "", True, None, 2.5])
+@pytest.mark.parametrize("value", ["three", "4", "-1", "", "\u00b3", True, None, 2.5])
 def test_deepspeed_stage_bad(tmp_path: Path, value: Any) -> None:
+    """Named errors, never a traceback ("\u00b3", a superscript 3, is a digit to str.isdigit
+    but no integer to int(): the first reading of a string stage raised ValueError on it)."""
     err = _ds_error(tmp_path, {**DS_BASE, "zero_optimization": {"stage": value}})
     assert err.key == "zero_optimization.stage" and "0 | 1 | 2 | 3" in str(err)

@@ -96,7 +96,7 @@ def test_nccl_kernel_sms_from_the_profile_or_ncclS_default():
     assert nccl_kernel_sms(replace(sc, hardware=replace(h100, sm_count=16))) == 15
 
 
-def test_every_nvidia_datacenter_profile_has_its_sms():
+def test_blackwell_ultra_profiles_have_their_sms():
     """The Blackwell Ultra profiles carry their 160 SMs (NVIDIA's Blackwell Ultra blog, 2025):
     without them the NCCL kernels held none and the compute beside the collectives ran at its
     full rate there, where every other profile it shares a model with slows it."""

@@ -856,7 +856,8 @@ def test_noisy_pairs_of_the_published_runs(default_result) -> None:
     sweep's ZeRO-0/ZeRO-1 twins, 6x to 25x apart in tokens/s, were listed as noisy until
     2026-12-08; they ran under different code (three pp > 1 layouts before and after the sweep's
     "pp fix") or on links their own jobs measured apart (8B n64 tp32: all-reduce across nodes
-    167.5 vs 13.2 GB/s), and the simulator puts each within 25 % of its measurement."""
+    167.5 vs 13.2 GB/s), and the simulator puts each within 23 % of its measured tokens/s
+    (22.6 % the largest; the bound, 25 %, a margin above it)."""
     assert default_result.noisy == ()
     errors = {c.id: c.error_pct for c in default_result.comparisons
               if c.metric == "tokens_per_s"}  # fmt: skip

@@ -31,6 +31,7 @@ The sequence length is not in a DeepSpeed config: give it with ``--set training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -256,11 +257,13 @@ def import_deepspeed_config(cfg: Any, mdoc: dict[str, Any], gpus: int | None = N
     else:
         zero = _section(cfg, "zero_optimization", file)
     stage = zero.get("stage", 0)
-    if isinstance(stage, str) and stage.strip().lstrip("+").isdigit():
+    if isinstance(stage, str):
         # DeepSpeed validates the section with pydantic (runtime/zero/config.py:
         # DeepSpeedZeroConfig.stage is ZeroStageEnum(int, Enum)), whose lax mode takes the
-        # string "3" as stage 3 (pydantic 2.14 checked)
-        stage = int(stage)
+        # string "3" as stage 3 (pydantic 2.14 checked); int() reads what is an integer and
+        # leaves the rest ("three", "3³") to the error below
+        with contextlib.suppress(ValueError):
+            stage = int(stage)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(file, "zero_optimization.stage", "unknown value", stage, "0 | 1 | 2 | 3")
     stage = int(stage)  # (3.0 equals 3: written as the integer, not zero_stage: 3.0)

@@ -232,7 +232,7 @@ def layout_key(sc: Scenario, metric: str) -> Hashable:
     twice: the simulator predicts each its own step (until 2026-12-08 the key held the
     hardware's name alone and no runtime, and the Playbook's four ZeRO-0/ZeRO-1 twins, run
     before and after the sweep's "pp fix" or on links their jobs measured 13 vs 168 GB/s, were
-    listed as noisy though each was predicted within 23 %). For peak memory the whole
+    listed as noisy though each was predicted within 23 % in tokens/s, 29 % in MFU). For peak memory the whole
     scenario: ZeRO and sequence parallelism divide memory by design."""
     if metric not in TIME_METRICS:
         return scenario_key(sc)
