@@ -26,6 +26,7 @@ from simtrain.apps.validate.conventions import (
     convention_for,
     runtime_for,
 )
+from simtrain.apps.validate.errata import ErratumMismatch, apply_errata
 from simtrain.apps.validate.job_network import job_hardware, read_job_network
 from simtrain.apps.validate.native import NativeConfig, importer_of, through_importer
 from simtrain.apps.validate.records import (
@@ -564,6 +565,10 @@ def _translate(rec: Record) -> Translation | SkipReason:
     if bad := _unusable_measurements(rec) or _non_integer_counts(rec):
         return skip(rec, bad)
     notes: list[str] = layer_notes + [f"not read: {u}" for u in rec.unread]
+    try:  # a printed cell its run's own code contradicts (errata.ERRATA)
+        rec = apply_errata(rec, notes)
+    except ErratumMismatch as exc:
+        return skip(rec, f"erratum does not match the record: {exc}")
     try:
         data, capacity_known, native = _scenario_data(rec, convention_for(rec), notes)
     except _NotExpressible as exc:

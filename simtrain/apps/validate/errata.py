@@ -1,0 +1,116 @@
+"""Cells a source printed that the code of its own run contradicts, and the values that ran.
+
+A record keeps every cell as its source printed it (``measured/``). Where the source's code at
+the release the row names sets a different layout, and the row's measurement agrees with that
+code's layout (the same figure as the neighbouring rows printed with it), validate reads the
+row with the code's values and lists the erratum among the record's assumptions. Each entry
+names the printed value, the value that ran, the file and lines that set it and the evidence
+that the measurement is of that layout. A printed value that no longer matches the record is
+an error (:func:`apply_errata`): an erratum never applies to a cell it was not written for.
+Nothing here is fitted: no measured figure is read to choose a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from simtrain.apps.validate.records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Erratum:
+    """One cell of one record: ``section.key`` printed as ``printed`` (None: absent), run as
+    ``as_run``."""
+
+    record_id: str
+    section: str  # "training" or "parallelism"
+    key: str
+    printed: Any
+    as_run: Any
+    source: str  # the code that set ``as_run``
+    evidence: str  # why the measurement is of ``as_run``
+
+
+#: Megatron-Bridge v0.3.1 is the NeMo 26.02.01 container's (docs/versions1.json at v0.4.2);
+#: its launcher's default config variant V2 (scripts/performance/argument_parser.py l.694-700
+#: at v0.3.0) sets the GB300 Llama 3 70B MXFP8 and NVFP4 runs to pp 4, vp 5 and the default
+#: micro-batch 1 (WorkloadBaseConfig.micro_batch_size = 1, utils/utils.py).
+_MBRIDGE_0_3_1_GB300_70B = (
+    "Megatron-Bridge v0.3.1 (the NeMo 26.02.01 container's) scripts/performance/configs/llama/"
+    "llama3_workload_base_configs.py l.219-231 LLAMA3_70B_PRETRAIN_CONFIG_GB300_{FP8_MX,NVFP4}_V2: "
+    "pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=5, micro_batch_size "
+    "the default 1 (scripts/performance/utils/utils.py WorkloadBaseConfig)"
+)
+_MBRIDGE_0_3_1_EVIDENCE = (
+    "the archive's 26.02.01 GB300 Llama 3 70B MXFP8 and NVFP4 rows print the FP8 (current "
+    "scaling) row's MBS 2 and VP n/a above them (the NVFP4 row its PP 1 too: 70B of weights, "
+    "gradients and Adam states unsharded on every GPU, which no GB300 holds); their 4,798 and "
+    "7,002 tokens/s/GPU are within 6 % of the 26.02 (4,596 / 6,798) and 26.04 (4,742 / 7,397) "
+    "rows that print pp 4, vp 5, MBS 1, the same config"
+)
+ERRATA: tuple[Erratum, ...] = (
+    *(
+        Erratum(
+            f"mbridge260201_GB300_LLAMA3_70B_{prec}_64gpu",
+            section,
+            key,
+            printed,
+            as_run,
+            _MBRIDGE_0_3_1_GB300_70B,
+            _MBRIDGE_0_3_1_EVIDENCE,
+        )  # fmt: skip
+        for prec, cells in (
+            (
+                "FP8MX",
+                (("training", "micro_batch", 2, 1), ("parallelism", "virtual_stages", None, 5)),
+            ),
+            (
+                "NVFP4",
+                (
+                    ("training", "micro_batch", 2, 1),
+                    ("parallelism", "pp", 1, 4),
+                    ("parallelism", "dp", 64, 16),
+                    ("parallelism", "virtual_stages", None, 5),
+                ),
+            ),
+        )  # fmt: skip
+        for section, key, printed, as_run in cells
+    ),
+)
+
+
+class ErratumMismatch(ValueError):
+    """An erratum whose printed value is not the record's: the record changed under it."""
+
+
+def errata_for(record_id: str) -> tuple[Erratum, ...]:
+    """The errata written for one record (empty for almost every record)."""
+    return tuple(e for e in ERRATA if e.record_id == record_id)
+
+
+def apply_errata(rec: Record, notes: list[str]) -> Record:
+    """``rec`` with its errata's values (:data:`ERRATA`), each listed in ``notes``; ``rec``
+    itself where it has none. Raises :class:`ErratumMismatch` where a cell is not the value the
+    erratum says was printed."""
+    found = errata_for(rec.id)
+    if not found:
+        return rec
+    sections: dict[str, dict[str, Any]] = {
+        "training": dict(rec.training), "parallelism": dict(rec.parallelism)}  # fmt: skip
+    for e in found:
+        cell: Mapping[str, Any] = sections[e.section]
+        if cell.get(e.key) != e.printed:
+            raise ErratumMismatch(
+                f"{rec.id}: erratum for {e.section}.{e.key} expects the printed value "
+                f"{e.printed!r}, the record has {cell.get(e.key)!r}"
+            )
+        sections[e.section][e.key] = e.as_run
+    changed = ", ".join(f"{e.section}.{e.key} {_shown(e.printed)} -> {e.as_run}" for e in found)
+    notes.append(f"erratum: {changed}: {found[0].source}; {found[0].evidence}")
+    return replace(rec, training=sections["training"], parallelism=sections["parallelism"])
+
+
+def _shown(value: Any) -> str:
+    return "n/a" if value is None else str(value)
