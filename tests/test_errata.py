@@ -58,3 +58,15 @@ def test_megatron_bridge_26_02_01_gb300_llama3_70b_rows_run_their_config(default
     from simtrain.apps.simulate import simulate_scenario
 
     assert simulate_scenario(tr.scenario).memory.fits
+
+
+def test_megatron_bridge_26_02_01_h100_qwen3_30b_runs_v0_3_1s_preset(default_records):
+    """Printed with the 26.02 row's pp 2, vp 12, ep 8 (v0.3.0's preset), measured 1.77x that
+    row, as the 26.04 rows with v0.3.1's pp 1, ep 16: read with v0.3.1's layout."""
+    rec = default_records["mbridge260201_H100_Qwen3_30B_a3B_FP8CS_16gpu"]
+    tr = translate(rec)
+    assert isinstance(tr, Translation)
+    p = tr.scenario.parallelism
+    assert (p.tp, p.pp, p.dp, p.ep, p.virtual_stages) == (1, 1, 16, 16, 1)
+    assert any(a.startswith("erratum: ") and "virtual_stages 12 -> n/a" in a
+               for a in tr.assumptions)  # fmt: skip

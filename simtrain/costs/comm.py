@@ -23,6 +23,7 @@ from simtrain.costs.compute import (
     recompute_stops_early,
     tp_linear_group_ns,
     tp_pairs_gemms,
+    unfused_column_reductions,
 )
 from simtrain.costs.fp8 import fp8_copy_bytes, tp_gathers_fp8
 from simtrain.costs.group_comm import collective_ns
@@ -299,10 +300,17 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
         return (tp_grad_gather_ns(sc, step) + column + ffn, again + rs - column)
     # the row-parallel linears' output gradients, gathered before their input-gradient GEMMs
     grads = (tp_grad_gather_ns(sc, step), tp_grad_gather_ns(sc, step, mlp=True))
+    unfused = unfused_column_reductions(sc) if paired else (False, False)
     if paired and input_grad_only:  # no weight gradient: each row linear's gather before its
-        # input-gradient GEMM, each column linear's reduce-scatter after its own
-        return paired_ns(group, g.tp, ((grads[0], "attn_out"), (rs, "attn_in"),
-                                       (grads[1], "mlp_out"), (rs, "mlp_in")))  # fmt: skip
+        # input-gradient GEMM, each column linear's reduce-scatter after its own (a group of
+        # separate linears under tp_overlap_symm_mem: a plain reduce-scatter, exposed)
+        pairs = (
+            (grads[0], "attn_out"),
+            (grads[1], "mlp_out"),
+            *((rs, k) for k, u in zip(("attn_in", "mlp_in"), unfused, strict=True) if not u),
+        )
+        shown, hidden = paired_ns(group, g.tp, pairs)
+        return shown + rs * sum(unfused), hidden  # fmt: skip
     regather = rt.tp_regather_backward and not input_grad_only
     regathers = tuple(tp_input_gather_ns(sc, step, mlp) if regather else 0
                       for mlp in (False, True))  # fmt: skip
@@ -311,8 +319,9 @@ def tp_backward_block(sc: Scenario, step: ResolvedStep, input_grad_only: bool = 
                           for a, k in zip(grads, ("attn_out", "mlp_out"), strict=True))  # fmt: skip
     else:
         row_gathers = sum(grads)
-    column = sum(n * (exposed(r, d / n) + exposed(rs, w / n))
-                 for n, r, d, w in zip(linears, regathers, gemms, wgrad, strict=True))  # fmt: skip
+    column = sum(n * (exposed(r, d / n) + (rs if u else exposed(rs, w / n)))
+                 for n, r, d, w, u in zip(linears, regathers, gemms, wgrad, unfused,
+                                          strict=True))  # fmt: skip
     issued = sum(n * (r + rs) for n, r in zip(linears, regathers, strict=True))
     return row_gathers + column, issued - column + sum(grads) - row_gathers
 

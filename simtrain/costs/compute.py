@@ -793,6 +793,68 @@ def tp_linear_group_ns(sc: Scenario) -> dict[str, float]:
     return out
 
 
+def tp_group_gemm_counts(sc: Scenario) -> dict[str, int]:
+    """GEMMs of each :data:`TP_LINEAR_GROUPS` group of a dense block as the runtime runs them:
+    attention input 1 with ``fused_qkv`` (else q, k, v: 3), MLP input 1 for an ungated MLP or
+    with ``fused_gate_up`` (else gate, up: 2), the output groups 1."""
+    rt = sc.runtime
+    gemms = dense_linear_gemms(sc.model, sc.parallelism.tp, fused=(rt.fused_qkv, rt.fused_gate_up))
+    names = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
+    return {group: sum(1 for x in dict.fromkeys(names.get(y, y) for y in linears) if x in gemms)
+            for group, linears in TP_LINEAR_GROUPS.items()}  # fmt: skip
+
+
+def unfused_column_reductions(sc: Scenario) -> tuple[bool, bool]:
+    """(attention, MLP): whether a dense block's backward reduces that column-parallel group's
+    input gradient as a plain collective under PyTorch's async TP (runtime
+    ``tp_overlap_symm_mem`` with a TP overlap that pairs collectives with GEMMs,
+    :func:`tp_pairs_gemms`): the group's separate linears (:func:`tp_group_gemm_counts` > 1)
+    sum their input gradients first, so ``fuse_matmul_reduce_scatter`` finds no producer
+    matmul and the reduce-scatter, issued after the group's weight gradients, is exposed
+    (``costs.comm.tp_backward_block``). (False, False) otherwise."""
+    if not (sc.runtime.tp_overlap_symm_mem and tp_pairs_gemms(sc)):
+        return False, False
+    counts = tp_group_gemm_counts(sc)
+    return counts["attn_in"] > 1, counts["mlp_in"] > 1
+
+
+def symm_mem_tp_bytes(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
+    """(forward, backward) memory-bound bytes of one dense block's fused TP collectives under
+    PyTorch's async TP (runtime ``tp_overlap_symm_mem``, where :func:`tp_pairs_gemms`), for one
+    micro-batch of ``t`` (T = b·s tokens of the rank's sequence share) on one GPU, beyond their
+    GEMMs and transfers (torch/distributed/_symmetric_memory/__init__.py):
+
+    - a fused all-gather-matmul copies the rank's shard into its symmetric-memory buffer
+      before its first GEMM (``_pipelined_multi_all_gather_and_consume``: ``copy_shard(dst=
+      local_p2p_bufs, src=shard)``, then a barrier): a read and a write of T/tp·h·g bytes,
+      g the gathered dtype's (FP8's 1 B where ``costs.fp8.tp_gathers_fp8``);
+    - a fused matmul-reduce-scatter sums the tp partial products it received
+      (``_fused_matmul_reduce_scatter_impl``: ``reduce_fn`` over ``stacked_partials``): a read
+      of T·h·e and a write of T/tp·h·e, e the activation dtype.
+
+    Forward: the attention's and the MLP's input all-gathers and their outputs'
+    reduce-scatters; backward: the two output gradients' all-gathers and the input
+    gradients' reduce-scatters that fuse (not :func:`unfused_column_reductions`'). (0, 0)
+    elsewhere, and for a model with experts or MLA (their collectives are priced apart)."""
+    m, p = sc.model, sc.parallelism
+    if not (sc.runtime.tp_overlap_symm_mem and tp_pairs_gemms(sc)):
+        return 0.0, 0.0
+    tp, e = p.tp, t.precision_spec.act_mm
+    rows = t.micro_batch * t.seq_len_effective * m.hidden  # T·h values
+    reduce = rows * e * (1 + 1 / tp)
+
+    def gather(mlp: bool = False, grad: bool = False) -> float:
+        g = 1 if tp_gathers_fp8(sc, mlp, grad) else e
+        return 2 * rows / tp * g
+
+    fwd = gather() + gather(mlp=True) + 2 * reduce
+    if not grad_flows_through_blocks(t):
+        return fwd, 0.0
+    unfused = unfused_column_reductions(sc)
+    bwd = gather(grad=True) + gather(mlp=True, grad=True) + (2 - sum(unfused)) * reduce
+    return fwd, bwd
+
+
 def memory_bound_ns(n_bytes: float, hw: HardwareProfile) -> float:
     """Element-wise work: ``n_bytes`` at HBM bandwidth x ``efficiency.memory_bound``, in ns."""
     return 1e9 * n_bytes / (hw.hbm_bandwidth_bytes_per_s * hw.efficiency.memory_bound)
@@ -887,6 +949,7 @@ def chunk_block_flops(sc: Scenario, layers: int, lo: int | None = None) -> Block
     bf = block_flops(m, t, tp, fused=fused, sp=sp, eager=eager)
     if not m.is_moe:
         bf = _plus_elementwise(bf, *tp_shard_copy_bytes(sc, t))  # (runtime tp_shard_copies)
+        bf = _plus_elementwise(bf, *symm_mem_tp_bytes(sc, t))  # (runtime tp_overlap_symm_mem)
         return BlockFlops(*(layers * getattr(bf, f) for f in BlockFlops.__slots__))
     ep = sc.parallelism.ep
     dense = _dense_blocks(m, layers, lo)

@@ -84,6 +84,21 @@ class RuntimeProfile:
     # Tensor-parallel collectives overlapped with the GEMMs they feed (Megatron-Core
     # --tp-comm-overlap, Transformer Engine userbuffers): off the critical path.
     tp_comm_overlap: bool = False
+    # The TP overlap is PyTorch's async TP (Inductor's micro_pipeline_tp pass over symmetric
+    # memory: torch/_inductor/fx_passes/micro_pipeline_tp.py, torch/distributed/
+    # _symmetric_memory/__init__.py), not Transformer Engine's userbuffers:
+    # - a reduce-scatter fuses only with the one matmul that produces its input
+    #   (fuse_matmul_reduce_scatter: "no producer matmul found for reduce scatter"): in the
+    #   backward a column-parallel group of separate linears (q, k, v; gate, up: runtime
+    #   ``fused_qkv`` / ``fused_gate_up`` false) sums its input gradients first, and its
+    #   reduce-scatter stays a plain collective issued after the group's weight gradients,
+    #   exposed; an all-gather fuses with every GEMM that takes it (fuse_all_gather_matmul);
+    # - each fused all-gather-matmul first copies the rank's shard into its symmetric-memory
+    #   buffer and waits on a barrier (_pipelined_multi_all_gather_and_consume), and each fused
+    #   matmul-reduce-scatter ends by summing the tp partial products it received
+    #   (_fused_matmul_reduce_scatter_impl, reduce_fn over stacked_partials): memory-bound work
+    #   on the compute stream (``costs.compute.symm_mem_tp_bytes``).
+    tp_overlap_symm_mem: bool = False
     # In a block's backward, the collective of each column-parallel linear's input gradient
     # (all-reduce, or reduce-scatter with sequence parallelism) runs asynchronously beside that
     # linear's weight-gradient GEMM, and the re-gather of its input (``tp_regather_backward``)

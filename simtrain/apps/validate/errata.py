@@ -21,8 +21,8 @@ from simtrain.apps.validate.records import Record
 
 @dataclass(frozen=True, slots=True)
 class Erratum:
-    """One cell of one record: ``section.key`` printed as ``printed`` (None: absent), run as
-    ``as_run``."""
+    """One cell of one record: ``section.key`` printed as ``printed``, run as ``as_run`` (None:
+    the cell absent, as the tables' "n/a")."""
 
     record_id: str
     section: str  # "training" or "parallelism"
@@ -49,6 +49,20 @@ _MBRIDGE_0_3_1_EVIDENCE = (
     "gradients and Adam states unsharded on every GPU, which no GB300 holds); their 4,798 and "
     "7,002 tokens/s/GPU are within 6 % of the 26.02 (4,596 / 6,798) and 26.04 (4,742 / 7,397) "
     "rows that print pp 4, vp 5, MBS 1, the same config"
+)
+#: ... and its Qwen3-30B-A3B H100 FP8-CS preset, which v0.3.1 changed from v0.3.0's pp 2, vp 12,
+#: ep 8 (the 26.02 row's) to pp 1, ep 16 (the 26.04 rows').
+_MBRIDGE_0_3_1_H100_QWEN3_30B = (
+    "Megatron-Bridge v0.3.1 (the NeMo 26.02.01 container's) scripts/performance/configs/qwen/"
+    "qwen3_workload_base_configs.py l.408-414 QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1: "
+    "expert_model_parallel_size=16, pipeline and virtual pipeline sizes the defaults (1, None: "
+    "scripts/performance/utils/utils.py WorkloadBaseConfig); v0.3.0's preset was pp 2, vp 12, "
+    "ep 8, the cells printed"
+)
+_MBRIDGE_0_3_1_QWEN3_EVIDENCE = (
+    "the row prints the 26.02 row's layout (v0.3.0's preset) but measures 9,058 tokens/s/GPU "
+    "against that row's 5,113 (1.77x) and the 26.04 / 26.04.01 rows' 8,901 / 8,960, which "
+    "print pp 1, ep 16, v0.3.1's preset"
 )
 ERRATA: tuple[Erratum, ...] = (
     *(
@@ -78,6 +92,23 @@ ERRATA: tuple[Erratum, ...] = (
         )  # fmt: skip
         for section, key, printed, as_run in cells
     ),
+    *(
+        Erratum(
+            "mbridge260201_H100_Qwen3_30B_a3B_FP8CS_16gpu",
+            "parallelism",
+            key,
+            printed,
+            as_run,
+            _MBRIDGE_0_3_1_H100_QWEN3_30B,
+            _MBRIDGE_0_3_1_QWEN3_EVIDENCE,
+        )  # fmt: skip
+        for key, printed, as_run in (
+            ("pp", 2, 1),
+            ("dp", 8, 16),
+            ("virtual_stages", 12, None),
+            ("ep", 8, 16),
+        )  # fmt: skip
+    ),
 )
 
 
@@ -106,8 +137,12 @@ def apply_errata(rec: Record, notes: list[str]) -> Record:
                 f"{rec.id}: erratum for {e.section}.{e.key} expects the printed value "
                 f"{e.printed!r}, the record has {cell.get(e.key)!r}"
             )
-        sections[e.section][e.key] = e.as_run
-    changed = ", ".join(f"{e.section}.{e.key} {_shown(e.printed)} -> {e.as_run}" for e in found)
+        if e.as_run is None:  # a cell the run did not have (VP n/a)
+            sections[e.section].pop(e.key)
+        else:
+            sections[e.section][e.key] = e.as_run
+    changed = ", ".join(f"{e.section}.{e.key} {_shown(e.printed)} -> {_shown(e.as_run)}"
+                        for e in found)  # fmt: skip
     notes.append(f"erratum: {changed}: {found[0].source}; {found[0].evidence}")
     return replace(rec, training=sections["training"], parallelism=sections["parallelism"])
 
