@@ -64,50 +64,43 @@ _MBRIDGE_0_3_1_QWEN3_EVIDENCE = (
     "against that row's 5,113 (1.77x) and the 26.04 / 26.04.01 rows' 8,901 / 8,960, which "
     "print pp 1, ep 16, v0.3.1's preset"
 )
+
+
+def _errata(record_id: str, source: str, evidence: str,
+            cells: tuple[tuple[str, str, Any, Any], ...]) -> tuple[Erratum, ...]:  # fmt: skip
+    """One record's errata: ``cells`` of (section, key, printed, as run)."""
+    return tuple(Erratum(record_id, section, key, printed, as_run, source, evidence)
+                 for section, key, printed, as_run in cells)  # fmt: skip
+
+
 ERRATA: tuple[Erratum, ...] = (
-    *(
-        Erratum(
-            f"mbridge260201_GB300_LLAMA3_70B_{prec}_64gpu",
-            section,
-            key,
-            printed,
-            as_run,
-            _MBRIDGE_0_3_1_GB300_70B,
-            _MBRIDGE_0_3_1_EVIDENCE,
-        )  # fmt: skip
-        for prec, cells in (
-            (
-                "FP8MX",
-                (("training", "micro_batch", 2, 1), ("parallelism", "virtual_stages", None, 5)),
-            ),
-            (
-                "NVFP4",
-                (
-                    ("training", "micro_batch", 2, 1),
-                    ("parallelism", "pp", 1, 4),
-                    ("parallelism", "dp", 64, 16),
-                    ("parallelism", "virtual_stages", None, 5),
-                ),
-            ),
-        )  # fmt: skip
-        for section, key, printed, as_run in cells
+    *_errata(
+        "mbridge260201_GB300_LLAMA3_70B_FP8MX_64gpu",
+        _MBRIDGE_0_3_1_GB300_70B,
+        _MBRIDGE_0_3_1_EVIDENCE,
+        (("training", "micro_batch", 2, 1), ("parallelism", "virtual_stages", None, 5)),
     ),
-    *(
-        Erratum(
-            "mbridge260201_H100_Qwen3_30B_a3B_FP8CS_16gpu",
-            "parallelism",
-            key,
-            printed,
-            as_run,
-            _MBRIDGE_0_3_1_H100_QWEN3_30B,
-            _MBRIDGE_0_3_1_QWEN3_EVIDENCE,
-        )  # fmt: skip
-        for key, printed, as_run in (
-            ("pp", 2, 1),
-            ("dp", 8, 16),
-            ("virtual_stages", 12, None),
-            ("ep", 8, 16),
-        )  # fmt: skip
+    *_errata(
+        "mbridge260201_GB300_LLAMA3_70B_NVFP4_64gpu",
+        _MBRIDGE_0_3_1_GB300_70B,
+        _MBRIDGE_0_3_1_EVIDENCE,
+        (
+            ("training", "micro_batch", 2, 1),
+            ("parallelism", "pp", 1, 4),
+            ("parallelism", "dp", 64, 16),
+            ("parallelism", "virtual_stages", None, 5),
+        ),
+    ),
+    *_errata(
+        "mbridge260201_H100_Qwen3_30B_a3B_FP8CS_16gpu",
+        _MBRIDGE_0_3_1_H100_QWEN3_30B,
+        _MBRIDGE_0_3_1_QWEN3_EVIDENCE,
+        (
+            ("parallelism", "pp", 2, 1),
+            ("parallelism", "dp", 8, 16),
+            ("parallelism", "virtual_stages", 12, None),
+            ("parallelism", "ep", 8, 16),
+        ),
     ),
 )
 
