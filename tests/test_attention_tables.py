@@ -331,8 +331,17 @@ def test_no_kernel_class_where_it_does_not_apply():
     for sc in (_scenario(flash=False), _scenario(precision="fp32")):
         assert sc.hardware.attention_kernels
         assert chunk_costs(sc, 2, True, True) == chunk_costs(_without_flash(sc), 2, True, True)
-    for name in ("a100_sxm4_80gb", "h200_141gb"):
+    for name in ("a100_sxm4_80gb", "gb200_nvl72", "mi300x_192gb"):
         assert load_hardware(name).attention_kernels == (), name
+
+
+def test_the_h200s_carry_the_h100s_classes():
+    """The H200 is the H100 SXM5's GH100 die at the same 700 W: both H200 profiles carry the
+    H100 SXM5's classes (hardware/h200_141gb.yaml [fa3]) unchanged."""
+    h100 = load_hardware("h100_sxm5_80gb").attention_kernels
+    assert {c.kernel for c in h100} == {"fa2", "cudnn", "fa3"}
+    for name in ("h200_141gb", "h200_141gb_hgx4"):
+        assert load_hardware(name).attention_kernels == h100, name
 
 
 def test_the_runtime_picks_the_kernel_class():
