@@ -188,7 +188,9 @@ def flash_kernel_flops(core: float, t: TrainingSpec, window: int = 0) -> tuple[f
     ``core`` FLOPs counted in full (:func:`block_flops`: 4·b·s·s_kv·H·d over ``t``'s s queries):
     the forward skips the masked half of the whole sequence's keys (s·cp_shards of them; with
     CP each rank's query chunks see half of it on average) but none of a prefix-tuning
-    prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); a sliding ``window``
+    prefix's (``TrainingSpec.prefix_len``, extra keys every query sees); with packed sequences
+    the masked half of each sample's (``TrainingSpec.causal_len``, ``kv_len``: the sample's
+    length, so the core is the samples' l x l blocks, a share l/s of the row's); a sliding ``window``
     (no prefix, CP only as the all-to-all: spec.scenario refuses the others) keeps
     :func:`window_keys` of the sequence's s·cp_shards keys;
     the backward does :data:`FLASH_BACKWARD_FLOPS` x the forward's."""
@@ -196,7 +198,7 @@ def flash_kernel_flops(core: float, t: TrainingSpec, window: int = 0) -> tuple[f
         s = t.seq_len_effective * t.cp_shards
         fwd = core * window_keys(s, window) / s
     else:
-        fwd = core * (1 - t.seq_len_effective * t.cp_shards / 2 / t.kv_len)
+        fwd = core * (1 - t.causal_len / 2 / t.kv_len)
     return fwd, FLASH_BACKWARD_FLOPS * fwd
 
 
@@ -292,7 +294,8 @@ def flash_core(sc: Scenario, t: TrainingSpec, bf: BlockFlops, dtype: str, grad: 
         # parallelism, each ring step its own call over as many keys (costs.cp): the edge is
         # of s/cp; the all-to-all's one call is of s (prefix tuning with cp > 1 is refused, a
         # window with the ring).
-        seq = 2 * window_keys(s, window) if window else s + 2 * t.prefix_len
+        seq = (2 * window_keys(s, window) if window
+               else t.packed_sample_len or s + 2 * t.prefix_len)  # fmt: skip
         f_fl, b_fl = flash_kernel_flops(share * core, t, window)
         fwd += 1e9 * f_fl / (peak * cls.forward) * flash_time_factor(
             cls.forward_rows_edge, rows, cls.forward_seq_edge, seq, cls.forward_head_dim_edge,

@@ -281,6 +281,12 @@ class TrainingSpec:
     # stored only as their FP8 copies, no 16-bit weight beside them (costs.memory
     # fp8_weight_storage). Transformer Engine FP8 recipes, without ZeRO-3.
     fp8_params: bool = False
+    # Packed sequences (SFT's sample packing: Megatron-Bridge's offline-packed datasets, the
+    # Hugging Face ``DataCollatorWithFlattening``): each ``seq_len`` row holds samples of this
+    # many tokens and a variable-length flash kernel keeps attention within each sample
+    # (``cu_seqlens``: Transformer Engine's THD format, flash-attn's ``flash_attn_varlen_func``),
+    # so a query sees the keys of its own sample only (``kv_len``); 0: one sequence a row.
+    packed_sample_len: int = 0
     # Not a YAML key. On one context-parallel rank's view of the step (:func:`cp_rank_training`)
     # ``seq_len`` is the rank's 1/cp of each sequence and its queries attend to the keys of all
     # ``cp_shards`` shards (``kv_len``): ring attention moves the other ranks' K/V to them.
@@ -319,8 +325,17 @@ class TrainingSpec:
 
     @property
     def kv_len(self) -> int:
-        """Keys each query attends to: the whole sequence's (all CP shards') plus the prefix."""
+        """Keys each query attends to: the whole sequence's (all CP shards') plus the prefix;
+        with packed sequences its own sample's (``packed_sample_len``)."""
+        if self.packed_sample_len:
+            return self.packed_sample_len
         return self.seq_len_effective * self.cp_shards + self.prefix_len
+
+    @property
+    def causal_len(self) -> int:
+        """Length of the causal span a query's mask runs over: the whole sequence (all CP
+        shards'), or with packed sequences its sample (``packed_sample_len``)."""
+        return self.packed_sample_len or self.seq_len_effective * self.cp_shards
 
 
 #: PyTorch DDP's default gradient bucket, bucket_cap_mb = 25 MiB, in simtrain's MB (10^6 B).
@@ -648,6 +663,30 @@ def check_lp_ft_keys(peft: PeftSpec, raw: dict[str, Any], file: str) -> None:
                           "needs it (the steps of both LP-FT phases, each > 0)")  # fmt: skip
 
 
+def check_packed_samples(s: Scenario, file: str) -> None:
+    """``training.packed_sample_len`` needs samples no longer than a row, a variable-length flash
+    kernel (an eager attention computes the whole masked s x s) and none of the options whose
+    attention spans it does not model: context parallelism, a sliding window, prefix and
+    prompt tuning."""
+    t, m, p = s.training, s.model, s.parallelism
+    key, n = "training.packed_sample_len", t.packed_sample_len
+    if n > t.seq_len:
+        raise ConfigError(file, key, f"a packed sample must fit its row: at most "
+                          f"training.seq_len = {t.seq_len}", n, f"1 .. {t.seq_len}")  # fmt: skip
+    if not m.flash_attention:
+        raise ConfigError(file, key, "keeps attention within each sample through a "
+                          "variable-length flash kernel (cu_seqlens), but model.flash_attention "
+                          "is false: an eager attention computes the whole masked seq_len x "
+                          "seq_len; set model.flash_attention: true", n)  # fmt: skip
+    for bad, why in ((p.cp > 1, f"parallelism.cp = {p.cp} (packed context parallelism is not "
+                                "modelled)"),
+                     (bool(m.sliding_window), f"model.sliding_window = {m.sliding_window}"),
+                     (t.peft.method in ("prefix", "prompt"),
+                      f"training.peft.method = {t.peft.method}")):  # fmt: skip
+        if bad:
+            raise ConfigError(file, key, f"is not simulated with {why}", n)
+
+
 def check_paged_optimizer(s: Scenario, file: str) -> None:
     """``peft.paged_optimizer`` needs a PEFT method, an optimizer with states that
     bitsandbytes pages (:data:`PAGED_OPTIMIZERS`), the states on the GPU (no offload) and whole
@@ -954,6 +993,8 @@ def check_layout(s: Scenario, file: str) -> None:
         )  # fmt: skip
     if t.offload.activation_layers:
         check_layer_offload(s, file)
+    if t.packed_sample_len:
+        check_packed_samples(s, file)
     if t.fp8_params:
         if t.precision not in FP8_PARAM_PRECISIONS:
             raise ConfigError(file, "training.fp8_params", "FP8 primary weights are Transformer "
