@@ -91,3 +91,24 @@ def test_bad_combinations_are_named_errors(kw, words):
 def test_a_text_length_is_refused():
     with pytest.raises(ConfigError, match="training.packed_sample_len"):
         scenario("256")  # type: ignore[arg-type]
+
+
+def test_validate_reads_a_records_packed_sample_len(default_records):
+    """A record's training.packed_sample_len reaches its scenario, on the importer path
+    (Megatron-Bridge through `simtrain import megatron`) and off it (a MosaicML row), with an
+    assumption saying so; a text there is a skip naming the key."""
+    from dataclasses import replace
+
+    from simtrain.apps.validate import SkipReason, translate
+    from simtrain.apps.validate.translate import Translation
+
+    for rid in ("mbridge2604_H100_LLAMA3_70B_FP8CS_64gpu",
+                "mpt_a100_80gb_amp_bf16_7b_s4096_n8_mbs16_ga2_gbs256_acTrue"):  # fmt: skip
+        rec = default_records[rid]
+        packed = replace(rec, training={**rec.training, "packed_sample_len": 512})
+        tr = translate(packed)
+        assert isinstance(tr, Translation), tr
+        assert tr.scenario.training.packed_sample_len == 512
+        assert any(a.startswith("packed sequences: samples of 512") for a in tr.assumptions)
+        bad = translate(replace(rec, training={**rec.training, "packed_sample_len": "short"}))
+        assert isinstance(bad, SkipReason) and "packed_sample_len" in bad.reason

@@ -72,7 +72,7 @@ SECTION_KEYS = {
     "training": ("global_batch", "global_batch_tokens", "micro_batch", "micro_batches",
                  "max_micro_batch", "local_batch", "grad_accum", "precision", "recompute",
                  "optimizer", "finetune", "offload", "activation_cpu_offload", "compile",
-                 "techniques"),
+                 "techniques", "packed_sample_len"),
     "parallelism": ("tp", "pp", "dp", "cp", "ep", "virtual_stages", "schedule", "zero_stage",
                     "sequence_parallel", "fsdp", "fsdp_sharding", "ddp_impl", "offload",
                     "async_tp"),

@@ -995,6 +995,14 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
            "cross_entropy": conv.cross_entropy}  # fmt: skip
     if not conv.loss_upcast:
         out["loss_upcast"] = False
+    if "packed_sample_len" in t:  # SFT's packed rows: attention within each sample
+        n = record_int(t["packed_sample_len"])
+        if n is None:
+            raise _NotExpressible(f"training.packed_sample_len {t['packed_sample_len']!r}: "
+                                  "not an integer number of tokens")  # fmt: skip
+        out["packed_sample_len"] = n
+        notes.append(f"packed sequences: samples of {n} tokens in each row, attention within "
+                     "each (the record's packed_sample_len)")  # fmt: skip
     peft = read_finetune(t.get("finetune"), conv, notes)
     if peft is not None:
         out["peft"] = peft
