@@ -67,14 +67,16 @@ def test_packing_speeds_the_step_and_keeps_the_memory():
 
 
 def test_one_sample_a_row_is_the_unpacked_step():
-    a, b = (simulate_scenario(x, detail=False) for x in (scenario(S), scenario(None)))
-    assert a.metrics.step_time_s == b.metrics.step_time_s
-    assert a.memory.peak_memory_bytes == b.memory.peak_memory_bytes
+    """l = seq_len, and 0 (the default, written out), are the unpacked step."""
+    for same in (scenario(S), scenario(0)):
+        a, b = (simulate_scenario(x, detail=False) for x in (same, scenario(None)))
+        assert a.metrics.step_time_s == b.metrics.step_time_s
+        assert a.memory.peak_memory_bytes == b.memory.peak_memory_bytes
 
 
 @pytest.mark.parametrize("kw, words", [
     ({"packed": S + 1}, "must fit its row"),
-    ({"packed": 0}, "must be positive"),
+    ({"packed": -1}, "0 (one sequence a row) or a positive length"),
     ({"packed": 256, "flash": False}, "model.flash_attention is false"),
     ({"packed": 256, "parallelism": {"dp": 4, "cp": 2}}, "parallelism.cp = 2"),
     ({"packed": 256, "model": {"sliding_window": 512}}, "model.sliding_window = 512"),

@@ -531,7 +531,7 @@ def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], file: str, prefi
 INTERNAL_FIELDS = ("last_node_gpus", "cp_shards")
 NON_POSITIVE_OK = ("zero_stage", "alpha", "zero3_max_live_params", "first_stage_layers",
                    "last_stage_layers", "activation_layers", "expert_tp",
-                   "microbatch_group_size")  # fmt: skip
+                   "microbatch_group_size", "packed_sample_len")  # fmt: skip
 
 
 def _build(
@@ -670,6 +670,9 @@ def check_packed_samples(s: Scenario, file: str) -> None:
     prompt tuning."""
     t, m, p = s.training, s.model, s.parallelism
     key, n = "training.packed_sample_len", t.packed_sample_len
+    if n < 0:
+        raise ConfigError(file, key, "tokens a packed sample holds: 0 (one sequence a row) or "
+                          "a positive length", n, f"0 .. {t.seq_len}")  # fmt: skip
     if n > t.seq_len:
         raise ConfigError(file, key, f"a packed sample must fit its row: at most "
                           f"training.seq_len = {t.seq_len}", n, f"1 .. {t.seq_len}")  # fmt: skip
