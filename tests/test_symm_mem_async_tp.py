@@ -16,7 +16,7 @@ from simtrain.apps.simulate import simulate_scenario
 from simtrain.costs import comm
 from simtrain.costs.compute import (
     symm_mem_tp_bytes,
-    tp_group_gemm_counts,
+    tp_group_gemms,
     unfused_column_reductions,
 )
 from simtrain.layout.step import resolve
@@ -41,10 +41,14 @@ ASYNC = {"name": "torchtitan", "tp_comm_overlap": True}
 
 def test_separate_linears_leave_both_backward_reduce_scatters_unfused():
     sc = scenario(ASYNC)
-    assert tp_group_gemm_counts(sc) == {"attn_in": 3, "attn_out": 1, "mlp_in": 2, "mlp_out": 1}
+    # (N, K) per TP rank by hand: h 4096, q 32 x 128, kv 8 x 128, ffn 14336, tp 8
+    assert tp_group_gemms(sc) == {
+        "attn_in": ((512, 4096), (128, 4096), (128, 4096)), "attn_out": ((4096, 512),),
+        "mlp_in": ((1792, 4096), (1792, 4096)), "mlp_out": ((4096, 1792),)}  # fmt: skip
     assert unfused_column_reductions(sc) == (True, True)
     fused = scenario({**ASYNC, "fused_qkv": True, "fused_gate_up": True})
-    assert tp_group_gemm_counts(fused)["attn_in"] == 1
+    assert tp_group_gemms(fused)["attn_in"] == ((768, 4096),)
+    assert tp_group_gemms(fused)["mlp_in"] == ((3584, 4096),)
     assert unfused_column_reductions(fused) == (False, False)
     # Transformer Engine's userbuffers overlap (no tp_overlap_symm_mem), and async TP off
     assert unfused_column_reductions(scenario({"name": "megatron_core",

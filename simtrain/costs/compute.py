@@ -774,56 +774,55 @@ TP_LINEAR_GROUPS = {"attn_in": ("q", "k", "v"), "attn_out": ("o",),
                     "mlp_in": ("gate", "up"), "mlp_out": ("down",)}  # fmt: skip
 
 
+def tp_group_gemms(sc: Scenario) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(N, K) of each GEMM of each :data:`TP_LINEAR_GROUPS` group of a dense block on one TP
+    rank, as the runtime runs them (:func:`dense_linear_gemms`): the attention input's Q, K, V
+    as one GEMM with ``fused_qkv`` (else three), the MLP input's gate and up as one with
+    ``fused_gate_up`` (else two; one up projection in an ungated MLP), the outputs one each."""
+    rt = sc.runtime
+    fused = (rt.fused_qkv, rt.fused_gate_up)
+    gemms = dense_linear_gemms(sc.model, sc.parallelism.tp, fused=fused)
+    names = fused_linear_names(*fused)
+    return {group: tuple(gemms[x] for x in dict.fromkeys(names.get(y, y) for y in linears)
+                         if x in gemms)
+            for group, linears in TP_LINEAR_GROUPS.items()}  # fmt: skip
+
+
 def tp_linear_group_ns(sc: Scenario) -> dict[str, float]:
     """One micro-batch's forward GEMM time on one TP rank of each :data:`TP_LINEAR_GROUPS`
-    group of a dense, non-MLA block, in ns: the group's GEMMs as the runtime runs them (fused Q/K/V
-    and gate/up with ``fused_qkv`` / ``fused_gate_up``, each at :func:`dense_linear_gemms`'s
-    shape with its shape term), over T = b·s tokens (s/cp per GPU). Each GEMM's input- and
+    group of a dense, non-MLA block, in ns: the group's GEMMs (:func:`tp_group_gemms`), each
+    with its shape term, over T = b·s tokens (s/cp per GPU). Each GEMM's input- and
     weight-gradient GEMMs have its FLOPs."""
-    m, p, rt = sc.model, sc.parallelism, sc.runtime
-    t = cp_rank_training(sc.training, p.cp)
+    t = cp_rank_training(sc.training, sc.parallelism.cp)
     prec = t.precision_spec
     dtype = prec.gemm_dtype or prec.compute_dtype
     tokens = t.micro_batch * t.seq_len_effective
-    gemms = dense_linear_gemms(m, p.tp, fused=(rt.fused_qkv, rt.fused_gate_up))
-    names = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
-    out = {}
-    for group, linears in TP_LINEAR_GROUPS.items():
-        keys = dict.fromkeys(names.get(x, x) for x in linears)
-        out[group] = sum(matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype,
-                                    edge=gemm_edge(tokens, n, k))
-                         for n, k in (gemms[x] for x in keys if x in gemms))  # fmt: skip
-    return out
+    return {group: sum(matmul_ns(2.0 * tokens * n * k, sc.hardware, dtype,
+                                 edge=gemm_edge(tokens, n, k)) for n, k in shapes)
+            for group, shapes in tp_group_gemms(sc).items()}  # fmt: skip
 
 
-def tp_group_gemm_counts(sc: Scenario) -> dict[str, int]:
-    """GEMMs of each :data:`TP_LINEAR_GROUPS` group of a dense block as the runtime runs them:
-    attention input 1 with ``fused_qkv`` (else q, k, v: 3), MLP input 1 for an ungated MLP or
-    with ``fused_gate_up`` (else gate, up: 2), the output groups 1."""
-    rt = sc.runtime
-    gemms = dense_linear_gemms(sc.model, sc.parallelism.tp, fused=(rt.fused_qkv, rt.fused_gate_up))
-    names = fused_linear_names(rt.fused_qkv, rt.fused_gate_up)
-    return {group: sum(1 for x in dict.fromkeys(names.get(y, y) for y in linears) if x in gemms)
-            for group, linears in TP_LINEAR_GROUPS.items()}  # fmt: skip
+def symm_mem_tp(sc: Scenario) -> bool:
+    """Whether the block's TP collectives run as PyTorch's async TP (runtime
+    ``tp_overlap_symm_mem``) paired with their GEMMs (:func:`tp_pairs_gemms`)."""
+    return sc.runtime.tp_overlap_symm_mem and tp_pairs_gemms(sc)
 
 
 def unfused_column_reductions(sc: Scenario) -> tuple[bool, bool]:
     """(attention, MLP): whether a dense block's backward reduces that column-parallel group's
-    input gradient as a plain collective under PyTorch's async TP (runtime
-    ``tp_overlap_symm_mem`` with a TP overlap that pairs collectives with GEMMs,
-    :func:`tp_pairs_gemms`): the group's separate linears (:func:`tp_group_gemm_counts` > 1)
-    sum their input gradients first, so ``fuse_matmul_reduce_scatter`` finds no producer
-    matmul and the reduce-scatter, issued after the group's weight gradients, is exposed
-    (``costs.comm.tp_backward_block``). (False, False) otherwise."""
-    if not (sc.runtime.tp_overlap_symm_mem and tp_pairs_gemms(sc)):
+    input gradient as a plain collective under PyTorch's async TP (:func:`symm_mem_tp`): the group's separate linears (more than one of
+    :func:`tp_group_gemms`) sum their input gradients first, so ``fuse_matmul_reduce_scatter``
+    finds no producer matmul and the reduce-scatter, issued after the group's weight
+    gradients, is exposed (``costs.comm.tp_backward_block``). (False, False) otherwise."""
+    if not symm_mem_tp(sc):
         return False, False
-    counts = tp_group_gemm_counts(sc)
-    return counts["attn_in"] > 1, counts["mlp_in"] > 1
+    groups = tp_group_gemms(sc)
+    return len(groups["attn_in"]) > 1, len(groups["mlp_in"]) > 1
 
 
 def symm_mem_tp_bytes(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
     """(forward, backward) memory-bound bytes of one dense block's fused TP collectives under
-    PyTorch's async TP (runtime ``tp_overlap_symm_mem``, where :func:`tp_pairs_gemms`), for one
+    PyTorch's async TP (:func:`symm_mem_tp`), for one
     micro-batch of ``t`` (T = b·s tokens of the rank's sequence share) on one GPU, beyond their
     GEMMs and transfers (torch/distributed/_symmetric_memory/__init__.py):
 
@@ -839,11 +838,10 @@ def symm_mem_tp_bytes(sc: Scenario, t: TrainingSpec) -> tuple[float, float]:
     reduce-scatters; backward: the two output gradients' all-gathers and the input
     gradients' reduce-scatters that fuse (not :func:`unfused_column_reductions`'). (0, 0)
     elsewhere, and for a model with experts or MLA (their collectives are priced apart)."""
-    m, p = sc.model, sc.parallelism
-    if not (sc.runtime.tp_overlap_symm_mem and tp_pairs_gemms(sc)):
+    if not symm_mem_tp(sc):
         return 0.0, 0.0
-    tp, e = p.tp, t.precision_spec.act_mm
-    rows = t.micro_batch * t.seq_len_effective * m.hidden  # T·h values
+    tp, e = sc.parallelism.tp, t.precision_spec.act_mm
+    rows = t.micro_batch * t.seq_len_effective * sc.model.hidden  # T·h values
     reduce = rows * e * (1 + 1 / tp)
 
     def gather(mlp: bool = False, grad: bool = False) -> float:

@@ -675,7 +675,7 @@ def check_packed_samples(s: Scenario, file: str) -> None:
                           "a positive length", n, f"0 .. {t.seq_len}")  # fmt: skip
     if n > t.seq_len:
         raise ConfigError(file, key, f"a packed sample must fit its row: at most "
-                          f"training.seq_len = {t.seq_len}", n, f"1 .. {t.seq_len}")  # fmt: skip
+                          f"training.seq_len = {t.seq_len}", n, f"0 .. {t.seq_len}")  # fmt: skip
     if not m.flash_attention:
         raise ConfigError(file, key, "keeps attention within each sample through a "
                           "variable-length flash kernel (cu_seqlens), but model.flash_attention "

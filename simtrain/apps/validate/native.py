@@ -503,9 +503,10 @@ def overlay(rec: Record, imp: Imported, profile: str, conv: SourceConvention,
     for key in (*said, "precision", *loss):
         if t.get(key, "standard" if key == "cross_entropy" else None) != training[key]:
             sets.append(f"training.{key}={training[key]}")
-    if "packed_sample_len" in training:  # no framework flag of ours says it either
+    # no framework flag of ours says these: packed rows, the PEFT method
+    if "packed_sample_len" in training:
         sets.append(f"training.packed_sample_len={training['packed_sample_len']}")
-    for key, value in training.get("peft", {}).items():  # no framework flag of ours says it
+    for key, value in training.get("peft", {}).items():
         sets.append(f"training.peft.{key}={json.dumps(value)}")
     for key, default in STORAGE_DEFAULTS.items():  # (the convention's, over the importer's)
         if training.get(key, default) != t.get(key, default):
