@@ -101,6 +101,10 @@ class SourceConvention:
     # counted at 1 (``flops_glu``, megatron_core_flops' ``glu``).
     plain_glu_names: tuple[str, ...] = ()
     flops_glu: float = 1.5  # the gated MLP's weight in the count (1.0: a plain_glu_names model)
+    # A fine-tuning record's (``training.finetune``) samples where the source's fine-tuning runs
+    # pack short samples into each row and the record gives no ``training.packed_sample_len``:
+    # (tokens a sample, why); None: one sequence a row.
+    finetune_packed_sample_len: tuple[int, str] | None = None
 
 
 # Megatron-LM GPT (2019-2022): GeLU 4h MLP, biases, LayerNorm, learned positions, tied
@@ -240,6 +244,29 @@ _NEMO_LAUNCH_FLAGS = ("--overlap-grad-reduce", "--overlap-param-gather", "--tp-c
                       "--grad-reduce-in-bf16")  # fmt: skip
 
 
+# NeMo's and Megatron-Bridge's fine-tuning rows run packed SQuAD: NeMo 24.07's performance
+# summary titles its table "SQuAD v1.1 packed to 4096"; Megatron-Bridge's SFT and PEFT recipes
+# (NVIDIA-NeMo/Megatron-Bridge 067f987d src/megatron/bridge/recipes/common.py l.163-201 and
+# l.262-300) build default_squad_config(seq_length, enable_offline_packing=True)
+# (recipes/utils/dataset_utils.py l.117-134: pad_to_max_length, PackedSequenceSpecs
+# packed_sequence_size = seq_length), whose rows keep each sample's bounds (cu_seqlens) and run
+# THD attention within each sample; the LoRA rows' FLOPs per token are flop_utils' packed-SQuAD
+# branch (l.983-1007), 278 of 278.1-279.1 GFLOP, not a 4,096-token causal row's 294. A sample
+# is the prompt "Context: {context} Question: {question} Answer:" and its answer
+# (data/sources/hf_adapters.py l.64-67). Its length is an estimate, not fitted: SQuAD v1.1's
+# train split is 79,346,108 bytes over 87,599 examples on its Hugging Face card
+# (rajpurkar/squad dataset_info: 906 B an example, id, title and answer offsets included), about
+# 870 characters of prompt and answer, ~200 tokens at ~4.4 characters a token of English prose.
+# Attention is the only cost it sets (the linears see the whole 4,096-token row): the
+# Megatron-Bridge rows' tokens/s move less than a point from 100 to 400 tokens.
+_SQUAD_PACKED = (
+    200,
+    "fine-tuning on packed SQuAD (NeMo 24.07: 'SQuAD v1.1 packed to 4096'; Megatron-Bridge "
+    "recipes/common.py default_squad_config(enable_offline_packing=True)): samples of ~200 "
+    "tokens (SQuAD v1.1's 906 B an example), attention within each",
+)
+
+
 def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note: str = "",
                  lora_launch_note: str = "") -> SourceConvention:  # fmt: skip
     """NeMo and Megatron-Bridge: Megatron-Core with flash attention, no dropout, the Llama rows
@@ -257,7 +284,8 @@ def _nemo_family(flops: str, parallel_note: str, launch_note: str, finetune_note
                             finetune_parallel_note=finetune_note, lora_default=_NEMO_LORA,
                             launch_flags=_NEMO_LAUNCH_FLAGS, launch_note=launch_note,
                             lora_launch_flags=() if lora_launch_note else None,
-                            lora_launch_note=lora_launch_note)  # fmt: skip
+                            lora_launch_note=lora_launch_note,
+                            finetune_packed_sample_len=_SQUAD_PACKED)  # fmt: skip
 
 
 # NeMo 24.07 (NeMo 1.x under NeMo-Framework-Launcher 24.07, 8325688d) trains with Apex's

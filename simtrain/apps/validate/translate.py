@@ -1003,6 +1003,9 @@ def _training(t: Mapping[str, Any], conv: SourceConvention, notes: list[str]) ->
         out["packed_sample_len"] = n
         notes.append(f"packed sequences: samples of {n} tokens in each row, attention within "
                      "each (the record's packed_sample_len)")  # fmt: skip
+    elif t.get("finetune") is not None and conv.finetune_packed_sample_len is not None:
+        out["packed_sample_len"], why = conv.finetune_packed_sample_len
+        notes.append(why)
     peft = read_finetune(t.get("finetune"), conv, notes)
     if peft is not None:
         out["peft"] = peft
