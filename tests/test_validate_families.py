@@ -84,7 +84,7 @@ def test_default_reads_every_published_run_file() -> None:
                      "torchao_float8.yaml", "torchtitan_2412.yaml",
                      "torchtitan_2506_asynctp.yaml", "llama3_table4.yaml",
                      "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml",
-                     "kempnerforge.yaml"]  # fmt: skip
+                     "kempnerforge.yaml", "nemo_automodel.yaml"]  # fmt: skip
     assert "simtrain_h200.yaml" not in names
 
 
@@ -228,10 +228,15 @@ def test_a_moe_preset_named_by_the_record_is_expressible(new_records: dict) -> N
         model = {"name": name, "seq_len": 4096, **({"params_b": params_b} if params_b else {})}
         rec = replace(base, model=model, parallelism={**base.parallelism, "ep": 8})
         assert not_yet_expressible(rec) == [], name
-    for name in ("SomeMoE 50B", "LLAMA3_70B"):  # no preset; a dense preset
+    for name, why in (
+        ("SomeMoE 50B", " (model 'SomeMoE 50B': no simtrain preset by that name, and no shape)"),
+        ("LLAMA3_70B", ""),
+    ):  # no preset (the reason says so); a dense preset
         odd = replace(base, model={"name": name, "seq_len": 4096},
                       parallelism={**base.parallelism, "ep": 8})  # fmt: skip
-        assert not_yet_expressible(odd) == ["expert parallelism (ep 8) without model.num_experts"]
+        assert not_yet_expressible(odd) == [
+            "expert parallelism (ep 8) without model.num_experts" + why
+        ]
     assert [find_preset(n, loose=True) for n in ("LLAMA3.1_405B", "Llama-3.1-8B", "llama3.1-70b")] == [
         "llama3-405b", "llama3-8b", "llama3-70b"]  # fmt: skip
 
@@ -775,8 +780,8 @@ def test_every_record_of_the_files_is_compared_or_skipped(default_result, all_re
     ids = {r.id for r in all_records}
     # + torchtitan_2412, _2506_asynctp, llama3_table4, mbridge_2511, mbridge_26x, fms_fsdp,
     # kempnerforge
-    # (mbridge_26x: 168 pre-training rows + 26.06's 10 SFT / LoRA rows)
-    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7 + 2 + 27 + 168 + 10 + 4 + 33
+    # (mbridge_26x: 168 pre-training rows + 26.06's 10 SFT / LoRA rows), nemo_automodel 16
+    assert len(ids) == 655 + 68 + 43 + 3 + 13 + 7 + 2 + 27 + 168 + 10 + 4 + 33 + 16
     compared = {c.id for c in default_result.comparisons}
     skipped = {s.id for s in default_result.skipped}
     assert not compared & skipped and compared | skipped == ids

@@ -694,6 +694,10 @@ RUNTIMES: dict[str, str] = {
     "megatron_core": "megatron_core",  # Megatron-Core r0.8.0
     "nemo": "megatron_core",  # NeMo 24.07 (Megatron-Core underneath)
     "megatron_bridge": "megatron_core",  # Megatron-Bridge (NeMo 25.11, Megatron-Core underneath)
+    # NeMo AutoModel (measured/nemo_automodel.yaml): PyTorch's FSDP2 / DTensor parallelism over
+    # Transformer Engine's linear, norm and attention kernels (its benchmark configs' backend:
+    # attn te, linear te, rms_norm te), the kernels Megatron-Core runs; no convention of its own
+    "automodel": "megatron_core",
     "simumax_b200": "megatron_core",  # Megatron-LM 23e00ed0 (SimuMax's B200 runs)
     # Ultra-Scale Playbook sweep: nanotron's bench branch, whose files its script reads
     # (runtimes/nanotron_bench.yaml); a record of a pipeline run after the sweep's "pp fix"

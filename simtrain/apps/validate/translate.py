@@ -43,7 +43,7 @@ from simtrain.layout.step import resolve
 from simtrain.schedules.generators import torch_group_override
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
-from simtrain.spec.model import PRESETS, ModelSpec, find_preset
+from simtrain.spec.model import ALIASES, PRESETS, ModelSpec, find_preset
 from simtrain.spec.moe_layout import MOE_ONLY_FIELDS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import (
@@ -453,7 +453,18 @@ def not_yet_expressible(rec: Record) -> list[str]:
             )
         elif "num_experts" not in rec.model and not _names_moe_preset(rec.model):
             what = ", ".join(moe) if moe else f"expert parallelism (ep {ep})"
-            out.append(f"{what} without model.num_experts")
+            named = named_preset(rec.model) is not None or record_int(rec.model.get("layers"))
+            out.append(
+                f"{what} without model.num_experts"
+                + (
+                    ""
+                    if named
+                    else (
+                        f" (model {rec.model.get('name')!r}: no simtrain preset by that name, and "
+                        "no shape)"
+                    )
+                )
+            )
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
@@ -606,6 +617,19 @@ def _translate(rec: Record) -> Translation | SkipReason:
     return Translation(rec, sc, tuple(notes), capacity_known, native)
 
 
+#: GPU generations on which every training framework's attention is a flash-class kernel, for a
+#: record whose source convention and model leave the attention unsaid (a new source): Hopper
+#: and Blackwell shipped after FlashAttention-2 (2023-07), and every framework with a runtime
+#: profile runs one there (runtimes/*.yaml attention_kernel: Transformer Engine's cuDNN fused
+#: attention, flash-attn 2, PyTorch SDPA's flash backend), as do Hugging Face Transformers since
+#: v4.36 (2023-12: attn_implementation "sdpa" by default). Before Hopper (A100, V100) a
+#: framework's era decides, and an unknown source keeps the materialised s x s scores.
+FLASH_ERA_ARCHS = ("hopper", "blackwell")
+FLASH_ERA_NOTE = ("attention not reported: flash (on Hopper and Blackwell every framework's "
+                  "attention is a flash-class kernel: cuDNN fused attention, flash-attn 2, "
+                  "PyTorch SDPA)")  # fmt: skip
+
+
 def _scenario_data(
     rec: Record, conv: SourceConvention, notes: list[str]
 ) -> tuple[dict[str, Any], bool, NativeConfig | None]:
@@ -629,6 +653,9 @@ def _scenario_data(
         model["flash_attention"] = True
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
+    if "flash_attention" not in model and load_hardware(profile).gpu_arch in FLASH_ERA_ARCHS:
+        model["flash_attention"] = True
+        said.append(FLASH_ERA_NOTE)
     par = _implied_parallelism(
         _read_parallelism(rec.parallelism, said),
         conv,
@@ -808,13 +835,43 @@ _PRESET_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name in PRESET_SHAPE
 _SIZE = re.compile(r"\d(?:\.\d+)?\s*[bm]\b", re.IGNORECASE)
 
 
+#: Words of a model name that say how a run used the model, not which model it is ("Qwen3 MoE
+#: 30B", "Llama3 70B 2-node", "Llama-3.3-70B-Instruct"), and a size word ("671B", "1.5b").
+_NAME_FILLER = re.compile(r"(?:moe|base|instruct|chat|hf|\d+(?:node|gpu)s?)")
+_NAME_SIZE = re.compile(r"(\d+(?:\.\d+)?)([mbt])")
+_SIZE_UNIT = {"m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def family_size_preset(name: str) -> str | None:
+    """The preset a model name gives by family and size where its letters are not a preset's
+    name ("DeepSeek V3 671B": deepseek-v3, "Qwen3 MoE 30B": qwen3-30b-a3b, "Llama3 70B 2-node":
+    llama3-70b): its words but one size word and the run's descriptors (``_NAME_FILLER``) begin
+    exactly one preset's name, and that preset's total parameters are within 5 % of the size.
+    None where no preset or more than one does."""
+    words = re.split(r"[\s_\-/()]+", re.sub(r"(\d)-(node|gpu)", r"\1\2", name.lower()))
+    sizes = [w for w in words if _NAME_SIZE.fullmatch(w)]
+    family = "".join(w for w in words if w and w not in sizes and not _NAME_FILLER.fullmatch(w))
+    family = re.sub(r"[^0-9a-z.]", "", family)
+    if len(sizes) != 1 or not family:
+        return None
+    size_m = _NAME_SIZE.fullmatch(sizes[0])
+    assert size_m is not None
+    size = float(size_m.group(1)) * _SIZE_UNIT[size_m.group(2)]
+    names = {**{p: p for p in PRESETS}, **ALIASES}  # a name -> its preset
+    found = {p for n, p in names.items()
+             if re.sub(r"[^0-9a-z.]", "", n).startswith(family)
+             and abs(PRESETS[p].total_params() / size - 1) <= 0.05}  # fmt: skip
+    return found.pop() if len(found) == 1 else None
+
+
 def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     """The preset (``spec.model.PRESETS``, ALIASES included) whose name is the record's
     ``model.name``, letters and digits compared ("GPT3-175B" is gpt3-175b, "OPT-175B" opt-175b,
     "Nemotron-340B" nemotron-4-340b), where it agrees with every shape number the record gives
     and with its ``params_b`` within 5 % (a name without a size, "GPT-2" or "BLOOM", needs
     that params_b); None otherwise."""
-    name = find_preset(str(m.get("name") or ""), loose=True)
+    text = str(m.get("name") or "")
+    name = find_preset(text, loose=True) or family_size_preset(text)
     if name is None:
         return None
     spec = PRESETS[name]
