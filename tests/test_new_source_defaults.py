@@ -82,6 +82,8 @@ def test_a_model_named_by_family_and_size_finds_its_preset(name, preset):
     "Nemotron V3 Nano 30B",  # no preset of that family
     "Qwen3 100B",  # a family with no preset of that size
     "Llama3 8B 70B",  # two sizes
+    "Llama 0B",  # no model's size
+    "7B",  # no family
 ])  # fmt: skip
 def test_a_name_that_does_not_say_one_preset_finds_none(name):
     assert family_size_preset(name) is None

@@ -857,6 +857,8 @@ def family_size_preset(name: str) -> str | None:
     size_m = _NAME_SIZE.fullmatch(sizes[0])
     assert size_m is not None
     size = float(size_m.group(1)) * _SIZE_UNIT[size_m.group(2)]
+    if size <= 0:  # ("0B": no model's size)
+        return None
     names = {**{p: p for p in PRESETS}, **ALIASES}  # a name -> its preset
     found = {p for n, p in names.items()
              if re.sub(r"[^0-9a-z.]", "", n).startswith(family)
