@@ -474,6 +474,9 @@ def test_string_mappings() -> None:
     assert source_key("mpt_a100_80gb_x") == "mosaicml"
     assert source_key("anything", "mykey") == "mykey"
     assert source_key("myrun_7") == "myrun"
+    # NeMo AutoModel is not NeMo 24.07 (whose convention the "nemo" prefix gives)
+    assert source_key("nemo_automodel_llama3_8b") == source_key("automodel_x") == "automodel"
+    assert source_key("nemo2407_h100_fp8_LLAMA2-13B_16gpu") == "nemo"
 
 
 def test_record_to_scenario_layout_and_defaults() -> None:

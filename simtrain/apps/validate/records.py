@@ -136,6 +136,7 @@ SOURCE_PREFIXES = (
     ("mbridge", "megatron_bridge"),  # Megatron-Bridge docs/performance-summary.md
     ("mcore_", "megatron_core"),  # Megatron-LM README (Megatron-Core r0.8.0)
     ("mtnlg", "mtnlg"),  # Smith et al. 2022, MT-NLG 530B
+    ("nemo_automodel", "automodel"),  # NeMo AutoModel's performance summary, not NeMo 24.07's
     ("nemo", "nemo"),  # NeMo docs/source/performance/performance_summary.md
     ("torchao_", "torchao"),
     ("fms_fsdp_", "fms_fsdp"),  # IBM foundation-model-stack/fms-fsdp README
