@@ -143,7 +143,8 @@ def test_every_record_of_an_importer_family_goes_through_it() -> None:
     # (torchao's float8 table) + 13 (torchtitan_2412.yaml) + 7 (torchtitan_2506_asynctp.yaml),
     # megatron_sc21_zero3 6; megatron_bridge's 26.x rows 168 (mbridge_26x.yaml, Kimi K2's
     # four with its preset and the recipe's Muon) + 26.06's 10 SFT / LoRA rows
-    assert through == 51 + 5 + 25 + 43 + 456 + 34 + 6 + 168 + 10
+    # + NeMo 24.07's other 12 rows (nemo2407_rest.yaml)
+    assert through == 51 + 5 + 25 + 43 + 456 + 34 + 6 + 168 + 10 + 12
 
 
 def test_an_importer_reading_changes_validate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -490,6 +490,11 @@ PRESETS: dict[str, ModelSpec] = {
     "gpt3-6.7b": _gpt3("gpt3-6.7b", 32, 4096, 32),
     "gpt3-13b": _gpt3("gpt3-13b", 40, 5120, 40),
     "gpt3-175b": _gpt3("gpt3-175b", 96, 12288, 96),
+    # NeMo's GPT-3 5B and 20B (NeMo-Framework-Launcher 6a76374e launcher_scripts/conf/training/
+    # gpt3/5b.yaml and 20b.yaml: 24 / 44 layers, hidden 4096 / 6144, 32 / 48 heads, ffn 4h,
+    # sequence 2048, the GPT-2 BPE vocabulary): the GPT-3 architecture at sizes the paper lacks
+    "gpt3-5b": _gpt3("gpt3-5b", 24, 4096, 32),
+    "gpt3-20b": _gpt3("gpt3-20b", 44, 6144, 48),
     # Llama 2: Touvron et al. 2023, Table 1 + HF config.json (meta-llama/Llama-2-*-hf).
     "llama2-7b": _llama("llama2-7b", 32, 4096, 32, 32, 11008, 32000, 4096),
     "llama2-13b": _llama("llama2-13b", 40, 5120, 40, 40, 13824, 32000, 4096),
@@ -615,6 +620,17 @@ PRESETS.update({
         norm="layernorm", rotary_fraction=0.5),
     "nemotron-4-340b": replace(
         _llama("nemotron-4-340b", 96, 18432, 96, 8, 4 * 18432, 256000, 4096), mlp="relu2",
+        norm="layernorm", rotary_fraction=0.5),
+    # NeMo's Nemotron 8B and 22B (NeMo-Framework-Launcher 6a76374e launcher_scripts/conf/training/
+    # nemotron/nemotron_8b.yaml and nemotron_22b.yaml: 32 / 40 layers, hidden 4096 / 6144, 32 / 48
+    # heads without query groups, ffn 16384 / 24576, squared ReLU, layernorm1p, rope on half of
+    # each head, no biases, untied, sequence 4096), the Nemotron SentencePiece vocabulary of
+    # 256,000 as the Nemotron-4 presets: 8.5 B and 21.3 B parameters
+    "nemotron-8b": replace(
+        _llama("nemotron-8b", 32, 4096, 32, 32, 16384, 256000, 4096), mlp="relu2",
+        norm="layernorm", rotary_fraction=0.5),
+    "nemotron-22b": replace(
+        _llama("nemotron-22b", 40, 6144, 48, 48, 24576, 256000, 4096), mlp="relu2",
         norm="layernorm", rotary_fraction=0.5),
     # Gemma (Gemma Team 2024, arXiv 2403.08295 Table 1; HF google/gemma-*): GeGLU (as SwiGLU),
     # heads of 256, RMSNorm, rotary, tied, vocab 256,000 (the checkpoints'; the paper's Table 2

@@ -44,6 +44,15 @@ class SourceConvention:
     # differs (None: parallel_defaults), and why
     finetune_parallel_defaults: Mapping[str, Any] | None = None
     finetune_parallel_note: str = ""
+    # ... for a record that fine-tunes every weight (SFT), where the source's SFT runs differ
+    # from its LoRA runs (None: finetune_parallel_defaults), and why; and the interleaved
+    # schedule its SFT pipelines ran (layers per virtual stage, why), as pp_interleaved
+    sft_parallel_defaults: Mapping[str, Any] | None = None
+    sft_parallel_note: str = ""
+    sft_pp_interleaved: tuple[int, str] | None = None
+    # Why a fine-tuning record in an FP8 precision keeps FP8 primary weights
+    # (--fp8-param-gather: training.fp8_params) where the record is silent ("": it does not)
+    finetune_fp8_params: str = ""
     ddp_note: str = ""  # why ddp_default, when it is "local" (default: Megatron's --DDP-impl)
     # simtrain recompute modes the source's own mode of that name does not match: mode -> why
     recompute_unexpressible: Mapping[str, str] = field(default_factory=dict)
@@ -101,6 +110,9 @@ class SourceConvention:
     # counted at 1 (``flops_glu``, megatron_core_flops' ``glu``).
     plain_glu_names: tuple[str, ...] = ()
     flops_glu: float = 1.5  # the gated MLP's weight in the count (1.0: a plain_glu_names model)
+    # The count's attention scores over each packed sample (training.packed_sample_len), not the
+    # row: NeMo 24.07's fine-tuning table (megatron_core_flops ``per_sample``)
+    flops_per_sample: bool = False
     # A fine-tuning record's (``training.finetune``) samples where the source's fine-tuning runs
     # pack short samples into each row and the record gives no ``training.packed_sample_len``:
     # (tokens a sample, why); None: one sequence a row.
@@ -499,6 +511,26 @@ SOURCES: dict[str, SourceConvention] = {
         ),
         optimizer_storage=_NEMO_DFA,
         named_optimizer_storage=((r"nemotron-340b", _NEMO_DFA_BF16),),
+        # The fine-tuning table's runs are NeMo-Framework-Launcher's H100 examples at their
+        # layouts (6a76374e examples/peft/llama/h100/*.sh): every one sets
+        # ++peft.model.fp8_params=true and data.train_ds.packed_sequence=true; the SFT ones
+        # interleave one layer per virtual stage (13b_1node.sh pp 4 vp 10, 70b_2node.sh pp 4
+        # vp 20, with overlap_p2p_comm) and 70b_2node.sh at tp 4 turns sequence parallelism on
+        # (with ub_tp_comm_overlap); the LoRA ones do neither (70b_1node_lora.sh: tp 2, pp 4).
+        flops_per_sample=True,
+        sft_parallel_defaults={"zero_stage": 1, "sequence_parallel": True},
+        sft_parallel_note="NeMo-Framework-Launcher's H100 SFT examples (6a76374e "
+        "examples/peft/llama/h100/70b_2node.sh at tp 4: sequence_parallel=true, "
+        "ub_tp_comm_overlap=true; distributed_fused_adam, conf/peft/llama/sft.yaml)",
+        sft_pp_interleaved=(
+            1,
+            "NeMo-Framework-Launcher's H100 SFT examples interleave one "
+            "layer per virtual stage: 13b_1node.sh pp 4 vp 10, 70b_2node.sh pp 4 "
+            "vp 20 (6a76374e)",
+        ),
+        finetune_fp8_params="NeMo-Framework-Launcher's H100 fine-tuning examples keep the "
+        "weights in FP8 (++peft.model.fp8_params=true in every examples/peft/llama/h100/*.sh, "
+        "6a76374e)",
         runtime_overrides=(("te_dummy_wgrad", False),),
         runtime_overrides_note=_TE1_NOTE,
     ),
@@ -912,7 +944,7 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
     if f == "nanotron":
         return nanotron_flops(sc)
     if f == "megatron_core":
-        return megatron_core_flops(sc, glu=conv.flops_glu)
+        return megatron_core_flops(sc, glu=conv.flops_glu, per_sample=conv.flops_per_sample)
     if f == "megatron_core_causal":
         return megatron_core_flops(sc, causal=True, glu=conv.flops_glu)
     if f == "torchtitan":
@@ -924,7 +956,9 @@ def source_flops(sc: Scenario, conv: SourceConvention, kind: str) -> float:
     return model_flops_per_step(sc) if kind == "model" else hardware_flops_per_step(sc)
 
 
-def megatron_core_flops(sc: Scenario, causal: bool = False, glu: float = 1.5) -> float:
+def megatron_core_flops(
+    sc: Scenario, causal: bool = False, glu: float = 1.5, per_sample: bool = False
+) -> float:
     """Megatron-Core's FLOPs per step (Megatron-LM 937571cfd4, megatron/training/training.py
     ``num_floating_point_operations``; NeMo 24.07 reports the same): model FLOPs, no recompute,
     ``12·B·s·l·h²·((1 + g/a + s/h)·(a·d/h) + (f/h)·k·(3/2 with SwiGLU) + V/(2·l·h))`` with g KV
@@ -932,14 +966,18 @@ def megatron_core_flops(sc: Scenario, causal: bool = False, glu: float = 1.5) ->
     ``causal``: s/(2h) for the attention scores, Megatron-Bridge's count (flop_utils.py at
     00b7660b). A mixture of experts, multi-latent attention and MTP modules as
     :func:`_moe_mla_mtp_flops` (that flop_utils.py's transformer_flops). ``glu``: a SwiGLU
-    MLP's weight, 3/2 (1 where the framework's gated activation is not SiLU)."""
+    MLP's weight, 3/2 (1 where the framework's gated activation is not SiLU). ``per_sample``:
+    the scores over each packed sample's l tokens (``training.packed_sample_len``), l/h, as
+    NeMo 24.07's fine-tuning table counts them (its three SFT rows' TFLOP/s ÷ tokens/s are the
+    formula at l = 200 within 0.3 %, at the row's 4,096 7.8-15.7 % above it)."""
     m, t = sc.model, sc.training
     if m.is_moe or m.is_mla or m.mtp_layers:
         return _moe_mla_mtp_flops(sc, causal, glu)
     B, s, L, h, a = t.global_batch, t.seq_len, m.layers, m.hidden, m.heads
     q_ratio = a * m.head_dim / h
     glu = glu if m.mlp == "swiglu" else 1.0
-    scores = s / (2 * h) if causal else s / h
+    keys = (t.packed_sample_len or s) if per_sample else s
+    scores = keys / (2 * h) if causal else keys / h
     return (12 * B * s * L * h * h
             * ((1 + m.kv_heads / a + scores) * q_ratio + (m.ffn_hidden / h) * glu
                + m.vocab / (2 * L * h)))  # fmt: skip

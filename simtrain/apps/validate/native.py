@@ -178,6 +178,9 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     if (rec.source_key == "megatron_bridge" and zero != 3
             and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
         w.append("--fp8-param-gather")
+    elif (conv.finetune_fp8_params and rec.training.get("finetune") is not None and zero != 3
+          and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
+        w.append("--fp8-param-gather")
     text = _record_text(rec)
     for flag in OVERLAP_FLAGS:
         if flag in text and (flag != "--overlap-param-gather" or zero):
@@ -907,7 +910,10 @@ def through_importer(rec: Record, conv: SourceConvention, profile: str, model: d
             notes.append(f"{' '.join(launched)}: {conv.launch_note}")
         elif _is_lora(training) and conv.lora_launch_flags is not None and conv.launch_flags:
             notes.append(conv.lora_launch_note)
-        if "--fp8-param-gather" in config:
+        if ("--fp8-param-gather" in config and rec.source_key != "megatron_bridge"
+                and conv.finetune_fp8_params):  # fmt: skip
+            notes.append(f"--fp8-param-gather: {conv.finetune_fp8_params}")
+        elif "--fp8-param-gather" in config:
             notes.append("--fp8-param-gather: Megatron-Bridge's FP8 precision configs keep the "
                          "weights in FP8 (training/mixed_precision.py fp8_param_gather = True, "
                          "l.251 / l.289 at 00b7660b)")  # fmt: skip

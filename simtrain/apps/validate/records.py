@@ -38,7 +38,7 @@ DEFAULT_FILES = ("published_runs.yaml", "more_runs_2026-12.yaml", "simumax_b200.
                  "torchao_float8.yaml", "torchtitan_2412.yaml",
                  "torchtitan_2506_asynctp.yaml", "llama3_table4.yaml",
                  "mbridge_2511.yaml", "mbridge_26x.yaml", "fms_fsdp.yaml",
-                 "kempnerforge.yaml", "nemo_automodel.yaml")  # fmt: skip
+                 "kempnerforge.yaml", "nemo_automodel.yaml", "nemo2407_rest.yaml")  # fmt: skip
 
 #: A measured memory key is a prefix (the peak's reading: the whole step's; the optimizer step's
 #: allocated, ``measured.MEMORY_METRICS`` in this order) and a unit suffix (GB as the source's

@@ -662,9 +662,16 @@ def _scenario_data(
         said,
         finetune=rec.training.get("finetune") is not None,
         tp=tp,
+        sft="peft" not in training and rec.training.get("finetune") is not None,
     )
     par = _implied_interleaving(
-        par, conv, pp, record_int(model.get("layers")), said, 2 if ends_one_fewer(rec) else 0
+        par,
+        conv,
+        pp,
+        record_int(model.get("layers")),
+        said,
+        2 if ends_one_fewer(rec) else 0,
+        sft="peft" not in training and rec.training.get("finetune") is not None,
     )
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     gpus = tp * pp * dp * cp
@@ -1154,14 +1161,18 @@ def read_finetune(text: Any, conv: SourceConvention, notes: list[str]) -> dict[s
 
 
 def _implied_parallelism(p: Mapping[str, Any], conv: SourceConvention, notes: list[str],
-                         finetune: bool = False, tp: int = 1) -> Mapping[str, Any]:  # fmt: skip
+                         finetune: bool = False, tp: int = 1,
+                         sft: bool = False) -> Mapping[str, Any]:  # fmt: skip
     """The record's ``parallelism`` with the keys its source's runs imply where it is silent
     (``conv.parallel_defaults``, or ``finetune_parallel_defaults`` for a fine-tuning record
-    when the source has them; sequence parallelism only with tp > 1, where it splits
-    something); an offload is not expressible."""
+    when the source has them, ``sft_parallel_defaults`` for one that trains every weight;
+    sequence parallelism only with tp > 1, where it splits something); an offload is not
+    expressible."""
     defaults, why = conv.parallel_defaults, conv.parallel_note
     if finetune and conv.finetune_parallel_defaults is not None:
         defaults, why = conv.finetune_parallel_defaults, conv.finetune_parallel_note
+    if sft and conv.sft_parallel_defaults is not None:
+        defaults, why = conv.sft_parallel_defaults, conv.sft_parallel_note
     implied = {k: v for k, v in defaults.items() if p.get(k) is None
                and (k != "sequence_parallel" or tp > 1)}  # fmt: skip
     if implied:
@@ -1200,18 +1211,20 @@ def _names_interleaved(text: str) -> bool:
 
 def _implied_interleaving(p: Mapping[str, Any], conv: SourceConvention, pp: int,
                           layers: int | None, notes: list[str],
-                          ends: int = 0) -> Mapping[str, Any]:  # fmt: skip
-    """``conv.pp_interleaved``: a pipeline-parallel record that names no virtual stages, and no
-    schedule or the interleaved one, ran the interleaved schedule with k layers per virtual
-    stage (v = (layers + ends) / (pp·k), ``ends`` 2 where its first and last stages hold one
-    layer fewer: ``splits.ends_one_fewer``), when that splits evenly into v >= 2."""
+                          ends: int = 0, sft: bool = False) -> Mapping[str, Any]:  # fmt: skip
+    """``conv.pp_interleaved`` (``sft_pp_interleaved`` for a record that fine-tunes every
+    weight, where the source has it): a pipeline-parallel record that names no virtual stages,
+    and no schedule or the interleaved one, ran the interleaved schedule with k layers per
+    virtual stage (v = (layers + ends) / (pp·k), ``ends`` 2 where its first and last stages
+    hold one layer fewer: ``splits.ends_one_fewer``), when that splits evenly into v >= 2."""
     sched = p.get("schedule")
     said = p.get("virtual_stages") is not None or (
         sched is not None and not _names_interleaved(str(sched))
     )
-    if conv.pp_interleaved is None or pp <= 1 or said:
+    rule = conv.sft_pp_interleaved if sft and conv.sft_pp_interleaved else conv.pp_interleaved
+    if rule is None or pp <= 1 or said:
         return p
-    k, why = conv.pp_interleaved
+    k, why = rule
     if not layers or (layers + ends) % (pp * k):
         return p
     v = (layers + ends) // (pp * k)
