@@ -44,6 +44,7 @@ from simtrain.costs.activations import (
     tp_gathered_input_bytes,
     walk_peak_of_states,
 )
+from simtrain.costs.caching_allocator import round_size
 from simtrain.costs.chunk_time import accumulation_times, forward_issue_shares
 from simtrain.costs.comm import column_gathers, ddp_buckets, reduce_scatter_input_bytes
 from simtrain.costs.compute import fused_linear_names
@@ -1624,6 +1625,26 @@ def stage_allocations_of(sc: Scenario, sm: StageMemory) -> StageAllocations | No
                              sm.breakdown.gradients_freed_after_backward)  # fmt: skip
 
 
+#: DDP buckets the allocator replay makes one by one (a few hundred at the default 25 MB); more
+#: (a tiny ``bucket_mb``: up to spec.limits.MAX_DDP_BUCKETS) are made in this many groups.
+MAX_REPLAY_BUCKETS = 4096
+
+
+def replay_buckets(n: int, bucket: int, last: int) -> tuple[int, ...]:
+    """DDP's ``n`` gradient buckets (``bucket`` bytes, the last ``last``) as the allocator
+    replay makes them: one allocation each, or past :data:`MAX_REPLAY_BUCKETS` the first n - 1
+    in that many groups of k, each the allocator's rounded bytes of its k buckets (512 B
+    multiples: the allocated total is kept; the small blocks' own pool segments are not), so
+    the replay's time and memory stay bounded (4,194,304 one-kilobyte buckets had run the
+    replay out of memory)."""
+    if n <= MAX_REPLAY_BUCKETS:
+        return (bucket,) * (n - 1) + (last,)
+    k = -(-(n - 1) // MAX_REPLAY_BUCKETS)
+    full, rest = divmod(n - 1, k)
+    rounded = round_size(bucket)
+    return (k * rounded,) * full + ((rest * rounded,) if rest else ()) + (last,)
+
+
 def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: list[ParamTensor],
                       states: dict[str, int], act: _Activations, opt_ws: int,
                       grads_freed: bool) -> StageAllocations | None:  # fmt: skip
@@ -1680,12 +1701,11 @@ def stage_allocations(sc: Scenario, step: ResolvedStep, stage: int, tensors: lis
     in_buffer = buffer_grad_bytes(sc, step)  # a runtime's reduce buffer: its dtype, not .grad's
     flat_grads = persistent_gradient_bytes(step, trainable) + (in_buffer or 0) * trainable
     ddp = ddp_bucket_bytes(sc, step, trainable)
-    n_buckets, bucket, last_bucket = ddp_buckets(p.bucket_mb, ddp)
     gathers = tp_gather_buffer_bytes(sc, step) // step.boundary_bytes if step.boundary_bytes else 0
     persistent = (
         flat_grads,
         *(share(states["master_weights"], t, trainable) for t in trained),
-        *(((bucket,) * (n_buckets - 1) + (last_bucket,)) if ddp else ()),
+        *(replay_buckets(*ddp_buckets(p.bucket_mb, ddp)) if ddp else ()),
         *((step.boundary_bytes,) * gathers),
     )
     end_saved = max(0, act.chunk_bytes[cid] - n_layers * sum(per_layer_saved))
