@@ -257,7 +257,9 @@ _NEMO_LAUNCH_FLAGS = ("--overlap-grad-reduce", "--overlap-param-gather", "--tp-c
 
 
 # NeMo's and Megatron-Bridge's fine-tuning rows run packed SQuAD: NeMo 24.07's performance
-# summary titles its table "SQuAD v1.1 packed to 4096"; Megatron-Bridge's SFT and PEFT recipes
+# summary titles its table "SQuAD v1.1 packed to 4096" (its launcher's H100 fine-tuning examples,
+# NeMo-Framework-Launcher 6a76374e examples/peft/llama/h100/*.sh, all set
+# data.train_ds.packed_sequence=true); Megatron-Bridge's SFT and PEFT recipes
 # (NVIDIA-NeMo/Megatron-Bridge 067f987d src/megatron/bridge/recipes/common.py l.163-201 and
 # l.262-300) build default_squad_config(seq_length, enable_offline_packing=True)
 # (recipes/utils/dataset_utils.py l.117-134: pad_to_max_length, PackedSequenceSpecs
