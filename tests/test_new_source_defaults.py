@@ -114,3 +114,26 @@ def test_automodel_fits_and_speed(default_result):
     assert fits.n == 10 and fits.mape_pct == 0.0
     tps = by[("automodel", "tokens_per_s")]
     assert tps.n == 10 and tps.median_abs_error_pct <= 15.0 and tps.mape_pct <= 25.0
+
+
+@pytest.mark.parametrize(("name", "preset"), [
+    ("Kimi K2", "kimi-k2"), ("DeepSeek V3", "deepseek-v3"), ("Phi-2", "phi-2"),
+    ("GPT-2", None), ("BLOOM", None),  # a family of sizes: its params_b must say which
+])  # fmt: skip
+def test_a_sizeless_name_finds_a_single_model_only(name, preset):
+    from simtrain.apps.validate.translate import named_preset
+
+    found = named_preset({"name": name, "seq_len": 4096})
+    assert (found[0] if found else None) == preset
+
+
+def test_an_moe_row_whose_size_disagrees_says_which_preset_it_named(default_records):
+    """A DeepSeek-V3 row whose params_b (100) disagrees with the preset's 671 B is skipped,
+    its reason naming the preset the name found."""
+    from dataclasses import replace
+
+    base = default_records["automodel_pretrain_qwen3_moe_30b_8gpu"]
+    rec = replace(base, model={"name": "DeepSeek V3", "params_b": 100, "seq_len": 4096})
+    tr = translate(rec)
+    assert isinstance(tr, SkipReason)
+    assert "names preset deepseek-v3, but no size or params_b agrees" in tr.reason

@@ -454,17 +454,15 @@ def not_yet_expressible(rec: Record) -> list[str]:
         elif "num_experts" not in rec.model and not _names_moe_preset(rec.model):
             what = ", ".join(moe) if moe else f"expert parallelism (ep {ep})"
             named = named_preset(rec.model) is not None or record_int(rec.model.get("layers"))
-            out.append(
-                f"{what} without model.num_experts"
-                + (
-                    ""
-                    if named
-                    else (
-                        f" (model {rec.model.get('name')!r}: no simtrain preset by that name, and "
-                        "no shape)"
-                    )
-                )
-            )
+            text = str(rec.model.get("name") or "")
+            found = find_preset(text, loose=True) or family_size_preset(text)
+            if named:
+                why = ""
+            elif found:
+                why = f" (model {text!r} names preset {found}, but no size or params_b agrees)"
+            else:
+                why = f" (model {text!r}: no simtrain preset by that name, and no shape)"
+            out.append(f"{what} without model.num_experts{why}")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
@@ -873,12 +871,18 @@ def family_size_preset(name: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+#: Presets whose name, without a size, is one released model (no family of sizes under it):
+#: "Kimi K2", "DeepSeek-V3" or "Phi-2" name that model, where "GPT-2" or "BLOOM" do not.
+_ONE_MODEL_PRESETS = frozenset({"deepseek-v3", "kimi-k2", "phi-1.5", "phi-2", "phi-3-mini"})
+
+
 def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     """The preset (``spec.model.PRESETS``, ALIASES included) whose name is the record's
     ``model.name``, letters and digits compared ("GPT3-175B" is gpt3-175b, "OPT-175B" opt-175b,
     "Nemotron-340B" nemotron-4-340b), where it agrees with every shape number the record gives
     and with its ``params_b`` within 5 % (a name without a size, "GPT-2" or "BLOOM", needs
-    that params_b); None otherwise."""
+    that params_b, but one that is a single model, :data:`_ONE_MODEL_PRESETS`); None
+    otherwise."""
     text = str(m.get("name") or "")
     name = find_preset(text, loose=True) or family_size_preset(text)
     if name is None:
@@ -892,7 +896,7 @@ def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     known = isinstance(pb, int | float) and not isinstance(pb, bool) and pb > 0
     if known and abs(spec.total_params() / 1e9 / pb - 1) > 0.05:
         return None
-    if not known and not _SIZE.search(str(m.get("name"))):
+    if not known and not _SIZE.search(str(m.get("name"))) and name not in _ONE_MODEL_PRESETS:
         return None
     return name, spec
 
