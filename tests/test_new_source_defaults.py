@@ -32,15 +32,15 @@ def _record(tmp_path: Path, gpu: str, flash: str = ""):
     return load_records(f)[0]
 
 
-@pytest.mark.parametrize("gpu", ["H100 80GB", "H200", "B200", "GB200"])
-def test_a_new_sources_attention_on_hopper_and_blackwell_is_flash(tmp_path, gpu):
+@pytest.mark.parametrize("gpu", ["H100 80GB", "H200", "B200", "GB200", "MI300X", "MI355X"])
+def test_a_new_sources_attention_on_hopper_blackwell_and_mi300_is_flash(tmp_path, gpu):
     tr = translate(_record(tmp_path, gpu))
     assert isinstance(tr, Translation), tr
     assert tr.scenario.model.flash_attention
     assert FLASH_ERA_NOTE in tr.assumptions
 
 
-@pytest.mark.parametrize("gpu", ["A100 80GB", "V100 32GB"])
+@pytest.mark.parametrize("gpu", ["A100 80GB", "V100 32GB", "MI250X"])
 def test_before_hopper_a_new_source_keeps_the_materialised_scores(tmp_path, gpu):
     tr = translate(_record(tmp_path, gpu))
     assert isinstance(tr, Translation), tr

@@ -621,11 +621,16 @@ def _translate(rec: Record) -> Translation | SkipReason:
 #: profile runs one there (runtimes/*.yaml attention_kernel: Transformer Engine's cuDNN fused
 #: attention, flash-attn 2, PyTorch SDPA's flash backend), as do Hugging Face Transformers since
 #: v4.36 (2023-12: attn_implementation "sdpa" by default). Before Hopper (A100, V100) a
-#: framework's era decides, and an unknown source keeps the materialised s x s scores.
+#: framework's era decides, and an unknown source keeps the materialised s x s scores. AMD's
+#: Instinct MI300 series (CDNA 3, from 2023-12, and its successors) is of the same era: ROCm's
+#: flash-attention port (Composable Kernel) and PyTorch SDPA's AOTriton flash kernel; the AMD
+#: profiles' ``gpu_arch`` is the NCCL tuning row RCCL follows, not the generation, so they are
+#: named (the MI250, CDNA 2 of 2021, is not).
 FLASH_ERA_ARCHS = ("hopper", "blackwell")
-FLASH_ERA_NOTE = ("attention not reported: flash (on Hopper and Blackwell every framework's "
-                  "attention is a flash-class kernel: cuDNN fused attention, flash-attn 2, "
-                  "PyTorch SDPA)")  # fmt: skip
+FLASH_ERA_PROFILES = ("mi300x_192gb", "mi325x_256gb", "mi355x_288gb")
+FLASH_ERA_NOTE = ("attention not reported: flash (on Hopper, Blackwell and MI300-series GPUs "
+                  "every framework's attention is a flash-class kernel: cuDNN fused attention, "
+                  "flash-attn 2, PyTorch SDPA)")  # fmt: skip
 
 
 def _scenario_data(
@@ -651,7 +656,8 @@ def _scenario_data(
         model["flash_attention"] = True
         said.append(f"cp {cp}: flash attention (Transformer Engine's and PyTorch's "
                     "context-parallel attention run the flash / fused kernels)")  # fmt: skip
-    if "flash_attention" not in model and load_hardware(profile).gpu_arch in FLASH_ERA_ARCHS:
+    if "flash_attention" not in model and (load_hardware(profile).gpu_arch in FLASH_ERA_ARCHS
+                                           or profile in FLASH_ERA_PROFILES):  # fmt: skip
         model["flash_attention"] = True
         said.append(FLASH_ERA_NOTE)
     par = _implied_parallelism(
