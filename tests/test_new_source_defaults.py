@@ -12,7 +12,8 @@ import pytest
 
 from simtrain.apps.validate import SkipReason, translate
 from simtrain.apps.validate.records import load_records
-from simtrain.apps.validate.translate import FLASH_ERA_NOTE, Translation, family_size_preset
+from simtrain.apps.validate.translate import FLASH_ERA_NOTE, Translation
+from simtrain.spec.model import find_preset_by_size
 
 RECORD = """
 - id: {rid}
@@ -74,7 +75,7 @@ def test_a_known_sources_convention_is_untouched(default_records):
     ("GPT-3 175B", "gpt3-175b"),
 ])  # fmt: skip
 def test_a_model_named_by_family_and_size_finds_its_preset(name, preset):
-    assert family_size_preset(name) == preset
+    assert find_preset_by_size(name) == preset
 
 
 @pytest.mark.parametrize("name", [
@@ -86,7 +87,7 @@ def test_a_model_named_by_family_and_size_finds_its_preset(name, preset):
     "7B",  # no family
 ])  # fmt: skip
 def test_a_name_that_does_not_say_one_preset_finds_none(name):
-    assert family_size_preset(name) is None
+    assert find_preset_by_size(name) is None
 
 
 def test_automodel_rows_are_read_with_the_new_source_defaults(default_records):

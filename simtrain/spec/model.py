@@ -768,9 +768,44 @@ def find_preset(name: str, loose: bool = False) -> str | None:
         canonical = ALIASES.get(name.lower(), name.lower())
         return canonical if canonical in PRESETS else None
     key = _letters_digits(name)
+    return _loose_names().get(key) if key else None
+
+
+def _loose_names() -> dict[str, str]:
+    """Every preset name and alias, letters, digits and dots only -> its preset."""
     names = {_letters_digits(n): n for n in PRESETS}
     names.update({_letters_digits(a): n for a, n in ALIASES.items()})
-    return names.get(key) if key else None
+    return names
+
+
+#: Words of a model name that say how a run used the model, not which model it is ("Qwen3 MoE
+#: 30B", "Llama3 70B 2-node", "Llama-3.3-70B-Instruct"), and a size word ("671B", "1.5b").
+_NAME_FILLER = re.compile(r"(?:moe|base|instruct|chat|hf|\d+(?:node|gpu)s?)")
+_NAME_SIZE = re.compile(r"(\d+(?:\.\d+)?)([mbt])")
+_SIZE_UNIT = {"m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def find_preset_by_size(name: str) -> str | None:
+    """The preset a model name gives by family and size where its letters are no preset's
+    name ("DeepSeek V3 671B": deepseek-v3, "Qwen3 MoE 30B": qwen3-30b-a3b, "Llama3 70B 2-node":
+    llama3-70b): its words but one size word and the run's descriptors (``_NAME_FILLER``) begin
+    exactly one preset's name (an alias's included), and that preset's total parameters are
+    within 5 % of the size. None where no preset or more than one does."""
+    words = re.split(r"[\s_\-/()]+", re.sub(r"(\d)-(node|gpu)", r"\1\2", name.lower()))
+    sizes = [m for w in words if (m := _NAME_SIZE.fullmatch(w))]
+    family = _letters_digits("".join(w for w in words if not _NAME_SIZE.fullmatch(w)
+                                     and not _NAME_FILLER.fullmatch(w)))  # fmt: skip
+    if len(sizes) != 1 or not family:
+        return None
+    size = float(sizes[0].group(1)) * _SIZE_UNIT[sizes[0].group(2)]
+    if size <= 0:  # ("0B": no model's size)
+        return None
+    found = {
+        p
+        for n, p in _loose_names().items()
+        if n.startswith(family) and abs(PRESETS[p].total_params() / size - 1) <= 0.05
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 def preset(name: str, file: str | None = None, key: str = "model.preset") -> ModelSpec:

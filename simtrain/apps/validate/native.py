@@ -175,11 +175,10 @@ def megatron_flags(rec: Record, conv: SourceConvention, model: Mapping[str, Any]
     if offloaded:
         w += ["--cpu-offloading-num-layers", offloaded]
     w += mbridge_cuda_graph_flags(rec) + mbridge_recipe_flags(rec)
-    if (rec.source_key == "megatron_bridge" and zero != 3
-            and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
-        w.append("--fp8-param-gather")
-    elif (conv.finetune_fp8_params and rec.training.get("finetune") is not None and zero != 3
-          and training["precision"] in FP8_PARAM_PRECISIONS):  # fmt: skip
+    fp8_weights = rec.source_key == "megatron_bridge" or (
+        bool(conv.finetune_fp8_params) and rec.training.get("finetune") is not None
+    )
+    if fp8_weights and zero != 3 and training["precision"] in FP8_PARAM_PRECISIONS:
         w.append("--fp8-param-gather")
     text = _record_text(rec)
     for flag in OVERLAP_FLAGS:

@@ -43,7 +43,7 @@ from simtrain.layout.step import resolve
 from simtrain.schedules.generators import torch_group_override
 from simtrain.schedules.registry import runs_groups
 from simtrain.spec.hardware import load_hardware
-from simtrain.spec.model import ALIASES, PRESETS, ModelSpec, find_preset
+from simtrain.spec.model import PRESETS, ModelSpec, find_preset, find_preset_by_size
 from simtrain.spec.moe_layout import MOE_ONLY_FIELDS
 from simtrain.spec.precision import PRECISIONS
 from simtrain.spec.scenario import (
@@ -453,16 +453,7 @@ def not_yet_expressible(rec: Record) -> list[str]:
             )
         elif "num_experts" not in rec.model and not _names_moe_preset(rec.model):
             what = ", ".join(moe) if moe else f"expert parallelism (ep {ep})"
-            named = named_preset(rec.model) is not None or record_int(rec.model.get("layers"))
-            text = str(rec.model.get("name") or "")
-            found = find_preset(text, loose=True) or family_size_preset(text)
-            if named:
-                why = ""
-            elif found:
-                why = f" (model {text!r} names preset {found}, but no size or params_b agrees)"
-            else:
-                why = f" (model {text!r}: no simtrain preset by that name, and no shape)"
-            out.append(f"{what} without model.num_experts{why}")
+            out.append(f"{what} without model.num_experts{_unknown_model(rec.model)}")
     gpu = str(rec.hardware.get("gpu") or "")
     if _BLACKWELL.search(gpu.upper()):
         out.append(f"Blackwell GPU {gpu!r}")
@@ -660,23 +651,12 @@ def _scenario_data(
                                            or profile in FLASH_ERA_PROFILES):  # fmt: skip
         model["flash_attention"] = True
         said.append(FLASH_ERA_NOTE)
-    par = _implied_parallelism(
-        _read_parallelism(rec.parallelism, said),
-        conv,
-        said,
-        finetune=rec.training.get("finetune") is not None,
-        tp=tp,
-        sft="peft" not in training and rec.training.get("finetune") is not None,
-    )
-    par = _implied_interleaving(
-        par,
-        conv,
-        pp,
-        record_int(model.get("layers")),
-        said,
-        2 if ends_one_fewer(rec) else 0,
-        sft="peft" not in training and rec.training.get("finetune") is not None,
-    )
+    finetune = rec.training.get("finetune") is not None
+    sft = finetune and "peft" not in training  # every weight trained
+    par = _implied_parallelism(_read_parallelism(rec.parallelism, said), conv, said,
+                               finetune=finetune, tp=tp, sft=sft)  # fmt: skip
+    par = _implied_interleaving(par, conv, pp, record_int(model.get("layers")), said,
+                                2 if ends_one_fewer(rec) else 0, sft=sft)  # fmt: skip
     training = {"seq_len": seq, "global_batch": B, "micro_batch": b, **training}
     gpus = tp * pp * dp * cp
     profile_node = load_hardware(profile).gpus_per_node
@@ -846,35 +826,15 @@ _PRESET_KEYS = tuple(f.name for f in fields(ModelSpec) if f.name in PRESET_SHAPE
 _SIZE = re.compile(r"\d(?:\.\d+)?\s*[bm]\b", re.IGNORECASE)
 
 
-#: Words of a model name that say how a run used the model, not which model it is ("Qwen3 MoE
-#: 30B", "Llama3 70B 2-node", "Llama-3.3-70B-Instruct"), and a size word ("671B", "1.5b").
-_NAME_FILLER = re.compile(r"(?:moe|base|instruct|chat|hf|\d+(?:node|gpu)s?)")
-_NAME_SIZE = re.compile(r"(\d+(?:\.\d+)?)([mbt])")
-_SIZE_UNIT = {"m": 1e6, "b": 1e9, "t": 1e12}
-
-
-def family_size_preset(name: str) -> str | None:
-    """The preset a model name gives by family and size where its letters are not a preset's
-    name ("DeepSeek V3 671B": deepseek-v3, "Qwen3 MoE 30B": qwen3-30b-a3b, "Llama3 70B 2-node":
-    llama3-70b): its words but one size word and the run's descriptors (``_NAME_FILLER``) begin
-    exactly one preset's name, and that preset's total parameters are within 5 % of the size.
-    None where no preset or more than one does."""
-    words = re.split(r"[\s_\-/()]+", re.sub(r"(\d)-(node|gpu)", r"\1\2", name.lower()))
-    sizes = [w for w in words if _NAME_SIZE.fullmatch(w)]
-    family = "".join(w for w in words if w and w not in sizes and not _NAME_FILLER.fullmatch(w))
-    family = re.sub(r"[^0-9a-z.]", "", family)
-    if len(sizes) != 1 or not family:
-        return None
-    size_m = _NAME_SIZE.fullmatch(sizes[0])
-    assert size_m is not None
-    size = float(size_m.group(1)) * _SIZE_UNIT[size_m.group(2)]
-    if size <= 0:  # ("0B": no model's size)
-        return None
-    names = {**{p: p for p in PRESETS}, **ALIASES}  # a name -> its preset
-    found = {p for n, p in names.items()
-             if re.sub(r"[^0-9a-z.]", "", n).startswith(family)
-             and abs(PRESETS[p].total_params() / size - 1) <= 0.05}  # fmt: skip
-    return found.pop() if len(found) == 1 else None
+def _unknown_model(m: Mapping[str, Any]) -> str:
+    """Why an MoE record's model is not known, for its skip reason ("" where its name finds
+    a preset or it gives its shape)."""
+    if named_preset(m) is not None or record_int(m.get("layers")):
+        return ""
+    text = str(m.get("name") or "")
+    if found := find_preset(text, loose=True) or find_preset_by_size(text):
+        return f" (model {text!r} names preset {found}, but no size or params_b agrees)"
+    return f" (model {text!r}: no simtrain preset by that name, and no shape)"
 
 
 #: Presets whose name, without a size, is one released model (no family of sizes under it):
@@ -890,7 +850,7 @@ def named_preset(m: Mapping[str, Any]) -> tuple[str, ModelSpec] | None:
     that params_b, but one that is a single model, :data:`_ONE_MODEL_PRESETS`); None
     otherwise."""
     text = str(m.get("name") or "")
-    name = find_preset(text, loose=True) or family_size_preset(text)
+    name = find_preset(text, loose=True) or find_preset_by_size(text)
     if name is None:
         return None
     spec = PRESETS[name]
